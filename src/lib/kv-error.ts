@@ -1,0 +1,31 @@
+/**
+ * The one error class users see, with a stable code. src/http maps codes to HTTP statuses in one place;
+ * the CLI maps them to exit codes. Anything thrown that is not a KvError is a bug.
+ */
+export type KvErrorCode =
+  | "not_leader" // a write or read reached a follower that will not serve it; nothing was proposed
+  | "no_leader" // no leader is known right now; nothing was proposed
+  | "timeout" // proposed but not known to be committed in time: the outcome is unknown
+  | "too_large" // a key or value over its limit
+  | "bad_request" // malformed input
+  | "not_found" // no such key or route
+  | "method_not_allowed"
+  | "unavailable" // the node is shutting down or its storage failed
+  | "overloaded"; // too many requests waiting; retry later
+
+export interface KvErrorDetails {
+  leaderId?: number;
+  leaderUrl?: string;
+  retryAfterS?: number;
+}
+
+export class KvError extends Error {
+  override name = "KvError";
+  constructor(
+    readonly code: KvErrorCode,
+    message: string,
+    readonly details: KvErrorDetails = {},
+  ) {
+    super(message);
+  }
+}

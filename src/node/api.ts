@@ -1,0 +1,43 @@
+import type { NodeId, Role } from "../raft/types.ts";
+
+/** How a read is served: `linearizable` confirms leadership by ReadIndex; `stale` reads local state. */
+export type ReadConsistency = "linearizable" | "stale";
+
+export interface KvValue {
+  readonly value: Uint8Array;
+  /** The Raft index of the write that produced this value. */
+  readonly version: number;
+}
+
+export interface MemberStatus {
+  readonly id: NodeId;
+  readonly peerUrl: string;
+  readonly httpUrl: string | undefined;
+}
+
+export interface NodeStatus {
+  readonly id: NodeId;
+  readonly role: Role;
+  readonly term: number;
+  readonly leaderId: NodeId; // 0 when unknown
+  readonly leaderUrl: string | undefined; // the leader's advertised HTTP URL, when known
+  readonly commitIndex: number;
+  readonly appliedIndex: number;
+  readonly lastLogIndex: number;
+  readonly members: readonly MemberStatus[];
+}
+
+/**
+ * What the client API needs from a node. Every method either resolves or rejects with a KvError
+ * (src/lib/kv-error.ts): `not_leader`/`no_leader` mean nothing was proposed, `timeout` means the
+ * outcome is unknown.
+ */
+export interface KvNodeApi {
+  /** Resolves once the write is committed and applied locally; `version` is its Raft index. */
+  put(key: string, value: Uint8Array): Promise<{ version: number }>;
+  delete(key: string): Promise<{ deleted: boolean; version: number }>;
+  get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined>;
+  status(): NodeStatus;
+  /** True when a leader is known and everything committed is applied. */
+  healthy(): boolean;
+}

@@ -1,0 +1,178 @@
+import { assert } from "../lib/assert.ts";
+import type { RaftStorage } from "./storage.ts";
+import type { Entry } from "./types.ts";
+
+/**
+ * The Raft log as the core sees it: what storage holds, followed by `unstable` entries not yet
+ * persisted (etcd's raftLog + unstable). Invariant: applied <= committed <= lastIndex().
+ */
+export class RaftLog {
+  /** Index of unstable[0]; every entry at or past it is not yet known to be on disk. */
+  private unstableOffset: number;
+  private unstable: Entry[] = [];
+  committed: number;
+  /** The highest index handed to the application in a Ready. */
+  applied: number;
+
+  constructor(
+    private readonly storage: RaftStorage,
+    committed: number,
+    applied: number,
+  ) {
+    this.unstableOffset = storage.lastIndex() + 1;
+    assert(committed <= storage.lastIndex(), `committed ${committed} beyond last index ${storage.lastIndex()}`);
+    this.committed = committed;
+    this.applied = Math.min(applied, committed);
+  }
+
+  firstIndex(): number {
+    return this.storage.firstIndex();
+  }
+
+  lastIndex(): number {
+    const last = this.unstable[this.unstable.length - 1];
+    return last !== undefined ? last.index : this.storage.lastIndex();
+  }
+
+  lastTerm(): number {
+    return this.term(this.lastIndex()) as number;
+  }
+
+  /** The term at `index`, or undefined when the index is beyond the log or compacted away. */
+  term(index: number): number | undefined {
+    if (index > this.lastIndex()) return undefined;
+    if (index >= this.unstableOffset) return (this.unstable[index - this.unstableOffset] as Entry).term;
+    if (index < this.firstIndex() - 1) return undefined;
+    return this.storage.term(index);
+  }
+
+  matchTerm(index: number, term: number): boolean {
+    return this.term(index) === term;
+  }
+
+  /** §5.4.1: is a log ending at (lastIndex, lastTerm) at least as up to date as ours? */
+  isUpToDate(lastIndex: number, lastTerm: number): boolean {
+    const ourLastTerm = this.lastTerm();
+    return lastTerm > ourLastTerm || (lastTerm === ourLastTerm && lastIndex >= this.lastIndex());
+  }
+
+  /** Entries in [lo, hi), at most `maxBytes` of data but always at least one when lo < hi. */
+  slice(lo: number, hi: number, maxBytes: number): Entry[] {
+    assert(lo >= this.firstIndex() && hi <= this.lastIndex() + 1 && lo <= hi, `slice(${lo}, ${hi}) out of range`);
+    const result: Entry[] = [];
+    if (lo < this.unstableOffset) {
+      const stored = this.storage.entries(lo, Math.min(hi, this.unstableOffset), maxBytes);
+      for (const entry of stored) result.push(entry);
+      if (hi <= this.unstableOffset || stored.length < Math.min(hi, this.unstableOffset) - lo) return result;
+    }
+    let bytes = 0;
+    for (const entry of result) bytes += entry.data.byteLength;
+    for (let index = Math.max(lo, this.unstableOffset); index < hi; index++) {
+      const entry = this.unstable[index - this.unstableOffset] as Entry;
+      bytes += entry.data.byteLength;
+      if (result.length > 0 && bytes > maxBytes) break;
+      result.push(entry);
+    }
+    return result;
+  }
+
+  /** Appends entries, truncating any conflicting suffix first. Never touches committed entries. */
+  append(entries: readonly Entry[]): void {
+    const first = entries[0];
+    if (first === undefined) return;
+    assert(first.index > this.committed, `append at ${first.index} would overwrite committed ${this.committed}`);
+    assert(first.index <= this.lastIndex() + 1, `append at ${first.index} leaves a gap after ${this.lastIndex()}`);
+    if (first.index === this.unstableOffset + this.unstable.length) {
+      // The common case: extend the unstable tail.
+    } else if (first.index <= this.unstableOffset) {
+      // Replaces part of the stable log: storage drops its suffix from this index when it saves.
+      this.unstableOffset = first.index;
+      this.unstable = [];
+    } else {
+      this.unstable.length = first.index - this.unstableOffset;
+    }
+    for (const entry of entries) this.unstable.push(entry);
+  }
+
+  /**
+   * Follower side of AppendEntries (§5.3): if the log holds (prevIndex, prevTerm), append the
+   * entries that are new, truncating from the first conflict, and advance commit. Returns the
+   * index of the last new entry, or undefined when the consistency check fails.
+   */
+  maybeAppend(prevIndex: number, prevTerm: number, commit: number, entries: readonly Entry[]): number | undefined {
+    if (!this.matchTerm(prevIndex, prevTerm)) return undefined;
+    const lastNewIndex = prevIndex + entries.length;
+    let conflictAt = -1;
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i] as Entry;
+      if (!this.matchTerm(entry.index, entry.term)) {
+        conflictAt = i;
+        break;
+      }
+    }
+    if (conflictAt >= 0) {
+      const conflictIndex = (entries[conflictAt] as Entry).index;
+      assert(conflictIndex > this.committed, `entry ${conflictIndex} conflicts with committed ${this.committed}`);
+      this.append(entries.slice(conflictAt));
+    }
+    this.commitTo(Math.min(commit, lastNewIndex));
+    return lastNewIndex;
+  }
+
+  /**
+   * The largest index <= `index` whose term is <= `term` (etcd's findConflictByTerm): where a
+   * leader should probe next when a follower rejects, skipping whole terms at once.
+   */
+  findConflictByTerm(index: number, term: number): { index: number; term: number } {
+    let at = Math.min(index, this.lastIndex());
+    for (;;) {
+      const termAt = this.term(at);
+      if (termAt === undefined) return { index: at, term: 0 };
+      if (termAt <= term) return { index: at, term: termAt };
+      at--;
+    }
+  }
+
+  commitTo(index: number): void {
+    if (index <= this.committed) return;
+    assert(index <= this.lastIndex(), `commit ${index} beyond last index ${this.lastIndex()}`);
+    this.committed = index;
+  }
+
+  /** Leader side (§5.4.2): commit `index` only if it holds an entry of the leader's current term. */
+  maybeCommit(index: number, term: number): boolean {
+    if (index > this.committed && this.term(index) === term) {
+      this.commitTo(index);
+      return true;
+    }
+    return false;
+  }
+
+  appliedTo(index: number): void {
+    assert(index <= this.committed && index >= this.applied, `applied ${index} outside [${this.applied}, ${this.committed}]`);
+    this.applied = index;
+  }
+
+  unstableEntries(): readonly Entry[] {
+    return this.unstable;
+  }
+
+  /** Committed entries not yet handed to the application, at most `maxBytes` (at least one). */
+  nextCommittedEntries(maxBytes: number): Entry[] {
+    if (this.committed <= this.applied) return [];
+    return this.slice(this.applied + 1, this.committed + 1, maxBytes);
+  }
+
+  hasNextCommittedEntries(): boolean {
+    return this.committed > this.applied;
+  }
+
+  /** The driver persisted entries up to (index, term): they leave the unstable tail. */
+  stableTo(index: number, term: number): void {
+    if (index < this.unstableOffset) return;
+    const entry = this.unstable[index - this.unstableOffset];
+    if (entry === undefined || entry.term !== term) return; // replaced since that Ready: still unstable
+    this.unstable = this.unstable.slice(index + 1 - this.unstableOffset);
+    this.unstableOffset = index + 1;
+  }
+}

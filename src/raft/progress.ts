@@ -1,0 +1,94 @@
+import { assert } from "../lib/assert.ts";
+
+/**
+ * What a leader knows of one follower's log (etcd's tracker.Progress).
+ * `probe`: one AppendEntries at a time until the follower's match point is found.
+ * `replicate`: optimistic pipelining, at most `inflightMessagesMax` appends in flight.
+ * Invariant: matchIndex < nextIndex.
+ */
+export class Progress {
+  matchIndex = 0;
+  nextIndex: number;
+  state: "probe" | "replicate" = "probe";
+  /** In probe state: an append was sent and no answer or heartbeat response has come since. */
+  probeSent = false;
+  /** Last index of each append in flight, oldest first (replicate state). */
+  private inflight: number[] = [];
+  /** Heard from since the last check-quorum round. */
+  recentActive = false;
+
+  constructor(
+    nextIndex: number,
+    private readonly inflightMessagesMax: number,
+  ) {
+    this.nextIndex = nextIndex;
+  }
+
+  isPaused(): boolean {
+    return this.state === "probe" ? this.probeSent : this.inflight.length >= this.inflightMessagesMax;
+  }
+
+  becomeProbe(): void {
+    this.state = "probe";
+    this.probeSent = false;
+    this.inflight = [];
+    this.nextIndex = this.matchIndex + 1;
+  }
+
+  becomeReplicate(): void {
+    this.state = "replicate";
+    this.probeSent = false;
+    this.inflight = [];
+    this.nextIndex = this.matchIndex + 1;
+  }
+
+  /** An append ending at `lastIndex` went out. */
+  sentAppend(lastIndex: number | undefined): void {
+    if (this.state === "replicate") {
+      if (lastIndex === undefined) return;
+      this.nextIndex = lastIndex + 1;
+      this.inflight.push(lastIndex);
+    } else {
+      this.probeSent = true;
+    }
+  }
+
+  /**
+   * A heartbeat answer proves the follower alive. If the window is full, appends in it were likely
+   * lost: free one slot so the next append goes out and, on a gap, the follower's rejection resyncs us.
+   */
+  heartbeatAnswered(): void {
+    this.probeSent = false;
+    if (this.state === "replicate" && this.inflight.length >= this.inflightMessagesMax) this.inflight.shift();
+  }
+
+  /** A success answer up to `index`. Returns whether matchIndex moved. */
+  maybeUpdate(index: number): boolean {
+    let updated = false;
+    if (this.matchIndex < index) {
+      this.matchIndex = index;
+      this.probeSent = false;
+      updated = true;
+    }
+    this.nextIndex = Math.max(this.nextIndex, index + 1);
+    while (this.inflight.length > 0 && (this.inflight[0] as number) <= index) this.inflight.shift();
+    return updated;
+  }
+
+  /**
+   * A rejection of the append whose prevLogIndex was `rejected`; `matchHint` is the highest index
+   * that may still match. Returns false when the rejection is stale (answers an older append).
+   */
+  maybeDecrTo(rejected: number, matchHint: number): boolean {
+    if (this.state === "replicate") {
+      if (rejected <= this.matchIndex) return false;
+      this.becomeProbe();
+      return true;
+    }
+    if (this.nextIndex - 1 !== rejected) return false;
+    this.nextIndex = Math.max(Math.min(rejected, matchHint + 1), this.matchIndex + 1);
+    assert(this.nextIndex >= 1);
+    this.probeSent = false;
+    return true;
+  }
+}

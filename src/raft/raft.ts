@@ -1,0 +1,504 @@
+import { assert, unreachable } from "../lib/assert.ts";
+import type { Prng } from "../lib/prng.ts";
+import { RaftLog } from "./log.ts";
+import { Progress } from "./progress.ts";
+import type { RaftStorage } from "./storage.ts";
+import {
+  EntryType,
+  ProposalRefusedError,
+  type AppendRequest,
+  type AppendResponse,
+  type Entry,
+  type HardState,
+  type HeartbeatRequest,
+  type HeartbeatResponse,
+  type Message,
+  type NodeId,
+  type ReadFailure,
+  type ReadIndexRequest,
+  type ReadIndexResponse,
+  type ReadState,
+  type Role,
+  type SoftState,
+  type VoteRequest,
+  type VoteResponse,
+} from "./types.ts";
+
+/** How a core is set up. Time is in ticks; the driver decides how long a tick is. */
+export interface RaftConfig {
+  readonly id: NodeId;
+  readonly storage: RaftStorage;
+  /** A follower campaigns after a random timeout in [electionTicks, 2 * electionTicks - 1]. */
+  readonly electionTicks: number;
+  /** A leader sends heartbeats every `heartbeatTicks`; must be well below electionTicks. */
+  readonly heartbeatTicks: number;
+  /** Injected randomness: a seeded generator replays the same elections. */
+  readonly prng: Prng;
+  /** The last index the state machine has applied (it survives restarts on its own). */
+  readonly applied: number;
+  /** Soft cap on the entry bytes in one AppendEntries (at least one entry is always sent). */
+  readonly appendBytesMax: number;
+  /** Appends in flight to one follower in replicate state. */
+  readonly inflightMessagesMax: number;
+  /** Proposals refused once this many entries are uncommitted: bounds a leader that lost its quorum. */
+  readonly uncommittedEntriesMax: number;
+  /** Cap on committed entry bytes handed out in one Ready. */
+  readonly committedBytesMax: number;
+}
+
+export const defaultRaftLimits = {
+  appendBytesMax: 1 << 20,
+  inflightMessagesMax: 256,
+  uncommittedEntriesMax: 65_536,
+  committedBytesMax: 16 << 20,
+} as const;
+
+/** A ReadIndex request a leader holds until a quorum of heartbeat acks confirms its leadership. */
+interface PendingRead {
+  readonly readContext: string;
+  readonly index: number;
+  readonly from: NodeId;
+  readonly acks: Set<NodeId>;
+}
+
+/**
+ * The Raft consensus core (the paper's Figure 2 and thesis chapter 3, ReadIndex from §6.4), as a
+ * pure state machine in the manner of etcd-io/raft: `step` a message, `tick` the clock, and collect
+ * the output (messages, entries to persist and to apply, read states) that RawNode turns into Ready.
+ */
+export class Raft {
+  readonly id: NodeId;
+  term = 0;
+  vote: NodeId = 0;
+  role: Role = "follower";
+  leaderId: NodeId = 0;
+  readonly log: RaftLog;
+  readonly voters: readonly NodeId[];
+  /** Leader only: one entry per voter, self included. */
+  private progress = new Map<NodeId, Progress>();
+  /** Candidate only: votes received this term. */
+  private votes = new Map<NodeId, boolean>();
+  private electionElapsedTicks = 0;
+  private heartbeatElapsedTicks = 0;
+  private electionTimeoutTicks = 0;
+
+  /** Output collected for the next Ready. */
+  messages: Message[] = [];
+  readStates: ReadState[] = [];
+  readFailures: ReadFailure[] = [];
+
+  /** Leader: reads waiting for a quorum of heartbeat acks, oldest first. */
+  private pendingReads: PendingRead[] = [];
+  /** Leader: reads that arrived before the leader committed an entry of its own term (§6.4 step 1). */
+  private readsBeforeTermCommit: { readContext: string; from: NodeId }[] = [];
+
+  private readonly cfg: RaftConfig;
+
+  constructor(cfg: RaftConfig) {
+    assert(cfg.heartbeatTicks >= 1 && cfg.electionTicks > cfg.heartbeatTicks, "need electionTicks > heartbeatTicks >= 1");
+    this.cfg = cfg;
+    this.id = cfg.id;
+    const { hardState, voters } = cfg.storage.initialState();
+    assert(voters.includes(cfg.id), `node ${cfg.id} is not among the voters ${voters.join(",")}`);
+    this.voters = voters.slice().sort((a, b) => a - b);
+    this.log = new RaftLog(cfg.storage, hardState.commit, cfg.applied);
+    this.term = hardState.term;
+    this.vote = hardState.vote;
+    this.becomeFollower(this.term, 0);
+  }
+
+  hardState(): HardState {
+    return { term: this.term, vote: this.vote, commit: this.log.committed };
+  }
+
+  softState(): SoftState {
+    return { leaderId: this.leaderId, role: this.role };
+  }
+
+  private quorum(): number {
+    return Math.floor(this.voters.length / 2) + 1;
+  }
+
+  // ---- Role changes -------------------------------------------------------------------------
+
+  private reset(term: number): void {
+    if (term !== this.term) {
+      this.term = term;
+      this.vote = 0;
+    }
+    this.leaderId = 0;
+    this.electionElapsedTicks = 0;
+    this.heartbeatElapsedTicks = 0;
+    this.electionTimeoutTicks = this.cfg.prng.intInclusive(this.cfg.electionTicks, 2 * this.cfg.electionTicks - 1);
+    this.votes.clear();
+    this.progress.clear();
+    this.failPendingReads("not_leader");
+  }
+
+  private becomeFollower(term: number, leaderId: NodeId): void {
+    this.reset(term);
+    this.role = "follower";
+    this.leaderId = leaderId;
+  }
+
+  private becomeCandidate(): void {
+    assert(this.role !== "leader", "a leader does not campaign");
+    this.reset(this.term + 1);
+    this.role = "candidate";
+    this.vote = this.id;
+  }
+
+  private becomeLeader(): void {
+    assert(this.role === "candidate", "only a candidate becomes leader");
+    this.reset(this.term);
+    this.role = "leader";
+    this.leaderId = this.id;
+    const lastIndex = this.log.lastIndex();
+    for (const voter of this.voters) {
+      this.progress.set(voter, new Progress(lastIndex + 1, this.cfg.inflightMessagesMax));
+    }
+    // A no-op of the new term lets the leader commit, and so learn, everything committed before it (§5.4.2, §6.4).
+    this.appendEntries([new Uint8Array(0)]);
+  }
+
+  // ---- The clock ----------------------------------------------------------------------------
+
+  /** Advances logical time by one tick. */
+  tick(): void {
+    if (this.role === "leader") {
+      this.heartbeatElapsedTicks++;
+      if (this.heartbeatElapsedTicks >= this.cfg.heartbeatTicks) {
+        this.heartbeatElapsedTicks = 0;
+        this.broadcastHeartbeat(this.pendingReads[this.pendingReads.length - 1]?.readContext ?? "");
+      }
+      return;
+    }
+    this.electionElapsedTicks++;
+    if (this.electionElapsedTicks >= this.electionTimeoutTicks) {
+      this.electionElapsedTicks = 0;
+      this.campaign();
+    }
+  }
+
+  /** Starts an election now (§5.2). */
+  campaign(): void {
+    if (this.role === "leader") return;
+    this.becomeCandidate();
+    this.votes.set(this.id, true);
+    if (this.quorum() === 1) {
+      this.becomeLeader();
+      return;
+    }
+    const lastLogIndex = this.log.lastIndex();
+    const lastLogTerm = this.log.lastTerm();
+    for (const voter of this.voters) {
+      if (voter === this.id) continue;
+      this.send({ type: "vote", from: this.id, to: voter, term: this.term, lastLogIndex, lastLogTerm });
+    }
+  }
+
+  // ---- Client requests ----------------------------------------------------------------------
+
+  /**
+   * Appends one entry per element of `data` to the leader's log and starts replicating them.
+   * Returns the index of the first. Throws ProposalRefusedError (nothing appended) when this node
+   * is not the leader or too much is already uncommitted.
+   */
+  propose(data: readonly Uint8Array[]): number {
+    if (this.role !== "leader") {
+      throw new ProposalRefusedError(this.leaderId === 0 ? "no_leader" : "not_leader", this.leaderId);
+    }
+    if (this.log.lastIndex() - this.log.committed + data.length > this.cfg.uncommittedEntriesMax) {
+      throw new ProposalRefusedError("too_many_uncommitted", this.leaderId);
+    }
+    const firstIndex = this.appendEntries(data);
+    this.broadcastAppend();
+    return firstIndex;
+  }
+
+  /**
+   * Asks for a linearizable read index (thesis §6.4). The answer comes in a later Ready as a
+   * ReadState with the same context (serve the read once applied >= index) or a ReadFailure.
+   */
+  readIndex(readContext: string): void {
+    if (this.role === "leader") {
+      this.leaderReadIndex(readContext, this.id);
+    } else if (this.role === "follower" && this.leaderId !== 0) {
+      this.send({ type: "read-index", from: this.id, to: this.leaderId, term: this.term, readContext });
+    } else {
+      this.readFailures.push({ readContext, reason: "no_leader" });
+    }
+  }
+
+  private leaderReadIndex(readContext: string, from: NodeId): void {
+    if (this.log.term(this.log.committed) !== this.term) {
+      // Until an entry of this term commits, the leader's commit index may trail the true one.
+      this.readsBeforeTermCommit.push({ readContext, from });
+      return;
+    }
+    if (this.quorum() === 1) {
+      this.releaseRead({ readContext, index: this.log.committed, from, acks: new Set() });
+      return;
+    }
+    this.pendingReads.push({ readContext, index: this.log.committed, from, acks: new Set([this.id]) });
+    this.broadcastHeartbeat(readContext);
+  }
+
+  private releaseRead(read: PendingRead): void {
+    if (read.from === this.id) {
+      this.readStates.push({ readContext: read.readContext, index: read.index });
+    } else {
+      this.send({
+        type: "read-index-response",
+        from: this.id,
+        to: read.from,
+        term: this.term,
+        readContext: read.readContext,
+        index: read.index,
+        rejected: false,
+      });
+    }
+  }
+
+  private failPendingReads(reason: ReadFailure["reason"]): void {
+    const failed = [...this.pendingReads, ...this.readsBeforeTermCommit];
+    this.pendingReads = [];
+    this.readsBeforeTermCommit = [];
+    for (const read of failed) {
+      if (read.from === this.id) {
+        this.readFailures.push({ readContext: read.readContext, reason });
+      } else {
+        this.messages.push({
+          type: "read-index-response",
+          from: this.id,
+          to: read.from,
+          term: this.term,
+          readContext: read.readContext,
+          index: 0,
+          rejected: true,
+        });
+      }
+    }
+  }
+
+  // ---- Messages -----------------------------------------------------------------------------
+
+  /** Feeds one message from a peer into the core. Bad or stale input is ignored, never trusted. */
+  step(m: Message): void {
+    if (m.to !== this.id || !this.voters.includes(m.from) || m.from === this.id) return;
+    if (m.term > this.term) {
+      const fromLeader = m.type === "append" || m.type === "heartbeat" || m.type === "read-index-response";
+      this.becomeFollower(m.term, fromLeader ? m.from : 0);
+    } else if (m.term < this.term) {
+      // A stale leader or candidate learns our term from the answer and steps down (§5.1).
+      if (m.type === "append" || m.type === "heartbeat") {
+        this.send({ type: "append-response", from: this.id, to: m.from, term: this.term, success: false, index: 0, hintIndex: 0, hintTerm: 0 });
+      } else if (m.type === "vote") {
+        this.send({ type: "vote-response", from: this.id, to: m.from, term: this.term, granted: false });
+      }
+      return;
+    }
+
+    switch (m.type) {
+      case "vote":
+        return this.handleVote(m);
+      case "vote-response":
+        return this.handleVoteResponse(m);
+      case "append":
+        return this.handleAppend(m);
+      case "append-response":
+        return this.handleAppendResponse(m);
+      case "heartbeat":
+        return this.handleHeartbeat(m);
+      case "heartbeat-response":
+        return this.handleHeartbeatResponse(m);
+      case "read-index":
+        return this.handleReadIndex(m);
+      case "read-index-response":
+        return this.handleReadIndexResponse(m);
+      default:
+        return unreachable(m);
+    }
+  }
+
+  private send(m: Message): void {
+    this.messages.push(m);
+  }
+
+  /** §5.2, §5.4.1: grant at most one vote per term, and only to a candidate at least as up to date. */
+  private handleVote(m: VoteRequest): void {
+    const canVote = this.vote === m.from || (this.vote === 0 && this.leaderId === 0);
+    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
+    if (granted) {
+      this.vote = m.from;
+      this.electionElapsedTicks = 0;
+    }
+    this.send({ type: "vote-response", from: this.id, to: m.from, term: this.term, granted });
+  }
+
+  private handleVoteResponse(m: VoteResponse): void {
+    if (this.role !== "candidate") return;
+    if (!this.votes.has(m.from)) this.votes.set(m.from, m.granted);
+    let granted = 0;
+    let rejected = 0;
+    for (const vote of this.votes.values()) {
+      if (vote) granted++;
+      else rejected++;
+    }
+    if (granted >= this.quorum()) {
+      this.becomeLeader();
+      this.broadcastAppend();
+    } else if (rejected >= this.quorum()) {
+      this.becomeFollower(this.term, 0);
+    }
+  }
+
+  /** A current-term leader's message: recognise it and restart the election timer. */
+  private followLeader(from: NodeId): void {
+    assert(this.role !== "leader", `two leaders in term ${this.term}: ${this.id} and ${from}`);
+    if (this.role === "candidate") this.becomeFollower(this.term, from);
+    this.leaderId = from;
+    this.electionElapsedTicks = 0;
+  }
+
+  /** §5.3: the consistency check, then append and advance commit. */
+  private handleAppend(m: AppendRequest): void {
+    this.followLeader(m.from);
+    const reply = { type: "append-response", from: this.id, to: m.from, term: this.term } as const;
+    if (m.prevLogIndex < this.log.committed) {
+      // Everything up to commit is known to match; answer so the leader can move on.
+      this.send({ ...reply, success: true, index: this.log.committed, hintIndex: 0, hintTerm: 0 });
+      return;
+    }
+    const lastNewIndex = this.log.maybeAppend(m.prevLogIndex, m.prevLogTerm, m.commit, m.entries);
+    if (lastNewIndex !== undefined) {
+      this.send({ ...reply, success: true, index: lastNewIndex, hintIndex: 0, hintTerm: 0 });
+      return;
+    }
+    const hint = this.log.findConflictByTerm(m.prevLogIndex, m.prevLogTerm);
+    this.send({ ...reply, success: false, index: m.prevLogIndex, hintIndex: hint.index, hintTerm: hint.term });
+  }
+
+  private handleAppendResponse(m: AppendResponse): void {
+    if (this.role !== "leader") return;
+    const progress = this.progress.get(m.from);
+    if (progress === undefined) return;
+    progress.recentActive = true;
+    if (!m.success) {
+      if (m.index === 0 && m.hintIndex === 0) return; // a stale-term rejection carries no log information
+      // Skip back past the follower's conflicting term in one step, using our own log (thesis §5.3).
+      let nextProbe = m.hintIndex;
+      if (m.hintTerm > 0) nextProbe = this.log.findConflictByTerm(m.hintIndex, m.hintTerm).index;
+      if (progress.maybeDecrTo(m.index, nextProbe)) this.sendAppend(m.from, progress);
+      return;
+    }
+    const wasPaused = progress.isPaused();
+    if (!progress.maybeUpdate(m.index)) {
+      if (wasPaused && !progress.isPaused()) this.sendAppend(m.from, progress);
+      return;
+    }
+    if (progress.state === "probe") progress.becomeReplicate();
+    if (this.maybeCommit()) {
+      this.broadcastAppend(true); // carry the new commit index without waiting for a heartbeat
+    } else if (progress.matchIndex < this.log.lastIndex()) {
+      this.sendAppend(m.from, progress);
+    }
+  }
+
+  private handleHeartbeat(m: HeartbeatRequest): void {
+    this.followLeader(m.from);
+    this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
+    this.send({ type: "heartbeat-response", from: this.id, to: m.from, term: this.term, readContext: m.readContext });
+  }
+
+  private handleHeartbeatResponse(m: HeartbeatResponse): void {
+    if (this.role !== "leader") return;
+    const progress = this.progress.get(m.from);
+    if (progress === undefined) return;
+    progress.recentActive = true;
+    progress.heartbeatAnswered();
+    if (progress.matchIndex < this.log.lastIndex()) this.sendAppend(m.from, progress);
+    if (m.readContext === "") return;
+    const position = this.pendingReads.findIndex((read) => read.readContext === m.readContext);
+    if (position < 0) return;
+    const read = this.pendingReads[position] as PendingRead;
+    read.acks.add(m.from);
+    if (read.acks.size < this.quorum()) return;
+    // An ack for this context confirms leadership for it and every read queued before it.
+    const released = this.pendingReads.splice(0, position + 1);
+    for (const each of released) this.releaseRead(each);
+  }
+
+  private handleReadIndex(m: ReadIndexRequest): void {
+    if (this.role !== "leader") {
+      this.send({ type: "read-index-response", from: this.id, to: m.from, term: this.term, readContext: m.readContext, index: 0, rejected: true });
+      return;
+    }
+    this.leaderReadIndex(m.readContext, m.from);
+  }
+
+  private handleReadIndexResponse(m: ReadIndexResponse): void {
+    if (m.rejected) {
+      this.readFailures.push({ readContext: m.readContext, reason: "not_leader" });
+    } else {
+      this.readStates.push({ readContext: m.readContext, index: m.index });
+    }
+  }
+
+  // ---- Leader replication -------------------------------------------------------------------
+
+  private appendEntries(data: readonly Uint8Array[]): number {
+    const firstIndex = this.log.lastIndex() + 1;
+    const entries: Entry[] = data.map((bytes, i) => ({
+      term: this.term,
+      index: firstIndex + i,
+      type: EntryType.Normal,
+      data: bytes,
+    }));
+    this.log.append(entries);
+    // The leader counts its own copy now: the driver persists it before any message that could
+    // bring acks for it leaves this node, so a commit never rests on an entry only in memory.
+    (this.progress.get(this.id) as Progress).maybeUpdate(this.log.lastIndex());
+    this.maybeCommit();
+    return firstIndex;
+  }
+
+  /** Commits the highest index a quorum holds, if it is of the current term (§5.4.2). */
+  private maybeCommit(): boolean {
+    const matched = this.voters.map((voter) => (this.progress.get(voter) as Progress).matchIndex).sort((a, b) => b - a);
+    const quorumIndex = matched[this.quorum() - 1] as number;
+    const committed = this.log.maybeCommit(quorumIndex, this.term);
+    if (committed && this.readsBeforeTermCommit.length > 0 && this.log.term(this.log.committed) === this.term) {
+      const waiting = this.readsBeforeTermCommit;
+      this.readsBeforeTermCommit = [];
+      for (const read of waiting) this.leaderReadIndex(read.readContext, read.from);
+    }
+    return committed;
+  }
+
+  private broadcastAppend(sendIfEmpty = false): void {
+    for (const [voter, progress] of this.progress) {
+      if (voter !== this.id) this.sendAppend(voter, progress, sendIfEmpty);
+    }
+  }
+
+  private sendAppend(to: NodeId, progress: Progress, sendIfEmpty = false): void {
+    if (progress.isPaused()) return;
+    const prevLogIndex = progress.nextIndex - 1;
+    const prevLogTerm = this.log.term(prevLogIndex);
+    assert(prevLogTerm !== undefined, `no term for index ${prevLogIndex}: log compaction is not implemented`);
+    const lastIndex = this.log.lastIndex();
+    const entries = progress.nextIndex <= lastIndex ? this.log.slice(progress.nextIndex, lastIndex + 1, this.cfg.appendBytesMax) : [];
+    if (progress.state === "replicate" && entries.length === 0 && !sendIfEmpty) return; // nothing new to say
+    this.send({ type: "append", from: this.id, to, term: this.term, prevLogIndex, prevLogTerm, entries, commit: this.log.committed });
+    progress.sentAppend(entries[entries.length - 1]?.index);
+  }
+
+  private broadcastHeartbeat(readContext: string): void {
+    for (const [voter, progress] of this.progress) {
+      if (voter === this.id) continue;
+      const commit = Math.min(progress.matchIndex, this.log.committed);
+      this.send({ type: "heartbeat", from: this.id, to: voter, term: this.term, commit, readContext });
+    }
+  }
+}

@@ -1,0 +1,24 @@
+import type { Entry, HardState, NodeId } from "./types.ts";
+
+/**
+ * What the core reads from durable storage (etcd's Storage interface). The core never writes it:
+ * the driver persists each Ready and then tells the core by `advance`. Reads are synchronous, which
+ * bun:sqlite makes cheap; an implementation keeps what it returns consistent with what it persisted.
+ */
+export interface RaftStorage {
+  /** Term, vote and commit as last persisted, and the voters of the cluster. */
+  initialState(): { hardState: HardState; voters: readonly NodeId[] };
+  /** Entries in [lo, hi), lo >= firstIndex(), hi <= lastIndex() + 1. At least one entry when lo < hi even past `maxBytes`. */
+  entries(lo: number, hi: number, maxBytes: number): Entry[];
+  /** Term of the entry at `index`, for firstIndex()-1 <= index <= lastIndex(); term(0) is 0. */
+  term(index: number): number;
+  /** Index of the first entry still held (1 for a log never compacted). */
+  firstIndex(): number;
+  /** Index of the last persisted entry, 0 when empty. */
+  lastIndex(): number;
+}
+
+/** What the driver writes: one call per Ready, atomic (one transaction, one fsync when `sync`). */
+export interface RaftLogWriter {
+  save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void;
+}

@@ -1,0 +1,168 @@
+/**
+ * The data the Raft core consumes and produces. Everything here is plain data: no I/O, no clocks.
+ * Terms and indexes are JavaScript numbers; they stay far below 2^53 for any real cluster.
+ */
+
+/** A server's identity in the cluster: a small positive integer. */
+export type NodeId = number;
+
+/** What a log entry carries. A leader's no-op on taking office is a `normal` entry with no data. */
+export enum EntryType {
+  Normal = 0,
+}
+
+/** One log entry (paper §5.3). `index` starts at 1; index 0 with term 0 is the empty log's sentinel. */
+export interface Entry {
+  readonly term: number;
+  readonly index: number;
+  readonly type: EntryType;
+  readonly data: Uint8Array;
+}
+
+/** The state that must be on disk before any message that depends on it leaves the node (Figure 2). */
+export interface HardState {
+  readonly term: number;
+  /** The candidate voted for in `term`, or 0 for none. */
+  readonly vote: NodeId;
+  readonly commit: number;
+}
+
+export const emptyHardState: HardState = { term: 0, vote: 0, commit: 0 };
+
+export function hardStateEqual(a: HardState, b: HardState): boolean {
+  return a.term === b.term && a.vote === b.vote && a.commit === b.commit;
+}
+
+export type Role = "follower" | "candidate" | "leader";
+
+/** State that need not be persisted but that callers want to see when it changes. */
+export interface SoftState {
+  readonly leaderId: NodeId; // 0 when unknown
+  readonly role: Role;
+}
+
+/**
+ * Messages between Raft servers, one variant per RPC and response.
+ * `term` is the sender's current term; every message carries `from` and `to`.
+ */
+export type Message =
+  | VoteRequest
+  | VoteResponse
+  | AppendRequest
+  | AppendResponse
+  | HeartbeatRequest
+  | HeartbeatResponse
+  | ReadIndexRequest
+  | ReadIndexResponse;
+
+interface MessageBase {
+  readonly from: NodeId;
+  readonly to: NodeId;
+  readonly term: number;
+}
+
+/** RequestVote (§5.2, §5.4.1). */
+export interface VoteRequest extends MessageBase {
+  readonly type: "vote";
+  readonly lastLogIndex: number;
+  readonly lastLogTerm: number;
+}
+
+export interface VoteResponse extends MessageBase {
+  readonly type: "vote-response";
+  readonly granted: boolean;
+}
+
+/** AppendEntries with entries (§5.3). */
+export interface AppendRequest extends MessageBase {
+  readonly type: "append";
+  readonly prevLogIndex: number;
+  readonly prevLogTerm: number;
+  readonly entries: readonly Entry[];
+  readonly commit: number;
+}
+
+/**
+ * The answer to an AppendRequest. On success `index` is the last index now known to match.
+ * On rejection `index` echoes the rejected prevLogIndex and the hint lets the leader skip back
+ * a whole term at a time (thesis §5.3's "fast backtracking"): `hintIndex` is the largest index
+ * the follower has at or below prevLogIndex whose term is <= `hintTerm`, the term at that index.
+ */
+export interface AppendResponse extends MessageBase {
+  readonly type: "append-response";
+  readonly success: boolean;
+  readonly index: number;
+  readonly hintIndex: number;
+  readonly hintTerm: number;
+}
+
+/**
+ * A heartbeat is an AppendEntries with no entries that needs no log check (etcd's MsgHeartbeat).
+ * `commit` is never beyond what the follower is known to have. `readContext` carries the latest
+ * pending ReadIndex request id so one round of acks confirms leadership for every read before it.
+ */
+export interface HeartbeatRequest extends MessageBase {
+  readonly type: "heartbeat";
+  readonly commit: number;
+  readonly readContext: string;
+}
+
+export interface HeartbeatResponse extends MessageBase {
+  readonly type: "heartbeat-response";
+  readonly readContext: string;
+}
+
+/** A follower asks the leader for a read index on behalf of its clients (thesis §6.4). */
+export interface ReadIndexRequest extends MessageBase {
+  readonly type: "read-index";
+  readonly readContext: string;
+}
+
+/** `index` is the leader's commit index once its leadership was confirmed; 0 with `rejected`. */
+export interface ReadIndexResponse extends MessageBase {
+  readonly type: "read-index-response";
+  readonly readContext: string;
+  readonly index: number;
+  readonly rejected: boolean;
+}
+
+export type MessageType = Message["type"];
+
+/** A read that may be served once the state machine has applied `index` (thesis §6.4). */
+export interface ReadState {
+  readonly readContext: string;
+  readonly index: number;
+}
+
+/** A read the core could not serve (no leader, or leadership lost): the caller should retry or fail it. */
+export interface ReadFailure {
+  readonly readContext: string;
+  readonly reason: "no_leader" | "not_leader";
+}
+
+/**
+ * Everything the core asks its driver to do, in this order (etcd's Ready):
+ * persist `hardState` and `entries` in one transaction (fsync when `mustSync`), then send
+ * `messages`, then apply `committedEntries`, then call `advance(ready)`.
+ */
+export interface Ready {
+  readonly softState: SoftState | undefined;
+  readonly hardState: HardState | undefined;
+  readonly entries: readonly Entry[];
+  readonly committedEntries: readonly Entry[];
+  readonly messages: readonly Message[];
+  readonly readStates: readonly ReadState[];
+  readonly readFailures: readonly ReadFailure[];
+  readonly mustSync: boolean;
+}
+
+/** Thrown to a proposer when the core cannot take a proposal; nothing was appended. */
+export class ProposalRefusedError extends Error {
+  override name = "ProposalRefusedError";
+  constructor(
+    readonly reason: "not_leader" | "no_leader" | "too_many_uncommitted",
+    readonly leaderId: NodeId,
+  ) {
+    super(`proposal refused: ${reason}`);
+  }
+}

@@ -1,0 +1,409 @@
+import { assert } from "../lib/assert.ts";
+import { createPrng, type Prng } from "../lib/prng.ts";
+import { MemoryStorage } from "../raft/memory-storage.ts";
+import { defaultRaftLimits } from "../raft/raft.ts";
+import { RawNode } from "../raft/raw-node.ts";
+import { ProposalRefusedError, type Entry, type Message, type NodeId, type ReadFailure, type ReadState } from "../raft/types.ts";
+import { SimNetwork } from "./sim-network.ts";
+
+/** A broken Raft guarantee found by the simulator's checkers. */
+export class SafetyViolation extends Error {
+  override name = "SafetyViolation";
+}
+
+export interface SimClusterOptions {
+  readonly nodeCount: number;
+  readonly seed: number;
+  readonly electionTicks?: number;
+  readonly heartbeatTicks?: number;
+  readonly inflightMessagesMax?: number;
+  readonly appendBytesMax?: number;
+}
+
+/** Where in carrying out a Ready a simulated crash strikes. */
+export type CrashPoint = "before-persist" | "after-persist" | "after-send";
+
+interface SimNode {
+  readonly id: NodeId;
+  /** What is on disk: survives crashes. */
+  storage: MemoryStorage;
+  /** The state machine: applied entries in order (durable, applied in the same step as the index). */
+  readonly applied: Entry[];
+  /** The running process, or undefined while crashed. */
+  raw: RawNode | undefined;
+  readStates: ReadState[];
+  readFailures: ReadFailure[];
+}
+
+interface Proposal {
+  readonly index: number;
+  readonly term: number;
+  readonly data: Uint8Array;
+}
+
+/**
+ * A whole cluster of Raft cores in one process on a simulated network and disk, driven tick by tick
+ * from one seed. After every step it checks the paper's safety properties (Figure 3): election safety,
+ * log matching, leader completeness and state machine safety; any breach throws SafetyViolation.
+ */
+export class SimCluster {
+  readonly ids: NodeId[];
+  readonly network: SimNetwork;
+  readonly prng: Prng;
+  nowTick = 0;
+  private readonly nodes = new Map<NodeId, SimNode>();
+  private readonly opts: Required<SimClusterOptions>;
+  /** Crash injection: consulted at each point of each Ready; returns true to crash there. */
+  crashHook: ((id: NodeId, point: CrashPoint) => boolean) | undefined;
+
+  // ---- Checker state ----
+  private readonly leaderOfTerm = new Map<number, NodeId>();
+  /** (index, term) → the term before it and the data: two logs that share one share the prefix. */
+  private readonly entryIdentity = new Map<string, { prevTerm: number; data: Uint8Array }>();
+  /** index → the entry every state machine applies there. */
+  private readonly appliedAt = new Map<number, Entry>();
+  /** Proposals acknowledged to a client: applied on the leader that took them. */
+  readonly acknowledged: Proposal[] = [];
+  private readonly pending = new Map<NodeId, Proposal[]>();
+  private proposalSequence = 0;
+
+  constructor(options: SimClusterOptions) {
+    this.opts = {
+      electionTicks: 10,
+      heartbeatTicks: 1,
+      inflightMessagesMax: defaultRaftLimits.inflightMessagesMax,
+      appendBytesMax: defaultRaftLimits.appendBytesMax,
+      ...options,
+    };
+    this.prng = createPrng(options.seed);
+    this.network = new SimNetwork(createPrng(options.seed ^ 0x5eed));
+    this.ids = Array.from({ length: options.nodeCount }, (_, i) => i + 1);
+    for (const id of this.ids) {
+      const node: SimNode = { id, storage: new MemoryStorage(this.ids), applied: [], raw: undefined, readStates: [], readFailures: [] };
+      this.nodes.set(id, node);
+      this.start(node);
+    }
+  }
+
+  private start(node: SimNode): void {
+    node.raw = new RawNode({
+      id: node.id,
+      storage: node.storage,
+      electionTicks: this.opts.electionTicks,
+      heartbeatTicks: this.opts.heartbeatTicks,
+      prng: createPrng(this.opts.seed * 31 + node.id * 7919 + this.nowTick),
+      applied: node.applied.length,
+      appendBytesMax: this.opts.appendBytesMax,
+      inflightMessagesMax: this.opts.inflightMessagesMax,
+      uncommittedEntriesMax: defaultRaftLimits.uncommittedEntriesMax,
+      committedBytesMax: defaultRaftLimits.committedBytesMax,
+    });
+    node.readStates = [];
+    node.readFailures = [];
+  }
+
+  private node(id: NodeId): SimNode {
+    const node = this.nodes.get(id);
+    assert(node !== undefined, `no node ${id}`);
+    return node;
+  }
+
+  raw(id: NodeId): RawNode | undefined {
+    return this.node(id).raw;
+  }
+
+  isUp(id: NodeId): boolean {
+    return this.node(id).raw !== undefined;
+  }
+
+  // ---- Faults -------------------------------------------------------------------------------
+
+  /** Kills the process: what it had not persisted is gone, and so are its in-flight proposals. */
+  crash(id: NodeId): void {
+    const node = this.node(id);
+    node.raw = undefined;
+    this.pending.delete(id);
+    this.network.dropTo(id);
+  }
+
+  /** Restarts a crashed node from what its disk holds. */
+  restart(id: NodeId): void {
+    const node = this.node(id);
+    if (node.raw !== undefined) return;
+    this.start(node);
+  }
+
+  /** Cuts a node off from every other (its process keeps running). */
+  disconnect(id: NodeId): void {
+    this.network.isolate(id, this.ids);
+  }
+
+  // ---- Driving ------------------------------------------------------------------------------
+
+  /** One tick of the clock: every live node ticks, then messages due are delivered until quiet. */
+  tick(): void {
+    this.nowTick++;
+    for (const id of this.ids) {
+      const raw = this.node(id).raw;
+      if (raw !== undefined) {
+        raw.tick();
+        this.process(id);
+      }
+    }
+    this.deliver();
+  }
+
+  /** Delivers every message due now, and what that provokes with no delay, until nothing is due. */
+  deliver(): void {
+    for (let round = 0; round < 10_000; round++) {
+      const due = this.network.due(this.nowTick);
+      if (due.length === 0) return;
+      for (const message of due) {
+        const raw = this.node(message.to).raw;
+        if (raw === undefined) continue;
+        raw.step(message);
+        this.process(message.to);
+      }
+    }
+    throw new SafetyViolation("message storm: delivery did not quiesce within 10000 rounds");
+  }
+
+  runTicks(count: number): void {
+    for (let i = 0; i < count; i++) this.tick();
+  }
+
+  /** Ticks until `condition` holds; returns false if `ticksMax` pass first. */
+  tickUntil(condition: () => boolean, ticksMax: number): boolean {
+    for (let i = 0; i < ticksMax; i++) {
+      if (condition()) return true;
+      this.tick();
+    }
+    return condition();
+  }
+
+  /** Carries out every Ready of one node: persist, send, apply, advance (with crash points). */
+  process(id: NodeId): void {
+    const node = this.node(id);
+    for (;;) {
+      const raw = node.raw;
+      if (raw === undefined || !raw.hasReady()) return;
+      const ready = raw.ready();
+      if (this.crashHook?.(id, "before-persist")) return this.crash(id);
+      this.checkAppend(node, ready.entries);
+      node.storage.save(ready.hardState, ready.entries, ready.mustSync);
+      if (ready.softState?.role === "leader") this.checkNewLeader(node);
+      if (this.crashHook?.(id, "after-persist")) return this.crash(id);
+      for (const message of ready.messages) this.send(message);
+      if (this.crashHook?.(id, "after-send")) return this.crash(id);
+      for (const entry of ready.committedEntries) this.apply(node, entry);
+      node.readStates.push(...ready.readStates);
+      node.readFailures.push(...ready.readFailures);
+      raw.advance(ready);
+      this.checkLeaders();
+    }
+  }
+
+  private send(message: Message): void {
+    this.network.send(message, this.nowTick);
+  }
+
+  private apply(node: SimNode, entry: Entry): void {
+    assert(entry.index === node.applied.length + 1, `node ${node.id} applies ${entry.index} after ${node.applied.length}`);
+    const agreed = this.appliedAt.get(entry.index);
+    if (agreed === undefined) {
+      this.appliedAt.set(entry.index, entry);
+    } else if (agreed.term !== entry.term || !bytesEqual(agreed.data, entry.data)) {
+      throw new SafetyViolation(
+        `state machine safety: node ${node.id} applied (${entry.index}, term ${entry.term}) where another applied term ${agreed.term}`,
+      );
+    }
+    node.applied.push(entry);
+    const waiting = this.pending.get(node.id);
+    if (waiting === undefined) return;
+    while (waiting.length > 0 && (waiting[0] as Proposal).index <= entry.index) {
+      const proposal = waiting.shift() as Proposal;
+      if (proposal.index === entry.index && proposal.term === entry.term) this.acknowledged.push(proposal);
+    }
+  }
+
+  // ---- Checkers -----------------------------------------------------------------------------
+
+  /** Log matching (§5.3): an (index, term) pair names one entry and one prefix, everywhere. */
+  private checkAppend(node: SimNode, entries: readonly Entry[]): void {
+    const raw = node.raw as RawNode;
+    for (const entry of entries) {
+      const prevTerm = raw.raft.log.term(entry.index - 1);
+      assert(prevTerm !== undefined, "appended entry with no predecessor");
+      const key = `${entry.index}/${entry.term}`;
+      const seen = this.entryIdentity.get(key);
+      if (seen === undefined) {
+        this.entryIdentity.set(key, { prevTerm, data: entry.data });
+      } else if (seen.prevTerm !== prevTerm || !bytesEqual(seen.data, entry.data)) {
+        throw new SafetyViolation(`log matching: node ${node.id} holds a different entry or prefix at (${key})`);
+      }
+    }
+  }
+
+  /** Election safety (§5.2): at most one leader per term. */
+  private checkLeaders(): void {
+    for (const node of this.nodes.values()) {
+      const raft = node.raw?.raft;
+      if (raft === undefined || raft.role !== "leader") continue;
+      const known = this.leaderOfTerm.get(raft.term);
+      if (known === undefined) this.leaderOfTerm.set(raft.term, node.id);
+      else if (known !== node.id) throw new SafetyViolation(`election safety: nodes ${known} and ${node.id} both lead term ${raft.term}`);
+    }
+  }
+
+  /** Leader completeness (§5.4): a new leader's log holds every entry any state machine applied. */
+  private checkNewLeader(node: SimNode): void {
+    const log = (node.raw as RawNode).raft.log;
+    for (const [index, entry] of this.appliedAt) {
+      if (log.term(index) !== entry.term) {
+        throw new SafetyViolation(`leader completeness: leader ${node.id} lacks applied entry (${index}, term ${entry.term})`);
+      }
+    }
+  }
+
+  // ---- Clients ------------------------------------------------------------------------------
+
+  /** The live node that believes it leads in the highest term, if any. */
+  leader(): NodeId | undefined {
+    let best: { id: NodeId; term: number } | undefined;
+    for (const node of this.nodes.values()) {
+      const raft = node.raw?.raft;
+      if (raft?.role === "leader" && (best === undefined || raft.term > best.term)) best = { id: node.id, term: raft.term };
+    }
+    return best?.id;
+  }
+
+  /** Every live node that believes it is leader. */
+  leaders(): NodeId[] {
+    return this.ids.filter((id) => this.node(id).raw?.raft.role === "leader");
+  }
+
+  /** Proposes `data` at node `id`; returns its index, or undefined if refused. */
+  propose(id: NodeId, data: Uint8Array = this.nextCommand()): number | undefined {
+    const raw = this.node(id).raw;
+    if (raw === undefined) return undefined;
+    try {
+      const index = raw.propose([data]);
+      const list = this.pending.get(id) ?? [];
+      list.push({ index, term: raw.raft.term, data });
+      this.pending.set(id, list);
+      this.process(id);
+      return index;
+    } catch (error) {
+      if (error instanceof ProposalRefusedError) return undefined;
+      throw error;
+    }
+  }
+
+  /** A fresh, unique command. */
+  nextCommand(): Uint8Array {
+    return new TextEncoder().encode(`cmd-${this.proposalSequence++}`);
+  }
+
+  /** Requests a linearizable read index at node `id` with a fresh context; returns the context. */
+  readIndex(id: NodeId): string {
+    const context = `${id}-${this.proposalSequence++}`;
+    const raw = this.node(id).raw;
+    assert(raw !== undefined, `node ${id} is down`);
+    raw.readIndex(context);
+    this.process(id);
+    return context;
+  }
+
+  readStates(id: NodeId): readonly ReadState[] {
+    return this.node(id).readStates;
+  }
+
+  readFailures(id: NodeId): readonly ReadFailure[] {
+    return this.node(id).readFailures;
+  }
+
+  applied(id: NodeId): readonly Entry[] {
+    return this.node(id).applied;
+  }
+
+  /** How many nodes have applied `data` at `index`; throws if they disagree (they must not). */
+  appliedCount(index: number): number {
+    let count = 0;
+    for (const node of this.nodes.values()) if (node.applied.length >= index) count++;
+    return count;
+  }
+
+  /**
+   * Like 6.5840's `one()`: keeps proposing `data` to whoever leads until `expectedNodes` nodes have
+   * applied it; returns its index, or throws after `ticksMax`.
+   */
+  one(data: Uint8Array, expectedNodes: number, ticksMax = 1_000): number {
+    const start = this.nowTick;
+    while (this.nowTick - start < ticksMax) {
+      const leader = this.leader();
+      const index = leader === undefined ? undefined : this.propose(leader, data);
+      if (index !== undefined) {
+        const done = this.tickUntil(() => {
+          const entry = this.appliedAt.get(index);
+          return entry !== undefined && bytesEqual(entry.data, data) && this.appliedCount(index) >= expectedNodes;
+        }, 4 * this.opts.electionTicks);
+        if (done) return index;
+      } else {
+        this.tick();
+      }
+    }
+    throw new SafetyViolation(`one(): ${new TextDecoder().decode(data)} not applied by ${expectedNodes} nodes in ${ticksMax} ticks`);
+  }
+
+  /** The entry applied at `index` by any node, if one was. */
+  appliedEntry(index: number): Entry | undefined {
+    return this.appliedAt.get(index);
+  }
+
+  /**
+   * Heals the network, restarts every node, and requires convergence within `ticksMax`: one leader,
+   * a fresh entry applied everywhere, every log identical, every acknowledged proposal applied.
+   */
+  healAndConverge(ticksMax: number): void {
+    this.network.heal();
+    this.network.faults = { lossRate: 0, delayTicksMax: 0, duplicateRate: 0 };
+    this.crashHook = undefined;
+    for (const id of this.ids) this.restart(id);
+    this.one(this.nextCommand(), this.ids.length, ticksMax);
+    const reference = this.node(this.ids[0] as NodeId).applied;
+    for (const node of this.nodes.values()) {
+      const raft = (node.raw as RawNode).raft;
+      if (node.applied.length !== reference.length) {
+        const converged = this.tickUntil(() => node.applied.length === reference.length, ticksMax);
+        if (!converged) throw new SafetyViolation(`node ${node.id} applied ${node.applied.length}, node 1 ${reference.length}`);
+      }
+      if (raft.log.lastIndex() < node.applied.length) throw new SafetyViolation(`node ${node.id} applied past its log`);
+    }
+    for (const proposal of this.acknowledged) {
+      for (const node of this.nodes.values()) {
+        const entry = node.applied[proposal.index - 1];
+        if (entry === undefined || entry.term !== proposal.term || !bytesEqual(entry.data, proposal.data)) {
+          throw new SafetyViolation(`acknowledged write at ${proposal.index} lost on node ${node.id}`);
+        }
+      }
+    }
+  }
+
+  /** One line per node, for failure reports. */
+  describe(): string {
+    return this.ids
+      .map((id) => {
+        const node = this.node(id);
+        const raft = node.raw?.raft;
+        if (raft === undefined) return `node ${id}: down, applied ${node.applied.length}`;
+        return `node ${id}: ${raft.role} term ${raft.term} vote ${raft.vote} leader ${raft.leaderId} last ${raft.log.lastIndex()} commit ${raft.log.committed} applied ${node.applied.length}`;
+      })
+      .join("\n");
+  }
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.byteLength !== b.byteLength) return false;
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

@@ -1,0 +1,72 @@
+import { createPrng } from "../lib/prng.ts";
+import { SimCluster } from "./sim-cluster.ts";
+
+/** What one swarm run did, for reports and for tests that want to see faults really happened. */
+export interface SwarmResult {
+  readonly seed: number;
+  readonly nodeCount: number;
+  readonly acknowledged: number;
+  readonly crashes: number;
+  readonly partitions: number;
+  readonly ticks: number;
+}
+
+/**
+ * One randomized run in the manner of TigerBeetle's VOPR: the fault settings themselves are drawn
+ * from the seed (a "swarm"), a safety phase runs clients against crashes, partitions, loss, delay,
+ * reordering and duplication with every Figure 3 property checked after each step, then the
+ * network heals, every node restarts, and the cluster must converge within a tick budget.
+ * Throws SafetyViolation (or an AssertionError from the core) with the seed in the message.
+ */
+export function runSwarm(seed: number): SwarmResult {
+  const prng = createPrng(seed);
+  const nodeCount = prng.pick([3, 3, 5, 5, 7]);
+  const electionTicks = prng.intInclusive(5, 15);
+  const cluster = new SimCluster({
+    nodeCount,
+    seed,
+    electionTicks,
+    heartbeatTicks: prng.intInclusive(1, Math.max(1, Math.floor(electionTicks / 3))),
+    inflightMessagesMax: prng.pick([1, 4, 256]),
+    appendBytesMax: prng.pick([1, 64, 1 << 20]),
+  });
+  const lossRate = prng.pick([0, 0, 0.05, 0.2, 0.4]);
+  const delayTicksMax = prng.pick([0, 1, 3, electionTicks]);
+  const duplicateRate = prng.pick([0, 0.05, 0.2]);
+  const crashRate = prng.pick([0, 0.002, 0.01, 0.03]);
+  const readyCrashRate = prng.pick([0, 0.001, 0.005]);
+  const partitionRate = prng.pick([0, 0.01, 0.05]);
+  const proposeRate = prng.pick([0.1, 0.5, 1]);
+  const ticks = prng.intInclusive(100, 600);
+  cluster.network.faults = { lossRate, delayTicksMax, duplicateRate };
+  cluster.crashHook = () => prng.chance(readyCrashRate);
+  let crashes = 0;
+  let partitions = 0;
+  try {
+    for (let tick = 0; tick < ticks; tick++) {
+      for (const id of cluster.ids) {
+        if (cluster.isUp(id) && prng.chance(proposeRate / nodeCount)) cluster.propose(id);
+        if (cluster.isUp(id) && prng.chance(0.05)) cluster.readIndex(id);
+      }
+      cluster.tick();
+      if (prng.chance(crashRate)) {
+        cluster.crash(prng.pick(cluster.ids));
+        crashes++;
+      }
+      if (prng.chance(crashRate * 3)) cluster.restart(prng.pick(cluster.ids));
+      if (prng.chance(partitionRate)) {
+        partitions++;
+        const shuffled = cluster.ids.slice().sort(() => prng.next() - 0.5);
+        const cut = prng.intInclusive(1, nodeCount - 1);
+        cluster.network.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
+      }
+      if (prng.chance(partitionRate * 2)) cluster.network.heal();
+    }
+    cluster.healAndConverge(100 * electionTicks);
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : String(error);
+    const replay = `KV_SWARM_SEED=${seed} bun test test/raft-swarm.test.ts`;
+    throw new Error(`swarm seed=${seed} failed: ${detail}\nreplay: ${replay}\n${cluster.describe()}`, { cause: error });
+  }
+  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks };
+}

@@ -1,0 +1,140 @@
+// Proves single rules of the Raft paper (Figure 2) on one core fed messages by hand, citing the section each checks.
+import { describe, expect, test } from "bun:test";
+import { createPrng } from "../src/lib/prng.ts";
+import { MemoryStorage } from "../src/raft/memory-storage.ts";
+import { defaultRaftLimits } from "../src/raft/raft.ts";
+import { RawNode } from "../src/raft/raw-node.ts";
+import { EntryType, type Entry, type Message } from "../src/raft/types.ts";
+
+const entry = (index: number, term: number, text = `e${index}`): Entry => ({
+  index,
+  term,
+  type: EntryType.Normal,
+  data: new TextEncoder().encode(text),
+});
+
+const disks = new WeakMap<RawNode, MemoryStorage>();
+
+/** A core for node `id` of voters 1..n whose disk holds `log` and `term`. */
+function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0): RawNode {
+  const storage = new MemoryStorage(Array.from({ length: n }, (_, i) => i + 1));
+  storage.save({ term, vote, commit: 0 }, log, true);
+  const node = new RawNode({
+    id,
+    storage,
+    electionTicks: 10,
+    heartbeatTicks: 1,
+    prng: createPrng(id),
+    applied: 0,
+    ...defaultRaftLimits,
+  });
+  disks.set(node, storage);
+  return node;
+}
+
+/** Carries out every Ready (persisting to the node's memory disk) and returns the messages. */
+function drain(node: RawNode): Message[] {
+  const out: Message[] = [];
+  while (node.hasReady()) {
+    const ready = node.ready();
+    disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    out.push(...ready.messages);
+    node.advance(ready);
+  }
+  return out;
+}
+
+function electLeader(node: RawNode, voters: number[]): void {
+  node.campaign();
+  drain(node);
+  for (const from of voters) node.step({ type: "vote-response", from, to: node.raft.id, term: node.raft.term, granted: true });
+  expect(node.raft.role).toBe("leader");
+}
+
+describe("elections (§5.2, §5.4.1)", () => {
+  test("a server grants at most one vote per term", () => {
+    const node = coreWith(1, 3);
+    node.step({ type: "vote", from: 2, to: 1, term: 1, lastLogIndex: 0, lastLogTerm: 0 });
+    node.step({ type: "vote", from: 3, to: 1, term: 1, lastLogIndex: 0, lastLogTerm: 0 });
+    const answers = drain(node).filter((m) => m.type === "vote-response");
+    expect(answers.map((m) => [m.to, m.type === "vote-response" && m.granted])).toEqual([
+      [2, true],
+      [3, false],
+    ]);
+    expect(node.raft.vote).toBe(2);
+  });
+
+  test("a vote is refused to a candidate whose log is less up to date", () => {
+    const node = coreWith(1, 3, [entry(1, 1), entry(2, 2)], 2);
+    // Higher index but older last term: refused.
+    node.step({ type: "vote", from: 2, to: 1, term: 3, lastLogIndex: 5, lastLogTerm: 1 });
+    // Same last term, shorter log: refused.
+    node.step({ type: "vote", from: 3, to: 1, term: 4, lastLogIndex: 1, lastLogTerm: 2 });
+    const answers = drain(node).filter((m) => m.type === "vote-response");
+    expect(answers.every((m) => m.type === "vote-response" && !m.granted)).toBe(true);
+    expect(node.raft.term).toBe(4);
+  });
+
+  test("a vote is persisted before the grant leaves the node (Figure 2, persistent state)", () => {
+    const node = coreWith(1, 3);
+    node.step({ type: "vote", from: 2, to: 1, term: 5, lastLogIndex: 0, lastLogTerm: 0 });
+    const ready = node.ready();
+    expect(ready.messages.some((m) => m.type === "vote-response" && m.granted)).toBe(true);
+    expect(ready.hardState).toEqual({ term: 5, vote: 2, commit: 0 });
+    expect(ready.mustSync).toBe(true);
+    node.advance(ready);
+  });
+
+  test("a candidate becomes leader with a majority and appends a no-op of its term", () => {
+    const node = coreWith(1, 5, [entry(1, 1)], 1);
+    electLeader(node, [2, 3]);
+    expect(node.raft.log.lastIndex()).toBe(2);
+    expect(node.raft.log.term(2)).toBe(2);
+  });
+});
+
+describe("log replication (§5.3)", () => {
+  test("a follower rejects an append whose previous entry does not match, with a hint to skip the term", () => {
+    const node = coreWith(2, 3, [entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 1)], 1);
+    node.step({ type: "append", from: 1, to: 2, term: 3, prevLogIndex: 6, prevLogTerm: 3, entries: [], commit: 0 });
+    const [reply] = drain(node).filter((m) => m.type === "append-response");
+    expect(reply).toMatchObject({ success: false, index: 6, hintIndex: 4, hintTerm: 1 });
+  });
+
+  test("a follower truncates a conflicting suffix and appends the leader's entries", () => {
+    const node = coreWith(2, 3, [entry(1, 1), entry(2, 1), entry(3, 2, "old")], 2);
+    node.step({ type: "append", from: 1, to: 2, term: 3, prevLogIndex: 2, prevLogTerm: 1, entries: [entry(3, 3, "new")], commit: 3 });
+    const ready = node.ready();
+    expect(ready.entries.map((e) => [e.index, e.term])).toEqual([[3, 3]]);
+    expect(ready.committedEntries.map((e) => new TextDecoder().decode(e.data))).toEqual(["e1", "e2", "new"]);
+    expect(ready.messages).toContainEqual(expect.objectContaining({ type: "append-response", success: true, index: 3 }));
+    disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    node.advance(ready);
+  });
+
+  test("a stale leader is told the newer term and steps down (§5.1)", () => {
+    const node = coreWith(1, 3, [], 1);
+    electLeader(node, [2]);
+    drain(node);
+    node.step({ type: "append-response", from: 2, to: 1, term: 9, success: false, index: 0, hintIndex: 0, hintTerm: 0 });
+    expect(node.raft.role).toBe("follower");
+    expect(node.raft.term).toBe(9);
+  });
+});
+
+describe("commitment (§5.4.2, Figure 8)", () => {
+  test("a leader does not commit an older term's entry by counting replicas, only through its own", () => {
+    // Node 1 leads term 4 holding (2, term 2) that a majority also holds: not committed by that alone.
+    const node = coreWith(1, 5, [entry(1, 1), entry(2, 2)], 3);
+    electLeader(node, [2, 3]);
+    expect(node.raft.term).toBe(4);
+    drain(node);
+    node.step({ type: "append-response", from: 2, to: 1, term: 4, success: true, index: 2, hintIndex: 0, hintTerm: 0 });
+    node.step({ type: "append-response", from: 3, to: 1, term: 4, success: true, index: 2, hintIndex: 0, hintTerm: 0 });
+    expect(node.raft.log.committed).toBe(0);
+    // Once the term-4 no-op at index 3 is on a majority, it and everything before it commit.
+    node.step({ type: "append-response", from: 2, to: 1, term: 4, success: true, index: 3, hintIndex: 0, hintTerm: 0 });
+    node.step({ type: "append-response", from: 3, to: 1, term: 4, success: true, index: 3, hintIndex: 0, hintTerm: 0 });
+    expect(node.raft.log.committed).toBe(3);
+  });
+});

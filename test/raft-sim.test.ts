@@ -1,0 +1,333 @@
+// Proves the Raft core keeps the paper's guarantees (Figure 3) in the classic scenarios of the
+// MIT 6.5840 Raft lab, each run deterministically from a seed under the simulator's checkers.
+import { describe, expect, test } from "bun:test";
+import { createPrng } from "../src/lib/prng.ts";
+import { SimCluster } from "../src/sim/sim-cluster.ts";
+import type { NodeId } from "../src/raft/types.ts";
+
+const electionTicks = 10;
+const electionWindow = 2 * electionTicks; // the longest randomized timeout
+const enc = (s: string) => new TextEncoder().encode(s);
+
+function withSeed(seed: number, run: (cluster: SimCluster) => void, nodeCount = 3): void {
+  const cluster = new SimCluster({ nodeCount, seed, electionTicks });
+  try {
+    run(cluster);
+  } catch (error) {
+    console.error(`seed=${seed} failed; replay: bun test test/raft-sim.test.ts (seed ${seed})\n${cluster.describe()}`);
+    throw error;
+  }
+}
+
+function expectOneLeader(cluster: SimCluster, among: readonly NodeId[] = cluster.ids): NodeId {
+  const ok = cluster.tickUntil(() => {
+    const leaders = among.filter((id) => cluster.raw(id)?.raft.role === "leader");
+    return leaders.length === 1;
+  }, 10 * electionWindow);
+  if (!ok) throw new Error(`no single leader among ${among.join(",")}\n${cluster.describe()}`);
+  return among.find((id) => cluster.raw(id)?.raft.role === "leader") as NodeId;
+}
+
+describe("leader election (§5.2)", () => {
+  test("initial election: one leader, all agree on the term, and it stays without failures", () => {
+    withSeed(1, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      const term = cluster.raw(leader)!.raft.term;
+      cluster.tickUntil(() => cluster.ids.every((id) => cluster.raw(id)!.raft.term === term), electionWindow);
+      for (const id of cluster.ids) expect(cluster.raw(id)!.raft.term).toBe(term);
+      cluster.runTicks(10 * electionWindow);
+      expect(cluster.leader()).toBe(leader);
+      expect(cluster.raw(leader)!.raft.term).toBe(term);
+    });
+  });
+
+  test("re-election: a disconnected leader is replaced; a quorum-less minority elects no one", () => {
+    withSeed(2, (cluster) => {
+      const first = expectOneLeader(cluster);
+      cluster.disconnect(first);
+      const second = expectOneLeader(cluster, cluster.ids.filter((id) => id !== first));
+      expect(second).not.toBe(first);
+
+      // The old leader rejoins: it must not disturb the new one's leadership for good.
+      cluster.network.heal();
+      expectOneLeader(cluster);
+
+      // Cut two of three off: the one left cannot win an election.
+      const leader = expectOneLeader(cluster);
+      const others = cluster.ids.filter((id) => id !== leader);
+      cluster.network.partition([[leader], [others[0]!], [others[1]!]]);
+      cluster.runTicks(5 * electionWindow);
+      expect(cluster.leaders().filter((id) => cluster.raw(id)!.raft.term > cluster.raw(leader)!.raft.term)).toEqual([]);
+      for (const id of others) expect(cluster.raw(id)!.raft.role).not.toBe("leader");
+
+      cluster.network.heal();
+      expectOneLeader(cluster);
+    });
+  });
+
+  test("many elections with 7 nodes: any connected majority elects exactly one leader", () => {
+    withSeed(3, (cluster) => {
+      const prng = createPrng(33);
+      expectOneLeader(cluster);
+      for (let round = 0; round < 10; round++) {
+        const down = new Set<NodeId>();
+        while (down.size < 3) down.add(prng.pick(cluster.ids));
+        const up = cluster.ids.filter((id) => !down.has(id));
+        cluster.network.partition([up, ...[...down].map((id) => [id])]);
+        expectOneLeader(cluster, up);
+        cluster.network.heal();
+      }
+      expectOneLeader(cluster);
+    }, 7);
+  });
+});
+
+describe("log replication (§5.3)", () => {
+  test("basic agreement: commands commit in order at increasing indexes on every node", () => {
+    withSeed(4, (cluster) => {
+      expectOneLeader(cluster);
+      let previous = 0;
+      for (let i = 0; i < 5; i++) {
+        const index = cluster.one(enc(`basic-${i}`), 3);
+        expect(index).toBeGreaterThan(previous);
+        previous = index;
+      }
+      for (const id of cluster.ids) {
+        expect(cluster.applied(id).map((e) => new TextDecoder().decode(e.data)).filter((s) => s.startsWith("basic"))).toEqual([
+          "basic-0",
+          "basic-1",
+          "basic-2",
+          "basic-3",
+          "basic-4",
+        ]);
+      }
+    });
+  });
+
+  test("agreement with a follower down: the majority commits, the follower catches up on return", () => {
+    withSeed(5, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      cluster.one(enc("before"), 3);
+      const follower = cluster.ids.find((id) => id !== leader)!;
+      cluster.disconnect(follower);
+      for (let i = 0; i < 4; i++) cluster.one(enc(`while-down-${i}`), 2);
+      expect(cluster.applied(follower).length).toBeLessThan(cluster.applied(leader).length);
+      cluster.network.heal();
+      const last = cluster.one(enc("after"), 3);
+      expect(cluster.applied(follower).length).toBeGreaterThanOrEqual(last);
+    });
+  });
+
+  test("no commit without a majority: a leader with 2 of 5 commits nothing until the others return", () => {
+    withSeed(6, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      cluster.one(enc("first"), 5);
+      const followers = cluster.ids.filter((id) => id !== leader);
+      const cut = followers.slice(0, 3);
+      const kept = [leader, followers[3]!];
+      cluster.network.partition([kept, ...cut.map((id) => [id])]);
+      const index = cluster.propose(leader, enc("lonely"));
+      expect(index).toBeDefined();
+      cluster.runTicks(5 * electionWindow);
+      expect(cluster.appliedEntry(index!)).toBeUndefined();
+      expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index!);
+
+      cluster.network.heal();
+      cluster.one(enc("after-heal"), 5);
+    }, 5);
+  });
+
+  test("concurrent proposals: many proposals at once each commit exactly once", () => {
+    withSeed(7, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      const indexes = new Set<number>();
+      for (let i = 0; i < 50; i++) indexes.add(cluster.propose(leader, enc(`c-${i}`))!);
+      expect(indexes.size).toBe(50);
+      const last = Math.max(...indexes);
+      expect(cluster.tickUntil(() => cluster.ids.every((id) => cluster.applied(id).length >= last), electionWindow)).toBe(true);
+      const applied = cluster.applied(leader).map((e) => new TextDecoder().decode(e.data)).filter((s) => s.startsWith("c-"));
+      expect(applied).toEqual(Array.from({ length: 50 }, (_, i) => `c-${i}`));
+    });
+  });
+
+  test("rejoin of a partitioned leader: its uncommitted entries are overwritten by the new leader's", () => {
+    withSeed(8, (cluster) => {
+      const old = expectOneLeader(cluster);
+      cluster.one(enc("committed"), 3);
+      cluster.disconnect(old);
+      const stale = [cluster.propose(old, enc("stale-1")), cluster.propose(old, enc("stale-2"))];
+      expect(stale.every((i) => i !== undefined)).toBe(true);
+      expectOneLeader(cluster, cluster.ids.filter((id) => id !== old));
+      cluster.one(enc("new-1"), 2);
+      cluster.network.heal();
+      const last = cluster.one(enc("new-2"), 3);
+      for (const id of cluster.ids) {
+        const texts = cluster.applied(id).slice(0, last).map((e) => new TextDecoder().decode(e.data));
+        expect(texts).not.toContain("stale-1");
+        expect(texts).toContain("new-1");
+      }
+    });
+  });
+
+  test("fast backup: long divergent logs are reconciled with a handful of rejections, not one per entry", () => {
+    withSeed(9, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      cluster.one(enc("base"), 5);
+      const followers = cluster.ids.filter((id) => id !== leader);
+      // The leader and one follower take 50 entries that cannot commit.
+      cluster.network.partition([[leader, followers[0]!], followers.slice(1)]);
+      for (let i = 0; i < 50; i++) cluster.propose(leader, enc(`lost-${i}`));
+      // The other three elect a leader and commit 50 entries of their own.
+      expectOneLeader(cluster, followers.slice(1));
+      for (let i = 0; i < 50; i++) cluster.one(enc(`kept-${i}`), 3);
+      // Everyone together again: the diverged pair must be brought back quickly.
+      const before = cluster.network.appendRejections;
+      cluster.network.heal();
+      const last = cluster.one(enc("together"), 5);
+      for (const id of cluster.ids) expect(cluster.applied(id).length).toBeGreaterThanOrEqual(last);
+      expect(cluster.network.appendRejections - before).toBeLessThan(20);
+    }, 5);
+  });
+});
+
+describe("safety across crashes (§5.4, Figure 8)", () => {
+  test("persistence: every node crashes and restarts from disk, committed entries stay", () => {
+    withSeed(10, (cluster) => {
+      expectOneLeader(cluster);
+      const index = cluster.one(enc("durable"), 3);
+      for (const id of cluster.ids) cluster.crash(id);
+      for (const id of cluster.ids) cluster.restart(id);
+      expectOneLeader(cluster);
+      cluster.one(enc("after-restart"), 3);
+      for (const id of cluster.ids) expect(new TextDecoder().decode(cluster.applied(id)[index - 1]!.data)).toBe("durable");
+      // Restart the leader alone, then a follower.
+      const leader = expectOneLeader(cluster);
+      cluster.crash(leader);
+      cluster.one(enc("leader-down"), 2);
+      cluster.restart(leader);
+      cluster.one(enc("leader-back"), 3);
+    });
+  });
+
+  test("commit only counts replicas of current-term entries (§5.4.2)", () => {
+    withSeed(11, (cluster) => {
+      // Drive the core by hand: leader 1 holds an old-term entry that a majority has.
+      const leader = expectOneLeader(cluster);
+      cluster.one(enc("x"), 3);
+      const raft = cluster.raw(leader)!.raft;
+      const term = raft.term;
+      const index = raft.log.lastIndex();
+      expect(raft.log.term(index)).toBe(term);
+      // RaftLog itself refuses to commit an index whose entry is of another term.
+      expect(raft.log.maybeCommit(index, term + 1)).toBe(false);
+    });
+  });
+
+  test("Figure 8: random leader crashes and proposals never lose a committed entry", () => {
+    for (const seed of [12, 13, 14]) {
+      withSeed(seed, (cluster) => {
+        const prng = createPrng(seed);
+        let up = cluster.ids.length;
+        for (let iteration = 0; iteration < 200; iteration++) {
+          const leader = cluster.leader();
+          if (leader !== undefined) cluster.propose(leader);
+          cluster.runTicks(prng.chance(0.1) ? prng.intInclusive(0, 2 * electionWindow) : prng.intInclusive(0, 3));
+          const now = cluster.leader();
+          if (now !== undefined && prng.chance(0.5)) {
+            cluster.crash(now);
+            up--;
+          }
+          if (up < 3) {
+            const down = cluster.ids.filter((id) => !cluster.isUp(id));
+            cluster.restart(prng.pick(down));
+            up++;
+          }
+        }
+        cluster.healAndConverge(50 * electionWindow);
+      }, 5);
+    }
+  });
+
+  test("Figure 8 on an unreliable network: loss, delay, reordering and duplicates", () => {
+    withSeed(15, (cluster) => {
+      const prng = createPrng(15);
+      cluster.network.faults = { lossRate: 0.1, delayTicksMax: 4, duplicateRate: 0.05 };
+      for (let iteration = 0; iteration < 300; iteration++) {
+        const leader = cluster.leader();
+        if (leader !== undefined && prng.chance(0.5)) cluster.propose(leader);
+        cluster.runTicks(prng.intInclusive(0, 3));
+        if (prng.chance(0.05)) {
+          const victim = prng.pick(cluster.ids);
+          if (cluster.isUp(victim)) cluster.disconnect(victim);
+        }
+        if (prng.chance(0.05)) cluster.network.heal();
+      }
+      cluster.healAndConverge(50 * electionWindow);
+      expect(cluster.acknowledged.length).toBeGreaterThan(10);
+    }, 5);
+  });
+
+  test("agreement on an unreliable network: every command commits despite loss and reordering", () => {
+    withSeed(16, (cluster) => {
+      cluster.network.faults = { lossRate: 0.2, delayTicksMax: 5, duplicateRate: 0.1 };
+      for (let i = 0; i < 30; i++) cluster.one(enc(`u-${i}`), 1, 2_000);
+      cluster.healAndConverge(50 * electionWindow);
+    }, 5);
+  });
+
+  test("churn: crashes at every point of a Ready, restarts and partitions, then heal and converge", () => {
+    withSeed(17, (cluster) => {
+      const prng = createPrng(17);
+      cluster.crashHook = () => prng.chance(0.002);
+      for (let iteration = 0; iteration < 500; iteration++) {
+        for (const id of cluster.ids) if (cluster.isUp(id) && prng.chance(0.3)) cluster.propose(id);
+        cluster.tick();
+        if (prng.chance(0.02)) cluster.crash(prng.pick(cluster.ids));
+        if (prng.chance(0.05)) cluster.restart(prng.pick(cluster.ids));
+        if (prng.chance(0.02)) cluster.disconnect(prng.pick(cluster.ids));
+        if (prng.chance(0.03)) cluster.network.heal();
+      }
+      cluster.healAndConverge(50 * electionWindow);
+      expect(cluster.acknowledged.length).toBeGreaterThan(0);
+    }, 5);
+  });
+});
+
+describe("linearizable reads by ReadIndex (thesis §6.4)", () => {
+  test("a leader and a follower both get a read index at or past the last acknowledged write", () => {
+    withSeed(18, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      const index = cluster.one(enc("w"), 3);
+      const follower = cluster.ids.find((id) => id !== leader)!;
+      for (const id of [leader, follower]) {
+        const context = cluster.readIndex(id);
+        expect(cluster.tickUntil(() => cluster.readStates(id).some((r) => r.readContext === context), electionWindow)).toBe(true);
+        const state = cluster.readStates(id).find((r) => r.readContext === context)!;
+        expect(state.index).toBeGreaterThanOrEqual(index);
+      }
+    });
+  });
+
+  test("a deposed leader cut off from the majority never confirms a read", () => {
+    withSeed(19, (cluster) => {
+      const old = expectOneLeader(cluster);
+      cluster.one(enc("w"), 3);
+      cluster.disconnect(old);
+      const context = cluster.readIndex(old);
+      expectOneLeader(cluster, cluster.ids.filter((id) => id !== old));
+      cluster.one(enc("newer"), 2);
+      cluster.runTicks(3 * electionWindow);
+      expect(cluster.readStates(old).some((r) => r.readContext === context)).toBe(false);
+      // Once it hears of the new term it fails the read rather than answering it.
+      cluster.network.heal();
+      expect(cluster.tickUntil(() => cluster.readFailures(old).some((f) => f.readContext === context), 3 * electionWindow)).toBe(true);
+    });
+  });
+
+  test("a follower with no known leader fails the read at once", () => {
+    withSeed(20, (cluster) => {
+      const context = cluster.readIndex(1);
+      expect(cluster.readFailures(1)).toEqual([{ readContext: context, reason: "no_leader" }]);
+    });
+  });
+});

@@ -1,0 +1,27 @@
+// Proves election safety, log matching, leader completeness and state machine safety hold after every
+// step of 500 randomized simulator runs (faults drawn from each seed), and that every run converges once healed.
+// Replay one seed: KV_SWARM_SEED=N bun test test/raft-swarm.test.ts ; more seeds: KV_SWARM_SEEDS=5000.
+import { expect, test } from "bun:test";
+import { runSwarm } from "../src/sim/swarm.ts";
+
+const single = process.env.KV_SWARM_SEED;
+const seedCount = Number(process.env.KV_SWARM_SEEDS ?? 500);
+const seeds = single !== undefined ? [Number(single)] : Array.from({ length: seedCount }, (_, i) => i + 1);
+
+test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and converge`, () => {
+  let acknowledged = 0;
+  let crashes = 0;
+  let partitions = 0;
+  for (const seed of seeds) {
+    const result = runSwarm(seed);
+    acknowledged += result.acknowledged;
+    crashes += result.crashes;
+    partitions += result.partitions;
+  }
+  // The runs must really have exercised faults and made progress, or they prove nothing.
+  expect(acknowledged).toBeGreaterThan(seeds.length);
+  if (seeds.length >= 100) {
+    expect(crashes).toBeGreaterThan(seeds.length / 10);
+    expect(partitions).toBeGreaterThan(seeds.length / 10);
+  }
+}, 300_000);
