@@ -1,0 +1,28 @@
+// Builds dist/kv: one self-contained executable (bun build --compile) from src/cli/main.ts.
+// It does not read a stray .env or bunfig.toml from the directory it runs in: a database server must not.
+import { mkdirSync } from "node:fs";
+
+const outfile = process.argv[2] ?? "dist/kv";
+mkdirSync("dist", { recursive: true });
+const started = performance.now();
+const proc = Bun.spawnSync(
+  [
+    process.execPath,
+    "build",
+    "--compile",
+    "--minify",
+    "--bytecode",
+    "--format=esm",
+    "--no-compile-autoload-dotenv",
+    "--no-compile-autoload-bunfig",
+    "src/cli/main.ts",
+    "--outfile",
+    outfile,
+  ],
+  { stdout: "inherit", stderr: "inherit" },
+);
+if (proc.exitCode !== 0) {
+  console.error(`build failed (exit ${proc.exitCode})`);
+  process.exit(proc.exitCode ?? 1);
+}
+console.log(`built ${outfile} in ${Math.round(performance.now() - started)} ms`);

@@ -1,0 +1,305 @@
+import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { createTcpProxy, type TcpProxy } from "./tcp-proxy.ts";
+
+/** How the chaos runner (and the integration tests) start a cluster of real kv processes. */
+export interface ClusterOptions {
+  readonly size: number;
+  /** The command that runs kv: `[execPath]` when compiled, `[bun, "src/cli/main.ts"]` from source. */
+  readonly command: readonly string[];
+  /** Each node keeps its data in `<baseDir>/node-N` and its log in `<baseDir>/node-N.log`. */
+  readonly baseDir: string;
+  /** Classic layout: peers on basePort+i-1, HTTP on basePort+3000+i-1, no proxies. Omit for OS-chosen ports. */
+  readonly basePort?: number;
+  /** Extra `kv serve` flags for every node (timings, limits). */
+  readonly serveArgs?: readonly string[];
+  /** How long a node may take to print its "started" line. */
+  readonly startTimeoutMs?: number;
+}
+
+/** One node of the cluster as the runner sees it. */
+export interface ClusterNode {
+  readonly id: number;
+  /** Current client URL (changes when a node restarts on an OS-chosen port). */
+  httpUrl: string;
+  peerPort: number;
+  pid: number | undefined;
+  state: "running" | "paused" | "dead";
+  readonly logFile: string;
+  readonly dataDir: string;
+}
+
+/** What GET /status answers (the fields the runner uses). */
+export interface StatusView {
+  id: number;
+  role: string;
+  term: number;
+  leaderId: number;
+  commitIndex: number;
+  appliedIndex: number;
+  lastLogIndex: number;
+}
+
+/** The command line that runs this very program again, compiled or from source. */
+export function selfCommand(): string[] {
+  const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
+  return compiled ? [process.execPath] : [process.execPath, process.argv[1] as string];
+}
+
+/**
+ * A cluster of real `kv serve` processes. Without `basePort`, every node listens on ports the OS
+ * picks and reaches each peer through a TCP proxy the runner owns, one per directed link, so links
+ * can be cut (partitions) and a restarted node keeps its peer address.
+ */
+export class ChaosCluster {
+  readonly nodes: ClusterNode[] = [];
+  private readonly processes = new Map<number, Subprocess>();
+  private readonly logs = new Map<number, WriteStream>();
+  /** `${from}>${to}` → the proxy `from` dials to reach `to`. */
+  private readonly links = new Map<string, TcpProxy>();
+
+  constructor(private readonly opts: ClusterOptions) {
+    mkdirSync(opts.baseDir, { recursive: true });
+    for (let id = 1; id <= opts.size; id++) {
+      this.nodes.push({
+        id,
+        httpUrl: "",
+        peerPort: 0,
+        pid: undefined,
+        state: "dead",
+        logFile: join(opts.baseDir, `node-${id}.log`),
+        dataDir: join(opts.baseDir, `node-${id}`),
+      });
+    }
+    if (opts.basePort === undefined) {
+      for (let from = 1; from <= opts.size; from++) {
+        for (let to = 1; to <= opts.size; to++) if (from !== to) this.links.set(`${from}>${to}`, createTcpProxy());
+      }
+    }
+  }
+
+  node(id: number): ClusterNode {
+    const node = this.nodes[id - 1];
+    if (node === undefined) throw new Error(`no node ${id}`);
+    return node;
+  }
+
+  /** Starts every node and waits until each has bound its ports. */
+  async start(): Promise<void> {
+    await Promise.all(this.nodes.map((node) => this.startNode(node.id)));
+  }
+
+  private clusterFlag(id: number): string {
+    const base = this.opts.basePort;
+    return this.nodes
+      .map((node) => {
+        if (base !== undefined) return `${node.id}=http://127.0.0.1:${base + node.id - 1}`;
+        if (node.id === id) return `${node.id}=http://127.0.0.1:0`;
+        return `${node.id}=http://127.0.0.1:${(this.links.get(`${id}>${node.id}`) as TcpProxy).port}`;
+      })
+      .join(",");
+  }
+
+  /** Spawns node `id` (again) on its data dir and waits for its "started" line. */
+  async startNode(id: number): Promise<void> {
+    const node = this.node(id);
+    if (node.state !== "dead") throw new Error(`node ${id} is already running`);
+    const base = this.opts.basePort;
+    const args = [
+      ...this.opts.command,
+      "serve",
+      "--id",
+      String(id),
+      "--cluster",
+      this.clusterFlag(id),
+      "--listen-peer",
+      base === undefined ? "127.0.0.1:0" : `127.0.0.1:${base + id - 1}`,
+      "--listen-http",
+      base === undefined ? "127.0.0.1:0" : `127.0.0.1:${base + 3000 + id - 1}`,
+      "--data-dir",
+      node.dataDir,
+      ...(this.opts.serveArgs ?? []),
+    ];
+    let log = this.logs.get(id);
+    if (log === undefined) {
+      log = createWriteStream(node.logFile, { flags: "a" });
+      this.logs.set(id, log);
+    }
+    const proc = Bun.spawn(args, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    this.processes.set(id, proc);
+    node.pid = proc.pid;
+    node.state = "running";
+    const started = this.pipeLogs(proc, log);
+    const timeoutMs = this.opts.startTimeoutMs ?? 15_000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const info = await Promise.race([
+      started,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`node ${id} did not start within ${timeoutMs} ms; see ${node.logFile}`)), timeoutMs);
+      }),
+      proc.exited.then((code) => {
+        throw new Error(`node ${id} exited with code ${code} before starting; see ${node.logFile}`);
+      }),
+    ]).finally(() => clearTimeout(timer));
+    node.httpUrl = info.httpUrl;
+    node.peerPort = info.peerPort;
+    for (const from of this.nodes) if (from.id !== id) this.links.get(`${from.id}>${id}`)?.setTarget(info.peerPort);
+  }
+
+  /** Copies a process's output into its log file; resolves with the ports from its "started" line. */
+  private pipeLogs(proc: Subprocess<"ignore", "pipe", "pipe">, log: WriteStream): Promise<{ httpUrl: string; peerPort: number }> {
+    return new Promise((resolve) => {
+      let resolved = false;
+      const pump = async (stream: ReadableStream<Uint8Array>, scan: boolean) => {
+        const decoder = new TextDecoder();
+        let partial = "";
+        for await (const chunk of stream) {
+          log.write(chunk);
+          if (!scan || resolved) continue;
+          partial += decoder.decode(chunk, { stream: true });
+          const lines = partial.split("\n");
+          partial = lines.pop() ?? "";
+          for (const line of lines) {
+            if (!line.includes('"event":"started"')) continue;
+            try {
+              const parsed = JSON.parse(line) as { httpUrl: string; peerPort: number };
+              resolved = true;
+              resolve({ httpUrl: parsed.httpUrl, peerPort: parsed.peerPort });
+            } catch {
+              // not our line
+            }
+          }
+        }
+      };
+      void pump(proc.stdout, false);
+      void pump(proc.stderr, true);
+    });
+  }
+
+  /** Sends `signal` to node `id` by pid. SIGKILL marks it dead at once. */
+  signal(id: number, signal: "SIGKILL" | "SIGTERM" | "SIGSTOP" | "SIGCONT"): void {
+    const node = this.node(id);
+    const proc = this.processes.get(id);
+    if (proc === undefined || node.pid === undefined) return;
+    process.kill(node.pid, signal);
+    if (signal === "SIGSTOP") node.state = "paused";
+    if (signal === "SIGCONT") node.state = "running";
+  }
+
+  /** SIGKILLs node `id` and waits until the process is gone. */
+  async kill(id: number): Promise<void> {
+    const node = this.node(id);
+    const proc = this.processes.get(id);
+    if (proc === undefined) return;
+    try {
+      process.kill(proc.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+    await proc.exited;
+    this.processes.delete(id);
+    node.pid = undefined;
+    node.state = "dead";
+  }
+
+  /** SIGTERMs node `id` and waits for it to exit. */
+  async terminate(id: number): Promise<number | null> {
+    const proc = this.processes.get(id);
+    if (proc === undefined) return null;
+    process.kill(proc.pid, "SIGTERM");
+    const code = await proc.exited;
+    this.processes.delete(id);
+    const node = this.node(id);
+    node.pid = undefined;
+    node.state = "dead";
+    return code;
+  }
+
+  /** Cuts every link to and from `id` (the process keeps running). */
+  isolate(id: number): void {
+    this.requireProxies();
+    for (const [name, proxy] of this.links) {
+      const [from, to] = name.split(">").map(Number);
+      if (from === id || to === id) proxy.cut();
+    }
+  }
+
+  /** Cuts the link `from` → `to` only. */
+  cutLink(from: number, to: number): void {
+    this.requireProxies();
+    this.links.get(`${from}>${to}`)?.cut();
+  }
+
+  /** Restores every link. */
+  heal(): void {
+    for (const proxy of this.links.values()) proxy.heal();
+  }
+
+  private requireProxies(): void {
+    if (this.links.size === 0) throw new Error("link faults need the runner's proxies: run without --base-port");
+  }
+
+  /** GET /status of one node, or undefined when it does not answer in time. */
+  async status(id: number, timeoutMs = 1_000): Promise<StatusView | undefined> {
+    const node = this.node(id);
+    if (node.state !== "running") return undefined;
+    try {
+      const response = await fetch(`${node.httpUrl}/status`, { signal: AbortSignal.timeout(timeoutMs) });
+      if (!response.ok) return undefined;
+      return (await response.json()) as StatusView;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Waits until the running nodes among `among` agree on one leader in their highest term; returns
+   * its id. Polls /status (a condition, not a sleep) until `timeoutMs`.
+   */
+  async waitForLeader(among: readonly number[] = this.nodes.map((n) => n.id), timeoutMs = 10_000): Promise<number> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const statuses = (await Promise.all(among.map((id) => this.status(id, 500)))).filter((s) => s !== undefined);
+      const leaders = statuses.filter((s) => s.role === "leader");
+      const top = leaders.sort((a, b) => b.term - a.term)[0];
+      if (top !== undefined && statuses.filter((s) => s.leaderId === top.id && s.term === top.term).length * 2 > this.nodes.length) {
+        return top.id;
+      }
+      if (performance.now() > deadline) {
+        throw new Error(`no leader among ${among.join(",")} within ${timeoutMs} ms: ${JSON.stringify(statuses)}`);
+      }
+      await Bun.sleep(20); // polling interval between status probes
+    }
+  }
+
+  /** Waits until every running node has applied the same index, at least `index`. */
+  async waitForConvergence(index: number, timeoutMs = 10_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const running = this.nodes.filter((n) => n.state === "running");
+      const statuses = await Promise.all(running.map((n) => this.status(n.id, 500)));
+      const applied = statuses.map((s) => s?.appliedIndex ?? -1);
+      if (applied.every((a) => a >= index && a === applied[0])) return;
+      if (performance.now() > deadline) throw new Error(`nodes did not converge on index ${index}: applied ${applied.join(",")}`);
+      await Bun.sleep(20); // polling interval between status probes
+    }
+  }
+
+  /** Kills every process by pid and closes every proxy. Safe to call more than once. */
+  async stop(): Promise<void> {
+    for (const node of this.nodes) {
+      if (node.state === "paused" && node.pid !== undefined) {
+        try {
+          process.kill(node.pid, "SIGCONT");
+        } catch {
+          // gone
+        }
+      }
+    }
+    await Promise.all(this.nodes.map((node) => this.kill(node.id)));
+    for (const proxy of this.links.values()) proxy.close();
+    for (const log of this.logs.values()) log.end();
+    this.logs.clear();
+  }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bun
+// kv's command line: the only reader of argv and the environment.
+import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
+import packageJson from "../../package.json" with { type: "json" };
+import { serveCommand } from "./serve.ts";
+import { UsageError } from "./usage-error.ts";
+
+const subCommands: Record<string, CommandDef<ArgsDef>> = {
+  serve: serveCommand as unknown as CommandDef<ArgsDef>,
+};
+
+const root = defineCommand({
+  meta: {
+    name: "kv",
+    version: packageJson.version,
+    description: "A replicated key-value store on Raft that proves itself with chaos",
+  },
+  subCommands,
+});
+
+/** Finds the command named by the leading words of argv and the arguments left for it. */
+function resolve(argv: string[]): { command: CommandDef<ArgsDef>; path: string[]; rest: string[] } {
+  let command = root as unknown as CommandDef<ArgsDef>;
+  const path: string[] = ["kv"];
+  let rest = argv;
+  for (;;) {
+    const word = rest[0];
+    const children = command.subCommands as Record<string, CommandDef<ArgsDef>> | undefined;
+    if (children === undefined || word === undefined || word.startsWith("-")) break;
+    const child = children[word];
+    if (child === undefined) throw new UsageError(`unknown command '${word}' (try: ${path.join(" ")} --help)`);
+    command = child;
+    path.push(word);
+    rest = rest.slice(1);
+  }
+  return { command, path, rest };
+}
+
+/** Refuses flags the command does not define, which citty would silently ignore. */
+function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]): void {
+  const defined = (command.args ?? {}) as ArgsDef;
+  const known = new Set<string>();
+  for (const [name, def] of Object.entries(defined)) {
+    known.add(name);
+    const aliases = "alias" in def && def.alias !== undefined ? ([] as string[]).concat(def.alias) : [];
+    for (const alias of aliases) known.add(alias);
+    if (def.type === "boolean") known.add(`no-${name}`);
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === "--") break;
+    if (!arg.startsWith("-") || arg === "-") continue;
+    const name = arg.replace(/^--?/, "").split("=")[0] as string;
+    if (!known.has(name)) throw new UsageError(`unknown flag '${arg}' for '${path.join(" ")}' (see ${path.join(" ")} --help)`);
+    const def = defined[name] ?? Object.values(defined).find((d) => "alias" in d && ([] as string[]).concat(d.alias ?? []).includes(name));
+    if (def?.type === "string" && !arg.includes("=")) {
+      const value = argv[i + 1];
+      if (value === undefined) throw new UsageError(`flag '${arg}' needs a value`);
+      i++;
+    }
+  }
+}
+
+/** Runs the CLI: exit 0 on success, 1 on failure, 2 on a usage error. */
+export async function main(argv: string[]): Promise<void> {
+  try {
+    const { command, path, rest } = resolve(argv);
+    if (rest.includes("--help") || rest.includes("-h") || (path.length === 1 && rest.length === 0)) {
+      console.log(await renderUsage(command, path.length > 1 ? (root as unknown as CommandDef<ArgsDef>) : undefined));
+      return;
+    }
+    if (path.length === 1 && (rest[0] === "--version" || rest[0] === "-v")) {
+      console.log(packageJson.version);
+      return;
+    }
+    if (command.run === undefined) throw new UsageError(`'${path.join(" ")}' needs a subcommand (see ${path.join(" ")} --help)`);
+    checkFlags(command, path, rest);
+    await runCommand(command, { rawArgs: rest });
+  } catch (error) {
+    if (error instanceof UsageError || (error instanceof Error && error.name === "CLIError")) {
+      console.error(`kv: ${error.message}`);
+      process.exit(2);
+    }
+    console.error(`kv: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    process.exit(1);
+  }
+}
+
+await main(process.argv.slice(2));

@@ -1,0 +1,162 @@
+import { Elysia } from "elysia";
+import { assert } from "../lib/assert.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { KvNodeApi, NodeStatus, ReadConsistency } from "../node/api.ts";
+import { errorResponse, jsonResponse } from "./http-error.ts";
+import { decodeKvKey, KV_PATH_PREFIX } from "./kv-key.ts";
+import { rawTarget } from "./raw-target.ts";
+import { readBodyBytesMax } from "./read-body.ts";
+
+/** Limits of the client API. */
+export interface HttpAppOptions {
+  /** Largest value a PUT may store, in bytes. Default {@link VALUE_BYTES_MAX_DEFAULT}. */
+  valueBytesMax?: number;
+  /** Largest key, in UTF-8 bytes after percent-decoding. Default {@link KEY_BYTES_MAX_DEFAULT}. */
+  keyBytesMax?: number;
+}
+
+/** Default limit on a value's size: 1 MiB. */
+export const VALUE_BYTES_MAX_DEFAULT = 1024 * 1024;
+/** Default limit on a key's size: 4096 UTF-8 bytes. */
+export const KEY_BYTES_MAX_DEFAULT = 4096;
+
+/** The methods each route accepts, as sent in the `Allow` header of a 405. */
+const KV_ALLOW = "GET, HEAD, PUT, DELETE";
+const READ_ONLY_ALLOW = "GET, HEAD";
+
+/**
+ * Builds the client HTTP API over a node (not listening: the caller runs `.listen`). The contract:
+ * - `PUT /kv/{key}`: body = the value's raw bytes → 200 `{"key","version"}`.
+ * - `GET /kv/{key}?consistency=linearizable|stale` → 200 raw bytes with `X-Kv-Version`, or 404.
+ * - `DELETE /kv/{key}` → 200 `{"deleted","version"}`.
+ * - `GET /status` → the node's status; `GET /health` → 200 `{"healthy":true}` or 503.
+ * Keys are percent-encoded in the path and decoded from the raw URL. Every error is JSON
+ * `{error, message, ...details}`, mapped from `KvError` codes in `errorResponse` (http-error.ts).
+ */
+export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
+  const valueBytesMax = opts.valueBytesMax ?? VALUE_BYTES_MAX_DEFAULT;
+  const keyBytesMax = opts.keyBytesMax ?? KEY_BYTES_MAX_DEFAULT;
+  assert(Number.isSafeInteger(valueBytesMax) && valueBytesMax >= 0, "valueBytesMax must be a whole number of bytes");
+  assert(Number.isSafeInteger(keyBytesMax) && keyBytesMax >= 1, "keyBytesMax must be at least 1 byte");
+
+  /** Wraps a route: anything it throws goes through the one error mapping, with the route's Allow header. */
+  const route =
+    (allow: string, handler: (request: Request) => Promise<Response> | Response) =>
+    async ({ request }: { request: Request }): Promise<Response> => {
+      try {
+        return await handler(request);
+      } catch (error) {
+        return errorResponse(error, request, { allow });
+      }
+    };
+
+  const kvRoute = async (request: Request): Promise<Response> => {
+    const { path, search } = rawTarget(request.url);
+    const method = request.method;
+    if (method !== "GET" && method !== "HEAD" && method !== "PUT" && method !== "DELETE") {
+      throw methodNotAllowed(method, "/kv/{key}");
+    }
+    const key = decodeKvKey(path.startsWith(KV_PATH_PREFIX) ? path.slice(KV_PATH_PREFIX.length) : "", keyBytesMax);
+    switch (method) {
+      case "GET":
+      case "HEAD": {
+        const found = await node.get(key, parseConsistency(search));
+        if (found === undefined) throw new KvError("not_found", "no value is stored under this key");
+        return new Response(method === "HEAD" ? null : found.value, {
+          status: 200,
+          headers: { "content-type": "application/octet-stream", "x-kv-version": String(found.version) },
+        });
+      }
+      case "PUT": {
+        const value = await readBodyBytesMax(request, valueBytesMax);
+        const { version } = await node.put(key, value);
+        return jsonResponse({ key, version }, 200);
+      }
+      case "DELETE": {
+        const { deleted, version } = await node.delete(key);
+        return jsonResponse({ deleted, version }, 200);
+      }
+    }
+  };
+
+  const readOnlyRoute = (name: string, handler: () => Response) => (request: Request): Response => {
+    if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed(request.method, name);
+    const response = handler();
+    return request.method === "HEAD" ? new Response(null, response) : response;
+  };
+
+  return (
+    new Elysia()
+      // Registered first so it covers every route below, and routes a caller may add: whatever
+      // Elysia itself rejects (no route, unparsable body, failed validation) still answers JSON.
+      .onError(({ code, error, request }) => {
+        switch (code) {
+          case "NOT_FOUND":
+            return errorResponse(
+              new KvError("not_found", `no route for ${request.method} ${rawTarget(request.url).path}`),
+              request,
+            );
+          case "PARSE":
+          case "VALIDATION":
+          case "INVALID_COOKIE_SIGNATURE":
+          case "INVALID_FILE_TYPE":
+            return errorResponse(new KvError("bad_request", errorMessage(error)), request);
+          default:
+            return errorResponse(error, request);
+        }
+      })
+      // `/kv` and `/kv/` name the empty key: a 400 from decodeKvKey, not a 404.
+      .all("/kv", route(KV_ALLOW, kvRoute), { parse: "none" })
+      .all("/kv/*", route(KV_ALLOW, kvRoute), { parse: "none" })
+      .all("/status", route(READ_ONLY_ALLOW, readOnlyRoute("/status", () => jsonResponse(statusJson(node.status()), 200))), {
+        parse: "none",
+      })
+      .all(
+        "/health",
+        route(
+          READ_ONLY_ALLOW,
+          readOnlyRoute("/health", () =>
+            node.healthy()
+              ? jsonResponse({ healthy: true }, 200)
+              : jsonResponse(
+                  { error: "unhealthy", message: "no leader is known, or committed entries are not yet applied" },
+                  503,
+                ),
+          ),
+        ),
+        { parse: "none" },
+      )
+  );
+}
+
+/** The `consistency` query parameter: absent means linearizable; anything but the two names is a 400. */
+function parseConsistency(search: string): ReadConsistency {
+  const values = new URLSearchParams(search).getAll("consistency");
+  if (values.length === 0) return "linearizable";
+  const [value] = values;
+  if (values.length === 1 && (value === "linearizable" || value === "stale")) return value;
+  throw new KvError("bad_request", 'consistency must be given once, as "linearizable" (the default) or "stale"');
+}
+
+function methodNotAllowed(method: string, routeName: string): KvError {
+  return new KvError("method_not_allowed", `${method} is not allowed on ${routeName}`);
+}
+
+/** The status as JSON with every field present: unknown URLs are `null`, never missing. */
+function statusJson(status: NodeStatus) {
+  return {
+    id: status.id,
+    role: status.role,
+    term: status.term,
+    leaderId: status.leaderId,
+    leaderUrl: status.leaderUrl ?? null,
+    commitIndex: status.commitIndex,
+    appliedIndex: status.appliedIndex,
+    lastLogIndex: status.lastLogIndex,
+    members: status.members.map((member) => ({ id: member.id, peerUrl: member.peerUrl, httpUrl: member.httpUrl ?? null })),
+  };
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

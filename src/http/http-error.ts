@@ -1,0 +1,101 @@
+import { unreachable } from "../lib/assert.ts";
+import { KvError, type KvErrorDetails } from "../lib/kv-error.ts";
+import { rawTarget } from "./raw-target.ts";
+
+/** The JSON body of every error response: a stable code, a sentence for people, and the error's details. */
+export interface HttpErrorBody extends KvErrorDetails {
+  readonly error: string;
+  readonly message: string;
+}
+
+/** A JSON response with the given status and extra headers. */
+export function jsonResponse(body: unknown, status: number, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+  });
+}
+
+/** What the route knew when the error happened, for headers the error itself cannot carry. */
+export interface ErrorContext {
+  /** The methods the matched route accepts, for the `Allow` header of a 405; undefined when no route matched. */
+  readonly allow?: string;
+}
+
+/**
+ * The one place where errors become HTTP responses. A `KvError` maps by its code; anything else
+ * thrown is a bug: it is logged to stderr once and answered with a 500 `internal`, never rethrown.
+ */
+export function errorResponse(error: unknown, request: Request, context: ErrorContext = {}): Response {
+  if (!(error instanceof KvError)) return internalErrorResponse(error, request);
+  const { code, details } = error;
+  switch (code) {
+    case "not_leader": {
+      const leaderUrl = details.leaderUrl;
+      if (leaderUrl === undefined || !URL.canParse(leaderUrl)) {
+        return noLeaderResponse(`${error.message} (the leader's URL is not known)`, details);
+      }
+      // 307, not 302: the client must resend the same method and body to the leader.
+      const { path, search } = rawTarget(request.url);
+      const location = `${leaderUrl.replace(/\/+$/, "")}${path}${search}`;
+      return jsonResponse(body("not_leader", error.message, details), 307, { location });
+    }
+    case "no_leader":
+      return noLeaderResponse(error.message, details);
+    case "timeout":
+      return jsonResponse(
+        body("timeout", `${error.message} (the outcome is unknown: the operation may or may not have taken effect)`, details),
+        503,
+      );
+    case "too_large":
+      return jsonResponse(body(code, error.message, details), 413);
+    case "bad_request":
+      return jsonResponse(body(code, error.message, details), 400);
+    case "not_found":
+      return jsonResponse(body(code, error.message, details), 404);
+    case "method_not_allowed":
+      return jsonResponse(
+        body(code, error.message, details),
+        405,
+        context.allow === undefined ? {} : { allow: context.allow },
+      );
+    case "unavailable":
+      return jsonResponse(
+        body(code, error.message, details),
+        503,
+        details.retryAfterS === undefined ? {} : { "retry-after": String(retryAfterS(details)) },
+      );
+    case "overloaded":
+      return jsonResponse(body(code, error.message, { ...details, retryAfterS: retryAfterS(details) }), 429, {
+        "retry-after": String(retryAfterS(details)),
+      });
+    default:
+      return unreachable(code, "unknown KvError code");
+  }
+}
+
+function noLeaderResponse(message: string, details: KvErrorDetails): Response {
+  const seconds = retryAfterS(details);
+  return jsonResponse(body("no_leader", message, { ...details, retryAfterS: seconds }), 503, {
+    "retry-after": String(seconds),
+  });
+}
+
+function internalErrorResponse(error: unknown, request: Request): Response {
+  const { path } = rawTarget(request.url);
+  // Not a KvError: a bug in this process. Log it (once, here) and keep serving.
+  console.error(`kv http: internal error serving ${request.method} ${path}:`, error);
+  const message = error instanceof Error ? error.message : String(error);
+  return jsonResponse(body("internal", `internal error: ${message}`, {}), 500);
+}
+
+/** Retry-After in whole seconds: the node's hint rounded up, or 1 when it gave none. */
+function retryAfterS(details: KvErrorDetails): number {
+  const seconds = details.retryAfterS;
+  if (seconds === undefined || !Number.isFinite(seconds) || seconds < 0) return 1;
+  return Math.ceil(seconds);
+}
+
+function body(error: string, message: string, details: KvErrorDetails): HttpErrorBody {
+  return { error, message, ...details };
+}

@@ -1,0 +1,33 @@
+import { KvError } from "../lib/kv-error.ts";
+
+/** The route prefix under which every key lives: `/kv/{key}`. */
+export const KV_PATH_PREFIX = "/kv/";
+
+const utf8Encoder = new TextEncoder();
+
+/**
+ * Decodes a key from the raw (still percent-encoded) path that follows `/kv/`.
+ * `a%2Fb` and the unencoded `a/b` are both the key `a/b`; `+` is a literal plus (this is a path,
+ * not a form). Malformed percent-encoding, invalid UTF-8 (overlong forms, surrogates included) and
+ * the empty key are `bad_request`; a key over `keyBytesMax` UTF-8 bytes is `too_large`.
+ */
+export function decodeKvKey(rawKey: string, keyBytesMax: number): string {
+  if (rawKey.length === 0) throw new KvError("bad_request", "the key is empty: use /kv/{key} with a non-empty key");
+  // Each decoded byte comes from at most 3 raw characters ("%XX"), so a raw key longer than
+  // 3 * keyBytesMax is over the limit whatever it decodes to: refuse it without decoding.
+  if (rawKey.length > 3 * keyBytesMax) {
+    throw new KvError("too_large", `the key is over the limit of ${keyBytesMax} bytes`);
+  }
+  let key: string;
+  try {
+    // decodeURIComponent rejects malformed escapes and every invalid UTF-8 sequence (ECMA-262 Decode).
+    key = decodeURIComponent(rawKey);
+  } catch {
+    throw new KvError("bad_request", "the key is not valid percent-encoded UTF-8");
+  }
+  const keyBytes = utf8Encoder.encode(key).byteLength;
+  if (keyBytes > keyBytesMax) {
+    throw new KvError("too_large", `the key is ${keyBytes} bytes; the limit is ${keyBytesMax}`);
+  }
+  return key;
+}

@@ -1,0 +1,73 @@
+import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency } from "../node/api.ts";
+
+/**
+ * An in-memory `KvNodeApi` for testing the HTTP layer without Raft: a map and a version counter.
+ * Set `failure` to make every data call (put, get, delete, status) throw it, as a real node would
+ * throw a `KvError`; set `isHealthy` and `statusNow` to shape /health and /status.
+ */
+export class MemoryKvNode implements KvNodeApi {
+  /** When set, put, get, delete and status throw this instead of doing anything. */
+  failure: unknown = undefined;
+  /** What `healthy()` answers. */
+  isHealthy = true;
+  /** What `status()` answers (its indexes follow the writes). */
+  statusNow: NodeStatus = {
+    id: 1,
+    role: "leader",
+    term: 1,
+    leaderId: 1,
+    leaderUrl: "http://127.0.0.1:8001",
+    commitIndex: 0,
+    appliedIndex: 0,
+    lastLogIndex: 0,
+    members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" }],
+  };
+  /** The consistency of every `get`, in order, so tests can see what the HTTP layer asked for. */
+  readonly readConsistencies: ReadConsistency[] = [];
+  private readonly values = new Map<string, KvValue>();
+  private lastVersion = 0;
+
+  /** Stores a copy of `value`; its version is the next index. */
+  async put(key: string, value: Uint8Array): Promise<{ version: number }> {
+    this.throwIfFailing();
+    const version = this.nextVersion();
+    this.values.set(key, { value: value.slice(), version });
+    return { version };
+  }
+
+  /** Deletes `key`; like a Raft log entry, a delete takes an index even when nothing was there. */
+  async delete(key: string): Promise<{ deleted: boolean; version: number }> {
+    this.throwIfFailing();
+    const version = this.nextVersion();
+    return { deleted: this.values.delete(key), version };
+  }
+
+  /** The stored value, or undefined. */
+  async get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined> {
+    this.throwIfFailing();
+    this.readConsistencies.push(consistency);
+    return this.values.get(key);
+  }
+
+  /** `statusNow`, unless `failure` is set. */
+  status(): NodeStatus {
+    this.throwIfFailing();
+    return this.statusNow;
+  }
+
+  /** `isHealthy`. */
+  healthy(): boolean {
+    return this.isHealthy;
+  }
+
+  private nextVersion(): number {
+    this.lastVersion += 1;
+    const index = this.lastVersion;
+    this.statusNow = { ...this.statusNow, commitIndex: index, appliedIndex: index, lastLogIndex: index };
+    return index;
+  }
+
+  private throwIfFailing(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+}

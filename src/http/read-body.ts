@@ -1,0 +1,50 @@
+import { KvError } from "../lib/kv-error.ts";
+
+/**
+ * Reads a request body as raw bytes, refusing anything over `bytesMax` with `too_large`.
+ * A declared Content-Length over the limit is refused before a byte of the body is read; the real
+ * length is checked too, and a body without Content-Length (chunked) is read only up to the limit.
+ * The body is read once; the route must use `parse: "none"` so Elysia has not consumed it.
+ */
+export async function readBodyBytesMax(request: Request, bytesMax: number): Promise<Uint8Array> {
+  const contentLength = request.headers.get("content-length");
+  if (contentLength !== null) {
+    const trimmed = contentLength.trim();
+    if (!/^[0-9]+$/.test(trimmed)) throw new KvError("bad_request", "Content-Length is not a number of bytes");
+    const declaredBytes = Number(trimmed);
+    if (declaredBytes > bytesMax) throw tooLarge(declaredBytes, bytesMax);
+    const bytes = new Uint8Array(await request.arrayBuffer());
+    if (bytes.byteLength > bytesMax) throw tooLarge(bytes.byteLength, bytesMax);
+    return bytes;
+  }
+  if (request.body === null) return new Uint8Array(0);
+  return readStreamBytesMax(request.body, bytesMax);
+}
+
+async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: number): Promise<Uint8Array> {
+  const reader = stream.getReader();
+  const chunks: Uint8Array[] = [];
+  let totalBytes = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    totalBytes += value.byteLength;
+    if (totalBytes > bytesMax) {
+      await reader.cancel().catch(() => undefined); // the client may already be gone; we refuse either way
+      throw new KvError("too_large", `the value is over the limit of ${bytesMax} bytes`);
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1 && chunks[0] !== undefined) return chunks[0];
+  const bytes = new Uint8Array(totalBytes);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}
+
+function tooLarge(bytes: number, bytesMax: number): KvError {
+  return new KvError("too_large", `the value is ${bytes} bytes; the limit is ${bytesMax}`);
+}

@@ -1,0 +1,91 @@
+import { assert, unreachable } from "../lib/assert.ts";
+import { type Entry, EntryType } from "../raft/types.ts";
+import { CommandCodecError, decodeCommand, isNoopData } from "./command.ts";
+import { type ApplyResult, StorageError } from "./kv-storage.ts";
+
+/** What `planApply` needs to know about the storage it plans for. */
+export interface ApplyLogView {
+  readonly file: string;
+  readonly appliedIndex: number;
+  readonly commitIndex: number;
+  readonly lastIndex: number;
+  /** Term at `index` for 1 <= index <= lastIndex. */
+  term(index: number): number;
+}
+
+/** One step of an apply, decoded and checked; the storage executes it on its own tables. */
+export type ApplyStep =
+  | { readonly kind: "put"; readonly index: number; readonly key: string; readonly value: Uint8Array }
+  | { readonly kind: "delete"; readonly index: number; readonly key: string }
+  | { readonly kind: "noop"; readonly index: number }
+  | { readonly kind: "skipped"; readonly index: number };
+
+/**
+ * Decodes and checks a batch of committed entries before anything is written, so a bad entry
+ * aborts the whole batch and no storage is left half-applied. Shared by the sqlite storage and
+ * its in-memory twin. Returns the steps, in order, and the applied index after them.
+ *
+ * Asserts (bugs in the driver): entries are contiguous and start at or below appliedIndex+1; every
+ * entry is committed, in the persisted log, and has the term the log has at its index.
+ * Throws `StorageError` `bad_command` for data that does not decode (corruption or a proposer bug).
+ */
+export function planApply(log: ApplyLogView, entries: readonly Entry[]): { steps: ApplyStep[]; appliedIndex: number } {
+  const steps: ApplyStep[] = [];
+  let appliedIndex = log.appliedIndex;
+  const first = entries[0];
+  if (first === undefined) return { steps, appliedIndex };
+  assert(first.index >= 1 && first.index <= appliedIndex + 1, `apply: entries start at ${first.index}, applied is ${appliedIndex}`);
+  for (let position = 0; position < entries.length; position++) {
+    const entry = entries[position] as Entry;
+    assert(entry.index === first.index + position, `apply: entry ${entry.index} breaks contiguity`);
+    // Invariant: applied <= commit <= lastIndex. Applying only what the local log durably holds
+    // (it was saved, in an earlier transaction, before this apply) keeps it across a crash.
+    assert(entry.index <= log.commitIndex, `apply: entry ${entry.index} beyond commit ${log.commitIndex}`);
+    assert(entry.index <= log.lastIndex, `apply: entry ${entry.index} beyond last index ${log.lastIndex}`);
+    assert(log.term(entry.index) === entry.term, `apply: entry ${entry.index} term ${entry.term} differs from the log's`);
+    if (entry.index <= appliedIndex) {
+      steps.push({ kind: "skipped", index: entry.index });
+      continue;
+    }
+    steps.push(stepFor(log.file, entry));
+    appliedIndex = entry.index;
+  }
+  return { steps, appliedIndex };
+}
+
+function stepFor(file: string, entry: Entry): ApplyStep {
+  switch (entry.type) {
+    case EntryType.Normal: {
+      if (isNoopData(entry.data)) return { kind: "noop", index: entry.index };
+      try {
+        const command = decodeCommand(entry.data);
+        return command.op === "put"
+          ? { kind: "put", index: entry.index, key: command.key, value: command.value }
+          : { kind: "delete", index: entry.index, key: command.key };
+      } catch (error: unknown) {
+        if (!(error instanceof CommandCodecError)) throw error;
+        throw new StorageError("bad_command", `committed entry does not decode: ${error.message}`, file, entry.index, {
+          cause: error,
+        });
+      }
+    }
+    default:
+      return unreachable(entry.type, "apply: unknown entry type");
+  }
+}
+
+/** The result reported for a step, given whether a delete found its key. */
+export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {
+  switch (step.kind) {
+    case "put":
+      return { kind: "put", index: step.index, version: step.index };
+    case "delete":
+      return { kind: "delete", index: step.index, deleted, version: step.index };
+    case "noop":
+      return { kind: "noop", index: step.index };
+    case "skipped":
+      return { kind: "skipped", index: step.index };
+    default:
+      return unreachable(step, "apply: unknown step");
+  }
+}

@@ -1,0 +1,332 @@
+/**
+ * Converts between the Raft core's `Message` union and the generated protobuf types.
+ * Encoding asserts its input (it comes from our own core); decoding does not trust it (it comes from the
+ * network): `fromProto` and `fromSendRequest` check every field and throw `TransportDecodeError`
+ * rather than hand the core a message that could trip one of its assertions.
+ */
+import { create } from "@bufbuild/protobuf";
+import {
+  EntrySchema,
+  EntryType as ProtoEntryType,
+  RaftMessageSchema,
+  SendRequestSchema,
+} from "../gen/kv/v1/raft_pb.ts";
+import type { Entry as ProtoEntry, RaftMessage, SendRequest } from "../gen/kv/v1/raft_pb.ts";
+import { assert, unreachable } from "../lib/assert.ts";
+import { EntryType } from "../raft/types.ts";
+import type { Entry, Message, NodeId } from "../raft/types.ts";
+
+/** A peer sent something that is not a valid Raft message: the call is refused, nothing is delivered. */
+export class TransportDecodeError extends Error {
+  override name = "TransportDecodeError";
+}
+
+/** Limits on what one incoming call may carry; anything beyond them is refused as absurd. */
+export interface DecodeLimits {
+  /** Messages in one SendRequest. */
+  readonly messagesPerRequestMax: number;
+  /** Entries in one AppendRequest. */
+  readonly entriesPerMessageMax: number;
+  /** Length of a read context, in UTF-16 code units. */
+  readonly readContextLengthMax: number;
+  /** Length of the sender's advertised HTTP URL, in UTF-16 code units. */
+  readonly httpUrlLengthMax: number;
+}
+
+/**
+ * Defaults sized well above what the core produces: a Ready holds at most a few hundred messages
+ * per peer, and an append carries about 1 MiB of entries (`defaultRaftLimits.appendBytesMax`).
+ */
+export const defaultDecodeLimits: DecodeLimits = {
+  messagesPerRequestMax: 8_192,
+  entriesPerMessageMax: 65_536,
+  readContextLengthMax: 1_024,
+  httpUrlLengthMax: 2_048,
+};
+
+/** Node ids travel as uint32; 0 means "none" and is never a sender or receiver. */
+const nodeIdMax = 0xffff_ffff;
+
+/** A batch decoded from one SendRequest. */
+export interface DecodedSendRequest {
+  readonly from: NodeId;
+  /** The sender's advertised client HTTP URL; "" when it did not say. */
+  readonly fromHttpUrl: string;
+  readonly messages: Message[];
+}
+
+/** Encodes one message from our own core. */
+export function toProto(message: Message): RaftMessage {
+  const header = { from: message.from, to: message.to, term: u64(message.term) };
+  switch (message.type) {
+    case "vote":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: { case: "vote", value: { lastLogIndex: u64(message.lastLogIndex), lastLogTerm: u64(message.lastLogTerm) } },
+      });
+    case "vote-response":
+      return create(RaftMessageSchema, { ...header, body: { case: "voteResponse", value: { granted: message.granted } } });
+    case "append":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: {
+          case: "append",
+          value: {
+            prevLogIndex: u64(message.prevLogIndex),
+            prevLogTerm: u64(message.prevLogTerm),
+            entries: message.entries.map(entryToProto),
+            commit: u64(message.commit),
+          },
+        },
+      });
+    case "append-response":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: {
+          case: "appendResponse",
+          value: {
+            success: message.success,
+            index: u64(message.index),
+            hintIndex: u64(message.hintIndex),
+            hintTerm: u64(message.hintTerm),
+          },
+        },
+      });
+    case "heartbeat":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: { case: "heartbeat", value: { commit: u64(message.commit), readContext: message.readContext } },
+      });
+    case "heartbeat-response":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: { case: "heartbeatResponse", value: { readContext: message.readContext } },
+      });
+    case "read-index":
+      return create(RaftMessageSchema, { ...header, body: { case: "readIndex", value: { readContext: message.readContext } } });
+    case "read-index-response":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: {
+          case: "readIndexResponse",
+          value: { readContext: message.readContext, index: u64(message.index), rejected: message.rejected },
+        },
+      });
+    default:
+      return unreachable(message);
+  }
+}
+
+function entryToProto(entry: Entry): ProtoEntry {
+  return create(EntrySchema, {
+    term: u64(entry.term),
+    index: u64(entry.index),
+    type: entryTypeToProto(entry.type),
+    data: entry.data,
+  });
+}
+
+/** Our own terms and indexes are non-negative safe integers; anything else is a bug in the core. */
+function u64(value: number): bigint {
+  assert(Number.isSafeInteger(value) && value >= 0, `not a uint64 below 2^53: ${value}`);
+  return BigInt(value);
+}
+
+function entryTypeToProto(type: EntryType): ProtoEntryType {
+  switch (type) {
+    case EntryType.Normal:
+      return ProtoEntryType.NORMAL;
+    default:
+      return unreachable(type);
+  }
+}
+
+/**
+ * Decodes and validates one message from a peer. Throws `TransportDecodeError` when the variant is
+ * missing or unknown, a number is not a non-negative safe integer, a node id is 0 or out of range,
+ * a string is too long, or an append's entries are not a well-formed log suffix.
+ */
+export function fromProto(proto: RaftMessage, limits: DecodeLimits = defaultDecodeLimits): Message {
+  const from = nodeId(proto.from, "from");
+  const to = nodeId(proto.to, "to");
+  if (from === to) throw new TransportDecodeError(`message from node ${from} to itself`);
+  const term = count(proto.term, "term");
+  const header = { from, to, term };
+  const body = proto.body;
+  switch (body.case) {
+    case "vote": {
+      const lastLogIndex = count(body.value.lastLogIndex, "vote.lastLogIndex");
+      const lastLogTerm = count(body.value.lastLogTerm, "vote.lastLogTerm");
+      // Terms in a log never exceed the term of the server holding it (§5.3).
+      if (lastLogTerm > term) throw new TransportDecodeError(`vote.lastLogTerm ${lastLogTerm} beyond term ${term}`);
+      return { type: "vote", ...header, lastLogIndex, lastLogTerm };
+    }
+    case "voteResponse":
+      return { type: "vote-response", ...header, granted: flag(body.value.granted, "voteResponse.granted") };
+    case "append": {
+      const prevLogIndex = count(body.value.prevLogIndex, "append.prevLogIndex");
+      const prevLogTerm = count(body.value.prevLogTerm, "append.prevLogTerm");
+      if (prevLogTerm > term) throw new TransportDecodeError(`append.prevLogTerm ${prevLogTerm} beyond term ${term}`);
+      const entries = entriesFromProto(body.value.entries, prevLogIndex, prevLogTerm, term, limits);
+      const commit = count(body.value.commit, "append.commit");
+      return { type: "append", ...header, prevLogIndex, prevLogTerm, entries, commit };
+    }
+    case "appendResponse": {
+      const success = flag(body.value.success, "appendResponse.success");
+      const index = count(body.value.index, "appendResponse.index");
+      const hintIndex = count(body.value.hintIndex, "appendResponse.hintIndex");
+      const hintTerm = count(body.value.hintTerm, "appendResponse.hintTerm");
+      if (hintTerm > term) throw new TransportDecodeError(`appendResponse.hintTerm ${hintTerm} beyond term ${term}`);
+      return { type: "append-response", ...header, success, index, hintIndex, hintTerm };
+    }
+    case "heartbeat": {
+      const commit = count(body.value.commit, "heartbeat.commit");
+      const readContext = text(body.value.readContext, "heartbeat.readContext", limits.readContextLengthMax);
+      return { type: "heartbeat", ...header, commit, readContext };
+    }
+    case "heartbeatResponse": {
+      const readContext = text(body.value.readContext, "heartbeatResponse.readContext", limits.readContextLengthMax);
+      return { type: "heartbeat-response", ...header, readContext };
+    }
+    case "readIndex": {
+      const readContext = text(body.value.readContext, "readIndex.readContext", limits.readContextLengthMax);
+      return { type: "read-index", ...header, readContext };
+    }
+    case "readIndexResponse": {
+      const readContext = text(body.value.readContext, "readIndexResponse.readContext", limits.readContextLengthMax);
+      const index = count(body.value.index, "readIndexResponse.index");
+      const rejected = flag(body.value.rejected, "readIndexResponse.rejected");
+      return { type: "read-index-response", ...header, readContext, index, rejected };
+    }
+    case undefined:
+      throw new TransportDecodeError("message has no body (unknown or missing variant)");
+    default:
+      // Not reachable through fromBinary, which only sets known cases; a hand-built object might.
+      throw new TransportDecodeError(`unknown message variant ${JSON.stringify((body as { case: unknown }).case)}`);
+  }
+}
+
+/**
+ * The entries of an append must continue the log right after prevLogIndex, one index each, with
+ * terms that never decrease and never exceed the leader's term (Log Matching, §5.3). The core
+ * asserts contiguity when it appends, so a malformed batch must stop here.
+ */
+function entriesFromProto(
+  protos: readonly ProtoEntry[],
+  prevLogIndex: number,
+  prevLogTerm: number,
+  term: number,
+  limits: DecodeLimits,
+): Entry[] {
+  if (protos.length > limits.entriesPerMessageMax) {
+    throw new TransportDecodeError(`append carries ${protos.length} entries, more than ${limits.entriesPerMessageMax}`);
+  }
+  const entries: Entry[] = [];
+  let previousTerm = prevLogTerm;
+  for (let i = 0; i < protos.length; i++) {
+    const proto = protos[i] as ProtoEntry;
+    const index = count(proto.index, "entry.index");
+    const entryTerm = count(proto.term, "entry.term");
+    if (index !== prevLogIndex + 1 + i) {
+      throw new TransportDecodeError(`entry ${i} has index ${index}, expected ${prevLogIndex + 1 + i}`);
+    }
+    if (entryTerm === 0 || entryTerm < previousTerm || entryTerm > term) {
+      throw new TransportDecodeError(`entry ${index} has term ${entryTerm}, outside [${Math.max(previousTerm, 1)}, ${term}]`);
+    }
+    previousTerm = entryTerm;
+    if (!(proto.data instanceof Uint8Array)) throw new TransportDecodeError(`entry ${index} has no data bytes`);
+    // Copy: a decoded field is a view into the whole request body, which must not stay alive
+    // for as long as the entry does.
+    entries.push({ term: entryTerm, index, type: entryTypeFromProto(proto.type, index), data: proto.data.slice() });
+  }
+  if (!Number.isSafeInteger(prevLogIndex + protos.length)) throw new TransportDecodeError("append runs past 2^53");
+  return entries;
+}
+
+function entryTypeFromProto(type: ProtoEntryType, index: number): EntryType {
+  switch (type) {
+    case ProtoEntryType.NORMAL:
+      return EntryType.Normal;
+    case ProtoEntryType.UNSPECIFIED:
+      throw new TransportDecodeError(`entry ${index} has no type`);
+    default:
+      // Open enums decode unknown numbers as they are; a newer peer may send types we lack.
+      throw new TransportDecodeError(`entry ${index} has unknown type ${String(type)}`);
+  }
+}
+
+/** Encodes the batch of messages this server sends to one peer in one call. */
+export function toSendRequest(from: NodeId, fromHttpUrl: string, messages: readonly Message[]): SendRequest {
+  return create(SendRequestSchema, { from, fromHttpUrl, messages: messages.map(toProto) });
+}
+
+/**
+ * Decodes and validates a whole call: the sender's id and URL, and every message, each of which
+ * must come from the sender. One bad message refuses the whole call.
+ */
+export function fromSendRequest(request: SendRequest, limits: DecodeLimits = defaultDecodeLimits): DecodedSendRequest {
+  const from = nodeId(request.from, "request.from");
+  const fromHttpUrl = httpUrl(request.fromHttpUrl, limits.httpUrlLengthMax);
+  if (!Array.isArray(request.messages)) throw new TransportDecodeError("request.messages is not a list");
+  if (request.messages.length > limits.messagesPerRequestMax) {
+    throw new TransportDecodeError(`request carries ${request.messages.length} messages, more than ${limits.messagesPerRequestMax}`);
+  }
+  const messages: Message[] = [];
+  for (const proto of request.messages) {
+    const message = fromProto(proto, limits);
+    if (message.from !== from) throw new TransportDecodeError(`message from node ${message.from} in a call from node ${from}`);
+    messages.push(message);
+  }
+  return { from, fromHttpUrl, messages };
+}
+
+const safeIntegerMax = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** A term or index: uint64 on the wire, kept below 2^53 so that it is exact as a number. */
+function count(value: unknown, field: string): number {
+  if (typeof value !== "bigint" || value < 0n || value > safeIntegerMax) {
+    throw new TransportDecodeError(`${field} is ${describe(value)}, not a non-negative integer below 2^53`);
+  }
+  return Number(value);
+}
+
+function nodeId(value: unknown, field: string): NodeId {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > nodeIdMax) {
+    throw new TransportDecodeError(`${field} is ${describe(value)}, not a node id in [1, ${nodeIdMax}]`);
+  }
+  return value;
+}
+
+function flag(value: unknown, field: string): boolean {
+  if (typeof value !== "boolean") throw new TransportDecodeError(`${field} is ${describe(value)}, not a boolean`);
+  return value;
+}
+
+function text(value: unknown, field: string, lengthMax: number): string {
+  if (typeof value !== "string") throw new TransportDecodeError(`${field} is ${describe(value)}, not a string`);
+  if (value.length > lengthMax) throw new TransportDecodeError(`${field} is ${value.length} long, more than ${lengthMax}`);
+  return value;
+}
+
+/** The sender's advertised URL: empty, or an absolute http(s) URL. */
+function httpUrl(value: unknown, lengthMax: number): string {
+  const url = text(value, "request.fromHttpUrl", lengthMax);
+  if (url === "") return url;
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new TransportDecodeError(`request.fromHttpUrl ${JSON.stringify(url)} is not a URL`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new TransportDecodeError(`request.fromHttpUrl ${JSON.stringify(url)} is not an http(s) URL`);
+  }
+  return url;
+}
+
+function describe(value: unknown): string {
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  if (typeof value === "bigint") return `${value}n`;
+  if (typeof value === "string") return JSON.stringify(value.slice(0, 64));
+  return typeof value;
+}

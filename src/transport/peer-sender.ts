@@ -1,0 +1,246 @@
+/**
+ * The client side for one peer: a bounded queue and a bounded window of calls in flight.
+ * Each peer has its own sender, so a slow or dead peer never delays another. Raft tolerates lost
+ * messages, so this sender never retries and, at its limits, drops the oldest messages queued:
+ * the newest messages carry the newest terms and commit indexes, and memory stays bounded.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Client } from "@connectrpc/connect";
+import type { RaftService } from "../gen/kv/v1/raft_pb.ts";
+import { assert } from "../lib/assert.ts";
+import type { Message, NodeId } from "../raft/types.ts";
+import { toSendRequest } from "./codec.ts";
+
+/** Bounds on one peer's sender. */
+export interface PeerSenderLimits {
+  /** Calls in flight to a reachable peer; an unreachable one gets a single probe call at a time. */
+  readonly inflightCallsMax: number;
+  /** Messages waiting for a free slot in the window; beyond it the oldest are dropped. */
+  readonly queuedMessagesMax: number;
+  /** Estimated bytes waiting (entry data plus a per-message allowance); beyond it the oldest are dropped. */
+  readonly queuedBytesMax: number;
+  /** Messages in one call. */
+  readonly callMessagesMax: number;
+  /** Estimated bytes in one call; a single larger message still goes, alone. */
+  readonly callBytesMax: number;
+}
+
+/** Whether the last call to a peer got through. `unknown` until the first call ends. */
+export type PeerReachability = "unknown" | "reachable" | "unreachable" | "refusing";
+
+/** Counters for one peer, for status pages and tests. */
+export interface PeerSenderStats {
+  readonly peerId: NodeId;
+  readonly reachability: PeerReachability;
+  readonly queuedMessages: number;
+  readonly queuedBytes: number;
+  readonly inflightCalls: number;
+  /** Calls the peer answered OK, and the messages they carried. */
+  readonly deliveredCalls: number;
+  readonly deliveredMessages: number;
+  /** Calls that failed (unreachable, timed out, refused), and the messages they carried. */
+  readonly failedCalls: number;
+  readonly failedMessages: number;
+  /** Messages dropped from the queue at its limits, never sent. */
+  readonly droppedMessages: number;
+}
+
+/** What a sender needs: a Connect client bound to the peer's URL, and who we are. */
+export interface PeerSenderOptions {
+  readonly peerId: NodeId;
+  readonly selfId: NodeId;
+  readonly selfHttpUrl: string;
+  readonly client: Client<typeof RaftService>;
+  readonly rpcTimeoutMs: number;
+  readonly limits: PeerSenderLimits;
+  /** Receives one line per change of reachability, never one per call. */
+  readonly log: (line: string) => void;
+}
+
+/** Sends messages to one peer. */
+export interface PeerSender {
+  /** Queues messages (all addressed to this peer) and starts calls while the window has room. */
+  enqueue(messages: readonly Message[]): void;
+  stats(): PeerSenderStats;
+  /** Cancels calls in flight, drops the queue, and resolves once every call has ended. */
+  close(): Promise<void>;
+}
+
+/** Bytes a message costs beyond its entries' data: header, numbers, framing. A rough allowance. */
+const messageOverheadBytes = 64;
+/** Bytes each entry costs beyond its data. */
+const entryOverheadBytes = 24;
+
+/** A rough size of a message on the wire, to bound queues and calls by bytes, not only by count. */
+export function messageBytesEstimate(message: Message): number {
+  switch (message.type) {
+    case "append": {
+      let bytes = messageOverheadBytes;
+      for (const entry of message.entries) bytes += entryOverheadBytes + entry.data.byteLength;
+      return bytes;
+    }
+    case "heartbeat":
+    case "heartbeat-response":
+    case "read-index":
+    case "read-index-response":
+      return messageOverheadBytes + message.readContext.length * 3; // UTF-8 needs at most 3 bytes per UTF-16 unit
+    default:
+      return messageOverheadBytes;
+  }
+}
+
+/** Creates the sender for one peer. */
+export function createPeerSender(options: PeerSenderOptions): PeerSender {
+  const { peerId, limits } = options;
+  assert(limits.inflightCallsMax >= 1 && limits.callMessagesMax >= 1, "peer sender needs room for one call of one message");
+  assert(limits.queuedMessagesMax >= 1 && limits.queuedBytesMax >= 1 && limits.callBytesMax >= 1, "peer sender bounds must be positive");
+  assert(options.rpcTimeoutMs > 0, "rpcTimeoutMs must be positive");
+
+  // Invariant: queuedBytes is the sum of queuedSizes; both arrays run parallel to `queued`.
+  let queued: Message[] = [];
+  let queuedSizes: number[] = [];
+  let queuedBytes = 0;
+  let inflightCalls = 0;
+  let reachability: PeerReachability = "unknown";
+  let lastRefusal = "";
+  let closed = false;
+  const abort = new AbortController();
+  const calls = new Set<Promise<void>>();
+  const counters = { deliveredCalls: 0, deliveredMessages: 0, failedCalls: 0, failedMessages: 0, droppedMessages: 0 };
+
+  function enqueue(messages: readonly Message[]): void {
+    if (closed || messages.length === 0) return;
+    for (const message of messages) {
+      assert(message.to === peerId, `message to ${message.to} queued for peer ${peerId}`);
+      const size = messageBytesEstimate(message);
+      queued.push(message);
+      queuedSizes.push(size);
+      queuedBytes += size;
+    }
+    dropOldestBeyondLimits();
+    pump();
+  }
+
+  function dropOldestBeyondLimits(): void {
+    let dropCount = 0;
+    let droppedBytes = 0;
+    while (queued.length - dropCount > limits.queuedMessagesMax || queuedBytes - droppedBytes > limits.queuedBytesMax) {
+      droppedBytes += queuedSizes[dropCount] as number;
+      dropCount++;
+    }
+    if (dropCount === 0) return;
+    queued = queued.slice(dropCount);
+    queuedSizes = queuedSizes.slice(dropCount);
+    queuedBytes -= droppedBytes;
+    counters.droppedMessages += dropCount;
+  }
+
+  /** Starts calls while the window has room. A peer not known to be up gets one probe at a time. */
+  function pump(): void {
+    while (!closed && queued.length > 0 && inflightCalls < windowCalls()) {
+      startCall(takeBatch());
+    }
+  }
+
+  function windowCalls(): number {
+    return reachability === "reachable" ? limits.inflightCallsMax : 1;
+  }
+
+  /** The oldest queued messages, up to the per-call bounds, in order; at least one. */
+  function takeBatch(): Message[] {
+    let batchCount = 0;
+    let batchBytes = 0;
+    while (batchCount < queued.length && batchCount < limits.callMessagesMax) {
+      const size = queuedSizes[batchCount] as number;
+      if (batchCount > 0 && batchBytes + size > limits.callBytesMax) break;
+      batchBytes += size;
+      batchCount++;
+    }
+    assert(batchCount >= 1, "empty batch");
+    const batch = queued.slice(0, batchCount);
+    queued = queued.slice(batchCount);
+    queuedSizes = queuedSizes.slice(batchCount);
+    queuedBytes -= batchBytes;
+    return batch;
+  }
+
+  function startCall(batch: Message[]): void {
+    inflightCalls++;
+    const request = toSendRequest(options.selfId, options.selfHttpUrl, batch);
+    const call = options.client
+      .send(request, { timeoutMs: options.rpcTimeoutMs, signal: abort.signal })
+      .then(
+        () => {
+          counters.deliveredCalls++;
+          counters.deliveredMessages += batch.length;
+          setReachability("reachable", "");
+        },
+        (error: unknown) => {
+          counters.failedCalls++;
+          counters.failedMessages += batch.length;
+          if (!closed) noteFailure(ConnectError.from(error));
+        },
+      )
+      .finally(() => {
+        inflightCalls--;
+        calls.delete(call);
+        pump();
+      });
+    calls.add(call);
+  }
+
+  function noteFailure(error: ConnectError): void {
+    switch (error.code) {
+      // connect-web reports a refused connection as Unknown, connect-node as Unavailable; a
+      // blackholed peer shows up as DeadlineExceeded. All mean "peer unreachable".
+      case Code.Unknown:
+      case Code.Unavailable:
+      case Code.DeadlineExceeded:
+      case Code.Canceled:
+        setReachability("unreachable", error.rawMessage);
+        return;
+      default:
+        // The peer answered but refused: a bug or a version or configuration mismatch.
+        setReachability("refusing", `${Code[error.code]}: ${error.rawMessage}`);
+        return;
+    }
+  }
+
+  function setReachability(next: PeerReachability, detail: string): void {
+    const previous = reachability;
+    const refusalChanged = next === "refusing" && detail !== lastRefusal;
+    reachability = next;
+    lastRefusal = next === "refusing" ? detail : "";
+    if (previous === next && !refusalChanged) return;
+    if (next === "reachable") {
+      if (previous !== "unknown") options.log(`peer ${peerId}: reachable again`);
+    } else if (next === "unreachable") {
+      options.log(`peer ${peerId}: unreachable (${detail})`);
+    } else {
+      options.log(`peer ${peerId}: refuses our calls (${detail})`);
+    }
+  }
+
+  return {
+    enqueue,
+    stats: () => ({
+      peerId,
+      reachability,
+      queuedMessages: queued.length,
+      queuedBytes,
+      inflightCalls,
+      ...counters,
+    }),
+    async close() {
+      if (!closed) {
+        closed = true;
+        counters.droppedMessages += queued.length;
+        queued = [];
+        queuedSizes = [];
+        queuedBytes = 0;
+        abort.abort();
+      }
+      await Promise.allSettled([...calls]);
+    },
+  };
+}

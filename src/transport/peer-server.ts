@@ -1,0 +1,98 @@
+/**
+ * The peer port: `Bun.serve` in front of a Connect router, apart from the client HTTP API so that
+ * peer traffic and client traffic never share a listener or a limit.
+ */
+import { createConnectRouter } from "@connectrpc/connect";
+import type { ConnectRouter } from "@connectrpc/connect";
+import {
+  createAsyncIterable,
+  universalServerRequestFromFetch,
+  universalServerResponseToFetch,
+} from "@connectrpc/connect/protocol";
+import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
+import { assert } from "../lib/assert.ts";
+
+/** Where and how the peer server listens. */
+export interface PeerServerOptions {
+  readonly hostname: string;
+  /** 0 lets the OS pick a free port; `PeerServer.port` tells which. */
+  readonly port: number;
+  /** Registers the services to serve, e.g. `createRaftServiceRoutes(...)`. */
+  readonly routes: (router: ConnectRouter) => void;
+  /** Largest request body accepted; larger ones are refused before they are parsed. */
+  readonly requestBytesMax: number;
+}
+
+/** A running peer server. */
+export interface PeerServer {
+  /** The port actually bound. */
+  readonly port: number;
+  /** Stops listening and closes open connections. */
+  stop(): Promise<void>;
+}
+
+/** Starts serving the given routes over the Connect protocol (binary or JSON) on HTTP/1.1. */
+export function createPeerServer(options: PeerServerOptions): PeerServer {
+  assert(options.requestBytesMax > 0, "requestBytesMax must be positive");
+  // gRPC needs HTTP trailers, which Bun.serve cannot send; gRPC-web has no client here.
+  // No `maxTimeoutMs`: the handler answers at once whatever the caller's deadline, and a cap
+  // would make servers configured with different timeouts refuse each other's calls.
+  const router = createConnectRouter({ grpc: false, grpcWeb: false, connect: true, readMaxBytes: options.requestBytesMax });
+  options.routes(router);
+  const handlers = new Map<string, UniversalHandler>(router.handlers.map((handler) => [handler.requestPath, handler]));
+
+  const server = Bun.serve({
+    hostname: options.hostname,
+    port: options.port,
+    maxRequestBodySize: options.requestBytesMax,
+    async fetch(request) {
+      const handler = handlers.get(new URL(request.url).pathname);
+      if (handler === undefined) return new Response("not found", { status: 404 });
+      const response = await handler(universalServerRequestFromFetch(request, {}));
+      return universalServerResponseToFetch(await answerParseFailureAsInvalidArgument(response));
+    },
+    error() {
+      // Bun's default error page would echo the stack; a peer only needs the status.
+      return new Response("internal error", { status: 500 });
+    },
+  });
+  const port = server.port;
+  assert(port !== undefined && port > 0, "peer server bound no port");
+  return {
+    port,
+    stop: () => server.stop(true),
+  };
+}
+
+/**
+ * connect-es 2.2 answers a request body that is not valid protobuf with `internal` (HTTP 500): its
+ * serialization wraps the parse failure as Code.Internal ("parse binary: ..."). For a peer server
+ * that is bad input from outside, not our fault: answer `invalid_argument` (HTTP 400), as for any
+ * other malformed call. Every other response passes through untouched.
+ */
+async function answerParseFailureAsInvalidArgument(response: UniversalServerResponse): Promise<UniversalServerResponse> {
+  if (response.status !== 500 || response.body === undefined || response.header?.has("content-encoding")) return response;
+  // A unary error body is one small JSON chunk built by connect-es in memory.
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of response.body) chunks.push(chunk);
+  const bytes = new Uint8Array(await new Blob(chunks).arrayBuffer());
+  const message = parseFailureMessage(bytes);
+  if (message === undefined) return { ...response, body: createAsyncIterable([bytes]) };
+  const body = new TextEncoder().encode(JSON.stringify({ code: "invalid_argument", message }));
+  const header = new Headers(response.header);
+  header.set("content-length", String(body.byteLength));
+  return { ...response, status: 400, header, body: createAsyncIterable([body]) };
+}
+
+/** The message of a Connect error body that reports a request that failed to parse, else undefined. */
+function parseFailureMessage(body: Uint8Array): string | undefined {
+  let error: { code?: unknown; message?: unknown };
+  try {
+    error = JSON.parse(new TextDecoder().decode(body)) as { code?: unknown; message?: unknown };
+  } catch {
+    return undefined;
+  }
+  if (typeof error !== "object" || error === null || error.code !== "internal") return undefined;
+  if (typeof error.message !== "string" || !error.message.startsWith("parse binary:")) return undefined;
+  return error.message;
+}

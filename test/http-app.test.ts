@@ -1,0 +1,458 @@
+// Proves the client HTTP API keeps its contract: raw bytes in and out, keys decoded from the raw path,
+// limits refused with 413, every KvError code mapped to its status, and JSON for every error.
+import { afterEach, beforeEach, describe, expect, spyOn, test } from "bun:test";
+import type { Mock } from "bun:test";
+import { createHttpApp } from "../src/http/app.ts";
+import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import { KvError } from "../src/lib/kv-error.ts";
+
+const ORIGIN = "http://localhost";
+
+let node: MemoryKvNode;
+let app: ReturnType<typeof createHttpApp>;
+let consoleError: Mock<typeof console.error>;
+
+beforeEach(() => {
+  node = new MemoryKvNode();
+  app = createHttpApp(node, {});
+  // Internal errors are logged to stderr; capture them so tests can count them and output stays clean.
+  consoleError = spyOn(console, "error").mockImplementation(() => undefined);
+});
+
+afterEach(() => {
+  consoleError.mockRestore();
+});
+
+function call(method: string, path: string, init: RequestInit = {}): Promise<Response> {
+  return app.handle(new Request(ORIGIN + path, { method, ...init }));
+}
+
+function put(path: string, body: RequestInit["body"], headers: Record<string, string> = {}): Promise<Response> {
+  return call("PUT", path, { body, headers });
+}
+
+async function bytesOf(response: Response): Promise<Uint8Array> {
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+/** Asserts the response is a JSON error with this status and code, and returns its body. */
+async function expectError(response: Response, status: number, error: string): Promise<Record<string, unknown>> {
+  expect(response.status).toBe(status);
+  expect(response.headers.get("content-type")).toStartWith("application/json");
+  const body = (await response.json()) as Record<string, unknown>;
+  expect(body.error).toBe(error);
+  expect(typeof body.message).toBe("string");
+  return body;
+}
+
+describe("values are raw bytes", () => {
+  test("all 256 byte values round-trip", async () => {
+    const value = Uint8Array.from({ length: 256 }, (_, i) => i);
+    const response = await put("/kv/binary", value, { "content-type": "application/octet-stream" });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ key: "binary", version: 1 });
+
+    const got = await call("GET", "/kv/binary");
+    expect(got.status).toBe(200);
+    expect(got.headers.get("content-type")).toBe("application/octet-stream");
+    expect(got.headers.get("x-kv-version")).toBe("1");
+    expect(await bytesOf(got)).toEqual(value);
+  });
+
+  test("the empty value is stored and read back as zero bytes", async () => {
+    expect((await put("/kv/empty", new Uint8Array(0))).status).toBe(200);
+    expect((await put("/kv/no-body", null)).status).toBe(200);
+    for (const key of ["empty", "no-body"]) {
+      const got = await call("GET", `/kv/${key}`);
+      expect(got.status).toBe(200);
+      expect((await bytesOf(got)).byteLength).toBe(0);
+    }
+  });
+
+  test("text/plain and application/json bodies are stored verbatim, not parsed", async () => {
+    const text = "  hello\r\nworld \u2713 \u0000 ";
+    const json = '{ "a" : [1, 2.50, "x"] ,"b":null }  ';
+    expect((await put("/kv/text", text, { "content-type": "text/plain" })).status).toBe(200);
+    expect((await put("/kv/json", json, { "content-type": "application/json" })).status).toBe(200);
+    // Not even valid JSON: with a JSON content type it must still be stored, not rejected.
+    expect((await put("/kv/bad-json", "{nope", { "content-type": "application/json" })).status).toBe(200);
+    // Bytes that are not UTF-8 under a text content type must not be re-encoded.
+    const latin1 = new Uint8Array([0xe9, 0xff, 0x00, 0x80]);
+    expect((await put("/kv/latin1", latin1, { "content-type": "text/plain; charset=utf-8" })).status).toBe(200);
+    // A form body must not be parsed either.
+    expect((await put("/kv/form", "a=1&b=2", { "content-type": "application/x-www-form-urlencoded" })).status).toBe(200);
+
+    expect(await (await call("GET", "/kv/text")).text()).toBe(text);
+    expect(await (await call("GET", "/kv/json")).text()).toBe(json);
+    expect(await (await call("GET", "/kv/bad-json")).text()).toBe("{nope");
+    expect(await bytesOf(await call("GET", "/kv/latin1"))).toEqual(latin1);
+    expect(await (await call("GET", "/kv/form")).text()).toBe("a=1&b=2");
+  });
+
+  test("a body streamed without Content-Length is read whole", async () => {
+    const chunks = [new Uint8Array([1, 2]), new Uint8Array([3]), new Uint8Array([4, 5, 6])];
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const chunk of chunks) controller.enqueue(chunk);
+        controller.close();
+      },
+    });
+    expect((await put("/kv/streamed", stream)).status).toBe(200);
+    expect(await bytesOf(await call("GET", "/kv/streamed"))).toEqual(new Uint8Array([1, 2, 3, 4, 5, 6]));
+  });
+
+  test("overwrite returns a new version; delete reports whether the key existed", async () => {
+    expect(await (await put("/kv/k", "one")).json()).toEqual({ key: "k", version: 1 });
+    expect(await (await put("/kv/k", "two")).json()).toEqual({ key: "k", version: 2 });
+    const got = await call("GET", "/kv/k");
+    expect(got.headers.get("x-kv-version")).toBe("2");
+    expect(await got.text()).toBe("two");
+
+    const deleted = await call("DELETE", "/kv/k");
+    expect(deleted.status).toBe(200);
+    expect(await deleted.json()).toEqual({ deleted: true, version: 3 });
+    expect(await (await call("DELETE", "/kv/k")).json()).toEqual({ deleted: false, version: 4 });
+    await expectError(await call("GET", "/kv/k"), 404, "not_found");
+  });
+
+  test("HEAD answers like GET without a body", async () => {
+    await put("/kv/h", "abc");
+    const response = await call("HEAD", "/kv/h");
+    expect(response.status).toBe(200);
+    expect(response.headers.get("x-kv-version")).toBe("1");
+    expect(await response.text()).toBe("");
+  });
+});
+
+describe("keys are decoded from the raw path", () => {
+  const cases: [path: string, key: string][] = [
+    ["/kv/a%2Fb", "a/b"],
+    ["/kv/a%2fb", "a/b"],
+    ["/kv/a/b", "a/b"],
+    ["/kv/%E2%9C%93", "\u2713"],
+    ["/kv/\u2713", "\u2713"], // sent raw; the URL is encoded on the way in
+    ["/kv/with%20space", "with space"],
+    ["/kv/with space", "with space"],
+    ["/kv/a+b", "a+b"],
+    ["/kv/%2B", "+"],
+    ["/kv/%25", "%"],
+    ["/kv/%3Fq%3D1%23f", "?q=1#f"],
+    ["/kv//lead", "/lead"],
+    ["/kv/trail/", "trail/"],
+    ["/kv/%2E%2E%2Fx", "../x"],
+    ["/kv/a%2F..%2Fb", "a/../b"],
+    ["/kv/...", "..."],
+    ["/kv/x%5Cy", "x\\y"],
+    ["/kv/%00", "\u0000"],
+    ["/kv/%F0%9F%98%80", "\u{1F600}"],
+  ];
+  for (const [path, key] of cases) {
+    test(`${path} is the key ${JSON.stringify(key)}`, async () => {
+      const response = await put(path, "v");
+      expect(response.status).toBe(200);
+      expect(((await response.json()) as { key: string }).key).toBe(key);
+      expect(await (await call("GET", path)).text()).toBe("v");
+    });
+  }
+
+  test("a key written encoded reads back unencoded and vice versa", async () => {
+    await put("/kv/x%2Fy%20z", "v1");
+    expect(await (await call("GET", "/kv/x/y z")).text()).toBe("v1");
+  });
+
+  test('the keys "." and ".." cannot be addressed: URL parsing removes dot segments, even encoded', async () => {
+    // A limit of the URL standard, not of this API: every WHATWG client rewrites these paths before sending.
+    expect(new Request(`${ORIGIN}/kv/%2E%2E`).url).toBe(`${ORIGIN}/`);
+    expect(new Request(`${ORIGIN}/kv/%2e`).url).toBe(`${ORIGIN}/kv/`);
+    await expectError(await put("/kv/%2E%2E", "v"), 404, "not_found");
+    await expectError(await put("/kv/%2e", "v"), 400, "bad_request");
+  });
+
+  const bad = ["/kv/%ZZ", "/kv/%C3%28", "/kv/%", "/kv/a%2", "/kv/%C0%80", "/kv/%ED%A0%80", "/kv/%FF"];
+  for (const path of bad) {
+    test(`${path} is a 400`, async () => {
+      for (const method of ["GET", "PUT", "DELETE"]) {
+        await expectError(await call(method, path, method === "PUT" ? { body: "v" } : {}), 400, "bad_request");
+      }
+    });
+  }
+
+  test("the empty key is a 400", async () => {
+    for (const path of ["/kv/", "/kv", "/kv/?consistency=stale"]) {
+      for (const method of ["GET", "PUT", "DELETE"]) {
+        await expectError(await call(method, path, method === "PUT" ? { body: "v" } : {}), 400, "bad_request");
+      }
+    }
+  });
+});
+
+describe("limits", () => {
+  test("a key over keyBytesMax is a 413; one at the limit is fine", async () => {
+    app = createHttpApp(node, { keyBytesMax: 8 });
+    expect((await put("/kv/12345678", "v")).status).toBe(200);
+    await expectError(await put("/kv/123456789", "v"), 413, "too_large");
+    await expectError(await call("GET", "/kv/123456789"), 413, "too_large");
+    // Three characters, nine UTF-8 bytes: the limit is in bytes, not characters.
+    await expectError(await put("/kv/%E2%9C%93%E2%9C%93%E2%9C%93", "v"), 413, "too_large");
+  });
+
+  test("the default key limit is 4096 bytes", async () => {
+    expect((await put(`/kv/${"k".repeat(4096)}`, "v")).status).toBe(200);
+    await expectError(await put(`/kv/${"k".repeat(4097)}`, "v"), 413, "too_large");
+  });
+
+  test("a value over valueBytesMax is a 413; one at the limit is fine", async () => {
+    app = createHttpApp(node, { valueBytesMax: 10 });
+    expect((await put("/kv/ok", new Uint8Array(10))).status).toBe(200);
+    await expectError(await put("/kv/big", new Uint8Array(11)), 413, "too_large");
+    await expectError(await call("GET", "/kv/big"), 404, "not_found");
+  });
+
+  test("the default value limit is 1 MiB", async () => {
+    expect((await put("/kv/mib", new Uint8Array(1024 * 1024))).status).toBe(200);
+    await expectError(await put("/kv/mib-plus", new Uint8Array(1024 * 1024 + 1)), 413, "too_large");
+  });
+
+  test("an oversized Content-Length is refused before the body is read", async () => {
+    app = createHttpApp(node, { valueBytesMax: 10 });
+    let pulled = false;
+    const body = new ReadableStream<Uint8Array>(
+      {
+        pull(controller) {
+          pulled = true;
+          controller.enqueue(new Uint8Array(100));
+          controller.close();
+        },
+      },
+      { highWaterMark: 0 },
+    );
+    await expectError(await put("/kv/big", body, { "content-length": "100" }), 413, "too_large");
+    expect(pulled).toBe(false);
+  });
+
+  test("a Content-Length that understates the body does not get past the limit", async () => {
+    app = createHttpApp(node, { valueBytesMax: 10 });
+    await expectError(await put("/kv/liar", new Uint8Array(11), { "content-length": "5" }), 413, "too_large");
+    await expectError(await call("GET", "/kv/liar"), 404, "not_found");
+  });
+
+  test("a streamed body without Content-Length is cut off at the limit", async () => {
+    app = createHttpApp(node, { valueBytesMax: 10 });
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new Uint8Array(6));
+        controller.enqueue(new Uint8Array(6));
+        controller.close();
+      },
+    });
+    await expectError(await put("/kv/streamed", stream), 413, "too_large");
+  });
+
+  test("a Content-Length that is not a number is a 400", async () => {
+    await expectError(await put("/kv/x", "v", { "content-length": "ten" }), 400, "bad_request");
+  });
+});
+
+describe("consistency", () => {
+  test("defaults to linearizable; stale and linearizable pass through", async () => {
+    await put("/kv/c", "v");
+    expect((await call("GET", "/kv/c")).status).toBe(200);
+    expect((await call("GET", "/kv/c?consistency=stale")).status).toBe(200);
+    expect((await call("GET", "/kv/c?consistency=linearizable")).status).toBe(200);
+    expect((await call("GET", "/kv/c?other=1&consistency=stale")).status).toBe(200);
+    expect(node.readConsistencies).toEqual(["linearizable", "stale", "linearizable", "stale"]);
+  });
+
+  test("anything else is a 400 and reaches no read", async () => {
+    await put("/kv/c", "v");
+    for (const query of ["consistency=", "consistency=STALE", "consistency=eventual", "consistency=stale&consistency=stale"]) {
+      await expectError(await call("GET", `/kv/c?${query}`), 400, "bad_request");
+    }
+    expect(node.readConsistencies).toEqual([]);
+  });
+
+  test("a query on a key path is not part of the key", async () => {
+    await put("/kv/q?consistency=stale", "v");
+    expect(await (await call("GET", "/kv/q")).text()).toBe("v");
+  });
+});
+
+describe("KvError codes map to HTTP in one place", () => {
+  test("not_leader is a 307 to the leader with the same path and query", async () => {
+    node.failure = new KvError("not_leader", "this node is a follower", {
+      leaderId: 2,
+      leaderUrl: "http://10.0.0.2:8002",
+    });
+    const response = await call("GET", "/kv/a%2Fb%20c?consistency=linearizable&x=%2B");
+    const body = await expectError(response, 307, "not_leader");
+    expect(response.headers.get("location")).toBe("http://10.0.0.2:8002/kv/a%2Fb%20c?consistency=linearizable&x=%2B");
+    expect(body.leaderId).toBe(2);
+    expect(body.leaderUrl).toBe("http://10.0.0.2:8002");
+
+    const putResponse = await put("/kv/k", "v");
+    await expectError(putResponse, 307, "not_leader");
+    expect(putResponse.headers.get("location")).toBe("http://10.0.0.2:8002/kv/k");
+  });
+
+  test("not_leader keeps the path under a leader URL with a trailing slash", async () => {
+    node.failure = new KvError("not_leader", "follower", { leaderId: 3, leaderUrl: "http://h:8003/" });
+    const response = await call("DELETE", "/kv/x/y");
+    expect(response.status).toBe(307);
+    expect(response.headers.get("location")).toBe("http://h:8003/kv/x/y");
+  });
+
+  test("not_leader without a usable leader URL is a no_leader 503", async () => {
+    for (const details of [{ leaderId: 2 }, { leaderId: 2, leaderUrl: "not a url" }]) {
+      node.failure = new KvError("not_leader", "follower", details);
+      const response = await call("GET", "/kv/x");
+      await expectError(response, 503, "no_leader");
+      expect(response.headers.get("location")).toBeNull();
+      expect(response.headers.get("retry-after")).toBe("1");
+    }
+  });
+
+  test("no_leader is a 503 with Retry-After from the details or 1", async () => {
+    node.failure = new KvError("no_leader", "election in progress");
+    let response = await put("/kv/x", "v");
+    const body = await expectError(response, 503, "no_leader");
+    expect(body.message).toBe("election in progress");
+    expect(response.headers.get("retry-after")).toBe("1");
+
+    node.failure = new KvError("no_leader", "election in progress", { retryAfterS: 2.2 });
+    response = await put("/kv/x", "v");
+    await expectError(response, 503, "no_leader");
+    expect(response.headers.get("retry-after")).toBe("3");
+  });
+
+  test("timeout is a 503 that says the outcome is unknown", async () => {
+    node.failure = new KvError("timeout", "the write was not committed in time");
+    const body = await expectError(await put("/kv/x", "v"), 503, "timeout");
+    expect(String(body.message)).toContain("outcome is unknown");
+  });
+
+  test("overloaded is a 429 with Retry-After", async () => {
+    node.failure = new KvError("overloaded", "too many proposals waiting", { retryAfterS: 4 });
+    const response = await put("/kv/x", "v");
+    const body = await expectError(response, 429, "overloaded");
+    expect(response.headers.get("retry-after")).toBe("4");
+    expect(body.retryAfterS).toBe(4);
+  });
+
+  const simple: [code: "too_large" | "bad_request" | "not_found" | "unavailable" | "method_not_allowed", status: number][] = [
+    ["too_large", 413],
+    ["bad_request", 400],
+    ["not_found", 404],
+    ["unavailable", 503],
+    ["method_not_allowed", 405],
+  ];
+  for (const [code, status] of simple) {
+    test(`${code} is a ${status} with its details`, async () => {
+      node.failure = new KvError(code, `the node said ${code}`, { leaderId: 7 });
+      for (const response of [await put("/kv/x", "v"), await call("GET", "/kv/x"), await call("DELETE", "/kv/x")]) {
+        const body = await expectError(response, status, code);
+        expect(body).toEqual({ error: code, message: `the node said ${code}`, leaderId: 7 });
+      }
+    });
+  }
+
+  test("anything else thrown is a 500 internal, logged once, and the app keeps serving", async () => {
+    node.failure = new TypeError("x is not a function");
+    const body = await expectError(await call("GET", "/kv/x"), 500, "internal");
+    expect(String(body.message)).toContain("x is not a function");
+    expect(consoleError).toHaveBeenCalledTimes(1);
+
+    node.failure = "a thrown string";
+    await expectError(await put("/kv/x", "v"), 500, "internal");
+    expect(consoleError).toHaveBeenCalledTimes(2);
+
+    node.failure = undefined;
+    expect((await put("/kv/x", "v")).status).toBe(200);
+    expect(consoleError).toHaveBeenCalledTimes(2);
+  });
+});
+
+describe("routes", () => {
+  test("GET /status is the node's status with every field present", async () => {
+    await put("/kv/x", "v");
+    node.statusNow = {
+      ...node.statusNow,
+      role: "follower",
+      leaderId: 2,
+      leaderUrl: undefined,
+      members: [
+        { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" },
+        { id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: undefined },
+      ],
+    };
+    const response = await call("GET", "/status");
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toStartWith("application/json");
+    expect(await response.json()).toEqual({
+      id: 1,
+      role: "follower",
+      term: 1,
+      leaderId: 2,
+      leaderUrl: null,
+      commitIndex: 1,
+      appliedIndex: 1,
+      lastLogIndex: 1,
+      members: [
+        { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" },
+        { id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: null },
+      ],
+    });
+  });
+
+  test("GET /status maps a node failure like any other", async () => {
+    node.failure = new KvError("unavailable", "shutting down");
+    await expectError(await call("GET", "/status"), 503, "unavailable");
+  });
+
+  test("GET /health is 200 when healthy and a JSON 503 when not", async () => {
+    let response = await call("GET", "/health");
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ healthy: true });
+
+    node.isHealthy = false;
+    response = await call("GET", "/health");
+    await expectError(response, 503, "unhealthy");
+  });
+
+  test("an unknown route is a JSON 404", async () => {
+    for (const [method, path] of [
+      ["GET", "/"],
+      ["GET", "/nope"],
+      ["POST", "/v3/kv/put"],
+      ["GET", "/kvx"],
+      ["GET", "/statusx"],
+    ] as const) {
+      await expectError(await call(method, path), 404, "not_found");
+    }
+  });
+
+  test("a wrong method on a known route is a JSON 405 with Allow", async () => {
+    const cases: [method: string, path: string, allow: string][] = [
+      ["POST", "/kv/x", "GET, HEAD, PUT, DELETE"],
+      ["PATCH", "/kv/x", "GET, HEAD, PUT, DELETE"],
+      ["OPTIONS", "/kv/x", "GET, HEAD, PUT, DELETE"],
+      ["POST", "/kv", "GET, HEAD, PUT, DELETE"],
+      ["PUT", "/status", "GET, HEAD"],
+      ["DELETE", "/status", "GET, HEAD"],
+      ["POST", "/health", "GET, HEAD"],
+    ];
+    for (const [method, path, allow] of cases) {
+      const response = await call(method, path, method === "POST" || method === "PATCH" ? { body: "{" } : {});
+      await expectError(response, 405, "method_not_allowed");
+      expect(response.headers.get("allow")).toBe(allow);
+    }
+    await expectError(await call("GET", "/kv/x"), 404, "not_found"); // the POST stored nothing
+  });
+
+  test("Elysia's own parse errors on routes added to the app still answer JSON", async () => {
+    const extended = createHttpApp(node, {}).post("/echo", ({ body }) => ({ body }));
+    const response = await extended.handle(
+      new Request(`${ORIGIN}/echo`, { method: "POST", body: "{not json", headers: { "content-type": "application/json" } }),
+    );
+    await expectError(response, 400, "bad_request");
+  });
+});

@@ -1,0 +1,148 @@
+// Proves both KvStorage implementations apply committed entries to the key-value state machine with the same results: versions are Raft indexes, no-ops only advance the applied index, replays are skipped, and a bad batch changes nothing.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AssertionError } from "../src/lib/assert.ts";
+import { type Entry, EntryType } from "../src/raft/types.ts";
+import { encodeCommand } from "../src/storage/command.ts";
+import { type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
+import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+
+const tempDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
+const text = (data: Uint8Array | undefined): string | undefined => (data === undefined ? undefined : new TextDecoder().decode(data));
+
+function put(index: number, key: string, value: string, term = 1): Entry {
+  return { index, term, type: EntryType.Normal, data: encodeCommand({ op: "put", key, value: bytes(value) }) };
+}
+function del(index: number, key: string, term = 1): Entry {
+  return { index, term, type: EntryType.Normal, data: encodeCommand({ op: "delete", key }) };
+}
+function noop(index: number, term = 1): Entry {
+  return { index, term, type: EntryType.Normal, data: new Uint8Array(0) };
+}
+
+/** Saves `entries` as committed, as a node's Ready loop does before applying them. */
+function saveCommitted(storage: KvStorage, entries: readonly Entry[]): void {
+  const last = entries[entries.length - 1];
+  if (last === undefined) return;
+  storage.save({ term: last.term, vote: 1, commit: last.index }, entries, true);
+}
+
+const implementations: [string, () => KvStorage][] = [
+  [
+    "sqlite",
+    () => {
+      const dir = mkdtempSync(join(tmpdir(), "kv-storage-apply-"));
+      tempDirs.push(dir);
+      return openSqliteStorage(dir, { voters: [1] });
+    },
+  ],
+  ["memory", () => createMemoryKvStorage({ voters: [1] })],
+];
+
+describe.each(implementations)("%s state machine", (_name, open) => {
+  test("puts, deletes and no-ops report versions and change the data", () => {
+    const storage = open();
+    try {
+      const entries = [noop(1), put(2, "a", "one"), put(3, "b", "two"), put(4, "a", "three"), del(5, "b"), del(6, "missing")];
+      saveCommitted(storage, entries);
+      expect(storage.applyEntries(entries)).toEqual([
+        { kind: "noop", index: 1 },
+        { kind: "put", index: 2, version: 2 },
+        { kind: "put", index: 3, version: 3 },
+        { kind: "put", index: 4, version: 4 },
+        { kind: "delete", index: 5, deleted: true, version: 5 },
+        { kind: "delete", index: 6, deleted: false, version: 6 },
+      ]);
+      expect(storage.appliedIndex()).toBe(6);
+      expect(text(storage.get("a")?.value)).toBe("three");
+      expect(storage.get("a")?.version).toBe(4);
+      expect(storage.get("b")).toBeUndefined();
+      expect(storage.get("missing")).toBeUndefined();
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("entries already applied are skipped, the rest applied once", () => {
+    const storage = open();
+    try {
+      saveCommitted(storage, [put(1, "k", "v1"), put(2, "k", "v2"), del(3, "k"), put(4, "k", "v4")]);
+      storage.applyEntries([put(1, "k", "v1"), put(2, "k", "v2")]);
+      expect(storage.applyEntries([put(1, "k", "v1"), put(2, "k", "v2"), del(3, "k")])).toEqual([
+        { kind: "skipped", index: 1 },
+        { kind: "skipped", index: 2 },
+        { kind: "delete", index: 3, deleted: true, version: 3 },
+      ]);
+      expect(storage.applyEntries([del(3, "k")])).toEqual([{ kind: "skipped", index: 3 }]);
+      expect(storage.get("k")).toBeUndefined();
+      storage.applyEntries([put(4, "k", "v4")]);
+      expect(storage.get("k")?.version).toBe(4);
+      expect(storage.applyEntries([])).toEqual([]);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("values keep their bytes exactly, empty included", () => {
+    const storage = open();
+    try {
+      const value = Uint8Array.from({ length: 1000 }, (_, offset) => (offset * 31) & 0xff);
+      const entries: Entry[] = [
+        { index: 1, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: "bin", value }) },
+        { index: 2, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: "empty", value: new Uint8Array(0) }) },
+      ];
+      saveCommitted(storage, entries);
+      storage.applyEntries(entries);
+      expect(storage.get("bin")?.value).toEqual(value);
+      expect(storage.get("empty")).toEqual({ value: new Uint8Array(0), version: 2 });
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("an undecodable committed entry fails the whole batch with bad_command and changes nothing", () => {
+    const storage = open();
+    try {
+      const garbage: Entry = { index: 2, term: 1, type: EntryType.Normal, data: new Uint8Array([0x09, 0x01]) };
+      saveCommitted(storage, [put(1, "k", "v"), garbage]);
+      let thrown: unknown;
+      try {
+        storage.applyEntries([put(1, "k", "v"), garbage]);
+      } catch (error: unknown) {
+        thrown = error;
+      }
+      expect(thrown).toBeInstanceOf(StorageError);
+      expect((thrown as StorageError).code).toBe("bad_command");
+      expect((thrown as StorageError).index).toBe(2);
+      expect((thrown as StorageError).message).toContain("index 2");
+      expect(storage.appliedIndex()).toBe(0);
+      expect(storage.get("k")).toBeUndefined();
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("applying what is not committed, not in the log, out of order, or of another term is a bug", () => {
+    const storage = open();
+    try {
+      storage.save({ term: 2, vote: 1, commit: 2 }, [put(1, "a", "1"), put(2, "a", "2"), put(3, "a", "3")], true);
+      expect(() => storage.applyEntries([put(2, "a", "2")])).toThrow(AssertionError); // skips index 1
+      expect(() => storage.applyEntries([put(1, "a", "1"), put(3, "a", "3")])).toThrow(AssertionError); // a gap
+      expect(() => storage.applyEntries([put(1, "a", "1"), put(2, "a", "2"), put(3, "a", "3")])).toThrow(AssertionError); // 3 not committed
+      expect(() => storage.applyEntries([put(1, "a", "1", 2)])).toThrow(AssertionError); // the log has term 1 there
+      expect(storage.appliedIndex()).toBe(0);
+      storage.applyEntries([put(1, "a", "1"), put(2, "a", "2")]);
+      expect(storage.get("a")?.version).toBe(2);
+    } finally {
+      storage.close();
+    }
+  });
+});

@@ -1,0 +1,97 @@
+// Proves the command codec round-trips every put and delete exactly and rejects malformed entry data with a CommandCodecError.
+import { describe, expect, test } from "bun:test";
+import { createPrng } from "../src/lib/prng.ts";
+import { type Command, CommandCodecError, commandKeyBytesMax, decodeCommand, encodeCommand, isNoopData } from "../src/storage/command.ts";
+
+function roundTrip(command: Command): Command {
+  return decodeCommand(encodeCommand(command));
+}
+
+describe("command codec", () => {
+  test("put and delete round-trip, including edge keys and values", () => {
+    const keys = ["", "a", "key/with/slashes", "é😀中文", "\u0000nul\u0000", "\uFEFFbom-first", "x".repeat(127), "y".repeat(128), "z".repeat(commandKeyBytesMax)];
+    const values = [new Uint8Array(0), new Uint8Array([0]), new Uint8Array([1, 2, 3, 255]), new Uint8Array(70_000).fill(7)];
+    for (const key of keys) {
+      expect(roundTrip({ op: "delete", key })).toEqual({ op: "delete", key });
+      for (const value of values) {
+        const decoded = roundTrip({ op: "put", key, value });
+        expect(decoded.op).toBe("put");
+        expect(decoded.key).toBe(key);
+        expect(decoded.op === "put" && Array.from(decoded.value)).toEqual(Array.from(value));
+      }
+    }
+  });
+
+  test("random commands round-trip", () => {
+    const prng = createPrng(42);
+    for (let round = 0; round < 2000; round++) {
+      const key = Array.from({ length: prng.intInclusive(0, 40) }, () => String.fromCodePoint(prng.pick([0x41, 0xe9, 0x4e2d, 0x1f600, prng.intInclusive(0x20, 0xd7ff)]))).join("");
+      const value = Uint8Array.from({ length: prng.intInclusive(0, 300) }, () => prng.intInclusive(0, 255));
+      const command: Command = prng.chance(0.5) ? { op: "put", key, value } : { op: "delete", key };
+      const decoded = roundTrip(command);
+      expect(decoded.key).toBe(key);
+      expect(decoded.op).toBe(command.op);
+      if (decoded.op === "put") expect(Array.from(decoded.value)).toEqual(Array.from(value));
+    }
+  });
+
+  test("the encoding is compact: op byte, one-byte varint, key, value", () => {
+    expect(encodeCommand({ op: "put", key: "ab", value: new Uint8Array([9]) })).toEqual(new Uint8Array([1, 2, 0x61, 0x62, 9]));
+    expect(encodeCommand({ op: "delete", key: "ab" })).toEqual(new Uint8Array([2, 2, 0x61, 0x62]));
+    expect(encodeCommand({ op: "delete", key: "k".repeat(200) }).byteLength).toBe(1 + 2 + 200);
+  });
+
+  test("a value decoded from a subarray is only the rest of that subarray", () => {
+    const encoded = encodeCommand({ op: "put", key: "k", value: new Uint8Array([5, 6]) });
+    const framed = new Uint8Array(encoded.byteLength + 4);
+    framed.set(encoded, 2);
+    const decoded = decodeCommand(framed.subarray(2, 2 + encoded.byteLength));
+    expect(decoded.op === "put" && Array.from(decoded.value)).toEqual([5, 6]);
+  });
+
+  test("empty data is a no-op, not a command", () => {
+    expect(isNoopData(new Uint8Array(0))).toBe(true);
+    expect(isNoopData(encodeCommand({ op: "delete", key: "" }))).toBe(false);
+    expect(() => decodeCommand(new Uint8Array(0))).toThrow(CommandCodecError);
+  });
+
+  test("garbage is rejected with a clear error", () => {
+    const garbage: [string, number[], RegExp][] = [
+      ["unknown op", [0x07, 1, 0x61], /unknown op byte 0x07/],
+      ["op 0", [0x00], /unknown op byte 0x00/],
+      ["missing key length", [0x01], /truncated key length/],
+      ["truncated varint", [0x01, 0x80], /truncated key length/],
+      ["non-minimal varint", [0x02, 0x81, 0x00, 0x61], /non-minimal/],
+      ["overlong varint", [0x02, 0x80, 0x80, 0x80, 0x01], /longer than 3 bytes/],
+      ["key over the limit", [0x02, 0x81, 0x80, 0x04], /exceeds/],
+      ["key past the end", [0x01, 5, 0x61, 0x62], /runs past the end/],
+      ["invalid UTF-8", [0x02, 2, 0xc3, 0x28], /not valid UTF-8/],
+      ["trailing bytes after delete", [0x02, 1, 0x61, 0x00], /1 trailing bytes after a delete/],
+    ];
+    for (const [, bytes, message] of garbage) {
+      expect(() => decodeCommand(new Uint8Array(bytes))).toThrow(message);
+      expect(() => decodeCommand(new Uint8Array(bytes))).toThrow(CommandCodecError);
+    }
+  });
+
+  test("random bytes either fail cleanly or decode to the canonical encoding", () => {
+    const prng = createPrng(7);
+    for (let round = 0; round < 5000; round++) {
+      const bytes = Uint8Array.from({ length: prng.intInclusive(0, 12) }, () => prng.pick([0, 1, 2, 0x61, 0x80, 0xc3, prng.intInclusive(0, 255)]));
+      let decoded: Command;
+      try {
+        decoded = decodeCommand(bytes);
+      } catch (error: unknown) {
+        expect(error).toBeInstanceOf(CommandCodecError);
+        continue;
+      }
+      // Whatever decodes is canonical: encoding it again gives the same bytes.
+      expect(encodeCommand(decoded)).toEqual(bytes);
+    }
+  });
+
+  test("keys that cannot round-trip are refused at encode", () => {
+    expect(() => encodeCommand({ op: "delete", key: "\uD800" })).toThrow(/lone UTF-16 surrogate/);
+    expect(() => encodeCommand({ op: "delete", key: "x".repeat(commandKeyBytesMax + 1) })).toThrow(/exceeds/);
+  });
+});

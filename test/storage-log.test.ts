@@ -1,0 +1,170 @@
+// Proves both KvStorage implementations (sqlite and its in-memory twin) save, read and overwrite the Raft log and hard state identically, and refuse saves that break Raft's invariants.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AssertionError } from "../src/lib/assert.ts";
+import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
+import type { KvStorage } from "../src/storage/kv-storage.ts";
+import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+
+const tempDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "kv-storage-log-"));
+  tempDirs.push(dir);
+  return dir;
+}
+
+function entry(index: number, term: number, text = `e${index}t${term}`): Entry {
+  return { index, term, type: EntryType.Normal, data: new TextEncoder().encode(text) };
+}
+
+function range(lo: number, hi: number, term: number): Entry[] {
+  return Array.from({ length: hi - lo }, (_, offset) => entry(lo + offset, term));
+}
+
+function hard(term: number, vote: number, commit: number): HardState {
+  return { term, vote, commit };
+}
+
+function summary(entries: readonly Entry[]): string[] {
+  return entries.map((e) => `${e.index}:${e.term}:${new TextDecoder().decode(e.data)}`);
+}
+
+const implementations: [string, (options?: { termCacheRunsMax?: number }) => KvStorage][] = [
+  ["sqlite", (options) => openSqliteStorage(tempDir(), { voters: [1, 2, 3], ...options })],
+  ["memory", () => createMemoryKvStorage({ voters: [1, 2, 3] })],
+];
+
+describe.each(implementations)("%s storage log", (_name, open) => {
+  test("an empty log", () => {
+    const storage = open();
+    try {
+      expect(storage.firstIndex()).toBe(1);
+      expect(storage.lastIndex()).toBe(0);
+      expect(storage.term(0)).toBe(0);
+      expect(storage.entries(1, 1, 100)).toEqual([]);
+      expect(storage.initialState()).toEqual({ hardState: { term: 0, vote: 0, commit: 0 }, voters: [1, 2, 3] });
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("save then entries, term, lastIndex and hard state", () => {
+    const storage = open();
+    try {
+      storage.save(hard(1, 1, 0), range(1, 4, 1), true);
+      storage.save(hard(2, 2, 3), range(4, 7, 2), false);
+      storage.save(hard(2, 2, 5), [], true);
+      expect(storage.lastIndex()).toBe(6);
+      expect([0, 1, 3, 4, 6].map((index) => storage.term(index))).toEqual([0, 1, 1, 2, 2]);
+      expect(summary(storage.entries(1, 7, Number.MAX_SAFE_INTEGER))).toEqual([
+        "1:1:e1t1", "2:1:e2t1", "3:1:e3t1", "4:2:e4t2", "5:2:e5t2", "6:2:e6t2",
+      ]);
+      expect(summary(storage.entries(3, 5, Number.MAX_SAFE_INTEGER))).toEqual(["3:1:e3t1", "4:2:e4t2"]);
+      expect(storage.initialState().hardState).toEqual(hard(2, 2, 5));
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("entries stops at maxBytes but returns at least one", () => {
+    const storage = open();
+    try {
+      storage.save(hard(1, 1, 0), range(1, 11, 1), true); // each entry's data is 4-5 bytes
+      expect(storage.entries(1, 11, 0).length).toBe(1);
+      expect(storage.entries(1, 11, 4).length).toBe(1);
+      expect(storage.entries(1, 11, 8).length).toBe(2);
+      expect(storage.entries(1, 11, 1000).length).toBe(10);
+      // Reads longer than one internal chunk still come back whole and in order.
+      storage.save(undefined, range(11, 700, 1), true);
+      const all = storage.entries(1, 700, Number.MAX_SAFE_INTEGER);
+      expect(all.map((e) => e.index)).toEqual(Array.from({ length: 699 }, (_, offset) => offset + 1));
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("a new leader's entries overwrite the conflicting suffix", () => {
+    const storage = open();
+    try {
+      storage.save(hard(2, 1, 2), [...range(1, 3, 1), ...range(3, 6, 2)], true);
+      // Entries 4.. from term 3 replace 4 and 5 of term 2; index 3 stays.
+      storage.save(hard(3, 2, 2), [entry(4, 3, "new4")], true);
+      expect(storage.lastIndex()).toBe(4);
+      expect(summary(storage.entries(1, 5, 1000))).toEqual(["1:1:e1t1", "2:1:e2t1", "3:2:e3t2", "4:3:new4"]);
+      expect(storage.term(4)).toBe(3);
+      expect(() => storage.term(5)).toThrow(AssertionError);
+      // Appending after the overwrite continues the new suffix.
+      storage.save(undefined, [entry(5, 3, "new5"), entry(6, 3, "new6")], true);
+      expect(summary(storage.entries(4, 7, 1000))).toEqual(["4:3:new4", "5:3:new5", "6:3:new6"]);
+      // Overwriting from just past the commit point, in a later term.
+      storage.save(hard(4, 3, 2), range(3, 5, 4), true);
+      expect(summary(storage.entries(1, 5, 1000))).toEqual(["1:1:e1t1", "2:1:e2t1", "3:4:e3t4", "4:4:e4t4"]);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("term() is right for indexes outside the in-memory term cache", () => {
+    const storage = open({ termCacheRunsMax: 2 });
+    try {
+      for (let term = 1; term <= 6; term++) storage.save(hard(term, 1, 0), range(term * 3 - 2, term * 3 + 1, term), true);
+      for (let index = 1; index <= 18; index++) expect(storage.term(index)).toBe(Math.ceil(index / 3));
+      // Overwrite back into the uncached region, then read across it.
+      storage.save(hard(7, 1, 0), range(5, 8, 7), true);
+      expect([1, 4, 5, 7].map((index) => storage.term(index))).toEqual([1, 2, 7, 7]);
+      expect(storage.lastIndex()).toBe(7);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("saves that break Raft invariants are refused before anything is written", () => {
+    const storage = open();
+    try {
+      storage.save(hard(2, 1, 3), [...range(1, 3, 1), ...range(3, 5, 2)], true);
+      const refused: [string, HardState | undefined, Entry[]][] = [
+        ["gap after the log", undefined, [entry(6, 2)]],
+        ["not contiguous", undefined, [entry(5, 2), entry(7, 2)]],
+        ["term below the previous entry's", undefined, [entry(5, 1)]],
+        ["terms decreasing inside the batch", undefined, [entry(5, 2), entry(6, 1)]],
+        ["entry term beyond the current term", undefined, [entry(5, 3)]],
+        ["committed entry overwritten with another term", hard(3, 1, 3), [entry(3, 3)]],
+        ["truncating below the commit", undefined, [entry(2, 1)]],
+        ["term going back", hard(1, 1, 3), []],
+        ["vote changed within a term", hard(2, 3, 3), []],
+        ["commit going back", hard(2, 1, 2), []],
+        ["commit beyond the last index", hard(2, 1, 5), []],
+      ];
+      for (const [reason, hardState, entries] of refused) {
+        expect(() => storage.save(hardState, entries, true), reason).toThrow(AssertionError);
+      }
+      expect(storage.lastIndex()).toBe(4);
+      expect(storage.initialState().hardState).toEqual(hard(2, 1, 3));
+      // Legal ones still pass: the same entries again past the commit, a vote in a new term.
+      storage.save(hard(3, 3, 3), [entry(4, 2)], true);
+      expect(storage.lastIndex()).toBe(4);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("voters are recorded once and must match afterwards", () => {
+    const storage = open();
+    try {
+      storage.bootstrap([3, 2, 1]);
+      expect(() => storage.bootstrap([1, 2])).toThrow(/voters_mismatch/);
+      expect(() => storage.bootstrap([])).toThrow(/voters_invalid/);
+      expect(() => storage.bootstrap([1, 1, 2])).toThrow(/voters_invalid/);
+      expect(storage.initialState().voters).toEqual([1, 2, 3]);
+    } finally {
+      storage.close();
+    }
+  });
+});

@@ -1,0 +1,232 @@
+// Proves over real loopback sockets on OS-chosen ports that two Connect transports exchange Raft messages and learn each other's HTTP URLs, that a dead or silent peer never delays delivery to a live one, and that malformed or oversized requests get a Connect error while the server keeps serving.
+import { afterEach, describe, expect, test } from "bun:test";
+import { createConnectTransport } from "../src/transport/connect-transport.ts";
+import type { ConnectTransportHandle, ConnectTransportLimits } from "../src/transport/connect-transport.ts";
+import { EntryType } from "../src/raft/types.ts";
+import type { Message, NodeId } from "../src/raft/types.ts";
+
+const hostname = "127.0.0.1";
+const peerUrl = (port: number) => `http://${hostname}:${port}`;
+
+/** Everything to close after each test, whatever happened in it. */
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+interface Delivery {
+  readonly messages: Message[];
+  readonly from: NodeId;
+  readonly fromHttpUrl: string;
+}
+
+/** A node's inbox: resolves waiters as soon as a matching delivery arrives; no polling, no sleeping. */
+function createInbox() {
+  const deliveries: Delivery[] = [];
+  let waiters: { condition: () => boolean; resolve: () => void }[] = [];
+  return {
+    deliveries,
+    onMessages(messages: Message[], from: NodeId, fromHttpUrl: string): void {
+      deliveries.push({ messages, from, fromHttpUrl });
+      const ready = waiters.filter((waiter) => waiter.condition());
+      waiters = waiters.filter((waiter) => !waiter.condition());
+      for (const waiter of ready) waiter.resolve();
+    },
+    /** Resolves once `condition` holds over the deliveries so far. */
+    until(condition: () => boolean): Promise<void> {
+      if (condition()) return Promise.resolve();
+      return new Promise((resolve) => waiters.push({ condition, resolve }));
+    },
+    messages(): Message[] {
+      return deliveries.flatMap((delivery) => delivery.messages);
+    },
+  };
+}
+
+function startNode(
+  selfId: NodeId,
+  peers: Map<NodeId, string>,
+  options: { rpcTimeoutMs?: number; limits?: Partial<ConnectTransportLimits>; log?: (line: string) => void } = {},
+) {
+  const inbox = createInbox();
+  const node = createConnectTransport({
+    selfId,
+    selfHttpUrl: `http://${hostname}:${9000 + selfId}`,
+    peers,
+    listen: { hostname, port: 0 },
+    onMessages: inbox.onMessages,
+    rpcTimeoutMs: options.rpcTimeoutMs ?? 30_000,
+    ...(options.limits === undefined ? {} : { limits: options.limits }),
+    log: options.log ?? (() => {}),
+  });
+  cleanups.push(() => node.transport.close());
+  return { ...node, inbox, peers };
+}
+
+/** Two nodes on OS-chosen ports that know each other: each URL is known only once both listen. */
+function startPair(options: Parameters<typeof startNode>[2] = {}) {
+  const a = startNode(1, new Map(), options);
+  const b = startNode(2, new Map([[1, peerUrl(a.port)]]), options);
+  a.peers.set(2, peerUrl(b.port));
+  return { a, b };
+}
+
+/** A port where nothing listens: connections are refused. */
+async function deadPort(): Promise<number> {
+  const server = Bun.serve({ hostname, port: 0, fetch: () => new Response() });
+  const port = server.port;
+  await server.stop(true);
+  if (port === undefined) throw new Error("no port");
+  return port;
+}
+
+/** A peer that accepts connections and never answers: calls hang until their deadline. */
+function silentPort(): number {
+  const listener = Bun.listen({ hostname, port: 0, socket: { data() {} } });
+  cleanups.push(() => listener.stop(true));
+  return listener.port;
+}
+
+function heartbeat(from: NodeId, to: NodeId, commit: number): Message {
+  return { type: "heartbeat", from, to, term: 2, commit, readContext: `read-${commit}` };
+}
+
+/** Resolves once `condition` holds, checking after each turn of the event loop; fails after `turnsMax`. */
+async function until(condition: () => boolean, what: string, turnsMax = 100_000): Promise<void> {
+  for (let turn = 0; turn < turnsMax; turn++) {
+    if (condition()) return;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  throw new Error(`gave up waiting for ${what}`);
+}
+
+describe("connect transport over loopback", () => {
+  test("delivers one send's messages for a peer in one call, in order, both ways", async () => {
+    const { a, b } = startPair();
+    const toB: Message[] = [
+      { type: "vote", from: 1, to: 2, term: 3, lastLogIndex: 7, lastLogTerm: 2 },
+      {
+        type: "append",
+        from: 1,
+        to: 2,
+        term: 3,
+        prevLogIndex: 7,
+        prevLogTerm: 2,
+        entries: [
+          { term: 3, index: 8, type: EntryType.Normal, data: new TextEncoder().encode("put k v") },
+          { term: 3, index: 9, type: EntryType.Normal, data: new Uint8Array(70_000).fill(7) },
+        ],
+        commit: 7,
+      },
+      ...Array.from({ length: 200 }, (_, i) => heartbeat(1, 2, i)),
+    ];
+    a.transport.send(toB);
+    await b.inbox.until(() => b.inbox.deliveries.length === 1);
+    expect(b.inbox.deliveries).toEqual([{ messages: toB, from: 1, fromHttpUrl: "http://127.0.0.1:9001" }]);
+
+    const toA: Message[] = [{ type: "vote-response", from: 2, to: 1, term: 3, granted: true }];
+    b.transport.send(toA);
+    await a.inbox.until(() => a.inbox.deliveries.length === 1);
+    expect(a.inbox.messages()).toEqual(toA);
+  });
+
+  test("learns a peer's HTTP URL from its calls", async () => {
+    const { a, b } = startPair();
+    expect(a.transport.peerHttpUrl(2)).toBeUndefined();
+    b.transport.send([heartbeat(2, 1, 1)]);
+    await a.inbox.until(() => a.inbox.deliveries.length === 1);
+    expect(a.transport.peerHttpUrl(2)).toBe("http://127.0.0.1:9002");
+    expect(a.transport.peerHttpUrl(3)).toBeUndefined();
+  });
+
+  test("a dead peer and a silent peer do not delay delivery to a live peer", async () => {
+    const a = startNode(1, new Map(), { rpcTimeoutMs: 60_000 });
+    const b = startNode(2, new Map([[1, peerUrl(a.port)]]));
+    a.peers.set(2, peerUrl(b.port));
+    a.peers.set(3, peerUrl(await deadPort()));
+    a.peers.set(4, peerUrl(silentPort()));
+
+    // Dead and silent peers first in every batch: if they held up the others, B would wait a minute.
+    for (let round = 1; round <= 20; round++) {
+      a.transport.send([heartbeat(1, 3, round), heartbeat(1, 4, round), heartbeat(1, 2, round)]);
+    }
+    await b.inbox.until(() => b.inbox.messages().length === 20);
+    expect(b.inbox.messages().map((message) => (message.type === "heartbeat" ? message.commit : -1)).sort((x, y) => x - y)).toEqual(
+      Array.from({ length: 20 }, (_, i) => i + 1),
+    );
+
+    await until(() => a.stats().find((stats) => stats.peerId === 3)?.reachability === "unreachable", "peer 3 unreachable");
+    const silent = a.stats().find((stats) => stats.peerId === 4);
+    // One probe call hangs on the silent peer; the rest wait, coalesced, in its bounded queue.
+    expect(silent).toMatchObject({ reachability: "unknown", inflightCalls: 1, queuedMessages: 19 });
+    // Closing cancels the hanging call instead of waiting out its deadline.
+    await a.transport.close();
+    expect(a.stats().find((stats) => stats.peerId === 4)).toMatchObject({ inflightCalls: 0, queuedMessages: 0 });
+  });
+
+  test("an unreachable peer is logged once however many calls fail (recovery: see transport-service.test.ts)", async () => {
+    const lines: string[] = [];
+    const a = startNode(1, new Map(), { log: (line) => lines.push(line) });
+    const port = await deadPort();
+    a.peers.set(2, peerUrl(port));
+    for (let round = 1; round <= 5; round++) {
+      a.transport.send([heartbeat(1, 2, round)]);
+      await until(() => a.stats()[0]?.inflightCalls === 0, "the call to fail");
+    }
+    expect(a.stats()[0]).toMatchObject({ reachability: "unreachable", failedCalls: 5 });
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toStartWith("peer 2: unreachable");
+  });
+
+  test("malformed protobuf bytes get invalid_argument, and the server keeps serving", async () => {
+    const { a, b } = startPair();
+    const sendUrl = `${peerUrl(a.port)}/kv.v1.RaftService/Send`;
+    const garbage = await fetch(sendUrl, {
+      method: "POST",
+      headers: { "content-type": "application/proto", "connect-protocol-version": "1" },
+      body: new Uint8Array([0xff, 0xff, 0xff, 0xff, 0x0f, 0x0a, 0x80]),
+    });
+    expect(garbage.status).toBe(400);
+    expect(((await garbage.json()) as { code: string }).code).toBe("invalid_argument");
+
+    // Well-formed protobuf that is not a valid Raft message: node id 0 (field 1, varint 0).
+    const invalid = await fetch(sendUrl, {
+      method: "POST",
+      headers: { "content-type": "application/proto" },
+      body: new Uint8Array([0x08, 0x00, 0x1a, 0x02, 0x08, 0x00]),
+    });
+    expect(invalid.status).toBe(400);
+    expect(((await invalid.json()) as { code: string }).code).toBe("invalid_argument");
+
+    const elsewhere = await fetch(`${peerUrl(a.port)}/kv.v1.KvService/Get`, { method: "POST" });
+    expect(elsewhere.status).toBe(404);
+    await elsewhere.arrayBuffer();
+
+    expect(a.inbox.deliveries).toEqual([]);
+    b.transport.send([heartbeat(2, 1, 1)]);
+    await a.inbox.until(() => a.inbox.deliveries.length === 1);
+    expect(a.inbox.messages()).toEqual([heartbeat(2, 1, 1)]);
+  });
+
+  test("a request above the peer's body limit is refused without harm to later calls", async () => {
+    const limits = { requestBytesMax: 16_384, callBytesMax: 16_384 };
+    const { a, b } = startPair({ limits });
+    const oversized: Message = {
+      type: "append",
+      from: 1,
+      to: 2,
+      term: 1,
+      prevLogIndex: 0,
+      prevLogTerm: 0,
+      entries: [{ term: 1, index: 1, type: EntryType.Normal, data: new Uint8Array(100_000) }],
+      commit: 0,
+    };
+    a.transport.send([oversized]);
+    await until(() => a.stats()[0]?.failedCalls === 1, "the oversized call to fail");
+    expect(a.stats()[0]?.reachability).not.toBe("reachable");
+
+    a.transport.send([heartbeat(1, 2, 1)]);
+    await b.inbox.until(() => b.inbox.deliveries.length === 1);
+    expect(b.inbox.messages()).toEqual([heartbeat(1, 2, 1)]);
+  });
+});
