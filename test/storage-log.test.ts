@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
+import { encodeCommand } from "../src/storage/command.ts";
 import type { KvStorage } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
@@ -166,5 +167,22 @@ describe.each(implementations)("%s storage log", (_name, open) => {
     } finally {
       storage.close();
     }
+  });
+});
+
+describe("memory twin", () => {
+  test("clone() is the state a restarted node sees, independent of the original", () => {
+    const storage = createMemoryKvStorage({ voters: [1] });
+    const data = encodeCommand({ op: "put", key: "k", value: new Uint8Array([1]) });
+    storage.save(hard(1, 1, 1), [{ index: 1, term: 1, type: EntryType.Normal, data }], true);
+    storage.applyEntries(storage.entries(1, 2, 100));
+    data.fill(0); // saved data was copied: the caller may reuse its buffer
+    const restarted = storage.clone();
+    storage.save(hard(2, 1, 1), [entry(2, 2)], true);
+    expect(restarted.lastIndex()).toBe(1);
+    expect(restarted.initialState()).toEqual({ hardState: hard(1, 1, 1), voters: [1] });
+    expect(restarted.appliedIndex()).toBe(1);
+    expect(restarted.get("k")).toEqual({ value: new Uint8Array([1]), version: 1 });
+    expect(restarted.entries(1, 2, 100)[0]?.data).toEqual(encodeCommand({ op: "put", key: "k", value: new Uint8Array([1]) }));
   });
 });

@@ -2,11 +2,13 @@
 // kv's command line: the only reader of argv and the environment.
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
 import packageJson from "../../package.json" with { type: "json" };
+import { chaosCommand } from "./chaos.ts";
 import { serveCommand } from "./serve.ts";
 import { UsageError } from "./usage-error.ts";
 
 const subCommands: Record<string, CommandDef<ArgsDef>> = {
   serve: serveCommand as unknown as CommandDef<ArgsDef>,
+  chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const root = defineCommand({

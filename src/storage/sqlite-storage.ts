@@ -2,7 +2,7 @@ import { Database, type Statement } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
-import { type Entry, EntryType, emptyHardState, type HardState, type NodeId } from "../raft/types.ts";
+import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId } from "../raft/types.ts";
 import { type ApplyStep, planApply, resultFor } from "./apply-plan.ts";
 import { entryChecksum, hardStateChecksum } from "./entry-checksum.ts";
 import { type ApplyResult, type KvStorage, StorageError, type StoredValue } from "./kv-storage.ts";
@@ -46,6 +46,7 @@ export interface SqliteStorageOptions {
 
 const schemaVersion = 1;
 const lockWaitMsMax = 60_000;
+const walBytesLimit = 64 * 1024 * 1024;
 /** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
 const entriesChunkRowsMax = 256;
 
@@ -122,7 +123,8 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     const journal = db.query<{ journal_mode: string }, []>("PRAGMA journal_mode = WAL").get();
     if (journal?.journal_mode !== "wal") throw new Error(`journal_mode is ${journal?.journal_mode}, expected wal`);
     db.run("PRAGMA synchronous = FULL");
-    db.run("PRAGMA foreign_keys = OFF");
+    // Bound the WAL file left on disk after a checkpoint (it is reused, not shrunk, otherwise).
+    db.run(`PRAGMA journal_size_limit = ${walBytesLimit}`);
     migrate(db, file);
     const storage = new SqliteStorage(db, file, options.termCacheRunsMax ?? 1024, options.termCacheLoadEntriesMax ?? 100_000);
     if (options.voters !== undefined) storage.bootstrap(options.voters);
@@ -165,8 +167,9 @@ function migrate(db: Database, file: string): void {
 
 /**
  * The durable `KvStorage`. Open it with `openSqliteStorage`. Single-threaded: one node loop calls
- * it. Reads (`entries`, `term` outside the cache, `get`) verify checksums and throw `StorageError`
- * `corrupt` naming the file and index on a mismatch.
+ * it. Log reads (`entries`, and `term` outside the in-memory cache) verify each entry's checksum
+ * and throw `StorageError` `corrupt` naming the file and index on a mismatch; kv rows carry no
+ * checksum (they can be rebuilt by replaying the log).
  */
 export class SqliteStorage implements KvStorage {
   private hardStateValue: HardState;
@@ -297,13 +300,15 @@ export class SqliteStorage implements KvStorage {
    */
   save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void {
     this.assertOpen();
+    // An unchanged hard state costs no write (nor, with no entries, a commit).
+    const changed = hardState !== undefined && hardStateEqual(hardState, this.hardStateValue) ? undefined : hardState;
     const lastIndexAfter = checkSave(
       { hardState: this.hardStateValue, firstIndex: this.firstIndex(), lastIndex: this.last, term: (index) => this.term(index) },
-      hardState,
+      changed,
       entries,
     );
-    if (entries.length === 0 && hardState === undefined) return;
-    this.withSynchronous(sync, () => this.saveTransaction(hardState, entries));
+    if (entries.length === 0 && changed === undefined) return;
+    this.withSynchronous(sync, () => this.saveTransaction(changed, entries));
     // Committed: now memory may follow the disk.
     const first = entries[0];
     if (first !== undefined) {
@@ -311,7 +316,7 @@ export class SqliteStorage implements KvStorage {
       for (const entry of entries) this.terms.append(entry.index, entry.term);
       this.last = lastIndexAfter;
     }
-    if (hardState !== undefined) this.hardStateValue = { term: hardState.term, vote: hardState.vote, commit: hardState.commit };
+    if (changed !== undefined) this.hardStateValue = { term: changed.term, vote: changed.vote, commit: changed.commit };
   }
 
   private writeSave(hardState: HardState | undefined, entries: readonly Entry[]): void {
