@@ -1,0 +1,63 @@
+// Proves the house rules hold in the code: src/raft is pure (no I/O, clocks, randomness or awaits) and
+// dependencies point downward only (raft <- node <- http/chaos <- cli).
+import { expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { join, relative } from "node:path";
+
+const src = join(import.meta.dir, "..", "src");
+
+function sourceFiles(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) return sourceFiles(path);
+    return entry.name.endsWith(".ts") && !entry.name.endsWith(".test.ts") ? [path] : [];
+  });
+}
+
+function importsOf(file: string): string[] {
+  const text = readFileSync(file, "utf8");
+  return [...text.matchAll(/^\s*(?:import|export)[^'"]*?from\s+["']([^"']+)["']/gm)].map((m) => m[1] as string);
+}
+
+test("src/raft reaches nothing outside itself and src/lib: no bun:, node:, gen, clocks, randomness or await", () => {
+  const offences: string[] = [];
+  for (const file of sourceFiles(join(src, "raft"))) {
+    const text = readFileSync(file, "utf8").replace(/\/\/.*$/gm, "").replace(/\/\*[\s\S]*?\*\//g, "");
+    for (const spec of importsOf(file)) {
+      if (!spec.startsWith("./") && !spec.startsWith("../lib/")) offences.push(`${relative(src, file)} imports ${spec}`);
+    }
+    for (const banned of [/\bDate\.now\b/, /\bMath\.random\b/, /\bsetTimeout\b/, /\bsetInterval\b/, /\bperformance\.now\b/, /\bawait\b/, /\basync\b/]) {
+      if (banned.test(text)) offences.push(`${relative(src, file)} uses ${banned.source}`);
+    }
+  }
+  expect(offences).toEqual([]);
+});
+
+test("dependencies point downward only", () => {
+  // Each layer may import only the layers listed for it (and itself).
+  const allowed: Record<string, string[]> = {
+    lib: [],
+    raft: ["lib"],
+    gen: [],
+    storage: ["lib", "raft"],
+    transport: ["lib", "raft", "gen"],
+    sim: ["lib", "raft"],
+    node: ["lib", "raft", "storage", "transport"],
+    http: ["lib", "node", "raft"],
+    chaos: ["lib"],
+    bench: ["lib"],
+    cli: ["lib", "raft", "node", "storage", "transport", "http", "chaos", "bench", "sim"],
+  };
+  const offences: string[] = [];
+  for (const file of sourceFiles(src)) {
+    const layer = relative(src, file).split("/")[0] as string;
+    if (!(layer in allowed)) continue;
+    for (const spec of importsOf(file)) {
+      const match = /^(?:\.\.\/)+([a-z]+)\//.exec(spec);
+      if (match === null) continue;
+      const target = match[1] as string;
+      if (target !== layer && !(allowed[layer] as string[]).includes(target)) offences.push(`${relative(src, file)} (${layer}) imports ${spec}`);
+    }
+  }
+  expect(offences).toEqual([]);
+});

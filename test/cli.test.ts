@@ -1,0 +1,44 @@
+// Proves the built executable's CLI contract: help and version work, and a bad flag or value is one
+// clear line on stderr with exit code 2, before anything starts.
+import { expect, test } from "bun:test";
+import { kvCommand } from "./helpers/kv-binary.ts";
+
+function run(args: string[]): { code: number; out: string; err: string } {
+  const proc = Bun.spawnSync([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000 });
+  return { code: proc.exitCode ?? -1, out: proc.stdout.toString(), err: proc.stderr.toString() };
+}
+
+test("kv --version prints the package version", async () => {
+  const { version } = (await Bun.file(`${import.meta.dir}/../package.json`).json()) as { version: string };
+  const result = run(["--version"]);
+  expect(result.code).toBe(0);
+  expect(result.out.trim()).toBe(version);
+});
+
+test("kv --help and kv serve --help describe the commands and flags", () => {
+  const top = run(["--help"]);
+  expect(top.code).toBe(0);
+  expect(top.out).toContain("serve");
+  expect(top.out).toContain("chaos");
+  const serve = run(["serve", "--help"]);
+  expect(serve.code).toBe(0);
+  for (const flag of ["--id", "--cluster", "--listen-peer", "--listen-http", "--advertise-http", "--data-dir", "--tick-ms", "--election-ticks", "--heartbeat-ticks"]) {
+    expect(serve.out).toContain(flag);
+  }
+});
+
+test.each([
+  [["serve", "--id", "1", "--bogus"], "unknown flag '--bogus'"],
+  [["serve"], "Missing required argument: --id"],
+  [["serve", "--id", "x"], "--id must be a whole number"],
+  [["serve", "--id", "4"], "--cluster has no entry for node 4"],
+  [["serve", "--id", "1", "--cluster", "1=notaurl"], "is not a URL"],
+  [["serve", "--id", "1", "--listen-http", "nohost"], "--listen-http must be host:port"],
+  [["serve", "--id", "1", "--election-ticks", "3", "--heartbeat-ticks", "3"], "--heartbeat-ticks must be a whole number from 1 to 2"],
+  [["frobnicate"], "unknown command 'frobnicate'"],
+])("kv %p is a usage error: exit 2 and one line", (args, message) => {
+  const result = run(args as string[]);
+  expect(result.code).toBe(2);
+  expect(result.err).toContain(message as string);
+  expect(result.err.trim().split("\n")).toHaveLength(1);
+});
