@@ -44,8 +44,13 @@ function drain(node: RawNode): Message[] {
   return out;
 }
 
+/** Campaigns through the pre-vote (thesis §9.6) and the real vote, granted by `voters`. */
 function electLeader(node: RawNode, voters: number[]): void {
   node.campaign();
+  drain(node);
+  expect(node.raft.preCandidate).toBe(true);
+  for (const from of voters) node.step({ type: "pre-vote-response", from, to: node.raft.id, term: node.raft.term + 1, granted: true });
+  expect(node.raft.preCandidate).toBe(false);
   drain(node);
   for (const from of voters) node.step({ type: "vote-response", from, to: node.raft.id, term: node.raft.term, granted: true });
   expect(node.raft.role).toBe("leader");
@@ -54,8 +59,8 @@ function electLeader(node: RawNode, voters: number[]): void {
 describe("elections (§5.2, §5.4.1)", () => {
   test("a server grants at most one vote per term", () => {
     const node = coreWith(1, 3);
-    node.step({ type: "vote", from: 2, to: 1, term: 1, lastLogIndex: 0, lastLogTerm: 0 });
-    node.step({ type: "vote", from: 3, to: 1, term: 1, lastLogIndex: 0, lastLogTerm: 0 });
+    node.step({ type: "vote", from: 2, to: 1, term: 1, lastLogIndex: 0, lastLogTerm: 0, transfer: false });
+    node.step({ type: "vote", from: 3, to: 1, term: 1, lastLogIndex: 0, lastLogTerm: 0, transfer: false });
     const answers = drain(node).filter((m) => m.type === "vote-response");
     expect(answers.map((m) => [m.to, m.type === "vote-response" && m.granted])).toEqual([
       [2, true],
@@ -67,9 +72,9 @@ describe("elections (§5.2, §5.4.1)", () => {
   test("a vote is refused to a candidate whose log is less up to date", () => {
     const node = coreWith(1, 3, [entry(1, 1), entry(2, 2)], 2);
     // Higher index but older last term: refused.
-    node.step({ type: "vote", from: 2, to: 1, term: 3, lastLogIndex: 5, lastLogTerm: 1 });
+    node.step({ type: "vote", from: 2, to: 1, term: 3, lastLogIndex: 5, lastLogTerm: 1, transfer: false });
     // Same last term, shorter log: refused.
-    node.step({ type: "vote", from: 3, to: 1, term: 4, lastLogIndex: 1, lastLogTerm: 2 });
+    node.step({ type: "vote", from: 3, to: 1, term: 4, lastLogIndex: 1, lastLogTerm: 2, transfer: false });
     const answers = drain(node).filter((m) => m.type === "vote-response");
     expect(answers.every((m) => m.type === "vote-response" && !m.granted)).toBe(true);
     expect(node.raft.term).toBe(4);
@@ -77,7 +82,7 @@ describe("elections (§5.2, §5.4.1)", () => {
 
   test("a vote is persisted before the grant leaves the node (Figure 2, persistent state)", () => {
     const node = coreWith(1, 3);
-    node.step({ type: "vote", from: 2, to: 1, term: 5, lastLogIndex: 0, lastLogTerm: 0 });
+    node.step({ type: "vote", from: 2, to: 1, term: 5, lastLogIndex: 0, lastLogTerm: 0, transfer: false });
     const ready = node.ready();
     expect(ready.messages.some((m) => m.type === "vote-response" && m.granted)).toBe(true);
     expect(ready.hardState).toEqual({ term: 5, vote: 2, commit: 0 });

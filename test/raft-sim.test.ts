@@ -331,3 +331,78 @@ describe("linearizable reads by ReadIndex (thesis §6.4)", () => {
     });
   });
 });
+
+describe("stability: pre-vote, check-quorum and leadership transfer (thesis §9.6, §6.2, §3.10)", () => {
+  test("pre-vote: a server partitioned for a long time does not raise its term, and on return does not depose the leader", () => {
+    withSeed(21, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      const term = cluster.raw(leader)!.raft.term;
+      const loner = cluster.ids.find((id) => id !== leader)!;
+      cluster.disconnect(loner);
+      cluster.runTicks(20 * electionWindow);
+      expect(cluster.raw(loner)!.raft.term).toBe(term);
+      cluster.network.heal();
+      cluster.one(enc("after-rejoin"), 3);
+      expect(cluster.leader()).toBe(leader);
+      expect(cluster.raw(leader)!.raft.term).toBe(term);
+    });
+  });
+
+  test("without pre-vote the same partition does raise the loner's term (the test can tell)", () => {
+    const cluster = new SimCluster({ nodeCount: 3, seed: 21, electionTicks, preVote: false });
+    const leader = expectOneLeader(cluster);
+    const term = cluster.raw(leader)!.raft.term;
+    const loner = cluster.ids.find((id) => id !== leader)!;
+    cluster.disconnect(loner);
+    cluster.runTicks(20 * electionWindow);
+    expect(cluster.raw(loner)!.raft.term).toBeGreaterThan(term);
+  });
+
+  test("check-quorum: a leader cut off from the majority steps down within two election timeouts", () => {
+    withSeed(22, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      cluster.disconnect(leader);
+      const steppedDown = cluster.tickUntil(() => cluster.raw(leader)!.raft.role !== "leader", 2 * electionTicks + 1);
+      expect(steppedDown).toBe(true);
+    });
+  });
+
+  test("a follower that only lost its leader for less than a timeout refuses to vote for a disruptive candidate", () => {
+    withSeed(23, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      const follower = cluster.ids.find((id) => id !== leader)!;
+      const raft = cluster.raw(follower)!.raft;
+      const term = raft.term;
+      // A vote request for a higher term arrives right after a heartbeat: the follower ignores it.
+      cluster.raw(follower)!.step({ type: "vote", from: cluster.ids.find((id) => id !== leader && id !== follower)!, to: follower, term: term + 5, lastLogIndex: 100, lastLogTerm: term, transfer: false });
+      expect(raft.term).toBe(term);
+      expect(raft.leaderId).toBe(leader);
+    });
+  });
+
+  test("leadership transfer hands over to a caught-up follower while proposals flow; proposals are refused meanwhile", () => {
+    withSeed(24, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      for (let i = 0; i < 10; i++) cluster.propose(leader);
+      const target = cluster.ids.find((id) => id !== leader)!;
+      cluster.transferLeadership(leader, target);
+      expect(cluster.propose(leader)).toBeUndefined(); // refused during the hand-over
+      expect(cluster.tickUntil(() => cluster.leader() === target, electionTicks)).toBe(true);
+      cluster.one(enc("after-transfer"), 3);
+      cluster.healAndConverge(20 * electionWindow);
+    });
+  });
+
+  test("a transfer to an unreachable follower is abandoned after an election timeout and the leader serves again", () => {
+    withSeed(25, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      const target = cluster.ids.find((id) => id !== leader)!;
+      cluster.disconnect(target);
+      cluster.transferLeadership(leader, target);
+      expect(cluster.propose(leader)).toBeUndefined();
+      cluster.runTicks(electionTicks + 1);
+      expect(cluster.leader()).toBe(leader);
+      expect(cluster.propose(leader)).toBeDefined();
+    });
+  });
+});

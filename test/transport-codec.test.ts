@@ -24,8 +24,13 @@ const bytes = (text: string) => new TextEncoder().encode(text);
 /** One message of every variant, with non-default values in every field. */
 function everyVariant(from: number, to: number): Message[] {
   return [
-    { type: "vote", from, to, term: 7, lastLogIndex: 42, lastLogTerm: 6 },
+    { type: "vote", from, to, term: 7, lastLogIndex: 42, lastLogTerm: 6, transfer: false },
+    { type: "pre-vote", from, to, term: 8, lastLogIndex: 42, lastLogTerm: 6, transfer: false },
+    { type: "vote", from, to, term: 8, lastLogIndex: 42, lastLogTerm: 6, transfer: true },
     { type: "vote-response", from, to, term: 7, granted: true },
+    { type: "pre-vote-response", from, to, term: 8, granted: true },
+    { type: "pre-vote-response", from, to, term: 7, granted: false },
+    { type: "timeout-now", from, to, term: 7 },
     { type: "vote-response", from, to, term: 7, granted: false },
     {
       type: "append",
@@ -50,7 +55,7 @@ function everyVariant(from: number, to: number): Message[] {
     { type: "read-index-response", from, to, term: 9, readContext: "read-18", index: 12, rejected: false },
     { type: "read-index-response", from, to, term: 9, readContext: "read-19", index: 0, rejected: true },
     // Large but safe: the largest term and index a number holds exactly.
-    { type: "vote", from, to, term: Number.MAX_SAFE_INTEGER, lastLogIndex: Number.MAX_SAFE_INTEGER, lastLogTerm: 1 },
+    { type: "vote", from, to, term: Number.MAX_SAFE_INTEGER, lastLogIndex: Number.MAX_SAFE_INTEGER, lastLogTerm: 1, transfer: false },
   ];
 }
 
@@ -70,7 +75,7 @@ function decodeError(run: () => unknown): string {
 
 /** A valid append as a generated message, to be broken one field at a time. */
 function validAppendProto(): RaftMessage {
-  return toProto(everyVariant(1, 2)[3] as Message);
+  return toProto(everyVariant(1, 2).find((m) => m.type === "append") as Message);
 }
 
 describe("round trip", () => {
@@ -78,7 +83,10 @@ describe("round trip", () => {
     const covered = new Set<string>(everyVariant(1, 2).map((message) => message.type));
     const all: Record<MessageType, true> = {
       vote: true,
+      "pre-vote": true,
       "vote-response": true,
+      "pre-vote-response": true,
+      "timeout-now": true,
       append: true,
       "append-response": true,
       heartbeat: true,
@@ -127,7 +135,7 @@ describe("validation of peer input", () => {
   });
 
   test("a hand-built object with an unknown case is refused", () => {
-    const proto = { ...validAppendProto(), body: { case: "timeoutNow", value: {} } } as unknown as RaftMessage;
+    const proto = { ...validAppendProto(), body: { case: "installSnapshot", value: {} } } as unknown as RaftMessage;
     expect(decodeError(() => fromProto(proto))).toContain("unknown message variant");
   });
 

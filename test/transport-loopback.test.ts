@@ -104,7 +104,7 @@ describe("connect transport over loopback", () => {
   test("delivers one send's messages for a peer in one call, in order, both ways", async () => {
     const { a, b } = startPair();
     const toB: Message[] = [
-      { type: "vote", from: 1, to: 2, term: 3, lastLogIndex: 7, lastLogTerm: 2 },
+      { type: "vote", from: 1, to: 2, term: 3, lastLogIndex: 7, lastLogTerm: 2, transfer: false },
       {
         type: "append",
         from: 1,

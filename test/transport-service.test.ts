@@ -52,7 +52,7 @@ describe("RaftService", () => {
         commit: 4,
       },
       heartbeat(1, 2, 5),
-      { type: "vote", from: 1, to: 2, term: 4, lastLogIndex: 5, lastLogTerm: 3 },
+      { type: "vote", from: 1, to: 2, term: 4, lastLogIndex: 5, lastLogTerm: 3, transfer: false },
     ];
     await client.send(toSendRequest(1, "http://127.0.0.1:8101", messages));
     expect(deliveries).toEqual([{ messages, from: 1, fromHttpUrl: "http://127.0.0.1:8101" }]);

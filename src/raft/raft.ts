@@ -44,6 +44,10 @@ export interface RaftConfig {
   readonly uncommittedEntriesMax: number;
   /** Cap on committed entry bytes handed out in one Ready. */
   readonly committedBytesMax: number;
+  /** Rehearse each election with pre-votes so a rejoining server cannot depose a healthy leader (thesis §9.6). */
+  readonly preVote: boolean;
+  /** A leader steps down when it has not heard from a quorum within an election timeout (thesis §6.2). */
+  readonly checkQuorum: boolean;
 }
 
 export const defaultRaftLimits = {
@@ -51,6 +55,8 @@ export const defaultRaftLimits = {
   inflightMessagesMax: 256,
   uncommittedEntriesMax: 65_536,
   committedBytesMax: 16 << 20,
+  preVote: true,
+  checkQuorum: true,
 } as const;
 
 /** A ReadIndex request a leader holds until a quorum of heartbeat acks confirms its leadership. */
@@ -71,7 +77,11 @@ export class Raft {
   term = 0;
   vote: NodeId = 0;
   role: Role = "follower";
+  /** A candidate still rehearsing with pre-votes: its term has not been raised yet. */
+  preCandidate = false;
   leaderId: NodeId = 0;
+  /** Leader: the voter leadership is being handed to, or 0. Proposals are refused meanwhile. */
+  leadTransferee: NodeId = 0;
   readonly log: RaftLog;
   readonly voters: readonly NodeId[];
   /** Leader only: one entry per voter, self included. */
@@ -127,6 +137,8 @@ export class Raft {
       this.vote = 0;
     }
     this.leaderId = 0;
+    this.leadTransferee = 0;
+    this.preCandidate = false;
     this.electionElapsedTicks = 0;
     this.heartbeatElapsedTicks = 0;
     this.electionTimeoutTicks = this.cfg.prng.intInclusive(this.cfg.electionTicks, 2 * this.cfg.electionTicks - 1);
@@ -148,8 +160,16 @@ export class Raft {
     this.vote = this.id;
   }
 
+  /** Pre-vote rehearsal: term, vote and log stay as they are (thesis §9.6). */
+  private becomePreCandidate(): void {
+    assert(this.role !== "leader", "a leader does not campaign");
+    this.reset(this.term);
+    this.role = "candidate";
+    this.preCandidate = true;
+  }
+
   private becomeLeader(): void {
-    assert(this.role === "candidate", "only a candidate becomes leader");
+    assert(this.role === "candidate" && !this.preCandidate, "only a candidate becomes leader");
     this.reset(this.term);
     this.role = "leader";
     this.leaderId = this.id;
@@ -166,6 +186,16 @@ export class Raft {
   /** Advances logical time by one tick. */
   tick(): void {
     if (this.role === "leader") {
+      this.electionElapsedTicks++;
+      if (this.electionElapsedTicks >= this.cfg.electionTicks) {
+        this.electionElapsedTicks = 0;
+        if (this.cfg.checkQuorum && !this.quorumActive()) {
+          // Cut off from a majority: stop serving rather than answer stale reads or hold writes (§6.2).
+          this.becomeFollower(this.term, 0);
+          return;
+        }
+        this.leadTransferee = 0; // a transfer that did not finish within an election timeout is abandoned
+      }
       this.heartbeatElapsedTicks++;
       if (this.heartbeatElapsedTicks >= this.cfg.heartbeatTicks) {
         this.heartbeatElapsedTicks = 0;
@@ -180,21 +210,53 @@ export class Raft {
     }
   }
 
-  /** Starts an election now (§5.2). */
+  /** Did a quorum of voters answer since the last check? Resets the marks for the next round. */
+  private quorumActive(): boolean {
+    let active = 0;
+    for (const [voter, progress] of this.progress) {
+      if (voter === this.id || progress.recentActive) active++;
+      if (voter !== this.id) progress.recentActive = false;
+    }
+    return active >= this.quorum();
+  }
+
+  /** Starts an election now (§5.2), first as a pre-vote rehearsal when configured. */
   campaign(): void {
     if (this.role === "leader") return;
-    this.becomeCandidate();
+    if (this.cfg.preVote) this.startElection("pre-vote", false);
+    else this.startElection("vote", false);
+  }
+
+  private startElection(kind: "vote" | "pre-vote", transfer: boolean): void {
+    if (kind === "pre-vote") this.becomePreCandidate();
+    else this.becomeCandidate();
     this.votes.set(this.id, true);
     if (this.quorum() === 1) {
-      this.becomeLeader();
+      if (kind === "pre-vote") this.startElection("vote", transfer);
+      else this.becomeLeader();
       return;
     }
+    const term = kind === "pre-vote" ? this.term + 1 : this.term;
     const lastLogIndex = this.log.lastIndex();
     const lastLogTerm = this.log.lastTerm();
     for (const voter of this.voters) {
       if (voter === this.id) continue;
-      this.send({ type: "vote", from: this.id, to: voter, term: this.term, lastLogIndex, lastLogTerm });
+      this.send({ type: kind, from: this.id, to: voter, term, lastLogIndex, lastLogTerm, transfer });
     }
+  }
+
+  /**
+   * Hands leadership to `target` (thesis §3.10): bring it up to date, then tell it to campaign at
+   * once. Proposals are refused until it takes over or an election timeout passes.
+   */
+  transferLeadership(target: NodeId): void {
+    if (this.role !== "leader" || target === this.id || !this.voters.includes(target)) return;
+    if (this.leadTransferee === target) return;
+    this.leadTransferee = target;
+    this.electionElapsedTicks = 0;
+    const progress = this.progress.get(target) as Progress;
+    if (progress.matchIndex === this.log.lastIndex()) this.send({ type: "timeout-now", from: this.id, to: target, term: this.term });
+    else this.sendAppend(target, progress);
   }
 
   // ---- Client requests ----------------------------------------------------------------------
@@ -208,6 +270,7 @@ export class Raft {
     if (this.role !== "leader") {
       throw new ProposalRefusedError(this.leaderId === 0 ? "no_leader" : "not_leader", this.leaderId);
     }
+    if (this.leadTransferee !== 0) throw new ProposalRefusedError("leader_transfer", this.leaderId);
     if (this.log.lastIndex() - this.log.committed + data.length > this.cfg.uncommittedEntriesMax) {
       throw new ProposalRefusedError("too_many_uncommitted", this.leaderId);
     }
@@ -287,23 +350,36 @@ export class Raft {
   step(m: Message): void {
     if (m.to !== this.id || !this.voters.includes(m.from) || m.from === this.id) return;
     if (m.term > this.term) {
-      const fromLeader = m.type === "append" || m.type === "heartbeat" || m.type === "read-index-response";
-      this.becomeFollower(m.term, fromLeader ? m.from : 0);
+      if ((m.type === "vote" || m.type === "pre-vote") && !m.transfer && this.inLeaderLease()) {
+        // We heard from a leader within the minimum election timeout: a higher-term campaign is a
+        // disruptive server (one that was partitioned away), not a dead leader. Ignore it (thesis §4.2.3).
+        return;
+      }
+      if (m.type === "pre-vote" || (m.type === "pre-vote-response" && m.granted)) {
+        // A pre-vote never changes anyone's term; a granted answer carries the rehearsed term.
+      } else {
+        const fromLeader = m.type === "append" || m.type === "heartbeat" || m.type === "read-index-response" || m.type === "timeout-now";
+        this.becomeFollower(m.term, fromLeader ? m.from : 0);
+      }
     } else if (m.term < this.term) {
       // A stale leader or candidate learns our term from the answer and steps down (§5.1).
       if (m.type === "append" || m.type === "heartbeat") {
         this.send({ type: "append-response", from: this.id, to: m.from, term: this.term, success: false, index: 0, hintIndex: 0, hintTerm: 0 });
-      } else if (m.type === "vote") {
-        this.send({ type: "vote-response", from: this.id, to: m.from, term: this.term, granted: false });
+      } else if (m.type === "vote" || m.type === "pre-vote") {
+        this.send({ type: m.type === "vote" ? "vote-response" : "pre-vote-response", from: this.id, to: m.from, term: this.term, granted: false });
       }
       return;
     }
 
     switch (m.type) {
       case "vote":
+      case "pre-vote":
         return this.handleVote(m);
       case "vote-response":
+      case "pre-vote-response":
         return this.handleVoteResponse(m);
+      case "timeout-now":
+        return this.handleTimeoutNow();
       case "append":
         return this.handleAppend(m);
       case "append-response":
@@ -325,19 +401,32 @@ export class Raft {
     this.messages.push(m);
   }
 
-  /** §5.2, §5.4.1: grant at most one vote per term, and only to a candidate at least as up to date. */
+  /** True while a leader we follow has been heard from within the minimum election timeout. */
+  private inLeaderLease(): boolean {
+    return this.cfg.checkQuorum && this.leaderId !== 0 && this.electionElapsedTicks < this.cfg.electionTicks;
+  }
+
+  /**
+   * §5.2, §5.4.1: grant at most one vote per term, and only to a candidate at least as up to date.
+   * A pre-vote (for a higher term) is granted on the log check alone and records nothing.
+   */
   private handleVote(m: VoteRequest): void {
-    const canVote = this.vote === m.from || (this.vote === 0 && this.leaderId === 0);
+    const responseType = m.type === "vote" ? "vote-response" : "pre-vote-response";
+    const canVote =
+      this.vote === m.from || (this.vote === 0 && this.leaderId === 0) || (m.type === "pre-vote" && m.term > this.term);
     const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
-    if (granted) {
+    if (granted && m.type === "vote") {
       this.vote = m.from;
       this.electionElapsedTicks = 0;
     }
-    this.send({ type: "vote-response", from: this.id, to: m.from, term: this.term, granted });
+    // A granted pre-vote answers in the rehearsed term, so the candidate can tell it from a stale one.
+    this.send({ type: responseType, from: this.id, to: m.from, term: granted ? m.term : this.term, granted });
   }
 
   private handleVoteResponse(m: VoteResponse): void {
     if (this.role !== "candidate") return;
+    if ((m.type === "pre-vote-response") !== this.preCandidate) return; // an answer to an earlier phase
+    if (this.preCandidate && m.granted && m.term !== this.term + 1) return;
     if (!this.votes.has(m.from)) this.votes.set(m.from, m.granted);
     let granted = 0;
     let rejected = 0;
@@ -346,11 +435,21 @@ export class Raft {
       else rejected++;
     }
     if (granted >= this.quorum()) {
-      this.becomeLeader();
-      this.broadcastAppend();
+      if (this.preCandidate) {
+        this.startElection("vote", false);
+      } else {
+        this.becomeLeader();
+        this.broadcastAppend();
+      }
     } else if (rejected >= this.quorum()) {
       this.becomeFollower(this.term, 0);
     }
+  }
+
+  /** Our leader handed over to us: campaign now, skipping the pre-vote, with voters' leases set aside. */
+  private handleTimeoutNow(): void {
+    if (this.role === "leader") return;
+    this.startElection("vote", true);
   }
 
   /** A current-term leader's message: recognise it and restart the election timer. */
@@ -398,6 +497,9 @@ export class Raft {
       return;
     }
     if (progress.state === "probe") progress.becomeReplicate();
+    if (m.from === this.leadTransferee && progress.matchIndex === this.log.lastIndex()) {
+      this.send({ type: "timeout-now", from: this.id, to: m.from, term: this.term });
+    }
     if (this.maybeCommit()) {
       this.broadcastAppend(true); // carry the new commit index without waiting for a heartbeat
     } else if (progress.matchIndex < this.log.lastIndex()) {

@@ -53,7 +53,8 @@ export type Message =
   | HeartbeatRequest
   | HeartbeatResponse
   | ReadIndexRequest
-  | ReadIndexResponse;
+  | ReadIndexResponse
+  | TimeoutNowRequest;
 
 interface MessageBase {
   readonly from: NodeId;
@@ -61,16 +62,28 @@ interface MessageBase {
   readonly term: number;
 }
 
-/** RequestVote (§5.2, §5.4.1). */
+/**
+ * RequestVote (§5.2, §5.4.1), or its pre-vote rehearsal (thesis §9.6): a pre-vote carries the term
+ * the candidate would campaign in, changes no one's term or vote, and is granted only by servers
+ * that have not heard from a leader within an election timeout and whose logs are no newer.
+ */
 export interface VoteRequest extends MessageBase {
-  readonly type: "vote";
+  readonly type: "vote" | "pre-vote";
   readonly lastLogIndex: number;
   readonly lastLogTerm: number;
+  /** An election a leader asked for by TimeoutNow (thesis §3.10): voters set aside their leader lease. */
+  readonly transfer: boolean;
 }
 
+/** A granted pre-vote response carries the pre-vote's term; a rejection carries the voter's term. */
 export interface VoteResponse extends MessageBase {
-  readonly type: "vote-response";
+  readonly type: "vote-response" | "pre-vote-response";
   readonly granted: boolean;
+}
+
+/** A leader handing over tells its chosen, caught-up successor to campaign at once (thesis §3.10). */
+export interface TimeoutNowRequest extends MessageBase {
+  readonly type: "timeout-now";
 }
 
 /** AppendEntries with entries (§5.3). */
@@ -160,7 +173,7 @@ export interface Ready {
 export class ProposalRefusedError extends Error {
   override name = "ProposalRefusedError";
   constructor(
-    readonly reason: "not_leader" | "no_leader" | "too_many_uncommitted",
+    readonly reason: "not_leader" | "no_leader" | "too_many_uncommitted" | "leader_transfer",
     readonly leaderId: NodeId,
   ) {
     super(`proposal refused: ${reason}`);

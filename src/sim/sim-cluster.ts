@@ -18,6 +18,8 @@ export interface SimClusterOptions {
   readonly heartbeatTicks?: number;
   readonly inflightMessagesMax?: number;
   readonly appendBytesMax?: number;
+  readonly preVote?: boolean;
+  readonly checkQuorum?: boolean;
 }
 
 /** Where in carrying out a Ready a simulated crash strikes. */
@@ -73,6 +75,8 @@ export class SimCluster {
       heartbeatTicks: 1,
       inflightMessagesMax: defaultRaftLimits.inflightMessagesMax,
       appendBytesMax: defaultRaftLimits.appendBytesMax,
+      preVote: defaultRaftLimits.preVote,
+      checkQuorum: defaultRaftLimits.checkQuorum,
       ...options,
     };
     this.prng = createPrng(options.seed);
@@ -97,6 +101,8 @@ export class SimCluster {
       inflightMessagesMax: this.opts.inflightMessagesMax,
       uncommittedEntriesMax: defaultRaftLimits.uncommittedEntriesMax,
       committedBytesMax: defaultRaftLimits.committedBytesMax,
+      preVote: this.opts.preVote,
+      checkQuorum: this.opts.checkQuorum,
     });
     node.readStates = [];
     node.readFailures = [];
@@ -297,6 +303,14 @@ export class SimCluster {
       if (error instanceof ProposalRefusedError) return undefined;
       throw error;
     }
+  }
+
+  /** Asks node `id` (if it leads) to hand leadership to `target` (thesis §3.10). */
+  transferLeadership(id: NodeId, target: NodeId): void {
+    const raw = this.node(id).raw;
+    if (raw === undefined) return;
+    raw.raft.transferLeadership(target);
+    this.process(id);
   }
 
   /** A fresh, unique command. */

@@ -25,6 +25,8 @@ export function runSwarm(seed: number): SwarmResult {
   const cluster = new SimCluster({
     nodeCount,
     seed,
+    preVote: prng.chance(0.8),
+    checkQuorum: prng.chance(0.8),
     electionTicks,
     heartbeatTicks: prng.intInclusive(1, Math.max(1, Math.floor(electionTicks / 3))),
     inflightMessagesMax: prng.pick([1, 4, 256]),
@@ -37,6 +39,7 @@ export function runSwarm(seed: number): SwarmResult {
   const readyCrashRate = prng.pick([0, 0.001, 0.005]);
   const partitionRate = prng.pick([0, 0.01, 0.05]);
   const proposeRate = prng.pick([0.1, 0.5, 1]);
+  const transferRate = prng.pick([0, 0.005, 0.02]);
   const ticks = prng.intInclusive(100, 600);
   cluster.network.faults = { lossRate, delayTicksMax, duplicateRate };
   cluster.crashHook = () => prng.chance(readyCrashRate);
@@ -61,6 +64,10 @@ export function runSwarm(seed: number): SwarmResult {
         cluster.network.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
       }
       if (prng.chance(partitionRate * 2)) cluster.network.heal();
+      if (prng.chance(transferRate)) {
+        const leader = cluster.leader();
+        if (leader !== undefined) cluster.transferLeadership(leader, prng.pick(cluster.ids));
+      }
     }
     cluster.healAndConverge(100 * electionTicks);
   } catch (error) {

@@ -60,12 +60,27 @@ export function toProto(message: Message): RaftMessage {
   const header = { from: message.from, to: message.to, term: u64(message.term) };
   switch (message.type) {
     case "vote":
+    case "pre-vote":
       return create(RaftMessageSchema, {
         ...header,
-        body: { case: "vote", value: { lastLogIndex: u64(message.lastLogIndex), lastLogTerm: u64(message.lastLogTerm) } },
+        body: {
+          case: "vote",
+          value: {
+            lastLogIndex: u64(message.lastLogIndex),
+            lastLogTerm: u64(message.lastLogTerm),
+            preVote: message.type === "pre-vote",
+            transfer: message.transfer,
+          },
+        },
       });
     case "vote-response":
-      return create(RaftMessageSchema, { ...header, body: { case: "voteResponse", value: { granted: message.granted } } });
+    case "pre-vote-response":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: { case: "voteResponse", value: { granted: message.granted, preVote: message.type === "pre-vote-response" } },
+      });
+    case "timeout-now":
+      return create(RaftMessageSchema, { ...header, body: { case: "timeoutNow", value: {} } });
     case "append":
       return create(RaftMessageSchema, {
         ...header,
@@ -159,10 +174,15 @@ export function fromProto(proto: RaftMessage, limits: DecodeLimits = defaultDeco
       const lastLogTerm = count(body.value.lastLogTerm, "vote.lastLogTerm");
       // Terms in a log never exceed the term of the server holding it (§5.3).
       if (lastLogTerm > term) throw new TransportDecodeError(`vote.lastLogTerm ${lastLogTerm} beyond term ${term}`);
-      return { type: "vote", ...header, lastLogIndex, lastLogTerm };
+      const type = flag(body.value.preVote, "vote.preVote") ? "pre-vote" : "vote";
+      return { type, ...header, lastLogIndex, lastLogTerm, transfer: flag(body.value.transfer, "vote.transfer") };
     }
-    case "voteResponse":
-      return { type: "vote-response", ...header, granted: flag(body.value.granted, "voteResponse.granted") };
+    case "voteResponse": {
+      const type = flag(body.value.preVote, "voteResponse.preVote") ? "pre-vote-response" : "vote-response";
+      return { type, ...header, granted: flag(body.value.granted, "voteResponse.granted") };
+    }
+    case "timeoutNow":
+      return { type: "timeout-now", ...header };
     case "append": {
       const prevLogIndex = count(body.value.prevLogIndex, "append.prevLogIndex");
       const prevLogTerm = count(body.value.prevLogTerm, "append.prevLogTerm");

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kv/v1/raft.proto.
  */
 export const file_kv_v1_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSJ/CgtTZW5kUmVxdWVzdBIMCgRmcm9tGAEgASgNEhUKDWZyb21faHR0cF91cmwYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5rdi52MS5SYWZ0TWVzc2FnZUoECAQQBUoECAUQBlIKY2x1c3Rlcl9pZFINY2x1c3Rlcl90b2tlbiIOCgxTZW5kUmVzcG9uc2Ui9wMKC1JhZnRNZXNzYWdlEgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIiCgR2b3RlGAogASgLMhIua3YudjEuVm90ZVJlcXVlc3RIABIsCg12b3RlX3Jlc3BvbnNlGAsgASgLMhMua3YudjEuVm90ZVJlc3BvbnNlSAASJgoGYXBwZW5kGAwgASgLMhQua3YudjEuQXBwZW5kUmVxdWVzdEgAEjAKD2FwcGVuZF9yZXNwb25zZRgNIAEoCzIVLmt2LnYxLkFwcGVuZFJlc3BvbnNlSAASLAoJaGVhcnRiZWF0GA4gASgLMhcua3YudjEuSGVhcnRiZWF0UmVxdWVzdEgAEjYKEmhlYXJ0YmVhdF9yZXNwb25zZRgPIAEoCzIYLmt2LnYxLkhlYXJ0YmVhdFJlc3BvbnNlSAASLQoKcmVhZF9pbmRleBgQIAEoCzIXLmt2LnYxLlJlYWRJbmRleFJlcXVlc3RIABI3ChNyZWFkX2luZGV4X3Jlc3BvbnNlGBEgASgLMhgua3YudjEuUmVhZEluZGV4UmVzcG9uc2VIAEIGCgRib2R5SgQIEhAVUhBpbnN0YWxsX3NuYXBzaG90UhlpbnN0YWxsX3NuYXBzaG90X3Jlc3BvbnNlUgt0aW1lb3V0X25vdyI8CgtWb3RlUmVxdWVzdBIWCg5sYXN0X2xvZ19pbmRleBgBIAEoBBIVCg1sYXN0X2xvZ190ZXJtGAIgASgEIh8KDFZvdGVSZXNwb25zZRIPCgdncmFudGVkGAEgASgIIm0KDUFwcGVuZFJlcXVlc3QSFgoOcHJldl9sb2dfaW5kZXgYASABKAQSFQoNcHJldl9sb2dfdGVybRgCIAEoBBIdCgdlbnRyaWVzGAMgAygLMgwua3YudjEuRW50cnkSDgoGY29tbWl0GAQgASgEIlcKDkFwcGVuZFJlc3BvbnNlEg8KB3N1Y2Nlc3MYASABKAgSDQoFaW5kZXgYAiABKAQSEgoKaGludF9pbmRleBgDIAEoBBIRCgloaW50X3Rlcm0YBCABKAQiOAoQSGVhcnRiZWF0UmVxdWVzdBIOCgZjb21taXQYASABKAQSFAoMcmVhZF9jb250ZXh0GAIgASgJIikKEUhlYXJ0YmVhdFJlc3BvbnNlEhQKDHJlYWRfY29udGV4dBgBIAEoCSIoChBSZWFkSW5kZXhSZXF1ZXN0EhQKDHJlYWRfY29udGV4dBgBIAEoCSJKChFSZWFkSW5kZXhSZXNwb25zZRIUCgxyZWFkX2NvbnRleHQYASABKAkSDQoFaW5kZXgYAiABKAQSEAoIcmVqZWN0ZWQYAyABKAgiUgoFRW50cnkSDAoEdGVybRgBIAEoBBINCgVpbmRleBgCIAEoBBIeCgR0eXBlGAMgASgOMhAua3YudjEuRW50cnlUeXBlEgwKBGRhdGEYBCABKAwqPgoJRW50cnlUeXBlEhoKFkVOVFJZX1RZUEVfVU5TUEVDSUZJRUQQABIVChFFTlRSWV9UWVBFX05PUk1BTBABMkAKC1JhZnRTZXJ2aWNlEjEKBFNlbmQSEi5rdi52MS5TZW5kUmVxdWVzdBoTLmt2LnYxLlNlbmRSZXNwb25zZSIAYgZwcm90bzM");
+  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSJ/CgtTZW5kUmVxdWVzdBIMCgRmcm9tGAEgASgNEhUKDWZyb21faHR0cF91cmwYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5rdi52MS5SYWZ0TWVzc2FnZUoECAQQBUoECAUQBlIKY2x1c3Rlcl9pZFINY2x1c3Rlcl90b2tlbiIOCgxTZW5kUmVzcG9uc2UioQQKC1JhZnRNZXNzYWdlEgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIiCgR2b3RlGAogASgLMhIua3YudjEuVm90ZVJlcXVlc3RIABIsCg12b3RlX3Jlc3BvbnNlGAsgASgLMhMua3YudjEuVm90ZVJlc3BvbnNlSAASJgoGYXBwZW5kGAwgASgLMhQua3YudjEuQXBwZW5kUmVxdWVzdEgAEjAKD2FwcGVuZF9yZXNwb25zZRgNIAEoCzIVLmt2LnYxLkFwcGVuZFJlc3BvbnNlSAASLAoJaGVhcnRiZWF0GA4gASgLMhcua3YudjEuSGVhcnRiZWF0UmVxdWVzdEgAEjYKEmhlYXJ0YmVhdF9yZXNwb25zZRgPIAEoCzIYLmt2LnYxLkhlYXJ0YmVhdFJlc3BvbnNlSAASLQoKcmVhZF9pbmRleBgQIAEoCzIXLmt2LnYxLlJlYWRJbmRleFJlcXVlc3RIABI3ChNyZWFkX2luZGV4X3Jlc3BvbnNlGBEgASgLMhgua3YudjEuUmVhZEluZGV4UmVzcG9uc2VIABIvCgt0aW1lb3V0X25vdxgUIAEoCzIYLmt2LnYxLlRpbWVvdXROb3dSZXF1ZXN0SABCBgoEYm9keUoECBIQE0oECBMQFFIQaW5zdGFsbF9zbmFwc2hvdFIZaW5zdGFsbF9zbmFwc2hvdF9yZXNwb25zZSJgCgtWb3RlUmVxdWVzdBIWCg5sYXN0X2xvZ19pbmRleBgBIAEoBBIVCg1sYXN0X2xvZ190ZXJtGAIgASgEEhAKCHByZV92b3RlGAMgASgIEhAKCHRyYW5zZmVyGAQgASgIIjEKDFZvdGVSZXNwb25zZRIPCgdncmFudGVkGAEgASgIEhAKCHByZV92b3RlGAIgASgIIhMKEVRpbWVvdXROb3dSZXF1ZXN0Im0KDUFwcGVuZFJlcXVlc3QSFgoOcHJldl9sb2dfaW5kZXgYASABKAQSFQoNcHJldl9sb2dfdGVybRgCIAEoBBIdCgdlbnRyaWVzGAMgAygLMgwua3YudjEuRW50cnkSDgoGY29tbWl0GAQgASgEIlcKDkFwcGVuZFJlc3BvbnNlEg8KB3N1Y2Nlc3MYASABKAgSDQoFaW5kZXgYAiABKAQSEgoKaGludF9pbmRleBgDIAEoBBIRCgloaW50X3Rlcm0YBCABKAQiOAoQSGVhcnRiZWF0UmVxdWVzdBIOCgZjb21taXQYASABKAQSFAoMcmVhZF9jb250ZXh0GAIgASgJIikKEUhlYXJ0YmVhdFJlc3BvbnNlEhQKDHJlYWRfY29udGV4dBgBIAEoCSIoChBSZWFkSW5kZXhSZXF1ZXN0EhQKDHJlYWRfY29udGV4dBgBIAEoCSJKChFSZWFkSW5kZXhSZXNwb25zZRIUCgxyZWFkX2NvbnRleHQYASABKAkSDQoFaW5kZXgYAiABKAQSEAoIcmVqZWN0ZWQYAyABKAgiUgoFRW50cnkSDAoEdGVybRgBIAEoBBINCgVpbmRleBgCIAEoBBIeCgR0eXBlGAMgASgOMhAua3YudjEuRW50cnlUeXBlEgwKBGRhdGEYBCABKAwqPgoJRW50cnlUeXBlEhoKFkVOVFJZX1RZUEVfVU5TUEVDSUZJRUQQABIVChFFTlRSWV9UWVBFX05PUk1BTBABMkAKC1JhZnRTZXJ2aWNlEjEKBFNlbmQSEi5rdi52MS5TZW5kUmVxdWVzdBoTLmt2LnYxLlNlbmRSZXNwb25zZSIAYgZwcm90bzM");
 
 /**
  * SendRequest is every message one server produced for one peer in one Ready, in order.
@@ -147,15 +147,20 @@ export type RaftMessage = Message<"kv.v1.RaftMessage"> & {
     case: "readIndex";
   } | {
     /**
-     * Held for later variants:
-     *   18: InstallSnapshotRequest install_snapshot (thesis §5.1)
-     *   19: InstallSnapshotResponse install_snapshot_response
-     *   20: TimeoutNowRequest timeout_now (leadership transfer, thesis §3.10)
-     *
      * @generated from field: kv.v1.ReadIndexResponse read_index_response = 17;
      */
     value: ReadIndexResponse;
     case: "readIndexResponse";
+  } | {
+    /**
+     * Held for later variants:
+     *   18: InstallSnapshotRequest install_snapshot (thesis §5.1)
+     *   19: InstallSnapshotResponse install_snapshot_response
+     *
+     * @generated from field: kv.v1.TimeoutNowRequest timeout_now = 20;
+     */
+    value: TimeoutNowRequest;
+    case: "timeoutNow";
   } | { case: undefined; value?: undefined };
 };
 
@@ -167,7 +172,8 @@ export const RaftMessageSchema: GenMessage<RaftMessage> = /*@__PURE__*/
   messageDesc(file_kv_v1_raft, 2);
 
 /**
- * VoteRequest is RequestVote (§5.2, §5.4.1).
+ * VoteRequest is RequestVote (§5.2, §5.4.1), or its pre-vote rehearsal (thesis §9.6) when
+ * `pre_vote` is set: the header's term is then the term the candidate would campaign in.
  *
  * @generated from message kv.v1.VoteRequest
  */
@@ -181,6 +187,18 @@ export type VoteRequest = Message<"kv.v1.VoteRequest"> & {
    * @generated from field: uint64 last_log_term = 2;
    */
   lastLogTerm: bigint;
+
+  /**
+   * @generated from field: bool pre_vote = 3;
+   */
+  preVote: boolean;
+
+  /**
+   * An election a leader asked for by TimeoutNow: voters set aside their leader lease.
+   *
+   * @generated from field: bool transfer = 4;
+   */
+  transfer: boolean;
 };
 
 /**
@@ -191,7 +209,7 @@ export const VoteRequestSchema: GenMessage<VoteRequest> = /*@__PURE__*/
   messageDesc(file_kv_v1_raft, 3);
 
 /**
- * VoteResponse answers a VoteRequest.
+ * VoteResponse answers a VoteRequest (`pre_vote` mirrors the request's).
  *
  * @generated from message kv.v1.VoteResponse
  */
@@ -200,6 +218,11 @@ export type VoteResponse = Message<"kv.v1.VoteResponse"> & {
    * @generated from field: bool granted = 1;
    */
   granted: boolean;
+
+  /**
+   * @generated from field: bool pre_vote = 2;
+   */
+  preVote: boolean;
 };
 
 /**
@@ -208,6 +231,21 @@ export type VoteResponse = Message<"kv.v1.VoteResponse"> & {
  */
 export const VoteResponseSchema: GenMessage<VoteResponse> = /*@__PURE__*/
   messageDesc(file_kv_v1_raft, 4);
+
+/**
+ * TimeoutNowRequest tells a caught-up follower to campaign at once (leadership transfer, thesis §3.10).
+ *
+ * @generated from message kv.v1.TimeoutNowRequest
+ */
+export type TimeoutNowRequest = Message<"kv.v1.TimeoutNowRequest"> & {
+};
+
+/**
+ * Describes the message kv.v1.TimeoutNowRequest.
+ * Use `create(TimeoutNowRequestSchema)` to create a new message.
+ */
+export const TimeoutNowRequestSchema: GenMessage<TimeoutNowRequest> = /*@__PURE__*/
+  messageDesc(file_kv_v1_raft, 5);
 
 /**
  * AppendRequest is AppendEntries with entries (§5.3).
@@ -243,7 +281,7 @@ export type AppendRequest = Message<"kv.v1.AppendRequest"> & {
  * Use `create(AppendRequestSchema)` to create a new message.
  */
 export const AppendRequestSchema: GenMessage<AppendRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 5);
+  messageDesc(file_kv_v1_raft, 6);
 
 /**
  * AppendResponse answers an AppendRequest; see AppendResponse in src/raft/types.ts for the hint.
@@ -277,7 +315,7 @@ export type AppendResponse = Message<"kv.v1.AppendResponse"> & {
  * Use `create(AppendResponseSchema)` to create a new message.
  */
 export const AppendResponseSchema: GenMessage<AppendResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 6);
+  messageDesc(file_kv_v1_raft, 7);
 
 /**
  * HeartbeatRequest is an AppendEntries with no entries and no log check (etcd's MsgHeartbeat).
@@ -301,7 +339,7 @@ export type HeartbeatRequest = Message<"kv.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 7);
+  messageDesc(file_kv_v1_raft, 8);
 
 /**
  * HeartbeatResponse answers a HeartbeatRequest, echoing its read context.
@@ -320,7 +358,7 @@ export type HeartbeatResponse = Message<"kv.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 8);
+  messageDesc(file_kv_v1_raft, 9);
 
 /**
  * ReadIndexRequest asks the leader for a read index (thesis §6.4).
@@ -339,7 +377,7 @@ export type ReadIndexRequest = Message<"kv.v1.ReadIndexRequest"> & {
  * Use `create(ReadIndexRequestSchema)` to create a new message.
  */
 export const ReadIndexRequestSchema: GenMessage<ReadIndexRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 9);
+  messageDesc(file_kv_v1_raft, 10);
 
 /**
  * ReadIndexResponse answers a ReadIndexRequest; index is 0 when rejected.
@@ -368,7 +406,7 @@ export type ReadIndexResponse = Message<"kv.v1.ReadIndexResponse"> & {
  * Use `create(ReadIndexResponseSchema)` to create a new message.
  */
 export const ReadIndexResponseSchema: GenMessage<ReadIndexResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 10);
+  messageDesc(file_kv_v1_raft, 11);
 
 /**
  * Entry is one log entry (§5.3).
@@ -402,7 +440,7 @@ export type Entry = Message<"kv.v1.Entry"> & {
  * Use `create(EntrySchema)` to create a new message.
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 11);
+  messageDesc(file_kv_v1_raft, 12);
 
 /**
  * EntryType says what an entry carries. Zero is never sent, so a missing type is detected.
