@@ -33,6 +33,8 @@ export interface KvNodeConfig {
   readonly log?: (event: string, fields: Record<string, unknown>) => void;
   /** Called once if the loop stops on its own (storage failure or a bug); the process should exit. */
   readonly onFatal?: (error: Error) => void;
+  /** Runs a loop turn soon (default setImmediate); tests pass a queue they drain by hand. */
+  readonly schedule?: (turn: () => void) => void;
 }
 
 export const defaultNodeTimings = {
@@ -83,6 +85,8 @@ export class KvNode implements KvNodeApi {
   /** Reads with a read index, waiting to be applied up to it. */
   private readsWaitingApply: PendingRead[] = [];
   private readSequence = 0;
+  /** Checks to run once after the next turn (e.g. a leadership transfer waiting to finish). */
+  private afterTurn: (() => void)[] = [];
   private turnScheduled = false;
   private stopTicking: (() => void) | undefined;
   private stopped = false;
@@ -123,6 +127,9 @@ export class KvNode implements KvNodeApi {
     this.stopped = true;
     this.stopTicking?.();
     this.failAll(new KvError("unavailable", "the node is shutting down"));
+    const checks = this.afterTurn;
+    this.afterTurn = [];
+    for (const check of checks) check();
   }
 
   /** The transport's handler: queues messages for the next turn. */
@@ -175,6 +182,40 @@ export class KvNode implements KvNodeApi {
       lastLogIndex: raft.log.lastIndex(),
       members: [...this.cfg.peers].map(([id, peerUrl]) => ({ id, peerUrl, httpUrl: this.httpUrlOf(id) })),
     };
+  }
+
+  /**
+   * Hands leadership to `target`, or to the most caught-up other voter (thesis §3.10). Resolves
+   * with the new leader's id once this node has stepped down; rejects with `timeout` if it did not
+   * within `timeoutMs`, and with `not_leader` when this node does not lead.
+   */
+  transferLeadership(target: NodeId | undefined, timeoutMs: number): Promise<NodeId> {
+    this.refuseUnlessRunning();
+    const raft = this.raw.raft;
+    if (raft.role !== "leader") return Promise.reject(this.notLeader());
+    const voters = [...this.cfg.peers.keys()].filter((id) => id !== this.cfg.id);
+    if (target !== undefined && !voters.includes(target)) {
+      return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
+    }
+    const chosen = target ?? raft.mostCaughtUpFollower();
+    if (chosen === undefined) return Promise.reject(new KvError("unavailable", "there is no other voter to hand over to"));
+    raft.transferLeadership(chosen);
+    this.scheduleTurn();
+    const deadline = this.cfg.clock.nowMs() + timeoutMs;
+    return new Promise<NodeId>((resolve, reject) => {
+      const check = () => {
+        const now = this.raw.raft;
+        const expired = this.cfg.clock.nowMs() >= deadline;
+        // Stepped down: answer once we hear who leads now (0 if still unknown at the deadline).
+        if (now.role !== "leader" && (now.leaderId !== 0 || expired)) return resolve(now.leaderId);
+        if (this.stopped) return reject(new KvError("unavailable", "the node stopped during the transfer"));
+        if (now.role === "leader" && (expired || now.leadTransferee === 0)) {
+          return reject(new KvError("timeout", `node ${chosen} did not take over within ${timeoutMs} ms`));
+        }
+        this.afterTurn.push(check);
+      };
+      this.afterTurn.push(check);
+    });
   }
 
   healthy(): boolean {
@@ -238,7 +279,7 @@ export class KvNode implements KvNodeApi {
     if (this.turnScheduled || this.stopped) return;
     this.turnScheduled = true;
     // setImmediate lets every request already in the event loop arrive first: they share one Ready.
-    setImmediate(() => {
+    (this.cfg.schedule ?? setImmediate)(() => {
       this.turnScheduled = false;
       this.turn();
     });
@@ -253,6 +294,9 @@ export class KvNode implements KvNodeApi {
       this.requestReadIndex();
       while (this.raw.hasReady()) this.handleReady(this.raw.ready());
       this.serveReads();
+      const checks = this.afterTurn;
+      this.afterTurn = [];
+      for (const check of checks) check();
     } catch (error) {
       this.fail(error instanceof Error ? error : new Error(String(error)));
     }

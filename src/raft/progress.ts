@@ -16,6 +16,8 @@ export class Progress {
   private inflight: number[] = [];
   /** Heard from since the last check-quorum round. */
   recentActive = false;
+  /** An append was acknowledged since the last heartbeat answer. */
+  private ackedSinceHeartbeat = false;
 
   constructor(
     nextIndex: number,
@@ -54,12 +56,19 @@ export class Progress {
   }
 
   /**
-   * A heartbeat answer proves the follower alive. If the window is full, appends in it were likely
-   * lost: free one slot so the next append goes out and, on a gap, the follower's rejection resyncs us.
+   * A heartbeat answer proves the follower alive. If the window is full, free one slot so the next
+   * append goes out and, on a gap, the follower's rejection resyncs us.
    */
   heartbeatAnswered(): void {
     this.probeSent = false;
-    if (this.state === "replicate" && this.inflight.length >= this.inflightMessagesMax) this.inflight.shift();
+    if (this.state === "replicate" && this.nextIndex > this.matchIndex + 1 && !this.ackedSinceHeartbeat) {
+      // Appends are out but none was answered for a whole heartbeat round while the follower is
+      // alive: they were lost. Probe again from the match point rather than wait for a new write.
+      this.becomeProbe();
+    } else if (this.state === "replicate" && this.inflight.length >= this.inflightMessagesMax) {
+      this.inflight.shift();
+    }
+    this.ackedSinceHeartbeat = false;
   }
 
   /** A success answer up to `index`. Returns whether matchIndex moved. */
@@ -68,6 +77,7 @@ export class Progress {
     if (this.matchIndex < index) {
       this.matchIndex = index;
       this.probeSent = false;
+      this.ackedSinceHeartbeat = true;
       updated = true;
     }
     this.nextIndex = Math.max(this.nextIndex, index + 1);

@@ -245,6 +245,16 @@ export class Raft {
     }
   }
 
+  /** Leader: the other voter with the highest match index (the cheapest to hand over to). */
+  mostCaughtUpFollower(): NodeId | undefined {
+    let best: { id: NodeId; match: number } | undefined;
+    for (const [voter, progress] of this.progress) {
+      if (voter === this.id) continue;
+      if (best === undefined || progress.matchIndex > best.match) best = { id: voter, match: progress.matchIndex };
+    }
+    return best?.id;
+  }
+
   /**
    * Hands leadership to `target` (thesis §3.10): bring it up to date, then tell it to campaign at
    * once. Proposals are refused until it takes over or an election timeout passes.

@@ -383,6 +383,18 @@ export class SimCluster {
     this.network.faults = { lossRate: 0, delayTicksMax: 0, duplicateRate: 0 };
     this.crashHook = undefined;
     for (const id of this.ids) this.restart(id);
+    // Liveness without new writes: a leader must bring every log up to its own and commit it all,
+    // driven by heartbeats alone (a lost append must not wait for the next client write).
+    const caughtUp = this.tickUntil(() => {
+      const leader = this.leader();
+      if (leader === undefined) return false;
+      const last = (this.node(leader).raw as RawNode).raft.log.lastIndex();
+      return this.ids.every((id) => {
+        const raft = this.node(id).raw?.raft;
+        return raft !== undefined && raft.log.lastIndex() === last && raft.log.committed === last && this.node(id).applied.length === last;
+      });
+    }, ticksMax);
+    if (!caughtUp) throw new SafetyViolation(`logs did not converge without new writes in ${ticksMax} ticks`);
     this.one(this.nextCommand(), this.ids.length, ticksMax);
     const reference = this.node(this.ids[0] as NodeId).applied;
     for (const node of this.nodes.values()) {
