@@ -136,3 +136,28 @@ describe("a 3-node cluster of the built executable", () => {
     expect(status.appliedIndex).toBeGreaterThanOrEqual(version);
   });
 });
+
+describe("graceful leadership hand-over", () => {
+  test("POST /leader/transfer?to=N makes N the leader; SIGTERM on a leader hands over before exiting", async () => {
+    for (const node of cluster.nodes) if (node.state === "dead") await cluster.startNode(node.id);
+    const leader = await cluster.waitForLeader();
+    const target = cluster.nodes.find((n) => n.id !== leader)!.id;
+    const response = await fetch(url(leader, `/leader/transfer?to=${target}`), { method: "POST" });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({ leaderId: target, previousLeaderId: leader });
+    expect(await cluster.waitForLeader()).toBe(target);
+
+    const before = (await cluster.status(target))!.term;
+    expect(await cluster.terminate(target)).toBe(0);
+    const survivors = cluster.nodes.filter((n) => n.state === "running").map((n) => n.id);
+    const next = await cluster.waitForLeader(survivors);
+    expect(next).not.toBe(target);
+    expect((await cluster.status(next))!.term).toBe(before + 1);
+    // The departing leader saw its successor take over before it exited.
+    const log = await Bun.file(cluster.node(target).logFile).text();
+    const handover = log.split("\n").find((line) => line.includes('"event":"leadership handed over"'));
+    expect(handover).toBeDefined();
+    expect(JSON.parse(handover!).leaderId).toBe(next);
+    await cluster.startNode(target);
+  });
+});

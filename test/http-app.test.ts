@@ -456,3 +456,30 @@ describe("routes", () => {
     await expectError(response, 400, "bad_request");
   });
 });
+
+describe("POST /leader/transfer", () => {
+  test("hands over to the named node, or lets the node choose; wrong method is 405; bad target 400", async () => {
+    const node = new MemoryKvNode();
+    const app = createHttpApp(node);
+    const named = await app.handle(new Request("http://localhost/leader/transfer?to=3", { method: "POST" }));
+    expect(named.status).toBe(200);
+    expect(await named.json()).toMatchObject({ leaderId: 3 });
+    const chosen = await app.handle(new Request("http://localhost/leader/transfer", { method: "POST" }));
+    expect(await chosen.json()).toMatchObject({ leaderId: 2 });
+    expect(node.transfers).toEqual([3, undefined]);
+    const wrong = await app.handle(new Request("http://localhost/leader/transfer"));
+    expect(wrong.status).toBe(405);
+    expect(wrong.headers.get("allow")).toBe("POST");
+    const bad = await app.handle(new Request("http://localhost/leader/transfer?to=x", { method: "POST" }));
+    expect(bad.status).toBe(400);
+    expect(node.transfers).toHaveLength(2);
+  });
+
+  test("on a follower the transfer is redirected to the leader like a write", async () => {
+    const node = new MemoryKvNode();
+    node.failure = new KvError("not_leader", "node 1 is the leader", { leaderId: 1, leaderUrl: "http://127.0.0.1:8001" });
+    const response = await createHttpApp(node).handle(new Request("http://localhost/leader/transfer?to=2", { method: "POST" }));
+    expect(response.status).toBe(307);
+    expect(response.headers.get("location")).toBe("http://127.0.0.1:8001/leader/transfer?to=2");
+  });
+});

@@ -184,7 +184,7 @@ describe("KvNode over in-memory twins", () => {
     await cluster.until(() => cluster.leader() !== undefined);
     const leader = cluster.leader()!;
     await drive(cluster, leader.put("k", enc("v")));
-    const next = await drive(cluster, leader.transferLeadership(undefined, 1_000));
+    const { leaderId: next } = await drive(cluster, leader.transferLeadership(undefined, 1_000));
     expect(next).not.toBe(leader.status().id);
     await cluster.until(() => cluster.leader()?.status().id === next);
     expect(dec((await drive(cluster, cluster.node(next).get("k", "linearizable")))!.value)).toBe("v");

@@ -108,6 +108,14 @@ export const serveCommand = defineCommand({
     async function shutdown(code: number): Promise<void> {
       if (stopping) return;
       stopping = true;
+      if (code === 0 && node.status().role === "leader") {
+        // Hand over before leaving so a rolling restart costs no election timeout (thesis §3.10).
+        const handover = await node.transferLeadership(undefined).then(
+          ({ leaderId }) => ({ leaderId }),
+          (error: unknown) => ({ error: error instanceof Error ? error.message : String(error) }),
+        );
+        logger.log("info", "leadership handed over", handover);
+      }
       node.stop();
       await app.stop(true).catch(() => {});
       await transport.transport.close().catch(() => {});

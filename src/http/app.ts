@@ -23,6 +23,7 @@ export const KEY_BYTES_MAX_DEFAULT = 4096;
 /** The methods each route accepts, as sent in the `Allow` header of a 405. */
 const KV_ALLOW = "GET, HEAD, PUT, DELETE";
 const READ_ONLY_ALLOW = "GET, HEAD";
+const POST_ALLOW = "POST";
 
 /**
  * Builds the client HTTP API over a node (not listening: the caller runs `.listen`). The contract:
@@ -79,6 +80,20 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     }
   };
 
+  /** `POST /leader/transfer[?to=N]`: hand leadership over (thesis §3.10); on a follower, 307 to the leader. */
+  const transferRoute = async (request: Request): Promise<Response> => {
+    if (request.method !== "POST") throw methodNotAllowed(request.method, "/leader/transfer");
+    const to = new URLSearchParams(rawTarget(request.url).search).get("to");
+    let target: number | undefined;
+    if (to !== null) {
+      target = Number(to);
+      if (!Number.isSafeInteger(target) || target < 1) throw new KvError("bad_request", `'to' must be a node id, got '${to}'`);
+    }
+    const previousLeaderId = node.status().id;
+    const { leaderId } = await node.transferLeadership(target);
+    return jsonResponse({ leaderId, previousLeaderId }, 200);
+  };
+
   const readOnlyRoute = (name: string, handler: () => Response) => (request: Request): Response => {
     if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed(request.method, name);
     const response = handler();
@@ -111,6 +126,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       .all("/status", route(READ_ONLY_ALLOW, readOnlyRoute("/status", () => jsonResponse(statusJson(node.status()), 200))), {
         parse: "none",
       })
+      .all("/leader/transfer", route(POST_ALLOW, transferRoute), { parse: "none" })
       .all(
         "/health",
         route(

@@ -60,6 +60,16 @@ export class MemoryKvNode implements KvNodeApi {
     return this.isHealthy;
   }
 
+  /** Targets asked for by `transferLeadership`, in order. */
+  readonly transfers: (number | undefined)[] = [];
+
+  /** Records the target and "hands over" to it (or to node 2). */
+  async transferLeadership(target: number | undefined): Promise<{ leaderId: number }> {
+    this.throwIfFailing();
+    this.transfers.push(target);
+    return { leaderId: target ?? 2 };
+  }
+
   private nextVersion(): number {
     this.lastVersion += 1;
     const index = this.lastVersion;

@@ -40,4 +40,9 @@ export interface KvNodeApi {
   status(): NodeStatus;
   /** True when a leader is known and everything committed is applied. */
   healthy(): boolean;
+  /**
+   * Hands leadership to `target` (or the most caught-up other voter) and resolves with the new
+   * leader's id (0 if not yet known) once this node stepped down. `not_leader` on a follower.
+   */
+  transferLeadership(target: NodeId | undefined): Promise<{ leaderId: NodeId }>;
 }

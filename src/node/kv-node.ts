@@ -189,7 +189,7 @@ export class KvNode implements KvNodeApi {
    * with the new leader's id once this node has stepped down; rejects with `timeout` if it did not
    * within `timeoutMs`, and with `not_leader` when this node does not lead.
    */
-  transferLeadership(target: NodeId | undefined, timeoutMs: number): Promise<NodeId> {
+  transferLeadership(target: NodeId | undefined, timeoutMs = this.transferTimeoutMs()): Promise<{ leaderId: NodeId }> {
     this.refuseUnlessRunning();
     const raft = this.raw.raft;
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
@@ -202,12 +202,12 @@ export class KvNode implements KvNodeApi {
     raft.transferLeadership(chosen);
     this.scheduleTurn();
     const deadline = this.cfg.clock.nowMs() + timeoutMs;
-    return new Promise<NodeId>((resolve, reject) => {
+    return new Promise<{ leaderId: NodeId }>((resolve, reject) => {
       const check = () => {
         const now = this.raw.raft;
         const expired = this.cfg.clock.nowMs() >= deadline;
         // Stepped down: answer once we hear who leads now (0 if still unknown at the deadline).
-        if (now.role !== "leader" && (now.leaderId !== 0 || expired)) return resolve(now.leaderId);
+        if (now.role !== "leader" && (now.leaderId !== 0 || expired)) return resolve({ leaderId: now.leaderId });
         if (this.stopped) return reject(new KvError("unavailable", "the node stopped during the transfer"));
         if (now.role === "leader" && (expired || now.leadTransferee === 0)) {
           return reject(new KvError("timeout", `node ${chosen} did not take over within ${timeoutMs} ms`));
@@ -216,6 +216,11 @@ export class KvNode implements KvNodeApi {
       };
       this.afterTurn.push(check);
     });
+  }
+
+  /** Two maximum election timeouts: long enough for a caught-up target to win. */
+  private transferTimeoutMs(): number {
+    return 4 * this.cfg.electionTicks * this.cfg.tickMs;
   }
 
   healthy(): boolean {
