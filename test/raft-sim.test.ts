@@ -406,3 +406,40 @@ describe("stability: pre-vote, check-quorum and leadership transfer (thesis §9.
     });
   });
 });
+
+describe("snapshots and log compaction (thesis §5.1)", () => {
+  test("a follower partitioned across a compaction catches up by InstallSnapshot, even if it crashes mid-install", () => {
+    withSeed(26, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      cluster.one(enc("before"), 3);
+      const follower = cluster.ids.find((id) => id !== leader)!;
+      cluster.disconnect(follower);
+      for (let i = 0; i < 30; i++) cluster.one(enc(`while-away-${i}`), 2);
+      for (const id of cluster.ids) if (id !== follower) cluster.compact(id, cluster.applied(id).length);
+      expect(cluster.raw(leader)!.raft.log.firstIndex()).toBeGreaterThan(cluster.applied(follower).length + 1);
+      // The first install attempt dies before it reaches the disk.
+      let crashes = 1;
+      cluster.crashHook = (id, point) =>
+        id === follower && point === "before-persist" && cluster.raw(follower)?.raft.log.pendingSnapshot() !== undefined && crashes-- > 0;
+      cluster.network.heal();
+      expect(cluster.tickUntil(() => !cluster.isUp(follower), 10 * electionWindow)).toBe(true);
+      cluster.restart(follower);
+      const last = cluster.one(enc("after"), 3, 400 * electionWindow);
+      expect(cluster.snapshotsInstalled).toBeGreaterThanOrEqual(1);
+      expect(cluster.applied(follower).length).toBeGreaterThanOrEqual(last);
+      cluster.healAndConverge(100 * electionWindow);
+    });
+  });
+
+  test("a restarted node with a compacted log recovers its state and serves as leader", () => {
+    withSeed(27, (cluster) => {
+      expectOneLeader(cluster);
+      for (let i = 0; i < 20; i++) cluster.one(enc(`w-${i}`), 3);
+      for (const id of cluster.ids) cluster.compact(id, cluster.applied(id).length - 2);
+      for (const id of cluster.ids) cluster.crash(id);
+      for (const id of cluster.ids) cluster.restart(id);
+      cluster.one(enc("after-restart"), 3);
+      cluster.healAndConverge(50 * electionWindow);
+    });
+  });
+});

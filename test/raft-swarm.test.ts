@@ -12,16 +12,19 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
   let acknowledged = 0;
   let crashes = 0;
   let partitions = 0;
+  let snapshots = 0;
   for (const seed of seeds) {
     const result = runSwarm(seed);
     acknowledged += result.acknowledged;
     crashes += result.crashes;
     partitions += result.partitions;
+    snapshots += result.snapshotsInstalled;
   }
   // The runs must really have exercised faults and made progress, or they prove nothing.
   expect(acknowledged).toBeGreaterThan(seeds.length);
   if (seeds.length >= 100) {
     expect(crashes).toBeGreaterThan(seeds.length / 10);
     expect(partitions).toBeGreaterThan(seeds.length / 10);
+    expect(snapshots).toBeGreaterThan(seeds.length / 20);
   }
 }, 300_000);

@@ -31,6 +31,7 @@ function everyVariant(from: number, to: number): Message[] {
     { type: "pre-vote-response", from, to, term: 8, granted: true },
     { type: "pre-vote-response", from, to, term: 7, granted: false },
     { type: "timeout-now", from, to, term: 7 },
+    { type: "snapshot", from, to, term: 7, snapshot: { index: 90, term: 6, voters: [1, 2, 3] }, imageId: "image-1.90" },
     { type: "vote-response", from, to, term: 7, granted: false },
     {
       type: "append",
@@ -87,6 +88,7 @@ describe("round trip", () => {
       "vote-response": true,
       "pre-vote-response": true,
       "timeout-now": true,
+      snapshot: true,
       append: true,
       "append-response": true,
       heartbeat: true,
@@ -127,15 +129,15 @@ describe("validation of peer input", () => {
   });
 
   test("an unknown variant (a field number this version lacks) is refused", () => {
-    // Field 18 is reserved for InstallSnapshot: an empty message there, as a newer peer might send.
+    // Field 19 is reserved for a later variant: an empty message there, as a newer peer might send.
     const known = toBinary(RaftMessageSchema, create(RaftMessageSchema, { from: 1, to: 2, term: 3n }));
-    const tag = (18 << 3) | 2; // field 18, length-delimited: 146, a two-byte varint
+    const tag = (19 << 3) | 2; // field 19, length-delimited: 154, a two-byte varint
     const withUnknownField = new Uint8Array([...known, (tag & 0x7f) | 0x80, tag >> 7, 0]);
     expect(decodeError(() => fromProto(fromBinary(RaftMessageSchema, withUnknownField)))).toContain("no body");
   });
 
   test("a hand-built object with an unknown case is refused", () => {
-    const proto = { ...validAppendProto(), body: { case: "installSnapshot", value: {} } } as unknown as RaftMessage;
+    const proto = { ...validAppendProto(), body: { case: "someFutureVariant", value: {} } } as unknown as RaftMessage;
     expect(decodeError(() => fromProto(proto))).toContain("unknown message variant");
   });
 

@@ -1,6 +1,6 @@
 import { assert } from "../lib/assert.ts";
 import type { RaftStorage } from "./storage.ts";
-import type { Entry } from "./types.ts";
+import type { Entry, SnapshotToInstall } from "./types.ts";
 
 /**
  * The Raft log as the core sees it: what storage holds, followed by `unstable` entries not yet
@@ -10,6 +10,8 @@ export class RaftLog {
   /** Index of unstable[0]; every entry at or past it is not yet known to be on disk. */
   private unstableOffset: number;
   private unstable: Entry[] = [];
+  /** A snapshot received from the leader and not yet installed by the driver. */
+  private unstableSnapshot: SnapshotToInstall | undefined;
   committed: number;
   /** The highest index handed to the application in a Ready. */
   applied: number;
@@ -21,17 +23,21 @@ export class RaftLog {
   ) {
     this.unstableOffset = storage.lastIndex() + 1;
     assert(committed <= storage.lastIndex(), `committed ${committed} beyond last index ${storage.lastIndex()}`);
-    this.committed = committed;
-    this.applied = Math.min(applied, committed);
+    // A compacted log implies its snapshot is committed and applied.
+    const snapshotIndex = storage.snapshot().index;
+    this.committed = Math.max(committed, snapshotIndex);
+    this.applied = Math.max(Math.min(applied, this.committed), snapshotIndex);
   }
 
   firstIndex(): number {
-    return this.storage.firstIndex();
+    return this.unstableSnapshot !== undefined ? this.unstableSnapshot.metadata.index + 1 : this.storage.firstIndex();
   }
 
   lastIndex(): number {
     const last = this.unstable[this.unstable.length - 1];
-    return last !== undefined ? last.index : this.storage.lastIndex();
+    if (last !== undefined) return last.index;
+    if (this.unstableSnapshot !== undefined) return this.unstableSnapshot.metadata.index;
+    return this.storage.lastIndex();
   }
 
   lastTerm(): number {
@@ -43,6 +49,8 @@ export class RaftLog {
     if (index > this.lastIndex()) return undefined;
     if (index >= this.unstableOffset) return (this.unstable[index - this.unstableOffset] as Entry).term;
     if (index < this.firstIndex() - 1) return undefined;
+    const snapshot = this.unstableSnapshot?.metadata;
+    if (snapshot !== undefined) return index === snapshot.index ? snapshot.term : undefined;
     return this.storage.term(index);
   }
 
@@ -56,7 +64,10 @@ export class RaftLog {
     return lastTerm > ourLastTerm || (lastTerm === ourLastTerm && lastIndex >= this.lastIndex());
   }
 
-  /** Entries in [lo, hi), at most `maxBytes` of data but always at least one when lo < hi. */
+  /**
+   * Entries in [lo, hi), at most `maxBytes` of data but always at least one when lo < hi.
+   * Entries before firstIndex() are compacted away: the caller checks first (a leader sends a snapshot).
+   */
   slice(lo: number, hi: number, maxBytes: number): Entry[] {
     assert(lo >= this.firstIndex() && hi <= this.lastIndex() + 1 && lo <= hi, `slice(${lo}, ${hi}) out of range`);
     const result: Entry[] = [];
@@ -159,12 +170,37 @@ export class RaftLog {
 
   /** Committed entries not yet handed to the application, at most `maxBytes` (at least one). */
   nextCommittedEntries(maxBytes: number): Entry[] {
-    if (this.committed <= this.applied) return [];
+    if (!this.hasNextCommittedEntries()) return [];
     return this.slice(this.applied + 1, this.committed + 1, maxBytes);
   }
 
+  /** None while a snapshot waits to be installed: it replaces everything up to its index first. */
   hasNextCommittedEntries(): boolean {
-    return this.committed > this.applied;
+    return this.unstableSnapshot === undefined && this.committed > this.applied;
+  }
+
+  /**
+   * Follower side of InstallSnapshot: the log restarts empty after the snapshot's index, which is
+   * committed. Entries after it arrive later. The driver installs the image before anything else.
+   */
+  restore(snapshot: SnapshotToInstall): void {
+    const index = snapshot.metadata.index;
+    assert(index > this.committed, `snapshot at ${index} is not past commit ${this.committed}`);
+    this.unstableSnapshot = snapshot;
+    this.unstable = [];
+    this.unstableOffset = index + 1;
+    this.committed = index;
+  }
+
+  pendingSnapshot(): SnapshotToInstall | undefined {
+    return this.unstableSnapshot;
+  }
+
+  /** The driver installed the snapshot at `index`: the state machine now holds everything up to it. */
+  snapshotInstalled(index: number): void {
+    if (this.unstableSnapshot?.metadata.index !== index) return;
+    this.unstableSnapshot = undefined;
+    this.applied = Math.max(this.applied, index);
   }
 
   /** The driver persisted entries up to (index, term): they leave the unstable tail. */

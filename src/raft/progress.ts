@@ -1,5 +1,8 @@
 import { assert } from "../lib/assert.ts";
 
+/** Heartbeat rounds a leader waits for a follower to install a snapshot before trying again. */
+export const snapshotHeartbeatsMax = 100;
+
 /**
  * What a leader knows of one follower's log (etcd's tracker.Progress).
  * `probe`: one AppendEntries at a time until the follower's match point is found.
@@ -9,7 +12,10 @@ import { assert } from "../lib/assert.ts";
 export class Progress {
   matchIndex = 0;
   nextIndex: number;
-  state: "probe" | "replicate" = "probe";
+  state: "probe" | "replicate" | "snapshot" = "probe";
+  /** In snapshot state: the index of the snapshot sent; heartbeats answered since it was sent. */
+  pendingSnapshotIndex = 0;
+  private heartbeatsSinceSnapshot = 0;
   /** In probe state: an append was sent and no answer or heartbeat response has come since. */
   probeSent = false;
   /** Last index of each append in flight, oldest first (replicate state). */
@@ -27,14 +33,32 @@ export class Progress {
   }
 
   isPaused(): boolean {
-    return this.state === "probe" ? this.probeSent : this.inflight.length >= this.inflightMessagesMax;
+    switch (this.state) {
+      case "probe":
+        return this.probeSent;
+      case "replicate":
+        return this.inflight.length >= this.inflightMessagesMax;
+      case "snapshot":
+        return true;
+    }
+  }
+
+  /** A snapshot at `index` went out: wait for the follower to report it installed (or give up). */
+  becomeSnapshot(index: number): void {
+    this.state = "snapshot";
+    this.pendingSnapshotIndex = index;
+    this.heartbeatsSinceSnapshot = 0;
+    this.inflight = [];
   }
 
   becomeProbe(): void {
+    // Coming back from a snapshot, probe just past it: the follower most likely holds it now.
+    const from = this.state === "snapshot" ? Math.max(this.matchIndex, this.pendingSnapshotIndex) : this.matchIndex;
     this.state = "probe";
     this.probeSent = false;
+    this.pendingSnapshotIndex = 0;
     this.inflight = [];
-    this.nextIndex = this.matchIndex + 1;
+    this.nextIndex = from + 1;
   }
 
   becomeReplicate(): void {
@@ -61,6 +85,11 @@ export class Progress {
    */
   heartbeatAnswered(): void {
     this.probeSent = false;
+    if (this.state === "snapshot") {
+      // A snapshot that was lost, or that the follower could not stage, would pause it for good.
+      if (++this.heartbeatsSinceSnapshot > snapshotHeartbeatsMax) this.becomeProbe();
+      return;
+    }
     if (this.state === "replicate" && this.nextIndex > this.matchIndex + 1 && !this.ackedSinceHeartbeat) {
       // Appends are out but none was answered for a whole heartbeat round while the follower is
       // alive: they were lost. Probe again from the match point rather than wait for a new write.
@@ -90,6 +119,7 @@ export class Progress {
    * that may still match. Returns false when the rejection is stale (answers an older append).
    */
   maybeDecrTo(rejected: number, matchHint: number): boolean {
+    if (this.state === "snapshot") return false; // the snapshot's outcome decides where to go next
     if (this.state === "replicate") {
       if (rejected <= this.matchIndex) return false;
       this.becomeProbe();

@@ -19,6 +19,7 @@ import {
   type ReadIndexResponse,
   type ReadState,
   type Role,
+  type SnapshotRequest,
   type SoftState,
   type VoteRequest,
   type VoteResponse,
@@ -368,12 +369,13 @@ export class Raft {
       if (m.type === "pre-vote" || (m.type === "pre-vote-response" && m.granted)) {
         // A pre-vote never changes anyone's term; a granted answer carries the rehearsed term.
       } else {
-        const fromLeader = m.type === "append" || m.type === "heartbeat" || m.type === "read-index-response" || m.type === "timeout-now";
+        const fromLeader =
+          m.type === "append" || m.type === "heartbeat" || m.type === "snapshot" || m.type === "read-index-response" || m.type === "timeout-now";
         this.becomeFollower(m.term, fromLeader ? m.from : 0);
       }
     } else if (m.term < this.term) {
       // A stale leader or candidate learns our term from the answer and steps down (§5.1).
-      if (m.type === "append" || m.type === "heartbeat") {
+      if (m.type === "append" || m.type === "heartbeat" || m.type === "snapshot") {
         this.send({ type: "append-response", from: this.id, to: m.from, term: this.term, success: false, index: 0, hintIndex: 0, hintTerm: 0 });
       } else if (m.type === "vote" || m.type === "pre-vote") {
         this.send({ type: m.type === "vote" ? "vote-response" : "pre-vote-response", from: this.id, to: m.from, term: this.term, granted: false });
@@ -390,6 +392,8 @@ export class Raft {
         return this.handleVoteResponse(m);
       case "timeout-now":
         return this.handleTimeoutNow();
+      case "snapshot":
+        return this.handleSnapshot(m);
       case "append":
         return this.handleAppend(m);
       case "append-response":
@@ -502,7 +506,14 @@ export class Raft {
       return;
     }
     const wasPaused = progress.isPaused();
-    if (!progress.maybeUpdate(m.index)) {
+    const updated = progress.maybeUpdate(m.index);
+    if (progress.state === "snapshot" && progress.matchIndex >= progress.pendingSnapshotIndex) {
+      progress.becomeProbe(); // the follower installed it: resume from just past it
+      progress.becomeReplicate();
+      this.sendAppend(m.from, progress);
+      return;
+    }
+    if (!updated) {
       if (wasPaused && !progress.isPaused()) this.sendAppend(m.from, progress);
       return;
     }
@@ -515,6 +526,31 @@ export class Raft {
     } else if (progress.matchIndex < this.log.lastIndex()) {
       this.sendAppend(m.from, progress);
     }
+  }
+
+  /** InstallSnapshot (thesis §5.1): restore from the leader's image unless our log already covers it. */
+  private handleSnapshot(m: SnapshotRequest): void {
+    this.followLeader(m.from);
+    const reply = { type: "append-response", from: this.id, to: m.from, term: this.term, hintIndex: 0, hintTerm: 0 } as const;
+    const { index, term } = m.snapshot;
+    if (index <= this.log.committed) {
+      this.send({ ...reply, success: true, index: this.log.committed });
+    } else if (this.log.matchTerm(index, term)) {
+      // Our log holds the snapshot's last entry: everything up to it matches; just commit.
+      this.log.commitTo(index);
+      this.send({ ...reply, success: true, index });
+    } else {
+      this.log.restore({ metadata: m.snapshot, imageId: m.imageId });
+      this.send({ ...reply, success: true, index });
+    }
+  }
+
+  /** The driver could not deliver the snapshot to `to` (or the follower could not stage it): probe again. */
+  reportSnapshotFailure(to: NodeId): void {
+    const progress = this.progress.get(to);
+    if (this.role !== "leader" || progress === undefined || progress.state !== "snapshot") return;
+    progress.pendingSnapshotIndex = 0;
+    progress.becomeProbe();
   }
 
   private handleHeartbeat(m: HeartbeatRequest): void {
@@ -598,7 +634,14 @@ export class Raft {
     if (progress.isPaused()) return;
     const prevLogIndex = progress.nextIndex - 1;
     const prevLogTerm = this.log.term(prevLogIndex);
-    assert(prevLogTerm !== undefined, `no term for index ${prevLogIndex}: log compaction is not implemented`);
+    if (prevLogTerm === undefined || progress.nextIndex < this.log.firstIndex()) {
+      // The entries this follower needs were compacted away: send the state machine instead (§5.1).
+      const snapshot = this.cfg.storage.snapshotForSend();
+      if (snapshot === undefined) return; // none can be made now; the next heartbeat answer retries
+      this.send({ type: "snapshot", from: this.id, to, term: this.term, snapshot, imageId: "" });
+      progress.becomeSnapshot(snapshot.index);
+      return;
+    }
     const lastIndex = this.log.lastIndex();
     const entries = progress.nextIndex <= lastIndex ? this.log.slice(progress.nextIndex, lastIndex + 1, this.cfg.appendBytesMax) : [];
     if (progress.state === "replicate" && entries.length === 0 && !sendIfEmpty) return; // nothing new to say

@@ -41,6 +41,11 @@ export class RawNode {
     this.raft.readIndex(readContext);
   }
 
+  /** The driver failed to deliver a snapshot to `to`: the leader probes it again. */
+  reportSnapshotFailure(to: number): void {
+    this.raft.reportSnapshotFailure(to);
+  }
+
   hasReady(): boolean {
     const raft = this.raft;
     const soft = raft.softState();
@@ -49,6 +54,7 @@ export class RawNode {
       raft.readStates.length > 0 ||
       raft.readFailures.length > 0 ||
       raft.log.unstableEntries().length > 0 ||
+      raft.log.pendingSnapshot() !== undefined ||
       raft.log.hasNextCommittedEntries() ||
       !hardStateEqual(raft.hardState(), this.previousHardState) ||
       soft.leaderId !== this.previousSoftState.leaderId ||
@@ -65,16 +71,22 @@ export class RawNode {
     const softChanged = soft.leaderId !== this.previousSoftState.leaderId || soft.role !== this.previousSoftState.role;
     const hardChanged = !hardStateEqual(hard, this.previousHardState);
     const entries = raft.log.unstableEntries().slice();
+    const snapshot = raft.log.pendingSnapshot();
     const ready: Ready = {
       softState: softChanged ? soft : undefined,
       hardState: hardChanged ? hard : undefined,
+      snapshot,
       entries,
       committedEntries: raft.log.nextCommittedEntries(committedBytesMax),
       messages: raft.messages,
       readStates: raft.readStates,
       readFailures: raft.readFailures,
       // A commit-index change alone can be recovered from the log and need not force an fsync.
-      mustSync: entries.length > 0 || hard.term !== this.previousHardState.term || hard.vote !== this.previousHardState.vote,
+      mustSync:
+        entries.length > 0 ||
+        snapshot !== undefined ||
+        hard.term !== this.previousHardState.term ||
+        hard.vote !== this.previousHardState.vote,
     };
     raft.messages = [];
     raft.readStates = [];
@@ -89,6 +101,7 @@ export class RawNode {
     assert(this.outstanding === ready, "advance() with a Ready that is not the outstanding one");
     this.outstanding = undefined;
     if (ready.hardState !== undefined) this.previousHardState = ready.hardState;
+    if (ready.snapshot !== undefined) this.raft.log.snapshotInstalled(ready.snapshot.metadata.index);
     const lastEntry = ready.entries[ready.entries.length - 1];
     if (lastEntry !== undefined) this.raft.log.stableTo(lastEntry.index, lastEntry.term);
     const lastCommitted = ready.committedEntries[ready.committedEntries.length - 1];

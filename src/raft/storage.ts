@@ -1,4 +1,4 @@
-import type { Entry, HardState, NodeId } from "./types.ts";
+import type { Entry, HardState, NodeId, SnapshotMetadata } from "./types.ts";
 
 /**
  * What the core reads from durable storage (etcd's Storage interface). The core never writes it:
@@ -12,10 +12,17 @@ export interface RaftStorage {
   entries(lo: number, hi: number, maxBytes: number): Entry[];
   /** Term of the entry at `index`, for firstIndex()-1 <= index <= lastIndex(); term(0) is 0. */
   term(index: number): number;
-  /** Index of the first entry still held (1 for a log never compacted). */
+  /** Index of the first entry still held (1 for a log never compacted): snapshot().index + 1. */
   firstIndex(): number;
-  /** Index of the last persisted entry, 0 when empty. */
+  /** Index of the last persisted entry; snapshot().index when the log after it is empty. */
   lastIndex(): number;
+  /** Where the log was last compacted (or a snapshot installed): index 0 when never. */
+  snapshot(): SnapshotMetadata;
+  /**
+   * What a leader can send a follower that is behind its first index: the state machine as applied
+   * now. Undefined when no image can be made right now (the leader then retries later).
+   */
+  snapshotForSend(): SnapshotMetadata | undefined;
 }
 
 /** What the driver writes: one call per Ready, atomic (one transaction, one fsync when `sync`). */

@@ -54,7 +54,8 @@ export type Message =
   | HeartbeatResponse
   | ReadIndexRequest
   | ReadIndexResponse
-  | TimeoutNowRequest;
+  | TimeoutNowRequest
+  | SnapshotRequest;
 
 interface MessageBase {
   readonly from: NodeId;
@@ -79,6 +80,35 @@ export interface VoteRequest extends MessageBase {
 export interface VoteResponse extends MessageBase {
   readonly type: "vote-response" | "pre-vote-response";
   readonly granted: boolean;
+}
+
+/**
+ * Where a snapshot stands in the log: the state machine image includes every entry up to `index`
+ * (whose term was `term`), and `voters` is the configuration as of that index.
+ */
+export interface SnapshotMetadata {
+  readonly index: number;
+  readonly term: number;
+  readonly voters: readonly NodeId[];
+}
+
+export const emptySnapshot: SnapshotMetadata = { index: 0, term: 0, voters: [] };
+
+/**
+ * InstallSnapshot (thesis §5.1) as the core sees it: the metadata and `imageId`, a handle to the
+ * state machine image. The core never touches image bytes: the driver streams them between peers
+ * in bounded chunks and delivers this message once the image is staged on the receiver.
+ */
+export interface SnapshotRequest extends MessageBase {
+  readonly type: "snapshot";
+  readonly snapshot: SnapshotMetadata;
+  readonly imageId: string;
+}
+
+/** A snapshot the driver must install before anything else in the Ready (replacing the state machine). */
+export interface SnapshotToInstall {
+  readonly metadata: SnapshotMetadata;
+  readonly imageId: string;
 }
 
 /** A leader handing over tells its chosen, caught-up successor to campaign at once (thesis §3.10). */
@@ -154,13 +184,15 @@ export interface ReadFailure {
 }
 
 /**
- * Everything the core asks its driver to do, in this order (etcd's Ready):
- * persist `hardState` and `entries` in one transaction (fsync when `mustSync`), then send
+ * Everything the core asks its driver to do, in this order (etcd's Ready): install `snapshot` if
+ * any, persist `hardState` and `entries` in one transaction (fsync when `mustSync`), then send
  * `messages`, then apply `committedEntries`, then call `advance(ready)`.
  */
 export interface Ready {
   readonly softState: SoftState | undefined;
   readonly hardState: HardState | undefined;
+  /** Install first, atomically: replaces the state machine and drops the whole log before it. */
+  readonly snapshot: SnapshotToInstall | undefined;
   readonly entries: readonly Entry[];
   readonly committedEntries: readonly Entry[];
   readonly messages: readonly Message[];

@@ -30,7 +30,7 @@ interface SimNode {
   /** What is on disk: survives crashes. */
   storage: MemoryStorage;
   /** The state machine: applied entries in order (durable, applied in the same step as the index). */
-  readonly applied: Entry[];
+  applied: Entry[];
   /** The running process, or undefined while crashed. */
   raw: RawNode | undefined;
   readStates: ReadState[];
@@ -68,6 +68,11 @@ export class SimCluster {
   readonly acknowledged: Proposal[] = [];
   private readonly pending = new Map<NodeId, Proposal[]>();
   private proposalSequence = 0;
+  /** State machine images staged for InstallSnapshot, by image id (the transport's job in a real node). */
+  private readonly images = new Map<string, Entry[]>();
+  private imageSequence = 0;
+  /** Snapshots installed by followers: proof the path was exercised. */
+  snapshotsInstalled = 0;
 
   constructor(options: SimClusterOptions) {
     this.opts = {
@@ -90,6 +95,11 @@ export class SimCluster {
   }
 
   private start(node: SimNode): void {
+    node.storage.snapshotSource = () => {
+      const index = node.applied.length;
+      const term = node.raw?.raft.log.term(index);
+      return term === undefined ? undefined : { index, term, voters: this.ids };
+    };
     node.raw = new RawNode({
       id: node.id,
       storage: node.storage,
@@ -195,11 +205,13 @@ export class SimCluster {
       if (raw === undefined || !raw.hasReady()) return;
       const ready = raw.ready();
       if (this.crashHook?.(id, "before-persist")) return this.crash(id);
+      if (ready.snapshot !== undefined) this.installSnapshot(node, ready.snapshot.metadata.index, ready.snapshot.imageId);
+      if (ready.snapshot !== undefined) node.storage.installSnapshot(ready.snapshot.metadata);
       this.checkAppend(node, ready.entries);
       node.storage.save(ready.hardState, ready.entries, ready.mustSync);
       if (ready.softState?.role === "leader") this.checkNewLeader(node);
       if (this.crashHook?.(id, "after-persist")) return this.crash(id);
-      for (const message of ready.messages) this.send(message);
+      for (const message of ready.messages) this.send(message.type === "snapshot" ? this.stageImage(node, message) : message);
       if (this.crashHook?.(id, "after-send")) return this.crash(id);
       for (const entry of ready.committedEntries) this.apply(node, entry);
       node.readStates.push(...ready.readStates);
@@ -207,6 +219,39 @@ export class SimCluster {
       raw.advance(ready);
       this.checkLeaders();
     }
+  }
+
+  /** Leader side: stage the image the snapshot message names (a real transport streams it in chunks). */
+  private stageImage(node: SimNode, message: Extract<Message, { type: "snapshot" }>): Message {
+    const index = message.snapshot.index;
+    assert(node.applied.length >= index, `node ${node.id} sends a snapshot at ${index} past its applied ${node.applied.length}`);
+    const imageId = `${node.id}.${++this.imageSequence}`;
+    this.images.set(imageId, node.applied.slice(0, index));
+    return { ...message, imageId };
+  }
+
+  /** Follower side: the image replaces the state machine; it must agree with everything applied anywhere. */
+  private installSnapshot(node: SimNode, index: number, imageId: string): void {
+    const image = this.images.get(imageId);
+    assert(image !== undefined && image.length === index, `no staged image ${imageId} at ${index}`);
+    for (const entry of image) {
+      const agreed = this.appliedAt.get(entry.index);
+      if (agreed !== undefined && (agreed.term !== entry.term || !bytesEqual(agreed.data, entry.data))) {
+        throw new SafetyViolation(`state machine safety: snapshot ${imageId} disagrees at ${entry.index}`);
+      }
+      if (agreed === undefined) this.appliedAt.set(entry.index, entry);
+    }
+    node.applied = image.slice();
+    this.snapshotsInstalled++;
+    const waiting = this.pending.get(node.id);
+    if (waiting !== undefined) this.pending.set(node.id, waiting.filter((p) => p.index > index));
+  }
+
+  /** Compacts node `id`'s log up to `index` (at most what it applied): the state machine is its snapshot. */
+  compact(id: NodeId, index: number): void {
+    const node = this.node(id);
+    if (node.raw === undefined) return;
+    node.storage.compact(Math.min(index, node.applied.length, node.storage.lastIndex()));
   }
 
   private send(message: Message): void {
@@ -265,6 +310,7 @@ export class SimCluster {
   private checkNewLeader(node: SimNode): void {
     const log = (node.raw as RawNode).raft.log;
     for (const [index, entry] of this.appliedAt) {
+      if (index < log.firstIndex() - 1) continue; // compacted: its own state machine holds it, checked on apply
       if (log.term(index) !== entry.term) {
         throw new SafetyViolation(`leader completeness: leader ${node.id} lacks applied entry (${index}, term ${entry.term})`);
       }

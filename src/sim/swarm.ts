@@ -9,6 +9,7 @@ export interface SwarmResult {
   readonly crashes: number;
   readonly partitions: number;
   readonly ticks: number;
+  readonly snapshotsInstalled: number;
 }
 
 /**
@@ -40,6 +41,7 @@ export function runSwarm(seed: number): SwarmResult {
   const partitionRate = prng.pick([0, 0.01, 0.05]);
   const proposeRate = prng.pick([0.1, 0.5, 1]);
   const transferRate = prng.pick([0, 0.005, 0.02]);
+  const compactRate = prng.pick([0, 0, 0.02, 0.1]);
   const ticks = prng.intInclusive(100, 600);
   cluster.network.faults = { lossRate, delayTicksMax, duplicateRate };
   cluster.crashHook = () => prng.chance(readyCrashRate);
@@ -64,6 +66,10 @@ export function runSwarm(seed: number): SwarmResult {
         cluster.network.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
       }
       if (prng.chance(partitionRate * 2)) cluster.network.heal();
+      if (prng.chance(compactRate)) {
+        const id = prng.pick(cluster.ids);
+        cluster.compact(id, cluster.applied(id).length - prng.intInclusive(0, 5));
+      }
       if (prng.chance(transferRate)) {
         const leader = cluster.leader();
         if (leader !== undefined) cluster.transferLeadership(leader, prng.pick(cluster.ids));
@@ -75,5 +81,5 @@ export function runSwarm(seed: number): SwarmResult {
     const replay = `KV_SWARM_SEED=${seed} bun test test/raft-swarm.test.ts`;
     throw new Error(`swarm seed=${seed} failed: ${detail}\nreplay: ${replay}\n${cluster.describe()}`, { cause: error });
   }
-  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks };
+  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks, snapshotsInstalled: cluster.snapshotsInstalled };
 }

@@ -1,5 +1,5 @@
 import { assert } from "../lib/assert.ts";
-import { type Entry, emptyHardState, type HardState, type NodeId } from "../raft/types.ts";
+import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { planApply, resultFor } from "./apply-plan.ts";
 import type { ApplyResult, KvStorage, StoredValue } from "./kv-storage.ts";
 import { checkSave } from "./save-checks.ts";
@@ -71,6 +71,16 @@ export class MemoryKvStorage implements KvStorage {
   /** 1: the log is never compacted yet. */
   firstIndex(): number {
     return 1;
+  }
+
+  /** Never compacted yet: the empty snapshot at index 0. */
+  snapshot(): SnapshotMetadata {
+    return { index: 0, term: 0, voters: this.voters };
+  }
+
+  /** No state machine image can be streamed yet (the log is never compacted, so none is needed). */
+  snapshotForSend(): SnapshotMetadata | undefined {
+    return undefined;
   }
 
   /** Index of the last saved entry, 0 when empty. */

@@ -2,7 +2,7 @@ import { Database, type Statement } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
-import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId } from "../raft/types.ts";
+import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyStep, planApply, resultFor } from "./apply-plan.ts";
 import { entryChecksum, hardStateChecksum } from "./entry-checksum.ts";
 import { type ApplyResult, type KvStorage, StorageError, type StoredValue } from "./kv-storage.ts";
@@ -282,6 +282,16 @@ export class SqliteStorage implements KvStorage {
   /** 1: the log is never compacted yet. */
   firstIndex(): number {
     return 1;
+  }
+
+  /** Never compacted yet: the empty snapshot at index 0. */
+  snapshot(): SnapshotMetadata {
+    return { index: 0, term: 0, voters: this.initialState().voters };
+  }
+
+  /** No state machine image can be streamed yet (the log is never compacted, so none is needed). */
+  snapshotForSend(): SnapshotMetadata | undefined {
+    return undefined;
   }
 
   /** Index of the last saved entry, 0 when the log is empty. */

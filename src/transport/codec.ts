@@ -81,6 +81,19 @@ export function toProto(message: Message): RaftMessage {
       });
     case "timeout-now":
       return create(RaftMessageSchema, { ...header, body: { case: "timeoutNow", value: {} } });
+    case "snapshot":
+      return create(RaftMessageSchema, {
+        ...header,
+        body: {
+          case: "installSnapshot",
+          value: {
+            index: u64(message.snapshot.index),
+            term: u64(message.snapshot.term),
+            voters: [...message.snapshot.voters],
+            imageId: message.imageId,
+          },
+        },
+      });
     case "append":
       return create(RaftMessageSchema, {
         ...header,
@@ -183,6 +196,15 @@ export function fromProto(proto: RaftMessage, limits: DecodeLimits = defaultDeco
     }
     case "timeoutNow":
       return { type: "timeout-now", ...header };
+    case "installSnapshot": {
+      const index = count(body.value.index, "installSnapshot.index");
+      const snapshotTerm = count(body.value.term, "installSnapshot.term");
+      if (snapshotTerm > term) throw new TransportDecodeError(`installSnapshot.term ${snapshotTerm} beyond term ${term}`);
+      const voters = body.value.voters.map((voter) => nodeId(voter, "installSnapshot.voters"));
+      if (voters.length === 0 || voters.length > 64) throw new TransportDecodeError(`installSnapshot has ${voters.length} voters`);
+      const imageId = text(body.value.imageId, "installSnapshot.imageId", limits.readContextLengthMax);
+      return { type: "snapshot", ...header, snapshot: { index, term: snapshotTerm, voters }, imageId };
+    }
     case "append": {
       const prevLogIndex = count(body.value.prevLogIndex, "append.prevLogIndex");
       const prevLogTerm = count(body.value.prevLogTerm, "append.prevLogTerm");

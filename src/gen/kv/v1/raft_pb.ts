@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kv/v1/raft.proto.
  */
 export const file_kv_v1_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSJ/CgtTZW5kUmVxdWVzdBIMCgRmcm9tGAEgASgNEhUKDWZyb21faHR0cF91cmwYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5rdi52MS5SYWZ0TWVzc2FnZUoECAQQBUoECAUQBlIKY2x1c3Rlcl9pZFINY2x1c3Rlcl90b2tlbiIOCgxTZW5kUmVzcG9uc2UioQQKC1JhZnRNZXNzYWdlEgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIiCgR2b3RlGAogASgLMhIua3YudjEuVm90ZVJlcXVlc3RIABIsCg12b3RlX3Jlc3BvbnNlGAsgASgLMhMua3YudjEuVm90ZVJlc3BvbnNlSAASJgoGYXBwZW5kGAwgASgLMhQua3YudjEuQXBwZW5kUmVxdWVzdEgAEjAKD2FwcGVuZF9yZXNwb25zZRgNIAEoCzIVLmt2LnYxLkFwcGVuZFJlc3BvbnNlSAASLAoJaGVhcnRiZWF0GA4gASgLMhcua3YudjEuSGVhcnRiZWF0UmVxdWVzdEgAEjYKEmhlYXJ0YmVhdF9yZXNwb25zZRgPIAEoCzIYLmt2LnYxLkhlYXJ0YmVhdFJlc3BvbnNlSAASLQoKcmVhZF9pbmRleBgQIAEoCzIXLmt2LnYxLlJlYWRJbmRleFJlcXVlc3RIABI3ChNyZWFkX2luZGV4X3Jlc3BvbnNlGBEgASgLMhgua3YudjEuUmVhZEluZGV4UmVzcG9uc2VIABIvCgt0aW1lb3V0X25vdxgUIAEoCzIYLmt2LnYxLlRpbWVvdXROb3dSZXF1ZXN0SABCBgoEYm9keUoECBIQE0oECBMQFFIQaW5zdGFsbF9zbmFwc2hvdFIZaW5zdGFsbF9zbmFwc2hvdF9yZXNwb25zZSJgCgtWb3RlUmVxdWVzdBIWCg5sYXN0X2xvZ19pbmRleBgBIAEoBBIVCg1sYXN0X2xvZ190ZXJtGAIgASgEEhAKCHByZV92b3RlGAMgASgIEhAKCHRyYW5zZmVyGAQgASgIIjEKDFZvdGVSZXNwb25zZRIPCgdncmFudGVkGAEgASgIEhAKCHByZV92b3RlGAIgASgIIhMKEVRpbWVvdXROb3dSZXF1ZXN0Im0KDUFwcGVuZFJlcXVlc3QSFgoOcHJldl9sb2dfaW5kZXgYASABKAQSFQoNcHJldl9sb2dfdGVybRgCIAEoBBIdCgdlbnRyaWVzGAMgAygLMgwua3YudjEuRW50cnkSDgoGY29tbWl0GAQgASgEIlcKDkFwcGVuZFJlc3BvbnNlEg8KB3N1Y2Nlc3MYASABKAgSDQoFaW5kZXgYAiABKAQSEgoKaGludF9pbmRleBgDIAEoBBIRCgloaW50X3Rlcm0YBCABKAQiOAoQSGVhcnRiZWF0UmVxdWVzdBIOCgZjb21taXQYASABKAQSFAoMcmVhZF9jb250ZXh0GAIgASgJIikKEUhlYXJ0YmVhdFJlc3BvbnNlEhQKDHJlYWRfY29udGV4dBgBIAEoCSIoChBSZWFkSW5kZXhSZXF1ZXN0EhQKDHJlYWRfY29udGV4dBgBIAEoCSJKChFSZWFkSW5kZXhSZXNwb25zZRIUCgxyZWFkX2NvbnRleHQYASABKAkSDQoFaW5kZXgYAiABKAQSEAoIcmVqZWN0ZWQYAyABKAgiUgoFRW50cnkSDAoEdGVybRgBIAEoBBINCgVpbmRleBgCIAEoBBIeCgR0eXBlGAMgASgOMhAua3YudjEuRW50cnlUeXBlEgwKBGRhdGEYBCABKAwqPgoJRW50cnlUeXBlEhoKFkVOVFJZX1RZUEVfVU5TUEVDSUZJRUQQABIVChFFTlRSWV9UWVBFX05PUk1BTBABMkAKC1JhZnRTZXJ2aWNlEjEKBFNlbmQSEi5rdi52MS5TZW5kUmVxdWVzdBoTLmt2LnYxLlNlbmRSZXNwb25zZSIAYgZwcm90bzM");
+  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSJ/CgtTZW5kUmVxdWVzdBIMCgRmcm9tGAEgASgNEhUKDWZyb21faHR0cF91cmwYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5rdi52MS5SYWZ0TWVzc2FnZUoECAQQBUoECAUQBlIKY2x1c3Rlcl9pZFINY2x1c3Rlcl90b2tlbiIOCgxTZW5kUmVzcG9uc2UiqQQKC1JhZnRNZXNzYWdlEgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIiCgR2b3RlGAogASgLMhIua3YudjEuVm90ZVJlcXVlc3RIABIsCg12b3RlX3Jlc3BvbnNlGAsgASgLMhMua3YudjEuVm90ZVJlc3BvbnNlSAASJgoGYXBwZW5kGAwgASgLMhQua3YudjEuQXBwZW5kUmVxdWVzdEgAEjAKD2FwcGVuZF9yZXNwb25zZRgNIAEoCzIVLmt2LnYxLkFwcGVuZFJlc3BvbnNlSAASLAoJaGVhcnRiZWF0GA4gASgLMhcua3YudjEuSGVhcnRiZWF0UmVxdWVzdEgAEjYKEmhlYXJ0YmVhdF9yZXNwb25zZRgPIAEoCzIYLmt2LnYxLkhlYXJ0YmVhdFJlc3BvbnNlSAASLQoKcmVhZF9pbmRleBgQIAEoCzIXLmt2LnYxLlJlYWRJbmRleFJlcXVlc3RIABI3ChNyZWFkX2luZGV4X3Jlc3BvbnNlGBEgASgLMhgua3YudjEuUmVhZEluZGV4UmVzcG9uc2VIABI5ChBpbnN0YWxsX3NuYXBzaG90GBIgASgLMh0ua3YudjEuSW5zdGFsbFNuYXBzaG90UmVxdWVzdEgAEi8KC3RpbWVvdXRfbm93GBQgASgLMhgua3YudjEuVGltZW91dE5vd1JlcXVlc3RIAEIGCgRib2R5SgQIExAUImAKC1ZvdGVSZXF1ZXN0EhYKDmxhc3RfbG9nX2luZGV4GAEgASgEEhUKDWxhc3RfbG9nX3Rlcm0YAiABKAQSEAoIcHJlX3ZvdGUYAyABKAgSEAoIdHJhbnNmZXIYBCABKAgiMQoMVm90ZVJlc3BvbnNlEg8KB2dyYW50ZWQYASABKAgSEAoIcHJlX3ZvdGUYAiABKAgiVwoWSW5zdGFsbFNuYXBzaG90UmVxdWVzdBINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEg4KBnZvdGVycxgDIAMoDRIQCghpbWFnZV9pZBgEIAEoCSITChFUaW1lb3V0Tm93UmVxdWVzdCJtCg1BcHBlbmRSZXF1ZXN0EhYKDnByZXZfbG9nX2luZGV4GAEgASgEEhUKDXByZXZfbG9nX3Rlcm0YAiABKAQSHQoHZW50cmllcxgDIAMoCzIMLmt2LnYxLkVudHJ5Eg4KBmNvbW1pdBgEIAEoBCJXCg5BcHBlbmRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIEg0KBWluZGV4GAIgASgEEhIKCmhpbnRfaW5kZXgYAyABKAQSEQoJaGludF90ZXJtGAQgASgEIjgKEEhlYXJ0YmVhdFJlcXVlc3QSDgoGY29tbWl0GAEgASgEEhQKDHJlYWRfY29udGV4dBgCIAEoCSIpChFIZWFydGJlYXRSZXNwb25zZRIUCgxyZWFkX2NvbnRleHQYASABKAkiKAoQUmVhZEluZGV4UmVxdWVzdBIUCgxyZWFkX2NvbnRleHQYASABKAkiSgoRUmVhZEluZGV4UmVzcG9uc2USFAoMcmVhZF9jb250ZXh0GAEgASgJEg0KBWluZGV4GAIgASgEEhAKCHJlamVjdGVkGAMgASgIIlIKBUVudHJ5EgwKBHRlcm0YASABKAQSDQoFaW5kZXgYAiABKAQSHgoEdHlwZRgDIAEoDjIQLmt2LnYxLkVudHJ5VHlwZRIMCgRkYXRhGAQgASgMKj4KCUVudHJ5VHlwZRIaChZFTlRSWV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRU5UUllfVFlQRV9OT1JNQUwQATJACgtSYWZ0U2VydmljZRIxCgRTZW5kEhIua3YudjEuU2VuZFJlcXVlc3QaEy5rdi52MS5TZW5kUmVzcG9uc2UiAGIGcHJvdG8z");
 
 /**
  * SendRequest is every message one server produced for one peer in one Ready, in order.
@@ -153,9 +153,13 @@ export type RaftMessage = Message<"kv.v1.RaftMessage"> & {
     case: "readIndexResponse";
   } | {
     /**
-     * Held for later variants:
-     *   18: InstallSnapshotRequest install_snapshot (thesis §5.1)
-     *   19: InstallSnapshotResponse install_snapshot_response
+     * @generated from field: kv.v1.InstallSnapshotRequest install_snapshot = 18;
+     */
+    value: InstallSnapshotRequest;
+    case: "installSnapshot";
+  } | {
+    /**
+     * Held for a later variant: 19 (the answer to InstallSnapshot travels as an AppendResponse).
      *
      * @generated from field: kv.v1.TimeoutNowRequest timeout_now = 20;
      */
@@ -233,6 +237,41 @@ export const VoteResponseSchema: GenMessage<VoteResponse> = /*@__PURE__*/
   messageDesc(file_kv_v1_raft, 4);
 
 /**
+ * InstallSnapshotRequest is InstallSnapshot (thesis §5.1) once its image is staged on the receiver:
+ * the image itself travels in bounded chunks before it, and `image_id` names it.
+ *
+ * @generated from message kv.v1.InstallSnapshotRequest
+ */
+export type InstallSnapshotRequest = Message<"kv.v1.InstallSnapshotRequest"> & {
+  /**
+   * @generated from field: uint64 index = 1;
+   */
+  index: bigint;
+
+  /**
+   * @generated from field: uint64 term = 2;
+   */
+  term: bigint;
+
+  /**
+   * @generated from field: repeated uint32 voters = 3;
+   */
+  voters: number[];
+
+  /**
+   * @generated from field: string image_id = 4;
+   */
+  imageId: string;
+};
+
+/**
+ * Describes the message kv.v1.InstallSnapshotRequest.
+ * Use `create(InstallSnapshotRequestSchema)` to create a new message.
+ */
+export const InstallSnapshotRequestSchema: GenMessage<InstallSnapshotRequest> = /*@__PURE__*/
+  messageDesc(file_kv_v1_raft, 5);
+
+/**
  * TimeoutNowRequest tells a caught-up follower to campaign at once (leadership transfer, thesis §3.10).
  *
  * @generated from message kv.v1.TimeoutNowRequest
@@ -245,7 +284,7 @@ export type TimeoutNowRequest = Message<"kv.v1.TimeoutNowRequest"> & {
  * Use `create(TimeoutNowRequestSchema)` to create a new message.
  */
 export const TimeoutNowRequestSchema: GenMessage<TimeoutNowRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 5);
+  messageDesc(file_kv_v1_raft, 6);
 
 /**
  * AppendRequest is AppendEntries with entries (§5.3).
@@ -281,7 +320,7 @@ export type AppendRequest = Message<"kv.v1.AppendRequest"> & {
  * Use `create(AppendRequestSchema)` to create a new message.
  */
 export const AppendRequestSchema: GenMessage<AppendRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 6);
+  messageDesc(file_kv_v1_raft, 7);
 
 /**
  * AppendResponse answers an AppendRequest; see AppendResponse in src/raft/types.ts for the hint.
@@ -315,7 +354,7 @@ export type AppendResponse = Message<"kv.v1.AppendResponse"> & {
  * Use `create(AppendResponseSchema)` to create a new message.
  */
 export const AppendResponseSchema: GenMessage<AppendResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 7);
+  messageDesc(file_kv_v1_raft, 8);
 
 /**
  * HeartbeatRequest is an AppendEntries with no entries and no log check (etcd's MsgHeartbeat).
@@ -339,7 +378,7 @@ export type HeartbeatRequest = Message<"kv.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 8);
+  messageDesc(file_kv_v1_raft, 9);
 
 /**
  * HeartbeatResponse answers a HeartbeatRequest, echoing its read context.
@@ -358,7 +397,7 @@ export type HeartbeatResponse = Message<"kv.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 9);
+  messageDesc(file_kv_v1_raft, 10);
 
 /**
  * ReadIndexRequest asks the leader for a read index (thesis §6.4).
@@ -377,7 +416,7 @@ export type ReadIndexRequest = Message<"kv.v1.ReadIndexRequest"> & {
  * Use `create(ReadIndexRequestSchema)` to create a new message.
  */
 export const ReadIndexRequestSchema: GenMessage<ReadIndexRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 10);
+  messageDesc(file_kv_v1_raft, 11);
 
 /**
  * ReadIndexResponse answers a ReadIndexRequest; index is 0 when rejected.
@@ -406,7 +445,7 @@ export type ReadIndexResponse = Message<"kv.v1.ReadIndexResponse"> & {
  * Use `create(ReadIndexResponseSchema)` to create a new message.
  */
 export const ReadIndexResponseSchema: GenMessage<ReadIndexResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 11);
+  messageDesc(file_kv_v1_raft, 12);
 
 /**
  * Entry is one log entry (§5.3).
@@ -440,7 +479,7 @@ export type Entry = Message<"kv.v1.Entry"> & {
  * Use `create(EntrySchema)` to create a new message.
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 12);
+  messageDesc(file_kv_v1_raft, 13);
 
 /**
  * EntryType says what an entry carries. Zero is never sent, so a missing type is detected.
