@@ -199,7 +199,7 @@ describe("KvNode over in-memory twins", () => {
     expect(((await write) as KvError).code).toBe("unavailable");
   });
 
-  test("a storage failure stops the node and reports it once; it answers unavailable after", async () => {
+  test("a storage failure stops the node and reports it once; a proposed write's outcome is unknown; then unavailable", async () => {
     const cluster = createCluster();
     await cluster.until(() => cluster.leader() !== undefined);
     const leader = cluster.leader()!;
@@ -209,7 +209,7 @@ describe("KvNode over in-memory twins", () => {
     };
     const write = leader.put("k", enc("v")).catch((e: unknown) => e);
     await cluster.settle();
-    expect(((await write) as KvError).code).toBe("unavailable");
+    expect(((await write) as KvError).code).toBe("timeout");
     expect(cluster.fatal.map((e) => e.message)).toEqual(["disk on fire"]);
     expect(() => leader.put("k", enc("v"))).toThrow("the node stopped: disk on fire");
   });

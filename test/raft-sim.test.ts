@@ -443,3 +443,80 @@ describe("snapshots and log compaction (thesis §5.1)", () => {
     });
   });
 });
+
+describe("membership changes, one server at a time (thesis §4.1)", () => {
+  const change = (cluster: SimCluster, leader: NodeId, type: "add-learner" | "promote" | "remove", nodeId: NodeId) => {
+    const index = cluster.proposeConfChange(leader, { type, nodeId });
+    expect(index).toBeDefined();
+    expect(cluster.tickUntil(() => cluster.appliedEntry(index!) !== undefined && cluster.raw(leader)!.raft.log.applied >= index!, electionWindow)).toBe(true);
+    return index!;
+  };
+
+  test("a new server joins as a learner that replicates without voting, then is promoted and counts", () => {
+    withSeed(28, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      cluster.one(enc("before"), 3);
+      const added = cluster.addServer(leader)!;
+      expect(cluster.tickUntil(() => cluster.raw(leader)!.raft.learners.includes(added), electionWindow)).toBe(true);
+      const index = cluster.one(enc("to-learner"), 4);
+      expect(cluster.applied(added).length).toBeGreaterThanOrEqual(index);
+      expect(cluster.raw(leader)!.raft.voters).toEqual([1, 2, 3]);
+      // A second change waits for the first to apply: refused while one is pending.
+      cluster.proposeConfChange(leader, { type: "promote", nodeId: added });
+      expect(cluster.proposeConfChange(leader, { type: "remove", nodeId: 2 })).toBeUndefined();
+      expect(cluster.tickUntil(() => cluster.raw(leader)!.raft.voters.includes(added), electionWindow)).toBe(true);
+      // Four voters need three: with one old voter down, nothing commits without the new voter.
+      const others = cluster.ids.filter((id) => id !== leader && id !== added);
+      cluster.crash(others[0]!);
+      cluster.disconnect(added);
+      const stuck = cluster.propose(leader, enc("needs-new-voter"))!;
+      cluster.runTicks(electionTicks);
+      expect(cluster.appliedEntry(stuck)).toBeUndefined();
+      cluster.network.heal();
+      cluster.one(enc("with-new-voter"), 3, 20 * electionWindow);
+      expect(cluster.applied(added).some((e) => new TextDecoder().decode(e.data) === "with-new-voter")).toBe(true);
+      cluster.restart(others[0]!);
+      cluster.healAndConverge(50 * electionWindow);
+    });
+  });
+
+  test("removing a follower shrinks the quorum; removing the leader makes it step down and the rest elect", () => {
+    withSeed(29, (cluster) => {
+      let leader = expectOneLeader(cluster);
+      cluster.one(enc("five"), 5);
+      const follower = cluster.ids.find((id) => id !== leader)!;
+      change(cluster, leader, "remove", follower);
+      cluster.crash(follower);
+      expect(cluster.raw(leader)!.raft.voters).not.toContain(follower);
+      change(cluster, leader, "remove", leader);
+      expect(cluster.raw(leader)!.raft.role).not.toBe("leader");
+      const old = leader;
+      cluster.crash(old);
+      const rest = cluster.ids.filter((id) => id !== old && id !== follower);
+      leader = expectOneLeader(cluster, rest);
+      cluster.one(enc("three-left"), 3);
+      expect(cluster.raw(leader)!.raft.voters).toEqual(rest);
+      cluster.healAndConverge(50 * electionWindow);
+    }, 5);
+  });
+
+  test("adds and removes under message loss and reordering keep every safety property", () => {
+    withSeed(30, (cluster) => {
+      cluster.network.faults = { lossRate: 0.15, delayTicksMax: 3, duplicateRate: 0.05 };
+      const prng = createPrng(30);
+      for (let round = 0; round < 40; round++) {
+        const leader = cluster.leader();
+        if (leader !== undefined) {
+          const config = cluster.config();
+          if (round % 3 === 0) cluster.addServer(leader);
+          else if (round % 3 === 1 && config.learners.length > 0) cluster.proposeConfChange(leader, { type: "promote", nodeId: prng.pick(config.learners) });
+          else if (config.voters.length > 3) cluster.proposeConfChange(leader, { type: "remove", nodeId: prng.pick(config.voters) });
+          cluster.propose(leader);
+        }
+        cluster.runTicks(prng.intInclusive(1, 2 * electionTicks));
+      }
+      cluster.healAndConverge(100 * electionWindow);
+      expect(cluster.confChangesProposed).toBeGreaterThan(10);
+    });
+  });
+});

@@ -13,12 +13,14 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
   let crashes = 0;
   let partitions = 0;
   let snapshots = 0;
+  let confChanges = 0;
   for (const seed of seeds) {
     const result = runSwarm(seed);
     acknowledged += result.acknowledged;
     crashes += result.crashes;
     partitions += result.partitions;
     snapshots += result.snapshotsInstalled;
+    confChanges += result.confChanges;
   }
   // The runs must really have exercised faults and made progress, or they prove nothing.
   expect(acknowledged).toBeGreaterThan(seeds.length);
@@ -26,5 +28,6 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
     expect(crashes).toBeGreaterThan(seeds.length / 10);
     expect(partitions).toBeGreaterThan(seeds.length / 10);
     expect(snapshots).toBeGreaterThan(seeds.length / 20);
+    expect(confChanges).toBeGreaterThan(seeds.length / 10);
   }
 }, 300_000);

@@ -435,7 +435,9 @@ export class KvNode implements KvNodeApi {
   private failAll(error: KvError): void {
     for (const write of this.queuedWrites) write.reject(error);
     this.queuedWrites = [];
-    for (const write of this.pendingWrites.values()) write.reject(error);
+    // Proposed writes may still commit elsewhere: their outcome is unknown, which `timeout` says.
+    const unknown = new KvError("timeout", `${error.message}; a write already proposed may still commit`);
+    for (const write of this.pendingWrites.values()) write.reject(unknown);
     this.pendingWrites.clear();
     for (const read of this.queuedReads) read.reject(error);
     this.queuedReads = [];

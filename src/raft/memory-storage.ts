@@ -1,6 +1,6 @@
 import { assert } from "../lib/assert.ts";
 import type { RaftLogWriter, RaftStorage } from "./storage.ts";
-import { emptyHardState, type Entry, type HardState, type NodeId, type SnapshotMetadata } from "./types.ts";
+import { emptyHardState, type ConfState, type Entry, type HardState, type NodeId, type SnapshotMetadata } from "./types.ts";
 
 /**
  * The in-memory twin of durable Raft storage, used by the simulator and unit tests.
@@ -15,12 +15,21 @@ export class MemoryStorage implements RaftStorage, RaftLogWriter {
   /** Answers `snapshotForSend`: the simulator knows what its state machine has applied. */
   snapshotSource: (() => SnapshotMetadata | undefined) | undefined;
 
-  constructor(private readonly voters: readonly NodeId[]) {
-    this.snapshotMeta = { index: 0, term: 0, voters };
+  /** The configuration as of what the state machine applied (kept with it, as the node's storage does). */
+  private conf: ConfState;
+
+  constructor(voters: readonly NodeId[], learners: readonly NodeId[] = []) {
+    this.conf = { voters, learners };
+    this.snapshotMeta = { index: 0, term: 0, voters, learners };
   }
 
-  initialState(): { hardState: HardState; voters: readonly NodeId[] } {
-    return { hardState: this.hardState, voters: this.voters };
+  initialState(): { hardState: HardState; voters: readonly NodeId[]; learners: readonly NodeId[] } {
+    return { hardState: this.hardState, voters: this.conf.voters, learners: this.conf.learners };
+  }
+
+  /** Records the configuration a membership change produced, as the apply that made it. */
+  setConfState(conf: ConfState): void {
+    this.conf = conf;
   }
 
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
@@ -78,18 +87,19 @@ export class MemoryStorage implements RaftStorage, RaftLogWriter {
     assert(index <= this.lastIndex(), `compact(${index}) beyond last index ${this.lastIndex()}`);
     const term = this.term(index);
     this.log = this.log.slice(index - this.snapshotMeta.index);
-    this.snapshotMeta = { index, term, voters: this.voters };
+    this.snapshotMeta = { index, term, voters: this.conf.voters, learners: this.conf.learners };
   }
 
   /** Installs a received snapshot: the whole log is replaced by its position. */
   installSnapshot(metadata: SnapshotMetadata): void {
     this.snapshotMeta = metadata;
+    this.conf = { voters: metadata.voters, learners: metadata.learners ?? [] };
     this.log = [];
   }
 
   /** A copy holding exactly what was persisted: the state a node restarts from after a crash. */
   clone(): MemoryStorage {
-    const copy = new MemoryStorage(this.voters);
+    const copy = new MemoryStorage(this.conf.voters, this.conf.learners);
     copy.hardState = this.hardState;
     copy.snapshotMeta = this.snapshotMeta;
     copy.log = this.log.slice();

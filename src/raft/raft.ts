@@ -7,6 +7,8 @@ import {
   EntryType,
   ProposalRefusedError,
   type AppendRequest,
+  type ConfChange,
+  type ConfState,
   type AppendResponse,
   type Entry,
   type HardState,
@@ -84,8 +86,11 @@ export class Raft {
   /** Leader: the voter leadership is being handed to, or 0. Proposals are refused meanwhile. */
   leadTransferee: NodeId = 0;
   readonly log: RaftLog;
-  readonly voters: readonly NodeId[];
-  /** Leader only: one entry per voter, self included. */
+  voters: readonly NodeId[];
+  learners: readonly NodeId[];
+  /** Leader: the index of the last membership change appended; another waits until it is applied. */
+  private pendingConfIndex = 0;
+  /** Leader only: one entry per member (voters and learners), self included. */
   private progress = new Map<NodeId, Progress>();
   /** Candidate only: votes received this term. */
   private votes = new Map<NodeId, boolean>();
@@ -109,9 +114,9 @@ export class Raft {
     assert(cfg.heartbeatTicks >= 1 && cfg.electionTicks > cfg.heartbeatTicks, "need electionTicks > heartbeatTicks >= 1");
     this.cfg = cfg;
     this.id = cfg.id;
-    const { hardState, voters } = cfg.storage.initialState();
-    assert(voters.includes(cfg.id), `node ${cfg.id} is not among the voters ${voters.join(",")}`);
+    const { hardState, voters, learners } = cfg.storage.initialState();
     this.voters = voters.slice().sort((a, b) => a - b);
+    this.learners = (learners ?? []).filter((id) => !voters.includes(id)).sort((a, b) => a - b);
     this.log = new RaftLog(cfg.storage, hardState.commit, cfg.applied);
     this.term = hardState.term;
     this.vote = hardState.vote;
@@ -128,6 +133,20 @@ export class Raft {
 
   private quorum(): number {
     return Math.floor(this.voters.length / 2) + 1;
+  }
+
+  isVoter(id: NodeId): boolean {
+    return this.voters.includes(id);
+  }
+
+  /** Voters and learners: everyone a leader replicates to. */
+  members(): NodeId[] {
+    return [...this.voters, ...this.learners];
+  }
+
+  /** Leader: how far `id` has replicated (for promoting a caught-up learner), or undefined. */
+  matchIndexOf(id: NodeId): number | undefined {
+    return this.progress.get(id)?.matchIndex;
   }
 
   // ---- Role changes -------------------------------------------------------------------------
@@ -175,9 +194,11 @@ export class Raft {
     this.role = "leader";
     this.leaderId = this.id;
     const lastIndex = this.log.lastIndex();
-    for (const voter of this.voters) {
-      this.progress.set(voter, new Progress(lastIndex + 1, this.cfg.inflightMessagesMax));
+    for (const member of this.members()) {
+      this.progress.set(member, new Progress(lastIndex + 1, this.cfg.inflightMessagesMax));
     }
+    // A change may sit uncommitted in the log we inherit: allow no other until all of it is applied.
+    this.pendingConfIndex = lastIndex;
     // A no-op of the new term lets the leader commit, and so learn, everything committed before it (§5.4.2, §6.4).
     this.appendEntries([new Uint8Array(0)]);
   }
@@ -207,23 +228,23 @@ export class Raft {
     this.electionElapsedTicks++;
     if (this.electionElapsedTicks >= this.electionTimeoutTicks) {
       this.electionElapsedTicks = 0;
-      this.campaign();
+      if (this.isVoter(this.id)) this.campaign(); // learners and joining servers never campaign
     }
   }
 
   /** Did a quorum of voters answer since the last check? Resets the marks for the next round. */
   private quorumActive(): boolean {
     let active = 0;
-    for (const [voter, progress] of this.progress) {
-      if (voter === this.id || progress.recentActive) active++;
-      if (voter !== this.id) progress.recentActive = false;
+    for (const [member, progress] of this.progress) {
+      if (this.isVoter(member) && (member === this.id || progress.recentActive)) active++;
+      if (member !== this.id) progress.recentActive = false;
     }
     return active >= this.quorum();
   }
 
   /** Starts an election now (§5.2), first as a pre-vote rehearsal when configured. */
   campaign(): void {
-    if (this.role === "leader") return;
+    if (this.role === "leader" || !this.isVoter(this.id)) return;
     if (this.cfg.preVote) this.startElection("pre-vote", false);
     else this.startElection("vote", false);
   }
@@ -249,9 +270,9 @@ export class Raft {
   /** Leader: the other voter with the highest match index (the cheapest to hand over to). */
   mostCaughtUpFollower(): NodeId | undefined {
     let best: { id: NodeId; match: number } | undefined;
-    for (const [voter, progress] of this.progress) {
-      if (voter === this.id) continue;
-      if (best === undefined || progress.matchIndex > best.match) best = { id: voter, match: progress.matchIndex };
+    for (const [member, progress] of this.progress) {
+      if (member === this.id || !this.isVoter(member)) continue;
+      if (best === undefined || progress.matchIndex > best.match) best = { id: member, match: progress.matchIndex };
     }
     return best?.id;
   }
@@ -271,6 +292,63 @@ export class Raft {
   }
 
   // ---- Client requests ----------------------------------------------------------------------
+
+  /**
+   * Appends a membership change (thesis §4.1: one server at a time) encoded by the driver as `data`.
+   * Refused while an earlier change is not yet applied. Returns its index.
+   */
+  proposeConfChange(data: Uint8Array): number {
+    if (this.role !== "leader") {
+      throw new ProposalRefusedError(this.leaderId === 0 ? "no_leader" : "not_leader", this.leaderId);
+    }
+    if (this.leadTransferee !== 0) throw new ProposalRefusedError("leader_transfer", this.leaderId);
+    if (this.pendingConfIndex > this.log.applied) throw new ProposalRefusedError("conf_change_pending", this.leaderId);
+    const index = this.appendEntries([data], EntryType.ConfChange);
+    this.pendingConfIndex = index;
+    this.broadcastAppend();
+    return index;
+  }
+
+  /**
+   * The driver applied a committed membership change: from now on it is the configuration. A leader
+   * that removed itself steps down; a quorum that shrank may commit more at once.
+   */
+  applyConfChange(change: ConfChange): ConfState {
+    const id = change.nodeId;
+    const voters = new Set(this.voters);
+    const learners = new Set(this.learners);
+    switch (change.type) {
+      case "add-learner":
+        if (!voters.has(id)) learners.add(id);
+        break;
+      case "promote":
+        learners.delete(id);
+        voters.add(id);
+        break;
+      case "remove":
+        voters.delete(id);
+        learners.delete(id);
+        break;
+      default:
+        unreachable(change.type);
+    }
+    this.voters = [...voters].sort((a, b) => a - b);
+    this.learners = [...learners].sort((a, b) => a - b);
+    if (this.role === "leader") {
+      if (!voters.has(this.id)) {
+        this.becomeFollower(this.term, 0);
+      } else {
+        for (const member of this.members()) {
+          if (!this.progress.has(member)) this.progress.set(member, new Progress(this.log.lastIndex() + 1, this.cfg.inflightMessagesMax));
+        }
+        for (const member of [...this.progress.keys()]) if (!voters.has(member) && !learners.has(member)) this.progress.delete(member);
+        if (this.leadTransferee !== 0 && !voters.has(this.leadTransferee)) this.leadTransferee = 0;
+        if (this.maybeCommit()) this.broadcastAppend(true);
+        else this.broadcastAppend();
+      }
+    }
+    return { voters: this.voters, learners: this.learners };
+  }
 
   /**
    * Appends one entry per element of `data` to the leader's log and starts replicating them.
@@ -359,7 +437,10 @@ export class Raft {
 
   /** Feeds one message from a peer into the core. Bad or stale input is ignored, never trusted. */
   step(m: Message): void {
-    if (m.to !== this.id || !this.voters.includes(m.from) || m.from === this.id) return;
+    // Messages from servers outside our configuration are accepted: a joining server hears from a
+    // leader it does not know yet. Answers from non-members find no progress and are dropped, and
+    // only voters' votes count.
+    if (m.to !== this.id || m.from === this.id || m.from < 1) return;
     if (m.term > this.term) {
       if ((m.type === "vote" || m.type === "pre-vote") && !m.transfer && this.inLeaderLease()) {
         // We heard from a leader within the minimum election timeout: a higher-term campaign is a
@@ -438,7 +519,7 @@ export class Raft {
   }
 
   private handleVoteResponse(m: VoteResponse): void {
-    if (this.role !== "candidate") return;
+    if (this.role !== "candidate" || !this.isVoter(m.from)) return;
     if ((m.type === "pre-vote-response") !== this.preCandidate) return; // an answer to an earlier phase
     if (this.preCandidate && m.granted && m.term !== this.term + 1) return;
     if (!this.votes.has(m.from)) this.votes.set(m.from, m.granted);
@@ -462,7 +543,7 @@ export class Raft {
 
   /** Our leader handed over to us: campaign now, skipping the pre-vote, with voters' leases set aside. */
   private handleTimeoutNow(): void {
-    if (this.role === "leader") return;
+    if (this.role === "leader" || !this.isVoter(this.id)) return;
     this.startElection("vote", true);
   }
 
@@ -541,6 +622,9 @@ export class Raft {
       this.send({ ...reply, success: true, index });
     } else {
       this.log.restore({ metadata: m.snapshot, imageId: m.imageId });
+      // The snapshot carries the configuration as of its index: it replaces ours.
+      this.voters = m.snapshot.voters.slice().sort((a, b) => a - b);
+      this.learners = (m.snapshot.learners ?? []).filter((id) => !this.voters.includes(id)).sort((a, b) => a - b);
       this.send({ ...reply, success: true, index });
     }
   }
@@ -570,6 +654,7 @@ export class Raft {
     const position = this.pendingReads.findIndex((read) => read.readContext === m.readContext);
     if (position < 0) return;
     const read = this.pendingReads[position] as PendingRead;
+    if (!this.isVoter(m.from)) return; // a learner's answer confirms nothing
     read.acks.add(m.from);
     if (read.acks.size < this.quorum()) return;
     // An ack for this context confirms leadership for it and every read queued before it.
@@ -595,12 +680,12 @@ export class Raft {
 
   // ---- Leader replication -------------------------------------------------------------------
 
-  private appendEntries(data: readonly Uint8Array[]): number {
+  private appendEntries(data: readonly Uint8Array[], type = EntryType.Normal): number {
     const firstIndex = this.log.lastIndex() + 1;
     const entries: Entry[] = data.map((bytes, i) => ({
       term: this.term,
       index: firstIndex + i,
-      type: EntryType.Normal,
+      type,
       data: bytes,
     }));
     this.log.append(entries);
@@ -613,7 +698,7 @@ export class Raft {
 
   /** Commits the highest index a quorum holds, if it is of the current term (§5.4.2). */
   private maybeCommit(): boolean {
-    const matched = this.voters.map((voter) => (this.progress.get(voter) as Progress).matchIndex).sort((a, b) => b - a);
+    const matched = this.voters.map((voter) => this.progress.get(voter)?.matchIndex ?? 0).sort((a, b) => b - a);
     const quorumIndex = matched[this.quorum() - 1] as number;
     const committed = this.log.maybeCommit(quorumIndex, this.term);
     if (committed && this.readsBeforeTermCommit.length > 0 && this.log.term(this.log.committed) === this.term) {
@@ -650,6 +735,7 @@ export class Raft {
   }
 
   private broadcastHeartbeat(readContext: string): void {
+    // Learners get heartbeats too (they keep following), but only voters' answers confirm reads.
     for (const [voter, progress] of this.progress) {
       if (voter === this.id) continue;
       const commit = Math.min(progress.matchIndex, this.log.committed);

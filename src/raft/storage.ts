@@ -6,8 +6,12 @@ import type { Entry, HardState, NodeId, SnapshotMetadata } from "./types.ts";
  * bun:sqlite makes cheap; an implementation keeps what it returns consistent with what it persisted.
  */
 export interface RaftStorage {
-  /** Term, vote and commit as last persisted, and the voters of the cluster. */
-  initialState(): { hardState: HardState; voters: readonly NodeId[] };
+  /**
+   * Term, vote and commit as last persisted, and the configuration as of the applied index (the
+   * state machine keeps it). A server that is joining starts with no voters at all and learns the
+   * configuration from its leader's snapshot.
+   */
+  initialState(): { hardState: HardState; voters: readonly NodeId[]; learners?: readonly NodeId[] };
   /** Entries in [lo, hi), lo >= firstIndex(), hi <= lastIndex() + 1. At least one entry when lo < hi even past `maxBytes`. */
   entries(lo: number, hi: number, maxBytes: number): Entry[];
   /** Term of the entry at `index`, for firstIndex()-1 <= index <= lastIndex(); term(0) is 0. */

@@ -9,6 +9,24 @@ export type NodeId = number;
 /** What a log entry carries. A leader's no-op on taking office is a `normal` entry with no data. */
 export enum EntryType {
   Normal = 0,
+  /** A membership change (thesis §4.1): data is the driver's encoding of a ConfChange. */
+  ConfChange = 1,
+}
+
+/**
+ * One single-server membership change (thesis §4.1). A new server joins as a learner (it replicates
+ * but neither votes nor counts toward a quorum) and is promoted to voter once caught up.
+ * It takes effect when the driver applies its committed entry and calls `applyConfChange`.
+ */
+export interface ConfChange {
+  readonly type: "add-learner" | "promote" | "remove";
+  readonly nodeId: NodeId;
+}
+
+/** Who is in the cluster: voters decide, learners follow. */
+export interface ConfState {
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
 }
 
 /** One log entry (paper §5.3). `index` starts at 1; index 0 with term 0 is the empty log's sentinel. */
@@ -90,6 +108,8 @@ export interface SnapshotMetadata {
   readonly index: number;
   readonly term: number;
   readonly voters: readonly NodeId[];
+  /** Learners as of `index` (absent means none). */
+  readonly learners?: readonly NodeId[];
 }
 
 export const emptySnapshot: SnapshotMetadata = { index: 0, term: 0, voters: [] };
@@ -205,7 +225,7 @@ export interface Ready {
 export class ProposalRefusedError extends Error {
   override name = "ProposalRefusedError";
   constructor(
-    readonly reason: "not_leader" | "no_leader" | "too_many_uncommitted" | "leader_transfer",
+    readonly reason: "not_leader" | "no_leader" | "too_many_uncommitted" | "leader_transfer" | "conf_change_pending",
     readonly leaderId: NodeId,
   ) {
     super(`proposal refused: ${reason}`);

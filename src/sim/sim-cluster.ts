@@ -3,7 +3,17 @@ import { createPrng, type Prng } from "../lib/prng.ts";
 import { MemoryStorage } from "../raft/memory-storage.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { ProposalRefusedError, type Entry, type Message, type NodeId, type ReadFailure, type ReadState } from "../raft/types.ts";
+import {
+  EntryType,
+  ProposalRefusedError,
+  type ConfChange,
+  type ConfState,
+  type Entry,
+  type Message,
+  type NodeId,
+  type ReadFailure,
+  type ReadState,
+} from "../raft/types.ts";
 import { SimNetwork } from "./sim-network.ts";
 
 /** A broken Raft guarantee found by the simulator's checkers. */
@@ -31,6 +41,8 @@ interface SimNode {
   storage: MemoryStorage;
   /** The state machine: applied entries in order (durable, applied in the same step as the index). */
   applied: Entry[];
+  /** The configuration as of `applied` (durable with it). */
+  config: ConfState;
   /** The running process, or undefined while crashed. */
   raw: RawNode | undefined;
   readStates: ReadState[];
@@ -73,6 +85,10 @@ export class SimCluster {
   private imageSequence = 0;
   /** Snapshots installed by followers: proof the path was exercised. */
   snapshotsInstalled = 0;
+  /** Servers whose removal some state machine applied: they are shut down at heal time. */
+  readonly removed = new Set<NodeId>();
+  /** Membership changes applied on some node, by kind: proof the path was exercised. */
+  confChangesProposed = 0;
 
   constructor(options: SimClusterOptions) {
     this.opts = {
@@ -87,18 +103,29 @@ export class SimCluster {
     this.prng = createPrng(options.seed);
     this.network = new SimNetwork(createPrng(options.seed ^ 0x5eed));
     this.ids = Array.from({ length: options.nodeCount }, (_, i) => i + 1);
-    for (const id of this.ids) {
-      const node: SimNode = { id, storage: new MemoryStorage(this.ids), applied: [], raw: undefined, readStates: [], readFailures: [] };
-      this.nodes.set(id, node);
-      this.start(node);
-    }
+    const initial: ConfState = { voters: this.ids.slice(), learners: [] };
+    for (const id of this.ids) this.createNode(id, initial);
+  }
+
+  private createNode(id: NodeId, config: ConfState): void {
+    const node: SimNode = {
+      id,
+      storage: new MemoryStorage(config.voters, config.learners),
+      applied: [],
+      config,
+      raw: undefined,
+      readStates: [],
+      readFailures: [],
+    };
+    this.nodes.set(id, node);
+    this.start(node);
   }
 
   private start(node: SimNode): void {
     node.storage.snapshotSource = () => {
       const index = node.applied.length;
       const term = node.raw?.raft.log.term(index);
-      return term === undefined ? undefined : { index, term, voters: this.ids };
+      return term === undefined ? undefined : { index, term, voters: node.config.voters, learners: node.config.learners };
     };
     node.raw = new RawNode({
       id: node.id,
@@ -205,7 +232,10 @@ export class SimCluster {
       if (raw === undefined || !raw.hasReady()) return;
       const ready = raw.ready();
       if (this.crashHook?.(id, "before-persist")) return this.crash(id);
-      if (ready.snapshot !== undefined) this.installSnapshot(node, ready.snapshot.metadata.index, ready.snapshot.imageId);
+      if (ready.snapshot !== undefined) {
+        this.installSnapshot(node, ready.snapshot.metadata.index, ready.snapshot.imageId);
+        node.config = { voters: ready.snapshot.metadata.voters, learners: ready.snapshot.metadata.learners ?? [] };
+      }
       if (ready.snapshot !== undefined) node.storage.installSnapshot(ready.snapshot.metadata);
       this.checkAppend(node, ready.entries);
       node.storage.save(ready.hardState, ready.entries, ready.mustSync);
@@ -269,6 +299,12 @@ export class SimCluster {
       );
     }
     node.applied.push(entry);
+    if (entry.type === EntryType.ConfChange) {
+      const change = JSON.parse(new TextDecoder().decode(entry.data)) as ConfChange;
+      node.config = (node.raw as RawNode).raft.applyConfChange(change);
+      node.storage.setConfState(node.config);
+      if (change.type === "remove") this.removed.add(change.nodeId);
+    }
     const waiting = this.pending.get(node.id);
     if (waiting === undefined) return;
     while (waiting.length > 0 && (waiting[0] as Proposal).index <= entry.index) {
@@ -351,6 +387,44 @@ export class SimCluster {
     }
   }
 
+  /**
+   * Starts a new, empty server that knows the configuration out of band (as `kv serve --join` learns
+   * it from the cluster), and asks the leader to add it as a learner. Returns its id.
+   */
+  addServer(leader: NodeId): NodeId | undefined {
+    const raw = this.node(leader).raw;
+    if (raw === undefined || raw.raft.role !== "leader") return undefined;
+    const id = Math.max(...this.ids) + 1;
+    this.ids.push(id);
+    this.createNode(id, { voters: raw.raft.voters, learners: raw.raft.learners });
+    this.proposeConfChange(leader, { type: "add-learner", nodeId: id });
+    return id;
+  }
+
+  /** Proposes a membership change at `id`; returns its index or undefined if refused. */
+  proposeConfChange(id: NodeId, change: ConfChange): number | undefined {
+    const raw = this.node(id).raw;
+    if (raw === undefined) return undefined;
+    try {
+      const index = raw.raft.proposeConfChange(new TextEncoder().encode(JSON.stringify(change)));
+      this.confChangesProposed++;
+      this.process(id);
+      return index;
+    } catch (error) {
+      if (error instanceof ProposalRefusedError) return undefined;
+      throw error;
+    }
+  }
+
+  /** The configuration as the highest-term leader (or else the most advanced node) applied it. */
+  config(): ConfState {
+    const leader = this.leader();
+    if (leader !== undefined) return this.node(leader).config;
+    let best: SimNode | undefined;
+    for (const node of this.nodes.values()) if (best === undefined || node.applied.length > best.applied.length) best = node;
+    return (best as SimNode).config;
+  }
+
   /** Asks node `id` (if it leads) to hand leadership to `target` (thesis §3.10). */
   transferLeadership(id: NodeId, target: NodeId): void {
     const raw = this.node(id).raw;
@@ -389,7 +463,7 @@ export class SimCluster {
   /** How many nodes have applied `data` at `index`; throws if they disagree (they must not). */
   appliedCount(index: number): number {
     let count = 0;
-    for (const node of this.nodes.values()) if (node.applied.length >= index) count++;
+    for (const node of this.nodes.values()) if (node.raw !== undefined && node.applied.length >= index) count++;
     return count;
   }
 
@@ -428,22 +502,32 @@ export class SimCluster {
     this.network.heal();
     this.network.faults = { lossRate: 0, delayTicksMax: 0, duplicateRate: 0 };
     this.crashHook = undefined;
-    for (const id of this.ids) this.restart(id);
+    // Removed servers are shut down, as an operator would; everyone else comes back.
+    for (const id of this.ids) {
+      if (this.removed.has(id)) this.crash(id);
+      else this.restart(id);
+    }
+    // A server whose addition never committed stays up but is no member: only members must converge.
+    const members = () => {
+      const config = this.config();
+      return [...config.voters, ...config.learners];
+    };
     // Liveness without new writes: a leader must bring every log up to its own and commit it all,
     // driven by heartbeats alone (a lost append must not wait for the next client write).
     const caughtUp = this.tickUntil(() => {
       const leader = this.leader();
       if (leader === undefined) return false;
       const last = (this.node(leader).raw as RawNode).raft.log.lastIndex();
-      return this.ids.every((id) => {
+      return members().every((id) => {
         const raft = this.node(id).raw?.raft;
         return raft !== undefined && raft.log.lastIndex() === last && raft.log.committed === last && this.node(id).applied.length === last;
       });
     }, ticksMax);
     if (!caughtUp) throw new SafetyViolation(`logs did not converge without new writes in ${ticksMax} ticks`);
-    this.one(this.nextCommand(), this.ids.length, ticksMax);
-    const reference = this.node(this.ids[0] as NodeId).applied;
-    for (const node of this.nodes.values()) {
+    const memberIds = members();
+    this.one(this.nextCommand(), memberIds.length, ticksMax);
+    const reference = this.node(memberIds[0] as NodeId).applied;
+    for (const node of memberIds.map((id) => this.node(id))) {
       const raft = (node.raw as RawNode).raft;
       if (node.applied.length !== reference.length) {
         const converged = this.tickUntil(() => node.applied.length === reference.length, ticksMax);
@@ -452,7 +536,7 @@ export class SimCluster {
       if (raft.log.lastIndex() < node.applied.length) throw new SafetyViolation(`node ${node.id} applied past its log`);
     }
     for (const proposal of this.acknowledged) {
-      for (const node of this.nodes.values()) {
+      for (const node of memberIds.map((id) => this.node(id))) {
         const entry = node.applied[proposal.index - 1];
         if (entry === undefined || entry.term !== proposal.term || !bytesEqual(entry.data, proposal.data)) {
           throw new SafetyViolation(`acknowledged write at ${proposal.index} lost on node ${node.id}`);

@@ -10,6 +10,7 @@ export interface SwarmResult {
   readonly partitions: number;
   readonly ticks: number;
   readonly snapshotsInstalled: number;
+  readonly confChanges: number;
 }
 
 /**
@@ -42,6 +43,7 @@ export function runSwarm(seed: number): SwarmResult {
   const proposeRate = prng.pick([0.1, 0.5, 1]);
   const transferRate = prng.pick([0, 0.005, 0.02]);
   const compactRate = prng.pick([0, 0, 0.02, 0.1]);
+  const membershipRate = prng.pick([0, 0, 0.01, 0.03]);
   const ticks = prng.intInclusive(100, 600);
   cluster.network.faults = { lossRate, delayTicksMax, duplicateRate };
   cluster.crashHook = () => prng.chance(readyCrashRate);
@@ -70,6 +72,20 @@ export function runSwarm(seed: number): SwarmResult {
         const id = prng.pick(cluster.ids);
         cluster.compact(id, cluster.applied(id).length - prng.intInclusive(0, 5));
       }
+      if (prng.chance(membershipRate)) {
+        const leader = cluster.leader();
+        if (leader !== undefined) {
+          const config = cluster.config();
+          const action = prng.pick(["add", "promote", "remove"] as const);
+          if (action === "add" && config.voters.length + config.learners.length < 7) {
+            cluster.addServer(leader);
+          } else if (action === "promote" && config.learners.length > 0) {
+            cluster.proposeConfChange(leader, { type: "promote", nodeId: prng.pick(config.learners) });
+          } else if (action === "remove" && config.voters.length > 3) {
+            cluster.proposeConfChange(leader, { type: "remove", nodeId: prng.pick([...config.voters, ...config.learners]) });
+          }
+        }
+      }
       if (prng.chance(transferRate)) {
         const leader = cluster.leader();
         if (leader !== undefined) cluster.transferLeadership(leader, prng.pick(cluster.ids));
@@ -81,5 +97,5 @@ export function runSwarm(seed: number): SwarmResult {
     const replay = `KV_SWARM_SEED=${seed} bun test test/raft-swarm.test.ts`;
     throw new Error(`swarm seed=${seed} failed: ${detail}\nreplay: ${replay}\n${cluster.describe()}`, { cause: error });
   }
-  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks, snapshotsInstalled: cluster.snapshotsInstalled };
+  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks, snapshotsInstalled: cluster.snapshotsInstalled, confChanges: cluster.confChangesProposed };
 }

@@ -69,6 +69,9 @@ function stepFor(file: string, entry: Entry): ApplyStep {
         });
       }
     }
+    case EntryType.ConfChange:
+      // Membership lives in the Raft core's configuration; the key-value state is untouched.
+      return { kind: "noop", index: entry.index };
     default:
       return unreachable(entry.type, "apply: unknown entry type");
   }

@@ -164,6 +164,8 @@ function entryTypeToProto(type: EntryType): ProtoEntryType {
   switch (type) {
     case EntryType.Normal:
       return ProtoEntryType.NORMAL;
+    case EntryType.ConfChange:
+      return ProtoEntryType.CONF_CHANGE;
     default:
       return unreachable(type);
   }
@@ -289,6 +291,8 @@ function entryTypeFromProto(type: ProtoEntryType, index: number): EntryType {
   switch (type) {
     case ProtoEntryType.NORMAL:
       return EntryType.Normal;
+    case ProtoEntryType.CONF_CHANGE:
+      return EntryType.ConfChange;
     case ProtoEntryType.UNSPECIFIED:
       throw new TransportDecodeError(`entry ${index} has no type`);
     default:
