@@ -1,4 +1,8 @@
-/** What a chaos client learned from one request: the outcome is unknown when the answer never came. */
+/**
+ * What a chaos client learned from one request. `fail` means it certainly did not take effect (a
+ * refusal before anything was proposed: 307 `not_leader`, 503 `no_leader`, 4xx); `unknown` means
+ * it may or may not have (no answer, a cut connection, 503 `timeout` or `unavailable`).
+ */
 export type Outcome =
   | { readonly kind: "ok"; readonly status: number; readonly body: Uint8Array; readonly version: number | undefined }
   | { readonly kind: "fail"; readonly status: number; readonly error: string; readonly location: string | undefined }
@@ -29,9 +33,19 @@ export async function request(
   } catch (error) {
     return { kind: "unknown", reason: `body cut: ${error instanceof Error ? error.message : String(error)}` };
   }
-  if (response.status === 200) {
-    const header = response.headers.get("x-kv-version");
-    let version = header === null ? undefined : Number(header);
+  return classifyResponse(method, response.status, (name) => response.headers.get(name), bytes);
+}
+
+/** Classifies a complete HTTP answer from a kv node (shared by `request` and the raw-socket client). */
+export function classifyResponse(
+  method: "GET" | "PUT" | "DELETE",
+  status: number,
+  header: (name: string) => string | null,
+  bytes: Uint8Array,
+): Outcome {
+  if (status === 200) {
+    const versionHeader = header("x-kv-version");
+    let version = versionHeader === null ? undefined : Number(versionHeader);
     if (version === undefined && method !== "GET") {
       try {
         version = (JSON.parse(new TextDecoder().decode(bytes)) as { version?: number }).version;
@@ -41,7 +55,7 @@ export async function request(
     }
     return { kind: "ok", status: 200, body: bytes, version };
   }
-  let error = `http_${response.status}`;
+  let error = `http_${status}`;
   try {
     error = (JSON.parse(new TextDecoder().decode(bytes)) as { error?: string }).error ?? error;
   } catch {
@@ -49,12 +63,41 @@ export async function request(
   }
   // A 503 "timeout" means the write was proposed and may still commit: its outcome is unknown.
   if (error === "timeout") return { kind: "unknown", reason: "timeout" };
-  if (response.status === 404 && method === "GET") return { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined };
-  return { kind: "fail", status: response.status, error, location: response.headers.get("location") ?? undefined };
+  // A 503 "unavailable" comes from a node shutting down, which fails every waiting request with it,
+  // including writes it had already proposed and that may still commit: unknown, not refused.
+  // A 500 is a bug on the node's side: nothing says what it did.
+  if (error === "unavailable" || (status >= 500 && error !== "no_leader")) {
+    return { kind: "unknown", reason: `${status} ${error}` };
+  }
+  if (status === 404 && method === "GET") return { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined };
+  return { kind: "fail", status, error, location: header("location") ?? undefined };
 }
 
 /** The text of a successful GET, or null when the key is absent. */
 export function readValue(outcome: Outcome): string | null | undefined {
   if (outcome.kind !== "ok") return undefined;
   return outcome.status === 404 ? null : new TextDecoder().decode(outcome.body);
+}
+
+/** A short description of an outcome for evidence lines: `ok "v1"`, `307 not_leader`, `unknown (timeout)`. */
+export function describeOutcome(outcome: Outcome): string {
+  switch (outcome.kind) {
+    case "ok": {
+      if (outcome.status === 404) return "ok: absent (404)";
+      return `ok: ${JSON.stringify(new TextDecoder().decode(outcome.body).slice(0, 80))}`;
+    }
+    case "fail":
+      return `refused: ${outcome.status} ${outcome.error}`;
+    case "unknown":
+      return `unknown (${outcome.reason})`;
+  }
+}
+
+/** How many of `outcomes` were acknowledged, refused and unknown. */
+export function tally(outcomes: readonly Outcome[]): { acknowledged: number; refused: number; unknown: number } {
+  return {
+    acknowledged: outcomes.filter((o) => o.kind === "ok").length,
+    refused: outcomes.filter((o) => o.kind === "fail").length,
+    unknown: outcomes.filter((o) => o.kind === "unknown").length,
+  };
 }

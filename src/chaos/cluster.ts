@@ -25,7 +25,8 @@ export interface ClusterNode {
   httpUrl: string;
   peerPort: number;
   pid: number | undefined;
-  state: "running" | "paused" | "dead";
+  /** `starting` until its "started" line names its ports: `httpUrl` is not yet valid then. */
+  state: "starting" | "running" | "paused" | "dead";
   readonly logFile: string;
   readonly dataDir: string;
 }
@@ -129,7 +130,7 @@ export class ChaosCluster {
     const proc = Bun.spawn(args, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
     this.processes.set(id, proc);
     node.pid = proc.pid;
-    node.state = "running";
+    node.state = "starting";
     const started = this.pipeLogs(proc, log);
     const timeoutMs = this.opts.startTimeoutMs ?? 15_000;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -144,6 +145,7 @@ export class ChaosCluster {
     ]).finally(() => clearTimeout(timer));
     node.httpUrl = info.httpUrl;
     node.peerPort = info.peerPort;
+    node.state = "running";
     for (const from of this.nodes) if (from.id !== id) this.links.get(`${from.id}>${id}`)?.setTarget(info.peerPort);
   }
 
@@ -203,12 +205,41 @@ export class ChaosCluster {
     node.state = "dead";
   }
 
-  /** SIGTERMs node `id` and waits for it to exit. */
-  async terminate(id: number): Promise<number | null> {
+  /**
+   * SIGKILLs every node in `ids` at the same instant (one synchronous loop of kill(2) calls, no await
+   * between them), then waits until every process is gone.
+   */
+  async killAll(ids: readonly number[] = this.nodes.map((n) => n.id)): Promise<void> {
+    for (const id of ids) {
+      const proc = this.processes.get(id);
+      if (proc === undefined) continue;
+      try {
+        process.kill(proc.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    await Promise.all(ids.map((id) => this.kill(id)));
+  }
+
+  /**
+   * SIGTERMs node `id` and waits for it to exit; a node still running after `timeoutMs` is SIGKILLed
+   * (the answer is then null: it did not shut down cleanly).
+   */
+  async terminate(id: number, timeoutMs = 15_000): Promise<number | null> {
     const proc = this.processes.get(id);
     if (proc === undefined) return null;
     process.kill(proc.pid, "SIGTERM");
-    const code = await proc.exited;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<null>((resolve) => {
+      timer = setTimeout(() => resolve(null), timeoutMs);
+    });
+    const exited = await Promise.race([proc.exited, timedOut]).finally(() => clearTimeout(timer));
+    if (exited === null) {
+      await this.kill(id);
+      return null;
+    }
+    const code = exited;
     this.processes.delete(id);
     const node = this.node(id);
     node.pid = undefined;

@@ -14,14 +14,20 @@ export interface TcpProxy {
   close(): void;
 }
 
-/** One side of a proxied connection: bytes it could not take yet wait in `backlog` until drain. */
+/**
+ * One side of a proxied connection: bytes it could not take yet wait in `backlog` until drain.
+ * Once `closed` (the link was cut or either side hung up) nothing more is forwarded either way, so
+ * no byte sent after a cut can cross it, not even one already in the proxy's hands.
+ */
 interface End {
   socket: Socket<End> | undefined;
   backlog: Uint8Array[];
   peer: End | undefined;
+  closed: boolean;
 }
 
 function writeTo(end: End, chunk: Uint8Array): void {
+  if (end.closed) return;
   if (end.socket === undefined || end.backlog.length > 0) {
     end.backlog.push(chunk.slice());
     return;
@@ -44,15 +50,19 @@ function flush(end: End): void {
   }
 }
 
-function closeBoth(end: End): void {
-  end.socket?.end();
-  end.peer?.socket?.end();
+/** Ends both sides. A cut (`discard`) also drops bytes still waiting in the proxy. */
+function closeBoth(end: End, discard = false): void {
+  for (const side of end.peer === undefined ? [end] : [end, end.peer]) {
+    side.closed = true;
+    if (discard) side.backlog = [];
+    side.socket?.end();
+  }
 }
 
 const handlers = {
   data(socket: Socket<End>, chunk: Uint8Array) {
     const peer = socket.data.peer;
-    if (peer !== undefined) writeTo(peer, chunk);
+    if (peer !== undefined && !socket.data.closed) writeTo(peer, chunk);
   },
   drain(socket: Socket<End>) {
     flush(socket.data);
@@ -77,13 +87,13 @@ export function createTcpProxy(targetPort?: number): TcpProxy {
     socket: {
       ...handlers,
       open(client) {
-        const downstream: End = { socket: client, backlog: [], peer: undefined };
+        const downstream: End = { socket: client, backlog: [], peer: undefined, closed: false };
         client.data = downstream;
         if (cut || target === undefined) {
           client.end();
           return;
         }
-        const upstream: End = { socket: undefined, backlog: [], peer: downstream };
+        const upstream: End = { socket: undefined, backlog: [], peer: downstream, closed: false };
         downstream.peer = upstream;
         open.add(downstream);
         Bun.connect<End>({
@@ -94,7 +104,7 @@ export function createTcpProxy(targetPort?: number): TcpProxy {
             ...handlers,
             open(socket) {
               upstream.socket = socket;
-              if (cut) return closeBoth(upstream);
+              if (cut || upstream.closed) return closeBoth(upstream, true);
               flush(upstream);
             },
             connectError() {
@@ -111,7 +121,7 @@ export function createTcpProxy(targetPort?: number): TcpProxy {
   });
 
   const dropAll = () => {
-    for (const end of open) closeBoth(end);
+    for (const end of open) closeBoth(end, true);
     open.clear();
   };
 

@@ -1,11 +1,16 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { defineCommand } from "citty";
+import { dirname, join, resolve } from "node:path";
+import { defineCommand, type ArgsDef, type CommandDef } from "citty";
 import { ChaosCluster, selfCommand } from "../chaos/cluster.ts";
+import { runCrash } from "../chaos/crash.ts";
 import { runElection } from "../chaos/election.ts";
 import { runFailover } from "../chaos/failover.ts";
-import { parseIntFlag } from "./usage-error.ts";
+import { createLiveDisplay, type LiveDisplay } from "../chaos/live-display.ts";
+import { runPartition } from "../chaos/partition.ts";
+import { runPause } from "../chaos/pause.ts";
+import { runRestart } from "../chaos/restart.ts";
+import { parseIntFlag, UsageError } from "./usage-error.ts";
 
 const commonArgs = {
   "base-port": {
@@ -14,75 +19,276 @@ const commonArgs = {
     valueHint: "PORT",
   },
   "keep-data": { type: "boolean", description: "Keep the nodes' data and logs even on success" },
+  json: { type: "string", description: "Write the full result as JSON to FILE", valueHint: "FILE" },
 } as const;
 
+/** What every scenario returns: `ok` plus whatever it measured (all of it goes to --json). */
+interface ScenarioResult {
+  readonly ok: boolean;
+}
+
+/** A scenario ready to run: its knobs are parsed, so a usage error cannot happen after it starts. */
+type ScenarioRun = (cluster: ChaosCluster, display: LiveDisplay) => Promise<ScenarioResult>;
+
+type FlagValues = Readonly<Record<string, string | boolean | string[] | undefined>>;
+
+/** One `kv chaos` scenario: its title, its own flags, and how to run it from them. */
+interface ScenarioDefinition {
+  readonly title: string;
+  readonly description: string;
+  /** Cuts links through the runner's TCP proxies, so it cannot run under --base-port. */
+  readonly needsProxies: boolean;
+  readonly args: ArgsDef;
+  /** Parses the flags (absent ones take their defaults) into a run; throws UsageError. */
+  readonly create: (flags: FlagValues) => ScenarioRun;
+}
+
+/** `--name N` within [min, max], or `fallback` when absent. */
+function intFlag(flags: FlagValues, name: string, fallback: number, min: number, max: number): number {
+  const value = flags[name];
+  if (value === undefined) return fallback;
+  if (typeof value !== "string") throw new UsageError(`--${name} takes one value`);
+  return parseIntFlag(name, value, min, max);
+}
+
+const CLIENT_TIMEOUT_MS_DEFAULT = 1_500;
+const clientTimeoutArg = {
+  "client-timeout-ms": {
+    type: "string",
+    description: `How long the runner waits for each answer before calling it unknown (default ${CLIENT_TIMEOUT_MS_DEFAULT})`,
+    valueHint: "MS",
+  },
+} as const;
+const clientTimeoutMs = (flags: FlagValues) => intFlag(flags, "client-timeout-ms", CLIENT_TIMEOUT_MS_DEFAULT, 50, 600_000);
+
+/** Every scenario, by subcommand name. */
+const scenarios: Record<string, ScenarioDefinition> = {
+  failover: {
+    title: "Leader Failover During Writes",
+    description: "Kill the leader during writes and prove no acknowledged write was lost",
+    needsProxies: false,
+    args: {
+      keys: { type: "string", description: "Keys written in each batch, before and after the kill (default 50)", valueHint: "N" },
+      concurrency: { type: "string", description: "Concurrent writers (default 4)", valueHint: "N" },
+    },
+    create(flags) {
+      const keys = intFlag(flags, "keys", 50, 1, 1_000_000);
+      const concurrency = intFlag(flags, "concurrency", 4, 1, 1_000);
+      return (cluster, display) => runFailover(cluster, { keys, concurrency, print: display.print });
+    },
+  },
+  election: {
+    title: "Writes During Leader Election",
+    description: "Write to every node during elections and prove at most one accepts",
+    needsProxies: false,
+    args: {
+      rounds: { type: "string", description: "Elections to provoke (default 5)", valueHint: "N" },
+    },
+    create(flags) {
+      const rounds = intFlag(flags, "rounds", 5, 1, 10_000);
+      return (cluster, display) => runElection(cluster, { rounds, print: display.print });
+    },
+  },
+  partition: {
+    title: "Leader Partitioned From Both Followers",
+    description: "Isolate the leader: it acknowledges nothing, the majority serves, all converge after healing",
+    needsProxies: true,
+    args: {
+      rounds: { type: "string", description: "Partitions to provoke, one after another (default 2)", valueHint: "N" },
+      keys: { type: "string", description: "Writes sent to the isolated leader, and through the majority, per round (default 10)", valueHint: "N" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const rounds = intFlag(flags, "rounds", 2, 1, 1_000);
+      const keys = intFlag(flags, "keys", 10, 1, 10_000);
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      return (cluster, display) => runPartition(cluster, { rounds, keys, requestTimeoutMs, display });
+    },
+  },
+  pause: {
+    title: "Leader Paused Past the Election Timeout",
+    description: "SIGSTOP the leader, write through the new one, SIGCONT it: no stale read, no deposed acknowledgement",
+    needsProxies: false,
+    args: {
+      rounds: { type: "string", description: "Pauses to provoke, one after another (default 3)", valueHint: "N" },
+      keys: { type: "string", description: "Writes through the new leader during each pause (default 10)", valueHint: "N" },
+      probes: { type: "string", description: "Reads and writes sent to the resuming leader in each of two waves (default 3)", valueHint: "N" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const rounds = intFlag(flags, "rounds", 3, 1, 1_000);
+      const keys = intFlag(flags, "keys", 10, 0, 10_000);
+      const probes = intFlag(flags, "probes", 3, 1, 1_000);
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      return (cluster, display) => runPause(cluster, { rounds, keys, probes, requestTimeoutMs, display });
+    },
+  },
+  crash: {
+    title: "Every Node Killed At Once During Writes",
+    description: "SIGKILL all nodes at the same instant during writes, restart all: every acknowledged write is there",
+    needsProxies: false,
+    args: {
+      keys: { type: "string", description: "Acknowledged writes to wait for before the crash (default 200)", valueHint: "N" },
+      concurrency: { type: "string", description: "Concurrent writers (default 8)", valueHint: "N" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const keys = intFlag(flags, "keys", 200, 1, 1_000_000);
+      const concurrency = intFlag(flags, "concurrency", 8, 1, 1_000);
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      return (cluster, display) => runCrash(cluster, { keys, concurrency, requestTimeoutMs, display });
+    },
+  },
+  restart: {
+    title: "Rolling Restart Under Load",
+    description: "Restart every node in turn under continuous writes: nothing acknowledged lost, availability reported",
+    needsProxies: false,
+    args: {
+      duration: { type: "string", description: "Seconds the write load runs at least; restarts are spread across it (default 6)", valueHint: "S" },
+      concurrency: { type: "string", description: "Concurrent writers (default 4)", valueHint: "N" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const durationMs = intFlag(flags, "duration", 6, 1, 86_400) * 1000;
+      const concurrency = intFlag(flags, "concurrency", 4, 1, 1_000);
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      return (cluster, display) => runRestart(cluster, { durationMs, concurrency, requestTimeoutMs, display });
+    },
+  },
+  // random: another scenario plugs in here, with its flags, and its name goes at the end of ALL_ORDER.
+};
+
 /**
- * Runs `scenario` against a fresh 3-node cluster of copies of this executable in a temporary data
- * dir; kills every process it started (success, failure or Ctrl-C) and exits 0 on success, 1 when
- * an anomaly was found (keeping the logs), 2 on a usage error.
+ * What `kv chaos all` runs, in this order, each with its defaults on a fresh cluster.
+ * Hook for `random` (seeded nemesis schedule checked by src/chaos/linearizability.ts): add its
+ * definition to `scenarios` above and append "random" here; nothing else changes.
  */
-async function runScenario(
-  title: string,
-  basePortFlag: string | undefined,
-  keepData: boolean,
-  scenario: (cluster: ChaosCluster, print: (line: string) => void) => Promise<boolean>,
-): Promise<never> {
+const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart"];
+
+/** A parsed scenario to run under a name. */
+interface NamedRun {
+  readonly name: string;
+  readonly title: string;
+  readonly needsProxies: boolean;
+  readonly run: ScenarioRun;
+}
+
+/** `--json FILE`: its absolute path, refused up front when its directory does not exist. */
+function jsonPath(flags: FlagValues): string | undefined {
+  const value = flags.json;
+  if (value === undefined) return undefined;
+  if (typeof value !== "string" || value === "") throw new UsageError("--json needs a file name");
+  const path = resolve(value);
+  const dir = dirname(path);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`--json: directory ${dir} does not exist`);
+  return path;
+}
+
+/**
+ * Runs `runs` one after another, each against a fresh 3-node cluster of copies of this executable in
+ * a temporary data dir; kills every process it started (success, failure or Ctrl-C) and exits 0
+ * when every check held, 1 when an anomaly was found (keeping the logs), 2 on a usage error.
+ */
+async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promise<never> {
+  const basePortFlag = flags["base-port"];
+  if (basePortFlag !== undefined && typeof basePortFlag !== "string") throw new UsageError("--base-port takes one value");
   const basePort = basePortFlag === undefined ? undefined : parseIntFlag("base-port", basePortFlag, 1, 62_000);
+  if (basePort !== undefined && runs.some((r) => r.needsProxies)) {
+    const proxied = runs.filter((r) => r.needsProxies).map((r) => r.name).join(", ");
+    const subject = runs.length === 1 ? `'${proxied}' needs` : `'all' includes ${proxied}, which needs`;
+    throw new UsageError(`${subject} the runner's TCP proxies to cut links, and --base-port runs without them: run it without --base-port`);
+  }
+  const json = jsonPath(flags);
+  const keepData = flags["keep-data"] === true;
   const baseDir = mkdtempSync(join(tmpdir(), "kv-chaos-"));
-  const cluster = new ChaosCluster({ size: 3, command: selfCommand(), baseDir, basePort });
-  const print = (line: string) => console.log(line);
-  const cleanup = async (code: number) => {
-    await cluster.stop();
+  const display = createLiveDisplay({
+    tty: process.stdout.isTTY === true,
+    write: (text) => process.stdout.write(text),
+    nowMs: () => performance.now(),
+  });
+  const print = (line: string) => display.print(line);
+  let current: ChaosCluster | undefined;
+  const cleanup = async (code: number): Promise<never> => {
+    display.untrack();
+    await current?.stop();
     if (code === 0 && !keepData) rmSync(baseDir, { recursive: true, force: true });
-    else console.log(`Node data and logs kept in ${baseDir} (node-N.log, node-N/)`);
+    else print(`Node data and logs kept in ${baseDir} (${runs.length > 1 ? "<scenario>/" : ""}node-N.log, node-N/)`);
     process.exit(code);
   };
   process.on("SIGINT", () => void cleanup(130));
   process.on("SIGTERM", () => void cleanup(143));
-  print(`=== Chaos Test: ${title} ===`);
-  let ok = false;
-  try {
-    ok = await scenario(cluster, print);
-  } catch (error) {
-    console.log(`❌ ERROR: ${error instanceof Error ? error.message : String(error)}`);
+
+  const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string }[] = [];
+  for (const { name, title, run } of runs) {
+    const dataDir = runs.length === 1 ? baseDir : join(baseDir, name);
+    current = new ChaosCluster({ size: 3, command: selfCommand(), baseDir: dataDir, basePort });
+    if (runs.length > 1) print("");
+    print(`=== Chaos Test: ${title} ===`);
+    try {
+      const result = await run(current, display);
+      outcomes.push({ scenario: name, ok: result.ok, result, dataDir });
+    } catch (error) {
+      display.untrack();
+      const message = error instanceof Error ? error.message : String(error);
+      print(`❌ ERROR: ${message}`);
+      outcomes.push({ scenario: name, ok: false, error: message, dataDir });
+    }
+    display.untrack();
+    await current.stop();
+  }
+
+  const ok = outcomes.every((o) => o.ok);
+  if (runs.length > 1) {
+    print("");
+    print("=== All Scenarios ===");
+    for (const o of outcomes) print(`${o.ok ? "✅" : "❌"} ${o.scenario}${o.ok ? "" : ` (logs: ${o.dataDir})`}`);
+    print("");
+    const failed = outcomes.filter((o) => !o.ok).map((o) => o.scenario);
+    print(ok ? `✅ SUCCESS: all ${outcomes.length} scenarios passed!` : `❌ FAILURE: ${failed.length} of ${outcomes.length} scenarios found an anomaly: ${failed.join(", ")}`);
+  }
+  if (json !== undefined) {
+    const body = runs.length === 1 ? { ...outcomes[0], dataDir: undefined } : { scenario: "all", ok, scenarios: outcomes.map((o) => ({ ...o, dataDir: undefined })) };
+    try {
+      writeFileSync(json, `${JSON.stringify(body, null, 2)}\n`);
+      print(`Result written to ${json}`);
+    } catch (error) {
+      print(`❌ ERROR: could not write ${json}: ${error instanceof Error ? error.message : String(error)}`);
+      return cleanup(1);
+    }
   }
   return cleanup(ok ? 0 : 1);
 }
 
-const failoverCommand = defineCommand({
-  meta: { name: "failover", description: "Kill the leader during writes and prove no acknowledged write was lost" },
-  args: {
-    keys: { type: "string", description: "Keys written in each batch, before and after the kill (default 50)", valueHint: "N" },
-    concurrency: { type: "string", description: "Concurrent writers (default 4)", valueHint: "N" },
-    ...commonArgs,
-  },
-  async run({ args }) {
-    const keys = args.keys === undefined ? 50 : parseIntFlag("keys", args.keys, 1, 1_000_000);
-    const concurrency = args.concurrency === undefined ? 4 : parseIntFlag("concurrency", args.concurrency, 1, 1_000);
-    await runScenario("Leader Failover During Writes", args["base-port"], args["keep-data"] === true, async (cluster, print) => {
-      const result = await runFailover(cluster, { keys, concurrency, print });
-      return result.ok;
-    });
-  },
-});
+function scenarioCommand(name: string, def: ScenarioDefinition): CommandDef<ArgsDef> {
+  return defineCommand({
+    meta: { name, description: def.description },
+    args: { ...def.args, ...commonArgs },
+    async run({ args }) {
+      const flags = args as FlagValues;
+      await runScenarios([{ name, title: def.title, needsProxies: def.needsProxies, run: def.create(flags) }], flags);
+    },
+  }) as unknown as CommandDef<ArgsDef>;
+}
 
-const electionCommand = defineCommand({
-  meta: { name: "election", description: "Write to every node during elections and prove at most one accepts" },
-  args: {
-    rounds: { type: "string", description: "Elections to provoke (default 5)", valueHint: "N" },
-    ...commonArgs,
-  },
+const allCommand = defineCommand({
+  meta: { name: "all", description: `Run every scenario in turn with its defaults: ${ALL_ORDER.join(", ")}` },
+  args: { ...commonArgs },
   async run({ args }) {
-    const rounds = args.rounds === undefined ? 5 : parseIntFlag("rounds", args.rounds, 1, 10_000);
-    await runScenario("Writes During Leader Election", args["base-port"], args["keep-data"] === true, async (cluster, print) => {
-      const result = await runElection(cluster, { rounds, print });
-      return result.ok;
+    const flags = args as FlagValues;
+    const runs = ALL_ORDER.map((name) => {
+      const def = scenarios[name];
+      if (def === undefined) throw new Error(`ALL_ORDER names an unknown scenario '${name}'`);
+      return { name, title: def.title, needsProxies: def.needsProxies, run: def.create({}) };
     });
+    await runScenarios(runs, flags);
   },
 });
 
 /** `kv chaos`: the cluster tests itself. */
 export const chaosCommand = defineCommand({
   meta: { name: "chaos", description: "Run a chaos scenario against a fresh local 3-node cluster of this executable" },
-  subCommands: { failover: failoverCommand, election: electionCommand },
+  subCommands: {
+    ...Object.fromEntries(Object.entries(scenarios).map(([name, def]) => [name, scenarioCommand(name, def)])),
+    all: allCommand as unknown as CommandDef<ArgsDef>,
+  },
 });

@@ -1,0 +1,140 @@
+import type { ChaosCluster } from "./cluster.ts";
+import type { LiveDisplay } from "./live-display.ts";
+import { printVerification, verificationHolds, verifyWrites, type Verification } from "./verify.ts";
+import { availability, LeaderClient, WriteLoad, type Availability } from "./write-load.ts";
+
+export interface RestartOptions {
+  /** The least time the load runs, in ms; the restarts are spread evenly across it. */
+  readonly durationMs: number;
+  /** Concurrent writers. */
+  readonly concurrency: number;
+  /** Client timeout per request. */
+  readonly requestTimeoutMs: number;
+  readonly display: LiveDisplay;
+}
+
+/** One node's turn in the rolling restart. */
+export interface NodeRestart {
+  readonly node: number;
+  readonly wasLeader: boolean;
+  /** Exit code of the SIGTERM shutdown; null when it had to be SIGKILLed. */
+  readonly exitCode: number | null;
+  /** From SIGTERM to its "started" line. */
+  readonly restartMs: number;
+  /** From its "started" line to having applied the leader's commit index. */
+  readonly catchUpMs: number;
+  readonly caughtUpToIndex: number;
+}
+
+export interface RestartResult {
+  readonly ok: boolean;
+  readonly restarts: NodeRestart[];
+  readonly availability: Availability;
+  readonly refused: number;
+  readonly unknown: number;
+  readonly verification: Verification;
+}
+
+/** Acknowledged writes required between two restarts: the cluster must serve in between. */
+const ACKS_BETWEEN_RESTARTS_MIN = 20;
+
+/**
+ * Rolling restart under load: writers keep writing while each node in turn is stopped with SIGTERM
+ * and started again on its data dir, the next one only once the restarted node has caught up (applied
+ * the leader's commit index). No acknowledged write may be lost; availability is reported as the
+ * fraction of write attempts acknowledged and the longest stretch with no acknowledged write.
+ */
+export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): Promise<RestartResult> {
+  const { display } = opts;
+  const print = (line: string) => display.print(line);
+  const client = new LeaderClient(cluster, opts.requestTimeoutMs);
+  const load = new WriteLoad({ client, concurrency: opts.concurrency, keyPrefix: `restart-${Date.now().toString(36)}` });
+  const restarts: NodeRestart[] = [];
+
+  print("[Step 1] Starting 3-node cluster...");
+  await cluster.start();
+  print("[Step 2] Waiting for leader election...");
+  client.leaderHint = await cluster.waitForLeader(undefined, 20_000);
+  print(`         Leader elected: Node ${client.leaderHint}`);
+
+  print(`[Step 3] Starting continuous writes (${opts.concurrency} writers)...`);
+  display.track(() => load);
+  load.start();
+  const ids = cluster.nodes.map((n) => n.id);
+  for (const [turn, id] of ids.entries()) {
+    // Spread the restarts over the duration, and let the cluster serve some writes between them.
+    await load.waitForAcks(load.ok + ACKS_BETWEEN_RESTARTS_MIN, 60_000);
+    await untilLoadTime(load, ((turn + 1) * opts.durationMs) / (ids.length + 1));
+    const leaderBefore = await cluster.waitForLeader(undefined, 20_000);
+    const wasLeader = leaderBefore === id;
+    print(`[Step ${4 + turn}] Restarting Node ${id}${wasLeader ? " (the leader)" : ""}: SIGTERM, start again, wait until it catches up...`);
+    display.setFault(`node ${id} restarting`);
+    const stoppedAt = performance.now();
+    const exitCode = await cluster.terminate(id);
+    await cluster.startNode(id);
+    const startedAt = performance.now();
+    display.setFault(`node ${id} catching up`);
+    const caughtUpToIndex = await waitForCatchUp(cluster, id, 30_000);
+    const caughtUpAt = performance.now();
+    display.setFault("none");
+    const restart: NodeRestart = {
+      node: id,
+      wasLeader,
+      exitCode,
+      restartMs: Math.round(startedAt - stoppedAt),
+      catchUpMs: Math.round(caughtUpAt - startedAt),
+      caughtUpToIndex,
+    };
+    restarts.push(restart);
+    print(
+      `         Node ${id} exited with ${exitCode ?? "no code (SIGKILLed after the shutdown timeout)"}, was back in ${restart.restartMs} ms and caught up to index ${caughtUpToIndex} in ${restart.catchUpMs} ms`,
+    );
+  }
+  await load.waitForAcks(load.ok + ACKS_BETWEEN_RESTARTS_MIN, 60_000);
+  await untilLoadTime(load, opts.durationMs);
+  const stopRequestedMs = performance.now();
+  await load.stop();
+  display.untrack();
+  const avail = availability(load.attempts, load.ackTimesMs, load.startedMs, stopRequestedMs);
+  print(`         Write attempts: ${load.attempts} (${load.ok} acknowledged, ${load.failed} refused, ${load.unknown} unknown)`);
+
+  print(`[Step ${4 + ids.length}] Verifying all acknowledged writes...`);
+  const verification = await verifyWrites(cluster, client, load.acked, load.refused);
+
+  print("");
+  print("=== Results ===");
+  print(`Restarts: ${restarts.length}`);
+  print(`Availability: ${(avail.ratio * 100).toFixed(1)}% of ${avail.attempts} write attempts acknowledged`);
+  print(`Longest gap with no acknowledged write: ${avail.longestGapMs} ms (from ${avail.longestGapFromMs} ms to ${avail.longestGapToMs} ms into the load)`);
+  print(`Converged on applied index: ${verification.convergedIndex}`);
+  printVerification(verification, print);
+  const ok = verificationHolds(verification);
+  print("");
+  print(ok ? "✅ SUCCESS: No acknowledged write was lost through a rolling restart!" : "❌ FAILURE: acknowledged writes were lost or changed");
+  return { ok, restarts, availability: avail, refused: load.failed, unknown: load.unknown, verification };
+}
+
+/** Resolves once the load has run for `ms` (a timer for the schedule, not a wait for a condition). */
+async function untilLoadTime(load: WriteLoad, ms: number): Promise<void> {
+  const remainingMs = load.startedMs + ms - performance.now();
+  if (remainingMs > 0) await Bun.sleep(remainingMs);
+}
+
+/**
+ * Waits until node `id` has applied at least the leader's commit index as of when it came back;
+ * returns that index. Polls /status every 20 ms (a condition on a remote process).
+ */
+async function waitForCatchUp(cluster: ChaosCluster, id: number, timeoutMs: number): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  let target: number | undefined;
+  for (;;) {
+    if (target === undefined) {
+      const leader = await cluster.waitForLeader(undefined, Math.max(1, deadline - performance.now()));
+      target = (await cluster.status(leader, 1_000))?.commitIndex;
+    }
+    const applied = (await cluster.status(id, 1_000))?.appliedIndex ?? -1;
+    if (target !== undefined && applied >= target) return target;
+    if (performance.now() > deadline) throw new Error(`node ${id} did not catch up to index ${target} within ${timeoutMs} ms (applied ${applied})`);
+    await Bun.sleep(20); // polling interval between status probes
+  }
+}

@@ -1,0 +1,232 @@
+// Proves the nemesis scenarios (`kv chaos partition`, `pause`, `crash`, `restart`) pass when run as a user runs them, through the built executable, and that the pure helpers they judge with (availability gaps, stale-read and deposed-write verdicts, raw HTTP parsing, the live display) say what they should.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Outcome } from "../src/chaos/client.ts";
+import { createLiveDisplay, formatProgress, opsPerSecond } from "../src/chaos/live-display.ts";
+import { judgeResumedRead, judgeResumedWrite, summarize } from "../src/chaos/pause.ts";
+import { parseResponse } from "../src/chaos/raw-http.ts";
+import { availability, longestGap } from "../src/chaos/write-load.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+
+/** Generous: the machine has two cores shared with other suites. This bounds a hung run, it asserts nothing. */
+const SCENARIO_TIMEOUT_MS = 120_000;
+
+/** Runs `kv ...` to completion; a runner still alive in `finally` gets SIGTERM (it then kills its nodes), then SIGKILL. */
+async function run(args: string[]): Promise<{ code: number; out: string }> {
+  const proc = Bun.spawn([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  try {
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    const code = await proc.exited;
+    return { code, out: out + err };
+  } finally {
+    if (proc.exitCode === null) {
+      // Only when the runner hung or the test failed mid-run: SIGTERM lets it kill its nodes first.
+      proc.kill("SIGTERM");
+      const exited = await Promise.race([proc.exited.then(() => true), Bun.sleep(10_000).then(() => false)]);
+      if (!exited) proc.kill("SIGKILL");
+    }
+  }
+}
+
+function expectSuccess(code: number, out: string): void {
+  if (code !== 0) console.error(out);
+  expect(code).toBe(0);
+  expect(out).toContain("=== Results ===");
+  expect(out).toContain("Missing keys: 0");
+  expect(out).toContain("Wrong values: 0");
+  expect(out).toMatch(/✅ SUCCESS/);
+  expect(out).not.toContain("❌");
+}
+
+const jsonDir = mkdtempSync(join(tmpdir(), "kv-nemesis-test-"));
+afterAll(() => rmSync(jsonDir, { recursive: true, force: true }));
+
+describe("kv chaos, through the built executable", () => {
+  test(
+    "partition: the isolated leader acknowledges nothing and serves no stale read; the majority serves; all converge",
+    async () => {
+      const { code, out } = await run(["chaos", "partition", "--rounds", "2", "--keys", "8"]);
+      expectSuccess(code, out);
+      expect(out).toContain("=== Chaos Test: Leader Partitioned From Both Followers ===");
+      expect(out.match(/\[Round \d\] Isolating leader Node \d/g)?.length).toBe(2);
+      expect(out).toMatch(/Majority elected Node \d \(term \d+\)/);
+      expect(out).toContain("Writes acknowledged by an isolated leader: 0");
+      expect(out).toContain("Stale reads from an isolated leader: 0");
+      expect(out).toContain("Isolated leader's writes that took effect: 0");
+      expect(out).toMatch(/Converged on applied index: \d+/);
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
+  test(
+    "pause: a leader resumed after SIGSTOP serves no stale read and acknowledges no write",
+    async () => {
+      const { code, out } = await run(["chaos", "pause", "--rounds", "2"]);
+      expectSuccess(code, out);
+      expect(out.match(/\[Round \d\] Resuming Node \d with SIGCONT/g)?.length).toBe(2);
+      expect(out).toContain("Stale reads from a resumed leader: 0");
+      expect(out).toContain("Writes acknowledged by a deposed leader: 0");
+      expect(out).toContain("Refused writes that took effect: 0");
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
+  test(
+    "crash: every node SIGKILLed at once during writes loses no acknowledged write (and --json writes the result)",
+    async () => {
+      const jsonFile = join(jsonDir, "crash.json");
+      const { code, out } = await run(["chaos", "crash", "--keys", "150", "--json", jsonFile]);
+      expectSuccess(code, out);
+      expect(out).toMatch(/Killing all 3 nodes at the same instant \(SIGKILL to pids \d+, \d+, \d+\)/);
+      expect(out).toMatch(/Leader elected after restart: Node \d/);
+      const total = Number(/Total acknowledged writes: (\d+)/.exec(out)?.[1]);
+      expect(total).toBeGreaterThanOrEqual(150);
+      const result = JSON.parse(readFileSync(jsonFile, "utf8")) as {
+        scenario: string;
+        ok: boolean;
+        result: { acknowledged: number; verification: { checked: number; missing: string[]; wrong: unknown[] } };
+      };
+      expect(result.scenario).toBe("crash");
+      expect(result.ok).toBe(true);
+      expect(result.result.acknowledged).toBe(total);
+      expect(result.result.verification.checked).toBe(total);
+      expect(result.result.verification.missing).toEqual([]);
+      expect(result.result.verification.wrong).toEqual([]);
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
+  test(
+    "restart: a rolling restart under load loses no acknowledged write and reports availability",
+    async () => {
+      const { code, out } = await run(["chaos", "restart", "--duration", "4"]);
+      expectSuccess(code, out);
+      expect(out.match(/Node \d exited with 0, was back in \d+ ms and caught up to index \d+/g)?.length).toBe(3);
+      expect(out).toContain("Restarts: 3");
+      const availabilityLine = /Availability: ([\d.]+)% of (\d+) write attempts acknowledged/.exec(out);
+      expect(availabilityLine).not.toBeNull();
+      expect(Number(availabilityLine?.[2])).toBeGreaterThan(0);
+      expect(out).toMatch(/Longest gap with no acknowledged write: \d+ ms/);
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
+  test("partition under --base-port is a usage error (exit 2): it needs the runner's proxies", async () => {
+    const { code, out } = await run(["chaos", "partition", "--base-port", "5001"]);
+    expect(code).toBe(2);
+    expect(out).toContain("'partition' needs the runner's TCP proxies");
+    expect(out).not.toContain("Starting 3-node cluster");
+  });
+});
+
+describe("availability", () => {
+  test("the longest gap counts the stretch before the first acknowledgement and after the last", () => {
+    expect(longestGap([], 100, 600)).toEqual({ gapMs: 500, fromMs: 100, toMs: 600 });
+    expect(longestGap([400, 150, 200], 100, 600)).toEqual({ gapMs: 200, fromMs: 200, toMs: 400 });
+    expect(longestGap([110, 120], 100, 600)).toEqual({ gapMs: 480, fromMs: 120, toMs: 600 });
+    expect(longestGap([350, 360], 100, 400)).toEqual({ gapMs: 250, fromMs: 100, toMs: 350 });
+  });
+
+  test("acknowledgements outside the window are clamped into it", () => {
+    expect(longestGap([50, 700], 100, 600)).toEqual({ gapMs: 500, fromMs: 100, toMs: 600 });
+  });
+
+  test("the ratio is acknowledged over attempts, and gaps are reported relative to the start", () => {
+    const a = availability(8, [1_100, 1_200, 1_900], 1_000, 2_000);
+    expect(a).toEqual({ attempts: 8, acknowledged: 3, ratio: 3 / 8, longestGapMs: 700, longestGapFromMs: 200, longestGapToMs: 900 });
+    expect(availability(0, [], 0, 10).ratio).toBe(1);
+  });
+});
+
+const ok = (text: string): Outcome => ({ kind: "ok", status: 200, body: new TextEncoder().encode(text), version: 7 });
+const absent: Outcome = { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined };
+const redirect: Outcome = { kind: "fail", status: 307, error: "not_leader", location: "http://127.0.0.1:1/kv/k" };
+const noAnswer: Outcome = { kind: "unknown", reason: "timeout" };
+
+describe("pause verdicts", () => {
+  test("a resumed leader may answer the new value or not answer; the old value or absence is a stale read", () => {
+    expect(judgeResumedRead(ok("new"), "old", "new")).toBeUndefined();
+    expect(judgeResumedRead(redirect, "old", "new")).toBeUndefined();
+    expect(judgeResumedRead(noAnswer, "old", "new")).toBeUndefined();
+    expect(judgeResumedRead(ok("old"), "old", "new")).toStartWith("stale read");
+    expect(judgeResumedRead(absent, "old", "new")).toStartWith("stale read");
+    expect(judgeResumedRead(ok("other"), "old", "new")).toStartWith("wrong read");
+  });
+
+  test("a deposed leader's acknowledgement stands only if it leads again in a newer term", () => {
+    expect(judgeResumedWrite(redirect, 3, { role: "follower", term: 4 })).toBeUndefined();
+    expect(judgeResumedWrite(noAnswer, 3, undefined)).toBeUndefined();
+    expect(judgeResumedWrite(ok("{}"), 3, { role: "leader", term: 5 })).toBeUndefined();
+    expect(judgeResumedWrite(ok("{}"), 3, { role: "leader", term: 3 })).toContain("deposed leader (term 3) acknowledged");
+    expect(judgeResumedWrite(ok("{}"), 3, { role: "follower", term: 4 })).toContain("follower in term 4");
+    expect(judgeResumedWrite(ok("{}"), 3, undefined)).toContain("no status");
+  });
+
+  test("identical outcomes are counted in the summary", () => {
+    expect(summarize(["a", "b", "a"])).toBe("2× a, 1× b");
+  });
+});
+
+describe("raw HTTP answers", () => {
+  const bytes = (text: string) => new TextEncoder().encode(text);
+
+  test("a 200 with Content-Length is ok, with its version", () => {
+    const outcome = parseResponse("GET", bytes("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Kv-Version: 12\r\n\r\nabc"));
+    expect(outcome).toEqual({ kind: "ok", status: 200, body: bytes("abc"), version: 12 });
+  });
+
+  test("a chunked 307 is a refusal with its Location", () => {
+    const body = '{"error":"not_leader"}';
+    const text = `HTTP/1.1 307 Temporary Redirect\r\nLocation: http://x/kv/k\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
+    expect(parseResponse("PUT", bytes(text))).toEqual({ kind: "fail", status: 307, error: "not_leader", location: "http://x/kv/k" });
+  });
+
+  test("a 503 timeout, a cut body and a closed connection are unknown", () => {
+    const timeout = '{"error":"timeout"}';
+    expect(parseResponse("PUT", bytes(`HTTP/1.1 503 x\r\nContent-Length: ${timeout.length}\r\n\r\n${timeout}`)).kind).toBe("unknown");
+    expect(parseResponse("GET", bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")).kind).toBe("unknown");
+    expect(parseResponse("GET", bytes("")).kind).toBe("unknown");
+  });
+});
+
+describe("live display", () => {
+  test("the progress line names elapsed time, rate, outcomes and the fault", () => {
+    expect(formatProgress({ elapsedMs: 3_240, opsPerS: 411.6, ok: 1210, failed: 3, unknown: 1, fault: "node 2 paused" })).toBe(
+      "3.2s | 412 ops/s | ok 1210 failed 3 unknown 1 | fault: node 2 paused",
+    );
+    expect(opsPerSecond([{ atMs: 0, ops: 0 }])).toBe(0);
+    expect(opsPerSecond([{ atMs: 1_000, ops: 10 }, { atMs: 1_500, ops: 60 }])).toBe(100);
+  });
+
+  test("on a terminal the live line is redrawn in place and cleared around printed lines", () => {
+    let written = "";
+    let now = 0;
+    const display = createLiveDisplay({ tty: true, write: (text) => (written += text), nowMs: () => now, refreshMs: 60_000 });
+    display.track(() => ({ ok: 1, failed: 0, unknown: 0 }), "none");
+    now = 500;
+    display.setFault("node 1 isolated");
+    display.print("[Round 1] step");
+    display.untrack();
+    display.print("done");
+    expect(written).toBe(
+      "\r\x1b[K0.0s | 0 ops/s | ok 1 failed 0 unknown 0 | fault: none" +
+        "\r\x1b[K0.5s | 0 ops/s | ok 1 failed 0 unknown 0 | fault: node 1 isolated" +
+        "\r\x1b[K[Round 1] step\n" +
+        "\r\x1b[K0.5s | 0 ops/s | ok 1 failed 0 unknown 0 | fault: node 1 isolated" +
+        "\r\x1b[K" +
+        "done\n",
+    );
+  });
+
+  test("off a terminal only plain lines are written", () => {
+    let written = "";
+    const display = createLiveDisplay({ tty: false, write: (text) => (written += text), nowMs: () => 0, plainIntervalMs: 60_000 });
+    display.track(() => ({ ok: 0, failed: 0, unknown: 0 }));
+    display.print("a line");
+    display.setFault("x");
+    display.untrack();
+    expect(written).toBe("a line\n");
+  });
+});
