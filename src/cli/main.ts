@@ -9,6 +9,7 @@ import { UsageError } from "./usage-error.ts";
 const subCommands: Record<string, CommandDef<ArgsDef>> = {
   serve: serveCommand as unknown as CommandDef<ArgsDef>,
   chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
+  bench: (await import("./bench.ts")).benchCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const root = defineCommand({
@@ -21,8 +22,9 @@ const root = defineCommand({
 });
 
 /** Finds the command named by the leading words of argv and the arguments left for it. */
-function resolve(argv: string[]): { command: CommandDef<ArgsDef>; path: string[]; rest: string[] } {
+function resolve(argv: string[]): { command: CommandDef<ArgsDef>; parent: CommandDef<ArgsDef> | undefined; path: string[]; rest: string[] } {
   let command = root as unknown as CommandDef<ArgsDef>;
+  let parent: CommandDef<ArgsDef> | undefined;
   const path: string[] = ["kv"];
   let rest = argv;
   for (;;) {
@@ -31,11 +33,12 @@ function resolve(argv: string[]): { command: CommandDef<ArgsDef>; path: string[]
     if (children === undefined || word === undefined || word.startsWith("-")) break;
     const child = children[word];
     if (child === undefined) throw new UsageError(`unknown command '${word}' (try: ${path.join(" ")} --help)`);
+    parent = command;
     command = child;
     path.push(word);
     rest = rest.slice(1);
   }
-  return { command, path, rest };
+  return { command, parent, path, rest };
 }
 
 /** Refuses flags the command does not define, which citty would silently ignore. */
@@ -63,12 +66,19 @@ function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]
   }
 }
 
+async function resolveMeta(command: CommandDef<ArgsDef>) {
+  const meta = command.meta;
+  return typeof meta === "function" ? await meta() : await meta;
+}
+
 /** Runs the CLI: exit 0 on success, 1 on failure, 2 on a usage error. */
 export async function main(argv: string[]): Promise<void> {
   try {
-    const { command, path, rest } = resolve(argv);
-    if (rest.includes("--help") || rest.includes("-h") || (path.length === 1 && rest.length === 0)) {
-      console.log(await renderUsage(command, path.length > 1 ? (root as unknown as CommandDef<ArgsDef>) : undefined));
+    const { command, parent, path, rest } = resolve(argv);
+    if (rest.includes("--help") || rest.includes("-h") || (command.run === undefined && rest.length === 0)) {
+      // citty names a command after its parent's name: give it the whole path so usage reads "kv chaos pause".
+      const named = parent === undefined ? undefined : { ...parent, meta: { ...(await resolveMeta(parent)), name: path.slice(0, -1).join(" ") } };
+      console.log(await renderUsage(command, named));
       return;
     }
     if (path.length === 1 && (rest[0] === "--version" || rest[0] === "-v")) {
