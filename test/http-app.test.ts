@@ -254,13 +254,14 @@ describe("limits", () => {
 });
 
 describe("consistency", () => {
-  test("defaults to linearizable; stale and linearizable pass through", async () => {
+  test("defaults to linearizable; stale, lease and linearizable pass through", async () => {
     await put("/kv/c", "v");
     expect((await call("GET", "/kv/c")).status).toBe(200);
     expect((await call("GET", "/kv/c?consistency=stale")).status).toBe(200);
     expect((await call("GET", "/kv/c?consistency=linearizable")).status).toBe(200);
     expect((await call("GET", "/kv/c?other=1&consistency=stale")).status).toBe(200);
-    expect(node.readConsistencies).toEqual(["linearizable", "stale", "linearizable", "stale"]);
+    expect((await call("GET", "/kv/c?consistency=lease")).status).toBe(200);
+    expect(node.readConsistencies).toEqual(["linearizable", "stale", "linearizable", "stale", "lease"]);
   });
 
   test("anything else is a 400 and reaches no read", async () => {

@@ -214,3 +214,16 @@ describe("KvNode over in-memory twins", () => {
     expect(() => leader.put("k", enc("v"))).toThrow("the node stopped: disk on fire");
   });
 });
+
+describe("lease reads through the node", () => {
+  test("a lease read on the leader sees the last acknowledged write; on a follower it is a ReadIndex read", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    await drive(cluster, leader.put("k", enc("v1")));
+    await drive(cluster, leader.put("k", enc("v2")));
+    expect(dec((await drive(cluster, leader.get("k", "lease")))!.value)).toBe("v2");
+    const follower = [...cluster.nodes.values()].find((n) => n !== leader)!;
+    expect(dec((await drive(cluster, follower.get("k", "lease")))!.value)).toBe("v2");
+  });
+});

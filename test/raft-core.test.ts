@@ -16,7 +16,7 @@ const entry = (index: number, term: number, text = `e${index}`): Entry => ({
 const disks = new WeakMap<RawNode, MemoryStorage>();
 
 /** A core for node `id` of voters 1..n whose disk holds `log` and `term`. */
-function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0): RawNode {
+function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, checkQuorum = false): RawNode {
   const storage = new MemoryStorage(Array.from({ length: n }, (_, i) => i + 1));
   storage.save({ term, vote, commit: 0 }, log, true);
   const node = new RawNode({
@@ -27,6 +27,8 @@ function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0):
     prng: createPrng(id),
     applied: 0,
     ...defaultRaftLimits,
+    // The rules of Figure 2 in isolation: no leader lease or startup quiet period (tested in raft-sim).
+    checkQuorum,
   });
   disks.set(node, storage);
   return node;
@@ -141,5 +143,28 @@ describe("commitment (§5.4.2, Figure 8)", () => {
     node.step({ type: "append-response", from: 2, to: 1, term: 4, success: true, index: 3, hintIndex: 0, hintTerm: 0 });
     node.step({ type: "append-response", from: 3, to: 1, term: 4, success: true, index: 3, hintIndex: 0, hintTerm: 0 });
     expect(node.raft.log.committed).toBe(3);
+  });
+});
+
+describe("leases (thesis §6.4.1)", () => {
+  test("a server that just started refuses votes for one election timeout: it may have backed a lease before it crashed", () => {
+    const node = coreWith(1, 3, [], 1, 0, true);
+    node.step({ type: "vote", from: 2, to: 1, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: false });
+    expect(node.raft.term).toBe(1);
+    expect(drain(node).filter((m) => m.type === "vote-response")).toEqual([]);
+    for (let i = 0; i < 10; i++) {
+      node.tick();
+      drain(node);
+      if (node.raft.role !== "follower") break;
+    }
+    // Past the quiet period (or once it campaigns itself) it takes part in elections again.
+    node.step({ type: "vote", from: 2, to: 1, term: 9, lastLogIndex: 5, lastLogTerm: 1, transfer: false });
+    expect(node.raft.term).toBe(9);
+  });
+
+  test("a leadership transfer's vote is honoured even inside the quiet period", () => {
+    const node = coreWith(1, 3, [], 1, 0, true);
+    node.step({ type: "vote", from: 2, to: 1, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: true });
+    expect(drain(node)).toContainEqual(expect.objectContaining({ type: "vote-response", granted: true }));
   });
 });

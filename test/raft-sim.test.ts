@@ -520,3 +520,48 @@ describe("membership changes, one server at a time (thesis §4.1)", () => {
     });
   });
 });
+
+describe("lease reads (thesis §6.4.1)", () => {
+  test("a leader within its lease answers a lease read at once, with no message sent", () => {
+    withSeed(31, (cluster) => {
+      const leader = expectOneLeader(cluster);
+      const index = cluster.one(enc("w"), 3);
+      cluster.runTicks(3); // a heartbeat round acknowledged by a quorum starts the lease
+      const sentBefore = cluster.network.sentByType.get("heartbeat") ?? 0;
+      const context = cluster.readIndex(leader, true);
+      const state = cluster.readStates(leader).find((r) => r.readContext === context);
+      expect(state?.index).toBeGreaterThanOrEqual(index);
+      expect(cluster.network.sentByType.get("heartbeat") ?? 0).toBe(sentBefore);
+    });
+  });
+
+  test("an isolated leader's lease runs out before anyone else can be elected; then it answers no read", () => {
+    withSeed(32, (cluster) => {
+      const old = expectOneLeader(cluster);
+      cluster.one(enc("w"), 3);
+      cluster.runTicks(3);
+      cluster.disconnect(old);
+      const raft = cluster.raw(old)!.raft;
+      // Until a new leader exists the lease may hold; it must be over by the time one does.
+      expect(cluster.tickUntil(() => cluster.leaders().some((id) => id !== old), 10 * electionWindow)).toBe(true);
+      expect(raft.leaseValid()).toBe(false);
+      const context = cluster.readIndex(old, true);
+      cluster.runTicks(2 * electionTicks);
+      expect(cluster.readStates(old).some((r) => r.readContext === context)).toBe(false);
+    });
+  });
+
+  test("the checker catches a stale read: a lease that outlives the election timeout is unsafe", () => {
+    // With no drift margin and a lease as long as two timeouts, an isolated leader keeps answering.
+    const cluster = new SimCluster({ nodeCount: 3, seed: 33, electionTicks });
+    const old = expectOneLeader(cluster);
+    cluster.one(enc("w"), 3);
+    cluster.runTicks(3);
+    (cluster.raw(old)!.raft as unknown as { cfg: { leaseDriftTicks: number } }).cfg.leaseDriftTicks = -3 * electionTicks;
+    cluster.disconnect(old);
+    const others = cluster.ids.filter((id) => id !== old);
+    expectOneLeader(cluster, others);
+    cluster.one(enc("newer"), 2);
+    expect(() => cluster.readIndex(old, true)).toThrow("stale read");
+  });
+});

@@ -28,7 +28,7 @@ const POST_ALLOW = "POST";
 /**
  * Builds the client HTTP API over a node (not listening: the caller runs `.listen`). The contract:
  * - `PUT /kv/{key}`: body = the value's raw bytes → 200 `{"key","version"}`.
- * - `GET /kv/{key}?consistency=linearizable|stale` → 200 raw bytes with `X-Kv-Version`, or 404.
+ * - `GET /kv/{key}?consistency=linearizable|lease|stale` → 200 raw bytes with `X-Kv-Version`, or 404.
  * - `DELETE /kv/{key}` → 200 `{"deleted","version"}`.
  * - `GET /status` → the node's status; `GET /health` → 200 `{"healthy":true}` or 503.
  * Keys are percent-encoded in the path and decoded from the raw URL. Every error is JSON
@@ -145,13 +145,13 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   );
 }
 
-/** The `consistency` query parameter: absent means linearizable; anything but the two names is a 400. */
+/** The `consistency` query parameter: absent means linearizable; anything but the three names is a 400. */
 function parseConsistency(search: string): ReadConsistency {
   const values = new URLSearchParams(search).getAll("consistency");
   if (values.length === 0) return "linearizable";
   const [value] = values;
-  if (values.length === 1 && (value === "linearizable" || value === "stale")) return value;
-  throw new KvError("bad_request", 'consistency must be given once, as "linearizable" (the default) or "stale"');
+  if (values.length === 1 && (value === "linearizable" || value === "stale" || value === "lease")) return value;
+  throw new KvError("bad_request", 'consistency must be given once, as "linearizable" (the default), "lease" or "stale"');
 }
 
 function methodNotAllowed(method: string, routeName: string): KvError {

@@ -1,7 +1,11 @@
 import type { NodeId, Role } from "../raft/types.ts";
 
-/** How a read is served: `linearizable` confirms leadership by ReadIndex; `stale` reads local state. */
-export type ReadConsistency = "linearizable" | "stale";
+/**
+ * How a read is served: `linearizable` confirms leadership by ReadIndex (a heartbeat round);
+ * `lease` lets a leader within its lease answer without one (thesis §6.4.1: safe while clocks
+ * drift less than the stated bound; elsewhere it falls back to ReadIndex); `stale` reads local state.
+ */
+export type ReadConsistency = "linearizable" | "lease" | "stale";
 
 export interface KvValue {
   readonly value: Uint8Array;

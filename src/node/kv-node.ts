@@ -80,6 +80,7 @@ export class KvNode implements KvNodeApi {
   /** Proposed writes by index, in index order. */
   private readonly pendingWrites = new Map<number, PendingWrite>();
   private queuedReads: PendingRead[] = [];
+  private queuedLeaseReads: PendingRead[] = [];
   /** Reads waiting for a read index, by the context of their batch. */
   private readonly readsByContext = new Map<string, PendingRead[]>();
   /** Reads with a read index, waiting to be applied up to it. */
@@ -157,11 +158,12 @@ export class KvNode implements KvNodeApi {
   }
 
   async get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined> {
-    if (consistency === "linearizable") {
+    if (consistency !== "stale") {
       this.refuseUnlessRunning();
       this.refuseWhenFull();
+      const queue = consistency === "lease" ? this.queuedLeaseReads : this.queuedReads;
       await new Promise<void>((resolve, reject) => {
-        this.queuedReads.push({ resolve, reject, deadlineMs: this.deadline(), readIndex: 0 });
+        queue.push({ resolve, reject, deadlineMs: this.deadline(), readIndex: 0 });
         this.scheduleTurn();
       });
     }
@@ -261,7 +263,8 @@ export class KvNode implements KvNodeApi {
   }
 
   private refuseWhenFull(): void {
-    const waiting = this.queuedWrites.length + this.pendingWrites.size + this.queuedReads.length + this.readsWaitingApply.length;
+    const waiting =
+      this.queuedWrites.length + this.pendingWrites.size + this.queuedReads.length + this.queuedLeaseReads.length + this.readsWaitingApply.length;
     if (waiting >= this.cfg.pendingRequestsMax) {
       throw new KvError("overloaded", `${waiting} requests are already waiting`, { retryAfterS: 1 });
     }
@@ -334,12 +337,17 @@ export class KvNode implements KvNodeApi {
     });
   }
 
+  /** One read index for every read that arrived together (and one for the lease reads). */
   private requestReadIndex(): void {
-    if (this.queuedReads.length === 0) return;
-    const context = `${this.cfg.id}.${++this.readSequence}`;
-    this.readsByContext.set(context, this.queuedReads);
-    this.queuedReads = [];
-    this.raw.readIndex(context);
+    for (const lease of [false, true]) {
+      const reads = lease ? this.queuedLeaseReads : this.queuedReads;
+      if (reads.length === 0) continue;
+      const context = `${this.cfg.id}.${++this.readSequence}`;
+      this.readsByContext.set(context, reads);
+      if (lease) this.queuedLeaseReads = [];
+      else this.queuedReads = [];
+      this.raw.readIndex(context, lease);
+    }
   }
 
   /** Persist → send → apply → advance, in that order (the order is what makes acks durable). */
@@ -439,8 +447,9 @@ export class KvNode implements KvNodeApi {
     const unknown = new KvError("timeout", `${error.message}; a write already proposed may still commit`);
     for (const write of this.pendingWrites.values()) write.reject(unknown);
     this.pendingWrites.clear();
-    for (const read of this.queuedReads) read.reject(error);
+    for (const read of [...this.queuedReads, ...this.queuedLeaseReads]) read.reject(error);
     this.queuedReads = [];
+    this.queuedLeaseReads = [];
     for (const reads of this.readsByContext.values()) for (const read of reads) read.reject(error);
     this.readsByContext.clear();
     for (const read of this.readsWaitingApply) read.reject(error);

@@ -49,6 +49,12 @@ export interface RaftConfig {
   readonly committedBytesMax: number;
   /** Rehearse each election with pre-votes so a rejoining server cannot depose a healthy leader (thesis §9.6). */
   readonly preVote: boolean;
+  /**
+   * Lease reads (thesis §6.4.1) assume clocks tick at rates within this many ticks per election
+   * timeout of each other: a leader's lease is electionTicks - leaseDriftTicks from the heartbeat
+   * round a quorum acknowledged. Ignored without checkQuorum.
+   */
+  readonly leaseDriftTicks?: number;
   /** A leader steps down when it has not heard from a quorum within an election timeout (thesis §6.2). */
   readonly checkQuorum: boolean;
 }
@@ -95,6 +101,12 @@ export class Raft {
   /** Candidate only: votes received this term. */
   private votes = new Map<NodeId, boolean>();
   private electionElapsedTicks = 0;
+  /** Ticks since this core started: the leader's clock for its lease. */
+  private nowTicks = 0;
+  /** Leader: the send tick of the newest heartbeat round a quorum acknowledged. */
+  private leaseStartTick = Number.NEGATIVE_INFINITY;
+  /** Leader: heartbeat rounds sent for the lease, by send tick → voters that answered. */
+  private leaseRounds = new Map<number, Set<NodeId>>();
   private heartbeatElapsedTicks = 0;
   private electionTimeoutTicks = 0;
 
@@ -164,6 +176,8 @@ export class Raft {
     this.electionTimeoutTicks = this.cfg.prng.intInclusive(this.cfg.electionTicks, 2 * this.cfg.electionTicks - 1);
     this.votes.clear();
     this.progress.clear();
+    this.leaseStartTick = Number.NEGATIVE_INFINITY;
+    this.leaseRounds.clear();
     this.failPendingReads("not_leader");
   }
 
@@ -207,6 +221,7 @@ export class Raft {
 
   /** Advances logical time by one tick. */
   tick(): void {
+    this.nowTicks++;
     if (this.role === "leader") {
       this.electionElapsedTicks++;
       if (this.electionElapsedTicks >= this.cfg.electionTicks) {
@@ -221,7 +236,7 @@ export class Raft {
       this.heartbeatElapsedTicks++;
       if (this.heartbeatElapsedTicks >= this.cfg.heartbeatTicks) {
         this.heartbeatElapsedTicks = 0;
-        this.broadcastHeartbeat(this.pendingReads[this.pendingReads.length - 1]?.readContext ?? "");
+        this.broadcastHeartbeat(this.pendingReads[this.pendingReads.length - 1]?.readContext ?? this.leaseRound());
       }
       return;
     }
@@ -372,14 +387,46 @@ export class Raft {
    * Asks for a linearizable read index (thesis §6.4). The answer comes in a later Ready as a
    * ReadState with the same context (serve the read once applied >= index) or a ReadFailure.
    */
-  readIndex(readContext: string): void {
-    if (this.role === "leader") {
+  readIndex(readContext: string, lease = false): void {
+    if (this.role === "leader" && lease && this.leaseValid() && this.log.term(this.log.committed) === this.term) {
+      // Within the lease no other leader can exist: the commit index is current without a round trip.
+      this.readStates.push({ readContext, index: this.log.committed });
+    } else if (this.role === "leader") {
       this.leaderReadIndex(readContext, this.id);
     } else if (this.role === "follower" && this.leaderId !== 0) {
       this.send({ type: "read-index", from: this.id, to: this.leaderId, term: this.term, readContext });
     } else {
       this.readFailures.push({ readContext, reason: "no_leader" });
     }
+  }
+
+  /** The lease's length: shorter than the minimum election timeout by the drift bound. */
+  private leaseTicks(): number {
+    return this.cfg.electionTicks - (this.cfg.leaseDriftTicks ?? Math.max(1, Math.ceil(this.cfg.electionTicks / 5)));
+  }
+
+  /**
+   * Leader: may it answer reads from its own state now (thesis §6.4.1)? Voters that acknowledged a
+   * heartbeat sent at tick T refuse any other candidate until an election timeout after they got it,
+   * so none can win before T + electionTicks (by their clocks). Never during a transfer, which
+   * deliberately lets another win early.
+   */
+  leaseValid(): boolean {
+    return (
+      this.role === "leader" &&
+      this.cfg.checkQuorum &&
+      this.leadTransferee === 0 &&
+      this.nowTicks < this.leaseStartTick + this.leaseTicks()
+    );
+  }
+
+  /** Starts a heartbeat round whose quorum of answers renews the lease; returns its context. */
+  private leaseRound(): string {
+    if (this.quorum() === 1) this.leaseStartTick = this.nowTicks;
+    this.leaseRounds.set(this.nowTicks, new Set([this.id]));
+    // Rounds older than a lease can no longer extend it.
+    for (const sent of this.leaseRounds.keys()) if (sent + this.leaseTicks() <= this.nowTicks) this.leaseRounds.delete(sent);
+    return `~${this.nowTicks}`;
   }
 
   private leaderReadIndex(readContext: string, from: NodeId): void {
@@ -498,7 +545,11 @@ export class Raft {
 
   /** True while a leader we follow has been heard from within the minimum election timeout. */
   private inLeaderLease(): boolean {
-    return this.cfg.checkQuorum && this.leaderId !== 0 && this.electionElapsedTicks < this.cfg.electionTicks;
+    if (!this.cfg.checkQuorum) return false;
+    // A server that just started may have acknowledged a lease before it went down: it honours
+    // one full election timeout before voting, since it cannot remember whom it heard from.
+    if (this.nowTicks < this.cfg.electionTicks) return true;
+    return this.leaderId !== 0 && this.electionElapsedTicks < this.cfg.electionTicks;
   }
 
   /**
@@ -651,6 +702,14 @@ export class Raft {
     progress.heartbeatAnswered();
     if (progress.matchIndex < this.log.lastIndex()) this.sendAppend(m.from, progress);
     if (m.readContext === "") return;
+    if (m.readContext.startsWith("~")) {
+      const sent = Number(m.readContext.slice(1));
+      const acks = this.leaseRounds.get(sent);
+      if (acks === undefined || !this.isVoter(m.from)) return;
+      acks.add(m.from);
+      if (acks.size >= this.quorum() && sent > this.leaseStartTick) this.leaseStartTick = sent;
+      return;
+    }
     const position = this.pendingReads.findIndex((read) => read.readContext === m.readContext);
     if (position < 0) return;
     const read = this.pendingReads[position] as PendingRead;

@@ -37,8 +37,9 @@ export class RawNode {
     return this.raft.propose(data);
   }
 
-  readIndex(readContext: string): void {
-    this.raft.readIndex(readContext);
+  /** A linearizable read index; with `lease`, a leader within its lease answers at once (thesis §6.4.1). */
+  readIndex(readContext: string, lease = false): void {
+    this.raft.readIndex(readContext, lease);
   }
 
   /** The driver failed to deliver a snapshot to `to`: the leader probes it again. */

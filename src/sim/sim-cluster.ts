@@ -87,6 +87,10 @@ export class SimCluster {
   snapshotsInstalled = 0;
   /** Servers whose removal some state machine applied: they are shut down at heal time. */
   readonly removed = new Set<NodeId>();
+  /** Read context → the highest acknowledged write index when the read began. */
+  private readonly readRequired = new Map<string, number>();
+  /** Reads answered (by ReadIndex or lease), for tests that want proof reads were exercised. */
+  readsServed = 0;
   /** Membership changes applied on some node, by kind: proof the path was exercised. */
   confChangesProposed = 0;
 
@@ -244,6 +248,13 @@ export class SimCluster {
       for (const message of ready.messages) this.send(message.type === "snapshot" ? this.stageImage(node, message) : message);
       if (this.crashHook?.(id, "after-send")) return this.crash(id);
       for (const entry of ready.committedEntries) this.apply(node, entry);
+      for (const state of ready.readStates) {
+        const required = this.readRequired.get(state.readContext) ?? 0;
+        if (state.index < required) {
+          throw new SafetyViolation(`stale read: node ${id} got read index ${state.index} for ${state.readContext}, but ${required} was acknowledged before it began`);
+        }
+        this.readsServed++;
+      }
       node.readStates.push(...ready.readStates);
       node.readFailures.push(...ready.readFailures);
       raw.advance(ready);
@@ -439,11 +450,15 @@ export class SimCluster {
   }
 
   /** Requests a linearizable read index at node `id` with a fresh context; returns the context. */
-  readIndex(id: NodeId): string {
+  readIndex(id: NodeId, lease = false): string {
     const context = `${id}-${this.proposalSequence++}`;
     const raw = this.node(id).raw;
     assert(raw !== undefined, `node ${id} is down`);
-    raw.readIndex(context);
+    // Linearizability of reads: the index must cover every write acknowledged before the read began.
+    let required = 0;
+    for (const proposal of this.acknowledged) required = Math.max(required, proposal.index);
+    this.readRequired.set(context, required);
+    raw.readIndex(context, lease);
     this.process(id);
     return context;
   }

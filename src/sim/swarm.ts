@@ -53,7 +53,7 @@ export function runSwarm(seed: number): SwarmResult {
     for (let tick = 0; tick < ticks; tick++) {
       for (const id of cluster.ids) {
         if (cluster.isUp(id) && prng.chance(proposeRate / nodeCount)) cluster.propose(id);
-        if (cluster.isUp(id) && prng.chance(0.05)) cluster.readIndex(id);
+        if (cluster.isUp(id) && prng.chance(0.05)) cluster.readIndex(id, prng.chance(0.5));
       }
       cluster.tick();
       if (prng.chance(crashRate)) {
