@@ -1,0 +1,118 @@
+import type { OperationKind, ReadConsistency } from "./bench-options.ts";
+import {
+  benchValue,
+  errorKindOf,
+  fetchJson,
+  httpErrorKind,
+  keyName,
+  LeaderTracker,
+  type BenchTarget,
+  type LeaderObservation,
+  type OperationOutcome,
+} from "./bench-target.ts";
+import { buildRequest, hostOf, type ClientConnections, type HttpResponse } from "./http-connection.ts";
+
+/** Attempts per write when the node answers 307 (not the leader): rediscover, then resend. */
+const WRITE_ATTEMPTS_MAX = 3;
+const STATUS_TIMEOUT_MS = 1_000;
+
+/** What GET /status answers (the fields the benchmark reads). */
+interface KvStatus {
+  id: number;
+  role: string;
+  term: number;
+  leaderId: number | null;
+  leaderUrl: string | null;
+}
+
+/** Options of the kv target. */
+export interface KvTargetOptions {
+  readonly endpoints: readonly string[];
+  readonly valueBytes: number;
+  readonly consistency: ReadConsistency;
+  /** How long to wait for a leader at the start and after a failed write. */
+  readonly discoverTimeoutMs: number;
+}
+
+/**
+ * kv's HTTP API: writes (PUT, DELETE) go to the leader found through GET /status, re-found after a
+ * 307 or a failed write; reads are spread over the endpoints (client i reads from endpoint i mod n).
+ */
+export function createKvTarget(opts: KvTargetOptions): BenchTarget {
+  const value = benchValue(opts.valueBytes);
+  const readQuery = `?consistency=${opts.consistency}`;
+  const hosts = new Map<string, string>();
+  const host = (origin: string) => {
+    let name = hosts.get(origin);
+    if (name === undefined) hosts.set(origin, (name = hostOf(origin)));
+    return name;
+  };
+
+  const observe = async (): Promise<LeaderObservation | undefined> => {
+    const statuses = await Promise.all(opts.endpoints.map((endpoint) => fetchJson(`${endpoint}/status`, STATUS_TIMEOUT_MS)));
+    let best: LeaderObservation | undefined;
+    for (const [i, raw] of statuses.entries()) {
+      const status = raw as KvStatus | undefined;
+      if (status === undefined || typeof status.term !== "number") continue;
+      // A node that says it leads speaks for itself; others point at the leader they know of.
+      const leaderId = status.role === "leader" ? status.id : status.leaderId;
+      if (leaderId === null || leaderId === undefined) continue;
+      const origin = status.role === "leader" ? (status.leaderUrl ?? (opts.endpoints[i] as string)) : status.leaderUrl;
+      if (origin === null) continue;
+      if (best === undefined || status.term > best.term) best = { leaderId: String(leaderId), term: status.term, origin: new URL(origin).origin };
+    }
+    return best;
+  };
+  const leader = new LeaderTracker(observe, opts.discoverTimeoutMs);
+
+  const write = async (connections: ClientConnections, method: "PUT" | "DELETE", path: string): Promise<OperationOutcome> => {
+    let redirects = 0;
+    for (let attempt = 1; ; attempt++) {
+      const origin = (leader.leader as LeaderObservation).origin;
+      let response: HttpResponse;
+      try {
+        response = await connections.to(origin).request(buildRequest(method, path, host(origin), method === "PUT" ? value : undefined));
+      } catch (error) {
+        const errorKind = errorKindOf(error);
+        if (errorKind !== "abandoned") await leader.rediscover(origin);
+        return { ok: false, errorKind, redirects };
+      }
+      if (response.status === 200) return { ok: true, notFound: false, redirects };
+      if (response.status === 307 && attempt < WRITE_ATTEMPTS_MAX) {
+        redirects += 1;
+        await leader.rediscover(origin);
+        continue;
+      }
+      await leader.rediscover(origin);
+      return { ok: false, errorKind: httpErrorKind(response), redirects };
+    }
+  };
+
+  return {
+    hasLeader: true,
+    start: () => leader.start(),
+    observeLeader: observe,
+    describe: () => `kv at ${opts.endpoints.join(",")}; writes to the leader ${leader.leader?.origin ?? "(unknown)"} (node ${leader.leader?.leaderId ?? "?"})`,
+    async execute(connections, client, operation: OperationKind, keyIndex): Promise<OperationOutcome> {
+      const path = `/kv/${keyName(keyIndex)}`;
+      switch (operation) {
+        case "put":
+          return write(connections, "PUT", path);
+        case "delete":
+          return write(connections, "DELETE", path);
+        case "get": {
+          const origin = opts.endpoints[client % opts.endpoints.length] as string;
+          let response: HttpResponse;
+          try {
+            response = await connections.to(origin).request(buildRequest("GET", path + readQuery, host(origin)));
+          } catch (error) {
+            return { ok: false, errorKind: errorKindOf(error), redirects: 0 };
+          }
+          if (response.status === 200) return { ok: true, notFound: false, redirects: 0 };
+          if (response.status === 404) return { ok: true, notFound: true, redirects: 0 };
+          return { ok: false, errorKind: httpErrorKind(response), redirects: 0 };
+        }
+      }
+    },
+  };
+}

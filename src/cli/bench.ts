@@ -1,0 +1,161 @@
+import { defineCommand } from "citty";
+import {
+  BenchInputError,
+  CLIENTS_MAX,
+  KEYS_MAX,
+  parseDurationMs,
+  parseEndpoints,
+  parseMix,
+  parseWholeNumber,
+  REQUESTS_MAX,
+  VALUE_BYTES_MAX,
+  type BenchOptions,
+  type BenchTargetKind,
+  type ReadConsistency,
+} from "../bench/bench-options.ts";
+import { benchReport, formatBenchReport } from "../bench/bench-report.ts";
+import { runBench, type BenchProgress } from "../bench/bench-runner.ts";
+import type { BenchTarget } from "../bench/bench-target.ts";
+import { createEtcdTarget } from "../bench/etcd-target.ts";
+import { createKvTarget } from "../bench/kv-target.ts";
+import { createNoopTarget, startNoopServerProcess } from "../bench/noop-target.ts";
+import { UsageError } from "./usage-error.ts";
+
+const DEFAULT_ENDPOINTS = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
+/** How long to wait for a leader at the start and after a failed write. */
+const DISCOVER_TIMEOUT_MS = 10_000;
+
+/** The flags as citty hands them over. */
+interface BenchArgs {
+  endpoints?: string;
+  target?: string;
+  clients?: string;
+  duration?: string;
+  requests?: string;
+  "value-bytes"?: string;
+  keys?: string;
+  mix?: string;
+  consistency?: string;
+  timeout?: string;
+  seed?: string;
+  json?: boolean;
+}
+
+/** Turns flags into options; any bad value is a usage error (exit 2) before anything starts. */
+export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string[]): BenchOptions {
+  try {
+    const target = (args.target ?? "kv") as BenchTargetKind;
+    if (!["kv", "etcd", "noop"].includes(target)) throw new BenchInputError(`--target must be kv, etcd or noop, got '${args.target}'`);
+    const consistency = (args.consistency ?? "linearizable") as ReadConsistency;
+    if (consistency !== "linearizable" && consistency !== "stale") {
+      throw new BenchInputError(`--consistency must be linearizable or stale, got '${args.consistency}'`);
+    }
+    if (args.duration !== undefined && args.requests !== undefined) throw new BenchInputError("give --duration or --requests, not both");
+    return {
+      target,
+      endpoints,
+      clients: args.clients === undefined ? 16 : parseWholeNumber("clients", args.clients, 1, CLIENTS_MAX),
+      stop:
+        args.requests !== undefined
+          ? { kind: "requests", requests: parseWholeNumber("requests", args.requests, 1, REQUESTS_MAX) }
+          : { kind: "duration", durationMs: parseDurationMs("duration", args.duration ?? "15s") },
+      valueBytes: args["value-bytes"] === undefined ? 100 : parseWholeNumber("value-bytes", args["value-bytes"], 0, VALUE_BYTES_MAX),
+      keys: args.keys === undefined ? 10_000 : parseWholeNumber("keys", args.keys, 1, KEYS_MAX),
+      mix: parseMix(args.mix ?? "put=1"),
+      consistency,
+      requestTimeoutMs: args.timeout === undefined ? 10_000 : parseDurationMs("timeout", args.timeout),
+      seed: args.seed === undefined ? 1 : parseWholeNumber("seed", args.seed, 0, 2 ** 31),
+    };
+  } catch (error) {
+    if (error instanceof BenchInputError) throw new UsageError(error.message);
+    throw error;
+  }
+}
+
+function parseEndpointsFlag(text: string): string[] {
+  try {
+    return parseEndpoints(text);
+  } catch (error) {
+    if (error instanceof BenchInputError) throw new UsageError(error.message);
+    throw error;
+  }
+}
+
+function createTarget(options: BenchOptions): BenchTarget {
+  const common = { endpoints: options.endpoints, valueBytes: options.valueBytes, consistency: options.consistency, discoverTimeoutMs: DISCOVER_TIMEOUT_MS };
+  switch (options.target) {
+    case "kv":
+      return createKvTarget(common);
+    case "etcd":
+      return createEtcdTarget(common);
+    case "noop":
+      return createNoopTarget(common);
+  }
+}
+
+/** A one-line progress bar on stderr, redrawn in place (terminals only). */
+function renderProgress(progress: BenchProgress): void {
+  const width = 30;
+  const filled = Math.round(progress.fraction * width);
+  const rate = progress.elapsedMs > 0 ? Math.round(progress.completed / (progress.elapsedMs / 1000)) : 0;
+  const line =
+    `[${"#".repeat(filled)}${".".repeat(width - filled)}] ${Math.floor(progress.fraction * 100)
+      .toString()
+      .padStart(3)}% ` + `${(progress.elapsedMs / 1000).toFixed(1)} s  ${progress.completed.toLocaleString("en-US")} ok  ${rate.toLocaleString("en-US")}/s  ${progress.errors} errors`;
+  process.stderr.write(`\r${line}\x1b[K`);
+}
+
+/** `kv bench`: a closed-loop load generator for kv, etcd (JSON gateway) or any HTTP server. */
+export const benchCommand = defineCommand({
+  meta: { name: "bench", description: "Measure throughput and latency of kv (or etcd) under a closed-loop load" },
+  args: {
+    endpoints: { type: "string", description: `Comma-separated client URLs (default ${DEFAULT_ENDPOINTS}; noop: a server it starts)`, valueHint: "URL,URL" },
+    target: { type: "string", description: "kv, etcd (its JSON gateway /v3/kv/*) or noop (any server; measures this tool's ceiling) (default kv)", valueHint: "kv|etcd|noop" },
+    clients: { type: "string", description: "Concurrent closed-loop clients, one request in flight each (default 16)", valueHint: "N" },
+    duration: { type: "string", description: "How long to run, e.g. 15s, 500ms, 2m (default 15s)", valueHint: "DURATION" },
+    requests: { type: "string", description: "Stop after N requests instead of a duration", valueHint: "N" },
+    "value-bytes": { type: "string", description: "Size of each written value (default 100)", valueHint: "BYTES" },
+    keys: { type: "string", description: "Key space: keys are drawn uniformly from N names (default 10000)", valueHint: "N" },
+    mix: { type: "string", description: "Weights of put, get and delete (default put=1)", valueHint: "put=1,get=0,delete=0" },
+    consistency: { type: "string", description: "Reads: linearizable or stale (etcd: serializable) (default linearizable)", valueHint: "MODE" },
+    timeout: { type: "string", description: "A request unanswered this long counts as a timeout error (default 10s)", valueHint: "DURATION" },
+    seed: { type: "string", description: "Seed of the key and operation choices (default 1)", valueHint: "N" },
+    json: { type: "boolean", description: "Print one JSON object instead of the text report" },
+  },
+  async run({ args }) {
+    const explicitEndpoints = args.endpoints === undefined ? undefined : parseEndpointsFlag(args.endpoints);
+    // Validate every flag before starting anything.
+    let options = benchOptionsFromArgs(args, explicitEndpoints ?? parseEndpoints(DEFAULT_ENDPOINTS));
+    let noopServer: Awaited<ReturnType<typeof startNoopServerProcess>> | undefined;
+    const abort = new AbortController();
+    let interrupts = 0;
+    const onSignal = () => {
+      interrupts += 1;
+      if (interrupts === 1) abort.abort(); // stop and report what was measured
+      else void noopServer?.stop().finally(() => process.exit(130));
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+    try {
+      if (options.target === "noop" && explicitEndpoints === undefined) {
+        noopServer = await startNoopServerProcess();
+        options = { ...options, endpoints: [noopServer.origin] };
+      }
+      const showProgress = process.stderr.isTTY === true;
+      const result = await runBench(options, createTarget(options), {
+        signal: abort.signal,
+        onProgress: showProgress ? renderProgress : undefined,
+      });
+      if (showProgress) process.stderr.write("\r\x1b[K");
+      const report = benchReport(result);
+      console.log(args.json === true ? JSON.stringify(report) : formatBenchReport(report));
+      // Nothing succeeded: the target is down or refuses everything.
+      if (report.ok === 0) process.exitCode = 1;
+      if (result.interrupted) process.exitCode = 130;
+    } finally {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      await noopServer?.stop();
+    }
+  },
+});

@@ -1,0 +1,453 @@
+// `bun run bench:compare`: kv against etcd 3.4 on this machine, side by side, with the very same
+// client (`kv bench`). Starts a 3-node etcd (fsync on, default timings) and a 3-node kv on loopback,
+// runs each workload against kv then etcd, round after round (A B A B), and prints a markdown table
+// of medians and kv/etcd ratios, CPU per operation, peak RSS per node and how busy the rest of the
+// machine was. Kills every process it started (by pid) on success, failure or Ctrl-C.
+//
+// It lives under test/ because it drives ChaosCluster (src/chaos), which src/bench may not import.
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import type { Subprocess } from "bun";
+import packageJson from "../../package.json" with { type: "json" };
+import { BenchInputError, parseDurationMs, parseWholeNumber } from "../../src/bench/bench-options.ts";
+import type { BenchReport } from "../../src/bench/bench-report.ts";
+import { ChaosCluster } from "../../src/chaos/cluster.ts";
+
+const root = join(import.meta.dir, "..", "..");
+const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--kv-bin dist/kv] [--out FILE] [--keep-data]
+  --duration   length of each measured run (default 10s)
+  --rounds     rounds of A B (kv, etcd) per workload; figures are medians over rounds (default 3)
+  --kv-bin     the kv executable to measure and to run the client with (default dist/kv, built if missing)
+  --out        also write the markdown report to FILE
+  --keep-data  keep the temp dir (node data and logs)`;
+
+/** One workload of the comparison: the same `kv bench` flags against both stores. */
+interface Workload {
+  readonly name: string;
+  readonly clients: number;
+  readonly mix: string;
+}
+
+const WORKLOADS: readonly Workload[] = [
+  { name: "writes, 1 client", clients: 1, mix: "put=1" },
+  { name: "writes, 16 clients", clients: 16, mix: "put=1" },
+  { name: "writes, 64 clients", clients: 64, mix: "put=1" },
+  { name: "writes, 256 clients", clients: 256, mix: "put=1" },
+  { name: "linearizable reads, 64 clients", clients: 64, mix: "get=1" },
+];
+/** The workload after which peak RSS is recorded against the issue's target. */
+const RSS_CHECKPOINT = "writes, 64 clients";
+const KEYS = 10_000;
+const VALUE_BYTES = 100;
+
+type StoreName = "kv" | "etcd";
+
+/** One measured run. */
+interface RunResult {
+  readonly report: BenchReport;
+  /** CPU time of the store's three processes during the run, per successful operation, in ms. */
+  readonly storeCpuMsPerOp: number;
+  /** CPU the rest of the machine used during the run (not the store, not the client), in cores. */
+  readonly foreignCores: number;
+}
+
+/** A store under test: its client URLs, where its leader is, and its node processes. */
+interface Store {
+  readonly name: StoreName;
+  readonly endpoints: () => string[];
+  readonly pids: () => number[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process bookkeeping: every child is killed by pid, whatever happens.
+
+const children = new Set<Subprocess>();
+const cleanups: Array<() => Promise<void>> = [];
+/** Pids started by others on our behalf (the kv nodes ChaosCluster spawns), for the last-resort kill. */
+const otherPids: Array<() => number[]> = [];
+let cleaningUp: Promise<void> | undefined;
+
+function killChildren(): void {
+  const pids = [...[...children].map((child) => child.pid), ...otherPids.flatMap((pidsOf) => pidsOf())];
+  for (const pid of pids) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
+
+async function cleanup(): Promise<void> {
+  cleaningUp ??= (async () => {
+    killChildren();
+    for (const step of cleanups.reverse()) await step().catch(() => {});
+    await Promise.all([...children].map((child) => child.exited));
+  })();
+  return cleaningUp;
+}
+
+process.on("exit", killChildren);
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    console.error(`\n${signal}: stopping every process started...`);
+    void cleanup().finally(() => process.exit(signal === "SIGINT" ? 130 : 143));
+  });
+}
+
+function spawnTracked(args: string[], opts: { logFile?: string; pipe?: boolean } = {}): Subprocess<"ignore", "pipe" | number, "pipe" | number> {
+  const fd = opts.pipe === true ? undefined : openSync(opts.logFile ?? "/dev/null", "a");
+  const out = fd ?? "pipe";
+  const child = Bun.spawn(args, { stdin: "ignore", stdout: out, stderr: out }) as Subprocess<"ignore", "pipe" | number, "pipe" | number>;
+  if (fd !== undefined) closeSync(fd); // the child holds its own copy
+  children.add(child);
+  void child.exited.then(() => children.delete(child));
+  return child;
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc readings
+
+const CLOCK_TICKS_PER_S = 100; // USER_HZ on Linux
+
+/** utime + stime of a process, in ms (0 when it is gone). */
+function processCpuMs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_S;
+  } catch {
+    return 0;
+  }
+}
+
+/** Busy CPU time of the whole machine (all cores), in ms. */
+function machineBusyMs(): number {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0] as string;
+  const values = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = values.slice(0, 8).reduce((sum, v) => sum + v, 0);
+  const idle = (values[3] ?? 0) + (values[4] ?? 0);
+  return ((total - idle) * 1000) / CLOCK_TICKS_PER_S;
+}
+
+/** Peak resident set (VmHWM) of a process in MB, or NaN when it is gone. */
+function peakRssMb(pid: number): number {
+  try {
+    const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match === null ? Number.NaN : Number(match[1]) / 1024;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup
+
+/** Ports that nothing listens on right now: `count` consecutive from a base, tried at random. */
+async function freePortRange(count: number, gap = 0): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 30_000);
+    const ports = [...Array.from({ length: count }, (_, i) => base + i), ...(gap > 0 ? Array.from({ length: count }, (_, i) => base + gap + i) : [])];
+    if (ports.some((port) => port > 65_000)) continue;
+    const listeners: Array<{ stop: (force?: boolean) => void }> = [];
+    let free = true;
+    for (const port of ports) {
+      try {
+        listeners.push(Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }));
+      } catch {
+        free = false;
+        break;
+      }
+    }
+    for (const listener of listeners) listener.stop(true);
+    if (free) return base;
+  }
+  throw new Error("found no free port range");
+}
+
+function ensureEtcd(): string {
+  const found = Bun.which("etcd");
+  if (found !== null) return found;
+  console.error("etcd not found: apt-get install -y etcd-server etcd-client");
+  const install = Bun.spawnSync(["apt-get", "install", "-y", "etcd-server", "etcd-client"], {
+    stdout: "inherit",
+    stderr: "inherit",
+    env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+  });
+  const installed = Bun.which("etcd");
+  if (install.exitCode !== 0 || installed === null) throw new Error("could not install etcd-server (apt-get install -y etcd-server etcd-client)");
+  return installed;
+}
+
+/** The kv executable, copied into the run's dir so a rebuild meanwhile cannot change it. */
+function prepareKvBinary(requested: string | undefined, dir: string): string {
+  const source = requested ?? join(root, "dist", "kv");
+  if (!existsSync(source)) {
+    if (requested !== undefined) throw new Error(`${requested} does not exist`);
+    console.error("dist/kv not found: bun run build");
+    const build = Bun.spawnSync([process.execPath, "build.ts"], { cwd: root, stdout: "inherit", stderr: "inherit" });
+    if (build.exitCode !== 0) throw new Error("bun run build failed");
+  }
+  mkdirSync(join(dir, "bin"), { recursive: true });
+  const copy = join(dir, "bin", "kv");
+  copyFileSync(source, copy);
+  Bun.spawnSync(["chmod", "+x", copy]);
+  const help = Bun.spawnSync([copy, "bench", "--help"], { stdout: "pipe", stderr: "pipe" });
+  if (help.exitCode !== 0 || !help.stdout.toString().includes("--target")) {
+    throw new Error(`${source} has no 'bench' command: rebuild it (bun run build)`);
+  }
+  return copy;
+}
+
+async function startEtcd(etcdBin: string, dir: string): Promise<Store> {
+  const base = await freePortRange(6);
+  const clientUrl = (i: number) => `http://127.0.0.1:${base + i}`;
+  const peerUrl = (i: number) => `http://127.0.0.1:${base + 3 + i}`;
+  const initialCluster = [0, 1, 2].map((i) => `etcd-${i + 1}=${peerUrl(i)}`).join(",");
+  const processes = [0, 1, 2].map((i) =>
+    spawnTracked(
+      [
+        etcdBin,
+        "--name",
+        `etcd-${i + 1}`,
+        "--data-dir",
+        join(dir, `etcd-${i + 1}`),
+        "--listen-client-urls",
+        clientUrl(i),
+        "--advertise-client-urls",
+        clientUrl(i),
+        "--listen-peer-urls",
+        peerUrl(i),
+        "--initial-advertise-peer-urls",
+        peerUrl(i),
+        "--initial-cluster",
+        initialCluster,
+        "--initial-cluster-token",
+        `bench-${base}`,
+        "--initial-cluster-state",
+        "new",
+      ],
+      { logFile: join(dir, `etcd-${i + 1}.log`) },
+    ),
+  );
+  const endpoints = [0, 1, 2].map(clientUrl);
+  // Ready once one member reports itself leader through the gateway.
+  const deadline = performance.now() + 30_000;
+  for (;;) {
+    const statuses = await Promise.all(
+      endpoints.map((endpoint) =>
+        fetch(`${endpoint}/v3/maintenance/status`, { method: "POST", body: "{}", signal: AbortSignal.timeout(1_000) })
+          .then((response) => (response.ok ? (response.json() as Promise<{ header?: { member_id?: string }; leader?: string }>) : undefined))
+          .catch(() => undefined),
+      ),
+    );
+    if (statuses.some((status) => status?.leader !== undefined && status.leader === status.header?.member_id)) break;
+    for (const proc of processes) if (proc.exitCode !== null) throw new Error(`etcd exited with ${proc.exitCode}; see ${dir}/etcd-*.log`);
+    if (performance.now() > deadline) throw new Error(`etcd elected no leader within 30 s; see ${dir}/etcd-*.log`);
+    await Bun.sleep(50); // polling interval between status probes
+  }
+  return { name: "etcd", endpoints: () => endpoints, pids: () => processes.map((proc) => proc.pid) };
+}
+
+async function startKv(kvBin: string, dir: string): Promise<Store> {
+  // The classic layout (peers on base..base+2, HTTP on base+3000..): no proxies between the nodes,
+  // so peer traffic costs what it costs in production, as etcd's does.
+  const basePort = await freePortRange(3, 3_000);
+  const cluster = new ChaosCluster({ size: 3, command: [kvBin], baseDir: join(dir, "kv"), basePort });
+  cleanups.push(() => cluster.stop());
+  otherPids.push(() => cluster.nodes.map((node) => node.pid).filter((pid): pid is number => pid !== undefined));
+  await cluster.start();
+  await cluster.waitForLeader(undefined, 30_000);
+  return {
+    name: "kv",
+    endpoints: () => cluster.nodes.map((node) => node.httpUrl),
+    pids: () => cluster.nodes.map((node) => node.pid).filter((pid): pid is number => pid !== undefined),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+async function runOnce(kvBin: string, store: Store, workload: Workload, duration: string): Promise<RunResult> {
+  const pids = store.pids();
+  const cpuBeforeMs = pids.reduce((sum, pid) => sum + processCpuMs(pid), 0);
+  const busyBeforeMs = machineBusyMs();
+  const args = [
+    kvBin,
+    "bench",
+    "--target",
+    store.name,
+    "--endpoints",
+    store.endpoints().join(","),
+    "--clients",
+    String(workload.clients),
+    "--mix",
+    workload.mix,
+    "--duration",
+    duration,
+    "--keys",
+    String(KEYS),
+    "--value-bytes",
+    String(VALUE_BYTES),
+    "--json",
+  ];
+  const child = spawnTracked(args, { pipe: true });
+  const [out, err, code] = await Promise.all([
+    new Response(child.stdout as ReadableStream<Uint8Array>).text(),
+    new Response(child.stderr as ReadableStream<Uint8Array>).text(),
+    child.exited,
+  ]);
+  const busyAfterMs = machineBusyMs();
+  const cpuAfterMs = pids.reduce((sum, pid) => sum + processCpuMs(pid), 0);
+  if (code !== 0) throw new Error(`kv bench against ${store.name} exited ${code}: ${err.trim()}`);
+  const report = JSON.parse(out) as BenchReport;
+  const usage = child.resourceUsage();
+  const clientCpuMs = usage === undefined ? 0 : Number(usage.cpuTime.user + usage.cpuTime.system) / 1000;
+  const storeCpuMs = cpuAfterMs - cpuBeforeMs;
+  const foreignMs = Math.max(0, busyAfterMs - busyBeforeMs - storeCpuMs - clientCpuMs);
+  return {
+    report,
+    storeCpuMsPerOp: report.ok === 0 ? Number.NaN : storeCpuMs / report.ok,
+    foreignCores: foreignMs / Math.max(1, report.elapsedMs),
+  };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return Number.NaN;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "–");
+const fmtMs = (n: number) => fmt(n, n < 10 ? 2 : 1);
+const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}×` : "–");
+
+// ---------------------------------------------------------------------------------------------
+
+async function main(): Promise<number> {
+  let flags: { duration?: string; rounds?: string; "kv-bin"?: string; out?: string; "keep-data"?: boolean; help?: boolean };
+  let durationText: string;
+  let rounds: number;
+  try {
+    flags = parseArgs({
+      args: process.argv.slice(2),
+      options: {
+        duration: { type: "string" },
+        rounds: { type: "string" },
+        "kv-bin": { type: "string" },
+        out: { type: "string" },
+        "keep-data": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    }).values;
+    if (flags.help === true) {
+      console.log(USAGE);
+      return 0;
+    }
+    durationText = flags.duration ?? "10s";
+    parseDurationMs("duration", durationText);
+    rounds = flags.rounds === undefined ? 3 : parseWholeNumber("rounds", flags.rounds, 1, 100);
+  } catch (error) {
+    const message = error instanceof BenchInputError || error instanceof TypeError ? error.message : String(error);
+    console.error(`bench:compare: ${message}\n${USAGE}`);
+    return 2;
+  }
+
+  const loadBefore = loadavg();
+  const dir = mkdtempSync(join(tmpdir(), "kv-bench-compare-"));
+  mkdirSync(join(dir, "kv"), { recursive: true });
+  let ok = false;
+  try {
+    const etcdBin = ensureEtcd();
+    const etcdVersion = (Bun.spawnSync([etcdBin, "--version"]).stdout.toString().split("\n")[0] ?? "").replace("etcd Version: ", "").trim();
+    const kvBin = prepareKvBinary(flags["kv-bin"], dir);
+    console.error(`data and logs in ${dir}; load average before start: ${loadBefore.map((l) => l.toFixed(2)).join(" ")}`);
+    const kv = await startKv(kvBin, dir);
+    const etcd = await startEtcd(etcdBin, dir);
+    const stores = [kv, etcd];
+
+    // Warm up both (JIT, file growth, connection setup), not counted.
+    for (const store of stores) await runOnce(kvBin, store, { name: "warm-up", clients: 16, mix: "put=1" }, "2s");
+
+    const results = new Map<string, RunResult[]>(); // `${store}|${workload}` → rounds
+    const rssAtCheckpoint = new Map<StoreName, number[]>();
+    for (let round = 1; round <= rounds; round++) {
+      for (const workload of WORKLOADS) {
+        for (const store of stores) {
+          const result = await runOnce(kvBin, store, workload, durationText);
+          const key = `${store.name}|${workload.name}`;
+          results.set(key, [...(results.get(key) ?? []), result]);
+          const r = result.report;
+          console.error(
+            `round ${round}/${rounds}  ${workload.name.padEnd(31)} ${store.name.padEnd(4)}  ${fmt(r.opsPerSec).padStart(7)} ops/s  ` +
+              `p50 ${fmtMs(r.latencyMs.p50)} ms  p99 ${fmtMs(r.latencyMs.p99)} ms  errors ${r.errors}  leader changes ${r.leaderChanges ?? "-"}  ` +
+              `other load ${result.foreignCores.toFixed(2)} cores`,
+          );
+          if (round === 1 && workload.name === RSS_CHECKPOINT) rssAtCheckpoint.set(store.name, store.pids().map(peakRssMb));
+        }
+      }
+    }
+    const rssAtEnd = new Map<StoreName, number[]>(stores.map((store) => [store.name, store.pids().map(peakRssMb)]));
+
+    // The report.
+    const lines: string[] = [];
+    const memoryGb = totalmem() / 1024 ** 3;
+    const foreign = median([...results.values()].flat().map((r) => r.foreignCores));
+    lines.push(`### kv ${packageJson.version} vs etcd ${etcdVersion}: ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`);
+    lines.push("");
+    lines.push(
+      `Machine: ${cpus().length} cores (${cpus()[0]?.model ?? "?"}), ${memoryGb.toFixed(1)} GB RAM; Bun ${Bun.version}; etcd ${etcdVersion}. ` +
+        `Each run ${durationText}, ${rounds} round${rounds === 1 ? "" : "s"} of kv then etcd per workload (A B A B), ${VALUE_BYTES} B values, ${fmt(KEYS)} keys, ` +
+        `both 3 nodes on loopback with fsync; client: \`kv bench\` (one process, on the same machine). Load average before start: ` +
+        `${loadBefore.map((l) => l.toFixed(2)).join(" ")}; median CPU used by other processes during runs: ${foreign.toFixed(2)} cores` +
+        `${foreign > 0.2 || loadBefore[0]! > 0.5 ? " — **the machine was not quiet**" : ""}.`,
+    );
+    lines.push("");
+    lines.push("Medians over rounds; ratios are the median of each round's kv/etcd ratio. CPU/op sums the three nodes' CPU time.");
+    lines.push("");
+    lines.push("| workload | kv ops/s | etcd ops/s | kv/etcd | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | p99 kv/etcd | kv CPU ms/op | etcd CPU ms/op | errors kv / etcd | leader changes kv / etcd |");
+    lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const workload of WORKLOADS) {
+      const a = results.get(`kv|${workload.name}`) ?? [];
+      const b = results.get(`etcd|${workload.name}`) ?? [];
+      const pick = (runs: RunResult[], f: (r: RunResult) => number) => median(runs.map(f));
+      const ratio = (f: (r: RunResult) => number) => median(a.map((run, i) => (b[i] === undefined ? Number.NaN : f(run) / f(b[i] as RunResult))));
+      const sum = (runs: RunResult[], f: (r: RunResult) => number) => runs.reduce((s, r) => s + f(r), 0);
+      lines.push(
+        `| ${workload.name} | ${fmt(pick(a, (r) => r.report.opsPerSec))} | ${fmt(pick(b, (r) => r.report.opsPerSec))} | ${fmtRatio(ratio((r) => r.report.opsPerSec))} ` +
+          `| ${fmtMs(pick(a, (r) => r.report.latencyMs.p50))} | ${fmtMs(pick(b, (r) => r.report.latencyMs.p50))} ` +
+          `| ${fmtMs(pick(a, (r) => r.report.latencyMs.p99))} | ${fmtMs(pick(b, (r) => r.report.latencyMs.p99))} | ${fmtRatio(ratio((r) => r.report.latencyMs.p99))} ` +
+          `| ${fmt(pick(a, (r) => r.storeCpuMsPerOp), 3)} | ${fmt(pick(b, (r) => r.storeCpuMsPerOp), 3)} ` +
+          `| ${sum(a, (r) => r.report.errors)} / ${sum(b, (r) => r.report.errors)} | ${sum(a, (r) => r.report.leaderChanges ?? 0)} / ${sum(b, (r) => r.report.leaderChanges ?? 0)} |`,
+      );
+    }
+    lines.push("");
+    lines.push("Peak RSS per node (VmHWM, MB), after the first 64-client write run and at the end of all runs:");
+    lines.push("");
+    lines.push("| store | node 1 | node 2 | node 3 | at end: node 1 | node 2 | node 3 |");
+    lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const store of stores) {
+      const at = rssAtCheckpoint.get(store.name) ?? [];
+      const end = rssAtEnd.get(store.name) ?? [];
+      lines.push(`| ${store.name} | ${[0, 1, 2].map((i) => fmt(at[i] ?? Number.NaN)).join(" | ")} | ${[0, 1, 2].map((i) => fmt(end[i] ?? Number.NaN)).join(" | ")} |`);
+    }
+    const markdown = lines.join("\n");
+    console.log(markdown);
+    if (flags.out !== undefined) writeFileSync(flags.out, `${markdown}\n`);
+    ok = true;
+  } catch (error) {
+    console.error(`bench:compare failed: ${error instanceof Error ? error.message : String(error)}`);
+    console.error(`data and logs kept in ${dir}`);
+  } finally {
+    await cleanup();
+    if (ok && flags["keep-data"] !== true) rmSync(dir, { recursive: true, force: true });
+    else if (ok) console.error(`data and logs kept in ${dir}`);
+  }
+  return ok ? 0 : 1;
+}
+
+process.exit(await main());
