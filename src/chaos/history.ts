@@ -1,0 +1,60 @@
+/**
+ * The history a chaos run records: every client operation, when it was called, when (if ever) it
+ * returned, and what came back. The linearizability checker reads nothing else.
+ * Times are milliseconds on one monotonic clock shared by all clients of a run.
+ */
+import { unreachable } from "../lib/assert.ts";
+
+/** The three client operations of the kv API. */
+export type OperationKind = "put" | "get" | "delete";
+
+/**
+ * What the client learned about an operation:
+ * - `ok`: it took effect exactly once, at some instant between its call and its return;
+ * - `fail`: it definitely did not take effect (a 307 or 503 `no_leader` refusal before proposing);
+ * - `unknown`: a timeout or a cut connection; it may take effect at any instant after its call, or never.
+ */
+export type OperationOutcome = "ok" | "fail" | "unknown";
+
+/** One client operation on one key. */
+export interface Operation {
+  /** Unique within the history; evidence and reports name operations by it. */
+  readonly id: number;
+  readonly clientId: number;
+  readonly kind: OperationKind;
+  readonly key: string;
+  /** The value a put writes. Every put of a run writes a value no other put writes. */
+  readonly value?: string;
+  readonly callMs: number;
+  /** When the answer arrived; undefined when the outcome is unknown. */
+  readonly returnMs?: number;
+  readonly outcome: OperationOutcome;
+  /** What an ok get read: the value, or null when the key was absent. */
+  readonly output?: string | null;
+  /** For an ok delete whose answer says so: whether the key was present. */
+  readonly deleted?: boolean;
+}
+
+/** One line for a human: `client 3 put(k1, "v17") [120ms → 135ms] ok`. */
+export function describeOperation(op: Operation): string {
+  const returned = op.returnMs === undefined ? "?" : `${op.returnMs}ms`;
+  const interval = `[${op.callMs}ms → ${returned}]`;
+  let call: string;
+  switch (op.kind) {
+    case "put":
+      call = `put(${op.key}, ${JSON.stringify(op.value)})`;
+      break;
+    case "get":
+      call = op.output === undefined ? `get(${op.key})` : `get(${op.key}) → ${JSON.stringify(op.output)}`;
+      break;
+    case "delete":
+      call =
+        op.deleted === undefined
+          ? `delete(${op.key})`
+          : `delete(${op.key}) → ${op.deleted ? "deleted" : "was absent"}`;
+      break;
+    default:
+      return unreachable(op.kind, "operation kind");
+  }
+  return `client ${op.clientId} ${call} ${interval} ${op.outcome}`;
+}
