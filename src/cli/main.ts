@@ -3,6 +3,7 @@
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
 import packageJson from "../../package.json" with { type: "json" };
 import { chaosCommand } from "./chaos.ts";
+import { ClientExit, clientCommands } from "./client.ts";
 import { serveCommand } from "./serve.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -10,6 +11,7 @@ const subCommands: Record<string, CommandDef<ArgsDef>> = {
   serve: serveCommand as unknown as CommandDef<ArgsDef>,
   chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
   bench: (await import("./bench.ts")).benchCommand as unknown as CommandDef<ArgsDef>,
+  ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
 };
 
 const root = defineCommand({
@@ -89,6 +91,10 @@ export async function main(argv: string[]): Promise<void> {
     checkFlags(command, path, rest);
     await runCommand(command, { rawArgs: rest });
   } catch (error) {
+    if (error instanceof ClientExit) {
+      if (error.message !== "") console.error(`kv: ${error.message}`);
+      process.exit(error.exitCode);
+    }
     if (error instanceof UsageError || (error instanceof Error && error.name === "CLIError")) {
       console.error(`kv: ${error.message}`);
       process.exit(2);

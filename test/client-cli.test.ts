@@ -1,0 +1,87 @@
+// Proves the client commands of the built executable against a real cluster: put/get/del/status/members
+// follow redirects, skip dead endpoints, print JSON on request, and exit 0 ok, 1 not found, 2 usage, 3 unavailable.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+
+let cluster: ChaosCluster;
+let baseDir: string;
+let endpoints: string;
+
+beforeAll(async () => {
+  baseDir = mkdtempSync(join(tmpdir(), "kv-client-test-"));
+  cluster = new ChaosCluster({ size: 3, command: kvCommand(), baseDir });
+  await cluster.start();
+  await cluster.waitForLeader();
+  endpoints = cluster.nodes.map((n) => n.httpUrl).join(",");
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+  rmSync(baseDir, { recursive: true, force: true });
+});
+
+async function kv(args: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
+  const proc = Bun.spawn([...kvCommand(), ...args], { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
+  try {
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    return { code: await proc.exited, out, err };
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}
+
+test("put, get and del through any endpoint: redirects are followed; exit 1 when absent", async () => {
+  const leader = await cluster.waitForLeader();
+  const follower = cluster.nodes.find((n) => n.id !== leader)!;
+  // Only a follower's URL first in the list: the write is redirected to the leader.
+  const list = [follower.httpUrl, ...cluster.nodes.filter((n) => n !== follower).map((n) => n.httpUrl)].join(",");
+  const put = await kv(["put", "greeting", "hello", "--endpoints", list]);
+  expect(put.code).toBe(0);
+  expect(put.out).toMatch(/^OK greeting version \d+\n$/);
+  const get = await kv(["get", "greeting", "--endpoints", list]);
+  expect(get.code).toBe(0);
+  expect(get.out).toBe("hello");
+  const json = await kv(["get", "greeting", "--endpoints", list, "--json"]);
+  expect(JSON.parse(json.out)).toMatchObject({ key: "greeting", value: "hello" });
+  expect((await kv(["del", "greeting", "--endpoints", list])).code).toBe(0);
+  const gone = await kv(["get", "greeting", "--endpoints", list]);
+  expect(gone.code).toBe(1);
+  expect(gone.err).toContain("not_found");
+  expect((await kv(["del", "greeting", "--endpoints", list])).code).toBe(1);
+});
+
+test("put - reads the value from standard input, bytes intact", async () => {
+  expect((await kv(["put", "from-stdin", "-", "--endpoints", endpoints], "line one\nline two\n")).code).toBe(0);
+  expect((await kv(["get", "from-stdin", "--endpoints", endpoints])).out).toBe("line one\nline two\n");
+});
+
+test("a dead endpoint first in the list is skipped", async () => {
+  const dead = "http://127.0.0.1:1"; // nothing listens on port 1
+  const result = await kv(["put", "skip", "v", "--endpoints", `${dead},${endpoints}`]);
+  expect(result.code).toBe(0);
+});
+
+test("status and members describe the cluster; --json is machine-readable", async () => {
+  const status = await kv(["status", "--endpoints", endpoints, "--json"]);
+  expect(status.code).toBe(0);
+  const parsed = JSON.parse(status.out) as { status: { role: string } }[];
+  expect(parsed.filter((s) => s.status.role === "leader")).toHaveLength(1);
+  const members = await kv(["members", "--endpoints", endpoints, "--json"]);
+  expect((JSON.parse(members.out) as { id: number }[]).map((m) => m.id).sort()).toEqual([1, 2, 3]);
+  const text = await kv(["members", "--endpoints", endpoints]);
+  expect(text.out).toContain("leader");
+});
+
+test("exit 3 when no endpoint answers; exit 2 on a usage error", async () => {
+  const down = await kv(["get", "k", "--endpoints", "http://127.0.0.1:1", "--timeout-ms", "300"]);
+  expect(down.code).toBe(3);
+  expect(down.err).toContain("no endpoint could serve the request");
+  const usage = await kv(["put", "--endpoints", endpoints]);
+  expect(usage.code).toBe(2);
+  const badUrl = await kv(["get", "k", "--endpoints", "ftp://x"]);
+  expect(badUrl.code).toBe(2);
+});
