@@ -8,7 +8,9 @@ import { runElection } from "../chaos/election.ts";
 import { runFailover } from "../chaos/failover.ts";
 import { createLiveDisplay, type LiveDisplay } from "../chaos/live-display.ts";
 import { runPartition } from "../chaos/partition.ts";
+import { modeNeedsProxies, NEMESIS_MODES, type NemesisMode } from "../chaos/nemesis.ts";
 import { runPause } from "../chaos/pause.ts";
+import { formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
 import { runRestart } from "../chaos/restart.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 
@@ -36,9 +38,11 @@ type FlagValues = Readonly<Record<string, string | boolean | string[] | undefine
 interface ScenarioDefinition {
   readonly title: string;
   readonly description: string;
-  /** Cuts links through the runner's TCP proxies, so it cannot run under --base-port. */
-  readonly needsProxies: boolean;
+  /** Cuts links through the runner's TCP proxies, so it cannot run under --base-port (may depend on its flags). */
+  readonly needsProxies: boolean | ((flags: FlagValues) => boolean);
   readonly args: ArgsDef;
+  /** The flags it runs with under `kv chaos all` (default: none, so every default). */
+  readonly allFlags?: FlagValues;
   /** Parses the flags (absent ones take their defaults) into a run; throws UsageError. */
   readonly create: (flags: FlagValues) => ScenarioRun;
 }
@@ -60,6 +64,40 @@ const clientTimeoutArg = {
   },
 } as const;
 const clientTimeoutMs = (flags: FlagValues) => intFlag(flags, "client-timeout-ms", CLIENT_TIMEOUT_MS_DEFAULT, 50, 600_000);
+
+const RANDOM_DURATION_MS_DEFAULT = 60_000;
+/** Seeds are 32-bit: what the PRNG takes. */
+const SEED_MAX = 0xffff_ffff;
+
+/** A seed for a run that was given none (printed with the replay command, so it is never lost). */
+function randomSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0] ?? 0;
+}
+
+/** `--name 60s|500ms|2m|60` within 100 ms to a day, or `fallbackMs` when absent. */
+function durationFlag(flags: FlagValues, name: string, fallbackMs: number): number {
+  const value = flags[name];
+  if (value === undefined) return fallbackMs;
+  if (typeof value !== "string") throw new UsageError(`--${name} takes one value`);
+  const ms = parseDurationMs(value);
+  if (ms === undefined || ms < 100 || ms > 86_400_000) {
+    throw new UsageError(`--${name} must be a duration from 100ms to 24h such as 60s, 500ms or 2m, got '${value}'`);
+  }
+  return ms;
+}
+
+/** `--name X` where X is one of `choices`, or `fallback` when absent. */
+function choiceFlag<T extends string>(flags: FlagValues, name: string, choices: readonly T[], fallback: T): T {
+  const value = flags[name];
+  if (value === undefined) return fallback;
+  const chosen = choices.find((c) => c === value);
+  if (chosen === undefined) throw new UsageError(`--${name} must be one of ${choices.join(", ")}, got '${String(value)}'`);
+  return chosen;
+}
+
+function nemesisFlag(flags: FlagValues): NemesisMode {
+  return choiceFlag(flags, "nemesis", NEMESIS_MODES, "all");
+}
 
 /** Every scenario, by subcommand name. */
 const scenarios: Record<string, ScenarioDefinition> = {
@@ -155,15 +193,68 @@ const scenarios: Record<string, ScenarioDefinition> = {
       return (cluster, display) => runRestart(cluster, { durationMs, concurrency, requestTimeoutMs, display });
     },
   },
-  // random: another scenario plugs in here, with its flags, and its name goes at the end of ALL_ORDER.
+  random: {
+    title: "Random Faults Under a Checked Workload",
+    description:
+      "Clients on random nodes while a seeded nemesis kills, pauses and partitions: the history must be linearizable and the replicas converge",
+    needsProxies: (flags) => modeNeedsProxies(nemesisFlag(flags)),
+    allFlags: { duration: "20s" },
+    args: {
+      duration: { type: "string", description: "How long the clients and the nemesis run: 60s, 2m, 500ms (default 60s)", valueHint: "TIME" },
+      seed: { type: "string", description: "Fixes the nemesis schedule and the clients' choices (default: a random seed, printed)", valueHint: "N" },
+      clients: { type: "string", description: "Concurrent clients, one operation at a time each (default 5)", valueHint: "N" },
+      keys: { type: "string", description: "Keys the clients share (default 5)", valueHint: "N" },
+      "read-consistency": { type: "string", description: "How reads are served: linearizable (default), lease or stale", valueHint: "MODE" },
+      nemesis: { type: "string", description: "Faults to inject: all (default), partition, kill or pause", valueHint: "MODE" },
+      report: { type: "string", description: "Write a self-contained HTML report (timeline, faults, latency, verdict, evidence) to FILE", valueHint: "FILE.html" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const durationMs = durationFlag(flags, "duration", RANDOM_DURATION_MS_DEFAULT);
+      const seed = flags.seed === undefined ? randomSeed() : intFlag(flags, "seed", 0, 0, SEED_MAX);
+      const clients = intFlag(flags, "clients", 5, 1, 1_000);
+      const keys = intFlag(flags, "keys", 5, 1, 10_000);
+      const readConsistency = choiceFlag(flags, "read-consistency", READ_CONSISTENCIES, "linearizable");
+      const nemesis = nemesisFlag(flags);
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      const reportPath = outputPath(flags, "report");
+      const replay = [
+        "kv chaos random",
+        `--seed ${seed}`,
+        `--duration ${formatDuration(durationMs)}`,
+        ...(clients === 5 ? [] : [`--clients ${clients}`]),
+        ...(keys === 5 ? [] : [`--keys ${keys}`]),
+        ...(readConsistency === "linearizable" ? [] : [`--read-consistency ${readConsistency}`]),
+        ...(nemesis === "all" ? [] : [`--nemesis ${nemesis}`]),
+        ...(flags["client-timeout-ms"] === undefined ? [] : [`--client-timeout-ms ${requestTimeoutMs}`]),
+      ].join(" ");
+      return (cluster, display) =>
+        runRandom(cluster, {
+          seed,
+          durationMs,
+          clients,
+          keys,
+          readConsistency,
+          nemesis,
+          requestTimeoutMs,
+          replayCommand: replay,
+          ...(reportPath === undefined ? {} : { reportPath }),
+          display,
+        });
+    },
+  },
 };
 
 /**
- * What `kv chaos all` runs, in this order, each with its defaults on a fresh cluster.
- * Hook for `random` (seeded nemesis schedule checked by src/chaos/linearizability.ts): add its
- * definition to `scenarios` above and append "random" here; nothing else changes.
+ * What `kv chaos all` runs, in this order, each on a fresh cluster with its defaults (or its
+ * `allFlags`: `random` runs for 20 s there rather than 60 s).
  */
-const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart"];
+const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart", "random"];
+
+/** Whether a scenario, run with these flags, cuts links through the runner's proxies. */
+function needsProxies(def: ScenarioDefinition, flags: FlagValues): boolean {
+  return typeof def.needsProxies === "function" ? def.needsProxies(flags) : def.needsProxies;
+}
 
 /** A parsed scenario to run under a name. */
 interface NamedRun {
@@ -175,12 +266,17 @@ interface NamedRun {
 
 /** `--json FILE`: its absolute path, refused up front when its directory does not exist. */
 function jsonPath(flags: FlagValues): string | undefined {
-  const value = flags.json;
+  return outputPath(flags, "json");
+}
+
+/** An output file flag (`--json FILE`, `--report FILE`): its absolute path, refused up front when its directory does not exist. */
+function outputPath(flags: FlagValues, name: string): string | undefined {
+  const value = flags[name];
   if (value === undefined) return undefined;
-  if (typeof value !== "string" || value === "") throw new UsageError("--json needs a file name");
+  if (typeof value !== "string" || value === "") throw new UsageError(`--${name} needs a file name`);
   const path = resolve(value);
   const dir = dirname(path);
-  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`--json: directory ${dir} does not exist`);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`--${name}: directory ${dir} does not exist`);
   return path;
 }
 
@@ -265,7 +361,7 @@ function scenarioCommand(name: string, def: ScenarioDefinition): CommandDef<Args
     args: { ...def.args, ...commonArgs },
     async run({ args }) {
       const flags = args as FlagValues;
-      await runScenarios([{ name, title: def.title, needsProxies: def.needsProxies, run: def.create(flags) }], flags);
+      await runScenarios([{ name, title: def.title, needsProxies: needsProxies(def, flags), run: def.create(flags) }], flags);
     },
   }) as unknown as CommandDef<ArgsDef>;
 }
@@ -278,7 +374,8 @@ const allCommand = defineCommand({
     const runs = ALL_ORDER.map((name) => {
       const def = scenarios[name];
       if (def === undefined) throw new Error(`ALL_ORDER names an unknown scenario '${name}'`);
-      return { name, title: def.title, needsProxies: def.needsProxies, run: def.create({}) };
+      const flagsUnderAll = def.allFlags ?? {};
+      return { name, title: def.title, needsProxies: needsProxies(def, flagsUnderAll), run: def.create(flagsUnderAll) };
     });
     await runScenarios(runs, flags);
   },

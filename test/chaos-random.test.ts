@@ -1,0 +1,328 @@
+// Proves `kv chaos random` passes on a healthy kv under a seeded nemesis and catches a real anomaly (stale reads under partitions are reported as a linearizability violation with evidence), through the built executable, and that its pure parts hold: a seed fixes the nemesis schedule, operations are classified as the checker needs, and the HTML report carries the verdict, the timeline and the evidence.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Outcome } from "../src/chaos/client.ts";
+import { checkLinearizable, describeOperation, type Operation } from "../src/chaos/linearizability.ts";
+import { describeFault, describePlannedFault, modeNeedsProxies, planSchedule, type PlannedFault } from "../src/chaos/nemesis.ts";
+import { countOperations, formatDuration, parseDurationMs, toOperation } from "../src/chaos/random.ts";
+import { escapeHtml, renderReport, type ReportInput } from "../src/chaos/report.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+
+/** Bounds a hung run; asserts nothing about speed. */
+const SCENARIO_TIMEOUT_MS = 120_000;
+
+/** Runs `kv ...` to completion; a runner still alive in `finally` gets SIGTERM (it then kills its nodes), then SIGKILL. */
+async function run(args: string[]): Promise<{ code: number; out: string }> {
+  const proc = Bun.spawn([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  try {
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    const code = await proc.exited;
+    return { code, out: out + err };
+  } finally {
+    if (proc.exitCode === null) {
+      // Only when the runner hung or the test failed mid-run: SIGTERM lets it kill its nodes first.
+      proc.kill("SIGTERM");
+      const exited = await Promise.race([proc.exited.then(() => true), Bun.sleep(10_000).then(() => false)]);
+      if (!exited) proc.kill("SIGKILL");
+    }
+  }
+}
+
+const outDir = mkdtempSync(join(tmpdir(), "kv-random-test-"));
+afterAll(() => rmSync(outDir, { recursive: true, force: true }));
+
+/** A self-contained page fetches nothing: no external script, stylesheet, image or frame. */
+function expectSelfContained(html: string): void {
+  expect(html).not.toMatch(/<(script|link|img|iframe)\b[^>]*\b(src|href)=/i);
+  expect(html).not.toMatch(/url\(\s*["']?https?:/i);
+  expect(html).not.toContain("@import");
+}
+
+describe("kv chaos random, through the built executable", () => {
+  test(
+    "seed 7 for 8 s: the nemesis acts, the history is linearizable, the replicas converge, and --report writes the page",
+    async () => {
+      const reportFile = join(outDir, "seed-7.html");
+      const { code, out } = await run(["chaos", "random", "--duration", "8s", "--seed", "7", "--report", reportFile]);
+      if (code !== 0) console.error(out);
+      expect(code).toBe(0);
+      expect(out).toContain("=== Chaos Test: Random Faults Under a Checked Workload ===");
+      expect(out).toContain("Seed: 7 (replay: kv chaos random --seed 7 --duration 8s)");
+      // The schedule seed 7 draws for 8 s (see the schedule tests below), and its execution.
+      expect(out).toContain("1.2s +2.6s isolate the leader");
+      expect(out).toMatch(/\] nemesis: isolate node \d( \(the leader\))? from both peers/);
+      expect(out).toMatch(/\] nemesis: healed: node \d reconnected/);
+      expect(out).toContain("Faults injected: 1 (isolate 1)");
+      expect(out).toContain("Final linearizable reads answered: 5 of 5");
+      expect(out).toMatch(/Linearizability: ✅ linearizable \(5 keys, checked in \d+ ms\)/);
+      expect(out).toMatch(/Convergence: ✅ all 3 nodes applied index \d+ and hold the same value for each of the 5 keys/);
+      expect(out).toMatch(/✅ SUCCESS: \d+ operations under 1 fault are linearizable/);
+      expect(out).toContain("Replay this schedule: kv chaos random --seed 7 --duration 8s");
+      expect(out).not.toContain("❌");
+
+      const html = readFileSync(reportFile, "utf8");
+      expect(html).toStartWith("<!doctype html>");
+      expect(html).toContain('<div class="verdict ok" id="verdict"><strong>Linearizable</strong>');
+      expect(html).toMatch(/<svg [^>]*class="chart timeline"/);
+      expect(html).toMatch(/<svg [^>]*class="chart latency"/);
+      expect(html).toMatch(/isolate node \d( \(the leader\))? from both peers/);
+      expect(html).toContain("kv chaos random --seed 7 --duration 8s");
+      expectSelfContained(html);
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
+  test(
+    "stale reads under partitions are caught: exit 1 with a linearizability violation and its evidence",
+    async () => {
+      const reportFile = join(outDir, "stale.html");
+      const jsonFile = join(outDir, "stale.json");
+      const args = ["chaos", "random", "--duration", "10s", "--seed", "7", "--read-consistency", "stale", "--nemesis", "partition"];
+      const { code, out } = await run([...args, "--report", reportFile, "--json", jsonFile]);
+      // On an anomaly the runner keeps the nodes' data and logs; the output above says all this test needs.
+      const kept = /Node data and logs kept in (\S*kv-chaos-[^\s/]+)/.exec(out)?.[1];
+      if (kept !== undefined) rmSync(kept, { recursive: true, force: true });
+      if (code !== 1) console.error(out);
+      expect(code).toBe(1);
+      expect(out).toMatch(/\] nemesis: isolate node \d( \(the leader\))? from both peers/);
+      expect(out).toMatch(/Linearizability: ❌ NOT linearizable on key k\d/);
+      expect(out).toMatch(/Evidence: the smallest failing piece of the history \(\d+ operations\):/);
+      // A stale read is a get in the evidence that returned a value already overwritten.
+      expect(out).toMatch(/\n {4}client \d get\(k\d\) → ("c\d-w\d+"|null) \[\d+ms → \d+ms\] ok/);
+      expect(out).toContain("❌ FAILURE");
+      expect(out).toContain("Replay this schedule: kv chaos random --seed 7 --duration 10s --read-consistency stale --nemesis partition");
+
+      const result = JSON.parse(readFileSync(jsonFile, "utf8")) as {
+        scenario: string;
+        ok: boolean;
+        result: { seed: number; linearizability: { verdict: { ok: unknown; key: string; evidence: Operation[] }; evidence: string[] } };
+      };
+      expect(result.scenario).toBe("random");
+      expect(result.ok).toBe(false);
+      expect(result.result.seed).toBe(7);
+      const verdict = result.result.linearizability.verdict;
+      expect(verdict.ok).toBe(false);
+      // The evidence is exact and replays: checked on its own, it still fails.
+      expect(checkLinearizable(verdict.evidence).ok).toBe(false);
+      expect(result.result.linearizability.evidence).toEqual(verdict.evidence.map(describeOperation));
+
+      const html = readFileSync(reportFile, "utf8");
+      expect(html).toContain('<div class="verdict bad" id="verdict"><strong>Not linearizable</strong> on key');
+      expect(html).toContain('<ol class="evidence-list" id="evidence">');
+      for (const op of verdict.evidence) expect(html).toContain(escapeHtml(describeOperation(op)));
+      expectSelfContained(html);
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
+  test("bad flags are usage errors (exit 2) and start nothing", async () => {
+    const cases: [string[], string][] = [
+      [["--read-consistency", "eventual"], "--read-consistency must be one of linearizable, lease, stale"],
+      [["--nemesis", "flood"], "--nemesis must be one of all, partition, kill, pause"],
+      [["--duration", "5 parsecs"], "--duration must be a duration"],
+      [["--base-port", "5001"], "'random' needs the runner's TCP proxies"],
+    ];
+    for (const [flags, message] of cases) {
+      const { code, out } = await run(["chaos", "random", ...flags]);
+      expect(code).toBe(2);
+      expect(out).toContain(message);
+      expect(out).not.toContain("Starting 3-node cluster");
+    }
+  });
+});
+
+describe("nemesis schedule", () => {
+  const plan = (seed: number, durationMs: number, mode: "all" | "partition" | "kill" | "pause" = "all") =>
+    planSchedule({ seed, durationMs, nodeCount: 3, mode });
+
+  test("a seed fixes the schedule; other seeds draw others", () => {
+    expect(plan(42, 60_000)).toEqual(plan(42, 60_000));
+    const lines = (schedule: PlannedFault[]) => schedule.map(describePlannedFault).join("\n");
+    const distinct = new Set([1, 2, 3, 4, 5, 6].map((seed) => lines(plan(seed, 60_000))));
+    expect(distinct.size).toBe(6);
+  });
+
+  test("the schedule the executable tests rely on: seed 7 isolates the leader early, for long enough", () => {
+    expect(plan(7, 8_000).map(describePlannedFault)).toEqual(["1.2s +2.6s isolate the leader"]);
+    // Under --nemesis partition for 10 s: two isolations of more than 2 s, far longer than an
+    // election (at most 300 ms): the majority moves on while the cut-off node still serves reads.
+    const partition = plan(7, 10_000, "partition");
+    expect(partition.map((p) => describeFault(p.fault))).toEqual(["isolate the leader", "isolate the leader"]);
+    for (const p of partition) expect(p.durationMs).toBeGreaterThan(2_000);
+  });
+
+  test("one fault at a time, each ending before the run does, after the cluster has served a while", () => {
+    for (let seed = 0; seed < 50; seed++) {
+      const schedule = plan(seed, 60_000);
+      expect(schedule.length).toBeGreaterThan(5);
+      expect(schedule[0]?.startMs).toBeGreaterThanOrEqual(1_000);
+      schedule.forEach((p, i) => {
+        expect(p.index).toBe(i);
+        expect(p.startMs + p.durationMs).toBeLessThanOrEqual(60_000 - 500);
+        const next = schedule[i + 1];
+        if (next !== undefined) expect(next.startMs).toBeGreaterThanOrEqual(p.startMs + p.durationMs + 500);
+      });
+    }
+  });
+
+  test("a longer run keeps the shorter run's faults and adds more", () => {
+    const short = plan(9, 20_000);
+    const long = plan(9, 60_000);
+    expect(long.slice(0, short.length)).toEqual(short);
+    expect(long.length).toBeGreaterThan(short.length);
+  });
+
+  test("a mode draws only its kinds; cut links are distinct and real", () => {
+    const kinds = (mode: "all" | "partition" | "kill" | "pause") =>
+      new Set(Array.from({ length: 20 }, (_, seed) => plan(seed, 60_000, mode)).flat().map((p) => p.fault.kind));
+    expect([...kinds("partition")].sort()).toEqual(["cut-links", "isolate"]);
+    expect([...kinds("kill")]).toEqual(["kill"]);
+    expect([...kinds("pause")]).toEqual(["pause"]);
+    expect([...kinds("all")].sort()).toEqual(["cut-links", "isolate", "kill", "pause"]);
+    for (let seed = 0; seed < 20; seed++) {
+      for (const { fault } of plan(seed, 60_000, "partition")) {
+        if (fault.kind !== "cut-links") continue;
+        const names = fault.links.map(([from, to]) => `${from}>${to}`);
+        expect(new Set(names).size).toBe(names.length);
+        for (const [from, to] of fault.links) {
+          expect(from).not.toBe(to);
+          expect([from, to].every((id) => id >= 1 && id <= 3)).toBe(true);
+        }
+      }
+    }
+    expect(modeNeedsProxies("all")).toBe(true);
+    expect(modeNeedsProxies("partition")).toBe(true);
+    expect(modeNeedsProxies("kill")).toBe(false);
+    expect(modeNeedsProxies("pause")).toBe(false);
+  });
+
+  test("faults read as sentences", () => {
+    expect(describeFault({ kind: "kill", target: "leader" })).toBe("kill the leader");
+    expect(describeFault({ kind: "pause", target: 2 })).toBe("pause node 2");
+    expect(describeFault({ kind: "cut-links", links: [[1, 2], [3, 1]] })).toBe("cut links 1→2, 3→1");
+    expect(describePlannedFault({ index: 0, startMs: 1_234, durationMs: 2_000, fault: { kind: "isolate", target: 3 } })).toBe(
+      "1.2s +2.0s isolate node 3",
+    );
+  });
+});
+
+describe("operations as the checker sees them", () => {
+  const bytes = (text: string) => new TextEncoder().encode(text);
+  const call = (kind: "get" | "put" | "delete", value?: string) => ({ id: 9, clientId: 2, kind, key: "k1", value, callMs: 100, endMs: 140 });
+
+  test("an answer is ok, a refusal fail, no answer unknown (with no return time)", () => {
+    const putOk: Outcome = { kind: "ok", status: 200, body: bytes('{"key":"k1","version":12}'), version: 12 };
+    expect(toOperation(call("put", "c2-w1"), putOk)).toEqual({ id: 9, clientId: 2, kind: "put", key: "k1", value: "c2-w1", callMs: 100, returnMs: 140, outcome: "ok" });
+    const refused: Outcome = { kind: "fail", status: 503, error: "no_leader", location: undefined };
+    expect(toOperation(call("put", "c2-w2"), refused)).toMatchObject({ outcome: "fail", returnMs: 140 });
+    const timedOut = toOperation(call("put", "c2-w3"), { kind: "unknown", reason: "timeout" });
+    expect(timedOut.outcome).toBe("unknown");
+    expect(timedOut.returnMs).toBeUndefined();
+  });
+
+  test("a get reads the value or absence; a delete says whether the key was there", () => {
+    expect(toOperation(call("get"), { kind: "ok", status: 200, body: bytes("c1-w7"), version: 3 })).toMatchObject({ output: "c1-w7" });
+    expect(toOperation(call("get"), { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined })).toMatchObject({ output: null });
+    const deleted = toOperation(call("delete"), { kind: "ok", status: 200, body: bytes('{"deleted":true,"version":4}'), version: 4 });
+    expect(deleted).toMatchObject({ outcome: "ok", deleted: true });
+    expect("value" in deleted).toBe(false);
+  });
+
+  test("counts by kind and outcome", () => {
+    const ops = [toOperation(call("get"), { kind: "unknown", reason: "x" }), toOperation(call("put", "v"), { kind: "fail", status: 307, error: "not_leader", location: undefined })];
+    expect(countOperations(ops)).toEqual({ total: 2, byKind: { get: 1, put: 1, delete: 0 }, ok: 0, failed: 1, unknown: 1 });
+  });
+
+  test("durations read as the flag takes them", () => {
+    expect(parseDurationMs("60s")).toBe(60_000);
+    expect(parseDurationMs("60")).toBe(60_000);
+    expect(parseDurationMs("500ms")).toBe(500);
+    expect(parseDurationMs("2m")).toBe(120_000);
+    expect(parseDurationMs("1.5s")).toBe(1_500);
+    expect(parseDurationMs("5x")).toBeUndefined();
+    expect(parseDurationMs("")).toBeUndefined();
+    expect(formatDuration(8_000)).toBe("8s");
+    expect(formatDuration(1_500)).toBe("1500ms");
+  });
+});
+
+describe("HTML report", () => {
+  let nextId = 1;
+  const op = (fields: Omit<Operation, "id">): Operation => ({ id: nextId++, ...fields });
+
+  /** A stale read: client 2 reads the value client 1 overwrote before the read began. */
+  const staleHistory: Operation[] = [
+    op({ clientId: 1, kind: "put", key: "k0", value: "c1-w1", callMs: 0, returnMs: 10, outcome: "ok" }),
+    op({ clientId: 1, kind: "put", key: "k0", value: "c1-w2", callMs: 20, returnMs: 30, outcome: "ok" }),
+    op({ clientId: 2, kind: "get", key: "k0", output: "c1-w1", callMs: 40, returnMs: 45, outcome: "ok" }),
+    op({ clientId: 2, kind: "put", key: "k1", value: "<script>alert(1)</script>", callMs: 50, outcome: "unknown" }),
+    op({ clientId: 3, kind: "delete", key: "k1", callMs: 5, returnMs: 8, outcome: "fail" }),
+  ];
+  const base = (history: Operation[]): ReportInput => ({
+    title: "kv chaos random, seed 1",
+    subtitle: "test",
+    replayCommand: "kv chaos random --seed 1 --duration 1s",
+    endMs: 100,
+    history,
+    gaveUpMs: new Map([[4, 80]]),
+    clientLabels: new Map([[0, "final"]]),
+    faults: [{ startMs: 15, endMs: 60, kind: "isolate", label: "isolate node 2 (the leader) from both peers" }],
+    verdict: checkLinearizable(history),
+    checkMs: 1,
+    checks: [{ name: "Convergence", ok: true, detail: "every node applied index 7" }],
+  });
+
+  test("a violation: the verdict, the timeline with the fault shaded, and the evidence listed and drawn", () => {
+    const input = base(staleHistory);
+    expect(input.verdict.ok).toBe(false);
+    const html = renderReport(input);
+    expect(html).toContain('<div class="verdict bad" id="verdict"><strong>Not linearizable</strong> on key <code>k0</code>');
+    expect(html).toMatch(/<svg [^>]*class="chart timeline" data-ops="5"/);
+    expect(html).toMatch(/<svg [^>]*class="chart evidence-chart"/);
+    expect(html).toContain(">isolate node 2 (the leader) from both peers</text>");
+    expect(html).toContain("✔ Convergence");
+    const evidence = input.verdict.ok === false ? input.verdict.evidence : [];
+    expect(evidence.map((e) => e.id)).toEqual([1, 2, 3]);
+    for (const e of evidence) expect(html).toContain(`<code>#${e.id}</code> <code class="op-ok">${escapeHtml(describeOperation(e))}</code>`);
+    // Each evidence operation is drawn with the highlight, on the timeline and in the evidence chart.
+    expect(html.match(/class="op evidence"/g)?.length).toBe(2 * evidence.length);
+    // Values are text, never markup.
+    expect(html).not.toContain("<script>alert(1)</script>");
+    expect(html).toContain("&#60;script&#62;alert(1)&#60;/script&#62;");
+    expectSelfContained(html);
+    // Pure: the same input renders the same bytes.
+    expect(renderReport(input)).toBe(html);
+  });
+
+  test("a linearizable history: a green verdict and no evidence section", () => {
+    const history = staleHistory.filter((o) => o.id !== 3);
+    const html = renderReport(base(history));
+    expect(html).toContain('<div class="verdict ok" id="verdict"><strong>Linearizable</strong>: the 4 operations on 2 keys');
+    expect(html).not.toContain('id="evidence"');
+  });
+
+  test("10 000 operations stay small: narrow operations are merged into strips", () => {
+    const history: Operation[] = [];
+    let id = 1;
+    for (let client = 1; client <= 5; client++) {
+      let t = 0;
+      for (let i = 0; i < 2_000; i++) {
+        const latencyMs = i % 500 === 0 ? 900 : 3 + (i % 7);
+        history.push({ id: id++, clientId: client, kind: "put", key: `k${i % 5}`, value: `c${client}-w${i}`, callMs: t, returnMs: t + latencyMs, outcome: "ok" });
+        t += latencyMs + 1;
+      }
+    }
+    const endMs = Math.max(...history.map((o) => o.returnMs ?? 0));
+    const html = renderReport({ ...base(history), endMs, gaveUpMs: new Map(), verdict: { ok: true, keysChecked: 5 } });
+    // (Boolean checks: a failure should not print half a megabyte of HTML.)
+    expect(html.length).toBeLessThan(500_000);
+    expect(/class="chart timeline" data-ops="10000"/.test(html)).toBe(true);
+    // The slow operations are drawn one by one, labelled with their kind; the rest merged into strips.
+    expect(html.match(/class="op"/g)?.length).toBe(20);
+    expect(html.match(/class="oplabel">put<\/text>/g)?.length).toBe(20);
+    expect(html.match(/class="strip"/g)?.length ?? 0).toBeGreaterThan(0);
+    expect(html.match(/<circle /g)?.length ?? 0).toBeLessThanOrEqual(2_500);
+  });
+});
