@@ -112,7 +112,8 @@ describe("flag parsers", () => {
     [["--duration", "1s", "--requests", "5"], "not both"],
     [["--clients", "0"], "--clients must be a whole number"],
     [["--target", "redis"], "--target must be kv, etcd or noop"],
-    [["--consistency", "strong"], "--consistency must be linearizable or stale"],
+    [["--consistency", "strong"], "--consistency must be linearizable, lease or stale"],
+    [["--target", "etcd", "--consistency", "lease"], "--consistency lease is kv's"],
     [["--endpoints", "ftp://127.0.0.1:1"], "must be http://"],
     [["--bogus"], "unknown flag '--bogus'"],
   ])("kv bench %p is a usage error: exit 2 and one line", async (args, message) => {
@@ -285,6 +286,16 @@ describe("kv bench against in-process fake servers", () => {
       node.server.stop(true);
     }
   });
+});
+
+test("kv bench against endpoints with no leader is one line on stderr and exit 1", async () => {
+  const closed = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
+  const closedUrl = `http://127.0.0.1:${closed.port}`;
+  closed.stop(true);
+  const result = await bench(["--endpoints", closedUrl, "--requests", "5", "--timeout", "200ms"]);
+  expect(result.code).toBe(1);
+  expect(result.err.trim()).toBe(`kv: bench: kv at ${closedUrl}: no leader found within 200 ms`);
+  expect(result.out).toBe("");
 });
 
 test("kv bench --target noop starts its own trivial server and measures the tool's ceiling", async () => {

@@ -17,7 +17,8 @@ export type OperationMix = Readonly<Record<OperationKind, number>>;
 
 /** What the load is sent to: kv's HTTP API, etcd's JSON gateway, or any server that answers 2xx. */
 export type BenchTargetKind = "kv" | "etcd" | "noop";
-export type ReadConsistency = "linearizable" | "stale";
+/** kv's read modes (`lease`: a leader answers from its lease without a heartbeat round; kv only). */
+export type ReadConsistency = "linearizable" | "lease" | "stale";
 
 /** A run stops after a fixed time or after a fixed number of requests. */
 export type BenchStop = { readonly kind: "duration"; readonly durationMs: number } | { readonly kind: "requests"; readonly requests: number };

@@ -28,6 +28,11 @@ export interface BenchTarget {
   describe(): string;
 }
 
+/** The target cannot be benchmarked (no leader found in time): an operating error, reported in one line. */
+export class BenchTargetUnavailableError extends Error {
+  override name = "BenchTargetUnavailableError";
+}
+
 /** The name of key number `index`: ASCII, no characters that need percent-encoding. */
 export function keyName(index: number): string {
   return `bench-${index}`;
@@ -108,7 +113,7 @@ export class LeaderTracker {
   /** Waits for a leader; throws when none is found within the discovery timeout. */
   async start(): Promise<void> {
     this.current = await pollUntil(this.discover, this.discoverTimeoutMs, 25);
-    if (this.current === undefined) throw new Error(`no leader found within ${this.discoverTimeoutMs} ms`);
+    if (this.current === undefined) throw new BenchTargetUnavailableError(`no leader found within ${this.discoverTimeoutMs} ms`);
   }
 
   /** Re-discovers after a write to `failedOrigin` went wrong (keeps the old leader if none is found). */

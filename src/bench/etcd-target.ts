@@ -25,7 +25,7 @@ interface EtcdStatus {
 export interface EtcdTargetOptions {
   readonly endpoints: readonly string[];
   readonly valueBytes: number;
-  /** `stale` sends `serializable: true` (a local read); `linearizable` is etcd's default range. */
+  /** `stale` sends `serializable: true` (a local read); anything else is etcd's default, linearizable, range. */
   readonly consistency: ReadConsistency;
   readonly discoverTimeoutMs: number;
 }

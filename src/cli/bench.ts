@@ -15,15 +15,13 @@ import {
 } from "../bench/bench-options.ts";
 import { benchReport, formatBenchReport } from "../bench/bench-report.ts";
 import { runBench, type BenchProgress } from "../bench/bench-runner.ts";
-import type { BenchTarget } from "../bench/bench-target.ts";
+import { BenchTargetUnavailableError, type BenchTarget } from "../bench/bench-target.ts";
 import { createEtcdTarget } from "../bench/etcd-target.ts";
 import { createKvTarget } from "../bench/kv-target.ts";
 import { createNoopTarget, startNoopServerProcess } from "../bench/noop-target.ts";
 import { UsageError } from "./usage-error.ts";
 
 const DEFAULT_ENDPOINTS = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
-/** How long to wait for a leader at the start and after a failed write. */
-const DISCOVER_TIMEOUT_MS = 10_000;
 
 /** The flags as citty hands them over. */
 interface BenchArgs {
@@ -47,9 +45,10 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
     const target = (args.target ?? "kv") as BenchTargetKind;
     if (!["kv", "etcd", "noop"].includes(target)) throw new BenchInputError(`--target must be kv, etcd or noop, got '${args.target}'`);
     const consistency = (args.consistency ?? "linearizable") as ReadConsistency;
-    if (consistency !== "linearizable" && consistency !== "stale") {
-      throw new BenchInputError(`--consistency must be linearizable or stale, got '${args.consistency}'`);
+    if (consistency !== "linearizable" && consistency !== "lease" && consistency !== "stale") {
+      throw new BenchInputError(`--consistency must be linearizable, lease or stale, got '${args.consistency}'`);
     }
+    if (consistency === "lease" && target === "etcd") throw new BenchInputError("--consistency lease is kv's; etcd reads are linearizable or stale (serializable)");
     if (args.duration !== undefined && args.requests !== undefined) throw new BenchInputError("give --duration or --requests, not both");
     return {
       target,
@@ -82,7 +81,7 @@ function parseEndpointsFlag(text: string): string[] {
 }
 
 function createTarget(options: BenchOptions): BenchTarget {
-  const common = { endpoints: options.endpoints, valueBytes: options.valueBytes, consistency: options.consistency, discoverTimeoutMs: DISCOVER_TIMEOUT_MS };
+  const common = { endpoints: options.endpoints, valueBytes: options.valueBytes, consistency: options.consistency, discoverTimeoutMs: options.requestTimeoutMs };
   switch (options.target) {
     case "kv":
       return createKvTarget(common);
@@ -117,8 +116,12 @@ export const benchCommand = defineCommand({
     "value-bytes": { type: "string", description: "Size of each written value (default 100)", valueHint: "BYTES" },
     keys: { type: "string", description: "Key space: keys are drawn uniformly from N names (default 10000)", valueHint: "N" },
     mix: { type: "string", description: "Weights of put, get and delete (default put=1)", valueHint: "put=1,get=0,delete=0" },
-    consistency: { type: "string", description: "Reads: linearizable or stale (etcd: serializable) (default linearizable)", valueHint: "MODE" },
-    timeout: { type: "string", description: "A request unanswered this long counts as a timeout error (default 10s)", valueHint: "DURATION" },
+    consistency: { type: "string", description: "Reads: linearizable, lease (kv only) or stale (etcd: serializable) (default linearizable)", valueHint: "MODE" },
+    timeout: {
+      type: "string",
+      description: "A request unanswered this long counts as a timeout error; also the longest wait for a leader (default 10s)",
+      valueHint: "DURATION",
+    },
     seed: { type: "string", description: "Seed of the key and operation choices (default 1)", valueHint: "N" },
     json: { type: "boolean", description: "Print one JSON object instead of the text report" },
   },
@@ -142,10 +145,16 @@ export const benchCommand = defineCommand({
         options = { ...options, endpoints: [noopServer.origin] };
       }
       const showProgress = process.stderr.isTTY === true;
-      const result = await runBench(options, createTarget(options), {
-        signal: abort.signal,
-        onProgress: showProgress ? renderProgress : undefined,
-      });
+      const target = createTarget(options);
+      let result: Awaited<ReturnType<typeof runBench>>;
+      try {
+        result = await runBench(options, target, { signal: abort.signal, onProgress: showProgress ? renderProgress : undefined });
+      } catch (error) {
+        if (!(error instanceof BenchTargetUnavailableError)) throw error;
+        console.error(`kv: bench: ${options.target} at ${options.endpoints.join(",")}: ${error.message}`);
+        process.exitCode = 1;
+        return;
+      }
       if (showProgress) process.stderr.write("\r\x1b[K");
       const report = benchReport(result);
       console.log(args.json === true ? JSON.stringify(report) : formatBenchReport(report));

@@ -42,7 +42,8 @@ const RSS_CHECKPOINT = "writes, 64 clients";
 const KEYS = 10_000;
 const VALUE_BYTES = 100;
 
-type StoreName = "kv" | "etcd";
+/** The stores compared, and `noop`: the client's ceiling against a server that does nothing. */
+type StoreName = "kv" | "etcd" | "noop";
 
 /** One measured run. */
 interface RunResult {
@@ -51,6 +52,8 @@ interface RunResult {
   readonly storeCpuMsPerOp: number;
   /** CPU the rest of the machine used during the run (not the store, not the client), in cores. */
   readonly foreignCores: number;
+  /** CPU time of the `kv bench` client per successful operation, in ms. */
+  readonly clientCpuMsPerOp: number;
 }
 
 /** A store under test: its client URLs, where its leader is, and its node processes. */
@@ -279,8 +282,7 @@ async function runOnce(kvBin: string, store: Store, workload: Workload, duration
     "bench",
     "--target",
     store.name,
-    "--endpoints",
-    store.endpoints().join(","),
+    ...(store.endpoints().length > 0 ? ["--endpoints", store.endpoints().join(",")] : []),
     "--clients",
     String(workload.clients),
     "--mix",
@@ -311,6 +313,7 @@ async function runOnce(kvBin: string, store: Store, workload: Workload, duration
     report,
     storeCpuMsPerOp: report.ok === 0 ? Number.NaN : storeCpuMs / report.ok,
     foreignCores: foreignMs / Math.max(1, report.elapsedMs),
+    clientCpuMsPerOp: report.ok === 0 ? Number.NaN : clientCpuMs / report.ok,
   };
 }
 
@@ -370,6 +373,11 @@ async function main(): Promise<number> {
     const etcd = await startEtcd(etcdBin, dir);
     const stores = [kv, etcd];
 
+    // The client's own ceiling in this run: kv bench against a do-nothing Bun.serve it starts.
+    const noop: Store = { name: "noop", endpoints: () => [], pids: () => [] };
+    const ceiling = await runOnce(kvBin, noop, { name: "ceiling", clients: 64, mix: "put=1" }, durationText);
+    console.error(`client ceiling (noop server, 64 clients): ${fmt(ceiling.report.opsPerSec)} req/s`);
+
     // Warm up both (JIT, file growth, connection setup), not counted.
     for (const store of stores) await runOnce(kvBin, store, { name: "warm-up", clients: 16, mix: "put=1" }, "2s");
 
@@ -405,6 +413,12 @@ async function main(): Promise<number> {
         `both 3 nodes on loopback with fsync; client: \`kv bench\` (one process, on the same machine). Load average before start: ` +
         `${loadBefore.map((l) => l.toFixed(2)).join(" ")}; median CPU used by other processes during runs: ${foreign.toFixed(2)} cores` +
         `${foreign > 0.2 || loadBefore[0]! > 0.5 ? " — **the machine was not quiet**" : ""}.`,
+    );
+    lines.push("");
+    const clientCpu = (name: StoreName) => median((results.get(`${name}|${RSS_CHECKPOINT}`) ?? []).map((r) => r.clientCpuMsPerOp));
+    lines.push(
+      `Client ceiling in this run: \`kv bench --target noop\` (a do-nothing Bun.serve) answered ${fmt(ceiling.report.opsPerSec)} req/s at 64 clients. ` +
+        `Client CPU per operation in the 64-client write runs (startup included): ${fmt(clientCpu("kv"), 3)} ms against kv, ${fmt(clientCpu("etcd"), 3)} ms against etcd.`,
     );
     lines.push("");
     lines.push("Medians over rounds; ratios are the median of each round's kv/etcd ratio. CPU/op sums the three nodes' CPU time.");
