@@ -397,6 +397,8 @@ describe("routes", () => {
       commitIndex: 1,
       appliedIndex: 1,
       lastLogIndex: 1,
+      snapshotIndex: 0,
+      firstLogIndex: 1,
       members: [
         { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" },
         { id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: null },

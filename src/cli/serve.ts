@@ -1,13 +1,36 @@
-import { mkdirSync } from "node:fs";
+import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
 import { defineCommand } from "citty";
-import { createHttpApp } from "../http/app.ts";
+import packageJson from "../../package.json" with { type: "json" };
+import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
+import { createHttpHandler } from "../http/http-handler.ts";
+import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
 import { createSystemClock } from "../lib/clock.ts";
+import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
+import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
+import { observeMethod } from "../lib/observe-method.ts";
+import { secretProblem } from "../lib/secret.ts";
 import { createPrng } from "../lib/prng.ts";
-import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
+import { defaultNodeTimings, defaultSnapshotPolicy, KvNode } from "../node/kv-node.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { createConnectTransport } from "../transport/connect-transport.ts";
-import { createLogger, type LogLevel } from "./logger.ts";
+import { registerTransportMetrics } from "../transport/transport-metrics.ts";
+import { createLogger, type Logger, type LogFormat, type LogLevel } from "./logger.ts";
 import { localCluster, parseCluster, parseHostPort, parseIntFlag, UsageError } from "./usage-error.ts";
+
+/**
+ * Upper bound of --key-bytes-max: Bun refuses a request line and headers over about 16 KiB (431),
+ * so a longer key could not be sent anyway.
+ */
+const KEY_BYTES_MAX_LIMIT = 16_384;
+/**
+ * Upper bound of --value-bytes-max: one value is one Raft entry, which must fit, with its key and
+ * framing, in one peer call (the peer server takes bodies up to 32 MiB).
+ */
+const VALUE_BYTES_MAX_LIMIT = 16 << 20;
+
+/** How long shutdown waits for requests in flight to be answered before it closes their connections. */
+const SHUTDOWN_DRAIN_MS_MAX = 3_000;
 
 /** `kv serve`: runs one node until SIGTERM or SIGINT. */
 export const serveCommand = defineCommand({
@@ -28,6 +51,47 @@ export const serveCommand = defineCommand({
     "heartbeat-ticks": { type: "string", description: `Heartbeat interval in ticks (default ${defaultNodeTimings.heartbeatTicks})`, valueHint: "N" },
     "request-timeout-ms": { type: "string", description: `How long a write or read may wait (default ${defaultNodeTimings.requestTimeoutMs})`, valueHint: "MS" },
     "log-level": { type: "string", description: "debug, info, warn or error (default info)", valueHint: "LEVEL" },
+    "log-format": { type: "string", description: "json, text, or auto: text on a terminal, else JSON lines (default auto)", valueHint: "FORMAT" },
+    "snapshot-entries": {
+      type: "string",
+      description: `Compact the log once this many entries are applied past the last snapshot (default ${defaultSnapshotPolicy.snapshotEntries})`,
+      valueHint: "N",
+    },
+    "snapshot-catchup-entries": {
+      type: "string",
+      description: `Entries kept behind the applied index when compacting, for followers slightly behind (default ${defaultSnapshotPolicy.snapshotCatchUpEntries})`,
+      valueHint: "N",
+    },
+    "cluster-token": {
+      type: "string",
+      description: "Shared secret every peer call must carry (or env KV_CLUSTER_TOKEN, or --cluster-token-file); at least 16 characters",
+      valueHint: "SECRET",
+    },
+    "cluster-token-file": { type: "string", description: "Read the cluster token from this file (trailing newline ignored)", valueHint: "FILE" },
+    "auth-token": {
+      type: "string",
+      description: "Bearer token the client API requires (or env KV_AUTH_TOKEN, or --auth-token-file); /health stays open",
+      valueHint: "SECRET",
+    },
+    "auth-token-file": { type: "string", description: "Read the client API's bearer token from this file", valueHint: "FILE" },
+    "metrics-open": { type: "boolean", description: "Serve /status and /metrics without the bearer token" },
+    "key-bytes-max": {
+      type: "string",
+      description: `Largest key in UTF-8 bytes, 1..${KEY_BYTES_MAX_LIMIT} (default ${KEY_BYTES_MAX_DEFAULT}); longer: 413`,
+      valueHint: "BYTES",
+    },
+    "value-bytes-max": {
+      type: "string",
+      description: `Largest value in bytes, 0..${VALUE_BYTES_MAX_LIMIT} (default ${VALUE_BYTES_MAX_DEFAULT}); larger: 413 before the body is read`,
+      valueHint: "BYTES",
+    },
+    "tls-cert": { type: "string", description: "PEM certificate (chain) for HTTPS on the client and peer ports; peer URLs are then https", valueHint: "FILE" },
+    "tls-key": { type: "string", description: "PEM private key of --tls-cert", valueHint: "FILE" },
+    "peer-ca": {
+      type: "string",
+      description: "PEM CA for mutual TLS between peers: callers need a certificate it signed, and peers' servers are verified against it",
+      valueHint: "FILE",
+    },
   },
   async run({ args }) {
     const id = parseIntFlag("id", args.id, 1, 1_000_000);
@@ -48,14 +112,64 @@ export const serveCommand = defineCommand({
       args["request-timeout-ms"] === undefined
         ? defaultNodeTimings.requestTimeoutMs
         : parseIntFlag("request-timeout-ms", args["request-timeout-ms"], 1, 600_000);
+    const snapshotEntries =
+      args["snapshot-entries"] === undefined
+        ? defaultSnapshotPolicy.snapshotEntries
+        : parseIntFlag("snapshot-entries", args["snapshot-entries"], 2, 100_000_000);
+    const snapshotCatchUpEntries =
+      args["snapshot-catchup-entries"] === undefined
+        ? Math.min(defaultSnapshotPolicy.snapshotCatchUpEntries, snapshotEntries - 1)
+        : parseIntFlag("snapshot-catchup-entries", args["snapshot-catchup-entries"], 0, snapshotEntries - 1);
     const logLevel = (args["log-level"] ?? "info") as LogLevel;
     if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error`);
     const dataDir = args["data-dir"] ?? `./data/node-${id}`;
+    const clusterToken = readSecret("cluster-token", args["cluster-token"], args["cluster-token-file"], "KV_CLUSTER_TOKEN");
+    const authToken = readSecret("auth-token", args["auth-token"], args["auth-token-file"], "KV_AUTH_TOKEN");
+    const metricsOpen = args["metrics-open"] === true;
+    const tls = readTls(args["tls-cert"], args["tls-key"], args["peer-ca"]);
+    const keyBytesMax =
+      args["key-bytes-max"] === undefined ? KEY_BYTES_MAX_DEFAULT : parseIntFlag("key-bytes-max", args["key-bytes-max"], 1, KEY_BYTES_MAX_LIMIT);
+    const valueBytesMax =
+      args["value-bytes-max"] === undefined
+        ? VALUE_BYTES_MAX_DEFAULT
+        : parseIntFlag("value-bytes-max", args["value-bytes-max"], 0, VALUE_BYTES_MAX_LIMIT);
+    const peerScheme = tls === undefined ? "http:" : "https:";
+    for (const [peerId, url] of peers) {
+      if (new URL(url).protocol !== peerScheme) {
+        throw new UsageError(
+          tls === undefined
+            ? `--cluster: node ${peerId}'s URL ${url} is https, which needs --tls-cert and --tls-key`
+            : `--cluster: node ${peerId}'s URL ${url} must be https when --tls-cert is given`,
+        );
+      }
+    }
 
-    const logger = createLogger(id, logLevel);
+    const logFormat = (args["log-format"] ?? "auto") as LogFormat;
+    if (!["json", "text", "auto"].includes(logFormat)) throw new UsageError("--log-format must be json, text or auto");
+    // Every line carries the node's term once the node exists.
+    let termNow: (() => number) | undefined;
+    const logger = createLogger(id, logLevel, { format: logFormat, term: () => termNow?.() });
     mkdirSync(dataDir, { recursive: true });
-    const storage = openSqliteStorage(dataDir);
+    const metrics = createMetricsRegistry();
+    const saveDuration = metrics.histogram(
+      "kv_storage_save_duration_seconds",
+      "One save of the Raft log and hard state (one sqlite transaction); with sync=true it includes the fsync.",
+      LATENCY_BUCKETS_S,
+      ["sync"],
+    );
+    const sqliteStorage = openSqliteStorage(dataDir);
+    const storage = observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS));
+    // After the storage: its exclusive lock keeps a second process off this data dir.
+    const clusterIdChoice = chooseClusterId(dataDir, [...peers.keys()], clusterToken, logger, () => storage.close());
+    if (clusterIdChoice.clusterId !== clusterIdChoice.derivedId) {
+      logger.log("warn", "cluster id", {
+        detail: `the data dir belongs to cluster ${clusterIdChoice.clusterId}, but this configuration (voters and cluster token) derives ${clusterIdChoice.derivedId}: peers of another cluster will refuse this node`,
+        clusterId: clusterIdChoice.clusterId,
+        derivedClusterId: clusterIdChoice.derivedId,
+      });
+    }
     const clock = createSystemClock();
+    let nodeMetrics: NodeMetrics | undefined;
     let advertiseHttp = args["advertise-http"];
     const node = new KvNode({
       id,
@@ -70,17 +184,44 @@ export const serveCommand = defineCommand({
       requestTimeoutMs,
       pendingRequestsMax: defaultNodeTimings.pendingRequestsMax,
       inboxMessagesMax: defaultNodeTimings.inboxMessagesMax,
-      log: (event, fields) => logger.log(event === "fatal" ? "error" : "info", event, fields),
-      onFatal: (error) => {
-        logger.log("error", "stopping", { reason: error.message });
-        void shutdown(1);
+      snapshotEntries,
+      snapshotCatchUpEntries,
+      log: (event, fields) => {
+        if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
+        logger.log(event === "fatal" ? "error" : "info", event, fields);
       },
+      onFatal: (error) => void shutdown(1, error.message),
     });
 
-    const app = createHttpApp(node, {});
-    app.listen({ hostname: listenHttp.hostname, port: listenHttp.port });
-    const httpPort = app.server?.port ?? listenHttp.port;
-    advertiseHttp ??= `http://${listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname}:${httpPort}`;
+    nodeMetrics = instrumentNode(node, metrics, { clusterId: clusterIdChoice.clusterId, version: packageJson.version });
+    const http = createHttpHandler(nodeMetrics.node, {
+      ...(authToken === undefined ? {} : { authToken }),
+      metricsOpen,
+      metrics,
+      keyBytesMax,
+      valueBytesMax,
+    });
+    const server = Bun.serve({
+      hostname: listenHttp.hostname,
+      port: listenHttp.port,
+      ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
+      fetch: (request) => http.handle(request),
+      // The handler answers every error itself; this runs only if it threw, which is a bug.
+      error(error) {
+        logger.log("error", "http internal error", { error: error.message, stack: error.stack });
+        return new Response(JSON.stringify({ error: "internal", message: "internal error" }), {
+          status: 500,
+          headers: { "content-type": "application/json; charset=utf-8" },
+        });
+      },
+      // Bodies are bounded by the routes (413 before reading past the limit, with Connection: close),
+      // so Bun's own cap, which answers an empty 413, is set out of the way.
+      maxRequestBodySize: 2 ** 40,
+      // Seconds a connection may sit silent, longer than a request may wait on the node.
+      idleTimeout: Math.min(255, Math.max(10, Math.ceil(requestTimeoutMs / 1000) + 5)),
+    });
+    const httpPort = server.port ?? listenHttp.port;
+    advertiseHttp ??= `${tls === undefined ? "http" : "https"}://${listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname}:${httpPort}`;
     node.setHttpUrl(advertiseHttp.replace(/\/+$/, ""));
 
     const others = new Map([...peers].filter(([peerId]) => peerId !== id));
@@ -90,41 +231,170 @@ export const serveCommand = defineCommand({
       peers: others,
       listen: listenPeer,
       onMessages: (messages) => node.receive(messages),
+      onSnapshotChunk: (chunk) => node.receiveSnapshotChunk(chunk),
       rpcTimeoutMs: Math.max(200, tickMs * electionTicks),
       log: (line) => logger.log("warn", "peer", { detail: line }),
+      auth: { clusterId: clusterIdChoice.clusterId, ...(clusterToken === undefined ? {} : { clusterToken }) },
+      ...(tls === undefined ? {} : { tls }),
     });
+    registerTransportMetrics(metrics, transport);
     node.start(transport.transport);
+    termNow = () => node.status().term;
     logger.log("info", "started", {
       peerPort: transport.port,
       httpPort,
       httpUrl: advertiseHttp,
       dataDir,
       voters: [...peers.keys()],
+      clusterId: clusterIdChoice.clusterId,
+      peerAuth: clusterToken === undefined ? "none" : "cluster-token",
+      tls: tls === undefined ? "none" : tls.ca === undefined ? "server" : "server, mutual between peers",
+      clientAuth: authToken === undefined ? "none" : metricsOpen ? "bearer-token (status and metrics open)" : "bearer-token",
       term: node.status().term,
       appliedIndex: node.status().appliedIndex,
     });
 
     let stopping = false;
-    async function shutdown(code: number): Promise<void> {
+    /** Stops the node (see `stopServing`) and exits with `code`, or with 1 if stopping itself failed. */
+    async function shutdown(code: number, reason: string): Promise<void> {
       if (stopping) return;
       stopping = true;
-      if (code === 0 && node.status().role === "leader") {
+      let exitCode = code;
+      try {
+        await stopServing(code, reason);
+      } catch (error) {
+        exitCode = 1;
+        logger.log("error", "stopping failed", { error: errorText(error), stack: error instanceof Error ? error.stack : undefined });
+      }
+      logger.log(exitCode === 0 ? "info" : "error", "stopped", { code: exitCode });
+      process.exit(exitCode);
+    }
+    async function stopServing(code: number, reason: string): Promise<void> {
+      logger.log(code === 0 ? "info" : "error", "stopping", { reason, inflightRequests: http.inflightRequests() });
+      if (code === 0 && node.status().role === "leader" && peers.size > 1) {
         // Hand over before leaving so a rolling restart costs no election timeout (thesis §3.10).
+        // Requests keep being served meanwhile; writes are redirected once another node leads.
         const handover = await node.transferLeadership(undefined).then(
           ({ leaderId }) => ({ leaderId }),
           (error: unknown) => ({ error: error instanceof Error ? error.message : String(error) }),
         );
         logger.log("info", "leadership handed over", handover);
       }
+      // Stop taking work: new requests on open connections get 503 `unavailable` and Connection:
+      // close, and the listener stops accepting connections.
+      http.beginShutdown();
+      void server.stop(false).catch(() => {});
+      // Every request waiting on the node (writes, linearizable reads) now fails with `unavailable`:
+      // a clear answer, sent before the connections close.
       node.stop();
-      await app.stop(true).catch(() => {});
+      const drained = await Promise.race([http.idle().then(() => true), Bun.sleep(SHUTDOWN_DRAIN_MS_MAX).then(() => false)]);
+      if (!drained) {
+        logger.log("warn", "stopping", {
+          detail: `${http.inflightRequests()} requests still unanswered after ${SHUTDOWN_DRAIN_MS_MAX} ms (clients still sending bodies); closing their connections`,
+        });
+      }
+      await server.stop(true).catch(() => {});
       await transport.transport.close().catch(() => {});
+      // Last: no request can reach the storage any more. A clean close checkpoints the WAL.
+      const lastTerm = node.status().term;
+      termNow = () => lastTerm; // status() reads the storage, which is closed from here on
       storage.close();
-      logger.log("info", "stopped", { code });
-      process.exit(code);
     }
-    process.on("SIGTERM", () => void shutdown(0));
-    process.on("SIGINT", () => void shutdown(0));
+    let signals = 0;
+    const onSignal = (signal: string) => {
+      signals++;
+      if (signals === 1) return void shutdown(0, signal);
+      // A second signal while stopping: the operator wants out now. SQLite recovers its WAL on restart.
+      logger.log("warn", "stopping now", { reason: `second ${signal} while stopping`, code: 1 });
+      process.exit(1);
+    };
+    process.on("SIGTERM", () => onSignal("SIGTERM"));
+    process.on("SIGINT", () => onSignal("SIGINT"));
     await new Promise<never>(() => {});
   },
 });
+
+/**
+ * A secret from its flag, its file flag, or the environment, in that order; giving both the flag
+ * and the file is a usage error, as is a secret that is too short or not header-safe.
+ */
+function readSecret(flag: string, value: string | undefined, file: string | undefined, envName: string): string | undefined {
+  if (value !== undefined && file !== undefined) throw new UsageError(`give --${flag} or --${flag}-file, not both`);
+  let secret: string | undefined;
+  let source: string;
+  if (file !== undefined) {
+    try {
+      secret = readFileSync(file, "utf8").replace(/[\r\n]+$/, "");
+    } catch (error) {
+      throw new UsageError(`--${flag}-file: cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
+    }
+    source = `the file given by --${flag}-file`;
+  } else if (value !== undefined) {
+    secret = value;
+    source = `--${flag}`;
+  } else {
+    secret = process.env[envName];
+    source = envName;
+    if (secret === "") secret = undefined; // an empty variable is an unset one
+  }
+  if (secret === undefined) return undefined;
+  const problem = secretProblem(secret);
+  if (problem !== undefined) throw new UsageError(`the secret in ${source} ${problem}`);
+  return secret;
+}
+
+/** PEM contents of the TLS flags, checked: a certificate with its matching key, and a CA that parses. */
+function readTls(certFile: string | undefined, keyFile: string | undefined, caFile: string | undefined) {
+  if ((certFile === undefined) !== (keyFile === undefined)) throw new UsageError("--tls-cert and --tls-key go together");
+  if (certFile === undefined || keyFile === undefined) {
+    if (caFile !== undefined) throw new UsageError("--peer-ca needs --tls-cert and --tls-key: peers present this node's certificate");
+    return undefined;
+  }
+  const cert = readPem("tls-cert", certFile);
+  const key = readPem("tls-key", keyFile);
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(cert);
+  } catch (error) {
+    throw new UsageError(`--tls-cert: '${certFile}' is not a PEM certificate (${errorText(error)})`);
+  }
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (error) {
+    throw new UsageError(`--tls-key: '${keyFile}' is not a PEM private key (${errorText(error)})`);
+  }
+  if (!certificate.checkPrivateKey(privateKey)) throw new UsageError(`--tls-key: '${keyFile}' is not the key of the certificate in '${certFile}'`);
+  if (caFile === undefined) return { cert, key };
+  const ca = readPem("peer-ca", caFile);
+  try {
+    new X509Certificate(ca);
+  } catch (error) {
+    throw new UsageError(`--peer-ca: '${caFile}' is not a PEM certificate (${errorText(error)})`);
+  }
+  return { cert, key, ca };
+}
+
+function readPem(flag: string, file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (error) {
+    throw new UsageError(`--${flag}: cannot read '${file}': ${errorText(error)}`);
+  }
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** The data dir's cluster id, derived and written at bootstrap. A damaged file stops the node: exit 1 with a clear line. */
+function chooseClusterId(dataDir: string, voters: number[], clusterToken: string | undefined, logger: Logger, onError: () => void) {
+  try {
+    return loadOrCreateClusterId(dataDir, deriveClusterId(voters, clusterToken));
+  } catch (error) {
+    if (!(error instanceof ClusterIdFileError)) throw error;
+    onError();
+    logger.log("error", "stopping", { reason: `${error.message}: restore it, or remove it to derive the id again` });
+    process.exit(1);
+  }
+}

@@ -1,6 +1,7 @@
 import { Elysia } from "elysia";
 import { assert } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
+import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { decodeKvKey, KV_PATH_PREFIX } from "./kv-key.ts";
@@ -13,6 +14,8 @@ export interface HttpAppOptions {
   valueBytesMax?: number;
   /** Largest key, in UTF-8 bytes after percent-decoding. Default {@link KEY_BYTES_MAX_DEFAULT}. */
   keyBytesMax?: number;
+  /** Serves `GET /metrics` with this text (Prometheus format); without it, /metrics is an unknown route. */
+  renderMetrics?: () => string;
 }
 
 /** Default limit on a value's size: 1 MiB. */
@@ -31,6 +34,7 @@ const POST_ALLOW = "POST";
  * - `GET /kv/{key}?consistency=linearizable|lease|stale` → 200 raw bytes with `X-Kv-Version`, or 404.
  * - `DELETE /kv/{key}` → 200 `{"deleted","version"}`.
  * - `GET /status` → the node's status; `GET /health` → 200 `{"healthy":true}` or 503.
+ * - `GET /metrics` → Prometheus text, when `renderMetrics` is given.
  * Keys are percent-encoded in the path and decoded from the raw URL. Every error is JSON
  * `{error, message, ...details}`, mapped from `KvError` codes in `errorResponse` (http-error.ts).
  */
@@ -100,6 +104,17 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     return request.method === "HEAD" ? new Response(null, response) : response;
   };
 
+  const renderMetrics = opts.renderMetrics;
+  /** `GET /metrics`: Prometheus text; without `renderMetrics`, the same 404 as any unknown route. */
+  const metricsRoute = (request: Request): Response => {
+    if (renderMetrics === undefined) {
+      throw new KvError("not_found", `no route for ${request.method} ${rawTarget(request.url).path}`);
+    }
+    return readOnlyRoute("/metrics", () =>
+      new Response(renderMetrics(), { status: 200, headers: { "content-type": PROMETHEUS_CONTENT_TYPE } }),
+    )(request);
+  };
+
   return (
     new Elysia()
       // Registered first so it covers every route below, and routes a caller may add: whatever
@@ -142,6 +157,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         ),
         { parse: "none" },
       )
+      .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
   );
 }
 
@@ -169,6 +185,8 @@ function statusJson(status: NodeStatus) {
     commitIndex: status.commitIndex,
     appliedIndex: status.appliedIndex,
     lastLogIndex: status.lastLogIndex,
+    snapshotIndex: status.snapshotIndex,
+    firstLogIndex: status.firstLogIndex,
     members: status.members.map((member) => ({ id: member.id, peerUrl: member.peerUrl, httpUrl: member.httpUrl ?? null })),
   };
 }

@@ -74,6 +74,22 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
   }
 }
 
+/**
+ * 401 for a client API request without the right bearer token. Not a `KvError` code: it is decided
+ * before any route runs, and a node never throws it.
+ */
+export function unauthenticatedResponse(message: string): Response {
+  return jsonResponse(body("unauthenticated", message, {}), 401, { "www-authenticate": 'Bearer realm="kv"' });
+}
+
+/** 503 `unavailable` for a request that arrives while the node shuts down; the connection is closed after it. */
+export function shuttingDownResponse(): Response {
+  return jsonResponse(body("unavailable", "the node is shutting down; retry on another node", { retryAfterS: 1 }), 503, {
+    "retry-after": "1",
+    connection: "close",
+  });
+}
+
 function noLeaderResponse(message: string, details: KvErrorDetails): Response {
   const seconds = retryAfterS(details);
   return jsonResponse(body("no_leader", message, { ...details, retryAfterS: seconds }), 503, {

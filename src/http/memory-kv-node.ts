@@ -20,6 +20,8 @@ export class MemoryKvNode implements KvNodeApi {
     commitIndex: 0,
     appliedIndex: 0,
     lastLogIndex: 0,
+    snapshotIndex: 0,
+    firstLogIndex: 1,
     members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" }],
   };
   /** The consistency of every `get`, in order, so tests can see what the HTTP layer asked for. */

@@ -13,7 +13,7 @@ export async function readBodyBytesMax(request: Request, bytesMax: number): Prom
     if (!/^[0-9]+$/.test(trimmed)) throw new KvError("bad_request", "Content-Length is not a number of bytes");
     const declaredBytes = Number(trimmed);
     if (declaredBytes > bytesMax) throw tooLarge(declaredBytes, bytesMax);
-    const bytes = new Uint8Array(await request.arrayBuffer());
+    const bytes = new Uint8Array(await unreadable(request.arrayBuffer()));
     if (bytes.byteLength > bytesMax) throw tooLarge(bytes.byteLength, bytesMax);
     return bytes;
   }
@@ -26,7 +26,7 @@ async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: 
   const chunks: Uint8Array[] = [];
   let totalBytes = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    const { done, value } = await unreadable(reader.read());
     if (done) break;
     totalBytes += value.byteLength;
     if (totalBytes > bytesMax) {
@@ -43,6 +43,19 @@ async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: 
     offset += chunk.byteLength;
   }
   return bytes;
+}
+
+/**
+ * A body that cannot be read (the client hung up mid-body, or sent less than its Content-Length)
+ * is the client's doing, not a bug: `bad_request`, which the client will likely never see.
+ */
+async function unreadable<T>(reading: Promise<T>): Promise<T> {
+  try {
+    return await reading;
+  } catch (error) {
+    if (error instanceof KvError) throw error;
+    throw new KvError("bad_request", `the request body could not be read: ${error instanceof Error ? error.message : String(error)}`);
+  }
 }
 
 function tooLarge(bytes: number, bytesMax: number): KvError {

@@ -28,6 +28,10 @@ export interface NodeStatus {
   readonly commitIndex: number;
   readonly appliedIndex: number;
   readonly lastLogIndex: number;
+  /** Where the log was last compacted or a snapshot installed (0: never). */
+  readonly snapshotIndex: number;
+  /** The first index still in the log: snapshotIndex + 1. */
+  readonly firstLogIndex: number;
   readonly members: readonly MemberStatus[];
 }
 

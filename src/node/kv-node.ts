@@ -1,13 +1,13 @@
-import { assert } from "../lib/assert.ts";
+import { AssertionError, assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { ProposalRefusedError, type Message, type NodeId, type Ready } from "../raft/types.ts";
+import { ProposalRefusedError, type Message, type NodeId, type Ready, type SnapshotMetadata, type SnapshotRequest, type SnapshotToInstall } from "../raft/types.ts";
 import { encodeCommand, type Command } from "../storage/command.ts";
 import type { ApplyResult, KvStorage } from "../storage/kv-storage.ts";
-import type { Transport } from "../transport/transport.ts";
+import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency } from "./api.ts";
 
 /** How a node is set up. Everything with a unit says it. */
@@ -35,7 +35,20 @@ export interface KvNodeConfig {
   readonly onFatal?: (error: Error) => void;
   /** Runs a loop turn soon (default setImmediate); tests pass a queue they drain by hand. */
   readonly schedule?: (turn: () => void) => void;
+  /** Compact the log once this many entries are applied past the last snapshot. Default 10 000. */
+  readonly snapshotEntries?: number;
+  /**
+   * Entries kept behind the applied index when compacting, so a follower slightly behind still
+   * catches up from the log rather than by a snapshot. Below `snapshotEntries`. Default 1 000.
+   */
+  readonly snapshotCatchUpEntries?: number;
 }
+
+/** When the log is compacted (see `KvNodeConfig.snapshotEntries`). */
+export const defaultSnapshotPolicy = {
+  snapshotEntries: 10_000,
+  snapshotCatchUpEntries: 1_000,
+} as const;
 
 export const defaultNodeTimings = {
   tickMs: 10,
@@ -93,9 +106,22 @@ export class KvNode implements KvNodeApi {
   private stopped = false;
   private failure: Error | undefined;
   private httpUrl: string;
+  /** Snapshot transfers to followers in flight: at most one per peer. */
+  private readonly outgoingSnapshots = new Map<NodeId, AbortController>();
+  private snapshotSequence = 0;
+  /** The image being received, chunk by chunk; its rows are staged in storage. */
+  private incomingSnapshot: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number } | undefined;
+  private readonly snapshotEntries: number;
+  private readonly snapshotCatchUpEntries: number;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
+    this.snapshotEntries = cfg.snapshotEntries ?? defaultSnapshotPolicy.snapshotEntries;
+    this.snapshotCatchUpEntries = cfg.snapshotCatchUpEntries ?? defaultSnapshotPolicy.snapshotCatchUpEntries;
+    assert(
+      Number.isSafeInteger(this.snapshotCatchUpEntries) && this.snapshotCatchUpEntries >= 0 && this.snapshotEntries > this.snapshotCatchUpEntries,
+      "need snapshotEntries > snapshotCatchUpEntries >= 0",
+    );
     const voters = [...cfg.peers.keys()].sort((a, b) => a - b);
     assert(voters.includes(cfg.id), `node ${cfg.id} is not among the peers`);
     cfg.storage.bootstrap(voters);
@@ -127,6 +153,7 @@ export class KvNode implements KvNodeApi {
     if (this.stopped) return;
     this.stopped = true;
     this.stopTicking?.();
+    for (const transfer of this.outgoingSnapshots.values()) transfer.abort(new Error("the node is stopping"));
     this.failAll(new KvError("unavailable", "the node is shutting down"));
     const checks = this.afterTurn;
     this.afterTurn = [];
@@ -136,7 +163,11 @@ export class KvNode implements KvNodeApi {
   /** The transport's handler: queues messages for the next turn. */
   receive(messages: readonly Message[]): void {
     if (this.stopped) return;
-    for (const message of messages) this.inbox.push(message);
+    for (const message of messages) {
+      // InstallSnapshot arrives only with its image (receiveSnapshotChunk): one without names no staged image.
+      if (message.type === "snapshot") continue;
+      this.inbox.push(message);
+    }
     if (this.inbox.length > this.cfg.inboxMessagesMax) this.inbox.splice(0, this.inbox.length - this.cfg.inboxMessagesMax);
     this.scheduleTurn();
   }
@@ -182,6 +213,8 @@ export class KvNode implements KvNodeApi {
       commitIndex: raft.log.committed,
       appliedIndex: this.cfg.storage.appliedIndex(),
       lastLogIndex: raft.log.lastIndex(),
+      snapshotIndex: this.cfg.storage.snapshot().index,
+      firstLogIndex: this.cfg.storage.firstIndex(),
       members: [...this.cfg.peers].map(([id, peerUrl]) => ({ id, peerUrl, httpUrl: this.httpUrlOf(id) })),
     };
   }
@@ -350,10 +383,18 @@ export class KvNode implements KvNodeApi {
     }
   }
 
-  /** Persist → send → apply → advance, in that order (the order is what makes acks durable). */
+  /** Install → persist → send → apply → advance, in that order (the order is what makes acks durable). */
   private handleReady(ready: Ready): void {
+    // A leader's appends and heartbeats promise nothing about its own disk, so they go out first and
+    // the followers' writes overlap the leader's fsync (thesis §10.2.1; Bun's fetch sends from its
+    // own thread while this one is in sqlite). The leader counts its own copy toward commit only in
+    // a later turn, after this save returned. Everything else (votes, acks) waits for the disk.
+    const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
+    const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
+    if (early.length > 0) this.sendMessages(early);
+    if (ready.snapshot !== undefined) this.installSnapshot(ready.snapshot);
     this.cfg.storage.save(ready.hardState, ready.entries, ready.mustSync);
-    if (ready.messages.length > 0) this.transport?.send(ready.messages);
+    if (late.length > 0) this.sendMessages(late);
     if (ready.committedEntries.length > 0) {
       const results = this.cfg.storage.applyEntries(ready.committedEntries);
       results.forEach((result, i) => this.settleWrite(result, ready.committedEntries[i]!.term));
@@ -376,8 +417,157 @@ export class KvNode implements KvNodeApi {
     }
     if (ready.softState !== undefined) {
       this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.raft.term });
+      if (ready.softState.role !== "leader") {
+        for (const transfer of this.outgoingSnapshots.values()) transfer.abort(new Error("no longer the leader"));
+        // Writes this node proposed as leader may or may not commit under the next one: say so now
+        // rather than keep the client waiting for the full request timeout.
+        const lost = new KvError("timeout", "leadership was lost before the write committed; its outcome is unknown");
+        for (const write of this.pendingWrites.values()) write.reject(lost);
+        this.pendingWrites.clear();
+      }
     }
     this.raw.advance(ready);
+    if (ready.committedEntries.length > 0) this.maybeCompact();
+  }
+
+  // ---- Snapshots ----------------------------------------------------------------------------
+
+  /** Ready.snapshot: the staged image replaces the state machine and the log, before anything else is saved. */
+  private installSnapshot(snapshot: SnapshotToInstall): void {
+    const { index, term } = snapshot.metadata;
+    this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId);
+    this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
+    // Writes proposed here as leader at covered indexes: the image cannot tell whether ours committed there.
+    for (const [writeIndex, write] of this.pendingWrites) {
+      if (writeIndex > index) continue;
+      this.pendingWrites.delete(writeIndex);
+      write.reject(new KvError("timeout", "a snapshot replaced this node's log before the write applied here; its outcome is unknown"));
+    }
+  }
+
+  /** Hands messages to the transport, except InstallSnapshot: its image is streamed on the side. */
+  private sendMessages(messages: readonly Message[]): void {
+    let others: Message[] | undefined;
+    for (const message of messages) {
+      if (message.type === "snapshot") {
+        others ??= messages.filter((each) => each.type !== "snapshot");
+        this.startSnapshotTransfer(message);
+      }
+    }
+    const rest = others ?? messages;
+    if (rest.length > 0) this.transport?.send(rest);
+  }
+
+  /**
+   * Streams the state machine as applied now to a follower that needs compacted entries. The core
+   * asked with the metadata it saw (`imageId` ""); the image sent is read later and may stand at a
+   * later index: the receiver's core gets the image's own metadata, which is at or past the one the
+   * leader's progress waits for. One transfer per peer at a time: a request while one is in flight
+   * is dropped (the one in flight answers it). A transfer that fails, or outlives the term it began
+   * in, tells the core (reportSnapshotFailure) so that it probes the follower again.
+   */
+  private startSnapshotTransfer(message: SnapshotRequest): void {
+    const transport = this.transport;
+    const to = message.to;
+    if (transport === undefined || this.outgoingSnapshots.has(to)) return;
+    const abort = new AbortController();
+    this.outgoingSnapshots.set(to, abort);
+    const term = message.term;
+    const transfer = async (): Promise<void> => {
+      await Promise.resolve(); // begin once this Ready is carried out: the image then holds what it applied
+      const image = this.cfg.storage.openImage();
+      try {
+        if (image.metadata.index === 0) throw new Error("nothing is applied yet");
+        const imageId = `${this.cfg.id}.${term}.${++this.snapshotSequence}`;
+        this.cfg.log?.("snapshot send", { to, index: image.metadata.index, term: image.metadata.term, imageId });
+        await transport.sendSnapshot(to, image, { imageId, term, signal: abort.signal });
+        this.cfg.log?.("snapshot sent", { to, index: image.metadata.index, imageId });
+      } finally {
+        image.close();
+      }
+    };
+    void transfer().then(
+      () => this.snapshotTransferEnded(to, term, undefined),
+      (error: unknown) => this.snapshotTransferEnded(to, term, error instanceof Error ? error : new Error(String(error))),
+    );
+  }
+
+  private snapshotTransferEnded(to: NodeId, term: number, error: Error | undefined): void {
+    this.outgoingSnapshots.delete(to);
+    if (this.stopped) return;
+    if (error !== undefined) this.cfg.log?.("snapshot send failed", { to, error: error.message });
+    if (error === undefined && this.raw.raft.term === term) return; // the follower's answer moves its progress on
+    // Outside any turn, so no Ready is outstanding: the core may be told now.
+    this.raw.reportSnapshotFailure(to);
+    this.scheduleTurn();
+  }
+
+  /**
+   * The transport's snapshot handler: stages one chunk of an image a leader streams to us, in order.
+   * The last chunk becomes the InstallSnapshot message for the core, stepped at once (one turn, here)
+   * so that the image it names is still the one staged when the Ready installs it. Throws
+   * SnapshotChunkRefusedError for a chunk of a stale term, of an image not being staged, out of
+   * order, or one storage refuses; the sender then gives the image up.
+   */
+  receiveSnapshotChunk(chunk: SnapshotChunk): void {
+    if (this.stopped || this.transport === undefined) throw new SnapshotChunkRefusedError("the node is not running");
+    const term = this.raw.raft.term;
+    if (chunk.term < term) throw new SnapshotChunkRefusedError(`chunk of term ${chunk.term}; this node is in term ${term}`);
+    let incoming = this.incomingSnapshot;
+    if (chunk.seq === 0) {
+      assert(chunk.metadata !== undefined, "the transport checks the first chunk has metadata");
+      incoming = { from: chunk.from, imageId: chunk.imageId, metadata: chunk.metadata, nextSeq: 0 };
+      this.incomingSnapshot = undefined;
+    } else if (incoming === undefined || incoming.imageId !== chunk.imageId || incoming.from !== chunk.from) {
+      throw new SnapshotChunkRefusedError(`chunk ${chunk.seq} of image ${chunk.imageId}, which this node is not staging`);
+    } else if (chunk.seq !== incoming.nextSeq) {
+      throw new SnapshotChunkRefusedError(`chunk ${chunk.seq} of image ${chunk.imageId} out of order: expected ${incoming.nextSeq}`);
+    }
+    for (const row of chunk.rows) {
+      if (row.version > incoming.metadata.index) {
+        throw new SnapshotChunkRefusedError(`image ${chunk.imageId} has a row of version ${row.version}, past its index ${incoming.metadata.index}`);
+      }
+    }
+    try {
+      this.cfg.storage.stageImageChunk(chunk.imageId, chunk.rows, chunk.seq === 0);
+    } catch (error: unknown) {
+      this.incomingSnapshot = undefined;
+      if (error instanceof AssertionError) {
+        this.fail(error);
+        throw error;
+      }
+      throw new SnapshotChunkRefusedError(`staging failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    if (chunk.seq === 0) {
+      this.cfg.log?.("snapshot receive", { from: chunk.from, index: incoming.metadata.index, term: incoming.metadata.term, imageId: chunk.imageId });
+    }
+    incoming.nextSeq = chunk.seq + 1;
+    this.incomingSnapshot = chunk.done ? undefined : incoming;
+    if (!chunk.done) return;
+    const message: SnapshotRequest = {
+      type: "snapshot",
+      from: chunk.from,
+      to: this.cfg.id,
+      term: chunk.term,
+      snapshot: incoming.metadata,
+      imageId: chunk.imageId,
+    };
+    this.cfg.log?.("snapshot received", { from: chunk.from, index: incoming.metadata.index, imageId: chunk.imageId, chunks: incoming.nextSeq });
+    this.inbox.push(message);
+    this.turn();
+    // Installed by now, or not needed (our log already covered it, or its term was stale): either way done with it.
+    if (!this.stopped) this.cfg.storage.discardStagedImage();
+  }
+
+  /** Compacts once `snapshotEntries` are applied past the last snapshot, keeping `snapshotCatchUpEntries`. */
+  private maybeCompact(): void {
+    const storage = this.cfg.storage;
+    const applied = storage.appliedIndex();
+    const snapshotIndex = storage.snapshot().index;
+    if (applied - snapshotIndex < this.snapshotEntries) return;
+    const index = applied - this.snapshotCatchUpEntries;
+    storage.compact(index);
+    this.cfg.log?.("log compacted", { index, applied });
   }
 
   private notLeaderForRead(): KvError {

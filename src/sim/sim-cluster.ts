@@ -235,6 +235,10 @@ export class SimCluster {
       const raw = node.raw;
       if (raw === undefined || !raw.hasReady()) return;
       const ready = raw.ready();
+      // As the node does: a leader's appends and heartbeats leave before its own disk write.
+      const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
+      const late = ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
+      for (const message of early) this.send(message);
       if (this.crashHook?.(id, "before-persist")) return this.crash(id);
       if (ready.snapshot !== undefined) {
         this.installSnapshot(node, ready.snapshot.metadata.index, ready.snapshot.imageId);
@@ -245,7 +249,7 @@ export class SimCluster {
       node.storage.save(ready.hardState, ready.entries, ready.mustSync);
       if (ready.softState?.role === "leader") this.checkNewLeader(node);
       if (this.crashHook?.(id, "after-persist")) return this.crash(id);
-      for (const message of ready.messages) this.send(message.type === "snapshot" ? this.stageImage(node, message) : message);
+      for (const message of late) this.send(message.type === "snapshot" ? this.stageImage(node, message) : message);
       if (this.crashHook?.(id, "after-send")) return this.crash(id);
       for (const entry of ready.committedEntries) this.apply(node, entry);
       for (const state of ready.readStates) {

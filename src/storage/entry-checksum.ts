@@ -33,3 +33,17 @@ export function hardStateChecksum(hardState: HardState): number {
   setUint53(hardStateView, 16, hardState.commit);
   return Bun.hash.crc32(hardStateBytes);
 }
+
+const snapshotHeader = new DataView(new ArrayBuffer(16));
+const snapshotHeaderBytes = new Uint8Array(snapshotHeader.buffer);
+const utf8 = new TextEncoder();
+
+/**
+ * CRC-32 of where the log was compacted: (index, term) and the configuration as meta stores it
+ * (comma-separated voters and learners). What meta's `snapshot_crc` column holds.
+ */
+export function snapshotChecksum(index: number, term: number, votersText: string, learnersText: string): number {
+  setUint53(snapshotHeader, 0, index);
+  setUint53(snapshotHeader, 8, term);
+  return Bun.hash.crc32(utf8.encode(`${votersText};${learnersText}`), Bun.hash.crc32(snapshotHeaderBytes));
+}

@@ -1,5 +1,5 @@
 import type { RaftLogWriter, RaftStorage } from "../raft/storage.ts";
-import type { Entry, NodeId } from "../raft/types.ts";
+import type { Entry, NodeId, SnapshotMetadata } from "../raft/types.ts";
 
 /**
  * What a node persists: the Raft log and hard state (read by the core through `RaftStorage`,
@@ -25,7 +25,56 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   appliedIndex(): number;
   /** The current value of `key` and the index of the put that wrote it. */
   get(key: string): StoredValue | undefined;
+  /**
+   * Log compaction: drops every entry up to `index` (at most the applied and the last index) and
+   * records where the log now starts, so `firstIndex()` is index + 1 and `term(index)` still answers.
+   * Asks for no fsync: a compaction lost in a crash only leaves entries that are still valid.
+   * An index at or below the current snapshot's changes nothing.
+   */
+  compact(index: number): void;
+  /**
+   * A consistent image of the state machine as of one applied index, read while writes go on.
+   * The caller must `close()` it. Throws `StorageError` `corrupt` when its term cannot be known.
+   */
+  openImage(): KvImageReader;
+  /**
+   * Receiver side of InstallSnapshot: stages rows of image `imageId` apart from the state machine.
+   * `first` starts a new image (dropping whatever was staged); later chunks must name the same image.
+   * Throws `StorageError` `image_refused` for a chunk of another image, a key staged twice, a bad
+   * row, or an image beyond the staging limit (the staging is then dropped).
+   */
+  stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void;
+  /**
+   * Installs the image staged as `imageId` (all of it: the caller staged its last chunk) in one
+   * durable transaction: the state machine becomes the image, the applied index `metadata.index`,
+   * the log empties, the snapshot is `metadata`, and commit rises to at least `metadata.index`.
+   * Installing an image that is not staged, or one not past the applied index, is a bug.
+   */
+  installSnapshot(metadata: SnapshotMetadata, imageId: string): void;
+  /** Drops whatever image is staged (a transfer that failed or was not needed). */
+  discardStagedImage(): void;
   /** Releases the storage; any later call is a bug. Idempotent. */
+  close(): void;
+}
+
+/** One key of the state machine as an image carries it. */
+export interface ImageRow {
+  readonly key: string;
+  readonly value: Uint8Array;
+  /** The index of the put that wrote the value. */
+  readonly version: number;
+}
+
+/**
+ * Reads one image in key order, a bounded batch at a time. `metadata` says where the image stands:
+ * its index is the applied index it was read at, its term the log's term there, and its voters the
+ * configuration then.
+ */
+export interface KvImageReader {
+  readonly metadata: SnapshotMetadata;
+  /** The next rows, about `bytesMax` bytes of keys and values (at least one row); [] once done. */
+  next(bytesMax: number): ImageRow[];
+  /** Ends the read. Idempotent. */
   close(): void;
 }
 
@@ -53,7 +102,8 @@ export type StorageErrorCode =
   | "voters_mismatch" // the configured voters differ from those recorded at bootstrap
   | "voters_invalid" // not a non-empty set of distinct positive integers
   | "schema" // the database was written by an unknown schema version
-  | "locked"; // another process (or connection) holds the database
+  | "locked" // another process (or connection) holds the database
+  | "image_refused"; // a snapshot chunk that does not continue the staged image, or exceeds its limit
 
 /**
  * The one error class storage throws for operating errors (programmer errors are AssertionErrors).

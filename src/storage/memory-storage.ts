@@ -1,14 +1,25 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { planApply, resultFor } from "./apply-plan.ts";
-import type { ApplyResult, KvStorage, StoredValue } from "./kv-storage.ts";
+import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, StorageError, type StoredValue } from "./kv-storage.ts";
 import { checkSave } from "./save-checks.ts";
+import {
+  checkCompact,
+  checkInstall,
+  imageRowBytes,
+  planStage,
+  snapshotConfiguration,
+  stagedImageBytesMaxDefault,
+  type StagingState,
+} from "./snapshot-checks.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 
 /** Options of `createMemoryKvStorage`. */
 export interface MemoryKvStorageOptions {
   /** Voters to record at creation, as `bootstrap` would. */
   readonly voters?: readonly NodeId[];
+  /** As `SqliteStorageOptions.stagedImageBytesMax`. */
+  readonly stagedImageBytesMax?: number;
 }
 
 /** Named in errors where the sqlite storage names its file. */
@@ -19,7 +30,7 @@ const memoryFile = "memory";
  * the same save checks, apply plan and command codec; only the tables are Maps and arrays.
  */
 export function createMemoryKvStorage(options: MemoryKvStorageOptions = {}): MemoryKvStorage {
-  const storage = new MemoryKvStorage();
+  const storage = new MemoryKvStorage(options.stagedImageBytesMax ?? stagedImageBytesMaxDefault);
   if (options.voters !== undefined) storage.bootstrap(options.voters);
   return storage;
 }
@@ -28,21 +39,30 @@ export function createMemoryKvStorage(options: MemoryKvStorageOptions = {}): Mem
  * A `KvStorage` held in memory. `save` and `applyEntries` are atomic (all checks and decoding run
  * before any change), as one sqlite transaction is; `clone()` is the state a node restarts from
  * after a crash. Saved entry data is copied, so callers may reuse their buffers; values returned
- * by `get` are shared views: do not mutate them.
+ * by `get` are shared views: do not mutate them. Staging is not durable here either: `clone()`
+ * (a restart) drops it.
  */
 export class MemoryKvStorage implements KvStorage {
   private hardState: HardState = emptyHardState;
   private voters: readonly NodeId[] = [];
-  /** log[0] is the entry at index 1 (no compaction yet). */
+  private learners: readonly NodeId[] = [];
+  /** Where the log was compacted or a snapshot installed; index 0 when never. */
+  private snap: SnapshotMetadata = { index: 0, term: 0, voters: [] };
+  /** log[0] is the entry at snap.index + 1. */
   private log: Entry[] = [];
   private values = new Map<string, StoredValue>();
   private applied = 0;
+  private staged = new Map<string, StoredValue>();
+  private staging: StagingState = { imageId: undefined, bytes: 0 };
   private closed = false;
 
-  /** Term, vote and commit as last saved, and the voters recorded at bootstrap ([] before it). */
-  initialState(): { hardState: HardState; voters: readonly NodeId[] } {
+  /** Use `createMemoryKvStorage`. */
+  constructor(private readonly stagedImageBytesMax: number = stagedImageBytesMaxDefault) {}
+
+  /** As `SqliteStorage.initialState`. */
+  initialState(): { hardState: HardState; voters: readonly NodeId[]; learners?: readonly NodeId[] } {
     this.assertOpen();
-    return { hardState: this.hardState, voters: this.voters };
+    return { hardState: this.hardState, voters: this.voters, ...this.learnersField() };
   }
 
   /** Entries in [lo, hi), at most `maxBytes` of data but at least one when lo < hi. */
@@ -52,7 +72,7 @@ export class MemoryKvStorage implements KvStorage {
     const result: Entry[] = [];
     let bytes = 0;
     for (let index = lo; index < hi; index++) {
-      const entry = this.log[index - 1] as Entry;
+      const entry = this.log[index - this.firstIndex()] as Entry;
       bytes += entry.data.byteLength;
       if (result.length > 0 && bytes > maxBytes) break;
       result.push(entry);
@@ -60,33 +80,37 @@ export class MemoryKvStorage implements KvStorage {
     return result;
   }
 
-  /** Term at `index` for 0 <= index <= lastIndex(); term(0) is 0. */
+  /** Term at `index` for firstIndex()-1 <= index <= lastIndex(); term(0) is 0. */
   term(index: number): number {
     this.assertOpen();
-    if (index === 0) return 0;
-    assert(index >= 1 && index <= this.lastIndex(), `term(${index}) out of range`);
-    return (this.log[index - 1] as Entry).term;
+    if (index === this.snap.index) return this.snap.term;
+    assert(index >= this.firstIndex() && index <= this.lastIndex(), `term(${index}) out of range`);
+    return (this.log[index - this.firstIndex()] as Entry).term;
   }
 
-  /** 1: the log is never compacted yet. */
+  /** One past the snapshot (1 for a log never compacted). */
   firstIndex(): number {
-    return 1;
+    return this.snap.index + 1;
   }
 
-  /** Never compacted yet: the empty snapshot at index 0. */
+  /** As `SqliteStorage.snapshot`. */
   snapshot(): SnapshotMetadata {
-    return { index: 0, term: 0, voters: this.voters };
+    this.assertOpen();
+    if (this.snap.index === 0) return { index: 0, term: 0, voters: this.voters };
+    return this.snap;
   }
 
-  /** No state machine image can be streamed yet (the log is never compacted, so none is needed). */
+  /** As `SqliteStorage.snapshotForSend`. */
   snapshotForSend(): SnapshotMetadata | undefined {
-    return undefined;
+    this.assertOpen();
+    if (this.applied === 0) return undefined;
+    return { index: this.applied, term: this.term(this.applied), voters: this.voters, ...this.learnersField() };
   }
 
-  /** Index of the last saved entry, 0 when empty. */
+  /** Index of the last saved entry; the snapshot's index when none follows it. */
   lastIndex(): number {
     this.assertOpen();
-    return this.log.length;
+    return this.snap.index + this.log.length;
   }
 
   /** As `SqliteStorage.save`; `sync` changes nothing in memory. */
@@ -99,7 +123,7 @@ export class MemoryKvStorage implements KvStorage {
     );
     const first = entries[0];
     if (first !== undefined) {
-      this.log.length = first.index - 1; // a new leader overwrote a conflicting suffix
+      this.log.length = first.index - this.firstIndex(); // a new leader overwrote a conflicting suffix
       for (const entry of entries) {
         this.log.push({ index: entry.index, term: entry.term, type: entry.type, data: entry.data.slice() });
       }
@@ -151,6 +175,95 @@ export class MemoryKvStorage implements KvStorage {
     return this.values.get(key);
   }
 
+  /** As `SqliteStorage.compact`. */
+  compact(index: number): void {
+    this.assertOpen();
+    if (!checkCompact({ snapshotIndex: this.snap.index, appliedIndex: this.applied, lastIndex: this.lastIndex() }, index)) return;
+    const term = this.term(index);
+    this.log = this.log.slice(index - this.snap.index);
+    this.snap = { index, term, voters: this.voters, ...this.learnersField() };
+  }
+
+  /**
+   * As `SqliteStorage.openImage`. Values are never changed in place (a put replaces the Map's
+   * entry), so a sorted copy of the entries at open is a consistent image whatever happens after.
+   */
+  openImage(): KvImageReader {
+    this.assertOpen();
+    const metadata: SnapshotMetadata = { index: this.applied, term: this.term(this.applied), voters: this.voters, ...this.learnersField() };
+    const rows: ImageRow[] = [...this.values]
+      .map(([key, stored]) => ({ key, value: stored.value, version: stored.version }))
+      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    let position = 0;
+    let closed = false;
+    return {
+      metadata,
+      next(bytesMax: number): ImageRow[] {
+        assert(!closed, "image read after close");
+        assert(Number.isSafeInteger(bytesMax) && bytesMax >= 1, `image page of ${bytesMax} bytes`);
+        const page: ImageRow[] = [];
+        let bytes = 0;
+        while (position < rows.length) {
+          const row = rows[position] as ImageRow;
+          const rowBytes = imageRowBytes(row);
+          if (page.length > 0 && bytes + rowBytes > bytesMax) break;
+          page.push(row);
+          bytes += rowBytes;
+          position++;
+        }
+        return page;
+      },
+      close(): void {
+        closed = true;
+      },
+    };
+  }
+
+  /** As `SqliteStorage.stageImageChunk`; value bytes are copied. */
+  stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
+    this.assertOpen();
+    const ownsStaging = first || imageId === this.staging.imageId;
+    try {
+      const next = planStage(this.staging, imageId, rows, first, this.stagedImageBytesMax, memoryFile);
+      const keys = new Set<string>();
+      for (const row of rows) {
+        if (keys.has(row.key) || (!first && this.staged.has(row.key))) {
+          throw new StorageError("image_refused", `image carries key ${JSON.stringify(row.key.slice(0, 64))} twice`, memoryFile);
+        }
+        keys.add(row.key);
+      }
+      if (first) this.staged = new Map();
+      for (const row of rows) this.staged.set(row.key, { value: row.value.slice(), version: row.version });
+      this.staging = next;
+    } catch (error: unknown) {
+      if (ownsStaging && error instanceof StorageError) this.discardStagedImage();
+      throw error;
+    }
+  }
+
+  /** As `SqliteStorage.installSnapshot`. */
+  installSnapshot(metadata: SnapshotMetadata, imageId: string): void {
+    this.assertOpen();
+    checkInstall(this.staging, this.applied, metadata, imageId);
+    const { voters, learners } = snapshotConfiguration(metadata, memoryFile);
+    this.snap = { index: metadata.index, term: metadata.term, voters, ...(learners.length > 0 ? { learners } : {}) };
+    this.values = this.staged;
+    this.staged = new Map();
+    this.staging = { imageId: undefined, bytes: 0 };
+    this.log = [];
+    this.voters = voters;
+    this.learners = learners;
+    this.applied = metadata.index;
+    this.hardState = { ...this.hardState, commit: Math.max(this.hardState.commit, metadata.index) };
+  }
+
+  /** As `SqliteStorage.discardStagedImage`. */
+  discardStagedImage(): void {
+    this.assertOpen();
+    this.staged = new Map();
+    this.staging = { imageId: undefined, bytes: 0 };
+  }
+
   /** Marks the storage closed; later calls are bugs. Idempotent. */
   close(): void {
     this.closed = true;
@@ -158,13 +271,19 @@ export class MemoryKvStorage implements KvStorage {
 
   /** A copy holding exactly what was saved and applied: what a node restarts from after a crash. */
   clone(): MemoryKvStorage {
-    const copy = new MemoryKvStorage();
+    const copy = new MemoryKvStorage(this.stagedImageBytesMax);
     copy.hardState = this.hardState;
     copy.voters = this.voters;
+    copy.learners = this.learners;
+    copy.snap = this.snap;
     copy.log = this.log.slice();
     copy.values = new Map(this.values);
     copy.applied = this.applied;
     return copy;
+  }
+
+  private learnersField(): { learners?: readonly NodeId[] } {
+    return this.learners.length > 0 ? { learners: this.learners } : {};
   }
 
   private assertOpen(): void {

@@ -4,9 +4,19 @@ import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyStep, planApply, resultFor } from "./apply-plan.ts";
-import { entryChecksum, hardStateChecksum } from "./entry-checksum.ts";
-import { type ApplyResult, type KvStorage, StorageError, type StoredValue } from "./kv-storage.ts";
+import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
+import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, StorageError, type StoredValue } from "./kv-storage.ts";
 import { checkSave } from "./save-checks.ts";
+import {
+  checkCompact,
+  checkInstall,
+  idsText,
+  imageRowBytes,
+  planStage,
+  snapshotConfiguration,
+  stagedImageBytesMaxDefault,
+  type StagingState,
+} from "./snapshot-checks.ts";
 import { type TermRun, TermCache } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 
@@ -25,9 +35,20 @@ import { checkVotersMatch, normalizeVoters } from "./voters.ts";
  *   the applied index is never ahead of the log it applied, and the kv rows always match it
  *   because they commit in the same transaction.
  *
- * The database is opened with locking_mode=EXCLUSIVE: a second process (say, a node restarted
- * before its predecessor died) cannot write the same log; it waits `lockWaitMs` and then fails
- * with `StorageError` `locked`.
+ * Snapshots: `compact` drops a prefix of the log and records where it was cut in meta (with a
+ * checksum). `openImage` reads the kv table on a second, read-only connection inside one read
+ * transaction: WAL gives it snapshot isolation, so the image and its applied index are one
+ * consistent state while the node goes on writing (the WAL cannot be checkpointed past the
+ * reader's snapshot meanwhile: it grows for as long as the image stays open). A received image is
+ * staged in `kv_staging`, chunk by chunk, so memory stays bounded whatever its size; staging is
+ * not durable and is dropped on open. `installSnapshot` swaps it in with one fsynced transaction.
+ *
+ * Exclusion: the storage holds an exclusive lock on a sidecar file (`kv.db-lock`, an empty
+ * database in EXCLUSIVE locking mode inside a transaction that never ends) for as long as it is
+ * open, so a second process (say, a node restarted before its predecessor died) cannot write the
+ * same log; it waits `lockWaitMs` and then fails with `StorageError` `locked`. The operating
+ * system drops the lock when the process dies. The database itself is in EXCLUSIVE locking mode
+ * (faster) except while an image is open: a reader connection needs NORMAL mode to share the WAL.
  */
 
 /** Options of `openSqliteStorage`. */
@@ -42,17 +63,20 @@ export interface SqliteStorageOptions {
   readonly termCacheRunsMax?: number;
   /** On open, terms of at most this many newest entries are loaded into the cache. Default 100 000. */
   readonly termCacheLoadEntriesMax?: number;
+  /** A received image staged beyond this many bytes (keys, values, overhead) is refused. Default 64 GiB. */
+  readonly stagedImageBytesMax?: number;
 }
 
-const schemaVersion = 1;
+const schemaVersion = 2;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
 /** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
 const entriesChunkRowsMax = 256;
 
+/** Version 1: log, hard state, meta, kv. Later versions are migrations applied on top. */
 const schemaSql = `
 CREATE TABLE raft_log (
-  idx INTEGER PRIMARY KEY,  -- Raft index, >= 1, contiguous from 1 (no compaction yet)
+  idx INTEGER PRIMARY KEY,  -- Raft index, contiguous from meta.snapshot_index + 1
   term INTEGER NOT NULL,
   type INTEGER NOT NULL,    -- EntryType
   data BLOB NOT NULL,
@@ -78,6 +102,21 @@ CREATE TABLE kv (
 INSERT INTO meta (id, voters, applied_index) VALUES (1, NULL, 0);
 `;
 
+/** Version 1 -> 2: log compaction and snapshot staging. */
+const migrationToV2Sql = `
+ALTER TABLE meta ADD COLUMN learners TEXT NOT NULL DEFAULT '';          -- comma-separated, as of applied_index
+ALTER TABLE meta ADD COLUMN snapshot_index INTEGER NOT NULL DEFAULT 0;   -- the log holds entries after it
+ALTER TABLE meta ADD COLUMN snapshot_term INTEGER NOT NULL DEFAULT 0;    -- term of the entry at snapshot_index
+ALTER TABLE meta ADD COLUMN snapshot_voters TEXT NOT NULL DEFAULT '';    -- configuration as of snapshot_index
+ALTER TABLE meta ADD COLUMN snapshot_learners TEXT NOT NULL DEFAULT '';
+ALTER TABLE meta ADD COLUMN snapshot_crc INTEGER NOT NULL DEFAULT 0;     -- snapshotChecksum of the four above
+CREATE TABLE kv_staging (   -- a received image being staged; not durable, emptied on open
+  key TEXT PRIMARY KEY,
+  value BLOB NOT NULL,
+  version INTEGER NOT NULL
+) STRICT;
+`;
+
 interface LogRow {
   idx: number;
   term: number;
@@ -93,7 +132,19 @@ interface HardStateRow {
 }
 interface MetaRow {
   voters: string | null;
+  learners: string;
   applied_index: number;
+  snapshot_index: number;
+  snapshot_term: number;
+  snapshot_voters: string;
+  snapshot_learners: string;
+  snapshot_crc: number;
+}
+const metaColumns = "voters, learners, applied_index, snapshot_index, snapshot_term, snapshot_voters, snapshot_learners, snapshot_crc";
+interface ImageRowRow {
+  key: string;
+  value: Uint8Array;
+  version: number;
 }
 interface KvRow {
   value: Uint8Array;
@@ -115,27 +166,56 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
   assert(Number.isSafeInteger(lockWaitMs) && lockWaitMs >= 0 && lockWaitMs <= lockWaitMsMax, `lockWaitMs ${lockWaitMs}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, options.fileName ?? "kv.db");
-  const db = new Database(file, { create: true, strict: true });
+  let lock: Database | undefined;
+  let db: Database | undefined;
   try {
+    lock = holdLock(`${file}-lock`, lockWaitMs);
+    db = new Database(file, { create: true, strict: true });
     db.run(`PRAGMA busy_timeout = ${lockWaitMs}`);
-    // Set before entering WAL so the WAL index lives in process memory and the lock is held until close.
-    db.run("PRAGMA locking_mode = EXCLUSIVE");
     const journal = db.query<{ journal_mode: string }, []>("PRAGMA journal_mode = WAL").get();
     if (journal?.journal_mode !== "wal") throw new Error(`journal_mode is ${journal?.journal_mode}, expected wal`);
     db.run("PRAGMA synchronous = FULL");
     // Bound the WAL file left on disk after a checkpoint (it is reused, not shrunk, otherwise).
     db.run(`PRAGMA journal_size_limit = ${walBytesLimit}`);
     migrate(db, file);
-    const storage = new SqliteStorage(db, file, options.termCacheRunsMax ?? 1024, options.termCacheLoadEntriesMax ?? 100_000);
+    // WAL was entered in NORMAL mode, so its index lives in shared memory that a reader connection
+    // can use later (see openImage). Until one does, EXCLUSIVE spares every transaction its lock
+    // calls: single-row transactions run about twice as fast.
+    db.run("PRAGMA locking_mode = EXCLUSIVE");
+    const storage = new SqliteStorage(db, lock, file, {
+      termCacheRunsMax: options.termCacheRunsMax ?? 1024,
+      termCacheLoadEntriesMax: options.termCacheLoadEntriesMax ?? 100_000,
+      stagedImageBytesMax: options.stagedImageBytesMax ?? stagedImageBytesMaxDefault,
+      lockWaitMs,
+    });
     if (options.voters !== undefined) storage.bootstrap(options.voters);
     return storage;
   } catch (error: unknown) {
-    closeDatabase(db);
+    if (db !== undefined) closeDatabase(db);
+    if (lock !== undefined) closeDatabase(lock);
     if (error instanceof Error && /database is locked|SQLITE_BUSY/i.test(`${error.message} ${(error as { code?: string }).code}`)) {
       throw new StorageError("locked", `database held by another process for over ${lockWaitMs} ms`, file, undefined, {
         cause: error,
       });
     }
+    throw error;
+  }
+}
+
+/**
+ * Takes the exclusive lock on the sidecar file `path`: an empty database in EXCLUSIVE locking mode
+ * whose BEGIN EXCLUSIVE never commits, so the lock lasts until the connection closes (or the
+ * process dies). A holder elsewhere makes this wait `lockWaitMs` and then throw SQLITE_BUSY.
+ */
+function holdLock(path: string, lockWaitMs: number): Database {
+  const lock = new Database(path, { create: true, strict: true });
+  try {
+    lock.run(`PRAGMA busy_timeout = ${lockWaitMs}`);
+    lock.run("PRAGMA locking_mode = EXCLUSIVE");
+    lock.run("BEGIN EXCLUSIVE");
+    return lock;
+  } catch (error: unknown) {
+    closeDatabase(lock);
     throw error;
   }
 }
@@ -148,21 +228,38 @@ function closeDatabase(db: Database): void {
   db.close(true);
 }
 
+/** Creates the schema or brings an older one up to date, in one transaction; drops stale staging. */
 function migrate(db: Database, file: string): void {
-  // BEGIN IMMEDIATE takes the write lock first: with EXCLUSIVE locking it is then held until close.
   db.transaction(() => {
-    const version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
-    if (version === schemaVersion) return;
-    if (version !== 0) throw new StorageError("schema", `unknown schema version ${version}, expected ${schemaVersion}`, file);
-    db.run(schemaSql);
-    db.query("INSERT INTO hard_state (id, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)").run(
-      emptyHardState.term,
-      emptyHardState.vote,
-      emptyHardState.commit,
-      hardStateChecksum(emptyHardState),
-    );
-    db.run(`PRAGMA user_version = ${schemaVersion}`);
+    let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
+    if (version > schemaVersion) throw new StorageError("schema", `unknown schema version ${version}, expected ${schemaVersion}`, file);
+    if (version === 0) {
+      db.run(schemaSql);
+      db.query("INSERT INTO hard_state (id, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)").run(
+        emptyHardState.term,
+        emptyHardState.vote,
+        emptyHardState.commit,
+        hardStateChecksum(emptyHardState),
+      );
+      version = 1;
+    }
+    if (version === 1) {
+      db.run(migrationToV2Sql);
+      db.query("UPDATE meta SET snapshot_crc = ? WHERE id = 1").run(snapshotChecksum(0, 0, "", ""));
+      version = 2;
+    }
+    db.run(`PRAGMA user_version = ${version}`);
+    // An image staged before a restart can never be installed: its transfer died with the process.
+    db.run("DELETE FROM kv_staging");
   }).immediate();
+}
+
+/** Sizes and limits of one open storage. */
+interface SqliteStorageSettings {
+  readonly termCacheRunsMax: number;
+  readonly termCacheLoadEntriesMax: number;
+  readonly stagedImageBytesMax: number;
+  readonly lockWaitMs: number;
 }
 
 /**
@@ -174,9 +271,15 @@ function migrate(db: Database, file: string): void {
 export class SqliteStorage implements KvStorage {
   private hardStateValue: HardState;
   private voters: readonly NodeId[];
+  private learners: readonly NodeId[];
   private applied: number;
+  /** Where the log was last compacted or a snapshot installed; index 0 when never. */
+  private snap: SnapshotMetadata;
   private last: number;
   private readonly terms: TermCache;
+  private staging: StagingState = { imageId: undefined, bytes: 0 };
+  /** Images open on their own connections: closed with the storage. */
+  private readonly images = new Set<SqliteImageReader>();
   private closed = false;
 
   private readonly selectEntries: Statement<LogRow, [number, number, number]>;
@@ -191,18 +294,37 @@ export class SqliteStorage implements KvStorage {
   private readonly deleteValue: Statement<unknown, [string]>;
   private readonly synchronousNormal: Statement<unknown, []>;
   private readonly synchronousFull: Statement<unknown, []>;
+  private readonly deleteEntriesTo: Statement<unknown, [number]>;
+  private readonly deleteAllEntries: Statement<unknown, []>;
+  private readonly updateSnapshot: Statement<unknown, [number, number, string, string, number]>;
+  private readonly updateConfiguration: Statement<unknown, [string, string]>;
+  private readonly insertStaged: Statement<unknown, [string, Uint8Array, number]>;
+  private readonly clearStaging: Statement<unknown, []>;
+  private readonly clearKv: Statement<unknown, []>;
+  private readonly copyStagedToKv: Statement<unknown, []>;
+  private readonly touchMeta: Statement<unknown, []>;
   private readonly saveTransaction: (hardState: HardState | undefined, entries: readonly Entry[]) => void;
   private readonly applyTransaction: (steps: readonly ApplyStep[], appliedIndex: number) => ApplyResult[];
+  private readonly compactTransaction: (snapshot: SnapshotMetadata) => void;
+  private readonly stageTransaction: (rows: readonly ImageRow[], first: boolean) => void;
+  private readonly installTransaction: (snapshot: SnapshotMetadata, hardState: HardState) => void;
+  private readonly stagedImageBytesMax: number;
+  private readonly lockWaitMs: number;
 
   /** Use `openSqliteStorage`. */
   constructor(
     private readonly db: Database,
+    /** Holds the sidecar lock file for as long as the storage is open. */
+    private readonly lock: Database,
     /** The database file, named in every error. */
     readonly file: string,
-    termCacheRunsMax: number,
-    termCacheLoadEntriesMax: number,
+    settings: SqliteStorageSettings,
   ) {
+    const { termCacheRunsMax, termCacheLoadEntriesMax } = settings;
     assert(Number.isSafeInteger(termCacheLoadEntriesMax) && termCacheLoadEntriesMax >= 1, "termCacheLoadEntriesMax");
+    assert(Number.isSafeInteger(settings.stagedImageBytesMax) && settings.stagedImageBytesMax >= 1, "stagedImageBytesMax");
+    this.stagedImageBytesMax = settings.stagedImageBytesMax;
+    this.lockWaitMs = settings.lockWaitMs;
     this.selectEntries = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?");
     this.selectEntry = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?");
     this.insertEntry = db.prepare("INSERT INTO raft_log (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)");
@@ -217,6 +339,23 @@ export class SqliteStorage implements KvStorage {
     this.deleteValue = db.prepare("DELETE FROM kv WHERE key = ?");
     this.synchronousNormal = db.prepare("PRAGMA synchronous = NORMAL");
     this.synchronousFull = db.prepare("PRAGMA synchronous = FULL");
+    this.deleteEntriesTo = db.prepare("DELETE FROM raft_log WHERE idx <= ?");
+    this.deleteAllEntries = db.prepare("DELETE FROM raft_log");
+    this.updateSnapshot = db.prepare(
+      "UPDATE meta SET snapshot_index = ?, snapshot_term = ?, snapshot_voters = ?, snapshot_learners = ?, snapshot_crc = ? WHERE id = 1",
+    );
+    this.updateConfiguration = db.prepare("UPDATE meta SET voters = ?, learners = ? WHERE id = 1");
+    this.insertStaged = db.prepare("INSERT INTO kv_staging (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING");
+    this.clearStaging = db.prepare("DELETE FROM kv_staging");
+    this.clearKv = db.prepare("DELETE FROM kv");
+    this.copyStagedToKv = db.prepare("INSERT INTO kv (key, value, version) SELECT key, value, version FROM kv_staging");
+    this.touchMeta = db.prepare("SELECT applied_index FROM meta WHERE id = 1");
+    this.compactTransaction = db.transaction((snapshot: SnapshotMetadata) => {
+      this.deleteEntriesTo.run(snapshot.index);
+      this.writeSnapshotMeta(snapshot);
+    });
+    this.stageTransaction = db.transaction((rows: readonly ImageRow[], first: boolean) => this.writeStage(rows, first));
+    this.installTransaction = db.transaction((snapshot: SnapshotMetadata, hardState: HardState) => this.writeInstall(snapshot, hardState));
     this.saveTransaction = db.transaction((hardState: HardState | undefined, entries: readonly Entry[]) =>
       this.writeSave(hardState, entries),
     );
@@ -225,25 +364,31 @@ export class SqliteStorage implements KvStorage {
     );
 
     this.hardStateValue = this.loadHardState();
-    const meta = db.query<MetaRow, []>("SELECT voters, applied_index FROM meta WHERE id = 1").get();
+    const meta = db.query<MetaRow, []>(`SELECT ${metaColumns} FROM meta WHERE id = 1`).get();
     if (meta === null) throw this.corrupt("meta row missing");
     this.voters = this.parseVoters(meta.voters);
+    this.learners = this.parseIds(meta.learners, "learners");
     this.applied = this.checkStoredIndex(meta.applied_index, "applied index");
+    this.snap = this.loadSnapshotMeta(meta);
     this.last = this.loadLastIndex();
     this.terms = new TermCache(termCacheRunsMax);
     this.terms.reset(this.loadTermRuns(termCacheLoadEntriesMax), this.last);
 
-    // Invariant: applied <= commit <= lastIndex, as persisted (see the durability notes above).
+    // Invariant: snapshot <= applied <= commit <= lastIndex, as persisted (see the durability notes above).
     if (this.hardStateValue.commit > this.last) throw this.corrupt(`commit ${this.hardStateValue.commit} beyond last index ${this.last}`);
     if (this.applied > this.hardStateValue.commit) throw this.corrupt(`applied ${this.applied} beyond commit ${this.hardStateValue.commit}`);
+    if (this.snap.index > this.applied) throw this.corrupt(`snapshot ${this.snap.index} beyond applied ${this.applied}`);
   }
 
   // --- RaftStorage ---
 
-  /** Term, vote and commit as last saved, and the voters recorded at bootstrap ([] before it). */
-  initialState(): { hardState: HardState; voters: readonly NodeId[] } {
+  /**
+   * Term, vote and commit as last saved, and the configuration: the voters recorded at bootstrap
+   * ([] before it) or by the last snapshot installed, with its learners when it had any.
+   */
+  initialState(): { hardState: HardState; voters: readonly NodeId[]; learners?: readonly NodeId[] } {
     this.assertOpen();
-    return { hardState: this.hardStateValue, voters: this.voters };
+    return { hardState: this.hardStateValue, voters: this.voters, ...(this.learners.length > 0 ? { learners: this.learners } : {}) };
   }
 
   /** Entries in [lo, hi), at most `maxBytes` of data but at least one when lo < hi; each verified. */
@@ -270,7 +415,7 @@ export class SqliteStorage implements KvStorage {
   /** Term at `index` for firstIndex()-1 <= index <= lastIndex(); from memory near the end of the log. */
   term(index: number): number {
     this.assertOpen();
-    if (index === 0) return 0;
+    if (index === this.snap.index) return this.snap.term; // term(0) is 0
     assert(index >= this.firstIndex() - 1 && index <= this.last, `term(${index}) out of range`);
     const cached = this.terms.term(index);
     if (cached !== undefined) return cached;
@@ -279,22 +424,29 @@ export class SqliteStorage implements KvStorage {
     return this.verifiedEntry(row, index).term;
   }
 
-  /** 1: the log is never compacted yet. */
+  /** The first index the log holds: one past the snapshot (1 for a log never compacted). */
   firstIndex(): number {
-    return 1;
+    return this.snap.index + 1;
   }
 
-  /** Never compacted yet: the empty snapshot at index 0. */
+  /** Where the log was last compacted or a snapshot installed; the empty snapshot (index 0, current voters) when never. */
   snapshot(): SnapshotMetadata {
-    return { index: 0, term: 0, voters: this.initialState().voters };
+    this.assertOpen();
+    if (this.snap.index === 0) return { index: 0, term: 0, voters: this.voters };
+    return this.snap;
   }
 
-  /** No state machine image can be streamed yet (the log is never compacted, so none is needed). */
+  /**
+   * The state machine as applied now, which `openImage` will read (at this index or a later one):
+   * undefined before anything is applied.
+   */
   snapshotForSend(): SnapshotMetadata | undefined {
-    return undefined;
+    this.assertOpen();
+    if (this.applied === 0) return undefined;
+    return { index: this.applied, term: this.term(this.applied), voters: this.voters, ...this.learnersField() };
   }
 
-  /** Index of the last saved entry, 0 when the log is empty. */
+  /** Index of the last saved entry; the snapshot's index when the log after it is empty. */
   lastIndex(): number {
     this.assertOpen();
     return this.last;
@@ -402,11 +554,156 @@ export class SqliteStorage implements KvStorage {
     return row === null ? undefined : { value: row.value, version: row.version };
   }
 
-  /** Closes the database (checkpointing the WAL into it) and releases its lock. Idempotent. */
+  // --- Snapshots ---
+
+  /** See `KvStorage.compact`: one transaction, no fsync. */
+  compact(index: number): void {
+    this.assertOpen();
+    if (!checkCompact({ snapshotIndex: this.snap.index, appliedIndex: this.applied, lastIndex: this.last }, index)) return;
+    const snapshot: SnapshotMetadata = { index, term: this.term(index), voters: this.voters, ...this.learnersField() };
+    this.withSynchronous(false, () => this.compactTransaction(snapshot));
+    this.snap = snapshot;
+  }
+
+  /**
+   * Opens a read-only connection and a read transaction on it: the applied index, configuration
+   * and kv rows it reads are one committed state, whatever the node writes meanwhile. The term at
+   * the applied index comes from the log in the same transaction, or from the snapshot when the
+   * log was compacted up to exactly there.
+   */
+  openImage(): KvImageReader {
+    this.assertOpen();
+    if (this.images.size === 0) this.shareDatabase(true);
+    let reader: Database | undefined;
+    try {
+      reader = new Database(this.file, { readonly: true, strict: true });
+      reader.run(`PRAGMA busy_timeout = ${this.lockWaitMs}`);
+      reader.run("BEGIN");
+      const meta = reader.query<MetaRow, []>(`SELECT ${metaColumns} FROM meta WHERE id = 1`).get();
+      if (meta === null) throw this.corrupt("meta row missing");
+      const applied = this.checkStoredIndex(meta.applied_index, "applied index");
+      const snapshot = this.loadSnapshotMeta(meta);
+      let term: number;
+      if (applied === snapshot.index) {
+        term = snapshot.term;
+      } else {
+        const row = reader.query<LogRow, [number]>("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?").get(applied);
+        if (row === null) throw this.corrupt("the term of the applied index is unknown: its entry is missing", applied);
+        term = this.verifiedEntry(row, applied).term;
+      }
+      const learners = this.parseIds(meta.learners, "learners");
+      const metadata: SnapshotMetadata = {
+        index: applied,
+        term,
+        voters: this.parseVoters(meta.voters),
+        ...(learners.length > 0 ? { learners } : {}),
+      };
+      const image = new SqliteImageReader(reader, metadata, (closed) => this.imageClosed(closed));
+      this.images.add(image);
+      return image;
+    } catch (error: unknown) {
+      if (reader !== undefined) closeDatabase(reader);
+      if (this.images.size === 0) this.shareDatabase(false);
+      throw error;
+    }
+  }
+
+  private imageClosed(image: SqliteImageReader): void {
+    this.images.delete(image);
+    if (this.images.size === 0 && !this.closed) this.shareDatabase(false);
+  }
+
+  /**
+   * NORMAL locking while images are open (a reader connection shares the WAL index), EXCLUSIVE
+   * otherwise. Leaving EXCLUSIVE takes effect at the next access, hence the read after it.
+   */
+  private shareDatabase(share: boolean): void {
+    // Not prepared statements: locking_mode takes effect when the pragma is compiled, not when it runs.
+    this.db.run(`PRAGMA locking_mode = ${share ? "NORMAL" : "EXCLUSIVE"}`);
+    if (share) this.touchMeta.get();
+  }
+
+  /** See `KvStorage.stageImageChunk`: one transaction per chunk, no fsync (staging is not durable). */
+  stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
+    this.assertOpen();
+    const ownsStaging = first || imageId === this.staging.imageId;
+    try {
+      const next = planStage(this.staging, imageId, rows, first, this.stagedImageBytesMax, this.file);
+      this.withSynchronous(false, () => this.stageTransaction(rows, first));
+      this.staging = next;
+    } catch (error: unknown) {
+      // A broken chunk of the staged image ends it; a stray chunk of another image leaves it be.
+      if (ownsStaging && error instanceof StorageError) this.discardStagedImage();
+      throw error;
+    }
+  }
+
+  private writeStage(rows: readonly ImageRow[], first: boolean): void {
+    if (first) this.clearStaging.run();
+    for (const row of rows) {
+      if (this.insertStaged.run(row.key, row.value, row.version).changes === 0) {
+        throw new StorageError("image_refused", `image carries key ${JSON.stringify(row.key.slice(0, 64))} twice`, this.file);
+      }
+    }
+  }
+
+  /** See `KvStorage.installSnapshot`: one fsynced transaction. */
+  installSnapshot(metadata: SnapshotMetadata, imageId: string): void {
+    this.assertOpen();
+    checkInstall(this.staging, this.applied, metadata, imageId);
+    const { voters, learners } = snapshotConfiguration(metadata, this.file);
+    const snapshot: SnapshotMetadata = { index: metadata.index, term: metadata.term, voters, ...(learners.length > 0 ? { learners } : {}) };
+    // Invariant: applied <= commit. The core commits a snapshot's index as it restores it.
+    const hardState: HardState = { ...this.hardStateValue, commit: Math.max(this.hardStateValue.commit, snapshot.index) };
+    this.withSynchronous(true, () => this.installTransaction(snapshot, hardState));
+    // Committed: now memory may follow the disk.
+    this.hardStateValue = hardState;
+    this.voters = voters;
+    this.learners = learners;
+    this.applied = snapshot.index;
+    this.snap = snapshot;
+    this.last = snapshot.index;
+    this.terms.reset([], snapshot.index);
+    this.staging = { imageId: undefined, bytes: 0 };
+  }
+
+  private writeInstall(snapshot: SnapshotMetadata, hardState: HardState): void {
+    this.clearKv.run();
+    this.copyStagedToKv.run();
+    this.clearStaging.run();
+    this.deleteAllEntries.run();
+    this.updateConfiguration.run(idsText(snapshot.voters), idsText(snapshot.learners ?? []));
+    this.updateApplied.run(snapshot.index);
+    this.writeSnapshotMeta(snapshot);
+    if (!hardStateEqual(hardState, this.hardStateValue)) {
+      this.updateHardState.run(hardState.term, hardState.vote, hardState.commit, hardStateChecksum(hardState));
+    }
+  }
+
+  private writeSnapshotMeta(snapshot: SnapshotMetadata): void {
+    const votersText = idsText(snapshot.voters);
+    const learnersText = idsText(snapshot.learners ?? []);
+    this.updateSnapshot.run(snapshot.index, snapshot.term, votersText, learnersText, snapshotChecksum(snapshot.index, snapshot.term, votersText, learnersText));
+  }
+
+  /** Drops the staged image, if any. */
+  discardStagedImage(): void {
+    this.assertOpen();
+    this.withSynchronous(false, () => this.clearStaging.run());
+    this.staging = { imageId: undefined, bytes: 0 };
+  }
+
+  /** Closes the database (checkpointing the WAL into it) and any open images, then releases the lock. Idempotent. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const image of [...this.images]) image.close();
     closeDatabase(this.db);
+    closeDatabase(this.lock);
+  }
+
+  private learnersField(): { learners?: readonly NodeId[] } {
+    return this.learners.length > 0 ? { learners: this.learners } : {};
   }
 
   // --- helpers ---
@@ -447,19 +744,44 @@ export class SqliteStorage implements KvStorage {
     }
   }
 
+  /** Comma-separated ids that may be empty (learners), checked. */
+  private parseIds(text: string, what: string): readonly NodeId[] {
+    if (text === "") return [];
+    const ids = text.split(",").map(Number);
+    if (!ids.every((id, position) => Number.isSafeInteger(id) && id >= 1 && (position === 0 || id > (ids[position - 1] as number)))) {
+      throw this.corrupt(`recorded ${what} "${text}" invalid`);
+    }
+    return ids;
+  }
+
+  /** The snapshot recorded in meta, checksum verified. */
+  private loadSnapshotMeta(meta: MetaRow): SnapshotMetadata {
+    if (snapshotChecksum(meta.snapshot_index, meta.snapshot_term, meta.snapshot_voters, meta.snapshot_learners) !== meta.snapshot_crc) {
+      throw this.corrupt("snapshot metadata checksum mismatch");
+    }
+    const index = this.checkStoredIndex(meta.snapshot_index, "snapshot index");
+    const term = this.checkStoredIndex(meta.snapshot_term, "snapshot term");
+    if (index === 0) return { index: 0, term: 0, voters: [] };
+    const learners = this.parseIds(meta.snapshot_learners, "snapshot learners");
+    return { index, term, voters: this.parseIds(meta.snapshot_voters, "snapshot voters"), ...(learners.length > 0 ? { learners } : {}) };
+  }
+
   private checkStoredIndex(value: unknown, what: string): number {
     if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) throw this.corrupt(`${what} ${String(value)} invalid`);
     return value;
   }
 
-  /** The last index, after checking the log has no hole: indexes 1..last, each once. */
+  /** The last index, after checking the log has no hole: indexes snapshot+1..last, each once. */
   private loadLastIndex(): number {
     const row = this.db
       .query<{ lo: number | null; hi: number | null; n: number }, []>("SELECT MIN(idx) AS lo, MAX(idx) AS hi, COUNT(*) AS n FROM raft_log")
       .get();
-    if (row === null || row.n === 0) return 0;
+    if (row === null || row.n === 0) return this.snap.index;
     const hi = this.checkStoredIndex(row.hi, "last index");
-    if (row.lo !== 1 || row.n !== hi) throw this.corrupt(`log holds ${row.n} entries between ${row.lo} and ${hi}: a hole`);
+    const first = this.snap.index + 1;
+    if (row.lo !== first || row.n !== hi - first + 1) {
+      throw this.corrupt(`log holds ${row.n} entries between ${row.lo} and ${hi}, expected it to start at ${first}: a hole`);
+    }
     return hi;
   }
 
@@ -469,8 +791,8 @@ export class SqliteStorage implements KvStorage {
    * either breaks that shape or lands on a run's end, so it is caught here, at open.
    */
   private loadTermRuns(loadEntriesMax: number): TermRun[] {
-    if (this.last === 0) return [];
-    const from = Math.max(1, this.last - loadEntriesMax + 1);
+    if (this.last === this.snap.index) return [];
+    const from = Math.max(this.snap.index + 1, this.last - loadEntriesMax + 1);
     const rows = this.db
       .query<RunRow, [number]>("SELECT term, MIN(idx) AS lo, MAX(idx) AS hi FROM raft_log WHERE idx >= ? GROUP BY term ORDER BY lo")
       .all(from);
@@ -500,3 +822,55 @@ export class SqliteStorage implements KvStorage {
     assert(!this.closed, `storage ${this.file} used after close`);
   }
 }
+
+/**
+ * An image read on its own read-only connection inside one read transaction (see `openImage`),
+ * in key order, a page of rows at a time.
+ */
+class SqliteImageReader implements KvImageReader {
+  private readonly firstPage: Statement<ImageRowRow, [number]>;
+  private readonly nextPage: Statement<ImageRowRow, [string, number]>;
+  /** The last key returned; undefined before the first page. */
+  private afterKey: string | undefined;
+  private done = false;
+  private closed = false;
+
+  constructor(
+    private readonly reader: Database,
+    readonly metadata: SnapshotMetadata,
+    private readonly onClose: (image: SqliteImageReader) => void,
+  ) {
+    this.firstPage = reader.prepare("SELECT key, value, version FROM kv ORDER BY key LIMIT ?");
+    this.nextPage = reader.prepare("SELECT key, value, version FROM kv WHERE key > ? ORDER BY key LIMIT ?");
+  }
+
+  next(bytesMax: number): ImageRow[] {
+    assert(!this.closed, "image read after close");
+    assert(Number.isSafeInteger(bytesMax) && bytesMax >= 1, `image page of ${bytesMax} bytes`);
+    const rows: ImageRow[] = [];
+    let bytes = 0;
+    while (!this.done && bytes < bytesMax) {
+      const page = this.afterKey === undefined ? this.firstPage.all(imagePageRowsMax) : this.nextPage.all(this.afterKey, imagePageRowsMax);
+      for (const row of page) {
+        const imageRow: ImageRow = { key: row.key, value: row.value, version: row.version };
+        const rowBytes = imageRowBytes(imageRow);
+        if (rows.length > 0 && bytes + rowBytes > bytesMax) return rows; // the next call reads it again from afterKey
+        rows.push(imageRow);
+        bytes += rowBytes;
+        this.afterKey = row.key;
+      }
+      if (page.length < imagePageRowsMax) this.done = true;
+    }
+    return rows;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeDatabase(this.reader); // ends the read transaction: the WAL may be checkpointed past it again
+    this.onClose(this);
+  }
+}
+
+/** Rows fetched per query by an image reader. */
+const imagePageRowsMax = 256;

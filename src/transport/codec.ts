@@ -14,7 +14,7 @@ import {
 import type { Entry as ProtoEntry, RaftMessage, SendRequest } from "../gen/kv/v1/raft_pb.ts";
 import { assert, unreachable } from "../lib/assert.ts";
 import { EntryType } from "../raft/types.ts";
-import type { Entry, Message, NodeId } from "../raft/types.ts";
+import type { Entry, Message, NodeId, SnapshotMetadata } from "../raft/types.ts";
 
 /** A peer sent something that is not a valid Raft message: the call is refused, nothing is delivered. */
 export class TransportDecodeError extends Error {
@@ -46,6 +46,8 @@ export const defaultDecodeLimits: DecodeLimits = {
 
 /** Node ids travel as uint32; 0 means "none" and is never a sender or receiver. */
 const nodeIdMax = 0xffff_ffff;
+/** More voters (or learners) than this in a snapshot is absurd (the storage's bound on voters too). */
+export const snapshotMembersMax = 64;
 
 /** A batch decoded from one SendRequest. */
 export interface DecodedSendRequest {
@@ -90,6 +92,7 @@ export function toProto(message: Message): RaftMessage {
             index: u64(message.snapshot.index),
             term: u64(message.snapshot.term),
             voters: [...message.snapshot.voters],
+            learners: [...(message.snapshot.learners ?? [])],
             imageId: message.imageId,
           },
         },
@@ -199,13 +202,9 @@ export function fromProto(proto: RaftMessage, limits: DecodeLimits = defaultDeco
     case "timeoutNow":
       return { type: "timeout-now", ...header };
     case "installSnapshot": {
-      const index = count(body.value.index, "installSnapshot.index");
-      const snapshotTerm = count(body.value.term, "installSnapshot.term");
-      if (snapshotTerm > term) throw new TransportDecodeError(`installSnapshot.term ${snapshotTerm} beyond term ${term}`);
-      const voters = body.value.voters.map((voter) => nodeId(voter, "installSnapshot.voters"));
-      if (voters.length === 0 || voters.length > 64) throw new TransportDecodeError(`installSnapshot has ${voters.length} voters`);
+      const snapshot = snapshotMetadataFromFields(body.value, term, "installSnapshot");
       const imageId = text(body.value.imageId, "installSnapshot.imageId", limits.readContextLengthMax);
-      return { type: "snapshot", ...header, snapshot: { index, term: snapshotTerm, voters }, imageId };
+      return { type: "snapshot", ...header, snapshot, imageId };
     }
     case "append": {
       const prevLogIndex = count(body.value.prevLogIndex, "append.prevLogIndex");
@@ -248,6 +247,30 @@ export function fromProto(proto: RaftMessage, limits: DecodeLimits = defaultDeco
       // Not reachable through fromBinary, which only sets known cases; a hand-built object might.
       throw new TransportDecodeError(`unknown message variant ${JSON.stringify((body as { case: unknown }).case)}`);
   }
+}
+
+/**
+ * Where a snapshot stands, from the wire: index and term below 2^53 with term at most the sender's
+ * `senderTerm`, 1 to 64 distinct voters, and at most 64 distinct learners that are not voters.
+ */
+export function snapshotMetadataFromFields(
+  fields: { index: unknown; term: unknown; voters: readonly unknown[]; learners: readonly unknown[] },
+  senderTerm: number,
+  what: string,
+): SnapshotMetadata {
+  const index = count(fields.index, `${what}.index`);
+  const term = count(fields.term, `${what}.term`);
+  if (term > senderTerm) throw new TransportDecodeError(`${what}.term ${term} beyond term ${senderTerm}`);
+  if (!Array.isArray(fields.voters) || !Array.isArray(fields.learners)) throw new TransportDecodeError(`${what} members are not lists`);
+  if (fields.voters.length === 0 || fields.voters.length > snapshotMembersMax) {
+    throw new TransportDecodeError(`${what} has ${fields.voters.length} voters, expected 1 to ${snapshotMembersMax}`);
+  }
+  if (fields.learners.length > snapshotMembersMax) throw new TransportDecodeError(`${what} has ${fields.learners.length} learners`);
+  const voters = fields.voters.map((voter) => nodeId(voter, `${what}.voters`));
+  const learners = fields.learners.map((learner) => nodeId(learner, `${what}.learners`));
+  const members = new Set([...voters, ...learners]);
+  if (members.size !== voters.length + learners.length) throw new TransportDecodeError(`${what} names a member twice`);
+  return learners.length > 0 ? { index, term, voters, learners } : { index, term, voters };
 }
 
 /**
@@ -328,27 +351,30 @@ export function fromSendRequest(request: SendRequest, limits: DecodeLimits = def
 
 const safeIntegerMax = BigInt(Number.MAX_SAFE_INTEGER);
 
-/** A term or index: uint64 on the wire, kept below 2^53 so that it is exact as a number. */
-function count(value: unknown, field: string): number {
+/** A term or index: uint64 on the wire, kept below 2^53 so that it is exact as a number. Throws `TransportDecodeError`. */
+export function count(value: unknown, field: string): number {
   if (typeof value !== "bigint" || value < 0n || value > safeIntegerMax) {
     throw new TransportDecodeError(`${field} is ${describe(value)}, not a non-negative integer below 2^53`);
   }
   return Number(value);
 }
 
-function nodeId(value: unknown, field: string): NodeId {
+/** A node id from the wire: uint32, never 0. Throws `TransportDecodeError`. */
+export function nodeId(value: unknown, field: string): NodeId {
   if (typeof value !== "number" || !Number.isInteger(value) || value < 1 || value > nodeIdMax) {
     throw new TransportDecodeError(`${field} is ${describe(value)}, not a node id in [1, ${nodeIdMax}]`);
   }
   return value;
 }
 
-function flag(value: unknown, field: string): boolean {
+/** A boolean from the wire. Throws `TransportDecodeError`. */
+export function flag(value: unknown, field: string): boolean {
   if (typeof value !== "boolean") throw new TransportDecodeError(`${field} is ${describe(value)}, not a boolean`);
   return value;
 }
 
-function text(value: unknown, field: string, lengthMax: number): string {
+/** A string from the wire of at most `lengthMax` UTF-16 code units. Throws `TransportDecodeError`. */
+export function text(value: unknown, field: string, lengthMax: number): string {
   if (typeof value !== "string") throw new TransportDecodeError(`${field} is ${describe(value)}, not a string`);
   if (value.length > lengthMax) throw new TransportDecodeError(`${field} is ${value.length} long, more than ${lengthMax}`);
   return value;

@@ -3,7 +3,8 @@
  * bounded sender per peer whose Connect client (connect-web over Bun's fetch, binary format)
  * puts a timeout on every call.
  */
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import type { Client } from "@connectrpc/connect";
 import { createConnectTransport as createFetchConnectTransport } from "@connectrpc/connect-web";
 import { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
@@ -12,12 +13,18 @@ import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
+import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
+import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
-import type { MessageHandler, Transport } from "./transport.ts";
+import { defaultSnapshotDecodeLimits } from "./snapshot-codec.ts";
+import type { SnapshotDecodeLimits } from "./snapshot-codec.ts";
+import { defaultSnapshotSendLimits, streamSnapshot } from "./snapshot-sender.ts";
+import type { SnapshotSendLimits } from "./snapshot-sender.ts";
+import type { MessageHandler, SendSnapshotOptions, SnapshotChunk, SnapshotChunkHandler, SnapshotImage, Transport } from "./transport.ts";
 
 /** Every bound of the Connect transport, sending and receiving. */
-export interface ConnectTransportLimits extends PeerSenderLimits, DecodeLimits {
+export interface ConnectTransportLimits extends PeerSenderLimits, DecodeLimits, SnapshotSendLimits, SnapshotDecodeLimits {
   /** Largest request body the peer server accepts. Must exceed `callBytesMax` and the largest append. */
   readonly requestBytesMax: number;
 }
@@ -29,6 +36,8 @@ export interface ConnectTransportLimits extends PeerSenderLimits, DecodeLimits {
  */
 export const defaultConnectTransportLimits: ConnectTransportLimits = {
   ...defaultDecodeLimits,
+  ...defaultSnapshotSendLimits,
+  ...defaultSnapshotDecodeLimits,
   inflightCallsMax: 4,
   queuedMessagesMax: 4_096,
   queuedBytesMax: 64 << 20,
@@ -52,20 +61,60 @@ export interface ConnectTransportOptions {
   readonly listen: { readonly hostname: string; readonly port: number };
   /** Receives each valid incoming call's messages; see `MessageHandler`. */
   readonly onMessages: MessageHandler;
+  /** Stages each valid incoming snapshot chunk; see `SnapshotChunkHandler`. Without it, chunks are refused. */
+  readonly onSnapshotChunk?: SnapshotChunkHandler;
   /** Deadline of every outgoing call. */
   readonly rpcTimeoutMs: number;
   readonly limits?: Partial<ConnectTransportLimits>;
-  /** Receives rare operational lines (a peer's reachability changed). Defaults to console.warn. */
+  /**
+   * Receives rare operational lines (a peer's reachability changed, calls refused: at most one line
+   * per kind of refusal per {@link REFUSAL_LOG_INTERVAL_MS}). Defaults to console.warn.
+   */
   readonly log?: (line: string) => void;
+  /** Cluster id and token: sent on every call, and required of every call received. None: no checks. */
+  readonly auth?: PeerAuth;
+  /**
+   * TLS for the peer port and for calls to peers (whose URLs are then https). With `ca`, mutual
+   * TLS: the server requires callers' certificates signed by `ca`, and calls verify servers against
+   * `ca` and present `cert`. Without `ca`, servers are verified against the system's CAs.
+   */
+  readonly tls?: ConnectTransportTls;
 }
+
+/** PEM contents (not paths) of this node's certificate, its key, and the peers' CA. */
+export interface ConnectTransportTls {
+  readonly cert: string;
+  readonly key: string;
+  readonly ca?: string;
+}
+
+/** Counters of the peer server, for metrics. */
+export interface PeerServerStats {
+  /** Requests answered, by HTTP status. */
+  readonly requestsByStatus: ReadonlyMap<number, number>;
+  /** Sum of the requests' declared body sizes. */
+  readonly receivedBytes: number;
+  /** Calls refused before their body was read, by reason. */
+  readonly refused: Readonly<Record<PeerRefusal, number>>;
+}
+
+/** Per-peer counters: the sender's, plus the bytes of request bodies sent to that peer. */
+export interface PeerStats extends PeerSenderStats {
+  readonly sentBytes: number;
+}
+
+/** The shortest time between two log lines about refused calls of one kind. */
+export const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /** A running Connect transport. */
 export interface ConnectTransportHandle {
   readonly transport: Transport;
   /** The peer port actually bound. */
   readonly port: number;
-  /** Per-peer counters (queue, window, deliveries, failures, drops) for peers sent to so far. */
-  stats(): PeerSenderStats[];
+  /** Per-peer counters (queue, window, deliveries, failures, drops, bytes) for peers sent to so far. */
+  stats(): PeerStats[];
+  /** The peer server's counters. */
+  serverStats(): PeerServerStats;
 }
 
 /** Starts the peer server and the per-peer senders. The server is listening when this returns. */
@@ -81,33 +130,99 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   let closing: Promise<void> | undefined;
   // Learned only for configured peers, so the map is bounded by the cluster's size.
   const peerHttpUrls = new Map<NodeId, string>();
+  // Bounded: HTTP statuses are a small set, and refusals have two kinds.
+  const requestsByStatus = new Map<number, number>();
+  let receivedBytes = 0;
+  const refused: Record<PeerRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0 };
+  const refusalLog = createRefusalLog(log);
+  const auth = options.auth;
+  const onSnapshotChunk = options.onSnapshotChunk;
+  /**
+   * A call from a node that is not one of our peers is refused: the core would answer it, and we
+   * have no address to answer at (and a node outside the configuration has nothing to tell us).
+   */
+  function refuseUnknownSender(from: NodeId): void {
+    if (!options.peers.has(from)) {
+      throw new ConnectError(`call from node ${from}, which is not a peer of node ${options.selfId} (check --cluster)`, Code.FailedPrecondition);
+    }
+  }
   const server = createPeerServer({
     hostname: options.listen.hostname,
     port: options.listen.port,
     requestBytesMax: limits.requestBytesMax,
+    ...(options.tls === undefined ? {} : { tls: options.tls }),
+    ...(auth === undefined
+      ? {}
+      : {
+          authorize(headers: Headers, remoteAddress: string | undefined) {
+            const refusal = checkPeerCall(auth, headers);
+            if (refusal === undefined) return undefined;
+            refused[refusal.reason]++;
+            refusalLog(refusal.reason, `refused a peer call from ${remoteAddress ?? "an unknown address"}: ${refusal.error.rawMessage}`);
+            return refusal.error;
+          },
+        }),
+    onRequest(requestBytes, status) {
+      receivedBytes += requestBytes;
+      requestsByStatus.set(status, (requestsByStatus.get(status) ?? 0) + 1);
+    },
     routes: createRaftServiceRoutes({
       selfId: options.selfId,
       decodeLimits: limits,
       onMessages(messages, from, fromHttpUrl) {
-        if (!closed && options.peers.has(from) && fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
+        refuseUnknownSender(from);
+        if (!closed && fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
+      snapshotDecodeLimits: limits,
+      ...(onSnapshotChunk === undefined
+        ? {}
+        : {
+            onSnapshotChunk: (chunk: SnapshotChunk) => {
+              refuseUnknownSender(chunk.from);
+              onSnapshotChunk(chunk);
+            },
+          }),
     }),
   });
 
   // Created on first use, so that `peers` may still be completed after this returns: servers that
   // listen on OS-chosen ports learn each other's URLs only once all of them are up.
   const senders = new Map<NodeId, PeerSender>();
+  // Each peer's Connect client, shared by its message sender and its snapshot transfers.
+  const clients = new Map<NodeId, Client<typeof RaftService>>();
+  // Aborts every snapshot transfer on close.
+  const transfersAbort = new AbortController();
+  const transfers = new Set<Promise<void>>();
+  const sentBytes = new Map<NodeId, number>();
+  const clientTls = options.tls === undefined ? undefined : { cert: options.tls.cert, key: options.tls.key, ...(options.tls.ca === undefined ? {} : { ca: options.tls.ca }) };
   function senderFor(peerId: NodeId): PeerSender {
     let sender = senders.get(peerId);
     if (sender !== undefined) return sender;
     const baseUrl = options.peers.get(peerId);
     // The core addresses only voters, and the peers map is built from the same configuration.
     assert(baseUrl !== undefined && peerId !== options.selfId, `message to node ${peerId}, which is not a configured peer`);
+    // Bun's fetch takes client certificates and CAs in a `tls` option; counting bytes here sees
+    // the encoded body connect-web hands to fetch.
+    const peerFetch: typeof fetch = Object.assign(
+      (input: string | URL | Request, init?: RequestInit) => {
+        const body = init?.body;
+        if (body instanceof Uint8Array) sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + body.byteLength);
+        return fetch(input, clientTls === undefined ? init : { ...init, tls: clientTls });
+      },
+      { preconnect: fetch.preconnect },
+    );
     const client = createClient(
       RaftService,
-      createFetchConnectTransport({ baseUrl, useBinaryFormat: true, defaultTimeoutMs: options.rpcTimeoutMs }),
+      createFetchConnectTransport({
+        baseUrl,
+        useBinaryFormat: true,
+        defaultTimeoutMs: options.rpcTimeoutMs,
+        fetch: peerFetch,
+        interceptors: auth === undefined ? [] : [peerAuthInterceptor(auth)],
+      }),
     );
+    clients.set(peerId, client);
     sender = createPeerSender({
       peerId,
       selfId: options.selfId,
@@ -136,13 +251,30 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       }
       for (const [peerId, group] of byPeer) senderFor(peerId).enqueue(group);
     },
+    sendSnapshot(to: NodeId, image: SnapshotImage, sendOptions: SendSnapshotOptions): Promise<void> {
+      if (closed) return Promise.reject(new Error("the transport is closed"));
+      senderFor(to); // creates the peer's client
+      const client = clients.get(to) as Client<typeof RaftService>;
+      const signal = sendOptions.signal === undefined ? transfersAbort.signal : AbortSignal.any([sendOptions.signal, transfersAbort.signal]);
+      // A chunk must fit the body limit of a peer configured like us, with room for framing.
+      const chunkLimits = { ...limits, snapshotChunkBytesMax: Math.min(limits.snapshotChunkBytesMax, Math.floor(limits.requestBytesMax / 2)) };
+      const transfer = streamSnapshot(client, options.selfId, to, image, { ...sendOptions, signal }, chunkLimits);
+      const tracked = transfer.then(
+        () => {},
+        () => {},
+      );
+      transfers.add(tracked);
+      void tracked.finally(() => transfers.delete(tracked));
+      return transfer;
+    },
     peerHttpUrl(id: NodeId): string | undefined {
       return peerHttpUrls.get(id);
     },
     close(): Promise<void> {
       if (closing === undefined) {
         closed = true;
-        closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close())]).then(() => {});
+        transfersAbort.abort(new Error("the transport is closing"));
+        closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close()), ...transfers]).then(() => {});
       }
       return closing;
     },
@@ -151,6 +283,32 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   return {
     transport,
     port: server.port,
-    stats: () => [...senders.values()].map((sender) => sender.stats()),
+    stats: () =>
+      [...senders.values()].map((sender) => {
+        const stats = sender.stats();
+        return { ...stats, sentBytes: sentBytes.get(stats.peerId) ?? 0 };
+      }),
+    serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused } }),
+  };
+}
+
+/**
+ * Logs refused calls without letting a stream of them flood the log: the first of each kind at
+ * once, then at most one line per {@link REFUSAL_LOG_INTERVAL_MS}, saying how many were not logged.
+ */
+function createRefusalLog(log: (line: string) => void): (reason: PeerRefusal, line: string) => void {
+  const lastLoggedMs = new Map<PeerRefusal, number>();
+  const suppressed = new Map<PeerRefusal, number>();
+  return (reason, line) => {
+    const now = performance.now();
+    const last = lastLoggedMs.get(reason);
+    if (last !== undefined && now - last < REFUSAL_LOG_INTERVAL_MS) {
+      suppressed.set(reason, (suppressed.get(reason) ?? 0) + 1);
+      return;
+    }
+    const skipped = suppressed.get(reason) ?? 0;
+    lastLoggedMs.set(reason, now);
+    suppressed.set(reason, 0);
+    log(skipped === 0 ? line : `${line} (and ${skipped} more refused for the same reason since the last such line)`);
   };
 }

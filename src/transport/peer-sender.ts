@@ -6,6 +6,7 @@
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
 import type { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
@@ -41,6 +42,8 @@ export interface PeerSenderStats {
   /** Calls that failed (unreachable, timed out, refused), and the messages they carried. */
   readonly failedCalls: number;
   readonly failedMessages: number;
+  /** Failed calls by Connect code (`unavailable`, `unauthenticated`, ...): at most one key per code. */
+  readonly failedCallsByCode: Readonly<Record<string, number>>;
   /** Messages dropped from the queue at its limits, never sent. */
   readonly droppedMessages: number;
 }
@@ -107,6 +110,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   const abort = new AbortController();
   const calls = new Set<Promise<void>>();
   const counters = { deliveredCalls: 0, deliveredMessages: 0, failedCalls: 0, failedMessages: 0, droppedMessages: 0 };
+  const failedCallsByCode: Record<string, number> = {};
 
   function enqueue(messages: readonly Message[]): void {
     if (closed || messages.length === 0) return;
@@ -178,7 +182,10 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
         (error: unknown) => {
           counters.failedCalls++;
           counters.failedMessages += batch.length;
-          if (!closed) noteFailure(ConnectError.from(error));
+          const connectError = ConnectError.from(error);
+          const code = codeToString(connectError.code);
+          failedCallsByCode[code] = (failedCallsByCode[code] ?? 0) + 1;
+          if (!closed) noteFailure(connectError);
         },
       )
       .finally(() => {
@@ -230,6 +237,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
       queuedBytes,
       inflightCalls,
       ...counters,
+      failedCallsByCode: { ...failedCallsByCode },
     }),
     async close() {
       if (!closed) {

@@ -3,7 +3,8 @@
  * peer traffic and client traffic never share a listener or a limit.
  */
 import { createConnectRouter } from "@connectrpc/connect";
-import type { ConnectRouter } from "@connectrpc/connect";
+import type { ConnectError, ConnectRouter } from "@connectrpc/connect";
+import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import {
   createAsyncIterable,
   universalServerRequestFromFetch,
@@ -21,6 +22,25 @@ export interface PeerServerOptions {
   readonly routes: (router: ConnectRouter) => void;
   /** Largest request body accepted; larger ones are refused before they are parsed. */
   readonly requestBytesMax: number;
+  /** Serve TLS; with `ca`, also require a client certificate signed by it (mutual TLS). */
+  readonly tls?: PeerServerTls;
+  /**
+   * Checks a request's headers before its body is read; a ConnectError refuses the call with that
+   * error and nothing else happens. `remoteAddress` is the caller's IP, for logs.
+   */
+  readonly authorize?: (headers: Headers, remoteAddress: string | undefined) => ConnectError | undefined;
+  /** Told about every request answered: its declared body size and the HTTP status. For metrics. */
+  readonly onRequest?: (requestBytes: number, status: number) => void;
+}
+
+/** The peer server's certificate and, for mutual TLS, the CA that must have signed callers' certificates. */
+export interface PeerServerTls {
+  /** PEM certificate chain. */
+  readonly cert: string;
+  /** PEM private key. */
+  readonly key: string;
+  /** PEM CA certificate(s): when set, a caller without a certificate signed by one of them cannot connect. */
+  readonly ca?: string;
 }
 
 /** A running peer server. */
@@ -41,27 +61,59 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
   options.routes(router);
   const handlers = new Map<string, UniversalHandler>(router.handlers.map((handler) => [handler.requestPath, handler]));
 
+  const tls = options.tls;
   const server = Bun.serve({
     hostname: options.hostname,
     port: options.port,
     maxRequestBodySize: options.requestBytesMax,
-    async fetch(request) {
-      const handler = handlers.get(new URL(request.url).pathname);
-      if (handler === undefined) return new Response("not found", { status: 404 });
-      const response = await handler(universalServerRequestFromFetch(request, {}));
-      return universalServerResponseToFetch(await answerParseFailureAsInvalidArgument(response));
+    ...(tls === undefined
+      ? {}
+      : {
+          tls: {
+            cert: tls.cert,
+            key: tls.key,
+            ...(tls.ca === undefined ? {} : { ca: tls.ca, requestCert: true, rejectUnauthorized: true }),
+          },
+        }),
+    async fetch(request, bunServer) {
+      const response = await serve(request, bunServer.requestIP(request)?.address);
+      options.onRequest?.(declaredBytes(request), response.status);
+      return response;
     },
     error() {
       // Bun's default error page would echo the stack; a peer only needs the status.
       return new Response("internal error", { status: 500 });
     },
   });
+  async function serve(request: Request, remoteAddress: string | undefined): Promise<Response> {
+    const handler = handlers.get(new URL(request.url).pathname);
+    if (handler === undefined) return new Response("not found", { status: 404 });
+    const refusal = options.authorize?.(request.headers, remoteAddress);
+    if (refusal !== undefined) return connectErrorResponse(refusal);
+    const response = await handler(universalServerRequestFromFetch(request, {}));
+    return universalServerResponseToFetch(await answerParseFailureAsInvalidArgument(response));
+  }
+
   const port = server.port;
   assert(port !== undefined && port > 0, "peer server bound no port");
   return {
     port,
     stop: () => server.stop(true),
   };
+}
+
+/** A unary Connect error answer (status from the code, JSON body), built without reading the request. */
+function connectErrorResponse(error: ConnectError): Response {
+  return new Response(errorToJsonBytes(error, {}), {
+    status: codeToHttpStatus(error.code),
+    headers: { "content-type": "application/json" },
+  });
+}
+
+/** The request's declared Content-Length, or 0 when absent or not a number. */
+function declaredBytes(request: Request): number {
+  const bytes = Number(request.headers.get("content-length") ?? 0);
+  return Number.isSafeInteger(bytes) && bytes >= 0 ? bytes : 0;
 }
 
 /**

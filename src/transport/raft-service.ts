@@ -1,7 +1,8 @@
 /**
  * The server side of the peer service: validates each call and hands its messages to the node.
  * It answers as soon as the messages are queued; the Raft loop processes them later, and its
- * answers travel back as messages in calls of its own.
+ * answers travel back as messages in calls of its own. Snapshot chunks are the exception: each is
+ * staged by the node's handler before the call is answered, so an OK answer means "staged".
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ConnectRouter } from "@connectrpc/connect";
@@ -9,7 +10,10 @@ import { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import type { NodeId } from "../raft/types.ts";
 import { TransportDecodeError, defaultDecodeLimits, fromSendRequest } from "./codec.ts";
 import type { DecodeLimits, DecodedSendRequest } from "./codec.ts";
-import type { MessageHandler } from "./transport.ts";
+import { defaultSnapshotDecodeLimits, fromSendSnapshotChunkRequest } from "./snapshot-codec.ts";
+import type { SnapshotDecodeLimits } from "./snapshot-codec.ts";
+import { SnapshotChunkRefusedError } from "./transport.ts";
+import type { MessageHandler, SnapshotChunk, SnapshotChunkHandler } from "./transport.ts";
 
 /** What the peer service needs to know. */
 export interface RaftServiceOptions {
@@ -18,6 +22,9 @@ export interface RaftServiceOptions {
   /** Receives each call's validated messages, synchronously, before the call is answered. */
   readonly onMessages: MessageHandler;
   readonly decodeLimits?: DecodeLimits;
+  /** Stages each validated snapshot chunk; without it, chunks are refused with `unimplemented`. */
+  readonly onSnapshotChunk?: SnapshotChunkHandler;
+  readonly snapshotDecodeLimits?: SnapshotDecodeLimits;
 }
 
 /**
@@ -48,6 +55,26 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
           }
         }
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
+        return {};
+      },
+      sendSnapshotChunk(request) {
+        const onSnapshotChunk = options.onSnapshotChunk;
+        if (onSnapshotChunk === undefined) throw new ConnectError("this server does not take snapshots", Code.Unimplemented);
+        let chunk: SnapshotChunk;
+        try {
+          chunk = fromSendSnapshotChunkRequest(request, options.snapshotDecodeLimits ?? defaultSnapshotDecodeLimits);
+        } catch (error: unknown) {
+          if (error instanceof TransportDecodeError) throw new ConnectError(error.message, Code.InvalidArgument);
+          throw error;
+        }
+        if (chunk.from === options.selfId) throw new ConnectError(`chunk from node ${chunk.from}, which is this node`, Code.InvalidArgument);
+        if (chunk.to !== options.selfId) throw new ConnectError(`chunk to node ${chunk.to} reached node ${options.selfId}`, Code.InvalidArgument);
+        try {
+          onSnapshotChunk(chunk);
+        } catch (error: unknown) {
+          if (error instanceof SnapshotChunkRefusedError) throw new ConnectError(error.message, Code.FailedPrecondition);
+          throw error;
+        }
         return {};
       },
     });

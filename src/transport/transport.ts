@@ -3,12 +3,19 @@
  * receives peers' messages through a handler. Raft tolerates lost, duplicated and reordered
  * messages, so a transport may drop what it cannot deliver; it must never block the loop.
  */
-import type { Message, NodeId } from "../raft/types.ts";
+import type { Message, NodeId, SnapshotMetadata } from "../raft/types.ts";
 
 /** How the node loop sends Raft messages to its peers. */
 export interface Transport {
   /** Fire-and-forget: groups by `to`, one RPC per peer per call; never blocks on a slow/dead peer. */
   send(messages: readonly Message[]): void;
+  /**
+   * Streams `image` to peer `to` in bounded chunks, one call at a time, apart from `send` (a long
+   * transfer never delays messages). Resolves once the peer staged the last chunk (it then hands
+   * InstallSnapshot to its core itself); rejects when a chunk fails, times out or is refused, or
+   * `options.signal` aborts. The caller owns `image` and closes it after.
+   */
+  sendSnapshot(to: NodeId, image: SnapshotImage, options: SendSnapshotOptions): Promise<void>;
   /** Peers' advertised HTTP URLs learned from incoming calls. */
   peerHttpUrl(id: NodeId): string | undefined;
   /** Stops serving and sending; resolves once the listener is closed and calls in flight are over. */
@@ -20,3 +27,55 @@ export interface Transport {
  * RPC handler: it should queue the messages for the Raft loop and return at once.
  */
 export type MessageHandler = (messages: Message[], from: NodeId, fromHttpUrl: string) => void;
+
+/** One key of a state machine image (the storage's `ImageRow`). */
+export interface SnapshotRow {
+  readonly key: string;
+  readonly value: Uint8Array;
+  readonly version: number;
+}
+
+/** An image being read for sending (the storage's `KvImageReader`). */
+export interface SnapshotImage {
+  readonly metadata: SnapshotMetadata;
+  /** The next rows, about `bytesMax` bytes (at least one row); [] once done. */
+  next(bytesMax: number): SnapshotRow[];
+}
+
+/** How one image is sent. */
+export interface SendSnapshotOptions {
+  /** Names the image on the receiver: unique per sender, 1 to 128 characters. */
+  readonly imageId: string;
+  /** The sender's term: the receiver's InstallSnapshot carries it. */
+  readonly term: number;
+  /** Aborts the transfer (the leader stepped down, the node stops). */
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * One chunk of an image as the receiver gets it, validated. `metadata` is set on the first chunk
+ * (seq 0) only. Row values are views into the request: stage or copy them, do not keep them.
+ */
+export interface SnapshotChunk {
+  readonly from: NodeId;
+  readonly to: NodeId;
+  readonly term: number;
+  readonly imageId: string;
+  readonly seq: number;
+  readonly metadata: SnapshotMetadata | undefined;
+  readonly rows: readonly SnapshotRow[];
+  readonly done: boolean;
+}
+
+/**
+ * Receives each validated chunk, synchronously, before the call is answered: it stages the rows
+ * and, on the last chunk, hands InstallSnapshot to the core. Throws `SnapshotChunkRefusedError` to
+ * refuse a chunk (of an image it is not staging, out of order, too big); the call then fails with
+ * `failed_precondition` and the sender gives up that image.
+ */
+export type SnapshotChunkHandler = (chunk: SnapshotChunk) => void;
+
+/** A chunk the receiver will not stage; the message says why. */
+export class SnapshotChunkRefusedError extends Error {
+  override name = "SnapshotChunkRefusedError";
+}

@@ -18,7 +18,156 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kv/v1/raft.proto.
  */
 export const file_kv_v1_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSJ/CgtTZW5kUmVxdWVzdBIMCgRmcm9tGAEgASgNEhUKDWZyb21faHR0cF91cmwYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5rdi52MS5SYWZ0TWVzc2FnZUoECAQQBUoECAUQBlIKY2x1c3Rlcl9pZFINY2x1c3Rlcl90b2tlbiIOCgxTZW5kUmVzcG9uc2UiqQQKC1JhZnRNZXNzYWdlEgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIiCgR2b3RlGAogASgLMhIua3YudjEuVm90ZVJlcXVlc3RIABIsCg12b3RlX3Jlc3BvbnNlGAsgASgLMhMua3YudjEuVm90ZVJlc3BvbnNlSAASJgoGYXBwZW5kGAwgASgLMhQua3YudjEuQXBwZW5kUmVxdWVzdEgAEjAKD2FwcGVuZF9yZXNwb25zZRgNIAEoCzIVLmt2LnYxLkFwcGVuZFJlc3BvbnNlSAASLAoJaGVhcnRiZWF0GA4gASgLMhcua3YudjEuSGVhcnRiZWF0UmVxdWVzdEgAEjYKEmhlYXJ0YmVhdF9yZXNwb25zZRgPIAEoCzIYLmt2LnYxLkhlYXJ0YmVhdFJlc3BvbnNlSAASLQoKcmVhZF9pbmRleBgQIAEoCzIXLmt2LnYxLlJlYWRJbmRleFJlcXVlc3RIABI3ChNyZWFkX2luZGV4X3Jlc3BvbnNlGBEgASgLMhgua3YudjEuUmVhZEluZGV4UmVzcG9uc2VIABI5ChBpbnN0YWxsX3NuYXBzaG90GBIgASgLMh0ua3YudjEuSW5zdGFsbFNuYXBzaG90UmVxdWVzdEgAEi8KC3RpbWVvdXRfbm93GBQgASgLMhgua3YudjEuVGltZW91dE5vd1JlcXVlc3RIAEIGCgRib2R5SgQIExAUImAKC1ZvdGVSZXF1ZXN0EhYKDmxhc3RfbG9nX2luZGV4GAEgASgEEhUKDWxhc3RfbG9nX3Rlcm0YAiABKAQSEAoIcHJlX3ZvdGUYAyABKAgSEAoIdHJhbnNmZXIYBCABKAgiMQoMVm90ZVJlc3BvbnNlEg8KB2dyYW50ZWQYASABKAgSEAoIcHJlX3ZvdGUYAiABKAgiVwoWSW5zdGFsbFNuYXBzaG90UmVxdWVzdBINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEg4KBnZvdGVycxgDIAMoDRIQCghpbWFnZV9pZBgEIAEoCSITChFUaW1lb3V0Tm93UmVxdWVzdCJtCg1BcHBlbmRSZXF1ZXN0EhYKDnByZXZfbG9nX2luZGV4GAEgASgEEhUKDXByZXZfbG9nX3Rlcm0YAiABKAQSHQoHZW50cmllcxgDIAMoCzIMLmt2LnYxLkVudHJ5Eg4KBmNvbW1pdBgEIAEoBCJXCg5BcHBlbmRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIEg0KBWluZGV4GAIgASgEEhIKCmhpbnRfaW5kZXgYAyABKAQSEQoJaGludF90ZXJtGAQgASgEIjgKEEhlYXJ0YmVhdFJlcXVlc3QSDgoGY29tbWl0GAEgASgEEhQKDHJlYWRfY29udGV4dBgCIAEoCSIpChFIZWFydGJlYXRSZXNwb25zZRIUCgxyZWFkX2NvbnRleHQYASABKAkiKAoQUmVhZEluZGV4UmVxdWVzdBIUCgxyZWFkX2NvbnRleHQYASABKAkiSgoRUmVhZEluZGV4UmVzcG9uc2USFAoMcmVhZF9jb250ZXh0GAEgASgJEg0KBWluZGV4GAIgASgEEhAKCHJlamVjdGVkGAMgASgIIlIKBUVudHJ5EgwKBHRlcm0YASABKAQSDQoFaW5kZXgYAiABKAQSHgoEdHlwZRgDIAEoDjIQLmt2LnYxLkVudHJ5VHlwZRIMCgRkYXRhGAQgASgMKloKCUVudHJ5VHlwZRIaChZFTlRSWV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRU5UUllfVFlQRV9OT1JNQUwQARIaChZFTlRSWV9UWVBFX0NPTkZfQ0hBTkdFEAIyQAoLUmFmdFNlcnZpY2USMQoEU2VuZBISLmt2LnYxLlNlbmRSZXF1ZXN0GhMua3YudjEuU2VuZFJlc3BvbnNlIgBiBnByb3RvMw");
+  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSK5AQoYU2VuZFNuYXBzaG90Q2h1bmtSZXF1ZXN0EgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIQCghpbWFnZV9pZBgEIAEoCRILCgNzZXEYBSABKA0SKQoIbWV0YWRhdGEYBiABKAsyFy5rdi52MS5TbmFwc2hvdE1ldGFkYXRhEh0KBHJvd3MYByADKAsyDy5rdi52MS5JbWFnZVJvdxIMCgRkb25lGAggASgIIhsKGVNlbmRTbmFwc2hvdENodW5rUmVzcG9uc2UiUQoQU25hcHNob3RNZXRhZGF0YRINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEg4KBnZvdGVycxgDIAMoDRIQCghsZWFybmVycxgEIAMoDSI3CghJbWFnZVJvdxILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAwSDwoHdmVyc2lvbhgDIAEoBCJ/CgtTZW5kUmVxdWVzdBIMCgRmcm9tGAEgASgNEhUKDWZyb21faHR0cF91cmwYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5rdi52MS5SYWZ0TWVzc2FnZUoECAQQBUoECAUQBlIKY2x1c3Rlcl9pZFINY2x1c3Rlcl90b2tlbiIOCgxTZW5kUmVzcG9uc2UiqQQKC1JhZnRNZXNzYWdlEgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIiCgR2b3RlGAogASgLMhIua3YudjEuVm90ZVJlcXVlc3RIABIsCg12b3RlX3Jlc3BvbnNlGAsgASgLMhMua3YudjEuVm90ZVJlc3BvbnNlSAASJgoGYXBwZW5kGAwgASgLMhQua3YudjEuQXBwZW5kUmVxdWVzdEgAEjAKD2FwcGVuZF9yZXNwb25zZRgNIAEoCzIVLmt2LnYxLkFwcGVuZFJlc3BvbnNlSAASLAoJaGVhcnRiZWF0GA4gASgLMhcua3YudjEuSGVhcnRiZWF0UmVxdWVzdEgAEjYKEmhlYXJ0YmVhdF9yZXNwb25zZRgPIAEoCzIYLmt2LnYxLkhlYXJ0YmVhdFJlc3BvbnNlSAASLQoKcmVhZF9pbmRleBgQIAEoCzIXLmt2LnYxLlJlYWRJbmRleFJlcXVlc3RIABI3ChNyZWFkX2luZGV4X3Jlc3BvbnNlGBEgASgLMhgua3YudjEuUmVhZEluZGV4UmVzcG9uc2VIABI5ChBpbnN0YWxsX3NuYXBzaG90GBIgASgLMh0ua3YudjEuSW5zdGFsbFNuYXBzaG90UmVxdWVzdEgAEi8KC3RpbWVvdXRfbm93GBQgASgLMhgua3YudjEuVGltZW91dE5vd1JlcXVlc3RIAEIGCgRib2R5SgQIExAUImAKC1ZvdGVSZXF1ZXN0EhYKDmxhc3RfbG9nX2luZGV4GAEgASgEEhUKDWxhc3RfbG9nX3Rlcm0YAiABKAQSEAoIcHJlX3ZvdGUYAyABKAgSEAoIdHJhbnNmZXIYBCABKAgiMQoMVm90ZVJlc3BvbnNlEg8KB2dyYW50ZWQYASABKAgSEAoIcHJlX3ZvdGUYAiABKAgiaQoWSW5zdGFsbFNuYXBzaG90UmVxdWVzdBINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEg4KBnZvdGVycxgDIAMoDRIQCghpbWFnZV9pZBgEIAEoCRIQCghsZWFybmVycxgFIAMoDSITChFUaW1lb3V0Tm93UmVxdWVzdCJtCg1BcHBlbmRSZXF1ZXN0EhYKDnByZXZfbG9nX2luZGV4GAEgASgEEhUKDXByZXZfbG9nX3Rlcm0YAiABKAQSHQoHZW50cmllcxgDIAMoCzIMLmt2LnYxLkVudHJ5Eg4KBmNvbW1pdBgEIAEoBCJXCg5BcHBlbmRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIEg0KBWluZGV4GAIgASgEEhIKCmhpbnRfaW5kZXgYAyABKAQSEQoJaGludF90ZXJtGAQgASgEIjgKEEhlYXJ0YmVhdFJlcXVlc3QSDgoGY29tbWl0GAEgASgEEhQKDHJlYWRfY29udGV4dBgCIAEoCSIpChFIZWFydGJlYXRSZXNwb25zZRIUCgxyZWFkX2NvbnRleHQYASABKAkiKAoQUmVhZEluZGV4UmVxdWVzdBIUCgxyZWFkX2NvbnRleHQYASABKAkiSgoRUmVhZEluZGV4UmVzcG9uc2USFAoMcmVhZF9jb250ZXh0GAEgASgJEg0KBWluZGV4GAIgASgEEhAKCHJlamVjdGVkGAMgASgIIlIKBUVudHJ5EgwKBHRlcm0YASABKAQSDQoFaW5kZXgYAiABKAQSHgoEdHlwZRgDIAEoDjIQLmt2LnYxLkVudHJ5VHlwZRIMCgRkYXRhGAQgASgMKloKCUVudHJ5VHlwZRIaChZFTlRSWV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRU5UUllfVFlQRV9OT1JNQUwQARIaChZFTlRSWV9UWVBFX0NPTkZfQ0hBTkdFEAIymgEKC1JhZnRTZXJ2aWNlEjEKBFNlbmQSEi5rdi52MS5TZW5kUmVxdWVzdBoTLmt2LnYxLlNlbmRSZXNwb25zZSIAElgKEVNlbmRTbmFwc2hvdENodW5rEh8ua3YudjEuU2VuZFNuYXBzaG90Q2h1bmtSZXF1ZXN0GiAua3YudjEuU2VuZFNuYXBzaG90Q2h1bmtSZXNwb25zZSIAYgZwcm90bzM");
+
+/**
+ * SendSnapshotChunkRequest is one piece of the image `image_id`, streamed by server `from`.
+ *
+ * @generated from message kv.v1.SendSnapshotChunkRequest
+ */
+export type SendSnapshotChunkRequest = Message<"kv.v1.SendSnapshotChunkRequest"> & {
+  /**
+   * The sender's node id.
+   *
+   * @generated from field: uint32 from = 1;
+   */
+  from: number;
+
+  /**
+   * The receiver's node id.
+   *
+   * @generated from field: uint32 to = 2;
+   */
+  to: number;
+
+  /**
+   * The sender's term when it began the transfer: the InstallSnapshot the receiver builds carries it.
+   *
+   * @generated from field: uint64 term = 3;
+   */
+  term: bigint;
+
+  /**
+   * Names the image: unique per sender, at most 128 characters.
+   *
+   * @generated from field: string image_id = 4;
+   */
+  imageId: string;
+
+  /**
+   * 0 for the first chunk of an image, then one more for each chunk, with no gaps.
+   *
+   * @generated from field: uint32 seq = 5;
+   */
+  seq: number;
+
+  /**
+   * Where the image stands in the log. Set on the first chunk (seq 0) only.
+   *
+   * @generated from field: kv.v1.SnapshotMetadata metadata = 6;
+   */
+  metadata?: SnapshotMetadata | undefined;
+
+  /**
+   * Key-value rows of the image, in ascending key order across the whole image, each key once.
+   *
+   * @generated from field: repeated kv.v1.ImageRow rows = 7;
+   */
+  rows: ImageRow[];
+
+  /**
+   * This is the image's last chunk.
+   *
+   * @generated from field: bool done = 8;
+   */
+  done: boolean;
+};
+
+/**
+ * Describes the message kv.v1.SendSnapshotChunkRequest.
+ * Use `create(SendSnapshotChunkRequestSchema)` to create a new message.
+ */
+export const SendSnapshotChunkRequestSchema: GenMessage<SendSnapshotChunkRequest> = /*@__PURE__*/
+  messageDesc(file_kv_v1_raft, 0);
+
+/**
+ * SendSnapshotChunkResponse is empty: an OK answer means "staged".
+ *
+ * @generated from message kv.v1.SendSnapshotChunkResponse
+ */
+export type SendSnapshotChunkResponse = Message<"kv.v1.SendSnapshotChunkResponse"> & {
+};
+
+/**
+ * Describes the message kv.v1.SendSnapshotChunkResponse.
+ * Use `create(SendSnapshotChunkResponseSchema)` to create a new message.
+ */
+export const SendSnapshotChunkResponseSchema: GenMessage<SendSnapshotChunkResponse> = /*@__PURE__*/
+  messageDesc(file_kv_v1_raft, 1);
+
+/**
+ * SnapshotMetadata says where an image stands: it holds every entry up to `index` (whose term was
+ * `term`), and the configuration as of that index.
+ *
+ * @generated from message kv.v1.SnapshotMetadata
+ */
+export type SnapshotMetadata = Message<"kv.v1.SnapshotMetadata"> & {
+  /**
+   * @generated from field: uint64 index = 1;
+   */
+  index: bigint;
+
+  /**
+   * @generated from field: uint64 term = 2;
+   */
+  term: bigint;
+
+  /**
+   * @generated from field: repeated uint32 voters = 3;
+   */
+  voters: number[];
+
+  /**
+   * @generated from field: repeated uint32 learners = 4;
+   */
+  learners: number[];
+};
+
+/**
+ * Describes the message kv.v1.SnapshotMetadata.
+ * Use `create(SnapshotMetadataSchema)` to create a new message.
+ */
+export const SnapshotMetadataSchema: GenMessage<SnapshotMetadata> = /*@__PURE__*/
+  messageDesc(file_kv_v1_raft, 2);
+
+/**
+ * ImageRow is one key of the state machine with its value and version (the index of the put).
+ *
+ * @generated from message kv.v1.ImageRow
+ */
+export type ImageRow = Message<"kv.v1.ImageRow"> & {
+  /**
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * @generated from field: bytes value = 2;
+   */
+  value: Uint8Array;
+
+  /**
+   * @generated from field: uint64 version = 3;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message kv.v1.ImageRow.
+ * Use `create(ImageRowSchema)` to create a new message.
+ */
+export const ImageRowSchema: GenMessage<ImageRow> = /*@__PURE__*/
+  messageDesc(file_kv_v1_raft, 3);
 
 /**
  * SendRequest is every message one server produced for one peer in one Ready, in order.
@@ -54,7 +203,7 @@ export type SendRequest = Message<"kv.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 0);
+  messageDesc(file_kv_v1_raft, 4);
 
 /**
  * SendResponse is empty: the receiver's answers travel as messages in its own Send calls.
@@ -69,7 +218,7 @@ export type SendResponse = Message<"kv.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 1);
+  messageDesc(file_kv_v1_raft, 5);
 
 /**
  * RaftMessage is one message between Raft servers: the common header and exactly one body.
@@ -173,7 +322,7 @@ export type RaftMessage = Message<"kv.v1.RaftMessage"> & {
  * Use `create(RaftMessageSchema)` to create a new message.
  */
 export const RaftMessageSchema: GenMessage<RaftMessage> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 2);
+  messageDesc(file_kv_v1_raft, 6);
 
 /**
  * VoteRequest is RequestVote (§5.2, §5.4.1), or its pre-vote rehearsal (thesis §9.6) when
@@ -210,7 +359,7 @@ export type VoteRequest = Message<"kv.v1.VoteRequest"> & {
  * Use `create(VoteRequestSchema)` to create a new message.
  */
 export const VoteRequestSchema: GenMessage<VoteRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 3);
+  messageDesc(file_kv_v1_raft, 7);
 
 /**
  * VoteResponse answers a VoteRequest (`pre_vote` mirrors the request's).
@@ -234,7 +383,7 @@ export type VoteResponse = Message<"kv.v1.VoteResponse"> & {
  * Use `create(VoteResponseSchema)` to create a new message.
  */
 export const VoteResponseSchema: GenMessage<VoteResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 4);
+  messageDesc(file_kv_v1_raft, 8);
 
 /**
  * InstallSnapshotRequest is InstallSnapshot (thesis §5.1) once its image is staged on the receiver:
@@ -262,6 +411,13 @@ export type InstallSnapshotRequest = Message<"kv.v1.InstallSnapshotRequest"> & {
    * @generated from field: string image_id = 4;
    */
   imageId: string;
+
+  /**
+   * Learners as of `index` (none when empty).
+   *
+   * @generated from field: repeated uint32 learners = 5;
+   */
+  learners: number[];
 };
 
 /**
@@ -269,7 +425,7 @@ export type InstallSnapshotRequest = Message<"kv.v1.InstallSnapshotRequest"> & {
  * Use `create(InstallSnapshotRequestSchema)` to create a new message.
  */
 export const InstallSnapshotRequestSchema: GenMessage<InstallSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 5);
+  messageDesc(file_kv_v1_raft, 9);
 
 /**
  * TimeoutNowRequest tells a caught-up follower to campaign at once (leadership transfer, thesis §3.10).
@@ -284,7 +440,7 @@ export type TimeoutNowRequest = Message<"kv.v1.TimeoutNowRequest"> & {
  * Use `create(TimeoutNowRequestSchema)` to create a new message.
  */
 export const TimeoutNowRequestSchema: GenMessage<TimeoutNowRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 6);
+  messageDesc(file_kv_v1_raft, 10);
 
 /**
  * AppendRequest is AppendEntries with entries (§5.3).
@@ -320,7 +476,7 @@ export type AppendRequest = Message<"kv.v1.AppendRequest"> & {
  * Use `create(AppendRequestSchema)` to create a new message.
  */
 export const AppendRequestSchema: GenMessage<AppendRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 7);
+  messageDesc(file_kv_v1_raft, 11);
 
 /**
  * AppendResponse answers an AppendRequest; see AppendResponse in src/raft/types.ts for the hint.
@@ -354,7 +510,7 @@ export type AppendResponse = Message<"kv.v1.AppendResponse"> & {
  * Use `create(AppendResponseSchema)` to create a new message.
  */
 export const AppendResponseSchema: GenMessage<AppendResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 8);
+  messageDesc(file_kv_v1_raft, 12);
 
 /**
  * HeartbeatRequest is an AppendEntries with no entries and no log check (etcd's MsgHeartbeat).
@@ -378,7 +534,7 @@ export type HeartbeatRequest = Message<"kv.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 9);
+  messageDesc(file_kv_v1_raft, 13);
 
 /**
  * HeartbeatResponse answers a HeartbeatRequest, echoing its read context.
@@ -397,7 +553,7 @@ export type HeartbeatResponse = Message<"kv.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 10);
+  messageDesc(file_kv_v1_raft, 14);
 
 /**
  * ReadIndexRequest asks the leader for a read index (thesis §6.4).
@@ -416,7 +572,7 @@ export type ReadIndexRequest = Message<"kv.v1.ReadIndexRequest"> & {
  * Use `create(ReadIndexRequestSchema)` to create a new message.
  */
 export const ReadIndexRequestSchema: GenMessage<ReadIndexRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 11);
+  messageDesc(file_kv_v1_raft, 15);
 
 /**
  * ReadIndexResponse answers a ReadIndexRequest; index is 0 when rejected.
@@ -445,7 +601,7 @@ export type ReadIndexResponse = Message<"kv.v1.ReadIndexResponse"> & {
  * Use `create(ReadIndexResponseSchema)` to create a new message.
  */
 export const ReadIndexResponseSchema: GenMessage<ReadIndexResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 12);
+  messageDesc(file_kv_v1_raft, 16);
 
 /**
  * Entry is one log entry (§5.3).
@@ -479,7 +635,7 @@ export type Entry = Message<"kv.v1.Entry"> & {
  * Use `create(EntrySchema)` to create a new message.
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 13);
+  messageDesc(file_kv_v1_raft, 17);
 
 /**
  * EntryType says what an entry carries. Zero is never sent, so a missing type is detected.
@@ -533,6 +689,21 @@ export const RaftService: GenService<{
     methodKind: "unary";
     input: typeof SendRequestSchema;
     output: typeof SendResponseSchema;
+  },
+  /**
+   * SendSnapshotChunk carries one bounded piece of a state machine image to a follower that needs
+   * entries the leader has compacted away (thesis §5.1). Chunks of one image go one at a time, in
+   * order (seq 0, 1, 2, ...), on their own calls so a long transfer never delays Send. The receiver
+   * stages each chunk before answering OK; it refuses (failed_precondition) a chunk of an image it
+   * is not staging or out of order, and the sender then gives up that image. Once the chunk with
+   * `done` is staged, the receiver hands InstallSnapshot to its own Raft core: no Send follows.
+   *
+   * @generated from rpc kv.v1.RaftService.SendSnapshotChunk
+   */
+  sendSnapshotChunk: {
+    methodKind: "unary";
+    input: typeof SendSnapshotChunkRequestSchema;
+    output: typeof SendSnapshotChunkResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_kv_v1_raft, 0);

@@ -1,0 +1,159 @@
+/**
+ * What stands in front of the client API's routes: the bearer-token check, the request-duration
+ * metrics, and shutdown (new requests refused, requests in flight counted so shutdown can wait for
+ * their answers). The routes themselves are in app.ts; this wraps `app.handle`.
+ */
+import type { KvNodeApi } from "../node/api.ts";
+import type { MetricsRegistry } from "../lib/metrics.ts";
+import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
+import { secretsEqual } from "../lib/secret.ts";
+import { createHttpApp, type HttpAppOptions } from "./app.ts";
+import { errorResponse, shuttingDownResponse, unauthenticatedResponse } from "./http-error.ts";
+import { rawTarget } from "./raw-target.ts";
+
+/** The client API's options: limits, and who may call it. */
+export interface HttpHandlerOptions extends Omit<HttpAppOptions, "renderMetrics"> {
+  /**
+   * When set, every request but `/health` needs `Authorization: Bearer <authToken>`; without it the
+   * answer is 401 `unauthenticated`. `/status` and `/metrics` too, unless `metricsOpen`.
+   */
+  readonly authToken?: string;
+  /** Serve `/status` and `/metrics` without the token (for scrapers and load balancers). */
+  readonly metricsOpen?: boolean;
+  /** Where request metrics go; also what `/metrics` renders. Without it there is no /metrics route. */
+  readonly metrics?: MetricsRegistry;
+}
+
+/** The client API as one fetch handler. */
+export interface HttpHandler {
+  /** Answers one request; never rejects. */
+  handle(request: Request): Promise<Response>;
+  /** From now on every new request is answered 503 `unavailable` with `Connection: close`. */
+  beginShutdown(): void;
+  /** Requests being answered right now. */
+  inflightRequests(): number;
+  /** Resolves once no request is in flight (at once when none is). */
+  idle(): Promise<void>;
+}
+
+/** The routes a request's metrics are labelled with: a fixed set, never the raw path. */
+export type RouteLabel = "/kv/{key}" | "/status" | "/health" | "/metrics" | "/leader/transfer" | "other";
+
+/**
+ * Elysia 1.4 finds the path by searching for "/" from index 11 of `request.url`, which assumes an
+ * authority of at least 4 characters after "http://": with `Host: x` it would route
+ * `http://x/kv/big` as `/big`. A request with a shorter authority is re-addressed to a placeholder
+ * host (the routes read only the raw path and query, never the host); every other one passes as is.
+ */
+function withRoutableUrl(request: Request): Request {
+  const url = request.url;
+  const schemeEnd = url.indexOf("://");
+  const pathStart = url.indexOf("/", schemeEnd + 3);
+  if (schemeEnd !== -1 && pathStart >= 11) return request;
+  const { path, search } = rawTarget(url);
+  return new Request(`http://kv.invalid${path}${search}`, request);
+}
+
+/** Whether a request declares a body: a non-zero Content-Length, or chunked transfer. */
+function carriesBody(request: Request): boolean {
+  const length = request.headers.get("content-length");
+  if (length !== null) return length.trim() !== "0";
+  return request.headers.has("transfer-encoding");
+}
+
+/** Which route a raw path belongs to, for metric labels. */
+export function routeLabel(path: string): RouteLabel {
+  if (path === "/kv" || path.startsWith("/kv/")) return "/kv/{key}";
+  switch (path) {
+    case "/status":
+    case "/health":
+    case "/metrics":
+    case "/leader/transfer":
+      return path;
+    default:
+      return "other";
+  }
+}
+
+export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions = {}): HttpHandler {
+  const registry = options.metrics;
+  const app = createHttpApp(node, {
+    ...(options.valueBytesMax === undefined ? {} : { valueBytesMax: options.valueBytesMax }),
+    ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
+    ...(registry === undefined ? {} : { renderMetrics: () => registry.render() }),
+  });
+  const requestDuration = registry?.histogram(
+    "kv_http_request_duration_seconds",
+    "Client API requests by route and HTTP status: time from arrival to the response's headers.",
+    LATENCY_BUCKETS_S,
+    ["route", "status"],
+  );
+  let inflight = 0;
+  let shuttingDown = false;
+  let idleWaiters: (() => void)[] = [];
+  registry?.collected("kv_http_requests_inflight", "Client API requests being answered now.", "gauge", [], () => [[{}, inflight]]);
+
+  const authToken = options.authToken;
+  function refusal(request: Request, route: RouteLabel): Response | undefined {
+    if (authToken === undefined || route === "/health") return undefined;
+    if (options.metricsOpen === true && (route === "/status" || route === "/metrics")) return undefined;
+    const header = request.headers.get("authorization");
+    if (header === null) return unauthenticatedResponse("this node requires a bearer token: send Authorization: Bearer <token>");
+    const match = /^Bearer +(\S+) *$/i.exec(header);
+    if (match === null) return unauthenticatedResponse("the Authorization header must be: Bearer <token>");
+    if (!secretsEqual(match[1] as string, authToken)) return unauthenticatedResponse("the bearer token is wrong");
+    return undefined;
+  }
+
+  async function answer(request: Request, route: RouteLabel): Promise<Response> {
+    if (shuttingDown) return shuttingDownResponse();
+    const refused = refusal(request, route);
+    if (refused !== undefined) {
+      if (carriesBody(request)) refused.headers.set("connection", "close");
+      return refused;
+    }
+    let response: Response;
+    try {
+      response = await app.handle(withRoutableUrl(request));
+    } catch (error) {
+      // Elysia maps route errors itself (app.ts); reaching here is a bug, answered as one.
+      return errorResponse(error, request);
+    }
+    // Requests that were waiting on the node when shutdown began get their error, and the
+    // connection closes after it so the client does not send more here. A body left unread (a
+    // refused or oversized upload) closes it too: the server would otherwise read and discard
+    // whatever the client still sends, for as long as it sends.
+    if (shuttingDown || (carriesBody(request) && (response.status >= 400 || !request.bodyUsed))) {
+      response.headers.set("connection", "close");
+    }
+    return response;
+  }
+
+  return {
+    async handle(request) {
+      const startedMs = performance.now();
+      const route = routeLabel(rawTarget(request.url).path);
+      inflight++;
+      try {
+        const response = await answer(request, route);
+        requestDuration?.observe({ route, status: String(response.status) }, (performance.now() - startedMs) / 1000);
+        return response;
+      } finally {
+        inflight--;
+        if (inflight === 0) {
+          const waiters = idleWaiters;
+          idleWaiters = [];
+          for (const resolve of waiters) resolve();
+        }
+      }
+    },
+    beginShutdown() {
+      shuttingDown = true;
+    },
+    inflightRequests: () => inflight,
+    idle() {
+      if (inflight === 0) return Promise.resolve();
+      return new Promise((resolve) => idleWaiters.push(resolve));
+    },
+  };
+}

@@ -1,0 +1,90 @@
+/**
+ * The node's metrics, without touching the node: Raft state read from `status()` at scrape time,
+ * and the outcomes and latencies of writes and linearizable reads observed by wrapping the
+ * `KvNodeApi` the client API calls.
+ */
+import { KvError } from "../lib/kv-error.ts";
+import type { MetricsRegistry } from "../lib/metrics.ts";
+import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
+import type { KvNodeApi, NodeStatus } from "../node/api.ts";
+
+/** Role names as exported: every one is present, 1 for the current role, 0 for the others. */
+const roles = ["follower", "candidate", "leader"] as const;
+
+/** A node wrapped for metrics, and what the loop's events feed in. */
+export interface NodeMetrics {
+  /** The same node: every call is forwarded, its outcome counted. */
+  readonly node: KvNodeApi;
+  /** Tell the metrics which leader the node now follows (0: none), from the loop's role events. */
+  noteLeader(leaderId: number): void;
+}
+
+/** Declares the node's metrics on `registry` and returns the wrapped node. */
+export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info: { clusterId: string; version: string }): NodeMetrics {
+  let status: NodeStatus = node.status();
+  registry.onCollect(() => {
+    status = node.status();
+  });
+  registry.collected("kv_info", "Constant 1, labelled with this node's id, cluster id and version.", "gauge", ["id", "cluster_id", "version"], () => [
+    [{ id: String(status.id), cluster_id: info.clusterId, version: info.version }, 1],
+  ]);
+  registry.collected("kv_raft_term", "The node's current Raft term.", "gauge", [], () => [[{}, status.term]]);
+  registry.collected("kv_raft_role", "1 for the node's current Raft role, 0 for the others.", "gauge", ["role"], () =>
+    roles.map((role) => [{ role }, status.role === role ? 1 : 0] as const),
+  );
+  registry.collected("kv_raft_leader_id", "The leader this node follows; 0 when none is known.", "gauge", [], () => [[{}, status.leaderId]]);
+  registry.collected("kv_raft_commit_index", "Highest log index known committed.", "gauge", [], () => [[{}, status.commitIndex]]);
+  registry.collected("kv_raft_applied_index", "Highest log index applied to the key-value state.", "gauge", [], () => [[{}, status.appliedIndex]]);
+  registry.collected("kv_raft_last_log_index", "Index of the last entry in the local log.", "gauge", [], () => [[{}, status.lastLogIndex]]);
+
+  const leaderChanges = registry.counter("kv_raft_leader_changes_total", "Times this node saw a new leader (a known leader other than the previous one).");
+  const committed = registry.counter("kv_proposals_committed_total", "Writes committed and applied, by operation.", ["op"]);
+  const failed = registry.counter(
+    "kv_proposals_failed_total",
+    "Writes the node accepted but that did not commit, by operation and error code (timeout: outcome unknown).",
+    ["op", "reason"],
+  );
+  const readIndexDuration = registry.histogram(
+    "kv_read_index_duration_seconds",
+    "Linearizable reads: from arrival until the read index is confirmed and applied, the value read.",
+    LATENCY_BUCKETS_S,
+  );
+
+  let lastLeaderId = status.leaderId;
+  /** Writes: a synchronous throw is a refusal before proposing (not_leader); a rejection is a failed proposal. */
+  function write<T>(op: "put" | "delete", start: () => Promise<T>): Promise<T> {
+    const pending = start();
+    return pending.then(
+      (result) => {
+        committed.inc({ op });
+        return result;
+      },
+      (error: unknown) => {
+        failed.inc({ op, reason: error instanceof KvError ? error.code : "internal" });
+        throw error;
+      },
+    );
+  }
+
+  const wrapped: KvNodeApi = {
+    put: (key, value) => write("put", () => node.put(key, value)),
+    delete: (key) => write("delete", () => node.delete(key)),
+    async get(key, consistency) {
+      if (consistency !== "linearizable") return node.get(key, consistency);
+      const startedMs = performance.now();
+      const value = await node.get(key, consistency);
+      readIndexDuration.observe({}, (performance.now() - startedMs) / 1000);
+      return value;
+    },
+    status: () => node.status(),
+    healthy: () => node.healthy(),
+    transferLeadership: (target) => node.transferLeadership(target),
+  };
+  return {
+    node: wrapped,
+    noteLeader(leaderId) {
+      if (leaderId !== 0 && leaderId !== lastLeaderId) leaderChanges.inc({});
+      if (leaderId !== 0) lastLeaderId = leaderId;
+    },
+  };
+}

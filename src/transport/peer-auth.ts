@@ -1,0 +1,67 @@
+/**
+ * Who may call the peer service: every call carries the cluster token and the cluster id in
+ * headers (as etcd's peers send `X-Etcd-Cluster-ID`), and the server checks both before it reads
+ * the body, so a refused call never reaches the codec or the node.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Interceptor } from "@connectrpc/connect";
+import { assert } from "../lib/assert.ts";
+import { isClusterId } from "../lib/cluster-id.ts";
+import { secretsEqual } from "../lib/secret.ts";
+
+/** The header that carries the shared cluster token. */
+export const CLUSTER_TOKEN_HEADER = "kv-cluster-token";
+/** The header that carries the sender's cluster id. */
+export const CLUSTER_ID_HEADER = "kv-cluster-id";
+
+/** What identifies this cluster to its peers. */
+export interface PeerAuth {
+  /** This node's cluster id (see src/lib/cluster-id.ts): calls for another cluster are refused. */
+  readonly clusterId: string;
+  /** The shared secret; when set, calls without it are refused with `unauthenticated`. */
+  readonly clusterToken?: string;
+}
+
+/** Why a call was refused, for counters and logs. */
+export type PeerRefusal = "unauthenticated" | "cluster_mismatch";
+
+/** Adds this node's token and cluster id to every outgoing call. */
+export function peerAuthInterceptor(auth: PeerAuth): Interceptor {
+  assert(isClusterId(auth.clusterId), `bad cluster id ${auth.clusterId}`);
+  return (next) => (request) => {
+    if (auth.clusterToken !== undefined) request.header.set(CLUSTER_TOKEN_HEADER, auth.clusterToken);
+    request.header.set(CLUSTER_ID_HEADER, auth.clusterId);
+    return next(request);
+  };
+}
+
+/** What `checkPeerCall` found wrong with a call, if anything. */
+export interface PeerCallRefusal {
+  readonly reason: PeerRefusal;
+  readonly error: ConnectError;
+}
+
+/**
+ * Checks a call's headers: the token first (constant-time compare), then the cluster id. Only a
+ * caller that holds the token learns which cluster it reached.
+ */
+export function checkPeerCall(auth: PeerAuth, headers: Headers): PeerCallRefusal | undefined {
+  if (auth.clusterToken !== undefined) {
+    const presented = headers.get(CLUSTER_TOKEN_HEADER);
+    if (presented === null) {
+      return { reason: "unauthenticated", error: new ConnectError(`no cluster token: this cluster requires one (${CLUSTER_TOKEN_HEADER})`, Code.Unauthenticated) };
+    }
+    if (!secretsEqual(presented, auth.clusterToken)) {
+      return { reason: "unauthenticated", error: new ConnectError("wrong cluster token", Code.Unauthenticated) };
+    }
+  }
+  const clusterId = headers.get(CLUSTER_ID_HEADER);
+  if (clusterId !== auth.clusterId) {
+    const theirs = clusterId === null ? "no cluster id" : isClusterId(clusterId) ? `cluster ${clusterId}` : "a malformed cluster id";
+    return {
+      reason: "cluster_mismatch",
+      error: new ConnectError(`cluster id mismatch: the call is from ${theirs}, this node belongs to cluster ${auth.clusterId}`, Code.FailedPrecondition),
+    };
+  }
+  return undefined;
+}

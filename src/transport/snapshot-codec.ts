@@ -1,0 +1,120 @@
+/**
+ * Converts snapshot chunks between the transport's `SnapshotChunk` and the generated
+ * `SendSnapshotChunkRequest`. Encoding asserts (the image comes from our own storage); decoding
+ * checks every field and throws `TransportDecodeError`, as `fromSendRequest` does for messages.
+ */
+import { create } from "@bufbuild/protobuf";
+import { ImageRowSchema, SendSnapshotChunkRequestSchema, SnapshotMetadataSchema } from "../gen/kv/v1/raft_pb.ts";
+import type { ImageRow as ProtoImageRow, SendSnapshotChunkRequest } from "../gen/kv/v1/raft_pb.ts";
+import { assert } from "../lib/assert.ts";
+import type { NodeId, SnapshotMetadata } from "../raft/types.ts";
+import { TransportDecodeError, count, flag, nodeId, snapshotMetadataFromFields, text } from "./codec.ts";
+import type { SnapshotChunk, SnapshotRow } from "./transport.ts";
+
+/** Limits on one incoming chunk; anything beyond them is refused as absurd. */
+export interface SnapshotDecodeLimits {
+  /** Rows in one chunk. */
+  readonly rowsPerChunkMax: number;
+  /** Length of a key, in UTF-16 code units. */
+  readonly keyLengthMax: number;
+}
+
+/**
+ * Defaults well above what a sender produces: a 1 MiB chunk holds at most ~62k rows (each costs at
+ * least its 16-byte overhead), and the client API bounds keys at 4 KiB.
+ */
+export const defaultSnapshotDecodeLimits: SnapshotDecodeLimits = {
+  rowsPerChunkMax: 131_072,
+  keyLengthMax: 65_536,
+};
+
+/** Image ids are short names made by the sender. */
+export const imageIdLengthMax = 128;
+
+/** A chunk's sequence number travels as uint32. */
+const seqMax = 0xffff_ffff;
+
+/** Encodes one chunk of an image read from our own storage. */
+export function toSendSnapshotChunkRequest(chunk: SnapshotChunk): SendSnapshotChunkRequest {
+  assert(chunk.imageId !== "" && chunk.imageId.length <= imageIdLengthMax, `image id ${chunk.imageId}`);
+  assert(Number.isSafeInteger(chunk.seq) && chunk.seq >= 0 && chunk.seq <= seqMax, `chunk seq ${chunk.seq}`);
+  assert((chunk.seq === 0) === (chunk.metadata !== undefined), "metadata goes with the first chunk, and only with it");
+  const metadata = chunk.metadata;
+  return create(SendSnapshotChunkRequestSchema, {
+    from: chunk.from,
+    to: chunk.to,
+    term: u64(chunk.term),
+    imageId: chunk.imageId,
+    seq: chunk.seq,
+    ...(metadata === undefined ? {} : { metadata: metadataToProto(metadata) }),
+    rows: chunk.rows.map(rowToProto),
+    done: chunk.done,
+  });
+}
+
+function metadataToProto(metadata: SnapshotMetadata) {
+  return create(SnapshotMetadataSchema, {
+    index: u64(metadata.index),
+    term: u64(metadata.term),
+    voters: [...metadata.voters],
+    learners: [...(metadata.learners ?? [])],
+  });
+}
+
+function rowToProto(row: SnapshotRow): ProtoImageRow {
+  return create(ImageRowSchema, { key: row.key, value: row.value, version: u64(row.version) });
+}
+
+function u64(value: number): bigint {
+  assert(Number.isSafeInteger(value) && value >= 0, `not a uint64 below 2^53: ${value}`);
+  return BigInt(value);
+}
+
+/**
+ * Decodes and validates one chunk: ids (from != to), a term of at least 1, an image id of 1 to 128
+ * characters, metadata present exactly on seq 0 (index >= 1, its term within the sender's, voters
+ * and learners as for InstallSnapshot), and rows with a non-empty key, value bytes and a version of
+ * at least 1 (and at most the image's index, when the metadata is in this chunk). Row values are
+ * views into the request body: the receiver stages them at once.
+ */
+export function fromSendSnapshotChunkRequest(
+  request: SendSnapshotChunkRequest,
+  limits: SnapshotDecodeLimits = defaultSnapshotDecodeLimits,
+): SnapshotChunk {
+  const from: NodeId = nodeId(request.from, "chunk.from");
+  const to: NodeId = nodeId(request.to, "chunk.to");
+  if (from === to) throw new TransportDecodeError(`chunk from node ${from} to itself`);
+  const term = count(request.term, "chunk.term");
+  if (term === 0) throw new TransportDecodeError("chunk.term is 0: only a leader sends images");
+  const imageId = text(request.imageId, "chunk.imageId", imageIdLengthMax);
+  if (imageId === "") throw new TransportDecodeError("chunk.imageId is empty");
+  const seq = request.seq;
+  if (typeof seq !== "number" || !Number.isInteger(seq) || seq < 0 || seq > seqMax) {
+    throw new TransportDecodeError(`chunk.seq is ${String(seq)}, not a uint32`);
+  }
+  let metadata: SnapshotMetadata | undefined;
+  if (seq === 0) {
+    if (request.metadata === undefined) throw new TransportDecodeError("the first chunk carries no metadata");
+    metadata = snapshotMetadataFromFields(request.metadata, term, "chunk.metadata");
+    if (metadata.index === 0) throw new TransportDecodeError("chunk.metadata.index is 0: an image holds at least one entry");
+  } else if (request.metadata !== undefined) {
+    throw new TransportDecodeError(`chunk ${seq} carries metadata, which only the first chunk may`);
+  }
+  if (!Array.isArray(request.rows)) throw new TransportDecodeError("chunk.rows is not a list");
+  if (request.rows.length > limits.rowsPerChunkMax) {
+    throw new TransportDecodeError(`chunk carries ${request.rows.length} rows, more than ${limits.rowsPerChunkMax}`);
+  }
+  const rows: SnapshotRow[] = [];
+  for (const proto of request.rows) {
+    const key = text(proto.key, "row.key", limits.keyLengthMax);
+    if (key === "") throw new TransportDecodeError("row.key is empty");
+    if (!(proto.value instanceof Uint8Array)) throw new TransportDecodeError(`row ${JSON.stringify(key.slice(0, 64))} has no value bytes`);
+    const version = count(proto.version, "row.version");
+    if (version === 0) throw new TransportDecodeError(`row ${JSON.stringify(key.slice(0, 64))} has version 0`);
+    if (metadata !== undefined && version > metadata.index) {
+      throw new TransportDecodeError(`row ${JSON.stringify(key.slice(0, 64))} has version ${version}, past the image's index ${metadata.index}`);
+    }
+    rows.push({ key, value: proto.value, version });
+  }
+  return { from, to, term, imageId, seq, metadata, rows, done: flag(request.done, "chunk.done") };
+}

@@ -1,0 +1,43 @@
+/**
+ * The peer transport's metrics, read from its counters at scrape time: calls and bytes per peer,
+ * failures by Connect code, messages dropped at the queue's limits, and the peer server's requests
+ * by status and refusals by reason.
+ */
+import type { MetricsRegistry } from "../lib/metrics.ts";
+import type { ConnectTransportHandle } from "./connect-transport.ts";
+
+/** Declares the transport's metrics on `registry`; they read `handle`'s counters at each scrape. */
+export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick<ConnectTransportHandle, "stats" | "serverStats">): void {
+  registry.collected("kv_peer_sent_bytes_total", "Bytes of request bodies sent to each peer.", "counter", ["peer"], () =>
+    handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.sentBytes] as const),
+  );
+  registry.collected("kv_peer_calls_delivered_total", "Calls each peer answered OK.", "counter", ["peer"], () =>
+    handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.deliveredCalls] as const),
+  );
+  registry.collected(
+    "kv_peer_rpc_errors_total",
+    "Calls to each peer that failed, by Connect code (unknown/unavailable/deadline_exceeded: unreachable; unauthenticated/failed_precondition: refused).",
+    "counter",
+    ["peer", "code"],
+    () => handle.stats().flatMap((peer) => Object.entries(peer.failedCallsByCode).map(([code, count]) => [{ peer: String(peer.peerId), code }, count] as const)),
+  );
+  registry.collected("kv_peer_messages_dropped_total", "Messages to each peer dropped at the queue's limits, never sent.", "counter", ["peer"], () =>
+    handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.droppedMessages] as const),
+  );
+  registry.collected("kv_peer_queued_messages", "Messages waiting to be sent to each peer.", "gauge", ["peer"], () =>
+    handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.queuedMessages] as const),
+  );
+  registry.collected("kv_peer_received_bytes_total", "Bytes of request bodies received on the peer port (as declared by Content-Length).", "counter", [], () => [
+    [{}, handle.serverStats().receivedBytes],
+  ]);
+  registry.collected("kv_peer_requests_total", "Requests answered on the peer port, by HTTP status.", "counter", ["status"], () =>
+    [...handle.serverStats().requestsByStatus].map(([status, count]) => [{ status: String(status) }, count] as const),
+  );
+  registry.collected(
+    "kv_peer_requests_refused_total",
+    "Peer calls refused before their body was read: unauthenticated (no or wrong cluster token) or cluster_mismatch (another cluster id).",
+    "counter",
+    ["reason"],
+    () => Object.entries(handle.serverStats().refused).map(([reason, count]) => [{ reason }, count] as const),
+  );
+}

@@ -1,0 +1,186 @@
+// Proves the node's operational surface: logs are one event per line (JSON with time, level, node, term, event and fields; a readable line on a terminal), and SIGTERM stops a node gracefully: requests in flight get a clear 503 `unavailable` before their connections close, the process exits 0 and the database is closed cleanly (its WAL checkpointed away) and reopens.
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { createLogger } from "../src/cli/logger.ts";
+import { createHttpHandler } from "../src/http/http-handler.ts";
+import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+
+const baseDir = mkdtempSync(join(tmpdir(), "kv-logs-shutdown-"));
+afterAll(async () => {
+  await killAllKvProcesses();
+  rmSync(baseDir, { recursive: true, force: true });
+});
+
+describe("the logger", () => {
+  function capture(isTty: boolean, format?: "json" | "text" | "auto") {
+    const lines: string[] = [];
+    let term: number | undefined;
+    const logger = createLogger(7, "info", { isTty, write: (line) => lines.push(line), term: () => term, ...(format === undefined ? {} : { format }) });
+    return { lines, logger, setTerm: (next: number) => (term = next) };
+  }
+
+  test("writes one JSON object per line when stderr is not a terminal: time, level, node, term, event, fields", () => {
+    const { lines, logger, setTerm } = capture(false);
+    logger.log("info", "started", { httpPort: 8001 });
+    setTerm(3);
+    logger.log("warn", "peer", { detail: 'peer 2: unreachable ("refused")' });
+    logger.log("debug", "hidden");
+    expect(lines).toHaveLength(2);
+    for (const line of lines) expect(line.endsWith("\n") && !line.slice(0, -1).includes("\n")).toBe(true);
+    const [first, second] = lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(Object.keys(first!)).toEqual(["time", "level", "node", "event", "httpPort"]);
+    expect(second).toMatchObject({ level: "warn", node: 7, term: 3, event: "peer", detail: 'peer 2: unreachable ("refused")' });
+    expect(Object.keys(second!).slice(0, 5)).toEqual(["time", "level", "node", "term", "event"]);
+    expect(new Date(second!.time as string).toISOString()).toBe(second!.time as string);
+  });
+
+  test("writes a readable line on a terminal, with multi-line fields (stacks) indented below it", () => {
+    const { lines, logger, setTerm } = capture(true);
+    setTerm(4);
+    logger.log("error", "fatal", { error: "boom", stack: "Error: boom\n    at here" });
+    logger.log("info", "role", { role: "leader", term: 5, members: [1, 2] });
+    const plain = lines.map((line) => line.replace(/\x1b\[[0-9;]*m/g, ""));
+    expect(plain[0]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} ERROR node=7 term=4 fatal error=boom\n {4}Error: boom\n {8}at here\n$/);
+    expect(plain[1]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO {2}node=7 role role=leader term=5 members=\[1,2\]\n$/);
+  });
+
+  test("the format can be forced either way", () => {
+    const text = capture(false, "text");
+    text.logger.log("info", "x", { a: "b c" });
+    expect(text.lines[0]).toMatch(/INFO {2}node=7 x a="b c"\n$/);
+    const json = capture(true, "json");
+    json.logger.log("info", "x");
+    expect(JSON.parse(json.lines[0]!)).toMatchObject({ event: "x", node: 7 });
+  });
+});
+
+describe("kv serve logs", () => {
+  test("JSON lines when stderr is a pipe; --log-format text for people; a bad format is a usage error", async () => {
+    const json = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir: join(baseDir, "json"), logFile: join(baseDir, "json.log") });
+    await json.waitForLog('"role":"leader"');
+    await json.terminate();
+    const jsonLines = (await json.log()).trim().split("\n");
+    for (const line of jsonLines) expect(Object.keys(JSON.parse(line) as object).slice(0, 3)).toEqual(["time", "level", "node"]);
+    expect(JSON.parse(jsonLines.at(-1)!)).toMatchObject({ event: "stopped", code: 0, term: 1 });
+
+    const proc = Bun.spawn(
+      [...kvCommand(), "serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", join(baseDir, "text"), "--log-format", "text"],
+      { stdin: "ignore", stdout: "ignore", stderr: "pipe" },
+    );
+    try {
+      let output = "";
+      const decoder = new TextDecoder();
+      const reader = proc.stderr.getReader();
+      while (!/ node=1 role role=leader /.test(output)) {
+        // Until the node logs that it leads.
+        const { done, value } = await reader.read();
+        if (done) break;
+        output += decoder.decode(value, { stream: true });
+      }
+      expect(output).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO {2}node=1 started peerPort=\d+ httpPort=\d+ /);
+      proc.kill("SIGTERM");
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        output += decoder.decode(value, { stream: true });
+      }
+      expect(await proc.exited).toBe(0);
+      expect(output).toMatch(/INFO {2}node=1 term=1 stopped code=0\n$/);
+    } finally {
+      proc.kill("SIGKILL");
+    }
+
+    const usage = Bun.spawnSync([...kvCommand(), "serve", "--id", "1", "--log-format", "xml"], { stderr: "pipe" });
+    expect(usage.exitCode).toBe(2);
+    expect(usage.stderr.toString()).toContain("--log-format must be json, text or auto");
+  }, 30_000);
+});
+
+describe("graceful shutdown", () => {
+  test("SIGTERM answers requests in flight with 503 unavailable, exits 0, and leaves a cleanly closed database", async () => {
+    const dir = mkdtempSync(join(baseDir, "sigterm-"));
+    // Long election timeouts: an isolated follower stays a follower (no pre-vote yet) for a while.
+    const cluster = new ChaosCluster({ size: 3, command: kvCommand(), baseDir: dir, serveArgs: ["--election-ticks", "100", "--request-timeout-ms", "60000"] });
+    try {
+      await cluster.start();
+      const leader = await cluster.waitForLeader();
+      const put = await fetch(`${cluster.node(leader).httpUrl}/kv/before`, { method: "PUT", body: "kept" });
+      expect(put.status).toBe(200);
+      await cluster.waitForConvergence(((await put.json()) as { version: number }).version);
+      const follower = cluster.nodes.find((node) => node.id !== leader)!;
+      cluster.isolate(follower.id);
+
+      // Linearizable reads on the cut-off follower: each waits for a read index that cannot come.
+      const inFlight = Array.from({ length: 6 }, () => fetch(`${follower.httpUrl}/kv/before`));
+      const deadline = performance.now() + 10_000;
+      for (;;) {
+        const metricsText = await (await fetch(`${follower.httpUrl}/metrics`)).text();
+        const inflight = Number(/^kv_http_requests_inflight (\d+)$/m.exec(metricsText)?.[1]);
+        if (inflight >= 7) break; // the six reads, and this scrape
+        if (performance.now() > deadline) throw new Error(`the reads never were in flight together: ${inflight}`);
+        await Bun.sleep(10); // polling interval between scrapes
+      }
+
+      expect(await cluster.terminate(follower.id)).toBe(0);
+      for (const response of await Promise.all(inFlight)) {
+        expect(response.status).toBe(503);
+        const answer = (await response.json()) as { error: string; message: string };
+        expect(answer.error).toBe("unavailable");
+        expect(answer.message).toContain("shutting down");
+      }
+      const logLines = (await Bun.file(follower.logFile).text()).trim().split("\n");
+      const events = logLines.map((line) => JSON.parse(line) as { event: string; inflightRequests?: number; code?: number });
+      expect(events.find((event) => event.event === "stopping")?.inflightRequests).toBeGreaterThanOrEqual(6);
+      expect(events.at(-1)).toMatchObject({ event: "stopped", code: 0 });
+      expect(logLines.some((line) => line.includes("    at "))).toBe(false);
+      // A clean close checkpoints the WAL into the database and removes it; a killed node leaves it behind.
+      expect(existsSync(join(follower.dataDir, "kv.db-wal"))).toBe(false);
+      await cluster.kill(leader);
+      expect(existsSync(join(cluster.node(leader).dataDir, "kv.db-wal"))).toBe(true);
+
+      // The database reopens: the nodes restart on their data and still hold the acknowledged write.
+      cluster.heal();
+      for (const node of cluster.nodes) if (node.state === "dead") await cluster.startNode(node.id);
+      await cluster.waitForLeader();
+      expect(await (await fetch(`${follower.httpUrl}/kv/before?consistency=stale`)).text()).toBe("kept");
+    } finally {
+      await cluster.stop();
+    }
+  }, 90_000);
+
+  test("once shutdown begins, new requests get 503 unavailable with Connection: close; idle() waits for those in flight", async () => {
+    const node = new MemoryKvNode();
+    const handler = createHttpHandler(node, {});
+    let release: () => void = () => {};
+    let putCalled: () => void = () => {};
+    const reachedNode = new Promise<void>((resolve) => (putCalled = resolve));
+    node.put = () =>
+      new Promise((resolve) => {
+        release = () => resolve({ version: 1 });
+        putCalled();
+      });
+    const pending = handler.handle(new Request("http://localhost/kv/a", { method: "PUT", body: "v" }));
+    await reachedNode; // the write waits on the node, as one waiting for a commit would
+    expect(handler.inflightRequests()).toBe(1);
+    let idle = false;
+    const idlePromise = handler.idle().then(() => (idle = true));
+    handler.beginShutdown();
+    const refused = await handler.handle(new Request("http://localhost/kv/a"));
+    expect(refused.status).toBe(503);
+    expect(refused.headers.get("connection")).toBe("close");
+    expect(refused.headers.get("retry-after")).toBe("1");
+    expect(((await refused.json()) as { error: string }).error).toBe("unavailable");
+    expect(idle).toBe(false);
+    release();
+    const answered = await pending;
+    expect(answered.status).toBe(200);
+    expect(answered.headers.get("connection")).toBe("close");
+    await idlePromise;
+    expect(handler.inflightRequests()).toBe(0);
+  });
+});

@@ -1,0 +1,173 @@
+// Proves /metrics speaks the Prometheus text format (the registry's counters, gauges and labelled histograms render and stay bounded) and that a live 3-node cluster reports its Raft state, proposals, fsync and request latencies, ReadIndex latency, leader changes and peer traffic and errors.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../src/lib/metrics.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+
+/** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */
+function parseExposition(text: string): Map<string, number> {
+  const samples = new Map<string, number>();
+  const typed = new Set<string>();
+  expect(text.endsWith("\n")).toBe(true);
+  for (const line of text.slice(0, -1).split("\n")) {
+    if (line.startsWith("# HELP ")) continue;
+    const type = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram)$/.exec(line);
+    if (type !== null) {
+      expect(typed.has(type[1]!)).toBe(false);
+      typed.add(type[1]!);
+      continue;
+    }
+    const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(line);
+    if (sample === null) throw new Error(`not an exposition line: ${JSON.stringify(line)}`);
+    const series = `${sample[1]}${sample[2] ?? ""}`;
+    expect(samples.has(series)).toBe(false);
+    samples.set(series, Number(sample[3] === "+Inf" ? Infinity : sample[3]));
+  }
+  return samples;
+}
+
+describe("the metrics registry", () => {
+  test("renders counters, gauges and histograms with labels in the text format", () => {
+    const registry = createMetricsRegistry();
+    const requests = registry.counter("test_requests_total", "Requests.\nBy route.", ["route", "status"]);
+    const temperature = registry.gauge("test_temperature", "A gauge.");
+    const latency = registry.histogram("test_latency_seconds", "A histogram.", [0.1, 1], ["route"]);
+    let collectedValue = 0;
+    registry.onCollect(() => {
+      collectedValue = 42;
+    });
+    registry.collected("test_collected", "Read at scrape time.", "gauge", ["peer"], () => [[{ peer: "2" }, collectedValue]]);
+    requests.inc({ route: "/kv/{key}", status: "200" });
+    requests.inc({ route: "/kv/{key}", status: "200" }, 2);
+    requests.inc({ route: 'we"ird\\path\n', status: "404" });
+    temperature.set({}, -3.5);
+    latency.observe({ route: "a" }, 0.05);
+    latency.observe({ route: "a" }, 0.5);
+    latency.observe({ route: "a" }, 7);
+
+    const text = registry.render();
+    expect(text).toContain("# HELP test_requests_total Requests.\\nBy route.\n# TYPE test_requests_total counter\n");
+    expect(text).toContain('test_requests_total{route="we\\"ird\\\\path\\n",status="404"} 1\n');
+    const samples = parseExposition(text);
+    expect(samples.get('test_requests_total{route="/kv/{key}",status="200"}')).toBe(3);
+    expect(samples.get("test_temperature")).toBe(-3.5);
+    expect(samples.get('test_latency_seconds_bucket{route="a",le="0.1"}')).toBe(1);
+    expect(samples.get('test_latency_seconds_bucket{route="a",le="1"}')).toBe(2);
+    expect(samples.get('test_latency_seconds_bucket{route="a",le="+Inf"}')).toBe(3);
+    expect(samples.get('test_latency_seconds_sum{route="a"}')).toBeCloseTo(7.55);
+    expect(samples.get('test_latency_seconds_count{route="a"}')).toBe(3);
+    expect(samples.get('test_collected{peer="2"}')).toBe(42);
+    expect(samples.get("kv_metrics_series_dropped_total")).toBe(0);
+  });
+
+  test("a metric without labels shows zero from the start", () => {
+    const registry = createMetricsRegistry();
+    registry.counter("test_events_total", "Events.");
+    registry.histogram("test_wait_seconds", "Waits.", [1]);
+    const samples = parseExposition(registry.render());
+    expect(samples.get("test_events_total")).toBe(0);
+    expect(samples.get('test_wait_seconds_bucket{le="+Inf"}')).toBe(0);
+    expect(samples.get("test_wait_seconds_count")).toBe(0);
+  });
+
+  test("label combinations beyond the limit are dropped and counted, never stored", () => {
+    const registry = createMetricsRegistry({ seriesMax: 3 });
+    const counter = registry.counter("test_by_key_total", "Unbounded on purpose.", ["key"]);
+    for (let i = 0; i < 100; i++) counter.inc({ key: String(i) });
+    const samples = parseExposition(registry.render());
+    expect([...samples.keys()].filter((series) => series.startsWith("test_by_key_total"))).toHaveLength(3);
+    expect(samples.get("kv_metrics_series_dropped_total")).toBe(97);
+  });
+
+  test("programmer errors are assertions: a name twice, a bad name, a counter going down", () => {
+    const registry = createMetricsRegistry();
+    const counter = registry.counter("test_once_total", "Once.");
+    expect(() => registry.gauge("test_once_total", "Again.")).toThrow("declared twice");
+    expect(() => registry.gauge("bad-name", "Bad.")).toThrow("bad metric name");
+    expect(() => registry.gauge("test_le", "Reserved label.", ["le"])).toThrow("bad label name");
+    expect(() => counter.inc({}, -1)).toThrow("cannot go down");
+  });
+});
+
+describe("GET /metrics on a live 3-node cluster", () => {
+  let cluster: ChaosCluster;
+  let baseDir: string;
+
+  beforeAll(async () => {
+    baseDir = mkdtempSync(join(tmpdir(), "kv-metrics-test-"));
+    cluster = new ChaosCluster({ size: 3, command: kvCommand(), baseDir });
+    await cluster.start();
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+    rmSync(baseDir, { recursive: true, force: true });
+  });
+
+  async function scrape(id: number): Promise<Map<string, number>> {
+    const response = await fetch(`${cluster.node(id).httpUrl}/metrics`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe(PROMETHEUS_CONTENT_TYPE);
+    return parseExposition(await response.text());
+  }
+
+  test("reports Raft state, proposals, fsync and request latencies, ReadIndex latency and peer bytes", async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.find((node) => node.id !== leader)!.id;
+    for (let i = 0; i < 10; i++) {
+      expect((await fetch(`${cluster.node(leader).httpUrl}/kv/k${i}`, { method: "PUT", body: `v${i}` })).status).toBe(200);
+    }
+    expect((await fetch(`${cluster.node(follower).httpUrl}/kv/k0`)).status).toBe(200); // a linearizable read on a follower
+    expect((await fetch(`${cluster.node(leader).httpUrl}/kv/missing-key`)).status).toBe(404);
+
+    const status = (await cluster.status(leader))!;
+    const samples = await scrape(leader);
+    expect(samples.get("kv_raft_term")).toBe(status.term);
+    expect(samples.get('kv_raft_role{role="leader"}')).toBe(1);
+    expect(samples.get('kv_raft_role{role="follower"}')).toBe(0);
+    expect(samples.get("kv_raft_leader_id")).toBe(leader);
+    expect(samples.get("kv_raft_commit_index")).toBeGreaterThanOrEqual(10);
+    expect(samples.get("kv_raft_applied_index")).toBeGreaterThanOrEqual(10);
+    expect(samples.get("kv_raft_leader_changes_total")).toBeGreaterThanOrEqual(1);
+    expect(samples.get('kv_proposals_committed_total{op="put"}')).toBe(10);
+    expect(samples.get('kv_storage_save_duration_seconds_count{sync="true"}')).toBeGreaterThanOrEqual(10);
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="200"}')).toBe(10);
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="404"}')).toBe(1);
+    expect(samples.get("kv_read_index_duration_seconds_count")).toBe(1);
+    expect(samples.get("kv_peer_received_bytes_total")).toBeGreaterThan(0);
+    expect(samples.get('kv_peer_requests_total{status="200"}')).toBeGreaterThan(0);
+    expect(samples.get(`kv_peer_sent_bytes_total{peer="${follower}"}`)).toBeGreaterThan(1_000);
+    expect(samples.get(`kv_peer_calls_delivered_total{peer="${follower}"}`)).toBeGreaterThan(0);
+    expect([...samples.keys()].some((series) => series.startsWith("kv_info{id="))).toBe(true);
+
+    const followerSamples = await scrape(follower);
+    expect(followerSamples.get("kv_read_index_duration_seconds_count")).toBe(1);
+    expect(followerSamples.get('kv_raft_role{role="follower"}')).toBe(1);
+    expect(followerSamples.get("kv_raft_leader_id")).toBe(leader);
+    expect(followerSamples.get('kv_storage_save_duration_seconds_count{sync="true"}')).toBeGreaterThan(0);
+  });
+
+  test("a dead peer shows up as RPC errors, and a new leader as a leader change", async () => {
+    const leader = await cluster.waitForLeader();
+    const survivors = cluster.nodes.filter((node) => node.id !== leader).map((node) => node.id);
+    const before = (await scrape(survivors[0]!)).get("kv_raft_leader_changes_total")!;
+    await cluster.kill(leader);
+    const newLeader = await cluster.waitForLeader(survivors);
+    const other = survivors.find((id) => id !== newLeader)!;
+    // The new leader keeps calling the dead node: its calls fail (connection refused through the proxy).
+    const deadline = performance.now() + 10_000;
+    let errors = 0;
+    while (errors === 0) {
+      const samples = await scrape(newLeader);
+      errors = [...samples].filter(([series]) => series.startsWith(`kv_peer_rpc_errors_total{peer="${leader}"`)).reduce((sum, [, n]) => sum + n, 0);
+      if (performance.now() > deadline) throw new Error("no RPC errors reported for the dead peer");
+      if (errors === 0) await Bun.sleep(20); // polling interval between scrapes
+    }
+    expect((await scrape(other)).get("kv_raft_leader_changes_total")).toBeGreaterThan(before);
+    expect((await scrape(newLeader)).get('kv_raft_role{role="leader"}')).toBe(1);
+    await cluster.startNode(leader);
+  });
+});

@@ -1,0 +1,156 @@
+// Proves client authentication: with --auth-token every client API request but /health needs `Authorization: Bearer <token>` (401 JSON `unauthenticated` otherwise, before any route runs), /status and /metrics follow the token unless --metrics-open, and a real node enforces it.
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createHttpHandler } from "../src/http/http-handler.ts";
+import type { HttpHandlerOptions } from "../src/http/http-handler.ts";
+import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import { createMetricsRegistry } from "../src/lib/metrics.ts";
+import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+
+const ORIGIN = "http://localhost";
+const TOKEN = "client-token-0123456789abcdef";
+
+function handlerWith(options: HttpHandlerOptions) {
+  const node = new MemoryKvNode();
+  const handler = createHttpHandler(node, { metrics: createMetricsRegistry(), ...options });
+  const call = (method: string, path: string, headers: Record<string, string> = {}, body?: string) =>
+    handler.handle(new Request(ORIGIN + path, { method, headers, ...(body === undefined ? {} : { body }) }));
+  return { node, handler, call };
+}
+
+async function expectUnauthenticated(response: Response): Promise<string> {
+  expect(response.status).toBe(401);
+  expect(response.headers.get("content-type")).toStartWith("application/json");
+  expect(response.headers.get("www-authenticate")).toBe('Bearer realm="kv"');
+  const body = (await response.json()) as { error: string; message: string };
+  expect(body.error).toBe("unauthenticated");
+  return body.message;
+}
+
+const bearer = { authorization: `Bearer ${TOKEN}` };
+
+describe("without --auth-token the client API is open", () => {
+  test("every route answers without an Authorization header", async () => {
+    const { call } = handlerWith({});
+    expect((await call("PUT", "/kv/a", {}, "v")).status).toBe(200);
+    expect((await call("GET", "/kv/a")).status).toBe(200);
+    expect((await call("GET", "/status")).status).toBe(200);
+    expect((await call("GET", "/metrics")).status).toBe(200);
+    expect((await call("GET", "/health")).status).toBe(200);
+  });
+});
+
+describe("routing does not depend on the Host header", () => {
+  test("a one-letter Host reaches the same routes (Elysia finds the path from index 11 of the URL)", async () => {
+    const { handler } = handlerWith({});
+    expect((await handler.handle(new Request("http://x/kv/a", { method: "PUT", body: "v" }))).status).toBe(200);
+    const got = await handler.handle(new Request("http://x/kv/a?consistency=stale"));
+    expect(await got.text()).toBe("v");
+    expect((await handler.handle(new Request("http://ab/health"))).status).toBe(200);
+    const missing = await handler.handle(new Request("http://x/kv/none"));
+    expect(((await missing.json()) as { message: string }).message).toBe("no value is stored under this key");
+  });
+});
+
+describe("with an auth token", () => {
+  test("a request without the token, with a wrong one, or not as Bearer, is a 401 and never reaches the node", async () => {
+    const { node, call } = handlerWith({ authToken: TOKEN });
+    expect(await expectUnauthenticated(await call("PUT", "/kv/a", {}, "v"))).toContain("requires a bearer token");
+    expect(await expectUnauthenticated(await call("PUT", "/kv/a", { authorization: "Bearer wrong-token-0123456789" }, "v"))).toContain("wrong");
+    expect(await expectUnauthenticated(await call("PUT", "/kv/a", { authorization: `Basic ${btoa(`u:${TOKEN}`)}` }, "v"))).toContain("Bearer");
+    expect(await expectUnauthenticated(await call("PUT", "/kv/a", { authorization: `Bearer ${TOKEN}x` }, "v"))).toContain("wrong");
+    expect(await expectUnauthenticated(await call("DELETE", "/kv/a"))).toBeString();
+    expect(await expectUnauthenticated(await call("POST", "/leader/transfer"))).toBeString();
+    expect(node.readConsistencies).toEqual([]);
+    expect((await call("GET", "/kv/a", bearer)).status).toBe(404); // nothing was written by the refused PUTs
+  });
+
+  test("the right token passes, in any case of the scheme name", async () => {
+    const { call } = handlerWith({ authToken: TOKEN });
+    expect((await call("PUT", "/kv/a", bearer, "v")).status).toBe(200);
+    const got = await call("GET", "/kv/a", { authorization: `bearer ${TOKEN}` });
+    expect(got.status).toBe(200);
+    expect(await got.text()).toBe("v");
+  });
+
+  test("unknown routes and wrong methods are 401 before they are 404 or 405: routes cannot be probed without the token", async () => {
+    const { call } = handlerWith({ authToken: TOKEN });
+    await expectUnauthenticated(await call("GET", "/nope"));
+    await expectUnauthenticated(await call("PATCH", "/kv/a"));
+    expect((await call("GET", "/nope", bearer)).status).toBe(404);
+    expect((await call("PATCH", "/kv/a", bearer)).status).toBe(405);
+  });
+
+  test("/health is always open; /status and /metrics need the token unless metricsOpen", async () => {
+    const closed = handlerWith({ authToken: TOKEN });
+    expect((await closed.call("GET", "/health")).status).toBe(200);
+    expect((await closed.call("GET", "/health", { authorization: "Bearer wrong" })).status).toBe(200);
+    await expectUnauthenticated(await closed.call("GET", "/status"));
+    await expectUnauthenticated(await closed.call("GET", "/metrics"));
+    expect((await closed.call("GET", "/status", bearer)).status).toBe(200);
+    expect((await closed.call("GET", "/metrics", bearer)).status).toBe(200);
+
+    const open = handlerWith({ authToken: TOKEN, metricsOpen: true });
+    expect((await open.call("GET", "/status")).status).toBe(200);
+    expect((await open.call("GET", "/metrics")).status).toBe(200);
+    expect((await open.call("HEAD", "/metrics")).status).toBe(200);
+    await expectUnauthenticated(await open.call("GET", "/kv/a"));
+    await expectUnauthenticated(await open.call("POST", "/leader/transfer"));
+  });
+
+  test("a refused request that carries a body closes the connection instead of draining the body", async () => {
+    const { handler } = handlerWith({ authToken: TOKEN });
+    const response = await handler.handle(
+      new Request(`${ORIGIN}/kv/a`, { method: "PUT", body: "v".repeat(100), headers: { "content-length": "100" } }),
+    );
+    await expectUnauthenticated(response);
+    expect(response.headers.get("connection")).toBe("close");
+  });
+});
+
+describe("a real node started with --auth-token", () => {
+  const baseDir = mkdtempSync(join(tmpdir(), "kv-security-client-"));
+  afterEach(() => killAllKvProcesses());
+  afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
+
+  test("enforces the token over the network, with /status and /metrics open under --metrics-open; the token may come from KV_AUTH_TOKEN", async () => {
+    const closed = await startKvProcess({
+      id: 1,
+      cluster: "1=http://127.0.0.1:0",
+      dataDir: join(baseDir, "closed"),
+      logFile: join(baseDir, "closed.log"),
+      env: { KV_AUTH_TOKEN: TOKEN },
+    });
+    const open = await startKvProcess({
+      id: 1,
+      cluster: "1=http://127.0.0.1:0",
+      dataDir: join(baseDir, "open"),
+      logFile: join(baseDir, "open.log"),
+      args: ["--auth-token", TOKEN, "--metrics-open"],
+    });
+    try {
+      expect(await closed.waitForLog('"event":"started"')).toContain('"clientAuth":"bearer-token"');
+      await expectUnauthenticated(await fetch(`${closed.httpUrl}/status`));
+      await expectUnauthenticated(await fetch(`${closed.httpUrl}/metrics`));
+      await expectUnauthenticated(await fetch(`${closed.httpUrl}/kv/a`, { method: "PUT", body: "v" }));
+      expect((await fetch(`${closed.httpUrl}/status`, { headers: bearer })).status).toBe(200);
+
+      expect((await fetch(`${open.httpUrl}/status`)).status).toBe(200);
+      const metricsText = await (await fetch(`${open.httpUrl}/metrics`)).text();
+      expect(metricsText).toContain("kv_raft_term ");
+      await expectUnauthenticated(await fetch(`${open.httpUrl}/kv/a`));
+      // A single-node cluster elects itself; then a write with the token goes through.
+      for (const node of [closed, open]) {
+        await node.waitForLog('"role":"leader"');
+        const put = await fetch(`${node.httpUrl}/kv/a`, { method: "PUT", body: "v", headers: bearer });
+        expect(put.status).toBe(200);
+        expect((await fetch(`${node.httpUrl}/health`)).status).toBe(200);
+      }
+    } finally {
+      await closed.stop();
+      await open.stop();
+    }
+  }, 60_000);
+});

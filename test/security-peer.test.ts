@@ -1,0 +1,293 @@
+// Proves peer authentication: every peer call carries the cluster token and cluster id, and a node refuses (Connect unauthenticated / failed_precondition, before reading the body, with a clear log line) any call without the right token or from another cluster, so a forged call never changes its state, while peers that share both keep working.
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { toBinary } from "@bufbuild/protobuf";
+import { SendRequestSchema } from "../src/gen/kv/v1/raft_pb.ts";
+import type { Message, NodeId } from "../src/raft/types.ts";
+import { deriveClusterId } from "../src/lib/cluster-id.ts";
+import { toSendRequest } from "../src/transport/codec.ts";
+import { createConnectTransport } from "../src/transport/connect-transport.ts";
+import type { PeerAuth } from "../src/transport/peer-auth.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+import { killAllKvProcesses, startKvCluster, startKvProcess } from "./helpers/kv-process.ts";
+
+const hostname = "127.0.0.1";
+const TOKEN = "test-cluster-token-0123456789abcdef";
+const OTHER_TOKEN = "another-cluster-token-0123456789ab";
+const CLUSTER_ID = deriveClusterId([1, 2], TOKEN);
+
+const baseDir = mkdtempSync(join(tmpdir(), "kv-security-peer-"));
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  await killAllKvProcesses();
+});
+afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
+
+function heartbeat(from: NodeId, to: NodeId, term: number): Message {
+  return { type: "heartbeat", from, to, term, commit: 0, readContext: "" };
+}
+
+/** A transport whose deliveries and log lines the test can await. */
+function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAuth | undefined) {
+  const deliveries: Message[] = [];
+  const lines: string[] = [];
+  const handle = createConnectTransport({
+    selfId,
+    selfHttpUrl: `http://${hostname}:${9000 + selfId}`,
+    peers,
+    listen: { hostname, port: 0 },
+    onMessages: (messages) => deliveries.push(...messages),
+    rpcTimeoutMs: 10_000,
+    log: (line) => lines.push(line),
+    ...(auth === undefined ? {} : { auth }),
+  });
+  cleanups.push(() => handle.transport.close());
+  return { ...handle, deliveries, lines, peers, url: `http://${hostname}:${handle.port}` };
+}
+
+/** Resolves once `condition` holds, checking after each turn of the event loop. */
+async function until(condition: () => boolean, what: string, turnsMax = 200_000): Promise<void> {
+  for (let turn = 0; turn < turnsMax; turn++) {
+    if (condition()) return;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  throw new Error(`gave up waiting for ${what}`);
+}
+
+/** Posts one encoded SendRequest to a peer port with the given headers; returns status and Connect code. */
+async function postSend(peerBaseUrl: string, messages: Message[], headers: Record<string, string>) {
+  const from = messages[0]?.from ?? 2;
+  const body = toBinary(SendRequestSchema, toSendRequest(from, "http://127.0.0.1:1", messages));
+  const response = await fetch(`${peerBaseUrl}/kv.v1.RaftService/Send`, {
+    method: "POST",
+    headers: { "content-type": "application/proto", "connect-protocol-version": "1", ...headers },
+    body,
+  });
+  const text = await response.text();
+  const code = response.status === 200 ? "ok" : ((JSON.parse(text) as { code: string }).code ?? "?");
+  return { status: response.status, code, text };
+}
+
+describe("the peer service checks the cluster token and the cluster id", () => {
+  test("peers that share both exchange messages", async () => {
+    const auth = { clusterId: CLUSTER_ID, clusterToken: TOKEN };
+    const a = startTransport(1, new Map(), auth);
+    const b = startTransport(2, new Map([[1, a.url]]), auth);
+    a.peers.set(2, b.url);
+    a.transport.send([heartbeat(1, 2, 3)]);
+    b.transport.send([heartbeat(2, 1, 3)]);
+    await until(() => a.deliveries.length === 1 && b.deliveries.length === 1, "both deliveries");
+    expect(a.serverStats().refused).toEqual({ unauthenticated: 0, cluster_mismatch: 0 });
+  });
+
+  test("a call without the token, or with a wrong one, is refused with unauthenticated and delivers nothing", async () => {
+    const b = startTransport(2, new Map(), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
+    const missing = await postSend(b.url, [heartbeat(1, 2, 99)], { "kv-cluster-id": CLUSTER_ID });
+    expect(missing).toMatchObject({ status: 401, code: "unauthenticated" });
+    const wrong = await postSend(b.url, [heartbeat(1, 2, 99)], { "kv-cluster-id": CLUSTER_ID, "kv-cluster-token": OTHER_TOKEN });
+    expect(wrong).toMatchObject({ status: 401, code: "unauthenticated" });
+    // A prefix of the right token, and the right token with a byte changed, are wrong too.
+    for (const forged of [TOKEN.slice(0, -1), `${TOKEN.slice(0, -1)}X`, `${TOKEN}X`]) {
+      expect(await postSend(b.url, [heartbeat(1, 2, 99)], { "kv-cluster-id": CLUSTER_ID, "kv-cluster-token": forged })).toMatchObject({
+        status: 401,
+      });
+    }
+    expect(b.deliveries).toEqual([]);
+    expect(b.serverStats().refused.unauthenticated).toBe(5);
+    // Five refusals of one kind in a row: one log line, not five.
+    expect(b.lines).toHaveLength(1);
+    expect(b.lines[0]).toContain("refused a peer call from 127.0.0.1: no cluster token");
+  });
+
+  test("a transport with another token is refused, and says so once in its own log", async () => {
+    const b = startTransport(2, new Map(), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
+    const a = startTransport(1, new Map([[2, b.url]]), { clusterId: CLUSTER_ID, clusterToken: OTHER_TOKEN });
+    for (let term = 1; term <= 3; term++) {
+      a.transport.send([heartbeat(1, 2, term)]);
+      await until(() => a.stats()[0]?.failedCalls === term, "the call to be refused");
+    }
+    expect(a.stats()[0]?.failedCallsByCode).toEqual({ unauthenticated: 3 });
+    expect(a.lines).toEqual(["peer 2: refuses our calls (Unauthenticated: wrong cluster token)"]);
+    expect(b.deliveries).toEqual([]);
+  });
+
+  test("the right token with another cluster id is refused with failed_precondition naming both clusters", async () => {
+    const b = startTransport(2, new Map(), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
+    const otherId = deriveClusterId([1, 2, 3], TOKEN);
+    const refused = await postSend(b.url, [heartbeat(1, 2, 7)], { "kv-cluster-id": otherId, "kv-cluster-token": TOKEN });
+    expect(refused).toMatchObject({ status: 400, code: "failed_precondition" });
+    expect(refused.text).toContain(`the call is from cluster ${otherId}, this node belongs to cluster ${CLUSTER_ID}`);
+    const none = await postSend(b.url, [heartbeat(1, 2, 7)], { "kv-cluster-token": TOKEN });
+    expect(none).toMatchObject({ status: 400, code: "failed_precondition" });
+    expect(b.deliveries).toEqual([]);
+    expect(b.lines).toEqual([
+      `refused a peer call from 127.0.0.1: cluster id mismatch: the call is from cluster ${otherId}, this node belongs to cluster ${CLUSTER_ID}`,
+    ]);
+    // Without a token configured, the cluster id is still checked.
+    const open = startTransport(3, new Map([[1, "http://127.0.0.1:1"]]), { clusterId: CLUSTER_ID });
+    expect(await postSend(open.url, [heartbeat(1, 3, 7)], { "kv-cluster-id": otherId })).toMatchObject({ code: "failed_precondition" });
+    expect((await postSend(open.url, [heartbeat(1, 3, 7)], { "kv-cluster-id": CLUSTER_ID })).status).toBe(200);
+    expect(open.deliveries).toHaveLength(1);
+  });
+
+  test("a call from a node that is not a peer is refused with failed_precondition: the node could not answer it", async () => {
+    const b = startTransport(2, new Map([[1, "http://127.0.0.1:1"]]), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
+    const headers = { "kv-cluster-id": CLUSTER_ID, "kv-cluster-token": TOKEN };
+    const stranger = await postSend(b.url, [heartbeat(99, 2, 1)], headers);
+    expect(stranger).toMatchObject({ status: 400, code: "failed_precondition" });
+    expect(stranger.text).toContain("call from node 99, which is not a peer of node 2");
+    expect(b.deliveries).toEqual([]);
+    expect((await postSend(b.url, [heartbeat(1, 2, 1)], headers)).status).toBe(200);
+    expect(b.deliveries).toHaveLength(1);
+  });
+
+  test("a call without the token is refused before its body is read: a 30 MB body that never comes gets an answer", async () => {
+    const b = startTransport(2, new Map(), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
+    const answer = await new Promise<string>((resolve, reject) => {
+      let received = "";
+      void Bun.connect({
+        hostname,
+        port: b.port,
+        socket: {
+          open(socket) {
+            socket.write(
+              "POST /kv.v1.RaftService/Send HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/proto\r\n" +
+                "Content-Length: 30000000\r\n\r\n\x0a\x0b",
+            );
+          },
+          data(socket, chunk) {
+            received += new TextDecoder().decode(chunk);
+            if (received.includes("\r\n\r\n") && received.includes("}")) {
+              socket.end();
+              resolve(received);
+            }
+          },
+          close() {
+            resolve(received);
+          },
+          error(_socket, error) {
+            reject(error);
+          },
+        },
+      });
+    });
+    expect(answer).toStartWith("HTTP/1.1 401");
+    expect(answer).toContain('"code":"unauthenticated"');
+  });
+});
+
+describe("real processes", () => {
+  test("a cluster with a token serves; forged calls change no node's term; a node with another token is refused until it has the right one", async () => {
+    const dir = mkdtempSync(join(baseDir, "token-"));
+    const cluster = await startKvCluster({ size: 3, baseDir: dir, args: () => ["--cluster-token", TOKEN] });
+    cleanups.push(() => cluster.stop());
+    const leader = await cluster.waitForLeader();
+    const put = await fetch(`${cluster.node(leader).httpUrl}/kv/k`, { method: "PUT", body: "v" });
+    expect(put.status).toBe(200);
+
+    const follower = leader === 1 ? 2 : 1;
+    const before = (await cluster.status(follower))!;
+    const target = `http://127.0.0.1:${cluster.node(follower).peerPort}`;
+    const forged = [heartbeat(leader, follower, before.term + 1000)];
+    // No token, a wrong token, and the right token with another cluster's id: all refused.
+    expect(await postSend(target, forged, { "kv-cluster-id": cluster.node(follower).clusterId })).toMatchObject({ code: "unauthenticated" });
+    expect(await postSend(target, forged, { "kv-cluster-token": OTHER_TOKEN })).toMatchObject({ code: "unauthenticated" });
+    expect(await postSend(target, forged, { "kv-cluster-token": TOKEN, "kv-cluster-id": "0123456789abcdef" })).toMatchObject({
+      code: "failed_precondition",
+    });
+    await cluster.node(follower).waitForLog("refused a peer call from 127.0.0.1: no cluster token");
+    const after = (await cluster.status(follower))!;
+    expect(after.term).toBe(before.term);
+    expect(after.leaderId).toBe(leader);
+
+    // Node 3 comes back with another token: both sides log the refusal; the others keep serving.
+    const outsider = 3 === leader ? follower : 3;
+    await cluster.node(outsider).stop();
+    const restarted = await cluster.startNode(outsider, { args: ["--cluster-token", OTHER_TOKEN] });
+    await restarted.waitForLog("refuses our calls (Unauthenticated: wrong cluster token)");
+    // The leader got none of the forged calls above, so its refusal line is not held back by the log's rate limit.
+    await cluster.node(leader).waitForLog("refused a peer call from 127.0.0.1: wrong cluster token");
+    const survivors = [1, 2, 3].filter((id) => id !== outsider);
+    const survivorLeader = await cluster.waitForLeader(survivors);
+    expect((await fetch(`${cluster.node(survivorLeader).httpUrl}/kv/k2`, { method: "PUT", body: "v2" })).status).toBe(200);
+
+    // With the right token it rejoins and catches up.
+    await restarted.stop();
+    const rejoined = await cluster.startNode(outsider);
+    const deadline = performance.now() + 15_000;
+    for (;;) {
+      const got = await fetch(`${rejoined.httpUrl}/kv/k2?consistency=stale`);
+      if (got.status === 200) {
+        expect(await got.text()).toBe("v2");
+        break;
+      }
+      await got.arrayBuffer();
+      if (performance.now() > deadline) throw new Error("the rejoined node did not catch up");
+      await Bun.sleep(20); // polling interval until the node has applied the write
+    }
+  }, 60_000);
+
+  test("a node whose data dir belongs to an earlier incarnation of the cluster is refused, with a clear line on both sides", async () => {
+    const dir = mkdtempSync(join(baseDir, "incarnation-"));
+    // The first incarnation, with its own token: every node persists its cluster id.
+    const first = await startKvCluster({ size: 3, baseDir: dir, args: () => ["--cluster-token", OTHER_TOKEN] });
+    cleanups.push(() => first.stop());
+    const firstLeader = await first.waitForLeader();
+    expect((await fetch(`${first.node(firstLeader).httpUrl}/kv/old`, { method: "PUT", body: "from the old cluster" })).status).toBe(200);
+    const oldId = first.node(1).clusterId;
+    await first.stop();
+
+    // The operator re-creates the cluster with a new token, wiping nodes 1 and 2 but forgetting node 3.
+    rmSync(join(dir, "node-1"), { recursive: true });
+    rmSync(join(dir, "node-2"), { recursive: true });
+    const second = await startKvCluster({ size: 3, baseDir: dir, args: () => ["--cluster-token", TOKEN] });
+    cleanups.push(() => second.stop());
+    const newId = second.node(1).clusterId;
+    expect(newId).not.toBe(oldId);
+    expect(second.node(3).clusterId).toBe(oldId);
+
+    const stale = second.node(3);
+    await stale.waitForLog(`the data dir belongs to cluster ${oldId}, but this configuration`);
+    await stale.waitForLog(`refuses our calls (FailedPrecondition: cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId})`);
+    await second.node(1).waitForLog(`cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId}`);
+
+    // Nodes 1 and 2 form the new cluster without node 3's old log.
+    const leader = await second.waitForLeader([1, 2]);
+    expect(leader).not.toBe(3);
+    expect((await fetch(`${second.node(leader).httpUrl}/kv/old`)).status).toBe(404);
+    expect((await fetch(`${second.node(leader).httpUrl}/kv/new`, { method: "PUT", body: "v" })).status).toBe(200);
+  }, 60_000);
+
+  test("the token comes from the flag, a file or KV_CLUSTER_TOKEN; a short one, or flag and file together, is a usage error", async () => {
+    const dir = mkdtempSync(join(baseDir, "sources-"));
+    const tokenFile = join(dir, "token");
+    writeFileSync(tokenFile, `${TOKEN}\n`);
+    const single = (name: string) => ({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir: join(dir, name), logFile: join(dir, `${name}.log`) });
+
+    const fromFile = await startKvProcess({ ...single("file"), args: ["--cluster-token-file", tokenFile] });
+    const fromEnv = await startKvProcess({ ...single("env"), env: { KV_CLUSTER_TOKEN: TOKEN } });
+    const fromFlag = await startKvProcess({ ...single("flag"), args: ["--cluster-token", TOKEN] });
+    const none = await startKvProcess({ ...single("none"), env: { KV_CLUSTER_TOKEN: "" } });
+    for (const node of [fromFile, fromEnv, fromFlag]) expect(await node.waitForLog('"peerAuth":"cluster-token"')).toContain('"event":"started"');
+    expect(await none.waitForLog('"event":"started"')).toContain('"peerAuth":"none"');
+    // Same voters, same token: the same cluster id wherever the token came from.
+    expect(new Set([fromFile.clusterId, fromEnv.clusterId, fromFlag.clusterId])).toEqual(new Set([deriveClusterId([1], TOKEN)]));
+    expect(none.clusterId).toBe(deriveClusterId([1], undefined));
+
+    const usage = (args: string[]) =>
+      Bun.spawnSync([...kvCommand(), "serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--data-dir", join(dir, "usage"), ...args], {
+        stderr: "pipe",
+      });
+    const short = usage(["--cluster-token", "short"]);
+    expect(short.exitCode).toBe(2);
+    expect(short.stderr.toString()).toContain("use at least 16");
+    const both = usage(["--cluster-token", TOKEN, "--cluster-token-file", tokenFile]);
+    expect(both.exitCode).toBe(2);
+    expect(both.stderr.toString()).toContain("not both");
+    const missingFile = usage(["--cluster-token-file", join(dir, "nope")]);
+    expect(missingFile.exitCode).toBe(2);
+  }, 60_000);
+});

@@ -1,0 +1,150 @@
+// Proves TLS: with --tls-cert/--tls-key a node serves HTTPS on its client and peer ports, with --peer-ca peers use mutual TLS so a caller without a certificate signed by that CA cannot connect (not even with the cluster token), and bad TLS flags are usage errors; certificates are made here with openssl.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { makeTestCertificates, type TestCertificates } from "./helpers/certs.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+import { killAllKvProcesses, startKvCluster, startKvProcess, type KvCluster } from "./helpers/kv-process.ts";
+
+const TOKEN = "tls-cluster-token-0123456789abcdef";
+let baseDir: string;
+let certs: TestCertificates;
+let ca: string;
+const cleanups: (() => Promise<void> | void)[] = [];
+
+beforeAll(() => {
+  baseDir = mkdtempSync(join(tmpdir(), "kv-security-tls-"));
+  certs = makeTestCertificates(baseDir);
+  ca = readFileSync(certs.caCert, "utf8");
+});
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  await killAllKvProcesses();
+});
+afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
+
+const tlsArgs = () => ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, "--peer-ca", certs.caCert, "--cluster-token", TOKEN];
+
+/** Polls a stale read on `url` until it answers `expected` (a condition, not a sleep). */
+async function waitForValue(url: string, expected: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const response = await fetch(`${url}?consistency=stale`, { tls: { ca } });
+    const text = await response.text();
+    if (response.status === 200 && text === expected) return;
+    if (performance.now() > deadline) throw new Error(`${url} did not come to hold ${expected}: ${response.status} ${text}`);
+    await Bun.sleep(20); // polling interval until the node has applied the write
+  }
+}
+
+/** What a raw call to a peer port gets: the HTTP status, or the error fetch threw (no TLS session). */
+async function callPeerPort(port: number, tls: { cert?: string; key?: string; ca: string }, headers: Record<string, string> = {}) {
+  try {
+    const response = await fetch(`https://127.0.0.1:${port}/kv.v1.RaftService/Send`, {
+      method: "POST",
+      headers: { "content-type": "application/proto", ...headers },
+      body: new Uint8Array([0xff, 0xff, 0xff]),
+      tls,
+    });
+    await response.arrayBuffer();
+    return { status: response.status };
+  } catch (error) {
+    return { error: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+describe("a cluster with TLS and mutual TLS between peers", () => {
+  let cluster: KvCluster;
+
+  test("serves HTTPS, replicates over mutual TLS, and refuses a peer port caller without a CA-signed certificate", async () => {
+    cluster = await startKvCluster({ size: 3, baseDir: mkdtempSync(join(baseDir, "mtls-")), peerScheme: "https", args: tlsArgs, fetchInit: { tls: { ca } } });
+    cleanups.push(() => cluster.stop());
+    for (const node of cluster.nodes.values()) expect(node.httpUrl).toStartWith("https://127.0.0.1:");
+    expect(await cluster.node(1).waitForLog('"event":"started"')).toContain('"tls":"server, mutual between peers"');
+    const leader = await cluster.waitForLeader();
+    const put = await fetch(`${cluster.node(leader).httpUrl}/kv/secret`, { method: "PUT", body: "over tls", tls: { ca } });
+    expect(put.status).toBe(200);
+    for (const id of [1, 2, 3]) await waitForValue(`${cluster.node(id).httpUrl}/kv/secret`, "over tls");
+    // Plain HTTP to an HTTPS port gets no answer from the API, and neither does a client that does not trust the CA.
+    await expect(fetch(cluster.node(leader).httpUrl.replace("https:", "http:") + "/health")).rejects.toThrow();
+    await expect(fetch(`${cluster.node(leader).httpUrl}/health`)).rejects.toThrow();
+
+    const nodeCert = readFileSync(certs.nodeCert, "utf8");
+    const nodeKey = readFileSync(certs.nodeKey, "utf8");
+    const port = cluster.node(leader).peerPort;
+    // No client certificate, or one signed by another CA: the TLS handshake fails, whatever the headers.
+    expect(await callPeerPort(port, { ca }, { "kv-cluster-token": TOKEN })).toHaveProperty("error");
+    const rogue = { cert: readFileSync(certs.rogueCert, "utf8"), key: readFileSync(certs.rogueKey, "utf8"), ca };
+    expect(await callPeerPort(port, rogue, { "kv-cluster-token": TOKEN })).toHaveProperty("error");
+    // A CA-signed certificate gets through TLS to the peer service, which still wants the token.
+    expect(await callPeerPort(port, { cert: nodeCert, key: nodeKey, ca })).toEqual({ status: 401 });
+    expect(await callPeerPort(port, { cert: nodeCert, key: nodeKey, ca }, { "kv-cluster-token": TOKEN, "kv-cluster-id": cluster.node(leader).clusterId })).toEqual({
+      status: 400, // the garbage body reached the codec: invalid_argument
+    });
+
+    // A node with the cluster token but a certificate from another CA is cut off, both ways, and says why.
+    const outsider = leader === 3 ? 2 : 3;
+    await cluster.node(outsider).stop();
+    const rogueNode = await cluster.startNode(outsider, {
+      args: ["--tls-cert", certs.rogueCert, "--tls-key", certs.rogueKey, "--peer-ca", certs.caCert, "--cluster-token", TOKEN],
+    });
+    await rogueNode.waitForLog('unreachable');
+    // The leader keeps calling it (followers call only the leader), and cannot get through.
+    await cluster.node(leader).waitForLog(`"peer ${outsider}: unreachable`);
+    const survivors = [1, 2, 3].filter((id) => id !== outsider);
+    const survivorLeader = await cluster.waitForLeader(survivors);
+    expect((await fetch(`${cluster.node(survivorLeader).httpUrl}/kv/after`, { method: "PUT", body: "still serving", tls: { ca } })).status).toBe(200);
+    // It learned nothing written while it was cut off (its HTTPS answers with the rogue certificate).
+    const rogueRead = await fetch(`${rogueNode.httpUrl}/kv/after?consistency=stale`, { tls: { ca: readFileSync(certs.rogueCaCert, "utf8") } });
+    expect(rogueRead.status).toBe(404);
+
+    // With its proper certificate it rejoins and catches up.
+    await rogueNode.stop();
+    const rejoined = await cluster.startNode(outsider);
+    await waitForValue(`${rejoined.httpUrl}/kv/after`, "still serving");
+  }, 90_000);
+});
+
+describe("TLS flags", () => {
+  test("--tls-cert/--tls-key alone serve HTTPS on the client API", async () => {
+    const node = await startKvProcess({
+      id: 1,
+      cluster: "1=https://127.0.0.1:0",
+      dataDir: join(baseDir, "single"),
+      logFile: join(baseDir, "single.log"),
+      args: ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey],
+    });
+    expect(node.httpUrl).toStartWith("https://");
+    expect(await node.waitForLog('"event":"started"')).toContain('"tls":"server"');
+    expect((await fetch(`${node.httpUrl}/status`, { tls: { ca } })).status).toBe(200);
+    await node.stop();
+  });
+
+  test("missing halves, a key that is not the certificate's, unreadable files and mismatched schemes are usage errors", () => {
+    const serve = (args: string[]) => {
+      const result = Bun.spawnSync(
+        [...kvCommand(), "serve", "--id", "1", "--data-dir", join(baseDir, "usage"), "--listen-http", "127.0.0.1:0", ...args],
+        { stderr: "pipe", stdout: "pipe" },
+      );
+      return { code: result.exitCode, stderr: result.stderr.toString() };
+    };
+    const https = ["--cluster", "1=https://127.0.0.1:0"];
+    const cases: [string[], string][] = [
+      [[...https, "--tls-cert", certs.nodeCert], "go together"],
+      [[...https, "--tls-key", certs.nodeKey], "go together"],
+      [["--cluster", "1=http://127.0.0.1:0", "--peer-ca", certs.caCert], "--peer-ca needs --tls-cert"],
+      [[...https, "--tls-cert", certs.nodeCert, "--tls-key", certs.rogueKey], "is not the key of the certificate"],
+      [[...https, "--tls-cert", join(baseDir, "missing.crt"), "--tls-key", certs.nodeKey], "cannot read"],
+      [[...https, "--tls-cert", certs.nodeKey, "--tls-key", certs.nodeKey], "is not a PEM certificate"],
+      [[...https, "--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, "--peer-ca", certs.nodeKey], "--peer-ca"],
+      [["--cluster", "1=http://127.0.0.1:0", "--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey], "must be https"],
+      [https, "needs --tls-cert and --tls-key"],
+    ];
+    for (const [args, message] of cases) {
+      const { code, stderr } = serve(args);
+      expect({ args, code }).toEqual({ args, code: 2 });
+      expect(stderr).toContain(message);
+    }
+  });
+});

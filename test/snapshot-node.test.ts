@@ -1,0 +1,187 @@
+// Proves the node loop's snapshot path over the in-memory twins (thesis §5.1): the leader compacts by its policy, streams its image in chunks to a follower that fell behind the compacted log, the follower installs it and serves every key; a transfer cut midway is retried; and an InstallSnapshot arriving without its image is ignored.
+import { describe, expect, test } from "bun:test";
+import { ManualClock } from "../src/lib/clock.ts";
+import { createPrng } from "../src/lib/prng.ts";
+import { KvNode } from "../src/node/kv-node.ts";
+import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { MemoryNetwork } from "../src/transport/memory-transport.ts";
+import type { SnapshotChunk } from "../src/transport/transport.ts";
+
+const tickMs = 10;
+const enc = (s: string) => new TextEncoder().encode(s);
+const dec = (b: Uint8Array) => new TextDecoder().decode(b);
+
+/** Three KvNodes on a memory network with small snapshot settings, a manual clock and a hand-drained turn queue. */
+function createCluster(onChunk: (id: number, chunk: SnapshotChunk) => void = () => {}) {
+  const clock = new ManualClock();
+  // Small chunks: an image of a few dozen keys takes many deliveries, so a cut can land midway.
+  const network = new MemoryNetwork(64);
+  let turns: (() => void)[] = [];
+  const peers = new Map([1, 2, 3].map((id) => [id, `mem://peer-${id}`] as [number, string]));
+  const storages = new Map<number, MemoryKvStorage>();
+  const fatal: Error[] = [];
+  const events: { id: number; event: string; fields: Record<string, unknown> }[] = [];
+  const nodes = new Map<number, KvNode>();
+  for (const id of peers.keys()) {
+    const storage = createMemoryKvStorage();
+    storages.set(id, storage);
+    const node = new KvNode({
+      id,
+      peers,
+      httpUrl: `http://node-${id}`,
+      storage,
+      clock,
+      prng: createPrng(id),
+      tickMs,
+      electionTicks: 10,
+      heartbeatTicks: 2,
+      requestTimeoutMs: 5_000,
+      pendingRequestsMax: 1_000,
+      inboxMessagesMax: 10_000,
+      snapshotEntries: 20,
+      snapshotCatchUpEntries: 5,
+      schedule: (turn) => turns.push(turn),
+      onFatal: (error) => fatal.push(error),
+      log: (event, fields) => events.push({ id, event, fields }),
+    });
+    nodes.set(id, node);
+  }
+  for (const [id, node] of nodes) {
+    node.start(
+      network.connect(id, `http://node-${id}`, (messages) => node.receive(messages), (chunk) => {
+        onChunk(id, chunk);
+        node.receiveSnapshotChunk(chunk);
+      }),
+    );
+  }
+
+  /** Runs scheduled turns and delivers messages and chunks until nothing is left, then lets promises settle. */
+  const settle = async () => {
+    for (let round = 0; round < 10_000; round++) {
+      const due = turns;
+      turns = [];
+      for (const turn of due) turn();
+      const delivered = network.deliver();
+      if (due.length === 0 && delivered === 0) break;
+    }
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+  };
+  /** Advances time tick by tick, settling after each, until `condition` holds. */
+  const until = async (condition: () => boolean, ticksMax = 1_000) => {
+    for (let i = 0; i < ticksMax && !condition(); i++) {
+      clock.advance(tickMs);
+      await settle();
+    }
+    expect(condition()).toBe(true);
+  };
+  const leader = () => [...nodes.values()].find((n) => n.status().role === "leader");
+  const node = (id: number) => nodes.get(id)!;
+  return { clock, network, nodes, node, storages, fatal, events, settle, until, leader };
+}
+
+type Cluster = ReturnType<typeof createCluster>;
+
+/** Writes `count` keys through the leader, keeping the cluster moving until each is acknowledged. */
+async function writeKeys(cluster: Cluster, prefix: string, count: number): Promise<number> {
+  let version = 0;
+  for (let i = 0; i < count; i++) {
+    let done = false;
+    cluster
+      .leader()!
+      .put(`${prefix}-${i}`, enc(`${prefix}-value-${i}`))
+      .then((result) => {
+        version = result.version;
+        done = true;
+      });
+    await cluster.until(() => done);
+  }
+  return version;
+}
+
+describe("snapshots in the node loop", () => {
+  test("a follower cut off while the leader compacts catches up by a chunked snapshot and serves every key", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leaderId = cluster.leader()!.status().id;
+    const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
+    await writeKeys(cluster, "early", 3);
+    cluster.network.cutBetween(leaderId, followerId);
+    const other = [1, 2, 3].find((id) => id !== leaderId && id !== followerId)!;
+    cluster.network.cutBetween(other, followerId);
+    const behind = cluster.node(followerId).status().lastLogIndex;
+
+    const lastVersion = await writeKeys(cluster, "k", 60);
+    const leaderStatus = cluster.node(leaderId).status();
+    expect(leaderStatus.snapshotIndex).toBeGreaterThan(behind);
+    expect(leaderStatus.firstLogIndex).toBe(leaderStatus.snapshotIndex + 1);
+    // Policy: compacted once 20 entries were applied past the last snapshot, keeping 5 behind the applied index.
+    expect(leaderStatus.appliedIndex - leaderStatus.snapshotIndex).toBeLessThan(20);
+    expect(leaderStatus.appliedIndex - leaderStatus.snapshotIndex).toBeGreaterThanOrEqual(5);
+
+    cluster.network.heal();
+    await cluster.until(() => cluster.node(followerId).status().appliedIndex >= lastVersion);
+    const follower = cluster.node(followerId).status();
+    expect(follower.snapshotIndex).toBeGreaterThan(behind);
+    const storage = cluster.storages.get(followerId)!;
+    for (let i = 0; i < 60; i++) expect(dec(storage.get(`k-${i}`)!.value)).toBe(`k-value-${i}`);
+    for (let i = 0; i < 3; i++) expect(dec(storage.get(`early-${i}`)!.value)).toBe(`early-value-${i}`);
+    const installs = cluster.events.filter((e) => e.id === followerId && e.event === "snapshot installed");
+    expect(installs.length).toBe(1);
+    const received = cluster.events.find((e) => e.id === followerId && e.event === "snapshot received")!;
+    expect(received.fields.chunks as number).toBeGreaterThan(5);
+    expect(cluster.fatal).toEqual([]);
+
+    // The log goes on past the snapshot on the follower too.
+    const after = await writeKeys(cluster, "after", 2);
+    await cluster.until(() => cluster.node(followerId).status().appliedIndex >= after);
+    expect(dec(storage.get("after-1")!.value)).toBe("after-value-1");
+  });
+
+  test("a transfer cut midway fails, the leader is told, and a later transfer completes", async () => {
+    let cutAtChunk: (() => void) | undefined;
+    const cluster = createCluster((_id, chunk) => {
+      if (chunk.seq === 3 && cutAtChunk !== undefined) {
+        cutAtChunk();
+        cutAtChunk = undefined;
+      }
+    });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leaderId = cluster.leader()!.status().id;
+    const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
+    const other = [1, 2, 3].find((id) => id !== leaderId && id !== followerId)!;
+    const isolateFollower = () => {
+      cluster.network.cutBetween(leaderId, followerId);
+      cluster.network.cutBetween(other, followerId);
+    };
+    isolateFollower();
+    const lastVersion = await writeKeys(cluster, "k", 60);
+
+    // Heal, and cut the follower off again as its fourth chunk arrives: the transfer is under way.
+    cutAtChunk = isolateFollower;
+    cluster.network.heal();
+    await cluster.until(() => cluster.events.some((e) => e.id === leaderId && e.event === "snapshot send failed"));
+    expect(cluster.events.some((e) => e.id === followerId && e.event === "snapshot receive")).toBe(true);
+    expect(cluster.events.some((e) => e.id === followerId && e.event === "snapshot installed")).toBe(false);
+    expect(cluster.node(followerId).status().appliedIndex).toBeLessThan(lastVersion);
+
+    cluster.network.heal();
+    await cluster.until(() => cluster.node(followerId).status().appliedIndex >= lastVersion);
+    expect(dec(cluster.storages.get(followerId)!.get("k-59")!.value)).toBe("k-value-59");
+    expect(cluster.fatal).toEqual([]);
+  });
+
+  test("an InstallSnapshot that arrives as a plain message, without its image, is ignored", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!.status();
+    const followerId = [1, 2, 3].find((id) => id !== leader.id)!;
+    const before = cluster.node(followerId).status();
+    cluster.node(followerId).receive([
+      { type: "snapshot", from: leader.id, to: followerId, term: leader.term, snapshot: { index: 500, term: leader.term, voters: [1, 2, 3] }, imageId: "forged" },
+    ]);
+    await cluster.settle();
+    expect(cluster.node(followerId).status().snapshotIndex).toBe(before.snapshotIndex);
+    expect(cluster.node(followerId).status().commitIndex).toBeLessThan(500);
+    expect(cluster.fatal).toEqual([]);
+  });
+});

@@ -1,0 +1,396 @@
+// Proves both KvStorage implementations compact the log, read a consistent image while writes go on, stage a received image in bounded chunks refusing bad ones, and install it atomically, identically, and that all of it survives a reopen (sqlite also drops stale staging and migrates a version 1 database).
+import { afterAll, describe, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AssertionError } from "../src/lib/assert.ts";
+import { type Entry, EntryType } from "../src/raft/types.ts";
+import { encodeCommand } from "../src/storage/command.ts";
+import { type ImageRow, type KvImageReader, type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
+import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+
+const tempDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "kv-storage-snapshot-"));
+  tempDirs.push(dir);
+  return dir;
+}
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+
+function put(index: number, term: number, key: string, value: string): Entry {
+  return { index, term, type: EntryType.Normal, data: encodeCommand({ op: "put", key, value: bytes(value) }) };
+}
+function del(index: number, term: number, key: string): Entry {
+  return { index, term, type: EntryType.Normal, data: encodeCommand({ op: "delete", key }) };
+}
+
+/** A storage and how to get the state it restarts from (reopen for sqlite, clone for memory). */
+interface Harness {
+  readonly storage: KvStorage;
+  reopen(): KvStorage;
+}
+
+interface Implementation {
+  open(options?: { stagedImageBytesMax?: number }): Harness;
+}
+
+const implementations: [string, Implementation][] = [
+  [
+    "sqlite",
+    {
+      open(options = {}) {
+        const dir = tempDir();
+        let storage: KvStorage = openSqliteStorage(dir, { voters: [1, 2, 3], ...options });
+        const harness = {
+          get storage() {
+            return storage;
+          },
+          reopen() {
+            storage.close();
+            storage = openSqliteStorage(dir, options);
+            return storage;
+          },
+        };
+        return harness;
+      },
+    },
+  ],
+  [
+    "memory",
+    {
+      open(options = {}) {
+        let storage = createMemoryKvStorage({ voters: [1, 2, 3], ...options });
+        return {
+          get storage() {
+            return storage;
+          },
+          reopen() {
+            storage = (storage as MemoryKvStorage).clone();
+            return storage;
+          },
+        };
+      },
+    },
+  ],
+];
+
+/** Saves and applies `count` puts of keys `k0..k{keys-1}` (cycling) from the next index, in `term`. */
+function writePuts(storage: KvStorage, count: number, term: number, keys = count, valueOf = (index: number) => `v${index}`): number {
+  const first = storage.lastIndex() + 1;
+  const entries = Array.from({ length: count }, (_, offset) => put(first + offset, term, `k${(first + offset) % keys}`, valueOf(first + offset)));
+  const last = first + count - 1;
+  storage.save({ term, vote: 1, commit: last }, entries, true);
+  storage.applyEntries(entries);
+  return last;
+}
+
+/** Reads a whole image in pages of `bytesMax`, then closes it. */
+function readAll(image: KvImageReader, bytesMax: number): ImageRow[] {
+  const rows: ImageRow[] = [];
+  for (let page = image.next(bytesMax); page.length > 0; page = image.next(bytesMax)) rows.push(...page);
+  expect(image.next(bytesMax)).toEqual([]);
+  image.close();
+  return rows;
+}
+
+/** What `get` answers for every key of `keys`, as one comparable list. */
+function contents(storage: KvStorage, keys: readonly string[]): (string | undefined)[] {
+  return keys.map((key) => {
+    const got = storage.get(key);
+    return got === undefined ? undefined : `${new TextDecoder().decode(got.value)}@${got.version}`;
+  });
+}
+
+function storageErrorCode(run: () => unknown): string {
+  try {
+    run();
+  } catch (error: unknown) {
+    if (error instanceof StorageError) return error.code;
+    throw error;
+  }
+  throw new Error("expected a StorageError");
+}
+
+describe.each(implementations)("%s storage snapshots", (_name, implementation) => {
+  test("compact drops the prefix, keeps term and entries after it, and survives a reopen", () => {
+    const harness = implementation.open();
+    let storage = harness.storage;
+    writePuts(storage, 10, 1);
+    const last = writePuts(storage, 10, 2); // entries 11..20 in term 2
+    expect(storage.snapshotForSend()).toEqual({ index: 20, term: 2, voters: [1, 2, 3] });
+    storage.compact(12);
+    const expectCompacted = (s: KvStorage) => {
+      expect(s.firstIndex()).toBe(13);
+      expect(s.lastIndex()).toBe(last);
+      expect(s.snapshot()).toEqual({ index: 12, term: 2, voters: [1, 2, 3] });
+      expect(s.term(12)).toBe(2);
+      expect(s.term(13)).toBe(2);
+      expect(s.entries(13, 21, Number.MAX_SAFE_INTEGER).map((e) => e.index)).toEqual([13, 14, 15, 16, 17, 18, 19, 20]);
+      expect(s.get("k3")).toEqual({ value: bytes("v13"), version: 13 }); // the state machine is untouched
+    };
+    expectCompacted(storage);
+    storage.compact(5); // at or below the snapshot: nothing
+    expectCompacted(storage);
+    storage = harness.reopen();
+    expectCompacted(storage);
+    expect(storage.appliedIndex()).toBe(20);
+
+    // Up to the applied (and last) index: the log is empty, lastIndex is the snapshot's.
+    storage.compact(20);
+    expect([storage.firstIndex(), storage.lastIndex(), storage.term(20)]).toEqual([21, 20, 2]);
+    storage = harness.reopen();
+    expect([storage.firstIndex(), storage.lastIndex(), storage.term(20)]).toEqual([21, 20, 2]);
+    // The log goes on after it.
+    writePuts(storage, 3, 3);
+    expect(storage.entries(21, 24, 1_000).map((e) => e.term)).toEqual([3, 3, 3]);
+    storage = harness.reopen();
+    expect(storage.lastIndex()).toBe(23);
+    storage.close();
+  });
+
+  test("compacting past what is applied, or past the log, is a bug; before anything is applied nothing can be sent", () => {
+    const { storage } = implementation.open();
+    expect(storage.snapshotForSend()).toBeUndefined();
+    const entries = [put(1, 1, "a", "1"), put(2, 1, "b", "2"), put(3, 1, "c", "3")];
+    storage.save({ term: 1, vote: 1, commit: 3 }, entries, true);
+    storage.applyEntries(entries.slice(0, 2));
+    expect(() => storage.compact(3)).toThrow(AssertionError);
+    expect(() => storage.compact(9)).toThrow(AssertionError);
+    expect(() => storage.term(0)).not.toThrow();
+    storage.compact(2);
+    expect(() => storage.term(1)).toThrow(AssertionError); // compacted away
+    expect(() => storage.entries(1, 3, 100)).toThrow(AssertionError);
+    storage.close();
+  });
+
+  test("an image is one consistent state at its applied index while writes, deletes and compaction go on", () => {
+    const harness = implementation.open();
+    const storage = harness.storage;
+    const applied = writePuts(storage, 600, 1, 300, (index) => `value-${index}-`.padEnd(100, "x"));
+    const keys = Array.from({ length: 320 }, (_, i) => `k${i}`);
+    const before = contents(storage, keys);
+
+    const image = storage.openImage();
+    expect(image.metadata).toEqual({ index: applied, term: 1, voters: [1, 2, 3] });
+    const firstPage = image.next(2_000);
+    expect(firstPage.length).toBeGreaterThan(1);
+    expect(firstPage.length).toBeLessThan(30);
+
+    // The writer goes on, unblocked: overwrites, deletes, new keys, a compaction.
+    const next = storage.lastIndex() + 1;
+    const more = [put(next, 2, "k0", "changed"), del(next + 1, 2, "k1"), put(next + 2, 2, "k310", "new"), del(next + 3, 2, "k299")];
+    storage.save({ term: 2, vote: 1, commit: next + 3 }, more, true);
+    storage.applyEntries(more);
+    storage.compact(next + 3);
+    expect(contents(storage, ["k0", "k1", "k310", "k299"])).toEqual([`changed@${next}`, undefined, `new@${next + 2}`, undefined]);
+
+    const rows = [...firstPage, ...readAll(image, 2_000)];
+    expect(rows.length).toBe(300);
+    const imageContents = new Map(rows.map((row) => [row.key, `${new TextDecoder().decode(row.value)}@${row.version}`]));
+    expect(keys.map((key) => imageContents.get(key))).toEqual(before);
+    const sortedKeys = rows.map((row) => row.key);
+    expect(sortedKeys).toEqual([...sortedKeys].sort());
+
+    // A second image sees the new state, its term from the snapshot now that the log is compacted to it.
+    const second = storage.openImage();
+    expect(second.metadata).toEqual({ index: next + 3, term: 2, voters: [1, 2, 3] });
+    const secondRows = readAll(second, 1 << 20);
+    expect(secondRows.length).toBe(299); // k1 and k299 gone, k310 new
+    expect(secondRows.find((row) => row.key === "k0")?.version).toBe(next);
+    // A row larger than the page still comes, alone.
+    const third = storage.openImage();
+    expect(third.next(1).length).toBe(1);
+    third.close();
+    storage.close();
+  });
+
+  test("a staged image installs atomically: state machine, applied index, empty log, snapshot, commit; and survives a reopen", () => {
+    const source = implementation.open().storage;
+    writePuts(source, 40, 3, 25);
+    const image = source.openImage();
+    const metadata = image.metadata;
+    expect(metadata.index).toBe(40);
+
+    const harness = implementation.open();
+    let target = harness.storage;
+    const entries = [put(1, 1, "only-here", "x"), put(2, 1, "k1", "old"), put(3, 1, "k2", "older")];
+    target.save({ term: 2, vote: 2, commit: 2 }, entries, true);
+    target.applyEntries(entries.slice(0, 2));
+
+    let first = true;
+    for (let page = image.next(300); page.length > 0; page = image.next(300)) {
+      target.stageImageChunk("img-1", page, first);
+      first = false;
+    }
+    image.close();
+    // Staging changes nothing visible.
+    expect(target.get("only-here")?.version).toBe(1);
+    expect(target.appliedIndex()).toBe(2);
+
+    target.installSnapshot(metadata, "img-1");
+    const keys = ["only-here", ...Array.from({ length: 25 }, (_, i) => `k${i}`)];
+    const expectInstalled = (s: KvStorage) => {
+      expect(contents(s, keys)).toEqual(contents(source, keys));
+      expect(s.get("only-here")).toBeUndefined();
+      expect(s.appliedIndex()).toBe(40);
+      expect(s.snapshot()).toEqual({ index: 40, term: 3, voters: [1, 2, 3] });
+      expect([s.firstIndex(), s.lastIndex(), s.term(40)]).toEqual([41, 40, 3]);
+      expect(s.initialState().hardState).toEqual({ term: 2, vote: 2, commit: 40 });
+    };
+    expectInstalled(target);
+    target = harness.reopen();
+    expectInstalled(target);
+    // The log continues right after the snapshot.
+    target.save({ term: 3, vote: 0, commit: 42 }, [put(41, 3, "k1", "after"), put(42, 3, "z", "z")], true);
+    target.applyEntries([put(41, 3, "k1", "after"), put(42, 3, "z", "z")]);
+    expect(target.get("k1")).toEqual({ value: bytes("after"), version: 41 });
+    target = harness.reopen();
+    expect(target.get("z")?.version).toBe(42);
+    expect(target.appliedIndex()).toBe(42);
+    source.close();
+    target.close();
+  });
+
+  test("an install carries the snapshot's configuration, learners included", () => {
+    const harness = implementation.open();
+    let storage = harness.storage;
+    storage.stageImageChunk("conf", [{ key: "a", value: bytes("1"), version: 3 }], true);
+    storage.installSnapshot({ index: 9, term: 2, voters: [3, 1, 2], learners: [4] }, "conf");
+    expect(storage.initialState()).toEqual({ hardState: { term: 0, vote: 0, commit: 9 }, voters: [1, 2, 3], learners: [4] });
+    expect(storage.snapshot()).toEqual({ index: 9, term: 2, voters: [1, 2, 3], learners: [4] });
+    storage = harness.reopen();
+    expect(storage.initialState().learners).toEqual([4]);
+    expect(storage.snapshotForSend()).toEqual({ index: 9, term: 2, voters: [1, 2, 3], learners: [4] });
+    storage.close();
+  });
+
+  test("staging refuses chunks that do not continue the staged image, keys staged twice and images over the limit", () => {
+    const { storage } = implementation.open({ stagedImageBytesMax: 1_000 });
+    const row = (key: string, size = 10): ImageRow => ({ key, value: new Uint8Array(size), version: 1 });
+    // A later chunk of an image never begun.
+    expect(storageErrorCode(() => storage.stageImageChunk("a", [row("x")], false))).toBe("image_refused");
+    storage.stageImageChunk("a", [row("a1")], true);
+    // A stray chunk of another image is refused and leaves image a staged.
+    expect(storageErrorCode(() => storage.stageImageChunk("b", [row("b1")], false))).toBe("image_refused");
+    storage.stageImageChunk("a", [row("a2")], false);
+    // A key twice ends image a.
+    expect(storageErrorCode(() => storage.stageImageChunk("a", [row("a2")], false))).toBe("image_refused");
+    expect(storageErrorCode(() => storage.stageImageChunk("a", [row("a3")], false))).toBe("image_refused");
+    expect(() => storage.installSnapshot({ index: 5, term: 1, voters: [1, 2, 3] }, "a")).toThrow(AssertionError);
+    // Twice within one chunk too.
+    expect(storageErrorCode(() => storage.stageImageChunk("c", [row("c1"), row("c1")], true))).toBe("image_refused");
+    // Bad rows and ids.
+    expect(storageErrorCode(() => storage.stageImageChunk("d", [{ key: "", value: new Uint8Array(0), version: 1 }], true))).toBe("image_refused");
+    expect(storageErrorCode(() => storage.stageImageChunk("d", [{ key: "k", value: new Uint8Array(0), version: 0 }], true))).toBe("image_refused");
+    expect(storageErrorCode(() => storage.stageImageChunk("", [row("k")], true))).toBe("image_refused");
+    // Over the limit: refused and dropped.
+    storage.stageImageChunk("e", [row("e1", 600)], true);
+    expect(storageErrorCode(() => storage.stageImageChunk("e", [row("e2", 600)], false))).toBe("image_refused");
+    expect(storageErrorCode(() => storage.stageImageChunk("e", [row("e3")], false))).toBe("image_refused");
+    // A first chunk replaces whatever was staged; discard drops it.
+    storage.stageImageChunk("f", [row("f1")], true);
+    storage.stageImageChunk("g", [row("g1")], true);
+    expect(storageErrorCode(() => storage.stageImageChunk("f", [row("f2")], false))).toBe("image_refused");
+    storage.discardStagedImage();
+    expect(() => storage.installSnapshot({ index: 5, term: 1, voters: [1, 2, 3] }, "g")).toThrow(AssertionError);
+    // Nothing of it reached the state machine.
+    expect(storage.appliedIndex()).toBe(0);
+    expect(["a1", "a2", "e1", "f1", "g1"].map((key) => storage.get(key))).toEqual([undefined, undefined, undefined, undefined, undefined]);
+    // An install not past the applied index is a bug.
+    storage.stageImageChunk("h", [row("h1")], true);
+    storage.installSnapshot({ index: 5, term: 1, voters: [1, 2, 3] }, "h");
+    storage.stageImageChunk("i", [row("i1")], true);
+    expect(() => storage.installSnapshot({ index: 5, term: 1, voters: [1, 2, 3] }, "i")).toThrow(AssertionError);
+    storage.close();
+  });
+
+  test("staging does not survive a restart", () => {
+    const harness = implementation.open();
+    harness.storage.stageImageChunk("s", [{ key: "k", value: bytes("v"), version: 1 }], true);
+    const storage = harness.reopen();
+    expect(storageErrorCode(() => storage.stageImageChunk("s", [{ key: "k2", value: bytes("v"), version: 1 }], false))).toBe("image_refused");
+    expect(() => storage.installSnapshot({ index: 3, term: 1, voters: [1, 2, 3] }, "s")).toThrow(AssertionError);
+    storage.close();
+  });
+});
+
+describe("sqlite snapshot files", () => {
+  test("stale staging rows are deleted on open, and a damaged snapshot record is caught", () => {
+    const dir = tempDir();
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    storage.stageImageChunk("s", [{ key: "k", value: bytes("v"), version: 1 }], true);
+    writePuts(storage, 5, 1);
+    storage.compact(3);
+    storage.close();
+    const reopened = openSqliteStorage(dir);
+    reopened.close();
+    const raw = new Database(join(dir, "kv.db"));
+    expect(raw.query<{ n: number }, []>("SELECT COUNT(*) AS n FROM kv_staging").get()?.n).toBe(0);
+    raw.run("UPDATE meta SET snapshot_term = 7");
+    raw.close(true);
+    let thrown: unknown;
+    try {
+      openSqliteStorage(dir).close();
+    } catch (error: unknown) {
+      thrown = error;
+    }
+    expect(thrown).toBeInstanceOf(StorageError);
+    expect((thrown as StorageError).code).toBe("corrupt");
+  });
+
+  test("the database is shared with a reader only while an image is open, and exclusive again after", () => {
+    const dir = tempDir();
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    writePuts(storage, 3, 1);
+    const readerCount = () => {
+      const raw = new Database(join(dir, "kv.db"), { readonly: true });
+      try {
+        raw.run("PRAGMA busy_timeout = 0");
+        return raw.query<{ n: number }, []>("SELECT COUNT(*) AS n FROM kv").get()?.n;
+      } finally {
+        raw.close(true);
+      }
+    };
+    expect(readerCount).toThrow(/locked/);
+    const image = storage.openImage();
+    expect(readerCount()).toBe(3);
+    writePuts(storage, 2, 1); // the writer goes on while shared
+    image.close();
+    writePuts(storage, 2, 1); // the next write takes the exclusive lock again
+    expect(readerCount).toThrow(/locked/);
+    storage.close();
+  });
+
+  test("a version 1 database (before snapshots) is migrated in place", () => {
+    const dir = tempDir();
+    const raw = new Database(join(dir, "kv.db"), { create: true });
+    raw.run(`
+      CREATE TABLE raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type INTEGER NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL) STRICT;
+      CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 1), term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_index INTEGER NOT NULL, crc INTEGER NOT NULL) STRICT;
+      CREATE TABLE meta (id INTEGER PRIMARY KEY CHECK (id = 1), voters TEXT, applied_index INTEGER NOT NULL) STRICT;
+      CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL) STRICT;
+      INSERT INTO meta (id, voters, applied_index) VALUES (1, '1,2,3', 0);
+      INSERT INTO kv (key, value, version) VALUES ('old', X'6869', 1);
+      PRAGMA user_version = 1;
+    `);
+    // The hard state row with its checksum, as version 1 wrote it (commit 0).
+    raw.run("INSERT INTO hard_state (id, term, vote, commit_index, crc) VALUES (1, 0, 0, 0, ?)", [Bun.hash.crc32(new Uint8Array(24))]);
+    raw.close(true);
+    const storage = openSqliteStorage(dir, { voters: [1, 2, 3] });
+    expect(storage.get("old")).toEqual({ value: bytes("hi"), version: 1 });
+    expect(storage.snapshot()).toEqual({ index: 0, term: 0, voters: [1, 2, 3] });
+    writePuts(storage, 4, 1);
+    storage.compact(2);
+    storage.close();
+    const again = openSqliteStorage(dir, { voters: [1, 2, 3] });
+    expect(again.firstIndex()).toBe(3);
+    again.close();
+  });
+});
