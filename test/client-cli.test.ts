@@ -85,3 +85,16 @@ test("exit 3 when no endpoint answers; exit 2 on a usage error", async () => {
   const badUrl = await kv(["get", "k", "--endpoints", "ftp://x"]);
   expect(badUrl.code).toBe(2);
 });
+
+test("kv list pages through every key under a prefix, in order, linearizably", async () => {
+  for (let i = 0; i < 25; i++) expect((await kv(["put", `list/${String(i).padStart(2, "0")}`, `v${i}`, "--endpoints", endpoints])).code).toBe(0);
+  expect((await kv(["put", "listless", "x", "--endpoints", endpoints])).code).toBe(0);
+  const text = await kv(["list", "list/", "--endpoints", endpoints]);
+  expect(text.code).toBe(0);
+  const lines = text.out.trim().split("\n");
+  expect(lines).toHaveLength(25);
+  expect(lines[0]).toBe("list/00\tv0");
+  expect(lines[24]).toBe("list/24\tv24");
+  const json = await kv(["list", "list/", "--limit", "7", "--json", "--endpoints", endpoints]);
+  expect((JSON.parse(json.out) as { key: string }[]).map((i) => i.key)).toEqual(Array.from({ length: 7 }, (_, i) => `list/0${i}`));
+});

@@ -178,11 +178,43 @@ describe("keys are decoded from the raw path", () => {
   }
 
   test("the empty key is a 400", async () => {
-    for (const path of ["/kv/", "/kv", "/kv/?consistency=stale"]) {
+    for (const path of ["/kv/", "/kv/?consistency=stale"]) {
       for (const method of ["GET", "PUT", "DELETE"]) {
         await expectError(await call(method, path, method === "PUT" ? { body: "v" } : {}), 400, "bad_request");
       }
     }
+    // `/kv` itself is the listing: writes to it are 405, not a write of the empty key.
+    for (const method of ["PUT", "DELETE"]) expect((await call(method, "/kv", method === "PUT" ? { body: "v" } : {})).status).toBe(405);
+  });
+});
+
+describe("GET /kv?prefix= lists keys in order with their values", () => {
+  test("prefix, after and limit page through the keys; binary values come as base64; more says when to go on", async () => {
+    for (const key of ["app/b", "app/a", "app/c", "apq", "other"]) await put(`/kv/${encodeURIComponent(key)}`, `v-${key}`);
+    await call("PUT", "/kv/app%2Fbin", { body: new Uint8Array([0xff, 0x00]) });
+    const first = await call("GET", "/kv?prefix=app%2F&limit=2");
+    expect(first.status).toBe(200);
+    const page1 = (await first.json()) as { items: { key: string; value: unknown; version: number }[]; more: boolean };
+    expect(page1.items.map((i) => i.key)).toEqual(["app/a", "app/b"]);
+    expect(page1.items[0]!.value).toBe("v-app/a");
+    expect(page1.items[0]!.version).toBeGreaterThan(0);
+    expect(page1.more).toBe(true);
+    const page2 = (await (await call("GET", "/kv?prefix=app%2F&limit=2&after=app%2Fb")).json()) as typeof page1;
+    expect(page2.items.map((i) => [i.key, i.value])).toEqual([
+      ["app/bin", { base64: "/wA=" }],
+      ["app/c", "v-app/c"],
+    ]);
+    expect(page2.more).toBe(false);
+    const all = (await (await call("GET", "/kv")).json()) as typeof page1;
+    expect(all.items.map((i) => i.key)).toEqual(["app/a", "app/b", "app/bin", "app/c", "apq", "other"]);
+    expect(node.readConsistencies.at(-1)).toBe("linearizable");
+  });
+
+  test("bad limits and unknown parameters are 400s that reach no read", async () => {
+    for (const query of ["limit=0", "limit=1001", "limit=x", "prefix=a&bogus=1", "consistency=eventual"]) {
+      await expectError(await call("GET", `/kv?${query}`), 400, "bad_request");
+    }
+    expect(node.readConsistencies).toEqual([]);
   });
 });
 
@@ -438,7 +470,8 @@ describe("routes", () => {
       ["POST", "/kv/x", "GET, HEAD, PUT, DELETE"],
       ["PATCH", "/kv/x", "GET, HEAD, PUT, DELETE"],
       ["OPTIONS", "/kv/x", "GET, HEAD, PUT, DELETE"],
-      ["POST", "/kv", "GET, HEAD, PUT, DELETE"],
+      ["POST", "/kv", "GET, HEAD"],
+      ["POST", "/kv/", "GET, HEAD, PUT, DELETE"],
       ["PUT", "/status", "GET, HEAD"],
       ["DELETE", "/status", "GET, HEAD"],
       ["POST", "/health", "GET, HEAD"],

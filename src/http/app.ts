@@ -98,6 +98,31 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     return jsonResponse({ leaderId, previousLeaderId }, 200);
   };
 
+  /** `GET /kv?prefix=P&limit=N&after=KEY[&consistency=...]` → `{items:[{key, value, version}], more}`. */
+  const listRoute = async (request: Request): Promise<Response> => {
+    const { path, search } = rawTarget(request.url);
+    if (path !== "/kv") return kvRoute(request); // `/kv/` (the router folds the slash) names the empty key
+    if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed(request.method, "/kv");
+    const query = new URLSearchParams(search);
+    for (const name of query.keys()) {
+      if (!["prefix", "limit", "after", "consistency"].includes(name)) throw new KvError("bad_request", `unknown query parameter '${name}'`);
+    }
+    const prefix = query.get("prefix") ?? "";
+    const after = query.get("after") ?? undefined;
+    const limitText = query.get("limit");
+    const limit = limitText === null ? LIST_LIMIT_DEFAULT : Number(limitText);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > LIST_LIMIT_MAX) {
+      throw new KvError("bad_request", `limit must be a whole number from 1 to ${LIST_LIMIT_MAX}, got '${limitText}'`);
+    }
+    for (const [name, value] of [["prefix", prefix], ["after", after ?? ""]] as const) {
+      if (new TextEncoder().encode(value).byteLength > keyBytesMax) throw new KvError("too_large", `${name} is longer than ${keyBytesMax} bytes`);
+    }
+    const found = await node.list(prefix, after, limit + 1, parseConsistency(search));
+    const items = found.slice(0, limit).map((item) => ({ key: item.key, value: jsonValue(item.value), version: item.version }));
+    const response = jsonResponse({ items, more: found.length > limit }, 200);
+    return request.method === "HEAD" ? new Response(null, response) : response;
+  };
+
   const readOnlyRoute = (name: string, handler: () => Response) => (request: Request): Response => {
     if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed(request.method, name);
     const response = handler();
@@ -135,8 +160,12 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
             return errorResponse(error, request);
         }
       })
-      // `/kv` and `/kv/` name the empty key: a 400 from decodeKvKey, not a 404.
-      .all("/kv", route(KV_ALLOW, kvRoute), { parse: "none" })
+      // `GET /kv?prefix=` lists; `/kv/` names the empty key: a 400 from decodeKvKey, not a 404.
+      .all("/kv", async (context) => {
+        // One Elysia route serves `/kv` and `/kv/`: each keeps its own Allow header.
+        const isList = rawTarget(context.request.url).path === "/kv";
+        return route(isList ? LIST_ALLOW : KV_ALLOW, listRoute)(context);
+      }, { parse: "none" })
       .all("/kv/*", route(KV_ALLOW, kvRoute), { parse: "none" })
       .all("/status", route(READ_ONLY_ALLOW, readOnlyRoute("/status", () => jsonResponse(statusJson(node.status()), 200))), {
         parse: "none",
@@ -159,6 +188,21 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       )
       .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
   );
+}
+
+/** Listing pages: 100 items unless asked, at most 1000. */
+const LIST_LIMIT_DEFAULT = 100;
+const LIST_LIMIT_MAX = 1000;
+const LIST_ALLOW = "GET, HEAD";
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** A value in JSON: its text when it is valid UTF-8, else `{"base64": ...}`. */
+function jsonValue(bytes: Uint8Array): string | { base64: string } {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return { base64: Buffer.from(bytes).toString("base64") };
+  }
 }
 
 /** The `consistency` query parameter: absent means linearizable; anything but the three names is a 400. */

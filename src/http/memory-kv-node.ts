@@ -51,6 +51,18 @@ export class MemoryKvNode implements KvNodeApi {
     return this.values.get(key);
   }
 
+  /** The stored values under `prefix` after `after`, in UTF-8 byte order. */
+  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency): Promise<(KvValue & { key: string })[]> {
+    this.throwIfFailing();
+    this.readConsistencies.push(consistency);
+    const encoder = new TextEncoder();
+    return [...this.values.entries()]
+      .filter(([key]) => key.startsWith(prefix) && (after === undefined || Buffer.compare(encoder.encode(key), encoder.encode(after)) > 0))
+      .sort(([a], [b]) => Buffer.compare(encoder.encode(a), encoder.encode(b)))
+      .slice(0, limit)
+      .map(([key, value]) => ({ key, ...value }));
+  }
+
   /** `statusNow`, unless `failure` is set. */
   status(): NodeStatus {
     this.throwIfFailing();

@@ -76,6 +76,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
       readIndexDuration.observe({}, (performance.now() - startedMs) / 1000);
       return value;
     },
+    list: (prefix, after, limit, consistency) => node.list(prefix, after, limit, consistency),
     status: () => node.status(),
     healthy: () => node.healthy(),
     transferLeadership: (target) => node.transferLeadership(target),

@@ -45,6 +45,11 @@ export interface KvNodeApi {
   put(key: string, value: Uint8Array): Promise<{ version: number }>;
   delete(key: string): Promise<{ deleted: boolean; version: number }>;
   get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined>;
+  /**
+   * Up to `limit` keys starting with `prefix` and sorting after `after` (UTF-8 byte order), with
+   * their values, read with the same consistency guarantees as `get`.
+   */
+  list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency): Promise<(KvValue & { key: string })[]>;
   status(): NodeStatus;
   /** True when a leader is known and everything committed is applied. */
   healthy(): boolean;

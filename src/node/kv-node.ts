@@ -189,17 +189,26 @@ export class KvNode implements KvNodeApi {
   }
 
   async get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined> {
-    if (consistency !== "stale") {
-      this.refuseUnlessRunning();
-      this.refuseWhenFull();
-      const queue = consistency === "lease" ? this.queuedLeaseReads : this.queuedReads;
-      await new Promise<void>((resolve, reject) => {
-        queue.push({ resolve, reject, deadlineMs: this.deadline(), readIndex: 0 });
-        this.scheduleTurn();
-      });
-    }
+    await this.readBarrier(consistency);
     const stored = this.cfg.storage.get(key);
     return stored === undefined ? undefined : { value: stored.value, version: stored.version };
+  }
+
+  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency): Promise<(KvValue & { key: string })[]> {
+    await this.readBarrier(consistency);
+    return this.cfg.storage.list(prefix, after, limit);
+  }
+
+  /** Resolves once a read may be served from local state with the asked-for consistency. */
+  private async readBarrier(consistency: ReadConsistency): Promise<void> {
+    if (consistency === "stale") return;
+    this.refuseUnlessRunning();
+    this.refuseWhenFull();
+    const queue = consistency === "lease" ? this.queuedLeaseReads : this.queuedReads;
+    await new Promise<void>((resolve, reject) => {
+      queue.push({ resolve, reject, deadlineMs: this.deadline(), readIndex: 0 });
+      this.scheduleTurn();
+    });
   }
 
   status(): NodeStatus {

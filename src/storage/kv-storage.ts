@@ -26,6 +26,11 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   /** The current value of `key` and the index of the put that wrote it. */
   get(key: string): StoredValue | undefined;
   /**
+   * Up to `limit` keys that start with `prefix` and sort after `after` (UTF-8 byte order), with
+   * their values, in key order. Reads the applied state as it is now.
+   */
+  list(prefix: string, after: string | undefined, limit: number): ListedValue[];
+  /**
    * Log compaction: drops every entry up to `index` (at most the applied and the last index) and
    * records where the log now starts, so `firstIndex()` is index + 1 and `term(index)` still answers.
    * Asks for no fsync: a compaction lost in a crash only leaves entries that are still valid.
@@ -76,6 +81,11 @@ export interface KvImageReader {
   next(bytesMax: number): ImageRow[];
   /** Ends the read. Idempotent. */
   close(): void;
+}
+
+/** One item of `KvStorage.list`. */
+export interface ListedValue extends StoredValue {
+  readonly key: string;
 }
 
 /** A value in the state machine with its version: the Raft index of the put that wrote it. */

@@ -1,7 +1,7 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { planApply, resultFor } from "./apply-plan.ts";
-import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, StorageError, type StoredValue } from "./kv-storage.ts";
+import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -175,6 +175,16 @@ export class MemoryKvStorage implements KvStorage {
     return this.values.get(key);
   }
 
+  /** As `SqliteStorage.list` (UTF-8 byte order, as sqlite's BINARY collation compares). */
+  list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
+    this.assertOpen();
+    const keys = [...this.values.keys()]
+      .filter((key) => key.startsWith(prefix) && (after === undefined || compareUtf8(key, after) > 0))
+      .sort(compareUtf8)
+      .slice(0, limit);
+    return keys.map((key) => ({ key, ...(this.values.get(key) as StoredValue) }));
+  }
+
   /** As `SqliteStorage.compact`. */
   compact(index: number): void {
     this.assertOpen();
@@ -289,4 +299,11 @@ export class MemoryKvStorage implements KvStorage {
   private assertOpen(): void {
     assert(!this.closed, "memory storage used after close");
   }
+}
+
+const encoder = new TextEncoder();
+
+/** Orders strings by their UTF-8 bytes (JavaScript's < orders by UTF-16 code units). */
+function compareUtf8(a: string, b: string): number {
+  return Buffer.compare(encoder.encode(a), encoder.encode(b));
 }

@@ -5,7 +5,7 @@ import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyStep, planApply, resultFor } from "./apply-plan.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
-import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, StorageError, type StoredValue } from "./kv-storage.ts";
+import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -290,6 +290,7 @@ export class SqliteStorage implements KvStorage {
   private readonly updateVoters: Statement<unknown, [string]>;
   private readonly updateApplied: Statement<unknown, [number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
+  private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
   private readonly deleteValue: Statement<unknown, [string]>;
   private readonly synchronousNormal: Statement<unknown, []>;
@@ -333,6 +334,8 @@ export class SqliteStorage implements KvStorage {
     this.updateVoters = db.prepare("UPDATE meta SET voters = ? WHERE id = 1");
     this.updateApplied = db.prepare("UPDATE meta SET applied_index = ? WHERE id = 1");
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
+    // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
+    this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
     this.upsertValue = db.prepare(
       "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
     );
@@ -552,6 +555,23 @@ export class SqliteStorage implements KvStorage {
     this.assertOpen();
     const row = this.selectValue.get(key);
     return row === null ? undefined : { value: row.value, version: row.version };
+  }
+
+  /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it. */
+  list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
+    this.assertOpen();
+    const items: ListedValue[] = [];
+    // Scan in pages: rows past the prefix end the scan, so a page is rarely wasted.
+    let from = after ?? "";
+    for (;;) {
+      const rows = this.selectRange.all(from, prefix, Math.min(limit - items.length, 1_000) + 1);
+      for (const row of rows) {
+        if (!row.key.startsWith(prefix) || items.length >= limit) return items;
+        items.push({ key: row.key, value: row.value, version: row.version });
+      }
+      if (rows.length === 0) return items;
+      from = (rows[rows.length - 1] as { key: string }).key;
+    }
   }
 
   // --- Snapshots ---
