@@ -519,3 +519,26 @@ describe("POST /leader/transfer", () => {
     expect(response.headers.get("location")).toBe("http://127.0.0.1:8001/leader/transfer?to=2");
   });
 });
+
+describe("compare-and-set: ?ifVersion=N on PUT and DELETE", () => {
+  test("a write at the expected version applies; at another it is a 409 with the current version and changes nothing", async () => {
+    const created = (await (await call("PUT", "/kv/cas?ifVersion=0", { body: "first" })).json()) as { version: number };
+    expect(created.version).toBeGreaterThan(0);
+    await expectError(await call("PUT", "/kv/cas?ifVersion=0", { body: "again" }), 409, "version_mismatch");
+    const stale = await call("PUT", `/kv/cas?ifVersion=${created.version + 100}`, { body: "stale" });
+    expect(stale.status).toBe(409);
+    expect(await stale.json()).toMatchObject({ error: "version_mismatch", version: created.version });
+    expect(await (await call("GET", "/kv/cas")).text()).toBe("first");
+    const updated = await call("PUT", `/kv/cas?ifVersion=${created.version}`, { body: "second" });
+    expect(updated.status).toBe(200);
+    await expectError(await call("DELETE", `/kv/cas?ifVersion=${created.version}`), 409, "version_mismatch");
+    const { version } = (await updated.json()) as { version: number };
+    expect(await (await call("DELETE", `/kv/cas?ifVersion=${version}`)).json()).toMatchObject({ deleted: true });
+  });
+
+  test("a malformed ifVersion is a 400", async () => {
+    for (const query of ["ifVersion=", "ifVersion=-1", "ifVersion=x", "ifVersion=1&ifVersion=2"]) {
+      await expectError(await call("PUT", `/kv/cas?${query}`, { body: "v" }), 400, "bad_request");
+    }
+  });
+});

@@ -227,3 +227,20 @@ describe("lease reads through the node", () => {
     expect(dec((await drive(cluster, follower.get("k", "lease")))!.value)).toBe("v2");
   });
 });
+
+describe("compare-and-set through the node (the state machine decides, the same on every replica)", () => {
+  test("put and delete with ifVersion apply only at the expected version; a mismatch reports the current one", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const { version } = await drive(cluster, leader.put("k", enc("v1"), { ifVersion: 0 }));
+    const mismatch = await drive(cluster, leader.put("k", enc("v2"), { ifVersion: 0 }).catch((e: unknown) => e));
+    expect((mismatch as KvError).code).toBe("version_mismatch");
+    expect((mismatch as KvError).details.version).toBe(version);
+    await drive(cluster, leader.put("k", enc("v2"), { ifVersion: version }));
+    await cluster.until(() => [...cluster.storages.values()].every((s) => s.get("k") !== undefined && dec(s.get("k")!.value) === "v2"));
+    const wrongDelete = await drive(cluster, leader.delete("k", { ifVersion: version }).catch((e: unknown) => e));
+    expect((wrongDelete as KvError).code).toBe("version_mismatch");
+    expect(dec(cluster.storages.get(leader.status().id)!.get("k")!.value)).toBe("v2");
+  });
+});

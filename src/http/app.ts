@@ -2,7 +2,7 @@ import { Elysia } from "elysia";
 import { assert } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
-import type { KvNodeApi, NodeStatus, ReadConsistency } from "../node/api.ts";
+import type { KvNodeApi, NodeStatus, ReadConsistency, WriteOptions } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { decodeKvKey, KV_PATH_PREFIX } from "./kv-key.ts";
 import { rawTarget } from "./raw-target.ts";
@@ -73,12 +73,13 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         });
       }
       case "PUT": {
+        const options = parseWriteOptions(search);
         const value = await readBodyBytesMax(request, valueBytesMax);
-        const { version } = await node.put(key, value);
+        const { version } = await node.put(key, value, options);
         return jsonResponse({ key, version }, 200);
       }
       case "DELETE": {
-        const { deleted, version } = await node.delete(key);
+        const { deleted, version } = await node.delete(key, parseWriteOptions(search));
         return jsonResponse({ deleted, version }, 200);
       }
     }
@@ -188,6 +189,18 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       )
       .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
   );
+}
+
+/** `?ifVersion=N` on a write: compare-and-set against the key's version (0: only if absent). */
+function parseWriteOptions(search: string): WriteOptions {
+  const values = new URLSearchParams(search).getAll("ifVersion");
+  if (values.length === 0) return {};
+  const [text] = values;
+  const version = Number(text);
+  if (values.length !== 1 || text === "" || !Number.isSafeInteger(version) || version < 0) {
+    throw new KvError("bad_request", `ifVersion must be given once, as a version number (0: only if absent), got '${values.join(",")}'`);
+  }
+  return { ifVersion: version };
 }
 
 /** Listing pages: 100 items unless asked, at most 1000. */

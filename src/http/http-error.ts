@@ -65,6 +65,8 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
         503,
         details.retryAfterS === undefined ? {} : { "retry-after": String(retryAfterS(details)) },
       );
+    case "version_mismatch":
+      return jsonResponse(body(code, error.message, details), 409);
     case "overloaded":
       return jsonResponse(body(code, error.message, { ...details, retryAfterS: retryAfterS(details) }), 429, {
         "retry-after": String(retryAfterS(details)),

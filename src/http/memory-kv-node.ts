@@ -1,4 +1,5 @@
-import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency } from "../node/api.ts";
+import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency, WriteOptions } from "../node/api.ts";
+import { KvError } from "../lib/kv-error.ts";
 
 /**
  * An in-memory `KvNodeApi` for testing the HTTP layer without Raft: a map and a version counter.
@@ -30,16 +31,18 @@ export class MemoryKvNode implements KvNodeApi {
   private lastVersion = 0;
 
   /** Stores a copy of `value`; its version is the next index. */
-  async put(key: string, value: Uint8Array): Promise<{ version: number }> {
+  async put(key: string, value: Uint8Array, options: WriteOptions = {}): Promise<{ version: number }> {
     this.throwIfFailing();
+    this.checkVersion(key, options);
     const version = this.nextVersion();
     this.values.set(key, { value: value.slice(), version });
     return { version };
   }
 
   /** Deletes `key`; like a Raft log entry, a delete takes an index even when nothing was there. */
-  async delete(key: string): Promise<{ deleted: boolean; version: number }> {
+  async delete(key: string, options: WriteOptions = {}): Promise<{ deleted: boolean; version: number }> {
     this.throwIfFailing();
+    this.checkVersion(key, options);
     const version = this.nextVersion();
     return { deleted: this.values.delete(key), version };
   }
@@ -89,6 +92,13 @@ export class MemoryKvNode implements KvNodeApi {
     const index = this.lastVersion;
     this.statusNow = { ...this.statusNow, commitIndex: index, appliedIndex: index, lastLogIndex: index };
     return index;
+  }
+
+  private checkVersion(key: string, options: WriteOptions): void {
+    const current = this.values.get(key)?.version ?? 0;
+    if (options.ifVersion !== undefined && options.ifVersion !== current) {
+      throw new KvError("version_mismatch", `'${key}' is at version ${current}`, { version: current });
+    }
   }
 
   private throwIfFailing(): void {

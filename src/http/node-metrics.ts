@@ -67,8 +67,8 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   }
 
   const wrapped: KvNodeApi = {
-    put: (key, value) => write("put", () => node.put(key, value)),
-    delete: (key) => write("delete", () => node.delete(key)),
+    put: (key, value, options) => write("put", () => node.put(key, value, options)),
+    delete: (key, options) => write("delete", () => node.delete(key, options)),
     async get(key, consistency) {
       if (consistency !== "linearizable") return node.get(key, consistency);
       const startedMs = performance.now();

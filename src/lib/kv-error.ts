@@ -11,12 +11,15 @@ export type KvErrorCode =
   | "not_found" // no such key or route
   | "method_not_allowed"
   | "unavailable" // the node is shutting down or its storage failed
-  | "overloaded"; // too many requests waiting; retry later
+  | "overloaded" // too many requests waiting; retry later
+  | "version_mismatch"; // a conditional write found another version: nothing changed
 
 export interface KvErrorDetails {
   leaderId?: number;
   leaderUrl?: string;
   retryAfterS?: number;
+  /** The key's current version (0 when absent), on `version_mismatch`. */
+  version?: number;
 }
 
 export class KvError extends Error {

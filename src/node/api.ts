@@ -1,5 +1,10 @@
 import type { NodeId, Role } from "../raft/types.ts";
 
+/** Conditions on a write. */
+export interface WriteOptions {
+  readonly ifVersion?: number;
+}
+
 /**
  * How a read is served: `linearizable` confirms leadership by ReadIndex (a heartbeat round);
  * `lease` lets a leader within its lease answer without one (thesis §6.4.1: safe while clocks
@@ -42,8 +47,12 @@ export interface NodeStatus {
  */
 export interface KvNodeApi {
   /** Resolves once the write is committed and applied locally; `version` is its Raft index. */
-  put(key: string, value: Uint8Array): Promise<{ version: number }>;
-  delete(key: string): Promise<{ deleted: boolean; version: number }>;
+  /**
+   * With `ifVersion` the write applies only if the key's version is that (0: only if absent);
+   * otherwise it rejects with `version_mismatch` carrying the current version (compare-and-set).
+   */
+  put(key: string, value: Uint8Array, options?: WriteOptions): Promise<{ version: number }>;
+  delete(key: string, options?: WriteOptions): Promise<{ deleted: boolean; version: number }>;
   get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined>;
   /**
    * Up to `limit` keys starting with `prefix` and sorting after `after` (UTF-8 byte order), with

@@ -8,7 +8,12 @@ import { ProposalRefusedError, type Message, type NodeId, type Ready, type Snaps
 import { encodeCommand, type Command } from "../storage/command.ts";
 import type { ApplyResult, KvStorage } from "../storage/kv-storage.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
-import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency } from "./api.ts";
+import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
+
+/** The error a conditional write gets when the key's version is not the expected one. */
+function versionMismatch(key: string, expected: number | undefined, current: number): KvError {
+  return new KvError("version_mismatch", `'${key}' is at version ${current}, not ${expected}: nothing was written`, { version: current });
+}
 
 /** How a node is set up. Everything with a unit says it. */
 export interface KvNodeConfig {
@@ -174,15 +179,19 @@ export class KvNode implements KvNodeApi {
 
   // ---- Client API ---------------------------------------------------------------------------
 
-  put(key: string, value: Uint8Array): Promise<{ version: number }> {
-    return this.write({ op: "put", key, value }).then((result) => {
+  put(key: string, value: Uint8Array, options: WriteOptions = {}): Promise<{ version: number }> {
+    const condition = options.ifVersion === undefined ? {} : { ifVersion: options.ifVersion };
+    return this.write({ op: "put", key, value, ...condition }).then((result) => {
+      if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "put", `put applied as ${result.kind}`);
       return { version: result.version };
     });
   }
 
-  delete(key: string): Promise<{ deleted: boolean; version: number }> {
-    return this.write({ op: "delete", key }).then((result) => {
+  delete(key: string, options: WriteOptions = {}): Promise<{ deleted: boolean; version: number }> {
+    const condition = options.ifVersion === undefined ? {} : { ifVersion: options.ifVersion };
+    return this.write({ op: "delete", key, ...condition }).then((result) => {
+      if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "delete", `delete applied as ${result.kind}`);
       return { deleted: result.deleted, version: result.version };
     });

@@ -1,6 +1,6 @@
 import { assert, unreachable } from "../lib/assert.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
-import { CommandCodecError, decodeCommand, isNoopData } from "./command.ts";
+import { CommandCodecError, decodeCommand, decodeMembershipChange, isNoopData, type MembershipChange } from "./command.ts";
 import { type ApplyResult, StorageError } from "./kv-storage.ts";
 
 /** What `planApply` needs to know about the storage it plans for. */
@@ -15,10 +15,11 @@ export interface ApplyLogView {
 
 /** One step of an apply, decoded and checked; the storage executes it on its own tables. */
 export type ApplyStep =
-  | { readonly kind: "put"; readonly index: number; readonly key: string; readonly value: Uint8Array }
-  | { readonly kind: "delete"; readonly index: number; readonly key: string }
+  | { readonly kind: "put"; readonly index: number; readonly key: string; readonly value: Uint8Array; readonly ifVersion?: number }
+  | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number }
   | { readonly kind: "noop"; readonly index: number }
-  | { readonly kind: "skipped"; readonly index: number };
+  | { readonly kind: "skipped"; readonly index: number }
+  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
 
 /**
  * Decodes and checks a batch of committed entries before anything is written, so a bad entry
@@ -59,9 +60,10 @@ function stepFor(file: string, entry: Entry): ApplyStep {
       if (isNoopData(entry.data)) return { kind: "noop", index: entry.index };
       try {
         const command = decodeCommand(entry.data);
+        const condition = command.ifVersion === undefined ? {} : { ifVersion: command.ifVersion };
         return command.op === "put"
-          ? { kind: "put", index: entry.index, key: command.key, value: command.value }
-          : { kind: "delete", index: entry.index, key: command.key };
+          ? { kind: "put", index: entry.index, key: command.key, value: command.value, ...condition }
+          : { kind: "delete", index: entry.index, key: command.key, ...condition };
       } catch (error: unknown) {
         if (!(error instanceof CommandCodecError)) throw error;
         throw new StorageError("bad_command", `committed entry does not decode: ${error.message}`, file, entry.index, {
@@ -70,14 +72,31 @@ function stepFor(file: string, entry: Entry): ApplyStep {
       }
     }
     case EntryType.ConfChange:
-      // Membership lives in the Raft core's configuration; the key-value state is untouched.
-      return { kind: "noop", index: entry.index };
+      // The key-value state is untouched; the recorded configuration changes with the applied index.
+      try {
+        return { kind: "conf-change", index: entry.index, change: decodeMembershipChange(entry.data) };
+      } catch (error: unknown) {
+        if (!(error instanceof CommandCodecError)) throw error;
+        throw new StorageError("bad_command", `committed membership change does not decode: ${error.message}`, file, entry.index, {
+          cause: error,
+        });
+      }
     default:
       return unreachable(entry.type, "apply: unknown entry type");
   }
 }
 
 /** The result reported for a step, given whether a delete found its key. */
+/**
+ * Compare-and-set: a conditional put or delete whose expected version differs from the key's
+ * current one (0 when absent) changes nothing and reports the current version. Every replica
+ * reaches the same verdict: it depends only on the state machine.
+ */
+export function conditionFailure(step: ApplyStep, currentVersion: number): ApplyResult | undefined {
+  if ((step.kind !== "put" && step.kind !== "delete") || step.ifVersion === undefined) return undefined;
+  return step.ifVersion === currentVersion ? undefined : { kind: "conflict", index: step.index, version: currentVersion };
+}
+
 export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {
   switch (step.kind) {
     case "put":
@@ -88,6 +107,8 @@ export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {
       return { kind: "noop", index: step.index };
     case "skipped":
       return { kind: "skipped", index: step.index };
+    case "conf-change":
+      return { kind: "conf-change", index: step.index, change: step.change };
     default:
       return unreachable(step, "apply: unknown step");
   }

@@ -5,6 +5,8 @@
  * ```
  * put:    [0x01] [key length: unsigned LEB128, minimal] [key: UTF-8] [value: every remaining byte]
  * delete: [0x02] [key length: unsigned LEB128, minimal] [key: UTF-8]
+ * put if version:    [0x03] [key length] [key] [expected version: LEB128, at most 8 bytes] [value]
+ * delete if version: [0x04] [key length] [key] [expected version]
  * ```
  * Empty entry data is a leader's no-op (thesis §6.4), never a command: `decodeCommand` rejects it,
  * callers test `isNoopData` first. A committed entry that does not decode is corruption or a bug,
@@ -20,18 +22,27 @@ const keyLengthVarintBytesMax = 3;
 
 const opPut = 0x01;
 const opDelete = 0x02;
+/** Conditional forms (compare-and-set): the expected version follows the key as a LEB128 varint. */
+const opPutIfVersion = 0x03;
+const opDeleteIfVersion = 0x04;
+/** Versions are Raft indexes: below 2^53, so at most 8 LEB128 bytes. */
+const versionVarintBytesMax = 8;
 
 /** Set `key` to `value`. */
 export interface PutCommand {
   readonly op: "put";
   readonly key: string;
   readonly value: Uint8Array;
+  /** Apply only if the key's version is this (0: only if absent); otherwise nothing changes. */
+  readonly ifVersion?: number;
 }
 
 /** Remove `key` (a no-op on the data when absent, but still a versioned write). */
 export interface DeleteCommand {
   readonly op: "delete";
   readonly key: string;
+  /** Apply only if the key's version is this (0: only if absent); otherwise nothing changes. */
+  readonly ifVersion?: number;
 }
 
 /** A state-machine command: what a normal, non-empty Raft entry carries. */
@@ -62,13 +73,18 @@ export function encodeCommand(command: Command): Uint8Array {
     throw new CommandCodecError(`encode: key of ${keyBytes.byteLength} bytes exceeds ${commandKeyBytesMax}`);
   }
   const valueBytes = command.op === "put" ? command.value.byteLength : 0;
-  const out = new Uint8Array(1 + varintByteLength(keyBytes.byteLength) + keyBytes.byteLength + valueBytes);
+  const ifVersion = command.ifVersion;
+  if (ifVersion !== undefined && !(Number.isSafeInteger(ifVersion) && ifVersion >= 0)) {
+    throw new CommandCodecError(`encode: ifVersion ${ifVersion} is not a version`);
+  }
+  const versionBytes = ifVersion === undefined ? 0 : varintByteLength(ifVersion);
+  const out = new Uint8Array(1 + varintByteLength(keyBytes.byteLength) + keyBytes.byteLength + versionBytes + valueBytes);
   switch (command.op) {
     case "put":
-      out[0] = opPut;
+      out[0] = ifVersion === undefined ? opPut : opPutIfVersion;
       break;
     case "delete":
-      out[0] = opDelete;
+      out[0] = ifVersion === undefined ? opDelete : opDeleteIfVersion;
       break;
     default:
       command satisfies never;
@@ -77,6 +93,7 @@ export function encodeCommand(command: Command): Uint8Array {
   let offset = writeVarint(out, 1, keyBytes.byteLength);
   out.set(keyBytes, offset);
   offset += keyBytes.byteLength;
+  if (ifVersion !== undefined) offset = writeVarint(out, offset, ifVersion);
   if (command.op === "put") out.set(command.value, offset);
   return out;
 }
@@ -88,7 +105,7 @@ export function encodeCommand(command: Command): Uint8Array {
 export function decodeCommand(data: Uint8Array): Command {
   if (data.byteLength === 0) throw new CommandCodecError("decode: empty data is a no-op entry, not a command");
   const op = data[0] as number;
-  if (op !== opPut && op !== opDelete) {
+  if (op !== opPut && op !== opDelete && op !== opPutIfVersion && op !== opDeleteIfVersion) {
     throw new CommandCodecError(`decode: unknown op byte 0x${op.toString(16).padStart(2, "0")} in ${data.byteLength} bytes`);
   }
   const { value: keyLength, next: keyStart } = readVarint(data, 1);
@@ -105,11 +122,22 @@ export function decodeCommand(data: Uint8Array): Command {
   } catch {
     throw new CommandCodecError("decode: key is not valid UTF-8");
   }
-  if (op === opPut) return { op: "put", key, value: data.subarray(keyEnd) };
-  if (keyEnd !== data.byteLength) {
-    throw new CommandCodecError(`decode: ${data.byteLength - keyEnd} trailing bytes after a delete`);
+  let valueStart = keyEnd;
+  let ifVersion: number | undefined;
+  if (op === opPutIfVersion || op === opDeleteIfVersion) {
+    const version = readVarint(data, keyEnd, versionVarintBytesMax, "version");
+    if (!Number.isSafeInteger(version.value)) throw new CommandCodecError(`decode: version ${version.value} is not a safe integer`);
+    ifVersion = version.value;
+    valueStart = version.next;
   }
-  return { op: "delete", key };
+  if (op === opPut || op === opPutIfVersion) {
+    const value = data.subarray(valueStart);
+    return ifVersion === undefined ? { op: "put", key, value } : { op: "put", key, value, ifVersion };
+  }
+  if (valueStart !== data.byteLength) {
+    throw new CommandCodecError(`decode: ${data.byteLength - valueStart} trailing bytes after a delete`);
+  }
+  return ifVersion === undefined ? { op: "delete", key } : { op: "delete", key, ifVersion };
 }
 
 function varintByteLength(value: number): number {
@@ -131,17 +159,107 @@ function writeVarint(out: Uint8Array, offset: number, value: number): number {
   return offset;
 }
 
-/** Reads a minimal unsigned LEB128 of at most `keyLengthVarintBytesMax` bytes. */
-function readVarint(data: Uint8Array, offset: number): { value: number; next: number } {
+/** Reads a minimal unsigned LEB128 of at most `keyLengthVarintBytesMax` bytes (key lengths; membership changes reuse it, so its errors say "key length"). */
+function readVarint(
+  data: Uint8Array,
+  offset: number,
+  bytesMax = keyLengthVarintBytesMax,
+  what = "key length",
+): { value: number; next: number } {
   let value = 0;
-  for (let byteCount = 0; byteCount < keyLengthVarintBytesMax; byteCount++) {
+  for (let byteCount = 0; byteCount < bytesMax; byteCount++) {
     const byte = data[offset + byteCount];
-    if (byte === undefined) throw new CommandCodecError("decode: truncated key length");
+    if (byte === undefined) throw new CommandCodecError(`decode: truncated ${what}`);
     value += (byte & 0x7f) * 2 ** (7 * byteCount);
     if ((byte & 0x80) === 0) {
-      if (byte === 0 && byteCount > 0) throw new CommandCodecError("decode: non-minimal key length");
+      if (byte === 0 && byteCount > 0) throw new CommandCodecError(`decode: non-minimal ${what}`);
       return { value, next: offset + byteCount + 1 };
     }
   }
-  throw new CommandCodecError(`decode: key length longer than ${keyLengthVarintBytesMax} bytes`);
+  throw new CommandCodecError(`decode: ${what} longer than ${bytesMax} bytes`);
+}
+
+// ---- Membership changes --------------------------------------------------------------------
+
+/**
+ * A membership change as a ConfChange entry carries it (thesis §4.1): the core's `ConfChange` plus
+ * the addresses the rest of the cluster needs to reach the member. `peerUrl` is required for
+ * `add-learner` (every member learns it from the log); `httpUrl` is optional (for redirects).
+ *
+ * Layout (the leading tag byte is distinct from every kv op byte):
+ * ```
+ * [0x10] [type: 1 add-learner, 2 promote, 3 remove] [node id: LEB128, minimal, <= 3 bytes]
+ * [peer URL length: LEB128] [peer URL: UTF-8] [http URL length: LEB128] [http URL: UTF-8]
+ * ```
+ * A length of 0 means absent. Nothing may follow the http URL.
+ */
+export interface MembershipChange {
+  readonly type: "add-learner" | "promote" | "remove";
+  readonly nodeId: number;
+  readonly peerUrl?: string;
+  readonly httpUrl?: string;
+}
+
+/** Largest node id a change may name (as `kv serve --id` allows). */
+export const membershipNodeIdMax = 1_000_000;
+/** Longest URL, in UTF-8 bytes, a change may carry. */
+export const membershipUrlBytesMax = 2_048;
+
+const confChangeTag = 0x10;
+const changeTypes = ["add-learner", "promote", "remove"] as const;
+
+/** Encodes a membership change; throws `CommandCodecError` for a bad id or URL, or an add without a peer URL. */
+export function encodeMembershipChange(change: MembershipChange): Uint8Array {
+  const typeByte = changeTypes.indexOf(change.type) + 1;
+  if (typeByte === 0) throw new CommandCodecError(`encode: unknown membership change ${JSON.stringify(change.type)}`);
+  if (!Number.isSafeInteger(change.nodeId) || change.nodeId < 1 || change.nodeId > membershipNodeIdMax) {
+    throw new CommandCodecError(`encode: node id ${change.nodeId} is not 1..${membershipNodeIdMax}`);
+  }
+  if (change.type === "add-learner" && (change.peerUrl === undefined || change.peerUrl === "")) {
+    throw new CommandCodecError("encode: add-learner needs the member's peer URL");
+  }
+  const urls = [change.peerUrl ?? "", change.httpUrl ?? ""].map((url) => {
+    if (!url.isWellFormed()) throw new CommandCodecError("encode: URL holds a lone UTF-16 surrogate");
+    const bytes = utf8Encoder.encode(url);
+    if (bytes.byteLength > membershipUrlBytesMax) throw new CommandCodecError(`encode: URL of ${bytes.byteLength} bytes exceeds ${membershipUrlBytesMax}`);
+    return bytes;
+  }) as [Uint8Array, Uint8Array];
+  const size =
+    2 + varintByteLength(change.nodeId) + urls.reduce((sum, bytes) => sum + varintByteLength(bytes.byteLength) + bytes.byteLength, 0);
+  const out = new Uint8Array(size);
+  out[0] = confChangeTag;
+  out[1] = typeByte;
+  let offset = writeVarint(out, 2, change.nodeId);
+  for (const bytes of urls) {
+    offset = writeVarint(out, offset, bytes.byteLength);
+    out.set(bytes, offset);
+    offset += bytes.byteLength;
+  }
+  return out;
+}
+
+/** Decodes ConfChange entry data strictly (as `decodeCommand`); throws `CommandCodecError`. */
+export function decodeMembershipChange(data: Uint8Array): MembershipChange {
+  if (data[0] !== confChangeTag) throw new CommandCodecError(`decode: membership change without its tag byte (${data.byteLength} bytes)`);
+  const type = changeTypes[(data[1] ?? 0) - 1];
+  if (type === undefined) throw new CommandCodecError(`decode: unknown membership change type ${String(data[1])}`);
+  const { value: nodeId, next } = readVarint(data, 2);
+  if (nodeId < 1 || nodeId > membershipNodeIdMax) throw new CommandCodecError(`decode: node id ${nodeId} is not 1..${membershipNodeIdMax}`);
+  let offset = next;
+  const urls: string[] = [];
+  for (let position = 0; position < 2; position++) {
+    const { value: length, next: start } = readVarint(data, offset);
+    if (length > membershipUrlBytesMax) throw new CommandCodecError(`decode: URL length ${length} exceeds ${membershipUrlBytesMax}`);
+    if (start + length > data.byteLength) throw new CommandCodecError("decode: URL runs past the end of the data");
+    try {
+      urls.push(utf8Decoder.decode(data.subarray(start, start + length)));
+    } catch {
+      throw new CommandCodecError("decode: URL is not valid UTF-8");
+    }
+    offset = start + length;
+  }
+  if (offset !== data.byteLength) throw new CommandCodecError(`decode: ${data.byteLength - offset} trailing bytes after a membership change`);
+  const [peerUrl, httpUrl] = urls as [string, string];
+  if (type === "add-learner" && peerUrl === "") throw new CommandCodecError("decode: add-learner without a peer URL");
+  return { type, nodeId, ...(peerUrl === "" ? {} : { peerUrl }), ...(httpUrl === "" ? {} : { httpUrl }) };
 }

@@ -1,5 +1,6 @@
 import type { RaftLogWriter, RaftStorage } from "../raft/storage.ts";
 import type { Entry, NodeId, SnapshotMetadata } from "../raft/types.ts";
+import type { MembershipChange } from "./command.ts";
 
 /**
  * What a node persists: the Raft log and hard state (read by the core through `RaftStorage`,
@@ -11,10 +12,20 @@ import type { Entry, NodeId, SnapshotMetadata } from "../raft/types.ts";
  */
 export interface KvStorage extends RaftStorage, RaftLogWriter {
   /**
-   * Records the cluster's voters the first time; on later calls verifies they are the same set
-   * (order does not matter) and throws `StorageError` `voters_mismatch` otherwise.
+   * Records the cluster's voters (and the peer URLs given, for members that have none recorded) the
+   * first time. On later calls, while no membership change has been applied (`membership()
+   * .changedIndex` is 0), verifies they are the same set (order does not matter) and throws
+   * `StorageError` `voters_mismatch` otherwise; once one has, the recorded configuration is
+   * authoritative and `voters` is not checked (only missing peer URLs are recorded).
    */
-  bootstrap(voters: readonly NodeId[]): void;
+  bootstrap(voters: readonly NodeId[], addresses?: readonly MemberAddress[]): void;
+  /**
+   * A server joining a running cluster (`kv serve --join`) records the configuration the cluster
+   * answered with, as of the change at `changedIndex` that added it. Only on empty storage.
+   */
+  bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void;
+  /** The configuration as of the applied index, with every member's recorded addresses. */
+  membership(): Membership;
   /**
    * Applies committed entries, in index order, atomically with the new applied index. Entries at
    * or below `appliedIndex()` are skipped (so replay after a crash has no double effect); the
@@ -55,7 +66,7 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * the log empties, the snapshot is `metadata`, and commit rises to at least `metadata.index`.
    * Installing an image that is not staged, or one not past the applied index, is a bug.
    */
-  installSnapshot(metadata: SnapshotMetadata, imageId: string): void;
+  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void;
   /** Drops whatever image is staged (a transfer that failed or was not needed). */
   discardStagedImage(): void;
   /** Releases the storage; any later call is a bug. Idempotent. */
@@ -77,10 +88,34 @@ export interface ImageRow {
  */
 export interface KvImageReader {
   readonly metadata: SnapshotMetadata;
+  /** Every member's recorded addresses as of the image's index (sent with it: see `installSnapshot`). */
+  readonly addresses: readonly MemberAddress[];
   /** The next rows, about `bytesMax` bytes of keys and values (at least one row); [] once done. */
   next(bytesMax: number): ImageRow[];
   /** Ends the read. Idempotent. */
   close(): void;
+}
+
+/** Where a member is reached: recorded from `--cluster` at bootstrap, a join answer, or the log. */
+export interface MemberAddress {
+  readonly id: NodeId;
+  /** Base URL of the member's peer (Raft) port. */
+  readonly peerUrl: string;
+  /** Its advertised client URL, when known. */
+  readonly httpUrl?: string;
+}
+
+/**
+ * The configuration as of the applied index (thesis §4.1: a server uses the latest configuration it
+ * applied), kept by the state machine in the same transaction as the applied index.
+ */
+export interface Membership {
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
+  /** Addresses by id, sorted; a member may lack one (only its own `--cluster` flag knows it). */
+  readonly addresses: readonly MemberAddress[];
+  /** Index of the last applied change (or join, or snapshot that changed it); 0: still the bootstrap one. */
+  readonly changedIndex: number;
 }
 
 /** One item of `KvStorage.list`. */
@@ -103,13 +138,17 @@ export type ApplyResult =
   | { readonly kind: "put"; readonly index: number; readonly version: number }
   | { readonly kind: "delete"; readonly index: number; readonly deleted: boolean; readonly version: number }
   | { readonly kind: "noop"; readonly index: number }
-  | { readonly kind: "skipped"; readonly index: number };
+  | { readonly kind: "skipped"; readonly index: number }
+  /** A conditional put or delete whose expected version did not match: nothing changed. */
+  | { readonly kind: "conflict"; readonly index: number; readonly version: number }
+  /** A membership change now in the recorded configuration: the driver hands it to the core. */
+  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
 
 /** Why storage refused to open or to go on: all are operating errors except where noted. */
 export type StorageErrorCode =
   | "corrupt" // a checksum mismatch, a hole in the log, or a stored value out of range
   | "bad_command" // a committed entry does not decode: corruption, or a bug in whoever proposed it
-  | "voters_mismatch" // the configured voters differ from those recorded at bootstrap
+  | "voters_mismatch" // the configured voters differ from those recorded at bootstrap (before any membership change)
   | "voters_invalid" // not a non-empty set of distinct positive integers
   | "schema" // the database was written by an unknown schema version
   | "locked" // another process (or connection) holds the database

@@ -1,7 +1,18 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { planApply, resultFor } from "./apply-plan.ts";
-import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
+import { conditionFailure, planApply, resultFor } from "./apply-plan.ts";
+import {
+  type ApplyResult,
+  type ImageRow,
+  type KvImageReader,
+  type KvStorage,
+  type ListedValue,
+  type MemberAddress,
+  type Membership,
+  StorageError,
+  type StoredValue,
+} from "./kv-storage.ts";
+import { addressesAfterInstall, membershipAfter, sameMembers, withMissingAddresses } from "./membership.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -46,6 +57,8 @@ export class MemoryKvStorage implements KvStorage {
   private hardState: HardState = emptyHardState;
   private voters: readonly NodeId[] = [];
   private learners: readonly NodeId[] = [];
+  private addresses: readonly MemberAddress[] = [];
+  private changedIndex = 0;
   /** Where the log was compacted or a snapshot installed; index 0 when never. */
   private snap: SnapshotMetadata = { index: 0, term: 0, voters: [] };
   /** log[0] is the entry at snap.index + 1. */
@@ -132,11 +145,29 @@ export class MemoryKvStorage implements KvStorage {
   }
 
   /** As `SqliteStorage.bootstrap`. */
-  bootstrap(voters: readonly NodeId[]): void {
+  bootstrap(voters: readonly NodeId[], addresses: readonly MemberAddress[] = []): void {
     this.assertOpen();
     const normalized = normalizeVoters(voters, memoryFile);
-    if (this.voters.length > 0) return checkVotersMatch(this.voters, normalized, memoryFile);
-    this.voters = normalized;
+    if (this.voters.length > 0 && this.changedIndex === 0) checkVotersMatch(this.voters, normalized, memoryFile);
+    if (this.voters.length === 0) this.voters = normalized;
+    this.addresses = withMissingAddresses(this.addresses, addresses);
+  }
+
+  /** As `SqliteStorage.bootstrapJoined`. */
+  bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
+    this.assertOpen();
+    assert(this.voters.length === 0 && this.applied === 0 && this.lastIndex() === 0, "bootstrapJoined on storage that is not empty");
+    assert(Number.isSafeInteger(changedIndex) && changedIndex >= 1, `joined at index ${changedIndex}`);
+    this.voters = normalizeVoters(configuration.voters, memoryFile);
+    this.learners = [...configuration.learners].sort((a, b) => a - b);
+    this.addresses = withMissingAddresses([], configuration.addresses);
+    this.changedIndex = changedIndex;
+  }
+
+  /** As `SqliteStorage.membership`. */
+  membership(): Membership {
+    this.assertOpen();
+    return { voters: this.voters, learners: this.learners, addresses: this.addresses, changedIndex: this.changedIndex };
   }
 
   /** As `SqliteStorage.applyEntries`: atomic, skips entries at or below the applied index. */
@@ -153,12 +184,26 @@ export class MemoryKvStorage implements KvStorage {
       entries,
     );
     const results: ApplyResult[] = [];
+    let membership = this.membership();
     for (const step of plan.steps) {
       let deleted = false;
+      if (step.kind === "conf-change") membership = membershipAfter(membership, step.change, step.index);
+      if ((step.kind === "put" || step.kind === "delete") && step.ifVersion !== undefined) {
+        const conflict = conditionFailure(step, this.values.get(step.key)?.version ?? 0);
+        if (conflict !== undefined) {
+          results.push(conflict);
+          continue;
+        }
+      }
       if (step.kind === "put") this.values.set(step.key, { value: step.value, version: step.index });
       else if (step.kind === "delete") deleted = this.values.delete(step.key);
       results.push(resultFor(step, deleted));
     }
+    // The configuration moves with the applied index, atomically (as sqlite's one transaction).
+    this.voters = membership.voters;
+    this.learners = membership.learners;
+    this.addresses = membership.addresses;
+    this.changedIndex = membership.changedIndex;
     this.applied = plan.appliedIndex;
     return results;
   }
@@ -208,6 +253,7 @@ export class MemoryKvStorage implements KvStorage {
     let closed = false;
     return {
       metadata,
+      addresses: this.addresses,
       next(bytesMax: number): ImageRow[] {
         assert(!closed, "image read after close");
         assert(Number.isSafeInteger(bytesMax) && bytesMax >= 1, `image page of ${bytesMax} bytes`);
@@ -252,10 +298,12 @@ export class MemoryKvStorage implements KvStorage {
   }
 
   /** As `SqliteStorage.installSnapshot`. */
-  installSnapshot(metadata: SnapshotMetadata, imageId: string): void {
+  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses: readonly MemberAddress[] = []): void {
     this.assertOpen();
     checkInstall(this.staging, this.applied, metadata, imageId);
     const { voters, learners } = snapshotConfiguration(metadata, memoryFile);
+    if (!sameMembers({ voters, learners }, this.membership())) this.changedIndex = metadata.index;
+    this.addresses = addressesAfterInstall(addresses, this.addresses, voters, learners);
     this.snap = { index: metadata.index, term: metadata.term, voters, ...(learners.length > 0 ? { learners } : {}) };
     this.values = this.staged;
     this.staged = new Map();
@@ -285,6 +333,8 @@ export class MemoryKvStorage implements KvStorage {
     copy.hardState = this.hardState;
     copy.voters = this.voters;
     copy.learners = this.learners;
+    copy.addresses = this.addresses;
+    copy.changedIndex = this.changedIndex;
     copy.snap = this.snap;
     copy.log = this.log.slice();
     copy.values = new Map(this.values);

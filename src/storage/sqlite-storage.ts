@@ -3,9 +3,20 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyStep, planApply, resultFor } from "./apply-plan.ts";
+import { type ApplyStep, conditionFailure, planApply, resultFor } from "./apply-plan.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
-import { type ApplyResult, type ImageRow, type KvImageReader, type KvStorage, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
+import {
+  type ApplyResult,
+  type ImageRow,
+  type KvImageReader,
+  type KvStorage,
+  type ListedValue,
+  type MemberAddress,
+  type Membership,
+  StorageError,
+  type StoredValue,
+} from "./kv-storage.ts";
+import { addressesAfterInstall, membershipAfter, sameMembers, withMissingAddresses } from "./membership.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -67,7 +78,7 @@ export interface SqliteStorageOptions {
   readonly stagedImageBytesMax?: number;
 }
 
-const schemaVersion = 2;
+const schemaVersion = 3;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
 /** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
@@ -117,6 +128,25 @@ CREATE TABLE kv_staging (   -- a received image being staged; not durable, empti
 ) STRICT;
 `;
 
+/**
+ * Version 2 -> 3: membership. The configuration (meta.voters, meta.learners) and every member's
+ * addresses move with the applied index, in the same transaction as it.
+ */
+const migrationToV3Sql = `
+ALTER TABLE meta ADD COLUMN config_index INTEGER NOT NULL DEFAULT 0;   -- last applied membership change; 0: as bootstrapped
+CREATE TABLE members (      -- where each member is reached, as of applied_index
+  id INTEGER PRIMARY KEY,
+  peer_url TEXT NOT NULL,
+  http_url TEXT             -- NULL when unknown
+) STRICT;
+`;
+
+interface MemberRow {
+  id: number;
+  peer_url: string;
+  http_url: string | null;
+}
+
 interface LogRow {
   idx: number;
   term: number;
@@ -139,8 +169,9 @@ interface MetaRow {
   snapshot_voters: string;
   snapshot_learners: string;
   snapshot_crc: number;
+  config_index: number;
 }
-const metaColumns = "voters, learners, applied_index, snapshot_index, snapshot_term, snapshot_voters, snapshot_learners, snapshot_crc";
+const metaColumns = "voters, learners, applied_index, snapshot_index, snapshot_term, snapshot_voters, snapshot_learners, snapshot_crc, config_index";
 interface ImageRowRow {
   key: string;
   value: Uint8Array;
@@ -248,6 +279,10 @@ function migrate(db: Database, file: string): void {
       db.query("UPDATE meta SET snapshot_crc = ? WHERE id = 1").run(snapshotChecksum(0, 0, "", ""));
       version = 2;
     }
+    if (version === 2) {
+      db.run(migrationToV3Sql);
+      version = 3;
+    }
     db.run(`PRAGMA user_version = ${version}`);
     // An image staged before a restart can never be installed: its transfer died with the process.
     db.run("DELETE FROM kv_staging");
@@ -272,6 +307,9 @@ export class SqliteStorage implements KvStorage {
   private hardStateValue: HardState;
   private voters: readonly NodeId[];
   private learners: readonly NodeId[];
+  /** Members' addresses and the index of the last membership change, as of `applied` (see `Membership`). */
+  private addresses: readonly MemberAddress[];
+  private changedIndex: number;
   private applied: number;
   /** Where the log was last compacted or a snapshot installed; index 0 when never. */
   private snap: SnapshotMetadata;
@@ -299,16 +337,20 @@ export class SqliteStorage implements KvStorage {
   private readonly deleteAllEntries: Statement<unknown, []>;
   private readonly updateSnapshot: Statement<unknown, [number, number, string, string, number]>;
   private readonly updateConfiguration: Statement<unknown, [string, string]>;
+  private readonly updateConfigIndex: Statement<unknown, [number]>;
+  private readonly clearMembers: Statement<unknown, []>;
+  private readonly insertMember: Statement<unknown, [number, string, string | null]>;
   private readonly insertStaged: Statement<unknown, [string, Uint8Array, number]>;
   private readonly clearStaging: Statement<unknown, []>;
   private readonly clearKv: Statement<unknown, []>;
   private readonly copyStagedToKv: Statement<unknown, []>;
   private readonly touchMeta: Statement<unknown, []>;
   private readonly saveTransaction: (hardState: HardState | undefined, entries: readonly Entry[]) => void;
-  private readonly applyTransaction: (steps: readonly ApplyStep[], appliedIndex: number) => ApplyResult[];
+  private readonly applyTransaction: (steps: readonly ApplyStep[], appliedIndex: number, membership: Membership | undefined) => ApplyResult[];
+  private readonly membershipTransaction: (membership: Membership) => void;
   private readonly compactTransaction: (snapshot: SnapshotMetadata) => void;
   private readonly stageTransaction: (rows: readonly ImageRow[], first: boolean) => void;
-  private readonly installTransaction: (snapshot: SnapshotMetadata, hardState: HardState) => void;
+  private readonly installTransaction: (snapshot: SnapshotMetadata, hardState: HardState, membership: Membership) => void;
   private readonly stagedImageBytesMax: number;
   private readonly lockWaitMs: number;
 
@@ -348,6 +390,9 @@ export class SqliteStorage implements KvStorage {
       "UPDATE meta SET snapshot_index = ?, snapshot_term = ?, snapshot_voters = ?, snapshot_learners = ?, snapshot_crc = ? WHERE id = 1",
     );
     this.updateConfiguration = db.prepare("UPDATE meta SET voters = ?, learners = ? WHERE id = 1");
+    this.updateConfigIndex = db.prepare("UPDATE meta SET config_index = ? WHERE id = 1");
+    this.clearMembers = db.prepare("DELETE FROM members");
+    this.insertMember = db.prepare("INSERT INTO members (id, peer_url, http_url) VALUES (?, ?, ?)");
     this.insertStaged = db.prepare("INSERT INTO kv_staging (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING");
     this.clearStaging = db.prepare("DELETE FROM kv_staging");
     this.clearKv = db.prepare("DELETE FROM kv");
@@ -358,12 +403,15 @@ export class SqliteStorage implements KvStorage {
       this.writeSnapshotMeta(snapshot);
     });
     this.stageTransaction = db.transaction((rows: readonly ImageRow[], first: boolean) => this.writeStage(rows, first));
-    this.installTransaction = db.transaction((snapshot: SnapshotMetadata, hardState: HardState) => this.writeInstall(snapshot, hardState));
+    this.installTransaction = db.transaction((snapshot: SnapshotMetadata, hardState: HardState, membership: Membership) =>
+      this.writeInstall(snapshot, hardState, membership),
+    );
+    this.membershipTransaction = db.transaction((membership: Membership) => this.writeMembership(membership));
     this.saveTransaction = db.transaction((hardState: HardState | undefined, entries: readonly Entry[]) =>
       this.writeSave(hardState, entries),
     );
-    this.applyTransaction = db.transaction((steps: readonly ApplyStep[], appliedIndex: number) =>
-      this.writeApply(steps, appliedIndex),
+    this.applyTransaction = db.transaction((steps: readonly ApplyStep[], appliedIndex: number, membership: Membership | undefined) =>
+      this.writeApply(steps, appliedIndex, membership),
     );
 
     this.hardStateValue = this.loadHardState();
@@ -371,6 +419,8 @@ export class SqliteStorage implements KvStorage {
     if (meta === null) throw this.corrupt("meta row missing");
     this.voters = this.parseVoters(meta.voters);
     this.learners = this.parseIds(meta.learners, "learners");
+    this.addresses = this.loadAddresses(db);
+    this.changedIndex = this.checkStoredIndex(meta.config_index, "config index");
     this.applied = this.checkStoredIndex(meta.applied_index, "applied index");
     this.snap = this.loadSnapshotMeta(meta);
     this.last = this.loadLastIndex();
@@ -501,12 +551,62 @@ export class SqliteStorage implements KvStorage {
    * Records the voters on first call; afterwards verifies the same set is configured
    * (`StorageError` `voters_mismatch` otherwise). Durable when it returns.
    */
-  bootstrap(voters: readonly NodeId[]): void {
+  bootstrap(voters: readonly NodeId[], addresses: readonly MemberAddress[] = []): void {
     this.assertOpen();
     const normalized = normalizeVoters(voters, this.file);
-    if (this.voters.length > 0) return checkVotersMatch(this.voters, normalized, this.file);
-    this.updateVoters.run(normalized.join(","));
-    this.voters = normalized;
+    // Before any membership change, --cluster must name the voters recorded at bootstrap (a typo
+    // there would otherwise split the cluster); after one, the recorded configuration wins.
+    if (this.voters.length > 0 && this.changedIndex === 0) checkVotersMatch(this.voters, normalized, this.file);
+    const membership: Membership = {
+      voters: this.voters.length > 0 ? this.voters : normalized,
+      learners: this.learners,
+      addresses: withMissingAddresses(this.addresses, addresses),
+      changedIndex: this.changedIndex,
+    };
+    this.membershipTransaction(membership);
+    this.adoptMembership(membership);
+  }
+
+  /** See `KvStorage.bootstrapJoined`: durable when it returns. */
+  bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
+    this.assertOpen();
+    assert(this.voters.length === 0 && this.applied === 0 && this.last === 0, "bootstrapJoined on storage that is not empty");
+    assert(Number.isSafeInteger(changedIndex) && changedIndex >= 1, `joined at index ${changedIndex}`);
+    const membership: Membership = {
+      voters: normalizeVoters(configuration.voters, this.file),
+      learners: [...configuration.learners].sort((a, b) => a - b),
+      addresses: withMissingAddresses([], configuration.addresses),
+      changedIndex,
+    };
+    this.membershipTransaction(membership);
+    this.adoptMembership(membership);
+  }
+
+  /** See `KvStorage.membership`. */
+  membership(): Membership {
+    this.assertOpen();
+    return { voters: this.voters, learners: this.learners, addresses: this.addresses, changedIndex: this.changedIndex };
+  }
+
+  private writeMembership(membership: Membership): void {
+    this.updateConfiguration.run(idsText(membership.voters), idsText(membership.learners));
+    this.updateConfigIndex.run(membership.changedIndex);
+    this.clearMembers.run();
+    for (const address of membership.addresses) this.insertMember.run(address.id, address.peerUrl, address.httpUrl ?? null);
+  }
+
+  private adoptMembership(membership: Membership): void {
+    this.voters = membership.voters;
+    this.learners = membership.learners;
+    this.addresses = membership.addresses;
+    this.changedIndex = membership.changedIndex;
+  }
+
+  private loadAddresses(db: Database): MemberAddress[] {
+    return db
+      .query<MemberRow, []>("SELECT id, peer_url, http_url FROM members ORDER BY id")
+      .all()
+      .map((row) => ({ id: row.id, peerUrl: row.peer_url, ...(row.http_url === null ? {} : { httpUrl: row.http_url }) }));
   }
 
   /**
@@ -527,15 +627,27 @@ export class SqliteStorage implements KvStorage {
       entries,
     );
     if (plan.appliedIndex === this.applied) return plan.steps.map((step) => resultFor(step, false));
-    const results = this.withSynchronous(false, () => this.applyTransaction(plan.steps, plan.appliedIndex));
+    let membership: Membership | undefined;
+    for (const step of plan.steps) if (step.kind === "conf-change") membership = membershipAfter(membership ?? this.membership(), step.change, step.index);
+    const results = this.withSynchronous(false, () => this.applyTransaction(plan.steps, plan.appliedIndex, membership));
     this.applied = plan.appliedIndex;
+    if (membership !== undefined) this.adoptMembership(membership);
     return results;
   }
 
-  private writeApply(steps: readonly ApplyStep[], appliedIndex: number): ApplyResult[] {
+  private writeApply(steps: readonly ApplyStep[], appliedIndex: number, membership: Membership | undefined): ApplyResult[] {
+    // The configuration as of the new applied index commits with it (or not at all).
+    if (membership !== undefined) this.writeMembership(membership);
     const results: ApplyResult[] = [];
     for (const step of steps) {
       let deleted = false;
+      if ((step.kind === "put" || step.kind === "delete") && step.ifVersion !== undefined) {
+        const conflict = conditionFailure(step, this.selectValue.get(step.key)?.version ?? 0);
+        if (conflict !== undefined) {
+          results.push(conflict);
+          continue;
+        }
+      }
       if (step.kind === "put") this.upsertValue.run(step.key, step.value, step.index);
       else if (step.kind === "delete") deleted = this.deleteValue.run(step.key).changes > 0;
       results.push(resultFor(step, deleted));
@@ -618,7 +730,8 @@ export class SqliteStorage implements KvStorage {
         voters: this.parseVoters(meta.voters),
         ...(learners.length > 0 ? { learners } : {}),
       };
-      const image = new SqliteImageReader(reader, metadata, (closed) => this.imageClosed(closed));
+      const addresses = this.loadAddresses(reader);
+      const image = new SqliteImageReader(reader, metadata, addresses, (closed) => this.imageClosed(closed));
       this.images.add(image);
       return image;
     } catch (error: unknown) {
@@ -668,18 +781,23 @@ export class SqliteStorage implements KvStorage {
   }
 
   /** See `KvStorage.installSnapshot`: one fsynced transaction. */
-  installSnapshot(metadata: SnapshotMetadata, imageId: string): void {
+  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses: readonly MemberAddress[] = []): void {
     this.assertOpen();
     checkInstall(this.staging, this.applied, metadata, imageId);
     const { voters, learners } = snapshotConfiguration(metadata, this.file);
+    const membership: Membership = {
+      voters,
+      learners,
+      addresses: addressesAfterInstall(addresses, this.addresses, voters, learners),
+      changedIndex: sameMembers({ voters, learners }, this.membership()) ? this.changedIndex : metadata.index,
+    };
     const snapshot: SnapshotMetadata = { index: metadata.index, term: metadata.term, voters, ...(learners.length > 0 ? { learners } : {}) };
     // Invariant: applied <= commit. The core commits a snapshot's index as it restores it.
     const hardState: HardState = { ...this.hardStateValue, commit: Math.max(this.hardStateValue.commit, snapshot.index) };
-    this.withSynchronous(true, () => this.installTransaction(snapshot, hardState));
+    this.withSynchronous(true, () => this.installTransaction(snapshot, hardState, membership));
     // Committed: now memory may follow the disk.
     this.hardStateValue = hardState;
-    this.voters = voters;
-    this.learners = learners;
+    this.adoptMembership(membership);
     this.applied = snapshot.index;
     this.snap = snapshot;
     this.last = snapshot.index;
@@ -687,12 +805,12 @@ export class SqliteStorage implements KvStorage {
     this.staging = { imageId: undefined, bytes: 0 };
   }
 
-  private writeInstall(snapshot: SnapshotMetadata, hardState: HardState): void {
+  private writeInstall(snapshot: SnapshotMetadata, hardState: HardState, membership: Membership): void {
     this.clearKv.run();
     this.copyStagedToKv.run();
     this.clearStaging.run();
     this.deleteAllEntries.run();
-    this.updateConfiguration.run(idsText(snapshot.voters), idsText(snapshot.learners ?? []));
+    this.writeMembership(membership);
     this.updateApplied.run(snapshot.index);
     this.writeSnapshotMeta(snapshot);
     if (!hardStateEqual(hardState, this.hardStateValue)) {
@@ -742,8 +860,8 @@ export class SqliteStorage implements KvStorage {
   private verifiedEntry(row: LogRow, expectedIndex: number): Entry {
     if (row.idx !== expectedIndex) throw this.corrupt(`found index ${row.idx} where ${expectedIndex} belongs`, expectedIndex);
     if (entryChecksum(row.idx, row.term, row.type, row.data) !== row.crc) throw this.corrupt("log entry checksum mismatch", row.idx);
-    if (row.type !== EntryType.Normal) throw this.corrupt(`unknown entry type ${row.type}`, row.idx);
-    return { index: row.idx, term: row.term, type: EntryType.Normal, data: row.data };
+    if (row.type !== EntryType.Normal && row.type !== EntryType.ConfChange) throw this.corrupt(`unknown entry type ${row.type}`, row.idx);
+    return { index: row.idx, term: row.term, type: row.type, data: row.data };
   }
 
   private loadHardState(): HardState {
@@ -858,6 +976,7 @@ class SqliteImageReader implements KvImageReader {
   constructor(
     private readonly reader: Database,
     readonly metadata: SnapshotMetadata,
+    readonly addresses: readonly MemberAddress[],
     private readonly onClose: (image: SqliteImageReader) => void,
   ) {
     this.firstPage = reader.prepare("SELECT key, value, version FROM kv ORDER BY key LIMIT ?");
