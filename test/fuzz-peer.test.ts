@@ -230,12 +230,9 @@ describe("peer ports under malformed and forged messages", () => {
     await expectHealthy(cluster, data);
   }, 120_000);
 
-  // KNOWN BUG, in src/raft (not this suite's to fix): Raft.followLeader asserts that no other server
-  // leads in its own term, so one forged (or buggy) heartbeat or append that claims leadership in the
-  // leader's term stops the leader ("two leaders in term N"). Outside input should be ignored, not
-  // asserted (STYLE.md example 4). `test.failing` passes while the bug is there; once the core
-  // ignores such a message, this starts failing: turn it into a plain `test`.
-  test.failing("a forged heartbeat claiming leadership in the leader's own term does not stop the leader", async () => {
+  // Outside input is ignored, not asserted (STYLE.md example 4): a forged claim of leadership in the
+  // leader's own term must not stop it.
+  test("a forged heartbeat claiming leadership in the leader's own term does not stop the leader", async () => {
     const cluster = await startKvCluster({ size: 3, baseDir: mkdtempSync(join(baseDir, "two-leaders-")) });
     cleanups.push(() => cluster.stop());
     const leader = await cluster.waitForLeader();

@@ -168,3 +168,16 @@ describe("leases (thesis §6.4.1)", () => {
     expect(drain(node)).toContainEqual(expect.objectContaining({ type: "vote-response", granted: true }));
   });
 });
+
+describe("forged input", () => {
+  test("a leader ignores an append or heartbeat that claims leadership in its own term (it cannot come from a correct peer)", () => {
+    const node = coreWith(1, 3, [], 1);
+    electLeader(node, [2]);
+    drain(node);
+    const term = node.raft.term;
+    node.step({ type: "heartbeat", from: 2, to: 1, term, commit: 0, readContext: "" });
+    node.step({ type: "append", from: 3, to: 1, term, prevLogIndex: 0, prevLogTerm: 0, entries: [], commit: 0 });
+    expect(node.raft.role).toBe("leader");
+    expect(node.raft.term).toBe(term);
+  });
+});

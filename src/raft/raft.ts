@@ -599,16 +599,22 @@ export class Raft {
   }
 
   /** A current-term leader's message: recognise it and restart the election timer. */
-  private followLeader(from: NodeId): void {
-    assert(this.role !== "leader", `two leaders in term ${this.term}: ${this.id} and ${from}`);
+  /**
+   * A current-term leader's message: recognise it and restart the election timer. Returns false,
+   * and the message is ignored, when we lead this term ourselves: election safety (§5.2) makes
+   * that impossible from a correct peer, so it is forged or buggy input, never a reason to crash.
+   */
+  private followLeader(from: NodeId): boolean {
+    if (this.role === "leader") return false;
     if (this.role === "candidate") this.becomeFollower(this.term, from);
     this.leaderId = from;
     this.electionElapsedTicks = 0;
+    return true;
   }
 
   /** §5.3: the consistency check, then append and advance commit. */
   private handleAppend(m: AppendRequest): void {
-    this.followLeader(m.from);
+    if (!this.followLeader(m.from)) return;
     const reply = { type: "append-response", from: this.id, to: m.from, term: this.term } as const;
     if (m.prevLogIndex < this.log.committed) {
       // Everything up to commit is known to match; answer so the leader can move on.
@@ -662,7 +668,7 @@ export class Raft {
 
   /** InstallSnapshot (thesis §5.1): restore from the leader's image unless our log already covers it. */
   private handleSnapshot(m: SnapshotRequest): void {
-    this.followLeader(m.from);
+    if (!this.followLeader(m.from)) return;
     const reply = { type: "append-response", from: this.id, to: m.from, term: this.term, hintIndex: 0, hintTerm: 0 } as const;
     const { index, term } = m.snapshot;
     if (index <= this.log.committed) {
@@ -689,7 +695,7 @@ export class Raft {
   }
 
   private handleHeartbeat(m: HeartbeatRequest): void {
-    this.followLeader(m.from);
+    if (!this.followLeader(m.from)) return;
     this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
     this.send({ type: "heartbeat-response", from: this.id, to: m.from, term: this.term, readContext: m.readContext });
   }

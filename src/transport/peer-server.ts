@@ -102,11 +102,14 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
   };
 }
 
-/** A unary Connect error answer (status from the code, JSON body), built without reading the request. */
+/**
+ * A unary Connect error answer (status from the code, JSON body), built without reading the
+ * request. The connection closes after it, so the refused body is not read and discarded either.
+ */
 function connectErrorResponse(error: ConnectError): Response {
   return new Response(errorToJsonBytes(error, {}), {
     status: codeToHttpStatus(error.code),
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", connection: "close" },
   });
 }
 
