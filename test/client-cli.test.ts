@@ -98,3 +98,12 @@ test("kv list pages through every key under a prefix, in order, linearizably", a
   const json = await kv(["list", "list/", "--limit", "7", "--json", "--endpoints", endpoints]);
   expect((JSON.parse(json.out) as { key: string }[]).map((i) => i.key)).toEqual(Array.from({ length: 7 }, (_, i) => `list/0${i}`));
 });
+
+test("kv leader transfer --to N hands leadership over through whichever endpoint answers", async () => {
+  const leader = await cluster.waitForLeader();
+  const target = cluster.nodes.find((n) => n.id !== leader)!.id;
+  const result = await kv(["leader", "transfer", "--to", String(target), "--endpoints", endpoints, "--json"]);
+  expect(result.code).toBe(0);
+  expect(JSON.parse(result.out)).toMatchObject({ leaderId: target, previousLeaderId: leader });
+  expect(await cluster.waitForLeader()).toBe(target);
+});

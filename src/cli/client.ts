@@ -308,8 +308,27 @@ const membersCommand = defineCommand({
   },
 });
 
+const leaderTransferCommand = defineCommand({
+  meta: { name: "transfer", description: "Hand leadership to node N (--to) or to the most caught-up voter" },
+  args: { to: { type: "string", description: "The node to hand over to (default: the most caught-up voter)", valueHint: "N" }, ...connectionArgs },
+  async run({ args }) {
+    const conn = connection(args);
+    const query = args.to === undefined ? "" : `?to=${parseIntFlag("to", args.to, 1, 1_000_000)}`;
+    const answer = await send(conn, "POST", `/leader/transfer${query}`);
+    if (answer.status !== 200) fail(answer);
+    const result = parseJson<{ leaderId: number; previousLeaderId: number }>(answer);
+    print(conn, result, `leadership moved from node ${result.previousLeaderId} to node ${result.leaderId}`);
+  },
+});
+
+const leaderCommand = defineCommand({
+  meta: { name: "leader", description: "Leadership commands" },
+  subCommands: { transfer: leaderTransferCommand },
+});
+
 /** The client commands, by name, for the top-level CLI. */
 export const clientCommands = {
+  leader: leaderCommand,
   put: putCommand,
   get: getCommand,
   del: delCommand,
