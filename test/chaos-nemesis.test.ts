@@ -230,3 +230,10 @@ describe("live display", () => {
     expect(written).toBe("a line\n");
   });
 });
+
+test("longestGapSince measures the longest stretch without an acknowledgement inside a window", async () => {
+  const { longestGapSince } = await import("../src/chaos/restart.ts");
+  expect(longestGapSince([5, 10, 50, 55], 0, 60)).toBe(40);
+  expect(longestGapSince([], 100, 130)).toBe(30);
+  expect(longestGapSince([1, 200], 50, 100)).toBe(50); // acknowledgements outside the window do not count
+});

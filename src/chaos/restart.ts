@@ -11,6 +11,8 @@ export interface RestartOptions {
   /** Client timeout per request. */
   readonly requestTimeoutMs: number;
   readonly display: LiveDisplay;
+  /** How each node is stopped: "term" (graceful: a leader hands over first) or "kill" (SIGKILL). */
+  readonly signal: "term" | "kill";
 }
 
 /** One node's turn in the rolling restart. */
@@ -24,6 +26,9 @@ export interface NodeRestart {
   /** From its "started" line to having applied the leader's commit index. */
   readonly catchUpMs: number;
   readonly caughtUpToIndex: number;
+  /** The longest stretch with no acknowledged write from the signal until it caught up, in ms. */
+  readonly gapMs: number;
+  readonly ackedDuring: number;
 }
 
 export interface RestartResult {
@@ -67,19 +72,25 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
     await untilLoadTime(load, ((turn + 1) * opts.durationMs) / (ids.length + 1));
     const leaderBefore = await cluster.waitForLeader(undefined, 20_000);
     const wasLeader = leaderBefore === id;
-    print(`[Step ${4 + turn}] Restarting Node ${id}${wasLeader ? " (the leader)" : ""}: SIGTERM, start again, wait until it catches up...`);
+    const how = opts.signal === "term" ? "SIGTERM" : "SIGKILL";
+    print(`[Step ${4 + turn}] Restarting Node ${id}${wasLeader ? " (the leader)" : ""}: ${how}, start again, wait until it catches up...`);
     display.setFault(`node ${id} restarting`);
     const stoppedAt = performance.now();
-    const exitCode = await cluster.terminate(id);
+    const ackedBefore = load.ok;
+    const exitCode = opts.signal === "term" ? await cluster.terminate(id) : (await cluster.kill(id), null);
     await cluster.startNode(id);
     const startedAt = performance.now();
     display.setFault(`node ${id} catching up`);
     const caughtUpToIndex = await waitForCatchUp(cluster, id, 30_000);
     const caughtUpAt = performance.now();
     display.setFault("none");
+    // The stretch without an acknowledged write that this restart caused, from the signal on.
+    const gapMs = longestGapSince(load.ackTimesMs, stoppedAt, caughtUpAt);
     const restart: NodeRestart = {
       node: id,
       wasLeader,
+      gapMs,
+      ackedDuring: load.ok - ackedBefore,
       exitCode,
       restartMs: Math.round(startedAt - stoppedAt),
       catchUpMs: Math.round(caughtUpAt - startedAt),
@@ -87,7 +98,7 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
     };
     restarts.push(restart);
     print(
-      `         Node ${id} exited with ${exitCode ?? "no code (SIGKILLed after the shutdown timeout)"}, was back in ${restart.restartMs} ms and caught up to index ${caughtUpToIndex} in ${restart.catchUpMs} ms`,
+      `         Node ${id} exited with ${exitCode ?? (opts.signal === "kill" ? "SIGKILL" : "no code (SIGKILLed after the shutdown timeout)")}, was back in ${restart.restartMs} ms and caught up to index ${caughtUpToIndex} in ${restart.catchUpMs} ms; longest gap without an acknowledged write meanwhile: ${gapMs} ms`,
     );
   }
   await load.waitForAcks(load.ok + ACKS_BETWEEN_RESTARTS_MIN, 60_000);
@@ -106,12 +117,26 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
   print(`Restarts: ${restarts.length}`);
   print(`Availability: ${(avail.ratio * 100).toFixed(1)}% of ${avail.attempts} write attempts acknowledged`);
   print(`Longest gap with no acknowledged write: ${avail.longestGapMs} ms (from ${avail.longestGapFromMs} ms to ${avail.longestGapToMs} ms into the load)`);
+  const leaderRestart = restarts.find((r) => r.wasLeader);
+  if (leaderRestart !== undefined) print(`Leader restart (${opts.signal === "term" ? "SIGTERM, hand-over" : "SIGKILL"}): no acknowledged write for ${leaderRestart.gapMs} ms`);
   print(`Converged on applied index: ${verification.convergedIndex}`);
   printVerification(verification, print);
   const ok = verificationHolds(verification);
   print("");
   print(ok ? "✅ SUCCESS: No acknowledged write was lost through a rolling restart!" : "❌ FAILURE: acknowledged writes were lost or changed");
   return { ok, restarts, availability: avail, refused: load.failed, unknown: load.unknown, verification };
+}
+
+/** The longest interval within [fromMs, toMs] containing no acknowledgement time. */
+export function longestGapSince(ackTimesMs: readonly number[], fromMs: number, toMs: number): number {
+  let previous = fromMs;
+  let longest = 0;
+  for (const at of ackTimesMs) {
+    if (at < fromMs || at > toMs) continue;
+    longest = Math.max(longest, at - previous);
+    previous = at;
+  }
+  return Math.round(Math.max(longest, toMs - previous));
 }
 
 /** Resolves once the load has run for `ms` (a timer for the schedule, not a wait for a condition). */

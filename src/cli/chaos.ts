@@ -184,13 +184,16 @@ const scenarios: Record<string, ScenarioDefinition> = {
     args: {
       duration: { type: "string", description: "Seconds the write load runs at least; restarts are spread across it (default 6)", valueHint: "S" },
       concurrency: { type: "string", description: "Concurrent writers (default 4)", valueHint: "N" },
+      signal: { type: "string", description: "term (graceful: a leader hands over first; default) or kill (SIGKILL), to compare", valueHint: "SIGNAL" },
       ...clientTimeoutArg,
     },
     create(flags) {
       const durationMs = intFlag(flags, "duration", 6, 1, 86_400) * 1000;
       const concurrency = intFlag(flags, "concurrency", 4, 1, 1_000);
       const requestTimeoutMs = clientTimeoutMs(flags);
-      return (cluster, display) => runRestart(cluster, { durationMs, concurrency, requestTimeoutMs, display });
+      const signal = typeof flags.signal === "string" ? flags.signal : "term";
+      if (signal !== "term" && signal !== "kill") throw new UsageError(`--signal must be term or kill, got '${signal}'`);
+      return (cluster, display) => runRestart(cluster, { durationMs, concurrency, requestTimeoutMs, display, signal });
     },
   },
   random: {
