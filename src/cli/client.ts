@@ -326,8 +326,74 @@ const leaderCommand = defineCommand({
   subCommands: { transfer: leaderTransferCommand },
 });
 
+interface MembersAnswer {
+  members: { id: number; peerUrl: string; httpUrl: string | null; role: string | null }[];
+  leaderId: number;
+  configIndex: number;
+}
+
+/** Prints a configuration: one member a line (id, role, peer URL, client URL), the leader marked. */
+function printMembers(conn: Connection, view: MembersAnswer): void {
+  if (conn.json) return print(conn, view, "");
+  for (const member of view.members) {
+    const role = `${member.role ?? "-"}${member.id === view.leaderId ? ",leader" : ""}`;
+    console.log(`${member.id}\t${role}\t${member.peerUrl}\t${member.httpUrl ?? "-"}`);
+  }
+}
+
+/** Runs one membership request; an answer's error becomes the exit it means (409 conf_change_pending: 2). */
+async function memberRequest(conn: Connection, method: string, path: string, body?: unknown): Promise<void> {
+  const answer = await send(conn, method, path, body === undefined ? undefined : new TextEncoder().encode(JSON.stringify(body)));
+  if (answer.status !== 200) fail(answer);
+  printMembers(conn, parseJson<MembersAnswer>(answer));
+}
+
+const idArg = { id: { type: "positional", required: true, description: "The member's node id" } } as const;
+
+const memberCommand = defineCommand({
+  meta: { name: "member", description: "Membership: list, add (as a learner, promoted once caught up), remove, promote" },
+  subCommands: {
+    list: defineCommand({
+      meta: { name: "list", description: "The configuration as the first answering endpoint applied it" },
+      args: { ...connectionArgs },
+      async run({ args }) {
+        const conn = connection(args);
+        const answer = await send(conn, "GET", "/members");
+        if (answer.status !== 200) fail(answer);
+        printMembers(conn, parseJson<MembersAnswer>(answer));
+      },
+    }),
+    add: defineCommand({
+      meta: { name: "add", description: "Add node ID, reached at PEER_URL, as a learner (then start it with kv serve --id ID on an empty data dir)" },
+      args: {
+        ...idArg,
+        peerUrl: { type: "positional", required: true, description: "Its peer URL, e.g. http://127.0.0.1:5004" },
+        ...connectionArgs,
+      },
+      async run({ args }) {
+        await memberRequest(connection(args), "POST", "/members", { id: parseIntFlag("id", args.id, 1, 1_000_000), peerUrl: args.peerUrl });
+      },
+    }),
+    remove: defineCommand({
+      meta: { name: "remove", description: "Remove node ID (the leader itself hands over first)" },
+      args: { ...idArg, ...connectionArgs },
+      async run({ args }) {
+        await memberRequest(connection(args), "DELETE", `/members/${parseIntFlag("id", args.id, 1, 1_000_000)}`);
+      },
+    }),
+    promote: defineCommand({
+      meta: { name: "promote", description: "Make learner ID a voter now" },
+      args: { ...idArg, ...connectionArgs },
+      async run({ args }) {
+        await memberRequest(connection(args), "POST", `/members/${parseIntFlag("id", args.id, 1, 1_000_000)}/promote`);
+      },
+    }),
+  },
+});
+
 /** The client commands, by name, for the top-level CLI. */
 export const clientCommands = {
+  member: memberCommand,
   leader: leaderCommand,
   put: putCommand,
   get: getCommand,

@@ -16,6 +16,7 @@ import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { createConnectTransport } from "../transport/connect-transport.ts";
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
 import { createLogger, type Logger, type LogFormat, type LogLevel } from "./logger.ts";
+import { joinCluster } from "./join.ts";
 import { localCluster, parseCluster, parseHostPort, parseIntFlag, UsageError } from "./usage-error.ts";
 
 /**
@@ -87,6 +88,16 @@ export const serveCommand = defineCommand({
     },
     "tls-cert": { type: "string", description: "PEM certificate (chain) for HTTPS on the client and peer ports; peer URLs are then https", valueHint: "FILE" },
     "tls-key": { type: "string", description: "PEM private key of --tls-cert", valueHint: "FILE" },
+    join: {
+      type: "string",
+      description: "Join a running cluster: ask it (any member's client URL; redirects are followed) to add this node as a learner. Ignored once the data dir holds a configuration",
+      valueHint: "URL,URL,...",
+    },
+    "advertise-peer": {
+      type: "string",
+      description: "Peer URL the cluster reaches this node at, sent with --join (default: http(s):// + --listen-peer)",
+      valueHint: "URL",
+    },
     "peer-ca": {
       type: "string",
       description: "PEM CA for mutual TLS between peers: callers need a certificate it signed, and peers' servers are verified against it",
@@ -95,7 +106,16 @@ export const serveCommand = defineCommand({
   },
   async run({ args }) {
     const id = parseIntFlag("id", args.id, 1, 1_000_000);
-    const peers = args.cluster === undefined ? localCluster() : parseCluster(args.cluster);
+    const joinEndpoints = args.join === undefined ? undefined : parseJoinEndpoints(args.join);
+    // A joining node needs no --cluster: the cluster's answer says who is in it.
+    const peers = args.cluster === undefined ? (joinEndpoints === undefined ? localCluster() : new Map<number, string>()) : parseCluster(args.cluster);
+    if (!peers.has(id) && (joinEndpoints !== undefined || args["advertise-peer"] !== undefined)) {
+      const listen = args["listen-peer"];
+      if (args["advertise-peer"] === undefined && listen === undefined) throw new UsageError("--join needs --listen-peer (or --advertise-peer) when --cluster has no entry for this node");
+      const scheme = args["tls-cert"] === undefined ? "http" : "https";
+      peers.set(id, (args["advertise-peer"] ?? `${scheme}://${listen}`).replace(/\/+$/, ""));
+    }
+    const advertisePeer = (args["advertise-peer"] ?? peers.get(id))?.replace(/\/+$/, "");
     const selfPeerUrl = peers.get(id);
     if (selfPeerUrl === undefined) throw new UsageError(`--cluster has no entry for node ${id}`);
     const selfPeer = new URL(selfPeerUrl);
@@ -158,10 +178,38 @@ export const serveCommand = defineCommand({
       ["sync"],
     );
     const sqliteStorage = openSqliteStorage(dataDir);
+    let joinedClusterId: string | undefined;
+    if (joinEndpoints !== undefined) {
+      const fresh = sqliteStorage.membership().voters.length === 0 && sqliteStorage.lastIndex() === 0;
+      if (!fresh) {
+        logger.log("info", "join", { detail: "the data dir already holds a configuration: not joining again" });
+      } else {
+        const httpUrl = listenHttp.port === 0 ? args["advertise-http"] : (args["advertise-http"] ?? `${tls === undefined ? "http" : "https"}://${listenHttp.hostname}:${listenHttp.port}`);
+        try {
+          const answer = await joinCluster({
+            endpoints: joinEndpoints,
+            id,
+            peerUrl: advertisePeer as string,
+            httpUrl: httpUrl?.replace(/\/+$/, ""),
+            authToken,
+            timeoutMs: 60_000,
+            logger,
+          });
+          sqliteStorage.bootstrapJoined(answer, answer.configIndex);
+          joinedClusterId = answer.clusterId;
+          logger.log("info", "joined", { voters: answer.voters, learners: answer.learners, configIndex: answer.configIndex });
+        } catch (error) {
+          sqliteStorage.close();
+          logger.log("error", "stopping", { reason: `join failed: ${error instanceof Error ? error.message : String(error)}` });
+          process.exit(1);
+        }
+      }
+    }
     const storage = observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS));
     // After the storage: its exclusive lock keeps a second process off this data dir.
-    const clusterIdChoice = chooseClusterId(dataDir, [...peers.keys()], clusterToken, logger, () => storage.close());
-    if (clusterIdChoice.clusterId !== clusterIdChoice.derivedId) {
+    const clusterIdChoice = chooseClusterId(dataDir, [...peers.keys()], clusterToken, logger, () => storage.close(), joinedClusterId);
+    // After a membership change --cluster no longer names the voters the id was derived from.
+    if (clusterIdChoice.clusterId !== clusterIdChoice.derivedId && sqliteStorage.membership().changedIndex === 0) {
       logger.log("warn", "cluster id", {
         detail: `the data dir belongs to cluster ${clusterIdChoice.clusterId}, but this configuration (voters and cluster token) derives ${clusterIdChoice.derivedId}: peers of another cluster will refuse this node`,
         clusterId: clusterIdChoice.clusterId,
@@ -171,9 +219,12 @@ export const serveCommand = defineCommand({
     const clock = createSystemClock();
     let nodeMetrics: NodeMetrics | undefined;
     let advertiseHttp = args["advertise-http"];
+    // The transport's peer map: the node keeps it filled with every member's peer URL as membership changes.
+    const peerDirectory = new Map([...peers].filter(([peerId]) => peerId !== id));
     const node = new KvNode({
       id,
       peers,
+      peerDirectory,
       httpUrl: "", // set below once the HTTP port is bound
       storage,
       clock,
@@ -224,7 +275,7 @@ export const serveCommand = defineCommand({
     advertiseHttp ??= `${tls === undefined ? "http" : "https"}://${listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname}:${httpPort}`;
     node.setHttpUrl(advertiseHttp.replace(/\/+$/, ""));
 
-    const others = new Map([...peers].filter(([peerId]) => peerId !== id));
+    const others = peerDirectory;
     const transport = createConnectTransport({
       selfId: id,
       selfHttpUrl: advertiseHttp,
@@ -271,7 +322,7 @@ export const serveCommand = defineCommand({
     }
     async function stopServing(code: number, reason: string): Promise<void> {
       logger.log(code === 0 ? "info" : "error", "stopping", { reason, inflightRequests: http.inflightRequests() });
-      if (code === 0 && node.status().role === "leader" && peers.size > 1) {
+      if (code === 0 && node.status().role === "leader" && node.members().members.filter((member) => member.role === "voter").length > 1) {
         // Hand over before leaving so a rolling restart costs no election timeout (thesis §3.10).
         // Requests keep being served meanwhile; writes are redirected once another node leads.
         const handover = await node.transferLeadership(undefined).then(
@@ -388,13 +439,24 @@ function errorText(error: unknown): string {
 }
 
 /** The data dir's cluster id, derived and written at bootstrap. A damaged file stops the node: exit 1 with a clear line. */
-function chooseClusterId(dataDir: string, voters: number[], clusterToken: string | undefined, logger: Logger, onError: () => void) {
+function chooseClusterId(dataDir: string, voters: number[], clusterToken: string | undefined, logger: Logger, onError: () => void, joinedClusterId?: string) {
   try {
-    return loadOrCreateClusterId(dataDir, deriveClusterId(voters, clusterToken));
+    // A node that just joined adopts the cluster's id (the voters it was derived from are the cluster's first ones).
+    return loadOrCreateClusterId(dataDir, joinedClusterId ?? deriveClusterId(voters, clusterToken));
   } catch (error) {
     if (!(error instanceof ClusterIdFileError)) throw error;
     onError();
     logger.log("error", "stopping", { reason: `${error.message}: restore it, or remove it to derive the id again` });
     process.exit(1);
   }
+}
+
+/** `--join` endpoints: comma-separated client URLs of running members. */
+function parseJoinEndpoints(value: string): string[] {
+  const endpoints = value.split(",").map((part) => part.trim()).filter((part) => part !== "");
+  if (endpoints.length === 0) throw new UsageError("--join needs at least one member's client URL");
+  for (const endpoint of endpoints) {
+    if (!URL.canParse(endpoint) || !/^https?:$/.test(new URL(endpoint).protocol)) throw new UsageError(`--join: '${endpoint}' is not an http(s) URL`);
+  }
+  return endpoints;
 }

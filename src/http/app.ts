@@ -5,8 +5,10 @@ import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WriteOptions } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { decodeKvKey, KV_PATH_PREFIX } from "./kv-key.ts";
+import { openApiDocument } from "./openapi.ts";
 import { rawTarget } from "./raw-target.ts";
 import { readBodyBytesMax } from "./read-body.ts";
+import { createMembersRoutes } from "./members-routes.ts";
 
 /** Limits of the client API. */
 export interface HttpAppOptions {
@@ -188,6 +190,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         { parse: "none" },
       )
       .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
+      .all("/openapi.json", route(READ_ONLY_ALLOW, readOnlyRoute("/openapi.json", () => jsonResponse(openApiDocument, 200))), { parse: "none" })
+      .use(createMembersRoutes(node))
   );
 }
 
@@ -244,7 +248,12 @@ function statusJson(status: NodeStatus) {
     lastLogIndex: status.lastLogIndex,
     snapshotIndex: status.snapshotIndex,
     firstLogIndex: status.firstLogIndex,
-    members: status.members.map((member) => ({ id: member.id, peerUrl: member.peerUrl, httpUrl: member.httpUrl ?? null })),
+    members: status.members.map((member) => ({
+      id: member.id,
+      peerUrl: member.peerUrl,
+      httpUrl: member.httpUrl ?? null,
+      ...(member.role === undefined ? {} : { role: member.role }),
+    })),
   };
 }
 

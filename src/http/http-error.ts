@@ -66,6 +66,8 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
         details.retryAfterS === undefined ? {} : { "retry-after": String(retryAfterS(details)) },
       );
     case "version_mismatch":
+    case "conf_change_pending":
+    case "member_exists":
       return jsonResponse(body(code, error.message, details), 409);
     case "overloaded":
       return jsonResponse(body(code, error.message, { ...details, retryAfterS: retryAfterS(details) }), 429, {

@@ -6,7 +6,7 @@
 import { KvError } from "../lib/kv-error.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
 import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
-import type { KvNodeApi, NodeStatus } from "../node/api.ts";
+import type { KvNodeApi, MembersView, NodeStatus } from "../node/api.ts";
 
 /** Role names as exported: every one is present, 1 for the current role, 0 for the others. */
 const roles = ["follower", "candidate", "leader"] as const;
@@ -50,6 +50,8 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     LATENCY_BUCKETS_S,
   );
 
+  /** Membership answers carry the cluster id: a server joining with `kv serve --join` adopts it. */
+  const withClusterId = (view: MembersView): MembersView => ({ ...view, clusterId: info.clusterId });
   let lastLeaderId = status.leaderId;
   /** Writes: a synchronous throw is a refusal before proposing (not_leader); a rejection is a failed proposal. */
   function write<T>(op: "put" | "delete", start: () => Promise<T>): Promise<T> {
@@ -80,6 +82,10 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     status: () => node.status(),
     healthy: () => node.healthy(),
     transferLeadership: (target) => node.transferLeadership(target),
+    ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
+    ...(node.addMember === undefined ? {} : { addMember: (id: number, peerUrl: string, httpUrl?: string) => node.addMember!(id, peerUrl, httpUrl).then(withClusterId) }),
+    ...(node.removeMember === undefined ? {} : { removeMember: (id: number) => node.removeMember!(id).then(withClusterId) }),
+    ...(node.promoteMember === undefined ? {} : { promoteMember: (id: number) => node.promoteMember!(id).then(withClusterId) }),
   };
   return {
     node: wrapped,

@@ -12,7 +12,9 @@ export type KvErrorCode =
   | "method_not_allowed"
   | "unavailable" // the node is shutting down or its storage failed
   | "overloaded" // too many requests waiting; retry later
-  | "version_mismatch"; // a conditional write found another version: nothing changed
+  | "version_mismatch" // a conditional write found another version: nothing changed
+  | "conf_change_pending" // another membership change is not yet applied: nothing was proposed
+  | "member_exists"; // the node to add is already a member: nothing was proposed
 
 export interface KvErrorDetails {
   leaderId?: number;

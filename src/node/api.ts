@@ -22,6 +22,18 @@ export interface MemberStatus {
   readonly id: NodeId;
   readonly peerUrl: string;
   readonly httpUrl: string | undefined;
+  /** Voters decide; learners replicate and are promoted once caught up (absent: not known here). */
+  readonly role?: "voter" | "learner";
+}
+
+/** The configuration as a node applied it, and the leader it knows (0: none). */
+export interface MembersView {
+  readonly members: readonly MemberStatus[];
+  readonly leaderId: NodeId;
+  /** The index of the last applied membership change (0: none since bootstrap). */
+  readonly configIndex: number;
+  /** The cluster's id (see src/lib/cluster-id.ts), when the serving layer knows it: a joining server adopts it. */
+  readonly clusterId?: string;
 }
 
 export interface NodeStatus {
@@ -67,4 +79,16 @@ export interface KvNodeApi {
    * leader's id (0 if not yet known) once this node stepped down. `not_leader` on a follower.
    */
   transferLeadership(target: NodeId | undefined): Promise<{ leaderId: NodeId }>;
+  /** The configuration this node applied (voters and learners with their addresses). */
+  members?(): MembersView;
+  /**
+   * Membership changes (thesis §4.1, one server at a time), on the leader (`not_leader` elsewhere).
+   * Each resolves once the change is committed and applied here, with the configuration after it;
+   * `conf_change_pending` while another change is unapplied. `addMember` adds a learner (the leader
+   * promotes it once caught up); `removeMember` of the leader itself first hands leadership over
+   * and then rejects with `not_leader` naming the new leader, which performs the removal.
+   */
+  addMember?(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView>;
+  removeMember?(id: NodeId): Promise<MembersView>;
+  promoteMember?(id: NodeId): Promise<MembersView>;
 }

@@ -5,10 +5,10 @@ import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
 import { ProposalRefusedError, type Message, type NodeId, type Ready, type SnapshotMetadata, type SnapshotRequest, type SnapshotToInstall } from "../raft/types.ts";
-import { encodeCommand, type Command } from "../storage/command.ts";
-import type { ApplyResult, KvStorage } from "../storage/kv-storage.ts";
+import { encodeCommand, encodeMembershipChange, type Command, type MembershipChange } from "../storage/command.ts";
+import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storage.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
-import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
+import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
 
 /** The error a conditional write gets when the key's version is not the expected one. */
 function versionMismatch(key: string, expected: number | undefined, current: number): KvError {
@@ -18,8 +18,18 @@ function versionMismatch(key: string, expected: number | undefined, current: num
 /** How a node is set up. Everything with a unit says it. */
 export interface KvNodeConfig {
   readonly id: NodeId;
-  /** Every voter's peer URL, this node's own included. */
+  /**
+   * Peer URLs as this node reaches them (`--cluster`), its own included. On a data dir that has
+   * applied no membership change they are the voters, checked against those recorded; once one is
+   * applied (or for a node that joined) the recorded configuration decides who is a member, and
+   * these only override recorded addresses.
+   */
   readonly peers: ReadonlyMap<NodeId, string>;
+  /**
+   * The transport's peer map, which this node keeps filled with every other member's peer URL as
+   * the configuration changes (the transport reads it lazily). Optional: in-memory tests need none.
+   */
+  readonly peerDirectory?: Map<NodeId, string>;
   /** This node's advertised client URL (for redirects and /status); `setHttpUrl` may set it later. */
   readonly httpUrl: string;
   readonly storage: KvStorage;
@@ -79,6 +89,12 @@ interface QueuedWrite extends Waiter<ApplyResult> {
   readonly data: Uint8Array;
 }
 
+/** A membership change proposed here, waiting to be applied. */
+interface PendingConfChange extends Waiter<MembersView> {
+  readonly index: number;
+  readonly term: number;
+}
+
 interface PendingRead extends Waiter<void> {
   /** Set once the read index is known: serve when applied >= readIndex. */
   readIndex: number;
@@ -118,6 +134,13 @@ export class KvNode implements KvNodeApi {
   private incomingSnapshot: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number } | undefined;
   private readonly snapshotEntries: number;
   private readonly snapshotCatchUpEntries: number;
+  /** Every member's addresses as this node reaches them: the recorded ones, overridden by `cfg.peers`. */
+  private readonly addresses = new Map<NodeId, MemberAddress>();
+  /** Member addresses that came with the image being staged, by image id (at most one image). */
+  private stagedAddresses: { imageId: string; addresses: readonly MemberAddress[] } | undefined;
+  private pendingConfChange: PendingConfChange | undefined;
+  /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
+  private removed = false;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -127,9 +150,26 @@ export class KvNode implements KvNodeApi {
       Number.isSafeInteger(this.snapshotCatchUpEntries) && this.snapshotCatchUpEntries >= 0 && this.snapshotEntries > this.snapshotCatchUpEntries,
       "need snapshotEntries > snapshotCatchUpEntries >= 0",
     );
-    const voters = [...cfg.peers.keys()].sort((a, b) => a - b);
-    assert(voters.includes(cfg.id), `node ${cfg.id} is not among the peers`);
-    cfg.storage.bootstrap(voters);
+    const flagAddresses = [...cfg.peers].map(([id, peerUrl]) => ({ id, peerUrl }));
+    const recorded = cfg.storage.membership();
+    if (recorded.changedIndex === 0) {
+      // Never changed: --cluster names the voters (checked against those recorded at bootstrap).
+      const voters = [...cfg.peers.keys()].sort((a, b) => a - b);
+      assert(voters.includes(cfg.id), `node ${cfg.id} is not among the peers`);
+      cfg.storage.bootstrap(voters, flagAddresses);
+    } else {
+      // The recorded configuration (as of the applied index) wins over --cluster from here on.
+      const flagVoters = [...cfg.peers.keys()].sort((a, b) => a - b).join(",");
+      if (cfg.peers.size > 1 && flagVoters !== recorded.voters.join(",")) {
+        cfg.log?.("membership", {
+          detail: `using the configuration recorded at index ${recorded.changedIndex} (voters ${recorded.voters.join(",")}, learners ${recorded.learners.join(",") || "none"}), not the voters given by --cluster (${flagVoters})`,
+        });
+      }
+    }
+    this.refreshAddresses();
+    const now = cfg.storage.membership();
+    this.removed = now.changedIndex > 0 && !now.voters.includes(cfg.id) && !now.learners.includes(cfg.id);
+    if (this.removed) cfg.log?.("removed", { detail: "the recorded configuration does not include this node: it was removed; it serves no requests" });
     this.raw = new RawNode({
       id: cfg.id,
       storage: cfg.storage,
@@ -233,8 +273,140 @@ export class KvNode implements KvNodeApi {
       lastLogIndex: raft.log.lastIndex(),
       snapshotIndex: this.cfg.storage.snapshot().index,
       firstLogIndex: this.cfg.storage.firstIndex(),
-      members: [...this.cfg.peers].map(([id, peerUrl]) => ({ id, peerUrl, httpUrl: this.httpUrlOf(id) })),
+      members: this.memberStatuses(),
     };
+  }
+
+  // ---- Membership ---------------------------------------------------------------------------
+
+  members(): MembersView {
+    return { members: this.memberStatuses(), leaderId: this.raw.raft.leaderId, configIndex: this.cfg.storage.membership().changedIndex };
+  }
+
+  addMember(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {
+    this.refuseUnlessRunning();
+    if (this.raw.raft.members().includes(id)) {
+      return Promise.reject(new KvError("member_exists", `node ${id} is already a ${this.raw.raft.isVoter(id) ? "voter" : "learner"}`));
+    }
+    return this.proposeMembershipChange({ type: "add-learner", nodeId: id, peerUrl, ...(httpUrl === undefined ? {} : { httpUrl }) });
+  }
+
+  promoteMember(id: NodeId): Promise<MembersView> {
+    this.refuseUnlessRunning();
+    if (!this.raw.raft.learners.includes(id)) {
+      const what = this.raw.raft.isVoter(id) ? "already a voter" : "not a member";
+      return Promise.reject(new KvError(this.raw.raft.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
+    }
+    return this.proposeMembershipChange({ type: "promote", nodeId: id });
+  }
+
+  async removeMember(id: NodeId): Promise<MembersView> {
+    this.refuseUnlessRunning();
+    const raft = this.raw.raft;
+    if (!raft.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
+    if (raft.role !== "leader") throw this.notLeader();
+    if (raft.isVoter(id) && raft.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
+    if (id === this.cfg.id) {
+      // A leader does not remove itself (it would go on leading a configuration it is not in until
+      // the change commits): it hands over, and the caller retries on the new leader (a 307).
+      const { leaderId } = await this.transferLeadership(undefined);
+      throw this.notLeaderAfterTransfer(leaderId);
+    }
+    return this.proposeMembershipChange({ type: "remove", nodeId: id });
+  }
+
+  private notLeaderAfterTransfer(leaderId: NodeId): KvError {
+    const leaderUrl = this.httpUrlOf(leaderId);
+    if (leaderId === 0 || leaderUrl === undefined) {
+      return new KvError("no_leader", "leadership was handed over to remove this node; retry on the new leader", { retryAfterS: 1 });
+    }
+    return new KvError("not_leader", `leadership was handed to node ${leaderId}, which will perform the removal`, { leaderId, leaderUrl });
+  }
+
+  /** Proposes one change (the core refuses a second while one is unapplied) and waits for it to apply here. */
+  private proposeMembershipChange(change: MembershipChange): Promise<MembersView> {
+    this.refuseUnlessRunning();
+    const raft = this.raw.raft;
+    if (raft.role !== "leader") return Promise.reject(this.notLeader());
+    if (this.pendingConfChange !== undefined) return Promise.reject(this.confChangePending());
+    let index: number;
+    try {
+      // Outside a turn no Ready is outstanding, so the core may take the proposal now.
+      index = raft.proposeConfChange(encodeMembershipChange(change));
+    } catch (error: unknown) {
+      if (!(error instanceof ProposalRefusedError)) throw error;
+      if (error.reason === "conf_change_pending") return Promise.reject(this.confChangePending());
+      if (error.reason === "leader_transfer") return Promise.reject(new KvError("unavailable", "leadership is being handed over; retry shortly", { retryAfterS: 1 }));
+      return Promise.reject(this.notLeader());
+    }
+    this.cfg.log?.("membership proposed", { change: change.type, nodeId: change.nodeId, index, ...(change.peerUrl === undefined ? {} : { peerUrl: change.peerUrl }) });
+    this.scheduleTurn();
+    return new Promise<MembersView>((resolve, reject) => {
+      this.pendingConfChange = { resolve, reject, deadlineMs: this.deadline(), index, term: raft.term };
+    });
+  }
+
+  private confChangePending(): KvError {
+    return new KvError("conf_change_pending", "another membership change is not yet applied; retry once it is", { retryAfterS: 1 });
+  }
+
+  /** Applies a committed change (already in the recorded configuration) to the core and the peer map. */
+  private applyMembershipChange(result: Extract<ApplyResult, { kind: "conf-change" }>, term: number): void {
+    const { change, index } = result;
+    this.raw.raft.applyConfChange({ type: change.type, nodeId: change.nodeId });
+    this.refreshAddresses();
+    const raft = this.raw.raft;
+    this.cfg.log?.("membership applied", { change: change.type, nodeId: change.nodeId, index, voters: raft.voters, learners: raft.learners });
+    if (change.type === "remove" && change.nodeId === this.cfg.id) {
+      this.removed = true;
+      this.cfg.log?.("removed", { detail: `this node was removed from the cluster at index ${index}; it serves no more requests and may be stopped`, index });
+    }
+    const pending = this.pendingConfChange;
+    if (pending === undefined || index < pending.index) return;
+    this.pendingConfChange = undefined;
+    if (index === pending.index && term === pending.term) pending.resolve(this.members());
+    else pending.reject(new KvError("no_leader", "leadership changed before the membership change committed; it was not applied", { retryAfterS: 1 }));
+  }
+
+  /** The leader promotes a learner whose log has caught up with its commit index (one change at a time). */
+  private maybePromoteLearner(): void {
+    const raft = this.raw.raft;
+    if (raft.role !== "leader" || this.pendingConfChange !== undefined || this.stopped) return;
+    for (const learner of raft.learners) {
+      const match = raft.matchIndexOf(learner);
+      if (match === undefined || match < raft.log.committed) continue;
+      this.proposeMembershipChange({ type: "promote", nodeId: learner }).then(
+        () => this.cfg.log?.("learner promoted", { nodeId: learner }),
+        (error: unknown) => this.cfg.log?.("learner promotion failed", { nodeId: learner, error: error instanceof Error ? error.message : String(error) }),
+      );
+      return;
+    }
+  }
+
+  /** Rebuilds the address book from storage and flags, and the transport's peer map from it. */
+  private refreshAddresses(): void {
+    const membership = this.cfg.storage.membership();
+    const memberIds = new Set([...membership.voters, ...membership.learners]);
+    this.addresses.clear();
+    for (const address of membership.addresses) this.addresses.set(address.id, address);
+    // This node's own --cluster view of a peer wins (e.g. a proxy in between); never for ex-members.
+    for (const [id, peerUrl] of this.cfg.peers) {
+      if (memberIds.has(id) || membership.changedIndex === 0) this.addresses.set(id, { ...this.addresses.get(id), id, peerUrl });
+    }
+    const directory = this.cfg.peerDirectory;
+    if (directory === undefined) return;
+    for (const id of [...directory.keys()]) if (!memberIds.has(id) && !this.cfg.peers.has(id)) directory.delete(id);
+    for (const [id, address] of this.addresses) if (id !== this.cfg.id && directory.get(id) !== address.peerUrl) directory.set(id, address.peerUrl);
+  }
+
+  private memberStatuses(): MemberStatus[] {
+    const raft = this.raw.raft;
+    return raft.members().sort((a, b) => a - b).map((id) => ({
+      id,
+      peerUrl: this.addresses.get(id)?.peerUrl ?? "",
+      httpUrl: this.httpUrlOf(id) ?? this.addresses.get(id)?.httpUrl,
+      role: raft.isVoter(id) ? "voter" : "learner",
+    }));
   }
 
   /**
@@ -246,7 +418,7 @@ export class KvNode implements KvNodeApi {
     this.refuseUnlessRunning();
     const raft = this.raw.raft;
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
-    const voters = [...this.cfg.peers.keys()].filter((id) => id !== this.cfg.id);
+    const voters = raft.voters.filter((id) => id !== this.cfg.id);
     if (target !== undefined && !voters.includes(target)) {
       return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
     }
@@ -311,6 +483,7 @@ export class KvNode implements KvNodeApi {
   private refuseUnlessRunning(): void {
     if (this.failure !== undefined) throw new KvError("unavailable", `the node stopped: ${this.failure.message}`);
     if (this.stopped || this.transport === undefined) throw new KvError("unavailable", "the node is not running");
+    if (this.removed) throw new KvError("unavailable", "this node was removed from the cluster; it serves no requests");
   }
 
   private refuseWhenFull(): void {
@@ -331,6 +504,7 @@ export class KvNode implements KvNodeApi {
     if (this.stopped) return;
     this.raw.tick();
     this.expireWaiters();
+    this.maybePromoteLearner();
     this.turn();
   }
 
@@ -415,7 +589,10 @@ export class KvNode implements KvNodeApi {
     if (late.length > 0) this.sendMessages(late);
     if (ready.committedEntries.length > 0) {
       const results = this.cfg.storage.applyEntries(ready.committedEntries);
-      results.forEach((result, i) => this.settleWrite(result, ready.committedEntries[i]!.term));
+      results.forEach((result, i) => {
+        if (result.kind === "conf-change") this.applyMembershipChange(result, ready.committedEntries[i]!.term);
+        else this.settleWrite(result, ready.committedEntries[i]!.term);
+      });
     }
     for (const state of ready.readStates) {
       const reads = this.readsByContext.get(state.readContext);
@@ -442,6 +619,8 @@ export class KvNode implements KvNodeApi {
         const lost = new KvError("timeout", "leadership was lost before the write committed; its outcome is unknown");
         for (const write of this.pendingWrites.values()) write.reject(lost);
         this.pendingWrites.clear();
+        this.pendingConfChange?.reject(new KvError("timeout", "leadership was lost before the membership change committed; its outcome is unknown"));
+        this.pendingConfChange = undefined;
       }
     }
     this.raw.advance(ready);
@@ -453,7 +632,10 @@ export class KvNode implements KvNodeApi {
   /** Ready.snapshot: the staged image replaces the state machine and the log, before anything else is saved. */
   private installSnapshot(snapshot: SnapshotToInstall): void {
     const { index, term } = snapshot.metadata;
-    this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId);
+    const staged = this.stagedAddresses?.imageId === snapshot.imageId ? this.stagedAddresses.addresses : [];
+    this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, staged);
+    this.stagedAddresses = undefined;
+    this.refreshAddresses();
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
     // Writes proposed here as leader at covered indexes: the image cannot tell whether ours committed there.
     for (const [writeIndex, write] of this.pendingWrites) {
@@ -472,7 +654,14 @@ export class KvNode implements KvNodeApi {
         this.startSnapshotTransfer(message);
       }
     }
-    const rest = others ?? messages;
+    let rest = others ?? messages;
+    const directory = this.cfg.peerDirectory;
+    // A member whose address this node has not learned cannot be reached (the transport would assert).
+    if (directory !== undefined && rest.some((message) => !directory.has(message.to))) {
+      const unknown = [...new Set(rest.filter((message) => !directory.has(message.to)).map((message) => message.to))];
+      this.cfg.log?.("peer address unknown", { peers: unknown, detail: "messages to these members were dropped" });
+      rest = rest.filter((message) => directory.has(message.to));
+    }
     if (rest.length > 0) this.transport?.send(rest);
   }
 
@@ -488,6 +677,7 @@ export class KvNode implements KvNodeApi {
     const transport = this.transport;
     const to = message.to;
     if (transport === undefined || this.outgoingSnapshots.has(to)) return;
+    if (this.cfg.peerDirectory !== undefined && !this.cfg.peerDirectory.has(to)) return; // address unknown (see sendMessages)
     const abort = new AbortController();
     this.outgoingSnapshots.set(to, abort);
     const term = message.term;
@@ -535,6 +725,7 @@ export class KvNode implements KvNodeApi {
     if (chunk.seq === 0) {
       assert(chunk.metadata !== undefined, "the transport checks the first chunk has metadata");
       incoming = { from: chunk.from, imageId: chunk.imageId, metadata: chunk.metadata, nextSeq: 0 };
+      this.stagedAddresses = { imageId: chunk.imageId, addresses: chunk.addresses ?? [] };
       this.incomingSnapshot = undefined;
     } else if (incoming === undefined || incoming.imageId !== chunk.imageId || incoming.from !== chunk.from) {
       throw new SnapshotChunkRefusedError(`chunk ${chunk.seq} of image ${chunk.imageId}, which this node is not staging`);
@@ -622,6 +813,10 @@ export class KvNode implements KvNodeApi {
   private expireWaiters(): void {
     const now = this.cfg.clock.nowMs();
     const timeout = (what: string) => new KvError("timeout", `${what} did not complete in ${this.cfg.requestTimeoutMs} ms; its outcome is unknown`);
+    if (this.pendingConfChange !== undefined && this.pendingConfChange.deadlineMs <= now) {
+      this.pendingConfChange.reject(timeout("the membership change"));
+      this.pendingConfChange = undefined;
+    }
     for (const [index, write] of this.pendingWrites) {
       if (write.deadlineMs <= now) {
         this.pendingWrites.delete(index);
@@ -655,6 +850,8 @@ export class KvNode implements KvNodeApi {
     const unknown = new KvError("timeout", `${error.message}; a write already proposed may still commit`);
     for (const write of this.pendingWrites.values()) write.reject(unknown);
     this.pendingWrites.clear();
+    this.pendingConfChange?.reject(unknown);
+    this.pendingConfChange = undefined;
     for (const read of [...this.queuedReads, ...this.queuedLeaseReads]) read.reject(error);
     this.queuedReads = [];
     this.queuedLeaseReads = [];

@@ -4,12 +4,12 @@
  * checks every field and throws `TransportDecodeError`, as `fromSendRequest` does for messages.
  */
 import { create } from "@bufbuild/protobuf";
-import { ImageRowSchema, SendSnapshotChunkRequestSchema, SnapshotMetadataSchema } from "../gen/kv/v1/raft_pb.ts";
+import { ImageRowSchema, MemberAddressSchema, SendSnapshotChunkRequestSchema, SnapshotMetadataSchema } from "../gen/kv/v1/raft_pb.ts";
 import type { ImageRow as ProtoImageRow, SendSnapshotChunkRequest } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
 import type { NodeId, SnapshotMetadata } from "../raft/types.ts";
 import { TransportDecodeError, count, flag, nodeId, snapshotMetadataFromFields, text } from "./codec.ts";
-import type { SnapshotChunk, SnapshotRow } from "./transport.ts";
+import type { PeerAddress, SnapshotChunk, SnapshotRow } from "./transport.ts";
 
 /** Limits on one incoming chunk; anything beyond them is refused as absurd. */
 export interface SnapshotDecodeLimits {
@@ -31,6 +31,10 @@ export const defaultSnapshotDecodeLimits: SnapshotDecodeLimits = {
 /** Image ids are short names made by the sender. */
 export const imageIdLengthMax = 128;
 
+/** Bounds on the member addresses a first chunk carries. */
+const addressesMax = 128;
+const urlLengthMax = 2_048;
+
 /** A chunk's sequence number travels as uint32. */
 const seqMax = 0xffff_ffff;
 
@@ -49,6 +53,9 @@ export function toSendSnapshotChunkRequest(chunk: SnapshotChunk): SendSnapshotCh
     ...(metadata === undefined ? {} : { metadata: metadataToProto(metadata) }),
     rows: chunk.rows.map(rowToProto),
     done: chunk.done,
+    addresses: (chunk.addresses ?? []).map((address) =>
+      create(MemberAddressSchema, { id: address.id, peerUrl: address.peerUrl, httpUrl: address.httpUrl ?? "" }),
+    ),
   });
 }
 
@@ -116,5 +123,26 @@ export function fromSendSnapshotChunkRequest(
     }
     rows.push({ key, value: proto.value, version });
   }
-  return { from, to, term, imageId, seq, metadata, rows, done: flag(request.done, "chunk.done") };
+  const addresses = addressesFromProto(request.addresses, seq);
+  return { from, to, term, imageId, seq, metadata, ...(addresses.length > 0 ? { addresses } : {}), rows, done: flag(request.done, "chunk.done") };
+}
+
+/** Members' addresses of a first chunk: at most 128, ids valid and distinct, URLs of 1 to 2048 characters (http URL may be empty). */
+function addressesFromProto(list: unknown, seq: number): PeerAddress[] {
+  if (list === undefined) return [];
+  if (!Array.isArray(list)) throw new TransportDecodeError("chunk.addresses is not a list");
+  if (list.length > 0 && seq !== 0) throw new TransportDecodeError(`chunk ${seq} carries addresses, which only the first chunk may`);
+  if (list.length > addressesMax) throw new TransportDecodeError(`chunk carries ${list.length} member addresses, more than ${addressesMax}`);
+  const addresses: PeerAddress[] = [];
+  const seen = new Set<NodeId>();
+  for (const proto of list as { id: unknown; peerUrl: unknown; httpUrl: unknown }[]) {
+    const id = nodeId(proto.id, "address.id");
+    if (seen.has(id)) throw new TransportDecodeError(`chunk.addresses names node ${id} twice`);
+    seen.add(id);
+    const peerUrl = text(proto.peerUrl, "address.peerUrl", urlLengthMax);
+    if (peerUrl === "") throw new TransportDecodeError(`chunk.addresses: node ${id} has no peer URL`);
+    const httpUrl = text(proto.httpUrl, "address.httpUrl", urlLengthMax);
+    addresses.push({ id, peerUrl, ...(httpUrl === "" ? {} : { httpUrl }) });
+  }
+  return addresses;
 }

@@ -60,6 +60,7 @@ export function* chunksOf(from: NodeId, to: NodeId, image: SnapshotImage, option
       imageId: options.imageId,
       seq,
       metadata: seq === 0 ? image.metadata : undefined,
+      ...(seq === 0 && image.addresses !== undefined ? { addresses: image.addresses } : {}),
       rows,
       done,
     };

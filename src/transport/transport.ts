@@ -35,9 +35,18 @@ export interface SnapshotRow {
   readonly version: number;
 }
 
+/** Where one member is reached (the storage's `MemberAddress`). */
+export interface PeerAddress {
+  readonly id: NodeId;
+  readonly peerUrl: string;
+  readonly httpUrl?: string;
+}
+
 /** An image being read for sending (the storage's `KvImageReader`). */
 export interface SnapshotImage {
   readonly metadata: SnapshotMetadata;
+  /** Every member's addresses as of the image: sent with its first chunk. */
+  readonly addresses?: readonly PeerAddress[];
   /** The next rows, about `bytesMax` bytes (at least one row); [] once done. */
   next(bytesMax: number): SnapshotRow[];
 }
@@ -63,6 +72,8 @@ export interface SnapshotChunk {
   readonly imageId: string;
   readonly seq: number;
   readonly metadata: SnapshotMetadata | undefined;
+  /** On the first chunk: where each member of the image's configuration is reached ([] if not sent). */
+  readonly addresses?: readonly PeerAddress[];
   readonly rows: readonly SnapshotRow[];
   readonly done: boolean;
 }

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kv/v1/raft.proto.
  */
 export const file_kv_v1_raft: GenFile = /*@__PURE__*/
-  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSK5AQoYU2VuZFNuYXBzaG90Q2h1bmtSZXF1ZXN0EgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIQCghpbWFnZV9pZBgEIAEoCRILCgNzZXEYBSABKA0SKQoIbWV0YWRhdGEYBiABKAsyFy5rdi52MS5TbmFwc2hvdE1ldGFkYXRhEh0KBHJvd3MYByADKAsyDy5rdi52MS5JbWFnZVJvdxIMCgRkb25lGAggASgIIhsKGVNlbmRTbmFwc2hvdENodW5rUmVzcG9uc2UiUQoQU25hcHNob3RNZXRhZGF0YRINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEg4KBnZvdGVycxgDIAMoDRIQCghsZWFybmVycxgEIAMoDSI3CghJbWFnZVJvdxILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAwSDwoHdmVyc2lvbhgDIAEoBCJ/CgtTZW5kUmVxdWVzdBIMCgRmcm9tGAEgASgNEhUKDWZyb21faHR0cF91cmwYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5rdi52MS5SYWZ0TWVzc2FnZUoECAQQBUoECAUQBlIKY2x1c3Rlcl9pZFINY2x1c3Rlcl90b2tlbiIOCgxTZW5kUmVzcG9uc2UiqQQKC1JhZnRNZXNzYWdlEgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIiCgR2b3RlGAogASgLMhIua3YudjEuVm90ZVJlcXVlc3RIABIsCg12b3RlX3Jlc3BvbnNlGAsgASgLMhMua3YudjEuVm90ZVJlc3BvbnNlSAASJgoGYXBwZW5kGAwgASgLMhQua3YudjEuQXBwZW5kUmVxdWVzdEgAEjAKD2FwcGVuZF9yZXNwb25zZRgNIAEoCzIVLmt2LnYxLkFwcGVuZFJlc3BvbnNlSAASLAoJaGVhcnRiZWF0GA4gASgLMhcua3YudjEuSGVhcnRiZWF0UmVxdWVzdEgAEjYKEmhlYXJ0YmVhdF9yZXNwb25zZRgPIAEoCzIYLmt2LnYxLkhlYXJ0YmVhdFJlc3BvbnNlSAASLQoKcmVhZF9pbmRleBgQIAEoCzIXLmt2LnYxLlJlYWRJbmRleFJlcXVlc3RIABI3ChNyZWFkX2luZGV4X3Jlc3BvbnNlGBEgASgLMhgua3YudjEuUmVhZEluZGV4UmVzcG9uc2VIABI5ChBpbnN0YWxsX3NuYXBzaG90GBIgASgLMh0ua3YudjEuSW5zdGFsbFNuYXBzaG90UmVxdWVzdEgAEi8KC3RpbWVvdXRfbm93GBQgASgLMhgua3YudjEuVGltZW91dE5vd1JlcXVlc3RIAEIGCgRib2R5SgQIExAUImAKC1ZvdGVSZXF1ZXN0EhYKDmxhc3RfbG9nX2luZGV4GAEgASgEEhUKDWxhc3RfbG9nX3Rlcm0YAiABKAQSEAoIcHJlX3ZvdGUYAyABKAgSEAoIdHJhbnNmZXIYBCABKAgiMQoMVm90ZVJlc3BvbnNlEg8KB2dyYW50ZWQYASABKAgSEAoIcHJlX3ZvdGUYAiABKAgiaQoWSW5zdGFsbFNuYXBzaG90UmVxdWVzdBINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEg4KBnZvdGVycxgDIAMoDRIQCghpbWFnZV9pZBgEIAEoCRIQCghsZWFybmVycxgFIAMoDSITChFUaW1lb3V0Tm93UmVxdWVzdCJtCg1BcHBlbmRSZXF1ZXN0EhYKDnByZXZfbG9nX2luZGV4GAEgASgEEhUKDXByZXZfbG9nX3Rlcm0YAiABKAQSHQoHZW50cmllcxgDIAMoCzIMLmt2LnYxLkVudHJ5Eg4KBmNvbW1pdBgEIAEoBCJXCg5BcHBlbmRSZXNwb25zZRIPCgdzdWNjZXNzGAEgASgIEg0KBWluZGV4GAIgASgEEhIKCmhpbnRfaW5kZXgYAyABKAQSEQoJaGludF90ZXJtGAQgASgEIjgKEEhlYXJ0YmVhdFJlcXVlc3QSDgoGY29tbWl0GAEgASgEEhQKDHJlYWRfY29udGV4dBgCIAEoCSIpChFIZWFydGJlYXRSZXNwb25zZRIUCgxyZWFkX2NvbnRleHQYASABKAkiKAoQUmVhZEluZGV4UmVxdWVzdBIUCgxyZWFkX2NvbnRleHQYASABKAkiSgoRUmVhZEluZGV4UmVzcG9uc2USFAoMcmVhZF9jb250ZXh0GAEgASgJEg0KBWluZGV4GAIgASgEEhAKCHJlamVjdGVkGAMgASgIIlIKBUVudHJ5EgwKBHRlcm0YASABKAQSDQoFaW5kZXgYAiABKAQSHgoEdHlwZRgDIAEoDjIQLmt2LnYxLkVudHJ5VHlwZRIMCgRkYXRhGAQgASgMKloKCUVudHJ5VHlwZRIaChZFTlRSWV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRU5UUllfVFlQRV9OT1JNQUwQARIaChZFTlRSWV9UWVBFX0NPTkZfQ0hBTkdFEAIymgEKC1JhZnRTZXJ2aWNlEjEKBFNlbmQSEi5rdi52MS5TZW5kUmVxdWVzdBoTLmt2LnYxLlNlbmRSZXNwb25zZSIAElgKEVNlbmRTbmFwc2hvdENodW5rEh8ua3YudjEuU2VuZFNuYXBzaG90Q2h1bmtSZXF1ZXN0GiAua3YudjEuU2VuZFNuYXBzaG90Q2h1bmtSZXNwb25zZSIAYgZwcm90bzM");
+  fileDesc("ChBrdi92MS9yYWZ0LnByb3RvEgVrdi52MSLiAQoYU2VuZFNuYXBzaG90Q2h1bmtSZXF1ZXN0EgwKBGZyb20YASABKA0SCgoCdG8YAiABKA0SDAoEdGVybRgDIAEoBBIQCghpbWFnZV9pZBgEIAEoCRILCgNzZXEYBSABKA0SKQoIbWV0YWRhdGEYBiABKAsyFy5rdi52MS5TbmFwc2hvdE1ldGFkYXRhEh0KBHJvd3MYByADKAsyDy5rdi52MS5JbWFnZVJvdxIMCgRkb25lGAggASgIEicKCWFkZHJlc3NlcxgJIAMoCzIULmt2LnYxLk1lbWJlckFkZHJlc3MiPwoNTWVtYmVyQWRkcmVzcxIKCgJpZBgBIAEoDRIQCghwZWVyX3VybBgCIAEoCRIQCghodHRwX3VybBgDIAEoCSIbChlTZW5kU25hcHNob3RDaHVua1Jlc3BvbnNlIlEKEFNuYXBzaG90TWV0YWRhdGESDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIOCgZ2b3RlcnMYAyADKA0SEAoIbGVhcm5lcnMYBCADKA0iNwoISW1hZ2VSb3cSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgMEg8KB3ZlcnNpb24YAyABKAQifwoLU2VuZFJlcXVlc3QSDAoEZnJvbRgBIAEoDRIVCg1mcm9tX2h0dHBfdXJsGAIgASgJEiQKCG1lc3NhZ2VzGAMgAygLMhIua3YudjEuUmFmdE1lc3NhZ2VKBAgEEAVKBAgFEAZSCmNsdXN0ZXJfaWRSDWNsdXN0ZXJfdG9rZW4iDgoMU2VuZFJlc3BvbnNlIqkECgtSYWZ0TWVzc2FnZRIMCgRmcm9tGAEgASgNEgoKAnRvGAIgASgNEgwKBHRlcm0YAyABKAQSIgoEdm90ZRgKIAEoCzISLmt2LnYxLlZvdGVSZXF1ZXN0SAASLAoNdm90ZV9yZXNwb25zZRgLIAEoCzITLmt2LnYxLlZvdGVSZXNwb25zZUgAEiYKBmFwcGVuZBgMIAEoCzIULmt2LnYxLkFwcGVuZFJlcXVlc3RIABIwCg9hcHBlbmRfcmVzcG9uc2UYDSABKAsyFS5rdi52MS5BcHBlbmRSZXNwb25zZUgAEiwKCWhlYXJ0YmVhdBgOIAEoCzIXLmt2LnYxLkhlYXJ0YmVhdFJlcXVlc3RIABI2ChJoZWFydGJlYXRfcmVzcG9uc2UYDyABKAsyGC5rdi52MS5IZWFydGJlYXRSZXNwb25zZUgAEi0KCnJlYWRfaW5kZXgYECABKAsyFy5rdi52MS5SZWFkSW5kZXhSZXF1ZXN0SAASNwoTcmVhZF9pbmRleF9yZXNwb25zZRgRIAEoCzIYLmt2LnYxLlJlYWRJbmRleFJlc3BvbnNlSAASOQoQaW5zdGFsbF9zbmFwc2hvdBgSIAEoCzIdLmt2LnYxLkluc3RhbGxTbmFwc2hvdFJlcXVlc3RIABIvCgt0aW1lb3V0X25vdxgUIAEoCzIYLmt2LnYxLlRpbWVvdXROb3dSZXF1ZXN0SABCBgoEYm9keUoECBMQFCJgCgtWb3RlUmVxdWVzdBIWCg5sYXN0X2xvZ19pbmRleBgBIAEoBBIVCg1sYXN0X2xvZ190ZXJtGAIgASgEEhAKCHByZV92b3RlGAMgASgIEhAKCHRyYW5zZmVyGAQgASgIIjEKDFZvdGVSZXNwb25zZRIPCgdncmFudGVkGAEgASgIEhAKCHByZV92b3RlGAIgASgIImkKFkluc3RhbGxTbmFwc2hvdFJlcXVlc3QSDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIOCgZ2b3RlcnMYAyADKA0SEAoIaW1hZ2VfaWQYBCABKAkSEAoIbGVhcm5lcnMYBSADKA0iEwoRVGltZW91dE5vd1JlcXVlc3QibQoNQXBwZW5kUmVxdWVzdBIWCg5wcmV2X2xvZ19pbmRleBgBIAEoBBIVCg1wcmV2X2xvZ190ZXJtGAIgASgEEh0KB2VudHJpZXMYAyADKAsyDC5rdi52MS5FbnRyeRIOCgZjb21taXQYBCABKAQiVwoOQXBwZW5kUmVzcG9uc2USDwoHc3VjY2VzcxgBIAEoCBINCgVpbmRleBgCIAEoBBISCgpoaW50X2luZGV4GAMgASgEEhEKCWhpbnRfdGVybRgEIAEoBCI4ChBIZWFydGJlYXRSZXF1ZXN0Eg4KBmNvbW1pdBgBIAEoBBIUCgxyZWFkX2NvbnRleHQYAiABKAkiKQoRSGVhcnRiZWF0UmVzcG9uc2USFAoMcmVhZF9jb250ZXh0GAEgASgJIigKEFJlYWRJbmRleFJlcXVlc3QSFAoMcmVhZF9jb250ZXh0GAEgASgJIkoKEVJlYWRJbmRleFJlc3BvbnNlEhQKDHJlYWRfY29udGV4dBgBIAEoCRINCgVpbmRleBgCIAEoBBIQCghyZWplY3RlZBgDIAEoCCJSCgVFbnRyeRIMCgR0ZXJtGAEgASgEEg0KBWluZGV4GAIgASgEEh4KBHR5cGUYAyABKA4yEC5rdi52MS5FbnRyeVR5cGUSDAoEZGF0YRgEIAEoDCpaCglFbnRyeVR5cGUSGgoWRU5UUllfVFlQRV9VTlNQRUNJRklFRBAAEhUKEUVOVFJZX1RZUEVfTk9STUFMEAESGgoWRU5UUllfVFlQRV9DT05GX0NIQU5HRRACMpoBCgtSYWZ0U2VydmljZRIxCgRTZW5kEhIua3YudjEuU2VuZFJlcXVlc3QaEy5rdi52MS5TZW5kUmVzcG9uc2UiABJYChFTZW5kU25hcHNob3RDaHVuaxIfLmt2LnYxLlNlbmRTbmFwc2hvdENodW5rUmVxdWVzdBogLmt2LnYxLlNlbmRTbmFwc2hvdENodW5rUmVzcG9uc2UiAGIGcHJvdG8z");
 
 /**
  * SendSnapshotChunkRequest is one piece of the image `image_id`, streamed by server `from`.
@@ -81,6 +81,14 @@ export type SendSnapshotChunkRequest = Message<"kv.v1.SendSnapshotChunkRequest">
    * @generated from field: bool done = 8;
    */
   done: boolean;
+
+  /**
+   * Where every member of the image's configuration is reached, as the sender recorded it. Set on
+   * the first chunk (seq 0) only, so that a server that installs the image can reach every member.
+   *
+   * @generated from field: repeated kv.v1.MemberAddress addresses = 9;
+   */
+  addresses: MemberAddress[];
 };
 
 /**
@@ -89,6 +97,39 @@ export type SendSnapshotChunkRequest = Message<"kv.v1.SendSnapshotChunkRequest">
  */
 export const SendSnapshotChunkRequestSchema: GenMessage<SendSnapshotChunkRequest> = /*@__PURE__*/
   messageDesc(file_kv_v1_raft, 0);
+
+/**
+ * MemberAddress says where one member of the cluster is reached.
+ *
+ * @generated from message kv.v1.MemberAddress
+ */
+export type MemberAddress = Message<"kv.v1.MemberAddress"> & {
+  /**
+   * @generated from field: uint32 id = 1;
+   */
+  id: number;
+
+  /**
+   * Base URL of its peer (Raft) port.
+   *
+   * @generated from field: string peer_url = 2;
+   */
+  peerUrl: string;
+
+  /**
+   * Its advertised client URL; empty when unknown.
+   *
+   * @generated from field: string http_url = 3;
+   */
+  httpUrl: string;
+};
+
+/**
+ * Describes the message kv.v1.MemberAddress.
+ * Use `create(MemberAddressSchema)` to create a new message.
+ */
+export const MemberAddressSchema: GenMessage<MemberAddress> = /*@__PURE__*/
+  messageDesc(file_kv_v1_raft, 1);
 
 /**
  * SendSnapshotChunkResponse is empty: an OK answer means "staged".
@@ -103,7 +144,7 @@ export type SendSnapshotChunkResponse = Message<"kv.v1.SendSnapshotChunkResponse
  * Use `create(SendSnapshotChunkResponseSchema)` to create a new message.
  */
 export const SendSnapshotChunkResponseSchema: GenMessage<SendSnapshotChunkResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 1);
+  messageDesc(file_kv_v1_raft, 2);
 
 /**
  * SnapshotMetadata says where an image stands: it holds every entry up to `index` (whose term was
@@ -138,7 +179,7 @@ export type SnapshotMetadata = Message<"kv.v1.SnapshotMetadata"> & {
  * Use `create(SnapshotMetadataSchema)` to create a new message.
  */
 export const SnapshotMetadataSchema: GenMessage<SnapshotMetadata> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 2);
+  messageDesc(file_kv_v1_raft, 3);
 
 /**
  * ImageRow is one key of the state machine with its value and version (the index of the put).
@@ -167,7 +208,7 @@ export type ImageRow = Message<"kv.v1.ImageRow"> & {
  * Use `create(ImageRowSchema)` to create a new message.
  */
 export const ImageRowSchema: GenMessage<ImageRow> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 3);
+  messageDesc(file_kv_v1_raft, 4);
 
 /**
  * SendRequest is every message one server produced for one peer in one Ready, in order.
@@ -203,7 +244,7 @@ export type SendRequest = Message<"kv.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 4);
+  messageDesc(file_kv_v1_raft, 5);
 
 /**
  * SendResponse is empty: the receiver's answers travel as messages in its own Send calls.
@@ -218,7 +259,7 @@ export type SendResponse = Message<"kv.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 5);
+  messageDesc(file_kv_v1_raft, 6);
 
 /**
  * RaftMessage is one message between Raft servers: the common header and exactly one body.
@@ -322,7 +363,7 @@ export type RaftMessage = Message<"kv.v1.RaftMessage"> & {
  * Use `create(RaftMessageSchema)` to create a new message.
  */
 export const RaftMessageSchema: GenMessage<RaftMessage> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 6);
+  messageDesc(file_kv_v1_raft, 7);
 
 /**
  * VoteRequest is RequestVote (§5.2, §5.4.1), or its pre-vote rehearsal (thesis §9.6) when
@@ -359,7 +400,7 @@ export type VoteRequest = Message<"kv.v1.VoteRequest"> & {
  * Use `create(VoteRequestSchema)` to create a new message.
  */
 export const VoteRequestSchema: GenMessage<VoteRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 7);
+  messageDesc(file_kv_v1_raft, 8);
 
 /**
  * VoteResponse answers a VoteRequest (`pre_vote` mirrors the request's).
@@ -383,7 +424,7 @@ export type VoteResponse = Message<"kv.v1.VoteResponse"> & {
  * Use `create(VoteResponseSchema)` to create a new message.
  */
 export const VoteResponseSchema: GenMessage<VoteResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 8);
+  messageDesc(file_kv_v1_raft, 9);
 
 /**
  * InstallSnapshotRequest is InstallSnapshot (thesis §5.1) once its image is staged on the receiver:
@@ -425,7 +466,7 @@ export type InstallSnapshotRequest = Message<"kv.v1.InstallSnapshotRequest"> & {
  * Use `create(InstallSnapshotRequestSchema)` to create a new message.
  */
 export const InstallSnapshotRequestSchema: GenMessage<InstallSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 9);
+  messageDesc(file_kv_v1_raft, 10);
 
 /**
  * TimeoutNowRequest tells a caught-up follower to campaign at once (leadership transfer, thesis §3.10).
@@ -440,7 +481,7 @@ export type TimeoutNowRequest = Message<"kv.v1.TimeoutNowRequest"> & {
  * Use `create(TimeoutNowRequestSchema)` to create a new message.
  */
 export const TimeoutNowRequestSchema: GenMessage<TimeoutNowRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 10);
+  messageDesc(file_kv_v1_raft, 11);
 
 /**
  * AppendRequest is AppendEntries with entries (§5.3).
@@ -476,7 +517,7 @@ export type AppendRequest = Message<"kv.v1.AppendRequest"> & {
  * Use `create(AppendRequestSchema)` to create a new message.
  */
 export const AppendRequestSchema: GenMessage<AppendRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 11);
+  messageDesc(file_kv_v1_raft, 12);
 
 /**
  * AppendResponse answers an AppendRequest; see AppendResponse in src/raft/types.ts for the hint.
@@ -510,7 +551,7 @@ export type AppendResponse = Message<"kv.v1.AppendResponse"> & {
  * Use `create(AppendResponseSchema)` to create a new message.
  */
 export const AppendResponseSchema: GenMessage<AppendResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 12);
+  messageDesc(file_kv_v1_raft, 13);
 
 /**
  * HeartbeatRequest is an AppendEntries with no entries and no log check (etcd's MsgHeartbeat).
@@ -534,7 +575,7 @@ export type HeartbeatRequest = Message<"kv.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 13);
+  messageDesc(file_kv_v1_raft, 14);
 
 /**
  * HeartbeatResponse answers a HeartbeatRequest, echoing its read context.
@@ -553,7 +594,7 @@ export type HeartbeatResponse = Message<"kv.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 14);
+  messageDesc(file_kv_v1_raft, 15);
 
 /**
  * ReadIndexRequest asks the leader for a read index (thesis §6.4).
@@ -572,7 +613,7 @@ export type ReadIndexRequest = Message<"kv.v1.ReadIndexRequest"> & {
  * Use `create(ReadIndexRequestSchema)` to create a new message.
  */
 export const ReadIndexRequestSchema: GenMessage<ReadIndexRequest> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 15);
+  messageDesc(file_kv_v1_raft, 16);
 
 /**
  * ReadIndexResponse answers a ReadIndexRequest; index is 0 when rejected.
@@ -601,7 +642,7 @@ export type ReadIndexResponse = Message<"kv.v1.ReadIndexResponse"> & {
  * Use `create(ReadIndexResponseSchema)` to create a new message.
  */
 export const ReadIndexResponseSchema: GenMessage<ReadIndexResponse> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 16);
+  messageDesc(file_kv_v1_raft, 17);
 
 /**
  * Entry is one log entry (§5.3).
@@ -635,7 +676,7 @@ export type Entry = Message<"kv.v1.Entry"> & {
  * Use `create(EntrySchema)` to create a new message.
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
-  messageDesc(file_kv_v1_raft, 17);
+  messageDesc(file_kv_v1_raft, 18);
 
 /**
  * EntryType says what an entry carries. Zero is never sent, so a missing type is detected.

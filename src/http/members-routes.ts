@@ -1,0 +1,113 @@
+/**
+ * The membership routes of the client API (thesis §4.1, one server at a time):
+ * - `GET /members` → `{members:[{id, peerUrl, httpUrl, role}], leaderId, configIndex}`.
+ * - `POST /members` JSON `{id, peerUrl[, httpUrl]}` → adds a learner; answers once the change is
+ *   applied on the leader, with the configuration after it (what `kv serve --join` records).
+ * - `DELETE /members/{id}` → removes a member (of the leader itself: 307 to the leader it handed over to).
+ * - `POST /members/{id}/promote` → makes a learner a voter (the leader also does it on its own once
+ *   the learner has caught up).
+ * On a follower a change is a 307 to the leader; `conf_change_pending` (409) while another change is
+ * in flight, `member_exists` (409) for an id already in the configuration, 400 for bad input.
+ */
+import { Elysia } from "elysia";
+import { KvError } from "../lib/kv-error.ts";
+import type { KvNodeApi, MembersView } from "../node/api.ts";
+import { errorResponse, jsonResponse } from "./http-error.ts";
+import { rawTarget } from "./raw-target.ts";
+import { readBodyBytesMax } from "./read-body.ts";
+
+/** As the membership change codec allows (src/storage/command.ts; http does not import storage). */
+const membershipNodeIdMax = 1_000_000;
+const membershipUrlBytesMax = 2_048;
+
+/** A join request is a few hundred bytes of JSON. */
+const MEMBER_BODY_BYTES_MAX = 16 * 1024;
+
+/** The routes as an Elysia plugin: `app.use(createMembersRoutes(node))`. */
+export function createMembersRoutes(node: KvNodeApi) {
+  const handle = async (request: Request): Promise<Response> => {
+    const { path } = rawTarget(request.url);
+    const parts = path.split("/").filter((part) => part !== ""); // ["members", id?, "promote"?]
+    const method = request.method;
+    if (parts.length === 1) {
+      if (method === "GET" || method === "HEAD") {
+        const response = jsonResponse(membersJson(requireMembers(node)()), 200);
+        return method === "HEAD" ? new Response(null, response) : response;
+      }
+      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /members`);
+      const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX));
+      const addMember = node.addMember?.bind(node);
+      if (addMember === undefined) throw new KvError("not_found", "this node does not support membership changes");
+      return jsonResponse(membersJson(await addMember(id, peerUrl, httpUrl)), 200);
+    }
+    const id = parseId(parts[1] ?? "");
+    if (parts.length === 2) {
+      if (method !== "DELETE") throw new KvError("method_not_allowed", `${method} is not allowed on /members/{id}`);
+      const removeMember = node.removeMember?.bind(node);
+      if (removeMember === undefined) throw new KvError("not_found", "this node does not support membership changes");
+      return jsonResponse(membersJson(await removeMember(id)), 200);
+    }
+    if (parts.length === 3 && parts[2] === "promote") {
+      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /members/{id}/promote`);
+      const promoteMember = node.promoteMember?.bind(node);
+      if (promoteMember === undefined) throw new KvError("not_found", "this node does not support membership changes");
+      return jsonResponse(membersJson(await promoteMember(id)), 200);
+    }
+    throw new KvError("not_found", `no route for ${method} ${path}`);
+  };
+  const allowFor = (path: string) => (path === "/members" ? "GET, HEAD, POST" : path.endsWith("/promote") ? "POST" : "DELETE");
+  const route = async ({ request }: { request: Request }): Promise<Response> => {
+    try {
+      return await handle(request);
+    } catch (error) {
+      return errorResponse(error, request, { allow: allowFor(rawTarget(request.url).path) });
+    }
+  };
+  return new Elysia({ name: "kv-members" }).all("/members", route, { parse: "none" }).all("/members/*", route, { parse: "none" });
+}
+
+function requireMembers(node: KvNodeApi): () => MembersView {
+  const members = node.members?.bind(node);
+  if (members === undefined) throw new KvError("not_found", "this node does not report its members");
+  return members;
+}
+
+/** The JSON shape of a configuration (null for an unknown URL). */
+export function membersJson(view: MembersView) {
+  return {
+    members: view.members.map((member) => ({ id: member.id, peerUrl: member.peerUrl, httpUrl: member.httpUrl ?? null, role: member.role ?? null })),
+    leaderId: view.leaderId,
+    configIndex: view.configIndex,
+    ...(view.clusterId === undefined ? {} : { clusterId: view.clusterId }),
+  };
+}
+
+function parseId(text: string): number {
+  const id = Number(text);
+  if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(id) || id < 1 || id > membershipNodeIdMax) {
+    throw new KvError("bad_request", `a member id is a whole number from 1 to ${membershipNodeIdMax}, got '${text.slice(0, 32)}'`);
+  }
+  return id;
+}
+
+function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl?: string } {
+  let body: unknown;
+  try {
+    body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    throw new KvError("bad_request", 'the body must be JSON {"id": N, "peerUrl": "http://host:port"}');
+  }
+  if (typeof body !== "object" || body === null) throw new KvError("bad_request", "the body must be a JSON object");
+  const { id, peerUrl, httpUrl } = body as Record<string, unknown>;
+  if (typeof id !== "number") throw new KvError("bad_request", "'id' must be a number");
+  return { id: parseId(String(id)), peerUrl: parseUrl("peerUrl", peerUrl), ...(httpUrl === undefined || httpUrl === null ? {} : { httpUrl: parseUrl("httpUrl", httpUrl) }) };
+}
+
+function parseUrl(name: string, value: unknown): string {
+  if (typeof value !== "string" || !URL.canParse(value)) throw new KvError("bad_request", `'${name}' must be an http(s) URL`);
+  const url = new URL(value);
+  if ((url.protocol !== "http:" && url.protocol !== "https:") || new TextEncoder().encode(value).byteLength > membershipUrlBytesMax) {
+    throw new KvError("bad_request", `'${name}' must be an http(s) URL of at most ${membershipUrlBytesMax} bytes`);
+  }
+  return value.replace(/\/+$/, "");
+}

@@ -1,0 +1,126 @@
+/**
+ * The OpenAPI 3.1 description of the client HTTP API, served at GET /openapi.json. A test checks it
+ * against the routes the app really serves, in both directions.
+ */
+
+const errorBody = {
+  type: "object",
+  required: ["error", "message"],
+  properties: {
+    error: { type: "string", description: "A stable code: not_leader, no_leader, timeout, too_large, bad_request, ..." },
+    message: { type: "string" },
+    leaderId: { type: "integer" },
+    leaderUrl: { type: "string" },
+    version: { type: "integer" },
+  },
+} as const;
+
+const errors = (...statuses: number[]) =>
+  Object.fromEntries(
+    statuses.map((status) => [String(status), { description: errorDescriptions[status] ?? "error", content: { "application/json": { schema: { $ref: "#/components/schemas/Error" } } } }]),
+  );
+
+const errorDescriptions: Record<number, string> = {
+  307: "not_leader: the same request on the leader (Location); nothing was proposed",
+  400: "bad_request",
+  401: "unauthenticated (with --auth-token)",
+  404: "not_found",
+  405: "method_not_allowed",
+  409: "version_mismatch (compare-and-set) or conf_change_pending",
+  413: "too_large",
+  429: "overloaded",
+  503: "no_leader (nothing proposed), timeout (outcome unknown) or unavailable",
+};
+
+const keyParameter = { name: "key", in: "path", required: true, description: "Any non-empty UTF-8 string, percent-encoded (a%2Fb is a/b)", schema: { type: "string" } };
+const consistencyParameter = {
+  name: "consistency",
+  in: "query",
+  description: "linearizable (default: ReadIndex), lease (leader lease, thesis 6.4.1) or stale (local state)",
+  schema: { type: "string", enum: ["linearizable", "lease", "stale"] },
+};
+const ifVersionParameter = {
+  name: "ifVersion",
+  in: "query",
+  description: "Compare-and-set: apply only if the key's version is this (0: only if absent)",
+  schema: { type: "integer", minimum: 0 },
+};
+
+/** The document. Paths use OpenAPI templates; `/kv/{key}` also matches keys with slashes in them. */
+export const openApiDocument = {
+  openapi: "3.1.0",
+  info: { title: "kv", version: "1", description: "A replicated key-value store on Raft. Every error body is JSON {error, message}." },
+  paths: {
+    "/kv/{key}": {
+      get: {
+        summary: "Read a value",
+        parameters: [keyParameter, consistencyParameter],
+        responses: {
+          "200": { description: "The value's raw bytes; X-Kv-Version is the Raft index of the write", content: { "application/octet-stream": {} } },
+          ...errors(307, 400, 401, 404, 503),
+        },
+      },
+      put: {
+        summary: "Write a value (committed on a majority and applied before the answer)",
+        parameters: [keyParameter, ifVersionParameter],
+        requestBody: { required: true, content: { "application/octet-stream": {} } },
+        responses: {
+          "200": { description: "{key, version}", content: { "application/json": { schema: { type: "object", properties: { key: { type: "string" }, version: { type: "integer" } } } } } },
+          ...errors(307, 400, 401, 409, 413, 429, 503),
+        },
+      },
+      delete: {
+        summary: "Delete a key",
+        parameters: [keyParameter, ifVersionParameter],
+        responses: {
+          "200": { description: "{deleted, version}", content: { "application/json": { schema: { type: "object", properties: { deleted: { type: "boolean" }, version: { type: "integer" } } } } } },
+          ...errors(307, 400, 401, 409, 429, 503),
+        },
+      },
+    },
+    "/kv": {
+      get: {
+        summary: "List keys under a prefix, in UTF-8 byte order",
+        parameters: [
+          { name: "prefix", in: "query", schema: { type: "string" } },
+          { name: "after", in: "query", description: "Start after this key (the last key of the previous page)", schema: { type: "string" } },
+          { name: "limit", in: "query", schema: { type: "integer", minimum: 1, maximum: 1000, default: 100 } },
+          consistencyParameter,
+        ],
+        responses: {
+          "200": {
+            description: "{items:[{key, value (UTF-8 text or {base64}), version}], more}",
+            content: { "application/json": { schema: { type: "object", properties: { items: { type: "array" }, more: { type: "boolean" } } } } },
+          },
+          ...errors(400, 401, 503),
+        },
+      },
+    },
+    "/status": { get: { summary: "This node's role, term, leader, indexes and members", responses: { "200": { description: "JSON status" }, ...errors(401) } } },
+    "/health": { get: { summary: "200 when a leader is known and everything committed is applied", responses: { "200": { description: "healthy" }, ...errors(503) } } },
+    "/metrics": { get: { summary: "Prometheus text format", responses: { "200": { description: "metrics", content: { "text/plain": {} } }, ...errors(401) } } },
+    "/leader/transfer": {
+      post: {
+        summary: "Hand leadership to ?to=N (or the most caught-up voter)",
+        parameters: [{ name: "to", in: "query", schema: { type: "integer", minimum: 1 } }],
+        responses: { "200": { description: "{leaderId, previousLeaderId}" }, ...errors(307, 400, 401, 503) },
+      },
+    },
+    "/members": {
+      get: { summary: "The configuration: voters and learners with their URLs", responses: { "200": { description: "{members:[{id, peerUrl, httpUrl, role}], leaderId}" }, ...errors(401, 503) } },
+      post: {
+        summary: "Add a learner (JSON {id, peerUrl}); it is promoted once caught up",
+        requestBody: { required: true, content: { "application/json": {} } },
+        responses: { "200": { description: "the member list once the change is applied" }, ...errors(307, 400, 401, 409, 503) },
+      },
+    },
+    "/members/{id}": {
+      delete: { summary: "Remove a member (the leader hands over first when it is the one removed)", responses: { "200": { description: "the member list" }, ...errors(307, 400, 401, 404, 409, 503) } },
+    },
+    "/members/{id}/promote": {
+      post: { summary: "Promote a learner to voter", responses: { "200": { description: "the member list" }, ...errors(307, 400, 401, 404, 409, 503) } },
+    },
+    "/openapi.json": { get: { summary: "This document", responses: { "200": { description: "OpenAPI 3.1" } } } },
+  },
+  components: { schemas: { Error: errorBody } },
+} as const;

@@ -1,0 +1,69 @@
+import type { NodeId } from "../raft/types.ts";
+import type { MembershipChange } from "./command.ts";
+import type { MemberAddress, Membership } from "./kv-storage.ts";
+
+/**
+ * The recorded configuration after one applied membership change, shared by the sqlite storage and
+ * its twin. It mirrors the core's `Raft.applyConfChange` exactly (an add of a voter changes no
+ * role; a promote makes a voter; a remove drops the member and its addresses), so that the
+ * configuration a restarted core reads from storage is the one it had.
+ */
+export function membershipAfter(membership: Membership, change: MembershipChange, index: number): Membership {
+  const voters = new Set(membership.voters);
+  const learners = new Set(membership.learners);
+  const addresses = new Map(membership.addresses.map((address) => [address.id, address]));
+  const id = change.nodeId;
+  switch (change.type) {
+    case "add-learner":
+      if (!voters.has(id)) learners.add(id);
+      if (change.peerUrl !== undefined) addresses.set(id, { id, peerUrl: change.peerUrl, ...(change.httpUrl === undefined ? {} : { httpUrl: change.httpUrl }) });
+      break;
+    case "promote":
+      learners.delete(id);
+      voters.add(id);
+      break;
+    case "remove":
+      voters.delete(id);
+      learners.delete(id);
+      addresses.delete(id);
+      break;
+    default:
+      change.type satisfies never;
+  }
+  return {
+    voters: sortedIds(voters),
+    learners: sortedIds(learners),
+    addresses: [...addresses.values()].sort((a, b) => a.id - b.id),
+    changedIndex: index,
+  };
+}
+
+/** True when both name the same voters and the same learners. */
+export function sameMembers(a: Pick<Membership, "voters" | "learners">, b: Pick<Membership, "voters" | "learners">): boolean {
+  const same = (x: readonly NodeId[], y: readonly NodeId[]) => x.length === y.length && sortedIds(x).every((id, i) => id === sortedIds(y)[i]);
+  return same(a.voters, b.voters) && same(a.learners, b.learners);
+}
+
+/** `addresses` with those in `extra` added for ids that have none. */
+export function withMissingAddresses(addresses: readonly MemberAddress[], extra: readonly MemberAddress[]): MemberAddress[] {
+  const byId = new Map(addresses.map((address) => [address.id, address]));
+  for (const address of extra) if (!byId.has(address.id)) byId.set(address.id, address);
+  return [...byId.values()].sort((a, b) => a.id - b.id);
+}
+
+function sortedIds(ids: Iterable<NodeId>): NodeId[] {
+  return [...ids].sort((a, b) => a - b);
+}
+
+/**
+ * Addresses after installing a snapshot: the image's win, an address only this node knew (its own
+ * `--cluster` flag) is kept, and only members of the snapshot's configuration remain.
+ */
+export function addressesAfterInstall(
+  fromImage: readonly MemberAddress[],
+  recorded: readonly MemberAddress[],
+  voters: readonly NodeId[],
+  learners: readonly NodeId[],
+): MemberAddress[] {
+  return withMissingAddresses(fromImage, recorded).filter((address) => voters.includes(address.id) || learners.includes(address.id));
+}

@@ -1,0 +1,188 @@
+// Proves membership changes through the node loop (KvNode) over the in-memory twins: a node added as
+// a learner catches up, is promoted by the leader on its own and then counts in the quorum; a
+// follower is removed; removing the leader hands leadership over first; the configuration survives a
+// restart from storage; and only one change is in flight at a time (thesis §4.1).
+import { expect, test } from "bun:test";
+import { ManualClock } from "../src/lib/clock.ts";
+import { KvError } from "../src/lib/kv-error.ts";
+import { createPrng } from "../src/lib/prng.ts";
+import { KvNode } from "../src/node/kv-node.ts";
+import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { MemoryNetwork } from "../src/transport/memory-transport.ts";
+
+const tickMs = 10;
+const enc = (s: string) => new TextEncoder().encode(s);
+const dec = (b: Uint8Array) => new TextDecoder().decode(b);
+
+function createCluster() {
+  const clock = new ManualClock();
+  const network = new MemoryNetwork();
+  let turns: (() => void)[] = [];
+  const nodes = new Map<number, KvNode>();
+  const storages = new Map<number, MemoryKvStorage>();
+  const fatal: Error[] = [];
+  const startNode = (id: number, peers: ReadonlyMap<number, string>, storage: MemoryKvStorage) => {
+    storages.set(id, storage);
+    const node = new KvNode({
+      id,
+      peers,
+      httpUrl: `http://node-${id}`,
+      storage,
+      clock,
+      prng: createPrng(id * 7 + nodes.size),
+      tickMs,
+      electionTicks: 10,
+      heartbeatTicks: 2,
+      requestTimeoutMs: 2_000,
+      pendingRequestsMax: 1_000,
+      inboxMessagesMax: 10_000,
+      schedule: (turn) => turns.push(turn),
+      onFatal: (error) => fatal.push(error),
+    });
+    nodes.set(id, node);
+    node.start(network.connect(id, `http://node-${id}`, (messages) => node.receive(messages), (chunk) => node.receiveSnapshotChunk(chunk)));
+    return node;
+  };
+  const peers = new Map([1, 2, 3].map((id) => [id, `mem://peer-${id}`] as [number, string]));
+  for (const id of peers.keys()) startNode(id, peers, createMemoryKvStorage());
+  const settle = async () => {
+    for (let round = 0; round < 1_000; round++) {
+      const due = turns;
+      turns = [];
+      for (const turn of due) turn();
+      const delivered = network.deliver();
+      if (due.length === 0 && delivered === 0) break;
+    }
+    await Promise.resolve();
+    await Promise.resolve();
+  };
+  const until = async (condition: () => boolean, ticksMax = 1_000) => {
+    for (let i = 0; i < ticksMax && !condition(); i++) {
+      clock.advance(tickMs);
+      await settle();
+    }
+    expect(condition()).toBe(true);
+  };
+  const live = () => [...nodes.values()].filter((node) => node.fatalError() === undefined);
+  const leader = () => live().find((n) => n.status().role === "leader");
+  const drive = async <T>(promise: Promise<T>, ticksMax = 1_000): Promise<T> => {
+    let done = false;
+    let value: T | undefined;
+    let failure: unknown;
+    promise.then(
+      (v) => ((done = true), (value = v)),
+      (e) => ((done = true), (failure = e)),
+    );
+    await until(() => done, ticksMax);
+    if (failure !== undefined) throw failure;
+    return value as T;
+  };
+  const stop = (id: number) => {
+    nodes.get(id)!.stop();
+    nodes.delete(id);
+  };
+  return { clock, network, nodes, storages, fatal, startNode, settle, until, leader, drive, stop, peers };
+}
+
+type Cluster = ReturnType<typeof createCluster>;
+
+/** Adds node `id` as --join does: ask the leader, then start it on the configuration the answer gave. */
+async function join(cluster: Cluster, id: number) {
+  const leader = cluster.leader()!;
+  const view = await cluster.drive(leader.addMember(id, `mem://peer-${id}`));
+  expect(view.members.find((m) => m.id === id)?.role).toBe("learner");
+  const storage = createMemoryKvStorage();
+  storage.bootstrapJoined(
+    {
+      voters: view.members.filter((m) => m.role === "voter").map((m) => m.id),
+      learners: view.members.filter((m) => m.role === "learner").map((m) => m.id),
+      addresses: view.members.map((m) => ({ id: m.id, peerUrl: m.peerUrl })),
+    },
+    view.configIndex,
+  );
+  return cluster.startNode(id, new Map([[id, `mem://peer-${id}`]]), storage);
+}
+
+test("a joined learner catches up, is promoted once caught up, and counts in the quorum", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  await cluster.drive(leader.put("before", enc("1")));
+  const newcomer = await join(cluster, 4);
+  await cluster.until(() => leader.members().members.find((m) => m.id === 4)?.role === "voter");
+  await cluster.until(() => newcomer.status().appliedIndex === leader.status().appliedIndex);
+  expect((await newcomer.get("before", "stale"))?.value).toEqual(enc("1"));
+  expect(newcomer.members().members.map((m) => [m.id, m.role])).toEqual([
+    [1, "voter"],
+    [2, "voter"],
+    [3, "voter"],
+    [4, "voter"],
+  ]);
+  // Quorum of 4 is 3: with one original follower down, the leader needs node 4's ack to commit.
+  const follower = [1, 2, 3].find((id) => id !== leader.status().id)!;
+  for (const id of [1, 2, 3, 4]) if (id !== follower) cluster.network.cutBetween(follower, id);
+  const { version } = await cluster.drive(leader.put("after", enc("2")));
+  await cluster.until(() => newcomer.status().appliedIndex >= version);
+  // ... and with node 4 cut off too, nothing commits (2 of 4).
+  for (const id of [1, 2, 3]) cluster.network.cutBetween(4, id);
+  await expect(cluster.drive(leader.put("stuck", enc("3")), 2_000)).rejects.toBeInstanceOf(KvError);
+  expect(cluster.fatal).toEqual([]);
+});
+
+test("a removed follower leaves the configuration; a second change waits for the first", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  const follower = [1, 2, 3].find((id) => id !== leader.status().id)!;
+  const first = leader.removeMember(follower);
+  await expect(leader.addMember(9, "mem://peer-9")).rejects.toMatchObject({ code: "conf_change_pending" });
+  const view = await cluster.drive(first);
+  expect(view.members.map((m) => m.id)).not.toContain(follower);
+  // Two voters remain: both must ack, and they do.
+  await cluster.drive(leader.put("k", enc("v")));
+  await expect(leader.addMember(leader.status().id, "mem://x")).rejects.toMatchObject({ code: "member_exists" });
+  expect(cluster.fatal).toEqual([]);
+});
+
+test("removing the leader hands leadership over first; the new leader removes it; the old one stops serving", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const old = cluster.leader()!;
+  const oldId = old.status().id;
+  const refusal = await cluster.drive(old.removeMember(oldId)).catch((error: unknown) => error);
+  expect(refusal).toMatchObject({ code: "not_leader" });
+  await cluster.until(() => cluster.leader() !== undefined && cluster.leader() !== old);
+  const next = cluster.leader()!;
+  const view = await cluster.drive(next.removeMember(oldId));
+  expect(view.members.map((m) => m.id).sort()).toEqual([1, 2, 3].filter((id) => id !== oldId));
+  await cluster.drive(next.put("k", enc("v")));
+  // The old leader may never hear that the removal committed (thesis §4.2.3); it is no leader either way.
+  expect(old.status().role).not.toBe("leader");
+  expect(cluster.fatal).toEqual([]);
+});
+
+test("the configuration survives a restart from storage, over what --cluster says", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const newcomer = await join(cluster, 4);
+  await cluster.until(() => cluster.leader()!.members().members.find((m) => m.id === 4)?.role === "voter");
+  await cluster.until(() => newcomer.status().appliedIndex === cluster.leader()!.status().appliedIndex);
+  const storage = cluster.storages.get(4)!.clone();
+  cluster.stop(4);
+  const restarted = cluster.startNode(4, new Map([[4, "mem://peer-4"]]), storage);
+  expect(restarted.members().members.map((m) => `${m.id}:${m.role}:${m.peerUrl}`)).toEqual([
+    "1:voter:mem://peer-1",
+    "2:voter:mem://peer-2",
+    "3:voter:mem://peer-3",
+    "4:voter:mem://peer-4",
+  ]);
+  // An original node restarted with the old three-node --cluster keeps the recorded four.
+  const original = [1, 2, 3].find((id) => id !== cluster.leader()!.status().id)!;
+  const originalStorage = cluster.storages.get(original)!.clone();
+  cluster.stop(original);
+  const back = cluster.startNode(original, cluster.peers, originalStorage);
+  expect(back.members().members.map((m) => m.id)).toEqual([1, 2, 3, 4]);
+  await cluster.drive(cluster.leader()!.put("k", enc("v")));
+  await cluster.until(() => dec(cluster.storages.get(4)!.get("k")?.value ?? new Uint8Array()) === "v");
+  expect(cluster.fatal).toEqual([]);
+});

@@ -1,0 +1,143 @@
+// Proves membership changes end to end on real processes of the built executable: a fourth node
+// started with --join becomes a learner, is promoted once caught up and gets every write; with one
+// original node killed the four-node cluster still commits (its quorum of 3 includes the new voter);
+// a member is removed; and the joined node, restarted, still knows the configuration from its disk.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { createWriteStream, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+
+interface MembersAnswer {
+  members: { id: number; peerUrl: string; httpUrl: string | null; role: string }[];
+  leaderId: number;
+}
+
+let cluster: ChaosCluster;
+let baseDir: string;
+const spawned: Subprocess[] = [];
+
+beforeAll(async () => {
+  baseDir = mkdtempSync(join(tmpdir(), "kv-membership-test-"));
+  cluster = new ChaosCluster({ size: 3, command: kvCommand(), baseDir });
+  await cluster.start();
+});
+
+afterAll(async () => {
+  for (const proc of spawned) if (proc.exitCode === null) process.kill(proc.pid, "SIGKILL");
+  await cluster?.stop();
+  if (process.env.KV_KEEP_LOGS === undefined) rmSync(baseDir, { recursive: true, force: true });
+  else console.log(`logs kept in ${baseDir}`);
+});
+
+/** A port nothing listens on right now, picked by the OS (the new node must advertise its peer URL before binding). */
+function freePort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = listener.port;
+  listener.stop(true);
+  return port;
+}
+
+/** Starts `kv serve` for node 4 and resolves with its client URL once it logged "started". */
+async function startFourth(args: string[]): Promise<{ proc: Subprocess<"ignore", "pipe", "pipe">; httpUrl: string }> {
+  const proc = Bun.spawn([...kvCommand(), "serve", "--id", "4", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  spawned.push(proc);
+  const log = createWriteStream(join(baseDir, "node-4.log"), { flags: "a" });
+  void (async () => {
+    for await (const chunk of proc.stdout) log.write(chunk);
+  })();
+  const started = new Promise<string>((resolve, reject) => {
+    void (async () => {
+      let partial = "";
+      let found = false;
+      for await (const chunk of proc.stderr) {
+        log.write(chunk);
+        if (found) continue;
+        partial += new TextDecoder().decode(chunk);
+        const lines = partial.split("\n");
+        partial = lines.pop() ?? "";
+        for (const line of lines) {
+          if (!line.includes('"event":"started"')) continue;
+          found = true;
+          resolve((JSON.parse(line) as { httpUrl: string }).httpUrl);
+        }
+      }
+      if (!found) reject(new Error(`node 4 exited before starting; see ${join(baseDir, "node-4.log")}`));
+    })();
+  });
+  return { proc, httpUrl: await started };
+}
+
+async function members(httpUrl: string): Promise<MembersAnswer> {
+  const response = await fetch(`${httpUrl}/members`, { signal: AbortSignal.timeout(2_000) });
+  expect(response.status).toBe(200);
+  return (await response.json()) as MembersAnswer;
+}
+
+/** Polls `probe` until it returns true (a condition, not a sleep); fails after `timeoutMs`. */
+async function until(what: string, probe: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    if (await probe().catch(() => false)) return;
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(50); // polling interval
+  }
+}
+
+async function put(httpUrl: string, key: string, value: string): Promise<number> {
+  const response = await fetch(`${httpUrl}/kv/${key}`, { method: "PUT", body: value, signal: AbortSignal.timeout(10_000) });
+  expect(response.status).toBe(200);
+  return ((await response.json()) as { version: number }).version;
+}
+
+async function staleGet(httpUrl: string, key: string): Promise<string | undefined> {
+  const response = await fetch(`${httpUrl}/kv/${key}?consistency=stale`, { signal: AbortSignal.timeout(2_000) });
+  return response.status === 200 ? await response.text() : undefined;
+}
+
+test("join, promote, replicate, survive a kill with the new voter in the quorum, remove, restart", async () => {
+  const leader = await cluster.waitForLeader();
+  const leaderUrl = cluster.node(leader).httpUrl;
+  await put(leaderUrl, "before", "1");
+
+  // Node 4 reaches the others at their real peer ports (the runner's proxies are per link).
+  const peerPort = freePort();
+  const dataDir = join(baseDir, "node-4");
+  const clusterFlag = [...cluster.nodes.map((node) => `${node.id}=http://127.0.0.1:${node.peerPort}`), `4=http://127.0.0.1:${peerPort}`].join(",");
+  const follower = cluster.nodes.find((node) => node.id !== leader) as { httpUrl: string };
+  const serveArgs = ["--cluster", clusterFlag, "--listen-peer", `127.0.0.1:${peerPort}`, "--listen-http", "127.0.0.1:0", "--data-dir", dataDir];
+  let fourth = await startFourth([...serveArgs, "--join", follower.httpUrl]); // through a follower: a redirect
+
+  await until("node 4 promoted to voter", async () => (await members(leaderUrl)).members.find((m) => m.id === 4)?.role === "voter");
+  expect(await staleGet(fourth.httpUrl, "before")).toBe("1");
+  await put(leaderUrl, "after-join", "2");
+  await until("node 4 applied the write", async () => (await staleGet(fourth.httpUrl, "after-join")) === "2");
+
+  // Kill an original follower: 3 of 4 voters remain, and a commit needs all three, node 4 included.
+  const victim = cluster.nodes.find((node) => node.id !== leader)!.id;
+  await cluster.kill(victim);
+  const currentLeader = await cluster.waitForLeader(cluster.nodes.filter((n) => n.id !== victim).map((n) => n.id));
+  const liveUrl = cluster.node(currentLeader).httpUrl;
+  await put(liveUrl, "one-down", "3");
+  await until("node 4 applied the write with one node down", async () => (await staleGet(fourth.httpUrl, "one-down")) === "3");
+
+  // Remove the dead member.
+  const removed = await fetch(`${liveUrl}/members/${victim}`, { method: "DELETE", signal: AbortSignal.timeout(10_000) });
+  expect(removed.status).toBe(200);
+  const expectedIds = [1, 2, 3, 4].filter((id) => id !== victim);
+  expect(((await removed.json()) as MembersAnswer).members.map((m) => m.id)).toEqual(expectedIds);
+
+  // Restart node 4 without --join: it comes back with the configuration on its disk.
+  process.kill(fourth.proc.pid, "SIGTERM");
+  await fourth.proc.exited;
+  fourth = await startFourth(serveArgs);
+  await until("restarted node 4 knows the configuration", async () => {
+    const view = await members(fourth.httpUrl);
+    return JSON.stringify(view.members.map((m) => [m.id, m.role])) === JSON.stringify(expectedIds.map((id) => [id, "voter"]));
+  });
+  await put(liveUrl, "after-restart", "4");
+  await until("restarted node 4 applied a new write", async () => (await staleGet(fourth.httpUrl, "after-restart")) === "4");
+  process.kill(fourth.proc.pid, "SIGKILL");
+}, 120_000);
