@@ -3,85 +3,15 @@
 // follower is removed; removing the leader hands leadership over first; the configuration survives a
 // restart from storage; and only one change is in flight at a time (thesis §4.1).
 import { expect, test } from "bun:test";
-import { ManualClock } from "../src/lib/clock.ts";
 import { KvError } from "../src/lib/kv-error.ts";
-import { createPrng } from "../src/lib/prng.ts";
-import { KvNode } from "../src/node/kv-node.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { MemoryNetwork } from "../src/transport/memory-transport.ts";
+import { createMemoryCluster } from "./helpers/memory-cluster.ts";
 
-const tickMs = 10;
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
 
 function createCluster() {
-  const clock = new ManualClock();
-  const network = new MemoryNetwork();
-  let turns: (() => void)[] = [];
-  const nodes = new Map<number, KvNode>();
-  const storages = new Map<number, MemoryKvStorage>();
-  const fatal: Error[] = [];
-  const startNode = (id: number, peers: ReadonlyMap<number, string>, storage: MemoryKvStorage) => {
-    storages.set(id, storage);
-    const node = new KvNode({
-      id,
-      peers,
-      httpUrl: `http://node-${id}`,
-      storage,
-      clock,
-      prng: createPrng(id * 7 + nodes.size),
-      tickMs,
-      electionTicks: 10,
-      heartbeatTicks: 2,
-      requestTimeoutMs: 2_000,
-      pendingRequestsMax: 1_000,
-      inboxMessagesMax: 10_000,
-      schedule: (turn) => turns.push(turn),
-      onFatal: (error) => fatal.push(error),
-    });
-    nodes.set(id, node);
-    node.start(network.connect(id, `http://node-${id}`, (messages) => node.receive(messages), (chunk) => node.receiveSnapshotChunk(chunk)));
-    return node;
-  };
-  const peers = new Map([1, 2, 3].map((id) => [id, `mem://peer-${id}`] as [number, string]));
-  for (const id of peers.keys()) startNode(id, peers, createMemoryKvStorage());
-  const settle = async () => {
-    for (let round = 0; round < 1_000; round++) {
-      const due = turns;
-      turns = [];
-      for (const turn of due) turn();
-      const delivered = network.deliver();
-      if (due.length === 0 && delivered === 0) break;
-    }
-    await Promise.resolve();
-    await Promise.resolve();
-  };
-  const until = async (condition: () => boolean, ticksMax = 1_000) => {
-    for (let i = 0; i < ticksMax && !condition(); i++) {
-      clock.advance(tickMs);
-      await settle();
-    }
-    expect(condition()).toBe(true);
-  };
-  const live = () => [...nodes.values()].filter((node) => node.fatalError() === undefined);
-  const leader = () => live().find((n) => n.status().role === "leader");
-  const drive = async <T>(promise: Promise<T>, ticksMax = 1_000): Promise<T> => {
-    let done = false;
-    let value: T | undefined;
-    let failure: unknown;
-    promise.then(
-      (v) => ((done = true), (value = v)),
-      (e) => ((done = true), (failure = e)),
-    );
-    await until(() => done, ticksMax);
-    if (failure !== undefined) throw failure;
-    return value as T;
-  };
-  const stop = (id: number) => {
-    nodes.get(id)!.stop();
-    nodes.delete(id);
-  };
-  return { clock, network, nodes, storages, fatal, startNode, settle, until, leader, drive, stop, peers };
+  return createMemoryCluster({ node: { requestTimeoutMs: 2_000 } });
 }
 
 type Cluster = ReturnType<typeof createCluster>;

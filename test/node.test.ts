@@ -2,92 +2,20 @@
 // acknowledged only once applied, followers redirect, reads are linearizable on any node, lost quorum
 // times out, bounds refuse clearly, transfer hands over, and a storage failure stops the node.
 import { describe, expect, test } from "bun:test";
-import { ManualClock } from "../src/lib/clock.ts";
 import { KvError } from "../src/lib/kv-error.ts";
-import { createPrng } from "../src/lib/prng.ts";
-import { KvNode } from "../src/node/kv-node.ts";
-import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { MemoryNetwork } from "../src/transport/memory-transport.ts";
+import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 
-const tickMs = 10;
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
 
-/** Three KvNodes on a memory network, a manual clock and a hand-drained turn queue. */
-function createCluster(opts: { pendingRequestsMax?: number; requestTimeoutMs?: number } = {}) {
-  const clock = new ManualClock();
-  const network = new MemoryNetwork();
-  let turns: (() => void)[] = [];
-  const peers = new Map([1, 2, 3].map((id) => [id, `mem://peer-${id}`] as [number, string]));
-  const storages = new Map<number, MemoryKvStorage>();
-  const fatal: Error[] = [];
-  const nodes = new Map<number, KvNode>();
-  for (const id of peers.keys()) {
-    const storage = createMemoryKvStorage();
-    storages.set(id, storage);
-    const node = new KvNode({
-      id,
-      peers,
-      httpUrl: `http://node-${id}`,
-      storage,
-      clock,
-      prng: createPrng(id),
-      tickMs,
-      electionTicks: 10,
-      heartbeatTicks: 2,
-      requestTimeoutMs: opts.requestTimeoutMs ?? 1_000,
-      pendingRequestsMax: opts.pendingRequestsMax ?? 1_000,
-      inboxMessagesMax: 10_000,
-      schedule: (turn) => turns.push(turn),
-      onFatal: (error) => fatal.push(error),
-    });
-    nodes.set(id, node);
-  }
-  for (const [id, node] of nodes) node.start(network.connect(id, `http://node-${id}`, (messages) => node.receive(messages)));
-
-  /** Runs scheduled turns and delivers messages until nothing is left, then lets promises settle. */
-  const settle = async () => {
-    for (let round = 0; round < 1_000; round++) {
-      const due = turns;
-      turns = [];
-      for (const turn of due) turn();
-      const delivered = network.deliver();
-      if (due.length === 0 && delivered === 0) break;
-    }
-    await Promise.resolve();
-    await Promise.resolve();
-  };
-  /** Advances time tick by tick, settling after each, until `condition` holds. */
-  const until = async (condition: () => boolean, ticksMax = 500) => {
-    for (let i = 0; i < ticksMax && !condition(); i++) {
-      clock.advance(tickMs);
-      await settle();
-    }
-    expect(condition()).toBe(true);
-  };
-  const leader = () => [...nodes.values()].find((n) => n.status().role === "leader");
-  const node = (id: number) => nodes.get(id)!;
-  return { clock, network, nodes, node, storages, fatal, settle, until, leader };
+/** Three KvNodes over the in-memory twins (test/helpers/memory-cluster.ts). */
+function createCluster(node: { pendingRequestsMax?: number; requestTimeoutMs?: number } = {}) {
+  return createMemoryCluster({ node });
 }
 
-/** Starts a request and keeps the cluster moving until it settles. */
-async function drive<T>(cluster: ReturnType<typeof createCluster>, promise: Promise<T>, ticksMax = 500): Promise<T> {
-  let done = false;
-  let value: T | undefined;
-  let failure: unknown;
-  promise.then(
-    (v) => {
-      done = true;
-      value = v;
-    },
-    (e) => {
-      done = true;
-      failure = e;
-    },
-  );
-  await cluster.until(() => done, ticksMax);
-  if (failure !== undefined) throw failure;
-  return value as T;
+/** Starts nothing itself: keeps the cluster moving until `promise` settles. */
+function drive<T>(cluster: MemoryCluster, promise: Promise<T>, ticksMax = 500): Promise<T> {
+  return cluster.drive(promise, ticksMax);
 }
 
 describe("KvNode over in-memory twins", () => {

@@ -1,82 +1,15 @@
 // Proves the node loop's snapshot path over the in-memory twins (thesis §5.1): the leader compacts by its policy, streams its image in chunks to a follower that fell behind the compacted log, the follower installs it and serves every key; a transfer cut midway is retried; and an InstallSnapshot arriving without its image is ignored.
 import { describe, expect, test } from "bun:test";
-import { ManualClock } from "../src/lib/clock.ts";
-import { createPrng } from "../src/lib/prng.ts";
-import { KvNode } from "../src/node/kv-node.ts";
-import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { MemoryNetwork } from "../src/transport/memory-transport.ts";
+import { createMemoryCluster } from "./helpers/memory-cluster.ts";
 import type { SnapshotChunk } from "../src/transport/transport.ts";
 
-const tickMs = 10;
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
 
-/** Three KvNodes on a memory network with small snapshot settings, a manual clock and a hand-drained turn queue. */
+/** Three KvNodes with small snapshot settings and small chunks, over the in-memory twins. */
 function createCluster(onChunk: (id: number, chunk: SnapshotChunk) => void = () => {}) {
-  const clock = new ManualClock();
   // Small chunks: an image of a few dozen keys takes many deliveries, so a cut can land midway.
-  const network = new MemoryNetwork(64);
-  let turns: (() => void)[] = [];
-  const peers = new Map([1, 2, 3].map((id) => [id, `mem://peer-${id}`] as [number, string]));
-  const storages = new Map<number, MemoryKvStorage>();
-  const fatal: Error[] = [];
-  const events: { id: number; event: string; fields: Record<string, unknown> }[] = [];
-  const nodes = new Map<number, KvNode>();
-  for (const id of peers.keys()) {
-    const storage = createMemoryKvStorage();
-    storages.set(id, storage);
-    const node = new KvNode({
-      id,
-      peers,
-      httpUrl: `http://node-${id}`,
-      storage,
-      clock,
-      prng: createPrng(id),
-      tickMs,
-      electionTicks: 10,
-      heartbeatTicks: 2,
-      requestTimeoutMs: 5_000,
-      pendingRequestsMax: 1_000,
-      inboxMessagesMax: 10_000,
-      snapshotEntries: 20,
-      snapshotCatchUpEntries: 5,
-      schedule: (turn) => turns.push(turn),
-      onFatal: (error) => fatal.push(error),
-      log: (event, fields) => events.push({ id, event, fields }),
-    });
-    nodes.set(id, node);
-  }
-  for (const [id, node] of nodes) {
-    node.start(
-      network.connect(id, `http://node-${id}`, (messages) => node.receive(messages), (chunk) => {
-        onChunk(id, chunk);
-        node.receiveSnapshotChunk(chunk);
-      }),
-    );
-  }
-
-  /** Runs scheduled turns and delivers messages and chunks until nothing is left, then lets promises settle. */
-  const settle = async () => {
-    for (let round = 0; round < 10_000; round++) {
-      const due = turns;
-      turns = [];
-      for (const turn of due) turn();
-      const delivered = network.deliver();
-      if (due.length === 0 && delivered === 0) break;
-    }
-    for (let i = 0; i < 5; i++) await Promise.resolve();
-  };
-  /** Advances time tick by tick, settling after each, until `condition` holds. */
-  const until = async (condition: () => boolean, ticksMax = 1_000) => {
-    for (let i = 0; i < ticksMax && !condition(); i++) {
-      clock.advance(tickMs);
-      await settle();
-    }
-    expect(condition()).toBe(true);
-  };
-  const leader = () => [...nodes.values()].find((n) => n.status().role === "leader");
-  const node = (id: number) => nodes.get(id)!;
-  return { clock, network, nodes, node, storages, fatal, events, settle, until, leader };
+  return createMemoryCluster({ chunkBytesMax: 64, onChunk, node: { requestTimeoutMs: 5_000, snapshotEntries: 20, snapshotCatchUpEntries: 5 } });
 }
 
 type Cluster = ReturnType<typeof createCluster>;
