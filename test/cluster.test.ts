@@ -161,3 +161,36 @@ describe("graceful leadership hand-over", () => {
     await cluster.startNode(target);
   });
 });
+
+describe("exactly-once writes (Idempotency-Key, thesis §6.3)", () => {
+  test("a retried write applies once and gets the original answer, even from a new leader after failover", async () => {
+    for (const node of cluster.nodes) if (node.state === "dead") await cluster.startNode(node.id);
+    const leader = await cluster.waitForLeader();
+    const headers = { "idempotency-key": "order-42" };
+    const first = await fetch(url(leader, "/kv/idem"), { method: "PUT", body: "first", headers });
+    expect(first.status).toBe(200);
+    const { version } = (await first.json()) as { version: number };
+    const retry = await fetch(url(leader, "/kv/idem"), { method: "PUT", body: "second", headers });
+    expect(await retry.json()).toEqual({ key: "idem", version });
+    expect(await (await fetch(url(leader, "/kv/idem"))).text()).toBe("first");
+    // The session is replicated state: the next leader answers the retry the same way.
+    await cluster.waitForConvergence(version);
+    await cluster.kill(leader);
+    const next = await cluster.waitForLeader(cluster.nodes.filter((n) => n.state === "running").map((n) => n.id));
+    const afterFailover = await fetch(url(next, "/kv/idem"), { method: "PUT", body: "third", headers });
+    expect(await afterFailover.json()).toEqual({ key: "idem", version });
+    expect(await (await fetch(url(next, "/kv/idem"))).text()).toBe("first");
+    // A different key is a different write.
+    const other = await fetch(url(next, "/kv/idem"), { method: "PUT", body: "fourth", headers: { "idempotency-key": "order-43" } });
+    expect(((await other.json()) as { version: number }).version).toBeGreaterThan(version);
+    await cluster.startNode(leader);
+  });
+
+  test("the state machine's session keys cannot be read or written by clients", async () => {
+    const leader = await cluster.waitForLeader();
+    expect((await fetch(url(leader, "/kv/%00session%2Forder-42"))).status).toBe(400);
+    expect((await fetch(url(leader, "/kv/%00session%2Fx"), { method: "PUT", body: "x" })).status).toBe(400);
+    const listing = (await (await fetch(url(leader, "/kv"))).json()) as { items: { key: string }[] };
+    expect(listing.items.some((item) => item.key.startsWith("\u0000"))).toBe(false);
+  });
+});

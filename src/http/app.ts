@@ -75,13 +75,13 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         });
       }
       case "PUT": {
-        const options = parseWriteOptions(search);
+        const options = parseWriteOptions(search, request);
         const value = await readBodyBytesMax(request, valueBytesMax);
         const { version } = await node.put(key, value, options);
         return jsonResponse({ key, version }, 200);
       }
       case "DELETE": {
-        const { deleted, version } = await node.delete(key, parseWriteOptions(search));
+        const { deleted, version } = await node.delete(key, parseWriteOptions(search, request));
         return jsonResponse({ deleted, version }, 200);
       }
     }
@@ -195,16 +195,21 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   );
 }
 
-/** `?ifVersion=N` on a write: compare-and-set against the key's version (0: only if absent). */
-function parseWriteOptions(search: string): WriteOptions {
+/** `?ifVersion=N` (compare-and-set) and the `Idempotency-Key` header (exactly-once retries) on a write. */
+function parseWriteOptions(search: string, request: Request): WriteOptions {
+  const idempotencyKey = request.headers.get("idempotency-key") ?? undefined;
+  if (idempotencyKey !== undefined && (idempotencyKey === "" || new TextEncoder().encode(idempotencyKey).byteLength > 256)) {
+    throw new KvError("bad_request", "Idempotency-Key must be 1 to 256 bytes");
+  }
+  const idempotency = idempotencyKey === undefined ? {} : { idempotencyKey };
   const values = new URLSearchParams(search).getAll("ifVersion");
-  if (values.length === 0) return {};
+  if (values.length === 0) return idempotency;
   const [text] = values;
   const version = Number(text);
   if (values.length !== 1 || text === "" || !Number.isSafeInteger(version) || version < 0) {
     throw new KvError("bad_request", `ifVersion must be given once, as a version number (0: only if absent), got '${values.join(",")}'`);
   }
-  return { ifVersion: version };
+  return { ifVersion: version, ...idempotency };
 }
 
 /** Listing pages: 100 items unless asked, at most 1000. */

@@ -39,6 +39,12 @@ const consistencyParameter = {
   description: "linearizable (default: ReadIndex), lease (leader lease, thesis 6.4.1) or stale (local state)",
   schema: { type: "string", enum: ["linearizable", "lease", "stale"] },
 };
+const idempotencyParameter = {
+  name: "Idempotency-Key",
+  in: "header",
+  description: "Exactly-once retries: a write whose key was seen within the last 100,000 log entries applies once and answers the first answer",
+  schema: { type: "string", maxLength: 256 },
+};
 const ifVersionParameter = {
   name: "ifVersion",
   in: "query",
@@ -62,7 +68,7 @@ export const openApiDocument = {
       },
       put: {
         summary: "Write a value (committed on a majority and applied before the answer)",
-        parameters: [keyParameter, ifVersionParameter],
+        parameters: [keyParameter, ifVersionParameter, idempotencyParameter],
         requestBody: { required: true, content: { "application/octet-stream": {} } },
         responses: {
           "200": { description: "{key, version}", content: { "application/json": { schema: { type: "object", properties: { key: { type: "string" }, version: { type: "integer" } } } } } },
@@ -71,7 +77,7 @@ export const openApiDocument = {
       },
       delete: {
         summary: "Delete a key",
-        parameters: [keyParameter, ifVersionParameter],
+        parameters: [keyParameter, ifVersionParameter, idempotencyParameter],
         responses: {
           "200": { description: "{deleted, version}", content: { "application/json": { schema: { type: "object", properties: { deleted: { type: "boolean" }, version: { type: "integer" } } } } } },
           ...errors(307, 400, 401, 409, 429, 503),

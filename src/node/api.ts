@@ -3,6 +3,11 @@ import type { NodeId, Role } from "../raft/types.ts";
 /** Conditions on a write. */
 export interface WriteOptions {
   readonly ifVersion?: number;
+  /**
+   * Exactly-once retries (thesis §6.3): a write carrying a key already seen within the session
+   * window (100,000 log entries) changes nothing and answers what the first one answered.
+   */
+  readonly idempotencyKey?: string;
 }
 
 /**

@@ -5,10 +5,30 @@ import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
 import { ProposalRefusedError, type Message, type NodeId, type Ready, type SnapshotMetadata, type SnapshotRequest, type SnapshotToInstall } from "../raft/types.ts";
-import { encodeCommand, encodeMembershipChange, type Command, type MembershipChange } from "../storage/command.ts";
+import {
+  encodeCommand,
+  encodeMembershipChange,
+  idempotencyKeyBytesMax,
+  sessionKeyPrefix,
+  type Command,
+  type MembershipChange,
+} from "../storage/command.ts";
 import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storage.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
+
+/** The optional parts of a write command. */
+function writeConditions(options: WriteOptions): { ifVersion?: number; idempotencyKey?: string } {
+  return {
+    ...(options.ifVersion === undefined ? {} : { ifVersion: options.ifVersion }),
+    ...(options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey }),
+  };
+}
+
+/** Keys under the state machine's session prefix are its own: clients can neither read nor write them. */
+function checkClientKey(key: string): void {
+  if (key.startsWith(sessionKeyPrefix)) throw new KvError("bad_request", "keys starting with NUL + 'session/' are reserved");
+}
 
 /** The error a conditional write gets when the key's version is not the expected one. */
 function versionMismatch(key: string, expected: number | undefined, current: number): KvError {
@@ -220,7 +240,7 @@ export class KvNode implements KvNodeApi {
   // ---- Client API ---------------------------------------------------------------------------
 
   put(key: string, value: Uint8Array, options: WriteOptions = {}): Promise<{ version: number }> {
-    const condition = options.ifVersion === undefined ? {} : { ifVersion: options.ifVersion };
+    const condition = writeConditions(options);
     return this.write({ op: "put", key, value, ...condition }).then((result) => {
       if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "put", `put applied as ${result.kind}`);
@@ -229,7 +249,7 @@ export class KvNode implements KvNodeApi {
   }
 
   delete(key: string, options: WriteOptions = {}): Promise<{ deleted: boolean; version: number }> {
-    const condition = options.ifVersion === undefined ? {} : { ifVersion: options.ifVersion };
+    const condition = writeConditions(options);
     return this.write({ op: "delete", key, ...condition }).then((result) => {
       if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "delete", `delete applied as ${result.kind}`);
@@ -238,6 +258,7 @@ export class KvNode implements KvNodeApi {
   }
 
   async get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined> {
+    checkClientKey(key);
     await this.readBarrier(consistency);
     const stored = this.cfg.storage.get(key);
     return stored === undefined ? undefined : { value: stored.value, version: stored.version };
@@ -460,6 +481,11 @@ export class KvNode implements KvNodeApi {
   }
 
   private write(command: Command): Promise<ApplyResult> {
+    checkClientKey(command.key);
+    const idem = command.idempotencyKey;
+    if (idem !== undefined && (idem === "" || new TextEncoder().encode(idem).byteLength > idempotencyKeyBytesMax || !idem.isWellFormed())) {
+      throw new KvError("bad_request", `an idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
+    }
     this.refuseUnlessRunning();
     const raft = this.raw.raft;
     if (raft.role !== "leader") throw this.notLeader();

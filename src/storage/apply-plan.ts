@@ -1,6 +1,6 @@
 import { assert, unreachable } from "../lib/assert.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
-import { CommandCodecError, decodeCommand, decodeMembershipChange, isNoopData, type MembershipChange } from "./command.ts";
+import { CommandCodecError, decodeCommand, decodeMembershipChange, isNoopData, type MembershipChange, sessionKeyPrefix } from "./command.ts";
 import { type ApplyResult, StorageError } from "./kv-storage.ts";
 
 /** What `planApply` needs to know about the storage it plans for. */
@@ -15,8 +15,15 @@ export interface ApplyLogView {
 
 /** One step of an apply, decoded and checked; the storage executes it on its own tables. */
 export type ApplyStep =
-  | { readonly kind: "put"; readonly index: number; readonly key: string; readonly value: Uint8Array; readonly ifVersion?: number }
-  | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number }
+  | {
+      readonly kind: "put";
+      readonly index: number;
+      readonly key: string;
+      readonly value: Uint8Array;
+      readonly ifVersion?: number;
+      readonly idempotencyKey?: string;
+    }
+  | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number; readonly idempotencyKey?: string }
   | { readonly kind: "noop"; readonly index: number }
   | { readonly kind: "skipped"; readonly index: number }
   | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
@@ -60,7 +67,10 @@ function stepFor(file: string, entry: Entry): ApplyStep {
       if (isNoopData(entry.data)) return { kind: "noop", index: entry.index };
       try {
         const command = decodeCommand(entry.data);
-        const condition = command.ifVersion === undefined ? {} : { ifVersion: command.ifVersion };
+        const condition = {
+          ...(command.ifVersion === undefined ? {} : { ifVersion: command.ifVersion }),
+          ...(command.idempotencyKey === undefined ? {} : { idempotencyKey: command.idempotencyKey }),
+        };
         return command.op === "put"
           ? { kind: "put", index: entry.index, key: command.key, value: command.value, ...condition }
           : { kind: "delete", index: entry.index, key: command.key, ...condition };
@@ -95,6 +105,48 @@ function stepFor(file: string, entry: Entry): ApplyStep {
 export function conditionFailure(step: ApplyStep, currentVersion: number): ApplyResult | undefined {
   if ((step.kind !== "put" && step.kind !== "delete") || step.ifVersion === undefined) return undefined;
   return step.ifVersion === currentVersion ? undefined : { kind: "conflict", index: step.index, version: currentVersion };
+}
+
+/** Sessions older than this many log entries are forgotten (deterministic: measured in indexes). */
+export const sessionWindowEntries = 100_000;
+
+/** The key-value table as a put or delete step sees it (each storage supplies its own). */
+export interface KvTable {
+  get(key: string): { value: Uint8Array; version: number } | undefined;
+  put(key: string, value: Uint8Array, version: number): void;
+  /** True when the key was there. */
+  delete(key: string): boolean;
+}
+
+/**
+ * Executes a put or delete on `table`: an idempotent retry (thesis §6.3: its idempotency key has a
+ * session) changes nothing and answers what the first attempt answered; a conditional write whose
+ * expected version differs changes nothing and reports the current version; otherwise it applies.
+ * An idempotent write's answer is remembered under `sessionKeyPrefix`, in the same table, so it is
+ * replicated, persisted and snapshotted with the data. Every replica reaches the same answer.
+ */
+export function executeWrite(step: Extract<ApplyStep, { kind: "put" | "delete" }>, table: KvTable): ApplyResult {
+  const session = step.idempotencyKey === undefined ? undefined : `${sessionKeyPrefix}${step.idempotencyKey}`;
+  if (session !== undefined) {
+    const remembered = table.get(session);
+    if (remembered !== undefined) {
+      return { ...(JSON.parse(new TextDecoder().decode(remembered.value)) as object), index: step.index } as ApplyResult;
+    }
+  }
+  let result = step.ifVersion === undefined ? undefined : conditionFailure(step, table.get(step.key)?.version ?? 0);
+  if (result === undefined) {
+    if (step.kind === "put") {
+      table.put(step.key, step.value, step.index);
+      result = resultFor(step, false);
+    } else {
+      result = resultFor(step, table.delete(step.key));
+    }
+  }
+  if (session !== undefined) {
+    const { index: _, ...answer } = result as ApplyResult & { index: number };
+    table.put(session, new TextEncoder().encode(JSON.stringify(answer)), step.index);
+  }
+  return result;
 }
 
 export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {

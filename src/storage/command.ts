@@ -27,10 +27,22 @@ const opPutIfVersion = 0x03;
 const opDeleteIfVersion = 0x04;
 /** Versions are Raft indexes: below 2^53, so at most 8 LEB128 bytes. */
 const versionVarintBytesMax = 8;
+/** An idempotent write (client session, thesis §6.3): [0x05] [key length] [idempotency key] [inner command]. */
+const opIdempotent = 0x05;
+/** The longest idempotency key, in UTF-8 bytes. */
+export const idempotencyKeyBytesMax = 256;
+/**
+ * Where the state machine keeps each idempotent write's original answer: keys in the kv table under
+ * this prefix (so they are replicated, snapshotted and streamed with the data). Client keys may not
+ * start with it; listings never show it.
+ */
+export const sessionKeyPrefix = "\u0000session/";
 
 /** Set `key` to `value`. */
 export interface PutCommand {
   readonly op: "put";
+  /** A retried write with the same key applies once and gets the first answer again. */
+  readonly idempotencyKey?: string;
   readonly key: string;
   readonly value: Uint8Array;
   /** Apply only if the key's version is this (0: only if absent); otherwise nothing changes. */
@@ -40,6 +52,8 @@ export interface PutCommand {
 /** Remove `key` (a no-op on the data when absent, but still a versioned write). */
 export interface DeleteCommand {
   readonly op: "delete";
+  /** A retried write with the same key applies once and gets the first answer again. */
+  readonly idempotencyKey?: string;
   readonly key: string;
   /** Apply only if the key's version is this (0: only if absent); otherwise nothing changes. */
   readonly ifVersion?: number;
@@ -67,6 +81,21 @@ export function isNoopData(data: Uint8Array): boolean {
  * surrogate (it would not round-trip through UTF-8) or is longer than `commandKeyBytesMax`.
  */
 export function encodeCommand(command: Command): Uint8Array {
+  if (command.idempotencyKey !== undefined) {
+    const idem = utf8Encoder.encode(command.idempotencyKey);
+    if (idem.byteLength === 0 || idem.byteLength > idempotencyKeyBytesMax || !command.idempotencyKey.isWellFormed()) {
+      throw new CommandCodecError(`encode: idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
+    }
+    const { idempotencyKey: _, ...plain } = command;
+    const inner = encodeCommand(plain as Command);
+    const out = new Uint8Array(1 + varintByteLength(idem.byteLength) + idem.byteLength + inner.byteLength);
+    out[0] = opIdempotent;
+    let offset = writeVarint(out, 1, idem.byteLength);
+    out.set(idem, offset);
+    offset += idem.byteLength;
+    out.set(inner, offset);
+    return out;
+  }
   if (!command.key.isWellFormed()) throw new CommandCodecError("encode: key holds a lone UTF-16 surrogate");
   const keyBytes = utf8Encoder.encode(command.key);
   if (keyBytes.byteLength > commandKeyBytesMax) {
@@ -104,6 +133,21 @@ export function encodeCommand(command: Command): Uint8Array {
  */
 export function decodeCommand(data: Uint8Array): Command {
   if (data.byteLength === 0) throw new CommandCodecError("decode: empty data is a no-op entry, not a command");
+  if (data[0] === opIdempotent) {
+    const { value: length, next: start } = readVarint(data, 1, keyLengthVarintBytesMax, "idempotency key length");
+    if (length === 0 || length > idempotencyKeyBytesMax || start + length > data.byteLength) {
+      throw new CommandCodecError(`decode: idempotency key of ${length} bytes is out of range`);
+    }
+    let idempotencyKey: string;
+    try {
+      idempotencyKey = utf8Decoder.decode(data.subarray(start, start + length));
+    } catch {
+      throw new CommandCodecError("decode: idempotency key is not valid UTF-8");
+    }
+    const inner = data.subarray(start + length);
+    if (inner[0] === opIdempotent) throw new CommandCodecError("decode: nested idempotent command");
+    return { ...decodeCommand(inner), idempotencyKey };
+  }
   const op = data[0] as number;
   if (op !== opPut && op !== opDelete && op !== opPutIfVersion && op !== opDeleteIfVersion) {
     throw new CommandCodecError(`decode: unknown op byte 0x${op.toString(16).padStart(2, "0")} in ${data.byteLength} bytes`);

@@ -1,6 +1,7 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { conditionFailure, planApply, resultFor } from "./apply-plan.ts";
+import { executeWrite, type KvTable, planApply, resultFor, sessionWindowEntries } from "./apply-plan.ts";
+import { sessionKeyPrefix } from "./command.ts";
 import {
   type ApplyResult,
   type ImageRow,
@@ -64,6 +65,12 @@ export class MemoryKvStorage implements KvStorage {
   /** log[0] is the entry at snap.index + 1. */
   private log: Entry[] = [];
   private values = new Map<string, StoredValue>();
+  /** The kv map as `executeWrite` sees it. */
+  private readonly kvTable: KvTable = {
+    get: (key) => this.values.get(key),
+    put: (key, value, version) => void this.values.set(key, { value, version }),
+    delete: (key) => this.values.delete(key),
+  };
   private applied = 0;
   private staged = new Map<string, StoredValue>();
   private staging: StagingState = { imageId: undefined, bytes: 0 };
@@ -188,16 +195,13 @@ export class MemoryKvStorage implements KvStorage {
     for (const step of plan.steps) {
       let deleted = false;
       if (step.kind === "conf-change") membership = membershipAfter(membership, step.change, step.index);
-      if ((step.kind === "put" || step.kind === "delete") && step.ifVersion !== undefined) {
-        const conflict = conditionFailure(step, this.values.get(step.key)?.version ?? 0);
-        if (conflict !== undefined) {
-          results.push(conflict);
-          continue;
-        }
-      }
-      if (step.kind === "put") this.values.set(step.key, { value: step.value, version: step.index });
-      else if (step.kind === "delete") deleted = this.values.delete(step.key);
-      results.push(resultFor(step, deleted));
+      if (step.kind === "put" || step.kind === "delete") results.push(executeWrite(step, this.kvTable));
+      else results.push(resultFor(step, deleted));
+    }
+    // Forget sessions older than the window (by index, so every replica forgets the same ones).
+    const expired = plan.appliedIndex - sessionWindowEntries;
+    if (expired > 0) {
+      for (const [key, stored] of this.values) if (key.startsWith(sessionKeyPrefix) && stored.version < expired) this.values.delete(key);
     }
     // The configuration moves with the applied index, atomically (as sqlite's one transaction).
     this.voters = membership.voters;
@@ -224,7 +228,7 @@ export class MemoryKvStorage implements KvStorage {
   list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
     this.assertOpen();
     const keys = [...this.values.keys()]
-      .filter((key) => key.startsWith(prefix) && (after === undefined || compareUtf8(key, after) > 0))
+      .filter((key) => key.startsWith(prefix) && !key.startsWith(sessionKeyPrefix) && (after === undefined || compareUtf8(key, after) > 0))
       .sort(compareUtf8)
       .slice(0, limit);
     return keys.map((key) => ({ key, ...(this.values.get(key) as StoredValue) }));

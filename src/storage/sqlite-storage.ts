@@ -3,7 +3,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyStep, conditionFailure, planApply, resultFor } from "./apply-plan.ts";
+import { type ApplyStep, executeWrite, type KvTable, planApply, resultFor, sessionWindowEntries } from "./apply-plan.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
   type ApplyResult,
@@ -16,6 +16,7 @@ import {
   StorageError,
   type StoredValue,
 } from "./kv-storage.ts";
+import { sessionKeyPrefix } from "./command.ts";
 import { addressesAfterInstall, membershipAfter, sameMembers, withMissingAddresses } from "./membership.ts";
 import { checkSave } from "./save-checks.ts";
 import {
@@ -329,6 +330,9 @@ export class SqliteStorage implements KvStorage {
   private readonly updateApplied: Statement<unknown, [number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
+  private readonly expireSessions: Statement<unknown, [string, string, number]>;
+  /** The kv table as `executeWrite` sees it, through the prepared statements. */
+  private readonly kvTable: KvTable;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
   private readonly deleteValue: Statement<unknown, [string]>;
   private readonly synchronousNormal: Statement<unknown, []>;
@@ -378,6 +382,12 @@ export class SqliteStorage implements KvStorage {
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
+    this.expireSessions = db.prepare("DELETE FROM kv WHERE key >= ? AND key < ? AND version < ?");
+    this.kvTable = {
+      get: (key) => this.selectValue.get(key) ?? undefined,
+      put: (key, value, version) => void this.upsertValue.run(key, value, version),
+      delete: (key) => this.deleteValue.run(key).changes > 0,
+    };
     this.upsertValue = db.prepare(
       "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
     );
@@ -640,18 +650,11 @@ export class SqliteStorage implements KvStorage {
     if (membership !== undefined) this.writeMembership(membership);
     const results: ApplyResult[] = [];
     for (const step of steps) {
-      let deleted = false;
-      if ((step.kind === "put" || step.kind === "delete") && step.ifVersion !== undefined) {
-        const conflict = conditionFailure(step, this.selectValue.get(step.key)?.version ?? 0);
-        if (conflict !== undefined) {
-          results.push(conflict);
-          continue;
-        }
-      }
-      if (step.kind === "put") this.upsertValue.run(step.key, step.value, step.index);
-      else if (step.kind === "delete") deleted = this.deleteValue.run(step.key).changes > 0;
-      results.push(resultFor(step, deleted));
+      if (step.kind === "put" || step.kind === "delete") results.push(executeWrite(step, this.kvTable));
+      else results.push(resultFor(step, false));
     }
+    // Forget sessions older than the window (by index, so every replica forgets the same ones).
+    if (appliedIndex > sessionWindowEntries) this.expireSessions.run(sessionKeyPrefix, `${sessionKeyPrefix}\u{10FFFF}`, appliedIndex - sessionWindowEntries);
     this.updateApplied.run(appliedIndex);
     return results;
   }
@@ -679,6 +682,7 @@ export class SqliteStorage implements KvStorage {
       const rows = this.selectRange.all(from, prefix, Math.min(limit - items.length, 1_000) + 1);
       for (const row of rows) {
         if (!row.key.startsWith(prefix) || items.length >= limit) return items;
+        if (row.key.startsWith(sessionKeyPrefix)) continue; // the state machine's own: never listed
         items.push({ key: row.key, value: row.value, version: row.version });
       }
       if (rows.length === 0) return items;
