@@ -181,3 +181,22 @@ describe("forged input", () => {
     expect(node.raft.term).toBe(term);
   });
 });
+
+describe("snapshots (thesis §5.1)", () => {
+  test("a leader waits for a long snapshot transfer the driver reports in progress, and gives up on a silent one", async () => {
+    const { snapshotHeartbeatsMax } = await import("../src/raft/progress.ts");
+    const { Progress } = await import("../src/raft/progress.ts");
+    const reported = new Progress(1, 4);
+    reported.becomeSnapshot(50);
+    const silent = new Progress(1, 4);
+    silent.becomeSnapshot(50);
+    for (let round = 0; round <= 2 * snapshotHeartbeatsMax; round++) {
+      reported.snapshotStillSending();
+      reported.heartbeatAnswered();
+      silent.heartbeatAnswered();
+    }
+    expect(reported.state).toBe("snapshot");
+    expect(silent.state).toBe("probe");
+    expect(silent.nextIndex).toBe(51); // probe just past the snapshot it most likely installed
+  });
+});

@@ -528,6 +528,7 @@ export class KvNode implements KvNodeApi {
 
   private onTick(): void {
     if (this.stopped) return;
+    for (const to of this.outgoingSnapshots.keys()) this.raw.raft.reportSnapshotInProgress(to);
     this.raw.tick();
     this.expireWaiters();
     this.maybePromoteLearner();

@@ -43,6 +43,11 @@ export class Progress {
     }
   }
 
+  /** The driver is still streaming the snapshot: keep waiting however long the transfer takes. */
+  snapshotStillSending(): void {
+    if (this.state === "snapshot") this.heartbeatsSinceSnapshot = 0;
+  }
+
   /** A snapshot at `index` went out: wait for the follower to report it installed (or give up). */
   becomeSnapshot(index: number): void {
     this.state = "snapshot";

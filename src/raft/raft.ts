@@ -686,6 +686,14 @@ export class Raft {
     }
   }
 
+  /**
+   * The driver is still streaming a snapshot to `to`: a long transfer must not make the leader give
+   * up on it (after snapshotHeartbeatsMax rounds) and ask for another one meanwhile.
+   */
+  reportSnapshotInProgress(to: NodeId): void {
+    if (this.role === "leader") this.progress.get(to)?.snapshotStillSending();
+  }
+
   /** The driver could not deliver the snapshot to `to` (or the follower could not stage it): probe again. */
   reportSnapshotFailure(to: NodeId): void {
     const progress = this.progress.get(to);
