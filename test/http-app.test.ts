@@ -542,3 +542,14 @@ describe("compare-and-set: ?ifVersion=N on PUT and DELETE", () => {
     }
   });
 });
+
+describe("a full disk", () => {
+  test("insufficient_storage is a 507 with Retry-After and a JSON body", async () => {
+    const node = new MemoryKvNode();
+    node.failure = new KvError("insufficient_storage", "the disk is full", { retryAfterS: 5 });
+    const response = await createHttpApp(node).handle(new Request("http://localhost/kv/x", { method: "PUT", body: "v" }));
+    expect(response.status).toBe(507);
+    expect(response.headers.get("retry-after")).toBe("5");
+    expect(await response.json()).toMatchObject({ error: "insufficient_storage" });
+  });
+});

@@ -193,3 +193,35 @@ describe("exactly-once retries through the node (thesis §6.3)", () => {
     expect(await drive(cluster, next.delete("k", { idempotencyKey: "d1" }))).toEqual(first);
   });
 });
+
+describe("a full disk (issue 6: an operating error, not a crash)", () => {
+  test("the node refuses writes with insufficient_storage, stays up, the others carry on, and it recovers when space returns", async () => {
+    const cluster = createCluster({ requestTimeoutMs: 300 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const id = leader.status().id;
+    await drive(cluster, leader.put("before", enc("1")));
+    const storage = cluster.storages.get(id)!;
+    const save = storage.save.bind(storage);
+    let full = true;
+    storage.save = (...args) => {
+      if (full) throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+      return save(...args);
+    };
+    const attempt = await drive(cluster, leader.put("during", enc("2")).catch((e: unknown) => e));
+    expect(["insufficient_storage", "timeout"]).toContain((attempt as KvError).code);
+    expect(() => leader.put("during", enc("3"))).toThrow("the disk is full");
+    expect(leader.healthy()).toBe(false);
+    expect(cluster.fatal).toEqual([]);
+    // The frozen node stops heartbeating: the others elect a leader and keep serving.
+    const otherLeader = () => [...cluster.nodes.values()].find((n) => n.status().id !== id && n.status().role === "leader");
+    await cluster.until(() => otherLeader() !== undefined, 2_000);
+    const next = otherLeader()!;
+    await drive(cluster, next.put("while-full", enc("4")));
+    // Space returns: the node resumes where it stopped, catches up and serves again.
+    full = false;
+    await cluster.until(() => leader.healthy() && storage.get("while-full") !== undefined, 2_000);
+    expect(dec((await drive(cluster, leader.get("before", "linearizable")))!.value)).toBe("1");
+    expect(cluster.fatal).toEqual([]);
+  });
+});

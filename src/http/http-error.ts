@@ -65,6 +65,8 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
         503,
         details.retryAfterS === undefined ? {} : { "retry-after": String(retryAfterS(details)) },
       );
+    case "insufficient_storage":
+      return jsonResponse(body(code, error.message, details), 507, { "retry-after": String(retryAfterS(details)) });
     case "version_mismatch":
     case "conf_change_pending":
     case "member_exists":

@@ -14,7 +14,8 @@ export type KvErrorCode =
   | "overloaded" // too many requests waiting; retry later
   | "version_mismatch" // a conditional write found another version: nothing changed
   | "conf_change_pending" // another membership change is not yet applied: nothing was proposed
-  | "member_exists"; // the node to add is already a member: nothing was proposed
+  | "member_exists" // the node to add is already a member: nothing was proposed
+  | "insufficient_storage"; // the node's disk is full: nothing was written; retry later
 
 export interface KvErrorDetails {
   leaderId?: number;

@@ -17,6 +17,24 @@ import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storag
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
 
+/** A Ready being carried out, and how far it got (a full disk stops it between stages). */
+interface BlockedReady {
+  readonly ready: Ready;
+  readonly late: readonly Message[];
+  stage: "install" | "save" | "apply";
+}
+
+/** SQLite's "database or disk is full" (or the OS's ENOSPC): an operating error the node waits out. */
+function isDiskFull(error: unknown): boolean {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  const message = error instanceof Error ? error.message : String(error);
+  return code === "SQLITE_FULL" || code === "ENOSPC" || /database or disk is full|ENOSPC|no space left/i.test(message);
+}
+
+function diskFullError(): KvError {
+  return new KvError("insufficient_storage", "the disk is full: writes are refused until space returns", { retryAfterS: 5 });
+}
+
 /** The optional parts of a write command. */
 function writeConditions(options: WriteOptions): { ifVersion?: number; idempotencyKey?: string } {
   return {
@@ -140,6 +158,9 @@ export class KvNode implements KvNodeApi {
   /** Reads with a read index, waiting to be applied up to it. */
   private readsWaitingApply: PendingRead[] = [];
   private readSequence = 0;
+  /** A Ready the disk could not take (full): retried before anything else. */
+  private blockedReady: BlockedReady | undefined;
+  private diskRetryTicks = 0;
   /** Checks to run once after the next turn (e.g. a leadership transfer waiting to finish). */
   private afterTurn: (() => void)[] = [];
   private turnScheduled = false;
@@ -471,7 +492,7 @@ export class KvNode implements KvNodeApi {
 
   healthy(): boolean {
     const raft = this.raw.raft;
-    return !this.stopped && raft.leaderId !== 0 && this.cfg.storage.appliedIndex() >= raft.log.committed;
+    return !this.stopped && this.blockedReady === undefined && raft.leaderId !== 0 && this.cfg.storage.appliedIndex() >= raft.log.committed;
   }
 
   private httpUrlOf(id: NodeId): string | undefined {
@@ -507,6 +528,7 @@ export class KvNode implements KvNodeApi {
   }
 
   private refuseUnlessRunning(): void {
+    if (this.blockedReady !== undefined) throw diskFullError();
     if (this.failure !== undefined) throw new KvError("unavailable", `the node stopped: ${this.failure.message}`);
     if (this.stopped || this.transport === undefined) throw new KvError("unavailable", "the node is not running");
     if (this.removed) throw new KvError("unavailable", "this node was removed from the cluster; it serves no requests");
@@ -528,6 +550,12 @@ export class KvNode implements KvNodeApi {
 
   private onTick(): void {
     if (this.stopped) return;
+    if (this.blockedReady !== undefined) {
+      // Frozen until the disk takes the Ready: requests still time out, and a retry runs every 10 ticks.
+      this.expireWaiters();
+      if (++this.diskRetryTicks % 10 === 0) this.turn();
+      return;
+    }
     for (const to of this.outgoingSnapshots.keys()) this.raw.raft.reportSnapshotInProgress(to);
     this.raw.tick();
     this.expireWaiters();
@@ -549,10 +577,11 @@ export class KvNode implements KvNodeApi {
   private turn(): void {
     if (this.stopped) return;
     try {
+      if (this.blockedReady !== undefined && !this.carryOut(this.blockedReady)) return;
       this.stepInbox();
       this.proposeQueuedWrites();
       this.requestReadIndex();
-      while (this.raw.hasReady()) this.handleReady(this.raw.ready());
+      while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return;
       this.serveReads();
       const checks = this.afterTurn;
       this.afterTurn = [];
@@ -603,7 +632,7 @@ export class KvNode implements KvNodeApi {
   }
 
   /** Install → persist → send → apply → advance, in that order (the order is what makes acks durable). */
-  private handleReady(ready: Ready): void {
+  private handleReady(ready: Ready): boolean {
     // A leader's appends and heartbeats promise nothing about its own disk, so they go out first and
     // the followers' writes overlap the leader's fsync (thesis §10.2.1; Bun's fetch sends from its
     // own thread while this one is in sqlite). The leader counts its own copy toward commit only in
@@ -611,15 +640,47 @@ export class KvNode implements KvNodeApi {
     const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
     const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
     if (early.length > 0) this.sendMessages(early);
-    if (ready.snapshot !== undefined) this.installSnapshot(ready.snapshot);
-    this.cfg.storage.save(ready.hardState, ready.entries, ready.mustSync);
-    if (late.length > 0) this.sendMessages(late);
-    if (ready.committedEntries.length > 0) {
-      const results = this.cfg.storage.applyEntries(ready.committedEntries);
-      results.forEach((result, i) => {
-        if (result.kind === "conf-change") this.applyMembershipChange(result, ready.committedEntries[i]!.term);
-        else this.settleWrite(result, ready.committedEntries[i]!.term);
-      });
+    return this.carryOut({ ready, late, stage: ready.snapshot !== undefined ? "install" : "save" });
+  }
+
+  /**
+   * Carries out a Ready from `work.stage` on: install, save, then send and apply. A full disk is an
+   * operating error, not a crash: the Ready waits in `blockedReady` (the core is neither stepped nor
+   * ticked meanwhile, as if paused), writes are refused with `insufficient_storage`, and each retry
+   * resumes where it stopped. Returns false while the disk is full.
+   */
+  private carryOut(work: BlockedReady): boolean {
+    const { ready } = work;
+    try {
+      if (work.stage === "install") {
+        this.installSnapshot(ready.snapshot as SnapshotToInstall);
+        work.stage = "save";
+      }
+      if (work.stage === "save") {
+        this.cfg.storage.save(ready.hardState, ready.entries, ready.mustSync);
+        work.stage = "apply";
+        if (work.late.length > 0) this.sendMessages(work.late);
+      }
+      if (ready.committedEntries.length > 0) {
+        const results = this.cfg.storage.applyEntries(ready.committedEntries);
+        results.forEach((result, i) => {
+          if (result.kind === "conf-change") this.applyMembershipChange(result, ready.committedEntries[i]!.term);
+          else this.settleWrite(result, ready.committedEntries[i]!.term);
+        });
+      }
+    } catch (error) {
+      if (!isDiskFull(error)) throw error;
+      if (this.blockedReady === undefined) {
+        this.cfg.log?.("disk full", { error: error instanceof Error ? error.message : String(error), stage: work.stage });
+      }
+      this.blockedReady = work;
+      for (const write of this.queuedWrites) write.reject(diskFullError());
+      this.queuedWrites = [];
+      return false;
+    }
+    if (this.blockedReady !== undefined) {
+      this.blockedReady = undefined;
+      this.cfg.log?.("disk space back", {});
     }
     for (const state of ready.readStates) {
       const reads = this.readsByContext.get(state.readContext);
@@ -651,7 +712,14 @@ export class KvNode implements KvNodeApi {
       }
     }
     this.raw.advance(ready);
-    if (ready.committedEntries.length > 0) this.maybeCompact();
+    if (ready.committedEntries.length > 0) {
+      try {
+        this.maybeCompact();
+      } catch (error) {
+        if (!isDiskFull(error)) throw error; // compaction can wait for space
+      }
+    }
+    return true;
   }
 
   // ---- Snapshots ----------------------------------------------------------------------------
