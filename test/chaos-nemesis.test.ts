@@ -8,27 +8,12 @@ import { createLiveDisplay, formatProgress, opsPerSecond } from "../src/chaos/li
 import { judgeResumedRead, judgeResumedWrite, summarize } from "../src/chaos/pause.ts";
 import { parseResponse } from "../src/chaos/raw-http.ts";
 import { availability, longestGap } from "../src/chaos/write-load.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { runKv } from "./helpers/kv-binary.ts";
 
 /** Generous: the machine has two cores shared with other suites. This bounds a hung run, it asserts nothing. */
 const SCENARIO_TIMEOUT_MS = 120_000;
 
-/** Runs `kv ...` to completion; a runner still alive in `finally` gets SIGTERM (it then kills its nodes), then SIGKILL. */
-async function run(args: string[]): Promise<{ code: number; out: string }> {
-  const proc = Bun.spawn([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  try {
-    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-    const code = await proc.exited;
-    return { code, out: out + err };
-  } finally {
-    if (proc.exitCode === null) {
-      // Only when the runner hung or the test failed mid-run: SIGTERM lets it kill its nodes first.
-      proc.kill("SIGTERM");
-      const exited = await Promise.race([proc.exited.then(() => true), Bun.sleep(10_000).then(() => false)]);
-      if (!exited) proc.kill("SIGKILL");
-    }
-  }
-}
+const run = runKv;
 
 function expectSuccess(code: number, out: string): void {
   if (code !== 0) console.error(out);

@@ -8,27 +8,12 @@ import { checkLinearizable, describeOperation, type Operation } from "../src/cha
 import { describeFault, describePlannedFault, modeNeedsProxies, planSchedule, type PlannedFault } from "../src/chaos/nemesis.ts";
 import { countOperations, formatDuration, parseDurationMs, toOperation } from "../src/chaos/random.ts";
 import { escapeHtml, renderReport, type ReportInput } from "../src/chaos/report.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { runKv } from "./helpers/kv-binary.ts";
 
 /** Bounds a hung run; asserts nothing about speed. */
 const SCENARIO_TIMEOUT_MS = 120_000;
 
-/** Runs `kv ...` to completion; a runner still alive in `finally` gets SIGTERM (it then kills its nodes), then SIGKILL. */
-async function run(args: string[]): Promise<{ code: number; out: string }> {
-  const proc = Bun.spawn([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  try {
-    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-    const code = await proc.exited;
-    return { code, out: out + err };
-  } finally {
-    if (proc.exitCode === null) {
-      // Only when the runner hung or the test failed mid-run: SIGTERM lets it kill its nodes first.
-      proc.kill("SIGTERM");
-      const exited = await Promise.race([proc.exited.then(() => true), Bun.sleep(10_000).then(() => false)]);
-      if (!exited) proc.kill("SIGKILL");
-    }
-  }
-}
+const run = runKv;
 
 const outDir = mkdtempSync(join(tmpdir(), "kv-random-test-"));
 afterAll(() => rmSync(outDir, { recursive: true, force: true }));

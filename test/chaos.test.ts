@@ -1,18 +1,9 @@
 // Proves `kv chaos failover` and `kv chaos election` run as a user runs them (the built executable)
 // and pass: no acknowledged write lost across a leader SIGKILL, at most one node accepting per election.
 import { expect, test } from "bun:test";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { runKv } from "./helpers/kv-binary.ts";
 
-async function run(args: string[]): Promise<{ code: number; out: string }> {
-  const proc = Bun.spawn([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  try {
-    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-    const code = await proc.exited;
-    return { code, out: out + err };
-  } finally {
-    proc.kill("SIGKILL"); // the runner kills its own nodes; this only guards against a hung runner
-  }
-}
+const run = runKv;
 
 test("kv chaos failover: 100 acknowledged writes, leader killed mid-write, 0 missing, 0 wrong", async () => {
   const { code, out } = await run(["chaos", "failover"]);

@@ -2,7 +2,7 @@ import { describeOutcome, readValue, request, tally, type Outcome } from "./clie
 import type { ChaosCluster } from "./cluster.ts";
 import type { LiveDisplay } from "./live-display.ts";
 import { forEachLimit, printVerification, verificationHolds, verifyWrites, type AbsentWrite, type Verification } from "./verify.ts";
-import { kvPath, LeaderClient } from "./write-load.ts";
+import { createLedger, kvPath, LeaderClient } from "./write-load.ts";
 
 export interface PartitionOptions {
   /** Partitions to provoke, one after another, each isolating the leader of the moment. */
@@ -56,20 +56,8 @@ export async function runPartition(cluster: ChaosCluster, opts: PartitionOptions
   const print = (line: string) => display.print(line);
   const runId = Date.now().toString(36);
   const client = new LeaderClient(cluster, opts.requestTimeoutMs);
-  const acked = new Map<string, string>();
-  const mustBeAbsent: AbsentWrite[] = [];
+  const { acked, mustBeAbsent, counters, count, putAcked } = createLedger(client);
   const rounds: PartitionRound[] = [];
-  const counters = { ok: 0, failed: 0, unknown: 0 };
-  const count = (outcome: Outcome) => {
-    if (outcome.kind === "ok") counters.ok++;
-    else if (outcome.kind === "fail") counters.failed++;
-    else counters.unknown++;
-  };
-  const putAcked = async (key: string, value: string) => {
-    if (!(await client.putUntilAcked(key, value, performance.now() + 30_000))) throw new Error(`no leader acknowledged ${key} within 30 s`);
-    counters.ok++;
-    acked.set(key, value);
-  };
 
   print("[Step 1] Starting 3-node cluster...");
   await cluster.start();

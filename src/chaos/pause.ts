@@ -3,7 +3,7 @@ import type { ChaosCluster, StatusView } from "./cluster.ts";
 import type { LiveDisplay } from "./live-display.ts";
 import { forEachLimit, printVerification, verificationHolds, verifyWrites, type AbsentWrite, type Verification } from "./verify.ts";
 import { sendRaw } from "./raw-http.ts";
-import { kvPath, LeaderClient } from "./write-load.ts";
+import { createLedger, kvPath, LeaderClient } from "./write-load.ts";
 
 export interface PauseOptions {
   /** Pauses to provoke, each of the leader of the moment. */
@@ -78,20 +78,8 @@ export async function runPause(cluster: ChaosCluster, opts: PauseOptions): Promi
   const print = (line: string) => display.print(line);
   const runId = Date.now().toString(36);
   const client = new LeaderClient(cluster, opts.requestTimeoutMs);
-  const acked = new Map<string, string>();
-  const mustBeAbsent: AbsentWrite[] = [];
+  const { acked, mustBeAbsent, counters, count, putAcked } = createLedger(client);
   const rounds: PauseRound[] = [];
-  const counters = { ok: 0, failed: 0, unknown: 0 };
-  const count = (outcome: Outcome) => {
-    if (outcome.kind === "ok") counters.ok++;
-    else if (outcome.kind === "fail") counters.failed++;
-    else counters.unknown++;
-  };
-  const putAcked = async (key: string, value: string) => {
-    if (!(await client.putUntilAcked(key, value, performance.now() + 30_000))) throw new Error(`no leader acknowledged ${key} within 30 s`);
-    counters.ok++;
-    acked.set(key, value);
-  };
 
   print("[Step 1] Starting 3-node cluster...");
   await cluster.start();

@@ -1,6 +1,7 @@
 import { readValue, request, type Outcome } from "./client.ts";
 import type { ChaosCluster } from "./cluster.ts";
 import type { LoadCounters } from "./live-display.ts";
+import type { AbsentWrite } from "./verify.ts";
 
 /** Redirects one attempt may follow before it counts as refused. */
 const REDIRECT_HOPS_MAX = 3;
@@ -246,4 +247,25 @@ export function availability(attempts: number, ackTimesMs: readonly number[], st
     longestGapFromMs: Math.round(gap.fromMs - startMs),
     longestGapToMs: Math.round(gap.toMs - startMs),
   };
+}
+
+/**
+ * What a scenario's writes came to: the acknowledged ones (to read back), the refused ones that must
+ * never appear, and counts of answers by kind. `putAcked` writes through the leader until acknowledged.
+ */
+export function createLedger(client: LeaderClient) {
+  const acked = new Map<string, string>();
+  const mustBeAbsent: AbsentWrite[] = [];
+  const counters = { ok: 0, failed: 0, unknown: 0 };
+  const count = (outcome: Outcome): void => {
+    if (outcome.kind === "ok") counters.ok++;
+    else if (outcome.kind === "fail") counters.failed++;
+    else counters.unknown++;
+  };
+  const putAcked = async (key: string, value: string): Promise<void> => {
+    if (!(await client.putUntilAcked(key, value, performance.now() + 30_000))) throw new Error(`no leader acknowledged ${key} within 30 s`);
+    counters.ok++;
+    acked.set(key, value);
+  };
+  return { acked, mustBeAbsent, counters, count, putAcked };
 }

@@ -13,3 +13,23 @@ export function kvCommand(): string[] {
   }
   return [bin];
 }
+
+/**
+ * Runs `kv ...` (the built executable) to completion and returns its exit code and output. A runner
+ * still alive in `finally` (it hung, or the test failed mid-run) gets SIGTERM, so it kills its own
+ * nodes, then SIGKILL if it does not exit within 10 s.
+ */
+export async function runKv(args: string[]): Promise<{ code: number; out: string }> {
+  const proc = Bun.spawn([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  try {
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    const code = await proc.exited;
+    return { code, out: out + err };
+  } finally {
+    if (proc.exitCode === null) {
+      proc.kill("SIGTERM");
+      const exited = await Promise.race([proc.exited.then(() => true), Bun.sleep(10_000).then(() => false)]);
+      if (!exited) proc.kill("SIGKILL");
+    }
+  }
+}
