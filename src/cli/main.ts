@@ -99,6 +99,11 @@ export async function main(argv: string[]): Promise<void> {
       console.error(`kv: ${error.message}`);
       process.exit(2);
     }
+    // Damaged or unusable storage is an operating error: say what and where, in one line.
+    if (error instanceof Error && error.name === "StorageError") {
+      console.error(`kv: cannot start: ${error.message}`);
+      process.exit(1);
+    }
     console.error(`kv: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
     process.exit(1);
   }
