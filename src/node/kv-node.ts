@@ -105,7 +105,7 @@ export const defaultSnapshotPolicy = {
 
 export const defaultNodeTimings = {
   tickMs: 10,
-  electionTicks: 15, // 150-300 ms randomized election timeout on loopback
+  electionTicks: 12, // 120-240 ms randomized election timeout on loopback
   heartbeatTicks: 5, // 50 ms: a third of the minimum election timeout; idle peers cost less CPU
   requestTimeoutMs: 5_000,
   pendingRequestsMax: 100_000,
