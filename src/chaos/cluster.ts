@@ -42,6 +42,45 @@ export interface StatusView {
   lastLogIndex: number;
 }
 
+/** What a node's "started" log line says about where it listens. */
+export interface StartedLine {
+  readonly httpUrl: string;
+  readonly peerPort: number;
+  readonly clusterId?: string;
+}
+
+/**
+ * Copies a `kv serve` process's stdout and stderr into `log`; resolves with its "started" line once
+ * it appears (the ports it bound, which the OS chose).
+ */
+export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: WriteStream): Promise<StartedLine> {
+  return new Promise((resolve) => {
+    let resolved = false;
+    const pump = async (stream: ReadableStream<Uint8Array>, scan: boolean) => {
+      const decoder = new TextDecoder();
+      let partial = "";
+      for await (const chunk of stream) {
+        log.write(chunk);
+        if (!scan || resolved) continue;
+        partial += decoder.decode(chunk, { stream: true });
+        const lines = partial.split("\n");
+        partial = lines.pop() ?? "";
+        for (const line of lines) {
+          if (!line.includes('"event":"started"')) continue;
+          try {
+            resolve(JSON.parse(line) as StartedLine);
+            resolved = true;
+          } catch {
+            // not our line
+          }
+        }
+      }
+    };
+    void pump(proc.stdout, false);
+    void pump(proc.stderr, true);
+  });
+}
+
 /** The command line that runs this very program again, compiled or from source. */
 export function selfCommand(): string[] {
   const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
@@ -131,7 +170,7 @@ export class ChaosCluster {
     this.processes.set(id, proc);
     node.pid = proc.pid;
     node.state = "starting";
-    const started = this.pipeLogs(proc, log);
+    const started = pipeNodeOutput(proc, log);
     const timeoutMs = this.opts.startTimeoutMs ?? 15_000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     const info = await Promise.race([
@@ -147,36 +186,6 @@ export class ChaosCluster {
     node.peerPort = info.peerPort;
     node.state = "running";
     for (const from of this.nodes) if (from.id !== id) this.links.get(`${from.id}>${id}`)?.setTarget(info.peerPort);
-  }
-
-  /** Copies a process's output into its log file; resolves with the ports from its "started" line. */
-  private pipeLogs(proc: Subprocess<"ignore", "pipe", "pipe">, log: WriteStream): Promise<{ httpUrl: string; peerPort: number }> {
-    return new Promise((resolve) => {
-      let resolved = false;
-      const pump = async (stream: ReadableStream<Uint8Array>, scan: boolean) => {
-        const decoder = new TextDecoder();
-        let partial = "";
-        for await (const chunk of stream) {
-          log.write(chunk);
-          if (!scan || resolved) continue;
-          partial += decoder.decode(chunk, { stream: true });
-          const lines = partial.split("\n");
-          partial = lines.pop() ?? "";
-          for (const line of lines) {
-            if (!line.includes('"event":"started"')) continue;
-            try {
-              const parsed = JSON.parse(line) as { httpUrl: string; peerPort: number };
-              resolved = true;
-              resolve({ httpUrl: parsed.httpUrl, peerPort: parsed.peerPort });
-            } catch {
-              // not our line
-            }
-          }
-        }
-      };
-      void pump(proc.stdout, false);
-      void pump(proc.stderr, true);
-    });
   }
 
   /** Sends `signal` to node `id` by pid. SIGKILL marks it dead at once. */

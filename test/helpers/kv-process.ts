@@ -3,6 +3,7 @@
 // environment that ChaosCluster (one set of flags for every node, plain http) cannot give.
 import { createWriteStream } from "node:fs";
 import type { Subprocess } from "bun";
+import { pipeNodeOutput } from "../../src/chaos/cluster.ts";
 import { kvCommand } from "./kv-binary.ts";
 
 /** How to start one node. */
@@ -73,28 +74,7 @@ export async function startKvProcess(options: KvProcessOptions): Promise<KvProce
   running.add(proc);
   void proc.exited.then(() => running.delete(proc));
   const logStream = createWriteStream(options.logFile, { flags: "a" });
-  const started = new Promise<{ httpUrl: string; peerPort: number; clusterId: string }>((resolve) => {
-    let resolved = false;
-    const pump = async (stream: ReadableStream<Uint8Array>, scan: boolean) => {
-      const decoder = new TextDecoder();
-      let partial = "";
-      for await (const chunk of stream) {
-        logStream.write(chunk);
-        if (!scan || resolved) continue;
-        partial += decoder.decode(chunk, { stream: true });
-        const lines = partial.split("\n");
-        partial = lines.pop() ?? "";
-        for (const line of lines) {
-          if (!line.includes('"event":"started"')) continue;
-          const parsed = JSON.parse(line) as { httpUrl: string; peerPort: number; clusterId: string };
-          resolved = true;
-          resolve(parsed);
-        }
-      }
-    };
-    void pump(proc.stdout, false);
-    void pump(proc.stderr, true);
-  });
+  const started = pipeNodeOutput(proc, logStream).then((line) => ({ ...line, clusterId: line.clusterId ?? "" }));
   const timeoutMs = options.startTimeoutMs ?? 15_000;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let info: { httpUrl: string; peerPort: number; clusterId: string };
