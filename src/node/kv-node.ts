@@ -244,6 +244,7 @@ export class KvNode implements KvNodeApi {
     const checks = this.afterTurn;
     this.afterTurn = [];
     for (const check of checks) check();
+    this.transport?.flush();
   }
 
   /** The transport's handler: queues messages for the next turn. */
@@ -588,6 +589,9 @@ export class KvNode implements KvNodeApi {
       for (const check of checks) check();
     } catch (error) {
       this.fail(error instanceof Error ? error : new Error(String(error)));
+    } finally {
+      // Peers' calls whose messages this turn took are answered now, with our replies inside.
+      this.transport?.flush();
     }
   }
 
@@ -639,7 +643,11 @@ export class KvNode implements KvNodeApi {
     // a later turn, after this save returned. Everything else (votes, acks) waits for the disk.
     const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
     const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
-    if (early.length > 0) this.sendMessages(early);
+    if (early.length > 0) {
+      this.sendMessages(early);
+      // A follower's call waiting for its answer would otherwise hold these until after our fsync.
+      this.transport?.flush();
+    }
     return this.carryOut({ ready, late, stage: ready.snapshot !== undefined ? "install" : "save" });
   }
 

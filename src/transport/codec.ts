@@ -10,8 +10,9 @@ import {
   EntryType as ProtoEntryType,
   RaftMessageSchema,
   SendRequestSchema,
+  SendResponseSchema,
 } from "../gen/kv/v1/raft_pb.ts";
-import type { Entry as ProtoEntry, RaftMessage, SendRequest } from "../gen/kv/v1/raft_pb.ts";
+import type { Entry as ProtoEntry, RaftMessage, SendRequest, SendResponse } from "../gen/kv/v1/raft_pb.ts";
 import { assert, unreachable } from "../lib/assert.ts";
 import { EntryType } from "../raft/types.ts";
 import type { Entry, Message, NodeId, SnapshotMetadata } from "../raft/types.ts";
@@ -336,17 +337,39 @@ export function toSendRequest(from: NodeId, fromHttpUrl: string, messages: reado
 export function fromSendRequest(request: SendRequest, limits: DecodeLimits = defaultDecodeLimits): DecodedSendRequest {
   const from = nodeId(request.from, "request.from");
   const fromHttpUrl = httpUrl(request.fromHttpUrl, limits.httpUrlLengthMax);
-  if (!Array.isArray(request.messages)) throw new TransportDecodeError("request.messages is not a list");
-  if (request.messages.length > limits.messagesPerRequestMax) {
-    throw new TransportDecodeError(`request carries ${request.messages.length} messages, more than ${limits.messagesPerRequestMax}`);
+  return { from, fromHttpUrl, messages: messagesFrom(request.messages, from, "request", limits) };
+}
+
+/** Encodes the messages this server answers a peer's call with. */
+export function toSendResponse(messages: readonly Message[]): SendResponse {
+  return create(SendResponseSchema, { messages: messages.map(toProto) });
+}
+
+/**
+ * Decodes and validates the answer to a call we made to node `peer`: every message must come from
+ * `peer` and be addressed to `selfId`. One bad message refuses the whole answer.
+ */
+export function fromSendResponse(response: SendResponse, peer: NodeId, selfId: NodeId, limits: DecodeLimits = defaultDecodeLimits): Message[] {
+  const messages = messagesFrom(response.messages, peer, "response", limits);
+  for (const message of messages) {
+    if (message.to !== selfId) throw new TransportDecodeError(`answer from node ${peer} carries a message to node ${message.to}, not to ${selfId}`);
+  }
+  return messages;
+}
+
+/** Decodes a call's or an answer's messages, each of which must come from `from`. */
+function messagesFrom(protos: unknown, from: NodeId, what: "request" | "response", limits: DecodeLimits): Message[] {
+  if (!Array.isArray(protos)) throw new TransportDecodeError(`${what}.messages is not a list`);
+  if (protos.length > limits.messagesPerRequestMax) {
+    throw new TransportDecodeError(`${what} carries ${protos.length} messages, more than ${limits.messagesPerRequestMax}`);
   }
   const messages: Message[] = [];
-  for (const proto of request.messages) {
+  for (const proto of protos as RaftMessage[]) {
     const message = fromProto(proto, limits);
-    if (message.from !== from) throw new TransportDecodeError(`message from node ${message.from} in a call from node ${from}`);
+    if (message.from !== from) throw new TransportDecodeError(`message from node ${message.from} in a ${what === "request" ? "call" : "answer"} from node ${from}`);
     messages.push(message);
   }
-  return { from, fromHttpUrl, messages };
+  return messages;
 }
 
 const safeIntegerMax = BigInt(Number.MAX_SAFE_INTEGER);

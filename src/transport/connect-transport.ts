@@ -11,7 +11,7 @@ import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
-import { createPeerSender } from "./peer-sender.ts";
+import { createPeerSender, messageBytesEstimate } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
@@ -103,6 +103,20 @@ export interface PeerStats extends PeerSenderStats {
   readonly sentBytes: number;
 }
 
+/** A peer's call waiting for the loop to be done with its messages, and what it will answer. */
+interface ReplySlot {
+  readonly messages: Message[];
+  bytes: number;
+  readonly resolve: (messages: readonly Message[]) => void;
+  readonly sinceMs: number;
+}
+
+/**
+ * The longest a peer's call waits for its answer. The loop answers within one turn; this only
+ * bounds calls that arrive as the node stops. Well below any sane peer RPC timeout.
+ */
+export const REPLY_WAIT_MS_MAX = 500;
+
 /** The shortest time between two log lines about refused calls of one kind. */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
@@ -146,6 +160,52 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       throw new ConnectError(`call from node ${from}, which is not a peer of node ${options.selfId} (check --cluster)`, Code.FailedPrecondition);
     }
   }
+  /**
+   * Peers' calls waiting for their answer, oldest first: `send` puts messages for such a peer in
+   * its oldest call's answer (up to one call's bounds), and `flush` answers them all. A call the
+   * loop never flushes (it stopped) is answered empty after {@link REPLY_WAIT_MS_MAX}.
+   */
+  const replySlots = new Map<NodeId, ReplySlot[]>();
+  let replySweep: ReturnType<typeof setTimeout> | undefined;
+  function awaitReply(from: NodeId): Promise<readonly Message[]> {
+    if (closed) return Promise.resolve([]);
+    return new Promise((resolve) => {
+      let slots = replySlots.get(from);
+      if (slots === undefined) {
+        slots = [];
+        replySlots.set(from, slots);
+      }
+      slots.push({ messages: [], bytes: 0, resolve, sinceMs: performance.now() });
+      replySweep ??= setTimeout(sweepReplies, REPLY_WAIT_MS_MAX);
+    });
+  }
+  function answerReplies(olderThanMs: number): void {
+    for (const [peerId, slots] of replySlots) {
+      let answered = 0;
+      while (answered < slots.length && (slots[answered] as ReplySlot).sinceMs <= olderThanMs) answered++;
+      if (answered === 0) continue;
+      const done = slots.splice(0, answered);
+      if (slots.length === 0) replySlots.delete(peerId);
+      for (const slot of done) slot.resolve(slot.messages);
+    }
+  }
+  function sweepReplies(): void {
+    replySweep = undefined;
+    answerReplies(performance.now() - REPLY_WAIT_MS_MAX);
+    if (replySlots.size > 0) replySweep = setTimeout(sweepReplies, REPLY_WAIT_MS_MAX);
+  }
+  /** Puts `group` (all to `peerId`) in the answer to that peer's oldest waiting call; false if none has room. */
+  function reply(peerId: NodeId, group: Message[]): boolean {
+    const slot = replySlots.get(peerId)?.[0];
+    if (slot === undefined || slot.messages.length + group.length > limits.callMessagesMax) return false;
+    let bytes = 0;
+    for (const message of group) bytes += messageBytesEstimate(message);
+    if (slot.messages.length > 0 && slot.bytes + bytes > limits.callBytesMax) return false;
+    slot.messages.push(...group);
+    slot.bytes += bytes;
+    return true;
+  }
+
   const server = createPeerServer({
     hostname: options.listen.hostname,
     port: options.listen.port,
@@ -174,6 +234,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (!closed && fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
+      awaitReply,
       snapshotDecodeLimits: limits,
       ...(onSnapshotChunk === undefined
         ? {}
@@ -231,6 +292,10 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       rpcTimeoutMs: options.rpcTimeoutMs,
       limits,
       log,
+      replyLimits: limits,
+      onReply(messages) {
+        if (!closed) options.onMessages(messages, peerId, "");
+      },
     });
     senders.set(peerId, sender);
     return sender;
@@ -249,7 +314,10 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         }
         group.push(message);
       }
-      for (const [peerId, group] of byPeer) senderFor(peerId).enqueue(group);
+      for (const [peerId, group] of byPeer) if (!reply(peerId, group)) senderFor(peerId).enqueue(group);
+    },
+    flush(): void {
+      if (replySlots.size > 0) answerReplies(Number.POSITIVE_INFINITY);
     },
     sendSnapshot(to: NodeId, image: SnapshotImage, sendOptions: SendSnapshotOptions): Promise<void> {
       if (closed) return Promise.reject(new Error("the transport is closed"));
@@ -273,6 +341,8 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     close(): Promise<void> {
       if (closing === undefined) {
         closed = true;
+        answerReplies(Number.POSITIVE_INFINITY);
+        clearTimeout(replySweep);
         transfersAbort.abort(new Error("the transport is closing"));
         closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close()), ...transfers]).then(() => {});
       }

@@ -44,6 +44,8 @@ export class MemoryNetwork {
         new Promise<void>((resolve, reject) => {
           this.transfers.push({ from: id, to, chunks: chunksOf(id, to, image, options, this.snapshotChunkBytesMax), signal: options.signal, resolve, reject });
         }),
+      // Replies travel as calls of their own here: the queue already decides when anything arrives.
+      flush: () => {},
       peerHttpUrl: (peer) => this.handlers.get(peer)?.httpUrl,
       close: async () => {
         this.handlers.delete(id);

@@ -10,7 +10,8 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import type { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
-import { toSendRequest } from "./codec.ts";
+import { TransportDecodeError, defaultDecodeLimits, fromSendResponse, toSendRequest } from "./codec.ts";
+import type { DecodeLimits } from "./codec.ts";
 
 /** Bounds on one peer's sender. */
 export interface PeerSenderLimits {
@@ -58,6 +59,10 @@ export interface PeerSenderOptions {
   readonly limits: PeerSenderLimits;
   /** Receives one line per change of reachability, never one per call. */
   readonly log: (line: string) => void;
+  /** Receives the validated messages the peer answered a call with (only when there are some). Default: dropped. */
+  readonly onReply?: (messages: Message[]) => void;
+  /** Bounds on what an answer may carry (default `defaultDecodeLimits`). */
+  readonly replyLimits?: DecodeLimits;
 }
 
 /** Sends messages to one peer. */
@@ -174,10 +179,21 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
     const call = options.client
       .send(request, { timeoutMs: options.rpcTimeoutMs, signal: abort.signal })
       .then(
-        () => {
+        (response) => {
           counters.deliveredCalls++;
           counters.deliveredMessages += batch.length;
+          if (closed) return;
+          let replies: Message[];
+          try {
+            replies = fromSendResponse(response, peerId, options.selfId, options.replyLimits ?? defaultDecodeLimits);
+          } catch (error: unknown) {
+            if (!(error instanceof TransportDecodeError)) throw error;
+            // The peer took our messages but answered with something we will not hand the core.
+            setReachability("refusing", `invalid answer: ${error.message}`);
+            return;
+          }
           setReachability("reachable", "");
+          if (replies.length > 0) options.onReply?.(replies);
         },
         (error: unknown) => {
           counters.failedCalls++;

@@ -1,14 +1,14 @@
 /**
  * The server side of the peer service: validates each call and hands its messages to the node.
- * It answers as soon as the messages are queued; the Raft loop processes them later, and its
- * answers travel back as messages in calls of its own. Snapshot chunks are the exception: each is
- * staged by the node's handler before the call is answered, so an OK answer means "staged".
+ * A Send is answered once the node's loop has taken its messages (see `awaitReply`), with the
+ * messages the loop produced for the caller meanwhile. Snapshot chunks are staged by the node's
+ * handler before the call is answered, so an OK answer means "staged".
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { RaftService } from "../gen/kv/v1/raft_pb.ts";
-import type { NodeId } from "../raft/types.ts";
-import { TransportDecodeError, defaultDecodeLimits, fromSendRequest } from "./codec.ts";
+import type { Message, NodeId } from "../raft/types.ts";
+import { TransportDecodeError, defaultDecodeLimits, fromSendRequest, toSendResponse } from "./codec.ts";
 import type { DecodeLimits, DecodedSendRequest } from "./codec.ts";
 import { defaultSnapshotDecodeLimits, fromSendSnapshotChunkRequest } from "./snapshot-codec.ts";
 import type { SnapshotDecodeLimits } from "./snapshot-codec.ts";
@@ -21,6 +21,11 @@ export interface RaftServiceOptions {
   readonly selfId: NodeId;
   /** Receives each call's validated messages, synchronously, before the call is answered. */
   readonly onMessages: MessageHandler;
+  /**
+   * Called right after `onMessages`: resolves with what the node has to tell the caller once its
+   * loop has taken the messages. Without it, calls are answered at once and empty.
+   */
+  readonly awaitReply?: (from: NodeId) => Promise<readonly Message[]>;
   readonly decodeLimits?: DecodeLimits;
   /** Stages each validated snapshot chunk; without it, chunks are refused with `unimplemented`. */
   readonly onSnapshotChunk?: SnapshotChunkHandler;
@@ -36,7 +41,7 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
   const limits = options.decodeLimits ?? defaultDecodeLimits;
   return (router) => {
     router.service(RaftService, {
-      send(request) {
+      async send(request) {
         let decoded: DecodedSendRequest;
         try {
           decoded = fromSendRequest(request, limits);
@@ -55,7 +60,8 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
           }
         }
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
-        return {};
+        const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
+        return toSendResponse(reply);
       },
       sendSnapshotChunk(request) {
         const onSnapshotChunk = options.onSnapshotChunk;

@@ -7,8 +7,19 @@ import type { Message, NodeId, SnapshotMetadata } from "../raft/types.ts";
 
 /** How the node loop sends Raft messages to its peers. */
 export interface Transport {
-  /** Fire-and-forget: groups by `to`, one RPC per peer per call; never blocks on a slow/dead peer. */
+  /**
+   * Fire-and-forget: groups by `to`, one RPC per peer per call; never blocks on a slow/dead peer.
+   * Messages to a peer whose own call is waiting for an answer (see `flush`) go in that answer.
+   */
   send(messages: readonly Message[]): void;
+  /**
+   * The loop is done with the messages it has received so far (it calls this at the end of every
+   * turn, and once the early messages of a Ready are sent): each peer call waiting for an answer
+   * is answered now, carrying what `send` was given for that peer since the call arrived. A peer's
+   * call is answered by the end of the first turn after it arrived, so replies ride the call that
+   * asked for them (thesis §10.2) instead of costing a call of their own.
+   */
+  flush(): void;
   /**
    * Streams `image` to peer `to` in bounded chunks, one call at a time, apart from `send` (a long
    * transfer never delays messages). Resolves once the peer staged the last chunk (it then hands
