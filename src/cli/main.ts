@@ -2,7 +2,7 @@
 // kv's command line: the only reader of argv and the environment.
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
 import packageJson from "../../package.json" with { type: "json" };
-import { reexecWithoutAllocatorPurging } from "./allocator-tuning.ts";
+import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
 import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
 import { serveCommand } from "./serve.ts";
@@ -74,7 +74,7 @@ async function resolveMeta(command: CommandDef<ArgsDef>) {
   return typeof meta === "function" ? await meta() : await meta;
 }
 
-/** Commands that run for long under load: worth re-executing once for the allocator setting. */
+/** Commands that run for long under load: worth re-executing once for the runtime's settings. */
 const longRunning = new Set(["serve", "bench", "chaos"]);
 
 /** Runs the CLI: exit 0 on success, 1 on failure, 2 on a usage error. */
@@ -93,8 +93,8 @@ export async function main(argv: string[]): Promise<void> {
     }
     if (command.run === undefined) throw new UsageError(`'${path.join(" ")}' needs a subcommand (see ${path.join(" ")} --help)`);
     checkFlags(command, path, rest);
-    // Long-running commands run with the allocator tuned for throughput (see allocator-tuning.ts).
-    if (longRunning.has(path[1] ?? "")) reexecWithoutAllocatorPurging(argv);
+    // Long-running commands run with the runtime tuned for throughput (see runtime-tuning.ts).
+    if (longRunning.has(path[1] ?? "")) reexecWithRuntimeTuning(argv);
     await runCommand(command, { rawArgs: rest });
   } catch (error) {
     if (error instanceof ClientExit) {

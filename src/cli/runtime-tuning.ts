@@ -1,0 +1,72 @@
+/**
+ * Two settings of the runtime that a node under load pays for dearly, and that can only be given
+ * through the environment at process start:
+ *
+ * - `MIMALLOC_PURGE_DELAY=-1`. Bun's allocator, mimalloc, hands freed pages back to the kernel
+ *   10 ms after they empty. Each hand-back is an madvise, and in a multi-threaded process each
+ *   madvise is a TLB shootdown: an interrupt to every other core running one of our threads,
+ *   expensive on the virtual machines kv runs on. A node allocates and frees a request's worth of
+ *   memory thousands of times a second. With purging off, a 3-node cluster on one 2-core machine
+ *   did ~30% more writes/s at 64 clients and ~70% more linearizable reads/s, for a few MB more
+ *   peak RSS per node: freed memory stays with the process and is reused.
+ * - `BUN_JSC_useFTLJIT=0`. JavaScriptCore's top tier (FTL) kept recompiling the node's hot paths:
+ *   its JIT threads used 0.4 s of CPU per 5 s of load even after warm-up (0.07-0.1 s without it),
+ *   and without FTL a warmed-up cluster did 4-20% more writes/s; single-client latency fell too.
+ *   The DFG tier below it stays on (turning that off too was slower).
+ *
+ * So a long-running command re-executes itself in place (execve: same pid, so signals, pid files
+ * and `kill` keep working) with whichever of these variables is not already set; an operator's own
+ * values are kept. If anything about that fails, the command simply runs as it is.
+ */
+import { FFIType, dlopen, ptr } from "bun:ffi";
+
+/** The settings, each applied only when the environment does not already have the variable. */
+export const RUNTIME_TUNING: Readonly<Record<string, string>> = {
+  MIMALLOC_PURGE_DELAY: "-1",
+  BUN_JSC_useFTLJIT: "0",
+};
+
+/** The command line that runs this very program again, compiled or from source. */
+function selfCommand(): string[] {
+  const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
+  return compiled ? [process.execPath] : [process.execPath, ...process.execArgv, process.argv[1] as string];
+}
+
+/** NUL-terminated bytes of `text`, kept alive by the caller until execve. */
+function cString(text: string): Buffer {
+  return Buffer.from(`${text}\0`, "utf8");
+}
+
+/** A NULL-terminated array of pointers to `strings` (which must outlive the call). */
+function pointerArray(strings: readonly Buffer[]): BigUint64Array {
+  const pointers = new BigUint64Array(strings.length + 1);
+  strings.forEach((bytes, i) => {
+    pointers[i] = BigInt(ptr(bytes));
+  });
+  return pointers;
+}
+
+/**
+ * Replaces this process with itself under {@link RUNTIME_TUNING} (see the file comment), or returns
+ * when every variable is already set, on platforms other than Linux, or if execve fails.
+ */
+export function reexecWithRuntimeTuning(args: readonly string[]): void {
+  const missing = Object.entries(RUNTIME_TUNING).filter(([name]) => process.env[name] === undefined);
+  if (process.platform !== "linux" || missing.length === 0) return;
+  try {
+    const libc = dlopen("libc.so.6", { execve: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
+    const argv = [...selfCommand(), ...args].map(cString);
+    const environment = { ...process.env, ...Object.fromEntries(missing) };
+    const envp = Object.entries(environment)
+      .filter((entry): entry is [string, string] => entry[1] !== undefined)
+      .map(([name, value]) => cString(`${name}=${value}`));
+    const path = argv[0] as Buffer;
+    const argvPointers = pointerArray(argv);
+    const envPointers = pointerArray(envp);
+    // Returns only on failure; the buffers above are alive until then.
+    libc.symbols.execve(ptr(path), ptr(argvPointers), ptr(envPointers));
+    libc.close();
+  } catch {
+    // No libc to load, or no FFI: run as is, only slower.
+  }
+}
