@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../src/lib/metrics.ts";
+import { encodeCommand } from "../src/storage/command.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 
 /** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */
@@ -139,7 +140,10 @@ describe("GET /metrics on a live 3-node cluster", () => {
     expect(samples.get("kv_read_index_duration_seconds_count")).toBe(1);
     expect(samples.get("kv_peer_received_bytes_total")).toBeGreaterThan(0);
     expect(samples.get('kv_peer_requests_total{status="200"}')).toBeGreaterThan(0);
-    expect(samples.get(`kv_peer_sent_bytes_total{peer="${follower}"}`)).toBeGreaterThan(1_000);
+    // Every put's entry went to the follower at least once, inside the request bodies counted.
+    let entryBytes = 0;
+    for (let i = 0; i < 10; i++) entryBytes += encodeCommand({ op: "put", key: `k${i}`, value: new TextEncoder().encode(`v${i}`) }).byteLength;
+    expect(samples.get(`kv_peer_sent_bytes_total{peer="${follower}"}`)).toBeGreaterThan(entryBytes);
     expect(samples.get(`kv_peer_calls_delivered_total{peer="${follower}"}`)).toBeGreaterThan(0);
     expect([...samples.keys()].some((series) => series.startsWith("kv_info{id="))).toBe(true);
 

@@ -552,12 +552,15 @@ describe("lease reads (thesis §6.4.1)", () => {
   });
 
   test("the checker catches a stale read: a lease that outlives the election timeout is unsafe", () => {
-    // With no drift margin and a lease as long as two timeouts, an isolated leader keeps answering.
+    // A leader whose clock runs ten times slow (its election timeout, and so its lease and its
+    // check-quorum, stretch tenfold) and that keeps no drift margin goes on answering once cut off.
     const cluster = new SimCluster({ nodeCount: 3, seed: 33, electionTicks });
     const old = expectOneLeader(cluster);
     cluster.one(enc("w"), 3);
     cluster.runTicks(3);
-    (cluster.raw(old)!.raft as unknown as { cfg: { leaseDriftTicks: number } }).cfg.leaseDriftTicks = -3 * electionTicks;
+    const slow = (cluster.raw(old)!.raft as unknown as { cfg: { electionTicks: number; leaseDriftTicks: number } }).cfg;
+    slow.electionTicks = 10 * electionTicks;
+    slow.leaseDriftTicks = 0;
     cluster.disconnect(old);
     const others = cluster.ids.filter((id) => id !== old);
     expectOneLeader(cluster, others);

@@ -22,6 +22,8 @@ export class Progress {
   private inflight: number[] = [];
   /** Heard from since the last check-quorum round. */
   recentActive = false;
+  /** The highest commit index sent to this follower (in an append or a heartbeat). */
+  sentCommit = 0;
   /** An append was acknowledged since the last heartbeat answer. */
   private ackedSinceHeartbeat = false;
 
