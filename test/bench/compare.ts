@@ -16,9 +16,11 @@ import type { BenchReport } from "../../src/bench/bench-report.ts";
 import { ChaosCluster } from "../../src/chaos/cluster.ts";
 
 const root = join(import.meta.dir, "..", "..");
-const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--kv-bin dist/kv] [--out FILE] [--keep-data]
+const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sustained 60s] [--kv-bin dist/kv] [--out FILE] [--keep-data]
   --duration   length of each measured run (default 10s)
   --rounds     rounds of A B (kv, etcd) per workload; figures are medians over rounds (default 3)
+  --sustained  length of the final full-load write run (256 clients) on each store, counting
+               leader changes (default 60s; 0 skips it)
   --kv-bin     the kv executable to measure and to run the client with (default dist/kv, built if missing)
   --out        also write the markdown report to FILE
   --keep-data  keep the temp dir (node data and logs)`;
@@ -37,6 +39,8 @@ const WORKLOADS: readonly Workload[] = [
   { name: "writes, 256 clients", clients: 256, mix: "put=1" },
   { name: "linearizable reads, 64 clients", clients: 64, mix: "get=1" },
 ];
+/** The final long run at full load: no leader may change while the CPU is saturated (issue 5). */
+const SUSTAINED: Workload = { name: "sustained writes, 256 clients", clients: 256, mix: "put=1" };
 /** The workload after which peak RSS is recorded against the issue's target. */
 const RSS_CHECKPOINT = "writes, 64 clients";
 const KEYS = 10_000;
@@ -331,15 +335,17 @@ const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}×` : "–
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
-  let flags: { duration?: string; rounds?: string; "kv-bin"?: string; out?: string; "keep-data"?: boolean; help?: boolean };
+  let flags: { duration?: string; rounds?: string; sustained?: string; "kv-bin"?: string; out?: string; "keep-data"?: boolean; help?: boolean };
   let durationText: string;
   let rounds: number;
+  let sustainedText: string;
   try {
     flags = parseArgs({
       args: process.argv.slice(2),
       options: {
         duration: { type: "string" },
         rounds: { type: "string" },
+        sustained: { type: "string" },
         "kv-bin": { type: "string" },
         out: { type: "string" },
         "keep-data": { type: "boolean" },
@@ -354,6 +360,8 @@ async function main(): Promise<number> {
     durationText = flags.duration ?? "10s";
     parseDurationMs("duration", durationText);
     rounds = flags.rounds === undefined ? 3 : parseWholeNumber("rounds", flags.rounds, 1, 100);
+    sustainedText = flags.sustained ?? "60s";
+    if (sustainedText !== "0") parseDurationMs("sustained", sustainedText);
   } catch (error) {
     const message = error instanceof BenchInputError || error instanceof TypeError ? error.message : String(error);
     console.error(`bench:compare: ${message}\n${USAGE}`);
@@ -399,6 +407,18 @@ async function main(): Promise<number> {
         }
       }
     }
+    const sustained = new Map<StoreName, RunResult>();
+    if (sustainedText !== "0") {
+      for (const store of stores) {
+        const result = await runOnce(kvBin, store, SUSTAINED, sustainedText);
+        sustained.set(store.name, result);
+        const r = result.report;
+        console.error(
+          `sustained ${sustainedText}  ${store.name.padEnd(4)}  ${fmt(r.opsPerSec).padStart(7)} ops/s  errors ${r.errors}  leader changes ${r.leaderChanges ?? "-"}  ` +
+            `other load ${result.foreignCores.toFixed(2)} cores`,
+        );
+      }
+    }
     const rssAtEnd = new Map<StoreName, number[]>(stores.map((store) => [store.name, store.pids().map(peakRssMb)]));
 
     // The report.
@@ -439,8 +459,22 @@ async function main(): Promise<number> {
           `| ${sum(a, (r) => r.report.errors)} / ${sum(b, (r) => r.report.errors)} | ${sum(a, (r) => r.report.leaderChanges ?? 0)} / ${sum(b, (r) => r.report.leaderChanges ?? 0)} |`,
       );
     }
+    if (sustained.size > 0) {
+      lines.push("");
+      lines.push(
+        `Sustained full load: ${SUSTAINED.clients} clients writing for ${sustainedText} on each store after the rounds above ` +
+          "(both cores saturated); a leader change here would be a spurious election under load.",
+      );
+      lines.push("");
+      lines.push("| store | ops/s | p50 ms | p99 ms | max ms | errors | leader changes |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+      for (const [name, result] of sustained) {
+        const r = result.report;
+        lines.push(`| ${name} | ${fmt(r.opsPerSec)} | ${fmtMs(r.latencyMs.p50)} | ${fmtMs(r.latencyMs.p99)} | ${fmtMs(r.latencyMs.max)} | ${r.errors} | ${r.leaderChanges ?? "-"} |`);
+      }
+    }
     lines.push("");
-    lines.push("Peak RSS per node (VmHWM, MB), after the first 64-client write run and at the end of all runs:");
+    lines.push(`Peak RSS per node (VmHWM, MB), after the first 64-client write run and at the end of all runs${sustained.size > 0 ? " (the sustained run included)" : ""}:`);
     lines.push("");
     lines.push("| store | node 1 | node 2 | node 3 | at end: node 1 | node 2 | node 3 |");
     lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
