@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BenchInputError, parseDurationMs, parseMix } from "../src/bench/bench-options.ts";
 import type { BenchReport } from "../src/bench/bench-report.ts";
-import { buildRequest, parseResponse } from "../src/bench/http-connection.ts";
+import { buildRequest, parseResponse } from "../src/lib/http-connection.ts";
 import { LatencyHistogram } from "../src/bench/latency-histogram.ts";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";

@@ -1,7 +1,7 @@
 import { createPrng, type Prng } from "../lib/prng.ts";
 import { OPERATION_KINDS, type BenchOptions, type OperationKind, type OperationMix } from "./bench-options.ts";
 import type { BenchTarget, LeaderObservation } from "./bench-target.ts";
-import { ClientConnections, type HttpConnection } from "./http-connection.ts";
+import { ClientConnections, type HttpConnection } from "../lib/http-connection.ts";
 import { LatencyHistogram } from "./latency-histogram.ts";
 
 /** How often the leader is polled during a run (a few requests a second: no load to speak of). */

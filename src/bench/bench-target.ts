@@ -1,5 +1,5 @@
 import type { OperationKind } from "./bench-options.ts";
-import { HttpConnectionError, type ClientConnections, type HttpResponse } from "./http-connection.ts";
+import { HttpConnectionError, type ClientConnections, type HttpResponse } from "../lib/http-connection.ts";
 
 /** How one operation ended. `notFound` marks a read of an absent key (a success). */
 export type OperationOutcome =

@@ -10,7 +10,7 @@ import {
   type LeaderObservation,
   type OperationOutcome,
 } from "./bench-target.ts";
-import { buildRequest, hostOf, type ClientConnections, type HttpResponse } from "./http-connection.ts";
+import { buildRequest, hostOf, type ClientConnections, type HttpResponse } from "../lib/http-connection.ts";
 
 const STATUS_TIMEOUT_MS = 1_000;
 

@@ -10,7 +10,7 @@ import {
   type LeaderObservation,
   type OperationOutcome,
 } from "./bench-target.ts";
-import { buildRequest, hostOf, type ClientConnections, type HttpResponse } from "./http-connection.ts";
+import { buildRequest, hostOf, type ClientConnections, type HttpResponse } from "../lib/http-connection.ts";
 
 /** Attempts per write when the node answers 307 (not the leader): rediscover, then resend. */
 const WRITE_ATTEMPTS_MAX = 3;

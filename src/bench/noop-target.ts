@@ -1,6 +1,6 @@
 import type { OperationKind } from "./bench-options.ts";
 import { benchValue, errorKindOf, keyName, type BenchTarget, type OperationOutcome } from "./bench-target.ts";
-import { buildRequest, hostOf, type HttpResponse } from "./http-connection.ts";
+import { buildRequest, hostOf, type HttpResponse } from "../lib/http-connection.ts";
 
 /**
  * Any HTTP server: kv-shaped requests (PUT/GET/DELETE /kv/{key}) spread over the endpoints, every

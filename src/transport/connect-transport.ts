@@ -1,7 +1,7 @@
 /**
  * The `Transport` the node uses in production: a Connect server on its own peer port, and one
- * bounded sender per peer whose Connect client (connect-web over Bun's fetch, binary format)
- * puts a timeout on every call.
+ * bounded sender per peer whose Connect client (connect-web, binary format, over our own
+ * kept-alive sockets for http peers and Bun's fetch for https ones) puts a timeout on every call.
  */
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
@@ -11,6 +11,8 @@ import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
+import { createPeerFetch } from "./peer-fetch.ts";
+import type { PeerFetch } from "./peer-fetch.ts";
 import { createPeerSender, messageBytesEstimate } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
@@ -256,6 +258,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   const transfersAbort = new AbortController();
   const transfers = new Set<Promise<void>>();
   const sentBytes = new Map<NodeId, number>();
+  const peerFetches: PeerFetch[] = [];
   const clientTls = options.tls === undefined ? undefined : { cert: options.tls.cert, key: options.tls.key, ...(options.tls.ca === undefined ? {} : { ca: options.tls.ca }) };
   function senderFor(peerId: NodeId): PeerSender {
     let sender = senders.get(peerId);
@@ -263,12 +266,16 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     const baseUrl = options.peers.get(peerId);
     // The core addresses only voters, and the peers map is built from the same configuration.
     assert(baseUrl !== undefined && peerId !== options.selfId, `message to node ${peerId}, which is not a configured peer`);
-    // Bun's fetch takes client certificates and CAs in a `tls` option; counting bytes here sees
-    // the encoded body connect-web hands to fetch.
+    // Plain http peers are called over our own kept-alive sockets (see peer-fetch.ts); https ones
+    // through Bun's fetch, which takes client certificates and CAs in a `tls` option. Counting
+    // bytes here sees the encoded body connect-web hands to fetch.
+    const socketFetch = baseUrl.startsWith("http:") ? createPeerFetch(baseUrl, limits.inflightCallsMax + 1) : undefined;
+    if (socketFetch !== undefined) peerFetches.push(socketFetch);
     const peerFetch: typeof fetch = Object.assign(
       (input: string | URL | Request, init?: RequestInit) => {
         const body = init?.body;
         if (body instanceof Uint8Array) sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + body.byteLength);
+        if (socketFetch !== undefined) return socketFetch.fetch(input, init);
         return fetch(input, clientTls === undefined ? init : { ...init, tls: clientTls });
       },
       { preconnect: fetch.preconnect },
@@ -344,7 +351,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         answerReplies(Number.POSITIVE_INFINITY);
         clearTimeout(replySweep);
         transfersAbort.abort(new Error("the transport is closing"));
-        closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close()), ...transfers]).then(() => {});
+        closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close()), ...transfers]).then(() => {
+          for (const peerFetch of peerFetches) peerFetch.close();
+        });
       }
       return closing;
     },

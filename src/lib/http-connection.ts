@@ -1,13 +1,15 @@
 import type { Socket } from "bun";
-import { assert } from "../lib/assert.ts";
+import { assert } from "./assert.ts";
 
 /**
- * A minimal keep-alive HTTP/1.1 client connection for the load generator: one request in flight at
- * a time (closed loop, no pipelining), Content-Length and chunked bodies, reconnect on demand.
+ * A minimal keep-alive HTTP/1.1 client connection: one request in flight at a time (no
+ * pipelining), Content-Length and chunked bodies, reconnect on demand. Used by the load generator
+ * and by the peer transport's calls over plain http.
  *
  * Why not fetch: on this machine Bun's fetch tops out near 18k requests/s with 64 in flight, while
- * a plain Bun.serve answers ~74k/s; the benchmark must not be its own bottleneck. This client over
- * Bun.connect reaches well over twice fetch's rate (see BENCHMARKS.md, the noop ceiling).
+ * a plain Bun.serve answers ~74k/s, and fetch's own call was a tenth to a fifth of a node's CPU
+ * under load. This client over Bun.connect runs on the calling thread and reaches well over twice
+ * fetch's rate (see BENCHMARKS.md, the noop ceiling).
  */
 
 /** A complete answer: the status, the raw head (status line and headers) and the body's bytes. */
