@@ -1,7 +1,8 @@
 // Proves the peer client's own fetch (src/transport/peer-fetch.ts): a POST carries its headers and
-// body and gets the status, headers and body back over a reused socket; an aborted call rejects
-// with the signal's reason and the next call still works; an unreachable peer is a TypeError, as
-// with Bun's fetch; and close() fails later calls.
+// body and gets the status, headers and body back over a reused socket; a call on a kept-alive
+// socket the peer dropped goes again on a new one; an aborted call rejects with the signal's
+// reason and the next call still works; an unreachable peer is a TypeError, as with Bun's fetch;
+// and close() fails later calls.
 import { afterAll, describe, expect, test } from "bun:test";
 import { createPeerFetch } from "../src/transport/peer-fetch.ts";
 
@@ -42,6 +43,42 @@ describe("peer fetch", () => {
       expect(b!.port).toBe(a!.port); // the same kept-alive socket
     } finally {
       peer.close();
+    }
+  });
+
+  test("a call on a kept-alive socket the peer dropped goes again, once, on a new socket", async () => {
+    // Each socket answers one request, then closes on the next without answering.
+    const answered = new Set<number>();
+    let requests = 0;
+    let sockets = 0;
+    const listener = Bun.listen<{ id: number }>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(socket) {
+          socket.data = { id: ++sockets };
+        },
+        data(socket) {
+          requests++;
+          if (answered.has(socket.data.id)) {
+            socket.end();
+            return;
+          }
+          answered.add(socket.data.id);
+          socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        },
+      },
+    });
+    const origin = `http://127.0.0.1:${listener.port}`;
+    const peer = createPeerFetch(origin, 1);
+    try {
+      expect(await (await peer.fetch(`${origin}/a`, { method: "POST", body: new Uint8Array(1) })).text()).toBe("ok");
+      expect(await (await peer.fetch(`${origin}/b`, { method: "POST", body: new Uint8Array(1) })).text()).toBe("ok");
+      expect(requests).toBe(3); // /a, /b refused on the old socket, /b again on a new one
+      expect(answered.size).toBe(2);
+    } finally {
+      peer.close();
+      listener.stop(true);
     }
   });
 

@@ -32,8 +32,8 @@ export function createPeerFetch(baseUrl: string, idleConnectionsMax: number): Pe
   const open = new Set<HttpConnection>();
   let closed = false;
 
-  function take(): HttpConnection {
-    const connection = idle.pop() ?? new HttpConnection(hostname, port);
+  function take(fresh: boolean): HttpConnection {
+    const connection = (fresh ? undefined : idle.pop()) ?? new HttpConnection(hostname, port);
     open.add(connection);
     return connection;
   }
@@ -54,7 +54,19 @@ export function createPeerFetch(baseUrl: string, idleConnectionsMax: number): Pe
     signal?.throwIfAborted();
     const url = typeof input === "string" ? new URL(input) : input;
     const request = encodeRequest(init?.method ?? "POST", `${url.pathname}${url.search}`, origin.host, init?.headers instanceof Headers ? init.headers : new Headers(init?.headers), body);
-    const connection = take();
+    // A kept-alive socket the peer closed while idle fails at once: that call goes again, once, on
+    // a new socket (Raft messages may arrive twice; a peer that is really gone fails that one too).
+    const reused = idle.length > 0;
+    try {
+      return await call(request, signal, false);
+    } catch (error: unknown) {
+      if (!reused || signal?.aborted || !(error instanceof TypeError) || closed) throw error;
+      return call(request, signal, true);
+    }
+  }
+
+  async function call(request: Uint8Array, signal: AbortSignal | undefined, fresh: boolean): Promise<Response> {
+    const connection = take(fresh);
     const onAbort = () => connection.abandon();
     signal?.addEventListener("abort", onAbort, { once: true });
     try {
