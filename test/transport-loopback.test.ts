@@ -1,4 +1,4 @@
-// Proves over real loopback sockets on OS-chosen ports that two Connect transports exchange Raft messages and learn each other's HTTP URLs, that a dead or silent peer never delays delivery to a live one, and that malformed or oversized requests get a Connect error while the server keeps serving.
+// Proves over real loopback sockets on OS-chosen ports that two Connect transports exchange Raft messages (a receiver's replies riding the answer to the call that asked) and learn each other's HTTP URLs, that a dead or silent peer never delays delivery to a live one, and that malformed or oversized requests get a Connect error while the server keeps serving.
 import { afterEach, describe, expect, test } from "bun:test";
 import { createConnectTransport } from "../src/transport/connect-transport.ts";
 import type { ConnectTransportHandle, ConnectTransportLimits } from "../src/transport/connect-transport.ts";
@@ -126,8 +126,27 @@ describe("connect transport over loopback", () => {
 
     const toA: Message[] = [{ type: "vote-response", from: 2, to: 1, term: 3, granted: true }];
     b.transport.send(toA);
+    b.transport.flush(); // as the node loop does at the end of its turn: a's call is answered now
     await a.inbox.until(() => a.inbox.deliveries.length === 1);
     expect(a.inbox.messages()).toEqual(toA);
+  });
+
+  test("a call's answer carries what the receiver's loop sends the caller before it flushes: no call of its own", async () => {
+    const { a, b } = startPair();
+    a.transport.send([heartbeat(1, 2, 5)]);
+    await b.inbox.until(() => b.inbox.deliveries.length === 1);
+    // The receiver's loop answers in its turn, then flushes, as KvNode does at the end of a turn.
+    const answer: Message = { type: "heartbeat-response", from: 2, to: 1, term: 2, readContext: "read-5" };
+    b.transport.send([answer]);
+    b.transport.flush();
+    await a.inbox.until(() => a.inbox.deliveries.length === 1);
+    expect(a.inbox.deliveries).toEqual([{ messages: [answer], from: 2, fromHttpUrl: "" }]);
+    expect(b.stats()).toEqual([]); // b never called a
+    expect(a.serverStats().requestsByStatus.size).toBe(0);
+    // With no call of a's waiting, b's next message travels in a call of its own.
+    b.transport.send([answer]);
+    await a.inbox.until(() => a.inbox.deliveries.length === 2);
+    expect(a.inbox.deliveries[1]).toEqual({ messages: [answer], from: 2, fromHttpUrl: "http://127.0.0.1:9002" });
   });
 
   test("learns a peer's HTTP URL from its calls", async () => {
