@@ -5,7 +5,7 @@
 import { createConnectRouter } from "@connectrpc/connect";
 import type { ConnectError, ConnectRouter } from "@connectrpc/connect";
 import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
-import { createAsyncIterable } from "@connectrpc/connect/protocol";
+import { createAsyncIterable, readAllBytes } from "@connectrpc/connect/protocol";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { assert } from "../lib/assert.ts";
 
@@ -98,7 +98,8 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
       body: createAsyncIterable([body]),
       signal: neverAborted,
     });
-    return toFetchResponse(await answerParseFailureAsInvalidArgument(response.status, response.header, await readAll(response.body)));
+    const body = response.body === undefined ? undefined : await readAllBytes(response.body, Number.MAX_SAFE_INTEGER);
+    return toFetchResponse(answerParseFailureAsInvalidArgument(response.status, response.header, body));
   }
 
   const port = server.port;
@@ -137,25 +138,6 @@ interface BufferedResponse {
   readonly status: number;
   readonly header: Headers | undefined;
   readonly body: Uint8Array | undefined;
-}
-
-/** Reads a universal body into one buffer (a unary answer is one or two small chunks). */
-async function readAll(body: AsyncIterable<Uint8Array> | undefined): Promise<Uint8Array | undefined> {
-  if (body === undefined) return undefined;
-  const chunks: Uint8Array[] = [];
-  let length = 0;
-  for await (const chunk of body) {
-    chunks.push(chunk);
-    length += chunk.byteLength;
-  }
-  if (chunks.length === 1) return chunks[0];
-  const whole = new Uint8Array(length);
-  let offset = 0;
-  for (const chunk of chunks) {
-    whole.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return whole;
 }
 
 function toFetchResponse(response: BufferedResponse): Response {
