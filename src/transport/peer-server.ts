@@ -98,8 +98,8 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
       body: createAsyncIterable([body]),
       signal: neverAborted,
     });
-    const body = response.body === undefined ? undefined : await readAllBytes(response.body, Number.MAX_SAFE_INTEGER);
-    return toFetchResponse(answerParseFailureAsInvalidArgument(response.status, response.header, body));
+    const answer = response.body === undefined ? undefined : await readAllBytes(response.body, Number.MAX_SAFE_INTEGER);
+    return toFetchResponse(answerParseFailureAsInvalidArgument(response.status, response.header, answer));
   }
 
   const port = server.port;
