@@ -81,12 +81,6 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
   });
 }
 
-/** The command line that runs this very program again, compiled or from source. */
-export function selfCommand(): string[] {
-  const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
-  return compiled ? [process.execPath] : [process.execPath, process.argv[1] as string];
-}
-
 /**
  * A cluster of real `kv serve` processes. Without `basePort`, every node listens on ports the OS
  * picks and reaches each peer through a TCP proxy the runner owns, one per directed link, so links

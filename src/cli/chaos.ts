@@ -2,7 +2,8 @@ import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { defineCommand, type ArgsDef, type CommandDef } from "citty";
-import { ChaosCluster, selfCommand } from "../chaos/cluster.ts";
+import { ChaosCluster } from "../chaos/cluster.ts";
+import { selfCommand } from "../lib/self-command.ts";
 import { runCrash } from "../chaos/crash.ts";
 import { runElection } from "../chaos/election.ts";
 import { runFailover } from "../chaos/failover.ts";

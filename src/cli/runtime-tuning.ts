@@ -19,18 +19,13 @@
  * values are kept. If anything about that fails, the command simply runs as it is.
  */
 import { FFIType, dlopen, ptr } from "bun:ffi";
+import { selfCommand } from "../lib/self-command.ts";
 
 /** The settings, each applied only when the environment does not already have the variable. */
 export const RUNTIME_TUNING: Readonly<Record<string, string>> = {
   MIMALLOC_PURGE_DELAY: "-1",
   BUN_JSC_useFTLJIT: "0",
 };
-
-/** The command line that runs this very program again, compiled or from source. */
-function selfCommand(): string[] {
-  const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
-  return compiled ? [process.execPath] : [process.execPath, ...process.execArgv, process.argv[1] as string];
-}
 
 /** NUL-terminated bytes of `text`, kept alive by the caller until execve. */
 function cString(text: string): Buffer {
