@@ -9,8 +9,8 @@ const electionTicks = 10;
 const electionWindow = 2 * electionTicks; // the longest randomized timeout
 const enc = (s: string) => new TextEncoder().encode(s);
 
-function withSeed(seed: number, run: (cluster: SimCluster) => void, nodeCount = 3): void {
-  const cluster = new SimCluster({ nodeCount, seed, electionTicks });
+function withSeed(seed: number, run: (cluster: SimCluster) => void, nodeCount = 3, asyncStorage = false): void {
+  const cluster = new SimCluster({ nodeCount, seed, electionTicks, asyncStorage });
   try {
     run(cluster);
   } catch (error) {
@@ -290,6 +290,73 @@ describe("safety across crashes (§5.4, Figure 8)", () => {
       cluster.healAndConverge(50 * electionWindow);
       expect(cluster.acknowledged.length).toBeGreaterThan(0);
     }, 5);
+  });
+});
+
+describe("disks that fsync in the background (thesis §10.2.1)", () => {
+  /** A settled 3-node cluster with async disks: its leader and two followers. */
+  function settled(cluster: SimCluster): { leader: NodeId; follower: NodeId; other: NodeId } {
+    const leader = expectOneLeader(cluster);
+    cluster.one(enc("settle"), 3);
+    const [follower, other] = cluster.ids.filter((id) => id !== leader) as [NodeId, NodeId];
+    return { leader, follower, other };
+  }
+
+  test("a leader counts its own copy toward commit only once its own fsync finished", () => {
+    withSeed(40, (cluster) => {
+      const { leader, follower, other } = settled(cluster);
+      cluster.network.partition([[leader, follower], [other]]);
+      cluster.fsyncTicksOf = (id) => (id === leader ? 30 : 1);
+      cluster.runTicks(4); // the leader's fsync now in flight is a slow one
+      const index = cluster.propose(leader, enc("slow-leader-disk"));
+      expect(index).toBeDefined();
+      // The follower's ack arrives within a few ticks; the leader's own copy is still unsynced, and
+      // the third node is cut off: no quorum yet.
+      expect(cluster.tickUntil(() => (cluster.raw(leader)!.raft.matchIndexOf(follower) ?? 0) >= index!, 10)).toBe(true);
+      expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index!);
+      // A power loss now loses the leader's copy; what commits later must not depend on it.
+      cluster.crash(leader, true);
+      expect(cluster.powerLosses).toBe(1);
+      cluster.fsyncTicksOf = undefined;
+      cluster.network.partition([[leader, other], [follower]]);
+      cluster.restart(leader);
+      expectOneLeader(cluster, [leader, other]);
+      cluster.healAndConverge(50 * electionTicks);
+    }, 3, true);
+  });
+
+  test("once its fsync finishes the leader's own copy completes the quorum", () => {
+    withSeed(41, (cluster) => {
+      const { leader, follower, other } = settled(cluster);
+      cluster.network.partition([[leader, follower], [other]]);
+      cluster.fsyncTicksOf = (id) => (id === leader ? 15 : 1);
+      cluster.runTicks(4);
+      const index = cluster.propose(leader, enc("counted-later"))!;
+      cluster.runTicks(3);
+      expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index);
+      expect(cluster.tickUntil(() => cluster.raw(leader)!.raft.log.committed >= index, 30)).toBe(true);
+      expect(cluster.acknowledged.some((proposal) => proposal.index === index)).toBe(true);
+    }, 3, true);
+  });
+
+  test("a follower's ack waits for its fsync, so a power loss before it breaks no promise", () => {
+    withSeed(42, (cluster) => {
+      const { leader, follower, other } = settled(cluster);
+      cluster.network.partition([[leader, follower], [other]]);
+      cluster.fsyncTicksOf = (id) => (id === follower ? 30 : 1);
+      cluster.runTicks(4);
+      const index = cluster.propose(leader, enc("slow-follower-disk"))!;
+      // The follower has written the entry, but says nothing of it until its fsync is done.
+      expect(cluster.tickUntil(() => (cluster.raw(follower)!.raft.log.lastIndex() ?? 0) >= index, 5)).toBe(true);
+      cluster.runTicks(8);
+      expect(cluster.raw(leader)!.raft.matchIndexOf(follower) ?? 0).toBeLessThan(index);
+      expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index);
+      cluster.crash(follower, true);
+      expect(cluster.powerLosses).toBe(1);
+      expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index);
+      cluster.fsyncTicksOf = undefined;
+      cluster.healAndConverge(50 * electionTicks);
+    }, 3, true);
   });
 });
 

@@ -1,5 +1,6 @@
 // Proves election safety, log matching, leader completeness and state machine safety hold after every
-// step of 500 randomized simulator runs (faults drawn from each seed), and that every run converges once healed.
+// step of 500 randomized simulator runs (faults drawn from each seed, half of them with disks that
+// fsync in the background and crashes that lose what was not yet fsynced), and that every run converges once healed.
 // Replay one seed: KV_SWARM_SEED=N bun test test/raft-swarm.test.ts ; more seeds: KV_SWARM_SEEDS=5000.
 import { expect, test } from "bun:test";
 import { runSwarm } from "../src/sim/swarm.ts";
@@ -14,6 +15,8 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
   let partitions = 0;
   let snapshots = 0;
   let confChanges = 0;
+  let asyncRuns = 0;
+  let powerLosses = 0;
   for (const seed of seeds) {
     const result = runSwarm(seed);
     acknowledged += result.acknowledged;
@@ -21,6 +24,8 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
     partitions += result.partitions;
     snapshots += result.snapshotsInstalled;
     confChanges += result.confChanges;
+    if (result.asyncStorage) asyncRuns++;
+    powerLosses += result.powerLosses;
   }
   // The runs must really have exercised faults and made progress, or they prove nothing.
   expect(acknowledged).toBeGreaterThan(seeds.length);
@@ -29,5 +34,8 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
     expect(partitions).toBeGreaterThan(seeds.length / 10);
     expect(snapshots).toBeGreaterThan(seeds.length / 20);
     expect(confChanges).toBeGreaterThan(seeds.length / 10);
+    // About half the runs fsync in the background, and some of their crashes lose unsynced writes.
+    expect(asyncRuns).toBeGreaterThan(seeds.length / 4);
+    expect(powerLosses).toBeGreaterThan(seeds.length / 20);
   }
 }, 300_000);

@@ -765,11 +765,20 @@ export class Raft {
       data: bytes,
     }));
     this.log.append(entries);
-    // The leader counts its own copy now: the driver persists it before any message that could
-    // bring acks for it leaves this node, so a commit never rests on an entry only in memory.
-    (this.progress.get(this.id) as Progress).maybeUpdate(this.log.lastIndex());
-    this.maybeCommit();
+    // The leader's own copy counts toward commit only once the driver reports it on disk
+    // (`persisted`): its fsync may finish after the followers' (thesis §10.2.1).
     return firstIndex;
+  }
+
+  /**
+   * The driver made this node's log durable up to (`index`, `term`): a leader counts its own copy
+   * toward commit from here. A report that no longer matches the log (it was overwritten) or that
+   * comes after this node stopped leading changes nothing.
+   */
+  persisted(index: number, term: number): void {
+    if (this.role !== "leader" || !this.log.matchTerm(index, term)) return;
+    const own = this.progress.get(this.id);
+    if (own !== undefined && own.maybeUpdate(index)) this.maybeCommit();
   }
 
   /** Commits the highest index a quorum holds, if it is of the current term (§5.4.2). */

@@ -97,8 +97,11 @@ export class RawNode {
     return ready;
   }
 
-  /** The driver persisted, sent and applied `ready`. */
-  advance(ready: Ready): void {
+  /**
+   * The driver saved, sent and applied `ready`. With `durable` (the default) its entries are on
+   * disk too; without, they are only written, and the driver calls `persisted` once they are.
+   */
+  advance(ready: Ready, durable = true): void {
     assert(this.outstanding === ready, "advance() with a Ready that is not the outstanding one");
     this.outstanding = undefined;
     if (ready.hardState !== undefined) this.previousHardState = ready.hardState;
@@ -107,5 +110,11 @@ export class RawNode {
     if (lastEntry !== undefined) this.raft.log.stableTo(lastEntry.index, lastEntry.term);
     const lastCommitted = ready.committedEntries[ready.committedEntries.length - 1];
     if (lastCommitted !== undefined) this.raft.log.appliedTo(lastCommitted.index);
+    if (durable && lastEntry !== undefined) this.raft.persisted(lastEntry.index, lastEntry.term);
+  }
+
+  /** The log is on disk up to (`index`, `term`), written by Readies advanced without `durable`. */
+  persisted(index: number, term: number): void {
+    this.raft.persisted(index, term);
   }
 }

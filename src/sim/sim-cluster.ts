@@ -30,10 +30,27 @@ export interface SimClusterOptions {
   readonly appendBytesMax?: number;
   readonly preVote?: boolean;
   readonly checkQuorum?: boolean;
+  /**
+   * Disks as the node's loop uses them: a Ready is written at once but durable only at a later
+   * fsync (1 to 3 ticks on), which covers everything written before it began. Until then the
+   * messages that Ready produced wait (a vote or an ack promises what is on disk), a leader's own
+   * copy does not count toward commit, and a power-loss crash loses what was written since the
+   * last fsync. Default false: every Ready is durable once saved.
+   */
+  readonly asyncStorage?: boolean;
 }
 
 /** Where in carrying out a Ready a simulated crash strikes. */
 export type CrashPoint = "before-persist" | "after-persist" | "after-send";
+
+/** What survives a power loss in async-storage mode: the state as of the last finished fsync. */
+interface DurableImage {
+  readonly storage: MemoryStorage;
+  readonly applied: Entry[];
+  readonly config: ConfState;
+  /** The last entry written as of the image (reported to the core once the fsync finishes). */
+  readonly lastEntry: { index: number; term: number } | undefined;
+}
 
 interface SimNode {
   readonly id: NodeId;
@@ -47,6 +64,16 @@ interface SimNode {
   raw: RawNode | undefined;
   readStates: ReadState[];
   readFailures: ReadFailure[];
+  // ---- Async-storage mode (see SimClusterOptions.asyncStorage) ----
+  /** Readies written so far, and how many of them the last finished fsync covered. */
+  writtenReadies: number;
+  durableReadies: number;
+  durable: DurableImage;
+  /** The fsync in flight: the image it will make durable and the tick it finishes at. */
+  syncing: { readies: number; image: DurableImage; doneTick: number } | undefined;
+  /** Messages waiting for the fsync that covers the Ready that produced them. */
+  held: { message: Message; readies: number }[];
+  lastEntry: { index: number; term: number } | undefined;
 }
 
 interface Proposal {
@@ -64,6 +91,12 @@ export class SimCluster {
   readonly ids: NodeId[];
   readonly network: SimNetwork;
   readonly prng: Prng;
+  /** Draws fsync delays and what a crash keeps (async-storage mode), apart from `prng`. */
+  private readonly diskPrng: Prng;
+  /** Crashes in async-storage mode that lost writes not yet fsynced: proof the path was exercised. */
+  powerLosses = 0;
+  /** Async-storage mode: how many ticks node `id`'s next fsync takes (default: 1 to 3, drawn). */
+  fsyncTicksOf: ((id: NodeId) => number) | undefined;
   nowTick = 0;
   private readonly nodes = new Map<NodeId, SimNode>();
   private readonly opts: Required<SimClusterOptions>;
@@ -102,9 +135,11 @@ export class SimCluster {
       appendBytesMax: defaultRaftLimits.appendBytesMax,
       preVote: defaultRaftLimits.preVote,
       checkQuorum: defaultRaftLimits.checkQuorum,
+      asyncStorage: false,
       ...options,
     };
     this.prng = createPrng(options.seed);
+    this.diskPrng = createPrng(options.seed ^ 0xd15c);
     this.network = new SimNetwork(createPrng(options.seed ^ 0x5eed));
     this.ids = Array.from({ length: options.nodeCount }, (_, i) => i + 1);
     const initial: ConfState = { voters: this.ids.slice(), learners: [] };
@@ -112,14 +147,21 @@ export class SimCluster {
   }
 
   private createNode(id: NodeId, config: ConfState): void {
+    const storage = new MemoryStorage(config.voters, config.learners);
     const node: SimNode = {
       id,
-      storage: new MemoryStorage(config.voters, config.learners),
+      storage,
       applied: [],
       config,
       raw: undefined,
       readStates: [],
       readFailures: [],
+      writtenReadies: 0,
+      durableReadies: 0,
+      durable: { storage: storage.clone(), applied: [], config, lastEntry: undefined },
+      syncing: undefined,
+      held: [],
+      lastEntry: undefined,
     };
     this.nodes.set(id, node);
     this.start(node);
@@ -165,12 +207,65 @@ export class SimCluster {
 
   // ---- Faults -------------------------------------------------------------------------------
 
-  /** Kills the process: what it had not persisted is gone, and so are its in-flight proposals. */
-  crash(id: NodeId): void {
+  /**
+   * Kills the process: what it had not persisted is gone, and so are its in-flight proposals. In
+   * async-storage mode half the crashes are power losses, which also lose every write since the
+   * last finished fsync (the log, the state machine and its configuration roll back together, as
+   * SQLite's WAL recovers a prefix of its commits); the others keep them, as the page cache does.
+   * `powerLoss` decides instead of the draw.
+   */
+  crash(id: NodeId, powerLoss?: boolean): void {
     const node = this.node(id);
+    if (node.raw === undefined) return;
     node.raw = undefined;
     this.pending.delete(id);
     this.network.dropTo(id);
+    if (!this.opts.asyncStorage) return;
+    node.held = [];
+    node.syncing = undefined;
+    if (node.writtenReadies > node.durableReadies && (powerLoss ?? this.diskPrng.chance(0.5))) {
+      this.powerLosses++;
+      node.storage = node.durable.storage.clone();
+      node.applied = node.durable.applied.slice();
+      node.config = node.durable.config;
+    }
+    this.markDurable(node);
+  }
+
+  /** Everything written so far is on disk (an fsync finished, or a crash kept it all). */
+  private markDurable(node: SimNode): void {
+    node.durable = this.imageOf(node);
+    node.durableReadies = node.writtenReadies;
+  }
+
+  private imageOf(node: SimNode): DurableImage {
+    return { storage: node.storage.clone(), applied: node.applied.slice(), config: node.config, lastEntry: node.lastEntry };
+  }
+
+  /**
+   * Async-storage mode, once per tick and node: finishes the fsync in flight when its tick has
+   * come (its messages leave, a leader counts its own copy), and starts one over what was written
+   * since, if anything was.
+   */
+  private runDisk(node: SimNode): void {
+    const raw = node.raw;
+    if (raw === undefined) return;
+    const syncing = node.syncing;
+    if (syncing !== undefined && this.nowTick >= syncing.doneTick) {
+      node.syncing = undefined;
+      if (syncing.readies > node.durableReadies) {
+        node.durable = syncing.image;
+        node.durableReadies = syncing.readies;
+      }
+      const released = node.held.filter((held) => held.readies <= node.durableReadies);
+      node.held = node.held.filter((held) => held.readies > node.durableReadies);
+      for (const held of released) this.send(held.message);
+      if (syncing.image.lastEntry !== undefined) raw.persisted(syncing.image.lastEntry.index, syncing.image.lastEntry.term);
+      this.process(node.id);
+    }
+    if (node.syncing === undefined && node.writtenReadies > node.durableReadies) {
+      node.syncing = { readies: node.writtenReadies, image: this.imageOf(node), doneTick: this.nowTick + (this.fsyncTicksOf?.(node.id) ?? this.diskPrng.intInclusive(1, 3)) };
+    }
   }
 
   /** Restarts a crashed node from what its disk holds. */
@@ -190,6 +285,7 @@ export class SimCluster {
   /** One tick of the clock: every live node ticks, then messages due are delivered until quiet. */
   tick(): void {
     this.nowTick++;
+    if (this.opts.asyncStorage) for (const id of this.ids) this.runDisk(this.node(id));
     for (const id of this.ids) {
       const raw = this.node(id).raw;
       if (raw !== undefined) {
@@ -247,9 +343,22 @@ export class SimCluster {
       if (ready.snapshot !== undefined) node.storage.installSnapshot(ready.snapshot.metadata);
       this.checkAppend(node, ready.entries);
       node.storage.save(ready.hardState, ready.entries, ready.mustSync);
+      const async = this.opts.asyncStorage;
+      if (async) {
+        node.writtenReadies++;
+        const lastEntry = ready.entries[ready.entries.length - 1];
+        if (lastEntry !== undefined) node.lastEntry = { index: lastEntry.index, term: lastEntry.term };
+        // Installing a snapshot is one fsynced transaction on the node's storage: all is durable after.
+        if (ready.snapshot !== undefined) this.markDurable(node);
+      }
       if (ready.softState?.role === "leader") this.checkNewLeader(node);
       if (this.crashHook?.(id, "after-persist")) return this.crash(id);
-      for (const message of late) this.send(message.type === "snapshot" ? this.stageImage(node, message) : message);
+      for (const each of late) {
+        const message = each.type === "snapshot" ? this.stageImage(node, each) : each;
+        // What the disk does not hold yet must not be promised: the message waits for the fsync.
+        if (async && node.durableReadies < node.writtenReadies) node.held.push({ message, readies: node.writtenReadies });
+        else this.send(message);
+      }
       if (this.crashHook?.(id, "after-send")) return this.crash(id);
       for (const entry of ready.committedEntries) this.apply(node, entry);
       for (const state of ready.readStates) {
@@ -261,7 +370,7 @@ export class SimCluster {
       }
       node.readStates.push(...ready.readStates);
       node.readFailures.push(...ready.readFailures);
-      raw.advance(ready);
+      raw.advance(ready, !async || ready.snapshot !== undefined);
       this.checkLeaders();
     }
   }

@@ -11,6 +11,10 @@ export interface SwarmResult {
   readonly ticks: number;
   readonly snapshotsInstalled: number;
   readonly confChanges: number;
+  /** Whether the disks fsynced in the background (SimClusterOptions.asyncStorage). */
+  readonly asyncStorage: boolean;
+  /** Crashes that lost writes not yet fsynced. */
+  readonly powerLosses: number;
 }
 
 /**
@@ -24,7 +28,10 @@ export function runSwarm(seed: number): SwarmResult {
   const prng = createPrng(seed);
   const nodeCount = prng.pick([3, 3, 5, 5, 7]);
   const electionTicks = prng.intInclusive(5, 15);
+  // Drawn apart from `prng`, so that the other settings of a seed are what they were before it existed.
+  const asyncStorage = createPrng(seed ^ 0xa5a5).chance(0.5);
   const cluster = new SimCluster({
+    asyncStorage,
     nodeCount,
     seed,
     preVote: prng.chance(0.8),
@@ -97,5 +104,5 @@ export function runSwarm(seed: number): SwarmResult {
     const replay = `KV_SWARM_SEED=${seed} bun test test/raft-swarm.test.ts`;
     throw new Error(`swarm seed=${seed} failed: ${detail}\nreplay: ${replay}\n${cluster.describe()}`, { cause: error });
   }
-  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks, snapshotsInstalled: cluster.snapshotsInstalled, confChanges: cluster.confChangesProposed };
+  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks, snapshotsInstalled: cluster.snapshotsInstalled, confChanges: cluster.confChangesProposed, asyncStorage, powerLosses: cluster.powerLosses };
 }
