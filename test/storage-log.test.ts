@@ -186,3 +186,27 @@ describe("memory twin", () => {
     expect(restarted.entries(1, 2, 100)[0]?.data).toEqual(encodeCommand({ op: "put", key: "k", value: new Uint8Array([1]) }));
   });
 });
+
+describe("sqlite: background fsync", () => {
+  test("sync() covers saves made without fsync, and settles without holding up the caller", async () => {
+    const dir = tempDir();
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    storage.save(hard(1, 1, 0), range(1, 4, 1), false);
+    const pending = storage.sync();
+    // The caller goes on while the fsync runs on another thread: more writes are fine meanwhile.
+    storage.save(undefined, range(4, 6, 1), false);
+    await pending;
+    await storage.sync();
+    storage.close();
+    const reopened = openSqliteStorage(dir, { voters: [1] });
+    expect(summary(reopened.entries(1, 6, Number.POSITIVE_INFINITY))).toEqual(summary(range(1, 6, 1)));
+    expect(reopened.initialState().hardState).toEqual(hard(1, 1, 0));
+    reopened.close();
+  });
+
+  test("sync() on a closed storage is a bug, refused at once", () => {
+    const storage = openSqliteStorage(tempDir(), { voters: [1] });
+    storage.close();
+    expect(() => storage.sync()).toThrow(AssertionError);
+  });
+});

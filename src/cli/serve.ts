@@ -177,6 +177,11 @@ export const serveCommand = defineCommand({
       LATENCY_BUCKETS_S,
       ["sync"],
     );
+    const fsyncDuration = metrics.histogram(
+      "kv_storage_fsync_duration_seconds",
+      "One background fsync of what the loop wrote since the last (it runs off the loop's thread; the replies it covers wait for it).",
+      LATENCY_BUCKETS_S,
+    );
     const sqliteStorage = openSqliteStorage(dataDir);
     let joinedClusterId: string | undefined;
     if (joinEndpoints !== undefined) {
@@ -205,7 +210,11 @@ export const serveCommand = defineCommand({
         }
       }
     }
-    const storage = observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS));
+    const storage = observeMethod(
+      observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS)),
+      "sync",
+      (durationS) => fsyncDuration.observe({}, durationS),
+    );
     // After the storage: its exclusive lock keeps a second process off this data dir.
     const clusterIdChoice = chooseClusterId(dataDir, [...peers.keys()], clusterToken, logger, () => storage.close(), joinedClusterId);
     // After a membership change --cluster no longer names the voters the id was derived from.

@@ -6,8 +6,9 @@
 
 /**
  * Returns a view of `target` whose `method` reports each call's duration in seconds (and its
- * arguments) to `observe`, also when it throws. Every other property reads through unchanged;
- * methods are bound to `target`, so they run exactly as on the object itself.
+ * arguments) to `observe`, also when it throws; for a method that returns a promise, the duration
+ * runs until the promise settles. Every other property reads through unchanged; methods are bound
+ * to `target`, so they run exactly as on the object itself.
  */
 export function observeMethod<T extends object, K extends keyof T>(
   target: T,
@@ -18,11 +19,17 @@ export function observeMethod<T extends object, K extends keyof T>(
   if (typeof original !== "function") throw new TypeError(`${String(method)} is not a method`);
   const timed = (...args: unknown[]) => {
     const startedMs = performance.now();
+    const report = () => observe((performance.now() - startedMs) / 1000, args as never);
+    let result: unknown;
     try {
-      return (original as (...a: unknown[]) => unknown).apply(target, args);
-    } finally {
-      observe((performance.now() - startedMs) / 1000, args as never);
+      result = (original as (...a: unknown[]) => unknown).apply(target, args);
+    } catch (error) {
+      report();
+      throw error;
     }
+    if (result instanceof Promise) return result.finally(report);
+    report();
+    return result;
   };
   const bound = new Map<PropertyKey, unknown>();
   return new Proxy(target, {

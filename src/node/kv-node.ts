@@ -4,7 +4,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { ProposalRefusedError, type Message, type NodeId, type Ready, type SnapshotMetadata, type SnapshotRequest, type SnapshotToInstall } from "../raft/types.ts";
+import { ProposalRefusedError, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotMetadata, type SnapshotRequest, type SnapshotToInstall } from "../raft/types.ts";
 import {
   encodeCommand,
   encodeMembershipChange,
@@ -141,8 +141,15 @@ interface PendingRead extends Waiter<void> {
 /**
  * One kv node: the single loop that drives the Raft core. Each turn it proposes the writes that
  * arrived together, asks for one read index for the reads that arrived together, then carries out
- * every Ready in order: persist (one transaction, fsync) → send → apply → advance, and finally
- * answers the clients whose writes applied or whose reads may now be served.
+ * every Ready in order: persist (one transaction) → send → apply → advance, and finally answers
+ * the clients whose writes applied or whose reads may now be served.
+ *
+ * The fsync runs in the background (thesis §10.2.1; etcd's asynchronous storage writes): a turn
+ * writes its Readies without waiting for the disk, then starts one fsync over all that was
+ * written since the last (`storage.sync`), and goes on serving. Until that fsync returns, the
+ * messages those Readies produced wait (a vote or an ack promises what is on disk), and a leader
+ * does not count its own copy of the new entries toward commit (`RawNode.persisted`). A leader's
+ * appends and heartbeats promise nothing about its own disk: they leave at once.
  */
 export class KvNode implements KvNodeApi {
   private readonly raw: RawNode;
@@ -158,6 +165,23 @@ export class KvNode implements KvNodeApi {
   /** Reads with a read index, waiting to be applied up to it. */
   private readsWaitingApply: PendingRead[] = [];
   private readSequence = 0;
+  /** Readies whose writes must be durable before their messages leave, written so far. */
+  private writtenReadies = 0;
+  /** How many of those the last finished fsync covered. */
+  private durableReadies = 0;
+  /** The last log entry written: reported to the core once an fsync covering it returns. */
+  private lastWrittenEntry: { index: number; term: number } | undefined;
+  /** Set while an fsync runs on the storage's thread. */
+  private syncing = false;
+  /** An entry an fsync made durable, for the core at the start of the next turn. */
+  private durableEntry: { index: number; term: number } | undefined;
+  /**
+   * Messages waiting for the fsync that covers the Ready that produced them, oldest first, with
+   * how many peer calls had arrived when the turn stepped its inbox: those calls' answers carry them.
+   */
+  private held: { messages: readonly Message[]; readies: number; calls: number }[] = [];
+  /** Peer calls whose messages have been stepped (`Transport.callsArrived` at the last stepInbox). */
+  private callsStepped = 0;
   /** A Ready the disk could not take (full): retried before anything else. */
   private blockedReady: BlockedReady | undefined;
   private diskRetryTicks = 0;
@@ -241,6 +265,7 @@ export class KvNode implements KvNodeApi {
     this.stopTicking?.();
     for (const transfer of this.outgoingSnapshots.values()) transfer.abort(new Error("the node is stopping"));
     this.failAll(new KvError("unavailable", "the node is shutting down"));
+    this.held = []; // never sent: the disk may not hold what they promise
     const checks = this.afterTurn;
     this.afterTurn = [];
     for (const check of checks) check();
@@ -579,6 +604,11 @@ export class KvNode implements KvNodeApi {
     if (this.stopped) return;
     try {
       if (this.blockedReady !== undefined && !this.carryOut(this.blockedReady)) return;
+      const durable = this.durableEntry;
+      if (durable !== undefined) {
+        this.durableEntry = undefined;
+        this.raw.persisted(durable.index, durable.term);
+      }
       this.stepInbox();
       this.proposeQueuedWrites();
       this.requestReadIndex();
@@ -587,15 +617,52 @@ export class KvNode implements KvNodeApi {
       const checks = this.afterTurn;
       this.afterTurn = [];
       for (const check of checks) check();
+      this.startSync();
     } catch (error) {
       this.fail(error instanceof Error ? error : new Error(String(error)));
     } finally {
-      // Peers' calls whose messages this turn took are answered now, with our replies inside.
-      this.transport?.flush();
+      // Peers' calls whose messages this turn took are answered now, with our replies inside;
+      // while replies wait for the disk, the calls wait with them (answered once the fsync returns).
+      if (this.held.length === 0 || this.stopped) this.transport?.flush();
     }
   }
 
+  /** Starts an fsync over everything written since the last one, unless one is running. */
+  private startSync(): void {
+    if (this.syncing || this.stopped || this.writtenReadies === this.durableReadies) return;
+    this.syncing = true;
+    const readies = this.writtenReadies;
+    const entry = this.lastWrittenEntry;
+    this.cfg.storage.sync().then(
+      () => this.synced(readies, entry),
+      (error: unknown) => {
+        this.syncing = false;
+        if (this.stopped) return;
+        const reason = error instanceof Error ? error.message : String(error);
+        this.fail(new Error(`fsync failed (what was written may be lost, so the node stops): ${reason}`, { cause: error }));
+      },
+    );
+  }
+
+  /** An fsync returned: the messages it covers leave, and the core hears of its entry next turn. */
+  private synced(readies: number, entry: { index: number; term: number } | undefined): void {
+    this.syncing = false;
+    if (this.stopped) return;
+    this.durableReadies = Math.max(this.durableReadies, readies);
+    if (entry !== undefined) this.durableEntry = entry;
+    let released = 0;
+    while (released < this.held.length && this.held[released]!.readies <= this.durableReadies) released++;
+    if (released > 0) {
+      const batches = this.held.splice(0, released);
+      for (const { messages } of batches) this.sendMessages(messages);
+      // The calls stepped up to the last of these Readies carry them back; later calls wait on.
+      this.transport?.flush(batches[batches.length - 1]!.calls);
+    }
+    this.turn();
+  }
+
   private stepInbox(): void {
+    this.callsStepped = this.transport?.callsArrived() ?? 0;
     const messages = this.inbox.splice(0, this.inbox.length);
     for (const message of messages) this.raw.step(message);
   }
@@ -638,9 +705,9 @@ export class KvNode implements KvNodeApi {
   /** Install → persist → send → apply → advance, in that order (the order is what makes acks durable). */
   private handleReady(ready: Ready): boolean {
     // A leader's appends and heartbeats promise nothing about its own disk, so they go out first and
-    // the followers' writes overlap the leader's fsync (thesis §10.2.1; Bun's fetch sends from its
-    // own thread while this one is in sqlite). The leader counts its own copy toward commit only in
-    // a later turn, after this save returned. Everything else (votes, acks) waits for the disk.
+    // the followers' writes overlap the leader's own (thesis §10.2.1). The leader counts its own
+    // copy toward commit once the fsync covering it returns. Everything else (votes, acks) waits
+    // for that fsync too (see `held`).
     const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
     const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
     if (early.length > 0) {
@@ -665,9 +732,17 @@ export class KvNode implements KvNodeApi {
         work.stage = "save";
       }
       if (work.stage === "save") {
-        this.cfg.storage.save(ready.hardState, ready.entries, ready.mustSync);
+        // Written, not yet durable: see the class comment (the fsync runs after the turn).
+        this.cfg.storage.save(ready.hardState, ready.entries, false);
         work.stage = "apply";
-        if (work.late.length > 0) this.sendMessages(work.late);
+        if (ready.mustSync) this.writtenReadies++;
+        const lastEntry = ready.entries[ready.entries.length - 1];
+        if (lastEntry !== undefined) this.lastWrittenEntry = { index: lastEntry.index, term: lastEntry.term };
+        if (work.late.length > 0) {
+          const waiting = this.durableReadies < this.writtenReadies ? work.late.filter(waitsForDisk) : [];
+          if (waiting.length > 0) this.held.push({ messages: waiting, readies: this.writtenReadies, calls: this.callsStepped });
+          this.sendMessages(waiting.length === 0 ? work.late : work.late.filter((message) => !waitsForDisk(message)));
+        }
       }
       if (ready.committedEntries.length > 0) {
         const results = this.cfg.storage.applyEntries(ready.committedEntries);
@@ -719,7 +794,7 @@ export class KvNode implements KvNodeApi {
         this.pendingConfChange = undefined;
       }
     }
-    this.raw.advance(ready);
+    this.raw.advance(ready, false);
     if (ready.committedEntries.length > 0) {
       try {
         this.maybeCompact();

@@ -75,6 +75,27 @@ export type Message =
   | TimeoutNowRequest
   | SnapshotRequest;
 
+/**
+ * Whether `message` promises something about its sender's disk, and so may leave only once the
+ * Ready that produced it is durable (etcd's msgsAfterAppend): an append response acknowledges
+ * entries, and a vote, granted or asked for (a candidate counts its own vote at once), rests on
+ * the term and vote saved. Everything else may leave as soon as it is made: heartbeats and their
+ * answers, read index traffic (a commit index is on a majority's disks already), TimeoutNow and
+ * snapshots. Drivers that fsync in the background hold back exactly these.
+ */
+export function waitsForDisk(message: Message): boolean {
+  switch (message.type) {
+    case "append-response":
+    case "vote":
+    case "pre-vote":
+    case "vote-response":
+    case "pre-vote-response":
+      return true;
+    default:
+      return false;
+  }
+}
+
 interface MessageBase {
   readonly from: NodeId;
   readonly to: NodeId;

@@ -13,6 +13,7 @@ import {
   type NodeId,
   type ReadFailure,
   type ReadState,
+  waitsForDisk,
 } from "../raft/types.ts";
 import { SimNetwork } from "./sim-network.ts";
 
@@ -355,8 +356,8 @@ export class SimCluster {
       if (this.crashHook?.(id, "after-persist")) return this.crash(id);
       for (const each of late) {
         const message = each.type === "snapshot" ? this.stageImage(node, each) : each;
-        // What the disk does not hold yet must not be promised: the message waits for the fsync.
-        if (async && node.durableReadies < node.writtenReadies) node.held.push({ message, readies: node.writtenReadies });
+        // What the disk does not hold yet must not be promised: such a message waits for the fsync.
+        if (async && node.durableReadies < node.writtenReadies && waitsForDisk(message)) node.held.push({ message, readies: node.writtenReadies });
         else this.send(message);
       }
       if (this.crashHook?.(id, "after-send")) return this.crash(id);

@@ -69,6 +69,13 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void;
   /** Drops whatever image is staged (a transfer that failed or was not needed). */
   discardStagedImage(): void;
+  /**
+   * Makes every write so far durable (`save` with `sync` false, applies, compactions) without
+   * holding up the caller: the fsync runs on another thread, and the promise settles once it has
+   * returned. Writes made meanwhile are not covered. Rejects when the disk reports an error: the
+   * node must then stop, since what it wrote may be lost (an fsync is not retried).
+   */
+  sync(): Promise<void>;
   /** Releases the storage; any later call is a bug. Idempotent. */
   close(): void;
 }

@@ -326,6 +326,11 @@ export class MemoryKvStorage implements KvStorage {
     this.staging = { imageId: undefined, bytes: 0 };
   }
 
+  /** In memory a write is as durable as it gets once made: settles at once. */
+  sync(): Promise<void> {
+    return Promise.resolve();
+  }
+
   /** Marks the storage closed; later calls are bugs. Idempotent. */
   close(): void {
     this.closed = true;

@@ -1,5 +1,5 @@
 import { Database, type Statement } from "bun:sqlite";
-import { mkdirSync } from "node:fs";
+import { closeSync, fsync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
@@ -40,8 +40,9 @@ import { checkVotersMatch, normalizeVoters } from "./voters.ts";
  * - `save(..., sync=true)` commits with synchronous=FULL: durable when it returns.
  * - `save(..., sync=false)` and `applyEntries` commit with synchronous=NORMAL: no fsync. They
  *   survive a process crash (the WAL is written before commit returns) but not an OS crash or
- *   power loss, until the next FULL commit or checkpoint fsyncs the WAL, which makes every earlier
- *   commit durable too.
+ *   power loss, until the next FULL commit, checkpoint or `sync()` fsyncs the WAL, which makes
+ *   every earlier commit durable too. The node loop saves this way and calls `sync()` in the
+ *   background, holding back whatever promises the writes until it settles.
  * - SQLite recovers a WAL as a prefix of its commits, in commit order. An apply commits after the
  *   save of every entry it applies (asserted: applied <= commit <= lastIndex), so after any crash
  *   the applied index is never ahead of the log it applied, and the kv rows always match it
@@ -833,6 +834,31 @@ export class SqliteStorage implements KvStorage {
     this.assertOpen();
     this.withSynchronous(false, () => this.clearStaging.run());
     this.staging = { imageId: undefined, bytes: 0 };
+  }
+
+  /**
+   * See `KvStorage.sync`: fsyncs the WAL file (where every commit since the last checkpoint is)
+   * on Bun's thread pool. SQLite fsyncs the database file itself when it checkpoints, so the WAL
+   * holds all that is not yet durable. Each call opens its own descriptor (a few microseconds),
+   * which the fsync then owns: a close meanwhile cannot pull it away.
+   */
+  sync(): Promise<void> {
+    this.assertOpen();
+    let fd: number;
+    try {
+      fd = openSync(`${this.file}-wal`, "r");
+    } catch (error) {
+      // No WAL file: everything was checkpointed into the database file (or nothing written yet).
+      if ((error as { code?: string }).code !== "ENOENT") return Promise.reject(error);
+      fd = openSync(this.file, "r");
+    }
+    return new Promise<void>((resolve, reject) => {
+      fsync(fd, (error) => {
+        closeSync(fd);
+        if (error === null) resolve();
+        else reject(error);
+      });
+    });
   }
 
   /** Closes the database (checkpointing the WAL into it) and any open images, then releases the lock. Idempotent. */

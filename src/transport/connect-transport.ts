@@ -111,11 +111,14 @@ interface ReplySlot {
   bytes: number;
   readonly resolve: (messages: readonly Message[]) => void;
   readonly sinceMs: number;
+  /** The call's place among all calls that arrived (see `Transport.callsArrived`). */
+  readonly seq: number;
 }
 
 /**
- * The longest a peer's call waits for its answer. The loop answers within one turn; this only
- * bounds calls that arrive as the node stops. Well below any sane peer RPC timeout.
+ * The longest a peer's call waits for its answer. The loop answers within one turn, or once the
+ * fsync its replies wait for returns; this bounds calls that arrive as the node stops, or a disk
+ * that stalls. Well below any sane peer RPC timeout.
  */
 export const REPLY_WAIT_MS_MAX = 500;
 
@@ -168,6 +171,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * loop never flushes (it stopped) is answered empty after {@link REPLY_WAIT_MS_MAX}.
    */
   const replySlots = new Map<NodeId, ReplySlot[]>();
+  let callsArrived = 0;
   let replySweep: ReturnType<typeof setTimeout> | undefined;
   function awaitReply(from: NodeId): Promise<readonly Message[]> {
     if (closed) return Promise.resolve([]);
@@ -177,14 +181,15 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         slots = [];
         replySlots.set(from, slots);
       }
-      slots.push({ messages: [], bytes: 0, resolve, sinceMs: performance.now() });
+      slots.push({ messages: [], bytes: 0, resolve, sinceMs: performance.now(), seq: ++callsArrived });
       replySweep ??= setTimeout(sweepReplies, REPLY_WAIT_MS_MAX);
     });
   }
-  function answerReplies(olderThanMs: number): void {
+  /** Answers each peer's waiting calls that arrived by `olderThanMs` and are among the first `callsUpTo`. */
+  function answerReplies(olderThanMs: number, callsUpTo = Number.POSITIVE_INFINITY): void {
     for (const [peerId, slots] of replySlots) {
       let answered = 0;
-      while (answered < slots.length && (slots[answered] as ReplySlot).sinceMs <= olderThanMs) answered++;
+      while (answered < slots.length && (slots[answered] as ReplySlot).sinceMs <= olderThanMs && (slots[answered] as ReplySlot).seq <= callsUpTo) answered++;
       if (answered === 0) continue;
       const done = slots.splice(0, answered);
       if (slots.length === 0) replySlots.delete(peerId);
@@ -323,8 +328,11 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       }
       for (const [peerId, group] of byPeer) if (!reply(peerId, group)) senderFor(peerId).enqueue(group);
     },
-    flush(): void {
-      if (replySlots.size > 0) answerReplies(Number.POSITIVE_INFINITY);
+    flush(callsUpTo?: number): void {
+      if (replySlots.size > 0) answerReplies(Number.POSITIVE_INFINITY, callsUpTo);
+    },
+    callsArrived(): number {
+      return callsArrived;
     },
     sendSnapshot(to: NodeId, image: SnapshotImage, sendOptions: SendSnapshotOptions): Promise<void> {
       if (closed) return Promise.reject(new Error("the transport is closed"));

@@ -46,6 +46,7 @@ export class MemoryNetwork {
         }),
       // Replies travel as calls of their own here: the queue already decides when anything arrives.
       flush: () => {},
+      callsArrived: () => 0,
       peerHttpUrl: (peer) => this.handlers.get(peer)?.httpUrl,
       close: async () => {
         this.handlers.delete(id);

@@ -13,13 +13,17 @@ export interface Transport {
    */
   send(messages: readonly Message[]): void;
   /**
-   * The loop is done with the messages it has received so far (it calls this at the end of every
-   * turn, and once the early messages of a Ready are sent): each peer call waiting for an answer
-   * is answered now, carrying what `send` was given for that peer since the call arrived. A peer's
-   * call is answered by the end of the first turn after it arrived, so replies ride the call that
-   * asked for them (thesis §10.2) instead of costing a call of their own.
+   * The loop is done with the messages it has received so far: each peer call waiting for an
+   * answer is answered now, carrying what `send` was given for that peer since the call arrived,
+   * so replies ride the call that asked for them (thesis §10.2) instead of costing a call of their
+   * own. With `callsUpTo`, only the calls among the first `callsUpTo` to arrive (`callsArrived`)
+   * are answered: the loop answers the calls whose replies it has released, while later calls go
+   * on waiting for theirs (which wait for an fsync). A call is answered within a bounded time
+   * whatever the loop does.
    */
-  flush(): void;
+  flush(callsUpTo?: number): void;
+  /** How many peer calls have arrived so far (their messages were handed to the handler). */
+  callsArrived(): number;
   /**
    * Streams `image` to peer `to` in bounded chunks, one call at a time, apart from `send` (a long
    * transfer never delays messages). Resolves once the peer staged the last chunk (it then hands

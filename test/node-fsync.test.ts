@@ -1,0 +1,109 @@
+// Proves the node loop's background fsync keeps every promise a message makes (thesis §10.2.1): a
+// follower acknowledges only entries an fsync has covered, a leader counts its own copy toward
+// commit only after its own fsync, and a node whose fsync fails stops instead of going on.
+import { expect, test } from "bun:test";
+import { createMemoryCluster } from "./helpers/memory-cluster.ts";
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+/** A gate for one storage's `sync`: its fsyncs finish only when opened (or fail when broken). */
+function gateSync(storage: { sync(): Promise<void> }) {
+  let waiting: { resolve(): void; reject(error: Error): void }[] = [];
+  let open = false;
+  const original = storage.sync.bind(storage);
+  storage.sync = () => (open ? original() : new Promise<void>((resolve, reject) => waiting.push({ resolve, reject })));
+  return {
+    /** fsyncs begun and not yet finished. */
+    pending: () => waiting.length,
+    open() {
+      open = true;
+      for (const each of waiting) each.resolve();
+      waiting = [];
+    },
+    fail(error: Error) {
+      for (const each of waiting) each.reject(error);
+      waiting = [];
+    },
+  };
+}
+
+/** A settled cluster: its leader, one follower kept connected, and one cut off from both. */
+async function leaderWithOneFollower() {
+  const cluster = createMemoryCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  await cluster.drive(leader.put("settle", enc("0")));
+  const leaderId = leader.status().id;
+  const [follower, cutOff] = [1, 2, 3].filter((id) => id !== leaderId) as [number, number];
+  cluster.network.cutBetween(leaderId, cutOff);
+  cluster.network.cutBetween(follower, cutOff);
+  return { cluster, leader, leaderId, follower };
+}
+
+/** Whether `promise` settled, without waiting for it. */
+function tracked<T>(promise: Promise<T>) {
+  const state = { settled: false, value: undefined as T | undefined };
+  promise.then(
+    (value) => Object.assign(state, { settled: true, value }),
+    () => Object.assign(state, { settled: true }),
+  );
+  return state;
+}
+
+test("a leader counts its own copy toward commit only once its own fsync returned", async () => {
+  const { cluster, leader, leaderId, follower } = await leaderWithOneFollower();
+  const gate = gateSync(cluster.storages.get(leaderId)!);
+  const write = tracked(leader.put("k", enc("v")));
+  // The follower has the entry and acknowledges it, but one copy of three is no majority.
+  await cluster.until(() => cluster.node(follower).status().lastLogIndex >= leader.status().lastLogIndex);
+  await cluster.until(() => gate.pending() > 0);
+  for (let i = 0; i < 30; i++) {
+    cluster.clock.advance(10);
+    await cluster.settle();
+  }
+  expect(write.settled).toBe(false);
+  expect(leader.status().commitIndex).toBeLessThan(leader.status().lastLogIndex);
+  gate.open();
+  await cluster.until(() => write.settled);
+  expect(write.value).toMatchObject({ version: leader.status().lastLogIndex });
+  expect(cluster.fatal).toEqual([]);
+});
+
+test("a follower acknowledges an entry only once its fsync covering it returned", async () => {
+  const { cluster, leader, follower } = await leaderWithOneFollower();
+  const gate = gateSync(cluster.storages.get(follower)!);
+  const write = tracked(leader.put("k", enc("v")));
+  // Written on the follower, held back from the leader until its disk has it.
+  await cluster.until(() => cluster.node(follower).status().lastLogIndex >= leader.status().lastLogIndex);
+  for (let i = 0; i < 30; i++) {
+    cluster.clock.advance(10);
+    await cluster.settle();
+  }
+  expect(gate.pending()).toBeGreaterThan(0);
+  expect(write.settled).toBe(false);
+  expect(leader.status().commitIndex).toBeLessThan(leader.status().lastLogIndex);
+  gate.open();
+  await cluster.until(() => write.settled);
+  expect(write.value).toMatchObject({ version: leader.status().lastLogIndex });
+  expect(cluster.fatal).toEqual([]);
+});
+
+test("a failed fsync stops the node: it never sends what the disk may have lost", async () => {
+  const { cluster, leader, follower } = await leaderWithOneFollower();
+  const gate = gateSync(cluster.storages.get(follower)!);
+  const write = tracked(leader.put("k", enc("v")));
+  await cluster.until(() => gate.pending() > 0);
+  gate.fail(Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" }));
+  await cluster.settle();
+  expect(cluster.node(follower).fatalError()?.message).toContain("fsync failed");
+  expect(cluster.fatal.map((error) => error.message)).toEqual([expect.stringContaining("EIO")]);
+  // The follower's ack never left: with the third node cut off, the write cannot commit (the
+  // leader, hearing from no one, may step down and fail it as of unknown outcome).
+  const index = leader.status().lastLogIndex;
+  for (let i = 0; i < 30; i++) {
+    cluster.clock.advance(10);
+    await cluster.settle();
+  }
+  expect(write.value).toBeUndefined();
+  expect(leader.status().commitIndex).toBeLessThan(index);
+});
