@@ -3,6 +3,7 @@
 // times out, bounds refuse clearly, transfer hands over, and a storage failure stops the node.
 import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
+import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -19,6 +20,18 @@ function drive<T>(cluster: MemoryCluster, promise: Promise<T>, ticksMax = 500): 
 }
 
 describe("KvNode over in-memory twins", () => {
+  test("the only voter leads as soon as it starts, without waiting out an election timeout", async () => {
+    const cluster = createCluster();
+    const alone = cluster.startNode(9, new Map([[9, "mem://peer-9"]]), createMemoryKvStorage());
+    const startedAtMs = cluster.clock.nowMs();
+    await cluster.settle(); // turns and deliveries only: the clock does not move
+    expect(cluster.clock.nowMs()).toBe(startedAtMs);
+    expect(alone.status().role).toBe("leader");
+    const { version } = await drive(cluster, alone.put("k", enc("v")));
+    expect(dec((await drive(cluster, alone.get("k", "linearizable")))!.value)).toBe("v");
+    expect(version).toBeGreaterThan(0);
+  });
+
   test("a write is acknowledged with its Raft index once applied, and every node applies it", async () => {
     const cluster = createCluster();
     await cluster.until(() => cluster.leader() !== undefined);

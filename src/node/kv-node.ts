@@ -255,6 +255,9 @@ export class KvNode implements KvNodeApi {
   start(transport: Transport): void {
     this.transport = transport;
     this.stopTicking = this.cfg.clock.every(this.cfg.tickMs, () => this.onTick());
+    // The only voter needs no one's vote: it leads at once instead of waiting out a timeout.
+    const voters = this.raw.raft.voters;
+    if (voters.length === 1 && voters[0] === this.cfg.id && !this.removed) this.raw.campaign();
     this.scheduleTurn();
   }
 
