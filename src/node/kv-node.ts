@@ -606,7 +606,8 @@ export class KvNode implements KvNodeApi {
   private turn(): void {
     if (this.stopped) return;
     try {
-      if (this.blockedReady !== undefined && !this.carryOut(this.blockedReady)) return;
+      // A full disk freezes the loop, but what was written before it still gets its fsync.
+      if (this.blockedReady !== undefined && !this.carryOut(this.blockedReady)) return this.startSync();
       const durable = this.durableEntry;
       if (durable !== undefined) {
         this.durableEntry = undefined;
@@ -615,7 +616,7 @@ export class KvNode implements KvNodeApi {
       this.stepInbox();
       this.proposeQueuedWrites();
       this.requestReadIndex();
-      while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return;
+      while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return this.startSync();
       this.serveReads();
       const checks = this.afterTurn;
       this.afterTurn = [];
