@@ -27,8 +27,11 @@ function gateSync(storage: { sync(): Promise<void> }) {
   };
 }
 
-/** A settled cluster: its leader, one follower kept connected, and one cut off from both. */
-async function leaderWithOneFollower() {
+/**
+ * A settled cluster with its third node cut off, the fsyncs of `gated` (its leader or the follower
+ * it still reaches) held at a gate, and one write under way.
+ */
+async function writeWithGatedDisk(gated: "leader" | "follower") {
   const cluster = createMemoryCluster();
   await cluster.until(() => cluster.leader() !== undefined);
   const leader = cluster.leader()!;
@@ -37,7 +40,9 @@ async function leaderWithOneFollower() {
   const [follower, cutOff] = [1, 2, 3].filter((id) => id !== leaderId) as [number, number];
   cluster.network.cutBetween(leaderId, cutOff);
   cluster.network.cutBetween(follower, cutOff);
-  return { cluster, leader, leaderId, follower };
+  const gate = gateSync(cluster.storages.get(gated === "leader" ? leaderId : follower)!);
+  const write = tracked(leader.put("k", enc("v")));
+  return { cluster, leader, follower, gate, write };
 }
 
 /** Whether `promise` settled, without waiting for it. */
@@ -50,35 +55,17 @@ function tracked<T>(promise: Promise<T>) {
   return state;
 }
 
-test("a leader counts its own copy toward commit only once its own fsync returned", async () => {
-  const { cluster, leader, leaderId, follower } = await leaderWithOneFollower();
-  const gate = gateSync(cluster.storages.get(leaderId)!);
-  const write = tracked(leader.put("k", enc("v")));
-  // The follower has the entry and acknowledges it, but one copy of three is no majority.
-  await cluster.until(() => cluster.node(follower).status().lastLogIndex >= leader.status().lastLogIndex);
-  await cluster.until(() => gate.pending() > 0);
-  for (let i = 0; i < 30; i++) {
+/** Moves the cluster on by `ticks` ticks of its clock. */
+async function runTicks(cluster: ReturnType<typeof createMemoryCluster>, ticks: number) {
+  for (let i = 0; i < ticks; i++) {
     cluster.clock.advance(10);
     await cluster.settle();
   }
-  expect(write.settled).toBe(false);
-  expect(leader.status().commitIndex).toBeLessThan(leader.status().lastLogIndex);
-  gate.open();
-  await cluster.until(() => write.settled);
-  expect(write.value).toMatchObject({ version: leader.status().lastLogIndex });
-  expect(cluster.fatal).toEqual([]);
-});
+}
 
-test("a follower acknowledges an entry only once its fsync covering it returned", async () => {
-  const { cluster, leader, follower } = await leaderWithOneFollower();
-  const gate = gateSync(cluster.storages.get(follower)!);
-  const write = tracked(leader.put("k", enc("v")));
-  // Written on the follower, held back from the leader until its disk has it.
-  await cluster.until(() => cluster.node(follower).status().lastLogIndex >= leader.status().lastLogIndex);
-  for (let i = 0; i < 30; i++) {
-    cluster.clock.advance(10);
-    await cluster.settle();
-  }
+/** The write stays uncommitted for as long as the gate holds, and is acknowledged once it opens. */
+async function expectWriteWaitsForGate({ cluster, leader, gate, write }: Awaited<ReturnType<typeof writeWithGatedDisk>>) {
+  await runTicks(cluster, 30);
   expect(gate.pending()).toBeGreaterThan(0);
   expect(write.settled).toBe(false);
   expect(leader.status().commitIndex).toBeLessThan(leader.status().lastLogIndex);
@@ -86,12 +73,26 @@ test("a follower acknowledges an entry only once its fsync covering it returned"
   await cluster.until(() => write.settled);
   expect(write.value).toMatchObject({ version: leader.status().lastLogIndex });
   expect(cluster.fatal).toEqual([]);
+}
+
+test("a leader counts its own copy toward commit only once its own fsync returned", async () => {
+  const gated = await writeWithGatedDisk("leader");
+  const { cluster, leader, follower } = gated;
+  // The follower has the entry and acknowledges it, but one copy of three is no majority.
+  await cluster.until(() => cluster.node(follower).status().lastLogIndex >= leader.status().lastLogIndex);
+  await expectWriteWaitsForGate(gated);
+});
+
+test("a follower acknowledges an entry only once its fsync covering it returned", async () => {
+  const gated = await writeWithGatedDisk("follower");
+  const { cluster, leader, follower } = gated;
+  // Written on the follower, held back from the leader until its disk has it.
+  await cluster.until(() => cluster.node(follower).status().lastLogIndex >= leader.status().lastLogIndex);
+  await expectWriteWaitsForGate(gated);
 });
 
 test("a failed fsync stops the node: it never sends what the disk may have lost", async () => {
-  const { cluster, leader, follower } = await leaderWithOneFollower();
-  const gate = gateSync(cluster.storages.get(follower)!);
-  const write = tracked(leader.put("k", enc("v")));
+  const { cluster, leader, follower, gate, write } = await writeWithGatedDisk("follower");
   await cluster.until(() => gate.pending() > 0);
   gate.fail(Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" }));
   await cluster.settle();
@@ -100,10 +101,7 @@ test("a failed fsync stops the node: it never sends what the disk may have lost"
   // The follower's ack never left: with the third node cut off, the write cannot commit (the
   // leader, hearing from no one, may step down and fail it as of unknown outcome).
   const index = leader.status().lastLogIndex;
-  for (let i = 0; i < 30; i++) {
-    cluster.clock.advance(10);
-    await cluster.settle();
-  }
+  await runTicks(cluster, 30);
   expect(write.value).toBeUndefined();
   expect(leader.status().commitIndex).toBeLessThan(index);
 });

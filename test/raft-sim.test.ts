@@ -294,26 +294,31 @@ describe("safety across crashes (§5.4, Figure 8)", () => {
 });
 
 describe("disks that fsync in the background (thesis §10.2.1)", () => {
-  /** A settled 3-node cluster with async disks: its leader and two followers. */
-  function settled(cluster: SimCluster): { leader: NodeId; follower: NodeId; other: NodeId } {
+  /**
+   * A settled 3-node cluster with async disks, its third node cut off, and one proposal made while
+   * the `slow` node's fsyncs take `fsyncTicks` ticks (the others' one): the leader, the follower it
+   * still reaches, the node cut off, and the proposal's index.
+   */
+  function proposeOnSlowDisk(cluster: SimCluster, slow: "leader" | "follower", fsyncTicks: number, data: string) {
     const leader = expectOneLeader(cluster);
     cluster.one(enc("settle"), 3);
     const [follower, other] = cluster.ids.filter((id) => id !== leader) as [NodeId, NodeId];
-    return { leader, follower, other };
+    cluster.network.partition([[leader, follower], [other]]);
+    const slowId = slow === "leader" ? leader : follower;
+    cluster.fsyncTicksOf = (id) => (id === slowId ? fsyncTicks : 1);
+    cluster.runTicks(4); // the fsync the slow node starts from here on is a slow one
+    const index = cluster.propose(leader, enc(data));
+    if (index === undefined) throw new Error(`the leader refused the proposal\n${cluster.describe()}`);
+    return { leader, follower, other, index };
   }
 
   test("a leader counts its own copy toward commit only once its own fsync finished", () => {
     withSeed(40, (cluster) => {
-      const { leader, follower, other } = settled(cluster);
-      cluster.network.partition([[leader, follower], [other]]);
-      cluster.fsyncTicksOf = (id) => (id === leader ? 30 : 1);
-      cluster.runTicks(4); // the leader's fsync now in flight is a slow one
-      const index = cluster.propose(leader, enc("slow-leader-disk"));
-      expect(index).toBeDefined();
+      const { leader, follower, other, index } = proposeOnSlowDisk(cluster, "leader", 30, "slow-leader-disk");
       // The follower's ack arrives within a few ticks; the leader's own copy is still unsynced, and
       // the third node is cut off: no quorum yet.
-      expect(cluster.tickUntil(() => (cluster.raw(leader)!.raft.matchIndexOf(follower) ?? 0) >= index!, 10)).toBe(true);
-      expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index!);
+      expect(cluster.tickUntil(() => (cluster.raw(leader)!.raft.matchIndexOf(follower) ?? 0) >= index, 10)).toBe(true);
+      expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index);
       // A power loss now loses the leader's copy; what commits later must not depend on it.
       cluster.crash(leader, true);
       expect(cluster.powerLosses).toBe(1);
@@ -327,11 +332,7 @@ describe("disks that fsync in the background (thesis §10.2.1)", () => {
 
   test("once its fsync finishes the leader's own copy completes the quorum", () => {
     withSeed(41, (cluster) => {
-      const { leader, follower, other } = settled(cluster);
-      cluster.network.partition([[leader, follower], [other]]);
-      cluster.fsyncTicksOf = (id) => (id === leader ? 15 : 1);
-      cluster.runTicks(4);
-      const index = cluster.propose(leader, enc("counted-later"))!;
+      const { leader, index } = proposeOnSlowDisk(cluster, "leader", 15, "counted-later");
       cluster.runTicks(3);
       expect(cluster.raw(leader)!.raft.log.committed).toBeLessThan(index);
       expect(cluster.tickUntil(() => cluster.raw(leader)!.raft.log.committed >= index, 30)).toBe(true);
@@ -341,11 +342,7 @@ describe("disks that fsync in the background (thesis §10.2.1)", () => {
 
   test("a follower's ack waits for its fsync, so a power loss before it breaks no promise", () => {
     withSeed(42, (cluster) => {
-      const { leader, follower, other } = settled(cluster);
-      cluster.network.partition([[leader, follower], [other]]);
-      cluster.fsyncTicksOf = (id) => (id === follower ? 30 : 1);
-      cluster.runTicks(4);
-      const index = cluster.propose(leader, enc("slow-follower-disk"))!;
+      const { leader, follower, index } = proposeOnSlowDisk(cluster, "follower", 30, "slow-follower-disk");
       // The follower has written the entry, but says nothing of it until its fsync is done.
       expect(cluster.tickUntil(() => (cluster.raw(follower)!.raft.log.lastIndex() ?? 0) >= index, 5)).toBe(true);
       cluster.runTicks(8);

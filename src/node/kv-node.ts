@@ -706,12 +706,12 @@ export class KvNode implements KvNodeApi {
     }
   }
 
-  /** Install → persist → send → apply → advance, in that order (the order is what makes acks durable). */
+  /** Install → write → send → apply → advance, in that order; acks and votes also wait for the fsync (`held`). */
   private handleReady(ready: Ready): boolean {
     // A leader's appends and heartbeats promise nothing about its own disk, so they go out first and
     // the followers' writes overlap the leader's own (thesis §10.2.1). The leader counts its own
-    // copy toward commit once the fsync covering it returns. Everything else (votes, acks) waits
-    // for that fsync too (see `held`).
+    // copy toward commit once the fsync covering it returns; votes and acks wait for that fsync too
+    // (`waitsForDisk`, `held`), and the rest leave after the write.
     const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
     const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
     if (early.length > 0) {

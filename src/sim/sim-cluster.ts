@@ -346,11 +346,10 @@ export class SimCluster {
       node.storage.save(ready.hardState, ready.entries, ready.mustSync);
       const async = this.opts.asyncStorage;
       if (async) {
-        node.writtenReadies++;
+        // As the node counts them: a Ready that changed only the commit index promises nothing new.
+        if (ready.mustSync) node.writtenReadies++;
         const lastEntry = ready.entries[ready.entries.length - 1];
         if (lastEntry !== undefined) node.lastEntry = { index: lastEntry.index, term: lastEntry.term };
-        // Installing a snapshot is one fsynced transaction on the node's storage: all is durable after.
-        if (ready.snapshot !== undefined) this.markDurable(node);
       }
       if (ready.softState?.role === "leader") this.checkNewLeader(node);
       if (this.crashHook?.(id, "after-persist")) return this.crash(id);
@@ -371,7 +370,7 @@ export class SimCluster {
       }
       node.readStates.push(...ready.readStates);
       node.readFailures.push(...ready.readFailures);
-      raw.advance(ready, !async || ready.snapshot !== undefined);
+      raw.advance(ready, !async);
       this.checkLeaders();
     }
   }
