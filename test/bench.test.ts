@@ -165,7 +165,9 @@ interface FakeLeadership {
 }
 
 /** A fake kv node: answers /status from `leadership` (itself when omitted) and counts /kv requests. */
-function fakeKvNode(opts: { id?: number; leadership?: FakeLeadership; redirectPutsAfter?: number; failGetsEvery?: number } = {}) {
+function fakeKvNode(
+  opts: { id?: number; leadership?: FakeLeadership; redirectPutsAfter?: number; onRedirect?: () => void; failGetsEvery?: number } = {},
+) {
   const id = opts.id ?? 1;
   const counts = { put: 0, get: 0, delete: 0, status: 0, redirected: 0 };
   let selfUrl = "";
@@ -186,6 +188,7 @@ function fakeKvNode(opts: { id?: number; leadership?: FakeLeadership; redirectPu
           await request.arrayBuffer();
           if (opts.redirectPutsAfter !== undefined && counts.put >= opts.redirectPutsAfter) {
             counts.redirected += 1;
+            opts.onRedirect?.(); // before the Location is read: it must name the new leader
             return Response.json({ error: "not_leader" }, { status: 307, headers: { location: `${opts.leadership?.leaderUrl}${url.pathname}` } });
           }
           counts.put += 1;
@@ -249,13 +252,14 @@ describe("kv bench against in-process fake servers", () => {
 
   test("a 307 makes it re-discover the leader and resend the write there", async () => {
     const leadership: FakeLeadership = { leaderUrl: "", leaderId: 1, term: 1 };
-    const oldLeader = fakeKvNode({ id: 1, leadership, redirectPutsAfter: 10 });
+    let newLeaderUrl = "";
+    // From its first redirect on, both nodes report the new leader in a new term (set before the
+    // 307 is built, so its Location names the new leader: a timer here once raced the client).
+    const onRedirect = () => Object.assign(leadership, { leaderUrl: newLeaderUrl, leaderId: 2, term: 2 });
+    const oldLeader = fakeKvNode({ id: 1, leadership, redirectPutsAfter: 10, onRedirect });
     const newLeader = fakeKvNode({ id: 2, leadership });
+    newLeaderUrl = newLeader.url;
     leadership.leaderUrl = oldLeader.url;
-    // Once the old leader starts redirecting, both nodes report the new one in a new term.
-    const flip = setInterval(() => {
-      if (oldLeader.counts.redirected > 0) Object.assign(leadership, { leaderUrl: newLeader.url, leaderId: 2, term: 2 });
-    }, 1);
     try {
       const report = await benchJson(["--endpoints", `${oldLeader.url},${newLeader.url}`, "--requests", "50", "--clients", "2"]);
       expect(report.ok).toBe(50);
@@ -265,7 +269,6 @@ describe("kv bench against in-process fake servers", () => {
       expect(oldLeader.counts.put + newLeader.counts.put).toBe(50);
       expect(newLeader.counts.put).toBeGreaterThanOrEqual(40);
     } finally {
-      clearInterval(flip);
       oldLeader.server.stop(true);
       newLeader.server.stop(true);
     }
