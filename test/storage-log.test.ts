@@ -1,6 +1,6 @@
 // Proves both KvStorage implementations (sqlite and its in-memory twin) save, read and overwrite the Raft log and hard state identically, and refuse saves that break Raft's invariants.
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AssertionError } from "../src/lib/assert.ts";
@@ -202,6 +202,31 @@ describe("sqlite: background fsync", () => {
     expect(summary(reopened.entries(1, 6, Number.POSITIVE_INFINITY))).toEqual(summary(range(1, 6, 1)));
     expect(reopened.initialState().hardState).toEqual(hard(1, 1, 0));
     reopened.close();
+  });
+
+  test("sync() keeps one descriptor for the WAL, and a close while an fsync runs lets it finish before closing it", async () => {
+    const openDescriptors = () => readdirSync("/proc/self/fd").length;
+    const dir = tempDir();
+    const before = openDescriptors();
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    const opened = openDescriptors();
+    for (let i = 1; i <= 20; i++) {
+      storage.save(hard(1, 1, 0), range(i, i + 1, 1), false);
+      await storage.sync();
+    }
+    // The database, its lock and the WAL SQLite writes, plus the one WAL descriptor sync keeps.
+    expect(openDescriptors()).toBe(opened + 1);
+    storage.save(undefined, range(21, 22, 1), false);
+    const pending = storage.sync();
+    storage.close();
+    await pending;
+    expect(openDescriptors()).toBe(before);
+    const reopened = openSqliteStorage(dir, { voters: [1] });
+    expect(summary(reopened.entries(1, 22, Number.POSITIVE_INFINITY))).toEqual(summary(range(1, 22, 1)));
+    reopened.save(undefined, range(22, 23, 1), false);
+    await reopened.sync();
+    reopened.close(); // no fsync running: the descriptor closes with the storage
+    expect(openDescriptors()).toBe(before);
   });
 
   test("sync() on a closed storage is a bug, refused at once", () => {

@@ -1,5 +1,5 @@
 import { Database, type Statement } from "bun:sqlite";
-import { closeSync, fdatasync, fstatSync, fsync, mkdirSync, openSync } from "node:fs";
+import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
@@ -83,6 +83,10 @@ export interface SqliteStorageOptions {
 const schemaVersion = 3;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
+/** WAL pages (4 KiB each) after which a commit checkpoints them into the database file. */
+const walCheckpointPages = 10_000;
+/** The page cache of the node's connection, in KiB. */
+const pageCacheKib = 16 * 1024;
 /** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
 const entriesChunkRowsMax = 256;
 
@@ -210,6 +214,15 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     db.run("PRAGMA synchronous = FULL");
     // Bound the WAL file left on disk after a checkpoint (it is reused, not shrunk, otherwise).
     db.run(`PRAGMA journal_size_limit = ${walBytesLimit}`);
+    // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB, and keep up to 16 MiB of pages
+    // cached instead of 2 MiB. A checkpoint runs inside a commit on the node's loop and writes the
+    // newest copy of each page once, so a longer WAL rewrites a hot page once where it was ten
+    // times; the cache spares re-reading pages a commit evicted. The pause a checkpoint takes
+    // grows less than its interval (1M keys, random writes: worst 144 ms against 93 ms at the
+    // default). Measured A B A B, 14 rounds of 64-client writes: more writes/s in 11 of them,
+    // about a tenth more at the median.
+    db.run(`PRAGMA wal_autocheckpoint = ${walCheckpointPages}`);
+    db.run(`PRAGMA cache_size = -${pageCacheKib}`);
     migrate(db, file);
     // WAL was entered in NORMAL mode, so its index lives in shared memory that a reader connection
     // can use later (see openImage). Until one does, EXCLUSIVE spares every transaction its lock
@@ -336,8 +349,13 @@ export class SqliteStorage implements KvStorage {
   private readonly kvTable: KvTable;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
   private readonly deleteValue: Statement<unknown, [string]>;
-  /** Files whose directory entry `sync` has made durable, by inode. */
-  private readonly dirSyncedInodes = new Set<number>();
+  /** The WAL, open for `sync` from its first call until `close` (see `walDescriptor`), and its inode. */
+  private walFd: number | undefined;
+  private walInode = 0;
+  /** Descriptors of WAL files that were replaced, closed once no fsync uses them. */
+  private readonly retiredWalFds: number[] = [];
+  /** fsyncs on Bun's thread pool that have not returned: `close` leaves `walFd` open for them. */
+  private syncsRunning = 0;
   private readonly synchronousNormal: Statement<unknown, []>;
   private readonly synchronousFull: Statement<unknown, []>;
   private readonly deleteEntriesTo: Statement<unknown, [number]>;
@@ -844,47 +862,76 @@ export class SqliteStorage implements KvStorage {
    * WAL holds all that is not yet durable. fdatasync, as SQLite and PostgreSQL use for their logs:
    * it flushes the data and whatever metadata reading it back needs (the size, when the WAL grew),
    * and skips timestamps (A B A B, 6 rounds: 1.00-1.13x the writes/s of fsync, never below).
-   * Each call opens its own descriptor (a few microseconds), which the sync then owns: a close
-   * meanwhile cannot pull it away. The first sync of each file (by inode: SQLite deletes the WAL
-   * when the last connection closes and creates a new one later) also fsyncs the directory, or a
-   * power loss could take the new file's name, and every commit in it, away.
+   * The WAL stays open between calls (`walFd`); a close meanwhile waits for the fsyncs using it.
    */
   sync(): Promise<void> {
     this.assertOpen();
     let fd: number;
+    let owned = false;
     try {
-      fd = openSync(`${this.file}-wal`, "r");
+      fd = this.walDescriptor();
     } catch (error) {
       // No WAL file: everything was checkpointed into the database file (or nothing written yet).
       if ((error as { code?: string }).code !== "ENOENT") return Promise.reject(error);
-      fd = openSync(this.file, "r");
+      try {
+        fd = openSync(this.file, "r");
+      } catch (dbError) {
+        return Promise.reject(dbError);
+      }
+      owned = true;
     }
-    let inode: number;
-    try {
-      inode = fstatSync(fd).ino;
-    } catch (error) {
-      closeSync(fd);
-      return Promise.reject(error);
-    }
+    this.syncsRunning++;
     return new Promise<void>((resolve, reject) => {
       fdatasync(fd, (error) => {
-        closeSync(fd);
-        if (error !== null) return reject(error);
-        if (this.dirSyncedInodes.has(inode)) return resolve();
-        let dirFd: number;
-        try {
-          dirFd = openSync(dirname(this.file), "r");
-        } catch (dirError) {
-          return reject(dirError);
-        }
-        fsync(dirFd, (dirError) => {
-          closeSync(dirFd);
-          if (dirError !== null) return reject(dirError);
-          this.dirSyncedInodes.add(inode);
-          resolve();
-        });
+        this.syncsRunning--;
+        if (owned) closeSync(fd);
+        this.closeWalWhenIdle();
+        if (error !== null) reject(error);
+        else resolve();
       });
     });
+  }
+
+  /**
+   * The WAL's descriptor for `sync`, opened on first use. SQLite keeps one WAL file while the
+   * database is open (it truncates it past `journal_size_limit`) and deletes it only when the last
+   * connection closes; should a new file ever take its name, the stat (one call, where opening
+   * anew took three) sees another inode and the new file is opened. Opening a WAL also fsyncs its
+   * directory, or a power loss could take the new file's name, and every commit in it, away.
+   */
+  private walDescriptor(): number {
+    const path = `${this.file}-wal`;
+    if (this.walFd !== undefined) {
+      if (statSync(path).ino === this.walInode) return this.walFd;
+      this.retiredWalFds.push(this.walFd);
+      this.walFd = undefined;
+      this.closeWalWhenIdle();
+    }
+    const fd = openSync(path, "r");
+    try {
+      this.walInode = fstatSync(fd).ino;
+      const dirFd = openSync(dirname(this.file), "r");
+      try {
+        fsyncSync(dirFd);
+      } finally {
+        closeSync(dirFd);
+      }
+    } catch (error) {
+      closeSync(fd);
+      throw error;
+    }
+    this.walFd = fd;
+    return fd;
+  }
+
+  /** Closes WAL descriptors no fsync uses any more: replaced ones, and the current one after `close`. */
+  private closeWalWhenIdle(): void {
+    if (this.syncsRunning > 0) return;
+    for (const fd of this.retiredWalFds.splice(0)) closeSync(fd);
+    if (this.closed && this.walFd !== undefined) {
+      closeSync(this.walFd);
+      this.walFd = undefined;
+    }
   }
 
   /** Closes the database (checkpointing the WAL into it) and any open images, then releases the lock. Idempotent. */
@@ -894,6 +941,7 @@ export class SqliteStorage implements KvStorage {
     for (const image of [...this.images]) image.close();
     closeDatabase(this.db);
     closeDatabase(this.lock);
+    this.closeWalWhenIdle();
   }
 
   private learnersField(): { learners?: readonly NodeId[] } {
