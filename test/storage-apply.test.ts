@@ -7,6 +7,7 @@ import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/storage/command.ts";
 import { type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
+import { sessionWindowEntries } from "../src/storage/apply-plan.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 
@@ -145,4 +146,33 @@ describe.each(implementations)("%s state machine", (_name, open) => {
       storage.close();
     }
   });
+});
+
+test("an idempotent retry just past the session window gets the same answer on replicas that applied in different batches", () => {
+  const retry = (index: number): Entry => ({
+    index,
+    term: 1,
+    type: EntryType.Normal,
+    data: encodeCommand({ op: "put", key: "k", value: bytes(`at ${index}`), idempotencyKey: "client-1:7" }),
+  });
+  const last = sessionWindowEntries + 3;
+  const log: Entry[] = [retry(1)];
+  for (let index = 2; index < last; index++) log.push(noop(index));
+  log.push(retry(last));
+  const answers: unknown[] = [];
+  const values: (string | undefined)[] = [];
+  // One replica applies everything at once; the other stops one entry short of the retry, so it
+  // expired sessions up to an index the first one never stopped at.
+  for (const split of [last - 1, last - 2]) {
+    const storage = createMemoryKvStorage({ voters: [1] });
+    saveCommitted(storage, log);
+    storage.applyEntries(log.slice(0, 1));
+    storage.applyEntries(log.slice(1, split));
+    answers.push(storage.applyEntries(log.slice(split)).at(-1));
+    values.push(text(storage.get("k")?.value));
+    storage.close();
+  }
+  // The session made at index 1 is out of the window at the retry: both apply it anew.
+  expect(answers[0]).toEqual(answers[1]);
+  expect(values).toEqual([`at ${last}`, `at ${last}`]);
 });

@@ -129,7 +129,10 @@ export function executeWrite(step: Extract<ApplyStep, { kind: "put" | "delete" }
   const session = step.idempotencyKey === undefined ? undefined : `${sessionKeyPrefix}${step.idempotencyKey}`;
   if (session !== undefined) {
     const remembered = table.get(session);
-    if (remembered !== undefined) {
+    // Remembered for `sessionWindowEntries` entries after the write that made it, counted from
+    // this step: replicas that applied in different batches (and so expired sessions at different
+    // moments) still give the same answer, and reach the same state.
+    if (remembered !== undefined && remembered.version > step.index - sessionWindowEntries) {
       return { ...(JSON.parse(new TextDecoder().decode(remembered.value)) as object), index: step.index } as ApplyResult;
     }
   }
