@@ -354,6 +354,8 @@ export class SqliteStorage implements KvStorage {
   private walInode = 0;
   /** Descriptors of WAL files that were replaced, closed once no fsync uses them. */
   private readonly retiredWalFds: number[] = [];
+  /** Whether `sync` has fsynced the data dir for the database file's own name (when it had no WAL to sync). */
+  private databaseNameSynced = false;
   /** fsyncs on Bun's thread pool that have not returned: `close` leaves `walFd` open for them. */
   private syncsRunning = 0;
   private readonly synchronousNormal: Statement<unknown, []>;
@@ -879,6 +881,13 @@ export class SqliteStorage implements KvStorage {
         return Promise.reject(dbError);
       }
       owned = true;
+      try {
+        if (!this.databaseNameSynced) this.syncDirectory();
+        this.databaseNameSynced = true;
+      } catch (dirError) {
+        closeSync(fd);
+        return Promise.reject(dirError);
+      }
     }
     this.syncsRunning++;
     return new Promise<void>((resolve, reject) => {
@@ -910,18 +919,23 @@ export class SqliteStorage implements KvStorage {
     const fd = openSync(path, "r");
     try {
       this.walInode = fstatSync(fd).ino;
-      const dirFd = openSync(dirname(this.file), "r");
-      try {
-        fsyncSync(dirFd);
-      } finally {
-        closeSync(dirFd);
-      }
+      this.syncDirectory();
     } catch (error) {
       closeSync(fd);
       throw error;
     }
     this.walFd = fd;
     return fd;
+  }
+
+  /** fsyncs the data dir, making the names of the files in it durable. */
+  private syncDirectory(): void {
+    const dirFd = openSync(dirname(this.file), "r");
+    try {
+      fsyncSync(dirFd);
+    } finally {
+      closeSync(dirFd);
+    }
   }
 
   /** Closes WAL descriptors no fsync uses any more: replaced ones, and the current one after `close`. */
