@@ -354,8 +354,6 @@ export class SqliteStorage implements KvStorage {
   private walInode = 0;
   /** Descriptors of WAL files that were replaced, closed once no fsync uses them. */
   private readonly retiredWalFds: number[] = [];
-  /** Whether `sync` has fsynced the data dir for the database file's own name (when it had no WAL to sync). */
-  private databaseNameSynced = false;
   /** fsyncs on Bun's thread pool that have not returned: `close` leaves `walFd` open for them. */
   private syncsRunning = 0;
   private readonly synchronousNormal: Statement<unknown, []>;
@@ -871,23 +869,17 @@ export class SqliteStorage implements KvStorage {
     let fd: number;
     let owned = false;
     try {
-      fd = this.walDescriptor();
+      try {
+        fd = this.walDescriptor();
+      } catch (error) {
+        // No WAL file: everything was checkpointed into the database file (or nothing written
+        // since it was opened), so that file is what there is to sync, with its name.
+        if ((error as { code?: string }).code !== "ENOENT") throw error;
+        fd = this.openDurably(this.file);
+        owned = true;
+      }
     } catch (error) {
-      // No WAL file: everything was checkpointed into the database file (or nothing written yet).
-      if ((error as { code?: string }).code !== "ENOENT") return Promise.reject(error);
-      try {
-        fd = openSync(this.file, "r");
-      } catch (dbError) {
-        return Promise.reject(dbError);
-      }
-      owned = true;
-      try {
-        if (!this.databaseNameSynced) this.syncDirectory();
-        this.databaseNameSynced = true;
-      } catch (dirError) {
-        closeSync(fd);
-        return Promise.reject(dirError);
-      }
+      return Promise.reject(error);
     }
     this.syncsRunning++;
     return new Promise<void>((resolve, reject) => {
@@ -905,8 +897,7 @@ export class SqliteStorage implements KvStorage {
    * The WAL's descriptor for `sync`, opened on first use. SQLite keeps one WAL file while the
    * database is open (it truncates it past `journal_size_limit`) and deletes it only when the last
    * connection closes; should a new file ever take its name, the stat (one call, where opening
-   * anew took three) sees another inode and the new file is opened. Opening a WAL also fsyncs its
-   * directory, or a power loss could take the new file's name, and every commit in it, away.
+   * anew took three) sees another inode and the new file is opened (`openDurably`).
    */
   private walDescriptor(): number {
     const path = `${this.file}-wal`;
@@ -916,26 +907,30 @@ export class SqliteStorage implements KvStorage {
       this.walFd = undefined;
       this.closeWalWhenIdle();
     }
-    const fd = openSync(path, "r");
-    try {
-      this.walInode = fstatSync(fd).ino;
-      this.syncDirectory();
-    } catch (error) {
-      closeSync(fd);
-      throw error;
-    }
+    const fd = this.openDurably(path);
+    this.walInode = fstatSync(fd).ino;
     this.walFd = fd;
     return fd;
   }
 
-  /** fsyncs the data dir, making the names of the files in it durable. */
-  private syncDirectory(): void {
-    const dirFd = openSync(dirname(this.file), "r");
+  /**
+   * Opens `path` for an fsync and fsyncs its directory, or a power loss could take a new file's
+   * name, and every commit in it, away.
+   */
+  private openDurably(path: string): number {
+    const fd = openSync(path, "r");
     try {
-      fsyncSync(dirFd);
-    } finally {
-      closeSync(dirFd);
+      const dirFd = openSync(dirname(path), "r");
+      try {
+        fsyncSync(dirFd);
+      } finally {
+        closeSync(dirFd);
+      }
+    } catch (error) {
+      closeSync(fd);
+      throw error;
     }
+    return fd;
   }
 
   /** Closes WAL descriptors no fsync uses any more: replaced ones, and the current one after `close`. */
