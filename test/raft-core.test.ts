@@ -180,6 +180,33 @@ describe("forged input", () => {
     expect(node.raft.role).toBe("leader");
     expect(node.raft.term).toBe(term);
   });
+
+  test("a leader ignores an acknowledgement or rejection beyond its own log, and keeps replicating to that follower", () => {
+    const node = coreWith(1, 3, [], 1);
+    electLeader(node, [2, 3]);
+    drain(node);
+    const term = node.raft.term;
+    const last = node.raft.log.lastIndex();
+    // A correct follower only ever acknowledges or rejects an index the leader sent it.
+    node.step({ type: "append-response", from: 2, to: 1, term, success: true, index: 1e12, hintIndex: 0, hintTerm: 0 });
+    node.step({ type: "append-response", from: 3, to: 1, term, success: false, index: 2 ** 40, hintIndex: 2 ** 40, hintTerm: term });
+    for (const peer of [2, 3]) expect(node.raft.matchIndexOf(peer)).toBeLessThanOrEqual(last);
+    expect(node.raft.log.committed).toBeLessThanOrEqual(last);
+    // The next write still goes to both followers.
+    node.propose([new TextEncoder().encode("after the forgery")]);
+    for (let i = 0; i < 5; i++) {
+      node.tick();
+      for (const m of drain(node)) {
+        if (m.type === "append") {
+          const index = m.prevLogIndex + m.entries.length;
+          node.step({ type: "append-response", from: m.to, to: 1, term, success: true, index, hintIndex: 0, hintTerm: 0 });
+        } else if (m.type === "heartbeat") {
+          node.step({ type: "heartbeat-response", from: m.to, to: 1, term, readContext: m.readContext });
+        }
+      }
+    }
+    for (const peer of [2, 3]) expect(node.raft.matchIndexOf(peer)).toBe(last + 1);
+  });
 });
 
 describe("snapshots (thesis §5.1)", () => {

@@ -634,7 +634,10 @@ export class Raft {
   private handleAppendResponse(m: AppendResponse): void {
     if (this.role !== "leader") return;
     const progress = this.progress.get(m.from);
-    if (progress === undefined) return;
+    // A correct follower only answers appends this leader sent, and a leader never truncates its
+    // own log: an index beyond it is forged or corrupt. Believing it would stop replication to
+    // that follower for good (its progress would claim entries it never got).
+    if (progress === undefined || m.index > this.log.lastIndex()) return;
     progress.recentActive = true;
     if (!m.success) {
       if (m.index === 0 && m.hintIndex === 0) return; // a stale-term rejection carries no log information
