@@ -1,5 +1,8 @@
 // Proves over real loopback sockets on OS-chosen ports that two Connect transports exchange Raft messages (a receiver's replies riding the answer to the call that asked) and learn each other's HTTP URLs, that a dead or silent peer never delays delivery to a live one, and that malformed or oversized requests get a Connect error while the server keeps serving.
 import { afterEach, describe, expect, test } from "bun:test";
+import { fromBinary, fromJson, toBinary, toJson } from "@bufbuild/protobuf";
+import { SendRequestSchema, SendResponseSchema } from "../src/gen/kv/v1/raft_pb.ts";
+import { defaultDecodeLimits, fromSendResponse, toSendRequest } from "../src/transport/codec.ts";
 import { createConnectTransport } from "../src/transport/connect-transport.ts";
 import type { ConnectTransportHandle, ConnectTransportLimits } from "../src/transport/connect-transport.ts";
 import { EntryType } from "../src/raft/types.ts";
@@ -225,6 +228,60 @@ describe("connect transport over loopback", () => {
     b.transport.send([heartbeat(2, 1, 1)]);
     await a.inbox.until(() => a.inbox.deliveries.length === 1);
     expect(a.inbox.messages()).toEqual([heartbeat(2, 1, 1)]);
+  });
+
+  // Plain binary calls are served straight to the implementation (peer-server.ts); any other
+  // Connect call goes through connect-es's own handler. Both must give the same answers.
+  test("a binary call and the same call in JSON, compressed or with a bad timeout get the same answer", async () => {
+    const { a } = startPair();
+    const sendUrl = `${peerUrl(a.port)}/kv.v1.RaftService/Send`;
+    const toA: Message[] = [heartbeat(2, 1, 3), { type: "vote-response", from: 2, to: 1, term: 3, granted: true }];
+    const reply: Message = { type: "heartbeat-response", from: 1, to: 2, term: 2, readContext: "read-3" };
+    const request = toSendRequest(2, "http://127.0.0.1:9002", toA);
+    const forms = {
+      binary: { "content-type": "application/proto", body: toBinary(SendRequestSchema, request) },
+      json: { "content-type": "application/json", body: new TextEncoder().encode(JSON.stringify(toJson(SendRequestSchema, request))) },
+    };
+    const answers: { status: number; type: string | null; body: unknown }[] = [];
+    for (const [format, { "content-type": type, body }] of Object.entries(forms)) {
+      const delivered = a.inbox.deliveries.length;
+      const pending = fetch(sendUrl, { method: "POST", headers: { "content-type": type, "connect-protocol-version": "1" }, body });
+      await a.inbox.until(() => a.inbox.deliveries.length === delivered + 1);
+      expect(a.inbox.deliveries[delivered]).toEqual({ messages: toA, from: 2, fromHttpUrl: "http://127.0.0.1:9002" });
+      a.transport.send([reply]);
+      a.transport.flush();
+      const response = await pending;
+      const bytes = new Uint8Array(await response.arrayBuffer());
+      const decoded = format === "binary" ? fromBinary(SendResponseSchema, bytes) : fromJson(SendResponseSchema, JSON.parse(new TextDecoder().decode(bytes)));
+      expect(response.status).toBe(200);
+      expect(response.headers.get("content-type")).toBe(type);
+      answers.push({ status: response.status, type, body: fromSendResponse(decoded, 1, 2, defaultDecodeLimits) });
+    }
+    expect(answers.map((answer) => answer.body)).toEqual([[reply], [reply]]);
+
+    // Refusals: the implementation's error (a message for another node) and a body that does not
+    // parse, binary and JSON, then calls the direct path leaves to connect-es (compressed, a
+    // malformed timeout): each a JSON Connect error with the same code, nothing delivered.
+    const delivered = a.inbox.deliveries.length;
+    const elsewhere = toSendRequest(2, "", [{ ...heartbeat(2, 7, 1) }]);
+    const refusals: [Record<string, string>, Uint8Array<ArrayBuffer>, string][] = [
+      [{ "content-type": "application/proto" }, toBinary(SendRequestSchema, elsewhere), "invalid_argument"],
+      [{ "content-type": "application/json" }, new TextEncoder().encode(JSON.stringify(toJson(SendRequestSchema, elsewhere))), "invalid_argument"],
+      [{ "content-type": "application/proto" }, new Uint8Array([0xff, 0xff, 0xff]), "invalid_argument"],
+      [{ "content-type": "application/json" }, new TextEncoder().encode("{"), "invalid_argument"],
+      [{ "content-type": "application/proto", "content-encoding": "br" }, forms.binary.body, "unimplemented"],
+      [{ "content-type": "application/proto", "connect-timeout-ms": "soon" }, forms.binary.body, "invalid_argument"],
+    ];
+    for (const [headers, body, code] of refusals) {
+      const response = await fetch(sendUrl, { method: "POST", headers: { ...headers, "connect-protocol-version": "1" }, body });
+      expect({ headers, status: response.status, type: response.headers.get("content-type") }).toEqual({
+        headers,
+        status: code === "unimplemented" ? 501 : 400,
+        type: "application/json",
+      });
+      expect({ headers, code: ((await response.json()) as { code: string }).code }).toEqual({ headers, code });
+    }
+    expect(a.inbox.deliveries.length).toBe(delivered);
   });
 
   test("a request above the peer's body limit is refused without harm to later calls", async () => {

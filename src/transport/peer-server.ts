@@ -2,9 +2,11 @@
  * The peer port: `Bun.serve` in front of a Connect router, apart from the client HTTP API so that
  * peer traffic and client traffic never share a listener or a limit.
  */
-import { createConnectRouter } from "@connectrpc/connect";
-import type { ConnectError, ConnectRouter } from "@connectrpc/connect";
-import { codeToHttpStatus, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { create, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
+import type { DescMessage, DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, createConnectRouter, createHandlerContext, createServiceImplSpec } from "@connectrpc/connect";
+import type { ConnectRouter, MethodImplSpec } from "@connectrpc/connect";
+import { codeToHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { createAsyncIterable, readAllBytes } from "@connectrpc/connect/protocol";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { assert } from "../lib/assert.ts";
@@ -54,7 +56,8 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
   // No `maxTimeoutMs`: the handler answers at once whatever the caller's deadline, and a cap
   // would make servers configured with different timeouts refuse each other's calls.
   const router = createConnectRouter({ grpc: false, grpcWeb: false, connect: true, readMaxBytes: options.requestBytesMax });
-  options.routes(router);
+  const direct = new Map<string, UnarySpec>();
+  options.routes(recordUnaryMethods(router, direct));
   const handlers = new Map<string, UniversalHandler>(router.handlers.map((handler) => [handler.requestPath, handler]));
 
   const tls = options.tls;
@@ -82,10 +85,13 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
     },
   });
   async function serve(request: Request, remoteAddress: string | undefined): Promise<Response> {
-    const handler = handlers.get(new URL(request.url).pathname);
+    const path = new URL(request.url).pathname;
+    const handler = handlers.get(path);
     if (handler === undefined) return new Response("not found", { status: 404 });
     const refusal = options.authorize?.(request.headers, remoteAddress);
     if (refusal !== undefined) return connectErrorResponse(refusal);
+    const unary = direct.get(path);
+    if (unary !== undefined && isPlainBinaryUnaryCall(request)) return serveUnary(unary, request);
     // Unary calls only: the body is read whole (Bun.serve already bounds it) and the answer is
     // sent as one buffer. The universal fetch adapters would pipe both through ReadableStreams,
     // which cost a fifth of a node's CPU under load.
@@ -110,14 +116,100 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
   };
 }
 
+/** A unary method's implementation, as registered with the router. */
+type UnarySpec = Extract<MethodImplSpec, { kind: "unary" }>;
+
 /**
- * A unary Connect error answer (status from the code, JSON body), built without reading the
- * request. The connection closes after it, so the refused body is not read and discarded either.
+ * Passes every registration on to `router`, and notes each unary method's implementation in
+ * `direct` by its path, for {@link serveUnary}.
  */
-function connectErrorResponse(error: ConnectError): Response {
+function recordUnaryMethods(router: ConnectRouter, direct: Map<string, UnarySpec>): ConnectRouter {
+  const recorder: ConnectRouter = {
+    get handlers() {
+      return router.handlers;
+    },
+    service(service, implementation, handlerOptions) {
+      const spec = createServiceImplSpec(service as DescService, implementation);
+      for (const method of Object.values(spec.methods)) {
+        if (method.kind === "unary") direct.set(`/${method.method.parent.typeName}/${method.method.name}`, method);
+      }
+      router.service(service, implementation, handlerOptions);
+      return recorder;
+    },
+    rpc(method, impl, handlerOptions) {
+      router.rpc(method, impl, handlerOptions);
+      return recorder;
+    },
+  };
+  return recorder;
+}
+
+/**
+ * Whether `request` is the one kind of call peers send: a Connect unary POST with a binary body,
+ * uncompressed. Anything else (JSON, compression, GET, a malformed timeout) goes through
+ * connect-es's universal handler, which knows every rule of the protocol.
+ */
+function isPlainBinaryUnaryCall(request: Request): boolean {
+  if (request.method !== "POST" || request.headers.get("content-type") !== contentTypeUnaryProto) return false;
+  const encoding = request.headers.get("content-encoding");
+  if (encoding !== null && encoding !== "identity") return false;
+  const timeout = request.headers.get("connect-timeout-ms");
+  return timeout === null || /^[0-9]{1,10}$/.test(timeout);
+}
+
+/**
+ * Serves a plain binary unary call (see {@link isPlainBinaryUnaryCall}) straight to the method's
+ * implementation: decode, call, encode, with the answers connect-es gives (a body that does not
+ * parse is `invalid_argument`, as {@link answerParseFailureAsInvalidArgument} makes it). The
+ * universal handler's chain of async iterables and promises cost 0.1-0.2 ms of a follower's time
+ * per call at one client, 0.4-0.6 ms when idle, on the path of every write. A deadline is not
+ * enforced: the peer service answers at once, as noted in `createPeerServer`.
+ */
+async function serveUnary(spec: UnarySpec, request: Request): Promise<Response> {
+  const body = new Uint8Array(await request.arrayBuffer());
+  let input;
+  try {
+    input = fromBinary(spec.method.input, body);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    return connectErrorResponse(new ConnectError(`parse binary: ${reason}`, Code.InvalidArgument), false);
+  }
+  const context = createHandlerContext({
+    service: spec.method.parent,
+    method: spec.method,
+    protocolName: "connect",
+    requestMethod: request.method,
+    url: request.url,
+    requestHeader: request.headers,
+    responseHeader: { "content-type": contentTypeUnaryProto },
+  });
+  let output: Uint8Array<ArrayBuffer>;
+  try {
+    output = encode(spec.method.output, await spec.impl(input, context));
+  } catch (error) {
+    const connectError = error instanceof ConnectError ? error : new ConnectError("internal error", Code.Internal, undefined, undefined, error);
+    return connectErrorResponse(connectError, false);
+  } finally {
+    context.abort();
+  }
+  return new Response(output, { status: 200, headers: context.responseHeader });
+}
+
+/** A method's answer, a message or an init shape of one (as implementations may return), as bytes. */
+function encode<Desc extends DescMessage>(schema: Desc, output: Parameters<typeof create<Desc>>[1]): Uint8Array<ArrayBuffer> {
+  const message = isMessage(output, schema) ? output : create(schema, output);
+  return toBinary(schema, message) as Uint8Array<ArrayBuffer>;
+}
+
+/**
+ * A unary Connect error answer (status from the code, JSON body). With `close` (a refusal built
+ * without reading the request), the connection closes after it, so the refused body is not read
+ * and discarded either.
+ */
+function connectErrorResponse(error: ConnectError, close = true): Response {
   return new Response(errorToJsonBytes(error, {}), {
     status: codeToHttpStatus(error.code),
-    headers: { "content-type": "application/json", connection: "close" },
+    headers: { "content-type": contentTypeUnaryJson, ...(close ? { connection: "close" } : {}) },
   });
 }
 
