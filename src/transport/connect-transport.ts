@@ -1,7 +1,8 @@
 /**
  * The `Transport` the node uses in production: a Connect server on its own peer port, and one
- * bounded sender per peer whose Connect client (connect-web, binary format, over our own
- * kept-alive sockets for http peers and Bun's fetch for https ones) puts a timeout on every call.
+ * bounded sender per peer whose Connect client (binary format: over our own kept-alive sockets
+ * for http peers, see socket-transport.ts; connect-web over Bun's fetch for https ones) puts a
+ * timeout on every call.
  */
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
@@ -11,14 +12,14 @@ import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
-import { createPeerFetch } from "./peer-fetch.ts";
-import type { PeerFetch } from "./peer-fetch.ts";
 import { createPeerSender, messageBytesEstimate } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
+import { createSocketTransport } from "./socket-transport.ts";
+import type { SocketTransport } from "./socket-transport.ts";
 import { defaultSnapshotDecodeLimits } from "./snapshot-codec.ts";
 import type { SnapshotDecodeLimits } from "./snapshot-codec.ts";
 import { defaultSnapshotSendLimits, streamSnapshot } from "./snapshot-sender.ts";
@@ -263,7 +264,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   const transfersAbort = new AbortController();
   const transfers = new Set<Promise<void>>();
   const sentBytes = new Map<NodeId, number>();
-  const peerFetches: PeerFetch[] = [];
+  const socketTransports: SocketTransport[] = [];
   const clientTls = options.tls === undefined ? undefined : { cert: options.tls.cert, key: options.tls.key, ...(options.tls.ca === undefined ? {} : { ca: options.tls.ca }) };
   function senderFor(peerId: NodeId): PeerSender {
     let sender = senders.get(peerId);
@@ -271,30 +272,33 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     const baseUrl = options.peers.get(peerId);
     // The core addresses only voters, and the peers map is built from the same configuration.
     assert(baseUrl !== undefined && peerId !== options.selfId, `message to node ${peerId}, which is not a configured peer`);
-    // Plain http peers are called over our own kept-alive sockets (see peer-fetch.ts); https ones
-    // through Bun's fetch, which takes client certificates and CAs in a `tls` option. Counting
-    // bytes here sees the encoded body connect-web hands to fetch.
-    const socketFetch = baseUrl.startsWith("http:") ? createPeerFetch(baseUrl, limits.inflightCallsMax + 1) : undefined;
-    if (socketFetch !== undefined) peerFetches.push(socketFetch);
-    const peerFetch: typeof fetch = Object.assign(
-      (input: string | URL | Request, init?: RequestInit) => {
-        const body = init?.body;
-        if (body instanceof Uint8Array) sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + body.byteLength);
-        if (socketFetch !== undefined) return socketFetch.fetch(input, init);
-        return fetch(input, clientTls === undefined ? init : { ...init, tls: clientTls });
-      },
-      { preconnect: fetch.preconnect },
-    );
-    const client = createClient(
-      RaftService,
-      createFetchConnectTransport({
+    // Plain http peers are called over our own kept-alive sockets (socket-transport.ts); https
+    // ones through connect-web over Bun's fetch, which takes client certificates and CAs in a
+    // `tls` option. Both count the encoded request bodies they send.
+    const countBytes = (bytes: number) => sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + bytes);
+    const interceptors = auth === undefined ? [] : [peerAuthInterceptor(auth)];
+    let transport;
+    if (baseUrl.startsWith("http:")) {
+      const socketTransport = createSocketTransport({
         baseUrl,
-        useBinaryFormat: true,
+        idleConnectionsMax: limits.inflightCallsMax + 1,
         defaultTimeoutMs: options.rpcTimeoutMs,
-        fetch: peerFetch,
-        interceptors: auth === undefined ? [] : [peerAuthInterceptor(auth)],
-      }),
-    );
+        interceptors,
+        onRequestBytes: countBytes,
+      });
+      socketTransports.push(socketTransport);
+      transport = socketTransport;
+    } else {
+      const tlsFetch: typeof fetch = Object.assign(
+        (input: string | URL | Request, init?: RequestInit) => {
+          if (init?.body instanceof Uint8Array) countBytes(init.body.byteLength);
+          return fetch(input, clientTls === undefined ? init : { ...init, tls: clientTls });
+        },
+        { preconnect: fetch.preconnect },
+      );
+      transport = createFetchConnectTransport({ baseUrl, useBinaryFormat: true, defaultTimeoutMs: options.rpcTimeoutMs, fetch: tlsFetch, interceptors });
+    }
+    const client = createClient(RaftService, transport);
     clients.set(peerId, client);
     sender = createPeerSender({
       peerId,
@@ -360,7 +364,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         clearTimeout(replySweep);
         transfersAbort.abort(new Error("the transport is closing"));
         closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close()), ...transfers]).then(() => {
-          for (const peerFetch of peerFetches) peerFetch.close();
+          for (const socketTransport of socketTransports) socketTransport.close();
         });
       }
       return closing;

@@ -1,0 +1,179 @@
+// Proves the peer client's own Connect transport (src/transport/socket-transport.ts): a call carries
+// the Connect headers, the interceptors' headers and its binary body, and gets the decoded answer
+// over a reused socket; a peer's error answer becomes a ConnectError with the peer's code (or the
+// one its HTTP status maps to); a call on a kept-alive socket the peer dropped goes again on a new
+// one; a deadline, a cancellation, an unreachable peer and a closed transport each fail with their
+// Connect code, and the next call still works.
+import { afterAll, describe, expect, test } from "bun:test";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { RaftService, SendRequestSchema, SendResponseSchema } from "../src/gen/kv/v1/raft_pb.ts";
+import { createSocketTransport } from "../src/transport/socket-transport.ts";
+import type { SocketTransportOptions } from "../src/transport/socket-transport.ts";
+
+/** What the test server saw of each call. */
+interface Seen {
+  readonly path: string;
+  readonly headers: Record<string, string>;
+  readonly from: number;
+  readonly port: number;
+}
+
+const seen: Seen[] = [];
+/** Calls to node 99 wait here until released: a peer that never answers in time. */
+let releaseSlow: () => void = () => {};
+const slowAnswer = new Promise<void>((resolve) => (releaseSlow = resolve));
+let slowArrived: () => void = () => {};
+const slowArrival = new Promise<void>((resolve) => (slowArrived = resolve));
+
+/** Answers Send with one empty-bodied vote response from node `from + 1`; `from` picks other answers. */
+const server = Bun.serve({
+  hostname: "127.0.0.1",
+  port: 0,
+  async fetch(request, bunServer) {
+    const url = new URL(request.url);
+    const body = fromBinary(SendRequestSchema, new Uint8Array(await request.arrayBuffer()));
+    seen.push({ path: url.pathname, headers: Object.fromEntries(request.headers), from: body.from, port: bunServer.requestIP(request)?.port ?? 0 });
+    if (body.from === 99) {
+      slowArrived();
+      await slowAnswer;
+    }
+    if (body.from === 7) {
+      return new Response(JSON.stringify({ code: "failed_precondition", message: "not a peer" }), { status: 400, headers: { "content-type": "application/json" } });
+    }
+    if (body.from === 8) return new Response("overloaded", { status: 503, headers: { "content-type": "text/plain" } });
+    if (body.from === 9) return new Response(new Uint8Array([0xff, 0xff]), { headers: { "content-type": "application/proto" } });
+    const answer = create(SendResponseSchema, { messages: [{ from: body.from + 1, to: body.from, term: 5n, body: { case: "timeoutNow", value: {} } }] });
+    return new Response(toBinary(SendResponseSchema, answer), { headers: { "content-type": "application/proto", "x-answer": "yes" } });
+  },
+});
+afterAll(async () => {
+  releaseSlow();
+  await server.stop(true);
+});
+const base = `http://127.0.0.1:${server.port}`;
+
+function clientFor(baseUrl: string, options: Partial<SocketTransportOptions> = {}) {
+  const transport = createSocketTransport({ baseUrl, idleConnectionsMax: 2, defaultTimeoutMs: 5_000, ...options });
+  return { transport, client: createClient(RaftService, transport) };
+}
+
+const request = (from: number) => create(SendRequestSchema, { from, fromHttpUrl: "", messages: [] });
+
+/** The Connect error a call failed with. */
+async function failure(call: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await call;
+  } catch (error) {
+    return ConnectError.from(error);
+  }
+  throw new Error("the call succeeded");
+}
+
+describe("socket transport", () => {
+  test("a call carries the Connect headers, the interceptors' and its body, gets the answer, and reuses its socket", async () => {
+    const sent: number[] = [];
+    const { transport, client } = clientFor(base, {
+      interceptors: [(next) => (call) => (call.header.set("kv-cluster-id", "c-1"), next(call))],
+      onRequestBytes: (bytes) => sent.push(bytes),
+    });
+    try {
+      const answer = await client.send(request(1), { timeoutMs: 1_234 });
+      expect(answer.messages).toEqual([expect.objectContaining({ from: 2, to: 1, term: 5n, body: { case: "timeoutNow", value: expect.anything() } })]);
+      await client.send(request(3), { headers: { "x-call": "two" } });
+      const [first, second] = seen.slice(-2);
+      expect(first).toMatchObject({ path: "/kv.v1.RaftService/Send", from: 1 });
+      expect(first!.headers).toMatchObject({
+        "content-type": "application/proto",
+        "connect-protocol-version": "1",
+        "connect-timeout-ms": "1234",
+        "kv-cluster-id": "c-1",
+      });
+      expect(second!.headers).toMatchObject({ "connect-timeout-ms": "5000", "x-call": "two" });
+      expect(second!.port).toBe(first!.port); // the same kept-alive socket
+      expect(sent).toEqual([toBinary(SendRequestSchema, request(1)).byteLength, toBinary(SendRequestSchema, request(3)).byteLength]);
+    } finally {
+      transport.close();
+    }
+  });
+
+  test("an error answer is a ConnectError with the peer's code, or the code of its HTTP status", async () => {
+    const { transport, client } = clientFor(base);
+    try {
+      const refused = await failure(client.send(request(7)));
+      expect({ code: refused.code, message: refused.rawMessage }).toEqual({ code: Code.FailedPrecondition, message: "not a peer" });
+      expect((await failure(client.send(request(8)))).code).toBe(Code.Unavailable);
+      const garbled = await failure(client.send(request(9)));
+      expect(garbled.code).toBe(Code.Internal);
+      expect(garbled.rawMessage).toStartWith("parse binary:");
+      expect((await client.send(request(1))).messages).toHaveLength(1);
+    } finally {
+      transport.close();
+    }
+  });
+
+  test("a call on a kept-alive socket the peer dropped goes again, once, on a new socket", async () => {
+    // Each socket answers one request, then closes on the next without answering.
+    const answered = new Set<number>();
+    let requests = 0;
+    let sockets = 0;
+    const reply = toBinary(SendResponseSchema, create(SendResponseSchema, { messages: [] }));
+    const listener = Bun.listen<{ id: number }>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(socket) {
+          socket.data = { id: ++sockets };
+        },
+        data(socket) {
+          requests++;
+          if (answered.has(socket.data.id)) {
+            socket.end();
+            return;
+          }
+          answered.add(socket.data.id);
+          socket.write(`HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: ${reply.byteLength}\r\n\r\n`);
+          socket.write(reply);
+        },
+      },
+    });
+    const { transport, client } = clientFor(`http://127.0.0.1:${listener.port}`, { idleConnectionsMax: 1 });
+    try {
+      await client.send(request(1));
+      await client.send(request(1));
+      expect(requests).toBe(3); // the first, the second refused on the old socket, the second again on a new one
+      expect(answered.size).toBe(2);
+    } finally {
+      transport.close();
+      listener.stop(true);
+    }
+  });
+
+  test("a deadline fails with deadline_exceeded and a cancellation with canceled; the next call still works", async () => {
+    const { transport, client } = clientFor(base, { idleConnectionsMax: 1 });
+    try {
+      const late = await failure(client.send(request(99), { timeoutMs: 50 }));
+      expect(late.code).toBe(Code.DeadlineExceeded);
+      const abort = new AbortController();
+      const call = client.send(request(99), { signal: abort.signal });
+      await slowArrival; // the call is really in flight
+      abort.abort(new Error("stop"));
+      expect((await failure(call)).code).toBe(Code.Canceled);
+      expect((await client.send(request(1))).messages).toHaveLength(1);
+    } finally {
+      transport.close();
+    }
+  });
+
+  test("an unreachable peer is unavailable; a closed transport refuses calls", async () => {
+    const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
+    const deadPort = probe.port;
+    await probe.stop(true);
+    const dead = clientFor(`http://127.0.0.1:${deadPort}`);
+    expect((await failure(dead.client.send(request(1)))).code).toBe(Code.Unavailable);
+    dead.transport.close();
+    const { transport, client } = clientFor(base);
+    transport.close();
+    expect((await failure(client.send(request(1)))).code).toBe(Code.Unavailable);
+  });
+});
