@@ -1,9 +1,9 @@
 // Proves the peer client's own Connect transport (src/transport/socket-transport.ts): a call carries
-// the Connect headers, the interceptors' headers and its binary body, and gets the decoded answer
-// over a reused socket; a peer's error answer becomes a ConnectError with the peer's code (or the
-// one its HTTP status maps to); a call on a kept-alive socket the peer dropped goes again on a new
-// one; a deadline, a cancellation, an unreachable peer and a closed transport each fail with their
-// Connect code, and the next call still works.
+// the Connect headers, the interceptors' headers and its binary body, and gets the decoded answer,
+// headers and trailers over a reused socket; a peer's error answer becomes a ConnectError with the
+// peer's code (or the one its HTTP status maps to); a call on a kept-alive socket the peer dropped
+// goes again on a new one; a deadline, a cancellation, an unreachable peer and a closed transport
+// each fail with their Connect code, and the next call still works.
 import { afterAll, describe, expect, test } from "bun:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -44,7 +44,7 @@ const server = Bun.serve({
     if (body.from === 8) return new Response("overloaded", { status: 503, headers: { "content-type": "text/plain" } });
     if (body.from === 9) return new Response(new Uint8Array([0xff, 0xff]), { headers: { "content-type": "application/proto" } });
     const answer = create(SendResponseSchema, { messages: [{ from: body.from + 1, to: body.from, term: 5n, body: { case: "timeoutNow", value: {} } }] });
-    return new Response(toBinary(SendResponseSchema, answer), { headers: { "content-type": "application/proto", "x-answer": "yes" } });
+    return new Response(toBinary(SendResponseSchema, answer), { headers: { "content-type": "application/proto", "x-answer": "yes", "trailer-kv-note": "t" } });
   },
 });
 afterAll(async () => {
@@ -78,7 +78,10 @@ describe("socket transport", () => {
       onRequestBytes: (bytes) => sent.push(bytes),
     });
     try {
-      const answer = await client.send(request(1), { timeoutMs: 1_234 });
+      let header: Headers | undefined;
+      let trailer: Headers | undefined;
+      const answer = await client.send(request(1), { timeoutMs: 1_234, onHeader: (h) => (header = h), onTrailer: (t) => (trailer = t) });
+      expect([header?.get("x-answer"), header?.has("trailer-kv-note"), trailer?.get("kv-note")]).toEqual(["yes", false, "t"]);
       expect(answer.messages).toEqual([expect.objectContaining({ from: 2, to: 1, term: 5n, body: { case: "timeoutNow", value: expect.anything() } })]);
       await client.send(request(3), { headers: { "x-call": "two" } });
       const [first, second] = seen.slice(-2);
