@@ -20,6 +20,8 @@ import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadCon
 /** A Ready being carried out, and how far it got (a full disk stops it between stages). */
 interface BlockedReady {
   readonly ready: Ready;
+  /** Appends and heartbeats still to send once this Ready's write has its fsync started. */
+  early: readonly Message[];
   readonly late: readonly Message[];
   stage: "install" | "save" | "apply";
 }
@@ -714,12 +716,18 @@ export class KvNode implements KvNodeApi {
     // (`waitsForDisk`, `held`), and the rest leave after the write.
     const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
     const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
-    if (early.length > 0) {
-      this.sendMessages(early);
-      // A follower's call waiting for its answer would otherwise hold these until after our fsync.
-      this.transport?.flush();
-    }
-    return this.carryOut({ ready, late, stage: ready.snapshot !== undefined ? "install" : "save" });
+    // New entries of our own are written first and their fsync started, then the appends leave:
+    // the write takes tens of microseconds, each peer's socket write about as long, and the
+    // leader's own fsync is as often the last to return as a follower's.
+    const writeFirst = early.length > 0 && ready.entries.length > 0 && ready.snapshot === undefined;
+    if (early.length > 0 && !writeFirst) this.sendEarly(early);
+    return this.carryOut({ ready, early: writeFirst ? early : [], late, stage: ready.snapshot !== undefined ? "install" : "save" });
+  }
+
+  private sendEarly(early: readonly Message[]): void {
+    this.sendMessages(early);
+    // A follower's call waiting for its answer would otherwise hold these until after our fsync.
+    this.transport?.flush();
   }
 
   /**
@@ -742,6 +750,11 @@ export class KvNode implements KvNodeApi {
         if (ready.mustSync) this.writtenReadies++;
         const lastEntry = ready.entries[ready.entries.length - 1];
         if (lastEntry !== undefined) this.lastWrittenEntry = { index: lastEntry.index, term: lastEntry.term };
+        if (work.early.length > 0) {
+          this.startSync();
+          this.sendEarly(work.early);
+          work.early = [];
+        }
         if (work.late.length > 0) {
           const waiting = this.durableReadies < this.writtenReadies ? work.late.filter(waitsForDisk) : [];
           if (waiting.length > 0) this.held.push({ messages: waiting, readies: this.writtenReadies, calls: this.callsStepped });
