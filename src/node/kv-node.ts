@@ -151,7 +151,8 @@ interface PendingRead extends Waiter<void> {
  * written since the last (`storage.sync`), and goes on serving. Until that fsync returns, the
  * messages those Readies produced wait (a vote or an ack promises what is on disk), and a leader
  * does not count its own copy of the new entries toward commit (`RawNode.persisted`). A leader's
- * appends and heartbeats promise nothing about its own disk: they leave at once.
+ * appends and heartbeats promise nothing about its own disk: they leave without waiting for it,
+ * right after the write of the entries they carry has started its fsync.
  */
 export class KvNode implements KvNodeApi {
   private readonly raw: RawNode;
@@ -710,15 +711,15 @@ export class KvNode implements KvNodeApi {
 
   /** Install → write → send → apply → advance, in that order; acks and votes also wait for the fsync (`held`). */
   private handleReady(ready: Ready): boolean {
-    // A leader's appends and heartbeats promise nothing about its own disk, so they go out first and
-    // the followers' writes overlap the leader's own (thesis §10.2.1). The leader counts its own
+    // A leader's appends and heartbeats promise nothing about its own disk, so they do not wait for
+    // it: the followers' writes overlap the leader's own (thesis §10.2.1). A Ready with new entries
+    // of our own is written and its fsync started first, then they leave (the write takes tens of
+    // microseconds, each peer's socket write about as long, and the leader's own fsync was as often
+    // the last to return as a follower's); otherwise they leave at once. The leader counts its own
     // copy toward commit once the fsync covering it returns; votes and acks wait for that fsync too
     // (`waitsForDisk`, `held`), and the rest leave after the write.
     const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
     const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
-    // New entries of our own are written first and their fsync started, then the appends leave:
-    // the write takes tens of microseconds, each peer's socket write about as long, and the
-    // leader's own fsync is as often the last to return as a follower's.
     const writeFirst = early.length > 0 && ready.entries.length > 0 && ready.snapshot === undefined;
     if (early.length > 0 && !writeFirst) this.sendEarly(early);
     return this.carryOut({ ready, early: writeFirst ? early : [], late, stage: ready.snapshot !== undefined ? "install" : "save" });

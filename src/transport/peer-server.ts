@@ -4,10 +4,10 @@
  */
 import { create, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
 import type { DescMessage, DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createConnectRouter, createHandlerContext, createServiceImplSpec } from "@connectrpc/connect";
+import { Code, ConnectError, createConnectRouter, createHandlerContext, createMethodImplSpec, createServiceImplSpec } from "@connectrpc/connect";
 import type { ConnectRouter, MethodImplSpec } from "@connectrpc/connect";
 import { codeToHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
-import { createAsyncIterable, readAllBytes } from "@connectrpc/connect/protocol";
+import { createAsyncIterable, createMethodUrl, readAllBytes } from "@connectrpc/connect/protocol";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { assert } from "../lib/assert.ts";
 
@@ -129,17 +129,19 @@ function recordUnaryMethods(router: ConnectRouter, direct: Map<string, UnarySpec
       return router.handlers;
     },
     service(service, implementation, handlerOptions) {
-      const spec = createServiceImplSpec(service as DescService, implementation);
-      for (const method of Object.values(spec.methods)) {
-        if (method.kind === "unary") direct.set(`/${method.method.parent.typeName}/${method.method.name}`, method);
-      }
+      for (const method of Object.values(createServiceImplSpec(service as DescService, implementation).methods)) remember(method);
       router.service(service, implementation, handlerOptions);
       return recorder;
     },
     rpc(method, impl, handlerOptions) {
+      remember(createMethodImplSpec(method, impl as never));
       router.rpc(method, impl, handlerOptions);
       return recorder;
     },
+  };
+  // The path the router's own handler answers at (its `requestPath`).
+  const remember = (spec: MethodImplSpec) => {
+    if (spec.kind === "unary") direct.set(createMethodUrl("/", spec.method), spec);
   };
   return recorder;
 }
