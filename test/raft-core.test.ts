@@ -162,6 +162,22 @@ describe("leases (thesis §6.4.1)", () => {
     expect(node.raft.term).toBe(9);
   });
 
+  test("a server that is no voter by its own configuration lets its leader's lease end one election timeout after it last heard from it", () => {
+    // Node 4 was added as a voter, but its empty log still holds the old configuration {1, 2, 3}.
+    // Swarm seed 702661: it kept naming the dead leader forever and refused every pre-vote.
+    const node = coreWith(4, 3, [], 1, 0, true);
+    for (let i = 0; i < 10; i++) node.tick(); // past the quiet period after a start
+    node.step({ type: "heartbeat", from: 1, to: 4, term: 1, commit: 0, readContext: "" });
+    drain(node);
+    node.step({ type: "pre-vote", from: 2, to: 4, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: false });
+    expect(drain(node).filter((m) => m.type === "pre-vote-response" && m.granted)).toEqual([]); // the lease holds
+    // Past its randomized election timeout (at most 2 * 10 - 1 ticks) without the leader.
+    for (let i = 0; i < 19; i++) node.tick();
+    drain(node);
+    node.step({ type: "pre-vote", from: 2, to: 4, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: false });
+    expect(drain(node)).toContainEqual(expect.objectContaining({ type: "pre-vote-response", granted: true }));
+  });
+
   test("a leadership transfer's vote is honoured even inside the quiet period", () => {
     const node = coreWith(1, 3, [], 1, 0, true);
     node.step({ type: "vote", from: 2, to: 1, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: true });

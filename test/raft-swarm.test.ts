@@ -39,3 +39,15 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
     expect(powerLosses).toBeGreaterThan(seeds.length / 20);
   }
 }, 300_000);
+
+// Seeds that once failed, kept as regressions: each replays the run that found the bug.
+const regressions: Record<number, string> = {
+  702661: "a voter whose log still held the old configuration kept its dead leader's lease forever and refused every pre-vote",
+  813372: "the same stuck election, found before the partition shuffle was made deterministic",
+};
+
+for (const [seed, what] of Object.entries(regressions)) {
+  test(`swarm regression seed=${seed}: ${what}`, () => {
+    expect(runSwarm(Number(seed)).acknowledged).toBeGreaterThan(0);
+  });
+}

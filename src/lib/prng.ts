@@ -11,6 +11,13 @@ export interface Prng {
   chance(p: number): boolean;
   /** One element of a non-empty array. */
   pick<T>(items: readonly T[]): T;
+  /**
+   * A new array with the elements of `items` in a random order (Fisher-Yates): exactly
+   * `items.length - 1` draws, so the stream after it does not depend on anything but the length.
+   * Never shuffle with `sort(() => prng.next() - 0.5)`: how often an engine calls the comparator
+   * is its own business, and the draws that follow would shift with it.
+   */
+  shuffle<T>(items: readonly T[]): T[];
 }
 
 function splitmix32(seed: number): () => number {
@@ -53,6 +60,16 @@ export function createPrng(seed: number): Prng {
     pick<T>(items: readonly T[]): T {
       if (items.length === 0) throw new RangeError("pick from an empty array");
       return items[Math.floor(prng.next() * items.length)] as T;
+    },
+    shuffle<T>(items: readonly T[]): T[] {
+      const shuffled = items.slice();
+      for (let i = shuffled.length - 1; i > 0; i--) {
+        const j = prng.intInclusive(0, i);
+        const swap = shuffled[i] as T;
+        shuffled[i] = shuffled[j] as T;
+        shuffled[j] = swap;
+      }
+      return shuffled;
     },
   };
   return prng;

@@ -242,9 +242,13 @@ export class Raft {
       return;
     }
     this.electionElapsedTicks++;
-    if (this.electionElapsedTicks >= this.electionTimeoutTicks) {
+    // Learners and servers that do not (yet) see themselves as voters never campaign, and their
+    // timer keeps running: the leader's lease (inLeaderLease) must end one election timeout after
+    // it was last heard from, whatever this server's role, or a voter that has not learned it is
+    // one would refuse every pre-vote forever while the leader it names is dead.
+    if (this.electionElapsedTicks >= this.electionTimeoutTicks && this.isVoter(this.id)) {
       this.electionElapsedTicks = 0;
-      if (this.isVoter(this.id)) this.campaign(); // learners and joining servers never campaign
+      this.campaign();
     }
   }
 

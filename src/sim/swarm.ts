@@ -1,4 +1,5 @@
-import { createPrng } from "../lib/prng.ts";
+import { createPrng, type Prng } from "../lib/prng.ts";
+import type { NodeId } from "../raft/types.ts";
 import { SimCluster } from "./sim-cluster.ts";
 
 /** What one swarm run did, for reports and for tests that want to see faults really happened. */
@@ -15,6 +16,28 @@ export interface SwarmResult {
   readonly asyncStorage: boolean;
   /** Crashes that lost writes not yet fsynced. */
   readonly powerLosses: number;
+  /**
+   * A digest of how the run went (every node's final state, the acknowledged writes, and where the
+   * seed's random stream stood at the end): two runs of one seed must give the same digest.
+   */
+  readonly digest: string;
+}
+
+/**
+ * Splits `ids` into two non-empty sides at random. Draws exactly `ids.length` numbers from `prng`
+ * (a Fisher-Yates shuffle, then the cut), whatever the engine, so a seed replays bit for bit.
+ */
+export function drawPartition(prng: Prng, ids: readonly NodeId[]): [NodeId[], NodeId[]] {
+  const shuffled = prng.shuffle(ids);
+  const cut = prng.intInclusive(1, ids.length - 1);
+  return [shuffled.slice(0, cut), shuffled.slice(cut)];
+}
+
+/** FNV-1a (32 bits) of a string's UTF-16 code units, as 8 hex digits: cheap and stable. */
+function fnv1a(text: string): string {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return hash.toString(16).padStart(8, "0");
 }
 
 /**
@@ -70,9 +93,7 @@ export function runSwarm(seed: number): SwarmResult {
       if (prng.chance(crashRate * 3)) cluster.restart(prng.pick(cluster.ids));
       if (prng.chance(partitionRate)) {
         partitions++;
-        const shuffled = cluster.ids.slice().sort(() => prng.next() - 0.5);
-        const cut = prng.intInclusive(1, nodeCount - 1);
-        cluster.network.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
+        cluster.network.partition(drawPartition(prng, cluster.ids));
       }
       if (prng.chance(partitionRate * 2)) cluster.network.heal();
       if (prng.chance(compactRate)) {
@@ -104,5 +125,19 @@ export function runSwarm(seed: number): SwarmResult {
     const replay = `KV_SWARM_SEED=${seed} bun test test/raft-swarm.test.ts`;
     throw new Error(`swarm seed=${seed} failed: ${detail}\nreplay: ${replay}\n${cluster.describe()}`, { cause: error });
   }
-  return { seed, nodeCount, acknowledged: cluster.acknowledged.length, crashes, partitions, ticks, snapshotsInstalled: cluster.snapshotsInstalled, confChanges: cluster.confChangesProposed, asyncStorage, powerLosses: cluster.powerLosses };
+  const acknowledged = cluster.acknowledged.map((proposal) => `${proposal.index}.${proposal.term}`).join(",");
+  const digest = fnv1a(`${cluster.describe()}|${acknowledged}|${cluster.nowTick}|${cluster.readsServed}|${prng.next()}`);
+  return {
+    seed,
+    nodeCount,
+    acknowledged: cluster.acknowledged.length,
+    crashes,
+    partitions,
+    ticks,
+    snapshotsInstalled: cluster.snapshotsInstalled,
+    confChanges: cluster.confChangesProposed,
+    asyncStorage,
+    powerLosses: cluster.powerLosses,
+    digest,
+  };
 }
