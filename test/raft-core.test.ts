@@ -92,6 +92,27 @@ describe("elections (§5.2, §5.4.1)", () => {
     node.advance(ready);
   });
 
+  test("a server does not campaign while a committed membership change is not yet applied (etcd's guard)", () => {
+    // Entry 2 (committed, not applied) may change who the voters are: this server cannot know yet.
+    const confChange: Entry = { index: 2, term: 1, type: EntryType.ConfChange, data: new Uint8Array([1]) };
+    const storage = new MemoryStorage([1, 2, 3]);
+    storage.save({ term: 1, vote: 0, commit: 2 }, [entry(1, 1), confChange], true);
+    const node = new RawNode({ id: 1, storage, electionTicks: 10, heartbeatTicks: 1, prng: createPrng(1), applied: 1, ...defaultRaftLimits, checkQuorum: false });
+    disks.set(node, storage);
+    const campaigns = (messages: Message[]) => messages.filter((m) => m.type === "pre-vote" || m.type === "vote");
+    node.campaign();
+    node.step({ type: "timeout-now", from: 2, to: 1, term: 1 });
+    expect(node.raft.role).toBe("follower");
+    // Hold back the committed entries (the driver has not applied them) while the timer runs out.
+    for (let i = 0; i < 30; i++) node.tick();
+    expect(node.raft.role).toBe("follower");
+    // Once the change is applied, it campaigns as usual.
+    const messages = drain(node);
+    expect(campaigns(messages)).toEqual([]);
+    node.campaign();
+    expect(campaigns(drain(node)).length).toBe(2);
+  });
+
   test("a candidate becomes leader with a majority and appends a no-op of its term", () => {
     const node = coreWith(1, 5, [entry(1, 1)], 1);
     electLeader(node, [2, 3]);

@@ -1,6 +1,6 @@
 import { assert } from "../lib/assert.ts";
 import type { RaftStorage } from "./storage.ts";
-import type { Entry, SnapshotToInstall } from "./types.ts";
+import { EntryType, type Entry, type SnapshotToInstall } from "./types.ts";
 
 /**
  * The Raft log as the core sees it: what storage holds, followed by `unstable` entries not yet
@@ -172,6 +172,22 @@ export class RaftLog {
   nextCommittedEntries(maxBytes: number): Entry[] {
     if (!this.hasNextCommittedEntries()) return [];
     return this.slice(this.applied + 1, this.committed + 1, maxBytes);
+  }
+
+  /**
+   * Is a membership change committed but not yet applied? Such a server may not know the
+   * configuration it belongs to yet, so it must not campaign (etcd's guard in `hup`). Reads the
+   * committed, unapplied entries a page at a time; usually there are none or a few.
+   */
+  hasUnappliedConfChange(): boolean {
+    const pageBytesMax = 1 << 20;
+    let lo = Math.max(this.applied + 1, this.firstIndex());
+    while (lo <= this.committed) {
+      const page = this.slice(lo, this.committed + 1, pageBytesMax);
+      if (page.some((entry) => entry.type === EntryType.ConfChange)) return true;
+      lo += page.length;
+    }
+    return false;
   }
 
   /** None while a snapshot waits to be installed: it replaces everything up to its index first. */

@@ -265,6 +265,8 @@ export class Raft {
   /** Starts an election now (§5.2), first as a pre-vote rehearsal when configured. */
   campaign(): void {
     if (this.role === "leader" || !this.isVoter(this.id)) return;
+    // A committed membership change not yet applied may make us no voter, or change who votes.
+    if (this.log.hasUnappliedConfChange()) return;
     if (this.cfg.preVote) this.startElection("pre-vote", false);
     else this.startElection("vote", false);
   }
@@ -599,7 +601,7 @@ export class Raft {
 
   /** Our leader handed over to us: campaign now, skipping the pre-vote, with voters' leases set aside. */
   private handleTimeoutNow(): void {
-    if (this.role === "leader" || !this.isVoter(this.id)) return;
+    if (this.role === "leader" || !this.isVoter(this.id) || this.log.hasUnappliedConfChange()) return;
     this.startElection("vote", true);
   }
 
