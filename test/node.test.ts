@@ -169,6 +169,31 @@ describe("lease reads through the node", () => {
   });
 });
 
+describe("lease reads and a paused leader (the lease is timed by the monotonic clock)", () => {
+  test("a leader paused and cut off past the election timeout never answers a lease read with old data when it resumes", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const old = cluster.leader()!;
+    const oldId = old.status().id;
+    await drive(cluster, old.put("k", enc("v1")));
+    expect(dec((await drive(cluster, old.get("k", "lease")))!.value)).toBe("v1"); // its lease holds
+    // SIGSTOP while cut off: its timers miss their firings, time runs on, the others elect and write.
+    cluster.pause(oldId);
+    for (const id of [1, 2, 3]) if (id !== oldId) cluster.network.cutBetween(oldId, id);
+    const next = () => [...cluster.nodes.values()].find((n) => n.status().id !== oldId && n.status().role === "leader");
+    await cluster.until(() => next() !== undefined, 2_000);
+    await drive(cluster, next()!.put("k", enc("v2")));
+    // It resumes, still cut off, still believing it leads, and a lease read arrives at once.
+    cluster.resume(oldId);
+    expect(old.status().role).toBe("leader");
+    const answer = old.get("k", "lease").then(
+      (value) => dec(value!.value),
+      (error: unknown) => (error as KvError).code,
+    );
+    expect(await drive(cluster, answer)).not.toBe("v1");
+  });
+});
+
 describe("compare-and-set through the node (the state machine decides, the same on every replica)", () => {
   test("put and delete with ifVersion apply only at the expected version; a mismatch reports the current one", async () => {
     const cluster = createCluster();

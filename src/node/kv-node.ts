@@ -192,6 +192,10 @@ export class KvNode implements KvNodeApi {
   private afterTurn: (() => void)[] = [];
   private turnScheduled = false;
   private stopTicking: (() => void) | undefined;
+  /** When the clock started (monotonic ms): tick N is due at `ticksStartMs + N * tickMs`. */
+  private ticksStartMs = 0;
+  /** Ticks given to the core so far. */
+  private ticksDone = 0;
   private stopped = false;
   private failure: Error | undefined;
   private httpUrl: string;
@@ -257,6 +261,7 @@ export class KvNode implements KvNodeApi {
   /** Starts the clock and the loop; peers' messages arrive through `receive`. */
   start(transport: Transport): void {
     this.transport = transport;
+    this.ticksStartMs = this.cfg.clock.nowMs();
     this.stopTicking = this.cfg.clock.every(this.cfg.tickMs, () => this.onTick());
     // The only voter needs no one's vote: it leads at once instead of waiting out a timeout.
     const voters = this.raw.raft.voters;
@@ -588,11 +593,31 @@ export class KvNode implements KvNodeApi {
       if (++this.diskRetryTicks % 10 === 0) this.turn();
       return;
     }
-    for (const to of this.outgoingSnapshots.keys()) this.raw.raft.reportSnapshotInProgress(to);
-    this.raw.tick();
     this.expireWaiters();
     this.maybePromoteLearner();
-    this.turn();
+    this.turn(); // ticks the core (catchUpTicks)
+  }
+
+  /**
+   * Gives the core every tick due by the monotonic clock: one per `tickMs` since the start. A timer
+   * callback is late or never comes while the process stalls (GC, a slow disk call, SIGSTOP), and a
+   * tick lost would stretch the leader's lease (`Raft.leaseValid`) in real time past the followers'
+   * election timeout. Made up here instead, at the start of every turn, before any read is judged.
+   * After a stall of more than two election timeouts every timer has run out anyway: the rest is skipped.
+   */
+  private catchUpTicks(): void {
+    const due = Math.floor((this.cfg.clock.nowMs() - this.ticksStartMs) / this.cfg.tickMs);
+    let missing = due - this.ticksDone;
+    const catchUpTicksMax = 2 * this.cfg.electionTicks;
+    if (missing > catchUpTicksMax) {
+      this.ticksDone += missing - catchUpTicksMax;
+      missing = catchUpTicksMax;
+    }
+    for (; missing > 0; missing--) {
+      this.ticksDone++;
+      for (const to of this.outgoingSnapshots.keys()) this.raw.raft.reportSnapshotInProgress(to);
+      this.raw.tick();
+    }
   }
 
   private scheduleTurn(): void {
@@ -616,6 +641,8 @@ export class KvNode implements KvNodeApi {
         this.durableEntry = undefined;
         this.raw.persisted(durable.index, durable.term);
       }
+      // Time first: a lease judged by this turn's reads must have aged by every tick that passed.
+      this.catchUpTicks();
       this.stepInbox();
       this.proposeQueuedWrites();
       this.requestReadIndex();

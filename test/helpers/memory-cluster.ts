@@ -2,7 +2,7 @@
 // (MemoryKvStorage), transport (MemoryNetwork) and clock (ManualClock), with loop turns queued and
 // drained by hand, so a whole cluster runs deterministically in one process.
 import { expect } from "bun:test";
-import { ManualClock } from "../../src/lib/clock.ts";
+import { ManualClock, type Clock } from "../../src/lib/clock.ts";
 import { createPrng } from "../../src/lib/prng.ts";
 import { KvNode, type KvNodeConfig } from "../../src/node/kv-node.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../../src/storage/memory-storage.ts";
@@ -24,7 +24,15 @@ export interface MemoryClusterOptions {
 export function createMemoryCluster(options: MemoryClusterOptions = {}) {
   const clock = new ManualClock();
   const network = options.chunkBytesMax === undefined ? new MemoryNetwork() : new MemoryNetwork(options.chunkBytesMax);
-  let turns: (() => void)[] = [];
+  let turns: { id: number; turn: () => void }[] = [];
+  /** Nodes paused as by SIGSTOP: their timers do not fire and their turns wait, while time runs on. */
+  const paused = new Set<number>();
+  /** Node `id`'s view of the shared clock: the same time, but no timer fires while it is paused. */
+  const clockOf = (id: number): Clock => ({
+    nowMs: () => clock.nowMs(),
+    // Like setInterval after a stall, the firings missed while paused are not made up.
+    every: (intervalMs, fn) => clock.every(intervalMs, () => paused.has(id) || fn()),
+  });
   const nodes = new Map<number, KvNode>();
   const storages = new Map<number, MemoryKvStorage>();
   const fatal: Error[] = [];
@@ -38,7 +46,7 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
       peers: nodePeers,
       httpUrl: `http://node-${id}`,
       storage,
-      clock,
+      clock: clockOf(id),
       prng: createPrng(id * 7 + nodes.size),
       tickMs,
       electionTicks: 10,
@@ -47,7 +55,7 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
       pendingRequestsMax: 1_000,
       inboxMessagesMax: 10_000,
       ...options.node,
-      schedule: (turn) => turns.push(turn),
+      schedule: (turn) => turns.push({ id, turn }),
       onFatal: (error) => fatal.push(error),
       log: (event, fields) => events.push({ id, event, fields }),
     });
@@ -65,9 +73,9 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
   /** Runs scheduled turns and delivers messages and chunks until nothing is left, then lets promises settle. */
   const settle = async () => {
     for (let round = 0; round < 10_000; round++) {
-      const due = turns;
-      turns = [];
-      for (const turn of due) turn();
+      const due = turns.filter((turn) => !paused.has(turn.id));
+      turns = turns.filter((turn) => paused.has(turn.id));
+      for (const { turn } of due) turn();
       const delivered = network.deliver();
       if (due.length === 0 && delivered === 0) break;
     }
@@ -101,7 +109,10 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
     nodes.get(id)!.stop();
     nodes.delete(id);
   };
-  return { clock, network, nodes, node, storages, fatal, events, peers, startNode, settle, until, drive, leader, stop };
+  /** Pauses node `id` as SIGSTOP would: it runs no turn and no timer until `resume`, while time goes on. */
+  const pause = (id: number) => paused.add(id);
+  const resume = (id: number) => paused.delete(id);
+  return { clock, network, nodes, node, storages, fatal, events, peers, startNode, settle, until, drive, leader, stop, pause, resume };
 }
 
 export type MemoryCluster = ReturnType<typeof createMemoryCluster>;
