@@ -206,6 +206,104 @@ describe("leases (thesis §6.4.1)", () => {
   });
 });
 
+/** A leader (node 1 of voters 1..n, leases on) whose no-op of its term is committed by everyone. */
+function committedLeader(n: number): RawNode {
+  const node = coreWith(1, n, [], 1, 0, true);
+  electLeader(node, Array.from({ length: n - 1 }, (_, i) => i + 2));
+  const term = node.raft.term;
+  for (const m of drain(node)) {
+    if (m.type === "append") node.step({ type: "append-response", from: m.to, to: 1, term, success: true, index: m.prevLogIndex + m.entries.length, hintIndex: 0, hintTerm: 0 });
+  }
+  drain(node);
+  expect(node.raft.log.committed).toBe(node.raft.log.lastIndex());
+  return node;
+}
+
+/** Carries out every Ready and returns the messages and the read states. */
+function drainReads(node: RawNode): { messages: Message[]; readStates: string[] } {
+  const messages: Message[] = [];
+  const readStates: string[] = [];
+  while (node.hasReady()) {
+    const ready = node.ready();
+    disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    messages.push(...ready.messages);
+    readStates.push(...ready.readStates.map((state) => state.readContext));
+    node.advance(ready);
+  }
+  return { messages, readStates };
+}
+
+/** The follower's answer to a heartbeat, echoing its context. */
+function ack(node: RawNode, heartbeat: Message | undefined): void {
+  if (heartbeat?.type !== "heartbeat") throw new Error("no heartbeat to answer");
+  node.step({ type: "heartbeat-response", from: heartbeat.to, to: heartbeat.from, term: heartbeat.term, readContext: heartbeat.readContext });
+}
+
+const heartbeatTo = (messages: Message[], to: number) => messages.find((m) => m.type === "heartbeat" && m.to === to);
+
+describe("ReadIndex rounds and leases (thesis §6.4, §6.4.1)", () => {
+  test("a delayed ack of an older round does not confirm a read that arrived after it, even under a reused context", () => {
+    const node = committedLeader(3);
+    const term = node.raft.term;
+    const answersTo2 = (messages: Message[]) => messages.filter((m) => m.type === "read-index-response" && m.to === 2);
+    node.step({ type: "read-index", from: 2, to: 1, term, readContext: "2.1" });
+    const first = drainReads(node).messages;
+    ack(node, heartbeatTo(first, 2));
+    expect(answersTo2(drainReads(node).messages).length).toBe(1);
+    // Node 2 restarts in the same term and numbers its reads from 1 again.
+    node.step({ type: "read-index", from: 2, to: 1, term, readContext: "2.1" });
+    const second = drainReads(node).messages;
+    ack(node, heartbeatTo(first, 3)); // node 3's answer to the first round, delayed until now
+    expect(answersTo2(drainReads(node).messages)).toEqual([]);
+    ack(node, heartbeatTo(second, 3));
+    expect(answersTo2(drainReads(node).messages).length).toBe(1);
+  });
+
+  test("acks of a member removed meanwhile count toward neither a pending read nor the lease", () => {
+    const node = committedLeader(5);
+    // A lease from a round that 4 and 5 acknowledged: a quorum of {1..5}, not of {1..4}.
+    node.tick();
+    const leaseRound = drainReads(node).messages;
+    ack(node, heartbeatTo(leaseRound, 4));
+    ack(node, heartbeatTo(leaseRound, 5));
+    node.readIndex("lease-before", true);
+    expect(drainReads(node).readStates).toEqual(["lease-before"]);
+    // A read that 5 acknowledges, then 5 is removed.
+    node.readIndex("r1");
+    const readRound = drainReads(node).messages;
+    ack(node, heartbeatTo(readRound, 5));
+    node.raft.applyConfChange({ type: "remove", nodeId: 5 });
+    const afterChange = drainReads(node);
+    ack(node, heartbeatTo(readRound, 2)); // {1, 2} is no quorum of {1, 2, 3, 4}
+    expect(drainReads(node).readStates).toEqual([]);
+    node.readIndex("lease-after", true);
+    expect(drainReads(node).readStates).toEqual([]); // no lease: it needs a round trip
+    // Fresh acks of rounds sent after the change confirm both reads.
+    const fresh = [...afterChange.messages, ...readRound];
+    for (const id of [2, 3]) ack(node, [...fresh].reverse().find((m) => m.type === "heartbeat" && m.to === id));
+    node.tick();
+    const next = drainReads(node);
+    for (const id of [2, 3]) ack(node, heartbeatTo(next.messages, id));
+    expect([...next.readStates, ...drainReads(node).readStates].sort()).toEqual(["lease-after", "r1"]);
+  });
+
+  test("a lease is not rebuilt from acks gathered while a leadership transfer was pending and then abandoned", () => {
+    const node = committedLeader(3);
+    node.raft.transferLeadership(2); // node 2 is caught up: it is told to campaign now
+    expect(drainReads(node).messages).toContainEqual(expect.objectContaining({ type: "timeout-now", to: 2 }));
+    // Node 2 never answers; node 3 acknowledges every heartbeat until the transfer is abandoned.
+    for (let i = 0; i < 10; i++) {
+      node.tick();
+      ack(node, heartbeatTo(drainReads(node).messages, 3));
+    }
+    expect(node.raft.role).toBe("leader");
+    expect(node.raft.leadTransferee).toBe(0);
+    // Node 2 may have won an election that ignored leases: no lease read without a round trip.
+    node.readIndex("lease", true);
+    expect(drainReads(node).readStates).toEqual([]);
+  });
+});
+
 describe("forged input", () => {
   test("a leader ignores an append or heartbeat that claims leadership in its own term (it cannot come from a correct peer)", () => {
     const node = coreWith(1, 3, [], 1);

@@ -68,12 +68,15 @@ export const defaultRaftLimits = {
   checkQuorum: true,
 } as const;
 
-/** A ReadIndex request a leader holds until a quorum of heartbeat acks confirms its leadership. */
+/**
+ * A ReadIndex request a leader holds until a quorum of voters has acknowledged a heartbeat round
+ * numbered `round` or later: a round sent after the read arrived (thesis §6.4 step 3).
+ */
 interface PendingRead {
   readonly readContext: string;
   readonly index: number;
   readonly from: NodeId;
-  readonly acks: Set<NodeId>;
+  round: number;
 }
 
 /**
@@ -105,8 +108,25 @@ export class Raft {
   private nowTicks = 0;
   /** Leader: the send tick of the newest heartbeat round a quorum acknowledged. */
   private leaseStartTick = Number.NEGATIVE_INFINITY;
-  /** Leader: heartbeat rounds sent for the lease, by send tick → voters that answered. */
-  private leaseRounds = new Map<number, Set<NodeId>>();
+  /**
+   * Leader: heartbeat rounds are numbered 1, 2, ... within its term, and the number travels as the
+   * heartbeat's context (followers echo it). Numbers are the leader's own, never a client's read
+   * context: a follower that restarts reuses its contexts, and a delayed answer to an old round must
+   * not confirm a newer read. An ack of round R says the voter followed us after R was sent.
+   */
+  private heartbeatRound = 0;
+  /** Leader: acks of rounds before this are ignored (set by a configuration change). */
+  private roundsValidFrom = 1;
+  /** Leader: the highest round each voter acknowledged. */
+  private ackedRound = new Map<NodeId, number>();
+  /** Leader: the send tick of recent rounds, for the lease; rounds older than a lease are dropped. */
+  private roundSentTick = new Map<number, number>();
+  /**
+   * Leader: a leadership transfer was started in this term. Its target may win an election that
+   * ignores voters' leases (`transfer`), even after the leader abandons the transfer (a late
+   * timeout-now), so no lease read is answered for the rest of the term.
+   */
+  private transferredThisTerm = false;
   private heartbeatElapsedTicks = 0;
   private electionTimeoutTicks = 0;
 
@@ -177,7 +197,11 @@ export class Raft {
     this.votes.clear();
     this.progress.clear();
     this.leaseStartTick = Number.NEGATIVE_INFINITY;
-    this.leaseRounds.clear();
+    this.heartbeatRound = 0;
+    this.roundsValidFrom = 1;
+    this.ackedRound.clear();
+    this.roundSentTick.clear();
+    this.transferredThisTerm = false;
     this.failPendingReads("not_leader");
   }
 
@@ -236,7 +260,7 @@ export class Raft {
       this.heartbeatElapsedTicks++;
       if (this.heartbeatElapsedTicks >= this.cfg.heartbeatTicks) {
         this.heartbeatElapsedTicks = 0;
-        this.broadcastHeartbeat(this.pendingReads[this.pendingReads.length - 1]?.readContext ?? this.leaseRound());
+        this.broadcastHeartbeat();
       }
       this.sendDeferredCommits();
       return;
@@ -307,6 +331,8 @@ export class Raft {
     if (this.role !== "leader" || target === this.id || !this.voters.includes(target)) return;
     if (this.leadTransferee === target) return;
     this.leadTransferee = target;
+    this.transferredThisTerm = true;
+    this.leaseStartTick = Number.NEGATIVE_INFINITY;
     this.electionElapsedTicks = 0;
     const progress = this.progress.get(target) as Progress;
     if (progress.matchIndex === this.log.lastIndex()) this.send({ type: "timeout-now", from: this.id, to: target, term: this.term });
@@ -365,11 +391,25 @@ export class Raft {
         }
         for (const member of [...this.progress.keys()]) if (!voters.has(member) && !learners.has(member)) this.progress.delete(member);
         if (this.leadTransferee !== 0 && !voters.has(this.leadTransferee)) this.leadTransferee = 0;
+        this.restartRounds();
         if (this.maybeCommit()) this.broadcastAppend(true);
         else this.broadcastAppend();
       }
     }
     return { voters: this.voters, learners: this.learners };
+  }
+
+  /**
+   * Leader, after a configuration change: acks gathered so far were counted against the old
+   * voters, so they count for nothing now. The lease ends, and pending reads wait for a quorum
+   * of the new voters to acknowledge a round sent from here on (one goes out now).
+   */
+  private restartRounds(): void {
+    this.roundsValidFrom = this.heartbeatRound + 1;
+    this.ackedRound.clear();
+    this.leaseStartTick = Number.NEGATIVE_INFINITY;
+    for (const read of this.pendingReads) read.round = Math.max(read.round, this.roundsValidFrom);
+    if (this.pendingReads.length > 0 || this.quorum() === 1) this.broadcastHeartbeat();
   }
 
   /**
@@ -423,17 +463,42 @@ export class Raft {
       this.role === "leader" &&
       this.cfg.checkQuorum &&
       this.leadTransferee === 0 &&
+      !this.transferredThisTerm &&
       this.nowTicks < this.leaseStartTick + this.leaseTicks()
     );
   }
 
-  /** Starts a heartbeat round whose quorum of answers renews the lease; returns its context. */
-  private leaseRound(): string {
-    if (this.quorum() === 1) this.leaseStartTick = this.nowTicks;
-    this.leaseRounds.set(this.nowTicks, new Set([this.id]));
-    // Rounds older than a lease can no longer extend it.
-    for (const sent of this.leaseRounds.keys()) if (sent + this.leaseTicks() <= this.nowTicks) this.leaseRounds.delete(sent);
-    return `~${this.nowTicks}`;
+  /** Numbers a new heartbeat round and notes when it was sent; returns its number. */
+  private nextRound(): number {
+    const round = ++this.heartbeatRound;
+    this.roundSentTick.set(round, this.nowTicks);
+    // Rounds older than a lease can no longer extend it (the map is in insertion, so round, order).
+    for (const [old, sent] of this.roundSentTick) {
+      if (sent + this.leaseTicks() > this.nowTicks) break;
+      this.roundSentTick.delete(old);
+    }
+    if (this.quorum() === 1) this.roundConfirmed(round);
+    return round;
+  }
+
+  /**
+   * The newest round a quorum of current voters acknowledged (this leader counts as acknowledging
+   * every round it sent), or 0. Only current voters count: a removed member's acks do not.
+   */
+  private quorumRound(): number {
+    const rounds = this.voters.map((voter) => (voter === this.id ? this.heartbeatRound : (this.ackedRound.get(voter) ?? 0))).sort((a, b) => b - a);
+    const round = rounds[this.quorum() - 1] as number;
+    return round >= this.roundsValidFrom ? round : 0;
+  }
+
+  /** A quorum followed us after `round` was sent: renew the lease, release the reads it covers. */
+  private roundConfirmed(round: number): void {
+    const sent = this.roundSentTick.get(round);
+    if (sent !== undefined && sent > this.leaseStartTick && !this.transferredThisTerm) this.leaseStartTick = sent;
+    let released = 0;
+    while (released < this.pendingReads.length && (this.pendingReads[released] as PendingRead).round <= round) released++;
+    if (released === 0) return;
+    for (const read of this.pendingReads.splice(0, released)) this.releaseRead(read);
   }
 
   private leaderReadIndex(readContext: string, from: NodeId): void {
@@ -443,11 +508,12 @@ export class Raft {
       return;
     }
     if (this.quorum() === 1) {
-      this.releaseRead({ readContext, index: this.log.committed, from, acks: new Set() });
+      this.releaseRead({ readContext, index: this.log.committed, from, round: 0 });
       return;
     }
-    this.pendingReads.push({ readContext, index: this.log.committed, from, acks: new Set([this.id]) });
-    this.broadcastHeartbeat(readContext);
+    // Only a round sent from now on can confirm this read.
+    this.pendingReads.push({ readContext, index: this.log.committed, from, round: this.heartbeatRound + 1 });
+    this.broadcastHeartbeat();
   }
 
   private releaseRead(read: PendingRead): void {
@@ -727,24 +793,14 @@ export class Raft {
     progress.recentActive = true;
     progress.heartbeatAnswered();
     if (progress.matchIndex < this.log.lastIndex()) this.sendAppend(m.from, progress);
-    if (m.readContext === "") return;
-    if (m.readContext.startsWith("~")) {
-      const sent = Number(m.readContext.slice(1));
-      const acks = this.leaseRounds.get(sent);
-      if (acks === undefined || !this.isVoter(m.from)) return;
-      acks.add(m.from);
-      if (acks.size >= this.quorum() && sent > this.leaseStartTick) this.leaseStartTick = sent;
-      return;
-    }
-    const position = this.pendingReads.findIndex((read) => read.readContext === m.readContext);
-    if (position < 0) return;
-    const read = this.pendingReads[position] as PendingRead;
-    if (!this.isVoter(m.from)) return; // a learner's answer confirms nothing
-    read.acks.add(m.from);
-    if (read.acks.size < this.quorum()) return;
-    // An ack for this context confirms leadership for it and every read queued before it.
-    const released = this.pendingReads.splice(0, position + 1);
-    for (const each of released) this.releaseRead(each);
+    // A learner's answer confirms nothing; a context that is not one of our round numbers is
+    // forged, or an answer to another leader's heartbeat (an earlier release used other contexts).
+    const round = /^[1-9][0-9]{0,15}$/.test(m.readContext) ? Number(m.readContext) : 0;
+    if (!this.isVoter(m.from) || round < this.roundsValidFrom || round > this.heartbeatRound) return;
+    if ((this.ackedRound.get(m.from) ?? 0) >= round) return;
+    this.ackedRound.set(m.from, round);
+    const confirmed = this.quorumRound();
+    if (confirmed > 0) this.roundConfirmed(confirmed);
   }
 
   private handleReadIndex(m: ReadIndexRequest): void {
@@ -837,7 +893,9 @@ export class Raft {
     progress.sentCommit = this.log.committed;
   }
 
-  private broadcastHeartbeat(readContext: string): void {
+  /** Sends a new heartbeat round to every member. */
+  private broadcastHeartbeat(): void {
+    const readContext = String(this.nextRound());
     // Learners get heartbeats too (they keep following), but only voters' answers confirm reads.
     for (const [voter, progress] of this.progress) {
       if (voter === this.id) continue;
