@@ -194,6 +194,34 @@ describe("lease reads and a paused leader (the lease is timed by the monotonic c
   });
 });
 
+describe("read contexts across restarts", () => {
+  test("a follower restarted in the same term does not take a delayed answer to its previous life's read for a new one", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const { id: leaderId, term } = leader.status();
+    const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
+    const { version: v1 } = await drive(cluster, leader.put("k", enc("v1")));
+    await cluster.until(() => cluster.storages.get(followerId)!.get("k") !== undefined);
+    // The follower restarts, cut off before it hears of v2, which the leader acknowledges meanwhile.
+    cluster.stop(followerId);
+    for (const id of [1, 2, 3]) if (id !== followerId) cluster.network.cutBetween(followerId, id);
+    await drive(cluster, leader.put("k", enc("v2")));
+    const follower = cluster.startNode(followerId, cluster.peers, cluster.storages.get(followerId)!);
+    follower.receive([{ type: "heartbeat", from: leaderId, to: followerId, term, commit: v1, readContext: "" }]);
+    await cluster.settle();
+    expect(follower.status().leaderId).toBe(leaderId);
+    const read = follower.get("k", "linearizable").then(
+      (value) => dec(value!.value),
+      (error: unknown) => (error as KvError).code,
+    );
+    await cluster.settle();
+    // The answer to its previous life's first read ("<id>.1"), delayed in the network until now.
+    follower.receive([{ type: "read-index-response", from: leaderId, to: followerId, term, readContext: `${followerId}.1`, index: v1, rejected: false }]);
+    expect(await drive(cluster, read)).not.toBe("v1");
+  });
+});
+
 describe("compare-and-set through the node (the state machine decides, the same on every replica)", () => {
   test("put and delete with ifVersion apply only at the expected version; a mismatch reports the current one", async () => {
     const cluster = createCluster();

@@ -168,6 +168,12 @@ export class KvNode implements KvNodeApi {
   /** Reads with a read index, waiting to be applied up to it. */
   private readsWaitingApply: PendingRead[] = [];
   private readSequence = 0;
+  /**
+   * Tells this process's read contexts from those of an earlier one of the same node: a node that
+   * restarts numbers its reads from 1 again, and a delayed answer to its previous life's read must
+   * not match a new one (it carries a read index from before the new read began).
+   */
+  private readonly readNonce: string;
   /** Readies whose writes must be durable before their messages leave, written so far. */
   private writtenReadies = 0;
   /** How many of those the last finished fsync covered. */
@@ -251,6 +257,7 @@ export class KvNode implements KvNodeApi {
       applied: cfg.storage.appliedIndex(),
       ...defaultRaftLimits,
     });
+    this.readNonce = cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36);
   }
 
   /** Sets the advertised client URL once the HTTP port is known (port 0 listens). */
@@ -728,7 +735,7 @@ export class KvNode implements KvNodeApi {
     for (const lease of [false, true]) {
       const reads = lease ? this.queuedLeaseReads : this.queuedReads;
       if (reads.length === 0) continue;
-      const context = `${this.cfg.id}.${++this.readSequence}`;
+      const context = `${this.cfg.id}.${this.readNonce}.${++this.readSequence}`;
       this.readsByContext.set(context, reads);
       if (lease) this.queuedLeaseReads = [];
       else this.queuedReads = [];
