@@ -357,6 +357,14 @@ describe("KvError codes map to HTTP in one place", () => {
     expect(response.headers.get("retry-after")).toBe("3");
   });
 
+  test("proposal_dropped is a 503 with Retry-After that names itself, apart from no_leader and timeout", async () => {
+    node.failure = new KvError("proposal_dropped", "another leader's entry took its place", { retryAfterS: 1 });
+    const response = await put("/kv/x", "v");
+    const body = await expectError(response, 503, "proposal_dropped");
+    expect(body.message).toBe("another leader's entry took its place");
+    expect(response.headers.get("retry-after")).toBe("1");
+  });
+
   test("timeout is a 503 that says the outcome is unknown", async () => {
     node.failure = new KvError("timeout", "the write was not committed in time");
     const body = await expectError(await put("/kv/x", "v"), 503, "timeout");

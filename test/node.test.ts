@@ -3,6 +3,8 @@
 // times out, bounds refuse clearly, transfer hands over, and a storage failure stops the node.
 import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
+import { EntryType } from "../src/raft/types.ts";
+import { encodeCommand } from "../src/storage/command.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 
@@ -191,6 +193,38 @@ describe("lease reads and a paused leader (the lease is timed by the monotonic c
       (error: unknown) => (error as KvError).code,
     );
     expect(await drive(cluster, answer)).not.toBe("v1");
+  });
+});
+
+describe("a write proposed and then replaced by another leader's entry", () => {
+  test("fails with proposal_dropped (certainly never applied, so a retry is safe), not no_leader", async () => {
+    const cluster = createCluster({ requestTimeoutMs: 10_000 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const node = cluster.leader()!;
+    const { id, term } = node.status();
+    const [a, b] = [1, 2, 3].filter((other) => other !== id) as [number, number];
+    for (const other of [a, b]) cluster.network.cutBetween(id, other); // from here on, only what we hand it
+    const write = node.put("k", enc("lost")).catch((error: unknown) => error);
+    await cluster.settle();
+    const index = node.status().lastLogIndex;
+    // Within one turn: node `a` leads term + 1 and overwrites our entry, hands leadership back, and
+    // we win term + 2 — so the role this node reports never changed, but its entry is gone.
+    const other = encodeCommand({ op: "put", key: "k", value: enc("other") });
+    node.receive([
+      { type: "append", from: a, to: id, term: term + 1, prevLogIndex: index - 1, prevLogTerm: term, entries: [{ index, term: term + 1, type: EntryType.Normal, data: other }], commit: index - 1 },
+      { type: "timeout-now", from: a, to: id, term: term + 1 },
+      { type: "vote-response", from: a, to: id, term: term + 2, granted: true },
+      { type: "vote-response", from: b, to: id, term: term + 2, granted: true },
+    ]);
+    await cluster.settle();
+    expect(node.status()).toMatchObject({ role: "leader", term: term + 2 });
+    // Both followers acknowledge the new term's no-op: everything up to it commits, their entry included.
+    const last = node.status().lastLogIndex;
+    node.receive([a, b].map((from) => ({ type: "append-response", from, to: id, term: term + 2, success: true, index: last, hintIndex: 0, hintTerm: 0 }) as const));
+    const error = (await drive(cluster, write)) as KvError;
+    expect(error).toBeInstanceOf(KvError);
+    expect(error.code).toBe("proposal_dropped");
+    expect(dec(cluster.storages.get(id)!.get("k")!.value)).toBe("other");
   });
 });
 

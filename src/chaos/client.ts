@@ -66,7 +66,9 @@ export function classifyResponse(
   // A 503 "unavailable" comes from a node shutting down, which fails every waiting request with it,
   // including writes it had already proposed and that may still commit: unknown, not refused.
   // A 500 is a bug on the node's side: nothing says what it did.
-  if (error === "unavailable" || (status >= 500 && error !== "no_leader")) {
+  // A 503 "no_leader" refused before proposing; "proposal_dropped" was proposed but replaced by
+  // another leader's entry, so it certainly never applies: both definitely did not take effect.
+  if (error === "unavailable" || (status >= 500 && error !== "no_leader" && error !== "proposal_dropped")) {
     return { kind: "unknown", reason: `${status} ${error}` };
   }
   if (status === 404 && method === "GET") return { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined };

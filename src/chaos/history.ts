@@ -11,7 +11,8 @@ export type OperationKind = "put" | "get" | "delete";
 /**
  * What the client learned about an operation:
  * - `ok`: it took effect exactly once, at some instant between its call and its return;
- * - `fail`: it definitely did not take effect (a 307 or 503 `no_leader` refusal before proposing);
+ * - `fail`: it definitely did not take effect (a 307 or 503 `no_leader` refusal before proposing, or a
+ *   503 `proposal_dropped`: proposed, but another leader's entry took its index);
  * - `unknown`: a timeout or a cut connection; it may take effect at any instant after its call, or never.
  */
 export type OperationOutcome = "ok" | "fail" | "unknown";

@@ -98,8 +98,10 @@ async function send(conn: Connection, method: string, path: string, body?: Uint8
           url = location;
           continue;
         }
-        if (response.status === 503 && errorCode(answer) === "no_leader") {
-          failures.push(`${new URL(url).origin}: no leader`);
+        const refusal = response.status === 503 ? errorCode(answer) : undefined;
+        if (refusal === "no_leader" || refusal === "proposal_dropped") {
+          // Nothing applied (nothing was proposed, or what was proposed never will be): safe to retry.
+          failures.push(`${new URL(url).origin}: ${refusal === "no_leader" ? "no leader" : "leadership changed; retrying"}`);
           break;
         }
         return answer;

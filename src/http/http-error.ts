@@ -42,6 +42,10 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
     }
     case "no_leader":
       return noLeaderResponse(error.message, details);
+    case "proposal_dropped": {
+      const seconds = retryAfterS(details);
+      return jsonResponse(body(code, error.message, { ...details, retryAfterS: seconds }), 503, { "retry-after": String(seconds) });
+    }
     case "timeout":
       return jsonResponse(
         body("timeout", `${error.message} (the outcome is unknown: the operation may or may not have taken effect)`, details),

@@ -29,7 +29,7 @@ const errorDescriptions: Record<number, string> = {
   409: "version_mismatch (compare-and-set) or conf_change_pending",
   413: "too_large",
   429: "overloaded",
-  503: "no_leader (nothing proposed), timeout (outcome unknown) or unavailable",
+  503: "no_leader (nothing proposed), proposal_dropped (proposed, never applied: safe to retry), timeout (outcome unknown) or unavailable",
 };
 
 const keyParameter = { name: "key", in: "path", required: true, description: "Any non-empty UTF-8 string, percent-encoded (a%2Fb is a/b)", schema: { type: "string" } };

@@ -5,6 +5,7 @@
 export type KvErrorCode =
   | "not_leader" // a write or read reached a follower that will not serve it; nothing was proposed
   | "no_leader" // no leader is known right now; nothing was proposed
+  | "proposal_dropped" // proposed, but another leader's entry took its place: it will never apply; a retry is safe
   | "timeout" // proposed but not known to be committed in time: the outcome is unknown
   | "too_large" // a key or value over its limit
   | "bad_request" // malformed input

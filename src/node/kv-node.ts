@@ -33,6 +33,15 @@ function isDiskFull(error: unknown): boolean {
   return code === "SQLITE_FULL" || code === "ENOSPC" || /database or disk is full|ENOSPC|no space left/i.test(message);
 }
 
+/**
+ * A proposal whose index another leader's entry took: the log there is committed with the other
+ * entry, so ours can never apply (log matching). Unlike `timeout`, the outcome is known, and
+ * unlike `no_leader`, something was proposed; either way a retry cannot apply it twice.
+ */
+function proposalDropped(what: string): KvError {
+  return new KvError("proposal_dropped", `leadership changed before ${what} committed: another leader's entry took its place, so it was not applied and never will be; retrying is safe`, { retryAfterS: 1 });
+}
+
 function diskFullError(): KvError {
   return new KvError("insufficient_storage", "the disk is full: writes are refused until space returns", { retryAfterS: 5 });
 }
@@ -451,7 +460,7 @@ export class KvNode implements KvNodeApi {
     if (pending === undefined || index < pending.index) return;
     this.pendingConfChange = undefined;
     if (index === pending.index && term === pending.term) pending.resolve(this.members());
-    else pending.reject(new KvError("no_leader", "leadership changed before the membership change committed; it was not applied", { retryAfterS: 1 }));
+    else pending.reject(proposalDropped("the membership change"));
   }
 
   /** The leader promotes a learner whose log has caught up with its commit index (one change at a time). */
@@ -799,8 +808,15 @@ export class KvNode implements KvNodeApi {
       if (ready.committedEntries.length > 0) {
         const results = this.cfg.storage.applyEntries(ready.committedEntries);
         results.forEach((result, i) => {
-          if (result.kind === "conf-change") this.applyMembershipChange(result, ready.committedEntries[i]!.term);
-          else this.settleWrite(result, ready.committedEntries[i]!.term);
+          const entry = ready.committedEntries[i]!;
+          const pending = this.pendingConfChange;
+          if (pending !== undefined && pending.index === entry.index && pending.term !== entry.term) {
+            // Another leader's entry took the index of the change we proposed: ours will never apply.
+            this.pendingConfChange = undefined;
+            pending.reject(proposalDropped("the membership change"));
+          }
+          if (result.kind === "conf-change") this.applyMembershipChange(result, entry.term);
+          else this.settleWrite(result, entry.term);
         });
       }
     } catch (error) {
@@ -1023,7 +1039,7 @@ export class KvNode implements KvNodeApi {
     this.pendingWrites.delete(result.index);
     if (write.term !== term) {
       // Another leader's entry took this index: ours was truncated before it committed and never applied.
-      write.reject(new KvError("no_leader", "leadership changed before the write committed; it was not applied", { retryAfterS: 1 }));
+      write.reject(proposalDropped("the write"));
       return;
     }
     write.resolve(result);
