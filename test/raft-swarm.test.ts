@@ -1,6 +1,7 @@
 // Proves election safety, log matching, leader completeness and state machine safety hold after every
 // step of 500 randomized simulator runs (faults drawn from each seed, half of them with disks that
-// fsync in the background and crashes that lose what was not yet fsynced), and that every run converges once healed.
+// fsync in the background and crashes that lose what was not yet fsynced, processes that stall and
+// make up their ticks, and clocks that drift within the lease's bound), and that every run converges once healed.
 // Replay one seed: KV_SWARM_SEED=N bun test test/raft-swarm.test.ts ; more seeds: KV_SWARM_SEEDS=5000.
 import { expect, test } from "bun:test";
 import { runSwarm } from "../src/sim/swarm.ts";
@@ -17,6 +18,7 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
   let confChanges = 0;
   let asyncRuns = 0;
   let powerLosses = 0;
+  let stalls = 0;
   for (const seed of seeds) {
     const result = runSwarm(seed);
     acknowledged += result.acknowledged;
@@ -26,6 +28,7 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
     confChanges += result.confChanges;
     if (result.asyncStorage) asyncRuns++;
     powerLosses += result.powerLosses;
+    stalls += result.stalls;
   }
   // The runs must really have exercised faults and made progress, or they prove nothing.
   expect(acknowledged).toBeGreaterThan(seeds.length);
@@ -37,6 +40,8 @@ test(`swarm: ${seeds.length} seeded runs keep Raft's safety properties and conve
     // About half the runs fsync in the background, and some of their crashes lose unsynced writes.
     expect(asyncRuns).toBeGreaterThan(seeds.length / 4);
     expect(powerLosses).toBeGreaterThan(seeds.length / 20);
+    // Processes stall (and resume, making up their ticks) in about half the runs.
+    expect(stalls).toBeGreaterThan(seeds.length / 4);
   }
 }, 300_000);
 

@@ -39,6 +39,12 @@ export interface SimClusterOptions {
    * last fsync. Default false: every Ready is durable once saved.
    */
   readonly asyncStorage?: boolean;
+  /**
+   * Clock drift: each node's clock runs slow by a rate drawn in [0, clockDriftMax] (it misses that
+   * share of ticks), within the drift bound leases assume (`RaftConfig.leaseDriftTicks`: a fifth
+   * of an election timeout). Default 0: every clock ticks at the same rate.
+   */
+  readonly clockDriftMax?: number;
 }
 
 /** Where in carrying out a Ready a simulated crash strikes. */
@@ -99,6 +105,14 @@ export class SimCluster {
   /** Async-storage mode: how many ticks node `id`'s next fsync takes (default: 1 to 3, drawn). */
   fsyncTicksOf: ((id: NodeId) => number) | undefined;
   nowTick = 0;
+  /** Draws clock drift (apart from `prng`, so a seed's other draws stay as they were). */
+  private readonly clockPrng: Prng;
+  /** Each node's share of ticks its clock misses (its drift). */
+  private readonly tickSkipRate = new Map<NodeId, number>();
+  /** Stalled processes (GC, a slow disk call, SIGSTOP): until which tick, and what they missed. */
+  private readonly stalls = new Map<NodeId, { untilTick: number; missedTicks: number; inbox: Message[] }>();
+  /** Stalls that ended: proof the path was exercised. */
+  stallsEnded = 0;
   private readonly nodes = new Map<NodeId, SimNode>();
   private readonly opts: Required<SimClusterOptions>;
   /** Crash injection: consulted at each point of each Ready; returns true to crash there. */
@@ -137,14 +151,17 @@ export class SimCluster {
       preVote: defaultRaftLimits.preVote,
       checkQuorum: defaultRaftLimits.checkQuorum,
       asyncStorage: false,
+      clockDriftMax: 0,
       ...options,
     };
+    this.clockPrng = createPrng(options.seed ^ 0xc10c);
     this.prng = createPrng(options.seed);
     this.diskPrng = createPrng(options.seed ^ 0xd15c);
     this.network = new SimNetwork(createPrng(options.seed ^ 0x5eed));
     this.ids = Array.from({ length: options.nodeCount }, (_, i) => i + 1);
     const initial: ConfState = { voters: this.ids.slice(), learners: [] };
     for (const id of this.ids) this.createNode(id, initial);
+    if (this.opts.clockDriftMax > 0) for (const id of this.ids) this.tickSkipRate.set(id, this.clockPrng.next() * this.opts.clockDriftMax);
   }
 
   private createNode(id: NodeId, config: ConfState): void {
@@ -221,6 +238,7 @@ export class SimCluster {
     node.raw = undefined;
     this.pending.delete(id);
     this.network.dropTo(id);
+    this.stalls.delete(id);
     if (!this.opts.asyncStorage) return;
     node.held = [];
     node.syncing = undefined;
@@ -283,16 +301,58 @@ export class SimCluster {
 
   // ---- Driving ------------------------------------------------------------------------------
 
+  /**
+   * Stalls node `id`'s process for `ticks` (as GC, a slow disk call or SIGSTOP would): its clock
+   * runs on, but it ticks nothing and handles nothing until the stall ends. Then, as the node loop
+   * does (`KvNode.catchUpTicks`), it makes up the ticks it missed, at most two election timeouts'
+   * worth, before it handles what arrived meanwhile.
+   */
+  stall(id: NodeId, ticks: number): void {
+    if (this.node(id).raw === undefined) return;
+    const stall = this.stalls.get(id);
+    if (stall !== undefined) stall.untilTick = Math.max(stall.untilTick, this.nowTick + ticks);
+    else this.stalls.set(id, { untilTick: this.nowTick + ticks, missedTicks: 0, inbox: [] });
+  }
+
+  isStalled(id: NodeId): boolean {
+    return this.stalls.has(id);
+  }
+
+  private endStall(id: NodeId): void {
+    const stall = this.stalls.get(id);
+    if (stall === undefined) return;
+    this.stalls.delete(id);
+    this.stallsEnded++;
+    const raw = this.node(id).raw;
+    if (raw === undefined) return;
+    for (let i = 0; i < Math.min(stall.missedTicks, 2 * this.opts.electionTicks); i++) {
+      raw.tick();
+      this.process(id);
+    }
+    for (const message of stall.inbox) {
+      if (this.node(id).raw === undefined) return;
+      this.node(id).raw!.step(message);
+      this.process(id);
+    }
+  }
+
   /** One tick of the clock: every live node ticks, then messages due are delivered until quiet. */
   tick(): void {
     this.nowTick++;
-    if (this.opts.asyncStorage) for (const id of this.ids) this.runDisk(this.node(id));
+    for (const [id, stall] of [...this.stalls]) if (this.nowTick >= stall.untilTick) this.endStall(id);
+    if (this.opts.asyncStorage) for (const id of this.ids) if (!this.stalls.has(id)) this.runDisk(this.node(id));
     for (const id of this.ids) {
       const raw = this.node(id).raw;
-      if (raw !== undefined) {
-        raw.tick();
-        this.process(id);
+      if (raw === undefined) continue;
+      const stall = this.stalls.get(id);
+      if (stall !== undefined) {
+        stall.missedTicks++;
+        continue;
       }
+      const skipRate = this.tickSkipRate.get(id) ?? 0;
+      if (skipRate > 0 && this.clockPrng.chance(skipRate)) continue; // a slow clock: this tick is not here yet
+      raw.tick();
+      this.process(id);
     }
     this.deliver();
   }
@@ -305,6 +365,11 @@ export class SimCluster {
       for (const message of due) {
         const raw = this.node(message.to).raw;
         if (raw === undefined) continue;
+        const stall = this.stalls.get(message.to);
+        if (stall !== undefined) {
+          stall.inbox.push(message); // its socket holds it until the process runs again
+          continue;
+        }
         raw.step(message);
         this.process(message.to);
       }
@@ -497,7 +562,7 @@ export class SimCluster {
   /** Proposes `data` at node `id`; returns its index, or undefined if refused. */
   propose(id: NodeId, data: Uint8Array = this.nextCommand()): number | undefined {
     const raw = this.node(id).raw;
-    if (raw === undefined) return undefined;
+    if (raw === undefined || this.stalls.has(id)) return undefined;
     try {
       const index = raw.propose([data]);
       const list = this.pending.get(id) ?? [];
@@ -517,7 +582,7 @@ export class SimCluster {
    */
   addServer(leader: NodeId): NodeId | undefined {
     const raw = this.node(leader).raw;
-    if (raw === undefined || raw.raft.role !== "leader") return undefined;
+    if (raw === undefined || raw.raft.role !== "leader" || this.stalls.has(leader)) return undefined;
     const id = Math.max(...this.ids) + 1;
     this.ids.push(id);
     this.createNode(id, { voters: raw.raft.voters, learners: raw.raft.learners });
@@ -528,7 +593,7 @@ export class SimCluster {
   /** Proposes a membership change at `id`; returns its index or undefined if refused. */
   proposeConfChange(id: NodeId, change: ConfChange): number | undefined {
     const raw = this.node(id).raw;
-    if (raw === undefined) return undefined;
+    if (raw === undefined || this.stalls.has(id)) return undefined;
     try {
       const index = raw.raft.proposeConfChange(new TextEncoder().encode(JSON.stringify(change)));
       this.confChangesProposed++;
@@ -552,7 +617,7 @@ export class SimCluster {
   /** Asks node `id` (if it leads) to hand leadership to `target` (thesis §3.10). */
   transferLeadership(id: NodeId, target: NodeId): void {
     const raw = this.node(id).raw;
-    if (raw === undefined) return;
+    if (raw === undefined || this.stalls.has(id)) return;
     raw.raft.transferLeadership(target);
     this.process(id);
   }
@@ -627,6 +692,7 @@ export class SimCluster {
    * a fresh entry applied everywhere, every log identical, every acknowledged proposal applied.
    */
   healAndConverge(ticksMax: number): void {
+    for (const id of [...this.stalls.keys()]) this.endStall(id);
     this.network.heal();
     this.network.faults = { lossRate: 0, delayTicksMax: 0, duplicateRate: 0 };
     this.crashHook = undefined;

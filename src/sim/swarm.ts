@@ -16,6 +16,8 @@ export interface SwarmResult {
   readonly asyncStorage: boolean;
   /** Crashes that lost writes not yet fsynced. */
   readonly powerLosses: number;
+  /** Process stalls (GC, slow disk, SIGSTOP) that ended, after which the node made up its ticks. */
+  readonly stalls: number;
   /**
    * A digest of how the run went (every node's final state, the acknowledged writes, and where the
    * seed's random stream stood at the end): two runs of one seed must give the same digest.
@@ -53,8 +55,13 @@ export function runSwarm(seed: number): SwarmResult {
   const electionTicks = prng.intInclusive(5, 15);
   // Drawn apart from `prng`, so that the other settings of a seed are what they were before it existed.
   const asyncStorage = createPrng(seed ^ 0xa5a5).chance(0.5);
+  // Clock faults, also drawn apart: stalled processes and clocks that drift within the lease's bound.
+  const clockPrng = createPrng(seed ^ 0x57a1);
+  const stallRate = clockPrng.pick([0, 0, 0.005, 0.02]);
+  const clockDriftMax = clockPrng.pick([0, 0.05, 0.1]);
   const cluster = new SimCluster({
     asyncStorage,
+    clockDriftMax,
     nodeCount,
     seed,
     preVote: prng.chance(0.8),
@@ -83,7 +90,10 @@ export function runSwarm(seed: number): SwarmResult {
     for (let tick = 0; tick < ticks; tick++) {
       for (const id of cluster.ids) {
         if (cluster.isUp(id) && prng.chance(proposeRate / nodeCount)) cluster.propose(id);
-        if (cluster.isUp(id) && prng.chance(0.05)) cluster.readIndex(id, prng.chance(0.5));
+        if (cluster.isUp(id) && prng.chance(0.05)) {
+          const lease = prng.chance(0.5);
+          if (!cluster.isStalled(id)) cluster.readIndex(id, lease); // a stalled process takes no request
+        }
       }
       cluster.tick();
       if (prng.chance(crashRate)) {
@@ -91,6 +101,7 @@ export function runSwarm(seed: number): SwarmResult {
         crashes++;
       }
       if (prng.chance(crashRate * 3)) cluster.restart(prng.pick(cluster.ids));
+      if (stallRate > 0 && clockPrng.chance(stallRate)) cluster.stall(clockPrng.pick(cluster.ids), clockPrng.intInclusive(1, 3 * electionTicks));
       if (prng.chance(partitionRate)) {
         partitions++;
         cluster.network.partition(drawPartition(prng, cluster.ids));
@@ -138,6 +149,7 @@ export function runSwarm(seed: number): SwarmResult {
     confChanges: cluster.confChangesProposed,
     asyncStorage,
     powerLosses: cluster.powerLosses,
+    stalls: cluster.stallsEnded,
     digest,
   };
 }
