@@ -51,6 +51,7 @@ describe("kv chaos, through the built executable", () => {
       const { code, out } = await run(["chaos", "pause", "--rounds", "2"]);
       expectSuccess(code, out);
       expect(out.match(/\[Round \d\] Resuming Node \d with SIGCONT/g)?.length).toBe(2);
+      expect(out.match(/Lease reads of pause-\S+ on Node \d: /g)?.length).toBe(2); // lease reads probed at the instant it resumes
       expect(out).toContain("Stale reads from a resumed leader: 0");
       expect(out).toContain("Writes acknowledged by a deposed leader: 0");
       expect(out).toContain("Refused writes that took effect: 0");

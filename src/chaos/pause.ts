@@ -10,7 +10,7 @@ export interface PauseOptions {
   readonly rounds: number;
   /** Writes acknowledged through the new leader while the old one is paused, per round. */
   readonly keys: number;
-  /** Linearizable reads, and writes, sent to the old leader as it resumes (per wave; two waves). */
+  /** Linearizable reads, lease reads and writes, each sent to the old leader as it resumes (per wave; two waves). */
   readonly probes: number;
   /** Client timeout per request. */
   readonly requestTimeoutMs: number;
@@ -28,6 +28,11 @@ export interface PauseRound {
   readonly electionMs: number;
   /** Each linearizable read of the overwritten key on the resumed leader. */
   readonly reads: string[];
+  /**
+   * Each lease read (`?consistency=lease`) of it there: the resumed leader still believes it leads,
+   * and must know its lease ran out while it was stopped (it is timed by the monotonic clock).
+   */
+  readonly leaseReads: string[];
   readonly writes: { acknowledged: number; refused: number; unknown: number };
   /** The resumed node's /status once its requests were answered. */
   readonly statusAfter: { role: string; term: number } | undefined;
@@ -122,8 +127,10 @@ export async function runPause(cluster: ChaosCluster, opts: PauseOptions): Promi
     };
     // Wave a goes into its sockets while it is stopped (the kernel accepts and buffers them), so the
     // requests are waiting the instant it wakes, alongside the new leader's messages.
+    const leasePath = `${kvPath(probeKey)}?consistency=lease`;
     const waveA = [
       ...range(opts.probes).map(() => sendRaw(url, "GET", kvPath(probeKey), undefined, opts.requestTimeoutMs)),
+      ...range(opts.probes).map(() => sendRaw(url, "GET", leasePath, undefined, opts.requestTimeoutMs)),
       ...range(opts.probes).map((i) => {
         const write = deposedWrite("a", i);
         return sendRaw(url, "PUT", kvPath(write.key), write.value, opts.requestTimeoutMs);
@@ -135,6 +142,7 @@ export async function runPause(cluster: ChaosCluster, opts: PauseOptions): Promi
     // Wave b right after SIGCONT, through the ordinary client.
     const waveB = [
       ...range(opts.probes).map(() => request(url, "GET", kvPath(probeKey), undefined, opts.requestTimeoutMs)),
+      ...range(opts.probes).map(() => request(url, "GET", leasePath, undefined, opts.requestTimeoutMs)),
       ...range(opts.probes).map((i) => {
         const write = deposedWrite("b", i);
         return request(url, "PUT", kvPath(write.key), write.value, opts.requestTimeoutMs);
@@ -142,13 +150,18 @@ export async function runPause(cluster: ChaosCluster, opts: PauseOptions): Promi
     ];
     const [a, b] = await Promise.all([Promise.all(waveA.map((r) => r.outcome)), Promise.all(waveB)]);
     const readOutcomes = [...a.slice(0, opts.probes), ...b.slice(0, opts.probes)];
-    const writeOutcomes = [...a.slice(opts.probes), ...b.slice(opts.probes)];
-    for (const outcome of [...readOutcomes, ...writeOutcomes]) count(outcome);
+    const leaseOutcomes = [...a.slice(opts.probes, 2 * opts.probes), ...b.slice(opts.probes, 2 * opts.probes)];
+    const writeOutcomes = [...a.slice(2 * opts.probes), ...b.slice(2 * opts.probes)];
+    for (const outcome of [...readOutcomes, ...leaseOutcomes, ...writeOutcomes]) count(outcome);
     const statusAfter = await cluster.status(leader, 2_000);
 
     for (const outcome of readOutcomes) {
       const problem = judgeResumedRead(outcome, oldValue, newValue);
       if (problem !== undefined) problems.push(`${problem} (linearizable read of ${probeKey} on Node ${leader})`);
+    }
+    for (const outcome of leaseOutcomes) {
+      const problem = judgeResumedRead(outcome, oldValue, newValue);
+      if (problem !== undefined) problems.push(`${problem} (lease read of ${probeKey} on Node ${leader})`);
     }
     writeOutcomes.forEach((outcome, i) => {
       const write = writes[i] as { key: string; value: string };
@@ -159,8 +172,9 @@ export async function runPause(cluster: ChaosCluster, opts: PauseOptions): Promi
     });
     const writeTally = tally(writeOutcomes);
     const readSummary = summarize(readOutcomes.map(describeOutcome));
-    print(`         ${queued} of ${2 * opts.probes} requests were waiting in its sockets when it woke; ${2 * opts.probes} more followed at once`);
+    print(`         ${queued} of ${3 * opts.probes} requests were waiting in its sockets when it woke; ${3 * opts.probes} more followed at once`);
     print(`         Reads of ${probeKey} on Node ${leader}: ${readSummary}`);
+    print(`         Lease reads of ${probeKey} on Node ${leader}: ${summarize(leaseOutcomes.map(describeOutcome))}`);
     print(
       `         Writes to Node ${leader}: ${writeTally.acknowledged} acknowledged, ${writeTally.refused} refused, ${writeTally.unknown} unknown; it is now ${statusAfter?.role ?? "?"} in term ${statusAfter?.term ?? "?"}`,
     );
@@ -175,6 +189,7 @@ export async function runPause(cluster: ChaosCluster, opts: PauseOptions): Promi
       newTerm,
       electionMs,
       reads: readOutcomes.map(describeOutcome),
+      leaseReads: leaseOutcomes.map(describeOutcome),
       writes: writeTally,
       statusAfter: statusAfter === undefined ? undefined : { role: statusAfter.role, term: statusAfter.term },
       problems,
