@@ -200,6 +200,8 @@ export class KvNode implements KvNodeApi {
   private snapshotSequence = 0;
   /** The image being received, chunk by chunk; its rows are staged in storage. */
   private incomingSnapshot: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number } | undefined;
+  /** The InstallSnapshot of the image staged in full, until it is installed or refused (see settleStagedImage). */
+  private imageAwaitingInstall: SnapshotRequest | undefined;
   private readonly snapshotEntries: number;
   private readonly snapshotCatchUpEntries: number;
   /** Every member's addresses as this node reaches them: the recorded ones, overridden by `cfg.peers`. */
@@ -628,6 +630,11 @@ export class KvNode implements KvNodeApi {
     } catch (error) {
       this.fail(error instanceof Error ? error : new Error(String(error)));
     } finally {
+      try {
+        this.settleStagedImage();
+      } catch (error) {
+        this.fail(error instanceof Error ? error : new Error(String(error)));
+      }
       // Peers' calls whose messages this turn took are answered now, with our replies inside;
       // while replies wait for the disk, the calls wait with them (answered once the fsync returns).
       if (this.held.length === 0 || this.stopped) this.transport?.flush();
@@ -915,6 +922,8 @@ export class KvNode implements KvNodeApi {
    */
   receiveSnapshotChunk(chunk: SnapshotChunk): void {
     if (this.stopped || this.transport === undefined) throw new SnapshotChunkRefusedError("the node is not running");
+    // Frozen by a full disk: a new image would replace one whose install waits, and could not be staged anyway.
+    if (this.blockedReady !== undefined) throw new SnapshotChunkRefusedError("the disk is full: no image is taken until space returns");
     const term = this.raw.raft.term;
     if (chunk.term < term) throw new SnapshotChunkRefusedError(`chunk of term ${chunk.term}; this node is in term ${term}`);
     let incoming = this.incomingSnapshot;
@@ -959,9 +968,28 @@ export class KvNode implements KvNodeApi {
     };
     this.cfg.log?.("snapshot received", { from: chunk.from, index: incoming.metadata.index, imageId: chunk.imageId, chunks: incoming.nextSeq });
     this.inbox.push(message);
+    this.imageAwaitingInstall = message;
     this.turn();
-    // Installed by now, or not needed (our log already covered it, or its term was stale): either way done with it.
-    if (!this.stopped) this.cfg.storage.discardStagedImage();
+  }
+
+  /**
+   * After a turn: drops the staged image once it is installed or refused (our log already covered
+   * it, or its term was stale). One the turn could not carry out yet is kept: a full disk blocked its
+   * install (`blockedReady` at stage "install"), or blocked the turn before its message was stepped.
+   */
+  private settleStagedImage(): void {
+    const awaiting = this.imageAwaitingInstall;
+    if (awaiting === undefined || this.stopped) return;
+    const blocked = this.blockedReady;
+    if (blocked !== undefined && blocked.stage === "install" && blocked.ready.snapshot?.imageId === awaiting.imageId) return;
+    if (this.inbox.includes(awaiting)) return;
+    this.imageAwaitingInstall = undefined;
+    try {
+      this.cfg.storage.discardStagedImage();
+    } catch (error) {
+      // Left staged on a full disk: bounded (one image), and the next image's first chunk drops it.
+      if (!isDiskFull(error)) throw error;
+    }
   }
 
   /** Compacts once `snapshotEntries` are applied past the last snapshot, keeping `snapshotCatchUpEntries`. */
