@@ -34,7 +34,11 @@ function isDiskFull(error: unknown): boolean {
 }
 
 function diskFullError(): KvError {
-  return new KvError("insufficient_storage", "the disk is full: writes are refused until space returns", { retryAfterS: 5 });
+  return new KvError(
+    "insufficient_storage",
+    "the disk is full: this node is frozen until space returns (nothing was written; reads with consistency=stale are still served)",
+    { retryAfterS: 5 },
+  );
 }
 
 /** The optional parts of a write command. */
@@ -97,7 +101,23 @@ export interface KvNodeConfig {
    * catches up from the log rather than by a snapshot. Below `snapshotEntries`. Default 1 000.
    */
   readonly snapshotCatchUpEntries?: number;
+  /**
+   * The space quota (etcd's `--quota-backend-bytes`): once the data this node keeps
+   * (`KvStorage.dataBytes`) reaches it, the leader refuses puts with `quota_exceeded`; reads and
+   * deletes go on, and the log is compacted at every apply until the data is back under it.
+   * Undefined: no quota (`kv serve` passes `defaultQuotaBytes` unless told otherwise).
+   */
+  readonly quotaBytes?: number;
 }
+
+/** `kv serve`'s quota when `--quota-bytes` is not given: 2 GiB, etcd's default. */
+export const defaultQuotaBytes = 2 * 1024 ** 3;
+
+/**
+ * Ticks between two measurements of the data kept (two pragmas). Between them the leader adds what
+ * it proposed to the last measurement, so a burst of writes cannot run far past the quota unseen.
+ */
+const dataMeasureTicks = 10;
 
 /** When the log is compacted (see `KvNodeConfig.snapshotEntries`). */
 export const defaultSnapshotPolicy = {
@@ -211,6 +231,11 @@ export class KvNode implements KvNodeApi {
   private pendingConfChange: PendingConfChange | undefined;
   /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
   private removed = false;
+  /** `KvStorage.dataBytes` at the last measurement, and what this node proposed since (see `dataMeasureTicks`). */
+  private dataBytesMeasured = 0;
+  private bytesProposedSinceMeasure = 0;
+  private ticksSinceMeasure = 0;
+  private quotaExceededLogged = false;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -249,6 +274,8 @@ export class KvNode implements KvNodeApi {
       applied: cfg.storage.appliedIndex(),
       ...defaultRaftLimits,
     });
+    assert(cfg.quotaBytes === undefined || (Number.isSafeInteger(cfg.quotaBytes) && cfg.quotaBytes > 0), `quotaBytes ${cfg.quotaBytes}`);
+    this.measureData();
   }
 
   /** Sets the advertised client URL once the HTTP port is known (port 0 listens). */
@@ -350,7 +377,33 @@ export class KvNode implements KvNodeApi {
       snapshotIndex: this.cfg.storage.snapshot().index,
       firstLogIndex: this.cfg.storage.firstIndex(),
       members: this.memberStatuses(),
+      storage: {
+        dataBytes: this.dataBytesMeasured,
+        quotaBytes: this.cfg.quotaBytes ?? 0,
+        quotaExceeded: this.overQuota(),
+        diskFull: this.blockedReady !== undefined,
+      },
     };
+  }
+
+  /** Whether the data kept, as last measured plus what was proposed since, has reached the quota. */
+  private overQuota(): boolean {
+    const quota = this.cfg.quotaBytes;
+    return quota !== undefined && this.dataBytesMeasured + this.bytesProposedSinceMeasure >= quota;
+  }
+
+  /** Measures the data kept (cheap: see `KvStorage.dataBytes`) and logs crossing the quota either way. */
+  private measureData(): void {
+    this.dataBytesMeasured = this.cfg.storage.dataBytes();
+    this.bytesProposedSinceMeasure = 0;
+    this.ticksSinceMeasure = 0;
+    const quotaBytes = this.cfg.quotaBytes;
+    if (quotaBytes === undefined || this.overQuota() === this.quotaExceededLogged) return;
+    this.quotaExceededLogged = !this.quotaExceededLogged;
+    const detail = this.quotaExceededLogged
+      ? "puts are refused with quota_exceeded; reads and deletes go on (delete keys, or raise --quota-bytes and restart)"
+      : "the data is back under the quota: puts are taken again";
+    this.cfg.log?.(this.quotaExceededLogged ? "quota exceeded" : "quota ok", { dataBytes: this.dataBytesMeasured, quotaBytes, detail });
   }
 
   // ---- Membership ---------------------------------------------------------------------------
@@ -545,7 +598,17 @@ export class KvNode implements KvNodeApi {
     const raft = this.raw.raft;
     if (raft.role !== "leader") throw this.notLeader();
     this.refuseWhenFull();
+    // Checked where the write is proposed, on the leader (as etcd's quota): every replica keeps the
+    // same state machine, so the leader's size stands for theirs. Deletes pass, so space can be freed.
+    if (command.op === "put" && this.overQuota()) {
+      throw new KvError(
+        "quota_exceeded",
+        `this node keeps ${this.dataBytesMeasured + this.bytesProposedSinceMeasure} bytes, at or past its quota of ${this.cfg.quotaBytes} bytes: puts are refused; delete keys, or raise --quota-bytes and restart`,
+      );
+    }
     const data = encodeCommand(command);
+    // The entry lands in the log, its value in the state machine: counted twice until measured.
+    this.bytesProposedSinceMeasure += 2 * data.byteLength;
     return new Promise<ApplyResult>((resolve, reject) => {
       this.queuedWrites.push({ resolve, reject, deadlineMs: this.deadline(), data });
       this.scheduleTurn();
@@ -584,6 +647,7 @@ export class KvNode implements KvNodeApi {
 
   private onTick(): void {
     if (this.stopped) return;
+    if (++this.ticksSinceMeasure >= dataMeasureTicks) this.measureData();
     if (this.blockedReady !== undefined) {
       // Frozen until the disk takes the Ready: requests still time out, and a retry runs every 10 ticks.
       this.expireWaiters();
@@ -997,10 +1061,13 @@ export class KvNode implements KvNodeApi {
     const storage = this.cfg.storage;
     const applied = storage.appliedIndex();
     const snapshotIndex = storage.snapshot().index;
-    if (applied - snapshotIndex < this.snapshotEntries) return;
     const index = applied - this.snapshotCatchUpEntries;
+    // Past the quota the log is compacted at every apply: what deletes free then counts at once.
+    const dueByQuota = this.overQuota() && index > snapshotIndex;
+    if (applied - snapshotIndex < this.snapshotEntries && !dueByQuota) return;
     storage.compact(index);
     this.cfg.log?.("log compacted", { index, applied });
+    if (dueByQuota) this.measureData();
   }
 
   private notLeaderForRead(): KvError {
