@@ -1,5 +1,6 @@
 import { AssertionError, assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
+import { isDiskFull } from "../lib/disk-full.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
@@ -24,13 +25,6 @@ interface BlockedReady {
   early: readonly Message[];
   readonly late: readonly Message[];
   stage: "install" | "save" | "apply";
-}
-
-/** SQLite's "database or disk is full" (or the OS's ENOSPC): an operating error the node waits out. */
-function isDiskFull(error: unknown): boolean {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  const message = error instanceof Error ? error.message : String(error);
-  return code === "SQLITE_FULL" || code === "ENOSPC" || /database or disk is full|ENOSPC|no space left/i.test(message);
 }
 
 function diskFullError(): KvError {
