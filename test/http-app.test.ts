@@ -443,6 +443,7 @@ describe("routes", () => {
         { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" },
         { id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: null },
       ],
+      storage: null,
     });
   });
 
@@ -559,5 +560,32 @@ describe("a full disk", () => {
     expect(response.status).toBe(507);
     expect(response.headers.get("retry-after")).toBe("5");
     expect(await response.json()).toMatchObject({ error: "insufficient_storage" });
+  });
+
+  test("quota_exceeded is a 507 with a JSON body and no Retry-After (waiting frees nothing)", async () => {
+    const node = new MemoryKvNode();
+    node.failure = new KvError("quota_exceeded", "over the quota");
+    const response = await createHttpApp(node).handle(new Request("http://localhost/kv/x", { method: "PUT", body: "v" }));
+    expect(response.status).toBe(507);
+    expect(response.headers.get("retry-after")).toBeNull();
+    expect(await response.json()).toEqual({ error: "quota_exceeded", message: "over the quota" });
+  });
+
+  test("/health says why: 503 disk_full on a full disk, 200 with quotaExceeded past the quota; /status carries the storage figures", async () => {
+    const node = new MemoryKvNode();
+    const app = createHttpApp(node);
+    const get = (path: string) => app.handle(new Request(`http://localhost${path}`));
+    const storage = { dataBytes: 5_000, quotaBytes: 4_096, quotaExceeded: true, diskFull: false };
+    node.statusNow = { ...node.statusNow, storage };
+    let response = await get("/health");
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ healthy: true, quotaExceeded: true });
+    expect(((await (await get("/status")).json()) as { storage: unknown }).storage).toEqual(storage);
+
+    node.statusNow = { ...node.statusNow, storage: { ...storage, diskFull: true } };
+    node.isHealthy = false;
+    response = await get("/health");
+    expect(response.status).toBe(503);
+    expect(await response.json()).toMatchObject({ error: "disk_full" });
   });
 });

@@ -1,6 +1,7 @@
 // Proves the node loop (KvNode) over the in-memory twins of storage, transport and clock: writes are
 // acknowledged only once applied, followers redirect, reads are linearizable on any node, lost quorum
-// times out, bounds refuse clearly, transfer hands over, and a storage failure stops the node.
+// times out, bounds refuse clearly, transfer hands over, a storage failure stops the node, a full disk
+// is waited out, and past its quota a node refuses puts while reads and deletes go on.
 import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
 import { EntryType } from "../src/raft/types.ts";
@@ -322,6 +323,45 @@ describe("a full disk (issue 6: an operating error, not a crash)", () => {
     full = false;
     await cluster.until(() => leader.healthy() && storage.get("while-full") !== undefined, 2_000);
     expect(dec((await drive(cluster, leader.get("before", "linearizable")))!.value)).toBe("1");
+    expect(cluster.fatal).toEqual([]);
+  });
+});
+
+describe("the data quota (issue 13, finding 10: etcd's space quota)", () => {
+  test("past --quota-bytes puts are refused with quota_exceeded, reads, listings and deletes go on, and puts return once deletes free space", async () => {
+    const cluster = createMemoryCluster({ node: { quotaBytes: 40_000, snapshotEntries: 20, snapshotCatchUpEntries: 5 } });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const value = new Uint8Array(2_000).fill(7);
+    let refused: KvError | undefined;
+    let written = 0;
+    for (let i = 0; i < 200 && refused === undefined; i++) {
+      try {
+        await drive(cluster, leader.put(`big-${i}`, value));
+        written++;
+      } catch (error) {
+        refused = error as KvError;
+      }
+    }
+    expect(refused).toBeInstanceOf(KvError);
+    expect(refused!.code).toBe("quota_exceeded");
+    expect(written).toBeGreaterThan(3);
+    // The quota holds: what the leader keeps stays within it, but for the writes of one measurement.
+    const leaderStorage = cluster.storages.get(leader.status().id)!;
+    expect(leaderStorage.dataBytes()).toBeLessThan(40_000 + 12 * 2_100);
+    expect(leader.status().storage?.quotaExceeded).toBe(true);
+    expect(leader.healthy()).toBe(true);
+
+    // Reads (all three kinds), listings and deletes keep working.
+    expect((await drive(cluster, leader.get("big-0", "linearizable")))!.value.byteLength).toBe(2_000);
+    expect((await drive(cluster, leader.get("big-1", "lease")))!.version).toBeGreaterThan(0);
+    expect((await leader.get("big-2", "stale"))!.version).toBeGreaterThan(0);
+    expect((await drive(cluster, leader.list("big-", undefined, 1_000, "linearizable"))).length).toBe(written);
+    for (let i = 0; i < written; i++) expect((await drive(cluster, leader.delete(`big-${i}`))).deleted).toBe(true);
+
+    // The deletes free the values' space, and the log is compacted at once while over quota.
+    await cluster.until(() => leader.status().storage?.quotaExceeded === false);
+    expect((await drive(cluster, leader.put("after", enc("fits")))).version).toBeGreaterThan(0);
     expect(cluster.fatal).toEqual([]);
   });
 });

@@ -1,4 +1,4 @@
-// Proves the node loop's snapshot path over the in-memory twins (thesis §5.1): the leader compacts by its policy, streams its image in chunks to a follower that fell behind the compacted log, the follower installs it and serves every key; a transfer cut midway is retried; and an InstallSnapshot arriving without its image is ignored.
+// Proves the node loop's snapshot path over the in-memory twins (thesis §5.1): the leader compacts by its policy, streams its image in chunks to a follower that fell behind the compacted log, the follower installs it and serves every key; a transfer cut midway is retried; a disk that is full when the last chunk arrives delays the install instead of stopping the node; and an InstallSnapshot arriving without its image is ignored.
 import { describe, expect, test } from "bun:test";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
 import type { SnapshotChunk } from "../src/transport/transport.ts";
@@ -100,6 +100,50 @@ describe("snapshots in the node loop", () => {
     cluster.network.heal();
     await cluster.until(() => cluster.node(followerId).status().appliedIndex >= lastVersion);
     expect(dec(cluster.storages.get(followerId)!.get("k-59")!.value)).toBe("k-value-59");
+    expect(cluster.fatal).toEqual([]);
+  });
+
+  test("a disk full when the last chunk arrives: the follower keeps the staged image, stays up, and installs it once space returns (issue 13, finding 8)", async () => {
+    let full = false;
+    let fillOnLastChunk = false;
+    const cluster = createCluster((_id, chunk) => {
+      if (chunk.done && fillOnLastChunk) full = true;
+    });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leaderId = cluster.leader()!.status().id;
+    const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
+    const other = [1, 2, 3].find((id) => id !== leaderId && id !== followerId)!;
+    cluster.network.cutBetween(leaderId, followerId);
+    cluster.network.cutBetween(other, followerId);
+    const lastVersion = await writeKeys(cluster, "k", 60);
+
+    // Every write of the follower's storage fails while `full`, as sqlite's SQLITE_FULL does; staging
+    // the last chunk still fits, so the disk fills between staging the image and installing it.
+    const storage = cluster.storages.get(followerId)!;
+    const diskFull = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+    for (const method of ["save", "installSnapshot", "applyEntries", "compact"] as const) {
+      const original = (storage[method] as (...args: unknown[]) => unknown).bind(storage);
+      (storage as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
+        if (full) throw diskFull();
+        return original(...args);
+      };
+    }
+    fillOnLastChunk = true;
+    cluster.network.heal();
+    await cluster.until(() => full && cluster.events.some((e) => e.id === followerId && e.event === "disk full"));
+    // Waiting out the full disk, for a while: the node does not stop, and installs nothing yet.
+    for (let i = 0; i < 100; i++) {
+      cluster.clock.advance(10);
+      await cluster.settle();
+    }
+    expect(cluster.fatal).toEqual([]);
+    expect(cluster.node(followerId).fatalError()).toBeUndefined();
+    expect(cluster.node(followerId).status().appliedIndex).toBeLessThan(lastVersion);
+
+    full = false;
+    await cluster.until(() => cluster.node(followerId).status().appliedIndex >= lastVersion);
+    expect(cluster.events.filter((e) => e.id === followerId && e.event === "snapshot installed").length).toBeGreaterThanOrEqual(1);
+    for (let i = 0; i < 60; i++) expect(dec(storage.get(`k-${i}`)!.value)).toBe(`k-value-${i}`);
     expect(cluster.fatal).toEqual([]);
   });
 

@@ -2,6 +2,7 @@
 // kv's command line: the only reader of argv and the environment.
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
 import packageJson from "../../package.json" with { type: "json" };
+import { isDiskFull } from "../lib/disk-full.ts";
 import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
 import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
@@ -108,6 +109,11 @@ export async function main(argv: string[]): Promise<void> {
     // Damaged or unusable storage is an operating error: say what and where, in one line.
     if (error instanceof Error && error.name === "StorageError") {
       console.error(`kv: cannot start: ${error.message}`);
+      process.exit(1);
+    }
+    // A full disk is an operating error too (serve waits it out; this is the net under the rest).
+    if (isDiskFull(error)) {
+      console.error(`kv: the disk is full: ${error instanceof Error ? error.message : String(error)}`);
       process.exit(1);
     }
     console.error(`kv: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);

@@ -6,12 +6,13 @@ import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
 import { createHttpHandler } from "../http/http-handler.ts";
 import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
 import { createSystemClock } from "../lib/clock.ts";
+import { isDiskFull } from "../lib/disk-full.ts";
 import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
 import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import { observeMethod } from "../lib/observe-method.ts";
 import { secretProblem } from "../lib/secret.ts";
 import { createPrng } from "../lib/prng.ts";
-import { defaultNodeTimings, defaultSnapshotPolicy, KvNode } from "../node/kv-node.ts";
+import { defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy, KvNode } from "../node/kv-node.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { createConnectTransport } from "../transport/connect-transport.ts";
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
@@ -29,6 +30,12 @@ const KEY_BYTES_MAX_LIMIT = 16_384;
  * framing, in one peer call (the peer server takes bodies up to 32 MiB).
  */
 const VALUE_BYTES_MAX_LIMIT = 16 << 20;
+
+/** The smallest --quota-bytes other than 0 (no quota): an empty data dir already takes about 100 KB. */
+const QUOTA_BYTES_MIN = 1 << 20;
+
+/** How often a node that cannot start on a full disk tries again. */
+const DISK_RETRY_MS = 1_000;
 
 /** How long shutdown waits for requests in flight to be answered before it closes their connections. */
 const SHUTDOWN_DRAIN_MS_MAX = 3_000;
@@ -57,6 +64,11 @@ export const serveCommand = defineCommand({
       type: "string",
       description: `Compact the log once this many entries are applied past the last snapshot (default ${defaultSnapshotPolicy.snapshotEntries})`,
       valueHint: "N",
+    },
+    "quota-bytes": {
+      type: "string",
+      description: `Space quota on the data this node keeps (log and state machine); past it puts get 507 quota_exceeded while reads and deletes go on. 0: none (default ${defaultQuotaBytes}, 2 GiB; leave the disk ~64 MiB more for the write-ahead log)`,
+      valueHint: "BYTES",
     },
     "snapshot-catchup-entries": {
       type: "string",
@@ -140,6 +152,10 @@ export const serveCommand = defineCommand({
       args["snapshot-catchup-entries"] === undefined
         ? Math.min(defaultSnapshotPolicy.snapshotCatchUpEntries, snapshotEntries - 1)
         : parseIntFlag("snapshot-catchup-entries", args["snapshot-catchup-entries"], 0, snapshotEntries - 1);
+    const quotaBytesFlag =
+      args["quota-bytes"] === undefined ? defaultQuotaBytes : parseIntFlag("quota-bytes", args["quota-bytes"], 0, Number.MAX_SAFE_INTEGER);
+    if (quotaBytesFlag !== 0 && quotaBytesFlag < QUOTA_BYTES_MIN) throw new UsageError(`--quota-bytes must be 0 (no quota) or at least ${QUOTA_BYTES_MIN}, got '${args["quota-bytes"]}'`);
+    const quotaBytes = quotaBytesFlag === 0 ? undefined : quotaBytesFlag;
     const logLevel = (args["log-level"] ?? "info") as LogLevel;
     if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error`);
     const dataDir = args["data-dir"] ?? `./data/node-${id}`;
@@ -169,7 +185,9 @@ export const serveCommand = defineCommand({
     // Every line carries the node's term once the node exists.
     let termNow: (() => number) | undefined;
     const logger = createLogger(id, logLevel, { format: logFormat, term: () => termNow?.() });
-    mkdirSync(dataDir, { recursive: true });
+    // A full disk at start is waited out (one log line), as the running node waits it out.
+    const waitForSpace = <T>(what: string, attempt: () => T) => retryWhileDiskFull(what, dataDir, logger, attempt);
+    await waitForSpace("create the data dir", () => mkdirSync(dataDir, { recursive: true }));
     const metrics = createMetricsRegistry();
     const saveDuration = metrics.histogram(
       "kv_storage_save_duration_seconds",
@@ -182,7 +200,7 @@ export const serveCommand = defineCommand({
       "One background fsync of what the loop wrote since the last (it runs off the loop's thread; the replies it covers wait for it).",
       LATENCY_BUCKETS_S,
     );
-    const sqliteStorage = openSqliteStorage(dataDir);
+    const sqliteStorage = await waitForSpace("open the database", () => openSqliteStorage(dataDir));
     let joinedClusterId: string | undefined;
     if (joinEndpoints !== undefined) {
       const fresh = sqliteStorage.membership().voters.length === 0 && sqliteStorage.lastIndex() === 0;
@@ -216,7 +234,9 @@ export const serveCommand = defineCommand({
       (durationS) => fsyncDuration.observe({}, durationS),
     );
     // After the storage: its exclusive lock keeps a second process off this data dir.
-    const clusterIdChoice = chooseClusterId(dataDir, [...peers.keys()], clusterToken, logger, () => storage.close(), joinedClusterId);
+    const clusterIdChoice = await waitForSpace("record the cluster id", () =>
+      chooseClusterId(dataDir, [...peers.keys()], clusterToken, logger, () => storage.close(), joinedClusterId),
+    );
     // After a membership change --cluster no longer names the voters the id was derived from.
     if (clusterIdChoice.clusterId !== clusterIdChoice.derivedId && sqliteStorage.membership().changedIndex === 0) {
       logger.log("warn", "cluster id", {
@@ -230,7 +250,7 @@ export const serveCommand = defineCommand({
     let advertiseHttp = args["advertise-http"];
     // The transport's peer map: the node keeps it filled with every member's peer URL as membership changes.
     const peerDirectory = new Map([...peers].filter(([peerId]) => peerId !== id));
-    const node = new KvNode({
+    const node = await waitForSpace("record the configuration", () => new KvNode({
       id,
       peers,
       peerDirectory,
@@ -246,12 +266,13 @@ export const serveCommand = defineCommand({
       inboxMessagesMax: defaultNodeTimings.inboxMessagesMax,
       snapshotEntries,
       snapshotCatchUpEntries,
+      ...(quotaBytes === undefined ? {} : { quotaBytes }),
       log: (event, fields) => {
         if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
         logger.log(event === "fatal" ? "error" : "info", event, fields);
       },
       onFatal: (error) => void shutdown(1, error.message),
-    });
+    }));
 
     nodeMetrics = instrumentNode(node, metrics, { clusterId: clusterIdChoice.clusterId, version: packageJson.version });
     const http = createHttpHandler(nodeMetrics.node, {
@@ -373,6 +394,31 @@ export const serveCommand = defineCommand({
     await new Promise<never>(() => {});
   },
 });
+
+/**
+ * Runs `attempt` (a step of starting that writes to the data dir), retrying every DISK_RETRY_MS while
+ * the disk is full: one log line when it first is, one when space is back; any other error is thrown.
+ */
+async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logger, attempt: () => T): Promise<T> {
+  let waiting = false;
+  for (;;) {
+    try {
+      const result = attempt();
+      if (waiting) logger.log("info", "disk space back", { detail: `could ${what}: starting` });
+      return result;
+    } catch (error) {
+      if (!isDiskFull(error)) throw error;
+      if (!waiting) {
+        logger.log("error", "disk full", {
+          detail: `cannot ${what}: the disk holding ${dataDir} is full; waiting for space (retrying every ${DISK_RETRY_MS} ms; free space or stop the node)`,
+          error: errorText(error),
+        });
+      }
+      waiting = true;
+      await Bun.sleep(DISK_RETRY_MS);
+    }
+  }
+}
 
 /**
  * A secret from its flag, its file flag, or the environment, in that order; giving both the flag

@@ -35,7 +35,8 @@ const POST_ALLOW = "POST";
  * - `PUT /kv/{key}`: body = the value's raw bytes → 200 `{"key","version"}`.
  * - `GET /kv/{key}?consistency=linearizable|lease|stale` → 200 raw bytes with `X-Kv-Version`, or 404.
  * - `DELETE /kv/{key}` → 200 `{"deleted","version"}`.
- * - `GET /status` → the node's status; `GET /health` → 200 `{"healthy":true}` or 503.
+ * - `GET /status` → the node's status; `GET /health` → 200 `{"healthy":true}` (with `"quotaExceeded":true`
+ *   past the quota) or 503 (`disk_full` while the disk is full).
  * - `GET /metrics` → Prometheus text, when `renderMetrics` is given.
  * Keys are percent-encoded in the path and decoded from the raw URL. Every error is JSON
  * `{error, message, ...details}`, mapped from `KvError` codes in `errorResponse` (http-error.ts).
@@ -178,14 +179,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         "/health",
         route(
           READ_ONLY_ALLOW,
-          readOnlyRoute("/health", () =>
-            node.healthy()
-              ? jsonResponse({ healthy: true }, 200)
-              : jsonResponse(
-                  { error: "unhealthy", message: "no leader is known, or committed entries are not yet applied" },
-                  503,
-                ),
-          ),
+          readOnlyRoute("/health", () => healthResponse(node)),
         ),
         { parse: "none" },
       )
@@ -240,6 +234,22 @@ function methodNotAllowed(method: string, routeName: string): KvError {
   return new KvError("method_not_allowed", `${method} is not allowed on ${routeName}`);
 }
 
+/**
+ * /health: 503 `disk_full` while the node is frozen by a full disk (it takes no part in consensus,
+ * though it serves stale reads); 503 `unhealthy` without a leader or with committed entries not yet
+ * applied; else 200, flagged `quotaExceeded` past the quota (it serves reads and deletes, refuses puts).
+ */
+function healthResponse(node: KvNodeApi): Response {
+  const storage = node.status().storage;
+  if (storage?.diskFull === true) {
+    return jsonResponse({ error: "disk_full", message: "the disk is full: the node is frozen until space returns; it serves only stale reads" }, 503);
+  }
+  if (!node.healthy()) {
+    return jsonResponse({ error: "unhealthy", message: "no leader is known, or committed entries are not yet applied" }, 503);
+  }
+  return jsonResponse({ healthy: true, ...(storage?.quotaExceeded === true ? { quotaExceeded: true } : {}) }, 200);
+}
+
 /** The status as JSON with every field present: unknown URLs are `null`, never missing. */
 function statusJson(status: NodeStatus) {
   return {
@@ -259,6 +269,7 @@ function statusJson(status: NodeStatus) {
       httpUrl: member.httpUrl ?? null,
       ...(member.role === undefined ? {} : { role: member.role }),
     })),
+    storage: status.storage ?? null,
   };
 }
 

@@ -71,6 +71,9 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
       );
     case "insufficient_storage":
       return jsonResponse(body(code, error.message, details), 507, { "retry-after": String(retryAfterS(details)) });
+    case "quota_exceeded":
+      // No Retry-After: space is freed by deleting keys or raising the quota, not by waiting.
+      return jsonResponse(body(code, error.message, details), 507);
     case "version_mismatch":
     case "conf_change_pending":
     case "member_exists":

@@ -30,6 +30,7 @@ const errorDescriptions: Record<number, string> = {
   413: "too_large",
   429: "overloaded",
   503: "no_leader (nothing proposed), proposal_dropped (proposed, never applied: safe to retry), timeout (outcome unknown) or unavailable",
+  507: "insufficient_storage (the node's disk is full; stale reads are still served) or, for a put, quota_exceeded (past --quota-bytes)",
 };
 
 const keyParameter = { name: "key", in: "path", required: true, description: "Any non-empty UTF-8 string, percent-encoded (a%2Fb is a/b)", schema: { type: "string" } };
@@ -63,7 +64,7 @@ export const openApiDocument = {
         parameters: [keyParameter, consistencyParameter],
         responses: {
           "200": { description: "The value's raw bytes; X-Kv-Version is the Raft index of the write", content: { "application/octet-stream": {} } },
-          ...errors(307, 400, 401, 404, 503),
+          ...errors(307, 400, 401, 404, 503, 507),
         },
       },
       put: {
@@ -72,7 +73,7 @@ export const openApiDocument = {
         requestBody: { required: true, content: { "application/octet-stream": {} } },
         responses: {
           "200": { description: "{key, version}", content: { "application/json": { schema: { type: "object", properties: { key: { type: "string" }, version: { type: "integer" } } } } } },
-          ...errors(307, 400, 401, 409, 413, 429, 503),
+          ...errors(307, 400, 401, 409, 413, 429, 503, 507),
         },
       },
       delete: {
@@ -80,7 +81,7 @@ export const openApiDocument = {
         parameters: [keyParameter, ifVersionParameter, idempotencyParameter],
         responses: {
           "200": { description: "{deleted, version}", content: { "application/json": { schema: { type: "object", properties: { deleted: { type: "boolean" }, version: { type: "integer" } } } } } },
-          ...errors(307, 400, 401, 409, 429, 503),
+          ...errors(307, 400, 401, 409, 429, 503, 507),
         },
       },
     },
@@ -98,12 +99,12 @@ export const openApiDocument = {
             description: "{items:[{key, value (UTF-8 text or {base64}), version}], more}",
             content: { "application/json": { schema: { type: "object", properties: { items: { type: "array" }, more: { type: "boolean" } } } } },
           },
-          ...errors(400, 401, 503),
+          ...errors(400, 401, 503, 507),
         },
       },
     },
     "/status": { get: { summary: "This node's role, term, leader, indexes and members", responses: { "200": { description: "JSON status" }, ...errors(401) } } },
-    "/health": { get: { summary: "200 when a leader is known and everything committed is applied", responses: { "200": { description: "healthy" }, ...errors(503) } } },
+    "/health": { get: { summary: "200 when a leader is known and everything committed is applied (quotaExceeded: true past the quota); 503 unhealthy, or disk_full while the disk is full", responses: { "200": { description: "healthy" }, ...errors(503) } } },
     "/metrics": { get: { summary: "Prometheus text format", responses: { "200": { description: "metrics", content: { "text/plain": {} } }, ...errors(401) } } },
     "/leader/transfer": {
       post: {

@@ -16,7 +16,8 @@ export type KvErrorCode =
   | "version_mismatch" // a conditional write found another version: nothing changed
   | "conf_change_pending" // another membership change is not yet applied: nothing was proposed
   | "member_exists" // the node to add is already a member: nothing was proposed
-  | "insufficient_storage"; // the node's disk is full: nothing was written; retry later
+  | "insufficient_storage" // the node's disk is full: nothing was written; retry later
+  | "quota_exceeded"; // the data kept is over --quota-bytes: puts are refused (reads and deletes are not)
 
 export interface KvErrorDetails {
   leaderId?: number;

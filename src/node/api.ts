@@ -55,6 +55,20 @@ export interface NodeStatus {
   /** The first index still in the log: snapshotIndex + 1. */
   readonly firstLogIndex: number;
   readonly members: readonly MemberStatus[];
+  /** The data this node keeps against its quota, and whether its disk is full (absent: not known). */
+  readonly storage?: StorageStatus;
+}
+
+/** See `NodeStatus.storage`. */
+export interface StorageStatus {
+  /** Bytes of data kept, as last measured (about every ten ticks). */
+  readonly dataBytes: number;
+  /** `--quota-bytes`; 0: no quota. */
+  readonly quotaBytes: number;
+  /** At or past the quota: puts are refused with `quota_exceeded`; reads and deletes go on. */
+  readonly quotaExceeded: boolean;
+  /** The disk refused a write: the node is frozen until space returns (stale reads still served). */
+  readonly diskFull: boolean;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { AssertionError, assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
+import { isDiskFull } from "../lib/disk-full.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
@@ -26,13 +27,6 @@ interface BlockedReady {
   stage: "install" | "save" | "apply";
 }
 
-/** SQLite's "database or disk is full" (or the OS's ENOSPC): an operating error the node waits out. */
-function isDiskFull(error: unknown): boolean {
-  const code = (error as { code?: unknown } | undefined)?.code;
-  const message = error instanceof Error ? error.message : String(error);
-  return code === "SQLITE_FULL" || code === "ENOSPC" || /database or disk is full|ENOSPC|no space left/i.test(message);
-}
-
 /**
  * A proposal whose index another leader's entry took: the log there is committed with the other
  * entry, so ours can never apply (log matching). Unlike `timeout`, the outcome is known, and
@@ -43,7 +37,11 @@ function proposalDropped(what: string): KvError {
 }
 
 function diskFullError(): KvError {
-  return new KvError("insufficient_storage", "the disk is full: writes are refused until space returns", { retryAfterS: 5 });
+  return new KvError(
+    "insufficient_storage",
+    "the disk is full: this node is frozen until space returns (nothing was written; reads with consistency=stale are still served)",
+    { retryAfterS: 5 },
+  );
 }
 
 /** The optional parts of a write command. */
@@ -106,7 +104,23 @@ export interface KvNodeConfig {
    * catches up from the log rather than by a snapshot. Below `snapshotEntries`. Default 1 000.
    */
   readonly snapshotCatchUpEntries?: number;
+  /**
+   * The space quota (etcd's `--quota-backend-bytes`): once the data this node keeps
+   * (`KvStorage.dataBytes`) reaches it, the leader refuses puts with `quota_exceeded`; reads and
+   * deletes go on, and the log is compacted at every apply until the data is back under it.
+   * Undefined: no quota (`kv serve` passes `defaultQuotaBytes` unless told otherwise).
+   */
+  readonly quotaBytes?: number;
 }
+
+/** `kv serve`'s quota when `--quota-bytes` is not given: 2 GiB, etcd's default. */
+export const defaultQuotaBytes = 2 * 1024 ** 3;
+
+/**
+ * Ticks between two measurements of the data kept (two pragmas). Between them the leader adds what
+ * it proposed to the last measurement, so a burst of writes cannot run far past the quota unseen.
+ */
+const dataMeasureTicks = 10;
 
 /** When the log is compacted (see `KvNodeConfig.snapshotEntries`). */
 export const defaultSnapshotPolicy = {
@@ -219,6 +233,8 @@ export class KvNode implements KvNodeApi {
   private snapshotSequence = 0;
   /** The image being received, chunk by chunk; its rows are staged in storage. */
   private incomingSnapshot: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number } | undefined;
+  /** The InstallSnapshot of the image staged in full, until it is installed or refused (see settleStagedImage). */
+  private imageAwaitingInstall: SnapshotRequest | undefined;
   private readonly snapshotEntries: number;
   private readonly snapshotCatchUpEntries: number;
   /** Every member's addresses as this node reaches them: the recorded ones, overridden by `cfg.peers`. */
@@ -228,6 +244,11 @@ export class KvNode implements KvNodeApi {
   private pendingConfChange: PendingConfChange | undefined;
   /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
   private removed = false;
+  /** `KvStorage.dataBytes` at the last measurement, and what this node proposed since (see `dataMeasureTicks`). */
+  private dataBytesMeasured = 0;
+  private bytesProposedSinceMeasure = 0;
+  private ticksSinceMeasure = 0;
+  private quotaExceededLogged = false;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -267,6 +288,8 @@ export class KvNode implements KvNodeApi {
       ...defaultRaftLimits,
     });
     this.readNonce = cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36);
+    assert(cfg.quotaBytes === undefined || (Number.isSafeInteger(cfg.quotaBytes) && cfg.quotaBytes > 0), `quotaBytes ${cfg.quotaBytes}`);
+    this.measureData();
   }
 
   /** Sets the advertised client URL once the HTTP port is known (port 0 listens). */
@@ -369,7 +392,33 @@ export class KvNode implements KvNodeApi {
       snapshotIndex: this.cfg.storage.snapshot().index,
       firstLogIndex: this.cfg.storage.firstIndex(),
       members: this.memberStatuses(),
+      storage: {
+        dataBytes: this.dataBytesMeasured,
+        quotaBytes: this.cfg.quotaBytes ?? 0,
+        quotaExceeded: this.overQuota(),
+        diskFull: this.blockedReady !== undefined,
+      },
     };
+  }
+
+  /** Whether the data kept, as last measured plus what was proposed since, has reached the quota. */
+  private overQuota(): boolean {
+    const quota = this.cfg.quotaBytes;
+    return quota !== undefined && this.dataBytesMeasured + this.bytesProposedSinceMeasure >= quota;
+  }
+
+  /** Measures the data kept (cheap: see `KvStorage.dataBytes`) and logs crossing the quota either way. */
+  private measureData(): void {
+    this.dataBytesMeasured = this.cfg.storage.dataBytes();
+    this.bytesProposedSinceMeasure = 0;
+    this.ticksSinceMeasure = 0;
+    const quotaBytes = this.cfg.quotaBytes;
+    if (quotaBytes === undefined || this.overQuota() === this.quotaExceededLogged) return;
+    this.quotaExceededLogged = !this.quotaExceededLogged;
+    const detail = this.quotaExceededLogged
+      ? "puts are refused with quota_exceeded; reads and deletes go on (delete keys, or raise --quota-bytes and restart)"
+      : "the data is back under the quota: puts are taken again";
+    this.cfg.log?.(this.quotaExceededLogged ? "quota exceeded" : "quota ok", { dataBytes: this.dataBytesMeasured, quotaBytes, detail });
   }
 
   // ---- Membership ---------------------------------------------------------------------------
@@ -564,7 +613,17 @@ export class KvNode implements KvNodeApi {
     const raft = this.raw.raft;
     if (raft.role !== "leader") throw this.notLeader();
     this.refuseWhenFull();
+    // Checked where the write is proposed, on the leader (as etcd's quota): every replica keeps the
+    // same state machine, so the leader's size stands for theirs. Deletes pass, so space can be freed.
+    if (command.op === "put" && this.overQuota()) {
+      throw new KvError(
+        "quota_exceeded",
+        `this node keeps ${this.dataBytesMeasured + this.bytesProposedSinceMeasure} bytes, at or past its quota of ${this.cfg.quotaBytes} bytes: puts are refused; delete keys, or raise --quota-bytes and restart`,
+      );
+    }
     const data = encodeCommand(command);
+    // The entry lands in the log, its value in the state machine: counted twice until measured.
+    this.bytesProposedSinceMeasure += 2 * data.byteLength;
     return new Promise<ApplyResult>((resolve, reject) => {
       this.queuedWrites.push({ resolve, reject, deadlineMs: this.deadline(), data });
       this.scheduleTurn();
@@ -603,6 +662,7 @@ export class KvNode implements KvNodeApi {
 
   private onTick(): void {
     if (this.stopped) return;
+    if (++this.ticksSinceMeasure >= dataMeasureTicks) this.measureData();
     if (this.blockedReady !== undefined) {
       // Frozen until the disk takes the Ready: requests still time out, and a retry runs every 10 ticks.
       this.expireWaiters();
@@ -671,6 +731,11 @@ export class KvNode implements KvNodeApi {
     } catch (error) {
       this.fail(error instanceof Error ? error : new Error(String(error)));
     } finally {
+      try {
+        this.settleStagedImage();
+      } catch (error) {
+        this.fail(error instanceof Error ? error : new Error(String(error)));
+      }
       // Peers' calls whose messages this turn took are answered now, with our replies inside;
       // while replies wait for the disk, the calls wait with them (answered once the fsync returns).
       if (this.held.length === 0 || this.stopped) this.transport?.flush();
@@ -965,6 +1030,8 @@ export class KvNode implements KvNodeApi {
    */
   receiveSnapshotChunk(chunk: SnapshotChunk): void {
     if (this.stopped || this.transport === undefined) throw new SnapshotChunkRefusedError("the node is not running");
+    // Frozen by a full disk: a new image would replace one whose install waits, and could not be staged anyway.
+    if (this.blockedReady !== undefined) throw new SnapshotChunkRefusedError("the disk is full: no image is taken until space returns");
     const term = this.raw.raft.term;
     if (chunk.term < term) throw new SnapshotChunkRefusedError(`chunk of term ${chunk.term}; this node is in term ${term}`);
     let incoming = this.incomingSnapshot;
@@ -1009,9 +1076,28 @@ export class KvNode implements KvNodeApi {
     };
     this.cfg.log?.("snapshot received", { from: chunk.from, index: incoming.metadata.index, imageId: chunk.imageId, chunks: incoming.nextSeq });
     this.inbox.push(message);
+    this.imageAwaitingInstall = message;
     this.turn();
-    // Installed by now, or not needed (our log already covered it, or its term was stale): either way done with it.
-    if (!this.stopped) this.cfg.storage.discardStagedImage();
+  }
+
+  /**
+   * After a turn: drops the staged image once it is installed or refused (our log already covered
+   * it, or its term was stale). One the turn could not carry out yet is kept: a full disk blocked its
+   * install (`blockedReady` at stage "install"), or blocked the turn before its message was stepped.
+   */
+  private settleStagedImage(): void {
+    const awaiting = this.imageAwaitingInstall;
+    if (awaiting === undefined || this.stopped) return;
+    const blocked = this.blockedReady;
+    if (blocked !== undefined && blocked.stage === "install" && blocked.ready.snapshot?.imageId === awaiting.imageId) return;
+    if (this.inbox.includes(awaiting)) return;
+    this.imageAwaitingInstall = undefined;
+    try {
+      this.cfg.storage.discardStagedImage();
+    } catch (error) {
+      // Left staged on a full disk: bounded (one image), and the next image's first chunk drops it.
+      if (!isDiskFull(error)) throw error;
+    }
   }
 
   /** Compacts once `snapshotEntries` are applied past the last snapshot, keeping `snapshotCatchUpEntries`. */
@@ -1019,10 +1105,13 @@ export class KvNode implements KvNodeApi {
     const storage = this.cfg.storage;
     const applied = storage.appliedIndex();
     const snapshotIndex = storage.snapshot().index;
-    if (applied - snapshotIndex < this.snapshotEntries) return;
     const index = applied - this.snapshotCatchUpEntries;
+    // Past the quota the log is compacted at every apply: what deletes free then counts at once.
+    const dueByQuota = this.overQuota() && index > snapshotIndex;
+    if (applied - snapshotIndex < this.snapshotEntries && !dueByQuota) return;
     storage.compact(index);
     this.cfg.log?.("log compacted", { index, applied });
+    if (dueByQuota) this.measureData();
   }
 
   private notLeaderForRead(): KvError {

@@ -34,6 +34,11 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   applyEntries(entries: readonly Entry[]): ApplyResult[];
   /** The index of the last entry whose effect is in the state machine; 0 when none. */
   appliedIndex(): number;
+  /**
+   * Bytes of data this storage keeps now (the log, the state machine, a staged image and their
+   * overhead), what `--quota-bytes` bounds. Cheap enough for every tick, not meant for every write.
+   */
+  dataBytes(): number;
   /** The current value of `key` and the index of the put that wrote it. */
   get(key: string): StoredValue | undefined;
   /**

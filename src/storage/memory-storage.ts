@@ -218,6 +218,16 @@ export class MemoryKvStorage implements KvStorage {
     return this.applied;
   }
 
+  /** As `SqliteStorage.dataBytes`: keys, values and log entries, counted each call (tests only hold a few). */
+  dataBytes(): number {
+    this.assertOpen();
+    let bytes = 0;
+    for (const [key, stored] of this.values) bytes += key.length + stored.value.byteLength + 8;
+    for (const [key, stored] of this.staged) bytes += key.length + stored.value.byteLength + 8;
+    for (const entry of this.log) bytes += entry.data.byteLength + 16;
+    return bytes;
+  }
+
   /** The value of `key` and its version; the bytes are shared, not copied. */
   get(key: string): StoredValue | undefined {
     this.assertOpen();

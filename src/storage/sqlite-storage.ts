@@ -378,6 +378,9 @@ export class SqliteStorage implements KvStorage {
   private readonly installTransaction: (snapshot: SnapshotMetadata, hardState: HardState, membership: Membership) => void;
   private readonly stagedImageBytesMax: number;
   private readonly lockWaitMs: number;
+  private readonly pageCount: Statement<{ page_count: number }, []>;
+  private readonly freelistCount: Statement<{ freelist_count: number }, []>;
+  private readonly pageBytes: number;
 
   /** Use `openSqliteStorage`. */
   constructor(
@@ -429,6 +432,9 @@ export class SqliteStorage implements KvStorage {
     this.clearKv = db.prepare("DELETE FROM kv");
     this.copyStagedToKv = db.prepare("INSERT INTO kv (key, value, version) SELECT key, value, version FROM kv_staging");
     this.touchMeta = db.prepare("SELECT applied_index FROM meta WHERE id = 1");
+    this.pageCount = db.prepare("PRAGMA page_count");
+    this.freelistCount = db.prepare("PRAGMA freelist_count");
+    this.pageBytes = db.query<{ page_size: number }, []>("PRAGMA page_size").get()?.page_size ?? 4096;
     this.compactTransaction = db.transaction((snapshot: SnapshotMetadata) => {
       this.deleteEntriesTo.run(snapshot.index);
       this.writeSnapshotMeta(snapshot);
@@ -684,6 +690,19 @@ export class SqliteStorage implements KvStorage {
   appliedIndex(): number {
     this.assertOpen();
     return this.applied;
+  }
+
+  /**
+   * See `KvStorage.dataBytes`: the database's pages in use, (page_count - freelist_count) ×
+   * page_size, as the newest transaction left them (the WAL included, checkpointed or not). Pages
+   * freed by deletes and compaction are reused before the file grows, so this is what new data
+   * would add to; the WAL file itself is not counted (bounded by walBytesLimit after a checkpoint).
+   */
+  dataBytes(): number {
+    this.assertOpen();
+    const pages = this.pageCount.get()?.page_count ?? 0;
+    const free = this.freelistCount.get()?.freelist_count ?? 0;
+    return Math.max(0, pages - free) * this.pageBytes;
   }
 
   /** The value of `key` and its version, read from disk (a fresh copy each call). */

@@ -1,0 +1,178 @@
+// Proves, with the built executable on a 48 MB filesystem (issue 13, finding 10), that past --quota-bytes a node refuses puts with 507 quota_exceeded while reads, listings, /health and deletes keep working and the disk never fills, and that a node started on a full filesystem says so in one log line, prints no stack trace, waits, and serves every acknowledged write once space is freed.
+import { afterAll, describe, expect, test } from "bun:test";
+import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { killAllKvProcesses, startKvProcess, type KvProcess } from "./helpers/kv-process.ts";
+
+const smallDir = mkdtempSync(join(tmpdir(), "kv-small-"));
+// Logs live outside the small filesystem: filling it must not silence the node.
+const logDir = mkdtempSync(join(tmpdir(), "kv-small-logs-"));
+const mount = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", smallDir], { stderr: "pipe" });
+const mounted = mount.exitCode === 0;
+if (!mounted) {
+  console.warn(`disk-quota.test.ts: skipped: 'mount -t tmpfs' was refused (${mount.stderr.toString().trim()}); these tests need root`);
+}
+
+afterAll(async () => {
+  await killAllKvProcesses();
+  if (mounted) Bun.spawnSync(["umount", smallDir]);
+  rmSync(smallDir, { recursive: true, force: true });
+  rmSync(logDir, { recursive: true, force: true });
+});
+
+/** Polls `probe` until it returns a value (not undefined) or `timeoutMs` passes. */
+async function pollFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (performance.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await Bun.sleep(50); // polling interval
+  }
+}
+
+/** Waits for /health to answer 200 (a leader is known and everything committed is applied). */
+function waitHealthy(node: KvProcess): Promise<true> {
+  return pollFor("healthy", async () => ((await fetch(`${node.httpUrl}/health`)).status === 200 ? true : undefined));
+}
+
+/** Fills the filesystem holding `dir` with one file until the OS says ENOSPC; returns that file. */
+function fillFilesystem(dir: string): string {
+  const file = join(dir, "filler");
+  const fd = openSync(file, "w");
+  try {
+    for (const chunkBytes of [1 << 20, 4096, 512]) {
+      const chunk = new Uint8Array(chunkBytes).fill(1);
+      for (;;) {
+        try {
+          writeSync(fd, chunk);
+        } catch (error) {
+          if ((error as { code?: string }).code !== "ENOSPC") throw error;
+          break;
+        }
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return file;
+}
+
+describe.skipIf(!mounted)("a full disk and the space quota (real process, 48 MB tmpfs)", () => {
+  test("past --quota-bytes: puts get 507 quota_exceeded, reads, listings, /health and deletes work, the disk does not fill, and deletes make room again", async () => {
+    const dataDir = join(smallDir, "quota");
+    const logFile = join(logDir, "quota.log");
+    const node = await startKvProcess({
+      id: 1,
+      cluster: "1=http://127.0.0.1:0",
+      dataDir,
+      logFile,
+      args: ["--quota-bytes", String(4 << 20), "--snapshot-entries", "20", "--snapshot-catchup-entries", "5"],
+    });
+    try {
+      await waitHealthy(node);
+      const value = new Uint8Array(100_000).map((_, i) => i % 251);
+      let written = 0;
+      let refusal: { status: number; body: { error?: string; message?: string } } | undefined;
+      for (let i = 0; i < 200 && refusal === undefined; i++) {
+        const response = await fetch(`${node.httpUrl}/kv/big-${i}`, { method: "PUT", body: value });
+        if (response.status === 200) {
+          await response.arrayBuffer();
+          written++;
+        } else {
+          refusal = { status: response.status, body: (await response.json()) as { error?: string } };
+        }
+      }
+      expect(refusal?.status).toBe(507);
+      expect(refusal?.body.error).toBe("quota_exceeded");
+      expect(written).toBeGreaterThanOrEqual(5);
+      // The quota kept the disk from filling: most of the 48 MB is still free.
+      const fs = statfsSync(smallDir);
+      expect(fs.bavail * fs.bsize).toBeGreaterThan(16 << 20);
+
+      // Reads of every kind, a listing and /health still work.
+      for (const consistency of ["linearizable", "lease", "stale"]) {
+        const response = await fetch(`${node.httpUrl}/kv/big-0?consistency=${consistency}`);
+        expect(response.status).toBe(200);
+        expect(new Uint8Array(await response.arrayBuffer())).toEqual(value);
+      }
+      const listing = await fetch(`${node.httpUrl}/kv?prefix=big-&limit=1000`);
+      expect(listing.status).toBe(200);
+      expect(((await listing.json()) as { items: unknown[] }).items.length).toBe(written);
+      const health = await fetch(`${node.httpUrl}/health`);
+      expect(health.status).toBe(200);
+      expect(await health.json()).toEqual({ healthy: true, quotaExceeded: true });
+      const status = (await (await fetch(`${node.httpUrl}/status`)).json()) as { storage: { quotaExceeded: boolean; quotaBytes: number } };
+      expect(status.storage).toMatchObject({ quotaExceeded: true, quotaBytes: 4 << 20 });
+
+      // Deletes go through, and free room for puts again.
+      for (let i = 0; i < written; i++) {
+        const response = await fetch(`${node.httpUrl}/kv/big-${i}`, { method: "DELETE" });
+        expect(response.status).toBe(200);
+        expect(((await response.json()) as { deleted: boolean }).deleted).toBe(true);
+      }
+      await pollFor("a put accepted after the deletes", async () => {
+        const response = await fetch(`${node.httpUrl}/kv/after`, { method: "PUT", body: value });
+        await response.arrayBuffer();
+        return response.status === 200 ? true : undefined;
+      });
+      const log = await node.log();
+      expect(log).toContain('"event":"quota exceeded"');
+      expect(log).toContain('"event":"quota ok"');
+      expect(log).not.toContain('"event":"disk full"');
+    } finally {
+      await node.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  test("a node started on a full filesystem logs one line, prints no stack trace, waits, and serves what it had once space is freed", async () => {
+    const dataDir = join(smallDir, "full");
+    const logFile = join(logDir, "full.log");
+    const first = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(logDir, "full-first.log") });
+    let filler: string | undefined;
+    let node: KvProcess | undefined;
+    try {
+      await waitHealthy(first);
+      for (let i = 0; i < 5; i++) expect((await fetch(`${first.httpUrl}/kv/kept-${i}`, { method: "PUT", body: `v${i}` })).status).toBe(200);
+      expect(await first.terminate()).toBe(0);
+
+      filler = fillFilesystem(smallDir);
+      let exitedEarly: unknown;
+      const starting = startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile, startTimeoutMs: 60_000 });
+      starting.then(
+        (started) => (node = started),
+        (error: unknown) => (exitedEarly = error),
+      );
+      // It says so once, whether it is still opening its database or already frozen in its loop.
+      const fullLine = await pollFor("the 'disk full' log line (or an early exit)", async () => {
+        if (exitedEarly !== undefined) return `exited: ${String(exitedEarly)}`;
+        const text = Bun.file(logFile);
+        if (!(await text.exists())) return undefined;
+        return (await text.text()).split("\n").find((line) => line.includes('"event":"disk full"'));
+      });
+      expect(fullLine).toContain('"event":"disk full"');
+      expect(exitedEarly).toBeUndefined();
+
+      rmSync(filler);
+      filler = undefined;
+      const started = await starting;
+      const kept = await pollFor("a read once space is back", async () => {
+        const response = await fetch(`${started.httpUrl}/kv/kept-4`);
+        return response.status === 200 ? response.text() : undefined;
+      });
+      expect(kept).toBe("v4");
+      for (let i = 0; i < 4; i++) expect(await (await fetch(`${started.httpUrl}/kv/kept-${i}`)).text()).toBe(`v${i}`);
+      const log = await Bun.file(logFile).text();
+      expect(log.split("\n").filter((line) => line.includes('"event":"disk full"')).length).toBe(1);
+      expect(log).not.toContain("SQLiteError");
+      expect(log).not.toMatch(/^\s+at /m);
+    } finally {
+      await first.stop();
+      if (node !== undefined) await node.stop();
+      if (filler !== undefined) rmSync(filler, { force: true });
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
