@@ -7,7 +7,7 @@ import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/storage/command.ts";
 import { type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
-import { sessionWindowEntries } from "../src/storage/apply-plan.ts";
+import { legacySessionWindowEntries as sessionWindowEntries } from "../src/storage/apply-plan.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 

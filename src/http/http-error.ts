@@ -67,6 +67,8 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
       );
     case "insufficient_storage":
       return jsonResponse(body(code, error.message, details), 507, { "retry-after": String(retryAfterS(details)) });
+    case "idempotency_key_reused":
+      return jsonResponse(body(code, error.message, details), 422);
     case "version_mismatch":
     case "conf_change_pending":
     case "member_exists":
