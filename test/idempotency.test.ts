@@ -197,6 +197,29 @@ describe.each(implementations)("%s sessions", (_name, open) => {
     }
   });
 
+  test("an image from a 0.1.0 leader (sessions, no session clock) installs with its sessions counted toward the cap", () => {
+    const storage = open();
+    try {
+      const legacySession = { key: `${sessionKeyPrefix}old`, value: bytes(JSON.stringify({ kind: "put", version: 1 })), version: 1 };
+      storage.stageImageChunk("image-0.1.0", [legacySession, { key: "x", value: bytes("v"), version: 1 }], true);
+      storage.installSnapshot({ index: 5, term: 1, voters: [1] }, "image-0.1.0");
+      const write = (index: number, idempotencyKey: string, key: string) =>
+        entry(index, { op: "put", key, value: bytes("v"), idempotencyKey, stamp: stamp(t0, 10 * minuteMs, 2) });
+      // Within the cap of 2 (the old session and a): the old session, with no fingerprint, answers a put under its key.
+      expect(apply(storage, [write(6, "a", "a"), write(7, "old", "x")])).toEqual([
+        { kind: "put", index: 6, version: 6 },
+        { kind: "put", index: 7, version: 1 },
+      ]);
+      // b makes three: the oldest, the 0.1.0 session, is dropped; a retry under it applies anew.
+      expect(apply(storage, [write(8, "b", "b"), write(9, "old", "x")])).toEqual([
+        { kind: "put", index: 8, version: 8 },
+        { kind: "put", index: 9, version: 9 },
+      ]);
+    } finally {
+      storage.close();
+    }
+  });
+
   test("entries in the 0.1.0 encoding apply exactly as before: within 100,000 entries a retry gets the first answer", () => {
     const storage = open();
     try {

@@ -294,7 +294,13 @@ function closeDatabase(db: Database): void {
 function migrate(db: Database, file: string): void {
   db.transaction(() => {
     let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
-    if (version > schemaVersion) throw new StorageError("schema", `unknown schema version ${version}, expected ${schemaVersion}`, file);
+    if (version > schemaVersion) {
+      throw new StorageError(
+        "schema",
+        `the data dir holds schema ${version}, written by a newer release of kv (this one reads schemas up to ${schemaVersion}): run that release or a later one; the data dir was left unchanged`,
+        file,
+      );
+    }
     if (version === 0) {
       db.run(schemaSql);
       db.query("INSERT INTO hard_state (id, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)").run(
