@@ -22,7 +22,7 @@ test("kv --help and kv serve --help describe the commands and flags", () => {
   expect(top.out).toContain("chaos");
   const serve = run(["serve", "--help"]);
   expect(serve.code).toBe(0);
-  for (const flag of ["--id", "--cluster", "--listen-peer", "--listen-http", "--advertise-http", "--data-dir", "--tick-ms", "--election-ticks", "--heartbeat-ticks", "--quota-bytes"]) {
+  for (const flag of ["--id", "--cluster", "--listen-peer", "--listen-http", "--advertise-http", "--data-dir", "--tick-ms", "--election-ticks", "--heartbeat-ticks", "--quota-bytes", "--idempotency-window", "--idempotency-sessions-max"]) {
     expect(serve.out).toContain(flag);
   }
 });
@@ -37,6 +37,9 @@ test.each([
   [["serve", "--id", "1", "--election-ticks", "3", "--heartbeat-ticks", "3"], "--heartbeat-ticks must be a whole number from 1 to 2"],
   [["serve", "--id", "1", "--quota-bytes", "4096"], "--quota-bytes must be 0 (no quota) or at least 1048576"],
   [["serve", "--id", "1", "--quota-bytes", "-1"], "--quota-bytes must be a whole number"],
+  [["serve", "--id", "1", "--idempotency-window", "ten"], "--idempotency-window must be a duration"],
+  [["serve", "--id", "1", "--idempotency-window", "0s"], "--idempotency-window must be a duration"],
+  [["serve", "--id", "1", "--idempotency-sessions-max", "0"], "--idempotency-sessions-max must be a whole number from 1"],
   [["frobnicate"], "unknown command 'frobnicate'"],
 ])("kv %p is a usage error: exit 2 and one line", (args, message) => {
   const result = run(args as string[]);

@@ -170,14 +170,17 @@ describe("exactly-once writes (Idempotency-Key, thesis §6.3)", () => {
     const first = await fetch(url(leader, "/kv/idem"), { method: "PUT", body: "first", headers });
     expect(first.status).toBe(200);
     const { version } = (await first.json()) as { version: number };
-    const retry = await fetch(url(leader, "/kv/idem"), { method: "PUT", body: "second", headers });
+    const retry = await fetch(url(leader, "/kv/idem"), { method: "PUT", body: "first", headers });
     expect(await retry.json()).toEqual({ key: "idem", version });
+    // The same key with another body is not a retry: refused, nothing written.
+    const reused = await fetch(url(leader, "/kv/idem"), { method: "PUT", body: "second", headers });
+    expect(reused.status).toBe(422);
     expect(await (await fetch(url(leader, "/kv/idem"))).text()).toBe("first");
     // The session is replicated state: the next leader answers the retry the same way.
     await cluster.waitForConvergence(version);
     await cluster.kill(leader);
     const next = await cluster.waitForLeader(cluster.nodes.filter((n) => n.state === "running").map((n) => n.id));
-    const afterFailover = await fetch(url(next, "/kv/idem"), { method: "PUT", body: "third", headers });
+    const afterFailover = await fetch(url(next, "/kv/idem"), { method: "PUT", body: "first", headers });
     expect(await afterFailover.json()).toEqual({ key: "idem", version });
     expect(await (await fetch(url(next, "/kv/idem"))).text()).toBe("first");
     // A different key is a different write.

@@ -7,7 +7,7 @@ import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/storage/command.ts";
 import { type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
-import { sessionWindowEntries } from "../src/storage/apply-plan.ts";
+import { legacySessionWindowEntries } from "../src/storage/apply-plan.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 
@@ -148,14 +148,14 @@ describe.each(implementations)("%s state machine", (_name, open) => {
   });
 });
 
-test("an idempotent retry just past the session window gets the same answer on replicas that applied in different batches", () => {
+test("an idempotent retry in the 0.1.0 encoding just past its 100,000-entry window gets the same answer on replicas that applied in different batches", () => {
   const retry = (index: number): Entry => ({
     index,
     term: 1,
     type: EntryType.Normal,
     data: encodeCommand({ op: "put", key: "k", value: bytes(`at ${index}`), idempotencyKey: "client-1:7" }),
   });
-  const last = sessionWindowEntries + 3;
+  const last = legacySessionWindowEntries + 3;
   const log: Entry[] = [retry(1)];
   for (let index = 2; index < last; index++) log.push(noop(index));
   log.push(retry(last));

@@ -12,13 +12,13 @@ import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import { observeMethod } from "../lib/observe-method.ts";
 import { secretProblem } from "../lib/secret.ts";
 import { createPrng } from "../lib/prng.ts";
-import { defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy, KvNode } from "../node/kv-node.ts";
+import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy, KvNode } from "../node/kv-node.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { createConnectTransport } from "../transport/connect-transport.ts";
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
 import { createLogger, type Logger, type LogFormat, type LogLevel } from "./logger.ts";
 import { joinCluster } from "./join.ts";
-import { localCluster, parseCluster, parseHostPort, parseIntFlag, UsageError } from "./usage-error.ts";
+import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, UsageError } from "./usage-error.ts";
 
 /**
  * Upper bound of --key-bytes-max: Bun refuses a request line and headers over about 16 KiB (431),
@@ -40,6 +40,12 @@ const DISK_RETRY_MS = 1_000;
 /** How long shutdown waits for requests in flight to be answered before it closes their connections. */
 const SHUTDOWN_DRAIN_MS_MAX = 3_000;
 
+/** Bounds of --idempotency-window: at least a second, at most a week. */
+const IDEMPOTENCY_WINDOW_MS_MIN = 1_000;
+const IDEMPOTENCY_WINDOW_MS_MAX = 7 * 24 * 3_600_000;
+/** Upper bound of --idempotency-sessions-max (each session is a row of about 150 bytes plus its key). */
+const IDEMPOTENCY_SESSIONS_MAX_LIMIT = 100_000_000;
+
 /** `kv serve`: runs one node until SIGTERM or SIGINT. */
 export const serveCommand = defineCommand({
   meta: { name: "serve", description: "Run one node of a kv cluster (default: node N of the local 3-node cluster)" },
@@ -60,6 +66,16 @@ export const serveCommand = defineCommand({
     "request-timeout-ms": { type: "string", description: `How long a write or read may wait (default ${defaultNodeTimings.requestTimeoutMs})`, valueHint: "MS" },
     "log-level": { type: "string", description: "debug, info, warn or error (default info)", valueHint: "LEVEL" },
     "log-format": { type: "string", description: "json, text, or auto: text on a terminal, else JSON lines (default auto)", valueHint: "FORMAT" },
+    "idempotency-window": {
+      type: "string",
+      description: `How long a write's Idempotency-Key is remembered, by the leaders' wall clocks; a retry after it applies again (default ${defaultIdempotency.windowMs / 60_000}m)`,
+      valueHint: "DURATION",
+    },
+    "idempotency-sessions-max": {
+      type: "string",
+      description: `Idempotency-Key sessions kept at most; past it the oldest are forgotten first (default ${defaultIdempotency.sessionsMax})`,
+      valueHint: "N",
+    },
     "snapshot-entries": {
       type: "string",
       description: `Compact the log once this many entries are applied past the last snapshot (default ${defaultSnapshotPolicy.snapshotEntries})`,
@@ -156,6 +172,14 @@ export const serveCommand = defineCommand({
       args["quota-bytes"] === undefined ? defaultQuotaBytes : parseIntFlag("quota-bytes", args["quota-bytes"], 0, Number.MAX_SAFE_INTEGER);
     if (quotaBytesFlag !== 0 && quotaBytesFlag < QUOTA_BYTES_MIN) throw new UsageError(`--quota-bytes must be 0 (no quota) or at least ${QUOTA_BYTES_MIN}, got '${args["quota-bytes"]}'`);
     const quotaBytes = quotaBytesFlag === 0 ? undefined : quotaBytesFlag;
+    const idempotencyWindowMs =
+      args["idempotency-window"] === undefined
+        ? defaultIdempotency.windowMs
+        : parseDurationFlag("idempotency-window", args["idempotency-window"], IDEMPOTENCY_WINDOW_MS_MIN, IDEMPOTENCY_WINDOW_MS_MAX);
+    const idempotencySessionsMax =
+      args["idempotency-sessions-max"] === undefined
+        ? defaultIdempotency.sessionsMax
+        : parseIntFlag("idempotency-sessions-max", args["idempotency-sessions-max"], 1, IDEMPOTENCY_SESSIONS_MAX_LIMIT);
     const logLevel = (args["log-level"] ?? "info") as LogLevel;
     if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error`);
     const dataDir = args["data-dir"] ?? `./data/node-${id}`;
@@ -267,6 +291,8 @@ export const serveCommand = defineCommand({
       snapshotEntries,
       snapshotCatchUpEntries,
       ...(quotaBytes === undefined ? {} : { quotaBytes }),
+      idempotencyWindowMs,
+      idempotencySessionsMax,
       log: (event, fields) => {
         if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
         logger.log(event === "fatal" ? "error" : "info", event, fields);

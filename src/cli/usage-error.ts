@@ -22,6 +22,33 @@ export function parseIntFlag(flag: string, value: string | undefined, min: numbe
   return n;
 }
 
+const durationUnitsMs: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
+
+/** `--flag 10m`, `90s`, `1h30m`, `500ms` in whole ms, from `minMs` to `maxMs`; a `UsageError` otherwise. */
+export function parseDurationFlag(flag: string, value: string | undefined, minMs: number, maxMs: number): number {
+  const text = value?.trim() ?? "";
+  const part = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;
+  let totalMs = 0;
+  let position = 0;
+  while (position < text.length) {
+    part.lastIndex = position;
+    const match = part.exec(text);
+    if (match === null) break;
+    totalMs += Number(match[1]) * (durationUnitsMs[match[2] as string] as number);
+    position = part.lastIndex;
+  }
+  totalMs = Math.round(totalMs);
+  if (text === "" || position !== text.length || !(totalMs >= minMs && totalMs <= maxMs)) {
+    throw new UsageError(`--${flag} must be a duration from ${formatMs(minMs)} to ${formatMs(maxMs)} such as 10m, 90s or 1h, got '${value}'`);
+  }
+  return totalMs;
+}
+
+function formatMs(ms: number): string {
+  for (const [unit, unitMs] of [["h", 3_600_000], ["m", 60_000], ["s", 1_000]] as const) if (ms % unitMs === 0) return `${ms / unitMs}${unit}`;
+  return `${ms}ms`;
+}
+
 /** Parses `1=http://127.0.0.1:5001,2=...` into id → peer URL. */
 export function parseCluster(value: string): Map<number, string> {
   const peers = new Map<number, string>();

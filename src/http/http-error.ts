@@ -74,6 +74,8 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
     case "quota_exceeded":
       // No Retry-After: space is freed by deleting keys or raising the quota, not by waiting.
       return jsonResponse(body(code, error.message, details), 507);
+    case "idempotency_key_reused":
+      return jsonResponse(body(code, error.message, details), 422);
     case "version_mismatch":
     case "conf_change_pending":
     case "member_exists":

@@ -27,6 +27,7 @@ const errorDescriptions: Record<number, string> = {
   404: "not_found",
   405: "method_not_allowed",
   409: "version_mismatch (compare-and-set) or conf_change_pending",
+  422: "idempotency_key_reused: the Idempotency-Key was first sent with another request; nothing changed",
   413: "too_large",
   429: "overloaded",
   503: "no_leader (nothing proposed), proposal_dropped (proposed, never applied: safe to retry), timeout (outcome unknown) or unavailable",
@@ -43,7 +44,8 @@ const consistencyParameter = {
 const idempotencyParameter = {
   name: "Idempotency-Key",
   in: "header",
-  description: "Exactly-once retries: a write whose key was seen within the last 100,000 log entries applies once and answers the first answer",
+  description:
+    "Exactly-once retries: a retry of the same request under a key seen within the session window (default 10 minutes) applies once and answers the first answer; the key sent with another request gets 422 idempotency_key_reused",
   schema: { type: "string", maxLength: 256 },
 };
 const ifVersionParameter = {
@@ -73,7 +75,7 @@ export const openApiDocument = {
         requestBody: { required: true, content: { "application/octet-stream": {} } },
         responses: {
           "200": { description: "{key, version}", content: { "application/json": { schema: { type: "object", properties: { key: { type: "string" }, version: { type: "integer" } } } } } },
-          ...errors(307, 400, 401, 409, 413, 429, 503, 507),
+          ...errors(307, 400, 401, 409, 413, 422, 429, 503, 507),
         },
       },
       delete: {
@@ -81,7 +83,7 @@ export const openApiDocument = {
         parameters: [keyParameter, ifVersionParameter, idempotencyParameter],
         responses: {
           "200": { description: "{deleted, version}", content: { "application/json": { schema: { type: "object", properties: { deleted: { type: "boolean" }, version: { type: "integer" } } } } } },
-          ...errors(307, 400, 401, 409, 429, 503, 507),
+          ...errors(307, 400, 401, 409, 422, 429, 503, 507),
         },
       },
     },

@@ -5,6 +5,11 @@
 export interface Clock {
   /** Milliseconds on a monotonic scale. */
   nowMs(): number;
+  /**
+   * The wall clock, in ms since the Unix epoch: comparable across machines, but it may jump. Only a
+   * leader stamping an idempotent write reads it (src/node/kv-node.ts); apply reads the stamp.
+   */
+  wallMs(): number;
   /** Calls `fn` every `intervalMs` until the returned function is called. */
   every(intervalMs: number, fn: () => void): () => void;
 }
@@ -12,6 +17,7 @@ export interface Clock {
 export function createSystemClock(): Clock {
   return {
     nowMs: () => performance.now(),
+    wallMs: () => Date.now(),
     every(intervalMs, fn) {
       const timer = setInterval(fn, intervalMs);
       return () => clearInterval(timer);
@@ -19,9 +25,20 @@ export function createSystemClock(): Clock {
   };
 }
 
-/** A clock that moves only when told: `advance(ms)` fires every interval due, in order. */
+/**
+ * A clock that moves only when told: `advance(ms)` fires every interval due, in order. Its wall
+ * clock is `wallStartMs` plus the time advanced plus `wallSkewMs` (set it to model a clock behind).
+ */
 export class ManualClock implements Clock {
   private now = 0;
+  /** Added to the wall clock only. */
+  wallSkewMs = 0;
+
+  constructor(private readonly wallStartMs = 1_700_000_000_000) {}
+
+  wallMs(): number {
+    return this.wallStartMs + this.now + this.wallSkewMs;
+  }
   private timers: { intervalMs: number; nextMs: number; fn: () => void; active: boolean }[] = [];
 
   nowMs(): number {

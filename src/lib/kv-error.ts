@@ -14,6 +14,7 @@ export type KvErrorCode =
   | "unavailable" // the node is shutting down or its storage failed
   | "overloaded" // too many requests waiting; retry later
   | "version_mismatch" // a conditional write found another version: nothing changed
+  | "idempotency_key_reused" // an idempotency key with a live session sent with another request: nothing changed
   | "conf_change_pending" // another membership change is not yet applied: nothing was proposed
   | "member_exists" // the node to add is already a member: nothing was proposed
   | "insufficient_storage" // the node's disk is full: nothing was written; retry later

@@ -5,7 +5,8 @@ export interface WriteOptions {
   readonly ifVersion?: number;
   /**
    * Exactly-once retries (thesis §6.3): a write carrying a key already seen within the session
-   * window (100,000 log entries) changes nothing and answers what the first one answered.
+   * window (`KvNodeConfig.idempotencyWindowMs`) with the same request changes nothing and answers
+   * what the first one answered; with another request it rejects with `idempotency_key_reused`.
    */
   readonly idempotencyKey?: string;
 }

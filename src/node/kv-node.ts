@@ -57,6 +57,14 @@ function checkClientKey(key: string): void {
   if (key.startsWith(sessionKeyPrefix)) throw new KvError("bad_request", "keys starting with NUL + 'session/' are reserved");
 }
 
+/** The error an idempotent write gets when its key's session was made by another request. */
+function idempotencyKeyReused(idempotencyKey: string | undefined): KvError {
+  return new KvError(
+    "idempotency_key_reused",
+    `Idempotency-Key ${JSON.stringify(idempotencyKey)} was first sent with another request (another method, key, value or ifVersion): nothing was written; send a new request under a new key`,
+  );
+}
+
 /** The error a conditional write gets when the key's version is not the expected one. */
 function versionMismatch(key: string, expected: number | undefined, current: number): KvError {
   return new KvError("version_mismatch", `'${key}' is at version ${current}, not ${expected}: nothing was written`, { version: current });
@@ -111,6 +119,13 @@ export interface KvNodeConfig {
    * Undefined: no quota (`kv serve` passes `defaultQuotaBytes` unless told otherwise).
    */
   readonly quotaBytes?: number;
+  /**
+   * How long an idempotent write's session is remembered, by the wall clock of the leaders that
+   * stamp the writes (`kv serve --idempotency-window`). Default `defaultIdempotency.windowMs`.
+   */
+  readonly idempotencyWindowMs?: number;
+  /** Sessions kept at most; past it the oldest are dropped. Default `defaultIdempotency.sessionsMax`. */
+  readonly idempotencySessionsMax?: number;
 }
 
 /** `kv serve`'s quota when `--quota-bytes` is not given: 2 GiB, etcd's default. */
@@ -121,6 +136,16 @@ export const defaultQuotaBytes = 2 * 1024 ** 3;
  * it proposed to the last measurement, so a burst of writes cannot run far past the quota unseen.
  */
 const dataMeasureTicks = 10;
+
+/**
+ * Idempotent-write sessions: a leader stamps these on each idempotent write it proposes, and the
+ * state machine applies them from the log (see src/storage/apply-plan.ts), so every replica decides
+ * alike whatever its own flags say.
+ */
+export const defaultIdempotency = {
+  windowMs: 10 * 60_000,
+  sessionsMax: 100_000,
+} as const;
 
 /** When the log is compacted (see `KvNodeConfig.snapshotEntries`). */
 export const defaultSnapshotPolicy = {
@@ -249,9 +274,15 @@ export class KvNode implements KvNodeApi {
   private bytesProposedSinceMeasure = 0;
   private ticksSinceMeasure = 0;
   private quotaExceededLogged = false;
+  private readonly idempotencyWindowMs: number;
+  private readonly idempotencySessionsMax: number;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
+    this.idempotencyWindowMs = cfg.idempotencyWindowMs ?? defaultIdempotency.windowMs;
+    this.idempotencySessionsMax = cfg.idempotencySessionsMax ?? defaultIdempotency.sessionsMax;
+    assert(Number.isSafeInteger(this.idempotencyWindowMs) && this.idempotencyWindowMs >= 1, `idempotencyWindowMs ${this.idempotencyWindowMs}`);
+    assert(Number.isSafeInteger(this.idempotencySessionsMax) && this.idempotencySessionsMax >= 1, `idempotencySessionsMax ${this.idempotencySessionsMax}`);
     this.snapshotEntries = cfg.snapshotEntries ?? defaultSnapshotPolicy.snapshotEntries;
     this.snapshotCatchUpEntries = cfg.snapshotCatchUpEntries ?? defaultSnapshotPolicy.snapshotCatchUpEntries;
     assert(
@@ -339,6 +370,7 @@ export class KvNode implements KvNodeApi {
   put(key: string, value: Uint8Array, options: WriteOptions = {}): Promise<{ version: number }> {
     const condition = writeConditions(options);
     return this.write({ op: "put", key, value, ...condition }).then((result) => {
+      if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "put", `put applied as ${result.kind}`);
       return { version: result.version };
@@ -348,6 +380,7 @@ export class KvNode implements KvNodeApi {
   delete(key: string, options: WriteOptions = {}): Promise<{ deleted: boolean; version: number }> {
     const condition = writeConditions(options);
     return this.write({ op: "delete", key, ...condition }).then((result) => {
+      if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "delete", `delete applied as ${result.kind}`);
       return { deleted: result.deleted, version: result.version };
@@ -621,7 +654,13 @@ export class KvNode implements KvNodeApi {
         `this node keeps ${this.dataBytesMeasured + this.bytesProposedSinceMeasure} bytes, at or past its quota of ${this.cfg.quotaBytes} bytes: puts are refused; delete keys, or raise --quota-bytes and restart`,
       );
     }
-    const data = encodeCommand(command);
+    // The leader stamps an idempotent write with its wall clock and its session limits: apply
+    // decides the session from these alone, the same on every replica.
+    const stamped: Command =
+      idem === undefined
+        ? command
+        : { ...command, stamp: { atMs: Math.max(0, Math.floor(this.cfg.clock.wallMs())), windowMs: this.idempotencyWindowMs, sessionsMax: this.idempotencySessionsMax } };
+    const data = encodeCommand(stamped);
     // The entry lands in the log, its value in the state machine: counted twice until measured.
     this.bytesProposedSinceMeasure += 2 * data.byteLength;
     return new Promise<ApplyResult>((resolve, reject) => {

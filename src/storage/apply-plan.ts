@@ -1,7 +1,18 @@
+import { createHash } from "node:crypto";
 import { assert, unreachable } from "../lib/assert.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
-import { CommandCodecError, decodeCommand, decodeMembershipChange, isNoopData, type MembershipChange, sessionKeyPrefix } from "./command.ts";
-import { type ApplyResult, StorageError } from "./kv-storage.ts";
+import {
+  type Command,
+  CommandCodecError,
+  decodeCommand,
+  decodeMembershipChange,
+  encodeCommand,
+  type IdempotencyStamp,
+  isNoopData,
+  type MembershipChange,
+  sessionKeyPrefix,
+} from "./command.ts";
+import { type ApplyResult, type ImageRow, StorageError } from "./kv-storage.ts";
 
 /** What `planApply` needs to know about the storage it plans for. */
 export interface ApplyLogView {
@@ -21,12 +32,25 @@ export type ApplyStep =
       readonly key: string;
       readonly value: Uint8Array;
       readonly ifVersion?: number;
-      readonly idempotencyKey?: string;
+      readonly session?: StepSession;
     }
-  | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number; readonly idempotencyKey?: string }
+  | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number; readonly session?: StepSession }
   | { readonly kind: "noop"; readonly index: number }
   | { readonly kind: "skipped"; readonly index: number }
   | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
+
+/** The client session an idempotent write names, as apply needs it. */
+export interface StepSession {
+  readonly idempotencyKey: string;
+  /**
+   * SHA-256 (hex) of the write's encoding without its idempotency key and stamp: its op, key,
+   * ifVersion and value. A later write under the same idempotency key is a retry only if it has the
+   * same fingerprint. SHA-256, not Bun.hash: it must be the same in every release and on every replica.
+   */
+  readonly fingerprint: string;
+  /** Absent for a write in the 0.1.0 encoding. */
+  readonly stamp?: IdempotencyStamp;
+}
 
 /**
  * Decodes and checks a batch of committed entries before anything is written, so a bad entry
@@ -69,7 +93,7 @@ function stepFor(file: string, entry: Entry): ApplyStep {
         const command = decodeCommand(entry.data);
         const condition = {
           ...(command.ifVersion === undefined ? {} : { ifVersion: command.ifVersion }),
-          ...(command.idempotencyKey === undefined ? {} : { idempotencyKey: command.idempotencyKey }),
+          ...(command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) }),
         };
         return command.op === "put"
           ? { kind: "put", index: entry.index, key: command.key, value: command.value, ...condition }
@@ -96,7 +120,12 @@ function stepFor(file: string, entry: Entry): ApplyStep {
   }
 }
 
-/** The result reported for a step, given whether a delete found its key. */
+function stepSession(command: Command, idempotencyKey: string): StepSession {
+  const { idempotencyKey: _, stamp, ...plain } = command;
+  const fingerprint = createHash("sha256").update(encodeCommand(plain as Command)).digest("hex");
+  return { idempotencyKey, fingerprint, ...(stamp === undefined ? {} : { stamp }) };
+}
+
 /**
  * Compare-and-set: a conditional put or delete whose expected version differs from the key's
  * current one (0 when absent) changes nothing and reports the current version. Every replica
@@ -107,8 +136,43 @@ export function conditionFailure(step: ApplyStep, currentVersion: number): Apply
   return step.ifVersion === currentVersion ? undefined : { kind: "conflict", index: step.index, version: currentVersion };
 }
 
-/** Sessions older than this many log entries are forgotten (deterministic: measured in indexes). */
-export const sessionWindowEntries = 100_000;
+/**
+ * How long a session made or matched by a write in the 0.1.0 encoding (no stamp) is remembered, in
+ * log entries after the write that made it, exactly as 0.1.0 counted; it also bounds sessions that
+ * 0.1.0 made (they carry no time). Stamped writes remember sessions by time instead.
+ */
+export const legacySessionWindowEntries = 100_000;
+
+/**
+ * The state machine's session clock, in the kv table under `sessionClockKey` (so it is replicated,
+ * snapshotted and streamed in images with the sessions): `nowMs` is the latest stamp applied so far
+ * (0 before any), so time never goes back whatever a new leader's clock says; `sessions` counts the
+ * session rows, for the cap.
+ */
+interface SessionClock {
+  nowMs: number;
+  sessions: number;
+}
+
+/**
+ * The session clock's key: the session prefix itself. No session has it (an idempotency key is at
+ * least one byte), clients cannot write it and listings do not show it.
+ */
+export const sessionClockKey = sessionKeyPrefix;
+
+/** A session as stored: the first answer, and (after 0.1.0) the request's fingerprint and time. */
+interface SessionRecord {
+  readonly kind: "put" | "delete" | "conflict";
+  readonly version: number;
+  readonly deleted?: boolean;
+  /** `StepSession.fingerprint` of the first request; absent in sessions 0.1.0 made. */
+  readonly fp?: string;
+  /** The session clock when it was made; absent when made before any stamp (0.1.0 or a 0.1.0 leader). */
+  readonly atMs?: number;
+}
+
+/** Session rows looked at per query when forgetting the oldest. */
+const expiryPageRowsMax = 16;
 
 /** The key-value table as a put or delete step sees it (each storage supplies its own). */
 export interface KvTable {
@@ -116,40 +180,160 @@ export interface KvTable {
   put(key: string, value: Uint8Array, version: number): void;
   /** True when the key was there. */
   delete(key: string): boolean;
+  /** Up to `limit` sessions (keys after `sessionKeyPrefix`, not the clock) with the lowest versions, oldest first. */
+  oldestSessions(limit: number): ImageRow[];
+}
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder();
+
+function readSessionClock(table: KvTable): SessionClock {
+  const row = table.get(sessionClockKey);
+  if (row === undefined) return { nowMs: 0, sessions: 0 };
+  const clock = JSON.parse(textDecoder.decode(row.value)) as SessionClock;
+  assert(Number.isSafeInteger(clock.nowMs) && Number.isSafeInteger(clock.sessions) && clock.sessions >= 0, "session clock row invalid");
+  return { nowMs: clock.nowMs, sessions: clock.sessions };
+}
+
+function writeSessionClock(table: KvTable, clock: SessionClock, index: number): void {
+  table.put(sessionClockKey, textEncoder.encode(JSON.stringify({ nowMs: clock.nowMs, sessions: clock.sessions })), index);
 }
 
 /**
- * Executes a put or delete on `table`: an idempotent retry (thesis §6.3: its idempotency key has a
- * session) changes nothing and answers what the first attempt answered; a conditional write whose
- * expected version differs changes nothing and reports the current version; otherwise it applies.
- * An idempotent write's answer is remembered under `sessionKeyPrefix`, in the same table, so it is
- * replicated, persisted and snapshotted with the data. Every replica reaches the same answer.
+ * For a state machine that holds sessions but no session clock (a data dir or an image of 0.1.0):
+ * records the clock with the sessions counted and time not yet started (0), at `index`. The
+ * sessions themselves stay as they are: they carry no time, and are remembered for
+ * `legacySessionWindowEntries` after they were made, as 0.1.0 did. Nothing when there is a clock.
+ */
+export function startSessionClock(table: KvTable, sessionRows: number, index: number): void {
+  if (table.get(sessionClockKey) !== undefined || sessionRows === 0) return;
+  writeSessionClock(table, { nowMs: 0, sessions: sessionRows }, index);
+}
+
+/**
+ * Executes a put or delete on `table`.
+ *
+ * An idempotent write (thesis §6.3) whose idempotency key has a live session is a retry when it is
+ * the same request (same fingerprint: op, key, value, ifVersion) and answers what the first attempt
+ * answered; another request under the same key gets `reused` (a write in the 0.1.0 encoding gets
+ * the first answer, as there). Either way nothing changes. Otherwise
+ * a conditional write whose expected version differs changes nothing and reports the current
+ * version, and anything else applies. An idempotent write's answer is remembered under
+ * `sessionKeyPrefix`, in the same table, so it is replicated, persisted and snapshotted with the data.
+ *
+ * Sessions are decided from the log alone, so every replica, whatever its batches, reaches the same
+ * answer and state: a stamped write first moves the session clock to its stamp (never back), then
+ * forgets sessions at least `windowMs` old by that clock, oldest first; after making a session it
+ * drops the oldest beyond `sessionsMax`. A session is live for a stamped write while younger than
+ * its window; for a write in the 0.1.0 encoding, and for sessions with no time (0.1.0's), while
+ * made within the last `legacySessionWindowEntries` entries, as 0.1.0 decided.
  */
 export function executeWrite(step: Extract<ApplyStep, { kind: "put" | "delete" }>, table: KvTable): ApplyResult {
-  const session = step.idempotencyKey === undefined ? undefined : `${sessionKeyPrefix}${step.idempotencyKey}`;
-  if (session !== undefined) {
-    const remembered = table.get(session);
-    // Remembered for `sessionWindowEntries` entries after the write that made it, counted from
-    // this step: replicas that applied in different batches (and so expired sessions at different
-    // moments) still give the same answer, and reach the same state.
-    if (remembered !== undefined && remembered.version > step.index - sessionWindowEntries) {
-      return { ...(JSON.parse(new TextDecoder().decode(remembered.value)) as object), index: step.index } as ApplyResult;
+  const session = step.session;
+  if (session === undefined) return applyWrite(step, table);
+  const clock = readSessionClock(table);
+  const before = { ...clock };
+  const stamp = session.stamp;
+  if (stamp !== undefined) clock.nowMs = Math.max(clock.nowMs, stamp.atMs);
+  forgetExpiredSessions(table, clock, step.index, stamp?.windowMs);
+  const sessionKey = `${sessionKeyPrefix}${session.idempotencyKey}`;
+  const stored = table.get(sessionKey);
+  if (stored !== undefined) {
+    const record = parseSession(stored.value);
+    const live =
+      stamp === undefined || record.atMs === undefined
+        ? stored.version > step.index - legacySessionWindowEntries
+        : clock.nowMs - record.atMs < stamp.windowMs;
+    if (live) {
+      if (clock.nowMs !== before.nowMs || clock.sessions !== before.sessions) writeSessionClock(table, clock, step.index);
+      // A write in the 0.1.0 encoding gets the first answer whatever it asks, as 0.1.0 answered
+      // it: only a 0.1.0 leader proposes one, and it answers its client from its own apply.
+      return stamp === undefined || sameRequest(record, step, session) ? answerOf(record, step.index) : { kind: "reused", index: step.index };
     }
   }
-  let result = step.ifVersion === undefined ? undefined : conditionFailure(step, table.get(step.key)?.version ?? 0);
-  if (result === undefined) {
-    if (step.kind === "put") {
-      table.put(step.key, step.value, step.index);
-      result = resultFor(step, false);
-    } else {
-      result = resultFor(step, table.delete(step.key));
+  const result = applyWrite(step, table);
+  assert(result.kind === "put" || result.kind === "delete" || result.kind === "conflict", `write applied as ${result.kind}`);
+  // Time starts with the first stamp: until then (0.1.0 leaders only) sessions count in entries.
+  const atMs = stamp !== undefined || clock.nowMs > 0 ? clock.nowMs : undefined;
+  const record: SessionRecord = {
+    kind: result.kind,
+    version: result.version,
+    ...(result.kind === "delete" ? { deleted: result.deleted } : {}),
+    fp: session.fingerprint,
+    ...(atMs === undefined ? {} : { atMs }),
+  };
+  table.put(sessionKey, textEncoder.encode(JSON.stringify(record)), step.index);
+  if (stored === undefined) clock.sessions++;
+  if (stamp !== undefined) {
+    while (clock.sessions > stamp.sessionsMax) {
+      const oldest = table.oldestSessions(1)[0];
+      assert(oldest !== undefined && oldest.key !== sessionKey, "session count above the sessions held");
+      table.delete(oldest.key);
+      clock.sessions--;
     }
   }
-  if (session !== undefined) {
-    const { index: _, ...answer } = result as ApplyResult & { index: number };
-    table.put(session, new TextEncoder().encode(JSON.stringify(answer)), step.index);
-  }
+  writeSessionClock(table, clock, step.index);
   return result;
+}
+
+/**
+ * Forgets sessions from the oldest on while they are expired at `index`: by time (`windowMs`, when
+ * the write is stamped) or, for sessions with no time, by entries. Sessions are made with the
+ * clock, which never goes back, and those with no time all precede the first stamp, so the
+ * sessions in version order are expired up to some point and live after it.
+ */
+function forgetExpiredSessions(table: KvTable, clock: SessionClock, index: number, windowMs: number | undefined): void {
+  for (;;) {
+    const page = table.oldestSessions(expiryPageRowsMax);
+    for (const row of page) {
+      const record = parseSession(row.value);
+      const expired =
+        record.atMs === undefined ? row.version <= index - legacySessionWindowEntries : windowMs !== undefined && clock.nowMs - record.atMs >= windowMs;
+      if (!expired) return;
+      table.delete(row.key);
+      clock.sessions--;
+    }
+    if (page.length < expiryPageRowsMax) return;
+  }
+}
+
+function parseSession(value: Uint8Array): SessionRecord {
+  const record = JSON.parse(textDecoder.decode(value)) as SessionRecord;
+  assert(["put", "delete", "conflict"].includes(record.kind) && Number.isSafeInteger(record.version), "session row invalid");
+  return record;
+}
+
+/**
+ * A retry is the same request as the session's first. A session 0.1.0 made has no fingerprint: any
+ * request with the same op matches it (as 0.1.0 answered it; a conflict does not say its op).
+ */
+function sameRequest(record: SessionRecord, step: Extract<ApplyStep, { kind: "put" | "delete" }>, session: StepSession): boolean {
+  if (record.fp !== undefined) return record.fp === session.fingerprint;
+  return record.kind === step.kind || record.kind === "conflict";
+}
+
+function answerOf(record: SessionRecord, index: number): ApplyResult {
+  switch (record.kind) {
+    case "put":
+      return { kind: "put", index, version: record.version };
+    case "delete":
+      return { kind: "delete", index, deleted: record.deleted === true, version: record.version };
+    case "conflict":
+      return { kind: "conflict", index, version: record.version };
+    default:
+      return unreachable(record.kind, "session of an unknown kind");
+  }
+}
+
+/** A write with no session: compare-and-set, then the put or delete. */
+function applyWrite(step: Extract<ApplyStep, { kind: "put" | "delete" }>, table: KvTable): ApplyResult {
+  const failure = step.ifVersion === undefined ? undefined : conditionFailure(step, table.get(step.key)?.version ?? 0);
+  if (failure !== undefined) return failure;
+  if (step.kind === "put") {
+    table.put(step.key, step.value, step.index);
+    return resultFor(step, false);
+  }
+  return resultFor(step, table.delete(step.key));
 }
 
 export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {

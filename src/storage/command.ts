@@ -7,7 +7,12 @@
  * delete: [0x02] [key length: unsigned LEB128, minimal] [key: UTF-8]
  * put if version:    [0x03] [key length] [key] [expected version: LEB128, at most 8 bytes] [value]
  * delete if version: [0x04] [key length] [key] [expected version]
+ * idempotent (0.1.0): [0x05] [idempotency key length] [idempotency key] [any of the four above]
+ * idempotent, stamped: [0x06] [leader's wall clock, ms] [session window, ms] [sessions max]
+ *                      [idempotency key length] [idempotency key] [any of the four above]
  * ```
+ * The three numbers of 0x06 are LEB128 (at most 8 bytes each). Op bytes never change meaning: a
+ * log or snapshot written by an earlier release decodes and applies as it did there.
  * Empty entry data is a leader's no-op (thesis §6.4), never a command: `decodeCommand` rejects it,
  * callers test `isNoopData` first. A committed entry that does not decode is corruption or a bug,
  * so decoding is strict: unknown op, non-minimal or overlong varint, truncated or invalid UTF-8
@@ -27,8 +32,12 @@ const opPutIfVersion = 0x03;
 const opDeleteIfVersion = 0x04;
 /** Versions are Raft indexes: below 2^53, so at most 8 LEB128 bytes. */
 const versionVarintBytesMax = 8;
-/** An idempotent write (client session, thesis §6.3): [0x05] [key length] [idempotency key] [inner command]. */
+/** An idempotent write (client session, thesis §6.3) as 0.1.0 wrote it: [0x05] [key length] [idempotency key] [inner command]. */
 const opIdempotent = 0x05;
+/** An idempotent write stamped by its leader (see `IdempotencyStamp`): [0x06] [stamp] [key length] [idempotency key] [inner command]. */
+const opIdempotentStamped = 0x06;
+/** Milliseconds since the epoch and session limits are below 2^53: at most 8 LEB128 bytes each. */
+const stampVarintBytesMax = 8;
 /** The longest idempotency key, in UTF-8 bytes. */
 export const idempotencyKeyBytesMax = 256;
 /**
@@ -38,11 +47,28 @@ export const idempotencyKeyBytesMax = 256;
  */
 export const sessionKeyPrefix = "\u0000session/";
 
+/**
+ * What the leader that proposed an idempotent write stamped on it (written by releases after 0.1.0),
+ * so every replica decides the write's session the same way from the log alone: the state machine's
+ * time moves to `atMs` (never back), sessions older than `windowMs` by it are forgotten, and beyond
+ * `sessionsMax` sessions the oldest are dropped (see apply-plan.ts).
+ */
+export interface IdempotencyStamp {
+  /** The leader's wall clock when it proposed the write, in ms since the epoch. */
+  readonly atMs: number;
+  /** How long a session is remembered, by the state machine's time (`kv serve --idempotency-window`). */
+  readonly windowMs: number;
+  /** How many sessions are kept at most (`kv serve --idempotency-sessions-max`); at least 1. */
+  readonly sessionsMax: number;
+}
+
 /** Set `key` to `value`. */
 export interface PutCommand {
   readonly op: "put";
   /** A retried write with the same key applies once and gets the first answer again. */
   readonly idempotencyKey?: string;
+  /** With `idempotencyKey` only: absent in the 0.1.0 encoding. */
+  readonly stamp?: IdempotencyStamp;
   readonly key: string;
   readonly value: Uint8Array;
   /** Apply only if the key's version is this (0: only if absent); otherwise nothing changes. */
@@ -54,6 +80,8 @@ export interface DeleteCommand {
   readonly op: "delete";
   /** A retried write with the same key applies once and gets the first answer again. */
   readonly idempotencyKey?: string;
+  /** With `idempotencyKey` only: absent in the 0.1.0 encoding. */
+  readonly stamp?: IdempotencyStamp;
   readonly key: string;
   /** Apply only if the key's version is this (0: only if absent); otherwise nothing changes. */
   readonly ifVersion?: number;
@@ -81,16 +109,24 @@ export function isNoopData(data: Uint8Array): boolean {
  * surrogate (it would not round-trip through UTF-8) or is longer than `commandKeyBytesMax`.
  */
 export function encodeCommand(command: Command): Uint8Array {
+  if (command.stamp !== undefined && command.idempotencyKey === undefined) throw new CommandCodecError("encode: a stamp without an idempotency key");
   if (command.idempotencyKey !== undefined) {
     const idem = utf8Encoder.encode(command.idempotencyKey);
     if (idem.byteLength === 0 || idem.byteLength > idempotencyKeyBytesMax || !command.idempotencyKey.isWellFormed()) {
       throw new CommandCodecError(`encode: idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
     }
-    const { idempotencyKey: _, ...plain } = command;
+    const { idempotencyKey: _, stamp, ...plain } = command;
     const inner = encodeCommand(plain as Command);
-    const out = new Uint8Array(1 + varintByteLength(idem.byteLength) + idem.byteLength + inner.byteLength);
-    out[0] = opIdempotent;
-    let offset = writeVarint(out, 1, idem.byteLength);
+    const numbers = stamp === undefined ? [] : [stamp.atMs, stamp.windowMs, stamp.sessionsMax];
+    if (stamp !== undefined && (!numbers.every((value) => Number.isSafeInteger(value) && value >= 0) || stamp.sessionsMax < 1)) {
+      throw new CommandCodecError(`encode: stamp ${JSON.stringify(stamp)} is not three whole numbers (sessionsMax at least 1)`);
+    }
+    const numbersBytes = numbers.reduce((sum, value) => sum + varintByteLength(value), 0);
+    const out = new Uint8Array(1 + numbersBytes + varintByteLength(idem.byteLength) + idem.byteLength + inner.byteLength);
+    out[0] = stamp === undefined ? opIdempotent : opIdempotentStamped;
+    let offset = 1;
+    for (const value of numbers) offset = writeVarint(out, offset, value);
+    offset = writeVarint(out, offset, idem.byteLength);
     out.set(idem, offset);
     offset += idem.byteLength;
     out.set(inner, offset);
@@ -133,8 +169,22 @@ export function encodeCommand(command: Command): Uint8Array {
  */
 export function decodeCommand(data: Uint8Array): Command {
   if (data.byteLength === 0) throw new CommandCodecError("decode: empty data is a no-op entry, not a command");
-  if (data[0] === opIdempotent) {
-    const { value: length, next: start } = readVarint(data, 1, keyLengthVarintBytesMax, "idempotency key length");
+  if (data[0] === opIdempotent || data[0] === opIdempotentStamped) {
+    let offset = 1;
+    let stamp: IdempotencyStamp | undefined;
+    if (data[0] === opIdempotentStamped) {
+      const numbers: number[] = [];
+      for (const what of ["stamp time", "session window", "sessions max"]) {
+        const number = readVarint(data, offset, stampVarintBytesMax, what);
+        if (!Number.isSafeInteger(number.value)) throw new CommandCodecError(`decode: ${what} ${number.value} is not a safe integer`);
+        numbers.push(number.value);
+        offset = number.next;
+      }
+      const [atMs, windowMs, sessionsMax] = numbers as [number, number, number];
+      if (sessionsMax < 1) throw new CommandCodecError("decode: sessions max of 0");
+      stamp = { atMs, windowMs, sessionsMax };
+    }
+    const { value: length, next: start } = readVarint(data, offset, keyLengthVarintBytesMax, "idempotency key length");
     if (length === 0 || length > idempotencyKeyBytesMax || start + length > data.byteLength) {
       throw new CommandCodecError(`decode: idempotency key of ${length} bytes is out of range`);
     }
@@ -145,8 +195,8 @@ export function decodeCommand(data: Uint8Array): Command {
       throw new CommandCodecError("decode: idempotency key is not valid UTF-8");
     }
     const inner = data.subarray(start + length);
-    if (inner[0] === opIdempotent) throw new CommandCodecError("decode: nested idempotent command");
-    return { ...decodeCommand(inner), idempotencyKey };
+    if (inner[0] === opIdempotent || inner[0] === opIdempotentStamped) throw new CommandCodecError("decode: nested idempotent command");
+    return { ...decodeCommand(inner), idempotencyKey, ...(stamp === undefined ? {} : { stamp }) };
   }
   const op = data[0] as number;
   if (op !== opPut && op !== opDelete && op !== opPutIfVersion && op !== opDeleteIfVersion) {

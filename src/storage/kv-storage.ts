@@ -153,6 +153,8 @@ export type ApplyResult =
   | { readonly kind: "skipped"; readonly index: number }
   /** A conditional put or delete whose expected version did not match: nothing changed. */
   | { readonly kind: "conflict"; readonly index: number; readonly version: number }
+  /** An idempotent write whose idempotency key has a live session made by another request: nothing changed. */
+  | { readonly kind: "reused"; readonly index: number }
   /** A membership change now in the recorded configuration: the driver hands it to the core. */
   | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
 

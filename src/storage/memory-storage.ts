@@ -1,6 +1,6 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { executeWrite, type KvTable, planApply, resultFor, sessionWindowEntries } from "./apply-plan.ts";
+import { executeWrite, type KvTable, planApply, resultFor, sessionClockKey, startSessionClock } from "./apply-plan.ts";
 import { sessionKeyPrefix } from "./command.ts";
 import {
   type ApplyResult,
@@ -65,11 +65,34 @@ export class MemoryKvStorage implements KvStorage {
   /** log[0] is the entry at snap.index + 1. */
   private log: Entry[] = [];
   private values = new Map<string, StoredValue>();
+  /**
+   * The session keys of `values` (not the session clock), oldest version first: a Set keeps
+   * insertion order, and a put's version is the index being applied, above every one there.
+   */
+  private sessionOrder = new Set<string>();
   /** The kv map as `executeWrite` sees it. */
   private readonly kvTable: KvTable = {
     get: (key) => this.values.get(key),
-    put: (key, value, version) => void this.values.set(key, { value, version }),
-    delete: (key) => this.values.delete(key),
+    put: (key, value, version) => {
+      this.values.set(key, { value, version });
+      if (isSessionKey(key)) {
+        this.sessionOrder.delete(key);
+        this.sessionOrder.add(key);
+      }
+    },
+    delete: (key) => {
+      this.sessionOrder.delete(key);
+      return this.values.delete(key);
+    },
+    oldestSessions: (limit) => {
+      const rows: ImageRow[] = [];
+      for (const key of this.sessionOrder) {
+        if (rows.length >= limit) break;
+        const stored = this.values.get(key) as StoredValue;
+        rows.push({ key, value: stored.value, version: stored.version });
+      }
+      return rows;
+    },
   };
   private applied = 0;
   private staged = new Map<string, StoredValue>();
@@ -198,11 +221,6 @@ export class MemoryKvStorage implements KvStorage {
       if (step.kind === "put" || step.kind === "delete") results.push(executeWrite(step, this.kvTable));
       else results.push(resultFor(step, deleted));
     }
-    // Forget sessions older than the window (by index, so every replica forgets the same ones).
-    const expired = plan.appliedIndex - sessionWindowEntries;
-    if (expired > 0) {
-      for (const [key, stored] of this.values) if (key.startsWith(sessionKeyPrefix) && stored.version < expired) this.values.delete(key);
-    }
     // The configuration moves with the applied index, atomically (as sqlite's one transaction).
     this.voters = membership.voters;
     this.learners = membership.learners;
@@ -320,6 +338,13 @@ export class MemoryKvStorage implements KvStorage {
     this.addresses = addressesAfterInstall(addresses, this.addresses, voters, learners);
     this.snap = { index: metadata.index, term: metadata.term, voters, ...(learners.length > 0 ? { learners } : {}) };
     this.values = this.staged;
+    this.sessionOrder = new Set(
+      [...this.values]
+        .filter(([key]) => isSessionKey(key))
+        .sort(([, a], [, b]) => a.version - b.version)
+        .map(([key]) => key),
+    );
+    startSessionClock(this.kvTable, this.sessionOrder.size, metadata.index);
     this.staged = new Map();
     this.staging = { imageId: undefined, bytes: 0 };
     this.log = [];
@@ -357,6 +382,7 @@ export class MemoryKvStorage implements KvStorage {
     copy.snap = this.snap;
     copy.log = this.log.slice();
     copy.values = new Map(this.values);
+    copy.sessionOrder = new Set(this.sessionOrder);
     copy.applied = this.applied;
     return copy;
   }
@@ -371,6 +397,11 @@ export class MemoryKvStorage implements KvStorage {
 }
 
 const encoder = new TextEncoder();
+
+/** A session's key: under the session prefix, and not the session clock. */
+function isSessionKey(key: string): boolean {
+  return key.startsWith(sessionKeyPrefix) && key !== sessionClockKey;
+}
 
 /** Orders strings by their UTF-8 bytes (JavaScript's < orders by UTF-16 code units). */
 function compareUtf8(a: string, b: string): number {

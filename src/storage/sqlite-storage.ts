@@ -3,7 +3,7 @@ import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSy
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyStep, executeWrite, type KvTable, planApply, resultFor, sessionWindowEntries } from "./apply-plan.ts";
+import { type ApplyStep, executeWrite, type KvTable, planApply, resultFor, startSessionClock } from "./apply-plan.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
   type ApplyResult,
@@ -16,8 +16,8 @@ import {
   StorageError,
   type StoredValue,
 } from "./kv-storage.ts";
-import { sessionKeyPrefix } from "./command.ts";
 import { addressesAfterInstall, membershipAfter, sameMembers, withMissingAddresses } from "./membership.ts";
+import { sessionKeyPrefix } from "./command.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -80,7 +80,7 @@ export interface SqliteStorageOptions {
   readonly stagedImageBytesMax?: number;
 }
 
-const schemaVersion = 3;
+const schemaVersion = 4;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
 /** WAL pages (4 KiB each) after which a commit checkpoints them into the database file. */
@@ -145,6 +145,22 @@ CREATE TABLE members (      -- where each member is reached, as of applied_index
   peer_url TEXT NOT NULL,
   http_url TEXT             -- NULL when unknown
 ) STRICT;
+`;
+
+/**
+ * Session rows (see apply-plan.ts): keys after the session prefix, NUL + "session/", up to
+ * NUL + "session0" ("0" follows "/"); the prefix itself, the session clock, is not one. Written the
+ * same, character for character, in the index and in every query that must use it.
+ */
+const sessionRowsWhere = "key > char(0) || 'session/' AND key < char(0) || 'session0'";
+
+/**
+ * Version 3 -> 4: sessions by time. Sessions are found oldest first (expiry, the cap) through a
+ * partial index holding only session rows, by version. A data dir of 0.1.0 holding sessions gets
+ * the session clock (not started, its sessions counted): see `startSessionClock`.
+ */
+const migrationToV4Sql = `
+CREATE INDEX kv_sessions_by_version ON kv (version) WHERE ${sessionRowsWhere};
 `;
 
 interface MemberRow {
@@ -278,7 +294,13 @@ function closeDatabase(db: Database): void {
 function migrate(db: Database, file: string): void {
   db.transaction(() => {
     let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
-    if (version > schemaVersion) throw new StorageError("schema", `unknown schema version ${version}, expected ${schemaVersion}`, file);
+    if (version > schemaVersion) {
+      throw new StorageError(
+        "schema",
+        `the data dir holds schema ${version}, written by a newer release of kv (this one reads schemas up to ${schemaVersion}): run that release or a later one; the data dir was left unchanged`,
+        file,
+      );
+    }
     if (version === 0) {
       db.run(schemaSql);
       db.query("INSERT INTO hard_state (id, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)").run(
@@ -298,10 +320,35 @@ function migrate(db: Database, file: string): void {
       db.run(migrationToV3Sql);
       version = 3;
     }
+    if (version === 3) {
+      db.run(migrationToV4Sql);
+      const applied = db.query<{ applied_index: number }, []>("SELECT applied_index FROM meta WHERE id = 1").get()?.applied_index ?? 0;
+      startSessionClock(rawKvTable(db), countSessionRows(db), applied);
+      version = 4;
+    }
     db.run(`PRAGMA user_version = ${version}`);
     // An image staged before a restart can never be installed: its transfer died with the process.
     db.run("DELETE FROM kv_staging");
   }).immediate();
+}
+
+/** How many session rows the kv table holds (through the partial index). */
+function countSessionRows(db: Database): number {
+  return db.query<{ n: number }, []>(`SELECT COUNT(*) AS n FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere}`).get()?.n ?? 0;
+}
+
+/** The kv table through unprepared statements: for one-off uses (a migration). */
+function rawKvTable(db: Database): KvTable {
+  return {
+    get: (key) => db.query<KvRow, [string]>("SELECT value, version FROM kv WHERE key = ?").get(key) ?? undefined,
+    put: (key, value, version) =>
+      void db
+        .query("INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version")
+        .run(key, value, version),
+    delete: (key) => db.query("DELETE FROM kv WHERE key = ?").run(key).changes > 0,
+    oldestSessions: (limit) =>
+      db.query<ImageRowRow, [number]>(`SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`).all(limit),
+  };
 }
 
 /** Sizes and limits of one open storage. */
@@ -344,7 +391,7 @@ export class SqliteStorage implements KvStorage {
   private readonly updateApplied: Statement<unknown, [number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
-  private readonly expireSessions: Statement<unknown, [string, string, number]>;
+  private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
   /** The kv table as `executeWrite` sees it, through the prepared statements. */
   private readonly kvTable: KvTable;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
@@ -406,11 +453,15 @@ export class SqliteStorage implements KvStorage {
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
-    this.expireSessions = db.prepare("DELETE FROM kv WHERE key >= ? AND key < ? AND version < ?");
+    // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
+    this.selectOldestSessions = db.prepare(
+      `SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`,
+    );
     this.kvTable = {
       get: (key) => this.selectValue.get(key) ?? undefined,
       put: (key, value, version) => void this.upsertValue.run(key, value, version),
       delete: (key) => this.deleteValue.run(key).changes > 0,
+      oldestSessions: (limit) => this.selectOldestSessions.all(limit),
     };
     this.upsertValue = db.prepare(
       "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
@@ -680,8 +731,6 @@ export class SqliteStorage implements KvStorage {
       if (step.kind === "put" || step.kind === "delete") results.push(executeWrite(step, this.kvTable));
       else results.push(resultFor(step, false));
     }
-    // Forget sessions older than the window (by index, so every replica forgets the same ones).
-    if (appliedIndex > sessionWindowEntries) this.expireSessions.run(sessionKeyPrefix, `${sessionKeyPrefix}\u{10FFFF}`, appliedIndex - sessionWindowEntries);
     this.updateApplied.run(appliedIndex);
     return results;
   }
@@ -853,6 +902,8 @@ export class SqliteStorage implements KvStorage {
     this.clearKv.run();
     this.copyStagedToKv.run();
     this.clearStaging.run();
+    // An image from a 0.1.0 leader has sessions but no session clock.
+    startSessionClock(this.kvTable, countSessionRows(this.db), snapshot.index);
     this.deleteAllEntries.run();
     this.writeMembership(membership);
     this.updateApplied.run(snapshot.index);

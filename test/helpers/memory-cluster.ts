@@ -30,6 +30,7 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
   /** Node `id`'s view of the shared clock: the same time, but no timer fires while it is paused. */
   const clockOf = (id: number): Clock => ({
     nowMs: () => clock.nowMs(),
+    wallMs: () => clock.wallMs(),
     // Like setInterval after a stall, the firings missed while paused are not made up.
     every: (intervalMs, fn) => clock.every(intervalMs, () => paused.has(id) || fn()),
   });
