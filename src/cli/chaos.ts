@@ -11,7 +11,7 @@ import { createLiveDisplay, type LiveDisplay } from "../chaos/live-display.ts";
 import { runPartition } from "../chaos/partition.ts";
 import { modeNeedsProxies, NEMESIS_MODES, type NemesisMode } from "../chaos/nemesis.ts";
 import { runPause } from "../chaos/pause.ts";
-import { formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
+import { EPOCH_OPS_DEFAULT, formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
 import { runRestart } from "../chaos/restart.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 
@@ -211,6 +211,11 @@ const scenarios: Record<string, ScenarioDefinition> = {
       "read-consistency": { type: "string", description: "How reads are served: linearizable (default), lease or stale", valueHint: "MODE" },
       nemesis: { type: "string", description: "Faults to inject: all (default), partition, kill or pause", valueHint: "MODE" },
       report: { type: "string", description: "Write a self-contained HTML report (timeline, faults, latency, verdict, evidence) to FILE", valueHint: "FILE.html" },
+      "epoch-ops": {
+        type: "string",
+        description: `Client operations per epoch: then fresh keys, and the finished epoch is checked and dropped while the run goes on (default ${EPOCH_OPS_DEFAULT})`,
+        valueHint: "N",
+      },
       ...clientTimeoutArg,
     },
     create(flags) {
@@ -222,6 +227,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
       const nemesis = nemesisFlag(flags);
       const requestTimeoutMs = clientTimeoutMs(flags);
       const reportPath = outputPath(flags, "report");
+      const epochOps = intFlag(flags, "epoch-ops", EPOCH_OPS_DEFAULT, 100, 1_000_000);
       const replay = [
         "kv chaos random",
         `--seed ${seed}`,
@@ -231,6 +237,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
         ...(readConsistency === "linearizable" ? [] : [`--read-consistency ${readConsistency}`]),
         ...(nemesis === "all" ? [] : [`--nemesis ${nemesis}`]),
         ...(flags["client-timeout-ms"] === undefined ? [] : [`--client-timeout-ms ${requestTimeoutMs}`]),
+        ...(epochOps === EPOCH_OPS_DEFAULT ? [] : [`--epoch-ops ${epochOps}`]),
       ].join(" ");
       return (cluster, display) =>
         runRandom(cluster, {
@@ -242,6 +249,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
           nemesis,
           requestTimeoutMs,
           replayCommand: replay,
+          epochOps,
           ...(reportPath === undefined ? {} : { reportPath }),
           display,
         });
