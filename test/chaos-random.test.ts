@@ -313,6 +313,7 @@ describe("operations as the checker sees them", () => {
     expect(parseDurationMs("60")).toBe(60_000);
     expect(parseDurationMs("500ms")).toBe(500);
     expect(parseDurationMs("2m")).toBe(120_000);
+    expect(parseDurationMs("1h")).toBe(3_600_000);
     expect(parseDurationMs("1.5s")).toBe(1_500);
     expect(parseDurationMs("5x")).toBeUndefined();
     expect(parseDurationMs("")).toBeUndefined();

@@ -77,12 +77,12 @@ export function keyNames(count: number): string[] {
   return Array.from({ length: count }, (_, i) => `k${i}`);
 }
 
-/** Parses `60s`, `500ms`, `2m` or a bare number of seconds; undefined when it is none of those. */
+/** Parses `60s`, `500ms`, `2m`, `1h` or a bare number of seconds; undefined when it is none of those. */
 export function parseDurationMs(text: string): number | undefined {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/.exec(text);
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
   if (match === null) return undefined;
   const amount = Number(match[1]);
-  const unitMs = match[2] === "ms" ? 1 : match[2] === "m" ? 60_000 : 1_000;
+  const unitMs = match[2] === "ms" ? 1 : match[2] === "m" ? 60_000 : match[2] === "h" ? 3_600_000 : 1_000;
   const ms = Math.round(amount * unitMs);
   return Number.isSafeInteger(ms) ? ms : undefined;
 }

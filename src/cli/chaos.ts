@@ -75,14 +75,14 @@ function randomSeed(): number {
   return crypto.getRandomValues(new Uint32Array(1))[0] ?? 0;
 }
 
-/** `--name 60s|500ms|2m|60` within 100 ms to a day, or `fallbackMs` when absent. */
+/** `--name 60s|500ms|2m|1h|60` within 100 ms to a day, or `fallbackMs` when absent. */
 function durationFlag(flags: FlagValues, name: string, fallbackMs: number): number {
   const value = flags[name];
   if (value === undefined) return fallbackMs;
   if (typeof value !== "string") throw new UsageError(`--${name} takes one value`);
   const ms = parseDurationMs(value);
   if (ms === undefined || ms < 100 || ms > 86_400_000) {
-    throw new UsageError(`--${name} must be a duration from 100ms to 24h such as 60s, 500ms or 2m, got '${value}'`);
+    throw new UsageError(`--${name} must be a duration from 100ms to 24h such as 60s, 500ms, 2m or 1h, got '${value}'`);
   }
   return ms;
 }
@@ -204,7 +204,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
     needsProxies: (flags) => modeNeedsProxies(nemesisFlag(flags)),
     allFlags: { duration: "20s" },
     args: {
-      duration: { type: "string", description: "How long the clients and the nemesis run: 60s, 2m, 500ms (default 60s)", valueHint: "TIME" },
+      duration: { type: "string", description: "How long the clients and the nemesis run: 60s, 2m, 1h, 500ms (default 60s)", valueHint: "TIME" },
       seed: { type: "string", description: "Fixes the nemesis schedule and the clients' choices (default: a random seed, printed)", valueHint: "N" },
       clients: { type: "string", description: "Concurrent clients, one operation at a time each (default 5)", valueHint: "N" },
       keys: { type: "string", description: "Keys the clients share (default 5)", valueHint: "N" },
