@@ -1,4 +1,4 @@
-// Proves `kv chaos random` passes on a healthy kv under a seeded nemesis and catches a real anomaly (stale reads under partitions are reported as a linearizability violation with evidence), through the built executable, and that its pure parts hold: a seed fixes the nemesis schedule, operations are classified as the checker needs, and the HTML report carries the verdict, the timeline and the evidence.
+// Proves `kv chaos random` passes on a healthy kv under a seeded nemesis and catches a real anomaly (stale reads under partitions are reported as a linearizability violation with evidence), through the built executable, that a long run keeps testing to its end (keys rotate in epochs, each checked and dropped while the run goes on, and only faults that met operations count), and that its pure parts hold: a seed fixes the nemesis schedule, operations are classified as the checker needs, and the HTML report carries the verdict, the timeline and the evidence.
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { Outcome } from "../src/chaos/client.ts";
 import { checkLinearizable, describeOperation, type Operation } from "../src/chaos/linearizability.ts";
 import { describeFault, describePlannedFault, modeNeedsProxies, planSchedule, type PlannedFault } from "../src/chaos/nemesis.ts";
-import { countOperations, formatDuration, parseDurationMs, toOperation } from "../src/chaos/random.ts";
+import { countOperations, formatDuration, OperationActivity, parseDurationMs, successLine, toOperation, type RandomResult } from "../src/chaos/random.ts";
 import { escapeHtml, renderReport, type ReportInput } from "../src/chaos/report.ts";
 import { runKv } from "./helpers/kv-binary.ts";
 
@@ -14,6 +14,9 @@ import { runKv } from "./helpers/kv-binary.ts";
 const SCENARIO_TIMEOUT_MS = 120_000;
 
 const run = runKv;
+
+/** What the epoch test reads from `--json` (only what it asserts on). */
+type EpochRunResult = Pick<RandomResult, "epochs" | "workloadEndMs" | "operationsHeldMax" | "operations" | "throughput" | "faults">;
 
 const outDir = mkdtempSync(join(tmpdir(), "kv-random-test-"));
 afterAll(() => rmSync(outDir, { recursive: true, force: true }));
@@ -41,9 +44,9 @@ describe("kv chaos random, through the built executable", () => {
       expect(out).toMatch(/\] nemesis: healed: node \d reconnected/);
       expect(out).toContain("Faults injected: 1 (isolate 1)");
       expect(out).toContain("Final linearizable reads answered: 5 of 5");
-      expect(out).toMatch(/Linearizability: ✅ linearizable \(5 keys, checked in \d+ ms\)/);
+      expect(out).toMatch(/Linearizability: ✅ linearizable \(\d+ keys in \d+ epochs?, checked in \d+ ms\)/);
       expect(out).toMatch(/Convergence: ✅ all 3 nodes applied index \d+ and hold the same value for each of the 5 keys/);
-      expect(out).toMatch(/✅ SUCCESS: \d+ operations under 1 fault are linearizable/);
+      expect(out).toMatch(/✅ SUCCESS: \d+ operations in \d+ epochs? under 1 fault \(of 1 injected\) are linearizable/);
       expect(out).toContain("Replay this schedule: kv chaos random --seed 7 --duration 8s");
       expect(out).not.toContain("❌");
 
@@ -54,6 +57,69 @@ describe("kv chaos random, through the built executable", () => {
       expect(html).toMatch(/<svg [^>]*class="chart latency"/);
       expect(html).toMatch(/isolate node \d( \(the leader\))? from both peers/);
       expect(html).toContain("kv chaos random --seed 7 --duration 8s");
+      expectSelfContained(html);
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
+  test(
+    "a run longer than an epoch keeps testing to its end: fresh keys every --epoch-ops operations, each epoch checked and dropped while the run goes on, only faults that met operations counted",
+    async () => {
+      const jsonFile = join(outDir, "epochs.json");
+      const reportFile = join(outDir, "epochs.html");
+      // Before epochs, 400 was where a run stopped recording (its operation cap): clients went idle at
+      // about 0.5 s while the nemesis went on, and its faults were still counted in the verdict.
+      const epochOps = 400;
+      const args = ["chaos", "random", "--duration", "8s", "--seed", "7", "--epoch-ops", String(epochOps)];
+      const { code, out } = await run([...args, "--json", jsonFile, "--report", reportFile]);
+      if (code !== 0) console.error(out);
+      expect(code).toBe(0);
+      const { result } = JSON.parse(readFileSync(jsonFile, "utf8")) as { result: EpochRunResult };
+      const { epochs } = result;
+
+      // Epochs rotate: every one but the last holds exactly --epoch-ops client operations, on keys no
+      // other epoch uses, and each is linearizable on its own.
+      expect(epochs.length).toBeGreaterThanOrEqual(4);
+      epochs.forEach((epoch, i) => {
+        expect(epoch.index).toBe(i);
+        expect(epoch.verdict).toBe("linearizable");
+        expect(epoch.keys.length).toBe(5);
+        if (i < epochs.length - 1) expect(epoch.clientOperations).toBe(epochOps);
+      });
+      expect(new Set(epochs.flatMap((e) => e.keys)).size).toBe(5 * epochs.length);
+      expect(epochs[0]?.keys).toEqual(["k0", "k1", "k2", "k3", "k4"]);
+
+      // Checked while the run goes on (all but the epoch in progress at the end, and perhaps the one
+      // before it), and their histories dropped: memory holds a few epochs, never the whole run.
+      const checkedDuringRun = epochs.filter((e) => e.checkedAtMs < result.workloadEndMs);
+      expect(checkedDuringRun.length).toBeGreaterThanOrEqual(epochs.length - 2);
+      expect(result.operationsHeldMax).toBeLessThanOrEqual(3 * epochOps + 100);
+      expect(result.operations.total).toBeGreaterThan(4 * epochOps);
+      expect(result.operations.total).toBe(epochs.reduce((n, e) => n + e.operations, 0));
+
+      // Clients keep making operations to the end: the last epoch has some, and every whole second
+      // from 5 s on (the one fault of seed 7 ends near 4 s) completed some.
+      expect(epochs[epochs.length - 1]?.clientOperations ?? 0).toBeGreaterThan(0);
+      const { bucketMs, completed } = result.throughput;
+      expect(bucketMs).toBe(1_000);
+      const lateBuckets = completed.slice(5, Math.floor(result.workloadEndMs / bucketMs));
+      expect(lateBuckets.length).toBeGreaterThanOrEqual(2);
+      for (const n of lateBuckets) expect(n).toBeGreaterThan(0);
+
+      // Faults count only when an operation was in flight during them: here the clients never stop,
+      // so the one fault met operations, and the verdict says so.
+      expect(result.faults.length).toBe(1);
+      expect(result.faults.map((f) => f.metOperations)).toEqual([true]);
+      expect(out).toContain(
+        `✅ SUCCESS: ${result.operations.total} operations in ${epochs.length} epochs under 1 fault (of 1 injected) are linearizable`,
+      );
+      expect(out).toMatch(/\] epoch 0 checked: 4\d\d operations on k0\.\.k4, linearizable/);
+
+      // The report details one epoch (the last) and lists every epoch in a table.
+      const html = readFileSync(reportFile, "utf8");
+      expect(html).toContain('<div class="verdict ok" id="verdict"><strong>Linearizable</strong>');
+      expect(html).toContain(`Timeline and latency show epoch ${epochs.length - 1}`);
+      expect(html.match(/<tr class="epoch /g)?.length).toBe(epochs.length);
       expectSelfContained(html);
     },
     SCENARIO_TIMEOUT_MS,
@@ -220,11 +286,34 @@ describe("operations as the checker sees them", () => {
     expect(countOperations(ops)).toEqual({ total: 2, byKind: { get: 1, put: 1, delete: 0 }, ok: 0, failed: 1, unknown: 1 });
   });
 
+  test("a fault counts only when an operation was in flight during it", () => {
+    const activity = new OperationActivity();
+    // Nothing yet: a fault now met nothing.
+    expect(activity.metBy({ startMs: 0, endMs: 50 })).toBe(false);
+    activity.begin();
+    activity.end(100);
+    // The operation ended at 100: a window from 50 met it, one from 200 did not (nothing in flight since).
+    expect(activity.metBy({ startMs: 50, endMs: 300 })).toBe(true);
+    expect(activity.metBy({ startMs: 200, endMs: 300 })).toBe(false);
+    // One in flight when the window closes met it, however late it began.
+    activity.begin();
+    expect(activity.metBy({ startMs: 400, endMs: 500 })).toBe(true);
+    activity.end(520);
+    expect(activity.metBy({ startMs: 600, endMs: 900 })).toBe(false);
+    expect(successLine({ operations: 900, epochs: 3, faultsMet: 2, faultsInjected: 5 })).toBe(
+      "✅ SUCCESS: 900 operations in 3 epochs under 2 faults (of 5 injected) are linearizable, and every replica converged!",
+    );
+    expect(successLine({ operations: 10, epochs: 1, faultsMet: 1, faultsInjected: 1 })).toBe(
+      "✅ SUCCESS: 10 operations in 1 epoch under 1 fault (of 1 injected) are linearizable, and every replica converged!",
+    );
+  });
+
   test("durations read as the flag takes them", () => {
     expect(parseDurationMs("60s")).toBe(60_000);
     expect(parseDurationMs("60")).toBe(60_000);
     expect(parseDurationMs("500ms")).toBe(500);
     expect(parseDurationMs("2m")).toBe(120_000);
+    expect(parseDurationMs("1h")).toBe(3_600_000);
     expect(parseDurationMs("1.5s")).toBe(1_500);
     expect(parseDurationMs("5x")).toBeUndefined();
     expect(parseDurationMs("")).toBeUndefined();

@@ -181,6 +181,8 @@ export interface NemesisOptions {
   /** The run's clock: ms since the workload started. */
   readonly nowMs: () => number;
   readonly display: LiveDisplay;
+  /** Called as each window closes (healed), at once: `endMs` is now. */
+  readonly onHealed?: (window: FaultWindow) => void;
 }
 
 /** How long a fault may wait to learn which node leads before it picks one from its index. */
@@ -244,7 +246,7 @@ export class Nemesis {
       const endMs = this.opts.nowMs();
       display.print(`${clock(endMs)} nemesis: ${healed} (after ${((endMs - startMs) / 1000).toFixed(1)} s)`);
       display.setFault("none");
-      this.windows.push({
+      const window: FaultWindow = {
         index: planned.index,
         kind: planned.fault.kind,
         planned: describeFault(planned.fault),
@@ -252,7 +254,9 @@ export class Nemesis {
         nodes: applied.nodes,
         startMs,
         endMs,
-      });
+      };
+      this.windows.push(window);
+      this.opts.onHealed?.(window);
     }
   }
 

@@ -1,11 +1,15 @@
 /**
  * `kv chaos random`: concurrent clients run gets, puts and deletes on a handful of keys against
- * random nodes while a seeded nemesis kills, pauses and partitions nodes, one fault at a time. The
- * whole history is then checked for linearizability (which covers lost acknowledged writes: the run
- * ends with a linearizable read of every key, recorded in the history), and the healed cluster for
- * convergence: every node applies the same index and holds the same value for every key.
+ * random nodes while a seeded nemesis kills, pauses and partitions nodes, one fault at a time, for as
+ * long as the run lasts. The clients move on to fresh keys every so many operations (an epoch); each
+ * finished epoch is checked for linearizability on its own while the run goes on, then its history is
+ * dropped, so memory and each check stay bounded however long the run. Lost acknowledged writes are
+ * covered too: each epoch ends with a linearizable read of each of its keys, recorded in its history.
+ * After the run the healed cluster is checked for convergence: every node applies the same index and
+ * holds the same value for every key of the last epoch. Only faults that met an operation count.
  */
 import { writeFileSync } from "node:fs";
+import { assert } from "../lib/assert.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
 import { readValue, request, type Outcome } from "./client.ts";
 import type { ChaosCluster } from "./cluster.ts";
@@ -34,8 +38,10 @@ export interface RandomOptions {
   readonly replayCommand: string;
   /** Where to write the HTML report, if anywhere. */
   readonly reportPath?: string;
-  /** Wall-clock budget of the linearizability check. */
+  /** Wall-clock budget of each epoch's linearizability check. */
   readonly checkTimeBudgetMs?: number;
+  /** Client operations per epoch: the clients move on to fresh keys after this many. Default EPOCH_OPS_DEFAULT. */
+  readonly epochOps?: number;
   readonly display: LiveDisplay;
 }
 
@@ -46,8 +52,21 @@ const PUT_SHARE = 0.4;
 const REDIRECTS_FOLLOWED_MAX = 1;
 /** Pause after a refused or unanswered operation, so a client does not spin on a down node. */
 const BACKOFF_MS = 10;
-/** Operations a run records at most: the history must fit in memory and in the checker's budget. */
-const OPERATIONS_MAX = 200_000;
+/**
+ * Client operations per epoch unless --epoch-ops says otherwise: each key's history (about this over
+ * the number of keys) stays short enough for the checker to take a few tens of ms per epoch.
+ */
+export const EPOCH_OPS_DEFAULT = 10_000;
+/** Retired epochs that may wait for their closing reads and check while clients go on; beyond, clients wait. */
+const EPOCHS_AWAITING_CHECK_MAX = 2;
+/** Epoch summaries kept for the result and the report; beyond, the oldest are dropped (and counted). */
+const EPOCH_SUMMARIES_MAX = 1_000;
+/** Throughput is counted in at most this many buckets over the duration (at least 1 s each)... */
+const THROUGHPUT_BUCKETS_MAX = 600;
+/** ...plus a few for operations answered after the duration, while the clients stop. */
+const THROUGHPUT_BUCKETS_SLACK = 60;
+/** Default wall-clock budget of one epoch's check. */
+const EPOCH_CHECK_BUDGET_MS_DEFAULT = 60_000;
 /** How long healing, the final reads and convergence may each take. */
 const PHASE_TIMEOUT_MS = 30_000;
 /** The client id of the runner's own final reads in the history. */
@@ -58,12 +77,12 @@ export function keyNames(count: number): string[] {
   return Array.from({ length: count }, (_, i) => `k${i}`);
 }
 
-/** Parses `60s`, `500ms`, `2m` or a bare number of seconds; undefined when it is none of those. */
+/** Parses `60s`, `500ms`, `2m`, `1h` or a bare number of seconds; undefined when it is none of those. */
 export function parseDurationMs(text: string): number | undefined {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/.exec(text);
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
   if (match === null) return undefined;
   const amount = Number(match[1]);
-  const unitMs = match[2] === "ms" ? 1 : match[2] === "m" ? 60_000 : 1_000;
+  const unitMs = match[2] === "ms" ? 1 : match[2] === "m" ? 60_000 : match[2] === "h" ? 3_600_000 : 1_000;
   const ms = Math.round(amount * unitMs);
   return Number.isSafeInteger(ms) ? ms : undefined;
 }
@@ -93,10 +112,28 @@ export interface RandomResult {
   readonly readConsistency: ReadConsistency;
   readonly nemesis: NemesisMode;
   readonly schedule: PlannedFault[];
-  readonly faults: FaultWindow[];
+  /** Every fault injected, and whether a client operation was in flight during it. */
+  readonly faults: (FaultWindow & { readonly metOperations: boolean })[];
+  /** Faults that met client operations: the only ones the verdict counts. */
+  readonly faultsMet: number;
+  /** Every operation of the run, in all epochs. */
   readonly operations: OperationCounts;
-  /** key → what the final linearizable read returned (undefined when it was never answered). */
+  readonly epochOps: number;
+  /** How many epochs the run had (the summaries below may omit the oldest of a very long run). */
+  readonly epochCount: number;
+  readonly epochs: EpochSummary[];
+  /** Summaries dropped from `epochs` (the oldest), beyond the number kept. */
+  readonly epochsDropped: number;
+  /** When the clients stopped, ms on the run's clock. */
+  readonly workloadEndMs: number;
+  /** The most operations held in memory at once: a few epochs' worth, however long the run. */
+  readonly operationsHeldMax: number;
+  /** Client operations answered or given up on, per bucket of `bucketMs` from the start of the workload. */
+  readonly throughput: { readonly bucketMs: number; readonly completed: number[] };
+  /** The last epoch's key → what the final linearizable read returned (undefined when it was never answered). */
   readonly finalReads: Record<string, string | null | undefined>;
+  /** Closing linearizable reads of retired epochs that got no answer ("key" each). */
+  readonly unansweredClosingReads: string[];
   readonly linearizability: { verdict: CheckResult; checkMs: number; evidence?: string[] };
   readonly convergence: Convergence;
   readonly reportPath?: string;
@@ -131,44 +168,260 @@ function clientPrng(seed: number, clientId: number): Prng {
 }
 
 /**
- * The clients of a run and the history they record. Each client sends one operation at a time to
- * a node it picks at random (a dead node is skipped; a paused or isolated one is not), and follows a
- * 307 to the leader itself, once; the operation spans from before its first request to after its
- * final answer. A refusal (307 not followed, 503 `no_leader`, 4xx) is `fail`: no request of it was
- * proposed. An answer that never came, or a 503 `timeout`, is `unknown` — also after a followed
- * redirect, since the second request may have been proposed.
+ * Whether a client operation was in flight at some instant of a fault window, kept as two numbers so
+ * that a run of any length needs no history for it: how many client operations are in flight now, and
+ * the latest time one ended. Asked when a window closes (`endMs` is now): a window met an operation
+ * exactly when one is still in flight (it began before now) or one ended at or after the window began.
+ */
+export class OperationActivity {
+  private inFlight = 0;
+  private lastEndMs = Number.NEGATIVE_INFINITY;
+
+  /** A client operation was called. */
+  begin(): void {
+    this.inFlight++;
+  }
+
+  /** A client operation was answered or given up on at `endMs`. */
+  end(endMs: number): void {
+    assert(this.inFlight > 0, "an operation ended that never began");
+    this.inFlight--;
+    this.lastEndMs = Math.max(this.lastEndMs, endMs);
+  }
+
+  /** Whether a window that closes now met an operation. */
+  metBy(window: { readonly startMs: number; readonly endMs: number }): boolean {
+    return this.inFlight > 0 || this.lastEndMs >= window.startMs;
+  }
+}
+
+/**
+ * One epoch of a run: the clients' operations on its own keys, from the first call that found the
+ * previous epoch full to the last answer. Its keys are never used again once it is retired, so once its
+ * operations are all answered or given up on (an unknown write may still take effect later, which the
+ * checker allows for) and its keys read once more, its history is complete and can be checked alone.
+ */
+interface Epoch {
+  readonly index: number;
+  readonly keys: readonly string[];
+  readonly history: Operation[];
+  /** When the client gave up on each unknown operation (for drawing; the checker ignores it). */
+  readonly gaveUpMs: Map<number, number>;
+  /** Operations the clients started in it (the closing reads are not counted). */
+  clientOperations: number;
+  /** Operations started and not yet answered or given up on. */
+  inFlight: number;
+  startMs: number;
+  endMs: number;
+  /** Set once it is retired; resolved when it is retired and nothing is in flight. */
+  drained: Promise<void> | undefined;
+  resolveDrained: (() => void) | undefined;
+}
+
+/** What one finished epoch came to: all that is kept of it once its history is dropped. */
+export interface EpochSummary {
+  readonly index: number;
+  readonly keys: readonly string[];
+  /** The first call and the last answer (or give-up) of its operations, ms on the run's clock. */
+  readonly startMs: number;
+  readonly endMs: number;
+  /** Every operation it recorded: the clients' and the closing (or, for the last, final) reads. */
+  readonly operations: number;
+  /** Operations the clients made in it. */
+  readonly clientOperations: number;
+  readonly ok: number;
+  readonly failed: number;
+  readonly unknown: number;
+  /** Keys whose closing linearizable read got no answer (the run fails then). */
+  readonly unansweredReads: readonly string[];
+  readonly verdict: "linearizable" | "not linearizable" | "undecided";
+  readonly checkMs: number;
+  /** When its check finished, ms on the run's clock: before the workload ended for all but the last few. */
+  readonly checkedAtMs: number;
+  /** Fault windows that overlapped its span. */
+  faults: number;
+}
+
+/** The names of an epoch's keys: `k0`..`k{n-1}` in epoch 0, `k0-e7`..`k{n-1}-e7` in epoch 7. */
+export function epochKeyNames(count: number, epoch: number): string[] {
+  return keyNames(count).map((key) => (epoch === 0 ? key : `${key}-e${epoch}`));
+}
+
+/** `k0..k4`, `k0-e3..k4-e3`: an epoch's keys in a few characters. */
+function describeKeys(keys: readonly string[]): string {
+  return keys.length <= 2 ? keys.join(", ") : `${keys[0]}..${keys[keys.length - 1]}`;
+}
+
+/** The run's checks of linearizability, combined: the first violation, else undecided, else linearizable. */
+function combineVerdicts(verdicts: readonly CheckResult[]): CheckResult {
+  const violation = verdicts.find((v) => v.ok === false);
+  if (violation !== undefined) return violation;
+  const undecided = verdicts.find((v) => v.ok === "unknown");
+  if (undecided !== undefined) return undecided;
+  return { ok: true, keysChecked: verdicts.reduce((n, v) => n + (v.ok === true ? v.keysChecked : 0), 0) };
+}
+
+/** Yields to the event loop, so that clients' answers are taken in between two keys' checks. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Checks one epoch's history key by key (the checker treats keys independently), yielding between
+ * keys so the clients of the next epoch keep running; `budgetMs` bounds the whole epoch's check.
+ */
+export async function checkEpoch(history: readonly Operation[], budgetMs: number): Promise<CheckResult> {
+  const byKey = new Map<string, Operation[]>();
+  for (const op of history) {
+    const ops = byKey.get(op.key);
+    if (ops === undefined) byKey.set(op.key, [op]);
+    else ops.push(op);
+  }
+  // Cheap keys first, as the checker itself does, so a definite violation is found early.
+  const keys = [...byKey.keys()].sort((a, b) => (byKey.get(a)?.length ?? 0) - (byKey.get(b)?.length ?? 0) || (a < b ? -1 : 1));
+  const deadlineMs = performance.now() + budgetMs;
+  const verdicts: CheckResult[] = [];
+  for (const key of keys) {
+    const verdict = checkLinearizable(byKey.get(key) ?? [], { timeBudgetMs: Math.max(1, deadlineMs - performance.now()) });
+    if (verdict.ok === false) return verdict;
+    verdicts.push(verdict);
+    await yieldToEventLoop();
+  }
+  return combineVerdicts(verdicts);
+}
+
+/** What the workload needs besides the cluster. */
+interface WorkloadOptions {
+  readonly seed: number;
+  readonly clients: number;
+  readonly keyCount: number;
+  readonly epochOps: number;
+  readonly readConsistency: ReadConsistency;
+  readonly requestTimeoutMs: number;
+  readonly durationMs: number;
+  readonly checkTimeBudgetMs: number;
+  readonly nowMs: () => number;
+  readonly print: (line: string) => void;
+}
+
+/**
+ * The clients of a run and the history they record, one epoch at a time. Each client sends one
+ * operation at a time to a node it picks at random (a dead node is skipped; a paused or isolated one
+ * is not), and follows a 307 to the leader itself, once; the operation spans from before its first
+ * request to after its final answer. A refusal (307 not followed, 503 `no_leader`, 4xx) is `fail`: no
+ * request of it was proposed. An answer that never came, or a 503 `timeout`, is `unknown` — also after
+ * a followed redirect, since the second request may have been proposed.
+ *
+ * Every `epochOps` client operations the clients move on to fresh keys. A retired epoch is closed
+ * while the clients go on: once its operations are answered or given up on, the runner reads each of
+ * its keys linearizably through the leader (recorded in its history, so an acknowledged write lost at
+ * its very end is caught), checks its history and drops it, keeping a small summary.
+ *
+ * Invariant: at most EPOCHS_AWAITING_CHECK_MAX retired epochs wait to be closed; when the checker falls
+ * that far behind, clients wait for it rather than hold more history. So memory holds at most
+ * EPOCHS_AWAITING_CHECK_MAX + 1 epochs of operations (plus one failing epoch, kept for the report).
  */
 class RandomWorkload implements LoadCounters {
-  readonly history: Operation[] = [];
-  /** When the client gave up on each unknown operation (for drawing; the checker ignores it). */
-  readonly gaveUpMs = new Map<number, number>();
   ok = 0;
   failed = 0;
   unknown = 0;
+  readonly byKind: Record<OperationKind, number> = { get: 0, put: 0, delete: 0 };
+  readonly activity = new OperationActivity();
+  /** Epochs retired and not yet closed, oldest first. */
+  private readonly retired: Epoch[] = [];
+  current: Epoch;
+  readonly summaries: EpochSummary[] = [];
+  /** Summaries dropped beyond EPOCH_SUMMARIES_MAX (the oldest go first). */
+  summariesDropped = 0;
+  readonly verdicts: CheckResult[] = [];
+  checkMs = 0;
+  /** The first epoch whose check did not say linearizable, with its history (for evidence and report). */
+  failing: { epoch: Epoch; verdict: CheckResult } | undefined;
+  operationsHeld = 0;
+  operationsHeldMax = 0;
+  /** Client operations answered or given up on, per `throughputBucketMs` of the run's clock. */
+  readonly throughput: number[] = [];
+  readonly throughputBucketMs: number;
   private nextId = 1;
   private stopping = false;
   private running: Promise<void>[] = [];
+  private closer: Promise<void> = Promise.resolve();
+  /** Wakes whoever waits for an epoch to be retired or closed (the closer, clients at the limit). */
+  private changed: { promise: Promise<void>; resolve: () => void };
 
   constructor(
     private readonly cluster: ChaosCluster,
-    private readonly opts: {
-      readonly seed: number;
-      readonly clients: number;
-      readonly keys: readonly string[];
-      readonly readConsistency: ReadConsistency;
-      readonly requestTimeoutMs: number;
-      readonly nowMs: () => number;
-    },
-  ) {}
+    private readonly opts: WorkloadOptions,
+  ) {
+    this.current = this.newEpoch(0);
+    this.changed = signal();
+    this.throughputBucketMs = Math.max(1_000, Math.ceil(opts.durationMs / THROUGHPUT_BUCKETS_MAX / 1_000) * 1_000);
+  }
+
+  /** Every operation recorded so far, in all epochs. */
+  get total(): number {
+    return this.ok + this.failed + this.unknown;
+  }
+
+  counts(): OperationCounts {
+    return { total: this.total, byKind: { ...this.byKind }, ok: this.ok, failed: this.failed, unknown: this.unknown };
+  }
+
+  /** How many epochs the run has had so far. */
+  get epochCount(): number {
+    return this.current.index + 1;
+  }
 
   start(): void {
     this.running = Array.from({ length: this.opts.clients }, (_, i) => this.client(i + 1));
+    this.closer = this.closeRetired();
   }
 
-  /** Stops starting operations and waits for those in flight to be answered or given up on. */
+  /**
+   * Stops starting operations, waits for those in flight to be answered or given up on, and closes
+   * every retired epoch. The current epoch stays open: the runner closes it with the final reads.
+   */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.wake();
     await Promise.all(this.running);
+    await this.closer;
+  }
+
+  private newEpoch(index: number): Epoch {
+    return {
+      index,
+      keys: epochKeyNames(this.opts.keyCount, index),
+      history: [],
+      gaveUpMs: new Map(),
+      clientOperations: 0,
+      inFlight: 0,
+      startMs: Number.POSITIVE_INFINITY,
+      endMs: Number.NEGATIVE_INFINITY,
+      drained: undefined,
+      resolveDrained: undefined,
+    };
+  }
+
+  private wake(): void {
+    const { resolve } = this.changed;
+    this.changed = signal();
+    resolve();
+  }
+
+  /** The epoch the next client operation belongs to, rotating when it is full; undefined: wait. */
+  private epochWithRoom(): Epoch | undefined {
+    if (this.current.clientOperations < this.opts.epochOps) return this.current;
+    if (this.retired.length >= EPOCHS_AWAITING_CHECK_MAX) return undefined;
+    const full = this.current;
+    full.drained = new Promise((resolve) => {
+      full.resolveDrained = resolve;
+    });
+    if (full.inFlight === 0) full.resolveDrained?.();
+    this.retired.push(full);
+    this.current = this.newEpoch(full.index + 1);
+    this.wake();
+    return this.current;
   }
 
   /** True when a node can be sent requests: running or paused (a paused one just will not answer). */
@@ -188,10 +441,15 @@ class RandomWorkload implements LoadCounters {
   private async client(clientId: number): Promise<void> {
     const prng = clientPrng(this.opts.seed, clientId);
     let writes = 0;
-    while (!this.stopping && this.history.length < OPERATIONS_MAX) {
+    while (!this.stopping) {
+      const epoch = this.epochWithRoom();
+      if (epoch === undefined) {
+        await this.changed.promise; // the checker is behind: wait for it to close an epoch
+        continue;
+      }
       const roll = prng.next();
       const kind: OperationKind = roll < GET_SHARE ? "get" : roll < GET_SHARE + PUT_SHARE ? "put" : "delete";
-      const key = prng.pick(this.opts.keys);
+      const key = prng.pick(epoch.keys);
       const node = this.pickNode(prng);
       if (node === undefined) {
         await Bun.sleep(BACKOFF_MS); // every node is down: cannot happen with one fault at a time
@@ -199,7 +457,7 @@ class RandomWorkload implements LoadCounters {
       }
       // Unique in the whole run: the checker relies on it.
       const value = kind === "put" ? `c${clientId}-w${++writes}` : undefined;
-      const op = await this.perform(clientId, kind, key, value, node, this.opts.readConsistency);
+      const op = await this.perform(epoch, clientId, kind, key, value, node, this.opts.readConsistency);
       if (op.outcome !== "ok" && !this.stopping) await Bun.sleep(BACKOFF_MS);
     }
   }
@@ -210,8 +468,9 @@ class RandomWorkload implements LoadCounters {
     return this.cluster.nodes.find((n) => this.reachable(n.id) && n.httpUrl !== "" && location.startsWith(`${n.httpUrl}/`))?.id;
   }
 
-  /** Runs one operation from `node` on, records it in the history and returns it. */
+  /** Runs one operation from `node` on, records it in `epoch`'s history and returns it. */
   async perform(
+    epoch: Epoch,
     clientId: number,
     kind: OperationKind,
     key: string,
@@ -219,6 +478,13 @@ class RandomWorkload implements LoadCounters {
     node: number,
     consistency: ReadConsistency,
   ): Promise<Operation> {
+    assert(epoch.keys.includes(key), `key ${key} is not one of epoch ${epoch.index}'s`);
+    const isClient = clientId !== FINAL_READER_ID;
+    if (isClient) {
+      epoch.clientOperations++;
+      this.activity.begin();
+    }
+    epoch.inFlight++;
     const id = this.nextId++;
     const method = kind === "get" ? "GET" : kind === "put" ? "PUT" : "DELETE";
     const path = kind === "get" ? `${kvPath(key)}?consistency=${consistency}` : kvPath(key);
@@ -236,13 +502,121 @@ class RandomWorkload implements LoadCounters {
     }
     const endMs = Math.ceil(this.opts.nowMs());
     const op = toOperation({ id, clientId, kind, key, value, callMs, endMs }, outcome);
-    if (op.outcome === "unknown") this.gaveUpMs.set(id, endMs);
+    if (op.outcome === "unknown") epoch.gaveUpMs.set(id, endMs);
     if (op.outcome === "ok") this.ok++;
     else if (op.outcome === "fail") this.failed++;
     else this.unknown++;
-    this.history.push(op);
+    this.byKind[kind]++;
+    epoch.history.push(op);
+    epoch.startMs = Math.min(epoch.startMs, callMs);
+    epoch.endMs = Math.max(epoch.endMs, endMs);
+    this.operationsHeld++;
+    this.operationsHeldMax = Math.max(this.operationsHeldMax, this.operationsHeld);
+    if (isClient) {
+      this.activity.end(endMs);
+      const bucket = Math.min(Math.floor(endMs / this.throughputBucketMs), THROUGHPUT_BUCKETS_MAX + THROUGHPUT_BUCKETS_SLACK);
+      while (this.throughput.length <= bucket) this.throughput.push(0);
+      this.throughput[bucket] = (this.throughput[bucket] ?? 0) + 1;
+    }
+    epoch.inFlight--;
+    if (epoch.inFlight === 0) epoch.resolveDrained?.();
     return op;
   }
+
+  /** Closes retired epochs in order as they drain, until stopped with none left. */
+  private async closeRetired(): Promise<void> {
+    for (;;) {
+      const epoch = this.retired[0];
+      if (epoch === undefined) {
+        if (this.stopping) return;
+        await this.changed.promise;
+        continue;
+      }
+      await epoch.drained;
+      const unanswered: string[] = [];
+      for (const key of epoch.keys) if ((await this.readKey(epoch, key)) === undefined) unanswered.push(key);
+      await this.check(epoch, unanswered);
+      this.retired.shift();
+      this.wake();
+    }
+  }
+
+  /** A linearizable read of `key` through the leader, retried until answered; recorded in `epoch`. */
+  async readKey(epoch: Epoch, key: string): Promise<string | null | undefined> {
+    const deadlineMs = performance.now() + PHASE_TIMEOUT_MS;
+    while (performance.now() < deadlineMs) {
+      const leader = await this.cluster.waitForLeader(undefined, Math.max(1, deadlineMs - performance.now())).catch(() => undefined);
+      if (leader === undefined) return undefined;
+      const op = await this.perform(epoch, FINAL_READER_ID, "get", key, undefined, leader, "linearizable");
+      if (op.outcome === "ok") return op.output;
+      await Bun.sleep(BACKOFF_MS); // leadership moved under the read: ask again
+    }
+    return undefined;
+  }
+
+  /**
+   * Checks a finished epoch (nothing in flight, its keys read once more), keeps its summary, and
+   * drops its history, unless it is the first that is not linearizable: that one is kept for the report.
+   */
+  async check(epoch: Epoch, unansweredReads: readonly string[]): Promise<EpochSummary> {
+    assert(epoch.inFlight === 0, `epoch ${epoch.index} is checked with operations in flight`);
+    const startedMs = performance.now();
+    const verdict = await checkEpoch(epoch.history, this.opts.checkTimeBudgetMs);
+    const checkMs = Math.round(performance.now() - startedMs);
+    this.checkMs += checkMs;
+    this.verdicts.push(verdict);
+    const counts = countOperations(epoch.history);
+    const summary: EpochSummary = {
+      index: epoch.index,
+      keys: epoch.keys,
+      startMs: Number.isFinite(epoch.startMs) ? epoch.startMs : 0,
+      endMs: Number.isFinite(epoch.endMs) ? epoch.endMs : 0,
+      operations: counts.total,
+      clientOperations: epoch.clientOperations,
+      ok: counts.ok,
+      failed: counts.failed,
+      unknown: counts.unknown,
+      unansweredReads,
+      verdict: verdict.ok === true ? "linearizable" : verdict.ok === false ? "not linearizable" : "undecided",
+      checkMs,
+      checkedAtMs: Math.round(this.opts.nowMs()),
+      faults: 0,
+    };
+    this.summaries.push(summary);
+    if (this.summaries.length > EPOCH_SUMMARIES_MAX) {
+      this.summaries.shift();
+      this.summariesDropped++;
+    }
+    // The first epoch that is not linearizable keeps its history for the report; a violation found
+    // later replaces an undecided one. Every other epoch's history goes with it now.
+    const failing = this.failing;
+    if (verdict.ok !== true && (failing === undefined || (failing.verdict.ok === "unknown" && verdict.ok === false))) {
+      if (failing !== undefined) this.operationsHeld -= failing.epoch.history.length;
+      this.failing = { epoch, verdict };
+    } else {
+      this.operationsHeld -= epoch.history.length;
+    }
+    const unansweredNote = unansweredReads.length === 0 ? "" : `; closing read unanswered: ${unansweredReads.join(", ")}`;
+    this.opts.print(
+      `${clock(this.opts.nowMs())} epoch ${epoch.index} checked: ${counts.total} operations on ${describeKeys(epoch.keys)}, ` +
+        `${summary.verdict} (${checkMs} ms)${unansweredNote}`,
+    );
+    return summary;
+  }
+
+  /** The run's verdict over every epoch checked. */
+  verdict(): CheckResult {
+    return this.failing?.verdict ?? combineVerdicts(this.verdicts);
+  }
+}
+
+/** A promise with its resolver. */
+function signal(): { promise: Promise<void>; resolve: () => void } {
+  let resolve: () => void = () => {};
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
 }
 
 /** The history entry for an operation whose last answer was `outcome`. */
@@ -287,7 +661,6 @@ async function makeWhole(cluster: ChaosCluster): Promise<void> {
 export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Promise<RandomResult> {
   const { display } = opts;
   const print = (line: string) => display.print(line);
-  const keys = keyNames(opts.keys);
   const schedule = planSchedule({ seed: opts.seed, durationMs: opts.durationMs, nodeCount: cluster.nodes.length, mode: opts.nemesis });
 
   print(`Seed: ${opts.seed} (replay: ${opts.replayCommand})`);
@@ -299,39 +672,54 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
   print(`         Leader elected: Node ${await cluster.waitForLeader(undefined, 20_000)}`);
 
   print(
-    `[Step 3] ${opts.clients} clients on ${keys.length} keys against random nodes for ${formatDuration(opts.durationMs)} ` +
-      `(reads: ${opts.readConsistency}), nemesis: ${opts.nemesis}...`,
+    `[Step 3] ${opts.clients} clients on ${opts.keys} keys against random nodes for ${formatDuration(opts.durationMs)} ` +
+      `(reads: ${opts.readConsistency}), nemesis: ${opts.nemesis}; fresh keys every ${opts.epochOps ?? EPOCH_OPS_DEFAULT} operations...`,
   );
   const startedMs = performance.now();
   const nowMs = () => performance.now() - startedMs;
+  const epochOps = opts.epochOps ?? EPOCH_OPS_DEFAULT;
   const workload = new RandomWorkload(cluster, {
     seed: opts.seed,
     clients: opts.clients,
-    keys,
+    keyCount: opts.keys,
+    epochOps,
     readConsistency: opts.readConsistency,
     requestTimeoutMs: opts.requestTimeoutMs,
+    durationMs: opts.durationMs,
+    checkTimeBudgetMs: opts.checkTimeBudgetMs ?? EPOCH_CHECK_BUDGET_MS_DEFAULT,
     nowMs,
+    print,
   });
-  const nemesis = new Nemesis(cluster, { schedule, nowMs, display });
+  // A fault counts only when a client operation was in flight during it; asked as each window closes.
+  const faultsMetOperations = new Set<number>();
+  const nemesis = new Nemesis(cluster, {
+    schedule,
+    nowMs,
+    display,
+    onHealed: (window) => {
+      if (workload.activity.metBy(window)) faultsMetOperations.add(window.index);
+    },
+  });
   display.track(() => workload);
   workload.start();
   nemesis.start();
   await Bun.sleep(opts.durationMs); // the run's length: a timer, not a condition
-  const faults = await nemesis.stop();
+  const faultWindows = await nemesis.stop();
   await workload.stop();
   const workloadEndMs = Math.ceil(nowMs());
   display.untrack();
-  const counts = countOperations(workload.history);
-  print(`${clock(workloadEndMs)} clients stopped: ${describeCounts(counts)}`);
+  print(`${clock(workloadEndMs)} clients stopped: ${describeCounts(workload.counts())} in ${workload.epochCount} epoch${workload.epochCount === 1 ? "" : "s"}`);
 
   print("[Step 4] Healing: every link restored, every node running...");
   await makeWhole(cluster);
 
-  print("[Step 5] Reading every key linearizably through the leader (recorded in the history)...");
+  const lastEpoch = workload.current;
+  const keys = lastEpoch.keys;
+  print(`[Step 5] Reading every key of the last epoch (${describeKeys(keys)}) linearizably through the leader (recorded in the history)...`);
   const finalReads: Record<string, string | null | undefined> = {};
   const unanswered: string[] = [];
   for (const key of keys) {
-    const read = await finalRead(cluster, workload, key);
+    const read = await workload.readKey(lastEpoch, key);
     finalReads[key] = read;
     if (read === undefined) unanswered.push(key);
   }
@@ -341,20 +729,27 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
   const convergence = await checkConvergence(cluster, keys);
   print(`         Applied index per node: ${Object.entries(convergence.appliedIndex).map(([id, index]) => `node ${id}: ${index}`).join(", ")}`);
 
-  const history = workload.history;
-  print(`[Step 7] Checking ${history.length} operations for linearizability...`);
-  const checkStartedMs = performance.now();
-  const verdict = checkLinearizable(history, { timeBudgetMs: opts.checkTimeBudgetMs });
-  const checkMs = Math.round(performance.now() - checkStartedMs);
+  print(`[Step 7] Checking the last epoch's ${lastEpoch.history.length} operations for linearizability...`);
+  await workload.check(lastEpoch, unanswered);
+  const verdict = workload.verdict();
+  const checkMs = workload.checkMs;
+  const epochs = workload.summaries;
+  for (const epoch of epochs) epoch.faults = faultWindows.filter((f) => f.startMs <= epoch.endMs && f.endMs >= epoch.startMs).length;
+  const faults = faultWindows.map((f) => ({ ...f, metOperations: faultsMetOperations.has(f.index) }));
+  const faultsMet = faults.filter((f) => f.metOperations).length;
+  const unansweredClosingReads = epochs.filter((e) => e.index !== lastEpoch.index).flatMap((e) => e.unansweredReads);
+  const counts = workload.counts();
 
   print("");
   print("=== Results ===");
   print(`Seed: ${opts.seed}`);
-  print(`Operations: ${describeCounts(countOperations(history))}`);
-  print(`Faults injected: ${faults.length}${faults.length === 0 ? "" : ` (${describeFaultKinds(faults)})`}`);
+  print(`Operations: ${describeCounts(counts)}`);
+  print(`Epochs: ${workload.epochCount} of ${epochOps} client operations each (the last one partial), each checked on its own`);
+  print(`Faults injected: ${faults.length}${faults.length === 0 ? "" : ` (${describeFaultKinds(faults)})`}; met by operations: ${faultsMet}`);
+  if (unansweredClosingReads.length > 0) print(`Closing reads of retired epochs unanswered: ${unansweredClosingReads.join(", ")}`);
   print(`Final linearizable reads answered: ${keys.length - unanswered.length} of ${keys.length}${unanswered.length === 0 ? "" : ` (no answer: ${unanswered.join(", ")})`}`);
   const evidence = verdict.ok === false ? verdict.evidence.map(describeOperation) : undefined;
-  printVerdict(verdict, checkMs, print);
+  printVerdict(verdict, checkMs, workload.epochCount, print);
   if (convergence.ok) {
     print(`Convergence: ✅ all ${cluster.nodes.length} nodes applied index ${Object.values(convergence.appliedIndex)[0]} and hold the same value for each of the ${keys.length} keys`);
   } else {
@@ -362,7 +757,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
     for (const problem of convergence.problems.slice(0, 20)) print(`  ${problem}`);
   }
 
-  const ok = verdict.ok === true && convergence.ok && unanswered.length === 0;
+  const ok = verdict.ok === true && convergence.ok && unanswered.length === 0 && unansweredClosingReads.length === 0;
   let reportPath: string | undefined;
   if (opts.reportPath !== undefined) {
     const checks: ReportCheck[] = [
@@ -372,6 +767,11 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
         detail: keys.map((key) => `${key}=${finalReads[key] === undefined ? "(no answer)" : JSON.stringify(finalReads[key])}`).join("  "),
       },
       {
+        name: "Closing reads of retired epochs",
+        ok: unansweredClosingReads.length === 0,
+        detail: unansweredClosingReads.length === 0 ? `every key of ${workload.epochCount - 1} retired epochs read once more` : `no answer: ${unansweredClosingReads.join(", ")}`,
+      },
+      {
         name: "Convergence",
         ok: convergence.ok,
         detail: convergence.ok
@@ -379,19 +779,45 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
           : convergence.problems.join("\n"),
       },
     ];
+    // The report details one epoch: the first that is not linearizable, else the last.
+    const detail = workload.failing?.epoch ?? lastEpoch;
+    const detailStartMs = Number.isFinite(detail.startMs) ? detail.startMs : 0;
+    const detailEndMs = Math.max(detailStartMs + 1, Number.isFinite(detail.endMs) ? detail.endMs : workloadEndMs);
     const html = renderReport({
       title: `kv chaos random, seed ${opts.seed}`,
-      subtitle: `${opts.clients} clients, ${keys.length} keys, ${formatDuration(opts.durationMs)}, reads: ${opts.readConsistency}, nemesis: ${opts.nemesis}`,
+      subtitle: `${opts.clients} clients, ${opts.keys} keys per epoch, ${formatDuration(opts.durationMs)}, reads: ${opts.readConsistency}, nemesis: ${opts.nemesis}`,
       replayCommand: opts.replayCommand,
       generatedAt: new Date().toISOString(),
-      endMs: history.reduce((end, op) => Math.max(end, op.returnMs ?? op.callMs), workloadEndMs),
-      history,
-      gaveUpMs: workload.gaveUpMs,
-      clientLabels: new Map([[FINAL_READER_ID, "final"]]),
-      faults: faults.map((f) => ({ startMs: f.startMs, endMs: f.endMs, kind: f.kind, label: f.description })),
+      startMs: detailStartMs,
+      endMs: detailEndMs,
+      history: detail.history,
+      gaveUpMs: detail.gaveUpMs,
+      clientLabels: new Map([[FINAL_READER_ID, "runner"]]),
+      faults: faults
+        .filter((f) => f.startMs <= detailEndMs && f.endMs >= detailStartMs)
+        .map((f) => ({ startMs: f.startMs, endMs: f.endMs, kind: f.kind, label: f.description })),
       verdict,
       checkMs,
       checks,
+      operationsTotal: counts.total,
+      epochCount: workload.epochCount,
+      epochs: epochs.map((e) => ({
+        index: e.index,
+        keys: describeKeys(e.keys),
+        startMs: e.startMs,
+        endMs: e.endMs,
+        operations: e.operations,
+        ok: e.ok,
+        failed: e.failed,
+        unknown: e.unknown,
+        faults: e.faults,
+        verdict: e.verdict,
+        checkMs: e.checkMs,
+      })),
+      detailNote:
+        `Timeline and latency show epoch ${detail.index} of ${workload.epochCount} ` +
+        `(${detail === lastEpoch ? "the last" : "the first that is not linearizable"}); the table lists every epoch` +
+        (workload.summariesDropped === 0 ? "." : ` but the ${workload.summariesDropped} oldest.`),
     });
     try {
       writeFileSync(opts.reportPath, html);
@@ -404,11 +830,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
 
   const allOk = ok && (opts.reportPath === undefined || reportPath !== undefined);
   print("");
-  print(
-    allOk
-      ? `✅ SUCCESS: ${history.length} operations under ${faults.length} fault${faults.length === 1 ? "" : "s"} are linearizable, and every replica converged!`
-      : "❌ FAILURE: see the evidence above",
-  );
+  print(allOk ? successLine({ operations: counts.total, epochs: workload.epochCount, faultsMet, faultsInjected: faults.length }) : "❌ FAILURE: see the evidence above");
   print(`Replay this schedule: ${opts.replayCommand}`);
   return {
     ok: allOk,
@@ -416,30 +838,35 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
     replay: opts.replayCommand,
     durationMs: opts.durationMs,
     clients: opts.clients,
-    keys: keys.length,
+    keys: opts.keys,
     readConsistency: opts.readConsistency,
     nemesis: opts.nemesis,
     schedule,
     faults,
-    operations: countOperations(history),
+    faultsMet,
+    operations: counts,
+    epochOps,
+    epochCount: workload.epochCount,
+    epochs,
+    epochsDropped: workload.summariesDropped,
+    workloadEndMs,
+    operationsHeldMax: workload.operationsHeldMax,
+    throughput: { bucketMs: workload.throughputBucketMs, completed: workload.throughput },
     finalReads,
+    unansweredClosingReads,
     linearizability: { verdict, checkMs, ...(evidence === undefined ? {} : { evidence }) },
     convergence,
     ...(reportPath === undefined ? {} : { reportPath }),
   };
 }
 
-/** A linearizable read of `key` through the leader, retried until answered; recorded in the history. */
-async function finalRead(cluster: ChaosCluster, workload: RandomWorkload, key: string): Promise<string | null | undefined> {
-  const deadlineMs = performance.now() + PHASE_TIMEOUT_MS;
-  while (performance.now() < deadlineMs) {
-    const leader = await cluster.waitForLeader(undefined, Math.max(1, deadlineMs - performance.now())).catch(() => undefined);
-    if (leader === undefined) return undefined;
-    const op = await workload.perform(FINAL_READER_ID, "get", key, undefined, leader, "linearizable");
-    if (op.outcome === "ok") return op.output;
-    await Bun.sleep(BACKOFF_MS); // leadership moved under the read: ask again
-  }
-  return undefined;
+/** The last line of a run that found nothing wrong; it counts only the faults that met operations. */
+export function successLine(run: { operations: number; epochs: number; faultsMet: number; faultsInjected: number }): string {
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  return (
+    `✅ SUCCESS: ${run.operations} operations in ${plural(run.epochs, "epoch")} under ${plural(run.faultsMet, "fault")} ` +
+    `(of ${run.faultsInjected} injected) are linearizable, and every replica converged!`
+  );
 }
 
 /**
@@ -503,9 +930,9 @@ function describeFaultKinds(faults: readonly FaultWindow[]): string {
 const EVIDENCE_LINES_MAX = 60;
 
 /** The checker's verdict, with the shrunken evidence of a violation, one operation per line. */
-export function printVerdict(verdict: CheckResult, checkMs: number, print: (line: string) => void): void {
+export function printVerdict(verdict: CheckResult, checkMs: number, epochs: number, print: (line: string) => void): void {
   if (verdict.ok === true) {
-    print(`Linearizability: ✅ linearizable (${verdict.keysChecked} keys, checked in ${checkMs} ms)`);
+    print(`Linearizability: ✅ linearizable (${verdict.keysChecked} keys in ${epochs} epoch${epochs === 1 ? "" : "s"}, checked in ${checkMs} ms)`);
     return;
   }
   if (verdict.ok === "unknown") {

@@ -7,6 +7,9 @@
  * The drawing stays small for long runs: operations at least a few pixels wide are drawn one by one
  * (with their kind, and a tooltip naming them); the rest are merged per row into strips of columns,
  * colored by the worst outcome among them, with counts in the tooltip. Evidence is never merged.
+ *
+ * A long run is checked in epochs, and only one epoch's history is kept: the report then draws that
+ * epoch (from `startMs` to `endMs`) and lists every epoch in a small table.
  */
 import { unreachable } from "../lib/assert.ts";
 import type { CheckResult } from "./linearizability.ts";
@@ -34,6 +37,8 @@ export interface ReportInput {
   readonly replayCommand?: string;
   /** Shown as is (an ISO date); absent in tests, so output is reproducible. */
   readonly generatedAt?: string;
+  /** Where the timeline begins, ms on the history's clock (default 0). */
+  readonly startMs?: number;
   /** Where the timeline ends, ms on the history's clock. */
   readonly endMs: number;
   readonly history: readonly Operation[];
@@ -45,6 +50,31 @@ export interface ReportInput {
   readonly verdict: CheckResult;
   readonly checkMs?: number;
   readonly checks?: readonly ReportCheck[];
+  /** Operations in the whole run, when `history` is one epoch of it. */
+  readonly operationsTotal?: number;
+  /** Epochs in the whole run, when `history` is one epoch of it. */
+  readonly epochCount?: number;
+  /** One row per epoch (the oldest of a very long run may be left out). */
+  readonly epochs?: readonly ReportEpoch[];
+  /** Says which part of the run the timeline shows. */
+  readonly detailNote?: string;
+}
+
+/** One epoch of a long run, as the epochs table shows it. */
+export interface ReportEpoch {
+  readonly index: number;
+  /** Its keys, in a few characters (`k0-e3..k4-e3`). */
+  readonly keys: string;
+  readonly startMs: number;
+  readonly endMs: number;
+  readonly operations: number;
+  readonly ok: number;
+  readonly failed: number;
+  readonly unknown: number;
+  /** Fault windows that overlapped it. */
+  readonly faults: number;
+  readonly verdict: "linearizable" | "not linearizable" | "undecided";
+  readonly checkMs: number;
 }
 
 // Geometry of the main timeline (SVG user units; the SVG scales to the page width).
@@ -92,19 +122,23 @@ export function escapeHtml(text: string): string {
 
 /** Renders the whole report as one HTML document. Pure: the same input gives the same bytes. */
 export function renderReport(input: ReportInput): string {
-  const endMs = Math.max(1, input.endMs, ...input.faults.map((f) => f.endMs));
+  const startMs = input.startMs ?? 0;
+  const endMs = Math.max(startMs + 1, input.endMs, ...input.faults.map((f) => f.endMs));
+  const span: Span = { startMs, endMs };
   const evidence = input.verdict.ok === false ? input.verdict.evidence : [];
   const evidenceIds = new Set(evidence.map((op) => op.id));
+  const detailNote = input.detailNote === undefined ? "" : ` ${input.detailNote}`;
   const sections = [
     renderHeader(input),
     renderVerdict(input),
     renderSummary(input),
-    section("Timeline", "Each row is one client; a bar spans an operation from its call to its answer (or to when the client gave up). Fault windows are shaded across every row.", [
+    input.epochs === undefined ? "" : renderEpochs(input.epochs),
+    section("Timeline", `Each row is one client; a bar spans an operation from its call to its answer (or to when the client gave up). Fault windows are shaded across every row.${detailNote}`, [
       renderLegend(input.faults),
-      zoomable("timeline", renderTimeline(input, endMs, evidenceIds)),
+      zoomable("timeline", renderTimeline(input, span, evidenceIds)),
     ]),
     section("Latency over time", "Each dot is an answered operation (a sample of them on long runs); the dark line is the median per time slice, the light one the slowest. Operations never answered are ticks along the top.", [
-      zoomable("latency", renderLatency(input, endMs)),
+      zoomable("latency", renderLatency(input, span)),
     ]),
     evidence.length > 0 ? renderEvidence(input, evidence) : "",
   ];
@@ -121,6 +155,33 @@ ${sections.join("\n")}
 </body>
 </html>
 `;
+}
+
+/** The stretch of the run's clock a chart draws, ms. */
+interface Span {
+  readonly startMs: number;
+  readonly endMs: number;
+}
+
+/** Maps a time in the span to an x between `left` and `left + width` (times outside are clamped). */
+function scaleX(span: Span, left: number, width: number): (ms: number) => number {
+  const length = span.endMs - span.startMs;
+  return (ms: number) => left + ((Math.min(Math.max(ms, span.startMs), span.endMs) - span.startMs) / length) * width;
+}
+
+/** One row per epoch: its keys, span, operations, faults and verdict. */
+function renderEpochs(epochs: readonly ReportEpoch[]): string {
+  const head = "<tr><th>epoch</th><th>keys</th><th>from</th><th>to</th><th>operations</th><th>ok</th><th>refused</th><th>unknown</th><th>faults</th><th>verdict</th><th>check</th></tr>";
+  const rows = epochs
+    .map((e) => {
+      const cls = e.verdict === "linearizable" ? "ok" : e.verdict === "undecided" ? "unknown" : "bad";
+      const cells = [String(e.index), escapeHtml(e.keys), formatSeconds(e.startMs), formatSeconds(e.endMs), String(e.operations), String(e.ok), String(e.failed), String(e.unknown), String(e.faults), e.verdict, `${e.checkMs} ms`];
+      return `<tr class="epoch ${cls}">${cells.map((c) => `<td>${c}</td>`).join("")}</tr>`;
+    })
+    .join("");
+  return section("Epochs", "Every so many operations the clients move on to fresh keys; each epoch is checked on its own as soon as it is over, and its history dropped.", [
+    `<div class="scroll epochs"><table>${head}${rows}</table></div>`,
+  ]);
 }
 
 function section(title: string, note: string, parts: readonly string[]): string {
@@ -145,7 +206,11 @@ function renderVerdict(input: ReportInput): string {
   const took = input.checkMs === undefined ? "" : ` (checked in ${input.checkMs} ms)`;
   let banner: string;
   if (verdict.ok === true) {
-    banner = `<div class="verdict ok" id="verdict"><strong>Linearizable</strong>: the ${input.history.length} operations on ${verdict.keysChecked} keys fit one sequential order consistent with real time${escapeHtml(took)}.</div>`;
+    const scope =
+      input.epochCount === undefined
+        ? `the ${input.history.length} operations on ${verdict.keysChecked} keys fit`
+        : `the ${input.operationsTotal ?? input.history.length} operations on ${verdict.keysChecked} keys in ${input.epochCount} epoch${input.epochCount === 1 ? "" : "s"} (each checked on its own) fit`;
+    banner = `<div class="verdict ok" id="verdict"><strong>Linearizable</strong>: ${scope} one sequential order consistent with real time${escapeHtml(took)}.</div>`;
   } else if (verdict.ok === "unknown") {
     banner = `<div class="verdict unknown" id="verdict"><strong>Undecided</strong>: ${escapeHtml(verdict.reason)}${verdict.key === undefined ? "" : ` (key ${escapeHtml(verdict.key)})`}${escapeHtml(took)}.</div>`;
   } else {
@@ -171,7 +236,7 @@ function renderSummary(input: ReportInput): string {
   const faults = input.faults
     .map((f) => `<li><span class="swatch" style="background:${faultColor(f.kind)}"></span>${formatSeconds(f.startMs)}–${formatSeconds(f.endMs)} ${escapeHtml(f.label)}</li>`)
     .join("");
-  return `<section class="summary"><div><h2>Operations</h2><table>${head}${rows}</table></div><div><h2>Faults (${input.faults.length})</h2>${faults === "" ? "<p>none</p>" : `<ul class="faults">${faults}</ul>`}</div></section>`;
+  return `<section class="summary"><div><h2>Operations${input.epochCount === undefined ? "" : " (the epoch drawn below)"}</h2><table>${head}${rows}</table></div><div><h2>Faults (${input.faults.length})</h2>${faults === "" ? "<p>none</p>" : `<ul class="faults">${faults}</ul>`}</div></section>`;
 }
 
 function renderLegend(faults: readonly ReportFault[]): string {
@@ -258,15 +323,16 @@ function clientRows(input: ReportInput): number[] {
   return ids.sort((a, b) => Number(special(a)) - Number(special(b)) || a - b);
 }
 
-function renderTimeline(input: ReportInput, endMs: number, evidenceIds: ReadonlySet<number>): string {
+function renderTimeline(input: ReportInput, span: Span, evidenceIds: ReadonlySet<number>): string {
+  const { startMs, endMs } = span;
   const rows = clientRows(input);
   const rowOf = new Map(rows.map((id, i) => [id, i]));
   const top = AXIS_HEIGHT + FAULT_BAND_HEIGHT;
   const height = top + rows.length * ROW_HEIGHT + 8;
-  const x = (ms: number) => GUTTER_LEFT + (Math.min(Math.max(ms, 0), endMs) / endMs) * PLOT_WIDTH;
+  const x = scaleX(span, GUTTER_LEFT, PLOT_WIDTH);
   const rowY = (row: number) => top + row * ROW_HEIGHT + (ROW_HEIGHT - BAR_HEIGHT) / 2;
   const parts: string[] = [];
-  parts.push(timeAxis(x, 0, endMs, AXIS_HEIGHT, height - 8, GUTTER_LEFT, GUTTER_LEFT + PLOT_WIDTH));
+  parts.push(timeAxis(x, startMs, endMs, AXIS_HEIGHT, height - 8, GUTTER_LEFT, GUTTER_LEFT + PLOT_WIDTH));
   parts.push(faultShading(input.faults, x, AXIS_HEIGHT, height - 8, true));
   rows.forEach((id, row) => {
     const y = top + row * ROW_HEIGHT;
@@ -313,8 +379,8 @@ function renderTimeline(input: ReportInput, endMs: number, evidenceIds: Readonly
       }
       const x0 = GUTTER_LEFT + c * COLUMN_WIDTH;
       const width = Math.min((end - c) * COLUMN_WIDTH, GUTTER_LEFT + PLOT_WIDTH - x0);
-      const fromMs = ((x0 - GUTTER_LEFT) / PLOT_WIDTH) * endMs;
-      const toMs = ((x0 + width - GUTTER_LEFT) / PLOT_WIDTH) * endMs;
+      const fromMs = startMs + ((x0 - GUTTER_LEFT) / PLOT_WIDTH) * (endMs - startMs);
+      const toMs = startMs + ((x0 + width - GUTTER_LEFT) / PLOT_WIDTH) * (endMs - startMs);
       const total = sum.ok + sum.fail + sum.unknown;
       const title = `${formatSeconds(fromMs)}–${formatSeconds(toMs)}: ${total} operations started (${sum.ok} ok, ${sum.fail} refused, ${sum.unknown} unknown)`;
       parts.push(
@@ -341,8 +407,9 @@ function renderTimeline(input: ReportInput, endMs: number, evidenceIds: Readonly
   return `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${WIDTH} ${height}" class="chart timeline" data-ops="${input.history.length}">${parts.join("")}</svg>`;
 }
 
-function renderLatency(input: ReportInput, endMs: number): string {
-  const x = (ms: number) => GUTTER_LEFT + (Math.min(Math.max(ms, 0), endMs) / endMs) * PLOT_WIDTH;
+function renderLatency(input: ReportInput, span: Span): string {
+  const { startMs, endMs } = span;
+  const x = scaleX(span, GUTTER_LEFT, PLOT_WIDTH);
   const answered = input.history.filter((op) => op.returnMs !== undefined && op.outcome !== "unknown");
   const latency = (op: Operation) => Math.max(1, (op.returnMs ?? op.callMs) - op.callMs);
   const maxLatency = answered.reduce((max, op) => Math.max(max, latency(op)), 10);
@@ -355,8 +422,8 @@ function renderLatency(input: ReportInput, endMs: number): string {
     parts.push(`<line x1="${GUTTER_LEFT}" y1="${yy}" x2="${GUTTER_LEFT + PLOT_WIDTH}" y2="${yy}" class="grid"/>`);
     parts.push(`<text x="${GUTTER_LEFT - 6}" y="${num(y(10 ** d) + 4)}" class="rowlabel">${10 ** d >= 1000 ? `${10 ** d / 1000}s` : `${10 ** d}ms`}</text>`);
   }
-  const step = tickStepMs(endMs, 12);
-  for (let t = 0; t <= endMs; t += step) {
+  const step = tickStepMs(endMs - startMs, 12);
+  for (let t = Math.ceil(startMs / step) * step; t <= endMs; t += step) {
     parts.push(`<text x="${num(x(t))}" y="${LATENCY_HEIGHT - 8}" class="tick">${num(t / 1000)}s</text>`);
   }
   // A deterministic sample of the points: every k-th answered operation in call order.
@@ -368,7 +435,10 @@ function renderLatency(input: ReportInput, endMs: number): string {
   }
   // Median and slowest per time slice.
   const bins: number[][] = Array.from({ length: LATENCY_BINS }, () => []);
-  for (const op of answered) bins[Math.min(LATENCY_BINS - 1, Math.floor((op.callMs / endMs) * LATENCY_BINS))]?.push(latency(op));
+  for (const op of answered) {
+    const bin = Math.floor(((op.callMs - startMs) / (endMs - startMs)) * LATENCY_BINS);
+    bins[Math.min(LATENCY_BINS - 1, Math.max(0, bin))]?.push(latency(op));
+  }
   // One polyline per run of non-empty slices: a slice with no answer breaks the line.
   const median: string[][] = [[]];
   const slowest: string[][] = [[]];
@@ -381,7 +451,7 @@ function renderLatency(input: ReportInput, endMs: number): string {
       return;
     }
     values.sort((a, b) => a - b);
-    const bx = num(x(((i + 0.5) / LATENCY_BINS) * endMs));
+    const bx = num(x(startMs + ((i + 0.5) / LATENCY_BINS) * (endMs - startMs)));
     median[median.length - 1]?.push(`${bx},${num(y(values[Math.floor(values.length / 2)] ?? 1))}`);
     slowest[slowest.length - 1]?.push(`${bx},${num(y(values[values.length - 1] ?? 1))}`);
   });
@@ -450,6 +520,7 @@ section{margin-bottom:18px}
 .checks .detail{white-space:pre-wrap;font-family:ui-monospace,Menlo,monospace;font-size:12.5px}
 .summary{display:flex;gap:40px;flex-wrap:wrap}
 table{border-collapse:collapse}th,td{padding:3px 10px;text-align:right;border-bottom:1px solid #e1e4e8}th{font-weight:600}
+.epochs{max-height:320px;overflow-y:auto}.epoch.bad td{background:#fdecec}.epoch.unknown td{background:#fff6e0}
 .faults{list-style:none;padding:0;margin:0;font-size:13px}
 .swatch{display:inline-block;width:11px;height:11px;border-radius:2px;margin-right:5px;vertical-align:-1px}
 .swatch.faint{opacity:.45}.swatch.outline{border:2px solid ${EVIDENCE_COLOR};width:8px;height:8px}

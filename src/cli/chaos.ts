@@ -11,7 +11,7 @@ import { createLiveDisplay, type LiveDisplay } from "../chaos/live-display.ts";
 import { runPartition } from "../chaos/partition.ts";
 import { modeNeedsProxies, NEMESIS_MODES, type NemesisMode } from "../chaos/nemesis.ts";
 import { runPause } from "../chaos/pause.ts";
-import { formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
+import { EPOCH_OPS_DEFAULT, formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
 import { runRestart } from "../chaos/restart.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 
@@ -75,14 +75,14 @@ function randomSeed(): number {
   return crypto.getRandomValues(new Uint32Array(1))[0] ?? 0;
 }
 
-/** `--name 60s|500ms|2m|60` within 100 ms to a day, or `fallbackMs` when absent. */
+/** `--name 60s|500ms|2m|1h|60` within 100 ms to a day, or `fallbackMs` when absent. */
 function durationFlag(flags: FlagValues, name: string, fallbackMs: number): number {
   const value = flags[name];
   if (value === undefined) return fallbackMs;
   if (typeof value !== "string") throw new UsageError(`--${name} takes one value`);
   const ms = parseDurationMs(value);
   if (ms === undefined || ms < 100 || ms > 86_400_000) {
-    throw new UsageError(`--${name} must be a duration from 100ms to 24h such as 60s, 500ms or 2m, got '${value}'`);
+    throw new UsageError(`--${name} must be a duration from 100ms to 24h such as 60s, 500ms, 2m or 1h, got '${value}'`);
   }
   return ms;
 }
@@ -204,13 +204,18 @@ const scenarios: Record<string, ScenarioDefinition> = {
     needsProxies: (flags) => modeNeedsProxies(nemesisFlag(flags)),
     allFlags: { duration: "20s" },
     args: {
-      duration: { type: "string", description: "How long the clients and the nemesis run: 60s, 2m, 500ms (default 60s)", valueHint: "TIME" },
+      duration: { type: "string", description: "How long the clients and the nemesis run: 60s, 2m, 1h, 500ms (default 60s)", valueHint: "TIME" },
       seed: { type: "string", description: "Fixes the nemesis schedule and the clients' choices (default: a random seed, printed)", valueHint: "N" },
       clients: { type: "string", description: "Concurrent clients, one operation at a time each (default 5)", valueHint: "N" },
       keys: { type: "string", description: "Keys the clients share (default 5)", valueHint: "N" },
       "read-consistency": { type: "string", description: "How reads are served: linearizable (default), lease or stale", valueHint: "MODE" },
       nemesis: { type: "string", description: "Faults to inject: all (default), partition, kill or pause", valueHint: "MODE" },
       report: { type: "string", description: "Write a self-contained HTML report (timeline, faults, latency, verdict, evidence) to FILE", valueHint: "FILE.html" },
+      "epoch-ops": {
+        type: "string",
+        description: `Client operations per epoch: then fresh keys, and the finished epoch is checked and dropped while the run goes on (default ${EPOCH_OPS_DEFAULT})`,
+        valueHint: "N",
+      },
       ...clientTimeoutArg,
     },
     create(flags) {
@@ -222,6 +227,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
       const nemesis = nemesisFlag(flags);
       const requestTimeoutMs = clientTimeoutMs(flags);
       const reportPath = outputPath(flags, "report");
+      const epochOps = intFlag(flags, "epoch-ops", EPOCH_OPS_DEFAULT, 100, 1_000_000);
       const replay = [
         "kv chaos random",
         `--seed ${seed}`,
@@ -231,6 +237,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
         ...(readConsistency === "linearizable" ? [] : [`--read-consistency ${readConsistency}`]),
         ...(nemesis === "all" ? [] : [`--nemesis ${nemesis}`]),
         ...(flags["client-timeout-ms"] === undefined ? [] : [`--client-timeout-ms ${requestTimeoutMs}`]),
+        ...(epochOps === EPOCH_OPS_DEFAULT ? [] : [`--epoch-ops ${epochOps}`]),
       ].join(" ");
       return (cluster, display) =>
         runRandom(cluster, {
@@ -242,6 +249,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
           nemesis,
           requestTimeoutMs,
           replayCommand: replay,
+          epochOps,
           ...(reportPath === undefined ? {} : { reportPath }),
           display,
         });
