@@ -1,3 +1,4 @@
+import { fnv1a } from "../lib/fnv1a.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
 import type { NodeId } from "../raft/types.ts";
 import { SimCluster } from "./sim-cluster.ts";
@@ -35,12 +36,6 @@ export function drawPartition(prng: Prng, ids: readonly NodeId[]): [NodeId[], No
   return [shuffled.slice(0, cut), shuffled.slice(cut)];
 }
 
-/** FNV-1a (32 bits) of a string's UTF-16 code units, as 8 hex digits: cheap and stable. */
-function fnv1a(text: string): string {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
-  return hash.toString(16).padStart(8, "0");
-}
 
 /**
  * One randomized run in the manner of TigerBeetle's VOPR: the fault settings themselves are drawn

@@ -1,0 +1,6 @@
+/** FNV-1a (32 bits) of a string's UTF-16 code units, as 8 hex digits: a cheap, stable digest for replay checks. */
+export function fnv1a(text: string): string {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return hash.toString(16).padStart(8, "0");
+}

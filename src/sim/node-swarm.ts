@@ -1,0 +1,164 @@
+import { fnv1a } from "../lib/fnv1a.ts";
+import { createPrng } from "../lib/prng.ts";
+import type { NodeId } from "../raft/types.ts";
+import { NodeSim, SimViolation } from "./node-sim.ts";
+
+/** What one run of real node loops did: proof the faults and paths were exercised. */
+export interface NodeSwarmResult {
+  readonly seed: number;
+  readonly nodeCount: number;
+  readonly simulatedMs: number;
+  readonly operations: number;
+  readonly acknowledgedWrites: number;
+  readonly crashes: number;
+  readonly powerLosses: number;
+  readonly stalls: number;
+  readonly diskFullEpisodes: number;
+  readonly partitions: number;
+  readonly transfers: number;
+  /** FNV-1a of the history and the final state: two runs of one seed must give the same. */
+  readonly digest: string;
+}
+
+/** The line that replays a seed. */
+export function nodeSwarmReplay(seed: number): string {
+  return `KV_NODE_SWARM_SEED=${seed} bun test test/node-swarm.test.ts`;
+}
+
+/**
+ * One randomized run of the real node loop (`KvNode`) in the manner of TigerBeetle's VOPR: the fault
+ * settings are drawn from the seed (a "swarm"); clients read and write while the nemesis crashes
+ * processes (half of them with power loss), stalls them for up to 500 ms (the leader also while cut
+ * off), fills their disks, partitions the network and hands leadership over; then everything heals and the cluster must
+ * converge, and the clients' answers must be linearizable. `durationMs` is simulated time (default:
+ * drawn; `KV_SWARM_MS` runs thousands of election timeouts). Throws with the seed and its replay line.
+ */
+export async function runNodeSwarm(seed: number, durationMs?: number): Promise<NodeSwarmResult> {
+  const prng = createPrng(seed);
+  const nodeCount = prng.pick([3, 3, 3, 5]);
+  const electionTicks = prng.intInclusive(6, 15);
+  const tickMs = 10;
+  const sim = new NodeSim({
+    seed,
+    nodeCount,
+    tickMs,
+    electionTicks,
+    heartbeatTicks: prng.intInclusive(1, Math.max(1, Math.floor(electionTicks / 3))),
+    requestTimeoutMs: prng.pick([300, 1_000, 3_000]),
+    snapshotEntries: prng.pick([20, 50, 10_000]),
+    snapshotCatchUpEntries: 5,
+    clockDriftMax: prng.pick([0, 0.05, 0.1]),
+    fsyncMsMin: 0,
+    fsyncMsMax: prng.pick([1, 5, 30]),
+    network: {
+      lossRate: prng.pick([0, 0, 0.02, 0.1]),
+      delayMsMin: 0,
+      delayMsMax: prng.pick([1, 5, 20]),
+      duplicateRate: prng.pick([0, 0.02]),
+    },
+  });
+  const runMs = durationMs ?? prng.intInclusive(2_000, 6_000);
+  const crashRate = prng.pick([0, 0.002, 0.01]);
+  const stallRate = prng.pick([0, 0.002, 0.01]);
+  const diskFullRate = prng.pick([0, 0, 0.002]);
+  const partitionRate = prng.pick([0, 0.002, 0.01]);
+  const transferRate = prng.pick([0, 0.001]);
+  const pauseLeaderRate = prng.pick([0, 0.002, 0.005]);
+  const clientCount = prng.intInclusive(2, 5);
+  const keys = Array.from({ length: prng.intInclusive(2, 5) }, (_, i) => `k${i}`);
+  const ids = [...sim.servers.keys()];
+  const faults = { diskFullEpisodes: 0, partitions: 0, transfers: 0 };
+
+  // Clients: each waits for its answer, thinks a little, and goes again, to the leader it believes in.
+  const client = (clientId: number) => {
+    let leaderHint: NodeId | undefined;
+    const next = (): void => {
+      if (sim.nowMs >= runMs) return;
+      const target = leaderHint !== undefined && prng.chance(0.8) ? leaderHint : prng.pick(ids);
+      const roll = prng.next();
+      const kind = roll < 0.5 ? "put" : roll < 0.9 ? "get" : "delete";
+      const consistency = prng.chance(0.3) ? "lease" : "linearizable";
+      void sim.callOperation(clientId, target, kind, prng.pick(keys), { consistency }).then(() => {
+        leaderHint = sim.leader();
+        sim.at(prng.intInclusive(0, 20), next);
+      });
+    };
+    sim.at(prng.intInclusive(0, 50), next);
+  };
+  for (let c = 1; c <= clientCount; c++) client(c);
+
+  // The nemesis: one draw per tick.
+  const nemesis = (): void => {
+    if (sim.nowMs >= runMs) return;
+    const id = prng.pick(ids);
+    if (prng.chance(crashRate)) {
+      sim.crash(id, prng.chance(0.5));
+      sim.at(prng.intInclusive(10, 1_000), () => sim.restart(id));
+    }
+    if (prng.chance(stallRate)) sim.stall(id, prng.intInclusive(1, 500));
+    if (prng.chance(diskFullRate)) {
+      const server = sim.servers.get(id);
+      if (server !== undefined && !server.disk.full) {
+        server.disk.full = true;
+        faults.diskFullEpisodes++;
+        sim.at(prng.intInclusive(10, 1_000), () => (server.disk.full = false));
+      }
+    }
+    if (prng.chance(partitionRate)) {
+      const shuffled = prng.shuffle(ids);
+      const cut = prng.intInclusive(1, ids.length - 1);
+      sim.network.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
+      faults.partitions++;
+      sim.at(prng.intInclusive(10, 1_500), () => sim.network.heal());
+    }
+    if (prng.chance(pauseLeaderRate)) {
+      // The leader is cut off and stalled past the election timeout (as `kv chaos` pauses a
+      // partitioned leader): it must not answer from its old lease when it resumes.
+      const leader = sim.leader();
+      if (leader !== undefined) {
+        const stallMs = prng.intInclusive(electionTicks * tickMs, 500);
+        sim.network.partition([[leader], ids.filter((other) => other !== leader)]);
+        sim.stall(leader, stallMs);
+        faults.partitions++;
+        sim.at(stallMs + prng.intInclusive(0, 300), () => sim.network.heal());
+      }
+    }
+    if (prng.chance(transferRate)) {
+      const leader = sim.leader();
+      const node = leader === undefined ? undefined : sim.servers.get(leader)?.node;
+      if (node !== undefined) {
+        faults.transfers++;
+        node.transferLeadership(undefined).catch(() => undefined); // refusals and timeouts are answers too
+      }
+    }
+    sim.at(tickMs, nemesis);
+  };
+  sim.at(tickMs, nemesis);
+
+  try {
+    await sim.runUntil(runMs);
+    await sim.healAndCheck(keys, 60_000);
+  } catch (error: unknown) {
+    const detail = error instanceof Error ? error.message : String(error);
+    sim.stop();
+    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed)}\n${sim.describe()}`, { cause: error });
+  }
+  const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
+  const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}`).join(";");
+  const digest = fnv1a(`${history}|${finalState}|${sim.nowMs}|${prng.next()}`);
+  sim.stop();
+  return {
+    seed,
+    nodeCount,
+    simulatedMs: sim.nowMs,
+    operations: sim.history.length,
+    acknowledgedWrites: sim.stats.acknowledgedWrites,
+    crashes: sim.stats.crashes,
+    powerLosses: sim.stats.powerLosses,
+    stalls: sim.stats.stalls,
+    diskFullEpisodes: faults.diskFullEpisodes,
+    partitions: faults.partitions,
+    transfers: faults.transfers,
+    digest,
+  };
+}

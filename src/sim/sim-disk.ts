@@ -1,0 +1,149 @@
+import type { Entry, HardState, NodeId, SnapshotMetadata } from "../raft/types.ts";
+import type { ApplyResult, ImageRow, KvImageReader, KvStorage, ListedValue, MemberAddress, Membership, StoredValue } from "../storage/kv-storage.ts";
+import type { MemoryKvStorage } from "../storage/memory-storage.ts";
+
+/** How the simulator runs a disk's fsyncs: when one started now finishes, on the simulated clock. */
+export interface SimDiskScheduler {
+  /** Calls `done` after the fsync latency the simulator draws (never synchronously). */
+  fsync(done: () => void): void;
+}
+
+/**
+ * The node's storage on a simulated disk: the in-memory twin of sqlite (`MemoryKvStorage`, which
+ * runs the same save checks, apply plan and codec), with the two things a real disk adds that the
+ * node loop must survive:
+ * - **fsync in the background**: `sync()` settles only when the simulator says the fsync finished,
+ *   and covers what was written before it began (`durable` is that image);
+ * - **a full disk**: while `full`, every write throws SQLite's "database or disk is full".
+ *
+ * A crash keeps what was written (the page cache survived) or, on power loss, only `durable`.
+ */
+export class SimDisk implements KvStorage {
+  /** What an fsync that finished made durable: a power loss comes back to this. */
+  private durableImage: MemoryKvStorage;
+  /** While true, writes fail as on a full disk. */
+  full = false;
+  /** Writes refused because the disk was full: proof the path was exercised. */
+  fullRefusals = 0;
+  /** Fsyncs started and finished. */
+  syncsStarted = 0;
+  syncsFinished = 0;
+
+  constructor(
+    private current: MemoryKvStorage,
+    private readonly scheduler: SimDiskScheduler,
+  ) {
+    this.durableImage = current.clone();
+  }
+
+  /** The storage a node restarts from after a crash: everything written, or on power loss what was fsynced. */
+  afterCrash(powerLoss: boolean): MemoryKvStorage {
+    return powerLoss ? this.durableImage.clone() : this.current.clone();
+  }
+
+  /** Starts over from `storage` (a restart after a crash): what is on it is durable. */
+  restartFrom(storage: MemoryKvStorage): void {
+    this.current = storage;
+    this.durableImage = storage.clone();
+  }
+
+  /** The state as written so far (for checkers). */
+  contents(): MemoryKvStorage {
+    return this.current;
+  }
+
+  private write<T>(run: () => T): T {
+    if (this.full) {
+      this.fullRefusals++;
+      throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+    }
+    return run();
+  }
+
+  // ---- Reads: straight through ----------------------------------------------------------------
+  initialState(): { hardState: HardState; voters: readonly NodeId[]; learners?: readonly NodeId[] } {
+    return this.current.initialState();
+  }
+  entries(lo: number, hi: number, maxBytes: number): Entry[] {
+    return this.current.entries(lo, hi, maxBytes);
+  }
+  term(index: number): number {
+    return this.current.term(index);
+  }
+  firstIndex(): number {
+    return this.current.firstIndex();
+  }
+  lastIndex(): number {
+    return this.current.lastIndex();
+  }
+  snapshot(): SnapshotMetadata {
+    return this.current.snapshot();
+  }
+  snapshotForSend(): SnapshotMetadata | undefined {
+    return this.current.snapshotForSend();
+  }
+  membership(): Membership {
+    return this.current.membership();
+  }
+  appliedIndex(): number {
+    return this.current.appliedIndex();
+  }
+  dataBytes(): number {
+    return this.current.dataBytes();
+  }
+  get(key: string): StoredValue | undefined {
+    return this.current.get(key);
+  }
+  list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
+    return this.current.list(prefix, after, limit);
+  }
+  openImage(): KvImageReader {
+    return this.current.openImage();
+  }
+
+  // ---- Writes: refused while the disk is full -------------------------------------------------
+  save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void {
+    this.write(() => this.current.save(hardState, entries, sync));
+  }
+  bootstrap(voters: readonly NodeId[], addresses?: readonly MemberAddress[]): void {
+    this.write(() => this.current.bootstrap(voters, addresses));
+  }
+  bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
+    this.write(() => this.current.bootstrapJoined(configuration, changedIndex));
+  }
+  applyEntries(entries: readonly Entry[]): ApplyResult[] {
+    return this.write(() => this.current.applyEntries(entries));
+  }
+  compact(index: number): void {
+    this.write(() => this.current.compact(index));
+  }
+  stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
+    this.write(() => this.current.stageImageChunk(imageId, rows, first));
+  }
+  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void {
+    this.write(() => this.current.installSnapshot(metadata, imageId, addresses));
+  }
+  discardStagedImage(): void {
+    this.current.discardStagedImage();
+  }
+
+  /** Covers what was written before it began; settles when the simulator finishes it. */
+  sync(): Promise<void> {
+    const image = this.current.clone();
+    const storage = this.current;
+    this.syncsStarted++;
+    return new Promise<void>((resolve) => {
+      this.scheduler.fsync(() => {
+        // A crash since then replaced the storage: this fsync belonged to the process that died.
+        if (this.current !== storage) return;
+        this.durableImage = image;
+        this.syncsFinished++;
+        resolve();
+      });
+    });
+  }
+
+  close(): void {
+    // The simulated disk outlives the process: a restart opens it again.
+  }
+}
