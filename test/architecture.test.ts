@@ -63,3 +63,23 @@ test("dependencies point downward only", () => {
   }
   expect(offences).toEqual([]);
 });
+
+test("the node loop drives the core through RawNode's methods only, and is the only caller of ready() outside the core", () => {
+  const offences: string[] = [];
+  for (const file of sourceFiles(join(src, "node"))) {
+    const text = readFileSync(file, "utf8").replace(/\/\/.*$/gm, "");
+    if (/\.raft\b/.test(text)) offences.push(`${relative(src, file)} reaches into RawNode.raft`);
+  }
+  // The core-only simulator (src/sim/sim-cluster.ts) still carries out Readies itself; it is to be
+  // rebuilt on the node loop as src/sim/node-sim.ts is, and is the one exception until then.
+  const readyCallersAllowed = new Set(["node/kv-node.ts", "sim/sim-cluster.ts"]);
+  for (const file of sourceFiles(src)) {
+    const path = relative(src, file);
+    if (path.startsWith("raft/") || readyCallersAllowed.has(path)) continue;
+    const text = readFileSync(file, "utf8").replace(/\/\/.*$/gm, "");
+    if (/\.ready\(/.test(text)) offences.push(`${path} calls ready()`);
+  }
+  // The simulator runs the server's loop: it constructs KvNode.
+  expect(readFileSync(join(src, "sim", "node-sim.ts"), "utf8")).toContain("new KvNode(");
+  expect(offences).toEqual([]);
+});

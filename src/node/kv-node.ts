@@ -334,7 +334,7 @@ export class KvNode implements KvNodeApi {
     this.ticksStartMs = this.cfg.clock.nowMs();
     this.stopTicking = this.cfg.clock.every(this.cfg.tickMs, () => this.onTick());
     // The only voter needs no one's vote: it leads at once instead of waiting out a timeout.
-    const voters = this.raw.raft.voters;
+    const voters = this.raw.basicStatus().voters;
     if (voters.length === 1 && voters[0] === this.cfg.id && !this.removed) this.raw.campaign();
     this.scheduleTurn();
   }
@@ -412,16 +412,16 @@ export class KvNode implements KvNodeApi {
   }
 
   status(): NodeStatus {
-    const raft = this.raw.raft;
+    const raft = this.raw.basicStatus();
     return {
       id: this.cfg.id,
       role: raft.role,
       term: raft.term,
       leaderId: raft.leaderId,
       leaderUrl: this.httpUrlOf(raft.leaderId),
-      commitIndex: raft.log.committed,
+      commitIndex: raft.commit,
       appliedIndex: this.cfg.storage.appliedIndex(),
-      lastLogIndex: raft.log.lastIndex(),
+      lastLogIndex: raft.lastIndex,
       snapshotIndex: this.cfg.storage.snapshot().index,
       firstLogIndex: this.cfg.storage.firstIndex(),
       members: this.memberStatuses(),
@@ -457,32 +457,32 @@ export class KvNode implements KvNodeApi {
   // ---- Membership ---------------------------------------------------------------------------
 
   members(): MembersView {
-    return { members: this.memberStatuses(), leaderId: this.raw.raft.leaderId, configIndex: this.cfg.storage.membership().changedIndex };
+    return { members: this.memberStatuses(), leaderId: this.raw.basicStatus().leaderId, configIndex: this.cfg.storage.membership().changedIndex };
   }
 
   addMember(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {
     this.refuseUnlessRunning();
-    if (this.raw.raft.members().includes(id)) {
-      return Promise.reject(new KvError("member_exists", `node ${id} is already a ${this.raw.raft.isVoter(id) ? "voter" : "learner"}`));
+    if (this.raw.members().includes(id)) {
+      return Promise.reject(new KvError("member_exists", `node ${id} is already a ${this.raw.isVoter(id) ? "voter" : "learner"}`));
     }
     return this.proposeMembershipChange({ type: "add-learner", nodeId: id, peerUrl, ...(httpUrl === undefined ? {} : { httpUrl }) });
   }
 
   promoteMember(id: NodeId): Promise<MembersView> {
     this.refuseUnlessRunning();
-    if (!this.raw.raft.learners.includes(id)) {
-      const what = this.raw.raft.isVoter(id) ? "already a voter" : "not a member";
-      return Promise.reject(new KvError(this.raw.raft.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
+    if (!this.raw.basicStatus().learners.includes(id)) {
+      const what = this.raw.isVoter(id) ? "already a voter" : "not a member";
+      return Promise.reject(new KvError(this.raw.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
     }
     return this.proposeMembershipChange({ type: "promote", nodeId: id });
   }
 
   async removeMember(id: NodeId): Promise<MembersView> {
     this.refuseUnlessRunning();
-    const raft = this.raw.raft;
-    if (!raft.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
+    const raft = this.raw.basicStatus();
+    if (!this.raw.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
     if (raft.role !== "leader") throw this.notLeader();
-    if (raft.isVoter(id) && raft.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
+    if (this.raw.isVoter(id) && raft.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
     if (id === this.cfg.id) {
       // A leader does not remove itself (it would go on leading a configuration it is not in until
       // the change commits): it hands over, and the caller retries on the new leader (a 307).
@@ -503,13 +503,13 @@ export class KvNode implements KvNodeApi {
   /** Proposes one change (the core refuses a second while one is unapplied) and waits for it to apply here. */
   private proposeMembershipChange(change: MembershipChange): Promise<MembersView> {
     this.refuseUnlessRunning();
-    const raft = this.raw.raft;
+    const raft = this.raw.basicStatus();
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
     if (this.pendingConfChange !== undefined) return Promise.reject(this.confChangePending());
     let index: number;
     try {
       // Outside a turn no Ready is outstanding, so the core may take the proposal now.
-      index = raft.proposeConfChange(encodeMembershipChange(change));
+      index = this.raw.proposeConfChange(encodeMembershipChange(change));
     } catch (error: unknown) {
       if (!(error instanceof ProposalRefusedError)) throw error;
       if (error.reason === "conf_change_pending") return Promise.reject(this.confChangePending());
@@ -530,9 +530,9 @@ export class KvNode implements KvNodeApi {
   /** Applies a committed change (already in the recorded configuration) to the core and the peer map. */
   private applyMembershipChange(result: Extract<ApplyResult, { kind: "conf-change" }>, term: number): void {
     const { change, index } = result;
-    this.raw.raft.applyConfChange({ type: change.type, nodeId: change.nodeId });
+    this.raw.applyConfChange({ type: change.type, nodeId: change.nodeId });
     this.refreshAddresses();
-    const raft = this.raw.raft;
+    const raft = this.raw.basicStatus();
     this.cfg.log?.("membership applied", { change: change.type, nodeId: change.nodeId, index, voters: raft.voters, learners: raft.learners });
     if (change.type === "remove" && change.nodeId === this.cfg.id) {
       this.removed = true;
@@ -547,11 +547,11 @@ export class KvNode implements KvNodeApi {
 
   /** The leader promotes a learner whose log has caught up with its commit index (one change at a time). */
   private maybePromoteLearner(): void {
-    const raft = this.raw.raft;
+    const raft = this.raw.basicStatus();
     if (raft.role !== "leader" || this.pendingConfChange !== undefined || this.stopped) return;
     for (const learner of raft.learners) {
-      const match = raft.matchIndexOf(learner);
-      if (match === undefined || match < raft.log.committed) continue;
+      const match = this.raw.matchIndexOf(learner);
+      if (match === undefined || match < raft.commit) continue;
       this.proposeMembershipChange({ type: "promote", nodeId: learner }).then(
         () => this.cfg.log?.("learner promoted", { nodeId: learner }),
         (error: unknown) => this.cfg.log?.("learner promotion failed", { nodeId: learner, error: error instanceof Error ? error.message : String(error) }),
@@ -577,12 +577,11 @@ export class KvNode implements KvNodeApi {
   }
 
   private memberStatuses(): MemberStatus[] {
-    const raft = this.raw.raft;
-    return raft.members().sort((a, b) => a - b).map((id) => ({
+    return this.raw.members().sort((a, b) => a - b).map((id) => ({
       id,
       peerUrl: this.addresses.get(id)?.peerUrl ?? "",
       httpUrl: this.httpUrlOf(id) ?? this.addresses.get(id)?.httpUrl,
-      role: raft.isVoter(id) ? "voter" : "learner",
+      role: this.raw.isVoter(id) ? "voter" : "learner",
     }));
   }
 
@@ -593,20 +592,20 @@ export class KvNode implements KvNodeApi {
    */
   transferLeadership(target: NodeId | undefined, timeoutMs = this.transferTimeoutMs()): Promise<{ leaderId: NodeId }> {
     this.refuseUnlessRunning();
-    const raft = this.raw.raft;
+    const raft = this.raw.basicStatus();
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
     const voters = raft.voters.filter((id) => id !== this.cfg.id);
     if (target !== undefined && !voters.includes(target)) {
       return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
     }
-    const chosen = target ?? raft.mostCaughtUpFollower();
+    const chosen = target ?? this.raw.mostCaughtUpFollower();
     if (chosen === undefined) return Promise.reject(new KvError("unavailable", "there is no other voter to hand over to"));
-    raft.transferLeadership(chosen);
+    this.raw.transferLeadership(chosen);
     this.scheduleTurn();
     const deadline = this.cfg.clock.nowMs() + timeoutMs;
     return new Promise<{ leaderId: NodeId }>((resolve, reject) => {
       const check = () => {
-        const now = this.raw.raft;
+        const now = this.raw.basicStatus();
         const expired = this.cfg.clock.nowMs() >= deadline;
         // Stepped down: answer once we hear who leads now (0 if still unknown at the deadline).
         if (now.role !== "leader" && (now.leaderId !== 0 || expired)) return resolve({ leaderId: now.leaderId });
@@ -626,8 +625,8 @@ export class KvNode implements KvNodeApi {
   }
 
   healthy(): boolean {
-    const raft = this.raw.raft;
-    return !this.stopped && this.blockedReady === undefined && raft.leaderId !== 0 && this.cfg.storage.appliedIndex() >= raft.log.committed;
+    const raft = this.raw.basicStatus();
+    return !this.stopped && this.blockedReady === undefined && raft.leaderId !== 0 && this.cfg.storage.appliedIndex() >= raft.commit;
   }
 
   private httpUrlOf(id: NodeId): string | undefined {
@@ -643,7 +642,7 @@ export class KvNode implements KvNodeApi {
       throw new KvError("bad_request", `an idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
     }
     this.refuseUnlessRunning();
-    const raft = this.raw.raft;
+    const raft = this.raw.basicStatus();
     if (raft.role !== "leader") throw this.notLeader();
     this.refuseWhenFull();
     // Checked where the write is proposed, on the leader (as etcd's quota): every replica keeps the
@@ -670,7 +669,7 @@ export class KvNode implements KvNodeApi {
   }
 
   private notLeader(): KvError {
-    const leaderId = this.raw.raft.leaderId;
+    const leaderId = this.raw.basicStatus().leaderId;
     const leaderUrl = this.httpUrlOf(leaderId);
     if (leaderId === 0 || leaderId === this.cfg.id || leaderUrl === undefined) {
       return new KvError("no_leader", "no leader is known right now; retry shortly", { retryAfterS: 1 });
@@ -730,7 +729,7 @@ export class KvNode implements KvNodeApi {
     }
     for (; missing > 0; missing--) {
       this.ticksDone++;
-      for (const to of this.outgoingSnapshots.keys()) this.raw.raft.reportSnapshotInProgress(to);
+      for (const to of this.outgoingSnapshots.keys()) this.raw.reportSnapshotInProgress(to);
       this.raw.tick();
     }
   }
@@ -837,7 +836,7 @@ export class KvNode implements KvNodeApi {
       for (const write of writes) write.reject(refusal);
       return;
     }
-    const term = this.raw.raft.term;
+    const term = this.raw.basicStatus().term;
     writes.forEach((write, i) => {
       this.pendingWrites.set(firstIndex + i, { ...write, index: firstIndex + i, term });
     });
@@ -954,7 +953,7 @@ export class KvNode implements KvNodeApi {
       for (const read of reads) read.reject(error);
     }
     if (ready.softState !== undefined) {
-      this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.raft.term });
+      this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.basicStatus().term });
       if (ready.softState.role !== "leader") {
         for (const transfer of this.outgoingSnapshots.values()) transfer.abort(new Error("no longer the leader"));
         // Writes this node proposed as leader may or may not commit under the next one: say so now
@@ -1054,7 +1053,7 @@ export class KvNode implements KvNodeApi {
     this.outgoingSnapshots.delete(to);
     if (this.stopped) return;
     if (error !== undefined) this.cfg.log?.("snapshot send failed", { to, error: error.message });
-    if (error === undefined && this.raw.raft.term === term) return; // the follower's answer moves its progress on
+    if (error === undefined && this.raw.basicStatus().term === term) return; // the follower's answer moves its progress on
     // Outside any turn, so no Ready is outstanding: the core may be told now.
     this.raw.reportSnapshotFailure(to);
     this.scheduleTurn();
@@ -1071,7 +1070,7 @@ export class KvNode implements KvNodeApi {
     if (this.stopped || this.transport === undefined) throw new SnapshotChunkRefusedError("the node is not running");
     // Frozen by a full disk: a new image would replace one whose install waits, and could not be staged anyway.
     if (this.blockedReady !== undefined) throw new SnapshotChunkRefusedError("the disk is full: no image is taken until space returns");
-    const term = this.raw.raft.term;
+    const term = this.raw.basicStatus().term;
     if (chunk.term < term) throw new SnapshotChunkRefusedError(`chunk of term ${chunk.term}; this node is in term ${term}`);
     let incoming = this.incomingSnapshot;
     if (chunk.seq === 0) {
@@ -1154,7 +1153,7 @@ export class KvNode implements KvNodeApi {
   }
 
   private notLeaderForRead(): KvError {
-    const leaderId = this.raw.raft.leaderId;
+    const leaderId = this.raw.basicStatus().leaderId;
     if (leaderId === 0 || leaderId === this.cfg.id) {
       return new KvError("no_leader", "no leader could confirm the read; retry shortly", { retryAfterS: 1 });
     }

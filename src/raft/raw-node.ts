@@ -1,6 +1,22 @@
 import { assert } from "../lib/assert.ts";
 import { Raft, type RaftConfig } from "./raft.ts";
-import { hardStateEqual, type HardState, type Message, type Ready, type SoftState } from "./types.ts";
+import { hardStateEqual, type ConfChange, type ConfState, type HardState, type Message, type NodeId, type Ready, type Role, type SoftState } from "./types.ts";
+
+/** What a driver may know of the core at a glance (etcd's BasicStatus): a copy, safe to keep. */
+export interface BasicStatus {
+  readonly id: NodeId;
+  readonly role: Role;
+  readonly term: number;
+  readonly vote: NodeId;
+  /** 0 when no leader is known. */
+  readonly leaderId: NodeId;
+  /** Leader: the voter leadership is being handed to, or 0. */
+  readonly leadTransferee: NodeId;
+  readonly commit: number;
+  readonly lastIndex: number;
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
+}
 
 /**
  * The synchronous driver-facing API of the core (etcd's RawNode): `tick`, `step`, `propose`,
@@ -22,6 +38,62 @@ export class RawNode {
 
   tick(): void {
     this.raft.tick();
+  }
+
+  /** The core's role, term, leader, commit and configuration, as of now. */
+  basicStatus(): BasicStatus {
+    const raft = this.raft;
+    return {
+      id: raft.id,
+      role: raft.role,
+      term: raft.term,
+      vote: raft.vote,
+      leaderId: raft.leaderId,
+      leadTransferee: raft.leadTransferee,
+      commit: raft.log.committed,
+      lastIndex: raft.log.lastIndex(),
+      voters: raft.voters,
+      learners: raft.learners,
+    };
+  }
+
+  isVoter(id: NodeId): boolean {
+    return this.raft.isVoter(id);
+  }
+
+  /** Voters and learners. */
+  members(): NodeId[] {
+    return this.raft.members();
+  }
+
+  /** Leader: how far `id` has replicated, or undefined. */
+  matchIndexOf(id: NodeId): number | undefined {
+    return this.raft.matchIndexOf(id);
+  }
+
+  /** Leader: the other voter with the highest match index. */
+  mostCaughtUpFollower(): NodeId | undefined {
+    return this.raft.mostCaughtUpFollower();
+  }
+
+  /** See Raft.proposeConfChange: returns the change's index; throws ProposalRefusedError. */
+  proposeConfChange(data: Uint8Array): number {
+    return this.raft.proposeConfChange(data);
+  }
+
+  /** A committed membership change was applied: it is the configuration from now on. */
+  applyConfChange(change: ConfChange): ConfState {
+    return this.raft.applyConfChange(change);
+  }
+
+  /** Hands leadership to `target` (thesis §3.10). */
+  transferLeadership(target: NodeId): void {
+    this.raft.transferLeadership(target);
+  }
+
+  /** The driver is still streaming a snapshot to `to`. */
+  reportSnapshotInProgress(to: NodeId): void {
+    this.raft.reportSnapshotInProgress(to);
   }
 
   step(message: Message): void {
