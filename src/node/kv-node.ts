@@ -17,6 +17,9 @@ import {
 import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storage.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
+import { proposalDropped, Proposals } from "./proposals.ts";
+import { Reads } from "./reads.ts";
+import { timeoutError, type Waiter } from "./waiter.ts";
 
 /** A Ready being carried out, and how far it got (a full disk stops it between stages). */
 interface BlockedReady {
@@ -25,15 +28,6 @@ interface BlockedReady {
   early: readonly Message[];
   readonly late: readonly Message[];
   stage: "install" | "save" | "apply";
-}
-
-/**
- * A proposal whose index another leader's entry took: the log there is committed with the other
- * entry, so ours can never apply (log matching). Unlike `timeout`, the outcome is known, and
- * unlike `no_leader`, something was proposed; either way a retry cannot apply it twice.
- */
-function proposalDropped(what: string): KvError {
-  return new KvError("proposal_dropped", `leadership changed before ${what} committed: another leader's entry took its place, so it was not applied and never will be; retrying is safe`, { retryAfterS: 1 });
 }
 
 function diskFullError(): KvError {
@@ -162,30 +156,10 @@ export const defaultNodeTimings = {
   inboxMessagesMax: 100_000,
 } as const;
 
-interface Waiter<T> {
-  resolve(value: T): void;
-  reject(error: KvError): void;
-  readonly deadlineMs: number;
-}
-
-interface PendingWrite extends Waiter<ApplyResult> {
-  readonly index: number;
-  readonly term: number;
-}
-
-interface QueuedWrite extends Waiter<ApplyResult> {
-  readonly data: Uint8Array;
-}
-
 /** A membership change proposed here, waiting to be applied. */
 interface PendingConfChange extends Waiter<MembersView> {
   readonly index: number;
   readonly term: number;
-}
-
-interface PendingRead extends Waiter<void> {
-  /** Set once the read index is known: serve when applied >= readIndex. */
-  readIndex: number;
 }
 
 /**
@@ -206,22 +180,10 @@ export class KvNode implements KvNodeApi {
   private readonly raw: RawNode;
   private transport: Transport | undefined;
   private readonly inbox: Message[] = [];
-  private queuedWrites: QueuedWrite[] = [];
-  /** Proposed writes by index, in index order. */
-  private readonly pendingWrites = new Map<number, PendingWrite>();
-  private queuedReads: PendingRead[] = [];
-  private queuedLeaseReads: PendingRead[] = [];
-  /** Reads waiting for a read index, by the context of their batch. */
-  private readonly readsByContext = new Map<string, PendingRead[]>();
-  /** Reads with a read index, waiting to be applied up to it. */
-  private readsWaitingApply: PendingRead[] = [];
-  private readSequence = 0;
-  /**
-   * Tells this process's read contexts from those of an earlier one of the same node: a node that
-   * restarts numbers its reads from 1 again, and a delayed answer to its previous life's read must
-   * not match a new one (it carries a read index from before the new read began).
-   */
-  private readonly readNonce: string;
+  /** Writes, from the client's call until their entry applies (src/node/proposals.ts). */
+  private readonly proposals = new Proposals();
+  /** Linearizable and lease reads, until they may be served (src/node/reads.ts). */
+  private readonly reads: Reads;
   /** Readies whose writes must be durable before their messages leave, written so far. */
   private writtenReadies = 0;
   /** How many of those the last finished fsync covered. */
@@ -318,7 +280,7 @@ export class KvNode implements KvNodeApi {
       applied: cfg.storage.appliedIndex(),
       ...defaultRaftLimits,
     });
-    this.readNonce = cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36);
+    this.reads = new Reads(cfg.id, cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36));
     assert(cfg.quotaBytes === undefined || (Number.isSafeInteger(cfg.quotaBytes) && cfg.quotaBytes > 0), `quotaBytes ${cfg.quotaBytes}`);
     this.measureData();
   }
@@ -404,11 +366,9 @@ export class KvNode implements KvNodeApi {
     if (consistency === "stale") return;
     this.refuseUnlessRunning();
     this.refuseWhenFull();
-    const queue = consistency === "lease" ? this.queuedLeaseReads : this.queuedReads;
-    await new Promise<void>((resolve, reject) => {
-      queue.push({ resolve, reject, deadlineMs: this.deadline(), readIndex: 0 });
-      this.scheduleTurn();
-    });
+    const read = this.reads.enqueue(consistency === "lease", this.deadline());
+    this.scheduleTurn();
+    await read;
   }
 
   status(): NodeStatus {
@@ -662,10 +622,9 @@ export class KvNode implements KvNodeApi {
     const data = encodeCommand(stamped);
     // The entry lands in the log, its value in the state machine: counted twice until measured.
     this.bytesProposedSinceMeasure += 2 * data.byteLength;
-    return new Promise<ApplyResult>((resolve, reject) => {
-      this.queuedWrites.push({ resolve, reject, deadlineMs: this.deadline(), data });
-      this.scheduleTurn();
-    });
+    const applied = this.proposals.enqueue(data, this.deadline());
+    this.scheduleTurn();
+    return applied;
   }
 
   private notLeader(): KvError {
@@ -685,8 +644,7 @@ export class KvNode implements KvNodeApi {
   }
 
   private refuseWhenFull(): void {
-    const waiting =
-      this.queuedWrites.length + this.pendingWrites.size + this.queuedReads.length + this.queuedLeaseReads.length + this.readsWaitingApply.length;
+    const waiting = this.proposals.count() + this.reads.count();
     if (waiting >= this.cfg.pendingRequestsMax) {
       throw new KvError("overloaded", `${waiting} requests are already waiting`, { retryAfterS: 1 });
     }
@@ -758,10 +716,12 @@ export class KvNode implements KvNodeApi {
       // Time first: a lease judged by this turn's reads must have aged by every tick that passed.
       this.catchUpTicks();
       this.stepInbox();
-      this.proposeQueuedWrites();
-      this.requestReadIndex();
+      this.proposals.proposeQueued(this.raw, (refusal) =>
+        refusal.reason === "too_many_uncommitted" ? new KvError("overloaded", "too many writes are waiting to commit", { retryAfterS: 1 }) : this.notLeader(),
+      );
+      this.reads.requestReadIndex(this.raw);
       while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return this.startSync();
-      this.serveReads();
+      this.reads.serve(this.cfg.storage.appliedIndex());
       const checks = this.afterTurn;
       this.afterTurn = [];
       for (const check of checks) check();
@@ -818,41 +778,6 @@ export class KvNode implements KvNodeApi {
     this.callsStepped = this.transport?.callsArrived() ?? 0;
     const messages = this.inbox.splice(0, this.inbox.length);
     for (const message of messages) this.raw.step(message);
-  }
-
-  private proposeQueuedWrites(): void {
-    if (this.queuedWrites.length === 0) return;
-    const writes = this.queuedWrites;
-    this.queuedWrites = [];
-    let firstIndex: number;
-    try {
-      firstIndex = this.raw.propose(writes.map((write) => write.data));
-    } catch (error) {
-      if (!(error instanceof ProposalRefusedError)) throw error;
-      const refusal =
-        error.reason === "too_many_uncommitted"
-          ? new KvError("overloaded", "too many writes are waiting to commit", { retryAfterS: 1 })
-          : this.notLeader();
-      for (const write of writes) write.reject(refusal);
-      return;
-    }
-    const term = this.raw.basicStatus().term;
-    writes.forEach((write, i) => {
-      this.pendingWrites.set(firstIndex + i, { ...write, index: firstIndex + i, term });
-    });
-  }
-
-  /** One read index for every read that arrived together (and one for the lease reads). */
-  private requestReadIndex(): void {
-    for (const lease of [false, true]) {
-      const reads = lease ? this.queuedLeaseReads : this.queuedReads;
-      if (reads.length === 0) continue;
-      const context = `${this.cfg.id}.${this.readNonce}.${++this.readSequence}`;
-      this.readsByContext.set(context, reads);
-      if (lease) this.queuedLeaseReads = [];
-      else this.queuedReads = [];
-      this.raw.readIndex(context, lease);
-    }
   }
 
   /** Install → write → send → apply → advance, in that order; acks and votes also wait for the fsync (`held`). */
@@ -919,7 +844,7 @@ export class KvNode implements KvNodeApi {
             pending.reject(proposalDropped("the membership change"));
           }
           if (result.kind === "conf-change") this.applyMembershipChange(result, entry.term);
-          else this.settleWrite(result, entry.term);
+          else this.proposals.settle(result, entry.term);
         });
       }
     } catch (error) {
@@ -928,39 +853,19 @@ export class KvNode implements KvNodeApi {
         this.cfg.log?.("disk full", { error: error instanceof Error ? error.message : String(error), stage: work.stage });
       }
       this.blockedReady = work;
-      for (const write of this.queuedWrites) write.reject(diskFullError());
-      this.queuedWrites = [];
+      this.proposals.refuseQueued(diskFullError());
       return false;
     }
     if (this.blockedReady !== undefined) {
       this.blockedReady = undefined;
       this.cfg.log?.("disk space back", {});
     }
-    for (const state of ready.readStates) {
-      const reads = this.readsByContext.get(state.readContext);
-      if (reads === undefined) continue; // timed out already
-      this.readsByContext.delete(state.readContext);
-      for (const read of reads) {
-        read.readIndex = state.index;
-        this.readsWaitingApply.push(read);
-      }
-    }
-    for (const failure of ready.readFailures) {
-      const reads = this.readsByContext.get(failure.readContext);
-      if (reads === undefined) continue;
-      this.readsByContext.delete(failure.readContext);
-      const error = this.notLeaderForRead();
-      for (const read of reads) read.reject(error);
-    }
+    this.reads.onReady(ready.readStates, ready.readFailures, () => this.notLeaderForRead());
     if (ready.softState !== undefined) {
       this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.basicStatus().term });
       if (ready.softState.role !== "leader") {
         for (const transfer of this.outgoingSnapshots.values()) transfer.abort(new Error("no longer the leader"));
-        // Writes this node proposed as leader may or may not commit under the next one: say so now
-        // rather than keep the client waiting for the full request timeout.
-        const lost = new KvError("timeout", "leadership was lost before the write committed; its outcome is unknown");
-        for (const write of this.pendingWrites.values()) write.reject(lost);
-        this.pendingWrites.clear();
+        this.proposals.leadershipLost();
         this.pendingConfChange?.reject(new KvError("timeout", "leadership was lost before the membership change committed; its outcome is unknown"));
         this.pendingConfChange = undefined;
       }
@@ -986,12 +891,7 @@ export class KvNode implements KvNodeApi {
     this.stagedAddresses = undefined;
     this.refreshAddresses();
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
-    // Writes proposed here as leader at covered indexes: the image cannot tell whether ours committed there.
-    for (const [writeIndex, write] of this.pendingWrites) {
-      if (writeIndex > index) continue;
-      this.pendingWrites.delete(writeIndex);
-      write.reject(new KvError("timeout", "a snapshot replaced this node's log before the write applied here; its outcome is unknown"));
-    }
+    this.proposals.coveredBySnapshot(index);
   }
 
   /** Hands messages to the transport, except InstallSnapshot: its image is streamed on the side. */
@@ -1160,53 +1060,15 @@ export class KvNode implements KvNodeApi {
     return this.notLeader();
   }
 
-  private settleWrite(result: ApplyResult, term: number): void {
-    const write = this.pendingWrites.get(result.index);
-    if (write === undefined) return;
-    this.pendingWrites.delete(result.index);
-    if (write.term !== term) {
-      // Another leader's entry took this index: ours was truncated before it committed and never applied.
-      write.reject(proposalDropped("the write"));
-      return;
-    }
-    write.resolve(result);
-  }
-
-  private serveReads(): void {
-    if (this.readsWaitingApply.length === 0) return;
-    const applied = this.cfg.storage.appliedIndex();
-    const stillWaiting: PendingRead[] = [];
-    for (const read of this.readsWaitingApply) {
-      if (read.readIndex <= applied) read.resolve();
-      else stillWaiting.push(read);
-    }
-    this.readsWaitingApply = stillWaiting;
-  }
-
   private expireWaiters(): void {
     const now = this.cfg.clock.nowMs();
-    const timeout = (what: string) => new KvError("timeout", `${what} did not complete in ${this.cfg.requestTimeoutMs} ms; its outcome is unknown`);
+    const timeoutMs = this.cfg.requestTimeoutMs;
     if (this.pendingConfChange !== undefined && this.pendingConfChange.deadlineMs <= now) {
-      this.pendingConfChange.reject(timeout("the membership change"));
+      this.pendingConfChange.reject(timeoutError("the membership change", timeoutMs));
       this.pendingConfChange = undefined;
     }
-    for (const [index, write] of this.pendingWrites) {
-      if (write.deadlineMs <= now) {
-        this.pendingWrites.delete(index);
-        write.reject(timeout("the write"));
-      }
-    }
-    for (const [context, reads] of this.readsByContext) {
-      if ((reads[0] as PendingRead).deadlineMs <= now) {
-        this.readsByContext.delete(context);
-        for (const read of reads) read.reject(timeout("the read"));
-      }
-    }
-    this.readsWaitingApply = this.readsWaitingApply.filter((read) => {
-      if (read.deadlineMs > now) return true;
-      read.reject(timeout("the read"));
-      return false;
-    });
+    this.proposals.expire(now, () => timeoutError("the write", timeoutMs));
+    this.reads.expire(now, () => timeoutError("the read", timeoutMs));
   }
 
   private fail(error: Error): void {
@@ -1217,21 +1079,11 @@ export class KvNode implements KvNodeApi {
   }
 
   private failAll(error: KvError): void {
-    for (const write of this.queuedWrites) write.reject(error);
-    this.queuedWrites = [];
     // Proposed writes may still commit elsewhere: their outcome is unknown, which `timeout` says.
-    const unknown = new KvError("timeout", `${error.message}; a write already proposed may still commit`);
-    for (const write of this.pendingWrites.values()) write.reject(unknown);
-    this.pendingWrites.clear();
-    this.pendingConfChange?.reject(unknown);
+    this.proposals.failAll(error);
+    this.pendingConfChange?.reject(new KvError("timeout", `${error.message}; a membership change already proposed may still commit`));
     this.pendingConfChange = undefined;
-    for (const read of [...this.queuedReads, ...this.queuedLeaseReads]) read.reject(error);
-    this.queuedReads = [];
-    this.queuedLeaseReads = [];
-    for (const reads of this.readsByContext.values()) for (const read of reads) read.reject(error);
-    this.readsByContext.clear();
-    for (const read of this.readsWaitingApply) read.reject(error);
-    this.readsWaitingApply = [];
+    this.reads.failAll(error);
   }
 
   /** Why the node stopped on its own, if it did (a storage failure or a bug). */

@@ -1,0 +1,130 @@
+import { KvError } from "../lib/kv-error.ts";
+import type { RawNode } from "../raft/raw-node.ts";
+import { ProposalRefusedError } from "../raft/types.ts";
+import type { ApplyResult } from "../storage/kv-storage.ts";
+import type { Waiter } from "./waiter.ts";
+
+/** A write proposed to the core, waiting for its entry to apply. */
+interface PendingWrite extends Waiter<ApplyResult> {
+  readonly index: number;
+  readonly term: number;
+}
+
+/** A write waiting for the next turn to be proposed. */
+interface QueuedWrite extends Waiter<ApplyResult> {
+  readonly data: Uint8Array;
+}
+
+/**
+ * A proposal whose index another leader's entry took: the log there is committed with the other
+ * entry, so ours can never apply (log matching). Unlike `timeout`, the outcome is known, and
+ * unlike `no_leader`, something was proposed; either way a retry cannot apply it twice.
+ */
+export function proposalDropped(what: string): KvError {
+  return new KvError("proposal_dropped", `leadership changed before ${what} committed: another leader's entry took its place, so it was not applied and never will be; retrying is safe`, { retryAfterS: 1 });
+}
+
+/**
+ * The node's writes: queued until the next turn proposes all that arrived together as one batch,
+ * then pending by index until their entry applies. How each settles:
+ * - applied with the term it was proposed in: the state machine's answer;
+ * - another leader's entry applied at its index: `proposal_dropped` (certainly never applied);
+ * - leadership lost, a snapshot covered it, the node stopped, or its deadline passed: `timeout`
+ *   (the outcome is unknown: it may still commit under another leader).
+ */
+export class Proposals {
+  private queued: QueuedWrite[] = [];
+  /** Proposed writes by index, in index order. */
+  private readonly pending = new Map<number, PendingWrite>();
+
+  /** Writes waiting, queued or proposed. */
+  count(): number {
+    return this.queued.length + this.pending.size;
+  }
+
+  /** A write carrying `data` (an encoded command), settled when its entry applies. */
+  enqueue(data: Uint8Array, deadlineMs: number): Promise<ApplyResult> {
+    return new Promise<ApplyResult>((resolve, reject) => {
+      this.queued.push({ resolve, reject, deadlineMs, data });
+    });
+  }
+
+  /**
+   * Proposes every queued write as one batch. A refusal (not the leader, too much uncommitted)
+   * fails them all with `refusal(reason)`: nothing was proposed.
+   */
+  proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): void {
+    if (this.queued.length === 0) return;
+    const writes = this.queued;
+    this.queued = [];
+    let firstIndex: number;
+    try {
+      firstIndex = raw.propose(writes.map((write) => write.data));
+    } catch (error) {
+      if (!(error instanceof ProposalRefusedError)) throw error;
+      const refused = refusal(error);
+      for (const write of writes) write.reject(refused);
+      return;
+    }
+    const term = raw.basicStatus().term;
+    writes.forEach((write, i) => {
+      this.pending.set(firstIndex + i, { ...write, index: firstIndex + i, term });
+    });
+  }
+
+  /** The entry at `result.index`, of `term`, applied: answers the write proposed there, if any. */
+  settle(result: ApplyResult, term: number): void {
+    const write = this.pending.get(result.index);
+    if (write === undefined) return;
+    this.pending.delete(result.index);
+    if (write.term !== term) {
+      // Another leader's entry took this index: ours was truncated before it committed and never applied.
+      write.reject(proposalDropped("the write"));
+      return;
+    }
+    write.resolve(result);
+  }
+
+  /** Fails the writes not yet proposed (nothing of them was written). */
+  refuseQueued(error: KvError): void {
+    for (const write of this.queued) write.reject(error);
+    this.queued = [];
+  }
+
+  /**
+   * This node stopped leading: its proposed writes may or may not commit under the next leader.
+   * Say so now rather than keep the clients waiting for the full request timeout.
+   */
+  leadershipLost(): void {
+    const lost = new KvError("timeout", "leadership was lost before the write committed; its outcome is unknown");
+    for (const write of this.pending.values()) write.reject(lost);
+    this.pending.clear();
+  }
+
+  /** A snapshot replaced the log up to `index`: it cannot tell whether our writes there committed. */
+  coveredBySnapshot(index: number): void {
+    for (const [writeIndex, write] of this.pending) {
+      if (writeIndex > index) continue;
+      this.pending.delete(writeIndex);
+      write.reject(new KvError("timeout", "a snapshot replaced this node's log before the write applied here; its outcome is unknown"));
+    }
+  }
+
+  /** Fails, with `timeout()`, the proposed writes whose deadline has passed. */
+  expire(nowMs: number, timeout: () => KvError): void {
+    for (const [index, write] of this.pending) {
+      if (write.deadlineMs <= nowMs) {
+        this.pending.delete(index);
+        write.reject(timeout());
+      }
+    }
+  }
+
+  /** The node stops: queued writes fail with `error`; proposed ones may still commit elsewhere (`timeout`). */
+  failAll(error: KvError): void {
+    this.refuseQueued(error);
+    const unknown = new KvError("timeout", `${error.message}; a write already proposed may still commit`);
+    for (const write of this.pending.values()) write.reject(unknown);
+    this.pending.clear();
+  }
+}
