@@ -1,11 +1,11 @@
-import { AssertionError, assert } from "../lib/assert.ts";
+import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { ProposalRefusedError, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotMetadata, type SnapshotRequest, type SnapshotToInstall } from "../raft/types.ts";
+import { ProposalRefusedError, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   encodeCommand,
   encodeMembershipChange,
@@ -15,10 +15,11 @@ import {
   type MembershipChange,
 } from "../storage/command.ts";
 import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storage.ts";
-import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
+import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
 import { proposalDropped, Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
+import { SnapshotTransfer } from "./snapshot-transfer.ts";
 import { timeoutError, type Waiter } from "./waiter.ts";
 
 /** A Ready being carried out, and how far it got (a full disk stops it between stages). */
@@ -215,19 +216,12 @@ export class KvNode implements KvNodeApi {
   private stopped = false;
   private failure: Error | undefined;
   private httpUrl: string;
-  /** Snapshot transfers to followers in flight: at most one per peer. */
-  private readonly outgoingSnapshots = new Map<NodeId, AbortController>();
-  private snapshotSequence = 0;
-  /** The image being received, chunk by chunk; its rows are staged in storage. */
-  private incomingSnapshot: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number } | undefined;
-  /** The InstallSnapshot of the image staged in full, until it is installed or refused (see settleStagedImage). */
-  private imageAwaitingInstall: SnapshotRequest | undefined;
+  /** Snapshot transfer in and out (src/node/snapshot-transfer.ts). */
+  private readonly snapshots: SnapshotTransfer;
   private readonly snapshotEntries: number;
   private readonly snapshotCatchUpEntries: number;
   /** Every member's addresses as this node reaches them: the recorded ones, overridden by `cfg.peers`. */
   private readonly addresses = new Map<NodeId, MemberAddress>();
-  /** Member addresses that came with the image being staged, by image id (at most one image). */
-  private stagedAddresses: { imageId: string; addresses: readonly MemberAddress[] } | undefined;
   private pendingConfChange: PendingConfChange | undefined;
   /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
   private removed = false;
@@ -281,6 +275,28 @@ export class KvNode implements KvNodeApi {
       ...defaultRaftLimits,
     });
     this.reads = new Reads(cfg.id, cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36));
+    this.snapshots = new SnapshotTransfer({
+      id: cfg.id,
+      storage: cfg.storage,
+      ...(cfg.log === undefined ? {} : { log: cfg.log }),
+      transport: () => this.transport,
+      peerKnown: (id) => cfg.peerDirectory === undefined || cfg.peerDirectory.has(id),
+      term: () => this.raw.basicStatus().term,
+      stopped: () => this.stopped || this.transport === undefined,
+      blockedInstall: () => (this.blockedReady?.stage === "install" ? this.blockedReady.ready.snapshot?.imageId : undefined),
+      diskFull: () => this.blockedReady !== undefined,
+      transferFailed: (to) => {
+        // Outside any turn, so no Ready is outstanding: the core may be told now.
+        this.raw.reportSnapshotFailure(to);
+        this.scheduleTurn();
+      },
+      install: (message) => {
+        this.inbox.push(message);
+        this.turn();
+      },
+      waitsInInbox: (message) => this.inbox.includes(message),
+      fail: (error) => this.fail(error),
+    });
     assert(cfg.quotaBytes === undefined || (Number.isSafeInteger(cfg.quotaBytes) && cfg.quotaBytes > 0), `quotaBytes ${cfg.quotaBytes}`);
     this.measureData();
   }
@@ -306,7 +322,7 @@ export class KvNode implements KvNodeApi {
     if (this.stopped) return;
     this.stopped = true;
     this.stopTicking?.();
-    for (const transfer of this.outgoingSnapshots.values()) transfer.abort(new Error("the node is stopping"));
+    this.snapshots.abortAll("the node is stopping");
     this.failAll(new KvError("unavailable", "the node is shutting down"));
     this.held = []; // never sent: the disk may not hold what they promise
     const checks = this.afterTurn;
@@ -687,7 +703,7 @@ export class KvNode implements KvNodeApi {
     }
     for (; missing > 0; missing--) {
       this.ticksDone++;
-      for (const to of this.outgoingSnapshots.keys()) this.raw.reportSnapshotInProgress(to);
+      for (const to of this.snapshots.sending()) this.raw.reportSnapshotInProgress(to);
       this.raw.tick();
     }
   }
@@ -730,7 +746,7 @@ export class KvNode implements KvNodeApi {
       this.fail(error instanceof Error ? error : new Error(String(error)));
     } finally {
       try {
-        this.settleStagedImage();
+        this.snapshots.settleStaged();
       } catch (error) {
         this.fail(error instanceof Error ? error : new Error(String(error)));
       }
@@ -864,7 +880,7 @@ export class KvNode implements KvNodeApi {
     if (ready.softState !== undefined) {
       this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.basicStatus().term });
       if (ready.softState.role !== "leader") {
-        for (const transfer of this.outgoingSnapshots.values()) transfer.abort(new Error("no longer the leader"));
+        this.snapshots.abortAll("no longer the leader");
         this.proposals.leadershipLost();
         this.pendingConfChange?.reject(new KvError("timeout", "leadership was lost before the membership change committed; its outcome is unknown"));
         this.pendingConfChange = undefined;
@@ -886,9 +902,8 @@ export class KvNode implements KvNodeApi {
   /** Ready.snapshot: the staged image replaces the state machine and the log, before anything else is saved. */
   private installSnapshot(snapshot: SnapshotToInstall): void {
     const { index, term } = snapshot.metadata;
-    const staged = this.stagedAddresses?.imageId === snapshot.imageId ? this.stagedAddresses.addresses : [];
-    this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, staged);
-    this.stagedAddresses = undefined;
+    this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, this.snapshots.addressesFor(snapshot.imageId));
+    this.snapshots.installed();
     this.refreshAddresses();
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
     this.proposals.coveredBySnapshot(index);
@@ -900,7 +915,7 @@ export class KvNode implements KvNodeApi {
     for (const message of messages) {
       if (message.type === "snapshot") {
         others ??= messages.filter((each) => each.type !== "snapshot");
-        this.startSnapshotTransfer(message);
+        this.snapshots.start(message);
       }
     }
     let rest = others ?? messages;
@@ -914,128 +929,9 @@ export class KvNode implements KvNodeApi {
     if (rest.length > 0) this.transport?.send(rest);
   }
 
-  /**
-   * Streams the state machine as applied now to a follower that needs compacted entries. The core
-   * asked with the metadata it saw (`imageId` ""); the image sent is read later and may stand at a
-   * later index: the receiver's core gets the image's own metadata, which is at or past the one the
-   * leader's progress waits for. One transfer per peer at a time: a request while one is in flight
-   * is dropped (the one in flight answers it). A transfer that fails, or outlives the term it began
-   * in, tells the core (reportSnapshotFailure) so that it probes the follower again.
-   */
-  private startSnapshotTransfer(message: SnapshotRequest): void {
-    const transport = this.transport;
-    const to = message.to;
-    if (transport === undefined || this.outgoingSnapshots.has(to)) return;
-    if (this.cfg.peerDirectory !== undefined && !this.cfg.peerDirectory.has(to)) return; // address unknown (see sendMessages)
-    const abort = new AbortController();
-    this.outgoingSnapshots.set(to, abort);
-    const term = message.term;
-    const transfer = async (): Promise<void> => {
-      await Promise.resolve(); // begin once this Ready is carried out: the image then holds what it applied
-      const image = this.cfg.storage.openImage();
-      try {
-        if (image.metadata.index === 0) throw new Error("nothing is applied yet");
-        const imageId = `${this.cfg.id}.${term}.${++this.snapshotSequence}`;
-        this.cfg.log?.("snapshot send", { to, index: image.metadata.index, term: image.metadata.term, imageId });
-        await transport.sendSnapshot(to, image, { imageId, term, signal: abort.signal });
-        this.cfg.log?.("snapshot sent", { to, index: image.metadata.index, imageId });
-      } finally {
-        image.close();
-      }
-    };
-    void transfer().then(
-      () => this.snapshotTransferEnded(to, term, undefined),
-      (error: unknown) => this.snapshotTransferEnded(to, term, error instanceof Error ? error : new Error(String(error))),
-    );
-  }
-
-  private snapshotTransferEnded(to: NodeId, term: number, error: Error | undefined): void {
-    this.outgoingSnapshots.delete(to);
-    if (this.stopped) return;
-    if (error !== undefined) this.cfg.log?.("snapshot send failed", { to, error: error.message });
-    if (error === undefined && this.raw.basicStatus().term === term) return; // the follower's answer moves its progress on
-    // Outside any turn, so no Ready is outstanding: the core may be told now.
-    this.raw.reportSnapshotFailure(to);
-    this.scheduleTurn();
-  }
-
-  /**
-   * The transport's snapshot handler: stages one chunk of an image a leader streams to us, in order.
-   * The last chunk becomes the InstallSnapshot message for the core, stepped at once (one turn, here)
-   * so that the image it names is still the one staged when the Ready installs it. Throws
-   * SnapshotChunkRefusedError for a chunk of a stale term, of an image not being staged, out of
-   * order, or one storage refuses; the sender then gives the image up.
-   */
+  /** The transport's snapshot handler: see SnapshotTransfer.receiveChunk. */
   receiveSnapshotChunk(chunk: SnapshotChunk): void {
-    if (this.stopped || this.transport === undefined) throw new SnapshotChunkRefusedError("the node is not running");
-    // Frozen by a full disk: a new image would replace one whose install waits, and could not be staged anyway.
-    if (this.blockedReady !== undefined) throw new SnapshotChunkRefusedError("the disk is full: no image is taken until space returns");
-    const term = this.raw.basicStatus().term;
-    if (chunk.term < term) throw new SnapshotChunkRefusedError(`chunk of term ${chunk.term}; this node is in term ${term}`);
-    let incoming = this.incomingSnapshot;
-    if (chunk.seq === 0) {
-      assert(chunk.metadata !== undefined, "the transport checks the first chunk has metadata");
-      incoming = { from: chunk.from, imageId: chunk.imageId, metadata: chunk.metadata, nextSeq: 0 };
-      this.stagedAddresses = { imageId: chunk.imageId, addresses: chunk.addresses ?? [] };
-      this.incomingSnapshot = undefined;
-    } else if (incoming === undefined || incoming.imageId !== chunk.imageId || incoming.from !== chunk.from) {
-      throw new SnapshotChunkRefusedError(`chunk ${chunk.seq} of image ${chunk.imageId}, which this node is not staging`);
-    } else if (chunk.seq !== incoming.nextSeq) {
-      throw new SnapshotChunkRefusedError(`chunk ${chunk.seq} of image ${chunk.imageId} out of order: expected ${incoming.nextSeq}`);
-    }
-    for (const row of chunk.rows) {
-      if (row.version > incoming.metadata.index) {
-        throw new SnapshotChunkRefusedError(`image ${chunk.imageId} has a row of version ${row.version}, past its index ${incoming.metadata.index}`);
-      }
-    }
-    try {
-      this.cfg.storage.stageImageChunk(chunk.imageId, chunk.rows, chunk.seq === 0);
-    } catch (error: unknown) {
-      this.incomingSnapshot = undefined;
-      if (error instanceof AssertionError) {
-        this.fail(error);
-        throw error;
-      }
-      throw new SnapshotChunkRefusedError(`staging failed: ${error instanceof Error ? error.message : String(error)}`);
-    }
-    if (chunk.seq === 0) {
-      this.cfg.log?.("snapshot receive", { from: chunk.from, index: incoming.metadata.index, term: incoming.metadata.term, imageId: chunk.imageId });
-    }
-    incoming.nextSeq = chunk.seq + 1;
-    this.incomingSnapshot = chunk.done ? undefined : incoming;
-    if (!chunk.done) return;
-    const message: SnapshotRequest = {
-      type: "snapshot",
-      from: chunk.from,
-      to: this.cfg.id,
-      term: chunk.term,
-      snapshot: incoming.metadata,
-      imageId: chunk.imageId,
-    };
-    this.cfg.log?.("snapshot received", { from: chunk.from, index: incoming.metadata.index, imageId: chunk.imageId, chunks: incoming.nextSeq });
-    this.inbox.push(message);
-    this.imageAwaitingInstall = message;
-    this.turn();
-  }
-
-  /**
-   * After a turn: drops the staged image once it is installed or refused (our log already covered
-   * it, or its term was stale). One the turn could not carry out yet is kept: a full disk blocked its
-   * install (`blockedReady` at stage "install"), or blocked the turn before its message was stepped.
-   */
-  private settleStagedImage(): void {
-    const awaiting = this.imageAwaitingInstall;
-    if (awaiting === undefined || this.stopped) return;
-    const blocked = this.blockedReady;
-    if (blocked !== undefined && blocked.stage === "install" && blocked.ready.snapshot?.imageId === awaiting.imageId) return;
-    if (this.inbox.includes(awaiting)) return;
-    this.imageAwaitingInstall = undefined;
-    try {
-      this.cfg.storage.discardStagedImage();
-    } catch (error) {
-      // Left staged on a full disk: bounded (one image), and the next image's first chunk drops it.
-      if (!isDiskFull(error)) throw error;
-    }
+    this.snapshots.receiveChunk(chunk);
   }
 
   /** Compacts once `snapshotEntries` are applied past the last snapshot, keeping `snapshotCatchUpEntries`. */

@@ -1,0 +1,186 @@
+import { AssertionError, assert } from "../lib/assert.ts";
+import { isDiskFull } from "../lib/disk-full.ts";
+import type { NodeId, SnapshotMetadata, SnapshotRequest } from "../raft/types.ts";
+import type { KvStorage, MemberAddress } from "../storage/kv-storage.ts";
+import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
+
+/** What the snapshot room needs from the node loop that owns it. */
+export interface SnapshotHost {
+  readonly id: NodeId;
+  readonly storage: KvStorage;
+  log?(event: string, fields: Record<string, unknown>): void;
+  /** The transport while the node runs. */
+  transport(): Transport | undefined;
+  /** Whether this node knows where peer `id` is (messages to others are dropped). */
+  peerKnown(id: NodeId): boolean;
+  /** The core's current term. */
+  term(): number;
+  /** The node stopped, or was never started. */
+  stopped(): boolean;
+  /** The image id whose install a full disk is holding up (a blocked Ready at stage "install"), if any. */
+  blockedInstall(): string | undefined;
+  /** A full disk froze the loop. */
+  diskFull(): boolean;
+  /** A transfer to `to` failed or outlived its term: the core probes the follower again (outside any turn). */
+  transferFailed(to: NodeId): void;
+  /** Steps InstallSnapshot for the image staged in full, in a turn of its own, now. */
+  install(message: SnapshotRequest): void;
+  /** Whether `message` still waits in the inbox (the turn that steps it has not run). */
+  waitsInInbox(message: SnapshotRequest): boolean;
+  /** A bug: the node stops. */
+  fail(error: Error): void;
+}
+
+/**
+ * Snapshot transfer in and out (thesis §5.1, chapter 5): a leader streams its state machine, as
+ * applied when the transfer starts, to a follower that needs compacted entries, one transfer per
+ * peer at a time; a follower stages the chunks it receives, in order, and hands the core an
+ * InstallSnapshot once the last is staged. The staged image is kept until it is installed or
+ * refused: a full disk at install keeps it, and the node waits for space.
+ */
+export class SnapshotTransfer {
+  /** Transfers to followers in flight: at most one per peer. */
+  private readonly outgoing = new Map<NodeId, AbortController>();
+  private sequence = 0;
+  /** The image being received, chunk by chunk; its rows are staged in storage. */
+  private incoming: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number } | undefined;
+  /** The InstallSnapshot of the image staged in full, until it is installed or refused. */
+  private awaitingInstall: SnapshotRequest | undefined;
+  /** Member addresses that came with the image being staged (at most one image). */
+  private stagedAddresses: { imageId: string; addresses: readonly MemberAddress[] } | undefined;
+
+  constructor(private readonly host: SnapshotHost) {}
+
+  /** Peers a transfer is streaming to now. */
+  sending(): Iterable<NodeId> {
+    return this.outgoing.keys();
+  }
+
+  /** Aborts every outgoing transfer (the node stopped leading, or stops). */
+  abortAll(reason: string): void {
+    for (const transfer of this.outgoing.values()) transfer.abort(new Error(reason));
+  }
+
+  /** The member addresses that came with image `imageId` ([] if none did). */
+  addressesFor(imageId: string): readonly MemberAddress[] {
+    return this.stagedAddresses?.imageId === imageId ? this.stagedAddresses.addresses : [];
+  }
+
+  /** The staged image was installed: its addresses are in storage now. */
+  installed(): void {
+    this.stagedAddresses = undefined;
+  }
+
+  /**
+   * Streams the state machine as applied now to a follower that needs compacted entries. The core
+   * asked with the metadata it saw (`imageId` ""); the image sent is read later and may stand at a
+   * later index: the receiver's core gets the image's own metadata, which is at or past the one the
+   * leader's progress waits for. A request while a transfer to that peer is in flight is dropped
+   * (the one in flight answers it). A transfer that fails, or outlives the term it began in, tells
+   * the core so that it probes the follower again.
+   */
+  start(message: SnapshotRequest): void {
+    const transport = this.host.transport();
+    const to = message.to;
+    if (transport === undefined || this.outgoing.has(to) || !this.host.peerKnown(to)) return;
+    const abort = new AbortController();
+    this.outgoing.set(to, abort);
+    const term = message.term;
+    const transfer = async (): Promise<void> => {
+      await Promise.resolve(); // begin once this Ready is carried out: the image then holds what it applied
+      const image = this.host.storage.openImage();
+      try {
+        if (image.metadata.index === 0) throw new Error("nothing is applied yet");
+        const imageId = `${this.host.id}.${term}.${++this.sequence}`;
+        this.host.log?.("snapshot send", { to, index: image.metadata.index, term: image.metadata.term, imageId });
+        await transport.sendSnapshot(to, image, { imageId, term, signal: abort.signal });
+        this.host.log?.("snapshot sent", { to, index: image.metadata.index, imageId });
+      } finally {
+        image.close();
+      }
+    };
+    void transfer().then(
+      () => this.ended(to, term, undefined),
+      (error: unknown) => this.ended(to, term, error instanceof Error ? error : new Error(String(error))),
+    );
+  }
+
+  private ended(to: NodeId, term: number, error: Error | undefined): void {
+    this.outgoing.delete(to);
+    if (this.host.stopped()) return;
+    if (error !== undefined) this.host.log?.("snapshot send failed", { to, error: error.message });
+    if (error === undefined && this.host.term() === term) return; // the follower's answer moves its progress on
+    this.host.transferFailed(to);
+  }
+
+  /**
+   * Stages one chunk of an image a leader streams to us, in order. The last chunk becomes the
+   * InstallSnapshot message for the core, stepped at once (one turn) so that the image it names is
+   * still the one staged when the Ready installs it. Throws SnapshotChunkRefusedError for a chunk
+   * of a stale term, of an image not being staged, out of order, or one storage refuses; the sender
+   * then gives the image up.
+   */
+  receiveChunk(chunk: SnapshotChunk): void {
+    const host = this.host;
+    if (host.stopped()) throw new SnapshotChunkRefusedError("the node is not running");
+    // Frozen by a full disk: a new image would replace one whose install waits, and could not be staged anyway.
+    if (host.diskFull()) throw new SnapshotChunkRefusedError("the disk is full: no image is taken until space returns");
+    const term = host.term();
+    if (chunk.term < term) throw new SnapshotChunkRefusedError(`chunk of term ${chunk.term}; this node is in term ${term}`);
+    let incoming = this.incoming;
+    if (chunk.seq === 0) {
+      assert(chunk.metadata !== undefined, "the transport checks the first chunk has metadata");
+      incoming = { from: chunk.from, imageId: chunk.imageId, metadata: chunk.metadata, nextSeq: 0 };
+      this.stagedAddresses = { imageId: chunk.imageId, addresses: chunk.addresses ?? [] };
+      this.incoming = undefined;
+    } else if (incoming === undefined || incoming.imageId !== chunk.imageId || incoming.from !== chunk.from) {
+      throw new SnapshotChunkRefusedError(`chunk ${chunk.seq} of image ${chunk.imageId}, which this node is not staging`);
+    } else if (chunk.seq !== incoming.nextSeq) {
+      throw new SnapshotChunkRefusedError(`chunk ${chunk.seq} of image ${chunk.imageId} out of order: expected ${incoming.nextSeq}`);
+    }
+    for (const row of chunk.rows) {
+      if (row.version > incoming.metadata.index) {
+        throw new SnapshotChunkRefusedError(`image ${chunk.imageId} has a row of version ${row.version}, past its index ${incoming.metadata.index}`);
+      }
+    }
+    try {
+      host.storage.stageImageChunk(chunk.imageId, chunk.rows, chunk.seq === 0);
+    } catch (error: unknown) {
+      this.incoming = undefined;
+      if (error instanceof AssertionError) {
+        host.fail(error);
+        throw error;
+      }
+      throw new SnapshotChunkRefusedError(`staging failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    if (chunk.seq === 0) {
+      host.log?.("snapshot receive", { from: chunk.from, index: incoming.metadata.index, term: incoming.metadata.term, imageId: chunk.imageId });
+    }
+    incoming.nextSeq = chunk.seq + 1;
+    this.incoming = chunk.done ? undefined : incoming;
+    if (!chunk.done) return;
+    const message: SnapshotRequest = { type: "snapshot", from: chunk.from, to: host.id, term: chunk.term, snapshot: incoming.metadata, imageId: chunk.imageId };
+    host.log?.("snapshot received", { from: chunk.from, index: incoming.metadata.index, imageId: chunk.imageId, chunks: incoming.nextSeq });
+    this.awaitingInstall = message;
+    host.install(message);
+  }
+
+  /**
+   * After a turn: drops the staged image once it is installed or refused (our log already covered
+   * it, or its term was stale). One the turn could not carry out yet is kept: a full disk blocked its
+   * install, or blocked the turn before its message was stepped.
+   */
+  settleStaged(): void {
+    const awaiting = this.awaitingInstall;
+    if (awaiting === undefined || this.host.stopped()) return;
+    if (this.host.blockedInstall() === awaiting.imageId) return;
+    if (this.host.waitsInInbox(awaiting)) return;
+    this.awaitingInstall = undefined;
+    try {
+      this.host.storage.discardStagedImage();
+    } catch (error) {
+      // Left staged on a full disk: bounded (one image), and the next image's first chunk drops it.
+      if (!isDiskFull(error)) throw error;
+    }
+  }
+}
