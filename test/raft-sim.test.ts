@@ -615,7 +615,7 @@ describe("lease reads (thesis §6.4.1)", () => {
     });
   });
 
-  test("a leader stalled past the election timeout makes up the ticks it missed: on resuming it answers no lease read with old data", () => {
+  test("a leader stalled past the election timeout makes up the time it missed: on resuming it answers no lease read with old data", () => {
     withSeed(34, (cluster) => {
       const old = expectOneLeader(cluster);
       cluster.one(enc("w"), 3);

@@ -5,22 +5,21 @@ import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { ProposalRefusedError, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
+import { waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   encodeCommand,
-  encodeMembershipChange,
   idempotencyKeyBytesMax,
   sessionKeyPrefix,
   type Command,
-  type MembershipChange,
 } from "../storage/command.ts";
-import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storage.ts";
+import type { ApplyResult, KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
-import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
-import { proposalDropped, Proposals } from "./proposals.ts";
+import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
+import { NodeMembership } from "./membership.ts";
+import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
 import { SnapshotTransfer } from "./snapshot-transfer.ts";
-import { timeoutError, type Waiter } from "./waiter.ts";
+import { timeoutError } from "./waiter.ts";
 
 /** A Ready being carried out, and how far it got (a full disk stops it between stages). */
 interface BlockedReady {
@@ -157,12 +156,6 @@ export const defaultNodeTimings = {
   inboxMessagesMax: 100_000,
 } as const;
 
-/** A membership change proposed here, waiting to be applied. */
-interface PendingConfChange extends Waiter<MembersView> {
-  readonly index: number;
-  readonly term: number;
-}
-
 /**
  * One kv node: the single loop that drives the Raft core. Each turn it proposes the writes that
  * arrived together, asks for one read index for the reads that arrived together, then carries out
@@ -211,8 +204,8 @@ export class KvNode implements KvNodeApi {
   private stopTicking: (() => void) | undefined;
   /** When the clock started (monotonic ms): tick N is due at `ticksStartMs + N * tickMs`. */
   private ticksStartMs = 0;
-  /** Ticks given to the core so far. */
-  private ticksDone = 0;
+  /** Ticks the core's lease clock has been moved by so far: timer ticks, and time made up (catchUpClock). */
+  private ticksAccounted = 0;
   private stopped = false;
   private failure: Error | undefined;
   private httpUrl: string;
@@ -220,11 +213,8 @@ export class KvNode implements KvNodeApi {
   private readonly snapshots: SnapshotTransfer;
   private readonly snapshotEntries: number;
   private readonly snapshotCatchUpEntries: number;
-  /** Every member's addresses as this node reaches them: the recorded ones, overridden by `cfg.peers`. */
-  private readonly addresses = new Map<NodeId, MemberAddress>();
-  private pendingConfChange: PendingConfChange | undefined;
-  /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
-  private removed = false;
+  /** The configuration, its changes and the members' addresses (src/node/membership.ts). */
+  private readonly membership: NodeMembership;
   /** `KvStorage.dataBytes` at the last measurement, and what this node proposed since (see `dataMeasureTicks`). */
   private dataBytesMeasured = 0;
   private bytesProposedSinceMeasure = 0;
@@ -245,26 +235,21 @@ export class KvNode implements KvNodeApi {
       Number.isSafeInteger(this.snapshotCatchUpEntries) && this.snapshotCatchUpEntries >= 0 && this.snapshotEntries > this.snapshotCatchUpEntries,
       "need snapshotEntries > snapshotCatchUpEntries >= 0",
     );
-    const flagAddresses = [...cfg.peers].map(([id, peerUrl]) => ({ id, peerUrl }));
-    const recorded = cfg.storage.membership();
-    if (recorded.changedIndex === 0) {
-      // Never changed: --cluster names the voters (checked against those recorded at bootstrap).
-      const voters = [...cfg.peers.keys()].sort((a, b) => a - b);
-      assert(voters.includes(cfg.id), `node ${cfg.id} is not among the peers`);
-      cfg.storage.bootstrap(voters, flagAddresses);
-    } else {
-      // The recorded configuration (as of the applied index) wins over --cluster from here on.
-      const flagVoters = [...cfg.peers.keys()].sort((a, b) => a - b).join(",");
-      if (cfg.peers.size > 1 && flagVoters !== recorded.voters.join(",")) {
-        cfg.log?.("membership", {
-          detail: `using the configuration recorded at index ${recorded.changedIndex} (voters ${recorded.voters.join(",")}, learners ${recorded.learners.join(",") || "none"}), not the voters given by --cluster (${flagVoters})`,
-        });
-      }
-    }
-    this.refreshAddresses();
-    const now = cfg.storage.membership();
-    this.removed = now.changedIndex > 0 && !now.voters.includes(cfg.id) && !now.learners.includes(cfg.id);
-    if (this.removed) cfg.log?.("removed", { detail: "the recorded configuration does not include this node: it was removed; it serves no requests" });
+    this.membership = new NodeMembership({
+      id: cfg.id,
+      peers: cfg.peers,
+      peerDirectory: cfg.peerDirectory,
+      storage: cfg.storage,
+      ...(cfg.log === undefined ? {} : { log: cfg.log }),
+      raw: () => this.raw,
+      refuseUnlessRunning: () => this.refuseUnlessRunning(),
+      notLeader: () => this.notLeader(),
+      transferLeadership: () => this.transferLeadership(undefined),
+      httpUrlOf: (id) => this.httpUrlOf(id),
+      deadline: () => this.deadline(),
+      scheduleTurn: () => this.scheduleTurn(),
+      stopped: () => this.stopped,
+    });
     this.raw = new RawNode({
       id: cfg.id,
       storage: cfg.storage,
@@ -313,7 +298,7 @@ export class KvNode implements KvNodeApi {
     this.stopTicking = this.cfg.clock.every(this.cfg.tickMs, () => this.onTick());
     // The only voter needs no one's vote: it leads at once instead of waiting out a timeout.
     const voters = this.raw.basicStatus().voters;
-    if (voters.length === 1 && voters[0] === this.cfg.id && !this.removed) this.raw.campaign();
+    if (voters.length === 1 && voters[0] === this.cfg.id && !this.membership.removed()) this.raw.campaign();
     this.scheduleTurn();
   }
 
@@ -400,7 +385,7 @@ export class KvNode implements KvNodeApi {
       lastLogIndex: raft.lastIndex,
       snapshotIndex: this.cfg.storage.snapshot().index,
       firstLogIndex: this.cfg.storage.firstIndex(),
-      members: this.memberStatuses(),
+      members: this.membership.statuses(),
       storage: {
         dataBytes: this.dataBytesMeasured,
         quotaBytes: this.cfg.quotaBytes ?? 0,
@@ -433,132 +418,19 @@ export class KvNode implements KvNodeApi {
   // ---- Membership ---------------------------------------------------------------------------
 
   members(): MembersView {
-    return { members: this.memberStatuses(), leaderId: this.raw.basicStatus().leaderId, configIndex: this.cfg.storage.membership().changedIndex };
+    return this.membership.view();
   }
 
   addMember(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {
-    this.refuseUnlessRunning();
-    if (this.raw.members().includes(id)) {
-      return Promise.reject(new KvError("member_exists", `node ${id} is already a ${this.raw.isVoter(id) ? "voter" : "learner"}`));
-    }
-    return this.proposeMembershipChange({ type: "add-learner", nodeId: id, peerUrl, ...(httpUrl === undefined ? {} : { httpUrl }) });
+    return this.membership.add(id, peerUrl, httpUrl);
   }
 
   promoteMember(id: NodeId): Promise<MembersView> {
-    this.refuseUnlessRunning();
-    if (!this.raw.basicStatus().learners.includes(id)) {
-      const what = this.raw.isVoter(id) ? "already a voter" : "not a member";
-      return Promise.reject(new KvError(this.raw.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
-    }
-    return this.proposeMembershipChange({ type: "promote", nodeId: id });
+    return this.membership.promote(id);
   }
 
-  async removeMember(id: NodeId): Promise<MembersView> {
-    this.refuseUnlessRunning();
-    const raft = this.raw.basicStatus();
-    if (!this.raw.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
-    if (raft.role !== "leader") throw this.notLeader();
-    if (this.raw.isVoter(id) && raft.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
-    if (id === this.cfg.id) {
-      // A leader does not remove itself (it would go on leading a configuration it is not in until
-      // the change commits): it hands over, and the caller retries on the new leader (a 307).
-      const { leaderId } = await this.transferLeadership(undefined);
-      throw this.notLeaderAfterTransfer(leaderId);
-    }
-    return this.proposeMembershipChange({ type: "remove", nodeId: id });
-  }
-
-  private notLeaderAfterTransfer(leaderId: NodeId): KvError {
-    const leaderUrl = this.httpUrlOf(leaderId);
-    if (leaderId === 0 || leaderUrl === undefined) {
-      return new KvError("no_leader", "leadership was handed over to remove this node; retry on the new leader", { retryAfterS: 1 });
-    }
-    return new KvError("not_leader", `leadership was handed to node ${leaderId}, which will perform the removal`, { leaderId, leaderUrl });
-  }
-
-  /** Proposes one change (the core refuses a second while one is unapplied) and waits for it to apply here. */
-  private proposeMembershipChange(change: MembershipChange): Promise<MembersView> {
-    this.refuseUnlessRunning();
-    const raft = this.raw.basicStatus();
-    if (raft.role !== "leader") return Promise.reject(this.notLeader());
-    if (this.pendingConfChange !== undefined) return Promise.reject(this.confChangePending());
-    let index: number;
-    try {
-      // Outside a turn no Ready is outstanding, so the core may take the proposal now.
-      index = this.raw.proposeConfChange(encodeMembershipChange(change));
-    } catch (error: unknown) {
-      if (!(error instanceof ProposalRefusedError)) throw error;
-      if (error.reason === "conf_change_pending") return Promise.reject(this.confChangePending());
-      if (error.reason === "leader_transfer") return Promise.reject(new KvError("unavailable", "leadership is being handed over; retry shortly", { retryAfterS: 1 }));
-      return Promise.reject(this.notLeader());
-    }
-    this.cfg.log?.("membership proposed", { change: change.type, nodeId: change.nodeId, index, ...(change.peerUrl === undefined ? {} : { peerUrl: change.peerUrl }) });
-    this.scheduleTurn();
-    return new Promise<MembersView>((resolve, reject) => {
-      this.pendingConfChange = { resolve, reject, deadlineMs: this.deadline(), index, term: raft.term };
-    });
-  }
-
-  private confChangePending(): KvError {
-    return new KvError("conf_change_pending", "another membership change is not yet applied; retry once it is", { retryAfterS: 1 });
-  }
-
-  /** Applies a committed change (already in the recorded configuration) to the core and the peer map. */
-  private applyMembershipChange(result: Extract<ApplyResult, { kind: "conf-change" }>, term: number): void {
-    const { change, index } = result;
-    this.raw.applyConfChange({ type: change.type, nodeId: change.nodeId });
-    this.refreshAddresses();
-    const raft = this.raw.basicStatus();
-    this.cfg.log?.("membership applied", { change: change.type, nodeId: change.nodeId, index, voters: raft.voters, learners: raft.learners });
-    if (change.type === "remove" && change.nodeId === this.cfg.id) {
-      this.removed = true;
-      this.cfg.log?.("removed", { detail: `this node was removed from the cluster at index ${index}; it serves no more requests and may be stopped`, index });
-    }
-    const pending = this.pendingConfChange;
-    if (pending === undefined || index < pending.index) return;
-    this.pendingConfChange = undefined;
-    if (index === pending.index && term === pending.term) pending.resolve(this.members());
-    else pending.reject(proposalDropped("the membership change"));
-  }
-
-  /** The leader promotes a learner whose log has caught up with its commit index (one change at a time). */
-  private maybePromoteLearner(): void {
-    const raft = this.raw.basicStatus();
-    if (raft.role !== "leader" || this.pendingConfChange !== undefined || this.stopped) return;
-    for (const learner of raft.learners) {
-      const match = this.raw.matchIndexOf(learner);
-      if (match === undefined || match < raft.commit) continue;
-      this.proposeMembershipChange({ type: "promote", nodeId: learner }).then(
-        () => this.cfg.log?.("learner promoted", { nodeId: learner }),
-        (error: unknown) => this.cfg.log?.("learner promotion failed", { nodeId: learner, error: error instanceof Error ? error.message : String(error) }),
-      );
-      return;
-    }
-  }
-
-  /** Rebuilds the address book from storage and flags, and the transport's peer map from it. */
-  private refreshAddresses(): void {
-    const membership = this.cfg.storage.membership();
-    const memberIds = new Set([...membership.voters, ...membership.learners]);
-    this.addresses.clear();
-    for (const address of membership.addresses) this.addresses.set(address.id, address);
-    // This node's own --cluster view of a peer wins (e.g. a proxy in between); never for ex-members.
-    for (const [id, peerUrl] of this.cfg.peers) {
-      if (memberIds.has(id) || membership.changedIndex === 0) this.addresses.set(id, { ...this.addresses.get(id), id, peerUrl });
-    }
-    const directory = this.cfg.peerDirectory;
-    if (directory === undefined) return;
-    for (const id of [...directory.keys()]) if (!memberIds.has(id) && !this.cfg.peers.has(id)) directory.delete(id);
-    for (const [id, address] of this.addresses) if (id !== this.cfg.id && directory.get(id) !== address.peerUrl) directory.set(id, address.peerUrl);
-  }
-
-  private memberStatuses(): MemberStatus[] {
-    return this.raw.members().sort((a, b) => a - b).map((id) => ({
-      id,
-      peerUrl: this.addresses.get(id)?.peerUrl ?? "",
-      httpUrl: this.httpUrlOf(id) ?? this.addresses.get(id)?.httpUrl,
-      role: this.raw.isVoter(id) ? "voter" : "learner",
-    }));
+  removeMember(id: NodeId): Promise<MembersView> {
+    return this.membership.remove(id);
   }
 
   /**
@@ -656,7 +528,7 @@ export class KvNode implements KvNodeApi {
     if (this.blockedReady !== undefined) throw diskFullError();
     if (this.failure !== undefined) throw new KvError("unavailable", `the node stopped: ${this.failure.message}`);
     if (this.stopped || this.transport === undefined) throw new KvError("unavailable", "the node is not running");
-    if (this.removed) throw new KvError("unavailable", "this node was removed from the cluster; it serves no requests");
+    if (this.membership.removed()) throw new KvError("unavailable", "this node was removed from the cluster; it serves no requests");
   }
 
   private refuseWhenFull(): void {
@@ -681,31 +553,26 @@ export class KvNode implements KvNodeApi {
       if (++this.diskRetryTicks % 10 === 0) this.turn();
       return;
     }
+    for (const to of this.snapshots.sending()) this.raw.reportSnapshotInProgress(to);
+    this.raw.tick();
+    this.ticksAccounted++;
     this.expireWaiters();
-    this.maybePromoteLearner();
-    this.turn(); // ticks the core (catchUpTicks)
+    this.membership.maybePromoteLearner();
+    this.turn();
   }
 
   /**
-   * Gives the core every tick due by the monotonic clock: one per `tickMs` since the start. A timer
-   * callback is late or never comes while the process stalls (GC, a slow disk call, SIGSTOP), and a
-   * tick lost would stretch the leader's lease (`Raft.leaseValid`) in real time past the followers'
-   * election timeout. Made up here instead, at the start of every turn, before any read is judged.
-   * After a stall of more than two election timeouts every timer has run out anyway: the rest is skipped.
+   * Moves the core's lease clock on by every tick due by the monotonic clock (one per `tickMs`
+   * since the start) that no timer firing delivered. A timer callback is late or never comes while
+   * the process stalls (GC, a slow disk call, SIGSTOP), and a tick lost would stretch the leader's
+   * lease (`Raft.leaseValid`) in real time past the followers' election timeout. Made up here, at the
+   * start of every turn, before any read is judged (`RawNode.elapse`: timers are left as they are).
    */
-  private catchUpTicks(): void {
+  private catchUpClock(): void {
     const due = Math.floor((this.cfg.clock.nowMs() - this.ticksStartMs) / this.cfg.tickMs);
-    let missing = due - this.ticksDone;
-    const catchUpTicksMax = 2 * this.cfg.electionTicks;
-    if (missing > catchUpTicksMax) {
-      this.ticksDone += missing - catchUpTicksMax;
-      missing = catchUpTicksMax;
-    }
-    for (; missing > 0; missing--) {
-      this.ticksDone++;
-      for (const to of this.snapshots.sending()) this.raw.reportSnapshotInProgress(to);
-      this.raw.tick();
-    }
+    if (due <= this.ticksAccounted) return;
+    this.raw.elapse(due - this.ticksAccounted);
+    this.ticksAccounted = due;
   }
 
   private scheduleTurn(): void {
@@ -730,7 +597,7 @@ export class KvNode implements KvNodeApi {
         this.raw.persisted(durable.index, durable.term);
       }
       // Time first: a lease judged by this turn's reads must have aged by every tick that passed.
-      this.catchUpTicks();
+      this.catchUpClock();
       this.stepInbox();
       this.proposals.proposeQueued(this.raw, (refusal) =>
         refusal.reason === "too_many_uncommitted" ? new KvError("overloaded", "too many writes are waiting to commit", { retryAfterS: 1 }) : this.notLeader(),
@@ -853,13 +720,8 @@ export class KvNode implements KvNodeApi {
         const results = this.cfg.storage.applyEntries(ready.committedEntries);
         results.forEach((result, i) => {
           const entry = ready.committedEntries[i]!;
-          const pending = this.pendingConfChange;
-          if (pending !== undefined && pending.index === entry.index && pending.term !== entry.term) {
-            // Another leader's entry took the index of the change we proposed: ours will never apply.
-            this.pendingConfChange = undefined;
-            pending.reject(proposalDropped("the membership change"));
-          }
-          if (result.kind === "conf-change") this.applyMembershipChange(result, entry.term);
+          this.membership.entryApplied(entry);
+          if (result.kind === "conf-change") this.membership.changeApplied(result, entry.term);
           else this.proposals.settle(result, entry.term);
         });
       }
@@ -882,8 +744,7 @@ export class KvNode implements KvNodeApi {
       if (ready.softState.role !== "leader") {
         this.snapshots.abortAll("no longer the leader");
         this.proposals.leadershipLost();
-        this.pendingConfChange?.reject(new KvError("timeout", "leadership was lost before the membership change committed; its outcome is unknown"));
-        this.pendingConfChange = undefined;
+        this.membership.leadershipLost();
       }
     }
     this.raw.advance(ready, false);
@@ -904,7 +765,7 @@ export class KvNode implements KvNodeApi {
     const { index, term } = snapshot.metadata;
     this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, this.snapshots.addressesFor(snapshot.imageId));
     this.snapshots.installed();
-    this.refreshAddresses();
+    this.membership.refreshAddresses();
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
     this.proposals.coveredBySnapshot(index);
   }
@@ -959,10 +820,7 @@ export class KvNode implements KvNodeApi {
   private expireWaiters(): void {
     const now = this.cfg.clock.nowMs();
     const timeoutMs = this.cfg.requestTimeoutMs;
-    if (this.pendingConfChange !== undefined && this.pendingConfChange.deadlineMs <= now) {
-      this.pendingConfChange.reject(timeoutError("the membership change", timeoutMs));
-      this.pendingConfChange = undefined;
-    }
+    this.membership.expire(now, timeoutMs);
     this.proposals.expire(now, () => timeoutError("the write", timeoutMs));
     this.reads.expire(now, () => timeoutError("the read", timeoutMs));
   }
@@ -977,8 +835,7 @@ export class KvNode implements KvNodeApi {
   private failAll(error: KvError): void {
     // Proposed writes may still commit elsewhere: their outcome is unknown, which `timeout` says.
     this.proposals.failAll(error);
-    this.pendingConfChange?.reject(new KvError("timeout", `${error.message}; a membership change already proposed may still commit`));
-    this.pendingConfChange = undefined;
+    this.membership.failAll(error);
     this.reads.failAll(error);
   }
 

@@ -243,6 +243,18 @@ export class Raft {
 
   // ---- The clock ----------------------------------------------------------------------------
 
+  /**
+   * Time passed without ticks: the driver's timer did not fire (the process stalled in GC or a slow
+   * disk call, or was stopped by SIGSTOP). Only the clock that times leases moves (the leader's lease,
+   * and the quiet period after a start): a lease must not outlast real time. Election and heartbeat
+   * timers are left as they are, so that a stall does not by itself end a leadership or start an
+   * election; a stalled leader's followers time out on their own clocks anyway.
+   */
+  elapse(ticks: number): void {
+    assert(Number.isSafeInteger(ticks) && ticks >= 0, `elapse(${ticks})`);
+    this.nowTicks += ticks;
+  }
+
   /** Advances logical time by one tick. */
   tick(): void {
     this.nowTicks++;

@@ -40,6 +40,11 @@ export class RawNode {
     this.raft.tick();
   }
 
+  /** Time passed without ticks (see Raft.elapse): only the lease clock moves. */
+  elapse(ticks: number): void {
+    this.raft.elapse(ticks);
+  }
+
   /** The core's role, term, leader, commit and configuration, as of now. */
   basicStatus(): BasicStatus {
     const raft = this.raft;

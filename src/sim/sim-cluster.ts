@@ -124,6 +124,12 @@ export class SimCluster {
   private readonly entryIdentity = new Map<string, { prevTerm: number; data: Uint8Array }>();
   /** index → the entry every state machine applies there. */
   private readonly appliedAt = new Map<number, Entry>();
+  /**
+   * index → a term by which the entry there was committed: the term of the first node seen to apply
+   * it (its commit came from a leader of that term or an earlier one). Leader completeness requires
+   * the entry of every leader of a later term.
+   */
+  private readonly committedBy = new Map<number, number>();
   /** Proposals acknowledged to a client: applied on the leader that took them. */
   readonly acknowledged: Proposal[] = [];
   private readonly pending = new Map<NodeId, Proposal[]>();
@@ -304,8 +310,8 @@ export class SimCluster {
   /**
    * Stalls node `id`'s process for `ticks` (as GC, a slow disk call or SIGSTOP would): its clock
    * runs on, but it ticks nothing and handles nothing until the stall ends. Then, as the node loop
-   * does (`KvNode.catchUpTicks`), it makes up the ticks it missed, at most two election timeouts'
-   * worth, before it handles what arrived meanwhile.
+   * does (`KvNode.catchUpClock`), its lease clock makes up the ticks it missed (`RawNode.elapse`)
+   * before it handles what arrived meanwhile.
    */
   stall(id: NodeId, ticks: number): void {
     if (this.node(id).raw === undefined) return;
@@ -325,10 +331,7 @@ export class SimCluster {
     this.stallsEnded++;
     const raw = this.node(id).raw;
     if (raw === undefined) return;
-    for (let i = 0; i < Math.min(stall.missedTicks, 2 * this.opts.electionTicks); i++) {
-      raw.tick();
-      this.process(id);
-    }
+    raw.elapse(stall.missedTicks);
     for (const message of stall.inbox) {
       if (this.node(id).raw === undefined) return;
       this.node(id).raw!.step(message);
@@ -458,7 +461,10 @@ export class SimCluster {
       if (agreed !== undefined && (agreed.term !== entry.term || !bytesEqual(agreed.data, entry.data))) {
         throw new SafetyViolation(`state machine safety: snapshot ${imageId} disagrees at ${entry.index}`);
       }
-      if (agreed === undefined) this.appliedAt.set(entry.index, entry);
+      if (agreed === undefined) {
+        this.appliedAt.set(entry.index, entry);
+        this.committedBy.set(entry.index, node.raw?.raft.term ?? Number.POSITIVE_INFINITY);
+      }
     }
     node.applied = image.slice();
     this.snapshotsInstalled++;
@@ -482,6 +488,7 @@ export class SimCluster {
     const agreed = this.appliedAt.get(entry.index);
     if (agreed === undefined) {
       this.appliedAt.set(entry.index, entry);
+      this.committedBy.set(entry.index, node.raw?.raft.term ?? Number.POSITIVE_INFINITY);
     } else if (agreed.term !== entry.term || !bytesEqual(agreed.data, entry.data)) {
       throw new SafetyViolation(
         `state machine safety: node ${node.id} applied (${entry.index}, term ${entry.term}) where another applied term ${agreed.term}`,
@@ -531,11 +538,17 @@ export class SimCluster {
     }
   }
 
-  /** Leader completeness (§5.4): a new leader's log holds every entry any state machine applied. */
+  /**
+   * Leader completeness (§5.4): a new leader's log holds every entry committed in an earlier term.
+   * (A candidate that wins a stale term, on votes that waited in its inbox while it was stalled,
+   * leads a term older than entries committed since; it can commit nothing, and need not hold them.)
+   */
   private checkNewLeader(node: SimNode): void {
-    const log = (node.raw as RawNode).raft.log;
+    const raft = (node.raw as RawNode).raft;
+    const log = raft.log;
     for (const [index, entry] of this.appliedAt) {
       if (index < log.firstIndex() - 1) continue; // compacted: its own state machine holds it, checked on apply
+      if ((this.committedBy.get(index) ?? Number.POSITIVE_INFINITY) >= raft.term) continue;
       if (log.term(index) !== entry.term) {
         throw new SafetyViolation(`leader completeness: leader ${node.id} lacks applied entry (${index}, term ${entry.term})`);
       }

@@ -1,0 +1,250 @@
+import { assert } from "../lib/assert.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { RawNode } from "../raft/raw-node.ts";
+import { ProposalRefusedError, type Entry, type NodeId } from "../raft/types.ts";
+import { encodeMembershipChange, type MembershipChange } from "../storage/command.ts";
+import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storage.ts";
+import type { MembersView, MemberStatus } from "./api.ts";
+import { proposalDropped } from "./proposals.ts";
+import { timeoutError, type Waiter } from "./waiter.ts";
+
+/** A membership change proposed here, waiting to be applied. */
+interface PendingConfChange extends Waiter<MembersView> {
+  readonly index: number;
+  readonly term: number;
+}
+
+/** What the membership room needs from the node loop that owns it. */
+export interface MembershipHost {
+  readonly id: NodeId;
+  /** `--cluster` as this node reaches each peer (see `KvNodeConfig.peers`). */
+  readonly peers: ReadonlyMap<NodeId, string>;
+  /** The transport's peer map, kept filled with every other member's peer URL. */
+  readonly peerDirectory: Map<NodeId, string> | undefined;
+  readonly storage: KvStorage;
+  log?(event: string, fields: Record<string, unknown>): void;
+  /** The core, once created (after the configuration is bootstrapped). */
+  raw(): RawNode;
+  /** Throws the error a request gets when the node cannot serve (stopped, full disk, removed). */
+  refuseUnlessRunning(): void;
+  notLeader(): KvError;
+  /** Hands leadership to the most caught-up voter; resolves with the new leader. */
+  transferLeadership(): Promise<{ leaderId: NodeId }>;
+  httpUrlOf(id: NodeId): string | undefined;
+  deadline(): number;
+  scheduleTurn(): void;
+  stopped(): boolean;
+}
+
+/**
+ * Membership (thesis §4.1, one server at a time): the configuration recorded at start, changes
+ * proposed here and how they settle, the address book the transport reaches members by, the
+ * leader's promotion of caught-up learners, and this node's own removal.
+ */
+export class NodeMembership {
+  /** Every member's addresses as this node reaches them: the recorded ones, overridden by `peers`. */
+  private readonly addresses = new Map<NodeId, MemberAddress>();
+  private pending: PendingConfChange | undefined;
+  /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
+  private removedHere = false;
+
+  /**
+   * Records the configuration on first start (the voters `--cluster` names, checked against those
+   * recorded at bootstrap while no change was applied); afterwards the recorded one wins.
+   */
+  constructor(private readonly host: MembershipHost) {
+    const flagAddresses = [...host.peers].map(([id, peerUrl]) => ({ id, peerUrl }));
+    const recorded = host.storage.membership();
+    if (recorded.changedIndex === 0) {
+      // Never changed: --cluster names the voters (checked against those recorded at bootstrap).
+      const voters = [...host.peers.keys()].sort((a, b) => a - b);
+      assert(voters.includes(host.id), `node ${host.id} is not among the peers`);
+      host.storage.bootstrap(voters, flagAddresses);
+    } else {
+      // The recorded configuration (as of the applied index) wins over --cluster from here on.
+      const flagVoters = [...host.peers.keys()].sort((a, b) => a - b).join(",");
+      if (host.peers.size > 1 && flagVoters !== recorded.voters.join(",")) {
+        host.log?.("membership", {
+          detail: `using the configuration recorded at index ${recorded.changedIndex} (voters ${recorded.voters.join(",")}, learners ${recorded.learners.join(",") || "none"}), not the voters given by --cluster (${flagVoters})`,
+        });
+      }
+    }
+    this.refreshAddresses();
+    const now = host.storage.membership();
+    this.removedHere = now.changedIndex > 0 && !now.voters.includes(host.id) && !now.learners.includes(host.id);
+    if (this.removedHere) host.log?.("removed", { detail: "the recorded configuration does not include this node: it was removed; it serves no requests" });
+  }
+
+  /** Whether this node was removed from the cluster. */
+  removed(): boolean {
+    return this.removedHere;
+  }
+
+  view(): MembersView {
+    const raw = this.host.raw();
+    return { members: this.statuses(), leaderId: raw.basicStatus().leaderId, configIndex: this.host.storage.membership().changedIndex };
+  }
+
+  statuses(): MemberStatus[] {
+    const raw = this.host.raw();
+    return raw
+      .members()
+      .sort((a, b) => a - b)
+      .map((id) => ({
+        id,
+        peerUrl: this.addresses.get(id)?.peerUrl ?? "",
+        httpUrl: this.host.httpUrlOf(id) ?? this.addresses.get(id)?.httpUrl,
+        role: raw.isVoter(id) ? "voter" : "learner",
+      }));
+  }
+
+  add(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {
+    this.host.refuseUnlessRunning();
+    const raw = this.host.raw();
+    if (raw.members().includes(id)) {
+      return Promise.reject(new KvError("member_exists", `node ${id} is already a ${raw.isVoter(id) ? "voter" : "learner"}`));
+    }
+    return this.propose({ type: "add-learner", nodeId: id, peerUrl, ...(httpUrl === undefined ? {} : { httpUrl }) });
+  }
+
+  promote(id: NodeId): Promise<MembersView> {
+    this.host.refuseUnlessRunning();
+    const raw = this.host.raw();
+    if (!raw.basicStatus().learners.includes(id)) {
+      const what = raw.isVoter(id) ? "already a voter" : "not a member";
+      return Promise.reject(new KvError(raw.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
+    }
+    return this.propose({ type: "promote", nodeId: id });
+  }
+
+  async remove(id: NodeId): Promise<MembersView> {
+    this.host.refuseUnlessRunning();
+    const raw = this.host.raw();
+    const status = raw.basicStatus();
+    if (!raw.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
+    if (status.role !== "leader") throw this.host.notLeader();
+    if (raw.isVoter(id) && status.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
+    if (id === this.host.id) {
+      // A leader does not remove itself (it would go on leading a configuration it is not in until
+      // the change commits): it hands over, and the caller retries on the new leader (a 307).
+      const { leaderId } = await this.host.transferLeadership();
+      throw this.notLeaderAfterTransfer(leaderId);
+    }
+    return this.propose({ type: "remove", nodeId: id });
+  }
+
+  private notLeaderAfterTransfer(leaderId: NodeId): KvError {
+    const leaderUrl = this.host.httpUrlOf(leaderId);
+    if (leaderId === 0 || leaderUrl === undefined) {
+      return new KvError("no_leader", "leadership was handed over to remove this node; retry on the new leader", { retryAfterS: 1 });
+    }
+    return new KvError("not_leader", `leadership was handed to node ${leaderId}, which will perform the removal`, { leaderId, leaderUrl });
+  }
+
+  /** Proposes one change (the core refuses a second while one is unapplied) and waits for it to apply here. */
+  private propose(change: MembershipChange): Promise<MembersView> {
+    this.host.refuseUnlessRunning();
+    const raw = this.host.raw();
+    const status = raw.basicStatus();
+    if (status.role !== "leader") return Promise.reject(this.host.notLeader());
+    if (this.pending !== undefined) return Promise.reject(confChangePending());
+    let index: number;
+    try {
+      // Outside a turn no Ready is outstanding, so the core may take the proposal now.
+      index = raw.proposeConfChange(encodeMembershipChange(change));
+    } catch (error: unknown) {
+      if (!(error instanceof ProposalRefusedError)) throw error;
+      if (error.reason === "conf_change_pending") return Promise.reject(confChangePending());
+      if (error.reason === "leader_transfer") return Promise.reject(new KvError("unavailable", "leadership is being handed over; retry shortly", { retryAfterS: 1 }));
+      return Promise.reject(this.host.notLeader());
+    }
+    this.host.log?.("membership proposed", { change: change.type, nodeId: change.nodeId, index, ...(change.peerUrl === undefined ? {} : { peerUrl: change.peerUrl }) });
+    this.host.scheduleTurn();
+    return new Promise<MembersView>((resolve, reject) => {
+      this.pending = { resolve, reject, deadlineMs: this.host.deadline(), index, term: status.term };
+    });
+  }
+
+  /** A committed entry applied: if it took the index of the change we proposed, ours will never apply. */
+  entryApplied(entry: Entry): void {
+    const pending = this.pending;
+    if (pending !== undefined && pending.index === entry.index && pending.term !== entry.term) {
+      this.pending = undefined;
+      pending.reject(proposalDropped("the membership change"));
+    }
+  }
+
+  /** Applies a committed change (already in the recorded configuration) to the core and the peer map. */
+  changeApplied(result: Extract<ApplyResult, { kind: "conf-change" }>, term: number): void {
+    const { change, index } = result;
+    const raw = this.host.raw();
+    raw.applyConfChange({ type: change.type, nodeId: change.nodeId });
+    this.refreshAddresses();
+    const status = raw.basicStatus();
+    this.host.log?.("membership applied", { change: change.type, nodeId: change.nodeId, index, voters: status.voters, learners: status.learners });
+    if (change.type === "remove" && change.nodeId === this.host.id) {
+      this.removedHere = true;
+      this.host.log?.("removed", { detail: `this node was removed from the cluster at index ${index}; it serves no more requests and may be stopped`, index });
+    }
+    const pending = this.pending;
+    if (pending === undefined || index < pending.index) return;
+    this.pending = undefined;
+    if (index === pending.index && term === pending.term) pending.resolve(this.view());
+    else pending.reject(proposalDropped("the membership change"));
+  }
+
+  /** The leader promotes a learner whose log has caught up with its commit index (one change at a time). */
+  maybePromoteLearner(): void {
+    const raw = this.host.raw();
+    const status = raw.basicStatus();
+    if (status.role !== "leader" || this.pending !== undefined || this.host.stopped()) return;
+    for (const learner of status.learners) {
+      const match = raw.matchIndexOf(learner);
+      if (match === undefined || match < status.commit) continue;
+      this.propose({ type: "promote", nodeId: learner }).then(
+        () => this.host.log?.("learner promoted", { nodeId: learner }),
+        (error: unknown) => this.host.log?.("learner promotion failed", { nodeId: learner, error: error instanceof Error ? error.message : String(error) }),
+      );
+      return;
+    }
+  }
+
+  /** Rebuilds the address book from storage and flags, and the transport's peer map from it. */
+  refreshAddresses(): void {
+    const { storage, peers, peerDirectory: directory } = this.host;
+    const membership = storage.membership();
+    const memberIds = new Set([...membership.voters, ...membership.learners]);
+    this.addresses.clear();
+    for (const address of membership.addresses) this.addresses.set(address.id, address);
+    // This node's own --cluster view of a peer wins (e.g. a proxy in between); never for ex-members.
+    for (const [id, peerUrl] of peers) {
+      if (memberIds.has(id) || membership.changedIndex === 0) this.addresses.set(id, { ...this.addresses.get(id), id, peerUrl });
+    }
+    if (directory === undefined) return;
+    for (const id of [...directory.keys()]) if (!memberIds.has(id) && !peers.has(id)) directory.delete(id);
+    for (const [id, address] of this.addresses) if (id !== this.host.id && directory.get(id) !== address.peerUrl) directory.set(id, address.peerUrl);
+  }
+
+  /** This node stopped leading: a change it proposed may or may not commit under the next leader. */
+  leadershipLost(): void {
+    this.pending?.reject(new KvError("timeout", "leadership was lost before the membership change committed; its outcome is unknown"));
+    this.pending = undefined;
+  }
+
+  expire(nowMs: number, requestTimeoutMs: number): void {
+    if (this.pending !== undefined && this.pending.deadlineMs <= nowMs) {
+      this.pending.reject(timeoutError("the membership change", requestTimeoutMs));
+      this.pending = undefined;
+    }
+  }
+
+  /** The node stops: a change already proposed may still commit (`timeout`). */
+  failAll(error: KvError): void {
+    this.pending?.reject(new KvError("timeout", `${error.message}; a membership change already proposed may still commit`));
+    this.pending = undefined;
+  }
+}
+
+function confChangePending(): KvError {
+  return new KvError("conf_change_pending", "another membership change is not yet applied; retry once it is", { retryAfterS: 1 });
+}
