@@ -89,6 +89,10 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
 export class ChaosCluster {
   readonly nodes: ClusterNode[] = [];
   private readonly processes = new Map<number, Subprocess>();
+  /** Processes this runner told to exit (SIGKILL, SIGTERM): their exits are expected. */
+  private readonly exitsExpected = new WeakSet<Subprocess>();
+  /** Nodes that exited without being told to (a crash, or a kill from outside the run). */
+  readonly unexpectedExits: { id: number; code: number; signal: string | undefined }[] = [];
   private readonly logs = new Map<number, WriteStream>();
   /** `${from}>${to}` → the proxy `from` dials to reach `to`. */
   private readonly links = new Map<string, TcpProxy>();
@@ -179,15 +183,31 @@ export class ChaosCluster {
     node.httpUrl = info.httpUrl;
     node.peerPort = info.peerPort;
     node.state = "running";
+    // A node that exits without being told to (a crash, or something outside the run killed it)
+    // is marked dead at once, so no fault acts on a process that is gone, and the run reports it.
+    void proc.exited.then((code) => {
+      if (this.processes.get(id) !== proc || this.exitsExpected.has(proc)) return;
+      this.unexpectedExits.push({ id, code, signal: proc.signalCode === null ? undefined : String(proc.signalCode) });
+      this.processes.delete(id);
+      node.pid = undefined;
+      node.state = "dead";
+    });
     for (const from of this.nodes) if (from.id !== id) this.links.get(`${from.id}>${id}`)?.setTarget(info.peerPort);
   }
 
-  /** Sends `signal` to node `id` by pid. SIGKILL marks it dead at once. */
+  /** Sends `signal` to node `id` by pid. SIGKILL marks it dead at once; a node already gone is left alone. */
   signal(id: number, signal: "SIGKILL" | "SIGTERM" | "SIGSTOP" | "SIGCONT"): void {
     const node = this.node(id);
     const proc = this.processes.get(id);
     if (proc === undefined || node.pid === undefined) return;
-    process.kill(node.pid, signal);
+    if (signal === "SIGKILL" || signal === "SIGTERM") this.exitsExpected.add(proc);
+    try {
+      process.kill(node.pid, signal);
+    } catch (error: unknown) {
+      // ESRCH: it exited between our last look and now; its exit is recorded (unexpectedExits).
+      if ((error as { code?: unknown }).code !== "ESRCH") throw error;
+      return;
+    }
     if (signal === "SIGSTOP") node.state = "paused";
     if (signal === "SIGCONT") node.state = "running";
   }
@@ -197,6 +217,7 @@ export class ChaosCluster {
     const node = this.node(id);
     const proc = this.processes.get(id);
     if (proc === undefined) return;
+    this.exitsExpected.add(proc);
     try {
       process.kill(proc.pid, "SIGKILL");
     } catch {
@@ -216,6 +237,7 @@ export class ChaosCluster {
     for (const id of ids) {
       const proc = this.processes.get(id);
       if (proc === undefined) continue;
+      this.exitsExpected.add(proc);
       try {
         process.kill(proc.pid, "SIGKILL");
       } catch {
@@ -232,6 +254,7 @@ export class ChaosCluster {
   async terminate(id: number, timeoutMs = 15_000): Promise<number | null> {
     const proc = this.processes.get(id);
     if (proc === undefined) return null;
+    this.exitsExpected.add(proc);
     process.kill(proc.pid, "SIGTERM");
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<null>((resolve) => {

@@ -294,6 +294,12 @@ export class Nemesis {
           description: `pause node ${id}${wasLeader ? " (the leader)" : ""} with SIGSTOP`,
           nodes: [id],
           heal: async () => {
+            if (this.cluster.node(id).state === "dead") {
+              // It exited while stopped (recorded as an unexpected exit, which fails the run): the
+              // run goes on testing with the node started again on its data dir.
+              await this.cluster.startNode(id);
+              return `node ${id} had exited while paused; started again on its data dir`;
+            }
             this.cluster.signal(id, "SIGCONT");
             return `node ${id} resumed with SIGCONT`;
           },

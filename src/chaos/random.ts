@@ -757,7 +757,10 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
     for (const problem of convergence.problems.slice(0, 20)) print(`  ${problem}`);
   }
 
-  const ok = verdict.ok === true && convergence.ok && unanswered.length === 0 && unansweredClosingReads.length === 0;
+  for (const exit of cluster.unexpectedExits) {
+    print(`Node ${exit.id} exited on its own (code ${exit.code}${exit.signal === undefined ? "" : `, ${exit.signal}`}): see ${cluster.node(exit.id).logFile}`);
+  }
+  const ok = verdict.ok === true && convergence.ok && unanswered.length === 0 && unansweredClosingReads.length === 0 && cluster.unexpectedExits.length === 0;
   let reportPath: string | undefined;
   if (opts.reportPath !== undefined) {
     const checks: ReportCheck[] = [
