@@ -13,7 +13,7 @@ import {
   snapshotLoopRow,
   snapshotLoopRows,
 } from "../src/storage/snapshot-loop-child.ts";
-import { decodeCommand } from "../src/storage/command.ts";
+import { decodeCommand } from "../src/kv/command.ts";
 import type { ImageRow } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 

@@ -13,8 +13,10 @@ import {
   sessionKeyPrefix,
   type Command,
   type MembershipChange,
-} from "../storage/command.ts";
-import type { ApplyResult, KvStorage, MemberAddress } from "../storage/kv-storage.ts";
+} from "../kv/command.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import type { MemberAddress } from "../kv/membership.ts";
+import type { KvStorage } from "../storage/kv-storage.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, MemberStatus, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
 
@@ -139,7 +141,7 @@ const dataMeasureTicks = 10;
 
 /**
  * Idempotent-write sessions: a leader stamps these on each idempotent write it proposes, and the
- * state machine applies them from the log (see src/storage/apply-plan.ts), so every replica decides
+ * state machine applies them from the log (see src/kv/apply-plan.ts), so every replica decides
  * alike whatever its own flags say.
  */
 export const defaultIdempotency = {

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../raft/types.ts";
-import { encodeCommand } from "./command.ts";
+import { encodeCommand } from "../kv/command.ts";
 import { openSqliteStorage } from "./sqlite-storage.ts";
 
 const valueBytes = 100;

@@ -8,7 +8,7 @@
  */
 import { createPrng } from "../lib/prng.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
-import { encodeCommand } from "./command.ts";
+import { encodeCommand } from "../kv/command.ts";
 import { openSqliteStorage } from "./sqlite-storage.ts";
 
 /** Distinct keys the loop writes, so later writes overwrite and delete earlier ones. */

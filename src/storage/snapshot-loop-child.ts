@@ -7,7 +7,7 @@
  * Usage: bun src/storage/snapshot-loop-child.ts <dir>
  */
 import { type Entry, EntryType } from "../raft/types.ts";
-import { encodeCommand } from "./command.ts";
+import { encodeCommand } from "../kv/command.ts";
 import type { ImageRow } from "./kv-storage.ts";
 import { openSqliteStorage } from "./sqlite-storage.ts";
 
