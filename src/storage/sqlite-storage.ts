@@ -33,7 +33,7 @@ import { checkVotersMatch, normalizeVoters } from "./voters.ts";
  * Durable storage on bun:sqlite: the Raft log, hard state, voters and the key-value state machine
  * in one database file, so one transaction covers any mix of them.
  *
- * Durability (STACK.md: WAL + synchronous=FULL is one fsync per commit):
+ * Durability (WAL + synchronous=FULL is one fsync per commit, as strace shows):
  * - `save(..., sync=true)` commits with synchronous=FULL: durable when it returns.
  * - `save(..., sync=false)` and `applyEntries` commit with synchronous=NORMAL: no fsync. They
  *   survive a process crash (the WAL is written before commit returns) but not an OS crash or

@@ -1,7 +1,7 @@
 /**
  * Micro-benchmark of the sqlite storage: saves per second with 1 and 100 entries of 100 B per
  * save, fsynced and not, and applies per second. Numbers on one machine, for comparing changes
- * A B A B in one run, not targets (see STACK.md).
+ * A B A B in one run, not targets (as BENCHMARKS.md compares).
  *
  * Usage: bun test/bench/storage.ts [durationMs=2000]
  */
