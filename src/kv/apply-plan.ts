@@ -28,7 +28,7 @@ export interface ApplyLogView {
 }
 
 /**
- * The outcome of one entry handed to `applyEntries`, in the same order. `version` is the entry's
+ * The outcome of one entry handed to `KvStorage.applyEntries`, in the same order. `version` is the entry's
  * index. `noop` is a leader's empty entry; `skipped` an entry already applied before (its effect
  * is not reported again).
  */
