@@ -230,8 +230,8 @@ describe("peer ports under malformed and forged messages", () => {
     await expectHealthy(cluster, data);
   }, 120_000);
 
-  // Outside input is ignored, not asserted (STYLE.md example 4): a forged claim of leadership in the
-  // leader's own term must not stop it.
+  // Outside input is ignored, not asserted (validate what comes from outside, assert what is
+  // yours): a forged claim of leadership in the leader's own term must not stop it.
   test("a forged heartbeat claiming leadership in the leader's own term does not stop the leader", async () => {
     const cluster = await startKvCluster({ size: 3, baseDir: mkdtempSync(join(baseDir, "two-leaders-")) });
     cleanups.push(() => cluster.stop());

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../src/lib/metrics.ts";
-import { encodeCommand } from "../src/storage/command.ts";
+import { encodeCommand } from "../src/kv/command.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 
 /** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */

@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
 import { EntryType } from "../src/raft/types.ts";
-import { encodeCommand } from "../src/storage/command.ts";
+import { encodeCommand } from "../src/kv/command.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 

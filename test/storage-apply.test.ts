@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
-import { encodeCommand } from "../src/storage/command.ts";
+import { encodeCommand } from "../src/kv/command.ts";
 import { type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
-import { legacySessionWindowEntries } from "../src/storage/apply-plan.ts";
+import { legacySessionWindowEntries } from "../src/kv/apply-plan.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EntryType, type Entry } from "../src/raft/types.ts";
-import { decodeCommand, encodeCommand, CommandCodecError } from "../src/storage/command.ts";
+import { decodeCommand, encodeCommand, CommandCodecError } from "../src/kv/command.ts";
 import type { KvStorage } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";

@@ -1,7 +1,7 @@
 // Proves the command codec round-trips every put and delete exactly and rejects malformed entry data with a CommandCodecError.
 import { describe, expect, test } from "bun:test";
 import { createPrng } from "../src/lib/prng.ts";
-import { type Command, CommandCodecError, commandKeyBytesMax, decodeCommand, encodeCommand, isNoopData } from "../src/storage/command.ts";
+import { type Command, CommandCodecError, commandKeyBytesMax, decodeCommand, encodeCommand, isNoopData } from "../src/kv/command.ts";
 
 function roundTrip(command: Command): Command {
   return decodeCommand(encodeCommand(command));

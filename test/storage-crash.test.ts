@@ -4,10 +4,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createPrng } from "../src/lib/prng.ts";
-import { crashLoopEntryData, crashLoopKey, crashLoopKeyCount, crashLoopValue } from "../src/storage/save-loop-child.ts";
+import { crashLoopEntryData, crashLoopKey, crashLoopKeyCount, crashLoopValue } from "./children/save-loop-child.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 
-const childScript = join(import.meta.dir, "..", "src", "storage", "save-loop-child.ts");
+const childScript = join(import.meta.dir, "children", "save-loop-child.ts");
 const roundsCount = 5;
 /** The child stops by itself there, so a test that failed to kill it still ends. */
 const childIndexMax = 1_000_000;

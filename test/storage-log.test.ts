@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
-import { encodeCommand } from "../src/storage/command.ts";
+import { encodeCommand } from "../src/kv/command.ts";
 import type { KvStorage } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";

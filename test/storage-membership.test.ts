@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
-import { CommandCodecError, decodeMembershipChange, encodeMembershipChange, type MembershipChange } from "../src/storage/command.ts";
+import { CommandCodecError, decodeMembershipChange, encodeMembershipChange, type MembershipChange } from "../src/kv/command.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
-import { encodeCommand } from "../src/storage/command.ts";
+import { encodeCommand } from "../src/kv/command.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
 

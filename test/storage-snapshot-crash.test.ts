@@ -12,12 +12,12 @@ import {
   snapshotLoopRound,
   snapshotLoopRow,
   snapshotLoopRows,
-} from "../src/storage/snapshot-loop-child.ts";
-import { decodeCommand } from "../src/storage/command.ts";
+} from "./children/snapshot-loop-child.ts";
+import { decodeCommand } from "../src/kv/command.ts";
 import type { ImageRow } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 
-const childScript = join(import.meta.dir, "..", "src", "storage", "snapshot-loop-child.ts");
+const childScript = join(import.meta.dir, "children", "snapshot-loop-child.ts");
 const roundsCount = 6;
 
 /** Runs the child until it has printed `killAfterLines` lines, SIGKILLs it, and returns the last round it reported installed. */

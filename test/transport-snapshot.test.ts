@@ -11,7 +11,7 @@ import { fromSendSnapshotChunkRequest, toSendSnapshotChunkRequest } from "../src
 import { chunksOf } from "../src/transport/snapshot-sender.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk } from "../src/transport/transport.ts";
 import { type Entry, EntryType, type Message, type SnapshotMetadata } from "../src/raft/types.ts";
-import { encodeCommand } from "../src/storage/command.ts";
+import { encodeCommand } from "../src/kv/command.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);

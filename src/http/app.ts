@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { idempotencyKeyBytesMax } from "../kv/command.ts";
 import { assert } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
@@ -192,8 +193,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
 /** `?ifVersion=N` (compare-and-set) and the `Idempotency-Key` header (exactly-once retries) on a write. */
 function parseWriteOptions(search: string, request: Request): WriteOptions {
   const idempotencyKey = request.headers.get("idempotency-key") ?? undefined;
-  if (idempotencyKey !== undefined && (idempotencyKey === "" || new TextEncoder().encode(idempotencyKey).byteLength > 256)) {
-    throw new KvError("bad_request", "Idempotency-Key must be 1 to 256 bytes");
+  if (idempotencyKey !== undefined && (idempotencyKey === "" || new TextEncoder().encode(idempotencyKey).byteLength > idempotencyKeyBytesMax)) {
+    throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
   }
   const idempotency = idempotencyKey === undefined ? {} : { idempotencyKey };
   const values = new URLSearchParams(search).getAll("ifVersion");

@@ -10,15 +10,12 @@
  * in flight, `member_exists` (409) for an id already in the configuration, 400 for bad input.
  */
 import { Elysia } from "elysia";
+import { membershipNodeIdMax, membershipUrlBytesMax } from "../kv/command.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
 import { readBodyBytesMax } from "./read-body.ts";
-
-/** As the membership change codec allows (src/storage/command.ts; http does not import storage). */
-const membershipNodeIdMax = 1_000_000;
-const membershipUrlBytesMax = 2_048;
 
 /** A join request is a few hundred bytes of JSON. */
 const MEMBER_BODY_BYTES_MAX = 16 * 1024;

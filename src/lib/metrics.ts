@@ -1,7 +1,6 @@
 /**
  * A tiny Prometheus registry with no dependencies: counters, gauges and histograms with labels,
- * rendered in the text exposition format 0.0.4
- * (https://prometheus.io/docs/instrumenting/exposition_formats/).
+ * rendered in Prometheus's text exposition format 0.0.4.
  *
  * Bounded: each metric keeps at most `seriesMax` label combinations; observations for further ones
  * are dropped and counted in `kv_metrics_series_dropped_total`, never stored. Callers keep label

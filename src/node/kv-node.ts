@@ -11,8 +11,9 @@ import {
   idempotencyKeyBytesMax,
   sessionKeyPrefix,
   type Command,
-} from "../storage/command.ts";
-import type { ApplyResult, KvStorage } from "../storage/kv-storage.ts";
+} from "../kv/command.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
 import { NodeMembership } from "./membership.ts";
@@ -133,7 +134,7 @@ const dataMeasureTicks = 10;
 
 /**
  * Idempotent-write sessions: a leader stamps these on each idempotent write it proposes, and the
- * state machine applies them from the log (see src/storage/apply-plan.ts), so every replica decides
+ * state machine applies them from the log (see src/kv/apply-plan.ts), so every replica decides
  * alike whatever its own flags say.
  */
 export const defaultIdempotency = {

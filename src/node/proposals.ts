@@ -1,7 +1,7 @@
 import { KvError } from "../lib/kv-error.ts";
 import type { RawNode } from "../raft/raw-node.ts";
 import { ProposalRefusedError } from "../raft/types.ts";
-import type { ApplyResult } from "../storage/kv-storage.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { Waiter } from "./waiter.ts";
 
 /** A write proposed to the core, waiting for its entry to apply. */

@@ -1,7 +1,8 @@
 import { AssertionError, assert } from "../lib/assert.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import type { NodeId, SnapshotMetadata, SnapshotRequest } from "../raft/types.ts";
-import type { KvStorage, MemberAddress } from "../storage/kv-storage.ts";
+import type { MemberAddress } from "../kv/membership.ts";
+import type { KvStorage } from "../storage/kv-storage.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
 
 /** What the snapshot room needs from the node loop that owns it. */

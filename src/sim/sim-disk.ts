@@ -1,5 +1,7 @@
 import type { Entry, HardState, NodeId, SnapshotMetadata } from "../raft/types.ts";
-import type { ApplyResult, ImageRow, KvImageReader, KvStorage, ListedValue, MemberAddress, Membership, StoredValue } from "../storage/kv-storage.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import type { MemberAddress, Membership } from "../kv/membership.ts";
+import type { ImageRow, KvImageReader, KvStorage, ListedValue, StoredValue } from "../storage/kv-storage.ts";
 import type { MemoryKvStorage } from "../storage/memory-storage.ts";
 
 /** How the simulator runs a disk's fsyncs: when one started now finishes, on the simulated clock. */

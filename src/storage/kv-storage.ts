@@ -1,6 +1,7 @@
 import type { RaftLogWriter, RaftStorage } from "../raft/storage.ts";
 import type { Entry, NodeId, SnapshotMetadata } from "../raft/types.ts";
-import type { MembershipChange } from "./command.ts";
+import type { ApplyResult, KvRow } from "../kv/apply-plan.ts";
+import type { MemberAddress, Membership } from "../kv/membership.ts";
 
 /**
  * What a node persists: the Raft log and hard state (read by the core through `RaftStorage`,
@@ -85,13 +86,8 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   close(): void;
 }
 
-/** One key of the state machine as an image carries it. */
-export interface ImageRow {
-  readonly key: string;
-  readonly value: Uint8Array;
-  /** The index of the put that wrote the value. */
-  readonly version: number;
-}
+/** One key of the state machine as an image carries it: a row of the kv table. */
+export type ImageRow = KvRow;
 
 /**
  * Reads one image in key order, a bounded batch at a time. `metadata` says where the image stands:
@@ -108,28 +104,6 @@ export interface KvImageReader {
   close(): void;
 }
 
-/** Where a member is reached: recorded from `--cluster` at bootstrap, a join answer, or the log. */
-export interface MemberAddress {
-  readonly id: NodeId;
-  /** Base URL of the member's peer (Raft) port. */
-  readonly peerUrl: string;
-  /** Its advertised client URL, when known. */
-  readonly httpUrl?: string;
-}
-
-/**
- * The configuration as of the applied index (thesis §4.1: a server uses the latest configuration it
- * applied), kept by the state machine in the same transaction as the applied index.
- */
-export interface Membership {
-  readonly voters: readonly NodeId[];
-  readonly learners: readonly NodeId[];
-  /** Addresses by id, sorted; a member may lack one (only its own `--cluster` flag knows it). */
-  readonly addresses: readonly MemberAddress[];
-  /** Index of the last applied change (or join, or snapshot that changed it); 0: still the bootstrap one. */
-  readonly changedIndex: number;
-}
-
 /** One item of `KvStorage.list`. */
 export interface ListedValue extends StoredValue {
   readonly key: string;
@@ -140,23 +114,6 @@ export interface StoredValue {
   readonly value: Uint8Array;
   readonly version: number;
 }
-
-/**
- * The outcome of one entry handed to `applyEntries`, in the same order. `version` is the entry's
- * index. `noop` is a leader's empty entry; `skipped` an entry already applied before (its effect
- * is not reported again).
- */
-export type ApplyResult =
-  | { readonly kind: "put"; readonly index: number; readonly version: number }
-  | { readonly kind: "delete"; readonly index: number; readonly deleted: boolean; readonly version: number }
-  | { readonly kind: "noop"; readonly index: number }
-  | { readonly kind: "skipped"; readonly index: number }
-  /** A conditional put or delete whose expected version did not match: nothing changed. */
-  | { readonly kind: "conflict"; readonly index: number; readonly version: number }
-  /** An idempotent write whose idempotency key has a live session made by another request: nothing changed. */
-  | { readonly kind: "reused"; readonly index: number }
-  /** A membership change now in the recorded configuration: the driver hands it to the core. */
-  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
 
 /** Why storage refused to open or to go on: all are operating errors except where noted. */
 export type StorageErrorCode =

@@ -1,19 +1,16 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { executeWrite, type KvTable, planApply, resultFor, sessionClockKey, startSessionClock } from "./apply-plan.ts";
-import { sessionKeyPrefix } from "./command.ts";
+import { type ApplyResult, executeWrite, type KvTable, planApply, resultFor, sessionClockKey, startSessionClock } from "../kv/apply-plan.ts";
+import { sessionKeyPrefix } from "../kv/command.ts";
+import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import {
-  type ApplyResult,
   type ImageRow,
   type KvImageReader,
   type KvStorage,
   type ListedValue,
-  type MemberAddress,
-  type Membership,
   StorageError,
   type StoredValue,
 } from "./kv-storage.ts";
-import { addressesAfterInstall, membershipAfter, sameMembers, withMissingAddresses } from "./membership.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -205,11 +202,11 @@ export class MemoryKvStorage implements KvStorage {
     this.assertOpen();
     const plan = planApply(
       {
-        file: memoryFile,
         appliedIndex: this.applied,
         commitIndex: this.hardState.commit,
         lastIndex: this.lastIndex(),
         term: (index) => this.term(index),
+        badCommand: (message, index, cause) => new StorageError("bad_command", message, memoryFile, index, { cause }),
       },
       entries,
     );

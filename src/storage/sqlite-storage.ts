@@ -3,21 +3,18 @@ import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSy
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyStep, executeWrite, type KvTable, planApply, resultFor, startSessionClock } from "./apply-plan.ts";
+import { type ApplyResult, type ApplyStep, executeWrite, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
+import { sessionKeyPrefix } from "../kv/command.ts";
+import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
-  type ApplyResult,
   type ImageRow,
   type KvImageReader,
   type KvStorage,
   type ListedValue,
-  type MemberAddress,
-  type Membership,
   StorageError,
   type StoredValue,
 } from "./kv-storage.ts";
-import { addressesAfterInstall, membershipAfter, sameMembers, withMissingAddresses } from "./membership.ts";
-import { sessionKeyPrefix } from "./command.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -36,7 +33,7 @@ import { checkVotersMatch, normalizeVoters } from "./voters.ts";
  * Durable storage on bun:sqlite: the Raft log, hard state, voters and the key-value state machine
  * in one database file, so one transaction covers any mix of them.
  *
- * Durability (STACK.md: WAL + synchronous=FULL is one fsync per commit):
+ * Durability (WAL + synchronous=FULL is one fsync per commit, as strace shows):
  * - `save(..., sync=true)` commits with synchronous=FULL: durable when it returns.
  * - `save(..., sync=false)` and `applyEntries` commit with synchronous=NORMAL: no fsync. They
  *   survive a process crash (the WAL is written before commit returns) but not an OS crash or
@@ -148,7 +145,7 @@ CREATE TABLE members (      -- where each member is reached, as of applied_index
 `;
 
 /**
- * Session rows (see apply-plan.ts): keys after the session prefix, NUL + "session/", up to
+ * Session rows (see src/kv/apply-plan.ts): keys after the session prefix, NUL + "session/", up to
  * NUL + "session0" ("0" follows "/"); the prefix itself, the session clock, is not one. Written the
  * same, character for character, in the index and in every query that must use it.
  */
@@ -706,11 +703,11 @@ export class SqliteStorage implements KvStorage {
     this.assertOpen();
     const plan = planApply(
       {
-        file: this.file,
         appliedIndex: this.applied,
         commitIndex: this.hardStateValue.commit,
         lastIndex: this.last,
         term: (index) => this.term(index),
+        badCommand: (message, index, cause) => new StorageError("bad_command", message, this.file, index, { cause }),
       },
       entries,
     );

@@ -50,7 +50,7 @@ export interface SnapshotRow {
   readonly version: number;
 }
 
-/** Where one member is reached (the storage's `MemberAddress`). */
+/** Where one member is reached (the state machine's `MemberAddress`, src/kv/membership.ts). */
 export interface PeerAddress {
   readonly id: NodeId;
   readonly peerUrl: string;

@@ -19,7 +19,7 @@ import { BenchInputError, parseWholeNumber } from "../../src/bench/bench-options
 import { pipeNodeOutput } from "../../src/chaos/cluster.ts";
 import { defaultSnapshotPolicy } from "../../src/node/kv-node.ts";
 import { type Entry, EntryType } from "../../src/raft/types.ts";
-import { encodeCommand } from "../../src/storage/command.ts";
+import { encodeCommand } from "../../src/kv/command.ts";
 import { openSqliteStorage } from "../../src/storage/sqlite-storage.ts";
 import { kvCommand } from "../helpers/kv-binary.ts";
 

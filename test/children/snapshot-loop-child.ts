@@ -4,12 +4,12 @@
  * after it, printing `staged <round>`, `installed <round>` and `applied <round>` as each step
  * returns, until it is killed. On start it resumes after whatever round its storage holds.
  *
- * Usage: bun src/storage/snapshot-loop-child.ts <dir>
+ * Usage: bun test/children/snapshot-loop-child.ts <dir>
  */
-import { type Entry, EntryType } from "../raft/types.ts";
-import { encodeCommand } from "./command.ts";
-import type { ImageRow } from "./kv-storage.ts";
-import { openSqliteStorage } from "./sqlite-storage.ts";
+import { type Entry, EntryType } from "../../src/raft/types.ts";
+import { encodeCommand } from "../../src/kv/command.ts";
+import type { ImageRow } from "../../src/storage/kv-storage.ts";
+import { openSqliteStorage } from "../../src/storage/sqlite-storage.ts";
 
 /** Rows in every round's image. */
 export const snapshotLoopRows = 1_500;

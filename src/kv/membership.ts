@@ -1,6 +1,27 @@
 import type { NodeId } from "../raft/types.ts";
 import type { MembershipChange } from "./command.ts";
-import type { MemberAddress, Membership } from "./kv-storage.ts";
+
+/** Where a member is reached: recorded from `--cluster` at bootstrap, a join answer, or the log. */
+export interface MemberAddress {
+  readonly id: NodeId;
+  /** Base URL of the member's peer (Raft) port. */
+  readonly peerUrl: string;
+  /** Its advertised client URL, when known. */
+  readonly httpUrl?: string;
+}
+
+/**
+ * The configuration as of the applied index (thesis §4.1: a server uses the latest configuration it
+ * applied), kept by the state machine in the same transaction as the applied index.
+ */
+export interface Membership {
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
+  /** Addresses by id, sorted; a member may lack one (only its own `--cluster` flag knows it). */
+  readonly addresses: readonly MemberAddress[];
+  /** Index of the last applied change (or join, or snapshot that changed it); 0: still the bootstrap one. */
+  readonly changedIndex: number;
+}
 
 /**
  * The recorded configuration after one applied membership change, shared by the sqlite storage and

@@ -4,12 +4,12 @@
  * batches of deterministic entries in a loop, printing `saved <lastIndex>` on stdout after each
  * save returns, until it is killed or reaches `indexMax`.
  *
- * Usage: bun src/storage/save-loop-child.ts <dir> <seed> <indexMax>
+ * Usage: bun test/children/save-loop-child.ts <dir> <seed> <indexMax>
  */
-import { createPrng } from "../lib/prng.ts";
-import { type Entry, EntryType } from "../raft/types.ts";
-import { encodeCommand } from "./command.ts";
-import { openSqliteStorage } from "./sqlite-storage.ts";
+import { createPrng } from "../../src/lib/prng.ts";
+import { type Entry, EntryType } from "../../src/raft/types.ts";
+import { encodeCommand } from "../../src/kv/command.ts";
+import { openSqliteStorage } from "../../src/storage/sqlite-storage.ts";
 
 /** Distinct keys the loop writes, so later writes overwrite and delete earlier ones. */
 export const crashLoopKeyCount = 50;

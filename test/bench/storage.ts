@@ -1,16 +1,16 @@
 /**
  * Micro-benchmark of the sqlite storage: saves per second with 1 and 100 entries of 100 B per
  * save, fsynced and not, and applies per second. Numbers on one machine, for comparing changes
- * A B A B in one run, not targets (see STACK.md).
+ * A B A B in one run, not targets (as BENCHMARKS.md compares).
  *
- * Usage: bun src/storage/bench-storage.ts [durationMs=2000]
+ * Usage: bun test/bench/storage.ts [durationMs=2000]
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type Entry, EntryType } from "../raft/types.ts";
-import { encodeCommand } from "./command.ts";
-import { openSqliteStorage } from "./sqlite-storage.ts";
+import { type Entry, EntryType } from "../../src/raft/types.ts";
+import { encodeCommand } from "../../src/kv/command.ts";
+import { openSqliteStorage } from "../../src/storage/sqlite-storage.ts";
 
 const valueBytes = 100;
 

@@ -12,17 +12,37 @@ import {
   type MembershipChange,
   sessionKeyPrefix,
 } from "./command.ts";
-import { type ApplyResult, type ImageRow, StorageError } from "./kv-storage.ts";
 
 /** What `planApply` needs to know about the storage it plans for. */
 export interface ApplyLogView {
-  readonly file: string;
   readonly appliedIndex: number;
   readonly commitIndex: number;
   readonly lastIndex: number;
   /** Term at `index` for 1 <= index <= lastIndex. */
   term(index: number): number;
+  /**
+   * The error to throw for a committed entry at `index` that does not decode (each storage throws
+   * its own, naming its file: `StorageError` `bad_command`).
+   */
+  badCommand(message: string, index: number, cause: CommandCodecError): Error;
 }
+
+/**
+ * The outcome of one entry handed to `KvStorage.applyEntries`, in the same order. `version` is the entry's
+ * index. `noop` is a leader's empty entry; `skipped` an entry already applied before (its effect
+ * is not reported again).
+ */
+export type ApplyResult =
+  | { readonly kind: "put"; readonly index: number; readonly version: number }
+  | { readonly kind: "delete"; readonly index: number; readonly deleted: boolean; readonly version: number }
+  | { readonly kind: "noop"; readonly index: number }
+  | { readonly kind: "skipped"; readonly index: number }
+  /** A conditional put or delete whose expected version did not match: nothing changed. */
+  | { readonly kind: "conflict"; readonly index: number; readonly version: number }
+  /** An idempotent write whose idempotency key has a live session made by another request: nothing changed. */
+  | { readonly kind: "reused"; readonly index: number }
+  /** A membership change now in the recorded configuration: the driver hands it to the core. */
+  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
 
 /** One step of an apply, decoded and checked; the storage executes it on its own tables. */
 export type ApplyStep =
@@ -59,7 +79,7 @@ export interface StepSession {
  *
  * Asserts (bugs in the driver): entries are contiguous and start at or below appliedIndex+1; every
  * entry is committed, in the persisted log, and has the term the log has at its index.
- * Throws `StorageError` `bad_command` for data that does not decode (corruption or a proposer bug).
+ * Throws `log.badCommand(...)` for data that does not decode (corruption or a proposer bug).
  */
 export function planApply(log: ApplyLogView, entries: readonly Entry[]): { steps: ApplyStep[]; appliedIndex: number } {
   const steps: ApplyStep[] = [];
@@ -79,13 +99,13 @@ export function planApply(log: ApplyLogView, entries: readonly Entry[]): { steps
       steps.push({ kind: "skipped", index: entry.index });
       continue;
     }
-    steps.push(stepFor(log.file, entry));
+    steps.push(stepFor(log, entry));
     appliedIndex = entry.index;
   }
   return { steps, appliedIndex };
 }
 
-function stepFor(file: string, entry: Entry): ApplyStep {
+function stepFor(log: ApplyLogView, entry: Entry): ApplyStep {
   switch (entry.type) {
     case EntryType.Normal: {
       if (isNoopData(entry.data)) return { kind: "noop", index: entry.index };
@@ -100,9 +120,7 @@ function stepFor(file: string, entry: Entry): ApplyStep {
           : { kind: "delete", index: entry.index, key: command.key, ...condition };
       } catch (error: unknown) {
         if (!(error instanceof CommandCodecError)) throw error;
-        throw new StorageError("bad_command", `committed entry does not decode: ${error.message}`, file, entry.index, {
-          cause: error,
-        });
+        throw log.badCommand(`committed entry does not decode: ${error.message}`, entry.index, error);
       }
     }
     case EntryType.ConfChange:
@@ -111,9 +129,7 @@ function stepFor(file: string, entry: Entry): ApplyStep {
         return { kind: "conf-change", index: entry.index, change: decodeMembershipChange(entry.data) };
       } catch (error: unknown) {
         if (!(error instanceof CommandCodecError)) throw error;
-        throw new StorageError("bad_command", `committed membership change does not decode: ${error.message}`, file, entry.index, {
-          cause: error,
-        });
+        throw log.badCommand(`committed membership change does not decode: ${error.message}`, entry.index, error);
       }
     default:
       return unreachable(entry.type, "apply: unknown entry type");
@@ -174,6 +190,14 @@ interface SessionRecord {
 /** Session rows looked at per query when forgetting the oldest. */
 const expiryPageRowsMax = 16;
 
+/** One key of the kv table: its value and version (the index of the put that wrote it). */
+export interface KvRow {
+  readonly key: string;
+  readonly value: Uint8Array;
+  /** The index of the put that wrote the value. */
+  readonly version: number;
+}
+
 /** The key-value table as a put or delete step sees it (each storage supplies its own). */
 export interface KvTable {
   get(key: string): { value: Uint8Array; version: number } | undefined;
@@ -181,7 +205,7 @@ export interface KvTable {
   /** True when the key was there. */
   delete(key: string): boolean;
   /** Up to `limit` sessions (keys after `sessionKeyPrefix`, not the clock) with the lowest versions, oldest first. */
-  oldestSessions(limit: number): ImageRow[];
+  oldestSessions(limit: number): KvRow[];
 }
 
 const textEncoder = new TextEncoder();
