@@ -17,7 +17,7 @@ export interface SwarmResult {
   readonly asyncStorage: boolean;
   /** Crashes that lost writes not yet fsynced. */
   readonly powerLosses: number;
-  /** Process stalls (GC, slow disk, SIGSTOP) that ended, after which the node made up its ticks. */
+  /** Process stalls (GC, slow disk, SIGSTOP) that ended, after which the node's lease clock made up the time. */
   readonly stalls: number;
   /**
    * A digest of how the run went (every node's final state, the acknowledged writes, and where the
