@@ -83,7 +83,7 @@ export const serveCommand = defineCommand({
     },
     "value-bytes-max": {
       type: "string",
-      description: `Largest value in bytes, 0..${VALUE_BYTES_MAX_LIMIT} (default ${VALUE_BYTES_MAX_DEFAULT}); larger: 413 before the body is read`,
+      description: `Largest value in bytes, 0..${VALUE_BYTES_MAX_LIMIT} (default ${VALUE_BYTES_MAX_DEFAULT}); larger: 413 before the rest of the body is read`,
       valueHint: "BYTES",
     },
     "tls-cert": { type: "string", description: "PEM certificate (chain) for HTTPS on the client and peer ports; peer URLs are then https", valueHint: "FILE" },

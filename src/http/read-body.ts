@@ -4,6 +4,7 @@ import { KvError } from "../lib/kv-error.ts";
  * Reads a request body as raw bytes, refusing anything over `bytesMax` with `too_large`.
  * A declared Content-Length over the limit is refused before a byte of the body is read; the real
  * length is checked too, and a body without Content-Length (chunked) is read only up to the limit.
+ * What is left unread is drained by the handler after the answer (see `lingeringResponse`).
  * The body is read once; the route must use `parse: "none"` so Elysia has not consumed it.
  */
 export async function readBodyBytesMax(request: Request, bytesMax: number): Promise<Uint8Array> {
@@ -30,7 +31,9 @@ async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: 
     if (done) break;
     totalBytes += value.byteLength;
     if (totalBytes > bytesMax) {
-      await reader.cancel().catch(() => undefined); // the client may already be gone; we refuse either way
+      // Not cancelled: the handler reads and discards the rest after answering (lingering close,
+      // http-handler.ts), so the client sees the 413 instead of a reset connection.
+      reader.releaseLock();
       throw new KvError("too_large", `the value is over the limit of ${bytesMax} bytes`);
     }
     chunks.push(value);
