@@ -22,6 +22,16 @@ export function parseIntFlag(flag: string, value: string | undefined, min: numbe
   return n;
 }
 
+/** Parses a duration such as `10s`, `500ms` or `1.5s` (a bare number is seconds) into milliseconds within [minMs, maxMs]. */
+export function parseDurationFlagMs(flag: string, value: string | undefined, minMs: number, maxMs: number): number {
+  const match = value === undefined ? null : /^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$/.exec(value);
+  const ms = match === null ? NaN : Math.round(Number(match[1]) * (match[2] === "ms" ? 1 : 1_000));
+  if (!(ms >= minMs && ms <= maxMs)) {
+    throw new UsageError(`--${flag} must be a duration from ${minMs} ms to ${maxMs / 1_000} s, such as 10s or 500ms, got '${value}'`);
+  }
+  return ms;
+}
+
 /** Parses `1=http://127.0.0.1:5001,2=...` into id → peer URL. */
 export function parseCluster(value: string): Map<number, string> {
   const peers = new Map<number, string>();

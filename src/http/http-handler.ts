@@ -131,6 +131,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
   const app = createHttpApp(node, {
     ...(options.valueBytesMax === undefined ? {} : { valueBytesMax: options.valueBytesMax }),
     ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
+    ...(options.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: options.bodyReadTimeoutMs }),
     ...(registry === undefined ? {} : { renderMetrics: () => registry.render() }),
   });
   const requestDuration = registry?.histogram(

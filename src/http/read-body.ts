@@ -7,19 +7,41 @@ import { KvError } from "../lib/kv-error.ts";
  * What is left unread is drained by the handler after the answer (see `lingeringResponse`).
  * The body is read once; the route must use `parse: "none"` so Elysia has not consumed it.
  */
-export async function readBodyBytesMax(request: Request, bytesMax: number): Promise<Uint8Array> {
+export async function readBodyBytesMax(request: Request, bytesMax: number, readTimeoutMs?: number): Promise<Uint8Array> {
   const contentLength = request.headers.get("content-length");
   if (contentLength !== null) {
     const trimmed = contentLength.trim();
     if (!/^[0-9]+$/.test(trimmed)) throw new KvError("bad_request", "Content-Length is not a number of bytes");
     const declaredBytes = Number(trimmed);
     if (declaredBytes > bytesMax) throw tooLarge(declaredBytes, bytesMax);
-    const bytes = new Uint8Array(await unreadable(request.arrayBuffer()));
+    if (declaredBytes === 0) return new Uint8Array(0);
+    const bytes = new Uint8Array(await withDeadline(unreadable(request.arrayBuffer()), readTimeoutMs));
     if (bytes.byteLength > bytesMax) throw tooLarge(bytes.byteLength, bytesMax);
     return bytes;
   }
   if (request.body === null) return new Uint8Array(0);
-  return readStreamBytesMax(request.body, bytesMax);
+  return withDeadline(readStreamBytesMax(request.body, bytesMax), readTimeoutMs);
+}
+
+/**
+ * `reading`, or `request_timeout` once `timeoutMs` pass (the body trickles in, or stopped). The read
+ * left behind settles when the connection closes, which the 408 asks for.
+ */
+async function withDeadline<T>(reading: Promise<T>, timeoutMs: number | undefined): Promise<T> {
+  if (timeoutMs === undefined) return reading;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new KvError("request_timeout", `the request body did not arrive within ${timeoutMs} ms (--request-read-timeout)`)),
+      timeoutMs,
+    );
+  });
+  reading.catch(() => undefined); // a read that fails after the deadline has nobody left to tell
+  try {
+    return await Promise.race([reading, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: number): Promise<Uint8Array> {
