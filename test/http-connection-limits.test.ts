@@ -1,4 +1,4 @@
-// Proves a node bounds its client connections: --request-read-timeout closes connections that trickle their headers or stay silent and answers a trickled body with 408, --max-client-connections closes connections past the cap at once and counts them in kv_http_connections_refused_total, and ordinary requests from other clients are answered meanwhile.
+// Proves a node bounds its client connections: --request-read-timeout closes connections that trickle their headers or stay silent and answers a trickled body with 408, --max-client-connections closes connections past the cap at once and counts them in kv_http_connections_refused_total, ordinary requests from other clients are answered meanwhile, and a client that half-closes after its request still gets its answer through the layer that enforces the cap.
 import { afterAll, afterEach, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -178,6 +178,35 @@ test("--max-client-connections 4: connections past the cap are closed at once an
   } finally {
     for (const connection of [...held, ...extra]) connection.end();
   }
+}, 30_000);
+
+test("a client that sends its request and then its FIN (half-close) still gets the answer through the connection cap's layer", async () => {
+  const node = await startNode("half-close", []);
+  const port = Number(new URL(node.httpUrl).port);
+  const answer = await within(
+    10_000,
+    new Promise<string>((resolve, reject) => {
+      let received = "";
+      void Bun.connect({
+        hostname: "127.0.0.1",
+        port,
+        socket: {
+          open(socket) {
+            socket.write("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            socket.shutdown();
+          },
+          data(_socket, chunk) {
+            received += new TextDecoder().decode(chunk);
+          },
+          close: () => resolve(received),
+          error: (_socket, error) => reject(error),
+        },
+      });
+    }),
+    "the half-closed client's answer",
+  );
+  expect(answer).toStartWith("HTTP/1.1 200");
+  expect(answer).toContain('"healthy":true');
 }, 30_000);
 
 test("both flags are in kv serve --help, and bad values are usage errors", () => {

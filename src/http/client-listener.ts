@@ -67,6 +67,8 @@ interface End {
   backlogBytes: number;
   peer: End | undefined;
   closed: boolean;
+  /** The other side sent its FIN: pass it on (`shutdown()`) once the backlog is written. */
+  finPending: boolean;
   /** Set on both ends of one connection. */
   connection: ClientConnection;
 }
@@ -75,7 +77,8 @@ interface End {
 interface ClientConnection {
   /** Requests of this connection in the handler now (more than one only when pipelined). */
   requestsInHandler: number;
-  timer: ReturnType<typeof setTimeout> | undefined;
+  /** When (performance.now() ms) the connection is closed unless a request of it reaches the handler first. */
+  deadlineMs: number;
   /** The local port of the socket to the HTTP server: how `requestIP` names this connection. */
   upstreamPort: number | undefined;
   client: End;
@@ -128,26 +131,30 @@ export function createClientListener(options: ClientListenerOptions): ClientList
       const connection = upstreamPort === undefined ? undefined : byUpstreamPort.get(upstreamPort);
       if (connection === undefined) return options.handle(request); // not through the layer: nothing to track
       connection.requestsInHandler++;
-      clearTimeout(connection.timer);
       try {
         return await options.handle(request);
       } finally {
         connection.requestsInHandler--;
-        if (connection.requestsInHandler === 0 && !connection.client.closed) armDeadline(connection);
+        if (connection.requestsInHandler === 0) connection.deadlineMs = performance.now() + options.requestReadTimeoutMs;
       }
     },
   });
   const innerPort = server.port;
   assert(innerPort !== undefined, "the HTTP server listens on a port");
 
-  function armDeadline(connection: ClientConnection): void {
-    clearTimeout(connection.timer);
-    connection.timer = setTimeout(() => {
-      if (connection.requestsInHandler > 0) return;
-      timedOutTotal++;
-      closeEnd(connection.client, true);
-    }, options.requestReadTimeoutMs);
-  }
+  // One sweep for every connection rather than a timer per request: a request then costs an
+  // assignment, not a setTimeout and a clearTimeout. A deadline is kept within a sweep's interval.
+  const sweepIntervalMs = Math.max(10, Math.min(250, Math.floor(options.requestReadTimeoutMs / 10)));
+  const sweeper = setInterval(() => {
+    const nowMs = performance.now();
+    for (const connection of open) {
+      if (connection.requestsInHandler === 0 && nowMs >= connection.deadlineMs) {
+        timedOutTotal++;
+        closeEnd(connection.client, true);
+      }
+    }
+  }, sweepIntervalMs);
+  sweeper.unref();
 
   function forward(to: End, chunk: Uint8Array): void {
     if (to.closed) return;
@@ -181,6 +188,10 @@ export function createClientListener(options: ClientListenerOptions): ClientList
       end.backlogBytes -= bytes.byteLength;
     }
     end.peer?.socket?.resume();
+    if (end.finPending) {
+      end.finPending = false;
+      socket.shutdown();
+    }
     // The other side is gone and everything it said is delivered: finish this side too.
     if (end.peer?.closed === true) closeEnd(end, false);
   }
@@ -197,7 +208,6 @@ export function createClientListener(options: ClientListenerOptions): ClientList
 
   /** The client side is closed: the connection no longer counts. */
   function forget(connection: ClientConnection): void {
-    clearTimeout(connection.timer);
     open.delete(connection);
     if (connection.upstreamPort !== undefined) byUpstreamPort.delete(connection.upstreamPort);
   }
@@ -225,27 +235,45 @@ export function createClientListener(options: ClientListenerOptions): ClientList
     },
   };
 
+  /**
+   * A client that sends its request and then its FIN (`Connection: close` clients, `nc -q`) still
+   * gets its answer: the FIN is passed on to the HTTP server after the request's bytes, and the
+   * client's side is closed once the server has answered and closed its side.
+   */
+  function clientFinished(socket: Socket<End>): void {
+    const upstream = socket.data.peer;
+    if (upstream === undefined || upstream.closed) return;
+    upstream.finPending = true;
+    if (upstream.socket !== undefined && upstream.backlog.length === 0) flush(upstream);
+  }
+
   const listener: TCPSocketListener<End> = Bun.listen<End>({
     hostname: options.hostname,
     port: options.port,
+    allowHalfOpen: true,
     socket: {
       ...handlers,
+      end: clientFinished,
       open(client) {
         if (open.size >= options.connectionsMax) {
           refusedTotal++;
-          client.data = { socket: client, backlog: [], backlogBytes: 0, peer: undefined, closed: true, connection: undefined as never }; // never read: `close` sees no peer
+          client.data = { socket: client, backlog: [], backlogBytes: 0, peer: undefined, closed: true, finPending: false, connection: undefined as never }; // never read: `close` sees no peer
           client.end();
           return;
         }
-        const connection: ClientConnection = { requestsInHandler: 0, timer: undefined, upstreamPort: undefined, client: undefined as never };
-        const downstream: End = { socket: client, backlog: [], backlogBytes: 0, peer: undefined, closed: false, connection };
-        const upstream: End = { socket: undefined, backlog: [], backlogBytes: 0, peer: downstream, closed: false, connection };
+        const connection: ClientConnection = {
+          requestsInHandler: 0,
+          deadlineMs: performance.now() + options.requestReadTimeoutMs,
+          upstreamPort: undefined,
+          client: undefined as never,
+        };
+        const downstream: End = { socket: client, backlog: [], backlogBytes: 0, peer: undefined, closed: false, finPending: false, connection };
+        const upstream: End = { socket: undefined, backlog: [], backlogBytes: 0, peer: downstream, closed: false, finPending: false, connection };
         connection.client = downstream;
         downstream.peer = upstream;
         client.data = downstream;
         client.setNoDelay(true);
         open.add(connection);
-        armDeadline(connection);
         Bun.connect<End>({
           hostname: "127.0.0.1",
           port: innerPort,
@@ -273,6 +301,7 @@ export function createClientListener(options: ClientListenerOptions): ClientList
     port: listener.port,
     connections: () => open.size,
     async stop(closeActive) {
+      clearInterval(sweeper);
       listener.stop(false);
       if (!closeActive) return server.stop(false);
       // Answers the handler has just returned are still on their way through this layer: let the
