@@ -102,7 +102,13 @@ async function lingeringResponse(request: Request, response: Response): Promise<
   const stream = new ReadableStream<Uint8Array>({
     start(controller) {
       if (answer.byteLength > 0) controller.enqueue(answer);
-      void discardBody(body).finally(() => controller.close());
+      void discardBody(body).then(() => {
+        try {
+          controller.close();
+        } catch {
+          // Bun cancelled the answer's stream already: the client went away.
+        }
+      });
     },
   });
   return new Response(stream, { status: response.status, headers });
