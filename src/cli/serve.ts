@@ -3,6 +3,7 @@ import { mkdirSync, readFileSync } from "node:fs";
 import { defineCommand } from "citty";
 import packageJson from "../../package.json" with { type: "json" };
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
+import { CLIENT_CONNECTIONS_MAX_DEFAULT, createClientListener, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
 import { createHttpHandler } from "../http/http-handler.ts";
 import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
 import { createSystemClock } from "../lib/clock.ts";
@@ -36,6 +37,12 @@ const QUOTA_BYTES_MIN = 1 << 20;
 
 /** How often a node that cannot start on a full disk tries again. */
 const DISK_RETRY_MS = 1_000;
+
+/** Bounds of --request-read-timeout. */
+const REQUEST_READ_TIMEOUT_MS_MIN = 100;
+const REQUEST_READ_TIMEOUT_MS_MAX = 120_000;
+/** Upper bound of --max-client-connections: well under the descriptors a process may open. */
+const CLIENT_CONNECTIONS_MAX_LIMIT = 1_000_000;
 
 /** How long shutdown waits for requests in flight to be answered before it closes their connections. */
 const SHUTDOWN_DRAIN_MS_MAX = 3_000;
@@ -111,8 +118,18 @@ export const serveCommand = defineCommand({
     },
     "value-bytes-max": {
       type: "string",
-      description: `Largest value in bytes, 0..${VALUE_BYTES_MAX_LIMIT} (default ${VALUE_BYTES_MAX_DEFAULT}); larger: 413 before the body is read`,
+      description: `Largest value in bytes, 0..${VALUE_BYTES_MAX_LIMIT} (default ${VALUE_BYTES_MAX_DEFAULT}); larger: 413 before the rest of the body is read`,
       valueHint: "BYTES",
+    },
+    "request-read-timeout": {
+      type: "string",
+      description: `How long a client connection may take to send a request's headers (from its opening or its last answer; also how long it may sit idle) and, separately, its body; then the connection is closed, or a body gets 408 (default ${REQUEST_READ_TIMEOUT_MS_DEFAULT / 1000}s)`,
+      valueHint: "DURATION",
+    },
+    "max-client-connections": {
+      type: "string",
+      description: `Client connections open at most; past it new ones are closed at once and counted in kv_http_connections_refused_total. 0: no cap, and connections are not tracked (default ${CLIENT_CONNECTIONS_MAX_DEFAULT})`,
+      valueHint: "N",
     },
     "tls-cert": { type: "string", description: "PEM certificate (chain) for HTTPS on the client and peer ports; peer URLs are then https", valueHint: "FILE" },
     "tls-key": { type: "string", description: "PEM private key of --tls-cert", valueHint: "FILE" },
@@ -193,6 +210,14 @@ export const serveCommand = defineCommand({
       args["value-bytes-max"] === undefined
         ? VALUE_BYTES_MAX_DEFAULT
         : parseIntFlag("value-bytes-max", args["value-bytes-max"], 0, VALUE_BYTES_MAX_LIMIT);
+    const requestReadTimeoutMs =
+      args["request-read-timeout"] === undefined
+        ? REQUEST_READ_TIMEOUT_MS_DEFAULT
+        : parseDurationFlag("request-read-timeout", args["request-read-timeout"], REQUEST_READ_TIMEOUT_MS_MIN, REQUEST_READ_TIMEOUT_MS_MAX);
+    const clientConnectionsMax =
+      args["max-client-connections"] === undefined
+        ? CLIENT_CONNECTIONS_MAX_DEFAULT
+        : parseIntFlag("max-client-connections", args["max-client-connections"], 0, CLIENT_CONNECTIONS_MAX_LIMIT);
     const peerScheme = tls === undefined ? "http:" : "https:";
     for (const [peerId, url] of peers) {
       if (new URL(url).protocol !== peerScheme) {
@@ -307,27 +332,29 @@ export const serveCommand = defineCommand({
       metrics,
       keyBytesMax,
       valueBytesMax,
+      bodyReadTimeoutMs: requestReadTimeoutMs,
     });
-    const server = Bun.serve({
+    const server = createClientListener({
       hostname: listenHttp.hostname,
       port: listenHttp.port,
       ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
-      fetch: (request) => http.handle(request),
+      handle: (request) => http.handle(request),
       // The handler answers every error itself; this runs only if it threw, which is a bug.
-      error(error) {
+      onInternalError(error) {
         logger.log("error", "http internal error", { error: error.message, stack: error.stack });
         return new Response(JSON.stringify({ error: "internal", message: "internal error" }), {
           status: 500,
           headers: { "content-type": "application/json; charset=utf-8" },
         });
       },
-      // Bodies are bounded by the routes (413 before reading past the limit, with Connection: close),
-      // so Bun's own cap, which answers an empty 413, is set out of the way.
-      maxRequestBodySize: 2 ** 40,
-      // Seconds a connection may sit silent, longer than a request may wait on the node.
-      idleTimeout: Math.min(255, Math.max(10, Math.ceil(requestTimeoutMs / 1000) + 5)),
+      connectionsMax: clientConnectionsMax,
+      requestReadTimeoutMs,
+      // Bun's own timer cuts a body or a handler at this many seconds with no answer: it must outlast
+      // the body's deadline plus the wait on the node, which answer first.
+      idleTimeoutS: Math.min(255, Math.max(10, Math.ceil((requestTimeoutMs + requestReadTimeoutMs) / 1000) + 5)),
+      metrics,
     });
-    const httpPort = server.port ?? listenHttp.port;
+    const httpPort = server.port;
     advertiseHttp ??= `${tls === undefined ? "http" : "https"}://${listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname}:${httpPort}`;
     node.setHttpUrl(advertiseHttp.replace(/\/+$/, ""));
 

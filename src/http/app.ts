@@ -17,6 +17,11 @@ export interface HttpAppOptions {
   valueBytesMax?: number;
   /** Largest key, in UTF-8 bytes after percent-decoding. Default {@link KEY_BYTES_MAX_DEFAULT}. */
   keyBytesMax?: number;
+  /**
+   * How long a route waits for a request's body once it starts reading it; past it, 408
+   * `request_timeout`. Without it, only Bun's idle timeout bounds a body that trickles in.
+   */
+  bodyReadTimeoutMs?: number;
   /** Serves `GET /metrics` with this text (Prometheus format); without it, /metrics is an unknown route. */
   renderMetrics?: () => string;
 }
@@ -78,7 +83,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       }
       case "PUT": {
         const options = parseWriteOptions(search, request);
-        const value = await readBodyBytesMax(request, valueBytesMax);
+        const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
         const { version } = await node.put(key, value, options);
         return jsonResponse({ key, version }, 200);
       }
@@ -186,7 +191,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       )
       .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
       .all("/openapi.json", route(READ_ONLY_ALLOW, readOnlyRoute("/openapi.json", () => jsonResponse(openApiDocument, 200))), { parse: "none" })
-      .use(createMembersRoutes(node))
+      .use(createMembersRoutes(node, opts.bodyReadTimeoutMs))
   );
 }
 

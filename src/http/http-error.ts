@@ -55,6 +55,9 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
       return jsonResponse(body(code, error.message, details), 413);
     case "bad_request":
       return jsonResponse(body(code, error.message, details), 400);
+    case "request_timeout":
+      // The client is still sending (slowly): close rather than wait for the rest of its body.
+      return jsonResponse(body(code, error.message, details), 408, { connection: "close" });
     case "not_found":
       return jsonResponse(body(code, error.message, details), 404);
     case "method_not_allowed":

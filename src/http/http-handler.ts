@@ -11,6 +11,17 @@ import { createHttpApp, type HttpAppOptions } from "./app.ts";
 import { errorResponse, shuttingDownResponse, unauthenticatedResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
 
+/**
+ * After an error answer to a request whose body was left unread (413, 401, a refusal while shutting
+ * down), the rest of the body is read and discarded, up to this many bytes, before the connection
+ * closes ("lingering close", as nginx and Go's net/http do). Closing with unread bytes in the socket
+ * makes the kernel send a reset, and a client that writes its whole body before reading (Node's
+ * fetch, Python's http.client) then sees EPIPE or ECONNRESET instead of the answer.
+ */
+export const LINGER_BYTES_MAX = 16 << 20;
+/** How long a lingering close reads and discards before it closes the connection anyway. */
+export const LINGER_MS_MAX = 5_000;
+
 /** The client API's options: limits, and who may call it. */
 export interface HttpHandlerOptions extends Omit<HttpAppOptions, "renderMetrics"> {
   /**
@@ -75,11 +86,58 @@ export function routeLabel(path: string): RouteLabel {
   }
 }
 
+/**
+ * `response` with `Connection: close`, whose body ends only once the request's unread body has been
+ * read and discarded (up to `LINGER_BYTES_MAX` bytes or `LINGER_MS_MAX`): Bun closes the connection
+ * when the response ends, and by then the socket holds no unread bytes that would reset it. The
+ * answer's bytes go out at once; only its end waits.
+ */
+async function lingeringResponse(request: Request, response: Response): Promise<Response> {
+  const headers = new Headers(response.headers);
+  headers.set("connection", "close");
+  const body = request.body;
+  if (body === null || body.locked) return new Response(response.body, { status: response.status, headers });
+  const answer = new Uint8Array(await response.arrayBuffer()); // error answers: a few hundred bytes of JSON
+  headers.delete("content-length"); // a streamed body goes out chunked
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      if (answer.byteLength > 0) controller.enqueue(answer);
+      void discardBody(body).then(() => {
+        try {
+          controller.close();
+        } catch {
+          // Bun cancelled the answer's stream already: the client went away.
+        }
+      });
+    },
+  });
+  return new Response(stream, { status: response.status, headers });
+}
+
+/** Reads and drops a request body until it ends, `LINGER_BYTES_MAX` bytes or `LINGER_MS_MAX` pass; never rejects. */
+async function discardBody(body: ReadableStream<Uint8Array>): Promise<void> {
+  const reader = body.getReader();
+  const timer = setTimeout(() => void reader.cancel().catch(() => undefined), LINGER_MS_MAX);
+  let discardedBytes = 0;
+  try {
+    while (discardedBytes <= LINGER_BYTES_MAX) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      discardedBytes += value.byteLength;
+    }
+  } catch {
+    // The client hung up, or the deadline cancelled the read: either way there is nothing left to wait for.
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions = {}): HttpHandler {
   const registry = options.metrics;
   const app = createHttpApp(node, {
     ...(options.valueBytesMax === undefined ? {} : { valueBytesMax: options.valueBytesMax }),
     ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
+    ...(options.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: options.bodyReadTimeoutMs }),
     ...(registry === undefined ? {} : { renderMetrics: () => registry.render() }),
   });
   const requestDuration = registry?.histogram(
@@ -106,26 +164,32 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
   }
 
   async function answer(request: Request, route: RouteLabel): Promise<Response> {
-    if (shuttingDown) return shuttingDownResponse();
+    if (shuttingDown) return finish(request, shuttingDownResponse());
     const refused = refusal(request, route);
-    if (refused !== undefined) {
-      if (carriesBody(request)) refused.headers.set("connection", "close");
-      return refused;
-    }
+    if (refused !== undefined) return finish(request, refused);
+    const routed = withRoutableUrl(request);
     let response: Response;
     try {
-      response = await app.handle(withRoutableUrl(request));
+      response = await app.handle(routed);
     } catch (error) {
       // Elysia maps route errors itself (app.ts); reaching here is a bug, answered as one.
-      return errorResponse(error, request);
+      response = errorResponse(error, request);
     }
-    // Requests that were waiting on the node when shutdown began get their error, and the
-    // connection closes after it so the client does not send more here. A body left unread (a
-    // refused or oversized upload) closes it too: the server would otherwise read and discard
-    // whatever the client still sends, for as long as it sends.
-    if (shuttingDown || (carriesBody(request) && (response.status >= 400 || !request.bodyUsed))) {
-      response.headers.set("connection", "close");
+    return finish(routed, response);
+  }
+
+  /**
+   * Requests that were waiting on the node when shutdown began get their error, and the connection
+   * closes after it so the client does not send more here. An error answer to a request with a body
+   * (a refused or oversized upload, whose body may be partly unread) closes it too, after a
+   * lingering close: Bun itself would read and discard whatever the client still sends, for as long
+   * as it sends.
+   */
+  async function finish(request: Request, response: Response): Promise<Response> {
+    if (carriesBody(request) && (response.status >= 400 || !request.bodyUsed || shuttingDown)) {
+      return lingeringResponse(request, response);
     }
+    if (shuttingDown) response.headers.set("connection", "close");
     return response;
   }
 

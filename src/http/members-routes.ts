@@ -20,8 +20,8 @@ import { readBodyBytesMax } from "./read-body.ts";
 /** A join request is a few hundred bytes of JSON. */
 const MEMBER_BODY_BYTES_MAX = 16 * 1024;
 
-/** The routes as an Elysia plugin: `app.use(createMembersRoutes(node))`. */
-export function createMembersRoutes(node: KvNodeApi) {
+/** The routes as an Elysia plugin: `app.use(createMembersRoutes(node))`; a body must arrive within `bodyReadTimeoutMs`. */
+export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
   const handle = async (request: Request): Promise<Response> => {
     const { path } = rawTarget(request.url);
     const parts = path.split("/").filter((part) => part !== ""); // ["members", id?, "promote"?]
@@ -32,7 +32,7 @@ export function createMembersRoutes(node: KvNodeApi) {
         return method === "HEAD" ? new Response(null, response) : response;
       }
       if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /members`);
-      const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX));
+      const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs));
       const addMember = node.addMember?.bind(node);
       if (addMember === undefined) throw new KvError("not_found", "this node does not support membership changes");
       return jsonResponse(membersJson(await addMember(id, peerUrl, httpUrl)), 200);

@@ -26,6 +26,7 @@ const errorDescriptions: Record<number, string> = {
   401: "unauthenticated (with --auth-token)",
   404: "not_found",
   405: "method_not_allowed",
+  408: "request_timeout: the body did not arrive within --request-read-timeout",
   409: "version_mismatch (compare-and-set) or conf_change_pending",
   422: "idempotency_key_reused: the Idempotency-Key was first sent with another request; nothing changed",
   413: "too_large",

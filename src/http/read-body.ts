@@ -4,21 +4,44 @@ import { KvError } from "../lib/kv-error.ts";
  * Reads a request body as raw bytes, refusing anything over `bytesMax` with `too_large`.
  * A declared Content-Length over the limit is refused before a byte of the body is read; the real
  * length is checked too, and a body without Content-Length (chunked) is read only up to the limit.
+ * What is left unread is drained by the handler after the answer (see `lingeringResponse`).
  * The body is read once; the route must use `parse: "none"` so Elysia has not consumed it.
  */
-export async function readBodyBytesMax(request: Request, bytesMax: number): Promise<Uint8Array> {
+export async function readBodyBytesMax(request: Request, bytesMax: number, readTimeoutMs?: number): Promise<Uint8Array> {
   const contentLength = request.headers.get("content-length");
   if (contentLength !== null) {
     const trimmed = contentLength.trim();
     if (!/^[0-9]+$/.test(trimmed)) throw new KvError("bad_request", "Content-Length is not a number of bytes");
     const declaredBytes = Number(trimmed);
     if (declaredBytes > bytesMax) throw tooLarge(declaredBytes, bytesMax);
-    const bytes = new Uint8Array(await unreadable(request.arrayBuffer()));
+    if (declaredBytes === 0) return new Uint8Array(0);
+    const bytes = new Uint8Array(await withDeadline(unreadable(request.arrayBuffer()), readTimeoutMs));
     if (bytes.byteLength > bytesMax) throw tooLarge(bytes.byteLength, bytesMax);
     return bytes;
   }
   if (request.body === null) return new Uint8Array(0);
-  return readStreamBytesMax(request.body, bytesMax);
+  return withDeadline(readStreamBytesMax(request.body, bytesMax), readTimeoutMs);
+}
+
+/**
+ * `reading`, or `request_timeout` once `timeoutMs` pass (the body trickles in, or stopped). The read
+ * left behind settles when the connection closes, which the 408 asks for.
+ */
+async function withDeadline<T>(reading: Promise<T>, timeoutMs: number | undefined): Promise<T> {
+  if (timeoutMs === undefined) return reading;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new KvError("request_timeout", `the request body did not arrive within ${timeoutMs} ms (--request-read-timeout)`)),
+      timeoutMs,
+    );
+  });
+  reading.catch(() => undefined); // a read that fails after the deadline has nobody left to tell
+  try {
+    return await Promise.race([reading, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: number): Promise<Uint8Array> {
@@ -30,7 +53,9 @@ async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: 
     if (done) break;
     totalBytes += value.byteLength;
     if (totalBytes > bytesMax) {
-      await reader.cancel().catch(() => undefined); // the client may already be gone; we refuse either way
+      // Not cancelled: the handler reads and discards the rest after answering (lingering close,
+      // http-handler.ts), so the client sees the 413 instead of a reset connection.
+      reader.releaseLock();
       throw new KvError("too_large", `the value is over the limit of ${bytesMax} bytes`);
     }
     chunks.push(value);

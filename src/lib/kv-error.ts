@@ -9,6 +9,7 @@ export type KvErrorCode =
   | "timeout" // proposed but not known to be committed in time: the outcome is unknown
   | "too_large" // a key or value over its limit
   | "bad_request" // malformed input
+  | "request_timeout" // the request's body did not arrive within --request-read-timeout; nothing was done
   | "not_found" // no such key or route
   | "method_not_allowed"
   | "unavailable" // the node is shutting down or its storage failed
