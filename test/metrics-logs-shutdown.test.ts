@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
-import { createLogger } from "../src/cli/logger.ts";
+import { createLogger } from "../src/lib/logger.ts";
 import { createHttpHandler } from "../src/http/http-handler.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";

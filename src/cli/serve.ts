@@ -1,24 +1,12 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
-import packageJson from "../../package.json" with { type: "json" };
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
-import { CLIENT_CONNECTIONS_MAX_DEFAULT, createClientListener, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
-import { createHttpHandler } from "../http/http-handler.ts";
-import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
-import { createSystemClock } from "../lib/clock.ts";
-import { isDiskFull } from "../lib/disk-full.ts";
-import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
-import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
-import { observeMethod } from "../lib/observe-method.ts";
+import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
+import { createLogger, type LogFormat, type LogLevel } from "../lib/logger.ts";
 import { secretProblem } from "../lib/secret.ts";
-import { createPrng } from "../lib/prng.ts";
-import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy, KvNode } from "../node/kv-node.ts";
-import { openSqliteStorage } from "../storage/sqlite-storage.ts";
-import { createConnectTransport } from "../transport/connect-transport.ts";
-import { registerTransportMetrics } from "../transport/transport-metrics.ts";
-import { createLogger, type Logger, type LogFormat, type LogLevel } from "./logger.ts";
-import { joinCluster } from "./join.ts";
+import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy } from "../node/kv-node.ts";
+import { createServer, ServerStartError, type KvServer } from "../server/create-server.ts";
 import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, UsageError } from "./usage-error.ts";
 
 /**
@@ -35,17 +23,11 @@ const VALUE_BYTES_MAX_LIMIT = 16 << 20;
 /** The smallest --quota-bytes other than 0 (no quota): an empty data dir already takes about 100 KB. */
 const QUOTA_BYTES_MIN = 1 << 20;
 
-/** How often a node that cannot start on a full disk tries again. */
-const DISK_RETRY_MS = 1_000;
-
 /** Bounds of --request-read-timeout. */
 const REQUEST_READ_TIMEOUT_MS_MIN = 100;
 const REQUEST_READ_TIMEOUT_MS_MAX = 120_000;
 /** Upper bound of --max-client-connections: well under the descriptors a process may open. */
 const CLIENT_CONNECTIONS_MAX_LIMIT = 1_000_000;
-
-/** How long shutdown waits for requests in flight to be answered before it closes their connections. */
-const SHUTDOWN_DRAIN_MS_MAX = 3_000;
 
 /** Bounds of --idempotency-window: at least a second, at most a week. */
 const IDEMPOTENCY_WINDOW_MS_MIN = 1_000;
@@ -234,205 +216,61 @@ export const serveCommand = defineCommand({
     // Every line carries the node's term once the node exists.
     let termNow: (() => number) | undefined;
     const logger = createLogger(id, logLevel, { format: logFormat, term: () => termNow?.() });
-    // A full disk at start is waited out (one log line), as the running node waits it out.
-    const waitForSpace = <T>(what: string, attempt: () => T) => retryWhileDiskFull(what, dataDir, logger, attempt);
-    await waitForSpace("create the data dir", () => mkdirSync(dataDir, { recursive: true }));
-    const metrics = createMetricsRegistry();
-    const saveDuration = metrics.histogram(
-      "kv_storage_save_duration_seconds",
-      "One save of the Raft log and hard state (one sqlite transaction); with sync=true it includes the fsync.",
-      LATENCY_BUCKETS_S,
-      ["sync"],
-    );
-    const fsyncDuration = metrics.histogram(
-      "kv_storage_fsync_duration_seconds",
-      "One background fsync of what the loop wrote since the last (it runs off the loop's thread; the replies it covers wait for it).",
-      LATENCY_BUCKETS_S,
-    );
-    const sqliteStorage = await waitForSpace("open the database", () => openSqliteStorage(dataDir));
-    let joinedClusterId: string | undefined;
-    if (joinEndpoints !== undefined) {
-      const fresh = sqliteStorage.membership().voters.length === 0 && sqliteStorage.lastIndex() === 0;
-      if (!fresh) {
-        logger.log("info", "join", { detail: "the data dir already holds a configuration: not joining again" });
-      } else {
-        const httpUrl = listenHttp.port === 0 ? args["advertise-http"] : (args["advertise-http"] ?? `${tls === undefined ? "http" : "https"}://${listenHttp.hostname}:${listenHttp.port}`);
-        try {
-          const answer = await joinCluster({
-            endpoints: joinEndpoints,
-            id,
-            peerUrl: advertisePeer as string,
-            httpUrl: httpUrl?.replace(/\/+$/, ""),
-            authToken,
-            timeoutMs: 60_000,
-            logger,
-          });
-          sqliteStorage.bootstrapJoined(answer, answer.configIndex);
-          joinedClusterId = answer.clusterId;
-          logger.log("info", "joined", { voters: answer.voters, learners: answer.learners, configIndex: answer.configIndex });
-        } catch (error) {
-          sqliteStorage.close();
-          logger.log("error", "stopping", { reason: `join failed: ${error instanceof Error ? error.message : String(error)}` });
-          process.exit(1);
-        }
-      }
-    }
-    const storage = observeMethod(
-      observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS)),
-      "sync",
-      (durationS) => fsyncDuration.observe({}, durationS),
-    );
-    // After the storage: its exclusive lock keeps a second process off this data dir.
-    const clusterIdChoice = await waitForSpace("record the cluster id", () =>
-      chooseClusterId(dataDir, [...peers.keys()], clusterToken, logger, () => storage.close(), joinedClusterId),
-    );
-    // After a membership change --cluster no longer names the voters the id was derived from.
-    if (clusterIdChoice.clusterId !== clusterIdChoice.derivedId && sqliteStorage.membership().changedIndex === 0) {
-      logger.log("warn", "cluster id", {
-        detail: `the data dir belongs to cluster ${clusterIdChoice.clusterId}, but this configuration (voters and cluster token) derives ${clusterIdChoice.derivedId}: peers of another cluster will refuse this node`,
-        clusterId: clusterIdChoice.clusterId,
-        derivedClusterId: clusterIdChoice.derivedId,
+
+    let server: KvServer;
+    try {
+      server = await createServer({
+        id,
+        peers,
+        listenPeer,
+        listenHttp,
+        ...(args["advertise-http"] === undefined ? {} : { advertiseHttp: args["advertise-http"] }),
+        ...(joinEndpoints === undefined ? {} : { join: { endpoints: joinEndpoints, advertisePeer: advertisePeer as string } }),
+        dataDir,
+        tickMs,
+        electionTicks,
+        heartbeatTicks,
+        requestTimeoutMs,
+        snapshotEntries,
+        snapshotCatchUpEntries,
+        ...(quotaBytes === undefined ? {} : { quotaBytes }),
+        idempotencyWindowMs,
+        idempotencySessionsMax,
+        ...(clusterToken === undefined ? {} : { clusterToken }),
+        ...(authToken === undefined ? {} : { authToken }),
+        metricsOpen,
+        ...(tls === undefined ? {} : { tls }),
+        keyBytesMax,
+        valueBytesMax,
+        requestReadTimeoutMs,
+        clientConnectionsMax,
+        logger,
+        onFatal: (error) => void shutdown(1, error.message),
       });
+    } catch (error) {
+      if (!(error instanceof ServerStartError)) throw error;
+      logger.log("error", "stopping", { reason: error.message });
+      process.exit(error.exitCode);
     }
-    const clock = createSystemClock();
-    let nodeMetrics: NodeMetrics | undefined;
-    let advertiseHttp = args["advertise-http"];
-    // The transport's peer map: the node keeps it filled with every member's peer URL as membership changes.
-    const peerDirectory = new Map([...peers].filter(([peerId]) => peerId !== id));
-    const node = await waitForSpace("record the configuration", () => new KvNode({
-      id,
-      peers,
-      peerDirectory,
-      httpUrl: "", // set below once the HTTP port is bound
-      storage,
-      clock,
-      prng: createPrng((Date.now() ^ (id * 2654435761)) >>> 0),
-      tickMs,
-      electionTicks,
-      heartbeatTicks,
-      requestTimeoutMs,
-      pendingRequestsMax: defaultNodeTimings.pendingRequestsMax,
-      inboxMessagesMax: defaultNodeTimings.inboxMessagesMax,
-      snapshotEntries,
-      snapshotCatchUpEntries,
-      ...(quotaBytes === undefined ? {} : { quotaBytes }),
-      idempotencyWindowMs,
-      idempotencySessionsMax,
-      log: (event, fields) => {
-        if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
-        logger.log(event === "fatal" ? "error" : "info", event, fields);
-      },
-      onFatal: (error) => void shutdown(1, error.message),
-    }));
-
-    nodeMetrics = instrumentNode(node, metrics, { clusterId: clusterIdChoice.clusterId, version: packageJson.version });
-    const http = createHttpHandler(nodeMetrics.node, {
-      ...(authToken === undefined ? {} : { authToken }),
-      metricsOpen,
-      metrics,
-      keyBytesMax,
-      valueBytesMax,
-      bodyReadTimeoutMs: requestReadTimeoutMs,
-    });
-    const server = createClientListener({
-      hostname: listenHttp.hostname,
-      port: listenHttp.port,
-      ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
-      handle: (request) => http.handle(request),
-      // The handler answers every error itself; this runs only if it threw, which is a bug.
-      onInternalError(error) {
-        logger.log("error", "http internal error", { error: error.message, stack: error.stack });
-        return new Response(JSON.stringify({ error: "internal", message: "internal error" }), {
-          status: 500,
-          headers: { "content-type": "application/json; charset=utf-8" },
-        });
-      },
-      connectionsMax: clientConnectionsMax,
-      requestReadTimeoutMs,
-      // Bun's own timer cuts a body or a handler at this many seconds with no answer: it must outlast
-      // the body's deadline plus the wait on the node, which answer first.
-      idleTimeoutS: Math.min(255, Math.max(10, Math.ceil((requestTimeoutMs + requestReadTimeoutMs) / 1000) + 5)),
-      metrics,
-    });
-    const httpPort = server.port;
-    advertiseHttp ??= `${tls === undefined ? "http" : "https"}://${listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname}:${httpPort}`;
-    node.setHttpUrl(advertiseHttp.replace(/\/+$/, ""));
-
-    const others = peerDirectory;
-    const transport = createConnectTransport({
-      selfId: id,
-      selfHttpUrl: advertiseHttp,
-      peers: others,
-      listen: listenPeer,
-      onMessages: (messages) => node.receive(messages),
-      onSnapshotChunk: (chunk) => node.receiveSnapshotChunk(chunk),
-      rpcTimeoutMs: Math.max(200, tickMs * electionTicks),
-      log: (line) => logger.log("warn", "peer", { detail: line }),
-      auth: { clusterId: clusterIdChoice.clusterId, ...(clusterToken === undefined ? {} : { clusterToken }) },
-      ...(tls === undefined ? {} : { tls }),
-    });
-    registerTransportMetrics(metrics, transport);
-    node.start(transport.transport);
+    const node = server.node;
     termNow = () => node.status().term;
-    logger.log("info", "started", {
-      peerPort: transport.port,
-      httpPort,
-      httpUrl: advertiseHttp,
-      dataDir,
-      voters: [...peers.keys()],
-      clusterId: clusterIdChoice.clusterId,
-      peerAuth: clusterToken === undefined ? "none" : "cluster-token",
-      tls: tls === undefined ? "none" : tls.ca === undefined ? "server" : "server, mutual between peers",
-      clientAuth: authToken === undefined ? "none" : metricsOpen ? "bearer-token (status and metrics open)" : "bearer-token",
-      term: node.status().term,
-      appliedIndex: node.status().appliedIndex,
-    });
 
     let stopping = false;
-    /** Stops the node (see `stopServing`) and exits with `code`, or with 1 if stopping itself failed. */
+    /** Stops the node (handing leadership over when it stops cleanly) and exits with `code`, or 1 if stopping failed. */
     async function shutdown(code: number, reason: string): Promise<void> {
       if (stopping) return;
       stopping = true;
       let exitCode = code;
       try {
-        await stopServing(code, reason);
+        const lastTerm = node.status().term;
+        await server.stop({ handOver: code === 0, reason });
+        termNow = () => lastTerm; // status() reads the storage, which is closed from here on
       } catch (error) {
         exitCode = 1;
         logger.log("error", "stopping failed", { error: errorText(error), stack: error instanceof Error ? error.stack : undefined });
       }
       logger.log(exitCode === 0 ? "info" : "error", "stopped", { code: exitCode });
       process.exit(exitCode);
-    }
-    async function stopServing(code: number, reason: string): Promise<void> {
-      logger.log(code === 0 ? "info" : "error", "stopping", { reason, inflightRequests: http.inflightRequests() });
-      if (code === 0 && node.status().role === "leader" && node.members().members.filter((member) => member.role === "voter").length > 1) {
-        // Hand over before leaving so a rolling restart costs no election timeout (thesis §3.10).
-        // Requests keep being served meanwhile; writes are redirected once another node leads.
-        const handover = await node.transferLeadership(undefined).then(
-          ({ leaderId }) => ({ leaderId }),
-          (error: unknown) => ({ error: error instanceof Error ? error.message : String(error) }),
-        );
-        logger.log("info", "leadership handed over", handover);
-      }
-      // Stop taking work: new requests on open connections get 503 `unavailable` and Connection:
-      // close, and the listener stops accepting connections.
-      http.beginShutdown();
-      void server.stop(false).catch(() => {});
-      // Every request waiting on the node (writes, linearizable reads) now fails with `unavailable`:
-      // a clear answer, sent before the connections close.
-      node.stop();
-      const drained = await Promise.race([http.idle().then(() => true), Bun.sleep(SHUTDOWN_DRAIN_MS_MAX).then(() => false)]);
-      if (!drained) {
-        logger.log("warn", "stopping", {
-          detail: `${http.inflightRequests()} requests still unanswered after ${SHUTDOWN_DRAIN_MS_MAX} ms (clients still sending bodies); closing their connections`,
-        });
-      }
-      await server.stop(true).catch(() => {});
-      await transport.transport.close().catch(() => {});
-      // Last: no request can reach the storage any more. A clean close checkpoints the WAL.
-      const lastTerm = node.status().term;
-      termNow = () => lastTerm; // status() reads the storage, which is closed from here on
-      storage.close();
     }
     let signals = 0;
     const onSignal = (signal: string) => {
@@ -447,31 +285,6 @@ export const serveCommand = defineCommand({
     await new Promise<never>(() => {});
   },
 });
-
-/**
- * Runs `attempt` (a step of starting that writes to the data dir), retrying every DISK_RETRY_MS while
- * the disk is full: one log line when it first is, one when space is back; any other error is thrown.
- */
-async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logger, attempt: () => T): Promise<T> {
-  let waiting = false;
-  for (;;) {
-    try {
-      const result = attempt();
-      if (waiting) logger.log("info", "disk space back", { detail: `could ${what}: starting` });
-      return result;
-    } catch (error) {
-      if (!isDiskFull(error)) throw error;
-      if (!waiting) {
-        logger.log("error", "disk full", {
-          detail: `cannot ${what}: the disk holding ${dataDir} is full; waiting for space (retrying every ${DISK_RETRY_MS} ms; free space or stop the node)`,
-          error: errorText(error),
-        });
-      }
-      waiting = true;
-      await Bun.sleep(DISK_RETRY_MS);
-    }
-  }
-}
 
 /**
  * A secret from its flag, its file flag, or the environment, in that order; giving both the flag
@@ -544,19 +357,6 @@ function readPem(flag: string, file: string): string {
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
-}
-
-/** The data dir's cluster id, derived and written at bootstrap. A damaged file stops the node: exit 1 with a clear line. */
-function chooseClusterId(dataDir: string, voters: number[], clusterToken: string | undefined, logger: Logger, onError: () => void, joinedClusterId?: string) {
-  try {
-    // A node that just joined adopts the cluster's id (the voters it was derived from are the cluster's first ones).
-    return loadOrCreateClusterId(dataDir, joinedClusterId ?? deriveClusterId(voters, clusterToken));
-  } catch (error) {
-    if (!(error instanceof ClusterIdFileError)) throw error;
-    onError();
-    logger.log("error", "stopping", { reason: `${error.message}: restore it, or remove it to derive the id again` });
-    process.exit(1);
-  }
 }
 
 /** `--join` endpoints: comma-separated client URLs of running members. */

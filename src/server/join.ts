@@ -4,7 +4,7 @@
  * The new server records it as its initial configuration (as the simulator's `addServer` does out
  * of band) and then follows the leader, which promotes it once it has caught up.
  */
-import type { Logger } from "./logger.ts";
+import type { Logger } from "../lib/logger.ts";
 
 /** What the leader answered (`POST /members`): the configuration right after this server's addition. */
 export interface JoinAnswer {

@@ -1,0 +1,335 @@
+import { mkdirSync } from "node:fs";
+import packageJson from "../../package.json" with { type: "json" };
+import { createClientListener } from "../http/client-listener.ts";
+import { createHttpHandler } from "../http/http-handler.ts";
+import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
+import { createSystemClock } from "../lib/clock.ts";
+import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
+import { isDiskFull } from "../lib/disk-full.ts";
+import type { Logger } from "../lib/logger.ts";
+import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
+import { observeMethod } from "../lib/observe-method.ts";
+import { createPrng } from "../lib/prng.ts";
+import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
+import type { NodeId } from "../raft/types.ts";
+import { openSqliteStorage } from "../storage/sqlite-storage.ts";
+import { createConnectTransport } from "../transport/connect-transport.ts";
+import { registerTransportMetrics } from "../transport/transport-metrics.ts";
+import { joinCluster } from "./join.ts";
+
+/** A host and port to listen on (port 0: the OS picks). */
+export interface ListenAddress {
+  readonly hostname: string;
+  readonly port: number;
+}
+
+/** Everything a node needs, already checked (`kv serve` turns flags into this). Units are in the names. */
+export interface ServerConfig {
+  readonly id: NodeId;
+  /** Peer URLs as this node reaches them, its own included (see `KvNodeConfig.peers`). */
+  readonly peers: ReadonlyMap<NodeId, string>;
+  readonly listenPeer: ListenAddress;
+  readonly listenHttp: ListenAddress;
+  /** The client URL peers learn for redirects (default: http(s):// + the bound HTTP address). */
+  readonly advertiseHttp?: string;
+  /** `--join`: members' client URLs to ask for this node's addition, with the peer URL to give them. */
+  readonly join?: { readonly endpoints: readonly string[]; readonly advertisePeer: string };
+  readonly dataDir: string;
+  readonly tickMs: number;
+  readonly electionTicks: number;
+  readonly heartbeatTicks: number;
+  readonly requestTimeoutMs: number;
+  readonly snapshotEntries: number;
+  readonly snapshotCatchUpEntries: number;
+  /** Undefined: no quota. */
+  readonly quotaBytes?: number;
+  readonly idempotencyWindowMs: number;
+  readonly idempotencySessionsMax: number;
+  readonly clusterToken?: string;
+  readonly authToken?: string;
+  /** Serve /status and /metrics without the bearer token. */
+  readonly metricsOpen: boolean;
+  readonly tls?: { readonly cert: string; readonly key: string; readonly ca?: string };
+  readonly keyBytesMax: number;
+  readonly valueBytesMax: number;
+  readonly requestReadTimeoutMs: number;
+  /** 0: no cap, and no connection layer. */
+  readonly clientConnectionsMax: number;
+  readonly logger: Logger;
+  /** Called once if the node stops on its own (a storage failure or a bug): the process should exit. */
+  readonly onFatal?: (error: Error) => void;
+}
+
+/** A started node: its ports, and `stop()`. */
+export interface KvServer {
+  readonly node: KvNode;
+  readonly httpPort: number;
+  readonly httpUrl: string;
+  readonly peerPort: number;
+  readonly clusterId: string;
+  /**
+   * Stops serving: with `handOver`, a leader first hands leadership to another voter (a rolling
+   * restart then costs no election timeout); then new requests get 503, requests waiting on the
+   * node fail with `unavailable`, answers in flight drain (at most 3 s), and the storage is closed.
+   * Idempotent: a second call waits for the first.
+   */
+  stop(options?: { readonly handOver?: boolean; readonly reason?: string }): Promise<void>;
+}
+
+/** Starting failed in a way the operator must act on; `exitCode` is what `kv serve` exits with. */
+export class ServerStartError extends Error {
+  override name = "ServerStartError";
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+  }
+}
+
+/** How often a node that cannot start on a full disk tries again. */
+const DISK_RETRY_MS = 1_000;
+/** How long shutdown waits for requests in flight to be answered before it closes their connections. */
+const SHUTDOWN_DRAIN_MS_MAX = 3_000;
+
+/**
+ * The composition root: opens the data dir (waiting out a full disk), joins a running cluster when
+ * asked, assembles storage, node, transport, HTTP API and metrics, and returns the node started and
+ * serving. A test runs a node in-process with it; `kv serve` only turns flags into `config`.
+ */
+export async function createServer(config: ServerConfig): Promise<KvServer> {
+  const { id, logger, dataDir, tls } = config;
+  // A full disk at start is waited out (one log line), as the running node waits it out.
+  const waitForSpace = <T>(what: string, attempt: () => T) => retryWhileDiskFull(what, dataDir, logger, attempt);
+  await waitForSpace("create the data dir", () => mkdirSync(dataDir, { recursive: true }));
+  const metrics = createMetricsRegistry();
+  const saveDuration = metrics.histogram(
+    "kv_storage_save_duration_seconds",
+    "One save of the Raft log and hard state (one sqlite transaction); with sync=true it includes the fsync.",
+    LATENCY_BUCKETS_S,
+    ["sync"],
+  );
+  const fsyncDuration = metrics.histogram(
+    "kv_storage_fsync_duration_seconds",
+    "One background fsync of what the loop wrote since the last (it runs off the loop's thread; the replies it covers wait for it).",
+    LATENCY_BUCKETS_S,
+  );
+  const sqliteStorage = await waitForSpace("open the database", () => openSqliteStorage(dataDir));
+  let joinedClusterId: string | undefined;
+  if (config.join !== undefined) {
+    const fresh = sqliteStorage.membership().voters.length === 0 && sqliteStorage.lastIndex() === 0;
+    if (!fresh) {
+      logger.log("info", "join", { detail: "the data dir already holds a configuration: not joining again" });
+    } else {
+      const { listenHttp } = config;
+      const httpUrl = listenHttp.port === 0 ? config.advertiseHttp : (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${listenHttp.hostname}:${listenHttp.port}`);
+      try {
+        const answer = await joinCluster({
+          endpoints: config.join.endpoints,
+          id,
+          peerUrl: config.join.advertisePeer,
+          httpUrl: httpUrl?.replace(/\/+$/, ""),
+          authToken: config.authToken,
+          timeoutMs: 60_000,
+          logger,
+        });
+        sqliteStorage.bootstrapJoined(answer, answer.configIndex);
+        joinedClusterId = answer.clusterId;
+        logger.log("info", "joined", { voters: answer.voters, learners: answer.learners, configIndex: answer.configIndex });
+      } catch (error) {
+        sqliteStorage.close();
+        throw new ServerStartError(`join failed: ${errorText(error)}`, 1);
+      }
+    }
+  }
+  const storage = observeMethod(
+    observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS)),
+    "sync",
+    (durationS) => fsyncDuration.observe({}, durationS),
+  );
+  // After the storage: its exclusive lock keeps a second process off this data dir.
+  const clusterIdChoice = await waitForSpace("record the cluster id", () => {
+    try {
+      // A node that just joined adopts the cluster's id (the voters it was derived from are the cluster's first ones).
+      return loadOrCreateClusterId(dataDir, joinedClusterId ?? deriveClusterId([...config.peers.keys()], config.clusterToken));
+    } catch (error) {
+      if (!(error instanceof ClusterIdFileError)) throw error;
+      storage.close();
+      throw new ServerStartError(`${error.message}: restore it, or remove it to derive the id again`, 1);
+    }
+  });
+  // After a membership change --cluster no longer names the voters the id was derived from.
+  if (clusterIdChoice.clusterId !== clusterIdChoice.derivedId && sqliteStorage.membership().changedIndex === 0) {
+    logger.log("warn", "cluster id", {
+      detail: `the data dir belongs to cluster ${clusterIdChoice.clusterId}, but this configuration (voters and cluster token) derives ${clusterIdChoice.derivedId}: peers of another cluster will refuse this node`,
+      clusterId: clusterIdChoice.clusterId,
+      derivedClusterId: clusterIdChoice.derivedId,
+    });
+  }
+  let nodeMetrics: NodeMetrics | undefined;
+  let server: KvServer | undefined;
+  // The transport's peer map: the node keeps it filled with every member's peer URL as membership changes.
+  const peerDirectory = new Map([...config.peers].filter(([peerId]) => peerId !== id));
+  const node = await waitForSpace("record the configuration", () =>
+    new KvNode({
+      id,
+      peers: config.peers,
+      peerDirectory,
+      httpUrl: "", // set below once the HTTP port is bound
+      storage,
+      clock: createSystemClock(),
+      prng: createPrng((Date.now() ^ (id * 2654435761)) >>> 0),
+      tickMs: config.tickMs,
+      electionTicks: config.electionTicks,
+      heartbeatTicks: config.heartbeatTicks,
+      requestTimeoutMs: config.requestTimeoutMs,
+      pendingRequestsMax: defaultNodeTimings.pendingRequestsMax,
+      inboxMessagesMax: defaultNodeTimings.inboxMessagesMax,
+      snapshotEntries: config.snapshotEntries,
+      snapshotCatchUpEntries: config.snapshotCatchUpEntries,
+      ...(config.quotaBytes === undefined ? {} : { quotaBytes: config.quotaBytes }),
+      idempotencyWindowMs: config.idempotencyWindowMs,
+      idempotencySessionsMax: config.idempotencySessionsMax,
+      log: (event, fields) => {
+        if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
+        logger.log(event === "fatal" ? "error" : "info", event, fields);
+      },
+      onFatal: (error) => config.onFatal?.(error),
+    }),
+  );
+
+  nodeMetrics = instrumentNode(node, metrics, { clusterId: clusterIdChoice.clusterId, version: packageJson.version });
+  const http = createHttpHandler(nodeMetrics.node, {
+    ...(config.authToken === undefined ? {} : { authToken: config.authToken }),
+    metricsOpen: config.metricsOpen,
+    metrics,
+    keyBytesMax: config.keyBytesMax,
+    valueBytesMax: config.valueBytesMax,
+    bodyReadTimeoutMs: config.requestReadTimeoutMs,
+  });
+  const { listenHttp } = config;
+  const listener = createClientListener({
+    hostname: listenHttp.hostname,
+    port: listenHttp.port,
+    ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
+    handle: (request) => http.handle(request),
+    // The handler answers every error itself; this runs only if it threw, which is a bug.
+    onInternalError(error) {
+      logger.log("error", "http internal error", { error: error.message, stack: error.stack });
+      return new Response(JSON.stringify({ error: "internal", message: "internal error" }), {
+        status: 500,
+        headers: { "content-type": "application/json; charset=utf-8" },
+      });
+    },
+    connectionsMax: config.clientConnectionsMax,
+    requestReadTimeoutMs: config.requestReadTimeoutMs,
+    // Bun's own timer cuts a body or a handler at this many seconds with no answer: it must outlast
+    // the body's deadline plus the wait on the node, which answer first.
+    idleTimeoutS: Math.min(255, Math.max(10, Math.ceil((config.requestTimeoutMs + config.requestReadTimeoutMs) / 1000) + 5)),
+    metrics,
+  });
+  const httpPort = listener.port;
+  const hostForUrl = listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname;
+  const advertiseHttp = (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${hostForUrl}:${httpPort}`).replace(/\/+$/, "");
+  node.setHttpUrl(advertiseHttp);
+
+  const transport = createConnectTransport({
+    selfId: id,
+    selfHttpUrl: advertiseHttp,
+    peers: peerDirectory,
+    listen: config.listenPeer,
+    onMessages: (messages) => node.receive(messages),
+    onSnapshotChunk: (chunk) => node.receiveSnapshotChunk(chunk),
+    rpcTimeoutMs: Math.max(200, config.tickMs * config.electionTicks),
+    log: (line) => logger.log("warn", "peer", { detail: line }),
+    auth: { clusterId: clusterIdChoice.clusterId, ...(config.clusterToken === undefined ? {} : { clusterToken: config.clusterToken }) },
+    ...(tls === undefined ? {} : { tls }),
+  });
+  registerTransportMetrics(metrics, transport);
+  node.start(transport.transport);
+  logger.log("info", "started", {
+    peerPort: transport.port,
+    httpPort,
+    httpUrl: advertiseHttp,
+    dataDir,
+    voters: [...config.peers.keys()],
+    clusterId: clusterIdChoice.clusterId,
+    peerAuth: config.clusterToken === undefined ? "none" : "cluster-token",
+    tls: tls === undefined ? "none" : tls.ca === undefined ? "server" : "server, mutual between peers",
+    clientAuth: config.authToken === undefined ? "none" : config.metricsOpen ? "bearer-token (status and metrics open)" : "bearer-token",
+    term: node.status().term,
+    appliedIndex: node.status().appliedIndex,
+  });
+
+  let stopping: Promise<void> | undefined;
+  async function stopServing(handOver: boolean, reason: string): Promise<void> {
+    logger.log(handOver ? "info" : "error", "stopping", { reason, inflightRequests: http.inflightRequests() });
+    if (handOver && node.status().role === "leader" && node.members().members.filter((member) => member.role === "voter").length > 1) {
+      // Hand over before leaving so a rolling restart costs no election timeout (thesis §3.10).
+      // Requests keep being served meanwhile; writes are redirected once another node leads.
+      const handover = await node.transferLeadership(undefined).then(
+        ({ leaderId }) => ({ leaderId }),
+        (error: unknown) => ({ error: errorText(error) }),
+      );
+      logger.log("info", "leadership handed over", handover);
+    }
+    // Stop taking work: new requests on open connections get 503 `unavailable` and Connection:
+    // close, and the listener stops accepting connections.
+    http.beginShutdown();
+    void listener.stop(false).catch(() => {});
+    // Every request waiting on the node (writes, linearizable reads) now fails with `unavailable`:
+    // a clear answer, sent before the connections close.
+    node.stop();
+    const drained = await Promise.race([http.idle().then(() => true), Bun.sleep(SHUTDOWN_DRAIN_MS_MAX).then(() => false)]);
+    if (!drained) {
+      logger.log("warn", "stopping", {
+        detail: `${http.inflightRequests()} requests still unanswered after ${SHUTDOWN_DRAIN_MS_MAX} ms (clients still sending bodies); closing their connections`,
+      });
+    }
+    await listener.stop(true).catch(() => {});
+    await transport.transport.close().catch(() => {});
+    // Last: no request can reach the storage any more. A clean close checkpoints the WAL.
+    storage.close();
+  }
+  server = {
+    node,
+    httpPort,
+    httpUrl: advertiseHttp,
+    peerPort: transport.port,
+    clusterId: clusterIdChoice.clusterId,
+    stop(options = {}) {
+      stopping ??= stopServing(options.handOver ?? true, options.reason ?? "stop");
+      return stopping;
+    },
+  };
+  return server;
+}
+
+/**
+ * Runs `attempt` (a step of starting that writes to the data dir), retrying every DISK_RETRY_MS while
+ * the disk is full: one log line when it first is, one when space is back; any other error is thrown.
+ */
+async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logger, attempt: () => T): Promise<T> {
+  let waiting = false;
+  for (;;) {
+    try {
+      const result = attempt();
+      if (waiting) logger.log("info", "disk space back", { detail: `could ${what}: starting` });
+      return result;
+    } catch (error) {
+      if (!isDiskFull(error)) throw error;
+      if (!waiting) {
+        logger.log("error", "disk full", {
+          detail: `cannot ${what}: the disk holding ${dataDir} is full; waiting for space (retrying every ${DISK_RETRY_MS} ms; free space or stop the node)`,
+          error: errorText(error),
+        });
+      }
+      waiting = true;
+      await Bun.sleep(DISK_RETRY_MS);
+    }
+  }
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
