@@ -2,6 +2,7 @@
  * What a benchmark run is asked to do, and the parsers for the text forms the CLI accepts. A parser
  * throws {@link BenchInputError} on bad input; the CLI turns it into a usage error (exit 2).
  */
+import { parseDuration } from "../lib/duration.ts";
 
 /** Bad input to a benchmark parser: the message names the flag and what it expects. */
 export class BenchInputError extends Error {
@@ -48,25 +49,13 @@ export const KEYS_MAX = 1_000_000_000;
 export const REQUESTS_MAX = 1_000_000_000;
 export const DURATION_MS_MAX = 24 * 3_600_000;
 
-const DURATION_UNITS_MS: Readonly<Record<string, number>> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
-
 /**
  * Parses a duration such as `15s`, `500ms`, `1.5s`, `2m` or `1m30s` (units ms, s, m, h; a unit is
  * required) into milliseconds, which must be positive and at most a day.
  */
 export function parseDurationMs(flag: string, text: string): number {
-  const trimmed = text.trim();
-  const part = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;
-  let totalMs = 0;
-  let position = 0;
-  while (position < trimmed.length) {
-    part.lastIndex = position;
-    const match = part.exec(trimmed);
-    if (match === null) break;
-    totalMs += Number(match[1]) * (DURATION_UNITS_MS[match[2] as string] as number);
-    position = part.lastIndex;
-  }
-  if (trimmed === "" || position !== trimmed.length) {
+  const totalMs = parseDuration(text);
+  if (totalMs === undefined) {
     throw new BenchInputError(`--${flag} must be a duration such as 15s, 500ms or 2m, got '${text}'`);
   }
   if (!(totalMs > 0 && totalMs <= DURATION_MS_MAX)) {

@@ -18,6 +18,7 @@ import type { LiveDisplay, LoadCounters } from "./live-display.ts";
 import { clock, describePlannedFault, Nemesis, planSchedule, type FaultKind, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
 import { renderReport, type ReportCheck } from "./report.ts";
 import { kvPath } from "./write-load.ts";
+import { parseDuration } from "../lib/duration.ts";
 
 /** How reads are served: `linearizable` (ReadIndex, the default), `lease` (leader lease) or `stale` (local state). */
 export type ReadConsistency = "linearizable" | "lease" | "stale";
@@ -79,12 +80,10 @@ export function keyNames(count: number): string[] {
 
 /** Parses `60s`, `500ms`, `2m`, `1h` or a bare number of seconds; undefined when it is none of those. */
 export function parseDurationMs(text: string): number | undefined {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
-  if (match === null) return undefined;
-  const amount = Number(match[1]);
-  const unitMs = match[2] === "ms" ? 1 : match[2] === "m" ? 60_000 : match[2] === "h" ? 3_600_000 : 1_000;
-  const ms = Math.round(amount * unitMs);
-  return Number.isSafeInteger(ms) ? ms : undefined;
+  const bareSeconds = /^\s*(\d+(?:\.\d+)?)\s*$/.exec(text);
+  const parsed = bareSeconds === null ? parseDuration(text) : Number(bareSeconds[1]) * 1_000;
+  const ms = parsed === undefined ? undefined : Math.round(parsed);
+  return ms !== undefined && Number.isSafeInteger(ms) ? ms : undefined;
 }
 
 /** `8s`, `1500ms`: a duration as the --duration flag takes it. */

@@ -1,3 +1,4 @@
+import { parseDuration } from "../lib/duration.ts";
 /** A mistake in how the command was called: one line on stderr and exit code 2. */
 export class UsageError extends Error {
   override name = "UsageError";
@@ -22,23 +23,11 @@ export function parseIntFlag(flag: string, value: string | undefined, min: numbe
   return n;
 }
 
-const durationUnitsMs: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 };
-
 /** `--flag 10m`, `90s`, `1h30m`, `500ms` in whole ms, from `minMs` to `maxMs`; a `UsageError` otherwise. */
 export function parseDurationFlag(flag: string, value: string | undefined, minMs: number, maxMs: number): number {
-  const text = value?.trim() ?? "";
-  const part = /(\d+(?:\.\d+)?)(ms|s|m|h)/y;
-  let totalMs = 0;
-  let position = 0;
-  while (position < text.length) {
-    part.lastIndex = position;
-    const match = part.exec(text);
-    if (match === null) break;
-    totalMs += Number(match[1]) * (durationUnitsMs[match[2] as string] as number);
-    position = part.lastIndex;
-  }
-  totalMs = Math.round(totalMs);
-  if (text === "" || position !== text.length || !(totalMs >= minMs && totalMs <= maxMs)) {
+  const parsed = parseDuration(value ?? "");
+  const totalMs = parsed === undefined ? Number.NaN : Math.round(parsed);
+  if (!(totalMs >= minMs && totalMs <= maxMs)) {
     throw new UsageError(`--${flag} must be a duration from ${formatMs(minMs)} to ${formatMs(maxMs)} such as 10m, 90s or 1h, got '${value}'`);
   }
   return totalMs;
