@@ -16,11 +16,15 @@ import type { BenchReport } from "../../src/bench/bench-report.ts";
 import { ChaosCluster } from "../../src/chaos/cluster.ts";
 
 const root = join(import.meta.dir, "..", "..");
-const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sustained 60s] [--kv-bin dist/kv] [--out FILE] [--keep-data]
+const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sustained 60s] [--value-sizes 1024,16384,262144] [--matrix-only]
+                             [--kv-bin dist/kv] [--out FILE] [--keep-data]
   --duration   length of each measured run (default 10s)
   --rounds     rounds of A B (kv, etcd) per workload; figures are medians over rounds (default 3)
   --sustained  length of the final full-load write run (256 clients) on each store, counting
                leader changes (default 60s; 0 skips it)
+  --value-sizes  also run the value-size matrix: 64 clients writing values of each size (bytes) over
+               50,000 keys, reported with MB/s (the node-loop issue's targets)
+  --matrix-only  run only the value-size matrix (no 100 B workloads, no sustained run)
   --kv-bin     the kv executable to measure and to run the client with (default dist/kv, built if missing)
   --out        also write the markdown report to FILE
   --keep-data  keep the temp dir (node data and logs)`;
@@ -30,7 +34,13 @@ interface Workload {
   readonly name: string;
   readonly clients: number;
   readonly mix: string;
+  /** Default VALUE_BYTES and KEYS. */
+  readonly valueBytes?: number;
+  readonly keys?: number;
 }
+
+/** Keys of the value-size matrix: enough that 64 clients rarely write one key at once. */
+const MATRIX_KEYS = 50_000;
 
 const WORKLOADS: readonly Workload[] = [
   { name: "writes, 1 client", clients: 1, mix: "put=1" },
@@ -294,9 +304,9 @@ async function runOnce(kvBin: string, store: Store, workload: Workload, duration
     "--duration",
     duration,
     "--keys",
-    String(KEYS),
+    String(workload.keys ?? KEYS),
     "--value-bytes",
-    String(VALUE_BYTES),
+    String(workload.valueBytes ?? VALUE_BYTES),
     "--json",
   ];
   const child = spawnTracked(args, { pipe: true });
@@ -335,7 +345,18 @@ const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}×` : "–
 // ---------------------------------------------------------------------------------------------
 
 async function main(): Promise<number> {
-  let flags: { duration?: string; rounds?: string; sustained?: string; "kv-bin"?: string; out?: string; "keep-data"?: boolean; help?: boolean };
+  let flags: {
+    duration?: string;
+    rounds?: string;
+    sustained?: string;
+    "value-sizes"?: string;
+    "matrix-only"?: boolean;
+    "kv-bin"?: string;
+    out?: string;
+    "keep-data"?: boolean;
+    help?: boolean;
+  };
+  let workloads: Workload[];
   let durationText: string;
   let rounds: number;
   let sustainedText: string;
@@ -346,6 +367,8 @@ async function main(): Promise<number> {
         duration: { type: "string" },
         rounds: { type: "string" },
         sustained: { type: "string" },
+        "value-sizes": { type: "string" },
+        "matrix-only": { type: "boolean" },
         "kv-bin": { type: "string" },
         out: { type: "string" },
         "keep-data": { type: "boolean" },
@@ -360,8 +383,12 @@ async function main(): Promise<number> {
     durationText = flags.duration ?? "10s";
     parseDurationMs("duration", durationText);
     rounds = flags.rounds === undefined ? 3 : parseWholeNumber("rounds", flags.rounds, 1, 100);
-    sustainedText = flags.sustained ?? "60s";
+    sustainedText = flags["matrix-only"] === true ? "0" : (flags.sustained ?? "60s");
     if (sustainedText !== "0") parseDurationMs("sustained", sustainedText);
+    const sizes = (flags["value-sizes"] ?? "").split(",").filter((part) => part.trim() !== "").map((part) => parseWholeNumber("value-sizes", part.trim(), 1, 1 << 20));
+    if (flags["matrix-only"] === true && sizes.length === 0) throw new BenchInputError("--matrix-only needs --value-sizes");
+    const matrix = sizes.map((valueBytes) => ({ name: `writes, 64 clients, ${valueBytes} B values`, clients: 64, mix: "put=1", valueBytes, keys: MATRIX_KEYS }));
+    workloads = [...(flags["matrix-only"] === true ? [] : WORKLOADS), ...matrix];
   } catch (error) {
     const message = error instanceof BenchInputError || error instanceof TypeError ? error.message : String(error);
     console.error(`bench:compare: ${message}\n${USAGE}`);
@@ -392,7 +419,7 @@ async function main(): Promise<number> {
     const results = new Map<string, RunResult[]>(); // `${store}|${workload}` → rounds
     const rssAtCheckpoint = new Map<StoreName, number[]>();
     for (let round = 1; round <= rounds; round++) {
-      for (const workload of WORKLOADS) {
+      for (const workload of workloads) {
         for (const store of stores) {
           const result = await runOnce(kvBin, store, workload, durationText);
           const key = `${store.name}|${workload.name}`;
@@ -443,9 +470,10 @@ async function main(): Promise<number> {
     lines.push("");
     lines.push("Medians over rounds; ratios are the median of each round's kv/etcd ratio. CPU/op sums the three nodes' CPU time.");
     lines.push("");
-    lines.push("| workload | kv ops/s | etcd ops/s | kv/etcd | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | p99 kv/etcd | kv CPU ms/op | etcd CPU ms/op | errors kv / etcd | leader changes kv / etcd |");
-    lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (const workload of WORKLOADS) {
+    lines.push("| workload | kv ops/s | etcd ops/s | kv/etcd | kv MB/s | etcd MB/s | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | p99 kv/etcd | kv CPU ms/op | etcd CPU ms/op | errors kv / etcd | leader changes kv / etcd |");
+    lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (const workload of workloads) {
+      const mbPerS = (runs: RunResult[]) => (median(runs.map((r) => r.report.opsPerSec)) * (workload.valueBytes ?? VALUE_BYTES)) / 1e6;
       const a = results.get(`kv|${workload.name}`) ?? [];
       const b = results.get(`etcd|${workload.name}`) ?? [];
       const pick = (runs: RunResult[], f: (r: RunResult) => number) => median(runs.map(f));
@@ -453,6 +481,7 @@ async function main(): Promise<number> {
       const sum = (runs: RunResult[], f: (r: RunResult) => number) => runs.reduce((s, r) => s + f(r), 0);
       lines.push(
         `| ${workload.name} | ${fmt(pick(a, (r) => r.report.opsPerSec))} | ${fmt(pick(b, (r) => r.report.opsPerSec))} | ${fmtRatio(ratio((r) => r.report.opsPerSec))} ` +
+          `| ${fmt(mbPerS(a), 1)} | ${fmt(mbPerS(b), 1)} ` +
           `| ${fmtMs(pick(a, (r) => r.report.latencyMs.p50))} | ${fmtMs(pick(b, (r) => r.report.latencyMs.p50))} ` +
           `| ${fmtMs(pick(a, (r) => r.report.latencyMs.p99))} | ${fmtMs(pick(b, (r) => r.report.latencyMs.p99))} | ${fmtRatio(ratio((r) => r.report.latencyMs.p99))} ` +
           `| ${fmt(pick(a, (r) => r.storeCpuMsPerOp), 3)} | ${fmt(pick(b, (r) => r.storeCpuMsPerOp), 3)} ` +
