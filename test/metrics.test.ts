@@ -3,10 +3,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../src/lib/metrics.ts";
 import { encodeCommand } from "../src/kv/command.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
 
 /** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */
 function parseExposition(text: string): Map<string, number> {
@@ -93,13 +92,13 @@ describe("the metrics registry", () => {
   });
 });
 
-describe("GET /metrics on a live 3-node cluster", () => {
-  let cluster: ChaosCluster;
+describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
+  let cluster: ServerCluster;
   let baseDir: string;
 
   beforeAll(async () => {
     baseDir = mkdtempSync(join(tmpdir(), "kv-metrics-test-"));
-    cluster = new ChaosCluster({ size: 3, command: kvCommand(), baseDir });
+    cluster = createServerCluster({ size: 3, baseDir });
     await cluster.start();
   });
 
