@@ -14,12 +14,13 @@ import { observeMethod } from "../lib/observe-method.ts";
 import { secretProblem } from "../lib/secret.ts";
 import { createPrng } from "../lib/prng.ts";
 import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy, KvNode } from "../node/kv-node.ts";
+import { defaultWatch } from "../node/watch.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { createConnectTransport } from "../transport/connect-transport.ts";
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
 import { createLogger, type Logger, type LogFormat, type LogLevel } from "./logger.ts";
 import { joinCluster } from "./join.ts";
-import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, UsageError } from "./usage-error.ts";
+import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, UsageError } from "./usage-error.ts";
 
 /**
  * Upper bound of --key-bytes-max: Bun refuses a request line and headers over about 16 KiB (431),
@@ -53,6 +54,11 @@ const IDEMPOTENCY_WINDOW_MS_MAX = 7 * 24 * 3_600_000;
 /** Upper bound of --idempotency-sessions-max (each session is a row of about 150 bytes plus its key). */
 const IDEMPOTENCY_SESSIONS_MAX_LIMIT = 100_000_000;
 
+/** Bounds of the watch flags. */
+const WATCH_PROGRESS_MS_MAX = 3_600_000;
+const WATCH_HISTORY_ENTRIES_LIMIT = 100_000_000;
+const WATCH_HISTORY_MS_MAX = 7 * 24 * 3_600_000;
+
 /** `kv serve`: runs one node until SIGTERM or SIGINT. */
 export const serveCommand = defineCommand({
   meta: { name: "serve", description: "Run one node of a kv cluster (default: node N of the local 3-node cluster)" },
@@ -82,6 +88,21 @@ export const serveCommand = defineCommand({
       type: "string",
       description: `Idempotency-Key sessions kept at most; past it the oldest are forgotten first (default ${defaultIdempotency.sessionsMax})`,
       valueHint: "N",
+    },
+    "watch-progress-ms": {
+      type: "string",
+      description: `While a watch stream has nothing to send, a progress event at least this often: ms, or a duration such as 2s (default ${defaultWatch.progressMs})`,
+      valueHint: "MS",
+    },
+    "watch-history-entries": {
+      type: "string",
+      description: `Changes kept for watches to start and resume from; older starts get 410 compacted (default ${defaultWatch.historyEntriesMax})`,
+      valueHint: "N",
+    },
+    "watch-history-ms": {
+      type: "string",
+      description: `Changes older than this are dropped from the watch history: ms, or a duration such as 10m (default ${defaultWatch.historyMs}, 10 minutes)`,
+      valueHint: "MS",
     },
     "snapshot-entries": {
       type: "string",
@@ -197,6 +218,15 @@ export const serveCommand = defineCommand({
       args["idempotency-sessions-max"] === undefined
         ? defaultIdempotency.sessionsMax
         : parseIntFlag("idempotency-sessions-max", args["idempotency-sessions-max"], 1, IDEMPOTENCY_SESSIONS_MAX_LIMIT);
+    const watch = {
+      progressMs:
+        args["watch-progress-ms"] === undefined ? defaultWatch.progressMs : parseMsFlag("watch-progress-ms", args["watch-progress-ms"], 1, WATCH_PROGRESS_MS_MAX),
+      historyEntriesMax:
+        args["watch-history-entries"] === undefined
+          ? defaultWatch.historyEntriesMax
+          : parseIntFlag("watch-history-entries", args["watch-history-entries"], 1, WATCH_HISTORY_ENTRIES_LIMIT),
+      historyMs: args["watch-history-ms"] === undefined ? defaultWatch.historyMs : parseMsFlag("watch-history-ms", args["watch-history-ms"], 0, WATCH_HISTORY_MS_MAX),
+    };
     const logLevel = (args["log-level"] ?? "info") as LogLevel;
     if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error`);
     const dataDir = args["data-dir"] ?? `./data/node-${id}`;
@@ -318,6 +348,7 @@ export const serveCommand = defineCommand({
       ...(quotaBytes === undefined ? {} : { quotaBytes }),
       idempotencyWindowMs,
       idempotencySessionsMax,
+      watch,
       log: (event, fields) => {
         if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
         logger.log(event === "fatal" ? "error" : "info", event, fields);
@@ -351,7 +382,8 @@ export const serveCommand = defineCommand({
       requestReadTimeoutMs,
       // Bun's own timer cuts a body or a handler at this many seconds with no answer: it must outlast
       // the body's deadline plus the wait on the node, which answer first.
-      idleTimeoutS: Math.min(255, Math.max(10, Math.ceil((requestTimeoutMs + requestReadTimeoutMs) / 1000) + 5)),
+      // A watch stream is silent at most --watch-progress-ms between events: it must not count as idle.
+      idleTimeoutS: Math.min(255, Math.max(10, Math.ceil((requestTimeoutMs + requestReadTimeoutMs) / 1000) + 5, Math.ceil(watch.progressMs / 1000) + 5)),
       metrics,
     });
     const httpPort = server.port;
