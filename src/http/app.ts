@@ -142,9 +142,9 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
    */
   const watchRoute = async (request: Request): Promise<Response> => {
     if (request.method !== "GET") throw methodNotAllowed(request.method, "/watch");
+    const { filter, start } = parseWatchRequest(rawTarget(request.url).search, request.headers.get("last-event-id"), keyBytesMax);
     const watch = node.watch?.bind(node);
     if (watch === undefined) throw new KvError("not_found", "this node does not serve watches");
-    const { filter, start } = parseWatchRequest(rawTarget(request.url).search, request.headers.get("last-event-id"), keyBytesMax);
     const subscription = await watch(filter, start);
     request.signal.addEventListener("abort", () => subscription.close(), { once: true });
     const encoder = new TextEncoder();
