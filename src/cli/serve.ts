@@ -6,8 +6,9 @@ import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from 
 import { createLogger, type LogFormat, type LogLevel } from "../lib/logger.ts";
 import { secretProblem } from "../lib/secret.ts";
 import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy } from "../node/kv-node.ts";
+import { defaultWatch } from "../node/watch.ts";
 import { createServer, ServerStartError, type KvServer } from "../server/create-server.ts";
-import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, UsageError } from "./usage-error.ts";
+import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, UsageError } from "./usage-error.ts";
 
 /**
  * Upper bound of --key-bytes-max: Bun refuses a request line and headers over about 16 KiB (431),
@@ -34,6 +35,11 @@ const IDEMPOTENCY_WINDOW_MS_MIN = 1_000;
 const IDEMPOTENCY_WINDOW_MS_MAX = 7 * 24 * 3_600_000;
 /** Upper bound of --idempotency-sessions-max (each session is a row of about 150 bytes plus its key). */
 const IDEMPOTENCY_SESSIONS_MAX_LIMIT = 100_000_000;
+
+/** Bounds of the watch flags. */
+const WATCH_PROGRESS_MS_MAX = 3_600_000;
+const WATCH_HISTORY_ENTRIES_LIMIT = 100_000_000;
+const WATCH_HISTORY_MS_MAX = 7 * 24 * 3_600_000;
 
 /** `kv serve`: runs one node until SIGTERM or SIGINT. */
 export const serveCommand = defineCommand({
@@ -64,6 +70,21 @@ export const serveCommand = defineCommand({
       type: "string",
       description: `Idempotency-Key sessions kept at most; past it the oldest are forgotten first (default ${defaultIdempotency.sessionsMax})`,
       valueHint: "N",
+    },
+    "watch-progress-ms": {
+      type: "string",
+      description: `While a watch stream has nothing to send, a progress event at least this often: ms, or a duration such as 2s (default ${defaultWatch.progressMs})`,
+      valueHint: "MS",
+    },
+    "watch-history-entries": {
+      type: "string",
+      description: `Changes kept for watches to start and resume from; older starts get 410 compacted (default ${defaultWatch.historyEntriesMax})`,
+      valueHint: "N",
+    },
+    "watch-history-ms": {
+      type: "string",
+      description: `Changes older than this are dropped from the watch history: ms, or a duration such as 10m (default ${defaultWatch.historyMs}, 10 minutes)`,
+      valueHint: "MS",
     },
     "snapshot-entries": {
       type: "string",
@@ -179,6 +200,15 @@ export const serveCommand = defineCommand({
       args["idempotency-sessions-max"] === undefined
         ? defaultIdempotency.sessionsMax
         : parseIntFlag("idempotency-sessions-max", args["idempotency-sessions-max"], 1, IDEMPOTENCY_SESSIONS_MAX_LIMIT);
+    const watch = {
+      progressMs:
+        args["watch-progress-ms"] === undefined ? defaultWatch.progressMs : parseMsFlag("watch-progress-ms", args["watch-progress-ms"], 1, WATCH_PROGRESS_MS_MAX),
+      historyEntriesMax:
+        args["watch-history-entries"] === undefined
+          ? defaultWatch.historyEntriesMax
+          : parseIntFlag("watch-history-entries", args["watch-history-entries"], 1, WATCH_HISTORY_ENTRIES_LIMIT),
+      historyMs: args["watch-history-ms"] === undefined ? defaultWatch.historyMs : parseMsFlag("watch-history-ms", args["watch-history-ms"], 0, WATCH_HISTORY_MS_MAX),
+    };
     const logLevel = (args["log-level"] ?? "info") as LogLevel;
     if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error`);
     const dataDir = args["data-dir"] ?? `./data/node-${id}`;
@@ -244,6 +274,7 @@ export const serveCommand = defineCommand({
         valueBytesMax,
         requestReadTimeoutMs,
         clientConnectionsMax,
+        watch,
         logger,
         onFatal: (error) => void shutdown(1, error.message),
       });

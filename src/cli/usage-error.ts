@@ -34,6 +34,12 @@ export function parseDurationFlag(flag: string, value: string | undefined, minMs
   return totalMs;
 }
 
+/** A flag in milliseconds (`--x-ms`): a whole number of ms (`1500`), or a duration as `parseDurationFlag` reads (`1.5s`, `10m`). */
+export function parseMsFlag(flag: string, value: string | undefined, minMs: number, maxMs: number): number {
+  if (value !== undefined && /^\s*\d+\s*$/.test(value)) return parseIntFlag(flag, value, minMs, maxMs);
+  return parseDurationFlag(flag, value, minMs, maxMs);
+}
+
 function formatMs(ms: number): string {
   for (const [unit, unitMs] of [["h", 3_600_000], ["m", 60_000], ["s", 1_000]] as const) if (ms % unitMs === 0) return `${ms / unitMs}${unit}`;
   return `${ms}ms`;

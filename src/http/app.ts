@@ -1,9 +1,9 @@
 import { Elysia } from "elysia";
 import { idempotencyKeyBytesMax } from "../kv/command.ts";
-import { assert } from "../lib/assert.ts";
+import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
-import type { KvNodeApi, NodeStatus, ReadConsistency, WriteOptions } from "../node/api.ts";
+import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { decodeKvKey, KV_PATH_PREFIX } from "./kv-key.ts";
 import { openApiDocument } from "./openapi.ts";
@@ -44,6 +44,8 @@ const POST_ALLOW = "POST";
  * - `GET /status` → the node's status; `GET /health` → 200 `{"healthy":true}` (with `"quotaExceeded":true`
  *   past the quota) or 503 (`disk_full` while the disk is full).
  * - `GET /metrics` → Prometheus text, when `renderMetrics` is given.
+ * - `GET /watch?prefix=P|key=K[&fromVersion=N]` (or `Last-Event-ID: N`) → a Server-Sent Events stream
+ *   of `put`, `delete` and `progress` events (see `watchRoute`).
  * Keys are percent-encoded in the path and decoded from the raw URL. Every error is JSON
  * `{error, message, ...details}`, mapped from `KvError` codes in `errorResponse` (http-error.ts).
  */
@@ -133,6 +135,46 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     return request.method === "HEAD" ? new Response(null, response) : response;
   };
 
+  /**
+   * `GET /watch`: Server-Sent Events, one per change (`id:` its version, `event: put|delete`, `data:`
+   * JSON) and `progress` events while idle; it ends with `event: error` (`slow_watcher`, ...). Errors
+   * before the first event are ordinary JSON answers (400, 410 `compacted`, ...).
+   */
+  const watchRoute = async (request: Request): Promise<Response> => {
+    if (request.method !== "GET") throw methodNotAllowed(request.method, "/watch");
+    const { filter, start } = parseWatchRequest(rawTarget(request.url).search, request.headers.get("last-event-id"), keyBytesMax);
+    const watch = node.watch?.bind(node);
+    if (watch === undefined) throw new KvError("not_found", "this node does not serve watches");
+    const subscription = await watch(filter, start);
+    request.signal.addEventListener("abort", () => subscription.close(), { once: true });
+    const encoder = new TextEncoder();
+    const body = new ReadableStream<Uint8Array>(
+      {
+        async pull(controller) {
+          const items = await subscription.next();
+          if (items === undefined) {
+            try {
+              controller.close();
+            } catch {
+              // Bun cancelled the stream already: the client went away.
+            }
+            return;
+          }
+          controller.enqueue(encoder.encode(items.map(sseEvent).join("")));
+        },
+        cancel() {
+          subscription.close();
+        },
+      },
+      // Nothing is read ahead of the client: a stream's backlog stays in the node's bounded buffer.
+      { highWaterMark: 0 },
+    );
+    return new Response(body, {
+      status: 200,
+      headers: { "content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no" },
+    });
+  };
+
   const readOnlyRoute = (name: string, handler: () => Response) => (request: Request): Response => {
     if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed(request.method, name);
     const response = handler();
@@ -190,9 +232,68 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         { parse: "none" },
       )
       .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
+      .all("/watch", route(WATCH_ALLOW, watchRoute), { parse: "none" })
       .all("/openapi.json", route(READ_ONLY_ALLOW, readOnlyRoute("/openapi.json", () => jsonResponse(openApiDocument, 200))), { parse: "none" })
       .use(createMembersRoutes(node, opts.bodyReadTimeoutMs))
   );
+}
+
+const WATCH_ALLOW = "GET";
+const positiveInteger = /^[1-9][0-9]{0,15}$/;
+const nonNegativeInteger = /^(0|[1-9][0-9]{0,15})$/;
+
+/** `/watch`'s query and `Last-Event-ID`: exactly one of prefix and key; the header takes precedence over fromVersion. */
+function parseWatchRequest(search: string, lastEventId: string | null, keyBytesMax: number): { filter: WatchFilter; start: WatchStart } {
+  const query = new URLSearchParams(search);
+  for (const name of query.keys()) {
+    if (!["prefix", "key", "fromVersion"].includes(name)) throw new KvError("bad_request", `unknown query parameter '${name}'`);
+  }
+  const prefixes = query.getAll("prefix");
+  const keys = query.getAll("key");
+  if (prefixes.length + keys.length !== 1) throw new KvError("bad_request", "give exactly one of ?prefix=P and ?key=K, once");
+  const filter: WatchFilter = prefixes.length === 1 ? { prefix: prefixes[0] as string } : { key: keys[0] as string };
+  const text = "prefix" in filter ? filter.prefix : filter.key;
+  if (new TextEncoder().encode(text).byteLength > keyBytesMax) throw new KvError("too_large", `the ${"prefix" in filter ? "prefix" : "key"} is longer than ${keyBytesMax} bytes`);
+  if ("key" in filter && filter.key === "") throw new KvError("bad_request", "key must not be empty");
+  const fromVersions = query.getAll("fromVersion");
+  if (fromVersions.length > 1 || (fromVersions.length === 1 && !positiveInteger.test(fromVersions[0] as string))) {
+    throw new KvError("bad_request", `fromVersion must be given once, as a positive whole number, got '${fromVersions.join(",")}'`);
+  }
+  const fromVersion = fromVersions.length === 1 ? Number(fromVersions[0]) : undefined;
+  if (lastEventId !== null) {
+    const trimmed = lastEventId.trim();
+    if (!nonNegativeInteger.test(trimmed) || !Number.isSafeInteger(Number(trimmed))) {
+      throw new KvError("bad_request", `Last-Event-ID must be a version (a whole number), got '${lastEventId}'`);
+    }
+    return { filter, start: { after: Number(trimmed) } };
+  }
+  if (fromVersion !== undefined) {
+    if (!Number.isSafeInteger(fromVersion)) throw new KvError("bad_request", `fromVersion ${fromVersions[0]} is too large`);
+    return { filter, start: { from: fromVersion } };
+  }
+  return { filter, start: "now" };
+}
+
+/** One watch item as a Server-Sent Event (`id:` is the version, so `Last-Event-ID` resumes after it). */
+function sseEvent(item: WatchItem): string {
+  switch (item.type) {
+    case "change": {
+      const change = item.change;
+      const data =
+        change.kind === "put"
+          ? { key: change.key, value: jsonValue(change.value), version: change.version }
+          : { key: change.key, version: change.version, reason: change.reason };
+      return `id: ${change.version}\nevent: ${change.kind}\ndata: ${JSON.stringify(data)}\n\n`;
+    }
+    case "progress":
+      return `id: ${item.version}\nevent: progress\ndata: ${JSON.stringify({ version: item.version })}\n\n`;
+    case "error": {
+      const { type: _, ...data } = item;
+      return `event: error\ndata: ${JSON.stringify(data)}\n\n`;
+    }
+    default:
+      return unreachable(item, "unknown watch item");
+  }
 }
 
 /** `?ifVersion=N` (compare-and-set) and the `Idempotency-Key` header (exactly-once retries) on a write. */

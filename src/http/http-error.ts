@@ -77,6 +77,8 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
     case "quota_exceeded":
       // No Retry-After: space is freed by deleting keys or raising the quota, not by waiting.
       return jsonResponse(body(code, error.message, details), 507);
+    case "compacted":
+      return jsonResponse(body(code, error.message, details), 410);
     case "idempotency_key_reused":
       return jsonResponse(body(code, error.message, details), 422);
     case "version_mismatch":

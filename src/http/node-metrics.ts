@@ -6,7 +6,7 @@
 import { KvError } from "../lib/kv-error.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
 import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
-import type { KvNodeApi, MembersView, NodeStatus } from "../node/api.ts";
+import type { KvNodeApi, MembersView, NodeStatus, WatchSubscription } from "../node/api.ts";
 
 /** Role names as exported: every one is present, 1 for the current role, 0 for the others. */
 const roles = ["follower", "candidate", "leader"] as const;
@@ -50,6 +50,38 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     LATENCY_BUCKETS_S,
   );
 
+  let watchers = 0;
+  registry.collected("kv_watchers", "Watch streams open now.", "gauge", [], () => [[{}, watchers]]);
+  const watchEventsSent = registry.counter("kv_watch_events_sent_total", "Watch events handed to clients, by event (put, delete, progress, error).", ["event"]);
+  const watchSlowClosed = registry.counter("kv_watch_slow_closed_total", "Watch streams ended with slow_watcher: their bounded buffer overflowed.");
+  /** Counts a stream while open (once, however it ends) and every event it hands out. */
+  function countedWatch(subscription: WatchSubscription): WatchSubscription {
+    watchers++;
+    let open = true;
+    const closed = () => {
+      if (open) watchers--;
+      open = false;
+    };
+    return {
+      async next() {
+        const items = await subscription.next();
+        if (items === undefined) {
+          closed();
+          return undefined;
+        }
+        for (const item of items) {
+          watchEventsSent.inc({ event: item.type === "change" ? item.change.kind : item.type });
+          if (item.type === "error" && item.error === "slow_watcher") watchSlowClosed.inc({});
+        }
+        return items;
+      },
+      close() {
+        closed();
+        subscription.close();
+      },
+    };
+  }
+
   /** Membership answers carry the cluster id: a server joining with `kv serve --join` adopts it. */
   const withClusterId = (view: MembersView): MembersView => ({ ...view, clusterId: info.clusterId });
   let lastLeaderId = status.leaderId;
@@ -83,6 +115,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     healthy: () => node.healthy(),
     transferLeadership: (target) => node.transferLeadership(target),
     ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
+    ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
     ...(node.addMember === undefined ? {} : { addMember: (id: number, peerUrl: string, httpUrl?: string) => node.addMember!(id, peerUrl, httpUrl).then(withClusterId) }),
     ...(node.removeMember === undefined ? {} : { removeMember: (id: number) => node.removeMember!(id).then(withClusterId) }),
     ...(node.promoteMember === undefined ? {} : { promoteMember: (id: number) => node.promoteMember!(id).then(withClusterId) }),

@@ -12,6 +12,7 @@ const errorBody = {
     leaderId: { type: "integer" },
     leaderUrl: { type: "string" },
     version: { type: "integer" },
+    compactVersion: { type: "integer" },
   },
 } as const;
 
@@ -129,6 +130,26 @@ export const openApiDocument = {
     },
     "/members/{id}/promote": {
       post: { summary: "Promote a learner to voter", responses: { "200": { description: "the member list" }, ...errors(307, 400, 401, 404, 409, 503) } },
+    },
+    "/watch": {
+      get: {
+        summary: "Stream changes to a prefix or a key as Server-Sent Events: put and delete (id: the version), progress while idle, error (slow_watcher) at the end",
+        parameters: [
+          { name: "prefix", in: "query", description: "Watch the keys starting with this (exactly one of prefix and key)", schema: { type: "string" } },
+          { name: "key", in: "query", description: "Watch this one key", schema: { type: "string" } },
+          { name: "fromVersion", in: "query", description: "Start with the changes at this version and later (default: after a linearizable read)", schema: { type: "integer", minimum: 1 } },
+          { name: "Last-Event-ID", in: "header", description: "Resume after this version (takes precedence over fromVersion)", schema: { type: "integer", minimum: 0 } },
+        ],
+        responses: {
+          "200": {
+            description:
+              'text/event-stream: "event: put" data {key, value (UTF-8 text or {base64}), version}; "event: delete" data {key, version, reason}; "event: progress" data {version}; "event: error" data {error: slow_watcher|compacted|unavailable, message}',
+            content: { "text/event-stream": {} },
+          },
+          "410": { description: "compacted: the start is older than the history this node keeps; compactVersion is the oldest start it serves", content: { "application/json": { schema: { $ref: "#/components/schemas/Error" } } } },
+          ...errors(400, 401, 413, 429, 503),
+        },
+      },
     },
     "/openapi.json": { get: { summary: "This document", responses: { "200": { description: "OpenAPI 3.1" } } } },
   },

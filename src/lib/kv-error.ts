@@ -19,7 +19,8 @@ export type KvErrorCode =
   | "conf_change_pending" // another membership change is not yet applied: nothing was proposed
   | "member_exists" // the node to add is already a member: nothing was proposed
   | "insufficient_storage" // the node's disk is full: nothing was written; retry later
-  | "quota_exceeded"; // the data kept is over --quota-bytes: puts are refused (reads and deletes are not)
+  | "quota_exceeded" // the data kept is over --quota-bytes: puts are refused (reads and deletes are not)
+  | "compacted"; // a watch's start is older than the change history this node keeps: re-read, then watch again
 
 export interface KvErrorDetails {
   leaderId?: number;
@@ -27,6 +28,8 @@ export interface KvErrorDetails {
   retryAfterS?: number;
   /** The key's current version (0 when absent), on `version_mismatch`. */
   version?: number;
+  /** The oldest version a watch may start from on this node, on `compacted`. */
+  compactVersion?: number;
 }
 
 export class KvError extends Error {

@@ -1,3 +1,4 @@
+import type { WatchChange } from "../kv/watch-history.ts";
 import type { NodeId, Role } from "../raft/types.ts";
 
 /** Conditions on a write. */
@@ -111,4 +112,40 @@ export interface KvNodeApi {
   addMember?(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView>;
   removeMember?(id: NodeId): Promise<MembersView>;
   promoteMember?(id: NodeId): Promise<MembersView>;
+  /**
+   * Streams the changes to the keys `filter` selects, from `start` on, in version order, none
+   * skipped and none twice, every change of a version together (src/node/watch.ts). Rejects with
+   * `compacted` when the start is older than the history this node keeps, `bad_request` for a key
+   * in the reserved session space, `overloaded` past the watchers allowed at once.
+   */
+  watch?(filter: WatchFilter, start: WatchStart): Promise<WatchSubscription>;
+}
+
+/** Which keys a watch sees: those starting with `prefix`, or the one `key`. Session keys never. */
+export type WatchFilter = { readonly prefix: string } | { readonly key: string };
+
+/**
+ * Where a watch starts: after version `after` (a resume: `Last-Event-ID`), or at version `from`
+ * (`?fromVersion`: the changes at `from` and later), or `now`: after the index of a linearizable
+ * read, so a watch opened after a write was acknowledged sees every change after it.
+ */
+export type WatchStart = { readonly after: number } | { readonly from: number } | "now";
+
+/** What a watch stream carries: changes, progress (everything up to `version` delivered), or its end. */
+export type WatchItem =
+  | { readonly type: "change"; readonly change: WatchChange }
+  | { readonly type: "progress"; readonly version: number }
+  /**
+   * The last item of a stream that ends: `slow_watcher` (its buffer overflowed), `compacted` (a
+   * snapshot installed here skipped changes it had not sent), `unavailable` (the node stops).
+   * Resume from the last id received.
+   */
+  | { readonly type: "error"; readonly error: "slow_watcher" | "compacted" | "unavailable"; readonly message: string; readonly compactVersion?: number };
+
+/** One open watch. */
+export interface WatchSubscription {
+  /** The next items (never empty), waiting until there are some; undefined once the stream ended or was closed. */
+  next(): Promise<WatchItem[] | undefined>;
+  /** Ends the stream (the client went away); idempotent. */
+  close(): void;
 }

@@ -15,12 +15,13 @@ import {
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
-import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, WriteOptions } from "./api.ts";
+import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, WatchFilter, WatchStart, WatchSubscription, WriteOptions } from "./api.ts";
 import { NodeMembership } from "./membership.ts";
 import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
 import { SnapshotTransfer } from "./snapshot-transfer.ts";
 import { timeoutError } from "./waiter.ts";
+import { defaultWatch, NodeWatch, type WatchConfig } from "./watch.ts";
 
 /** A Ready being carried out, and how far it got (a full disk stops it between stages). */
 interface BlockedReady {
@@ -121,6 +122,8 @@ export interface KvNodeConfig {
   readonly idempotencyWindowMs?: number;
   /** Sessions kept at most; past it the oldest are dropped. Default `defaultIdempotency.sessionsMax`. */
   readonly idempotencySessionsMax?: number;
+  /** Watch streams and the change history they read (src/node/watch.ts); each field defaults to `defaultWatch`'s. */
+  readonly watch?: Partial<WatchConfig>;
 }
 
 /** `kv serve`'s quota when `--quota-bytes` is not given: 2 GiB, etcd's default. */
@@ -223,6 +226,8 @@ export class KvNode implements KvNodeApi {
   private quotaExceededLogged = false;
   private readonly idempotencyWindowMs: number;
   private readonly idempotencySessionsMax: number;
+  /** Watch streams and the change history, fed after each apply (src/node/watch.ts). */
+  private readonly watches: NodeWatch;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -285,6 +290,8 @@ export class KvNode implements KvNodeApi {
     });
     assert(cfg.quotaBytes === undefined || (Number.isSafeInteger(cfg.quotaBytes) && cfg.quotaBytes > 0), `quotaBytes ${cfg.quotaBytes}`);
     this.measureData();
+    // The history starts at what is applied now: what came before (another run) is not known here.
+    this.watches = new NodeWatch({ ...defaultWatch, ...cfg.watch }, cfg.clock, cfg.storage.appliedIndex());
   }
 
   /** Sets the advertised client URL once the HTTP port is known (port 0 listens). */
@@ -308,6 +315,7 @@ export class KvNode implements KvNodeApi {
     if (this.stopped) return;
     this.stopped = true;
     this.stopTicking?.();
+    this.watches.stop();
     this.snapshots.abortAll("the node is stopping");
     this.failAll(new KvError("unavailable", "the node is shutting down"));
     this.held = []; // never sent: the disk may not hold what they promise
@@ -361,6 +369,27 @@ export class KvNode implements KvNodeApi {
   async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency): Promise<(KvValue & { key: string })[]> {
     await this.readBarrier(consistency);
     return this.cfg.storage.list(prefix, after, limit);
+  }
+
+  /**
+   * See `KvNodeApi.watch`. Served from this node's own history, followers included; a watch with no
+   * start first waits for a linearizable read, and starts after what is applied once it is served.
+   */
+  async watch(filter: WatchFilter, start: WatchStart): Promise<WatchSubscription> {
+    if ("key" in filter) checkClientKey(filter.key);
+    if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
+    if (start === "now") {
+      await this.readBarrier("linearizable");
+      // What is applied now is at or past the read index: every write acknowledged before the watch
+      // opened is at or below it, and every change after it will be sent.
+      return this.watches.subscribe(filter, this.watches.lastVersion());
+    }
+    return this.watches.subscribe(filter, "after" in start ? start.after : start.from - 1);
+  }
+
+  /** Watch streams open on this node. */
+  watchCount(): number {
+    return this.watches.count();
   }
 
   /** Resolves once a read may be served from local state with the asked-for consistency. */
@@ -719,6 +748,8 @@ export class KvNode implements KvNodeApi {
       }
       if (ready.committedEntries.length > 0) {
         const results = this.cfg.storage.applyEntries(ready.committedEntries);
+        // Recorded before any client hears of its write: a watch opened after an answer sees what follows.
+        this.watches.applied(ready.committedEntries, results);
         results.forEach((result, i) => {
           const entry = ready.committedEntries[i]!;
           this.membership.entryApplied(entry);
@@ -766,6 +797,7 @@ export class KvNode implements KvNodeApi {
     const { index, term } = snapshot.metadata;
     this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, this.snapshots.addressesFor(snapshot.imageId));
     this.snapshots.installed();
+    this.watches.snapshotInstalled(index);
     this.membership.refreshAddresses();
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
     this.proposals.coveredBySnapshot(index);

@@ -11,6 +11,7 @@ import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import { observeMethod } from "../lib/observe-method.ts";
 import { createPrng } from "../lib/prng.ts";
 import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
+import { defaultWatch, type WatchConfig } from "../node/watch.ts";
 import type { NodeId } from "../raft/types.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { createConnectTransport } from "../transport/connect-transport.ts";
@@ -55,6 +56,8 @@ export interface ServerConfig {
   readonly requestReadTimeoutMs: number;
   /** 0: no cap, and no connection layer. */
   readonly clientConnectionsMax: number;
+  /** Watch streams and their history; each field defaults to `defaultWatch`'s. */
+  readonly watch?: Partial<WatchConfig>;
   readonly logger: Logger;
   /** Called once if the node stops on its own (a storage failure or a bug): the process should exit. */
   readonly onFatal?: (error: Error) => void;
@@ -190,6 +193,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       ...(config.quotaBytes === undefined ? {} : { quotaBytes: config.quotaBytes }),
       idempotencyWindowMs: config.idempotencyWindowMs,
       idempotencySessionsMax: config.idempotencySessionsMax,
+      ...(config.watch === undefined ? {} : { watch: config.watch }),
       log: (event, fields) => {
         if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
         logger.log(event === "fatal" ? "error" : "info", event, fields);
@@ -225,7 +229,11 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     requestReadTimeoutMs: config.requestReadTimeoutMs,
     // Bun's own timer cuts a body or a handler at this many seconds with no answer: it must outlast
     // the body's deadline plus the wait on the node, which answer first.
-    idleTimeoutS: Math.min(255, Math.max(10, Math.ceil((config.requestTimeoutMs + config.requestReadTimeoutMs) / 1000) + 5)),
+    // A watch stream is silent at most --watch-progress-ms between events: it must not count as idle.
+    idleTimeoutS: Math.min(
+      255,
+      Math.max(10, Math.ceil((config.requestTimeoutMs + config.requestReadTimeoutMs) / 1000) + 5, Math.ceil((config.watch?.progressMs ?? defaultWatch.progressMs) / 1000) + 5),
+    ),
     metrics,
   });
   const httpPort = listener.port;

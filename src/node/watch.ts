@@ -1,0 +1,264 @@
+import { assert } from "../lib/assert.ts";
+import type { Clock } from "../lib/clock.ts";
+import { KvError } from "../lib/kv-error.ts";
+import { sessionKeyPrefix } from "../kv/command.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import { changeBytes, changeOf, type WatchChange, WatchHistory } from "../kv/watch-history.ts";
+import type { Entry } from "../raft/types.ts";
+import type { WatchFilter, WatchItem, WatchSubscription } from "./api.ts";
+
+/** How watches behave on a node; every field has a default in `defaultWatch`. */
+export interface WatchConfig {
+  /** While a stream has nothing to send, a progress event at least this often (`--watch-progress-ms`). */
+  readonly progressMs: number;
+  /** Changes the history keeps at most (`--watch-history-entries`). */
+  readonly historyEntriesMax: number;
+  /** Changes older than this are dropped from the history (`--watch-history-ms`). */
+  readonly historyMs: number;
+  /** Bytes of keys and values the history keeps at most, whatever the two above say. */
+  readonly historyBytesMax: number;
+  /** Changes one stream may have waiting (arrived since it opened, not yet taken by its client); past it: `slow_watcher`. */
+  readonly bufferEventsMax: number;
+  /** Bytes (as `changeBytes` counts them) one stream may have waiting; past it: `slow_watcher`. */
+  readonly bufferBytesMax: number;
+  /** Streams open at once; past it a new watch is refused with `overloaded`. */
+  readonly watchersMax: number;
+}
+
+export const defaultWatch: WatchConfig = {
+  progressMs: 1_000,
+  historyEntriesMax: 100_000,
+  historyMs: 10 * 60_000,
+  historyBytesMax: 256 * 1024 * 1024,
+  bufferEventsMax: 10_000,
+  bufferBytesMax: 16 * 1024 * 1024,
+  watchersMax: 10_000,
+};
+
+/** Changes handed to a stream's client per `next()` (one SSE write), and changes looked at per scan. */
+const batchChangesMax = 256;
+const scanChangesMax = 16_384;
+
+/** One open stream. `cursor`: every matching change up to it has been handed to the client. */
+interface Watcher {
+  readonly matches: (key: string) => boolean;
+  cursor: number;
+  /** Changes after this version arrived while the stream was open: they count against its buffer. */
+  readonly liveFrom: number;
+  pendingChanges: number;
+  pendingBytes: number;
+  /** When the stream last handed anything to its client (-Infinity: never, so the first `next` answers at once). */
+  lastSentMs: number;
+  /** Set when the stream must end: handed out by the next `next()`, then the stream is over. */
+  ending: WatchItem | undefined;
+  done: boolean;
+  wake: (() => void) | undefined;
+}
+
+/**
+ * The watch machinery of one node: the change history (src/kv/watch-history.ts), fed by the node
+ * loop right after each apply, and the open streams, which read it each at its own pace. The loop
+ * never waits for a stream: it records a change, counts it against each matching stream's bounded
+ * buffer, and wakes the stream; a stream whose client does not keep up overflows and ends with
+ * `slow_watcher` (its client resumes from its last id, on this node or another, and loses nothing
+ * while the history still holds that id).
+ */
+export class NodeWatch {
+  private readonly history: WatchHistory;
+  private readonly watchers = new Set<Watcher>();
+  private readonly stopTicker: () => void;
+  /** How often idle streams are checked for a due progress event. */
+  private readonly tickerMs: number;
+
+  constructor(
+    private readonly cfg: WatchConfig,
+    private readonly clock: Clock,
+    startVersion: number,
+  ) {
+    assert(Number.isSafeInteger(cfg.progressMs) && cfg.progressMs >= 1, `watch progressMs ${cfg.progressMs}`);
+    assert(cfg.bufferEventsMax >= 1 && cfg.bufferBytesMax >= 1 && cfg.watchersMax >= 1, "watch buffer and watcher bounds must be positive");
+    this.history = new WatchHistory({ entriesMax: cfg.historyEntriesMax, retentionMs: cfg.historyMs, bytesMax: cfg.historyBytesMax }, startVersion);
+    this.tickerMs = Math.max(1, Math.min(100, Math.floor(cfg.progressMs / 10)));
+    this.stopTicker = clock.every(this.tickerMs, () => this.wakeDueForProgress());
+  }
+
+  /** Streams open now. */
+  count(): number {
+    return this.watchers.size;
+  }
+
+  /** The last version recorded: the applied index. */
+  lastVersion(): number {
+    return this.history.lastVersion();
+  }
+
+  /** The loop applied `entries` with `results` (one each, same order): records the changes and wakes their streams. */
+  applied(entries: readonly Entry[], results: readonly ApplyResult[]): void {
+    assert(entries.length === results.length, "watch: one apply result per entry");
+    const nowMs = this.clock.nowMs();
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i] as Entry;
+      const result = results[i] as ApplyResult;
+      if (result.kind === "skipped" || entry.index <= this.history.lastVersion()) continue;
+      const change = changeOf(entry, result);
+      this.history.record(entry.index, change === undefined ? [] : [change], nowMs);
+      if (change !== undefined) this.notify(change);
+    }
+  }
+
+  /** A snapshot was installed at `index`: the history restarts there; streams behind it end with `compacted`. */
+  snapshotInstalled(index: number): void {
+    if (index <= this.history.lastVersion()) return;
+    this.history.reset(index);
+    for (const watcher of this.watchers) {
+      if (watcher.cursor < index) {
+        this.end(watcher, {
+          type: "error",
+          error: "compacted",
+          message: `this node installed a snapshot at ${index}: the changes before it are not known here; resume from your last id on another node, or re-read and watch again`,
+          compactVersion: index + 1,
+        });
+      }
+    }
+  }
+
+  /**
+   * Opens a stream of the changes `filter` selects after version `afterVersion`. Throws `compacted`
+   * (with `compactVersion`, the oldest version a watch may start from) when the history no longer
+   * covers that start, `overloaded` past `watchersMax`.
+   */
+  subscribe(filter: WatchFilter, afterVersion: number): WatchSubscription {
+    assert(Number.isSafeInteger(afterVersion) && afterVersion >= 0, `watch start ${afterVersion}`);
+    this.history.trim(this.clock.nowMs());
+    const compactedThrough = this.history.compactedThrough();
+    if (afterVersion < compactedThrough) {
+      throw new KvError(
+        "compacted",
+        `changes at or below version ${compactedThrough} are no longer kept on this node (start from version ${compactedThrough + 1} or later; re-read and watch again)`,
+        { compactVersion: compactedThrough + 1 },
+      );
+    }
+    if (this.watchers.size >= this.cfg.watchersMax) {
+      throw new KvError("overloaded", `${this.watchers.size} watches are open on this node, the most it serves`, { retryAfterS: 1 });
+    }
+    const watcher: Watcher = {
+      matches: matcherFor(filter),
+      cursor: afterVersion,
+      liveFrom: this.history.lastVersion(),
+      pendingChanges: 0,
+      pendingBytes: 0,
+      lastSentMs: Number.NEGATIVE_INFINITY,
+      ending: undefined,
+      done: false,
+      wake: undefined,
+    };
+    this.watchers.add(watcher);
+    return {
+      next: () => this.next(watcher),
+      close: () => this.close(watcher),
+    };
+  }
+
+  /** The node stops: every stream ends with `unavailable`; no more progress. */
+  stop(): void {
+    this.stopTicker();
+    for (const watcher of this.watchers) {
+      this.end(watcher, { type: "error", error: "unavailable", message: "the node is shutting down; resume from your last id on another node" });
+    }
+  }
+
+  private async next(watcher: Watcher): Promise<WatchItem[] | undefined> {
+    for (;;) {
+      if (watcher.done) return undefined;
+      const ending = watcher.ending;
+      if (ending !== undefined) {
+        this.close(watcher);
+        return [ending];
+      }
+      if (watcher.cursor < this.history.compactedThrough()) {
+        // The history dropped changes this stream had not yet taken: it fell too far behind.
+        this.overflow(watcher, `this stream fell behind the history this node keeps (version ${this.history.compactedThrough()})`);
+        continue;
+      }
+      const { changes, throughVersion } = this.history.scan(watcher.cursor, watcher.matches, batchChangesMax, scanChangesMax);
+      watcher.cursor = Math.max(watcher.cursor, throughVersion);
+      const nowMs = this.clock.nowMs();
+      if (changes.length > 0) {
+        for (const change of changes) {
+          if (change.version > watcher.liveFrom) {
+            watcher.pendingChanges--;
+            watcher.pendingBytes -= changeBytes(change);
+          }
+        }
+        watcher.lastSentMs = nowMs;
+        return changes.map((change) => ({ type: "change", change }));
+      }
+      if (watcher.cursor < this.history.lastVersion()) continue; // more to look at
+      if (this.progressDue(watcher, nowMs)) {
+        watcher.lastSentMs = nowMs;
+        return [{ type: "progress", version: watcher.cursor }];
+      }
+      await new Promise<void>((resolve) => {
+        watcher.wake = resolve;
+      });
+      watcher.wake = undefined;
+    }
+  }
+
+  /** Due when the ticker may not come round again before `progressMs` has passed since the last send. */
+  private progressDue(watcher: Watcher, nowMs: number): boolean {
+    return nowMs - watcher.lastSentMs >= this.cfg.progressMs - this.tickerMs;
+  }
+
+  private wakeDueForProgress(): void {
+    const nowMs = this.clock.nowMs();
+    for (const watcher of this.watchers) if (watcher.wake !== undefined && this.progressDue(watcher, nowMs)) watcher.wake();
+  }
+
+  /** A change was recorded: every stream that will send it counts it against its buffer, and wakes. */
+  private notify(change: WatchChange): void {
+    for (const watcher of this.watchers) {
+      if (watcher.ending !== undefined || change.version <= watcher.cursor || !watcher.matches(change.key)) continue;
+      if (change.version > watcher.liveFrom) {
+        watcher.pendingChanges++;
+        watcher.pendingBytes += changeBytes(change);
+        if (watcher.pendingChanges > this.cfg.bufferEventsMax || watcher.pendingBytes > this.cfg.bufferBytesMax) {
+          this.overflow(watcher, `more than ${this.cfg.bufferEventsMax} changes or ${this.cfg.bufferBytesMax} bytes waited for this stream's client`);
+          continue;
+        }
+      }
+      watcher.wake?.();
+    }
+  }
+
+  private overflow(watcher: Watcher, why: string): void {
+    this.end(watcher, {
+      type: "error",
+      error: "slow_watcher",
+      message: `${why}: the stream ends; resume from your last id (Last-Event-ID) and nothing is lost`,
+    });
+  }
+
+  private end(watcher: Watcher, item: WatchItem): void {
+    if (watcher.done || watcher.ending !== undefined) return;
+    watcher.ending = item;
+    watcher.wake?.();
+  }
+
+  private close(watcher: Watcher): void {
+    if (watcher.done) return;
+    watcher.done = true;
+    this.watchers.delete(watcher);
+    watcher.wake?.();
+  }
+}
+
+/** The keys a filter selects; keys in the state machine's session space never. */
+function matcherFor(filter: WatchFilter): (key: string) => boolean {
+  if ("key" in filter) {
+    const wanted = filter.key;
+    return (key) => key === wanted;
+  }
+  const prefix = filter.prefix;
+  return (key) => key.startsWith(prefix) && !key.startsWith(sessionKeyPrefix);
+}

@@ -1,0 +1,179 @@
+// Proves the watch history and streams of one node: changes come out in version order from any start, bounds by
+// count, age and bytes compact the oldest (a start before them is `compacted` with the oldest start served), retries
+// and compare-and-set mismatches are no change, and a stream whose client does not keep up ends with slow_watcher.
+import { describe, expect, test } from "bun:test";
+import { ManualClock } from "../src/lib/clock.ts";
+import { KvError } from "../src/lib/kv-error.ts";
+import type { ApplyResult } from "../src/kv/apply-plan.ts";
+import { encodeCommand } from "../src/kv/command.ts";
+import { changeOf, type WatchChange, WatchHistory } from "../src/kv/watch-history.ts";
+import type { WatchItem, WatchSubscription } from "../src/node/api.ts";
+import { defaultWatch, NodeWatch } from "../src/node/watch.ts";
+import { type Entry, EntryType } from "../src/raft/types.ts";
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+const put = (version: number, key: string, value = `v${version}`): WatchChange => ({ kind: "put", key, value: bytes(value), version });
+const all = () => true;
+const limits = { entriesMax: 1_000, retentionMs: 60_000, bytesMax: 1 << 20 };
+
+function putEntry(index: number, key: string, value: string): Entry {
+  return { index, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key, value: bytes(value) }) };
+}
+function deleteEntry(index: number, key: string): Entry {
+  return { index, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "delete", key }) };
+}
+
+describe("WatchHistory", () => {
+  test("scans the matching changes after a version, in version order, and says how far it looked", () => {
+    const history = new WatchHistory(limits, 0);
+    history.record(1, [put(1, "cfg/a")], 0);
+    history.record(2, [], 0); // a noop
+    history.record(3, [put(3, "other")], 0);
+    history.record(4, [{ kind: "delete", key: "cfg/a", version: 4, reason: "delete" }], 0);
+    const scan = history.scan(0, (key) => key.startsWith("cfg/"), 100, 100);
+    expect(scan.changes.map((change) => [change.kind, change.version])).toEqual([["put", 1], ["delete", 4]]);
+    expect(scan.throughVersion).toBe(4);
+    expect(history.scan(1, all, 100, 100).changes.map((change) => change.version)).toEqual([3, 4]);
+    expect(history.scan(4, all, 100, 100)).toEqual({ changes: [], throughVersion: 4 });
+    // A batch limit stops at a version boundary and reports where it stopped.
+    expect(history.scan(0, all, 1, 100)).toEqual({ changes: [put(1, "cfg/a")], throughVersion: 1 });
+  });
+
+  test("keeps at most entriesMax changes: the oldest go and the history is compacted through them", () => {
+    const history = new WatchHistory({ ...limits, entriesMax: 3 }, 0);
+    for (let version = 1; version <= 5; version++) history.record(version, [put(version, `k${version}`)], 0);
+    expect(history.size()).toBe(3);
+    expect(history.compactedThrough()).toBe(2);
+    expect(history.scan(2, all, 100, 100).changes.map((change) => change.version)).toEqual([3, 4, 5]);
+  });
+
+  test("drops changes older than retentionMs, and those past bytesMax", () => {
+    const aged = new WatchHistory({ ...limits, retentionMs: 1_000 }, 10);
+    aged.record(11, [put(11, "a")], 0);
+    aged.record(12, [put(12, "b")], 500);
+    aged.trim(1_200);
+    expect(aged.compactedThrough()).toBe(11);
+    expect(aged.size()).toBe(1);
+    const big = new WatchHistory({ ...limits, bytesMax: 300 }, 0);
+    big.record(1, [put(1, "a", "x".repeat(200))], 0);
+    big.record(2, [put(2, "b", "x".repeat(200))], 0);
+    expect(big.compactedThrough()).toBe(1);
+    expect(big.size()).toBe(1);
+  });
+
+  test("a snapshot empties it at the snapshot's index", () => {
+    const history = new WatchHistory(limits, 0);
+    history.record(1, [put(1, "a")], 0);
+    history.reset(50);
+    expect(history.compactedThrough()).toBe(50);
+    expect(history.lastVersion()).toBe(50);
+    expect(history.size()).toBe(0);
+  });
+});
+
+describe("changeOf", () => {
+  test("a put and a delete of a present key are changes; a retry, a conflict, a reuse and a delete of an absent key are not", () => {
+    expect(changeOf(putEntry(7, "k", "v"), { kind: "put", index: 7, version: 7 })).toEqual({ kind: "put", key: "k", value: bytes("v"), version: 7 });
+    expect(changeOf(deleteEntry(8, "k"), { kind: "delete", index: 8, deleted: true, version: 8 })).toEqual({ kind: "delete", key: "k", version: 8, reason: "delete" });
+    const nothing: [Entry, ApplyResult][] = [
+      [putEntry(9, "k", "v"), { kind: "put", index: 9, version: 7 }], // an idempotent retry answered from its session
+      [deleteEntry(10, "k"), { kind: "delete", index: 10, deleted: false, version: 10 }],
+      [deleteEntry(11, "k"), { kind: "delete", index: 11, deleted: true, version: 8 }], // a retried delete
+      [putEntry(12, "k", "v"), { kind: "conflict", index: 12, version: 7 }],
+      [putEntry(13, "k", "v"), { kind: "reused", index: 13 }],
+      [putEntry(14, "k", "v"), { kind: "skipped", index: 14 }],
+    ];
+    for (const [entry, result] of nothing) expect(changeOf(entry, result)).toBeUndefined();
+  });
+});
+
+/** Everything a subscription hands out until it has nothing more right now (no progress due). */
+async function drain(subscription: WatchSubscription, count: number): Promise<WatchItem[]> {
+  const items: WatchItem[] = [];
+  while (items.length < count) {
+    const next = await subscription.next();
+    if (next === undefined) break;
+    items.push(...next);
+  }
+  return items;
+}
+
+describe("NodeWatch", () => {
+  const apply = (watch: NodeWatch, entries: Entry[]) =>
+    watch.applied(
+      entries,
+      entries.map((entry) => ({ kind: "put", index: entry.index, version: entry.index }) as ApplyResult),
+    );
+
+  test("a start older than the history is compacted, with the oldest start served", () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, historyEntriesMax: 2 }, clock, 0);
+    apply(watch, [putEntry(1, "a", "1"), putEntry(2, "a", "2"), putEntry(3, "a", "3")]);
+    let error: unknown;
+    try {
+      watch.subscribe({ prefix: "" }, 0);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toBeInstanceOf(KvError);
+    expect((error as KvError).code).toBe("compacted");
+    expect((error as KvError).details.compactVersion).toBe(2);
+    expect(() => watch.subscribe({ prefix: "" }, 1).close()).not.toThrow();
+    watch.stop();
+  });
+
+  test("a stream opens with progress, then sends each matching change once, in order, and progress while idle", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, progressMs: 1_000 }, clock, 0);
+    const subscription = watch.subscribe({ prefix: "cfg/" }, 0);
+    expect(await subscription.next()).toEqual([{ type: "progress", version: 0 }]);
+    apply(watch, [putEntry(1, "cfg/a", "on"), putEntry(2, "x", "no"), putEntry(3, "cfg/b", "off")]);
+    const items = await drain(subscription, 2);
+    expect(items.map((item) => (item.type === "change" ? item.change.version : -1))).toEqual([1, 3]);
+    const idle = subscription.next();
+    let progress: WatchItem[] | undefined;
+    void idle.then((value) => (progress = value));
+    clock.advance(500);
+    await Promise.resolve();
+    expect(progress).toBeUndefined();
+    clock.advance(500);
+    await Bun.sleep(0);
+    expect(progress).toEqual([{ type: "progress", version: 3 }]);
+    subscription.close();
+    expect(watch.count()).toBe(0);
+    watch.stop();
+  });
+
+  test("a stream whose client does not read ends with slow_watcher past its buffer, and a resume after its last id loses nothing", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, bufferEventsMax: 3 }, clock, 0);
+    const slow = watch.subscribe({ prefix: "" }, 0);
+    expect(await slow.next()).toEqual([{ type: "progress", version: 0 }]);
+    apply(watch, [putEntry(1, "a", "1")]);
+    const first = await slow.next();
+    expect(first).toEqual([{ type: "change", change: put(1, "a", "1") }]);
+    apply(watch, [2, 3, 4, 5].map((index) => putEntry(index, "a", String(index))));
+    const end = await slow.next();
+    expect(end).toHaveLength(1);
+    expect(end?.[0]).toMatchObject({ type: "error", error: "slow_watcher" });
+    expect(await slow.next()).toBeUndefined();
+    expect(watch.count()).toBe(0);
+    const resumed = watch.subscribe({ prefix: "" }, 1);
+    const items = await drain(resumed, 4);
+    expect(items.map((item) => (item.type === "change" ? item.change.version : -1))).toEqual([2, 3, 4, 5]);
+    resumed.close();
+    watch.stop();
+  });
+
+  test("a key filter sees only its key, and the session space is never shown", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch(defaultWatch, clock, 0);
+    const everything = watch.subscribe({ prefix: "" }, 0);
+    const one = watch.subscribe({ key: "b" }, 0);
+    apply(watch, [putEntry(1, "\u0000session/x", "s"), putEntry(2, "b", "1"), putEntry(3, "bc", "2")]);
+    const seen = (items: WatchItem[]) => items.filter((item) => item.type === "change").map((item) => (item.type === "change" ? item.change.key : ""));
+    expect(seen(await drain(everything, 2))).toEqual(["b", "bc"]);
+    expect(seen(await drain(one, 1))).toEqual(["b"]);
+    watch.stop();
+  });
+});
