@@ -55,4 +55,24 @@ describe("data dirs of earlier releases", () => {
       await node.stop();
     }
   });
+
+  test("0.2.0: a data dir with a leader-stamped idempotency session opens, and a retry gets its first answer while a reuse is refused", async () => {
+    const dataDir = join(scratch, "v0.2.0");
+    cpSync(join(fixtures, "v0.2.0", "node-1"), dataDir, { recursive: true });
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.2.0.log") });
+    try {
+      const text = new TextDecoder();
+      const greeting = await read(node.httpUrl, "greeting");
+      expect([greeting.status, text.decode(greeting.body), greeting.version]).toEqual([200, "hello", "2"]);
+      const configA = await read(node.httpUrl, "config/a");
+      expect([configA.status, text.decode(configA.body), configA.version]).toEqual([200, "stamped", "3"]);
+      expect((await read(node.httpUrl, "deleted")).status).toBe(404);
+      const retry = await fetch(`${node.httpUrl}/kv/config%2Fa`, { method: "PUT", headers: { "Idempotency-Key": "k2" }, body: "stamped" });
+      expect([retry.status, ((await retry.json()) as { version: number }).version]).toEqual([200, 3]);
+      const reuse = await fetch(`${node.httpUrl}/kv/other`, { method: "PUT", headers: { "Idempotency-Key": "k2" }, body: "stamped" });
+      expect(reuse.status).toBe(422);
+    } finally {
+      await node.stop();
+    }
+  });
 });
