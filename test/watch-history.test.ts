@@ -177,3 +177,18 @@ describe("NodeWatch", () => {
     watch.stop();
   });
 });
+
+describe("changeOf and memory", () => {
+  test("a put's value is copied out of the entry it came in, so the history never pins a whole batch of entries", () => {
+    // Entries arrive as views into one large buffer (a peer's append carries up to 1 MiB of them).
+    const batch = new Uint8Array(1 << 20);
+    const data = encodeCommand({ op: "put", key: "k", value: new TextEncoder().encode("v") });
+    batch.set(data, 4096);
+    const entry: Entry = { index: 7, term: 1, type: EntryType.Normal, data: batch.subarray(4096, 4096 + data.byteLength) };
+    const change = changeOf(entry, { kind: "put", index: 7, version: 7 } as ApplyResult);
+    expect(change?.kind).toBe("put");
+    const value = (change as Extract<WatchChange, { kind: "put" }>).value;
+    expect(new TextDecoder().decode(value)).toBe("v");
+    expect(value.buffer.byteLength).toBe(value.byteLength);
+  });
+});

@@ -26,7 +26,9 @@ export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undef
   const command = decodeCommand(entry.data); // it decoded at apply: it decodes again
   assert(command.op === result.kind, `watch: entry ${entry.index} is not the ${result.kind} applied`);
   return command.op === "put"
-    ? { kind: "put", key: command.key, value: command.value, version: entry.index }
+    ? // A copy: the decoded value is a view into the entry's data, itself often a view into a whole
+      // batch of entries (a peer's append), which the history would otherwise keep alive.
+      { kind: "put", key: command.key, value: command.value.slice(), version: entry.index }
     : { kind: "delete", key: command.key, version: entry.index, reason: "delete" };
 }
 
