@@ -229,6 +229,35 @@ describe("a write proposed and then replaced by another leader's entry", () => {
   });
 });
 
+describe("a membership change proposed and then replaced by another leader's entry", () => {
+  test("fails with proposal_dropped as soon as the other entry applies at its index, not at the request timeout", async () => {
+    const cluster = createCluster({ requestTimeoutMs: 60_000 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const node = cluster.leader()!;
+    const { id, term } = node.status();
+    const [a, b] = [1, 2, 3].filter((other) => other !== id) as [number, number];
+    for (const other of [a, b]) cluster.network.cutBetween(id, other);
+    const change = node.addMember(4, "mem://peer-4").catch((error: unknown) => error);
+    await cluster.settle();
+    const index = node.status().lastLogIndex;
+    // As for a write above: node `a` overwrites the change's entry with a put, then we win term + 2.
+    const other = encodeCommand({ op: "put", key: "k", value: enc("other") });
+    node.receive([
+      { type: "append", from: a, to: id, term: term + 1, prevLogIndex: index - 1, prevLogTerm: term, entries: [{ index, term: term + 1, type: EntryType.Normal, data: other }], commit: index - 1 },
+      { type: "timeout-now", from: a, to: id, term: term + 1 },
+      { type: "vote-response", from: a, to: id, term: term + 2, granted: true },
+      { type: "vote-response", from: b, to: id, term: term + 2, granted: true },
+    ]);
+    await cluster.settle();
+    const last = node.status().lastLogIndex;
+    node.receive([a, b].map((from) => ({ type: "append-response", from, to: id, term: term + 2, success: true, index: last, hintIndex: 0, hintTerm: 0 }) as const));
+    const error = (await drive(cluster, change, 100)) as KvError;
+    expect(error).toBeInstanceOf(KvError);
+    expect(error.code).toBe("proposal_dropped");
+    expect(node.members().members.map((member) => member.id)).toEqual([1, 2, 3]);
+  });
+});
+
 describe("read contexts across restarts", () => {
   test("a follower restarted in the same term does not take a delayed answer to its previous life's read for a new one", async () => {
     const cluster = createCluster();

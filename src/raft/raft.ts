@@ -343,8 +343,7 @@ export class Raft {
     if (this.role !== "leader" || target === this.id || !this.voters.includes(target)) return;
     if (this.leadTransferee === target) return;
     this.leadTransferee = target;
-    this.transferredThisTerm = true;
-    this.leaseStartTick = Number.NEGATIVE_INFINITY;
+    this.transferredThisTerm = true; // the lease ends here, for the rest of the term (leaseValid)
     this.electionElapsedTicks = 0;
     const progress = this.progress.get(target) as Progress;
     if (progress.matchIndex === this.log.lastIndex()) this.send({ type: "timeout-now", from: this.id, to: target, term: this.term });
