@@ -92,6 +92,8 @@ export class ServerStartError extends Error {
 
 /** How often a node that cannot start on a full disk tries again. */
 const DISK_RETRY_MS = 1_000;
+/** The period of the timer whose lateness `kv_event_loop_lag_seconds` records. */
+const LOOP_LAG_PROBE_MS = 10;
 /** How long shutdown waits for requests in flight to be answered before it closes their connections. */
 const SHUTDOWN_DRAIN_MS_MAX = 3_000;
 
@@ -115,6 +117,16 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const fsyncDuration = metrics.histogram(
     "kv_storage_fsync_duration_seconds",
     "One background fsync of what the loop wrote since the last (it runs off the loop's thread; the replies it covers wait for it).",
+    LATENCY_BUCKETS_S,
+  );
+  const applyDuration = metrics.histogram(
+    "kv_storage_apply_duration_seconds",
+    "One apply of committed entries to the state machine (one sqlite transaction, on the loop's thread).",
+    LATENCY_BUCKETS_S,
+  );
+  const compactDuration = metrics.histogram(
+    "kv_storage_compact_duration_seconds",
+    "One log compaction (one sqlite transaction, on the loop's thread).",
     LATENCY_BUCKETS_S,
   );
   const sqliteStorage = await waitForSpace("open the database", () => openSqliteStorage(dataDir));
@@ -145,11 +157,10 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       }
     }
   }
-  const storage = observeMethod(
-    observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS)),
-    "sync",
-    (durationS) => fsyncDuration.observe({}, durationS),
-  );
+  let storage = observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS));
+  storage = observeMethod(storage, "sync", (durationS) => fsyncDuration.observe({}, durationS));
+  storage = observeMethod(storage, "applyEntries", (durationS) => applyDuration.observe({}, durationS));
+  storage = observeMethod(storage, "compact", (durationS) => compactDuration.observe({}, durationS));
   // After the storage: its exclusive lock keeps a second process off this data dir.
   const clusterIdChoice = await waitForSpace("record the cluster id", () => {
     try {
@@ -269,6 +280,20 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     appliedIndex: node.status().appliedIndex,
   });
 
+  // How late a 10 ms timer fires: the time the loop's thread was busy with something else (a long
+  // sqlite call, GC, parsing a large body). Past the election timeout, followers stop hearing from us.
+  const loopLag = metrics.histogram(
+    "kv_event_loop_lag_seconds",
+    "How late a 10 ms timer on the node's thread fired: how long the thread was held by other work.",
+    LATENCY_BUCKETS_S,
+  );
+  let lagDueMs = performance.now() + LOOP_LAG_PROBE_MS;
+  const lagProbe = setInterval(() => {
+    const nowMs = performance.now();
+    loopLag.observe({}, Math.max(0, nowMs - lagDueMs) / 1000);
+    lagDueMs = nowMs + LOOP_LAG_PROBE_MS;
+  }, LOOP_LAG_PROBE_MS);
+
   let stopping: Promise<void> | undefined;
   async function stopServing(handOver: boolean, reason: string): Promise<void> {
     logger.log(handOver ? "info" : "error", "stopping", { reason, inflightRequests: http.inflightRequests() });
@@ -283,6 +308,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     }
     // Stop taking work: new requests on open connections get 503 `unavailable` and Connection:
     // close, and the listener stops accepting connections.
+    clearInterval(lagProbe);
     http.beginShutdown();
     void listener.stop(false).catch(() => {});
     // Every request waiting on the node (writes, linearizable reads) now fails with `unavailable`:
