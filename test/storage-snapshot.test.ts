@@ -10,6 +10,7 @@ import { encodeCommand } from "../src/kv/command.ts";
 import { type ImageRow, type KvImageReader, type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import type { CheckpointReport } from "../src/storage/checkpointer.ts";
 
 const tempDirs: string[] = [];
 afterAll(() => {
@@ -345,9 +346,9 @@ describe("sqlite snapshot files", () => {
     expect((thrown as StorageError).code).toBe("corrupt");
   });
 
-  test("the database is shared with a reader only while an image is open, and exclusive again after", () => {
+  test("with inline checkpoints the database is shared with a reader only while an image is open, and exclusive again after", () => {
     const dir = tempDir();
-    const storage = openSqliteStorage(dir, { voters: [1] });
+    const storage = openSqliteStorage(dir, { voters: [1], checkpoints: "inline" });
     writePuts(storage, 3, 1);
     const readerCount = () => {
       const raw = new Database(join(dir, "kv.db"), { readonly: true });
@@ -365,6 +366,36 @@ describe("sqlite snapshot files", () => {
     image.close();
     writePuts(storage, 2, 1); // the next write takes the exclusive lock again
     expect(readerCount).toThrow(/locked/);
+    storage.close();
+  });
+
+  test("with checkpoints on the worker, rounds run off the caller's thread and the WAL starts over; nothing written is lost", async () => {
+    const dir = tempDir();
+    const reports: CheckpointReport[] = [];
+    let storage = openSqliteStorage(dir, { voters: [1], checkpointPages: 64, walRestartFrames: 256, onCheckpoint: (report) => reports.push(report) });
+    const big = "x".repeat(16_000);
+    let last = 0;
+    const deadline = Date.now() + 30_000;
+    // Writes go on, a turn at a time, until a round on the worker has run and the caller's short
+    // round has let the WAL start over (its frame count then drops below what it was).
+    while (!(reports.some((r) => r.thread === "worker") && reports.some((r) => r.thread === "caller")) && Date.now() < deadline) {
+      last = writePuts(storage, 16, 1, 200, () => big);
+      await Bun.sleep(1);
+    }
+    expect(reports.filter((r) => r.error !== undefined)).toEqual([]);
+    expect(reports.some((r) => r.thread === "worker" && r.checkpointedFrames > 0)).toBe(true);
+    const restartAt = reports.findIndex((r) => r.thread === "caller");
+    expect(restartAt).toBeGreaterThanOrEqual(0);
+    // A readonly reader sees the database whole meanwhile (the checkpointer needs NORMAL locking).
+    const keys = Math.min(200, last);
+    expect(storage.list("k", undefined, 1_000).length).toBe(keys);
+    const raw = new Database(join(dir, "kv.db"), { readonly: true });
+    expect(raw.query<{ n: number }, []>("SELECT COUNT(*) AS n FROM kv").get()?.n).toBe(keys);
+    raw.close(true);
+    storage.close();
+    storage = openSqliteStorage(dir, { voters: [1] });
+    expect(storage.appliedIndex()).toBe(last);
+    expect(storage.list("k", undefined, 1_000).length).toBe(keys);
     storage.close();
   });
 

@@ -21,6 +21,8 @@ const KEY_BYTES_MAX_LIMIT = 16_384;
  */
 const VALUE_BYTES_MAX_LIMIT = 16 << 20;
 
+/** The largest --watch-history-bytes: 16 GiB. */
+const WATCH_HISTORY_BYTES_LIMIT = 16 * 1024 ** 3;
 /** The smallest --quota-bytes other than 0 (no quota): an empty data dir already takes about 100 KB. */
 const QUOTA_BYTES_MIN = 1 << 20;
 
@@ -85,6 +87,11 @@ export const serveCommand = defineCommand({
       type: "string",
       description: `Changes older than this are dropped from the watch history: ms, or a duration such as 10m (default ${defaultWatch.historyMs}, 10 minutes)`,
       valueHint: "MS",
+    },
+    "watch-history-bytes": {
+      type: "string",
+      description: `Bytes of keys and values the watch history keeps at most, whatever the two above allow: a bound on its memory (default ${defaultWatch.historyBytesMax}, 32 MiB)`,
+      valueHint: "BYTES",
     },
     "snapshot-entries": {
       type: "string",
@@ -208,6 +215,10 @@ export const serveCommand = defineCommand({
           ? defaultWatch.historyEntriesMax
           : parseIntFlag("watch-history-entries", args["watch-history-entries"], 1, WATCH_HISTORY_ENTRIES_LIMIT),
       historyMs: args["watch-history-ms"] === undefined ? defaultWatch.historyMs : parseMsFlag("watch-history-ms", args["watch-history-ms"], 0, WATCH_HISTORY_MS_MAX),
+      historyBytesMax:
+        args["watch-history-bytes"] === undefined
+          ? defaultWatch.historyBytesMax
+          : parseIntFlag("watch-history-bytes", args["watch-history-bytes"], 1024 * 1024, WATCH_HISTORY_BYTES_LIMIT),
     };
     const logLevel = (args["log-level"] ?? "info") as LogLevel;
     if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error`);

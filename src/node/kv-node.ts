@@ -134,6 +134,8 @@ export const defaultQuotaBytes = 2 * 1024 ** 3;
  * it proposed to the last measurement, so a burst of writes cannot run far past the quota unseen.
  */
 const dataMeasureTicks = 10;
+/** Log entries one compaction deletes at most (see `maybeCompact`). */
+const compactStepEntries = 512;
 
 /**
  * Idempotent-write sessions: a leader stamps these on each idempotent write it proposes, and the
@@ -224,6 +226,8 @@ export class KvNode implements KvNodeApi {
   private bytesProposedSinceMeasure = 0;
   private ticksSinceMeasure = 0;
   private quotaExceededLogged = false;
+  /** Where the log compaction under way stops (see `maybeCompact`); at or below the snapshot when none is. */
+  private compactTarget = 0;
   private readonly idempotencyWindowMs: number;
   private readonly idempotencySessionsMax: number;
   /** Watch streams and the change history, fed after each apply (src/node/watch.ts). */
@@ -588,6 +592,14 @@ export class KvNode implements KvNodeApi {
     this.ticksAccounted++;
     this.expireWaiters();
     this.membership.maybePromoteLearner();
+    // A compaction under way goes on while no entries are applied.
+    if (this.compactTarget > this.cfg.storage.snapshot().index) {
+      try {
+        this.compactStep();
+      } catch (error) {
+        return this.fail(error instanceof Error ? error : new Error(String(error)));
+      }
+    }
     this.turn();
   }
 
@@ -780,14 +792,18 @@ export class KvNode implements KvNodeApi {
       }
     }
     this.raw.advance(ready, false);
-    if (ready.committedEntries.length > 0) {
-      try {
-        this.maybeCompact();
-      } catch (error) {
-        if (!isDiskFull(error)) throw error; // compaction can wait for space
-      }
-    }
+    if (ready.committedEntries.length > 0) this.compactStep();
     return true;
+  }
+
+  private compactStep(): void {
+    try {
+      this.maybeCompact();
+    } catch (error) {
+      if (isDiskFull(error)) return; // compaction can wait for space
+      if (this.stopped) return;
+      throw error;
+    }
   }
 
   // ---- Snapshots ----------------------------------------------------------------------------
@@ -828,7 +844,12 @@ export class KvNode implements KvNodeApi {
     this.snapshots.receiveChunk(chunk);
   }
 
-  /** Compacts once `snapshotEntries` are applied past the last snapshot, keeping `snapshotCatchUpEntries`. */
+  /**
+   * Compacts once `snapshotEntries` are applied past the last snapshot, keeping
+   * `snapshotCatchUpEntries`, at most `compactStepEntries` entries per call: deleting thousands of
+   * large entries in one transaction held the loop's thread for 100-250 ms (16 KB values), and
+   * the loop calls this after every apply and every tick until the target is reached.
+   */
   private maybeCompact(): void {
     const storage = this.cfg.storage;
     const applied = storage.appliedIndex();
@@ -836,9 +857,11 @@ export class KvNode implements KvNodeApi {
     const index = applied - this.snapshotCatchUpEntries;
     // Past the quota the log is compacted at every apply: what deletes free then counts at once.
     const dueByQuota = this.overQuota() && index > snapshotIndex;
-    if (applied - snapshotIndex < this.snapshotEntries && !dueByQuota) return;
-    storage.compact(index);
-    this.cfg.log?.("log compacted", { index, applied });
+    if (applied - snapshotIndex >= this.snapshotEntries || dueByQuota) this.compactTarget = Math.max(this.compactTarget, index);
+    if (this.compactTarget <= snapshotIndex) return;
+    const step = Math.min(this.compactTarget, snapshotIndex + compactStepEntries);
+    storage.compact(step);
+    if (step >= this.compactTarget) this.cfg.log?.("log compacted", { index: step, applied });
     if (dueByQuota) this.measureData();
   }
 

@@ -15,7 +15,7 @@ export interface WatchConfig {
   readonly historyEntriesMax: number;
   /** Changes older than this are dropped from the history (`--watch-history-ms`). */
   readonly historyMs: number;
-  /** Bytes of keys and values the history keeps at most, whatever the two above say. */
+  /** Bytes of keys and values the history keeps at most, whatever the two above say (`--watch-history-bytes`). */
   readonly historyBytesMax: number;
   /** Changes one stream may have waiting (arrived since it opened, not yet taken by its client); past it: `slow_watcher`. */
   readonly bufferEventsMax: number;
@@ -29,7 +29,7 @@ export const defaultWatch: WatchConfig = {
   progressMs: 1_000,
   historyEntriesMax: 100_000,
   historyMs: 10 * 60_000,
-  historyBytesMax: 256 * 1024 * 1024,
+  historyBytesMax: 32 * 1024 * 1024,
   bufferEventsMax: 10_000,
   bufferBytesMax: 16 * 1024 * 1024,
   watchersMax: 10_000,

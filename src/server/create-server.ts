@@ -129,7 +129,25 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     "One log compaction (one sqlite transaction, on the loop's thread).",
     LATENCY_BUCKETS_S,
   );
-  const sqliteStorage = await waitForSpace("open the database", () => openSqliteStorage(dataDir));
+  const checkpointDuration = metrics.histogram(
+    "kv_storage_checkpoint_duration_seconds",
+    "One round of WAL checkpoints: on a worker thread with its own connection (thread=worker), or the short one on the loop's thread that lets the WAL start over (thread=loop).",
+    LATENCY_BUCKETS_S,
+    ["thread"],
+  );
+  const walFrames = metrics.gauge("kv_storage_wal_frames", "Frames in the WAL after the last round of checkpoints.");
+  const sqliteStorage = await waitForSpace("open the database", () =>
+    openSqliteStorage(dataDir, {
+      onCheckpoint: (report) => {
+        if (report.error !== undefined) {
+          logger.log("warn", "checkpoint failed", { error: report.error, detail: "retried with the next writes" });
+          return;
+        }
+        checkpointDuration.observe({ thread: report.thread === "worker" ? "worker" : "loop" }, report.durationMs / 1000);
+        walFrames.set({}, report.walFrames);
+      },
+    }),
+  );
   let joinedClusterId: string | undefined;
   if (config.join !== undefined) {
     const fresh = sqliteStorage.membership().voters.length === 0 && sqliteStorage.lastIndex() === 0;

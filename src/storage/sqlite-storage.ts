@@ -28,6 +28,7 @@ import {
 } from "./snapshot-checks.ts";
 import { type TermRun, TermCache } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
+import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
 
 /**
  * Durable storage on bun:sqlite: the Raft log, hard state, voters and the key-value state machine
@@ -57,8 +58,10 @@ import { checkVotersMatch, normalizeVoters } from "./voters.ts";
  * database in EXCLUSIVE locking mode inside a transaction that never ends) for as long as it is
  * open, so a second process (say, a node restarted before its predecessor died) cannot write the
  * same log; it waits `lockWaitMs` and then fails with `StorageError` `locked`. The operating
- * system drops the lock when the process dies. The database itself is in EXCLUSIVE locking mode
- * (faster) except while an image is open: a reader connection needs NORMAL mode to share the WAL.
+ * system drops the lock when the process dies. The database itself is in NORMAL locking mode, so
+ * the checkpointer's connection (checkpointer.ts: WAL checkpoints on a worker thread, off the
+ * node's loop) and image readers share the WAL; with `checkpoints: "inline"` it is in EXCLUSIVE
+ * mode (faster for single-row transactions) except while an image is open.
  */
 
 /** Options of `openSqliteStorage`. */
@@ -75,13 +78,37 @@ export interface SqliteStorageOptions {
   readonly termCacheLoadEntriesMax?: number;
   /** A received image staged beyond this many bytes (keys, values, overhead) is refused. Default 64 GiB. */
   readonly stagedImageBytesMax?: number;
+  /**
+   * Where WAL checkpoints run: `worker` (default), on a second connection on a worker thread, asked
+   * for about every `checkpointPages` pages written (see checkpointer.ts); `inline`, inside the
+   * commit that crosses SQLite's autocheckpoint threshold, on the caller's thread.
+   */
+  readonly checkpoints?: "worker" | "inline";
+  /** With `checkpoints: "worker"`: pages (4 KiB) written, by estimate, between two requests. Default 4096 (16 MiB). */
+  readonly checkpointPages?: number;
+  /** With `checkpoints: "worker"`: a WAL this many frames long is made to start over (see checkpointer.ts). Default 16384 (64 MiB). */
+  readonly walRestartFrames?: number;
+  /** With `checkpoints: "worker"`: called on the caller's thread after each round of checkpoints. */
+  readonly onCheckpoint?: (report: CheckpointReport) => void;
 }
 
 const schemaVersion = 4;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
-/** WAL pages (4 KiB each) after which a commit checkpoints them into the database file. */
+/** WAL pages (4 KiB each) after which a commit checkpoints them into the database file (inline checkpoints). */
 const walCheckpointPages = 10_000;
+/**
+ * With checkpoints on the worker: the backstop, reached only if the worker falls this far behind,
+ * at which a commit on the node's thread checkpoints after all (about 400 MB of WAL).
+ */
+const walCheckpointPagesBackstop = 100_000;
+/**
+ * With checkpoints on the worker: a WAL this long (frames of 4 KiB, 64 MiB) is made to start over
+ * once a round has caught up (see checkpointer.ts).
+ */
+const walRestartFrames = 16_384;
+/** With checkpoints on the worker: estimated pages written between two requests, by default. */
+const checkpointPagesDefault = 4_096;
 /** The page cache of the node's connection, in KiB. */
 const pageCacheKib = 16 * 1024;
 /** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
@@ -234,18 +261,24 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     // grows less than its interval (1M keys, random writes: worst 144 ms against 93 ms at the
     // default). Measured A B A B, 14 rounds of 64-client writes: more writes/s in 11 of them,
     // about a tenth more at the median.
-    db.run(`PRAGMA wal_autocheckpoint = ${walCheckpointPages}`);
+    const checkpoints = options.checkpoints ?? "worker";
+    db.run(`PRAGMA wal_autocheckpoint = ${checkpoints === "worker" ? walCheckpointPagesBackstop : walCheckpointPages}`);
     db.run(`PRAGMA cache_size = -${pageCacheKib}`);
     migrate(db, file);
     // WAL was entered in NORMAL mode, so its index lives in shared memory that a reader connection
-    // can use later (see openImage). Until one does, EXCLUSIVE spares every transaction its lock
-    // calls: single-row transactions run about twice as fast.
-    db.run("PRAGMA locking_mode = EXCLUSIVE");
+    // can use later (see openImage) and the checkpointer's connection always does. With inline
+    // checkpoints, EXCLUSIVE spares every transaction its lock calls until an image is opened:
+    // single-row transactions run about twice as fast.
+    if (checkpoints === "inline") db.run("PRAGMA locking_mode = EXCLUSIVE");
     const storage = new SqliteStorage(db, lock, file, {
       termCacheRunsMax: options.termCacheRunsMax ?? 1024,
       termCacheLoadEntriesMax: options.termCacheLoadEntriesMax ?? 100_000,
       stagedImageBytesMax: options.stagedImageBytesMax ?? stagedImageBytesMaxDefault,
       lockWaitMs,
+      checkpointer:
+        checkpoints === "worker"
+          ? { pages: options.checkpointPages ?? checkpointPagesDefault, restartFrames: options.walRestartFrames ?? walRestartFrames, ...(options.onCheckpoint === undefined ? {} : { onCheckpoint: options.onCheckpoint }) }
+          : undefined,
     });
     if (options.voters !== undefined) storage.bootstrap(options.voters);
     return storage;
@@ -354,6 +387,8 @@ interface SqliteStorageSettings {
   readonly termCacheLoadEntriesMax: number;
   readonly stagedImageBytesMax: number;
   readonly lockWaitMs: number;
+  /** Checkpoints on a worker: request one every `pages` pages written (estimated). Undefined: inline. */
+  readonly checkpointer: { readonly pages: number; readonly restartFrames: number; readonly onCheckpoint?: (report: CheckpointReport) => void } | undefined;
 }
 
 /**
@@ -425,6 +460,12 @@ export class SqliteStorage implements KvStorage {
   private readonly pageCount: Statement<{ page_count: number }, []>;
   private readonly freelistCount: Statement<{ freelist_count: number }, []>;
   private readonly pageBytes: number;
+  /** Checkpoints on a worker thread (undefined: SQLite's autocheckpoint, inline, in EXCLUSIVE mode). */
+  private readonly checkpointer: Checkpointer | undefined;
+  private readonly checkpointPages: number;
+  private readonly walCheckpoint: Statement<{ busy: number; log: number; checkpointed: number }, []>;
+  /** Pages written since the last checkpoint request, by estimate (see `notePagesWritten`). */
+  private pagesSinceCheckpoint = 0;
 
   /** Use `openSqliteStorage`. */
   constructor(
@@ -440,6 +481,24 @@ export class SqliteStorage implements KvStorage {
     assert(Number.isSafeInteger(settings.stagedImageBytesMax) && settings.stagedImageBytesMax >= 1, "stagedImageBytesMax");
     this.stagedImageBytesMax = settings.stagedImageBytesMax;
     this.lockWaitMs = settings.lockWaitMs;
+    const checkpointing = settings.checkpointer;
+    this.checkpointPages = checkpointing?.pages ?? 0;
+    this.walCheckpoint = db.prepare("PRAGMA wal_checkpoint(PASSIVE)");
+    assert(checkpointing === undefined || (Number.isSafeInteger(checkpointing.pages) && checkpointing.pages >= 1), "checkpointPages");
+    this.checkpointer =
+      checkpointing === undefined
+        ? undefined
+        : createCheckpointer(file, {
+            busyTimeoutMs: settings.lockWaitMs,
+            onCheckpoint: (report) => {
+              checkpointing.onCheckpoint?.(report);
+              if (this.closed) return;
+              const caughtUp = report.error === undefined && report.checkpointedFrames >= report.walFrames;
+              if (caughtUp && report.walFrames >= checkpointing.restartFrames) this.checkpointHere(checkpointing.onCheckpoint);
+              // What was written during the round is asked for as soon as it ends.
+              this.maybeCheckpoint();
+            },
+          });
     this.selectEntries = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?");
     this.selectEntry = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?");
     this.insertEntry = db.prepare("INSERT INTO raft_log (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)");
@@ -609,6 +668,7 @@ export class SqliteStorage implements KvStorage {
     );
     if (entries.length === 0 && changed === undefined) return;
     this.withSynchronous(sync, () => this.saveTransaction(changed, entries));
+    this.notePagesWritten(entries);
     // Committed: now memory may follow the disk.
     const first = entries[0];
     if (first !== undefined) {
@@ -715,6 +775,7 @@ export class SqliteStorage implements KvStorage {
     let membership: Membership | undefined;
     for (const step of plan.steps) if (step.kind === "conf-change") membership = membershipAfter(membership ?? this.membership(), step.change, step.index);
     const results = this.withSynchronous(false, () => this.applyTransaction(plan.steps, plan.appliedIndex, membership));
+    this.notePagesWritten(entries);
     this.applied = plan.appliedIndex;
     if (membership !== undefined) this.adoptMembership(membership);
     return results;
@@ -841,6 +902,7 @@ export class SqliteStorage implements KvStorage {
    * otherwise. Leaving EXCLUSIVE takes effect at the next access, hence the read after it.
    */
   private shareDatabase(share: boolean): void {
+    if (this.checkpointer !== undefined) return; // always NORMAL: the checkpointer shares the WAL
     // Not prepared statements: locking_mode takes effect when the pragma is compiled, not when it runs.
     this.db.run(`PRAGMA locking_mode = ${share ? "NORMAL" : "EXCLUSIVE"}`);
     if (share) this.touchMeta.get();
@@ -1015,6 +1077,7 @@ export class SqliteStorage implements KvStorage {
     if (this.closed) return;
     this.closed = true;
     for (const image of [...this.images]) image.close();
+    this.checkpointer?.close();
     closeDatabase(this.db);
     closeDatabase(this.lock);
     this.closeWalWhenIdle();
@@ -1025,6 +1088,41 @@ export class SqliteStorage implements KvStorage {
   }
 
   // --- helpers ---
+
+  /**
+   * Counts, by estimate, the WAL pages a commit of `entries` (saved, or applied: each writes about
+   * its data again) wrote: each row dirties at least one page, and a large value one per 4 KiB.
+   * Rows that share a page count twice, so checkpoints come early rather than late.
+   */
+  private notePagesWritten(entries: readonly Entry[]): void {
+    if (this.checkpointer === undefined) return;
+    let pages = 1;
+    for (const entry of entries) pages += 1 + Math.floor(entry.data.length / this.pageBytes);
+    this.pagesSinceCheckpoint += pages;
+    this.maybeCheckpoint();
+  }
+
+  /**
+   * Checkpoints on this thread what was written since the worker's last round (little, as it had
+   * caught up), so that the next commit finds the WAL wholly checkpointed and starts it over.
+   */
+  private checkpointHere(onCheckpoint: ((report: CheckpointReport) => void) | undefined): void {
+    const startedMs = performance.now();
+    try {
+      const result = this.walCheckpoint.get();
+      onCheckpoint?.({ durationMs: performance.now() - startedMs, walFrames: result?.log ?? -1, checkpointedFrames: result?.checkpointed ?? -1, thread: "caller" });
+    } catch (error) {
+      // Not fatal: the WAL goes on growing until a later round, or the backstop, catches up.
+      const message = error instanceof Error ? error.message : String(error);
+      onCheckpoint?.({ durationMs: performance.now() - startedMs, walFrames: -1, checkpointedFrames: -1, error: message, thread: "caller" });
+    }
+  }
+
+  private maybeCheckpoint(): void {
+    if (this.checkpointer === undefined || this.pagesSinceCheckpoint < this.checkpointPages || this.checkpointer.running()) return;
+    this.pagesSinceCheckpoint = 0;
+    this.checkpointer.request();
+  }
 
   private withSynchronous<T>(sync: boolean, run: () => T): T {
     // synchronous cannot change inside a transaction, so switch around it (~0.5 µs for the pair).
