@@ -6,6 +6,7 @@ import { isDiskFull } from "../lib/disk-full.ts";
 import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
 import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
+import { healthCommand } from "./health.ts";
 import { serveCommand } from "./serve.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -14,6 +15,7 @@ const subCommands: Record<string, CommandDef<ArgsDef>> = {
   chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
   bench: (await import("./bench.ts")).benchCommand as unknown as CommandDef<ArgsDef>,
   ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
+  health: healthCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const root = defineCommand({
