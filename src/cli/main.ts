@@ -6,6 +6,7 @@ import { isDiskFull } from "../lib/disk-full.ts";
 import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
 import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
+import { healthCommand } from "./health.ts";
 import { serveCommand } from "./serve.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -14,6 +15,7 @@ const subCommands: Record<string, CommandDef<ArgsDef>> = {
   chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
   bench: (await import("./bench.ts")).benchCommand as unknown as CommandDef<ArgsDef>,
   ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
+  health: healthCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const root = defineCommand({
@@ -70,6 +72,16 @@ function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]
   }
 }
 
+/**
+ * citty colours help unless NO_COLOR is exactly "1" (or CI, TEST, TERM=dumb): strip the ANSI codes
+ * when standard output is not a terminal, or when NO_COLOR is set to any non-empty value (the
+ * convention's rule), so `kv serve --help | less` and logs stay plain.
+ */
+function withoutColourUnlessTerminal(text: string): string {
+  const colour = process.stdout.isTTY === true && (process.env.NO_COLOR ?? "") === "";
+  return colour ? text : text.replace(/\x1b\[[0-9;]*m/g, "");
+}
+
 async function resolveMeta(command: CommandDef<ArgsDef>) {
   const meta = command.meta;
   return typeof meta === "function" ? await meta() : await meta;
@@ -85,7 +97,7 @@ export async function main(argv: string[]): Promise<void> {
     if (rest.includes("--help") || rest.includes("-h") || (command.run === undefined && rest.length === 0)) {
       // citty names a command after its parent's name: give it the whole path so usage reads "kv chaos pause".
       const named = parent === undefined ? undefined : { ...parent, meta: { ...(await resolveMeta(parent)), name: path.slice(0, -1).join(" ") } };
-      console.log(await renderUsage(command, named));
+      console.log(withoutColourUnlessTerminal(await renderUsage(command, named)));
       return;
     }
     if (path.length === 1 && (rest[0] === "--version" || rest[0] === "-v")) {

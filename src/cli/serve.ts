@@ -1,5 +1,6 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { defineCommand } from "citty";
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
 import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
@@ -8,6 +9,7 @@ import { secretProblem } from "../lib/secret.ts";
 import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy } from "../node/kv-node.ts";
 import { defaultWatch } from "../node/watch.ts";
 import { createServer, ServerStartError, type KvServer } from "../server/create-server.ts";
+import { defaultAdvertiseHttp, defaultListenPeer, hostnameForId, idFromHostname } from "./serve-addresses.ts";
 import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, UsageError } from "./usage-error.ts";
 
 /**
@@ -47,15 +49,27 @@ const WATCH_HISTORY_MS_MAX = 7 * 24 * 3_600_000;
 export const serveCommand = defineCommand({
   meta: { name: "serve", description: "Run one node of a kv cluster (default: node N of the local 3-node cluster)" },
   args: {
-    id: { type: "string", required: true, description: "This node's id (1, 2, 3, ...)", valueHint: "N" },
+    id: { type: "string", description: "This node's id (1, 2, 3, ...); required unless --id-from-hostname", valueHint: "N" },
+    "id-from-hostname": {
+      type: "boolean",
+      description: "Take the id from the hostname's StatefulSet ordinal + 1 (kv-0 is node 1; $KV_HOSTNAME overrides the hostname)",
+    },
     cluster: {
       type: "string",
       description: "Every voter's peer URL as this node reaches it (default: the local three on ports 5001-5003)",
       valueHint: "1=http://127.0.0.1:5001,2=...,3=...",
     },
-    "listen-peer": { type: "string", description: "Peer (Raft) listen address (default: host:port of this node's --cluster entry)", valueHint: "host:port" },
+    "listen-peer": {
+      type: "string",
+      description: "Peer (Raft) listen address (default: host:port of this node's --cluster entry; 0.0.0.0:port when that host is a DNS name)",
+      valueHint: "host:port",
+    },
     "listen-http": { type: "string", description: "Client HTTP listen address (default: 127.0.0.1:800N)", valueHint: "host:port" },
-    "advertise-http": { type: "string", description: "Client URL peers learn for redirects (default: http:// + listen-http)", valueHint: "URL" },
+    "advertise-http": {
+      type: "string",
+      description: "Client URL peers learn for redirects (default: http:// + listen-http; with 0.0.0.0 or ::, this node's --cluster host)",
+      valueHint: "URL",
+    },
     "data-dir": { type: "string", description: "Where the log and state machine live (default: ./data/node-N)", valueHint: "DIR" },
     "tick-ms": { type: "string", description: `Length of one Raft tick in ms (default ${defaultNodeTimings.tickMs})`, valueHint: "MS" },
     "election-ticks": { type: "string", description: `Election timeout in ticks, randomized up to 2x (default ${defaultNodeTimings.electionTicks})`, valueHint: "N" },
@@ -160,7 +174,10 @@ export const serveCommand = defineCommand({
     },
   },
   async run({ args }) {
-    const id = parseIntFlag("id", args.id, 1, 1_000_000);
+    const idFromHost = args["id-from-hostname"] === true;
+    if (idFromHost && args.id !== undefined) throw new UsageError("give --id or --id-from-hostname, not both");
+    if (!idFromHost && args.id === undefined) throw new UsageError("Missing required argument: --id (or --id-from-hostname)");
+    const id = idFromHost ? idFromHostname(hostnameForId(process.env, hostname)) : parseIntFlag("id", args.id, 1, 1_000_000);
     const joinEndpoints = args.join === undefined ? undefined : parseJoinEndpoints(args.join);
     // A joining node needs no --cluster: the cluster's answer says who is in it.
     const peers = args.cluster === undefined ? (joinEndpoints === undefined ? localCluster() : new Map<number, string>()) : parseCluster(args.cluster);
@@ -173,8 +190,7 @@ export const serveCommand = defineCommand({
     const advertisePeer = (args["advertise-peer"] ?? peers.get(id))?.replace(/\/+$/, "");
     const selfPeerUrl = peers.get(id);
     if (selfPeerUrl === undefined) throw new UsageError(`--cluster has no entry for node ${id}`);
-    const selfPeer = new URL(selfPeerUrl);
-    const listenPeer = parseHostPort("listen-peer", args["listen-peer"] ?? `${selfPeer.hostname}:${selfPeer.port || 80}`);
+    const listenPeer = parseHostPort("listen-peer", args["listen-peer"] ?? defaultListenPeer(selfPeerUrl));
     const listenHttp = parseHostPort("listen-http", args["listen-http"] ?? `127.0.0.1:${8000 + id}`);
     const tickMs = args["tick-ms"] === undefined ? defaultNodeTimings.tickMs : parseIntFlag("tick-ms", args["tick-ms"], 1, 10_000);
     const electionTicks =
@@ -252,6 +268,8 @@ export const serveCommand = defineCommand({
       }
     }
 
+    const advertiseHttp = args["advertise-http"] ?? defaultAdvertiseHttp(listenHttp, selfPeerUrl, tls === undefined ? "http" : "https");
+
     const logFormat = (args["log-format"] ?? "auto") as LogFormat;
     if (!["json", "text", "auto"].includes(logFormat)) throw new UsageError("--log-format must be json, text or auto");
     // Every line carries the node's term once the node exists.
@@ -265,7 +283,7 @@ export const serveCommand = defineCommand({
         peers,
         listenPeer,
         listenHttp,
-        ...(args["advertise-http"] === undefined ? {} : { advertiseHttp: args["advertise-http"] }),
+        ...(advertiseHttp === undefined ? {} : { advertiseHttp }),
         ...(joinEndpoints === undefined ? {} : { join: { endpoints: joinEndpoints, advertisePeer: advertisePeer as string } }),
         dataDir,
         tickMs,
