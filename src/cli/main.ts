@@ -7,12 +7,14 @@ import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
 import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
 import { serveCommand } from "./serve.ts";
+import { snapshotCommand } from "./snapshot.ts";
 import { UsageError } from "./usage-error.ts";
 
 const subCommands: Record<string, CommandDef<ArgsDef>> = {
   serve: serveCommand as unknown as CommandDef<ArgsDef>,
   chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
   bench: (await import("./bench.ts")).benchCommand as unknown as CommandDef<ArgsDef>,
+  snapshot: snapshotCommand as unknown as CommandDef<ArgsDef>,
   ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
 };
 
