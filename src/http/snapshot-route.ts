@@ -94,6 +94,7 @@ export function createSnapshotRoute(node: KvNodeApi) {
               // already closed
             }
           }, SNAPSHOT_IDLE_MS_MAX);
+          idleTimer.unref?.(); // a stalled client must not keep a stopping process alive
         },
         cancel() {
           finish();
