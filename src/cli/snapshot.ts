@@ -234,6 +234,8 @@ const restoreCommand = defineCommand({
     } catch (error) {
       if (error instanceof BackupFormatError) throw new ClientExit(1, `${args.file} is not a usable backup, nothing restored: ${error.message}`);
       if (error instanceof RestoreError) throw new ClientExit(1, `cannot restore: ${error.message}`);
+      // Storage refuses an image it cannot take (a key twice, a row it finds invalid): nothing restored either.
+      if (error instanceof Error && error.name === "StorageError") throw new ClientExit(1, `cannot restore, nothing restored: ${error.message}`);
       throw error;
     }
     console.log(
