@@ -154,6 +154,7 @@ const saveCommand = defineCommand({
     const timeoutMs = args["timeout-ms"] === undefined ? 10_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
     const file = args.file;
     if (existsSync(file) && statSync(file).isDirectory()) throw new UsageError(`${file} is a directory`);
+    if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new UsageError(`${dirname(file)}: no such directory`);
     const temp = join(dirname(file), `.${basename(file)}.partial-${process.pid}`);
     let origin: string;
     let summary: BackupSummary;
