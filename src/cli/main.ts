@@ -8,12 +8,14 @@ import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
 import { healthCommand } from "./health.ts";
 import { serveCommand } from "./serve.ts";
+import { snapshotCommand } from "./snapshot.ts";
 import { UsageError } from "./usage-error.ts";
 
 const subCommands: Record<string, CommandDef<ArgsDef>> = {
   serve: serveCommand as unknown as CommandDef<ArgsDef>,
   chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
   bench: (await import("./bench.ts")).benchCommand as unknown as CommandDef<ArgsDef>,
+  snapshot: snapshotCommand as unknown as CommandDef<ArgsDef>,
   ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
   health: healthCommand as unknown as CommandDef<ArgsDef>,
 };

@@ -116,6 +116,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     transferLeadership: (target) => node.transferLeadership(target),
     ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
     ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
+    ...(node.openSnapshot === undefined ? {} : { openSnapshot: () => node.openSnapshot!() }),
     ...(node.addMember === undefined ? {} : { addMember: (id: number, peerUrl: string, httpUrl?: string) => node.addMember!(id, peerUrl, httpUrl).then(withClusterId) }),
     ...(node.removeMember === undefined ? {} : { removeMember: (id: number) => node.removeMember!(id).then(withClusterId) }),
     ...(node.promoteMember === undefined ? {} : { promoteMember: (id: number) => node.promoteMember!(id).then(withClusterId) }),

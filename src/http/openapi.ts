@@ -151,6 +151,19 @@ export const openApiDocument = {
         },
       },
     },
+    "/snapshot": {
+      get: {
+        summary:
+          "Stream a backup: a consistent image of the state machine (sessions and every reserved row included), membership and applied index, taken after a linearizable read, with a SHA-256; writes go on meanwhile. Format: src/kv/backup-format.ts; save it with kv snapshot save",
+        responses: {
+          "200": {
+            description: 'The backup file ("KVSNAP", format version, header, row frames, trailer); X-Kv-Snapshot-Index is the image\'s applied index',
+            content: { "application/vnd.kv.snapshot": {} },
+          },
+          ...errors(401, 429, 503, 507),
+        },
+      },
+    },
     "/openapi.json": { get: { summary: "This document", responses: { "200": { description: "OpenAPI 3.1" } } } },
   },
   components: { schemas: { Error: errorBody } },

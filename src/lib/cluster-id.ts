@@ -41,6 +41,21 @@ export function deriveClusterId(voters: readonly number[], clusterToken: string 
   return hash.digest("hex").slice(0, 16);
 }
 
+/**
+ * The id of a new cluster restored from a backup (`kv snapshot restore`): every node restored from
+ * the same file (`backupSha256`, its trailer's checksum) with the same voters gets the same id
+ * without talking to the others, and it differs from the id of the cluster the backup came from
+ * (whose id hashes other input), so the old cluster's nodes and the new one's refuse each other.
+ */
+export function deriveRestoredClusterId(backupSha256: string, voters: readonly number[]): string {
+  const sorted = [...voters].sort((a, b) => a - b);
+  const hash = createHash("sha256");
+  hash.update("kv restored cluster id v1\n");
+  hash.update(`backup=${backupSha256}\n`);
+  hash.update(`voters=${sorted.join(",")}\n`);
+  return hash.digest("hex").slice(0, 16);
+}
+
 /** The cluster id a node runs with, and where it came from. */
 export interface ClusterIdChoice {
   readonly clusterId: string;

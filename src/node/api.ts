@@ -1,5 +1,7 @@
+import type { KvRow } from "../kv/apply-plan.ts";
+import type { MemberAddress } from "../kv/membership.ts";
 import type { WatchChange } from "../kv/watch-history.ts";
-import type { NodeId, Role } from "../raft/types.ts";
+import type { NodeId, Role, SnapshotMetadata } from "../raft/types.ts";
 
 /** Conditions on a write. */
 export interface WriteOptions {
@@ -119,6 +121,28 @@ export interface KvNodeApi {
    * in the reserved session space, `overloaded` past the watchers allowed at once.
    */
   watch?(filter: WatchFilter, start: WatchStart): Promise<WatchSubscription>;
+  /**
+   * A consistent image of the state machine for a backup (`GET /snapshot`), opened after a
+   * linearizable read: it holds every write acknowledged before the call, at one applied index. It
+   * is read on the storage's own read transaction, so writes go on meanwhile. The caller must
+   * `close()` it.
+   */
+  openSnapshot?(): Promise<SnapshotImage>;
+}
+
+/**
+ * One image of the state machine, read in bounded batches: `KvImageReader` (src/storage/kv-storage.ts)
+ * as the client API sees it. Every field of every row it yields belongs in a backup.
+ */
+export interface SnapshotImage {
+  /** The applied index it was read at, the log's term there, and the configuration then. */
+  readonly metadata: SnapshotMetadata;
+  /** Every member's recorded addresses as of the image's index. */
+  readonly addresses: readonly MemberAddress[];
+  /** The next rows in key order, about `bytesMax` bytes (at least one row); [] once done. */
+  next(bytesMax: number): KvRow[];
+  /** Ends the read. Idempotent. */
+  close(): void;
 }
 
 /** Which keys a watch sees: those starting with `prefix`, or the one `key`. Session keys never. */

@@ -15,7 +15,7 @@ import {
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
-import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, WatchFilter, WatchStart, WatchSubscription, WriteOptions } from "./api.ts";
+import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, SnapshotImage, WatchFilter, WatchStart, WatchSubscription, WriteOptions } from "./api.ts";
 import { NodeMembership } from "./membership.ts";
 import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
@@ -389,6 +389,13 @@ export class KvNode implements KvNodeApi {
       return this.watches.subscribe(filter, this.watches.lastVersion());
     }
     return this.watches.subscribe(filter, "after" in start ? start.after : start.from - 1);
+  }
+
+  /** See `KvNodeApi.openSnapshot`: on any node, followers too (the read index comes from the leader). */
+  async openSnapshot(): Promise<SnapshotImage> {
+    await this.readBarrier("linearizable");
+    this.refuseUnlessRunning(); // it may have stopped while the read waited
+    return this.cfg.storage.openImage();
   }
 
   /** Watch streams open on this node. */

@@ -1,0 +1,255 @@
+/**
+ * `kv snapshot save|status|restore`: backups of a cluster (`GET /snapshot`, format in
+ * src/kv/backup-format.ts) and new clusters made from them (src/server/restore-snapshot.ts).
+ * Exit codes: 0 ok, 1 a damaged file or a refused restore, 2 a usage error or a refused request,
+ * 3 no endpoint could serve the snapshot.
+ */
+import { defineCommand } from "citty";
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
+import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
+import { ClientExit } from "./client.ts";
+import { parseCluster, parseIntFlag, UsageError } from "./usage-error.ts";
+
+const defaultEndpoints = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
+/** Redirects followed per endpoint (a node answers /snapshot itself; a proxy in front might not). */
+const redirectsMax = 5;
+
+/** The file's bytes, for `verifyBackup` and `restoreSnapshot`; a usage error when there is no such file. */
+function fileSource(file: string): AsyncIterable<Uint8Array> {
+  if (!existsSync(file) || !statSync(file).isFile()) throw new UsageError(`${file}: no such file`);
+  return Bun.file(file).stream();
+}
+
+/** Reads and verifies a backup file: exit 1, saying what is wrong, when it is damaged. */
+async function verifyFile(file: string): Promise<BackupSummary> {
+  try {
+    return await verifyBackup(fileSource(file));
+  } catch (error) {
+    if (error instanceof BackupFormatError) throw new ClientExit(1, `${file} is not a usable backup: ${error.message}`);
+    throw error;
+  }
+}
+
+function summaryJson(file: string, summary: BackupSummary) {
+  const { header } = summary;
+  return {
+    file,
+    formatVersion: summary.formatVersion,
+    index: header.index,
+    term: header.term,
+    rows: summary.rowCount,
+    keys: summary.keyCount,
+    dataBytes: summary.dataBytes,
+    fileBytes: summary.fileBytes,
+    sha256: summary.sha256,
+    voters: header.voters,
+    learners: header.learners,
+    members: header.addresses,
+    createdAt: new Date(header.createdAtMs).toISOString(),
+    ...(header.source === undefined ? {} : { source: header.source }),
+  };
+}
+
+function summaryText(file: string, summary: BackupSummary): string {
+  const { header } = summary;
+  const role = (id: number) => (header.learners.includes(id) ? "learner" : "voter");
+  const members = header.addresses.length > 0 ? header.addresses.map((a) => `${a.id}=${a.peerUrl} (${role(a.id)})`).join(", ") : header.voters.join(",");
+  const source = header.source;
+  return [
+    `${file}: kv snapshot, format version ${summary.formatVersion}, verified`,
+    `index ${header.index}, term ${header.term}`,
+    `${summary.keyCount} keys (${summary.rowCount} rows with sessions and other reserved rows), ${summary.dataBytes} bytes of keys and values`,
+    `members: ${members}`,
+    `file: ${summary.fileBytes} bytes, sha256 ${summary.sha256}`,
+    `taken ${new Date(header.createdAtMs).toISOString()}${source?.nodeId === undefined ? "" : ` from node ${source.nodeId}`}${source?.clusterId === undefined ? "" : ` of cluster ${source.clusterId}`}`,
+  ].join("\n");
+}
+
+/** Fetches `GET /snapshot` from the first endpoint that serves it and writes the body to `fd`. */
+async function download(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number): Promise<string> {
+  const failures: string[] = [];
+  for (const endpoint of endpoints) {
+    let url = `${endpoint}/snapshot`;
+    for (let hop = 0; hop <= redirectsMax; hop++) {
+      // The timeout bounds the wait for the answer's headers; the body may take as long as it takes.
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      let response: Response;
+      try {
+        response = await fetch(url, {
+          redirect: "manual",
+          headers: authToken === undefined ? {} : { authorization: `Bearer ${authToken}` },
+          signal: abort.signal,
+        });
+      } catch (error) {
+        clearTimeout(timer);
+        failures.push(`${new URL(url).origin}: ${error instanceof Error ? error.message : String(error)}`);
+        break; // this endpoint is down: try the next one
+      }
+      clearTimeout(timer);
+      const location = response.headers.get("location");
+      if (response.status === 307 && location !== null) {
+        url = location;
+        continue;
+      }
+      if (response.status !== 200 || response.body === null) {
+        const text = await response.text();
+        let message = `HTTP ${response.status}`;
+        try {
+          const parsed = JSON.parse(text) as { error?: string; message?: string };
+          message = `${parsed.error ?? message}: ${parsed.message ?? ""}`;
+        } catch {
+          // not JSON
+        }
+        if (response.status >= 500 || response.status === 429) {
+          failures.push(`${new URL(url).origin}: ${message}`);
+          break;
+        }
+        throw new ClientExit(2, `${new URL(url).origin} refused the snapshot: ${message}`);
+      }
+      try {
+        for await (const chunk of response.body) {
+          let written = 0;
+          while (written < chunk.byteLength) written += writeSync(fd, chunk, written);
+        }
+      } catch (error) {
+        // A stream cut short: the file is incomplete, and nothing else can be tried on top of it.
+        throw new ClientExit(3, `${new URL(url).origin}: the snapshot stream broke: ${error instanceof Error ? error.message : String(error)}`);
+      }
+      return new URL(url).origin;
+    }
+  }
+  throw new ClientExit(3, `no endpoint could serve the snapshot: ${failures.slice(-3).join("; ")}`);
+}
+
+function fsyncPath(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+const saveCommand = defineCommand({
+  meta: { name: "save", description: "Save a consistent backup of the cluster to FILE (written aside, verified, then renamed into place)" },
+  args: {
+    file: { type: "positional", required: true, description: "Where to write the backup" },
+    endpoints: { type: "string", description: `Comma-separated client URLs to ask, in order (default $KV_ENDPOINTS or ${defaultEndpoints})`, valueHint: "URLS" },
+    "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
+    "timeout-ms": { type: "string", description: "How long to wait for a node to start answering (default 10000)", valueHint: "MS" },
+    json: { type: "boolean", description: "Print JSON instead of text" },
+  },
+  async run({ args }) {
+    const endpoints = (args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints)
+      .split(",")
+      .map((e) => e.trim().replace(/\/+$/, ""))
+      .filter((e) => e !== "");
+    if (endpoints.length === 0) throw new UsageError("--endpoints names no endpoint");
+    for (const endpoint of endpoints) {
+      if (!URL.canParse(endpoint) || !/^https?:$/.test(new URL(endpoint).protocol)) throw new UsageError(`--endpoints: '${endpoint}' is not an http(s) URL`);
+    }
+    const timeoutMs = args["timeout-ms"] === undefined ? 10_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
+    const file = args.file;
+    if (existsSync(file) && statSync(file).isDirectory()) throw new UsageError(`${file} is a directory`);
+    if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new UsageError(`${dirname(file)}: no such directory`);
+    const temp = join(dirname(file), `.${basename(file)}.partial-${process.pid}`);
+    let origin: string;
+    let summary: BackupSummary;
+    try {
+      const fd = openSync(temp, "w", 0o600);
+      try {
+        origin = await download(endpoints, args["auth-token"] ?? process.env.KV_AUTH_TOKEN, timeoutMs, fd);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      try {
+        summary = await verifyBackup(Bun.file(temp).stream());
+      } catch (error) {
+        if (error instanceof BackupFormatError) throw new ClientExit(3, `the snapshot received from ${origin} does not verify, nothing saved: ${error.message}`);
+        throw error;
+      }
+      renameSync(temp, file);
+      fsyncPath(dirname(file));
+    } catch (error) {
+      rmSync(temp, { force: true });
+      throw error;
+    }
+    const json = { ...summaryJson(file, summary), from: origin };
+    console.log(
+      args.json === true
+        ? JSON.stringify(json)
+        : `saved ${file}: index ${summary.header.index}, term ${summary.header.term}, ${summary.keyCount} keys, ${summary.fileBytes} bytes, sha256 ${summary.sha256} (from ${origin})`,
+    );
+  },
+});
+
+const statusCommand = defineCommand({
+  meta: { name: "status", description: "Verify a backup file and print what it holds (exit 1 when it is damaged)" },
+  args: {
+    file: { type: "positional", required: true, description: "The backup file" },
+    json: { type: "boolean", description: "Print JSON instead of text" },
+  },
+  async run({ args }) {
+    const summary = await verifyFile(args.file);
+    console.log(args.json === true ? JSON.stringify(summaryJson(args.file, summary)) : summaryText(args.file, summary));
+  },
+});
+
+const restoreCommand = defineCommand({
+  meta: {
+    name: "restore",
+    description: "Make the data dir of one node of a NEW cluster from a backup (run once per node, same FILE and --cluster), then kv serve it",
+  },
+  args: {
+    file: { type: "positional", required: true, description: "The backup file" },
+    "data-dir": { type: "string", description: "The node's data dir to create (absent or empty)", valueHint: "DIR", required: true },
+    id: { type: "string", description: "This node's id in the new cluster", valueHint: "N", required: true },
+    cluster: { type: "string", description: "The new cluster's voters: 1=http://host:port,2=...", valueHint: "ID=URL,...", required: true },
+    "cluster-id": {
+      type: "string",
+      description: "The new cluster's id, 16 hex digits (default: derived from the file's checksum and the voters, the same on every node)",
+      valueHint: "HEX",
+    },
+    json: { type: "boolean", description: "Print JSON instead of text" },
+  },
+  async run({ args }) {
+    const id = parseIntFlag("id", args.id, 1, 1_000_000);
+    const peers = parseCluster(args.cluster);
+    if (!peers.has(id)) throw new UsageError(`--cluster has no entry for node ${id}`);
+    if (args["cluster-id"] !== undefined && !/^[0-9a-f]{16}$/.test(args["cluster-id"])) {
+      throw new UsageError(`--cluster-id must be 16 lowercase hex digits, got '${args["cluster-id"]}'`);
+    }
+    let result;
+    try {
+      result = await restoreSnapshot({
+        source: fileSource(args.file),
+        dataDir: args["data-dir"],
+        id,
+        peers,
+        ...(args["cluster-id"] === undefined ? {} : { clusterId: args["cluster-id"] }),
+      });
+    } catch (error) {
+      if (error instanceof BackupFormatError) throw new ClientExit(1, `${args.file} is not a usable backup, nothing restored: ${error.message}`);
+      if (error instanceof RestoreError) throw new ClientExit(1, `cannot restore: ${error.message}`);
+      // Storage refuses an image it cannot take (a key twice, a row it finds invalid): nothing restored either.
+      if (error instanceof Error && error.name === "StorageError") throw new ClientExit(1, `cannot restore, nothing restored: ${error.message}`);
+      throw error;
+    }
+    console.log(
+      args.json === true
+        ? JSON.stringify({ ...result, id })
+        : `restored ${args.file} into ${result.dataDir} as node ${id} of new cluster ${result.clusterId} (voters ${result.voters.join(",")}): index ${result.index}, term ${result.term}, ${result.rowCount} rows\n` +
+            `start it with: kv serve --id ${id} --cluster ${args.cluster} --data-dir ${result.dataDir}`,
+    );
+  },
+});
+
+/** `kv snapshot`: its subcommands. */
+export const snapshotCommand = defineCommand({
+  meta: { name: "snapshot", description: "Back up a cluster (save), check a backup (status), make a new cluster from one (restore)" },
+  subCommands: { save: saveCommand, status: statusCommand, restore: restoreCommand },
+});

@@ -1,0 +1,151 @@
+/**
+ * `kv snapshot restore`: makes the data dir of one node of a **new** cluster from a backup (the
+ * format is in src/kv/backup-format.ts), as etcd's `snapshot restore` does. Run once per node with
+ * the same file and the same voters; then `kv serve --id N --cluster ... --data-dir DIR` just runs.
+ *
+ * The data dir is the one `createServer` opens (src/server/create-server.ts): the sqlite storage
+ * holds the image as its snapshot (log empty, applied index and commit = the image's index, term =
+ * the image's term) with the new voters as its configuration (the image's own membership is left
+ * behind: it names the old cluster's nodes), and `cluster-id` holds the new cluster's id, derived
+ * from the file's checksum and the voters (src/lib/cluster-id.ts) unless one is given. Nodes of the
+ * old cluster keep their id, so the two refuse each other's peer calls.
+ *
+ * Nothing is half-done: the data dir is built in a temporary directory beside it, renamed into place
+ * only once the whole file was read and verified and the storage closed; on any failure the
+ * temporary directory is removed. A data dir that exists and is not empty is refused.
+ */
+import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import type { KvRow } from "../kv/apply-plan.ts";
+import { type BackupHeader, readBackup } from "../kv/backup-format.ts";
+import type { MemberAddress } from "../kv/membership.ts";
+import { deriveRestoredClusterId, isClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
+import type { NodeId } from "../raft/types.ts";
+import { openSqliteStorage, type SqliteStorage } from "../storage/sqlite-storage.ts";
+
+/** What to restore, and as which node of which new cluster. */
+export interface RestoreOptions {
+  /** The backup's bytes (a file's stream). */
+  readonly source: AsyncIterable<Uint8Array>;
+  /** The node's data dir to make: absent, or an empty directory. */
+  readonly dataDir: string;
+  /** This node's id: one of `peers`. */
+  readonly id: NodeId;
+  /** The new cluster's voters and their peer URLs (`--cluster`), the same on every node. */
+  readonly peers: ReadonlyMap<NodeId, string>;
+  /** The new cluster's id; default: derived from the backup's checksum and the voters. */
+  readonly clusterId?: string;
+}
+
+/** What was restored. */
+export interface RestoreResult {
+  readonly index: number;
+  readonly term: number;
+  readonly rowCount: number;
+  readonly voters: readonly NodeId[];
+  readonly clusterId: string;
+  /** The backup's checksum (its trailer's SHA-256). */
+  readonly sha256: string;
+  readonly dataDir: string;
+}
+
+/** A restore refused for a reason other than a damaged file (that is a BackupFormatError). */
+export class RestoreError extends Error {
+  override name = "RestoreError";
+}
+
+/** Image rows are staged in batches of about this many bytes (one sqlite transaction each). */
+const STAGE_BATCH_BYTES = 4 * 1024 * 1024;
+/** The staging id of the restored image (any non-empty string; only this process stages). */
+const RESTORE_IMAGE_ID = "restore";
+
+/** Restores one node's data dir; throws BackupFormatError for a damaged file, RestoreError for a refusal. */
+export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreResult> {
+  const { dataDir, id, peers } = options;
+  const voters = [...peers.keys()].sort((a, b) => a - b);
+  if (!peers.has(id)) throw new RestoreError(`node ${id} is not one of the new cluster's voters (${voters.join(",")})`);
+  if (options.clusterId !== undefined && !isClusterId(options.clusterId)) {
+    throw new RestoreError(`the cluster id must be 16 lowercase hex digits, got '${options.clusterId}'`);
+  }
+  if (existsSync(dataDir)) {
+    if (!statSync(dataDir).isDirectory()) throw new RestoreError(`${dataDir} exists and is not a directory`);
+    const entries = readdirSync(dataDir);
+    if (entries.length > 0) {
+      throw new RestoreError(`${dataDir} is not empty (it holds ${entries.slice(0, 3).join(", ")}${entries.length > 3 ? ", ..." : ""}): restore makes a new data dir; give an absent or empty one`);
+    }
+  }
+  const parent = dirname(dataDir);
+  mkdirSync(parent, { recursive: true });
+  const temp = mkdtempSync(join(parent, `.${basename(dataDir)}.restoring-`));
+  let storage: SqliteStorage | undefined;
+  try {
+    storage = openSqliteStorage(temp);
+    const addresses: MemberAddress[] = voters.map((voter) => ({ id: voter, peerUrl: peers.get(voter) as string }));
+    let header: BackupHeader | undefined;
+    let staged = false;
+    let batch: KvRow[] = [];
+    let batchBytes = 0;
+    const stage = () => {
+      if (batch.length === 0) return;
+      (storage as SqliteStorage).stageImageChunk(RESTORE_IMAGE_ID, batch, !staged);
+      staged = true;
+      batch = [];
+      batchBytes = 0;
+    };
+    let result: RestoreResult | undefined;
+    for await (const item of readBackup(options.source)) {
+      switch (item.kind) {
+        case "header":
+          header = item.header;
+          break;
+        case "rows":
+          for (const row of item.rows) {
+            batch.push(row);
+            batchBytes += row.key.length + row.value.byteLength;
+          }
+          if (batchBytes >= STAGE_BATCH_BYTES) stage();
+          break;
+        case "end": {
+          if (header === undefined) throw new Error("readBackup ended without a header");
+          stage();
+          const clusterId = options.clusterId ?? deriveRestoredClusterId(item.trailer.sha256, voters);
+          if (header.index === 0) {
+            // An image of a cluster that applied nothing: a new cluster as `kv serve` bootstraps it.
+            storage.bootstrap(voters, addresses);
+          } else {
+            // An empty image (every key deleted) still installs: stage nothing, then install it.
+            if (!staged) storage.stageImageChunk(RESTORE_IMAGE_ID, [], true);
+            storage.installSnapshot({ index: header.index, term: header.term, voters }, RESTORE_IMAGE_ID, addresses);
+            // Raise the term to the image's, so the terms of the log this node writes next never
+            // fall below the term of the snapshot it follows. Durable when it returns.
+            storage.save({ term: header.term, vote: 0, commit: header.index }, [], true);
+          }
+          result = { index: header.index, term: header.term, rowCount: item.trailer.rowCount, voters, clusterId, sha256: item.trailer.sha256, dataDir };
+          break;
+        }
+      }
+    }
+    if (result === undefined) throw new Error("readBackup ended without its end item");
+    storage.close();
+    storage = undefined;
+    loadOrCreateClusterId(temp, result.clusterId);
+    fsyncDirectory(temp);
+    // rename(2) replaces an empty directory, and is atomic: the data dir is whole or absent.
+    renameSync(temp, dataDir);
+    fsyncDirectory(parent);
+    return result;
+  } catch (error) {
+    storage?.close();
+    rmSync(temp, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+function fsyncDirectory(dir: string): void {
+  const fd = openSync(dir, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -1,0 +1,285 @@
+// Proves backup and restore end to end with the built executable: `kv snapshot save` taken while writes go on holds every write acknowledged before it began and nothing past its index, `kv snapshot restore` makes three data dirs that `createServer` runs as a new cluster serving exactly the image, a node of the old cluster is refused by the new one (different cluster ids), GET /snapshot needs the client token, and damaged files are refused by status and restore without leaving a data dir behind.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createTcpProxy, type TcpProxy } from "../src/chaos/tcp-proxy.ts";
+import { createLogger } from "../src/lib/logger.ts";
+import { createServer, type KvServer, type ServerConfig } from "../src/server/create-server.ts";
+import { runKv } from "./helpers/kv-binary.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+
+const AUTH_TOKEN = "backup-test-client-token";
+const auth = { authorization: `Bearer ${AUTH_TOKEN}` };
+const enc = (s: string) => new TextEncoder().encode(s);
+
+let baseDir: string;
+let source: ServerCluster;
+/** Every write acknowledged by the source cluster: key → version. */
+const acknowledged = new Map<string, number>();
+
+/** Settings of a test node (the same as test/helpers/server-cluster.ts uses). */
+function nodeConfig(id: number, peers: ReadonlyMap<number, string>, dataDir: string): ServerConfig {
+  return {
+    id,
+    peers,
+    listenPeer: { hostname: "127.0.0.1", port: 0 },
+    listenHttp: { hostname: "127.0.0.1", port: 0 },
+    dataDir,
+    tickMs: 10,
+    electionTicks: 12,
+    heartbeatTicks: 5,
+    requestTimeoutMs: 5_000,
+    snapshotEntries: 10_000,
+    snapshotCatchUpEntries: 1_000,
+    idempotencyWindowMs: 600_000,
+    idempotencySessionsMax: 100_000,
+    authToken: AUTH_TOKEN,
+    metricsOpen: false,
+    keyBytesMax: 4096,
+    valueBytesMax: 1 << 20,
+    requestReadTimeoutMs: 10_000,
+    clientConnectionsMax: 0,
+    logger: createLogger(id, "error", { format: "json" }),
+  };
+}
+
+/** Polls `condition` every 20 ms until it holds, or fails after `timeoutMs`. */
+async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await condition())) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(20);
+  }
+}
+
+/** Puts through the source leader with an idempotency key, recording the version acknowledged. */
+async function put(key: string, value: string): Promise<void> {
+  const leader = source.node(await source.waitForLeader());
+  const { version } = await leader.node.put(key, enc(value), { idempotencyKey: `k-${key}-${value}` });
+  acknowledged.set(key, version);
+}
+
+/** Prometheus counter value summed over the series matching `pattern`. */
+async function metricSum(server: KvServer, pattern: RegExp): Promise<number> {
+  const text = await (await fetch(`${server.httpUrl}/metrics`, { headers: auth })).text();
+  return text
+    .split("\n")
+    .filter((line) => pattern.test(line))
+    .reduce((sum, line) => sum + Number(line.split(" ").at(-1)), 0);
+}
+
+beforeAll(async () => {
+  baseDir = mkdtempSync(join(tmpdir(), "kv-backup-"));
+  source = createServerCluster({ size: 3, baseDir: join(baseDir, "source"), config: () => ({ authToken: AUTH_TOKEN }) });
+  await source.start();
+  await source.waitForLeader();
+});
+
+afterAll(async () => {
+  await source?.stop();
+  rmSync(baseDir, { recursive: true, force: true });
+});
+
+describe("GET /snapshot", () => {
+  test("needs the client token when one is set", async () => {
+    const server = source.node(1);
+    const refused = await fetch(`${server.httpUrl}/snapshot`);
+    expect(refused.status).toBe(401);
+    expect(((await refused.json()) as { error: string }).error).toBe("unauthenticated");
+    const served = await fetch(`${server.httpUrl}/snapshot`, { headers: auth });
+    expect(served.status).toBe(200);
+    expect(served.headers.get("content-type")).toBe("application/vnd.kv.snapshot");
+    expect(new TextDecoder().decode((await served.bytes()).subarray(0, 6))).toBe("KVSNAP");
+    const wrongMethod = await fetch(`${server.httpUrl}/snapshot`, { method: "POST", headers: auth });
+    expect(wrongMethod.status).toBe(405);
+  });
+});
+
+describe("save during writes, restore into a new cluster", () => {
+  const file = () => join(baseDir, "backup.kvsnap");
+  let before: Map<string, number>;
+  let imageIndex: number;
+  const proxies: TcpProxy[] = [];
+  const restored = new Map<number, KvServer>();
+
+  afterAll(async () => {
+    await Promise.all([...restored.values()].map((server) => server.stop({ handOver: false })));
+    for (const proxy of proxies) proxy.close();
+  });
+
+  test("kv snapshot save, taken while writers run, holds every write acknowledged before it began and nothing past its index", async () => {
+    // A few leader changes first: the image's term is then well above 1, which a restored node
+    // must start from (a new leader in term 1 would write entries below the snapshot's term).
+    for (let round = 0; round < 3; round++) {
+      const leaderId = await source.waitForLeader();
+      const termBefore = source.node(leaderId).node.status().term;
+      await source.node(leaderId).node.transferLeadership(undefined);
+      await until("a new leader", () => [1, 2, 3].some((id) => source.status(id)?.role === "leader" && (source.status(id)?.term ?? 0) > termBefore));
+    }
+    for (let i = 0; i < 200; i++) await put(`before-${i}`, `value-${i}`);
+    await put("\u0001overwritten", "old"); // a key a later write changes: the image must hold the old version
+
+    // Writers keep going while the save runs, and after it.
+    let writing = true;
+    const writers = [0, 1, 2].map(async (writer) => {
+      for (let i = 0; writing; i++) await put(`during-${writer}-${i}`, `v-${i}`);
+    });
+    try {
+      await until("writes under way", () => acknowledged.size >= 220);
+      before = new Map(acknowledged);
+      // Ask a follower: it serves the snapshot after a linearizable read, so it has what the leader acknowledged.
+      const leaderId = await source.waitForLeader();
+      const follower = [1, 2, 3].find((id) => id !== leaderId) as number;
+      const endpoints = [source.node(follower).httpUrl, source.node(leaderId).httpUrl].join(",");
+      const saved = await runKv(["snapshot", "save", file(), "--endpoints", endpoints, "--auth-token", AUTH_TOKEN, "--json"]);
+      expect(saved.code).toBe(0);
+      const summary = JSON.parse(saved.out) as { index: number; fileBytes: number; keys: number; sha256: string };
+      imageIndex = summary.index;
+      expect(summary.fileBytes).toBe(readFileSync(file()).byteLength);
+      expect(readdirSync(baseDir).filter((name) => name.includes("partial"))).toEqual([]);
+      await until("writes after the save", () => [...acknowledged.values()].some((version) => version > imageIndex + 10));
+      await put("\u0001overwritten", "new");
+    } finally {
+      writing = false;
+      await Promise.all(writers);
+    }
+
+    const status = await runKv(["snapshot", "status", file(), "--json"]);
+    expect(status.code).toBe(0);
+    const summary = JSON.parse(status.out) as { index: number; term: number; keys: number; rows: number; voters: number[]; formatVersion: number; members: unknown[] };
+    expect(summary.index).toBe(imageIndex);
+    expect(summary.term).toBeGreaterThanOrEqual(4);
+    expect(summary.formatVersion).toBe(1);
+    expect(summary.voters).toEqual([1, 2, 3]);
+    expect(summary.members).toHaveLength(3);
+    // Exactly the keys acknowledged at or below the index, sessions besides.
+    const inImage = [...acknowledged].filter(([key, version]) => version <= imageIndex && key !== "\u0001overwritten");
+    expect(summary.keys).toBe(inImage.length + 1);
+    expect(summary.rows).toBeGreaterThan(summary.keys); // the idempotency sessions ride along
+    const text = await runKv(["snapshot", "status", file()]);
+    expect(text.code).toBe(0);
+    expect(text.out).toContain(`index ${imageIndex}`);
+    expect(text.out).toContain("format version 1");
+  }, 60_000);
+
+  test("kv snapshot restore makes three data dirs that run as a new cluster holding exactly the image", async () => {
+    for (let id = 1; id <= 3; id++) proxies.push(createTcpProxy());
+    const peers = new Map(proxies.map((proxy, i) => [i + 1, `http://127.0.0.1:${proxy.port}`] as [number, string]));
+    const clusterFlag = [...peers].map(([id, url]) => `${id}=${url}`).join(",");
+    const clusterIds = new Set<string>();
+    for (const id of [1, 2, 3]) {
+      const dataDir = join(baseDir, "restored", `node-${id}`);
+      const restore = await runKv(["snapshot", "restore", file(), "--data-dir", dataDir, "--id", String(id), "--cluster", clusterFlag, "--json"]);
+      expect(restore.code).toBe(0);
+      expect(JSON.parse(restore.out)).toMatchObject({ index: imageIndex, voters: [1, 2, 3], id });
+      clusterIds.add(readFileSync(join(dataDir, "cluster-id"), "utf8").trim());
+    }
+    expect(clusterIds.size).toBe(1); // every node derived the same new id
+    const newClusterId = [...clusterIds][0] as string;
+    expect(newClusterId).not.toBe(source.node(1).clusterId);
+
+    for (const id of [1, 2, 3]) {
+      const server = await createServer(nodeConfig(id, peers, join(baseDir, "restored", `node-${id}`)));
+      restored.set(id, server);
+      proxies[id - 1]!.setTarget(server.peerPort);
+      expect(server.clusterId).toBe(newClusterId);
+    }
+    await until("a leader in the restored cluster", () => [...restored.values()].some((server) => server.node.status().role === "leader" && server.node.healthy()));
+    const leader = [...restored.values()].find((server) => server.node.status().role === "leader") as KvServer;
+    const members = leader.node.members();
+    expect(members.members.map((member) => [member.id, member.peerUrl])).toEqual([...peers]);
+
+    // Every write acknowledged before the save began is there, with its version.
+    for (const [key, version] of before) {
+      const found = await leader.node.get(key, "linearizable");
+      expect([key, found?.version]).toEqual([key, version]);
+    }
+    // Nothing later than the image's index: every key acknowledged past it is absent, and the key
+    // overwritten after the save keeps its old value.
+    const listed = await leader.node.list("", undefined, 100_000, "linearizable");
+    expect(listed.every((item) => item.version <= imageIndex)).toBe(true);
+    for (const [key, version] of acknowledged) {
+      if (key === "\u0001overwritten") continue;
+      expect([key, listed.some((item) => item.key === key)]).toEqual([key, version <= imageIndex]);
+    }
+    expect(new TextDecoder().decode((await leader.node.get("\u0001overwritten", "linearizable"))?.value)).toBe("old");
+    // A retry of a write from before the save answers as the first did: sessions came along.
+    const retried = await leader.node.put("before-7", enc("value-7"), { idempotencyKey: "k-before-7-value-7" });
+    expect(retried.version).toBe(before.get("before-7") as number);
+    // And the new cluster takes writes, past the image's index.
+    const fresh = await leader.node.put("after-restore", enc("yes"));
+    expect(fresh.version).toBeGreaterThan(imageIndex);
+    for (const server of restored.values()) await until("every restored node applies it", () => server.node.status().appliedIndex >= fresh.version);
+  }, 60_000);
+
+  test("a node of the old cluster is refused by the new one, and refuses it", async () => {
+    expect(restored.size).toBe(3);
+    // Node 3 of the new cluster goes; node 3 of the old cluster, with its own data dir, takes its address.
+    await restored.get(3)!.stop({ handOver: true });
+    restored.delete(3);
+    await source.kill(3);
+    const peers = new Map(proxies.map((proxy, i) => [i + 1, `http://127.0.0.1:${proxy.port}`] as [number, string]));
+    const old = await createServer(nodeConfig(3, peers, join(baseDir, "source", "node-3")));
+    restored.set(3, old); // stopped in afterAll
+    proxies[2]!.setTarget(old.peerPort);
+    expect(old.clusterId).toBe(source.node(1).clusterId);
+
+    const newNode = restored.get(1)!;
+    const refusedBy = (server: KvServer) => metricSum(server, /^kv_peer_requests_refused_total\{[^}]*cluster_mismatch/);
+    await until("the new cluster refuses the old node's calls", async () => (await refusedBy(newNode)) + (await refusedBy(restored.get(2)!)) > 0);
+    await until("the old node refuses the new cluster's calls", async () => (await refusedBy(old)) > 0);
+    // It never learns the new cluster's data, and the new cluster goes on without it.
+    expect(await old.node.get("after-restore", "stale")).toBeUndefined();
+    const { version } = await [...restored.values()].find((server) => server !== old && server.node.status().role === "leader")!.node.put("after-old-node", enc("x"));
+    expect(await old.node.get("after-old-node", "stale")).toBeUndefined();
+    expect(version).toBeGreaterThan(imageIndex);
+  }, 60_000);
+});
+
+describe("damaged files are refused, and nothing is restored", () => {
+  const good = () => readFileSync(join(baseDir, "backup.kvsnap"));
+  const cluster = "1=http://127.0.0.1:1,2=http://127.0.0.1:2,3=http://127.0.0.1:3";
+
+  for (const [name, damage, says] of [
+    ["truncated", (bytes: Buffer) => bytes.subarray(0, bytes.byteLength - 100), "truncated"],
+    ["a flipped byte", (bytes: Buffer) => {
+      const copy = Buffer.from(bytes);
+      copy[Math.floor(copy.byteLength / 2)] = (copy[Math.floor(copy.byteLength / 2)] as number) ^ 0x10;
+      return copy;
+    }, "frame_checksum"],
+    ["a wrong magic", (bytes: Buffer) => Buffer.concat([Buffer.from("NOTKV!"), bytes.subarray(6)]), "bad_magic"],
+    ["an unknown version", (bytes: Buffer) => {
+      const copy = Buffer.from(bytes);
+      copy.writeUInt16BE(99, 6);
+      return copy;
+    }, "unsupported_version"],
+  ] as const) {
+    test(`${name}: status and restore exit 1 saying so`, async () => {
+      const damaged = join(baseDir, `damaged-${name.replaceAll(" ", "-")}.kvsnap`);
+      writeFileSync(damaged, damage(good()));
+      const status = await runKv(["snapshot", "status", damaged]);
+      expect(status.code).toBe(1);
+      expect(status.out).toContain(says);
+      expect(status.out).toContain("not a usable backup");
+      const dataDir = join(baseDir, `restore-${name.replaceAll(" ", "-")}`);
+      const restore = await runKv(["snapshot", "restore", damaged, "--data-dir", dataDir, "--id", "1", "--cluster", cluster]);
+      expect(restore.code).toBe(1);
+      expect(restore.out).toContain(says);
+      expect(restore.out).toContain("nothing restored");
+      expect(existsSync(dataDir)).toBe(false);
+      expect(readdirSync(baseDir).filter((entry) => entry.includes("restoring"))).toEqual([]);
+    });
+  }
+
+  test("restore refuses a data dir that is not empty, and leaves it as it was", async () => {
+    const dataDir = join(baseDir, "occupied");
+    mkdirSync(dataDir, { recursive: true });
+    writeFileSync(join(dataDir, "kv.db"), "mine");
+    const restore = await runKv(["snapshot", "restore", join(baseDir, "backup.kvsnap"), "--data-dir", dataDir, "--id", "1", "--cluster", cluster]);
+    expect(restore.code).toBe(1);
+    expect(restore.out).toContain("is not empty");
+    expect(readdirSync(dataDir)).toEqual(["kv.db"]);
+    expect(readFileSync(join(dataDir, "kv.db"), "utf8")).toBe("mine");
+  });
+});
