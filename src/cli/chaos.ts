@@ -270,7 +270,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
       duration: { type: "string", description: "How long the writers and the nemesis run, at most 10m (default 20s)", valueHint: "TIME" },
       seed: { type: "string", description: "Fixes the nemesis schedule, the writers' choices and the watchers' layout (default: a random seed, printed)", valueHint: "N" },
       writers: { type: "string", description: "Concurrent writers, one write at a time each (default 3)", valueHint: "N" },
-      watchers: { type: "string", description: "Watchers: one per node and prefix start first, the rest join mid-run (default 12)", valueHint: "N" },
+      watchers: { type: "string", description: "Watchers (at most 100): one per node and prefix start first, the rest join mid-run (default 12)", valueHint: "N" },
       prefixes: { type: "string", description: "Prefixes written and watched: w/a/, w/b/, ... (default 3)", valueHint: "N" },
       keys: { type: "string", description: "Keys per prefix (default 4)", valueHint: "N" },
       nemesis: { type: "string", description: "Faults to inject: all (default), partition, kill or pause", valueHint: "MODE" },
@@ -282,7 +282,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
       if (durationMs > WATCH_DURATION_MS_MAX) throw new UsageError(`--duration must be at most ${WATCH_DURATION_MS_MAX / 60_000}m for watch (every event is kept for the check)`);
       const seed = flags.seed === undefined ? randomSeed() : intFlag(flags, "seed", 0, 0, SEED_MAX);
       const writers = intFlag(flags, "writers", 3, 1, 100);
-      const watchers = intFlag(flags, "watchers", 12, 1, 200);
+      const watchers = intFlag(flags, "watchers", 12, 1, 100);
       const prefixes = intFlag(flags, "prefixes", 3, 1, 26);
       const keysPerPrefix = intFlag(flags, "keys", 4, 1, 1_000);
       const nemesis = nemesisFlag(flags);
