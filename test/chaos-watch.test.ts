@@ -1,8 +1,9 @@
-// Proves `kv chaos watch` runs as a user runs it (the built executable) and passes on a healthy kv: under a seeded nemesis, watchers on every node, resuming with Last-Event-ID, receive exactly the committed changes of their prefixes, every acknowledged write among them; --json carries the counts and --report draws a lane per watcher; bad flags are usage errors.
+// Proves `kv chaos watch` runs as a user runs it (the built executable) and passes on a healthy kv: under a seeded nemesis, watchers on every node, resuming with Last-Event-ID, receive exactly the committed changes of their prefixes, every acknowledged write among them; --json carries the counts and --report draws a lane per watcher (escaping what it shows, marking a failed watcher); bad flags are usage errors.
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { renderReport } from "../src/chaos/report.ts";
 import type { WatchResult } from "../src/chaos/watch.ts";
 import { runKv } from "./helpers/kv-binary.ts";
 
@@ -61,7 +62,7 @@ describe("kv chaos watch, through the built executable", () => {
       const html = readFileSync(reportFile, "utf8");
       expect(html).toContain('<div class="verdict ok" id="verdict"><strong>Watch streams exact</strong>');
       expect(html).toMatch(/<svg [^>]*class="chart streams" data-streams="12"/);
-      expect(html).toContain("watcher 1 (w/a/)");
+      expect(html).toContain("<title>watcher 1 on w/a/, from node 1, start: baseline</title>w1 w/a/</text>");
       expect(html).toMatch(/resume on node \d at/);
       expect(html).not.toMatch(/<(script|link|img|iframe)\b[^>]*\b(src|href)=/i);
     },
@@ -79,5 +80,37 @@ describe("kv chaos watch, through the built executable", () => {
     expect(watchers.code).toBe(2);
     const all = await runKv(["chaos", "all", "--help"]);
     expect(all.out).toContain("restart, random, watch");
+  });
+});
+
+describe("the watch lanes of the HTML report", () => {
+  test("one lane per watcher with its streams, marks and tooltips, every text escaped; a failed watcher's label is marked", () => {
+    const html = renderReport({
+      title: "kv chaos watch",
+      endMs: 3_000,
+      history: [],
+      faults: [{ startMs: 500, endMs: 1_500, kind: "kill", label: "kill node 2 with SIGKILL" }],
+      verdict: { ok: true, keysChecked: 0 },
+      banner: { ok: false, title: "Watch streams wrong", text: "see <below>" },
+      streams: [
+        {
+          label: "w1 <a>",
+          detail: 'watcher 1 on "<a>"',
+          ok: true,
+          segments: [
+            { node: 2, fromMs: 0, toMs: 700, start: "connect", end: "cut: <reset>", endedByWatcher: false, events: 5 },
+            { node: 3, fromMs: 720, toMs: 3_000, start: "resume", end: "done", endedByWatcher: true, events: 9 },
+          ],
+        },
+        { label: "w2 b", detail: "watcher 2", ok: false, segments: [] },
+      ],
+    });
+    expect(html).toContain('<div class="verdict bad" id="verdict"><strong>Watch streams wrong</strong>: see &#60;below&#62;</div>');
+    expect(html).toMatch(/<svg [^>]*class="chart streams" data-streams="2"/);
+    expect(html).toContain("<title>watcher 1 on &#34;&#60;a&#62;&#34;</title>w1 &#60;a&#62;</text>");
+    expect(html).toContain("ended at 0.70s: cut: &#60;reset&#62;");
+    expect(html).toContain("resume on node 3 at 0.72s");
+    expect(html).toContain('class="rowlabel badlabel"><title>watcher 2</title>w2 b</text>');
+    expect(html).not.toContain("<reset>");
   });
 });

@@ -74,8 +74,10 @@ export interface ReportBanner {
 
 /** One watcher's streams, as its lane shows them. */
 export interface ReportStream {
-  /** `watcher 3 (w/a/, roams)`. */
+  /** The lane's label, a few characters: `w3 w/a/`. */
   readonly label: string;
+  /** Its tooltip: `watcher 3 on w/a/, from node 1, roams`. */
+  readonly detail: string;
   /** False when the checker found something wrong with this watcher: its label turns red. */
   readonly ok: boolean;
   readonly segments: readonly ReportStreamSegment[];
@@ -381,12 +383,12 @@ function renderStreams(streams: readonly ReportStream[], faults: readonly Report
     const y = top + row * ROW_HEIGHT;
     const barY = y + (ROW_HEIGHT - BAR_HEIGHT) / 2;
     if (row % 2 === 1) parts.push(`<rect x="${GUTTER_LEFT}" y="${y}" width="${PLOT_WIDTH}" height="${ROW_HEIGHT}" class="stripe"/>`);
-    parts.push(`<text x="${GUTTER_LEFT - 6}" y="${y + 14}" class="rowlabel${stream.ok ? "" : " badlabel"}"><title>${escapeHtml(stream.label)}</title>${escapeHtml(shortLabel(stream.label))}</text>`);
+    parts.push(`<text x="${GUTTER_LEFT - 6}" y="${y + 14}" class="rowlabel${stream.ok ? "" : " badlabel"}"><title>${escapeHtml(stream.detail)}</title>${escapeHtml(shortLabel(stream.label))}</text>`);
     for (const segment of stream.segments) {
       const x0 = x(segment.fromMs);
       const x1 = Math.max(x0 + 1, x(segment.toMs));
       const color = NODE_COLORS[(segment.node - 1) % NODE_COLORS.length] ?? "#777";
-      const title = `${stream.label}: node ${segment.node}, ${segment.start} at ${formatSeconds(segment.fromMs)}, ${segment.events} events, ended at ${formatSeconds(segment.toMs)}: ${segment.end}`;
+      const title = `${stream.detail}: node ${segment.node}, ${segment.start} at ${formatSeconds(segment.fromMs)}, ${segment.events} events, ended at ${formatSeconds(segment.toMs)}: ${segment.end}`;
       parts.push(`<rect x="${num(x0)}" y="${num(barY + 3)}" width="${num(x1 - x0)}" height="${BAR_HEIGHT - 6}" fill="${color}" fill-opacity="0.55" class="op"><title>${escapeHtml(title)}</title></rect>`);
       const startColor = STREAM_MARK_COLORS[segment.start];
       parts.push(`<path d="M${num(x0)} ${num(barY)}l4 ${BAR_HEIGHT}h-8z" fill="${startColor}"><title>${escapeHtml(`${segment.start} on node ${segment.node} at ${formatSeconds(segment.fromMs)}`)}</title></path>`);

@@ -793,7 +793,8 @@ function writeReport(opts: WatchOptions, facts: ReportFacts): string | undefined
   const okOf = new Map(facts.summaries.map((s) => [s.label, s.ok]));
   const endMs = Math.max(facts.workloadEndMs, ...facts.followers.flatMap((f) => f.segments.map((s) => s.toMs)));
   const streams: ReportStream[] = facts.followers.map((f) => ({
-    label: `${f.spec.label} (${f.spec.prefix}${f.spec.roams ? ", roams" : ""})`,
+    label: `w${f.spec.index + 1} ${f.spec.prefix}`,
+    detail: `${f.spec.label} on ${f.spec.prefix}, from node ${f.spec.home}, start: ${f.spec.start}${f.spec.roams ? ", roams" : ""}${f.spec.openAtMs > 0 ? `, joined at ${formatSeconds(f.spec.openAtMs)}` : ""}`,
     ok: okOf.get(f.spec.label) ?? false,
     segments: f.segments.map((s) => ({ ...s })),
   }));
