@@ -497,6 +497,24 @@ export interface WatchResult {
   readonly reportPath?: string;
 }
 
+/** Rounds of final reads at most, when the commit index keeps moving under them. */
+const FINAL_READ_ROUNDS_MAX = 5;
+
+/**
+ * The leader's commit index once its log holds nothing uncommitted (commit index = last log index):
+ * then no write sent earlier can still commit. Polls /status until `timeoutMs`, then takes the
+ * commit index as it is.
+ */
+async function quiescentCommitIndex(cluster: ChaosCluster, timeoutMs: number): Promise<number> {
+  const deadlineMs = performance.now() + timeoutMs;
+  for (;;) {
+    const leader = await cluster.waitForLeader(undefined, Math.max(1, deadlineMs - performance.now()));
+    const status = await cluster.status(leader, 2_000);
+    if (status !== undefined && (status.commitIndex === status.lastLogIndex || performance.now() > deadlineMs)) return status.commitIndex;
+    await Bun.sleep(20); // polling interval between status probes
+  }
+}
+
 /** Restores every link, resumes every paused node and starts every dead one. */
 async function makeWhole(cluster: ChaosCluster): Promise<void> {
   cluster.heal();
@@ -602,23 +620,32 @@ export async function runWatch(cluster: ChaosCluster, opts: WatchOptions): Promi
     `${clock(workloadEndMs)} writers stopped: ${writers.ok} acknowledged, ${writers.failed} refused, ${writers.unknownCount} unknown`,
   );
 
-  print("[Step 4] Healing: every link restored, every node running; waiting until every node applies the commit index...");
+  print("[Step 4] Healing: every link restored, every node running...");
   await makeWhole(cluster);
-  const leaderNow = await cluster.waitForLeader(undefined, PHASE_TIMEOUT_MS);
-  client.leaderHint = leaderNow;
-  const through = (await cluster.status(leaderNow, 2_000))?.commitIndex ?? 0;
-  await cluster.waitForConvergence(through, PHASE_TIMEOUT_MS);
-  print(`         Every node applied index ${through}`);
+  client.leaderHint = await cluster.waitForLeader(undefined, PHASE_TIMEOUT_MS);
 
   print(`[Step 5] Reading each of the ${writers.keysWritten.size} written keys linearizably through the leader...`);
-  const finalValues = new Map<string, string | null>();
-  const unansweredReads: string[] = [];
-  const readDeadlineMs = performance.now() + PHASE_TIMEOUT_MS;
-  for (const key of [...writers.keysWritten].sort()) {
-    const value = await client.readUntilAnswered(key, readDeadlineMs);
-    if (value === undefined) unansweredReads.push(key);
-    else finalValues.set(key, value);
+  // The final values and `through` must describe one state: the reads run while the leader's log
+  // holds nothing uncommitted (an unanswered write may still sit there), and again if the commit
+  // index moved meanwhile.
+  let finalValues = new Map<string, string | null>();
+  let unansweredReads: string[] = [];
+  let through = 0;
+  for (let round = 1; ; round++) {
+    const before = await quiescentCommitIndex(cluster, PHASE_TIMEOUT_MS);
+    finalValues = new Map();
+    unansweredReads = [];
+    const readDeadlineMs = performance.now() + PHASE_TIMEOUT_MS;
+    for (const key of [...writers.keysWritten].sort()) {
+      const value = await client.readUntilAnswered(key, readDeadlineMs);
+      if (value === undefined) unansweredReads.push(key);
+      else finalValues.set(key, value);
+    }
+    through = await quiescentCommitIndex(cluster, PHASE_TIMEOUT_MS);
+    if (through === before || round === FINAL_READ_ROUNDS_MAX) break;
   }
+  await cluster.waitForConvergence(through, PHASE_TIMEOUT_MS);
+  print(`         Every node applied index ${through}`);
 
   print(`[Step 6] Letting every watcher catch up to version ${through}...`);
   const started = followers.filter((f) => f.started);
