@@ -1,4 +1,4 @@
-// Proves `kv bench --watchers N` measures what it claims: every stream opens before the first write, each acknowledged put is matched to its event on every stream (a stream that skips one is reported as lost, exit 1), and against a real 3-node cluster of the built executable N streams deliver every acknowledged put (0 lost) with events/s and acknowledgement-to-event latency reported.
+// Proves `kv bench --watchers N` measures what it claims: every stream opens before the first write, each acknowledged put is matched to its event on every stream (a stream that skips one is reported as lost, exit 1; one ended with slow_watcher resumes from its last id and loses nothing), and against a real 3-node cluster of the built executable N streams deliver every acknowledged put (0 lost) with events/s and acknowledgement-to-event latency reported.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -22,12 +22,14 @@ async function bench(args: string[]): Promise<{ code: number; out: string; err: 
 
 /**
  * A fake kv node that leads, numbers each put, and streams every put to every open `/watch` as an
- * SSE event; the first stream opened skips the put numbered `dropVersion`, if given.
+ * SSE event, resuming after `Last-Event-ID`. The first stream opened skips the put numbered
+ * `dropVersion`, if given, or ends with `slow_watcher` right after the put numbered `slowAfter`.
  */
-function fakeWatchNode(opts: { dropVersion?: number } = {}) {
+function fakeWatchNode(opts: { dropVersion?: number; slowAfter?: number } = {}) {
   const encoder = new TextEncoder();
-  const streams: { controller: ReadableStreamDefaultController<Uint8Array>; drops: boolean }[] = [];
-  let version = 0;
+  const streams: { controller: ReadableStreamDefaultController<Uint8Array>; first: boolean; open: boolean }[] = [];
+  const events: string[] = []; // events[v - 1]: the put numbered v
+  const resumedAfter: number[] = [];
   let selfUrl = "";
   const server = Bun.serve({
     hostname: "127.0.0.1",
@@ -36,22 +38,32 @@ function fakeWatchNode(opts: { dropVersion?: number } = {}) {
       const url = new URL(request.url);
       if (url.pathname === "/status") return Response.json({ id: 1, role: "leader", term: 1, leaderId: 1, leaderUrl: selfUrl });
       if (url.pathname === "/watch") {
-        const drops = streams.length === 0 && opts.dropVersion !== undefined;
+        const lastEventId = request.headers.get("last-event-id");
+        if (lastEventId !== null) resumedAfter.push(Number(lastEventId));
+        const after = lastEventId === null ? events.length : Number(lastEventId);
         const body = new ReadableStream<Uint8Array>({
           start(controller) {
-            streams.push({ controller, drops });
-            controller.enqueue(encoder.encode(`id: ${version}\nevent: progress\ndata: {"version":${version}}\n\n`));
+            streams.push({ controller, first: streams.length === 0, open: true });
+            for (const event of events.slice(after)) controller.enqueue(encoder.encode(event));
+            controller.enqueue(encoder.encode(`id: ${events.length}\nevent: progress\ndata: {"version":${events.length}}\n\n`));
           },
         });
         return new Response(body, { headers: { "content-type": "text/event-stream" } });
       }
       if (request.method === "PUT" && url.pathname.startsWith("/kv/")) {
         await request.arrayBuffer();
-        const at = ++version;
+        const at = events.length + 1;
         const key = decodeURIComponent(url.pathname.slice(4));
+        const event = `id: ${at}\nevent: put\ndata: ${JSON.stringify({ key, value: "x", version: at })}\n\n`;
+        events.push(event);
         for (const stream of streams) {
-          if (stream.drops && at === opts.dropVersion) continue;
-          stream.controller.enqueue(encoder.encode(`id: ${at}\nevent: put\ndata: ${JSON.stringify({ key, value: "x", version: at })}\n\n`));
+          if (!stream.open || (stream.first && at === opts.dropVersion)) continue;
+          stream.controller.enqueue(encoder.encode(event));
+          if (stream.first && at === opts.slowAfter) {
+            stream.controller.enqueue(encoder.encode('event: error\ndata: {"error":"slow_watcher","message":"resume"}\n\n'));
+            stream.controller.close();
+            stream.open = false;
+          }
         }
         return Response.json({ key, version: at });
       }
@@ -59,7 +71,7 @@ function fakeWatchNode(opts: { dropVersion?: number } = {}) {
     },
   });
   selfUrl = `http://127.0.0.1:${server.port}`;
-  return { server, url: selfUrl, streams };
+  return { server, url: selfUrl, streams, resumedAfter };
 }
 
 describe("kv bench --watchers against an in-process fake node", () => {
@@ -89,6 +101,22 @@ describe("kv bench --watchers against an in-process fake node", () => {
       expect(result.code).toBe(1);
       expect(result.out).toContain("Watchers: 3 streams on the writers' prefix");
       expect(result.out).toContain("Lost:        1 (of 20 acknowledged puts × 3 streams)");
+    } finally {
+      node.server.stop(true);
+    }
+  });
+
+  test("a stream ended with slow_watcher resumes from its last id and loses nothing", async () => {
+    const node = fakeWatchNode({ slowAfter: 10 });
+    try {
+      const result = await bench(["--endpoints", node.url, "--requests", "40", "--clients", "1", "--watchers", "3", "--json"]);
+      expect(result.code).toBe(0);
+      const report = JSON.parse(result.out) as BenchReport;
+      expect(node.resumedAfter).toEqual([10]);
+      expect(report.watch?.resumes).toBe(1);
+      expect(report.watch?.streamsEnded).toEqual({ 'event: error {"error":"slow_watcher","message":"resume"}': 1 });
+      expect(report.watch?.lost).toBe(0);
+      expect(report.watch?.eventsDelivered).toBe(120);
     } finally {
       node.server.stop(true);
     }

@@ -162,7 +162,7 @@ export function formatBenchReport(report: BenchReport): string {
     lines.push(`  Latency ms:  p50 ${fmtMs(watch.latencyMs.p50)}  p99 ${fmtMs(watch.latencyMs.p99)}  max ${fmtMs(watch.latencyMs.max)} (from a put's acknowledgement to its event)`);
     lines.push(`  Lost:        ${fmtCount(watch.lost)} (of ${fmtCount(watch.acknowledgedPuts)} acknowledged puts × ${fmtCount(watch.watchers)} streams)${watch.misordered > 0 ? `, ${fmtCount(watch.misordered)} out of order or repeated` : ""}`);
     const ended = Object.entries(watch.streamsEnded);
-    if (ended.length > 0) lines.push(`  Streams ended early: ${ended.map(([why, n]) => `${n} ${why}`).join(", ")}`);
+    if (ended.length > 0) lines.push(`  Streams ended early: ${ended.map(([why, n]) => `${n} ${why}`).join(", ")}; resumed with Last-Event-ID: ${fmtCount(watch.resumes)}`);
   }
   return lines.join("\n");
 }

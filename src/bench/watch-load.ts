@@ -38,6 +38,8 @@ export interface WatchBenchReport {
   readonly misordered: number;
   /** Streams that ended before the run did (`slow_watcher`, a cut connection, ...), by reason. */
   readonly streamsEnded: Readonly<Record<string, number>>;
+  /** Streams opened again after one ended, with `Last-Event-ID` (the contract: nothing is lost). */
+  readonly resumes: number;
 }
 
 /** Bytes of a response head, and of one chunk-size line, a stream accepts at most. */
@@ -62,13 +64,16 @@ class RawWatchStream {
   constructor(
     private readonly origin: string,
     private readonly path: string,
+    /** Resume after this version (`Last-Event-ID`), or start after a linearizable read when undefined. */
+    private readonly lastEventId: number | undefined,
     private readonly onEvent: (event: SseEvent) => void,
     private readonly onEnd: (reason: string) => void,
   ) {}
 
   open(): void {
     const url = new URL(this.origin);
-    const request = new TextEncoder().encode(`GET ${this.path} HTTP/1.1\r\nHost: ${url.host}\r\nAccept: text/event-stream\r\n\r\n`);
+    const resume = this.lastEventId === undefined ? "" : `Last-Event-ID: ${this.lastEventId}\r\n`;
+    const request = new TextEncoder().encode(`GET ${this.path} HTTP/1.1\r\nHost: ${url.host}\r\nAccept: text/event-stream\r\n${resume}\r\n`);
     Bun.connect({
       hostname: url.hostname,
       port: Number(url.port),
@@ -90,7 +95,8 @@ class RawWatchStream {
     this.socket?.end();
   }
 
-  private end(reason: string): void {
+  /** Ends the stream (once): closes the socket and reports `reason`. */
+  end(reason: string): void {
     if (this.ended) return;
     this.ended = true;
     this.socket?.end();
@@ -181,13 +187,19 @@ function indexOfHeadEnd(bytes: Uint8Array): number {
   return -1;
 }
 
-/** Per stream: the highest version delivered, and whether it has answered at all. */
+/** Per watcher: its current stream, the highest version delivered, whether it has answered at all. */
 interface StreamState {
-  readonly stream: RawWatchStream;
+  stream: RawWatchStream;
+  readonly origin: string;
   lastVersion: number;
   opened: boolean;
+  /** Set when it ended for good (could not resume, or ended before it ever answered). */
   ended: string | undefined;
+  resumes: number;
 }
+
+/** A watcher whose stream ends resumes from its last version, at most this many times. */
+const RESUMES_PER_WATCHER_MAX = 100;
 
 /** The watchers of one bench run (see the file comment). */
 export class WatchLoad {
@@ -205,6 +217,10 @@ export class WatchLoad {
   private firstWriteMs: number | undefined;
   private lastEventMs: number | undefined;
   private changed: (() => void) | undefined;
+  /** Stream ends by reason (each followed by a resume unless the run was over). */
+  private readonly ends = new Map<string, number>();
+  private resumes = 0;
+  private closing = false;
 
   constructor(private readonly opts: WatchLoadOptions) {}
 
@@ -223,18 +239,9 @@ export class WatchLoad {
 
   /** Opens every stream and waits until each has answered (its first progress event); throws when not all do in time. */
   async open(timeoutMs: number): Promise<void> {
-    const path = `/watch?${new URLSearchParams({ prefix: this.opts.prefix })}`;
     for (let i = 0; i < this.opts.watchers; i++) {
       const origin = this.opts.endpoints[i % this.opts.endpoints.length] as string;
-      const state: StreamState = {
-        stream: new RawWatchStream(origin, path, (event) => this.onEvent(state, event), (reason) => {
-          state.ended = reason;
-          this.changed?.();
-        }),
-        lastVersion: 0,
-        opened: false,
-        ended: undefined,
-      };
+      const state: StreamState = { stream: this.connect(origin, undefined, () => state), origin, lastVersion: 0, opened: false, ended: undefined, resumes: 0 };
       this.streams.push(state);
       state.stream.open();
     }
@@ -253,8 +260,7 @@ export class WatchLoad {
     this.close();
     let lost = 0;
     for (const version of this.ackedAtMs.keys()) lost += this.streams.length - (this.deliveries.get(version) ?? 0);
-    const streamsEnded: Record<string, number> = {};
-    for (const s of this.streams) if (s.ended !== undefined) streamsEnded[s.ended] = (streamsEnded[s.ended] ?? 0) + 1;
+    const streamsEnded = Object.fromEntries(this.ends);
     const spanMs = this.firstWriteMs === undefined || this.lastEventMs === undefined ? 0 : this.lastEventMs - this.firstWriteMs;
     const round3 = (n: number) => Math.round(n * 1000) / 1000;
     return {
@@ -270,12 +276,32 @@ export class WatchLoad {
       lost,
       misordered: this.misordered,
       streamsEnded,
+      resumes: this.resumes,
     };
   }
 
   /** Closes every stream (safe to call more than once). */
   close(): void {
+    this.closing = true;
     for (const s of this.streams) s.stream.close();
+  }
+
+  /** A stream for a watcher: when it ends, the watcher resumes after its last version (the contract), or gives up. */
+  private connect(origin: string, lastEventId: number | undefined, state: () => StreamState): RawWatchStream {
+    const path = `/watch?${new URLSearchParams({ prefix: this.opts.prefix })}`;
+    return new RawWatchStream(origin, path, lastEventId, (event) => this.onEvent(state(), event), (reason) => {
+      const watcher = state();
+      this.ends.set(reason, (this.ends.get(reason) ?? 0) + 1);
+      if (this.closing || !watcher.opened || watcher.resumes >= RESUMES_PER_WATCHER_MAX) {
+        watcher.ended = reason;
+      } else {
+        watcher.resumes++;
+        this.resumes++;
+        watcher.stream = this.connect(watcher.origin, watcher.lastVersion, state);
+        watcher.stream.open();
+      }
+      this.changed?.();
+    });
   }
 
   private onEvent(state: StreamState, event: SseEvent): void {
@@ -302,8 +328,7 @@ export class WatchLoad {
         }
       }
     } else if (event.event === "error") {
-      state.ended = `event: error ${event.data.slice(0, 60)}`;
-      state.stream.close();
+      state.stream.end(`event: error ${event.data.slice(0, 60)}`);
     }
     this.changed?.();
   }
