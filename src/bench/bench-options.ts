@@ -40,6 +40,8 @@ export interface BenchOptions {
   readonly requestTimeoutMs: number;
   /** Seed of the key and operation choices (client i uses seed + i). */
   readonly seed: number;
+  /** Watch streams on the writers' prefix, open during the run (kv only; 0: none). */
+  readonly watchers: number;
 }
 
 /** Limits on what a run may ask for. */
@@ -48,6 +50,8 @@ export const VALUE_BYTES_MAX = 1024 * 1024;
 export const KEYS_MAX = 1_000_000_000;
 export const REQUESTS_MAX = 1_000_000_000;
 export const DURATION_MS_MAX = 24 * 3_600_000;
+/** A node serves at most 10,000 watch streams (src/node/watch.ts); the bench opens at most that many. */
+export const WATCHERS_MAX = 10_000;
 
 /**
  * Parses a duration such as `15s`, `500ms`, `1.5s`, `2m` or `1m30s` (units ms, s, m, h; a unit is

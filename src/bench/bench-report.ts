@@ -1,6 +1,7 @@
 import { formatMix, OPERATION_KINDS, type OperationKind } from "./bench-options.ts";
 import type { BenchResult, LeaderEvent } from "./bench-runner.ts";
 import type { LatencySummaryMs } from "./latency-histogram.ts";
+import type { WatchBenchReport } from "./watch-load.ts";
 
 /** Per-kind figures in the JSON report. */
 export interface KindReport {
@@ -37,6 +38,8 @@ export interface BenchReport {
   readonly leaderChanges: number | null;
   readonly leaders: readonly LeaderEvent[] | null;
   readonly interrupted: boolean;
+  /** With `--watchers N`: what the watch streams delivered. */
+  readonly watch?: WatchBenchReport;
 }
 
 const round3 = (n: number) => Math.round(n * 1000) / 1000;
@@ -54,7 +57,7 @@ function roundSummary(summary: LatencySummaryMs): LatencySummaryMs {
 }
 
 /** The machine-readable report of a run. */
-export function benchReport(result: BenchResult): BenchReport {
+export function benchReport(result: BenchResult, watch?: WatchBenchReport): BenchReport {
   const seconds = result.elapsedMs / 1000;
   const byKind: Partial<Record<OperationKind, KindReport>> = {};
   let ok = 0;
@@ -96,6 +99,7 @@ export function benchReport(result: BenchResult): BenchReport {
     leaderChanges: result.leaders === undefined ? null : Math.max(0, result.leaders.length - 1),
     leaders: result.leaders ?? null,
     interrupted: result.interrupted,
+    ...(watch === undefined ? {} : { watch }),
   };
 }
 
@@ -149,6 +153,16 @@ export function formatBenchReport(report: BenchReport): string {
   if (report.leaders !== null) {
     const seen = report.leaders.map((event) => `${event.leaderId}@term ${event.term} (+${(event.atMs / 1000).toFixed(1)} s)`).join(" -> ");
     lines.push(`Leader changes: ${report.leaderChanges ?? 0}${seen === "" ? "" : ` (${seen})`}`);
+  }
+  const watch = report.watch;
+  if (watch !== undefined) {
+    lines.push("");
+    lines.push(`Watchers: ${fmtCount(watch.watchers)} streams on the writers' prefix`);
+    lines.push(`  Delivered:   ${fmtCount(watch.eventsDelivered)} events, ${fmtCount(watch.eventsPerSec)} events/s`);
+    lines.push(`  Latency ms:  p50 ${fmtMs(watch.latencyMs.p50)}  p99 ${fmtMs(watch.latencyMs.p99)}  max ${fmtMs(watch.latencyMs.max)} (from a put's acknowledgement to its event)`);
+    lines.push(`  Lost:        ${fmtCount(watch.lost)} (of ${fmtCount(watch.acknowledgedPuts)} acknowledged puts × ${fmtCount(watch.watchers)} streams)${watch.misordered > 0 ? `, ${fmtCount(watch.misordered)} out of order or repeated` : ""}`);
+    const ended = Object.entries(watch.streamsEnded);
+    if (ended.length > 0) lines.push(`  Streams ended early: ${ended.map(([why, n]) => `${n} ${why}`).join(", ")}; resumed with Last-Event-ID: ${fmtCount(watch.resumes)}`);
   }
   return lines.join("\n");
 }

@@ -33,9 +33,12 @@ export class BenchTargetUnavailableError extends Error {
   override name = "BenchTargetUnavailableError";
 }
 
+/** What every key the bench writes starts with (what `--watchers` watch). */
+export const BENCH_KEY_PREFIX = "bench-";
+
 /** The name of key number `index`: ASCII, no characters that need percent-encoding. */
 export function keyName(index: number): string {
-  return `bench-${index}`;
+  return `${BENCH_KEY_PREFIX}${index}`;
 }
 
 /** A value of `bytes` printable bytes (so every target stores it unchanged). */

@@ -32,6 +32,8 @@ export interface KvTargetOptions {
   readonly consistency: ReadConsistency;
   /** How long to wait for a leader at the start and after a failed write. */
   readonly discoverTimeoutMs: number;
+  /** Called with the version of each acknowledged put (`kv bench --watchers` matches events to it). */
+  readonly onPutAcknowledged?: (version: number) => void;
 }
 
 /**
@@ -77,7 +79,13 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
         if (errorKind !== "abandoned") await leader.rediscover(origin);
         return { ok: false, errorKind, redirects };
       }
-      if (response.status === 200) return { ok: true, notFound: false, redirects };
+      if (response.status === 200) {
+        if (method === "PUT" && opts.onPutAcknowledged !== undefined) {
+          const version = (JSON.parse(new TextDecoder().decode(response.body)) as { version?: unknown }).version;
+          if (typeof version === "number") opts.onPutAcknowledged(version);
+        }
+        return { ok: true, notFound: false, redirects };
+      }
       if (response.status === 307 && attempt < WRITE_ATTEMPTS_MAX) {
         redirects += 1;
         await leader.rediscover(origin);

@@ -183,6 +183,11 @@ export interface NemesisOptions {
   readonly display: LiveDisplay;
   /** Called as each window closes (healed), at once: `endMs` is now. */
   readonly onHealed?: (window: FaultWindow) => void;
+  /**
+   * A node never to kill: a kill aimed at it (by id, or because it leads) pauses it instead. For a
+   * scenario that needs one node to keep what it holds in memory (kv chaos watch's history).
+   */
+  readonly spareFromKill?: number;
 }
 
 /** How long a fault may wait to learn which node leads before it picks one from its index. */
@@ -248,7 +253,7 @@ export class Nemesis {
       display.setFault("none");
       const window: FaultWindow = {
         index: planned.index,
-        kind: planned.fault.kind,
+        kind: applied.kind,
         planned: describeFault(planned.fault),
         description: applied.description,
         nodes: applied.nodes,
@@ -258,6 +263,26 @@ export class Nemesis {
       this.windows.push(window);
       this.opts.onHealed?.(window);
     }
+  }
+
+  /** SIGSTOPs node `id`; healing sends SIGCONT (or starts it again if it exited meanwhile). */
+  private pause(id: number, wasLeader: boolean, note: string): { kind: FaultKind; description: string; nodes: number[]; heal: () => Promise<string> } {
+    this.cluster.signal(id, "SIGSTOP");
+    return {
+      kind: "pause",
+      description: `pause node ${id}${wasLeader ? " (the leader)" : ""}${note} with SIGSTOP`,
+      nodes: [id],
+      heal: async () => {
+        if (this.cluster.node(id).state === "dead") {
+          // It exited while stopped (recorded as an unexpected exit, which fails the run): the
+          // run goes on testing with the node started again on its data dir.
+          await this.cluster.startNode(id);
+          return `node ${id} had exited while paused; started again on its data dir`;
+        }
+        this.cluster.signal(id, "SIGCONT");
+        return `node ${id} resumed with SIGCONT`;
+      },
+    };
   }
 
   /** The node a target names now. */
@@ -272,13 +297,15 @@ export class Nemesis {
     }
   }
 
-  private async inject(planned: PlannedFault): Promise<{ description: string; nodes: number[]; heal: () => Promise<string> }> {
+  private async inject(planned: PlannedFault): Promise<{ kind: FaultKind; description: string; nodes: number[]; heal: () => Promise<string> }> {
     const fault = planned.fault;
     switch (fault.kind) {
       case "kill": {
         const { id, wasLeader } = await this.resolve(fault.target, planned.index);
+        if (id === this.opts.spareFromKill) return this.pause(id, wasLeader, " (spared from kills)");
         await this.cluster.kill(id);
         return {
+          kind: "kill",
           description: `kill node ${id}${wasLeader ? " (the leader)" : ""} with SIGKILL`,
           nodes: [id],
           heal: async () => {
@@ -289,26 +316,13 @@ export class Nemesis {
       }
       case "pause": {
         const { id, wasLeader } = await this.resolve(fault.target, planned.index);
-        this.cluster.signal(id, "SIGSTOP");
-        return {
-          description: `pause node ${id}${wasLeader ? " (the leader)" : ""} with SIGSTOP`,
-          nodes: [id],
-          heal: async () => {
-            if (this.cluster.node(id).state === "dead") {
-              // It exited while stopped (recorded as an unexpected exit, which fails the run): the
-              // run goes on testing with the node started again on its data dir.
-              await this.cluster.startNode(id);
-              return `node ${id} had exited while paused; started again on its data dir`;
-            }
-            this.cluster.signal(id, "SIGCONT");
-            return `node ${id} resumed with SIGCONT`;
-          },
-        };
+        return this.pause(id, wasLeader, "");
       }
       case "isolate": {
         const { id, wasLeader } = await this.resolve(fault.target, planned.index);
         this.cluster.isolate(id);
         return {
+          kind: "isolate",
           description: `isolate node ${id}${wasLeader ? " (the leader)" : ""} from both peers`,
           nodes: [id],
           heal: async () => {
@@ -321,6 +335,7 @@ export class Nemesis {
         for (const [from, to] of fault.links) this.cluster.cutLink(from, to);
         const nodes = [...new Set(fault.links.flat())].sort((a, b) => a - b);
         return {
+          kind: "cut-links",
           description: `cut links ${fault.links.map(([from, to]) => `${from}→${to}`).join(", ")}`,
           nodes,
           heal: async () => {

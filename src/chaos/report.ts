@@ -58,6 +58,44 @@ export interface ReportInput {
   readonly epochs?: readonly ReportEpoch[];
   /** Says which part of the run the timeline shows. */
   readonly detailNote?: string;
+  /** Replaces the linearizability banner, for a scenario judged by another checker (kv chaos watch). */
+  readonly banner?: ReportBanner;
+  /** Watch streams, drawn under the timeline: one lane per watcher with its connect, resume and end marks. */
+  readonly streams?: readonly ReportStream[];
+}
+
+/** The verdict line of a scenario with its own checker. */
+export interface ReportBanner {
+  readonly ok: boolean;
+  /** `Watch streams exact`. */
+  readonly title: string;
+  readonly text: string;
+}
+
+/** One watcher's streams, as its lane shows them. */
+export interface ReportStream {
+  /** The lane's label, a few characters: `w3 w/a/`. */
+  readonly label: string;
+  /** Its tooltip: `watcher 3 on w/a/, from node 1, roams`. */
+  readonly detail: string;
+  /** False when the checker found something wrong with this watcher: its label turns red. */
+  readonly ok: boolean;
+  readonly segments: readonly ReportStreamSegment[];
+}
+
+/** One stream a watcher had open: on which node, from when to when, how it began and ended. */
+export interface ReportStreamSegment {
+  readonly node: number;
+  readonly fromMs: number;
+  readonly toMs: number;
+  /** `connect` (the watcher's first stream) or `resume` (sent Last-Event-ID). */
+  readonly start: "connect" | "resume";
+  /** Why it ended: `stalled`, `cut: ...`, `slow_watcher`, `roam`, `done`, ... */
+  readonly end: string;
+  /** Whether the end was the watcher's own choice (roam, done) rather than a failure of the stream. */
+  readonly endedByWatcher: boolean;
+  /** Change events it delivered. */
+  readonly events: number;
 }
 
 /** One epoch of a long run, as the epochs table shows it. */
@@ -137,6 +175,13 @@ export function renderReport(input: ReportInput): string {
       renderLegend(input.faults),
       zoomable("timeline", renderTimeline(input, span, evidenceIds)),
     ]),
+    input.streams === undefined
+      ? ""
+      : section(
+          "Watch streams",
+          "Each lane is one watcher; a bar is one stream it had open, colored by the node that served it, from its connect (▲ green) or resume with Last-Event-ID (▲ blue) to its end (■ red when the stream failed: cut, stalled, an error event; grey when the watcher left on its own). Fault windows are shaded across every lane.",
+          [zoomable("streams", renderStreams(input.streams, input.faults, span))],
+        ),
     section("Latency over time", "Each dot is an answered operation (a sample of them on long runs); the dark line is the median per time slice, the light one the slowest. Operations never answered are ticks along the top.", [
       zoomable("latency", renderLatency(input, span)),
     ]),
@@ -203,6 +248,14 @@ function renderHeader(input: ReportInput): string {
 
 function renderVerdict(input: ReportInput): string {
   const { verdict } = input;
+  if (input.banner !== undefined) {
+    const b = input.banner;
+    const checks = (input.checks ?? [])
+      .map((c) => `<li class="${c.ok ? "ok" : "bad"}"><strong>${c.ok ? "✔" : "✘"} ${escapeHtml(c.name)}</strong>: <span class="detail">${escapeHtml(c.detail)}</span></li>`)
+      .join("");
+    const banner = `<div class="verdict ${b.ok ? "ok" : "bad"}" id="verdict"><strong>${escapeHtml(b.title)}</strong>: ${escapeHtml(b.text)}</div>`;
+    return `<section>${banner}${checks === "" ? "" : `<ul class="checks">${checks}</ul>`}</section>`;
+  }
   const took = input.checkMs === undefined ? "" : ` (checked in ${input.checkMs} ms)`;
   let banner: string;
   if (verdict.ok === true) {
@@ -314,6 +367,44 @@ function faultShading(faults: readonly ReportFault[], x: (ms: number) => number,
       return band + label;
     })
     .join("");
+}
+
+const NODE_COLORS: readonly string[] = ["#1f6fb2", "#3a9d5d", "#b5651d", "#7b2cbf", "#0b9a8d"];
+const STREAM_MARK_COLORS = { connect: "#2a9d4a", resume: "#1d6fd6", failed: "#d62828", left: "#8b98a9" } as const;
+
+/** One lane per watcher: its streams as bars colored by node, with start and end marks. */
+function renderStreams(streams: readonly ReportStream[], faults: readonly ReportFault[], span: Span): string {
+  const top = AXIS_HEIGHT + FAULT_BAND_HEIGHT;
+  const height = top + streams.length * ROW_HEIGHT + 8;
+  const x = scaleX(span, GUTTER_LEFT, PLOT_WIDTH);
+  const parts: string[] = [timeAxis(x, span.startMs, span.endMs, AXIS_HEIGHT, height - 8, GUTTER_LEFT, GUTTER_LEFT + PLOT_WIDTH)];
+  parts.push(faultShading(faults, x, AXIS_HEIGHT, height - 8, true));
+  streams.forEach((stream, row) => {
+    const y = top + row * ROW_HEIGHT;
+    const barY = y + (ROW_HEIGHT - BAR_HEIGHT) / 2;
+    if (row % 2 === 1) parts.push(`<rect x="${GUTTER_LEFT}" y="${y}" width="${PLOT_WIDTH}" height="${ROW_HEIGHT}" class="stripe"/>`);
+    parts.push(`<text x="${GUTTER_LEFT - 6}" y="${y + 14}" class="rowlabel${stream.ok ? "" : " badlabel"}"><title>${escapeHtml(stream.detail)}</title>${escapeHtml(shortLabel(stream.label))}</text>`);
+    for (const segment of stream.segments) {
+      const x0 = x(segment.fromMs);
+      const x1 = Math.max(x0 + 1, x(segment.toMs));
+      const color = NODE_COLORS[(segment.node - 1) % NODE_COLORS.length] ?? "#777";
+      const title = `${stream.detail}: node ${segment.node}, ${segment.start} at ${formatSeconds(segment.fromMs)}, ${segment.events} events, ended at ${formatSeconds(segment.toMs)}: ${segment.end}`;
+      parts.push(`<rect x="${num(x0)}" y="${num(barY + 3)}" width="${num(x1 - x0)}" height="${BAR_HEIGHT - 6}" fill="${color}" fill-opacity="0.55" class="op"><title>${escapeHtml(title)}</title></rect>`);
+      const startColor = STREAM_MARK_COLORS[segment.start];
+      parts.push(`<path d="M${num(x0)} ${num(barY)}l4 ${BAR_HEIGHT}h-8z" fill="${startColor}"><title>${escapeHtml(`${segment.start} on node ${segment.node} at ${formatSeconds(segment.fromMs)}`)}</title></path>`);
+      const endColor = segment.endedByWatcher ? STREAM_MARK_COLORS.left : STREAM_MARK_COLORS.failed;
+      parts.push(`<rect x="${num(x1 - 2)}" y="${num(barY + 2)}" width="4" height="${BAR_HEIGHT - 4}" fill="${endColor}"><title>${escapeHtml(`ended at ${formatSeconds(segment.toMs)}: ${segment.end}`)}</title></rect>`);
+    }
+  });
+  const legend = NODE_COLORS.slice(0, Math.max(1, ...streams.flatMap((s) => s.segments.map((g) => g.node))))
+    .map((color, i) => `<span><span class="swatch" style="background:${color}"></span>node ${i + 1}</span>`)
+    .join("");
+  return `<div class="legend">${legend}</div><svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${WIDTH} ${height}" class="chart streams" data-streams="${streams.length}">${parts.join("")}</svg>`;
+}
+
+/** A lane label that fits the gutter. */
+function shortLabel(label: string): string {
+  return label.length > 12 ? `${label.slice(0, 11)}…` : label;
 }
 
 /** Client rows in drawing order: ordinary clients by id, special ones (the final reader) last. */
@@ -531,7 +622,7 @@ table{border-collapse:collapse}th,td{padding:3px 10px;text-align:right;border-bo
 .chart{display:block;width:100%;height:auto}
 .chart text{font:10px ui-monospace,Menlo,monospace;fill:#57606a}
 .chart .tick{text-anchor:middle}.chart .rowlabel{text-anchor:end}.chart .faultlabel{fill:#fff;font-weight:600}
-.chart .oplabel{fill:#fff;pointer-events:none}.chart .evtext{fill:#1d232b}
+.chart .oplabel{fill:#fff;pointer-events:none}.chart .badlabel{fill:#b42020;font-weight:600}.chart .evtext{fill:#1d232b}
 .chart .axis{stroke:#8b949e}.chart .grid{stroke:#eaeef2}.chart .stripe{fill:#f6f8fa}
 .chart .op:hover,.chart .strip:hover{stroke:#1d232b;stroke-width:1}
 .chart .evidence{stroke:${EVIDENCE_COLOR};stroke-width:2}.chart .open{stroke-dasharray:4 2}

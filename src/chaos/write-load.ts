@@ -47,7 +47,7 @@ export class LeaderClient {
    * One attempt: send to the believed leader, follow up to three redirects. The outcome is the last
    * answer; `node` is the node that gave it (undefined when no node was running).
    */
-  async send(method: "GET" | "PUT", path: string, body?: string): Promise<{ outcome: Outcome; node: number | undefined }> {
+  async send(method: "GET" | "PUT" | "DELETE", path: string, body?: string): Promise<{ outcome: Outcome; node: number | undefined }> {
     let node = this.target();
     for (let hop = 0; ; hop++) {
       if (node === undefined) return { outcome: { kind: "unknown", reason: "no node is running" }, node };

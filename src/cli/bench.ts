@@ -9,19 +9,24 @@ import {
   parseWholeNumber,
   REQUESTS_MAX,
   VALUE_BYTES_MAX,
+  WATCHERS_MAX,
   type BenchOptions,
   type BenchTargetKind,
   type ReadConsistency,
 } from "../bench/bench-options.ts";
 import { benchReport, formatBenchReport } from "../bench/bench-report.ts";
 import { runBench, type BenchProgress } from "../bench/bench-runner.ts";
-import { BenchTargetUnavailableError, type BenchTarget } from "../bench/bench-target.ts";
+import { BENCH_KEY_PREFIX, BenchTargetUnavailableError, type BenchTarget } from "../bench/bench-target.ts";
 import { createEtcdTarget } from "../bench/etcd-target.ts";
 import { createKvTarget } from "../bench/kv-target.ts";
 import { createNoopTarget, startNoopServerProcess } from "../bench/noop-target.ts";
+import { WatchLoad } from "../bench/watch-load.ts";
 import { UsageError } from "./usage-error.ts";
 
 const DEFAULT_ENDPOINTS = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
+/** How long --watchers' streams may take to open, and to deliver the last acknowledged put after the run. */
+const WATCH_OPEN_TIMEOUT_MS = 30_000;
+const WATCH_DRAIN_TIMEOUT_MS = 30_000;
 
 /** The flags as citty hands them over. */
 interface BenchArgs {
@@ -36,6 +41,7 @@ interface BenchArgs {
   consistency?: string;
   timeout?: string;
   seed?: string;
+  watchers?: string;
   json?: boolean;
 }
 
@@ -50,6 +56,8 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
     }
     if (consistency === "lease" && target === "etcd") throw new BenchInputError("--consistency lease is kv's; etcd reads are linearizable or stale (serializable)");
     if (args.duration !== undefined && args.requests !== undefined) throw new BenchInputError("give --duration or --requests, not both");
+    const watchers = args.watchers === undefined ? 0 : parseWholeNumber("watchers", args.watchers, 0, WATCHERS_MAX);
+    if (watchers > 0 && target !== "kv") throw new BenchInputError("--watchers is kv's (GET /watch); etcd's watch is not driven yet");
     return {
       target,
       endpoints,
@@ -64,6 +72,7 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
       consistency,
       requestTimeoutMs: args.timeout === undefined ? 10_000 : parseDurationMs("timeout", args.timeout),
       seed: args.seed === undefined ? 1 : parseWholeNumber("seed", args.seed, 0, 2 ** 31),
+      watchers,
     };
   } catch (error) {
     if (error instanceof BenchInputError) throw new UsageError(error.message);
@@ -80,11 +89,11 @@ function parseEndpointsFlag(text: string): string[] {
   }
 }
 
-function createTarget(options: BenchOptions): BenchTarget {
+function createTarget(options: BenchOptions, watch: WatchLoad | undefined): BenchTarget {
   const common = { endpoints: options.endpoints, valueBytes: options.valueBytes, consistency: options.consistency, discoverTimeoutMs: options.requestTimeoutMs };
   switch (options.target) {
     case "kv":
-      return createKvTarget(common);
+      return createKvTarget({ ...common, ...(watch === undefined ? {} : { onPutAcknowledged: watch.acknowledged }) });
     case "etcd":
       return createEtcdTarget(common);
     case "noop":
@@ -123,6 +132,11 @@ export const benchCommand = defineCommand({
       valueHint: "DURATION",
     },
     seed: { type: "string", description: "Seed of the key and operation choices (default 1)", valueHint: "N" },
+    watchers: {
+      type: "string",
+      description: "Open N watch streams on the writers' prefix (spread over the endpoints) and report events/s, acknowledgement-to-event latency and events lost (kv only; default 0)",
+      valueHint: "N",
+    },
     json: { type: "boolean", description: "Print one JSON object instead of the text report" },
   },
   async run({ args }) {
@@ -130,6 +144,7 @@ export const benchCommand = defineCommand({
     // Validate every flag before starting anything.
     let options = benchOptionsFromArgs(args, explicitEndpoints ?? parseEndpoints(DEFAULT_ENDPOINTS));
     let noopServer: Awaited<ReturnType<typeof startNoopServerProcess>> | undefined;
+    let watch: WatchLoad | undefined;
     const abort = new AbortController();
     let interrupts = 0;
     const onSignal = () => {
@@ -145,9 +160,12 @@ export const benchCommand = defineCommand({
         options = { ...options, endpoints: [noopServer.origin] };
       }
       const showProgress = process.stderr.isTTY === true;
-      const target = createTarget(options);
+      watch = options.watchers > 0 ? new WatchLoad({ endpoints: options.endpoints, watchers: options.watchers, prefix: BENCH_KEY_PREFIX }) : undefined;
+      const target = createTarget(options, watch);
       let result: Awaited<ReturnType<typeof runBench>>;
       try {
+        // Every stream is open (answered) before the first write, so each must deliver every put.
+        await watch?.open(WATCH_OPEN_TIMEOUT_MS);
         result = await runBench(options, target, { signal: abort.signal, onProgress: showProgress ? renderProgress : undefined });
       } catch (error) {
         if (!(error instanceof BenchTargetUnavailableError)) throw error;
@@ -156,12 +174,16 @@ export const benchCommand = defineCommand({
         return;
       }
       if (showProgress) process.stderr.write("\r\x1b[K");
-      const report = benchReport(result);
+      const watchReport = await watch?.finish(WATCH_DRAIN_TIMEOUT_MS);
+      const report = benchReport(result, watchReport);
       console.log(args.json === true ? JSON.stringify(report) : formatBenchReport(report));
       // Nothing succeeded: the target is down or refuses everything.
       if (report.ok === 0) process.exitCode = 1;
+      // A lost event is a broken guarantee, not a slow run.
+      if (watchReport !== undefined && (watchReport.lost > 0 || watchReport.misordered > 0)) process.exitCode = 1;
       if (result.interrupted) process.exitCode = 130;
     } finally {
+      watch?.close();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
       await noopServer?.stop();

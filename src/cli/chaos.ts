@@ -13,6 +13,7 @@ import { modeNeedsProxies, NEMESIS_MODES, type NemesisMode } from "../chaos/neme
 import { runPause } from "../chaos/pause.ts";
 import { EPOCH_OPS_DEFAULT, formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
 import { runRestart } from "../chaos/restart.ts";
+import { runWatch, WATCH_DURATION_MS_MAX, WATCH_SERVE_ARGS } from "../chaos/watch.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 
 const commonArgs = {
@@ -44,6 +45,8 @@ interface ScenarioDefinition {
   readonly args: ArgsDef;
   /** The flags it runs with under `kv chaos all` (default: none, so every default). */
   readonly allFlags?: FlagValues;
+  /** Extra `kv serve` flags for its nodes (default: none). */
+  readonly serveArgs?: readonly string[];
   /** Parses the flags (absent ones take their defaults) into a run; throws UsageError. */
   readonly create: (flags: FlagValues) => ScenarioRun;
 }
@@ -67,6 +70,7 @@ const clientTimeoutArg = {
 const clientTimeoutMs = (flags: FlagValues) => intFlag(flags, "client-timeout-ms", CLIENT_TIMEOUT_MS_DEFAULT, 50, 600_000);
 
 const RANDOM_DURATION_MS_DEFAULT = 60_000;
+const WATCH_DURATION_MS_DEFAULT = 20_000;
 /** Seeds are 32-bit: what the PRNG takes. */
 const SEED_MAX = 0xffff_ffff;
 
@@ -255,13 +259,69 @@ const scenarios: Record<string, ScenarioDefinition> = {
         });
     },
   },
+  watch: {
+    title: "Watchers Follow Their Prefixes Through Faults",
+    description:
+      "Watchers on every node follow prefixes while writers write and a seeded nemesis kills, pauses and partitions: each receives exactly the committed changes, resuming with Last-Event-ID",
+    needsProxies: (flags) => modeNeedsProxies(nemesisFlag(flags)),
+    allFlags: { duration: "15s" },
+    serveArgs: WATCH_SERVE_ARGS,
+    args: {
+      duration: { type: "string", description: "How long the writers and the nemesis run, at most 10m (default 20s)", valueHint: "TIME" },
+      seed: { type: "string", description: "Fixes the nemesis schedule, the writers' choices and the watchers' layout (default: a random seed, printed)", valueHint: "N" },
+      writers: { type: "string", description: "Concurrent writers, one write at a time each (default 3)", valueHint: "N" },
+      watchers: { type: "string", description: "Watchers (at most 100): one per node and prefix start first, the rest join mid-run (default 12)", valueHint: "N" },
+      prefixes: { type: "string", description: "Prefixes written and watched: w/a/, w/b/, ... (default 3)", valueHint: "N" },
+      keys: { type: "string", description: "Keys per prefix (default 4)", valueHint: "N" },
+      nemesis: { type: "string", description: "Faults to inject: all (default), partition, kill or pause", valueHint: "MODE" },
+      report: { type: "string", description: "Write a self-contained HTML report (writers, watchers' streams, faults, verdict) to FILE", valueHint: "FILE.html" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const durationMs = durationFlag(flags, "duration", WATCH_DURATION_MS_DEFAULT);
+      if (durationMs > WATCH_DURATION_MS_MAX) throw new UsageError(`--duration must be at most ${WATCH_DURATION_MS_MAX / 60_000}m for watch (every event is kept for the check)`);
+      const seed = flags.seed === undefined ? randomSeed() : intFlag(flags, "seed", 0, 0, SEED_MAX);
+      const writers = intFlag(flags, "writers", 3, 1, 100);
+      const watchers = intFlag(flags, "watchers", 12, 1, 100);
+      const prefixes = intFlag(flags, "prefixes", 3, 1, 26);
+      const keysPerPrefix = intFlag(flags, "keys", 4, 1, 1_000);
+      const nemesis = nemesisFlag(flags);
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      const reportPath = outputPath(flags, "report");
+      const replay = [
+        "kv chaos watch",
+        `--seed ${seed}`,
+        `--duration ${formatDuration(durationMs)}`,
+        ...(writers === 3 ? [] : [`--writers ${writers}`]),
+        ...(watchers === 12 ? [] : [`--watchers ${watchers}`]),
+        ...(prefixes === 3 ? [] : [`--prefixes ${prefixes}`]),
+        ...(keysPerPrefix === 4 ? [] : [`--keys ${keysPerPrefix}`]),
+        ...(nemesis === "all" ? [] : [`--nemesis ${nemesis}`]),
+        ...(flags["client-timeout-ms"] === undefined ? [] : [`--client-timeout-ms ${requestTimeoutMs}`]),
+      ].join(" ");
+      return (cluster, display) =>
+        runWatch(cluster, {
+          seed,
+          durationMs,
+          writers,
+          watchers,
+          prefixes,
+          keysPerPrefix,
+          nemesis,
+          requestTimeoutMs,
+          replayCommand: replay,
+          ...(reportPath === undefined ? {} : { reportPath }),
+          display,
+        });
+    },
+  },
 };
 
 /**
  * What `kv chaos all` runs, in this order, each on a fresh cluster with its defaults (or its
- * `allFlags`: `random` runs for 20 s there rather than 60 s).
+ * `allFlags`: `random` runs for 20 s there rather than 60 s, `watch` for 15 s rather than 20 s).
  */
-const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart", "random"];
+const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart", "random", "watch"];
 
 /** Whether a scenario, run with these flags, cuts links through the runner's proxies. */
 function needsProxies(def: ScenarioDefinition, flags: FlagValues): boolean {
@@ -274,6 +334,7 @@ interface NamedRun {
   readonly title: string;
   readonly needsProxies: boolean;
   readonly run: ScenarioRun;
+  readonly serveArgs?: readonly string[];
 }
 
 /** `--json FILE`: its absolute path, refused up front when its directory does not exist. */
@@ -327,9 +388,9 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   process.on("SIGTERM", () => void cleanup(143));
 
   const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string }[] = [];
-  for (const { name, title, run } of runs) {
+  for (const { name, title, run, serveArgs } of runs) {
     const dataDir = runs.length === 1 ? baseDir : join(baseDir, name);
-    current = new ChaosCluster({ size: 3, command: selfCommand(), baseDir: dataDir, basePort });
+    current = new ChaosCluster({ size: 3, command: selfCommand(), baseDir: dataDir, basePort, ...(serveArgs === undefined ? {} : { serveArgs }) });
     if (runs.length > 1) print("");
     print(`=== Chaos Test: ${title} ===`);
     try {
@@ -373,7 +434,7 @@ function scenarioCommand(name: string, def: ScenarioDefinition): CommandDef<Args
     args: { ...def.args, ...commonArgs },
     async run({ args }) {
       const flags = args as FlagValues;
-      await runScenarios([{ name, title: def.title, needsProxies: needsProxies(def, flags), run: def.create(flags) }], flags);
+      await runScenarios([{ name, title: def.title, needsProxies: needsProxies(def, flags), run: def.create(flags), ...(def.serveArgs === undefined ? {} : { serveArgs: def.serveArgs }) }], flags);
     },
   }) as unknown as CommandDef<ArgsDef>;
 }
@@ -387,7 +448,7 @@ const allCommand = defineCommand({
       const def = scenarios[name];
       if (def === undefined) throw new Error(`ALL_ORDER names an unknown scenario '${name}'`);
       const flagsUnderAll = def.allFlags ?? {};
-      return { name, title: def.title, needsProxies: needsProxies(def, flagsUnderAll), run: def.create(flagsUnderAll) };
+      return { name, title: def.title, needsProxies: needsProxies(def, flagsUnderAll), run: def.create(flagsUnderAll), ...(def.serveArgs === undefined ? {} : { serveArgs: def.serveArgs }) };
     });
     await runScenarios(runs, flags);
   },
