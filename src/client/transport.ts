@@ -134,7 +134,11 @@ export class Transport {
     }
     if (uncertain) throw unknownOutcome(call, attempts);
     if (lastRefusal !== undefined) throw errorFromAnswer(lastRefusal);
-    throw new KvClientError("unreachable", 0, `no endpoint served ${call.method} ${pathOnly(call.path)} within ${this.options.timeoutMs} ms: ${attempts.join("; ")}`);
+    throw new KvClientError(
+      "unreachable",
+      0,
+      `no endpoint could serve the request (${call.method} ${pathOnly(call.path)}) within ${this.options.timeoutMs} ms: ${attempts.join("; ")}`,
+    );
   }
 
   /**
@@ -142,7 +146,7 @@ export class Transport {
    * itself (`/status`). Throws `KvClientError` `unreachable` when it does not answer.
    */
   async sendTo(endpoint: string, path: string): Promise<Answer> {
-    const result = await this.exchange("GET", `${endpoint}${path}`, undefined, {}, performance.now() + this.options.attemptTimeoutMs);
+    const result = await this.exchange("GET", `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs);
     if (result.kind === "answer") return result.answer;
     throw new KvClientError("unreachable", 0, `${endpoint}: ${result.reason}`);
   }
