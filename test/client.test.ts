@@ -235,3 +235,41 @@ describe("leader failover", () => {
     await cluster.startNode(leader);
   }, 60_000);
 });
+
+// POST /txn is being built on another branch: until it lands here, a stand-in answering the
+// documented contract (issue 15) checks what the client sends and how it reads the answer.
+describe("txn against a stand-in for the documented POST /txn contract", () => {
+  test("sends compare/success/failure as JSON (binary values as base64) with an Idempotency-Key, and decodes get results", async () => {
+    const seen: { body: unknown; idempotencyKey: string | null; authorization: string | null }[] = [];
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      async fetch(request) {
+        seen.push({ body: await request.json(), idempotencyKey: request.headers.get("idempotency-key"), authorization: request.headers.get("authorization") });
+        return Response.json({ succeeded: true, version: 42, results: [{ put: { version: 42 } }, { get: { key: "b", value: { base64: "AP8=" }, version: 7 } }, { get: null }] });
+      },
+    });
+    try {
+      const kv = createClient({ endpoints: [`http://127.0.0.1:${server.port}`], authToken: "t" });
+      const result = await kv.txn({
+        compare: [{ key: "a", version: 3 }, { key: "b", value: new Uint8Array([0, 255]) }, { key: "c", exists: false }],
+        success: [{ put: { key: "a", value: "x", lease: 9 } }, { get: { key: "b" } }, { get: { key: "c" } }],
+        failure: [{ delete: { key: "a" } }],
+      });
+      expect(seen[0]?.body).toEqual({
+        compare: [{ key: "a", version: 3 }, { key: "b", value: { base64: "AP8=" } }, { key: "c", exists: false }],
+        success: [{ put: { key: "a", value: "x", lease: 9 } }, { get: { key: "b" } }, { get: { key: "c" } }],
+        failure: [{ delete: { key: "a" } }],
+      });
+      expect(seen[0]?.idempotencyKey).toMatch(/^[0-9a-f-]{36}$/);
+      expect(seen[0]?.authorization).toBe("Bearer t");
+      expect(result.succeeded).toBe(true);
+      expect(result.version).toBe(42);
+      const got = result.results[1] as { get: { bytes: Uint8Array; version: number } };
+      expect([...got.get.bytes]).toEqual([0, 255]);
+      expect(result.results[2]).toEqual({ get: null });
+    } finally {
+      server.stop(true);
+    }
+  });
+});
