@@ -92,7 +92,7 @@ export class Transport {
         switch (result.kind) {
           case "answer": {
             const answer = result.answer;
-            const code = errorCodeOf(answer.body);
+            const code = answer.status === 200 ? undefined : errorCodeOf(answer.body);
             const outcome = answerOutcome(call.method, answer.status, code);
             if (outcome === "done") {
               if (call.safety !== "read" && answer.status === 200) this.leaderOrigin = answer.origin;
@@ -146,7 +146,7 @@ export class Transport {
    * itself (`/status`). Throws `KvClientError` `unreachable` when it does not answer.
    */
   async sendTo(endpoint: string, path: string): Promise<Answer> {
-    const result = await this.exchange("GET", `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs);
+    const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs);
     if (result.kind === "answer") return result.answer;
     throw new KvClientError("unreachable", 0, `${endpoint}: ${result.reason}`);
   }
@@ -166,12 +166,13 @@ export class Transport {
 
   /** One attempt at one endpoint, following redirects to the leader. */
   private async attempt(call: Call, endpoint: string, deadlineMs: number): Promise<AttemptResult> {
+    let origin = endpoint;
     let url = `${endpoint}${call.path}`;
     const attemptDeadlineMs = Math.min(deadlineMs, performance.now() + this.options.attemptTimeoutMs);
     for (let hop = 0; hop <= REDIRECT_HOPS_MAX; hop++) {
-      const result = await this.exchange(call.method, url, call.body, call.headers ?? {}, attemptDeadlineMs);
+      const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs);
       if (result.kind !== "answer") {
-        if (hop > 0) this.forget(new URL(url).origin); // the leader a redirect named does not answer
+        if (hop > 0) this.forget(origin); // the leader a redirect named does not answer
         return result;
       }
       const location = result.answer.headers.get("location");
@@ -184,6 +185,7 @@ export class Transport {
       }
       // A 307 means a follower refused before proposing anything: following it is always safe.
       this.leaderOrigin = next.origin;
+      origin = next.origin;
       url = next.toString();
     }
     return { kind: "redirect_loop", reason: `more than ${REDIRECT_HOPS_MAX} redirects` };
@@ -192,12 +194,12 @@ export class Transport {
   /** One HTTP exchange, classified by what it proves about delivery. */
   private async exchange(
     method: string,
+    origin: string,
     url: string,
     body: Uint8Array | string | undefined,
     headers: Readonly<Record<string, string>>,
     deadlineMs: number,
   ): Promise<AttemptResult> {
-    const origin = new URL(url).origin;
     let response: Response;
     try {
       response = await fetch(url, {

@@ -1,7 +1,7 @@
 // Measures what the bench's hot path would cost on the client library: `kv bench`'s kv target (raw
 // pooled HTTP/1.1 connections, src/bench/kv-target.ts) against a target built on createClient
 // (src/client), alternating A B A B on one 3-node cluster. Usage: bun test/bench/client-path.ts
-// [--runs 4] [--duration 10s] [--clients 64]. Ports 6201-6203 (client) and 6301-6303 (peer).
+// [--runs 4] [--duration 10s] [--clients 64] [--fetch (adds C: bare fetch, D: bare fetch with an Idempotency-Key)]. Ports 6201-6203 (client) and 6301-6303 (peer).
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,7 +15,7 @@ import type { BenchOptions } from "../../src/bench/bench-options.ts";
 import { createClient, KvClientError, UnknownOutcomeError } from "../../src/client/index.ts";
 import { kvCommand } from "../helpers/kv-binary.ts";
 
-const { values } = parseArgs({ options: { runs: { type: "string" }, duration: { type: "string" }, clients: { type: "string" } } });
+const { values } = parseArgs({ options: { runs: { type: "string" }, duration: { type: "string" }, clients: { type: "string" }, fetch: { type: "boolean" } } });
 const runs = Number(values.runs ?? 4);
 const durationMs = Number((values.duration ?? "10s").replace(/s$/, "")) * 1000;
 const clients = Number(values.clients ?? 64);
@@ -58,6 +58,36 @@ function createClientTarget(valueBytes: number): BenchTarget {
   };
 }
 
+/** Bare fetch to the leader (found once): what the client costs over fetch itself. */
+function createFetchTarget(valueBytes: number, idempotencyKeys: boolean): BenchTarget {
+  const kv = createClient({ endpoints, timeoutMs: 10_000 });
+  const value = benchValue(valueBytes);
+  let leader = "";
+  return {
+    hasLeader: true,
+    start: async () => {
+      await kv.put("bench-warmup", "x");
+      leader = kv.leaderEndpoint ?? (endpoints[0] as string);
+    },
+    observeLeader: async () => undefined,
+    describe: () => `kv through bare fetch at ${leader}`,
+    async execute(_connections, _client, _operation, keyIndex) {
+      try {
+        const response = await fetch(`${leader}/kv/${keyName(keyIndex)}`, {
+          method: "PUT",
+          body: value,
+          redirect: "manual",
+          ...(idempotencyKeys ? { headers: { "idempotency-key": crypto.randomUUID() } } : {}),
+        });
+        await response.arrayBuffer();
+        return response.status === 200 ? { ok: true, notFound: false, redirects: 0 } : { ok: false, errorKind: `http_${response.status}`, redirects: 0 };
+      } catch {
+        return { ok: false, errorKind: "network", redirects: 0 };
+      }
+    },
+  };
+}
+
 const dir = mkdtempSync(join(tmpdir(), "kv-client-path-"));
 const children: Subprocess[] = [];
 try {
@@ -81,12 +111,16 @@ try {
     requestTimeoutMs: 10_000,
     seed: 1,
   };
-  const results: { variant: string; opsPerSec: number; p50Ms: number; p99Ms: number; errors: number }[] = [];
+  const results: unknown[] = [];
   for (let run = 0; run < runs; run++) {
-    for (const variant of ["A raw (kv-target)", "B client (src/client)"]) {
-      const target = variant.startsWith("A") ? createKvTarget({ endpoints, valueBytes: 100, consistency: "linearizable", discoverTimeoutMs: 10_000 }) : createClientTarget(100);
+    for (const variant of ["A raw (kv-target)", "B client (src/client)", ...(values.fetch === true ? ["C bare fetch", "D bare fetch + Idempotency-Key"] : [])]) {
+      const target = variant.startsWith("A")
+        ? createKvTarget({ endpoints, valueBytes: 100, consistency: "linearizable", discoverTimeoutMs: 10_000 })
+        : variant.startsWith("B")
+          ? createClientTarget(100)
+          : createFetchTarget(100, variant.startsWith("D"));
       const report = benchReport(await runBench(options, target));
-      const line = { variant, opsPerSec: Math.round(report.opsPerSec), p50Ms: report.latencyMs.p50, p99Ms: report.latencyMs.p99, errors: report.errors };
+      const line = { variant, opsPerSec: Math.round(report.opsPerSec), p50Ms: report.latencyMs.p50, p99Ms: report.latencyMs.p99, errors: report.errors, errorsByKind: report.errorsByKind };
       results.push(line);
       console.log(JSON.stringify(line));
     }
