@@ -1,9 +1,9 @@
 // Proves the one rule for what an answer says about a request's effect (src/client/outcome.ts), which the client's retries and chaos's histories (src/chaos/client.ts) share: only 503 timeout/unavailable and other 5xx are unknown; 307, 503 no_leader/proposal_dropped and 4xx are refusals; and only passing refusals are retried.
 import { expect, test } from "bun:test";
 import { classifyResponse } from "../src/chaos/client.ts";
-import { answerOutcome, isRetryableRefusal } from "../src/client/outcome.ts";
+import { answerOutcome, isRetryableRefusal, type AnswerOutcome } from "../src/client/outcome.ts";
 
-const cases: [method: "GET" | "PUT" | "DELETE", status: number, code: string | undefined, outcome: string, retryable: boolean][] = [
+const cases: [method: "GET" | "PUT" | "DELETE", status: number, code: string | undefined, outcome: AnswerOutcome, retryable: boolean][] = [
   ["PUT", 200, undefined, "done", false],
   ["GET", 404, "not_found", "done", false],
   ["PUT", 404, "not_found", "refused", false],
@@ -24,5 +24,5 @@ test.each(cases)("%s answered %d %s is %s (retried: %p), and chaos records the s
   expect(isRetryableRefusal(status, code)).toBe(retryable);
   const body = new TextEncoder().encode(code === undefined ? "" : JSON.stringify({ error: code, message: "m" }));
   const chaos = classifyResponse(method, status, () => null, body);
-  expect(chaos.kind).toBe(({ done: "ok", refused: "fail", unknown: "unknown" } as const)[outcome as "done" | "refused" | "unknown"]);
+  expect(chaos.kind).toBe(({ done: "ok", refused: "fail", unknown: "unknown" } as const)[outcome]);
 });
