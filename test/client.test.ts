@@ -109,6 +109,19 @@ describe("against a 3-node cluster with a bearer token", () => {
     expect((refused as KvClientError).status).toBe(401);
   });
 
+  test("request() reaches any route the same way: an idempotent raw write through a follower, retried, applies once", async () => {
+    const follower = cluster.node(followerOf(cluster, leader)).httpUrl;
+    const kv = createClient({ endpoints: [follower], authToken: TOKEN });
+    const write = { method: "PUT", path: "/kv/raw%2Fkey", body: "once", headers: { "idempotency-key": "raw-1" } } as const;
+    const first = await kv.request(write);
+    const again = await kv.request(write);
+    expect(first.status).toBe(200);
+    expect(JSON.parse(new TextDecoder().decode(again.body))).toEqual(JSON.parse(new TextDecoder().decode(first.body)));
+    expect((await kv.get("raw/key"))?.version).toBe((JSON.parse(new TextDecoder().decode(first.body)) as { version: number }).version);
+    const missing = await kv.request({ method: "GET", path: "/no-such-route" });
+    expect(missing.status).toBe(404);
+  });
+
   test("endpoints that refuse connections or never answer are passed over", async () => {
     const hole = blackHole();
     try {
@@ -270,7 +283,11 @@ describe("txn against a stand-in for the documented POST /txn contract", () => {
       port: 0,
       async fetch(request) {
         seen.push({ body: await request.json(), idempotencyKey: request.headers.get("idempotency-key"), authorization: request.headers.get("authorization") });
-        return Response.json({ succeeded: true, version: 42, results: [{ put: { version: 42 } }, { get: { key: "b", value: { base64: "AP8=" }, version: 7 } }, { get: null }] });
+        return Response.json({
+          succeeded: true,
+          version: 42,
+          results: [{ put: { key: "a", version: 42 } }, { get: { key: "b", found: true, value: { base64: "AP8=" }, version: 7 } }, { get: { key: "c", found: false } }],
+        });
       },
     });
     try {
@@ -291,6 +308,7 @@ describe("txn against a stand-in for the documented POST /txn contract", () => {
       expect(result.version).toBe(42);
       const got = result.results[1] as { get: { bytes: Uint8Array; version: number } };
       expect([...got.get.bytes]).toEqual([0, 255]);
+      expect(result.results[0]).toEqual({ put: { key: "a", version: 42 } });
       expect(result.results[2]).toEqual({ get: null });
     } finally {
       server.stop(true);

@@ -1,5 +1,15 @@
 import { defineCommand } from "citty";
-import { createClient, KvClientError, UnknownOutcomeError, type KvClient, type MembersView, type NodeStatus, type ReadConsistency } from "../client/index.ts";
+import {
+  createClient,
+  KvClientError,
+  UnknownOutcomeError,
+  type KvClient,
+  type MembersView,
+  type NodeStatus,
+  type RawAnswer,
+  type RawRequest,
+  type ReadConsistency,
+} from "../client/index.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 
 /**
@@ -21,7 +31,8 @@ export class ClientExit extends Error {
 
 const defaultEndpoints = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
 
-const connectionArgs = {
+/** The flags every client command takes: endpoints, output, timeout, token. */
+export const connectionArgs = {
   endpoints: {
     type: "string",
     description: `Comma-separated client URLs of the cluster (default $KV_ENDPOINTS or ${defaultEndpoints})`,
@@ -32,12 +43,14 @@ const connectionArgs = {
   "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
 } as const;
 
-interface Connection {
+/** Where and how a client command talks to the cluster. */
+export interface Connection {
   readonly client: KvClient;
   readonly json: boolean;
 }
 
-function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string }): Connection {
+/** The connection the flags (or $KV_ENDPOINTS, $KV_AUTH_TOKEN) describe; `UsageError` for bad ones. */
+export function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string }): Connection {
   const timeoutMs = args["timeout-ms"] === undefined ? 5_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
   let client: KvClient;
   try {
@@ -72,6 +85,32 @@ async function call<T>(work: () => Promise<T>): Promise<T> {
     if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
     throw new ClientExit(2, message);
   }
+}
+
+/** An HTTP answer, its body read. */
+export type Answer = RawAnswer;
+
+/**
+ * Sends one request through the client library, for a command without a typed call: the answer
+ * (200 or a refusal for good), or the exit a failure means. A write is retried after an unknown
+ * outcome only when `headers` carry an `idempotency-key`.
+ */
+export async function send(conn: Connection, method: RawRequest["method"], path: string, body?: Uint8Array, headers: Record<string, string> = {}): Promise<Answer> {
+  return call(() => conn.client.request({ method, path, headers, ...(body === undefined ? {} : { body }) }));
+}
+
+/** Turns an error answer into the exit it means (404: 1, 5xx: 3, else 2). */
+export function fail(answer: Answer): never {
+  let message = `HTTP ${answer.status}`;
+  try {
+    const parsed = JSON.parse(new TextDecoder().decode(answer.body)) as { error?: string; message?: string };
+    message = `${parsed.error ?? message}: ${parsed.message ?? ""}`.trim();
+  } catch {
+    // not JSON
+  }
+  if (answer.status === 404) throw new ClientExit(1, message);
+  if (answer.status >= 500) throw new ClientExit(3, message);
+  throw new ClientExit(2, message);
 }
 
 function checkKey(key: string): string {

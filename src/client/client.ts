@@ -131,15 +131,21 @@ export interface MembershipApi {
   promote(id: number): Promise<MembersView>;
 }
 
-/** One condition of a transaction: the key's version, its value, or that it is absent. */
+/** A value in a transaction: text, bytes, or already in JSON's `{"base64": ...}` form. */
+export type TxnValue = ValueInput | { readonly base64: string };
+
+/**
+ * One condition of a transaction, on the state before it: the key's version (0: absent), its value
+ * (present with exactly these bytes), or whether it exists.
+ */
 export type TxnCompare =
   | { readonly key: string; readonly version: number }
-  | { readonly key: string; readonly value: ValueInput }
-  | { readonly key: string; readonly exists: false };
+  | { readonly key: string; readonly value: TxnValue }
+  | { readonly key: string; readonly exists: boolean };
 
 /** One operation of a transaction's `success` or `failure` branch. */
 export type TxnOperation =
-  | { readonly put: { readonly key: string; readonly value: ValueInput; readonly lease?: number } }
+  | { readonly put: { readonly key: string; readonly value: TxnValue; readonly lease?: number } }
   | { readonly delete: { readonly key: string } }
   | { readonly get: { readonly key: string } };
 
@@ -153,14 +159,13 @@ export interface TxnRequest {
 }
 
 /**
- * The result of one operation, in the order of the branch that ran. A `get`'s value is decoded into
- * an entry (null when absent); other results are as the server answered them.
+ * The result of one operation, in the order of the branch that ran: a `get`'s value decoded into an
+ * entry (null when the key was absent), a put's version, whether a delete found its key.
  */
 export type TxnOperationResult =
   | { readonly get: KvEntry | null }
-  | { readonly put: { readonly version?: number } & Readonly<Record<string, unknown>> }
-  | { readonly delete: { readonly deleted?: boolean } & Readonly<Record<string, unknown>> }
-  | Readonly<Record<string, unknown>>;
+  | { readonly put: { readonly key: string; readonly version: number } }
+  | { readonly delete: { readonly key: string; readonly deleted: boolean } };
 
 /** What `POST /txn` answers. */
 export interface TxnResult {
@@ -169,6 +174,23 @@ export interface TxnResult {
   /** The version the transaction was decided (and, if it wrote, applied) at. */
   readonly version: number;
   readonly results: readonly TxnOperationResult[];
+}
+
+/** A call to a route the typed methods do not cover (yet): see `KvClient.request`. */
+export interface RawRequest {
+  readonly method: "GET" | "PUT" | "POST" | "DELETE";
+  /** Path and query, starting with `/` (`/leases`, `/kv/a%2Fb?lease=7`). */
+  readonly path: string;
+  readonly body?: Uint8Array | string;
+  /** Extra headers; an `idempotency-key` makes a write safe to retry after an unknown outcome. */
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+/** A complete answer to a `RawRequest`: a 200, a 404 to a GET, or a refusal for good (4xx). */
+export interface RawAnswer {
+  readonly status: number;
+  readonly headers: Headers;
+  readonly body: Uint8Array;
 }
 
 /** A client of one kv cluster. Calls may run concurrently; they share what is known of the leader. */
@@ -200,6 +222,14 @@ export interface KvClient {
   readonly membership: MembershipApi;
   /** Hands leadership to node `to` (or the most caught-up voter): `POST /leader/transfer`. */
   transferLeadership(to?: number): Promise<{ readonly leaderId: number; readonly previousLeaderId: number }>;
+  /**
+   * Any route, with the same leader following and failover: a GET is retried freely, a write with an
+   * `idempotency-key` header after unknown outcomes too, any other write only after refusals that
+   * prove nothing was done. Resolves with the final answer (a 4xx is an answer, not an error);
+   * throws `UnknownOutcomeError` and `KvClientError` (`unreachable`, or a passing refusal such as
+   * `no_leader` that outlasted the budget) as the typed calls do.
+   */
+  request(request: RawRequest): Promise<RawAnswer>;
 }
 
 /** Default budget of one call. */
@@ -285,7 +315,7 @@ export function createClient(options: ClientOptions): KvClient {
     async txn(request) {
       const idempotencyKey = request.idempotencyKey ?? crypto.randomUUID();
       const body = JSON.stringify({
-        compare: (request.compare ?? []).map((c) => ("value" in c ? { key: c.key, value: toJsonValue(c.value) } : c)),
+        compare: (request.compare ?? []).map((c) => ("value" in c ? { key: c.key, value: txnValueJson(c.value) } : c)),
         success: (request.success ?? []).map(txnOperationJson),
         failure: (request.failure ?? []).map(txnOperationJson),
       });
@@ -301,7 +331,7 @@ export function createClient(options: ClientOptions): KvClient {
       if (typeof result.succeeded !== "boolean" || !Array.isArray(result.results)) {
         throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered /txn without succeeded and results`);
       }
-      return { succeeded: result.succeeded, version: numberField(result.version, answer), results: result.results.map(txnResultOf) };
+      return { succeeded: result.succeeded, version: numberField(result.version, answer), results: result.results.map((raw) => txnResultOf(raw, answer)) };
     },
 
     async status() {
@@ -325,6 +355,19 @@ export function createClient(options: ClientOptions): KvClient {
     async transferLeadership(to) {
       const answer = await transport.send({ method: "POST", path: `/leader/transfer${query({ to })}`, safety: "once" });
       return json<{ leaderId: number; previousLeaderId: number }>(answer);
+    },
+
+    async request(raw) {
+      const idempotencyKey = Object.entries(raw.headers ?? {}).find(([name]) => name.toLowerCase() === "idempotency-key")?.[1];
+      const answer = await transport.send({
+        method: raw.method,
+        path: raw.path.startsWith("/") ? raw.path : `/${raw.path}`,
+        ...(raw.body === undefined ? {} : { body: raw.body }),
+        ...(raw.headers === undefined ? {} : { headers: raw.headers }),
+        safety: raw.method === "GET" ? "read" : idempotencyKey === undefined ? "once" : "idempotent",
+        ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
+      });
+      return { status: answer.status, headers: answer.headers, body: answer.body };
     },
   };
 
@@ -383,23 +426,36 @@ function entryOf(raw: unknown, answer: Answer): KvEntry {
   return makeEntry(item.key, item.version, bytes);
 }
 
+function txnValueJson(value: TxnValue): JsonValue {
+  return typeof value === "string" || value instanceof Uint8Array ? toJsonValue(value) : value;
+}
+
 function txnOperationJson(op: TxnOperation): unknown {
   if ("put" in op) {
-    const value: JsonValue = toJsonValue(op.put.value);
+    const value = txnValueJson(op.put.value);
     return { put: { key: op.put.key, value, ...(op.put.lease === undefined ? {} : { lease: op.put.lease }) } };
   }
   return op;
 }
 
-/** A `get` result's item as an entry; any other result as the server gave it. */
-function txnResultOf(raw: unknown): TxnOperationResult {
-  if (typeof raw !== "object" || raw === null) return {};
-  const result = raw as Record<string, unknown>;
-  if (!("get" in result)) return result;
-  const got = result.get as { key?: unknown; value?: unknown; version?: unknown } | null | undefined;
-  if (got === null || got === undefined) return { get: null };
+/** One result as the server wrote it (README "Transactions"), a `get`'s value decoded into an entry. */
+function txnResultOf(raw: unknown, answer: Answer): TxnOperationResult {
+  const bad = () => new KvClientError("bad_answer", answer.status, `${answer.origin} answered a /txn result that is not a put, delete or get: ${JSON.stringify(raw)?.slice(0, 100)}`);
+  if (typeof raw !== "object" || raw === null) throw bad();
+  const result = raw as { put?: { key?: unknown; version?: unknown }; delete?: { key?: unknown; deleted?: unknown }; get?: { key?: unknown; found?: unknown; value?: unknown; version?: unknown } };
+  if (result.put !== undefined) {
+    if (typeof result.put.key !== "string" || typeof result.put.version !== "number") throw bad();
+    return { put: { key: result.put.key, version: result.put.version } };
+  }
+  if (result.delete !== undefined) {
+    if (typeof result.delete.key !== "string" || typeof result.delete.deleted !== "boolean") throw bad();
+    return { delete: { key: result.delete.key, deleted: result.delete.deleted } };
+  }
+  const got = result.get;
+  if (got === undefined || typeof got.key !== "string") throw bad();
+  if (got.found === false) return { get: null };
   const bytes = fromJsonValue(got.value);
-  if (typeof got.key !== "string" || bytes === undefined || typeof got.version !== "number") return { get: null };
+  if (bytes === undefined || typeof got.version !== "number") throw bad();
   return { get: makeEntry(got.key, got.version, bytes) };
 }
 

@@ -28,12 +28,15 @@ export {
   type NodeStatus,
   type PutOptions,
   type PutResult,
+  type RawAnswer,
+  type RawRequest,
   type ReadConsistency,
   type TxnCompare,
   type TxnOperation,
   type TxnOperationResult,
   type TxnRequest,
   type TxnResult,
+  type TxnValue,
 } from "./client.ts";
 export { KvClientError, UnknownOutcomeError, type ClientSideCode } from "./errors.ts";
 export { answerOutcome, type AnswerOutcome } from "./outcome.ts";
