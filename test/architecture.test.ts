@@ -1,5 +1,6 @@
 // Proves the house rules hold in the code: src/raft is pure (no I/O, clocks, randomness or awaits) and
-// dependencies point downward only (raft <- kv <- storage <- node <- http/chaos <- cli).
+// dependencies point downward only (raft <- kv <- storage <- node <- http/chaos <- cli), and the client
+// library (src/client) talks to nodes over HTTP only.
 import { expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
@@ -50,11 +51,15 @@ test("dependencies point downward only", () => {
     node: ["lib", "raft", "kv", "storage", "transport"],
     // http checks requests against the command codec's limits (src/kv/command.ts), not storage.
     http: ["lib", "node", "raft", "kv"],
-    chaos: ["lib"],
-    bench: ["lib"],
-    // The composition root: assembles storage, node, transport, HTTP and metrics (createServer).
-    server: ["lib", "raft", "kv", "node", "storage", "transport", "http"],
-    cli: ["lib", "raft", "kv", "node", "storage", "transport", "http", "chaos", "bench", "sim", "server"],
+    // The client library ("kv/client"): it reaches a node over HTTP only, so it imports none of the
+    // server's layers (and no bun:/node: modules: see the test below).
+    client: ["lib"],
+    chaos: ["lib", "client"],
+    bench: ["lib", "client"],
+    // The composition root: assembles storage, node, transport, HTTP and metrics (createServer); a
+    // joining server asks the cluster through the client.
+    server: ["lib", "raft", "kv", "node", "storage", "transport", "http", "client"],
+    cli: ["lib", "raft", "kv", "node", "storage", "transport", "http", "chaos", "bench", "sim", "server", "client"],
   };
   const offences: string[] = [];
   for (const file of sourceFiles(src)) {
@@ -67,6 +72,15 @@ test("dependencies point downward only", () => {
       if (target !== layer && !(allowed[layer] as string[]).includes(target)) offences.push(`${relative(src, file)} (${layer}) imports ${spec}`);
     }
   }
+  expect(offences).toEqual([]);
+});
+
+test("src/client imports no bun: or node: module: it talks to nodes with fetch only", () => {
+  const offences: string[] = [];
+  for (const file of sourceFiles(join(src, "client"))) {
+    for (const spec of importsOf(file)) if (/^(bun|node):/.test(spec)) offences.push(`${relative(src, file)} imports ${spec}`);
+  }
+  expect(sourceFiles(join(src, "client")).length).toBeGreaterThan(0);
   expect(offences).toEqual([]);
 });
 

@@ -1,3 +1,5 @@
+import { answerOutcome, errorCodeOf } from "../client/outcome.ts";
+
 /**
  * What a chaos client learned from one request. `fail` means it certainly did not take effect (a
  * refusal before anything was proposed: 307 `not_leader`, 503 `no_leader`, 4xx); `unknown` means
@@ -55,24 +57,21 @@ export function classifyResponse(
     }
     return { kind: "ok", status: 200, body: bytes, version };
   }
-  let error = `http_${status}`;
-  try {
-    error = (JSON.parse(new TextDecoder().decode(bytes)) as { error?: string }).error ?? error;
-  } catch {
-    // not JSON
+  const code = errorCodeOf(bytes);
+  const error = code ?? `http_${status}`;
+  // The rule is the client library's (src/client/outcome.ts), so chaos judges answers as kv's client
+  // retries them: 503 `timeout` (proposed, commit not seen in time) and `unavailable` (a node shutting
+  // down fails requests it had already proposed, which may still commit) and any other 5xx (a bug on
+  // the node's side) are unknown; 503 `no_leader` (refused before proposing) and `proposal_dropped`
+  // (replaced by another leader's entry: it never applies), 307 and 4xx certainly did not take effect.
+  switch (answerOutcome(method, status, code)) {
+    case "unknown":
+      return { kind: "unknown", reason: code === "timeout" ? "timeout" : `${status} ${error}` };
+    case "done":
+      return { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined }; // a GET of an absent key
+    case "refused":
+      return { kind: "fail", status, error, location: header("location") ?? undefined };
   }
-  // A 503 "timeout" means the write was proposed and may still commit: its outcome is unknown.
-  if (error === "timeout") return { kind: "unknown", reason: "timeout" };
-  // A 503 "unavailable" comes from a node shutting down, which fails every waiting request with it,
-  // including writes it had already proposed and that may still commit: unknown, not refused.
-  // A 500 is a bug on the node's side: nothing says what it did.
-  // A 503 "no_leader" refused before proposing; "proposal_dropped" was proposed but replaced by
-  // another leader's entry, so it certainly never applies: both definitely did not take effect.
-  if (error === "unavailable" || (status >= 500 && error !== "no_leader" && error !== "proposal_dropped")) {
-    return { kind: "unknown", reason: `${status} ${error}` };
-  }
-  if (status === 404 && method === "GET") return { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined };
-  return { kind: "fail", status, error, location: header("location") ?? undefined };
 }
 
 /** The text of a successful GET, or null when the key is absent. */

@@ -1,9 +1,21 @@
 import { defineCommand } from "citty";
+import {
+  createClient,
+  KvClientError,
+  UnknownOutcomeError,
+  type KvClient,
+  type MembersView,
+  type NodeStatus,
+  type RawAnswer,
+  type RawRequest,
+  type ReadConsistency,
+} from "../client/index.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 
 /**
- * The client commands (`kv put|get|del|list|status|members`): talk to a cluster over its HTTP API,
- * following redirects to the leader and moving to the next endpoint when one does not answer.
+ * The client commands (`kv put|get|del|list|status|members`): talk to a cluster through the client
+ * library (src/client), which follows redirects to the leader, moves to the next endpoint when one
+ * does not answer, and retries writes under an Idempotency-Key.
  * Exit codes a script can rely on: 0 ok/found, 1 not found, 2 usage or a refused request,
  * 3 unavailable (no endpoint answered, no leader, or a write's outcome is unknown).
  */
@@ -19,7 +31,8 @@ export class ClientExit extends Error {
 
 const defaultEndpoints = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
 
-const connectionArgs = {
+/** The flags every client command takes: endpoints, output, timeout, token. */
+export const connectionArgs = {
   endpoints: {
     type: "string",
     description: `Comma-separated client URLs of the cluster (default $KV_ENDPOINTS or ${defaultEndpoints})`,
@@ -30,105 +43,67 @@ const connectionArgs = {
   "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
 } as const;
 
-interface Connection {
-  readonly endpoints: string[];
+/** Where and how a client command talks to the cluster. */
+export interface Connection {
+  readonly client: KvClient;
   readonly json: boolean;
-  readonly timeoutMs: number;
-  readonly authToken: string | undefined;
 }
 
-function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string }): Connection {
-  const list = (args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints)
-    .split(",")
-    .map((e) => e.trim().replace(/\/+$/, ""))
-    .filter((e) => e !== "");
-  for (const endpoint of list) {
-    let url: URL;
-    try {
-      url = new URL(endpoint);
-    } catch {
-      throw new UsageError(`--endpoints: '${endpoint}' is not a URL`);
-    }
-    if (url.protocol !== "http:" && url.protocol !== "https:") throw new UsageError(`--endpoints: '${endpoint}' must be http(s)`);
+/** The connection the flags (or $KV_ENDPOINTS, $KV_AUTH_TOKEN) describe; `UsageError` for bad ones. */
+export function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string }): Connection {
+  const timeoutMs = args["timeout-ms"] === undefined ? 5_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
+  let client: KvClient;
+  try {
+    client = createClient({
+      endpoints: args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints,
+      timeoutMs,
+      ...(authToken(args) === undefined ? {} : { authToken: authToken(args) }),
+    });
+  } catch (error) {
+    if (error instanceof KvClientError) throw new UsageError(`--endpoints: ${error.message}`);
+    throw error;
   }
-  if (list.length === 0) throw new UsageError("--endpoints names no endpoint");
-  return {
-    endpoints: list,
-    json: args.json === true,
-    timeoutMs: args["timeout-ms"] === undefined ? 5_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000),
-    authToken: args["auth-token"] ?? process.env.KV_AUTH_TOKEN,
-  };
+  return { client, json: args.json === true };
 }
 
-interface Answer {
-  readonly status: number;
-  readonly headers: Headers;
-  readonly body: Uint8Array;
+function authToken(args: { "auth-token"?: string }): string | undefined {
+  return args["auth-token"] ?? process.env.KV_AUTH_TOKEN;
 }
-
-const redirectsMax = 5;
 
 /**
- * Sends one request: to each endpoint in turn until one answers, following 307s to the leader and
- * waiting out a brief "no leader" (an election) within the timeout.
+ * Runs one client call; its errors become the exit they mean: 1 not found, 3 unavailable (no
+ * endpoint answered, no leader, a 5xx, or a write's outcome is unknown), 2 any other refusal.
  */
-async function send(conn: Connection, method: string, path: string, body?: Uint8Array): Promise<Answer> {
-  const deadline = performance.now() + conn.timeoutMs;
-  const failures: string[] = [];
-  for (;;) {
-    for (const endpoint of conn.endpoints) {
-      let url = `${endpoint}${path}`;
-      for (let hop = 0; hop <= redirectsMax; hop++) {
-        let response: Response;
-        try {
-          response = await fetch(url, {
-            method,
-            body,
-            redirect: "manual",
-            headers: conn.authToken === undefined ? {} : { authorization: `Bearer ${conn.authToken}` },
-            signal: AbortSignal.timeout(Math.max(1, deadline - performance.now())),
-          });
-        } catch (error) {
-          failures.push(`${new URL(url).origin}: ${error instanceof Error ? error.message : String(error)}`);
-          break; // this endpoint is down: try the next one
-        }
-        const answer = { status: response.status, headers: response.headers, body: new Uint8Array(await response.arrayBuffer()) };
-        const location = response.headers.get("location");
-        if (response.status === 307 && location !== null) {
-          url = location;
-          continue;
-        }
-        const refusal = response.status === 503 ? errorCode(answer) : undefined;
-        if (refusal === "no_leader" || refusal === "proposal_dropped") {
-          // Nothing applied (nothing was proposed, or what was proposed never will be): safe to retry.
-          failures.push(`${new URL(url).origin}: ${refusal === "no_leader" ? "no leader" : "leadership changed; retrying"}`);
-          break;
-        }
-        return answer;
-      }
-    }
-    if (performance.now() >= deadline) throw new ClientExit(3, `no endpoint could serve the request: ${failures.slice(-3).join("; ")}`);
-    await Bun.sleep(Math.min(100, Math.max(1, deadline - performance.now()))); // back off while an election settles
-  }
-}
-
-function errorCode(answer: Answer): string | undefined {
+async function call<T>(work: () => Promise<T>): Promise<T> {
   try {
-    return (JSON.parse(new TextDecoder().decode(answer.body)) as { error?: string }).error;
-  } catch {
-    return undefined;
+    return await work();
+  } catch (error) {
+    if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
+    if (!(error instanceof KvClientError)) throw error;
+    const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
+    if (error.status === 404) throw new ClientExit(1, message);
+    if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
+    throw new ClientExit(2, message);
   }
 }
 
-function parseJson<T>(answer: Answer): T {
-  return JSON.parse(new TextDecoder().decode(answer.body)) as T;
+/** An HTTP answer, its body read. */
+export type Answer = RawAnswer;
+
+/**
+ * Sends one request through the client library, for a command without a typed call: the answer
+ * (200 or a refusal for good), or the exit a failure means. A write is retried after an unknown
+ * outcome only when `headers` carry an `idempotency-key`.
+ */
+export async function send(conn: Connection, method: RawRequest["method"], path: string, body?: Uint8Array, headers: Record<string, string> = {}): Promise<Answer> {
+  return call(() => conn.client.request({ method, path, headers, ...(body === undefined ? {} : { body }) }));
 }
 
-/** Turns an error answer into the exit it means. */
-function fail(answer: Answer): never {
+/** Turns an error answer into the exit it means (404: 1, 5xx: 3, else 2). */
+export function fail(answer: Answer): never {
   let message = `HTTP ${answer.status}`;
   try {
-    const parsed = parseJson<{ error?: string; message?: string }>(answer);
+    const parsed = JSON.parse(new TextDecoder().decode(answer.body)) as { error?: string; message?: string };
     message = `${parsed.error ?? message}: ${parsed.message ?? ""}`.trim();
   } catch {
     // not JSON
@@ -138,9 +113,9 @@ function fail(answer: Answer): never {
   throw new ClientExit(2, message);
 }
 
-function keyPath(key: string): string {
+function checkKey(key: string): string {
   if (key === "") throw new UsageError("the key must not be empty");
-  return `/kv/${encodeURIComponent(key)}`;
+  return key;
 }
 
 /** A value as JSON: text when it is valid UTF-8, else {"base64": ...}. */
@@ -156,6 +131,12 @@ function print(conn: Connection, json: unknown, text: string): void {
   console.log(conn.json ? JSON.stringify(json) : text);
 }
 
+/** `--consistency`: one of the three modes (the server would refuse anything else with 400 too). */
+function consistency(value: string | undefined): ReadConsistency | undefined {
+  if (value === undefined || value === "linearizable" || value === "lease" || value === "stale") return value;
+  throw new UsageError(`--consistency must be linearizable, lease or stale, got '${value}'`);
+}
+
 const putCommand = defineCommand({
   meta: { name: "put", description: "Write VALUE (or standard input, with - or no VALUE) under KEY" },
   args: {
@@ -167,9 +148,7 @@ const putCommand = defineCommand({
     const conn = connection(args);
     const value =
       args.value === undefined || args.value === "-" ? new Uint8Array(await Bun.stdin.arrayBuffer()) : new TextEncoder().encode(args.value);
-    const answer = await send(conn, "PUT", keyPath(args.key), value);
-    if (answer.status !== 200) fail(answer);
-    const { version } = parseJson<{ version: number }>(answer);
+    const { version } = await call(() => conn.client.put(checkKey(args.key), value));
     print(conn, { key: args.key, version }, `OK ${args.key} version ${version}`);
   },
 });
@@ -183,12 +162,11 @@ const getCommand = defineCommand({
   args: { key: { type: "positional", required: true, description: "The key" }, ...consistencyArg, ...connectionArgs },
   async run({ args }) {
     const conn = connection(args);
-    const query = args.consistency === undefined ? "" : `?consistency=${encodeURIComponent(args.consistency)}`;
-    const answer = await send(conn, "GET", `${keyPath(args.key)}${query}`);
-    if (answer.status !== 200) fail(answer);
-    const version = Number(answer.headers.get("x-kv-version"));
-    if (conn.json) print(conn, { key: args.key, value: jsonValue(answer.body), version }, "");
-    else process.stdout.write(answer.body);
+    const mode = consistency(args.consistency);
+    const entry = await call(() => conn.client.get(checkKey(args.key), mode === undefined ? {} : { consistency: mode }));
+    if (entry === null) throw new ClientExit(1, "not_found: no value is stored under this key");
+    if (conn.json) print(conn, { key: args.key, value: jsonValue(entry.bytes), version: entry.version }, "");
+    else process.stdout.write(entry.bytes);
   },
 });
 
@@ -197,18 +175,11 @@ const delCommand = defineCommand({
   args: { key: { type: "positional", required: true, description: "The key" }, ...connectionArgs },
   async run({ args }) {
     const conn = connection(args);
-    const answer = await send(conn, "DELETE", keyPath(args.key));
-    if (answer.status !== 200) fail(answer);
-    const result = parseJson<{ deleted: boolean; version: number }>(answer);
+    const result = await call(() => conn.client.delete(checkKey(args.key)));
     print(conn, { key: args.key, ...result }, result.deleted ? `deleted ${args.key}` : `${args.key} was not there`);
     if (!result.deleted) throw new ClientExit(1, "");
   },
 });
-
-interface ListPage {
-  items: { key: string; value: string | { base64: string }; version: number }[];
-  more: boolean;
-}
 
 const listCommand = defineCommand({
   meta: { name: "list", description: "List the keys (and values) under PREFIX, in key order" },
@@ -221,19 +192,13 @@ const listCommand = defineCommand({
   async run({ args }) {
     const conn = connection(args);
     const limit = args.limit === undefined ? Number.POSITIVE_INFINITY : parseIntFlag("limit", args.limit, 1, 1_000_000_000);
-    const items: ListPage["items"] = [];
-    let after: string | undefined;
-    for (;;) {
-      const query = new URLSearchParams({ prefix: args.prefix ?? "", limit: String(Math.min(1000, limit - items.length)) });
-      if (after !== undefined) query.set("after", after);
-      if (args.consistency !== undefined) query.set("consistency", args.consistency);
-      const answer = await send(conn, "GET", `/kv?${query}`);
-      if (answer.status !== 200) fail(answer);
-      const page = parseJson<ListPage>(answer);
-      items.push(...page.items);
-      after = page.items[page.items.length - 1]?.key;
-      if (!page.more || after === undefined || items.length >= limit) break;
-    }
+    const mode = consistency(args.consistency);
+    const items: { key: string; value: string | { base64: string }; version: number }[] = [];
+    await call(async () => {
+      for await (const page of conn.client.list(args.prefix ?? "", { limit, ...(mode === undefined ? {} : { consistency: mode }) })) {
+        for (const item of page.items) items.push({ key: item.key, value: jsonValue(item.bytes), version: item.version });
+      }
+    });
     if (conn.json) {
       print(conn, items, "");
       return;
@@ -242,29 +207,15 @@ const listCommand = defineCommand({
   },
 });
 
-interface StatusView {
-  id: number;
-  role: string;
-  term: number;
-  leaderId: number;
-  commitIndex: number;
-  appliedIndex: number;
-  members: { id: number; peerUrl: string; httpUrl: string | null }[];
-}
-
 /** Asks every endpoint for its /status (without redirects); undefined where none came. */
-async function statuses(conn: Connection): Promise<{ endpoint: string; status: StatusView | undefined; error?: string }[]> {
+async function statuses(conn: Connection): Promise<{ endpoint: string; status: NodeStatus | undefined; error?: string }[]> {
   return Promise.all(
-    conn.endpoints.map(async (endpoint) => {
+    conn.client.endpoints.map(async (endpoint) => {
       try {
-        const response = await fetch(`${endpoint}/status`, {
-          signal: AbortSignal.timeout(conn.timeoutMs),
-          headers: conn.authToken === undefined ? {} : { authorization: `Bearer ${conn.authToken}` },
-        });
-        if (!response.ok) return { endpoint, status: undefined, error: `HTTP ${response.status}` };
-        return { endpoint, status: (await response.json()) as StatusView };
+        return { endpoint, status: await conn.client.statusOf(endpoint) };
       } catch (error) {
-        return { endpoint, status: undefined, error: error instanceof Error ? error.message : String(error) };
+        if (!(error instanceof KvClientError)) throw error;
+        return { endpoint, status: undefined, error: error.status === 0 ? error.message : `HTTP ${error.status}` };
       }
     }),
   );
@@ -296,9 +247,7 @@ const membersCommand = defineCommand({
   args: { ...connectionArgs },
   async run({ args }) {
     const conn = connection(args);
-    const answer = await send(conn, "GET", "/status");
-    if (answer.status !== 200) fail(answer);
-    const status = parseJson<StatusView>(answer);
+    const status = await call(() => conn.client.status());
     if (conn.json) {
       print(conn, status.members, "");
       return;
@@ -315,10 +264,8 @@ const leaderTransferCommand = defineCommand({
   args: { to: { type: "string", description: "The node to hand over to (default: the most caught-up voter)", valueHint: "N" }, ...connectionArgs },
   async run({ args }) {
     const conn = connection(args);
-    const query = args.to === undefined ? "" : `?to=${parseIntFlag("to", args.to, 1, 1_000_000)}`;
-    const answer = await send(conn, "POST", `/leader/transfer${query}`);
-    if (answer.status !== 200) fail(answer);
-    const result = parseJson<{ leaderId: number; previousLeaderId: number }>(answer);
+    const to = args.to === undefined ? undefined : parseIntFlag("to", args.to, 1, 1_000_000);
+    const result = await call(() => conn.client.transferLeadership(to));
     print(conn, result, `leadership moved from node ${result.previousLeaderId} to node ${result.leaderId}`);
   },
 });
@@ -328,14 +275,8 @@ const leaderCommand = defineCommand({
   subCommands: { transfer: leaderTransferCommand },
 });
 
-interface MembersAnswer {
-  members: { id: number; peerUrl: string; httpUrl: string | null; role: string | null }[];
-  leaderId: number;
-  configIndex: number;
-}
-
 /** Prints a configuration: one member a line (id, role, peer URL, client URL), the leader marked. */
-function printMembers(conn: Connection, view: MembersAnswer): void {
+function printMembers(conn: Connection, view: MembersView): void {
   if (conn.json) return print(conn, view, "");
   for (const member of view.members) {
     const role = `${member.role ?? "-"}${member.id === view.leaderId ? ",leader" : ""}`;
@@ -343,11 +284,9 @@ function printMembers(conn: Connection, view: MembersAnswer): void {
   }
 }
 
-/** Runs one membership request; an answer's error becomes the exit it means (409 conf_change_pending: 2). */
-async function memberRequest(conn: Connection, method: string, path: string, body?: unknown): Promise<void> {
-  const answer = await send(conn, method, path, body === undefined ? undefined : new TextEncoder().encode(JSON.stringify(body)));
-  if (answer.status !== 200) fail(answer);
-  printMembers(conn, parseJson<MembersAnswer>(answer));
+/** Runs one membership change and prints the configuration after it (409 conf_change_pending: exit 2). */
+async function memberRequest(conn: Connection, change: (membership: KvClient["membership"]) => Promise<MembersView>): Promise<void> {
+  printMembers(conn, await call(() => change(conn.client.membership)));
 }
 
 const idArg = { id: { type: "positional", required: true, description: "The member's node id" } } as const;
@@ -360,9 +299,7 @@ const memberCommand = defineCommand({
       args: { ...connectionArgs },
       async run({ args }) {
         const conn = connection(args);
-        const answer = await send(conn, "GET", "/members");
-        if (answer.status !== 200) fail(answer);
-        printMembers(conn, parseJson<MembersAnswer>(answer));
+        printMembers(conn, await call(() => conn.client.members()));
       },
     }),
     add: defineCommand({
@@ -373,21 +310,24 @@ const memberCommand = defineCommand({
         ...connectionArgs,
       },
       async run({ args }) {
-        await memberRequest(connection(args), "POST", "/members", { id: parseIntFlag("id", args.id, 1, 1_000_000), peerUrl: args.peerUrl });
+        const id = parseIntFlag("id", args.id, 1, 1_000_000);
+        await memberRequest(connection(args), (membership) => membership.add({ id, peerUrl: args.peerUrl }));
       },
     }),
     remove: defineCommand({
       meta: { name: "remove", description: "Remove node ID (the leader itself hands over first)" },
       args: { ...idArg, ...connectionArgs },
       async run({ args }) {
-        await memberRequest(connection(args), "DELETE", `/members/${parseIntFlag("id", args.id, 1, 1_000_000)}`);
+        const id = parseIntFlag("id", args.id, 1, 1_000_000);
+        await memberRequest(connection(args), (membership) => membership.remove(id));
       },
     }),
     promote: defineCommand({
       meta: { name: "promote", description: "Make learner ID a voter now" },
       args: { ...idArg, ...connectionArgs },
       async run({ args }) {
-        await memberRequest(connection(args), "POST", `/members/${parseIntFlag("id", args.id, 1, 1_000_000)}/promote`);
+        const id = parseIntFlag("id", args.id, 1, 1_000_000);
+        await memberRequest(connection(args), (membership) => membership.promote(id));
       },
     }),
   },

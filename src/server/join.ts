@@ -4,6 +4,7 @@
  * The new server records it as its initial configuration (as the simulator's `addServer` does out
  * of band) and then follows the leader, which promotes it once it has caught up.
  */
+import { createClient, KvClientError, UnknownOutcomeError, type MembersView } from "../client/index.ts";
 import type { Logger } from "../lib/logger.ts";
 
 /** What the leader answered (`POST /members`): the configuration right after this server's addition. */
@@ -31,45 +32,48 @@ export class JoinError extends Error {
   override name = "JoinError";
 }
 
-/** Tries every endpoint in turn, following redirects to the leader, until the change is applied. */
+/** Budget of one request to the cluster (the client's own retries included). */
+const REQUEST_TIMEOUT_MS_MAX = 10_000;
+
+/**
+ * Asks the cluster through the client library (src/client: it tries every endpoint in turn and
+ * follows redirects to the leader with the token) until the change is applied. An addition whose
+ * outcome was unknown is simply asked again: if it was applied, the cluster answers
+ * `member_exists`, and this server checks the configuration holds it at its own address.
+ */
 export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
   const deadline = Date.now() + options.timeoutMs;
-  const headers: Record<string, string> = { "content-type": "application/json" };
-  if (options.authToken !== undefined) headers.authorization = `Bearer ${options.authToken}`;
-  const body = JSON.stringify({ id: options.id, peerUrl: options.peerUrl, ...(options.httpUrl === undefined ? {} : { httpUrl: options.httpUrl }) });
+  const client = createClient({
+    endpoints: options.endpoints,
+    timeoutMs: Math.min(REQUEST_TIMEOUT_MS_MAX, options.timeoutMs),
+    ...(options.authToken === undefined ? {} : { authToken: options.authToken }),
+  });
+  const member = { id: options.id, peerUrl: options.peerUrl, ...(options.httpUrl === undefined ? {} : { httpUrl: options.httpUrl }) };
   let lastProblem = "no endpoint tried";
   for (let attempt = 0; Date.now() < deadline; attempt++) {
-    const endpoint = options.endpoints[attempt % options.endpoints.length] as string;
     try {
-      // Redirects are followed by hand: fetch drops Authorization across origins.
-      let url = `${endpoint.replace(/\/+$/, "")}/members`;
-      for (let hop = 0; hop < 5; hop++) {
-        const response = await fetch(url, { method: "POST", headers, body, redirect: "manual", signal: AbortSignal.timeout(10_000) });
-        const location = response.headers.get("location");
-        if (response.status === 307 && location !== null) {
-          await response.body?.cancel();
-          url = new URL(location, url).toString();
-          continue;
-        }
-        const answer = (await response.json().catch(() => ({}))) as Record<string, unknown>;
-        if (response.status === 200) return parseAnswer(answer, options.id);
-        if (response.status === 409 && answer.error === "member_exists") {
-          // Already added (an earlier attempt's answer was lost): fine if it is at our address.
-          const current = await (await fetch(url, { headers, signal: AbortSignal.timeout(10_000) })).json();
-          const parsed = parseAnswer(current as Record<string, unknown>, options.id);
+      return parseAnswer(await client.membership.add(member), options.id);
+    } catch (error) {
+      if (error instanceof JoinError) throw error;
+      if (error instanceof KvClientError && error.code === "member_exists") {
+        // Already added (an earlier attempt's answer was lost): fine if it is at our address.
+        const current = await client.members().catch((problem: unknown) => problem);
+        if (current instanceof Error) {
+          if (!(current instanceof KvClientError) && !(current instanceof UnknownOutcomeError)) throw current;
+          lastProblem = `reading the members: ${current.message}`;
+        } else {
+          const parsed = parseAnswer(current as MembersView, options.id);
           const self = parsed.addresses.find((address) => address.id === options.id);
           if (self?.peerUrl === options.peerUrl) return parsed;
           throw new JoinError(`node ${options.id} is already a member at ${self?.peerUrl ?? "an unknown address"}, not ${options.peerUrl}`);
         }
-        if (response.status === 400 || response.status === 401 || response.status === 404) {
-          throw new JoinError(`${url} refused the join: ${response.status} ${String(answer.message ?? answer.error ?? "")}`);
+      } else {
+        if (error instanceof KvClientError && (error.status === 400 || error.status === 401 || error.status === 404)) {
+          throw new JoinError(`the cluster refused the join: ${error.status} ${error.message}`);
         }
-        lastProblem = `${url}: ${response.status} ${String(answer.error ?? "")}`;
-        break;
+        if (!(error instanceof KvClientError) && !(error instanceof UnknownOutcomeError)) throw error;
+        lastProblem = error instanceof KvClientError ? `${error.code}: ${error.message}` : error.message;
       }
-    } catch (error) {
-      if (error instanceof JoinError) throw error;
-      lastProblem = `${endpoint}: ${error instanceof Error ? error.message : String(error)}`;
     }
     options.logger.log("info", "join", { detail: `retrying: ${lastProblem}` });
     await Bun.sleep(Math.min(1_000, 100 * 2 ** Math.min(attempt, 4)));
@@ -77,9 +81,9 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
   throw new JoinError(`could not join within ${options.timeoutMs} ms: ${lastProblem}`);
 }
 
-function parseAnswer(answer: Record<string, unknown>, id: number): JoinAnswer {
-  const members = answer.members;
-  const configIndex = answer.configIndex;
+function parseAnswer(answer: MembersView, id: number): JoinAnswer {
+  const members: unknown = answer.members;
+  const configIndex: unknown = answer.configIndex;
   if (!Array.isArray(members) || typeof configIndex !== "number" || configIndex < 1) {
     throw new JoinError(`the cluster answered without a configuration: ${JSON.stringify(answer).slice(0, 200)}`);
   }

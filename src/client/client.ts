@@ -1,0 +1,480 @@
+/**
+ * `createClient`: the typed client of a kv cluster. Every call finds the leader (following 307s
+ * with the Authorization header), remembers it, moves to the next endpoint when one does not
+ * answer, and retries only what is safe: reads freely; writes under an `Idempotency-Key` (one random
+ * key per logical write unless the caller gives one), so a retry after an unknown outcome cannot
+ * apply twice. The request engine is src/client/transport.ts.
+ */
+import { KvClientError } from "./errors.ts";
+import { errorFromAnswer, Transport, type Answer } from "./transport.ts";
+import { fromJsonValue, makeEntry, toJsonValue, valueBytes, type JsonValue, type KvEntry, type ValueInput } from "./values.ts";
+
+/** Settings of `createClient`. */
+export interface ClientOptions {
+  /** Client URLs of the cluster's nodes (`http://host:port`), or one comma-separated string of them. */
+  readonly endpoints: readonly string[] | string;
+  /** The bearer token of a cluster started with `--auth-token`. */
+  readonly authToken?: string;
+  /** Budget of one call, retries included (default 5000 ms). */
+  readonly timeoutMs?: number;
+  /**
+   * How long one attempt waits for an answer before the call tries the next endpoint (default a
+   * third of `timeoutMs`, at least 1000 ms, at most `timeoutMs`).
+   */
+  readonly attemptTimeoutMs?: number;
+}
+
+/** How a read is served: `linearizable` (the default), `lease` (leader lease) or `stale` (local state). */
+export type ReadConsistency = "linearizable" | "lease" | "stale";
+
+/** Options of `get`. */
+export interface GetOptions {
+  readonly consistency?: ReadConsistency;
+}
+
+/** Options of `put`. */
+export interface PutOptions {
+  /** Compare-and-set: write only if the key's version is this (0: only if absent); else `version_mismatch`. */
+  readonly ifVersion?: number;
+  /** Attach the key to this lease (sent as `?lease=ID`; needs a server that has leases). */
+  readonly lease?: number;
+  /** The write's `Idempotency-Key` (default: a random one, generated per call). */
+  readonly idempotencyKey?: string;
+}
+
+/** Options of `delete`. */
+export interface DeleteOptions {
+  /** Compare-and-delete: delete only if the key's version is this; else `version_mismatch`. */
+  readonly ifVersion?: number;
+  /** The write's `Idempotency-Key` (default: a random one, generated per call). */
+  readonly idempotencyKey?: string;
+}
+
+/** Options of `list`. */
+export interface ListOptions {
+  /** Stop after this many items in all (default: every key under the prefix). */
+  readonly limit?: number;
+  /** Items asked for per request, 1-1000 (default 1000). */
+  readonly pageSize?: number;
+  /** Start after this key (exclusive). */
+  readonly after?: string;
+  readonly consistency?: ReadConsistency;
+}
+
+/** What `put` answers. */
+export interface PutResult {
+  readonly key: string;
+  /** The Raft index of the write: the key's new version. */
+  readonly version: number;
+}
+
+/** What `delete` answers. */
+export interface DeleteResult {
+  /** False when the key was absent (nothing changed). */
+  readonly deleted: boolean;
+  readonly version: number;
+}
+
+/** One page of a listing, in key order (UTF-8 byte order). */
+export interface ListPage {
+  readonly items: readonly KvEntry[];
+}
+
+/** A member as `/status` and `/members` describe it. */
+export interface Member {
+  readonly id: number;
+  readonly peerUrl: string;
+  /** Its client URL, when known. */
+  readonly httpUrl: string | null;
+  /** `voter` or `learner` (absent in older answers). */
+  readonly role?: string | null;
+}
+
+/** One node's `GET /status`. */
+export interface NodeStatus {
+  readonly id: number;
+  readonly role: string;
+  readonly term: number;
+  readonly leaderId: number | null;
+  readonly leaderUrl: string | null;
+  readonly commitIndex: number;
+  readonly appliedIndex: number;
+  readonly lastLogIndex: number;
+  readonly snapshotIndex: number;
+  readonly firstLogIndex: number;
+  readonly members: readonly Member[];
+  readonly storage: unknown;
+}
+
+/** `GET /members`: the configuration a node applied. */
+export interface MembersView {
+  readonly members: readonly Member[];
+  readonly leaderId: number;
+  readonly configIndex: number;
+  readonly clusterId?: string;
+}
+
+/** A member to add: `POST /members`. */
+export interface NewMember {
+  readonly id: number;
+  readonly peerUrl: string;
+  readonly httpUrl?: string;
+}
+
+/** Membership changes. Not idempotent: one whose outcome is unknown throws `UnknownOutcomeError` at once. */
+export interface MembershipApi {
+  /** Adds a learner (promoted by the leader once caught up); answers the configuration after it. */
+  add(member: NewMember): Promise<MembersView>;
+  /** Removes a member; answers the configuration after it. */
+  remove(id: number): Promise<MembersView>;
+  /** Makes a learner a voter now. */
+  promote(id: number): Promise<MembersView>;
+}
+
+/** A value in a transaction: text, bytes, or already in JSON's `{"base64": ...}` form. */
+export type TxnValue = ValueInput | { readonly base64: string };
+
+/**
+ * One condition of a transaction, on the state before it: the key's version (0: absent), its value
+ * (present with exactly these bytes), or whether it exists.
+ */
+export type TxnCompare =
+  | { readonly key: string; readonly version: number }
+  | { readonly key: string; readonly value: TxnValue }
+  | { readonly key: string; readonly exists: boolean };
+
+/** One operation of a transaction's `success` or `failure` branch. */
+export type TxnOperation =
+  | { readonly put: { readonly key: string; readonly value: TxnValue; readonly lease?: number } }
+  | { readonly delete: { readonly key: string } }
+  | { readonly get: { readonly key: string } };
+
+/** A transaction: if every `compare` holds, `success` runs, else `failure`; atomically, at one version. */
+export interface TxnRequest {
+  readonly compare?: readonly TxnCompare[];
+  readonly success?: readonly TxnOperation[];
+  readonly failure?: readonly TxnOperation[];
+  /** The transaction's `Idempotency-Key` (default: a random one, generated per call). */
+  readonly idempotencyKey?: string;
+}
+
+/**
+ * The result of one operation, in the order of the branch that ran: a `get`'s value decoded into an
+ * entry (null when the key was absent), a put's version, whether a delete found its key.
+ */
+export type TxnOperationResult =
+  | { readonly get: KvEntry | null }
+  | { readonly put: { readonly key: string; readonly version: number } }
+  | { readonly delete: { readonly key: string; readonly deleted: boolean } };
+
+/** What `POST /txn` answers. */
+export interface TxnResult {
+  /** Whether every comparison held (so `success` ran). */
+  readonly succeeded: boolean;
+  /** The version the transaction was decided (and, if it wrote, applied) at. */
+  readonly version: number;
+  readonly results: readonly TxnOperationResult[];
+}
+
+/** A call to a route the typed methods do not cover (yet): see `KvClient.request`. */
+export interface RawRequest {
+  readonly method: "GET" | "PUT" | "POST" | "DELETE";
+  /** Path and query, starting with `/` (`/leases`, `/kv/a%2Fb?lease=7`). */
+  readonly path: string;
+  readonly body?: Uint8Array | string;
+  /** Extra headers; an `idempotency-key` makes a write safe to retry after an unknown outcome. */
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+/** A complete answer to a `RawRequest`: a 200, a 404 to a GET, or a refusal for good (4xx). */
+export interface RawAnswer {
+  readonly status: number;
+  readonly headers: Headers;
+  readonly body: Uint8Array;
+}
+
+/** A client of one kv cluster. Calls may run concurrently; they share what is known of the leader. */
+export interface KvClient {
+  /** The endpoints, normalized (no trailing slash). */
+  readonly endpoints: readonly string[];
+  /** The client URL of the node believed to lead, if one is known. */
+  readonly leaderEndpoint: string | undefined;
+  /** The value under `key`, or null when absent. */
+  get(key: string, options?: GetOptions): Promise<KvEntry | null>;
+  /** Stores `value` (text is sent as UTF-8) under `key`. */
+  put(key: string, value: ValueInput, options?: PutOptions): Promise<PutResult>;
+  /** Deletes `key` (`deleted: false` when it was absent). */
+  delete(key: string, options?: DeleteOptions): Promise<DeleteResult>;
+  /**
+   * The keys under `prefix`, in key order, as an async iterator over pages (each one request);
+   * `for await (const page of client.list("user/")) for (const item of page.items) ...`.
+   */
+  list(prefix?: string, options?: ListOptions): AsyncIterableIterator<ListPage>;
+  /** Runs a transaction (`POST /txn`). */
+  txn(request: TxnRequest): Promise<TxnResult>;
+  /** The status of the first endpoint that answers (no redirect: that node's own view). */
+  status(): Promise<NodeStatus>;
+  /** The status of one node, by its client URL. */
+  statusOf(endpoint: string): Promise<NodeStatus>;
+  /** The configuration as the first answering endpoint applied it (`GET /members`). */
+  members(): Promise<MembersView>;
+  /** Membership changes (`POST /members`, `DELETE /members/{id}`, `POST /members/{id}/promote`). */
+  readonly membership: MembershipApi;
+  /** Hands leadership to node `to` (or the most caught-up voter): `POST /leader/transfer`. */
+  transferLeadership(to?: number): Promise<{ readonly leaderId: number; readonly previousLeaderId: number }>;
+  /**
+   * Any route, with the same leader following and failover: a GET is retried freely, a write with an
+   * `idempotency-key` header after unknown outcomes too, any other write only after refusals that
+   * prove nothing was done. Resolves with the final answer (a 4xx is an answer, not an error);
+   * throws `UnknownOutcomeError` and `KvClientError` (`unreachable`, or a passing refusal such as
+   * `no_leader` that outlasted the budget) as the typed calls do.
+   */
+  request(request: RawRequest): Promise<RawAnswer>;
+}
+
+/** Default budget of one call. */
+export const CLIENT_TIMEOUT_MS_DEFAULT = 5_000;
+/** The server's largest listing page (src/http/app.ts). */
+const PAGE_SIZE_MAX = 1000;
+
+/** Creates a client of the cluster at `options.endpoints`. Throws `KvClientError` `bad_request` on bad options. */
+export function createClient(options: ClientOptions): KvClient {
+  const endpoints = normalizeEndpoints(options.endpoints);
+  const timeoutMs = options.timeoutMs ?? CLIENT_TIMEOUT_MS_DEFAULT;
+  if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw badOption(`timeoutMs must be at least 1, got ${timeoutMs}`);
+  const attemptTimeoutMs = options.attemptTimeoutMs ?? Math.min(timeoutMs, Math.max(1_000, Math.ceil(timeoutMs / 3)));
+  if (!Number.isFinite(attemptTimeoutMs) || attemptTimeoutMs < 1) throw badOption(`attemptTimeoutMs must be at least 1, got ${attemptTimeoutMs}`);
+  const transport = new Transport({ endpoints, authToken: options.authToken, timeoutMs, attemptTimeoutMs });
+
+  const json = <T>(answer: Answer): T => {
+    if (answer.status !== 200) throw errorFromAnswer(answer);
+    try {
+      return JSON.parse(new TextDecoder().decode(answer.body)) as T;
+    } catch {
+      throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered something that is not JSON`);
+    }
+  };
+  const writeHeaders = (idempotencyKey: string): Record<string, string> => ({ "idempotency-key": idempotencyKey });
+  const membershipCall = async (method: "POST" | "DELETE", path: string, body?: unknown): Promise<MembersView> =>
+    json<MembersView>(
+      await transport.send({
+        method,
+        path,
+        safety: "once",
+        ...(body === undefined ? {} : { body: JSON.stringify(body), headers: { "content-type": "application/json" } }),
+      }),
+    );
+
+  const client: KvClient = {
+    endpoints,
+    get leaderEndpoint() {
+      return transport.leaderOrigin;
+    },
+
+    async get(key, opts = {}) {
+      const answer = await transport.send({ method: "GET", path: `${keyPath(key)}${query({ consistency: opts.consistency })}`, safety: "read" });
+      if (answer.status === 404) {
+        if (errorCodeIs(answer, "not_found")) return null;
+        throw errorFromAnswer(answer);
+      }
+      if (answer.status !== 200) throw errorFromAnswer(answer);
+      return makeEntry(key, Number(answer.headers.get("x-kv-version")), answer.body);
+    },
+
+    async put(key, value, opts = {}) {
+      const idempotencyKey = opts.idempotencyKey ?? crypto.randomUUID();
+      const answer = await transport.send({
+        method: "PUT",
+        path: `${keyPath(key)}${query({ ifVersion: opts.ifVersion, lease: opts.lease })}`,
+        body: valueBytes(value),
+        headers: { ...writeHeaders(idempotencyKey), "content-type": "application/octet-stream" },
+        safety: "idempotent",
+        idempotencyKey,
+      });
+      const result = json<{ key?: unknown; version?: unknown }>(answer);
+      return { key, version: numberField(result.version, answer) };
+    },
+
+    async delete(key, opts = {}) {
+      const idempotencyKey = opts.idempotencyKey ?? crypto.randomUUID();
+      const answer = await transport.send({
+        method: "DELETE",
+        path: `${keyPath(key)}${query({ ifVersion: opts.ifVersion })}`,
+        headers: writeHeaders(idempotencyKey),
+        safety: "idempotent",
+        idempotencyKey,
+      });
+      const result = json<{ deleted?: unknown; version?: unknown }>(answer);
+      return { deleted: result.deleted === true, version: numberField(result.version, answer) };
+    },
+
+    list(prefix = "", opts = {}) {
+      return listPages(prefix, opts);
+    },
+
+    async txn(request) {
+      const idempotencyKey = request.idempotencyKey ?? crypto.randomUUID();
+      const body = JSON.stringify({
+        compare: (request.compare ?? []).map((c) => ("value" in c ? { key: c.key, value: txnValueJson(c.value) } : c)),
+        success: (request.success ?? []).map(txnOperationJson),
+        failure: (request.failure ?? []).map(txnOperationJson),
+      });
+      const answer = await transport.send({
+        method: "POST",
+        path: "/txn",
+        body,
+        headers: { ...writeHeaders(idempotencyKey), "content-type": "application/json" },
+        safety: "idempotent",
+        idempotencyKey,
+      });
+      const result = json<{ succeeded?: unknown; version?: unknown; results?: unknown }>(answer);
+      if (typeof result.succeeded !== "boolean" || !Array.isArray(result.results)) {
+        throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered /txn without succeeded and results`);
+      }
+      return { succeeded: result.succeeded, version: numberField(result.version, answer), results: result.results.map((raw) => txnResultOf(raw, answer)) };
+    },
+
+    async status() {
+      return json<NodeStatus>(await transport.send({ method: "GET", path: "/status", safety: "read" }));
+    },
+
+    async statusOf(endpoint) {
+      return json<NodeStatus>(await transport.sendTo(normalizeEndpoints([endpoint])[0] as string, "/status"));
+    },
+
+    async members() {
+      return json<MembersView>(await transport.send({ method: "GET", path: "/members", safety: "read" }));
+    },
+
+    membership: {
+      add: (member) => membershipCall("POST", "/members", member),
+      remove: (id) => membershipCall("DELETE", `/members/${id}`),
+      promote: (id) => membershipCall("POST", `/members/${id}/promote`),
+    },
+
+    async transferLeadership(to) {
+      const answer = await transport.send({ method: "POST", path: `/leader/transfer${query({ to })}`, safety: "once" });
+      return json<{ leaderId: number; previousLeaderId: number }>(answer);
+    },
+
+    async request(raw) {
+      const idempotencyKey = Object.entries(raw.headers ?? {}).find(([name]) => name.toLowerCase() === "idempotency-key")?.[1];
+      const answer = await transport.send({
+        method: raw.method,
+        path: raw.path.startsWith("/") ? raw.path : `/${raw.path}`,
+        ...(raw.body === undefined ? {} : { body: raw.body }),
+        ...(raw.headers === undefined ? {} : { headers: raw.headers }),
+        safety: raw.method === "GET" ? "read" : idempotencyKey === undefined ? "once" : "idempotent",
+        ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
+      });
+      return { status: answer.status, headers: answer.headers, body: answer.body };
+    },
+  };
+
+  async function* listPages(prefix: string, opts: ListOptions): AsyncIterableIterator<ListPage> {
+    const limit = opts.limit ?? Number.POSITIVE_INFINITY;
+    const pageSize = opts.pageSize ?? PAGE_SIZE_MAX;
+    if (!(limit >= 1)) throw badOption(`limit must be at least 1, got ${limit}`);
+    if (!Number.isSafeInteger(pageSize) || pageSize < 1 || pageSize > PAGE_SIZE_MAX) throw badOption(`pageSize must be 1 to ${PAGE_SIZE_MAX}, got ${pageSize}`);
+    let after = opts.after;
+    let seen = 0;
+    while (seen < limit) {
+      const path = `/kv${query({ prefix, limit: Math.min(pageSize, limit - seen), after, consistency: opts.consistency })}`;
+      const answer = await transport.send({ method: "GET", path, safety: "read" });
+      const page = json<{ items?: unknown; more?: unknown }>(answer);
+      if (!Array.isArray(page.items)) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a listing without items`);
+      const items = page.items.map((raw) => entryOf(raw, answer));
+      seen += items.length;
+      if (items.length > 0) yield { items };
+      const last = items[items.length - 1];
+      if (page.more !== true || last === undefined) return;
+      after = last.key;
+    }
+  }
+
+  return client;
+}
+
+/** `/kv/{key}`, percent-encoded. */
+function keyPath(key: string): string {
+  return `/kv/${encodeURIComponent(key)}`;
+}
+
+/** `?a=1&b=2` from the defined entries (empty when none). */
+function query(params: Readonly<Record<string, string | number | undefined>>): string {
+  const search = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) if (value !== undefined) search.set(name, String(value));
+  const text = search.toString();
+  return text === "" ? "" : `?${text}`;
+}
+
+function errorCodeIs(answer: Answer, code: string): boolean {
+  return errorFromAnswer(answer).code === code;
+}
+
+function numberField(value: unknown, answer: Answer): number {
+  if (typeof value !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered without a version`);
+  return value;
+}
+
+function entryOf(raw: unknown, answer: Answer): KvEntry {
+  const item = raw as { key?: unknown; value?: unknown; version?: unknown } | null;
+  const bytes = item === null ? undefined : fromJsonValue(item.value);
+  if (item === null || typeof item.key !== "string" || bytes === undefined || typeof item.version !== "number") {
+    throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered an item without key, value and version`);
+  }
+  return makeEntry(item.key, item.version, bytes);
+}
+
+function txnValueJson(value: TxnValue): JsonValue {
+  return typeof value === "string" || value instanceof Uint8Array ? toJsonValue(value) : value;
+}
+
+function txnOperationJson(op: TxnOperation): unknown {
+  if ("put" in op) {
+    const value = txnValueJson(op.put.value);
+    return { put: { key: op.put.key, value, ...(op.put.lease === undefined ? {} : { lease: op.put.lease }) } };
+  }
+  return op;
+}
+
+/** One result as the server wrote it (README "Transactions"), a `get`'s value decoded into an entry. */
+function txnResultOf(raw: unknown, answer: Answer): TxnOperationResult {
+  const bad = () => new KvClientError("bad_answer", answer.status, `${answer.origin} answered a /txn result that is not a put, delete or get: ${JSON.stringify(raw)?.slice(0, 100)}`);
+  if (typeof raw !== "object" || raw === null) throw bad();
+  const result = raw as { put?: { key?: unknown; version?: unknown }; delete?: { key?: unknown; deleted?: unknown }; get?: { key?: unknown; found?: unknown; value?: unknown; version?: unknown } };
+  if (result.put !== undefined) {
+    if (typeof result.put.key !== "string" || typeof result.put.version !== "number") throw bad();
+    return { put: { key: result.put.key, version: result.put.version } };
+  }
+  if (result.delete !== undefined) {
+    if (typeof result.delete.key !== "string" || typeof result.delete.deleted !== "boolean") throw bad();
+    return { delete: { key: result.delete.key, deleted: result.delete.deleted } };
+  }
+  const got = result.get;
+  if (got === undefined || typeof got.key !== "string") throw bad();
+  if (got.found === false) return { get: null };
+  const bytes = fromJsonValue(got.value);
+  if (bytes === undefined || typeof got.version !== "number") throw bad();
+  return { get: makeEntry(got.key, got.version, bytes) };
+}
+
+/** Splits, trims and checks endpoint URLs: http(s) origins, at least one. */
+export function normalizeEndpoints(endpoints: readonly string[] | string): string[] {
+  const list = (typeof endpoints === "string" ? endpoints.split(",") : [...endpoints]).map((e) => e.trim().replace(/\/+$/, "")).filter((e) => e !== "");
+  if (list.length === 0) throw badOption("endpoints names no endpoint");
+  for (const endpoint of list) {
+    let url: URL;
+    try {
+      url = new URL(endpoint);
+    } catch {
+      throw badOption(`endpoint '${endpoint}' is not a URL`);
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") throw badOption(`endpoint '${endpoint}' must be http(s)`);
+  }
+  return list;
+}
+
+function badOption(message: string): KvClientError {
+  return new KvClientError("bad_request", 0, message);
+}

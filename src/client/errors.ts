@@ -1,0 +1,55 @@
+/**
+ * The two errors a kv client call throws. A call either succeeds, is refused (`KvClientError`: the
+ * server's `{error, message}` code and HTTP status, or a code of the client's own such as
+ * `unreachable`), or ends without knowing whether a write took effect (`UnknownOutcomeError`).
+ * They are separate classes on purpose: code that catches refusals must not mistake an unknown
+ * outcome for one.
+ */
+
+/** Codes the client itself gives, with status 0 (no HTTP answer said so). */
+export type ClientSideCode =
+  /** No endpoint could be reached (refused connections), or a read got no answer in time: nothing was done. */
+  | "unreachable"
+  /** Redirects went round in circles or pointed nowhere. */
+  | "too_many_redirects"
+  /** The server answered something that is not kv's API (not JSON where JSON was due, missing fields). */
+  | "bad_answer";
+
+/**
+ * A call that certainly did not take effect, or a read that failed. `code` is the server's stable
+ * error code (`version_mismatch`, `not_found`, `no_leader`, `too_large`, `bad_request`,
+ * `unauthenticated`, `idempotency_key_reused`, ... as listed in README.md's error table) or one of
+ * {@link ClientSideCode}; `status` is the HTTP status (0 when no answer carried one); `details` holds
+ * the rest of the server's JSON body (for example `version` on `version_mismatch`).
+ */
+export class KvClientError extends Error {
+  override name = "KvClientError";
+  constructor(
+    readonly code: string,
+    readonly status: number,
+    message: string,
+    readonly details: Readonly<Record<string, unknown>> = {},
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A write whose outcome stayed unknown after every retry the call's budget allowed: it may or may
+ * not have been applied (the connection dropped after the request was sent, or the leader answered
+ * 503 `timeout`/`unavailable`, and no retry got a definite answer). The write carried
+ * `idempotencyKey`: sending it again with the same key, the same request and within the cluster's
+ * idempotency window, applies it at most once and answers what the first one did.
+ */
+export class UnknownOutcomeError extends Error {
+  override name = "UnknownOutcomeError";
+  constructor(
+    message: string,
+    /** The `Idempotency-Key` the write was sent with (undefined for requests that carry none). */
+    readonly idempotencyKey: string | undefined,
+    /** What each attempt ended with, oldest first (at most the last few). */
+    readonly attempts: readonly string[],
+  ) {
+    super(message);
+  }
+}

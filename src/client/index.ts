@@ -1,0 +1,43 @@
+/**
+ * The kv client library, `import { createClient } from "kv/client"`:
+ *
+ * ```ts
+ * const kv = createClient({ endpoints: ["http://127.0.0.1:8001", "http://127.0.0.1:8002"] });
+ * const { version } = await kv.put("greeting", "hello");
+ * const entry = await kv.get("greeting"); // { key, version, bytes, text } or null
+ * for await (const page of kv.list("greet")) for (const item of page.items) console.log(item.key, item.text);
+ * ```
+ *
+ * It talks to nodes over HTTP only. Later parts (watch, leases, lock, elect) are to hang off the
+ * client as namespaces, as `membership` does (`client.leases.grant(...)`).
+ */
+export {
+  createClient,
+  CLIENT_TIMEOUT_MS_DEFAULT,
+  type ClientOptions,
+  type DeleteOptions,
+  type DeleteResult,
+  type GetOptions,
+  type KvClient,
+  type ListOptions,
+  type ListPage,
+  type Member,
+  type MembersView,
+  type MembershipApi,
+  type NewMember,
+  type NodeStatus,
+  type PutOptions,
+  type PutResult,
+  type RawAnswer,
+  type RawRequest,
+  type ReadConsistency,
+  type TxnCompare,
+  type TxnOperation,
+  type TxnOperationResult,
+  type TxnRequest,
+  type TxnResult,
+  type TxnValue,
+} from "./client.ts";
+export { KvClientError, UnknownOutcomeError, type ClientSideCode } from "./errors.ts";
+export { answerOutcome, type AnswerOutcome } from "./outcome.ts";
+export type { JsonValue, KvEntry, ValueInput } from "./values.ts";

@@ -1,0 +1,269 @@
+/**
+ * The client's request engine: sends one logical call to a kv cluster, finding the leader (following
+ * 307s by hand, so the Authorization header goes along: fetch drops it on a cross-origin redirect),
+ * remembering it, moving to the next endpoint when one does not answer, and retrying only what is
+ * safe to retry. Talks to nodes over HTTP only.
+ */
+import { KvClientError, UnknownOutcomeError } from "./errors.ts";
+import { answerOutcome, errorCodeOf, isRetryableRefusal } from "./outcome.ts";
+
+/**
+ * How a call may be retried:
+ * - `read`: changes nothing; retried freely.
+ * - `idempotent`: a write carrying an `Idempotency-Key`; retried after an unknown outcome too, since
+ *   the cluster applies one key's request at most once.
+ * - `once`: a write without one (membership, leadership transfer); retried only after a refusal that
+ *   proves nothing was done, and reported as unknown at the first unknown outcome.
+ */
+export type CallSafety = "read" | "idempotent" | "once";
+
+/** One logical call. */
+export interface Call {
+  readonly method: "GET" | "PUT" | "POST" | "DELETE";
+  /** Path and query, starting with `/`. */
+  readonly path: string;
+  readonly body?: Uint8Array | string;
+  readonly headers?: Readonly<Record<string, string>>;
+  readonly safety: CallSafety;
+  /** The `Idempotency-Key` sent with an `idempotent` call (reported in `UnknownOutcomeError`). */
+  readonly idempotencyKey?: string;
+}
+
+/** A complete HTTP answer, with the origin that gave it. */
+export interface Answer {
+  readonly status: number;
+  readonly headers: Headers;
+  readonly body: Uint8Array;
+  readonly origin: string;
+}
+
+/** Settings of a transport, checked by `createTransport`. */
+export interface TransportOptions {
+  readonly endpoints: readonly string[];
+  readonly authToken: string | undefined;
+  /** Budget of one call, retries included. */
+  readonly timeoutMs: number;
+  /** Longest wait for one answer before the call moves to the next endpoint. */
+  readonly attemptTimeoutMs: number;
+}
+
+/** Redirects one attempt follows before giving up on it. */
+const REDIRECT_HOPS_MAX = 5;
+/** Pause between passes over the endpoints (an election here takes a few hundred ms), doubling to the max. */
+const BACKOFF_MS_MIN = 10;
+const BACKOFF_MS_MAX = 200;
+/**
+ * No attempt starts with less time left than this: a timeout cannot tell a request never sent from
+ * one sent and not answered, so an attempt cut off before it could connect would make a write's
+ * outcome look unknown for nothing.
+ */
+const ATTEMPT_MS_MIN = 50;
+/** Attempt descriptions kept for error messages. */
+const ATTEMPTS_KEPT_MAX = 8;
+
+/** Sends calls to a cluster; shared by every call of one client, so one redirect teaches all of them. */
+export class Transport {
+  /** The origin believed to lead (learned from a redirect or a served write); asked first. */
+  leaderOrigin: string | undefined;
+  private rotation = 0;
+
+  constructor(readonly options: TransportOptions) {}
+
+  /**
+   * Sends `call` until it is served or refused for good, within `timeoutMs`. Resolves with the
+   * answer of a served call (200, or 404 to a read) or a refusal that retrying would not change
+   * (4xx); throws `UnknownOutcomeError` when a write's outcome stays unknown, and `KvClientError`
+   * when nothing answered (`unreachable`) or a passing refusal (`no_leader`) outlasted the budget.
+   */
+  async send(call: Call): Promise<Answer> {
+    const deadlineMs = performance.now() + this.options.timeoutMs;
+    const attempts: string[] = [];
+    const note = (what: string) => {
+      attempts.push(what);
+      if (attempts.length > ATTEMPTS_KEPT_MAX) attempts.shift();
+    };
+    let uncertain = false; // some attempt of this write may have been applied
+    let lastRefusal: Answer | undefined;
+    const attemptMsMin = Math.min(ATTEMPT_MS_MIN, this.options.timeoutMs);
+    for (let pass = 0; ; pass++) {
+      for (const [i, endpoint] of this.order().entries()) {
+        if ((pass > 0 || i > 0) && deadlineMs - performance.now() < attemptMsMin) break; // the first attempt always goes
+        const result = await this.attempt(call, endpoint, deadlineMs);
+        switch (result.kind) {
+          case "answer": {
+            const answer = result.answer;
+            const code = answer.status === 200 ? undefined : errorCodeOf(answer.body);
+            const outcome = answerOutcome(call.method, answer.status, code);
+            if (outcome === "done") {
+              if (call.safety !== "read" && answer.status === 200) this.leaderOrigin = answer.origin;
+              return answer;
+            }
+            if (outcome === "unknown") {
+              note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
+              this.forget(answer.origin);
+              if (call.safety === "once") throw unknownOutcome(call, attempts);
+              if (call.safety === "idempotent") uncertain = true;
+              continue;
+            }
+            if (isRetryableRefusal(answer.status, code)) {
+              note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
+              lastRefusal = answer;
+              if (code === "no_leader") this.forget(answer.origin);
+              continue;
+            }
+            return answer; // a refusal for good: the caller turns it into a KvClientError
+          }
+          case "unreachable":
+            note(`${endpoint}: ${result.reason}`);
+            this.forget(endpoint);
+            continue;
+          case "lost":
+            note(`${endpoint}: ${result.reason}`);
+            this.forget(endpoint);
+            if (call.safety === "once") throw unknownOutcome(call, attempts);
+            if (call.safety === "idempotent") uncertain = true;
+            continue;
+          case "redirect_loop":
+            note(`${endpoint}: ${result.reason}`);
+            continue;
+        }
+      }
+      const leftMs = deadlineMs - performance.now() - attemptMsMin;
+      if (leftMs <= 0) break;
+      await Bun.sleep(Math.min(leftMs, BACKOFF_MS_MIN * 2 ** Math.min(pass, 5), BACKOFF_MS_MAX)); // let an election settle
+    }
+    if (uncertain) throw unknownOutcome(call, attempts);
+    if (lastRefusal !== undefined) throw errorFromAnswer(lastRefusal);
+    throw new KvClientError(
+      "unreachable",
+      0,
+      `no endpoint could serve the request (${call.method} ${pathOnly(call.path)}) within ${this.options.timeoutMs} ms: ${attempts.join("; ")}`,
+    );
+  }
+
+  /**
+   * Sends `GET path` to one endpoint only (no redirects, no failover), for questions about that node
+   * itself (`/status`). Throws `KvClientError` `unreachable` when it does not answer.
+   */
+  async sendTo(endpoint: string, path: string): Promise<Answer> {
+    const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs);
+    if (result.kind === "answer") return result.answer;
+    throw new KvClientError("unreachable", 0, `${endpoint}: ${result.reason}`);
+  }
+
+  /** The endpoints to try this pass: the believed leader first, then the list from a rotating start. */
+  private order(): string[] {
+    const { endpoints } = this.options;
+    const start = this.rotation++ % endpoints.length;
+    const rotated = [...endpoints.slice(start), ...endpoints.slice(0, start)];
+    const leader = this.leaderOrigin;
+    return leader === undefined ? rotated : [leader, ...rotated.filter((endpoint) => endpoint !== leader)];
+  }
+
+  private forget(origin: string): void {
+    if (this.leaderOrigin === origin) this.leaderOrigin = undefined;
+  }
+
+  /** One attempt at one endpoint, following redirects to the leader. */
+  private async attempt(call: Call, endpoint: string, deadlineMs: number): Promise<AttemptResult> {
+    let origin = endpoint;
+    let url = `${endpoint}${call.path}`;
+    const attemptDeadlineMs = Math.min(deadlineMs, performance.now() + this.options.attemptTimeoutMs);
+    for (let hop = 0; hop <= REDIRECT_HOPS_MAX; hop++) {
+      const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs);
+      if (result.kind !== "answer") {
+        if (hop > 0) this.forget(origin); // the leader a redirect named does not answer
+        return result;
+      }
+      const location = result.answer.headers.get("location");
+      if (result.answer.status !== 307 || location === null) return result;
+      let next: URL;
+      try {
+        next = new URL(location, url);
+      } catch {
+        return { kind: "redirect_loop", reason: `307 to an unusable Location '${location.slice(0, 100)}'` };
+      }
+      // A 307 means a follower refused before proposing anything: following it is always safe.
+      this.leaderOrigin = next.origin;
+      origin = next.origin;
+      url = next.toString();
+    }
+    return { kind: "redirect_loop", reason: `more than ${REDIRECT_HOPS_MAX} redirects` };
+  }
+
+  /** One HTTP exchange, classified by what it proves about delivery. */
+  private async exchange(
+    method: string,
+    origin: string,
+    url: string,
+    body: Uint8Array | string | undefined,
+    headers: Readonly<Record<string, string>>,
+    deadlineMs: number,
+  ): Promise<AttemptResult> {
+    let response: Response;
+    try {
+      response = await fetch(url, {
+        method,
+        body,
+        redirect: "manual",
+        headers: this.options.authToken === undefined ? headers : { ...headers, authorization: `Bearer ${this.options.authToken}` },
+        signal: AbortSignal.timeout(Math.max(1, deadlineMs - performance.now())),
+      });
+    } catch (error) {
+      // A refused connection carried nothing: the request certainly did not arrive. Anything else
+      // (a timeout, a reset) may have come after the request was sent.
+      const reason = describe(error);
+      return isConnectionRefused(error) ? { kind: "unreachable", reason } : { kind: "lost", reason };
+    }
+    try {
+      return { kind: "answer", answer: { status: response.status, headers: response.headers, body: new Uint8Array(await response.arrayBuffer()), origin } };
+    } catch (error) {
+      return { kind: "lost", reason: `answer cut: ${describe(error)}` };
+    }
+  }
+}
+
+type AttemptResult =
+  | { readonly kind: "answer"; readonly answer: Answer }
+  /** Nothing was delivered (connection refused). */
+  | { readonly kind: "unreachable"; readonly reason: string }
+  /** The request may have been delivered, but no answer came (timeout, reset, cut body). */
+  | { readonly kind: "lost"; readonly reason: string }
+  | { readonly kind: "redirect_loop"; readonly reason: string };
+
+function isConnectionRefused(error: unknown): boolean {
+  return typeof error === "object" && error !== null && (error as { code?: unknown }).code === "ECONNREFUSED";
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) return error.name === "TimeoutError" ? "no answer in time" : error.message;
+  return String(error);
+}
+
+function pathOnly(path: string): string {
+  const query = path.indexOf("?");
+  return query < 0 ? path : path.slice(0, query);
+}
+
+function unknownOutcome(call: Call, attempts: readonly string[]): UnknownOutcomeError {
+  return new UnknownOutcomeError(
+    `the outcome of ${call.method} ${pathOnly(call.path)} is unknown: it may or may not have been applied (${attempts.join("; ")})` +
+      (call.idempotencyKey === undefined ? "" : `; resend it with Idempotency-Key ${call.idempotencyKey} to apply it at most once`),
+    call.idempotencyKey,
+    attempts,
+  );
+}
+
+/** A `KvClientError` from an error answer's JSON `{error, message, ...details}`. */
+export function errorFromAnswer(answer: Answer): KvClientError {
+  let parsed: Record<string, unknown> = {};
+  try {
+    const value = JSON.parse(new TextDecoder().decode(answer.body)) as unknown;
+    if (typeof value === "object" && value !== null && !Array.isArray(value)) parsed = value as Record<string, unknown>;
+  } catch {
+    // not JSON: the status alone speaks
+  }
+  const { error, message, ...details } = parsed;
+  const code = typeof error === "string" ? error : `http_${answer.status}`;
+  return new KvClientError(code, answer.status, typeof message === "string" ? message : `HTTP ${answer.status} from ${answer.origin}`, details);
+}

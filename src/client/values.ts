@@ -1,0 +1,64 @@
+/**
+ * Values on the wire. PUT and GET `/kv/{key}` carry a value's raw bytes; JSON answers (listings,
+ * transactions) carry it as its UTF-8 text, or as `{"base64": ...}` when it is not valid UTF-8
+ * (src/http/app.ts, `jsonValue`). The client accepts either a string or bytes and gives back both.
+ */
+
+/** A value as a caller gives it: text (sent as UTF-8) or raw bytes. */
+export type ValueInput = string | Uint8Array;
+
+/** A value as JSON carries it. */
+export type JsonValue = string | { readonly base64: string };
+
+/** A stored key with its value and version, as `get`, `list` and `txn` return it. */
+export interface KvEntry {
+  readonly key: string;
+  /** The Raft index of the write that stored this value. */
+  readonly version: number;
+  /** The value's bytes, exactly as stored. */
+  readonly bytes: Uint8Array;
+  /** The value decoded as UTF-8 (bytes that are not UTF-8 become U+FFFD). */
+  readonly text: string;
+}
+
+const encoder = new TextEncoder();
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+const lenientUtf8 = new TextDecoder();
+
+/** The bytes of a value given as text or bytes. */
+export function valueBytes(value: ValueInput): Uint8Array {
+  return typeof value === "string" ? encoder.encode(value) : value;
+}
+
+/** A value as JSON: its text when it is valid UTF-8, else `{"base64": ...}` (as the server writes it). */
+export function toJsonValue(value: ValueInput): JsonValue {
+  if (typeof value === "string") return value;
+  try {
+    return strictUtf8.decode(value);
+  } catch {
+    return { base64: Buffer.from(value).toString("base64") };
+  }
+}
+
+/** The bytes of a JSON value; undefined when it is neither a string nor `{"base64": string}`. */
+export function fromJsonValue(value: unknown): Uint8Array | undefined {
+  if (typeof value === "string") return encoder.encode(value);
+  if (typeof value === "object" && value !== null && typeof (value as { base64?: unknown }).base64 === "string") {
+    return new Uint8Array(Buffer.from((value as { base64: string }).base64, "base64"));
+  }
+  return undefined;
+}
+
+/** An entry whose `text` is decoded on first use. */
+export function makeEntry(key: string, version: number, bytes: Uint8Array): KvEntry {
+  let text: string | undefined;
+  return {
+    key,
+    version,
+    bytes,
+    get text() {
+      text ??= lenientUtf8.decode(bytes);
+      return text;
+    },
+  };
+}
