@@ -19,7 +19,8 @@ export class ClientExit extends Error {
 
 const defaultEndpoints = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
 
-const connectionArgs = {
+/** The flags every client command takes: endpoints, output, timeout, token. */
+export const connectionArgs = {
   endpoints: {
     type: "string",
     description: `Comma-separated client URLs of the cluster (default $KV_ENDPOINTS or ${defaultEndpoints})`,
@@ -30,14 +31,16 @@ const connectionArgs = {
   "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
 } as const;
 
-interface Connection {
+/** Where and how a client command talks to the cluster. */
+export interface Connection {
   readonly endpoints: string[];
   readonly json: boolean;
   readonly timeoutMs: number;
   readonly authToken: string | undefined;
 }
 
-function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string }): Connection {
+/** The connection the flags (or $KV_ENDPOINTS, $KV_AUTH_TOKEN) describe; `UsageError` for bad ones. */
+export function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string }): Connection {
   const list = (args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints)
     .split(",")
     .map((e) => e.trim().replace(/\/+$/, ""))
@@ -60,7 +63,8 @@ function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: s
   };
 }
 
-interface Answer {
+/** An HTTP answer, its body read. */
+export interface Answer {
   readonly status: number;
   readonly headers: Headers;
   readonly body: Uint8Array;
@@ -72,7 +76,7 @@ const redirectsMax = 5;
  * Sends one request: to each endpoint in turn until one answers, following 307s to the leader and
  * waiting out a brief "no leader" (an election) within the timeout.
  */
-async function send(conn: Connection, method: string, path: string, body?: Uint8Array): Promise<Answer> {
+export async function send(conn: Connection, method: string, path: string, body?: Uint8Array, headers: Record<string, string> = {}): Promise<Answer> {
   const deadline = performance.now() + conn.timeoutMs;
   const failures: string[] = [];
   for (;;) {
@@ -85,7 +89,7 @@ async function send(conn: Connection, method: string, path: string, body?: Uint8
             method,
             body,
             redirect: "manual",
-            headers: conn.authToken === undefined ? {} : { authorization: `Bearer ${conn.authToken}` },
+            headers: { ...headers, ...(conn.authToken === undefined ? {} : { authorization: `Bearer ${conn.authToken}` }) },
             signal: AbortSignal.timeout(Math.max(1, deadline - performance.now())),
           });
         } catch (error) {
@@ -125,7 +129,7 @@ function parseJson<T>(answer: Answer): T {
 }
 
 /** Turns an error answer into the exit it means. */
-function fail(answer: Answer): never {
+export function fail(answer: Answer): never {
   let message = `HTTP ${answer.status}`;
   try {
     const parsed = parseJson<{ error?: string; message?: string }>(answer);

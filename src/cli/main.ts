@@ -7,6 +7,7 @@ import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
 import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
 import { serveCommand } from "./serve.ts";
+import { txnCommand } from "./txn.ts";
 import { UsageError } from "./usage-error.ts";
 
 const subCommands: Record<string, CommandDef<ArgsDef>> = {
@@ -14,6 +15,7 @@ const subCommands: Record<string, CommandDef<ArgsDef>> = {
   chaos: chaosCommand as unknown as CommandDef<ArgsDef>,
   bench: (await import("./bench.ts")).benchCommand as unknown as CommandDef<ArgsDef>,
   ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
+  txn: txnCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const root = defineCommand({

@@ -48,7 +48,7 @@ export interface HttpHandler {
 }
 
 /** The routes a request's metrics are labelled with: a fixed set, never the raw path. */
-export type RouteLabel = "/kv/{key}" | "/status" | "/health" | "/metrics" | "/leader/transfer" | "/watch" | "other";
+export type RouteLabel = "/kv/{key}" | "/status" | "/health" | "/metrics" | "/leader/transfer" | "/watch" | "/txn" | "other";
 
 /**
  * Elysia 1.4 finds the path by searching for "/" from index 11 of `request.url`, which assumes an
@@ -81,6 +81,7 @@ export function routeLabel(path: string): RouteLabel {
     case "/metrics":
     case "/leader/transfer":
     case "/watch":
+    case "/txn":
       return path;
     default:
       return "other";
