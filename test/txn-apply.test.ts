@@ -4,8 +4,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ApplyResult } from "../src/kv/apply-plan.ts";
-import { type Command, CommandCodecError, decodeCommand, encodeCommand, type IdempotencyStamp } from "../src/kv/command.ts";
-import { type TxnAnswer, type TxnCompare, type TxnOp, type TxnRequest, txnOperationsMax } from "../src/kv/txn.ts";
+import { type Command, CommandCodecError, decodeCommand, encodeCommand, type IdempotencyStamp, sessionKeyPrefix } from "../src/kv/command.ts";
+import { type TxnAnswer, type TxnCompare, type TxnOp, type TxnRequest, txnOperationsMax, txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import { changesOf } from "../src/kv/watch-history.ts";
 import { createPrng } from "../src/lib/prng.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -240,6 +240,30 @@ describe.each(implementations)("%s transactions", (_name, open) => {
       expect(putReuse).toEqual({ kind: "reused", index: 4 });
       expect(dump(storage).filter((row) => !row.startsWith('"\\u0000'))).toEqual(before.filter((row) => !row.startsWith('"\\u0000')));
       expect(storage.get("n")).toEqual({ value: Uint8Array.from([0xff, 0]), version: 1 });
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("an idempotent transaction whose gets would return more than its session can keep is refused whole, deterministically; without the key it applies", () => {
+    const storage = open();
+    try {
+      const big = new Uint8Array(txnSessionGetBytesMax / 2 + 1).fill(7);
+      apply(storage, [entry(1, { op: "put", key: "big1", value: big }), entry(2, { op: "put", key: "big2", value: big })]);
+      const reads = txn([], [{ op: "put", key: "w", value: bytes("1") }, { op: "get", key: "big1" }, { op: "delete", key: "big2" }, { op: "get", key: "big2" }, { op: "get", key: "big1" }]);
+      const clientRows = () => dump(storage).filter((row) => !row.startsWith('"\\u0000')).map((row) => row.slice(0, 40) + row.slice(-4));
+      const before = clientRows();
+      const [refused] = apply(storage, [entry(3, { ...reads, idempotencyKey: "big", stamp: stamp(1_000) })]);
+      expect(refused).toEqual({ kind: "txn-too-large", index: 3, getBytes: 2 * big.byteLength });
+      // Nothing changed (the session clock aside): no write, no session.
+      expect(clientRows()).toEqual(before);
+      expect(storage.get(`${sessionKeyPrefix}big`)).toBeUndefined();
+      // A get after a delete in the branch reads nothing: one big value fits.
+      const fits = txn([], [{ op: "delete", key: "big2" }, { op: "get", key: "big2" }, { op: "get", key: "big1" }]);
+      expect(apply(storage, [entry(4, { ...fits, idempotencyKey: "fits", stamp: stamp(2_000) })])[0]?.kind).toBe("txn");
+      const [plain] = apply(storage, [entry(5, reads)]);
+      expect(plain?.kind === "txn" && plain.succeeded && plain.results.length).toBe(5);
+      expect(storage.get("w")?.version).toBe(5);
     } finally {
       storage.close();
     }

@@ -2,6 +2,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
 import { txnBodyBytesMax } from "../src/http/txn-route.ts";
+import { txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import type { WatchItem } from "../src/node/api.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 
@@ -171,6 +172,21 @@ describe("POST /txn", () => {
     await call(leaderId, "PUT", "/kv/p", "1", { "idempotency-key": "p-1" });
     expect((await txn({ success: [{ put: { key: "p", value: "1" } }] }, { "idempotency-key": "p-1" })).status).toBe(422);
     expect(c.storages.get(leaderId)!.get("once")?.version).toBe(firstAnswer.version);
+  });
+
+  test("an idempotent transaction whose gets would return more than its session keeps is a 413 with nothing applied", async () => {
+    const { c, leaderId, txn } = await started();
+    const leader = c.node(leaderId);
+    const big = new Uint8Array(txnSessionGetBytesMax / 2 + 1).fill(0x61);
+    await c.drive(leader.put("big1", big));
+    await c.drive(leader.put("big2", big));
+    const body = { success: [{ put: { key: "w", value: "1" } }, { get: { key: "big1" } }, { get: { key: "big2" } }] };
+    const refused = await txn(body, { "idempotency-key": "big" });
+    const answer = (await refused.json()) as { error: string; message: string };
+    expect([refused.status, answer.error]).toEqual([413, "too_large"]);
+    expect(answer.message).toContain("send it without Idempotency-Key");
+    expect(c.storages.get(leaderId)!.get("w")).toBeUndefined();
+    expect(((await (await txn(body)).json()) as { succeeded: boolean }).succeeded).toBe(true);
   });
 
   test("a watcher on a follower receives a transaction's changes together, at its one version", async () => {

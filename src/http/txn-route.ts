@@ -14,7 +14,8 @@
  * Limits, with nothing applied: at most `txnOperationsMax` (128) comparisons and operations in all,
  * a key written twice in one branch, a reserved key, malformed JSON or an unknown field are 400; a
  * body over `txnBodyBytesMax`, a key over `keyBytesMax` or a value over `valueBytesMax` are 413.
- * `Idempotency-Key` works as for PUT and DELETE. A follower answers 307 to the leader.
+ * `Idempotency-Key` works as for PUT and DELETE (with gets returning at most 4 MiB: its session
+ * keeps them; more is a 413 decided at apply, nothing changed). A follower answers 307 to the leader.
  */
 import { idempotencyKeyBytesMax } from "../kv/command.ts";
 import { type TxnAnswer, type TxnCompare, type TxnOp, txnOperationsMax, type TxnOpResult, type TxnRequest } from "../kv/txn.ts";

@@ -12,7 +12,16 @@ import {
   type MembershipChange,
   sessionKeyPrefix,
 } from "./command.ts";
-import { applyTxn, type TxnAnswer, txnAnswerOfSession, type TxnRequest, type TxnSessionFields, txnSessionFields } from "./txn.ts";
+import {
+  applyTxn,
+  type TxnAnswer,
+  txnAnswerOfSession,
+  txnGetBytes,
+  type TxnRequest,
+  txnSessionFields,
+  type TxnSessionFields,
+  txnSessionGetBytesMax,
+} from "./txn.ts";
 
 /** What `planApply` needs to know about the storage it plans for. */
 export interface ApplyLogView {
@@ -45,7 +54,12 @@ export type ApplyResult =
   /** A membership change now in the recorded configuration: the driver hands it to the core. */
   | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange }
   /** A transaction (src/kv/txn.ts); `version` below `index` when answered from its session (a retry). */
-  | ({ readonly kind: "txn"; readonly index: number } & TxnAnswer);
+  | ({ readonly kind: "txn"; readonly index: number } & TxnAnswer)
+  /**
+   * An idempotent transaction whose gets would return more than `txnSessionGetBytesMax` (`getBytes`),
+   * too much for its session to keep: nothing changed, and no session was made.
+   */
+  | { readonly kind: "txn-too-large"; readonly index: number; readonly getBytes: number };
 
 /** One step of an apply, decoded and checked; the storage executes it on its own tables. */
 export type ApplyStep =
@@ -285,6 +299,10 @@ export function executeWrite(step: WriteStep, table: KvTable): ApplyResult {
     }
   }
   const result = applyWrite(step, table);
+  if (result.kind === "txn-too-large") {
+    if (clock.nowMs !== before.nowMs || clock.sessions !== before.sessions) writeSessionClock(table, clock, step.index);
+    return result;
+  }
   assert(result.kind === "put" || result.kind === "delete" || result.kind === "conflict" || result.kind === "txn", `write applied as ${result.kind}`);
   // Time starts with the first stamp: until then (0.1.0 leaders only) sessions count in entries.
   const atMs = stamp !== undefined || clock.nowMs > 0 ? clock.nowMs : undefined;
@@ -371,7 +389,13 @@ export function isWriteStep(step: ApplyStep): step is WriteStep {
 
 /** A write with no session: compare-and-set, then the put or delete; or a transaction. */
 function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
-  if (step.kind === "txn") return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, table) };
+  if (step.kind === "txn") {
+    if (step.session !== undefined) {
+      const getBytes = txnGetBytes(step.txn, table);
+      if (getBytes > txnSessionGetBytesMax) return { kind: "txn-too-large", index: step.index, getBytes };
+    }
+    return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, table) };
+  }
   const failure = step.ifVersion === undefined ? undefined : conditionFailure(step, table.get(step.key)?.version ?? 0);
   if (failure !== undefined) return failure;
   if (step.kind === "put") {

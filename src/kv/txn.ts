@@ -295,6 +295,28 @@ export function applyTxn(txn: TxnRequest, index: number, table: KvTable): TxnAns
   return { succeeded, version: index, results };
 }
 
+/**
+ * Bytes of values an idempotent transaction's gets may return in all: its session keeps them (they
+ * are its first answer), and a session is one row of the kv table, which snapshots carry whole.
+ */
+export const txnSessionGetBytesMax = 4 * 1024 * 1024;
+
+/**
+ * Bytes of values the gets of the branch `txn` would take return, found without changing the table
+ * (a get sees the puts and deletes before it). Deterministic, as `applyTxn`.
+ */
+export function txnGetBytes(txn: TxnRequest, table: KvTable): number {
+  const succeeded = txn.compare.every((compare) => holds(compare, table));
+  const written = new Map<string, number>(); // key -> its value's length in the branch so far; -1: deleted
+  let bytes = 0;
+  for (const op of succeeded ? txn.success : txn.failure) {
+    if (op.op === "put") written.set(op.key, op.value.byteLength);
+    else if (op.op === "delete") written.set(op.key, -1);
+    else bytes += Math.max(0, written.get(op.key) ?? table.get(op.key)?.value.byteLength ?? 0);
+  }
+  return bytes;
+}
+
 /** The ops of the branch `answer` took, paired with their results (for the watch history). */
 export function takenOps(txn: TxnRequest, answer: TxnAnswer): { op: TxnOp; result: TxnOpResult }[] {
   const ops = answer.succeeded ? txn.success : txn.failure;

@@ -13,7 +13,7 @@ import {
   type Command,
 } from "../kv/command.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
-import { checkTxnRequest, type TxnAnswer, txnPuts, type TxnRequest } from "../kv/txn.ts";
+import { checkTxnRequest, type TxnAnswer, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, WatchFilter, WatchStart, WatchSubscription, WriteOptions } from "./api.ts";
@@ -371,6 +371,12 @@ export class KvNode implements KvNodeApi {
     const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
     return this.write({ op: "txn", compare, success, failure, ...idempotency }).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
+      if (result.kind === "txn-too-large") {
+        throw new KvError(
+          "too_large",
+          `the transaction's gets would return ${result.getBytes} bytes, more than the ${txnSessionGetBytesMax} an Idempotency-Key can remember: nothing was applied; read less, or send it without Idempotency-Key`,
+        );
+      }
       assert(result.kind === "txn", `transaction applied as ${result.kind}`);
       return { succeeded: result.succeeded, version: result.version, results: result.results };
     });
