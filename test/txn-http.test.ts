@@ -211,3 +211,17 @@ describe("POST /txn", () => {
     watch.close();
   });
 });
+
+describe("transactions and the data quota", () => {
+  test("past --quota-bytes a transaction with a put in either branch is refused with quota_exceeded; one that only reads and deletes runs", async () => {
+    const c = createMemoryCluster({ node: { quotaBytes: 1 } });
+    cluster = c;
+    await c.until(() => c.leader()?.status().storage?.quotaExceeded === true);
+    const leader = c.leader()!;
+    const putInFailure = { compare: [], success: [{ op: "get" as const, key: "k" }], failure: [{ op: "put" as const, key: "k", value: new Uint8Array(1) }] };
+    // Refused before anything is proposed: thrown at once, as a put is.
+    expect(() => leader.txn(putInFailure)).toThrow(expect.objectContaining({ code: "quota_exceeded" }));
+    const readsAndDeletes = await c.drive(leader.txn({ compare: [], success: [{ op: "get", key: "k" }, { op: "delete", key: "k" }], failure: [] }));
+    expect(readsAndDeletes.succeeded).toBe(true);
+  });
+});
