@@ -245,6 +245,24 @@ describe.each(implementations)("%s transactions", (_name, open) => {
     }
   });
 
+  test("a transaction under the idempotency key of a 0.1.0 session (no fingerprint) is a reuse, even of a conflict's session", () => {
+    const storage = open();
+    try {
+      // Sessions as 0.1.0 wrote them (in an image it sent): no fingerprint, no time; one a conflict's.
+      const legacy = (name: string, record: object) => ({ key: `${sessionKeyPrefix}${name}`, value: bytes(JSON.stringify(record)), version: 1 });
+      storage.stageImageChunk("image-0.1.0", [legacy("old-conflict", { kind: "conflict", version: 0 }), legacy("old-put", { kind: "put", version: 1 })], true);
+      storage.installSnapshot({ index: 5, term: 1, voters: [1] }, "image-0.1.0");
+      const under = (index: number, idempotencyKey: string) => entry(index, { ...txn([], [{ op: "put", key: "x", value: bytes("v") }]), idempotencyKey, stamp: stamp(1_000) });
+      expect(apply(storage, [under(6, "old-conflict"), under(7, "old-put")])).toEqual([
+        { kind: "reused", index: 6 },
+        { kind: "reused", index: 7 },
+      ]);
+      expect(storage.get("x")).toBeUndefined();
+    } finally {
+      storage.close();
+    }
+  });
+
   test("an idempotent transaction whose gets would return more than its session can keep is refused whole, deterministically; without the key it applies", () => {
     const storage = open();
     try {

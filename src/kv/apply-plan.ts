@@ -357,11 +357,12 @@ function parseSession(value: Uint8Array): SessionRecord {
 
 /**
  * A retry is the same request as the session's first. A session 0.1.0 made has no fingerprint: any
- * request with the same op matches it (as 0.1.0 answered it; a conflict does not say its op).
+ * request with the same op matches it (as 0.1.0 answered it; a conflict does not say its op), but
+ * never a transaction (0.1.0 knew none).
  */
 function sameRequest(record: SessionRecord, step: WriteStep, session: StepSession): boolean {
   if (record.fp !== undefined) return record.fp === session.fingerprint;
-  return record.kind === step.kind || record.kind === "conflict";
+  return step.kind !== "txn" && (record.kind === step.kind || record.kind === "conflict");
 }
 
 function answerOf(record: SessionRecord, index: number): ApplyResult {

@@ -91,7 +91,7 @@ export function checkTxnRequest(txn: TxnRequest): void {
     throw new KvError("bad_request", `a transaction holds at most ${txnOperationsMax} comparisons and operations in all, not ${count}`);
   }
   for (const key of txnKeys(txn)) {
-    if (key === "") throw new KvError("bad_request", "a key in a transaction must not be empty");
+    if (key === "" || !key.isWellFormed()) throw new KvError("bad_request", "a key in a transaction must be a non-empty string of UTF-8 (no lone surrogate)");
     if (key.startsWith(sessionKeyPrefix)) throw new KvError("bad_request", "keys starting with NUL + 'session/' are reserved");
   }
   for (const [name, branch] of [["success", txn.success], ["failure", txn.failure]] as const) {
