@@ -46,8 +46,8 @@ const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]
 export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (request: Request) => Promise<Response> {
   return async (request) => {
     if (request.method !== "POST") throw new KvError("method_not_allowed", `${request.method} is not allowed on /txn`);
-    const query = new URLSearchParams(rawTarget(request.url).search);
-    for (const name of query.keys()) throw new KvError("bad_request", `unknown query parameter '${name}'`);
+    const [parameter] = new URLSearchParams(rawTarget(request.url).search).keys();
+    if (parameter !== undefined) throw new KvError("bad_request", `unknown query parameter '${parameter}': /txn takes none`);
     const idempotencyKey = request.headers.get("idempotency-key") ?? undefined;
     if (idempotencyKey !== undefined && (idempotencyKey === "" || utf8Encoder.encode(idempotencyKey).byteLength > idempotencyKeyBytesMax)) {
       throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
