@@ -2,6 +2,9 @@ import { defineCommand } from "citty";
 import { ClientExit, connection, connectionArgs, fail, send } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
 
+/** The answer is always JSON: `--json` would change nothing, so `kv txn` does not take it. */
+const { json: _json, ...txnConnectionArgs } = connectionArgs;
+
 /** The largest transaction file `kv txn` reads: far above what a node takes (it answers 413 first). */
 const txnFileBytesMax = 64 * 1024 * 1024;
 
@@ -17,7 +20,7 @@ export const txnCommand = defineCommand({
   meta: { name: "txn", description: "Run a transaction (POST /txn JSON) from FILE or standard input; exit 1 when its comparisons failed" },
   args: {
     file: { type: "positional", required: false, description: 'JSON {"compare": [...], "success": [...], "failure": [...]}; - or nothing reads standard input' },
-    ...connectionArgs,
+    ...txnConnectionArgs,
   },
   async run({ args }) {
     const conn = connection(args);
