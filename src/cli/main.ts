@@ -9,6 +9,7 @@ import { ClientExit, clientCommands } from "./client.ts";
 import { healthCommand } from "./health.ts";
 import { serveCommand } from "./serve.ts";
 import { snapshotCommand } from "./snapshot.ts";
+import { txnCommand } from "./txn.ts";
 import { UsageError } from "./usage-error.ts";
 
 const subCommands: Record<string, CommandDef<ArgsDef>> = {
@@ -18,6 +19,7 @@ const subCommands: Record<string, CommandDef<ArgsDef>> = {
   snapshot: snapshotCommand as unknown as CommandDef<ArgsDef>,
   ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
   health: healthCommand as unknown as CommandDef<ArgsDef>,
+  txn: txnCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const root = defineCommand({

@@ -11,6 +11,7 @@ import { rawTarget } from "./raw-target.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
+import { createTxnRoute } from "./txn-route.ts";
 
 /** Limits of the client API. */
 export interface HttpAppOptions {
@@ -48,6 +49,7 @@ const POST_ALLOW = "POST";
  * - `GET /watch?prefix=P|key=K[&fromVersion=N]` (or `Last-Event-ID: N`) → a Server-Sent Events stream
  *   of `put`, `delete` and `progress` events (see `watchRoute`).
  * - `GET /snapshot` → a backup of the state machine, streamed (src/http/snapshot-route.ts).
+ * - `POST /txn` JSON `{compare, success, failure}` → `{"succeeded","version","results"}` (txn-route.ts).
  * Keys are percent-encoded in the path and decoded from the raw URL. Every error is JSON
  * `{error, message, ...details}`, mapped from `KvError` codes in `errorResponse` (http-error.ts).
  */
@@ -235,6 +237,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       )
       .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
       .all("/watch", route(WATCH_ALLOW, watchRoute), { parse: "none" })
+      .all("/txn", route(POST_ALLOW, createTxnRoute(node, { keyBytesMax, valueBytesMax, ...(opts.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: opts.bodyReadTimeoutMs }) })), { parse: "none" })
       .all("/openapi.json", route(READ_ONLY_ALLOW, readOnlyRoute("/openapi.json", () => jsonResponse(openApiDocument, 200))), { parse: "none" })
       .use(createMembersRoutes(node, opts.bodyReadTimeoutMs))
       .use(createSnapshotRoute(node))

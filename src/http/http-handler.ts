@@ -48,7 +48,7 @@ export interface HttpHandler {
 }
 
 /** The routes a request's metrics are labelled with: a fixed set, never the raw path. */
-export type RouteLabel = "/kv/{key}" | "/status" | "/health" | "/metrics" | "/leader/transfer" | "/watch" | "/snapshot" | "other";
+export type RouteLabel = "/kv/{key}" | "/status" | "/health" | "/metrics" | "/leader/transfer" | "/watch" | "/snapshot" | "/txn" | "other";
 
 /**
  * Elysia 1.4 finds the path by searching for "/" from index 11 of `request.url`, which assumes an
@@ -82,6 +82,7 @@ export function routeLabel(path: string): RouteLabel {
     case "/leader/transfer":
     case "/watch":
     case "/snapshot":
+    case "/txn":
       return path;
     default:
       return "other";

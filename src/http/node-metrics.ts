@@ -86,7 +86,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   const withClusterId = (view: MembersView): MembersView => ({ ...view, clusterId: info.clusterId });
   let lastLeaderId = status.leaderId;
   /** Writes: a synchronous throw is a refusal before proposing (not_leader); a rejection is a failed proposal. */
-  function write<T>(op: "put" | "delete", start: () => Promise<T>): Promise<T> {
+  function write<T>(op: "put" | "delete" | "txn", start: () => Promise<T>): Promise<T> {
     const pending = start();
     return pending.then(
       (result) => {
@@ -115,6 +115,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     healthy: () => node.healthy(),
     transferLeadership: (target) => node.transferLeadership(target),
     ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
+    ...(node.txn === undefined ? {} : { txn: (request, options) => write("txn", () => node.txn!(request, options)) }),
     ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
     ...(node.openSnapshot === undefined ? {} : { openSnapshot: () => node.openSnapshot!() }),
     ...(node.addMember === undefined ? {} : { addMember: (id: number, peerUrl: string, httpUrl?: string) => node.addMember!(id, peerUrl, httpUrl).then(withClusterId) }),

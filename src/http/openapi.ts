@@ -57,6 +57,50 @@ const ifVersionParameter = {
   schema: { type: "integer", minimum: 0 },
 };
 
+const txnValue = { oneOf: [{ type: "string" }, { type: "object", required: ["base64"], properties: { base64: { type: "string" } }, additionalProperties: false }] };
+const txnKeyed = (extra: Record<string, unknown> = {}, required: string[] = []) => ({
+  type: "object",
+  required: ["key", ...required],
+  properties: { key: { type: "string", minLength: 1 }, ...extra },
+  additionalProperties: false,
+});
+const txnRequestSchema = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    compare: {
+      type: "array",
+      items: {
+        oneOf: [
+          txnKeyed({ version: { type: "integer", minimum: 0 } }, ["version"]),
+          txnKeyed({ value: txnValue }, ["value"]),
+          txnKeyed({ exists: { type: "boolean" } }, ["exists"]),
+        ],
+      },
+    },
+    ...Object.fromEntries(
+      ["success", "failure"].map((branch) => [
+        branch,
+        {
+          type: "array",
+          items: {
+            oneOf: [
+              { type: "object", required: ["put"], additionalProperties: false, properties: { put: txnKeyed({ value: txnValue, lease: { description: "not supported yet: 400" } }, ["value"]) } },
+              { type: "object", required: ["delete"], additionalProperties: false, properties: { delete: txnKeyed() } },
+              { type: "object", required: ["get"], additionalProperties: false, properties: { get: txnKeyed() } },
+            ],
+          },
+        },
+      ]),
+    ),
+  },
+} as const;
+const txnAnswerSchema = {
+  type: "object",
+  required: ["succeeded", "version", "results"],
+  properties: { succeeded: { type: "boolean" }, version: { type: "integer" }, results: { type: "array", items: { type: "object" } } },
+} as const;
+
 /** The document. Paths use OpenAPI templates; `/kv/{key}` also matches keys with slashes in them. */
 export const openApiDocument = {
   openapi: "3.1.0",
@@ -164,7 +208,28 @@ export const openApiDocument = {
         },
       },
     },
+    "/txn": {
+      post: {
+        summary:
+          "A multi-key transaction, decided and applied atomically at one version (one Raft entry): if every comparison holds, the success operations run, else the failure ones, in order",
+        parameters: [idempotencyParameter],
+        requestBody: {
+          required: true,
+          description:
+            'JSON {compare: [{key, version} | {key, value} | {key, exists}], success: [op], failure: [op]}, op = {put: {key, value}} | {delete: {key}} | {get: {key}}; a value is a string (UTF-8) or {base64}; version 0 means absent. At most 128 comparisons and operations in all, a key written at most once per branch; "lease" in a put is refused (400) for now',
+          content: { "application/json": { schema: { $ref: "#/components/schemas/TxnRequest" } } },
+        },
+        responses: {
+          "200": {
+            description:
+              "{succeeded, version (the entry's index), results: one per operation of the branch taken: {put: {key, version}} | {delete: {key, deleted}} | {get: {key, found, value (UTF-8 text or {base64}), version}}}",
+            content: { "application/json": { schema: { $ref: "#/components/schemas/TxnAnswer" } } },
+          },
+          ...errors(307, 400, 401, 413, 422, 429, 503, 507),
+        },
+      },
+    },
     "/openapi.json": { get: { summary: "This document", responses: { "200": { description: "OpenAPI 3.1" } } } },
   },
-  components: { schemas: { Error: errorBody } },
+  components: { schemas: { Error: errorBody, TxnRequest: txnRequestSchema, TxnAnswer: txnAnswerSchema } },
 } as const;

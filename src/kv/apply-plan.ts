@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { assert, unreachable } from "../lib/assert.ts";
+import { assert, AssertionError, unreachable } from "../lib/assert.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
 import {
   type Command,
@@ -12,6 +12,16 @@ import {
   type MembershipChange,
   sessionKeyPrefix,
 } from "./command.ts";
+import {
+  applyTxn,
+  type TxnAnswer,
+  txnAnswerOfSession,
+  txnGetBytes,
+  type TxnRequest,
+  txnSessionFields,
+  type TxnSessionFields,
+  txnSessionGetBytesMax,
+} from "./txn.ts";
 
 /** What `planApply` needs to know about the storage it plans for. */
 export interface ApplyLogView {
@@ -42,7 +52,14 @@ export type ApplyResult =
   /** An idempotent write whose idempotency key has a live session made by another request: nothing changed. */
   | { readonly kind: "reused"; readonly index: number }
   /** A membership change now in the recorded configuration: the driver hands it to the core. */
-  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
+  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange }
+  /** A transaction (src/kv/txn.ts); `version` below `index` when answered from its session (a retry). */
+  | ({ readonly kind: "txn"; readonly index: number } & TxnAnswer)
+  /**
+   * An idempotent transaction whose gets would return more than `txnSessionGetBytesMax` (`getBytes`),
+   * too much for its session to keep: nothing changed, and no session was made.
+   */
+  | { readonly kind: "txn-too-large"; readonly index: number; readonly getBytes: number };
 
 /** One step of an apply, decoded and checked; the storage executes it on its own tables. */
 export type ApplyStep =
@@ -55,6 +72,7 @@ export type ApplyStep =
       readonly session?: StepSession;
     }
   | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number; readonly session?: StepSession }
+  | { readonly kind: "txn"; readonly index: number; readonly txn: TxnRequest; readonly session?: StepSession }
   | { readonly kind: "noop"; readonly index: number }
   | { readonly kind: "skipped"; readonly index: number }
   | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
@@ -111,6 +129,11 @@ function stepFor(log: ApplyLogView, entry: Entry): ApplyStep {
       if (isNoopData(entry.data)) return { kind: "noop", index: entry.index };
       try {
         const command = decodeCommand(entry.data);
+        if (command.op === "txn") {
+          const { compare, success, failure } = command;
+          const session = command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) };
+          return { kind: "txn", index: entry.index, txn: { compare, success, failure }, ...session };
+        }
         const condition = {
           ...(command.ifVersion === undefined ? {} : { ifVersion: command.ifVersion }),
           ...(command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) }),
@@ -177,8 +200,8 @@ interface SessionClock {
 export const sessionClockKey = sessionKeyPrefix;
 
 /** A session as stored: the first answer, and (after 0.1.0) the request's fingerprint and time. */
-interface SessionRecord {
-  readonly kind: "put" | "delete" | "conflict";
+interface SessionRecord extends Partial<TxnSessionFields> {
+  readonly kind: "put" | "delete" | "conflict" | "txn";
   readonly version: number;
   readonly deleted?: boolean;
   /** `StepSession.fingerprint` of the first request; absent in sessions 0.1.0 made. */
@@ -252,7 +275,7 @@ export function startSessionClock(table: KvTable, sessionRows: number, index: nu
  * its window; for a write in the 0.1.0 encoding, and for sessions with no time (0.1.0's), while
  * made within the last `legacySessionWindowEntries` entries, as 0.1.0 decided.
  */
-export function executeWrite(step: Extract<ApplyStep, { kind: "put" | "delete" }>, table: KvTable): ApplyResult {
+export function executeWrite(step: WriteStep, table: KvTable): ApplyResult {
   const session = step.session;
   if (session === undefined) return applyWrite(step, table);
   const clock = readSessionClock(table);
@@ -276,13 +299,18 @@ export function executeWrite(step: Extract<ApplyStep, { kind: "put" | "delete" }
     }
   }
   const result = applyWrite(step, table);
-  assert(result.kind === "put" || result.kind === "delete" || result.kind === "conflict", `write applied as ${result.kind}`);
+  if (result.kind === "txn-too-large") {
+    if (clock.nowMs !== before.nowMs || clock.sessions !== before.sessions) writeSessionClock(table, clock, step.index);
+    return result;
+  }
+  assert(result.kind === "put" || result.kind === "delete" || result.kind === "conflict" || result.kind === "txn", `write applied as ${result.kind}`);
   // Time starts with the first stamp: until then (0.1.0 leaders only) sessions count in entries.
   const atMs = stamp !== undefined || clock.nowMs > 0 ? clock.nowMs : undefined;
   const record: SessionRecord = {
     kind: result.kind,
     version: result.version,
     ...(result.kind === "delete" ? { deleted: result.deleted } : {}),
+    ...(result.kind === "txn" ? txnSessionFields(result) : {}),
     fp: session.fingerprint,
     ...(atMs === undefined ? {} : { atMs }),
   };
@@ -323,17 +351,18 @@ function forgetExpiredSessions(table: KvTable, clock: SessionClock, index: numbe
 
 function parseSession(value: Uint8Array): SessionRecord {
   const record = JSON.parse(textDecoder.decode(value)) as SessionRecord;
-  assert(["put", "delete", "conflict"].includes(record.kind) && Number.isSafeInteger(record.version), "session row invalid");
+  assert(["put", "delete", "conflict", "txn"].includes(record.kind) && Number.isSafeInteger(record.version), "session row invalid");
   return record;
 }
 
 /**
  * A retry is the same request as the session's first. A session 0.1.0 made has no fingerprint: any
- * request with the same op matches it (as 0.1.0 answered it; a conflict does not say its op).
+ * request with the same op matches it (as 0.1.0 answered it; a conflict does not say its op), but
+ * never a transaction (0.1.0 knew none).
  */
-function sameRequest(record: SessionRecord, step: Extract<ApplyStep, { kind: "put" | "delete" }>, session: StepSession): boolean {
+function sameRequest(record: SessionRecord, step: WriteStep, session: StepSession): boolean {
   if (record.fp !== undefined) return record.fp === session.fingerprint;
-  return record.kind === step.kind || record.kind === "conflict";
+  return step.kind !== "txn" && (record.kind === step.kind || record.kind === "conflict");
 }
 
 function answerOf(record: SessionRecord, index: number): ApplyResult {
@@ -344,13 +373,30 @@ function answerOf(record: SessionRecord, index: number): ApplyResult {
       return { kind: "delete", index, deleted: record.deleted === true, version: record.version };
     case "conflict":
       return { kind: "conflict", index, version: record.version };
+    case "txn":
+      return { kind: "txn", index, ...txnAnswerOfSession(record, record.version) };
     default:
       return unreachable(record.kind, "session of an unknown kind");
   }
 }
 
-/** A write with no session: compare-and-set, then the put or delete. */
-function applyWrite(step: Extract<ApplyStep, { kind: "put" | "delete" }>, table: KvTable): ApplyResult {
+/** The steps `executeWrite` runs: those that may change the kv table. */
+export type WriteStep = Extract<ApplyStep, { kind: "put" | "delete" | "txn" }>;
+
+/** True for the steps `executeWrite` runs (each storage runs the others itself). */
+export function isWriteStep(step: ApplyStep): step is WriteStep {
+  return step.kind === "put" || step.kind === "delete" || step.kind === "txn";
+}
+
+/** A write with no session: compare-and-set, then the put or delete; or a transaction. */
+function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
+  if (step.kind === "txn") {
+    if (step.session !== undefined) {
+      const getBytes = txnGetBytes(step.txn, table);
+      if (getBytes > txnSessionGetBytesMax) return { kind: "txn-too-large", index: step.index, getBytes };
+    }
+    return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, table) };
+  }
   const failure = step.ifVersion === undefined ? undefined : conditionFailure(step, table.get(step.key)?.version ?? 0);
   if (failure !== undefined) return failure;
   if (step.kind === "put") {
@@ -372,6 +418,9 @@ export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {
       return { kind: "skipped", index: step.index };
     case "conf-change":
       return { kind: "conf-change", index: step.index, change: step.change };
+    case "txn":
+      // Storages run every write step through executeWrite (isWriteStep); an applied one comes as skipped.
+      throw new AssertionError(`apply: a transaction at ${step.index} has no result without its table`);
     default:
       return unreachable(step, "apply: unknown step");
   }

@@ -9,15 +9,20 @@
  * delete if version: [0x04] [key length] [key] [expected version]
  * idempotent (0.1.0): [0x05] [idempotency key length] [idempotency key] [any of the four above]
  * idempotent, stamped: [0x06] [leader's wall clock, ms] [session window, ms] [sessions max]
- *                      [idempotency key length] [idempotency key] [any of the four above]
+ *                      [idempotency key length] [idempotency key] [any of the four above, or a transaction]
+ * transaction: [0x10] [compare count] [compares] [success count] [ops] [failure count] [ops]  (see txn.ts)
  * ```
- * The three numbers of 0x06 are LEB128 (at most 8 bytes each). Op bytes never change meaning: a
- * log or snapshot written by an earlier release decodes and applies as it did there.
+ * The three numbers of 0x06 are LEB128 (at most 8 bytes each). 0x07-0x0f are kept for leases. A
+ * transaction is never wrapped in 0x05 (0.1.0 knew no transactions). In a Normal entry 0x10 is a
+ * transaction; a ConfChange entry starts with the same byte as its tag (the entry's type tells
+ * which decoder reads it). Op bytes never change meaning: a log or snapshot written by an earlier
+ * release decodes and applies as it did there.
  * Empty entry data is a leader's no-op (thesis §6.4), never a command: `decodeCommand` rejects it,
  * callers test `isNoopData` first. A committed entry that does not decode is corruption or a bug,
  * so decoding is strict: unknown op, non-minimal or overlong varint, truncated or invalid UTF-8
  * key, and trailing bytes after a delete all throw a `CommandCodecError`.
  */
+import { decodeTxnBody, encodeTxnBody, type TxnRequest } from "./txn.ts";
 
 /** Keys longer than this (in UTF-8 bytes) cannot be encoded; the HTTP layer should refuse them earlier. */
 export const commandKeyBytesMax = 64 * 1024;
@@ -36,6 +41,8 @@ const versionVarintBytesMax = 8;
 const opIdempotent = 0x05;
 /** An idempotent write stamped by its leader (see `IdempotencyStamp`): [0x06] [stamp] [key length] [idempotency key] [inner command]. */
 const opIdempotentStamped = 0x06;
+/** A multi-key transaction (src/kv/txn.ts): [0x10] [body]. */
+const opTxn = 0x10;
 /** Milliseconds since the epoch and session limits are below 2^53: at most 8 LEB128 bytes each. */
 const stampVarintBytesMax = 8;
 /** The longest idempotency key, in UTF-8 bytes. */
@@ -87,8 +94,17 @@ export interface DeleteCommand {
   readonly ifVersion?: number;
 }
 
+/** Compare, then run one of two lists of operations, atomically at the entry's index (src/kv/txn.ts). */
+export interface TxnCommand extends TxnRequest {
+  readonly op: "txn";
+  /** A retried transaction with the same key applies once and gets the first answer again. */
+  readonly idempotencyKey?: string;
+  /** With `idempotencyKey` only (always stamped: 0.1.0 knew no transactions). */
+  readonly stamp?: IdempotencyStamp;
+}
+
 /** A state-machine command: what a normal, non-empty Raft entry carries. */
-export type Command = PutCommand | DeleteCommand;
+export type Command = PutCommand | DeleteCommand | TxnCommand;
 
 /** Thrown when a command cannot be encoded (invalid key) or entry data does not decode. */
 export class CommandCodecError extends Error {
@@ -116,6 +132,7 @@ export function encodeCommand(command: Command): Uint8Array {
       throw new CommandCodecError(`encode: idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
     }
     const { idempotencyKey: _, stamp, ...plain } = command;
+    if (stamp === undefined && command.op === "txn") throw new CommandCodecError("encode: an idempotent transaction needs a stamp");
     const inner = encodeCommand(plain as Command);
     const numbers = stamp === undefined ? [] : [stamp.atMs, stamp.windowMs, stamp.sessionsMax];
     if (stamp !== undefined && (!numbers.every((value) => Number.isSafeInteger(value) && value >= 0) || stamp.sessionsMax < 1)) {
@@ -130,6 +147,17 @@ export function encodeCommand(command: Command): Uint8Array {
     out.set(idem, offset);
     offset += idem.byteLength;
     out.set(inner, offset);
+    return out;
+  }
+  if (command.op === "txn") {
+    const parts = encodeTxnBody(command);
+    const out = new Uint8Array(1 + parts.reduce((sum, part) => sum + part.byteLength, 0));
+    out[0] = opTxn;
+    let offset = 1;
+    for (const part of parts) {
+      out.set(part, offset);
+      offset += part.byteLength;
+    }
     return out;
   }
   if (!command.key.isWellFormed()) throw new CommandCodecError("encode: key holds a lone UTF-16 surrogate");
@@ -196,9 +224,11 @@ export function decodeCommand(data: Uint8Array): Command {
     }
     const inner = data.subarray(start + length);
     if (inner[0] === opIdempotent || inner[0] === opIdempotentStamped) throw new CommandCodecError("decode: nested idempotent command");
+    if (inner[0] === opTxn && stamp === undefined) throw new CommandCodecError("decode: a transaction in the 0.1.0 idempotent encoding");
     return { ...decodeCommand(inner), idempotencyKey, ...(stamp === undefined ? {} : { stamp }) };
   }
   const op = data[0] as number;
+  if (op === opTxn) return { op: "txn", ...decodeTxnBody(data, 1) };
   if (op !== opPut && op !== opDelete && op !== opPutIfVersion && op !== opDeleteIfVersion) {
     throw new CommandCodecError(`decode: unknown op byte 0x${op.toString(16).padStart(2, "0")} in ${data.byteLength} bytes`);
   }
@@ -234,7 +264,8 @@ export function decodeCommand(data: Uint8Array): Command {
   return ifVersion === undefined ? { op: "delete", key } : { op: "delete", key, ifVersion };
 }
 
-function varintByteLength(value: number): number {
+/** Bytes `value` takes as unsigned LEB128. */
+export function varintByteLength(value: number): number {
   let length = 1;
   while (value >= 0x80) {
     value = Math.floor(value / 0x80);
@@ -244,7 +275,7 @@ function varintByteLength(value: number): number {
 }
 
 /** Writes `value` as unsigned LEB128 at `offset`; returns the offset after it. */
-function writeVarint(out: Uint8Array, offset: number, value: number): number {
+export function writeVarint(out: Uint8Array, offset: number, value: number): number {
   while (value >= 0x80) {
     out[offset++] = (value & 0x7f) | 0x80;
     value = Math.floor(value / 0x80);
@@ -254,7 +285,7 @@ function writeVarint(out: Uint8Array, offset: number, value: number): number {
 }
 
 /** Reads a minimal unsigned LEB128 of at most `keyLengthVarintBytesMax` bytes (key lengths; membership changes reuse it, so its errors say "key length"). */
-function readVarint(
+export function readVarint(
   data: Uint8Array,
   offset: number,
   bytesMax = keyLengthVarintBytesMax,
@@ -280,7 +311,7 @@ function readVarint(
  * the addresses the rest of the cluster needs to reach the member. `peerUrl` is required for
  * `add-learner` (every member learns it from the log); `httpUrl` is optional (for redirects).
  *
- * Layout (the leading tag byte is distinct from every kv op byte):
+ * Layout (in ConfChange entries only, so its tag byte may equal a kv op byte: 0x10 is also a transaction's):
  * ```
  * [0x10] [type: 1 add-learner, 2 promote, 3 remove] [node id: LEB128, minimal, <= 3 bytes]
  * [peer URL length: LEB128] [peer URL: UTF-8] [http URL length: LEB128] [http URL: UTF-8]

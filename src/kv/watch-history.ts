@@ -2,6 +2,7 @@ import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
 import type { ApplyResult } from "./apply-plan.ts";
 import { decodeCommand } from "./command.ts";
+import { takenOps } from "./txn.ts";
 
 /** Why a key went away: a client's delete, or (later) the expiry of the lease it was attached to. */
 export type WatchReason = "delete" | "lease_expired";
@@ -30,6 +31,28 @@ export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undef
       // batch of entries (a peer's append), which the history would otherwise keep alive.
       { kind: "put", key: command.key, value: command.value.slice(), version: entry.index }
     : { kind: "delete", key: command.key, version: entry.index, reason: "delete" };
+}
+
+/**
+ * Every change an applied entry made, all at its index: `changeOf`'s one, or a transaction's puts
+ * and deletes of present keys, in the order of its operations. A transaction answered from its
+ * session (a retry) changed nothing.
+ */
+export function changesOf(entry: Entry, result: ApplyResult): WatchChange[] {
+  if (result.kind !== "txn") {
+    const change = changeOf(entry, result);
+    return change === undefined ? [] : [change];
+  }
+  assert(entry.index === result.index, `watch: result for ${result.index} paired with entry ${entry.index}`);
+  if (result.version !== result.index) return [];
+  const command = decodeCommand(entry.data);
+  assert(command.op === "txn", `watch: entry ${entry.index} is not the transaction applied`);
+  const changes: WatchChange[] = [];
+  for (const { op, result: done } of takenOps(command, result)) {
+    if (op.op === "put") changes.push({ kind: "put", key: op.key, value: op.value.slice(), version: entry.index });
+    else if (op.op === "delete" && done.op === "delete" && done.deleted) changes.push({ kind: "delete", key: op.key, version: entry.index, reason: "delete" });
+  }
+  return changes;
 }
 
 /** How much change history a node keeps (`kv serve --watch-history-entries`, `--watch-history-ms`). */

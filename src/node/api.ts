@@ -1,5 +1,6 @@
 import type { KvRow } from "../kv/apply-plan.ts";
 import type { MemberAddress } from "../kv/membership.ts";
+import type { TxnAnswer, TxnRequest } from "../kv/txn.ts";
 import type { WatchChange } from "../kv/watch-history.ts";
 import type { NodeId, Role, SnapshotMetadata } from "../raft/types.ts";
 
@@ -89,6 +90,12 @@ export interface KvNodeApi {
   put(key: string, value: Uint8Array, options?: WriteOptions): Promise<{ version: number }>;
   delete(key: string, options?: WriteOptions): Promise<{ deleted: boolean; version: number }>;
   get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined>;
+  /**
+   * A multi-key transaction (src/kv/txn.ts): compares, then the success or failure operations, all
+   * in one entry, at one version. Resolves once applied here; `idempotencyKey` as for writes. Only
+   * the leader proposes it (`not_leader` elsewhere); its reads are linearizable (they are in the log).
+   */
+  txn?(request: TxnRequest, options?: Pick<WriteOptions, "idempotencyKey">): Promise<TxnAnswer>;
   /**
    * Up to `limit` keys starting with `prefix` and sorting after `after` (UTF-8 byte order), with
    * their values, read with the same consistency guarantees as `get`.

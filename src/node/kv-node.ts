@@ -13,6 +13,7 @@ import {
   type Command,
 } from "../kv/command.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
+import { checkTxnRequest, type TxnAnswer, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, SnapshotImage, WatchFilter, WatchStart, WatchSubscription, WriteOptions } from "./api.ts";
@@ -57,7 +58,7 @@ function checkClientKey(key: string): void {
 function idempotencyKeyReused(idempotencyKey: string | undefined): KvError {
   return new KvError(
     "idempotency_key_reused",
-    `Idempotency-Key ${JSON.stringify(idempotencyKey)} was first sent with another request (another method, key, value or ifVersion): nothing was written; send a new request under a new key`,
+    `Idempotency-Key ${JSON.stringify(idempotencyKey)} was first sent with another request (another method, key, value, ifVersion or transaction): nothing was written; send a new request under a new key`,
   );
 }
 
@@ -363,6 +364,28 @@ export class KvNode implements KvNodeApi {
     });
   }
 
+  /**
+   * See `KvNodeApi.txn`: one entry, decided and applied at its index on every replica (src/kv/txn.ts).
+   * `bad_request` for a key in the reserved space, more than 128 comparisons and operations, or a
+   * key written twice in one branch.
+   */
+  txn(request: TxnRequest, options: Pick<WriteOptions, "idempotencyKey"> = {}): Promise<TxnAnswer> {
+    checkTxnRequest(request);
+    const { compare, success, failure } = request;
+    const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
+    return this.write({ op: "txn", compare, success, failure, ...idempotency }).then((result) => {
+      if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
+      if (result.kind === "txn-too-large") {
+        throw new KvError(
+          "too_large",
+          `the transaction's gets would return ${result.getBytes} bytes, more than the ${txnSessionGetBytesMax} an Idempotency-Key can remember: nothing was applied; read less, or send it without Idempotency-Key`,
+        );
+      }
+      assert(result.kind === "txn", `transaction applied as ${result.kind}`);
+      return { succeeded: result.succeeded, version: result.version, results: result.results };
+    });
+  }
+
   async get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined> {
     checkClientKey(key);
     await this.readBarrier(consistency);
@@ -525,7 +548,7 @@ export class KvNode implements KvNodeApi {
   }
 
   private write(command: Command): Promise<ApplyResult> {
-    checkClientKey(command.key);
+    if (command.op !== "txn") checkClientKey(command.key); // a transaction's keys: checkTxnRequest
     const idem = command.idempotencyKey;
     if (idem !== undefined && (idem === "" || new TextEncoder().encode(idem).byteLength > idempotencyKeyBytesMax || !idem.isWellFormed())) {
       throw new KvError("bad_request", `an idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
@@ -536,7 +559,7 @@ export class KvNode implements KvNodeApi {
     this.refuseWhenFull();
     // Checked where the write is proposed, on the leader (as etcd's quota): every replica keeps the
     // same state machine, so the leader's size stands for theirs. Deletes pass, so space can be freed.
-    if (command.op === "put" && this.overQuota()) {
+    if ((command.op === "put" || (command.op === "txn" && txnPuts(command))) && this.overQuota()) {
       throw new KvError(
         "quota_exceeded",
         `this node keeps ${this.dataBytesMeasured + this.bytesProposedSinceMeasure} bytes, at or past its quota of ${this.cfg.quotaBytes} bytes: puts are refused; delete keys, or raise --quota-bytes and restart`,

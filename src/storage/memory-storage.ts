@@ -1,6 +1,6 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyResult, executeWrite, type KvTable, planApply, resultFor, sessionClockKey, startSessionClock } from "../kv/apply-plan.ts";
+import { type ApplyResult, executeWrite, isWriteStep, type KvTable, planApply, resultFor, sessionClockKey, startSessionClock } from "../kv/apply-plan.ts";
 import { sessionKeyPrefix } from "../kv/command.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import {
@@ -215,7 +215,7 @@ export class MemoryKvStorage implements KvStorage {
     for (const step of plan.steps) {
       let deleted = false;
       if (step.kind === "conf-change") membership = membershipAfter(membership, step.change, step.index);
-      if (step.kind === "put" || step.kind === "delete") results.push(executeWrite(step, this.kvTable));
+      if (isWriteStep(step)) results.push(executeWrite(step, this.kvTable));
       else results.push(resultFor(step, deleted));
     }
     // The configuration moves with the applied index, atomically (as sqlite's one transaction).

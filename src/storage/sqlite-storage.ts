@@ -3,7 +3,7 @@ import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSy
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyResult, type ApplyStep, executeWrite, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
+import { type ApplyResult, type ApplyStep, executeWrite, isWriteStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
 import { sessionKeyPrefix } from "../kv/command.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
@@ -786,7 +786,7 @@ export class SqliteStorage implements KvStorage {
     if (membership !== undefined) this.writeMembership(membership);
     const results: ApplyResult[] = [];
     for (const step of steps) {
-      if (step.kind === "put" || step.kind === "delete") results.push(executeWrite(step, this.kvTable));
+      if (isWriteStep(step)) results.push(executeWrite(step, this.kvTable));
       else results.push(resultFor(step, false));
     }
     this.updateApplied.run(appliedIndex);

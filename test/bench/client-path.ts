@@ -101,6 +101,7 @@ try {
   }
   const options: BenchOptions = {
     target: "kv",
+    watchers: 0,
     endpoints,
     clients,
     stop: { kind: "duration", durationMs },

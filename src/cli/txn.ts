@@ -1,0 +1,52 @@
+import { defineCommand } from "citty";
+import { ClientExit, connection, connectionArgs, fail, send } from "./client.ts";
+import { UsageError } from "./usage-error.ts";
+
+/** The answer is always JSON: `--json` would change nothing, so `kv txn` does not take it. */
+const { json: _json, ...txnConnectionArgs } = connectionArgs;
+
+/** The largest transaction file `kv txn` reads: far above what a node takes (it answers 413 first). */
+const txnFileBytesMax = 64 * 1024 * 1024;
+
+/**
+ * `kv txn [FILE | -]`: sends the transaction in FILE (or standard input) to `POST /txn`, through
+ * whichever endpoint answers (redirects to the leader followed, as `kv put`), and prints the JSON
+ * answer. Each run sends an `Idempotency-Key` of its own, so resending it to another endpoint after
+ * one stopped answering cannot apply it twice. Exits 0 when the comparisons held (`succeeded`), 1
+ * when they did not and the failure branch ran (the answer is printed either way), 2 on a usage
+ * error or a refused request, 3 when no endpoint answered or the outcome is unknown.
+ */
+export const txnCommand = defineCommand({
+  meta: { name: "txn", description: "Run a transaction (POST /txn JSON) from FILE or standard input; exit 1 when its comparisons failed" },
+  args: {
+    file: { type: "positional", required: false, description: 'JSON {"compare": [...], "success": [...], "failure": [...]}; - or nothing reads standard input' },
+    ...txnConnectionArgs,
+  },
+  async run({ args }) {
+    const conn = connection(args);
+    const body = await readTxn(args.file);
+    const answer = await send(conn, "POST", "/txn", body, { "content-type": "application/json", "idempotency-key": `kv-txn-${crypto.randomUUID()}` });
+    if (answer.status !== 200) fail(answer);
+    const text = new TextDecoder().decode(answer.body);
+    let succeeded: unknown;
+    try {
+      succeeded = (JSON.parse(text) as { succeeded?: unknown }).succeeded;
+    } catch {
+      throw new ClientExit(3, `the node's answer is not JSON: ${text.slice(0, 200)}`);
+    }
+    console.log(text);
+    if (succeeded !== true) throw new ClientExit(1, "");
+  },
+});
+
+async function readTxn(file: string | undefined): Promise<Uint8Array> {
+  if (file === undefined || file === "-") return new Uint8Array(await Bun.stdin.arrayBuffer());
+  const handle = Bun.file(file);
+  if (!(await handle.exists())) throw new UsageError(`cannot read '${file}': no such file`);
+  if (handle.size > txnFileBytesMax) throw new UsageError(`'${file}' is ${handle.size} bytes; a transaction is at most ${txnFileBytesMax}`);
+  try {
+    return await handle.bytes();
+  } catch (error) {
+    throw new UsageError(`cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
+  }
+}

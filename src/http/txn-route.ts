@@ -1,0 +1,188 @@
+/**
+ * `POST /txn`: a multi-key transaction as JSON (etcd's Txn), applied atomically at one version.
+ *
+ * Request: `{"compare": [...], "success": [...], "failure": [...]}` (each list optional, empty by default):
+ * - a comparison is `{"key", "version": N}` (0: the key is absent), `{"key", "value": V}` or
+ *   `{"key", "exists": false|true}`;
+ * - an operation is `{"put": {"key", "value"}}`, `{"delete": {"key"}}` or `{"get": {"key"}}`.
+ * A value is a string (its UTF-8 bytes) or `{"base64": "..."}` for any bytes. Answer:
+ * `{"succeeded", "version", "results"}`, one result per operation of the branch taken, shaped like
+ * it: `{"put": {"key", "version"}}`, `{"delete": {"key", "deleted"}}`, `{"get": {"key", "found",
+ * "value", "version"}}` (value and version only when found; a value that is not UTF-8 comes as
+ * `{"base64": ...}`, as in listings).
+ *
+ * Limits, with nothing applied: at most `txnOperationsMax` (128) comparisons and operations in all,
+ * a key written twice in one branch, a reserved key, malformed JSON or an unknown field are 400; a
+ * body over `txnBodyBytesMax`, a key over `keyBytesMax` or a value over `valueBytesMax` are 413.
+ * `Idempotency-Key` works as for PUT and DELETE (with gets returning at most 4 MiB: its session
+ * keeps them; more is a 413 decided at apply, nothing changed). A follower answers 307 to the leader.
+ */
+import { idempotencyKeyBytesMax } from "../kv/command.ts";
+import { type TxnAnswer, type TxnCompare, type TxnOp, txnOperationsMax, type TxnOpResult, type TxnRequest } from "../kv/txn.ts";
+import { unreachable } from "../lib/assert.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { KvNodeApi } from "../node/api.ts";
+import { jsonResponse } from "./http-error.ts";
+import { rawTarget } from "./raw-target.ts";
+import { readBodyBytesMax } from "./read-body.ts";
+
+/** The limits a transaction's request is held to. */
+export interface TxnRouteLimits {
+  readonly keyBytesMax: number;
+  readonly valueBytesMax: number;
+  readonly bodyReadTimeoutMs?: number;
+}
+
+/** The largest body `POST /txn` reads: one value at the limit (even as base64) and 1 MiB for the rest. */
+export function txnBodyBytesMax(valueBytesMax: number): number {
+  return Math.ceil((valueBytesMax * 4) / 3) + 1024 * 1024;
+}
+
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+const utf8Encoder = new TextEncoder();
+const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** The route's handler: parses, checks, hands the transaction to the node, renders its answer. */
+export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (request: Request) => Promise<Response> {
+  return async (request) => {
+    if (request.method !== "POST") throw new KvError("method_not_allowed", `${request.method} is not allowed on /txn`);
+    const [parameter] = new URLSearchParams(rawTarget(request.url).search).keys();
+    if (parameter !== undefined) throw new KvError("bad_request", `unknown query parameter '${parameter}': /txn takes none`);
+    const idempotencyKey = request.headers.get("idempotency-key") ?? undefined;
+    if (idempotencyKey !== undefined && (idempotencyKey === "" || utf8Encoder.encode(idempotencyKey).byteLength > idempotencyKeyBytesMax)) {
+      throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
+    }
+    const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
+    const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {
+      // read-body.ts speaks of "the value": here it is the whole transaction.
+      if (error instanceof KvError && error.code === "too_large") throw new KvError("too_large", `the transaction's body is over the limit of ${bodyBytesMax} bytes`);
+      throw error;
+    });
+    const txnRequest = parseTxnBody(body, limits);
+    const txn = node.txn?.bind(node);
+    if (txn === undefined) throw new KvError("not_found", "this node does not serve transactions");
+    const answer = await txn(txnRequest, idempotencyKey === undefined ? {} : { idempotencyKey });
+    return jsonResponse(txnAnswerJson(answer), 200);
+  };
+}
+
+/** The answer as JSON: each result keyed by its operation, values as text or `{"base64"}`. */
+export function txnAnswerJson(answer: TxnAnswer) {
+  return { succeeded: answer.succeeded, version: answer.version, results: answer.results.map(resultJson) };
+}
+
+function resultJson(result: TxnOpResult) {
+  switch (result.op) {
+    case "get":
+      return {
+        get: result.found ? { key: result.key, found: true, value: jsonValue(result.value), version: result.version } : { key: result.key, found: false },
+      };
+    case "put":
+      return { put: { key: result.key, version: result.version } };
+    case "delete":
+      return { delete: { key: result.key, deleted: result.deleted } };
+    default:
+      return unreachable(result, "unknown transaction result");
+  }
+}
+
+function jsonValue(bytes: Uint8Array): string | { base64: string } {
+  try {
+    return utf8Decoder.decode(bytes);
+  } catch {
+    return { base64: Buffer.from(bytes).toString("base64") };
+  }
+}
+
+function bad(message: string): KvError {
+  return new KvError("bad_request", message);
+}
+
+/** Parses and checks a `POST /txn` body; throws `bad_request` or `too_large` (see the file comment). */
+export function parseTxnBody(bytes: Uint8Array, limits: TxnRouteLimits): TxnRequest {
+  let body: unknown;
+  try {
+    body = JSON.parse(utf8Decoder.decode(bytes));
+  } catch {
+    throw bad('the body must be JSON: {"compare": [...], "success": [...], "failure": [...]}');
+  }
+  const fields = object(body, "the body", ["compare", "success", "failure"]);
+  const lists = (["compare", "success", "failure"] as const).map((name) => {
+    const list = fields[name] ?? [];
+    if (!Array.isArray(list)) throw bad(`'${name}' must be a list`);
+    return list as unknown[];
+  }) as [unknown[], unknown[], unknown[]];
+  const count = lists[0].length + lists[1].length + lists[2].length;
+  if (count > txnOperationsMax) throw bad(`a transaction holds at most ${txnOperationsMax} comparisons and operations in all, not ${count}`);
+  const [compare, success, failure] = lists;
+  return {
+    compare: compare.map((item, i) => parseCompare(item, `compare[${i}]`, limits)),
+    success: success.map((item, i) => parseOp(item, `success[${i}]`, limits)),
+    failure: failure.map((item, i) => parseOp(item, `failure[${i}]`, limits)),
+  };
+}
+
+/** `value` as an object holding only `allowed` fields. */
+function object(value: unknown, what: string, allowed: readonly string[]): Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw bad(`${what} must be a JSON object`);
+  for (const name of Object.keys(value)) {
+    if (!allowed.includes(name)) throw bad(`${what} has an unknown field '${name}' (expected ${allowed.map((a) => `'${a}'`).join(", ")})`);
+  }
+  return value as Record<string, unknown>;
+}
+
+function parseKey(value: unknown, what: string, limits: TxnRouteLimits): string {
+  if (typeof value !== "string" || value === "") throw bad(`${what}.key must be a non-empty string`);
+  if (!value.isWellFormed()) throw bad(`${what}.key holds a lone UTF-16 surrogate: it is not UTF-8`);
+  const keyBytes = utf8Encoder.encode(value).byteLength;
+  if (keyBytes > limits.keyBytesMax) throw new KvError("too_large", `${what}.key is ${keyBytes} bytes; the limit is ${limits.keyBytesMax}`);
+  return value;
+}
+
+function parseValue(value: unknown, what: string, limits: TxnRouteLimits): Uint8Array {
+  let bytes: Uint8Array;
+  if (typeof value === "string") {
+    if (!value.isWellFormed()) throw bad(`${what} holds a lone UTF-16 surrogate: send bytes that are not UTF-8 as {"base64": "..."}`);
+    bytes = utf8Encoder.encode(value);
+  } else if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    const { base64 } = object(value, what, ["base64"]);
+    if (typeof base64 !== "string" || !base64Pattern.test(base64)) throw bad(`${what}.base64 must be a string of standard, padded base64`);
+    bytes = new Uint8Array(Buffer.from(base64, "base64"));
+  } else {
+    throw bad(`${what} must be a string or {"base64": "..."}`);
+  }
+  if (bytes.byteLength > limits.valueBytesMax) throw new KvError("too_large", `${what} is ${bytes.byteLength} bytes; the limit is ${limits.valueBytesMax}`);
+  return bytes;
+}
+
+function parseCompare(item: unknown, what: string, limits: TxnRouteLimits): TxnCompare {
+  const fields = object(item, what, ["key", "version", "value", "exists"]);
+  const key = parseKey(fields.key, what, limits);
+  const targets = (["version", "value", "exists"] as const).filter((name) => fields[name] !== undefined);
+  if (targets.length !== 1) throw bad(`${what} needs exactly one of 'version', 'value' and 'exists'`);
+  const { version, value, exists } = fields;
+  switch (targets[0]) {
+    case "version":
+      if (typeof version !== "number" || !Number.isSafeInteger(version) || version < 0) throw bad(`${what}.version must be a version number (0: absent)`);
+      return { key, target: "version", version };
+    case "value":
+      return { key, target: "value", value: parseValue(value, `${what}.value`, limits) };
+    default:
+      if (typeof exists !== "boolean") throw bad(`${what}.exists must be true or false`);
+      return { key, target: "exists", exists };
+  }
+}
+
+function parseOp(item: unknown, what: string, limits: TxnRouteLimits): TxnOp {
+  const fields = object(item, what, ["put", "delete", "get"]);
+  const names = Object.keys(fields);
+  if (names.length !== 1) throw bad(`${what} must be one of {"put": {...}}, {"delete": {...}} and {"get": {...}}`);
+  if (fields.put !== undefined) {
+    const put = object(fields.put, `${what}.put`, ["key", "value", "lease"]);
+    if (put.lease !== undefined) throw bad(`${what}.put: leases in transactions are not supported yet`);
+    if (put.value === undefined) throw bad(`${what}.put needs a 'value'`);
+    return { op: "put", key: parseKey(put.key, `${what}.put`, limits), value: parseValue(put.value, `${what}.put.value`, limits) };
+  }
+  if (fields.delete !== undefined) return { op: "delete", key: parseKey(object(fields.delete, `${what}.delete`, ["key"]).key, `${what}.delete`, limits) };
+  return { op: "get", key: parseKey(object(fields.get, `${what}.get`, ["key"]).key, `${what}.get`, limits) };
+}

@@ -1,0 +1,362 @@
+/**
+ * Multi-key transactions (`POST /txn`, etcd's Txn): a list of comparisons and two lists of
+ * operations. One Raft entry carries the whole transaction (op byte 0x10, see command.ts); every
+ * replica evaluates the comparisons against its state machine when it applies the entry, then runs
+ * the `success` operations if all of them hold and the `failure` operations otherwise, in order, all
+ * at the entry's index. The verdict depends only on the state machine and the entry, so every
+ * replica reaches the same one.
+ *
+ * Body layout after the 0x10 op byte (every number an unsigned LEB128, minimal):
+ * ```
+ * [compare count] compare... [success count] op... [failure count] op...
+ * compare: [target: 1 version, 2 value, 3 exists, 4 absent] [key length] [key: UTF-8]
+ *          version: [version, at most 8 bytes] | value: [value length, at most 4 bytes] [value] | exists, absent: nothing
+ * op:      [kind: 1 put, 2 delete, 3 get] [key length] [key: UTF-8]
+ *          put: [value length, at most 4 bytes] [value] | delete, get: nothing
+ * ```
+ * Each count is at most `txnOperationsMax`, and so is their sum; nothing may follow the last op.
+ */
+import { assert, unreachable } from "../lib/assert.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { KvTable } from "./apply-plan.ts";
+import { CommandCodecError, commandKeyBytesMax, readVarint, sessionKeyPrefix, varintByteLength, writeVarint } from "./command.ts";
+
+/** Comparisons and operations a transaction may hold, all lists together. */
+export const txnOperationsMax = 128;
+
+/** A value's length in the txn encoding takes at most 4 LEB128 bytes: values below 256 MiB. */
+const valueLengthVarintBytesMax = 4;
+const versionVarintBytesMax = 8;
+
+/** A condition on one key, evaluated against the state before any operation of the transaction. */
+export type TxnCompare =
+  /** The key's version is this (0: the key is absent). */
+  | { readonly key: string; readonly target: "version"; readonly version: number }
+  /** The key is present and holds exactly these bytes. */
+  | { readonly key: string; readonly target: "value"; readonly value: Uint8Array }
+  /** The key is present (`exists: true`) or absent (`exists: false`). */
+  | { readonly key: string; readonly target: "exists"; readonly exists: boolean };
+
+/** One operation of a branch; they run in order, a get seeing the writes before it. */
+export type TxnOp =
+  | { readonly op: "put"; readonly key: string; readonly value: Uint8Array }
+  | { readonly op: "delete"; readonly key: string }
+  | { readonly op: "get"; readonly key: string };
+
+/** A transaction as a client sends it (without its idempotency key). */
+export interface TxnRequest {
+  readonly compare: readonly TxnCompare[];
+  readonly success: readonly TxnOp[];
+  readonly failure: readonly TxnOp[];
+}
+
+/** What one operation did, in the order of the branch taken. */
+export type TxnOpResult =
+  | { readonly op: "get"; readonly key: string; readonly found: true; readonly value: Uint8Array; readonly version: number }
+  | { readonly op: "get"; readonly key: string; readonly found: false }
+  | { readonly op: "put"; readonly key: string; readonly version: number }
+  | { readonly op: "delete"; readonly key: string; readonly deleted: boolean };
+
+/** A transaction's answer: which branch ran, at which version (the entry's index), and what each of its operations did. */
+export interface TxnAnswer {
+  readonly succeeded: boolean;
+  readonly version: number;
+  readonly results: readonly TxnOpResult[];
+}
+
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+const compareTargets = ["version", "value", "exists", "absent"] as const;
+const opKinds = ["put", "delete", "get"] as const;
+
+/** Every key a transaction names, in order (with repeats). */
+export function txnKeys(txn: TxnRequest): string[] {
+  return [...txn.compare, ...txn.success, ...txn.failure].map((item) => item.key);
+}
+
+/** True when either branch may put: a put is refused past the quota. */
+export function txnPuts(txn: TxnRequest): boolean {
+  return [...txn.success, ...txn.failure].some((op) => op.op === "put");
+}
+
+/**
+ * Checks what the codec and the watch history need of a transaction, as `bad_request`: at most
+ * `txnOperationsMax` comparisons and operations, no key under the session prefix, and no key
+ * written (put or delete) twice in one branch (a watcher would see two changes to it at one version).
+ */
+export function checkTxnRequest(txn: TxnRequest): void {
+  const count = txn.compare.length + txn.success.length + txn.failure.length;
+  if (count > txnOperationsMax) {
+    throw new KvError("bad_request", `a transaction holds at most ${txnOperationsMax} comparisons and operations in all, not ${count}`);
+  }
+  for (const key of txnKeys(txn)) {
+    if (key === "" || !key.isWellFormed()) throw new KvError("bad_request", "a key in a transaction must be a non-empty string of UTF-8 (no lone surrogate)");
+    if (key.startsWith(sessionKeyPrefix)) throw new KvError("bad_request", "keys starting with NUL + 'session/' are reserved");
+  }
+  for (const [name, branch] of [["success", txn.success], ["failure", txn.failure]] as const) {
+    const written = new Set<string>();
+    for (const op of branch) {
+      if (op.op === "get") continue;
+      if (written.has(op.key)) throw new KvError("bad_request", `'${name}' writes the key ${JSON.stringify(op.key)} more than once`);
+      written.add(op.key);
+    }
+  }
+}
+
+// ---- Codec (called by command.ts for op byte 0x10) ------------------------------------------
+
+function keyBytesOf(key: string): Uint8Array {
+  if (!key.isWellFormed()) throw new CommandCodecError("encode: key holds a lone UTF-16 surrogate");
+  const bytes = utf8Encoder.encode(key);
+  if (bytes.byteLength > commandKeyBytesMax) throw new CommandCodecError(`encode: key of ${bytes.byteLength} bytes exceeds ${commandKeyBytesMax}`);
+  return bytes;
+}
+
+function checkValueLength(value: Uint8Array): void {
+  if (value.byteLength >= 2 ** (7 * valueLengthVarintBytesMax)) throw new CommandCodecError(`encode: value of ${value.byteLength} bytes is too long for a transaction`);
+}
+
+/** The transaction's body as `encodeCommand` writes it after the op byte. */
+export function encodeTxnBody(txn: TxnRequest): Uint8Array[] {
+  const count = txn.compare.length + txn.success.length + txn.failure.length;
+  if (count > txnOperationsMax) throw new CommandCodecError(`encode: ${count} comparisons and operations exceed ${txnOperationsMax}`);
+  const parts: Uint8Array[] = [];
+  const number = (value: number) => {
+    const out = new Uint8Array(varintByteLength(value));
+    writeVarint(out, 0, value);
+    parts.push(out);
+  };
+  const keyed = (tag: number, key: string) => {
+    parts.push(Uint8Array.of(tag));
+    const bytes = keyBytesOf(key);
+    number(bytes.byteLength);
+    parts.push(bytes);
+  };
+  number(txn.compare.length);
+  for (const compare of txn.compare) {
+    switch (compare.target) {
+      case "version":
+        if (!Number.isSafeInteger(compare.version) || compare.version < 0) throw new CommandCodecError(`encode: version ${compare.version} is not a version`);
+        keyed(1, compare.key);
+        number(compare.version);
+        break;
+      case "value":
+        checkValueLength(compare.value);
+        keyed(2, compare.key);
+        number(compare.value.byteLength);
+        parts.push(compare.value);
+        break;
+      case "exists":
+        keyed(compare.exists ? 3 : 4, compare.key);
+        break;
+      default:
+        unreachable(compare, "encode: unknown comparison");
+    }
+  }
+  for (const branch of [txn.success, txn.failure]) {
+    number(branch.length);
+    for (const op of branch) {
+      keyed(opKinds.indexOf(op.op) + 1, op.key);
+      if (op.op === "put") {
+        checkValueLength(op.value);
+        number(op.value.byteLength);
+        parts.push(op.value);
+      }
+    }
+  }
+  return parts;
+}
+
+/**
+ * Decodes a transaction's body starting at `offset` (just after the op byte) to the end of `data`,
+ * strictly: a bad tag, a count past the limit, a non-minimal or overlong varint, a truncated key or
+ * value, invalid UTF-8 and trailing bytes all throw `CommandCodecError`. Values are views into `data`.
+ */
+export function decodeTxnBody(data: Uint8Array, offset: number): TxnRequest {
+  let position = offset;
+  let total = 0;
+  const count = (what: string): number => {
+    const { value, next } = readVarint(data, position, 2, `${what} count`);
+    total += value;
+    if (total > txnOperationsMax) throw new CommandCodecError(`decode: more than ${txnOperationsMax} comparisons and operations`);
+    position = next;
+    return value;
+  };
+  const key = (): string => {
+    const { value: length, next } = readVarint(data, position);
+    if (length > commandKeyBytesMax || next + length > data.byteLength) throw new CommandCodecError(`decode: key of ${length} bytes runs past the end of ${data.byteLength} bytes`);
+    position = next + length;
+    try {
+      return utf8Decoder.decode(data.subarray(next, position));
+    } catch {
+      throw new CommandCodecError("decode: key is not valid UTF-8");
+    }
+  };
+  const value = (): Uint8Array => {
+    const { value: length, next } = readVarint(data, position, valueLengthVarintBytesMax, "value length");
+    if (next + length > data.byteLength) throw new CommandCodecError(`decode: value of ${length} bytes runs past the end of ${data.byteLength} bytes`);
+    position = next + length;
+    return data.subarray(next, position);
+  };
+  const tag = (what: string, max: number): number => {
+    const byte = data[position];
+    if (byte === undefined) throw new CommandCodecError(`decode: truncated ${what}`);
+    if (byte < 1 || byte > max) throw new CommandCodecError(`decode: unknown ${what} 0x${byte.toString(16).padStart(2, "0")}`);
+    position++;
+    return byte;
+  };
+  const compare: TxnCompare[] = [];
+  for (let i = count("compare"); i > 0; i--) {
+    const target = compareTargets[tag("comparison", compareTargets.length) - 1] as (typeof compareTargets)[number];
+    const k = key();
+    switch (target) {
+      case "version": {
+        const version = readVarint(data, position, versionVarintBytesMax, "version");
+        if (!Number.isSafeInteger(version.value)) throw new CommandCodecError(`decode: version ${version.value} is not a safe integer`);
+        position = version.next;
+        compare.push({ key: k, target, version: version.value });
+        break;
+      }
+      case "value":
+        compare.push({ key: k, target, value: value() });
+        break;
+      case "exists":
+      case "absent":
+        compare.push({ key: k, target: "exists", exists: target === "exists" });
+        break;
+      default:
+        unreachable(target, "decode: comparison");
+    }
+  }
+  const branches: TxnOp[][] = [];
+  for (const name of ["success", "failure"]) {
+    const ops: TxnOp[] = [];
+    for (let i = count(name); i > 0; i--) {
+      const kind = opKinds[tag("operation", opKinds.length) - 1] as (typeof opKinds)[number];
+      const k = key();
+      ops.push(kind === "put" ? { op: kind, key: k, value: value() } : { op: kind, key: k });
+    }
+    branches.push(ops);
+  }
+  if (position !== data.byteLength) throw new CommandCodecError(`decode: ${data.byteLength - position} trailing bytes after a transaction`);
+  const [success, failure] = branches as [TxnOp[], TxnOp[]];
+  return { compare, success, failure };
+}
+
+// ---- Apply ----------------------------------------------------------------------------------
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.byteLength !== b.byteLength) return false;
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function holds(compare: TxnCompare, table: KvTable): boolean {
+  const stored = table.get(compare.key);
+  switch (compare.target) {
+    case "version":
+      return (stored?.version ?? 0) === compare.version;
+    case "value":
+      return stored !== undefined && sameBytes(stored.value, compare.value);
+    case "exists":
+      return (stored !== undefined) === compare.exists;
+    default:
+      return unreachable(compare, "apply: unknown comparison");
+  }
+}
+
+/**
+ * Runs a transaction at `index` on `table`: evaluates every comparison against the state before
+ * it, then the branch chosen, in order. Deterministic: it reads only the table and the request.
+ */
+export function applyTxn(txn: TxnRequest, index: number, table: KvTable): TxnAnswer {
+  const succeeded = txn.compare.every((compare) => holds(compare, table));
+  const results: TxnOpResult[] = [];
+  for (const op of succeeded ? txn.success : txn.failure) {
+    switch (op.op) {
+      case "get": {
+        const stored = table.get(op.key);
+        // A copy: the table's bytes may be a view the storage reuses.
+        results.push(stored === undefined ? { op: "get", key: op.key, found: false } : { op: "get", key: op.key, found: true, value: stored.value.slice(), version: stored.version });
+        break;
+      }
+      case "put":
+        table.put(op.key, op.value, index);
+        results.push({ op: "put", key: op.key, version: index });
+        break;
+      case "delete":
+        results.push({ op: "delete", key: op.key, deleted: table.delete(op.key) });
+        break;
+      default:
+        unreachable(op, "apply: unknown transaction operation");
+    }
+  }
+  return { succeeded, version: index, results };
+}
+
+/**
+ * Bytes of values an idempotent transaction's gets may return in all: its session keeps them (they
+ * are its first answer), and a session is one row of the kv table, which snapshots carry whole.
+ */
+export const txnSessionGetBytesMax = 4 * 1024 * 1024;
+
+/**
+ * Bytes of values the gets of the branch `txn` would take return, found without changing the table
+ * (a get sees the puts and deletes before it). Deterministic, as `applyTxn`.
+ */
+export function txnGetBytes(txn: TxnRequest, table: KvTable): number {
+  const succeeded = txn.compare.every((compare) => holds(compare, table));
+  const written = new Map<string, number>(); // key -> its value's length in the branch so far; -1: deleted
+  let bytes = 0;
+  for (const op of succeeded ? txn.success : txn.failure) {
+    if (op.op === "put") written.set(op.key, op.value.byteLength);
+    else if (op.op === "delete") written.set(op.key, -1);
+    else bytes += Math.max(0, written.get(op.key) ?? table.get(op.key)?.value.byteLength ?? 0);
+  }
+  return bytes;
+}
+
+/** The ops of the branch `answer` took, paired with their results (for the watch history). */
+export function takenOps(txn: TxnRequest, answer: TxnAnswer): { op: TxnOp; result: TxnOpResult }[] {
+  const ops = answer.succeeded ? txn.success : txn.failure;
+  assert(ops.length === answer.results.length, `txn: ${answer.results.length} results for ${ops.length} operations`);
+  return ops.map((op, i) => ({ op, result: answer.results[i] as TxnOpResult }));
+}
+
+// ---- Sessions: an idempotent transaction's answer, as kept in its session row --------------
+
+/** A result as stored in a session (JSON): values as base64. */
+type StoredOpResult =
+  | { readonly op: "get"; readonly key: string; readonly found: true; readonly value: string; readonly version: number }
+  | { readonly op: "get"; readonly key: string; readonly found: false }
+  | { readonly op: "put"; readonly key: string; readonly version: number }
+  | { readonly op: "delete"; readonly key: string; readonly deleted: boolean };
+
+/** The fields a session row keeps for a transaction besides its kind and version. */
+export interface TxnSessionFields {
+  readonly succeeded: boolean;
+  readonly results: readonly StoredOpResult[];
+}
+
+/** What a session keeps of a transaction's answer (get values included, so a retry gets them again). */
+export function txnSessionFields(answer: TxnAnswer): TxnSessionFields {
+  return {
+    succeeded: answer.succeeded,
+    results: answer.results.map((result) =>
+      result.op === "get" && result.found ? { ...result, value: Buffer.from(result.value).toString("base64") } : result,
+    ),
+  };
+}
+
+/** The answer a session kept, for a retry. */
+export function txnAnswerOfSession(fields: Partial<TxnSessionFields>, version: number): TxnAnswer {
+  assert(typeof fields.succeeded === "boolean" && Array.isArray(fields.results), "transaction session row invalid");
+  return {
+    succeeded: fields.succeeded,
+    version,
+    results: fields.results.map((result) =>
+      result.op === "get" && result.found ? { ...result, value: new Uint8Array(Buffer.from(result.value, "base64")) } : result,
+    ),
+  };
+}

@@ -1,0 +1,326 @@
+// Proves multi-key transactions in the state machine: the 0x10 codec round-trips and refuses malformed bytes, every comparison form decides the branch, all of a transaction applies at its one index, both storages and every batching reach the same state, and an idempotent transaction's retry gets its first answer (get values included).
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { ApplyResult } from "../src/kv/apply-plan.ts";
+import { type Command, CommandCodecError, decodeCommand, encodeCommand, type IdempotencyStamp, sessionKeyPrefix } from "../src/kv/command.ts";
+import { type TxnAnswer, type TxnCompare, type TxnOp, type TxnRequest, txnOperationsMax, txnSessionGetBytesMax } from "../src/kv/txn.ts";
+import { changesOf } from "../src/kv/watch-history.ts";
+import { createPrng } from "../src/lib/prng.ts";
+import { type Entry, EntryType } from "../src/raft/types.ts";
+import type { ImageRow, KvStorage } from "../src/storage/kv-storage.ts";
+import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+
+const tempDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "kv-txn-"));
+  tempDirs.push(dir);
+  return dir;
+}
+
+const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
+const stamp = (atMs: number): IdempotencyStamp => ({ atMs, windowMs: 600_000, sessionsMax: 100 });
+const txn = (compare: TxnCompare[], success: TxnOp[], failure: TxnOp[] = []): Command => ({ op: "txn", compare, success, failure });
+
+function entry(index: number, command: Command): Entry {
+  return { index, term: 1, type: EntryType.Normal, data: encodeCommand(command) };
+}
+
+/** Saves `entries` as committed and applies them in one batch. */
+function apply(storage: KvStorage, entries: readonly Entry[]): ApplyResult[] {
+  const last = entries[entries.length - 1];
+  if (last === undefined) return [];
+  storage.save({ term: 1, vote: 1, commit: last.index }, entries, false);
+  return storage.applyEntries(entries);
+}
+
+const implementations: [string, () => KvStorage][] = [
+  ["sqlite", () => openSqliteStorage(tempDir(), { voters: [1] })],
+  ["memory", () => createMemoryKvStorage({ voters: [1] })],
+];
+
+function dump(storage: KvStorage): string[] {
+  const image = storage.openImage();
+  const rows: ImageRow[] = [];
+  for (let page = image.next(1 << 20); page.length > 0; page = image.next(1 << 20)) rows.push(...page);
+  image.close();
+  return rows.map((row) => `${JSON.stringify(row.key)}=${Buffer.from(row.value).toString("hex")}@${row.version}`);
+}
+
+const sample: TxnRequest = {
+  compare: [
+    { key: "a", target: "version", version: 0 },
+    { key: "b", target: "value", value: Uint8Array.from([0, 255, 1]) },
+    { key: "é😀", target: "exists", exists: false },
+    { key: "d", target: "exists", exists: true },
+  ],
+  success: [
+    { op: "put", key: "a", value: bytes("1") },
+    { op: "delete", key: "b" },
+    { op: "get", key: "a" },
+  ],
+  failure: [{ op: "put", key: "z", value: new Uint8Array(0) }],
+};
+
+describe("the transaction codec (op byte 0x10)", () => {
+  test("round-trips every comparison and operation, bare and stamped under an idempotency key", () => {
+    const plain: Command = { op: "txn", ...sample };
+    const encoded = encodeCommand(plain);
+    expect(encoded[0]).toBe(0x10);
+    expect(decodeCommand(encoded)).toEqual(plain);
+    const idempotent: Command = { ...plain, idempotencyKey: "t1", stamp: stamp(1_700_000_000_000) };
+    const wrapped = encodeCommand(idempotent);
+    expect(wrapped[0]).toBe(0x06);
+    expect(decodeCommand(wrapped)).toEqual(idempotent);
+    expect(decodeCommand(encodeCommand(txn([], [])))).toEqual(txn([], []));
+  });
+
+  test("the layout is the documented one", () => {
+    const command = txn([{ key: "k", target: "version", version: 5 }], [{ op: "put", key: "k", value: bytes("v") }], [{ op: "get", key: "k" }]);
+    // [0x10] [1 compare] [version=1][len 1]"k"[5] [1 success] [put=1][len 1]"k"[len 1]"v" [1 failure] [get=3][len 1]"k"
+    expect(Array.from(encodeCommand(command))).toEqual([0x10, 1, 1, 1, 0x6b, 5, 1, 1, 1, 0x6b, 1, 0x76, 1, 3, 1, 0x6b]);
+  });
+
+  test("malformed bytes are refused with a CommandCodecError: truncated, trailing, bad varints, bad tags, too many", () => {
+    const good = Array.from(encodeCommand({ op: "txn", ...sample }));
+    const garbage: [string, number[], RegExp][] = [
+      ["no compare count", [0x10], /truncated compare count/],
+      ["truncated in a comparison", good.slice(0, 5), /truncated|runs past the end/],
+      ["truncated value", good.slice(0, -1), /runs past the end|truncated/],
+      ["trailing bytes", [...good, 0], /1 trailing bytes after a transaction/],
+      ["missing failure count", [0x10, 0, 0], /truncated failure count/],
+      ["non-minimal count", [0x10, 0x80, 0x00, 0, 0], /non-minimal compare count/],
+      ["overlong count", [0x10, 0x80, 0x80, 0x01, 0, 0], /longer than 2 bytes/],
+      ["count over the limit", [0x10, 0x81, 0x01, 0, 0], /more than 128/],
+      ["counts over the limit together", [0x10, 0, 100, ...Array.from({ length: 100 }, () => [3, 1, 0x6b]).flat(), 29], /more than 128/],
+      ["unknown comparison", [0x10, 1, 5, 1, 0x6b, 0, 0], /unknown comparison 0x05/],
+      ["comparison tag 0", [0x10, 1, 0, 1, 0x6b, 0, 0], /unknown comparison 0x00/],
+      ["unknown operation", [0x10, 0, 1, 4, 1, 0x6b, 0], /unknown operation 0x04/],
+      ["non-minimal version", [0x10, 1, 1, 1, 0x6b, 0x85, 0x00, 0, 0], /non-minimal version/],
+      ["overlong value length", [0x10, 0, 1, 1, 1, 0x6b, 0x80, 0x80, 0x80, 0x80, 0x01, 0], /value length longer than 4 bytes/],
+      ["invalid UTF-8 key", [0x10, 0, 1, 2, 2, 0xc3, 0x28, 0], /not valid UTF-8/],
+      ["key past the end", [0x10, 0, 1, 2, 9, 0x6b, 0], /runs past the end/],
+      ["a transaction in the 0.1.0 idempotent wrapper", [0x05, 1, 0x6b, 0x10, 0, 0, 0], /0\.1\.0 idempotent encoding/],
+    ];
+    for (const [name, data, message] of garbage) {
+      let thrown: unknown;
+      try {
+        decodeCommand(new Uint8Array(data));
+      } catch (error) {
+        thrown = error;
+      }
+      expect([name, thrown instanceof CommandCodecError]).toEqual([name, true]);
+      expect([name, (thrown as Error).message]).toEqual([name, expect.stringMatching(message)]);
+    }
+    // Every proper prefix of a good encoding is refused.
+    for (let length = 1; length < good.length; length++) expect(() => decodeCommand(new Uint8Array(good.slice(0, length)))).toThrow(CommandCodecError);
+  });
+
+  test("encode refuses what would not decode", () => {
+    const many = Array.from({ length: txnOperationsMax + 1 }, (_, i): TxnOp => ({ op: "get", key: `k${i}` }));
+    expect(() => encodeCommand(txn([], many))).toThrow(/exceed 128/);
+    expect(() => encodeCommand(txn([{ key: "\uD800", target: "exists", exists: true }], []))).toThrow(/lone UTF-16 surrogate/);
+    expect(() => encodeCommand(txn([{ key: "k", target: "version", version: -1 }], []))).toThrow(/not a version/);
+    expect(() => encodeCommand({ ...txn([], []), idempotencyKey: "k" } as Command)).toThrow(/needs a stamp/);
+  });
+});
+
+describe.each(implementations)("%s transactions", (_name, open) => {
+  test("each comparison form decides the branch; a missing key's version is 0", () => {
+    const storage = open();
+    try {
+      apply(storage, [entry(1, { op: "put", key: "x", value: bytes("one") })]);
+      const cases: [TxnCompare, boolean][] = [
+        [{ key: "x", target: "version", version: 1 }, true],
+        [{ key: "x", target: "version", version: 2 }, false],
+        [{ key: "missing", target: "version", version: 0 }, true],
+        [{ key: "x", target: "version", version: 0 }, false],
+        [{ key: "x", target: "value", value: bytes("one") }, true],
+        [{ key: "x", target: "value", value: bytes("on") }, false],
+        [{ key: "missing", target: "value", value: new Uint8Array(0) }, false],
+        [{ key: "missing", target: "exists", exists: false }, true],
+        [{ key: "x", target: "exists", exists: false }, false],
+        [{ key: "x", target: "exists", exists: true }, true],
+      ];
+      let index = 2;
+      for (const [compare, expected] of cases) {
+        const [result] = apply(storage, [entry(index, txn([compare], [{ op: "get", key: "x" }], [{ op: "get", key: "missing" }]))]);
+        expect([compare, result]).toEqual([
+          compare,
+          {
+            kind: "txn",
+            index,
+            succeeded: expected,
+            version: index,
+            results: [expected ? { op: "get", key: "x", found: true, value: bytes("one"), version: 1 } : { op: "get", key: "missing", found: false }],
+          },
+        ]);
+        index++;
+      }
+      expect(dump(storage)).toEqual([`"x"=${Buffer.from("one").toString("hex")}@1`]);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("all comparisons must hold; the branch runs in order at the entry's one index, a get seeing the writes before it", () => {
+    const storage = open();
+    try {
+      apply(storage, [entry(1, { op: "put", key: "a", value: bytes("A") }), entry(2, { op: "put", key: "b", value: bytes("B") })]);
+      const request = txn(
+        [
+          { key: "a", target: "version", version: 1 },
+          { key: "b", target: "value", value: bytes("B") },
+        ],
+        [
+          { op: "get", key: "c" },
+          { op: "put", key: "c", value: bytes("C") },
+          { op: "get", key: "c" },
+          { op: "delete", key: "a" },
+          { op: "delete", key: "nothing" },
+          { op: "put", key: "b", value: bytes("B2") },
+        ],
+        [{ op: "put", key: "failed", value: bytes("x") }],
+      );
+      const [result] = apply(storage, [entry(3, request)]);
+      expect(result).toEqual({
+        kind: "txn",
+        index: 3,
+        succeeded: true,
+        version: 3,
+        results: [
+          { op: "get", key: "c", found: false },
+          { op: "put", key: "c", version: 3 },
+          { op: "get", key: "c", found: true, value: bytes("C"), version: 3 },
+          { op: "delete", key: "a", deleted: true },
+          { op: "delete", key: "nothing", deleted: false },
+          { op: "put", key: "b", version: 3 },
+        ],
+      });
+      expect(storage.get("a")).toBeUndefined();
+      expect(storage.get("b")).toEqual({ value: bytes("B2"), version: 3 });
+      expect(storage.get("c")).toEqual({ value: bytes("C"), version: 3 });
+      expect(storage.appliedIndex()).toBe(3);
+      // One comparison fails (a is gone now): only the failure branch runs, nothing of the success one.
+      const [failed] = apply(storage, [entry(4, request)]);
+      expect(failed).toEqual({ kind: "txn", index: 4, succeeded: false, version: 4, results: [{ op: "put", key: "failed", version: 4 }] });
+      expect(storage.get("c")).toEqual({ value: bytes("C"), version: 3 });
+      expect(storage.get("failed")).toEqual({ value: bytes("x"), version: 4 });
+      // The watch history gets every change of the transaction at its one version, none of a failed branch's skipped ops.
+      expect(changesOf(entry(3, request), result as ApplyResult).map((c) => `${c.kind} ${c.key} @${c.version}`)).toEqual(["put c @3", "delete a @3", "put b @3"]);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("an idempotent transaction's retry gets the first answer, get values included, and changes nothing; another request under its key is reused", () => {
+    const storage = open();
+    try {
+      const first: Command = {
+        ...txn([{ key: "n", target: "exists", exists: false }], [{ op: "put", key: "n", value: Uint8Array.from([0xff, 0]) }, { op: "get", key: "n" }]),
+        idempotencyKey: "t1",
+        stamp: stamp(1_000),
+      };
+      const [answer] = apply(storage, [entry(1, first)]);
+      const expected: TxnAnswer = { succeeded: true, version: 1, results: [{ op: "put", key: "n", version: 1 }, { op: "get", key: "n", found: true, value: Uint8Array.from([0xff, 0]), version: 1 }] };
+      expect(answer).toEqual({ kind: "txn", index: 1, ...expected });
+      const before = dump(storage);
+      // The retry would now fail its comparison (n exists): it answers from the session instead.
+      const [retry] = apply(storage, [entry(2, { ...first, stamp: stamp(2_000) })]);
+      expect(retry).toEqual({ kind: "txn", index: 2, ...expected });
+      expect(changesOf(entry(2, { ...first, stamp: stamp(2_000) }), retry as ApplyResult)).toEqual([]);
+      const [reused] = apply(storage, [entry(3, { ...txn([], [{ op: "delete", key: "n" }]), idempotencyKey: "t1", stamp: stamp(3_000) })]);
+      expect(reused).toEqual({ kind: "reused", index: 3 });
+      const [putReuse] = apply(storage, [entry(4, { op: "put", key: "n", value: bytes("v"), idempotencyKey: "t1", stamp: stamp(4_000) })]);
+      expect(putReuse).toEqual({ kind: "reused", index: 4 });
+      expect(dump(storage).filter((row) => !row.startsWith('"\\u0000'))).toEqual(before.filter((row) => !row.startsWith('"\\u0000')));
+      expect(storage.get("n")).toEqual({ value: Uint8Array.from([0xff, 0]), version: 1 });
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("a transaction under the idempotency key of a 0.1.0 session (no fingerprint) is a reuse, even of a conflict's session", () => {
+    const storage = open();
+    try {
+      // Sessions as 0.1.0 wrote them (in an image it sent): no fingerprint, no time; one a conflict's.
+      const legacy = (name: string, record: object) => ({ key: `${sessionKeyPrefix}${name}`, value: bytes(JSON.stringify(record)), version: 1 });
+      storage.stageImageChunk("image-0.1.0", [legacy("old-conflict", { kind: "conflict", version: 0 }), legacy("old-put", { kind: "put", version: 1 })], true);
+      storage.installSnapshot({ index: 5, term: 1, voters: [1] }, "image-0.1.0");
+      const under = (index: number, idempotencyKey: string) => entry(index, { ...txn([], [{ op: "put", key: "x", value: bytes("v") }]), idempotencyKey, stamp: stamp(1_000) });
+      expect(apply(storage, [under(6, "old-conflict"), under(7, "old-put")])).toEqual([
+        { kind: "reused", index: 6 },
+        { kind: "reused", index: 7 },
+      ]);
+      expect(storage.get("x")).toBeUndefined();
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("an idempotent transaction whose gets would return more than its session can keep is refused whole, deterministically; without the key it applies", () => {
+    const storage = open();
+    try {
+      const big = new Uint8Array(txnSessionGetBytesMax / 2 + 1).fill(7);
+      apply(storage, [entry(1, { op: "put", key: "big1", value: big }), entry(2, { op: "put", key: "big2", value: big })]);
+      const reads = txn([], [{ op: "put", key: "w", value: bytes("1") }, { op: "get", key: "big1" }, { op: "delete", key: "big2" }, { op: "get", key: "big2" }, { op: "get", key: "big1" }]);
+      const clientRows = () => dump(storage).filter((row) => !row.startsWith('"\\u0000')).map((row) => row.slice(0, 40) + row.slice(-4));
+      const before = clientRows();
+      const [refused] = apply(storage, [entry(3, { ...reads, idempotencyKey: "big", stamp: stamp(1_000) })]);
+      expect(refused).toEqual({ kind: "txn-too-large", index: 3, getBytes: 2 * big.byteLength });
+      // Nothing changed (the session clock aside): no write, no session.
+      expect(clientRows()).toEqual(before);
+      expect(storage.get(`${sessionKeyPrefix}big`)).toBeUndefined();
+      // A get after a delete in the branch reads nothing: one big value fits.
+      const fits = txn([], [{ op: "delete", key: "big2" }, { op: "get", key: "big2" }, { op: "get", key: "big1" }]);
+      expect(apply(storage, [entry(4, { ...fits, idempotencyKey: "fits", stamp: stamp(2_000) })])[0]?.kind).toBe("txn");
+      const [plain] = apply(storage, [entry(5, reads)]);
+      expect(plain?.kind === "txn" && plain.succeeded && plain.results.length).toBe(5);
+      expect(storage.get("w")?.version).toBe(5);
+    } finally {
+      storage.close();
+    }
+  });
+});
+
+test("deterministic: both storages, applying the same log in any batching, reach the same state and answers", () => {
+  const commands: Command[] = [];
+  // A seeded mix of puts and transactions on five keys: comparisons often flip between the branches.
+  const prng = createPrng(12345);
+  const next = (n: number) => prng.intInclusive(0, n - 1);
+  const key = () => `k${next(5)}`;
+  for (let i = 0; i < 200; i++) {
+    if (next(4) === 0) {
+      commands.push({ op: "put", key: key(), value: bytes(`p${i}`) });
+      continue;
+    }
+    const compare: TxnCompare[] = [
+      next(2) === 0 ? { key: key(), target: "version", version: next(3) === 0 ? 0 : next(i + 1) } : { key: key(), target: "exists", exists: next(2) === 0 },
+    ];
+    const writes = [...new Set([key(), key()])];
+    const success: TxnOp[] = writes.map((k, j) => (j === 0 ? { op: "put", key: k, value: bytes(`s${i}`) } : { op: "delete", key: k }));
+    const failure: TxnOp[] = [{ op: "get", key: key() }, { op: "put", key: `f${next(3)}`, value: bytes(`f${i}`) }];
+    commands.push({ op: "txn", compare, success, failure, ...(next(3) === 0 ? { idempotencyKey: `t${next(20)}`, stamp: stamp(1_000 + i) } : {}) });
+  }
+  const entries = commands.map((command, i) => entry(i + 1, command));
+  const runs = implementations.flatMap(([, open]) =>
+    [1, 7, 200].map((batch) => {
+      const storage = open();
+      try {
+        const results: ApplyResult[] = [];
+        for (let i = 0; i < entries.length; i += batch) results.push(...apply(storage, entries.slice(i, i + batch)));
+        return JSON.stringify({ state: dump(storage), results: results.map((r) => JSON.stringify(r, (_, v) => (v instanceof Uint8Array ? Array.from(v) : v))) });
+      } finally {
+        storage.close();
+      }
+    }),
+  );
+  expect(new Set(runs).size).toBe(1);
+  const first = runs[0] as string;
+  expect([first.includes('\\"succeeded\\":false'), first.includes('\\"succeeded\\":true')]).toEqual([true, true]);
+});

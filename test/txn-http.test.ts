@@ -1,0 +1,233 @@
+// Proves POST /txn over a real three-node cluster in memory: it answers which branch ran at which version with one result per operation, refuses every malformed or oversized request with 400/413 and applies nothing, answers 307 on a follower, honours Idempotency-Key (a retry gets the first answer, a reuse 422), and a watcher receives all of a transaction's changes together at its one version.
+import { afterEach, describe, expect, test } from "bun:test";
+import { createHttpApp } from "../src/http/app.ts";
+import { txnBodyBytesMax } from "../src/http/txn-route.ts";
+import { txnSessionGetBytesMax } from "../src/kv/txn.ts";
+import type { WatchItem } from "../src/node/api.ts";
+import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
+
+let cluster: MemoryCluster | undefined;
+afterEach(() => {
+  for (const id of [...(cluster?.nodes.keys() ?? [])]) cluster?.stop(id);
+  cluster = undefined;
+});
+
+const limits = { keyBytesMax: 64, valueBytesMax: 1024 };
+
+async function started() {
+  const c = createMemoryCluster();
+  cluster = c;
+  await c.until(() => c.leader() !== undefined);
+  const leaderId = c.leader()!.status().id;
+  const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
+  const apps = new Map([1, 2, 3].map((id) => [id, createHttpApp(c.node(id), limits)] as const));
+  const call = (id: number, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+    c.drive(
+      apps.get(id)!.handle(
+        new Request(`http://localhost${path}`, {
+          method,
+          ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }),
+          headers,
+        }),
+      ),
+    );
+  const txn = (body: unknown, headers: Record<string, string> = {}) => call(leaderId, "POST", "/txn", body, headers);
+  return { c, leaderId, followerId, call, txn };
+}
+
+describe("POST /txn", () => {
+  test("the success branch runs at one version, with one result per operation; values come back as text or base64", async () => {
+    const { c, leaderId, call, txn } = await started();
+    const put = (await (await call(leaderId, "PUT", "/kv/gone", "x")).json()) as { version: number };
+    const response = await txn({
+      compare: [
+        { key: "gone", version: put.version },
+        { key: "gone", value: "x" },
+        { key: "new", exists: false },
+      ],
+      success: [
+        { put: { key: "new", value: "hello" } },
+        { put: { key: "bin", value: { base64: "/wA=" } } },
+        { delete: { key: "gone" } },
+        { delete: { key: "never" } },
+        { get: { key: "bin" } },
+        { get: { key: "nothing" } },
+      ],
+      failure: [{ put: { key: "failed", value: "1" } }],
+    });
+    expect(response.status).toBe(200);
+    const answer = (await response.json()) as { succeeded: boolean; version: number; results: unknown[] };
+    const version = answer.version;
+    expect(answer).toEqual({
+      succeeded: true,
+      version,
+      results: [
+        { put: { key: "new", version } },
+        { put: { key: "bin", version } },
+        { delete: { key: "gone", deleted: true } },
+        { delete: { key: "never", deleted: false } },
+        { get: { key: "bin", found: true, value: { base64: "/wA=" }, version } },
+        { get: { key: "nothing", found: false } },
+      ],
+    });
+    expect(version).toBeGreaterThan(put.version);
+    // Every replica holds the same outcome, all at that one version.
+    await c.until(() => [1, 2, 3].every((id) => c.node(id).status().appliedIndex >= version));
+    for (const id of [1, 2, 3]) {
+      const storage = c.storages.get(id)!;
+      expect([storage.get("new")?.version, storage.get("bin")?.version, storage.get("gone"), storage.get("failed")]).toEqual([version, version, undefined, undefined]);
+    }
+    const list = (await (await call(leaderId, "GET", "/kv?prefix=")).json()) as { items: unknown[] };
+    expect(list.items).toEqual([
+      { key: "bin", value: { base64: "/wA=" }, version },
+      { key: "new", value: "hello", version },
+    ]);
+  });
+
+  test("a comparison that does not hold runs the failure branch; an empty transaction succeeds", async () => {
+    const { txn } = await started();
+    const response = await txn({ compare: [{ key: "k", version: 3 }], success: [{ put: { key: "k", value: "s" } }], failure: [{ get: { key: "k" } }, { put: { key: "f", value: "v" } }] });
+    const answer = (await response.json()) as { succeeded: boolean; version: number; results: unknown[] };
+    expect(answer).toEqual({ succeeded: false, version: answer.version, results: [{ get: { key: "k", found: false } }, { put: { key: "f", version: answer.version } }] });
+    const empty = (await (await txn({})).json()) as { succeeded: boolean; version: number; results: unknown[] };
+    expect(empty).toEqual({ succeeded: true, version: empty.version, results: [] });
+  });
+
+  test("every malformed, oversized or refused request is a 400 or 413 that says why, and nothing is applied", async () => {
+    const { c, leaderId, call, txn } = await started();
+    const ops = (n: number) => Array.from({ length: n }, (_, i) => ({ get: { key: `k${i}` } }));
+    const cases: [string, unknown, number, string | RegExp][] = [
+      ["not JSON", "{nope", 400, /must be JSON/],
+      ["not UTF-8 JSON", "\"\\ud800", 400, /must be JSON/],
+      ["an array", [], 400, /JSON object/],
+      ["an unknown field", { compare: [], then: [] }, 400, /unknown field 'then'/],
+      ["a list that is not one", { success: {} }, 400, /'success' must be a list/],
+      ["an unknown operation", { success: [{ patch: { key: "a" } }] }, 400, /unknown field 'patch'/],
+      ["two operations in one", { success: [{ put: { key: "a", value: "1" }, get: { key: "a" } }] }, 400, /must be one of/],
+      ["an empty operation", { success: [{}] }, 400, /must be one of/],
+      ["an unknown field in an operation", { success: [{ get: { key: "a", rev: 1 } }] }, 400, /unknown field 'rev'/],
+      ["a put without a value", { success: [{ put: { key: "a" } }] }, 400, /needs a 'value'/],
+      ["a value that is neither", { success: [{ put: { key: "a", value: 7 } }] }, 400, /string or \{"base64"/],
+      ["bad base64", { success: [{ put: { key: "a", value: { base64: "!!" } } }] }, 400, /base64/],
+      ["a lone surrogate in a value", '{"success":[{"put":{"key":"a","value":"\\ud800"}}]}', 400, /lone UTF-16 surrogate/],
+      ["an empty key", { success: [{ delete: { key: "" } }] }, 400, /non-empty string/],
+      ["a comparison with two targets", { compare: [{ key: "a", version: 1, exists: true }] }, 400, /exactly one of/],
+      ["a comparison with none", { compare: [{ key: "a" }] }, 400, /exactly one of/],
+      ["a negative version", { compare: [{ key: "a", version: -1 }] }, 400, /version number/],
+      ["exists that is not a boolean", { compare: [{ key: "a", exists: "no" }] }, 400, /true or false/],
+      ["129 operations in all", { compare: [{ key: "a", exists: false }], success: ops(64), failure: ops(64) }, 400, /at most 128 comparisons and operations in all, not 129/],
+      ["a reserved key in an operation", { success: [{ put: { key: "\u0000session/x", value: "1" } }] }, 400, /reserved/],
+      ["a reserved key in a comparison", { compare: [{ key: "\u0000session/x", exists: false }] }, 400, /reserved/],
+      ["a key written twice in a branch", { success: [{ put: { key: "a", value: "1" } }, { delete: { key: "a" } }] }, 400, /more than once/],
+      ["a lease", { success: [{ put: { key: "a", value: "1", lease: 7 } }] }, 400, "success[0].put: leases in transactions are not supported yet"],
+      ["a key over --key-bytes-max", { success: [{ get: { key: "k".repeat(65) } }] }, 413, /65 bytes; the limit is 64/],
+      ["a value over --value-bytes-max", { success: [{ put: { key: "a", value: "v".repeat(1025) } }] }, 413, /1025 bytes; the limit is 1024/],
+      ["a comparison value over it", { compare: [{ key: "a", value: { base64: Buffer.alloc(1025).toString("base64") } }] }, 413, /1025 bytes/],
+      ["a body over the bound", { success: [{ put: { key: "a", value: "v".repeat(txnBodyBytesMax(1024)) } }] }, 413, `the transaction's body is over the limit of ${txnBodyBytesMax(1024)} bytes`],
+    ];
+    await c.until(() => c.node(leaderId).status().appliedIndex === c.node(leaderId).status().lastLogIndex);
+    const lastIndex = c.node(leaderId).status().lastLogIndex;
+    for (const [name, body, status, message] of cases) {
+      const response = await txn(body);
+      const answer = (await response.json()) as { error: string; message: string };
+      expect([name, response.status, answer.error]).toEqual([name, status, status === 400 ? "bad_request" : "too_large"]);
+      expect([name, answer.message]).toEqual([name, typeof message === "string" ? message : expect.stringMatching(message)]);
+    }
+    const wrongMethod = await call(leaderId, "GET", "/txn");
+    expect([wrongMethod.status, wrongMethod.headers.get("allow")]).toEqual([405, "POST"]);
+    expect((await call(leaderId, "POST", "/txn?x=1", {})).status).toBe(400);
+    expect((await txn({}, { "idempotency-key": "k".repeat(257) })).status).toBe(400);
+    // Nothing was proposed for any of them.
+    await c.settle();
+    expect(c.node(leaderId).status().lastLogIndex).toBe(lastIndex);
+    expect(c.storages.get(leaderId)!.get("a")).toBeUndefined();
+  });
+
+  test("a follower answers 307 to the leader's /txn and proposes nothing", async () => {
+    const { c, leaderId, followerId, call } = await started();
+    const lastIndex = c.node(leaderId).status().lastLogIndex;
+    const response = await call(followerId, "POST", "/txn", { success: [{ put: { key: "a", value: "1" } }] });
+    expect(response.status).toBe(307);
+    expect(response.headers.get("location")).toBe(`http://node-${leaderId}/txn`);
+    expect(((await response.json()) as { error: string }).error).toBe("not_leader");
+    await c.settle();
+    expect(c.node(leaderId).status().lastLogIndex).toBe(lastIndex);
+  });
+
+  test("Idempotency-Key: a retry gets the first answer even where its comparison no longer holds; a reuse with another body or method is 422", async () => {
+    const { c, leaderId, call, txn } = await started();
+    const body = { compare: [{ key: "once", exists: false }], success: [{ put: { key: "once", value: "1" } }, { get: { key: "once" } }], failure: [{ get: { key: "once" } }] };
+    const first = await txn(body, { "idempotency-key": "t-1" });
+    const firstAnswer = (await first.json()) as { succeeded: boolean; version: number };
+    expect(firstAnswer.succeeded).toBe(true);
+    const retry = await txn(body, { "idempotency-key": "t-1" });
+    expect([retry.status, await retry.json()]).toEqual([200, firstAnswer]);
+    // Without the key, the same body is a new transaction: "once" exists now, so it fails.
+    expect(((await (await txn(body)).json()) as { succeeded: boolean }).succeeded).toBe(false);
+    const other = await txn({ ...body, failure: [] }, { "idempotency-key": "t-1" });
+    expect([other.status, ((await other.json()) as { error: string }).error]).toEqual([422, "idempotency_key_reused"]);
+    const put = await call(leaderId, "PUT", "/kv/once", "2", { "idempotency-key": "t-1" });
+    expect(put.status).toBe(422);
+    // A key first used by a PUT is refused for a transaction too.
+    await call(leaderId, "PUT", "/kv/p", "1", { "idempotency-key": "p-1" });
+    expect((await txn({ success: [{ put: { key: "p", value: "1" } }] }, { "idempotency-key": "p-1" })).status).toBe(422);
+    expect(c.storages.get(leaderId)!.get("once")?.version).toBe(firstAnswer.version);
+  });
+
+  test("an idempotent transaction whose gets would return more than its session keeps is a 413 with nothing applied", async () => {
+    const { c, leaderId, txn } = await started();
+    const leader = c.node(leaderId);
+    const big = new Uint8Array(txnSessionGetBytesMax / 2 + 1).fill(0x61);
+    await c.drive(leader.put("big1", big));
+    await c.drive(leader.put("big2", big));
+    const body = { success: [{ put: { key: "w", value: "1" } }, { get: { key: "big1" } }, { get: { key: "big2" } }] };
+    const refused = await txn(body, { "idempotency-key": "big" });
+    const answer = (await refused.json()) as { error: string; message: string };
+    expect([refused.status, answer.error]).toEqual([413, "too_large"]);
+    expect(answer.message).toContain("send it without Idempotency-Key");
+    expect(c.storages.get(leaderId)!.get("w")).toBeUndefined();
+    expect(((await (await txn(body)).json()) as { succeeded: boolean }).succeeded).toBe(true);
+  });
+
+  test("a watcher on a follower receives a transaction's changes together, at its one version", async () => {
+    const { c, followerId, txn } = await started();
+    const watch = await c.drive(c.node(followerId).watch({ prefix: "w/" }, "now"));
+    await c.drive(c.node(c.leader()!.status().id).put("w/c", new TextEncoder().encode("old")));
+    const response = await txn({ success: [{ put: { key: "w/a", value: "1" } }, { put: { key: "other", value: "x" } }, { delete: { key: "w/c" } }, { put: { key: "w/b", value: "2" } }] });
+    const { version } = (await response.json()) as { version: number };
+    const batches: WatchItem[][] = [];
+    while (!batches.flat().some((item) => item.type === "change" && item.change.version === version)) {
+      const next = await c.drive(watch.next());
+      if (next === undefined) break;
+      batches.push(next.filter((item) => item.type === "change"));
+    }
+    const last = batches[batches.length - 1]!;
+    const atVersion = last.filter((item) => item.type === "change" && item.change.version === version);
+    expect(atVersion.map((item) => (item.type === "change" ? `${item.change.kind} ${item.change.key} @${item.change.version}` : ""))).toEqual([
+      `put w/a @${version}`,
+      `delete w/c @${version}`,
+      `put w/b @${version}`,
+    ]);
+    watch.close();
+  });
+});
+
+describe("transactions and the data quota", () => {
+  test("past --quota-bytes a transaction with a put in either branch is refused with quota_exceeded; one that only reads and deletes runs", async () => {
+    const c = createMemoryCluster({ node: { quotaBytes: 1 } });
+    cluster = c;
+    await c.until(() => c.leader()?.status().storage?.quotaExceeded === true);
+    const leader = c.leader()!;
+    const putInFailure = { compare: [], success: [{ op: "get" as const, key: "k" }], failure: [{ op: "put" as const, key: "k", value: new Uint8Array(1) }] };
+    // Refused before anything is proposed: thrown at once, as a put is.
+    let refusedCode: string | undefined;
+    try {
+      void leader.txn(putInFailure).catch(() => undefined);
+    } catch (error) {
+      refusedCode = (error as { code?: string }).code;
+    }
+    expect(refusedCode).toBe("quota_exceeded");
+    const readsAndDeletes = await c.drive(leader.txn({ compare: [], success: [{ op: "get", key: "k" }, { op: "delete", key: "k" }], failure: [] }));
+    expect(readsAndDeletes.succeeded).toBe(true);
+  });
+});
