@@ -32,6 +32,21 @@ export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undef
     : { kind: "delete", key: command.key, version: entry.index, reason: "delete" };
 }
 
+/**
+ * Every change an applied entry made, in order: `changeOf`'s one, or for a revoked or expired
+ * lease the deletes of its keys, all at the entry's version (reason `delete` for a revoke,
+ * `lease_expired` for an expiry).
+ */
+export function changesOf(entry: Entry, result: ApplyResult): WatchChange[] {
+  if (result.kind === "lease-revoked" || result.kind === "lease-expired") {
+    assert(entry.index === result.index, `watch: result for ${result.index} paired with entry ${entry.index}`);
+    const reason: WatchReason = result.kind === "lease-expired" ? "lease_expired" : "delete";
+    return result.deletedKeys.map((key) => ({ kind: "delete", key, version: entry.index, reason }));
+  }
+  const change = changeOf(entry, result);
+  return change === undefined ? [] : [change];
+}
+
 /** How much change history a node keeps (`kv serve --watch-history-entries`, `--watch-history-ms`). */
 export interface WatchHistoryLimits {
   /** Changes kept at most: past it the oldest are dropped. */

@@ -3,8 +3,8 @@ import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSy
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyResult, type ApplyStep, executeWrite, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
-import { sessionKeyPrefix } from "../kv/command.ts";
+import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
+import { isReservedKey } from "../kv/command.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
@@ -345,6 +345,11 @@ function rawKvTable(db: Database): KvTable {
     delete: (key) => db.query("DELETE FROM kv WHERE key = ?").run(key).changes > 0,
     oldestSessions: (limit) =>
       db.query<ImageRowRow, [number]>(`SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`).all(limit),
+    range: (prefix, after, limit) =>
+      db
+        .query<ImageRowRow, [string, string, number]>("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?")
+        .all(after, prefix, limit)
+        .filter((row) => row.key.startsWith(prefix)),
   };
 }
 
@@ -389,7 +394,7 @@ export class SqliteStorage implements KvStorage {
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
   private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
-  /** The kv table as `executeWrite` sees it, through the prepared statements. */
+  /** The kv table as `executeStep` sees it, through the prepared statements. */
   private readonly kvTable: KvTable;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
   private readonly deleteValue: Statement<unknown, [string]>;
@@ -459,6 +464,8 @@ export class SqliteStorage implements KvStorage {
       put: (key, value, version) => void this.upsertValue.run(key, value, version),
       delete: (key) => this.deleteValue.run(key).changes > 0,
       oldestSessions: (limit) => this.selectOldestSessions.all(limit),
+      // Rows past the prefix sort after it: a page ends where they begin.
+      range: (prefix, after, limit) => this.selectRange.all(after, prefix, limit).filter((row) => row.key.startsWith(prefix)),
     };
     this.upsertValue = db.prepare(
       "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
@@ -724,10 +731,7 @@ export class SqliteStorage implements KvStorage {
     // The configuration as of the new applied index commits with it (or not at all).
     if (membership !== undefined) this.writeMembership(membership);
     const results: ApplyResult[] = [];
-    for (const step of steps) {
-      if (step.kind === "put" || step.kind === "delete") results.push(executeWrite(step, this.kvTable));
-      else results.push(resultFor(step, false));
-    }
+    for (const step of steps) results.push(executeStep(step, this.kvTable));
     this.updateApplied.run(appliedIndex);
     return results;
   }
@@ -768,7 +772,8 @@ export class SqliteStorage implements KvStorage {
       const rows = this.selectRange.all(from, prefix, Math.min(limit - items.length, 1_000) + 1);
       for (const row of rows) {
         if (!row.key.startsWith(prefix) || items.length >= limit) return items;
-        if (row.key.startsWith(sessionKeyPrefix)) continue; // the state machine's own: never listed
+        // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
+        if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
         items.push({ key: row.key, value: row.value, version: row.version });
       }
       if (rows.length === 0) return items;
