@@ -107,7 +107,8 @@ describe("leases on a cluster", () => {
     expect(revoked).toEqual({ id: lease.id, version: expect.any(Number), deletedKeys: 2 });
     expect(deletes(await collect(c, watcher, 4))).toEqual([`r/1 @${revoked.version} delete`, `r/2 @${revoked.version} delete`]);
     watcher.close();
-    for (const call of [() => leader.revokeLease(lease.id), () => leader.keepAliveLease(lease.id), () => leader.leaseInfo(lease.id)]) {
+    const calls: (() => Promise<unknown>)[] = [() => leader.revokeLease(lease.id), () => leader.keepAliveLease(lease.id), () => leader.leaseInfo(lease.id)];
+    for (const call of calls) {
       await expect(c.drive(call())).rejects.toMatchObject({ code: "lease_not_found" });
     }
     // The reserved space stays closed to clients.
@@ -119,7 +120,8 @@ describe("leases on a cluster", () => {
     const { c, leaderId, followers } = await started();
     const lease = await c.drive(c.node(leaderId).grantLease(1_000));
     const follower = c.node(followers[0]!);
-    for (const call of [() => follower.grantLease(1_000), () => follower.keepAliveLease(lease.id), () => follower.leaseInfo(lease.id), () => follower.revokeLease(lease.id)]) {
+    const calls: (() => Promise<unknown>)[] = [() => follower.grantLease(1_000), () => follower.keepAliveLease(lease.id), () => follower.leaseInfo(lease.id), () => follower.revokeLease(lease.id)];
+    for (const call of calls) {
       await expect(c.drive(call())).rejects.toMatchObject({ code: "not_leader", details: { leaderId } });
     }
   });
