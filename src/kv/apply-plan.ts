@@ -235,7 +235,7 @@ export interface KvTable {
   delete(key: string): boolean;
   /** Up to `limit` sessions (keys after `sessionKeyPrefix`, not the clock) with the lowest versions, oldest first. */
   oldestSessions(limit: number): KvRow[];
-  /** Up to `limit` rows whose keys start with `prefix` and sort after `after` (UTF-8 byte order), in key order. */
+  /** Up to `limit` rows whose keys start with `prefix` and sort after `after` (UTF-8 byte order; `after` at least `prefix`), in key order. */
   range(prefix: string, after: string, limit: number): KvRow[];
 }
 

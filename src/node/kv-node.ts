@@ -938,9 +938,9 @@ export class KvNode implements KvNodeApi {
         this.proposals.leadershipLost();
         this.membership.leadershipLost();
         this.leases.stoppedLeading();
-      } else if (!this.leases.isLeading()) {
+      } else if (!this.leases.isLeadingIn(this.raw.basicStatus().term)) {
         // Every lease's countdown restarts at its full TTL (src/node/leases.ts).
-        this.leases.becameLeader(this.cfg.clock.nowMs(), this.appliedLeases());
+        this.leases.becameLeader(this.raw.basicStatus().term, this.cfg.clock.nowMs(), this.appliedLeases());
       }
     }
     this.raw.advance(ready, false);

@@ -15,13 +15,20 @@ import { leaseExpireIdsMax } from "../kv/command.ts";
 export interface LeaseExpiryLimits {
   /** Lease ids in one expire command (one log entry). */
   readonly idsPerCommandMax: number;
+  /**
+   * Expire commands proposed per tick. One: commands proposed together commit and apply together,
+   * and one Ready applying thousands of expiries (each deleting its keys) held a loaded node's loop
+   * long enough to lose its leadership; one per tick spreads them over Readies.
+   */
+  readonly commandsPerTickMax: number;
   /** Expire commands proposed and not yet applied, at most: past it, leases wait for the next tick. */
   readonly commandsInFlightMax: number;
 }
 
-/** The defaults: 10,000 leases running out at once are proposed within a few ticks. */
+/** The defaults: up to 25,000 lease expiries a second (10 ms ticks), at most 250 in one apply. */
 export const defaultLeaseExpiryLimits: LeaseExpiryLimits = {
-  idsPerCommandMax: 500,
+  idsPerCommandMax: 250,
+  commandsPerTickMax: 1,
   commandsInFlightMax: 4,
 };
 
@@ -39,6 +46,8 @@ interface Countdown {
  */
 export class LeaseCountdowns {
   private leading = false;
+  /** The term this node leads in (0 when it does not lead). */
+  private leaderTerm = 0;
   private readonly countdowns = new Map<number, Countdown>();
   private heap: { id: number; deadlineMs: number }[] = [];
   private inFlight = 0;
@@ -47,7 +56,7 @@ export class LeaseCountdowns {
 
   constructor(private readonly limits: LeaseExpiryLimits = defaultLeaseExpiryLimits) {
     assert(limits.idsPerCommandMax >= 1 && limits.idsPerCommandMax <= leaseExpireIdsMax, `idsPerCommandMax ${limits.idsPerCommandMax}`);
-    assert(limits.commandsInFlightMax >= 1, `commandsInFlightMax ${limits.commandsInFlightMax}`);
+    assert(limits.commandsInFlightMax >= 1 && limits.commandsPerTickMax >= 1, "lease expiry limits must be at least 1");
   }
 
   /** True while this node leads (and so counts down). */
@@ -55,15 +64,25 @@ export class LeaseCountdowns {
     return this.leading;
   }
 
+  /** True while this node leads in `term`: a leader of an earlier term must restart its countdowns (`becameLeader`). */
+  isLeadingIn(term: number): boolean {
+    return this.leading && this.leaderTerm === term;
+  }
+
   /** Leases counted down now. */
   size(): number {
     return this.countdowns.size;
   }
 
-  /** This node became leader: every lease in the applied state starts its countdown at its full TTL. */
-  becameLeader(nowMs: number, leases: Iterable<{ id: number; ttlMs: number }>): void {
+  /**
+   * This node became leader in `term`: every lease in the applied state starts its countdown at its
+   * full TTL. (Its countdowns of an earlier term are stale: another leader may have taken keepalives
+   * in between.)
+   */
+  becameLeader(term: number, nowMs: number, leases: Iterable<{ id: number; ttlMs: number }>): void {
     this.clear();
     this.leading = true;
+    this.leaderTerm = term;
     for (const lease of leases) this.start(lease.id, lease.ttlMs, nowMs);
   }
 
@@ -98,7 +117,7 @@ export class LeaseCountdowns {
   remainingMs(id: number, nowMs: number): number | undefined {
     const countdown = this.countdowns.get(id);
     if (countdown === undefined) return undefined;
-    return countdown.expiring ? 0 : Math.max(0, countdown.deadlineMs - nowMs);
+    return countdown.expiring ? 0 : Math.max(0, Math.round(countdown.deadlineMs - nowMs));
   }
 
   /**
@@ -110,7 +129,7 @@ export class LeaseCountdowns {
     const batches: number[][] = [];
     if (!this.leading) return batches;
     let batch: number[] = [];
-    while (this.inFlight + batches.length < this.limits.commandsInFlightMax) {
+    while (this.inFlight + batches.length < this.limits.commandsInFlightMax && batches.length < this.limits.commandsPerTickMax) {
       const top = this.heap[0];
       if (top === undefined || top.deadlineMs > nowMs) break;
       this.pop();
@@ -162,6 +181,7 @@ export class LeaseCountdowns {
   private clear(): void {
     this.term++;
     this.leading = false;
+    this.leaderTerm = 0;
     this.countdowns.clear();
     this.heap = [];
     this.inFlight = 0;

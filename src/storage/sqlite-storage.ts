@@ -329,6 +329,21 @@ function migrate(db: Database, file: string): void {
   }).immediate();
 }
 
+/**
+ * The first string past every key that starts with `prefix`, in UTF-8 byte order: the prefix with
+ * its last character incremented. Only for the state machine's own prefixes, which end in ASCII.
+ */
+function prefixEnd(prefix: string): string {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  assert(last >= 0 && last < 0x7f, `prefix ${JSON.stringify(prefix)} must end in ASCII`);
+  return prefix.slice(0, -1) + String.fromCharCode(last + 1);
+}
+
+/** The larger of two keys in UTF-8 byte order (where `range` starts: after both). */
+function maxKey(a: string, b: string): string {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b)) >= 0 ? a : b;
+}
+
 /** How many session rows the kv table holds (through the partial index). */
 function countSessionRows(db: Database): number {
   return db.query<{ n: number }, []>(`SELECT COUNT(*) AS n FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere}`).get()?.n ?? 0;
@@ -346,10 +361,7 @@ function rawKvTable(db: Database): KvTable {
     oldestSessions: (limit) =>
       db.query<ImageRowRow, [number]>(`SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`).all(limit),
     range: (prefix, after, limit) =>
-      db
-        .query<ImageRowRow, [string, string, number]>("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?")
-        .all(after, prefix, limit)
-        .filter((row) => row.key.startsWith(prefix)),
+      db.query<ImageRowRow, [string, string, number]>("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?").all(maxKey(after, prefix), prefixEnd(prefix), limit),
   };
 }
 
@@ -394,6 +406,7 @@ export class SqliteStorage implements KvStorage {
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
   private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
+  private readonly selectPrefixRange: Statement<ImageRowRow, [string, string, number]>;
   /** The kv table as `executeStep` sees it, through the prepared statements. */
   private readonly kvTable: KvTable;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
@@ -455,6 +468,7 @@ export class SqliteStorage implements KvStorage {
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
+    this.selectPrefixRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
     this.selectOldestSessions = db.prepare(
       `SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`,
@@ -464,8 +478,8 @@ export class SqliteStorage implements KvStorage {
       put: (key, value, version) => void this.upsertValue.run(key, value, version),
       delete: (key) => this.deleteValue.run(key).changes > 0,
       oldestSessions: (limit) => this.selectOldestSessions.all(limit),
-      // Rows past the prefix sort after it: a page ends where they begin.
-      range: (prefix, after, limit) => this.selectRange.all(after, prefix, limit).filter((row) => row.key.startsWith(prefix)),
+      // Bounded above by the first key past the prefix: a page reads no row outside it.
+      range: (prefix, after, limit) => this.selectPrefixRange.all(maxKey(after, prefix), prefixEnd(prefix), limit),
     };
     this.upsertValue = db.prepare(
       "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
