@@ -1,6 +1,8 @@
 // Proves leases on a real three-node cluster in memory (simulated clock): grants go through the log with short TTLs raised to the minimum, keepalives keep a lease alive on the leader, an expired lease's keys all go at one version with watch reason lease_expired on every node, a revoke deletes at one version with reason delete, thousands of leases expire in bounded batches without a leader change, a new leader restarts every countdown at its full TTL, and the HTTP routes answer every case (200, 400, 404 lease_not_found, 307 from a follower).
 import { afterEach, describe, expect, test } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
+import { instrumentNode } from "../src/http/node-metrics.ts";
+import { createMetricsRegistry } from "../src/lib/metrics.ts";
 import type { WatchItem, WatchSubscription } from "../src/node/api.ts";
 import { createMemoryCluster, type MemoryCluster, tickMs } from "./helpers/memory-cluster.ts";
 
@@ -175,6 +177,22 @@ describe("leases on a cluster", () => {
 });
 
 describe("lease routes over a cluster", () => {
+  test("the instrumented node serves the lease routes and exports kv_leases and kv_lease_expired_total", async () => {
+    const { c, leaderId } = await started();
+    const registry = createMetricsRegistry();
+    const app = createHttpApp(instrumentNode(c.node(leaderId), registry, { clusterId: "c", version: "0" }).node, { renderMetrics: () => registry.render() });
+    const metric = async (name: string) => new RegExp(`^${name} (\\d+)$`, "m").exec(await (await c.drive(app.handle(new Request("http://localhost/metrics")))).text())?.[1];
+    expect([await metric("kv_leases"), await metric("kv_lease_expired_total")]).toEqual(["0", "0"]);
+    for (let i = 0; i < 3; i++) {
+      const response = await c.drive(app.handle(new Request("http://localhost/leases", { method: "POST", body: JSON.stringify({ ttlMs: ttlMinMs }) })));
+      expect(response.status).toBe(200);
+    }
+    expect(await metric("kv_leases")).toBe("3");
+    await c.until(() => c.node(leaderId).leaseStats().leases === 0, 100);
+    expect([await metric("kv_leases"), await metric("kv_lease_expired_total")]).toEqual(["0", "3"]);
+  });
+
+
   test("grant, put ?lease, read, keepalive, revoke; every error: 400, 404 lease_not_found, 307 from a follower", async () => {
     const { c, leaderId, followers } = await started();
     const app = createHttpApp(c.node(leaderId));
