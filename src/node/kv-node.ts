@@ -8,31 +8,15 @@ import { RawNode } from "../raft/raw-node.ts";
 import { waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   encodeCommand,
-  encodeLeaseCommand,
   idempotencyKeyBytesMax,
   isReservedKey,
   type Command,
-  type LeaseCommand,
 } from "../kv/command.ts";
-import { leaseCountKey, leaseKeysPrefix, leaseRowKey, leaseRowsPrefix, leaseTtlMsMax, parseLeaseCount, parseLeaseRow } from "../kv/leases.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
-import {
-  type KvNodeApi,
-  type KvValue,
-  type LeaseGrant,
-  type LeaseInfo,
-  leaseInfoKeysMax,
-  type MembersView,
-  type NodeStatus,
-  type ReadConsistency,
-  type WatchFilter,
-  type WatchStart,
-  type WatchSubscription,
-  type WriteOptions,
-} from "./api.ts";
-import { LeaseCountdowns } from "./leases.ts";
+import type { KvNodeApi, KvValue, LeaseGrant, LeaseInfo, MembersView, NodeStatus, ReadConsistency, WatchFilter, WatchStart, WatchSubscription, WriteOptions } from "./api.ts";
+import { checkLeaseId, leaseNotFound, leaseTtlMsMin, NodeLeases } from "./leases.ts";
 import { NodeMembership } from "./membership.ts";
 import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
@@ -70,10 +54,6 @@ function checkClientKey(key: string): void {
   if (isReservedKey(key)) throw new KvError("bad_request", "keys starting with NUL + 'session/' or NUL + 'lease/' are reserved");
 }
 
-/** The error for a lease that does not exist (never granted, expired or revoked). */
-function leaseNotFound(id: number): KvError {
-  return new KvError("lease_not_found", `lease ${id} does not exist (it expired, was revoked, or was never granted): nothing was written`);
-}
 
 /** The error an idempotent write gets when its key's session was made by another request. */
 function idempotencyKeyReused(idempotencyKey: string | undefined): KvError {
@@ -86,11 +66,6 @@ function idempotencyKeyReused(idempotencyKey: string | undefined): KvError {
 /** The error a conditional write gets when the key's version is not the expected one. */
 function versionMismatch(key: string, expected: number | undefined, current: number): KvError {
   return new KvError("version_mismatch", `'${key}' is at version ${current}, not ${expected}: nothing was written`, { version: current });
-}
-
-/** A lease id from a client: a positive whole number (the index of its grant). */
-function checkLeaseId(id: number): void {
-  if (!Number.isSafeInteger(id) || id < 1) throw new KvError("bad_request", `a lease id is a positive whole number, got ${id}`);
 }
 
 /** How a node is set up. Everything with a unit says it. */
@@ -255,10 +230,8 @@ export class KvNode implements KvNodeApi {
   private readonly idempotencySessionsMax: number;
   /** Watch streams and the change history, fed after each apply (src/node/watch.ts). */
   private readonly watches: NodeWatch;
-  /** The leader's lease countdowns (src/node/leases.ts); empty on followers. */
-  private readonly leases = new LeaseCountdowns();
-  /** Leases whose expiry applied here since this node started. */
-  private leasesExpiredTotal = 0;
+  /** Leases: the client calls, and the leader's countdowns and expiries (src/node/leases.ts). */
+  private readonly leases: NodeLeases;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -323,6 +296,21 @@ export class KvNode implements KvNodeApi {
     this.measureData();
     // The history starts at what is applied now: what came before (another run) is not known here.
     this.watches = new NodeWatch({ ...defaultWatch, ...cfg.watch }, cfg.clock, cfg.storage.appliedIndex());
+    this.leases = new NodeLeases({
+      storage: cfg.storage,
+      clock: cfg.clock,
+      ttlMsMin: leaseTtlMsMin(cfg.electionTicks, cfg.tickMs),
+      coreStatus: () => this.raw.basicStatus(),
+      refuseUnlessRunning: () => this.refuseUnlessRunning(),
+      refuseWhenFull: () => this.refuseWhenFull(),
+      notLeader: () => this.notLeader(),
+      readBarrier: () => this.readBarrier("lease"),
+      propose: (data) => {
+        const applied = this.proposals.enqueue(data, this.deadline());
+        this.scheduleTurn();
+        return applied;
+      },
+    });
   }
 
   /** Sets the advertised client URL once the HTTP port is known (port 0 listens). */
@@ -373,7 +361,7 @@ export class KvNode implements KvNodeApi {
   put(key: string, value: Uint8Array, options: WriteOptions = {}): Promise<{ version: number }> {
     const condition = writeConditions(options);
     const lease = options.lease;
-    if (lease !== undefined && !(Number.isSafeInteger(lease) && lease >= 1)) throw new KvError("bad_request", `a lease id is a positive whole number, got ${lease}`);
+    if (lease !== undefined) checkLeaseId(lease);
     return this.write({ op: "put", key, value, ...condition, ...(lease === undefined ? {} : { lease }) }).then((result) => {
       if (result.kind === "lease-not-found") throw leaseNotFound(lease ?? 0);
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
@@ -481,126 +469,26 @@ export class KvNode implements KvNodeApi {
     this.cfg.log?.(this.quotaExceededLogged ? "quota exceeded" : "quota ok", { dataBytes: this.dataBytesMeasured, quotaBytes, detail });
   }
 
-  // ---- Leases -------------------------------------------------------------------------------
+  // ---- Leases (src/node/leases.ts) -----------------------------------------------------------
 
-  /**
-   * The shortest TTL a lease gets: twice the longest election timeout (randomized up to twice
-   * `electionTicks`), so a lease outlives a failover's election.
-   */
-  leaseTtlMsMin(): number {
-    return 2 * (2 * this.cfg.electionTicks * this.cfg.tickMs);
+  grantLease(ttlMs: number): Promise<LeaseGrant> {
+    return this.leases.grant(ttlMs);
   }
 
-  /** See `KvNodeApi.grantLease`: the grant goes through the log; the lease's id is its entry's index. */
-  async grantLease(ttlMs: number): Promise<LeaseGrant> {
-    if (!Number.isSafeInteger(ttlMs) || ttlMs < 1 || ttlMs > leaseTtlMsMax) {
-      throw new KvError("bad_request", `ttlMs must be a whole number of milliseconds from 1 to ${leaseTtlMsMax}, got ${ttlMs}`);
-    }
-    const minMs = this.leaseTtlMsMin();
-    const granted = Math.max(ttlMs, minMs);
-    const result = await this.proposeLease({ op: "lease-grant", ttlMs: granted });
-    assert(result.kind === "lease-granted", `lease grant applied as ${result.kind}`);
-    if (!result.granted) throw new KvError("overloaded", "the cluster holds as many leases as it allows: revoke some first", { retryAfterS: 1 });
-    return { id: result.id, ttlMs: result.ttlMs, ...(granted === ttlMs ? {} : { raisedFromMs: ttlMs }) };
+  keepAliveLease(id: number): Promise<{ id: number; ttlMs: number }> {
+    return this.leases.keepAlive(id);
   }
 
-  /** See `KvNodeApi.keepAliveLease`: on the leader, once its applied state is current; not through the log. */
-  async keepAliveLease(id: number): Promise<{ id: number; ttlMs: number }> {
-    const ttlMs = await this.leaseOnLeader(id);
-    if (!this.leases.keepAlive(id, ttlMs, this.cfg.clock.nowMs())) throw leaseNotFound(id);
-    return { id, ttlMs };
+  leaseInfo(id: number): Promise<LeaseInfo> {
+    return this.leases.info(id);
   }
 
-  /** See `KvNodeApi.leaseInfo`: the leader's countdown and the keys attached. */
-  async leaseInfo(id: number): Promise<LeaseInfo> {
-    const ttlMs = await this.leaseOnLeader(id);
-    const prefix = leaseKeysPrefix(id);
-    const rows = this.cfg.storage.list(prefix, undefined, leaseInfoKeysMax + 1);
-    return {
-      id,
-      ttlMs,
-      remainingMs: this.leases.remainingMs(id, this.cfg.clock.nowMs()) ?? ttlMs,
-      keys: rows.slice(0, leaseInfoKeysMax).map((row) => row.key.slice(prefix.length)),
-      keysTruncated: rows.length > leaseInfoKeysMax,
-    };
+  revokeLease(id: number): Promise<{ id: number; version: number; deletedKeys: number }> {
+    return this.leases.revoke(id);
   }
 
-  /** See `KvNodeApi.revokeLease`: through the log; its keys are deleted at the revoke's version. */
-  async revokeLease(id: number): Promise<{ id: number; version: number; deletedKeys: number }> {
-    checkLeaseId(id);
-    const result = await this.proposeLease({ op: "lease-revoke", id });
-    if (result.kind === "lease-not-found") throw leaseNotFound(id);
-    assert(result.kind === "lease-revoked", `lease revoke applied as ${result.kind}`);
-    return { id, version: result.index, deletedKeys: result.deletedKeys.length };
-  }
-
-  /** See `KvNodeApi.leaseStats`. */
   leaseStats(): { leases: number; expiredTotal: number } {
-    return { leases: parseLeaseCount(this.cfg.storage.get(leaseCountKey)?.value), expiredTotal: this.leasesExpiredTotal };
-  }
-
-  /** Lease `id`'s TTL, read on the leader once what it committed is applied; `not_leader` elsewhere, `lease_not_found`. */
-  private async leaseOnLeader(id: number): Promise<number> {
-    checkLeaseId(id);
-    this.refuseUnlessRunning();
-    if (this.raw.basicStatus().role !== "leader") throw this.notLeader();
-    await this.readBarrier("lease");
-    if (this.raw.basicStatus().role !== "leader" || !this.leases.isLeading()) throw this.notLeader();
-    const row = this.cfg.storage.get(leaseRowKey(id));
-    if (row === undefined) throw leaseNotFound(id);
-    return parseLeaseRow(leaseRowKey(id), row.value).ttlMs;
-  }
-
-  /** Proposes a lease command on the leader; resolves with its apply result. */
-  private proposeLease(command: LeaseCommand): Promise<ApplyResult> {
-    this.refuseUnlessRunning();
-    if (this.raw.basicStatus().role !== "leader") throw this.notLeader();
-    this.refuseWhenFull();
-    const applied = this.proposals.enqueue(encodeLeaseCommand(command), this.deadline());
-    this.scheduleTurn();
-    return applied;
-  }
-
-  /** Every lease in the applied state (a new leader starts their countdowns). */
-  private *appliedLeases(): Generator<{ id: number; ttlMs: number }> {
-    let after: string | undefined;
-    for (;;) {
-      const rows = this.cfg.storage.list(leaseRowsPrefix, after, 1_000);
-      for (const row of rows) yield parseLeaseRow(row.key, row.value);
-      if (rows.length < 1_000) return;
-      after = rows[rows.length - 1]!.key;
-    }
-  }
-
-  /** An entry applied here: the leader's countdowns follow grants, revokes and expiries. */
-  private leaseApplied(result: ApplyResult): void {
-    switch (result.kind) {
-      case "lease-granted":
-        if (result.granted) this.leases.granted(result.id, result.ttlMs, this.cfg.clock.nowMs());
-        return;
-      case "lease-revoked":
-        this.leases.ended([result.id]);
-        return;
-      case "lease-expired":
-        this.leases.ended(result.ids);
-        this.leasesExpiredTotal += result.ids.length;
-        return;
-      default:
-        return;
-    }
-  }
-
-  /** On the leader, each tick: proposes the expiry of the leases run out, in bounded batches (src/node/leases.ts). */
-  private proposeLeaseExpiries(): void {
-    if (!this.leases.isLeading()) return;
-    const nowMs = this.cfg.clock.nowMs();
-    const generation = this.leases.generation();
-    for (const ids of this.leases.due(nowMs)) {
-      this.proposals.enqueue(encodeLeaseCommand({ op: "lease-expire", ids }), this.deadline()).then(
-        () => this.leases.expirySettled(generation),
-        () => this.leases.expiryFailed(generation, ids, this.cfg.clock.nowMs()),
-      );
-    }
+    return this.leases.stats();
   }
 
   // ---- Membership ---------------------------------------------------------------------------
@@ -745,7 +633,7 @@ export class KvNode implements KvNodeApi {
     this.raw.tick();
     this.ticksAccounted++;
     this.expireWaiters();
-    this.proposeLeaseExpiries();
+    this.leases.tick();
     this.membership.maybePromoteLearner();
     this.turn();
   }
@@ -911,7 +799,7 @@ export class KvNode implements KvNodeApi {
         this.watches.applied(ready.committedEntries, results);
         results.forEach((result, i) => {
           const entry = ready.committedEntries[i]!;
-          this.leaseApplied(result);
+          this.leases.applied(result);
           this.membership.entryApplied(entry);
           if (result.kind === "conf-change") this.membership.changeApplied(result, entry.term);
           else this.proposals.settle(result, entry.term);
@@ -937,11 +825,8 @@ export class KvNode implements KvNodeApi {
         this.snapshots.abortAll("no longer the leader");
         this.proposals.leadershipLost();
         this.membership.leadershipLost();
-        this.leases.stoppedLeading();
-      } else if (!this.leases.isLeadingIn(this.raw.basicStatus().term)) {
-        // Every lease's countdown restarts at its full TTL (src/node/leases.ts).
-        this.leases.becameLeader(this.raw.basicStatus().term, this.cfg.clock.nowMs(), this.appliedLeases());
       }
+      this.leases.roleChanged(ready.softState.role, this.raw.basicStatus().term);
     }
     this.raw.advance(ready, false);
     if (ready.committedEntries.length > 0) {

@@ -9,7 +9,14 @@
  * countdown in memory only, without going through the log.
  */
 import { assert } from "../lib/assert.ts";
-import { leaseExpireIdsMax } from "../kv/command.ts";
+import type { Clock } from "../lib/clock.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import { encodeLeaseCommand, leaseExpireIdsMax, type LeaseCommand } from "../kv/command.ts";
+import { leaseCountKey, leaseKeysPrefix, leaseRowKey, leaseRowsPrefix, leaseTtlMsMax, parseLeaseCount, parseLeaseRow } from "../kv/leases.ts";
+import type { Role } from "../raft/types.ts";
+import type { KvStorage } from "../storage/kv-storage.ts";
+import { type LeaseGrant, type LeaseInfo, leaseInfoKeysMax } from "./api.ts";
 
 /** How expiries are proposed: bounded batches, so thousands of leases running out at once do not stall the loop. */
 export interface LeaseExpiryLimits {
@@ -220,6 +227,177 @@ export class LeaseCountdowns {
       if (smallest === i) return;
       [heap[smallest], heap[i]] = [heap[i]!, heap[smallest]!];
       i = smallest;
+    }
+  }
+}
+
+/** What `NodeLeases` needs from the node that hosts it (src/node/kv-node.ts). */
+export interface LeasesHost {
+  readonly storage: KvStorage;
+  readonly clock: Clock;
+  /** The shortest TTL a lease gets, in ms (see `leaseTtlMsMin`). */
+  readonly ttlMsMin: number;
+  /** The core's role and term now. */
+  coreStatus(): { role: Role; term: number };
+  /** Throws the error a request gets when the node cannot serve (stopped, full disk, removed). */
+  refuseUnlessRunning(): void;
+  /** Throws `overloaded` when too many requests wait. */
+  refuseWhenFull(): void;
+  notLeader(): KvError;
+  /** Resolves once what was committed when it was called is applied here (a lease read). */
+  readBarrier(): Promise<void>;
+  /** Queues entry data for the next turn's proposal; resolves with its apply result. */
+  propose(data: Uint8Array): Promise<ApplyResult>;
+}
+
+/**
+ * The shortest TTL a lease gets: twice the longest election timeout (randomized up to twice
+ * `electionTicks`), so a lease outlives the election that follows its leader's failure.
+ */
+export function leaseTtlMsMin(electionTicks: number, tickMs: number): number {
+  return 2 * (2 * electionTicks * tickMs);
+}
+
+/** The error for a lease that does not exist (never granted, expired or revoked). */
+export function leaseNotFound(id: number): KvError {
+  return new KvError("lease_not_found", `lease ${id} does not exist (it expired, was revoked, or was never granted): nothing was written`);
+}
+
+/** A lease id from a client: a positive whole number (the index of its grant). */
+export function checkLeaseId(id: number): void {
+  if (!Number.isSafeInteger(id) || id < 1) throw new KvError("bad_request", `a lease id is a positive whole number, got ${id}`);
+}
+
+/**
+ * A node's leases: the client calls (`KvNodeApi.grantLease` and the rest, on the leader), the
+ * countdowns following what applies, and the expiries proposed as they run out.
+ */
+export class NodeLeases {
+  private readonly countdowns = new LeaseCountdowns();
+  /** Leases whose expiry applied here since this node started. */
+  private expiredTotal = 0;
+
+  constructor(private readonly host: LeasesHost) {}
+
+  /** See `KvNodeApi.grantLease`: the grant goes through the log; the lease's id is its entry's index. */
+  async grant(ttlMs: number): Promise<LeaseGrant> {
+    if (!Number.isSafeInteger(ttlMs) || ttlMs < 1 || ttlMs > leaseTtlMsMax) {
+      throw new KvError("bad_request", `ttlMs must be a whole number of milliseconds from 1 to ${leaseTtlMsMax}, got ${ttlMs}`);
+    }
+    const granted = Math.max(ttlMs, this.host.ttlMsMin);
+    const result = await this.propose({ op: "lease-grant", ttlMs: granted });
+    assert(result.kind === "lease-granted", `lease grant applied as ${result.kind}`);
+    if (!result.granted) throw new KvError("overloaded", "the cluster holds as many leases as it allows: revoke some first", { retryAfterS: 1 });
+    return { id: result.id, ttlMs: result.ttlMs, ...(granted === ttlMs ? {} : { raisedFromMs: ttlMs }) };
+  }
+
+  /** See `KvNodeApi.keepAliveLease`: on the leader, once its applied state is current; not through the log. */
+  async keepAlive(id: number): Promise<{ id: number; ttlMs: number }> {
+    const ttlMs = await this.ttlOnLeader(id);
+    if (!this.countdowns.keepAlive(id, ttlMs, this.host.clock.nowMs())) throw leaseNotFound(id);
+    return { id, ttlMs };
+  }
+
+  /** See `KvNodeApi.leaseInfo`: the leader's countdown and the keys attached. */
+  async info(id: number): Promise<LeaseInfo> {
+    const ttlMs = await this.ttlOnLeader(id);
+    const prefix = leaseKeysPrefix(id);
+    const rows = this.host.storage.list(prefix, undefined, leaseInfoKeysMax + 1);
+    return {
+      id,
+      ttlMs,
+      remainingMs: this.countdowns.remainingMs(id, this.host.clock.nowMs()) ?? ttlMs,
+      keys: rows.slice(0, leaseInfoKeysMax).map((row) => row.key.slice(prefix.length)),
+      keysTruncated: rows.length > leaseInfoKeysMax,
+    };
+  }
+
+  /** See `KvNodeApi.revokeLease`: through the log; its keys are deleted at the revoke's version. */
+  async revoke(id: number): Promise<{ id: number; version: number; deletedKeys: number }> {
+    checkLeaseId(id);
+    const result = await this.propose({ op: "lease-revoke", id });
+    if (result.kind === "lease-not-found") throw leaseNotFound(id);
+    assert(result.kind === "lease-revoked", `lease revoke applied as ${result.kind}`);
+    return { id, version: result.index, deletedKeys: result.deletedKeys.length };
+  }
+
+  /** See `KvNodeApi.leaseStats`. */
+  stats(): { leases: number; expiredTotal: number } {
+    return { leases: parseLeaseCount(this.host.storage.get(leaseCountKey)?.value), expiredTotal: this.expiredTotal };
+  }
+
+  /** An entry applied here: the leader's countdowns follow grants, revokes and expiries. */
+  applied(result: ApplyResult): void {
+    switch (result.kind) {
+      case "lease-granted":
+        if (result.granted) this.countdowns.granted(result.id, result.ttlMs, this.host.clock.nowMs());
+        return;
+      case "lease-revoked":
+        this.countdowns.ended([result.id]);
+        return;
+      case "lease-expired":
+        this.countdowns.ended(result.ids);
+        this.expiredTotal += result.ids.length;
+        return;
+      default:
+        return;
+    }
+  }
+
+  /**
+   * The core's role changed (a Ready's soft state): a new leader restarts every lease's countdown
+   * at its full TTL; a node that stopped leading drops them.
+   */
+  roleChanged(role: Role, term: number): void {
+    if (role !== "leader") this.countdowns.stoppedLeading();
+    else if (!this.countdowns.isLeadingIn(term)) this.countdowns.becameLeader(term, this.host.clock.nowMs(), this.appliedLeases());
+  }
+
+  /** Each tick, on the leader: proposes the expiry of the leases run out, in bounded batches. */
+  tick(): void {
+    // Soft state reports role changes, not every term: a leader re-elected within one Ready is caught here.
+    const raft = this.host.coreStatus();
+    if ((raft.role === "leader") !== this.countdowns.isLeadingIn(raft.term)) this.roleChanged(raft.role, raft.term);
+    if (!this.countdowns.isLeading()) return;
+    const nowMs = this.host.clock.nowMs();
+    const generation = this.countdowns.generation();
+    for (const ids of this.countdowns.due(nowMs)) {
+      this.host.propose(encodeLeaseCommand({ op: "lease-expire", ids })).then(
+        () => this.countdowns.expirySettled(generation),
+        () => this.countdowns.expiryFailed(generation, ids, this.host.clock.nowMs()),
+      );
+    }
+  }
+
+  /** Lease `id`'s TTL, read on the leader once what it committed is applied; `not_leader` elsewhere, `lease_not_found`. */
+  private async ttlOnLeader(id: number): Promise<number> {
+    checkLeaseId(id);
+    this.host.refuseUnlessRunning();
+    if (this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    await this.host.readBarrier();
+    if (!this.countdowns.isLeadingIn(this.host.coreStatus().term) || this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    const row = this.host.storage.get(leaseRowKey(id));
+    if (row === undefined) throw leaseNotFound(id);
+    return parseLeaseRow(leaseRowKey(id), row.value).ttlMs;
+  }
+
+  /** Proposes a lease command on the leader; resolves with its apply result. */
+  private propose(command: LeaseCommand): Promise<ApplyResult> {
+    this.host.refuseUnlessRunning();
+    if (this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    this.host.refuseWhenFull();
+    return this.host.propose(encodeLeaseCommand(command));
+  }
+
+  /** Every lease in the applied state, a page at a time (a new leader starts their countdowns). */
+  private *appliedLeases(): Generator<{ id: number; ttlMs: number }> {
+    const pageRows = 1_000;
+    let after: string | undefined;
+    for (;;) {
+      const rows = this.host.storage.list(leaseRowsPrefix, after, pageRows);
+      for (const row of rows) yield parseLeaseRow(row.key, row.value);
+      if (rows.length < pageRows) return;
+      after = rows[rows.length - 1]!.key;
     }
   }
 }
