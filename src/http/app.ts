@@ -12,6 +12,7 @@ import { readBodyBytesMax } from "./read-body.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
 import { createTxnRoute } from "./txn-route.ts";
+import { createLeaseRoutes, parseLeaseId } from "./lease-routes.ts";
 
 /** Limits of the client API. */
 export interface HttpAppOptions {
@@ -50,6 +51,8 @@ const POST_ALLOW = "POST";
  *   of `put`, `delete` and `progress` events (see `watchRoute`).
  * - `GET /snapshot` → a backup of the state machine, streamed (src/http/snapshot-route.ts).
  * - `POST /txn` JSON `{compare, success, failure}` → `{"succeeded","version","results"}` (txn-route.ts).
+ * - `/leases`: grant, keep alive, read and revoke leases (src/http/lease-routes.ts); `PUT /kv/{key}?lease=ID`
+ *   attaches the key to a lease.
  * Keys are percent-encoded in the path and decoded from the raw URL. Every error is JSON
  * `{error, message, ...details}`, mapped from `KvError` codes in `errorResponse` (http-error.ts).
  */
@@ -88,12 +91,13 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         });
       }
       case "PUT": {
-        const options = parseWriteOptions(search, request);
+        const options = { ...parseWriteOptions(search, request), ...parseLeaseOption(search) };
         const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
         const { version } = await node.put(key, value, options);
         return jsonResponse({ key, version }, 200);
       }
       case "DELETE": {
+        if (new URLSearchParams(search).has("lease")) throw new KvError("bad_request", "?lease= is for PUT: a delete detaches the key from its lease");
         const { deleted, version } = await node.delete(key, parseWriteOptions(search, request));
         return jsonResponse({ deleted, version }, 200);
       }
@@ -241,6 +245,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       .all("/openapi.json", route(READ_ONLY_ALLOW, readOnlyRoute("/openapi.json", () => jsonResponse(openApiDocument, 200))), { parse: "none" })
       .use(createMembersRoutes(node, opts.bodyReadTimeoutMs))
       .use(createSnapshotRoute(node))
+      .use(createLeaseRoutes(node, opts.bodyReadTimeoutMs))
   );
 }
 
@@ -317,6 +322,14 @@ function parseWriteOptions(search: string, request: Request): WriteOptions {
     throw new KvError("bad_request", `ifVersion must be given once, as a version number (0: only if absent), got '${values.join(",")}'`);
   }
   return { ifVersion: version, ...idempotency };
+}
+
+/** `?lease=ID` on a put: attach the key to that lease (src/kv/leases.ts); given at most once. */
+function parseLeaseOption(search: string): { lease?: number } {
+  const values = new URLSearchParams(search).getAll("lease");
+  if (values.length === 0) return {};
+  if (values.length > 1) throw new KvError("bad_request", "lease must be given once");
+  return { lease: parseLeaseId(values[0] as string) };
 }
 
 /** Listing pages: 100 items unless asked, at most 1000. */

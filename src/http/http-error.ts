@@ -59,6 +59,7 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
       // The client is still sending (slowly): close rather than wait for the rest of its body.
       return jsonResponse(body(code, error.message, details), 408, { connection: "close" });
     case "not_found":
+    case "lease_not_found":
       return jsonResponse(body(code, error.message, details), 404);
     case "method_not_allowed":
       return jsonResponse(

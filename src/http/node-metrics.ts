@@ -100,6 +100,12 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     );
   }
 
+  const leaseStats = node.leaseStats?.bind(node);
+  if (leaseStats !== undefined) {
+    registry.collected("kv_leases", "Leases in this node's applied state.", "gauge", [], () => [[{}, leaseStats().leases]]);
+    registry.collected("kv_lease_expired_total", "Leases whose expiry applied on this node since it started.", "counter", [], () => [[{}, leaseStats().expiredTotal]]);
+  }
+
   const wrapped: KvNodeApi = {
     put: (key, value, options) => write("put", () => node.put(key, value, options)),
     delete: (key, options) => write("delete", () => node.delete(key, options)),
@@ -118,6 +124,11 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     ...(node.txn === undefined ? {} : { txn: (request, options) => write("txn", () => node.txn!(request, options)) }),
     ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
     ...(node.openSnapshot === undefined ? {} : { openSnapshot: () => node.openSnapshot!() }),
+    ...(node.grantLease === undefined ? {} : { grantLease: (ttlMs: number) => node.grantLease!(ttlMs) }),
+    ...(node.keepAliveLease === undefined ? {} : { keepAliveLease: (id: number) => node.keepAliveLease!(id) }),
+    ...(node.leaseInfo === undefined ? {} : { leaseInfo: (id: number) => node.leaseInfo!(id) }),
+    ...(node.revokeLease === undefined ? {} : { revokeLease: (id: number) => node.revokeLease!(id) }),
+    ...(leaseStats === undefined ? {} : { leaseStats }),
     ...(node.addMember === undefined ? {} : { addMember: (id: number, peerUrl: string, httpUrl?: string) => node.addMember!(id, peerUrl, httpUrl).then(withClusterId) }),
     ...(node.removeMember === undefined ? {} : { removeMember: (id: number) => node.removeMember!(id).then(withClusterId) }),
     ...(node.promoteMember === undefined ? {} : { promoteMember: (id: number) => node.promoteMember!(id).then(withClusterId) }),

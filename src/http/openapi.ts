@@ -25,7 +25,7 @@ const errorDescriptions: Record<number, string> = {
   307: "not_leader: the same request on the leader (Location); nothing was proposed",
   400: "bad_request",
   401: "unauthenticated (with --auth-token)",
-  404: "not_found",
+  404: "not_found, or lease_not_found (the lease expired, was revoked or never existed; nothing was written)",
   405: "method_not_allowed",
   408: "request_timeout: the body did not arrive within --request-read-timeout",
   409: "version_mismatch (compare-and-set) or conf_change_pending",
@@ -117,11 +117,21 @@ export const openApiDocument = {
       },
       put: {
         summary: "Write a value (committed on a majority and applied before the answer)",
-        parameters: [keyParameter, ifVersionParameter, idempotencyParameter],
+        parameters: [
+          keyParameter,
+          ifVersionParameter,
+          idempotencyParameter,
+          {
+            name: "lease",
+            in: "query",
+            description: "Attach the key to this lease (its decimal id): the key is deleted when the lease expires or is revoked. A put without it detaches the key. An unknown lease is 404 lease_not_found and nothing is written",
+            schema: { type: "string", pattern: "^[1-9][0-9]*$" },
+          },
+        ],
         requestBody: { required: true, content: { "application/octet-stream": {} } },
         responses: {
           "200": { description: "{key, version}", content: { "application/json": { schema: { type: "object", properties: { key: { type: "string" }, version: { type: "integer" } } } } } },
-          ...errors(307, 400, 401, 409, 413, 422, 429, 503, 507),
+          ...errors(307, 400, 401, 404, 409, 413, 422, 429, 503, 507),
         },
       },
       delete: {
@@ -227,6 +237,32 @@ export const openApiDocument = {
           },
           ...errors(307, 400, 401, 413, 422, 429, 503, 507),
         },
+      },
+    },
+    "/leases": {
+      post: {
+        summary: "Grant a lease (through the log) with JSON {ttlMs}; a TTL below twice the longest election timeout is raised to it (raisedFromMs says so)",
+        requestBody: { required: true, content: { "application/json": { schema: { type: "object", required: ["ttlMs"], properties: { ttlMs: { type: "integer", minimum: 1 } } } } } },
+        responses: {
+          "200": { description: "{id (decimal string), ttlMs, raisedFromMs?}", content: { "application/json": { schema: { type: "object", properties: { id: { type: "string" }, ttlMs: { type: "integer" }, raisedFromMs: { type: "integer" } } } } } },
+          ...errors(307, 400, 401, 413, 429, 503, 507),
+        },
+      },
+    },
+    "/leases/{id}": {
+      get: {
+        summary: "A lease on the leader: {id, ttlMs, remainingMs (the leader's countdown), keys, keysTruncated}",
+        responses: { "200": { description: "the lease" }, ...errors(307, 400, 401, 404, 503) },
+      },
+      delete: {
+        summary: "Revoke a lease (through the log): its keys are deleted at one version (watch reason delete)",
+        responses: { "200": { description: "{id, version, deletedKeys}" }, ...errors(307, 400, 401, 404, 503, 507) },
+      },
+    },
+    "/leases/{id}/keepalive": {
+      post: {
+        summary: "Restart the lease's countdown on the leader (not through the log)",
+        responses: { "200": { description: "{id, ttlMs}" }, ...errors(307, 400, 401, 404, 503) },
       },
     },
     "/openapi.json": { get: { summary: "This document", responses: { "200": { description: "OpenAPI 3.1" } } } },

@@ -1,13 +1,16 @@
 import { createHash } from "node:crypto";
 import { assert, AssertionError, unreachable } from "../lib/assert.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
+import { attachKey, detachKey, expireLeases, grantLease, leaseExists, revokeLease } from "./leases.ts";
 import {
   type Command,
   CommandCodecError,
   decodeCommand,
+  decodeLeaseCommand,
   decodeMembershipChange,
   encodeCommand,
   type IdempotencyStamp,
+  isLeaseCommandData,
   isNoopData,
   type MembershipChange,
   sessionKeyPrefix,
@@ -59,7 +62,15 @@ export type ApplyResult =
    * An idempotent transaction whose gets would return more than `txnSessionGetBytesMax` (`getBytes`),
    * too much for its session to keep: nothing changed, and no session was made.
    */
-  | { readonly kind: "txn-too-large"; readonly index: number; readonly getBytes: number };
+  | { readonly kind: "txn-too-large"; readonly index: number; readonly getBytes: number }
+  /** A lease grant: `granted` false when `leasesMax` leases existed (nothing changed). The id is the index. */
+  | { readonly kind: "lease-granted"; readonly index: number; readonly id: number; readonly ttlMs: number; readonly granted: boolean }
+  /** A put on a lease, or a revoke, naming a lease that does not exist (any more): nothing changed. */
+  | { readonly kind: "lease-not-found"; readonly index: number }
+  /** A revoked lease: its keys were deleted at `index`. */
+  | { readonly kind: "lease-revoked"; readonly index: number; readonly id: number; readonly deletedKeys: readonly string[] }
+  /** Expired leases (those of the command that still existed): their keys were deleted at `index`. */
+  | { readonly kind: "lease-expired"; readonly index: number; readonly ids: readonly number[]; readonly deletedKeys: readonly string[] };
 
 /** One step of an apply, decoded and checked; the storage executes it on its own tables. */
 export type ApplyStep =
@@ -70,12 +81,17 @@ export type ApplyStep =
       readonly value: Uint8Array;
       readonly ifVersion?: number;
       readonly session?: StepSession;
+      /** Attach the key to this lease (absent: detach it from any). */
+      readonly lease?: number;
     }
   | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number; readonly session?: StepSession }
   | { readonly kind: "txn"; readonly index: number; readonly txn: TxnRequest; readonly session?: StepSession }
   | { readonly kind: "noop"; readonly index: number }
   | { readonly kind: "skipped"; readonly index: number }
-  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange };
+  | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange }
+  | { readonly kind: "lease-grant"; readonly index: number; readonly ttlMs: number }
+  | { readonly kind: "lease-revoke"; readonly index: number; readonly id: number }
+  | { readonly kind: "lease-expire"; readonly index: number; readonly ids: readonly number[] };
 
 /** The client session an idempotent write names, as apply needs it. */
 export interface StepSession {
@@ -128,6 +144,19 @@ function stepFor(log: ApplyLogView, entry: Entry): ApplyStep {
     case EntryType.Normal: {
       if (isNoopData(entry.data)) return { kind: "noop", index: entry.index };
       try {
+        if (isLeaseCommandData(entry.data)) {
+          const lease = decodeLeaseCommand(entry.data);
+          switch (lease.op) {
+            case "lease-grant":
+              return { kind: "lease-grant", index: entry.index, ttlMs: lease.ttlMs };
+            case "lease-revoke":
+              return { kind: "lease-revoke", index: entry.index, id: lease.id };
+            case "lease-expire":
+              return { kind: "lease-expire", index: entry.index, ids: lease.ids };
+            default:
+              return unreachable(lease, "apply: unknown lease command");
+          }
+        }
         const command = decodeCommand(entry.data);
         if (command.op === "txn") {
           const { compare, success, failure } = command;
@@ -139,7 +168,7 @@ function stepFor(log: ApplyLogView, entry: Entry): ApplyStep {
           ...(command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) }),
         };
         return command.op === "put"
-          ? { kind: "put", index: entry.index, key: command.key, value: command.value, ...condition }
+          ? { kind: "put", index: entry.index, key: command.key, value: command.value, ...condition, ...(command.lease === undefined ? {} : { lease: command.lease }) }
           : { kind: "delete", index: entry.index, key: command.key, ...condition };
       } catch (error: unknown) {
         if (!(error instanceof CommandCodecError)) throw error;
@@ -229,6 +258,29 @@ export interface KvTable {
   delete(key: string): boolean;
   /** Up to `limit` sessions (keys after `sessionKeyPrefix`, not the clock) with the lowest versions, oldest first. */
   oldestSessions(limit: number): KvRow[];
+  /** Up to `limit` rows whose keys start with `prefix` and sort after `after` (UTF-8 byte order; `after` at least `prefix`), in key order. */
+  range(prefix: string, after: string, limit: number): KvRow[];
+}
+
+/**
+ * Executes one step of a plan on `table` (each storage runs its plan's steps through this, in
+ * order, in one transaction): writes and lease commands change the table; the rest report only.
+ */
+export function executeStep(step: ApplyStep, table: KvTable): ApplyResult {
+  switch (step.kind) {
+    case "put":
+    case "delete":
+    case "txn":
+      return executeWrite(step, table);
+    case "lease-grant":
+      return grantLease(table, step.index, step.ttlMs);
+    case "lease-revoke":
+      return revokeLease(table, step.index, step.id);
+    case "lease-expire":
+      return expireLeases(table, step.index, step.ids);
+    default:
+      return resultFor(step, false);
+  }
 }
 
 const textEncoder = new TextEncoder();
@@ -299,7 +351,8 @@ export function executeWrite(step: WriteStep, table: KvTable): ApplyResult {
     }
   }
   const result = applyWrite(step, table);
-  if (result.kind === "txn-too-large") {
+  if (result.kind === "txn-too-large" || result.kind === "lease-not-found") {
+    // Nothing was written, so no session is made: a retry is decided afresh.
     if (clock.nowMs !== before.nowMs || clock.sessions !== before.sessions) writeSessionClock(table, clock, step.index);
     return result;
   }
@@ -380,25 +433,46 @@ function answerOf(record: SessionRecord, index: number): ApplyResult {
   }
 }
 
-/** The steps `executeWrite` runs: those that may change the kv table. */
+/** The steps `executeWrite` runs: those that may change the kv table as a client asked. */
 export type WriteStep = Extract<ApplyStep, { kind: "put" | "delete" | "txn" }>;
 
-/** True for the steps `executeWrite` runs (each storage runs the others itself). */
+/** True for the steps `executeWrite` runs. */
 export function isWriteStep(step: ApplyStep): step is WriteStep {
   return step.kind === "put" || step.kind === "delete" || step.kind === "txn";
 }
 
-/** A write with no session: compare-and-set, then the put or delete; or a transaction. */
+/**
+ * A write with no session. A transaction: its puts and deletes detach their keys from any lease
+ * (as a plain put or delete does). Otherwise: a put on a lease that does not exist changes nothing
+ * (`lease-not-found`: it may have expired since the leader proposed the put), then
+ * compare-and-set, then the put or delete, which attaches the key to the put's lease or detaches
+ * it from any (see src/kv/leases.ts).
+ */
 function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
   if (step.kind === "txn") {
     if (step.session !== undefined) {
       const getBytes = txnGetBytes(step.txn, table);
       if (getBytes > txnSessionGetBytesMax) return { kind: "txn-too-large", index: step.index, getBytes };
     }
-    return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, table) };
+    const detaching: KvTable = {
+      ...table,
+      put: (key, value, version) => {
+        detachKey(table, key);
+        table.put(key, value, version);
+      },
+      delete: (key) => {
+        detachKey(table, key);
+        return table.delete(key);
+      },
+    };
+    return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, detaching) };
   }
+  const lease = step.kind === "put" ? step.lease : undefined;
+  if (lease !== undefined && !leaseExists(table, lease)) return { kind: "lease-not-found", index: step.index };
   const failure = step.ifVersion === undefined ? undefined : conditionFailure(step, table.get(step.key)?.version ?? 0);
   if (failure !== undefined) return failure;
+  if (lease === undefined) detachKey(table, step.key);
+  else attachKey(table, step.key, lease, step.index);
   if (step.kind === "put") {
     table.put(step.key, step.value, step.index);
     return resultFor(step, false);
@@ -421,6 +495,11 @@ export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {
     case "txn":
       // Storages run every write step through executeWrite (isWriteStep); an applied one comes as skipped.
       throw new AssertionError(`apply: a transaction at ${step.index} has no result without its table`);
+    case "lease-grant":
+    case "lease-revoke":
+    case "lease-expire":
+      // Lease steps change the table: `executeStep` runs them.
+      throw new Error(`apply: a ${step.kind} step is executed, not reported (index ${step.index})`);
     default:
       return unreachable(step, "apply: unknown step");
   }

@@ -9,14 +9,18 @@
  * delete if version: [0x04] [key length] [key] [expected version]
  * idempotent (0.1.0): [0x05] [idempotency key length] [idempotency key] [any of the four above]
  * idempotent, stamped: [0x06] [leader's wall clock, ms] [session window, ms] [sessions max]
- *                      [idempotency key length] [idempotency key] [any of the four above, or a transaction]
+ *                      [idempotency key length] [idempotency key] [any of the four above, 0x0a, or a transaction]
+ * lease grant:  [0x07] [ttl, ms: LEB128, at most 8 bytes]      (the lease's id is the entry's index)
+ * lease revoke: [0x08] [lease id: LEB128, at most 8 bytes]
+ * lease expire: [0x09] [count: LEB128, 1..leaseExpireIdsMax] [lease id: LEB128] × count
+ * put on lease: [0x0a] [lease id: LEB128, at most 8 bytes] [a put: 0x01 or 0x03, as above]
  * transaction: [0x10] [compare count] [compares] [success count] [ops] [failure count] [ops]  (see txn.ts)
  * ```
- * The three numbers of 0x06 are LEB128 (at most 8 bytes each). 0x07-0x0f are kept for leases. A
- * transaction is never wrapped in 0x05 (0.1.0 knew no transactions). In a Normal entry 0x10 is a
- * transaction; a ConfChange entry starts with the same byte as its tag (the entry's type tells
- * which decoder reads it). Op bytes never change meaning: a log or snapshot written by an earlier
- * release decodes and applies as it did there.
+ * The three numbers of 0x06 are LEB128 (at most 8 bytes each). 0x0b-0x0f are free for later kv
+ * commands. A transaction is never wrapped in 0x05 (0.1.0 knew no transactions). In a Normal entry
+ * 0x10 is a transaction; a ConfChange entry starts with the same byte as its tag (the entry's type
+ * tells which decoder reads it). Op bytes never change meaning: a log or snapshot written by an
+ * earlier release decodes and applies as it did there.
  * Empty entry data is a leader's no-op (thesis §6.4), never a command: `decodeCommand` rejects it,
  * callers test `isNoopData` first. A committed entry that does not decode is corruption or a bug,
  * so decoding is strict: unknown op, non-minimal or overlong varint, truncated or invalid UTF-8
@@ -43,6 +47,19 @@ const opIdempotent = 0x05;
 const opIdempotentStamped = 0x06;
 /** A multi-key transaction (src/kv/txn.ts): [0x10] [body]. */
 const opTxn = 0x10;
+/** Leases (see src/kv/leases.ts): grant, revoke, expire, and a put that attaches its key to a lease. */
+const opLeaseGrant = 0x07;
+const opLeaseRevoke = 0x08;
+const opLeaseExpire = 0x09;
+const opPutOnLease = 0x0a;
+/** Most lease ids one expire command may carry (the leader proposes far fewer at a time). */
+export const leaseExpireIdsMax = 10_000;
+/** Where the state machine keeps leases and their keys: reserved like `sessionKeyPrefix` (see src/kv/leases.ts). */
+export const leaseKeyPrefix = "\u0000lease/";
+/** True for a key of the state machine's own (sessions, leases): clients can neither read, write nor list it. */
+export function isReservedKey(key: string): boolean {
+  return key.startsWith(sessionKeyPrefix) || key.startsWith(leaseKeyPrefix);
+}
 /** Milliseconds since the epoch and session limits are below 2^53: at most 8 LEB128 bytes each. */
 const stampVarintBytesMax = 8;
 /** The longest idempotency key, in UTF-8 bytes. */
@@ -80,6 +97,11 @@ export interface PutCommand {
   readonly value: Uint8Array;
   /** Apply only if the key's version is this (0: only if absent); otherwise nothing changes. */
   readonly ifVersion?: number;
+  /**
+   * Attach the key to this lease (its id); a put without one detaches the key from any lease. An
+   * unknown lease at apply time writes nothing (see src/kv/leases.ts).
+   */
+  readonly lease?: number;
 }
 
 /** Remove `key` (a no-op on the data when absent, but still a versioned write). */
@@ -103,8 +125,95 @@ export interface TxnCommand extends TxnRequest {
   readonly stamp?: IdempotencyStamp;
 }
 
-/** A state-machine command: what a normal, non-empty Raft entry carries. */
+/** A state-machine command: what a normal, non-empty Raft entry carries (or a `LeaseCommand`). */
 export type Command = PutCommand | DeleteCommand | TxnCommand;
+
+/** A lease with a time to live; its id is the index of the entry that grants it. */
+export interface LeaseGrantCommand {
+  readonly op: "lease-grant";
+  readonly ttlMs: number;
+}
+
+/** Ends a lease now: its keys are deleted at this entry's version. */
+export interface LeaseRevokeCommand {
+  readonly op: "lease-revoke";
+  readonly id: number;
+}
+
+/** The leader saw these leases run out: each still there ends, its keys deleted at this entry's version. */
+export interface LeaseExpireCommand {
+  readonly op: "lease-expire";
+  readonly ids: readonly number[];
+}
+
+/** The lease commands: entry data whose op byte is 0x07-0x09 (`isLeaseCommandData`). */
+export type LeaseCommand = LeaseGrantCommand | LeaseRevokeCommand | LeaseExpireCommand;
+
+/** True when entry data carries a `LeaseCommand` (decode it with `decodeLeaseCommand`, not `decodeCommand`). */
+export function isLeaseCommandData(data: Uint8Array): boolean {
+  const op = data[0];
+  return op === opLeaseGrant || op === opLeaseRevoke || op === opLeaseExpire;
+}
+
+/** Lease ids are entry indexes and TTLs are milliseconds: both positive and below 2^53. */
+function checkLeaseNumber(value: number, what: string): void {
+  if (!Number.isSafeInteger(value) || value < 1) throw new CommandCodecError(`${what} ${value} is not a positive whole number`);
+}
+
+/** Encodes a lease command; throws `CommandCodecError` for a number out of range or a bad id count. */
+export function encodeLeaseCommand(command: LeaseCommand): Uint8Array {
+  let numbers: number[];
+  let op: number;
+  switch (command.op) {
+    case "lease-grant":
+      checkLeaseNumber(command.ttlMs, "encode: ttl");
+      [op, numbers] = [opLeaseGrant, [command.ttlMs]];
+      break;
+    case "lease-revoke":
+      checkLeaseNumber(command.id, "encode: lease id");
+      [op, numbers] = [opLeaseRevoke, [command.id]];
+      break;
+    case "lease-expire":
+      if (command.ids.length < 1 || command.ids.length > leaseExpireIdsMax) {
+        throw new CommandCodecError(`encode: an expire carries 1 to ${leaseExpireIdsMax} lease ids, not ${command.ids.length}`);
+      }
+      for (const id of command.ids) checkLeaseNumber(id, "encode: lease id");
+      [op, numbers] = [opLeaseExpire, [command.ids.length, ...command.ids]];
+      break;
+    default:
+      command satisfies never;
+      throw new CommandCodecError(`encode: unknown lease op ${JSON.stringify((command as { op: unknown }).op)}`);
+  }
+  const out = new Uint8Array(1 + numbers.reduce((sum, value) => sum + varintByteLength(value), 0));
+  out[0] = op;
+  let offset = 1;
+  for (const value of numbers) offset = writeVarint(out, offset, value);
+  return out;
+}
+
+/** Decodes entry data that `isLeaseCommandData` accepts, strictly (as `decodeCommand`); throws `CommandCodecError`. */
+export function decodeLeaseCommand(data: Uint8Array): LeaseCommand {
+  const op = data[0];
+  let offset = 1;
+  const next = (what: string): number => {
+    const read = readVarint(data, offset, versionVarintBytesMax, what);
+    if (!Number.isSafeInteger(read.value) || read.value < 1) throw new CommandCodecError(`decode: ${what} ${read.value} is not a positive safe integer`);
+    offset = read.next;
+    return read.value;
+  };
+  let command: LeaseCommand;
+  if (op === opLeaseGrant) command = { op: "lease-grant", ttlMs: next("ttl") };
+  else if (op === opLeaseRevoke) command = { op: "lease-revoke", id: next("lease id") };
+  else if (op === opLeaseExpire) {
+    const count = next("lease id count");
+    if (count > leaseExpireIdsMax) throw new CommandCodecError(`decode: ${count} lease ids exceed ${leaseExpireIdsMax}`);
+    const ids: number[] = [];
+    for (let i = 0; i < count; i++) ids.push(next("lease id"));
+    command = { op: "lease-expire", ids };
+  } else throw new CommandCodecError(`decode: op byte 0x${(op ?? 0).toString(16).padStart(2, "0")} is not a lease command`);
+  if (offset !== data.byteLength) throw new CommandCodecError(`decode: ${data.byteLength - offset} trailing bytes after a lease command`);
+  return command;
+}
 
 /** Thrown when a command cannot be encoded (invalid key) or entry data does not decode. */
 export class CommandCodecError extends Error {
@@ -158,6 +267,16 @@ export function encodeCommand(command: Command): Uint8Array {
       out.set(part, offset);
       offset += part.byteLength;
     }
+    return out;
+  }
+  if (command.op === "put" && command.lease !== undefined) {
+    const { lease, ...plain } = command;
+    checkLeaseNumber(lease, "encode: lease id");
+    const inner = encodeCommand(plain);
+    const out = new Uint8Array(1 + varintByteLength(lease) + inner.byteLength);
+    out[0] = opPutOnLease;
+    const offset = writeVarint(out, 1, lease);
+    out.set(inner, offset);
     return out;
   }
   if (!command.key.isWellFormed()) throw new CommandCodecError("encode: key holds a lone UTF-16 surrogate");
@@ -226,6 +345,13 @@ export function decodeCommand(data: Uint8Array): Command {
     if (inner[0] === opIdempotent || inner[0] === opIdempotentStamped) throw new CommandCodecError("decode: nested idempotent command");
     if (inner[0] === opTxn && stamp === undefined) throw new CommandCodecError("decode: a transaction in the 0.1.0 idempotent encoding");
     return { ...decodeCommand(inner), idempotencyKey, ...(stamp === undefined ? {} : { stamp }) };
+  }
+  if (data[0] === opPutOnLease) {
+    const lease = readVarint(data, 1, versionVarintBytesMax, "lease id");
+    if (!Number.isSafeInteger(lease.value) || lease.value < 1) throw new CommandCodecError(`decode: lease id ${lease.value} is not a positive safe integer`);
+    const inner = data.subarray(lease.next);
+    if (inner[0] !== opPut && inner[0] !== opPutIfVersion) throw new CommandCodecError("decode: a put on a lease must wrap a put");
+    return { ...(decodeCommand(inner) as PutCommand), lease: lease.value };
   }
   const op = data[0] as number;
   if (op === opTxn) return { op: "txn", ...decodeTxnBody(data, 1) };

@@ -19,7 +19,7 @@
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvTable } from "./apply-plan.ts";
-import { CommandCodecError, commandKeyBytesMax, readVarint, sessionKeyPrefix, varintByteLength, writeVarint } from "./command.ts";
+import { CommandCodecError, commandKeyBytesMax, isReservedKey, readVarint, varintByteLength, writeVarint } from "./command.ts";
 
 /** Comparisons and operations a transaction may hold, all lists together. */
 export const txnOperationsMax = 128;
@@ -92,7 +92,7 @@ export function checkTxnRequest(txn: TxnRequest): void {
   }
   for (const key of txnKeys(txn)) {
     if (key === "" || !key.isWellFormed()) throw new KvError("bad_request", "a key in a transaction must be a non-empty string of UTF-8 (no lone surrogate)");
-    if (key.startsWith(sessionKeyPrefix)) throw new KvError("bad_request", "keys starting with NUL + 'session/' are reserved");
+    if (isReservedKey(key)) throw new KvError("bad_request", "keys starting with NUL + 'session/' or NUL + 'lease/' are reserved");
   }
   for (const [name, branch] of [["success", txn.success], ["failure", txn.failure]] as const) {
     const written = new Set<string>();

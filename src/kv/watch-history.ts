@@ -34,11 +34,17 @@ export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undef
 }
 
 /**
- * Every change an applied entry made, all at its index: `changeOf`'s one, or a transaction's puts
- * and deletes of present keys, in the order of its operations. A transaction answered from its
- * session (a retry) changed nothing.
+ * Every change an applied entry made, all at its index, in order: `changeOf`'s one; a
+ * transaction's puts and deletes of present keys, in the order of its operations (a transaction
+ * answered from its session, a retry, changed nothing); or for a revoked or expired lease the
+ * deletes of its keys (reason `delete` for a revoke, `lease_expired` for an expiry).
  */
 export function changesOf(entry: Entry, result: ApplyResult): WatchChange[] {
+  if (result.kind === "lease-revoked" || result.kind === "lease-expired") {
+    assert(entry.index === result.index, `watch: result for ${result.index} paired with entry ${entry.index}`);
+    const reason: WatchReason = result.kind === "lease-expired" ? "lease_expired" : "delete";
+    return result.deletedKeys.map((key) => ({ kind: "delete", key, version: entry.index, reason }));
+  }
   if (result.kind !== "txn") {
     const change = changeOf(entry, result);
     return change === undefined ? [] : [change];

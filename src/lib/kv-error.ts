@@ -20,6 +20,7 @@ export type KvErrorCode =
   | "member_exists" // the node to add is already a member: nothing was proposed
   | "insufficient_storage" // the node's disk is full: nothing was written; retry later
   | "quota_exceeded" // the data kept is over --quota-bytes: puts are refused (reads and deletes are not)
+  | "lease_not_found" // the lease named does not exist (never granted, expired or revoked): nothing was written
   | "compacted"; // a watch's start is older than the change history this node keeps: re-read, then watch again
 
 export interface KvErrorDetails {

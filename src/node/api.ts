@@ -13,7 +13,34 @@ export interface WriteOptions {
    * what the first one answered; with another request it rejects with `idempotency_key_reused`.
    */
   readonly idempotencyKey?: string;
+  /**
+   * A put attaches its key to this lease (its id), a put without one detaches it. A lease that does
+   * not exist when the put applies rejects with `lease_not_found`, and nothing is written.
+   */
+  readonly lease?: number;
 }
+
+/** A lease as granted: its id (the index of its grant) and TTL; `raisedFromMs` when the TTL asked for was raised to the minimum. */
+export interface LeaseGrant {
+  readonly id: number;
+  readonly ttlMs: number;
+  readonly raisedFromMs?: number;
+}
+
+/** A lease as the leader sees it: its countdown and the keys attached to it. */
+export interface LeaseInfo {
+  readonly id: number;
+  readonly ttlMs: number;
+  /** What is left of the leader's countdown. */
+  readonly remainingMs: number;
+  /** The keys attached, in UTF-8 byte order, at most `leaseInfoKeysMax`. */
+  readonly keys: readonly string[];
+  /** More keys are attached than `keys` lists. */
+  readonly keysTruncated: boolean;
+}
+
+/** Most keys `leaseInfo` lists. */
+export const leaseInfoKeysMax = 1_000;
 
 /**
  * How a read is served: `linearizable` confirms leadership by ReadIndex (a heartbeat round);
@@ -128,6 +155,18 @@ export interface KvNodeApi {
    * in the reserved session space, `overloaded` past the watchers allowed at once.
    */
   watch?(filter: WatchFilter, start: WatchStart): Promise<WatchSubscription>;
+  /**
+   * Leases (src/kv/leases.ts, src/node/leases.ts), on the leader (`not_leader` elsewhere):
+   * `grantLease` through the log, its TTL raised to the minimum the node allows; `keepAliveLease`
+   * restarts the leader's countdown (not through the log); `revokeLease` through the log, deleting
+   * its keys at one version. Each rejects with `lease_not_found` for a lease that does not exist.
+   */
+  grantLease?(ttlMs: number): Promise<LeaseGrant>;
+  keepAliveLease?(id: number): Promise<{ id: number; ttlMs: number }>;
+  leaseInfo?(id: number): Promise<LeaseInfo>;
+  revokeLease?(id: number): Promise<{ id: number; version: number; deletedKeys: number }>;
+  /** Leases in this node's applied state, and leases whose expiry applied here since it started. */
+  leaseStats?(): { leases: number; expiredTotal: number };
   /**
    * A consistent image of the state machine for a backup (`GET /snapshot`), opened after a
    * linearizable read: it holds every write acknowledged before the call, at one applied index. It

@@ -9,14 +9,28 @@ import { waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToIns
 import {
   encodeCommand,
   idempotencyKeyBytesMax,
-  sessionKeyPrefix,
+  isReservedKey,
   type Command,
 } from "../kv/command.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import { checkTxnRequest, type TxnAnswer, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
-import type { KvNodeApi, KvValue, MembersView, NodeStatus, ReadConsistency, SnapshotImage, WatchFilter, WatchStart, WatchSubscription, WriteOptions } from "./api.ts";
+import type {
+  KvNodeApi,
+  KvValue,
+  LeaseGrant,
+  LeaseInfo,
+  MembersView,
+  NodeStatus,
+  ReadConsistency,
+  SnapshotImage,
+  WatchFilter,
+  WatchStart,
+  WatchSubscription,
+  WriteOptions,
+} from "./api.ts";
+import { checkLeaseId, leaseNotFound, leaseTtlMsMin, NodeLeases } from "./leases.ts";
 import { NodeMembership } from "./membership.ts";
 import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
@@ -49,10 +63,11 @@ function writeConditions(options: WriteOptions): { ifVersion?: number; idempoten
   };
 }
 
-/** Keys under the state machine's session prefix are its own: clients can neither read nor write them. */
+/** Keys under the state machine's session and lease prefixes are its own: clients can neither read nor write them. */
 function checkClientKey(key: string): void {
-  if (key.startsWith(sessionKeyPrefix)) throw new KvError("bad_request", "keys starting with NUL + 'session/' are reserved");
+  if (isReservedKey(key)) throw new KvError("bad_request", "keys starting with NUL + 'session/' or NUL + 'lease/' are reserved");
 }
+
 
 /** The error an idempotent write gets when its key's session was made by another request. */
 function idempotencyKeyReused(idempotencyKey: string | undefined): KvError {
@@ -233,6 +248,8 @@ export class KvNode implements KvNodeApi {
   private readonly idempotencySessionsMax: number;
   /** Watch streams and the change history, fed after each apply (src/node/watch.ts). */
   private readonly watches: NodeWatch;
+  /** Leases: the client calls, and the leader's countdowns and expiries (src/node/leases.ts). */
+  private readonly leases: NodeLeases;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -297,6 +314,21 @@ export class KvNode implements KvNodeApi {
     this.measureData();
     // The history starts at what is applied now: what came before (another run) is not known here.
     this.watches = new NodeWatch({ ...defaultWatch, ...cfg.watch }, cfg.clock, cfg.storage.appliedIndex());
+    this.leases = new NodeLeases({
+      storage: cfg.storage,
+      clock: cfg.clock,
+      ttlMsMin: leaseTtlMsMin(cfg.electionTicks, cfg.tickMs),
+      coreStatus: () => this.raw.basicStatus(),
+      refuseUnlessRunning: () => this.refuseUnlessRunning(),
+      refuseWhenFull: () => this.refuseWhenFull(),
+      notLeader: () => this.notLeader(),
+      readBarrier: () => this.readBarrier("lease"),
+      propose: (data) => {
+        const applied = this.proposals.enqueue(data, this.deadline());
+        this.scheduleTurn();
+        return applied;
+      },
+    });
   }
 
   /** Sets the advertised client URL once the HTTP port is known (port 0 listens). */
@@ -346,7 +378,10 @@ export class KvNode implements KvNodeApi {
 
   put(key: string, value: Uint8Array, options: WriteOptions = {}): Promise<{ version: number }> {
     const condition = writeConditions(options);
-    return this.write({ op: "put", key, value, ...condition }).then((result) => {
+    const lease = options.lease;
+    if (lease !== undefined) checkLeaseId(lease);
+    return this.write({ op: "put", key, value, ...condition, ...(lease === undefined ? {} : { lease }) }).then((result) => {
+      if (result.kind === "lease-not-found") throw leaseNotFound(lease ?? 0);
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "put", `put applied as ${result.kind}`);
@@ -394,6 +429,8 @@ export class KvNode implements KvNodeApi {
   }
 
   async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency): Promise<(KvValue & { key: string })[]> {
+    // A reserved prefix would list the state machine's own rows (storage lists them for the node's lease scans).
+    checkClientKey(prefix);
     await this.readBarrier(consistency);
     return this.cfg.storage.list(prefix, after, limit);
   }
@@ -477,6 +514,28 @@ export class KvNode implements KvNodeApi {
       ? "puts are refused with quota_exceeded; reads and deletes go on (delete keys, or raise --quota-bytes and restart)"
       : "the data is back under the quota: puts are taken again";
     this.cfg.log?.(this.quotaExceededLogged ? "quota exceeded" : "quota ok", { dataBytes: this.dataBytesMeasured, quotaBytes, detail });
+  }
+
+  // ---- Leases (src/node/leases.ts) -----------------------------------------------------------
+
+  grantLease(ttlMs: number): Promise<LeaseGrant> {
+    return this.leases.grant(ttlMs);
+  }
+
+  keepAliveLease(id: number): Promise<{ id: number; ttlMs: number }> {
+    return this.leases.keepAlive(id);
+  }
+
+  leaseInfo(id: number): Promise<LeaseInfo> {
+    return this.leases.info(id);
+  }
+
+  revokeLease(id: number): Promise<{ id: number; version: number; deletedKeys: number }> {
+    return this.leases.revoke(id);
+  }
+
+  leaseStats(): { leases: number; expiredTotal: number } {
+    return this.leases.stats();
   }
 
   // ---- Membership ---------------------------------------------------------------------------
@@ -621,6 +680,7 @@ export class KvNode implements KvNodeApi {
     this.raw.tick();
     this.ticksAccounted++;
     this.expireWaiters();
+    this.leases.tick();
     this.membership.maybePromoteLearner();
     // A compaction under way goes on while no entries are applied.
     if (this.compactTarget > this.cfg.storage.snapshot().index) {
@@ -794,6 +854,7 @@ export class KvNode implements KvNodeApi {
         this.watches.applied(ready.committedEntries, results);
         results.forEach((result, i) => {
           const entry = ready.committedEntries[i]!;
+          this.leases.applied(result);
           this.membership.entryApplied(entry);
           if (result.kind === "conf-change") this.membership.changeApplied(result, entry.term);
           else this.proposals.settle(result, entry.term);
@@ -820,6 +881,7 @@ export class KvNode implements KvNodeApi {
         this.proposals.leadershipLost();
         this.membership.leadershipLost();
       }
+      this.leases.roleChanged(ready.softState.role, this.raw.basicStatus().term);
     }
     this.raw.advance(ready, false);
     if (ready.committedEntries.length > 0) this.compactStep();

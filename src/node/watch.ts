@@ -1,7 +1,7 @@
 import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { KvError } from "../lib/kv-error.ts";
-import { sessionKeyPrefix } from "../kv/command.ts";
+import { isReservedKey } from "../kv/command.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import { changeBytes, changesOf, type WatchChange, WatchHistory } from "../kv/watch-history.ts";
 import type { Entry } from "../raft/types.ts";
@@ -253,12 +253,12 @@ export class NodeWatch {
   }
 }
 
-/** The keys a filter selects; keys in the state machine's session space never. */
+/** The keys a filter selects; keys in the state machine's own space (sessions, leases) never. */
 function matcherFor(filter: WatchFilter): (key: string) => boolean {
   if ("key" in filter) {
     const wanted = filter.key;
     return (key) => key === wanted;
   }
   const prefix = filter.prefix;
-  return (key) => key.startsWith(prefix) && !key.startsWith(sessionKeyPrefix);
+  return (key) => key.startsWith(prefix) && !isReservedKey(key);
 }

@@ -1,7 +1,7 @@
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyResult, executeWrite, isWriteStep, type KvTable, planApply, resultFor, sessionClockKey, startSessionClock } from "../kv/apply-plan.ts";
-import { sessionKeyPrefix } from "../kv/command.ts";
+import { type ApplyResult, executeStep, type KvTable, planApply, sessionClockKey, startSessionClock } from "../kv/apply-plan.ts";
+import { isReservedKey, sessionKeyPrefix } from "../kv/command.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import {
   type ImageRow,
@@ -67,7 +67,7 @@ export class MemoryKvStorage implements KvStorage {
    * insertion order, and a put's version is the index being applied, above every one there.
    */
   private sessionOrder = new Set<string>();
-  /** The kv map as `executeWrite` sees it. */
+  /** The kv map as `executeStep` sees it. */
   private readonly kvTable: KvTable = {
     get: (key) => this.values.get(key),
     put: (key, value, version) => {
@@ -90,6 +90,13 @@ export class MemoryKvStorage implements KvStorage {
       }
       return rows;
     },
+    // A scan of every key: the in-memory twin holds what tests hold.
+    range: (prefix, after, limit) =>
+      [...this.values.keys()]
+        .filter((key) => key.startsWith(prefix) && compareUtf8(key, after) > 0)
+        .sort(compareUtf8)
+        .slice(0, limit)
+        .map((key) => ({ key, ...(this.values.get(key) as StoredValue) })),
   };
   private applied = 0;
   private staged = new Map<string, StoredValue>();
@@ -213,10 +220,8 @@ export class MemoryKvStorage implements KvStorage {
     const results: ApplyResult[] = [];
     let membership = this.membership();
     for (const step of plan.steps) {
-      let deleted = false;
       if (step.kind === "conf-change") membership = membershipAfter(membership, step.change, step.index);
-      if (isWriteStep(step)) results.push(executeWrite(step, this.kvTable));
-      else results.push(resultFor(step, deleted));
+      results.push(executeStep(step, this.kvTable));
     }
     // The configuration moves with the applied index, atomically (as sqlite's one transaction).
     this.voters = membership.voters;
@@ -253,7 +258,8 @@ export class MemoryKvStorage implements KvStorage {
   list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
     this.assertOpen();
     const keys = [...this.values.keys()]
-      .filter((key) => key.startsWith(prefix) && !key.startsWith(sessionKeyPrefix) && (after === undefined || compareUtf8(key, after) > 0))
+      // The state machine's own rows are listed only when asked for by their prefix (the node's lease scans).
+      .filter((key) => key.startsWith(prefix) && (!isReservedKey(key) || isReservedKey(prefix)) && (after === undefined || compareUtf8(key, after) > 0))
       .sort(compareUtf8)
       .slice(0, limit);
     return keys.map((key) => ({ key, ...(this.values.get(key) as StoredValue) }));

@@ -3,8 +3,8 @@ import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, statSy
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
-import { type ApplyResult, type ApplyStep, executeWrite, isWriteStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
-import { sessionKeyPrefix } from "../kv/command.ts";
+import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
+import { isReservedKey } from "../kv/command.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
@@ -362,6 +362,21 @@ function migrate(db: Database, file: string): void {
   }).immediate();
 }
 
+/**
+ * The first string past every key that starts with `prefix`, in UTF-8 byte order: the prefix with
+ * its last character incremented. Only for the state machine's own prefixes, which end in ASCII.
+ */
+function prefixEnd(prefix: string): string {
+  const last = prefix.charCodeAt(prefix.length - 1);
+  assert(last >= 0 && last < 0x7f, `prefix ${JSON.stringify(prefix)} must end in ASCII`);
+  return prefix.slice(0, -1) + String.fromCharCode(last + 1);
+}
+
+/** The larger of two keys in UTF-8 byte order (where `range` starts: after both). */
+function maxKey(a: string, b: string): string {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b)) >= 0 ? a : b;
+}
+
 /** How many session rows the kv table holds (through the partial index). */
 function countSessionRows(db: Database): number {
   return db.query<{ n: number }, []>(`SELECT COUNT(*) AS n FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere}`).get()?.n ?? 0;
@@ -378,6 +393,8 @@ function rawKvTable(db: Database): KvTable {
     delete: (key) => db.query("DELETE FROM kv WHERE key = ?").run(key).changes > 0,
     oldestSessions: (limit) =>
       db.query<ImageRowRow, [number]>(`SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`).all(limit),
+    range: (prefix, after, limit) =>
+      db.query<ImageRowRow, [string, string, number]>("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?").all(maxKey(after, prefix), prefixEnd(prefix), limit),
   };
 }
 
@@ -424,7 +441,8 @@ export class SqliteStorage implements KvStorage {
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
   private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
-  /** The kv table as `executeWrite` sees it, through the prepared statements. */
+  private readonly selectPrefixRange: Statement<ImageRowRow, [string, string, number]>;
+  /** The kv table as `executeStep` sees it, through the prepared statements. */
   private readonly kvTable: KvTable;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
   private readonly deleteValue: Statement<unknown, [string]>;
@@ -509,6 +527,7 @@ export class SqliteStorage implements KvStorage {
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
+    this.selectPrefixRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
     this.selectOldestSessions = db.prepare(
       `SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`,
@@ -518,6 +537,8 @@ export class SqliteStorage implements KvStorage {
       put: (key, value, version) => void this.upsertValue.run(key, value, version),
       delete: (key) => this.deleteValue.run(key).changes > 0,
       oldestSessions: (limit) => this.selectOldestSessions.all(limit),
+      // Bounded above by the first key past the prefix: a page reads no row outside it.
+      range: (prefix, after, limit) => this.selectPrefixRange.all(maxKey(after, prefix), prefixEnd(prefix), limit),
     };
     this.upsertValue = db.prepare(
       "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
@@ -785,10 +806,7 @@ export class SqliteStorage implements KvStorage {
     // The configuration as of the new applied index commits with it (or not at all).
     if (membership !== undefined) this.writeMembership(membership);
     const results: ApplyResult[] = [];
-    for (const step of steps) {
-      if (isWriteStep(step)) results.push(executeWrite(step, this.kvTable));
-      else results.push(resultFor(step, false));
-    }
+    for (const step of steps) results.push(executeStep(step, this.kvTable));
     this.updateApplied.run(appliedIndex);
     return results;
   }
@@ -829,7 +847,8 @@ export class SqliteStorage implements KvStorage {
       const rows = this.selectRange.all(from, prefix, Math.min(limit - items.length, 1_000) + 1);
       for (const row of rows) {
         if (!row.key.startsWith(prefix) || items.length >= limit) return items;
-        if (row.key.startsWith(sessionKeyPrefix)) continue; // the state machine's own: never listed
+        // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
+        if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
         items.push({ key: row.key, value: row.value, version: row.version });
       }
       if (rows.length === 0) return items;

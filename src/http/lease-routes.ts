@@ -1,0 +1,96 @@
+/**
+ * The lease routes of the client API (src/kv/leases.ts, src/node/leases.ts), all served by the
+ * leader (a follower answers 307 to it, as for writes):
+ * - `POST /leases` JSON `{"ttlMs": N}` → `{"id": "<decimal>", "ttlMs": N}` (plus `"raisedFromMs"`
+ *   when N was below the minimum, twice the longest election timeout, and was raised to it).
+ * - `POST /leases/{id}/keepalive` → `{"id", "ttlMs"}`: the leader's countdown restarts.
+ * - `GET /leases/{id}` → `{"id", "ttlMs", "remainingMs", "keys", "keysTruncated"}`.
+ * - `DELETE /leases/{id}` → `{"id", "version", "deletedKeys"}`: revoked, its keys deleted at `version`.
+ * A lease that does not exist (expired, revoked, never granted) is 404 `lease_not_found`; bad input 400.
+ * Ids are decimal strings in JSON: they are Raft indexes, below 2^53, but clients in other
+ * languages need not hold them as floats.
+ */
+import { Elysia } from "elysia";
+import { leaseTtlMsMax } from "../kv/leases.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { KvNodeApi } from "../node/api.ts";
+import { errorResponse, jsonResponse } from "./http-error.ts";
+import { rawTarget } from "./raw-target.ts";
+import { readBodyBytesMax } from "./read-body.ts";
+
+/** A grant's body is a few bytes of JSON. */
+const LEASE_BODY_BYTES_MAX = 4 * 1024;
+
+/** The routes as an Elysia plugin: `app.use(createLeaseRoutes(node))`; a body must arrive within `bodyReadTimeoutMs`. */
+export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
+  const handle = async (request: Request): Promise<Response> => {
+    const { path } = rawTarget(request.url);
+    const parts = path.split("/").filter((part) => part !== ""); // ["leases", id?, "keepalive"?]
+    const method = request.method;
+    if (parts.length === 1) {
+      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /leases`);
+      const ttlMs = parseGrantBody(await readBodyBytesMax(request, LEASE_BODY_BYTES_MAX, bodyReadTimeoutMs));
+      const grant = await required(node.grantLease?.bind(node))(ttlMs);
+      return jsonResponse({ id: String(grant.id), ttlMs: grant.ttlMs, ...(grant.raisedFromMs === undefined ? {} : { raisedFromMs: grant.raisedFromMs }) }, 200);
+    }
+    const id = parseLeaseId(parts[1] ?? "");
+    if (parts.length === 2) {
+      if (method === "GET" || method === "HEAD") {
+        const info = await required(node.leaseInfo?.bind(node))(id);
+        const response = jsonResponse({ ...info, id: String(info.id) }, 200);
+        return method === "HEAD" ? new Response(null, response) : response;
+      }
+      if (method === "DELETE") {
+        const revoked = await required(node.revokeLease?.bind(node))(id);
+        return jsonResponse({ ...revoked, id: String(revoked.id) }, 200);
+      }
+      throw new KvError("method_not_allowed", `${method} is not allowed on /leases/{id}`);
+    }
+    if (parts.length === 3 && parts[2] === "keepalive") {
+      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /leases/{id}/keepalive`);
+      const kept = await required(node.keepAliveLease?.bind(node))(id);
+      return jsonResponse({ id: String(kept.id), ttlMs: kept.ttlMs }, 200);
+    }
+    throw new KvError("not_found", `no route for ${method} ${path}`);
+  };
+  const allowFor = (path: string) => (path === "/leases" ? "POST" : path.endsWith("/keepalive") ? "POST" : "GET, HEAD, DELETE");
+  const route = async ({ request }: { request: Request }): Promise<Response> => {
+    try {
+      return await handle(request);
+    } catch (error) {
+      return errorResponse(error, request, { allow: allowFor(rawTarget(request.url).path) });
+    }
+  };
+  return new Elysia({ name: "kv-leases" }).all("/leases", route, { parse: "none" }).all("/leases/*", route, { parse: "none" });
+}
+
+function required<T>(method: T | undefined): T {
+  if (method === undefined) throw new KvError("not_found", "this node does not serve leases");
+  return method;
+}
+
+const leaseIdPattern = /^[1-9][0-9]{0,15}$/;
+
+/** A lease id as clients send it: a positive decimal integer below 2^53. */
+export function parseLeaseId(text: string): number {
+  const id = Number(text);
+  if (!leaseIdPattern.test(text) || !Number.isSafeInteger(id)) {
+    throw new KvError("bad_request", `a lease id is a positive whole number, got '${text.slice(0, 32)}'`);
+  }
+  return id;
+}
+
+function parseGrantBody(bytes: Uint8Array): number {
+  let body: unknown;
+  try {
+    body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    throw new KvError("bad_request", 'the body must be JSON {"ttlMs": N}');
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw new KvError("bad_request", 'the body must be a JSON object {"ttlMs": N}');
+  const { ttlMs } = body as Record<string, unknown>;
+  if (typeof ttlMs !== "number" || !Number.isSafeInteger(ttlMs) || ttlMs < 1 || ttlMs > leaseTtlMsMax) {
+    throw new KvError("bad_request", `'ttlMs' must be a whole number of milliseconds from 1 to ${leaseTtlMsMax}, got ${JSON.stringify(ttlMs) ?? "nothing"}`);
+  }
+  return ttlMs;
+}

@@ -1,0 +1,403 @@
+/**
+ * The leader's side of leases: one countdown per lease, by the node's monotonic clock, and the
+ * expiries it proposes when they run out. The leases themselves are in the replicated state
+ * machine (src/kv/leases.ts); followers keep no countdown.
+ *
+ * A node that becomes leader restarts every lease's countdown at its full TTL, as etcd does: a
+ * failover can make a lease last longer, never shorter (the old leader's countdowns are not known
+ * here, and counting from less would end a lease its holder kept alive). A keepalive resets the
+ * countdown in memory only, without going through the log.
+ */
+import { assert } from "../lib/assert.ts";
+import type { Clock } from "../lib/clock.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import { encodeLeaseCommand, leaseExpireIdsMax, type LeaseCommand } from "../kv/command.ts";
+import { leaseCountKey, leaseKeysPrefix, leaseRowKey, leaseRowsPrefix, leaseTtlMsMax, parseLeaseCount, parseLeaseRow } from "../kv/leases.ts";
+import type { Role } from "../raft/types.ts";
+import type { KvStorage } from "../storage/kv-storage.ts";
+import { type LeaseGrant, type LeaseInfo, leaseInfoKeysMax } from "./api.ts";
+
+/** How expiries are proposed: bounded batches, so thousands of leases running out at once do not stall the loop. */
+export interface LeaseExpiryLimits {
+  /** Lease ids in one expire command (one log entry). */
+  readonly idsPerCommandMax: number;
+  /**
+   * Expire commands proposed per tick. One: commands proposed together commit and apply together,
+   * and one Ready applying thousands of expiries (each deleting its keys) held a loaded node's loop
+   * long enough to lose its leadership; one per tick spreads them over Readies.
+   */
+  readonly commandsPerTickMax: number;
+  /** Expire commands proposed and not yet applied, at most: past it, leases wait for the next tick. */
+  readonly commandsInFlightMax: number;
+}
+
+/** The defaults: up to 25,000 lease expiries a second (10 ms ticks), at most 250 in one apply. */
+export const defaultLeaseExpiryLimits: LeaseExpiryLimits = {
+  idsPerCommandMax: 250,
+  commandsPerTickMax: 1,
+  commandsInFlightMax: 4,
+};
+
+interface Countdown {
+  readonly ttlMs: number;
+  deadlineMs: number;
+  /** An expire command naming it is proposed and not yet applied (or failed). */
+  expiring: boolean;
+}
+
+/**
+ * The leader's countdowns. Deadlines sit in a binary min-heap with lazy deletion: a keepalive
+ * pushes the new deadline and leaves the old one, which is dropped when it surfaces. Stale entries
+ * are bounded: when the heap holds more than twice the leases plus a slack, it is rebuilt.
+ */
+export class LeaseCountdowns {
+  private leading = false;
+  /** The term this node leads in (0 when it does not lead). */
+  private leaderTerm = 0;
+  private readonly countdowns = new Map<number, Countdown>();
+  private heap: { id: number; deadlineMs: number }[] = [];
+  private inFlight = 0;
+  /** Bumped whenever leadership starts or ends: an expiry's outcome from an earlier one is ignored. */
+  private term = 0;
+
+  constructor(private readonly limits: LeaseExpiryLimits = defaultLeaseExpiryLimits) {
+    assert(limits.idsPerCommandMax >= 1 && limits.idsPerCommandMax <= leaseExpireIdsMax, `idsPerCommandMax ${limits.idsPerCommandMax}`);
+    assert(limits.commandsInFlightMax >= 1 && limits.commandsPerTickMax >= 1, "lease expiry limits must be at least 1");
+  }
+
+  /** True while this node leads (and so counts down). */
+  isLeading(): boolean {
+    return this.leading;
+  }
+
+  /** True while this node leads in `term`: a leader of an earlier term must restart its countdowns (`becameLeader`). */
+  isLeadingIn(term: number): boolean {
+    return this.leading && this.leaderTerm === term;
+  }
+
+  /** Leases counted down now. */
+  size(): number {
+    return this.countdowns.size;
+  }
+
+  /**
+   * This node became leader in `term`: every lease in the applied state starts its countdown at its
+   * full TTL. (Its countdowns of an earlier term are stale: another leader may have taken keepalives
+   * in between.)
+   */
+  becameLeader(term: number, nowMs: number, leases: Iterable<{ id: number; ttlMs: number }>): void {
+    this.clear();
+    this.leading = true;
+    this.leaderTerm = term;
+    for (const lease of leases) this.start(lease.id, lease.ttlMs, nowMs);
+  }
+
+  /** This node stopped leading: it counts nothing down (the next leader restarts every countdown). */
+  stoppedLeading(): void {
+    this.clear();
+  }
+
+  /** A lease was granted (applied here): the leader counts it down from its full TTL. */
+  granted(id: number, ttlMs: number, nowMs: number): void {
+    if (this.leading) this.start(id, ttlMs, nowMs);
+  }
+
+  /** Leases ended (revoked or expired, applied here). */
+  ended(ids: readonly number[]): void {
+    for (const id of ids) this.countdowns.delete(id);
+  }
+
+  /**
+   * A keepalive for lease `id`, which exists in the applied state with `ttlMs`: its countdown
+   * restarts at the full TTL. False when its expiry is already proposed (it is as good as gone).
+   */
+  keepAlive(id: number, ttlMs: number, nowMs: number): boolean {
+    assert(this.leading, "keepalive on a node that does not lead");
+    const countdown = this.countdowns.get(id);
+    if (countdown?.expiring === true) return false;
+    this.start(id, ttlMs, nowMs);
+    return true;
+  }
+
+  /** Milliseconds left on lease `id`'s countdown (0 once its expiry is proposed); undefined when not counted here. */
+  remainingMs(id: number, nowMs: number): number | undefined {
+    const countdown = this.countdowns.get(id);
+    if (countdown === undefined) return undefined;
+    return countdown.expiring ? 0 : Math.max(0, Math.round(countdown.deadlineMs - nowMs));
+  }
+
+  /**
+   * The leases run out by `nowMs`, in batches of at most `idsPerCommandMax`, as many batches as
+   * the commands in flight allow; each batch is marked expiring and counts as in flight until
+   * `expirySettled` (applied) or `expiryFailed` (not proposed, or its outcome unknown).
+   */
+  due(nowMs: number): number[][] {
+    const batches: number[][] = [];
+    if (!this.leading) return batches;
+    let batch: number[] = [];
+    while (this.inFlight + batches.length < this.limits.commandsInFlightMax && batches.length < this.limits.commandsPerTickMax) {
+      const top = this.heap[0];
+      if (top === undefined || top.deadlineMs > nowMs) break;
+      this.pop();
+      const countdown = this.countdowns.get(top.id);
+      // A stale heap entry: the lease ended, or a keepalive moved its deadline (pushed anew).
+      if (countdown === undefined || countdown.expiring || countdown.deadlineMs !== top.deadlineMs) continue;
+      countdown.expiring = true;
+      batch.push(top.id);
+      if (batch.length >= this.limits.idsPerCommandMax) {
+        batches.push(batch);
+        batch = [];
+      }
+    }
+    if (batch.length > 0) batches.push(batch);
+    this.inFlight += batches.length;
+    return batches;
+  }
+
+  /** Which leadership `due` answered in: pass it back to `expirySettled` and `expiryFailed`. */
+  generation(): number {
+    return this.term;
+  }
+
+  /** An expire command applied: its leases that still existed ended (see `ended`). */
+  expirySettled(generation: number): void {
+    if (generation === this.term) this.inFlight = Math.max(0, this.inFlight - 1);
+  }
+
+  /** An expire command was refused or its outcome is unknown: its leases still counted here are due again now. */
+  expiryFailed(generation: number, ids: readonly number[], nowMs: number): void {
+    if (generation !== this.term || !this.leading) return;
+    this.inFlight = Math.max(0, this.inFlight - 1);
+    for (const id of ids) {
+      const countdown = this.countdowns.get(id);
+      if (countdown === undefined || !countdown.expiring) continue;
+      countdown.expiring = false;
+      countdown.deadlineMs = Math.min(countdown.deadlineMs, nowMs);
+      this.push(id, countdown.deadlineMs);
+    }
+  }
+
+  private start(id: number, ttlMs: number, nowMs: number): void {
+    const deadlineMs = nowMs + ttlMs;
+    this.countdowns.set(id, { ttlMs, deadlineMs, expiring: false });
+    this.push(id, deadlineMs);
+    if (this.heap.length > 2 * this.countdowns.size + 1024) this.rebuild();
+  }
+
+  private clear(): void {
+    this.term++;
+    this.leading = false;
+    this.leaderTerm = 0;
+    this.countdowns.clear();
+    this.heap = [];
+    this.inFlight = 0;
+  }
+
+  /** Drops every stale heap entry: one entry per lease counting down. */
+  private rebuild(): void {
+    this.heap = [];
+    for (const [id, countdown] of this.countdowns) if (!countdown.expiring) this.push(id, countdown.deadlineMs);
+  }
+
+  private push(id: number, deadlineMs: number): void {
+    const heap = this.heap;
+    heap.push({ id, deadlineMs });
+    let i = heap.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (heap[parent]!.deadlineMs <= heap[i]!.deadlineMs) break;
+      [heap[parent], heap[i]] = [heap[i]!, heap[parent]!];
+      i = parent;
+    }
+  }
+
+  private pop(): void {
+    const heap = this.heap;
+    const last = heap.pop();
+    if (last === undefined || heap.length === 0) return;
+    heap[0] = last;
+    let i = 0;
+    for (;;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let smallest = i;
+      if (left < heap.length && heap[left]!.deadlineMs < heap[smallest]!.deadlineMs) smallest = left;
+      if (right < heap.length && heap[right]!.deadlineMs < heap[smallest]!.deadlineMs) smallest = right;
+      if (smallest === i) return;
+      [heap[smallest], heap[i]] = [heap[i]!, heap[smallest]!];
+      i = smallest;
+    }
+  }
+}
+
+/** What `NodeLeases` needs from the node that hosts it (src/node/kv-node.ts). */
+export interface LeasesHost {
+  readonly storage: KvStorage;
+  readonly clock: Clock;
+  /** The shortest TTL a lease gets, in ms (see `leaseTtlMsMin`). */
+  readonly ttlMsMin: number;
+  /** The core's role and term now. */
+  coreStatus(): { role: Role; term: number };
+  /** Throws the error a request gets when the node cannot serve (stopped, full disk, removed). */
+  refuseUnlessRunning(): void;
+  /** Throws `overloaded` when too many requests wait. */
+  refuseWhenFull(): void;
+  notLeader(): KvError;
+  /** Resolves once what was committed when it was called is applied here (a lease read). */
+  readBarrier(): Promise<void>;
+  /** Queues entry data for the next turn's proposal; resolves with its apply result. */
+  propose(data: Uint8Array): Promise<ApplyResult>;
+}
+
+/**
+ * The shortest TTL a lease gets: twice the longest election timeout (randomized up to twice
+ * `electionTicks`), so a lease outlives the election that follows its leader's failure.
+ */
+export function leaseTtlMsMin(electionTicks: number, tickMs: number): number {
+  return 2 * (2 * electionTicks * tickMs);
+}
+
+/** The error for a lease that does not exist (never granted, expired or revoked). */
+export function leaseNotFound(id: number): KvError {
+  return new KvError("lease_not_found", `lease ${id} does not exist (it expired, was revoked, or was never granted): nothing was written`);
+}
+
+/** A lease id from a client: a positive whole number (the index of its grant). */
+export function checkLeaseId(id: number): void {
+  if (!Number.isSafeInteger(id) || id < 1) throw new KvError("bad_request", `a lease id is a positive whole number, got ${id}`);
+}
+
+/**
+ * A node's leases: the client calls (`KvNodeApi.grantLease` and the rest, on the leader), the
+ * countdowns following what applies, and the expiries proposed as they run out.
+ */
+export class NodeLeases {
+  private readonly countdowns = new LeaseCountdowns();
+  /** Leases whose expiry applied here since this node started. */
+  private expiredTotal = 0;
+
+  constructor(private readonly host: LeasesHost) {}
+
+  /** See `KvNodeApi.grantLease`: the grant goes through the log; the lease's id is its entry's index. */
+  async grant(ttlMs: number): Promise<LeaseGrant> {
+    if (!Number.isSafeInteger(ttlMs) || ttlMs < 1 || ttlMs > leaseTtlMsMax) {
+      throw new KvError("bad_request", `ttlMs must be a whole number of milliseconds from 1 to ${leaseTtlMsMax}, got ${ttlMs}`);
+    }
+    const granted = Math.max(ttlMs, this.host.ttlMsMin);
+    const result = await this.propose({ op: "lease-grant", ttlMs: granted });
+    assert(result.kind === "lease-granted", `lease grant applied as ${result.kind}`);
+    if (!result.granted) throw new KvError("overloaded", "the cluster holds as many leases as it allows: revoke some first", { retryAfterS: 1 });
+    return { id: result.id, ttlMs: result.ttlMs, ...(granted === ttlMs ? {} : { raisedFromMs: ttlMs }) };
+  }
+
+  /** See `KvNodeApi.keepAliveLease`: on the leader, once its applied state is current; not through the log. */
+  async keepAlive(id: number): Promise<{ id: number; ttlMs: number }> {
+    const ttlMs = await this.ttlOnLeader(id);
+    if (!this.countdowns.keepAlive(id, ttlMs, this.host.clock.nowMs())) throw leaseNotFound(id);
+    return { id, ttlMs };
+  }
+
+  /** See `KvNodeApi.leaseInfo`: the leader's countdown and the keys attached. */
+  async info(id: number): Promise<LeaseInfo> {
+    const ttlMs = await this.ttlOnLeader(id);
+    const prefix = leaseKeysPrefix(id);
+    const rows = this.host.storage.list(prefix, undefined, leaseInfoKeysMax + 1);
+    return {
+      id,
+      ttlMs,
+      remainingMs: this.countdowns.remainingMs(id, this.host.clock.nowMs()) ?? ttlMs,
+      keys: rows.slice(0, leaseInfoKeysMax).map((row) => row.key.slice(prefix.length)),
+      keysTruncated: rows.length > leaseInfoKeysMax,
+    };
+  }
+
+  /** See `KvNodeApi.revokeLease`: through the log; its keys are deleted at the revoke's version. */
+  async revoke(id: number): Promise<{ id: number; version: number; deletedKeys: number }> {
+    checkLeaseId(id);
+    const result = await this.propose({ op: "lease-revoke", id });
+    if (result.kind === "lease-not-found") throw leaseNotFound(id);
+    assert(result.kind === "lease-revoked", `lease revoke applied as ${result.kind}`);
+    return { id, version: result.index, deletedKeys: result.deletedKeys.length };
+  }
+
+  /** See `KvNodeApi.leaseStats`. */
+  stats(): { leases: number; expiredTotal: number } {
+    return { leases: parseLeaseCount(this.host.storage.get(leaseCountKey)?.value), expiredTotal: this.expiredTotal };
+  }
+
+  /** An entry applied here: the leader's countdowns follow grants, revokes and expiries. */
+  applied(result: ApplyResult): void {
+    switch (result.kind) {
+      case "lease-granted":
+        if (result.granted) this.countdowns.granted(result.id, result.ttlMs, this.host.clock.nowMs());
+        return;
+      case "lease-revoked":
+        this.countdowns.ended([result.id]);
+        return;
+      case "lease-expired":
+        this.countdowns.ended(result.ids);
+        this.expiredTotal += result.ids.length;
+        return;
+      default:
+        return;
+    }
+  }
+
+  /**
+   * The core's role changed (a Ready's soft state): a new leader restarts every lease's countdown
+   * at its full TTL; a node that stopped leading drops them.
+   */
+  roleChanged(role: Role, term: number): void {
+    if (role !== "leader") this.countdowns.stoppedLeading();
+    else if (!this.countdowns.isLeadingIn(term)) this.countdowns.becameLeader(term, this.host.clock.nowMs(), this.appliedLeases());
+  }
+
+  /** Each tick, on the leader: proposes the expiry of the leases run out, in bounded batches. */
+  tick(): void {
+    // Soft state reports role changes, not every term: a leader re-elected within one Ready is caught here.
+    const raft = this.host.coreStatus();
+    if ((raft.role === "leader") !== this.countdowns.isLeadingIn(raft.term)) this.roleChanged(raft.role, raft.term);
+    if (!this.countdowns.isLeading()) return;
+    const nowMs = this.host.clock.nowMs();
+    const generation = this.countdowns.generation();
+    for (const ids of this.countdowns.due(nowMs)) {
+      this.host.propose(encodeLeaseCommand({ op: "lease-expire", ids })).then(
+        () => this.countdowns.expirySettled(generation),
+        () => this.countdowns.expiryFailed(generation, ids, this.host.clock.nowMs()),
+      );
+    }
+  }
+
+  /** Lease `id`'s TTL, read on the leader once what it committed is applied; `not_leader` elsewhere, `lease_not_found`. */
+  private async ttlOnLeader(id: number): Promise<number> {
+    checkLeaseId(id);
+    this.host.refuseUnlessRunning();
+    if (this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    await this.host.readBarrier();
+    if (!this.countdowns.isLeadingIn(this.host.coreStatus().term) || this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    const row = this.host.storage.get(leaseRowKey(id));
+    if (row === undefined) throw leaseNotFound(id);
+    return parseLeaseRow(leaseRowKey(id), row.value).ttlMs;
+  }
+
+  /** Proposes a lease command on the leader; resolves with its apply result. */
+  private propose(command: LeaseCommand): Promise<ApplyResult> {
+    this.host.refuseUnlessRunning();
+    if (this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    this.host.refuseWhenFull();
+    return this.host.propose(encodeLeaseCommand(command));
+  }
+
+  /** Every lease in the applied state, a page at a time (a new leader starts their countdowns). */
+  private *appliedLeases(): Generator<{ id: number; ttlMs: number }> {
+    const pageRows = 1_000;
+    let after: string | undefined;
+    for (;;) {
+      const rows = this.host.storage.list(leaseRowsPrefix, after, pageRows);
+      for (const row of rows) yield parseLeaseRow(row.key, row.value);
+      if (rows.length < pageRows) return;
+      after = rows[rows.length - 1]!.key;
+    }
+  }
+}

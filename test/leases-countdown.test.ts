@@ -1,0 +1,83 @@
+// Proves the leader's lease countdowns (src/node/leases.ts): leases come due at their TTL from the last start or keepalive, in batches bounded per command, per tick and in flight; a failed expiry is due again, an expiring lease takes no keepalive, a follower counts nothing, and an outcome from an earlier leadership is ignored.
+import { describe, expect, test } from "bun:test";
+import { LeaseCountdowns } from "../src/node/leases.ts";
+
+describe("lease countdowns", () => {
+  test("a lease is due at its TTL from the last start or keepalive; ended leases never come due", () => {
+    const countdowns = new LeaseCountdowns();
+    countdowns.becameLeader(1, 0, [
+      { id: 1, ttlMs: 100 },
+      { id: 2, ttlMs: 300 },
+      { id: 3, ttlMs: 100 },
+    ]);
+    countdowns.granted(4, 50, 20);
+    expect(countdowns.due(69)).toEqual([]);
+    expect(countdowns.due(70)).toEqual([[4]]);
+    expect(countdowns.keepAlive(1, 100, 90)).toBe(true); // now due at 190
+    countdowns.ended([3]);
+    countdowns.expirySettled(countdowns.generation());
+    expect(countdowns.due(189)).toEqual([]);
+    expect(countdowns.remainingMs(1, 150)).toBe(40);
+    expect(countdowns.due(190)).toEqual([[1]]);
+    expect(countdowns.remainingMs(1, 190)).toBe(0); // expiring
+    expect(countdowns.keepAlive(1, 100, 191)).toBe(false);
+    expect(countdowns.due(1_000)).toEqual([[2]]);
+  });
+
+  test("many leases due at once come in batches: ids per command, commands per tick, commands in flight; a failed batch is due again", () => {
+    const countdowns = new LeaseCountdowns({ idsPerCommandMax: 3, commandsPerTickMax: 2, commandsInFlightMax: 3 });
+    countdowns.becameLeader(1, 0, Array.from({ length: 20 }, (_, i) => ({ id: i + 1, ttlMs: 10 })));
+    const generation = countdowns.generation();
+    const first = countdowns.due(10);
+    expect(first.map((batch) => batch.length)).toEqual([3, 3]);
+    const second = countdowns.due(20);
+    expect(second.map((batch) => batch.length)).toEqual([3]); // three in flight
+    expect(countdowns.due(30)).toEqual([]);
+    // The first batch applies; the second is refused: its leases are due again, none lost.
+    countdowns.ended(first[0]!);
+    countdowns.expirySettled(generation);
+    countdowns.expiryFailed(generation, second[0]!, 40);
+    const applied = [...first[0]!];
+    let inFlight = [first[1]!];
+    for (let now = 40; now < 200; now += 10) {
+      // Each tick: what was in flight applies, and new batches are proposed.
+      for (const batch of inFlight) {
+        countdowns.ended(batch);
+        countdowns.expirySettled(generation);
+        applied.push(...batch);
+      }
+      inFlight = countdowns.due(now);
+      expect(inFlight.length).toBeLessThanOrEqual(2);
+      for (const batch of inFlight) expect(batch.length).toBeLessThanOrEqual(3);
+    }
+    expect(applied.sort((a, b) => a - b)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+  });
+
+  test("a follower counts nothing; stepping down drops every countdown and ignores outcomes of the old leadership", () => {
+    const countdowns = new LeaseCountdowns();
+    countdowns.granted(1, 10, 0);
+    expect(countdowns.due(100)).toEqual([]);
+    countdowns.becameLeader(2, 0, [{ id: 1, ttlMs: 10 }]);
+    expect(countdowns.isLeadingIn(2)).toBe(true);
+    expect(countdowns.isLeadingIn(3)).toBe(false);
+    const old = countdowns.generation();
+    expect(countdowns.due(10)).toEqual([[1]]);
+    countdowns.stoppedLeading();
+    countdowns.expiryFailed(old, [1], 20);
+    expect(countdowns.size()).toBe(0);
+    // Leading again: the lease restarts at its full TTL, whatever the old leadership proposed.
+    countdowns.becameLeader(4, 100, [{ id: 1, ttlMs: 10 }]);
+    countdowns.expiryFailed(old, [1], 100);
+    expect(countdowns.due(109)).toEqual([]);
+    expect(countdowns.due(110)).toEqual([[1]]);
+  });
+
+  test("keepalives do not grow the heap without bound", () => {
+    const countdowns = new LeaseCountdowns();
+    countdowns.becameLeader(1, 0, [{ id: 1, ttlMs: 1_000 }]);
+    for (let i = 1; i <= 100_000; i++) countdowns.keepAlive(1, 1_000, i);
+    expect((countdowns as unknown as { heap: unknown[] }).heap.length).toBeLessThanOrEqual(2 + 1024 + 1);
+    expect(countdowns.due(100_999)).toEqual([]);
+    expect(countdowns.due(101_000)).toEqual([[1]]);
+  });
+});
