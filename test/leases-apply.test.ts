@@ -26,6 +26,8 @@ afterAll(() => {
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
 });
 
+import type { TxnOp } from "../src/kv/txn.ts";
+
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 
 function entry(index: number, command: Command | LeaseCommand): Entry {
@@ -170,6 +172,28 @@ describe.each(implementations)("%s leases", (_name, open) => {
       expect(changesOf(more[0]!, { kind: "lease-expired", index: 12, ids: [4], deletedKeys: ["moved"] })).toEqual([
         { kind: "delete", key: "moved", version: 12, reason: "lease_expired" },
       ]);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("a transaction's put or delete detaches the key: the lease's expiry later leaves it alone", () => {
+    const storage = open();
+    try {
+      const txn = (index: number, success: TxnOp[]) => entry(index, { op: "txn", compare: [], success, failure: [] });
+      const entries = [
+        grant(1, 5_000),
+        put(2, "overwritten", "on lease", 1),
+        put(3, "removed", "on lease", 1),
+        txn(4, [{ op: "put", key: "overwritten", value: bytes("by txn") }, { op: "delete", key: "removed" }]),
+        put(5, "removed", "again, no lease"),
+        expire(6, [1]),
+      ];
+      saveCommitted(storage, entries);
+      const results = storage.applyEntries(entries);
+      expect(results[5]).toEqual({ kind: "lease-expired", index: 6, ids: [1], deletedKeys: [] });
+      expect(storage.get("overwritten")).toEqual({ value: bytes("by txn"), version: 4 });
+      expect(storage.get("removed")?.version).toBe(5);
     } finally {
       storage.close();
     }
