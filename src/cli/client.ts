@@ -11,6 +11,7 @@ import {
   type ReadConsistency,
 } from "../client/index.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
+import { jsonValue } from "../lib/json-value.ts";
 
 /**
  * The client commands (`kv put|get|del|list|status|members`): talk to a cluster through the client
@@ -119,13 +120,6 @@ function checkKey(key: string): string {
 }
 
 /** A value as JSON: text when it is valid UTF-8, else {"base64": ...}. */
-function jsonValue(bytes: Uint8Array): string | { base64: string } {
-  try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    return { base64: Buffer.from(bytes).toString("base64") };
-  }
-}
 
 function print(conn: Connection, json: unknown, text: string): void {
   console.log(conn.json ? JSON.stringify(json) : text);

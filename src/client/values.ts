@@ -1,3 +1,5 @@
+import { jsonValue } from "../lib/json-value.ts";
+
 /**
  * Values on the wire. PUT and GET `/kv/{key}` carry a value's raw bytes; JSON answers (listings,
  * transactions) carry it as its UTF-8 text, or as `{"base64": ...}` when it is not valid UTF-8
@@ -22,7 +24,6 @@ export interface KvEntry {
 }
 
 const encoder = new TextEncoder();
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 const lenientUtf8 = new TextDecoder();
 
 /** The bytes of a value given as text or bytes. */
@@ -32,12 +33,7 @@ export function valueBytes(value: ValueInput): Uint8Array {
 
 /** A value as JSON: its text when it is valid UTF-8, else `{"base64": ...}` (as the server writes it). */
 export function toJsonValue(value: ValueInput): JsonValue {
-  if (typeof value === "string") return value;
-  try {
-    return strictUtf8.decode(value);
-  } catch {
-    return { base64: Buffer.from(value).toString("base64") };
-  }
+  return typeof value === "string" ? value : jsonValue(value);
 }
 
 /** The bytes of a JSON value; undefined when it is neither a string nor `{"base64": string}`. */

@@ -13,6 +13,7 @@ import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
 import { createTxnRoute } from "./txn-route.ts";
 import { createLeaseRoutes, parseLeaseId } from "./lease-routes.ts";
+import { jsonValue } from "../lib/json-value.ts";
 
 /** Limits of the client API. */
 export interface HttpAppOptions {
@@ -336,16 +337,6 @@ function parseLeaseOption(search: string): { lease?: number } {
 const LIST_LIMIT_DEFAULT = 100;
 const LIST_LIMIT_MAX = 1000;
 const LIST_ALLOW = "GET, HEAD";
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
-
-/** A value in JSON: its text when it is valid UTF-8, else `{"base64": ...}`. */
-function jsonValue(bytes: Uint8Array): string | { base64: string } {
-  try {
-    return strictUtf8.decode(bytes);
-  } catch {
-    return { base64: Buffer.from(bytes).toString("base64") };
-  }
-}
 
 /** The `consistency` query parameter: absent means linearizable; anything but the three names is a 400. */
 function parseConsistency(search: string): ReadConsistency {

@@ -25,6 +25,7 @@ import type { KvNodeApi } from "../node/api.ts";
 import { jsonResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
 import { readBodyBytesMax } from "./read-body.ts";
+import { jsonValue } from "../lib/json-value.ts";
 
 /** The limits a transaction's request is held to. */
 export interface TxnRouteLimits {
@@ -86,13 +87,6 @@ function resultJson(result: TxnOpResult) {
   }
 }
 
-function jsonValue(bytes: Uint8Array): string | { base64: string } {
-  try {
-    return utf8Decoder.decode(bytes);
-  } catch {
-    return { base64: Buffer.from(bytes).toString("base64") };
-  }
-}
 
 function bad(message: string): KvError {
   return new KvError("bad_request", message);
