@@ -70,6 +70,27 @@ describe("snapshots in the node loop", () => {
     expect(dec(storage.get("after-1")!.value)).toBe("after-value-1");
   });
 
+  test("a due compaction deletes at most compactStepEntries entries at a time, and goes on until it reaches its target", async () => {
+    const cluster = createMemoryCluster({ node: { requestTimeoutMs: 5_000, snapshotEntries: 40, snapshotCatchUpEntries: 2, compactStepEntries: 4 } });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leaderId = cluster.leader()!.status().id;
+    const storage = cluster.storages.get(leaderId)!;
+    const steps: number[] = [];
+    const compact = storage.compact.bind(storage);
+    storage.compact = (index: number) => {
+      steps.push(index - storage.snapshot().index);
+      compact(index);
+    };
+    await writeKeys(cluster as unknown as Cluster, "k", 60);
+    await cluster.until(() => {
+      const status = cluster.node(leaderId).status();
+      return status.appliedIndex - status.snapshotIndex < 40 && steps.length >= 10;
+    });
+    // One compaction of ~38 entries was due: it went in steps of at most 4.
+    expect(steps.length).toBeGreaterThanOrEqual(10);
+    expect(Math.max(...steps)).toBeLessThanOrEqual(4);
+  });
+
   test("a transfer cut midway fails, the leader is told, and a later transfer completes", async () => {
     let cutAtChunk: (() => void) | undefined;
     const cluster = createCluster((_id, chunk) => {

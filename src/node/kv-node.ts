@@ -119,6 +119,8 @@ export interface KvNodeConfig {
   readonly schedule?: (turn: () => void) => void;
   /** Compact the log once this many entries are applied past the last snapshot. Default 10 000. */
   readonly snapshotEntries?: number;
+  /** Entries one compaction step deletes at most (one step per apply or tick until done). Default 512. */
+  readonly compactStepEntries?: number;
   /**
    * Entries kept behind the applied index when compacting, so a follower slightly behind still
    * catches up from the log rather than by a snapshot. Below `snapshotEntries`. Default 1 000.
@@ -150,8 +152,8 @@ export const defaultQuotaBytes = 2 * 1024 ** 3;
  * it proposed to the last measurement, so a burst of writes cannot run far past the quota unseen.
  */
 const dataMeasureTicks = 10;
-/** Log entries one compaction deletes at most (see `maybeCompact`). */
-const compactStepEntries = 512;
+/** Log entries one compaction deletes at most, by default (see `maybeCompact`). */
+const compactStepEntriesDefault = 512;
 
 /**
  * Idempotent-write sessions: a leader stamps these on each idempotent write it proposes, and the
@@ -938,7 +940,7 @@ export class KvNode implements KvNodeApi {
 
   /**
    * Compacts once `snapshotEntries` are applied past the last snapshot, keeping
-   * `snapshotCatchUpEntries`, at most `compactStepEntries` entries per call: deleting thousands of
+   * `snapshotCatchUpEntries`, at most `compactStepEntries` (config) entries per call: deleting thousands of
    * large entries in one transaction held the loop's thread for 100-250 ms (16 KB values), and
    * the loop calls this after every apply and every tick until the target is reached.
    */
@@ -951,7 +953,7 @@ export class KvNode implements KvNodeApi {
     const dueByQuota = this.overQuota() && index > snapshotIndex;
     if (applied - snapshotIndex >= this.snapshotEntries || dueByQuota) this.compactTarget = Math.max(this.compactTarget, index);
     if (this.compactTarget <= snapshotIndex) return;
-    const step = Math.min(this.compactTarget, snapshotIndex + compactStepEntries);
+    const step = Math.min(this.compactTarget, snapshotIndex + (this.cfg.compactStepEntries ?? compactStepEntriesDefault));
     storage.compact(step);
     if (step >= this.compactTarget) this.cfg.log?.("log compacted", { index: step, applied });
     if (dueByQuota) this.measureData();

@@ -13,7 +13,7 @@ export const tickMs = 10;
 
 export interface MemoryClusterOptions {
   /** Node settings over the defaults below (electionTicks 10, heartbeatTicks 2, ...). */
-  readonly node?: Partial<Pick<KvNodeConfig, "requestTimeoutMs" | "pendingRequestsMax" | "snapshotEntries" | "snapshotCatchUpEntries" | "quotaBytes" | "watch">>;
+  readonly node?: Partial<Pick<KvNodeConfig, "requestTimeoutMs" | "pendingRequestsMax" | "snapshotEntries" | "snapshotCatchUpEntries" | "compactStepEntries" | "quotaBytes" | "watch">>;
   /** Snapshot chunk size of the memory network (small ones make a transfer take many deliveries). */
   readonly chunkBytesMax?: number;
   /** Sees every snapshot chunk a node receives, before the node does. */
