@@ -3,6 +3,7 @@ import type { Operation } from "../chaos/history.ts";
 import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
+import { fnv1aBasis, fnv1aMix } from "../lib/fnv1a.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
 import { KvNode } from "../node/kv-node.ts";
@@ -57,6 +58,8 @@ interface SimServer {
   readonly wallSkewMs: number;
   /** Incremented at each (re)start: timers of a dead process never fire for the next one. */
   incarnation: number;
+  /** When set, every fsync of this disk takes this long instead of a drawn latency (directed scenarios). */
+  fsyncMs: number | undefined;
 }
 
 /** Where the simulated wall clocks start (a fixed instant, so a seed replays). */
@@ -94,6 +97,13 @@ export class NodeSim {
   private readonly leaderOfTerm = new Map<number, NodeId>();
   /** index → `${term}:${data}` of the entry committed there, as first seen on any node. */
   private readonly committed = new Map<number, string>();
+  /**
+   * A running digest of the whole run: after every event, its time and every running node's role,
+   * term, commit, applied and last index. Two runs of one seed must end with the same (bit for bit).
+   */
+  private traceHash = fnv1aBasis;
+  /** Events run so far. */
+  eventsRun = 0;
   /** Things that happened, for proof the paths were exercised. */
   readonly stats = { crashes: 0, powerLosses: 0, stalls: 0, diskFullEpisodes: 0, partitions: 0, transfers: 0, snapshotsSent: 0, acknowledgedWrites: 0, fatal: 0 };
 
@@ -108,10 +118,16 @@ export class NodeSim {
     this.network.faults = opts.network;
     const voters = Array.from({ length: opts.nodeCount }, (_, i) => i + 1);
     for (const id of voters) {
-      const disk = new SimDisk(createMemoryKvStorage(), { fsync: (done) => this.at(this.diskPrng.intInclusive(opts.fsyncMsMin, opts.fsyncMsMax), done) });
+      // The latency is drawn even when overridden, so a directed scenario's other draws stay as they were.
+      const disk = new SimDisk(createMemoryKvStorage(), {
+        fsync: (done) => {
+          const drawnMs = this.diskPrng.intInclusive(opts.fsyncMsMin, opts.fsyncMsMax);
+          this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
+        },
+      });
       const clockRate = 1 - clockPrng.next() * opts.clockDriftMax;
       const wallSkewMs = clockPrng.intInclusive(-5_000, 5_000);
-      this.servers.set(id, { id, disk, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0 });
+      this.servers.set(id, { id, disk, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined });
     }
     for (const id of voters) this.start(id);
   }
@@ -291,6 +307,8 @@ export class NodeSim {
       this.nowMs = next.atMs;
       next.run();
       await this.settle();
+      this.eventsRun++;
+      this.traceHash = fnv1aMix(this.traceHash, `|${this.nowMs}`);
       this.checkSafety();
     }
     this.nowMs = Math.max(this.nowMs, untilMs);
@@ -361,6 +379,11 @@ export class NodeSim {
     return [...this.history, ...this.unknown.filter((op) => op.kind !== "get")].sort((a, b) => a.id - b.id);
   }
 
+  /** The run's trace digest so far (see `traceHash`), as 8 hex digits. */
+  traceDigest(): string {
+    return this.traceHash.toString(16).padStart(8, "0");
+  }
+
   leader(): NodeId | undefined {
     let best: { id: NodeId; term: number } | undefined;
     for (const server of this.servers.values()) {
@@ -378,6 +401,7 @@ export class NodeSim {
       const node = server.node;
       if (node === undefined) continue;
       const status = node.status();
+      this.traceHash = fnv1aMix(this.traceHash, `${server.id}${status.role}${status.term}.${status.commitIndex}.${status.appliedIndex}.${status.lastLogIndex}`);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
         if (other !== undefined && other !== server.id) throw new SimViolation(`election safety: nodes ${other} and ${server.id} both lead term ${status.term}`);
@@ -428,16 +452,17 @@ export class NodeSim {
     const images = [...this.servers.values()].map((s) => JSON.stringify(s.disk.contents().list("", undefined, 1_000_000).map((row) => [row.key, new TextDecoder().decode(row.value), row.version])));
     if (new Set(images).size !== 1) throw new SimViolation(`state machines differ after convergence\n${this.describe()}`);
     const leader = this.leader() as NodeId;
-    for (const key of keys) await this.awaitOperation(this.callOperation(0, leader, "get", key), 5_000);
+    for (const key of keys) await this.awaitAnswer(this.callOperation(0, leader, "get", key), 5_000);
     const result = checkLinearizable(this.closeHistory());
     if (!result.ok) throw new SimViolation(`not linearizable: ${JSON.stringify(result).slice(0, 2_000)}`);
   }
 
-  /** Runs the simulation until `operation` is answered. */
-  private async awaitOperation(operation: Promise<Operation>, budgetMs: number): Promise<void> {
-    let done = false;
-    void operation.then(() => (done = true));
-    if (!(await this.runUntilTrue(() => done, budgetMs))) throw new SimViolation(`a final read was not answered within ${budgetMs} ms`);
+  /** Runs the simulation until `operation` is answered (within `budgetMs` of simulated time), and returns its record. */
+  async awaitAnswer(operation: Promise<Operation>, budgetMs: number): Promise<Operation> {
+    let answer: Operation | undefined;
+    void operation.then((each) => (answer = each));
+    if (!(await this.runUntilTrue(() => answer !== undefined, budgetMs))) throw new SimViolation(`an operation was not answered within ${budgetMs} ms`);
+    return answer as Operation;
   }
 
   /** One line per node, for failure reports. */
