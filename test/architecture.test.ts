@@ -47,8 +47,9 @@ test("dependencies point downward only", () => {
     storage: ["lib", "raft", "kv"],
     transport: ["lib", "raft", "gen"],
     // The simulator drives the node loop itself (src/sim/node-sim.ts) over the storage's in-memory
-    // twin, and judges clients' answers with the linearizability checker kv chaos uses.
-    sim: ["lib", "raft", "kv", "node", "storage", "transport", "chaos"],
+    // twin, and judges clients' answers with the linearizability checker kv chaos uses. Its network
+    // runs the real transport's sender, peer service and reply slots (hence the generated types).
+    sim: ["lib", "raft", "kv", "node", "storage", "transport", "gen", "chaos"],
     node: ["lib", "raft", "kv", "storage", "transport"],
     // http checks requests against the command codec's limits (src/kv/command.ts), not storage.
     http: ["lib", "node", "raft", "kv"],

@@ -26,7 +26,7 @@ function quietSim(seed: number, options: Partial<NodeSimOptions> = {}): NodeSim 
     clockDriftMax: 0,
     fsyncMsMin: 1,
     fsyncMsMax: 2,
-    network: { lossRate: 0, delayMsMin: 1, delayMsMax: 2, duplicateRate: 0 },
+    network: { lossRate: 0, delayMsMin: 1, delayMsMax: 2 },
     ...options,
   });
 }
@@ -119,7 +119,7 @@ test("a follower's ack waits for its fsync, so its power loss before the fsync b
 
 test("a follower partitioned across a compaction catches up by a streamed snapshot, even after crashing mid-transfer", async () => {
   // Slower links, so a transfer of several chunks is still under way when the follower crashes.
-  const sim = quietSim(26, { snapshotEntries: 20, network: { lossRate: 0, delayMsMin: 5, delayMsMax: 8, duplicateRate: 0 } });
+  const sim = quietSim(26, { snapshotEntries: 20, network: { lossRate: 0, delayMsMin: 5, delayMsMax: 8 } });
   await withSim(sim, async () => {
     const leader = await settledLeader(sim);
     const keys = Array.from({ length: 60 }, (_, i) => `key-${i}`);

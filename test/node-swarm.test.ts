@@ -1,6 +1,7 @@
 // Proves the node loop the server runs (KvNode) keeps every acknowledged write and answers clients
 // linearizably under crashes with power loss, stalled processes, full disks, partitions, loss, delay,
-// duplication, drifting clocks and leadership transfers: 500 seeded runs on a simulated disk, network
+// drifting clocks and leadership transfers, over a network that runs the real transport's sender,
+// peer service and reply slots: 500 seeded runs on a simulated disk, network
 // and clock, with one leader per term and log matching checked after every event, then healing and
 // convergence. Each seed replays bit for bit.
 // Replay one seed: KV_NODE_SWARM_SEED=N bun test test/node-swarm.test.ts ; more: KV_NODE_SWARM_SEEDS=5000 ;
@@ -14,7 +15,7 @@ const runMs = process.env.KV_SWARM_MS === undefined ? undefined : Number(process
 const seeds = single !== undefined ? [Number(single)] : Array.from({ length: seedCount }, (_, i) => i + 1);
 const batchSize = 100;
 
-const totals = { runs: 0, operations: 0, acknowledgedWrites: 0, crashes: 0, powerLosses: 0, stalls: 0, diskFullEpisodes: 0, partitions: 0, snapshotsInstalled: 0 };
+const totals = { runs: 0, operations: 0, acknowledgedWrites: 0, crashes: 0, powerLosses: 0, stalls: 0, diskFullEpisodes: 0, partitions: 0, snapshotsInstalled: 0, repliesCarried: 0 };
 
 function add(result: NodeSwarmResult): void {
   totals.runs++;
@@ -26,6 +27,7 @@ function add(result: NodeSwarmResult): void {
   totals.diskFullEpisodes += result.diskFullEpisodes;
   totals.partitions += result.partitions;
   totals.snapshotsInstalled += result.snapshotsInstalled;
+  totals.repliesCarried += result.repliesCarried;
 }
 
 for (let from = 0; from < seeds.length; from += batchSize) {
@@ -42,6 +44,8 @@ for (let from = 0; from < seeds.length; from += batchSize) {
 test("node swarm: the runs really exercised the faults and made progress", () => {
   expect(totals.runs).toBe(seeds.length);
   expect(totals.acknowledgedWrites).toBeGreaterThan(seeds.length * 10);
+  // Replies rode the answers to the calls that asked for them, as on the real transport.
+  expect(totals.repliesCarried).toBeGreaterThan(seeds.length * 10);
   if (seeds.length >= 100) {
     expect(totals.crashes).toBeGreaterThan(seeds.length / 4);
     expect(totals.powerLosses).toBeGreaterThan(seeds.length / 10);

@@ -18,6 +18,8 @@ export interface NodeSwarmResult {
   readonly transfers: number;
   /** Snapshots installed from a streamed image (followers caught up past a compaction). */
   readonly snapshotsInstalled: number;
+  /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
+  readonly repliesCarried: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
   readonly events: number;
   /**
@@ -77,7 +79,6 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       lossRate: prng.pick([0, 0, 0.02, 0.1]),
       delayMsMin: 0,
       delayMsMax: prng.pick([1, 5, 20]),
-      duplicateRate: prng.pick([0, 0.02]),
     },
   });
   const runMs = durationMs ?? prng.intInclusive(2_000, 6_000);
@@ -183,6 +184,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     partitions: faults.partitions,
     transfers: faults.transfers,
     snapshotsInstalled,
+    repliesCarried: sim.network.repliesCarried,
     events: sim.eventsRun,
     digest,
   };
