@@ -14,6 +14,8 @@ const seedCount = Number(process.env.KV_NODE_SWARM_SEEDS ?? 500);
 const runMs = process.env.KV_SWARM_MS === undefined ? undefined : Number(process.env.KV_SWARM_MS);
 const seeds = single !== undefined ? [Number(single)] : Array.from({ length: seedCount }, (_, i) => i + 1);
 const batchSize = 100;
+/** Long runs (KV_SWARM_MS) take minutes of real time per seed: no timeout to speak of then. */
+const longMode = runMs !== undefined;
 
 const totals = { runs: 0, operations: 0, acknowledgedWrites: 0, crashes: 0, powerLosses: 0, stalls: 0, diskFullEpisodes: 0, partitions: 0, snapshotsInstalled: 0, repliesCarried: 0 };
 
@@ -38,7 +40,7 @@ for (let from = 0; from < seeds.length; from += batchSize) {
       add(result);
       console.log(`seed=${seed} ok: ${result.operations} operations (${result.acknowledgedWrites} writes acknowledged), ${result.crashes} crashes, ${result.stalls} stalls, ${result.partitions} partitions in ${result.simulatedMs} ms; replay: ${nodeSwarmReplay(seed, runMs)}`);
     }
-  }, 600_000);
+  }, longMode ? 24 * 3_600_000 : 600_000);
 }
 
 test("node swarm: the runs really exercised the faults and made progress", () => {
@@ -59,9 +61,11 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
 
 test("node swarm: a seed replays bit for bit (20 seeds run twice give the same digests)", async () => {
   const replayed = single !== undefined ? [Number(single)] : Array.from({ length: 20 }, (_, i) => 9_000 + i);
+  // One seed given: it replays as it ran above, at its length (KV_SWARM_MS) too.
+  const durationMs = single !== undefined ? runMs : undefined;
   for (const seed of replayed) {
-    const first = await runNodeSwarm(seed);
-    const second = await runNodeSwarm(seed);
+    const first = await runNodeSwarm(seed, durationMs);
+    const second = await runNodeSwarm(seed, durationMs);
     expect({ seed, digest: second.digest }).toEqual({ seed, digest: first.digest });
   }
-}, 120_000);
+}, longMode ? 24 * 3_600_000 : 120_000);
