@@ -1,6 +1,7 @@
 // Proves the house rules hold in the code: src/raft is pure (no I/O, clocks, randomness or awaits) and
 // dependencies point downward only (raft <- kv <- storage <- node <- http/chaos <- cli), and the client
-// library (src/client) talks to nodes over HTTP only.
+// library (src/client) talks to nodes over HTTP only; only the node loop carries out Readies, and the
+// simulator (src/sim) drives that loop rather than a copy of its own.
 import { expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
@@ -46,8 +47,9 @@ test("dependencies point downward only", () => {
     storage: ["lib", "raft", "kv"],
     transport: ["lib", "raft", "gen"],
     // The simulator drives the node loop itself (src/sim/node-sim.ts) over the storage's in-memory
-    // twin, and judges clients' answers with the linearizability checker kv chaos uses.
-    sim: ["lib", "raft", "kv", "node", "storage", "transport", "chaos"],
+    // twin, and judges clients' answers with the linearizability checker kv chaos uses. Its network
+    // runs the real transport's sender, peer service and reply slots (hence the generated types).
+    sim: ["lib", "raft", "kv", "node", "storage", "transport", "gen", "chaos"],
     node: ["lib", "raft", "kv", "storage", "transport"],
     // http checks requests against the command codec's limits (src/kv/command.ts), not storage.
     http: ["lib", "node", "raft", "kv"],
@@ -90,16 +92,41 @@ test("the node loop drives the core through RawNode's methods only, and is the o
     const text = readFileSync(file, "utf8").replace(/\/\/.*$/gm, "");
     if (/\.raft\b/.test(text)) offences.push(`${relative(src, file)} reaches into RawNode.raft`);
   }
-  // The core-only simulator (src/sim/sim-cluster.ts) still carries out Readies itself; it is to be
-  // rebuilt on the node loop as src/sim/node-sim.ts is, and is the one exception until then.
-  const readyCallersAllowed = new Set(["node/kv-node.ts", "sim/sim-cluster.ts"]);
+  // One loop (issue 12): the Ready loop lives in src/node/kv-node.ts, and nothing else in src
+  // collects or carries out a Ready, the simulator included.
+  const readyCallersAllowed = new Set(["node/kv-node.ts"]);
   for (const file of sourceFiles(src)) {
     const path = relative(src, file);
     if (path.startsWith("raft/") || readyCallersAllowed.has(path)) continue;
     const text = readFileSync(file, "utf8").replace(/\/\/.*$/gm, "");
     if (/\.ready\(/.test(text)) offences.push(`${path} calls ready()`);
   }
-  // The simulator runs the server's loop: it constructs KvNode.
-  expect(readFileSync(join(src, "sim", "node-sim.ts"), "utf8")).toContain("new KvNode(");
   expect(offences).toEqual([]);
+});
+
+test("RawNode keeps its core private: drivers see the core through RawNode's methods only", () => {
+  const text = readFileSync(join(src, "raft", "raw-node.ts"), "utf8");
+  expect(/private readonly raft: Raft;/.test(text)).toBe(true);
+});
+
+test("src/sim drives the node loop rather than its own: it imports src/node, and no core or Ready of its own", () => {
+  const offences: string[] = [];
+  const simFiles = sourceFiles(join(src, "sim"));
+  for (const file of simFiles) {
+    const path = relative(src, file);
+    for (const spec of importsOf(file)) {
+      // The core's driver API and its bare storage belong to the loop; types (messages, ids) are shared.
+      if (/\/raft\/(raw-node|raft|memory-storage|log|progress)\.ts$/.test(spec)) offences.push(`${path} imports ${spec}`);
+    }
+    const text = readFileSync(file, "utf8").replace(/\/\/.*$/gm, "");
+    for (const banned of [/\bnew RawNode\(/, /\bnew Raft\(/, /\.ready\(/, /\.advance\(/, /\.hasReady\(/]) {
+      if (banned.test(text)) offences.push(`${path} uses ${banned.source}`);
+    }
+  }
+  expect(simFiles.length).toBeGreaterThan(0);
+  expect(offences).toEqual([]);
+  // The simulator runs the server's loop: it constructs KvNode, from src/node.
+  const nodeSim = readFileSync(join(src, "sim", "node-sim.ts"), "utf8");
+  expect(nodeSim).toContain("new KvNode(");
+  expect(importsOf(join(src, "sim", "node-sim.ts"))).toContain("../node/kv-node.ts");
 });

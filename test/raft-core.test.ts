@@ -27,7 +27,7 @@ function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, 
     prng: createPrng(id),
     applied: 0,
     ...defaultRaftLimits,
-    // The rules of Figure 2 in isolation: no leader lease or startup quiet period (tested in raft-sim).
+    // The rules of Figure 2 in isolation: no leader lease or startup quiet period (tested in raft-network).
     checkQuorum,
   });
   disks.set(node, storage);
@@ -50,12 +50,12 @@ function drain(node: RawNode): Message[] {
 function electLeader(node: RawNode, voters: number[]): void {
   node.campaign();
   drain(node);
-  expect(node.raft.preCandidate).toBe(true);
-  for (const from of voters) node.step({ type: "pre-vote-response", from, to: node.raft.id, term: node.raft.term + 1, granted: true });
-  expect(node.raft.preCandidate).toBe(false);
+  expect(node.basicStatus().preCandidate).toBe(true);
+  for (const from of voters) node.step({ type: "pre-vote-response", from, to: node.basicStatus().id, term: node.basicStatus().term + 1, granted: true });
+  expect(node.basicStatus().preCandidate).toBe(false);
   drain(node);
-  for (const from of voters) node.step({ type: "vote-response", from, to: node.raft.id, term: node.raft.term, granted: true });
-  expect(node.raft.role).toBe("leader");
+  for (const from of voters) node.step({ type: "vote-response", from, to: node.basicStatus().id, term: node.basicStatus().term, granted: true });
+  expect(node.basicStatus().role).toBe("leader");
 }
 
 describe("elections (§5.2, §5.4.1)", () => {
@@ -68,7 +68,7 @@ describe("elections (§5.2, §5.4.1)", () => {
       [2, true],
       [3, false],
     ]);
-    expect(node.raft.vote).toBe(2);
+    expect(node.basicStatus().vote).toBe(2);
   });
 
   test("a vote is refused to a candidate whose log is less up to date", () => {
@@ -79,7 +79,7 @@ describe("elections (§5.2, §5.4.1)", () => {
     node.step({ type: "vote", from: 3, to: 1, term: 4, lastLogIndex: 1, lastLogTerm: 2, transfer: false });
     const answers = drain(node).filter((m) => m.type === "vote-response");
     expect(answers.every((m) => m.type === "vote-response" && !m.granted)).toBe(true);
-    expect(node.raft.term).toBe(4);
+    expect(node.basicStatus().term).toBe(4);
   });
 
   test("a vote is persisted before the grant leaves the node (Figure 2, persistent state)", () => {
@@ -102,10 +102,10 @@ describe("elections (§5.2, §5.4.1)", () => {
     const campaigns = (messages: Message[]) => messages.filter((m) => m.type === "pre-vote" || m.type === "vote");
     node.campaign();
     node.step({ type: "timeout-now", from: 2, to: 1, term: 1 });
-    expect(node.raft.role).toBe("follower");
+    expect(node.basicStatus().role).toBe("follower");
     // Hold back the committed entries (the driver has not applied them) while the timer runs out.
     for (let i = 0; i < 30; i++) node.tick();
-    expect(node.raft.role).toBe("follower");
+    expect(node.basicStatus().role).toBe("follower");
     // Once the change is applied, it campaigns as usual.
     const messages = drain(node);
     expect(campaigns(messages)).toEqual([]);
@@ -116,8 +116,8 @@ describe("elections (§5.2, §5.4.1)", () => {
   test("a candidate becomes leader with a majority and appends a no-op of its term", () => {
     const node = coreWith(1, 5, [entry(1, 1)], 1);
     electLeader(node, [2, 3]);
-    expect(node.raft.log.lastIndex()).toBe(2);
-    expect(node.raft.log.term(2)).toBe(2);
+    expect(node.basicStatus().lastIndex).toBe(2);
+    expect(node.logTerm(2)).toBe(2);
   });
 });
 
@@ -145,8 +145,8 @@ describe("log replication (§5.3)", () => {
     electLeader(node, [2]);
     drain(node);
     node.step({ type: "append-response", from: 2, to: 1, term: 9, success: false, index: 0, hintIndex: 0, hintTerm: 0 });
-    expect(node.raft.role).toBe("follower");
-    expect(node.raft.term).toBe(9);
+    expect(node.basicStatus().role).toBe("follower");
+    expect(node.basicStatus().term).toBe(9);
   });
 });
 
@@ -155,15 +155,15 @@ describe("commitment (§5.4.2, Figure 8)", () => {
     // Node 1 leads term 4 holding (2, term 2) that a majority also holds: not committed by that alone.
     const node = coreWith(1, 5, [entry(1, 1), entry(2, 2)], 3);
     electLeader(node, [2, 3]);
-    expect(node.raft.term).toBe(4);
+    expect(node.basicStatus().term).toBe(4);
     drain(node);
     node.step({ type: "append-response", from: 2, to: 1, term: 4, success: true, index: 2, hintIndex: 0, hintTerm: 0 });
     node.step({ type: "append-response", from: 3, to: 1, term: 4, success: true, index: 2, hintIndex: 0, hintTerm: 0 });
-    expect(node.raft.log.committed).toBe(0);
+    expect(node.basicStatus().commit).toBe(0);
     // Once the term-4 no-op at index 3 is on a majority, it and everything before it commit.
     node.step({ type: "append-response", from: 2, to: 1, term: 4, success: true, index: 3, hintIndex: 0, hintTerm: 0 });
     node.step({ type: "append-response", from: 3, to: 1, term: 4, success: true, index: 3, hintIndex: 0, hintTerm: 0 });
-    expect(node.raft.log.committed).toBe(3);
+    expect(node.basicStatus().commit).toBe(3);
   });
 });
 
@@ -171,16 +171,16 @@ describe("leases (thesis §6.4.1)", () => {
   test("a server that just started refuses votes for one election timeout: it may have backed a lease before it crashed", () => {
     const node = coreWith(1, 3, [], 1, 0, true);
     node.step({ type: "vote", from: 2, to: 1, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: false });
-    expect(node.raft.term).toBe(1);
+    expect(node.basicStatus().term).toBe(1);
     expect(drain(node).filter((m) => m.type === "vote-response")).toEqual([]);
     for (let i = 0; i < 10; i++) {
       node.tick();
       drain(node);
-      if (node.raft.role !== "follower") break;
+      if (node.basicStatus().role !== "follower") break;
     }
     // Past the quiet period (or once it campaigns itself) it takes part in elections again.
     node.step({ type: "vote", from: 2, to: 1, term: 9, lastLogIndex: 5, lastLogTerm: 1, transfer: false });
-    expect(node.raft.term).toBe(9);
+    expect(node.basicStatus().term).toBe(9);
   });
 
   test("a server that is no voter by its own configuration lets its leader's lease end one election timeout after it last heard from it", () => {
@@ -210,12 +210,12 @@ describe("leases (thesis §6.4.1)", () => {
 function committedLeader(n: number): RawNode {
   const node = coreWith(1, n, [], 1, 0, true);
   electLeader(node, Array.from({ length: n - 1 }, (_, i) => i + 2));
-  const term = node.raft.term;
+  const term = node.basicStatus().term;
   for (const m of drain(node)) {
     if (m.type === "append") node.step({ type: "append-response", from: m.to, to: 1, term, success: true, index: m.prevLogIndex + m.entries.length, hintIndex: 0, hintTerm: 0 });
   }
   drain(node);
-  expect(node.raft.log.committed).toBe(node.raft.log.lastIndex());
+  expect(node.basicStatus().commit).toBe(node.basicStatus().lastIndex);
   return node;
 }
 
@@ -244,7 +244,7 @@ const heartbeatTo = (messages: Message[], to: number) => messages.find((m) => m.
 describe("ReadIndex rounds and leases (thesis §6.4, §6.4.1)", () => {
   test("a delayed ack of an older round does not confirm a read that arrived after it, even under a reused context", () => {
     const node = committedLeader(3);
-    const term = node.raft.term;
+    const term = node.basicStatus().term;
     const answersTo2 = (messages: Message[]) => messages.filter((m) => m.type === "read-index-response" && m.to === 2);
     node.step({ type: "read-index", from: 2, to: 1, term, readContext: "2.1" });
     const first = drainReads(node).messages;
@@ -272,7 +272,7 @@ describe("ReadIndex rounds and leases (thesis §6.4, §6.4.1)", () => {
     node.readIndex("r1");
     const readRound = drainReads(node).messages;
     ack(node, heartbeatTo(readRound, 5));
-    node.raft.applyConfChange({ type: "remove", nodeId: 5 });
+    node.applyConfChange({ type: "remove", nodeId: 5 });
     const afterChange = drainReads(node);
     ack(node, heartbeatTo(readRound, 2)); // {1, 2} is no quorum of {1, 2, 3, 4}
     expect(drainReads(node).readStates).toEqual([]);
@@ -289,15 +289,15 @@ describe("ReadIndex rounds and leases (thesis §6.4, §6.4.1)", () => {
 
   test("a lease is not rebuilt from acks gathered while a leadership transfer was pending and then abandoned", () => {
     const node = committedLeader(3);
-    node.raft.transferLeadership(2); // node 2 is caught up: it is told to campaign now
+    node.transferLeadership(2); // node 2 is caught up: it is told to campaign now
     expect(drainReads(node).messages).toContainEqual(expect.objectContaining({ type: "timeout-now", to: 2 }));
     // Node 2 never answers; node 3 acknowledges every heartbeat until the transfer is abandoned.
     for (let i = 0; i < 10; i++) {
       node.tick();
       ack(node, heartbeatTo(drainReads(node).messages, 3));
     }
-    expect(node.raft.role).toBe("leader");
-    expect(node.raft.leadTransferee).toBe(0);
+    expect(node.basicStatus().role).toBe("leader");
+    expect(node.basicStatus().leadTransferee).toBe(0);
     // Node 2 may have won an election that ignored leases: no lease read without a round trip.
     node.readIndex("lease", true);
     expect(drainReads(node).readStates).toEqual([]);
@@ -309,24 +309,24 @@ describe("forged input", () => {
     const node = coreWith(1, 3, [], 1);
     electLeader(node, [2]);
     drain(node);
-    const term = node.raft.term;
+    const term = node.basicStatus().term;
     node.step({ type: "heartbeat", from: 2, to: 1, term, commit: 0, readContext: "" });
     node.step({ type: "append", from: 3, to: 1, term, prevLogIndex: 0, prevLogTerm: 0, entries: [], commit: 0 });
-    expect(node.raft.role).toBe("leader");
-    expect(node.raft.term).toBe(term);
+    expect(node.basicStatus().role).toBe("leader");
+    expect(node.basicStatus().term).toBe(term);
   });
 
   test("a leader ignores an acknowledgement or rejection beyond its own log, and keeps replicating to that follower", () => {
     const node = coreWith(1, 3, [], 1);
     electLeader(node, [2, 3]);
     drain(node);
-    const term = node.raft.term;
-    const last = node.raft.log.lastIndex();
+    const term = node.basicStatus().term;
+    const last = node.basicStatus().lastIndex;
     // A correct follower only ever acknowledges or rejects an index the leader sent it.
     node.step({ type: "append-response", from: 2, to: 1, term, success: true, index: 1e12, hintIndex: 0, hintTerm: 0 });
     node.step({ type: "append-response", from: 3, to: 1, term, success: false, index: 2 ** 40, hintIndex: 2 ** 40, hintTerm: term });
-    for (const peer of [2, 3]) expect(node.raft.matchIndexOf(peer)).toBeLessThanOrEqual(last);
-    expect(node.raft.log.committed).toBeLessThanOrEqual(last);
+    for (const peer of [2, 3]) expect(node.matchIndexOf(peer)).toBeLessThanOrEqual(last);
+    expect(node.basicStatus().commit).toBeLessThanOrEqual(last);
     // The next write still goes to both followers.
     node.propose([new TextEncoder().encode("after the forgery")]);
     for (let i = 0; i < 5; i++) {
@@ -340,7 +340,7 @@ describe("forged input", () => {
         }
       }
     }
-    for (const peer of [2, 3]) expect(node.raft.matchIndexOf(peer)).toBe(last + 1);
+    for (const peer of [2, 3]) expect(node.matchIndexOf(peer)).toBe(last + 1);
   });
 });
 

@@ -1,8 +1,10 @@
-// Proves that a simulator seed replays bit for bit: a seed's random choices are drawn in a fixed
-// order (no engine-dependent comparator shuffles), so running it twice gives the same digest.
+// Proves that a simulator seed replays bit for bit and that a failing seed says how to replay it: a
+// seed's random choices are drawn in a fixed order (no engine-dependent comparator shuffles), so
+// running it twice gives the same trace digest, and a run that fails throws its seed and replay line.
 import { expect, test } from "bun:test";
 import { createPrng, type Prng } from "../src/lib/prng.ts";
-import { drawPartition, runSwarm } from "../src/sim/swarm.ts";
+import { SimViolation } from "../src/sim/node-sim.ts";
+import { drawPartition, nodeSwarmReplay, runNodeSwarm } from "../src/sim/node-swarm.ts";
 
 /** A generator that counts its draws. */
 function countingPrng(seed: number): { prng: Prng; draws: () => number } {
@@ -55,11 +57,43 @@ test("Prng.shuffle is a Fisher-Yates permutation drawing length - 1 numbers", ()
   expect(seen.size).toBe(24); // every order of four comes up
 });
 
-test("300 swarm seeds run twice give the same digest", () => {
-  const seeds = Array.from({ length: 300 }, (_, i) => 700_001 + i);
-  const first = seeds.map((seed) => runSwarm(seed).digest);
-  const second = seeds.map((seed) => runSwarm(seed).digest);
+test("node swarm seeds run twice give the same trace digest, and the digest depends on the run", async () => {
+  const seeds = Array.from({ length: 12 }, (_, i) => 700_001 + i);
+  const first: string[] = [];
+  const second: string[] = [];
+  for (const seed of seeds) first.push((await runNodeSwarm(seed)).digest);
+  for (const seed of seeds) second.push((await runNodeSwarm(seed)).digest);
   const differing = seeds.filter((_, i) => first[i] !== second[i]);
   expect(differing).toEqual([]);
-  expect(new Set(first).size).toBeGreaterThan(290); // digests really depend on the run
+  expect(new Set(first).size).toBe(seeds.length);
 }, 120_000);
+
+test("a long run (KV_SWARM_MS) replays bit for bit too", async () => {
+  const first = await runNodeSwarm(700_100, 20_000);
+  const second = await runNodeSwarm(700_100, 20_000);
+  expect(first.simulatedMs).toBeGreaterThanOrEqual(20_000);
+  expect(second.digest).toBe(first.digest);
+}, 120_000);
+
+test("a failing seed throws its seed and the command that replays it", async () => {
+  const failAt = (ms: number) => ({
+    onStart: (sim: { at(delayMs: number, fn: () => void): void }) => sim.at(ms, () => {
+      throw new SimViolation("a violation injected by the test");
+    }),
+  });
+  const failure = await runNodeSwarm(700_200, undefined, failAt(500)).then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  expect(failure).toBeInstanceOf(SimViolation);
+  const message = (failure as Error).message;
+  expect(message).toContain("node swarm seed=700200 failed at 500 ms: a violation injected by the test");
+  expect(message).toContain(`replay: ${nodeSwarmReplay(700_200)}`);
+  expect(nodeSwarmReplay(700_200)).toBe("KV_NODE_SWARM_SEED=700200 bun test test/node-swarm.test.ts");
+  // A long run's replay line carries its length, or it would replay another run.
+  const long = await runNodeSwarm(700_200, 30_000, failAt(600)).then(
+    () => "",
+    (error: unknown) => (error as Error).message,
+  );
+  expect(long).toContain("replay: KV_SWARM_MS=30000 KV_NODE_SWARM_SEED=700200 bun test test/node-swarm.test.ts");
+});

@@ -4,3 +4,13 @@ export function fnv1a(text: string): string {
   for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193) >>> 0;
   return hash.toString(16).padStart(8, "0");
 }
+
+/** The FNV-1a offset basis: where a running `fnv1aMix` digest starts. */
+export const fnv1aBasis = 0x811c9dc5;
+
+/** Folds `text` into a running FNV-1a digest `hash` (start from `fnv1aBasis`): for traces too long to keep whole. */
+export function fnv1aMix(hash: number, text: string): number {
+  let next = hash;
+  for (let i = 0; i < text.length; i++) next = Math.imul(next ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return next;
+}

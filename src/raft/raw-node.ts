@@ -6,6 +6,8 @@ import { hardStateEqual, type ConfChange, type ConfState, type HardState, type M
 export interface BasicStatus {
   readonly id: NodeId;
   readonly role: Role;
+  /** A follower running the pre-vote round (thesis §9.6): its term is not raised yet. */
+  readonly preCandidate: boolean;
   readonly term: number;
   readonly vote: NodeId;
   /** 0 when no leader is known. */
@@ -13,6 +15,8 @@ export interface BasicStatus {
   /** Leader: the voter leadership is being handed to, or 0. */
   readonly leadTransferee: NodeId;
   readonly commit: number;
+  /** The first index still in the log (entries before it were compacted into the snapshot). */
+  readonly firstIndex: number;
   readonly lastIndex: number;
   readonly voters: readonly NodeId[];
   readonly learners: readonly NodeId[];
@@ -23,9 +27,12 @@ export interface BasicStatus {
  * `readIndex`, then `ready()` for the work to do and `advance(ready)` once it is done.
  * At most one Ready is outstanding: no step or tick may run between `ready()` and `advance()`
  * other than what the driver does to carry that Ready out.
+ *
+ * The core itself (`Raft`) is private: a driver sees it only through these methods, so what the
+ * node loop (src/node/kv-node.ts) may do to the core is written down here, in one place.
  */
 export class RawNode {
-  readonly raft: Raft;
+  private readonly raft: Raft;
   private previousSoftState: SoftState;
   private previousHardState: HardState;
   private outstanding: Ready | undefined;
@@ -51,15 +58,27 @@ export class RawNode {
     return {
       id: raft.id,
       role: raft.role,
+      preCandidate: raft.preCandidate,
       term: raft.term,
       vote: raft.vote,
       leaderId: raft.leaderId,
       leadTransferee: raft.leadTransferee,
       commit: raft.log.committed,
+      firstIndex: raft.log.firstIndex(),
       lastIndex: raft.log.lastIndex(),
       voters: raft.voters,
       learners: raft.learners,
     };
+  }
+
+  /** The term of the entry at `index`, or undefined when the log no longer (or not yet) holds it. */
+  logTerm(index: number): number | undefined {
+    return this.raft.log.term(index);
+  }
+
+  /** Leader: whether its lease holds now, so a lease read may be answered without a round (thesis §6.4.1). */
+  leaseValid(): boolean {
+    return this.raft.leaseValid();
   }
 
   isVoter(id: NodeId): boolean {

@@ -14,7 +14,7 @@ import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
 import { defaultWatch, type WatchConfig } from "../node/watch.ts";
 import type { NodeId } from "../raft/types.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
-import { createConnectTransport } from "../transport/connect-transport.ts";
+import { createConnectTransport, peerRpcTimeoutMs } from "../transport/connect-transport.ts";
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
 import { joinCluster } from "./join.ts";
 
@@ -277,7 +277,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     listen: config.listenPeer,
     onMessages: (messages) => node.receive(messages),
     onSnapshotChunk: (chunk) => node.receiveSnapshotChunk(chunk),
-    rpcTimeoutMs: Math.max(200, config.tickMs * config.electionTicks),
+    rpcTimeoutMs: peerRpcTimeoutMs(config.tickMs, config.electionTicks),
     log: (line) => logger.log("warn", "peer", { detail: line }),
     auth: { clusterId: clusterIdChoice.clusterId, ...(config.clusterToken === undefined ? {} : { clusterToken: config.clusterToken }) },
     ...(tls === undefined ? {} : { tls }),

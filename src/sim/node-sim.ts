@@ -3,12 +3,14 @@ import type { Operation } from "../chaos/history.ts";
 import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
+import { fnv1aBasis, fnv1aMix } from "../lib/fnv1a.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
 import { KvNode } from "../node/kv-node.ts";
 import type { NodeId } from "../raft/types.ts";
 import { createMemoryKvStorage } from "../storage/memory-storage.ts";
 import { SimDisk } from "./sim-disk.ts";
+import { peerRpcTimeoutMs } from "../transport/connect-transport.ts";
 import { SimNetwork, type SimNetworkFaults } from "./sim-transport.ts";
 
 /** A broken guarantee found by the simulator's checkers. */
@@ -40,6 +42,8 @@ interface SimEvent {
   readonly atMs: number;
   readonly sequence: number;
   readonly run: () => void;
+  /** A cancelled event is skipped: no turn, no check, no trace (a call's deadline after its answer). */
+  cancelled: boolean;
 }
 
 /** One simulated server: its process (a real KvNode) while it runs, its disk always. */
@@ -57,6 +61,10 @@ interface SimServer {
   readonly wallSkewMs: number;
   /** Incremented at each (re)start: timers of a dead process never fire for the next one. */
   incarnation: number;
+  /** When set, every fsync of this disk takes this long instead of a drawn latency (directed scenarios). */
+  fsyncMs: number | undefined;
+  /** The committed entries this process has had checked so far (from its start: a restart checks again). */
+  checkedIndex: number;
 }
 
 /** Where the simulated wall clocks start (a fixed instant, so a seed replays). */
@@ -92,8 +100,16 @@ export class NodeSim {
   private readonly inflight = new Map<number, { clientId: number; kind: Operation["kind"]; key: string; value?: string; callMs: number }>();
   // ---- Checker state ----
   private readonly leaderOfTerm = new Map<number, NodeId>();
+  private readonly decoder = new TextDecoder();
   /** index → `${term}:${data}` of the entry committed there, as first seen on any node. */
   private readonly committed = new Map<number, string>();
+  /**
+   * A running digest of the whole run: after every event, its time and every running node's role,
+   * term, commit, applied and last index. Two runs of one seed must end with the same (bit for bit).
+   */
+  private traceHash = fnv1aBasis;
+  /** Events run so far. */
+  eventsRun = 0;
   /** Things that happened, for proof the paths were exercised. */
   readonly stats = { crashes: 0, powerLosses: 0, stalls: 0, diskFullEpisodes: 0, partitions: 0, transfers: 0, snapshotsSent: 0, acknowledgedWrites: 0, fatal: 0 };
 
@@ -101,26 +117,41 @@ export class NodeSim {
     this.opts = opts;
     this.diskPrng = createPrng(opts.seed ^ 0xd15c);
     const clockPrng = createPrng(opts.seed ^ 0xc10c);
-    this.network = new SimNetwork(createPrng(opts.seed ^ 0x5eed), {
-      at: (delayMs, fn) => this.at(delayMs, fn),
-      running: (id) => this.isRunning(id),
-    });
+    this.network = new SimNetwork(
+      createPrng(opts.seed ^ 0x5eed),
+      {
+        nowMs: () => this.nowMs,
+        at: (delayMs, fn) => this.at(delayMs, fn),
+        running: (id) => this.isRunning(id),
+      },
+      // As the server sets its peer calls' deadline (src/server/create-server.ts).
+      { rpcTimeoutMs: peerRpcTimeoutMs(opts.tickMs, opts.electionTicks) },
+    );
     this.network.faults = opts.network;
     const voters = Array.from({ length: opts.nodeCount }, (_, i) => i + 1);
     for (const id of voters) {
-      const disk = new SimDisk(createMemoryKvStorage(), { fsync: (done) => this.at(this.diskPrng.intInclusive(opts.fsyncMsMin, opts.fsyncMsMax), done) });
+      // The latency is drawn even when overridden, so a directed scenario's other draws stay as they were.
+      const disk = new SimDisk(createMemoryKvStorage(), {
+        fsync: (done) => {
+          const drawnMs = this.diskPrng.intInclusive(opts.fsyncMsMin, opts.fsyncMsMax);
+          this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
+        },
+      });
       const clockRate = 1 - clockPrng.next() * opts.clockDriftMax;
       const wallSkewMs = clockPrng.intInclusive(-5_000, 5_000);
-      this.servers.set(id, { id, disk, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0 });
+      this.servers.set(id, { id, disk, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, checkedIndex: 0 });
     }
     for (const id of voters) this.start(id);
   }
 
   // ---- The clock and the event queue --------------------------------------------------------
 
-  /** Runs `fn` `delayMs` from now (events at the same time run in the order they were scheduled). */
-  at(delayMs: number, fn: () => void): void {
-    const event = { atMs: this.nowMs + Math.max(0, delayMs), sequence: this.eventSequence++, run: fn };
+  /**
+   * Runs `fn` `delayMs` from now (events at the same time run in the order they were scheduled);
+   * returns what cancels it.
+   */
+  at(delayMs: number, fn: () => void): () => void {
+    const event: SimEvent = { atMs: this.nowMs + Math.max(0, delayMs), sequence: this.eventSequence++, run: fn, cancelled: false };
     // A binary heap ordered by (atMs, sequence).
     const heap = this.events;
     heap.push(event);
@@ -131,6 +162,9 @@ export class NodeSim {
       [heap[i], heap[parent]] = [heap[parent] as SimEvent, heap[i] as SimEvent];
       i = parent;
     }
+    return () => {
+      event.cancelled = true;
+    };
   }
 
   private popEvent(): SimEvent | undefined {
@@ -193,7 +227,8 @@ export class NodeSim {
     server.incarnation++;
     server.turns = [];
     server.stalledUntilMs = 0;
-    const peers = new Map([...this.servers.keys()].map((peer) => [peer, `sim://peer-${peer}`] as [NodeId, string]));
+    server.checkedIndex = 0;
+    const peers = new Map([...this.servers.keys()].map((peer) => [peer, `http://peer-${peer}.sim.invalid`] as [NodeId, string]));
     let node: KvNode;
     try {
       node = this.createNode(server, peers);
@@ -205,7 +240,7 @@ export class NodeSim {
       return;
     }
     server.node = node;
-    node.start(this.network.connect(id, `sim://node-${id}`, (messages) => node.receive(messages), (chunk) => node.receiveSnapshotChunk(chunk)));
+    node.start(this.network.connect(id, `http://node-${id}.sim.invalid`, (messages) => node.receive(messages), (chunk) => node.receiveSnapshotChunk(chunk)));
   }
 
   private createNode(server: SimServer, peers: ReadonlyMap<NodeId, string>): KvNode {
@@ -213,7 +248,7 @@ export class NodeSim {
     return new KvNode({
       id,
       peers,
-      httpUrl: `sim://node-${id}`,
+      httpUrl: `http://node-${id}.sim.invalid`,
       storage: server.disk,
       clock: this.clockOf(server),
       prng: createPrng((this.opts.seed * 31 + id * 7919 + server.incarnation * 104729) >>> 0),
@@ -288,9 +323,12 @@ export class NodeSim {
       const next = this.events[0];
       if (next === undefined || next.atMs > untilMs) break;
       this.popEvent();
+      if (next.cancelled) continue;
       this.nowMs = next.atMs;
       next.run();
       await this.settle();
+      this.eventsRun++;
+      this.traceHash = fnv1aMix(this.traceHash, `|${this.nowMs}`);
       this.checkSafety();
     }
     this.nowMs = Math.max(this.nowMs, untilMs);
@@ -361,6 +399,11 @@ export class NodeSim {
     return [...this.history, ...this.unknown.filter((op) => op.kind !== "get")].sort((a, b) => a.id - b.id);
   }
 
+  /** The run's trace digest so far (see `traceHash`), as 8 hex digits. */
+  traceDigest(): string {
+    return this.traceHash.toString(16).padStart(8, "0");
+  }
+
   leader(): NodeId | undefined {
     let best: { id: NodeId; term: number } | undefined;
     for (const server of this.servers.values()) {
@@ -378,17 +421,20 @@ export class NodeSim {
       const node = server.node;
       if (node === undefined) continue;
       const status = node.status();
+      this.traceHash = fnv1aMix(this.traceHash, `${server.id}${status.role}${status.term}.${status.commitIndex}.${status.appliedIndex}.${status.lastLogIndex}`);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
         if (other !== undefined && other !== server.id) throw new SimViolation(`election safety: nodes ${other} and ${server.id} both lead term ${status.term}`);
         this.leaderOfTerm.set(status.term, server.id);
       }
+      // Each committed entry once per process: from its start, the last 64 applied are checked again.
       const storage = server.disk.contents();
-      const from = Math.max(storage.firstIndex(), status.appliedIndex - 64, 1);
+      const from = Math.max(storage.firstIndex(), status.appliedIndex - 64, server.checkedIndex + 1, 1);
       const to = Math.min(status.commitIndex, storage.lastIndex());
       if (from > to) continue;
+      server.checkedIndex = to;
       for (const entry of storage.entries(from, to + 1, Number.POSITIVE_INFINITY)) {
-        const identity = `${entry.term}:${entry.type}:${new TextDecoder().decode(entry.data)}`;
+        const identity = `${entry.term}:${entry.type}:${this.decoder.decode(entry.data)}`;
         const agreed = this.committed.get(entry.index);
         if (agreed === undefined) this.committed.set(entry.index, identity);
         else if (agreed !== identity) throw new SimViolation(`state machine safety: node ${server.id} committed another entry at ${entry.index}`);
@@ -403,7 +449,7 @@ export class NodeSim {
    */
   async healAndCheck(keys: readonly string[], budgetMs: number): Promise<void> {
     this.network.heal();
-    this.network.faults = { lossRate: 0, delayMsMin: 0, delayMsMax: 1, duplicateRate: 0 };
+    this.network.faults = { lossRate: 0, delayMsMin: 0, delayMsMax: 1 };
     for (const server of this.servers.values()) {
       server.disk.full = false;
       server.stalledUntilMs = Math.min(server.stalledUntilMs, this.nowMs);
@@ -428,16 +474,17 @@ export class NodeSim {
     const images = [...this.servers.values()].map((s) => JSON.stringify(s.disk.contents().list("", undefined, 1_000_000).map((row) => [row.key, new TextDecoder().decode(row.value), row.version])));
     if (new Set(images).size !== 1) throw new SimViolation(`state machines differ after convergence\n${this.describe()}`);
     const leader = this.leader() as NodeId;
-    for (const key of keys) await this.awaitOperation(this.callOperation(0, leader, "get", key), 5_000);
+    for (const key of keys) await this.awaitAnswer(this.callOperation(0, leader, "get", key), 5_000);
     const result = checkLinearizable(this.closeHistory());
     if (!result.ok) throw new SimViolation(`not linearizable: ${JSON.stringify(result).slice(0, 2_000)}`);
   }
 
-  /** Runs the simulation until `operation` is answered. */
-  private async awaitOperation(operation: Promise<Operation>, budgetMs: number): Promise<void> {
-    let done = false;
-    void operation.then(() => (done = true));
-    if (!(await this.runUntilTrue(() => done, budgetMs))) throw new SimViolation(`a final read was not answered within ${budgetMs} ms`);
+  /** Runs the simulation until `operation` is answered (within `budgetMs` of simulated time), and returns its record. */
+  async awaitAnswer(operation: Promise<Operation>, budgetMs: number): Promise<Operation> {
+    let answer: Operation | undefined;
+    void operation.then((each) => (answer = each));
+    if (!(await this.runUntilTrue(() => answer !== undefined, budgetMs))) throw new SimViolation(`an operation was not answered within ${budgetMs} ms`);
+    return answer as Operation;
   }
 
   /** One line per node, for failure reports. */

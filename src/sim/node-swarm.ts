@@ -1,5 +1,5 @@
 import { fnv1a } from "../lib/fnv1a.ts";
-import { createPrng } from "../lib/prng.ts";
+import { createPrng, type Prng } from "../lib/prng.ts";
 import type { NodeId } from "../raft/types.ts";
 import { NodeSim, SimViolation } from "./node-sim.ts";
 
@@ -16,13 +16,38 @@ export interface NodeSwarmResult {
   readonly diskFullEpisodes: number;
   readonly partitions: number;
   readonly transfers: number;
-  /** FNV-1a of the history and the final state: two runs of one seed must give the same. */
+  /** Snapshots installed from a streamed image (followers caught up past a compaction). */
+  readonly snapshotsInstalled: number;
+  /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
+  readonly repliesCarried: number;
+  /** Simulator events run (timers, deliveries, fsyncs, client calls). */
+  readonly events: number;
+  /**
+   * FNV-1a of the trace (every event's time and every node's role, term and indexes after it), the
+   * clients' history and the final state: two runs of one seed must give the same.
+   */
   readonly digest: string;
 }
 
-/** The line that replays a seed. */
-export function nodeSwarmReplay(seed: number): string {
-  return `KV_NODE_SWARM_SEED=${seed} bun test test/node-swarm.test.ts`;
+/**
+ * Splits `ids` into two non-empty sides at random. Draws exactly `ids.length` numbers from `prng`
+ * (a Fisher-Yates shuffle, then the cut), whatever the engine, so a seed replays bit for bit.
+ */
+export function drawPartition(prng: Prng, ids: readonly NodeId[]): [NodeId[], NodeId[]] {
+  const shuffled = prng.shuffle(ids);
+  const cut = prng.intInclusive(1, ids.length - 1);
+  return [shuffled.slice(0, cut), shuffled.slice(cut)];
+}
+
+/** The line that replays a seed (with the run's length, when it was not the seed's own). */
+export function nodeSwarmReplay(seed: number, durationMs?: number): string {
+  return `${durationMs === undefined ? "" : `KV_SWARM_MS=${durationMs} `}KV_NODE_SWARM_SEED=${seed} bun test test/node-swarm.test.ts`;
+}
+
+/** Ways into a run, for tests of the runner itself. */
+export interface NodeSwarmHooks {
+  /** Called once the simulation is set up, before it runs (e.g. to schedule a failure). */
+  readonly onStart?: (sim: NodeSim) => void;
 }
 
 /**
@@ -33,7 +58,7 @@ export function nodeSwarmReplay(seed: number): string {
  * converge, and the clients' answers must be linearizable. `durationMs` is simulated time (default:
  * drawn; `KV_SWARM_MS` runs thousands of election timeouts). Throws with the seed and its replay line.
  */
-export async function runNodeSwarm(seed: number, durationMs?: number): Promise<NodeSwarmResult> {
+export async function runNodeSwarm(seed: number, durationMs?: number, hooks: NodeSwarmHooks = {}): Promise<NodeSwarmResult> {
   const prng = createPrng(seed);
   const nodeCount = prng.pick([3, 3, 3, 5]);
   const electionTicks = prng.intInclusive(6, 15);
@@ -54,7 +79,6 @@ export async function runNodeSwarm(seed: number, durationMs?: number): Promise<N
       lossRate: prng.pick([0, 0, 0.02, 0.1]),
       delayMsMin: 0,
       delayMsMax: prng.pick([1, 5, 20]),
-      duplicateRate: prng.pick([0, 0.02]),
     },
   });
   const runMs = durationMs ?? prng.intInclusive(2_000, 6_000);
@@ -105,9 +129,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number): Promise<N
       }
     }
     if (prng.chance(partitionRate)) {
-      const shuffled = prng.shuffle(ids);
-      const cut = prng.intInclusive(1, ids.length - 1);
-      sim.network.partition([shuffled.slice(0, cut), shuffled.slice(cut)]);
+      sim.network.partition(drawPartition(prng, ids));
       faults.partitions++;
       sim.at(prng.intInclusive(10, 1_500), () => sim.network.heal());
     }
@@ -135,17 +157,19 @@ export async function runNodeSwarm(seed: number, durationMs?: number): Promise<N
   };
   sim.at(tickMs, nemesis);
 
+  hooks.onStart?.(sim);
   try {
     await sim.runUntil(runMs);
     await sim.healAndCheck(keys, 60_000);
   } catch (error: unknown) {
     const detail = error instanceof Error ? error.message : String(error);
     sim.stop();
-    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed)}\n${sim.describe()}`, { cause: error });
+    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${sim.describe()}`, { cause: error });
   }
   const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
   const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}`).join(";");
-  const digest = fnv1a(`${history}|${finalState}|${sim.nowMs}|${prng.next()}`);
+  const digest = fnv1a(`${sim.traceDigest()}|${sim.eventsRun}|${history}|${finalState}|${sim.nowMs}|${prng.next()}`);
+  const snapshotsInstalled = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.snapshotsInstalled, 0);
   sim.stop();
   return {
     seed,
@@ -159,6 +183,9 @@ export async function runNodeSwarm(seed: number, durationMs?: number): Promise<N
     diskFullEpisodes: faults.diskFullEpisodes,
     partitions: faults.partitions,
     transfers: faults.transfers,
+    snapshotsInstalled,
+    repliesCarried: sim.network.repliesCarried,
+    events: sim.eventsRun,
     digest,
   };
 }

@@ -27,6 +27,9 @@ export class SimDisk implements KvStorage {
   full = false;
   /** Writes refused because the disk was full: proof the path was exercised. */
   fullRefusals = 0;
+  /** Snapshot image chunks staged and snapshots installed: proof the paths were exercised. */
+  chunksStaged = 0;
+  snapshotsInstalled = 0;
   /** Fsyncs started and finished. */
   syncsStarted = 0;
   syncsFinished = 0;
@@ -121,9 +124,11 @@ export class SimDisk implements KvStorage {
   }
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
     this.write(() => this.current.stageImageChunk(imageId, rows, first));
+    this.chunksStaged++;
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void {
     this.write(() => this.current.installSnapshot(metadata, imageId, addresses));
+    this.snapshotsInstalled++;
   }
   discardStagedImage(): void {
     this.current.discardStagedImage();

@@ -1,83 +1,220 @@
+import { Code, ConnectError, type Client, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
+import type { RaftService, SendRequest, SendResponse, SendSnapshotChunkRequest } from "../gen/kv/v1/raft_pb.ts";
 import type { Prng } from "../lib/prng.ts";
 import type { Message, NodeId } from "../raft/types.ts";
-import { chunksOf } from "../transport/snapshot-sender.ts";
-import type { MessageHandler, SendSnapshotOptions, SnapshotChunk, SnapshotChunkHandler, SnapshotImage, Transport } from "../transport/transport.ts";
+import { defaultConnectTransportLimits } from "../transport/connect-transport.ts";
+import { createPeerSender, type PeerSender } from "../transport/peer-sender.ts";
+import { createRaftServiceRoutes } from "../transport/raft-service.ts";
+import { createReplySlots, replyWaitMs, type ReplySlots } from "../transport/reply-slots.ts";
+import { streamSnapshot } from "../transport/snapshot-sender.ts";
+import type { MessageHandler, SnapshotChunkHandler, Transport } from "../transport/transport.ts";
 
 /** Fault settings of the simulated network, drawn from a run's seed. */
 export interface SimNetworkFaults {
-  /** Probability that a batch of messages (one call) is lost. */
+  /** Probability that a call's connection is reset before it arrives (the caller hears `unavailable`). */
   lossRate: number;
-  /** A call takes a uniform [delayMsMin, delayMsMax] to arrive; different delays reorder calls. */
+  /** Each leg of a call (request, answer) takes a uniform [delayMsMin, delayMsMax]; different delays reorder calls. */
   delayMsMin: number;
   delayMsMax: number;
-  /** Probability that a delivered call is delivered a second time later. */
-  duplicateRate: number;
 }
 
-/** The simulator's side of the network: when to run something, and whether a node can take it now. */
+/** The simulator's side of the network: its clock, and whether a node's process can run now. */
 export interface SimNetworkHost {
-  /** Runs `fn` `delayMs` from now on the simulated clock. */
-  at(delayMs: number, fn: () => void): void;
-  /** False while node `id` is stalled: a chunk for it waits (a message batch is queued in its inbox). */
+  /** Simulated milliseconds now. */
+  nowMs(): number;
+  /** Runs `fn` `delayMs` from now on the simulated clock; returns what cancels it. */
+  at(delayMs: number, fn: () => void): (() => void) | void;
+  /** False while node `id` is stalled: nothing it would do on its own (answer a call, stage a chunk) happens. */
   running(id: NodeId): boolean;
 }
 
-interface Endpoint {
-  readonly httpUrl: string;
-  readonly handler: MessageHandler;
-  readonly snapshotHandler: SnapshotChunkHandler;
+/** Settings of the simulated transport that the server takes from its own configuration. */
+export interface SimNetworkOptions {
+  /** Deadline of every message call (the server's `rpcTimeoutMs`). */
+  readonly rpcTimeoutMs: number;
+  /** Keys and values per snapshot chunk: small, so a transfer takes many calls and can fail midway. */
+  readonly snapshotChunkBytesMax?: number;
 }
 
-/** Bytes of keys and values per snapshot chunk: small, so a transfer takes many calls and can fail midway. */
-const snapshotChunkBytesMax = 256;
+/** The service methods a node's peer server runs (as createRaftServiceRoutes registers them). */
+interface PeerService {
+  send(request: SendRequest, context: HandlerContext): Promise<SendResponse>;
+  sendSnapshotChunk(request: SendSnapshotChunkRequest, context: HandlerContext): object;
+}
+
+/** One running process's side of the network: its peer server and its senders. */
+interface Endpoint {
+  readonly id: NodeId;
+  readonly service: PeerService;
+  readonly replySlots: ReplySlots;
+  readonly senders: Map<NodeId, PeerSender>;
+  readonly clients: Map<NodeId, Client<typeof RaftService>>;
+  /** Aborts this process's snapshot transfers when it dies. */
+  readonly transfers: AbortController;
+  /** Calls from peers this process took and has not answered: a dead process resets them. */
+  readonly open: Set<() => void>;
+  /** Peers' advertised HTTP URLs, learned from their calls. */
+  readonly peerHttpUrls: Map<NodeId, string>;
+  alive: boolean;
+}
+
+/** Snapshot chunk size unless set: small, so a transfer takes many calls and can fail midway. */
+const snapshotChunkBytesMaxDefault = 256;
+/** A handler's context: the peer service reads only the request. */
+const handlerContext = {} as HandlerContext;
 
 /**
- * The in-memory network of a simulated cluster. Each `send` is one call per peer that arrives after
- * a drawn delay, or is lost, or arrives twice; links can be cut in either direction. A snapshot
- * streams one chunk per call, with the same delays, and fails as the real transport's does: when a
- * link is cut, the receiver is down, refuses a chunk, or the sender aborts. Replies travel as calls
- * of their own (`flush` has nothing to answer), which is one of the orders the real transport allows.
+ * The in-memory network of a simulated cluster, run with the real transport's parts: each node's
+ * messages go through the real per-peer sender (peer-sender.ts: a window of calls, one probe call
+ * at a time to a peer that does not answer, a bounded queue that drops the oldest, no retries), are
+ * validated by the real peer service (raft-service.ts), and its replies ride the answers to peers'
+ * calls through the real reply slots (reply-slots.ts: `send` fills the oldest waiting call's answer,
+ * `flush` answers, a call not flushed in time is answered with what it has). Snapshots stream
+ * through the real `streamSnapshot`, one chunk per call. Only the wire is simulated: each leg of a
+ * call takes a drawn delay; a cut link blackholes calls (the caller hears its deadline), a lost
+ * call is a reset connection (`unavailable`), an answer whose way back is cut is lost, a process
+ * that is down refuses calls, and one that dies resets the calls it held.
  */
 export class SimNetwork {
-  faults: SimNetworkFaults = { lossRate: 0, delayMsMin: 0, delayMsMax: 1, duplicateRate: 0 };
+  faults: SimNetworkFaults = { lossRate: 0, delayMsMin: 0, delayMsMax: 1 };
   private readonly endpoints = new Map<NodeId, Endpoint>();
   private readonly cut = new Set<string>();
-  /** Calls delivered and lost: proof the faults were exercised. */
+  /** Calls that reached their receiver, and calls lost (cut, reset, refused): proof the faults were exercised. */
   delivered = 0;
   lost = 0;
+  /** Answers that carried replies (messages that rode a call instead of costing one). */
+  repliesCarried = 0;
 
   constructor(
     private readonly prng: Prng,
     private readonly host: SimNetworkHost,
+    private readonly options: SimNetworkOptions,
   ) {}
 
   /** The transport node `id` uses while this process runs. */
   connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler: SnapshotChunkHandler): Transport {
-    const endpoint: Endpoint = { httpUrl, handler, snapshotHandler };
+    this.disconnectProcess(id);
+    const limits = defaultConnectTransportLimits;
+    const replySlots = createReplySlots({
+      callMessagesMax: limits.callMessagesMax,
+      callBytesMax: limits.callBytesMax,
+      waitMsMax: replyWaitMs(this.options.rpcTimeoutMs),
+      nowMs: () => this.host.nowMs(),
+      after: (delayMs, fn) => {
+        let cancelled = false;
+        // A stalled process's timer fires once it runs again.
+        this.whenRunning(id, delayMs, () => {
+          if (!cancelled) fn();
+        });
+        return () => {
+          cancelled = true;
+        };
+      },
+    });
+    const peerHttpUrls = new Map<NodeId, string>();
+    let service: PeerService | undefined;
+    const router = {
+      service: (_definition: unknown, implementation: PeerService) => {
+        service = implementation;
+      },
+    } as unknown as ConnectRouter;
+    createRaftServiceRoutes({
+      selfId: id,
+      onMessages: (messages, from, fromHttpUrl) => {
+        if (fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
+        handler(messages, from, fromHttpUrl);
+      },
+      awaitReply: (from) => replySlots.awaitReply(from),
+      onSnapshotChunk: snapshotHandler,
+    })(router);
+    const endpoint: Endpoint = {
+      id,
+      service: service as PeerService,
+      replySlots,
+      senders: new Map(),
+      clients: new Map(),
+      transfers: new AbortController(),
+      open: new Set(),
+      peerHttpUrls,
+      alive: true,
+    };
     this.endpoints.set(id, endpoint);
+    const clientFor = (peer: NodeId): Client<typeof RaftService> => {
+      let client = endpoint.clients.get(peer);
+      if (client === undefined) {
+        client = {
+          send: (request: SendRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) =>
+            this.call(id, peer, (target) => target.service.send(request, handlerContext), callOptions, true),
+          sendSnapshotChunk: (request: SendSnapshotChunkRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) =>
+            this.call(id, peer, (target) => Promise.resolve(target.service.sendSnapshotChunk(request, handlerContext)), callOptions, false),
+        } as unknown as Client<typeof RaftService>;
+        endpoint.clients.set(peer, client);
+      }
+      return client;
+    };
+    const senderFor = (peer: NodeId): PeerSender => {
+      let sender = endpoint.senders.get(peer);
+      if (sender === undefined) {
+        sender = createPeerSender({
+          peerId: peer,
+          selfId: id,
+          selfHttpUrl: httpUrl,
+          client: clientFor(peer),
+          rpcTimeoutMs: this.options.rpcTimeoutMs,
+          limits,
+          log: () => {},
+          onReply: (messages) => {
+            if (endpoint.alive) handler(messages, peer, "");
+          },
+        });
+        endpoint.senders.set(peer, sender);
+      }
+      return sender;
+    };
     return {
       send: (messages) => {
+        if (!endpoint.alive) return;
         const byPeer = new Map<NodeId, Message[]>();
         for (const message of messages) {
           const list = byPeer.get(message.to);
           if (list === undefined) byPeer.set(message.to, [message]);
           else list.push(message);
         }
-        for (const [to, list] of byPeer) this.call(id, to, list);
+        for (const [peer, group] of byPeer) if (!replySlots.reply(peer, group)) senderFor(peer).enqueue(group);
       },
-      sendSnapshot: (to, image, options) => this.sendSnapshot(id, to, image, options),
-      flush: () => {},
-      callsArrived: () => 0,
-      peerHttpUrl: (peer) => this.endpoints.get(peer)?.httpUrl,
+      flush: (callsUpTo) => replySlots.flush(callsUpTo),
+      callsArrived: () => replySlots.callsArrived(),
+      sendSnapshot: (to, image, sendOptions) => {
+        if (!endpoint.alive) return Promise.reject(new Error("the transport is closed"));
+        const signal = sendOptions.signal === undefined ? endpoint.transfers.signal : AbortSignal.any([sendOptions.signal, endpoint.transfers.signal]);
+        return streamSnapshot(clientFor(to), id, to, image, { ...sendOptions, signal }, {
+          snapshotChunkBytesMax: this.options.snapshotChunkBytesMax ?? snapshotChunkBytesMaxDefault,
+          snapshotChunkTimeoutMs: limits.snapshotChunkTimeoutMs,
+        });
+      },
+      peerHttpUrl: (peer) => peerHttpUrls.get(peer),
       close: async () => {
-        if (this.endpoints.get(id) === endpoint) this.endpoints.delete(id);
+        if (this.endpoints.get(id) === endpoint) this.disconnectProcess(id);
       },
     };
   }
 
-  /** The process of node `id` died: nothing reaches it until it connects again. */
+  /** Node `id`'s process died: its calls in flight end, the calls it held are reset, nothing reaches it until it connects again. */
   disconnectProcess(id: NodeId): void {
+    const endpoint = this.endpoints.get(id);
+    if (endpoint === undefined) return;
     this.endpoints.delete(id);
+    endpoint.alive = false;
+    endpoint.transfers.abort(new Error("the process died"));
+    for (const sender of endpoint.senders.values()) void sender.close();
+    for (const reset of endpoint.open) reset();
+    endpoint.open.clear();
+    endpoint.replySlots.close(); // its answers are dropped: `alive` is false
+  }
+
+  /** Cuts the link from -> to (one direction). */
+  cutLink(from: NodeId, to: NodeId): void {
+    this.cut.add(`${from}>${to}`);
   }
 
   isCut(from: NodeId, to: NodeId): boolean {
@@ -87,12 +224,7 @@ export class SimNetwork {
   /** Splits the nodes into groups that reach only their own. */
   partition(groups: readonly (readonly NodeId[])[]): void {
     this.cut.clear();
-    for (const a of groups) {
-      for (const b of groups) {
-        if (a === b) continue;
-        for (const from of a) for (const to of b) this.cut.add(`${from}>${to}`);
-      }
-    }
+    for (const a of groups) for (const b of groups) if (a !== b) for (const from of a) for (const to of b) this.cutLink(from, to);
   }
 
   heal(): void {
@@ -103,55 +235,80 @@ export class SimNetwork {
     return this.prng.intInclusive(this.faults.delayMsMin, this.faults.delayMsMax);
   }
 
-  private call(from: NodeId, to: NodeId, messages: Message[]): void {
-    if (this.isCut(from, to) || (this.faults.lossRate > 0 && this.prng.chance(this.faults.lossRate))) {
-      this.lost++;
-      return;
-    }
-    const copies = this.faults.duplicateRate > 0 && this.prng.chance(this.faults.duplicateRate) ? 2 : 1;
-    for (let i = 0; i < copies; i++) {
-      this.host.at(this.delay(), () => {
-        // A link cut while the call was in flight loses it, as a proxy closing the connection would.
-        const target = this.endpoints.get(to);
-        if (target === undefined || this.isCut(from, to)) {
-          this.lost++;
-          return;
-        }
-        this.delivered++;
-        target.handler(messages, from, this.endpoints.get(from)?.httpUrl ?? "");
-      });
-    }
+  /** Runs `fn` `delayMs` from now, or once node `id`'s process runs again if it is stalled then. */
+  private whenRunning(id: NodeId, delayMs: number, fn: () => void): void {
+    const attempt = (): void => {
+      if (this.host.running(id) || !this.endpoints.has(id)) fn();
+      else this.host.at(5, attempt);
+    };
+    this.host.at(delayMs, attempt);
   }
 
-  private sendSnapshot(from: NodeId, to: NodeId, image: SnapshotImage, options: SendSnapshotOptions): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const chunks = chunksOf(from, to, image, options, snapshotChunkBytesMax);
-      const next = (): void => {
-        if (options.signal?.aborted) return reject(new Error("snapshot transfer aborted"));
-        let chunk: SnapshotChunk;
-        try {
-          const item = chunks.next();
-          if (item.done === true) return resolve();
-          chunk = item.value;
-        } catch (error: unknown) {
-          return reject(error instanceof Error ? error : new Error(String(error)));
-        }
-        const deliver = (): void => {
-          if (options.signal?.aborted) return reject(new Error("snapshot transfer aborted"));
-          const target = this.endpoints.get(to);
-          if (target === undefined || this.isCut(from, to)) return reject(new Error(`node ${to} is unreachable`));
-          if (!this.host.running(to)) return this.host.at(1, deliver); // a stalled receiver answers later
-          try {
-            target.snapshotHandler(chunk);
-          } catch (error: unknown) {
-            return reject(error instanceof Error ? error : new Error(String(error)));
-          }
-          if (chunk.done) resolve();
-          else next();
-        };
-        this.host.at(this.delay(), deliver);
+  /**
+   * One call from `from` to `to`: the request leg, the receiver's handling (`handle`, the real peer
+   * service), and the answer leg. Settles once: with the answer, or with the error the real client
+   * reports (deadline, reset, refused, aborted).
+   */
+  private call<T>(from: NodeId, to: NodeId, handle: (target: Endpoint) => Promise<T>, callOptions: { timeoutMs?: number; signal?: AbortSignal } = {}, carriesReplies: boolean): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      let cancelDeadline: (() => void) | void = undefined;
+      const settle = (outcome: () => void): void => {
+        if (settled) return;
+        settled = true;
+        callOptions.signal?.removeEventListener("abort", onAbort);
+        cancelDeadline?.();
+        outcome();
       };
-      next();
+      const fail = (code: Code, text: string) => settle(() => reject(new ConnectError(text, code)));
+      const onAbort = () => fail(Code.Canceled, "the call was aborted");
+      if (callOptions.signal?.aborted) return onAbort();
+      callOptions.signal?.addEventListener("abort", onAbort);
+      cancelDeadline = this.host.at(callOptions.timeoutMs ?? this.options.rpcTimeoutMs, () => fail(Code.DeadlineExceeded, "the deadline passed"));
+      // A cut link blackholes the call: only the deadline ends it.
+      if (this.isCut(from, to)) return void this.lost++;
+      if (this.faults.lossRate > 0 && this.prng.chance(this.faults.lossRate)) {
+        this.lost++;
+        return this.host.at(this.delay(), () => fail(Code.Unavailable, "the connection was reset"));
+      }
+      this.host.at(this.delay(), () => {
+        const target = this.endpoints.get(to);
+        if (this.isCut(from, to)) return void this.lost++;
+        if (target === undefined) {
+          this.lost++;
+          return fail(Code.Unavailable, "connection refused");
+        }
+        // A stalled receiver reads the call once it runs again (its socket holds it meanwhile).
+        this.whenRunning(to, 0, () => {
+          if (!target.alive) return fail(Code.Unavailable, "the connection was reset");
+          this.delivered++;
+          const reset = () => this.host.at(this.delay(), () => fail(Code.Unavailable, "the connection was reset"));
+          target.open.add(reset);
+          let handled: Promise<T>;
+          try {
+            handled = handle(target);
+          } catch (error: unknown) {
+            handled = Promise.reject(error);
+          }
+          handled.then(
+            (answer) => {
+              target.open.delete(reset);
+              if (!target.alive) return;
+              if (carriesReplies && (answer as SendResponse).messages.length > 0) this.repliesCarried++;
+              this.host.at(this.delay(), () => {
+                // The way back cut meanwhile: the answer is lost, and the deadline ends the call.
+                if (this.isCut(to, from)) return void this.lost++;
+                settle(() => resolve(answer));
+              });
+            },
+            (error: unknown) => {
+              target.open.delete(reset);
+              if (!target.alive) return;
+              this.host.at(this.delay(), () => settle(() => reject(ConnectError.from(error))));
+            },
+          );
+        });
+      });
     });
   }
 }

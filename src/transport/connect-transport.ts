@@ -12,12 +12,13 @@ import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
-import { createPeerSender, messageBytesEstimate } from "./peer-sender.ts";
+import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
+import { createReplySlots, replyWaitMs } from "./reply-slots.ts";
 import { createSocketTransport } from "./socket-transport.ts";
 import type { SocketTransport } from "./socket-transport.ts";
 import { defaultSnapshotDecodeLimits } from "./snapshot-codec.ts";
@@ -106,22 +107,16 @@ export interface PeerStats extends PeerSenderStats {
   readonly sentBytes: number;
 }
 
-/** A peer's call waiting for the loop to be done with its messages, and what it will answer. */
-interface ReplySlot {
-  readonly messages: Message[];
-  bytes: number;
-  readonly resolve: (messages: readonly Message[]) => void;
-  readonly sinceMs: number;
-  /** The call's place among all calls that arrived (see `Transport.callsArrived`). */
-  readonly seq: number;
-}
+/** The longest a peer's call waits for its answer (see reply-slots.ts). */
+export { REPLY_WAIT_MS_MAX } from "./reply-slots.ts";
 
 /**
- * The longest a peer's call waits for its answer. The loop answers within one turn, or once the
- * fsync its replies wait for returns; this bounds calls that arrive as the node stops, or a disk
- * that stalls. Well below any sane peer RPC timeout.
+ * The deadline of a peer call for a node ticking every `tickMs` with `electionTicks` per election
+ * timeout: one election timeout, and never below 200 ms (a loaded loopback answers within that).
  */
-export const REPLY_WAIT_MS_MAX = 500;
+export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number {
+  return Math.max(200, tickMs * electionTicks);
+}
 
 /** The shortest time between two log lines about refused calls of one kind. */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;
@@ -167,52 +162,21 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     }
   }
   /**
-   * Peers' calls waiting for their answer, oldest first: `send` puts messages for such a peer in
-   * its oldest call's answer (up to one call's bounds), and `flush` answers them all. A call the
-   * loop never flushes (it stopped) is answered empty after {@link REPLY_WAIT_MS_MAX}.
+   * Peers' calls waiting for their answer (reply-slots.ts): `send` puts messages for such a peer in
+   * its oldest call's answer (up to one call's bounds), and `flush` answers them. A call the loop
+   * does not flush in time (it stopped, or its replies wait for a slow fsync) is answered with what
+   * it has well before its caller's deadline (`replyWaitMs`).
    */
-  const replySlots = new Map<NodeId, ReplySlot[]>();
-  let callsArrived = 0;
-  let replySweep: ReturnType<typeof setTimeout> | undefined;
-  function awaitReply(from: NodeId): Promise<readonly Message[]> {
-    if (closed) return Promise.resolve([]);
-    return new Promise((resolve) => {
-      let slots = replySlots.get(from);
-      if (slots === undefined) {
-        slots = [];
-        replySlots.set(from, slots);
-      }
-      slots.push({ messages: [], bytes: 0, resolve, sinceMs: performance.now(), seq: ++callsArrived });
-      replySweep ??= setTimeout(sweepReplies, REPLY_WAIT_MS_MAX);
-    });
-  }
-  /** Answers each peer's waiting calls that arrived by `olderThanMs` and are among the first `callsUpTo`. */
-  function answerReplies(olderThanMs: number, callsUpTo = Number.POSITIVE_INFINITY): void {
-    for (const [peerId, slots] of replySlots) {
-      let answered = 0;
-      while (answered < slots.length && (slots[answered] as ReplySlot).sinceMs <= olderThanMs && (slots[answered] as ReplySlot).seq <= callsUpTo) answered++;
-      if (answered === 0) continue;
-      const done = slots.splice(0, answered);
-      if (slots.length === 0) replySlots.delete(peerId);
-      for (const slot of done) slot.resolve(slot.messages);
-    }
-  }
-  function sweepReplies(): void {
-    replySweep = undefined;
-    answerReplies(performance.now() - REPLY_WAIT_MS_MAX);
-    if (replySlots.size > 0) replySweep = setTimeout(sweepReplies, REPLY_WAIT_MS_MAX);
-  }
-  /** Puts `group` (all to `peerId`) in the answer to that peer's oldest waiting call; false if none has room. */
-  function reply(peerId: NodeId, group: Message[]): boolean {
-    const slot = replySlots.get(peerId)?.[0];
-    if (slot === undefined || slot.messages.length + group.length > limits.callMessagesMax) return false;
-    let bytes = 0;
-    for (const message of group) bytes += messageBytesEstimate(message);
-    if (slot.messages.length > 0 && slot.bytes + bytes > limits.callBytesMax) return false;
-    slot.messages.push(...group);
-    slot.bytes += bytes;
-    return true;
-  }
+  const replySlots = createReplySlots({
+    callMessagesMax: limits.callMessagesMax,
+    callBytesMax: limits.callBytesMax,
+    waitMsMax: replyWaitMs(options.rpcTimeoutMs),
+    nowMs: () => performance.now(),
+    after: (delayMs, fn) => {
+      const timer = setTimeout(fn, delayMs);
+      return () => clearTimeout(timer);
+    },
+  });
 
   const server = createPeerServer({
     hostname: options.listen.hostname,
@@ -242,7 +206,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (!closed && fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
-      awaitReply,
+      awaitReply: (from) => replySlots.awaitReply(from),
       snapshotDecodeLimits: limits,
       ...(onSnapshotChunk === undefined
         ? {}
@@ -330,13 +294,13 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         }
         group.push(message);
       }
-      for (const [peerId, group] of byPeer) if (!reply(peerId, group)) senderFor(peerId).enqueue(group);
+      for (const [peerId, group] of byPeer) if (!replySlots.reply(peerId, group)) senderFor(peerId).enqueue(group);
     },
     flush(callsUpTo?: number): void {
-      if (replySlots.size > 0) answerReplies(Number.POSITIVE_INFINITY, callsUpTo);
+      replySlots.flush(callsUpTo);
     },
     callsArrived(): number {
-      return callsArrived;
+      return replySlots.callsArrived();
     },
     sendSnapshot(to: NodeId, image: SnapshotImage, sendOptions: SendSnapshotOptions): Promise<void> {
       if (closed) return Promise.reject(new Error("the transport is closed"));
@@ -360,8 +324,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     close(): Promise<void> {
       if (closing === undefined) {
         closed = true;
-        answerReplies(Number.POSITIVE_INFINITY);
-        clearTimeout(replySweep);
+        replySlots.close();
         transfersAbort.abort(new Error("the transport is closing"));
         closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close()), ...transfers]).then(() => {
           for (const socketTransport of socketTransports) socketTransport.close();
