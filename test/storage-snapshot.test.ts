@@ -1,7 +1,7 @@
-// Proves both KvStorage implementations compact the log, read a consistent image while writes go on, stage a received image in bounded chunks refusing bad ones, and install it atomically, identically, and that all of it survives a reopen (sqlite also drops stale staging and migrates a version 1 database).
+// Proves both KvStorage implementations compact the log, read a consistent image while writes go on, stage a received image in bounded chunks refusing bad ones, and install it atomically, identically, and that all of it survives a reopen (sqlite also drops stale staging, leaves no staged pages behind after an install, and migrates a version 1 database).
 import { afterAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AssertionError } from "../src/lib/assert.ts";
@@ -330,7 +330,9 @@ describe("sqlite snapshot files", () => {
     writePuts(storage, 5, 1);
     storage.compact(3);
     storage.close();
+    writeFileSync(join(dir, "kv.db-staging"), "left by a process that died while staging");
     const reopened = openSqliteStorage(dir);
+    expect(existsSync(join(dir, "kv.db-staging"))).toBe(false);
     reopened.close();
     const raw = new Database(join(dir, "kv.db"));
     expect(raw.query<{ n: number }, []>("SELECT COUNT(*) AS n FROM kv_staging").get()?.n).toBe(0);
@@ -397,6 +399,38 @@ describe("sqlite snapshot files", () => {
     expect(storage.appliedIndex()).toBe(last);
     expect(storage.list("k", undefined, 1_000).length).toBe(keys);
     storage.close();
+  });
+
+  test("a node that installs an image of 8 MB ends with a data dir at most 1.2x the source's (the staged pages are not left behind)", () => {
+    const dirSize = (dir: string) => readdirSync(dir).reduce((sum, name) => sum + statSync(join(dir, name)).size, 0);
+    const sourceDir = tempDir();
+    const source = openSqliteStorage(sourceDir, { voters: [1] });
+    const value = "v".repeat(4_000);
+    // 2,000 keys of 4 KB, the log compacted as it goes (its pages are reused, as on a running node).
+    for (let batch = 0; batch < 40; batch++) {
+      writePuts(source, 50, 1, 100_000, () => value);
+      source.compact(source.appliedIndex());
+    }
+    const targetDir = tempDir();
+    const target = openSqliteStorage(targetDir, { voters: [1] });
+    const image = source.openImage();
+    let first = true;
+    for (let page = image.next(1 << 20); page.length > 0; page = image.next(1 << 20)) {
+      target.stageImageChunk("big", page, first);
+      first = false;
+    }
+    target.installSnapshot(image.metadata, "big");
+    image.close();
+    expect(target.get("k1")?.value.byteLength).toBe(4_000);
+    source.close();
+    target.close(); // both checkpoint their WAL into the database file and delete it
+    const sourceBytes = dirSize(sourceDir);
+    expect(sourceBytes).toBeGreaterThan(8_000_000);
+    expect(dirSize(targetDir)).toBeLessThanOrEqual(1.2 * sourceBytes);
+    const reopened = openSqliteStorage(targetDir, { voters: [1] });
+    expect(reopened.appliedIndex()).toBe(image.metadata.index);
+    expect(reopened.list("k", undefined, 1_000).length).toBe(1_000);
+    reopened.close();
   });
 
   test("a version 1 database (before snapshots) is migrated in place", () => {
