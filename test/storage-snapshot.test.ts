@@ -433,6 +433,30 @@ describe("sqlite snapshot files", () => {
     reopened.close();
   });
 
+  test("with checkpoints on the worker, an install is checkpointed without waiting for later writes", async () => {
+    const sourceDir = tempDir();
+    const source = openSqliteStorage(sourceDir, { voters: [1] });
+    const value = "v".repeat(4_000);
+    for (let batch = 0; batch < 10; batch++) writePuts(source, 100, 1, 100_000, () => value); // 4 MB
+    const reports: CheckpointReport[] = [];
+    const target = openSqliteStorage(tempDir(), { voters: [1], checkpointPages: 64, onCheckpoint: (report) => reports.push(report) });
+    const image = source.openImage();
+    let first = true;
+    for (let page = image.next(1 << 20); page.length > 0; page = image.next(1 << 20)) {
+      target.stageImageChunk("img", page, first);
+      first = false;
+    }
+    target.installSnapshot(image.metadata, "img");
+    image.close();
+    source.close();
+    // Nothing is written after the install: a round must still copy the image's frames (about 1,000 pages).
+    const deadline = Date.now() + 4_000;
+    while (!reports.some((r) => r.thread === "worker" && r.checkpointedFrames >= 900) && Date.now() < deadline) await Bun.sleep(10);
+    expect(reports.filter((r) => r.error !== undefined)).toEqual([]);
+    expect(reports.some((r) => r.thread === "worker" && r.checkpointedFrames >= 900)).toBe(true);
+    target.close();
+  });
+
   test("a version 1 database (before snapshots) is migrated in place", () => {
     const dir = tempDir();
     const raw = new Database(join(dir, "kv.db"), { create: true });

@@ -978,6 +978,8 @@ export class SqliteStorage implements KvStorage {
     this.snap = snapshot;
     this.last = snapshot.index;
     this.terms.reset([], snapshot.index);
+    // The image went into the WAL whole: its checkpoint is asked for now, not after later writes.
+    this.notePages(Math.ceil(this.staging.bytes / this.pageBytes));
     this.staging = { imageId: undefined, bytes: 0 };
   }
 
@@ -1123,6 +1125,12 @@ export class SqliteStorage implements KvStorage {
     if (this.checkpointer === undefined) return;
     let pages = 1;
     for (const entry of entries) pages += 1 + Math.floor(entry.data.length / this.pageBytes);
+    this.notePages(pages);
+  }
+
+  /** Counts `pages` written to the WAL (by estimate) toward the next checkpoint request. */
+  private notePages(pages: number): void {
+    if (this.checkpointer === undefined) return;
     this.pagesSinceCheckpoint += pages;
     this.maybeCheckpoint();
   }
