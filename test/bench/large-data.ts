@@ -123,18 +123,19 @@ async function load(cluster: ChaosCluster, keys: number, valueBytes: number, pro
   await Promise.all(Array.from({ length: LOADERS }, loader));
 }
 
-/** Time (ms since the epoch) and fields of the first JSON log line of `event` in `file`. */
-function logEvent(file: string, event: string): { timeMs: number; fields: Record<string, unknown> } | undefined {
+/** Time (ms since the epoch) and fields of the JSON log lines of `event` in `file`, in order. */
+function logEvents(file: string, event: string): { timeMs: number; fields: Record<string, unknown> }[] {
+  const found: { timeMs: number; fields: Record<string, unknown> }[] = [];
   for (const line of readFileSync(file, "utf8").split("\n")) {
     if (!line.includes(`"event":"${event}"`)) continue;
     try {
       const parsed = JSON.parse(line) as Record<string, unknown>;
-      return { timeMs: Date.parse(String(parsed.time)), fields: parsed };
+      found.push({ timeMs: Date.parse(String(parsed.time)), fields: parsed });
     } catch {
       // not a JSON line
     }
   }
-  return undefined;
+  return found;
 }
 
 const fmt = (n: number, digits = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "–");
@@ -164,6 +165,7 @@ export async function runLargeData(options: LargeDataOptions): Promise<string[]>
   const committed = (await cluster.status(leader, 5_000))?.commitIndex ?? 0;
   await cluster.waitForConvergence(committed, 600_000);
   const sizesLoaded = cluster.nodes.map((node) => dirBytes(node.dataDir));
+  const termAfterLoad = (await cluster.status(leader, 5_000))?.term ?? Number.NaN;
   progress(`large data: loaded in ${(loadMs / 1000).toFixed(0)} s; data dirs ${sizesLoaded.map(mb).join(", ")} MB`);
 
   // (a) Restart a follower: SIGTERM, then spawn it again and time until a linearizable read answers.
@@ -207,9 +209,12 @@ export async function runLargeData(options: LargeDataOptions): Promise<string[]>
   const catchUpMs = performance.now() - joinStartedMs;
   const after = await Promise.all(cluster.nodes.map((node) => cluster.status(node.id, 5_000)));
   const leaderChanged = before.some((s, i) => s === undefined || after[i] === undefined || after[i]!.term !== s.term || after[i]!.leaderId !== s.leaderId);
-  const receive = logEvent(joinLog, "snapshot receive");
-  const received = logEvent(joinLog, "snapshot received");
-  const installed = logEvent(joinLog, "snapshot installed");
+  // The image installed, from its first chunk: a transfer cut short (its leader lost office) is not timed.
+  const received = logEvents(joinLog, "snapshot received")[0];
+  const imageId = received?.fields.imageId;
+  const receive = logEvents(joinLog, "snapshot receive").find((event) => event.fields.imageId === imageId);
+  const installed = logEvents(joinLog, "snapshot installed").find((event) => event.fields.imageId === imageId);
+  const transfersStarted = logEvents(joinLog, "snapshot receive").length;
   const imageValueBytes = Number(received?.fields.valueBytes ?? Number.NaN);
   const imageRows = Number(received?.fields.rows ?? Number.NaN);
   // Keys as loaded are ASCII: their length is their size in bytes.
@@ -239,7 +244,8 @@ export async function runLargeData(options: LargeDataOptions): Promise<string[]>
   lines.push("");
   lines.push(
     `Large data set (kv only): ${fmt(keys)} keys of ${fmt(valueBytes)} B loaded into a fresh 3-node kv (\`--quota-bytes 0\`) through \`POST /txn\` ` +
-      `(${PUTS_PER_TXN} puts each, ${LOADERS} in flight) in ${fmt(loadMs / 1000)} s; data dirs then ${sizesLoaded.map(mb).join(" / ")} MB.`,
+      `(${PUTS_PER_TXN} puts each, ${LOADERS} in flight) in ${fmt(loadMs / 1000)} s; data dirs then ${sizesLoaded.map(mb).join(" / ")} MB; ` +
+      `term ${termAfterLoad} after loading (it starts at 1: ${fmt(termAfterLoad - 1)} elections while loading, before the measures below).`,
   );
   lines.push("");
   lines.push("| measure | figure | target | |");
@@ -248,6 +254,7 @@ export async function runLargeData(options: LargeDataOptions): Promise<string[]>
   lines.push(`| \`--join\`: node 4 applied the leader's commit index (${fmt(target)}) | ${fmt(catchUpMs / 1000, 1)} s | | |`);
   lines.push(`| image streamed to node 4 (${mb(imageBytes)} MB of keys and values, first chunk to last staged) | ${fmt(streamMs / 1000, 1)} s: ${fmt(streamMbPerS, 1)} MB/s | ≥ ${STREAM_TARGET_MB_PER_S} MB/s | ${verdict(streamMbPerS >= STREAM_TARGET_MB_PER_S)} |`);
   lines.push(`| install of the staged image on node 4 | ${fmt(installMs / 1000, 1)} s | | |`);
+  lines.push(`| transfers to node 4 begun (a new leader starts over) | ${transfersStarted} | | |`);
   lines.push(`| leader changes seen by nodes 1-3 during the join | ${leaderChanged ? "yes" : "0"} | 0 | ${verdict(!leaderChanged)} |`);
   lines.push(`| data dirs after the join, running (nodes 1, 2, 3, 4), MB | ${sizesRunning.map(mb).join(" / ")} (node 4: ${fmt(ratio(sizesRunning), 2)}×) | | |`);
   lines.push(`| data dirs once stopped (nodes 1, 2, 3, 4), MB | ${sizesStopped.map(mb).join(" / ")} (node 4: ${fmt(ratio(sizesStopped), 2)}× the largest other) | ≤ ${DATA_DIR_RATIO_TARGET}× | ${verdict(ratio(sizesStopped) <= DATA_DIR_RATIO_TARGET)} |`);
