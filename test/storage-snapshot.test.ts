@@ -403,13 +403,14 @@ describe("sqlite snapshot files", () => {
     reopened.close();
   });
 
-  test("with checkpoints on the worker, an install is checkpointed without waiting for later writes", async () => {
+  test("with checkpoints on the worker, an install is checkpointed and its WAL space given back without waiting for later writes", async () => {
     const sourceDir = tempDir();
     const source = openSqliteStorage(sourceDir, { voters: [1] });
     const value = "v".repeat(4_000);
     for (let batch = 0; batch < 10; batch++) writePuts(source, 100, 1, 100_000, () => value); // 4 MB
     const reports: CheckpointReport[] = [];
-    const target = openSqliteStorage(tempDir(), { voters: [1], checkpointPages: 64, onCheckpoint: (report) => reports.push(report) });
+    const targetDir = tempDir();
+    const target = openSqliteStorage(targetDir, { voters: [1], checkpointPages: 64, walRestartFrames: 256, onCheckpoint: (report) => reports.push(report) });
     const image = source.openImage();
     let first = true;
     for (let page = image.next(1 << 20); page.length > 0; page = image.next(1 << 20)) {
@@ -420,12 +421,18 @@ describe("sqlite snapshot files", () => {
     image.close();
     source.close();
     // Nothing is written after the install: a round must still copy the image's frames (about 1,000 pages).
-    const deadline = Date.now() + 4_000;
+    const deadline = Date.now() + 10_000;
     while (!reports.some((r) => r.thread === "worker" && r.checkpointedFrames >= 900) && Date.now() < deadline) await Bun.sleep(10);
     expect(reports.filter((r) => r.error !== undefined)).toEqual([]);
     expect(reports.some((r) => r.thread === "worker" && r.checkpointedFrames >= 900)).toBe(true);
+    // And the WAL file, which held the whole image, gives its space back: the data dir is not twice
+    // the image while the node runs on without writing.
+    const walFile = join(targetDir, "kv.db-wal");
+    while (existsSync(walFile) && statSync(walFile).size > 0 && Date.now() < deadline) await Bun.sleep(10);
+    expect(existsSync(walFile) ? statSync(walFile).size : 0).toBe(0);
+    expect(target.get("k1")?.value.byteLength).toBe(4_000);
     target.close();
-  });
+  }, 15_000);
 
   test("with checkpoints on the worker, the caller's thread checkpoints only a short tail, the WAL still starts over, and nothing written is lost", async () => {
     const dir = tempDir();

@@ -493,6 +493,7 @@ export class SqliteStorage implements KvStorage {
   private readonly checkpointer: Checkpointer | undefined;
   private readonly checkpointPages: number;
   private readonly walCheckpoint: Statement<{ busy: number; log: number; checkpointed: number }, []>;
+  private readonly walTruncate: Statement<{ busy: number; log: number; checkpointed: number }, []>;
   /** Pages written since the last checkpoint request, by estimate (see `notePagesWritten`). */
   private pagesSinceCheckpoint = 0;
 
@@ -513,6 +514,7 @@ export class SqliteStorage implements KvStorage {
     const checkpointing = settings.checkpointer;
     this.checkpointPages = checkpointing?.pages ?? 0;
     this.walCheckpoint = db.prepare("PRAGMA wal_checkpoint(PASSIVE)");
+    this.walTruncate = db.prepare("PRAGMA wal_checkpoint(TRUNCATE)");
     assert(checkpointing === undefined || (Number.isSafeInteger(checkpointing.pages) && checkpointing.pages >= 1), "checkpointPages");
     this.checkpointer =
       checkpointing === undefined
@@ -534,7 +536,11 @@ export class SqliteStorage implements KvStorage {
                   this.checkpointer?.request();
                   return;
                 }
-                this.checkpointHere(checkpointing.onCheckpoint);
+                // A WAL far past its usual length (an install wrote a whole image into it) is also
+                // cut to zero bytes, or its file would keep that space until the next commit, which
+                // an idle node may not make; none of our images may be reading it then.
+                const truncate = report.walFrames > 4 * checkpointing.restartFrames && this.images.size === 0;
+                this.checkpointHere(checkpointing.onCheckpoint, truncate);
               }
               // What was written during the round is asked for as soon as it ends.
               this.maybeCheckpoint();
@@ -1157,10 +1163,10 @@ export class SqliteStorage implements KvStorage {
    * Checkpoints on this thread what was written since the worker's last round (little, as it had
    * caught up), so that the next commit finds the WAL wholly checkpointed and starts it over.
    */
-  private checkpointHere(onCheckpoint: ((report: CheckpointReport) => void) | undefined): void {
+  private checkpointHere(onCheckpoint: ((report: CheckpointReport) => void) | undefined, truncate: boolean): void {
     const startedMs = performance.now();
     try {
-      const result = this.walCheckpoint.get();
+      const result = (truncate ? this.walTruncate : this.walCheckpoint).get();
       onCheckpoint?.({ durationMs: performance.now() - startedMs, walFrames: result?.log ?? -1, checkpointedFrames: result?.checkpointed ?? -1, thread: "caller" });
     } catch (error) {
       // Not fatal: the WAL goes on growing until a later round, or the backstop, catches up.
