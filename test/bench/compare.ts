@@ -14,9 +14,11 @@ import packageJson from "../../package.json" with { type: "json" };
 import { BenchInputError, parseDurationMs, parseWholeNumber } from "../../src/bench/bench-options.ts";
 import type { BenchReport } from "../../src/bench/bench-report.ts";
 import { ChaosCluster } from "../../src/chaos/cluster.ts";
+import { runLargeData } from "./large-data.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sustained 60s] [--value-sizes 1024,16384,262144] [--matrix-only]
+                             [--large-data] [--large-keys 2000000] [--large-value-bytes 1024] [--large-only]
                              [--kv-bin dist/kv] [--out FILE] [--keep-data]
   --duration   length of each measured run (default 10s)
   --rounds     rounds of A B (kv, etcd) per workload; figures are medians over rounds (default 3)
@@ -25,6 +27,11 @@ const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sus
   --value-sizes  also run the value-size matrix: 64 clients writing values of each size (bytes) over
                50,000 keys, reported with MB/s (the node-loop issue's targets)
   --matrix-only  run only the value-size matrix (no 100 B workloads, no sustained run)
+  --large-data also run the large-data set (kv only, on a cluster of its own; see large-data.ts):
+               load --large-keys values of --large-value-bytes, then time a follower's restart, a
+               node joining with --join (image MB/s, leader changes) and compare data dir sizes
+  --large-keys, --large-value-bytes  its size (default 2000000 x 1024: about 2 GB; loading takes minutes)
+  --large-only run only the large-data set (no etcd)
   --kv-bin     the kv executable to measure and to run the client with (default dist/kv, built if missing)
   --out        also write the markdown report to FILE
   --keep-data  keep the temp dir (node data and logs)`;
@@ -351,6 +358,10 @@ async function main(): Promise<number> {
     sustained?: string;
     "value-sizes"?: string;
     "matrix-only"?: boolean;
+    "large-data"?: boolean;
+    "large-keys"?: string;
+    "large-value-bytes"?: string;
+    "large-only"?: boolean;
     "kv-bin"?: string;
     out?: string;
     "keep-data"?: boolean;
@@ -360,6 +371,7 @@ async function main(): Promise<number> {
   let durationText: string;
   let rounds: number;
   let sustainedText: string;
+  let large: { keys: number; valueBytes: number } | undefined;
   try {
     flags = parseArgs({
       args: process.argv.slice(2),
@@ -369,6 +381,10 @@ async function main(): Promise<number> {
         sustained: { type: "string" },
         "value-sizes": { type: "string" },
         "matrix-only": { type: "boolean" },
+        "large-data": { type: "boolean" },
+        "large-keys": { type: "string" },
+        "large-value-bytes": { type: "string" },
+        "large-only": { type: "boolean" },
         "kv-bin": { type: "string" },
         out: { type: "string" },
         "keep-data": { type: "boolean" },
@@ -389,6 +405,12 @@ async function main(): Promise<number> {
     if (flags["matrix-only"] === true && sizes.length === 0) throw new BenchInputError("--matrix-only needs --value-sizes");
     const matrix = sizes.map((valueBytes) => ({ name: `writes, 64 clients, ${valueBytes} B values`, clients: 64, mix: "put=1", valueBytes, keys: MATRIX_KEYS }));
     workloads = [...(flags["matrix-only"] === true ? [] : WORKLOADS), ...matrix];
+    if (flags["large-data"] === true || flags["large-only"] === true) {
+      large = {
+        keys: flags["large-keys"] === undefined ? 2_000_000 : parseWholeNumber("large-keys", flags["large-keys"], 1, 100_000_000),
+        valueBytes: flags["large-value-bytes"] === undefined ? 1024 : parseWholeNumber("large-value-bytes", flags["large-value-bytes"], 1, 1 << 20),
+      };
+    }
   } catch (error) {
     const message = error instanceof BenchInputError || error instanceof TypeError ? error.message : String(error);
     console.error(`bench:compare: ${message}\n${USAGE}`);
@@ -400,10 +422,38 @@ async function main(): Promise<number> {
   mkdirSync(join(dir, "kv"), { recursive: true });
   let ok = false;
   try {
-    const etcdBin = ensureEtcd();
-    const etcdVersion = (Bun.spawnSync([etcdBin, "--version"]).stdout.toString().split("\n")[0] ?? "").replace("etcd Version: ", "").trim();
     const kvBin = prepareKvBinary(flags["kv-bin"], dir);
     console.error(`data and logs in ${dir}; load average before start: ${loadBefore.map((l) => l.toFixed(2)).join(" ")}`);
+    const largeRun = async (): Promise<string[]> => {
+      if (large === undefined) return [];
+      const busyBeforeMs = machineBusyMs();
+      const startedMs = performance.now();
+      const section = await runLargeData({
+        kvBin,
+        dir,
+        ...large,
+        onCleanup: (step) => cleanups.push(step),
+        onPids: (pidsOf) => otherPids.push(pidsOf),
+        freePortRange,
+        progress: (line) => console.error(line),
+      });
+      const machineCores = (machineBusyMs() - busyBeforeMs) / Math.max(1, performance.now() - startedMs);
+      return [
+        ...section,
+        "",
+        `Machine: ${cpus().length} cores, load average before start ${loadBefore.map((l) => l.toFixed(2)).join(" ")}; ` +
+          `both cores together were ${(machineCores * 100).toFixed(0)}% busy on average during the large-data run (kv, the loader and anything else on the machine).`,
+      ];
+    };
+    if (flags["large-only"] === true) {
+      const markdown = [`### kv ${packageJson.version}: large data set, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`, ...(await largeRun())].join("\n");
+      console.log(markdown);
+      if (flags.out !== undefined) writeFileSync(flags.out, `${markdown}\n`);
+      ok = true;
+      return 0;
+    }
+    const etcdBin = ensureEtcd();
+    const etcdVersion = (Bun.spawnSync([etcdBin, "--version"]).stdout.toString().split("\n")[0] ?? "").replace("etcd Version: ", "").trim();
     const kv = await startKv(kvBin, dir);
     const etcd = await startEtcd(etcdBin, dir);
     const stores = [kv, etcd];
@@ -511,6 +561,17 @@ async function main(): Promise<number> {
       const at = rssAtCheckpoint.get(store.name) ?? [];
       const end = rssAtEnd.get(store.name) ?? [];
       lines.push(`| ${store.name} | ${[0, 1, 2].map((i) => fmt(at[i] ?? Number.NaN)).join(" | ")} | ${[0, 1, 2].map((i) => fmt(end[i] ?? Number.NaN)).join(" | ")} |`);
+    }
+    if (large !== undefined) {
+      // The large-data set runs on a cluster of its own: the stores above stop first.
+      for (const pid of stores.flatMap((store) => store.pids())) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+      lines.push(...(await largeRun()));
     }
     const markdown = lines.join("\n");
     console.log(markdown);
