@@ -233,6 +233,85 @@ describe("against a 3-node cluster", () => {
     }
   });
 
+  test("a predecessor deleted between the waiter's listing and its watch still wakes the waiter", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const holder = await kv.lock("race", { ttlMs: 5_000 });
+    let raced = false;
+    // The holder leaves after the waiter listed the queue and before its watch reaches a node.
+    const waiterClient = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (String(input).includes("/watch?") && !raced) {
+          raced = true;
+          await holder.release();
+        }
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const lock = await waiterClient.lock("race", { ttlMs: 5_000, signal: AbortSignal.timeout(10_000) });
+    expect(raced).toBe(true);
+    expect(lock.fence).toBeGreaterThan(holder.fence);
+    await lock.release();
+  });
+
+  test("a waiter whose watch's node is killed resumes the watch elsewhere and takes the lock when the holder leaves", async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.map((n) => n.id).find((id) => id !== leader) as number;
+    const kv = createClient({ endpoints: [cluster.node(leader).httpUrl] });
+    const holder = await kv.lock("failover", { ttlMs: 5_000 });
+    const watchesOn: string[] = [];
+    const waiterClient = createClient({
+      endpoints: [cluster.node(follower).httpUrl, ...urls().filter((u) => u !== cluster.node(follower).httpUrl)],
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (String(input).includes("/watch?")) watchesOn.push(new URL(String(input)).origin);
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const followerUrl = cluster.node(follower).httpUrl;
+    const waiting = waiterClient.lock("failover", { ttlMs: 5_000 });
+    try {
+      await until(() => watchesOn.length === 1, "the waiter's watch");
+      expect(watchesOn[0]).toBe(followerUrl);
+      await cluster.kill(follower);
+      await until(() => watchesOn.length >= 2, "the watch to resume on another node");
+      await holder.release();
+      const lock = await waiting;
+      expect(lock.fence).toBeGreaterThan(holder.fence);
+      expect(watchesOn.slice(1).every((origin) => origin !== followerUrl)).toBe(true);
+      await lock.release();
+    } finally {
+      await cluster.startNode(follower);
+    }
+  });
+
+  test("a waiter whose own lease runs out while it waits (paused) joins the queue again and still gets the lock", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const holder = await kv.lock("rejoin", { ttlMs: 5_000 });
+    let resume: () => void = () => {};
+    let gate: Promise<void> | undefined;
+    // Paused: requests wait until resumed, then go out (as a SIGSTOPped process's would).
+    const waiterClient = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (gate !== undefined) await gate;
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const waiting = waiterClient.lock("rejoin", { ttlMs: TTL_MS });
+    await until(async () => (await keysUnder("rejoin/")).length === 2, "the waiter to queue");
+    const firstKey = (await keysUnder("rejoin/")).find((key) => key !== holder.key);
+    gate = new Promise((resolve) => (resume = resolve));
+    await until(async () => !(await keysUnder("rejoin/")).includes(firstKey as string), "the waiter's lease to run out");
+    gate = undefined;
+    resume();
+    await until(async () => (await keysUnder("rejoin/")).length === 2, "the waiter to queue again");
+    await holder.release();
+    const lock = await waiting;
+    expect(lock.key).not.toBe(firstKey);
+    expect(lock.fence).toBeGreaterThan(holder.fence);
+    await lock.release();
+  });
+
   test("a waiter whose signal aborts stops waiting and leaves the queue", async () => {
     const kv = createClient({ endpoints: urls() });
     const holder = await kv.lock("abandon", { ttlMs: 5_000 });
