@@ -159,6 +159,17 @@ describe("kv lock and kv elect", () => {
     expect(await keysUnder("chair/")).toEqual([]);
   });
 
+  test("a wait interrupted by SIGINT leaves the queue and exits 130", async () => {
+    const kv = createClient({ endpoints: endpoints() });
+    const holder = await kv.lock("interrupted", { ttlMs: 5_000 });
+    const waiter = spawnKv(["lock", "interrupted", "--endpoints", endpoints(), "--", "true"]);
+    await until(async () => (await keysUnder("interrupted/")).length === 2, "the waiter to queue");
+    waiter.proc.kill("SIGINT");
+    expect(await waiter.proc.exited).toBe(130);
+    expect(await keysUnder("interrupted/")).toEqual([holder.key]);
+    await holder.release();
+  });
+
   test("usage errors: nothing after --, two names, --observe with a value", async () => {
     for (const args of [
       ["lock", "x", "--"],

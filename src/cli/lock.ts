@@ -78,7 +78,7 @@ export const lockCommand = defineCommand({
   meta: {
     name: "lock",
     description:
-      "Wait for lock NAME, then run CMD (given after --) with KV_LOCK_KEY and KV_LOCK_FENCE set, keeping the lock until it exits, and exit with its status; a lock lost meanwhile is reported on stderr and CMD gets SIGTERM. Without CMD: print the key and the fence and hold the lock until SIGINT/SIGTERM",
+      "Wait for lock NAME, run CMD (after --) holding it with KV_LOCK_KEY and KV_LOCK_FENCE set, exit with its status; without CMD print the key and fence and hold until interrupted",
   },
   args: {
     name: { type: "positional", required: true, description: "The lock's name (its keys are NAME/<lease id>)" },
@@ -140,7 +140,7 @@ export const lockCommand = defineCommand({
 export const electCommand = defineCommand({
   meta: {
     name: "elect",
-    description: "Campaign in election NAME with VALUE: print when elected, hold office until SIGINT/SIGTERM, then resign. With --observe: print each new leader's value as it changes",
+    description: "Campaign in election NAME with VALUE and hold office until interrupted; with --observe, print each new leader's value",
   },
   args: {
     name: { type: "positional", required: true, description: "The election's name (its keys are NAME/<lease id>)" },
