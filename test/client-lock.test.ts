@@ -165,6 +165,33 @@ describe("against a 3-node cluster", () => {
     expect(await keysUnder("paused/")).toEqual([]);
   });
 
+  test("a holder whose grant's answer came late still knows it lost the lock before a waiter can take it", async () => {
+    let paused = false;
+    // The grant's answer is slow to arrive (the countdown started at the leader long before), and
+    // once the lock is held every request hangs, as a paused holder's would.
+    const holderClient = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (paused) return new Promise<Response>(() => {});
+        const response = await fetch(input, init);
+        if (new URL(String(input)).pathname === "/leases" && init?.method === "POST") await Bun.sleep(300); // the slow answer
+        return response;
+      }) as typeof fetch,
+    });
+    const holder = await holderClient.lock("late-grant", { ttlMs: TTL_MS });
+    paused = true;
+    const waiter = await createClient({ endpoints: urls() }).lock("late-grant", { ttlMs: 5_000 });
+    try {
+      expect(waiter.fence).toBeGreaterThan(holder.fence);
+      // By the time anyone else holds the lock, the old holder has been told.
+      expect(holder.lost.aborted).toBe(true);
+    } finally {
+      paused = false;
+      await waiter.release();
+      await holder.release();
+    }
+  });
+
   test("each waiter watches only the key just ahead of it: one stream per waiter, none reopened as holders leave", async () => {
     const opened: string[][] = [[], [], [], []];
     const clients = opened.map((log) =>

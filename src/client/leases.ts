@@ -36,6 +36,13 @@ export interface LeaseRevoked {
 export interface LeaseKeepOptions {
   /** The lease's TTL (as granted): the keeper sends a keepalive every third of it. */
   readonly ttlMs: number;
+  /**
+   * When the grant (or the last keepalive answered) was sent, by `performance.now()`. The leader
+   * started the countdown after that, so the lease lives at least until `sentAtMs + ttlMs`, and no
+   * longer can be assumed: the keeper's `lost` fires then unless a later keepalive was answered.
+   * Default: now, which is right only when `keep` is called as soon as the grant was sent.
+   */
+  readonly sentAtMs?: number;
 }
 
 /**
@@ -147,7 +154,9 @@ export function createLeasesApi(transport: Transport): LeasesApi {
       checkId(id);
       const ttlMs = options.ttlMs;
       if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
-      return startKeeper(id, ttlMs, keepAlive);
+      const sentAtMs = options.sentAtMs ?? performance.now();
+      if (!Number.isFinite(sentAtMs)) throw new KvClientError("bad_request", 0, `sentAtMs must be a performance.now() time, got ${sentAtMs}`);
+      return startKeeper(id, ttlMs, sentAtMs, keepAlive);
     },
   };
 }
@@ -158,10 +167,10 @@ export function createLeasesApi(transport: Transport): LeasesApi {
  * deadline unless a later keepalive was answered first: early rather than late, which is the safe
  * side for a lock holder.
  */
-function startKeeper(id: number, ttlMs: number, keepAlive: (id: number, timeoutMs?: number) => Promise<unknown>): LeaseKeeper {
+function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id: number, timeoutMs?: number) => Promise<unknown>): LeaseKeeper {
   const lostController = new AbortController();
   let stopped = false;
-  let aliveUntilMs = performance.now() + ttlMs; // the grant (or the caller's last keepalive) was just answered
+  let aliveUntilMs = sentAtMs + ttlMs;
   let deadlineTimer: ReturnType<typeof setTimeout> | undefined;
   let intervalTimer: ReturnType<typeof setTimeout> | undefined;
   const intervalMs = Math.max(KEEPALIVE_INTERVAL_MS_MIN, Math.floor(ttlMs / 3));
@@ -198,7 +207,8 @@ function startKeeper(id: number, ttlMs: number, keepAlive: (id: number, timeoutM
     if (!stopped) intervalTimer = setTimeout(() => void beat(), intervalMs);
   };
   armDeadline();
-  intervalTimer = setTimeout(() => void beat(), intervalMs);
+  // The first beat comes a third of the TTL after the grant was sent (at once if that is past).
+  intervalTimer = setTimeout(() => void beat(), Math.max(0, sentAtMs + intervalMs - performance.now()));
   return {
     id,
     lost: lostController.signal,

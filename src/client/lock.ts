@@ -77,8 +77,10 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
   const signal = options.signal;
   for (;;) {
     signal?.throwIfAborted();
+    // The lease's countdown starts when the leader applies the grant: after this, before the answer.
+    const grantSentMs = performance.now();
     const lease = await deps.leases.grant(ttlMs);
-    const keeper = deps.leases.keep(lease.id, { ttlMs: lease.ttlMs });
+    const keeper = deps.leases.keep(lease.id, { ttlMs: lease.ttlMs, sentAtMs: grantSentMs });
     const key = `${prefix}${lease.id}`;
     const giveUp = async () => {
       keeper.stop();
@@ -88,7 +90,8 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
     let fence: number;
     try {
       fence = (await deps.put(key, value, { ifVersion: 0, lease: lease.id })).version;
-      if (await waitForTurn(deps, prefix, key, keeper, signal)) {
+      // Held only if the lease is still known alive: a lock lost on the way in is no lock.
+      if ((await waitForTurn(deps, prefix, key, keeper, signal)) && !keeper.lost.aborted) {
         let released: Promise<void> | undefined;
         return {
           key,
