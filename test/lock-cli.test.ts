@@ -159,6 +159,13 @@ describe("kv lock and kv elect", () => {
     expect(await keysUnder("chair/")).toEqual([]);
   });
 
+  test("a CMD that cannot be run exits 127 (as a shell would), releasing the lock", async () => {
+    const run = spawnKv(["lock", "nocmd", "--endpoints", endpoints(), "--", "/nonexistent/kv-lock-test-cmd"]);
+    expect(await run.proc.exited).toBe(127);
+    await run.waitFor("cannot run", "err");
+    expect(await keysUnder("nocmd/")).toEqual([]);
+  });
+
   test("a wait interrupted by SIGINT leaves the queue and exits 130", async () => {
     const kv = createClient({ endpoints: endpoints() });
     const holder = await kv.lock("interrupted", { ttlMs: 5_000 });

@@ -117,7 +117,10 @@ export const lockCommand = defineCommand({
       });
     } catch (error) {
       await lock.release();
-      throw new UsageError(`cannot run '${cmd[0]}': ${error instanceof Error ? error.message : String(error)}`);
+      interrupted.dispose();
+      // As a shell answers a command it cannot find or run.
+      console.error(`kv: cannot run '${cmd[0]}': ${error instanceof Error ? error.message : String(error)}`);
+      process.exit(127);
     }
     // Our own SIGINT/SIGTERM go on to CMD; we release once it has exited.
     interrupted.signal.addEventListener("abort", () => child.kill(interrupted.signal.reason as NodeJS.Signals), { once: true });
