@@ -1,4 +1,4 @@
-// Proves client.watch (src/client/watch.ts) against real in-process nodes and a scripted fake: a stream whose node is killed, or whose connection is cut, resumes on the next endpoint with Last-Event-ID and delivers every acknowledged change exactly once, in order; a resume in the middle of one version's changes neither skips nor repeats any of them; a start older than every node's history is a KvClientError `compacted` with its compactVersion; bad selectors are refused before any request.
+// Proves client.watch (src/client/watch.ts) against real in-process nodes and a scripted fake: a stream whose node is killed, or whose connection is cut, resumes on the next endpoint with Last-Event-ID and delivers every acknowledged change exactly once, in order; a resume in the middle of one version's changes neither skips nor repeats any of them; a start older than every node's history is a KvClientError `compacted` with its compactVersion; a stream gone silent (a paused node) is resumed elsewhere after idleTimeoutMs, and progress events are yielded when asked; bad selectors are refused before any request.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -193,5 +193,41 @@ describe("against a scripted stream", () => {
     expect(seen).toEqual(["p/a@5", "p/b@5", "p/c@5", "p/d@6"]);
     expect(requests.map((r) => r.lastEventId)).toEqual([null, "4"]);
     expect(requests[1]?.url.startsWith("http://127.0.0.1:2/watch?")).toBe(true);
+  });
+});
+
+describe("against a silent stream", () => {
+  test("a stream that goes silent (a paused node) is resumed elsewhere after idleTimeoutMs; progress is yielded when asked", async () => {
+    const requests: { url: string; lastEventId: string | null }[] = [];
+    const encoder = new TextEncoder();
+    const fake = (async (input: string | URL | Request, init?: RequestInit) => {
+      requests.push({ url: String(input), lastEventId: new Headers(init?.headers).get("last-event-id") });
+      if (requests.length === 1) {
+        // One progress event, then nothing ever again: the connection stays open, as to a paused node.
+        const body = new ReadableStream<Uint8Array>({
+          start(controller) {
+            controller.enqueue(encoder.encode(`id: 7\nevent: progress\ndata: {"version":7}\n\n`));
+            init?.signal?.addEventListener("abort", () => controller.error(new Error("aborted")));
+          },
+        });
+        return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+      }
+      return new Response(`id: 8\nevent: delete\ndata: {"key":"s/a","version":8,"reason":"lease_expired"}\n\n`, { status: 200 });
+    }) as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+    const stop = new AbortController();
+    const seen: WatchEvent[] = [];
+    for await (const event of kv.watch({ key: "s/a" }, { signal: stop.signal, progress: true, idleTimeoutMs: 200 })) {
+      seen.push(event);
+      if (event.type === "delete") stop.abort();
+    }
+    expect(seen).toEqual([
+      { type: "progress", version: 7 },
+      { type: "delete", key: "s/a", version: 8, reason: "lease_expired" },
+    ]);
+    expect(requests.map((r) => [new URL(r.url).port, r.lastEventId])).toEqual([
+      ["1", null],
+      ["2", "7"],
+    ]);
   });
 });
