@@ -66,6 +66,8 @@ export interface LockDeps {
 }
 
 const LOCK_TTL_MS_DEFAULT = 10_000;
+/** Times one call joins the queue again after losing its lease while waiting, before it gives up. */
+const REJOINS_MAX = 100;
 /** Keys of one queue listed at most: far above any real number of contenders, and a bound on memory. */
 const CONTENDERS_MAX = 100_000;
 
@@ -75,7 +77,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
   const ttlMs = options.ttlMs ?? LOCK_TTL_MS_DEFAULT;
   if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
   const signal = options.signal;
-  for (;;) {
+  for (let rejoins = 0; ; rejoins++) {
     signal?.throwIfAborted();
     // The lease's countdown starts when the leader applies the grant: after this, before the answer.
     const grantSentMs = performance.now();
@@ -106,17 +108,18 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
       // Our lease ran out while we waited or wrote (a paused process, a long outage): our place in the
       // queue is gone with it, so join again at the end with a new lease.
       const leaseGone = keeper.lost.aborted || (error instanceof KvClientError && error.code === "lease_not_found");
-      if (leaseGone && signal?.aborted !== true) continue;
+      if (leaseGone && signal?.aborted !== true && rejoins < REJOINS_MAX) continue;
       throw error;
     }
     // Our key vanished from the queue (its lease ran out): join again.
     await giveUp();
+    if (rejoins >= REJOINS_MAX) throw new KvClientError("lease_expired", 0, `lost its place in '${prefix}' ${REJOINS_MAX + 1} times while waiting: is the TTL (${ttlMs} ms) shorter than a round trip?`);
   }
 }
 
 /**
- * Waits until `key` (created at `fence`) is the first of the queue under `prefix`: true then; false
- * when `key` is no longer in the queue. Throws when `signal` or the keeper's `lost` aborts.
+ * Waits until `key` is the first of the queue under `prefix`: true then; false when `key` is no
+ * longer in the queue. Throws when `signal` or the keeper's `lost` aborts.
  */
 async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: LeaseKeeper, signal: AbortSignal | undefined): Promise<boolean> {
   const both = signal === undefined ? keeper.lost : AbortSignal.any([signal, keeper.lost]);
