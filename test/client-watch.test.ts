@@ -1,4 +1,4 @@
-// Proves client.watch (src/client/watch.ts) against real in-process nodes and a scripted fake: a stream whose node is killed, or whose connection is cut, resumes on the next endpoint with Last-Event-ID and delivers every acknowledged change exactly once, in order; a resume in the middle of one version's changes neither skips nor repeats any of them; a start older than every node's history is a KvClientError `compacted` with its compactVersion; a stream gone silent (a paused node) is resumed elsewhere after idleTimeoutMs, and progress events are yielded when asked; bad selectors are refused before any request.
+// Proves client.watch (src/client/watch.ts) against real in-process nodes and a scripted fake: a stream whose node is killed, or whose connection is cut, resumes on the next endpoint with Last-Event-ID and delivers every acknowledged change exactly once, in order; a resume in the middle of one version's changes neither skips nor repeats any of them; a node whose history does not reach the start (410) is passed over for one that does, and a start older than every node's history is a KvClientError `compacted` with its compactVersion; a stream gone silent (a paused node) is resumed elsewhere after idleTimeoutMs, and progress events are yielded when asked; bad selectors are refused before any request.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -119,6 +119,25 @@ describe("against a 3-node cluster", () => {
     }
   });
 
+  test("a node that answers 410 (it restarted, its history is short) is passed over for one that still has the start", async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.map((n) => n.id).find((id) => id !== leader) as number;
+    const writer = createClient({ endpoints: [url(leader)] });
+    const start = (await writer.put("restart/a", "1")).version;
+    await writer.put("restart/a", "2");
+    await until(() => (cluster.status(follower)?.appliedIndex ?? 0) > start, "the follower to apply both");
+    await cluster.kill(follower);
+    await cluster.startNode(follower);
+    const log: { url: string; lastEventId: string | null }[] = [];
+    const others = cluster.nodes.map((n) => n.id).filter((id) => id !== follower);
+    const watcher = createClient({ endpoints: [url(follower), ...others.map(url)], fetch: recordingFetch(log) });
+    const iterator = watcher.watch({ prefix: "restart/" }, { fromVersion: start });
+    const first = await iterator.next();
+    await iterator.return?.(); // closes the stream
+    expect(first.value).toMatchObject({ type: "put", key: "restart/a", text: "1", version: start });
+    expect(log.map((entry) => new URL(entry.url).origin)).toEqual([url(follower), url(others[0] as number)]);
+  });
+
   test("bad selectors and options are refused before any request", async () => {
     const kv = createClient({ endpoints: [url(await cluster.waitForLeader())] });
     for (const [selector, options] of [
@@ -160,7 +179,9 @@ describe("a start older than the history", () => {
     expect(compactVersion).toBeGreaterThan(1);
     expect(compactVersion).toBeLessThanOrEqual(last);
     // From there the watch works.
-    const first = await kv.watch({ prefix: "old/" }, { fromVersion: compactVersion }).next();
+    const iterator = kv.watch({ prefix: "old/" }, { fromVersion: compactVersion });
+    const first = await iterator.next();
+    await iterator.return?.(); // closes the stream
     expect(first.value?.version).toBe(compactVersion);
   });
 });
