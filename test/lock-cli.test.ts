@@ -1,4 +1,4 @@
-// Proves `kv lock` and `kv elect` (src/cli/lock.ts) in the built executable against real in-process nodes: `kv lock NAME -- CMD` runs CMD with KV_LOCK_KEY and KV_LOCK_FENCE, exits with its status and releases (flags after -- belong to CMD, even -h); without CMD it prints the key and fence and holds until SIGTERM; a paused holder loses the lock to a waiter, says so on stderr once resumed and SIGTERMs its CMD; `kv elect` campaigns and holds office, and `kv elect --observe` prints each new leader.
+// Proves `kv lock` and `kv elect` (src/cli/lock.ts) in the built executable against real in-process nodes: `kv lock NAME -- CMD` runs CMD with KV_LOCK_KEY and KV_LOCK_FENCE, exits with its status and releases (flags after -- belong to CMD, even -h); without CMD it prints the key and fence and holds until SIGTERM; a paused holder loses the lock to a waiter, says so on stderr once resumed and SIGTERMs its CMD, and a killed holder's lease runs out for the waiter; a CMD that cannot run exits 127; an interrupted wait leaves the queue; `kv elect` campaigns and holds office, and `kv elect --observe` prints each new leader.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -136,6 +136,20 @@ describe("kv lock and kv elect", () => {
     expect(await holder.proc.exited).toBe(143); // sleep's status after SIGTERM
     await holder.waitFor("lost the lock stalled", "err");
     expect(holder.err()).toContain("SIGTERM");
+    await lock.release();
+  });
+
+  test("a killed holder's lease runs out and the waiter takes the lock", async () => {
+    const holder = spawnKv(["lock", "killed", "--ttl", "500ms", "--json", "--endpoints", endpoints()]);
+    await holder.waitFor("fence");
+    const printed = JSON.parse(holder.out().trim()) as { key: string; fence: number };
+    const kv = createClient({ endpoints: endpoints() });
+    const waiting = kv.lock("killed", { ttlMs: 5_000 });
+    await until(async () => (await keysUnder("killed/")).length === 2, "the waiter to queue");
+    process.kill(holder.proc.pid, "SIGKILL");
+    const lock = await waiting;
+    expect(lock.fence).toBeGreaterThan(printed.fence);
+    expect(await keysUnder("killed/")).toEqual([lock.key]);
     await lock.release();
   });
 
