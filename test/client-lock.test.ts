@@ -74,16 +74,17 @@ describe("against a 3-node cluster", () => {
 
   test("a keeper keeps a lease alive past several TTLs, and reports its revocation as lease_not_found", async () => {
     const kv = createClient({ endpoints: urls() });
-    const lease = await kv.leases.grant(TTL_MS);
+    // Twice the shortest TTL: a loaded machine may stall the keeper for a few hundred ms.
+    const lease = await kv.leases.grant(2 * TTL_MS);
     await kv.put("kept/a", "1", { lease: lease.id });
     const keeper = kv.leases.keep(lease.id, { ttlMs: lease.ttlMs });
     try {
       const startedMs = performance.now();
-      // Past four TTLs the key is still there: only the keeper can have kept it.
+      // Past three TTLs the key is still there: only the keeper can have kept it.
       await until(async () => {
         expect((await kv.get("kept/a"))?.text).toBe("1");
-        return performance.now() - startedMs > 4 * lease.ttlMs;
-      }, "four TTLs to pass");
+        return performance.now() - startedMs > 3 * lease.ttlMs;
+      }, "three TTLs to pass");
       expect(keeper.lost.aborted).toBe(false);
       await kv.leases.revoke(lease.id);
       const reason = await aborted(keeper.lost, 5_000);
