@@ -7,6 +7,7 @@ import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
 import { chaosCommand } from "./chaos.ts";
 import { ClientExit, clientCommands } from "./client.ts";
 import { healthCommand } from "./health.ts";
+import { electCommand, lockCommand } from "./lock.ts";
 import { serveCommand } from "./serve.ts";
 import { snapshotCommand } from "./snapshot.ts";
 import { txnCommand } from "./txn.ts";
@@ -20,6 +21,8 @@ const subCommands: Record<string, CommandDef<ArgsDef>> = {
   ...(clientCommands as unknown as Record<string, CommandDef<ArgsDef>>),
   health: healthCommand as unknown as CommandDef<ArgsDef>,
   txn: txnCommand as unknown as CommandDef<ArgsDef>,
+  lock: lockCommand as unknown as CommandDef<ArgsDef>,
+  elect: electCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const root = defineCommand({
@@ -98,7 +101,9 @@ const longRunning = new Set(["serve", "bench", "chaos"]);
 export async function main(argv: string[]): Promise<void> {
   try {
     const { command, parent, path, rest } = resolve(argv);
-    if (rest.includes("--help") || rest.includes("-h") || (command.run === undefined && rest.length === 0)) {
+    // Words after `--` belong to a command kv runs (`kv lock NAME -- CMD -h`), not to kv.
+    const own = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
+    if (own.includes("--help") || own.includes("-h") || (command.run === undefined && rest.length === 0)) {
       // citty names a command after its parent's name: give it the whole path so usage reads "kv chaos pause".
       const named = parent === undefined ? undefined : { ...parent, meta: { ...(await resolveMeta(parent)), name: path.slice(0, -1).join(" ") } };
       console.log(withoutColourUnlessTerminal(await renderUsage(command, named)));

@@ -6,7 +6,10 @@
  * apply twice. The request engine is src/client/transport.ts.
  */
 import { KvClientError } from "./errors.ts";
+import { createLeasesApi, type LeasesApi } from "./leases.ts";
+import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
 import { errorFromAnswer, Transport, type Answer } from "./transport.ts";
+import { watchEvents, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
 import { fromJsonValue, makeEntry, toJsonValue, valueBytes, type JsonValue, type KvEntry, type ValueInput } from "./values.ts";
 
 /** Settings of `createClient`. */
@@ -22,6 +25,8 @@ export interface ClientOptions {
    * third of `timeoutMs`, at least 1000 ms, at most `timeoutMs`).
    */
   readonly attemptTimeoutMs?: number;
+  /** The fetch to send requests and open watch streams with (default: the global `fetch`; tests pass a counting one). */
+  readonly fetch?: typeof fetch;
 }
 
 /** How a read is served: `linearizable` (the default), `lease` (leader lease) or `stale` (local state). */
@@ -230,6 +235,60 @@ export interface KvClient {
    * `no_leader` that outlasted the budget) as the typed calls do.
    */
   request(request: RawRequest): Promise<RawAnswer>;
+  /**
+   * The changes to the keys under `prefix` (or to one `key`) as an async iterator of `put` and
+   * `delete` events (and `progress` with `{ progress: true }`), in version order. A broken stream
+   * (node killed, paused or cut off; `slow_watcher`) resumes on the next endpoint from the last
+   * version seen: nothing skipped, nothing twice. A start older than every endpoint's history throws
+   * `KvClientError` `compacted` with `details.compactVersion`: re-read, then watch from there.
+   *
+   * ```ts
+   * const stop = new AbortController();
+   * for await (const event of client.watch({ prefix: "cfg/" }, { signal: stop.signal })) {
+   *   if (event.type === "put") console.log(event.key, "=", event.text, "at", event.version);
+   *   else if (event.type === "delete") console.log(event.key, "deleted", event.reason);
+   * }
+   * ```
+   */
+  watch(selector: WatchSelector, options?: WatchOptions): AsyncIterableIterator<WatchEvent>;
+  /** Leases: `grant`, `keepAlive`, `revoke`, `get`, and `keep` (a keeper that reports loss). */
+  readonly leases: LeasesApi;
+  /**
+   * Waits for the lock `name` and holds it on a lease kept alive until `release()`. Holders follow
+   * one another in the order they asked; `fence` strictly increases from holder to holder.
+   *
+   * ```ts
+   * const lock = await client.lock("jobs/nightly", { ttlMs: 10_000 });
+   * try {
+   *   await client.put("jobs/nightly-state", `run by fence ${lock.fence}`);
+   *   if (lock.lost.aborted) throw lock.lost.reason;
+   * } finally {
+   *   await lock.release();
+   * }
+   * ```
+   */
+  lock(name: string, options?: LockOptions): Promise<LockHandle>;
+  /**
+   * Campaigns in election `name` with `value`: resolves once elected (candidates are elected in the
+   * order they campaigned, each when the one before resigns or loses its lease).
+   *
+   * ```ts
+   * const office = await client.elect("scheduler", "node-a:9000");
+   * office.lost.addEventListener("abort", () => process.exit(1));
+   * // ... lead ...
+   * await office.resign();
+   * ```
+   */
+  elect(name: string, value: ValueInput, options?: LockOptions): Promise<Leadership>;
+  /**
+   * The leaders of election `name` as they change, the current one first: each as the entry of its
+   * key (`text`, `bytes`: the value it campaigned with). Runs until `signal` aborts.
+   *
+   * ```ts
+   * for await (const leader of client.observe("scheduler")) console.log("leader is now", leader.text);
+   * ```
+   */
+  observe(name: string, options?: { readonly signal?: AbortSignal }): AsyncIterableIterator<KvEntry>;
 }
 
 /** Default budget of one call. */
@@ -244,7 +303,8 @@ export function createClient(options: ClientOptions): KvClient {
   if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw badOption(`timeoutMs must be at least 1, got ${timeoutMs}`);
   const attemptTimeoutMs = options.attemptTimeoutMs ?? Math.min(timeoutMs, Math.max(1_000, Math.ceil(timeoutMs / 3)));
   if (!Number.isFinite(attemptTimeoutMs) || attemptTimeoutMs < 1) throw badOption(`attemptTimeoutMs must be at least 1, got ${attemptTimeoutMs}`);
-  const transport = new Transport({ endpoints, authToken: options.authToken, timeoutMs, attemptTimeoutMs });
+  const transport = new Transport({ endpoints, authToken: options.authToken, timeoutMs, attemptTimeoutMs, ...(options.fetch === undefined ? {} : { fetch: options.fetch }) });
+  const leases = createLeasesApi(transport);
 
   const json = <T>(answer: Answer): T => {
     if (answer.status !== 200) throw errorFromAnswer(answer);
@@ -369,6 +429,33 @@ export function createClient(options: ClientOptions): KvClient {
       });
       return { status: answer.status, headers: answer.headers, body: answer.body };
     },
+
+    watch(selector, watchOptions) {
+      return watchEvents(transport, selector, watchOptions);
+    },
+
+    leases,
+
+    lock(name, lockOptions) {
+      return acquire(lockDeps, name, "", lockOptions);
+    },
+
+    async elect(name, value, electOptions) {
+      const { release, ...held } = await acquire(lockDeps, name, value, electOptions);
+      return { ...held, value, resign: release };
+    },
+
+    observe(name, observeOptions) {
+      return observeLeaders(lockDeps, name, observeOptions);
+    },
+  };
+
+  const lockDeps: LockDeps = {
+    leases,
+    put: (key, value, putOptions) => client.put(key, value, putOptions),
+    delete: (key) => client.delete(key),
+    list: (prefix) => client.list(prefix),
+    watch: (selector, watchOptions) => client.watch(selector, watchOptions),
   };
 
   async function* listPages(prefix: string, opts: ListOptions): AsyncIterableIterator<ListPage> {

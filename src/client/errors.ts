@@ -13,7 +13,9 @@ export type ClientSideCode =
   /** Redirects went round in circles or pointed nowhere. */
   | "too_many_redirects"
   /** The server answered something that is not kv's API (not JSON where JSON was due, missing fields). */
-  | "bad_answer";
+  | "bad_answer"
+  /** A lease keeper got no keepalive answered within the lease's TTL: the lease may have run out (a lock's `lost` reason). */
+  | "lease_expired";
 
 /**
  * A call that certainly did not take effect, or a read that failed. `code` is the server's stable

@@ -8,8 +8,9 @@
  * for await (const page of kv.list("greet")) for (const item of page.items) console.log(item.key, item.text);
  * ```
  *
- * It talks to nodes over HTTP only. Later parts (watch, leases, lock, elect) are to hang off the
- * client as namespaces, as `membership` does (`client.leases.grant(...)`).
+ * It talks to nodes over HTTP only. Watches, leases, locks and elections hang off the client too:
+ * `client.watch({ prefix })`, `client.leases.grant(ttlMs)`, `client.lock(name)`, `client.elect(name,
+ * value)`, `client.observe(name)` (docs/client.md is the guide).
  */
 export {
   createClient,
@@ -39,5 +40,8 @@ export {
   type TxnValue,
 } from "./client.ts";
 export { KvClientError, UnknownOutcomeError, type ClientSideCode } from "./errors.ts";
+export type { LeaseGrant, LeaseInfo, LeaseKeeper, LeaseKeepOptions, LeaseRevoked, LeasesApi } from "./leases.ts";
+export type { Leadership, LockHandle, LockOptions } from "./lock.ts";
+export type { WatchDeleteEvent, WatchEvent, WatchOptions, WatchProgressEvent, WatchPutEvent, WatchSelector } from "./watch.ts";
 export { answerOutcome, type AnswerOutcome } from "./outcome.ts";
 export type { JsonValue, KvEntry, ValueInput } from "./values.ts";

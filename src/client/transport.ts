@@ -27,6 +27,8 @@ export interface Call {
   readonly safety: CallSafety;
   /** The `Idempotency-Key` sent with an `idempotent` call (reported in `UnknownOutcomeError`). */
   readonly idempotencyKey?: string;
+  /** This call's budget, retries included, when shorter than the client's `timeoutMs` (a lease keepalive racing its TTL). */
+  readonly timeoutMs?: number;
 }
 
 /** A complete HTTP answer, with the origin that gave it. */
@@ -45,6 +47,8 @@ export interface TransportOptions {
   readonly timeoutMs: number;
   /** Longest wait for one answer before the call moves to the next endpoint. */
   readonly attemptTimeoutMs: number;
+  /** The fetch to send with (default: the global one). */
+  readonly fetch?: typeof fetch;
 }
 
 /** Redirects one attempt follows before giving up on it. */
@@ -76,7 +80,8 @@ export class Transport {
    * when nothing answered (`unreachable`) or a passing refusal (`no_leader`) outlasted the budget.
    */
   async send(call: Call): Promise<Answer> {
-    const deadlineMs = performance.now() + this.options.timeoutMs;
+    const timeoutMs = Math.min(this.options.timeoutMs, call.timeoutMs ?? Number.POSITIVE_INFINITY);
+    const deadlineMs = performance.now() + timeoutMs;
     const attempts: string[] = [];
     const note = (what: string) => {
       attempts.push(what);
@@ -84,7 +89,7 @@ export class Transport {
     };
     let uncertain = false; // some attempt of this write may have been applied
     let lastRefusal: Answer | undefined;
-    const attemptMsMin = Math.min(ATTEMPT_MS_MIN, this.options.timeoutMs);
+    const attemptMsMin = Math.min(ATTEMPT_MS_MIN, timeoutMs);
     for (let pass = 0; ; pass++) {
       for (const [i, endpoint] of this.order().entries()) {
         if ((pass > 0 || i > 0) && deadlineMs - performance.now() < attemptMsMin) break; // the first attempt always goes
@@ -137,7 +142,7 @@ export class Transport {
     throw new KvClientError(
       "unreachable",
       0,
-      `no endpoint could serve the request (${call.method} ${pathOnly(call.path)}) within ${this.options.timeoutMs} ms: ${attempts.join("; ")}`,
+      `no endpoint could serve the request (${call.method} ${pathOnly(call.path)}) within ${timeoutMs} ms: ${attempts.join("; ")}`,
     );
   }
 
@@ -149,6 +154,16 @@ export class Transport {
     const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs);
     if (result.kind === "answer") return result.answer;
     throw new KvClientError("unreachable", 0, `${endpoint}: ${result.reason}`);
+  }
+
+  /** The headers every request carries: `headers`, and the bearer token when the client has one. */
+  withAuthorization(headers: Readonly<Record<string, string>>): Record<string, string> {
+    return this.options.authToken === undefined ? { ...headers } : { ...headers, authorization: `Bearer ${this.options.authToken}` };
+  }
+
+  /** The fetch this transport sends with (streams such as `GET /watch` use it directly). */
+  get fetch(): typeof fetch {
+    return this.options.fetch ?? fetch;
   }
 
   /** The endpoints to try this pass: the believed leader first, then the list from a rotating start. */
@@ -202,11 +217,11 @@ export class Transport {
   ): Promise<AttemptResult> {
     let response: Response;
     try {
-      response = await fetch(url, {
+      response = await this.fetch(url, {
         method,
         body,
         redirect: "manual",
-        headers: this.options.authToken === undefined ? headers : { ...headers, authorization: `Bearer ${this.options.authToken}` },
+        headers: this.withAuthorization(headers),
         signal: AbortSignal.timeout(Math.max(1, deadlineMs - performance.now())),
       });
     } catch (error) {

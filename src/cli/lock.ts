@@ -1,0 +1,187 @@
+import { constants } from "node:os";
+import { defineCommand } from "citty";
+import { KvClientError, UnknownOutcomeError, type LockHandle } from "../client/index.ts";
+import { ClientExit, connection, connectionArgs } from "./client.ts";
+import { parseMsFlag, UsageError } from "./usage-error.ts";
+
+/**
+ * `kv lock` and `kv elect`: a lock and an election for the caller's own processes, through the
+ * client library (src/client/lock.ts: leases, create-only puts, each waiter watching only the key
+ * just ahead of it). Exit codes: CMD's status under `kv lock -- CMD`; otherwise 0 after an
+ * interruption (the lock released, the office resigned), 1 when the lock or office was lost while
+ * held, 2 on a usage error or a refused request, 3 when the cluster could not be reached; a wait
+ * interrupted by SIGINT/SIGTERM exits 130/143 without ever holding.
+ */
+
+const ttlArg = {
+  ttl: { type: "string", description: "The TTL of the lease under the lock: how long a holder that dies or stalls keeps the others waiting (default 10s)", valueHint: "DURATION" },
+} as const;
+
+const TTL_MS_DEFAULT = 10_000;
+const TTL_MS_MAX = 365 * 24 * 3_600_000;
+
+/** SIGINT and SIGTERM as one signal: aborts with the signal's name, handled by this process (no default kill). */
+function interruption(): { readonly signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const onInt = () => controller.abort("SIGINT");
+  const onTerm = () => controller.abort("SIGTERM");
+  process.on("SIGINT", onInt);
+  process.on("SIGTERM", onTerm);
+  return {
+    signal: controller.signal,
+    dispose() {
+      process.off("SIGINT", onInt);
+      process.off("SIGTERM", onTerm);
+    },
+  };
+}
+
+/** The exit status of a process killed by `signal` (128 + its number), as shells report it. */
+function signalStatus(signal: string): number {
+  return 128 + ((constants.signals as Record<string, number>)[signal] ?? 15);
+}
+
+/** A client failure as the exit it means (as the other client commands do). */
+function clientFailure(error: unknown): never {
+  if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
+  if (error instanceof KvClientError) {
+    const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
+    throw new ClientExit(error.status === 0 || error.status >= 500 ? 3 : 2, message);
+  }
+  throw error;
+}
+
+/** Resolves once `signal` aborts. */
+function abortedPromise(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+}
+
+/** Waits for a lock or office, or exits 128+N when interrupted first. */
+async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted: { readonly signal: AbortSignal }): Promise<T> {
+  try {
+    return await work(interrupted.signal);
+  } catch (error) {
+    if (interrupted.signal.aborted) process.exit(signalStatus(String(interrupted.signal.reason)));
+    return clientFailure(error);
+  }
+}
+
+function lostMessage(what: string, held: Pick<LockHandle, "key" | "lost">): string {
+  const reason = held.lost.reason instanceof Error ? held.lost.reason.message : String(held.lost.reason);
+  return `lost ${what} (key ${held.key}): ${reason}`;
+}
+
+export const lockCommand = defineCommand({
+  meta: {
+    name: "lock",
+    description:
+      "Wait for lock NAME, run CMD (after --) holding it with KV_LOCK_KEY and KV_LOCK_FENCE set, exit with its status; without CMD print the key and fence and hold until interrupted",
+  },
+  args: {
+    name: { type: "positional", required: true, description: "The lock's name (its keys are NAME/<lease id>)" },
+    ...ttlArg,
+    ...connectionArgs,
+  },
+  async run({ args, rawArgs }) {
+    const dashes = rawArgs.indexOf("--");
+    const cmd = dashes < 0 ? [] : rawArgs.slice(dashes + 1);
+    const positionals = (args._ as string[]).slice(0, (args._ as string[]).length - cmd.length);
+    if (positionals.length !== 1) throw new UsageError(`kv lock takes one NAME, then -- CMD ARGS... (got ${positionals.length} words before --)`);
+    if (dashes >= 0 && cmd.length === 0) throw new UsageError("nothing to run after --");
+    const name = args.name;
+    if (name === "") throw new UsageError("the lock's name must not be empty");
+    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, TTL_MS_MAX);
+    const conn = connection(args);
+    const interrupted = interruption();
+    const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted);
+
+    if (cmd.length === 0) {
+      console.log(conn.json ? JSON.stringify({ key: lock.key, fence: lock.fence, leaseId: lock.leaseId }) : `${lock.key}\t${lock.fence}`);
+      await Promise.race([abortedPromise(interrupted.signal), abortedPromise(lock.lost)]);
+      await lock.release();
+      interrupted.dispose();
+      if (lock.lost.aborted && !interrupted.signal.aborted) throw new ClientExit(1, lostMessage(`the lock ${name}`, lock));
+      return;
+    }
+
+    let child: ReturnType<typeof Bun.spawn>;
+    try {
+      child = Bun.spawn(cmd, {
+        env: { ...process.env, KV_LOCK_KEY: lock.key, KV_LOCK_FENCE: String(lock.fence) },
+        stdin: "inherit",
+        stdout: "inherit",
+        stderr: "inherit",
+      });
+    } catch (error) {
+      await lock.release();
+      interrupted.dispose();
+      // As a shell answers a command it cannot find or run.
+      console.error(`kv: cannot run '${cmd[0]}': ${error instanceof Error ? error.message : String(error)}`);
+      process.exit(127);
+    }
+    // Our own SIGINT/SIGTERM go on to CMD; we release once it has exited.
+    interrupted.signal.addEventListener("abort", () => child.kill(interrupted.signal.reason as NodeJS.Signals), { once: true });
+    // A lost lock: another holder may already run. CMD is told to stop; its status is still ours.
+    lock.lost.addEventListener(
+      "abort",
+      () => {
+        console.error(`kv: ${lostMessage(`the lock ${name}`, lock)}; sending SIGTERM to ${cmd[0]}`);
+        child.kill("SIGTERM");
+      },
+      { once: true },
+    );
+    const code = await child.exited;
+    await lock.release();
+    interrupted.dispose();
+    process.exit(child.signalCode === null || child.signalCode === undefined ? code : signalStatus(String(child.signalCode)));
+  },
+});
+
+export const electCommand = defineCommand({
+  meta: {
+    name: "elect",
+    description: "Campaign in election NAME with VALUE and hold office until interrupted; with --observe, print each new leader's value",
+  },
+  args: {
+    name: { type: "positional", required: true, description: "The election's name (its keys are NAME/<lease id>)" },
+    value: { type: "positional", required: false, description: "This candidate's value, which observers see while it leads" },
+    observe: { type: "boolean", description: "Do not campaign: print each new leader's value (one a line) until interrupted" },
+    ...ttlArg,
+    ...connectionArgs,
+  },
+  async run({ args }) {
+    const name = args.name;
+    if (name === "") throw new UsageError("the election's name must not be empty");
+    if ((args._ as string[]).length > 2) throw new UsageError("kv elect takes NAME and VALUE only");
+    const conn = connection(args);
+    const interrupted = interruption();
+    if (args.observe === true) {
+      if (args.value !== undefined) throw new UsageError("--observe takes no VALUE");
+      try {
+        for await (const leader of conn.client.observe(name, { signal: interrupted.signal })) {
+          console.log(conn.json ? JSON.stringify({ key: leader.key, value: leader.text, version: leader.version }) : leader.text);
+        }
+      } catch (error) {
+        if (!interrupted.signal.aborted) clientFailure(error);
+      }
+      interrupted.dispose();
+      return;
+    }
+    const value = args.value;
+    if (value === undefined) throw new UsageError("kv elect needs NAME and VALUE (or --observe)");
+    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, TTL_MS_MAX);
+    const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted);
+    console.log(
+      conn.json
+        ? JSON.stringify({ elected: true, name, value, key: office.key, fence: office.fence })
+        : `elected: ${name} = ${value} (key ${office.key}, fence ${office.fence})`,
+    );
+    await Promise.race([abortedPromise(interrupted.signal), abortedPromise(office.lost)]);
+    await office.resign();
+    interrupted.dispose();
+    if (office.lost.aborted && !interrupted.signal.aborted) throw new ClientExit(1, lostMessage(`office in ${name}`, office));
+  },
+});

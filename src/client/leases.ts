@@ -1,0 +1,221 @@
+/**
+ * `client.leases`: grant, keep alive, read and revoke leases (`/leases`, README.md "Leases"), and a
+ * keeper that keeps one lease alive until stopped and says promptly when it is lost.
+ */
+import { KvClientError } from "./errors.ts";
+import { errorFromAnswer, type Answer, type Transport } from "./transport.ts";
+
+/** What `leases.grant` answers. */
+export interface LeaseGrant {
+  /** The lease's id (the Raft index of its grant): pass it as `put(key, value, { lease: id })`. */
+  readonly id: number;
+  /** The TTL granted: at least twice the cluster's longest election timeout. */
+  readonly ttlMs: number;
+  /** The TTL asked for, when the cluster raised it to its minimum. */
+  readonly raisedFromMs?: number;
+}
+
+/** What `leases.get` answers: the leader's countdown and the keys attached. */
+export interface LeaseInfo {
+  readonly id: number;
+  readonly ttlMs: number;
+  readonly remainingMs: number;
+  /** The keys attached (at most 1,000 listed; `keysTruncated` says whether there are more). */
+  readonly keys: readonly string[];
+  readonly keysTruncated: boolean;
+}
+
+/** What `leases.revoke` answers: the version its keys were deleted at. */
+export interface LeaseRevoked {
+  readonly id: number;
+  readonly version: number;
+  readonly deletedKeys: number;
+}
+
+/** Options of `leases.keep`. */
+export interface LeaseKeepOptions {
+  /** The lease's TTL (as granted): the keeper sends a keepalive every third of it. */
+  readonly ttlMs: number;
+  /**
+   * When the grant (or the last keepalive answered) was sent, by `performance.now()`. The leader
+   * started the countdown after that, so the lease lives at least until `sentAtMs + ttlMs`, and no
+   * longer can be assumed: the keeper's `lost` fires then unless a later keepalive was answered.
+   * Default: now, which is right only when `keep` is called as soon as the grant was sent.
+   */
+  readonly sentAtMs?: number;
+}
+
+/**
+ * Keeps one lease alive: a keepalive every `ttlMs / 3`. `lost` aborts, with a `KvClientError` as its
+ * reason, as soon as the lease is known gone (`lease_not_found`: it expired or was revoked) or may
+ * be (`lease_expired`: no keepalive was answered within one TTL of being sent, so the leader's
+ * countdown may have run out). After `lost`, the keeper stops by itself.
+ */
+export interface LeaseKeeper {
+  readonly id: number;
+  readonly lost: AbortSignal;
+  /** Stops sending keepalives (the lease then runs out by itself, unless revoked). Idempotent. */
+  stop(): void;
+}
+
+/** The lease calls of a client. */
+export interface LeasesApi {
+  /**
+   * Grants a lease of `ttlMs` through the log. Retried after an unknown outcome: a retry may leave
+   * an extra lease behind, which holds no keys and runs out by itself.
+   *
+   * ```ts
+   * const lease = await client.leases.grant(10_000);
+   * await client.put("services/api-1", "http://10.0.0.5:9000", { lease: lease.id });
+   * const keeper = client.leases.keep(lease.id, { ttlMs: lease.ttlMs });
+   * keeper.lost.addEventListener("abort", () => console.error("registration lost:", keeper.lost.reason));
+   * ```
+   */
+  grant(ttlMs: number): Promise<LeaseGrant>;
+  /** Restarts the lease's countdown on the leader; `KvClientError` `lease_not_found` once it expired or was revoked. */
+  keepAlive(id: number): Promise<{ readonly id: number; readonly ttlMs: number }>;
+  /** Revokes the lease through the log, deleting its keys at one version; `lease_not_found` when already gone. */
+  revoke(id: number): Promise<LeaseRevoked>;
+  /** The leader's view of the lease; `lease_not_found` when gone. */
+  get(id: number): Promise<LeaseInfo>;
+  /** Starts a keeper that keeps lease `id` alive until `stop()` (see `LeaseKeeper`). */
+  keep(id: number, options: LeaseKeepOptions): LeaseKeeper;
+}
+
+/** The shortest keepalive interval a keeper uses, whatever the TTL. */
+const KEEPALIVE_INTERVAL_MS_MIN = 20;
+/** No keepalive is sent with less budget than this. */
+const KEEPALIVE_CALL_MS_MIN = 50;
+
+/** The lease calls over `transport` (shared with the rest of the client). */
+export function createLeasesApi(transport: Transport): LeasesApi {
+  const json = <T>(answer: Answer): T => {
+    if (answer.status !== 200) throw errorFromAnswer(answer);
+    try {
+      return JSON.parse(new TextDecoder().decode(answer.body)) as T;
+    } catch {
+      throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered something that is not JSON`);
+    }
+  };
+  const idOf = (value: unknown, answer: Answer): number => {
+    const id = typeof value === "string" ? Number(value) : value;
+    if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 1) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a lease without an id`);
+    return id;
+  };
+  const checkId = (id: number) => {
+    if (!Number.isSafeInteger(id) || id < 1) throw new KvClientError("bad_request", 0, `a lease id is a positive whole number, got ${id}`);
+  };
+
+  const keepAlive = async (id: number, timeoutMs?: number) => {
+    checkId(id);
+    const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...(timeoutMs === undefined ? {} : { timeoutMs }) });
+    const body = json<{ id?: unknown; ttlMs?: unknown }>(answer);
+    return { id: idOf(body.id, answer), ttlMs: Number(body.ttlMs) };
+  };
+
+  return {
+    async grant(ttlMs) {
+      if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
+      const answer = await transport.send({
+        method: "POST",
+        path: "/leases",
+        body: JSON.stringify({ ttlMs }),
+        headers: { "content-type": "application/json" },
+        safety: "idempotent",
+      });
+      const body = json<{ id?: unknown; ttlMs?: unknown; raisedFromMs?: unknown }>(answer);
+      if (typeof body.ttlMs !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a grant without ttlMs`);
+      return { id: idOf(body.id, answer), ttlMs: body.ttlMs, ...(typeof body.raisedFromMs === "number" ? { raisedFromMs: body.raisedFromMs } : {}) };
+    },
+
+    keepAlive: (id) => keepAlive(id),
+
+    async revoke(id) {
+      checkId(id);
+      const answer = await transport.send({ method: "DELETE", path: `/leases/${id}`, safety: "idempotent" });
+      const body = json<{ id?: unknown; version?: unknown; deletedKeys?: unknown }>(answer);
+      return { id: idOf(body.id, answer), version: Number(body.version), deletedKeys: Number(body.deletedKeys) };
+    },
+
+    async get(id) {
+      checkId(id);
+      const answer = await transport.send({ method: "GET", path: `/leases/${id}`, safety: "read" });
+      const body = json<{ id?: unknown; ttlMs?: unknown; remainingMs?: unknown; keys?: unknown; keysTruncated?: unknown }>(answer);
+      return {
+        id: idOf(body.id, answer),
+        ttlMs: Number(body.ttlMs),
+        remainingMs: Number(body.remainingMs),
+        keys: Array.isArray(body.keys) ? body.keys.filter((k): k is string => typeof k === "string") : [],
+        keysTruncated: body.keysTruncated === true,
+      };
+    },
+
+    keep(id, options) {
+      checkId(id);
+      const ttlMs = options.ttlMs;
+      if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
+      const sentAtMs = options.sentAtMs ?? performance.now();
+      if (!Number.isFinite(sentAtMs)) throw new KvClientError("bad_request", 0, `sentAtMs must be a performance.now() time, got ${sentAtMs}`);
+      return startKeeper(id, ttlMs, sentAtMs, keepAlive);
+    },
+  };
+}
+
+/**
+ * The keeper's loop. Invariant: the lease is alive at least until `sentMs + ttlMs` of the last
+ * keepalive answered (the leader restarted its countdown after we sent it), so `lost` fires at that
+ * deadline unless a later keepalive was answered first: early rather than late, which is the safe
+ * side for a lock holder.
+ */
+function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id: number, timeoutMs?: number) => Promise<unknown>): LeaseKeeper {
+  const lostController = new AbortController();
+  let stopped = false;
+  let aliveUntilMs = sentAtMs + ttlMs;
+  let deadlineTimer: ReturnType<typeof setTimeout> | undefined;
+  let intervalTimer: ReturnType<typeof setTimeout> | undefined;
+  const intervalMs = Math.max(KEEPALIVE_INTERVAL_MS_MIN, Math.floor(ttlMs / 3));
+
+  const lose = (reason: KvClientError) => {
+    if (stopped) return;
+    stopped = true;
+    clearTimeout(deadlineTimer);
+    clearTimeout(intervalTimer);
+    lostController.abort(reason);
+  };
+  const armDeadline = () => {
+    clearTimeout(deadlineTimer);
+    deadlineTimer = setTimeout(
+      () => lose(new KvClientError("lease_expired", 0, `lease ${id}: no keepalive was answered within its TTL of ${ttlMs} ms; it may have expired`)),
+      Math.max(0, aliveUntilMs - performance.now()),
+    );
+  };
+  const beat = async () => {
+    if (stopped) return;
+    const sentMs = performance.now();
+    try {
+      await keepAlive(id, Math.max(KEEPALIVE_CALL_MS_MIN, aliveUntilMs - sentMs));
+      if (stopped) return;
+      aliveUntilMs = Math.max(aliveUntilMs, sentMs + ttlMs);
+      armDeadline();
+    } catch (error) {
+      if (error instanceof KvClientError && error.code === "lease_not_found") {
+        lose(new KvClientError("lease_not_found", error.status, `lease ${id} is gone (expired or revoked): ${error.message}`));
+        return;
+      }
+      // Unreachable, no leader, an unknown outcome: try again at the next beat; the deadline decides.
+    }
+    if (!stopped) intervalTimer = setTimeout(() => void beat(), intervalMs);
+  };
+  armDeadline();
+  // The first beat comes a third of the TTL after the grant was sent (at once if that is past).
+  intervalTimer = setTimeout(() => void beat(), Math.max(0, sentAtMs + intervalMs - performance.now()));
+  return {
+    id,
+    lost: lostController.signal,
+    stop() {
+      stopped = true;
+      clearTimeout(deadlineTimer);
+      clearTimeout(intervalTimer);
+    },
+  };
+}

@@ -1,0 +1,212 @@
+/**
+ * Locks and elections on leases, create-only puts and watch (README.md "Locks and elections").
+ *
+ * Each contender for `name` grants itself a lease and creates the key `name/<leaseId>` on it with
+ * `PUT ?ifVersion=0&lease=<leaseId>`. Contenders are ordered by the version at which their key was
+ * created: the first holds the lock (or office), and that version is its fence. A new key is
+ * always created at a version above every key that exists, so the first key's version strictly
+ * increases from one holder to the next. A waiter watches only the key just ahead of it (no polling,
+ * no thundering herd: one holder leaving wakes one waiter) and looks again when that key is deleted
+ * (released, revoked, or its lease ran out).
+ *
+ * Why the watch cannot miss the delete: the predecessor was listed (a linearizable read) with the
+ * version it was created at, and it is written only once, so its delete comes at a later version;
+ * the watch starts right after its creation (`fromVersion`), not "now". Should that version have left
+ * every node's history (410 `compacted`), the waiter lists again: a key still present at that later
+ * read was deleted, if at all, after the `compactVersion` the node named, so the watch starts there.
+ */
+import { KvClientError } from "./errors.ts";
+import type { LeaseKeeper, LeasesApi } from "./leases.ts";
+import type { KvEntry, ValueInput } from "./values.ts";
+import type { WatchEvent, WatchOptions, WatchSelector } from "./watch.ts";
+
+/** Options of `lock` and `elect`. */
+export interface LockOptions {
+  /** The TTL of the contender's lease (default 10000 ms): how long a holder that stops (crash, pause) keeps others waiting. */
+  readonly ttlMs?: number;
+  /** Stops waiting: the call rejects with the signal's reason, and its key and lease are removed. */
+  readonly signal?: AbortSignal;
+}
+
+/** A held lock (or office). */
+export interface LockHandle {
+  /** The holder's key, `name/<leaseId>`. */
+  readonly key: string;
+  /**
+   * The fencing token: the version at which `key` was created. It strictly increases from one holder
+   * to the next, so a resource that remembers the highest fence it accepted can refuse a stale holder.
+   */
+  readonly fence: number;
+  readonly leaseId: number;
+  /**
+   * Aborts when the lock is, or may be, lost: the lease expired or was revoked (`lease_not_found`), or
+   * no keepalive was answered within one TTL (`lease_expired`); its reason is a `KvClientError`.
+   * Another contender may then hold the lock: stop touching the resource (or rely on the fence).
+   */
+  readonly lost: AbortSignal;
+  /** Deletes the key and revokes the lease, so the next waiter proceeds. Idempotent; never throws for a lock already lost. */
+  release(): Promise<void>;
+}
+
+/** An office held: as `LockHandle`, with `resign` for `release`. */
+export interface Leadership extends Omit<LockHandle, "release"> {
+  /** The value this leader campaigned with. */
+  readonly value: ValueInput;
+  /** Leaves office (deletes the key, revokes the lease): the next candidate is elected. */
+  resign(): Promise<void>;
+}
+
+/** What lock and election need of the client. */
+export interface LockDeps {
+  readonly leases: LeasesApi;
+  put(key: string, value: ValueInput, options: { ifVersion: number; lease: number }): Promise<{ readonly version: number }>;
+  delete(key: string): Promise<unknown>;
+  list(prefix: string): AsyncIterableIterator<{ readonly items: readonly KvEntry[] }>;
+  watch(selector: WatchSelector, options: WatchOptions): AsyncIterableIterator<WatchEvent>;
+}
+
+const LOCK_TTL_MS_DEFAULT = 10_000;
+/** Times one call joins the queue again after losing its lease while waiting, before it gives up. */
+const REJOINS_MAX = 100;
+/** Keys of one queue listed at most: far above any real number of contenders, and a bound on memory. */
+const CONTENDERS_MAX = 100_000;
+
+/** Takes the lock `name`: resolves once held. See the module comment for how. */
+export async function acquire(deps: LockDeps, name: string, value: ValueInput, options: LockOptions = {}): Promise<LockHandle> {
+  const prefix = queuePrefix(name);
+  const ttlMs = options.ttlMs ?? LOCK_TTL_MS_DEFAULT;
+  if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
+  const signal = options.signal;
+  for (let rejoins = 0; ; rejoins++) {
+    signal?.throwIfAborted();
+    // The lease's countdown starts when the leader applies the grant: after this, before the answer.
+    const grantSentMs = performance.now();
+    const lease = await deps.leases.grant(ttlMs);
+    const keeper = deps.leases.keep(lease.id, { ttlMs: lease.ttlMs, sentAtMs: grantSentMs });
+    const key = `${prefix}${lease.id}`;
+    const giveUp = async () => {
+      keeper.stop();
+      await deps.delete(key).catch(() => undefined);
+      await deps.leases.revoke(lease.id).catch(() => undefined);
+    };
+    let fence: number;
+    try {
+      fence = (await deps.put(key, value, { ifVersion: 0, lease: lease.id })).version;
+      // Held only if the lease is still known alive: a lock lost on the way in is no lock.
+      if ((await waitForTurn(deps, prefix, key, keeper, signal)) && !keeper.lost.aborted) {
+        let released: Promise<void> | undefined;
+        return {
+          key,
+          fence,
+          leaseId: lease.id,
+          lost: keeper.lost,
+          release: () => (released ??= giveUp()),
+        };
+      }
+    } catch (error) {
+      await giveUp();
+      // Our lease ran out while we waited or wrote (a paused process, a long outage): our place in the
+      // queue is gone with it, so join again at the end with a new lease.
+      const leaseGone = keeper.lost.aborted || (error instanceof KvClientError && error.code === "lease_not_found");
+      if (leaseGone && signal?.aborted !== true && rejoins < REJOINS_MAX) continue;
+      throw error;
+    }
+    // Our key vanished from the queue (its lease ran out): join again.
+    await giveUp();
+    if (rejoins >= REJOINS_MAX) throw new KvClientError("lease_expired", 0, `lost its place in '${prefix}' ${REJOINS_MAX + 1} times while waiting: is the TTL (${ttlMs} ms) shorter than a round trip?`);
+  }
+}
+
+/**
+ * Waits until `key` is the first of the queue under `prefix`: true then; false when `key` is no
+ * longer in the queue. Throws when `signal` or the keeper's `lost` aborts.
+ */
+async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: LeaseKeeper, signal: AbortSignal | undefined): Promise<boolean> {
+  const both = signal === undefined ? keeper.lost : AbortSignal.any([signal, keeper.lost]);
+  let compactFloor = 0; // from a 410: the oldest version a watch could start from
+  for (;;) {
+    both.throwIfAborted();
+    const queue = await listQueue(deps, prefix);
+    const at = queue.findIndex((entry) => entry.key === key);
+    if (at < 0) return false;
+    if (at === 0) return true;
+    const ahead = queue[at - 1] as KvEntry;
+    try {
+      for await (const event of deps.watch({ key: ahead.key }, { fromVersion: Math.max(ahead.version + 1, compactFloor), signal: both })) {
+        if (event.type === "delete") break;
+      }
+    } catch (error) {
+      if (error instanceof KvClientError && error.code === "compacted") {
+        const floor = error.details.compactVersion;
+        compactFloor = typeof floor === "number" ? floor : compactFloor;
+        continue;
+      }
+      throw error;
+    }
+    both.throwIfAborted();
+  }
+}
+
+/** The contenders for a name, oldest (the holder) first: keys `prefix<digits>`, by the version they were created at. */
+async function listQueue(deps: LockDeps, prefix: string): Promise<KvEntry[]> {
+  const queue: KvEntry[] = [];
+  for await (const page of deps.list(prefix)) {
+    for (const item of page.items) {
+      if (/^[1-9][0-9]*$/.test(item.key.slice(prefix.length))) queue.push(item);
+      if (queue.length > CONTENDERS_MAX) throw new KvClientError("bad_answer", 0, `more than ${CONTENDERS_MAX} contenders under '${prefix}'`);
+    }
+  }
+  return queue.sort((a, b) => a.version - b.version);
+}
+
+/**
+ * The leaders of election `name`, each as its key's entry (`text`/`bytes` hold the value it
+ * campaigned with), as they change: the current one first (when there is one), then each new one.
+ * A leader that came and went between two looks may be skipped; none is given twice in a row.
+ */
+export async function* observeLeaders(deps: LockDeps, name: string, options: { readonly signal?: AbortSignal } = {}): AsyncGenerator<KvEntry, void, undefined> {
+  const prefix = queuePrefix(name);
+  const signal = options.signal;
+  let last: KvEntry | undefined;
+  let compactFloor = 0;
+  while (signal?.aborted !== true) {
+    const queue = await listQueue(deps, prefix);
+    const leader = queue[0];
+    if (leader === undefined) {
+      // No candidate: watch the whole queue from now; the stream's first progress event says from
+      // when, and a second look after it catches a candidate that came in between.
+      const controller = new AbortController();
+      const both = signal === undefined ? controller.signal : AbortSignal.any([signal, controller.signal]);
+      let looked = false;
+      for await (const event of deps.watch({ prefix }, { progress: true, signal: both })) {
+        if (event.type === "put" && /^[1-9][0-9]*$/.test(event.key.slice(prefix.length))) break;
+        if (event.type === "progress" && !looked) {
+          looked = true;
+          if ((await listQueue(deps, prefix)).length > 0) break;
+        }
+      }
+      controller.abort();
+      continue;
+    }
+    if (last === undefined || last.key !== leader.key) {
+      last = leader;
+      yield leader;
+    }
+    try {
+      for await (const event of deps.watch({ key: leader.key }, { fromVersion: Math.max(leader.version + 1, compactFloor), ...(signal === undefined ? {} : { signal }) })) {
+        if (event.type === "delete") break;
+      }
+    } catch (error) {
+      if (error instanceof KvClientError && error.code === "compacted" && typeof error.details.compactVersion === "number") {
+        compactFloor = error.details.compactVersion;
+        continue;
+      }
+      throw error;
+    }
+  }
+}
+
+function queuePrefix(name: string): string {
+  if (typeof name !== "string" || name === "") throw new KvClientError("bad_request", 0, "a lock or election needs a non-empty name");
+  return name.endsWith("/") ? name : `${name}/`;
+}

@@ -1,0 +1,271 @@
+/**
+ * `client.watch`: the changes under a prefix (or to one key) as an async iterator, over `GET /watch`
+ * (Server-Sent Events, read with src/lib/sse-reader.ts). When a stream breaks (its node was killed,
+ * paused or cut off, or it ended with `event: error` such as `slow_watcher`), the iterator opens it
+ * again on the next endpoint with `Last-Event-ID` = the last version it saw, so no change is skipped
+ * and none is given twice. README.md's "Watch" section is the server's side of this contract.
+ */
+import { readSse } from "../lib/sse-reader.ts";
+import { KvClientError } from "./errors.ts";
+import type { Transport } from "./transport.ts";
+import { fromJsonValue, makeEntry, type KvEntry } from "./values.ts";
+
+/** What to watch: every key starting with `prefix`, or the one `key`. */
+export type WatchSelector = { readonly prefix: string } | { readonly key: string };
+
+/** Options of `watch`. */
+export interface WatchOptions {
+  /** Start with the changes at this version and later (default: after a linearizable read, so every change after now). */
+  readonly fromVersion?: number;
+  /** Ends the iteration (quietly: the loop just finishes) and closes the stream. */
+  readonly signal?: AbortSignal;
+  /** Also yield `progress` events: everything up to `version` has been delivered (default false). */
+  readonly progress?: boolean;
+  /**
+   * A stream that sends nothing for this long is taken as broken and resumed on the next endpoint
+   * (default 5000 ms; an idle node sends a progress event at least every `--watch-progress-ms`, 1 s
+   * by default, so silence means a paused or cut-off node).
+   */
+  readonly idleTimeoutMs?: number;
+  /** Give up (throw `unreachable`) when no endpoint has served the stream for this long (default 30000 ms). */
+  readonly reconnectTimeoutMs?: number;
+}
+
+/** A key was written: its new value and the version of the write. */
+export interface WatchPutEvent extends KvEntry {
+  readonly type: "put";
+}
+
+/** A key was deleted: by a client (or a lease revoked, `delete`) or by its lease running out (`lease_expired`). */
+export interface WatchDeleteEvent {
+  readonly type: "delete";
+  readonly key: string;
+  readonly version: number;
+  readonly reason: "delete" | "lease_expired";
+}
+
+/** Every change up to `version` has been delivered (only with `progress: true`). */
+export interface WatchProgressEvent {
+  readonly type: "progress";
+  readonly version: number;
+}
+
+/** One event of a watch, in version order; several changes of one version come one after the other. */
+export type WatchEvent = WatchPutEvent | WatchDeleteEvent | WatchProgressEvent;
+
+const IDLE_TIMEOUT_MS_DEFAULT = 5_000;
+const RECONNECT_TIMEOUT_MS_DEFAULT = 30_000;
+/** Pause after a pass over every endpoint failed, doubling up to the max (a retry pace while an election runs). */
+const BACKOFF_MS_MIN = 20;
+const BACKOFF_MS_MAX = 500;
+/** A line or one event's data the reader accepts at most: a value is at most 1 MiB, base64 and JSON add a third. */
+const SSE_CHARS_MAX = 4 * 1024 * 1024;
+/** An error answer's body read at most. */
+const ERROR_BODY_CHARS_MAX = 4_096;
+
+/**
+ * The events of one watch, resuming across endpoints. Throws `KvClientError`: `compacted` (410, with
+ * `details.compactVersion`, the oldest version a watch may start from) when every endpoint's history
+ * is past the start or resume point; `bad_request`/`too_large`/`unauthenticated` as the server says;
+ * `unreachable` after `reconnectTimeoutMs` without a serving endpoint.
+ */
+export async function* watchEvents(transport: Transport, selector: WatchSelector, options: WatchOptions = {}): AsyncGenerator<WatchEvent, void, undefined> {
+  const filter: { readonly prefix: string } | { readonly key: string } = "prefix" in selector ? { prefix: selector.prefix } : { key: selector.key };
+  if ("key" in filter && (typeof filter.key !== "string" || filter.key === "")) throw badOption("watch needs a non-empty key");
+  if ("prefix" in filter && typeof filter.prefix !== "string") throw badOption("watch needs a prefix (a string; empty watches every key)");
+  const fromVersion = options.fromVersion;
+  if (fromVersion !== undefined && (!Number.isSafeInteger(fromVersion) || fromVersion < 1)) throw badOption(`fromVersion must be a positive whole number, got ${fromVersion}`);
+  const idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS_DEFAULT;
+  const reconnectTimeoutMs = options.reconnectTimeoutMs ?? RECONNECT_TIMEOUT_MS_DEFAULT;
+  if (!(idleTimeoutMs >= 1) || !(reconnectTimeoutMs >= 1)) throw badOption("idleTimeoutMs and reconnectTimeoutMs must be at least 1");
+  const { endpoints } = transport.options;
+  const signal = options.signal;
+
+  // Where the caller stands: every change up to `lastVersion` was yielded, except that when
+  // `yieldedAtLast` > 0 the changes of `lastVersion` itself may continue (a server batch may split
+  // one version's changes), so a resume goes back one version and skips the ones already given.
+  let lastVersion: number | undefined;
+  let yieldedAtLast = 0;
+  let endpointAt = 0;
+  let failedInARow = 0;
+  let servedMs = performance.now();
+  let compactedInARow = 0; // endpoints in a row that answered 410: all of them means the caller must re-read
+  const failures: string[] = [];
+
+  const aborted = () => signal?.aborted === true;
+  while (!aborted()) {
+    const endpoint = endpoints[endpointAt % endpoints.length] as string;
+    endpointAt++;
+    const query = new URLSearchParams("prefix" in filter ? { prefix: filter.prefix } : { key: filter.key });
+    const headers: Record<string, string> = { accept: "text/event-stream" };
+    if (lastVersion !== undefined) headers["last-event-id"] = String(yieldedAtLast > 0 ? lastVersion - 1 : lastVersion);
+    else if (fromVersion !== undefined) query.set("fromVersion", String(fromVersion));
+    let skipAtLast = yieldedAtLast; // changes of `lastVersion` this stream will send again
+
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(signal?.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let idleTimer: ReturnType<typeof setTimeout> | undefined;
+    const armIdle = () => {
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => controller.abort(new Error("stream idle")), idleTimeoutMs);
+    };
+    let ended: string | undefined;
+    try {
+      // `break attempt` ends this attempt; the code after the try then decides how to go on.
+      attempt: {
+        armIdle();
+        let response: Response;
+        try {
+          response = await transport.fetch(`${endpoint}/watch?${query}`, { headers: transport.withAuthorization(headers), signal: controller.signal, redirect: "manual" });
+        } catch (error) {
+          ended = `${endpoint}: ${describe(error)}`;
+          break attempt;
+        }
+        if (response.status !== 200) {
+          const refusal = await refusalOf(response, endpoint);
+          if (refusal.code === "compacted") {
+            // Another node's history may still reach back far enough; when none does, the caller must re-read.
+            compactedInARow++;
+            if (compactedInARow >= endpoints.length) throw refusal;
+            ended = `${endpoint}: 410 compacted`;
+            break attempt;
+          }
+          compactedInARow = 0;
+          if (response.status >= 400 && response.status < 500 && response.status !== 429 && response.status !== 408) throw refusal;
+          ended = `${endpoint}: ${response.status} ${refusal.code}`;
+          break attempt;
+        }
+        compactedInARow = 0;
+        if (response.body === null) {
+          ended = `${endpoint}: an answer without a body`;
+          break attempt;
+        }
+        servedMs = performance.now();
+        failedInARow = 0;
+        failures.length = 0;
+        for await (const event of readSse(response.body, { charsMax: SSE_CHARS_MAX })) {
+          armIdle();
+          servedMs = performance.now();
+          if (event.event === "error") {
+            ended = `${endpoint}: event: error ${errorOf(event.data)}`;
+            break;
+          }
+          if (event.event !== "put" && event.event !== "delete" && event.event !== "progress") continue;
+          const parsed = parseEvent(event.event, event.data);
+          if (parsed === undefined) {
+            ended = `${endpoint}: a ${event.event} event that is not kv's: ${event.data.slice(0, 100)}`;
+            break;
+          }
+          if (parsed.type === "progress") {
+            if (lastVersion !== undefined && parsed.version < lastVersion) continue;
+            if (lastVersion === undefined || parsed.version > lastVersion || yieldedAtLast > 0) {
+              lastVersion = parsed.version;
+              yieldedAtLast = 0;
+              skipAtLast = 0;
+              if (options.progress === true) {
+                clearTimeout(idleTimer); // the caller's time is not the stream's silence
+                yield parsed;
+                armIdle();
+              }
+            }
+            continue;
+          }
+          if (lastVersion !== undefined && parsed.version < lastVersion) continue; // already given (cannot happen on one stream)
+          if (lastVersion !== undefined && parsed.version === lastVersion) {
+            if (skipAtLast > 0) {
+              skipAtLast--;
+              continue;
+            }
+            yieldedAtLast++;
+          } else {
+            lastVersion = parsed.version;
+            yieldedAtLast = 1;
+            skipAtLast = 0;
+          }
+          clearTimeout(idleTimer);
+          yield parsed;
+          armIdle();
+        }
+        ended ??= `${endpoint}: the stream ended`;
+      }
+    } catch (error) {
+      if (error instanceof KvClientError) throw error;
+      ended = `${endpoint}: ${describe(error)}`;
+    } finally {
+      clearTimeout(idleTimer);
+      signal?.removeEventListener("abort", onAbort);
+      controller.abort(); // the stream, if the caller stopped iterating or anything above threw
+      if (ended !== undefined) {
+        failedInARow++;
+        failures.push(ended);
+        if (failures.length > endpoints.length * 2) failures.shift();
+      }
+    }
+    if (aborted()) return;
+    if (performance.now() - servedMs > reconnectTimeoutMs) {
+      throw new KvClientError("unreachable", 0, `no endpoint served the watch for ${reconnectTimeoutMs} ms: ${failures.join("; ")}`);
+    }
+    if (failedInARow >= endpoints.length && failedInARow % endpoints.length === 0) {
+      await Bun.sleep(Math.min(BACKOFF_MS_MAX, BACKOFF_MS_MIN * 2 ** Math.min(5, failedInARow / endpoints.length - 1))); // retry pace
+    }
+  }
+}
+
+function parseEvent(type: "put" | "delete" | "progress", data: string): WatchEvent | undefined {
+  let body: Record<string, unknown>;
+  try {
+    const value = JSON.parse(data) as unknown;
+    if (typeof value !== "object" || value === null) return undefined;
+    body = value as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  const version = body.version;
+  if (typeof version !== "number" || !Number.isSafeInteger(version)) return undefined;
+  if (type === "progress") return { type, version };
+  if (typeof body.key !== "string") return undefined;
+  if (type === "delete") {
+    const reason = body.reason === "lease_expired" ? "lease_expired" : "delete";
+    return { type, key: body.key, version, reason };
+  }
+  const bytes = fromJsonValue(body.value);
+  if (bytes === undefined) return undefined;
+  const entry = makeEntry(body.key, version, bytes);
+  return Object.defineProperties({ type: "put" as const }, Object.getOwnPropertyDescriptors(entry)) as WatchPutEvent;
+}
+
+function errorOf(data: string): string {
+  try {
+    const parsed = JSON.parse(data) as { error?: unknown };
+    return typeof parsed.error === "string" ? parsed.error : "error";
+  } catch {
+    return "error";
+  }
+}
+
+async function refusalOf(response: Response, endpoint: string): Promise<KvClientError> {
+  const text = (await response.text().catch(() => "")).slice(0, ERROR_BODY_CHARS_MAX);
+  let parsed: Record<string, unknown> = {};
+  try {
+    const value = JSON.parse(text) as unknown;
+    if (typeof value === "object" && value !== null && !Array.isArray(value)) parsed = value as Record<string, unknown>;
+  } catch {
+    // not JSON: the status alone speaks
+  }
+  const { error, message, ...details } = parsed;
+  return new KvClientError(
+    typeof error === "string" ? error : `http_${response.status}`,
+    response.status,
+    typeof message === "string" ? message : `HTTP ${response.status} from ${endpoint}`,
+    details,
+  );
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function badOption(message: string): KvClientError {
+  return new KvClientError("bad_request", 0, message);
+}

@@ -1,0 +1,354 @@
+// Proves the client's leases, locks and elections (src/client/leases.ts, lock.ts) against real in-process nodes: grant/get/keepAlive/revoke, a keeper that keeps a lease alive past its TTL and reports its loss promptly (revoked: lease_not_found; unanswered: lease_expired); a lock held by one contender at a time with fences that strictly increase from holder to holder; a waiter that proceeds when a paused holder's lease runs out; each waiter watching only the key just ahead of it (one stream each, counted by the node's kv_watchers too); and an election whose observers see each new leader.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createClient, KvClientError, type KvEntry, type LockHandle } from "../src/client/index.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+
+/** The shortest TTL the test cluster grants (2 × 2 × 12 ticks × 10 ms). */
+const TTL_MS = 500;
+
+async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await condition())) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(10); // polling interval
+  }
+}
+
+/** Resolves with the signal's reason once it aborts; rejects after `timeoutMs`. */
+function aborted(signal: AbortSignal, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve(signal.reason);
+    const timer = setTimeout(() => reject(new Error(`not aborted within ${timeoutMs} ms`)), timeoutMs);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve(signal.reason);
+    });
+  });
+}
+
+describe("against a 3-node cluster", () => {
+  let dir: string;
+  let cluster: ServerCluster;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-client-lock-"));
+    cluster = createServerCluster({ size: 3, baseDir: dir, config: () => ({ watch: { progressMs: 200 } }) });
+    await cluster.start();
+    await cluster.waitForLeader();
+  });
+  afterAll(async () => {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const urls = () => cluster.nodes.map((n) => cluster.node(n.id).httpUrl);
+  const keysUnder = async (prefix: string) => {
+    const keys: string[] = [];
+    for await (const page of createClient({ endpoints: urls() }).list(prefix)) keys.push(...page.items.map((i) => i.key));
+    return keys;
+  };
+
+  test("leases: grant, attach, get, keepAlive, revoke; a gone lease is lease_not_found", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const lease = await kv.leases.grant(10_000);
+    expect(lease.ttlMs).toBe(10_000);
+    await kv.put("lease/a", "1", { lease: lease.id });
+    const info = await kv.leases.get(lease.id);
+    expect(info).toMatchObject({ id: lease.id, ttlMs: 10_000, keys: ["lease/a"], keysTruncated: false });
+    expect(await kv.leases.keepAlive(lease.id)).toEqual({ id: lease.id, ttlMs: 10_000 });
+    const revoked = await kv.leases.revoke(lease.id);
+    expect(revoked).toMatchObject({ id: lease.id, deletedKeys: 1 });
+    expect(await kv.get("lease/a")).toBeNull();
+    for (const call of [() => kv.leases.keepAlive(lease.id), () => kv.leases.get(lease.id), () => kv.leases.revoke(lease.id)]) {
+      const error = await call().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(KvClientError);
+      expect((error as KvClientError).code).toBe("lease_not_found");
+    }
+    const small = await kv.leases.grant(1);
+    expect(small.raisedFromMs).toBe(1);
+    expect(small.ttlMs).toBeGreaterThan(1);
+  });
+
+  test("a keeper keeps a lease alive past several TTLs, and reports its revocation as lease_not_found", async () => {
+    const kv = createClient({ endpoints: urls() });
+    // Twice the shortest TTL: a loaded machine may stall the keeper for a few hundred ms.
+    const lease = await kv.leases.grant(2 * TTL_MS);
+    await kv.put("kept/a", "1", { lease: lease.id });
+    const keeper = kv.leases.keep(lease.id, { ttlMs: lease.ttlMs });
+    try {
+      const startedMs = performance.now();
+      // Past three TTLs the key is still there: only the keeper can have kept it.
+      await until(async () => {
+        expect((await kv.get("kept/a"))?.text).toBe("1");
+        return performance.now() - startedMs > 3 * lease.ttlMs;
+      }, "three TTLs to pass");
+      expect(keeper.lost.aborted).toBe(false);
+      await kv.leases.revoke(lease.id);
+      const reason = await aborted(keeper.lost, 5_000);
+      expect(reason).toBeInstanceOf(KvClientError);
+      expect((reason as KvClientError).code).toBe("lease_not_found");
+    } finally {
+      keeper.stop();
+    }
+  });
+
+  test("a keeper that cannot reach the cluster reports lease_expired within one TTL, and the lease does expire", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const lease = await kv.leases.grant(TTL_MS);
+    await kv.put("cutoff/a", "1", { lease: lease.id });
+    let blocked = false;
+    const cutOff = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => (blocked ? new Promise<Response>(() => {}) : fetch(input, init))) as typeof fetch,
+    });
+    blocked = true;
+    const keeper = cutOff.leases.keep(lease.id, { ttlMs: lease.ttlMs });
+    try {
+      const reason = await aborted(keeper.lost, 5_000);
+      expect((reason as KvClientError).code).toBe("lease_expired");
+      await until(async () => (await kv.get("cutoff/a")) === null, "the lease's key to go");
+    } finally {
+      keeper.stop();
+    }
+  });
+
+  test("a lock is held by one contender at a time, and fences strictly increase from holder to holder", async () => {
+    let inside = 0;
+    let most = 0;
+    const fences: number[] = [];
+    const contender = async (n: number) => {
+      const kv = createClient({ endpoints: [...urls().slice(n % 3), ...urls().slice(0, n % 3)] });
+      for (let round = 0; round < 3; round++) {
+        const lock = await kv.lock("mutex", { ttlMs: 5_000 });
+        inside++;
+        most = Math.max(most, inside);
+        fences.push(lock.fence);
+        expect(lock.key).toBe(`mutex/${lock.leaseId}`);
+        await kv.put("mutex-resource", `${lock.fence}`); // some work while holding it
+        inside--;
+        await lock.release();
+      }
+    };
+    await Promise.all([0, 1, 2, 3, 4].map(contender));
+    expect(most).toBe(1);
+    expect(fences).toHaveLength(15);
+    for (let i = 1; i < fences.length; i++) expect(fences[i] as number).toBeGreaterThan(fences[i - 1] as number);
+    expect(await keysUnder("mutex/")).toEqual([]);
+  });
+
+  test("a waiter proceeds when a paused holder's lease runs out; the holder's lost signal fires", async () => {
+    let paused = false;
+    // A holder whose every request hangs once paused, as a SIGSTOPped process looks to the cluster.
+    const holderClient = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => (paused ? new Promise<Response>(() => {}) : fetch(input, init))) as typeof fetch,
+    });
+    const holder = await holderClient.lock("paused", { ttlMs: TTL_MS });
+    const waiterClient = createClient({ endpoints: urls() });
+    let waiter: LockHandle | undefined;
+    const waiting = waiterClient.lock("paused", { ttlMs: 5_000 }).then((lock) => (waiter = lock));
+    try {
+      await until(async () => (await keysUnder("paused/")).length === 2, "the waiter to queue");
+      expect(waiter).toBeUndefined();
+      paused = true;
+      await waiting;
+      expect(waiter?.fence).toBeGreaterThan(holder.fence);
+      expect(holder.lost.aborted).toBe(true);
+      expect((holder.lost.reason as KvClientError).code).toBe("lease_expired");
+    } finally {
+      paused = false;
+      await waiting.then((lock) => lock.release()).catch(() => undefined);
+      await holder.release();
+    }
+    expect(await keysUnder("paused/")).toEqual([]);
+  });
+
+  test("a holder whose grant's answer came late still knows it lost the lock before a waiter can take it", async () => {
+    let paused = false;
+    // The grant's answer is slow to arrive (the countdown started at the leader long before), and
+    // once the lock is held every request hangs, as a paused holder's would.
+    const holderClient = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (paused) return new Promise<Response>(() => {});
+        const response = await fetch(input, init);
+        if (new URL(String(input)).pathname === "/leases" && init?.method === "POST") await Bun.sleep(300); // the slow answer
+        return response;
+      }) as typeof fetch,
+    });
+    const holder = await holderClient.lock("late-grant", { ttlMs: TTL_MS });
+    paused = true;
+    const waiter = await createClient({ endpoints: urls() }).lock("late-grant", { ttlMs: 5_000 });
+    try {
+      expect(waiter.fence).toBeGreaterThan(holder.fence);
+      // By the time anyone else holds the lock, the old holder has been told.
+      expect(holder.lost.aborted).toBe(true);
+    } finally {
+      paused = false;
+      await waiter.release();
+      await holder.release();
+    }
+  });
+
+  test("each waiter watches only the key just ahead of it: one stream per waiter, none reopened as holders leave", async () => {
+    const opened: string[][] = [[], [], [], []];
+    const clients = opened.map((log) =>
+      createClient({
+        endpoints: urls(),
+        fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+          const url = String(input);
+          if (url.includes("/watch?")) log.push(new URL(url).searchParams.get("key") ?? `prefix:${new URL(url).searchParams.get("prefix")}`);
+          return fetch(input, init);
+        }) as typeof fetch,
+      }),
+    );
+    const watchers = async () => {
+      let total = 0;
+      for (const url of urls()) {
+        const text = await (await fetch(`${url}/metrics`)).text();
+        total += Number(/^kv_watchers (\d+)/m.exec(text)?.[1] ?? "0");
+      }
+      return total;
+    };
+    const baseline = await watchers();
+    const locks: Promise<LockHandle>[] = [];
+    // Queue them one after another, so contender i's key is the i-th.
+    for (const [i, kv] of clients.entries()) {
+      locks.push(kv.lock("herd", { ttlMs: 5_000 }));
+      await until(async () => (await keysUnder("herd/")).length === i + 1, `contender ${i} to queue`);
+    }
+    const queue: KvEntry[] = [];
+    for await (const page of clients[0]!.list("herd/")) queue.push(...page.items);
+    queue.sort((a, b) => a.version - b.version);
+    await until(async () => (await watchers()) === baseline + 3, "three watch streams");
+    expect(opened).toEqual([[], [queue[0]!.key], [queue[1]!.key], [queue[2]!.key]]);
+    for (const lock of locks) await (await lock).release();
+    expect(opened).toEqual([[], [queue[0]!.key], [queue[1]!.key], [queue[2]!.key]]);
+    await until(async () => (await watchers()) === baseline, "the streams to close");
+  });
+
+  test("elect resolves once elected; observe sees each new leader's value", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const stop = new AbortController();
+    const seen: string[] = [];
+    const observing = (async () => {
+      for await (const leader of kv.observe("office", { signal: stop.signal })) seen.push(leader.text);
+    })();
+    try {
+      const alpha = await kv.elect("office", "alpha", { ttlMs: 5_000 });
+      let betaElected = false;
+      const beta = createClient({ endpoints: urls() })
+        .elect("office", "beta", { ttlMs: 5_000 })
+        .then((office) => {
+          betaElected = true;
+          return office;
+        });
+      await until(() => seen.includes("alpha"), "the observer to see alpha");
+      await until(async () => (await keysUnder("office/")).length === 2, "beta to campaign");
+      expect(betaElected).toBe(false);
+      await alpha.resign();
+      const office = await beta;
+      expect(office.fence).toBeGreaterThan(alpha.fence);
+      await until(() => seen.includes("beta"), "the observer to see beta");
+      expect(seen).toEqual(["alpha", "beta"]);
+      await office.resign();
+    } finally {
+      stop.abort();
+      await observing;
+    }
+  });
+
+  test("a predecessor deleted between the waiter's listing and its watch still wakes the waiter", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const holder = await kv.lock("race", { ttlMs: 5_000 });
+    let raced = false;
+    // The holder leaves after the waiter listed the queue and before its watch reaches a node.
+    const waiterClient = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (String(input).includes("/watch?") && !raced) {
+          raced = true;
+          await holder.release();
+        }
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const lock = await waiterClient.lock("race", { ttlMs: 5_000, signal: AbortSignal.timeout(10_000) });
+    expect(raced).toBe(true);
+    expect(lock.fence).toBeGreaterThan(holder.fence);
+    await lock.release();
+  });
+
+  test("a waiter whose watch's node is killed resumes the watch elsewhere and takes the lock when the holder leaves", async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.map((n) => n.id).find((id) => id !== leader) as number;
+    const kv = createClient({ endpoints: [cluster.node(leader).httpUrl] });
+    const holder = await kv.lock("failover", { ttlMs: 5_000 });
+    const watchesOn: string[] = [];
+    const waiterClient = createClient({
+      endpoints: [cluster.node(follower).httpUrl, ...urls().filter((u) => u !== cluster.node(follower).httpUrl)],
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (String(input).includes("/watch?")) watchesOn.push(new URL(String(input)).origin);
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const followerUrl = cluster.node(follower).httpUrl;
+    const waiting = waiterClient.lock("failover", { ttlMs: 5_000 });
+    try {
+      await until(() => watchesOn.length === 1, "the waiter's watch");
+      expect(watchesOn[0]).toBe(followerUrl);
+      await cluster.kill(follower);
+      await until(() => watchesOn.length >= 2, "the watch to resume on another node");
+      await holder.release();
+      const lock = await waiting;
+      expect(lock.fence).toBeGreaterThan(holder.fence);
+      expect(watchesOn.slice(1).every((origin) => origin !== followerUrl)).toBe(true);
+      await lock.release();
+    } finally {
+      await cluster.startNode(follower);
+    }
+  });
+
+  test("a waiter whose own lease runs out while it waits (paused) joins the queue again and still gets the lock", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const holder = await kv.lock("rejoin", { ttlMs: 5_000 });
+    let resume: () => void = () => {};
+    let gate: Promise<void> | undefined;
+    // Paused: requests wait until resumed, then go out (as a SIGSTOPped process's would).
+    const waiterClient = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (gate !== undefined) await gate;
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const waiting = waiterClient.lock("rejoin", { ttlMs: TTL_MS });
+    await until(async () => (await keysUnder("rejoin/")).length === 2, "the waiter to queue");
+    const firstKey = (await keysUnder("rejoin/")).find((key) => key !== holder.key);
+    gate = new Promise((resolve) => (resume = resolve));
+    await until(async () => !(await keysUnder("rejoin/")).includes(firstKey as string), "the waiter's lease to run out");
+    gate = undefined;
+    resume();
+    await until(async () => (await keysUnder("rejoin/")).length === 2, "the waiter to queue again");
+    await holder.release();
+    const lock = await waiting;
+    expect(lock.key).not.toBe(firstKey);
+    expect(lock.fence).toBeGreaterThan(holder.fence);
+    await lock.release();
+  });
+
+  test("a waiter whose signal aborts stops waiting and leaves the queue", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const holder = await kv.lock("abandon", { ttlMs: 5_000 });
+    const stop = new AbortController();
+    const waiting = kv.lock("abandon", { ttlMs: 5_000, signal: stop.signal }).catch((e: unknown) => e);
+    await until(async () => (await keysUnder("abandon/")).length === 2, "the waiter to queue");
+    stop.abort(new Error("gave up"));
+    expect(((await waiting) as Error).message).toBe("gave up");
+    expect(await keysUnder("abandon/")).toEqual([holder.key]);
+    await holder.release();
+  });
+});

@@ -1,0 +1,254 @@
+// Proves client.watch (src/client/watch.ts) against real in-process nodes and a scripted fake: a stream whose node is killed, or whose connection is cut, resumes on the next endpoint with Last-Event-ID and delivers every acknowledged change exactly once, in order; a resume in the middle of one version's changes neither skips nor repeats any of them; a node whose history does not reach the start (410) is passed over for one that does, and a start older than every node's history is a KvClientError `compacted` with its compactVersion; a stream gone silent (a paused node) is resumed elsewhere after idleTimeoutMs, and progress events are yielded when asked; bad selectors are refused before any request.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createTcpProxy } from "../src/chaos/tcp-proxy.ts";
+import { createClient, KvClientError, type WatchEvent } from "../src/client/index.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+
+/** Polls `condition` until it holds; fails after `timeoutMs`. */
+async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await condition())) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(10); // polling interval
+  }
+}
+
+/** Runs a watch in the background, collecting its change events. */
+function collect(iterator: AsyncIterableIterator<WatchEvent>): { events: WatchEvent[]; done: Promise<unknown> } {
+  const events: WatchEvent[] = [];
+  const done = (async () => {
+    for await (const event of iterator) events.push(event);
+  })().catch((error: unknown) => error);
+  return { events, done };
+}
+
+/** A fetch that records each /watch request's URL and Last-Event-ID before passing it on. */
+function recordingFetch(log: { url: string; lastEventId: string | null }[]): typeof fetch {
+  return (async (input: string | URL | Request, init?: RequestInit) => {
+    const url = String(input);
+    if (url.includes("/watch?")) log.push({ url, lastEventId: new Headers(init?.headers).get("last-event-id") });
+    return fetch(input, init);
+  }) as typeof fetch;
+}
+
+describe("against a 3-node cluster", () => {
+  let dir: string;
+  let cluster: ServerCluster;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-client-watch-"));
+    cluster = createServerCluster({ size: 3, baseDir: dir, config: () => ({ watch: { progressMs: 200 } }) });
+    await cluster.start();
+    await cluster.waitForLeader();
+  });
+  afterAll(async () => {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const url = (id: number) => cluster.node(id).httpUrl;
+
+  test("a stream whose node is killed resumes on the next endpoint: every change once, in order", async () => {
+    const leader = await cluster.waitForLeader();
+    const [follower, other] = cluster.nodes.map((n) => n.id).filter((id) => id !== leader) as [number, number];
+    const writer = createClient({ endpoints: [url(leader), url(other)] });
+    const log: { url: string; lastEventId: string | null }[] = [];
+    const stop = new AbortController();
+    const watcher = createClient({ endpoints: [url(follower), url(other), url(leader)], fetch: recordingFetch(log) });
+    const { events, done } = collect(watcher.watch({ prefix: "kill/" }, { signal: stop.signal }));
+    try {
+      await until(() => log.length === 1, "the stream to open");
+      const acked: { key: string; version: number; kind: string }[] = [];
+      // The first stream opens after a linearizable read: only writes after it are promised.
+      await until(async () => {
+        const { version } = await writer.put("kill/probe", "p");
+        return events.some((e) => e.version === version);
+      }, "the stream to deliver");
+      const seenBefore = events.length;
+      const firstVersion = events[seenBefore - 1]?.version as number;
+      for (let i = 0; i < 10; i++) acked.push({ key: `kill/${i}`, version: (await writer.put(`kill/${i}`, `a${i}`)).version, kind: "put" });
+      await until(() => events.some((e) => e.version === acked[acked.length - 1]?.version), "the first half");
+      await cluster.kill(follower);
+      for (let i = 0; i < 10; i++) acked.push({ key: `kill/${i}`, version: (await writer.put(`kill/${i}`, `b${i}`)).version, kind: "put" });
+      acked.push({ key: "kill/0", version: (await writer.delete("kill/0")).version, kind: "delete" });
+      await until(() => events.some((e) => e.version === acked[acked.length - 1]?.version), "the second half on another node");
+      const after = events.filter((e) => e.version > firstVersion).map((e): { key: string; version: number; kind: string } => ({ key: "key" in e ? e.key : "", version: e.version, kind: e.type }));
+      expect(after).toEqual(acked);
+      expect(events.at(-1)).toMatchObject({ type: "delete", reason: "delete" });
+      expect(log.length).toBeGreaterThanOrEqual(2);
+      expect(log[0]?.url.startsWith(url(other))).toBe(false);
+      expect(log[1]?.url.startsWith(url(other))).toBe(true);
+      // The resume names the last version seen, or the one before when that version's changes might
+      // not all have come (the client then skips the ones it already gave).
+      expect(Number(log[1]?.lastEventId)).toBeGreaterThanOrEqual((acked[9]?.version as number) - 1);
+    } finally {
+      stop.abort();
+      await done;
+      await cluster.startNode(follower);
+    }
+  });
+
+  test("a stream whose connection is cut resumes with Last-Event-ID, nothing missing or doubled", async () => {
+    const leader = await cluster.waitForLeader();
+    await until(() => cluster.nodes.every((n) => cluster.status(n.id) !== undefined), "every node running");
+    const proxy = createTcpProxy(cluster.node(leader).httpPort);
+    const writer = createClient({ endpoints: cluster.nodes.map((n) => url(n.id)) });
+    const log: { url: string; lastEventId: string | null }[] = [];
+    const stop = new AbortController();
+    const others = cluster.nodes.map((n) => n.id).filter((id) => id !== leader);
+    const watcher = createClient({ endpoints: [`http://127.0.0.1:${proxy.port}`, ...others.map(url)], fetch: recordingFetch(log) });
+    const start = (await writer.put("cut/start", "s")).version;
+    const { events, done } = collect(watcher.watch({ prefix: "cut/" }, { fromVersion: start, signal: stop.signal }));
+    try {
+      const acked: number[] = [start];
+      for (let i = 0; i < 8; i++) acked.push((await writer.put(`cut/${i % 3}`, `v${i}`)).version);
+      await until(() => events.some((e) => e.version === acked.at(-1)), "the first changes");
+      proxy.cut();
+      for (let i = 0; i < 8; i++) acked.push((await writer.put(`cut/${i % 3}`, `w${i}`)).version);
+      await until(() => events.some((e) => e.version === acked.at(-1)), "the changes after the cut");
+      expect(events.map((e) => e.version)).toEqual(acked);
+      expect(log[0]?.url).toContain(`fromVersion=${start}`);
+      expect(log[1]?.lastEventId).not.toBeNull();
+    } finally {
+      stop.abort();
+      await done;
+      proxy.close();
+    }
+  });
+
+  test("a node that answers 410 (it restarted, its history is short) is passed over for one that still has the start", async () => {
+    const leader = await cluster.waitForLeader();
+    const follower = cluster.nodes.map((n) => n.id).find((id) => id !== leader) as number;
+    const writer = createClient({ endpoints: [url(leader)] });
+    const start = (await writer.put("restart/a", "1")).version;
+    await writer.put("restart/a", "2");
+    await until(() => (cluster.status(follower)?.appliedIndex ?? 0) > start, "the follower to apply both");
+    await cluster.kill(follower);
+    await cluster.startNode(follower);
+    const log: { url: string; lastEventId: string | null }[] = [];
+    const others = cluster.nodes.map((n) => n.id).filter((id) => id !== follower);
+    const watcher = createClient({ endpoints: [url(follower), ...others.map(url)], fetch: recordingFetch(log) });
+    const iterator = watcher.watch({ prefix: "restart/" }, { fromVersion: start });
+    const first = await iterator.next();
+    await iterator.return?.(); // closes the stream
+    expect(first.value).toMatchObject({ type: "put", key: "restart/a", text: "1", version: start });
+    expect(log.map((entry) => new URL(entry.url).origin)).toEqual([url(follower), url(others[0] as number)]);
+  });
+
+  test("bad selectors and options are refused before any request", async () => {
+    const kv = createClient({ endpoints: [url(await cluster.waitForLeader())] });
+    for (const [selector, options] of [
+      [{ key: "" }, {}],
+      [{ prefix: "x/" }, { fromVersion: 0 }],
+      [{ prefix: "x/" }, { fromVersion: 1.5 }],
+    ] as const) {
+      const error = await kv.watch(selector, options).next().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(KvClientError);
+      expect((error as KvClientError).code).toBe("bad_request");
+    }
+  });
+});
+
+describe("a start older than the history", () => {
+  let dir: string;
+  let cluster: ServerCluster;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-client-watch-compacted-"));
+    cluster = createServerCluster({ size: 1, baseDir: dir, config: () => ({ watch: { historyEntriesMax: 5 } }) });
+    await cluster.start();
+    await cluster.waitForLeader();
+  });
+  afterAll(async () => {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("is a KvClientError `compacted` carrying the compactVersion", async () => {
+    const kv = createClient({ endpoints: [cluster.node(1).httpUrl] });
+    let last = 0;
+    for (let i = 0; i < 20; i++) last = (await kv.put(`old/${i}`, "x")).version;
+    const error = await kv.watch({ prefix: "old/" }, { fromVersion: 1 }).next().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KvClientError);
+    expect((error as KvClientError).code).toBe("compacted");
+    expect((error as KvClientError).status).toBe(410);
+    const compactVersion = (error as KvClientError).details.compactVersion as number;
+    expect(compactVersion).toBeGreaterThan(1);
+    expect(compactVersion).toBeLessThanOrEqual(last);
+    // From there the watch works.
+    const iterator = kv.watch({ prefix: "old/" }, { fromVersion: compactVersion });
+    const first = await iterator.next();
+    await iterator.return?.(); // closes the stream
+    expect(first.value?.version).toBe(compactVersion);
+  });
+});
+
+describe("against a scripted stream", () => {
+  test("a resume in the middle of one version's changes neither skips nor repeats any of them", async () => {
+    const requests: { url: string; lastEventId: string | null }[] = [];
+    const sse = (events: string[], end: "close" | "error") => {
+      const text = events.join("") + (end === "error" ? 'event: error\ndata: {"error":"slow_watcher"}\n\n' : "");
+      return new Response(text, { status: 200, headers: { "content-type": "text/event-stream" } });
+    };
+    const put = (key: string, version: number) => `id: ${version}\nevent: put\ndata: ${JSON.stringify({ key, value: key, version })}\n\n`;
+    const answers = [
+      // Version 5 holds three changes; the first stream ends after two of them.
+      () => sse([`id: 4\nevent: progress\ndata: {"version":4}\n\n`, put("p/a", 5), put("p/b", 5)], "error"),
+      () => sse([put("p/a", 5), put("p/b", 5), put("p/c", 5), put("p/d", 6)], "close"),
+    ];
+    const fake = (async (input: string | URL | Request, init?: RequestInit) => {
+      requests.push({ url: String(input), lastEventId: new Headers(init?.headers).get("last-event-id") });
+      const answer = answers[requests.length - 1];
+      return answer === undefined ? new Promise<Response>(() => {}) : answer();
+    }) as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+    const stop = new AbortController();
+    const seen: string[] = [];
+    for await (const event of kv.watch({ prefix: "p/" }, { signal: stop.signal })) {
+      if (event.type === "put") seen.push(`${event.key}@${event.version}`);
+      if (seen.length === 4) stop.abort();
+    }
+    expect(seen).toEqual(["p/a@5", "p/b@5", "p/c@5", "p/d@6"]);
+    expect(requests.map((r) => r.lastEventId)).toEqual([null, "4"]);
+    expect(requests[1]?.url.startsWith("http://127.0.0.1:2/watch?")).toBe(true);
+  });
+});
+
+describe("against a silent stream", () => {
+  test("a stream that goes silent (a paused node) is resumed elsewhere after idleTimeoutMs; progress is yielded when asked", async () => {
+    const requests: { url: string; lastEventId: string | null }[] = [];
+    const encoder = new TextEncoder();
+    const fake = (async (input: string | URL | Request, init?: RequestInit) => {
+      requests.push({ url: String(input), lastEventId: new Headers(init?.headers).get("last-event-id") });
+      if (requests.length === 1) {
+        // One progress event, then nothing ever again: the connection stays open, as to a paused node.
+        const body = new ReadableStream<Uint8Array>({
+          start(controller) {
+            controller.enqueue(encoder.encode(`id: 7\nevent: progress\ndata: {"version":7}\n\n`));
+            init?.signal?.addEventListener("abort", () => controller.error(new Error("aborted")));
+          },
+        });
+        return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+      }
+      return new Response(`id: 8\nevent: delete\ndata: {"key":"s/a","version":8,"reason":"lease_expired"}\n\n`, { status: 200 });
+    }) as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+    const stop = new AbortController();
+    const seen: WatchEvent[] = [];
+    for await (const event of kv.watch({ key: "s/a" }, { signal: stop.signal, progress: true, idleTimeoutMs: 200 })) {
+      seen.push(event);
+      if (event.type === "delete") stop.abort();
+    }
+    expect(seen).toEqual([
+      { type: "progress", version: 7 },
+      { type: "delete", key: "s/a", version: 8, reason: "lease_expired" },
+    ]);
+    expect(requests.map((r) => [new URL(r.url).port, r.lastEventId])).toEqual([
+      ["1", null],
+      ["2", "7"],
+    ]);
+  });
+});

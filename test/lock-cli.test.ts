@@ -1,0 +1,207 @@
+// Proves `kv lock` and `kv elect` (src/cli/lock.ts) in the built executable against real in-process nodes: `kv lock NAME -- CMD` runs CMD with KV_LOCK_KEY and KV_LOCK_FENCE, exits with its status and releases (flags after -- belong to CMD, even -h); without CMD it prints the key and fence and holds until SIGTERM; a paused holder loses the lock to a waiter, says so on stderr once resumed and SIGTERMs its CMD, and a killed holder's lease runs out for the waiter; a CMD that cannot run exits 127; an interrupted wait leaves the queue; `kv elect` campaigns and holds office, and `kv elect --observe` prints each new leader.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { createClient } from "../src/client/index.ts";
+import { kvCommand } from "./helpers/kv-binary.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+
+/** A spawned `kv` with its output gathered as it comes. */
+interface Running {
+  readonly proc: Subprocess<"ignore", "pipe", "pipe">;
+  out(): string;
+  err(): string;
+  /** Until stdout (or stderr) holds `text`; fails after `timeoutMs`. */
+  waitFor(text: string, stream?: "out" | "err", timeoutMs?: number): Promise<void>;
+}
+
+const spawned = new Set<Subprocess>();
+
+function spawnKv(args: string[]): Running {
+  const proc = Bun.spawn([...kvCommand(), ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  spawned.add(proc);
+  let out = "";
+  let err = "";
+  const pump = async (stream: ReadableStream<Uint8Array>, add: (text: string) => void) => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) add(decoder.decode(chunk, { stream: true }));
+  };
+  void pump(proc.stdout, (text) => (out += text));
+  void pump(proc.stderr, (text) => (err += text));
+  return {
+    proc,
+    out: () => out,
+    err: () => err,
+    async waitFor(text, stream = "out", timeoutMs = 20_000) {
+      const deadline = performance.now() + timeoutMs;
+      while (!(stream === "out" ? out : err).includes(text)) {
+        if (proc.exitCode !== null && !(stream === "out" ? out : err).includes(text)) {
+          await Bun.sleep(50); // let the pipes drain once more
+          if ((stream === "out" ? out : err).includes(text)) return;
+          throw new Error(`kv ${args.join(" ")} exited ${proc.exitCode} before printing '${text}': ${out} ${err}`);
+        }
+        if (performance.now() > deadline) throw new Error(`kv ${args.join(" ")} did not print '${text}': ${out} ${err}`);
+        await Bun.sleep(10); // polling interval
+      }
+    },
+  };
+}
+
+async function until(condition: () => boolean | Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await condition())) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(10); // polling interval
+  }
+}
+
+describe("kv lock and kv elect", () => {
+  let dir: string;
+  let cluster: ServerCluster;
+
+  beforeAll(async () => {
+    kvCommand(); // built once, before any test's clock runs
+    dir = mkdtempSync(join(tmpdir(), "kv-lock-cli-"));
+    cluster = createServerCluster({ size: 3, baseDir: dir, config: () => ({ watch: { progressMs: 200 } }) });
+    await cluster.start();
+    await cluster.waitForLeader();
+  });
+  afterEach(async () => {
+    for (const proc of spawned) {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        process.kill(proc.pid, "SIGCONT");
+        process.kill(proc.pid, "SIGKILL");
+      }
+      await proc.exited;
+    }
+    spawned.clear();
+  });
+  afterAll(async () => {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const endpoints = () => cluster.nodes.map((n) => cluster.node(n.id).httpUrl).join(",");
+  const keysUnder = async (prefix: string) => {
+    const keys: string[] = [];
+    for await (const page of createClient({ endpoints: endpoints() }).list(prefix)) keys.push(...page.items.map((i) => i.key));
+    return keys;
+  };
+
+  test("kv lock NAME -- CMD runs CMD with KV_LOCK_KEY and KV_LOCK_FENCE and exits with its status (3), releasing", async () => {
+    const run = spawnKv(["lock", "job", "--endpoints", endpoints(), "--", "sh", "-c", 'echo "key=$KV_LOCK_KEY fence=$KV_LOCK_FENCE"; exit 3', "-h"]);
+    expect(await run.proc.exited).toBe(3);
+    await run.waitFor("fence=");
+    const match = /key=(job\/\d+) fence=(\d+)/.exec(run.out());
+    expect(match).not.toBeNull();
+    expect(Number(match?.[2])).toBeGreaterThan(0);
+    expect(await keysUnder("job/")).toEqual([]);
+  });
+
+  test("without CMD it prints the key and the fence, holds the lock until SIGTERM, then releases", async () => {
+    const holder = spawnKv(["lock", "held", "--json", "--endpoints", endpoints()]);
+    await holder.waitFor("fence");
+    const printed = JSON.parse(holder.out().trim()) as { key: string; fence: number };
+    expect(printed.key).toMatch(/^held\/\d+$/);
+    expect(await keysUnder("held/")).toEqual([printed.key]);
+    // A second contender waits behind it.
+    const kv = createClient({ endpoints: endpoints() });
+    let acquired = false;
+    const second = kv.lock("held", { ttlMs: 5_000 }).then((lock) => {
+      acquired = true;
+      return lock;
+    });
+    await until(async () => (await keysUnder("held/")).length === 2, "the second contender to queue");
+    expect(acquired).toBe(false);
+    holder.proc.kill("SIGTERM");
+    expect(await holder.proc.exited).toBe(0);
+    const lock = await second;
+    expect(lock.fence).toBeGreaterThan(printed.fence);
+    await lock.release();
+  });
+
+  test("a paused holder's lease runs out: a waiter takes the lock; resumed, the holder says it lost it and SIGTERMs CMD", async () => {
+    const holder = spawnKv(["lock", "stalled", "--ttl", "500ms", "--endpoints", endpoints(), "--", "sh", "-c", 'echo "fence=$KV_LOCK_FENCE"; exec sleep 60']);
+    await holder.waitFor("fence=");
+    const holderFence = Number(/fence=(\d+)/.exec(holder.out())?.[1]);
+    const kv = createClient({ endpoints: endpoints() });
+    const waiting = kv.lock("stalled", { ttlMs: 5_000 });
+    await until(async () => (await keysUnder("stalled/")).length === 2, "the waiter to queue");
+    process.kill(holder.proc.pid, "SIGSTOP");
+    const lock = await waiting;
+    expect(lock.fence).toBeGreaterThan(holderFence);
+    process.kill(holder.proc.pid, "SIGCONT");
+    expect(await holder.proc.exited).toBe(143); // sleep's status after SIGTERM
+    await holder.waitFor("lost the lock stalled", "err");
+    expect(holder.err()).toContain("SIGTERM");
+    await lock.release();
+  });
+
+  test("a killed holder's lease runs out and the waiter takes the lock", async () => {
+    const holder = spawnKv(["lock", "killed", "--ttl", "500ms", "--json", "--endpoints", endpoints()]);
+    await holder.waitFor("fence");
+    const printed = JSON.parse(holder.out().trim()) as { key: string; fence: number };
+    const kv = createClient({ endpoints: endpoints() });
+    const waiting = kv.lock("killed", { ttlMs: 5_000 });
+    await until(async () => (await keysUnder("killed/")).length === 2, "the waiter to queue");
+    process.kill(holder.proc.pid, "SIGKILL");
+    const lock = await waiting;
+    expect(lock.fence).toBeGreaterThan(printed.fence);
+    expect(await keysUnder("killed/")).toEqual([lock.key]);
+    await lock.release();
+  });
+
+  test("kv elect campaigns and holds office; kv elect --observe prints each new leader", async () => {
+    const observer = spawnKv(["elect", "chair", "--observe", "--endpoints", endpoints()]);
+    const alpha = spawnKv(["elect", "chair", "alpha", "--endpoints", endpoints()]);
+    await alpha.waitFor("elected: chair = alpha");
+    await observer.waitFor("alpha\n");
+    const beta = spawnKv(["elect", "chair", "beta", "--endpoints", endpoints()]);
+    await until(async () => (await keysUnder("chair/")).length === 2, "beta to campaign");
+    expect(beta.out()).toBe("");
+    alpha.proc.kill("SIGTERM");
+    expect(await alpha.proc.exited).toBe(0);
+    await beta.waitFor("elected: chair = beta");
+    await observer.waitFor("beta\n");
+    expect(observer.out()).toBe("alpha\nbeta\n");
+    beta.proc.kill("SIGINT");
+    expect(await beta.proc.exited).toBe(0);
+    observer.proc.kill("SIGTERM");
+    expect(await observer.proc.exited).toBe(0);
+    expect(await keysUnder("chair/")).toEqual([]);
+  });
+
+  test("a CMD that cannot be run exits 127 (as a shell would), releasing the lock", async () => {
+    const run = spawnKv(["lock", "nocmd", "--endpoints", endpoints(), "--", "/nonexistent/kv-lock-test-cmd"]);
+    expect(await run.proc.exited).toBe(127);
+    await run.waitFor("cannot run", "err");
+    expect(await keysUnder("nocmd/")).toEqual([]);
+  });
+
+  test("a wait interrupted by SIGINT leaves the queue and exits 130", async () => {
+    const kv = createClient({ endpoints: endpoints() });
+    const holder = await kv.lock("interrupted", { ttlMs: 5_000 });
+    const waiter = spawnKv(["lock", "interrupted", "--endpoints", endpoints(), "--", "true"]);
+    await until(async () => (await keysUnder("interrupted/")).length === 2, "the waiter to queue");
+    waiter.proc.kill("SIGINT");
+    expect(await waiter.proc.exited).toBe(130);
+    expect(await keysUnder("interrupted/")).toEqual([holder.key]);
+    await holder.release();
+  });
+
+  test("usage errors: nothing after --, two names, --observe with a value", async () => {
+    for (const args of [
+      ["lock", "x", "--"],
+      ["lock", "x", "y", "--", "true"],
+      ["elect", "x", "v", "--observe"],
+      ["elect", "x"],
+      ["lock", "x", "--ttl", "soon", "--", "true"],
+    ]) {
+      const run = spawnKv([args[0] as string, "--endpoints", endpoints(), ...args.slice(1)]);
+      expect(await run.proc.exited).toBe(2);
+      await run.waitFor("kv:", "err");
+    }
+  });
+});
