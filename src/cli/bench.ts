@@ -21,6 +21,7 @@ import { BENCH_KEY_PREFIX, BenchTargetUnavailableError, type BenchTarget } from 
 import { createEtcdTarget } from "../bench/etcd-target.ts";
 import { createKvTarget } from "../bench/kv-target.ts";
 import { createNoopTarget, startNoopServerProcess } from "../bench/noop-target.ts";
+import { formatLeaseChurnReport, LEASE_CHURN_MAX, LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, runLeaseChurn, type LeaseChurnOptions } from "../bench/lease-churn.ts";
 import { WatchLoad } from "../bench/watch-load.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -89,6 +90,39 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
       idleWatchers,
       idleEndpoint,
       idleSettleMs,
+    };
+  } catch (error) {
+    if (error instanceof BenchInputError) throw new UsageError(error.message);
+    throw error;
+  }
+}
+
+/**
+ * `--lease-churn N [--lease-ttl 10s]`: the lease-churn mode's options, or undefined without
+ * `--lease-churn`. It replaces the closed-loop run: --watchers, --idle-watchers, --mix, --requests
+ * and --duration do not go with it.
+ */
+export function leaseChurnOptionsFromArgs(args: BenchArgs): LeaseChurnOptions | undefined {
+  try {
+    if (args["lease-churn"] === undefined) {
+      if (args["lease-ttl"] !== undefined) throw new BenchInputError("--lease-ttl goes with --lease-churn N");
+      return undefined;
+    }
+    const target = args.target ?? "kv";
+    if (target !== "kv" && target !== "etcd") throw new BenchInputError(`--lease-churn needs a store with leases: --target kv or etcd, got '${target}'`);
+    for (const flag of ["watchers", "idle-watchers", "mix", "requests", "duration"] as const) {
+      if (args[flag] !== undefined) throw new BenchInputError(`--${flag} does not go with --lease-churn (a run of its own: grant, refresh, wait for expiry)`);
+    }
+    const ttlMs = args["lease-ttl"] === undefined ? 10_000 : parseDurationMs("lease-ttl", args["lease-ttl"]);
+    if (ttlMs < LEASE_TTL_MS_MIN || ttlMs > LEASE_TTL_MS_MAX || (target === "etcd" && ttlMs % 1000 !== 0)) {
+      throw new BenchInputError(`--lease-ttl must be from 1s to 24h${target === "etcd" ? " in whole seconds (etcd's TTLs are seconds)" : ""}, got '${args["lease-ttl"]}'`);
+    }
+    return {
+      target,
+      leases: parseWholeNumber("lease-churn", args["lease-churn"], 1, LEASE_CHURN_MAX),
+      ttlMs,
+      clients: args.clients === undefined ? 64 : parseWholeNumber("clients", args.clients, 1, CLIENTS_MAX),
+      requestTimeoutMs: args.timeout === undefined ? 10_000 : parseDurationMs("timeout", args.timeout),
     };
   } catch (error) {
     if (error instanceof BenchInputError) throw new UsageError(error.message);
@@ -165,12 +199,40 @@ export const benchCommand = defineCommand({
     },
     "idle-endpoint": { type: "string", description: "The node the idle watchers connect to (default: the first endpoint)", valueHint: "URL" },
     "idle-settle": { type: "string", description: "Pause between opening the idle watchers and the first write, e.g. 2s (default 0)", valueHint: "DURATION" },
+    "lease-churn": {
+      type: "string",
+      description:
+        "Instead of the load: grant N leases with one key each, keep each alive once so all run out within about a second, and report the time until every key is gone (target: TTL + 1 s) and leader changes (kv or etcd; exit 1 on a miss)",
+      valueHint: "N",
+    },
+    "lease-ttl": { type: "string", description: "TTL of --lease-churn's leases, 1s to 24h (etcd: whole seconds) (default 10s)", valueHint: "DURATION" },
     json: { type: "boolean", description: "Print one JSON object instead of the text report" },
   },
   async run({ args }) {
     const explicitEndpoints = args.endpoints === undefined ? undefined : parseEndpointsFlag(args.endpoints);
     // Validate every flag before starting anything.
+    const leaseChurn = leaseChurnOptionsFromArgs(args);
     let options = benchOptionsFromArgs(args, explicitEndpoints ?? parseEndpoints(DEFAULT_ENDPOINTS));
+    if (leaseChurn !== undefined) {
+      const churnAbort = new AbortController();
+      const onChurnSignal = () => churnAbort.abort();
+      process.on("SIGINT", onChurnSignal);
+      process.on("SIGTERM", onChurnSignal);
+      try {
+        const report = await runLeaseChurn(leaseChurn, createTarget(options, undefined), churnAbort.signal);
+        console.log(args.json === true ? JSON.stringify(report) : formatLeaseChurnReport(report));
+        if (!report.met) process.exitCode = 1;
+        if (churnAbort.signal.aborted) process.exitCode = 130;
+      } catch (error) {
+        if (!(error instanceof BenchTargetUnavailableError)) throw error;
+        console.error(`kv: bench: ${options.target} at ${options.endpoints.join(",")}: ${error.message}`);
+        process.exitCode = 1;
+      } finally {
+        process.off("SIGINT", onChurnSignal);
+        process.off("SIGTERM", onChurnSignal);
+      }
+      return;
+    }
     let noopServer: Awaited<ReturnType<typeof startNoopServerProcess>> | undefined;
     let watch: WatchLoad | undefined;
     let idle: WatchLoad | undefined;
