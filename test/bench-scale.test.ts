@@ -154,9 +154,11 @@ describe("kv bench --lease-churn against an in-process fake node", () => {
   });
 });
 
-// The idle watchers against a fake node: every stream opens on the one endpoint named, stays open through the writes.
-test("--idle-watchers opens N streams on the idle prefix at --idle-endpoint, held through the run", async () => {
+// The idle watchers against a fake node: every stream opens on the one endpoint named, stays open through the writes;
+// openings refused with 307 (a node that lost its leadership while its read barrier waited) are tried again.
+test("--idle-watchers opens N streams on the idle prefix at --idle-endpoint, held through the run; refused openings are tried again", async () => {
   const opened: string[] = [];
+  let refused = 0;
   let selfUrl = "";
   const server = Bun.serve({
     hostname: "127.0.0.1",
@@ -165,6 +167,10 @@ test("--idle-watchers opens N streams on the idle prefix at --idle-endpoint, hel
       const url = new URL(request.url);
       if (url.pathname === "/status") return Response.json({ id: 1, role: "leader", term: 1, leaderId: 1, leaderUrl: selfUrl });
       if (url.pathname === "/watch") {
+        if (refused < 5) {
+          refused++;
+          return Response.json({ error: "not_leader", message: "leadership changed" }, { status: 307, headers: { location: selfUrl } });
+        }
         opened.push(url.searchParams.get("prefix") ?? "");
         return new Response(new ReadableStream({ start: (c) => c.enqueue(new TextEncoder().encode('id: 0\nevent: progress\ndata: {"version":0}\n\n')) }), {
           headers: { "content-type": "text/event-stream" },
@@ -182,7 +188,7 @@ test("--idle-watchers opens N streams on the idle prefix at --idle-endpoint, hel
     const report = JSON.parse(result.out) as BenchReport;
     expect(opened.length).toBe(600);
     expect(new Set(opened)).toEqual(new Set(["idle-watch/"]));
-    expect(report.idleWatch).toMatchObject({ watchers: 600, endpoint: selfUrl, prefix: "idle-watch/", streamsEnded: {} });
+    expect(report.idleWatch).toMatchObject({ watchers: 600, endpoint: selfUrl, prefix: "idle-watch/", streamsEnded: {}, openRetries: 5 });
     expect(report.ok).toBe(50);
   } finally {
     server.stop(true);

@@ -53,6 +53,8 @@ export interface IdleWatchReport {
   readonly openMs: number;
   /** Streams that ended before the run did, by reason (each resumed). */
   readonly streamsEnded: Readonly<Record<string, number>>;
+  /** Openings refused before the first answer and tried again. */
+  readonly openRetries: number;
 }
 
 const round3 = (n: number) => Math.round(n * 1000) / 1000;
@@ -183,7 +185,7 @@ export function formatBenchReport(report: BenchReport): string {
     const ended = Object.entries(idle.streamsEnded);
     lines.push("");
     lines.push(
-      `Idle watchers: ${fmtCount(idle.watchers)} streams on ${idle.endpoint} (prefix ${idle.prefix}), opened in ${fmtCount(idle.openMs)} ms; ` +
+      `Idle watchers: ${fmtCount(idle.watchers)} streams on ${idle.endpoint} (prefix ${idle.prefix}), opened in ${fmtCount(idle.openMs)} ms${idle.openRetries > 0 ? ` (${fmtCount(idle.openRetries)} openings refused and tried again)` : ""}; ` +
         (ended.length === 0 ? "none ended early" : `ended early: ${ended.map(([why, n]) => `${n} ${why}`).join(", ")}`),
     );
   }

@@ -161,6 +161,8 @@ export interface WatchBenchReport {
   readonly streamsEnded: Readonly<Record<string, number>>;
   /** Streams opened again after one ended, with `Last-Event-ID` (the contract: nothing is lost). */
   readonly resumes: number;
+  /** Openings refused before the stream's first answer (a 307 from a node that lost its leadership, ...) and tried again. */
+  readonly openRetries: number;
 }
 
 /** Bytes of a response head, and of one chunk-size line, a stream accepts at most. */
@@ -321,7 +323,9 @@ interface StreamState {
 }
 
 /** Streams connecting at once while `open` runs. */
-const OPENING_STREAMS_MAX = 500;
+const OPENING_STREAMS_MAX = 250;
+/** Pause before a stream refused at opening tries again. */
+const OPEN_RETRY_PAUSE_MS = 200;
 
 /** A watcher whose stream ends resumes from its last version, at most this many times. */
 const RESUMES_PER_WATCHER_MAX = 100;
@@ -346,6 +350,10 @@ export class WatchLoad {
   private readonly ends = new Map<string, number>();
   private resumes = 0;
   private closing = false;
+  /** Set once `open` returned: a stream that never answered may no longer try again (it would start after writes it must deliver). */
+  private openDone = false;
+  /** Opening attempts that were refused (307 from a node that lost its leadership meanwhile, 503, ...) and tried again. */
+  private openRetries = 0;
 
   constructor(private readonly opts: WatchLoadOptions) {}
 
@@ -378,6 +386,7 @@ export class WatchLoad {
       }
       if (!(await this.until(() => wave.every(answered), Math.max(0, deadlineMs - performance.now())))) break;
     }
+    this.openDone = true;
     if (this.streams.length < this.opts.watchers || this.streams.some((s) => !s.opened)) {
       const failed = [...this.streams.filter((s) => !s.opened), ...Array.from({ length: this.opts.watchers - this.streams.length }, () => undefined)];
       this.close();
@@ -409,6 +418,7 @@ export class WatchLoad {
       misordered: this.misordered,
       streamsEnded,
       resumes: this.resumes,
+      openRetries: this.openRetries,
     };
   }
 
@@ -425,7 +435,20 @@ export class WatchLoad {
     return new RawWatchStream(origin, request, protocol, (signal) => this.onSignal(state(), signal), (reason) => {
       const watcher = state();
       this.ends.set(reason, (this.ends.get(reason) ?? 0) + 1);
-      if (this.closing || !watcher.opened || watcher.resumes >= RESUMES_PER_WATCHER_MAX) {
+      if (!this.closing && !watcher.opened && !this.openDone && watcher.resumes < RESUMES_PER_WATCHER_MAX) {
+        // Refused before its first answer while `open` still waits: try again, after a pause, from "now".
+        watcher.resumes++;
+        this.openRetries++;
+        setTimeout(() => {
+          if (this.closing || this.openDone) {
+            watcher.ended = reason;
+            this.changed?.();
+            return;
+          }
+          watcher.stream = this.connect(watcher.origin, undefined, state);
+          watcher.stream.open();
+        }, OPEN_RETRY_PAUSE_MS);
+      } else if (this.closing || !watcher.opened || watcher.resumes >= RESUMES_PER_WATCHER_MAX) {
         watcher.ended = reason;
       } else {
         watcher.resumes++;

@@ -283,7 +283,7 @@ export const benchCommand = defineCommand({
       const report = benchReport(
         result,
         watchReport,
-        idleReport === undefined ? undefined : { watchers: idleReport.watchers, endpoint: options.idleEndpoint, prefix: IDLE_WATCH_PREFIX, openMs: idleOpenMs, streamsEnded: idleReport.streamsEnded },
+        idleReport === undefined ? undefined : { watchers: idleReport.watchers, endpoint: options.idleEndpoint, prefix: IDLE_WATCH_PREFIX, openMs: idleOpenMs, streamsEnded: idleReport.streamsEnded, openRetries: idleReport.openRetries },
       );
       console.log(args.json === true ? JSON.stringify(report) : formatBenchReport(report));
       // Nothing succeeded: the target is down or refuses everything.
