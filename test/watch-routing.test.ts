@@ -70,3 +70,48 @@ describe("routing changes to watch streams", () => {
     }
   });
 });
+
+describe("idle streams and the history", () => {
+  test("1,000 streams with nothing waiting send their progress without rescanning the 1,000 changes recorded since they opened", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, progressMs: 1_000 }, clock, 0);
+    try {
+      const idle = Array.from({ length: 1_000 }, () => watch.subscribe({ prefix: "idle/" }, 0));
+      const hot = watch.subscribe({ prefix: "hot/" }, 0);
+      for (const stream of [...idle, hot]) await stream.next(); // the first answers: progress at 0
+      for (let v = 1; v <= 1_000; v++) deleteAt(watch, v, [`hot/${v}`]);
+      const before = watch.historyScanned();
+      clock.advance(1_000); // progress is due on every stream
+      const answers = await Promise.all(idle.map((stream) => stream.next()));
+      for (const items of answers) expect(items).toEqual([{ type: "progress", version: 1_000 }]);
+      // The idle streams looked at none of the 1,000 changes (before: 1,000 each, 1,000,000 in all).
+      expect(watch.historyScanned() - before).toBe(0);
+      // The hot stream still finds its changes in the history, in order.
+      const hotChanges = ((await hot.next()) ?? []).flatMap((item) => (item.type === "change" ? [item.change.version] : []));
+      expect(hotChanges).toEqual(Array.from({ length: 256 }, (_, i) => i + 1));
+    } finally {
+      watch.stop();
+    }
+  });
+
+  test("a stream that opens behind the present still scans the history it replays, then stops scanning once it has caught up", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, progressMs: 1_000 }, clock, 0);
+    try {
+      for (let v = 1; v <= 10; v++) deleteAt(watch, v, [v % 2 === 0 ? `a/${v}` : `b/${v}`]);
+      const replay = watch.subscribe({ prefix: "a/" }, 0);
+      const first = ((await replay.next()) ?? []).flatMap((item) => (item.type === "change" ? [item.change.version] : []));
+      expect(first).toEqual([2, 4, 6, 8, 10]);
+      for (let v = 11; v <= 20; v++) deleteAt(watch, v, [`b/${v}`]);
+      const before = watch.historyScanned();
+      clock.advance(1_000);
+      expect(await replay.next()).toEqual([{ type: "progress", version: 20 }]);
+      expect(watch.historyScanned() - before).toBe(0);
+      deleteAt(watch, 21, ["a/21"]);
+      const live = ((await replay.next()) ?? []).flatMap((item) => (item.type === "change" ? [item.change.version] : []));
+      expect(live).toEqual([21]);
+    } finally {
+      watch.stop();
+    }
+  });
+});
