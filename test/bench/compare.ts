@@ -423,6 +423,8 @@ interface IdleResult {
   readonly leaderIndex: number;
   readonly rssBeforeMb: number;
   readonly rssOpenMb: number;
+  /** How long the N streams took to open (the holder's own figure). */
+  readonly openMs: number;
 }
 
 /** A `kv bench --lease-churn` report (src/bench/lease-churn.ts), the fields the table shows. */
@@ -453,30 +455,49 @@ async function runLeaseChurn(kvBin: string, store: Store, leases: number, ttl: s
   return parsed as LeaseChurnResult;
 }
 
-/** The idle-watchers run on one store: N streams on its leader, the leader's RSS read once they are open. */
+/**
+ * The idle-watchers run on one store: a separate `kv bench` process holds N streams on the leader
+ * (their events, progress included, are read there, not in the writers' process), the leader's RSS
+ * is read once they are open, then the 64-client write run goes as without them; the holder is
+ * killed by pid afterwards.
+ */
 async function runIdle(kvBin: string, store: Store, idleWatchers: number, duration: string, without: RunResult): Promise<IdleResult> {
   const index = await leaderIndex(store);
   const pid = store.pids()[index] as number;
   const endpoint = store.endpoints()[index] as string;
   const rssBeforeMb = rssMb(pid);
-  let rssOpenMb = Number.NaN;
-  let reading: Promise<void> | undefined;
-  const workload: Workload = {
-    name: "idle",
-    clients: 64,
-    mix: "put=1",
-    extraArgs: ["--idle-watchers", String(idleWatchers), "--idle-endpoint", endpoint, "--idle-settle", `${IDLE_SETTLE_MS}ms`],
-  };
-  const result = await runOnce(kvBin, store, workload, duration, (line) => {
-    // Read while the streams are open and before the first write (the settle pause).
-    if (line.includes("idle watchers open")) reading = Bun.sleep(IDLE_SETTLE_MS / 2).then(() => void (rssOpenMb = rssMb(pid)));
-  });
-  await reading;
-  return { without, with: result, leaderIndex: index, rssBeforeMb, rssOpenMb };
+  const holder = spawnTracked(
+    [kvBin, "bench", "--target", store.name, "--endpoints", endpoint, "--requests", "1", "--clients", "1", "--idle-watchers", String(idleWatchers), "--idle-settle", "1h", "--json"],
+    { pipe: true },
+  );
+  try {
+    let openLine: string | undefined;
+    const stderr = readLines(holder.stderr as ReadableStream<Uint8Array>, (line) => {
+      if (line.includes("idle watchers open")) openLine ??= line;
+    });
+    const deadline = performance.now() + 120_000;
+    while (openLine === undefined) {
+      if (holder.exitCode !== null) throw new Error(`the idle watchers' holder exited ${holder.exitCode}: ${(await stderr).trim()}`);
+      if (performance.now() > deadline) throw new Error("the idle watchers did not open within 120 s");
+      await Bun.sleep(50); // polling interval while the streams open
+    }
+    await Bun.sleep(IDLE_SETTLE_MS); // let the leader's memory settle after the openings, before it is read
+    const rssOpenMb = rssMb(pid);
+    const openMs = Number(/in (\d+) ms/.exec(openLine)?.[1]);
+    const result = await runOnce(kvBin, store, { name: "idle", clients: 64, mix: "put=1" }, duration);
+    return { without, with: result, leaderIndex: index, rssBeforeMb, rssOpenMb, openMs };
+  } finally {
+    try {
+      process.kill(holder.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+    await holder.exited;
+  }
 }
 
-/** The pause between the idle watchers' opening and the first write; the RSS is read half-way through it. */
-const IDLE_SETTLE_MS = 4_000;
+/** The pause between the idle watchers' opening and the RSS reading (and the first write). */
+const IDLE_SETTLE_MS = 2_000;
 
 async function main(): Promise<number> {
   let flags: {
@@ -633,7 +654,7 @@ async function main(): Promise<number> {
         idleResults.set(store.name, result);
         console.error(
           `idle ${fmt(idleWatchers)} ${store.name.padEnd(4)}  writes/s ${fmt(result.without.report.opsPerSec)} -> ${fmt(result.with.report.opsPerSec)}  ` +
-            `leader RSS ${fmt(result.rssBeforeMb)} -> ${fmt(result.rssOpenMb)} MB  open in ${fmt(result.with.report.idleWatch?.openMs ?? Number.NaN)} ms`,
+            `leader RSS ${fmt(result.rssBeforeMb)} -> ${fmt(result.rssOpenMb)} MB  open in ${fmt(result.openMs)} ms`,
         );
       }
     }
@@ -736,19 +757,18 @@ async function main(): Promise<number> {
     if (idleResults.size > 0) {
       lines.push("");
       lines.push(
-        `Idle watchers: ${fmt(idleWatchers)} watch streams on a prefix nobody writes, all on the leader, opened by the \`kv bench\` process before its writes. ` +
-          `RSS is the leader's VmRSS just before they open and ${IDLE_SETTLE_MS / 2000} s after the last one opened (before the first write); writes/s are 64 clients for ${durationText}, ` +
+        `Idle watchers: ${fmt(idleWatchers)} watch streams on a prefix nobody writes, all on the leader, held by a second \`kv bench\` process (so their events, progress included, are read there, not by the writers). ` +
+          `RSS is the leader's VmRSS just before they open and ${IDLE_SETTLE_MS / 1000} s after the last one opened (before the first write); writes/s are 64 clients for ${durationText}, ` +
           "without them, then with them (kv, etcd, kv, etcd). Targets (issue 14): at most 100 MB added, writes/s within 10% of the run without.",
       );
       lines.push("");
-      lines.push("| store | idle watchers | opened in s | leader RSS before MB | with them MB | added MB | writes/s without | writes/s with | change | streams ended early |");
-      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+      lines.push("| store | idle watchers | opened in s | leader RSS before MB | with them MB | added MB | writes/s without | writes/s with | change |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
       for (const [name, r] of idleResults) {
         const change = r.with.report.opsPerSec / r.without.report.opsPerSec - 1;
-        const ended = Object.values(r.with.report.idleWatch?.streamsEnded ?? {}).reduce((a, b) => a + b, 0);
         lines.push(
-          `| ${name} | ${fmt(r.with.report.idleWatch?.watchers ?? Number.NaN)} | ${fmt((r.with.report.idleWatch?.openMs ?? Number.NaN) / 1000, 1)} | ${fmt(r.rssBeforeMb)} | ${fmt(r.rssOpenMb)} | ${fmt(r.rssOpenMb - r.rssBeforeMb)} ` +
-            `| ${fmt(r.without.report.opsPerSec)} | ${fmt(r.with.report.opsPerSec)} | ${Number.isFinite(change) ? `${change >= 0 ? "+" : ""}${(change * 100).toFixed(0)}%` : "–"} | ${ended} |`,
+          `| ${name} | ${fmt(idleWatchers)} | ${fmt(r.openMs / 1000, 1)} | ${fmt(r.rssBeforeMb)} | ${fmt(r.rssOpenMb)} | ${fmt(r.rssOpenMb - r.rssBeforeMb)} ` +
+            `| ${fmt(r.without.report.opsPerSec)} | ${fmt(r.with.report.opsPerSec)} | ${Number.isFinite(change) ? `${change >= 0 ? "+" : ""}${(change * 100).toFixed(0)}%` : "–"} |`,
         );
       }
     }
