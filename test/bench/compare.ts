@@ -2,7 +2,9 @@
 // client (`kv bench`). Starts a 3-node etcd (fsync on, default timings) and a 3-node kv on loopback,
 // runs each workload against kv then etcd, round after round (A B A B), and prints a markdown table
 // of medians and kv/etcd ratios, CPU per operation, peak RSS per node and how busy the rest of the
-// machine was. Kills every process it started (by pid) on success, failure or Ctrl-C.
+// machine was. `--watch`, `--idle-watchers N` and `--lease-churn N` add issue 14's scale sections
+// (watchers following the writes, idle watchers on the leader, lease expiry), kv then etcd, each
+// with its own table. Kills every process it started (by pid) on success, failure or Ctrl-C.
 //
 // It lives under test/ because it drives ChaosCluster (src/chaos), which src/bench may not import.
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
