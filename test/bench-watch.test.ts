@@ -121,12 +121,6 @@ describe("kv bench --watchers against an in-process fake node", () => {
       node.server.stop(true);
     }
   });
-
-  test("--watchers is kv's: with --target etcd it is a usage error", async () => {
-    const result = await bench(["--target", "etcd", "--watchers", "3", "--requests", "1"]);
-    expect(result.code).toBe(2);
-    expect(result.err + result.out).toContain("--watchers is kv's");
-  });
 });
 
 describe("kv bench --watchers against a real 3-node cluster of the built executable", () => {

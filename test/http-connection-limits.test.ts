@@ -1,4 +1,4 @@
-// Proves a node bounds its client connections: --request-read-timeout closes connections that trickle their headers or stay silent and answers a trickled body with 408, --max-client-connections closes connections past the cap at once and counts them in kv_http_connections_refused_total, ordinary requests from other clients are answered meanwhile, and a client that half-closes after its request still gets its answer through the layer that enforces the cap.
+// Proves a node bounds its client connections: --request-read-timeout closes connections that trickle their headers or stay silent and answers a trickled body with 408, --max-client-connections closes connections past the cap at once and counts them in kv_http_connections_refused_total, ordinary requests from other clients are answered meanwhile, a client that half-closes after its request still gets its answer through the layer that enforces the cap, and a watch stream is a connection under the cap that --request-read-timeout does not cut while its events flow.
 import { afterAll, afterEach, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -35,6 +35,8 @@ interface RawConnection {
   readonly opened: Promise<void>;
   readonly closed: Promise<{ afterMs: number; received: string }>;
   write(text: string): void;
+  /** What it received so far. */
+  receivedSoFar(): string;
   /** Writes `text` one byte every `intervalMs` until the connection closes. */
   trickle(text: string, intervalMs: number): void;
   end(): void;
@@ -72,6 +74,7 @@ function openRaw(port: number): RawConnection {
   return {
     opened,
     closed,
+    receivedSoFar: () => received,
     write(text) {
       // Bytes written before the socket opened wait for it.
       void opened.then(() => socket?.write(text));
@@ -179,6 +182,39 @@ test("--max-client-connections 4: connections past the cap are closed at once an
     for (const connection of [...held, ...extra]) connection.end();
   }
 }, 30_000);
+
+test("--max-client-connections 3: watch streams count against the cap, and are not cut by --request-read-timeout while they stream", async () => {
+  const node = await startNode("cap-watch", ["--max-client-connections", "3", "--request-read-timeout", "1s", "--watch-progress-ms", "300"]);
+  const port = Number(new URL(node.httpUrl).port);
+  const streams = [openRaw(port), openRaw(port), openRaw(port)];
+  const extra: RawConnection[] = [];
+  try {
+    for (const stream of streams) stream.write("GET /watch?prefix=cfg/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    await Promise.all(streams.map((stream) => stream.opened));
+    const progressEvents = (stream: RawConnection) => stream.receivedSoFar().split("event: progress").length - 1;
+    // Every stream answered (its first progress event) before the cap is tried.
+    const answeredBy = performance.now() + 10_000;
+    while (streams.some((stream) => progressEvents(stream) < 1) && performance.now() < answeredBy) await Bun.sleep(20); // polling interval
+    // At the cap: a fourth connection (even a plain read) is closed at once, unanswered.
+    const past = openRaw(port);
+    extra.push(past);
+    past.write("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect((await within(CLOSED_WITHIN_MS, past.closed, "a connection past the cap's close")).received).toBe("");
+    // Each stream keeps receiving progress events well past the 1 s read deadline: 10 of them take
+    // about 3 s. Before the fix the layer closed each stream 1 s after its answer's headers went out.
+    let closedEarly = false;
+    for (const stream of streams) void stream.closed.then(() => (closedEarly = true));
+    const until = performance.now() + 20_000;
+    while (!closedEarly && streams.some((stream) => progressEvents(stream) < 10) && performance.now() < until) await Bun.sleep(50); // polling interval
+    expect(closedEarly).toBe(false);
+    for (const stream of streams) {
+      expect(stream.receivedSoFar()).toStartWith("HTTP/1.1 200");
+      expect(progressEvents(stream)).toBeGreaterThanOrEqual(10);
+    }
+  } finally {
+    for (const connection of [...streams, ...extra]) connection.end();
+  }
+}, 40_000);
 
 test("a client that sends its request and then its FIN (half-close) still gets the answer through the connection cap's layer", async () => {
   const node = await startNode("half-close", ["--max-client-connections", "64"]);

@@ -34,9 +34,9 @@ describe("WatchHistory", () => {
     expect(scan.changes.map((change) => [change.kind, change.version])).toEqual([["put", 1], ["delete", 4]]);
     expect(scan.throughVersion).toBe(4);
     expect(history.scan(1, all, 100, 100).changes.map((change) => change.version)).toEqual([3, 4]);
-    expect(history.scan(4, all, 100, 100)).toEqual({ changes: [], throughVersion: 4 });
+    expect(history.scan(4, all, 100, 100)).toEqual({ changes: [], throughVersion: 4, scanned: 0 });
     // A batch limit stops at a version boundary and reports where it stopped.
-    expect(history.scan(0, all, 1, 100)).toEqual({ changes: [put(1, "cfg/a")], throughVersion: 1 });
+    expect(history.scan(0, all, 1, 100)).toEqual({ changes: [put(1, "cfg/a")], throughVersion: 1, scanned: 1 });
   });
 
   test("keeps at most entriesMax changes: the oldest go and the history is compacted through them", () => {

@@ -40,9 +40,18 @@ export interface BenchOptions {
   readonly requestTimeoutMs: number;
   /** Seed of the key and operation choices (client i uses seed + i). */
   readonly seed: number;
-  /** Watch streams on the writers' prefix, open during the run (kv only; 0: none). */
+  /** Watch streams on the writers' prefix, open during the run (0: none). */
   readonly watchers: number;
+  /** Watch streams on a prefix nobody writes, all on `idleEndpoint`, open during the run (0: none). */
+  readonly idleWatchers: number;
+  /** Where the idle watchers connect (default: the first endpoint). */
+  readonly idleEndpoint: string;
+  /** Pause between the idle watchers' opening and the first write, so the node's memory can be read (0: none). */
+  readonly idleSettleMs: number;
 }
+
+/** What `--idle-watchers` watch: a prefix outside the writers' (BENCH_KEY_PREFIX), so they stay idle. */
+export const IDLE_WATCH_PREFIX = "idle-watch/";
 
 /** Limits on what a run may ask for. */
 export const CLIENTS_MAX = 10_000;

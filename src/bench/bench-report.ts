@@ -40,6 +40,21 @@ export interface BenchReport {
   readonly interrupted: boolean;
   /** With `--watchers N`: what the watch streams delivered. */
   readonly watch?: WatchBenchReport;
+  /** With `--idle-watchers N`: the idle streams held open through the run. */
+  readonly idleWatch?: IdleWatchReport;
+}
+
+/** The idle watchers of a run (`--idle-watchers N`). */
+export interface IdleWatchReport {
+  readonly watchers: number;
+  readonly endpoint: string;
+  readonly prefix: string;
+  /** From the first connect to the last stream's first answer. */
+  readonly openMs: number;
+  /** Streams that ended before the run did, by reason (each resumed). */
+  readonly streamsEnded: Readonly<Record<string, number>>;
+  /** Openings refused before the first answer and tried again. */
+  readonly openRetries: number;
 }
 
 const round3 = (n: number) => Math.round(n * 1000) / 1000;
@@ -57,7 +72,7 @@ function roundSummary(summary: LatencySummaryMs): LatencySummaryMs {
 }
 
 /** The machine-readable report of a run. */
-export function benchReport(result: BenchResult, watch?: WatchBenchReport): BenchReport {
+export function benchReport(result: BenchResult, watch?: WatchBenchReport, idleWatch?: IdleWatchReport): BenchReport {
   const seconds = result.elapsedMs / 1000;
   const byKind: Partial<Record<OperationKind, KindReport>> = {};
   let ok = 0;
@@ -100,6 +115,7 @@ export function benchReport(result: BenchResult, watch?: WatchBenchReport): Benc
     leaders: result.leaders ?? null,
     interrupted: result.interrupted,
     ...(watch === undefined ? {} : { watch }),
+    ...(idleWatch === undefined ? {} : { idleWatch }),
   };
 }
 
@@ -163,6 +179,15 @@ export function formatBenchReport(report: BenchReport): string {
     lines.push(`  Lost:        ${fmtCount(watch.lost)} (of ${fmtCount(watch.acknowledgedPuts)} acknowledged puts × ${fmtCount(watch.watchers)} streams)${watch.misordered > 0 ? `, ${fmtCount(watch.misordered)} out of order or repeated` : ""}`);
     const ended = Object.entries(watch.streamsEnded);
     if (ended.length > 0) lines.push(`  Streams ended early: ${ended.map(([why, n]) => `${n} ${why}`).join(", ")}; resumed with Last-Event-ID: ${fmtCount(watch.resumes)}`);
+  }
+  const idle = report.idleWatch;
+  if (idle !== undefined) {
+    const ended = Object.entries(idle.streamsEnded);
+    lines.push("");
+    lines.push(
+      `Idle watchers: ${fmtCount(idle.watchers)} streams on ${idle.endpoint} (prefix ${idle.prefix}), opened in ${fmtCount(idle.openMs)} ms${idle.openRetries > 0 ? ` (${fmtCount(idle.openRetries)} openings refused and tried again)` : ""}; ` +
+        (ended.length === 0 ? "none ended early" : `ended early: ${ended.map(([why, n]) => `${n} ${why}`).join(", ")}`),
+    );
   }
   return lines.join("\n");
 }

@@ -28,7 +28,11 @@ export interface EtcdTargetOptions {
   /** `stale` sends `serializable: true` (a local read); anything else is etcd's default, linearizable, range. */
   readonly consistency: ReadConsistency;
   readonly discoverTimeoutMs: number;
+  /** Called with the revision of each acknowledged put (`kv bench --watchers` matches events to it). */
+  readonly onPutAcknowledged?: (version: number) => void;
 }
+
+const HEADER_REVISION = /"revision":"(\d+)"/;
 
 /**
  * etcd v3 through its JSON gateway, so the same client measures both stores: `POST /v3/kv/put`,
@@ -65,7 +69,9 @@ export function createEtcdTarget(opts: EtcdTargetOptions): BenchTarget {
   };
   const leader = new LeaderTracker(observe, opts.discoverTimeoutMs);
 
-  const send = async (connections: ClientConnections, origin: string, request: Uint8Array, isWrite: boolean, isRead: boolean): Promise<OperationOutcome> => {
+  const send = async (connections: ClientConnections, origin: string, request: Uint8Array, operation: OperationKind): Promise<OperationOutcome> => {
+    const isWrite = operation !== "get";
+    const isRead = operation === "get";
     let response: HttpResponse;
     try {
       response = await connections.to(origin).request(request);
@@ -75,6 +81,11 @@ export function createEtcdTarget(opts: EtcdTargetOptions): BenchTarget {
       return { ok: false, errorKind, redirects: 0 };
     }
     if (response.status === 200) {
+      if (operation === "put" && opts.onPutAcknowledged !== undefined) {
+        // A put's answer is `{"header":{...,"revision":"N",...}}`: N is the put's mod_revision.
+        const revision = HEADER_REVISION.exec(decoder.decode(response.body))?.[1];
+        if (revision !== undefined) opts.onPutAcknowledged(Number(revision));
+      }
       // A range of an absent key answers without "kvs".
       return { ok: true, notFound: isRead && !decoder.decode(response.body).includes('"kvs"'), redirects: 0 };
     }
@@ -92,15 +103,15 @@ export function createEtcdTarget(opts: EtcdTargetOptions): BenchTarget {
       switch (operation) {
         case "put": {
           const origin = (leader.leader as LeaderObservation).origin;
-          return send(connections, origin, post(origin, "/v3/kv/put", `{"key":"${keyBase64}","value":"${valueBase64}"}`), true, false);
+          return send(connections, origin, post(origin, "/v3/kv/put", `{"key":"${keyBase64}","value":"${valueBase64}"}`), "put");
         }
         case "delete": {
           const origin = (leader.leader as LeaderObservation).origin;
-          return send(connections, origin, post(origin, "/v3/kv/deleterange", `{"key":"${keyBase64}"}`), true, false);
+          return send(connections, origin, post(origin, "/v3/kv/deleterange", `{"key":"${keyBase64}"}`), "delete");
         }
         case "get": {
           const origin = opts.endpoints[client % opts.endpoints.length] as string;
-          return send(connections, origin, post(origin, "/v3/kv/range", `{"key":"${keyBase64}"${serializable}}`), false, true);
+          return send(connections, origin, post(origin, "/v3/kv/range", `{"key":"${keyBase64}"${serializable}}`), "get");
         }
       }
     },

@@ -6,8 +6,10 @@
  * lost (an acknowledged put some stream never delivered: must be 0).
  *
  * Streams are raw sockets, not fetch: Bun's fetch runs at most 256 requests at once, and a watch
- * stream is a request that never ends. Each stream parses its events with src/lib/sse-reader.ts and
- * uses the SSE `id` (the version), so no event's JSON is parsed.
+ * stream is a request that never ends. Two protocols: kv's `GET /watch` (Server-Sent Events, parsed
+ * with src/lib/sse-reader.ts; the SSE `id` is the version, so no event's JSON is parsed) and etcd's
+ * gateway `POST /v3/watch` with a `create_request` on the prefix (one JSON object per line; each
+ * event's `mod_revision` is its version, read without parsing the line unless it holds a delete).
  */
 import type { Socket } from "bun";
 import { SseParser, type SseEvent } from "../lib/sse-reader.ts";
@@ -19,7 +21,126 @@ export interface WatchLoadOptions {
   readonly watchers: number;
   /** The prefix every stream watches (the writers' keys are under it). */
   readonly prefix: string;
+  /** Whose watch API the streams speak (default kv). */
+  readonly protocol?: WatchProtocolKind;
 }
+
+/** kv's `GET /watch` (SSE) or etcd's gateway `POST /v3/watch` (JSON lines). */
+export type WatchProtocolKind = "kv" | "etcd";
+
+/** What a stream said, whatever its protocol. */
+export type WatchSignal =
+  | { readonly kind: "opened" }
+  | { readonly kind: "progress"; readonly version: number }
+  | { readonly kind: "change"; readonly version: number; readonly put: boolean }
+  | { readonly kind: "error"; readonly reason: string };
+
+/** How one protocol opens a stream and reads its body. */
+interface WatchProtocol {
+  /** The request bytes: a watch of `prefix` on `origin`, after `lastVersion` when given. */
+  request(origin: string, prefix: string, lastVersion: number | undefined): Uint8Array;
+  /** A fresh decoder of one stream's body text. */
+  decoder(): (text: string) => WatchSignal[];
+}
+
+/** Characters one SSE line or one etcd JSON line may hold at most. */
+const LINE_CHARS_MAX = 4 * 1024 * 1024;
+
+const kvProtocol: WatchProtocol = {
+  request(origin, prefix, lastVersion) {
+    const path = `/watch?${new URLSearchParams({ prefix })}`;
+    const resume = lastVersion === undefined ? "" : `Last-Event-ID: ${lastVersion}\r\n`;
+    return new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${new URL(origin).host}\r\nAccept: text/event-stream\r\n${resume}\r\n`);
+  },
+  decoder() {
+    const parser = new SseParser({ charsMax: LINE_CHARS_MAX });
+    return (text) => parser.push(text).map(sseSignal);
+  },
+};
+
+function sseSignal(event: SseEvent): WatchSignal {
+  const version = Number(event.id);
+  switch (event.event) {
+    case "progress":
+      return { kind: "progress", version };
+    case "put":
+    case "delete":
+      return { kind: "change", version, put: event.event === "put" };
+    case "error":
+      return { kind: "error", reason: `event: error ${event.data.slice(0, 60)}` };
+    default:
+      return { kind: "opened" };
+  }
+}
+
+/** The key just past every key that starts with `prefix` (etcd's `range_end` for a prefix). */
+export function prefixRangeEnd(prefix: string): Uint8Array {
+  const bytes = new TextEncoder().encode(prefix);
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    if ((bytes[i] as number) < 0xff) {
+      const end = bytes.slice(0, i + 1);
+      end[i] = (end[i] as number) + 1;
+      return end;
+    }
+  }
+  return new Uint8Array([0]); // every key: etcd's "\0" range end
+}
+
+const etcdProtocol: WatchProtocol = {
+  request(origin, prefix, lastVersion) {
+    const create = {
+      key: Buffer.from(prefix).toString("base64"),
+      range_end: Buffer.from(prefixRangeEnd(prefix)).toString("base64"),
+      ...(lastVersion === undefined ? {} : { start_revision: String(lastVersion + 1) }),
+    };
+    const body = new TextEncoder().encode(JSON.stringify({ create_request: create }));
+    const head = `POST /v3/watch HTTP/1.1\r\nHost: ${new URL(origin).host}\r\nContent-Type: application/json\r\nContent-Length: ${body.byteLength}\r\n\r\n`;
+    const bytes = new Uint8Array(head.length + body.byteLength);
+    bytes.set(new TextEncoder().encode(head));
+    bytes.set(body, head.length);
+    return bytes;
+  },
+  decoder() {
+    let pending = "";
+    return (text) => {
+      pending += text;
+      const signals: WatchSignal[] = [];
+      let at: number;
+      while ((at = pending.indexOf("\n")) >= 0) {
+        const line = pending.slice(0, at);
+        pending = pending.slice(at + 1);
+        if (line.trim() !== "") signals.push(...etcdSignals(line));
+      }
+      if (pending.length > LINE_CHARS_MAX) throw new Error(`an etcd watch line longer than ${LINE_CHARS_MAX} characters`);
+      return signals;
+    };
+  },
+};
+
+const MOD_REVISION = /"mod_revision":"(\d+)"/g;
+
+/**
+ * The signals of one line of etcd's gateway watch stream: `{"result":{"header":...,"created":true}}`
+ * opens it, `{"result":{...,"events":[{"kv":{...,"mod_revision":"N"}},{"type":"DELETE",...}]}}`
+ * carries changes (a put's `type` is left out: it is the enum's zero), `"canceled":true` or an
+ * `{"error":...}` ends it.
+ */
+export function etcdSignals(line: string): WatchSignal[] {
+  if (line.includes('"canceled":true') || line.startsWith('{"error"')) return [{ kind: "error", reason: `etcd: ${line.slice(0, 80)}` }];
+  const signals: WatchSignal[] = [];
+  if (line.includes('"created":true')) signals.push({ kind: "opened" });
+  if (!line.includes('"events"')) return signals;
+  if (line.includes('"DELETE"')) {
+    // Rare in the bench (its writers put): parse the line to tell puts from deletes.
+    const parsed = JSON.parse(line) as { result?: { events?: Array<{ type?: string; kv?: { mod_revision?: string } }> } };
+    for (const event of parsed.result?.events ?? []) signals.push({ kind: "change", version: Number(event.kv?.mod_revision), put: event.type !== "DELETE" });
+    return signals;
+  }
+  for (const match of line.matchAll(MOD_REVISION)) signals.push({ kind: "change", version: Number(match[1]), put: true });
+  return signals;
+}
+
+const PROTOCOLS: Readonly<Record<WatchProtocolKind, WatchProtocol>> = { kv: kvProtocol, etcd: etcdProtocol };
 
 /** What the watchers measured, in the bench's JSON report. */
 export interface WatchBenchReport {
@@ -40,6 +161,8 @@ export interface WatchBenchReport {
   readonly streamsEnded: Readonly<Record<string, number>>;
   /** Streams opened again after one ended, with `Last-Event-ID` (the contract: nothing is lost). */
   readonly resumes: number;
+  /** Openings refused before the stream's first answer (a 307 from a node that lost its leadership, ...) and tried again. */
+  readonly openRetries: number;
 }
 
 /** Bytes of a response head, and of one chunk-size line, a stream accepts at most. */
@@ -58,22 +181,23 @@ class RawWatchStream {
   private remaining = 0;
   private crlfLeft = 2;
   private readonly decoder = new TextDecoder();
-  private readonly parser = new SseParser({ charsMax: 4 * 1024 * 1024 });
+  private readonly decode: (text: string) => WatchSignal[];
   private ended = false;
 
   constructor(
     private readonly origin: string,
-    private readonly path: string,
-    /** Resume after this version (`Last-Event-ID`), or start after a linearizable read when undefined. */
-    private readonly lastEventId: number | undefined,
-    private readonly onEvent: (event: SseEvent) => void,
+    /** The whole request (see WatchProtocol.request). */
+    private readonly request: Uint8Array,
+    protocol: WatchProtocol,
+    private readonly onSignal: (signal: WatchSignal) => void,
     private readonly onEnd: (reason: string) => void,
-  ) {}
+  ) {
+    this.decode = protocol.decoder();
+  }
 
   open(): void {
     const url = new URL(this.origin);
-    const resume = this.lastEventId === undefined ? "" : `Last-Event-ID: ${this.lastEventId}\r\n`;
-    const request = new TextEncoder().encode(`GET ${this.path} HTTP/1.1\r\nHost: ${url.host}\r\nAccept: text/event-stream\r\n${resume}\r\n`);
+    const request = this.request;
     Bun.connect({
       hostname: url.hostname,
       port: Number(url.port),
@@ -176,7 +300,7 @@ class RawWatchStream {
   }
 
   private text(bytes: Uint8Array): void {
-    for (const event of this.parser.push(this.decoder.decode(bytes, { stream: true }))) this.onEvent(event);
+    for (const signal of this.decode(this.decoder.decode(bytes, { stream: true }))) this.onSignal(signal);
   }
 }
 
@@ -197,6 +321,11 @@ interface StreamState {
   ended: string | undefined;
   resumes: number;
 }
+
+/** Streams connecting at once while `open` runs. */
+const OPENING_STREAMS_MAX = 250;
+/** Pause before a stream refused at opening tries again. */
+const OPEN_RETRY_PAUSE_MS = 200;
 
 /** A watcher whose stream ends resumes from its last version, at most this many times. */
 const RESUMES_PER_WATCHER_MAX = 100;
@@ -221,6 +350,10 @@ export class WatchLoad {
   private readonly ends = new Map<string, number>();
   private resumes = 0;
   private closing = false;
+  /** Set once `open` returned: a stream that never answered may no longer try again (it would start after writes it must deliver). */
+  private openDone = false;
+  /** Opening attempts that were refused (307 from a node that lost its leadership meanwhile, 503, ...) and tried again. */
+  private openRetries = 0;
 
   constructor(private readonly opts: WatchLoadOptions) {}
 
@@ -239,15 +372,23 @@ export class WatchLoad {
 
   /** Opens every stream and waits until each has answered (its first progress event); throws when not all do in time. */
   async open(timeoutMs: number): Promise<void> {
-    for (let i = 0; i < this.opts.watchers; i++) {
-      const origin = this.opts.endpoints[i % this.opts.endpoints.length] as string;
-      const state: StreamState = { stream: this.connect(origin, undefined, () => state), origin, lastVersion: 0, opened: false, ended: undefined, resumes: 0 };
-      this.streams.push(state);
-      state.stream.open();
+    const deadlineMs = performance.now() + timeoutMs;
+    const answered = (s: StreamState) => s.opened || s.ended !== undefined;
+    // In waves: thousands of connects at once overflow the node's accept backlog (refused, reset).
+    for (let from = 0; from < this.opts.watchers; from += OPENING_STREAMS_MAX) {
+      const wave: StreamState[] = [];
+      for (let i = from; i < Math.min(this.opts.watchers, from + OPENING_STREAMS_MAX); i++) {
+        const origin = this.opts.endpoints[i % this.opts.endpoints.length] as string;
+        const state: StreamState = { stream: this.connect(origin, undefined, () => state), origin, lastVersion: 0, opened: false, ended: undefined, resumes: 0 };
+        this.streams.push(state);
+        wave.push(state);
+        state.stream.open();
+      }
+      if (!(await this.until(() => wave.every(answered), Math.max(0, deadlineMs - performance.now())))) break;
     }
-    const allOpen = () => this.streams.every((s) => s.opened || s.ended !== undefined);
-    if (!(await this.until(allOpen, timeoutMs)) || this.streams.some((s) => !s.opened)) {
-      const failed = this.streams.filter((s) => !s.opened);
+    this.openDone = true;
+    if (this.streams.length < this.opts.watchers || this.streams.some((s) => !s.opened)) {
+      const failed = [...this.streams.filter((s) => !s.opened), ...Array.from({ length: this.opts.watchers - this.streams.length }, () => undefined)];
       this.close();
       throw new BenchTargetUnavailableError(`${failed.length} of ${this.opts.watchers} watch streams did not open within ${timeoutMs} ms (${failed[0]?.ended ?? "no answer"})`);
     }
@@ -277,6 +418,7 @@ export class WatchLoad {
       misordered: this.misordered,
       streamsEnded,
       resumes: this.resumes,
+      openRetries: this.openRetries,
     };
   }
 
@@ -287,12 +429,26 @@ export class WatchLoad {
   }
 
   /** A stream for a watcher: when it ends, the watcher resumes after its last version (the contract), or gives up. */
-  private connect(origin: string, lastEventId: number | undefined, state: () => StreamState): RawWatchStream {
-    const path = `/watch?${new URLSearchParams({ prefix: this.opts.prefix })}`;
-    return new RawWatchStream(origin, path, lastEventId, (event) => this.onEvent(state(), event), (reason) => {
+  private connect(origin: string, lastVersion: number | undefined, state: () => StreamState): RawWatchStream {
+    const protocol = PROTOCOLS[this.opts.protocol ?? "kv"];
+    const request = protocol.request(origin, this.opts.prefix, lastVersion);
+    return new RawWatchStream(origin, request, protocol, (signal) => this.onSignal(state(), signal), (reason) => {
       const watcher = state();
       this.ends.set(reason, (this.ends.get(reason) ?? 0) + 1);
-      if (this.closing || !watcher.opened || watcher.resumes >= RESUMES_PER_WATCHER_MAX) {
+      if (!this.closing && !watcher.opened && !this.openDone && watcher.resumes < RESUMES_PER_WATCHER_MAX) {
+        // Refused before its first answer while `open` still waits: try again, after a pause, from "now".
+        watcher.resumes++;
+        this.openRetries++;
+        setTimeout(() => {
+          if (this.closing || this.openDone) {
+            watcher.ended = reason;
+            this.changed?.();
+            return;
+          }
+          watcher.stream = this.connect(watcher.origin, undefined, state);
+          watcher.stream.open();
+        }, OPEN_RETRY_PAUSE_MS);
+      } else if (this.closing || !watcher.opened || watcher.resumes >= RESUMES_PER_WATCHER_MAX) {
         watcher.ended = reason;
       } else {
         watcher.resumes++;
@@ -304,31 +460,39 @@ export class WatchLoad {
     });
   }
 
-  private onEvent(state: StreamState, event: SseEvent): void {
-    const version = Number(event.id);
-    if (event.event === "progress") {
-      state.opened = true;
-      if (Number.isSafeInteger(version) && version > state.lastVersion) state.lastVersion = version;
-    } else if (event.event === "put" || event.event === "delete") {
-      state.opened = true;
-      const nowMs = performance.now();
-      this.eventsDelivered++;
-      this.lastEventMs = nowMs;
-      if (!Number.isSafeInteger(version) || version <= state.lastVersion) {
-        this.misordered++;
-      } else {
-        state.lastVersion = version;
-        this.deliveries.set(version, (this.deliveries.get(version) ?? 0) + 1);
-        const ackedMs = this.ackedAtMs.get(version);
-        if (event.event === "put") {
-          // An event may come before its write's answer (the watcher's node applied it first): a
-          // latency of 0, counted once the answer arrives (a put never acknowledged has no latency).
-          if (ackedMs === undefined) this.early.set(version, (this.early.get(version) ?? 0) + 1);
-          else this.latency.record(Math.max(0, (nowMs - ackedMs) * 1000));
+  private onSignal(state: StreamState, signal: WatchSignal): void {
+    switch (signal.kind) {
+      case "opened":
+        state.opened = true;
+        break;
+      case "progress":
+        state.opened = true;
+        if (Number.isSafeInteger(signal.version) && signal.version > state.lastVersion) state.lastVersion = signal.version;
+        break;
+      case "change": {
+        state.opened = true;
+        const version = signal.version;
+        const nowMs = performance.now();
+        this.eventsDelivered++;
+        this.lastEventMs = nowMs;
+        if (!Number.isSafeInteger(version) || version <= state.lastVersion) {
+          this.misordered++;
+        } else {
+          state.lastVersion = version;
+          this.deliveries.set(version, (this.deliveries.get(version) ?? 0) + 1);
+          const ackedMs = this.ackedAtMs.get(version);
+          if (signal.put) {
+            // An event may come before its write's answer (the watcher's node applied it first): a
+            // latency of 0, counted once the answer arrives (a put never acknowledged has no latency).
+            if (ackedMs === undefined) this.early.set(version, (this.early.get(version) ?? 0) + 1);
+            else this.latency.record(Math.max(0, (nowMs - ackedMs) * 1000));
+          }
         }
+        break;
       }
-    } else if (event.event === "error") {
-      state.stream.end(`event: error ${event.data.slice(0, 60)}`);
+      case "error":
+        state.stream.end(signal.reason);
+        break;
     }
     this.changed?.();
   }

@@ -2,6 +2,7 @@ import { defineCommand } from "citty";
 import {
   BenchInputError,
   CLIENTS_MAX,
+  IDLE_WATCH_PREFIX,
   KEYS_MAX,
   parseDurationMs,
   parseEndpoints,
@@ -20,6 +21,7 @@ import { BENCH_KEY_PREFIX, BenchTargetUnavailableError, type BenchTarget } from 
 import { createEtcdTarget } from "../bench/etcd-target.ts";
 import { createKvTarget } from "../bench/kv-target.ts";
 import { createNoopTarget, startNoopServerProcess } from "../bench/noop-target.ts";
+import { formatLeaseChurnReport, LEASE_CHURN_MAX, LEASE_TTL_MS_MAX, LEASE_TTL_MS_MIN, runLeaseChurn, type LeaseChurnOptions } from "../bench/lease-churn.ts";
 import { WatchLoad } from "../bench/watch-load.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -42,6 +44,11 @@ interface BenchArgs {
   timeout?: string;
   seed?: string;
   watchers?: string;
+  "idle-watchers"?: string;
+  "idle-endpoint"?: string;
+  "idle-settle"?: string;
+  "lease-churn"?: string;
+  "lease-ttl"?: string;
   json?: boolean;
 }
 
@@ -57,7 +64,14 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
     if (consistency === "lease" && target === "etcd") throw new BenchInputError("--consistency lease is kv's; etcd reads are linearizable or stale (serializable)");
     if (args.duration !== undefined && args.requests !== undefined) throw new BenchInputError("give --duration or --requests, not both");
     const watchers = args.watchers === undefined ? 0 : parseWholeNumber("watchers", args.watchers, 0, WATCHERS_MAX);
-    if (watchers > 0 && target !== "kv") throw new BenchInputError("--watchers is kv's (GET /watch); etcd's watch is not driven yet");
+    if (watchers > 0 && target === "noop") throw new BenchInputError("--watchers needs a store that watches: --target kv (GET /watch) or etcd (POST /v3/watch)");
+    const idleWatchers = args["idle-watchers"] === undefined ? 0 : parseWholeNumber("idle-watchers", args["idle-watchers"], 0, WATCHERS_MAX);
+    if (idleWatchers > 0 && target === "noop") throw new BenchInputError("--idle-watchers needs a store that watches: --target kv or etcd");
+    if (idleWatchers === 0 && (args["idle-endpoint"] !== undefined || args["idle-settle"] !== undefined)) {
+      throw new BenchInputError("--idle-endpoint and --idle-settle go with --idle-watchers N");
+    }
+    const idleEndpoint = args["idle-endpoint"] === undefined ? (endpoints[0] as string) : onlyOne("idle-endpoint", parseEndpoints(args["idle-endpoint"]));
+    const idleSettleMs = args["idle-settle"] === undefined || args["idle-settle"].trim() === "0" ? 0 : parseDurationMs("idle-settle", args["idle-settle"]);
     return {
       target,
       endpoints,
@@ -73,11 +87,52 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
       requestTimeoutMs: args.timeout === undefined ? 10_000 : parseDurationMs("timeout", args.timeout),
       seed: args.seed === undefined ? 1 : parseWholeNumber("seed", args.seed, 0, 2 ** 31),
       watchers,
+      idleWatchers,
+      idleEndpoint,
+      idleSettleMs,
     };
   } catch (error) {
     if (error instanceof BenchInputError) throw new UsageError(error.message);
     throw error;
   }
+}
+
+/**
+ * `--lease-churn N [--lease-ttl 10s]`: the lease-churn mode's options, or undefined without
+ * `--lease-churn`. It replaces the closed-loop run: --watchers, --idle-watchers, --mix, --requests
+ * and --duration do not go with it.
+ */
+export function leaseChurnOptionsFromArgs(args: BenchArgs): LeaseChurnOptions | undefined {
+  try {
+    if (args["lease-churn"] === undefined) {
+      if (args["lease-ttl"] !== undefined) throw new BenchInputError("--lease-ttl goes with --lease-churn N");
+      return undefined;
+    }
+    const target = args.target ?? "kv";
+    if (target !== "kv" && target !== "etcd") throw new BenchInputError(`--lease-churn needs a store with leases: --target kv or etcd, got '${target}'`);
+    for (const flag of ["watchers", "idle-watchers", "mix", "requests", "duration"] as const) {
+      if (args[flag] !== undefined) throw new BenchInputError(`--${flag} does not go with --lease-churn (a run of its own: grant, refresh, wait for expiry)`);
+    }
+    const ttlMs = args["lease-ttl"] === undefined ? 10_000 : parseDurationMs("lease-ttl", args["lease-ttl"]);
+    if (ttlMs < LEASE_TTL_MS_MIN || ttlMs > LEASE_TTL_MS_MAX || (target === "etcd" && ttlMs % 1000 !== 0)) {
+      throw new BenchInputError(`--lease-ttl must be from 1s to 24h${target === "etcd" ? " in whole seconds (etcd's TTLs are seconds)" : ""}, got '${args["lease-ttl"]}'`);
+    }
+    return {
+      target,
+      leases: parseWholeNumber("lease-churn", args["lease-churn"], 1, LEASE_CHURN_MAX),
+      ttlMs,
+      clients: args.clients === undefined ? 64 : parseWholeNumber("clients", args.clients, 1, CLIENTS_MAX),
+      requestTimeoutMs: args.timeout === undefined ? 10_000 : parseDurationMs("timeout", args.timeout),
+    };
+  } catch (error) {
+    if (error instanceof BenchInputError) throw new UsageError(error.message);
+    throw error;
+  }
+}
+
+function onlyOne(flag: string, endpoints: readonly string[]): string {
+  if (endpoints.length !== 1) throw new BenchInputError(`--${flag} takes one URL, got ${endpoints.length}`);
+  return endpoints[0] as string;
 }
 
 function parseEndpointsFlag(text: string): string[] {
@@ -95,7 +150,7 @@ function createTarget(options: BenchOptions, watch: WatchLoad | undefined): Benc
     case "kv":
       return createKvTarget({ ...common, ...(watch === undefined ? {} : { onPutAcknowledged: watch.acknowledged }) });
     case "etcd":
-      return createEtcdTarget(common);
+      return createEtcdTarget({ ...common, ...(watch === undefined ? {} : { onPutAcknowledged: watch.acknowledged }) });
     case "noop":
       return createNoopTarget(common);
   }
@@ -134,17 +189,54 @@ export const benchCommand = defineCommand({
     seed: { type: "string", description: "Seed of the key and operation choices (default 1)", valueHint: "N" },
     watchers: {
       type: "string",
-      description: "Open N watch streams on the writers' prefix (spread over the endpoints) and report events/s, acknowledgement-to-event latency and events lost (kv only; default 0)",
+      description: "Open N watch streams on the writers' prefix (spread over the endpoints) and report events/s, acknowledgement-to-event latency and events lost (kv: GET /watch; etcd: POST /v3/watch; default 0)",
       valueHint: "N",
     },
+    "idle-watchers": {
+      type: "string",
+      description: `Also open N watch streams on a prefix nobody writes (${IDLE_WATCH_PREFIX}), all on one node, before the writes and through them (kv or etcd; default 0)`,
+      valueHint: "N",
+    },
+    "idle-endpoint": { type: "string", description: "The node the idle watchers connect to (default: the first endpoint)", valueHint: "URL" },
+    "idle-settle": { type: "string", description: "Pause between opening the idle watchers and the first write, e.g. 2s (default 0)", valueHint: "DURATION" },
+    "lease-churn": {
+      type: "string",
+      description:
+        "Instead of the load: grant N leases with one key each, keep each alive once so all run out within about a second, and report the time until every key is gone (target: TTL + 1 s) and leader changes (kv or etcd; exit 1 on a miss)",
+      valueHint: "N",
+    },
+    "lease-ttl": { type: "string", description: "TTL of --lease-churn's leases, 1s to 24h (etcd: whole seconds) (default 10s)", valueHint: "DURATION" },
     json: { type: "boolean", description: "Print one JSON object instead of the text report" },
   },
   async run({ args }) {
     const explicitEndpoints = args.endpoints === undefined ? undefined : parseEndpointsFlag(args.endpoints);
     // Validate every flag before starting anything.
+    const leaseChurn = leaseChurnOptionsFromArgs(args);
     let options = benchOptionsFromArgs(args, explicitEndpoints ?? parseEndpoints(DEFAULT_ENDPOINTS));
+    if (leaseChurn !== undefined) {
+      const churnAbort = new AbortController();
+      const onChurnSignal = () => churnAbort.abort();
+      process.on("SIGINT", onChurnSignal);
+      process.on("SIGTERM", onChurnSignal);
+      try {
+        const report = await runLeaseChurn(leaseChurn, createTarget(options, undefined), churnAbort.signal);
+        console.log(args.json === true ? JSON.stringify(report) : formatLeaseChurnReport(report));
+        if (!report.met) process.exitCode = 1;
+        if (churnAbort.signal.aborted) process.exitCode = 130;
+      } catch (error) {
+        if (!(error instanceof BenchTargetUnavailableError)) throw error;
+        console.error(`kv: bench: ${options.target} at ${options.endpoints.join(",")}: ${error.message}`);
+        process.exitCode = 1;
+      } finally {
+        process.off("SIGINT", onChurnSignal);
+        process.off("SIGTERM", onChurnSignal);
+      }
+      return;
+    }
     let noopServer: Awaited<ReturnType<typeof startNoopServerProcess>> | undefined;
     let watch: WatchLoad | undefined;
+    let idle: WatchLoad | undefined;
+    let idleOpenMs = 0;
     const abort = new AbortController();
     let interrupts = 0;
     const onSignal = () => {
@@ -160,10 +252,22 @@ export const benchCommand = defineCommand({
         options = { ...options, endpoints: [noopServer.origin] };
       }
       const showProgress = process.stderr.isTTY === true;
-      watch = options.watchers > 0 ? new WatchLoad({ endpoints: options.endpoints, watchers: options.watchers, prefix: BENCH_KEY_PREFIX }) : undefined;
+      idle =
+        options.idleWatchers > 0
+          ? new WatchLoad({ endpoints: [options.idleEndpoint], watchers: options.idleWatchers, prefix: IDLE_WATCH_PREFIX, protocol: options.target === "etcd" ? "etcd" : "kv" })
+          : undefined;
+      watch = options.watchers > 0 ? new WatchLoad({ endpoints: options.endpoints, watchers: options.watchers, prefix: BENCH_KEY_PREFIX, protocol: options.target === "etcd" ? "etcd" : "kv" }) : undefined;
       const target = createTarget(options, watch);
       let result: Awaited<ReturnType<typeof runBench>>;
       try {
+        if (idle !== undefined) {
+          const openedAtMs = performance.now();
+          await idle.open(WATCH_OPEN_TIMEOUT_MS);
+          idleOpenMs = Math.round(performance.now() - openedAtMs);
+          // bench:compare reads the node's memory on this line, before the first write.
+          console.error(`kv bench: ${options.idleWatchers} idle watchers open on ${options.idleEndpoint} in ${idleOpenMs} ms`);
+          if (options.idleSettleMs > 0) await Bun.sleep(options.idleSettleMs); // a pause the user asked for, not a wait for a condition
+        }
         // Every stream is open (answered) before the first write, so each must deliver every put.
         await watch?.open(WATCH_OPEN_TIMEOUT_MS);
         result = await runBench(options, target, { signal: abort.signal, onProgress: showProgress ? renderProgress : undefined });
@@ -175,7 +279,12 @@ export const benchCommand = defineCommand({
       }
       if (showProgress) process.stderr.write("\r\x1b[K");
       const watchReport = await watch?.finish(WATCH_DRAIN_TIMEOUT_MS);
-      const report = benchReport(result, watchReport);
+      const idleReport = idle === undefined ? undefined : await idle.finish(0);
+      const report = benchReport(
+        result,
+        watchReport,
+        idleReport === undefined ? undefined : { watchers: idleReport.watchers, endpoint: options.idleEndpoint, prefix: IDLE_WATCH_PREFIX, openMs: idleOpenMs, streamsEnded: idleReport.streamsEnded, openRetries: idleReport.openRetries },
+      );
       console.log(args.json === true ? JSON.stringify(report) : formatBenchReport(report));
       // Nothing succeeded: the target is down or refuses everything.
       if (report.ok === 0) process.exitCode = 1;
@@ -184,6 +293,7 @@ export const benchCommand = defineCommand({
       if (result.interrupted) process.exitCode = 130;
     } finally {
       watch?.close();
+      idle?.close();
       process.off("SIGINT", onSignal);
       process.off("SIGTERM", onSignal);
       await noopServer?.stop();

@@ -66,6 +66,32 @@ export interface ClientListener {
   stop(closeActive: boolean): Promise<void>;
 }
 
+/** `body`, passed through chunk by chunk (nothing read ahead), calling `onEnd` once when it ends or is cancelled. */
+function untilStreamEnds(body: ReadableStream<Uint8Array>, onEnd: () => void): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
+  return new ReadableStream<Uint8Array>(
+    {
+      async pull(controller) {
+        const chunk = await reader.read().catch((error: unknown) => {
+          onEnd();
+          throw error;
+        });
+        if (chunk.done) {
+          onEnd();
+          controller.close();
+        } else {
+          controller.enqueue(chunk.value);
+        }
+      },
+      cancel(reason) {
+        onEnd();
+        return reader.cancel(reason);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
 /** One side of a forwarded connection. */
 interface End {
   socket: Socket<End> | undefined;
@@ -138,12 +164,27 @@ export function createClientListener(options: ClientListenerOptions): ClientList
       const connection = upstreamPort === undefined ? undefined : byUpstreamPort.get(upstreamPort);
       if (connection === undefined) return options.handle(request); // not through the layer: nothing to track
       connection.requestsInHandler++;
-      try {
-        return await options.handle(request);
-      } finally {
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
         connection.requestsInHandler--;
         if (connection.requestsInHandler === 0) connection.deadlineMs = performance.now() + options.requestReadTimeoutMs;
+      };
+      let response: Response;
+      try {
+        response = await options.handle(request);
+      } catch (error) {
+        release();
+        throw error;
       }
+      // A watch stream (Server-Sent Events) is still being answered after its headers: its connection
+      // has no read deadline until the stream ends, or `--request-read-timeout` would cut every watch.
+      if (response.body === null || response.headers.get("content-type")?.startsWith("text/event-stream") !== true) {
+        release();
+        return response;
+      }
+      return new Response(untilStreamEnds(response.body, release), response);
     },
   });
   const innerPort = server.port;

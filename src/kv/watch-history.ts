@@ -91,6 +91,8 @@ export interface ScanResult {
   readonly changes: WatchChange[];
   /** Every change up to this version has been looked at (at least the start). */
   readonly throughVersion: number;
+  /** Changes looked at. */
+  readonly scanned: number;
 }
 
 /**
@@ -197,7 +199,7 @@ export class WatchHistory {
     let through = Math.max(afterVersion, this.compacted);
     while (position < this.kept.length) {
       const version = (this.kept[position] as Kept).change.version;
-      if (changes.length >= changesMax || scanned >= scanMax) return { changes, throughVersion: through };
+      if (changes.length >= changesMax || scanned >= scanMax) return { changes, throughVersion: through, scanned };
       while (position < this.kept.length && (this.kept[position] as Kept).change.version === version) {
         const change = (this.kept[position] as Kept).change;
         if (matches(change.key)) changes.push(change);
@@ -206,7 +208,7 @@ export class WatchHistory {
       }
       through = version;
     }
-    return { changes, throughVersion: Math.max(through, this.last) };
+    return { changes, throughVersion: Math.max(through, this.last), scanned };
   }
 
   /** The position of the first kept change with a version above `version` (binary search). */

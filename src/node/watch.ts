@@ -42,6 +42,10 @@ const scanChangesMax = 16_384;
 /** One open stream. `cursor`: every matching change up to it has been handed to the client. */
 interface Watcher {
   readonly matches: (key: string) => boolean;
+  /** The streams with the very same filter, this one among them, and where that group is filed. */
+  readonly group: Set<Watcher>;
+  readonly groups: Map<string, Set<Watcher>>;
+  readonly groupName: string;
   cursor: number;
   /** Changes after this version arrived while the stream was open: they count against its buffer. */
   readonly liveFrom: number;
@@ -66,9 +70,20 @@ interface Watcher {
 export class NodeWatch {
   private readonly history: WatchHistory;
   private readonly watchers = new Set<Watcher>();
+  /**
+   * Open streams by filter: a change is routed only to the groups that can match it (its exact key,
+   * the prefixes of its key), never to every stream, so thousands of streams watching elsewhere cost
+   * a change nothing. Invariant: every watcher in `watchers` is in exactly one group, and no group is empty.
+   */
+  private readonly byKey = new Map<string, Set<Watcher>>();
+  private readonly byPrefix = new Map<string, Set<Watcher>>();
   private readonly stopTicker: () => void;
   /** How often idle streams are checked for a due progress event. */
   private readonly tickerMs: number;
+  /** Streams looked at to route changes, summed over every change recorded (see `routingVisits`). */
+  private routingVisitsTotal = 0;
+  /** History changes looked at by streams' scans (see `historyScanned`). */
+  private historyScannedTotal = 0;
 
   constructor(
     private readonly cfg: WatchConfig,
@@ -85,6 +100,23 @@ export class NodeWatch {
   /** Streams open now. */
   count(): number {
     return this.watchers.size;
+  }
+
+  /**
+   * Streams looked at so far to route changes to their watchers, summed over changes: the cost a
+   * change pays per open stream. Tests read it to check that streams a change cannot match (another
+   * prefix, another key) cost it nothing.
+   */
+  routingVisits(): number {
+    return this.routingVisitsTotal;
+  }
+
+  /**
+   * Changes of the history looked at by the streams so far, summed: what streams pay to find their
+   * changes. Tests read it to check that a stream with nothing waiting does not rescan the history.
+   */
+  historyScanned(): number {
+    return this.historyScannedTotal;
   }
 
   /** The last version recorded: the applied index. */
@@ -141,8 +173,15 @@ export class NodeWatch {
     if (this.watchers.size >= this.cfg.watchersMax) {
       throw new KvError("overloaded", `${this.watchers.size} watches are open on this node, the most it serves`, { retryAfterS: 1 });
     }
+    const groups = "key" in filter ? this.byKey : this.byPrefix;
+    const groupName = "key" in filter ? filter.key : filter.prefix;
+    let group = groups.get(groupName);
+    if (group === undefined) groups.set(groupName, (group = new Set()));
     const watcher: Watcher = {
       matches: matcherFor(filter),
+      group,
+      groups,
+      groupName,
       cursor: afterVersion,
       liveFrom: this.history.lastVersion(),
       pendingChanges: 0,
@@ -153,6 +192,7 @@ export class NodeWatch {
       wake: undefined,
     };
     this.watchers.add(watcher);
+    group.add(watcher);
     return {
       next: () => this.next(watcher),
       close: () => this.close(watcher),
@@ -180,7 +220,17 @@ export class NodeWatch {
         this.overflow(watcher, `this stream fell behind the history this node keeps (version ${this.history.compactedThrough()})`);
         continue;
       }
-      const { changes, throughVersion } = this.history.scan(watcher.cursor, watcher.matches, batchChangesMax, scanChangesMax);
+      if (watcher.cursor >= watcher.liveFrom && watcher.pendingChanges === 0) {
+        // Invariant: past `liveFrom`, `pendingChanges` counts the matching changes after the cursor
+        // not yet handed out (notify counts each as it is recorded). None waits: the history holds
+        // nothing for this stream up to its last version, so an idle stream skips to it without a
+        // scan (which would look at every change recorded since its last send).
+        assert(watcher.pendingBytes === 0, "watch: no change waits, yet bytes are counted");
+        // A stream may start past this node's last version (Last-Event-ID from a node ahead): never back.
+        watcher.cursor = Math.max(watcher.cursor, this.history.lastVersion());
+      }
+      const { changes, throughVersion, scanned } = this.history.scan(watcher.cursor, watcher.matches, batchChangesMax, scanChangesMax);
+      this.historyScannedTotal += scanned;
       watcher.cursor = Math.max(watcher.cursor, throughVersion);
       const nowMs = this.clock.nowMs();
       if (changes.length > 0) {
@@ -217,18 +267,35 @@ export class NodeWatch {
 
   /** A change was recorded: every stream that will send it counts it against its buffer, and wakes. */
   private notify(change: WatchChange): void {
-    for (const watcher of this.watchers) {
-      if (watcher.ending !== undefined || change.version <= watcher.cursor || !watcher.matches(change.key)) continue;
-      if (change.version > watcher.liveFrom) {
-        watcher.pendingChanges++;
-        watcher.pendingBytes += changeBytes(change);
-        if (watcher.pendingChanges > this.cfg.bufferEventsMax || watcher.pendingBytes > this.cfg.bufferBytesMax) {
-          this.overflow(watcher, `more than ${this.cfg.bufferEventsMax} changes or ${this.cfg.bufferBytesMax} bytes waited for this stream's client`);
-          continue;
-        }
+    const key = change.key;
+    const exact = this.byKey.get(key);
+    if (exact !== undefined) for (const watcher of exact) this.notifyOne(watcher, change);
+    // Keys in the state machine's own space reach no prefix stream (see matcherFor).
+    if (this.byPrefix.size === 0 || isReservedKey(key)) return;
+    if (this.byPrefix.size <= key.length + 1) {
+      for (const [prefix, group] of this.byPrefix) if (key.startsWith(prefix)) for (const watcher of group) this.notifyOne(watcher, change);
+    } else {
+      // More distinct prefixes than the key has: look up each of the key's own prefixes instead.
+      for (let length = 0; length <= key.length; length++) {
+        const group = this.byPrefix.get(key.slice(0, length));
+        if (group !== undefined) for (const watcher of group) this.notifyOne(watcher, change);
       }
-      watcher.wake?.();
     }
+  }
+
+  private notifyOne(watcher: Watcher, change: WatchChange): void {
+    this.routingVisitsTotal++;
+    if (watcher.ending !== undefined || change.version <= watcher.cursor) return;
+    assert(watcher.matches(change.key), "watch: a change routed to a stream whose filter does not match it");
+    if (change.version > watcher.liveFrom) {
+      watcher.pendingChanges++;
+      watcher.pendingBytes += changeBytes(change);
+      if (watcher.pendingChanges > this.cfg.bufferEventsMax || watcher.pendingBytes > this.cfg.bufferBytesMax) {
+        this.overflow(watcher, `more than ${this.cfg.bufferEventsMax} changes or ${this.cfg.bufferBytesMax} bytes waited for this stream's client`);
+        return;
+      }
+    }
+    watcher.wake?.();
   }
 
   private overflow(watcher: Watcher, why: string): void {
@@ -249,6 +316,8 @@ export class NodeWatch {
     if (watcher.done) return;
     watcher.done = true;
     this.watchers.delete(watcher);
+    watcher.group.delete(watcher);
+    if (watcher.group.size === 0) watcher.groups.delete(watcher.groupName);
     watcher.wake?.();
   }
 }

@@ -102,6 +102,9 @@ try {
   const options: BenchOptions = {
     target: "kv",
     watchers: 0,
+    idleWatchers: 0,
+    idleEndpoint: endpoints[0] as string,
+    idleSettleMs: 0,
     endpoints,
     clients,
     stop: { kind: "duration", durationMs },

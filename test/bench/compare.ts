@@ -2,7 +2,9 @@
 // client (`kv bench`). Starts a 3-node etcd (fsync on, default timings) and a 3-node kv on loopback,
 // runs each workload against kv then etcd, round after round (A B A B), and prints a markdown table
 // of medians and kv/etcd ratios, CPU per operation, peak RSS per node and how busy the rest of the
-// machine was. Kills every process it started (by pid) on success, failure or Ctrl-C.
+// machine was. `--watch`, `--idle-watchers N` and `--lease-churn N` add issue 14's scale sections
+// (watchers following the writes, idle watchers on the leader, lease expiry), kv then etcd, each
+// with its own table. Kills every process it started (by pid) on success, failure or Ctrl-C.
 //
 // It lives under test/ because it drives ChaosCluster (src/chaos), which src/bench may not import.
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -19,6 +21,7 @@ import { runLargeData } from "./large-data.ts";
 const root = join(import.meta.dir, "..", "..");
 const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sustained 60s] [--value-sizes 1024,16384,262144] [--matrix-only]
                              [--large-data] [--large-keys 2000000] [--large-value-bytes 1024] [--large-only]
+                             [--watch [--watchers 1000]] [--idle-watchers 10000] [--lease-churn 10000 [--lease-ttl 10s]] [--scale-only]
                              [--kv-bin dist/kv] [--out FILE] [--keep-data]
   --duration   length of each measured run (default 10s)
   --rounds     rounds of A B (kv, etcd) per workload; figures are medians over rounds (default 3)
@@ -32,6 +35,17 @@ const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sus
                node joining with --join (image MB/s, leader changes) and compare data dir sizes
   --large-keys, --large-value-bytes  its size (default 2000000 x 1024: about 2 GB; loading takes minutes)
   --large-only run only the large-data set (no etcd)
+  --watch      also run the watch section: 64 clients writing while --watchers streams (default 1000,
+               spread over the nodes) follow the writers' prefix; events/s, acknowledgement-to-event
+               latency p50/p99 and events lost, each round kv then etcd
+  --idle-watchers N  also run the idle-watchers section: N watch streams on a prefix nobody writes,
+               all on the leader; the leader's added RSS (VmRSS before, and with them open) and
+               64-client writes/s without and with them (A B A B)
+  --lease-churn N  also run the lease-churn section: N leases with one key each, all running out
+               within about a second (\`kv bench --lease-churn\`); time until every key is gone
+               (target TTL + 1 s) and leader changes
+  --lease-ttl  TTL of the lease-churn leases (default 10s)
+  --scale-only run only the sections above (no 100 B workloads, no sustained run, no client ceiling)
   --kv-bin     the kv executable to measure and to run the client with (default dist/kv, built if missing)
   --out        also write the markdown report to FILE
   --keep-data  keep the temp dir (node data and logs)`;
@@ -44,6 +58,8 @@ interface Workload {
   /** Default VALUE_BYTES and KEYS. */
   readonly valueBytes?: number;
   readonly keys?: number;
+  /** More `kv bench` flags (`--watchers N`, `--idle-watchers N`, ...). */
+  readonly extraArgs?: readonly string[];
 }
 
 /** Keys of the value-size matrix: enough that 64 clients rarely write one key at once. */
@@ -291,10 +307,57 @@ async function startKv(kvBin: string, dir: string): Promise<Store> {
   };
 }
 
+/** Resident set now (VmRSS) of a process in MB, or NaN when it is gone. */
+function rssMb(pid: number): number {
+  try {
+    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match === null ? Number.NaN : Number(match[1]) / 1024;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Which of the store's endpoints (and pids, same order) leads now. */
+async function leaderIndex(store: Store): Promise<number> {
+  const endpoints = store.endpoints();
+  const deadline = performance.now() + 30_000;
+  for (;;) {
+    const statuses = await Promise.all(
+      endpoints.map((endpoint) =>
+        (store.name === "etcd" ? fetch(`${endpoint}/v3/maintenance/status`, { method: "POST", body: "{}", signal: AbortSignal.timeout(1_000) }) : fetch(`${endpoint}/status`, { signal: AbortSignal.timeout(1_000) }))
+          .then((response) => (response.ok ? (response.json() as Promise<{ role?: string; leader?: string; header?: { member_id?: string } }>) : undefined))
+          .catch(() => undefined),
+      ),
+    );
+    const index = statuses.findIndex((status) => (store.name === "etcd" ? status?.leader !== undefined && status.leader === status.header?.member_id : status?.role === "leader"));
+    if (index >= 0) return index;
+    if (performance.now() > deadline) throw new Error(`${store.name}: no leader within 30 s`);
+    await Bun.sleep(100); // polling interval between status probes
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Runs
 
-async function runOnce(kvBin: string, store: Store, workload: Workload, duration: string): Promise<RunResult> {
+/** Reads `stream` to its end, calling `onLine` with each complete line; returns the whole text. */
+async function readLines(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void): Promise<string> {
+  const decoder = new TextDecoder();
+  let all = "";
+  let pending = "";
+  for await (const chunk of stream) {
+    const text = decoder.decode(chunk, { stream: true });
+    all += text;
+    pending += text;
+    let at: number;
+    while ((at = pending.indexOf("\n")) >= 0) {
+      onLine(pending.slice(0, at));
+      pending = pending.slice(at + 1);
+    }
+  }
+  return all;
+}
+
+async function runOnce(kvBin: string, store: Store, workload: Workload, duration: string, onStderrLine: (line: string) => void = () => {}): Promise<RunResult> {
   const pids = store.pids();
   const cpuBeforeMs = pids.reduce((sum, pid) => sum + processCpuMs(pid), 0);
   const busyBeforeMs = machineBusyMs();
@@ -314,18 +377,21 @@ async function runOnce(kvBin: string, store: Store, workload: Workload, duration
     String(workload.keys ?? KEYS),
     "--value-bytes",
     String(workload.valueBytes ?? VALUE_BYTES),
+    ...(workload.extraArgs ?? []),
     "--json",
   ];
   const child = spawnTracked(args, { pipe: true });
   const [out, err, code] = await Promise.all([
     new Response(child.stdout as ReadableStream<Uint8Array>).text(),
-    new Response(child.stderr as ReadableStream<Uint8Array>).text(),
+    readLines(child.stderr as ReadableStream<Uint8Array>, onStderrLine),
     child.exited,
   ]);
   const busyAfterMs = machineBusyMs();
   const cpuAfterMs = pids.reduce((sum, pid) => sum + processCpuMs(pid), 0);
-  if (code !== 0) throw new Error(`kv bench against ${store.name} exited ${code}: ${err.trim()}`);
-  const report = JSON.parse(out) as BenchReport;
+  // Exit 1 with a report is a run that lost watch events: reported, not fatal.
+  const parsed = code === 0 || code === 1 ? parseJson(out) : undefined;
+  if (parsed === undefined) throw new Error(`kv bench against ${store.name} exited ${code}: ${err.trim()}`);
+  const report = parsed as BenchReport;
   const usage = child.resourceUsage();
   const clientCpuMs = usage === undefined ? 0 : Number(usage.cpuTime.user + usage.cpuTime.system) / 1000;
   const storeCpuMs = cpuAfterMs - cpuBeforeMs;
@@ -336,6 +402,14 @@ async function runOnce(kvBin: string, store: Store, workload: Workload, duration
     foreignCores: foreignMs / Math.max(1, report.elapsedMs),
     clientCpuMsPerOp: report.ok === 0 ? Number.NaN : clientCpuMs / report.ok,
   };
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
 }
 
 function median(values: readonly number[]): number {
@@ -351,6 +425,89 @@ const fmtRatio = (n: number) => (Number.isFinite(n) ? `${n.toFixed(2)}×` : "–
 
 // ---------------------------------------------------------------------------------------------
 
+/** One store's idle-watchers measurement: writes/s without and with N idle streams on the leader, and its RSS. */
+interface IdleResult {
+  readonly without: RunResult;
+  readonly with: RunResult;
+  readonly leaderIndex: number;
+  readonly rssBeforeMb: number;
+  readonly rssOpenMb: number;
+  /** How long the N streams took to open (the holder's own figure). */
+  readonly openMs: number;
+}
+
+/** A `kv bench --lease-churn` report (src/bench/lease-churn.ts), the fields the table shows. */
+interface LeaseChurnResult {
+  readonly setupMs: number;
+  readonly leasesReady: number;
+  readonly refreshSpreadMs: number;
+  readonly expiredEarly: number;
+  readonly goneAfterLastRefreshMs: number | null;
+  readonly targetMs: number;
+  readonly met: boolean;
+  readonly keysLeft: number;
+  readonly leaderChanges: number;
+  readonly errors: Readonly<Record<string, number>>;
+}
+
+async function runLeaseChurn(kvBin: string, store: Store, leases: number, ttl: string): Promise<LeaseChurnResult> {
+  const args = [kvBin, "bench", "--target", store.name, "--endpoints", store.endpoints().join(","), "--lease-churn", String(leases), "--lease-ttl", ttl, "--clients", "64", "--json"];
+  const child = spawnTracked(args, { pipe: true });
+  const [out, err, code] = await Promise.all([
+    new Response(child.stdout as ReadableStream<Uint8Array>).text(),
+    new Response(child.stderr as ReadableStream<Uint8Array>).text(),
+    child.exited,
+  ]);
+  // Exit 1 with a report is a missed target: reported, not fatal.
+  const parsed = code === 0 || code === 1 ? parseJson(out) : undefined;
+  if (parsed === undefined) throw new Error(`kv bench --lease-churn against ${store.name} exited ${code}: ${err.trim()}`);
+  return parsed as LeaseChurnResult;
+}
+
+/**
+ * The idle-watchers run on one store: a separate `kv bench` process holds N streams on the leader
+ * (their events, progress included, are read there, not in the writers' process), the leader's RSS
+ * is read once they are open, then the 64-client write run goes as without them; the holder is
+ * killed by pid afterwards.
+ */
+async function runIdle(kvBin: string, store: Store, idleWatchers: number, duration: string, without: RunResult): Promise<IdleResult> {
+  const index = await leaderIndex(store);
+  const pid = store.pids()[index] as number;
+  const endpoint = store.endpoints()[index] as string;
+  const rssBeforeMb = rssMb(pid);
+  const holder = spawnTracked(
+    [kvBin, "bench", "--target", store.name, "--endpoints", endpoint, "--requests", "1", "--clients", "1", "--idle-watchers", String(idleWatchers), "--idle-settle", "1h", "--json"],
+    { pipe: true },
+  );
+  try {
+    let openLine: string | undefined;
+    const stderr = readLines(holder.stderr as ReadableStream<Uint8Array>, (line) => {
+      if (line.includes("idle watchers open")) openLine ??= line;
+    });
+    const deadline = performance.now() + 120_000;
+    while (openLine === undefined) {
+      if (holder.exitCode !== null) throw new Error(`the idle watchers' holder exited ${holder.exitCode}: ${(await stderr).trim()}`);
+      if (performance.now() > deadline) throw new Error("the idle watchers did not open within 120 s");
+      await Bun.sleep(50); // polling interval while the streams open
+    }
+    await Bun.sleep(IDLE_SETTLE_MS); // let the leader's memory settle after the openings, before it is read
+    const rssOpenMb = rssMb(pid);
+    const openMs = Number(/in (\d+) ms/.exec(openLine)?.[1]);
+    const result = await runOnce(kvBin, store, { name: "idle", clients: 64, mix: "put=1" }, duration);
+    return { without, with: result, leaderIndex: index, rssBeforeMb, rssOpenMb, openMs };
+  } finally {
+    try {
+      process.kill(holder.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+    await holder.exited;
+  }
+}
+
+/** The pause between the idle watchers' opening and the RSS reading (and the first write). */
+const IDLE_SETTLE_MS = 2_000;
+
 async function main(): Promise<number> {
   let flags: {
     duration?: string;
@@ -362,6 +519,12 @@ async function main(): Promise<number> {
     "large-keys"?: string;
     "large-value-bytes"?: string;
     "large-only"?: boolean;
+    watch?: boolean;
+    watchers?: string;
+    "idle-watchers"?: string;
+    "lease-churn"?: string;
+    "lease-ttl"?: string;
+    "scale-only"?: boolean;
     "kv-bin"?: string;
     out?: string;
     "keep-data"?: boolean;
@@ -372,6 +535,11 @@ async function main(): Promise<number> {
   let rounds: number;
   let sustainedText: string;
   let large: { keys: number; valueBytes: number } | undefined;
+  let watchers: number;
+  let idleWatchers: number;
+  let leaseChurn: number;
+  let leaseTtlText: string;
+  let scaleOnly: boolean;
   try {
     flags = parseArgs({
       args: process.argv.slice(2),
@@ -385,6 +553,12 @@ async function main(): Promise<number> {
         "large-keys": { type: "string" },
         "large-value-bytes": { type: "string" },
         "large-only": { type: "boolean" },
+        watch: { type: "boolean" },
+        watchers: { type: "string" },
+        "idle-watchers": { type: "string" },
+        "lease-churn": { type: "string" },
+        "lease-ttl": { type: "string" },
+        "scale-only": { type: "boolean" },
         "kv-bin": { type: "string" },
         out: { type: "string" },
         "keep-data": { type: "boolean" },
@@ -399,12 +573,22 @@ async function main(): Promise<number> {
     durationText = flags.duration ?? "10s";
     parseDurationMs("duration", durationText);
     rounds = flags.rounds === undefined ? 3 : parseWholeNumber("rounds", flags.rounds, 1, 100);
-    sustainedText = flags["matrix-only"] === true ? "0" : (flags.sustained ?? "60s");
+    watchers = flags.watchers === undefined ? 1_000 : parseWholeNumber("watchers", flags.watchers, 1, 10_000);
+    if (flags.watchers !== undefined && flags.watch !== true) throw new BenchInputError("--watchers goes with --watch");
+    idleWatchers = flags["idle-watchers"] === undefined ? 0 : parseWholeNumber("idle-watchers", flags["idle-watchers"], 1, 10_000);
+    leaseChurn = flags["lease-churn"] === undefined ? 0 : parseWholeNumber("lease-churn", flags["lease-churn"], 1, 1_000_000);
+    leaseTtlText = flags["lease-ttl"] ?? "10s";
+    parseDurationMs("lease-ttl", leaseTtlText);
+    if (flags["lease-ttl"] !== undefined && leaseChurn === 0) throw new BenchInputError("--lease-ttl goes with --lease-churn N");
+    scaleOnly = flags["scale-only"] === true;
+    if (scaleOnly && flags.watch !== true && idleWatchers === 0 && leaseChurn === 0) throw new BenchInputError("--scale-only needs --watch, --idle-watchers or --lease-churn");
+    if (scaleOnly && flags["matrix-only"] === true) throw new BenchInputError("give --scale-only or --matrix-only, not both");
+    sustainedText = flags["matrix-only"] === true || scaleOnly ? "0" : (flags.sustained ?? "60s");
     if (sustainedText !== "0") parseDurationMs("sustained", sustainedText);
     const sizes = (flags["value-sizes"] ?? "").split(",").filter((part) => part.trim() !== "").map((part) => parseWholeNumber("value-sizes", part.trim(), 1, 1 << 20));
     if (flags["matrix-only"] === true && sizes.length === 0) throw new BenchInputError("--matrix-only needs --value-sizes");
     const matrix = sizes.map((valueBytes) => ({ name: `writes, 64 clients, ${valueBytes} B values`, clients: 64, mix: "put=1", valueBytes, keys: MATRIX_KEYS }));
-    workloads = [...(flags["matrix-only"] === true ? [] : WORKLOADS), ...matrix];
+    workloads = scaleOnly ? [] : [...(flags["matrix-only"] === true ? [] : WORKLOADS), ...matrix];
     if (flags["large-data"] === true || flags["large-only"] === true) {
       large = {
         keys: flags["large-keys"] === undefined ? 2_000_000 : parseWholeNumber("large-keys", flags["large-keys"], 1, 100_000_000),
@@ -460,8 +644,8 @@ async function main(): Promise<number> {
 
     // The client's own ceiling in this run: kv bench against a do-nothing Bun.serve it starts.
     const noop: Store = { name: "noop", endpoints: () => [], pids: () => [] };
-    const ceiling = await runOnce(kvBin, noop, { name: "ceiling", clients: 64, mix: "put=1" }, durationText);
-    console.error(`client ceiling (noop server, 64 clients): ${fmt(ceiling.report.opsPerSec)} req/s`);
+    const ceiling = scaleOnly ? undefined : await runOnce(kvBin, noop, { name: "ceiling", clients: 64, mix: "put=1" }, durationText);
+    if (ceiling !== undefined) console.error(`client ceiling (noop server, 64 clients): ${fmt(ceiling.report.opsPerSec)} req/s`);
 
     // Warm up both (JIT, file growth, connection setup), not counted.
     for (const store of stores) await runOnce(kvBin, store, { name: "warm-up", clients: 16, mix: "put=1" }, "2s");
@@ -496,12 +680,54 @@ async function main(): Promise<number> {
         );
       }
     }
+    // The scale sections (issue 14): watchers following the writes, idle watchers, lease churn.
+    const watchWorkload: Workload = { name: `writes, 64 clients, ${fmt(watchers)} watchers`, clients: 64, mix: "put=1", extraArgs: ["--watchers", String(watchers)] };
+    const watchResults = new Map<StoreName, RunResult[]>();
+    if (flags.watch === true) {
+      for (let round = 1; round <= rounds; round++) {
+        for (const store of stores) {
+          const result = await runOnce(kvBin, store, watchWorkload, durationText);
+          watchResults.set(store.name, [...(watchResults.get(store.name) ?? []), result]);
+          const w = result.report.watch;
+          console.error(
+            `round ${round}/${rounds}  watch ${store.name.padEnd(4)}  ${fmt(result.report.opsPerSec)} writes/s  ${fmt(w?.eventsPerSec ?? Number.NaN)} events/s  ` +
+              `p50 ${fmtMs(w?.latencyMs.p50 ?? Number.NaN)} ms  p99 ${fmtMs(w?.latencyMs.p99 ?? Number.NaN)} ms  lost ${w?.lost ?? "?"}  other load ${result.foreignCores.toFixed(2)} cores`,
+          );
+        }
+      }
+    }
+    const idleResults = new Map<StoreName, IdleResult>();
+    if (idleWatchers > 0) {
+      const plain: Workload = { name: "writes, 64 clients", clients: 64, mix: "put=1" };
+      const without = new Map<StoreName, RunResult>();
+      for (const store of stores) without.set(store.name, await runOnce(kvBin, store, plain, durationText));
+      for (const store of stores) {
+        const result = await runIdle(kvBin, store, idleWatchers, durationText, without.get(store.name) as RunResult);
+        idleResults.set(store.name, result);
+        console.error(
+          `idle ${fmt(idleWatchers)} ${store.name.padEnd(4)}  writes/s ${fmt(result.without.report.opsPerSec)} -> ${fmt(result.with.report.opsPerSec)}  ` +
+            `leader RSS ${fmt(result.rssBeforeMb)} -> ${fmt(result.rssOpenMb)} MB  open in ${fmt(result.openMs)} ms`,
+        );
+      }
+    }
+    const churnResults = new Map<StoreName, LeaseChurnResult>();
+    if (leaseChurn > 0) {
+      for (const store of stores) {
+        const result = await runLeaseChurn(kvBin, store, leaseChurn, leaseTtlText);
+        churnResults.set(store.name, result);
+        console.error(
+          `lease churn ${fmt(leaseChurn)} ${store.name.padEnd(4)}  setup ${fmt(result.setupMs)} ms  refresh spread ${fmt(result.refreshSpreadMs)} ms  ` +
+            `all gone ${result.goneAfterLastRefreshMs === null ? "no" : `${fmt(result.goneAfterLastRefreshMs)} ms`} after the last keepalive  leader changes ${result.leaderChanges}`,
+        );
+      }
+    }
     const rssAtEnd = new Map<StoreName, number[]>(stores.map((store) => [store.name, store.pids().map(peakRssMb)]));
 
     // The report.
     const lines: string[] = [];
     const memoryGb = totalmem() / 1024 ** 3;
-    const foreign = median([...results.values()].flat().map((r) => r.foreignCores));
+    const allRuns = [...results.values(), ...watchResults.values()].flat().concat([...idleResults.values()].flatMap((r) => [r.without, r.with]));
+    const foreign = median(allRuns.map((r) => r.foreignCores));
     lines.push(`### kv ${packageJson.version} vs etcd ${etcdVersion}: ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`);
     lines.push("");
     lines.push(
@@ -513,15 +739,19 @@ async function main(): Promise<number> {
     );
     lines.push("");
     const clientCpu = (name: StoreName) => median((results.get(`${name}|${RSS_CHECKPOINT}`) ?? []).map((r) => r.clientCpuMsPerOp));
-    lines.push(
-      `Client ceiling in this run: \`kv bench --target noop\` (a do-nothing Bun.serve) answered ${fmt(ceiling.report.opsPerSec)} req/s at 64 clients. ` +
-        `Client CPU per operation in the 64-client write runs (startup included): ${fmt(clientCpu("kv"), 3)} ms against kv, ${fmt(clientCpu("etcd"), 3)} ms against etcd.`,
-    );
-    lines.push("");
-    lines.push("Medians over rounds; ratios are the median of each round's kv/etcd ratio. CPU/op sums the three nodes' CPU time.");
-    lines.push("");
-    lines.push("| workload | kv ops/s | etcd ops/s | kv/etcd | kv MB/s | etcd MB/s | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | p99 kv/etcd | kv CPU ms/op | etcd CPU ms/op | errors kv / etcd | leader changes kv / etcd |");
-    lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    if (ceiling !== undefined) {
+      lines.push(
+        `Client ceiling in this run: \`kv bench --target noop\` (a do-nothing Bun.serve) answered ${fmt(ceiling.report.opsPerSec)} req/s at 64 clients. ` +
+          `Client CPU per operation in the 64-client write runs (startup included): ${fmt(clientCpu("kv"), 3)} ms against kv, ${fmt(clientCpu("etcd"), 3)} ms against etcd.`,
+      );
+      lines.push("");
+    }
+    if (workloads.length > 0) {
+      lines.push("Medians over rounds; ratios are the median of each round's kv/etcd ratio. CPU/op sums the three nodes' CPU time.");
+      lines.push("");
+      lines.push("| workload | kv ops/s | etcd ops/s | kv/etcd | kv MB/s | etcd MB/s | kv p50 ms | etcd p50 ms | kv p99 ms | etcd p99 ms | p99 kv/etcd | kv CPU ms/op | etcd CPU ms/op | errors kv / etcd | leader changes kv / etcd |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    }
     for (const workload of workloads) {
       const mbPerS = (runs: RunResult[]) => (median(runs.map((r) => r.report.opsPerSec)) * (workload.valueBytes ?? VALUE_BYTES)) / 1e6;
       const a = results.get(`kv|${workload.name}`) ?? [];
@@ -553,6 +783,65 @@ async function main(): Promise<number> {
       }
     }
     lines.push("");
+    if (watchResults.size > 0) {
+      lines.push("");
+      lines.push(
+        `Watchers following the writes: ${fmt(watchers)} streams on the writers' prefix, spread over the three nodes (kv: \`GET /watch\`, SSE; etcd: the gateway's \`POST /v3/watch\`, JSON lines), ` +
+          `64 clients writing ${VALUE_BYTES} B values for ${durationText}; latency is from a put's acknowledgement to its event on a stream (0 when the event came first). ` +
+          `Medians over ${rounds} round${rounds === 1 ? "" : "s"}; lost and misordered are summed. Targets (issue 14): every event delivered, events/s ≥ 2× etcd's, p99 ≤ etcd's.`,
+      );
+      lines.push("");
+      lines.push("| store | writes/s | events delivered/s | events/s kv/etcd | ack→event p50 ms | ack→event p99 ms | events lost | misordered | streams resumed | other load (cores) |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+      const kvRuns = watchResults.get("kv") ?? [];
+      const etcdRuns = watchResults.get("etcd") ?? [];
+      for (const [name, runs] of watchResults) {
+        const pick = (f: (r: RunResult) => number) => median(runs.map(f));
+        const ratio = name === "kv" ? median(kvRuns.map((run, i) => (run.report.watch?.eventsPerSec ?? Number.NaN) / (etcdRuns[i]?.report.watch?.eventsPerSec ?? Number.NaN))) : Number.NaN;
+        const sum = (f: (r: RunResult) => number) => runs.reduce((total, r) => total + f(r), 0);
+        lines.push(
+          `| ${name} | ${fmt(pick((r) => r.report.opsPerSec))} | ${fmt(pick((r) => r.report.watch?.eventsPerSec ?? Number.NaN))} | ${fmtRatio(ratio)} ` +
+            `| ${fmtMs(pick((r) => r.report.watch?.latencyMs.p50 ?? Number.NaN))} | ${fmtMs(pick((r) => r.report.watch?.latencyMs.p99 ?? Number.NaN))} ` +
+            `| ${sum((r) => r.report.watch?.lost ?? 0)} | ${sum((r) => r.report.watch?.misordered ?? 0)} | ${sum((r) => r.report.watch?.resumes ?? 0)} | ${pick((r) => r.foreignCores).toFixed(2)} |`,
+        );
+      }
+    }
+    if (idleResults.size > 0) {
+      lines.push("");
+      lines.push(
+        `Idle watchers: ${fmt(idleWatchers)} watch streams on a prefix nobody writes, all on the leader, held by a second \`kv bench\` process (so their events, progress included, are read there, not by the writers). ` +
+          `RSS is the leader's VmRSS just before they open and ${IDLE_SETTLE_MS / 1000} s after the last one opened (before the first write); writes/s are 64 clients for ${durationText}, ` +
+          "without them, then with them (kv, etcd, kv, etcd). Targets (issue 14): at most 100 MB added, writes/s within 10% of the run without.",
+      );
+      lines.push("");
+      lines.push("| store | idle watchers | opened in s | leader RSS before MB | with them MB | added MB | writes/s without | writes/s with | change |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+      for (const [name, r] of idleResults) {
+        const change = r.with.report.opsPerSec / r.without.report.opsPerSec - 1;
+        lines.push(
+          `| ${name} | ${fmt(idleWatchers)} | ${fmt(r.openMs / 1000, 1)} | ${fmt(r.rssBeforeMb)} | ${fmt(r.rssOpenMb)} | ${fmt(r.rssOpenMb - r.rssBeforeMb)} ` +
+            `| ${fmt(r.without.report.opsPerSec)} | ${fmt(r.with.report.opsPerSec)} | ${Number.isFinite(change) ? `${change >= 0 ? "+" : ""}${(change * 100).toFixed(0)}%` : "–"} |`,
+        );
+      }
+    }
+    if (churnResults.size > 0) {
+      lines.push("");
+      lines.push(
+        `Lease churn: ${fmt(leaseChurn)} leases of ${leaseTtlText}, one key each, granted and put by 64 clients, then one keepalive each as fast as they go, so all run out within the keepalives' spread; ` +
+          "\"all gone\" is from the last keepalive's answer until a count of the prefix on the leader says 0 (polled every 50 ms). Targets (issue 14): no leader change, every key gone within TTL + 1 s.",
+      );
+      lines.push("");
+      lines.push("| store | leases ready | setup s | keepalive spread s | all gone after last keepalive s | target s | met | leader changes | expired before keepalive | errors |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |");
+      for (const [name, r] of churnResults) {
+        const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
+        lines.push(
+          `| ${name} | ${fmt(r.leasesReady)} | ${fmt(r.setupMs / 1000, 2)} | ${fmt(r.refreshSpreadMs / 1000, 2)} | ${r.goneAfterLastRefreshMs === null ? `not gone (${r.keysLeft} left)` : fmt(r.goneAfterLastRefreshMs / 1000, 2)} ` +
+            `| ${fmt(r.targetMs / 1000, 1)} | ${r.met ? "yes" : "no"} | ${r.leaderChanges} | ${r.expiredEarly} | ${errors} |`,
+        );
+      }
+    }
+    lines.push("");
     lines.push(`Peak RSS per node (VmHWM, MB), after the first 64-client write run and at the end of all runs${sustained.size > 0 ? " (the sustained run included)" : ""}:`);
     lines.push("");
     lines.push("| store | node 1 | node 2 | node 3 | at end: node 1 | node 2 | node 3 |");
@@ -573,7 +862,7 @@ async function main(): Promise<number> {
       }
       lines.push(...(await largeRun()));
     }
-    const markdown = lines.join("\n");
+    const markdown = lines.join("\n").replace(/\n{3,}/g, "\n\n"); // sections left out leave no runs of blank lines
     console.log(markdown);
     if (flags.out !== undefined) writeFileSync(flags.out, `${markdown}\n`);
     ok = true;
