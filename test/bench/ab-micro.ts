@@ -3,7 +3,7 @@
 // difference can be judged against the spread between rounds of the same side (the noise).
 import { parseArgs } from "node:util";
 
-/** One side of a comparison: `run(n)` performs n operations and returns a value kept alive (so the work is not optimised away). */
+/** One side of a comparison: `run(n)` performs n operations (awaited when it returns a promise) and returns a value kept alive (so the work is not optimised away). */
 export interface MicroSide {
   readonly name: string;
   readonly run: (operations: number) => unknown;
@@ -26,9 +26,9 @@ export interface MicroResult {
 
 let sink: unknown;
 
-function timeNsPerOp(side: MicroSide, operations: number): number {
+async function timeNsPerOp(side: MicroSide, operations: number): Promise<number> {
   const start = Bun.nanoseconds();
-  sink = side.run(operations);
+  sink = await side.run(operations);
   return (Bun.nanoseconds() - start) / operations;
 }
 
@@ -39,19 +39,19 @@ export function microOptions(): { rounds: number; scale: number } {
 }
 
 /** Runs every case A B A B (after one untimed warm-up round of each side) and prints a table. */
-export function runMicro(cases: readonly MicroCase[], options = microOptions()): MicroResult[] {
+export async function runMicro(cases: readonly MicroCase[], options = microOptions()): Promise<MicroResult[]> {
   const results: MicroResult[] = [];
   for (const micro of cases) {
     const operations = Math.max(1, Math.round(micro.operations * options.scale));
-    micro.a.run(Math.max(1, Math.floor(operations / 4)));
-    micro.b.run(Math.max(1, Math.floor(operations / 4)));
+    await micro.a.run(Math.max(1, Math.floor(operations / 4)));
+    await micro.b.run(Math.max(1, Math.floor(operations / 4)));
     const aNs: number[] = [];
     const bNs: number[] = [];
     for (let round = 0; round < options.rounds; round++) {
       Bun.gc(true);
-      aNs.push(timeNsPerOp(micro.a, operations));
+      aNs.push(await timeNsPerOp(micro.a, operations));
       Bun.gc(true);
-      bNs.push(timeNsPerOp(micro.b, operations));
+      bNs.push(await timeNsPerOp(micro.b, operations));
     }
     results.push({ label: micro.label, aNs, bNs });
     const spread = (xs: number[]) => (Math.max(...xs) - Math.min(...xs)) / Math.min(...xs);
@@ -62,6 +62,6 @@ export function runMicro(cases: readonly MicroCase[], options = microOptions()):
         `B ${micro.b.name} ${fmt(bNs)} ns/op (spread ${(spread(bNs) * 100).toFixed(0)}%); B/A (best of each) ${ratio.toFixed(2)}x`,
     );
   }
-  if (sink === Symbol.for("never")) console.log("");
+  if (sink === Symbol.for("never")) console.log(sink);
   return results;
 }

@@ -30,7 +30,7 @@ function summarizer(create: () => { record(us: number): void; summaryMs(): unkno
   };
 }
 
-runMicro([
+await runMicro([
   {
     label: "histogram record",
     operations: 5_000_000,
