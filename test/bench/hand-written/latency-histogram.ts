@@ -1,3 +1,5 @@
+// NOT USED BY kv: the hand-written histogram kv bench had until src/bench/latency-histogram.ts moved
+// to hdr-histogram-js. Kept as the A side of test/bench/latency-histogram-lib.ts.
 /**
  * An HDR-style latency histogram: fixed log-linear buckets over microseconds, so memory is one
  * counter per bucket however long the run, and any percentile is off by at most 1/64 (~1.6%).
