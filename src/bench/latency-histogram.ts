@@ -8,7 +8,11 @@
  * midpoints) and counts per power of two for the log-scale picture. Replacing the hand-written
  * histogram cost nothing measurable: see test/bench/latency-histogram.ts and BENCHMARKS.md.
  */
-import { build, type Histogram } from "hdr-histogram-js";
+// The Float64 histogram's own module, not the package's index: the index also loads the WebAssembly
+// build (a 39 KB base64 string), pako and base64-js, which cost every `kv` command ~5-10 ms of CPU at
+// start (src/cli/main.ts loads the bench command eagerly); with this module alone the built
+// executable starts as fast as with the hand-written histogram (BENCHMARKS.md, "Library swaps").
+import Float64Histogram from "hdr-histogram-js/dist/Float64Histogram.js";
 
 /** Values below this many microseconds are counted exactly (two significant digits: 2 × 10², rounded up to a power of two). */
 export const EXACT_US = 256;
@@ -46,15 +50,8 @@ function rowOf(valueUs: number): number {
 
 /** Records latencies in microseconds; O(1) per record, fixed memory. */
 export class LatencyHistogram {
-  private readonly hdr: Histogram = build({
-    bitBucketSize: 64,
-    autoResize: true,
-    lowestDiscernibleValue: 1,
-    // Grows on demand (autoResize); an hour in microseconds covers every run without a resize.
-    highestTrackableValue: 3_600_000_000,
-    numberOfSignificantValueDigits: 2,
-    useWebAssembly: false,
-  });
+  /** Lowest discernible value 1 µs; an hour in µs covers every run without a resize (it grows on demand); two significant digits. */
+  private readonly hdr = Object.assign(new Float64Histogram(1, 3_600_000_000, 2), { autoResize: true });
   private readonly rows = new Float64Array(ROWS);
   private total = 0;
   private sumUs = 0;
