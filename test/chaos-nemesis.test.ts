@@ -1,12 +1,11 @@
-// Proves the nemesis scenarios (`kv chaos partition`, `pause`, `crash`, `restart`) pass when run as a user runs them, through the built executable, and that the pure helpers they judge with (availability gaps, stale-read and deposed-write verdicts, raw HTTP parsing, the live display) say what they should.
+// Proves the nemesis scenarios (`kv chaos partition`, `pause`, `crash`, `restart`) pass when run as a user runs them, through the built executable, and that the pure helpers they judge with (availability gaps, stale-read and deposed-write verdicts, raw requests on their own socket, the live display) say what they should.
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Outcome } from "../src/chaos/client.ts";
+import { sendRaw, type Outcome } from "../src/chaos/client.ts";
 import { createLiveDisplay, formatProgress, opsPerSecond } from "../src/chaos/live-display.ts";
 import { judgeResumedRead, judgeResumedWrite, summarize } from "../src/chaos/pause.ts";
-import { parseResponse } from "../src/chaos/raw-http.ts";
 import { availability, longestGap } from "../src/chaos/write-load.ts";
 import { runKv } from "./helpers/kv-binary.ts";
 
@@ -155,25 +154,80 @@ describe("pause verdicts", () => {
   });
 });
 
-describe("raw HTTP answers", () => {
-  const bytes = (text: string) => new TextEncoder().encode(text);
+describe("raw HTTP requests put on their own socket (sendRaw over src/lib/http-connection.ts)", () => {
+  /**
+   * A fake node on an OS-picked port: each connection gets `answer` (raw bytes) once the whole
+   * request arrived, then is closed; `undefined` answers nothing and keeps the socket open.
+   */
+  function fakeNode(answer: string | undefined) {
+    const requests: string[] = [];
+    const server = Bun.listen<{ received: string }>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(socket) {
+          socket.data = { received: "" };
+        },
+        data(socket, chunk) {
+          socket.data.received += new TextDecoder().decode(chunk);
+          const headEnd = socket.data.received.indexOf("\r\n\r\n");
+          if (headEnd < 0) return;
+          const length = Number(/content-length: (\d+)/i.exec(socket.data.received)?.[1] ?? 0);
+          if (socket.data.received.length < headEnd + 4 + length) return;
+          requests.push(socket.data.received);
+          if (answer !== undefined) {
+            socket.write(answer);
+            socket.end();
+          }
+        },
+      },
+    });
+    return { url: `http://127.0.0.1:${server.port}`, requests, stop: () => server.stop(true) };
+  }
 
-  test("a 200 with Content-Length is ok, with its version", () => {
-    const outcome = parseResponse("GET", bytes("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Kv-Version: 12\r\n\r\nabc"));
-    expect(outcome).toEqual({ kind: "ok", status: 200, body: bytes("abc"), version: 12 });
+  async function outcomeOf(answer: string | undefined, method: "GET" | "PUT", timeoutMs = 5_000): Promise<{ sent: boolean; outcome: Outcome; request: string | undefined }> {
+    const node = fakeNode(answer);
+    try {
+      const raw = sendRaw(node.url, method, "/kv/k", method === "PUT" ? "v1" : undefined, timeoutMs);
+      const [sent, outcome] = await Promise.all([raw.sent, raw.outcome]);
+      return { sent, outcome, request: node.requests[0] };
+    } finally {
+      node.stop();
+    }
+  }
+
+  test("a 200 with Content-Length is ok, with its version; the request was written whole", async () => {
+    const { sent, outcome, request: written } = await outcomeOf("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Kv-Version: 12\r\n\r\nabc", "PUT");
+    expect(sent).toBe(true);
+    expect(outcome).toEqual({ kind: "ok", status: 200, body: new TextEncoder().encode("abc"), version: 12 });
+    expect(written).toStartWith("PUT /kv/k HTTP/1.1\r\n");
+    expect(written).toEndWith("\r\n\r\nv1");
   });
 
-  test("a chunked 307 is a refusal with its Location", () => {
+  test("a chunked 307 is a refusal with its Location", async () => {
     const body = '{"error":"not_leader"}';
     const text = `HTTP/1.1 307 Temporary Redirect\r\nLocation: http://x/kv/k\r\nTransfer-Encoding: chunked\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
-    expect(parseResponse("PUT", bytes(text))).toEqual({ kind: "fail", status: 307, error: "not_leader", location: "http://x/kv/k" });
+    expect((await outcomeOf(text, "PUT")).outcome).toEqual({ kind: "fail", status: 307, error: "not_leader", location: "http://x/kv/k" });
   });
 
-  test("a 503 timeout, a cut body and a closed connection are unknown", () => {
+  test("a 503 timeout, a cut body, a closed connection, garbage and silence are unknown", async () => {
     const timeout = '{"error":"timeout"}';
-    expect(parseResponse("PUT", bytes(`HTTP/1.1 503 x\r\nContent-Length: ${timeout.length}\r\n\r\n${timeout}`)).kind).toBe("unknown");
-    expect(parseResponse("GET", bytes("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")).kind).toBe("unknown");
-    expect(parseResponse("GET", bytes("")).kind).toBe("unknown");
+    expect((await outcomeOf(`HTTP/1.1 503 x\r\nContent-Length: ${timeout.length}\r\n\r\n${timeout}`, "PUT")).outcome.kind).toBe("unknown");
+    expect((await outcomeOf("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", "GET")).outcome.kind).toBe("unknown");
+    expect((await outcomeOf("", "GET")).outcome.kind).toBe("unknown");
+    expect((await outcomeOf("SSH-2.0-OpenSSH\r\n\r\n", "GET")).outcome.kind).toBe("unknown");
+    const silent = await outcomeOf(undefined, "GET", 200);
+    expect(silent.sent).toBe(true);
+    expect(silent.outcome).toEqual({ kind: "unknown", reason: "no answer within 200 ms" });
+  });
+
+  test("a refused connection is unknown and never counted as sent", async () => {
+    const node = fakeNode(undefined);
+    const url = node.url;
+    node.stop(); // nothing listens there now
+    const raw = sendRaw(url, "GET", "/kv/k", undefined, 5_000);
+    expect(await raw.sent).toBe(false);
+    expect((await raw.outcome).kind).toBe("unknown");
   });
 });
 

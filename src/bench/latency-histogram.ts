@@ -1,44 +1,23 @@
 /**
- * An HDR-style latency histogram: fixed log-linear buckets over microseconds, so memory is one
- * counter per bucket however long the run, and any percentile is off by at most 1/64 (~1.6%).
+ * The latency histogram of `kv bench`, on `hdr-histogram-js` (HdrHistogram's JavaScript port):
+ * log-linear buckets over microseconds with two significant decimal digits, so memory is fixed per
+ * histogram however long the run, and any percentile is exact below 256 µs and above it at most
+ * 1/128 (~0.8%) higher than the true sample.
  *
- * Values below {@link EXACT_US} land in a bucket of their own (exact). Above, each power of two
- * [2^k, 2^(k+1)) is split into {@link SUB_BUCKETS} equal buckets: the top 7 significant bits of the
- * value pick the bucket, as in HdrHistogram with a precision of two significant decimal digits.
+ * What HdrHistogram does not keep is kept here: the exact sum (its mean is estimated from bucket
+ * midpoints) and counts per power of two for the log-scale picture. Replacing the hand-written
+ * histogram cost nothing measurable: see test/bench/latency-histogram.ts and BENCHMARKS.md.
  */
-const SUB_BUCKET_BITS = 7;
-/** Values below this many microseconds are counted exactly. */
-export const EXACT_US = 1 << SUB_BUCKET_BITS; // 128
-/** Buckets per power of two above EXACT_US. */
-const SUB_BUCKETS = EXACT_US / 2; // 64
-/** The largest value with its own bucket: 2^40 µs (~12.7 days); larger values share the last one. */
-export const TRACKED_US_MAX = 2 ** 40;
-const BUCKET_COUNT = indexOf(TRACKED_US_MAX - 1) + 1;
+// The Float64 histogram's own module, not the package's index: the index also loads the WebAssembly
+// build (a 39 KB base64 string), pako and base64-js, which cost every `kv` command ~5-10 ms of CPU at
+// start (src/cli/main.ts loads the bench command eagerly); with this module alone the built
+// executable starts as fast as with the hand-written histogram (BENCHMARKS.md, "Library swaps").
+import Float64Histogram from "hdr-histogram-js/dist/Float64Histogram.js";
 
-/** floor(log2(n)) for a whole n >= 1, corrected where Math.log2 rounds across a power of two. */
-function floorLog2(n: number): number {
-  let exponent = Math.floor(Math.log2(n));
-  if (2 ** exponent > n) exponent -= 1;
-  else if (2 ** (exponent + 1) <= n) exponent += 1;
-  return exponent;
-}
-
-/** Bucket index of a whole, non-negative number of microseconds below TRACKED_US_MAX. */
-function indexOf(valueUs: number): number {
-  if (valueUs < EXACT_US) return valueUs;
-  // exponent = how far the value moves right so that its top bits fall in [64, 128).
-  const exponent = floorLog2(valueUs) - (SUB_BUCKET_BITS - 1);
-  const top = Math.floor(valueUs / 2 ** exponent);
-  return EXACT_US + (exponent - 1) * SUB_BUCKETS + (top - SUB_BUCKETS);
-}
-
-/** The smallest and largest microsecond values that fall in bucket `index`. */
-function boundsOf(index: number): { lowUs: number; highUs: number } {
-  if (index < EXACT_US) return { lowUs: index, highUs: index };
-  const exponent = Math.floor((index - EXACT_US) / SUB_BUCKETS) + 1;
-  const top = ((index - EXACT_US) % SUB_BUCKETS) + SUB_BUCKETS;
-  return { lowUs: top * 2 ** exponent, highUs: (top + 1) * 2 ** exponent - 1 };
-}
+/** Values below this many microseconds are counted exactly (two significant digits: 2 × 10², rounded up to a power of two). */
+export const EXACT_US = 256;
+/** Rows of {@link LatencyHistogram.rowsByPowerOfTwo}: row 0 holds 0 µs, row k holds [2^(k-1), 2^k); 2^53 bounds any safe integer. */
+const ROWS = 55;
 
 /** One row of the printed histogram: values in [fromUs, toUs). */
 export interface HistogramRow {
@@ -58,19 +37,33 @@ export interface LatencySummaryMs {
   readonly max: number;
 }
 
+/** The row of a whole, non-negative number of microseconds: 0 for 0, floor(log2(us)) + 1 otherwise. */
+function rowOf(valueUs: number): number {
+  if (valueUs < 1) return 0;
+  if (valueUs < 2 ** 31) return 32 - Math.clz32(valueUs);
+  let row = Math.floor(Math.log2(valueUs)) + 1;
+  // Math.log2 may round across a power of two for large values: correct by one either way.
+  if (2 ** (row - 1) > valueUs) row -= 1;
+  else if (2 ** row <= valueUs) row += 1;
+  return row;
+}
+
 /** Records latencies in microseconds; O(1) per record, fixed memory. */
 export class LatencyHistogram {
-  private readonly counts = new Float64Array(BUCKET_COUNT);
+  /** Lowest discernible value 1 µs; an hour in µs covers every run without a resize (it grows on demand); two significant digits. */
+  private readonly hdr = Object.assign(new Float64Histogram(1, 3_600_000_000, 2), { autoResize: true });
+  private readonly rows = new Float64Array(ROWS);
   private total = 0;
   private sumUs = 0;
   private minUs = Number.POSITIVE_INFINITY;
   private maxUs = 0;
 
-  /** Counts one latency; fractions are rounded to the nearest microsecond, negatives to 0. */
+  /** Counts one latency; fractions are rounded to the nearest microsecond, negatives to 0, beyond 2^53 to 2^53 - 1. */
   record(valueUs: number): void {
-    const value = Math.max(0, Math.round(valueUs));
-    const index = value >= TRACKED_US_MAX ? BUCKET_COUNT - 1 : indexOf(value);
-    this.counts[index] = (this.counts[index] as number) + 1;
+    const value = Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.round(valueUs)));
+    this.hdr.recordValue(value);
+    const row = rowOf(value);
+    this.rows[row] = (this.rows[row] as number) + 1;
     this.total += 1;
     this.sumUs += value;
     if (value < this.minUs) this.minUs = value;
@@ -79,7 +72,8 @@ export class LatencyHistogram {
 
   /** Adds every count of `other` to this histogram. */
   add(other: LatencyHistogram): void {
-    for (let i = 0; i < BUCKET_COUNT; i++) this.counts[i] = (this.counts[i] as number) + (other.counts[i] as number);
+    this.hdr.add(other.hdr);
+    for (let i = 0; i < ROWS; i++) this.rows[i] = (this.rows[i] as number) + (other.rows[i] as number);
     this.total += other.total;
     this.sumUs += other.sumUs;
     this.minUs = Math.min(this.minUs, other.minUs);
@@ -104,19 +98,13 @@ export class LatencyHistogram {
 
   /**
    * The value at `percentile` (0-100]: the largest value of the bucket holding the sample of rank
-   * ceil(p/100 × count), clamped to the recorded min and max. Exact below {@link EXACT_US}; above,
-   * at most 1/64 higher than the true sample. 0 when nothing was recorded.
+   * ceil(p/100 × count) (HdrHistogram's rule), clamped to the recorded min and max. Exact below
+   * {@link EXACT_US}; above, at most 1/128 higher than the true sample. 0 when nothing was recorded.
    */
   valueAtPercentileUs(percentile: number): number {
     if (!(percentile > 0 && percentile <= 100)) throw new RangeError(`percentile must be in (0, 100], got ${percentile}`);
     if (this.total === 0) return 0;
-    const rank = Math.max(1, Math.ceil((percentile / 100) * this.total));
-    let seen = 0;
-    for (let i = 0; i < BUCKET_COUNT; i++) {
-      seen += this.counts[i] as number;
-      if (seen >= rank) return Math.min(this.maxUs, Math.max(this.minUs, boundsOf(i).highUs));
-    }
-    return this.maxUs;
+    return Math.min(this.maxUs, Math.max(this.minUs, this.hdr.getValueAtPercentile(percentile)));
   }
 
   /** min, mean, p50, p90, p99, p99.9 and max in milliseconds. */
@@ -139,18 +127,10 @@ export class LatencyHistogram {
    */
   rowsByPowerOfTwo(): HistogramRow[] {
     if (this.total === 0) return [];
-    const rowOf = (us: number) => (us < 1 ? 0 : floorLog2(us) + 1); // row 0 holds 0 µs
-    const rowCounts = new Map<number, number>();
-    for (let i = 0; i < BUCKET_COUNT; i++) {
-      const count = this.counts[i] as number;
-      if (count === 0) continue;
-      const row = rowOf(boundsOf(i).lowUs);
-      rowCounts.set(row, (rowCounts.get(row) ?? 0) + count);
-    }
     const rows: HistogramRow[] = [];
     for (let row = rowOf(this.minValueUs); row <= rowOf(this.maxValueUs); row++) {
       const fromUs = row === 0 ? 0 : 2 ** (row - 1);
-      rows.push({ fromUs, toUs: 2 ** row, count: rowCounts.get(row) ?? 0 });
+      rows.push({ fromUs, toUs: 2 ** row, count: this.rows[row] as number });
     }
     return rows;
   }

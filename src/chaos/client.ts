@@ -1,4 +1,5 @@
 import { answerOutcome, errorCodeOf } from "../client/outcome.ts";
+import { buildRequest, responseHeader, sendOnce } from "../lib/http-connection.ts";
 
 /**
  * What a chaos client learned from one request. `fail` means it certainly did not take effect (a
@@ -72,6 +73,32 @@ export function classifyResponse(
     case "refused":
       return { kind: "fail", status, error, location: header("location") ?? undefined };
   }
+}
+
+/** A request put on its own socket at once: `sent` resolves once it is written, `outcome` once judged. */
+export interface RawRequest {
+  /** Resolves true once the whole request is in the kernel's hands, false if that failed. */
+  readonly sent: Promise<boolean>;
+  readonly outcome: Promise<Outcome>;
+}
+
+const utf8 = new TextEncoder();
+
+/**
+ * Sends one request over a fresh TCP connection opened now, through kv's raw HTTP client
+ * (`sendOnce`, src/lib/http-connection.ts): the pause scenario writes requests into a stopped
+ * node's socket before SIGCONT. `path` must be ASCII (kvPath percent-encodes). An answer is judged
+ * as `request` judges it; no answer, a cut or garbled one, or none within `timeoutMs` is unknown.
+ */
+export function sendRaw(baseUrl: string, method: "GET" | "PUT", path: string, body: string | undefined, timeoutMs: number): RawRequest {
+  const payload = method === "PUT" ? utf8.encode(body ?? "") : undefined;
+  const bytes = buildRequest(method, path, new URL(baseUrl).host, payload, payload === undefined ? undefined : "application/octet-stream");
+  const { sent, response } = sendOnce(baseUrl, bytes, timeoutMs);
+  const outcome = response.then(
+    (answer) => classifyResponse(method, answer.status, (name) => responseHeader(answer, name) ?? null, answer.body),
+    (error: unknown): Outcome => ({ kind: "unknown", reason: error instanceof Error ? error.message : String(error) }),
+  );
+  return { sent, outcome };
 }
 
 /** The text of a successful GET, or null when the key is absent. */

@@ -1,8 +1,7 @@
-import { describeOutcome, readValue, request, tally, type Outcome } from "./client.ts";
+import { describeOutcome, readValue, request, sendRaw, tally, type Outcome } from "./client.ts";
 import type { ChaosCluster, StatusView } from "./cluster.ts";
 import type { LiveDisplay } from "./live-display.ts";
 import { forEachLimit, printVerification, verificationHolds, verifyWrites, type AbsentWrite, type Verification } from "./verify.ts";
-import { sendRaw } from "./raw-http.ts";
 import { createLedger, kvPath, LeaderClient } from "./write-load.ts";
 
 export interface PauseOptions {

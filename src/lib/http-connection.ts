@@ -3,8 +3,9 @@ import { assert } from "./assert.ts";
 
 /**
  * A minimal keep-alive HTTP/1.1 client connection: one request in flight at a time (no
- * pipelining), Content-Length and chunked bodies, reconnect on demand. Used by the load generator
- * and by the peer transport's calls over plain http.
+ * pipelining), Content-Length and chunked bodies, reconnect on demand. Used by the load generator,
+ * by the peer transport's calls over plain http, and (through {@link sendOnce}) by kv chaos to put
+ * requests into a stopped process's socket: kv's one raw HTTP client.
  *
  * Why not fetch: on this machine Bun's fetch tops out near 18k requests/s with 64 in flight, while
  * a plain Bun.serve answers ~74k/s, and fetch's own call was a tenth to a fifth of a node's CPU
@@ -47,6 +48,8 @@ export class HttpConnectionError extends Error {
 export const RESPONSE_BYTES_MAX = 64 * 1024 * 1024;
 
 interface Pending {
+  /** Called once every byte of the request is in the socket's hands. */
+  readonly onWritten: (() => void) | undefined;
   readonly resolve: (response: HttpResponse) => void;
   readonly reject: (error: HttpConnectionError) => void;
   readonly startedMs: number;
@@ -118,11 +121,14 @@ export class HttpConnection {
     return this.pending?.startedMs;
   }
 
-  /** Sends one complete request (see {@link buildRequest}) and resolves with its answer. */
-  request(bytes: Uint8Array): Promise<HttpResponse> {
+  /**
+   * Sends one complete request (see {@link buildRequest}) and resolves with its answer.
+   * `onWritten` is called once every byte has been handed to the kernel (not called if that fails).
+   */
+  request(bytes: Uint8Array, onWritten?: () => void): Promise<HttpResponse> {
     assert(this.pending === undefined, "one request at a time per connection");
     return new Promise<HttpResponse>((resolve, reject) => {
-      this.pending = { resolve, reject, startedMs: performance.now() };
+      this.pending = { onWritten, resolve, reject, startedMs: performance.now() };
       this.unsent = bytes;
       if (this.socket !== undefined) this.flush();
       else if (!this.connecting) this.connect();
@@ -131,7 +137,12 @@ export class HttpConnection {
 
   /** Fails the request in flight with `timeout` if it was sent more than `timeoutMs` before `nowMs`. */
   expire(nowMs: number, timeoutMs: number): void {
-    if (this.pending !== undefined && nowMs - this.pending.startedMs > timeoutMs) this.fail("timeout", `no answer within ${timeoutMs} ms`);
+    if (this.pending !== undefined && nowMs - this.pending.startedMs > timeoutMs) this.timeOut(timeoutMs);
+  }
+
+  /** Fails the request in flight (if any) with `timeout` now: its caller's deadline of `timeoutMs` passed. */
+  timeOut(timeoutMs: number): void {
+    if (this.pending !== undefined) this.fail("timeout", `no answer within ${timeoutMs} ms`);
   }
 
   /** Fails the request in flight (if any) with `abandoned` and closes the socket. */
@@ -213,6 +224,7 @@ export class HttpConnection {
     if (socket === undefined || this.unsent.length === 0) return;
     const written = socket.write(this.unsent);
     this.unsent = written >= this.unsent.length ? EMPTY : this.unsent.subarray(Math.max(0, written));
+    if (this.unsent.length === 0) this.pending?.onWritten?.();
   }
 
   private fail(kind: string, message: string): void {
@@ -349,6 +361,37 @@ export class ClientConnections {
   closeAll(): void {
     for (const connection of this.byOrigin.values()) connection.close();
   }
+}
+
+/** A request on a connection of its own: `sent` tells when it was written, `response` brings its answer. */
+export interface SentOnce {
+  /** Resolves true once every byte of the request is in the kernel's hands, false if that failed first. */
+  readonly sent: Promise<boolean>;
+  /** The answer; rejects with an {@link HttpConnectionError} (`timeout`, `protocol`, `network:<code>`). */
+  readonly response: Promise<HttpResponse>;
+}
+
+/**
+ * Sends one request on a fresh connection, closed once answered, and tells when it has been written.
+ * Unlike fetch, whose connect and write happen later on the event loop, the connection is opened at
+ * once: kv chaos puts requests into a stopped process's socket (the kernel completes the handshake
+ * and buffers the bytes) before it sends SIGCONT, so they are waiting the moment the process wakes.
+ * `request` is built by {@link buildRequest}; no answer within `timeoutMs` fails with `timeout`.
+ */
+export function sendOnce(origin: string, request: Uint8Array, timeoutMs: number): SentOnce {
+  const url = new URL(origin);
+  const connection = new HttpConnection(url.hostname.replace(/^\[|\]$/g, ""), Number(url.port || 80));
+  let resolveSent: (sent: boolean) => void = () => {};
+  const sent = new Promise<boolean>((resolve) => {
+    resolveSent = resolve;
+  });
+  const timer = setTimeout(() => connection.timeOut(timeoutMs), timeoutMs);
+  const response = connection.request(request, () => resolveSent(true)).finally(() => {
+    clearTimeout(timer);
+    resolveSent(false); // a no-op once it resolved true
+    connection.close();
+  });
+  return { sent, response };
 }
 
 /** `host:port` for the Host header of an origin such as `http://127.0.0.1:8001`. */

@@ -1,5 +1,8 @@
+// NOT USED BY kv: the hand-written raw HTTP client kv chaos had until it was folded into
+// src/lib/http-connection.ts (sendOnce; src/chaos/client.ts sendRaw). Kept as the A side of
+// test/bench/raw-http-fold.ts.
 import type { Socket } from "bun";
-import { classifyResponse, type Outcome } from "./client.ts";
+import { classifyResponse, type Outcome } from "../../../src/chaos/client.ts";
 
 /** A request written on its own socket: `sent` resolves once every byte is in the kernel's hands. */
 export interface PresentRequest {
