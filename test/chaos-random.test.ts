@@ -7,7 +7,7 @@ import type { Outcome } from "../src/chaos/client.ts";
 import { checkLinearizable, describeOperation, type Operation } from "../src/chaos/linearizability.ts";
 import { describeFault, describePlannedFault, modeNeedsProxies, planSchedule, type PlannedFault } from "../src/chaos/nemesis.ts";
 import { countOperations, formatDuration, OperationActivity, parseDurationMs, successLine, toOperation, type RandomResult } from "../src/chaos/random.ts";
-import { escapeHtml, renderReport, type ReportInput } from "../src/chaos/report.ts";
+import { escapeHtml, renderReport, type ReportInput } from "../src/chaos/report.tsx";
 import { runKv } from "./helpers/kv-binary.ts";
 
 /** Bounds a hung run; asserts nothing about speed. */
@@ -364,7 +364,8 @@ describe("HTML report", () => {
     expect(html.match(/class="op evidence"/g)?.length).toBe(2 * evidence.length);
     // Values are text, never markup.
     expect(html).not.toContain("<script>alert(1)</script>");
-    expect(html).toContain("&#60;script&#62;alert(1)&#60;/script&#62;");
+    expect(html).toContain(`put(k1, ${escapeHtml('"<script>alert(1)</script>"')})`);
+    expect(html).toContain("&lt;script>alert(1)&lt;/script>");
     expectSelfContained(html);
     // Pure: the same input renders the same bytes.
     expect(renderReport(input)).toBe(html);

@@ -3,7 +3,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { renderReport } from "../src/chaos/report.ts";
+import { renderReport } from "../src/chaos/report.tsx";
 import type { WatchResult } from "../src/chaos/watch.ts";
 import { runKv } from "./helpers/kv-binary.ts";
 
@@ -105,10 +105,10 @@ describe("the watch lanes of the HTML report", () => {
         { label: "w2 b", detail: "watcher 2", ok: false, segments: [] },
       ],
     });
-    expect(html).toContain('<div class="verdict bad" id="verdict"><strong>Watch streams wrong</strong>: see &#60;below&#62;</div>');
+    expect(html).toContain('<div class="verdict bad" id="verdict"><strong>Watch streams wrong</strong>: see &lt;below></div>');
     expect(html).toMatch(/<svg [^>]*class="chart streams" data-streams="2"/);
-    expect(html).toContain("<title>watcher 1 on &#34;&#60;a&#62;&#34;</title>w1 &#60;a&#62;</text>");
-    expect(html).toContain("ended at 0.70s: cut: &#60;reset&#62;");
+    expect(html).toContain("<title>watcher 1 on &quot;&lt;a>&quot;</title>w1 &lt;a></text>");
+    expect(html).toContain("ended at 0.70s: cut: &lt;reset>");
     expect(html).toContain("resume on node 3 at 0.72s");
     expect(html).toContain('class="rowlabel badlabel"><title>watcher 2</title>w2 b</text>');
     expect(html).not.toContain("<reset>");

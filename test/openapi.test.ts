@@ -1,12 +1,18 @@
-// Proves /openapi.json describes exactly the routes the app serves: every route is in the document,
-// every documented method is served (not 404/405), and every undocumented method is refused with 405.
+// Proves /openapi.json, generated from the routes' schemas, describes exactly the routes the app serves: every route is in the document, every documented method is served (not 404/405), every undocumented method is refused with 405, and what Elysia validates (query, path parameters, headers) is what the document lists.
 import { expect, test } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
-import { openApiDocument } from "../src/http/openapi.ts";
 
 const app = createHttpApp(new MemoryKvNode(), { renderMetrics: () => "kv_up 1\n" });
-const documented = openApiDocument.paths as Record<string, Record<string, unknown>>;
+interface Operation {
+  parameters?: { name: string; in: string; schema?: unknown }[];
+  requestBody?: unknown;
+}
+const openApiDocument = (await (await app.handle(new Request("http://localhost/openapi.json"))).json()) as {
+  paths: Record<string, Record<string, Operation>>;
+  components: { schemas: Record<string, unknown> };
+};
+const documented = openApiDocument.paths;
 const methods = ["get", "put", "post", "delete", "patch"] as const;
 
 /** "/members/:id" → "/members/{id}" */
@@ -26,7 +32,7 @@ test("GET /openapi.json serves the document", async () => {
 });
 
 test("every route the app registers is documented", () => {
-  const served = new Set((app.routes as { path: string }[]).map((r) => r.path));
+  const served = new Set((app.routes as { path: string; method: string }[]).filter((r) => r.method !== "HEAD").map((r) => r.path));
   const missing = [...served].filter((path) => {
     if (path.endsWith("/*")) return !Object.keys(documented).some((doc) => doc.startsWith(`${path.slice(0, -1)}{`));
     return !(toTemplate(path) in documented);
@@ -48,4 +54,51 @@ test("every documented method is served, every other method is a 405", async () 
     }
   }
   expect(wrong).toEqual([]);
+});
+
+test("every route of the client API is there, /watch, /leases, /txn and /snapshot included, with its parameters and bodies", () => {
+  const operations = Object.entries(documented).flatMap(([path, methods]) => Object.keys(methods).map((method) => `${method.toUpperCase()} ${path}`));
+  expect(operations.sort()).toEqual(
+    [
+      "GET /kv/{key}",
+      "PUT /kv/{key}",
+      "DELETE /kv/{key}",
+      "GET /kv",
+      "GET /status",
+      "GET /health",
+      "GET /metrics",
+      "POST /leader/transfer",
+      "GET /watch",
+      "POST /txn",
+      "GET /openapi.json",
+      "GET /members",
+      "POST /members",
+      "DELETE /members/{id}",
+      "POST /members/{id}/promote",
+      "GET /snapshot",
+      "POST /leases",
+      "GET /leases/{id}",
+      "DELETE /leases/{id}",
+      "POST /leases/{id}/keepalive",
+    ].sort(),
+  );
+  const names = (path: string, method: string) => (documented[path]?.[method]?.parameters ?? []).map((p) => `${p.in}:${p.name}`).sort();
+  expect(names("/kv/{key}", "put")).toEqual(["header:Idempotency-Key", "path:key", "query:ifVersion", "query:lease"]);
+  expect(names("/kv", "get")).toEqual(["query:after", "query:consistency", "query:limit", "query:prefix"]);
+  expect(names("/watch", "get")).toEqual(["header:last-event-id", "query:fromVersion", "query:key", "query:prefix"]);
+  expect(names("/leases/{id}/keepalive", "post")).toEqual(["path:id"]);
+  expect(names("/txn", "post")).toEqual(["header:idempotency-key"]);
+  for (const [path, method] of [["/txn", "post"], ["/leases", "post"], ["/members", "post"], ["/kv/{key}", "put"]] as const) {
+    expect([path, documented[path]?.[method]?.requestBody !== undefined]).toEqual([path, true]);
+  }
+  expect(Object.keys(openApiDocument.components.schemas)).toEqual(expect.arrayContaining(["Error", "TxnRequest", "TxnAnswer"]));
+});
+
+test("a query parameter the document does not list is refused by the schema with a JSON 400, as is a value outside it", async () => {
+  for (const url of ["/kv?nope=1", "/kv?limit=0", "/kv?consistency=eventual", "/watch?prefix=a&since=3", "/watch?prefix=a&fromVersion=-1", "/leader/transfer?to=x", "/txn?x=1"]) {
+    const method = url.startsWith("/leader") || url.startsWith("/txn") ? "POST" : "GET";
+    const response = await app.handle(new Request(`http://localhost${url}`, { method, ...(method === "POST" ? { body: "{}" } : {}) }));
+    const body = (await response.json()) as { error: string; message: string };
+    expect([url, response.status, body.error, typeof body.message]).toEqual([url, 400, "bad_request", "string"]);
+  }
 });

@@ -16,7 +16,7 @@ import type { ChaosCluster } from "./cluster.ts";
 import { checkLinearizable, describeOperation, type CheckResult, type Operation, type OperationKind } from "./linearizability.ts";
 import type { LiveDisplay, LoadCounters } from "./live-display.ts";
 import { clock, describePlannedFault, Nemesis, planSchedule, type FaultKind, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
-import { renderReport, type ReportCheck } from "./report.ts";
+import { renderReport, type ReportCheck } from "./report.tsx";
 import { kvPath } from "./write-load.ts";
 import { parseDuration } from "../lib/duration.ts";
 

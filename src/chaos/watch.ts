@@ -23,7 +23,7 @@ import type { ChaosCluster } from "./cluster.ts";
 import type { Operation } from "./history.ts";
 import type { LiveDisplay } from "./live-display.ts";
 import { clock, describePlannedFault, Nemesis, planSchedule, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
-import { renderReport, type ReportCheck, type ReportStream } from "./report.ts";
+import { renderReport, type ReportCheck, type ReportStream } from "./report.tsx";
 import { checkWatch, type AcknowledgedWrite, type UnansweredWrite, type WatchCheckResult, type WatchEvent, type WatchProblemKind, WATCH_PROBLEM_KINDS } from "./watch-check.ts";
 import { kvPath, LeaderClient } from "./write-load.ts";
 

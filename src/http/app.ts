@@ -1,4 +1,4 @@
-import { Elysia } from "elysia";
+import { type AnyElysia, Elysia, ValidationError } from "elysia";
 import { idempotencyKeyBytesMax } from "../kv/command.ts";
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
@@ -6,7 +6,17 @@ import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { decodeKvKey, KV_PATH_PREFIX } from "./kv-key.ts";
-import { openApiDocument } from "./openapi.ts";
+import {
+  createOpenApiDocument,
+  idempotencyHeaders,
+  listQuery,
+  noQuery,
+  OPENAPI_PATH,
+  routeDocs,
+  transferQuery,
+  watchHeaders,
+  watchQuery,
+} from "./openapi.ts";
 import { rawTarget } from "./raw-target.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { createMembersRoutes } from "./members-routes.ts";
@@ -35,10 +45,6 @@ export const VALUE_BYTES_MAX_DEFAULT = 1024 * 1024;
 /** Default limit on a key's size: 4096 UTF-8 bytes. */
 export const KEY_BYTES_MAX_DEFAULT = 4096;
 
-/** The methods each route accepts, as sent in the `Allow` header of a 405. */
-const KV_ALLOW = "GET, HEAD, PUT, DELETE";
-const READ_ONLY_ALLOW = "GET, HEAD";
-const POST_ALLOW = "POST";
 
 /**
  * Builds the client HTTP API over a node (not listening: the caller runs `.listen`). The contract:
@@ -63,14 +69,14 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   assert(Number.isSafeInteger(valueBytesMax) && valueBytesMax >= 0, "valueBytesMax must be a whole number of bytes");
   assert(Number.isSafeInteger(keyBytesMax) && keyBytesMax >= 1, "keyBytesMax must be at least 1 byte");
 
-  /** Wraps a route: anything it throws goes through the one error mapping, with the route's Allow header. */
+  /** Wraps a route: anything it throws goes through the one error mapping (with `allow` for a 405 it throws itself). */
   const route =
-    (allow: string, handler: (request: Request) => Promise<Response> | Response) =>
+    (handler: (request: Request) => Promise<Response> | Response, allow?: string) =>
     async ({ request }: { request: Request }): Promise<Response> => {
       try {
         return await handler(request);
       } catch (error) {
-        return errorResponse(error, request, { allow });
+        return errorResponse(error, request, allow === undefined ? {} : { allow });
       }
     };
 
@@ -78,7 +84,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     const { path, search } = rawTarget(request.url);
     const method = request.method;
     if (method !== "GET" && method !== "HEAD" && method !== "PUT" && method !== "DELETE") {
-      throw methodNotAllowed(method, "/kv/{key}");
+      throw new KvError("method_not_allowed", `${method} is not allowed on /kv/{key}: it serves ${KV_ALLOW}`);
     }
     const key = decodeKvKey(path.startsWith(KV_PATH_PREFIX) ? path.slice(KV_PATH_PREFIX.length) : "", keyBytesMax);
     switch (method) {
@@ -107,7 +113,6 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
 
   /** `POST /leader/transfer[?to=N]`: hand leadership over (thesis §3.10); on a follower, 307 to the leader. */
   const transferRoute = async (request: Request): Promise<Response> => {
-    if (request.method !== "POST") throw methodNotAllowed(request.method, "/leader/transfer");
     const to = new URLSearchParams(rawTarget(request.url).search).get("to");
     let target: number | undefined;
     if (to !== null) {
@@ -123,11 +128,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   const listRoute = async (request: Request): Promise<Response> => {
     const { path, search } = rawTarget(request.url);
     if (path !== "/kv") return kvRoute(request); // `/kv/` (the router folds the slash) names the empty key
-    if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed(request.method, "/kv");
     const query = new URLSearchParams(search);
-    for (const name of query.keys()) {
-      if (!["prefix", "limit", "after", "consistency"].includes(name)) throw new KvError("bad_request", `unknown query parameter '${name}'`);
-    }
+    // Unknown parameters were refused by the route's schema (listQuery, openapi.ts).
     const prefix = query.get("prefix") ?? "";
     const after = query.get("after") ?? undefined;
     const limitText = query.get("limit");
@@ -150,7 +152,6 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
    * before the first event are ordinary JSON answers (400, 410 `compacted`, ...).
    */
   const watchRoute = async (request: Request): Promise<Response> => {
-    if (request.method !== "GET") throw methodNotAllowed(request.method, "/watch");
     const { filter, start } = parseWatchRequest(rawTarget(request.url).search, request.headers.get("last-event-id"), keyBytesMax);
     const watch = node.watch?.bind(node);
     if (watch === undefined) throw new KvError("not_found", "this node does not serve watches");
@@ -184,8 +185,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     });
   };
 
-  const readOnlyRoute = (name: string, handler: () => Response) => (request: Request): Response => {
-    if (request.method !== "GET" && request.method !== "HEAD") throw methodNotAllowed(request.method, name);
+  const readOnlyRoute = (handler: () => Response) => (request: Request): Response => {
     const response = handler();
     return request.method === "HEAD" ? new Response(null, response) : response;
   };
@@ -196,70 +196,122 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     if (renderMetrics === undefined) {
       throw new KvError("not_found", `no route for ${request.method} ${rawTarget(request.url).path}`);
     }
-    return readOnlyRoute("/metrics", () =>
+    return readOnlyRoute(() =>
       new Response(renderMetrics(), { status: 200, headers: { "content-type": PROMETHEUS_CONTENT_TYPE } }),
     )(request);
   };
 
-  return (
-    new Elysia()
-      // Registered first so it covers every route below, and routes a caller may add: whatever
-      // Elysia itself rejects (no route, unparsable body, failed validation) still answers JSON.
-      .onError(({ code, error, request }) => {
-        switch (code) {
-          case "NOT_FOUND":
-            return errorResponse(
-              new KvError("not_found", `no route for ${request.method} ${rawTarget(request.url).path}`),
-              request,
-            );
-          case "PARSE":
-          case "VALIDATION":
-          case "INVALID_COOKIE_SIGNATURE":
-          case "INVALID_FILE_TYPE":
-            return errorResponse(new KvError("bad_request", errorMessage(error)), request);
-          default:
-            return errorResponse(error, request);
+  const txnRoute = createTxnRoute(node, { keyBytesMax, valueBytesMax, ...(opts.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: opts.bodyReadTimeoutMs }) });
+  const statusRoute = readOnlyRoute(() => jsonResponse(statusJson(node.status()), 200));
+  const healthRoute = readOnlyRoute(() => healthResponse(node));
+  let openApiDocument: ReturnType<typeof createOpenApiDocument> | undefined;
+  const openApiRoute = readOnlyRoute(() => jsonResponse((openApiDocument ??= createOpenApiDocument(built.app as AnyElysia)), 200));
+  /** The app, once built: the 405 answer and the document read its routes. */
+  const built: { app?: AnyElysia } = {};
+  // Every route takes its body raw (`parse: "none"`): values are bytes, and bodies are read bounded
+  // by the routes themselves (read-body.ts). HEAD is registered beside each GET and answers no body.
+  const raw = { parse: "none" } as const;
+
+  // normalize: false makes a query parameter no schema lists a 400, where Elysia would drop it.
+  const app = new Elysia({ normalize: false })
+    // Registered first so it covers every route below, and routes a caller may add: whatever
+    // Elysia itself rejects (no route, a method the route does not serve, unparsable body, failed
+    // validation) still answers JSON.
+    .onError(({ code, error, request }) => {
+      switch (code) {
+        case "NOT_FOUND": {
+          const path = rawTarget(request.url).path;
+          const allow = allowedMethods(built.app?.routes ?? [], path);
+          if (allow !== undefined) {
+            return errorResponse(new KvError("method_not_allowed", `${request.method} is not allowed on ${path}: it serves ${allow}`), request, { allow });
+          }
+          return errorResponse(new KvError("not_found", `no route for ${request.method} ${path}`), request);
         }
-      })
-      // `GET /kv?prefix=` lists; `/kv/` names the empty key: a 400 from decodeKvKey, not a 404.
-      .all("/kv", async (context) => {
-        // One Elysia route serves `/kv` and `/kv/`: each keeps its own Allow header.
-        const isList = rawTarget(context.request.url).path === "/kv";
-        return route(isList ? LIST_ALLOW : KV_ALLOW, listRoute)(context);
-      }, { parse: "none" })
-      .all("/kv/*", route(KV_ALLOW, kvRoute), { parse: "none" })
-      .all("/status", route(READ_ONLY_ALLOW, readOnlyRoute("/status", () => jsonResponse(statusJson(node.status()), 200))), {
-        parse: "none",
-      })
-      .all("/leader/transfer", route(POST_ALLOW, transferRoute), { parse: "none" })
-      .all(
-        "/health",
-        route(
-          READ_ONLY_ALLOW,
-          readOnlyRoute("/health", () => healthResponse(node)),
-        ),
-        { parse: "none" },
-      )
-      .all("/metrics", route(READ_ONLY_ALLOW, metricsRoute), { parse: "none" })
-      .all("/watch", route(WATCH_ALLOW, watchRoute), { parse: "none" })
-      .all("/txn", route(POST_ALLOW, createTxnRoute(node, { keyBytesMax, valueBytesMax, ...(opts.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: opts.bodyReadTimeoutMs }) })), { parse: "none" })
-      .all("/openapi.json", route(READ_ONLY_ALLOW, readOnlyRoute("/openapi.json", () => jsonResponse(openApiDocument, 200))), { parse: "none" })
-      .use(createMembersRoutes(node, opts.bodyReadTimeoutMs))
-      .use(createSnapshotRoute(node))
-      .use(createLeaseRoutes(node, opts.bodyReadTimeoutMs))
-  );
+        case "VALIDATION":
+          return errorResponse(new KvError("bad_request", validationMessage(error)), request);
+        case "PARSE":
+        case "INVALID_COOKIE_SIGNATURE":
+        case "INVALID_FILE_TYPE":
+          return errorResponse(new KvError("bad_request", errorMessage(error)), request);
+        default:
+          return errorResponse(error, request);
+      }
+    })
+    // The hot path: one route for every method, which kvRoute dispatches (registered per method,
+    // it measured ~1.5 µs more per request in-process: BENCHMARKS.md, "OpenAPI from route
+    // schemas"). Its query and headers are parsed from the raw target by kvRoute; its three
+    // operations are described in the document by openapi.ts (routeDocs.kvGet/kvPut/kvDelete).
+    .all("/kv/*", route(kvRoute, KV_ALLOW), { ...raw, detail: { hide: true } })
+    // `GET /kv?prefix=` lists; `/kv/` (the router folds the slash) names the empty key: a 400 from decodeKvKey.
+    .get("/kv", route(listRoute), { ...raw, query: listQuery, detail: routeDocs.list })
+    .head("/kv", route(listRoute), { ...raw, query: listQuery })
+    .get("/status", route(statusRoute), { ...raw, detail: routeDocs.status })
+    .head("/status", route(statusRoute), raw)
+    .get("/health", route(healthRoute), { ...raw, detail: routeDocs.health })
+    .head("/health", route(healthRoute), raw)
+    .post("/leader/transfer", route(transferRoute), { ...raw, query: transferQuery, detail: routeDocs.transfer })
+    .get("/watch", route(watchRoute), { ...raw, query: watchQuery, headers: watchHeaders, detail: routeDocs.watch })
+    .post("/txn", route(txnRoute), { ...raw, query: noQuery, headers: idempotencyHeaders, detail: routeDocs.txn })
+    .get(OPENAPI_PATH, route(openApiRoute), { ...raw, detail: routeDocs.openapi })
+    .head(OPENAPI_PATH, route(openApiRoute), raw)
+    .use(createMembersRoutes(node, opts.bodyReadTimeoutMs))
+    .use(createSnapshotRoute(node))
+    .use(createLeaseRoutes(node, opts.bodyReadTimeoutMs));
+  // Without renderMetrics, /metrics is no route at all (404 like any unknown path).
+  const served = renderMetrics === undefined ? app : app.get("/metrics", route(metricsRoute), { ...raw, detail: routeDocs.metrics }).head("/metrics", route(metricsRoute), raw);
+  built.app = served;
+  return served;
 }
 
-const WATCH_ALLOW = "GET";
+/** The methods `/kv/{key}` serves, as an `Allow` header. */
+const KV_ALLOW = "GET, HEAD, PUT, DELETE";
+/** The order methods are listed in an `Allow` header. */
+const METHOD_ORDER = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"];
+/** Elysia paths (`/members/:id`, `/kv/*`) as patterns over raw paths, kept per path. */
+const pathPatterns = new Map<string, RegExp>();
+
+function pathPattern(path: string): RegExp {
+  let pattern = pathPatterns.get(path);
+  if (pattern === undefined) {
+    const source = path
+      .split("/")
+      .map((segment) => (segment === "*" ? ".*" : segment.startsWith(":") ? "[^/]+" : segment.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")))
+      .join("/");
+    pattern = new RegExp(`^${source}/?$`);
+    pathPatterns.set(path, pattern);
+  }
+  return pattern;
+}
+
+/**
+ * Elysia answers NOT_FOUND both for a path no route serves and for a method the path's routes do
+ * not serve: the methods the routes serve on `path`, as an `Allow` header, or undefined when no
+ * route serves it (a 404).
+ */
+function allowedMethods(routes: readonly { method: string; path: string }[], path: string): string | undefined {
+  const methods = new Set(routes.filter((r) => pathPattern(r.path).test(path)).map((r) => r.method.toUpperCase()));
+  if (methods.size === 0) return undefined;
+  return METHOD_ORDER.filter((m) => methods.has(m)).join(", ");
+}
+
+/** A failed schema (openapi.ts) as one line: the schema's own message when it has one, else where and what. */
+function validationMessage(error: unknown): string {
+  if (!(error instanceof ValidationError)) return errorMessage(error);
+  if (typeof error.customError === "string") return error.customError;
+  const first = error.valueError;
+  if (first === undefined) return `invalid ${error.type}`;
+  const name = first.path.replace(/^\//, "");
+  if (first.message === "Unexpected property") return `unknown ${error.type} parameter '${name}'`;
+  return name === "" ? `invalid ${error.type}: ${first.message}` : `invalid ${error.type} parameter '${name}': ${first.message}`;
+}
+
 const positiveInteger = /^[1-9][0-9]{0,15}$/;
 const nonNegativeInteger = /^(0|[1-9][0-9]{0,15})$/;
 
 /** `/watch`'s query and `Last-Event-ID`: exactly one of prefix and key; the header takes precedence over fromVersion. */
 function parseWatchRequest(search: string, lastEventId: string | null, keyBytesMax: number): { filter: WatchFilter; start: WatchStart } {
   const query = new URLSearchParams(search);
-  for (const name of query.keys()) {
-    if (!["prefix", "key", "fromVersion"].includes(name)) throw new KvError("bad_request", `unknown query parameter '${name}'`);
-  }
+  // Unknown parameters were refused by the route's schema (watchQuery, openapi.ts).
   const prefixes = query.getAll("prefix");
   const keys = query.getAll("key");
   if (prefixes.length + keys.length !== 1) throw new KvError("bad_request", "give exactly one of ?prefix=P and ?key=K, once");
@@ -336,7 +388,6 @@ function parseLeaseOption(search: string): { lease?: number } {
 /** Listing pages: 100 items unless asked, at most 1000. */
 const LIST_LIMIT_DEFAULT = 100;
 const LIST_LIMIT_MAX = 1000;
-const LIST_ALLOW = "GET, HEAD";
 
 /** The `consistency` query parameter: absent means linearizable; anything but the three names is a 400. */
 function parseConsistency(search: string): ReadConsistency {
@@ -347,9 +398,6 @@ function parseConsistency(search: string): ReadConsistency {
   throw new KvError("bad_request", 'consistency must be given once, as "linearizable" (the default), "lease" or "stale"');
 }
 
-function methodNotAllowed(method: string, routeName: string): KvError {
-  return new KvError("method_not_allowed", `${method} is not allowed on ${routeName}`);
-}
 
 /**
  * /health: 503 `disk_full` while the node is frozen by a full disk (it takes no part in consensus,

@@ -15,7 +15,7 @@ import { leaseTtlMsMax } from "../kv/leases.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
-import { rawTarget } from "./raw-target.ts";
+import { leaseParams, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 
 /** A grant's body is a few bytes of JSON. */
@@ -23,45 +23,47 @@ const LEASE_BODY_BYTES_MAX = 4 * 1024;
 
 /** The routes as an Elysia plugin: `app.use(createLeaseRoutes(node))`; a body must arrive within `bodyReadTimeoutMs`. */
 export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
-  const handle = async (request: Request): Promise<Response> => {
-    const { path } = rawTarget(request.url);
-    const parts = path.split("/").filter((part) => part !== ""); // ["leases", id?, "keepalive"?]
-    const method = request.method;
-    if (parts.length === 1) {
-      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /leases`);
-      const ttlMs = parseGrantBody(await readBodyBytesMax(request, LEASE_BODY_BYTES_MAX, bodyReadTimeoutMs));
-      const grant = await required(node.grantLease?.bind(node))(ttlMs);
-      return jsonResponse({ id: String(grant.id), ttlMs: grant.ttlMs, ...(grant.raisedFromMs === undefined ? {} : { raisedFromMs: grant.raisedFromMs }) }, 200);
-    }
-    const id = parseLeaseId(parts[1] ?? "");
-    if (parts.length === 2) {
-      if (method === "GET" || method === "HEAD") {
-        const info = await required(node.leaseInfo?.bind(node))(id);
-        const response = jsonResponse({ ...info, id: String(info.id) }, 200);
-        return method === "HEAD" ? new Response(null, response) : response;
-      }
-      if (method === "DELETE") {
-        const revoked = await required(node.revokeLease?.bind(node))(id);
-        return jsonResponse({ ...revoked, id: String(revoked.id) }, 200);
-      }
-      throw new KvError("method_not_allowed", `${method} is not allowed on /leases/{id}`);
-    }
-    if (parts.length === 3 && parts[2] === "keepalive") {
-      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /leases/{id}/keepalive`);
-      const kept = await required(node.keepAliveLease?.bind(node))(id);
-      return jsonResponse({ id: String(kept.id), ttlMs: kept.ttlMs }, 200);
-    }
-    throw new KvError("not_found", `no route for ${method} ${path}`);
+  const grant = async (request: Request): Promise<Response> => {
+    const ttlMs = parseGrantBody(await readBodyBytesMax(request, LEASE_BODY_BYTES_MAX, bodyReadTimeoutMs));
+    const granted = await required(node.grantLease?.bind(node))(ttlMs);
+    return jsonResponse({ id: String(granted.id), ttlMs: granted.ttlMs, ...(granted.raisedFromMs === undefined ? {} : { raisedFromMs: granted.raisedFromMs }) }, 200);
   };
-  const allowFor = (path: string) => (path === "/leases" ? "POST" : path.endsWith("/keepalive") ? "POST" : "GET, HEAD, DELETE");
-  const route = async ({ request }: { request: Request }): Promise<Response> => {
-    try {
-      return await handle(request);
-    } catch (error) {
-      return errorResponse(error, request, { allow: allowFor(rawTarget(request.url).path) });
-    }
+  const info = async (request: Request, id: string): Promise<Response> => {
+    const lease = await required(node.leaseInfo?.bind(node))(parseLeaseId(id));
+    const response = jsonResponse({ ...lease, id: String(lease.id) }, 200);
+    return request.method === "HEAD" ? new Response(null, response) : response;
   };
-  return new Elysia({ name: "kv-leases" }).all("/leases", route, { parse: "none" }).all("/leases/*", route, { parse: "none" });
+  const revoke = async (id: string): Promise<Response> => {
+    const revoked = await required(node.revokeLease?.bind(node))(parseLeaseId(id));
+    return jsonResponse({ ...revoked, id: String(revoked.id) }, 200);
+  };
+  const keepAlive = async (id: string): Promise<Response> => {
+    const kept = await required(node.keepAliveLease?.bind(node))(parseLeaseId(id));
+    return jsonResponse({ id: String(kept.id), ttlMs: kept.ttlMs }, 200);
+  };
+  /** Anything a route throws goes through the one error mapping. */
+  const guarded =
+    (handler: (context: RouteContext) => Promise<Response>) =>
+    async (context: RouteContext): Promise<Response> => {
+      try {
+        return await handler(context);
+      } catch (error) {
+        return errorResponse(error, context.request);
+      }
+    };
+  const raw = { parse: "none" } as const;
+  return new Elysia({ name: "kv-leases" })
+    .post("/leases", guarded(({ request }) => grant(request)), { ...raw, detail: routeDocs.leaseGrant })
+    .get("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseGet })
+    .head("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams })
+    .delete("/leases/:id", guarded(({ params }) => revoke(params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseRevoke })
+    .post("/leases/:id/keepalive", guarded(({ params }) => keepAlive(params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseKeepAlive });
+}
+
+/** What a route here reads of Elysia's context: the request, and `{id}` where the path has one. */
+interface RouteContext {
+  readonly request: Request;
+  readonly params: Readonly<Record<string, string | undefined>>;
 }
 
 function required<T>(method: T | undefined): T {

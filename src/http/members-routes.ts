@@ -14,7 +14,7 @@ import { membershipNodeIdMax, membershipUrlBytesMax } from "../kv/command.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
-import { rawTarget } from "./raw-target.ts";
+import { memberParams, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 
 /** A join request is a few hundred bytes of JSON. */
@@ -22,45 +22,43 @@ const MEMBER_BODY_BYTES_MAX = 16 * 1024;
 
 /** The routes as an Elysia plugin: `app.use(createMembersRoutes(node))`; a body must arrive within `bodyReadTimeoutMs`. */
 export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
-  const handle = async (request: Request): Promise<Response> => {
-    const { path } = rawTarget(request.url);
-    const parts = path.split("/").filter((part) => part !== ""); // ["members", id?, "promote"?]
-    const method = request.method;
-    if (parts.length === 1) {
-      if (method === "GET" || method === "HEAD") {
-        const response = jsonResponse(membersJson(requireMembers(node)()), 200);
-        return method === "HEAD" ? new Response(null, response) : response;
+  const change = <T,>(method: T | undefined): T => {
+    if (method === undefined) throw new KvError("not_found", "this node does not support membership changes");
+    return method;
+  };
+  const list = (request: Request): Response => {
+    const response = jsonResponse(membersJson(requireMembers(node)()), 200);
+    return request.method === "HEAD" ? new Response(null, response) : response;
+  };
+  const add = async (request: Request): Promise<Response> => {
+    const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs));
+    return jsonResponse(membersJson(await change(node.addMember?.bind(node))(id, peerUrl, httpUrl)), 200);
+  };
+  const remove = async (id: string): Promise<Response> => jsonResponse(membersJson(await change(node.removeMember?.bind(node))(parseId(id))), 200);
+  const promote = async (id: string): Promise<Response> => jsonResponse(membersJson(await change(node.promoteMember?.bind(node))(parseId(id))), 200);
+  /** Anything a route throws goes through the one error mapping. */
+  const guarded =
+    (handler: (context: RouteContext) => Promise<Response> | Response) =>
+    async (context: RouteContext): Promise<Response> => {
+      try {
+        return await handler(context);
+      } catch (error) {
+        return errorResponse(error, context.request);
       }
-      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /members`);
-      const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs));
-      const addMember = node.addMember?.bind(node);
-      if (addMember === undefined) throw new KvError("not_found", "this node does not support membership changes");
-      return jsonResponse(membersJson(await addMember(id, peerUrl, httpUrl)), 200);
-    }
-    const id = parseId(parts[1] ?? "");
-    if (parts.length === 2) {
-      if (method !== "DELETE") throw new KvError("method_not_allowed", `${method} is not allowed on /members/{id}`);
-      const removeMember = node.removeMember?.bind(node);
-      if (removeMember === undefined) throw new KvError("not_found", "this node does not support membership changes");
-      return jsonResponse(membersJson(await removeMember(id)), 200);
-    }
-    if (parts.length === 3 && parts[2] === "promote") {
-      if (method !== "POST") throw new KvError("method_not_allowed", `${method} is not allowed on /members/{id}/promote`);
-      const promoteMember = node.promoteMember?.bind(node);
-      if (promoteMember === undefined) throw new KvError("not_found", "this node does not support membership changes");
-      return jsonResponse(membersJson(await promoteMember(id)), 200);
-    }
-    throw new KvError("not_found", `no route for ${method} ${path}`);
-  };
-  const allowFor = (path: string) => (path === "/members" ? "GET, HEAD, POST" : path.endsWith("/promote") ? "POST" : "DELETE");
-  const route = async ({ request }: { request: Request }): Promise<Response> => {
-    try {
-      return await handle(request);
-    } catch (error) {
-      return errorResponse(error, request, { allow: allowFor(rawTarget(request.url).path) });
-    }
-  };
-  return new Elysia({ name: "kv-members" }).all("/members", route, { parse: "none" }).all("/members/*", route, { parse: "none" });
+    };
+  const raw = { parse: "none" } as const;
+  return new Elysia({ name: "kv-members" })
+    .get("/members", guarded(({ request }) => list(request)), { ...raw, detail: routeDocs.members })
+    .head("/members", guarded(({ request }) => list(request)), raw)
+    .post("/members", guarded(({ request }) => add(request)), { ...raw, detail: routeDocs.memberAdd })
+    .delete("/members/:id", guarded(({ params }) => remove(params.id ?? "")), { ...raw, params: memberParams, detail: routeDocs.memberRemove })
+    .post("/members/:id/promote", guarded(({ params }) => promote(params.id ?? "")), { ...raw, params: memberParams, detail: routeDocs.memberPromote });
+}
+
+/** What a route here reads of Elysia's context: the request, and `{id}` where the path has one. */
+interface RouteContext {
+  readonly request: Request;
+  readonly params: Readonly<Record<string, string | undefined>>;
 }
 
 function requireMembers(node: KvNodeApi): () => MembersView {

@@ -11,6 +11,7 @@ import { BACKUP_CONTENT_TYPE, BackupWriter } from "../kv/backup-format.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi, SnapshotImage } from "../node/api.ts";
 import { errorResponse } from "./http-error.ts";
+import { routeDocs } from "./openapi.ts";
 
 /** Rows read per pull: about this many bytes of keys and values (the image reader's own bound). */
 export const SNAPSHOT_BATCH_BYTES = 1024 * 1024;
@@ -24,7 +25,6 @@ export function createSnapshotRoute(node: KvNodeApi) {
   let streams = 0;
 
   const handle = async (request: Request): Promise<Response> => {
-    if (request.method !== "GET") throw new KvError("method_not_allowed", `${request.method} is not allowed on /snapshot`);
     const openSnapshot = node.openSnapshot?.bind(node);
     if (openSnapshot === undefined) throw new KvError("not_found", "this node does not serve snapshots");
     if (streams >= SNAPSHOT_STREAMS_MAX) {
@@ -114,15 +114,15 @@ export function createSnapshotRoute(node: KvNodeApi) {
     });
   };
 
-  return new Elysia().all(
+  return new Elysia().get(
     "/snapshot",
     async ({ request }) => {
       try {
         return await handle(request);
       } catch (error) {
-        return errorResponse(error, request, { allow: "GET" });
+        return errorResponse(error, request);
       }
     },
-    { parse: "none" },
+    { parse: "none", detail: routeDocs.snapshot },
   );
 }
