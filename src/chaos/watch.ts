@@ -505,7 +505,7 @@ const FINAL_READ_ROUNDS_MAX = 5;
  * then no write sent earlier can still commit. Polls /status until `timeoutMs`, then takes the
  * commit index as it is.
  */
-async function quiescentCommitIndex(cluster: ChaosCluster, timeoutMs: number): Promise<number> {
+export async function quiescentCommitIndex(cluster: ChaosCluster, timeoutMs: number): Promise<number> {
   const deadlineMs = performance.now() + timeoutMs;
   for (;;) {
     const leader = await cluster.waitForLeader(undefined, Math.max(1, deadlineMs - performance.now()));
@@ -516,7 +516,7 @@ async function quiescentCommitIndex(cluster: ChaosCluster, timeoutMs: number): P
 }
 
 /** Restores every link, resumes every paused node and starts every dead one. */
-async function makeWhole(cluster: ChaosCluster): Promise<void> {
+export async function makeWhole(cluster: ChaosCluster): Promise<void> {
   cluster.heal();
   for (const node of cluster.nodes) if (node.state === "paused") cluster.signal(node.id, "SIGCONT");
   await Promise.all(cluster.nodes.filter((n) => n.state === "dead").map((n) => cluster.startNode(n.id)));
@@ -527,7 +527,7 @@ async function makeWhole(cluster: ChaosCluster): Promise<void> {
  * the stream passes `through`. Throws when the node answers anything but a stream (410 compacted:
  * the run outgrew its history) or the stream does not get there in time.
  */
-async function readReference(url: string, prefix: string, after: number, through: number, timeoutMs: number): Promise<WatchEvent[]> {
+export async function readReference(url: string, prefix: string, after: number, through: number, timeoutMs: number): Promise<WatchEvent[]> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort("timeout"), timeoutMs);
   const events: WatchEvent[] = [];

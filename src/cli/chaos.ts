@@ -14,6 +14,8 @@ import { runPause } from "../chaos/pause.ts";
 import { EPOCH_OPS_DEFAULT, formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
 import { runRestart } from "../chaos/restart.ts";
 import { runWatch, WATCH_DURATION_MS_MAX, WATCH_SERVE_ARGS } from "../chaos/watch.ts";
+import { LOCK_NEMESIS_MODES, runLock } from "../chaos/lock.ts";
+import { runLockClient, type LockClientEvent } from "../chaos/lock-client.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 
 const commonArgs = {
@@ -315,13 +317,97 @@ const scenarios: Record<string, ScenarioDefinition> = {
         });
     },
   },
+  lock: {
+    title: "Lock Holders Paused Past Their TTL",
+    description:
+      "Lock clients update a counter with fencing tokens while a seeded nemesis pauses holders past their TTL: overlapping holders are counted, and the counter must stay safe",
+    needsProxies: (flags) => {
+      const mode = choiceFlag(flags, "nemesis", LOCK_NEMESIS_MODES, "holders");
+      return mode !== "holders" && modeNeedsProxies(mode);
+    },
+    allFlags: { duration: "15s" },
+    serveArgs: WATCH_SERVE_ARGS,
+    args: {
+      duration: { type: "string", description: "How long the clients and the nemesis run (default 20s)", valueHint: "TIME" },
+      seed: { type: "string", description: "Fixes the pause schedule and the clients' think times (default: a random seed, printed)", valueHint: "N" },
+      clients: { type: "string", description: "Lock clients, each its own process (default 4)", valueHint: "N" },
+      ttl: { type: "string", description: "The TTL each client's lease asks for (default 2s; nodes raise it to their minimum)", valueHint: "TIME" },
+      nemesis: { type: "string", description: "holders (default: pause lock holders only), or all, partition, kill, pause to fault the nodes too", valueHint: "MODE" },
+      report: { type: "string", description: "Write a self-contained HTML report (updates, pauses, checks) to FILE", valueHint: "FILE.html" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const durationMs = durationFlag(flags, "duration", LOCK_DURATION_MS_DEFAULT);
+      const seed = flags.seed === undefined ? randomSeed() : intFlag(flags, "seed", 0, 0, SEED_MAX);
+      const clients = intFlag(flags, "clients", 4, 2, 50);
+      const ttlMs = durationFlag(flags, "ttl", LOCK_TTL_MS_DEFAULT);
+      const nemesis = choiceFlag(flags, "nemesis", LOCK_NEMESIS_MODES, "holders");
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      const reportPath = outputPath(flags, "report");
+      const replay = [
+        "kv chaos lock",
+        `--seed ${seed}`,
+        `--duration ${formatDuration(durationMs)}`,
+        ...(clients === 4 ? [] : [`--clients ${clients}`]),
+        ...(ttlMs === LOCK_TTL_MS_DEFAULT ? [] : [`--ttl ${formatDuration(ttlMs)}`]),
+        ...(nemesis === "holders" ? [] : [`--nemesis ${nemesis}`]),
+        ...(flags["client-timeout-ms"] === undefined ? [] : [`--client-timeout-ms ${requestTimeoutMs}`]),
+      ].join(" ");
+      return (cluster, display) =>
+        runLock(cluster, { seed, durationMs, clients, ttlMs, nemesis, requestTimeoutMs, replayCommand: replay, ...(reportPath === undefined ? {} : { reportPath }), display });
+    },
+  },
 };
+
+const LOCK_DURATION_MS_DEFAULT = 20_000;
+const LOCK_TTL_MS_DEFAULT = 2_000;
+
+/**
+ * `kv chaos lock-client` (hidden): one lock client of `kv chaos lock`, run by the runner as its own
+ * process so that it can be paused; reports JSON lines on standard output until SIGTERM.
+ */
+const lockClientCommand = defineCommand({
+  meta: { name: "lock-client", description: "One lock client of kv chaos lock (run by the runner)", hidden: true },
+  args: {
+    endpoints: { type: "string", required: true, description: "Comma-separated client URLs" },
+    name: { type: "string", required: true, description: "The lock's name" },
+    counter: { type: "string", required: true, description: "The protected counter's key" },
+    "ttl-ms": { type: "string", required: true, description: "The lease TTL to ask for" },
+    client: { type: "string", required: true, description: "This client's number" },
+    seed: { type: "string", required: true, description: "Fixes its think times" },
+    "hold-ms": { type: "string", required: true, description: "MIN,MAX think time while holding" },
+    "timeout-ms": { type: "string", required: true, description: "Per-call timeout" },
+  },
+  async run({ args }) {
+    const [holdMsMin, holdMsMax] = String(args["hold-ms"]).split(",").map((v) => parseIntFlag("hold-ms", v, 0, 600_000));
+    const stop = new AbortController();
+    process.on("SIGTERM", () => stop.abort("stop"));
+    process.on("SIGINT", () => stop.abort("stop"));
+    const emit = (event: LockClientEvent) => process.stdout.write(`${JSON.stringify(event)}\n`);
+    await runLockClient(
+      {
+        endpoints: String(args.endpoints).split(","),
+        name: String(args.name),
+        counterKey: String(args.counter),
+        ttlMs: parseIntFlag("ttl-ms", String(args["ttl-ms"]), 1, 86_400_000),
+        client: parseIntFlag("client", String(args.client), 1, 1_000),
+        seed: parseIntFlag("seed", String(args.seed), 0, SEED_MAX),
+        holdMsMin: holdMsMin ?? 0,
+        holdMsMax: holdMsMax ?? holdMsMin ?? 0,
+        requestTimeoutMs: parseIntFlag("timeout-ms", String(args["timeout-ms"]), 50, 600_000),
+      },
+      emit,
+      stop.signal,
+    );
+    process.exit(0);
+  },
+});
 
 /**
  * What `kv chaos all` runs, in this order, each on a fresh cluster with its defaults (or its
- * `allFlags`: `random` runs for 20 s there rather than 60 s, `watch` for 15 s rather than 20 s).
+ * `allFlags`: `random` runs for 20 s there rather than 60 s, `watch` and `lock` for 15 s rather than 20 s).
  */
-const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart", "random", "watch"];
+const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart", "random", "watch", "lock"];
 
 /** Whether a scenario, run with these flags, cuts links through the runner's proxies. */
 function needsProxies(def: ScenarioDefinition, flags: FlagValues): boolean {
@@ -460,5 +546,6 @@ export const chaosCommand = defineCommand({
   subCommands: {
     ...Object.fromEntries(Object.entries(scenarios).map(([name, def]) => [name, scenarioCommand(name, def)])),
     all: allCommand as unknown as CommandDef<ArgsDef>,
+    "lock-client": lockClientCommand as unknown as CommandDef<ArgsDef>,
   },
 });

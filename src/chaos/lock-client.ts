@@ -1,0 +1,109 @@
+/**
+ * One lock client of `kv chaos lock`, run as its own process (`kv chaos lock-client`, hidden) so the
+ * runner can pause it with SIGSTOP, keepalives and all, as a real holder is paused by GC, swapping or
+ * a stopped VM. It loops: take the lock, think for a while (the window a pause lands in), read the
+ * protected counter, and write it back incremented with a compare-and-set (`ifVersion`), carrying
+ * its fence in the value and writing nothing when the counter already carries a larger fence. Like
+ * the paused process it models, it does not consult `lost` before writing: the fence is what must
+ * keep the counter safe. Then it releases the lock and goes round again.
+ *
+ * It reports on standard output, one JSON object per line (see {@link LockClientEvent}), with wall
+ * clock times (the runner and its clients share the machine's clock).
+ */
+import { createClient, KvClientError, UnknownOutcomeError, type KvClient } from "../client/index.ts";
+import { createPrng } from "../lib/prng.ts";
+import { parseCounterValue, type CounterWrite } from "./lock-check.ts";
+
+export interface LockClientOptions {
+  readonly endpoints: readonly string[];
+  /** The lock's name. */
+  readonly name: string;
+  /** The protected counter's key. */
+  readonly counterKey: string;
+  readonly ttlMs: number;
+  /** This client's number, 1.. (written into its updates). */
+  readonly client: number;
+  readonly seed: number;
+  /** How long it holds the lock before updating the counter, drawn from [min, max]. */
+  readonly holdMsMin: number;
+  readonly holdMsMax: number;
+  readonly requestTimeoutMs: number;
+}
+
+/** What a lock client reports, one per line. */
+export type LockClientEvent =
+  | { readonly type: "acquired"; readonly fence: number; readonly key: string; readonly atMs: number }
+  | { readonly type: "lost"; readonly fence: number; readonly atMs: number }
+  | { readonly type: "write"; readonly write: CounterWrite }
+  | { readonly type: "released"; readonly fence: number; readonly atMs: number; readonly error?: string }
+  | { readonly type: "error"; readonly stage: string; readonly message: string; readonly atMs: number }
+  | { readonly type: "exit"; readonly atMs: number };
+
+/** Pause after a failed attempt to take the lock, so a client does not spin while the cluster has no leader. */
+const RETRY_BACKOFF_MS = 100;
+
+function describe(error: unknown): string {
+  if (error instanceof KvClientError) return `${error.code}: ${error.message}`;
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
+
+/** Runs the loop until `stop` aborts; reports through `emit`. */
+export async function runLockClient(opts: LockClientOptions, emit: (event: LockClientEvent) => void, stop: AbortSignal): Promise<void> {
+  const kv = createClient({ endpoints: [...opts.endpoints], timeoutMs: opts.requestTimeoutMs });
+  const prng = createPrng(opts.seed >>> 0);
+  let n = 0;
+  while (!stop.aborted) {
+    let lock: Awaited<ReturnType<KvClient["lock"]>>;
+    try {
+      lock = await kv.lock(opts.name, { ttlMs: opts.ttlMs, signal: stop });
+    } catch (error) {
+      if (stop.aborted) break;
+      emit({ type: "error", stage: "lock", message: describe(error), atMs: Date.now() });
+      await Bun.sleep(RETRY_BACKOFF_MS); // retry pace after a refusal, not a wait for a condition
+      continue;
+    }
+    const fence = lock.fence;
+    emit({ type: "acquired", fence, key: lock.key, atMs: Date.now() });
+    const onLost = () => emit({ type: "lost", fence, atMs: Date.now() });
+    if (lock.lost.aborted) onLost();
+    else lock.lost.addEventListener("abort", onLost, { once: true });
+
+    await Bun.sleep(prng.intInclusive(opts.holdMsMin, opts.holdMsMax)); // the critical section's think time
+    n++;
+    emit({ type: "write", write: await updateCounter(kv, opts, fence, n) });
+
+    let releaseError: string | undefined;
+    try {
+      await lock.release();
+    } catch (error) {
+      releaseError = describe(error);
+    }
+    lock.lost.removeEventListener("abort", onLost);
+    emit({ type: "released", fence, atMs: Date.now(), ...(releaseError === undefined ? {} : { error: releaseError }) });
+  }
+  emit({ type: "exit", atMs: Date.now() });
+}
+
+/** Reads the counter and writes it back incremented, unless it carries a larger fence. */
+async function updateCounter(kv: KvClient, opts: LockClientOptions, fence: number, n: number): Promise<CounterWrite> {
+  const callMs = Date.now();
+  const base = { client: opts.client, fence, callMs };
+  let current: { version: number; text: string } | null;
+  try {
+    current = await kv.get(opts.counterKey);
+  } catch {
+    return { ...base, outcome: "refused", returnMs: Date.now() }; // the read failed: nothing was written
+  }
+  const counter = current === null ? undefined : parseCounterValue(current.text);
+  if (current === null || counter === undefined) return { ...base, outcome: "refused", returnMs: Date.now() };
+  if (counter.fence >= fence) return { ...base, outcome: "fenced", returnMs: Date.now() };
+  const value = JSON.stringify({ count: counter.count + 1, fence, client: opts.client, n });
+  try {
+    const { version } = await kv.put(opts.counterKey, value, { ifVersion: current.version });
+    return { ...base, value, outcome: "ok", version, returnMs: Date.now() };
+  } catch (error) {
+    if (error instanceof UnknownOutcomeError) return { ...base, value, outcome: "unknown", returnMs: Date.now() };
+    if (error instanceof KvClientError && error.code === "version_mismatch") return { ...base, value, outcome: "conflict", returnMs: Date.now() };
+    return { ...base, value, outcome: "refused", returnMs: Date.now() };
+  }
+}

@@ -1,0 +1,124 @@
+/** The chaos lock checker finds each way the protected counter can go wrong, and counts overlapping tenures without calling them a failure. */
+import { describe, expect, test } from "bun:test";
+import { checkLock, tenureOverlaps, type CounterValue, type CounterWrite, type LockTenure } from "../src/chaos/lock-check.ts";
+
+const initial: CounterValue = { count: 0, fence: 0, client: 0, n: 0 };
+const value = (count: number, fence: number, client: number, n = 1) => JSON.stringify({ count, fence, client, n });
+
+/** A clean run: three holders one after another, each one accepted update. */
+function cleanRun() {
+  const tenures: LockTenure[] = [
+    { client: 1, fence: 10, acquiredMs: 0, endMs: 100, end: "released" },
+    { client: 2, fence: 20, acquiredMs: 110, endMs: 200, end: "released" },
+    { client: 3, fence: 30, acquiredMs: 210, endMs: 300, end: "released" },
+  ];
+  const writes: CounterWrite[] = [
+    { client: 1, fence: 10, value: value(1, 10, 1), outcome: "ok", version: 11, callMs: 50, returnMs: 60 },
+    { client: 2, fence: 20, value: value(2, 20, 2), outcome: "ok", version: 21, callMs: 150, returnMs: 160 },
+    { client: 3, fence: 30, value: value(3, 30, 3), outcome: "unknown", callMs: 250, returnMs: 290 },
+  ];
+  const committed = [
+    { version: 11, value: value(1, 10, 1) },
+    { version: 21, value: value(2, 20, 2) },
+    { version: 31, value: value(3, 30, 3) },
+  ];
+  return { tenures, writes, committed, initial, finalValue: value(3, 30, 3) };
+}
+
+describe("checkLock", () => {
+  test("a clean run passes, counting every committed update (an unknown outcome that committed included)", () => {
+    const result = checkLock(cleanRun());
+    expect(result.problems).toEqual([]);
+    expect(result.ok).toBe(true);
+    expect(result.acceptedUpdates).toBe(3);
+    expect(result.overlaps).toEqual([]);
+  });
+
+  test("a stale holder's update accepted after a larger fence is a fence_order problem", () => {
+    const run = cleanRun();
+    const stale = value(3, 15, 1, 2);
+    run.writes.push({ client: 1, fence: 15, value: stale, outcome: "ok", version: 41, callMs: 310, returnMs: 320 });
+    run.committed.push({ version: 41, value: stale });
+    run.finalValue = stale;
+    const result = checkLock(run);
+    expect(result.ok).toBe(false);
+    expect(result.counts.fence_order).toBe(1);
+    // its count repeats 3 after 3
+    expect(result.counts.count).toBe(1);
+  });
+
+  test("an update that skips a count is a count problem", () => {
+    const run = cleanRun();
+    run.committed[1] = { version: 21, value: value(5, 20, 2) };
+    run.writes[1] = { ...run.writes[1]!, value: value(5, 20, 2) };
+    run.committed[2] = { version: 31, value: value(6, 30, 3) };
+    run.writes[2] = { ...run.writes[2]!, value: value(6, 30, 3) };
+    run.finalValue = value(6, 30, 3);
+    const result = checkLock(run);
+    expect(result.counts.count).toBe(1);
+    expect(result.ok).toBe(false);
+  });
+
+  test("an acknowledged update missing from the history is lost_ack; one committed at another version too", () => {
+    const run = cleanRun();
+    run.writes.push({ client: 2, fence: 40, value: value(4, 40, 2, 2), outcome: "ok", version: 51, callMs: 400, returnMs: 410 });
+    expect(checkLock(run).counts.lost_ack).toBe(1);
+    const moved = cleanRun();
+    moved.writes[0] = { ...moved.writes[0]!, version: 12 };
+    expect(checkLock(moved).counts.lost_ack).toBe(1);
+  });
+
+  test("a committed update no client sent, or that was refused, is a phantom", () => {
+    const run = cleanRun();
+    run.writes[1] = { ...run.writes[1]!, outcome: "conflict" };
+    delete (run.writes[1] as { version?: number }).version;
+    const result = checkLock(run);
+    expect(result.counts.phantom).toBe(1);
+    expect(result.ok).toBe(false);
+  });
+
+  test("a final value other than the last committed update is final_value", () => {
+    const run = cleanRun();
+    run.finalValue = value(2, 20, 2);
+    expect(checkLock(run).counts.final_value).toBe(1);
+    run.finalValue = null;
+    expect(checkLock(run).counts.final_value).toBe(1);
+  });
+
+  test("no update at all: the final value must be the initial one", () => {
+    const ok = checkLock({ tenures: [], writes: [], committed: [], initial, finalValue: JSON.stringify(initial) });
+    expect(ok.ok).toBe(true);
+    expect(ok.acceptedUpdates).toBe(0);
+  });
+
+  test("two clients with one fence is shared_fence", () => {
+    const run = cleanRun();
+    run.tenures.push({ client: 4, fence: 20, acquiredMs: 400, endMs: 450, end: "released" });
+    expect(checkLock(run).counts.shared_fence).toBe(1);
+  });
+
+  test("overlapping tenures are counted with their overlap, and do not fail the run by themselves", () => {
+    const run = cleanRun();
+    // client 1, paused past its TTL, believed it held the lock until 180 ms; client 2 took it at 110 ms.
+    run.tenures[0] = { client: 1, fence: 10, acquiredMs: 0, endMs: 180, end: "lost" };
+    run.writes.push({ client: 1, fence: 10, outcome: "fenced", callMs: 170, returnMs: 175 });
+    const result = checkLock(run);
+    expect(result.ok).toBe(true);
+    expect(result.overlaps.length).toBe(1);
+    expect(result.overlaps[0]?.overlapMs).toBe(70);
+    expect(result.overlapMsTotal).toBe(70);
+  });
+});
+
+describe("tenureOverlaps", () => {
+  test("finds every overlapping pair of different clients, not a client with itself", () => {
+    const tenures: LockTenure[] = [
+      { client: 1, fence: 1, acquiredMs: 0, endMs: 100, end: "lost" },
+      { client: 2, fence: 2, acquiredMs: 50, endMs: 120, end: "released" },
+      { client: 3, fence: 3, acquiredMs: 90, endMs: 95, end: "released" },
+      { client: 1, fence: 4, acquiredMs: 99, endMs: 130, end: "released" },
+    ];
+    const pairs = tenureOverlaps(tenures).map((o) => `${o.first.fence}-${o.second.fence}:${o.overlapMs}`);
+    expect(pairs.sort()).toEqual(["1-2:50", "1-3:5", "2-3:5", "2-4:21"].sort());
+  });
+});
