@@ -22,7 +22,7 @@ function cleanRun() {
     { version: 21, value: value(2, 20, 2) },
     { version: 31, value: value(3, 30, 3) },
   ];
-  return { tenures, writes, committed, initial, finalValue: value(3, 30, 3) };
+  return { tenures, writes, committed, initial, finalValue: value(3, 30, 3) as string | null };
 }
 
 describe("checkLock", () => {

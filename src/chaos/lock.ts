@@ -23,7 +23,7 @@ import type { LiveDisplay } from "./live-display.ts";
 import { checkLock, LOCK_PROBLEM_KINDS, type CounterValue, type CounterWrite, type LockCheckResult, type LockProblemKind, type LockTenure } from "./lock-check.ts";
 import type { LockClientEvent } from "./lock-client.ts";
 import { clock, Nemesis, planSchedule, describePlannedFault, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
-import { renderReport, type ReportCheck, type ReportFault } from "./report.ts";
+import { renderReport, type ReportCheck, type ReportFault } from "./report.tsx";
 import { makeWhole, quiescentCommitIndex, readReference, REFERENCE_NODE } from "./watch.ts";
 import { kvPath, LeaderClient } from "./write-load.ts";
 
@@ -412,7 +412,7 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
   print("=== Results ===");
   print(`Seed: ${opts.seed}`);
   print(`Tenures: ${tenures.length}; holder pauses: ${holderPauses.length}; node faults: ${faults.length}${faults.length === 0 ? "" : ` (${faults.map((f) => f.description).join("; ")})`}`);
-  print(`Two clients believed they held the lock at once: ${check.overlaps.length} time${check.overlaps.length === 1 ? "" : "s"}, ${(check.overlapMsTotal / 1000).toFixed(1)} s in all (expected under pauses: the fence is what keeps the counter safe)`);
+  print(`Two clients believed they held the lock at once: ${check.overlaps.length} pair${check.overlaps.length === 1 ? "" : "s"} of tenures overlapped, ${(check.overlapMsTotal / 1000).toFixed(1)} s in all (expected under pauses: the fence is what keeps the counter safe)`);
   print(`Counter updates: ${updates.ok} accepted, ${updates.fenced} fenced out (a larger fence was there), ${updates.conflict} refused by ifVersion, ${updates.refused} other refusals, ${updates.unknown} unknown`);
   print(`Committed updates: ${check.acceptedUpdates}; the counter reads ${finalCount ?? "nothing"}`);
   print(`Problems: ${LOCK_PROBLEM_KINDS.map((k) => `${k} ${check.counts[k]}`).join(", ")}`);
@@ -466,10 +466,16 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
         ok,
         title: ok ? "Counter safe" : "Counter unsafe",
         text: ok
-          ? `${check.acceptedUpdates} accepted updates with strictly increasing fences; the counter reads ${finalCount}. Two clients believed they held the lock at once ${check.overlaps.length} times.`
+          ? `${check.acceptedUpdates} accepted updates with strictly increasing fences; the counter reads ${finalCount}. Two clients believed they held the lock at once: ${check.overlaps.length} pairs of tenures overlapped.`
           : "see the failed checks below.",
       },
       checks,
+      tenures: tenures.map((t) => ({
+        client: t.client,
+        fence: t.fence,
+        acquiredMs: Math.max(0, t.acquiredMs),
+        ...(t.end === "run_end" ? {} : { releasedMs: Math.max(0, t.endMs) }),
+      })),
     });
     try {
       writeFileSync(opts.reportPath, html);
