@@ -11,7 +11,7 @@ import type { BenchReport } from "../src/bench/bench-report.ts";
 import { buildRequest, parseResponse } from "../src/lib/http-connection.ts";
 import { LatencyHistogram } from "../src/bench/latency-histogram.ts";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { kvCommand, runKv } from "./helpers/kv-binary.ts";
 
 const root = join(import.meta.dir, "..");
 
@@ -341,4 +341,11 @@ describe("kv bench against a real 3-node cluster of the built executable", () =>
     const status = await cluster.status(leader);
     expect(status?.commitIndex).toBeGreaterThanOrEqual(report.byKind.put?.ok ?? 0);
   });
+});
+
+test("the built executable's kv bench runs (its bundled histogram library loads), and reports through --json", async () => {
+  const { code, out } = await runKv(["bench", "--target", "noop", "--requests", "200", "--clients", "2", "--json"]);
+  expect(code).toBe(0);
+  const report = JSON.parse(out.slice(out.indexOf("{"))) as BenchReport;
+  expect(report.ok).toBe(200);
 });

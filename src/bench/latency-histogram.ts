@@ -12,7 +12,16 @@
 // build (a 39 KB base64 string), pako and base64-js, which cost every `kv` command ~5-10 ms of CPU at
 // start (src/cli/main.ts loads the bench command eagerly); with this module alone the built
 // executable starts as fast as with the hand-written histogram (BENCHMARKS.md, "Library swaps").
-import Float64Histogram from "hdr-histogram-js/dist/Float64Histogram.js";
+import Float64HistogramImport from "hdr-histogram-js/dist/Float64Histogram.js";
+
+/**
+ * The class itself. The module is CommonJS (`exports.default = Float64Histogram`): Bun's runtime
+ * hands `exports.default` as the default import, but the bundler of `bun build --compile` hands the
+ * whole `exports` object, so the built executable must look one level deeper (test/bench.test.ts,
+ * "the built executable's kv bench runs").
+ */
+const Float64Histogram: typeof Float64HistogramImport =
+  (Float64HistogramImport as unknown as { default?: typeof Float64HistogramImport }).default ?? Float64HistogramImport;
 
 /** Values below this many microseconds are counted exactly (two significant digits: 2 × 10², rounded up to a power of two). */
 export const EXACT_US = 256;
