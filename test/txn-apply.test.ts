@@ -442,3 +442,48 @@ test("deterministic: both storages, applying the same log in any batching, reach
   const first = runs[0] as string;
   expect([first.includes('\\"succeeded\\":false'), first.includes('\\"succeeded\\":true')]).toEqual([true, true]);
 });
+
+test("deterministic with leases: grants, revokes, expiries and transactions putting on leases that exist or not reach the same state and answers in both storages and any batching", () => {
+  const prng = createPrng(4242);
+  const next = (n: number) => prng.intInclusive(0, n - 1);
+  const key = () => `k${next(6)}`;
+  const granted: number[] = [];
+  const entries: Entry[] = [];
+  for (let index = 1; index <= 240; index++) {
+    const roll = next(10);
+    if (roll === 0 || granted.length === 0) {
+      entries.push(leaseEntry(index, { op: "lease-grant", ttlMs: 60_000 }));
+      granted.push(index);
+    } else if (roll === 1) {
+      entries.push(leaseEntry(index, { op: "lease-revoke", id: granted[next(granted.length)] as number }));
+    } else if (roll === 2) {
+      entries.push(leaseEntry(index, { op: "lease-expire", ids: [granted[next(granted.length)] as number] }));
+    } else {
+      // A lease id granted once (it may have ended since) or one never granted.
+      const lease = () => (next(8) === 0 ? 100_000 + index : (granted[next(granted.length)] as number));
+      const put = (k: string, tag: string): TxnOp => (next(2) === 0 ? { op: "put", key: k, value: bytes(tag), lease: lease() } : { op: "put", key: k, value: bytes(tag) });
+      const writes = [...new Set([key(), key()])];
+      const success: TxnOp[] = writes.map((k, j) => (j === 0 ? put(k, `s${index}`) : { op: "delete", key: k }));
+      const failure: TxnOp[] = [put(`f${next(3)}`, `f${index}`)];
+      const command: Command = { op: "txn", compare: [{ key: key(), target: "exists", exists: next(2) === 0 }], success, failure };
+      entries.push(entry(index, next(4) === 0 ? { ...command, idempotencyKey: `t${next(10)}`, stamp: stamp(1_000 + index) } : command));
+    }
+  }
+  const runs = implementations.flatMap(([, open]) =>
+    [1, 9, 240].map((batch) => {
+      const storage = open();
+      try {
+        const results: ApplyResult[] = [];
+        for (let i = 0; i < entries.length; i += batch) results.push(...apply(storage, entries.slice(i, i + batch)));
+        return { state: JSON.stringify(dump(storage)), results: results.map((r) => JSON.stringify(r, (_, v) => (v instanceof Uint8Array ? Array.from(v) : v))) };
+      } finally {
+        storage.close();
+      }
+    }),
+  );
+  expect(new Set(runs.map((run) => run.state + run.results.join())).size).toBe(1);
+  const kinds = new Set(runs[0]!.results.map((r) => (JSON.parse(r) as ApplyResult).kind));
+  expect([kinds.has("txn"), kinds.has("lease-not-found"), kinds.has("lease-revoked") || kinds.has("lease-expired")]).toEqual([true, true, true]);
+  // Some key was attached through a transaction and later deleted with its lease.
+  expect(runs[0]!.results.some((r) => /"deletedKeys":\["/.test(r))).toBe(true);
+});
