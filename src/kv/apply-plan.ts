@@ -446,13 +446,16 @@ export function isWriteStep(step: ApplyStep): step is WriteStep {
 }
 
 /**
- * A write with no session. A transaction: if the branch it takes puts on a lease that does not
- * exist, nothing of it applies (`lease-not-found`, as etcd's Txn; the lease may have ended since
- * the leader proposed it); otherwise its puts attach their keys to their leases or detach them
- * from any, and its deletes detach them (as a plain put or delete does). Otherwise: a put on a lease that does not exist changes nothing
- * (`lease-not-found`: it may have expired since the leader proposed the put), then
- * compare-and-set, then the put or delete, which attaches the key to the put's lease or detaches
- * it from any (see src/kv/leases.ts).
+ * A write with no session.
+ *
+ * A transaction: if the branch it takes puts on a lease that does not exist, nothing of it
+ * applies (`lease-not-found`, as etcd's Txn; the lease may have ended since the leader proposed
+ * it); otherwise its puts attach their keys to their leases or detach them from any, and its
+ * deletes detach them (as a plain put or delete does).
+ *
+ * Otherwise: a put on a lease that does not exist changes nothing (`lease-not-found`: it may have
+ * expired since the leader proposed the put), then compare-and-set, then the put or delete, which
+ * attaches the key to the put's lease or detaches it from any (see src/kv/leases.ts).
  */
 function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
   if (step.kind === "txn") {

@@ -198,6 +198,7 @@ export function encodeTxnBody(txn: TxnRequest): Uint8Array[] {
  * views into `data`. `opKindsKnown` is for tests only: `txnOpKindsOf030` decodes as 0.3.0 did.
  */
 export function decodeTxnBody(data: Uint8Array, offset: number, opKindsKnown: number = opKinds.length): TxnRequest {
+  assert(opKindsKnown >= txnOpKindsOf030 && opKindsKnown <= opKinds.length, `decode: ${opKindsKnown} operation kinds known`);
   let position = offset;
   let total = 0;
   const count = (what: string): number => {
@@ -331,15 +332,13 @@ export interface TxnLeaseHooks {
   detach(key: string): void;
 }
 
-const noLeaseHooks: TxnLeaseHooks = { attach: () => {}, detach: () => {} };
-
 /**
  * Runs a transaction at `index` on `table`: evaluates every comparison against the state before
  * it, then the branch chosen, in order, telling `leases` of each write first. The caller has made
  * sure every lease of the branch exists (`txnMissingLease`). Deterministic: it reads only the table
  * and the request.
  */
-export function applyTxn(txn: TxnRequest, index: number, table: KvTable, leases: TxnLeaseHooks = noLeaseHooks): TxnAnswer {
+export function applyTxn(txn: TxnRequest, index: number, table: KvTable, leases: TxnLeaseHooks): TxnAnswer {
   const succeeded = txnSucceeds(txn, table);
   const results: TxnOpResult[] = [];
   for (const op of succeeded ? txn.success : txn.failure) {

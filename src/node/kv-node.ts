@@ -404,8 +404,9 @@ export class KvNode implements KvNodeApi {
   /**
    * See `KvNodeApi.txn`: one entry, decided and applied at its index on every replica (src/kv/txn.ts).
    * `bad_request` for a key in the reserved space, more than 128 comparisons and operations, a
-   * key written twice in one branch, or a lease id that is not one; `lease_not_found` when the
-   * branch taken puts on a lease that does not exist when it applies (nothing of it applied).
+   * key written twice in one branch, or a lease id that is not a positive whole number;
+   * `lease_not_found` when the branch taken puts on a lease that does not exist when it applies
+   * (nothing of it applied).
    */
   txn(request: TxnRequest, options: Pick<WriteOptions, "idempotencyKey"> = {}): Promise<TxnAnswer> {
     checkTxnRequest(request);
