@@ -4,8 +4,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ApplyResult } from "../src/kv/apply-plan.ts";
-import { type Command, CommandCodecError, decodeCommand, encodeCommand, type IdempotencyStamp, sessionKeyPrefix } from "../src/kv/command.ts";
-import { type TxnAnswer, type TxnCompare, type TxnOp, type TxnRequest, txnOperationsMax, txnSessionGetBytesMax } from "../src/kv/txn.ts";
+import { type Command, CommandCodecError, decodeCommand, encodeCommand, encodeLeaseCommand, type IdempotencyStamp, type LeaseCommand, sessionKeyPrefix } from "../src/kv/command.ts";
+import { decodeTxnBody, type TxnAnswer, type TxnCompare, type TxnOp, txnOpKindsOf030, type TxnRequest, txnOperationsMax, txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import { changesOf } from "../src/kv/watch-history.ts";
 import { createPrng } from "../src/lib/prng.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -29,6 +29,10 @@ const txn = (compare: TxnCompare[], success: TxnOp[], failure: TxnOp[] = []): Co
 
 function entry(index: number, command: Command): Entry {
   return { index, term: 1, type: EntryType.Normal, data: encodeCommand(command) };
+}
+
+function leaseEntry(index: number, command: LeaseCommand): Entry {
+  return { index, term: 1, type: EntryType.Normal, data: encodeLeaseCommand(command) };
 }
 
 /** Saves `entries` as committed and applies them in one batch. */
@@ -100,7 +104,10 @@ describe("the transaction codec (op byte 0x10)", () => {
       ["counts over the limit together", [0x10, 0, 100, ...Array.from({ length: 100 }, () => [3, 1, 0x6b]).flat(), 29], /more than 128/],
       ["unknown comparison", [0x10, 1, 5, 1, 0x6b, 0, 0], /unknown comparison 0x05/],
       ["comparison tag 0", [0x10, 1, 0, 1, 0x6b, 0, 0], /unknown comparison 0x00/],
-      ["unknown operation", [0x10, 0, 1, 4, 1, 0x6b, 0], /unknown operation 0x04/],
+      ["unknown operation", [0x10, 0, 1, 5, 1, 0x6b, 0], /unknown operation 0x05/],
+      ["a lease put with lease id 0", [0x10, 0, 1, 4, 1, 0x6b, 0, 1, 0x76, 0], /lease id 0 is not a positive safe integer/],
+      ["a lease put with a non-minimal lease id", [0x10, 0, 1, 4, 1, 0x6b, 0x87, 0x00, 1, 0x76, 0], /non-minimal lease id/],
+      ["a lease put with an overlong lease id", [0x10, 0, 1, 4, 1, 0x6b, ...Array.from({ length: 8 }, () => 0x81), 0x01, 1, 0x76, 0], /lease id longer than 8 bytes/],
       ["non-minimal version", [0x10, 1, 1, 1, 0x6b, 0x85, 0x00, 0, 0], /non-minimal version/],
       ["overlong value length", [0x10, 0, 1, 1, 1, 0x6b, 0x80, 0x80, 0x80, 0x80, 0x01, 0], /value length longer than 4 bytes/],
       ["invalid UTF-8 key", [0x10, 0, 1, 2, 2, 0xc3, 0x28, 0], /not valid UTF-8/],
@@ -127,10 +134,121 @@ describe("the transaction codec (op byte 0x10)", () => {
     expect(() => encodeCommand(txn([{ key: "\uD800", target: "exists", exists: true }], []))).toThrow(/lone UTF-16 surrogate/);
     expect(() => encodeCommand(txn([{ key: "k", target: "version", version: -1 }], []))).toThrow(/not a version/);
     expect(() => encodeCommand({ ...txn([], []), idempotencyKey: "k" } as Command)).toThrow(/needs a stamp/);
+    expect(() => encodeCommand(txn([], [{ op: "put", key: "k", value: bytes("v"), lease: 0 }]))).toThrow(/lease id 0/);
+    expect(() => encodeCommand(txn([], [{ op: "put", key: "k", value: bytes("v"), lease: 1.5 }]))).toThrow(/lease id 1.5/);
+  });
+});
+
+describe("leases in the transaction codec (operation 4: a put on a lease)", () => {
+  const withLeases: TxnRequest = {
+    compare: [{ key: "k", target: "exists", exists: false }],
+    success: [
+      { op: "put", key: "k", value: bytes("v"), lease: 7 },
+      { op: "put", key: "plain", value: bytes("p") },
+      { op: "put", key: "big", value: new Uint8Array(0), lease: 2 ** 53 - 1 },
+    ],
+    failure: [{ op: "get", key: "k" }, { op: "put", key: "f", value: Uint8Array.from([0, 255]), lease: 300 }],
+  };
+
+  test("round-trips puts on leases next to puts without, bare and stamped under an idempotency key", () => {
+    const plain: Command = { op: "txn", ...withLeases };
+    expect(decodeCommand(encodeCommand(plain))).toEqual(plain);
+    const idempotent: Command = { ...plain, idempotencyKey: "t1", stamp: stamp(1_700_000_000_000) };
+    expect(decodeCommand(encodeCommand(idempotent))).toEqual(idempotent);
+  });
+
+  test("a put on a lease has the documented layout: [4] [key length] [key] [lease id] [value length] [value]", () => {
+    const command = txn([], [{ op: "put", key: "k", value: bytes("v"), lease: 300 }]);
+    // [0x10] [0 compares] [1 success] [put on lease=4][len 1]"k"[300 = 0xac 0x02][len 1]"v" [0 failure]
+    expect(Array.from(encodeCommand(command))).toEqual([0x10, 0, 1, 4, 1, 0x6b, 0xac, 0x02, 1, 0x76, 0]);
+  });
+
+  test("a transaction without leases is encoded exactly as 0.3.0 wrote it, and 0.3.0's bytes decode to puts without a lease", () => {
+    // The bytes 0.3.0 wrote for the fixture's transaction (test/fixtures/v0.3.0/README.md): put cfg/n = 1 and cfg/m = 2 if cfg/n does not exist.
+    const written030 = [0x10, 1, 4, 5, ...bytes("cfg/n"), 2, 1, 5, ...bytes("cfg/n"), 1, 0x31, 1, 5, ...bytes("cfg/m"), 1, 0x32, 0];
+    const decoded = decodeCommand(new Uint8Array(written030));
+    expect(decoded).toEqual(
+      txn([{ key: "cfg/n", target: "exists", exists: false }], [{ op: "put", key: "cfg/n", value: bytes("1") }, { op: "put", key: "cfg/m", value: bytes("2") }]),
+    );
+    expect(decoded.op === "txn" && decoded.success.every((op) => !("lease" in op))).toBe(true);
+    expect(Array.from(encodeCommand(decoded))).toEqual(written030);
+  });
+
+  test("0.3.0's decoder (operations 1-3 only) refuses a transaction with a put on a lease loudly, rather than misreading it", () => {
+    const data = encodeCommand(txn([], [{ op: "put", key: "k", value: bytes("v"), lease: 7 }]));
+    // decodeTxnBody is 0.3.0's decoder unchanged, but for operation 4: given the three operations
+    // 0.3.0 knew, it reads what a 0.3.0 follower reads (and the apply that called it stops the node).
+    expect(() => decodeTxnBody(data, 1, txnOpKindsOf030)).toThrow(CommandCodecError);
+    expect(() => decodeTxnBody(data, 1, txnOpKindsOf030)).toThrow("decode: unknown operation 0x04");
+    // The same transaction without its lease is one 0.3.0 reads.
+    expect(decodeTxnBody(encodeCommand(txn([], [{ op: "put", key: "k", value: bytes("v") }])), 1, txnOpKindsOf030)).toEqual({
+      compare: [],
+      success: [{ op: "put", key: "k", value: bytes("v") }],
+      failure: [],
+    });
   });
 });
 
 describe.each(implementations)("%s transactions", (_name, open) => {
+  test("a put on a lease in the branch taken attaches its key at the transaction's version; a put without one detaches it; the branch not taken attaches nothing; a revoke deletes the key", () => {
+    const storage = open();
+    try {
+      apply(storage, [leaseEntry(1, { op: "lease-grant", ttlMs: 60_000 }), leaseEntry(2, { op: "lease-grant", ttlMs: 60_000 })]);
+      const [first] = apply(storage, [
+        entry(3, txn([{ key: "x", target: "exists", exists: false }], [{ op: "put", key: "a", value: bytes("1"), lease: 1 }, { op: "put", key: "b", value: bytes("2"), lease: 1 }], [{ op: "put", key: "c", value: bytes("3"), lease: 2 }])),
+      ]);
+      expect(first).toEqual({ kind: "txn", index: 3, succeeded: true, version: 3, results: [{ op: "put", key: "a", version: 3 }, { op: "put", key: "b", version: 3 }] });
+      expect(storage.get("\u0000lease/k/1/a")?.version).toBe(3);
+      expect(storage.get("\u0000lease/k/1/b")?.version).toBe(3);
+      expect(storage.get("\u0000lease/a/a")).toEqual({ value: bytes("1"), version: 3 });
+      expect(storage.get("c")).toBeUndefined();
+      expect(storage.get("\u0000lease/k/2/c")).toBeUndefined();
+      // The comparison fails: the success branch's lease put is not taken; the failure branch's plain put detaches b.
+      const [second] = apply(storage, [entry(4, txn([{ key: "a", target: "exists", exists: false }], [{ op: "put", key: "d", value: bytes("4"), lease: 2 }], [{ op: "put", key: "b", value: bytes("5") }]))]);
+      expect(second).toMatchObject({ kind: "txn", succeeded: false });
+      expect(storage.get("\u0000lease/k/1/b")).toBeUndefined();
+      expect(storage.get("\u0000lease/a/b")).toBeUndefined();
+      // A put on another lease moves the key; a delete in a transaction detaches it.
+      apply(storage, [
+        entry(5, txn([], [{ op: "put", key: "m", value: bytes("6"), lease: 1 }, { op: "put", key: "n", value: bytes("n"), lease: 1 }])),
+        entry(6, txn([], [{ op: "put", key: "m", value: bytes("7"), lease: 2 }, { op: "delete", key: "n" }])),
+      ]);
+      expect([storage.get("\u0000lease/k/1/m"), storage.get("\u0000lease/k/2/m")?.version, storage.get("\u0000lease/k/1/n"), storage.get("\u0000lease/a/n")]).toEqual([undefined, 6, undefined, undefined]);
+      const [revoked1, revoked2] = apply(storage, [leaseEntry(7, { op: "lease-revoke", id: 1 }), leaseEntry(8, { op: "lease-revoke", id: 2 })]);
+      expect(revoked1).toEqual({ kind: "lease-revoked", index: 7, id: 1, deletedKeys: ["a"] });
+      expect(revoked2).toEqual({ kind: "lease-revoked", index: 8, id: 2, deletedKeys: ["m"] });
+      // b, detached at 4, outlives its old lease.
+      expect(["a", "b", "c", "d", "m"].map((key) => storage.get(key)?.version ?? null)).toEqual([null, 4, null, null, null]);
+      expect(dump(storage).filter((row) => row.startsWith('"\\u0000lease/k/') || row.startsWith('"\\u0000lease/a/'))).toEqual([]);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("a lease gone when the transaction applies (revoked after it was proposed): nothing of the branch applies, lease-not-found, no session; a lease only the branch not taken names is not looked at", () => {
+    const storage = open();
+    try {
+      apply(storage, [leaseEntry(1, { op: "lease-grant", ttlMs: 60_000 }), entry(2, { op: "put", key: "x", value: bytes("old") }), entry(3, { op: "put", key: "y", value: bytes("y") })]);
+      apply(storage, [leaseEntry(4, { op: "lease-revoke", id: 1 })]);
+      const before = dump(storage);
+      const vanished = txn([], [{ op: "put", key: "x", value: bytes("new") }, { op: "delete", key: "y" }, { op: "put", key: "z", value: bytes("z"), lease: 1 }]);
+      const [plain] = apply(storage, [entry(5, vanished)]);
+      expect(plain).toEqual({ kind: "lease-not-found", index: 5, id: 1 });
+      expect(changesOf(entry(5, vanished), plain as ApplyResult)).toEqual([]);
+      const [idempotent] = apply(storage, [entry(6, { ...vanished, idempotencyKey: "gone", stamp: stamp(1_000) })]);
+      expect(idempotent).toEqual({ kind: "lease-not-found", index: 6, id: 1 });
+      expect(storage.get(`${sessionKeyPrefix}gone`)).toBeUndefined();
+      expect(dump(storage).filter((row) => !row.startsWith(`"\\u0000session/`))).toEqual(before);
+      expect(storage.get("x")).toEqual({ value: bytes("old"), version: 2 });
+      expect(storage.get("y")?.version).toBe(3);
+      // Only the branch taken counts: the vanished lease in the failure branch stops nothing.
+      const [taken] = apply(storage, [entry(7, txn([], [{ op: "put", key: "x", value: bytes("new") }], [{ op: "put", key: "z", value: bytes("z"), lease: 1 }]))]);
+      expect(taken).toEqual({ kind: "txn", index: 7, succeeded: true, version: 7, results: [{ op: "put", key: "x", version: 7 }] });
+    } finally {
+      storage.close();
+    }
+  });
+
   test("each comparison form decides the branch; a missing key's version is 0", () => {
     const storage = open();
     try {
@@ -323,4 +441,49 @@ test("deterministic: both storages, applying the same log in any batching, reach
   expect(new Set(runs).size).toBe(1);
   const first = runs[0] as string;
   expect([first.includes('\\"succeeded\\":false'), first.includes('\\"succeeded\\":true')]).toEqual([true, true]);
+});
+
+test("deterministic with leases: grants, revokes, expiries and transactions putting on leases that exist or not reach the same state and answers in both storages and any batching", () => {
+  const prng = createPrng(4242);
+  const next = (n: number) => prng.intInclusive(0, n - 1);
+  const key = () => `k${next(6)}`;
+  const granted: number[] = [];
+  const entries: Entry[] = [];
+  for (let index = 1; index <= 240; index++) {
+    const roll = next(10);
+    if (roll === 0 || granted.length === 0) {
+      entries.push(leaseEntry(index, { op: "lease-grant", ttlMs: 60_000 }));
+      granted.push(index);
+    } else if (roll === 1) {
+      entries.push(leaseEntry(index, { op: "lease-revoke", id: granted[next(granted.length)] as number }));
+    } else if (roll === 2) {
+      entries.push(leaseEntry(index, { op: "lease-expire", ids: [granted[next(granted.length)] as number] }));
+    } else {
+      // A lease id granted once (it may have ended since) or one never granted.
+      const lease = () => (next(8) === 0 ? 100_000 + index : (granted[next(granted.length)] as number));
+      const put = (k: string, tag: string): TxnOp => (next(2) === 0 ? { op: "put", key: k, value: bytes(tag), lease: lease() } : { op: "put", key: k, value: bytes(tag) });
+      const writes = [...new Set([key(), key()])];
+      const success: TxnOp[] = writes.map((k, j) => (j === 0 ? put(k, `s${index}`) : { op: "delete", key: k }));
+      const failure: TxnOp[] = [put(`f${next(3)}`, `f${index}`)];
+      const command: Command = { op: "txn", compare: [{ key: key(), target: "exists", exists: next(2) === 0 }], success, failure };
+      entries.push(entry(index, next(4) === 0 ? { ...command, idempotencyKey: `t${next(10)}`, stamp: stamp(1_000 + index) } : command));
+    }
+  }
+  const runs = implementations.flatMap(([, open]) =>
+    [1, 9, 240].map((batch) => {
+      const storage = open();
+      try {
+        const results: ApplyResult[] = [];
+        for (let i = 0; i < entries.length; i += batch) results.push(...apply(storage, entries.slice(i, i + batch)));
+        return { state: JSON.stringify(dump(storage)), results: results.map((r) => JSON.stringify(r, (_, v) => (v instanceof Uint8Array ? Array.from(v) : v))) };
+      } finally {
+        storage.close();
+      }
+    }),
+  );
+  expect(new Set(runs.map((run) => run.state + run.results.join())).size).toBe(1);
+  const kinds = new Set(runs[0]!.results.map((r) => (JSON.parse(r) as ApplyResult).kind));
+  expect([kinds.has("txn"), kinds.has("lease-not-found"), kinds.has("lease-revoked") || kinds.has("lease-expired")]).toEqual([true, true, true]);
+  // Some key was attached through a transaction and later deleted with its lease.
+  expect(runs[0]!.results.some((r) => /"deletedKeys":\["/.test(r))).toBe(true);
 });

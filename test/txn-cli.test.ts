@@ -1,9 +1,10 @@
-// Proves `kv txn` of the built executable against three real nodes: it reads the transaction from a file or standard input, reaches the leader through a follower, prints the JSON answer, and exits 0 when the comparisons held, 1 when the failure branch ran, 2 for a refused request or a usage error.
+// Proves `kv txn` of the built executable against three real nodes: it reads the transaction from a file or standard input, reaches the leader through a follower, prints the JSON answer, and exits 0 when the comparisons held, 1 when the failure branch ran, 2 for a refused request (an unknown lease among them) or a usage error; a put on a lease, sent by `kv txn` or the client library's `txn`, attaches its key.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { createClient } from "../src/client/index.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 
 let cluster: ChaosCluster;
@@ -83,11 +84,23 @@ test("a refused transaction or a usage error exits 2 with the reason", async () 
   const bad = await kv(["txn", "-", "--endpoints", endpoints], "{not json");
   expect(bad.code).toBe(2);
   expect(bad.err).toContain("bad_request");
-  const lease = await kv(["txn", "--endpoints", endpoints], JSON.stringify({ success: [{ put: { key: "a", value: "1", lease: 5 } }] }));
+  const lease = await kv(["txn", "--endpoints", endpoints], JSON.stringify({ success: [{ put: { key: "a", value: "1", lease: "987654" } }] }));
   expect(lease.code).toBe(2);
-  expect(lease.err).toContain("leases in transactions are not supported yet");
+  expect(lease.err).toContain("lease_not_found");
   const missing = await kv(["txn", join(baseDir, "no-such.json"), "--endpoints", endpoints]);
   expect(missing.code).toBe(2);
   expect(missing.err).toContain("no such file");
   expect((await kv(["get", "a", "--endpoints", endpoints])).code).toBe(1);
+});
+
+test("a put on a lease in kv txn or the client's txn attaches its key: the lease lists it, and revoking it deletes the key", async () => {
+  const client = createClient({ endpoints: endpoints.split(","), timeoutMs: 10_000 });
+  const lease = await client.leases.grant(60_000);
+  const viaCli = await kv(["txn", "--endpoints", endpoints], JSON.stringify({ success: [{ put: { key: "svc/cli", value: "1", lease: String(lease.id) } }] }));
+  expect([viaCli.code, viaCli.err]).toEqual([0, ""]);
+  const viaClient = await client.txn({ compare: [{ key: "svc/lib", exists: false }], success: [{ put: { key: "svc/lib", value: "2", lease: lease.id } }] });
+  expect(viaClient.succeeded).toBe(true);
+  expect((await client.leases.get(lease.id)).keys).toEqual(["svc/cli", "svc/lib"]);
+  expect((await client.leases.revoke(lease.id)).deletedKeys).toBe(2);
+  expect(await client.get("svc/lib")).toBeNull();
 });

@@ -4,7 +4,7 @@ import { createHttpApp } from "../src/http/app.ts";
 import { txnBodyBytesMax } from "../src/http/txn-route.ts";
 import { txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import type { WatchItem } from "../src/node/api.ts";
-import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
+import { createMemoryCluster, type MemoryCluster, tickMs } from "./helpers/memory-cluster.ts";
 
 let cluster: MemoryCluster | undefined;
 afterEach(() => {
@@ -119,7 +119,14 @@ describe("POST /txn", () => {
       ["a reserved key in an operation", { success: [{ put: { key: "\u0000session/x", value: "1" } }] }, 400, /reserved/],
       ["a reserved key in a comparison", { compare: [{ key: "\u0000session/x", exists: false }] }, 400, /reserved/],
       ["a key written twice in a branch", { success: [{ put: { key: "a", value: "1" } }, { delete: { key: "a" } }] }, 400, /more than once/],
-      ["a lease", { success: [{ put: { key: "a", value: "1", lease: 7 } }] }, 400, "success[0].put: leases in transactions are not supported yet"],
+      ["a lease id of 0", { success: [{ put: { key: "a", value: "1", lease: "0" } }] }, 400, /success\[0\]\.put\.lease must be a lease id.*got "0"/],
+      ["a lease id with a leading zero", { success: [{ put: { key: "a", value: "1", lease: "07" } }] }, 400, /lease must be a lease id/],
+      ["a lease id that is not a number", { failure: [{ put: { key: "a", value: "1", lease: "seven" } }] }, 400, /failure\[0\]\.put\.lease must be a lease id/],
+      ["a negative lease id", { success: [{ put: { key: "a", value: "1", lease: -3 } }] }, 400, /lease must be a lease id/],
+      ["a fractional lease id", { success: [{ put: { key: "a", value: "1", lease: 1.5 } }] }, 400, /lease must be a lease id/],
+      ["a lease id past 2^53", { success: [{ put: { key: "a", value: "1", lease: 2 ** 53 } }] }, 400, /lease must be a lease id/],
+      ["a lease id as a string past 2^53", { success: [{ put: { key: "a", value: "1", lease: "9007199254740993" } }] }, 400, /lease must be a lease id/],
+      ["a lease that is neither", { success: [{ put: { key: "a", value: "1", lease: true } }] }, 400, /lease must be a lease id/],
       ["a key over --key-bytes-max", { success: [{ get: { key: "k".repeat(65) } }] }, 413, /65 bytes; the limit is 64/],
       ["a value over --value-bytes-max", { success: [{ put: { key: "a", value: "v".repeat(1025) } }] }, 413, /1025 bytes; the limit is 1024/],
       ["a comparison value over it", { compare: [{ key: "a", value: { base64: Buffer.alloc(1025).toString("base64") } }] }, 413, /1025 bytes/],
@@ -209,6 +216,97 @@ describe("POST /txn", () => {
       `put w/b @${version}`,
     ]);
     watch.close();
+  });
+});
+
+/** Advances the simulated clock by `ms`, settling every tick. */
+async function advance(c: MemoryCluster, ms: number): Promise<void> {
+  for (let elapsed = 0; elapsed < ms; elapsed += tickMs) {
+    c.clock.advance(tickMs);
+    await c.settle();
+  }
+}
+
+/** The deletes among `items`, as "key @version reason". */
+const deletesOf = (items: WatchItem[]) =>
+  items.flatMap((item) => (item.type === "change" && item.change.kind === "delete" ? [`${item.change.key} @${item.change.version} ${item.change.reason}`] : []));
+
+describe("leases in transactions", () => {
+  test("a put with a lease attaches its key when its branch runs (GET /leases/{id} lists it); the branch not taken attaches nothing; revoke deletes the keys (reason delete), expiry too (reason lease_expired)", async () => {
+    const { c, leaderId, call, txn } = await started();
+    const grant = async (ttlMs: number) => ((await (await call(leaderId, "POST", "/leases", { ttlMs })).json()) as { id: string }).id;
+    const id = await grant(60_000);
+    const other = await grant(60_000);
+    const keysOf = async (lease: string) => ((await (await call(leaderId, "GET", `/leases/${lease}`)).json()) as { keys: string[] }).keys;
+    const watch = await c.drive(c.node(leaderId).watch({ prefix: "t/" }, "now"));
+
+    // The lease id as a decimal string (as the lease routes give it) or as a JSON number.
+    const response = await txn({
+      compare: [{ key: "t/x", exists: false }],
+      success: [{ put: { key: "t/a", value: "1", lease: id } }, { put: { key: "t/b", value: "2", lease: Number(id) } }, { put: { key: "t/plain", value: "3" } }],
+      failure: [{ put: { key: "t/c", value: "4", lease: other } }],
+    });
+    expect(response.status).toBe(200);
+    const { succeeded, version } = (await response.json()) as { succeeded: boolean; version: number };
+    expect(succeeded).toBe(true);
+    expect(await keysOf(id)).toEqual(["t/a", "t/b"]);
+    expect(await keysOf(other)).toEqual([]);
+    expect(c.storages.get(leaderId)!.get("t/c")).toBeUndefined();
+    // A branch not taken attaches nothing: the comparison fails, the failure branch only reads.
+    const notTaken = await txn({ compare: [{ key: "t/a", exists: false }], success: [{ put: { key: "t/d", value: "5", lease: other } }], failure: [{ get: { key: "t/a" } }] });
+    expect(((await notTaken.json()) as { succeeded: boolean }).succeeded).toBe(false);
+    expect(await keysOf(other)).toEqual([]);
+    expect(c.storages.get(leaderId)!.get("t/d")).toBeUndefined();
+    // A later put without a lease, in a transaction, detaches the key.
+    expect((await txn({ success: [{ put: { key: "t/b", value: "6" } }] })).status).toBe(200);
+    expect(await keysOf(id)).toEqual(["t/a"]);
+
+    const revoke = await call(leaderId, "DELETE", `/leases/${id}`);
+    const revoked = (await revoke.json()) as { version: number; deletedKeys: number };
+    expect(revoked.deletedKeys).toBe(1);
+    expect(c.storages.get(leaderId)!.get("t/a")).toBeUndefined();
+    expect(c.storages.get(leaderId)!.get("t/b")?.version).toBeGreaterThan(version);
+    expect(c.storages.get(leaderId)!.get("t/plain")?.version).toBe(version);
+
+    // A short lease: the key goes when it runs out, reason lease_expired.
+    const short = await grant(400);
+    const onShort = await txn({ success: [{ put: { key: "t/e", value: "7", lease: short } }] });
+    expect(onShort.status).toBe(200);
+    expect(await keysOf(short)).toEqual(["t/e"]);
+    const deadlineMs = 10_000;
+    for (let elapsedMs = 0; c.storages.get(leaderId)!.get("t/e") !== undefined; elapsedMs += 100) {
+      if (elapsedMs > deadlineMs) throw new Error("the short lease did not expire within 10 s of simulated time");
+      await advance(c, 100);
+    }
+    const items: WatchItem[] = [];
+    while (!deletesOf(items).some((line) => line.startsWith("t/e "))) {
+      const next = await c.drive(watch.next());
+      if (next === undefined) break;
+      items.push(...next);
+    }
+    expect(deletesOf(items)).toEqual([`t/a @${revoked.version} delete`, expect.stringMatching(/^t\/e @\d+ lease_expired$/)]);
+    watch.close();
+  });
+
+  test("a lease that does not exist is 404 lease_not_found and no operation of the branch is applied, with or without Idempotency-Key", async () => {
+    const { c, leaderId, call, txn } = await started();
+    expect((await call(leaderId, "PUT", "/kv/u%2Fpre", "before")).status).toBe(200);
+    const body = { success: [{ put: { key: "u/a", value: "1" } }, { delete: { key: "u/pre" } }, { put: { key: "u/b", value: "2", lease: "987654" } }] };
+    for (const headers of [{}, { "idempotency-key": "u-1" }] as Record<string, string>[]) {
+      const response = await txn(body, headers);
+      const answer = (await response.json()) as { error: string; message: string };
+      expect([response.status, answer.error]).toEqual([404, "lease_not_found"]);
+      expect(answer.message).toContain("lease 987654");
+    }
+    await c.settle();
+    const storage = c.storages.get(leaderId)!;
+    expect([storage.get("u/a"), storage.get("u/b")]).toEqual([undefined, undefined]);
+    expect(new TextDecoder().decode(storage.get("u/pre")!.value)).toBe("before");
+    // Nothing was remembered under the key: once the lease exists, a request under it runs.
+    const { id } = (await (await call(leaderId, "POST", "/leases", { ttlMs: 60_000 })).json()) as { id: string };
+    const retried = await txn({ success: [{ put: { key: "u/a", value: "1" } }, { delete: { key: "u/pre" } }, { put: { key: "u/b", value: "2", lease: id } }] }, { "idempotency-key": "u-1" });
+    expect(retried.status).toBe(200);
+    expect(storage.get("u/pre")).toBeUndefined();
   });
 });
 

@@ -14,7 +14,8 @@ const txnFileBytesMax = 64 * 1024 * 1024;
  * answer. Each run sends an `Idempotency-Key` of its own, so resending it to another endpoint after
  * one stopped answering cannot apply it twice. Exits 0 when the comparisons held (`succeeded`), 1
  * when they did not and the failure branch ran (the answer is printed either way), 2 on a usage
- * error or a refused request, 3 when no endpoint answered or the outcome is unknown.
+ * error or a refused request (a lease not found among them), 3 when no endpoint answered or the
+ * outcome is unknown.
  */
 export const txnCommand = defineCommand({
   meta: { name: "txn", description: "Run a transaction (POST /txn JSON) from FILE or standard input; exit 1 when its comparisons failed" },
@@ -26,6 +27,15 @@ export const txnCommand = defineCommand({
     const conn = connection(args);
     const body = await readTxn(args.file);
     const answer = await send(conn, "POST", "/txn", body, { "content-type": "application/json", "idempotency-key": `kv-txn-${crypto.randomUUID()}` });
+    if (answer.status === 404) {
+      // Exit 1 says the failure branch ran: a transaction refused for a lease that does not exist
+      // (404 lease_not_found, nothing applied) is a refused request, exit 2.
+      try {
+        fail(answer);
+      } catch (error) {
+        throw error instanceof ClientExit ? new ClientExit(2, error.message) : error;
+      }
+    }
     if (answer.status !== 200) fail(answer);
     const text = new TextDecoder().decode(answer.body);
     let succeeded: unknown;

@@ -148,7 +148,12 @@ export type TxnCompare =
   | { readonly key: string; readonly value: TxnValue }
   | { readonly key: string; readonly exists: boolean };
 
-/** One operation of a transaction's `success` or `failure` branch. */
+/**
+ * One operation of a transaction's `success` or `failure` branch. A put's `lease` (a lease's id)
+ * attaches the key to it when the branch runs; a put without one detaches the key. A lease of the
+ * branch taken that does not exist makes the whole transaction fail with `lease_not_found`, nothing
+ * applied.
+ */
 export type TxnOperation =
   | { readonly put: { readonly key: string; readonly value: TxnValue; readonly lease?: number } }
   | { readonly delete: { readonly key: string } }

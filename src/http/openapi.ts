@@ -140,7 +140,7 @@ const ifVersionParameter = queryParameter("ifVersion", "Compare-and-set: apply o
 const txnValue = t.Union([t.String(), t.Object({ base64: t.String() }, { additionalProperties: false })], { description: "UTF-8 text, or any bytes as {base64}" });
 const txnKey = t.String({ minLength: 1 });
 const txnOperation = t.Union([
-  t.Object({ put: t.Object({ key: txnKey, value: txnValue, lease: t.Optional(t.Unknown({ description: "not supported yet: 400" })) }, { additionalProperties: false }) }, { additionalProperties: false }),
+  t.Object({ put: t.Object({ key: txnKey, value: txnValue, lease: t.Optional(t.Union([t.String({ pattern: "^[1-9][0-9]{0,15}$" }), t.Integer({ minimum: 1 })], { description: "Attach the key to this lease (its id, as a decimal string or a JSON number) when the branch runs; a put without it detaches the key. A lease of the branch taken that does not exist when the transaction applies is 404 lease_not_found, with nothing of the transaction applied" })) }, { additionalProperties: false }) }, { additionalProperties: false }),
   t.Object({ delete: t.Object({ key: txnKey }, { additionalProperties: false }) }, { additionalProperties: false }),
   t.Object({ get: t.Object({ key: txnKey }, { additionalProperties: false }) }, { additionalProperties: false }),
 ]);
@@ -160,7 +160,7 @@ const txnRequest = t.Object(
   },
   {
     additionalProperties: false,
-    description: `At most ${txnOperationsMax} comparisons and operations in all, a key written at most once per branch; "lease" in a put is refused (400) for now. Checked by the route (src/http/txn-route.ts) after a bounded read of the body`,
+    description: `At most ${txnOperationsMax} comparisons and operations in all, a key written at most once per branch; a "lease" in a put that is not a lease id is 400, one that does not exist 404 lease_not_found. Checked by the route (src/http/txn-route.ts) after a bounded read of the body`,
   },
 );
 const txnAnswer = t.Object({

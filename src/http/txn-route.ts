@@ -4,7 +4,8 @@
  * Request: `{"compare": [...], "success": [...], "failure": [...]}` (each list optional, empty by default):
  * - a comparison is `{"key", "version": N}` (0: the key is absent), `{"key", "value": V}` or
  *   `{"key", "exists": false|true}`;
- * - an operation is `{"put": {"key", "value"}}`, `{"delete": {"key"}}` or `{"get": {"key"}}`.
+ * - an operation is `{"put": {"key", "value"[, "lease"]}}`, `{"delete": {"key"}}` or `{"get": {"key"}}`;
+ *   `lease` (a decimal string or a JSON number) attaches the key to the lease when the branch runs.
  * A value is a string (its UTF-8 bytes) or `{"base64": "..."}` for any bytes. Answer:
  * `{"succeeded", "version", "results"}`, one result per operation of the branch taken, shaped like
  * it: `{"put": {"key", "version"}}`, `{"delete": {"key", "deleted"}}`, `{"get": {"key", "found",
@@ -16,6 +17,8 @@
  * body over `txnBodyBytesMax`, a key over `keyBytesMax` or a value over `valueBytesMax` are 413.
  * `Idempotency-Key` works as for PUT and DELETE (with gets returning at most 4 MiB: its session
  * keeps them; more is a 413 decided at apply, nothing changed). A follower answers 307 to the leader.
+ * A lease that does not exist when the transaction applies, named in the branch taken, is 404
+ * `lease_not_found` with nothing of the transaction applied.
  */
 import { idempotencyKeyBytesMax } from "../kv/command.ts";
 import { type TxnAnswer, type TxnCompare, type TxnOp, txnOperationsMax, type TxnOpResult, type TxnRequest } from "../kv/txn.ts";
@@ -41,6 +44,8 @@ export function txnBodyBytesMax(valueBytesMax: number): number {
 
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 const utf8Encoder = new TextEncoder();
+/** A lease id as text: what `parseLeaseId` (lease-routes.ts) takes. */
+const leaseIdPattern = /^[1-9][0-9]{0,15}$/;
 const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 /** The route's handler: parses, checks, hands the transaction to the node, renders its answer. */
@@ -149,6 +154,15 @@ function parseValue(value: unknown, what: string, limits: TxnRouteLimits): Uint8
   return bytes;
 }
 
+/** A lease id in a put: a decimal string (as `?lease=ID` and the lease routes take it) or a JSON number, positive and below 2^53. */
+function parseTxnLease(value: unknown, what: string): number {
+  const id = typeof value === "string" && leaseIdPattern.test(value) ? Number(value) : value;
+  if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 1) {
+    throw bad(`${what} must be a lease id: a positive whole number below 2^53, as a decimal string or a JSON number, got ${JSON.stringify(value)?.slice(0, 32)}`);
+  }
+  return id;
+}
+
 function parseCompare(item: unknown, what: string, limits: TxnRouteLimits): TxnCompare {
   const fields = object(item, what, ["key", "version", "value", "exists"]);
   const key = parseKey(fields.key, what, limits);
@@ -173,9 +187,10 @@ function parseOp(item: unknown, what: string, limits: TxnRouteLimits): TxnOp {
   if (names.length !== 1) throw bad(`${what} must be one of {"put": {...}}, {"delete": {...}} and {"get": {...}}`);
   if (fields.put !== undefined) {
     const put = object(fields.put, `${what}.put`, ["key", "value", "lease"]);
-    if (put.lease !== undefined) throw bad(`${what}.put: leases in transactions are not supported yet`);
     if (put.value === undefined) throw bad(`${what}.put needs a 'value'`);
-    return { op: "put", key: parseKey(put.key, `${what}.put`, limits), value: parseValue(put.value, `${what}.put.value`, limits) };
+    const key = parseKey(put.key, `${what}.put`, limits);
+    const value = parseValue(put.value, `${what}.put.value`, limits);
+    return put.lease === undefined ? { op: "put", key, value } : { op: "put", key, value, lease: parseTxnLease(put.lease, `${what}.put.lease`) };
   }
   if (fields.delete !== undefined) return { op: "delete", key: parseKey(object(fields.delete, `${what}.delete`, ["key"]).key, `${what}.delete`, limits) };
   return { op: "get", key: parseKey(object(fields.get, `${what}.get`, ["key"]).key, `${what}.get`, limits) };

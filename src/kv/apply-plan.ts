@@ -17,6 +17,7 @@ import {
 } from "./command.ts";
 import {
   applyTxn,
+  txnMissingLease,
   type TxnAnswer,
   txnAnswerOfSession,
   txnGetBytes,
@@ -65,8 +66,11 @@ export type ApplyResult =
   | { readonly kind: "txn-too-large"; readonly index: number; readonly getBytes: number }
   /** A lease grant: `granted` false when `leasesMax` leases existed (nothing changed). The id is the index. */
   | { readonly kind: "lease-granted"; readonly index: number; readonly id: number; readonly ttlMs: number; readonly granted: boolean }
-  /** A put on a lease, or a revoke, naming a lease that does not exist (any more): nothing changed. */
-  | { readonly kind: "lease-not-found"; readonly index: number }
+  /**
+   * A put on a lease, a transaction whose branch taken puts on one (`id`: the first such lease
+   * missing), or a revoke, naming a lease that does not exist (any more): nothing changed.
+   */
+  | { readonly kind: "lease-not-found"; readonly index: number; readonly id?: number }
   /** A revoked lease: its keys were deleted at `index`. */
   | { readonly kind: "lease-revoked"; readonly index: number; readonly id: number; readonly deletedKeys: readonly string[] }
   /** Expired leases (those of the command that still existed): their keys were deleted at `index`. */
@@ -442,11 +446,16 @@ export function isWriteStep(step: ApplyStep): step is WriteStep {
 }
 
 /**
- * A write with no session. A transaction: its puts and deletes detach their keys from any lease
- * (as a plain put or delete does). Otherwise: a put on a lease that does not exist changes nothing
- * (`lease-not-found`: it may have expired since the leader proposed the put), then
- * compare-and-set, then the put or delete, which attaches the key to the put's lease or detaches
- * it from any (see src/kv/leases.ts).
+ * A write with no session.
+ *
+ * A transaction: if the branch it takes puts on a lease that does not exist, nothing of it
+ * applies (`lease-not-found`, as etcd's Txn; the lease may have ended since the leader proposed
+ * it); otherwise its puts attach their keys to their leases or detach them from any, and its
+ * deletes detach them (as a plain put or delete does).
+ *
+ * Otherwise: a put on a lease that does not exist changes nothing (`lease-not-found`: it may have
+ * expired since the leader proposed the put), then compare-and-set, then the put or delete, which
+ * attaches the key to the put's lease or detaches it from any (see src/kv/leases.ts).
  */
 function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
   if (step.kind === "txn") {
@@ -454,18 +463,10 @@ function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
       const getBytes = txnGetBytes(step.txn, table);
       if (getBytes > txnSessionGetBytesMax) return { kind: "txn-too-large", index: step.index, getBytes };
     }
-    const detaching: KvTable = {
-      ...table,
-      put: (key, value, version) => {
-        detachKey(table, key);
-        table.put(key, value, version);
-      },
-      delete: (key) => {
-        detachKey(table, key);
-        return table.delete(key);
-      },
-    };
-    return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, detaching) };
+    const missing = txnMissingLease(step.txn, table, (id) => leaseExists(table, id));
+    if (missing !== undefined) return { kind: "lease-not-found", index: step.index, id: missing };
+    const leases = { attach: (key: string, id: number, index: number) => attachKey(table, key, id, index), detach: (key: string) => detachKey(table, key) };
+    return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, table, leases) };
   }
   const lease = step.kind === "put" ? step.lease : undefined;
   if (lease !== undefined && !leaseExists(table, lease)) return { kind: "lease-not-found", index: step.index };

@@ -11,10 +11,19 @@
  * [compare count] compare... [success count] op... [failure count] op...
  * compare: [target: 1 version, 2 value, 3 exists, 4 absent] [key length] [key: UTF-8]
  *          version: [version, at most 8 bytes] | value: [value length, at most 4 bytes] [value] | exists, absent: nothing
- * op:      [kind: 1 put, 2 delete, 3 get] [key length] [key: UTF-8]
+ * op:      [kind: 1 put, 2 delete, 3 get, 4 put on a lease] [key length] [key: UTF-8]
  *          put: [value length, at most 4 bytes] [value] | delete, get: nothing
+ *          put on a lease: [lease id, at most 8 bytes] [value length, at most 4 bytes] [value]
  * ```
  * Each count is at most `txnOperationsMax`, and so is their sum; nothing may follow the last op.
+ *
+ * Kind 4 came after 0.3.0, whose decoder knew kinds 1-3 and refuses any other with a
+ * `CommandCodecError` (see `txnOpKindsOf030`; test/txn-apply.test.ts proves it), which stops its
+ * apply loudly instead of misreading the entry. A put without a lease is still kind 1, so a
+ * transaction without leases is encoded byte for byte as 0.3.0 wrote it, and every entry 0.3.0 wrote
+ * (test/fixtures/v0.3.0) decodes as it did there. A new kind inside the body, rather than a new op
+ * byte for the whole entry, keeps the idempotent wrapper (0x06) and every caller of op 0x10 as they
+ * are. Leases in transactions need every node upgraded first: a 0.3.0 follower stops at such an entry.
  */
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
@@ -26,6 +35,7 @@ export const txnOperationsMax = 128;
 
 /** A value's length in the txn encoding takes at most 4 LEB128 bytes: values below 256 MiB. */
 const valueLengthVarintBytesMax = 4;
+/** Versions and lease ids are Raft indexes: below 2^53, so at most 8 LEB128 bytes. */
 const versionVarintBytesMax = 8;
 
 /** A condition on one key, evaluated against the state before any operation of the transaction. */
@@ -39,7 +49,8 @@ export type TxnCompare =
 
 /** One operation of a branch; they run in order, a get seeing the writes before it. */
 export type TxnOp =
-  | { readonly op: "put"; readonly key: string; readonly value: Uint8Array }
+  /** `lease`: attach the key to this lease (its id) when the branch runs; a put without one detaches the key from any. */
+  | { readonly op: "put"; readonly key: string; readonly value: Uint8Array; readonly lease?: number }
   | { readonly op: "delete"; readonly key: string }
   | { readonly op: "get"; readonly key: string };
 
@@ -68,7 +79,11 @@ const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 const compareTargets = ["version", "value", "exists", "absent"] as const;
-const opKinds = ["put", "delete", "get"] as const;
+/** Operation kinds by tag (tag = position + 1); "put-on-lease" is a put with its `lease`. */
+const opKinds = ["put", "delete", "get", "put-on-lease"] as const;
+
+/** How many operation kinds 0.3.0's decoder knew (put, delete, get): `decodeTxnBody` given it refuses kind 4 as 0.3.0 did. */
+export const txnOpKindsOf030 = 3;
 
 /** Every key a transaction names, in order (with repeats). */
 export function txnKeys(txn: TxnRequest): string[] {
@@ -97,6 +112,9 @@ export function checkTxnRequest(txn: TxnRequest): void {
   for (const [name, branch] of [["success", txn.success], ["failure", txn.failure]] as const) {
     const written = new Set<string>();
     for (const op of branch) {
+      if (op.op === "put" && op.lease !== undefined && !(Number.isSafeInteger(op.lease) && op.lease >= 1)) {
+        throw new KvError("bad_request", `a lease id is a positive whole number, got ${op.lease} in '${name}'`);
+      }
       if (op.op === "get") continue;
       if (written.has(op.key)) throw new KvError("bad_request", `'${name}' writes the key ${JSON.stringify(op.key)} more than once`);
       written.add(op.key);
@@ -157,8 +175,13 @@ export function encodeTxnBody(txn: TxnRequest): Uint8Array[] {
   for (const branch of [txn.success, txn.failure]) {
     number(branch.length);
     for (const op of branch) {
-      keyed(opKinds.indexOf(op.op) + 1, op.key);
+      const onLease = op.op === "put" && op.lease !== undefined;
+      keyed(opKinds.indexOf(onLease ? "put-on-lease" : op.op) + 1, op.key);
       if (op.op === "put") {
+        if (op.lease !== undefined) {
+          if (!Number.isSafeInteger(op.lease) || op.lease < 1) throw new CommandCodecError(`encode: lease id ${op.lease} is not a positive whole number`);
+          number(op.lease);
+        }
         checkValueLength(op.value);
         number(op.value.byteLength);
         parts.push(op.value);
@@ -171,9 +194,11 @@ export function encodeTxnBody(txn: TxnRequest): Uint8Array[] {
 /**
  * Decodes a transaction's body starting at `offset` (just after the op byte) to the end of `data`,
  * strictly: a bad tag, a count past the limit, a non-minimal or overlong varint, a truncated key or
- * value, invalid UTF-8 and trailing bytes all throw `CommandCodecError`. Values are views into `data`.
+ * value, invalid UTF-8, a lease id of 0 and trailing bytes all throw `CommandCodecError`. Values are
+ * views into `data`. `opKindsKnown` is for tests only: `txnOpKindsOf030` decodes as 0.3.0 did.
  */
-export function decodeTxnBody(data: Uint8Array, offset: number): TxnRequest {
+export function decodeTxnBody(data: Uint8Array, offset: number, opKindsKnown: number = opKinds.length): TxnRequest {
+  assert(opKindsKnown >= txnOpKindsOf030 && opKindsKnown <= opKinds.length, `decode: ${opKindsKnown} operation kinds known`);
   let position = offset;
   let total = 0;
   const count = (what: string): number => {
@@ -233,9 +258,26 @@ export function decodeTxnBody(data: Uint8Array, offset: number): TxnRequest {
   for (const name of ["success", "failure"]) {
     const ops: TxnOp[] = [];
     for (let i = count(name); i > 0; i--) {
-      const kind = opKinds[tag("operation", opKinds.length) - 1] as (typeof opKinds)[number];
+      const kind = opKinds[tag("operation", opKindsKnown) - 1] as (typeof opKinds)[number];
       const k = key();
-      ops.push(kind === "put" ? { op: kind, key: k, value: value() } : { op: kind, key: k });
+      switch (kind) {
+        case "put":
+          ops.push({ op: kind, key: k, value: value() });
+          break;
+        case "put-on-lease": {
+          const lease = readVarint(data, position, versionVarintBytesMax, "lease id");
+          if (!Number.isSafeInteger(lease.value) || lease.value < 1) throw new CommandCodecError(`decode: lease id ${lease.value} is not a positive safe integer`);
+          position = lease.next;
+          ops.push({ op: "put", key: k, value: value(), lease: lease.value });
+          break;
+        }
+        case "delete":
+        case "get":
+          ops.push({ op: kind, key: k });
+          break;
+        default:
+          unreachable(kind, "decode: operation");
+      }
     }
     branches.push(ops);
   }
@@ -266,12 +308,38 @@ function holds(compare: TxnCompare, table: KvTable): boolean {
   }
 }
 
+/** Whether every comparison of `txn` holds on `table` (so its `success` branch runs). */
+export function txnSucceeds(txn: TxnRequest, table: KvTable): boolean {
+  return txn.compare.every((compare) => holds(compare, table));
+}
+
+/**
+ * The first lease the branch `txn` would take names that `exists` denies, if any: such a
+ * transaction applies nothing (as etcd's Txn). Only the branch taken is looked at. Deterministic.
+ */
+export function txnMissingLease(txn: TxnRequest, table: KvTable, exists: (id: number) => boolean): number | undefined {
+  for (const op of txnSucceeds(txn, table) ? txn.success : txn.failure) {
+    if (op.op === "put" && op.lease !== undefined && !exists(op.lease)) return op.lease;
+  }
+  return undefined;
+}
+
+/** What a transaction's writes do to lease attachments (src/kv/leases.ts), before each write to the table. */
+export interface TxnLeaseHooks {
+  /** A put on lease `id` (which exists): attach `key` to it at `index`. */
+  attach(key: string, id: number, index: number): void;
+  /** A put without a lease, or a delete: detach `key` from any lease. */
+  detach(key: string): void;
+}
+
 /**
  * Runs a transaction at `index` on `table`: evaluates every comparison against the state before
- * it, then the branch chosen, in order. Deterministic: it reads only the table and the request.
+ * it, then the branch chosen, in order, telling `leases` of each write first. The caller has made
+ * sure every lease of the branch exists (`txnMissingLease`). Deterministic: it reads only the table
+ * and the request.
  */
-export function applyTxn(txn: TxnRequest, index: number, table: KvTable): TxnAnswer {
-  const succeeded = txn.compare.every((compare) => holds(compare, table));
+export function applyTxn(txn: TxnRequest, index: number, table: KvTable, leases: TxnLeaseHooks): TxnAnswer {
+  const succeeded = txnSucceeds(txn, table);
   const results: TxnOpResult[] = [];
   for (const op of succeeded ? txn.success : txn.failure) {
     switch (op.op) {
@@ -282,10 +350,13 @@ export function applyTxn(txn: TxnRequest, index: number, table: KvTable): TxnAns
         break;
       }
       case "put":
+        if (op.lease === undefined) leases.detach(op.key);
+        else leases.attach(op.key, op.lease, index);
         table.put(op.key, op.value, index);
         results.push({ op: "put", key: op.key, version: index });
         break;
       case "delete":
+        leases.detach(op.key);
         results.push({ op: "delete", key: op.key, deleted: table.delete(op.key) });
         break;
       default:

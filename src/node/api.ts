@@ -121,6 +121,8 @@ export interface KvNodeApi {
    * A multi-key transaction (src/kv/txn.ts): compares, then the success or failure operations, all
    * in one entry, at one version. Resolves once applied here; `idempotencyKey` as for writes. Only
    * the leader proposes it (`not_leader` elsewhere); its reads are linearizable (they are in the log).
+   * A put may name a lease: if the branch taken names one that does not exist when it applies,
+   * nothing of the transaction applies and it rejects with `lease_not_found`.
    */
   txn?(request: TxnRequest, options?: Pick<WriteOptions, "idempotencyKey">): Promise<TxnAnswer>;
   /**

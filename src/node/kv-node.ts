@@ -403,8 +403,10 @@ export class KvNode implements KvNodeApi {
 
   /**
    * See `KvNodeApi.txn`: one entry, decided and applied at its index on every replica (src/kv/txn.ts).
-   * `bad_request` for a key in the reserved space, more than 128 comparisons and operations, or a
-   * key written twice in one branch.
+   * `bad_request` for a key in the reserved space, more than 128 comparisons and operations, a
+   * key written twice in one branch, or a lease id that is not a positive whole number;
+   * `lease_not_found` when the branch taken puts on a lease that does not exist when it applies
+   * (nothing of it applied).
    */
   txn(request: TxnRequest, options: Pick<WriteOptions, "idempotencyKey"> = {}): Promise<TxnAnswer> {
     checkTxnRequest(request);
@@ -412,6 +414,8 @@ export class KvNode implements KvNodeApi {
     const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
     return this.write({ op: "txn", compare, success, failure, ...idempotency }).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
+      // The branch taken puts on a lease that does not exist when the entry applies: nothing applied.
+      if (result.kind === "lease-not-found") throw leaseNotFound(result.id ?? 0);
       if (result.kind === "txn-too-large") {
         throw new KvError(
           "too_large",
