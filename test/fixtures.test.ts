@@ -108,4 +108,31 @@ describe("data dirs of earlier releases", () => {
       await node.stop();
     }
   });
+
+  test("0.4.0: a data dir with a transaction that put a key on a lease opens with the key on the lease", async () => {
+    const dataDir = join(scratch, "v0.4.0");
+    cpSync(join(fixtures, "v0.4.0", "node-1"), dataDir, { recursive: true });
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.4.0.log") });
+    try {
+      const text = new TextDecoder();
+      const expected: [string, string, string][] = [
+        ["greeting", "hello", "2"],
+        ["cfg/n", "1", "4"],
+        ["service/b", "http://10.0.0.6:9000", "4"],
+      ];
+      for (const [key, value, version] of expected) {
+        const got = await read(node.httpUrl, key);
+        expect([key, got.status, text.decode(got.body), got.version]).toEqual([key, 200, value, version]);
+      }
+      const lease = await fetch(`${node.httpUrl}/leases/3`);
+      expect(lease.status).toBe(200);
+      expect(((await lease.json()) as { keys: string[] }).keys).toEqual(["service/b"]);
+      const revoke = await fetch(`${node.httpUrl}/leases/3`, { method: "DELETE" });
+      expect(revoke.status).toBe(200);
+      expect((await read(node.httpUrl, "service/b")).status).toBe(404);
+      expect((await read(node.httpUrl, "cfg/n")).status).toBe(200);
+    } finally {
+      await node.stop();
+    }
+  });
 });
