@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
 
 let cluster: ChaosCluster;
 let baseDir: string;
@@ -24,15 +24,7 @@ afterAll(async () => {
   rmSync(baseDir, { recursive: true, force: true });
 });
 
-async function kv(args: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
-  const proc = Bun.spawn([...kvCommand(), ...args], { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
-  try {
-    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-    return { code: await proc.exited, out, err };
-  } finally {
-    proc.kill("SIGKILL");
-  }
-}
+const kv = runKvCommand;
 
 test("put, get and del through any endpoint: redirects are followed; exit 1 when absent", async () => {
   const leader = await cluster.waitForLeader();

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { createClient } from "../src/client/index.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
 
 let cluster: ChaosCluster;
 let baseDir: string;
@@ -24,15 +24,7 @@ afterAll(async () => {
   rmSync(baseDir, { recursive: true, force: true });
 });
 
-async function kv(args: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
-  const proc = Bun.spawn([...kvCommand(), ...args], { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
-  try {
-    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-    return { code: await proc.exited, out, err };
-  } finally {
-    proc.kill("SIGKILL");
-  }
-}
+const kv = runKvCommand;
 
 test("kv txn FILE through a follower: exit 0 and the answer when the comparisons hold, exit 1 when the failure branch ran", async () => {
   const leader = await cluster.waitForLeader();

@@ -33,3 +33,17 @@ export async function runKv(args: string[]): Promise<{ code: number; out: string
     }
   }
 }
+
+/**
+ * Runs the built executable with `args` (and `stdin`, if given, on its standard input) and returns its
+ * exit code with standard output and standard error apart; kills it by pid when done, pass or fail.
+ */
+export async function runKvCommand(args: string[], stdin?: string): Promise<{ code: number; out: string; err: string }> {
+  const proc = Bun.spawn([...kvCommand(), ...args], { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
+  try {
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    return { code: await proc.exited, out, err };
+  } finally {
+    proc.kill("SIGKILL");
+  }
+}
