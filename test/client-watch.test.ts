@@ -217,6 +217,34 @@ describe("against a scripted stream", () => {
   });
 });
 
+describe("against nodes that answer 200 and end at once", () => {
+  test("a stream that ends with an error before any event is not served: the watch backs off and gives up after reconnectTimeoutMs", async () => {
+    let requests = 0;
+    // A node shutting down: 200, then `event: error` unavailable, then the end.
+    const fake = (async () => {
+      requests++;
+      return new Response('event: error\ndata: {"error":"unavailable"}\n\n', { status: 200, headers: { "content-type": "text/event-stream" } });
+    }) as unknown as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+    const stop = new AbortController();
+    const guard = setTimeout(() => stop.abort(), 10_000); // bounds a watch that would never give up
+    let error: unknown;
+    try {
+      for await (const _event of kv.watch({ prefix: "p/" }, { signal: stop.signal, reconnectTimeoutMs: 300 })) {
+        // nothing is ever delivered
+      }
+    } catch (caught) {
+      error = caught;
+    } finally {
+      clearTimeout(guard);
+    }
+    expect(stop.signal.aborted).toBe(false);
+    expect(error instanceof KvClientError && error.code).toBe("unreachable");
+    // Backed off between rounds of endpoints rather than spinning.
+    expect(requests).toBeLessThan(50);
+  });
+});
+
 describe("against a silent stream", () => {
   test("a stream that goes silent (a paused node) is resumed elsewhere after idleTimeoutMs; progress is yielded when asked", async () => {
     const requests: { url: string; lastEventId: string | null }[] = [];

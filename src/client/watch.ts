@@ -141,16 +141,17 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
           ended = `${endpoint}: an answer without a body`;
           break attempt;
         }
-        servedMs = performance.now();
-        failedInARow = 0;
-        failures.length = 0;
         for await (const event of readSse(response.body, { charsMax: SSE_CHARS_MAX })) {
           armIdle();
-          servedMs = performance.now();
           if (event.event === "error") {
             ended = `${endpoint}: event: error ${errorOf(event.data)}`;
             break;
           }
+          // Served only once an event other than an error came: a node that answers 200 and ends
+          // at once (shutting down) counts as a failure, so the watch backs off and can give up.
+          servedMs = performance.now();
+          failedInARow = 0;
+          failures.length = 0;
           if (event.event !== "put" && event.event !== "delete" && event.event !== "progress") continue;
           const parsed = parseEvent(event.event, event.data);
           if (parsed === undefined) {
