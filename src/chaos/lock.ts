@@ -20,7 +20,7 @@ import { selfCommand } from "../lib/self-command.ts";
 import type { ChaosCluster } from "./cluster.ts";
 import type { Operation } from "./history.ts";
 import type { LiveDisplay } from "./live-display.ts";
-import { checkLock, LOCK_PROBLEM_KINDS, type CounterValue, type CounterWrite, type LockCheckResult, type LockProblemKind, type LockTenure } from "./lock-check.ts";
+import { checkLock, LOCK_PROBLEM_KINDS, parseCounterValue, type CounterValue, type CounterWrite, type LockCheckResult, type LockProblemKind, type LockTenure } from "./lock-check.ts";
 import type { LockClientEvent } from "./lock-client.ts";
 import { clock, Nemesis, planSchedule, describePlannedFault, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
 import { renderReport, type ReportCheck, type ReportFault } from "./report.tsx";
@@ -87,6 +87,8 @@ export function planHolderPauses(seed: number, durationMs: number, ttlMs: number
 /** One lock client process and what it reported. */
 class LockClientProcess {
   readonly events: LockClientEvent[] = [];
+  /** Its counter updates so far, by outcome (for the live display). */
+  readonly outcomes: Record<CounterWrite["outcome"], number> = { ok: 0, fenced: 0, conflict: 0, refused: 0, unknown: 0 };
   /** The fence it holds now, as far as the runner knows from its reports (undefined: not holding). */
   holding: number | undefined;
   paused = false;
@@ -115,6 +117,7 @@ class LockClientProcess {
         this.holding = event.fence;
         onAcquired();
       } else if (event.type === "released" || event.type === "exit") this.holding = undefined;
+      else if (event.type === "write") this.outcomes[event.write.outcome]++;
     });
     void this.readLines(this.proc.stderr, (line) => log.write(`stderr: ${line}\n`));
   }
@@ -338,8 +341,8 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
   const nemesis = new Nemesis(cluster, { schedule: nodeSchedule, nowMs, display: opts.display, spareFromKill: REFERENCE_NODE });
   const updatesOf = () => clients.flatMap((c) => c.events.flatMap((e) => (e.type === "write" ? [e.write] : [])));
   opts.display.track(() => {
-    const writes = updatesOf();
-    return { ok: writes.filter((w) => w.outcome === "ok").length, failed: writes.filter((w) => w.outcome !== "ok" && w.outcome !== "unknown").length, unknown: writes.filter((w) => w.outcome === "unknown").length };
+    const sum = (outcome: CounterWrite["outcome"]) => clients.reduce((n, c) => n + c.outcomes[outcome], 0);
+    return { ok: sum("ok"), failed: sum("fenced") + sum("conflict") + sum("refused"), unknown: sum("unknown") };
   });
   holders.start();
   nemesis.start();
@@ -385,7 +388,7 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
   const tenures = clients.flatMap((c) => tenuresOf(c.client, c.events, endWallMs)).map((t) => ({ ...t, acquiredMs: toRunMs(t.acquiredMs), endMs: toRunMs(t.endMs) }));
   const writes = updatesOf().map((w) => ({ ...w, callMs: toRunMs(w.callMs), returnMs: toRunMs(w.returnMs) }));
   const check: LockCheckResult = checkLock({ tenures, writes, committed, initial, finalValue: finalValue === undefined ? null : finalValue });
-  const finalCount = finalValue === undefined || finalValue === null ? undefined : (JSON.parse(finalValue) as CounterValue).count;
+  const finalCount = finalValue === undefined || finalValue === null ? undefined : parseCounterValue(finalValue)?.count;
   const exits = cluster.unexpectedExits;
   const perClient: LockClientSummary[] = clients.map((c, i) => {
     const own = writes.filter((w) => w.client === c.client);

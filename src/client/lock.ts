@@ -86,8 +86,9 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
     const key = `${prefix}${lease.id}`;
     const giveUp = async () => {
       keeper.stop();
-      await deps.delete(key).catch(() => undefined);
-      await deps.leases.revoke(lease.id).catch(() => undefined);
+      // Revoking the lease deletes its key at the same version: one write. The delete is the
+      // fallback when the revoke is refused or unanswered (the lease may already be gone).
+      await deps.leases.revoke(lease.id).catch(() => deps.delete(key).catch(() => undefined));
     };
     let fence: number;
     try {

@@ -289,9 +289,7 @@ export function decodeTxnBody(data: Uint8Array, offset: number, opKindsKnown: nu
 // ---- Apply ----------------------------------------------------------------------------------
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.byteLength !== b.byteLength) return false;
-  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
-  return true;
+  return a.byteLength === b.byteLength && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 }
 
 function holds(compare: TxnCompare, table: KvTable): boolean {
