@@ -176,3 +176,31 @@ test("an idempotent retry in the 0.1.0 encoding just past its 100,000-entry wind
   expect(answers[0]).toEqual(answers[1]);
   expect(values).toEqual([`at ${last}`, `at ${last}`]);
 });
+
+describe("sqlite: listing a prefix", () => {
+  test("reads only the rows under the prefix, not a page of the keys that sort after it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kv-storage-list-"));
+    tempDirs.push(dir);
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    try {
+      // Two keys under "m/", then 500 keys after them. A new leader lists its leases this way at
+      // every election; the rows past the prefix used to be read (values and all) a page at a time.
+      const entries = [put(1, "m/1", "x"), put(2, "m/2", "y")];
+      for (let i = 0; i < 500; i++) entries.push(put(3 + i, `n/${String(i).padStart(4, "0")}`, "z".repeat(100)));
+      saveCommitted(storage, entries);
+      storage.applyEntries(entries);
+      const before = storage.kvRowsRead;
+      expect(storage.list("m/", undefined, 1_000).map((row) => row.key)).toEqual(["m/1", "m/2"]);
+      expect(storage.kvRowsRead - before).toBeLessThanOrEqual(3);
+      // A prefix whose last character is the highest a UTF-16 unit holds, and one past the BMP.
+      const more = [put(503, "\uffff/a", "1"), put(504, "\uffff/b", "2"), put(505, "\u{10ffff}", "3"), put(506, "\u{10ffff}a", "4")];
+      saveCommitted(storage, more);
+      storage.applyEntries(more);
+      expect(storage.list("\uffff", undefined, 10).map((row) => row.key)).toEqual(["\uffff/a", "\uffff/b"]);
+      expect(storage.list("\u{10ffff}", undefined, 10).map((row) => row.key)).toEqual(["\u{10ffff}", "\u{10ffff}a"]);
+      expect(storage.list("n/04", "n/0497", 10).map((row) => row.key)).toEqual(["n/0498", "n/0499"]);
+    } finally {
+      storage.close();
+    }
+  });
+});

@@ -387,6 +387,23 @@ function prefixEnd(prefix: string): string {
   return prefix.slice(0, -1) + String.fromCharCode(last + 1);
 }
 
+/**
+ * The first string past every key that starts with `prefix` in UTF-8 byte order (code point order):
+ * the prefix with its last code point incremented, after dropping trailing U+10FFFF. Undefined when
+ * there is none (the empty prefix, or only U+10FFFF) or the prefix ends in a lone surrogate.
+ */
+export function prefixUpperBound(prefix: string): string | undefined {
+  const points = Array.from(prefix);
+  while (points.length > 0) {
+    const last = points.pop() as string;
+    const code = last.codePointAt(0) as number;
+    if (code >= 0xd800 && code <= 0xdfff) return undefined;
+    if (code === 0x10ffff) continue;
+    return points.join("") + String.fromCodePoint(code + 1 === 0xd800 ? 0xe000 : code + 1);
+  }
+  return undefined;
+}
+
 /** The larger of two keys in UTF-8 byte order (where `range` starts: after both). */
 function maxKey(a: string, b: string): string {
   return Buffer.compare(Buffer.from(a), Buffer.from(b)) >= 0 ? a : b;
@@ -455,6 +472,7 @@ export class SqliteStorage implements KvStorage {
   private readonly updateApplied: Statement<unknown, [number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
+  private readonly selectBoundedRange: Statement<KvRow & { key: string }, [string, string, string, number]>;
   private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
   private readonly selectPrefixRange: Statement<ImageRowRow, [string, string, number]>;
   /** The kv table as `executeStep` sees it, through the prepared statements. */
@@ -558,6 +576,7 @@ export class SqliteStorage implements KvStorage {
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
+    this.selectBoundedRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
     this.selectPrefixRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
     this.selectOldestSessions = db.prepare(
@@ -874,14 +893,22 @@ export class SqliteStorage implements KvStorage {
     return row === null ? undefined : { value: row.value, version: row.version };
   }
 
+  /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
+  kvRowsRead = 0;
+
   /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it. */
   list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
     this.assertOpen();
     const items: ListedValue[] = [];
     // Scan in pages: rows past the prefix end the scan, so a page is rarely wasted.
     let from = after ?? "";
+    // Bounded above too: without it each page read up to 1,000 rows past the prefix (values and
+    // all) before the first one stopped the scan, as a new leader's lease scan did at every election.
+    const end = prefixUpperBound(prefix);
     for (;;) {
-      const rows = this.selectRange.all(from, prefix, Math.min(limit - items.length, 1_000) + 1);
+      const pageRows = Math.min(limit - items.length, 1_000) + 1;
+      const rows = end === undefined ? this.selectRange.all(from, prefix, pageRows) : this.selectBoundedRange.all(from, prefix, end, pageRows);
+      this.kvRowsRead += rows.length;
       for (const row of rows) {
         if (!row.key.startsWith(prefix) || items.length >= limit) return items;
         // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
