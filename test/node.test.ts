@@ -6,6 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
 import { EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/command.ts";
+import { proposalBytesPerTurnMax } from "../src/node/proposals.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 
@@ -156,6 +157,31 @@ describe("KvNode over in-memory twins", () => {
     expect(((await write) as KvError).code).toBe("timeout");
     expect(cluster.fatal.map((e) => e.message)).toEqual(["disk on fire"]);
     expect(() => leader.put("k", enc("v"))).toThrow("the node stopped: disk on fire");
+  });
+});
+
+describe("large writes (issue 12: one turn's work is bounded by bytes)", () => {
+  test("a turn proposes at most proposalBytesPerTurnMax of queued writes; the rest go in the turns after it", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const storage = cluster.storages.get(leader.status().id)!;
+    const savedBytes: number[] = [];
+    const save = storage.save.bind(storage);
+    storage.save = (hardState, entries, sync) => {
+      if (entries.length > 0) savedBytes.push(entries.reduce((sum, entry) => sum + entry.data.byteLength, 0));
+      return save(hardState, entries, sync);
+    };
+    // Twelve writes of 300 KB arrive together: one batch of 3.6 MB held the loop for one save,
+    // one append per follower and one apply (at 256 KB values, turns of 100-500 ms).
+    const value = new Uint8Array(300 * 1024).fill(7);
+    const results = await drive(cluster, Promise.all(Array.from({ length: 12 }, (_, i) => leader.put(`big/${i}`, value))));
+    expect(results.map((result) => result.version).every((version) => version > 0)).toBe(true);
+    expect(Math.max(...savedBytes)).toBeLessThanOrEqual(proposalBytesPerTurnMax + 64);
+    expect(savedBytes.reduce((sum, bytes) => sum + bytes, 0)).toBeGreaterThanOrEqual(12 * 300 * 1024);
+    // A single write larger than the budget still goes, alone.
+    const huge = new Uint8Array(proposalBytesPerTurnMax + 1).fill(1);
+    expect((await drive(cluster, leader.put("huge", huge))).version).toBeGreaterThan(0);
   });
 });
 

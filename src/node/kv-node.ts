@@ -737,9 +737,11 @@ export class KvNode implements KvNodeApi {
       // Time first: a lease judged by this turn's reads must have aged by every tick that passed.
       this.catchUpClock();
       this.stepInbox();
-      this.proposals.proposeQueued(this.raw, (refusal) =>
+      const moreQueued = this.proposals.proposeQueued(this.raw, (refusal) =>
         refusal.reason === "too_many_uncommitted" ? new KvError("overloaded", "too many writes are waiting to commit", { retryAfterS: 1 }) : this.notLeader(),
       );
+      // The rest of the queue goes in the next turn, after timers and peers' calls had their turn.
+      if (moreQueued) this.afterTurn.push(() => this.scheduleTurn());
       this.reads.requestReadIndex(this.raw);
       while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return this.startSync();
       this.reads.serve(this.cfg.storage.appliedIndex());

@@ -10,6 +10,15 @@ interface PendingWrite extends Waiter<ApplyResult> {
   readonly term: number;
 }
 
+/**
+ * Bytes of writes one turn proposes at most (a single larger write still goes, alone): what is
+ * queued beyond it waits for the next turn. One batch is saved, sent and applied within the turn
+ * that proposed it, on the loop's thread; at 256 KB values 64 writes arrived together (16 MB) and
+ * held the loop 100-500 ms, past the election timeout (BENCHMARKS.md). A batch this size also fits
+ * one append (`defaultRaftLimits.appendBytesMax`), so it goes to the followers from memory.
+ */
+export const proposalBytesPerTurnMax = 1 << 20;
+
 /** A write waiting for the next turn to be proposed. */
 interface QueuedWrite extends Waiter<ApplyResult> {
   readonly data: Uint8Array;
@@ -50,13 +59,22 @@ export class Proposals {
   }
 
   /**
-   * Proposes every queued write as one batch. A refusal (not the leader, too much uncommitted)
-   * fails them all with `refusal(reason)`: nothing was proposed.
+   * Proposes the queued writes as one batch, oldest first, up to `proposalBytesPerTurnMax`. A
+   * refusal (not the leader, too much uncommitted) fails that batch with `refusal(reason)`: nothing
+   * of it was proposed. Returns whether writes are still queued (the caller runs another turn).
    */
-  proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): void {
-    if (this.queued.length === 0) return;
-    const writes = this.queued;
-    this.queued = [];
+  proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): boolean {
+    if (this.queued.length === 0) return false;
+    let taken = 0;
+    let bytes = 0;
+    while (taken < this.queued.length) {
+      const size = (this.queued[taken] as QueuedWrite).data.byteLength;
+      if (taken > 0 && bytes + size > proposalBytesPerTurnMax) break;
+      bytes += size;
+      taken++;
+    }
+    const writes = taken === this.queued.length ? this.queued : this.queued.slice(0, taken);
+    this.queued = taken === this.queued.length ? [] : this.queued.slice(taken);
     let firstIndex: number;
     try {
       firstIndex = raw.propose(writes.map((write) => write.data));
@@ -64,12 +82,13 @@ export class Proposals {
       if (!(error instanceof ProposalRefusedError)) throw error;
       const refused = refusal(error);
       for (const write of writes) write.reject(refused);
-      return;
+      return this.queued.length > 0;
     }
     const term = raw.basicStatus().term;
     writes.forEach((write, i) => {
       this.pending.set(firstIndex + i, { ...write, index: firstIndex + i, term });
     });
+    return this.queued.length > 0;
   }
 
   /** The entry at `result.index`, of `term`, applied: answers the write proposed there, if any. */

@@ -2,7 +2,7 @@
  * The peer port: `Bun.serve` in front of a Connect router, apart from the client HTTP API so that
  * peer traffic and client traffic never share a listener or a limit.
  */
-import { create, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, isMessage } from "@bufbuild/protobuf";
 import type { DescMessage, DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createConnectRouter, createHandlerContext, createMethodImplSpec, createServiceImplSpec } from "@connectrpc/connect";
 import type { ConnectRouter, MethodImplSpec } from "@connectrpc/connect";
@@ -10,6 +10,7 @@ import { codeToHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorToJ
 import { createAsyncIterable, createMethodUrl, readAllBytes } from "@connectrpc/connect/protocol";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { assert } from "../lib/assert.ts";
+import { encodeMessage } from "./proto-writer.ts";
 
 /** Where and how the peer server listens. */
 export interface PeerServerOptions {
@@ -200,7 +201,7 @@ async function serveUnary(spec: UnarySpec, request: Request): Promise<Response> 
 /** A method's answer, a message or an init shape of one (as implementations may return), as bytes. */
 function encode<Desc extends DescMessage>(schema: Desc, output: Parameters<typeof create<Desc>>[1]): Uint8Array<ArrayBuffer> {
   const message = isMessage(output, schema) ? output : create(schema, output);
-  return toBinary(schema, message) as Uint8Array<ArrayBuffer>;
+  return encodeMessage(schema, message) as Uint8Array<ArrayBuffer>;
 }
 
 /**

@@ -11,7 +11,7 @@
  * its deadline `deadline_exceeded`, a cancelled one `canceled`, and an error answer carries the
  * code the peer sent (or the one its HTTP status maps to).
  */
-import { create, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, isMessage } from "@bufbuild/protobuf";
 import type { DescMessage, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import type { ContextValues, Interceptor, Transport, UnaryRequest, UnaryResponse } from "@connectrpc/connect";
@@ -19,6 +19,7 @@ import { createMethodUrl, runUnaryCall } from "@connectrpc/connect/protocol";
 import { codeFromHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorFromJsonBytes, trailerDemux } from "@connectrpc/connect/protocol-connect";
 import { HttpConnection, HttpConnectionError, responseHeader } from "../lib/http-connection.ts";
 import type { HttpResponse } from "../lib/http-connection.ts";
+import { measureMessage, type MeasuredMessage } from "./proto-writer.ts";
 
 export interface SocketTransportOptions {
   /** The peer's `http://` origin, possibly with a path prefix. */
@@ -116,8 +117,8 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
           message: input,
         },
         next: async (req: UnaryRequest<I, O>): Promise<UnaryResponse<I, O>> => {
-          const body = toBinary(method.input, isMessage(req.message, method.input) ? req.message : create(method.input, req.message as MessageInitShape<I>));
-          options.onRequestBytes?.(body.byteLength);
+          const body = measureMessage(method.input, isMessage(req.message, method.input) ? req.message : create(method.input, req.message as MessageInitShape<I>));
+          options.onRequestBytes?.(body.bytes);
           let response: HttpResponse;
           try {
             response = await exchange(encodeRequest(new URL(req.url), origin.host, req.header, body), req.signal);
@@ -172,16 +173,16 @@ function answer<I extends DescMessage, O extends DescMessage>(method: DescMethod
   return { stream: false, service: method.parent, method, header, message, trailer };
 }
 
-/** One HTTP/1.1 request: head (every header given, a Content-Length) and body. */
-function encodeRequest(url: URL, host: string, headers: Headers, body: Uint8Array): Uint8Array {
+/** One HTTP/1.1 request: head (every header given, a Content-Length) and body, written once into one buffer. */
+function encodeRequest(url: URL, host: string, headers: Headers, body: MeasuredMessage): Uint8Array {
   let head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${host}\r\n`;
   // Headers refuses values with CR or LF, so none can split the head.
   for (const [name, value] of headers) if (name !== "host" && name !== "content-length") head += `${name}: ${value}\r\n`;
-  head += `Content-Length: ${body.byteLength}\r\n\r\n`;
+  head += `Content-Length: ${body.bytes}\r\n\r\n`;
   const headBytes = encoder.encode(head);
-  const bytes = new Uint8Array(headBytes.byteLength + body.byteLength);
+  const bytes = new Uint8Array(headBytes.byteLength + body.bytes);
   bytes.set(headBytes, 0);
-  bytes.set(body, headBytes.byteLength);
+  body.write(bytes, headBytes.byteLength);
   return bytes;
 }
 
