@@ -176,3 +176,23 @@ test("a leader stalled past the election timeout while cut off makes up the time
     await sim.healAndCheck(["k"], 30_000);
   });
 });
+
+test("followers whose fsyncs take longer than the election timeout keep their leader: heartbeat answers do not wait behind acks held for the disk", async () => {
+  await withSim(quietSim(21, { heartbeatTicks: 3 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    const term = nodeOf(sim, leader).status().term;
+    for (const id of sim.servers.keys()) if (id !== leader) sim.servers.get(id)!.fsyncMs = 3 * tickMs * electionTicks;
+    await sim.runUntil(sim.nowMs + 20);
+    // Writes keep the followers' acks waiting for their slow fsyncs, call after call.
+    const until = sim.nowMs + 3_000;
+    let acknowledged = 0;
+    while (sim.nowMs < until) {
+      const answer = await put(sim, leader, `k${acknowledged}`);
+      expect(answer.outcome).toBe("ok");
+      acknowledged++;
+    }
+    expect(acknowledged).toBeGreaterThan(3);
+    expect(sim.leader()).toBe(leader);
+    expect(nodeOf(sim, leader).status().term).toBe(term);
+  });
+});

@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { RaftService } from "../src/gen/kv/v1/raft_pb.ts";
 import type { SendRequest } from "../src/gen/kv/v1/raft_pb.ts";
 import { toSendRequest } from "../src/transport/codec.ts";
-import { createPeerSender } from "../src/transport/peer-sender.ts";
+import { callDeadlineMs, createPeerSender } from "../src/transport/peer-sender.ts";
 import type { PeerSenderLimits } from "../src/transport/peer-sender.ts";
 import { createRaftServiceRoutes } from "../src/transport/raft-service.ts";
 import { EntryType } from "../src/raft/types.ts";
@@ -124,6 +124,31 @@ async function until(condition: () => boolean, what: string, turnsMax = 10_000):
 }
 
 describe("peer sender", () => {
+  test("a call's deadline grows with the bytes it carries: a 4 MiB append is not given a heartbeat's 200 ms", async () => {
+    const deadlines: { messages: number; timeoutMs: number | undefined }[] = [];
+    const client = {
+      send(request: SendRequest, options?: { timeoutMs?: number }) {
+        deadlines.push({ messages: request.messages.length, timeoutMs: options?.timeoutMs });
+        return Promise.resolve({ messages: [] });
+      },
+    } as unknown as Parameters<typeof createPeerSender>[0]["client"];
+    const sender = createPeerSender({ peerId: 2, selfId: 1, selfHttpUrl: "", client, rpcTimeoutMs: 200, limits: { ...roomyLimits, callBytesMax: 8 << 20, queuedBytesMax: 16 << 20 }, log: () => {} });
+    try {
+      sender.enqueue([heartbeat(1, 2, 1)]);
+      await until(() => sender.stats().deliveredCalls === 1, "the heartbeat's call");
+      const data = new Uint8Array(1 << 20);
+      const entries = [1, 2, 3, 4].map((index) => ({ index, term: 1, type: EntryType.Normal, data }));
+      sender.enqueue([{ type: "append", from: 1, to: 2, term: 1, prevLogIndex: 0, prevLogTerm: 0, entries, commit: 0 }]);
+      await until(() => sender.stats().deliveredCalls === 2, "the append's call");
+      expect(deadlines[0]).toEqual({ messages: 1, timeoutMs: 200 });
+      expect(deadlines[1]?.timeoutMs).toBe(callDeadlineMs(200, 4 * (1 << 20) + 4 * 24 + 64));
+      expect(deadlines[1]?.timeoutMs).toBeGreaterThanOrEqual(200 + 400);
+    } finally {
+      await sender.close();
+    }
+  });
+
+
   test("probes with one call until the peer answers, then fills its window and coalesces the rest", async () => {
     const peer = gatedPeer();
     const sender = createPeerSender({

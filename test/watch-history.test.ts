@@ -192,3 +192,24 @@ describe("changeOf and memory", () => {
     expect(value.buffer.byteLength).toBe(value.byteLength);
   });
 });
+
+describe("values the history keeps", () => {
+  const put = (index: number, data: Uint8Array): Entry => ({ index, term: 1, type: EntryType.Normal, data });
+  const result = (index: number): ApplyResult => ({ kind: "put", index, version: index });
+
+  test("a value in an entry that owns its buffer is kept as a view; one inside a larger buffer (a peer's whole append) is copied", () => {
+    const own = encodeCommand({ op: "put", key: "a", value: new Uint8Array(100_000).fill(1) });
+    const kept = changeOf(put(1, own), result(1));
+    expect(kept?.kind === "put" && kept.value.buffer).toBe(own.buffer);
+    // The same entry as a view into a 4 MiB request body: the history must not keep the body alive.
+    const body = new Uint8Array(4 << 20);
+    body.set(own, 1_000);
+    const view = body.subarray(1_000, 1_000 + own.byteLength);
+    const copied = changeOf(put(2, view), result(2));
+    expect(copied?.kind).toBe("put");
+    if (copied?.kind !== "put") return;
+    expect(copied.value.buffer).not.toBe(body.buffer);
+    expect(copied.value.buffer.byteLength).toBe(100_000);
+    expect(copied.value.every((byte) => byte === 1)).toBe(true);
+  });
+});

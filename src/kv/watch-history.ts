@@ -27,10 +27,22 @@ export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undef
   const command = decodeCommand(entry.data); // it decoded at apply: it decodes again
   assert(command.op === result.kind, `watch: entry ${entry.index} is not the ${result.kind} applied`);
   return command.op === "put"
-    ? // A copy: the decoded value is a view into the entry's data, itself often a view into a whole
-      // batch of entries (a peer's append), which the history would otherwise keep alive.
-      { kind: "put", key: command.key, value: command.value.slice(), version: entry.index }
+    ? { kind: "put", key: command.key, value: keptValue(command.value), version: entry.index }
     : { kind: "delete", key: command.key, version: entry.index, reason: "delete" };
+}
+
+/** Bytes beyond a value its buffer may hold for the history to keep the value as a view. */
+const keptViewSlackBytes = 4 * 1024;
+
+/**
+ * A value the history may keep: the decoded value is a view into the entry's data. When that is
+ * the entry's own buffer (read from storage, or proposed here), the view keeps only the entry alive;
+ * when it is a view into something larger (a peer's whole append, src/transport/codec.ts), it is
+ * copied, or the history would keep every batch it came in alive. Copying every value was a tenth
+ * of a node's CPU at 256 KB values (BENCHMARKS.md).
+ */
+export function keptValue(value: Uint8Array): Uint8Array {
+  return value.buffer.byteLength > value.byteLength + keptViewSlackBytes ? value.slice() : value;
 }
 
 /**
@@ -55,7 +67,7 @@ export function changesOf(entry: Entry, result: ApplyResult): WatchChange[] {
   assert(command.op === "txn", `watch: entry ${entry.index} is not the transaction applied`);
   const changes: WatchChange[] = [];
   for (const { op, result: done } of takenOps(command, result)) {
-    if (op.op === "put") changes.push({ kind: "put", key: op.key, value: op.value.slice(), version: entry.index });
+    if (op.op === "put") changes.push({ kind: "put", key: op.key, value: keptValue(op.value), version: entry.index });
     else if (op.op === "delete" && done.op === "delete" && done.deleted) changes.push({ kind: "delete", key: op.key, version: entry.index, reason: "delete" });
   }
   return changes;

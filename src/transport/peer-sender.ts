@@ -79,6 +79,24 @@ const messageOverheadBytes = 64;
 /** Bytes each entry costs beyond its data. */
 const entryOverheadBytes = 24;
 
+/**
+ * Bytes per millisecond a call is allowed, on top of `rpcTimeoutMs`, for what it carries: about
+ * 10 MB/s, far below loopback and LAN rates, covering a receiver busy with its own disk.
+ */
+const callBytesPerMsAllowed = 10_000;
+/** Calls at or under this size get the bare `rpcTimeoutMs` (heartbeats, votes, small appends). */
+const callBytesFree = 64 * 1024;
+
+/**
+ * The deadline of a call carrying `bytes`: `rpcTimeoutMs`, plus time for the bytes past the first
+ * 64 KiB. A call past its deadline is lost to Raft (the peer is taken for unreachable, the window
+ * shrinks to one call, and the follower is probed again from the leader's disk); at 256 KB values
+ * a 200 ms deadline cut one call in five of 1-4 MiB appends, each then sent again (BENCHMARKS.md).
+ */
+export function callDeadlineMs(rpcTimeoutMs: number, bytes: number): number {
+  return rpcTimeoutMs + Math.ceil(Math.max(0, bytes - callBytesFree) / callBytesPerMsAllowed);
+}
+
 /** A rough size of a message on the wire, to bound queues and calls by bytes, not only by count. */
 export function messageBytesEstimate(message: Message): number {
   switch (message.type) {
@@ -156,7 +174,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   }
 
   /** The oldest queued messages, up to the per-call bounds, in order; at least one. */
-  function takeBatch(): Message[] {
+  function takeBatch(): { batch: Message[]; bytes: number } {
     let batchCount = 0;
     let batchBytes = 0;
     while (batchCount < queued.length && batchCount < limits.callMessagesMax) {
@@ -170,14 +188,14 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
     queued = queued.slice(batchCount);
     queuedSizes = queuedSizes.slice(batchCount);
     queuedBytes -= batchBytes;
-    return batch;
+    return { batch, bytes: batchBytes };
   }
 
-  function startCall(batch: Message[]): void {
+  function startCall({ batch, bytes }: { batch: Message[]; bytes: number }): void {
     inflightCalls++;
     const request = toSendRequest(options.selfId, options.selfHttpUrl, batch);
     const call = options.client
-      .send(request, { timeoutMs: options.rpcTimeoutMs, signal: abort.signal })
+      .send(request, { timeoutMs: callDeadlineMs(options.rpcTimeoutMs, bytes), signal: abort.signal })
       .then(
         (response) => {
           counters.deliveredCalls++;
