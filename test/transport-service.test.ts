@@ -20,6 +20,11 @@ function heartbeat(from: NodeId, to: NodeId, commit: number): Message {
   return { type: "heartbeat", from, to, term: 1, commit, readContext: "" };
 }
 
+/** An append carrying one entry: it goes on the sender's data lane. */
+function append(from: NodeId, to: NodeId, index: number): Message {
+  return { type: "append", from, to, term: 1, prevLogIndex: index - 1, prevLogTerm: index > 1 ? 1 : 0, entries: [{ index, term: 1, type: EntryType.Normal, data: new Uint8Array(8) }], commit: 0 };
+}
+
 function serviceClient(selfId: NodeId) {
   const deliveries: Delivery[] = [];
   const transport = createRouterTransport(
@@ -149,7 +154,7 @@ describe("peer sender", () => {
   });
 
 
-  test("probes with one call until the peer answers, then fills its window and coalesces the rest", async () => {
+  test("appends: probes with one call until the peer answers, then fills its window and coalesces the rest", async () => {
     const peer = gatedPeer();
     const sender = createPeerSender({
       peerId: 2,
@@ -161,16 +166,16 @@ describe("peer sender", () => {
       log: () => {},
     });
     try {
-      sender.enqueue([heartbeat(1, 2, 1)]);
-      sender.enqueue([heartbeat(1, 2, 2)]);
+      sender.enqueue([append(1, 2, 1)]);
+      sender.enqueue([append(1, 2, 2)]);
       await until(() => peer.callSizes.length === 1, "the probe call");
       expect(sender.stats()).toMatchObject({ reachability: "unknown", inflightCalls: 1, queuedMessages: 1 });
 
       await releaseNext(peer); // the probe succeeds: the window opens to 2
       await until(() => peer.callSizes.length === 2, "the queued message's call");
-      sender.enqueue([heartbeat(1, 2, 3)]);
-      sender.enqueue([heartbeat(1, 2, 4), heartbeat(1, 2, 5)]);
-      sender.enqueue([heartbeat(1, 2, 6)]);
+      sender.enqueue([append(1, 2, 3)]);
+      sender.enqueue([append(1, 2, 4), append(1, 2, 5)]);
+      sender.enqueue([append(1, 2, 6)]);
       await until(() => peer.callSizes.length === 3, "the second call in the window");
       expect(sender.stats()).toMatchObject({ reachability: "reachable", inflightCalls: 2, queuedMessages: 3 });
 
@@ -180,6 +185,30 @@ describe("peer sender", () => {
       for (const release of peer.gates.splice(0)) release();
       await until(() => sender.stats().inflightCalls === 0, "all calls to end");
       expect(sender.stats()).toMatchObject({ deliveredCalls: 4, deliveredMessages: 6, droppedMessages: 0, failedCalls: 0 });
+    } finally {
+      for (const release of peer.gates.splice(0)) release();
+      await sender.close();
+    }
+  });
+
+  test("heartbeats and other small messages go on a lane of their own: a full window of appends the peer holds does not delay them", async () => {
+    const peer = gatedPeer();
+    const sender = createPeerSender({ peerId: 2, selfId: 1, selfHttpUrl: "", client: peer.client, rpcTimeoutMs: 60_000, limits: roomyLimits, log: () => {} });
+    try {
+      sender.enqueue([append(1, 2, 1)]);
+      await until(() => peer.callSizes.length === 1, "the probe call");
+      await releaseNext(peer);
+      await until(() => sender.stats().reachability === "reachable", "the peer to answer");
+      // The peer holds two calls of appends (the whole window), as a follower busy with its disk would.
+      sender.enqueue([append(1, 2, 2)]);
+      sender.enqueue([append(1, 2, 3)]);
+      sender.enqueue([append(1, 2, 4)]);
+      await until(() => peer.callSizes.length === 3, "the window of appends");
+      expect(sender.stats()).toMatchObject({ inflightCalls: 2, queuedMessages: 1 });
+      // A heartbeat goes at once, in a call of its own, not behind the queued append.
+      sender.enqueue([heartbeat(1, 2, 9)]);
+      await until(() => peer.callSizes.length === 4, "the heartbeat's call");
+      expect(sender.stats()).toMatchObject({ inflightCalls: 3, queuedMessages: 1 });
     } finally {
       for (const release of peer.gates.splice(0)) release();
       await sender.close();
@@ -198,8 +227,8 @@ describe("peer sender", () => {
       log: () => {},
     });
     try {
-      for (let commit = 1; commit <= 10; commit++) sender.enqueue([heartbeat(1, 2, commit)]);
-      // One probe in flight (commit 1), the newest three queued (8, 9, 10), six dropped.
+      for (let index = 1; index <= 10; index++) sender.enqueue([append(1, 2, index)]);
+      // One probe in flight (index 1), the newest three queued (8, 9, 10), six dropped.
       expect(sender.stats()).toMatchObject({ inflightCalls: 1, queuedMessages: 3, droppedMessages: 6 });
       await releaseNext(peer);
       await until(() => peer.callSizes.length === 2, "the call with the survivors");
@@ -318,11 +347,11 @@ describe("peer sender", () => {
       limits: roomyLimits,
       log: () => {},
     });
-    sender.enqueue([heartbeat(1, 2, 1)]);
-    sender.enqueue([heartbeat(1, 2, 2)]);
+    sender.enqueue([append(1, 2, 1)]);
+    sender.enqueue([append(1, 2, 2)]);
     await sender.close(); // resolves although the peer never answers
     expect(sender.stats()).toMatchObject({ inflightCalls: 0, queuedMessages: 0, failedCalls: 1, droppedMessages: 1 });
-    sender.enqueue([heartbeat(1, 2, 3)]);
+    sender.enqueue([append(1, 2, 3)]);
     expect(peer.callSizes).toHaveLength(1);
     for (const release of peer.gates.splice(0)) release();
   });

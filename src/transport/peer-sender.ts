@@ -115,6 +115,13 @@ export function messageBytesEstimate(message: Message): number {
   }
 }
 
+/**
+ * Calls in flight on a peer's control lane (see `createPeerSender`): two, so a heartbeat round
+ * need not wait for the answer to the one before, which a follower may hold for up to twice
+ * `replyWaitMs` (src/transport/reply-slots.ts) while its acks wait for an fsync.
+ */
+const controlCallsMax = 2;
+
 /** Creates the sender for one peer. */
 export function createPeerSender(options: PeerSenderOptions): PeerSender {
   const { peerId, limits } = options;
@@ -122,11 +129,24 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   assert(limits.queuedMessagesMax >= 1 && limits.queuedBytesMax >= 1 && limits.callBytesMax >= 1, "peer sender bounds must be positive");
   assert(options.rpcTimeoutMs > 0, "rpcTimeoutMs must be positive");
 
-  // Invariant: queuedBytes is the sum of queuedSizes; both arrays run parallel to `queued`.
-  let queued: Message[] = [];
-  let queuedSizes: number[] = [];
-  let queuedBytes = 0;
-  let inflightCalls = 0;
+  /**
+   * Two lanes, each its own queue and window of calls: appends that carry entries, and the rest
+   * (heartbeats, votes, acks, read-index messages, commit-only appends). A heartbeat queued behind
+   * a full window of 4 MiB appends to a busy follower waited for them, past the follower's election
+   * timeout: at 256 KB values followers campaigned every few seconds (BENCHMARKS.md). The control
+   * lane has `controlCallsMax` calls in flight; Raft tolerates the reordering between lanes.
+   * Invariant per lane: `bytes` is the sum of `sizes`; both arrays run parallel to `queued`.
+   */
+  interface Lane {
+    queued: Message[];
+    sizes: number[];
+    bytes: number;
+    inflight: number;
+    readonly windowCalls: () => number;
+  }
+  const dataLane: Lane = { queued: [], sizes: [], bytes: 0, inflight: 0, windowCalls: () => limits.inflightCallsMax };
+  const controlLane: Lane = { queued: [], sizes: [], bytes: 0, inflight: 0, windowCalls: () => controlCallsMax };
+  const lanes = [controlLane, dataLane] as const;
   let reachability: PeerReachability = "unknown";
   let lastRefusal = "";
   let closed = false;
@@ -135,64 +155,68 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   const counters = { deliveredCalls: 0, deliveredMessages: 0, failedCalls: 0, failedMessages: 0, droppedMessages: 0 };
   const failedCallsByCode: Record<string, number> = {};
 
+  function laneOf(message: Message): Lane {
+    return message.type === "append" && message.entries.length > 0 ? dataLane : controlLane;
+  }
+
   function enqueue(messages: readonly Message[]): void {
     if (closed || messages.length === 0) return;
     for (const message of messages) {
       assert(message.to === peerId, `message to ${message.to} queued for peer ${peerId}`);
       const size = messageBytesEstimate(message);
-      queued.push(message);
-      queuedSizes.push(size);
-      queuedBytes += size;
+      const lane = laneOf(message);
+      lane.queued.push(message);
+      lane.sizes.push(size);
+      lane.bytes += size;
     }
-    dropOldestBeyondLimits();
+    for (const lane of lanes) dropOldestBeyondLimits(lane);
     pump();
   }
 
-  function dropOldestBeyondLimits(): void {
+  function dropOldestBeyondLimits(lane: Lane): void {
     let dropCount = 0;
     let droppedBytes = 0;
-    while (queued.length - dropCount > limits.queuedMessagesMax || queuedBytes - droppedBytes > limits.queuedBytesMax) {
-      droppedBytes += queuedSizes[dropCount] as number;
+    while (lane.queued.length - dropCount > limits.queuedMessagesMax || lane.bytes - droppedBytes > limits.queuedBytesMax) {
+      droppedBytes += lane.sizes[dropCount] as number;
       dropCount++;
     }
     if (dropCount === 0) return;
-    queued = queued.slice(dropCount);
-    queuedSizes = queuedSizes.slice(dropCount);
-    queuedBytes -= droppedBytes;
+    lane.queued = lane.queued.slice(dropCount);
+    lane.sizes = lane.sizes.slice(dropCount);
+    lane.bytes -= droppedBytes;
     counters.droppedMessages += dropCount;
   }
 
-  /** Starts calls while the window has room. A peer not known to be up gets one probe at a time. */
+  /** Starts calls while a lane's window has room. A peer not known to be up gets one probe call at a time, of either lane. */
   function pump(): void {
-    while (!closed && queued.length > 0 && inflightCalls < windowCalls()) {
-      startCall(takeBatch());
+    for (const lane of lanes) {
+      while (!closed && lane.queued.length > 0 && lane.inflight < lane.windowCalls()) {
+        if (reachability !== "reachable" && controlLane.inflight + dataLane.inflight >= 1) return;
+        startCall(lane, takeBatch(lane));
+      }
     }
   }
 
-  function windowCalls(): number {
-    return reachability === "reachable" ? limits.inflightCallsMax : 1;
-  }
-
-  /** The oldest queued messages, up to the per-call bounds, in order; at least one. */
-  function takeBatch(): { batch: Message[]; bytes: number } {
+  /** The oldest queued messages of a lane, up to the per-call bounds, in order; at least one. */
+  function takeBatch(lane: Lane): { batch: Message[]; bytes: number } {
     let batchCount = 0;
     let batchBytes = 0;
-    while (batchCount < queued.length && batchCount < limits.callMessagesMax) {
-      const size = queuedSizes[batchCount] as number;
+    while (batchCount < lane.queued.length && batchCount < limits.callMessagesMax) {
+      const size = lane.sizes[batchCount] as number;
       if (batchCount > 0 && batchBytes + size > limits.callBytesMax) break;
       batchBytes += size;
       batchCount++;
     }
     assert(batchCount >= 1, "empty batch");
-    const batch = queued.slice(0, batchCount);
-    queued = queued.slice(batchCount);
-    queuedSizes = queuedSizes.slice(batchCount);
-    queuedBytes -= batchBytes;
+    const batch = lane.queued.slice(0, batchCount);
+    lane.queued = lane.queued.slice(batchCount);
+    lane.sizes = lane.sizes.slice(batchCount);
+    lane.bytes -= batchBytes;
     return { batch, bytes: batchBytes };
   }
 
-  function startCall({ batch, bytes }: { batch: Message[]; bytes: number }): void {
-    inflightCalls++;
+  function startCall(lane: Lane, { batch, bytes }: { batch: Message[]; bytes: number }): void {
+    lane.inflight++;
     const request = toSendRequest(options.selfId, options.selfHttpUrl, batch);
     const call = options.client
       .send(request, { timeoutMs: callDeadlineMs(options.rpcTimeoutMs, bytes), signal: abort.signal })
@@ -223,7 +247,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
         },
       )
       .finally(() => {
-        inflightCalls--;
+        lane.inflight--;
         calls.delete(call);
         pump();
       });
@@ -267,19 +291,21 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
     stats: () => ({
       peerId,
       reachability,
-      queuedMessages: queued.length,
-      queuedBytes,
-      inflightCalls,
+      queuedMessages: controlLane.queued.length + dataLane.queued.length,
+      queuedBytes: controlLane.bytes + dataLane.bytes,
+      inflightCalls: controlLane.inflight + dataLane.inflight,
       ...counters,
       failedCallsByCode: { ...failedCallsByCode },
     }),
     async close() {
       if (!closed) {
         closed = true;
-        counters.droppedMessages += queued.length;
-        queued = [];
-        queuedSizes = [];
-        queuedBytes = 0;
+        for (const lane of lanes) {
+          counters.droppedMessages += lane.queued.length;
+          lane.queued = [];
+          lane.sizes = [];
+          lane.bytes = 0;
+        }
         abort.abort();
       }
       await Promise.allSettled([...calls]);
