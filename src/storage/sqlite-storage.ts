@@ -29,6 +29,7 @@ import {
 import { type TermRun, TermCache } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
+import { LogTail } from "./log-tail.ts";
 import { removeStaleStaging, StagingFile } from "./staging-file.ts";
 
 /**
@@ -122,6 +123,8 @@ const restartTailPagesMax = 256;
 const checkpointPagesDefault = 4_096;
 /** The page cache of the node's connection, in KiB. */
 const pageCacheKib = 16 * 1024;
+/** Bytes of the newest log entries kept in memory after their save (see LogTail). */
+const logTailBytesMax = 8 << 20;
 /** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
 const entriesChunkRowsMax = 256;
 /** Rows the first query of an `entries` read asks for, before the entries' size is known. */
@@ -658,11 +661,16 @@ export class SqliteStorage implements KvStorage {
 
   /** Log rows read out of SQLite by `entries` since open (each one copied into memory). */
   entryRowsRead = 0;
+  /** The newest entries saved, served without a query (see LogTail). */
+  private readonly tail = new LogTail(logTailBytesMax);
 
   /** Entries in [lo, hi), at most `maxBytes` of data but at least one when lo < hi; each verified. */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     this.assertOpen();
     assert(lo >= this.firstIndex() && hi <= this.last + 1 && lo <= hi, `entries(${lo}, ${hi}) out of range`);
+    // The tail runs to the last entry saved, so what it holds from `lo` on is all there is to read.
+    const kept = this.tail.slice(lo, hi, maxBytes);
+    if (kept !== undefined) return kept;
     const result: Entry[] = [];
     let bytes = 0;
     let next = lo;
@@ -751,6 +759,7 @@ export class SqliteStorage implements KvStorage {
     if (first !== undefined) {
       if (first.index <= this.last) this.terms.truncateFrom(first.index);
       for (const entry of entries) this.terms.append(entry.index, entry.term);
+      this.tail.saved(entries);
       this.last = lastIndexAfter;
     }
     if (changed !== undefined) this.hardStateValue = { term: changed.term, vote: changed.vote, commit: changed.commit };
@@ -1039,6 +1048,7 @@ export class SqliteStorage implements KvStorage {
     this.applied = snapshot.index;
     this.snap = snapshot;
     this.last = snapshot.index;
+    this.tail.clear();
     this.terms.reset([], snapshot.index);
     // The image went into the WAL whole: its checkpoint is asked for now, not after later writes.
     this.notePages(Math.ceil(this.staging.bytes / this.pageBytes));

@@ -1,0 +1,96 @@
+import { assert } from "../lib/assert.ts";
+import type { Entry } from "../raft/types.ts";
+
+/**
+ * The newest log entries saved, kept in memory up to `bytesMax` of data: what a node reads back
+ * soonest (entries applied once they commit, a turn or two after they were saved, and appends to a
+ * follower just behind) is served without a query. Reading each entry back out of SQLite to apply
+ * it was a fifth of a node's CPU at 256 KB values (BENCHMARKS.md). The entries are the ones the
+ * node saved, shared, not copies: nothing may change them.
+ *
+ * Invariant: `entries` are contiguous by index, and each is the log's entry at its index (a save
+ * that replaces a suffix truncates here too; anything else that rewrites the log clears it).
+ */
+export class LogTail {
+  private entries: Entry[] = [];
+  /** Position of the oldest kept entry in `entries` (evicted ones before it are dropped in batches). */
+  private start = 0;
+  private bytes = 0;
+
+  constructor(private readonly bytesMax: number) {
+    assert(Number.isSafeInteger(bytesMax) && bytesMax >= 0, `log tail bytesMax ${bytesMax}`);
+  }
+
+  /** Entries just saved (committed to the database): from the first one's index on, they replace what was kept. */
+  saved(entries: readonly Entry[]): void {
+    const first = entries[0];
+    if (first === undefined) return;
+    const firstKept = this.firstIndex();
+    const next = this.nextIndex();
+    if (firstKept === undefined || first.index > next || first.index < firstKept) {
+      this.clear();
+    } else if (first.index < next) {
+      // A new leader's entries replace a conflicting suffix.
+      const keep = this.start + (first.index - firstKept);
+      for (let i = keep; i < this.entries.length; i++) this.bytes -= (this.entries[i] as Entry).data.byteLength;
+      this.entries.length = keep;
+    }
+    for (const entry of entries) {
+      this.entries.push(entry);
+      this.bytes += entry.data.byteLength;
+    }
+    this.evict();
+  }
+
+  /**
+   * Entries in [lo, hi) if the tail holds `lo`, at most `maxBytes` of data but at least one (as
+   * `RaftStorage.entries`); undefined when it does not hold `lo`. May end before `hi` where the
+   * tail ends.
+   */
+  slice(lo: number, hi: number, maxBytes: number): Entry[] | undefined {
+    const firstKept = this.firstIndex();
+    if (firstKept === undefined || lo < firstKept || lo >= this.nextIndex() || lo >= hi) return undefined;
+    const result: Entry[] = [];
+    let bytes = 0;
+    for (let i = this.start + (lo - firstKept); i < this.entries.length && result.length < hi - lo; i++) {
+      const entry = this.entries[i] as Entry;
+      if (result.length > 0 && bytes + entry.data.byteLength > maxBytes) break;
+      bytes += entry.data.byteLength;
+      result.push(entry);
+    }
+    return result;
+  }
+
+  /** Forgets every entry (a snapshot installed, the log rewritten). */
+  clear(): void {
+    this.entries = [];
+    this.start = 0;
+    this.bytes = 0;
+  }
+
+  /** Bytes of entry data kept. */
+  keptBytes(): number {
+    return this.bytes;
+  }
+
+  private firstIndex(): number | undefined {
+    return this.entries[this.start]?.index;
+  }
+
+  private nextIndex(): number {
+    const last = this.entries[this.entries.length - 1];
+    return last === undefined ? 0 : last.index + 1;
+  }
+
+  private evict(): void {
+    while (this.bytes > this.bytesMax && this.start < this.entries.length) {
+      this.bytes -= (this.entries[this.start] as Entry).data.byteLength;
+      this.start++;
+    }
+    // Drop evicted slots once they are half the array, so memory stays bounded by what is kept.
+    if (this.start > 0 && this.start * 2 >= this.entries.length) {
+      this.entries = this.entries.slice(this.start);
+      this.start = 0;
+    }
+  }
+}
