@@ -1,10 +1,11 @@
 // Proves the client commands of the built executable against a real cluster: put/get/del/status/members
-// follow redirects, skip dead endpoints, print JSON on request, and exit 0 ok, 1 not found, 2 usage, 3 unavailable.
+// follow redirects, skip dead endpoints, print JSON on request, put on a lease, and exit 0 ok, 1 not found, 2 usage or refused (an unknown lease), 3 unavailable.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { createClient } from "../src/client/index.ts";
 import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
 
 let cluster: ChaosCluster;
@@ -76,6 +77,27 @@ test("exit 3 when no endpoint answers; exit 2 on a usage error", async () => {
   expect(usage.code).toBe(2);
   const badUrl = await kv(["get", "k", "--endpoints", "ftp://x"]);
   expect(badUrl.code).toBe(2);
+});
+
+test("kv put --lease ID attaches the key to the lease; an unknown lease exits 2 saying the lease does not exist, and writes nothing", async () => {
+  const client = createClient({ endpoints, timeoutMs: 5_000 });
+  const { id } = await client.leases.grant(60_000);
+  const put = await kv(["put", "leased", "v", "--lease", String(id), "--endpoints", endpoints]);
+  expect(put.code).toBe(0);
+  expect((await client.leases.get(id)).keys).toEqual(["leased"]);
+  await client.leases.revoke(id);
+  // The revoked lease (and one never granted) is refused: exit 2 as any refused request, not 1
+  // ("not found", which would read as the key's), with the server's lease_not_found.
+  for (const unknown of [id, 9_007_199_254_740_000]) {
+    const refused = await kv(["put", "unleased", "v", "--lease", String(unknown), "--endpoints", endpoints]);
+    expect(refused.code).toBe(2);
+    expect(refused.err).toContain("lease_not_found");
+    expect(refused.err).toContain(`lease ${unknown} does not exist`);
+  }
+  expect(await client.get("unleased")).toBeNull();
+  const usage = await kv(["put", "k", "v", "--lease", "soon", "--endpoints", endpoints]);
+  expect(usage.code).toBe(2);
+  expect(usage.err).toContain("--lease");
 });
 
 test("kv list pages through every key under a prefix, in order, linearizably", async () => {

@@ -1,7 +1,8 @@
-// Proves /openapi.json, generated from the routes' schemas, describes exactly the routes the app serves: every route is in the document, every documented method is served (not 404/405), every undocumented method is refused with 405, and what Elysia validates (query, path parameters, headers) is what the document lists.
+// Proves /openapi.json, generated from the routes' schemas, describes exactly the routes the app serves: every route is in the document, every documented method is served (not 404/405), every undocumented method is refused with 405, its info.version is the release's, and what Elysia validates (query, path parameters, headers) is what the document lists.
 import { expect, test } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import packageJson from "../package.json" with { type: "json" };
 
 const app = createHttpApp(new MemoryKvNode(), { renderMetrics: () => "kv_up 1\n" });
 interface Operation {
@@ -29,6 +30,13 @@ test("GET /openapi.json serves the document", async () => {
   const response = await app.handle(new Request("http://localhost/openapi.json"));
   expect(response.status).toBe(200);
   expect(((await response.json()) as { openapi: string }).openapi).toBe("3.1.0");
+});
+
+test("the document's info.version is the release version, the one kv --version prints", async () => {
+  const response = await app.handle(new Request("http://localhost/openapi.json"));
+  const { info } = (await response.json()) as { info: { version: string } };
+  expect(packageJson.version).toMatch(/^\d+\.\d+\.\d+/);
+  expect(info.version).toBe(packageJson.version);
 });
 
 test("every route the app registers is documented", () => {

@@ -17,8 +17,9 @@ import { jsonValue } from "../lib/json-value.ts";
  * The client commands (`kv put|get|del|list|status|members`): talk to a cluster through the client
  * library (src/client), which follows redirects to the leader, moves to the next endpoint when one
  * does not answer, and retries writes under an Idempotency-Key.
- * Exit codes a script can rely on: 0 ok/found, 1 not found, 2 usage or a refused request,
- * 3 unavailable (no endpoint answered, no leader, or a write's outcome is unknown).
+ * Exit codes a script can rely on: 0 ok/found, 1 not found, 2 usage or a refused request (a lease
+ * that does not exist too), 3 unavailable (no endpoint answered, no leader, or a write's outcome is
+ * unknown).
  */
 export class ClientExit extends Error {
   override name = "ClientExit";
@@ -72,8 +73,9 @@ function authToken(args: { "auth-token"?: string }): string | undefined {
 }
 
 /**
- * Runs one client call; its errors become the exit they mean: 1 not found, 3 unavailable (no
- * endpoint answered, no leader, a 5xx, or a write's outcome is unknown), 2 any other refusal.
+ * Runs one client call; its errors become the exit they mean: 1 not found (but a lease not found
+ * is 2), 3 unavailable (no endpoint answered, no leader, a 5xx, or a write's outcome is unknown),
+ * 2 any other refusal.
  */
 async function call<T>(work: () => Promise<T>): Promise<T> {
   try {
@@ -82,10 +84,18 @@ async function call<T>(work: () => Promise<T>): Promise<T> {
     if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
     if (!(error instanceof KvClientError)) throw error;
     const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
-    if (error.status === 404) throw new ClientExit(1, message);
+    if (error.status === 404) throw new ClientExit(notFoundExit(error.code), message);
     if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
     throw new ClientExit(2, message);
   }
+}
+
+/**
+ * The exit of a 404: 1 means the key is not there; a lease that does not exist (`lease_not_found`,
+ * a put or transaction naming it was refused and wrote nothing) is a refused request, 2.
+ */
+function notFoundExit(code: string | undefined): 1 | 2 {
+  return code === "lease_not_found" ? 2 : 1;
 }
 
 /** An HTTP answer, its body read. */
@@ -100,16 +110,18 @@ export async function send(conn: Connection, method: RawRequest["method"], path:
   return call(() => conn.client.request({ method, path, headers, ...(body === undefined ? {} : { body }) }));
 }
 
-/** Turns an error answer into the exit it means (404: 1, 5xx: 3, else 2). */
+/** Turns an error answer into the exit it means (404: 1, but 2 for `lease_not_found`; 5xx: 3; else 2). */
 export function fail(answer: Answer): never {
   let message = `HTTP ${answer.status}`;
+  let code: string | undefined;
   try {
     const parsed = JSON.parse(new TextDecoder().decode(answer.body)) as { error?: string; message?: string };
+    code = parsed.error;
     message = `${parsed.error ?? message}: ${parsed.message ?? ""}`.trim();
   } catch {
     // not JSON
   }
-  if (answer.status === 404) throw new ClientExit(1, message);
+  if (answer.status === 404) throw new ClientExit(notFoundExit(code), message);
   if (answer.status >= 500) throw new ClientExit(3, message);
   throw new ClientExit(2, message);
 }
@@ -136,13 +148,15 @@ const putCommand = defineCommand({
   args: {
     key: { type: "positional", required: true, description: "The key" },
     value: { type: "positional", required: false, description: "The value; - or nothing reads standard input" },
+    lease: { type: "string", description: "Attach the key to this lease (its id); a lease that does not exist is refused (exit 2) and nothing is written", valueHint: "ID" },
     ...connectionArgs,
   },
   async run({ args }) {
     const conn = connection(args);
+    const lease = args.lease === undefined ? undefined : parseIntFlag("lease", args.lease, 1, Number.MAX_SAFE_INTEGER);
     const value =
       args.value === undefined || args.value === "-" ? new Uint8Array(await Bun.stdin.arrayBuffer()) : new TextEncoder().encode(args.value);
-    const { version } = await call(() => conn.client.put(checkKey(args.key), value));
+    const { version } = await call(() => conn.client.put(checkKey(args.key), value, lease === undefined ? {} : { lease }));
     print(conn, { key: args.key, version }, `OK ${args.key} version ${version}`);
   },
 });

@@ -13,7 +13,8 @@
  * version it was created at, and it is written only once, so its delete comes at a later version;
  * the watch starts right after its creation (`fromVersion`), not "now". Should that version have left
  * every node's history (410 `compacted`), the waiter lists again: a key still present at that later
- * read was deleted, if at all, after the `compactVersion` the node named, so the watch starts there.
+ * read was deleted, if at all, after the `compactVersion` the node named, so the watch starts there
+ * (without one, from now, looking once more when the stream runs: `untilDeleted`).
  */
 import { KvClientError } from "./errors.ts";
 import type { LeaseKeeper, LeasesApi } from "./leases.ts";
@@ -124,28 +125,85 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
  */
 async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: LeaseKeeper, signal: AbortSignal | undefined): Promise<boolean> {
   const both = signal === undefined ? keeper.lost : AbortSignal.any([signal, keeper.lost]);
-  let compactFloor = 0; // from a 410: the oldest version a watch could start from
   for (;;) {
     both.throwIfAborted();
     const queue = await listQueue(deps, prefix);
     const at = queue.findIndex((entry) => entry.key === key);
     if (at < 0) return false;
     if (at === 0) return true;
-    const ahead = queue[at - 1] as KvEntry;
-    try {
-      for await (const event of deps.watch({ key: ahead.key }, { fromVersion: Math.max(ahead.version + 1, compactFloor), signal: both })) {
-        if (event.type === "delete") break;
-      }
-    } catch (error) {
-      if (error instanceof KvClientError && error.code === "compacted") {
-        const floor = error.details.compactVersion;
-        compactFloor = typeof floor === "number" ? floor : compactFloor;
-        continue;
-      }
-      throw error;
-    }
+    await untilDeleted(deps, prefix, queue[at - 1] as KvEntry, both);
     both.throwIfAborted();
   }
+}
+
+/** The pause before watching again after a second 410 in a row. */
+const COMPACTED_RETRY_MS_MIN = 50;
+/** The longest such pause: the pauses double up to it. */
+const COMPACTED_RETRY_MS_MAX = 2_000;
+
+/**
+ * Watches `entry` (a key of the queue under `prefix`, listed with the version it was created at)
+ * until it is deleted, or may have been: then returns, and the caller lists the queue again (also
+ * when the stream simply ended). The watch starts right after the key's creation, so it cannot miss
+ * the delete. On 410 `compacted` it does what a new watcher would: it lists again (a key still there
+ * is deleted, if at all, after this look) and watches from the `compactVersion` the node named; with
+ * no usable one (none, or not past the start already tried) from now, looking again once the
+ * stream's first progress event shows it runs. A node that keeps answering 410 is asked again after
+ * pauses doubling from `COMPACTED_RETRY_MS_MIN` to `COMPACTED_RETRY_MS_MAX`, never in a tight loop.
+ * Returns, too, once `signal` aborts (the caller tells why); throws what the watch throws otherwise.
+ */
+async function untilDeleted(deps: LockDeps, prefix: string, entry: KvEntry, signal: AbortSignal | undefined): Promise<void> {
+  let fromVersion: number | undefined = entry.version + 1; // undefined: from now
+  let compactedInARow = 0; // 410s with no event from a stream between them
+  const aborted = () => signal?.aborted === true;
+  for (;;) {
+    if (aborted()) return;
+    const fromNow = fromVersion === undefined;
+    let lookedAgain = !fromNow;
+    try {
+      const options: WatchOptions = { ...(fromNow ? { progress: true } : { fromVersion }), ...(signal === undefined ? {} : { signal }) };
+      for await (const event of deps.watch({ key: entry.key }, options)) {
+        compactedInARow = 0;
+        if (event.type === "delete") return;
+        if (event.type === "progress" && !lookedAgain) {
+          // The stream runs from before this look: a key still there is deleted, if ever, on it.
+          lookedAgain = true;
+          if (!(await stillQueued(deps, prefix, entry.key))) return;
+        }
+      }
+      return;
+    } catch (error) {
+      if (!(error instanceof KvClientError && error.code === "compacted")) throw error;
+      compactedInARow++;
+      // The first 410 is answered at once; a node that keeps answering 410 is asked again only after a pause.
+      if (compactedInARow > 1) await pause(Math.min(COMPACTED_RETRY_MS_MAX, COMPACTED_RETRY_MS_MIN * 2 ** Math.min(16, compactedInARow - 2)), signal);
+      if (aborted()) return;
+      const floor = error.details.compactVersion;
+      const start: number | undefined = fromVersion;
+      const usableFloor: number | undefined = typeof floor === "number" && Number.isSafeInteger(floor) && start !== undefined && floor > start ? floor : undefined;
+      if (!(await stillQueued(deps, prefix, entry.key))) return;
+      fromVersion = usableFloor;
+    }
+  }
+}
+
+/** Whether `key` is still one of the queue under `prefix` (a linearizable listing). */
+async function stillQueued(deps: LockDeps, prefix: string, key: string): Promise<boolean> {
+  return (await listQueue(deps, prefix)).some((entry) => entry.key === key);
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts (the caller then sees it aborted). */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted === true) return resolve();
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    }
+  });
 }
 
 /** The contenders for a name, oldest (the holder) first: keys `prefix<digits>`, by the version they were created at. */
@@ -169,7 +227,6 @@ export async function* observeLeaders(deps: LockDeps, name: string, options: { r
   const prefix = queuePrefix(name);
   const signal = options.signal;
   let last: KvEntry | undefined;
-  let compactFloor = 0;
   while (signal?.aborted !== true) {
     const queue = await listQueue(deps, prefix);
     const leader = queue[0];
@@ -193,17 +250,7 @@ export async function* observeLeaders(deps: LockDeps, name: string, options: { r
       last = leader;
       yield leader;
     }
-    try {
-      for await (const event of deps.watch({ key: leader.key }, { fromVersion: Math.max(leader.version + 1, compactFloor), ...(signal === undefined ? {} : { signal }) })) {
-        if (event.type === "delete") break;
-      }
-    } catch (error) {
-      if (error instanceof KvClientError && error.code === "compacted" && typeof error.details.compactVersion === "number") {
-        compactFloor = error.details.compactVersion;
-        continue;
-      }
-      throw error;
-    }
+    await untilDeleted(deps, prefix, leader, signal);
   }
 }
 

@@ -22,6 +22,7 @@
 import type { Server, Socket, TCPSocketListener } from "bun";
 import { assert } from "../lib/assert.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
+import { BACKUP_CONTENT_TYPE } from "../kv/backup-format.ts";
 
 /**
  * Default `--max-client-connections`: 0, no cap and no layer. The layer's cost (above) would give
@@ -36,6 +37,22 @@ const STOP_GRACE_MS = 500;
 /** Bytes waiting to be written to one side of a connection; past it, reading the other side pauses. */
 const FORWARD_BACKLOG_BYTES_MAX = 1 << 20;
 
+/**
+ * Content types of answers whose body is produced while it is sent, for as long as the route keeps
+ * it open: a watch's events (`GET /watch`, src/http/app.ts) and a backup's batches (`GET /snapshot`,
+ * src/http/snapshot-route.ts). Such an answer counts as a request still in the handler until its
+ * body ends, so `--request-read-timeout` does not cut it; each route bounds its own idle client
+ * (a watch's bounded buffer, then `slow_watcher`; a snapshot's `SNAPSHOT_IDLE_MS_MAX`).
+ */
+const STREAMED_CONTENT_TYPES: readonly string[] = ["text/event-stream", BACKUP_CONTENT_TYPE];
+
+/** Whether `response` is one of the `STREAMED_CONTENT_TYPES`, with a body. */
+function isStreamed(response: Response): boolean {
+  if (response.body === null) return false;
+  const contentType = response.headers.get("content-type");
+  return contentType !== null && STREAMED_CONTENT_TYPES.some((streamed) => contentType.startsWith(streamed));
+}
+
 /** How to serve the client API. */
 export interface ClientListenerOptions {
   readonly hostname: string;
@@ -48,7 +65,7 @@ export interface ClientListenerOptions {
   readonly onInternalError: (error: Error) => Response;
   /** Open client connections at most; past it new ones are closed at once. 0: no cap (and no forwarding layer). */
   readonly connectionsMax: number;
-  /** How long a connection may go without a request in the handler (silent, trickling headers, idle keep-alive). */
+  /** How long a connection may go without a request in the handler (silent, trickling headers, idle keep-alive) (an answer waiting in the layer for a slow client has `idleTimeoutS` between the client's reads). */
   readonly requestReadTimeoutMs: number;
   /** Seconds `Bun.serve` lets a connection sit silent (1-255); it also cuts a handler still working, so keep it long. */
   readonly idleTimeoutS: number;
@@ -178,13 +195,13 @@ export function createClientListener(options: ClientListenerOptions): ClientList
         release();
         throw error;
       }
-      // A watch stream (Server-Sent Events) is still being answered after its headers: its connection
-      // has no read deadline until the stream ends, or `--request-read-timeout` would cut every watch.
-      if (response.body === null || response.headers.get("content-type")?.startsWith("text/event-stream") !== true) {
+      // A streamed answer is still being produced after its headers: its connection has no read
+      // deadline until the stream ends, or `--request-read-timeout` would cut every watch and backup.
+      if (!isStreamed(response)) {
         release();
         return response;
       }
-      return new Response(untilStreamEnds(response.body, release), response);
+      return new Response(untilStreamEnds(response.body as ReadableStream<Uint8Array>, release), response);
     },
   });
   const innerPort = server.port;
@@ -192,6 +209,7 @@ export function createClientListener(options: ClientListenerOptions): ClientList
 
   // One sweep for every connection rather than a timer per request: a request then costs an
   // assignment, not a setTimeout and a clearTimeout. A deadline is kept within a sweep's interval.
+  const answerStallMs = Math.max(options.requestReadTimeoutMs, options.idleTimeoutS * 1000);
   const sweepIntervalMs = Math.max(10, Math.min(250, Math.floor(options.requestReadTimeoutMs / 10)));
   const sweeper = setInterval(() => {
     const nowMs = performance.now();
@@ -204,6 +222,18 @@ export function createClientListener(options: ClientListenerOptions): ClientList
   }, sweepIntervalMs);
   sweeper.unref();
 
+  /**
+   * An answer (its bytes already out of the handler) reaching a client slower than it, a large value
+   * read slowly, is no idle connection: while bytes of it wait in this layer, the deadline runs from
+   * the last time the client took some, and allows `answerStallMs`, Bun's own idle cut
+   * (`idleTimeoutS`; the kernel signals room only once a good part of a socket's buffer is free, so
+   * "took some" is seen coarsely). A client that takes nothing for that long is cut, as Bun cuts a
+   * stalled reader without the layer; streamed answers are in the handler until they end.
+   */
+  function answerProgressed(connection: ClientConnection, allowMs: number): void {
+    if (connection.requestsInHandler === 0) connection.deadlineMs = performance.now() + allowMs;
+  }
+
   function forward(to: End, chunk: Uint8Array): void {
     if (to.closed) return;
     if (to.socket === undefined || to.backlog.length > 0) {
@@ -215,6 +245,8 @@ export function createClientListener(options: ClientListenerOptions): ClientList
   }
 
   function queue(to: End, bytes: Uint8Array): void {
+    // An answer waits for a client slower than it: the connection is not idle but still answering.
+    if (to.backlog.length === 0 && to === to.connection.client) answerProgressed(to.connection, answerStallMs);
     to.backlog.push(bytes);
     to.backlogBytes += bytes.byteLength;
     // Backpressure: stop reading the sender until this side drains.
@@ -224,6 +256,9 @@ export function createClientListener(options: ClientListenerOptions): ClientList
   function flush(end: End): void {
     const socket = end.socket;
     if (socket === undefined) return;
+    // The client took some of its answer (a drain): it has `answerStallMs` again to take more.
+    const answerWaiting = end.backlog.length > 0 && end === end.connection.client;
+    if (answerWaiting) answerProgressed(end.connection, answerStallMs);
     while (end.backlog.length > 0) {
       const bytes = end.backlog[0] as Uint8Array;
       const written = socket.write(bytes);
@@ -235,6 +270,8 @@ export function createClientListener(options: ClientListenerOptions): ClientList
       end.backlog.shift();
       end.backlogBytes -= bytes.byteLength;
     }
+    // The answer is all written: the connection idles from its last answer, as after any other.
+    if (answerWaiting) answerProgressed(end.connection, options.requestReadTimeoutMs);
     end.peer?.socket?.resume();
     if (end.finPending) {
       end.finPending = false;

@@ -24,6 +24,7 @@ import { t, type AnyElysia, type DocumentDecoration } from "elysia";
 import { idempotencyKeyBytesMax } from "../kv/command.ts";
 import { leaseTtlMsMax } from "../kv/leases.ts";
 import { txnOperationsMax } from "../kv/txn.ts";
+import packageJson from "../../package.json" with { type: "json" };
 
 /** Where the document is served. */
 export const OPENAPI_PATH = "/openapi.json";
@@ -299,7 +300,8 @@ export function createOpenApiDocument(app: AnyElysia) {
   };
   return {
     openapi: "3.1.0",
-    info: { title: "kv", version: "1", description: "A replicated key-value store on Raft. Every error body is JSON {error, message}." },
+    // The release (package.json, as `kv --version` prints it): the API is versioned with kv itself.
+    info: { title: "kv", version: packageJson.version, description: "A replicated key-value store on Raft. Every error body is JSON {error, message}." },
     paths,
     components: { schemas: { ...generated.components.schemas, Error: errorBody, TxnRequest: txnRequest, TxnAnswer: txnAnswer } },
   };

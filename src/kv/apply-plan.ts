@@ -17,10 +17,9 @@ import {
 } from "./command.ts";
 import {
   applyTxn,
-  txnMissingLease,
+  evaluateTxn,
   type TxnAnswer,
   txnAnswerOfSession,
-  txnGetBytes,
   type TxnRequest,
   txnSessionFields,
   type TxnSessionFields,
@@ -459,14 +458,13 @@ export function isWriteStep(step: ApplyStep): step is WriteStep {
  */
 function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
   if (step.kind === "txn") {
-    if (step.session !== undefined) {
-      const getBytes = txnGetBytes(step.txn, table);
-      if (getBytes > txnSessionGetBytesMax) return { kind: "txn-too-large", index: step.index, getBytes };
-    }
-    const missing = txnMissingLease(step.txn, table, (id) => leaseExists(table, id));
-    if (missing !== undefined) return { kind: "lease-not-found", index: step.index, id: missing };
+    // Evaluated once: the comparisons, the gets and the leases, before anything is written.
+    const getBytesMax = step.session === undefined ? Number.POSITIVE_INFINITY : txnSessionGetBytesMax;
+    const evaluation = evaluateTxn(step.txn, step.index, table, (id) => leaseExists(table, id), getBytesMax);
+    if (evaluation.getBytes > getBytesMax) return { kind: "txn-too-large", index: step.index, getBytes: evaluation.getBytes };
+    if (evaluation.missingLease !== undefined) return { kind: "lease-not-found", index: step.index, id: evaluation.missingLease };
     const leases = { attach: (key: string, id: number, index: number) => attachKey(table, key, id, index), detach: (key: string) => detachKey(table, key) };
-    return { kind: "txn", index: step.index, ...applyTxn(step.txn, step.index, table, leases) };
+    return { kind: "txn", index: step.index, ...applyTxn(evaluation, step.index, table, leases) };
   }
   const lease = step.kind === "put" ? step.lease : undefined;
   if (lease !== undefined && !leaseExists(table, lease)) return { kind: "lease-not-found", index: step.index };

@@ -311,15 +311,68 @@ export function txnSucceeds(txn: TxnRequest, table: KvTable): boolean {
   return txn.compare.every((compare) => holds(compare, table));
 }
 
+/** What a get of a transaction answers. */
+type TxnGetResult = Extract<TxnOpResult, { op: "get" }>;
+
 /**
- * The first lease the branch `txn` would take names that `exists` denies, if any: such a
- * transaction applies nothing (as etcd's Txn). Only the branch taken is looked at. Deterministic.
+ * A transaction looked at once, before it changes anything: the branch it takes, what its gets
+ * return, and whether it may apply. `applyTxn` then only writes.
  */
-export function txnMissingLease(txn: TxnRequest, table: KvTable, exists: (id: number) => boolean): number | undefined {
-  for (const op of txnSucceeds(txn, table) ? txn.success : txn.failure) {
-    if (op.op === "put" && op.lease !== undefined && !exists(op.lease)) return op.lease;
+export interface TxnEvaluation {
+  readonly succeeded: boolean;
+  /** The branch taken. */
+  readonly ops: readonly TxnOp[];
+  /** Bytes of values the branch's gets return in all. */
+  readonly getBytes: number;
+  /**
+   * The gets' answers, in the branch's order (each sees the puts and deletes before it); undefined
+   * when `getBytes` is over the `getBytesMax` asked for (they were not copied: it will not apply).
+   */
+  readonly getResults: readonly TxnGetResult[] | undefined;
+  /** The first lease the branch puts on that does not exist: such a transaction applies nothing (as etcd's Txn). */
+  readonly missingLease: number | undefined;
+}
+
+/**
+ * Evaluates `txn` at `index` on `table` without changing it: its comparisons once, against the
+ * state before it, then its branch's gets (a get sees the puts and deletes before it in the branch:
+ * a put's value at `index`, or nothing) and leases (`leaseExists`). With `getBytesMax`, the gets'
+ * values are copied only while their total stays within it (an idempotent transaction's session
+ * keeps them; past the bound it is refused, and only the total is counted). Deterministic: it reads
+ * only the table and the request.
+ */
+export function evaluateTxn(txn: TxnRequest, index: number, table: KvTable, leaseExists: (id: number) => boolean, getBytesMax = Number.POSITIVE_INFINITY): TxnEvaluation {
+  const succeeded = txnSucceeds(txn, table);
+  const ops = succeeded ? txn.success : txn.failure;
+  const written = new Map<string, Uint8Array | undefined>(); // key -> its value in the branch so far; undefined: deleted
+  const getResults: TxnGetResult[] = [];
+  let getBytes = 0;
+  let missingLease: number | undefined;
+  for (const op of ops) {
+    switch (op.op) {
+      case "put":
+        written.set(op.key, op.value);
+        if (op.lease !== undefined && missingLease === undefined && !leaseExists(op.lease)) missingLease = op.lease;
+        break;
+      case "delete":
+        written.set(op.key, undefined);
+        break;
+      case "get": {
+        const inBranch = written.has(op.key);
+        const stored = inBranch ? undefined : table.get(op.key);
+        const value = inBranch ? written.get(op.key) : stored?.value;
+        getBytes += value?.byteLength ?? 0;
+        if (getBytes > getBytesMax) break; // refused: nothing more to copy
+        // A copy: the table's bytes may be a view the storage reuses.
+        if (value === undefined) getResults.push({ op: "get", key: op.key, found: false });
+        else getResults.push({ op: "get", key: op.key, found: true, value: value.slice(), version: stored === undefined ? index : stored.version });
+        break;
+      }
+      default:
+        unreachable(op, "apply: unknown transaction operation");
+    }
   }
-  return undefined;
+  return { succeeded, ops, getBytes, getResults: getBytes > getBytesMax ? undefined : getResults, missingLease };
 }
 
 /** What a transaction's writes do to lease attachments (src/kv/leases.ts), before each write to the table. */
@@ -331,22 +384,21 @@ export interface TxnLeaseHooks {
 }
 
 /**
- * Runs a transaction at `index` on `table`: evaluates every comparison against the state before
- * it, then the branch chosen, in order, telling `leases` of each write first. The caller has made
- * sure every lease of the branch exists (`txnMissingLease`). Deterministic: it reads only the table
- * and the request.
+ * Runs a transaction at `index` on `table`, as `evaluateTxn` found it at the same index on the same
+ * table (which nothing changed since): the branch's writes in order, telling `leases` of each first,
+ * and the gets' answers as evaluated. The caller has made sure it may apply (every lease exists,
+ * the gets were copied). Deterministic: it reads only the table and the request.
  */
-export function applyTxn(txn: TxnRequest, index: number, table: KvTable, leases: TxnLeaseHooks): TxnAnswer {
-  const succeeded = txnSucceeds(txn, table);
+export function applyTxn(evaluation: TxnEvaluation, index: number, table: KvTable, leases: TxnLeaseHooks): TxnAnswer {
+  const getResults = evaluation.getResults;
+  assert(getResults !== undefined && evaluation.missingLease === undefined, "apply: a transaction applied that may not apply");
+  let gets = 0;
   const results: TxnOpResult[] = [];
-  for (const op of succeeded ? txn.success : txn.failure) {
+  for (const op of evaluation.ops) {
     switch (op.op) {
-      case "get": {
-        const stored = table.get(op.key);
-        // A copy: the table's bytes may be a view the storage reuses.
-        results.push(stored === undefined ? { op: "get", key: op.key, found: false } : { op: "get", key: op.key, found: true, value: stored.value.slice(), version: stored.version });
+      case "get":
+        results.push(getResults[gets++] as TxnGetResult);
         break;
-      }
       case "put":
         if (op.lease === undefined) leases.detach(op.key);
         else leases.attach(op.key, op.lease, index);
@@ -361,7 +413,8 @@ export function applyTxn(txn: TxnRequest, index: number, table: KvTable, leases:
         unreachable(op, "apply: unknown transaction operation");
     }
   }
-  return { succeeded, version: index, results };
+  assert(gets === getResults.length, `apply: ${getResults.length} gets evaluated, ${gets} answered`);
+  return { succeeded: evaluation.succeeded, version: index, results };
 }
 
 /**
@@ -369,22 +422,6 @@ export function applyTxn(txn: TxnRequest, index: number, table: KvTable, leases:
  * are its first answer), and a session is one row of the kv table, which snapshots carry whole.
  */
 export const txnSessionGetBytesMax = 4 * 1024 * 1024;
-
-/**
- * Bytes of values the gets of the branch `txn` would take return, found without changing the table
- * (a get sees the puts and deletes before it). Deterministic, as `applyTxn`.
- */
-export function txnGetBytes(txn: TxnRequest, table: KvTable): number {
-  const succeeded = txn.compare.every((compare) => holds(compare, table));
-  const written = new Map<string, number>(); // key -> its value's length in the branch so far; -1: deleted
-  let bytes = 0;
-  for (const op of succeeded ? txn.success : txn.failure) {
-    if (op.op === "put") written.set(op.key, op.value.byteLength);
-    else if (op.op === "delete") written.set(op.key, -1);
-    else bytes += Math.max(0, written.get(op.key) ?? table.get(op.key)?.value.byteLength ?? 0);
-  }
-  return bytes;
-}
 
 /** The ops of the branch `answer` took, paired with their results (for the watch history). */
 export function takenOps(txn: TxnRequest, answer: TxnAnswer): { op: TxnOp; result: TxnOpResult }[] {

@@ -1215,6 +1215,10 @@ export class SqliteStorage implements KvStorage {
     const startedMs = performance.now();
     try {
       const result = (truncate ? this.walTruncate : this.walCheckpoint).get();
+      // Every page written so far is in the database file now (unless an image's read held some
+      // back): none of them is left for the next round, which would otherwise come early, at once
+      // when the tail was longer than `checkpointPages`, with nothing to copy.
+      if (result !== null && result.log >= 0 && result.checkpointed >= result.log) this.pagesSinceCheckpoint = 0;
       onCheckpoint?.({ durationMs: performance.now() - startedMs, walFrames: result?.log ?? -1, checkpointedFrames: result?.checkpointed ?? -1, thread: "caller" });
     } catch (error) {
       // Not fatal: the WAL goes on growing until a later round, or the backstop, catches up.

@@ -1,0 +1,155 @@
+// Proves a lock waiter and an election observer (src/client/lock.ts) whose watch is answered 410 compacted without a usable compactVersion neither spin nor give up: they watch from now and look at the key again, as a new watcher would, still wake when the key is deleted, and ask a node that keeps answering so only after growing pauses.
+import { expect, test } from "bun:test";
+import { KvClientError } from "../src/client/errors.ts";
+import type { LeasesApi } from "../src/client/leases.ts";
+import { acquire, observeLeaders, type LockDeps } from "../src/client/lock.ts";
+import { makeEntry, type KvEntry } from "../src/client/values.ts";
+import type { WatchEvent, WatchOptions, WatchSelector } from "../src/client/watch.ts";
+
+/** How long the tests count requests while nothing changes. */
+const WINDOW_MS = 600;
+
+/** Resolves on the next turn of the event loop, as a network answer would. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * A fake cluster as the lock code sees it: a queue `lock/5` (version 10, another holder) and our key;
+ * every watch from a version is answered 410 compacted with `compactVersion` (undefined: none);
+ * with `refuseEveryWatch`, so is every watch from now; otherwise a watch from now sends a progress
+ * event and then the deletes `remove()` makes.
+ */
+function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: boolean } = {}) {
+  const keys = new Map<string, KvEntry>([["lock/5", makeEntry("lock/5", 10, new TextEncoder().encode("holder"))]]);
+  let version = 12;
+  const counts = { watches: 0, lists: 0 };
+  const deletions = new Set<(key: string) => void>();
+  const refusal = () =>
+    new KvClientError("compacted", 410, "history compacted", options.compactVersion === undefined ? {} : { compactVersion: options.compactVersion });
+  const never = new AbortController().signal;
+  const leases: Partial<LeasesApi> = {
+    grant: async (ttlMs) => ({ id: 7, ttlMs }),
+    keep: (id) => ({ id, lost: never, stop() {} }),
+    revoke: async (id) => ({ id, version: ++version, deletedKeys: 1 }),
+  };
+  const deps: LockDeps = {
+    leases: leases as LeasesApi,
+    async put(key, value) {
+      await nextTurn();
+      keys.set(key, makeEntry(key, ++version, typeof value === "string" ? new TextEncoder().encode(value) : (value as Uint8Array)));
+      return { version };
+    },
+    async delete(key) {
+      keys.delete(key);
+    },
+    async *list(prefix: string) {
+      counts.lists++;
+      await nextTurn();
+      yield { items: [...keys.values()].filter((entry) => entry.key.startsWith(prefix)) };
+    },
+    async *watch(selector: WatchSelector, watchOptions: WatchOptions): AsyncGenerator<WatchEvent> {
+      counts.watches++;
+      await nextTurn();
+      if (watchOptions.fromVersion !== undefined || options.refuseEveryWatch === true) throw refusal();
+      const key = "key" in selector ? selector.key : undefined;
+      let deleted: string | undefined;
+      let wake = () => {};
+      const onDelete = (gone: string) => {
+        if (key === undefined || gone === key) {
+          deleted = gone;
+          wake();
+        }
+      };
+      deletions.add(onDelete);
+      try {
+        if (watchOptions.progress === true) yield { type: "progress", version };
+        while (deleted === undefined) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            watchOptions.signal?.addEventListener("abort", () => resolve(), { once: true });
+          });
+          if (watchOptions.signal?.aborted === true) return;
+        }
+        yield { type: "delete", key: deleted, version: ++version, reason: "delete" };
+      } finally {
+        deletions.delete(onDelete);
+      }
+    },
+  };
+  return {
+    deps,
+    counts,
+    /** Deletes `key` and tells the watches. */
+    remove(key: string) {
+      keys.delete(key);
+      for (const notify of deletions) notify(key);
+    },
+  };
+}
+
+test("a waiter answered 410 without compactVersion watches from now after looking again, and takes the lock when the holder leaves", async () => {
+  const cluster = fakeCluster();
+  const controller = new AbortController();
+  const acquiring = acquire(cluster.deps, "lock", "me", { signal: controller.signal });
+  try {
+    await Bun.sleep(WINDOW_MS); // a window in which nothing changes: requests in it are counted
+    // Before the fix the waiter listed and watched again at once, thousands of times in the window.
+    expect(cluster.counts.watches).toBeLessThanOrEqual(3);
+    expect(cluster.counts.lists).toBeLessThanOrEqual(4);
+    cluster.remove("lock/5");
+    const held = await acquiring;
+    expect(held.key).toBe("lock/7");
+    await held.release();
+  } finally {
+    controller.abort();
+    await acquiring.catch(() => undefined);
+  }
+});
+
+test("a compactVersion no later than the watch's start is not usable either: no tight loop", async () => {
+  const cluster = fakeCluster({ compactVersion: 5 });
+  const controller = new AbortController();
+  const acquiring = acquire(cluster.deps, "lock", "me", { signal: controller.signal });
+  try {
+    await Bun.sleep(WINDOW_MS);
+    expect(cluster.counts.watches).toBeLessThanOrEqual(3);
+    cluster.remove("lock/5");
+    expect((await acquiring).key).toBe("lock/7");
+  } finally {
+    controller.abort();
+    await acquiring.catch(() => undefined);
+  }
+});
+
+test("a node that answers every watch 410 without compactVersion is asked again only after growing pauses", async () => {
+  const cluster = fakeCluster({ refuseEveryWatch: true });
+  const controller = new AbortController();
+  const acquiring = acquire(cluster.deps, "lock", "me", { signal: controller.signal });
+  try {
+    await Bun.sleep(WINDOW_MS);
+    // Pauses of 50, 100, 200, 400 ms: at most 5 or 6 watches in the window; thousands before.
+    expect(cluster.counts.watches).toBeGreaterThanOrEqual(2);
+    expect(cluster.counts.watches).toBeLessThanOrEqual(8);
+  } finally {
+    controller.abort();
+    expect(await acquiring.then(() => "held", (error: unknown) => error)).toBe(controller.signal.reason);
+  }
+});
+
+test("an observer answered 410 without compactVersion keeps observing and sees the next leader", async () => {
+  const cluster = fakeCluster();
+  const controller = new AbortController();
+  const leaders = observeLeaders(cluster.deps, "lock", { signal: controller.signal });
+  try {
+    expect((await leaders.next()).value?.key).toBe("lock/5");
+    await cluster.deps.put("lock/9", "next", { ifVersion: 0, lease: 9 });
+    const next = leaders.next();
+    await Bun.sleep(WINDOW_MS);
+    // Before the fix the observer threw the 410 (compacted) at its caller.
+    expect(cluster.counts.watches).toBeLessThanOrEqual(3);
+    cluster.remove("lock/5");
+    expect((await next).value?.key).toBe("lock/9");
+  } finally {
+    controller.abort();
+    await leaders.return(undefined);
+  }
+});
