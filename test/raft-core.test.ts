@@ -150,6 +150,61 @@ describe("log replication (§5.3)", () => {
   });
 });
 
+describe("flow control to a follower (replicate state)", () => {
+  /** A leader of three whose followers acknowledged its first entry: both in replicate state. */
+  function replicatingLeader(): { node: RawNode; term: number } {
+    const node = coreWith(1, 3);
+    electLeader(node, [2]);
+    const term = node.basicStatus().term;
+    for (const m of drain(node)) {
+      if (m.type === "append") node.step({ type: "append-response", from: m.to, to: 1, term, success: true, index: m.prevLogIndex + m.entries.length, hintIndex: 0, hintTerm: 0 });
+    }
+    drain(node);
+    return { node, term };
+  }
+  const appendsTo = (messages: Message[], to: number) => messages.filter((m): m is Extract<Message, { type: "append" }> => m.type === "append" && m.to === to);
+  const dataBytes = (m: Extract<Message, { type: "append" }>) => m.entries.reduce((sum, e) => sum + e.data.byteLength, 0);
+
+  test("at most inflightBytesMax of entries go unacknowledged to a follower; its acks open the window again", () => {
+    const { node, term } = replicatingLeader();
+    const sent: Extract<Message, { type: "append" }>[] = [];
+    for (let i = 0; i < 20; i++) {
+      node.propose([new Uint8Array(1 << 20).fill(i)]);
+      sent.push(...appendsTo(drain(node), 2));
+    }
+    const bytes = sent.reduce((sum, m) => sum + dataBytes(m), 0);
+    expect(bytes).toBeGreaterThanOrEqual(defaultRaftLimits.inflightBytesMax);
+    expect(bytes).toBeLessThanOrEqual(defaultRaftLimits.inflightBytesMax + (1 << 20));
+    // Follower 2 acknowledges what it got: the rest goes to it.
+    const last = sent[sent.length - 1]!;
+    node.step({ type: "append-response", from: 2, to: 1, term, success: true, index: last.prevLogIndex + last.entries.length, hintIndex: 0, hintTerm: 0 });
+    const more = appendsTo(drain(node), 2);
+    expect(more.length).toBeGreaterThan(0);
+    expect(more[0]!.prevLogIndex).toBe(last.prevLogIndex + last.entries.length);
+  });
+
+  test("appends a follower has not acknowledged while it answers heartbeats are taken for lost only after lostAppendHeartbeatRounds rounds", async () => {
+    const { lostAppendHeartbeatRounds } = await import("../src/raft/progress.ts");
+    const { node, term } = replicatingLeader();
+    node.propose([new TextEncoder().encode("slow fsync")]);
+    const [first] = appendsTo(drain(node), 2);
+    expect(first).toBeDefined();
+    // Follower 2 answers each heartbeat at once; its ack waits for an fsync slower than many rounds.
+    for (let round = 1; round <= lostAppendHeartbeatRounds; round++) {
+      node.tick();
+      const messages = drain(node);
+      const resent = appendsTo(messages, 2).filter((m) => m.entries.length > 0);
+      if (round < lostAppendHeartbeatRounds) expect(resent).toEqual([]);
+      for (const m of messages) {
+        if (m.type === "heartbeat" && m.to === 2) node.step({ type: "heartbeat-response", from: 2, to: 1, term, readContext: m.readContext });
+      }
+      const afterAnswer = appendsTo(drain(node), 2).filter((m) => m.entries.length > 0);
+      if (round < lostAppendHeartbeatRounds) expect(afterAnswer).toEqual([]);
+      else expect(afterAnswer.map((m) => m.prevLogIndex)).toEqual([first!.prevLogIndex]);
+    }
+  });
+});
+
 describe("commitment (§5.4.2, Figure 8)", () => {
   test("a leader does not commit an older term's entry by counting replicas, only through its own", () => {
     // Node 1 leads term 4 holding (2, term 2) that a majority also holds: not committed by that alone.

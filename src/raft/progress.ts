@@ -4,9 +4,20 @@ import { assert } from "../lib/assert.ts";
 export const snapshotHeartbeatsMax = 100;
 
 /**
+ * Heartbeat rounds a follower may answer while none of the appends in flight to it is
+ * acknowledged before the leader takes them for lost and probes again. A follower acks an append
+ * only once its fsync returns, while it answers heartbeats at once: with one round, every fsync
+ * slower than a heartbeat interval (50 ms; 100-500 ms at 256 KB values) made the leader send the
+ * whole window again from its disk (BENCHMARKS.md).
+ */
+export const lostAppendHeartbeatRounds = 10;
+
+/**
  * What a leader knows of one follower's log (etcd's tracker.Progress).
  * `probe`: one AppendEntries at a time until the follower's match point is found.
- * `replicate`: optimistic pipelining, at most `inflightMessagesMax` appends in flight.
+ * `replicate`: optimistic pipelining, at most `inflightMessagesMax` appends and `inflightBytesMax`
+ *   bytes of entries in flight (a follower slower than the others falls behind by a bounded window,
+ *   sent from memory, rather than by whatever the sender's queue holds before it drops messages).
  * Invariant: matchIndex < nextIndex.
  */
 export class Progress {
@@ -20,16 +31,20 @@ export class Progress {
   probeSent = false;
   /** Last index of each append in flight, oldest first (replicate state). */
   private inflight: number[] = [];
+  /** Bytes of entry data of each append in flight, parallel to `inflight`, and their sum. */
+  private inflightSizes: number[] = [];
+  private inflightBytes = 0;
   /** Heard from since the last check-quorum round. */
   recentActive = false;
   /** The highest commit index sent to this follower (in an append or a heartbeat). */
   sentCommit = 0;
-  /** An append was acknowledged since the last heartbeat answer. */
-  private ackedSinceHeartbeat = false;
+  /** Heartbeat answers since an append was last acknowledged. */
+  private heartbeatsSinceAck = 0;
 
   constructor(
     nextIndex: number,
     private readonly inflightMessagesMax: number,
+    private readonly inflightBytesMax = Number.POSITIVE_INFINITY,
   ) {
     this.nextIndex = nextIndex;
   }
@@ -39,7 +54,7 @@ export class Progress {
       case "probe":
         return this.probeSent;
       case "replicate":
-        return this.inflight.length >= this.inflightMessagesMax;
+        return this.inflight.length >= this.inflightMessagesMax || this.inflightBytes >= this.inflightBytesMax;
       case "snapshot":
         return true;
     }
@@ -55,7 +70,19 @@ export class Progress {
     this.state = "snapshot";
     this.pendingSnapshotIndex = index;
     this.heartbeatsSinceSnapshot = 0;
+    this.clearInflight();
+  }
+
+  private clearInflight(): void {
     this.inflight = [];
+    this.inflightSizes = [];
+    this.inflightBytes = 0;
+  }
+
+  /** Drops the oldest append in flight from the window. */
+  private freeOldest(): void {
+    this.inflight.shift();
+    this.inflightBytes -= this.inflightSizes.shift() ?? 0;
   }
 
   becomeProbe(): void {
@@ -64,23 +91,25 @@ export class Progress {
     this.state = "probe";
     this.probeSent = false;
     this.pendingSnapshotIndex = 0;
-    this.inflight = [];
+    this.clearInflight();
     this.nextIndex = from + 1;
   }
 
   becomeReplicate(): void {
     this.state = "replicate";
     this.probeSent = false;
-    this.inflight = [];
+    this.clearInflight();
     this.nextIndex = this.matchIndex + 1;
   }
 
-  /** An append ending at `lastIndex` went out. */
-  sentAppend(lastIndex: number | undefined): void {
+  /** An append ending at `lastIndex`, carrying `bytes` of entry data, went out. */
+  sentAppend(lastIndex: number | undefined, bytes = 0): void {
     if (this.state === "replicate") {
       if (lastIndex === undefined) return;
       this.nextIndex = lastIndex + 1;
       this.inflight.push(lastIndex);
+      this.inflightSizes.push(bytes);
+      this.inflightBytes += bytes;
     } else {
       this.probeSent = true;
     }
@@ -97,14 +126,16 @@ export class Progress {
       if (++this.heartbeatsSinceSnapshot > snapshotHeartbeatsMax) this.becomeProbe();
       return;
     }
-    if (this.state === "replicate" && this.nextIndex > this.matchIndex + 1 && !this.ackedSinceHeartbeat) {
-      // Appends are out but none was answered for a whole heartbeat round while the follower is
+    const waiting = this.state === "replicate" && this.nextIndex > this.matchIndex + 1;
+    this.heartbeatsSinceAck = waiting ? this.heartbeatsSinceAck + 1 : 0;
+    if (waiting && this.heartbeatsSinceAck >= lostAppendHeartbeatRounds) {
+      // Appends are out but none was answered for many heartbeat rounds while the follower is
       // alive: they were lost. Probe again from the match point rather than wait for a new write.
+      this.heartbeatsSinceAck = 0;
       this.becomeProbe();
-    } else if (this.state === "replicate" && this.inflight.length >= this.inflightMessagesMax) {
-      this.inflight.shift();
+    } else if (this.state === "replicate" && this.isPaused()) {
+      this.freeOldest();
     }
-    this.ackedSinceHeartbeat = false;
   }
 
   /** A success answer up to `index`. Returns whether matchIndex moved. */
@@ -113,11 +144,11 @@ export class Progress {
     if (this.matchIndex < index) {
       this.matchIndex = index;
       this.probeSent = false;
-      this.ackedSinceHeartbeat = true;
+      this.heartbeatsSinceAck = 0;
       updated = true;
     }
     this.nextIndex = Math.max(this.nextIndex, index + 1);
-    while (this.inflight.length > 0 && (this.inflight[0] as number) <= index) this.inflight.shift();
+    while (this.inflight.length > 0 && (this.inflight[0] as number) <= index) this.freeOldest();
     return updated;
   }
 

@@ -43,6 +43,8 @@ export interface RaftConfig {
   readonly appendBytesMax: number;
   /** Appends in flight to one follower in replicate state. */
   readonly inflightMessagesMax: number;
+  /** Bytes of entry data in flight to one follower in replicate state (at least one append goes). */
+  readonly inflightBytesMax?: number;
   /** Proposals refused once this many entries are uncommitted: bounds a leader that lost its quorum. */
   readonly uncommittedEntriesMax: number;
   /** Cap on committed entry bytes handed out in one Ready. */
@@ -62,6 +64,7 @@ export interface RaftConfig {
 export const defaultRaftLimits = {
   appendBytesMax: 1 << 20,
   inflightMessagesMax: 256,
+  inflightBytesMax: 8 << 20,
   uncommittedEntriesMax: 65_536,
   committedBytesMax: 16 << 20,
   preVote: true,
@@ -233,7 +236,7 @@ export class Raft {
     this.leaderId = this.id;
     const lastIndex = this.log.lastIndex();
     for (const member of this.members()) {
-      this.progress.set(member, new Progress(lastIndex + 1, this.cfg.inflightMessagesMax));
+      this.progress.set(member, new Progress(lastIndex + 1, this.cfg.inflightMessagesMax, this.cfg.inflightBytesMax));
     }
     // A change may sit uncommitted in the log we inherit: allow no other until all of it is applied.
     this.pendingConfIndex = lastIndex;
@@ -398,7 +401,7 @@ export class Raft {
         this.becomeFollower(this.term, 0);
       } else {
         for (const member of this.members()) {
-          if (!this.progress.has(member)) this.progress.set(member, new Progress(this.log.lastIndex() + 1, this.cfg.inflightMessagesMax));
+          if (!this.progress.has(member)) this.progress.set(member, new Progress(this.log.lastIndex() + 1, this.cfg.inflightMessagesMax, this.cfg.inflightBytesMax));
         }
         for (const member of [...this.progress.keys()]) if (!voters.has(member) && !learners.has(member)) this.progress.delete(member);
         if (this.leadTransferee !== 0 && !voters.has(this.leadTransferee)) this.leadTransferee = 0;
@@ -900,7 +903,9 @@ export class Raft {
     const entries = progress.nextIndex <= lastIndex ? this.log.slice(progress.nextIndex, lastIndex + 1, this.cfg.appendBytesMax) : [];
     if (progress.state === "replicate" && entries.length === 0 && !sendIfEmpty) return; // nothing new to say
     this.send({ type: "append", from: this.id, to, term: this.term, prevLogIndex, prevLogTerm, entries, commit: this.log.committed });
-    progress.sentAppend(entries[entries.length - 1]?.index);
+    let bytes = 0;
+    for (const entry of entries) bytes += entry.data.byteLength;
+    progress.sentAppend(entries[entries.length - 1]?.index, bytes);
     progress.sentCommit = this.log.committed;
   }
 
