@@ -6,7 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
 import { EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/command.ts";
-import { proposalBytesPerTurnMax } from "../src/node/proposals.ts";
+import { pendingBytesMax, proposalBytesPerTurnMax } from "../src/node/proposals.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 
@@ -182,6 +182,33 @@ describe("large writes (issue 12: one turn's work is bounded by bytes)", () => {
     // A single write larger than the budget still goes, alone.
     const huge = new Uint8Array(proposalBytesPerTurnMax + 1).fill(1);
     expect((await drive(cluster, leader.put("huge", huge))).version).toBeGreaterThan(0);
+  });
+});
+
+describe("large writes: what a leader has proposed and not applied is bounded by bytes", () => {
+  test("40 writes of 300 KB at once: at no time more than pendingBytesMax saved on the leader and not yet applied; all are acknowledged", async () => {
+    const cluster = createCluster({ requestTimeoutMs: 5_000 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const storage = cluster.storages.get(leader.status().id)!;
+    let outstanding = 0;
+    let outstandingMax = 0;
+    const save = storage.save.bind(storage);
+    storage.save = (hardState, entries, sync) => {
+      save(hardState, entries, sync);
+      for (const entry of entries) outstanding += entry.data.byteLength;
+      outstandingMax = Math.max(outstandingMax, outstanding);
+    };
+    const applyEntries = storage.applyEntries.bind(storage);
+    storage.applyEntries = (entries) => {
+      for (const entry of entries) outstanding -= entry.data.byteLength;
+      return applyEntries(entries);
+    };
+    const value = new Uint8Array(300 * 1024).fill(9);
+    const results = await drive(cluster, Promise.all(Array.from({ length: 40 }, (_, i) => leader.put(`big/${i}`, value))), 5_000);
+    expect(results.every((result) => result.version > 0)).toBe(true);
+    expect(outstandingMax).toBeGreaterThan(2 * 300 * 1024);
+    expect(outstandingMax).toBeLessThanOrEqual(pendingBytesMax + 64 * 1024);
   });
 });
 

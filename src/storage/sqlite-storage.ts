@@ -124,7 +124,7 @@ const checkpointPagesDefault = 4_096;
 /** The page cache of the node's connection, in KiB. */
 const pageCacheKib = 16 * 1024;
 /** Bytes of the newest log entries kept in memory after their save (see LogTail). */
-const logTailBytesMax = 8 << 20;
+const logTailBytesMax = 16 << 20;
 /** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
 const entriesChunkRowsMax = 256;
 /** Rows the first query of an `entries` read asks for, before the entries' size is known. */
