@@ -27,6 +27,7 @@
  * key, and trailing bytes after a delete all throw a `CommandCodecError`.
  */
 import { decodeTxnBody, encodeTxnBody, type TxnRequest } from "./txn.ts";
+import { uninitializedBytes } from "../lib/bytes.ts";
 
 /** Keys longer than this (in UTF-8 bytes) cannot be encoded; the HTTP layer should refuse them earlier. */
 export const commandKeyBytesMax = 64 * 1024;
@@ -248,7 +249,7 @@ export function encodeCommand(command: Command): Uint8Array {
       throw new CommandCodecError(`encode: stamp ${JSON.stringify(stamp)} is not three whole numbers (sessionsMax at least 1)`);
     }
     const numbersBytes = numbers.reduce((sum, value) => sum + varintByteLength(value), 0);
-    const out = new Uint8Array(1 + numbersBytes + varintByteLength(idem.byteLength) + idem.byteLength + inner.byteLength);
+    const out = uninitializedBytes(1 + numbersBytes + varintByteLength(idem.byteLength) + idem.byteLength + inner.byteLength);
     out[0] = stamp === undefined ? opIdempotent : opIdempotentStamped;
     let offset = 1;
     for (const value of numbers) offset = writeVarint(out, offset, value);
@@ -260,7 +261,7 @@ export function encodeCommand(command: Command): Uint8Array {
   }
   if (command.op === "txn") {
     const parts = encodeTxnBody(command);
-    const out = new Uint8Array(1 + parts.reduce((sum, part) => sum + part.byteLength, 0));
+    const out = uninitializedBytes(1 + parts.reduce((sum, part) => sum + part.byteLength, 0));
     out[0] = opTxn;
     let offset = 1;
     for (const part of parts) {
@@ -273,7 +274,7 @@ export function encodeCommand(command: Command): Uint8Array {
     const { lease, ...plain } = command;
     checkLeaseNumber(lease, "encode: lease id");
     const inner = encodeCommand(plain);
-    const out = new Uint8Array(1 + varintByteLength(lease) + inner.byteLength);
+    const out = uninitializedBytes(1 + varintByteLength(lease) + inner.byteLength);
     out[0] = opPutOnLease;
     const offset = writeVarint(out, 1, lease);
     out.set(inner, offset);
@@ -290,7 +291,7 @@ export function encodeCommand(command: Command): Uint8Array {
     throw new CommandCodecError(`encode: ifVersion ${ifVersion} is not a version`);
   }
   const versionBytes = ifVersion === undefined ? 0 : varintByteLength(ifVersion);
-  const out = new Uint8Array(1 + varintByteLength(keyBytes.byteLength) + keyBytes.byteLength + versionBytes + valueBytes);
+  const out = uninitializedBytes(1 + varintByteLength(keyBytes.byteLength) + keyBytes.byteLength + versionBytes + valueBytes);
   switch (command.op) {
     case "put":
       out[0] = ifVersion === undefined ? opPut : opPutIfVersion;

@@ -15,6 +15,7 @@
  */
 import { ScalarType, toBinary } from "@bufbuild/protobuf";
 import type { DescField, DescMessage, Message } from "@bufbuild/protobuf";
+import { uninitializedBytes } from "../lib/bytes.ts";
 
 /** A message measured and ready to be written. */
 export interface MeasuredMessage {
@@ -142,7 +143,7 @@ export function measureMessage<Desc extends DescMessage>(desc: Desc, message: Me
 /** `toBinary`, through the measuring writer: one buffer, each field written once. */
 export function encodeMessage<Desc extends DescMessage>(desc: Desc, message: Message): Uint8Array {
   const measured = measureMessage(desc, message);
-  const bytes = new Uint8Array(measured.bytes);
+  const bytes = uninitializedBytes(measured.bytes);
   measured.write(bytes, 0);
   return bytes;
 }

@@ -19,6 +19,7 @@ import { createMethodUrl, runUnaryCall } from "@connectrpc/connect/protocol";
 import { codeFromHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorFromJsonBytes, trailerDemux } from "@connectrpc/connect/protocol-connect";
 import { HttpConnection, HttpConnectionError, responseHeader } from "../lib/http-connection.ts";
 import type { HttpResponse } from "../lib/http-connection.ts";
+import { uninitializedBytes } from "../lib/bytes.ts";
 import { measureMessage, type MeasuredMessage } from "./proto-writer.ts";
 
 export interface SocketTransportOptions {
@@ -180,7 +181,7 @@ function encodeRequest(url: URL, host: string, headers: Headers, body: MeasuredM
   for (const [name, value] of headers) if (name !== "host" && name !== "content-length") head += `${name}: ${value}\r\n`;
   head += `Content-Length: ${body.bytes}\r\n\r\n`;
   const headBytes = encoder.encode(head);
-  const bytes = new Uint8Array(headBytes.byteLength + body.bytes);
+  const bytes = uninitializedBytes(headBytes.byteLength + body.bytes);
   bytes.set(headBytes, 0);
   body.write(bytes, headBytes.byteLength);
   return bytes;
