@@ -33,6 +33,10 @@ export interface ServerCluster {
   /** Stops node `id` at once, as a crash would look to its peers (no hand-over). */
   kill(id: number): Promise<void>;
   status(id: number): NodeStatus | undefined;
+  /** Cuts every link to and from node `id` (its server keeps running). */
+  isolate(id: number): void;
+  /** Restores every link. */
+  heal(): void;
   /** Until a majority of `among` follow one leader in one term; returns its id. */
   waitForLeader(among?: readonly number[], timeoutMs?: number): Promise<number>;
   /** Node `id`'s JSON log lines so far, every start of it included, one per line. */
@@ -124,6 +128,15 @@ export function createServerCluster(options: ServerClusterOptions): ServerCluste
     },
     status(id) {
       return servers.get(id)?.node.status();
+    },
+    isolate(id) {
+      for (const [link, proxy] of proxies) {
+        const [from, to] = link.split(">").map(Number);
+        if (from === id || to === id) proxy.cut();
+      }
+    },
+    heal() {
+      for (const proxy of proxies.values()) proxy.heal();
     },
     async waitForLeader(among = ids, timeoutMs = 15_000) {
       const deadline = performance.now() + timeoutMs;
