@@ -3,8 +3,11 @@
 // through a TCP proxy of its own, so a restarted node keeps its peer address.
 import { join } from "node:path";
 import { createTcpProxy, type TcpProxy } from "../../src/chaos/tcp-proxy.ts";
+import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../../src/http/app.ts";
+import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../../src/http/client-listener.ts";
 import { createLogger, type LogLevel } from "../../src/lib/logger.ts";
 import type { NodeStatus } from "../../src/node/api.ts";
+import { defaultIdempotency, defaultNodeTimings, defaultSnapshotPolicy } from "../../src/node/kv-node.ts";
 import { createServer, type KvServer, type ServerConfig } from "../../src/server/create-server.ts";
 
 export interface ServerClusterOptions {
@@ -50,8 +53,10 @@ export interface ServerCluster {
 
 /**
  * The settings every in-process node starts from: a one-voter cluster of its own on OS-picked ports
- * (`peers` names only itself), short ticks, and a logger that prints errors only. A test that starts
- * a node outside a cluster (a joining node) spreads it and sets `peers` and `join`.
+ * (`peers` names only itself), `kv serve`'s defaults for timings and limits (src/cli/serve.ts reads
+ * the same constants) but no space quota, and a logger that prints errors only. A test that moved
+ * from `kv serve` to in-process gives what its flags set over these; one that starts a node outside
+ * a cluster (a joining node) spreads it and sets `peers` and `join`.
  */
 export function baseServerConfig(id: number, dataDir: string): ServerConfig {
   return {
@@ -60,19 +65,19 @@ export function baseServerConfig(id: number, dataDir: string): ServerConfig {
     listenPeer: { hostname: "127.0.0.1", port: 0 },
     listenHttp: { hostname: "127.0.0.1", port: 0 },
     dataDir,
-    tickMs: 10,
-    electionTicks: 12,
-    heartbeatTicks: 5,
-    requestTimeoutMs: 5_000,
-    snapshotEntries: 10_000,
-    snapshotCatchUpEntries: 1_000,
-    idempotencyWindowMs: 600_000,
-    idempotencySessionsMax: 100_000,
+    tickMs: defaultNodeTimings.tickMs,
+    electionTicks: defaultNodeTimings.electionTicks,
+    heartbeatTicks: defaultNodeTimings.heartbeatTicks,
+    requestTimeoutMs: defaultNodeTimings.requestTimeoutMs,
+    snapshotEntries: defaultSnapshotPolicy.snapshotEntries,
+    snapshotCatchUpEntries: defaultSnapshotPolicy.snapshotCatchUpEntries,
+    idempotencyWindowMs: defaultIdempotency.windowMs,
+    idempotencySessionsMax: defaultIdempotency.sessionsMax,
     metricsOpen: false,
-    keyBytesMax: 4096,
-    valueBytesMax: 1 << 20,
-    requestReadTimeoutMs: 10_000,
-    clientConnectionsMax: 0,
+    keyBytesMax: KEY_BYTES_MAX_DEFAULT,
+    valueBytesMax: VALUE_BYTES_MAX_DEFAULT,
+    requestReadTimeoutMs: REQUEST_READ_TIMEOUT_MS_DEFAULT,
+    clientConnectionsMax: CLIENT_CONNECTIONS_MAX_DEFAULT,
     logger: createLogger(id, "error", { format: "json" }),
   };
 }
