@@ -18,7 +18,7 @@ afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
 const ALIVE_AFTER_STOP_MS_MAX = 1_500;
 
 test("starting and stopping in-process servers leaves no descriptor open and nothing that keeps the process alive", async () => {
-  const child = Bun.spawn([process.execPath, join(import.meta.dir, "children", "server-stop-child.ts"), baseDir, "3", "3", String(ALIVE_AFTER_STOP_MS_MAX)], {
+  const child = Bun.spawn([process.execPath, join(import.meta.dir, "children", "server-stop-child.ts"), baseDir, "3", "2", String(ALIVE_AFTER_STOP_MS_MAX)], {
     stdout: "pipe",
     stderr: "pipe",
     stdin: "ignore",
