@@ -1,32 +1,34 @@
 // Proves a node whose log was damaged behind its back refuses to start, with one line naming the
-// database file and the damaged index, instead of serving or replicating bad data.
+// database file and the damaged index, instead of serving or replicating bad data. The log is written
+// by an in-process node; the refusal (exit code and stderr) is the built executable's.
 import { afterAll, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
-import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+import { createServerCluster } from "./helpers/server-cluster.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-corruption-node-"));
-afterAll(async () => {
-  await killAllKvProcesses();
-  rmSync(baseDir, { recursive: true, force: true });
-});
+afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
 
 test("a damaged log entry stops the node at start with the file and the index", async () => {
   const dataDir = join(baseDir, "node-1");
   // A one-voter cluster leads itself: enough to write a log.
-  const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(baseDir, "node-1.log") });
-  // It becomes leader after its first election timeout: wait for it (a condition on the process).
-  while ((await fetch(`${node.httpUrl}/health`)).status !== 200) await Bun.sleep(10);
+  const cluster = createServerCluster({ size: 1, baseDir });
   let version = 0;
-  for (let i = 0; i < 5; i++) {
-    const response = await fetch(`${node.httpUrl}/kv/k${i}`, { method: "PUT", body: `v${i}` });
-    expect(response.status).toBe(200);
-    version = ((await response.json()) as { version: number }).version;
+  try {
+    await cluster.start();
+    await cluster.waitForLeader();
+    for (let i = 0; i < 5; i++) {
+      const response = await fetch(`${cluster.node(1).httpUrl}/kv/k${i}`, { method: "PUT", body: `v${i}` });
+      expect(response.status).toBe(200);
+      version = ((await response.json()) as { version: number }).version;
+    }
+    await cluster.node(1).stop(); // a clean stop: the database closed, its WAL checkpointed
+  } finally {
+    await cluster.stop();
   }
-  expect(await node.terminate()).toBe(0);
 
   // Flip the data of the last entry, as a bad disk would, keeping its stored checksum.
   const file = join(dataDir, "kv.db");

@@ -1,9 +1,11 @@
-// Proves, with the built executable on a 48 MB filesystem (issue 13, finding 10), that past --quota-bytes a node refuses puts with 507 quota_exceeded while reads, listings, /health and deletes keep working and the disk never fills, and that a node started on a full filesystem says so in one log line, prints no stack trace, waits, and serves every acknowledged write once space is freed.
+// Proves, with nodes on a 48 MB filesystem (issue 13, finding 10), that past its space quota a node refuses puts with 507 quota_exceeded while reads, listings, /health and deletes keep working and the disk never fills, and that a node started on a full filesystem says so in one log line, logs no stack trace, waits, and serves every acknowledged write once space is freed. The nodes run in-process (createServer); one test of the built executable proves --quota-bytes reaches its server.
 import { afterAll, describe, expect, test } from "bun:test";
 import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { killAllKvProcesses, startKvProcess, type KvProcess } from "./helpers/kv-process.ts";
+import type { KvServer } from "../src/server/create-server.ts";
+import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 const smallDir = mkdtempSync(join(tmpdir(), "kv-small-"));
 // Logs live outside the small filesystem: filling it must not silence the node.
@@ -33,7 +35,7 @@ async function pollFor<T>(what: string, probe: () => Promise<T | undefined>, tim
 }
 
 /** Waits for /health to answer 200 (a leader is known and everything committed is applied). */
-function waitHealthy(node: KvProcess): Promise<true> {
+function waitHealthy(node: { readonly httpUrl: string }): Promise<true> {
   return pollFor("healthy", async () => ((await fetch(`${node.httpUrl}/health`)).status === 200 ? true : undefined));
 }
 
@@ -59,18 +61,35 @@ function fillFilesystem(dir: string): string {
   return file;
 }
 
-describe.skipIf(!mounted)("a full disk and the space quota (real process, 48 MB tmpfs)", () => {
-  test("past --quota-bytes: puts get 507 quota_exceeded, reads, listings, /health and deletes work, the disk does not fill, and deletes make room again", async () => {
+/** One in-process node keeping its data in `<dir>/node-1`, logging at kv serve's default level; not started. */
+function singleNode(dir: string, config: Parameters<typeof createServerCluster>[0]["config"] = undefined): ServerCluster {
+  return createServerCluster({ size: 1, baseDir: dir, logLevel: "info", ...(config === undefined ? {} : { config }) });
+}
+
+test("kv serve --quota-bytes (the built executable) reaches the node: /status reports the quota", async () => {
+  const node = await startKvProcess({
+    id: 1,
+    cluster: "1=http://127.0.0.1:0",
+    dataDir: join(logDir, "flag"),
+    logFile: join(logDir, "flag.log"),
+    args: ["--quota-bytes", String(4 << 20)],
+  });
+  try {
+    const status = (await (await fetch(`${node.httpUrl}/status`)).json()) as { storage: { quotaExceeded: boolean; quotaBytes: number } };
+    expect(status.storage).toMatchObject({ quotaExceeded: false, quotaBytes: 4 << 20 });
+  } finally {
+    await node.stop();
+  }
+});
+
+describe.skipIf(!mounted)("a full disk and the space quota (in-process nodes, 48 MB tmpfs)", () => {
+  test("past a 4 MiB quota: puts get 507 quota_exceeded, reads, listings, /health and deletes work, the disk does not fill, and deletes make room again", async () => {
     const dataDir = join(smallDir, "quota");
-    const logFile = join(logDir, "quota.log");
-    const node = await startKvProcess({
-      id: 1,
-      cluster: "1=http://127.0.0.1:0",
-      dataDir,
-      logFile,
-      args: ["--quota-bytes", String(4 << 20), "--snapshot-entries", "20", "--snapshot-catchup-entries", "5"],
-    });
+    // As kv serve --quota-bytes 4194304 --snapshot-entries 20 --snapshot-catchup-entries 5 runs it.
+    const cluster = singleNode(dataDir, () => ({ quotaBytes: 4 << 20, snapshotEntries: 20, snapshotCatchUpEntries: 5 }));
     try {
+      await cluster.start();
+      const node = cluster.node(1);
       await waitHealthy(node);
       const value = new Uint8Array(100_000).map((_, i) => i % 251);
       let written = 0;
@@ -117,43 +136,40 @@ describe.skipIf(!mounted)("a full disk and the space quota (real process, 48 MB 
         await response.arrayBuffer();
         return response.status === 200 ? true : undefined;
       });
-      const log = await node.log();
+      const log = cluster.logs(1);
       expect(log).toContain('"event":"quota exceeded"');
       expect(log).toContain('"event":"quota ok"');
       expect(log).not.toContain('"event":"disk full"');
     } finally {
-      await node.stop();
+      await cluster.stop();
       rmSync(dataDir, { recursive: true, force: true });
     }
   }, 120_000);
 
-  test("a node started on a full filesystem logs one line, prints no stack trace, waits, and serves what it had once space is freed", async () => {
+  test("a node started on a full filesystem logs one line, logs no stack trace, waits, and serves what it had once space is freed", async () => {
     const dataDir = join(smallDir, "full");
-    const logFile = join(logDir, "full.log");
-    const first = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(logDir, "full-first.log") });
+    const first = singleNode(dataDir);
+    const cluster = singleNode(dataDir);
     let filler: string | undefined;
-    let node: KvProcess | undefined;
+    let starting: Promise<KvServer> | undefined;
     try {
-      await waitHealthy(first);
-      for (let i = 0; i < 5; i++) expect((await fetch(`${first.httpUrl}/kv/kept-${i}`, { method: "PUT", body: `v${i}` })).status).toBe(200);
-      expect(await first.terminate()).toBe(0);
+      await first.start();
+      await waitHealthy(first.node(1));
+      for (let i = 0; i < 5; i++) expect((await fetch(`${first.node(1).httpUrl}/kv/kept-${i}`, { method: "PUT", body: `v${i}` })).status).toBe(200);
+      await first.node(1).stop({ reason: "SIGTERM" }); // a clean stop, as kv serve's on SIGTERM
+      await first.stop();
 
       filler = fillFilesystem(smallDir);
-      let exitedEarly: unknown;
-      const starting = startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile, startTimeoutMs: 60_000 });
-      starting.then(
-        (started) => (node = started),
-        (error: unknown) => (exitedEarly = error),
-      );
+      let failedEarly: unknown;
+      starting = cluster.startNode(1);
+      starting.catch((error: unknown) => (failedEarly = error));
       // It says so once, whether it is still opening its database or already frozen in its loop.
-      const fullLine = await pollFor("the 'disk full' log line (or an early exit)", async () => {
-        if (exitedEarly !== undefined) return `exited: ${String(exitedEarly)}`;
-        const text = Bun.file(logFile);
-        if (!(await text.exists())) return undefined;
-        return (await text.text()).split("\n").find((line) => line.includes('"event":"disk full"'));
+      const fullLine = await pollFor("the 'disk full' log line (or a failed start)", async () => {
+        if (failedEarly !== undefined) return `failed: ${String(failedEarly)}`;
+        return cluster.logs(1).split("\n").find((line) => line.includes('"event":"disk full"'));
       });
       expect(fullLine).toContain('"event":"disk full"');
-      expect(exitedEarly).toBeUndefined();
+      expect(failedEarly).toBeUndefined();
 
       rmSync(filler);
       filler = undefined;
@@ -164,14 +180,17 @@ describe.skipIf(!mounted)("a full disk and the space quota (real process, 48 MB 
       });
       expect(kept).toBe("v4");
       for (let i = 0; i < 4; i++) expect(await (await fetch(`${started.httpUrl}/kv/kept-${i}`)).text()).toBe(`v${i}`);
-      const log = await Bun.file(logFile).text();
+      const log = cluster.logs(1);
       expect(log.split("\n").filter((line) => line.includes('"event":"disk full"')).length).toBe(1);
       expect(log).not.toContain("SQLiteError");
       expect(log).not.toMatch(/^\s+at /m);
+      expect(log).not.toContain("    at "); // nor a stack inside a JSON line
     } finally {
       await first.stop();
-      if (node !== undefined) await node.stop();
       if (filler !== undefined) rmSync(filler, { force: true });
+      // A start still waiting for space gets it now, and is stopped with the rest.
+      await starting?.catch(() => undefined);
+      await cluster.stop();
       rmSync(dataDir, { recursive: true, force: true });
     }
   }, 120_000);

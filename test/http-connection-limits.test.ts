@@ -1,14 +1,20 @@
-// Proves a node bounds its client connections: --request-read-timeout closes connections that trickle their headers or stay silent and answers a trickled body with 408, --max-client-connections closes connections past the cap at once and counts them in kv_http_connections_refused_total, ordinary requests from other clients are answered meanwhile, a client that half-closes after its request still gets its answer through the layer that enforces the cap, and a watch stream is a connection under the cap that --request-read-timeout does not cut while its events flow.
+// Proves a node bounds its client connections: the request read timeout closes connections that trickle their headers or stay silent and answers a trickled body with 408, the connection cap closes connections past it at once and counts them in kv_http_connections_refused_total, ordinary requests from other clients are answered meanwhile, a client that half-closes after its request still gets its answer through the layer that enforces the cap, and a watch stream is a connection under the cap that the read timeout does not cut while its events flow. These run on in-process nodes (createServer); one test of the built executable proves --max-client-connections and --request-read-timeout reach its server, and the flags' help and usage errors are checked on it too.
 import { afterAll, afterEach, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Socket } from "bun";
+import type { KvServer, ServerConfig } from "../src/server/create-server.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
-import { killAllKvProcesses, startKvProcess, type KvProcess } from "./helpers/kv-process.ts";
+import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-connection-limits-"));
-afterEach(() => killAllKvProcesses());
+const clusters: ServerCluster[] = [];
+afterEach(async () => {
+  await Promise.all(clusters.splice(0).map((cluster) => cluster.stop()));
+  await killAllKvProcesses();
+});
 afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
 
 /**
@@ -18,16 +24,13 @@ afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
  */
 const CLOSED_WITHIN_MS = 6_000;
 
-async function startNode(name: string, args: string[]): Promise<KvProcess> {
-  const node = await startKvProcess({
-    id: 1,
-    cluster: "1=http://127.0.0.1:0",
-    dataDir: join(baseDir, name),
-    logFile: join(baseDir, `${name}.log`),
-    args,
-  });
-  await node.waitForLog('"role":"leader"');
-  return node;
+/** One in-process node with these settings (what `kv serve` makes of the flags each test names), leading. */
+async function startNode(name: string, config: Partial<ServerConfig>): Promise<KvServer> {
+  const cluster = createServerCluster({ size: 1, baseDir: join(baseDir, name), config: () => config });
+  clusters.push(cluster);
+  await cluster.start();
+  await cluster.waitForLeader();
+  return cluster.node(1);
 }
 
 /** A raw client connection: what it received, and when (ms after opening) the server closed it. */
@@ -104,15 +107,15 @@ async function within<T>(ms: number, promise: Promise<T>, what: string): Promise
 }
 
 /** One sample of a metric from GET /metrics, on a fresh connection. */
-async function metric(node: KvProcess, name: string): Promise<number | undefined> {
+async function metric(node: { readonly httpUrl: string }, name: string): Promise<number | undefined> {
   const text = await (await fetch(`${node.httpUrl}/metrics`, { headers: { connection: "close" } })).text();
   const line = text.split("\n").find((candidate) => candidate.startsWith(`${name} `));
   return line === undefined ? undefined : Number(line.slice(name.length + 1));
 }
 
-test("--request-read-timeout 1s (with the connection layer on): silent and header-trickling connections are closed, a trickled body gets 408, others are answered meanwhile", async () => {
-  const node = await startNode("read-timeout", ["--request-read-timeout", "1s", "--max-client-connections", "64"]);
-  const port = Number(new URL(node.httpUrl).port);
+test("a 1 s request read timeout (with the connection layer on): silent and header-trickling connections are closed, a trickled body gets 408, others are answered meanwhile", async () => {
+  const node = await startNode("read-timeout", { requestReadTimeoutMs: 1_000, clientConnectionsMax: 64 });
+  const port = node.httpPort;
   const silent = openRaw(port);
   const headerTrickle = openRaw(port);
   headerTrickle.write("GET /kv/a HTTP/1.1\r\nHost: x\r\n");
@@ -140,9 +143,9 @@ test("--request-read-timeout 1s (with the connection layer on): silent and heade
   }
 }, 30_000);
 
-test("--max-client-connections 4: connections past the cap are closed at once and counted; the others keep being served", async () => {
-  const node = await startNode("cap", ["--max-client-connections", "4", "--request-read-timeout", "20s"]);
-  const port = Number(new URL(node.httpUrl).port);
+test("a cap of 4 client connections: connections past the cap are closed at once and counted; the others keep being served", async () => {
+  const node = await startNode("cap", { clientConnectionsMax: 4, requestReadTimeoutMs: 20_000 });
+  const port = node.httpPort;
   const held = [openRaw(port), openRaw(port), openRaw(port)];
   const extra: RawConnection[] = [];
   try {
@@ -183,9 +186,9 @@ test("--max-client-connections 4: connections past the cap are closed at once an
   }
 }, 30_000);
 
-test("--max-client-connections 3: watch streams count against the cap, and are not cut by --request-read-timeout while they stream", async () => {
-  const node = await startNode("cap-watch", ["--max-client-connections", "3", "--request-read-timeout", "1s", "--watch-progress-ms", "300"]);
-  const port = Number(new URL(node.httpUrl).port);
+test("a cap of 3 client connections: watch streams count against the cap, and are not cut by the 1 s request read timeout while they stream", async () => {
+  const node = await startNode("cap-watch", { clientConnectionsMax: 3, requestReadTimeoutMs: 1_000, watch: { progressMs: 300 } });
+  const port = node.httpPort;
   const streams = [openRaw(port), openRaw(port), openRaw(port)];
   const extra: RawConnection[] = [];
   try {
@@ -217,8 +220,8 @@ test("--max-client-connections 3: watch streams count against the cap, and are n
 }, 40_000);
 
 test("a client that sends its request and then its FIN (half-close) still gets the answer through the connection cap's layer", async () => {
-  const node = await startNode("half-close", ["--max-client-connections", "64"]);
-  const port = Number(new URL(node.httpUrl).port);
+  const node = await startNode("half-close", { clientConnectionsMax: 64 });
+  const port = node.httpPort;
   const answer = await within(
     10_000,
     new Promise<string>((resolve, reject) => {
@@ -243,6 +246,32 @@ test("a client that sends its request and then its FIN (half-close) still gets t
   );
   expect(answer).toStartWith("HTTP/1.1 200");
   expect(answer).toContain('"healthy":true');
+}, 30_000);
+
+test("kv serve --max-client-connections 2 --request-read-timeout 1s (the built executable): a third connection is closed at once, unanswered, and silent ones are closed by the read timeout", async () => {
+  const node = await startKvProcess({
+    id: 1,
+    cluster: "1=http://127.0.0.1:0",
+    dataDir: join(baseDir, "flags"),
+    logFile: join(baseDir, "flags.log"),
+    args: ["--max-client-connections", "2", "--request-read-timeout", "1s"],
+  });
+  const port = Number(new URL(node.httpUrl).port);
+  const held = [openRaw(port), openRaw(port)];
+  const extra: RawConnection[] = [];
+  try {
+    await Promise.all(held.map((connection) => connection.opened));
+    // The node counts a connection once it accepted it: past the cap, one is closed unanswered.
+    const past = openRaw(port);
+    extra.push(past);
+    past.write("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect((await within(CLOSED_WITHIN_MS, past.closed, "a connection past the cap's close")).received).toBe("");
+    // The two held connections send nothing: the 1 s read timeout closes them, long before Bun's own ~12 s.
+    for (const connection of held) expect((await within(CLOSED_WITHIN_MS, connection.closed, "a silent connection's close")).received).toBe("");
+  } finally {
+    for (const connection of [...held, ...extra]) connection.end();
+    await node.stop();
+  }
 }, 30_000);
 
 test("both flags are in kv serve --help, and bad values are usage errors", () => {

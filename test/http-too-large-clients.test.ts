@@ -1,24 +1,24 @@
-// Proves a node answers an oversized PUT (2 MiB against the default 1 MiB --value-bytes-max) with 413 `too_large` and its JSON body to clients that send the whole body before reading the answer — Node's fetch, Bun's fetch, Python's http.client and curl without `Expect: 100-continue` — with a declared Content-Length and chunked, instead of breaking the connection under them.
+// Proves a node answers an oversized PUT (2 MiB against the default 1 MiB --value-bytes-max) with 413 `too_large` and its JSON body to clients that send the whole body before reading the answer — Node's fetch, Bun's fetch, Python's http.client and curl without `Expect: 100-continue` — with a declared Content-Length and chunked, instead of breaking the connection under them. The node runs in-process (createServer with kv serve's defaults); the clients are processes of their own.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { killAllKvProcesses, startKvProcess, type KvProcess } from "./helpers/kv-process.ts";
+import { createServerCluster } from "./helpers/server-cluster.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-too-large-"));
 const BODY_BYTES = 2 << 20;
 /** Each client tries this often: a broken connection was intermittent (one attempt in three often got through). */
 const ATTEMPTS = 3;
-let node: KvProcess;
+const cluster = createServerCluster({ size: 1, baseDir });
 let url: string;
 
 beforeAll(async () => {
-  node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir: join(baseDir, "data"), logFile: join(baseDir, "node.log") });
-  await node.waitForLog('"role":"leader"');
-  url = `${node.httpUrl}/kv/k`;
+  await cluster.start();
+  await cluster.waitForLeader();
+  url = `${cluster.node(1).httpUrl}/kv/k`;
 });
 afterAll(async () => {
-  await killAllKvProcesses();
+  await cluster.stop();
   rmSync(baseDir, { recursive: true, force: true });
 });
 
@@ -113,9 +113,20 @@ test("curl, with and without Expect: 100-continue: 413 too_large with its JSON b
   writeFileSync(file, new Uint8Array(BODY_BYTES));
   for (const expectHeader of [[], ["-H", "Expect:"]]) {
     for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
-      const proc = Bun.spawnSync(["curl", "-sS", "-X", "PUT", ...expectHeader, "--data-binary", `@${file}`, "-w", "\n%{http_code}", url], { timeout: 30_000 });
-      const [body = "", status = ""] = proc.stdout.toString().split("\n");
-      expectTooLarge({ status: Number(status), body, ...(proc.exitCode === 0 ? {} : { error: proc.stderr.toString() }) });
+      // Spawned without blocking: the node answers from this very process.
+      const proc = Bun.spawn(["curl", "-sS", "-X", "PUT", ...expectHeader, "--data-binary", `@${file}`, "-w", "\n%{http_code}", url], {
+        stdout: "pipe",
+        stderr: "pipe",
+        stdin: "ignore",
+        timeout: 30_000,
+      });
+      try {
+        const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+        const [body = "", status = ""] = out.split("\n");
+        expectTooLarge({ status: Number(status), body, ...(code === 0 ? {} : { error: err }) });
+      } finally {
+        if (proc.exitCode === null) process.kill(proc.pid, "SIGKILL");
+      }
     }
   }
 }, 60_000);

@@ -1,36 +1,44 @@
-// Proves membership changes end to end on real processes of the built executable: a fourth node
-// started with --join becomes a learner, is promoted once caught up and gets every write; with one
+// Proves membership changes end to end on real nodes: in-process servers (createServer) take a fourth
+// node that joins, becomes a learner, is promoted once caught up and gets every write; with one
 // original node killed the four-node cluster still commits (its quorum of 3 includes the new voter);
 // a member is removed; and the joined node, restarted, still knows the configuration from its disk.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+// One process-level test remains: `kv serve --join` of the built executable joins a running cluster.
+import { afterAll, afterEach, expect, test } from "bun:test";
 import { createWriteStream, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { createServer, type KvServer } from "../src/server/create-server.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
+import { baseServerConfig, createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 interface MembersAnswer {
   members: { id: number; peerUrl: string; httpUrl: string | null; role: string }[];
   leaderId: number;
 }
 
-let cluster: ChaosCluster;
-let baseDir: string;
+const baseDir = mkdtempSync(join(tmpdir(), "kv-membership-test-"));
+const clusters: ServerCluster[] = [];
+const servers: KvServer[] = [];
 const spawned: Subprocess[] = [];
 
-beforeAll(async () => {
-  baseDir = mkdtempSync(join(tmpdir(), "kv-membership-test-"));
-  cluster = new ChaosCluster({ size: 3, command: kvCommand(), baseDir });
-  await cluster.start();
+afterEach(async () => {
+  for (const proc of spawned.splice(0)) if (proc.exitCode === null) process.kill(proc.pid, "SIGKILL");
+  await Promise.all(servers.splice(0).map((server) => server.stop({ handOver: false })));
+  await Promise.all(clusters.splice(0).map((cluster) => cluster.stop()));
 });
-
-afterAll(async () => {
-  for (const proc of spawned) if (proc.exitCode === null) process.kill(proc.pid, "SIGKILL");
-  await cluster?.stop();
+afterAll(() => {
   if (process.env.KV_KEEP_LOGS === undefined) rmSync(baseDir, { recursive: true, force: true });
   else console.log(`logs kept in ${baseDir}`);
 });
+
+/** Three in-process servers, started. */
+async function startCluster(name: string): Promise<ServerCluster> {
+  const cluster = createServerCluster({ size: 3, baseDir: join(baseDir, name) });
+  clusters.push(cluster);
+  await cluster.start();
+  return cluster;
+}
 
 /** A port nothing listens on right now, picked by the OS (the new node must advertise its peer URL before binding). */
 function freePort(): number {
@@ -40,34 +48,9 @@ function freePort(): number {
   return port;
 }
 
-/** Starts `kv serve` for node 4 and resolves with its client URL once it logged "started". */
-async function startFourth(args: string[]): Promise<{ proc: Subprocess<"ignore", "pipe", "pipe">; httpUrl: string }> {
-  const proc = Bun.spawn([...kvCommand(), "serve", "--id", "4", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  spawned.push(proc);
-  const log = createWriteStream(join(baseDir, "node-4.log"), { flags: "a" });
-  void (async () => {
-    for await (const chunk of proc.stdout) log.write(chunk);
-  })();
-  const started = new Promise<string>((resolve, reject) => {
-    void (async () => {
-      let partial = "";
-      let found = false;
-      for await (const chunk of proc.stderr) {
-        log.write(chunk);
-        if (found) continue;
-        partial += new TextDecoder().decode(chunk);
-        const lines = partial.split("\n");
-        partial = lines.pop() ?? "";
-        for (const line of lines) {
-          if (!line.includes('"event":"started"')) continue;
-          found = true;
-          resolve((JSON.parse(line) as { httpUrl: string }).httpUrl);
-        }
-      }
-      if (!found) reject(new Error(`node 4 exited before starting; see ${join(baseDir, "node-4.log")}`));
-    })();
-  });
-  return { proc, httpUrl: await started };
+/** The --cluster value node 4 is started with: the others at their real peer ports (the helper's proxies are per link), and itself. */
+function peersWithFourth(cluster: ServerCluster, peerPort: number): Map<number, string> {
+  return new Map([...cluster.nodes.map((node) => [node.id, `http://127.0.0.1:${cluster.node(node.id).peerPort}`] as [number, string]), [4, `http://127.0.0.1:${peerPort}`]]);
 }
 
 async function members(httpUrl: string): Promise<MembersAnswer> {
@@ -98,17 +81,21 @@ async function staleGet(httpUrl: string, key: string): Promise<string | undefine
 }
 
 test("join, promote, replicate, survive a kill with the new voter in the quorum, remove, restart", async () => {
+  const cluster = await startCluster("in-process");
   const leader = await cluster.waitForLeader();
   const leaderUrl = cluster.node(leader).httpUrl;
   await put(leaderUrl, "before", "1");
 
-  // Node 4 reaches the others at their real peer ports (the runner's proxies are per link).
   const peerPort = freePort();
-  const dataDir = join(baseDir, "node-4");
-  const clusterFlag = [...cluster.nodes.map((node) => `${node.id}=http://127.0.0.1:${node.peerPort}`), `4=http://127.0.0.1:${peerPort}`].join(",");
-  const follower = cluster.nodes.find((node) => node.id !== leader) as { httpUrl: string };
-  const serveArgs = ["--cluster", clusterFlag, "--listen-peer", `127.0.0.1:${peerPort}`, "--listen-http", "127.0.0.1:0", "--data-dir", dataDir];
-  let fourth = await startFourth([...serveArgs, "--join", follower.httpUrl]); // through a follower: a redirect
+  const follower = cluster.node(cluster.nodes.find((node) => node.id !== leader)!.id);
+  const fourthConfig = {
+    ...baseServerConfig(4, join(baseDir, "in-process", "node-4")),
+    peers: peersWithFourth(cluster, peerPort),
+    listenPeer: { hostname: "127.0.0.1", port: peerPort },
+  };
+  // Through a follower: a redirect.
+  let fourth = await createServer({ ...fourthConfig, join: { endpoints: [follower.httpUrl], advertisePeer: `http://127.0.0.1:${peerPort}` } });
+  servers.push(fourth);
 
   await until("node 4 promoted to voter", async () => (await members(leaderUrl)).members.find((m) => m.id === 4)?.role === "voter");
   expect(await staleGet(fourth.httpUrl, "before")).toBe("1");
@@ -129,15 +116,61 @@ test("join, promote, replicate, survive a kill with the new voter in the quorum,
   const expectedIds = [1, 2, 3, 4].filter((id) => id !== victim);
   expect(((await removed.json()) as MembersAnswer).members.map((m) => m.id)).toEqual(expectedIds);
 
-  // Restart node 4 without --join: it comes back with the configuration on its disk.
-  process.kill(fourth.proc.pid, "SIGTERM");
-  await fourth.proc.exited;
-  fourth = await startFourth(serveArgs);
+  // Restart node 4 without join: it comes back with the configuration on its disk.
+  await fourth.stop();
+  fourth = await createServer(fourthConfig);
+  servers.push(fourth);
   await until("restarted node 4 knows the configuration", async () => {
     const view = await members(fourth.httpUrl);
     return JSON.stringify(view.members.map((m) => [m.id, m.role])) === JSON.stringify(expectedIds.map((id) => [id, "voter"]));
   });
   await put(liveUrl, "after-restart", "4");
   await until("restarted node 4 applied a new write", async () => (await staleGet(fourth.httpUrl, "after-restart")) === "4");
-  process.kill(fourth.proc.pid, "SIGKILL");
 }, 120_000);
+
+/** Starts `kv serve` for node 4 and resolves with its client URL once it logged "started". */
+async function startFourthProcess(args: string[]): Promise<{ proc: Subprocess<"ignore", "pipe", "pipe">; httpUrl: string }> {
+  const proc = Bun.spawn([...kvCommand(), "serve", "--id", "4", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  spawned.push(proc);
+  const log = createWriteStream(join(baseDir, "process-node-4.log"), { flags: "a" });
+  void (async () => {
+    for await (const chunk of proc.stdout) log.write(chunk);
+  })();
+  const started = new Promise<string>((resolve, reject) => {
+    void (async () => {
+      let partial = "";
+      let found = false;
+      for await (const chunk of proc.stderr) {
+        log.write(chunk);
+        if (found) continue;
+        partial += new TextDecoder().decode(chunk);
+        const lines = partial.split("\n");
+        partial = lines.pop() ?? "";
+        for (const line of lines) {
+          if (!line.includes('"event":"started"')) continue;
+          found = true;
+          resolve((JSON.parse(line) as { httpUrl: string }).httpUrl);
+        }
+      }
+      if (!found) reject(new Error(`node 4 exited before starting; see ${join(baseDir, "process-node-4.log")}`));
+    })();
+  });
+  return { proc, httpUrl: await started };
+}
+
+test("kv serve --join (the built executable) joins a running cluster as node 4, is promoted and gets writes", async () => {
+  const cluster = await startCluster("process");
+  const leader = await cluster.waitForLeader();
+  const leaderUrl = cluster.node(leader).httpUrl;
+  await put(leaderUrl, "before", "1");
+  const peerPort = freePort();
+  const clusterFlag = [...peersWithFourth(cluster, peerPort)].map(([id, url]) => `${id}=${url}`).join(",");
+  const follower = cluster.node(cluster.nodes.find((node) => node.id !== leader)!.id);
+  const serveArgs = ["--cluster", clusterFlag, "--listen-peer", `127.0.0.1:${peerPort}`, "--listen-http", "127.0.0.1:0", "--data-dir", join(baseDir, "process", "node-4")];
+  const fourth = await startFourthProcess([...serveArgs, "--join", follower.httpUrl]);
+  await until("node 4 promoted to voter", async () => (await members(leaderUrl)).members.find((m) => m.id === 4)?.role === "voter");
+  expect(await staleGet(fourth.httpUrl, "before")).toBe("1");
+  await put(leaderUrl, "after-join", "2");
+  await until("node 4 applied the write", async () => (await staleGet(fourth.httpUrl, "after-join")) === "2");
+  process.kill(fourth.proc.pid, "SIGKILL");
+}, 60_000);

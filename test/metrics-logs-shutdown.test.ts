@@ -1,4 +1,4 @@
-// Proves the node's operational surface: logs are one event per line (JSON with time, level, node, term, event and fields; a readable line on a terminal), and SIGTERM stops a node gracefully: requests in flight get a clear 503 `unavailable` before their connections close, the process exits 0 and the database is closed cleanly (its WAL checkpointed away) and reopens.
+// Proves the node's operational surface: logs are one event per line (JSON with time, level, node, term, event and fields; a readable line on a terminal), and a node stops gracefully: requests in flight get a clear 503 `unavailable` before their connections close and the database is closed cleanly (its WAL checkpointed away) and reopens (on in-process servers), and on SIGTERM `kv serve` does so and exits 0 while a SIGKILLed one leaves its WAL behind (the logs and signal tests run the built executable).
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,6 +9,7 @@ import { createHttpHandler } from "../src/http/http-handler.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+import { createServerCluster } from "./helpers/server-cluster.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-logs-shutdown-"));
 afterAll(async () => {
@@ -102,18 +103,21 @@ describe("kv serve logs", () => {
 });
 
 describe("graceful shutdown", () => {
-  test("SIGTERM answers requests in flight with 503 unavailable, exits 0, and leaves a cleanly closed database", async () => {
-    const dir = mkdtempSync(join(baseDir, "sigterm-"));
+  test("stop() answers requests in flight with 503 unavailable and leaves a cleanly closed database that reopens (in-process)", async () => {
+    const dir = mkdtempSync(join(baseDir, "stop-"));
     // Long election timeouts: an isolated follower stays a follower (no pre-vote yet) for a while.
-    const cluster = new ChaosCluster({ size: 3, command: kvCommand(), baseDir: dir, serveArgs: ["--election-ticks", "100", "--request-timeout-ms", "60000"] });
+    const cluster = createServerCluster({ size: 3, baseDir: dir, logLevel: "info", config: () => ({ electionTicks: 100, requestTimeoutMs: 60_000 }) });
     try {
       await cluster.start();
       const leader = await cluster.waitForLeader();
       const put = await fetch(`${cluster.node(leader).httpUrl}/kv/before`, { method: "PUT", body: "kept" });
       expect(put.status).toBe(200);
-      await cluster.waitForConvergence(((await put.json()) as { version: number }).version);
-      const follower = cluster.nodes.find((node) => node.id !== leader)!;
-      cluster.isolate(follower.id);
+      const { version } = (await put.json()) as { version: number };
+      const convergedBy = performance.now() + 10_000;
+      while (cluster.nodes.some(({ id }) => cluster.status(id)!.appliedIndex < version) && performance.now() < convergedBy) await Bun.sleep(10); // until every node applied it
+      const followerId = cluster.nodes.find((node) => node.id !== leader)!.id;
+      const follower = cluster.node(followerId);
+      cluster.isolate(followerId);
 
       // Linearizable reads on the cut-off follower: each waits for a read index that cannot come.
       const inFlight = Array.from({ length: 6 }, () => fetch(`${follower.httpUrl}/kv/before`));
@@ -126,32 +130,72 @@ describe("graceful shutdown", () => {
         await Bun.sleep(10); // polling interval between scrapes
       }
 
-      expect(await cluster.terminate(follower.id)).toBe(0);
+      await follower.stop({ reason: "SIGTERM" }); // what kv serve does on SIGTERM
       for (const response of await Promise.all(inFlight)) {
         expect(response.status).toBe(503);
         const answer = (await response.json()) as { error: string; message: string };
         expect(answer.error).toBe("unavailable");
         expect(answer.message).toContain("shutting down");
       }
-      const logLines = (await Bun.file(follower.logFile).text()).trim().split("\n");
-      const events = logLines.map((line) => JSON.parse(line) as { event: string; inflightRequests?: number; code?: number });
+      const logLines = cluster.logs(followerId).trim().split("\n");
+      const events = logLines.map((line) => JSON.parse(line) as { event: string; inflightRequests?: number });
       expect(events.find((event) => event.event === "stopping")?.inflightRequests).toBeGreaterThanOrEqual(6);
+      expect(logLines.some((line) => line.includes("    at "))).toBe(false);
+      // A clean close checkpoints the WAL into the database and removes it.
+      expect(existsSync(join(dir, `node-${followerId}`, "kv.db-wal"))).toBe(false);
+
+      // The database reopens: the node restarts on its data and still holds the acknowledged write.
+      await cluster.kill(followerId); // forget the stopped server
+      cluster.heal();
+      const restarted = await cluster.startNode(followerId);
+      await cluster.waitForLeader();
+      expect(await (await fetch(`${restarted.httpUrl}/kv/before?consistency=stale`)).text()).toBe("kept");
+    } finally {
+      await cluster.stop();
+    }
+  }, 60_000);
+
+  test("kv serve on SIGTERM answers requests in flight with 503 unavailable, exits 0 and leaves a cleanly closed database; SIGKILL leaves the WAL behind", async () => {
+    const dir = mkdtempSync(join(baseDir, "sigterm-"));
+    // Two processes (the fewest with a follower that knows a leader); long election timeouts: the
+    // isolated follower stays a follower for a while.
+    const cluster = new ChaosCluster({ size: 2, command: kvCommand(), baseDir: dir, serveArgs: ["--election-ticks", "100", "--request-timeout-ms", "60000"] });
+    try {
+      await cluster.start();
+      const leader = await cluster.waitForLeader();
+      const put = await fetch(`${cluster.node(leader).httpUrl}/kv/before`, { method: "PUT", body: "kept" });
+      expect(put.status).toBe(200);
+      await cluster.waitForConvergence(((await put.json()) as { version: number }).version);
+      const follower = cluster.nodes.find((node) => node.id !== leader)!;
+      cluster.isolate(follower.id);
+
+      // A linearizable read on the cut-off follower waits for a read index that cannot come.
+      const inFlight = fetch(`${follower.httpUrl}/kv/before`);
+      const deadline = performance.now() + 10_000;
+      for (;;) {
+        const metricsText = await (await fetch(`${follower.httpUrl}/metrics`)).text();
+        const inflight = Number(/^kv_http_requests_inflight (\d+)$/m.exec(metricsText)?.[1]);
+        if (inflight >= 2) break; // the read, and this scrape
+        if (performance.now() > deadline) throw new Error(`the read never was in flight: ${inflight}`);
+        await Bun.sleep(10); // polling interval between scrapes
+      }
+
+      expect(await cluster.terminate(follower.id)).toBe(0);
+      const response = await inFlight;
+      expect(response.status).toBe(503);
+      expect(((await response.json()) as { error: string }).error).toBe("unavailable");
+      const logLines = (await Bun.file(follower.logFile).text()).trim().split("\n");
+      const events = logLines.map((line) => JSON.parse(line) as { event: string; code?: number });
       expect(events.at(-1)).toMatchObject({ event: "stopped", code: 0 });
       expect(logLines.some((line) => line.includes("    at "))).toBe(false);
       // A clean close checkpoints the WAL into the database and removes it; a killed node leaves it behind.
       expect(existsSync(join(follower.dataDir, "kv.db-wal"))).toBe(false);
       await cluster.kill(leader);
       expect(existsSync(join(cluster.node(leader).dataDir, "kv.db-wal"))).toBe(true);
-
-      // The database reopens: the nodes restart on their data and still hold the acknowledged write.
-      cluster.heal();
-      for (const node of cluster.nodes) if (node.state === "dead") await cluster.startNode(node.id);
-      await cluster.waitForLeader();
-      expect(await (await fetch(`${follower.httpUrl}/kv/before?consistency=stale`)).text()).toBe("kept");
     } finally {
       await cluster.stop();
     }
-  }, 90_000);
+  }, 60_000);
 
   test("once shutdown begins, new requests get 503 unavailable with Connection: close; idle() waits for those in flight", async () => {
     const node = new MemoryKvNode();

@@ -1,4 +1,4 @@
-// Proves peer authentication: every peer call carries the cluster token and cluster id, and a node refuses (Connect unauthenticated / failed_precondition, before reading the body, with a clear log line) any call without the right token or from another cluster, so a forged call never changes its state, while peers that share both keep working.
+// Proves peer authentication: every peer call carries the cluster token and cluster id, and a node refuses (Connect unauthenticated / failed_precondition, before reading the body, with a clear log line) any call without the right token or from another cluster, so a forged call never changes its state, while peers that share both keep working. Whole clusters run in-process (createServer); one test of the built executable proves the token reaches its server from the flag, a file or KV_CLUSTER_TOKEN.
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,7 +11,8 @@ import { toSendRequest } from "../src/transport/codec.ts";
 import { createConnectTransport } from "../src/transport/connect-transport.ts";
 import type { PeerAuth } from "../src/transport/peer-auth.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
-import { killAllKvProcesses, startKvCluster, startKvProcess } from "./helpers/kv-process.ts";
+import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 const hostname = "127.0.0.1";
 const TOKEN = "test-cluster-token-0123456789abcdef";
@@ -179,17 +180,24 @@ describe("the peer service checks the cluster token and the cluster id", () => {
   });
 });
 
-describe("real processes", () => {
+/** Three in-process servers with this cluster token, started; logging at kv serve's default level. */
+async function startTokenCluster(dir: string, token: string): Promise<ServerCluster> {
+  const cluster = createServerCluster({ size: 3, baseDir: dir, logLevel: "info", config: () => ({ clusterToken: token }) });
+  cleanups.push(() => cluster.stop());
+  await cluster.start();
+  return cluster;
+}
+
+describe("clusters of in-process servers", () => {
   test("a cluster with a token serves; forged calls change no node's term; a node with another token is refused until it has the right one", async () => {
     const dir = mkdtempSync(join(baseDir, "token-"));
-    const cluster = await startKvCluster({ size: 3, baseDir: dir, args: () => ["--cluster-token", TOKEN] });
-    cleanups.push(() => cluster.stop());
+    const cluster = await startTokenCluster(dir, TOKEN);
     const leader = await cluster.waitForLeader();
     const put = await fetch(`${cluster.node(leader).httpUrl}/kv/k`, { method: "PUT", body: "v" });
     expect(put.status).toBe(200);
 
     const follower = leader === 1 ? 2 : 1;
-    const before = (await cluster.status(follower))!;
+    const before = cluster.status(follower)!;
     const target = `http://127.0.0.1:${cluster.node(follower).peerPort}`;
     const forged = [heartbeat(leader, follower, before.term + 1000)];
     // No token, a wrong token, and the right token with another cluster's id: all refused.
@@ -198,24 +206,24 @@ describe("real processes", () => {
     expect(await postSend(target, forged, { "kv-cluster-token": TOKEN, "kv-cluster-id": "0123456789abcdef" })).toMatchObject({
       code: "failed_precondition",
     });
-    await cluster.node(follower).waitForLog("refused a peer call from 127.0.0.1: no cluster token");
-    const after = (await cluster.status(follower))!;
+    await cluster.waitForLog(follower, "refused a peer call from 127.0.0.1: no cluster token");
+    const after = cluster.status(follower)!;
     expect(after.term).toBe(before.term);
     expect(after.leaderId).toBe(leader);
 
     // Node 3 comes back with another token: both sides log the refusal; the others keep serving.
     const outsider = 3 === leader ? follower : 3;
-    await cluster.node(outsider).stop();
-    const restarted = await cluster.startNode(outsider, { args: ["--cluster-token", OTHER_TOKEN] });
-    await restarted.waitForLog("refuses our calls (Unauthenticated: wrong cluster token)");
+    await cluster.kill(outsider);
+    await cluster.startNode(outsider, { clusterToken: OTHER_TOKEN });
+    await cluster.waitForLog(outsider, "refuses our calls (Unauthenticated: wrong cluster token)");
     // The leader got none of the forged calls above, so its refusal line is not held back by the log's rate limit.
-    await cluster.node(leader).waitForLog("refused a peer call from 127.0.0.1: wrong cluster token");
+    await cluster.waitForLog(leader, "refused a peer call from 127.0.0.1: wrong cluster token");
     const survivors = [1, 2, 3].filter((id) => id !== outsider);
     const survivorLeader = await cluster.waitForLeader(survivors);
     expect((await fetch(`${cluster.node(survivorLeader).httpUrl}/kv/k2`, { method: "PUT", body: "v2" })).status).toBe(200);
 
     // With the right token it rejoins and catches up.
-    await restarted.stop();
+    await cluster.kill(outsider);
     const rejoined = await cluster.startNode(outsider);
     const deadline = performance.now() + 15_000;
     for (;;) {
@@ -233,8 +241,7 @@ describe("real processes", () => {
   test("a node whose data dir belongs to an earlier incarnation of the cluster is refused, with a clear line on both sides", async () => {
     const dir = mkdtempSync(join(baseDir, "incarnation-"));
     // The first incarnation, with its own token: every node persists its cluster id.
-    const first = await startKvCluster({ size: 3, baseDir: dir, args: () => ["--cluster-token", OTHER_TOKEN] });
-    cleanups.push(() => first.stop());
+    const first = await startTokenCluster(dir, OTHER_TOKEN);
     const firstLeader = await first.waitForLeader();
     expect((await fetch(`${first.node(firstLeader).httpUrl}/kv/old`, { method: "PUT", body: "from the old cluster" })).status).toBe(200);
     const oldId = first.node(1).clusterId;
@@ -243,16 +250,14 @@ describe("real processes", () => {
     // The operator re-creates the cluster with a new token, wiping nodes 1 and 2 but forgetting node 3.
     rmSync(join(dir, "node-1"), { recursive: true });
     rmSync(join(dir, "node-2"), { recursive: true });
-    const second = await startKvCluster({ size: 3, baseDir: dir, args: () => ["--cluster-token", TOKEN] });
-    cleanups.push(() => second.stop());
+    const second = await startTokenCluster(dir, TOKEN);
     const newId = second.node(1).clusterId;
     expect(newId).not.toBe(oldId);
     expect(second.node(3).clusterId).toBe(oldId);
 
-    const stale = second.node(3);
-    await stale.waitForLog(`the data dir belongs to cluster ${oldId}, but this configuration`);
-    await stale.waitForLog(`refuses our calls (FailedPrecondition: cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId})`);
-    await second.node(1).waitForLog(`cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId}`);
+    await second.waitForLog(3, `the data dir belongs to cluster ${oldId}, but this configuration`);
+    await second.waitForLog(3, `refuses our calls (FailedPrecondition: cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId})`);
+    await second.waitForLog(1, `cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId}`);
 
     // Nodes 1 and 2 form the new cluster without node 3's old log.
     const leader = await second.waitForLeader([1, 2]);
@@ -261,6 +266,9 @@ describe("real processes", () => {
     expect((await fetch(`${second.node(leader).httpUrl}/kv/new`, { method: "PUT", body: "v" })).status).toBe(200);
   }, 60_000);
 
+});
+
+describe("kv serve (the built executable)", () => {
   test("the token comes from the flag, a file or KV_CLUSTER_TOKEN; a short one, or flag and file together, is a usage error", async () => {
     const dir = mkdtempSync(join(baseDir, "sources-"));
     const tokenFile = join(dir, "token");

@@ -1,11 +1,12 @@
-// Proves TLS: with --tls-cert/--tls-key a node serves HTTPS on its client and peer ports, with --peer-ca peers use mutual TLS so a caller without a certificate signed by that CA cannot connect (not even with the cluster token), and bad TLS flags are usage errors; certificates are made here with openssl.
+// Proves TLS: with --tls-cert/--tls-key a node serves HTTPS on its client and peer ports, with --peer-ca peers use mutual TLS so a caller without a certificate signed by that CA cannot connect (not even with the cluster token), and bad TLS flags are usage errors; certificates are made here with openssl. The cluster runs in-process (createServer with `tls`); tests of the built executable prove --tls-cert, --tls-key and --peer-ca reach its server.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeTestCertificates, type TestCertificates } from "./helpers/certs.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
-import { killAllKvProcesses, startKvCluster, startKvProcess, type KvCluster } from "./helpers/kv-process.ts";
+import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 const TOKEN = "tls-cluster-token-0123456789abcdef";
 let baseDir: string;
@@ -24,7 +25,8 @@ afterEach(async () => {
 });
 afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
 
-const tlsArgs = () => ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, "--peer-ca", certs.caCert, "--cluster-token", TOKEN];
+/** What `kv serve` makes of --tls-cert, --tls-key and --peer-ca: the files' PEM contents. */
+const tlsOf = (cert: string, key: string) => ({ cert: readFileSync(cert, "utf8"), key: readFileSync(key, "utf8"), ca });
 
 /** Polls a stale read on `url` until it answers `expected` (a condition, not a sleep). */
 async function waitForValue(url: string, expected: string, timeoutMs = 15_000): Promise<void> {
@@ -54,14 +56,21 @@ async function callPeerPort(port: number, tls: { cert?: string; key?: string; ca
   }
 }
 
-describe("a cluster with TLS and mutual TLS between peers", () => {
-  let cluster: KvCluster;
+describe("a cluster with TLS and mutual TLS between peers (in-process)", () => {
+  let cluster: ServerCluster;
 
   test("serves HTTPS, replicates over mutual TLS, and refuses a peer port caller without a CA-signed certificate", async () => {
-    cluster = await startKvCluster({ size: 3, baseDir: mkdtempSync(join(baseDir, "mtls-")), peerScheme: "https", args: tlsArgs, fetchInit: { tls: { ca } } });
+    cluster = createServerCluster({
+      size: 3,
+      baseDir: mkdtempSync(join(baseDir, "mtls-")),
+      peerScheme: "https",
+      logLevel: "info",
+      config: () => ({ tls: tlsOf(certs.nodeCert, certs.nodeKey), clusterToken: TOKEN }),
+    });
     cleanups.push(() => cluster.stop());
-    for (const node of cluster.nodes.values()) expect(node.httpUrl).toStartWith("https://127.0.0.1:");
-    expect(await cluster.node(1).waitForLog('"event":"started"')).toContain('"tls":"server, mutual between peers"');
+    await cluster.start();
+    for (const { id } of cluster.nodes) expect(cluster.node(id).httpUrl).toStartWith("https://127.0.0.1:");
+    expect(await cluster.waitForLog(1, '"event":"started"')).toContain('"tls":"server, mutual between peers"');
     const leader = await cluster.waitForLeader();
     const put = await fetch(`${cluster.node(leader).httpUrl}/kv/secret`, { method: "PUT", body: "over tls", tls: { ca } });
     expect(put.status).toBe(200);
@@ -85,13 +94,11 @@ describe("a cluster with TLS and mutual TLS between peers", () => {
 
     // A node with the cluster token but a certificate from another CA is cut off, both ways, and says why.
     const outsider = leader === 3 ? 2 : 3;
-    await cluster.node(outsider).stop();
-    const rogueNode = await cluster.startNode(outsider, {
-      args: ["--tls-cert", certs.rogueCert, "--tls-key", certs.rogueKey, "--peer-ca", certs.caCert, "--cluster-token", TOKEN],
-    });
-    await rogueNode.waitForLog('unreachable');
+    await cluster.kill(outsider);
+    const rogueNode = await cluster.startNode(outsider, { tls: tlsOf(certs.rogueCert, certs.rogueKey), clusterToken: TOKEN });
+    await cluster.waitForLog(outsider, "unreachable");
     // The leader keeps calling it (followers call only the leader), and cannot get through.
-    await cluster.node(leader).waitForLog(`"peer ${outsider}: unreachable`);
+    await cluster.waitForLog(leader, `"peer ${outsider}: unreachable`);
     const survivors = [1, 2, 3].filter((id) => id !== outsider);
     const survivorLeader = await cluster.waitForLeader(survivors);
     expect((await fetch(`${cluster.node(survivorLeader).httpUrl}/kv/after`, { method: "PUT", body: "still serving", tls: { ca } })).status).toBe(200);
@@ -100,13 +107,13 @@ describe("a cluster with TLS and mutual TLS between peers", () => {
     expect(rogueRead.status).toBe(404);
 
     // With its proper certificate it rejoins and catches up.
-    await rogueNode.stop();
+    await cluster.kill(outsider);
     const rejoined = await cluster.startNode(outsider);
     await waitForValue(`${rejoined.httpUrl}/kv/after`, "still serving");
   }, 90_000);
 });
 
-describe("TLS flags", () => {
+describe("TLS flags (the built executable)", () => {
   test("--tls-cert/--tls-key alone serve HTTPS on the client API", async () => {
     const node = await startKvProcess({
       id: 1,
@@ -118,6 +125,22 @@ describe("TLS flags", () => {
     expect(node.httpUrl).toStartWith("https://");
     expect(await node.waitForLog('"event":"started"')).toContain('"tls":"server"');
     expect((await fetch(`${node.httpUrl}/status`, { tls: { ca } })).status).toBe(200);
+    await node.stop();
+  });
+
+  test("--tls-cert, --tls-key and --peer-ca: mutual TLS on the peer port", async () => {
+    const node = await startKvProcess({
+      id: 1,
+      cluster: "1=https://127.0.0.1:0",
+      dataDir: join(baseDir, "single-mtls"),
+      logFile: join(baseDir, "single-mtls.log"),
+      args: ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, "--peer-ca", certs.caCert],
+    });
+    expect(await node.waitForLog('"event":"started"')).toContain('"tls":"server, mutual between peers"');
+    // No client certificate: the handshake fails; a CA-signed one reaches the peer service (the garbage body: 400).
+    expect(await callPeerPort(node.peerPort, { ca })).toHaveProperty("error");
+    const client = { cert: readFileSync(certs.nodeCert, "utf8"), key: readFileSync(certs.nodeKey, "utf8"), ca };
+    expect(await callPeerPort(node.peerPort, client, { "kv-cluster-id": node.clusterId })).toEqual({ status: 400 });
     await node.stop();
   });
 

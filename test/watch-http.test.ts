@@ -1,6 +1,7 @@
 // Proves GET /watch over HTTP: bad requests are 400 JSON, a start older than the history is 410 compacted, a client
-// that disconnects unsubscribes (kv_watchers back to 0), and the built executable streams put, delete and progress
-// events as Server-Sent Events to a plain streaming fetch, with the auth token required as on other routes.
+// that disconnects unsubscribes (kv_watchers back to 0), and a node serving HTTP (in-process, createServer) streams
+// put, delete and progress events as Server-Sent Events to a plain streaming fetch, with the auth token required as
+// on other routes.
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,8 +10,8 @@ import { createHttpApp } from "../src/http/app.ts";
 import { instrumentNode } from "../src/http/node-metrics.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { createMetricsRegistry } from "../src/lib/metrics.ts";
-import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
+import { createServerCluster } from "./helpers/server-cluster.ts";
 
 const request = (path: string, headers: Record<string, string> = {}) => new Request(`http://kv.local${path}`, { headers });
 
@@ -74,23 +75,17 @@ describe("GET /watch on a node", () => {
   });
 });
 
-describe("kv serve (built executable)", () => {
+describe("a node serving HTTP (in-process)", () => {
   const baseDir = mkdtempSync(join(tmpdir(), "kv-watch-"));
-  afterAll(async () => {
-    await killAllKvProcesses();
-    rmSync(baseDir, { recursive: true, force: true });
-  });
+  afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
 
   test("a streaming GET /watch?prefix=cfg/ receives a put, a delete and progress events", async () => {
     const token = "watch-test-token-0123456789";
-    const node = await startKvProcess({
-      id: 1,
-      cluster: "1=http://127.0.0.1:0",
-      dataDir: join(baseDir, "node-1"),
-      logFile: join(baseDir, "node-1.log"),
-      args: ["--watch-progress-ms", "200", "--auth-token", token],
-    });
+    // As kv serve --watch-progress-ms 200 --auth-token <token> would run it.
+    const cluster = createServerCluster({ size: 1, baseDir, config: () => ({ watch: { progressMs: 200 }, authToken: token }) });
     try {
+      await cluster.start();
+      const node = cluster.node(1);
       const auth = { authorization: `Bearer ${token}` };
       expect((await fetch(`${node.httpUrl}/watch?prefix=cfg/`)).status).toBe(401);
       const abort = new AbortController();
@@ -125,7 +120,7 @@ describe("kv serve (built executable)", () => {
       }
       abort.abort();
     } finally {
-      await node.stop();
+      await cluster.stop();
     }
   }, 60_000);
 });

@@ -332,7 +332,14 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     // Every request waiting on the node (writes, linearizable reads) now fails with `unavailable`:
     // a clear answer, sent before the connections close.
     node.stop();
-    const drained = await Promise.race([http.idle().then(() => true), Bun.sleep(SHUTDOWN_DRAIN_MS_MAX).then(() => false)]);
+    // The cap's timer is cleared once the drain ends: left armed it would keep a process that runs
+    // servers in-process (a test, an embedder) alive for the rest of the cap after stop() resolved.
+    let drainTimer: ReturnType<typeof setTimeout> | undefined;
+    const drained = await Promise.race([
+      http.idle().then(() => true),
+      new Promise<boolean>((resolve) => (drainTimer = setTimeout(() => resolve(false), SHUTDOWN_DRAIN_MS_MAX))),
+    ]);
+    clearTimeout(drainTimer);
     if (!drained) {
       logger.log("warn", "stopping", {
         detail: `${http.inflightRequests()} requests still unanswered after ${SHUTDOWN_DRAIN_MS_MAX} ms (clients still sending bodies); closing their connections`,
@@ -342,6 +349,9 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     await transport.transport.close().catch(() => {});
     // Last: no request can reach the storage any more. A clean close checkpoints the WAL.
     storage.close();
+    // stop() resolves once the storage holds no descriptor (its checkpointer's worker has ended):
+    // a process running servers in-process can reopen or remove the data dir at once.
+    await sqliteStorage.released();
   }
   server = {
     node,

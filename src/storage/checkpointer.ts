@@ -62,9 +62,15 @@ export interface Checkpointer {
   request(): void;
   /** Whether a round is running. */
   running(): boolean;
-  /** Closes the worker's connection and ends the worker, without waiting. Idempotent. */
-  close(): void;
+  /**
+   * Closes the worker's connection and ends the worker. The promise resolves once the worker has
+   * ended (its connection's descriptors closed); callers that only stop may leave it. Idempotent.
+   */
+  close(): Promise<void>;
 }
+
+/** How long `close` waits for the worker to close its connection and end before terminating it. */
+const workerCloseWaitMsMax = 5_000;
 
 /** Rounds of checkpoints per request at most: a round that could not copy all (writes came meanwhile) goes again. */
 const passesPerRoundMax = 4;
@@ -108,22 +114,25 @@ let workerUrl: string | undefined;
 export function createCheckpointer(file: string, options: CheckpointerOptions): Checkpointer {
   let worker: Worker | undefined;
   let inFlight = false;
-  let closed = false;
+  let closed: Promise<void> | undefined;
+  let workerEnded: Promise<void> | undefined;
   return {
     request() {
-      if (closed || inFlight) return;
+      if (closed !== undefined || inFlight) return;
       if (worker === undefined) {
         workerUrl ??= URL.createObjectURL(new Blob([workerSource], { type: "application/javascript" }));
         worker = new Worker(workerUrl);
         // The node's process must not stay alive for its checkpointer.
         worker.unref();
+        const started = worker;
+        workerEnded = new Promise<void>((resolve) => started.addEventListener("close", () => resolve()));
         worker.onmessage = (event: MessageEvent<CheckpointReport>) => {
           inFlight = false;
-          if (!closed) options.onCheckpoint?.(event.data);
+          if (closed === undefined) options.onCheckpoint?.(event.data);
         };
         worker.onerror = (event) => {
           inFlight = false;
-          if (!closed) options.onCheckpoint?.({ durationMs: 0, walFrames: -1, checkpointedFrames: -1, error: event.message, thread: "worker" });
+          if (closed === undefined) options.onCheckpoint?.({ durationMs: 0, walFrames: -1, checkpointedFrames: -1, error: event.message, thread: "worker" });
         };
       }
       inFlight = true;
@@ -133,9 +142,19 @@ export function createCheckpointer(file: string, options: CheckpointerOptions): 
       return inFlight;
     },
     close() {
-      if (closed) return;
-      closed = true;
-      worker?.postMessage({ type: "close" });
+      closed ??= (async () => {
+        if (worker === undefined || workerEnded === undefined) return;
+        worker.postMessage({ type: "close" });
+        // A round in progress finishes first; a worker that does not end in time is terminated.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const ended = await Promise.race([
+          workerEnded.then(() => true),
+          new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), workerCloseWaitMsMax))),
+        ]);
+        clearTimeout(timer);
+        if (!ended) worker.terminate();
+      })();
+      return closed;
     },
   };
 }

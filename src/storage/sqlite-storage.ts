@@ -489,6 +489,10 @@ export class SqliteStorage implements KvStorage {
   private readonly retiredWalFds: number[] = [];
   /** fsyncs on Bun's thread pool that have not returned: `close` leaves `walFd` open for them. */
   private syncsRunning = 0;
+  /** Called once `syncsRunning` is back to 0 (see `released`). */
+  private syncsIdleWaiters: (() => void)[] = [];
+  /** The checkpointer's end, from `close` (see `released`). */
+  private checkpointerClosed: Promise<void> | undefined;
   private readonly synchronousNormal: Statement<unknown, []>;
   private readonly synchronousFull: Statement<unknown, []>;
   private readonly deleteEntriesTo: Statement<unknown, [number]>;
@@ -1114,6 +1118,7 @@ export class SqliteStorage implements KvStorage {
         this.syncsRunning--;
         if (owned) closeSync(fd);
         this.closeWalWhenIdle();
+        if (this.syncsRunning === 0) for (const wake of this.syncsIdleWaiters.splice(0)) wake();
         if (error !== null) reject(error);
         else resolve();
       });
@@ -1176,10 +1181,22 @@ export class SqliteStorage implements KvStorage {
     this.closed = true;
     for (const image of [...this.images]) image.close();
     this.stagingFile.discard();
-    this.checkpointer?.close();
+    this.checkpointerClosed = this.checkpointer?.close();
     closeDatabase(this.db);
     closeDatabase(this.lock);
     this.closeWalWhenIdle();
+  }
+
+  /**
+   * After `close`: resolves once nothing of this storage holds a descriptor any more, that is once
+   * the checkpointer's worker has ended (its own connection closed) and no fsync on Bun's thread
+   * pool still uses the WAL. A process that opens storages again and again (a test running servers
+   * in-process, test/server-stop.test.ts) waits for it; one that exits need not.
+   */
+  async released(): Promise<void> {
+    assert(this.closed, "released() is for a closed storage");
+    const syncsIdle = this.syncsRunning === 0 ? undefined : new Promise<void>((resolve) => this.syncsIdleWaiters.push(resolve));
+    await Promise.all([this.checkpointerClosed, syncsIdle]);
   }
 
   private learnersField(): { learners?: readonly NodeId[] } {
