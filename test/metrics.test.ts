@@ -145,6 +145,11 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     expect(samples.get(`kv_peer_sent_bytes_total{peer="${follower}"}`)).toBeGreaterThan(entryBytes);
     expect(samples.get(`kv_peer_calls_delivered_total{peer="${follower}"}`)).toBeGreaterThan(0);
     expect([...samples.keys()].some((series) => series.startsWith("kv_info{id="))).toBe(true);
+    // The process's memory (here the test's own process, which runs the nodes).
+    expect(samples.get("process_resident_memory_bytes")).toBeGreaterThan(10 << 20);
+    expect(samples.get('kv_js_memory_bytes{kind="heap_used"}')).toBeGreaterThan(0);
+    expect(samples.get('kv_js_memory_bytes{kind="heap_total"}')).toBeGreaterThanOrEqual(samples.get('kv_js_memory_bytes{kind="heap_used"}')!);
+    expect(samples.get('kv_js_memory_bytes{kind="array_buffers"}')).toBeGreaterThan(0);
 
     const followerSamples = await scrape(follower);
     // Peer calls arrive at the follower (the leader's appends). The leader itself may receive none:
