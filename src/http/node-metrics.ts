@@ -52,11 +52,10 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
 
   // The process's memory, as Prometheus's process collectors name RSS, and where JavaScript keeps it.
   registry.collected("process_resident_memory_bytes", "Resident memory of this process.", "gauge", [], () => [[{}, process.memoryUsage.rss()]]);
-  registry.collected("kv_js_memory_bytes", "Memory the JavaScript runtime holds, by kind (heap_used, heap_total, array_buffers: bytes of ArrayBuffers, values and log entries among them).", "gauge", ["kind"], () => {
+  registry.collected("kv_js_memory_bytes", "Memory the JavaScript runtime holds, by kind (heap_used; array_buffers: bytes of ArrayBuffers, values and log entries among them).", "gauge", ["kind"], () => {
     const usage = process.memoryUsage();
     return [
       [{ kind: "heap_used" }, usage.heapUsed],
-      [{ kind: "heap_total" }, usage.heapTotal],
       [{ kind: "array_buffers" }, usage.arrayBuffers],
     ];
   });
