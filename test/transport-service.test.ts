@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { RaftService } from "../src/gen/kv/v1/raft_pb.ts";
 import type { SendRequest } from "../src/gen/kv/v1/raft_pb.ts";
 import { toSendRequest } from "../src/transport/codec.ts";
-import { callDeadlineMs, createPeerSender } from "../src/transport/peer-sender.ts";
+import { callDeadlineMs, createPeerSender, deadlineMissesMax } from "../src/transport/peer-sender.ts";
 import type { PeerSenderLimits } from "../src/transport/peer-sender.ts";
 import { createRaftServiceRoutes } from "../src/transport/raft-service.ts";
 import { EntryType } from "../src/raft/types.ts";
@@ -129,6 +129,39 @@ async function until(condition: () => boolean, what: string, turnsMax = 10_000):
 }
 
 describe("peer sender", () => {
+  test("a reachable peer that misses a deadline between answers stays reachable; deadlineMissesMax misses in a row make it unreachable", async () => {
+    let missing = 0;
+    const client = {
+      send() {
+        if (missing > 0) {
+          missing--;
+          return Promise.reject(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+        }
+        return Promise.resolve({ messages: [] });
+      },
+    } as unknown as Parameters<typeof createPeerSender>[0]["client"];
+    const lines: string[] = [];
+    const sender = createPeerSender({ peerId: 2, selfId: 1, selfHttpUrl: "", client, rpcTimeoutMs: 200, limits: roomyLimits, log: (line) => lines.push(line) });
+    const call = async (calls: number) => {
+      sender.enqueue([append(1, 2, calls)]);
+      await until(() => sender.stats().deliveredCalls + sender.stats().failedCalls === calls && sender.stats().inflightCalls === 0, `call ${calls}`);
+    };
+    try {
+      await call(1);
+      expect(sender.stats().reachability).toBe("reachable");
+      missing = 1; // one slow answer between good ones: a busy follower, not a dead one
+      await call(2);
+      await call(3);
+      expect(sender.stats()).toMatchObject({ reachability: "reachable", failedCalls: 1 });
+      missing = deadlineMissesMax;
+      for (let i = 0; i < deadlineMissesMax; i++) await call(4 + i);
+      expect(sender.stats().reachability).toBe("unreachable");
+      expect(lines).toEqual(["peer 2: unreachable (the operation timed out)"]);
+    } finally {
+      await sender.close();
+    }
+  });
+
   test("a call's deadline grows with the bytes it carries: a 4 MiB append is not given a heartbeat's 200 ms", async () => {
     const deadlines: { messages: number; timeoutMs: number | undefined }[] = [];
     const client = {

@@ -122,6 +122,9 @@ export function messageBytesEstimate(message: Message): number {
  */
 const controlCallsMax = 2;
 
+/** Calls in a row past their deadline before a reachable peer is taken for unreachable. */
+export const deadlineMissesMax = 3;
+
 /** Creates the sender for one peer. */
 export function createPeerSender(options: PeerSenderOptions): PeerSender {
   const { peerId, limits } = options;
@@ -148,6 +151,8 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   const controlLane: Lane = { queued: [], sizes: [], bytes: 0, inflight: 0, windowCalls: () => controlCallsMax };
   const lanes = [controlLane, dataLane] as const;
   let reachability: PeerReachability = "unknown";
+  /** Calls past their deadline since the last answered one (see noteFailure). */
+  let deadlineMissesInRow = 0;
   let lastRefusal = "";
   let closed = false;
   const abort = new AbortController();
@@ -187,13 +192,11 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
     counters.droppedMessages += dropCount;
   }
 
-  /** Starts calls while a lane's window has room. A peer not known to be up gets one probe call at a time, of either lane. */
+  /** Starts calls while a lane's window has room. A peer not known to be up gets one probe call at a time on each lane. */
   function pump(): void {
     for (const lane of lanes) {
-      while (!closed && lane.queued.length > 0 && lane.inflight < lane.windowCalls()) {
-        if (reachability !== "reachable" && controlLane.inflight + dataLane.inflight >= 1) return;
-        startCall(lane, takeBatch(lane));
-      }
+      const window = reachability === "reachable" ? lane.windowCalls() : 1;
+      while (!closed && lane.queued.length > 0 && lane.inflight < window) startCall(lane, takeBatch(lane));
     }
   }
 
@@ -234,6 +237,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
             setReachability("refusing", `invalid answer: ${error.message}`);
             return;
           }
+          deadlineMissesInRow = 0;
           setReachability("reachable", "");
           if (replies.length > 0) options.onReply?.(replies);
         },
@@ -255,6 +259,10 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   }
 
   function noteFailure(error: ConnectError): void {
+    // A call past its deadline from a peer that answers others is a slow answer, not a dead peer:
+    // a follower whose loop lags 250 ms (256 KB values) was taken for unreachable, its window cut
+    // to one call, and the leader's heartbeats waited behind it. It takes deadlineMissesMax in a row.
+    if (error.code === Code.DeadlineExceeded && reachability === "reachable" && ++deadlineMissesInRow < deadlineMissesMax) return;
     switch (error.code) {
       // connect-web reports a refused connection as Unknown, connect-node as Unavailable; a
       // blackholed peer shows up as DeadlineExceeded. All mean "peer unreachable".
