@@ -394,6 +394,10 @@ describe("a full disk (issue 6: an operating error, not a crash)", () => {
     const attempt = await drive(cluster, leader.put("during", enc("2")).catch((e: unknown) => e));
     expect(["insufficient_storage", "timeout"]).toContain((attempt as KvError).code);
     expect(() => leader.put("during", enc("3"))).toThrow("the disk is full");
+    // A leadership transfer is refused the way its other refusals are, as a rejection (the node
+    // swarm's nemesis, seed 444, met a synchronous throw here where it handled rejections).
+    const transfer = leader.transferLeadership(undefined);
+    expect(((await transfer.catch((e: unknown) => e)) as KvError).code).toBe("insufficient_storage");
     expect(leader.healthy()).toBe(false);
     expect(cluster.fatal).toEqual([]);
     // The frozen node stops heartbeating: the others elect a leader and keep serving.

@@ -224,7 +224,7 @@ describe("peer sender", () => {
     }
   });
 
-  test("heartbeats and other small messages go on a lane of their own: a full window of appends the peer holds does not delay them", async () => {
+  test("heartbeats and other small messages go on a lane of their own: a full window of appends the peer holds does not delay them, and appends stay in order", async () => {
     const peer = gatedPeer();
     const sender = createPeerSender({ peerId: 2, selfId: 1, selfHttpUrl: "", client: peer.client, rpcTimeoutMs: 60_000, limits: roomyLimits, log: () => {} });
     try {
@@ -242,6 +242,11 @@ describe("peer sender", () => {
       sender.enqueue([heartbeat(1, 2, 9)]);
       await until(() => peer.callSizes.length === 4, "the heartbeat's call");
       expect(sender.stats()).toMatchObject({ inflightCalls: 3, queuedMessages: 1 });
+      // An append carrying only a commit index stays behind the appends before it: overtaking them
+      // it would name an entry the follower does not have yet, and be rejected.
+      sender.enqueue([{ type: "append", from: 1, to: 2, term: 1, prevLogIndex: 4, prevLogTerm: 1, entries: [], commit: 4 }]);
+      await Promise.resolve();
+      expect(sender.stats()).toMatchObject({ inflightCalls: 3, queuedMessages: 2 });
     } finally {
       for (const release of peer.gates.splice(0)) release();
       await sender.close();

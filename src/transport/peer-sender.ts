@@ -133,8 +133,8 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   assert(options.rpcTimeoutMs > 0, "rpcTimeoutMs must be positive");
 
   /**
-   * Two lanes, each its own queue and window of calls: appends that carry entries, and the rest
-   * (heartbeats, votes, acks, read-index messages, commit-only appends). A heartbeat queued behind
+   * Two lanes, each its own queue and window of calls: appends, and the rest (heartbeats, votes,
+   * acks, read-index messages). A heartbeat queued behind
    * a full window of 4 MiB appends to a busy follower waited for them, past the follower's election
    * timeout: at 256 KB values followers campaigned every few seconds (BENCHMARKS.md). The control
    * lane has `controlCallsMax` calls in flight; Raft tolerates the reordering between lanes.
@@ -161,7 +161,10 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   const failedCallsByCode: Record<string, number> = {};
 
   function laneOf(message: Message): Lane {
-    return message.type === "append" && message.entries.length > 0 ? dataLane : controlLane;
+    // Every append, even one carrying only a commit index, stays in order behind the appends
+    // before it: one overtaking them names a previous entry the follower does not have yet, is
+    // rejected, and sends the leader back to probing (and resending) from the follower's match.
+    return message.type === "append" ? dataLane : controlLane;
   }
 
   function enqueue(messages: readonly Message[]): void {
