@@ -29,7 +29,8 @@ const USAGE = `usage: bun run bench:compare [--duration 10s] [--rounds 3] [--sus
                leader changes (default 60s; 0 skips it)
   --value-sizes  also run the value-size matrix: 64 clients writing values of each size (bytes) over
                50,000 keys, reported with MB/s (the node-loop issue's targets)
-  --matrix-only  run only the value-size matrix (no 100 B workloads, no sustained run)
+  --matrix-only  run only the value-size matrix (no 100 B workloads, no sustained run), each value
+               size on fresh clusters, with each size's peak RSS per node
   --large-data also run the large-data set (kv only, on a cluster of its own; see large-data.ts):
                load --large-keys values of --large-value-bytes, then time a follower's restart, a
                node joining with --join (image MB/s, leader changes) and compare data dir sizes
@@ -98,6 +99,8 @@ interface Store {
   readonly name: StoreName;
   readonly endpoints: () => string[];
   readonly pids: () => number[];
+  /** Stops the store's processes (the matrix starts fresh clusters for each value size). */
+  readonly stop?: () => Promise<void>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,7 +291,15 @@ async function startEtcd(etcdBin: string, dir: string): Promise<Store> {
     if (performance.now() > deadline) throw new Error(`etcd elected no leader within 30 s; see ${dir}/etcd-*.log`);
     await Bun.sleep(50); // polling interval between status probes
   }
-  return { name: "etcd", endpoints: () => endpoints, pids: () => processes.map((proc) => proc.pid) };
+  return {
+    name: "etcd",
+    endpoints: () => endpoints,
+    pids: () => processes.map((proc) => proc.pid),
+    stop: async () => {
+      for (const proc of processes) proc.kill("SIGKILL");
+      await Promise.all(processes.map((proc) => proc.exited));
+    },
+  };
 }
 
 async function startKv(kvBin: string, dir: string): Promise<Store> {
@@ -304,6 +315,7 @@ async function startKv(kvBin: string, dir: string): Promise<Store> {
     name: "kv",
     endpoints: () => cluster.nodes.map((node) => node.httpUrl),
     pids: () => cluster.nodes.map((node) => node.pid).filter((pid): pid is number => pid !== undefined),
+    stop: () => cluster.stop(),
   };
 }
 
@@ -638,9 +650,9 @@ async function main(): Promise<number> {
     }
     const etcdBin = ensureEtcd();
     const etcdVersion = (Bun.spawnSync([etcdBin, "--version"]).stdout.toString().split("\n")[0] ?? "").replace("etcd Version: ", "").trim();
-    const kv = await startKv(kvBin, dir);
-    const etcd = await startEtcd(etcdBin, dir);
-    const stores = [kv, etcd];
+    const matrixOnly = flags["matrix-only"] === true;
+    // With --matrix-only every value size gets fresh clusters of its own (below); these serve the rest.
+    const stores = matrixOnly ? [] : [await startKv(kvBin, dir), await startEtcd(etcdBin, dir)];
 
     // The client's own ceiling in this run: kv bench against a do-nothing Bun.serve it starts.
     const noop: Store = { name: "noop", endpoints: () => [], pids: () => [] };
@@ -652,8 +664,33 @@ async function main(): Promise<number> {
 
     const results = new Map<string, RunResult[]>(); // `${store}|${workload}` → rounds
     const rssAtCheckpoint = new Map<StoreName, number[]>();
-    for (let round = 1; round <= rounds; round++) {
+    /** With --matrix-only, each value size runs on fresh clusters: their peak RSS per node after it. */
+    const rssBySize = new Map<string, Map<StoreName, number[]>>();
+    if (matrixOnly) {
       for (const workload of workloads) {
+        const sizeDir = join(dir, `size-${workload.valueBytes ?? VALUE_BYTES}`);
+        mkdirSync(join(sizeDir, "kv"), { recursive: true });
+        const fresh = [await startKv(kvBin, sizeDir), await startEtcd(etcdBin, sizeDir)];
+        for (const store of fresh) await runOnce(kvBin, store, { name: "warm-up", clients: 16, mix: "put=1" }, "2s");
+        for (let round = 1; round <= rounds; round++) {
+          for (const store of fresh) {
+            const result = await runOnce(kvBin, store, workload, durationText);
+            const key = `${store.name}|${workload.name}`;
+            results.set(key, [...(results.get(key) ?? []), result]);
+            const r = result.report;
+            console.error(
+              `round ${round}/${rounds}  ${workload.name.padEnd(31)} ${store.name.padEnd(4)}  ${fmt(r.opsPerSec).padStart(7)} ops/s  ` +
+                `p50 ${fmtMs(r.latencyMs.p50)} ms  p99 ${fmtMs(r.latencyMs.p99)} ms  errors ${r.errors}  leader changes ${r.leaderChanges ?? "-"}  ` +
+                `other load ${result.foreignCores.toFixed(2)} cores  (fresh clusters)`,
+            );
+          }
+        }
+        rssBySize.set(workload.name, new Map(fresh.map((store) => [store.name, store.pids().map(peakRssMb)])));
+        for (const store of fresh) await store.stop?.();
+      }
+    }
+    for (let round = 1; round <= rounds; round++) {
+      for (const workload of matrixOnly ? [] : workloads) {
         for (const store of stores) {
           const result = await runOnce(kvBin, store, workload, durationText);
           const key = `${store.name}|${workload.name}`;
@@ -841,11 +878,24 @@ async function main(): Promise<number> {
         );
       }
     }
+    if (rssBySize.size > 0) {
+      lines.push("");
+      lines.push("Each value size ran on fresh clusters (warmed up with 2 s of 16-client writes). Peak RSS per node (VmHWM, MB) after its runs:");
+      lines.push("");
+      lines.push("| workload | kv node 1 | node 2 | node 3 | etcd node 1 | node 2 | node 3 |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+      for (const [name, byStore] of rssBySize) {
+        const row = (store: StoreName) => [0, 1, 2].map((i) => fmt(byStore.get(store)?.[i] ?? Number.NaN)).join(" | ");
+        lines.push(`| ${name} | ${row("kv")} | ${row("etcd")} |`);
+      }
+    }
     lines.push("");
-    lines.push(`Peak RSS per node (VmHWM, MB), after the first 64-client write run and at the end of all runs${sustained.size > 0 ? " (the sustained run included)" : ""}:`);
-    lines.push("");
-    lines.push("| store | node 1 | node 2 | node 3 | at end: node 1 | node 2 | node 3 |");
-    lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    if (stores.length > 0) {
+      lines.push(`Peak RSS per node (VmHWM, MB), after the first 64-client write run and at the end of all runs${sustained.size > 0 ? " (the sustained run included)" : ""}:`);
+      lines.push("");
+      lines.push("| store | node 1 | node 2 | node 3 | at end: node 1 | node 2 | node 3 |");
+      lines.push("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    }
     for (const store of stores) {
       const at = rssAtCheckpoint.get(store.name) ?? [];
       const end = rssAtEnd.get(store.name) ?? [];
