@@ -1,9 +1,10 @@
 // Proves, on the node loop the server runs (KvNode in NodeSim: simulated disk, network and clock),
 // the directed scenarios that need more than a bare core: power loss before an fsync breaks no
 // promise (thesis §10.2.1), a follower behind a compaction catches up by a streamed snapshot even
-// when it crashes mid-transfer (thesis §5.1), a cluster restarts from compacted logs, and a leader
-// stalled past its election timeout answers no lease read from old data (thesis §6.4.1); each run
-// ends by healing and judging every client answer with the linearizability checker.
+// when it crashes mid-transfer (thesis §5.1), a cluster restarts from compacted logs, a leader
+// stalled past its election timeout answers no lease read from old data (thesis §6.4.1), and a
+// removed server that joins again under its id on a wiped disk serves once it has caught up (thesis
+// §4.1); each run ends by healing and judging every client answer with the linearizability checker.
 import { expect, test } from "bun:test";
 import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
@@ -174,5 +175,41 @@ test("a leader stalled past the election timeout while cut off makes up the time
     const read = await sim.awaitAnswer(sim.callOperation(2, old, "get", "k", { consistency: "lease" }), 5_000);
     expect(read.outcome === "ok" ? read.output : "refused").not.toBe(first.value);
     await sim.healAndCheck(["k"], 30_000);
+  });
+});
+
+/** Runs the simulation until `promise` settles (within `budgetMs` of simulated time); fails if it rejected. */
+async function settled(sim: NodeSim, promise: Promise<void>, budgetMs: number): Promise<void> {
+  const outcome: { settled: boolean; failure?: unknown } = { settled: false };
+  promise.then(
+    () => (outcome.settled = true),
+    (error: unknown) => Object.assign(outcome, { settled: true, failure: error }),
+  );
+  expect(await sim.runUntilTrue(() => outcome.settled, budgetMs)).toBe(true);
+  if ("failure" in outcome) throw outcome.failure;
+}
+
+test("a voter removed, stopped, and joining again under its id on a wiped disk serves once caught up, though it replays its own old removal", async () => {
+  await withSim(quietSim(51), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    const removed = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    await settled(sim, sim.removeMember(removed, () => leader), 5_000);
+    expect(sim.members()).not.toContain(removed);
+    sim.retire(removed);
+    expect((await put(sim, sim.leader() as NodeId, "between")).outcome).toBe("ok");
+    // It joins again: its log starts at index 1, so it applies its own removal before its new addition.
+    await settled(sim, sim.join(removed, () => sim.leader() as NodeId), 5_000);
+    expect(sim.stats.rejoins).toBe(1);
+    expect(diskOf(sim, removed).contents().firstIndex()).toBe(1);
+    const caughtUp = () => {
+      const leaderNow = sim.leader();
+      return leaderNow !== undefined && nodeOf(sim, removed).status().appliedIndex >= nodeOf(sim, leaderNow).status().commitIndex && sim.members()?.includes(removed) === true;
+    };
+    expect(await sim.runUntilTrue(caughtUp, 5_000)).toBe(true);
+    // A member again: it answers reads (as a follower, through the leader's read index), not "removed".
+    const read = await sim.awaitAnswer(sim.callOperation(2, removed, "get", "between"), 5_000);
+    expect(read.outcome).toBe("ok");
+    await sim.healAndCheck(["before", "between"], 30_000);
   });
 });
