@@ -581,7 +581,7 @@ export class NodeSim {
   leader(): NodeId | undefined {
     let best: { id: NodeId; term: number } | undefined;
     for (const server of this.servers.values()) {
-      const status = server.node?.status();
+      const status = server.node?.raftStatus();
       if (status?.role === "leader" && (best === undefined || status.term > best.term)) best = { id: server.id, term: status.term };
     }
     return best?.id;
@@ -595,12 +595,16 @@ export class NodeSim {
     for (const server of this.servers.values()) {
       const node = server.node;
       if (node === undefined) continue;
-      const status = node.status();
+      const status = node.raftStatus();
       this.traceHash = fnv1aMix(this.traceHash, `${server.id}${status.role}${status.term}.${status.commitIndex}.${status.appliedIndex}.${status.lastLogIndex}`);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
         if (other !== undefined && other !== server.id) throw new SimViolation(`election safety: nodes ${other} and ${server.id} both lead term ${status.term}`);
         this.leaderOfTerm.set(status.term, server.id);
+        // A leader that applied its own removal steps down at once (src/raft/raft.ts applyConfChange).
+        if (!server.disk.contents().membership().voters.includes(server.id)) {
+          throw new SimViolation(`node ${server.id} leads term ${status.term} but is no voter of the configuration it applied`);
+        }
       }
       // Each committed entry once per process: from its start, the last 64 applied are checked again.
       const storage = server.disk.contents();
@@ -644,11 +648,15 @@ export class NodeSim {
         });
         return false;
       }
-      const commit = this.servers.get(leader)?.node?.status().commitIndex ?? 0;
+      const commit = this.servers.get(leader)?.node?.raftStatus().commitIndex ?? 0;
       members = (this.members() ?? []).map((id) => this.servers.get(id) as SimServer);
-      return finalWrite === "ok" && members.every((s) => s !== undefined && s.node?.status().appliedIndex === commit);
+      return finalWrite === "ok" && members.every((s) => s !== undefined && s.node?.raftStatus().appliedIndex === commit);
     }, budgetMs);
     if (!converged) throw new SimViolation(`the healed cluster did not converge within ${budgetMs} ms${this.operatorBusy() ? " (a membership change still under way)" : ""}\n${this.describe()}`);
+    // A server whose removal was answered is counted no more.
+    for (const server of this.servers.values()) {
+      if (server.lifecycle === "retired" && members.includes(server)) throw new SimViolation(`node ${server.id} was removed (the leader answered so) but is a member again`);
+    }
     const images = members.map((s) => JSON.stringify(s.disk.contents().list("", undefined, 1_000_000).map((row) => [row.key, new TextDecoder().decode(row.value), row.version])));
     if (new Set(images).size !== 1) throw new SimViolation(`state machines differ after convergence\n${this.describe()}`);
     const leader = this.leader() as NodeId;
