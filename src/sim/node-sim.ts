@@ -3,7 +3,7 @@ import type { Operation } from "../chaos/history.ts";
 import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
-import { fnv1aBasis, fnv1aMix } from "../lib/fnv1a.ts";
+import { fnv1aBasis, fnv1aMix, fnv1aMixInts } from "../lib/fnv1a.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
 import { configurationOfMembers } from "../kv/membership.ts";
@@ -596,7 +596,7 @@ export class NodeSim {
       const node = server.node;
       if (node === undefined) continue;
       const status = node.raftStatus();
-      this.traceHash = fnv1aMix(this.traceHash, `${server.id}${status.role}${status.term}.${status.commitIndex}.${status.appliedIndex}.${status.lastLogIndex}`);
+      this.traceHash = fnv1aMixInts(this.traceHash, server.id, status.role.charCodeAt(0), status.term, status.commitIndex, status.appliedIndex, status.lastLogIndex);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
         if (other !== undefined && other !== server.id) throw new SimViolation(`election safety: nodes ${other} and ${server.id} both lead term ${status.term}`);
