@@ -213,3 +213,29 @@ test("a voter removed, stopped, and joining again under its id on a wiped disk s
     await sim.healAndCheck(["before", "between"], 30_000);
   });
 });
+
+test("a leader frozen on a full disk refuses a leadership transfer with a rejected promise, not a synchronous throw (swarm seed 635)", async () => {
+  await withSim(quietSim(52), async (sim) => {
+    const leader = await settledLeader(sim);
+    diskOf(sim, leader).full = true;
+    const write = tracked(sim.callOperation(1, leader, "put", "k"));
+    // Its next write to the disk fails: the loop freezes with that Ready blocked.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().storage?.diskFull === true, 1_000)).toBe(true);
+    // As the server's shutdown calls it (src/server/create-server.ts): a throw here skipped the rest of the shutdown.
+    let refusal: Promise<string | undefined>;
+    try {
+      refusal = nodeOf(sim, leader)
+        .transferLeadership(undefined)
+        .then(
+          () => "handed over",
+          (error: unknown) => `rejected: ${(error as { code?: string }).code}`,
+        );
+    } catch (error: unknown) {
+      refusal = Promise.resolve(`thrown: ${(error as { code?: string }).code}`);
+    }
+    expect(await refusal).toBe("rejected: insufficient_storage");
+    diskOf(sim, leader).full = false;
+    await sim.healAndCheck(["k"], 30_000);
+    expect(write.answer).toBeDefined();
+  });
+});

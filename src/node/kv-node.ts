@@ -577,7 +577,12 @@ export class KvNode implements KvNodeApi {
    * within `timeoutMs`, and with `not_leader` when this node does not lead.
    */
   transferLeadership(target: NodeId | undefined, timeoutMs = this.transferTimeoutMs()): Promise<{ leaderId: NodeId }> {
-    this.refuseUnlessRunning();
+    // Every refusal is a rejection: callers chain .then/.catch (the server's shutdown does).
+    try {
+      this.refuseUnlessRunning();
+    } catch (error: unknown) {
+      return Promise.reject(error);
+    }
     const raft = this.raw.basicStatus();
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
     const voters = raft.voters.filter((id) => id !== this.cfg.id);
