@@ -2,9 +2,11 @@
 // the directed scenarios that need more than a bare core: power loss before an fsync breaks no
 // promise (thesis §10.2.1), a follower behind a compaction catches up by a streamed snapshot even
 // when it crashes mid-transfer (thesis §5.1), a cluster restarts from compacted logs, a leader
-// stalled past its election timeout answers no lease read from old data (thesis §6.4.1), and a
-// removed server that joins again under its id on a wiped disk serves once it has caught up (thesis
-// §4.1); each run ends by healing and judging every client answer with the linearizability checker.
+// stalled past its election timeout answers no lease read from old data (thesis §6.4.1), a server
+// joining after a compaction catches up by a snapshot, a leader removed through the API hands over
+// first, a removed server joining again under its id on a wiped disk serves once caught up (thesis
+// §4.1), and a leader frozen on a full disk refuses a transfer by rejecting; each run ends by
+// healing and judging every client answer with the linearizability checker.
 import { expect, test } from "bun:test";
 import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
@@ -237,5 +239,33 @@ test("a leader frozen on a full disk refuses a leadership transfer with a reject
     diskOf(sim, leader).full = false;
     await sim.healAndCheck(["k"], 30_000);
     expect(write.answer).toBeDefined();
+  });
+});
+
+test("a server joining after a compaction starts empty, catches up by a snapshot and is promoted; the leader removed through the API hands over, and a write sent to it after is not acknowledged", async () => {
+  await withSim(quietSim(53, { snapshotEntries: 20 }), async (sim) => {
+    const first = await settledLeader(sim);
+    const keys = Array.from({ length: 40 }, (_, i) => `j-${i % 8}`);
+    for (const key of keys) expect((await put(sim, first, key)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).status().firstLogIndex > 1, 1_000)).toBe(true);
+    // Asked at a follower first: not_leader names the leader, and the operator follows it.
+    const follower = [...sim.servers.keys()].find((id) => id !== first) as NodeId;
+    await settled(sim, sim.join(4, () => follower), 5_000);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).members().members.find((member) => member.id === 4)?.role === "voter", 5_000)).toBe(true);
+    expect(diskOf(sim, 4).snapshotsInstalled).toBe(1);
+    expect(diskOf(sim, 4).contents().get("j-7")).toBeDefined();
+    // Removing the leader: it hands over first, and the new leader applies the removal.
+    await settled(sim, sim.removeMember(first, () => first), 5_000);
+    expect(sim.stats.leaderRemovals).toBe(1);
+    expect(sim.leader()).not.toBe(first);
+    expect(sim.members()).toEqual([...sim.servers.keys()].filter((id) => id !== first).sort((a, b) => a - b));
+    // It may never hear that its removal committed (the leader no longer replicates to it, thesis
+    // §4.2.2), but it leads no more: a write sent to it is refused, never acknowledged.
+    await sim.runUntil(sim.nowMs + 500);
+    expect(nodeOf(sim, first).status().role).not.toBe("leader");
+    const late = await sim.awaitAnswer(sim.callOperation(2, first, "put", "after-removal"), 5_000);
+    expect(late.outcome).not.toBe("ok");
+    sim.retire(first);
+    await sim.healAndCheck([...new Set(keys), "after-removal"], 30_000);
   });
 });

@@ -63,10 +63,11 @@ export interface NodeSwarmHooks {
 
 /**
  * One randomized run of the real node loop (`KvNode`) in the manner of TigerBeetle's VOPR: the fault
- * settings are drawn from the seed (a "swarm"); clients read and write while the nemesis crashes
- * processes (half of them with power loss), stalls them for up to 500 ms (the leader also while cut
- * off), fills their disks, partitions the network and hands leadership over; then everything heals and the cluster must
- * converge, and the clients' answers must be linearizable. `durationMs` is simulated time (default:
+ * settings and the cluster's size (3, 5 or 7) are drawn from the seed (a "swarm"); clients read and
+ * write while the nemesis crashes processes (half of them with power loss), stalls them for up to
+ * 500 ms (the leader also while cut off), fills their disks, partitions the network and hands
+ * leadership over, and an operator changes the membership through the node API; then everything
+ * heals and the members must converge, and the clients' answers must be linearizable. `durationMs` is simulated time (default:
  * drawn; `KV_SWARM_MS` runs thousands of election timeouts). Throws with the seed and its replay line.
  */
 export async function runNodeSwarm(seed: number, durationMs?: number, hooks: NodeSwarmHooks = {}): Promise<NodeSwarmResult> {
