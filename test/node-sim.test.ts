@@ -1,9 +1,12 @@
 // Proves, on the node loop the server runs (KvNode in NodeSim: simulated disk, network and clock),
 // the directed scenarios that need more than a bare core: power loss before an fsync breaks no
 // promise (thesis §10.2.1), a follower behind a compaction catches up by a streamed snapshot even
-// when it crashes mid-transfer (thesis §5.1), a cluster restarts from compacted logs, and a leader
-// stalled past its election timeout answers no lease read from old data (thesis §6.4.1); each run
-// ends by healing and judging every client answer with the linearizability checker.
+// when it crashes mid-transfer (thesis §5.1), a cluster restarts from compacted logs, a leader
+// stalled past its election timeout answers no lease read from old data (thesis §6.4.1), a server
+// joining after a compaction catches up by a snapshot, a leader removed through the API hands over
+// first, a removed server joining again under its id on a wiped disk serves once caught up (thesis
+// §4.1), and a leader frozen on a full disk refuses a transfer by rejecting; each run ends by
+// healing and judging every client answer with the linearizability checker.
 import { expect, test } from "bun:test";
 import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
@@ -194,5 +197,95 @@ test("followers whose fsyncs take longer than the election timeout keep their le
     expect(acknowledged).toBeGreaterThan(3);
     expect(sim.leader()).toBe(leader);
     expect(nodeOf(sim, leader).status().term).toBe(term);
+  });
+});
+
+/** Runs the simulation until `promise` settles (within `budgetMs` of simulated time); fails if it rejected. */
+async function settled(sim: NodeSim, promise: Promise<void>, budgetMs: number): Promise<void> {
+  const outcome: { settled: boolean; failure?: unknown } = { settled: false };
+  promise.then(
+    () => (outcome.settled = true),
+    (error: unknown) => Object.assign(outcome, { settled: true, failure: error }),
+  );
+  expect(await sim.runUntilTrue(() => outcome.settled, budgetMs)).toBe(true);
+  if ("failure" in outcome) throw outcome.failure;
+}
+
+test("a voter removed, stopped, and joining again under its id on a wiped disk serves once caught up, though it replays its own old removal", async () => {
+  await withSim(quietSim(51), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    const removed = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    await settled(sim, sim.removeMember(removed, () => leader), 5_000);
+    expect(sim.members()).not.toContain(removed);
+    sim.retire(removed);
+    expect((await put(sim, sim.leader() as NodeId, "between")).outcome).toBe("ok");
+    // It joins again: its log starts at index 1, so it applies its own removal before its new addition.
+    await settled(sim, sim.join(removed, () => sim.leader() as NodeId), 5_000);
+    expect(sim.stats.rejoins).toBe(1);
+    expect(diskOf(sim, removed).contents().firstIndex()).toBe(1);
+    const caughtUp = () => {
+      const leaderNow = sim.leader();
+      return leaderNow !== undefined && nodeOf(sim, removed).status().appliedIndex >= nodeOf(sim, leaderNow).status().commitIndex && sim.members()?.includes(removed) === true;
+    };
+    expect(await sim.runUntilTrue(caughtUp, 5_000)).toBe(true);
+    // A member again: it answers reads (as a follower, through the leader's read index), not "removed".
+    const read = await sim.awaitAnswer(sim.callOperation(2, removed, "get", "between"), 5_000);
+    expect(read.outcome).toBe("ok");
+    await sim.healAndCheck(["before", "between"], 30_000);
+  });
+});
+
+test("a leader frozen on a full disk refuses a leadership transfer with a rejected promise, not a synchronous throw (swarm seed 635)", async () => {
+  await withSim(quietSim(52), async (sim) => {
+    const leader = await settledLeader(sim);
+    diskOf(sim, leader).full = true;
+    const write = tracked(sim.callOperation(1, leader, "put", "k"));
+    // Its next write to the disk fails: the loop freezes with that Ready blocked.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().storage?.diskFull === true, 1_000)).toBe(true);
+    // As the server's shutdown calls it (src/server/create-server.ts): a throw here skipped the rest of the shutdown.
+    let refusal: Promise<string | undefined>;
+    try {
+      refusal = nodeOf(sim, leader)
+        .transferLeadership(undefined)
+        .then(
+          () => "handed over",
+          (error: unknown) => `rejected: ${(error as { code?: string }).code}`,
+        );
+    } catch (error: unknown) {
+      refusal = Promise.resolve(`thrown: ${(error as { code?: string }).code}`);
+    }
+    expect(await refusal).toBe("rejected: insufficient_storage");
+    diskOf(sim, leader).full = false;
+    await sim.healAndCheck(["k"], 30_000);
+    expect(write.answer).toBeDefined();
+  });
+});
+
+test("a server joining after a compaction starts empty, catches up by a snapshot and is promoted; the leader removed through the API hands over, and a write sent to it after is not acknowledged", async () => {
+  await withSim(quietSim(53, { snapshotEntries: 20 }), async (sim) => {
+    const first = await settledLeader(sim);
+    const keys = Array.from({ length: 40 }, (_, i) => `j-${i % 8}`);
+    for (const key of keys) expect((await put(sim, first, key)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).status().firstLogIndex > 1, 1_000)).toBe(true);
+    // Asked at a follower first: not_leader names the leader, and the operator follows it.
+    const follower = [...sim.servers.keys()].find((id) => id !== first) as NodeId;
+    await settled(sim, sim.join(4, () => follower), 5_000);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).members().members.find((member) => member.id === 4)?.role === "voter", 5_000)).toBe(true);
+    expect(diskOf(sim, 4).snapshotsInstalled).toBe(1);
+    expect(diskOf(sim, 4).contents().get("j-7")).toBeDefined();
+    // Removing the leader: it hands over first, and the new leader applies the removal.
+    await settled(sim, sim.removeMember(first, () => first), 5_000);
+    expect(sim.stats.leaderRemovals).toBe(1);
+    expect(sim.leader()).not.toBe(first);
+    expect(sim.members()).toEqual([...sim.servers.keys()].filter((id) => id !== first).sort((a, b) => a - b));
+    // It may never hear that its removal committed (the leader no longer replicates to it, thesis
+    // §4.2.2), but it leads no more: a write sent to it is refused, never acknowledged.
+    await sim.runUntil(sim.nowMs + 500);
+    expect(nodeOf(sim, first).status().role).not.toBe("leader");
+    const late = await sim.awaitAnswer(sim.callOperation(2, first, "put", "after-removal"), 5_000);
+    expect(late.outcome).not.toBe("ok");
+    sim.retire(first);
+    await sim.healAndCheck([...new Set(keys), "after-removal"], 30_000);
   });
 });

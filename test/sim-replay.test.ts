@@ -1,6 +1,7 @@
 // Proves that a simulator seed replays bit for bit and that a failing seed says how to replay it: a
 // seed's random choices are drawn in a fixed order (no engine-dependent comparator shuffles), so
-// running it twice gives the same trace digest, and a run that fails throws its seed and replay line.
+// running it twice gives the same trace digest (7-node clusters and membership changes included),
+// and a run that fails throws its seed and replay line.
 import { expect, test } from "bun:test";
 import { createPrng, type Prng } from "../src/lib/prng.ts";
 import { SimViolation } from "../src/sim/node-sim.ts";
@@ -61,11 +62,21 @@ test("node swarm seeds run twice give the same trace digest, and the digest depe
   const seeds = Array.from({ length: 12 }, (_, i) => 700_001 + i);
   const first: string[] = [];
   const second: string[] = [];
-  for (const seed of seeds) first.push((await runNodeSwarm(seed)).digest);
+  const covered = { sevenNodes: false, joins: false, rejoins: false, leaderRemovals: false };
+  for (const seed of seeds) {
+    const result = await runNodeSwarm(seed);
+    first.push(result.digest);
+    covered.sevenNodes ||= result.nodeCount === 7;
+    covered.joins ||= result.joins > 0;
+    covered.rejoins ||= result.rejoins > 0;
+    covered.leaderRemovals ||= result.leaderRemovals > 0;
+  }
   for (const seed of seeds) second.push((await runNodeSwarm(seed)).digest);
   const differing = seeds.filter((_, i) => first[i] !== second[i]);
   expect(differing).toEqual([]);
   expect(new Set(first).size).toBe(seeds.length);
+  // The sample holds 7-node clusters, servers joining (new ids, and removed ones again) and a leader removed.
+  expect(covered).toEqual({ sevenNodes: true, joins: true, rejoins: true, leaderRemovals: true });
 }, 120_000);
 
 test("a long run (KV_SWARM_MS) replays bit for bit too", async () => {

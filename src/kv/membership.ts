@@ -59,6 +59,30 @@ export function membershipAfter(membership: Membership, change: MembershipChange
   };
 }
 
+/** One member as a configuration lists it (`GET /members`, `POST /members`'s answer); JSON gives null for unknowns. */
+export interface ListedMember {
+  readonly id: NodeId;
+  readonly peerUrl: string;
+  readonly httpUrl?: string | null | undefined;
+  readonly role?: string | null | undefined;
+}
+
+/**
+ * The configuration a joining server records (`KvStorage.bootstrapJoined`) from the members list
+ * the leader answered its addition with: voters and learners by role, the addresses of those with
+ * a peer URL. Shared by `kv serve --join` (src/server/join.ts) and the simulator's joins.
+ */
+export function configurationOfMembers(members: readonly ListedMember[]): Omit<Membership, "changedIndex"> {
+  return {
+    voters: sortedIds(members.filter((member) => member.role === "voter").map((member) => member.id)),
+    learners: sortedIds(members.filter((member) => member.role === "learner").map((member) => member.id)),
+    addresses: members
+      .filter((member) => member.peerUrl !== "")
+      .map((member) => ({ id: member.id, peerUrl: member.peerUrl, ...(member.httpUrl === null || member.httpUrl === undefined ? {} : { httpUrl: member.httpUrl }) }))
+      .sort((a, b) => a.id - b.id),
+  };
+}
+
 /** True when both name the same voters and the same learners. */
 export function sameMembers(a: Pick<Membership, "voters" | "learners">, b: Pick<Membership, "voters" | "learners">): boolean {
   const same = (x: readonly NodeId[], y: readonly NodeId[]) => x.length === y.length && sortedIds(x).every((id, i) => id === sortedIds(y)[i]);

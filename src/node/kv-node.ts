@@ -479,6 +479,15 @@ export class KvNode implements KvNodeApi {
     await read;
   }
 
+  /**
+   * The role, term and indexes of `status()` alone, without the members and storage figures it
+   * gathers: cheap enough to read after every simulated event (src/sim/node-sim.ts's checkers).
+   */
+  raftStatus(): Pick<NodeStatus, "role" | "term" | "leaderId" | "commitIndex" | "appliedIndex" | "lastLogIndex"> {
+    const raft = this.raw.basicStatus();
+    return { role: raft.role, term: raft.term, leaderId: raft.leaderId, commitIndex: raft.commit, appliedIndex: this.cfg.storage.appliedIndex(), lastLogIndex: raft.lastIndex };
+  }
+
   status(): NodeStatus {
     const raft = this.raw.basicStatus();
     return {
@@ -568,9 +577,10 @@ export class KvNode implements KvNodeApi {
    * within `timeoutMs`, and with `not_leader` when this node does not lead.
    */
   transferLeadership(target: NodeId | undefined, timeoutMs = this.transferTimeoutMs()): Promise<{ leaderId: NodeId }> {
+    // Every refusal is a rejection: callers chain .then/.catch (the server's shutdown does).
     try {
       this.refuseUnlessRunning();
-    } catch (error) {
+    } catch (error: unknown) {
       return Promise.reject(error);
     }
     const raft = this.raw.basicStatus();

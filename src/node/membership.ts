@@ -187,6 +187,11 @@ export class NodeMembership {
     if (change.type === "remove" && change.nodeId === this.host.id) {
       this.removedHere = true;
       this.host.log?.("removed", { detail: `this node was removed from the cluster at index ${index}; it serves no more requests and may be stopped`, index });
+    } else if (change.type === "add-learner" && change.nodeId === this.host.id && this.removedHere) {
+      // A server removed once and joining again under its id (on a wiped data dir) replays the log
+      // from the start: its old removal applies before its new addition, which makes it a member again.
+      this.removedHere = false;
+      this.host.log?.("member again", { detail: `this node was added again at index ${index}; it serves requests`, index });
     }
     const pending = this.pending;
     if (pending === undefined || index < pending.index) return;

@@ -5,6 +5,7 @@
  * of band) and then follows the leader, which promotes it once it has caught up.
  */
 import { createClient, KvClientError, UnknownOutcomeError, type MembersView } from "../client/index.ts";
+import { configurationOfMembers, type ListedMember } from "../kv/membership.ts";
 import type { Logger } from "../lib/logger.ts";
 
 /** What the leader answered (`POST /members`): the configuration right after this server's addition. */
@@ -87,14 +88,10 @@ function parseAnswer(answer: MembersView, id: number): JoinAnswer {
   if (!Array.isArray(members) || typeof configIndex !== "number" || configIndex < 1) {
     throw new JoinError(`the cluster answered without a configuration: ${JSON.stringify(answer).slice(0, 200)}`);
   }
-  const list = members as { id: number; peerUrl: string; httpUrl: string | null; role: string | null }[];
+  const list = members as ListedMember[];
   if (!list.some((member) => member.id === id)) throw new JoinError(`the configuration answered does not include node ${id}`);
   return {
-    voters: list.filter((member) => member.role === "voter").map((member) => member.id),
-    learners: list.filter((member) => member.role === "learner").map((member) => member.id),
-    addresses: list
-      .filter((member) => member.peerUrl !== "")
-      .map((member) => ({ id: member.id, peerUrl: member.peerUrl, ...(member.httpUrl === null ? {} : { httpUrl: member.httpUrl }) })),
+    ...configurationOfMembers(list),
     configIndex,
     clusterId: typeof answer.clusterId === "string" ? answer.clusterId : undefined,
   };

@@ -3,9 +3,11 @@ import type { Operation } from "../chaos/history.ts";
 import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
-import { fnv1aBasis, fnv1aMix } from "../lib/fnv1a.ts";
+import { fnv1aBasis, fnv1aMix, fnv1aMixInts } from "../lib/fnv1a.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
+import { configurationOfMembers } from "../kv/membership.ts";
+import type { MembersView } from "../node/api.ts";
 import { KvNode } from "../node/kv-node.ts";
 import type { NodeId } from "../raft/types.ts";
 import { createMemoryKvStorage } from "../storage/memory-storage.ts";
@@ -50,6 +52,14 @@ interface SimEvent {
 interface SimServer {
   readonly id: NodeId;
   readonly disk: SimDisk;
+  /** Its `--cluster` flag: the first voters for the first servers, only itself for one that joined. */
+  peers: ReadonlyMap<NodeId, string>;
+  /**
+   * `member`: its data dir is set up (bootstrapped, or joined) and it (re)starts after a crash;
+   * `joining`: created, waiting for the cluster to answer its addition (no process yet);
+   * `retired`: removed and stopped by the operator (no restart; its disk kept for the checkers).
+   */
+  lifecycle: "member" | "joining" | "retired";
   node: KvNode | undefined;
   /** Loop turns the node asked for, run once the current event is done (unless stalled). */
   turns: (() => void)[];
@@ -111,7 +121,25 @@ export class NodeSim {
   /** Events run so far. */
   eventsRun = 0;
   /** Things that happened, for proof the paths were exercised. */
-  readonly stats = { crashes: 0, powerLosses: 0, stalls: 0, diskFullEpisodes: 0, partitions: 0, transfers: 0, snapshotsSent: 0, acknowledgedWrites: 0, fatal: 0 };
+  readonly stats = {
+    crashes: 0,
+    powerLosses: 0,
+    stalls: 0,
+    diskFullEpisodes: 0,
+    partitions: 0,
+    transfers: 0,
+    snapshotsSent: 0,
+    acknowledgedWrites: 0,
+    fatal: 0,
+    /** Servers that joined (new ids, and removed ids joining again on a wiped disk), and members removed (leaders among them). */
+    joins: 0,
+    rejoins: 0,
+    removals: 0,
+    leaderRemovals: 0,
+  };
+  /** Membership changes the operator has under way (see `join`, `removeMember`): healing waits for them. */
+  private operatorChanges = 0;
+  private raised: Error | undefined;
 
   constructor(opts: NodeSimOptions) {
     this.opts = opts;
@@ -128,20 +156,30 @@ export class NodeSim {
       { rpcTimeoutMs: peerRpcTimeoutMs(opts.tickMs, opts.electionTicks) },
     );
     this.network.faults = opts.network;
+    this.clockPrng = clockPrng;
     const voters = Array.from({ length: opts.nodeCount }, (_, i) => i + 1);
-    for (const id of voters) {
-      // The latency is drawn even when overridden, so a directed scenario's other draws stay as they were.
-      const disk = new SimDisk(createMemoryKvStorage(), {
-        fsync: (done) => {
-          const drawnMs = this.diskPrng.intInclusive(opts.fsyncMsMin, opts.fsyncMsMax);
-          this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
-        },
-      });
-      const clockRate = 1 - clockPrng.next() * opts.clockDriftMax;
-      const wallSkewMs = clockPrng.intInclusive(-5_000, 5_000);
-      this.servers.set(id, { id, disk, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, checkedIndex: 0 });
-    }
+    const peers = new Map(voters.map((id) => [id, peerUrlOf(id)] as [NodeId, string]));
+    for (const id of voters) this.createServer(id, peers, "member");
     for (const id of voters) this.start(id);
+  }
+
+  /** Draws each server's clock drift and wall-clock skew, apart from the rest. */
+  private readonly clockPrng: Prng;
+
+  /** A server with an empty disk (not started). */
+  private createServer(id: NodeId, peers: ReadonlyMap<NodeId, string>, lifecycle: SimServer["lifecycle"]): SimServer {
+    // The latency is drawn even when overridden, so a directed scenario's other draws stay as they were.
+    const disk = new SimDisk(createMemoryKvStorage(), {
+      fsync: (done) => {
+        const drawnMs = this.diskPrng.intInclusive(this.opts.fsyncMsMin, this.opts.fsyncMsMax);
+        this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
+      },
+    });
+    const clockRate = 1 - this.clockPrng.next() * this.opts.clockDriftMax;
+    const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
+    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, checkedIndex: 0 };
+    this.servers.set(id, server);
+    return server;
   }
 
   // ---- The clock and the event queue --------------------------------------------------------
@@ -228,10 +266,10 @@ export class NodeSim {
     server.turns = [];
     server.stalledUntilMs = 0;
     server.checkedIndex = 0;
-    const peers = new Map([...this.servers.keys()].map((peer) => [peer, `http://peer-${peer}.sim.invalid`] as [NodeId, string]));
+    assert(server.lifecycle === "member", `node ${id} is ${server.lifecycle}: it has no data dir to start from`);
     let node: KvNode;
     try {
-      node = this.createNode(server, peers);
+      node = this.createNode(server, server.peers);
     } catch (error: unknown) {
       if (!isDiskFull(error)) throw error;
       // As `kv serve` does on a full disk: wait for space and try again.
@@ -240,7 +278,7 @@ export class NodeSim {
       return;
     }
     server.node = node;
-    node.start(this.network.connect(id, `http://node-${id}.sim.invalid`, (messages) => node.receive(messages), (chunk) => node.receiveSnapshotChunk(chunk)));
+    node.start(this.network.connect(id, httpUrlOf(id), (messages) => node.receive(messages), (chunk) => node.receiveSnapshotChunk(chunk)));
   }
 
   private createNode(server: SimServer, peers: ReadonlyMap<NodeId, string>): KvNode {
@@ -248,7 +286,7 @@ export class NodeSim {
     return new KvNode({
       id,
       peers,
-      httpUrl: `http://node-${id}.sim.invalid`,
+      httpUrl: httpUrlOf(id),
       storage: server.disk,
       clock: this.clockOf(server),
       prng: createPrng((this.opts.seed * 31 + id * 7919 + server.incarnation * 104729) >>> 0),
@@ -273,18 +311,25 @@ export class NodeSim {
     const server = this.servers.get(id) as SimServer;
     const node = server.node;
     if (node === undefined) return;
+    this.stopProcess(server, node, powerLoss);
+    this.stats.crashes++;
+    if (powerLoss) this.stats.powerLosses++;
+  }
+
+  private stopProcess(server: SimServer, node: KvNode, powerLoss: boolean): void {
+    const id = server.id;
     server.node = undefined;
     server.incarnation++;
     server.turns = [];
     this.network.disconnectProcess(id);
     node.stop();
     server.disk.restartFrom(server.disk.afterCrash(powerLoss));
-    this.stats.crashes++;
-    if (powerLoss) this.stats.powerLosses++;
   }
 
+  /** Starts node `id`'s process again if it is down (a server still joining, or retired, stays down). */
   restart(id: NodeId): void {
-    if (this.servers.get(id)?.node === undefined) this.start(id);
+    const server = this.servers.get(id);
+    if (server !== undefined && server.node === undefined && server.lifecycle === "member") this.start(id);
   }
 
   /** Stalls node `id`'s process for `ms`: its clock runs on, it does nothing until then. */
@@ -295,6 +340,135 @@ export class NodeSim {
     this.stats.stalls++;
     // Wake-up: the node runs the turns it missed (and its timer fires at its next interval).
     this.at(ms, () => undefined);
+  }
+
+  // ---- The operator: membership changes through the node API --------------------------------
+
+  /** Resolves `ms` of simulated time from now (never, once the run is stopped). */
+  private sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => void this.at(ms, resolve));
+  }
+
+  /** Whether the operator has a membership change under way. */
+  operatorBusy(): boolean {
+    return this.operatorChanges > 0;
+  }
+
+  /**
+   * Adds server `id` as `kv serve --join` does (src/server/join.ts), through the node API the
+   * `/members` routes call: asks a node to add it as a learner, follows `not_leader` to the leader
+   * and retries whatever else it is answered; once a node answers with the configuration after the
+   * addition (or, the answer to an earlier attempt lost, says `member_exists` and lists it), the
+   * server records that configuration on its empty disk (`bootstrapJoined`, durable as sqlite's
+   * commit) and starts, to catch up by log or snapshot until the leader promotes it. An id removed
+   * before (retired) joins again on a wiped disk, as an operator would run it again. Resolves once
+   * the server started.
+   */
+  async join(id: NodeId, pickTarget: () => NodeId): Promise<void> {
+    const peers = new Map([[id, peerUrlOf(id)] as [NodeId, string]]);
+    const existing = this.servers.get(id);
+    let server: SimServer;
+    if (existing === undefined) {
+      server = this.createServer(id, peers, "joining");
+      this.stats.joins++;
+    } else {
+      assert(existing.lifecycle === "retired" && existing.node === undefined, `node ${id} is ${existing.lifecycle}: it cannot join`);
+      server = existing;
+      server.lifecycle = "joining";
+      server.peers = peers;
+      server.disk.restartFrom(createMemoryKvStorage()); // its data dir wiped
+      this.stats.rejoins++;
+    }
+    this.operatorChanges++;
+    try {
+      let target = pickTarget();
+      for (let attempt = 0; attempt < operatorAttemptsMax; attempt++) {
+        const node = this.servers.get(target)?.node;
+        let view: MembersView | undefined;
+        let redirect: NodeId | undefined;
+        if (node !== undefined) {
+          try {
+            view = await node.addMember(id, peerUrlOf(id), httpUrlOf(id));
+          } catch (error: unknown) {
+            if (!(error instanceof KvError)) throw error;
+            if (error.code === "member_exists") {
+              const listed = node.members();
+              if (listed.members.some((member) => member.id === id)) view = listed;
+            } else if (error.code === "not_leader") redirect = error.details.leaderId;
+          }
+        }
+        if (view !== undefined) {
+          const storage = createMemoryKvStorage();
+          storage.bootstrapJoined(configurationOfMembers(view.members), view.configIndex);
+          server.disk.restartFrom(storage);
+          server.lifecycle = "member";
+          this.start(id);
+          return;
+        }
+        await this.sleep(redirect === undefined ? operatorRetryMs : 0);
+        target = redirect ?? pickTarget();
+      }
+      throw new SimViolation(`node ${id} could not join within ${operatorAttemptsMax} attempts`);
+    } finally {
+      this.operatorChanges--;
+    }
+  }
+
+  /**
+   * Removes member `id` through the node API (`DELETE /members/{id}`), following `not_leader` (a
+   * leader asked to remove itself hands over first and names the new leader) and retrying whatever
+   * else it is answered, until a leader answers that it applied the removal (or, the answer to an
+   * earlier attempt lost, that `id` is no member). The server keeps running until `retire`.
+   */
+  async removeMember(id: NodeId, pickTarget: () => NodeId): Promise<void> {
+    this.operatorChanges++;
+    if (this.leader() === id) this.stats.leaderRemovals++;
+    try {
+      let target = pickTarget();
+      for (let attempt = 0; attempt < operatorAttemptsMax; attempt++) {
+        const node = this.servers.get(target)?.node;
+        let redirect: NodeId | undefined;
+        if (node !== undefined) {
+          try {
+            await node.removeMember(id);
+            this.stats.removals++;
+            return;
+          } catch (error: unknown) {
+            if (!(error instanceof KvError)) throw error;
+            // Only the leader's "not a member" says the removal was applied (a follower may lag).
+            if (error.code === "not_found" && node.status().role === "leader") {
+              this.stats.removals++;
+              return;
+            }
+            if (error.code === "not_leader") redirect = error.details.leaderId;
+          }
+        }
+        await this.sleep(redirect === undefined ? operatorRetryMs : 0);
+        target = redirect ?? pickTarget();
+      }
+      throw new SimViolation(`node ${id} could not be removed within ${operatorAttemptsMax} attempts`);
+    } finally {
+      this.operatorChanges--;
+    }
+  }
+
+  /** The operator stops a removed server for good (its disk stays, for the checkers and a later `join`). */
+  retire(id: NodeId): void {
+    const server = this.servers.get(id) as SimServer;
+    if (server.node !== undefined) this.stopProcess(server, server.node, false);
+    server.lifecycle = "retired";
+  }
+
+  /** A failure outside any event (an operator's change gone wrong): the next check throws it. */
+  raise(error: unknown): void {
+    this.raised ??= error instanceof Error ? error : new Error(String(error));
+  }
+
+  /** Ids in the configuration the leader applied (undefined without a leader). */
+  members(): NodeId[] | undefined {
+    const leader = this.leader();
+    const node = leader === undefined ? undefined : this.servers.get(leader)?.node;
+    return node?.members().members.map((member) => member.id);
   }
 
   // ---- Running ------------------------------------------------------------------------------
@@ -407,7 +581,7 @@ export class NodeSim {
   leader(): NodeId | undefined {
     let best: { id: NodeId; term: number } | undefined;
     for (const server of this.servers.values()) {
-      const status = server.node?.status();
+      const status = server.node?.raftStatus();
       if (status?.role === "leader" && (best === undefined || status.term > best.term)) best = { id: server.id, term: status.term };
     }
     return best?.id;
@@ -417,15 +591,20 @@ export class NodeSim {
 
   /** Election safety (one leader per term) and log matching of what each node has committed. */
   private checkSafety(): void {
+    if (this.raised !== undefined) throw this.raised;
     for (const server of this.servers.values()) {
       const node = server.node;
       if (node === undefined) continue;
-      const status = node.status();
-      this.traceHash = fnv1aMix(this.traceHash, `${server.id}${status.role}${status.term}.${status.commitIndex}.${status.appliedIndex}.${status.lastLogIndex}`);
+      const status = node.raftStatus();
+      this.traceHash = fnv1aMixInts(this.traceHash, server.id, status.role.charCodeAt(0), status.term, status.commitIndex, status.appliedIndex, status.lastLogIndex);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
         if (other !== undefined && other !== server.id) throw new SimViolation(`election safety: nodes ${other} and ${server.id} both lead term ${status.term}`);
         this.leaderOfTerm.set(status.term, server.id);
+        // A leader that applied its own removal steps down at once (src/raft/raft.ts applyConfChange).
+        if (!server.disk.contents().membership().voters.includes(server.id)) {
+          throw new SimViolation(`node ${server.id} leads term ${status.term} but is no voter of the configuration it applied`);
+        }
       }
       // Each committed entry once per process: from its start, the last 64 applied are checked again.
       const storage = server.disk.contents();
@@ -457,9 +636,11 @@ export class NodeSim {
     }
     // A fresh write through the leader: it commits only once a leader of the healed cluster leads.
     let finalWrite: "none" | "sent" | "ok" = "none";
+    // The members as the leader applied them: servers removed (running or not) no longer count.
+    let members: SimServer[] = [];
     const converged = await this.runUntilTrue(() => {
       const leader = this.leader();
-      if (leader === undefined) return false;
+      if (leader === undefined || this.operatorBusy()) return false;
       if (finalWrite === "none") {
         finalWrite = "sent";
         void this.callOperation(0, leader, "put", keys[0] as string).then((operation) => {
@@ -467,11 +648,16 @@ export class NodeSim {
         });
         return false;
       }
-      const commit = this.servers.get(leader)?.node?.status().commitIndex ?? 0;
-      return finalWrite === "ok" && [...this.servers.values()].every((s) => s.node?.status().appliedIndex === commit);
+      const commit = this.servers.get(leader)?.node?.raftStatus().commitIndex ?? 0;
+      members = (this.members() ?? []).map((id) => this.servers.get(id) as SimServer);
+      return finalWrite === "ok" && members.every((s) => s !== undefined && s.node?.raftStatus().appliedIndex === commit);
     }, budgetMs);
-    if (!converged) throw new SimViolation(`the healed cluster did not converge within ${budgetMs} ms\n${this.describe()}`);
-    const images = [...this.servers.values()].map((s) => JSON.stringify(s.disk.contents().list("", undefined, 1_000_000).map((row) => [row.key, new TextDecoder().decode(row.value), row.version])));
+    if (!converged) throw new SimViolation(`the healed cluster did not converge within ${budgetMs} ms${this.operatorBusy() ? " (a membership change still under way)" : ""}\n${this.describe()}`);
+    // A server whose removal was answered is counted no more.
+    for (const server of this.servers.values()) {
+      if (server.lifecycle === "retired" && members.includes(server)) throw new SimViolation(`node ${server.id} was removed (the leader answered so) but is a member again`);
+    }
+    const images = members.map((s) => JSON.stringify(s.disk.contents().list("", undefined, 1_000_000).map((row) => [row.key, new TextDecoder().decode(row.value), row.version])));
     if (new Set(images).size !== 1) throw new SimViolation(`state machines differ after convergence\n${this.describe()}`);
     const leader = this.leader() as NodeId;
     for (const key of keys) await this.awaitAnswer(this.callOperation(0, leader, "get", key), 5_000);
@@ -492,7 +678,7 @@ export class NodeSim {
     return [...this.servers.values()]
       .map((server) => {
         const status = server.node?.status();
-        if (status === undefined) return `node ${server.id}: down, applied ${server.disk.appliedIndex()}`;
+        if (status === undefined) return `node ${server.id}: ${server.lifecycle === "member" ? "down" : server.lifecycle}, applied ${server.disk.appliedIndex()}`;
         const stalled = this.nowMs < server.stalledUntilMs ? " stalled" : "";
         return `node ${server.id}: ${status.role}${stalled} term ${status.term} leader ${status.leaderId} commit ${status.commitIndex} applied ${status.appliedIndex} last ${status.lastLogIndex} first ${status.firstLogIndex}${server.disk.full ? " disk-full" : ""}`;
       })
@@ -508,6 +694,19 @@ export class NodeSim {
     }
     this.events.length = 0;
   }
+}
+
+/** Tries of one membership change by the operator, and the wait between two (simulated ms). */
+const operatorAttemptsMax = 100_000;
+const operatorRetryMs = 100;
+
+/** Where the simulated network reaches node `id`'s peer service, and its client API. */
+function peerUrlOf(id: NodeId): string {
+  return `http://peer-${id}.sim.invalid`;
+}
+
+function httpUrlOf(id: NodeId): string {
+  return `http://node-${id}.sim.invalid`;
 }
 
 function before(a: SimEvent, b: SimEvent): boolean {

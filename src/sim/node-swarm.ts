@@ -16,6 +16,13 @@ export interface NodeSwarmResult {
   readonly diskFullEpisodes: number;
   readonly partitions: number;
   readonly transfers: number;
+  /** Servers that joined with a new id, removed ids that joined again on a wiped disk, members removed (leaders among them). */
+  readonly joins: number;
+  readonly rejoins: number;
+  readonly removals: number;
+  readonly leaderRemovals: number;
+  /** Servers that ever ran (the first voters and every one that joined). */
+  readonly serversEver: number;
   /** Snapshots installed from a streamed image (followers caught up past a compaction). */
   readonly snapshotsInstalled: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
@@ -39,6 +46,10 @@ export function drawPartition(prng: Prng, ids: readonly NodeId[]): [NodeId[], No
   return [shuffled.slice(0, cut), shuffled.slice(cut)];
 }
 
+/** Members a configuration holds at most in the swarm, and servers a run creates at most. */
+const membersMax = 7;
+const serversMax = 10;
+
 /** The line that replays a seed (with the run's length, when it was not the seed's own). */
 export function nodeSwarmReplay(seed: number, durationMs?: number): string {
   return `${durationMs === undefined ? "" : `KV_SWARM_MS=${durationMs} `}KV_NODE_SWARM_SEED=${seed} bun test test/node-swarm.test.ts`;
@@ -52,15 +63,18 @@ export interface NodeSwarmHooks {
 
 /**
  * One randomized run of the real node loop (`KvNode`) in the manner of TigerBeetle's VOPR: the fault
- * settings are drawn from the seed (a "swarm"); clients read and write while the nemesis crashes
- * processes (half of them with power loss), stalls them for up to 500 ms (the leader also while cut
- * off), fills their disks, partitions the network and hands leadership over; then everything heals and the cluster must
- * converge, and the clients' answers must be linearizable. `durationMs` is simulated time (default:
+ * settings and the cluster's size (3, 5 or 7) are drawn from the seed (a "swarm"); clients read and
+ * write while the nemesis crashes processes (half of them with power loss), stalls them for up to
+ * 500 ms (the leader also while cut off), fills their disks, partitions the network and hands
+ * leadership over, and an operator changes the membership through the node API; then everything
+ * heals and the members must converge, and the clients' answers must be linearizable. `durationMs` is simulated time (default:
  * drawn; `KV_SWARM_MS` runs thousands of election timeouts). Throws with the seed and its replay line.
  */
 export async function runNodeSwarm(seed: number, durationMs?: number, hooks: NodeSwarmHooks = {}): Promise<NodeSwarmResult> {
   const prng = createPrng(seed);
-  const nodeCount = prng.pick([3, 3, 3, 5]);
+  // Most seeds run 3 nodes (cheapest); one in eight 5, one in eight 7 (more majorities to split,
+  // more peers per leader), so 500 seeds take about as long as when a quarter ran 5 and none 7.
+  const nodeCount = prng.pick([3, 3, 3, 3, 3, 3, 5, 7]);
   const electionTicks = prng.intInclusive(6, 15);
   const tickMs = 10;
   const sim = new NodeSim({
@@ -81,16 +95,21 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       delayMsMax: prng.pick([1, 5, 20]),
     },
   });
-  const runMs = durationMs ?? prng.intInclusive(2_000, 6_000);
+  // A 7-node run costs about three 3-node runs of the same length: it runs 2-4 s, not 2-6 s
+  // (`KV_SWARM_MS` runs every size as long as it says).
+  const runMs = durationMs ?? prng.intInclusive(2_000, nodeCount === 7 ? 4_000 : 6_000);
   const crashRate = prng.pick([0, 0.002, 0.01]);
   const stallRate = prng.pick([0, 0.002, 0.01]);
   const diskFullRate = prng.pick([0, 0, 0.002]);
   const partitionRate = prng.pick([0, 0.002, 0.01]);
   const transferRate = prng.pick([0, 0.001]);
   const pauseLeaderRate = prng.pick([0, 0.002, 0.005]);
+  const membershipRate = prng.pick([0, 0, 0.003, 0.01]);
   const clientCount = prng.intInclusive(2, 5);
   const keys = Array.from({ length: prng.intInclusive(2, 5) }, (_, i) => `k${i}`);
-  const ids = [...sim.servers.keys()];
+  // Every server that exists (the first voters, then those that joined), removed ones too: clients
+  // still call them and the nemesis still hits them.
+  const ids = () => [...sim.servers.keys()];
   const faults = { diskFullEpisodes: 0, partitions: 0, transfers: 0 };
 
   // Clients: each waits for its answer, thinks a little, and goes again, to the leader it believes in.
@@ -98,7 +117,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     let leaderHint: NodeId | undefined;
     const next = (): void => {
       if (sim.nowMs >= runMs) return;
-      const target = leaderHint !== undefined && prng.chance(0.8) ? leaderHint : prng.pick(ids);
+      const target = leaderHint !== undefined && prng.chance(0.8) ? leaderHint : prng.pick(ids());
       const roll = prng.next();
       const kind = roll < 0.5 ? "put" : roll < 0.9 ? "get" : "delete";
       const consistency = prng.chance(0.3) ? "lease" : "linearizable";
@@ -114,7 +133,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   // The nemesis: one draw per tick.
   const nemesis = (): void => {
     if (sim.nowMs >= runMs) return;
-    const id = prng.pick(ids);
+    const id = prng.pick(ids());
     if (prng.chance(crashRate)) {
       sim.crash(id, prng.chance(0.5));
       sim.at(prng.intInclusive(10, 1_000), () => sim.restart(id));
@@ -129,7 +148,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       }
     }
     if (prng.chance(partitionRate)) {
-      sim.network.partition(drawPartition(prng, ids));
+      sim.network.partition(drawPartition(prng, ids()));
       faults.partitions++;
       sim.at(prng.intInclusive(10, 1_500), () => sim.network.heal());
     }
@@ -139,7 +158,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       const leader = sim.leader();
       if (leader !== undefined) {
         const stallMs = prng.intInclusive(electionTicks * tickMs, 500);
-        sim.network.partition([[leader], ids.filter((other) => other !== leader)]);
+        sim.network.partition([[leader], ids().filter((other) => other !== leader)]);
         sim.stall(leader, stallMs);
         faults.partitions++;
         sim.at(stallMs + prng.intInclusive(0, 300), () => sim.network.heal());
@@ -153,9 +172,37 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
         node.transferLeadership(undefined).catch(() => undefined); // refusals and timeouts are answers too
       }
     }
+    if (prng.chance(membershipRate) && !sim.operatorBusy()) changeMembership();
     sim.at(tickMs, nemesis);
   };
   sim.at(tickMs, nemesis);
+
+  // The operator: one membership change at a time, through the node API (as `/members` and
+  // `kv serve --join` use it), while the faults go on. It adds a server with a new id, removes a
+  // voter (the leader too: it hands over first), then stops it, or lets a removed server join again
+  // on a wiped disk; the configuration stays within 2 voters and 7 members.
+  let nextId = nodeCount + 1;
+  const pickTarget = () => prng.pick(ids());
+  const changeMembership = (): void => {
+    const members = sim.members();
+    if (members === undefined) return;
+    const leader = sim.leader() as NodeId;
+    const voters = sim.servers.get(leader)?.node?.members().members.filter((member) => member.role === "voter").map((member) => member.id) ?? [];
+    const retired = ids().filter((id) => sim.servers.get(id)?.lifecycle === "retired");
+    const action = prng.pick(["add", "remove", "remove", "rejoin"] as const);
+    if (action === "remove" && voters.length > 2) {
+      const victim = prng.chance(0.3) ? leader : prng.pick(voters);
+      sim.removeMember(victim, pickTarget).then(() => {
+        // The operator stops the removed server a while later: meanwhile clients still call it.
+        const retireMs = prng.intInclusive(0, 1_000);
+        sim.at(retireMs, () => sim.retire(victim));
+      }, (error: unknown) => sim.raise(error));
+    } else if (action === "add" && members.length < membersMax && nextId <= serversMax) {
+      sim.join(nextId++, pickTarget).catch((error: unknown) => sim.raise(error));
+    } else if (action === "rejoin" && retired.length > 0 && members.length < membersMax) {
+      sim.join(prng.pick(retired), pickTarget).catch((error: unknown) => sim.raise(error));
+    }
+  };
 
   hooks.onStart?.(sim);
   try {
@@ -183,6 +230,11 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     diskFullEpisodes: faults.diskFullEpisodes,
     partitions: faults.partitions,
     transfers: faults.transfers,
+    joins: sim.stats.joins,
+    rejoins: sim.stats.rejoins,
+    removals: sim.stats.removals,
+    leaderRemovals: sim.stats.leaderRemovals,
+    serversEver: sim.servers.size,
     snapshotsInstalled,
     repliesCarried: sim.network.repliesCarried,
     events: sim.eventsRun,
