@@ -171,3 +171,21 @@ test("a message to a peer whose process is down is lost with its refused call, n
   await host.runFor(300);
   expect(received.get(2)).toEqual(["after-restart"]);
 });
+
+test("an append never rides the answer to a peer's call: it goes on the sender's data lane, behind the appends before it", async () => {
+  const { host, network, received, t1, t2 } = twoNodes();
+  // Node 2 (a follower) calls node 1 (its leader) with a read-index; the call waits for node 1's loop.
+  t2.send([{ type: "read-index", from: 2, to: 1, term: 1, readContext: "r1" }]);
+  await host.runFor(5);
+  expect(received.get(1)).toEqual(["r1"]);
+  const callsBefore = network.delivered;
+  // Node 1's turn answers it, and has an append for node 2: riding the answer it could overtake
+  // appends still in flight on the data lane, be rejected, and send the leader back to probing.
+  t1.send([{ type: "append", from: 1, to: 2, term: 1, prevLogIndex: 0, prevLogTerm: 0, entries: [], commit: 0 }, ack(1, 2, "r1-answer")]);
+  t1.flush();
+  await host.runFor(10);
+  expect(received.get(2)).toContain("append");
+  expect(received.get(2)).toContain("r1-answer");
+  expect(network.repliesCarried).toBe(1); // the read-index answer rode the call
+  expect(network.delivered).toBe(callsBefore + 1); // the append went as a call of its own
+});

@@ -5,7 +5,7 @@ import type { Message, NodeId } from "../raft/types.ts";
 import { defaultConnectTransportLimits } from "../transport/connect-transport.ts";
 import { createPeerSender, type PeerSender } from "../transport/peer-sender.ts";
 import { createRaftServiceRoutes } from "../transport/raft-service.ts";
-import { createReplySlots, replyWaitMs, type ReplySlots } from "../transport/reply-slots.ts";
+import { createReplySlots, dispatchToPeer, replyWaitMs, type ReplySlots } from "../transport/reply-slots.ts";
 import { streamSnapshot } from "../transport/snapshot-sender.ts";
 import type { MessageHandler, SnapshotChunkHandler, Transport } from "../transport/transport.ts";
 
@@ -180,7 +180,7 @@ export class SimNetwork {
           if (list === undefined) byPeer.set(message.to, [message]);
           else list.push(message);
         }
-        for (const [peer, group] of byPeer) if (!replySlots.reply(peer, group)) senderFor(peer).enqueue(group);
+        for (const [peer, group] of byPeer) dispatchToPeer(replySlots, peer, group, (messages) => senderFor(peer).enqueue(messages));
       },
       flush: (callsUpTo) => replySlots.flush(callsUpTo),
       callsArrived: () => replySlots.callsArrived(),

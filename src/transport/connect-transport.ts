@@ -18,7 +18,7 @@ import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
-import { createReplySlots, replyWaitMs } from "./reply-slots.ts";
+import { createReplySlots, dispatchToPeer, replyWaitMs } from "./reply-slots.ts";
 import { createSocketTransport } from "./socket-transport.ts";
 import type { SocketTransport } from "./socket-transport.ts";
 import { defaultSnapshotDecodeLimits } from "./snapshot-codec.ts";
@@ -294,7 +294,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         }
         group.push(message);
       }
-      for (const [peerId, group] of byPeer) if (!replySlots.reply(peerId, group)) senderFor(peerId).enqueue(group);
+      for (const [peerId, group] of byPeer) dispatchToPeer(replySlots, peerId, group, (messages) => senderFor(peerId).enqueue(messages));
     },
     flush(callsUpTo?: number): void {
       replySlots.flush(callsUpTo);

@@ -27,6 +27,23 @@ export function replyWaitMs(rpcTimeoutMs: number): number {
   return Math.max(1, Math.min(REPLY_WAIT_MS_MAX, Math.floor(rpcTimeoutMs / 4)));
 }
 
+/**
+ * Hands a peer's messages of one send to the reply slots or the peer's sender: appends always go
+ * through the sender, whose data lane keeps them in order (src/transport/peer-sender.ts); riding the
+ * answer to the peer's own call, one could overtake appends still in flight, name an entry the
+ * follower does not have yet, be rejected, and send the leader back to probing. The rest ride the
+ * answer to the peer's waiting call when it has room, or go through the sender too.
+ */
+export function dispatchToPeer(slots: ReplySlots, peerId: NodeId, group: readonly Message[], enqueue: (messages: readonly Message[]) => void): void {
+  if (!group.some((message) => message.type === "append")) {
+    if (!slots.reply(peerId, group)) enqueue(group);
+    return;
+  }
+  enqueue(group.filter((message) => message.type === "append"));
+  const rest = group.filter((message) => message.type !== "append");
+  if (rest.length > 0 && !slots.reply(peerId, rest)) enqueue(rest);
+}
+
 /** How reply slots are bounded and timed. */
 export interface ReplySlotsOptions {
   /** Messages one answer may carry. */
