@@ -212,6 +212,31 @@ describe("large writes: what a leader has proposed and not applied is bounded by
   });
 });
 
+describe("large writes held back by what is pending", () => {
+  test("writes still queued when their deadline passes are refused as overloaded (never proposed, safe to retry); the proposed ones time out", async () => {
+    // Deadlines shorter than the election timeout: the leader still leads when they pass.
+    const cluster = createCluster({ requestTimeoutMs: 50 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const id = leader.status().id;
+    // No quorum: nothing commits, so what is proposed stays pending until it times out.
+    for (const other of [1, 2, 3].filter((n) => n !== id)) cluster.stop(other);
+    const lastBefore = leader.status().lastLogIndex;
+    const value = new Uint8Array(300 * 1024).fill(5);
+    const outcomes = await drive(
+      cluster,
+      Promise.all(Array.from({ length: 40 }, (_, i) => leader.put(`held/${i}`, value).then(() => "ok", (e: KvError) => e.code))),
+      1_000,
+    );
+    const overloaded = outcomes.filter((code) => code === "overloaded").length;
+    const timedOut = outcomes.filter((code) => code === "timeout").length;
+    expect(overloaded).toBeGreaterThan(0);
+    expect(overloaded + timedOut).toBe(40);
+    // Only the writes that timed out were ever proposed.
+    expect(leader.status().lastLogIndex - lastBefore).toBe(timedOut);
+  });
+});
+
 describe("lease reads through the node", () => {
   test("a lease read on the leader sees the last acknowledged write; on a follower it is a ReadIndex read", async () => {
     const cluster = createCluster();

@@ -751,13 +751,14 @@ export class KvNode implements KvNodeApi {
       // Time first: a lease judged by this turn's reads must have aged by every tick that passed.
       this.catchUpClock();
       this.stepInbox();
-      const moreQueued = this.proposals.proposeQueued(this.raw, (refusal) =>
+      this.proposals.proposeQueued(this.raw, (refusal) =>
         refusal.reason === "too_many_uncommitted" ? new KvError("overloaded", "too many writes are waiting to commit", { retryAfterS: 1 }) : this.notLeader(),
       );
-      // The rest of the queue goes in the next turn, after timers and peers' calls had their turn.
-      if (moreQueued) this.afterTurn.push(() => this.scheduleTurn());
       this.reads.requestReadIndex(this.raw);
       while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return this.startSync();
+      // Writes still queued (past one turn's bytes, or held back by what was pending and has now
+      // applied) go in the next turn, after timers and peers' calls had theirs.
+      if (this.proposals.canProposeQueued()) this.afterTurn.push(() => this.scheduleTurn());
       this.reads.serve(this.cfg.storage.appliedIndex());
       const checks = this.afterTurn;
       this.afterTurn = [];

@@ -144,8 +144,22 @@ export class Proposals {
     }
   }
 
-  /** Fails, with `timeout()`, the proposed writes whose deadline has passed. */
+  /** Whether writes wait in the queue while the pending bytes leave room for them (another turn would propose them). */
+  canProposeQueued(): boolean {
+    return this.queued.length > 0 && this.pendingBytes < pendingBytesMax;
+  }
+
+  /**
+   * Fails the writes whose deadline has passed: proposed ones with `timeout()` (their outcome is
+   * unknown), queued ones (held back by `pendingBytesMax`, never proposed) with `overloaded`: they
+   * certainly did not apply, so a retry is safe.
+   */
   expire(nowMs: number, timeout: () => KvError): void {
+    if (this.queued.some((write) => write.deadlineMs <= nowMs)) {
+      const overloaded = new KvError("overloaded", "too many writes were waiting to commit: this one was not proposed (it did not apply; retrying is safe)", { retryAfterS: 1 });
+      for (const write of this.queued) if (write.deadlineMs <= nowMs) write.reject(overloaded);
+      this.queued = this.queued.filter((write) => write.deadlineMs > nowMs);
+    }
     for (const write of this.pending.values()) {
       if (write.deadlineMs <= nowMs) {
         this.removePending(write);

@@ -2,7 +2,8 @@ import { assert } from "../lib/assert.ts";
 import type { Entry } from "../raft/types.ts";
 
 /**
- * The newest log entries saved, kept in memory up to `bytesMax` of data: what a node reads back
+ * The newest log entries saved, kept in memory up to `bytesMax` (their data plus
+ * `entryOverheadBytes` each, so a tail of tiny entries is bounded too): what a node reads back
  * soonest (entries applied once they commit, a turn or two after they were saved, and appends to a
  * follower just behind) is served without a query. Reading each entry back out of SQLite to apply
  * it was a fifth of a node's CPU at 256 KB values (BENCHMARKS.md). The entries are the ones the
@@ -11,6 +12,9 @@ import type { Entry } from "../raft/types.ts";
  * Invariant: `entries` are contiguous by index, and each is the log's entry at its index (a save
  * that replaces a suffix truncates here too; anything else that rewrites the log clears it).
  */
+/** Memory an entry costs beyond its data (the Entry and its Uint8Array), counted against the bound. */
+export const entryOverheadBytes = 128;
+
 export class LogTail {
   private entries: Entry[] = [];
   /** Position of the oldest kept entry in `entries` (evicted ones before it are dropped in batches). */
@@ -32,12 +36,12 @@ export class LogTail {
     } else if (first.index < next) {
       // A new leader's entries replace a conflicting suffix.
       const keep = this.start + (first.index - firstKept);
-      for (let i = keep; i < this.entries.length; i++) this.bytes -= (this.entries[i] as Entry).data.byteLength;
+      for (let i = keep; i < this.entries.length; i++) this.bytes -= costOf(this.entries[i] as Entry);
       this.entries.length = keep;
     }
     for (const entry of entries) {
       this.entries.push(entry);
-      this.bytes += entry.data.byteLength;
+      this.bytes += costOf(entry);
     }
     this.evict();
   }
@@ -68,7 +72,7 @@ export class LogTail {
     this.bytes = 0;
   }
 
-  /** Bytes of entry data kept. */
+  /** Bytes counted for the entries kept (data plus overhead). */
   keptBytes(): number {
     return this.bytes;
   }
@@ -84,7 +88,7 @@ export class LogTail {
 
   private evict(): void {
     while (this.bytes > this.bytesMax && this.start < this.entries.length) {
-      this.bytes -= (this.entries[this.start] as Entry).data.byteLength;
+      this.bytes -= costOf(this.entries[this.start] as Entry);
       this.start++;
     }
     // Drop evicted slots once they are half the array, so memory stays bounded by what is kept.
@@ -93,4 +97,8 @@ export class LogTail {
       this.start = 0;
     }
   }
+}
+
+function costOf(entry: Entry): number {
+  return entry.data.byteLength + entryOverheadBytes;
 }
