@@ -265,9 +265,9 @@ describe("sqlite: the tail of the log kept in memory", () => {
       const big = (index: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(1 << 20).fill(index) });
       storage.save(hard(1, 1, 0), Array.from({ length: 20 }, (_, i) => big(i + 1)), false);
       const before = storage.entryRowsRead;
-      // The newest 16 MiB: indexes 5-20, read as a node applies them, without a query.
+      // The newest 16 MiB (with each entry's overhead): indexes 6-20, read as a node applies them, without a query.
       expect(storage.entries(9, 13, Number.MAX_SAFE_INTEGER).map((e) => e.data[0])).toEqual([9, 10, 11, 12]);
-      expect(storage.entries(5, 7, 1).map((e) => e.index)).toEqual([5]);
+      expect(storage.entries(6, 8, 1).map((e) => e.index)).toEqual([6]);
       expect(storage.entryRowsRead).toBe(before);
       // Older ones come from SQLite.
       expect(storage.entries(1, 3, Number.MAX_SAFE_INTEGER).map((e) => e.data[0])).toEqual([1, 2]);
