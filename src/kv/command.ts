@@ -28,6 +28,7 @@
  */
 import { decodeTxnBody, encodeTxnBody, type TxnRequest } from "./txn.ts";
 import { uninitializedBytes } from "../lib/bytes.ts";
+import { varintByteLength, writeVarint } from "../lib/varint.ts";
 
 /** Keys longer than this (in UTF-8 bytes) cannot be encoded; the HTTP layer should refuse them earlier. */
 export const commandKeyBytesMax = 64 * 1024;
@@ -391,25 +392,7 @@ export function decodeCommand(data: Uint8Array): Command {
   return ifVersion === undefined ? { op: "delete", key } : { op: "delete", key, ifVersion };
 }
 
-/** Bytes `value` takes as unsigned LEB128. */
-export function varintByteLength(value: number): number {
-  let length = 1;
-  while (value >= 0x80) {
-    value = Math.floor(value / 0x80);
-    length++;
-  }
-  return length;
-}
-
-/** Writes `value` as unsigned LEB128 at `offset`; returns the offset after it. */
-export function writeVarint(out: Uint8Array, offset: number, value: number): number {
-  while (value >= 0x80) {
-    out[offset++] = (value & 0x7f) | 0x80;
-    value = Math.floor(value / 0x80);
-  }
-  out[offset++] = value;
-  return offset;
-}
+export { varintByteLength, writeVarint };
 
 /** Reads a minimal unsigned LEB128 of at most `keyLengthVarintBytesMax` bytes (key lengths; membership changes reuse it, so its errors say "key length"). */
 export function readVarint(

@@ -16,6 +16,9 @@
 import { ScalarType, toBinary } from "@bufbuild/protobuf";
 import type { DescField, DescMessage, Message } from "@bufbuild/protobuf";
 import { uninitializedBytes } from "../lib/bytes.ts";
+import { varintByteLength as varintLength, writeVarint } from "../lib/varint.ts";
+
+export { varintLength };
 
 /** A message measured and ready to be written. */
 export interface MeasuredMessage {
@@ -325,25 +328,6 @@ function uint64Number(value: unknown): number {
   const number = typeof value === "number" ? value : Number(value as bigint | string);
   if (!Number.isSafeInteger(number) || number < 0) throw new Error(`proto-writer: uint64 ${String(value)} is not a safe integer`);
   return number;
-}
-
-/** Bytes of the varint of a non-negative safe integer. */
-export function varintLength(value: number): number {
-  let length = 1;
-  while (value >= 0x80) {
-    value = Math.floor(value / 128);
-    length++;
-  }
-  return length;
-}
-
-function writeVarint(into: Uint8Array, at: number, value: number): number {
-  while (value >= 0x80) {
-    into[at++] = (value % 128) | 0x80;
-    value = Math.floor(value / 128);
-  }
-  into[at++] = value;
-  return at;
 }
 
 function varintBytes(value: number): Uint8Array {

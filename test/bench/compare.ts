@@ -244,6 +244,16 @@ function prepareKvBinary(requested: string | undefined, dir: string): string {
   return copy;
 }
 
+/** One progress line for a run of `workload` on `store`. */
+function runLine(round: number, rounds: number, workload: Workload, store: Store, result: RunResult): string {
+  const r = result.report;
+  return (
+    `round ${round}/${rounds}  ${workload.name.padEnd(31)} ${store.name.padEnd(4)}  ${fmt(r.opsPerSec).padStart(7)} ops/s  ` +
+    `p50 ${fmtMs(r.latencyMs.p50)} ms  p99 ${fmtMs(r.latencyMs.p99)} ms  errors ${r.errors}  leader changes ${r.leaderChanges ?? "-"}  ` +
+    `other load ${result.foreignCores.toFixed(2)} cores`
+  );
+}
+
 async function startEtcd(etcdBin: string, dir: string): Promise<Store> {
   const base = await freePortRange(6);
   const clientUrl = (i: number) => `http://127.0.0.1:${base + i}`;
@@ -677,12 +687,7 @@ async function main(): Promise<number> {
             const result = await runOnce(kvBin, store, workload, durationText);
             const key = `${store.name}|${workload.name}`;
             results.set(key, [...(results.get(key) ?? []), result]);
-            const r = result.report;
-            console.error(
-              `round ${round}/${rounds}  ${workload.name.padEnd(31)} ${store.name.padEnd(4)}  ${fmt(r.opsPerSec).padStart(7)} ops/s  ` +
-                `p50 ${fmtMs(r.latencyMs.p50)} ms  p99 ${fmtMs(r.latencyMs.p99)} ms  errors ${r.errors}  leader changes ${r.leaderChanges ?? "-"}  ` +
-                `other load ${result.foreignCores.toFixed(2)} cores  (fresh clusters)`,
-            );
+            console.error(`${runLine(round, rounds, workload, store, result)}  (fresh clusters)`);
           }
         }
         rssBySize.set(workload.name, new Map(fresh.map((store) => [store.name, store.pids().map(peakRssMb)])));
@@ -695,12 +700,7 @@ async function main(): Promise<number> {
           const result = await runOnce(kvBin, store, workload, durationText);
           const key = `${store.name}|${workload.name}`;
           results.set(key, [...(results.get(key) ?? []), result]);
-          const r = result.report;
-          console.error(
-            `round ${round}/${rounds}  ${workload.name.padEnd(31)} ${store.name.padEnd(4)}  ${fmt(r.opsPerSec).padStart(7)} ops/s  ` +
-              `p50 ${fmtMs(r.latencyMs.p50)} ms  p99 ${fmtMs(r.latencyMs.p99)} ms  errors ${r.errors}  leader changes ${r.leaderChanges ?? "-"}  ` +
-              `other load ${result.foreignCores.toFixed(2)} cores`,
-          );
+          console.error(runLine(round, rounds, workload, store, result));
           if (round === 1 && workload.name === RSS_CHECKPOINT) rssAtCheckpoint.set(store.name, store.pids().map(peakRssMb));
         }
       }
