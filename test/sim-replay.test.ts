@@ -59,12 +59,15 @@ test("Prng.shuffle is a Fisher-Yates permutation drawing length - 1 numbers", ()
 });
 
 test("node swarm seeds run twice give the same trace digest, and the digest depends on the run", async () => {
-  const seeds = Array.from({ length: 12 }, (_, i) => 700_001 + i);
+  // At least 12 seeds from 700,001 on, and more until the sample holds every kind of run below: which
+  // seeds do depends on every timing in the node and transport, so the sample is found, not listed.
+  const seeds: number[] = [];
   const first: string[] = [];
   const second: string[] = [];
   const covered = { sevenNodes: false, joins: false, rejoins: false, leaderRemovals: false };
-  for (const seed of seeds) {
+  for (let seed = 700_001; seed <= 700_100 && (seeds.length < 12 || !Object.values(covered).every(Boolean)); seed++) {
     const result = await runNodeSwarm(seed);
+    seeds.push(seed);
     first.push(result.digest);
     covered.sevenNodes ||= result.nodeCount === 7;
     covered.joins ||= result.joins > 0;
