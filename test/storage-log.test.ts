@@ -320,15 +320,15 @@ describe("sqlite: the tail of the log kept in memory", () => {
 });
 
 describe("LogTail", () => {
-  test("a tail of tiny entries is bounded by their count too: each costs its data plus entryOverheadBytes", async () => {
-    const { LogTail, entryOverheadBytes } = await import("../src/storage/log-tail.ts");
+  test("a tail of tiny entries is bounded by their count too: each costs its data plus entryMemoryBytes", async () => {
+    const { LogTail, entryMemoryBytes } = await import("../src/storage/log-tail.ts");
     const tail = new LogTail(1 << 20);
     const data = new Uint8Array(9);
     for (let index = 1; index <= 100_000; index += 1_000) {
       tail.saved(Array.from({ length: 1_000 }, (_, i) => ({ index: index + i, term: 1, type: EntryType.Normal, data })));
     }
     // 100,000 entries of 9 bytes are 900 KB of data, under the bound; with their objects, far over.
-    const kept = Math.floor((1 << 20) / (9 + entryOverheadBytes));
+    const kept = Math.floor((1 << 20) / (9 + entryMemoryBytes));
     expect(tail.keptBytes()).toBeLessThanOrEqual(1 << 20);
     expect(tail.slice(1, 2, Number.MAX_SAFE_INTEGER)).toBeUndefined();
     expect(tail.slice(100_000 - kept + 2, 100_001, Number.MAX_SAFE_INTEGER)?.length).toBe(kept - 1);

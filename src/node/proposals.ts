@@ -73,10 +73,10 @@ export class Proposals {
   /**
    * Proposes the queued writes as one batch, oldest first, up to `proposalBytesPerTurnMax`. A
    * refusal (not the leader, too much uncommitted) fails that batch with `refusal(reason)`: nothing
-   * of it was proposed. Returns whether writes are still queued (the caller runs another turn).
+   * of it was proposed. What stays queued goes in a later turn (`canProposeQueued`).
    */
-  proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): boolean {
-    if (this.queued.length === 0) return false;
+  proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): void {
+    if (this.queued.length === 0) return;
     const budget = Math.min(proposalBytesPerTurnMax, pendingBytesMax - this.pendingBytes);
     let taken = 0;
     let bytes = 0;
@@ -87,7 +87,7 @@ export class Proposals {
       taken++;
     }
     // Held back by what is pending: the applies that settle it run turns of their own.
-    if (taken === 0) return false;
+    if (taken === 0) return;
     const writes = taken === this.queued.length ? this.queued : this.queued.slice(0, taken);
     this.queued = taken === this.queued.length ? [] : this.queued.slice(taken);
     let firstIndex: number;
@@ -97,13 +97,12 @@ export class Proposals {
       if (!(error instanceof ProposalRefusedError)) throw error;
       const refused = refusal(error);
       for (const write of writes) write.reject(refused);
-      return this.queued.length > 0;
+      return;
     }
     const term = raw.basicStatus().term;
     writes.forEach((write, i) =>
       this.addPending({ resolve: write.resolve, reject: write.reject, deadlineMs: write.deadlineMs, index: firstIndex + i, term, bytes: write.data.byteLength }),
     );
-    return this.queued.length > 0;
   }
 
   /** The entry at `result.index`, of `term`, applied: answers the write proposed there, if any. */

@@ -3,7 +3,7 @@ import type { Entry } from "../raft/types.ts";
 
 /**
  * The newest log entries saved, kept in memory up to `bytesMax` (their data plus
- * `entryOverheadBytes` each, so a tail of tiny entries is bounded too): what a node reads back
+ * `entryMemoryBytes` each, so a tail of tiny entries is bounded too): what a node reads back
  * soonest (entries applied once they commit, a turn or two after they were saved, and appends to a
  * follower just behind) is served without a query. Reading each entry back out of SQLite to apply
  * it was a fifth of a node's CPU at 256 KB values (BENCHMARKS.md). The entries are the ones the
@@ -13,7 +13,7 @@ import type { Entry } from "../raft/types.ts";
  * that replaces a suffix truncates here too; anything else that rewrites the log clears it).
  */
 /** Memory an entry costs beyond its data (the Entry and its Uint8Array), counted against the bound. */
-export const entryOverheadBytes = 128;
+export const entryMemoryBytes = 128;
 
 export class LogTail {
   private entries: Entry[] = [];
@@ -100,5 +100,5 @@ export class LogTail {
 }
 
 function costOf(entry: Entry): number {
-  return entry.data.byteLength + entryOverheadBytes;
+  return entry.data.byteLength + entryMemoryBytes;
 }

@@ -380,14 +380,11 @@ function migrate(db: Database, file: string): void {
   }).immediate();
 }
 
-/**
- * The first string past every key that starts with `prefix`, in UTF-8 byte order: the prefix with
- * its last character incremented. Only for the state machine's own prefixes, which end in ASCII.
- */
+/** `prefixUpperBound` of one of the state machine's own prefixes, which always has one. */
 function prefixEnd(prefix: string): string {
-  const last = prefix.charCodeAt(prefix.length - 1);
-  assert(last >= 0 && last < 0x7f, `prefix ${JSON.stringify(prefix)} must end in ASCII`);
-  return prefix.slice(0, -1) + String.fromCharCode(last + 1);
+  const end = prefixUpperBound(prefix);
+  assert(end !== undefined, `prefix ${JSON.stringify(prefix)} has no upper bound`);
+  return end;
 }
 
 /**

@@ -145,10 +145,11 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
     sizes: number[];
     bytes: number;
     inflight: number;
-    readonly windowCalls: () => number;
+    /** Calls in flight at most while the peer is reachable. */
+    readonly windowCalls: number;
   }
-  const dataLane: Lane = { queued: [], sizes: [], bytes: 0, inflight: 0, windowCalls: () => limits.inflightCallsMax };
-  const controlLane: Lane = { queued: [], sizes: [], bytes: 0, inflight: 0, windowCalls: () => controlCallsMax };
+  const dataLane: Lane = { queued: [], sizes: [], bytes: 0, inflight: 0, windowCalls: limits.inflightCallsMax };
+  const controlLane: Lane = { queued: [], sizes: [], bytes: 0, inflight: 0, windowCalls: controlCallsMax };
   const lanes = [controlLane, dataLane] as const;
   let reachability: PeerReachability = "unknown";
   /** Calls past their deadline since the last answered one (see noteFailure). */
@@ -198,7 +199,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   /** Starts calls while a lane's window has room. A peer not known to be up gets one probe call at a time on each lane. */
   function pump(): void {
     for (const lane of lanes) {
-      const window = reachability === "reachable" ? lane.windowCalls() : 1;
+      const window = reachability === "reachable" ? lane.windowCalls : 1;
       while (!closed && lane.queued.length > 0 && lane.inflight < window) startCall(lane, takeBatch(lane));
     }
   }
