@@ -1,6 +1,9 @@
 import { assert } from "../lib/assert.ts";
 import type { Entry } from "../raft/types.ts";
 
+/** Memory an entry costs beyond its data (the Entry and its Uint8Array), counted against the bound. */
+export const entryMemoryBytes = 128;
+
 /**
  * The newest log entries saved, kept in memory up to `bytesMax` (their data plus
  * `entryMemoryBytes` each, so a tail of tiny entries is bounded too): what a node reads back
@@ -12,9 +15,6 @@ import type { Entry } from "../raft/types.ts";
  * Invariant: `entries` are contiguous by index, and each is the log's entry at its index (a save
  * that replaces a suffix truncates here too; anything else that rewrites the log clears it).
  */
-/** Memory an entry costs beyond its data (the Entry and its Uint8Array), counted against the bound. */
-export const entryMemoryBytes = 128;
-
 export class LogTail {
   private entries: Entry[] = [];
   /** Position of the oldest kept entry in `entries` (evicted ones before it are dropped in batches). */
