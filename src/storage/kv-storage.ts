@@ -31,8 +31,13 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * Applies committed entries, in index order, atomically with the new applied index. Entries at
    * or below `appliedIndex()` are skipped (so replay after a crash has no double effect); the
    * rest must follow it contiguously, be committed and be in the log with the same term.
+   *
+   * A storage that writes on another thread returns a promise of the results instead. Its
+   * promises (of applies and installs) settle in call order, and `appliedIndex()`, `membership()`,
+   * `get`, `list` and `openImage` show the entries only once it has resolved (and at least that
+   * state from then on). Rejects only for what would have thrown (the node then stops).
    */
-  applyEntries(entries: readonly Entry[]): ApplyResult[];
+  applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]>;
   /** The index of the last entry whose effect is in the state machine; 0 when none. */
   appliedIndex(): number;
   /**
@@ -70,9 +75,12 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * Installs the image staged as `imageId` (all of it: the caller staged its last chunk) in one
    * durable transaction: the state machine becomes the image, the applied index `metadata.index`,
    * the log empties, the snapshot is `metadata`, and commit rises to at least `metadata.index`.
-   * Installing an image that is not staged, or one not past the applied index, is a bug.
+   * Installing an image that is not staged, or one not past the applied index, is a bug. A storage
+   * that writes on another thread returns a promise, settled in order with its applies (see
+   * `applyEntries`): the log, snapshot and hard state change at once, the applied index and what
+   * reads see once it resolves.
    */
-  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void;
+  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void>;
   /** Drops whatever image is staged (a transfer that failed or was not needed). */
   discardStagedImage(): void;
   /**
