@@ -935,7 +935,7 @@ export class KvNode implements KvNodeApi {
       this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.basicStatus().term });
       if (ready.softState.role !== "leader") {
         this.snapshots.abortAll("no longer the leader");
-        this.proposals.leadershipLost();
+        this.proposals.leadershipLost(this.appliedHandedIndex);
         this.membership.leadershipLost();
       }
       this.leases.roleChanged(ready.softState.role, this.raw.basicStatus().term);
