@@ -219,8 +219,10 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     await sim.healAndCheck(keys, 60_000);
   } catch (error: unknown) {
     const detail = error instanceof Error ? error.message : String(error);
+    // Described before it stops: stopped, every node reads as down.
+    const nodes = sim.describe();
     sim.stop();
-    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${sim.describe()}`, { cause: error });
+    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${nodes}`, { cause: error });
   }
   const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
   const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}`).join(";");
