@@ -94,6 +94,17 @@ describe("command codec", () => {
     expect(() => encodeCommand({ op: "delete", key: "\uD800" })).toThrow(/lone UTF-16 surrogate/);
     expect(() => encodeCommand({ op: "delete", key: "x".repeat(commandKeyBytesMax + 1) })).toThrow(/exceeds/);
   });
+
+  test("wrapped commands keep the bytes every release wrote: idempotency header, then lease header, then the plain command", () => {
+    // Logs and images on disk hold these bytes: an encoding that changed would misread old data dirs.
+    const value = new Uint8Array([1, 2, 3, 250]);
+    const stamp = { atMs: 1_700_000_000_000, windowMs: 60_000, sessionsMax: 1_000 };
+    const hex = (command: Command) => Buffer.from(encodeCommand(command)).toString("hex");
+    expect(hex({ op: "put", key: "k", value, lease: 7, idempotencyKey: "id-1", stamp })).toBe("0680d095ffbc31e0d403e8070469642d310a0701016b010203fa");
+    expect(hex({ op: "put", key: "k", value, lease: 300 })).toBe("0aac0201016b010203fa");
+    expect(hex({ op: "put", key: "k", value, ifVersion: 5, idempotencyKey: "x" })).toBe("05017803016b05010203fa");
+    expect(hex({ op: "delete", key: "gone", idempotencyKey: "d", stamp: { atMs: 1, windowMs: 2, sessionsMax: 3 } })).toBe("0601020301640204676f6e65");
+  });
 });
 
 describe("large commands are written into buffers that are not zeroed first", () => {

@@ -236,49 +236,64 @@ export function isNoopData(data: Uint8Array): boolean {
  * surrogate (it would not round-trip through UTF-8) or is longer than `commandKeyBytesMax`.
  */
 export function encodeCommand(command: Command): Uint8Array {
+  // The wrappers (idempotency, then lease) are short headers before the plain command: written
+  // with it into one buffer, so a large value is copied once, not once per wrapper.
+  const headers: Uint8Array[] = [];
+  let plain: Command = command;
   if (command.stamp !== undefined && command.idempotencyKey === undefined) throw new CommandCodecError("encode: a stamp without an idempotency key");
   if (command.idempotencyKey !== undefined) {
     const idem = utf8Encoder.encode(command.idempotencyKey);
     if (idem.byteLength === 0 || idem.byteLength > idempotencyKeyBytesMax || !command.idempotencyKey.isWellFormed()) {
       throw new CommandCodecError(`encode: idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
     }
-    const { idempotencyKey: _, stamp, ...plain } = command;
+    const { idempotencyKey: _, stamp, ...rest } = command;
     if (stamp === undefined && command.op === "txn") throw new CommandCodecError("encode: an idempotent transaction needs a stamp");
-    const inner = encodeCommand(plain as Command);
     const numbers = stamp === undefined ? [] : [stamp.atMs, stamp.windowMs, stamp.sessionsMax];
     if (stamp !== undefined && (!numbers.every((value) => Number.isSafeInteger(value) && value >= 0) || stamp.sessionsMax < 1)) {
       throw new CommandCodecError(`encode: stamp ${JSON.stringify(stamp)} is not three whole numbers (sessionsMax at least 1)`);
     }
     const numbersBytes = numbers.reduce((sum, value) => sum + varintByteLength(value), 0);
-    const out = uninitializedBytes(1 + numbersBytes + varintByteLength(idem.byteLength) + idem.byteLength + inner.byteLength);
-    out[0] = stamp === undefined ? opIdempotent : opIdempotentStamped;
+    const header = new Uint8Array(1 + numbersBytes + varintByteLength(idem.byteLength) + idem.byteLength);
+    header[0] = stamp === undefined ? opIdempotent : opIdempotentStamped;
     let offset = 1;
-    for (const value of numbers) offset = writeVarint(out, offset, value);
-    offset = writeVarint(out, offset, idem.byteLength);
-    out.set(idem, offset);
-    offset += idem.byteLength;
-    out.set(inner, offset);
-    return out;
+    for (const value of numbers) offset = writeVarint(header, offset, value);
+    offset = writeVarint(header, offset, idem.byteLength);
+    header.set(idem, offset);
+    headers.push(header);
+    plain = rest as Command;
   }
+  if (plain.op === "put" && plain.lease !== undefined) {
+    const { lease, ...rest } = plain;
+    checkLeaseNumber(lease, "encode: lease id");
+    const header = new Uint8Array(1 + varintByteLength(lease));
+    header[0] = opPutOnLease;
+    writeVarint(header, 1, lease);
+    headers.push(header);
+    plain = rest;
+  }
+  return encodePlain(plain, headers);
+}
+
+/** `headers`, then a command with no wrapper (a transaction, a put or a delete), in one buffer. */
+function encodePlain(command: Command, headers: readonly Uint8Array[]): Uint8Array {
+  const headerBytes = headers.reduce((sum, header) => sum + header.byteLength, 0);
+  const start = (out: Uint8Array): number => {
+    let offset = 0;
+    for (const header of headers) {
+      out.set(header, offset);
+      offset += header.byteLength;
+    }
+    return offset;
+  };
   if (command.op === "txn") {
     const parts = encodeTxnBody(command);
-    const out = uninitializedBytes(1 + parts.reduce((sum, part) => sum + part.byteLength, 0));
-    out[0] = opTxn;
-    let offset = 1;
+    const out = uninitializedBytes(headerBytes + 1 + parts.reduce((sum, part) => sum + part.byteLength, 0));
+    let offset = start(out);
+    out[offset++] = opTxn;
     for (const part of parts) {
       out.set(part, offset);
       offset += part.byteLength;
     }
-    return out;
-  }
-  if (command.op === "put" && command.lease !== undefined) {
-    const { lease, ...plain } = command;
-    checkLeaseNumber(lease, "encode: lease id");
-    const inner = encodeCommand(plain);
-    const out = uninitializedBytes(1 + varintByteLength(lease) + inner.byteLength);
-    out[0] = opPutOnLease;
-    const offset = writeVarint(out, 1, lease);
-    out.set(inner, offset);
     return out;
   }
   if (!command.key.isWellFormed()) throw new CommandCodecError("encode: key holds a lone UTF-16 surrogate");
@@ -292,19 +307,20 @@ export function encodeCommand(command: Command): Uint8Array {
     throw new CommandCodecError(`encode: ifVersion ${ifVersion} is not a version`);
   }
   const versionBytes = ifVersion === undefined ? 0 : varintByteLength(ifVersion);
-  const out = uninitializedBytes(1 + varintByteLength(keyBytes.byteLength) + keyBytes.byteLength + versionBytes + valueBytes);
+  const out = uninitializedBytes(headerBytes + 1 + varintByteLength(keyBytes.byteLength) + keyBytes.byteLength + versionBytes + valueBytes);
+  let offset = start(out);
   switch (command.op) {
     case "put":
-      out[0] = ifVersion === undefined ? opPut : opPutIfVersion;
+      out[offset] = ifVersion === undefined ? opPut : opPutIfVersion;
       break;
     case "delete":
-      out[0] = ifVersion === undefined ? opDelete : opDeleteIfVersion;
+      out[offset] = ifVersion === undefined ? opDelete : opDeleteIfVersion;
       break;
     default:
       command satisfies never;
       throw new CommandCodecError(`encode: unknown op ${JSON.stringify((command as { op: unknown }).op)}`);
   }
-  let offset = writeVarint(out, 1, keyBytes.byteLength);
+  offset = writeVarint(out, offset + 1, keyBytes.byteLength);
   out.set(keyBytes, offset);
   offset += keyBytes.byteLength;
   if (ifVersion !== undefined) offset = writeVarint(out, offset, ifVersion);
