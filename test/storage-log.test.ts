@@ -334,3 +334,27 @@ describe("LogTail", () => {
     expect(tail.slice(100_000 - kept + 2, 100_001, Number.MAX_SAFE_INTEGER)?.length).toBe(kept - 1);
   });
 });
+
+describe("LogTail pin", () => {
+  const entry = (index: number, bytes: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(bytes) });
+
+  test("entries from the pinned index on are kept past the byte bound, and evicted once the pin lifts", async () => {
+    const { LogTail } = await import("../src/storage/log-tail.ts");
+    const tail = new LogTail(100_000);
+    tail.saved([entry(1, 60_000)]);
+    // Entries 2..5 are posted to a writer and not yet committed: the reader cannot see them on disk.
+    tail.pinFrom(2);
+    tail.saved([entry(2, 60_000), entry(3, 60_000)]);
+    tail.saved([entry(4, 60_000), entry(5, 60_000)]);
+    expect(tail.keptBytes()).toBeGreaterThan(100_000);
+    expect(tail.slice(2, 6, Number.MAX_SAFE_INTEGER)?.map((e) => e.index)).toEqual([2, 3, 4, 5]);
+    // Entry 1 is below the pin: it went, as the bound asks.
+    expect(tail.slice(1, 2, Number.MAX_SAFE_INTEGER)).toBeUndefined();
+    // Committed up to 4: the pin moves on, and what is unpinned goes down to the bound.
+    tail.pinFrom(5);
+    expect(tail.slice(5, 6, Number.MAX_SAFE_INTEGER)?.map((e) => e.index)).toEqual([5]);
+    expect(tail.slice(3, 4, Number.MAX_SAFE_INTEGER)).toBeUndefined();
+    tail.pinFrom(undefined);
+    expect(tail.keptBytes()).toBeLessThanOrEqual(100_000);
+  });
+});
