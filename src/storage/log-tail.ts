@@ -89,6 +89,11 @@ export class LogTail {
     this.bytes = 0;
   }
 
+  /** The index of the oldest entry kept; undefined when none is. */
+  firstKeptIndex(): number | undefined {
+    return this.firstIndex();
+  }
+
   /** Bytes counted for the entries kept (data plus overhead). */
   keptBytes(): number {
     return this.bytes;

@@ -31,7 +31,6 @@ import {
   checkCompact,
   checkInstall,
   idsText,
-  planStage,
   snapshotConfiguration,
   stagedImageBytesMaxDefault,
   type StagingState,
@@ -40,7 +39,7 @@ import { type TermRun, TermCache } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
 import { LogTail } from "./log-tail.ts";
-import { removeStaleStaging, StagingFile } from "./staging-file.ts";
+import { ImageStaging, removeStaleStaging, StagingFile } from "./staging-file.ts";
 
 /**
  * Durable storage on bun:sqlite: the Raft log, hard state, voters and the key-value state machine
@@ -245,6 +244,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     lock = holdLock(`${file}-lock`, lockWaitMs);
     // An image staged before a restart can never be installed: its transfer died with the process.
     removeStaleStaging(`${file}-staging`);
+    removeStaleStaging(`${file}-staging-install`); // see ThreadedStorage.installSnapshot
     db = new Database(file, { create: true, strict: true });
     db.run(`PRAGMA busy_timeout = ${lockWaitMs}`);
     const journal = db.query<{ journal_mode: string }, []>("PRAGMA journal_mode = WAL").get();
@@ -395,6 +395,20 @@ function rawKvTable(db: Database): KvTable {
   };
 }
 
+/** See `SqliteStorage.mirrorState`. */
+export interface SqliteMirrorState {
+  readonly file: string;
+  readonly hardState: HardState;
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
+  readonly addresses: readonly MemberAddress[];
+  readonly changedIndex: number;
+  readonly applied: number;
+  readonly snapshot: SnapshotMetadata;
+  readonly lastIndex: number;
+  readonly termRuns: readonly TermRun[];
+}
+
 /** Sizes and limits of one open storage. */
 interface SqliteStorageSettings {
   readonly termCacheRunsMax: number;
@@ -423,7 +437,6 @@ export class SqliteStorage implements KvStorage {
   private snap: SnapshotMetadata;
   private last: number;
   private readonly terms: TermCache;
-  private staging: StagingState = { imageId: undefined, bytes: 0 };
   /** Images open on their own connections: closed with the storage. */
   private readonly images = new Set<KvImageReader>();
   private closed = false;
@@ -461,6 +474,7 @@ export class SqliteStorage implements KvStorage {
   private readonly clearMembers: Statement<unknown, []>;
   private readonly insertMember: Statement<unknown, [number, string, string | null]>;
   /** The image being received (see StagingFile). */
+  private readonly imageStaging: ImageStaging;
   private readonly stagingFile: StagingFile;
   private readonly clearKv: Statement<unknown, []>;
   private readonly touchMeta: Statement<unknown, []>;
@@ -469,7 +483,6 @@ export class SqliteStorage implements KvStorage {
   private readonly membershipTransaction: (membership: Membership) => void;
   private readonly compactTransaction: (snapshot: SnapshotMetadata) => void;
   private readonly installTransaction: (snapshot: SnapshotMetadata, hardState: HardState, membership: Membership) => void;
-  private readonly stagedImageBytesMax: number;
   private readonly lockWaitMs: number;
   private readonly pageBytes: number;
   /** Log, kv and size reads on the node's connection (sqlite-reads.ts, shared with ThreadedStorage's reader). */
@@ -494,7 +507,6 @@ export class SqliteStorage implements KvStorage {
     const { termCacheRunsMax, termCacheLoadEntriesMax } = settings;
     assert(Number.isSafeInteger(termCacheLoadEntriesMax) && termCacheLoadEntriesMax >= 1, "termCacheLoadEntriesMax");
     assert(Number.isSafeInteger(settings.stagedImageBytesMax) && settings.stagedImageBytesMax >= 1, "stagedImageBytesMax");
-    this.stagedImageBytesMax = settings.stagedImageBytesMax;
     this.lockWaitMs = settings.lockWaitMs;
     const checkpointing = settings.checkpointer;
     this.checkpointPages = checkpointing?.pages ?? 0;
@@ -565,7 +577,8 @@ export class SqliteStorage implements KvStorage {
     this.updateConfigIndex = db.prepare("UPDATE meta SET config_index = ? WHERE id = 1");
     this.clearMembers = db.prepare("DELETE FROM members");
     this.insertMember = db.prepare("INSERT INTO members (id, peer_url, http_url) VALUES (?, ?, ?)");
-    this.stagingFile = new StagingFile(`${file}-staging`);
+    this.imageStaging = new ImageStaging(`${file}-staging`, settings.stagedImageBytesMax, file);
+    this.stagingFile = this.imageStaging.file;
     this.clearKv = db.prepare("DELETE FROM kv");
     this.touchMeta = db.prepare("SELECT applied_index FROM meta WHERE id = 1");
     this.reads = new SqliteReads(db, file);
@@ -885,24 +898,33 @@ export class SqliteStorage implements KvStorage {
   /** See `KvStorage.stageImageChunk`: one transaction per chunk, no fsync (staging is not durable). */
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
     this.assertOpen();
-    const ownsStaging = first || imageId === this.staging.imageId;
-    try {
-      const next = planStage(this.staging, imageId, rows, first, this.stagedImageBytesMax, this.file);
-      if (first) this.stagingFile.begin();
-      const repeated = this.stagingFile.append(rows);
-      if (repeated !== undefined) throw new StorageError("image_refused", `image carries key ${JSON.stringify(repeated.slice(0, 64))} twice`, this.file);
-      this.staging = next;
-    } catch (error: unknown) {
-      // A broken chunk of the staged image ends it; a stray chunk of another image leaves it be.
-      if (ownsStaging && error instanceof StorageError) this.discardStagedImage();
-      throw error;
-    }
+    this.imageStaging.stage(imageId, rows, first);
   }
 
   /** See `KvStorage.installSnapshot`: one fsynced transaction. */
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses: readonly MemberAddress[] = []): void {
     this.assertOpen();
-    checkInstall(this.staging, this.applied, metadata, imageId);
+    this.installFrom(this.stagingFile, this.imageStaging.state(), metadata, imageId, addresses);
+  }
+
+  /**
+   * Installs an image another connection staged (ThreadedStorage stages on the node's thread and
+   * its writer thread installs): the file at `path`, no longer open elsewhere, staged as
+   * `staging` says. Otherwise as `installSnapshot`; the file is deleted once the install committed.
+   */
+  installStagedFile(path: string, staging: StagingState, metadata: SnapshotMetadata, imageId: string, addresses: readonly MemberAddress[] = []): void {
+    this.assertOpen();
+    this.installFrom(new StagingFile(path), staging, metadata, imageId, addresses);
+  }
+
+  private installFrom(
+    stagingFile: StagingFile,
+    staging: StagingState,
+    metadata: SnapshotMetadata,
+    imageId: string,
+    addresses: readonly MemberAddress[],
+  ): void {
+    checkInstall(staging, this.applied, metadata, imageId);
     const { voters, learners } = snapshotConfiguration(metadata, this.file);
     const membership: Membership = {
       voters,
@@ -916,14 +938,14 @@ export class SqliteStorage implements KvStorage {
     // The staged file is attached for the install's one transaction (ATTACH and DETACH cannot run
     // inside one), read by it, and deleted once it committed. Should the install fail (a full
     // disk), the file stays staged for the next try.
-    this.stagingFile.release();
-    this.db.run("ATTACH DATABASE ? AS staging", [this.stagingFile.path]);
+    stagingFile.release();
+    this.db.run("ATTACH DATABASE ? AS staging", [stagingFile.path]);
     try {
       this.withSynchronous(true, () => this.installTransaction(snapshot, hardState, membership));
     } finally {
       this.db.run("DETACH DATABASE staging");
     }
-    this.stagingFile.discard();
+    stagingFile.discard();
     // Committed: now memory may follow the disk.
     this.hardStateValue = hardState;
     this.adoptMembership(membership);
@@ -933,8 +955,8 @@ export class SqliteStorage implements KvStorage {
     this.tail.clear();
     this.terms.reset([], snapshot.index);
     // The image went into the WAL whole: its checkpoint is asked for now, not after later writes.
-    this.notePages(Math.ceil(this.staging.bytes / this.pageBytes));
-    this.staging = { imageId: undefined, bytes: 0 };
+    this.notePages(Math.ceil(staging.bytes / this.pageBytes));
+    if (stagingFile === this.stagingFile) this.imageStaging.forget();
   }
 
   private writeInstall(snapshot: SnapshotMetadata, hardState: HardState, membership: Membership): void {
@@ -961,8 +983,7 @@ export class SqliteStorage implements KvStorage {
   /** Drops the staged image, if any. */
   discardStagedImage(): void {
     this.assertOpen();
-    this.stagingFile.discard();
-    this.staging = { imageId: undefined, bytes: 0 };
+    this.imageStaging.discard();
   }
 
   /**
@@ -1075,6 +1096,36 @@ export class SqliteStorage implements KvStorage {
     assert(this.closed, "released() is for a closed storage");
     const syncsIdle = this.syncsRunning === 0 ? undefined : new Promise<void>((resolve) => this.syncsIdleWaiters.push(resolve));
     await Promise.all([this.checkpointerClosed, syncsIdle]);
+  }
+
+  /**
+   * What ThreadedStorage's node-side mirror starts from (the storage runs on its writer thread):
+   * the state as persisted, the snapshot as recorded (index 0 when never) and the cached term runs.
+   */
+  mirrorState(): SqliteMirrorState {
+    this.assertOpen();
+    return {
+      file: this.file,
+      hardState: this.hardStateValue,
+      voters: this.voters,
+      learners: this.learners,
+      addresses: this.addresses,
+      changedIndex: this.changedIndex,
+      applied: this.applied,
+      snapshot: this.snap,
+      lastIndex: this.last,
+      termRuns: this.terms.runsHeld(),
+    };
+  }
+
+  /**
+   * For tests: bounds the database to `pages` pages (at least those it has), as a full disk would:
+   * a write that needs more fails with SQLITE_FULL. Returns the bound now in force.
+   */
+  limitPages(pages: number): number {
+    this.assertOpen();
+    assert(Number.isSafeInteger(pages) && pages >= 1, `limitPages(${pages})`);
+    return this.db.query<{ max_page_count: number }, []>(`PRAGMA max_page_count = ${pages}`).get()?.max_page_count ?? 0;
   }
 
   private learnersField(): { learners?: readonly NodeId[] } {
