@@ -11,6 +11,7 @@ import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { openThreadedStorage, type ThreadedStorage } from "../src/storage/threaded-storage.ts";
+import { crashLoopEntryData, crashLoopKey, crashLoopKeyCount, crashLoopValue } from "./children/save-loop-child.ts";
 
 const tempDirs: string[] = [];
 afterAll(() => {
@@ -285,6 +286,59 @@ describe("threaded storage", () => {
       expect(reopened.appliedIndex()).toBe(1);
     } finally {
       reopened.close();
+    }
+  });
+
+  test("a process SIGKILLed right after sync() resolved loses none of what it posted before: saves and applies are on disk when reopened", async () => {
+    const dir = tempDir();
+    const child = Bun.spawn([process.execPath, join(import.meta.dir, "children", "threaded-sync-child.ts"), dir, "17", "1000000"], { stdout: "pipe", stderr: "pipe" });
+    let reported = 0;
+    try {
+      const reader = child.stdout.getReader();
+      const decoder = new TextDecoder();
+      let pending = "";
+      let syncs = 0;
+      for (;;) {
+        const chunk = await reader.read();
+        if (chunk.done) break;
+        pending += decoder.decode(chunk.value, { stream: true });
+        const lines = pending.split("\n");
+        pending = lines.pop() ?? "";
+        for (const line of lines) {
+          const match = /^synced (\d+)$/.exec(line);
+          if (match === null) throw new Error(`unexpected child output: ${JSON.stringify(line)}`);
+          // Killed the moment the report arrives: the child may be posting more already.
+          if (++syncs === 200) child.kill("SIGKILL");
+          reported = Math.max(reported, Number(match[1]));
+        }
+      }
+      await child.exited;
+      if (child.signalCode !== "SIGKILL") throw new Error(`child ended by itself (exit ${child.exitCode}): ${await new Response(child.stderr).text()}`);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) process.kill(child.pid, "SIGKILL");
+    }
+    expect(reported).toBeGreaterThan(200);
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    try {
+      const applied = storage.appliedIndex();
+      expect(storage.lastIndex()).toBeGreaterThanOrEqual(reported);
+      expect(applied).toBeGreaterThanOrEqual(reported);
+      // Checksums verified on read; the content is exactly what was posted.
+      for (const entry of storage.entries(1, storage.lastIndex() + 1, Number.MAX_SAFE_INTEGER)) expect(entry.data).toEqual(crashLoopEntryData(entry.index));
+      // The state machine equals a replay of entries 1..applied.
+      const expected = new Map<string, number>();
+      for (let index = 1; index <= applied; index++) {
+        if (index % 13 === 0) continue;
+        if (index % 10 === 0) expected.delete(crashLoopKey(index));
+        else expected.set(crashLoopKey(index), index);
+      }
+      for (let keyNumber = 0; keyNumber < crashLoopKeyCount; keyNumber++) {
+        const key = crashLoopKey(keyNumber);
+        const version = expected.get(key);
+        expect(storage.get(key)).toEqual(version === undefined ? undefined : { value: crashLoopValue(version), version });
+      }
+    } finally {
+      storage.close();
     }
   });
 });
