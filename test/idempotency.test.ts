@@ -9,10 +9,13 @@ import { KvError } from "../src/lib/kv-error.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { type ApplyResult, legacySessionWindowEntries } from "../src/kv/apply-plan.ts";
 import { type Command, decodeCommand, encodeCommand, type IdempotencyStamp, sessionKeyPrefix } from "../src/kv/command.ts";
-import type { ImageRow, KvStorage } from "../src/storage/kv-storage.ts";
-import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import type { ImageRow } from "../src/storage/kv-storage.ts";
+import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
+
+/** The storages that apply on the caller's thread, returning their results at once. */
+type KvStorage = SqliteStorage | MemoryKvStorage;
 
 const tempDirs: string[] = [];
 afterAll(() => {

@@ -17,9 +17,9 @@ import {
 } from "../src/kv/command.ts";
 import type { ApplyResult } from "../src/kv/apply-plan.ts";
 import { changesOf } from "../src/kv/watch-history.ts";
-import type { ImageRow, KvStorage } from "../src/storage/kv-storage.ts";
-import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import type { ImageRow } from "../src/storage/kv-storage.ts";
+import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
 
 const tempDirs: string[] = [];
 afterAll(() => {
@@ -27,6 +27,9 @@ afterAll(() => {
 });
 
 import type { TxnOp } from "../src/kv/txn.ts";
+
+/** The storages that apply on the caller's thread, returning their results at once. */
+type KvStorage = SqliteStorage | MemoryKvStorage;
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 

@@ -289,3 +289,32 @@ test("a server joining after a compaction starts empty, catches up by a snapshot
     await sim.healAndCheck([...new Set(keys), "after-removal"], 30_000);
   });
 });
+
+test("on a storage thread that answers applies and installs up to 20 ms later, writes are answered once applied, reads wait for them, a joiner installs its image there, and the removed leader steps down", async () => {
+  await withSim(quietSim(54, { snapshotEntries: 20, storageThreadMsMax: 20 }), async (sim) => {
+    const first = await settledLeader(sim);
+    const keys = Array.from({ length: 40 }, (_, i) => `t-${i % 8}`);
+    for (const key of keys) {
+      expect((await put(sim, first, key)).outcome).toBe("ok");
+      // The answer came once the apply was confirmed: the leader's applied index covers it.
+      expect(diskOf(sim, first).appliedIndex()).toBeGreaterThanOrEqual(nodeOf(sim, first).status().commitIndex - 1);
+    }
+    // A read at a follower waits for its storage thread to confirm the entries it must see.
+    const follower = [...sim.servers.keys()].find((id) => id !== first) as NodeId;
+    const read = await sim.awaitAnswer(sim.callOperation(2, follower, "get", "t-7"), 5_000);
+    expect(read.outcome).toBe("ok");
+    expect(read.output).toBeDefined();
+    expect(diskOf(sim, follower).threadAnswers).toBeGreaterThan(10);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).status().firstLogIndex > 1, 1_000)).toBe(true);
+    await settled(sim, sim.join(4, () => first), 5_000);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).members().members.find((member) => member.id === 4)?.role === "voter", 5_000)).toBe(true);
+    expect(diskOf(sim, 4).threadInstalls).toBe(1);
+    // The membership changes waited for their applies before the core counted them applied.
+    await settled(sim, sim.removeMember(first, () => first), 5_000);
+    expect(sim.leader()).not.toBe(first);
+    await sim.runUntil(sim.nowMs + 500);
+    expect(nodeOf(sim, first).status().role).not.toBe("leader");
+    sim.retire(first);
+    await sim.healAndCheck([...new Set(keys)], 30_000);
+  });
+});

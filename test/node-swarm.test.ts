@@ -29,6 +29,8 @@ const totals = {
   diskFullEpisodes: 0,
   partitions: 0,
   snapshotsInstalled: 0,
+  storageThreadAnswers: 0,
+  storageThreadInstalls: 0,
   repliesCarried: 0,
   fiveNodeRuns: 0,
   sevenNodeRuns: 0,
@@ -48,6 +50,8 @@ function add(result: NodeSwarmResult): void {
   totals.diskFullEpisodes += result.diskFullEpisodes;
   totals.partitions += result.partitions;
   totals.snapshotsInstalled += result.snapshotsInstalled;
+  totals.storageThreadAnswers += result.storageThreadAnswers;
+  totals.storageThreadInstalls += result.storageThreadInstalls;
   totals.repliesCarried += result.repliesCarried;
   if (result.nodeCount === 5) totals.fiveNodeRuns++;
   if (result.nodeCount === 7) totals.sevenNodeRuns++;
@@ -82,6 +86,9 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     expect(totals.partitions).toBeGreaterThan(seeds.length / 4);
     // Followers behind a compaction caught up from streamed images.
     expect(totals.snapshotsInstalled).toBeGreaterThan(seeds.length / 20);
+    // Applies and installs answered later, by a storage thread, as the server's are.
+    expect(totals.storageThreadAnswers).toBeGreaterThan(seeds.length * 10);
+    expect(totals.storageThreadInstalls).toBeGreaterThan(seeds.length / 50);
     // Clusters other than 3, and the configuration changing while the faults ran.
     expect(totals.fiveNodeRuns).toBeGreaterThan(seeds.length / 10);
     expect(totals.sevenNodeRuns).toBeGreaterThan(seeds.length / 20);

@@ -104,6 +104,8 @@ test("a failing seed throws its seed and the command that replays it", async () 
   expect(message).toContain("node swarm seed=700200 failed at 500 ms: a violation injected by the test");
   expect(message).toContain(`replay: ${nodeSwarmReplay(700_200)}`);
   expect(nodeSwarmReplay(700_200)).toBe("KV_NODE_SWARM_SEED=700200 bun test test/node-swarm.test.ts");
+  // The nodes as they were when it failed (described before the simulation stopped), not all "down".
+  expect(message).toMatch(/node \d+: (leader|follower|candidate|pre-candidate)/);
   // A long run's replay line carries its length, or it would replay another run.
   const long = await runNodeSwarm(700_200, 30_000, failAt(600)).then(
     () => "",

@@ -6,9 +6,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EntryType, type Entry } from "../src/raft/types.ts";
 import { decodeCommand, encodeCommand, CommandCodecError } from "../src/kv/command.ts";
-import type { KvStorage } from "../src/storage/kv-storage.ts";
-import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
+
+/** The storages that apply on the caller's thread, returning their results at once. */
+type KvStorage = SqliteStorage | MemoryKvStorage;
 
 const dirs: string[] = [];
 afterEach(() => {

@@ -9,9 +9,12 @@ import { decodeTxnBody, type TxnAnswer, type TxnCompare, type TxnOp, txnOpKindsO
 import { changesOf } from "../src/kv/watch-history.ts";
 import { createPrng } from "../src/lib/prng.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
-import type { ImageRow, KvStorage } from "../src/storage/kv-storage.ts";
-import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import type { ImageRow } from "../src/storage/kv-storage.ts";
+import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
+
+/** The storages that apply on the caller's thread, returning their results at once. */
+type KvStorage = SqliteStorage | MemoryKvStorage;
 
 const tempDirs: string[] = [];
 afterAll(() => {

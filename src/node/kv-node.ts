@@ -5,7 +5,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
+import { type Entry, EntryType, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   encodeCommand,
   idempotencyKeyBytesMax,
@@ -38,13 +38,16 @@ import { SnapshotTransfer } from "./snapshot-transfer.ts";
 import { timeoutError } from "./waiter.ts";
 import { defaultWatch, NodeWatch, type WatchConfig } from "./watch.ts";
 
-/** A Ready being carried out, and how far it got (a full disk stops it between stages). */
+/**
+ * A Ready being carried out, and how far it got: a full disk stops it between stages, and so does
+ * an install or a membership change applied on the storage's thread (`parked`, until it resolves).
+ */
 interface BlockedReady {
   readonly ready: Ready;
   /** Appends and heartbeats still to send once this Ready's write has its fsync started. */
   early: readonly Message[];
   readonly late: readonly Message[];
-  stage: "install" | "save" | "apply";
+  stage: "install" | "save" | "apply" | "advance";
 }
 
 function diskFullError(): KvError {
@@ -221,6 +224,14 @@ export class KvNode implements KvNodeApi {
   private callsStepped = 0;
   /** A Ready the disk could not take (full): retried before anything else. */
   private blockedReady: BlockedReady | undefined;
+  /**
+   * A Ready waiting for the storage's thread to finish its install or its membership change (see
+   * `awaitStorage`): the core is neither stepped nor ticked meanwhile, as no Ready may be
+   * outstanding then, and the core must not count a change applied before it is.
+   */
+  private parkedReady: BlockedReady | undefined;
+  /** The last index handed to `applyEntries`, whose results may still be on their way. */
+  private appliedHandedIndex = 0;
   private diskRetryTicks = 0;
   /** Checks to run once after the next turn (e.g. a leadership transfer waiting to finish). */
   private afterTurn: (() => void)[] = [];
@@ -298,7 +309,13 @@ export class KvNode implements KvNodeApi {
       peerKnown: (id) => cfg.peerDirectory === undefined || cfg.peerDirectory.has(id),
       term: () => this.raw.basicStatus().term,
       stopped: () => this.stopped || this.transport === undefined,
-      blockedInstall: () => (this.blockedReady?.stage === "install" ? this.blockedReady.ready.snapshot?.imageId : undefined),
+      // The staged image stays until its install has finished: on a full disk, or on the storage's thread.
+      blockedInstall: () =>
+        this.blockedReady?.stage === "install"
+          ? this.blockedReady.ready.snapshot?.imageId
+          : this.parkedReady?.ready.snapshot !== undefined && this.parkedReady.stage === "save"
+            ? this.parkedReady.ready.snapshot.imageId
+            : undefined,
       diskFull: () => this.blockedReady !== undefined,
       transferFailed: (to) => {
         // Outside any turn, so no Ready is outstanding: the core may be told now.
@@ -617,7 +634,9 @@ export class KvNode implements KvNodeApi {
 
   healthy(): boolean {
     const raft = this.raw.basicStatus();
-    return !this.stopped && this.blockedReady === undefined && raft.leaderId !== 0 && this.cfg.storage.appliedIndex() >= raft.commit;
+    // Applies handed to a storage that writes on another thread count: their results are on their way.
+    const applying = Math.max(this.cfg.storage.appliedIndex(), this.appliedHandedIndex);
+    return !this.stopped && this.blockedReady === undefined && raft.leaderId !== 0 && applying >= raft.commit;
   }
 
   private httpUrlOf(id: NodeId): string | undefined {
@@ -696,6 +715,11 @@ export class KvNode implements KvNodeApi {
       if (++this.diskRetryTicks % 10 === 0) this.turn();
       return;
     }
+    if (this.parkedReady !== undefined) {
+      // Frozen until the storage's thread answers (see awaitStorage): requests still time out.
+      this.expireWaiters();
+      return;
+    }
     for (const to of this.snapshots.sending()) this.raw.reportSnapshotInProgress(to);
     this.raw.tick();
     this.ticksAccounted++;
@@ -739,7 +763,7 @@ export class KvNode implements KvNodeApi {
 
   /** One turn of the loop. Any exception here is a bug or a storage failure: the node stops serving. */
   private turn(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.parkedReady !== undefined) return;
     try {
       // A full disk freezes the loop, but what was written before it still gets its fsync.
       if (this.blockedReady !== undefined && !this.carryOut(this.blockedReady)) return this.startSync();
@@ -841,17 +865,21 @@ export class KvNode implements KvNodeApi {
   }
 
   /**
-   * Carries out a Ready from `work.stage` on: install, save, then send and apply. A full disk is an
-   * operating error, not a crash: the Ready waits in `blockedReady` (the core is neither stepped nor
-   * ticked meanwhile, as if paused), writes are refused with `insufficient_storage`, and each retry
-   * resumes where it stopped. Returns false while the disk is full.
+   * Carries out a Ready from `work.stage` on: install, save, then send and apply, then advance. A
+   * full disk is an operating error, not a crash: the Ready waits in `blockedReady` (the core is
+   * neither stepped nor ticked meanwhile, as if paused), writes are refused with
+   * `insufficient_storage`, and each retry resumes where it stopped. Returns false while the disk is
+   * full, or while the Ready waits for the storage's thread (`parkedReady`, see `awaitStorage`).
    */
   private carryOut(work: BlockedReady): boolean {
     const { ready } = work;
     try {
       if (work.stage === "install") {
-        this.installSnapshot(ready.snapshot as SnapshotToInstall);
+        const snapshot = ready.snapshot as SnapshotToInstall;
+        const installing = this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, this.snapshots.addressesFor(snapshot.imageId));
         work.stage = "save";
+        if (installing !== undefined) return this.awaitStorage(work, installing.then(() => this.snapshotInstalled(snapshot)));
+        this.snapshotInstalled(snapshot);
       }
       if (work.stage === "save") {
         // Written, not yet durable: see the class comment (the fsync runs after the turn).
@@ -871,17 +899,23 @@ export class KvNode implements KvNodeApi {
           this.sendMessages(waiting.length === 0 ? work.late : work.late.filter((message) => !waitsForDisk(message)));
         }
       }
-      if (ready.committedEntries.length > 0) {
-        const results = this.cfg.storage.applyEntries(ready.committedEntries);
-        // Recorded before any client hears of its write: a watch opened after an answer sees what follows.
-        this.watches.applied(ready.committedEntries, results);
-        results.forEach((result, i) => {
-          const entry = ready.committedEntries[i]!;
-          this.leases.applied(result);
-          this.membership.entryApplied(entry);
-          if (result.kind === "conf-change") this.membership.changeApplied(result, entry.term);
-          else this.proposals.settle(result, entry.term);
-        });
+      if (work.stage === "apply") {
+        const entries = ready.committedEntries;
+        const applying = entries.length === 0 ? [] : this.cfg.storage.applyEntries(entries);
+        work.stage = "advance";
+        const last = entries[entries.length - 1];
+        if (last !== undefined) this.appliedHandedIndex = last.index;
+        if (Array.isArray(applying)) {
+          this.entriesApplied(entries, applying);
+        } else {
+          const handled = applying.then((results) => this.entriesApplied(entries, results));
+          // The core counts a change applied at advance: it must be, before the core may act on it.
+          if (entries.some((entry) => entry.type === EntryType.ConfChange)) return this.awaitStorage(work, handled);
+          handled.then(
+            () => this.scheduleTurn(),
+            (error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))),
+          );
+        }
       }
     } catch (error) {
       if (!isDiskFull(error)) throw error;
@@ -901,7 +935,7 @@ export class KvNode implements KvNodeApi {
       this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.basicStatus().term });
       if (ready.softState.role !== "leader") {
         this.snapshots.abortAll("no longer the leader");
-        this.proposals.leadershipLost();
+        this.proposals.leadershipLost(this.appliedHandedIndex);
         this.membership.leadershipLost();
       }
       this.leases.roleChanged(ready.softState.role, this.raw.basicStatus().term);
@@ -909,6 +943,46 @@ export class KvNode implements KvNodeApi {
     this.raw.advance(ready, false);
     if (ready.committedEntries.length > 0) this.compactStep();
     return true;
+  }
+
+  /**
+   * What an apply's results do, in log order: recorded in the watch history before any client
+   * hears of its write (a watch opened after an answer sees what follows), then leases, membership
+   * and the writes waiting for them.
+   */
+  private entriesApplied(entries: readonly Entry[], results: readonly ApplyResult[]): void {
+    if (this.stopped) return;
+    this.watches.applied(entries, results);
+    results.forEach((result, i) => {
+      const entry = entries[i]!;
+      this.leases.applied(result);
+      this.membership.entryApplied(entry);
+      if (result.kind === "conf-change") this.membership.changeApplied(result, entry.term);
+      else this.proposals.settle(result, entry.term);
+    });
+  }
+
+  /**
+   * Parks `work` until the storage's thread has done what `done` waits for (an install, or an
+   * apply with a membership change), then carries out the rest of it and takes up the loop again.
+   * Returns false, as carryOut does for a Ready it could not finish.
+   */
+  private awaitStorage(work: BlockedReady, done: Promise<void>): false {
+    this.parkedReady = work;
+    done.then(
+      () => {
+        if (this.stopped || this.parkedReady !== work) return;
+        this.parkedReady = undefined;
+        try {
+          if (!this.carryOut(work)) return this.startSync();
+        } catch (error) {
+          return this.fail(error instanceof Error ? error : new Error(String(error)));
+        }
+        this.turn();
+      },
+      (error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))),
+    );
+    return false;
   }
 
   private compactStep(): void {
@@ -923,10 +997,10 @@ export class KvNode implements KvNodeApi {
 
   // ---- Snapshots ----------------------------------------------------------------------------
 
-  /** Ready.snapshot: the staged image replaces the state machine and the log, before anything else is saved. */
-  private installSnapshot(snapshot: SnapshotToInstall): void {
+  /** Ready.snapshot: the staged image replaced the state machine and the log, before anything else was saved. */
+  private snapshotInstalled(snapshot: SnapshotToInstall): void {
+    if (this.stopped) return;
     const { index, term } = snapshot.metadata;
-    this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, this.snapshots.addressesFor(snapshot.imageId));
     this.snapshots.installed();
     this.watches.snapshotInstalled(index);
     this.membership.refreshAddresses();

@@ -125,13 +125,18 @@ export class Proposals {
   }
 
   /**
-   * This node stopped leading: its proposed writes may or may not commit under the next leader.
-   * Say so now rather than keep the clients waiting for the full request timeout.
+   * This node stopped leading: its proposed writes past `committedIndex` may or may not commit
+   * under the next leader. Say so now rather than keep the clients waiting for the full request
+   * timeout. Those at or below it committed, and their results are on their way (a storage that
+   * applies on its own thread answers after the turn that handed them over): they wait for them.
    */
-  leadershipLost(): void {
+  leadershipLost(committedIndex: number): void {
     const lost = new KvError("timeout", "leadership was lost before the write committed; its outcome is unknown");
-    for (const write of this.pending.values()) write.reject(lost);
-    this.clearPending();
+    for (const [index, write] of this.pending) {
+      if (index <= committedIndex) continue;
+      this.removePending(write);
+      write.reject(lost);
+    }
   }
 
   /** A snapshot replaced the log up to `index`: it cannot tell whether our writes there committed. */

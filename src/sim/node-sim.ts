@@ -36,6 +36,11 @@ export interface NodeSimOptions {
   /** Fsync latency, in simulated ms, drawn per fsync in [fsyncMsMin, fsyncMsMax]. */
   readonly fsyncMsMin: number;
   readonly fsyncMsMax: number;
+  /**
+   * When set, every disk answers applies and installs as a storage writing on its own thread does
+   * (src/sim/sim-disk.ts), each after a latency drawn in [0, storageThreadMsMax]; otherwise at once.
+   */
+  readonly storageThreadMsMax?: number;
   readonly network: SimNetworkFaults;
 }
 
@@ -169,11 +174,13 @@ export class NodeSim {
   /** A server with an empty disk (not started). */
   private createServer(id: NodeId, peers: ReadonlyMap<NodeId, string>, lifecycle: SimServer["lifecycle"]): SimServer {
     // The latency is drawn even when overridden, so a directed scenario's other draws stay as they were.
+    const threadMsMax = this.opts.storageThreadMsMax;
     const disk = new SimDisk(createMemoryKvStorage(), {
       fsync: (done) => {
         const drawnMs = this.diskPrng.intInclusive(this.opts.fsyncMsMin, this.opts.fsyncMsMax);
         this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
       },
+      ...(threadMsMax === undefined ? {} : { storageThread: (done: () => void) => void this.at(this.diskPrng.intInclusive(0, threadMsMax), done) }),
     });
     const clockRate = 1 - this.clockPrng.next() * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
@@ -601,8 +608,8 @@ export class NodeSim {
         const other = this.leaderOfTerm.get(status.term);
         if (other !== undefined && other !== server.id) throw new SimViolation(`election safety: nodes ${other} and ${server.id} both lead term ${status.term}`);
         this.leaderOfTerm.set(status.term, server.id);
-        // A leader that applied its own removal steps down at once (src/raft/raft.ts applyConfChange).
-        if (!server.disk.contents().membership().voters.includes(server.id)) {
+        // A leader that applied its own removal steps down at once (src/raft/raft.ts applyConfChange): applied as the node was told (a storage thread confirms later).
+        if (!server.disk.membership().voters.includes(server.id)) {
           throw new SimViolation(`node ${server.id} leads term ${status.term} but is no voter of the configuration it applied`);
         }
       }

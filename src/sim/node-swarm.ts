@@ -25,6 +25,9 @@ export interface NodeSwarmResult {
   readonly serversEver: number;
   /** Snapshots installed from a streamed image (followers caught up past a compaction). */
   readonly snapshotsInstalled: number;
+  /** Applies and installs answered later by a disk's storage thread (`storageThreadMsMax`), and of those the installs. */
+  readonly storageThreadAnswers: number;
+  readonly storageThreadInstalls: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
@@ -70,6 +73,10 @@ export interface NodeSwarmHooks {
  * heals and the members must converge, and the clients' answers must be linearizable. `durationMs` is simulated time (default:
  * drawn; `KV_SWARM_MS` runs thousands of election timeouts). Throws with the seed and its replay line.
  */
+function storageThread(msMax: number | undefined): { storageThreadMsMax?: number } {
+  return msMax === undefined ? {} : { storageThreadMsMax: msMax };
+}
+
 export async function runNodeSwarm(seed: number, durationMs?: number, hooks: NodeSwarmHooks = {}): Promise<NodeSwarmResult> {
   const prng = createPrng(seed);
   // Most seeds run 3 nodes (cheapest); one in eight 5, one in eight 7 (more majorities to split,
@@ -89,6 +96,8 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     clockDriftMax: prng.pick([0, 0.05, 0.1]),
     fsyncMsMin: 0,
     fsyncMsMax: prng.pick([1, 5, 30]),
+    // Half the runs apply on a storage thread (as the server does), answering after up to 2 or 20 ms.
+    ...storageThread(prng.pick([undefined, undefined, 2, 20])),
     network: {
       lossRate: prng.pick([0, 0, 0.02, 0.1]),
       delayMsMin: 0,
@@ -210,13 +219,17 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     await sim.healAndCheck(keys, 60_000);
   } catch (error: unknown) {
     const detail = error instanceof Error ? error.message : String(error);
+    // Described before it stops: stopped, every node reads as down.
+    const nodes = sim.describe();
     sim.stop();
-    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${sim.describe()}`, { cause: error });
+    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${nodes}`, { cause: error });
   }
   const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
   const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}`).join(";");
   const digest = fnv1a(`${sim.traceDigest()}|${sim.eventsRun}|${history}|${finalState}|${sim.nowMs}|${prng.next()}`);
   const snapshotsInstalled = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.snapshotsInstalled, 0);
+  const storageThreadAnswers = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadAnswers, 0);
+  const storageThreadInstalls = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadInstalls, 0);
   sim.stop();
   return {
     seed,
@@ -236,6 +249,8 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     leaderRemovals: sim.stats.leaderRemovals,
     serversEver: sim.servers.size,
     snapshotsInstalled,
+    storageThreadAnswers,
+    storageThreadInstalls,
     repliesCarried: sim.network.repliesCarried,
     events: sim.eventsRun,
     digest,

@@ -8,6 +8,12 @@ import type { MemoryKvStorage } from "../storage/memory-storage.ts";
 export interface SimDiskScheduler {
   /** Calls `done` after the fsync latency the simulator draws (never synchronously). */
   fsync(done: () => void): void;
+  /**
+   * When given, the disk answers applies and installs as a storage writing on its own thread does
+   * (src/storage/kv-storage.ts, `applyEntries`): with a promise, settled in order, each one this
+   * long after the one before (`done` is never called synchronously).
+   */
+  storageThread?(done: () => void): void;
 }
 
 /**
@@ -19,6 +25,10 @@ export interface SimDiskScheduler {
  * - **a full disk**: while `full`, every write throws SQLite's "database or disk is full".
  *
  * A crash keeps what was written (the page cache survived) or, on power loss, only `durable`.
+ *
+ * With a storage thread (`SimDiskScheduler.storageThread`), an apply or install takes effect at
+ * once (reads may see it early, as they may on the real one) but is confirmed later: the applied
+ * index and configuration the node sees move, and its promise resolves, only then.
  */
 export class SimDisk implements KvStorage {
   /** What an fsync that finished made durable: a power loss comes back to this. */
@@ -34,11 +44,22 @@ export class SimDisk implements KvStorage {
   syncsStarted = 0;
   syncsFinished = 0;
 
+  /** Applies and installs answered later by the storage thread, and of those the installs. */
+  threadAnswers = 0;
+  threadInstalls = 0;
+  /** The applied index and configuration as the storage's thread has confirmed them (see the class comment). */
+  private confirmedApplied: number;
+  private confirmedMembership: Membership;
+  /** The storage thread's queue: the last request's answer. */
+  private threadTail: Promise<void> = Promise.resolve();
+
   constructor(
     private current: MemoryKvStorage,
     private readonly scheduler: SimDiskScheduler,
   ) {
     this.durableImage = current.clone();
+    this.confirmedApplied = current.appliedIndex();
+    this.confirmedMembership = current.membership();
   }
 
   /** The storage a node restarts from after a crash: everything written, or on power loss what was fsynced. */
@@ -50,6 +71,10 @@ export class SimDisk implements KvStorage {
   restartFrom(storage: MemoryKvStorage): void {
     this.current = storage;
     this.durableImage = storage.clone();
+    // The dead process's thread answers nobody: its requests never settle (see onThread).
+    this.confirmedApplied = storage.appliedIndex();
+    this.confirmedMembership = storage.membership();
+    this.threadTail = Promise.resolve();
   }
 
   /** The state as written so far (for checkers). */
@@ -88,10 +113,10 @@ export class SimDisk implements KvStorage {
     return this.current.snapshotForSend();
   }
   membership(): Membership {
-    return this.current.membership();
+    return this.scheduler.storageThread === undefined ? this.current.membership() : this.confirmedMembership;
   }
   appliedIndex(): number {
-    return this.current.appliedIndex();
+    return this.scheduler.storageThread === undefined ? this.current.appliedIndex() : this.confirmedApplied;
   }
   dataBytes(): number {
     return this.current.dataBytes();
@@ -112,12 +137,15 @@ export class SimDisk implements KvStorage {
   }
   bootstrap(voters: readonly NodeId[], addresses?: readonly MemberAddress[]): void {
     this.write(() => this.current.bootstrap(voters, addresses));
+    this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
     this.write(() => this.current.bootstrapJoined(configuration, changedIndex));
+    this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
-  applyEntries(entries: readonly Entry[]): ApplyResult[] {
-    return this.write(() => this.current.applyEntries(entries));
+  applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]> {
+    const results = this.write(() => this.current.applyEntries(entries));
+    return this.onThread(results);
   }
   compact(index: number): void {
     this.write(() => this.current.compact(index));
@@ -126,9 +154,44 @@ export class SimDisk implements KvStorage {
     this.write(() => this.current.stageImageChunk(imageId, rows, first));
     this.chunksStaged++;
   }
-  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void {
+  installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {
     this.write(() => this.current.installSnapshot(metadata, imageId, addresses));
     this.snapshotsInstalled++;
+    if (this.scheduler.storageThread !== undefined) {
+      return (this.onThread(undefined) as Promise<void>).then(() => {
+        this.threadInstalls++;
+      });
+    }
+  }
+
+  /**
+   * `value` at once without a storage thread; with one, a promise of it that resolves after the
+   * thread's earlier answers and its own drawn latency, confirming the applied index as it is now.
+   */
+  private onThread<T>(value: T): T | Promise<T> {
+    const thread = this.scheduler.storageThread;
+    if (thread === undefined) return value;
+    const storage = this.current;
+    const applied = storage.appliedIndex();
+    const membership = storage.membership();
+    const answered = this.threadTail.then(
+      () =>
+        new Promise<void>((resolve) =>
+          thread(() => {
+            // A crash since then replaced the storage: the request died with its process.
+            if (this.current === storage) resolve();
+          }),
+        ),
+    );
+    this.threadTail = answered;
+    return answered.then(() => {
+      if (applied >= this.confirmedApplied) {
+        this.confirmedApplied = applied;
+        this.confirmedMembership = membership;
+      }
+      this.threadAnswers++;
+      return value;
+    });
   }
   discardStagedImage(): void {
     this.current.discardStagedImage();

@@ -32,10 +32,10 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * or below `appliedIndex()` are skipped (so replay after a crash has no double effect); the
    * rest must follow it contiguously, be committed and be in the log with the same term.
    *
-   * An implementation may apply on another thread and return a promise (ThreadedStorage). Then the
-   * promises of successive calls (and of `installSnapshot`) settle in call order, and
-   * `appliedIndex()`, `membership()`, `get`, `list` and `openImage` reflect these entries only once
-   * the promise has resolved (and always show at least that state after).
+   * A storage that writes on another thread returns a promise of the results instead. Its
+   * promises (of applies and installs) settle in call order, and `appliedIndex()`, `membership()`,
+   * `get`, `list` and `openImage` show the entries only once it has resolved (and at least that
+   * state from then on). Rejects only for what would have thrown (the node then stops).
    */
   applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]>;
   /** The index of the last entry whose effect is in the state machine; 0 when none. */
@@ -75,12 +75,10 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * Installs the image staged as `imageId` (all of it: the caller staged its last chunk) in one
    * durable transaction: the state machine becomes the image, the applied index `metadata.index`,
    * the log empties, the snapshot is `metadata`, and commit rises to at least `metadata.index`.
-   * Installing an image that is not staged, or one not past the applied index, is a bug.
-   *
-   * An implementation may install on another thread and return a promise (ThreadedStorage). Then it
-   * settles in call order with `applyEntries`' promises, and `appliedIndex()`, `membership()`,
-   * `get`, `list` and `openImage` reflect the image only once it has resolved (and always show at
-   * least that state after); the log, the snapshot and the terms (`RaftStorage`) change at once.
+   * Installing an image that is not staged, or one not past the applied index, is a bug. A storage
+   * that writes on another thread returns a promise, settled in order with its applies (see
+   * `applyEntries`): the log, snapshot and hard state change at once, the applied index and what
+   * reads see once it resolves.
    */
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void>;
   /** Drops whatever image is staged (a transfer that failed or was not needed). */
