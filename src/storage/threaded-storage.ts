@@ -75,8 +75,14 @@ export interface StorageRequestReport {
 const workerCloseWaitMsMax = 10_000;
 const logTailBytesMaxDefault = 16 << 20;
 
-/** The writer thread's entry point (given to `bun build --compile` as an entry point too: build.ts). */
-const storageThreadUrl = new URL("./storage-thread.ts", import.meta.url).href;
+/**
+ * The writer thread's entry point. Inside the compiled executable (build.ts gives it to `bun build
+ * --compile` as a second entry point) it sits at its path under src/, the entry points' common
+ * root, beside the executable's own module (`/$bunfs/root/kv`); run from source, beside this file.
+ */
+const storageThreadUrl = import.meta.url.startsWith("file:///$bunfs/")
+  ? new URL("./storage/storage-thread.ts", import.meta.url).href
+  : new URL("./storage-thread.ts", import.meta.url).href;
 
 /**
  * Opens the storage in `dir` on a new writer thread: the thread opens the database (taking its
