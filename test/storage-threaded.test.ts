@@ -241,6 +241,10 @@ describe("threaded storage", () => {
       const entries = Array.from({ length: 300 }, (_, i) => put(i + 1, `key-${String(i).padStart(3, "0")}`, `value-${i}`, 2));
       leader.save({ term: 2, vote: 1, commit: 300 }, entries, false);
       await leader.applyEntries(entries);
+      // The follower has applied a little of its own before the image arrives.
+      const early = entries.slice(0, 5).map((entry) => ({ ...entry, term: 1 }));
+      follower.save({ term: 1, vote: 1, commit: 5 }, early, false);
+      await follower.applyEntries(early);
       const image = leader.openImage();
       let first = true;
       for (let rows = image.next(2048); rows.length > 0; rows = image.next(2048)) {
@@ -253,17 +257,20 @@ describe("threaded storage", () => {
       // The log and snapshot change at once; the applied state when the install resolves.
       expect(follower.lastIndex()).toBe(300);
       expect(follower.snapshot().index).toBe(300);
-      expect(follower.appliedIndex()).toBe(0);
+      expect(follower.appliedIndex()).toBe(5);
+      // No image of the state machine can be offered until the install is in it.
+      expect(follower.snapshotForSend()).toBeUndefined();
       // A next image may be staged while the install runs.
       follower.stageImageChunk("image-2", [{ key: "x", value: bytes("y"), version: 1 }], true);
       await installed;
       expect(follower.appliedIndex()).toBe(300);
+      expect(follower.snapshotForSend()).toEqual({ index: 300, term: 2, voters: [1, 2] });
       expect(follower.membership().voters).toEqual([1, 2]);
       expect(text(follower.get("key-299")?.value)).toBe("value-299");
       expect(follower.list("key-", undefined, 1000).length).toBe(300);
       expect(existsSync(join(followerDir, "kv.db-staging-install"))).toBe(false);
       follower.discardStagedImage();
-      follower.save({ term: 2, vote: 0, commit: 301 }, [put(301, "after", "install", 2)], false);
+      follower.save({ term: 2, vote: 1, commit: 301 }, [put(301, "after", "install", 2)], false);
       await follower.applyEntries([put(301, "after", "install", 2)]);
       expect(text(follower.get("after")?.value)).toBe("install");
     } finally {

@@ -254,10 +254,13 @@ export class ThreadedStorage implements KvStorage {
     return this.snap;
   }
 
-  /** The state machine as applied (confirmed) now; undefined before anything is applied. */
+  /**
+   * The state machine as applied (confirmed) now; undefined before anything is applied, and while
+   * an install is posted and not yet confirmed (the log before it is gone, the image not yet in).
+   */
   snapshotForSend(): SnapshotMetadata | undefined {
     this.assertOpen();
-    if (this.applied === 0) return undefined;
+    if (this.applied === 0 || this.applied < this.snap.index) return undefined;
     return { index: this.applied, term: this.term(this.applied), voters: this.voters, ...this.learnersField() };
   }
 
