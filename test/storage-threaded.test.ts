@@ -11,6 +11,8 @@ import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { openThreadedStorage, type ThreadedStorage } from "../src/storage/threaded-storage.ts";
+import { readdirSync, readFileSync } from "node:fs";
+import { startKvProcess } from "./helpers/kv-process.ts";
 import { crashLoopEntryData, crashLoopKey, crashLoopKeyCount, crashLoopValue } from "./children/save-loop-child.ts";
 
 const tempDirs: string[] = [];
@@ -346,6 +348,29 @@ describe("threaded storage", () => {
       }
     } finally {
       storage.close();
+    }
+  });
+
+  test("kv serve (the built executable) writes on its storage thread by default, on the loop's thread with --storage-thread=false, over the same data dir", async () => {
+    const dir = tempDir();
+    /** Names of the process's threads: the storage thread is a Worker (the checkpointer's starts only after 16 MiB of writes). */
+    const workerThreads = (pid: number) => readdirSync(`/proc/${pid}/task`).filter((task) => readFileSync(`/proc/${pid}/task/${task}/comm`, "utf8").trim() === "Worker").length;
+    for (const [args, writes, workers] of [
+      [[], "storage thread", 1],
+      [["--storage-thread=false"], "loop's thread", 0],
+      [[], "storage thread", 1],
+    ] as const) {
+      const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir: join(dir, "data"), logFile: join(dir, "serve.log"), args });
+      try {
+        expect(await node.waitForLog(`"storageWrites":"${writes}"`)).toContain(writes);
+        const put = await fetch(`${node.httpUrl}/kv/k-${args.length}`, { method: "PUT", body: writes });
+        expect(put.status).toBe(200);
+        expect(await (await fetch(`${node.httpUrl}/kv/k-0`)).text()).toBe("storage thread");
+        expect(workerThreads(node.pid)).toBe(workers);
+      } finally {
+        expect(await node.terminate()).toBe(0);
+        await node.stop();
+      }
     }
   });
 });
