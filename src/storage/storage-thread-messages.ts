@@ -28,8 +28,12 @@ export interface StorageThreadOpenOptions {
 
 /** One write (or sync) for the thread, run in the order posted. */
 export type StorageRequest =
-  | { readonly seq: number; readonly op: "save"; readonly hardState: HardState | undefined; readonly entries: readonly Entry[]; readonly sync: boolean }
-  | { readonly seq: number; readonly op: "apply"; readonly entries: readonly Entry[] }
+  | { readonly seq: number; readonly op: "save"; readonly hardState: HardState | undefined; readonly entries: PackedEntries; readonly sync: boolean }
+  /**
+   * Applies the entries [firstIndex, lastIndex] of the log (the node's thread checked they are the
+   * log's, term for term): the thread reads them from its own log, so their data never crosses again.
+   */
+  | { readonly seq: number; readonly op: "apply"; readonly firstIndex: number; readonly lastIndex: number }
   | { readonly seq: number; readonly op: "compact"; readonly index: number }
   | {
       readonly seq: number;
@@ -75,6 +79,50 @@ export type FromStorageThread =
   | { readonly type: "checkpoint"; readonly report: CheckpointReport }
   | { readonly type: "limited"; readonly pages: number }
   | { readonly type: "closed" };
+
+/**
+ * Entries as they cross to the thread: their data packed into one buffer, transferred rather than
+ * cloned (Bun's structured clone of a Uint8Array took about 2.7 ms per MiB on the node's thread, a
+ * copy into a fresh buffer about a third of that), and per entry its index, term, type and length.
+ */
+export interface PackedEntries {
+  readonly data: Uint8Array;
+  /** index, term, type, byte length: four numbers per entry. */
+  readonly fields: Float64Array;
+}
+
+/** Packs `entries` (see `PackedEntries`): one copy of their data. The caller transfers `data.buffer`. */
+export function packEntries(entries: readonly Entry[]): PackedEntries {
+  let bytes = 0;
+  for (const entry of entries) bytes += entry.data.byteLength;
+  // Not zero-filled, and a buffer of its own (never a pooled one): it is transferred.
+  const data = new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes);
+  const fields = new Float64Array(entries.length * 4);
+  let offset = 0;
+  entries.forEach((entry, position) => {
+    data.set(entry.data, offset);
+    offset += entry.data.byteLength;
+    fields.set([entry.index, entry.term, entry.type, entry.data.byteLength], position * 4);
+  });
+  return { data, fields };
+}
+
+/** The entries again, their data views into the packed buffer (no copy). */
+export function unpackEntries(packed: PackedEntries): Entry[] {
+  const entries: Entry[] = [];
+  let offset = 0;
+  for (let field = 0; field < packed.fields.length; field += 4) {
+    const length = packed.fields[field + 3] as number;
+    entries.push({
+      index: packed.fields[field] as number,
+      term: packed.fields[field + 1] as number,
+      type: packed.fields[field + 2] as Entry["type"],
+      data: packed.data.subarray(offset, offset + length),
+    });
+    offset += length;
+  }
+  return entries;
+}
 
 /** An error as it crosses threads (structured clone keeps neither its class nor a StorageError's code). */
 export interface SerializedError {

@@ -10,7 +10,8 @@
  */
 import { isDiskFull } from "../lib/disk-full.ts";
 import { openSqliteStorage, type SqliteStorage } from "./sqlite-storage.ts";
-import { type FromStorageThread, serializeError, type StorageRequest, type ToStorageThread } from "./storage-thread-messages.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import { type FromStorageThread, serializeError, type StorageRequest, type ToStorageThread, unpackEntries } from "./storage-thread-messages.ts";
 
 /** The worker's global scope (Bun's types describe a Worker from outside). */
 declare const self: Worker & { close(): void };
@@ -96,10 +97,16 @@ function run(request: StorageRequest, startedMs: number): FromStorageThread | un
   });
   switch (request.op) {
     case "save":
-      opened.save(request.hardState, request.entries, request.sync);
+      opened.save(request.hardState, unpackEntries(request.entries), request.sync);
       return done();
     case "apply": {
-      const results = opened.applyEntries(request.entries);
+      // Entries below the log's first index were compacted, so applied before: skipped, as
+      // applyEntries would answer for them.
+      const from = Math.max(request.firstIndex, opened.firstIndex());
+      const skipped: ApplyResult[] = [];
+      for (let index = request.firstIndex; index < from && index <= request.lastIndex; index++) skipped.push({ kind: "skipped", index });
+      const entries = from <= request.lastIndex ? opened.entries(from, request.lastIndex + 1, Number.MAX_SAFE_INTEGER) : [];
+      const results = [...skipped, ...opened.applyEntries(entries)];
       return done({ results, applied: { index: opened.appliedIndex(), membership: opened.membership() } });
     }
     case "compact":

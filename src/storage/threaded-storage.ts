@@ -15,6 +15,7 @@ import { ImageStaging } from "./staging-file.ts";
 import {
   deserializeError,
   type FromStorageThread,
+  packEntries,
   type StorageRequest,
   type StorageThreadOpenOptions,
   type ToStorageThread,
@@ -280,7 +281,7 @@ export class ThreadedStorage implements KvStorage {
       entries,
     );
     if (entries.length === 0 && changed === undefined) return;
-    const seq = this.post({ op: "save", hardState: changed, entries, sync }, false, () => this.saveCommitted(seq));
+    const seq = this.post({ op: "save", hardState: changed, entries: packEntries(entries), sync }, false, () => this.saveCommitted(seq));
     const first = entries[0];
     if (first !== undefined) {
       if (first.index <= this.last) this.terms.truncateFrom(first.index);
@@ -293,10 +294,23 @@ export class ThreadedStorage implements KvStorage {
     if (changed !== undefined) this.hardStateValue = { term: changed.term, vote: changed.vote, commit: changed.commit };
   }
 
-  /** Posts the apply; resolves with its results once committed, after `appliedIndex()` and `membership()` follow. */
+  /**
+   * Posts the apply; resolves with its results once committed, after `appliedIndex()` and
+   * `membership()` follow. The entries must be the log's (checked here, term for term, where the
+   * log still holds them): the writer applies its own copies.
+   */
   applyEntries(entries: readonly Entry[]): Promise<ApplyResult[]> {
     this.assertWritable();
-    return this.request({ op: "apply", entries }, (reply) => {
+    const first = entries[0];
+    if (first === undefined) return this.request({ op: "apply", firstIndex: 1, lastIndex: 0 }, () => []);
+    entries.forEach((entry, position) => {
+      assert(entry.index === first.index + position, `apply: entry ${entry.index} breaks contiguity`);
+      assert(entry.index <= this.last, `apply: entry ${entry.index} beyond last index ${this.last}`);
+      // Below the snapshot the log no longer holds it: applied before, the writer skips it.
+      if (entry.index > this.snap.index) assert(this.term(entry.index) === entry.term, `apply: entry ${entry.index} term ${entry.term} differs from the log's`);
+    });
+    const lastIndex = first.index + entries.length - 1;
+    return this.request({ op: "apply", firstIndex: first.index, lastIndex }, (reply) => {
       this.adoptApplied(reply.applied);
       return [...(reply.results ?? [])];
     });
@@ -564,7 +578,8 @@ export class ThreadedStorage implements KvStorage {
       awaited,
     });
     if (awaited && this.awaitedCount++ === 0) this.updateRef();
-    this.worker.postMessage({ type: "request", request: full } satisfies ToStorageThread);
+    // A save's packed entries are moved to the thread, not copied again.
+    this.worker.postMessage({ type: "request", request: full } satisfies ToStorageThread, full.op === "save" ? [full.entries.data.buffer as ArrayBuffer] : []);
     return seq;
   }
 
