@@ -1,4 +1,4 @@
-// Proves both KvStorage implementations (sqlite and its in-memory twin) save, read and overwrite the Raft log and hard state identically, and refuse saves that break Raft's invariants.
+// Proves the KvStorage implementations (sqlite, its in-memory twin, and the threaded one that writes on a worker) save, read and overwrite the Raft log and hard state identically, and refuse saves that break Raft's invariants.
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -9,6 +9,7 @@ import { encodeCommand } from "../src/kv/command.ts";
 import type { KvStorage } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { openThreadedStorage } from "../src/storage/threaded-storage.ts";
 
 const tempDirs: string[] = [];
 afterAll(() => {
@@ -37,14 +38,16 @@ function summary(entries: readonly Entry[]): string[] {
   return entries.map((e) => `${e.index}:${e.term}:${new TextDecoder().decode(e.data)}`);
 }
 
-const implementations: [string, (options?: { termCacheRunsMax?: number }) => KvStorage][] = [
+const implementations: [string, (options?: { termCacheRunsMax?: number }) => KvStorage | Promise<KvStorage>][] = [
   ["sqlite", (options) => openSqliteStorage(tempDir(), { voters: [1, 2, 3], ...options })],
   ["memory", () => createMemoryKvStorage({ voters: [1, 2, 3] })],
+  // Writes on a worker thread; what the core reads comes from the mirror it keeps (threaded-storage.ts).
+  ["threaded", (options) => openThreadedStorage(tempDir(), { voters: [1, 2, 3], ...options })],
 ];
 
 describe.each(implementations)("%s storage log", (_name, open) => {
-  test("an empty log", () => {
-    const storage = open();
+  test("an empty log", async () => {
+    const storage = await open();
     try {
       expect(storage.firstIndex()).toBe(1);
       expect(storage.lastIndex()).toBe(0);
@@ -56,8 +59,8 @@ describe.each(implementations)("%s storage log", (_name, open) => {
     }
   });
 
-  test("save then entries, term, lastIndex and hard state", () => {
-    const storage = open();
+  test("save then entries, term, lastIndex and hard state", async () => {
+    const storage = await open();
     try {
       storage.save(hard(1, 1, 0), range(1, 4, 1), true);
       storage.save(hard(2, 2, 3), range(4, 7, 2), false);
@@ -74,8 +77,8 @@ describe.each(implementations)("%s storage log", (_name, open) => {
     }
   });
 
-  test("entries stops at maxBytes but returns at least one", () => {
-    const storage = open();
+  test("entries stops at maxBytes but returns at least one", async () => {
+    const storage = await open();
     try {
       storage.save(hard(1, 1, 0), range(1, 11, 1), true); // each entry's data is 4-5 bytes
       expect(storage.entries(1, 11, 0).length).toBe(1);
@@ -91,8 +94,8 @@ describe.each(implementations)("%s storage log", (_name, open) => {
     }
   });
 
-  test("a new leader's entries overwrite the conflicting suffix", () => {
-    const storage = open();
+  test("a new leader's entries overwrite the conflicting suffix", async () => {
+    const storage = await open();
     try {
       storage.save(hard(2, 1, 2), [...range(1, 3, 1), ...range(3, 6, 2)], true);
       // Entries 4.. from term 3 replace 4 and 5 of term 2; index 3 stays.
@@ -112,8 +115,8 @@ describe.each(implementations)("%s storage log", (_name, open) => {
     }
   });
 
-  test("term() is right for indexes outside the in-memory term cache", () => {
-    const storage = open({ termCacheRunsMax: 2 });
+  test("term() is right for indexes outside the in-memory term cache", async () => {
+    const storage = await open({ termCacheRunsMax: 2 });
     try {
       for (let term = 1; term <= 6; term++) storage.save(hard(term, 1, 0), range(term * 3 - 2, term * 3 + 1, term), true);
       for (let index = 1; index <= 18; index++) expect(storage.term(index)).toBe(Math.ceil(index / 3));
@@ -126,8 +129,8 @@ describe.each(implementations)("%s storage log", (_name, open) => {
     }
   });
 
-  test("saves that break Raft invariants are refused before anything is written", () => {
-    const storage = open();
+  test("saves that break Raft invariants are refused before anything is written", async () => {
+    const storage = await open();
     try {
       storage.save(hard(2, 1, 3), [...range(1, 3, 1), ...range(3, 5, 2)], true);
       const refused: [string, HardState | undefined, Entry[]][] = [
@@ -156,8 +159,8 @@ describe.each(implementations)("%s storage log", (_name, open) => {
     }
   });
 
-  test("voters are recorded once and must match afterwards", () => {
-    const storage = open();
+  test("voters are recorded once and must match afterwards", async () => {
+    const storage = await open();
     try {
       storage.bootstrap([3, 2, 1]);
       expect(() => storage.bootstrap([1, 2])).toThrow(/voters_mismatch/);
@@ -332,5 +335,29 @@ describe("LogTail", () => {
     expect(tail.keptBytes()).toBeLessThanOrEqual(1 << 20);
     expect(tail.slice(1, 2, Number.MAX_SAFE_INTEGER)).toBeUndefined();
     expect(tail.slice(100_000 - kept + 2, 100_001, Number.MAX_SAFE_INTEGER)?.length).toBe(kept - 1);
+  });
+});
+
+describe("LogTail pin", () => {
+  const entry = (index: number, bytes: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(bytes) });
+
+  test("entries from the pinned index on are kept past the byte bound, and evicted once the pin lifts", async () => {
+    const { LogTail } = await import("../src/storage/log-tail.ts");
+    const tail = new LogTail(100_000);
+    tail.saved([entry(1, 60_000)]);
+    // Entries 2..5 are posted to a writer and not yet committed: the reader cannot see them on disk.
+    tail.pinFrom(2);
+    tail.saved([entry(2, 60_000), entry(3, 60_000)]);
+    tail.saved([entry(4, 60_000), entry(5, 60_000)]);
+    expect(tail.keptBytes()).toBeGreaterThan(100_000);
+    expect(tail.slice(2, 6, Number.MAX_SAFE_INTEGER)?.map((e) => e.index)).toEqual([2, 3, 4, 5]);
+    // Entry 1 is below the pin: it went, as the bound asks.
+    expect(tail.slice(1, 2, Number.MAX_SAFE_INTEGER)).toBeUndefined();
+    // Committed up to 4: the pin moves on, and what is unpinned goes down to the bound.
+    tail.pinFrom(5);
+    expect(tail.slice(5, 6, Number.MAX_SAFE_INTEGER)?.map((e) => e.index)).toEqual([5]);
+    expect(tail.slice(3, 4, Number.MAX_SAFE_INTEGER)).toBeUndefined();
+    tail.pinFrom(undefined);
+    expect(tail.keptBytes()).toBeLessThanOrEqual(100_000);
   });
 });

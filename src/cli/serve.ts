@@ -135,6 +135,11 @@ export const serveCommand = defineCommand({
     },
     "auth-token-file": { type: "string", description: "Read the client API's bearer token from this file", valueHint: "FILE" },
     "metrics-open": { type: "boolean", description: "Serve /status and /metrics without the bearer token" },
+    "storage-thread": {
+      type: "boolean",
+      default: true,
+      description: "SQLite writes on a storage thread, off the node loop's (default); --storage-thread=false keeps them on the loop's thread",
+    },
     "key-bytes-max": {
       type: "string",
       description: `Largest key in UTF-8 bytes, 1..${KEY_BYTES_MAX_LIMIT} (default ${KEY_BYTES_MAX_DEFAULT}); longer: 413`,
@@ -242,6 +247,7 @@ export const serveCommand = defineCommand({
     const clusterToken = readSecret("cluster-token", args["cluster-token"], args["cluster-token-file"], "KV_CLUSTER_TOKEN");
     const authToken = readSecret("auth-token", args["auth-token"], args["auth-token-file"], "KV_AUTH_TOKEN");
     const metricsOpen = args["metrics-open"] === true;
+    const storageThread = args["storage-thread"] !== false;
     const tls = readTls(args["tls-cert"], args["tls-key"], args["peer-ca"]);
     const keyBytesMax =
       args["key-bytes-max"] === undefined ? KEY_BYTES_MAX_DEFAULT : parseIntFlag("key-bytes-max", args["key-bytes-max"], 1, KEY_BYTES_MAX_LIMIT);
@@ -286,6 +292,7 @@ export const serveCommand = defineCommand({
         ...(advertiseHttp === undefined ? {} : { advertiseHttp }),
         ...(joinEndpoints === undefined ? {} : { join: { endpoints: joinEndpoints, advertisePeer: advertisePeer as string } }),
         dataDir,
+        storageThread,
         tickMs,
         electionTicks,
         heartbeatTicks,

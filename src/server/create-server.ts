@@ -13,10 +13,13 @@ import { createPrng } from "../lib/prng.ts";
 import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
 import { defaultWatch, type WatchConfig } from "../node/watch.ts";
 import type { NodeId } from "../raft/types.ts";
+import type { KvStorage } from "../storage/kv-storage.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
+import { openThreadedStorage } from "../storage/threaded-storage.ts";
 import { createConnectTransport, peerRpcTimeoutMs } from "../transport/connect-transport.ts";
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
 import { joinCluster } from "./join.ts";
+import type { CheckpointReport } from "../storage/checkpointer.ts";
 
 /** A host and port to listen on (port 0: the OS picks). */
 export interface ListenAddress {
@@ -36,6 +39,12 @@ export interface ServerConfig {
   /** `--join`: members' client URLs to ask for this node's addition, with the peer URL to give them. */
   readonly join?: { readonly endpoints: readonly string[]; readonly advertisePeer: string };
   readonly dataDir: string;
+  /**
+   * SQLite writes (saves, applies, compactions, checkpoints, fsyncs) on a worker thread, off the
+   * node loop's thread (src/storage/threaded-storage.ts). Default true; false keeps them on the
+   * loop's thread (`kv serve --storage-thread=false`), to compare.
+   */
+  readonly storageThread?: boolean;
   readonly tickMs: number;
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
@@ -108,45 +117,62 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const waitForSpace = <T>(what: string, attempt: () => T) => retryWhileDiskFull(what, dataDir, logger, attempt);
   await waitForSpace("create the data dir", () => mkdirSync(dataDir, { recursive: true }));
   const metrics = createMetricsRegistry();
+  const storageThread = config.storageThread ?? true;
+  // With the storage thread, durations are the writer thread's own (the loop only posts the work).
+  const where = storageThread ? "on the storage thread" : "on the loop's thread";
   const saveDuration = metrics.histogram(
     "kv_storage_save_duration_seconds",
-    "One save of the Raft log and hard state (one sqlite transaction); with sync=true it includes the fsync.",
+    `One save of the Raft log and hard state (one sqlite transaction, ${where}); with sync=true it includes the fsync.`,
     LATENCY_BUCKETS_S,
     ["sync"],
   );
   const fsyncDuration = metrics.histogram(
     "kv_storage_fsync_duration_seconds",
-    "One background fsync of what the loop wrote since the last (it runs off the loop's thread; the replies it covers wait for it).",
+    storageThread
+      ? "One fsync of what the loop wrote since the last, timed on the storage thread (it runs off the loop's thread; the replies it covers wait for it)."
+      : "One background fsync of what the loop wrote since the last (it runs off the loop's thread; the replies it covers wait for it).",
     LATENCY_BUCKETS_S,
   );
   const applyDuration = metrics.histogram(
     "kv_storage_apply_duration_seconds",
-    "One apply of committed entries to the state machine (one sqlite transaction, on the loop's thread).",
+    `One apply of committed entries to the state machine (one sqlite transaction, ${where}).`,
     LATENCY_BUCKETS_S,
   );
   const compactDuration = metrics.histogram(
     "kv_storage_compact_duration_seconds",
-    "One log compaction (one sqlite transaction, on the loop's thread).",
+    `One log compaction (one sqlite transaction, ${where}).`,
     LATENCY_BUCKETS_S,
   );
   const checkpointDuration = metrics.histogram(
     "kv_storage_checkpoint_duration_seconds",
-    "One round of WAL checkpoints: on a worker thread with its own connection (thread=worker), or the short one on the loop's thread that lets the WAL start over (thread=loop).",
+    storageThread
+      ? "One round of WAL checkpoints: on a worker thread with its own connection (thread=worker), or the short one on the storage thread, the writer's, that lets the WAL start over (thread=loop: the writer's thread, which is no longer the loop's)."
+      : "One round of WAL checkpoints: on a worker thread with its own connection (thread=worker), or the short one on the loop's thread that lets the WAL start over (thread=loop).",
     LATENCY_BUCKETS_S,
     ["thread"],
   );
   const walFrames = metrics.gauge("kv_storage_wal_frames", "Frames in the WAL after the last round of checkpoints.");
-  const sqliteStorage = await waitForSpace("open the database", () =>
-    openSqliteStorage(dataDir, {
-      onCheckpoint: (report) => {
-        if (report.error !== undefined) {
-          logger.log("warn", "checkpoint failed", { error: report.error, detail: "retried with the next writes" });
-          return;
-        }
-        checkpointDuration.observe({ thread: report.thread === "worker" ? "worker" : "loop" }, report.durationMs / 1000);
-        walFrames.set({}, report.walFrames);
-      },
-    }),
+  const onCheckpoint = (report: CheckpointReport) => {
+    if (report.error !== undefined) {
+      logger.log("warn", "checkpoint failed", { error: report.error, detail: "retried with the next writes" });
+      return;
+    }
+    checkpointDuration.observe({ thread: report.thread === "worker" ? "worker" : "loop" }, report.durationMs / 1000);
+    walFrames.set({}, report.walFrames);
+  };
+  const sqliteStorage: KvStorage & { released(): Promise<void> } = await waitForSpace("open the database", () =>
+    storageThread
+      ? openThreadedStorage(dataDir, {
+          onCheckpoint,
+          onRequestDone: (report) => {
+            const durationS = report.durationMs / 1000;
+            if (report.op === "save") saveDuration.observe({ sync: String(report.sync) }, durationS);
+            else if (report.op === "apply") applyDuration.observe({}, durationS);
+            else if (report.op === "compact") compactDuration.observe({}, durationS);
+            else if (report.op === "sync") fsyncDuration.observe({}, durationS);
+          },
+        })
+      : openSqliteStorage(dataDir, { onCheckpoint }),
   );
   let joinedClusterId: string | undefined;
   if (config.join !== undefined) {
@@ -175,10 +201,13 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       }
     }
   }
-  let storage = observeMethod(sqliteStorage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS));
-  storage = observeMethod(storage, "sync", (durationS) => fsyncDuration.observe({}, durationS));
-  storage = observeMethod(storage, "applyEntries", (durationS) => applyDuration.observe({}, durationS));
-  storage = observeMethod(storage, "compact", (durationS) => compactDuration.observe({}, durationS));
+  let storage: KvStorage = sqliteStorage;
+  if (!storageThread) {
+    storage = observeMethod(storage, "save", (durationS, [, , sync]) => saveDuration.observe({ sync: String(sync) }, durationS));
+    storage = observeMethod(storage, "sync", (durationS) => fsyncDuration.observe({}, durationS));
+    storage = observeMethod(storage, "applyEntries", (durationS) => applyDuration.observe({}, durationS));
+    storage = observeMethod(storage, "compact", (durationS) => compactDuration.observe({}, durationS));
+  }
   // After the storage: its exclusive lock keeps a second process off this data dir.
   const clusterIdChoice = await waitForSpace("record the cluster id", () => {
     try {
@@ -289,6 +318,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     httpPort,
     httpUrl: advertiseHttp,
     dataDir,
+    storageWrites: storageThread ? "storage thread" : "loop's thread",
     voters: [...config.peers.keys()],
     clusterId: clusterIdChoice.clusterId,
     peerAuth: config.clusterToken === undefined ? "none" : "cluster-token",
@@ -371,11 +401,11 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
  * Runs `attempt` (a step of starting that writes to the data dir), retrying every DISK_RETRY_MS while
  * the disk is full: one log line when it first is, one when space is back; any other error is thrown.
  */
-async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logger, attempt: () => T): Promise<T> {
+async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logger, attempt: () => T | Promise<T>): Promise<T> {
   let waiting = false;
   for (;;) {
     try {
-      const result = attempt();
+      const result = await attempt();
       if (waiting) logger.log("info", "disk space back", { detail: `could ${what}: starting` });
       return result;
     } catch (error) {

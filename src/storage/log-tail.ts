@@ -14,12 +14,19 @@ export const entryMemoryBytes = 128;
  *
  * Invariant: `entries` are contiguous by index, and each is the log's entry at its index (a save
  * that replaces a suffix truncates here too; anything else that rewrites the log clears it).
+ *
+ * A pin (`pinFrom`) keeps every entry from an index on, whatever the bound: ThreadedStorage
+ * (threaded-storage.ts) pins the entries it posted to its writer and that are not yet committed,
+ * since its read connection cannot see them; what is pinned is bounded by what the node has
+ * posted and not yet seen committed.
  */
 export class LogTail {
   private entries: Entry[] = [];
   /** Position of the oldest kept entry in `entries` (evicted ones before it are dropped in batches). */
   private start = 0;
   private bytes = 0;
+  /** Entries at or past this index are never evicted; undefined: none pinned. */
+  private pinnedFrom: number | undefined;
 
   constructor(private readonly bytesMax: number) {
     assert(Number.isSafeInteger(bytesMax) && bytesMax >= 0, `log tail bytesMax ${bytesMax}`);
@@ -65,11 +72,26 @@ export class LogTail {
     return result;
   }
 
+  /**
+   * Keeps every entry from `index` on however many bytes they take (undefined: none), and evicts
+   * what the previous pin held past the bound.
+   */
+  pinFrom(index: number | undefined): void {
+    assert(index === undefined || (Number.isSafeInteger(index) && index >= 1), `log tail pin ${index}`);
+    this.pinnedFrom = index;
+    this.evict();
+  }
+
   /** Forgets every entry (a snapshot installed, the log rewritten). */
   clear(): void {
     this.entries = [];
     this.start = 0;
     this.bytes = 0;
+  }
+
+  /** The index of the oldest entry kept; undefined when none is. */
+  firstKeptIndex(): number | undefined {
+    return this.firstIndex();
   }
 
   /** Bytes counted for the entries kept (data plus overhead). */
@@ -88,7 +110,9 @@ export class LogTail {
 
   private evict(): void {
     while (this.bytes > this.bytesMax && this.start < this.entries.length) {
-      this.bytes -= costOf(this.entries[this.start] as Entry);
+      const oldest = this.entries[this.start] as Entry;
+      if (this.pinnedFrom !== undefined && oldest.index >= this.pinnedFrom) break;
+      this.bytes -= costOf(oldest);
       this.start++;
     }
     // Drop evicted slots once they are half the array, so memory stays bounded by what is kept.

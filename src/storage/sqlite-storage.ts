@@ -2,9 +2,8 @@ import { Database, type Statement } from "bun:sqlite";
 import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
-import { type Entry, EntryType, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
+import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
-import { isReservedKey } from "../kv/command.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
@@ -15,13 +14,23 @@ import {
   StorageError,
   type StoredValue,
 } from "./kv-storage.ts";
+import {
+  checkStoredIndex,
+  corruptError,
+  loadAddresses,
+  loadMeta,
+  openImageReader,
+  parseIds,
+  parseSnapshotMeta,
+  parseVoters,
+  prefixUpperBound,
+  SqliteReads,
+} from "./sqlite-reads.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
   checkInstall,
   idsText,
-  imageRowBytes,
-  planStage,
   snapshotConfiguration,
   stagedImageBytesMaxDefault,
   type StagingState,
@@ -30,7 +39,7 @@ import { type TermRun, TermCache } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
 import { LogTail } from "./log-tail.ts";
-import { removeStaleStaging, StagingFile } from "./staging-file.ts";
+import { ImageStaging, removeStaleStaging, StagingFile } from "./staging-file.ts";
 
 /**
  * Durable storage on bun:sqlite: the Raft log, hard state, voters and the key-value state machine
@@ -125,11 +134,6 @@ const checkpointPagesDefault = 4_096;
 const pageCacheKib = 16 * 1024;
 /** Bytes of the newest log entries kept in memory after their save (see LogTail). */
 const logTailBytesMax = 16 << 20;
-/** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
-const entriesChunkRowsMax = 256;
-/** Rows the first query of an `entries` read asks for, before the entries' size is known. */
-const entriesFirstChunkRows = 4;
-
 /** Version 1: log, hard state, meta, kv. Later versions are migrations applied on top. */
 const schemaSql = `
 CREATE TABLE raft_log (
@@ -203,37 +207,12 @@ const migrationToV4Sql = `
 CREATE INDEX kv_sessions_by_version ON kv (version) WHERE ${sessionRowsWhere};
 `;
 
-interface MemberRow {
-  id: number;
-  peer_url: string;
-  http_url: string | null;
-}
-
-interface LogRow {
-  idx: number;
-  term: number;
-  type: number;
-  data: Uint8Array;
-  crc: number;
-}
 interface HardStateRow {
   term: number;
   vote: number;
   commit_index: number;
   crc: number;
 }
-interface MetaRow {
-  voters: string | null;
-  learners: string;
-  applied_index: number;
-  snapshot_index: number;
-  snapshot_term: number;
-  snapshot_voters: string;
-  snapshot_learners: string;
-  snapshot_crc: number;
-  config_index: number;
-}
-const metaColumns = "voters, learners, applied_index, snapshot_index, snapshot_term, snapshot_voters, snapshot_learners, snapshot_crc, config_index";
 interface ImageRowRow {
   key: string;
   value: Uint8Array;
@@ -265,6 +244,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     lock = holdLock(`${file}-lock`, lockWaitMs);
     // An image staged before a restart can never be installed: its transfer died with the process.
     removeStaleStaging(`${file}-staging`);
+    removeStaleStaging(`${file}-staging-install`); // see ThreadedStorage.installSnapshot
     db = new Database(file, { create: true, strict: true });
     db.run(`PRAGMA busy_timeout = ${lockWaitMs}`);
     const journal = db.query<{ journal_mode: string }, []>("PRAGMA journal_mode = WAL").get();
@@ -387,22 +367,7 @@ function prefixEnd(prefix: string): string {
   return end;
 }
 
-/**
- * The first string past every key that starts with `prefix` in UTF-8 byte order (code point order):
- * the prefix with its last code point incremented, after dropping trailing U+10FFFF. Undefined when
- * there is none (the empty prefix, or only U+10FFFF) or the prefix ends in a lone surrogate.
- */
-export function prefixUpperBound(prefix: string): string | undefined {
-  const points = Array.from(prefix);
-  while (points.length > 0) {
-    const last = points.pop() as string;
-    const code = last.codePointAt(0) as number;
-    if (code >= 0xd800 && code <= 0xdfff) return undefined;
-    if (code === 0x10ffff) continue;
-    return points.join("") + String.fromCodePoint(code + 1 === 0xd800 ? 0xe000 : code + 1);
-  }
-  return undefined;
-}
+export { prefixUpperBound } from "./sqlite-reads.ts";
 
 /** The larger of two keys in UTF-8 byte order (where `range` starts: after both). */
 function maxKey(a: string, b: string): string {
@@ -428,6 +393,20 @@ function rawKvTable(db: Database): KvTable {
     range: (prefix, after, limit) =>
       db.query<ImageRowRow, [string, string, number]>("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?").all(maxKey(after, prefix), prefixEnd(prefix), limit),
   };
+}
+
+/** See `SqliteStorage.mirrorState`. */
+export interface SqliteMirrorState {
+  readonly file: string;
+  readonly hardState: HardState;
+  readonly voters: readonly NodeId[];
+  readonly learners: readonly NodeId[];
+  readonly addresses: readonly MemberAddress[];
+  readonly changedIndex: number;
+  readonly applied: number;
+  readonly snapshot: SnapshotMetadata;
+  readonly lastIndex: number;
+  readonly termRuns: readonly TermRun[];
 }
 
 /** Sizes and limits of one open storage. */
@@ -458,21 +437,16 @@ export class SqliteStorage implements KvStorage {
   private snap: SnapshotMetadata;
   private last: number;
   private readonly terms: TermCache;
-  private staging: StagingState = { imageId: undefined, bytes: 0 };
   /** Images open on their own connections: closed with the storage. */
-  private readonly images = new Set<SqliteImageReader>();
+  private readonly images = new Set<KvImageReader>();
   private closed = false;
 
-  private readonly selectEntries: Statement<LogRow, [number, number, number]>;
-  private readonly selectEntry: Statement<LogRow, [number]>;
   private readonly insertEntry: Statement<unknown, [number, number, number, Uint8Array, number]>;
   private readonly deleteEntriesFrom: Statement<unknown, [number]>;
   private readonly updateHardState: Statement<unknown, [number, number, number, number]>;
   private readonly updateVoters: Statement<unknown, [string]>;
   private readonly updateApplied: Statement<unknown, [number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
-  private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
-  private readonly selectBoundedRange: Statement<KvRow & { key: string }, [string, string, string, number]>;
   private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
   private readonly selectPrefixRange: Statement<ImageRowRow, [string, string, number]>;
   /** The kv table as `executeStep` sees it, through the prepared statements. */
@@ -500,6 +474,7 @@ export class SqliteStorage implements KvStorage {
   private readonly clearMembers: Statement<unknown, []>;
   private readonly insertMember: Statement<unknown, [number, string, string | null]>;
   /** The image being received (see StagingFile). */
+  private readonly imageStaging: ImageStaging;
   private readonly stagingFile: StagingFile;
   private readonly clearKv: Statement<unknown, []>;
   private readonly touchMeta: Statement<unknown, []>;
@@ -508,11 +483,10 @@ export class SqliteStorage implements KvStorage {
   private readonly membershipTransaction: (membership: Membership) => void;
   private readonly compactTransaction: (snapshot: SnapshotMetadata) => void;
   private readonly installTransaction: (snapshot: SnapshotMetadata, hardState: HardState, membership: Membership) => void;
-  private readonly stagedImageBytesMax: number;
   private readonly lockWaitMs: number;
-  private readonly pageCount: Statement<{ page_count: number }, []>;
-  private readonly freelistCount: Statement<{ freelist_count: number }, []>;
   private readonly pageBytes: number;
+  /** Log, kv and size reads on the node's connection (sqlite-reads.ts, shared with ThreadedStorage's reader). */
+  private readonly reads: SqliteReads;
   /** Checkpoints on a worker thread (undefined: SQLite's autocheckpoint, inline, in EXCLUSIVE mode). */
   private readonly checkpointer: Checkpointer | undefined;
   private readonly checkpointPages: number;
@@ -533,7 +507,6 @@ export class SqliteStorage implements KvStorage {
     const { termCacheRunsMax, termCacheLoadEntriesMax } = settings;
     assert(Number.isSafeInteger(termCacheLoadEntriesMax) && termCacheLoadEntriesMax >= 1, "termCacheLoadEntriesMax");
     assert(Number.isSafeInteger(settings.stagedImageBytesMax) && settings.stagedImageBytesMax >= 1, "stagedImageBytesMax");
-    this.stagedImageBytesMax = settings.stagedImageBytesMax;
     this.lockWaitMs = settings.lockWaitMs;
     const checkpointing = settings.checkpointer;
     this.checkpointPages = checkpointing?.pages ?? 0;
@@ -570,17 +543,12 @@ export class SqliteStorage implements KvStorage {
               this.maybeCheckpoint();
             },
           });
-    this.selectEntries = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?");
-    this.selectEntry = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?");
     this.insertEntry = db.prepare("INSERT INTO raft_log (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)");
     this.deleteEntriesFrom = db.prepare("DELETE FROM raft_log WHERE idx >= ?");
     this.updateHardState = db.prepare("UPDATE hard_state SET term = ?, vote = ?, commit_index = ?, crc = ? WHERE id = 1");
     this.updateVoters = db.prepare("UPDATE meta SET voters = ? WHERE id = 1");
     this.updateApplied = db.prepare("UPDATE meta SET applied_index = ? WHERE id = 1");
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
-    // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
-    this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
-    this.selectBoundedRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
     this.selectPrefixRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
     this.selectOldestSessions = db.prepare(
@@ -609,12 +577,12 @@ export class SqliteStorage implements KvStorage {
     this.updateConfigIndex = db.prepare("UPDATE meta SET config_index = ? WHERE id = 1");
     this.clearMembers = db.prepare("DELETE FROM members");
     this.insertMember = db.prepare("INSERT INTO members (id, peer_url, http_url) VALUES (?, ?, ?)");
-    this.stagingFile = new StagingFile(`${file}-staging`);
+    this.imageStaging = new ImageStaging(`${file}-staging`, settings.stagedImageBytesMax, file);
+    this.stagingFile = this.imageStaging.file;
     this.clearKv = db.prepare("DELETE FROM kv");
     this.touchMeta = db.prepare("SELECT applied_index FROM meta WHERE id = 1");
-    this.pageCount = db.prepare("PRAGMA page_count");
-    this.freelistCount = db.prepare("PRAGMA freelist_count");
-    this.pageBytes = db.query<{ page_size: number }, []>("PRAGMA page_size").get()?.page_size ?? 4096;
+    this.reads = new SqliteReads(db, file);
+    this.pageBytes = this.reads.pageBytes;
     this.compactTransaction = db.transaction((snapshot: SnapshotMetadata) => {
       this.deleteEntriesTo.run(snapshot.index);
       this.writeSnapshotMeta(snapshot);
@@ -631,14 +599,13 @@ export class SqliteStorage implements KvStorage {
     );
 
     this.hardStateValue = this.loadHardState();
-    const meta = db.query<MetaRow, []>(`SELECT ${metaColumns} FROM meta WHERE id = 1`).get();
-    if (meta === null) throw this.corrupt("meta row missing");
-    this.voters = this.parseVoters(meta.voters);
-    this.learners = this.parseIds(meta.learners, "learners");
-    this.addresses = this.loadAddresses(db);
-    this.changedIndex = this.checkStoredIndex(meta.config_index, "config index");
-    this.applied = this.checkStoredIndex(meta.applied_index, "applied index");
-    this.snap = this.loadSnapshotMeta(meta);
+    const meta = loadMeta(file, db);
+    this.voters = parseVoters(file, meta.voters);
+    this.learners = parseIds(file, meta.learners, "learners");
+    this.addresses = loadAddresses(db);
+    this.changedIndex = checkStoredIndex(file, meta.config_index, "config index");
+    this.applied = checkStoredIndex(file, meta.applied_index, "applied index");
+    this.snap = parseSnapshotMeta(file, meta);
     this.last = this.loadLastIndex();
     this.terms = new TermCache(termCacheRunsMax);
     this.terms.reset(this.loadTermRuns(termCacheLoadEntriesMax), this.last);
@@ -661,7 +628,9 @@ export class SqliteStorage implements KvStorage {
   }
 
   /** Log rows read out of SQLite by `entries` since open (each one copied into memory). */
-  entryRowsRead = 0;
+  get entryRowsRead(): number {
+    return this.reads.entryRowsRead;
+  }
   /** The newest entries saved, served without a query (see LogTail). */
   private readonly tail = new LogTail(logTailBytesMax);
 
@@ -670,29 +639,7 @@ export class SqliteStorage implements KvStorage {
     this.assertOpen();
     assert(lo >= this.firstIndex() && hi <= this.last + 1 && lo <= hi, `entries(${lo}, ${hi}) out of range`);
     // The tail runs to the last entry saved, so what it holds from `lo` on is all there is to read.
-    const kept = this.tail.slice(lo, hi, maxBytes);
-    if (kept !== undefined) return kept;
-    const result: Entry[] = [];
-    let bytes = 0;
-    let next = lo;
-    while (next < hi) {
-      // Every row a query returns is copied out of SQLite, used or not: ask for no more than the
-      // byte budget left holds at the average size read so far (a few rows when nothing is known
-      // yet), so a follower's 1 MiB append of 256 KB entries does not read 256 of them to keep 4.
-      const budgetRows =
-        result.length === 0 ? entriesFirstChunkRows : Math.floor(Math.max(0, maxBytes - bytes) / Math.max(1, bytes / result.length)) + 1;
-      const rows = this.selectEntries.all(next, hi, Math.max(1, Math.min(entriesChunkRowsMax, hi - next, budgetRows)));
-      this.entryRowsRead += rows.length;
-      if (rows.length === 0) throw this.corrupt("entry missing from the log", next);
-      for (const row of rows) {
-        const entry = this.verifiedEntry(row, next);
-        bytes += entry.data.byteLength;
-        if (result.length > 0 && bytes > maxBytes) return result;
-        result.push(entry);
-        next++;
-      }
-    }
-    return result;
+    return this.tail.slice(lo, hi, maxBytes) ?? this.reads.entries(lo, hi, maxBytes);
   }
 
   /** Term at `index` for firstIndex()-1 <= index <= lastIndex(); from memory near the end of the log. */
@@ -702,9 +649,7 @@ export class SqliteStorage implements KvStorage {
     assert(index >= this.firstIndex() - 1 && index <= this.last, `term(${index}) out of range`);
     const cached = this.terms.term(index);
     if (cached !== undefined) return cached;
-    const row = this.selectEntry.get(index);
-    if (row === null) throw this.corrupt("entry missing from the log", index);
-    return this.verifiedEntry(row, index).term;
+    return this.reads.entry(index).term;
   }
 
   /** The first index the log holds: one past the snapshot (1 for a log never compacted). */
@@ -834,13 +779,6 @@ export class SqliteStorage implements KvStorage {
     this.changedIndex = membership.changedIndex;
   }
 
-  private loadAddresses(db: Database): MemberAddress[] {
-    return db
-      .query<MemberRow, []>("SELECT id, peer_url, http_url FROM members ORDER BY id")
-      .all()
-      .map((row) => ({ id: row.id, peerUrl: row.peer_url, ...(row.http_url === null ? {} : { httpUrl: row.http_url }) }));
-  }
-
   /**
    * Applies committed entries in one transaction that also stores the new applied index, so a
    * replay after a crash skips what was applied. Committed with synchronous=NORMAL (no fsync):
@@ -891,43 +829,24 @@ export class SqliteStorage implements KvStorage {
    */
   dataBytes(): number {
     this.assertOpen();
-    const pages = this.pageCount.get()?.page_count ?? 0;
-    const free = this.freelistCount.get()?.freelist_count ?? 0;
-    return Math.max(0, pages - free) * this.pageBytes;
+    return this.reads.dataBytes();
   }
 
   /** The value of `key` and its version, read from disk (a fresh copy each call). */
   get(key: string): StoredValue | undefined {
     this.assertOpen();
-    const row = this.selectValue.get(key);
-    return row === null ? undefined : { value: row.value, version: row.version };
+    return this.reads.get(key);
   }
 
   /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
-  kvRowsRead = 0;
+  get kvRowsRead(): number {
+    return this.reads.kvRowsRead;
+  }
 
   /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it. */
   list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
     this.assertOpen();
-    const items: ListedValue[] = [];
-    // Scan in pages: rows past the prefix end the scan, so a page is rarely wasted.
-    let from = after ?? "";
-    // Bounded above too: without it each page read up to 1,000 rows past the prefix (values and
-    // all) before the first one stopped the scan, as a new leader's lease scan did at every election.
-    const end = prefixUpperBound(prefix);
-    for (;;) {
-      const pageRows = Math.min(limit - items.length, 1_000) + 1;
-      const rows = end === undefined ? this.selectRange.all(from, prefix, pageRows) : this.selectBoundedRange.all(from, prefix, end, pageRows);
-      this.kvRowsRead += rows.length;
-      for (const row of rows) {
-        if (!row.key.startsWith(prefix) || items.length >= limit) return items;
-        // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
-        if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
-        items.push({ key: row.key, value: row.value, version: row.version });
-      }
-      if (rows.length === 0) return items;
-      from = (rows[rows.length - 1] as { key: string }).key;
-    }
+    return this.reads.list(prefix, after, limit);
   }
 
   // --- Snapshots ---
@@ -950,42 +869,17 @@ export class SqliteStorage implements KvStorage {
   openImage(): KvImageReader {
     this.assertOpen();
     if (this.images.size === 0) this.shareDatabase(true);
-    let reader: Database | undefined;
     try {
-      reader = new Database(this.file, { readonly: true, strict: true });
-      reader.run(`PRAGMA busy_timeout = ${this.lockWaitMs}`);
-      reader.run("BEGIN");
-      const meta = reader.query<MetaRow, []>(`SELECT ${metaColumns} FROM meta WHERE id = 1`).get();
-      if (meta === null) throw this.corrupt("meta row missing");
-      const applied = this.checkStoredIndex(meta.applied_index, "applied index");
-      const snapshot = this.loadSnapshotMeta(meta);
-      let term: number;
-      if (applied === snapshot.index) {
-        term = snapshot.term;
-      } else {
-        const row = reader.query<LogRow, [number]>("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?").get(applied);
-        if (row === null) throw this.corrupt("the term of the applied index is unknown: its entry is missing", applied);
-        term = this.verifiedEntry(row, applied).term;
-      }
-      const learners = this.parseIds(meta.learners, "learners");
-      const metadata: SnapshotMetadata = {
-        index: applied,
-        term,
-        voters: this.parseVoters(meta.voters),
-        ...(learners.length > 0 ? { learners } : {}),
-      };
-      const addresses = this.loadAddresses(reader);
-      const image = new SqliteImageReader(reader, metadata, addresses, (closed) => this.imageClosed(closed));
+      const image = openImageReader(this.file, this.lockWaitMs, (closed) => this.imageClosed(closed));
       this.images.add(image);
       return image;
     } catch (error: unknown) {
-      if (reader !== undefined) closeDatabase(reader);
       if (this.images.size === 0) this.shareDatabase(false);
       throw error;
     }
   }
 
-  private imageClosed(image: SqliteImageReader): void {
+  private imageClosed(image: KvImageReader): void {
     this.images.delete(image);
     if (this.images.size === 0 && !this.closed) this.shareDatabase(false);
   }
@@ -1004,24 +898,33 @@ export class SqliteStorage implements KvStorage {
   /** See `KvStorage.stageImageChunk`: one transaction per chunk, no fsync (staging is not durable). */
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
     this.assertOpen();
-    const ownsStaging = first || imageId === this.staging.imageId;
-    try {
-      const next = planStage(this.staging, imageId, rows, first, this.stagedImageBytesMax, this.file);
-      if (first) this.stagingFile.begin();
-      const repeated = this.stagingFile.append(rows);
-      if (repeated !== undefined) throw new StorageError("image_refused", `image carries key ${JSON.stringify(repeated.slice(0, 64))} twice`, this.file);
-      this.staging = next;
-    } catch (error: unknown) {
-      // A broken chunk of the staged image ends it; a stray chunk of another image leaves it be.
-      if (ownsStaging && error instanceof StorageError) this.discardStagedImage();
-      throw error;
-    }
+    this.imageStaging.stage(imageId, rows, first);
   }
 
   /** See `KvStorage.installSnapshot`: one fsynced transaction. */
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses: readonly MemberAddress[] = []): void {
     this.assertOpen();
-    checkInstall(this.staging, this.applied, metadata, imageId);
+    this.installFrom(this.stagingFile, this.imageStaging.state(), metadata, imageId, addresses);
+  }
+
+  /**
+   * Installs an image another connection staged (ThreadedStorage stages on the node's thread and
+   * its writer thread installs): the file at `path`, no longer open elsewhere, staged as
+   * `staging` says. Otherwise as `installSnapshot`; the file is deleted once the install committed.
+   */
+  installStagedFile(path: string, staging: StagingState, metadata: SnapshotMetadata, imageId: string, addresses: readonly MemberAddress[] = []): void {
+    this.assertOpen();
+    this.installFrom(new StagingFile(path), staging, metadata, imageId, addresses);
+  }
+
+  private installFrom(
+    stagingFile: StagingFile,
+    staging: StagingState,
+    metadata: SnapshotMetadata,
+    imageId: string,
+    addresses: readonly MemberAddress[],
+  ): void {
+    checkInstall(staging, this.applied, metadata, imageId);
     const { voters, learners } = snapshotConfiguration(metadata, this.file);
     const membership: Membership = {
       voters,
@@ -1035,14 +938,14 @@ export class SqliteStorage implements KvStorage {
     // The staged file is attached for the install's one transaction (ATTACH and DETACH cannot run
     // inside one), read by it, and deleted once it committed. Should the install fail (a full
     // disk), the file stays staged for the next try.
-    this.stagingFile.release();
-    this.db.run("ATTACH DATABASE ? AS staging", [this.stagingFile.path]);
+    stagingFile.release();
+    this.db.run("ATTACH DATABASE ? AS staging", [stagingFile.path]);
     try {
       this.withSynchronous(true, () => this.installTransaction(snapshot, hardState, membership));
     } finally {
       this.db.run("DETACH DATABASE staging");
     }
-    this.stagingFile.discard();
+    stagingFile.discard();
     // Committed: now memory may follow the disk.
     this.hardStateValue = hardState;
     this.adoptMembership(membership);
@@ -1052,8 +955,8 @@ export class SqliteStorage implements KvStorage {
     this.tail.clear();
     this.terms.reset([], snapshot.index);
     // The image went into the WAL whole: its checkpoint is asked for now, not after later writes.
-    this.notePages(Math.ceil(this.staging.bytes / this.pageBytes));
-    this.staging = { imageId: undefined, bytes: 0 };
+    this.notePages(Math.ceil(staging.bytes / this.pageBytes));
+    if (stagingFile === this.stagingFile) this.imageStaging.forget();
   }
 
   private writeInstall(snapshot: SnapshotMetadata, hardState: HardState, membership: Membership): void {
@@ -1080,8 +983,7 @@ export class SqliteStorage implements KvStorage {
   /** Drops the staged image, if any. */
   discardStagedImage(): void {
     this.assertOpen();
-    this.stagingFile.discard();
-    this.staging = { imageId: undefined, bytes: 0 };
+    this.imageStaging.discard();
   }
 
   /**
@@ -1196,6 +1098,36 @@ export class SqliteStorage implements KvStorage {
     await Promise.all([this.checkpointerClosed, syncsIdle]);
   }
 
+  /**
+   * What ThreadedStorage's node-side mirror starts from (the storage runs on its writer thread):
+   * the state as persisted, the snapshot as recorded (index 0 when never) and the cached term runs.
+   */
+  mirrorState(): SqliteMirrorState {
+    this.assertOpen();
+    return {
+      file: this.file,
+      hardState: this.hardStateValue,
+      voters: this.voters,
+      learners: this.learners,
+      addresses: this.addresses,
+      changedIndex: this.changedIndex,
+      applied: this.applied,
+      snapshot: this.snap,
+      lastIndex: this.last,
+      termRuns: this.terms.runsHeld(),
+    };
+  }
+
+  /**
+   * For tests: bounds the database to `pages` pages (at least those it has), as a full disk would:
+   * a write that needs more fails with SQLITE_FULL. Returns the bound now in force.
+   */
+  limitPages(pages: number): number {
+    this.assertOpen();
+    assert(Number.isSafeInteger(pages) && pages >= 1, `limitPages(${pages})`);
+    return this.db.query<{ max_page_count: number }, []>(`PRAGMA max_page_count = ${pages}`).get()?.max_page_count ?? 0;
+  }
+
   private learnersField(): { learners?: readonly NodeId[] } {
     return this.learners.length > 0 ? { learners: this.learners } : {};
   }
@@ -1258,13 +1190,6 @@ export class SqliteStorage implements KvStorage {
     }
   }
 
-  private verifiedEntry(row: LogRow, expectedIndex: number): Entry {
-    if (row.idx !== expectedIndex) throw this.corrupt(`found index ${row.idx} where ${expectedIndex} belongs`, expectedIndex);
-    if (entryChecksum(row.idx, row.term, row.type, row.data) !== row.crc) throw this.corrupt("log entry checksum mismatch", row.idx);
-    if (row.type !== EntryType.Normal && row.type !== EntryType.ConfChange) throw this.corrupt(`unknown entry type ${row.type}`, row.idx);
-    return { index: row.idx, term: row.term, type: row.type, data: row.data };
-  }
-
   private loadHardState(): HardState {
     const row = this.db.query<HardStateRow, []>("SELECT term, vote, commit_index, crc FROM hard_state WHERE id = 1").get();
     if (row === null) throw this.corrupt("hard state row missing");
@@ -1273,50 +1198,13 @@ export class SqliteStorage implements KvStorage {
     return hardState;
   }
 
-  private parseVoters(text: string | null): readonly NodeId[] {
-    if (text === null) return [];
-    const voters = text.split(",").map(Number);
-    try {
-      return normalizeVoters(voters, this.file);
-    } catch (error: unknown) {
-      throw this.corrupt(`recorded voters "${text}" invalid`, undefined, error);
-    }
-  }
-
-  /** Comma-separated ids that may be empty (learners), checked. */
-  private parseIds(text: string, what: string): readonly NodeId[] {
-    if (text === "") return [];
-    const ids = text.split(",").map(Number);
-    if (!ids.every((id, position) => Number.isSafeInteger(id) && id >= 1 && (position === 0 || id > (ids[position - 1] as number)))) {
-      throw this.corrupt(`recorded ${what} "${text}" invalid`);
-    }
-    return ids;
-  }
-
-  /** The snapshot recorded in meta, checksum verified. */
-  private loadSnapshotMeta(meta: MetaRow): SnapshotMetadata {
-    if (snapshotChecksum(meta.snapshot_index, meta.snapshot_term, meta.snapshot_voters, meta.snapshot_learners) !== meta.snapshot_crc) {
-      throw this.corrupt("snapshot metadata checksum mismatch");
-    }
-    const index = this.checkStoredIndex(meta.snapshot_index, "snapshot index");
-    const term = this.checkStoredIndex(meta.snapshot_term, "snapshot term");
-    if (index === 0) return { index: 0, term: 0, voters: [] };
-    const learners = this.parseIds(meta.snapshot_learners, "snapshot learners");
-    return { index, term, voters: this.parseIds(meta.snapshot_voters, "snapshot voters"), ...(learners.length > 0 ? { learners } : {}) };
-  }
-
-  private checkStoredIndex(value: unknown, what: string): number {
-    if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) throw this.corrupt(`${what} ${String(value)} invalid`);
-    return value;
-  }
-
   /** The last index, after checking the log has no hole: indexes snapshot+1..last, each once. */
   private loadLastIndex(): number {
     const row = this.db
       .query<{ lo: number | null; hi: number | null; n: number }, []>("SELECT MIN(idx) AS lo, MAX(idx) AS hi, COUNT(*) AS n FROM raft_log")
       .get();
     if (row === null || row.n === 0) return this.snap.index;
-    const hi = this.checkStoredIndex(row.hi, "last index");
+    const hi = checkStoredIndex(this.file, row.hi, "last index");
     const first = this.snap.index + 1;
     if (row.lo !== first || row.n !== hi - first + 1) {
       throw this.corrupt(`log holds ${row.n} entries between ${row.lo} and ${hi}, expected it to start at ${first}: a hole`);
@@ -1342,9 +1230,7 @@ export class SqliteStorage implements KvStorage {
       const previous = runs[runs.length - 1];
       if (previous !== undefined && row.term <= previous.term) throw this.corrupt(`term ${row.term} follows term ${previous.term}`, row.lo);
       for (const index of row.lo === row.hi ? [row.lo] : [row.lo, row.hi]) {
-        const entryRow = this.selectEntry.get(index);
-        if (entryRow === null) throw this.corrupt("entry missing from the log", index);
-        this.verifiedEntry(entryRow, index);
+        this.reads.entry(index);
       }
       runs.push({ startIndex: row.lo, term: row.term });
       expectedStart = row.hi + 1;
@@ -1354,63 +1240,10 @@ export class SqliteStorage implements KvStorage {
   }
 
   private corrupt(message: string, index?: number, cause?: unknown): StorageError {
-    return new StorageError("corrupt", message, this.file, index, cause === undefined ? undefined : { cause });
+    return corruptError(this.file, message, index, cause);
   }
 
   private assertOpen(): void {
     assert(!this.closed, `storage ${this.file} used after close`);
   }
 }
-
-/**
- * An image read on its own read-only connection inside one read transaction (see `openImage`),
- * in key order, a page of rows at a time.
- */
-class SqliteImageReader implements KvImageReader {
-  private readonly firstPage: Statement<ImageRowRow, [number]>;
-  private readonly nextPage: Statement<ImageRowRow, [string, number]>;
-  /** The last key returned; undefined before the first page. */
-  private afterKey: string | undefined;
-  private done = false;
-  private closed = false;
-
-  constructor(
-    private readonly reader: Database,
-    readonly metadata: SnapshotMetadata,
-    readonly addresses: readonly MemberAddress[],
-    private readonly onClose: (image: SqliteImageReader) => void,
-  ) {
-    this.firstPage = reader.prepare("SELECT key, value, version FROM kv ORDER BY key LIMIT ?");
-    this.nextPage = reader.prepare("SELECT key, value, version FROM kv WHERE key > ? ORDER BY key LIMIT ?");
-  }
-
-  next(bytesMax: number): ImageRow[] {
-    assert(!this.closed, "image read after close");
-    assert(Number.isSafeInteger(bytesMax) && bytesMax >= 1, `image page of ${bytesMax} bytes`);
-    const rows: ImageRow[] = [];
-    let bytes = 0;
-    while (!this.done && bytes < bytesMax) {
-      const page = this.afterKey === undefined ? this.firstPage.all(imagePageRowsMax) : this.nextPage.all(this.afterKey, imagePageRowsMax);
-      for (const row of page) {
-        const imageRow: ImageRow = { key: row.key, value: row.value, version: row.version };
-        const rowBytes = imageRowBytes(imageRow);
-        if (rows.length > 0 && bytes + rowBytes > bytesMax) return rows; // the next call reads it again from afterKey
-        rows.push(imageRow);
-        bytes += rowBytes;
-        this.afterKey = row.key;
-      }
-      if (page.length < imagePageRowsMax) this.done = true;
-    }
-    return rows;
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    closeDatabase(this.reader); // ends the read transaction: the WAL may be checkpointed past it again
-    this.onClose(this);
-  }
-}
-
-/** Rows fetched per query by an image reader. */
-const imagePageRowsMax = 256;

@@ -1,6 +1,62 @@
 import { Database, type Statement } from "bun:sqlite";
 import { rmSync } from "node:fs";
-import type { ImageRow } from "./kv-storage.ts";
+import { type ImageRow, StorageError } from "./kv-storage.ts";
+import { planStage, type StagingState } from "./snapshot-checks.ts";
+
+/**
+ * The image being received and its staging file, as both sqlite storages keep them (SqliteStorage
+ * on its one thread, ThreadedStorage on the node's thread while its writer thread installs).
+ */
+export class ImageStaging {
+  private stateValue: StagingState = { imageId: undefined, bytes: 0 };
+  /** The staging file, `<db>-staging`. */
+  readonly file: StagingFile;
+
+  /**
+   * @param path the staging file
+   * @param bytesMax an image staged beyond this many bytes is refused
+   * @param dbFile the node's database, named in errors
+   */
+  constructor(
+    path: string,
+    private readonly bytesMax: number,
+    private readonly dbFile: string,
+  ) {
+    this.file = new StagingFile(path);
+  }
+
+  /** The image staged (its id, undefined when none) and its bytes so far. */
+  state(): StagingState {
+    return this.stateValue;
+  }
+
+  /** See `KvStorage.stageImageChunk`: one transaction per chunk, no fsync (staging is not durable). */
+  stage(imageId: string, rows: readonly ImageRow[], first: boolean): void {
+    const ownsStaging = first || imageId === this.stateValue.imageId;
+    try {
+      const next = planStage(this.stateValue, imageId, rows, first, this.bytesMax, this.dbFile);
+      if (first) this.file.begin();
+      const repeated = this.file.append(rows);
+      if (repeated !== undefined) throw new StorageError("image_refused", `image carries key ${JSON.stringify(repeated.slice(0, 64))} twice`, this.dbFile);
+      this.stateValue = next;
+    } catch (error: unknown) {
+      // A broken chunk of the staged image ends it; a stray chunk of another image leaves it be.
+      if (ownsStaging && error instanceof StorageError) this.discard();
+      throw error;
+    }
+  }
+
+  /** Forgets the image staged (its file was installed and deleted, or moved away to be installed). */
+  forget(): void {
+    this.stateValue = { imageId: undefined, bytes: 0 };
+  }
+
+  /** Drops the staged image and deletes its file. */
+  discard(): void {
+    this.file.discard();
+    this.forget();
+  }
+}
 
 /**
  * A received image being staged, in a database file of its own beside the node's database

@@ -37,6 +37,11 @@ export class TermCache {
     this.coveredFrom = kept[0]?.startIndex ?? lastIndex + 1;
   }
 
+  /** The runs held, oldest first (a copy). */
+  runsHeld(): TermRun[] {
+    return [...this.runs];
+  }
+
   /** The lowest index the cache answers for. */
   coveredFromIndex(): number {
     return this.coveredFrom;

@@ -1,0 +1,357 @@
+import { Database, type Statement } from "bun:sqlite";
+import { assert } from "../lib/assert.ts";
+import { type Entry, EntryType, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
+import { isReservedKey } from "../kv/command.ts";
+import type { MemberAddress } from "../kv/membership.ts";
+import { entryChecksum, snapshotChecksum } from "./entry-checksum.ts";
+import { type ImageRow, type KvImageReader, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
+import { imageRowBytes } from "./snapshot-checks.ts";
+import { normalizeVoters } from "./voters.ts";
+
+/**
+ * The read side of the sqlite storage, in one place: log reads with their checksum verification,
+ * the kv table's reads, the database's size, and the parsing of what meta records. Used by
+ * `SqliteStorage` (sqlite-storage.ts) on its own connection, and by `ThreadedStorage`
+ * (threaded-storage.ts) on a read-only connection to the same file while a worker writes it.
+ */
+
+/** A row of the raft_log table. */
+export interface LogRow {
+  idx: number;
+  term: number;
+  type: number;
+  data: Uint8Array;
+  crc: number;
+}
+
+/** The meta row's columns (see `metaColumns`). */
+export interface MetaRow {
+  voters: string | null;
+  learners: string;
+  applied_index: number;
+  snapshot_index: number;
+  snapshot_term: number;
+  snapshot_voters: string;
+  snapshot_learners: string;
+  snapshot_crc: number;
+  config_index: number;
+}
+
+/** The columns of `MetaRow`, for a SELECT. */
+export const metaColumns = "voters, learners, applied_index, snapshot_index, snapshot_term, snapshot_voters, snapshot_learners, snapshot_crc, config_index";
+
+interface MemberRow {
+  id: number;
+  peer_url: string;
+  http_url: string | null;
+}
+interface ImageRowRow {
+  key: string;
+  value: Uint8Array;
+  version: number;
+}
+interface KvRow {
+  value: Uint8Array;
+  version: number;
+}
+
+/** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
+const entriesChunkRowsMax = 256;
+/** Rows the first query of an `entries` read asks for, before the entries' size is known. */
+const entriesFirstChunkRows = 4;
+/** Rows fetched per query by an image reader. */
+const imagePageRowsMax = 256;
+
+/** A `StorageError` `corrupt` about `file`. */
+export function corruptError(file: string, message: string, index?: number, cause?: unknown): StorageError {
+  return new StorageError("corrupt", message, file, index, cause === undefined ? undefined : { cause });
+}
+
+/** A log row as an entry, after checking its index, checksum and type. */
+export function verifiedEntry(file: string, row: LogRow, expectedIndex: number): Entry {
+  if (row.idx !== expectedIndex) throw corruptError(file, `found index ${row.idx} where ${expectedIndex} belongs`, expectedIndex);
+  if (entryChecksum(row.idx, row.term, row.type, row.data) !== row.crc) throw corruptError(file, "log entry checksum mismatch", row.idx);
+  if (row.type !== EntryType.Normal && row.type !== EntryType.ConfChange) throw corruptError(file, `unknown entry type ${row.type}`, row.idx);
+  return { index: row.idx, term: row.term, type: row.type, data: row.data };
+}
+
+/** A stored index (or term) checked to be a whole number >= 0. */
+export function checkStoredIndex(file: string, value: unknown, what: string): number {
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) throw corruptError(file, `${what} ${String(value)} invalid`);
+  return value;
+}
+
+/** The recorded voters (NULL before bootstrap: none), checked. */
+export function parseVoters(file: string, text: string | null): readonly NodeId[] {
+  if (text === null) return [];
+  const voters = text.split(",").map(Number);
+  try {
+    return normalizeVoters(voters, file);
+  } catch (error: unknown) {
+    throw corruptError(file, `recorded voters "${text}" invalid`, undefined, error);
+  }
+}
+
+/** Comma-separated ids that may be empty (learners), checked. */
+export function parseIds(file: string, text: string, what: string): readonly NodeId[] {
+  if (text === "") return [];
+  const ids = text.split(",").map(Number);
+  if (!ids.every((id, position) => Number.isSafeInteger(id) && id >= 1 && (position === 0 || id > (ids[position - 1] as number)))) {
+    throw corruptError(file, `recorded ${what} "${text}" invalid`);
+  }
+  return ids;
+}
+
+/** The snapshot recorded in meta, checksum verified. */
+export function parseSnapshotMeta(file: string, meta: MetaRow): SnapshotMetadata {
+  if (snapshotChecksum(meta.snapshot_index, meta.snapshot_term, meta.snapshot_voters, meta.snapshot_learners) !== meta.snapshot_crc) {
+    throw corruptError(file, "snapshot metadata checksum mismatch");
+  }
+  const index = checkStoredIndex(file, meta.snapshot_index, "snapshot index");
+  const term = checkStoredIndex(file, meta.snapshot_term, "snapshot term");
+  if (index === 0) return { index: 0, term: 0, voters: [] };
+  const learners = parseIds(file, meta.snapshot_learners, "snapshot learners");
+  return { index, term, voters: parseIds(file, meta.snapshot_voters, "snapshot voters"), ...(learners.length > 0 ? { learners } : {}) };
+}
+
+/** The meta row, read on `db`. */
+export function loadMeta(file: string, db: Database): MetaRow {
+  const meta = db.query<MetaRow, []>(`SELECT ${metaColumns} FROM meta WHERE id = 1`).get();
+  if (meta === null) throw corruptError(file, "meta row missing");
+  return meta;
+}
+
+/** Every member's recorded addresses, read on `db`. */
+export function loadAddresses(db: Database): MemberAddress[] {
+  return db
+    .query<MemberRow, []>("SELECT id, peer_url, http_url FROM members ORDER BY id")
+    .all()
+    .map((row) => ({ id: row.id, peerUrl: row.peer_url, ...(row.http_url === null ? {} : { httpUrl: row.http_url }) }));
+}
+
+/**
+ * The first string past every key that starts with `prefix` in UTF-8 byte order (code point order):
+ * the prefix with its last code point incremented, after dropping trailing U+10FFFF. Undefined when
+ * there is none (the empty prefix, or only U+10FFFF) or the prefix ends in a lone surrogate.
+ */
+export function prefixUpperBound(prefix: string): string | undefined {
+  const points = Array.from(prefix);
+  while (points.length > 0) {
+    const last = points.pop() as string;
+    const code = last.codePointAt(0) as number;
+    if (code >= 0xd800 && code <= 0xdfff) return undefined;
+    if (code === 0x10ffff) continue;
+    return points.join("") + String.fromCodePoint(code + 1 === 0xd800 ? 0xe000 : code + 1);
+  }
+  return undefined;
+}
+
+/**
+ * Reads of one connection to a node's database (the writer's own, or a read-only one beside it):
+ * log entries verified against their checksums, the kv table, and the database's size. Every read
+ * sees the newest committed state (each statement runs in its own read transaction).
+ */
+export class SqliteReads {
+  /** Log rows read out of SQLite by `entries` since open (each one copied into memory). */
+  entryRowsRead = 0;
+  /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
+  kvRowsRead = 0;
+  private readonly selectEntries: Statement<LogRow, [number, number, number]>;
+  private readonly selectEntry: Statement<LogRow, [number]>;
+  private readonly selectValue: Statement<KvRow, [string]>;
+  private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
+  private readonly selectBoundedRange: Statement<KvRow & { key: string }, [string, string, string, number]>;
+  private readonly pageCount: Statement<{ page_count: number }, []>;
+  private readonly freelistCount: Statement<{ freelist_count: number }, []>;
+  /** The database's page size in bytes. */
+  readonly pageBytes: number;
+
+  /**
+   * @param db the connection to read on
+   * @param file the database file, named in every error
+   */
+  constructor(
+    private readonly db: Database,
+    readonly file: string,
+  ) {
+    this.selectEntries = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?");
+    this.selectEntry = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?");
+    this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
+    // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
+    this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
+    this.selectBoundedRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
+    this.pageCount = db.prepare("PRAGMA page_count");
+    this.freelistCount = db.prepare("PRAGMA freelist_count");
+    this.pageBytes = db.query<{ page_size: number }, []>("PRAGMA page_size").get()?.page_size ?? 4096;
+  }
+
+  /**
+   * Entries in [lo, hi) out of the table, at most `maxBytes` of data but at least one when lo < hi;
+   * each verified. Throws `corrupt` for an entry missing or damaged.
+   */
+  entries(lo: number, hi: number, maxBytes: number): Entry[] {
+    const result: Entry[] = [];
+    let bytes = 0;
+    let next = lo;
+    while (next < hi) {
+      // Every row a query returns is copied out of SQLite, used or not: ask for no more than the
+      // byte budget left holds at the average size read so far (a few rows when nothing is known
+      // yet), so a follower's 1 MiB append of 256 KB entries does not read 256 of them to keep 4.
+      const budgetRows =
+        result.length === 0 ? entriesFirstChunkRows : Math.floor(Math.max(0, maxBytes - bytes) / Math.max(1, bytes / result.length)) + 1;
+      const rows = this.selectEntries.all(next, hi, Math.max(1, Math.min(entriesChunkRowsMax, hi - next, budgetRows)));
+      this.entryRowsRead += rows.length;
+      if (rows.length === 0) throw corruptError(this.file, "entry missing from the log", next);
+      for (const row of rows) {
+        const entry = verifiedEntry(this.file, row, next);
+        bytes += entry.data.byteLength;
+        if (result.length > 0 && bytes > maxBytes) return result;
+        result.push(entry);
+        next++;
+      }
+    }
+    return result;
+  }
+
+  /** The entry at `index`, verified; throws `corrupt` when it is missing. */
+  entry(index: number): Entry {
+    const row = this.selectEntry.get(index);
+    if (row === null) throw corruptError(this.file, "entry missing from the log", index);
+    return verifiedEntry(this.file, row, index);
+  }
+
+  /** The value of `key` and its version (a fresh copy each call). */
+  get(key: string): StoredValue | undefined {
+    const row = this.selectValue.get(key);
+    return row === null ? undefined : { value: row.value, version: row.version };
+  }
+
+  /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it. */
+  list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
+    const items: ListedValue[] = [];
+    // Scan in pages: rows past the prefix end the scan, so a page is rarely wasted.
+    let from = after ?? "";
+    // Bounded above too: without it each page read up to 1,000 rows past the prefix (values and
+    // all) before the first one stopped the scan, as a new leader's lease scan did at every election.
+    const end = prefixUpperBound(prefix);
+    for (;;) {
+      const pageRows = Math.min(limit - items.length, 1_000) + 1;
+      const rows = end === undefined ? this.selectRange.all(from, prefix, pageRows) : this.selectBoundedRange.all(from, prefix, end, pageRows);
+      this.kvRowsRead += rows.length;
+      for (const row of rows) {
+        if (!row.key.startsWith(prefix) || items.length >= limit) return items;
+        // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
+        if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
+        items.push({ key: row.key, value: row.value, version: row.version });
+      }
+      if (rows.length === 0) return items;
+      from = (rows[rows.length - 1] as { key: string }).key;
+    }
+  }
+
+  /**
+   * See `KvStorage.dataBytes`: the database's pages in use, (page_count - freelist_count) ×
+   * page_size, as the newest transaction left them (the WAL included, checkpointed or not). Pages
+   * freed by deletes and compaction are reused before the file grows, so this is what new data
+   * would add to; the WAL file itself is not counted (bounded by journal_size_limit after a checkpoint).
+   */
+  dataBytes(): number {
+    const pages = this.pageCount.get()?.page_count ?? 0;
+    const free = this.freelistCount.get()?.freelist_count ?? 0;
+    return Math.max(0, pages - free) * this.pageBytes;
+  }
+
+  /** Finalizes the statements (the caller closes the connection). */
+  finalize(): void {
+    for (const statement of [this.selectEntries, this.selectEntry, this.selectValue, this.selectRange, this.selectBoundedRange, this.pageCount, this.freelistCount]) {
+      statement.finalize();
+    }
+  }
+}
+
+/**
+ * Opens a read-only connection to `file` and a read transaction on it: the applied index,
+ * configuration and kv rows the image reads are one committed state, whatever is written
+ * meanwhile. The term at the applied index comes from the log in the same transaction, or from the
+ * snapshot when the log was compacted up to exactly there. `onClose` runs when the image is closed.
+ */
+export function openImageReader(file: string, lockWaitMs: number, onClose: (image: KvImageReader) => void): KvImageReader {
+  let reader: Database | undefined;
+  try {
+    reader = new Database(file, { readonly: true, strict: true });
+    reader.run(`PRAGMA busy_timeout = ${lockWaitMs}`);
+    reader.run("BEGIN");
+    const meta = loadMeta(file, reader);
+    const applied = checkStoredIndex(file, meta.applied_index, "applied index");
+    const snapshot = parseSnapshotMeta(file, meta);
+    let term: number;
+    if (applied === snapshot.index) {
+      term = snapshot.term;
+    } else {
+      const row = reader.query<LogRow, [number]>("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?").get(applied);
+      if (row === null) throw corruptError(file, "the term of the applied index is unknown: its entry is missing", applied);
+      term = verifiedEntry(file, row, applied).term;
+    }
+    const learners = parseIds(file, meta.learners, "learners");
+    const metadata: SnapshotMetadata = {
+      index: applied,
+      term,
+      voters: parseVoters(file, meta.voters),
+      ...(learners.length > 0 ? { learners } : {}),
+    };
+    return new SqliteImageReader(reader, metadata, loadAddresses(reader), onClose);
+  } catch (error: unknown) {
+    reader?.close(true);
+    throw error;
+  }
+}
+
+/**
+ * An image read on its own read-only connection inside one read transaction (see `openImageReader`),
+ * in key order, a page of rows at a time.
+ */
+class SqliteImageReader implements KvImageReader {
+  private readonly firstPage: Statement<ImageRowRow, [number]>;
+  private readonly nextPage: Statement<ImageRowRow, [string, number]>;
+  /** The last key returned; undefined before the first page. */
+  private afterKey: string | undefined;
+  private done = false;
+  private closed = false;
+
+  constructor(
+    private readonly reader: Database,
+    readonly metadata: SnapshotMetadata,
+    readonly addresses: readonly MemberAddress[],
+    private readonly onClose: (image: KvImageReader) => void,
+  ) {
+    this.firstPage = reader.prepare("SELECT key, value, version FROM kv ORDER BY key LIMIT ?");
+    this.nextPage = reader.prepare("SELECT key, value, version FROM kv WHERE key > ? ORDER BY key LIMIT ?");
+  }
+
+  next(bytesMax: number): ImageRow[] {
+    assert(!this.closed, "image read after close");
+    assert(Number.isSafeInteger(bytesMax) && bytesMax >= 1, `image page of ${bytesMax} bytes`);
+    const rows: ImageRow[] = [];
+    let bytes = 0;
+    while (!this.done && bytes < bytesMax) {
+      const page = this.afterKey === undefined ? this.firstPage.all(imagePageRowsMax) : this.nextPage.all(this.afterKey, imagePageRowsMax);
+      for (const row of page) {
+        const imageRow: ImageRow = { key: row.key, value: row.value, version: row.version };
+        const rowBytes = imageRowBytes(imageRow);
+        if (rows.length > 0 && bytes + rowBytes > bytesMax) return rows; // the next call reads it again from afterKey
+        rows.push(imageRow);
+        bytes += rowBytes;
+        this.afterKey = row.key;
+      }
+      if (page.length < imagePageRowsMax) this.done = true;
+    }
+    return rows;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.reader.close(true); // ends the read transaction: the WAL may be checkpointed past it again
+    this.onClose(this);
+  }
+}
