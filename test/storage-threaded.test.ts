@@ -131,6 +131,19 @@ describe("threaded storage", () => {
     }
   });
 
+  test("an empty range of entries is empty wherever it starts, in the tail or past its first entry", async () => {
+    const dir = tempDir();
+    const storage = await openThreadedStorage(dir, { voters: [1] });
+    try {
+      const entries = Array.from({ length: 10 }, (_, i) => put(i + 1, `k${i}`, `v${i}`));
+      storage.save(hard(1, 0), entries, false);
+      await storage.sync();
+      for (const lo of [1, 5, 11]) expect(storage.entries(lo, lo, Number.MAX_SAFE_INTEGER)).toEqual([]);
+    } finally {
+      await closed(storage);
+    }
+  });
+
   test("entries posted and not yet committed are served from memory even past the tail's byte bound", async () => {
     const dir = tempDir();
     // A tail of 64 KiB; the saves below post 8 MB before the writer can have committed them.
@@ -252,7 +265,7 @@ describe("threaded storage", () => {
       );
       expect(error).toBeInstanceOf(AssertionError);
       expect((error as Error).message).toContain("beyond commit");
-      expect(storage.sync()).rejects.toBe(error as Error);
+      await expect(storage.sync()).rejects.toBe(error as Error);
       expect(() => storage.save(hard(1, 2), [], false)).toThrow((error as Error).message);
     } finally {
       await closed(storage);
@@ -345,6 +358,9 @@ describe("threaded storage", () => {
   });
 
   test("a process SIGKILLed right after sync() resolved loses none of what it posted before: saves and applies are on disk when reopened", async () => {
+    // What this catches: sync() resolving before the writes posted ahead of it were committed. A
+    // killed process keeps the page cache, so it cannot tell a missing fdatasync (power loss is
+    // the simulator's: src/sim/sim-disk.ts).
     const dir = tempDir();
     const child = Bun.spawn([process.execPath, join(import.meta.dir, "children", "threaded-sync-child.ts"), dir, "17", "1000000"], { stdout: "pipe", stderr: "pipe" });
     let reported = 0;

@@ -290,6 +290,7 @@ export class KvNode implements KvNodeApi {
       deadline: () => this.deadline(),
       scheduleTurn: () => this.scheduleTurn(),
       stopped: () => this.stopped,
+      parked: () => this.parkedReady !== undefined,
     });
     this.raw = new RawNode({
       id: cfg.id,
@@ -318,7 +319,12 @@ export class KvNode implements KvNodeApi {
             : undefined,
       diskFull: () => this.blockedReady !== undefined,
       transferFailed: (to) => {
-        // Outside any turn, so no Ready is outstanding: the core may be told now.
+        // Outside any turn, so no Ready is outstanding unless one is parked or blocked: then the
+        // core hears of it after the next turn's Readies.
+        if (this.parkedReady !== undefined || this.blockedReady !== undefined) {
+          this.afterTurn.push(() => this.raw.reportSnapshotFailure(to));
+          return;
+        }
         this.raw.reportSnapshotFailure(to);
         this.scheduleTurn();
       },
@@ -602,6 +608,8 @@ export class KvNode implements KvNodeApi {
     }
     const raft = this.raw.basicStatus();
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
+    // A Ready is outstanding while the storage's thread applies a membership change: the core takes no call.
+    if (this.parkedReady !== undefined) return Promise.reject(new KvError("unavailable", "a membership change is being applied; retry shortly", { retryAfterS: 1 }));
     const voters = raft.voters.filter((id) => id !== this.cfg.id);
     if (target !== undefined && !voters.includes(target)) {
       return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
@@ -913,7 +921,7 @@ export class KvNode implements KvNodeApi {
           if (entries.some((entry) => entry.type === EntryType.ConfChange)) return this.awaitStorage(work, handled);
           handled.then(
             () => this.scheduleTurn(),
-            (error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))),
+            (error: unknown) => this.failUnlessStopped(error),
           );
         }
       }
@@ -980,9 +988,15 @@ export class KvNode implements KvNodeApi {
         }
         this.turn();
       },
-      (error: unknown) => this.fail(error instanceof Error ? error : new Error(String(error))),
+      (error: unknown) => this.failUnlessStopped(error),
     );
     return false;
+  }
+
+  /** A storage answer that failed: fatal, unless the node stopped meanwhile (closing its storage fails what is pending). */
+  private failUnlessStopped(error: unknown): void {
+    if (this.stopped) return;
+    this.fail(error instanceof Error ? error : new Error(String(error)));
   }
 
   private compactStep(): void {
@@ -1071,6 +1085,8 @@ export class KvNode implements KvNodeApi {
   }
 
   private fail(error: Error): void {
+    // Once: a storage thread that fails rejects every pending apply with the same error.
+    if (this.failure !== undefined) return;
     this.failure = error;
     this.cfg.log?.("fatal", { error: error.message, stack: error.stack });
     this.stop();

@@ -51,7 +51,8 @@ export type StorageRequest =
 /** What the node's thread posts to the storage thread. */
 export type ToStorageThread =
   | { readonly type: "open"; readonly dir: string; readonly options: StorageThreadOpenOptions }
-  | { readonly type: "request"; readonly request: StorageRequest }
+  /** The requests of one turn of the node's loop, in order: one message, not one per request. */
+  | { readonly type: "requests"; readonly requests: readonly StorageRequest[] }
   /** For tests, run at once (not queued): see `SqliteStorage.limitPages`. */
   | { readonly type: "limit-pages"; readonly pages: number }
   | { readonly type: "close" };
@@ -60,16 +61,9 @@ export type ToStorageThread =
 export type FromStorageThread =
   | { readonly type: "opened"; readonly state: SqliteMirrorState }
   | { readonly type: "open-failed"; readonly error: SerializedError }
-  | {
-      readonly type: "done";
-      readonly seq: number;
-      /** The request's own duration on the thread (for a sync, its fdatasync's). */
-      readonly durationMs: number;
-      /** Applies: the results, in entry order. */
-      readonly results?: readonly ApplyResult[];
-      /** Applies and installs: the applied index and the configuration after the request. */
-      readonly applied?: { readonly index: number; readonly membership: Membership };
-    }
+  | StorageDone
+  /** The answers of the requests one pass over the queue ran, in order: one message, not one per request. */
+  | { readonly type: "dones"; readonly dones: readonly StorageDone[] }
   /** A request failed for lack of space: it is retried (first in the queue) until it succeeds. */
   | { readonly type: "disk-full"; readonly seq: number; readonly error: SerializedError }
   /** The request that met a full disk succeeded after all. */
@@ -79,6 +73,21 @@ export type FromStorageThread =
   | { readonly type: "checkpoint"; readonly report: CheckpointReport }
   | { readonly type: "limited"; readonly pages: number }
   | { readonly type: "closed" };
+
+/** A request's answer. */
+export interface StorageDone {
+  readonly type: "done";
+  readonly seq: number;
+  /** The request's own duration on the thread (for a sync, its fdatasync's). */
+  readonly durationMs: number;
+  /** Applies: the results, in entry order. */
+  readonly results?: readonly ApplyResult[];
+  /**
+   * Applies and installs: the applied index after the request, and the configuration when it
+   * changed since the last answer that carried one (cloning it at every apply cost the loop's thread).
+   */
+  readonly applied?: { readonly index: number; readonly membership?: Membership };
+}
 
 /**
  * Entries as they cross to the thread: their data packed into one buffer, transferred rather than

@@ -11,7 +11,8 @@
 import { isDiskFull } from "../lib/disk-full.ts";
 import { openSqliteStorage, type SqliteStorage } from "./sqlite-storage.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
-import { type FromStorageThread, serializeError, type StorageRequest, type ToStorageThread, unpackEntries } from "./storage-thread-messages.ts";
+import type { Membership } from "../kv/membership.ts";
+import { type FromStorageThread, serializeError, type StorageDone, type StorageRequest, type ToStorageThread, unpackEntries } from "./storage-thread-messages.ts";
 
 /** The worker's global scope (Bun's types describe a Worker from outside). */
 declare const self: Worker & { close(): void };
@@ -42,9 +43,9 @@ self.onmessage = (event: MessageEvent<ToStorageThread>) => {
         self.close();
       }
       return;
-    case "request":
+    case "requests":
       if (failed || closing) return;
-      queue.push(message.request);
+      for (const request of message.requests) queue.push(request);
       if (retryTimer === undefined) drain();
       return;
     case "limit-pages":
@@ -58,13 +59,25 @@ self.onmessage = (event: MessageEvent<ToStorageThread>) => {
   }
 };
 
-/** Runs the queue in order until it is empty, a write meets a full disk (retried later), or one fails. */
+/**
+ * Runs the queue in order until it is empty, a write meets a full disk (retried later), or one
+ * fails; the answers of what ran go back in one message.
+ */
 function drain(): void {
+  const dones: StorageDone[] = [];
+  try {
+    drainInto(dones);
+  } finally {
+    if (dones.length > 0) post({ type: "dones", dones });
+  }
+}
+
+function drainInto(dones: StorageDone[]): void {
   retryTimer = undefined;
   while (queue.length > 0 && !failed && !closing) {
     const request = queue[0] as StorageRequest;
     const startedMs = performance.now();
-    let reply: FromStorageThread | undefined;
+    let reply: StorageDone | undefined;
     try {
       reply = run(request, startedMs);
     } catch (error) {
@@ -82,14 +95,14 @@ function drain(): void {
       blockedSeq = undefined;
       post({ type: "disk-space" });
     }
-    if (reply !== undefined) post(reply);
+    if (reply !== undefined) dones.push(reply);
   }
 }
 
 /** Runs one request; returns its answer (undefined for a sync: it answers once its fdatasync returned). */
-function run(request: StorageRequest, startedMs: number): FromStorageThread | undefined {
+function run(request: StorageRequest, startedMs: number): StorageDone | undefined {
   const opened = storage as SqliteStorage;
-  const done = (extra: Partial<Extract<FromStorageThread, { type: "done" }>> = {}): FromStorageThread => ({
+  const done = (extra: Partial<StorageDone> = {}): StorageDone => ({
     type: "done",
     seq: request.seq,
     durationMs: performance.now() - startedMs,
@@ -107,14 +120,14 @@ function run(request: StorageRequest, startedMs: number): FromStorageThread | un
       for (let index = request.firstIndex; index < from && index <= request.lastIndex; index++) skipped.push({ kind: "skipped", index });
       const entries = from <= request.lastIndex ? opened.entries(from, request.lastIndex + 1, Number.MAX_SAFE_INTEGER) : [];
       const results = [...skipped, ...opened.applyEntries(entries)];
-      return done({ results, applied: { index: opened.appliedIndex(), membership: opened.membership() } });
+      return done({ results, applied: appliedNow(opened) });
     }
     case "compact":
       opened.compact(request.index);
       return done();
     case "install":
       opened.installStagedFile(request.path, request.staging, request.metadata, request.imageId, request.addresses);
-      return done({ applied: { index: opened.appliedIndex(), membership: opened.membership() } });
+      return done({ applied: appliedNow(opened) });
     case "bootstrap":
       opened.bootstrap(request.voters, request.addresses);
       return done();
@@ -131,6 +144,24 @@ function run(request: StorageRequest, startedMs: number): FromStorageThread | un
     default:
       return request satisfies never;
   }
+}
+
+/** The configuration last sent to the node's thread (see `StorageDone.applied`). */
+let membershipSent: Membership | undefined;
+
+/** The applied index, and the configuration if it changed since it was last sent. */
+function appliedNow(opened: SqliteStorage): { index: number; membership?: Membership } {
+  const membership = opened.membership();
+  const last = membershipSent;
+  const same =
+    last !== undefined &&
+    last.voters === membership.voters &&
+    last.learners === membership.learners &&
+    last.addresses === membership.addresses &&
+    last.changedIndex === membership.changedIndex;
+  if (same) return { index: opened.appliedIndex() };
+  membershipSent = membership;
+  return { index: opened.appliedIndex(), membership };
 }
 
 function fail(seq: number, error: unknown): void {

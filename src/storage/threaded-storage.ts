@@ -16,6 +16,7 @@ import {
   deserializeError,
   type FromStorageThread,
   packEntries,
+  type StorageDone,
   type StorageRequest,
   type StorageThreadOpenOptions,
   type ToStorageThread,
@@ -118,7 +119,7 @@ export function openThreadedStorage(dir: string, options: ThreadedStorageOptions
 
 /** A request posted and not yet answered: what to do with its answer, or with a fatal error. */
 interface Waiting {
-  readonly done: (reply: Extract<FromStorageThread, { type: "done" }>) => void;
+  readonly done: (reply: StorageDone) => void;
   readonly fail: (error: Error) => void;
   /** Whether someone awaits it (the process is kept alive for those). */
   readonly awaited: boolean;
@@ -156,6 +157,10 @@ export class ThreadedStorage implements KvStorage {
   private closed = false;
   private ended: Promise<void> | undefined;
   private limitWaiters: ((pages: number) => void)[] = [];
+  /** Requests posted since the last flush (see `post`), and the buffers they move to the thread. */
+  private outbox: StorageRequest[] = [];
+  private outboxTransfers: ArrayBuffer[] = [];
+  private flushScheduled = false;
 
   /** Use `openThreadedStorage`. */
   constructor(
@@ -189,6 +194,10 @@ export class ThreadedStorage implements KvStorage {
     }
     worker.onmessage = (event: MessageEvent<FromStorageThread>) => this.received(event.data);
     worker.onerror = (event) => this.failed(new Error(`storage thread: ${event.message}`));
+    // A thread that ends unasked (not by close) would leave every sync and apply pending for ever.
+    void workerEnded.then(() => {
+      if (!this.closed) this.failed(new Error(`the storage thread of ${this.file} ended`));
+    });
     // Only awaited requests keep the process alive (see `post`).
     worker.unref();
   }
@@ -210,6 +219,7 @@ export class ThreadedStorage implements KvStorage {
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     this.assertOpen();
     assert(lo >= this.firstIndex() && hi <= this.last + 1 && lo <= hi, `entries(${lo}, ${hi}) out of range`);
+    if (lo === hi) return [];
     const kept = this.tail.slice(lo, hi, maxBytes);
     if (kept !== undefined) return kept;
     // Below the tail everything is committed; from the tail's first entry on, the disk may not hold
@@ -458,6 +468,7 @@ export class ThreadedStorage implements KvStorage {
   limitPages(pages: number): Promise<number> {
     this.assertOpen();
     const answered = new Promise<number>((resolve) => this.limitWaiters.push(resolve));
+    this.flush();
     this.worker.postMessage({ type: "limit-pages", pages } satisfies ToStorageThread);
     this.worker.ref();
     return answered.finally(() => this.updateRef());
@@ -481,6 +492,7 @@ export class ThreadedStorage implements KvStorage {
     this.reads.finalize();
     this.readDb.close(true);
     this.worker.ref();
+    this.flush();
     this.worker.postMessage({ type: "close" } satisfies ToStorageThread);
     this.ended = (async () => {
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -505,15 +517,14 @@ export class ThreadedStorage implements KvStorage {
 
   private received(message: FromStorageThread): void {
     switch (message.type) {
-      case "done": {
-        const waiting = this.waiting.get(message.seq);
-        if (waiting === undefined) return; // failed already
-        this.waiting.delete(message.seq);
-        if (waiting.awaited) this.awaitedCount--;
+      case "done":
+        this.answered(message);
         this.updateRef();
-        waiting.done(message);
         return;
-      }
+      case "dones":
+        for (const done of message.dones) this.answered(done);
+        this.updateRef();
+        return;
       case "disk-full":
         this.diskFull = deserializeError(message.error);
         return;
@@ -538,6 +549,14 @@ export class ThreadedStorage implements KvStorage {
     }
   }
 
+  private answered(done: StorageDone): void {
+    const waiting = this.waiting.get(done.seq);
+    if (waiting === undefined) return; // failed already
+    this.waiting.delete(done.seq);
+    if (waiting.awaited) this.awaitedCount--;
+    waiting.done(done);
+  }
+
   private failed(error: Error): void {
     if (this.fatal !== undefined) return;
     this.fatal = error;
@@ -553,7 +572,7 @@ export class ThreadedStorage implements KvStorage {
   }
 
   /** Posts a request whose answer someone awaits: the promise settles with `onDone`'s value. */
-  private request<T>(request: DistributiveOmit<StorageRequest, "seq">, onDone: (reply: Extract<FromStorageThread, { type: "done" }>) => T): Promise<T> {
+  private request<T>(request: DistributiveOmit<StorageRequest, "seq">, onDone: (reply: StorageDone) => T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.post(request, true, (reply) => resolve(onDone(reply)), reject);
     });
@@ -563,7 +582,7 @@ export class ThreadedStorage implements KvStorage {
   private post(
     request: DistributiveOmit<StorageRequest, "seq">,
     awaited: boolean,
-    done?: (reply: Extract<FromStorageThread, { type: "done" }>) => void,
+    done?: (reply: StorageDone) => void,
     fail: (error: Error) => void = () => {},
   ): number {
     const seq = ++this.seq;
@@ -579,8 +598,25 @@ export class ThreadedStorage implements KvStorage {
     });
     if (awaited && this.awaitedCount++ === 0) this.updateRef();
     // A save's packed entries are moved to the thread, not copied again.
-    this.worker.postMessage({ type: "request", request: full } satisfies ToStorageThread, full.op === "save" ? [full.entries.data.buffer as ArrayBuffer] : []);
+    this.outbox.push(full);
+    if (full.op === "save") this.outboxTransfers.push(full.entries.data.buffer as ArrayBuffer);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      // Once the loop's turn is done: its requests (a save, an apply, a sync...) go in one message.
+      queueMicrotask(() => this.flush());
+    }
     return seq;
+  }
+
+  /** Posts the requests made since the last flush, in order, as one message. */
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.outbox.length === 0) return;
+    const requests = this.outbox;
+    const transfers = this.outboxTransfers;
+    this.outbox = [];
+    this.outboxTransfers = [];
+    this.worker.postMessage({ type: "requests", requests } satisfies ToStorageThread, transfers);
   }
 
   /** The worker keeps the process alive only while someone awaits an answer from it. */
@@ -604,12 +640,13 @@ export class ThreadedStorage implements KvStorage {
     this.tail.pinFrom(from);
   }
 
-  private adoptApplied(applied: { readonly index: number; readonly membership: Membership } | undefined): void {
+  private adoptApplied(applied: StorageDone["applied"]): void {
     assert(applied !== undefined, "apply answered without its applied index");
     // Invariant: the applied index never decreases (answers come in call order).
     assert(applied.index >= this.applied, `applied ${applied.index} below ${this.applied}`);
     this.applied = applied.index;
-    this.adoptMembership(applied.membership);
+    // Sent only when it changed (see StorageDone.applied).
+    if (applied.membership !== undefined) this.adoptMembership(applied.membership);
   }
 
   private adoptMembership(membership: Membership): void {
