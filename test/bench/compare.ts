@@ -627,6 +627,8 @@ async function main(): Promise<number> {
   const dir = mkdtempSync(join(tmpdir(), "kv-bench-compare-"));
   mkdirSync(join(dir, "kv"), { recursive: true });
   let ok = false;
+  /** Set when a node of a store was gone at the end of the runs (its data dir and log are kept). */
+  let nodesGone = false;
   try {
     const kvBin = prepareKvBinary(flags["kv-bin"], dir);
     console.error(`data and logs in ${dir}; load average before start: ${loadBefore.map((l) => l.toFixed(2)).join(" ")}`);
@@ -759,6 +761,12 @@ async function main(): Promise<number> {
       }
     }
     const rssAtEnd = new Map<StoreName, number[]>(stores.map((store) => [store.name, store.pids().map(peakRssMb)]));
+    // A node gone before the end died during the runs: its log is the only witness, so the data dir stays.
+    const gone = stores.flatMap((store) => (rssAtEnd.get(store.name) ?? []).flatMap((rss, i) => (Number.isNaN(rss) ? [`${store.name} node ${i + 1}`] : [])));
+    if (gone.length > 0) {
+      nodesGone = true;
+      console.error(`gone before the end of the runs: ${gone.join(", ")}; their logs are in ${dir}`);
+    }
 
     // The report.
     const lines: string[] = [];
@@ -921,7 +929,7 @@ async function main(): Promise<number> {
     console.error(`data and logs kept in ${dir}`);
   } finally {
     await cleanup();
-    if (ok && flags["keep-data"] !== true) rmSync(dir, { recursive: true, force: true });
+    if (ok && flags["keep-data"] !== true && !nodesGone) rmSync(dir, { recursive: true, force: true });
     else if (ok) console.error(`data and logs kept in ${dir}`);
   }
   return ok ? 0 : 1;
