@@ -45,12 +45,14 @@ interface MemberRow {
   peer_url: string;
   http_url: string | null;
 }
-interface ImageRowRow {
+/** A row of the kv table as its queries return it. */
+export interface ImageRowRow {
   key: string;
   value: Uint8Array;
   version: number;
 }
-interface KvRow {
+/** A kv row's value and version (a query by key). */
+export interface KvRow {
   value: Uint8Array;
   version: number;
 }

@@ -25,6 +25,8 @@ import {
   parseVoters,
   prefixUpperBound,
   SqliteReads,
+  type ImageRowRow,
+  type KvRow,
 } from "./sqlite-reads.ts";
 import { checkSave } from "./save-checks.ts";
 import {
@@ -212,15 +214,6 @@ interface HardStateRow {
   vote: number;
   commit_index: number;
   crc: number;
-}
-interface ImageRowRow {
-  key: string;
-  value: Uint8Array;
-  version: number;
-}
-interface KvRow {
-  value: Uint8Array;
-  version: number;
 }
 interface RunRow {
   term: number;
