@@ -142,7 +142,7 @@ describe.each(implementations)("%s state machine", (name, open) => {
   });
 
   // On the threaded storage a bug found on the writer is fatal for it (test/storage-threaded.test.ts checks that).
-  test.skipIf(name === "threaded")("applying what is not committed, not in the log, out of order, or of another term is a bug", async () => {
+  test("applying what is not committed, not in the log, out of order, or of another term is a bug", async () => {
     const storage = await open();
     try {
       storage.save({ term: 2, vote: 1, commit: 2 }, [put(1, "a", "1"), put(2, "a", "2"), put(3, "a", "3")], true);

@@ -256,15 +256,16 @@ describe("threaded storage", () => {
     const dir = tempDir();
     const storage = await openThreadedStorage(dir, { voters: [1] });
     try {
-      storage.save(hard(1, 1), [put(1, "a", "one"), put(2, "b", "two")], false);
-      // Entry 2 is not committed: applying it is a bug the writer's SqliteStorage asserts.
-      const applied = storage.applyEntries([put(1, "a", "one"), put(2, "b", "two")]);
+      // A committed entry that does not decode: only the writer, applying it, finds out.
+      const garbage: Entry = { index: 1, term: 1, type: EntryType.Normal, data: new Uint8Array([0xff, 0xff, 0xff]) };
+      storage.save(hard(1, 1), [garbage], false);
+      const applied = storage.applyEntries([garbage]);
       const error = await applied.then(
         () => undefined,
         (rejection: unknown) => rejection,
       );
-      expect(error).toBeInstanceOf(AssertionError);
-      expect((error as Error).message).toContain("beyond commit");
+      expect(error).toBeInstanceOf(StorageError);
+      expect((error as StorageError).code).toBe("bad_command");
       await expect(storage.sync()).rejects.toBe(error as Error);
       expect(() => storage.save(hard(1, 2), [], false)).toThrow((error as Error).message);
     } finally {

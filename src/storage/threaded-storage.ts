@@ -136,6 +136,8 @@ export class ThreadedStorage implements KvStorage {
   private changedIndex: number;
   /** The applied index as of the last apply (or install) the writer confirmed. */
   private applied: number;
+  /** The last index handed to the writer to apply (or installed): the next apply continues it. */
+  private applyPostedTo: number;
   private snap: SnapshotMetadata;
   private last: number;
   private readonly terms: TermCache;
@@ -176,6 +178,7 @@ export class ThreadedStorage implements KvStorage {
     this.addresses = state.addresses;
     this.changedIndex = state.changedIndex;
     this.applied = state.applied;
+    this.applyPostedTo = state.applied;
     this.snap = state.snapshot;
     this.last = state.lastIndex;
     this.terms = new TermCache(options.termCacheRunsMax ?? 1024);
@@ -313,6 +316,10 @@ export class ThreadedStorage implements KvStorage {
     this.assertWritable();
     const first = entries[0];
     if (first === undefined) return this.request({ op: "apply", firstIndex: 1, lastIndex: 0 }, () => []);
+    // As SqliteStorage checks (planApply), but here, at the call: entries at or below what was
+    // handed over already are skipped, the rest continue it, and all are committed.
+    assert(first.index <= this.applyPostedTo + 1, `apply: entry ${first.index} skips past ${this.applyPostedTo + 1}`);
+    assert(first.index + entries.length - 1 <= this.hardStateValue.commit, `apply: entry ${first.index + entries.length - 1} beyond commit ${this.hardStateValue.commit}`);
     entries.forEach((entry, position) => {
       assert(entry.index === first.index + position, `apply: entry ${entry.index} breaks contiguity`);
       assert(entry.index <= this.last, `apply: entry ${entry.index} beyond last index ${this.last}`);
@@ -320,6 +327,7 @@ export class ThreadedStorage implements KvStorage {
       if (entry.index > this.snap.index) assert(this.term(entry.index) === entry.term, `apply: entry ${entry.index} term ${entry.term} differs from the log's`);
     });
     const lastIndex = first.index + entries.length - 1;
+    this.applyPostedTo = Math.max(this.applyPostedTo, lastIndex);
     return this.request({ op: "apply", firstIndex: first.index, lastIndex }, (reply) => {
       this.adoptApplied(reply.applied);
       return [...(reply.results ?? [])];
@@ -362,6 +370,7 @@ export class ThreadedStorage implements KvStorage {
     this.hardStateValue = { ...this.hardStateValue, commit: Math.max(this.hardStateValue.commit, snapshot.index) };
     this.snap = snapshot;
     this.last = snapshot.index;
+    this.applyPostedTo = Math.max(this.applyPostedTo, snapshot.index);
     this.tail.clear();
     this.terms.reset([], snapshot.index);
     return done;
