@@ -4,7 +4,6 @@ import { Database } from "bun:sqlite";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { AssertionError } from "../src/lib/assert.ts";
 import { createPrng } from "../src/lib/prng.ts";
 import { isDiskFull } from "../src/lib/disk-full.ts";
 import { encodeCommand } from "../src/kv/command.ts";
