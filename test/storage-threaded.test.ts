@@ -272,6 +272,20 @@ describe("threaded storage", () => {
     }
   });
 
+  test("a storage thread that ends unasked fails the storage: a later sync rejects rather than waiting for ever", async () => {
+    const dir = tempDir();
+    const storage = await openThreadedStorage(dir, { voters: [1] });
+    try {
+      storage.save(hard(1, 1), [put(1, "a", "one")], false);
+      await storage.sync();
+      // As if the thread died (a native abort, an exit inside it): no close was asked for.
+      (storage as unknown as { worker: Worker }).worker.terminate();
+      await expect(storage.sync()).rejects.toThrow(/storage thread .* ended/);
+    } finally {
+      await closed(storage);
+    }
+  });
+
   test("open errors reach the caller as the StorageError openSqliteStorage throws: a second open of the same dir is locked", async () => {
     const dir = tempDir();
     const first = await openThreadedStorage(dir, { voters: [1] });
