@@ -323,3 +323,39 @@ test("on a storage thread that answers applies and installs up to 20 ms later, w
     await sim.healAndCheck([...new Set(keys)], 30_000);
   });
 });
+
+test("a leader whose membership change waits 300 ms on its storage thread says so in its status, and refuses a leadership transfer meanwhile with a rejected promise", async () => {
+  await withSim(quietSim(55, { storageThreadMsMax: 2 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    sim.servers.get(leader)!.storageThreadMs = 300;
+    const joined = sim.join(4, () => leader);
+    // The addition committed; its apply (and so the core's next Ready) waits for the storage's thread.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().storage?.waitingForApply === true, 2_000)).toBe(true);
+    let refusal: Promise<string>;
+    try {
+      refusal = nodeOf(sim, leader)
+        .transferLeadership(undefined)
+        .then(
+          () => "handed over",
+          (error: unknown) => `rejected: ${(error as { code?: string }).code}`,
+        );
+    } catch (error: unknown) {
+      refusal = Promise.resolve(`thrown: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    expect(await refusal).toBe("rejected: unavailable");
+    sim.servers.get(leader)!.storageThreadMs = undefined;
+    await settled(sim, joined, 5_000);
+    expect(nodeOf(sim, leader).status().storage?.waitingForApply).toBe(false);
+    // Once applied, a transfer goes through. (A park this long outlasts the election timeout: the
+    // parked leader sends no heartbeats, so another node may lead by now; see docs/design.md.)
+    const now = await settledLeader(sim);
+    let answer: { leaderId: NodeId } | undefined;
+    void nodeOf(sim, now)
+      .transferLeadership(undefined)
+      .then((value) => (answer = value));
+    expect(await sim.runUntilTrue(() => answer !== undefined, 2_000)).toBe(true);
+    expect(answer?.leaderId).not.toBe(now);
+    await sim.healAndCheck(["before"], 30_000);
+  });
+});

@@ -101,6 +101,11 @@ export interface StorageStatus {
   readonly quotaExceeded: boolean;
   /** The disk refused a write: the node is frozen until space returns (stale reads still served). */
   readonly diskFull: boolean;
+  /**
+   * A membership change or a snapshot install waits for the storage's thread to apply it: the node
+   * takes no membership change and no leadership transfer until it answers.
+   */
+  readonly waitingForApply: boolean;
 }
 
 /**

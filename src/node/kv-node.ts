@@ -530,6 +530,7 @@ export class KvNode implements KvNodeApi {
         quotaBytes: this.cfg.quotaBytes ?? 0,
         quotaExceeded: this.overQuota(),
         diskFull: this.blockedReady !== undefined,
+        waitingForApply: this.parkedReady !== undefined,
       },
     };
   }

@@ -78,6 +78,11 @@ interface SimServer {
   incarnation: number;
   /** When set, every fsync of this disk takes this long instead of a drawn latency (directed scenarios). */
   fsyncMs: number | undefined;
+  /**
+   * When set (with a storage thread, `storageThreadMsMax`), every apply and install this disk's
+   * thread answers takes this long instead of a drawn latency (directed scenarios).
+   */
+  storageThreadMs: number | undefined;
   /** The committed entries this process has had checked so far (from its start: a restart checks again). */
   checkedIndex: number;
 }
@@ -180,11 +185,18 @@ export class NodeSim {
         const drawnMs = this.diskPrng.intInclusive(this.opts.fsyncMsMin, this.opts.fsyncMsMax);
         this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
       },
-      ...(threadMsMax === undefined ? {} : { storageThread: (done: () => void) => void this.at(this.diskPrng.intInclusive(0, threadMsMax), done) }),
+      ...(threadMsMax === undefined
+        ? {}
+        : {
+            storageThread: (done: () => void) => {
+              const drawnMs = this.diskPrng.intInclusive(0, threadMsMax);
+              void this.at(this.servers.get(id)?.storageThreadMs ?? drawnMs, done);
+            },
+          }),
     });
     const clockRate = 1 - this.clockPrng.next() * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
-    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, checkedIndex: 0 };
+    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, storageThreadMs: undefined, checkedIndex: 0 };
     this.servers.set(id, server);
     return server;
   }
