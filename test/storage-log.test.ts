@@ -263,7 +263,8 @@ describe("sqlite: background fsync", () => {
 
 describe("sqlite: the tail of the log kept in memory", () => {
   test("entries just saved are read back without a query; older ones beyond the tail's budget from SQLite", () => {
-    const storage = openSqliteStorage(tempDir(), { voters: [1] });
+    // Not yet applied entries stay whatever the budget, up to logTailKeptBytesMax: here no more than the budget.
+    const storage = openSqliteStorage(tempDir(), { voters: [1], logTailKeptBytesMax: 16 << 20 });
     try {
       const big = (index: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(1 << 20).fill(index) });
       storage.save(hard(1, 1, 0), Array.from({ length: 20 }, (_, i) => big(i + 1)), false);
@@ -274,6 +275,23 @@ describe("sqlite: the tail of the log kept in memory", () => {
       expect(storage.entryRowsRead).toBe(before);
       // Older ones come from SQLite.
       expect(storage.entries(1, 3, Number.MAX_SAFE_INTEGER).map((e) => e.data[0])).toEqual([1, 2]);
+      expect(storage.entryRowsRead).toBeGreaterThan(before);
+    } finally {
+      storage.close();
+    }
+  });
+
+  test("entries saved and not yet applied stay in memory past the tail's budget until applied (the storage thread's small tail)", () => {
+    const storage = openSqliteStorage(tempDir(), { voters: [1], logTailBytesMax: 2 << 20 });
+    try {
+      const put = (index: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: `k${index}`, value: new Uint8Array(1 << 20) }) });
+      storage.save(hard(1, 1, 10), Array.from({ length: 10 }, (_, i) => put(i + 1)), false);
+      const before = storage.entryRowsRead;
+      expect(storage.entries(1, 11, Number.MAX_SAFE_INTEGER).map((e) => e.index)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      expect(storage.entryRowsRead).toBe(before);
+      // Applied: only the budget's worth stays (the newest one or two of about 1 MiB).
+      storage.applyEntries(storage.entries(1, 11, Number.MAX_SAFE_INTEGER));
+      expect(storage.entries(1, 3, Number.MAX_SAFE_INTEGER).map((e) => e.index)).toEqual([1, 2]);
       expect(storage.entryRowsRead).toBeGreaterThan(before);
     } finally {
       storage.close();
@@ -359,5 +377,18 @@ describe("LogTail pin", () => {
     expect(tail.slice(3, 4, Number.MAX_SAFE_INTEGER)).toBeUndefined();
     tail.pinFrom(undefined);
     expect(tail.keptBytes()).toBeLessThanOrEqual(100_000);
+  });
+});
+
+describe("LogTail kept entries", () => {
+  test("entries held by keepFrom stay past the byte bound only up to keptBytesMax; past it the oldest go", async () => {
+    const { LogTail, entryMemoryBytes } = await import("../src/storage/log-tail.ts");
+    const cost = 60_000 + entryMemoryBytes;
+    const tail = new LogTail(100_000, 3 * cost);
+    tail.keepFrom(1);
+    for (let index = 1; index <= 5; index++) tail.saved([{ index, term: 1, type: EntryType.Normal, data: new Uint8Array(60_000) }]);
+    expect(tail.keptBytes()).toBe(3 * cost);
+    expect(tail.firstKeptIndex()).toBe(3);
+    expect(tail.slice(3, 6, Number.MAX_SAFE_INTEGER)?.map((e) => e.index)).toEqual([3, 4, 5]);
   });
 });

@@ -146,7 +146,7 @@ describe("threaded storage", () => {
   test("entries posted and not yet committed are served from memory even past the tail's byte bound", async () => {
     const dir = tempDir();
     // A tail of 64 KiB; the saves below post 8 MB before the writer can have committed them.
-    const storage = await openThreadedStorage(dir, { voters: [1], logTailBytesMax: 64 * 1024 });
+    const storage = await openThreadedStorage(dir, { voters: [1], logTailBytesMax: 64 * 1024, logTailKeptBytesMax: 64 * 1024 });
     try {
       const entries = Array.from({ length: 32 }, (_, i) => ({ index: i + 1, term: 1, type: EntryType.Normal, data: new Uint8Array(256 * 1024).fill(i) }));
       for (let i = 0; i < entries.length; i += 4) storage.save(hard(1, 0), entries.slice(i, i + 4), false);
@@ -166,7 +166,7 @@ describe("threaded storage", () => {
   test("random saves that replace suffixes, with syncs between: reads mixing the disk and the entries in memory always equal what a fresh open reads", async () => {
     const dir = tempDir();
     // A small tail, so reads cross from the disk into the entries kept in memory.
-    const storage = await openThreadedStorage(dir, { voters: [1], logTailBytesMax: 8 * 1024 });
+    const storage = await openThreadedStorage(dir, { voters: [1], logTailBytesMax: 8 * 1024, logTailKeptBytesMax: 8 * 1024 });
     const prng = createPrng(11);
     const next = (n: number) => prng.intInclusive(0, n - 1);
     let term = 1;
@@ -199,7 +199,7 @@ describe("threaded storage", () => {
         reopened.close();
       }
     })();
-    const again = await openThreadedStorage(dir, { voters: [1], logTailBytesMax: 8 * 1024 });
+    const again = await openThreadedStorage(dir, { voters: [1], logTailBytesMax: 8 * 1024, logTailKeptBytesMax: 8 * 1024 });
     try {
       expect(again.entries(1, last + 1, Number.MAX_SAFE_INTEGER).map((e) => [e.index, e.term, e.data.byteLength, e.data[0]])).toEqual(expected);
       expect(expected.length).toBe(last);

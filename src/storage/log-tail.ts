@@ -19,6 +19,11 @@ export const entryMemoryBytes = 128;
  * (threaded-storage.ts) pins the entries it posted to its writer and that are not yet committed,
  * since its read connection cannot see them; what is pinned is bounded by what the node has
  * posted and not yet seen committed.
+ *
+ * A softer hold (`keepFrom`) keeps entries from an index on past the bound too, but only up to
+ * `keptBytesMax`: both storages keep the entries saved and not yet applied (or handed to apply),
+ * which are read back soonest, so that a small bound does not evict exactly those first. Past
+ * `keptBytesMax` the oldest go anyway (read back from disk if needed).
  */
 export class LogTail {
   private entries: Entry[] = [];
@@ -27,9 +32,15 @@ export class LogTail {
   private bytes = 0;
   /** Entries at or past this index are never evicted; undefined: none pinned. */
   private pinnedFrom: number | undefined;
+  /** Entries at or past this index are evicted only past `keptBytesMax`; undefined: none held. */
+  private keptFrom: number | undefined;
 
-  constructor(private readonly bytesMax: number) {
+  constructor(
+    private readonly bytesMax: number,
+    private readonly keptBytesMax = bytesMax,
+  ) {
     assert(Number.isSafeInteger(bytesMax) && bytesMax >= 0, `log tail bytesMax ${bytesMax}`);
+    assert(keptBytesMax >= bytesMax, `log tail keptBytesMax ${keptBytesMax} below bytesMax ${bytesMax}`);
   }
 
   /** Entries just saved (committed to the database): from the first one's index on, they replace what was kept. */
@@ -82,6 +93,13 @@ export class LogTail {
     this.evict();
   }
 
+  /** Keeps entries from `index` on past the bound, up to `keptBytesMax` (undefined: none); see the notes above. */
+  keepFrom(index: number | undefined): void {
+    assert(index === undefined || (Number.isSafeInteger(index) && index >= 1), `log tail keep ${index}`);
+    this.keptFrom = index;
+    this.evict();
+  }
+
   /** Forgets every entry (a snapshot installed, the log rewritten). */
   clear(): void {
     this.entries = [];
@@ -112,6 +130,7 @@ export class LogTail {
     while (this.bytes > this.bytesMax && this.start < this.entries.length) {
       const oldest = this.entries[this.start] as Entry;
       if (this.pinnedFrom !== undefined && oldest.index >= this.pinnedFrom) break;
+      if (this.keptFrom !== undefined && oldest.index >= this.keptFrom && this.bytes <= this.keptBytesMax) break;
       this.bytes -= costOf(oldest);
       this.start++;
     }

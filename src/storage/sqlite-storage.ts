@@ -107,6 +107,14 @@ export interface SqliteStorageOptions {
   readonly walRestartFrames?: number;
   /** With `checkpoints: "worker"`: called on the caller's thread after each round of checkpoints. */
   readonly onCheckpoint?: (report: CheckpointReport) => void;
+  /**
+   * Bytes of the newest log entries kept in memory after their save (see LogTail), besides those
+   * saved and not yet applied, which stay up to `logTailKeptBytesMax` (default 64 MiB) so that
+   * an apply reads them from memory. Default 16 MiB; the storage thread keeps a small one (its
+   * entries are read back only to apply them).
+   */
+  readonly logTailBytesMax?: number;
+  readonly logTailKeptBytesMax?: number;
 }
 
 const schemaVersion = 4;
@@ -134,8 +142,10 @@ const restartTailPagesMax = 256;
 const checkpointPagesDefault = 4_096;
 /** The page cache of the node's connection, in KiB. */
 const pageCacheKib = 16 * 1024;
-/** Bytes of the newest log entries kept in memory after their save (see LogTail). */
-const logTailBytesMax = 16 << 20;
+/** Bytes of the newest log entries kept in memory after their save (see LogTail), by default. */
+const logTailBytesMaxDefault = 16 << 20;
+/** Entries saved and not yet applied are kept up to this many bytes, by default (see LogTail). */
+const logTailKeptBytesMaxDefault = 64 << 20;
 /** Version 1: log, hard state, meta, kv. Later versions are migrations applied on top. */
 const schemaSql = `
 CREATE TABLE raft_log (
@@ -266,6 +276,8 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
       termCacheLoadEntriesMax: options.termCacheLoadEntriesMax ?? 100_000,
       stagedImageBytesMax: options.stagedImageBytesMax ?? stagedImageBytesMaxDefault,
       lockWaitMs,
+      logTailBytesMax: options.logTailBytesMax ?? logTailBytesMaxDefault,
+      logTailKeptBytesMax: Math.max(options.logTailKeptBytesMax ?? logTailKeptBytesMaxDefault, options.logTailBytesMax ?? logTailBytesMaxDefault),
       checkpointer:
         checkpoints === "worker"
           ? { pages: options.checkpointPages ?? checkpointPagesDefault, restartFrames: options.walRestartFrames ?? walRestartFrames, ...(options.onCheckpoint === undefined ? {} : { onCheckpoint: options.onCheckpoint }) }
@@ -408,6 +420,8 @@ interface SqliteStorageSettings {
   readonly termCacheLoadEntriesMax: number;
   readonly stagedImageBytesMax: number;
   readonly lockWaitMs: number;
+  readonly logTailBytesMax: number;
+  readonly logTailKeptBytesMax: number;
   /** Checkpoints on a worker: request one every `pages` pages written (estimated). Undefined: inline. */
   readonly checkpointer: { readonly pages: number; readonly restartFrames: number; readonly onCheckpoint?: (report: CheckpointReport) => void } | undefined;
 }
@@ -501,6 +515,7 @@ export class SqliteStorage implements KvStorage {
     assert(Number.isSafeInteger(termCacheLoadEntriesMax) && termCacheLoadEntriesMax >= 1, "termCacheLoadEntriesMax");
     assert(Number.isSafeInteger(settings.stagedImageBytesMax) && settings.stagedImageBytesMax >= 1, "stagedImageBytesMax");
     this.lockWaitMs = settings.lockWaitMs;
+    this.tail = new LogTail(settings.logTailBytesMax, settings.logTailKeptBytesMax);
     const checkpointing = settings.checkpointer;
     this.checkpointPages = checkpointing?.pages ?? 0;
     this.walCheckpoint = db.prepare("PRAGMA wal_checkpoint(PASSIVE)");
@@ -598,6 +613,7 @@ export class SqliteStorage implements KvStorage {
     this.addresses = loadAddresses(db);
     this.changedIndex = checkStoredIndex(file, meta.config_index, "config index");
     this.applied = checkStoredIndex(file, meta.applied_index, "applied index");
+    this.tail.keepFrom(this.applied + 1);
     this.snap = parseSnapshotMeta(file, meta);
     this.last = this.loadLastIndex();
     this.terms = new TermCache(termCacheRunsMax);
@@ -624,8 +640,8 @@ export class SqliteStorage implements KvStorage {
   get entryRowsRead(): number {
     return this.reads.entryRowsRead;
   }
-  /** The newest entries saved, served without a query (see LogTail). */
-  private readonly tail = new LogTail(logTailBytesMax);
+  /** The newest entries saved, and those not yet applied, served without a query (see LogTail). */
+  private readonly tail: LogTail;
 
   /** Entries in [lo, hi), at most `maxBytes` of data but at least one when lo < hi; each verified. */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
@@ -795,6 +811,7 @@ export class SqliteStorage implements KvStorage {
     const results = this.withSynchronous(false, () => this.applyTransaction(plan.steps, plan.appliedIndex, membership));
     this.notePagesWritten(entries);
     this.applied = plan.appliedIndex;
+    this.tail.keepFrom(this.applied + 1);
     if (membership !== undefined) this.adoptMembership(membership);
     return results;
   }
@@ -946,6 +963,7 @@ export class SqliteStorage implements KvStorage {
     this.snap = snapshot;
     this.last = snapshot.index;
     this.tail.clear();
+    this.tail.keepFrom(this.applied + 1);
     this.terms.reset([], snapshot.index);
     // The image went into the WAL whole: its checkpoint is asked for now, not after later writes.
     this.notePages(Math.ceil(staging.bytes / this.pageBytes));

@@ -19,6 +19,12 @@ declare const self: Worker & { close(): void };
 
 /** How often a write that met a full disk is tried again. */
 const diskRetryMs = 100;
+/**
+ * The log tail of the thread's storage, besides the entries saved and not yet applied (kept until
+ * applied: an apply names them and reads them here). The node's thread keeps the tail the core
+ * and the followers read; a second one as long only held memory (BENCHMARKS.md).
+ */
+const logTailBytesMax = 2 << 20;
 
 let storage: SqliteStorage | undefined;
 const queue: StorageRequest[] = [];
@@ -36,7 +42,7 @@ self.onmessage = (event: MessageEvent<ToStorageThread>) => {
   switch (message.type) {
     case "open":
       try {
-        storage = openSqliteStorage(message.dir, { ...message.options, checkpoints: "worker", onCheckpoint: (report) => post({ type: "checkpoint", report }) });
+        storage = openSqliteStorage(message.dir, { ...message.options, logTailBytesMax, checkpoints: "worker", onCheckpoint: (report) => post({ type: "checkpoint", report }) });
         post({ type: "opened", state: storage.mirrorState() });
       } catch (error) {
         post({ type: "open-failed", error: serializeError(error) });

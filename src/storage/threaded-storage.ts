@@ -61,8 +61,14 @@ export interface ThreadedStorageOptions extends StorageThreadOpenOptions {
   readonly onCheckpoint?: (report: CheckpointReport) => void;
   /** Called with each write's (and sync's) own duration on the writer thread. */
   readonly onRequestDone?: (report: StorageRequestReport) => void;
-  /** Bytes of the newest log entries kept in memory beyond those pinned (see LogTail). Default 16 MiB. */
+  /**
+   * Bytes of the newest log entries kept in memory beyond those pinned (see LogTail). Default 4 MiB:
+   * the entries not yet handed to apply are kept besides (up to 64 MiB), so what the tail serves
+   * from here is a follower behind by up to that much; one further behind is read from disk.
+   */
   readonly logTailBytesMax?: number;
+  /** Bytes up to which the entries not yet handed to apply are kept besides (see LogTail.keepFrom). Default 64 MiB. */
+  readonly logTailKeptBytesMax?: number;
 }
 
 /** How long one request took on the writer thread (see `ThreadedStorageOptions.onRequestDone`). */
@@ -75,7 +81,9 @@ export interface StorageRequestReport {
 
 /** How long `close` waits for the writer to close its storage and end before terminating it. */
 const workerCloseWaitMsMax = 10_000;
-const logTailBytesMaxDefault = 16 << 20;
+const logTailBytesMaxDefault = 4 << 20;
+/** Entries not yet handed to apply are kept in the tail up to this many bytes (see LogTail.keepFrom). */
+const logTailKeptBytesMaxDefault = 64 << 20;
 
 /**
  * The writer thread's entry point. Inside the compiled executable (build.ts gives it to `bun build
@@ -92,7 +100,7 @@ const storageThreadUrl = import.meta.url.startsWith("file:///$bunfs/")
  * `schema`, `corrupt`, `voters_mismatch`, ...) that `openSqliteStorage` would throw.
  */
 export function openThreadedStorage(dir: string, options: ThreadedStorageOptions = {}): Promise<ThreadedStorage> {
-  const { onCheckpoint: _onCheckpoint, onRequestDone: _onRequestDone, logTailBytesMax: _logTailBytesMax, ...openOptions } = options;
+  const { onCheckpoint: _onCheckpoint, onRequestDone: _onRequestDone, logTailBytesMax: _logTailBytesMax, logTailKeptBytesMax: _kept, ...openOptions } = options;
   const worker = new Worker(storageThreadUrl);
   return new Promise<ThreadedStorage>((resolve, reject) => {
     const ended = new Promise<void>((resolveEnded) => worker.addEventListener("close", () => resolveEnded()));
@@ -183,7 +191,9 @@ export class ThreadedStorage implements KvStorage {
     this.last = state.lastIndex;
     this.terms = new TermCache(options.termCacheRunsMax ?? 1024);
     this.terms.reset(state.termRuns, state.lastIndex);
-    this.tail = new LogTail(options.logTailBytesMax ?? logTailBytesMaxDefault);
+    const tailBytesMax = options.logTailBytesMax ?? logTailBytesMaxDefault;
+    this.tail = new LogTail(tailBytesMax, Math.max(tailBytesMax, options.logTailKeptBytesMax ?? logTailKeptBytesMaxDefault));
+    this.tail.keepFrom(this.applyPostedTo + 1);
     this.staging = new ImageStaging(`${this.file}-staging`, options.stagedImageBytesMax ?? stagedImageBytesMaxDefault, this.file);
     // The writer holds the database open (and its WAL and shared-memory index exist) for as long
     // as this connection lives.
@@ -328,6 +338,7 @@ export class ThreadedStorage implements KvStorage {
     });
     const lastIndex = first.index + entries.length - 1;
     this.applyPostedTo = Math.max(this.applyPostedTo, lastIndex);
+    this.tail.keepFrom(this.applyPostedTo + 1);
     return this.request({ op: "apply", firstIndex: first.index, lastIndex }, (reply) => {
       this.adoptApplied(reply.applied);
       return [...(reply.results ?? [])];
@@ -372,6 +383,7 @@ export class ThreadedStorage implements KvStorage {
     this.last = snapshot.index;
     this.applyPostedTo = Math.max(this.applyPostedTo, snapshot.index);
     this.tail.clear();
+    this.tail.keepFrom(this.applyPostedTo + 1);
     this.terms.reset([], snapshot.index);
     return done;
   }
