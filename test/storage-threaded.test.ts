@@ -163,6 +163,31 @@ describe("threaded storage", () => {
     }
   });
 
+  test("entries committed by the writer and not yet handed to apply stay in memory up to the hold's bound; once applied the tail's bound holds", async () => {
+    const dir = tempDir();
+    const storage = await openThreadedStorage(dir, { voters: [1], logTailBytesMax: 64 * 1024, logTailKeptBytesMax: 4 << 20 });
+    try {
+      const put = (index: number): Entry => ({
+        index,
+        term: 1,
+        type: EntryType.Normal,
+        data: encodeCommand({ op: "put", key: `k${index}`, value: new Uint8Array(256 * 1024).fill(index) }),
+      });
+      const entries = Array.from({ length: 8 }, (_, i) => put(i + 1));
+      storage.save(hard(1, 8), entries, false);
+      await storage.sync();
+      // Committed on disk, so no longer pinned; 2 MB, past the 64 KiB bound but within the hold.
+      expect(storage.entries(1, 9, Number.MAX_SAFE_INTEGER).map((entry) => entry.index)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(storage.entryRowsRead).toBe(0);
+      await storage.applyEntries(entries);
+      // Handed to apply: the hold moved past them, and the oldest are read from the disk.
+      expect(storage.entries(1, 2, Number.MAX_SAFE_INTEGER).map((entry) => entry.data.byteLength)).toEqual([entries[0]!.data.byteLength]);
+      expect(storage.entryRowsRead).toBeGreaterThan(0);
+    } finally {
+      await closed(storage);
+    }
+  });
+
   test("random saves that replace suffixes, with syncs between: reads mixing the disk and the entries in memory always equal what a fresh open reads", async () => {
     const dir = tempDir();
     // A small tail, so reads cross from the disk into the entries kept in memory.

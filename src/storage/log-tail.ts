@@ -40,7 +40,7 @@ export class LogTail {
     private readonly keptBytesMax = bytesMax,
   ) {
     assert(Number.isSafeInteger(bytesMax) && bytesMax >= 0, `log tail bytesMax ${bytesMax}`);
-    assert(keptBytesMax >= bytesMax, `log tail keptBytesMax ${keptBytesMax} below bytesMax ${bytesMax}`);
+    assert(Number.isSafeInteger(keptBytesMax) && keptBytesMax >= bytesMax, `log tail keptBytesMax ${keptBytesMax} (bytesMax ${bytesMax})`);
   }
 
   /** Entries just saved (committed to the database): from the first one's index on, they replace what was kept. */

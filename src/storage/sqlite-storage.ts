@@ -109,7 +109,7 @@ export interface SqliteStorageOptions {
   readonly onCheckpoint?: (report: CheckpointReport) => void;
   /**
    * Bytes of the newest log entries kept in memory after their save (see LogTail), besides those
-   * saved and not yet applied, which stay up to `logTailKeptBytesMax` (default 64 MiB) so that
+   * saved and not yet applied, which stay up to `logTailKeptBytesMax` (default 32 MiB) so that
    * an apply reads them from memory. Default 16 MiB; the storage thread keeps a small one (its
    * entries are read back only to apply them).
    */
@@ -145,7 +145,7 @@ const pageCacheKib = 16 * 1024;
 /** Bytes of the newest log entries kept in memory after their save (see LogTail), by default. */
 const logTailBytesMaxDefault = 16 << 20;
 /** Entries saved and not yet applied are kept up to this many bytes, by default (see LogTail). */
-const logTailKeptBytesMaxDefault = 64 << 20;
+const logTailKeptBytesMaxDefault = 32 << 20;
 /** Version 1: log, hard state, meta, kv. Later versions are migrations applied on top. */
 const schemaSql = `
 CREATE TABLE raft_log (

@@ -63,11 +63,11 @@ export interface ThreadedStorageOptions extends StorageThreadOpenOptions {
   readonly onRequestDone?: (report: StorageRequestReport) => void;
   /**
    * Bytes of the newest log entries kept in memory beyond those pinned (see LogTail). Default 4 MiB:
-   * the entries not yet handed to apply are kept besides (up to 64 MiB), so what the tail serves
+   * the entries not yet handed to apply are kept besides (up to 32 MiB), so what the tail serves
    * from here is a follower behind by up to that much; one further behind is read from disk.
    */
   readonly logTailBytesMax?: number;
-  /** Bytes up to which the entries not yet handed to apply are kept besides (see LogTail.keepFrom). Default 64 MiB. */
+  /** Bytes up to which the entries not yet handed to apply are kept besides (see LogTail.keepFrom). Default 32 MiB. */
   readonly logTailKeptBytesMax?: number;
 }
 
@@ -83,7 +83,7 @@ export interface StorageRequestReport {
 const workerCloseWaitMsMax = 10_000;
 const logTailBytesMaxDefault = 4 << 20;
 /** Entries not yet handed to apply are kept in the tail up to this many bytes (see LogTail.keepFrom). */
-const logTailKeptBytesMaxDefault = 64 << 20;
+const logTailKeptBytesMaxDefault = 32 << 20;
 
 /**
  * The writer thread's entry point. Inside the compiled executable (build.ts gives it to `bun build
