@@ -327,7 +327,7 @@ describe("ReadIndex rounds and leases (thesis §6.4, §6.4.1)", () => {
     node.readIndex("r1");
     const readRound = drainReads(node).messages;
     ack(node, heartbeatTo(readRound, 5));
-    node.applyConfChange({ type: "remove", nodeId: 5 });
+    node.applyConfChange({ type: "remove", nodeId: 5 }, node.basicStatus().commit);
     const afterChange = drainReads(node);
     ack(node, heartbeatTo(readRound, 2)); // {1, 2} is no quorum of {1, 2, 3, 4}
     expect(drainReads(node).readStates).toEqual([]);
@@ -415,5 +415,65 @@ describe("snapshots (thesis §5.1)", () => {
     expect(reported.state).toBe("snapshot");
     expect(silent.state).toBe("probe");
     expect(silent.nextIndex).toBe(51); // probe just past the snapshot it most likely installed
+  });
+});
+
+describe("applies answered later (advance with applyConfirmedLater)", () => {
+  /** Acks every append of `messages` from each follower, as if all were stored. */
+  function ackAll(node: RawNode, messages: readonly Message[]): void {
+    const term = node.basicStatus().term;
+    for (const m of messages) {
+      if (m.type === "append") node.step({ type: "append-response", from: m.to, to: 1, term, success: true, index: m.prevLogIndex + m.entries.length, hintIndex: 0, hintTerm: 0 });
+    }
+  }
+
+  test("the next Ready goes on after entries handed to apply, but a membership change counts only once its apply is confirmed", () => {
+    const node = committedLeader(3);
+    const change = node.proposeConfChange(new TextEncoder().encode("add-learner 4"));
+    // Saved and sent; then the followers' acks commit it.
+    let ready = node.ready();
+    disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    node.advance(ready);
+    ackAll(node, ready.messages);
+    ready = node.ready();
+    disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    expect(ready.committedEntries.map((e) => e.index)).toEqual([change]);
+    node.advance(ready, true, true);
+    // Handed over, not confirmed: not handed again, and another change is refused.
+    const write = node.propose([new TextEncoder().encode("w")]);
+    ready = node.ready();
+    disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    node.advance(ready);
+    ackAll(node, ready.messages);
+    ready = node.ready();
+    expect(ready.committedEntries.map((e) => e.index)).toEqual([write]);
+    node.advance(ready, true, true);
+    expect(() => node.proposeConfChange(new TextEncoder().encode("add-learner 5"))).toThrow("conf_change_pending");
+    // Confirmed in log order: the change applied, another may follow.
+    node.confirmApplied(change);
+    node.applyConfChange({ type: "add-learner", nodeId: 4 }, change);
+    node.confirmApplied(write);
+    expect(node.proposeConfChange(new TextEncoder().encode("add-learner 5"))).toBe(write + 1);
+    // A confirmation past what was handed over is a bug in the driver.
+    expect(() => node.confirmApplied(write + 1)).toThrow();
+  });
+
+  test("a membership change whose apply answers after a snapshot was restored does not touch the snapshot's configuration (thesis §5.1)", () => {
+    const node = coreWith(2, 3);
+    const change: Entry = { index: 1, term: 1, type: EntryType.ConfChange, data: new TextEncoder().encode("add-learner 5") };
+    node.step({ type: "append", from: 1, to: 2, term: 1, prevLogIndex: 0, prevLogTerm: 0, entries: [change], commit: 1 });
+    let ready = node.ready();
+    disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    expect(ready.committedEntries.map((e) => e.index)).toEqual([1]);
+    node.advance(ready, true, true);
+    // Its apply is under way when the leader streams an image whose configuration removed 3.
+    node.step({ type: "snapshot", from: 1, to: 2, term: 1, snapshot: { index: 10, term: 1, voters: [1, 2] }, imageId: "image-10" });
+    expect(node.basicStatus().voters).toEqual([1, 2]);
+    // The old change answers now: the configuration as of index 10 stays.
+    expect(node.applyConfChange({ type: "add-learner", nodeId: 5 }, 1)).toEqual({ voters: [1, 2], learners: [] });
+    node.confirmApplied(1);
+    expect(node.basicStatus().learners).toEqual([]);
+    ready = node.ready();
+    expect(ready.snapshot?.metadata.index).toBe(10);
   });
 });

@@ -102,8 +102,8 @@ export interface StorageStatus {
   /** The disk refused a write: the node is frozen until space returns (stale reads still served). */
   readonly diskFull: boolean;
   /**
-   * A membership change or a snapshot install waits for the storage's thread to apply it: the node
-   * takes no membership change and no leadership transfer until it answers.
+   * A snapshot install waits for the storage's thread: the node takes no membership change and no
+   * leadership transfer until it answers (a follower, receiving an image from its leader).
    */
   readonly waitingForApply: boolean;
 }

@@ -40,7 +40,7 @@ import { defaultWatch, NodeWatch, type WatchConfig } from "./watch.ts";
 
 /**
  * A Ready being carried out, and how far it got: a full disk stops it between stages, and so does
- * an install or a membership change applied on the storage's thread (`parked`, until it resolves).
+ * an install on the storage's thread (`parked`, until it resolves).
  */
 interface BlockedReady {
   readonly ready: Ready;
@@ -48,6 +48,8 @@ interface BlockedReady {
   early: readonly Message[];
   readonly late: readonly Message[];
   stage: "install" | "save" | "apply" | "advance";
+  /** Its committed entries went to an apply answered later: the core counts them applied when it answers. */
+  applyConfirmedLater?: boolean;
 }
 
 function diskFullError(): KvError {
@@ -225,9 +227,9 @@ export class KvNode implements KvNodeApi {
   /** A Ready the disk could not take (full): retried before anything else. */
   private blockedReady: BlockedReady | undefined;
   /**
-   * A Ready waiting for the storage's thread to finish its install or its membership change (see
-   * `awaitStorage`): the core is neither stepped nor ticked meanwhile, as no Ready may be
-   * outstanding then, and the core must not count a change applied before it is.
+   * A Ready waiting for the storage's thread to finish its snapshot install (see `awaitStorage`):
+   * the core is neither stepped nor ticked meanwhile, as no Ready may be outstanding then. (Applies
+   * are not waited for: the core goes on, and counts them applied when they answer.)
    */
   private parkedReady: BlockedReady | undefined;
   /** The last index handed to `applyEntries`, whose results may still be on their way. */
@@ -609,8 +611,11 @@ export class KvNode implements KvNodeApi {
     }
     const raft = this.raw.basicStatus();
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
-    // A Ready is outstanding while the storage's thread applies a membership change: the core takes no call.
-    if (this.parkedReady !== undefined) return Promise.reject(new KvError("unavailable", "a membership change is being applied; retry shortly", { retryAfterS: 1 }));
+    // A Ready is outstanding while the storage's thread installs a snapshot: the core takes no call.
+    if (this.parkedReady !== undefined) return Promise.reject(new KvError("unavailable", "a snapshot is being installed; retry shortly", { retryAfterS: 1 }));
+    // Until the change is applied the core's voters are the old ones: the target could be a voter
+    // being removed, or one that will not campaign with a change it has not applied.
+    if (this.raw.confChangePending()) return Promise.reject(new KvError("unavailable", "a membership change is not yet applied; retry shortly", { retryAfterS: 1 }));
     const voters = raft.voters.filter((id) => id !== this.cfg.id);
     if (target !== undefined && !voters.includes(target)) {
       return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
@@ -916,14 +921,19 @@ export class KvNode implements KvNodeApi {
         if (last !== undefined) this.appliedHandedIndex = last.index;
         if (Array.isArray(applying)) {
           this.entriesApplied(entries, applying);
-        } else {
-          const handled = applying.then((results) => this.entriesApplied(entries, results));
-          // The core counts a change applied at advance: it must be, before the core may act on it.
-          if (entries.some((entry) => entry.type === EntryType.ConfChange)) return this.awaitStorage(work, handled);
-          handled.then(
-            () => this.scheduleTurn(),
-            (error: unknown) => this.failUnlessStopped(error),
-          );
+        } else if (last !== undefined) {
+          // The core goes on (ticks, heartbeats, later entries) meanwhile, but counts these entries
+          // applied, a membership change among them included, only once their results are in.
+          work.applyConfirmedLater = true;
+          applying
+            .then((results) => {
+              this.entriesApplied(entries, results);
+              if (!this.stopped) this.raw.confirmApplied(last.index);
+            })
+            .then(
+              () => this.scheduleTurn(),
+              (error: unknown) => this.failUnlessStopped(error),
+            );
         }
       }
     } catch (error) {
@@ -949,7 +959,7 @@ export class KvNode implements KvNodeApi {
       }
       this.leases.roleChanged(ready.softState.role, this.raw.basicStatus().term);
     }
-    this.raw.advance(ready, false);
+    this.raw.advance(ready, false, work.applyConfirmedLater === true);
     if (ready.committedEntries.length > 0) this.compactStep();
     return true;
   }
@@ -972,8 +982,8 @@ export class KvNode implements KvNodeApi {
   }
 
   /**
-   * Parks `work` until the storage's thread has done what `done` waits for (an install, or an
-   * apply with a membership change), then carries out the rest of it and takes up the loop again.
+   * Parks `work` until the storage's thread has done what `done` waits for (an install), then
+   * carries out the rest of it and takes up the loop again.
    * Returns false, as carryOut does for a Ready it could not finish.
    */
   private awaitStorage(work: BlockedReady, done: Promise<void>): false {

@@ -36,7 +36,7 @@ export interface MembershipHost {
   deadline(): number;
   scheduleTurn(): void;
   stopped(): boolean;
-  /** Whether a Ready is outstanding while the storage's thread applies a change (the core takes no proposal then). */
+  /** Whether a Ready is outstanding while the storage's thread installs a snapshot (the core takes no proposal then). */
   parked(): boolean;
 }
 
@@ -183,7 +183,7 @@ export class NodeMembership {
   changeApplied(result: Extract<ApplyResult, { kind: "conf-change" }>, term: number): void {
     const { change, index } = result;
     const raw = this.host.raw();
-    raw.applyConfChange({ type: change.type, nodeId: change.nodeId });
+    raw.applyConfChange({ type: change.type, nodeId: change.nodeId }, index);
     this.refreshAddresses();
     const status = raw.basicStatus();
     this.host.log?.("membership applied", { change: change.type, nodeId: change.nodeId, index, voters: status.voters, learners: status.learners });

@@ -4,7 +4,7 @@ import { EntryType, type Entry, type SnapshotToInstall } from "./types.ts";
 
 /**
  * The Raft log as the core sees it: what storage holds, followed by `unstable` entries not yet
- * persisted (etcd's raftLog + unstable). Invariant: applied <= committed <= lastIndex().
+ * persisted (etcd's raftLog + unstable). Invariant: applied <= applying <= committed <= lastIndex().
  */
 export class RaftLog {
   /** Index of unstable[0]; every entry at or past it is not yet known to be on disk. */
@@ -13,8 +13,13 @@ export class RaftLog {
   /** A snapshot received from the leader and not yet installed by the driver. */
   private unstableSnapshot: SnapshotToInstall | undefined;
   committed: number;
-  /** The highest index handed to the application in a Ready. */
+  /**
+   * The highest index the application says it applied: at `advance`, or later for a Ready advanced
+   * with its apply still under way (`confirmApplied`). A membership change counts from here.
+   */
   applied: number;
+  /** The highest index handed to the application in a Ready: the next Ready's entries follow it. */
+  applying: number;
 
   constructor(
     private readonly storage: RaftStorage,
@@ -27,6 +32,7 @@ export class RaftLog {
     const snapshotIndex = storage.snapshot().index;
     this.committed = Math.max(committed, snapshotIndex);
     this.applied = Math.max(Math.min(applied, this.committed), snapshotIndex);
+    this.applying = this.applied;
   }
 
   firstIndex(): number {
@@ -159,9 +165,16 @@ export class RaftLog {
     return false;
   }
 
+  /** Entries up to `index` were handed to the application (the Ready that carried them advanced). */
+  handedTo(index: number): void {
+    assert(index <= this.committed && index >= this.applying, `handed ${index} outside [${this.applying}, ${this.committed}]`);
+    this.applying = index;
+  }
+
+  /** The application applied everything up to `index`, handed before; an older confirmation changes nothing. */
   appliedTo(index: number): void {
-    assert(index <= this.committed && index >= this.applied, `applied ${index} outside [${this.applied}, ${this.committed}]`);
-    this.applied = index;
+    assert(index <= this.applying, `applied ${index} past ${this.applying}, the last index handed to apply`);
+    this.applied = Math.max(this.applied, index);
   }
 
   unstableEntries(): readonly Entry[] {
@@ -171,7 +184,7 @@ export class RaftLog {
   /** Committed entries not yet handed to the application, at most `maxBytes` (at least one). */
   nextCommittedEntries(maxBytes: number): Entry[] {
     if (!this.hasNextCommittedEntries()) return [];
-    return this.slice(this.applied + 1, this.committed + 1, maxBytes);
+    return this.slice(this.applying + 1, this.committed + 1, maxBytes);
   }
 
   /**
@@ -192,7 +205,7 @@ export class RaftLog {
 
   /** None while a snapshot waits to be installed: it replaces everything up to its index first. */
   hasNextCommittedEntries(): boolean {
-    return this.unstableSnapshot === undefined && this.committed > this.applied;
+    return this.unstableSnapshot === undefined && this.committed > this.applying;
   }
 
   /**
@@ -217,6 +230,7 @@ export class RaftLog {
     if (this.unstableSnapshot?.metadata.index !== index) return;
     this.unstableSnapshot = undefined;
     this.applied = Math.max(this.applied, index);
+    this.applying = Math.max(this.applying, index);
   }
 
   /** The driver persisted entries up to (index, term): they leave the unstable tail. */

@@ -102,6 +102,8 @@ export class Raft {
   learners: readonly NodeId[];
   /** Leader: the index of the last membership change appended; another waits until it is applied. */
   private pendingConfIndex = 0;
+  /** The index as of which `voters` and `learners` hold: the last change applied, or a snapshot restored. */
+  private configIndex: number;
   /** Leader only: one entry per member (voters and learners), self included. */
   private progress = new Map<NodeId, Progress>();
   /** Candidate only: votes received this term. */
@@ -153,6 +155,8 @@ export class Raft {
     this.voters = voters.slice().sort((a, b) => a - b);
     this.learners = (learners ?? []).filter((id) => !voters.includes(id)).sort((a, b) => a - b);
     this.log = new RaftLog(cfg.storage, hardState.commit, cfg.applied);
+    // The storage's configuration is the one as of its applied index.
+    this.configIndex = this.log.applied;
     this.term = hardState.term;
     this.vote = hardState.vote;
     this.becomeFollower(this.term, 0);
@@ -329,6 +333,11 @@ export class Raft {
   }
 
   /** Leader: the other voter with the highest match index (the cheapest to hand over to). */
+  /** Leader: a membership change it appended is not yet applied (confirmed by the driver). */
+  confChangePending(): boolean {
+    return this.role === "leader" && this.pendingConfIndex > this.log.applied;
+  }
+
   mostCaughtUpFollower(): NodeId | undefined {
     let best: { id: NodeId; match: number } | undefined;
     for (const [member, progress] of this.progress) {
@@ -372,10 +381,14 @@ export class Raft {
   }
 
   /**
-   * The driver applied a committed membership change: from now on it is the configuration. A leader
-   * that removed itself steps down; a quorum that shrank may commit more at once.
+   * The driver applied the committed membership change at `index`: from now on it is the
+   * configuration. A leader that removed itself steps down; a quorum that shrank may commit more at
+   * once. A change at or below the configuration in force (a snapshot restored since it was handed
+   * to apply carries the configuration as of its later index) changes nothing.
    */
-  applyConfChange(change: ConfChange): ConfState {
+  applyConfChange(change: ConfChange, index: number): ConfState {
+    if (index <= this.configIndex) return { voters: this.voters, learners: this.learners };
+    this.configIndex = index;
     const id = change.nodeId;
     const voters = new Set(this.voters);
     const learners = new Set(this.learners);
@@ -771,7 +784,9 @@ export class Raft {
       this.send({ ...reply, success: true, index });
     } else {
       this.log.restore({ metadata: m.snapshot, imageId: m.imageId });
-      // The snapshot carries the configuration as of its index: it replaces ours.
+      // The snapshot carries the configuration as of its index: it replaces ours (and a change
+      // handed to apply before, whose answer comes later, no longer applies: see applyConfChange).
+      this.configIndex = index;
       this.voters = m.snapshot.voters.slice().sort((a, b) => a - b);
       this.learners = (m.snapshot.learners ?? []).filter((id) => !this.voters.includes(id)).sort((a, b) => a - b);
       this.send({ ...reply, success: true, index });

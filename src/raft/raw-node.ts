@@ -96,6 +96,11 @@ export class RawNode {
   }
 
   /** Leader: the other voter with the highest match index. */
+  /** See Raft.confChangePending. */
+  confChangePending(): boolean {
+    return this.raft.confChangePending();
+  }
+
   mostCaughtUpFollower(): NodeId | undefined {
     return this.raft.mostCaughtUpFollower();
   }
@@ -105,9 +110,9 @@ export class RawNode {
     return this.raft.proposeConfChange(data);
   }
 
-  /** A committed membership change was applied: it is the configuration from now on. */
-  applyConfChange(change: ConfChange): ConfState {
-    return this.raft.applyConfChange(change);
+  /** The committed membership change at `index` was applied: see Raft.applyConfChange. */
+  applyConfChange(change: ConfChange, index: number): ConfState {
+    return this.raft.applyConfChange(change, index);
   }
 
   /** Hands leadership to `target` (thesis §3.10). */
@@ -195,9 +200,12 @@ export class RawNode {
 
   /**
    * The driver saved, sent and applied `ready`. With `durable` (the default) its entries are on
-   * disk too; without, they are only written, and the driver calls `persisted` once they are.
+   * disk too; without, they are only written, and the driver calls `persisted` once they are. With
+   * `applyConfirmedLater` its committed entries were handed to an apply still under way: the next
+   * Ready goes on after them, but the core counts them applied (a membership change among them
+   * included) only once the driver calls `confirmApplied`.
    */
-  advance(ready: Ready, durable = true): void {
+  advance(ready: Ready, durable = true, applyConfirmedLater = false): void {
     assert(this.outstanding === ready, "advance() with a Ready that is not the outstanding one");
     this.outstanding = undefined;
     if (ready.hardState !== undefined) this.previousHardState = ready.hardState;
@@ -205,8 +213,20 @@ export class RawNode {
     const lastEntry = ready.entries[ready.entries.length - 1];
     if (lastEntry !== undefined) this.raft.log.stableTo(lastEntry.index, lastEntry.term);
     const lastCommitted = ready.committedEntries[ready.committedEntries.length - 1];
-    if (lastCommitted !== undefined) this.raft.log.appliedTo(lastCommitted.index);
+    if (lastCommitted !== undefined) {
+      this.raft.log.handedTo(lastCommitted.index);
+      if (!applyConfirmedLater) this.raft.log.appliedTo(lastCommitted.index);
+    }
     if (durable && lastEntry !== undefined) this.raft.persisted(lastEntry.index, lastEntry.term);
+  }
+
+  /**
+   * The apply of entries up to `index`, handed over in a Ready advanced with `applyConfirmedLater`,
+   * is done. Any time, a Ready outstanding or not; confirmations come in log order (an older one
+   * than the last changes nothing).
+   */
+  confirmApplied(index: number): void {
+    this.raft.log.appliedTo(index);
   }
 
   /** The log is on disk up to (`index`, `term`), written by Readies advanced without `durable`. */

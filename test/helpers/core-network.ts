@@ -320,7 +320,7 @@ export class CoreNetwork {
     server.applied.push(entry);
     if (entry.type === EntryType.ConfChange) {
       const change = JSON.parse(new TextDecoder().decode(entry.data)) as ConfChange;
-      server.config = (server.raw as RawNode).applyConfChange(change);
+      server.config = (server.raw as RawNode).applyConfChange(change, entry.index);
       server.storage.setConfState(server.config);
       if (change.type === "remove") this.removed.add(change.nodeId);
     }
