@@ -105,3 +105,43 @@ test("a failed fsync stops the node: it never sends what the disk may have lost"
   expect(write.value).toBeUndefined();
   expect(leader.status().commitIndex).toBeLessThan(index);
 });
+
+/** Makes `storage`'s applies answer later, as a storage thread does: each waits until released. */
+function deferApplies(storage: { applyEntries(entries: never): unknown }) {
+  const waiting: { resolve(): void; reject(error: Error): void }[] = [];
+  const original = (storage.applyEntries as (entries: unknown) => unknown).bind(storage);
+  storage.applyEntries = ((entries: unknown) => {
+    const results = original(entries);
+    return new Promise((resolve, reject) => waiting.push({ resolve: () => resolve(results), reject }));
+  }) as never;
+  return waiting;
+}
+
+test("an apply answered with an error after the node stopped is not fatal (closing a storage fails what is pending); while running, the first error stops the node once", async () => {
+  const cluster = createMemoryCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  const leaderId = leader.status().id;
+  await cluster.drive(leader.put("settle", enc("0")));
+  const applies = deferApplies(cluster.storages.get(leaderId)!);
+  const write = tracked(leader.put("k", enc("v")));
+  await cluster.until(() => applies.length > 0);
+  cluster.stop(leaderId);
+  for (const apply of applies) apply.reject(new Error("storage closed"));
+  await cluster.settle();
+  expect(cluster.fatal).toEqual([]);
+  expect(write.settled).toBe(true);
+
+  // On a running node, two failed applies: one fatal stop, reported once.
+  await cluster.until(() => cluster.leader() !== undefined);
+  const next = cluster.leader()!;
+  const failing = deferApplies(cluster.storages.get(next.status().id)!);
+  void next.put("a", enc("1")).catch(() => {});
+  await cluster.until(() => failing.length > 0);
+  void next.put("b", enc("2")).catch(() => {});
+  await cluster.until(() => failing.length > 1);
+  for (const apply of failing) apply.reject(new Error("disk I/O error"));
+  await cluster.settle();
+  expect(cluster.fatal.map((error) => error.message)).toEqual(["disk I/O error"]);
+  expect(next.fatalError()?.message).toBe("disk I/O error");
+});
