@@ -359,3 +359,24 @@ test("a leader whose membership change waits 300 ms on its storage thread keeps 
     await sim.healAndCheck(["before"], 30_000);
   });
 });
+
+test("a leader whose storage thread meets a full disk: the write it took waits with the thread, the next writes are refused as on a full disk, nothing is acknowledged meanwhile, and once space returns every write goes through", async () => {
+  await withSim(quietSim(56, { storageThreadMsMax: 2 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    diskOf(sim, leader).full = true;
+    const first = tracked(sim.callOperation(1, leader, "put", "k1"));
+    // The thread took a write and retries it; the loop's next write is refused: it freezes.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().storage?.diskFull === true, 1_000)).toBe(true);
+    expect(diskOf(sim, leader).threadBlockedWrites).toBe(1);
+    const second = tracked(sim.callOperation(2, leader, "put", "k2"));
+    await sim.runUntil(sim.nowMs + 300);
+    expect(first.answer?.outcome).not.toBe("ok");
+    expect(second.answer?.outcome).not.toBe("ok");
+    diskOf(sim, leader).full = false;
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().storage?.diskFull === false, 2_000)).toBe(true);
+    // Frozen past the election timeout, it may no longer lead: the write goes to whoever does.
+    expect((await put(sim, await settledLeader(sim), "after")).outcome).toBe("ok");
+    await sim.healAndCheck(["before", "k1", "k2", "after"], 30_000);
+  });
+});

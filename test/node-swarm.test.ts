@@ -31,6 +31,7 @@ const totals = {
   snapshotsInstalled: 0,
   storageThreadAnswers: 0,
   storageThreadInstalls: 0,
+  storageThreadBlockedWrites: 0,
   repliesCarried: 0,
   fiveNodeRuns: 0,
   sevenNodeRuns: 0,
@@ -52,6 +53,7 @@ function add(result: NodeSwarmResult): void {
   totals.snapshotsInstalled += result.snapshotsInstalled;
   totals.storageThreadAnswers += result.storageThreadAnswers;
   totals.storageThreadInstalls += result.storageThreadInstalls;
+  totals.storageThreadBlockedWrites += result.storageThreadBlockedWrites;
   totals.repliesCarried += result.repliesCarried;
   if (result.nodeCount === 5) totals.fiveNodeRuns++;
   if (result.nodeCount === 7) totals.sevenNodeRuns++;
@@ -89,6 +91,8 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     // Applies and installs answered later, by a storage thread, as the server's are.
     expect(totals.storageThreadAnswers).toBeGreaterThan(seeds.length * 10);
     expect(totals.storageThreadInstalls).toBeGreaterThan(seeds.length / 50);
+    // A full disk met by a storage thread: the write it retried, the writes after it refused.
+    expect(totals.storageThreadBlockedWrites).toBeGreaterThan(seeds.length / 50);
     // Clusters other than 3, and the configuration changing while the faults ran.
     expect(totals.fiveNodeRuns).toBeGreaterThan(seeds.length / 10);
     expect(totals.sevenNodeRuns).toBeGreaterThan(seeds.length / 20);

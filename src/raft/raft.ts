@@ -333,9 +333,9 @@ export class Raft {
   }
 
   /** Leader: the other voter with the highest match index (the cheapest to hand over to). */
-  /** Leader: a membership change it appended is not yet applied (confirmed by the driver). */
+  /** A committed membership change is not yet applied (confirmed by the driver): the configuration is about to change. */
   confChangePending(): boolean {
-    return this.role === "leader" && this.pendingConfIndex > this.log.applied;
+    return this.log.hasUnappliedConfChange();
   }
 
   mostCaughtUpFollower(): NodeId | undefined {

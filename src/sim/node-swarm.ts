@@ -28,6 +28,8 @@ export interface NodeSwarmResult {
   /** Applies and installs answered later by a disk's storage thread (`storageThreadMsMax`), and of those the installs. */
   readonly storageThreadAnswers: number;
   readonly storageThreadInstalls: number;
+  /** Writes a storage thread took while the disk was full, and retried until space returned. */
+  readonly storageThreadBlockedWrites: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
@@ -230,6 +232,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   const snapshotsInstalled = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.snapshotsInstalled, 0);
   const storageThreadAnswers = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadAnswers, 0);
   const storageThreadInstalls = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadInstalls, 0);
+  const storageThreadBlockedWrites = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadBlockedWrites, 0);
   sim.stop();
   return {
     seed,
@@ -250,6 +253,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     serversEver: sim.servers.size,
     snapshotsInstalled,
     storageThreadAnswers,
+    storageThreadBlockedWrites,
     storageThreadInstalls,
     repliesCarried: sim.network.repliesCarried,
     events: sim.eventsRun,

@@ -28,13 +28,37 @@ export interface SimDiskScheduler {
  *
  * With a storage thread (`SimDiskScheduler.storageThread`), an apply or install takes effect at
  * once (reads may see it early, as they may on the real one) but is confirmed later: the applied
- * index and configuration the node sees move, and its promise resolves, only then.
+ * index and configuration the node sees move, and its promise resolves, only then. A full disk
+ * there behaves as on ThreadedStorage (src/storage/threaded-storage.ts): the first write to meet
+ * it is taken (posted) and blocks the thread, which retries it until space returns; the writes
+ * after it are refused with the disk-full error, and syncs, applies and installs answer only once
+ * the thread has gone on. A crash meanwhile loses the blocked write (it never committed).
  */
 export class SimDisk implements KvStorage {
   /** What an fsync that finished made durable: a power loss comes back to this. */
   private durableImage: MemoryKvStorage;
-  /** While true, writes fail as on a full disk. */
-  full = false;
+  /** While true, writes fail as on a full disk (see the class comment for a storage thread). */
+  get full(): boolean {
+    return this.fullNow;
+  }
+  set full(full: boolean) {
+    this.fullNow = full;
+    if (!full && this.threadBlocked !== undefined) {
+      // Space again: the thread's retry of the blocked write goes through, and its queue moves on.
+      const blocked = this.threadBlocked;
+      this.threadBlocked = undefined;
+      blocked.resume();
+    }
+  }
+  private fullNow = false;
+  /**
+   * With a storage thread: set while a write met the full disk and the thread retries it. `before`
+   * is the storage as committed before that write (what a crash leaves); `resumed` settles when
+   * the thread goes on.
+   */
+  private threadBlocked: { before: MemoryKvStorage; resumed: Promise<void>; resume: () => void } | undefined;
+  /** Writes a storage thread took while the disk was full and retried until space returned. */
+  threadBlockedWrites = 0;
   /** Writes refused because the disk was full: proof the path was exercised. */
   fullRefusals = 0;
   /** Snapshot image chunks staged and snapshots installed: proof the paths were exercised. */
@@ -64,7 +88,8 @@ export class SimDisk implements KvStorage {
 
   /** The storage a node restarts from after a crash: everything written, or on power loss what was fsynced. */
   afterCrash(powerLoss: boolean): MemoryKvStorage {
-    return powerLoss ? this.durableImage.clone() : this.current.clone();
+    if (powerLoss) return this.durableImage.clone();
+    return (this.threadBlocked?.before ?? this.current).clone();
   }
 
   /** Starts over from `storage` (a restart after a crash): what is on it is durable. */
@@ -75,6 +100,7 @@ export class SimDisk implements KvStorage {
     this.confirmedApplied = storage.appliedIndex();
     this.confirmedMembership = storage.membership();
     this.threadTail = Promise.resolve();
+    this.threadBlocked = undefined; // its thread died retrying; its promises never settle
   }
 
   /** The state as written so far (for checkers). */
@@ -83,9 +109,19 @@ export class SimDisk implements KvStorage {
   }
 
   private write<T>(run: () => T): T {
-    if (this.full) {
+    const threaded = this.scheduler.storageThread !== undefined;
+    if ((this.full && !threaded) || this.threadBlocked !== undefined) {
       this.fullRefusals++;
       throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+    }
+    if (this.full) {
+      // Posted to the thread, which meets the full disk and retries it until space returns.
+      const before = this.current.clone();
+      let resume = () => {};
+      const resumed = new Promise<void>((resolve) => (resume = resolve));
+      this.threadBlocked = { before, resumed, resume };
+      this.threadBlockedWrites++;
+      this.threadTail = this.threadTail.then(() => resumed);
     }
     return run();
   }
@@ -202,15 +238,20 @@ export class SimDisk implements KvStorage {
     const image = this.current.clone();
     const storage = this.current;
     this.syncsStarted++;
-    return new Promise<void>((resolve) => {
-      this.scheduler.fsync(() => {
-        // A crash since then replaced the storage: this fsync belonged to the process that died.
-        if (this.current !== storage) return;
-        this.durableImage = image;
-        this.syncsFinished++;
-        resolve();
+    const fsync = () =>
+      new Promise<void>((resolve) => {
+        this.scheduler.fsync(() => {
+          // A crash since then replaced the storage: this fsync belonged to the process that died.
+          if (this.current !== storage) return;
+          this.durableImage = image;
+          this.syncsFinished++;
+          resolve();
+        });
       });
-    });
+    // On a storage thread blocked by a full disk, the fsync runs once the writes before it went through.
+    const blocked = this.threadBlocked;
+    if (blocked === undefined) return fsync();
+    return blocked.resumed.then(() => (this.current === storage ? fsync() : new Promise<void>(() => {})));
   }
 
   close(): void {
