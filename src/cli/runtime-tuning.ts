@@ -1,5 +1,5 @@
 /**
- * Two settings of the runtime that a node under load pays for dearly, and that can only be given
+ * Settings of the runtime that a node under load pays for dearly, and that can only be given
  * through the environment at process start:
  *
  * - `MIMALLOC_PURGE_DELAY=-1`. Bun's allocator, mimalloc, hands freed pages back to the kernel
@@ -13,6 +13,15 @@
  *   its JIT threads used 0.4 s of CPU per 5 s of load even after warm-up (0.07-0.1 s without it),
  *   and without FTL a warmed-up cluster did 4-20% more writes/s; single-client latency fell too.
  *   The DFG tier below it stays on (turning that off too was slower).
+ * - `BUN_JSC_forceRAMSize=268435456` (256 MiB). JavaScriptCore grows its heap by a factor that
+ *   depends on the heap's size against the machine's RAM: against 24 GiB every heap is "small",
+ *   so it doubles after each collection, and a node writing 16 KB values (32 MB/s of values, each
+ *   copied a few times) peaked at 380-470 MB of RSS while holding about 55 MB live. Sized against
+ *   256 MiB, a heap past 64 MB grows by 1.5 and one past 128 MB by 1.24. Measured A B A B
+ *   (BENCHMARKS.md): peak RSS at 16 KB 255-298 MB, at 256 KB 497-657 MB (720-967 without), with
+ *   as many writes/s; at 100 B 4,754 and 5,169 writes/s against 4,320 and 4,795 without. GC
+ *   pauses stayed under 6 ms (BUN_JSC_logGC). It only sizes the heap: nothing is refused for lack
+ *   of memory.
  *
  * So a long-running command re-executes itself in place (execve: same pid, so signals, pid files
  * and `kill` keep working) with whichever of these variables is not already set; an operator's own
@@ -25,6 +34,7 @@ import { selfCommand } from "../lib/self-command.ts";
 export const RUNTIME_TUNING: Readonly<Record<string, string>> = {
   MIMALLOC_PURGE_DELAY: "-1",
   BUN_JSC_useFTLJIT: "0",
+  BUN_JSC_forceRAMSize: String(256 * 1024 * 1024),
 };
 
 /** NUL-terminated bytes of `text`, kept alive by the caller until execve. */
