@@ -477,3 +477,29 @@ describe("applies answered later (advance with applyConfirmedLater)", () => {
     expect(ready.snapshot?.metadata.index).toBe(10);
   });
 });
+
+describe("check-quorum (thesis §6.2)", () => {
+  test("a leader steps down after two election timeouts in a row without a majority, not one: a follower heard from in between keeps it leading", () => {
+    const node = committedLeader(3);
+    const term = node.basicStatus().term;
+    const tickSilently = (ticks: number) => {
+      for (let i = 0; i < ticks; i++) {
+        node.tick();
+        drain(node);
+      }
+    };
+    // One whole check window with no answer (both followers' loops held, say): still leading.
+    tickSilently(10 + 1);
+    expect(node.basicStatus().role).toBe("leader");
+    // Follower 2 answers a heartbeat: the next check finds a majority, and the count starts over.
+    node.step({ type: "heartbeat-response", from: 2, to: 1, term, readContext: "" });
+    tickSilently(10);
+    expect(node.basicStatus().role).toBe("leader");
+    tickSilently(10);
+    expect(node.basicStatus().role).toBe("leader");
+    // A second window in a row without a majority: it steps down, in the same term.
+    tickSilently(10);
+    expect(node.basicStatus().role).toBe("follower");
+    expect(node.basicStatus().term).toBe(term);
+  });
+});

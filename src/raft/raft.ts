@@ -102,6 +102,8 @@ export class Raft {
   learners: readonly NodeId[];
   /** Leader: the index of the last membership change appended; another waits until it is applied. */
   private pendingConfIndex = 0;
+  /** Leader: checks of the quorum in a row (one per election timeout) that found no majority heard from. */
+  private quorumSilentChecks = 0;
   /** The index as of which `voters` and `learners` hold: the last change applied, or a snapshot restored. */
   private configIndex: number;
   /** Leader only: one entry per member (voters and learners), self included. */
@@ -238,6 +240,7 @@ export class Raft {
     this.reset(this.term);
     this.role = "leader";
     this.leaderId = this.id;
+    this.quorumSilentChecks = 0;
     const lastIndex = this.log.lastIndex();
     for (const member of this.members()) {
       this.progress.set(member, new Progress(lastIndex + 1, this.cfg.inflightMessagesMax, this.cfg.inflightBytesMax));
@@ -269,10 +272,17 @@ export class Raft {
       this.electionElapsedTicks++;
       if (this.electionElapsedTicks >= this.cfg.electionTicks) {
         this.electionElapsedTicks = 0;
-        if (this.cfg.checkQuorum && !this.quorumActive()) {
-          // Cut off from a majority: stop serving rather than answer stale reads or hold writes (§6.2).
-          this.becomeFollower(this.term, 0);
-          return;
+        // Cut off from a majority: stop serving rather than hold writes (§6.2). Two election
+        // timeouts in a row without a majority, not one: with our short timeout (120 ms by
+        // default) two followers' loops held at once for a little longer (large values, a busy
+        // machine) made a healthy leader step down (BENCHMARKS.md). Lease reads do not depend on
+        // this: they need a round a majority acknowledged within the lease (`leaseValid`).
+        if (this.cfg.checkQuorum) {
+          if (this.quorumActive()) this.quorumSilentChecks = 0;
+          else if (++this.quorumSilentChecks >= 2) {
+            this.becomeFollower(this.term, 0);
+            return;
+          }
         }
         this.leadTransferee = 0; // a transfer that did not finish within an election timeout is abandoned
       }

@@ -626,9 +626,12 @@ export class NodeSim {
         }
       }
       // Each committed entry once per process: from its start, the last 64 applied are checked again.
+      // Only as far as the disk says committed: the core commits entries it holds in memory, and
+      // until their save goes through (a full disk refuses it) the disk may still hold the older
+      // entries they replace (seed 230 read such an uncommitted term-1 entry as committed).
       const storage = server.disk.contents();
       const from = Math.max(storage.firstIndex(), status.appliedIndex - 64, server.checkedIndex + 1, 1);
-      const to = Math.min(status.commitIndex, storage.lastIndex());
+      const to = Math.min(status.commitIndex, storage.lastIndex(), storage.initialState().hardState.commit);
       if (from > to) continue;
       server.checkedIndex = to;
       for (const entry of storage.entries(from, to + 1, Number.POSITIVE_INFINITY)) {
