@@ -118,3 +118,15 @@ test("the configuration survives a restart from storage, over what --cluster say
   await cluster.until(() => dec(cluster.storages.get(4)!.get("k")?.value ?? new Uint8Array()) === "v");
   expect(cluster.fatal).toEqual([]);
 });
+
+test("a follower asked to add, promote or remove a node answers not_leader, not from its own configuration, which may be behind (swarm seed 1330)", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leaderId = cluster.leader()!.status().id;
+  const follower = cluster.node([1, 2, 3].find((id) => id !== leaderId)!);
+  // Node `leaderId` is in every configuration: a follower judging by its own would say member_exists.
+  await expect(follower.addMember(leaderId, `mem://peer-${leaderId}`)).rejects.toMatchObject({ code: "not_leader" });
+  await expect(follower.promoteMember(leaderId)).rejects.toMatchObject({ code: "not_leader" });
+  // And an id it does not know of may still be one the leader has added.
+  await expect(follower.removeMember(9)).rejects.toMatchObject({ code: "not_leader" });
+});

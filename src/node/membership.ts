@@ -105,6 +105,9 @@ export class NodeMembership {
   add(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {
     this.host.refuseUnlessRunning();
     const raw = this.host.raw();
+    // Only the leader's configuration is current: a follower behind would call a removed node a
+    // member (swarm seed 1330: a joiner took that stale answer, configuration index 0, as its own).
+    if (raw.basicStatus().role !== "leader") return Promise.reject(this.host.notLeader());
     if (raw.members().includes(id)) {
       return Promise.reject(new KvError("member_exists", `node ${id} is already a ${raw.isVoter(id) ? "voter" : "learner"}`));
     }
@@ -114,6 +117,7 @@ export class NodeMembership {
   promote(id: NodeId): Promise<MembersView> {
     this.host.refuseUnlessRunning();
     const raw = this.host.raw();
+    if (raw.basicStatus().role !== "leader") return Promise.reject(this.host.notLeader());
     if (!raw.basicStatus().learners.includes(id)) {
       const what = raw.isVoter(id) ? "already a voter" : "not a member";
       return Promise.reject(new KvError(raw.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
@@ -125,8 +129,8 @@ export class NodeMembership {
     this.host.refuseUnlessRunning();
     const raw = this.host.raw();
     const status = raw.basicStatus();
-    if (!raw.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
     if (status.role !== "leader") throw this.host.notLeader();
+    if (!raw.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
     if (raw.isVoter(id) && status.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
     if (id === this.host.id) {
       // A leader does not remove itself (it would go on leading a configuration it is not in until
