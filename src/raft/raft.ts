@@ -57,7 +57,7 @@ export interface RaftConfig {
    * round a quorum acknowledged. Ignored without checkQuorum.
    */
   readonly leaseDriftTicks?: number;
-  /** A leader steps down when it has not heard from a quorum within an election timeout (thesis §6.2). */
+  /** A leader steps down when it has not heard from a quorum in two election timeouts in a row (thesis §6.2; see `tick`). */
   readonly checkQuorum: boolean;
 }
 

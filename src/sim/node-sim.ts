@@ -630,6 +630,10 @@ export class NodeSim {
       // until their save goes through (a full disk refuses it) the disk may still hold the older
       // entries they replace (seed 230 read such an uncommitted term-1 entry as committed).
       const storage = server.disk.contents();
+      // Nothing is applied past what the disk says committed (the loop saves a Ready before it
+      // applies its entries): the check below, bounded by the disk's commit, relies on it.
+      const diskCommit = Math.max(storage.initialState().hardState.commit, storage.snapshot().index);
+      if (storage.appliedIndex() > diskCommit) throw new SimViolation(`node ${server.id} applied ${storage.appliedIndex()} past its disk's commit ${diskCommit}`);
       const from = Math.max(storage.firstIndex(), status.appliedIndex - 64, server.checkedIndex + 1, 1);
       const to = Math.min(status.commitIndex, storage.lastIndex(), storage.initialState().hardState.commit);
       if (from > to) continue;
