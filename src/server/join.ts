@@ -63,10 +63,20 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
           if (!(current instanceof KvClientError) && !(current instanceof UnknownOutcomeError)) throw current;
           lastProblem = `reading the members: ${current.message}`;
         } else {
-          const parsed = parseAnswer(current as MembersView, options.id);
-          const self = parsed.addresses.find((address) => address.id === options.id);
-          if (self?.peerUrl === options.peerUrl) return parsed;
-          throw new JoinError(`node ${options.id} is already a member at ${self?.peerUrl ?? "an unknown address"}, not ${options.peerUrl}`);
+          // Any node answers GET /members, with the configuration it has applied: one behind the
+          // leader may not list this node yet (or have no configuration index): ask again.
+          let parsed: JoinAnswer | undefined;
+          try {
+            parsed = parseAnswer(current as MembersView, options.id);
+          } catch (problem) {
+            if (!(problem instanceof JoinError)) throw problem;
+            lastProblem = `reading the members after member_exists: ${problem.message}`;
+          }
+          if (parsed !== undefined) {
+            const self = parsed.addresses.find((address) => address.id === options.id);
+            if (self?.peerUrl === options.peerUrl) return parsed;
+            throw new JoinError(`node ${options.id} is already a member at ${self?.peerUrl ?? "an unknown address"}, not ${options.peerUrl}`);
+          }
         }
       } else {
         if (error instanceof KvClientError && (error.status === 400 || error.status === 401 || error.status === 404)) {

@@ -1,0 +1,48 @@
+// Proves `kv serve --join`'s asking (src/server/join.ts) against a cluster answered by a stub: an
+// addition already applied (member_exists) is confirmed from GET /members, and an answer from a node
+// still behind the leader (no configuration index yet, or without the new node) is asked again, not
+// taken as a refusal.
+import { afterAll, expect, test } from "bun:test";
+import { createLogger } from "../src/lib/logger.ts";
+import { joinCluster } from "../src/server/join.ts";
+
+const servers: { stop(force: boolean): unknown }[] = [];
+afterAll(() => {
+  for (const server of servers) server.stop(true);
+});
+
+const voters = [1, 2, 3].map((id) => ({ id, peerUrl: `http://127.0.0.1:500${id}`, httpUrl: `http://127.0.0.1:800${id}`, role: "voter" }));
+
+test("member_exists, then a members list from a node behind the leader, then the current one: the join asks again and succeeds", async () => {
+  const answers = [
+    { members: voters, leaderId: 1, configIndex: 0 },
+    { members: voters, leaderId: 1, configIndex: 5 },
+    { members: [...voters, { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "", role: "learner" }], leaderId: 1, configIndex: 7 },
+  ];
+  let listed = 0;
+  const server = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    fetch(request) {
+      const path = new URL(request.url).pathname;
+      if (request.method === "POST" && path === "/members") {
+        return Response.json({ error: "member_exists", message: "node 4 is already a learner" }, { status: 409 });
+      }
+      if (request.method === "GET" && path === "/members") return Response.json(answers[Math.min(listed++, answers.length - 1)]);
+      return Response.json({ error: "not_found", message: path }, { status: 404 });
+    },
+  });
+  servers.push(server);
+  const answer = await joinCluster({
+    endpoints: [`http://127.0.0.1:${server.port}`],
+    id: 4,
+    peerUrl: "http://127.0.0.1:5004",
+    httpUrl: undefined,
+    authToken: undefined,
+    timeoutMs: 10_000,
+    logger: createLogger(4, "error", { format: "json" }),
+  });
+  expect(answer.configIndex).toBe(7);
+  expect(answer.learners).toEqual([4]);
+  expect(listed).toBe(3);
+});
