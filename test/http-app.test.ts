@@ -575,7 +575,7 @@ describe("a full disk", () => {
     const node = new MemoryKvNode();
     const app = createHttpApp(node);
     const get = (path: string) => app.handle(new Request(`http://localhost${path}`));
-    const storage = { dataBytes: 5_000, quotaBytes: 4_096, quotaExceeded: true, diskFull: false, waitingForApply: false };
+    const storage = { dataBytes: 5_000, quotaBytes: 4_096, quotaExceeded: true, diskFull: false, installingSnapshot: false };
     node.statusNow = { ...node.statusNow, storage };
     let response = await get("/health");
     expect(response.status).toBe(200);

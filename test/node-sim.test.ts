@@ -311,7 +311,11 @@ test("on a storage thread that answers applies and installs up to 20 ms later, w
     expect(read.output).toBe(lastT7);
     expect(diskOf(sim, follower).threadAnswers).toBeGreaterThan(10);
     expect(await sim.runUntilTrue(() => nodeOf(sim, first).status().firstLogIndex > 1, 1_000)).toBe(true);
-    await settled(sim, sim.join(4, () => first), 5_000);
+    const joined = sim.join(4, () => first);
+    // While its storage thread installs the image, the joiner's status says so.
+    expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.installingSnapshot === true, 5_000)).toBe(true);
+    await settled(sim, joined, 5_000);
+    expect(nodeOf(sim, 4).status().storage?.installingSnapshot).toBe(false);
     expect(await sim.runUntilTrue(() => nodeOf(sim, first).members().members.find((member) => member.id === 4)?.role === "voter", 5_000)).toBe(true);
     expect(diskOf(sim, 4).threadInstalls).toBe(1);
     // The membership changes waited for their applies before the core counted them applied.

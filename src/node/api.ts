@@ -102,10 +102,10 @@ export interface StorageStatus {
   /** The disk refused a write: the node is frozen until space returns (stale reads still served). */
   readonly diskFull: boolean;
   /**
-   * A snapshot install waits for the storage's thread: the node takes no membership change and no
-   * leadership transfer until it answers (a follower, receiving an image from its leader).
+   * A follower installs an image its leader streamed, on the storage's thread: its Raft core waits
+   * (no step, no tick) until the install is in.
    */
-  readonly waitingForApply: boolean;
+  readonly installingSnapshot: boolean;
 }
 
 /**

@@ -5,7 +5,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { type Entry, EntryType, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
+import { type Entry, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   encodeCommand,
   idempotencyKeyBytesMax,
@@ -292,7 +292,6 @@ export class KvNode implements KvNodeApi {
       deadline: () => this.deadline(),
       scheduleTurn: () => this.scheduleTurn(),
       stopped: () => this.stopped,
-      parked: () => this.parkedReady !== undefined,
     });
     this.raw = new RawNode({
       id: cfg.id,
@@ -532,7 +531,7 @@ export class KvNode implements KvNodeApi {
         quotaBytes: this.cfg.quotaBytes ?? 0,
         quotaExceeded: this.overQuota(),
         diskFull: this.blockedReady !== undefined,
-        waitingForApply: this.parkedReady !== undefined,
+        installingSnapshot: this.parkedReady !== undefined,
       },
     };
   }
@@ -611,8 +610,6 @@ export class KvNode implements KvNodeApi {
     }
     const raft = this.raw.basicStatus();
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
-    // A Ready is outstanding while the storage's thread installs a snapshot: the core takes no call.
-    if (this.parkedReady !== undefined) return Promise.reject(new KvError("unavailable", "a snapshot is being installed; retry shortly", { retryAfterS: 1 }));
     // Until the change is applied the core's voters are the old ones: the target could be a voter
     // being removed, or one that will not campaign with a change it has not applied.
     if (this.raw.confChangePending()) return Promise.reject(new KvError("unavailable", "a membership change is not yet applied; retry shortly", { retryAfterS: 1 }));

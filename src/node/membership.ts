@@ -36,8 +36,6 @@ export interface MembershipHost {
   deadline(): number;
   scheduleTurn(): void;
   stopped(): boolean;
-  /** Whether a Ready is outstanding while the storage's thread installs a snapshot (the core takes no proposal then). */
-  parked(): boolean;
 }
 
 /**
@@ -155,8 +153,7 @@ export class NodeMembership {
     const raw = this.host.raw();
     const status = raw.basicStatus();
     if (status.role !== "leader") return Promise.reject(this.host.notLeader());
-    // Parked on a change being applied by the storage's thread: a Ready is outstanding.
-    if (this.pending !== undefined || this.host.parked()) return Promise.reject(confChangePending());
+    if (this.pending !== undefined) return Promise.reject(confChangePending());
     let index: number;
     try {
       // Outside a turn no Ready is outstanding, so the core may take the proposal now.

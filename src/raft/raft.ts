@@ -342,12 +342,12 @@ export class Raft {
     }
   }
 
-  /** Leader: the other voter with the highest match index (the cheapest to hand over to). */
   /** A committed membership change is not yet applied (confirmed by the driver): the configuration is about to change. */
   confChangePending(): boolean {
     return this.log.hasUnappliedConfChange();
   }
 
+  /** Leader: the other voter with the highest match index (the cheapest to hand over to). */
   mostCaughtUpFollower(): NodeId | undefined {
     let best: { id: NodeId; match: number } | undefined;
     for (const [member, progress] of this.progress) {

@@ -95,12 +95,12 @@ export class RawNode {
     return this.raft.matchIndexOf(id);
   }
 
-  /** Leader: the other voter with the highest match index. */
   /** See Raft.confChangePending. */
   confChangePending(): boolean {
     return this.raft.confChangePending();
   }
 
+  /** Leader: the other voter with the highest match index. */
   mostCaughtUpFollower(): NodeId | undefined {
     return this.raft.mostCaughtUpFollower();
   }

@@ -628,14 +628,14 @@ export class NodeSim {
       // Each committed entry once per process: from its start, the last 64 applied are checked again.
       // Only as far as the disk says committed: the core commits entries it holds in memory, and
       // until their save goes through (a full disk refuses it) the disk may still hold the older
-      // entries they replace (seed 230 read such an uncommitted term-1 entry as committed).
+      // entries they replace (seed 230 read such an uncommitted term-1 entry as committed). That
+      // bound holds because nothing is applied past the disk's commit (the loop saves a Ready
+      // before it applies its entries): checked too.
       const storage = server.disk.contents();
-      // Nothing is applied past what the disk says committed (the loop saves a Ready before it
-      // applies its entries): the check below, bounded by the disk's commit, relies on it.
       const diskCommit = Math.max(storage.initialState().hardState.commit, storage.snapshot().index);
       if (storage.appliedIndex() > diskCommit) throw new SimViolation(`node ${server.id} applied ${storage.appliedIndex()} past its disk's commit ${diskCommit}`);
       const from = Math.max(storage.firstIndex(), status.appliedIndex - 64, server.checkedIndex + 1, 1);
-      const to = Math.min(status.commitIndex, storage.lastIndex(), storage.initialState().hardState.commit);
+      const to = Math.min(status.commitIndex, storage.lastIndex(), diskCommit);
       if (from > to) continue;
       server.checkedIndex = to;
       for (const entry of storage.entries(from, to + 1, Number.POSITIVE_INFINITY)) {
