@@ -12,6 +12,7 @@ import { StorageError } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { openThreadedStorage, type ThreadedStorage } from "../src/storage/threaded-storage.ts";
 import { readdirSync, readFileSync } from "node:fs";
+import { backgroundNiceIncrement } from "../src/lib/background-thread.ts";
 import { startKvProcess } from "./helpers/kv-process.ts";
 import { crashLoopEntryData, crashLoopKey, crashLoopKeyCount, crashLoopValue } from "./children/save-loop-child.ts";
 
@@ -54,6 +55,20 @@ function onDisk<T>(dir: string, read: (db: Database) => T): T {
   } finally {
     db.close(true);
   }
+}
+
+/** The threads of process `pid`: name and nice value (from /proc; Linux only). */
+function threadsOf(pid: number | "self"): { tid: number; name: string; nice: number }[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((task) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, "utf8");
+      // Fields after the name, which is in parentheses: the 19th field of the line (nice) is the 17th of these.
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return [{ tid: Number(task), name: readFileSync(`/proc/${pid}/task/${task}/comm`, "utf8").trim(), nice: Number(fields[16]) }];
+    } catch {
+      return []; // the thread ended meanwhile
+    }
+  });
 }
 
 async function closed(storage: ThreadedStorage): Promise<void> {
@@ -452,10 +467,43 @@ describe("threaded storage", () => {
     }
   });
 
+  test("the storage thread and the checkpointer it starts are named, and run at a lower priority than the node's thread; so does a checkpointer the node's thread starts", async () => {
+    const ownNice = threadsOf("self").find((thread) => thread.tid === process.pid)?.nice;
+    expect(ownNice).toBeNumber();
+    const big = "x".repeat(16_000);
+    const reports: string[] = [];
+    const threaded = await openThreadedStorage(tempDir(), { voters: [1], checkpointPages: 64, onCheckpoint: (report) => reports.push(report.thread) });
+    try {
+      // 64 pages past the last round start the checkpointer: a few 16 KB writes.
+      const entries = Array.from({ length: 40 }, (_, i) => put(i + 1, `k${i}`, big));
+      threaded.save(hard(1, 40), entries, true);
+      await threaded.applyEntries(entries);
+      await until("a checkpoint on the worker", () => reports.includes("worker"));
+      const threads = threadsOf("self");
+      expect(threads.filter((thread) => thread.name === "kv-storage").map((thread) => thread.nice)).toEqual([(ownNice ?? 0) + backgroundNiceIncrement]);
+      expect(threads.filter((thread) => thread.name === "kv-checkpoint").map((thread) => thread.nice)).toEqual([(ownNice ?? 0) + backgroundNiceIncrement]);
+    } finally {
+      await closed(threaded);
+    }
+    await until("the storage thread and its checkpointer to end", () => !threadsOf("self").some((thread) => thread.name.startsWith("kv-")));
+    // Storage on the node's thread (kv serve --storage-thread=false): its checkpointer lowers itself.
+    const direct = openSqliteStorage(tempDir(), { voters: [1], checkpointPages: 64, onCheckpoint: (report) => reports.push(`direct ${report.thread}`) });
+    try {
+      const entries = Array.from({ length: 40 }, (_, i) => put(i + 1, `k${i}`, big));
+      direct.save(hard(1, 40), entries, true);
+      await direct.applyEntries(entries);
+      await until("a checkpoint on the worker", () => reports.includes("direct worker"));
+      expect(threadsOf("self").filter((thread) => thread.name === "kv-checkpoint").map((thread) => thread.nice)).toEqual([(ownNice ?? 0) + backgroundNiceIncrement]);
+    } finally {
+      direct.close();
+      await direct.released();
+    }
+  });
+
   test("kv serve (the built executable) writes on its storage thread by default, on the loop's thread with --storage-thread=false, over the same data dir", async () => {
     const dir = tempDir();
-    /** Names of the process's threads: the storage thread is a Worker (the checkpointer's starts only after 16 MiB of writes). */
-    const workerThreads = (pid: number) => readdirSync(`/proc/${pid}/task`).filter((task) => readFileSync(`/proc/${pid}/task/${task}/comm`, "utf8").trim() === "Worker").length;
+    /** The process's storage threads, by name (the checkpointer's starts only after 16 MiB of writes). */
+    const workerThreads = (pid: number) => threadsOf(pid).filter((thread) => thread.name === "kv-storage").length;
     for (const [args, writes, workers] of [
       [[], "storage thread", 1],
       [["--storage-thread=false"], "loop's thread", 0],

@@ -30,9 +30,14 @@
  * database after), so `SqliteStorage.sync`, which fdatasyncs the WAL, still covers everything not
  * yet checkpointed.
  *
- * The worker's code is a string loaded from a Blob URL: it imports only `bun:sqlite`, so it runs
- * the same under `bun` and inside the compiled executable, with no second entry point to ship.
+ * The worker's code is a string loaded from a Blob URL: it imports only `bun:sqlite`, `bun:ffi` and
+ * `node:fs`, so it runs the same under `bun` and inside the compiled executable, with no second entry point to
+ * ship. It is a background thread (src/lib/background-thread.ts): named `kv-checkpoint`, and at the
+ * priority of the storage's writer thread that starts it, or lowered as that one lowers itself when
+ * the node's own thread starts it (`kv serve --no-storage-thread`).
  */
+import { isMainThread } from "node:worker_threads";
+import { backgroundNiceIncrement } from "../lib/background-thread.ts";
 
 /** What one round of checkpoints did (see `CheckpointerOptions.onCheckpoint`). */
 export interface CheckpointReport {
@@ -77,9 +82,26 @@ const passesPerRoundMax = 4;
 
 const workerSource = `
 import { Database } from "bun:sqlite";
+import { dlopen, FFIType } from "bun:ffi";
+import { writeFileSync } from "node:fs";
 let db;
+let started = false;
+/** As becomeBackgroundThread in src/lib/background-thread.ts (this code cannot import it). */
+function becomeBackground(niceIncrement) {
+  try { writeFileSync("/proc/thread-self/comm", "kv-checkpoint"); } catch {}
+  if (niceIncrement <= 0) return;
+  try {
+    const libc = dlopen("libc.so.6", { nice: { args: [FFIType.i32], returns: FFIType.i32 } });
+    libc.symbols.nice(niceIncrement);
+    libc.close();
+  } catch {}
+}
 self.onmessage = (event) => {
   const message = event.data;
+  if (!started) {
+    started = true;
+    if (process.platform === "linux") becomeBackground(message.niceIncrement ?? 0);
+  }
   if (message.type === "close") {
     try { db?.close(true); } catch {}
     db = undefined;
@@ -136,7 +158,14 @@ export function createCheckpointer(file: string, options: CheckpointerOptions): 
         };
       }
       inFlight = true;
-      worker.postMessage({ type: "checkpoint", file, busyTimeoutMs: options.busyTimeoutMs, passesMax: passesPerRoundMax });
+      worker.postMessage({
+        type: "checkpoint",
+        file,
+        busyTimeoutMs: options.busyTimeoutMs,
+        passesMax: passesPerRoundMax,
+        // A thread starts at its creator's priority: only the node's own thread has to ask for less.
+        niceIncrement: isMainThread ? backgroundNiceIncrement : 0,
+      });
     },
     running() {
       return inFlight;

@@ -7,7 +7,11 @@
  * A write that meets a full disk stays first in the queue and is retried every `diskRetryMs` until
  * it succeeds (the node's thread hears of it, and refuses new writes meanwhile); any other failure
  * is fatal: the thread reports it and runs nothing more.
+ *
+ * It is a background thread (src/lib/background-thread.ts): named `kv-storage`, and at a lower CPU
+ * priority than the node's loop, which must keep ticking while this one writes.
  */
+import { becomeBackgroundThread } from "../lib/background-thread.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import { openSqliteStorage, type SqliteStorage } from "./sqlite-storage.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
@@ -25,6 +29,8 @@ const diskRetryMs = 100;
  * and the followers read; a second one as long only held memory (BENCHMARKS.md).
  */
 const logTailBytesMax = 2 << 20;
+
+becomeBackgroundThread("kv-storage");
 
 let storage: SqliteStorage | undefined;
 const queue: StorageRequest[] = [];
