@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { RaftService, SendRequestSchema, SendResponseSchema } from "../src/gen/kv/v1/raft_pb.ts";
+import { EntryType, RaftService, SendRequestSchema, SendResponseSchema } from "../src/gen/kv/v1/raft_pb.ts";
 import { createSocketTransport } from "../src/transport/socket-transport.ts";
 import type { SocketTransportOptions } from "../src/transport/socket-transport.ts";
 
@@ -20,6 +20,9 @@ interface Seen {
 }
 
 const seen: Seen[] = [];
+/** Entries of calls from node 55: how many arrived, and how many not as sent (each byte is its entry's term). */
+const largeEntries = { checked: 0, corrupt: 0 };
+const largeEntryBytes = 300 * 1024;
 /** Calls to node 99 wait here until released: a peer that never answers in time. */
 let releaseSlow: () => void = () => {};
 const slowAnswer = new Promise<void>((resolve) => (releaseSlow = resolve));
@@ -37,6 +40,15 @@ const server = Bun.serve({
     if (body.from === 99) {
       slowArrived();
       await slowAnswer;
+    }
+    if (body.from === 55) {
+      for (const message of body.messages) {
+        if (message.body.case !== "append") continue;
+        for (const entry of message.body.value.entries) {
+          largeEntries.checked++;
+          if (entry.data.byteLength !== largeEntryBytes || entry.data.some((byte) => byte !== Number(entry.term))) largeEntries.corrupt++;
+        }
+      }
     }
     if (body.from === 7) {
       return new Response(JSON.stringify({ code: "failed_precondition", message: "not a peer" }), { status: 400, headers: { "content-type": "application/json" } });
@@ -95,6 +107,25 @@ describe("socket transport", () => {
       expect(second!.headers).toMatchObject({ "connect-timeout-ms": "5000", "x-call": "two" });
       expect(second!.port).toBe(first!.port); // the same kept-alive socket
       expect(sent).toEqual([toBinary(SendRequestSchema, request(1)).byteLength, toBinary(SendRequestSchema, request(3)).byteLength]);
+    } finally {
+      transport.close();
+    }
+  });
+
+  test("large calls at once and one after another (their encodings in buffers lent again) each arrive as sent", async () => {
+    const { transport, client } = clientFor(base, { idleConnectionsMax: 4 });
+    try {
+      let term = 1;
+      for (let round = 0; round < 6; round++) {
+        const calls = Array.from({ length: 4 }, () => {
+          const entryTerm = term++;
+          const entry = { term: BigInt(entryTerm), index: 1n, type: EntryType.NORMAL, data: new Uint8Array(largeEntryBytes).fill(entryTerm) };
+          const append = { prevLogIndex: 0n, prevLogTerm: 0n, commit: 0n, entries: [entry] };
+          return client.send(create(SendRequestSchema, { from: 55, fromHttpUrl: "", messages: [{ from: 55, to: 1, term: 1n, body: { case: "append", value: append } }] }));
+        });
+        await Promise.all(calls);
+      }
+      expect(largeEntries).toEqual({ checked: 24, corrupt: 0 });
     } finally {
       transport.close();
     }

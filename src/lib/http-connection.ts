@@ -124,6 +124,7 @@ export class HttpConnection {
   /**
    * Sends one complete request (see {@link buildRequest}) and resolves with its answer.
    * `onWritten` is called once every byte has been handed to the kernel (not called if that fails).
+   * Once the promise settles no byte of `bytes` is written any more: the caller may reuse them.
    */
   request(bytes: Uint8Array, onWritten?: () => void): Promise<HttpResponse> {
     assert(this.pending === undefined, "one request at a time per connection");
@@ -208,7 +209,10 @@ export class HttpConnection {
     const pending = this.pending;
     this.pending = undefined;
     this.received = EMPTY;
-    if (parsed.close) this.drop();
+    // Answered before every byte of the request was written (an error answer, sent early): the rest
+    // must not follow on this socket, where it would be read as the next request, and the caller may
+    // reuse the request's buffer once it has its answer.
+    if (parsed.close || this.unsent.length > 0) this.drop();
     pending.resolve(parsed.response);
   }
 
