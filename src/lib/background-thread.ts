@@ -12,40 +12,40 @@
  * was 0-6 times, with as many writes/s (BENCHMARKS.md). They still get every core nobody else
  * wants, so an idle machine runs them as fast as before.
  *
- * Linux keeps the nice value per thread (setpriority(2), "BUGS"), and a thread starts with its
- * creator's: the checkpointer, started by the storage thread, inherits the storage thread's. Raising
- * a nice value needs no privilege. Elsewhere, or without FFI, nothing changes.
+ * Linux keeps the nice value per thread (setpriority(2), "BUGS": `os.setPriority` of pid 0 changes
+ * the calling thread only), and a thread starts with its creator's: the checkpointer, started by the
+ * storage thread, inherits the storage thread's. So does any of the runtime's own threads that a
+ * background thread happens to start: its I/O pool ("Bun Pool") starts on first use, from either
+ * thread. The JIT compiler's and the collector's helpers, which the loop's code needs, are started
+ * by the loop's thread as it loads, before it opens the storage (test/storage-threaded.test.ts
+ * checks the built executable's threads). Raising a nice value needs no privilege. Elsewhere
+ * nothing changes.
  */
-import { FFIType, dlopen } from "bun:ffi";
 import { writeFileSync } from "node:fs";
+import { getPriority, setPriority } from "node:os";
 
 /** How much nicer than its creator a background thread makes itself. */
 export const backgroundNiceIncrement = 4;
 
+/** The largest nice value (the lowest priority). */
+const niceMax = 19;
+
 /**
  * Names the calling thread `name` (what `top -H` and /proc/PID/task/TID/comm show; 15 bytes at
- * most) and, when `niceIncrement` is above 0, lowers its priority by that much. Best effort: returns
- * whether the priority was lowered.
+ * most) and lowers its priority by `niceIncrement`. Best effort, Linux only: on other systems a
+ * priority belongs to the whole process, so nothing is changed.
  */
-export function becomeBackgroundThread(name: string, niceIncrement = backgroundNiceIncrement): boolean {
-  if (process.platform !== "linux") return false;
+export function becomeBackgroundThread(name: string, niceIncrement = backgroundNiceIncrement): void {
+  if (process.platform !== "linux") return;
   try {
     writeFileSync("/proc/thread-self/comm", name.slice(0, 15));
   } catch {
     // No /proc: the thread keeps the runtime's name.
   }
-  if (niceIncrement <= 0) return false;
+  if (niceIncrement <= 0) return;
   try {
-    const libc = dlopen("libc.so.6", { nice: { args: [FFIType.i32], returns: FFIType.i32 } });
-    try {
-      // nice(2) changes the calling thread's value on Linux; -1 may be a legitimate result, so the
-      // caller who needs to know reads it back (/proc/thread-self/stat).
-      libc.symbols.nice(niceIncrement);
-      return true;
-    } finally {
-      libc.close();
-    }
+    setPriority(Math.min(niceMax, getPriority() + niceIncrement));
   } catch {
-    return false;
+    // Refused (a sandbox): the thread runs at its creator's priority.
   }
 }

@@ -131,8 +131,13 @@ export class HttpConnection {
     return new Promise<HttpResponse>((resolve, reject) => {
       this.pending = { onWritten, resolve, reject, startedMs: performance.now() };
       this.unsent = bytes;
-      if (this.socket !== undefined) this.flush();
-      else if (!this.connecting) this.connect();
+      try {
+        if (this.socket !== undefined) this.flush();
+        else if (!this.connecting) this.connect();
+      } catch (error) {
+        // Settled with nothing left to write later: the caller may reuse `bytes`.
+        this.fail("protocol", error instanceof Error ? error.message : String(error));
+      }
     });
   }
 
@@ -209,9 +214,10 @@ export class HttpConnection {
     const pending = this.pending;
     this.pending = undefined;
     this.received = EMPTY;
-    // Answered before every byte of the request was written (an error answer, sent early): the rest
-    // must not follow on this socket, where it would be read as the next request, and the caller may
-    // reuse the request's buffer once it has its answer.
+    // Answered before every byte of the request was written (an error answer, sent early): the
+    // socket goes. Writing on would leave the server's reading and ours out of step (the next
+    // request read as the rest of this one, or the reverse), and the caller may reuse the request's
+    // buffer once it has its answer, so no byte of it may be written after.
     if (parsed.close || this.unsent.length > 0) this.drop();
     pending.resolve(parsed.response);
   }

@@ -30,11 +30,11 @@
  * database after), so `SqliteStorage.sync`, which fdatasyncs the WAL, still covers everything not
  * yet checkpointed.
  *
- * The worker's code is a string loaded from a Blob URL: it imports only `bun:sqlite`, `bun:ffi` and
- * `node:fs`, so it runs the same under `bun` and inside the compiled executable, with no second entry point to
- * ship. It is a background thread (src/lib/background-thread.ts): named `kv-checkpoint`, and at the
+ * The worker's code is a string loaded from a Blob URL: it imports only `bun:sqlite`, `node:fs` and
+ * `node:os`, so it runs the same under `bun` and inside the compiled executable, with no second
+ * entry point to ship. It is a background thread (src/lib/background-thread.ts): named `kv-checkpoint`, and at the
  * priority of the storage's writer thread that starts it, or lowered as that one lowers itself when
- * the node's own thread starts it (`kv serve --no-storage-thread`).
+ * the node's own thread starts it (`kv serve --storage-thread=false`).
  */
 import { isMainThread } from "node:worker_threads";
 import { backgroundNiceIncrement } from "../lib/background-thread.ts";
@@ -82,19 +82,15 @@ const passesPerRoundMax = 4;
 
 const workerSource = `
 import { Database } from "bun:sqlite";
-import { dlopen, FFIType } from "bun:ffi";
 import { writeFileSync } from "node:fs";
+import { getPriority, setPriority } from "node:os";
 let db;
 let started = false;
 /** As becomeBackgroundThread in src/lib/background-thread.ts (this code cannot import it). */
 function becomeBackground(niceIncrement) {
   try { writeFileSync("/proc/thread-self/comm", "kv-checkpoint"); } catch {}
   if (niceIncrement <= 0) return;
-  try {
-    const libc = dlopen("libc.so.6", { nice: { args: [FFIType.i32], returns: FFIType.i32 } });
-    libc.symbols.nice(niceIncrement);
-    libc.close();
-  } catch {}
+  try { setPriority(Math.min(19, getPriority() + niceIncrement)); } catch {}
 }
 self.onmessage = (event) => {
   const message = event.data;

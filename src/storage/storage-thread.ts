@@ -11,6 +11,7 @@
  * It is a background thread (src/lib/background-thread.ts): named `kv-storage`, and at a lower CPU
  * priority than the node's loop, which must keep ticking while this one writes.
  */
+import { isMainThread } from "node:worker_threads";
 import { becomeBackgroundThread } from "../lib/background-thread.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import { openSqliteStorage, type SqliteStorage } from "./sqlite-storage.ts";
@@ -30,7 +31,8 @@ const diskRetryMs = 100;
  */
 const logTailBytesMax = 2 << 20;
 
-becomeBackgroundThread("kv-storage");
+// Only as the Worker it is meant to run in: imported on the loop's thread, it must not rename or slow that.
+if (!isMainThread) becomeBackgroundThread("kv-storage");
 
 let storage: SqliteStorage | undefined;
 const queue: StorageRequest[] = [];

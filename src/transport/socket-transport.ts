@@ -44,10 +44,11 @@ const encoder = new TextEncoder();
 
 /**
  * Request encodings of this size and up are written into buffers lent per peer and reused (see
- * ScratchBuffers): an append of large entries, up to `appendBytesMax` (1 MiB) each. Up to the
- * bytes a leader keeps in flight to one follower (`inflightBytesMax`) stay kept between calls.
+ * ScratchBuffers): appends of large entries, up to `appendBytesMax` (1 MiB) of them in a message.
+ * Buffers for 4 MiB of calls stay kept per peer between calls (memory a node holds for good: the
+ * leader for each follower); calls past that at once get buffers of their own.
  */
-const scratchOptions = { lendBytesMin: 64 * 1024, bufferBytesMax: 4 << 20, keptBytesMax: 8 << 20 };
+const scratchOptions = { lendBytesMin: 64 * 1024, bufferBytesMax: 4 << 20, keptBytesMax: 4 << 20 };
 
 export function createSocketTransport(options: SocketTransportOptions): SocketTransport {
   const origin = new URL(options.baseUrl);
