@@ -1,7 +1,7 @@
 // Proves HttpConnection (src/lib/http-connection.ts) stops writing a request the server answered
-// before reading all of it: the rest would be read as the next request on that socket, and the
-// caller may reuse the request's buffer once answered (src/transport/socket-transport.ts lends it
-// again). The next request goes on a new socket and is answered.
+// before reading all of it (the rest would be read on that socket as the next request, or the next
+// request as the rest of it): the socket is closed, and the next request goes on a new socket and
+// is answered.
 import { afterAll, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { buildRequest, HttpConnection } from "../src/lib/http-connection.ts";

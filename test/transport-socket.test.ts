@@ -112,7 +112,7 @@ describe("socket transport", () => {
     }
   });
 
-  test("large calls at once and one after another (their encodings in buffers lent again) each arrive as sent", async () => {
+  test("large calls at once and one after another each arrive as sent", async () => {
     const { transport, client } = clientFor(base, { idleConnectionsMax: 4 });
     try {
       let term = 1;

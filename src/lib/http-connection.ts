@@ -135,7 +135,7 @@ export class HttpConnection {
         if (this.socket !== undefined) this.flush();
         else if (!this.connecting) this.connect();
       } catch (error) {
-        // Settled with nothing left to write later: the caller may reuse `bytes`.
+        // Settled with nothing left to write later.
         this.fail("protocol", error instanceof Error ? error.message : String(error));
       }
     });
@@ -216,8 +216,7 @@ export class HttpConnection {
     this.received = EMPTY;
     // Answered before every byte of the request was written (an error answer, sent early): the
     // socket goes. Writing on would leave the server's reading and ours out of step (the next
-    // request read as the rest of this one, or the reverse), and the caller may reuse the request's
-    // buffer once it has its answer, so no byte of it may be written after.
+    // request read as the rest of this one, or the reverse).
     if (parsed.close || this.unsent.length > 0) this.drop();
     pending.resolve(parsed.response);
   }

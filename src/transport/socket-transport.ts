@@ -19,7 +19,7 @@ import { createMethodUrl, runUnaryCall } from "@connectrpc/connect/protocol";
 import { codeFromHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorFromJsonBytes, trailerDemux } from "@connectrpc/connect/protocol-connect";
 import { HttpConnection, HttpConnectionError, responseHeader } from "../lib/http-connection.ts";
 import type { HttpResponse } from "../lib/http-connection.ts";
-import { ScratchBuffers } from "../lib/bytes.ts";
+import { uninitializedBytes } from "../lib/bytes.ts";
 import { measureMessage, type MeasuredMessage } from "./proto-writer.ts";
 
 export interface SocketTransportOptions {
@@ -42,13 +42,6 @@ export interface SocketTransport extends Transport {
 
 const encoder = new TextEncoder();
 
-/**
- * Request encodings of this size and up are written into buffers lent per peer and reused (see
- * ScratchBuffers): appends of large entries, up to `appendBytesMax` (1 MiB) of them in a message.
- * Buffers for 4 MiB of calls stay kept per peer between calls (memory a node holds for good: the
- * leader for each follower); calls past that at once get buffers of their own.
- */
-const scratchOptions = { lendBytesMin: 64 * 1024, bufferBytesMax: 4 << 20, keptBytesMax: 4 << 20 };
 
 export function createSocketTransport(options: SocketTransportOptions): SocketTransport {
   const origin = new URL(options.baseUrl);
@@ -57,7 +50,6 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
   const port = Number(origin.port || 80);
   const idle: HttpConnection[] = [];
   const open = new Set<HttpConnection>();
-  const scratch = new ScratchBuffers(scratchOptions);
   let closed = false;
 
   function take(fresh: boolean): HttpConnection {
@@ -130,16 +122,12 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
           const body = measureMessage(method.input, isMessage(req.message, method.input) ? req.message : create(method.input, req.message as MessageInitShape<I>));
           options.onRequestBytes?.(body.bytes);
           let response: HttpResponse;
-          const request = encodeRequest(new URL(req.url), origin.host, req.header, body, scratch);
           try {
-            response = await exchange(request, req.signal);
+            response = await exchange(encodeRequest(new URL(req.url), origin.host, req.header, body), req.signal);
           } catch (error: unknown) {
             // The deadline or a cancellation aborted the signal: runUnaryCall reports its reason.
             if (req.signal.aborted || !(error instanceof HttpConnectionError)) throw error;
             throw new ConnectError(error.message, codeOf(error));
-          } finally {
-            // Settled: no socket holds the bytes any more (HttpConnection drops one answered early).
-            scratch.give(request);
           }
           return answer(method, response);
         },
@@ -187,14 +175,14 @@ function answer<I extends DescMessage, O extends DescMessage>(method: DescMethod
   return { stream: false, service: method.parent, method, header, message, trailer };
 }
 
-/** One HTTP/1.1 request: head (every header given, a Content-Length) and body, written once into one buffer lent by `scratch`. */
-function encodeRequest(url: URL, host: string, headers: Headers, body: MeasuredMessage, scratch: ScratchBuffers): Uint8Array {
+/** One HTTP/1.1 request: head (every header given, a Content-Length) and body, written once into one buffer. */
+function encodeRequest(url: URL, host: string, headers: Headers, body: MeasuredMessage): Uint8Array {
   let head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${host}\r\n`;
   // Headers refuses values with CR or LF, so none can split the head.
   for (const [name, value] of headers) if (name !== "host" && name !== "content-length") head += `${name}: ${value}\r\n`;
   head += `Content-Length: ${body.bytes}\r\n\r\n`;
   const headBytes = encoder.encode(head);
-  const bytes = scratch.take(headBytes.byteLength + body.bytes);
+  const bytes = uninitializedBytes(headBytes.byteLength + body.bytes);
   bytes.set(headBytes, 0);
   body.write(bytes, headBytes.byteLength);
   return bytes;
