@@ -199,6 +199,24 @@ describe("socket transport", () => {
     }
   });
 
+  test("a call whose interceptor holds it past its deadline fails with deadline_exceeded and is never sent; one cancelled before it starts fails with canceled", async () => {
+    const { transport, client } = clientFor(base, {
+      interceptors: [(next) => async (call) => (await Bun.sleep(60), next(call))],
+    });
+    try {
+      const late = await failure(client.send(request(123), { timeoutMs: 20 }));
+      expect(late.code).toBe(Code.DeadlineExceeded);
+      const abort = new AbortController();
+      abort.abort(new Error("stop"));
+      expect((await failure(client.send(request(123), { signal: abort.signal }))).code).toBe(Code.Canceled);
+      await Bun.sleep(100); // past the interceptor's wait: a call let through would have arrived by now
+      expect(seen.filter((call) => call.from === 123)).toEqual([]);
+      expect((await client.send(request(1))).messages).toHaveLength(1);
+    } finally {
+      transport.close();
+    }
+  });
+
   test("an unreachable peer is unavailable; a closed transport refuses calls", async () => {
     const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
     const deadPort = probe.port;

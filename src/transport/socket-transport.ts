@@ -15,7 +15,7 @@ import { create, fromBinary, isMessage } from "@bufbuild/protobuf";
 import type { DescMessage, DescMethodUnary, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextValues } from "@connectrpc/connect";
 import type { ContextValues, Interceptor, Transport, UnaryRequest, UnaryResponse } from "@connectrpc/connect";
-import { createMethodUrl, runUnaryCall } from "@connectrpc/connect/protocol";
+import { createMethodUrl } from "@connectrpc/connect/protocol";
 import { codeFromHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorFromJsonBytes, trailerDemux } from "@connectrpc/connect/protocol-connect";
 import { HttpConnection, HttpConnectionError, responseHeader } from "../lib/http-connection.ts";
 import type { HttpResponse } from "../lib/http-connection.ts";
@@ -42,6 +42,17 @@ export interface SocketTransport extends Transport {
 
 const encoder = new TextEncoder();
 
+/** The signal interceptors see on a call (`UnaryRequest.signal`): the deadline and cancellation act on the socket directly. */
+const neverAborted = new AbortController().signal;
+
+/**
+ * One call on its way: the connection carrying it (set by `exchangeOn`), and the error it ended with
+ * once its deadline passed or its caller cancelled it (the connection is then abandoned).
+ */
+interface CallState {
+  connection: HttpConnection | undefined;
+  ended: ConnectError | undefined;
+}
 
 export function createSocketTransport(options: SocketTransportOptions): SocketTransport {
   const origin = new URL(options.baseUrl);
@@ -67,24 +78,26 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
   }
 
   /** Sends `request` on an idle socket or a new one; a kept-alive socket the peer closed while idle fails at once, so that call goes again, once, on a new socket (Raft messages may arrive twice). */
-  async function exchange(request: Uint8Array, signal: AbortSignal): Promise<HttpResponse> {
+  async function exchange(request: Uint8Array, call: CallState): Promise<HttpResponse> {
     if (closed) throw new ConnectError("the transport is closed", Code.Unavailable);
     const reused = idle.length > 0;
     try {
-      return await exchangeOn(take(false), request, signal);
+      return await exchangeOn(take(false), request, call);
     } catch (error: unknown) {
-      if (!reused || signal.aborted || closed || !(error instanceof HttpConnectionError) || !error.kind.startsWith("network:")) throw error;
-      return exchangeOn(take(true), request, signal);
+      if (!reused || call.ended !== undefined || closed || !(error instanceof HttpConnectionError) || !error.kind.startsWith("network:")) throw error;
+      return exchangeOn(take(true), request, call);
     }
   }
 
-  async function exchangeOn(connection: HttpConnection, request: Uint8Array, signal: AbortSignal): Promise<HttpResponse> {
-    const onAbort = () => connection.abandon();
-    signal.addEventListener("abort", onAbort, { once: true });
+  async function exchangeOn(connection: HttpConnection, request: Uint8Array, call: CallState): Promise<HttpResponse> {
+    if (call.ended !== undefined) {
+      release(connection);
+      throw call.ended; // past its deadline (or cancelled) before it was sent
+    }
+    call.connection = connection;
     try {
       return await connection.request(request);
     } finally {
-      signal.removeEventListener("abort", onAbort);
       release(connection);
     }
   }
@@ -104,34 +117,58 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
       requestHeader.set("content-type", contentTypeUnaryProto);
       requestHeader.set("connect-protocol-version", "1");
       if (deadlineMs !== undefined) requestHeader.set("connect-timeout-ms", String(deadlineMs));
-      return runUnaryCall<I, O>({
-        interceptors: options.interceptors,
-        signal,
-        timeoutMs: deadlineMs,
-        req: {
-          stream: false,
-          service: method.parent,
-          method,
-          requestMethod: "POST",
-          url,
-          header: requestHeader,
-          contextValues: contextValues ?? createContextValues(),
-          message: input,
+      const call: CallState = { connection: undefined, ended: undefined };
+      const send = async (req: UnaryRequest<I, O>): Promise<UnaryResponse<I, O>> => {
+        const body = measureMessage(method.input, isMessage(req.message, method.input) ? req.message : create(method.input, req.message as MessageInitShape<I>));
+        options.onRequestBytes?.(body.bytes);
+        let response: HttpResponse;
+        try {
+          response = await exchange(encodeRequest(new URL(req.url), origin.host, req.header, body), call);
+        } catch (error: unknown) {
+          // The deadline or a cancellation abandoned the connection: the call ends with its reason.
+          if (call.ended !== undefined) throw call.ended;
+          if (!(error instanceof HttpConnectionError)) throw error;
+          throw new ConnectError(error.message, codeOf(error));
+        }
+        return answer(method, response);
+      };
+      // Interceptors wrap the call as connect-es's runUnaryCall has them do (the first outermost),
+      // but the deadline and cancellation act on the socket itself: runUnaryCall's two linked
+      // AbortControllers, their listeners, and the abort (with a new DOMException) that ended every
+      // call were a few percent of a leader's loop under 100 B writes (BENCHMARKS.md).
+      type Unary = (req: UnaryRequest<I, O>) => Promise<UnaryResponse<I, O>>;
+      const next = (options.interceptors ?? []).reduceRight<Unary>((inner, interceptor) => interceptor(inner as never) as unknown as Unary, send);
+      const end = (error: ConnectError) => {
+        if (call.ended !== undefined) return;
+        call.ended = error;
+        call.connection?.abandon();
+      };
+      if (signal?.aborted) return Promise.reject(ConnectError.from(signal.reason ?? new Error("the call was cancelled"), Code.Canceled));
+      const timer = deadlineMs === undefined ? undefined : setTimeout(() => end(new ConnectError("the operation timed out", Code.DeadlineExceeded)), deadlineMs);
+      const onAbort = () => end(ConnectError.from(signal?.reason ?? new Error("the call was cancelled"), Code.Canceled));
+      signal?.addEventListener("abort", onAbort);
+      return next({
+        stream: false,
+        service: method.parent,
+        method,
+        requestMethod: "POST",
+        url,
+        header: requestHeader,
+        contextValues: contextValues ?? createContextValues(),
+        message: isMessage(input, method.input) ? input : create(method.input, input),
+        signal: signal ?? neverAborted,
+      }).then(
+        (response: UnaryResponse<I, O>) => {
+          clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
+          return response;
         },
-        next: async (req: UnaryRequest<I, O>): Promise<UnaryResponse<I, O>> => {
-          const body = measureMessage(method.input, isMessage(req.message, method.input) ? req.message : create(method.input, req.message as MessageInitShape<I>));
-          options.onRequestBytes?.(body.bytes);
-          let response: HttpResponse;
-          try {
-            response = await exchange(encodeRequest(new URL(req.url), origin.host, req.header, body), req.signal);
-          } catch (error: unknown) {
-            // The deadline or a cancellation aborted the signal: runUnaryCall reports its reason.
-            if (req.signal.aborted || !(error instanceof HttpConnectionError)) throw error;
-            throw new ConnectError(error.message, codeOf(error));
-          }
-          return answer(method, response);
+        (error: unknown) => {
+          clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
+          throw call.ended ?? ConnectError.from(error, Code.Internal);
         },
-      });
+      );
     },
     stream() {
       return Promise.reject(new ConnectError("the socket transport carries unary calls only", Code.Unimplemented));
