@@ -4,8 +4,8 @@
  */
 import { create, fromBinary, isMessage } from "@bufbuild/protobuf";
 import type { DescMessage, DescService } from "@bufbuild/protobuf";
-import { Code, ConnectError, createConnectRouter, createHandlerContext, createMethodImplSpec, createServiceImplSpec } from "@connectrpc/connect";
-import type { ConnectRouter, MethodImplSpec } from "@connectrpc/connect";
+import { Code, ConnectError, createConnectRouter, createContextValues, createMethodImplSpec, createServiceImplSpec } from "@connectrpc/connect";
+import type { ConnectRouter, HandlerContext, MethodImplSpec } from "@connectrpc/connect";
 import { codeToHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { createAsyncIterable, createMethodUrl, readAllBytes } from "@connectrpc/connect/protocol";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
@@ -177,23 +177,29 @@ async function serveUnary(spec: UnarySpec, request: Request): Promise<Response> 
     const reason = error instanceof Error ? error.message : String(error);
     return connectErrorResponse(new ConnectError(`parse binary: ${reason}`, Code.InvalidArgument), false);
   }
-  const context = createHandlerContext({
+  // A context of its own rather than connect-es's createHandlerContext, which makes two linked
+  // AbortControllers and a deadline timer per call, copies the request's headers, and is ended by
+  // an abort that builds a DOMException: on every call a follower answers (as socket-transport.ts
+  // found on the calling side). Nothing here can be aborted (see `neverAborted`).
+  const context: HandlerContext = {
     service: spec.method.parent,
     method: spec.method,
     protocolName: "connect",
     requestMethod: request.method,
     url: request.url,
+    signal: neverAborted,
+    timeoutMs: noTimeout,
     requestHeader: request.headers,
-    responseHeader: { "content-type": contentTypeUnaryProto },
-  });
+    responseHeader: new Headers({ "content-type": contentTypeUnaryProto }),
+    responseTrailer: new Headers(),
+    values: createContextValues(),
+  };
   let output: Uint8Array<ArrayBuffer>;
   try {
     output = encode(spec.method.output, await spec.impl(input, context));
   } catch (error) {
     const connectError = error instanceof ConnectError ? error : new ConnectError("internal error", Code.Internal, undefined, undefined, error);
     return connectErrorResponse(connectError, false);
-  } finally {
-    context.abort();
   }
   return new Response(output, { status: 200, headers: context.responseHeader });
 }
@@ -227,6 +233,9 @@ function declaredBytes(request: Request): number {
  * built in memory, so there is nothing left to abort when a caller goes away.
  */
 const neverAborted = new AbortController().signal;
+
+/** A handler's `timeoutMs()`: no deadline is enforced here (see `createPeerServer`). */
+const noTimeout = (): undefined => undefined;
 
 /** A universal response, its body already read whole. */
 interface BufferedResponse {
