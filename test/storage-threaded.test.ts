@@ -8,7 +8,7 @@ import { createPrng } from "../src/lib/prng.ts";
 import { isDiskFull } from "../src/lib/disk-full.ts";
 import { encodeCommand } from "../src/kv/command.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
-import { StorageError } from "../src/storage/kv-storage.ts";
+import { type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { openThreadedStorage, type ThreadedStorage } from "../src/storage/threaded-storage.ts";
 import { readdirSync, readFileSync } from "node:fs";
@@ -473,16 +473,18 @@ describe("threaded storage", () => {
     const lowered = Math.min(19, ownNice + backgroundNiceIncrement);
     /** Threads started since `before` with this name: their nice values. */
     const started = (before: Set<number>, name: string) => threadsOf("self").filter((thread) => !before.has(thread.tid) && thread.name === name).map((thread) => thread.nice);
-    const big = "x".repeat(16_000);
     const reports: string[] = [];
+    /** Writes 40 values of 16 KB (past 64 pages: the checkpointer starts) and waits for a round on the worker reported as `label`. */
+    const writeUntilCheckpoint = async (storage: KvStorage, label: string) => {
+      const entries = Array.from({ length: 40 }, (_, i) => put(i + 1, `k${i}`, "x".repeat(16_000)));
+      storage.save(hard(1, 40), entries, true);
+      await storage.applyEntries(entries);
+      await until(`a checkpoint on the worker (${label})`, () => reports.includes(label));
+    };
     let before = new Set(threadsOf("self").map((thread) => thread.tid));
-    const threaded = await openThreadedStorage(tempDir(), { voters: [1], checkpointPages: 64, onCheckpoint: (report) => reports.push(report.thread) });
+    const threaded = await openThreadedStorage(tempDir(), { voters: [1], checkpointPages: 64, onCheckpoint: (report) => reports.push(`threaded ${report.thread}`) });
     try {
-      // 64 pages past the last round start the checkpointer: a few 16 KB writes.
-      const entries = Array.from({ length: 40 }, (_, i) => put(i + 1, `k${i}`, big));
-      threaded.save(hard(1, 40), entries, true);
-      await threaded.applyEntries(entries);
-      await until("a checkpoint on the worker", () => reports.includes("worker"));
+      await writeUntilCheckpoint(threaded, "threaded worker");
       expect(started(before, "kv-storage")).toEqual([lowered]);
       expect(started(before, "kv-checkpoint")).toEqual([lowered]);
     } finally {
@@ -492,10 +494,7 @@ describe("threaded storage", () => {
     before = new Set(threadsOf("self").map((thread) => thread.tid));
     const direct = openSqliteStorage(tempDir(), { voters: [1], checkpointPages: 64, onCheckpoint: (report) => reports.push(`direct ${report.thread}`) });
     try {
-      const entries = Array.from({ length: 40 }, (_, i) => put(i + 1, `k${i}`, big));
-      direct.save(hard(1, 40), entries, true);
-      await direct.applyEntries(entries);
-      await until("a checkpoint on the worker", () => reports.includes("direct worker"));
+      await writeUntilCheckpoint(direct, "direct worker");
       expect(started(before, "kv-checkpoint")).toEqual([lowered]);
     } finally {
       direct.close();
