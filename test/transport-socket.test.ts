@@ -50,6 +50,7 @@ const server = Bun.serve({
         }
       }
     }
+    if (body.from === 125) await Bun.sleep(80);
     if (body.from === 7) {
       return new Response(JSON.stringify({ code: "failed_precondition", message: "not a peer" }), { status: 400, headers: { "content-type": "application/json" } });
     }
@@ -209,9 +210,36 @@ describe("socket transport", () => {
       const abort = new AbortController();
       abort.abort(new Error("stop"));
       expect((await failure(client.send(request(123), { signal: abort.signal }))).code).toBe(Code.Canceled);
-      await Bun.sleep(100); // past the interceptor's wait: a call let through would have arrived by now
+      // Each call settled only after its interceptor handed it on: none was sent.
       expect(seen.filter((call) => call.from === 123)).toEqual([]);
       expect((await client.send(request(1))).messages).toHaveLength(1);
+    } finally {
+      transport.close();
+    }
+  });
+
+  test("a call's deadline passing after its answer came, while an interceptor still holds it, leaves alone the socket another call took meanwhile", async () => {
+    let answered = false;
+    const { transport, client } = clientFor(base, {
+      idleConnectionsMax: 1,
+      interceptors: [
+        (next) => async (call) => {
+          const response = await next(call);
+          if ((call.message as { from?: number }).from === 124) {
+            answered = true;
+            await Bun.sleep(60); // past the call's 20 ms deadline
+          }
+          return response;
+        },
+      ],
+    });
+    try {
+      const first = client.send(request(124), { timeoutMs: 20 });
+      while (!answered) await Bun.sleep(1);
+      // The second call takes the first one's socket, and the server holds it past that deadline.
+      const second = client.send(request(125), { timeoutMs: 2_000 });
+      expect((await second).messages).toHaveLength(1);
+      expect((await first).messages).toHaveLength(1);
     } finally {
       transport.close();
     }

@@ -178,9 +178,9 @@ async function serveUnary(spec: UnarySpec, request: Request): Promise<Response> 
     return connectErrorResponse(new ConnectError(`parse binary: ${reason}`, Code.InvalidArgument), false);
   }
   // A context of its own rather than connect-es's createHandlerContext, which makes two linked
-  // AbortControllers and a deadline timer per call, copies the request's headers, and is ended by
-  // an abort that builds a DOMException: on every call a follower answers (as socket-transport.ts
-  // found on the calling side). Nothing here can be aborted (see `neverAborted`).
+  // AbortControllers per call, copies the request's headers, and is ended by an abort that builds
+  // a DOMException: on every call a follower answers (as socket-transport.ts found on the calling
+  // side). Nothing here can be aborted (see `neverAborted`).
   const context: HandlerContext = {
     service: spec.method.parent,
     method: spec.method,

@@ -1,8 +1,9 @@
 /**
  * A connect-es `Transport` for peers on plain http: Connect unary calls in the binary format, each
  * over a kept-alive Bun.connect socket on this thread (`HttpConnection`), one call per socket at a
- * time. connect-es still runs each call (`runUnaryCall`: interceptors, deadline, cancellation);
- * this carries the request and its answer, as connect-web's transport does over `fetch`, without
+ * time. It runs a call's interceptors, deadline and cancellation itself (as connect-es's
+ * `runUnaryCall` does, without its per-call AbortControllers: see `unary`) and carries the request
+ * and its answer, as connect-web's transport does over `fetch`, without
  * the Request, Response and Headers objects a fetch needs on each side (Bun's own fetch was 10-20%
  * of a node's CPU under load: the request is built on this thread, handed to an HTTP thread, and
  * the answer handed back).
@@ -36,13 +37,18 @@ export interface SocketTransportOptions {
 
 /** A transport bound to one peer, and how to close its sockets. */
 export interface SocketTransport extends Transport {
-  /** Closes every socket: calls in flight fail with `unavailable`, later calls at once. */
+  /** Closes every socket: calls in flight fail with `canceled`, later calls at once with `unavailable`. */
   close(): void;
 }
 
 const encoder = new TextEncoder();
 
-/** The signal interceptors see on a call (`UnaryRequest.signal`): the deadline and cancellation act on the socket directly. */
+/**
+ * The signal interceptors see on a call (`UnaryRequest.signal`) when its caller gave none. Neither
+ * this nor the caller's signal carries the call's deadline, nor is aborted when the call ends: the
+ * deadline and cancellation act on the socket directly, and a signal an interceptor sets on the
+ * request is not looked at. Interceptors here only set headers (src/transport/peer-auth.ts).
+ */
 const neverAborted = new AbortController().signal;
 
 /**
@@ -98,6 +104,9 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
     try {
       return await connection.request(request);
     } finally {
+      // Back in the pool, the connection may carry another call: this call's deadline or
+      // cancellation, if it comes later, must not abandon it.
+      if (call.connection === connection) call.connection = undefined;
       release(connection);
     }
   }
@@ -119,6 +128,7 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
       if (deadlineMs !== undefined) requestHeader.set("connect-timeout-ms", String(deadlineMs));
       const call: CallState = { connection: undefined, ended: undefined };
       const send = async (req: UnaryRequest<I, O>): Promise<UnaryResponse<I, O>> => {
+        if (call.ended !== undefined) throw call.ended; // past its deadline (or cancelled) before it was sent
         const body = measureMessage(method.input, isMessage(req.message, method.input) ? req.message : create(method.input, req.message as MessageInitShape<I>));
         options.onRequestBytes?.(body.bytes);
         let response: HttpResponse;
@@ -147,7 +157,8 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
       const timer = deadlineMs === undefined ? undefined : setTimeout(() => end(new ConnectError("the operation timed out", Code.DeadlineExceeded)), deadlineMs);
       const onAbort = () => end(ConnectError.from(signal?.reason ?? new Error("the call was cancelled"), Code.Canceled));
       signal?.addEventListener("abort", onAbort);
-      return next({
+      // An interceptor that throws at once rejects the call like one that fails later.
+      return new Promise<UnaryResponse<I, O>>((resolve) => resolve(next({
         stream: false,
         service: method.parent,
         method,
@@ -157,7 +168,7 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
         contextValues: contextValues ?? createContextValues(),
         message: isMessage(input, method.input) ? input : create(method.input, input),
         signal: signal ?? neverAborted,
-      }).then(
+      }))).then(
         (response: UnaryResponse<I, O>) => {
           clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);
@@ -166,7 +177,8 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
         (error: unknown) => {
           clearTimeout(timer);
           signal?.removeEventListener("abort", onAbort);
-          throw call.ended ?? ConnectError.from(error, Code.Internal);
+          // As runUnaryCall: anything not a Connect error is `unknown`.
+          throw call.ended ?? ConnectError.from(error);
         },
       );
     },
