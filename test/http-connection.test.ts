@@ -1,10 +1,10 @@
 // Proves HttpConnection (src/lib/http-connection.ts) stops writing a request the server answered
 // before reading all of it (the rest would be read on that socket as the next request, or the next
 // request as the rest of it): the socket is closed, and the next request goes on a new socket and
-// is answered.
+// is answered. A request that cannot even start fails, and leaves the connection free for the next.
 import { afterAll, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import { buildRequest, HttpConnection } from "../src/lib/http-connection.ts";
+import { buildRequest, HttpConnection, HttpConnectionError } from "../src/lib/http-connection.ts";
 
 /** Per connection: bytes received, and whether the client closed it. */
 const connections: { received: number; closed: boolean }[] = [];
@@ -36,6 +36,17 @@ const server = Bun.listen<{ index: number; answered: boolean; head: string }>({
   },
 });
 afterAll(() => server.stop(true));
+
+test("a request that cannot start (no such port) fails with an HttpConnectionError, and the connection takes the next request", async () => {
+  const connection = new HttpConnection("127.0.0.1", 70_000);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const failure = await connection.request(buildRequest("GET", "/", "127.0.0.1")).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(failure).toBeInstanceOf(HttpConnectionError);
+  }
+});
 
 test("a request answered before it was all written is not written on, and the next goes on a new socket", async () => {
   const connection = new HttpConnection("127.0.0.1", server.port);

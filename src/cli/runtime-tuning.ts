@@ -19,9 +19,9 @@
  *   copied a few times) peaked at 380-470 MB of RSS while holding about 55 MB live. Sized against
  *   256 MiB, a heap past 64 MB grows by 1.5 and one past 128 MB by 1.24. Measured A B A B
  *   (BENCHMARKS.md): peak RSS at 16 KB 255-298 MB, at 256 KB 497-657 MB (720-967 without), with
- *   as many writes/s; at 100 B 4,754 and 5,169 writes/s against 4,320 and 4,795 without. GC
- *   pauses stayed under 6 ms (BUN_JSC_logGC). It only sizes the heap: nothing is refused for lack
- *   of memory.
+ *   as many writes/s; at 100 B 4,754 and 5,169 writes/s against 4,320 and 4,795 without. It only
+ *   sizes the heap: nothing is refused for lack of memory. (Its collections are not free: at 256 KB
+ *   values the loop's GC pauses reach 35-58 ms, BENCHMARKS.md; 128 MiB was no better there.)
  *
  * So a long-running command re-executes itself in place (execve: same pid, so signals, pid files
  * and `kill` keep working) with whichever of these variables is not already set; an operator's own

@@ -32,19 +32,18 @@ const niceMax = 19;
 
 /**
  * Names the calling thread `name` (what `top -H` and /proc/PID/task/TID/comm show; 15 bytes at
- * most) and lowers its priority by `niceIncrement`. Best effort, Linux only: on other systems a
- * priority belongs to the whole process, so nothing is changed.
+ * most) and lowers its priority by `backgroundNiceIncrement`. Best effort, Linux only: on other
+ * systems a priority belongs to the whole process, so nothing is changed.
  */
-export function becomeBackgroundThread(name: string, niceIncrement = backgroundNiceIncrement): void {
+export function becomeBackgroundThread(name: string): void {
   if (process.platform !== "linux") return;
   try {
     writeFileSync("/proc/thread-self/comm", name.slice(0, 15));
   } catch {
     // No /proc: the thread keeps the runtime's name.
   }
-  if (niceIncrement <= 0) return;
   try {
-    setPriority(Math.min(niceMax, getPriority() + niceIncrement));
+    setPriority(Math.min(niceMax, getPriority() + backgroundNiceIncrement));
   } catch {
     // Refused (a sandbox): the thread runs at its creator's priority.
   }

@@ -32,9 +32,9 @@
  *
  * The worker's code is a string loaded from a Blob URL: it imports only `bun:sqlite`, `node:fs` and
  * `node:os`, so it runs the same under `bun` and inside the compiled executable, with no second
- * entry point to ship. It is a background thread (src/lib/background-thread.ts): named `kv-checkpoint`, and at the
- * priority of the storage's writer thread that starts it, or lowered as that one lowers itself when
- * the node's own thread starts it (`kv serve --storage-thread=false`).
+ * entry point to ship. It is a background thread (src/lib/background-thread.ts): named
+ * `kv-checkpoint`, and at the priority of the storage's writer thread that starts it, or lowered
+ * as that one lowers itself when the node's own thread starts it (`kv serve --storage-thread=false`).
  */
 import { isMainThread } from "node:worker_threads";
 import { backgroundNiceIncrement } from "../lib/background-thread.ts";

@@ -95,11 +95,8 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
     }
   }
 
+  /** Only for a call not ended: `send` checks before the first attempt, `exchange` before the retry. */
   async function exchangeOn(connection: HttpConnection, request: Uint8Array, call: CallState): Promise<HttpResponse> {
-    if (call.ended !== undefined) {
-      release(connection);
-      throw call.ended; // past its deadline (or cancelled) before it was sent
-    }
     call.connection = connection;
     try {
       return await connection.request(request);
