@@ -202,7 +202,7 @@ export class ThreadedStorage implements KvStorage {
     this.readDb = new Database(this.file, { readonly: true, strict: true });
     try {
       this.readDb.run(`PRAGMA busy_timeout = ${options.lockWaitMs ?? 2000}`);
-      this.reads = new SqliteReads(this.readDb, this.file);
+      this.reads = new SqliteReads(this.readDb, this.file, { batchKvReads: true });
     } catch (error) {
       this.readDb.close(true);
       throw error;
@@ -539,6 +539,8 @@ export class ThreadedStorage implements KvStorage {
   // --- the writer's answers ---
 
   private received(message: FromStorageThread): void {
+    // The writer may have committed since the batch's snapshot: reads from here on see it.
+    this.reads.endBatch();
     switch (message.type) {
       case "done":
         this.answered(message);

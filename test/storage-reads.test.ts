@@ -1,0 +1,140 @@
+// Proves SqliteReads' batched key-value reads (src/storage/sqlite-reads.ts): gets and lists made in one task of the event loop share one read transaction, the next task (or endBatch, entries, dataBytes) reads the newest commit, and a ThreadedStorage get after an awaited apply sees it.
+import { afterAll, describe, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { encodeCommand } from "../src/kv/command.ts";
+import { EntryType } from "../src/raft/types.ts";
+import { entryChecksum } from "../src/storage/entry-checksum.ts";
+import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { SqliteReads } from "../src/storage/sqlite-reads.ts";
+import { openThreadedStorage } from "../src/storage/threaded-storage.ts";
+
+const tempDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "kv-storage-reads-"));
+  tempDirs.push(dir);
+  return dir;
+}
+
+const text = (data: Uint8Array | undefined): string | undefined => (data === undefined ? undefined : new TextDecoder().decode(data));
+
+/** A node's database made by the storage itself, closed, then a writer and a read-only reader on it. */
+async function writerAndReader(batchKvReads: boolean): Promise<{ writer: Database; reads: SqliteReads; close: () => void }> {
+  const dir = tempDir();
+  const storage = openSqliteStorage(dir);
+  storage.bootstrap([1]);
+  storage.close();
+  const file = join(dir, "kv.db");
+  const writer = new Database(file, { strict: true });
+  writer.run("PRAGMA journal_mode = WAL");
+  const reader = new Database(file, { readonly: true, strict: true });
+  const reads = new SqliteReads(reader, file, { batchKvReads });
+  return {
+    writer,
+    reads,
+    close: () => {
+      reads.finalize();
+      reader.close(true);
+      writer.close(true);
+    },
+  };
+}
+
+function putRow(writer: Database, key: string, value: string, version: number): void {
+  writer
+    .query("INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version")
+    .run(key, new TextEncoder().encode(value), version);
+}
+
+/** Resolves in a later task of the event loop (every microtask queued before has run). */
+const nextTask = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+describe("batched key-value reads", () => {
+  test("gets and lists in one task read one snapshot; the next task reads the newest commit", async () => {
+    const { writer, reads, close } = await writerAndReader(true);
+    try {
+      putRow(writer, "a", "1", 1);
+      expect(text(reads.get("a")?.value)).toBe("1");
+      putRow(writer, "a", "2", 2);
+      putRow(writer, "b", "x", 3);
+      // Same task: the batch's snapshot, taken at the first get.
+      expect(text(reads.get("a")?.value)).toBe("1");
+      expect(reads.get("b")).toBeUndefined();
+      expect(reads.list("", undefined, 10).map((item) => item.key)).toEqual(["a"]);
+      await nextTask();
+      expect(text(reads.get("a")?.value)).toBe("2");
+      expect(reads.get("a")?.version).toBe(2);
+      expect(reads.list("", undefined, 10).map((item) => item.key)).toEqual(["a", "b"]);
+    } finally {
+      close();
+    }
+  });
+
+  test("endBatch, entries and dataBytes end the batch: what follows reads the newest commit", async () => {
+    const { writer, reads, close } = await writerAndReader(true);
+    try {
+      putRow(writer, "a", "1", 1);
+      expect(text(reads.get("a")?.value)).toBe("1");
+      putRow(writer, "a", "2", 2);
+      reads.endBatch();
+      expect(text(reads.get("a")?.value)).toBe("2");
+
+      putRow(writer, "a", "3", 3);
+      const data = encodeCommand({ op: "put", key: "a", value: new TextEncoder().encode("3") });
+      writer.query("INSERT INTO raft_log (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)").run(1, 1, EntryType.Normal, data, entryChecksum(1, 1, EntryType.Normal, data));
+      // The batch begun by the get above is still open: entries ends it and sees the new row.
+      expect(reads.entries(1, 2, 1 << 20).map((entry) => entry.index)).toEqual([1]);
+      expect(text(reads.get("a")?.value)).toBe("3");
+
+      putRow(writer, "a", "4", 4);
+      reads.dataBytes();
+      expect(text(reads.get("a")?.value)).toBe("4");
+    } finally {
+      close();
+    }
+  });
+
+  test("without batchKvReads every get reads the newest commit, in the same task too", async () => {
+    const { writer, reads, close } = await writerAndReader(false);
+    try {
+      putRow(writer, "a", "1", 1);
+      expect(text(reads.get("a")?.value)).toBe("1");
+      putRow(writer, "a", "2", 2);
+      expect(text(reads.get("a")?.value)).toBe("2");
+    } finally {
+      close();
+    }
+  });
+
+  test("a ThreadedStorage get after an awaited apply sees it, though a get earlier in the task began a batch", async () => {
+    const dir = tempDir();
+    const storage = await openThreadedStorage(dir);
+    try {
+      storage.bootstrap([1]);
+      const put = (index: number, value: string) => ({
+        index,
+        term: 1,
+        type: EntryType.Normal,
+        data: encodeCommand({ op: "put", key: "k", value: new TextEncoder().encode(value) }),
+      });
+      storage.save({ term: 1, vote: 1, commit: 0 }, [put(1, "v1"), put(2, "v2")], false);
+      storage.save({ term: 1, vote: 1, commit: 2 }, [], false);
+      await storage.applyEntries([put(1, "v1")]);
+      expect(text(storage.get("k")?.value)).toBe("v1");
+      const applied = storage.applyEntries([put(2, "v2")]);
+      expect(text(storage.get("k")?.value)).toBe("v1"); // begins a batch in this task
+      await applied;
+      expect(text(storage.get("k")?.value)).toBe("v2");
+      expect(storage.get("k")?.version).toBe(2);
+    } finally {
+      storage.close();
+      await storage.released();
+    }
+  });
+});
