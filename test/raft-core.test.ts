@@ -314,6 +314,26 @@ describe("ReadIndex rounds and leases (thesis §6.4, §6.4.1)", () => {
     expect(answersTo2(drainReads(node).messages).length).toBe(1);
   });
 
+  test("reads that arrive together share one heartbeat round; a read after that round went out waits for the next", () => {
+    const node = committedLeader(3);
+    const term = node.basicStatus().term;
+    node.readIndex("own");
+    node.step({ type: "read-index", from: 2, to: 1, term, readContext: "2.1" });
+    node.step({ type: "read-index", from: 3, to: 1, term, readContext: "3.1" });
+    const together = drainReads(node).messages;
+    const heartbeats = together.filter((m) => m.type === "heartbeat");
+    expect(heartbeats.map((m) => m.to).sort()).toEqual([2, 3]); // one round for all three reads
+    node.step({ type: "read-index", from: 2, to: 1, term, readContext: "2.2" });
+    const later = drainReads(node).messages;
+    ack(node, heartbeatTo(together, 2)); // the first round's quorum: 1 and 2
+    const released = drainReads(node);
+    expect(released.readStates).toEqual(["own"]);
+    expect(released.messages.filter((m) => m.type === "read-index-response").map((m) => (m.type === "read-index-response" ? m.readContext : "")).sort()).toEqual(["2.1", "3.1"]);
+    // 2.2 arrived after the first round was sent: only the round sent for it confirms it.
+    ack(node, heartbeatTo(later, 3));
+    expect(drainReads(node).messages.filter((m) => m.type === "read-index-response").map((m) => (m.type === "read-index-response" ? m.readContext : ""))).toEqual(["2.2"]);
+  });
+
   test("acks of a member removed meanwhile count toward neither a pending read nor the lease", () => {
     const node = committedLeader(5);
     // A lease from a round that 4 and 5 acknowledged: a quorum of {1..5}, not of {1..4}.

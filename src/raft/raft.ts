@@ -548,9 +548,19 @@ export class Raft {
       this.releaseRead({ readContext, index: this.log.committed, from, round: 0 });
       return;
     }
-    // Only a round sent from now on can confirm this read.
+    // Only a round sent from now on can confirm this read: the next one, which `sendReadRound`
+    // sends before the driver's next Ready unless a heartbeat round goes out first. Reads that
+    // arrive together (the node's own batch, followers' requests stepped in the same turn) share it.
     this.pendingReads.push({ readContext, index: this.log.committed, from, round: this.heartbeatRound + 1 });
-    this.broadcastHeartbeat();
+  }
+
+  /**
+   * Sends the heartbeat round the pending reads wait for, if none has gone out since they arrived.
+   * RawNode calls it before it reports or hands over messages, so a read never waits for a tick.
+   */
+  sendReadRound(): void {
+    const last = this.pendingReads[this.pendingReads.length - 1];
+    if (this.role === "leader" && last !== undefined && last.round > this.heartbeatRound) this.broadcastHeartbeat();
   }
 
   private releaseRead(read: PendingRead): void {

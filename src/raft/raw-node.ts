@@ -150,6 +150,7 @@ export class RawNode {
 
   hasReady(): boolean {
     const raft = this.raft;
+    raft.sendReadRound();
     const soft = raft.softState();
     return (
       raft.messages.length > 0 ||
@@ -168,6 +169,7 @@ export class RawNode {
   ready(committedBytesMax = Number.POSITIVE_INFINITY): Ready {
     assert(this.outstanding === undefined, "ready() called again before advance()");
     const raft = this.raft;
+    raft.sendReadRound();
     const soft = raft.softState();
     const hard = raft.hardState();
     const softChanged = soft.leaderId !== this.previousSoftState.leaderId || soft.role !== this.previousSoftState.role;
