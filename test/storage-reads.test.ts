@@ -25,7 +25,7 @@ function tempDir(): string {
 const text = (data: Uint8Array | undefined): string | undefined => (data === undefined ? undefined : new TextDecoder().decode(data));
 
 /** A node's database made by the storage itself, closed, then a writer and a read-only reader on it. */
-async function writerAndReader(batchKvReads: boolean): Promise<{ writer: Database; reads: SqliteReads; close: () => void }> {
+async function writerAndReader(batchKvReads: boolean): Promise<{ writer: Database; reader: Database; reads: SqliteReads; close: () => void }> {
   const dir = tempDir();
   const storage = openSqliteStorage(dir);
   storage.bootstrap([1]);
@@ -37,6 +37,7 @@ async function writerAndReader(batchKvReads: boolean): Promise<{ writer: Databas
   const reads = new SqliteReads(reader, file, { batchKvReads });
   return {
     writer,
+    reader,
     reads,
     close: () => {
       reads.finalize();
@@ -95,6 +96,40 @@ describe("batched key-value reads", () => {
       putRow(writer, "a", "4", 4);
       reads.dataBytes();
       expect(text(reads.get("a")?.value)).toBe("4");
+    } finally {
+      close();
+    }
+  });
+
+  test("a batch whose transaction is gone (rolled back under it) ends without an error", async () => {
+    const { writer, reader, reads, close } = await writerAndReader(true);
+    try {
+      putRow(writer, "a", "1", 1);
+      expect(text(reads.get("a")?.value)).toBe("1");
+      reader.run("ROLLBACK"); // as SQLite does itself after some I/O errors in a read
+      await nextTask(); // the batch's end ran: a COMMIT here would throw, from a microtask
+      putRow(writer, "a", "2", 2);
+      expect(text(reads.get("a")?.value)).toBe("2");
+    } finally {
+      close();
+    }
+  });
+
+  test("the end queued for a batch that endBatch closed leaves a later batch of the same task open", async () => {
+    const { writer, reads, close } = await writerAndReader(true);
+    try {
+      putRow(writer, "a", "1", 1);
+      expect(text(reads.get("a")?.value)).toBe("1"); // batch 1; its end is queued
+      let seen: string | undefined;
+      queueMicrotask(() => {
+        seen = text(reads.get("a")?.value); // runs after batch 1's queued end, before batch 2's
+      });
+      reads.endBatch();
+      expect(text(reads.get("a")?.value)).toBe("1"); // batch 2
+      putRow(writer, "a", "2", 2);
+      await nextTask();
+      expect(seen).toBe("1"); // still batch 2's snapshot: batch 1's end did not close it
+      expect(text(reads.get("a")?.value)).toBe("2");
     } finally {
       close();
     }

@@ -559,6 +559,7 @@ export class Raft {
    * RawNode calls it before it reports or hands over messages, so a read never waits for a tick.
    */
   sendReadRound(): void {
+    // Reads are pushed in order with rounds that never decrease: the last one waits the longest.
     const last = this.pendingReads[this.pendingReads.length - 1];
     if (this.role === "leader" && last !== undefined && last.round > this.heartbeatRound) this.broadcastHeartbeat();
   }

@@ -148,6 +148,10 @@ export class RawNode {
     this.raft.reportSnapshotFailure(to);
   }
 
+  /**
+   * Whether there is work for the driver. Not a pure query: a heartbeat round that pending reads
+   * wait for is sent first (`Raft.sendReadRound`), so the Ready that follows carries it.
+   */
   hasReady(): boolean {
     const raft = this.raft;
     raft.sendReadRound();

@@ -165,13 +165,16 @@ export interface SqliteReadsOptions {
  * `batchKvReads`.
  *
  * With `batchKvReads`, the first `get` or `list` begins a read transaction and the ones after it
- * join it until the microtasks queued so far have run (the end of the event loop's current task),
- * or until `endBatch()`, whichever comes first. On its own each statement takes and drops a lock
+ * join it until the microtasks queued before that first read have run (so never past the event
+ * loop's current task), or until `endBatch()`, whichever comes first. Reads a few awaits deeper
+ * begin a batch of their own. On its own each statement takes and drops a lock
  * on the shared-memory WAL index, two `fcntl` calls: in a read transaction a point read cost about
  * 1.5 µs against 8 µs (BENCHMARKS.md). The snapshot is the newest committed state when the batch's
  * first read ran; the owner calls `endBatch()` whenever it learns of a newer commit (ThreadedStorage
- * does on every answer from its writer), so a read never sees less than what its caller knows was
- * committed. Log entries and the database's size end the batch and read the newest state.
+ * does on every answer from its writer, though no batch outlives the task it began in), so a read
+ * never sees less than what its caller knows was committed. Log entries and the database's size
+ * end the batch and read the newest state. While a batch is open, a checkpoint that must wait for
+ * every reader (TRUNCATE, on the writer) waits for it: for the rest of the loop's task at most.
  */
 export class SqliteReads {
   /** Log rows read out of SQLite by `entries` since open (each one copied into memory). */
@@ -192,6 +195,8 @@ export class SqliteReads {
   private readonly commitBatch: Statement<unknown, []> | undefined;
   /** A batch's read transaction is open (see `batchKvReads`). */
   private inBatch = false;
+  /** Numbers batches, so that a batch's end queued for its task ends no later batch. */
+  private batchNumber = 0;
 
   /**
    * @param db the connection to read on
@@ -220,7 +225,18 @@ export class SqliteReads {
   endBatch(): void {
     if (!this.inBatch) return;
     this.inBatch = false;
-    this.commitBatch?.run();
+    // A read that failed (an I/O error) may have rolled the transaction back already. Ending it
+    // must not throw: from the microtask below a throw would end the process.
+    if (!this.db.inTransaction) return;
+    try {
+      this.commitBatch?.run();
+    } catch {
+      try {
+        this.db.run("ROLLBACK");
+      } catch {
+        // Nothing left to end; the next read reports whatever is wrong with the database.
+      }
+    }
   }
 
   /** With `batchKvReads`: joins the open batch, or begins one that ends with the current task. */
@@ -228,7 +244,10 @@ export class SqliteReads {
     if (!this.batchKvReads || this.inBatch) return;
     this.beginBatch?.run();
     this.inBatch = true;
-    queueMicrotask(() => this.endBatch());
+    const batch = ++this.batchNumber;
+    queueMicrotask(() => {
+      if (batch === this.batchNumber) this.endBatch();
+    });
   }
 
   /**
@@ -318,6 +337,8 @@ export class SqliteReads {
     for (const statement of [this.selectEntries, this.selectEntry, this.selectValue, this.selectRange, this.selectBoundedRange, this.pageCount, this.freelistCount]) {
       statement.finalize();
     }
+    this.beginBatch?.finalize();
+    this.commitBatch?.finalize();
   }
 }
 
