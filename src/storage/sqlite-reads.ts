@@ -190,7 +190,7 @@ export class SqliteReads {
   private readonly freelistCount: Statement<{ freelist_count: number }, []>;
   /** The database's page size in bytes. */
   readonly pageBytes: number;
-  private readonly batchKvReads: boolean;
+  /** With `batchKvReads` only: the statements that begin and end a batch. */
   private readonly beginBatch: Statement<unknown, []> | undefined;
   private readonly commitBatch: Statement<unknown, []> | undefined;
   /** A batch's read transaction is open (see `batchKvReads`). */
@@ -216,9 +216,9 @@ export class SqliteReads {
     this.pageCount = db.prepare("PRAGMA page_count");
     this.freelistCount = db.prepare("PRAGMA freelist_count");
     this.pageBytes = db.query<{ page_size: number }, []>("PRAGMA page_size").get()?.page_size ?? 4096;
-    this.batchKvReads = options.batchKvReads ?? false;
-    this.beginBatch = this.batchKvReads ? db.prepare("BEGIN") : undefined;
-    this.commitBatch = this.batchKvReads ? db.prepare("COMMIT") : undefined;
+    const batched = options.batchKvReads ?? false;
+    this.beginBatch = batched ? db.prepare("BEGIN") : undefined;
+    this.commitBatch = batched ? db.prepare("COMMIT") : undefined;
   }
 
   /** Ends the batch's read transaction, if one is open: the next read sees the newest committed state. */
@@ -241,8 +241,8 @@ export class SqliteReads {
 
   /** With `batchKvReads`: joins the open batch, or begins one that ends with the current task. */
   private joinBatch(): void {
-    if (!this.batchKvReads || this.inBatch) return;
-    this.beginBatch?.run();
+    if (this.beginBatch === undefined || this.inBatch) return;
+    this.beginBatch.run();
     this.inBatch = true;
     const batch = ++this.batchNumber;
     queueMicrotask(() => {

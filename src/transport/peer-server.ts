@@ -9,6 +9,7 @@ import type { ConnectRouter, HandlerContext, MethodImplSpec } from "@connectrpc/
 import { codeToHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { createAsyncIterable, createMethodUrl, readAllBytes } from "@connectrpc/connect/protocol";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
+import { neverAborted } from "../lib/never-aborted.ts";
 import { assert } from "../lib/assert.ts";
 import { encodeMessage } from "./proto-writer.ts";
 
@@ -227,12 +228,6 @@ function declaredBytes(request: Request): number {
   const bytes = Number(request.headers.get("content-length") ?? 0);
   return Number.isSafeInteger(bytes) && bytes >= 0 ? bytes : 0;
 }
-
-/**
- * Handlers get this signal: a unary call's body is read before the handler runs and its answer is
- * built in memory, so there is nothing left to abort when a caller goes away.
- */
-const neverAborted = new AbortController().signal;
 
 /** A handler's `timeoutMs()`: no deadline is enforced here (see `createPeerServer`). */
 const noTimeout = (): undefined => undefined;

@@ -19,6 +19,7 @@ import type { ContextValues, Interceptor, Transport, UnaryRequest, UnaryResponse
 import { createMethodUrl } from "@connectrpc/connect/protocol";
 import { codeFromHttpStatus, contentTypeUnaryJson, contentTypeUnaryProto, errorFromJsonBytes, trailerDemux } from "@connectrpc/connect/protocol-connect";
 import { HttpConnection, HttpConnectionError, responseHeader } from "../lib/http-connection.ts";
+import { neverAborted } from "../lib/never-aborted.ts";
 import type { HttpResponse } from "../lib/http-connection.ts";
 import { uninitializedBytes } from "../lib/bytes.ts";
 import { measureMessage, type MeasuredMessage } from "./proto-writer.ts";
@@ -43,13 +44,12 @@ export interface SocketTransport extends Transport {
 
 const encoder = new TextEncoder();
 
-/**
- * The signal interceptors see on a call (`UnaryRequest.signal`) when its caller gave none. Neither
- * this nor the caller's signal carries the call's deadline, nor is aborted when the call ends: the
+/*
+ * The signal interceptors see on a call (`UnaryRequest.signal`) is the caller's, or `neverAborted`
+ * when it gave none. Neither carries the call's deadline, nor is aborted when the call ends: the
  * deadline and cancellation act on the socket directly, and a signal an interceptor sets on the
  * request is not looked at. Interceptors here only set headers (src/transport/peer-auth.ts).
  */
-const neverAborted = new AbortController().signal;
 
 /**
  * One call on its way: the connection carrying it (set by `exchangeOn`), and the error it ended with
