@@ -6,7 +6,8 @@ import { ManualClock } from "../src/lib/clock.ts";
 import { KvError } from "../src/lib/kv-error.ts";
 import type { ApplyResult } from "../src/kv/apply-plan.ts";
 import { encodeCommand } from "../src/kv/command.ts";
-import { changeOf, type WatchChange, WatchHistory } from "../src/kv/watch-history.ts";
+import { changeBytes, changeOf, changesOf, type WatchChange, WatchHistory } from "../src/kv/watch-history.ts";
+import { createPrng } from "../src/lib/prng.ts";
 import type { WatchItem, WatchSubscription } from "../src/node/api.ts";
 import { defaultWatch, NodeWatch } from "../src/node/watch.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -178,38 +179,139 @@ describe("NodeWatch", () => {
   });
 });
 
-describe("changeOf and memory", () => {
-  test("a put's value is copied out of the entry it came in, so the history never pins a whole batch of entries", () => {
+describe("what the history keeps of a value", () => {
+  const putEntry = (index: number, data: Uint8Array): Entry => ({ index, term: 1, type: EntryType.Normal, data });
+  const result = (index: number): ApplyResult => ({ kind: "put", index, version: index });
+  const keptValue = (history: WatchHistory, version: number): Uint8Array => {
+    const [change] = history.scan(version - 1, all, 1, 1).changes;
+    if (change?.kind !== "put") throw new Error(`no put at ${version}`);
+    return change.value;
+  };
+
+  test("a small value is copied out of the entry it came in, so the history never pins a whole batch of entries", () => {
     // Entries arrive as views into one large buffer (a peer's append carries up to 1 MiB of them).
     const batch = new Uint8Array(1 << 20);
     const data = encodeCommand({ op: "put", key: "k", value: new TextEncoder().encode("v") });
     batch.set(data, 4096);
-    const entry: Entry = { index: 7, term: 1, type: EntryType.Normal, data: batch.subarray(4096, 4096 + data.byteLength) };
-    const change = changeOf(entry, { kind: "put", index: 7, version: 7 } as ApplyResult);
-    expect(change?.kind).toBe("put");
-    const value = (change as Extract<WatchChange, { kind: "put" }>).value;
+    const history = new WatchHistory(limits, 6);
+    history.record(7, changesOf(putEntry(7, batch.subarray(4096, 4096 + data.byteLength)), result(7)), 0);
+    batch.fill(0); // the batch's buffer is reused or freed: the history's value must not change
+    const value = keptValue(history, 7);
     expect(new TextDecoder().decode(value)).toBe("v");
-    expect(value.buffer.byteLength).toBe(value.byteLength);
+    expect(value.buffer).not.toBe(batch.buffer);
   });
-});
 
-describe("values the history keeps", () => {
-  const put = (index: number, data: Uint8Array): Entry => ({ index, term: 1, type: EntryType.Normal, data });
-  const result = (index: number): ApplyResult => ({ kind: "put", index, version: index });
-
-  test("a value in an entry that owns its buffer is kept as a view; one inside a larger buffer (a peer's whole append) is copied", () => {
+  test("a large value in an entry that owns its buffer is kept as a view; one inside a larger buffer (a peer's whole append) is copied", () => {
     const own = encodeCommand({ op: "put", key: "a", value: new Uint8Array(100_000).fill(1) });
-    const kept = changeOf(put(1, own), result(1));
-    expect(kept?.kind === "put" && kept.value.buffer).toBe(own.buffer);
+    const history = new WatchHistory(limits, 0);
+    history.record(1, changesOf(putEntry(1, own), result(1)), 0);
+    expect(keptValue(history, 1).buffer).toBe(own.buffer);
     // The same entry as a view into a 4 MiB request body: the history must not keep the body alive.
     const body = new Uint8Array(4 << 20);
     body.set(own, 1_000);
-    const view = body.subarray(1_000, 1_000 + own.byteLength);
-    const copied = changeOf(put(2, view), result(2));
-    expect(copied?.kind).toBe("put");
-    if (copied?.kind !== "put") return;
-    expect(copied.value.buffer).not.toBe(body.buffer);
-    expect(copied.value.buffer.byteLength).toBe(100_000);
-    expect(copied.value.every((byte) => byte === 1)).toBe(true);
+    history.record(2, changesOf(putEntry(2, body.subarray(1_000, 1_000 + own.byteLength)), result(2)), 0);
+    const copied = keptValue(history, 2);
+    expect(copied.buffer).not.toBe(body.buffer);
+    expect(copied.buffer.byteLength).toBe(100_000);
+    expect(copied.every((byte) => byte === 1)).toBe(true);
+  });
+
+  test("the value log's chunks go once the changes in them are dropped", () => {
+    const history = new WatchHistory({ ...limits, entriesMax: 100 }, 0);
+    const value = new Uint8Array(4_000).fill(7);
+    for (let version = 1; version <= 1_000; version++) history.record(version, [{ kind: "put", key: `k${version}`, value, version }], 0);
+    // 100 changes of 4,000 bytes need 2 chunks of 256 KiB; the 1,000 written needed 16.
+    expect(history.valueLogBytes()).toBeLessThanOrEqual(3 * 256 * 1024);
+    expect(history.scan(900, all, 1_000, 1_000).changes.map((change) => change.version)).toEqual(Array.from({ length: 100 }, (_, i) => 901 + i));
+    history.reset(1_000);
+    expect(history.valueLogBytes()).toBe(0);
+  });
+});
+
+describe("WatchHistory against a model", () => {
+  // The history keeps its changes packed in columns and a value log; the model keeps them as
+  // objects in an array. Both see the same records, trims and resets: every scan must agree.
+  test("random records, trims, scans and resets agree with an array of changes, over many seeds", () => {
+    for (let seed = 1; seed <= 30; seed++) {
+      const prng = createPrng(seed);
+      const bounds = { entriesMax: prng.intInclusive(1, 300), retentionMs: prng.intInclusive(0, 2_000), bytesMax: prng.intInclusive(200, 400_000) };
+      const history = new WatchHistory(bounds, 0);
+      let model: { change: WatchChange; atMs: number }[] = [];
+      let compacted = 0;
+      let version = 0;
+      let nowMs = 0;
+      let bytes = 0;
+      const modelTrim = () => {
+        while (model.length > 0) {
+          const oldest = model[0]!;
+          if (!(model.length > bounds.entriesMax || nowMs - oldest.atMs > bounds.retentionMs || bytes > bounds.bytesMax)) break;
+          const dropped = oldest.change.version;
+          while (model.length > 0 && model[0]!.change.version === dropped) bytes -= changeBytes(model.shift()!.change);
+          compacted = dropped;
+        }
+      };
+      for (let step = 0; step < 1_500; step++) {
+        nowMs += prng.intInclusive(0, 20);
+        const roll = prng.next();
+        if (roll < 0.8) {
+          version += prng.intInclusive(1, 3);
+          const changes: WatchChange[] = [];
+          for (let n = prng.intInclusive(0, 3); n > 0; n--) {
+            const key = `k${prng.intInclusive(0, 50)}`;
+            const sizes = [0, 1, 100, 4_096, 4_097, 20_000];
+            if (prng.chance(0.7)) {
+              // Sometimes a view into a larger buffer, as values in a peer's append are.
+              const size = prng.pick(sizes);
+              const offset = prng.chance(0.5) ? 0 : prng.intInclusive(1, 10_000);
+              const value = new Uint8Array(offset + size + prng.intInclusive(0, 10_000)).subarray(offset, offset + size);
+              for (let i = 0; i < size; i++) value[i] = prng.intInclusive(0, 255);
+              changes.push({ kind: "put", key, value, version });
+            } else {
+              changes.push({ kind: "delete", key, version, reason: prng.chance(0.5) ? "delete" : "lease_expired" });
+            }
+          }
+          history.record(version, changes, nowMs);
+          for (const change of changes) model.push({ change, atMs: nowMs });
+          bytes += changes.reduce((sum, change) => sum + changeBytes(change), 0);
+          modelTrim();
+        } else if (roll < 0.9) {
+          history.trim(nowMs);
+          modelTrim();
+        } else if (roll < 0.99) {
+          const after = prng.intInclusive(compacted, version);
+          const changesMax = prng.intInclusive(1, 50);
+          const scanMax = prng.intInclusive(1, 50);
+          const wanted = prng.intInclusive(0, 50);
+          const matches = (key: string) => Number(key.slice(1)) <= wanted;
+          const got = history.scan(after, matches, changesMax, scanMax);
+          // The model's scan: whole versions, stopping once either bound is reached.
+          const expected: WatchChange[] = [];
+          let scanned = 0;
+          let through = after;
+          let stopped = false;
+          for (let i = model.findIndex((kept) => kept.change.version > after); i !== -1 && i < model.length; ) {
+            const at = model[i]!.change.version;
+            if (expected.length >= changesMax || scanned >= scanMax) {
+              stopped = true;
+              break;
+            }
+            for (; i < model.length && model[i]!.change.version === at; i++, scanned++) if (matches(model[i]!.change.key)) expected.push(model[i]!.change);
+            through = at;
+          }
+          expect(got.changes).toEqual(expected);
+          expect(got.scanned).toBe(scanned);
+          expect(got.throughVersion).toBe(stopped ? through : Math.max(through, version));
+        } else {
+          version += prng.intInclusive(0, 5);
+          history.reset(version);
+          model = [];
+          bytes = 0;
+          compacted = version;
+        }
+        expect(history.size()).toBe(model.length);
+        expect(history.compactedThrough()).toBe(compacted);
+        expect(history.lastVersion()).toBe(version);
+      }
+    }
   });
 });

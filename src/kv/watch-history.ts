@@ -16,7 +16,8 @@ export type WatchChange =
  * The change an applied entry made, if any. A put or delete answered from an idempotency session
  * (a retry) reports the first write's version, below its own index: it changed nothing. A conflict
  * (compare-and-set mismatch), a reused idempotency key, a noop, a membership change, an entry
- * skipped as already applied, and a delete of an absent key change nothing either.
+ * skipped as already applied, and a delete of an absent key change nothing either. A put's value
+ * is a view into the entry's data: `WatchHistory.record` decides what of it is kept.
  */
 export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undefined {
   assert(entry.index === result.index, `watch: result for ${result.index} paired with entry ${entry.index}`);
@@ -27,7 +28,7 @@ export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undef
   const command = decodeCommand(entry.data); // it decoded at apply: it decodes again
   assert(command.op === result.kind, `watch: entry ${entry.index} is not the ${result.kind} applied`);
   return command.op === "put"
-    ? { kind: "put", key: command.key, value: keptValue(command.value), version: entry.index }
+    ? { kind: "put", key: command.key, value: command.value, version: entry.index }
     : { kind: "delete", key: command.key, version: entry.index, reason: "delete" };
 }
 
@@ -35,13 +36,13 @@ export function changeOf(entry: Entry, result: ApplyResult): WatchChange | undef
 const keptViewSlackBytes = 4 * 1024;
 
 /**
- * A value the history may keep: the decoded value is a view into the entry's data. When that is
+ * A large value as the history keeps it: the decoded value is a view into the entry's data. When that is
  * the entry's own buffer (read from storage, or proposed here), the view keeps only the entry alive;
  * when it is a view into something larger (a peer's whole append, src/transport/codec.ts), it is
  * copied, or the history would keep every batch it came in alive. Copying every value was a tenth
  * of a node's CPU at 256 KB values (BENCHMARKS.md).
  */
-export function keptValue(value: Uint8Array): Uint8Array {
+function keptValue(value: Uint8Array): Uint8Array {
   return value.buffer.byteLength > value.byteLength + keptViewSlackBytes ? value.slice() : value;
 }
 
@@ -67,7 +68,7 @@ export function changesOf(entry: Entry, result: ApplyResult): WatchChange[] {
   assert(command.op === "txn", `watch: entry ${entry.index} is not the transaction applied`);
   const changes: WatchChange[] = [];
   for (const { op, result: done } of takenOps(command, result)) {
-    if (op.op === "put") changes.push({ kind: "put", key: op.key, value: keptValue(op.value), version: entry.index });
+    if (op.op === "put") changes.push({ kind: "put", key: op.key, value: op.value, version: entry.index });
     else if (op.op === "delete" && done.op === "delete" && done.deleted) changes.push({ kind: "delete", key: op.key, version: entry.index, reason: "delete" });
   }
   return changes;
@@ -88,13 +89,11 @@ export const changeOverheadBytes = 64;
 
 /** Bytes a change is counted as against `WatchHistoryLimits.bytesMax` and a stream's buffer. */
 export function changeBytes(change: WatchChange): number {
-  return change.key.length * 3 + (change.kind === "put" ? change.value.byteLength : 0) + changeOverheadBytes;
+  return countedBytes(change.key, change.kind === "put" ? change.value.byteLength : 0);
 }
 
-interface Kept {
-  readonly change: WatchChange;
-  readonly atMs: number;
-  readonly bytes: number;
+function countedBytes(key: string, valueBytes: number): number {
+  return key.length * 3 + valueBytes + changeOverheadBytes;
 }
 
 /** The result of `WatchHistory.scan`. */
@@ -117,9 +116,33 @@ export interface ScanResult {
  * Invariant: compactedThrough <= (version of every change kept) <= lastVersion, versions non-decreasing.
  */
 export class WatchHistory {
-  private kept: Kept[] = [];
-  /** Index in `kept` of the oldest change still kept (dropped ones are spliced out in bulk). */
-  private first = 0;
+  // The changes kept, oldest first, in a ring of columns indexed by sequence number (`seq & mask`):
+  // the oldest kept is `firstSeq`, the next recorded gets `nextSeq`. A change takes no object of
+  // its own: a node keeps 100,000 changes by default, and as objects (a record, the change, a view,
+  // the entry's buffer behind it) they were ~460 bytes of heap each, which made the collector run
+  // several times as often after a long write phase (BENCHMARKS.md, thirteenth session).
+  private mask = 0;
+  private versions = new Float64Array(0);
+  private atMs = new Float64Array(0);
+  /** `kindPut`, `kindDelete` or `kindExpired`. */
+  private kinds = new Uint8Array(0);
+  private keys: (string | undefined)[] = [];
+  /** A small put's value: where it starts in the value log (`valueChunks`), and its length. */
+  private valueStarts = new Float64Array(0);
+  private valueLengths = new Uint32Array(0);
+  /** A large put's value, kept as is (see `packedValueBytesMax`); undefined for every other change. */
+  private largeValues: (Uint8Array | undefined)[] = [];
+  private firstSeq = 0;
+  private nextSeq = 0;
+  /**
+   * The value log: small values copied end to end into chunks, oldest chunk first. A position is
+   * a byte offset into the whole log since the history was made; a value never spans two chunks.
+   * Chunks are never written once full nor reused: a view handed out by `scan` stays valid.
+   */
+  private valueChunks: { readonly start: number; readonly bytes: Uint8Array; lastSeq: number }[] = [];
+  private firstChunk = 0;
+  /** The log position the next value is written at. */
+  private valueEnd = 0;
   private bytes = 0;
   private compacted: number;
   private last: number;
@@ -148,7 +171,14 @@ export class WatchHistory {
 
   /** Changes kept now. */
   size(): number {
-    return this.kept.length - this.first;
+    return this.nextSeq - this.firstSeq;
+  }
+
+  /** Bytes of small values held in the value log's chunks now, written or not (for tests). */
+  valueLogBytes(): number {
+    let total = 0;
+    for (let i = this.firstChunk; i < this.valueChunks.length; i++) total += (this.valueChunks[i] as { bytes: Uint8Array }).bytes.byteLength;
+    return total;
   }
 
   /** Records that the entry at `version` applied, with the changes it made (often none), at `nowMs`. */
@@ -157,9 +187,24 @@ export class WatchHistory {
     this.last = version;
     for (const change of changes) {
       assert(change.version === version, `watch history: change at ${change.version} recorded as ${version}`);
-      const bytes = changeBytes(change);
-      this.kept.push({ change, atMs: nowMs, bytes });
-      this.bytes += bytes;
+      if (this.size() === this.versions.length) this.grow();
+      const seq = this.nextSeq++;
+      const slot = seq & this.mask;
+      this.versions[slot] = version;
+      this.atMs[slot] = nowMs;
+      this.keys[slot] = change.key;
+      if (change.kind === "put") {
+        this.kinds[slot] = kindPut;
+        if (change.value.byteLength > packedValueBytesMax) {
+          this.largeValues[slot] = keptValue(change.value);
+        } else {
+          this.valueStarts[slot] = this.appendValue(change.value, seq);
+          this.valueLengths[slot] = change.value.byteLength;
+        }
+      } else {
+        this.kinds[slot] = change.reason === "lease_expired" ? kindExpired : kindDelete;
+      }
+      this.bytes += changeBytes(change);
     }
     this.trim(nowMs);
   }
@@ -167,9 +212,7 @@ export class WatchHistory {
   /** A snapshot installed at `version`: what came before it is not known here. */
   reset(version: number): void {
     assert(version >= this.last, `watch history: snapshot at ${version} behind ${this.last}`);
-    this.kept = [];
-    this.first = 0;
-    this.bytes = 0;
+    while (this.firstSeq < this.nextSeq) this.dropOldest();
     this.compacted = version;
     this.last = version;
   }
@@ -180,21 +223,13 @@ export class WatchHistory {
    */
   trim(nowMs: number): void {
     const { entriesMax, retentionMs, bytesMax } = this.limits;
-    while (this.first < this.kept.length) {
-      const oldest = this.kept[this.first] as Kept;
-      const over = this.size() > entriesMax || nowMs - oldest.atMs > retentionMs || this.bytes > bytesMax;
+    while (this.firstSeq < this.nextSeq) {
+      const oldest = this.firstSeq & this.mask;
+      const over = this.size() > entriesMax || nowMs - (this.atMs[oldest] as number) > retentionMs || this.bytes > bytesMax;
       if (!over) break;
-      const version = oldest.change.version;
-      while (this.first < this.kept.length && (this.kept[this.first] as Kept).change.version === version) {
-        this.bytes -= (this.kept[this.first] as Kept).bytes;
-        this.first++;
-      }
+      const version = this.versions[oldest] as number;
+      while (this.firstSeq < this.nextSeq && this.versions[this.firstSeq & this.mask] === version) this.dropOldest();
       this.compacted = version;
-    }
-    // Splice out the dropped ones once they are half the array: amortized O(1) per change.
-    if (this.first > 1024 && this.first * 2 > this.kept.length) {
-      this.kept = this.kept.slice(this.first);
-      this.first = 0;
     }
   }
 
@@ -206,16 +241,15 @@ export class WatchHistory {
   scan(afterVersion: number, matches: (key: string) => boolean, changesMax: number, scanMax: number): ScanResult {
     assert(afterVersion >= this.compacted, `watch history: scan after ${afterVersion}, compacted through ${this.compacted}`);
     const changes: WatchChange[] = [];
-    let position = this.firstAfter(afterVersion);
+    let seq = this.firstAfter(afterVersion);
     let scanned = 0;
     let through = Math.max(afterVersion, this.compacted);
-    while (position < this.kept.length) {
-      const version = (this.kept[position] as Kept).change.version;
+    while (seq < this.nextSeq) {
+      const version = this.versions[seq & this.mask] as number;
       if (changes.length >= changesMax || scanned >= scanMax) return { changes, throughVersion: through, scanned };
-      while (position < this.kept.length && (this.kept[position] as Kept).change.version === version) {
-        const change = (this.kept[position] as Kept).change;
-        if (matches(change.key)) changes.push(change);
-        position++;
+      while (seq < this.nextSeq && this.versions[seq & this.mask] === version) {
+        if (matches(this.keys[seq & this.mask] as string)) changes.push(this.changeAt(seq));
+        seq++;
         scanned++;
       }
       through = version;
@@ -223,15 +257,129 @@ export class WatchHistory {
     return { changes, throughVersion: Math.max(through, this.last), scanned };
   }
 
-  /** The position of the first kept change with a version above `version` (binary search). */
-  private firstAfter(version: number): number {
-    let low = this.first;
-    let high = this.kept.length;
+  /** The change kept at `seq`, rebuilt from the columns (a put's small value as a view into its chunk). */
+  private changeAt(seq: number): WatchChange {
+    const slot = seq & this.mask;
+    const key = this.keys[slot] as string;
+    const version = this.versions[slot] as number;
+    const kind = this.kinds[slot];
+    if (kind === kindPut) return { kind: "put", key, value: this.largeValues[slot] ?? this.valueAt(slot), version };
+    return { kind: "delete", key, version, reason: kind === kindExpired ? "lease_expired" : "delete" };
+  }
+
+  /** Copies `value` to the end of the value log for the change at `seq`; returns its position. */
+  private appendValue(value: Uint8Array, seq: number): number {
+    let chunk = this.valueChunks[this.valueChunks.length - 1];
+    if (chunk === undefined || this.valueEnd + value.byteLength > chunk.start + chunk.bytes.byteLength) {
+      // The rest of the current chunk is left unused: at most `packedValueBytesMax` of a chunk.
+      chunk = { start: this.valueEnd, bytes: new Uint8Array(valueChunkBytes), lastSeq: seq };
+      this.valueChunks.push(chunk);
+    }
+    const at = this.valueEnd;
+    chunk.bytes.set(value, at - chunk.start);
+    chunk.lastSeq = seq;
+    this.valueEnd += value.byteLength;
+    return at;
+  }
+
+  /** The small value of the put at `slot`: a view into the chunk holding it. */
+  private valueAt(slot: number): Uint8Array {
+    const at = this.valueStarts[slot] as number;
+    const length = this.valueLengths[slot] as number;
+    // Chunks hold consecutive ranges of the log: find the last one starting at or before `at`.
+    let low = this.firstChunk;
+    let high = this.valueChunks.length - 1;
     while (low < high) {
-      const middle = (low + high) >>> 1;
-      if ((this.kept[middle] as Kept).change.version <= version) low = middle + 1;
+      const middle = (low + high + 1) >>> 1;
+      if ((this.valueChunks[middle] as { start: number }).start <= at) low = middle;
+      else high = middle - 1;
+    }
+    const chunk = this.valueChunks[low] as { start: number; bytes: Uint8Array };
+    return chunk.bytes.subarray(at - chunk.start, at - chunk.start + length);
+  }
+
+  /** Drops the oldest change kept, and the value log's oldest chunk once no change kept is in it. */
+  private dropOldest(): void {
+    const seq = this.firstSeq++;
+    const slot = seq & this.mask;
+    const key = this.keys[slot] as string;
+    const kind = this.kinds[slot];
+    const large = this.largeValues[slot];
+    const valueBytes = kind !== kindPut ? 0 : large !== undefined ? large.byteLength : (this.valueLengths[slot] as number);
+    this.bytes -= countedBytes(key, valueBytes);
+    this.keys[slot] = undefined;
+    this.largeValues[slot] = undefined;
+    // The chunk being written stays (a change recorded next may go into it).
+    while (this.firstChunk < this.valueChunks.length - 1 && (this.valueChunks[this.firstChunk] as { lastSeq: number }).lastSeq <= seq) {
+      this.firstChunk++;
+    }
+    // Splice out the dropped chunks once they are half the list: amortized O(1) per chunk.
+    if (this.firstChunk > 16 && this.firstChunk * 2 > this.valueChunks.length) {
+      this.valueChunks = this.valueChunks.slice(this.firstChunk);
+      this.firstChunk = 0;
+    }
+    if (this.firstSeq === this.nextSeq) {
+      // Nothing kept: the chunk being written may go too (it holds nothing kept).
+      this.valueChunks = [];
+      this.firstChunk = 0;
+      assert(this.bytes === 0, `watch history: ${this.bytes} bytes counted with nothing kept`);
+    }
+  }
+
+  /** Doubles the ring (16 slots at first), keeping the changes in sequence order. */
+  private grow(): void {
+    const capacity = Math.max(16, this.versions.length * 2);
+    const versions = new Float64Array(capacity);
+    const atMs = new Float64Array(capacity);
+    const kinds = new Uint8Array(capacity);
+    const keys: (string | undefined)[] = new Array(capacity).fill(undefined);
+    const valueStarts = new Float64Array(capacity);
+    const valueLengths = new Uint32Array(capacity);
+    const largeValues: (Uint8Array | undefined)[] = new Array(capacity).fill(undefined);
+    const mask = capacity - 1;
+    for (let seq = this.firstSeq; seq < this.nextSeq; seq++) {
+      const from = seq & this.mask;
+      const to = seq & mask;
+      versions[to] = this.versions[from] as number;
+      atMs[to] = this.atMs[from] as number;
+      kinds[to] = this.kinds[from] as number;
+      keys[to] = this.keys[from];
+      valueStarts[to] = this.valueStarts[from] as number;
+      valueLengths[to] = this.valueLengths[from] as number;
+      largeValues[to] = this.largeValues[from];
+    }
+    this.versions = versions;
+    this.atMs = atMs;
+    this.kinds = kinds;
+    this.keys = keys;
+    this.valueStarts = valueStarts;
+    this.valueLengths = valueLengths;
+    this.largeValues = largeValues;
+    this.mask = mask;
+  }
+
+  /** The sequence number of the first kept change with a version above `version` (binary search). */
+  private firstAfter(version: number): number {
+    let low = this.firstSeq;
+    let high = this.nextSeq;
+    while (low < high) {
+      const middle = low + Math.floor((high - low) / 2);
+      if ((this.versions[middle & this.mask] as number) <= version) low = middle + 1;
       else high = middle;
     }
     return low;
   }
 }
+
+const kindPut = 0;
+const kindDelete = 1;
+const kindExpired = 2;
+
+/**
+ * Values up to this size are copied into the history's value log; larger ones are kept as they
+ * came (`keptValue`): their own object is small beside them, and copying every 256 KB value was a
+ * tenth of a node's CPU (BENCHMARKS.md).
+ */
+const packedValueBytesMax = 4 * 1024;
+/** The value log's chunk size: at most `packedValueBytesMax` of each is left unused. */
+const valueChunkBytes = 256 * 1024;

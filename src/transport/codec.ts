@@ -305,7 +305,7 @@ function entriesFromProto(
     if (!(proto.data instanceof Uint8Array)) throw new TransportDecodeError(`entry ${index} has no data bytes`);
     // No copy: a view into the request body, which lives as long as its entries do (until the turn
     // that saves them is over). What keeps a value longer copies it if it would keep the whole body
-    // alive (the watch history: `keptValue` in src/kv/watch-history.ts).
+    // alive (the watch history copies small values and `keptValue`s large ones: src/kv/watch-history.ts).
     entries.push({ term: entryTerm, index, type: entryTypeFromProto(proto.type, index), data: proto.data });
   }
   if (!Number.isSafeInteger(prevLogIndex + protos.length)) throw new TransportDecodeError("append runs past 2^53");
