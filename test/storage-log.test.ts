@@ -356,6 +356,30 @@ describe("LogTail", () => {
   });
 });
 
+describe("LogTail entry bound", () => {
+  const tiny = (index: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(100) });
+
+  test("keeps at most entriesMax entries whatever their bytes, except those held until applied", async () => {
+    const { LogTail, logTailEntriesMaxDefault } = await import("../src/storage/log-tail.ts");
+    const tail = new LogTail(16 << 20, 32 << 20, 100);
+    tail.saved(Array.from({ length: 1_000 }, (_, i) => tiny(i + 1)));
+    expect(tail.firstKeptIndex()).toBe(901);
+    expect(tail.slice(900, 1_001, Number.MAX_SAFE_INTEGER)).toBeUndefined();
+    expect(tail.slice(901, 1_001, Number.MAX_SAFE_INTEGER)?.length).toBe(100);
+    // Saved and not yet applied (held by keepFrom): kept past the count, up to keptBytesMax.
+    tail.keepFrom(1_001);
+    tail.saved(Array.from({ length: 500 }, (_, i) => tiny(1_001 + i)));
+    expect(tail.firstKeptIndex()).toBe(1_001);
+    // Applied: down to the count again.
+    tail.keepFrom(1_501);
+    expect(tail.firstKeptIndex()).toBe(1_401);
+    // By default, 16 MiB of 100 B entries would be ~70,000 of them.
+    const defaults = new LogTail(16 << 20);
+    defaults.saved(Array.from({ length: 20_000 }, (_, i) => tiny(i + 1)));
+    expect(defaults.firstKeptIndex()).toBe(20_000 - logTailEntriesMaxDefault + 1);
+  });
+});
+
 describe("LogTail pin", () => {
   const entry = (index: number, bytes: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(bytes) });
 

@@ -5,8 +5,16 @@ import type { Entry } from "../raft/types.ts";
 export const entryMemoryBytes = 128;
 
 /**
+ * Entries a tail keeps at most (besides those pinned or held), whatever their bytes, by default:
+ * about a second of small writes, far more than an apply or a follower just behind reads back. A
+ * tail of 100 B entries bounded by bytes alone held ~120,000 of them, three objects each, and made
+ * the leader's heap collect more often (BENCHMARKS.md, fourteenth session).
+ */
+export const logTailEntriesMaxDefault = 8192;
+
+/**
  * The newest log entries saved, kept in memory up to `bytesMax` (their data plus
- * `entryMemoryBytes` each, so a tail of tiny entries is bounded too): what a node reads back
+ * `entryMemoryBytes` each, so a tail of tiny entries is bounded too) and `entriesMax`: what a node reads back
  * soonest (entries applied once they commit, a turn or two after they were saved, and appends to a
  * follower just behind) is served without a query. Reading each entry back out of SQLite to apply
  * it was a fifth of a node's CPU at 256 KB values (BENCHMARKS.md). The entries are the ones the
@@ -38,7 +46,9 @@ export class LogTail {
   constructor(
     private readonly bytesMax: number,
     private readonly keptBytesMax = bytesMax,
+    private readonly entriesMax = logTailEntriesMaxDefault,
   ) {
+    assert(Number.isSafeInteger(entriesMax) && entriesMax >= 0, `log tail entriesMax ${entriesMax}`);
     assert(Number.isSafeInteger(bytesMax) && bytesMax >= 0, `log tail bytesMax ${bytesMax}`);
     assert(Number.isSafeInteger(keptBytesMax) && keptBytesMax >= bytesMax, `log tail keptBytesMax ${keptBytesMax} (bytesMax ${bytesMax})`);
   }
@@ -127,7 +137,7 @@ export class LogTail {
   }
 
   private evict(): void {
-    while (this.bytes > this.bytesMax && this.start < this.entries.length) {
+    while ((this.bytes > this.bytesMax || this.entries.length - this.start > this.entriesMax) && this.start < this.entries.length) {
       const oldest = this.entries[this.start] as Entry;
       if (this.pinnedFrom !== undefined && oldest.index >= this.pinnedFrom) break;
       if (this.keptFrom !== undefined && oldest.index >= this.keptFrom && this.bytes <= this.keptBytesMax) break;
