@@ -228,6 +228,28 @@ describe("what the history keeps of a value", () => {
   });
 });
 
+describe("the history's own memory", () => {
+  test("one version of very many changes grows the ring; once it is dropped the ring shrinks back", () => {
+    const history = new WatchHistory({ ...limits, entriesMax: 1_000 }, 0);
+    // A lease revoked with 100,000 keys: one entry, 100,000 deletes, all dropped together at once.
+    const deletes: WatchChange[] = Array.from({ length: 100_000 }, (_, i) => ({ kind: "delete", key: `k${i}`, version: 1, reason: "delete" }));
+    history.record(1, deletes, 0);
+    expect(history.size()).toBe(0);
+    expect(history.compactedThrough()).toBe(1);
+    expect(history.slots()).toBeLessThanOrEqual(16);
+    for (let version = 2; version <= 901; version++) history.record(version, [put(version, "a")], 0);
+    expect(history.slots()).toBe(1_024);
+    history.reset(1_000);
+    expect(history.slots()).toBeLessThanOrEqual(16);
+  });
+
+  test("a small byte bound takes small chunks for values", () => {
+    const history = new WatchHistory({ ...limits, bytesMax: 64 * 1024 }, 0);
+    history.record(1, [put(1, "a", "x")], 0);
+    expect(history.valueLogBytes()).toBeLessThanOrEqual(16 * 1024);
+  });
+});
+
 describe("WatchHistory against a model", () => {
   // The history keeps its changes packed in columns and a value log; the model keeps them as
   // objects in an array. Both see the same records, trims and resets: every scan must agree.

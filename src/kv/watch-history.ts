@@ -146,6 +146,8 @@ export class WatchHistory {
   private bytes = 0;
   private compacted: number;
   private last: number;
+  /** The value log's chunk size: `valueChunkBytes`, less for a small `bytesMax` (never below a small value's). */
+  private readonly chunkBytes: number;
 
   constructor(
     private readonly limits: WatchHistoryLimits,
@@ -157,6 +159,12 @@ export class WatchHistory {
     assert(Number.isSafeInteger(startVersion) && startVersion >= 0, `watch history start ${startVersion}`);
     this.compacted = startVersion;
     this.last = startVersion;
+    this.chunkBytes = Math.max(packedValueBytesMax, Math.min(valueChunkBytes, Math.floor(limits.bytesMax / 4)));
+  }
+
+  /** Slots in the ring now (for tests: it grows with what is kept and shrinks back). */
+  slots(): number {
+    return this.versions.length;
   }
 
   /** Changes at or below this version may be missing: a watch must start after it. */
@@ -213,6 +221,7 @@ export class WatchHistory {
   reset(version: number): void {
     assert(version >= this.last, `watch history: snapshot at ${version} behind ${this.last}`);
     while (this.firstSeq < this.nextSeq) this.dropOldest();
+    this.shrinkToFit();
     this.compacted = version;
     this.last = version;
   }
@@ -231,6 +240,7 @@ export class WatchHistory {
       while (this.firstSeq < this.nextSeq && this.versions[this.firstSeq & this.mask] === version) this.dropOldest();
       this.compacted = version;
     }
+    this.shrinkToFit();
   }
 
   /**
@@ -272,7 +282,7 @@ export class WatchHistory {
     let chunk = this.valueChunks[this.valueChunks.length - 1];
     if (chunk === undefined || this.valueEnd + value.byteLength > chunk.start + chunk.bytes.byteLength) {
       // The rest of the current chunk is left unused: at most `packedValueBytesMax` of a chunk.
-      chunk = { start: this.valueEnd, bytes: new Uint8Array(valueChunkBytes), lastSeq: seq };
+      chunk = { start: this.valueEnd, bytes: new Uint8Array(this.chunkBytes), lastSeq: seq };
       this.valueChunks.push(chunk);
     }
     const at = this.valueEnd;
@@ -326,9 +336,24 @@ export class WatchHistory {
     }
   }
 
-  /** Doubles the ring (16 slots at first), keeping the changes in sequence order. */
+  /** Doubles the ring (16 slots at first). */
   private grow(): void {
-    const capacity = Math.max(16, this.versions.length * 2);
+    this.resize(Math.max(minSlots, this.versions.length * 2));
+  }
+
+  /**
+   * Halves the ring while a quarter of it would hold what is kept: one version of very many
+   * changes (a lease's keys deleted together) must not leave a huge ring behind once it is dropped.
+   */
+  private shrinkToFit(): void {
+    let capacity = this.versions.length;
+    while (capacity > minSlots && this.size() * 4 <= capacity) capacity /= 2;
+    if (capacity < this.versions.length) this.resize(capacity);
+  }
+
+  /** Moves the changes kept into a ring of `capacity` slots (a power of two), in sequence order. */
+  private resize(capacity: number): void {
+    assert(capacity >= this.size(), `watch history: ${this.size()} changes do not fit ${capacity} slots`);
     const versions = new Float64Array(capacity);
     const atMs = new Float64Array(capacity);
     const kinds = new Uint8Array(capacity);
@@ -371,6 +396,9 @@ export class WatchHistory {
   }
 }
 
+/** The ring's smallest size: it never shrinks below. */
+const minSlots = 16;
+
 const kindPut = 0;
 const kindDelete = 1;
 const kindExpired = 2;
@@ -381,5 +409,5 @@ const kindExpired = 2;
  * tenth of a node's CPU (BENCHMARKS.md).
  */
 const packedValueBytesMax = 4 * 1024;
-/** The value log's chunk size: at most `packedValueBytesMax` of each is left unused. */
+/** The value log's chunk size by default: at most `packedValueBytesMax` of each is left unused. */
 const valueChunkBytes = 256 * 1024;
