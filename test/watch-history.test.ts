@@ -243,6 +243,18 @@ describe("the history's own memory", () => {
     expect(history.slots()).toBeLessThanOrEqual(16);
   });
 
+  test("values that fill a chunk exactly, an empty value at its end, and one that does not fit come back whole", () => {
+    const history = new WatchHistory({ ...limits, bytesMax: 64 << 20 }, 0);
+    // 64 values of 4 KiB fill a 256 KiB chunk to its last byte; then an empty one, then one more.
+    const values = [...Array.from({ length: 64 }, (_, i) => new Uint8Array(4_096).fill(i)), new Uint8Array(0), new Uint8Array(4_096).fill(200)];
+    values.forEach((value, i) => history.record(i + 1, [{ kind: "put", key: `k${i}`, value, version: i + 1 }], 0));
+    const got = history.scan(0, all, 1_000, 1_000).changes;
+    expect(got.map((change) => (change.kind === "put" ? [change.value.byteLength, change.value[0] ?? -1, change.value.at(-1) ?? -1] : []))).toEqual(
+      values.map((value) => [value.byteLength, value[0] ?? -1, value.at(-1) ?? -1]),
+    );
+    expect(history.valueLogBytes()).toBe(2 * 256 * 1024);
+  });
+
   test("a small byte bound takes small chunks for values", () => {
     const history = new WatchHistory({ ...limits, bytesMax: 64 * 1024 }, 0);
     history.record(1, [put(1, "a", "x")], 0);
