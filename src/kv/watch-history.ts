@@ -96,6 +96,14 @@ function countedBytes(key: string, valueBytes: number): number {
   return key.length * 3 + valueBytes + changeOverheadBytes;
 }
 
+/** A chunk of the history's value log: its bytes hold the log from `start` on. */
+interface ValueChunk {
+  readonly start: number;
+  readonly bytes: Uint8Array;
+  /** The newest change with its value in this chunk. */
+  lastSeq: number;
+}
+
 /** The result of `WatchHistory.scan`. */
 export interface ScanResult {
   /** Matching changes after the start, in version order; all of a version or none of it. */
@@ -119,8 +127,8 @@ export class WatchHistory {
   // The changes kept, oldest first, in a ring of columns indexed by sequence number (`seq & mask`):
   // the oldest kept is `firstSeq`, the next recorded gets `nextSeq`. A change takes no object of
   // its own: a node keeps 100,000 changes by default, and as objects (a record, the change, a view,
-  // the entry's buffer behind it) they were ~460 bytes of heap each, which made the collector run
-  // several times as often after a long write phase (BENCHMARKS.md, thirteenth session).
+  // the entry's buffer behind it) they were ~460 bytes of heap each; after a long write phase that
+  // heap made every read dearer (BENCHMARKS.md, fourteenth session).
   private mask = 0;
   private versions = new Float64Array(0);
   private atMs = new Float64Array(0);
@@ -139,7 +147,7 @@ export class WatchHistory {
    * a byte offset into the whole log since the history was made; a value never spans two chunks.
    * Chunks are never written once full nor reused: a view handed out by `scan` stays valid.
    */
-  private valueChunks: { readonly start: number; readonly bytes: Uint8Array; lastSeq: number }[] = [];
+  private valueChunks: ValueChunk[] = [];
   private firstChunk = 0;
   /** The log position the next value is written at. */
   private valueEnd = 0;
@@ -185,7 +193,7 @@ export class WatchHistory {
   /** Bytes of small values held in the value log's chunks now, written or not (for tests). */
   valueLogBytes(): number {
     let total = 0;
-    for (let i = this.firstChunk; i < this.valueChunks.length; i++) total += (this.valueChunks[i] as { bytes: Uint8Array }).bytes.byteLength;
+    for (let i = this.firstChunk; i < this.valueChunks.length; i++) total += (this.valueChunks[i] as ValueChunk).bytes.byteLength;
     return total;
   }
 
@@ -301,10 +309,10 @@ export class WatchHistory {
     let high = this.valueChunks.length - 1;
     while (low < high) {
       const middle = (low + high + 1) >>> 1;
-      if ((this.valueChunks[middle] as { start: number }).start <= at) low = middle;
+      if ((this.valueChunks[middle] as ValueChunk).start <= at) low = middle;
       else high = middle - 1;
     }
-    const chunk = this.valueChunks[low] as { start: number; bytes: Uint8Array };
+    const chunk = this.valueChunks[low] as ValueChunk;
     return chunk.bytes.subarray(at - chunk.start, at - chunk.start + length);
   }
 
@@ -320,7 +328,7 @@ export class WatchHistory {
     this.keys[slot] = undefined;
     this.largeValues[slot] = undefined;
     // The chunk being written stays (a change recorded next may go into it).
-    while (this.firstChunk < this.valueChunks.length - 1 && (this.valueChunks[this.firstChunk] as { lastSeq: number }).lastSeq <= seq) {
+    while (this.firstChunk < this.valueChunks.length - 1 && (this.valueChunks[this.firstChunk] as ValueChunk).lastSeq <= seq) {
       this.firstChunk++;
     }
     // Splice out the dropped chunks once they are half the list: amortized O(1) per chunk.
