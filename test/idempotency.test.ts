@@ -1,8 +1,7 @@
 // Proves an Idempotency-Key is bound to the request it first came with (a reuse for another request is refused with 422 and changes nothing), that sessions live for a stretch of the leader's wall-clock time stamped in the log (not a count of entries) up to a cap, that every replica and every snapshot decides the same, and that entries and data dirs of 0.1.0 still apply and open as before.
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { cpSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync } from "node:fs";
 import { join } from "node:path";
 import { createHttpApp } from "../src/http/app.ts";
 import { KvError } from "../src/lib/kv-error.ts";
@@ -13,19 +12,12 @@ import type { ImageRow } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
+import { tempDirs } from "./helpers/temp-dirs.ts";
 
 /** The storages that apply on the caller's thread, returning their results at once. */
 type KvStorage = SqliteStorage | MemoryKvStorage;
 
-const tempDirs: string[] = [];
-afterAll(() => {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "kv-idempotency-"));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs("kv-idempotency-");
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 const text = (data: Uint8Array | undefined): string | undefined => (data === undefined ? undefined : new TextDecoder().decode(data));

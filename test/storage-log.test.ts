@@ -1,8 +1,6 @@
 // Proves the KvStorage implementations (sqlite, its in-memory twin, and the threaded one that writes on a worker) save, read and overwrite the Raft log and hard state identically, and refuse saves that break Raft's invariants.
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
 import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/command.ts";
@@ -10,17 +8,9 @@ import type { KvStorage } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { openThreadedStorage } from "../src/storage/threaded-storage.ts";
+import { tempDirs } from "./helpers/temp-dirs.ts";
 
-const tempDirs: string[] = [];
-afterAll(() => {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "kv-storage-log-"));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs("kv-storage-log-");
 
 function entry(index: number, term: number, text = `e${index}t${term}`): Entry {
   return { index, term, type: EntryType.Normal, data: new TextEncoder().encode(text) };

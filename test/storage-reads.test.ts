@@ -1,8 +1,6 @@
 // Proves SqliteReads' batched key-value reads (src/storage/sqlite-reads.ts): gets and lists made in one task of the event loop share one read transaction, the next task (or endBatch, entries, dataBytes) reads the newest commit, and a ThreadedStorage get after an awaited apply sees it.
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encodeCommand } from "../src/kv/command.ts";
 import { EntryType } from "../src/raft/types.ts";
@@ -10,22 +8,14 @@ import { entryChecksum } from "../src/storage/entry-checksum.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { SqliteReads } from "../src/storage/sqlite-reads.ts";
 import { openThreadedStorage } from "../src/storage/threaded-storage.ts";
+import { tempDirs } from "./helpers/temp-dirs.ts";
 
-const tempDirs: string[] = [];
-afterAll(() => {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "kv-storage-reads-"));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs("kv-storage-reads-");
 
 const text = (data: Uint8Array | undefined): string | undefined => (data === undefined ? undefined : new TextDecoder().decode(data));
 
 /** A node's database made by the storage itself, closed, then a writer and a read-only reader on it. */
-async function writerAndReader(batchKvReads: boolean): Promise<{ writer: Database; reader: Database; reads: SqliteReads; close: () => void }> {
+function writerAndReader(batchKvReads: boolean): { writer: Database; reader: Database; reads: SqliteReads; close: () => void } {
   const dir = tempDir();
   const storage = openSqliteStorage(dir);
   storage.bootstrap([1]);
@@ -58,7 +48,7 @@ const nextTask = (): Promise<void> => new Promise((resolve) => setImmediate(reso
 
 describe("batched key-value reads", () => {
   test("gets and lists in one task read one snapshot; the next task reads the newest commit", async () => {
-    const { writer, reads, close } = await writerAndReader(true);
+    const { writer, reads, close } = writerAndReader(true);
     try {
       putRow(writer, "a", "1", 1);
       expect(text(reads.get("a")?.value)).toBe("1");
@@ -78,7 +68,7 @@ describe("batched key-value reads", () => {
   });
 
   test("endBatch, entries and dataBytes end the batch: what follows reads the newest commit", async () => {
-    const { writer, reads, close } = await writerAndReader(true);
+    const { writer, reads, close } = writerAndReader(true);
     try {
       putRow(writer, "a", "1", 1);
       expect(text(reads.get("a")?.value)).toBe("1");
@@ -102,7 +92,7 @@ describe("batched key-value reads", () => {
   });
 
   test("a batch whose transaction is gone (rolled back under it) ends without an error", async () => {
-    const { writer, reader, reads, close } = await writerAndReader(true);
+    const { writer, reader, reads, close } = writerAndReader(true);
     try {
       putRow(writer, "a", "1", 1);
       expect(text(reads.get("a")?.value)).toBe("1");
@@ -116,7 +106,7 @@ describe("batched key-value reads", () => {
   });
 
   test("the end queued for a batch that endBatch closed leaves a later batch of the same task open", async () => {
-    const { writer, reads, close } = await writerAndReader(true);
+    const { writer, reads, close } = writerAndReader(true);
     try {
       putRow(writer, "a", "1", 1);
       expect(text(reads.get("a")?.value)).toBe("1"); // batch 1; its end is queued
@@ -136,7 +126,7 @@ describe("batched key-value reads", () => {
   });
 
   test("without batchKvReads every get reads the newest commit, in the same task too", async () => {
-    const { writer, reads, close } = await writerAndReader(false);
+    const { writer, reads, close } = writerAndReader(false);
     try {
       putRow(writer, "a", "1", 1);
       expect(text(reads.get("a")?.value)).toBe("1");

@@ -1,8 +1,7 @@
 // Proves both KvStorage implementations compact the log, read a consistent image while writes go on, stage a received image in bounded chunks refusing bad ones, and install it atomically, identically, and that all of it survives a reopen (sqlite also drops stale staging, leaves no staged pages behind after an install, runs no needless checkpoint round after its own, and migrates a version 1 database).
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -11,17 +10,9 @@ import { type ImageRow, type KvImageReader, type KvStorage, StorageError } from 
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import type { CheckpointReport } from "../src/storage/checkpointer.ts";
+import { tempDirs } from "./helpers/temp-dirs.ts";
 
-const tempDirs: string[] = [];
-afterAll(() => {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "kv-storage-snapshot-"));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs("kv-storage-snapshot-");
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 

@@ -1,8 +1,7 @@
 // Proves the threaded storage (writes on a worker thread, src/storage/threaded-storage.ts) runs writes in the order posted, serves entries it has not yet seen committed from memory, resolves sync() only once every earlier write is committed, waits out a full disk (throwing disk-full at once meanwhile), stops on any other failure, and reports open errors with their StorageError code.
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { createPrng } from "../src/lib/prng.ts";
 import { isDiskFull } from "../src/lib/disk-full.ts";
@@ -15,17 +14,9 @@ import { readdirSync, readFileSync } from "node:fs";
 import { backgroundNiceIncrement } from "../src/lib/background-thread.ts";
 import { startKvProcess } from "./helpers/kv-process.ts";
 import { crashLoopEntryData, crashLoopKey, crashLoopKeyCount, crashLoopValue } from "./children/save-loop-child.ts";
+import { tempDirs } from "./helpers/temp-dirs.ts";
 
-const tempDirs: string[] = [];
-afterAll(() => {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "kv-storage-threaded-"));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs("kv-storage-threaded-");
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 const text = (data: Uint8Array | undefined): string | undefined => (data === undefined ? undefined : new TextDecoder().decode(data));

@@ -1,7 +1,5 @@
 // Proves multi-key transactions in the state machine: the 0x10 codec round-trips and refuses malformed bytes, every comparison form decides the branch, all of a transaction applies at its one index, both storages and every batching reach the same state, and an idempotent transaction's retry gets its first answer (get values included).
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { ApplyResult } from "../src/kv/apply-plan.ts";
 import { type Command, CommandCodecError, decodeCommand, encodeCommand, encodeLeaseCommand, type IdempotencyStamp, type LeaseCommand, sessionKeyPrefix } from "../src/kv/command.ts";
@@ -12,19 +10,12 @@ import { type Entry, EntryType } from "../src/raft/types.ts";
 import type { ImageRow } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { tempDirs } from "./helpers/temp-dirs.ts";
 
 /** The storages that apply on the caller's thread, returning their results at once. */
 type KvStorage = SqliteStorage | MemoryKvStorage;
 
-const tempDirs: string[] = [];
-afterAll(() => {
-  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
-});
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "kv-txn-"));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirs("kv-txn-");
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 const stamp = (atMs: number): IdempotencyStamp => ({ atMs, windowMs: 600_000, sessionsMax: 100 });

@@ -44,13 +44,6 @@ export interface SocketTransport extends Transport {
 
 const encoder = new TextEncoder();
 
-/*
- * The signal interceptors see on a call (`UnaryRequest.signal`) is the caller's, or `neverAborted`
- * when it gave none. Neither carries the call's deadline, nor is aborted when the call ends: the
- * deadline and cancellation act on the socket directly, and a signal an interceptor sets on the
- * request is not looked at. Interceptors here only set headers (src/transport/peer-auth.ts).
- */
-
 /**
  * One call on its way: the connection carrying it (set by `exchangeOn`), and the error it ended with
  * once its deadline passed or its caller cancelled it (the connection is then abandoned).
@@ -164,6 +157,9 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
         header: requestHeader,
         contextValues: contextValues ?? createContextValues(),
         message: isMessage(input, method.input) ? input : create(method.input, input),
+        // Neither signal carries the call's deadline nor is aborted when the call ends: the deadline
+        // and cancellation act on the socket, and a signal an interceptor sets is not looked at
+        // (interceptors here only set headers: src/transport/peer-auth.ts).
         signal: signal ?? neverAborted,
       }))).then(
         (response: UnaryResponse<I, O>) => {
