@@ -1,0 +1,800 @@
+/**
+ * The Raft log and hard state as records appended to segment files, the shape etcd's WAL has: the
+ * first step of taking the log out of SQLite (BENCHMARKS.md, fifteenth session: with no entry data
+ * written to SQLite a 16 KB write cost 28% less CPU, and the cluster did 39% more writes/s at half
+ * the p99). Not yet used by the node: `SqliteStorage` still keeps the log.
+ *
+ * A directory holds segments `seg-<sequence, 16 hex digits>.log`. Each is a run of records:
+ *
+ *     crc u32 | payload bytes u32 | kind u8 | payload
+ *
+ * little-endian, the CRC-32 over everything after itself. Kinds: a segment header (first in every
+ * segment: magic, its sequence, and the index and term a reset started the log after, 0 if none),
+ * an entry (index, term, type, data) and a hard state (term, vote, commit). A save is one write of
+ * its entries' records and then its hard state's: appended, never rewritten in place.
+ *
+ * Replay (`open`) reads the segments in sequence order and rebuilds what the appends made:
+ * - an entry at index i truncates the log to i - 1 first (a new leader overwrote a suffix), so a
+ *   later record always wins over an earlier one at the same or a higher index;
+ * - the last hard state read is the hard state;
+ * - a header with a reset empties the log: it starts after the reset's index.
+ *
+ * Torn writes. `sync` fdatasyncs every segment written since the last one (and the directory when
+ * a segment was created): what was appended before a sync began is durable once it resolves. A
+ * crash can leave anything after that point half written, or written with holes (the kernel writes
+ * dirty pages back in any order). So in the last segment, the first record that is incomplete or
+ * fails its checksum ends the log: it and everything after it are cut off (the file is truncated
+ * there), being past every completed sync. Anywhere else a bad record is corruption: `open` throws
+ * `StorageError` `corrupt`. (A bad record inside the synced part of the last segment, bit rot rather
+ * than a crash, cannot be told from a torn one: etcd's WAL has the same limit.)
+ *
+ * A new segment is started (when a save would take the current one past `segmentBytesMax`) only
+ * after the current one is fdatasynced (whatever a sync still running covers), and its header and
+ * hard state are fdatasynced (with the directory) before it becomes the current one: only the last
+ * segment can hold records that are not durable, and every segment starts with a hard state no
+ * older than any before it. A last segment found holding no more than its header at open was
+ * being started when the machine died: it is dropped.
+ *
+ * After an fsync fails (a retried one may report success for pages it lost), or a failed write
+ * cannot be cut off, the log refuses all further use: the node stops.
+ *
+ * Compaction (`compact`) deletes whole segments, oldest first: segment s goes once a later
+ * segment's first entry record (in file order) is at or below index + 1 and durable, because every
+ * record in s at or above that entry is superseded by it and every one below it is at or below the
+ * compacted index. The caller compacts only entries it applied, which were durable. A reset
+ * (`reset`, for an installed snapshot) starts a new segment whose header carries the reset; the
+ * older segments are deleted.
+ *
+ * A save is not atomic across a power loss: the replay may keep a prefix of its records (entries
+ * in order, then the hard state), as etcd's WAL may. Its entries precede its hard state, so a commit
+ * index read back never points past the entries read back; the node acknowledges nothing before
+ * the sync that covers the whole save.
+ *
+ * Not thread-safe: one owner calls everything; `sync` runs its fdatasyncs on Bun's thread pool.
+ */
+import * as nodeFs from "node:fs";
+import { join } from "node:path";
+import { assert } from "../lib/assert.ts";
+import { type Entry, EntryType, type HardState } from "../raft/types.ts";
+import { StorageError } from "./kv-storage.ts";
+
+/** The file operations the log uses: node:fs's, unless a test passes its own to hold or fail some. */
+export type SegmentFiles = Pick<
+  typeof nodeFs,
+  "closeSync" | "fdatasync" | "fdatasyncSync" | "fstatSync" | "fsyncSync" | "ftruncateSync" | "mkdirSync" | "openSync" | "readdirSync" | "readSync" | "unlinkSync" | "writeSync"
+>;
+
+/** Options of `SegmentLog.open`. */
+export interface SegmentLogOptions {
+  /** A save that would take a segment past this many bytes starts a new one (a save is never split). Default 64 MiB. */
+  readonly segmentBytesMax?: number;
+  /** For tests: the file operations to use instead of node:fs's. */
+  readonly files?: Partial<SegmentFiles>;
+}
+
+/**
+ * The entry just before the log's first, when known: where a reset started it (what a segment
+ * header records beyond its sequence), or where it was compacted to. Index 0: not known.
+ */
+interface LogFloor {
+  readonly index: number;
+  readonly term: number;
+}
+
+const segmentBytesMaxDefault = 64 << 20;
+const recordHeaderBytes = 9;
+const magic = new TextEncoder().encode("kvseglog");
+const formatVersion = 1;
+const headerPayloadBytes = magic.byteLength + 4 + 8 + 8 + 8;
+const entryFixedBytes = 8 + 8 + 1;
+const hardStatePayloadBytes = 24;
+/** Larger than any record a save writes: a length past it is damage, not an entry. */
+const recordPayloadBytesMax = 1 << 30;
+
+const enum RecordKind {
+  SegmentHeader = 1,
+  Entry = 2,
+  HardState = 3,
+}
+
+/** One segment file: its sequence, descriptor and where the next record goes. */
+interface Segment {
+  readonly sequence: number;
+  readonly path: string;
+  readonly fd: number;
+  /** Bytes of valid records: where the next one is written. */
+  end: number;
+  /** Index of the first entry record written to it (in file order); undefined while it holds none. */
+  firstEntryIndex: number | undefined;
+  /** Where that record ends. */
+  firstEntryEnd: number;
+  /** Bytes known durable: covered by a completed sync (or read back and fsynced at open). */
+  syncedEnd: number;
+  /** A write failed part way: bytes past `end` may hold part of a record. */
+  dirtyTail?: boolean;
+}
+
+/**
+ * Where each entry of the log is, by index: its segment, the offset and length of its record, and
+ * its term. Columns in typed arrays (no object per entry), from `first` on.
+ */
+class EntryPositions {
+  first = 0;
+  count = 0;
+  private segments = new Float64Array(64);
+  private offsets = new Float64Array(64);
+  private lengths = new Uint32Array(64);
+  private terms = new Float64Array(64);
+  /** Slots before `first` still in the arrays (dropped by `dropBefore`, reclaimed when they are half). */
+  private skipped = 0;
+
+  last(): number {
+    return this.first + this.count - 1;
+  }
+
+  has(index: number): boolean {
+    return this.count > 0 && index >= this.first && index <= this.last();
+  }
+
+  slot(index: number): number {
+    assert(this.has(index), `entry ${index} not in the log (${this.first}..${this.last()})`);
+    return this.skipped + index - this.first;
+  }
+
+  segmentOf(index: number): number {
+    return this.segments[this.slot(index)] as number;
+  }
+
+  offsetOf(index: number): number {
+    return this.offsets[this.slot(index)] as number;
+  }
+
+  lengthOf(index: number): number {
+    return this.lengths[this.slot(index)] as number;
+  }
+
+  termOf(index: number): number {
+    return this.terms[this.slot(index)] as number;
+  }
+
+  /** Keeps the entries up to `index` (none when it is below the first). */
+  truncateAfter(index: number): void {
+    if (this.count === 0) return;
+    this.count = Math.max(0, Math.min(this.count, index - this.first + 1));
+  }
+
+  clear(): void {
+    this.count = 0;
+    this.skipped = 0;
+  }
+
+  push(index: number, segment: number, offset: number, length: number, term: number): void {
+    if (this.count === 0) {
+      this.first = index;
+      this.skipped = 0;
+    }
+    assert(index === this.first + this.count, `entry ${index} does not follow ${this.last()}`);
+    const slot = this.skipped + this.count;
+    if (slot === this.offsets.length) this.grow();
+    const at = this.skipped + this.count;
+    this.segments[at] = segment;
+    this.offsets[at] = offset;
+    this.lengths[at] = length;
+    this.terms[at] = term;
+    this.count++;
+  }
+
+  /** Forgets the entries before `index`. */
+  dropBefore(index: number): void {
+    if (this.count === 0 || index <= this.first) return;
+    const dropped = Math.min(this.count, index - this.first);
+    this.first += dropped;
+    this.count -= dropped;
+    this.skipped += dropped;
+    if (this.count === 0) this.skipped = 0;
+  }
+
+  private grow(): void {
+    // Reclaim the dropped slots first; double only when the live ones fill over half.
+    const capacity = this.count * 2 > this.offsets.length ? this.offsets.length * 2 : this.offsets.length;
+    const from = this.skipped;
+    const to = this.skipped + this.count;
+    const move = <T extends Float64Array | Uint32Array>(old: T, make: (n: number) => T): T => {
+      const next = make(capacity);
+      next.set(old.subarray(from, to));
+      return next;
+    };
+    this.segments = move(this.segments, (n) => new Float64Array(n));
+    this.offsets = move(this.offsets, (n) => new Float64Array(n));
+    this.lengths = move(this.lengths, (n) => new Uint32Array(n));
+    this.terms = move(this.terms, (n) => new Float64Array(n));
+    this.skipped = 0;
+  }
+}
+
+function setUint53(view: DataView, offset: number, value: number): void {
+  view.setUint32(offset, value >>> 0, true);
+  view.setUint32(offset + 4, Math.floor(value / 2 ** 32), true);
+}
+
+function getUint53(view: DataView, offset: number): number {
+  const high = view.getUint32(offset + 4, true);
+  // Above 2^53 - 1 the value is not one this log wrote: the caller's checks refuse it.
+  return high >= 2 ** 21 ? Number.NaN : view.getUint32(offset, true) + high * 2 ** 32;
+}
+
+function segmentName(sequence: number): string {
+  return `seg-${sequence.toString(16).padStart(16, "0")}.log`;
+}
+
+const segmentNamePattern = /^seg-([0-9a-f]{16})\.log$/;
+
+/** Writes one record's header (the CRC last, over the rest) into `view` at `offset`. */
+function sealRecord(bytes: Uint8Array, view: DataView, offset: number, kind: RecordKind, payloadBytes: number): void {
+  view.setUint32(offset + 4, payloadBytes, true);
+  view.setUint8(offset + 8, kind);
+  view.setUint32(offset, Bun.hash.crc32(bytes.subarray(offset + 4, offset + recordHeaderBytes + payloadBytes)) >>> 0, true);
+}
+
+/** See the file comment. */
+export class SegmentLog {
+  private readonly segments: Segment[] = [];
+  private readonly positions = new EntryPositions();
+  private hardStateValue: HardState | undefined;
+  private floor: LogFloor = { index: 0, term: 0 };
+  /** Descriptors written since the last `sync` began, and whether the directory changed. */
+  private unsynced = new Set<number>();
+  private directoryChanged = false;
+  private syncsRunning = 0;
+  /** Descriptors of deleted segments, closed once no fdatasync uses them. */
+  private retired: number[] = [];
+  private closed = false;
+  /**
+   * An fsync that failed, or a failed write that could not be cut off: the log refuses all use
+   * after it (a retried fsync may report success for data that never reached the disk).
+   */
+  private broken: Error | undefined;
+
+  private constructor(
+    readonly dir: string,
+    private readonly segmentBytesMax: number,
+    private readonly fs: SegmentFiles,
+  ) {}
+
+  /** Opens (creating if need be) the log in `dir` and replays it; see the file comment. */
+  static open(dir: string, options: SegmentLogOptions = {}): SegmentLog {
+    const segmentBytesMax = options.segmentBytesMax ?? segmentBytesMaxDefault;
+    assert(Number.isSafeInteger(segmentBytesMax) && segmentBytesMax >= 1024, `segmentBytesMax ${segmentBytesMax}`);
+    const fs: SegmentFiles = { ...nodeFs, ...options.files };
+    fs.mkdirSync(dir, { recursive: true });
+    const log = new SegmentLog(dir, segmentBytesMax, fs);
+    try {
+      log.replay();
+    } catch (error) {
+      log.close();
+      throw error;
+    }
+    return log;
+  }
+
+  /** The hard state last appended; undefined when none ever was. */
+  hardState(): HardState | undefined {
+    return this.hardStateValue;
+  }
+
+  /** The entry just before the first held (or the next appended, when none is): index 0 when not known. */
+  logFloor(): LogFloor {
+    return this.floor;
+  }
+
+  /** Index of the first entry held; undefined when the log holds none. */
+  firstIndex(): number | undefined {
+    return this.positions.count === 0 ? undefined : this.positions.first;
+  }
+
+  /** Index of the last entry held; undefined when the log holds none. */
+  lastIndex(): number | undefined {
+    return this.positions.count === 0 ? undefined : this.positions.last();
+  }
+
+  /** Term of the entry at `index`, or undefined when the log does not hold it (the floor's term at its index). */
+  term(index: number): number | undefined {
+    if (this.positions.has(index)) return this.positions.termOf(index);
+    if (index === this.floor.index) return this.floor.term;
+    return undefined;
+  }
+
+  /**
+   * Appends `entries` (contiguous; the first at most one past the last held, at least the first
+   * held: entries from it on are replaced) and then `hardState`, in one write. Durable once a
+   * `sync` begun after it resolves. Throws what the write throws (ENOSPC, ...), having appended
+   * nothing the log will read back.
+   */
+  append(entries: readonly Entry[], hardState?: HardState): void {
+    this.assertOpen();
+    if (entries.length === 0 && hardState === undefined) return;
+    const first = entries[0];
+    if (first !== undefined) {
+      const held = this.positions.count > 0;
+      const lowest = held ? this.positions.first : this.floor.index + 1;
+      const highest = held ? this.positions.last() + 1 : this.floor.index + 1;
+      assert(
+        (!held && this.floor.index === 0) || (first.index >= lowest && first.index <= highest),
+        `append at ${first.index}: the log holds ${held ? `${this.positions.first}..${this.positions.last()}` : `nothing after ${this.floor.index}`}`,
+      );
+      entries.forEach((entry, position) => assert(entry.index === first.index + position, `append: entry ${entry.index} breaks contiguity`));
+    }
+    let bytes = 0;
+    for (const entry of entries) bytes += recordHeaderBytes + entryFixedBytes + entry.data.byteLength;
+    if (hardState !== undefined) bytes += recordHeaderBytes + hardStatePayloadBytes;
+    let segment = this.current();
+    if (segment.end + bytes > this.segmentBytesMax && segment.end > recordHeaderBytes + headerPayloadBytes + recordHeaderBytes + hardStatePayloadBytes) {
+      segment = this.roll(this.floor.index === 0 || this.positions.count > 0 ? undefined : this.floor, this.hardStateValue);
+    }
+    const buffer = Buffer.allocUnsafe(bytes);
+    const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+    const offsets: number[] = [];
+    let offset = 0;
+    for (const entry of entries) {
+      offsets.push(offset);
+      setUint53(view, offset + recordHeaderBytes, entry.index);
+      setUint53(view, offset + recordHeaderBytes + 8, entry.term);
+      view.setUint8(offset + recordHeaderBytes + 16, entry.type);
+      buffer.set(entry.data, offset + recordHeaderBytes + entryFixedBytes);
+      const payloadBytes = entryFixedBytes + entry.data.byteLength;
+      sealRecord(buffer, view, offset, RecordKind.Entry, payloadBytes);
+      offset += recordHeaderBytes + payloadBytes;
+    }
+    if (hardState !== undefined) {
+      setUint53(view, offset + recordHeaderBytes, hardState.term);
+      setUint53(view, offset + recordHeaderBytes + 8, hardState.vote);
+      setUint53(view, offset + recordHeaderBytes + 16, hardState.commit);
+      sealRecord(buffer, view, offset, RecordKind.HardState, hardStatePayloadBytes);
+    }
+    try {
+      this.writeAt(segment, buffer, segment.end);
+    } catch (error) {
+      // Best effort: leave no complete record of a save that failed (the next append writes here).
+      segment.dirtyTail = true;
+      try {
+        this.fs.ftruncateSync(segment.fd, segment.end);
+      } catch (truncateError) {
+        // Whole records of this save may stay past the end, where a shorter append would leave
+        // them to be read back: nothing more may be written.
+        this.broken ??= truncateError instanceof Error ? truncateError : new Error(String(truncateError));
+      }
+      throw error;
+    }
+    // Written: now memory may follow the file.
+    entries.forEach((entry, position) => {
+      const recordOffset = offsets[position] as number;
+      if (position === 0) {
+        this.positions.truncateAfter(entry.index - 1);
+        if (segment.firstEntryIndex === undefined) {
+          segment.firstEntryIndex = entry.index;
+          segment.firstEntryEnd = segment.end + recordOffset + recordHeaderBytes + entryFixedBytes + entry.data.byteLength;
+        }
+      }
+      this.positions.push(entry.index, segment.sequence, segment.end + recordOffset, recordHeaderBytes + entryFixedBytes + entry.data.byteLength, entry.term);
+    });
+    if (hardState !== undefined) this.hardStateValue = { term: hardState.term, vote: hardState.vote, commit: hardState.commit };
+    segment.end += bytes;
+  }
+
+  /**
+   * Entries in [lo, hi), read back and verified: at most `maxBytes` of data, but at least one when
+   * lo < hi. Every index must be held (`firstIndex()..lastIndex()`).
+   */
+  entries(lo: number, hi: number, maxBytes: number): Entry[] {
+    this.assertOpen();
+    const result: Entry[] = [];
+    let bytes = 0;
+    let index = lo;
+    while (index < hi) {
+      // One read for a run of records that lie one after another in one segment.
+      const sequence = this.positions.segmentOf(index);
+      const start = this.positions.offsetOf(index);
+      let runEnd = index;
+      let runBytes = this.positions.lengthOf(index);
+      let dataBytes = runBytes - recordHeaderBytes - entryFixedBytes;
+      while (
+        runEnd + 1 < hi &&
+        this.positions.segmentOf(runEnd + 1) === sequence &&
+        this.positions.offsetOf(runEnd + 1) === start + runBytes &&
+        bytes + dataBytes + this.positions.lengthOf(runEnd + 1) - recordHeaderBytes - entryFixedBytes <= maxBytes
+      ) {
+        runEnd++;
+        runBytes += this.positions.lengthOf(runEnd);
+        dataBytes += this.positions.lengthOf(runEnd) - recordHeaderBytes - entryFixedBytes;
+      }
+      const buffer = this.readAt(this.segmentBySequence(sequence), start, runBytes);
+      const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+      let offset = 0;
+      for (let at = index; at <= runEnd; at++) {
+        const entry = this.verifiedEntry(buffer, view, offset, at);
+        if (result.length > 0 && bytes + entry.data.byteLength > maxBytes) return result;
+        bytes += entry.data.byteLength;
+        result.push(entry);
+        offset += this.positions.lengthOf(at);
+      }
+      index = runEnd + 1;
+    }
+    return result;
+  }
+
+  /**
+   * Makes every append before this call durable: fdatasyncs each segment written since the last
+   * sync began (on Bun's thread pool), and fsyncs the directory first when a segment was created.
+   */
+  sync(): Promise<void> {
+    try {
+      this.assertOpen();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const fds = [...this.unsynced];
+    this.unsynced = new Set();
+    const covered = this.segments.filter((segment) => fds.includes(segment.fd)).map((segment) => ({ segment, end: segment.end }));
+    try {
+      if (this.directoryChanged) this.durably(() => this.fsyncDirectory());
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    this.syncsRunning++;
+    return Promise.all(
+      fds.map(
+        (fd) =>
+          new Promise<void>((resolve, reject) => {
+            this.fs.fdatasync(fd, (error) => (error === null ? resolve() : reject(error)));
+          }),
+      ),
+    ).then(
+      () => {
+        for (const { segment, end } of covered) segment.syncedEnd = Math.max(segment.syncedEnd, end);
+        this.syncEnded();
+      },
+      (error: unknown) => {
+        this.broken ??= error instanceof Error ? error : new Error(String(error));
+        this.syncEnded();
+        throw error;
+      },
+    );
+  }
+
+  /**
+   * Deletes the segments holding only entries at or below `index` (see the file comment), and
+   * forgets those entries. Never the segment being written.
+   */
+  compact(index: number): void {
+    this.assertOpen();
+    const term = this.term(index);
+    if (term !== undefined && index >= this.floor.index) this.floor = { index, term };
+    this.positions.dropBefore(index + 1);
+    while (this.segments.length > 1) {
+      // A later segment that starts at or below index + 1, with that first record durable: it and
+      // what follows supersede everything in the first segment above the compacted index, and a
+      // power loss cannot take that record back.
+      const superseding = this.segments
+        .slice(1)
+        .some((segment) => segment.firstEntryIndex !== undefined && segment.firstEntryIndex <= index + 1 && segment.syncedEnd >= segment.firstEntryEnd);
+      if (!superseding) return;
+      this.deleteSegment(this.segments[0] as Segment);
+    }
+  }
+
+  /**
+   * Empties the log: it starts after `index` (of `term`), as after a snapshot is installed. A new
+   * segment records the reset (with `hardState`); the older ones are deleted. Durable once a `sync`
+   * begun after it resolves (until then a crash may leave the log as it was).
+   */
+  reset(index: number, term: number, hardState: HardState): void {
+    this.assertOpen();
+    assert(Number.isSafeInteger(index) && index >= 1 && Number.isSafeInteger(term) && term >= 1, `reset to ${index} of term ${term}`);
+    const mark = { index, term };
+    // Durable before the old segments go (see roll): a crash leaves either the old log or the reset one.
+    this.roll(mark, hardState);
+    this.hardStateValue = { term: hardState.term, vote: hardState.vote, commit: hardState.commit };
+    this.floor = mark;
+    this.positions.clear();
+    while (this.segments.length > 1) this.deleteSegment(this.segments[0] as Segment);
+  }
+
+  /** Segment files on disk, oldest first (for tests and metrics). */
+  segmentFiles(): string[] {
+    return this.segments.map((segment) => segment.path);
+  }
+
+  /** Closes every descriptor (after the fdatasyncs running finish). Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const segment of this.segments) this.retired.push(segment.fd);
+    this.segments.length = 0;
+    this.closeRetiredWhenIdle();
+  }
+
+  // --- replay ---
+
+  private replay(): void {
+    const sequences = this.fs.readdirSync(this.dir)
+      .map((name) => segmentNamePattern.exec(name))
+      .filter((match): match is RegExpExecArray => match !== null)
+      .map((match) => Number.parseInt(match[1] as string, 16))
+      .sort((a, b) => a - b);
+    sequences.forEach((sequence, position) => this.replaySegment(sequence, position === sequences.length - 1));
+    // A last segment holding no more than its header was being started when the machine died (a
+    // roll makes the header and the hard state after it durable together): it is dropped, so that
+    // every segment kept starts with the newest hard state before it. One that never had a hard
+    // state to carry holds no record either: dropping it loses nothing.
+    const last = this.segments[this.segments.length - 1];
+    if (last !== undefined && last.end <= recordHeaderBytes + headerPayloadBytes) {
+      this.segments.pop();
+      this.fs.closeSync(last.fd);
+      this.fs.unlinkSync(last.path);
+      this.directoryChanged = true;
+    }
+    if (this.segments.length === 0) this.roll(undefined, this.hardStateValue);
+  }
+
+  private replaySegment(sequence: number, isLast: boolean): void {
+    const path = join(this.dir, segmentName(sequence));
+    const fd = this.fs.openSync(path, "r+");
+    const segment: Segment = { sequence, path, fd, end: 0, firstEntryIndex: undefined, firstEntryEnd: 0, syncedEnd: 0 };
+    this.segments.push(segment);
+    const size = this.fs.fstatSync(fd).size;
+    const bytes = this.readAt(segment, 0, size);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let offset = 0;
+    while (offset < size) {
+      const problem = this.recordProblem(bytes, view, offset);
+      if (problem !== undefined) {
+        if (!isLast) throw this.corrupt(path, `${problem} at byte ${offset} of a segment that is not the last`);
+        // Past every completed sync (see the file comment): what follows was never durable.
+        this.fs.ftruncateSync(fd, offset);
+        break;
+      }
+      const payloadBytes = view.getUint32(offset + 4, true);
+      const kind = view.getUint8(offset + 8) as RecordKind;
+      const payload = offset + recordHeaderBytes;
+      if (offset === 0) {
+        if (kind !== RecordKind.SegmentHeader) throw this.corrupt(path, "the segment does not start with its header");
+        this.replayHeader(path, view, payload, payloadBytes, sequence);
+      } else if (kind === RecordKind.Entry) {
+        const index = getUint53(view, payload);
+        const term = getUint53(view, payload + 8);
+        const type = view.getUint8(payload + 16);
+        if (!Number.isSafeInteger(index) || index < 1 || !Number.isSafeInteger(term) || term < 1) throw this.corrupt(path, `entry record at byte ${offset} has index ${index}, term ${term}`);
+        if (type !== EntryType.Normal && type !== EntryType.ConfChange) throw this.corrupt(path, `unknown entry type ${type}`, index);
+        this.replayEntry(path, segment, index, term, offset, recordHeaderBytes + payloadBytes);
+      } else if (kind === RecordKind.HardState) {
+        if (payloadBytes !== hardStatePayloadBytes) throw this.corrupt(path, `hard state record of ${payloadBytes} bytes`);
+        const hardState = { term: getUint53(view, payload), vote: getUint53(view, payload + 8), commit: getUint53(view, payload + 16) };
+        if (![hardState.term, hardState.vote, hardState.commit].every(Number.isSafeInteger)) throw this.corrupt(path, `hard state record at byte ${offset} out of range`);
+        this.hardStateValue = hardState;
+      } else {
+        throw this.corrupt(path, `record of unknown kind ${kind} at byte ${offset}`);
+      }
+      offset += recordHeaderBytes + payloadBytes;
+    }
+    segment.end = Math.min(offset, size);
+    if (segment.end === 0 && !isLast) throw this.corrupt(path, "the segment has no valid header");
+    // What was read back may be only in the page cache (the process crashed, the machine did not):
+    // durable from here, so compaction can count on it.
+    this.durably(() => this.fs.fdatasyncSync(fd));
+    segment.syncedEnd = segment.end;
+  }
+
+  /** Why the record at `offset` cannot be read (undefined when it can). */
+  private recordProblem(bytes: Uint8Array, view: DataView, offset: number): string | undefined {
+    if (bytes.byteLength - offset < recordHeaderBytes) return "an incomplete record header";
+    const payloadBytes = view.getUint32(offset + 4, true);
+    if (payloadBytes > recordPayloadBytesMax || bytes.byteLength - offset - recordHeaderBytes < payloadBytes) return "an incomplete record";
+    const crc = Bun.hash.crc32(bytes.subarray(offset + 4, offset + recordHeaderBytes + payloadBytes)) >>> 0;
+    if (crc !== view.getUint32(offset, true)) return "a record checksum mismatch";
+    const kind = view.getUint8(offset + 8);
+    if (kind === RecordKind.Entry && payloadBytes < entryFixedBytes) return "an entry record too short";
+    return undefined;
+  }
+
+  private replayHeader(path: string, view: DataView, payload: number, payloadBytes: number, sequence: number): void {
+    if (payloadBytes !== headerPayloadBytes) throw this.corrupt(path, `segment header of ${payloadBytes} bytes`);
+    for (let at = 0; at < magic.byteLength; at++) {
+      if (view.getUint8(payload + at) !== magic[at]) throw this.corrupt(path, "not a kv log segment");
+    }
+    const version = view.getUint32(payload + magic.byteLength, true);
+    if (version !== formatVersion) {
+      throw new StorageError("schema", `log segment format ${version}, this version reads ${formatVersion}: run the kv release that wrote it`, path);
+    }
+    const headerSequence = getUint53(view, payload + magic.byteLength + 4);
+    if (headerSequence !== sequence) throw this.corrupt(path, `segment header says sequence ${headerSequence}`);
+    const resetIndex = getUint53(view, payload + magic.byteLength + 12);
+    const resetTerm = getUint53(view, payload + magic.byteLength + 20);
+    if (!Number.isSafeInteger(resetIndex) || !Number.isSafeInteger(resetTerm)) throw this.corrupt(path, "segment header reset out of range");
+    if (resetIndex > 0) {
+      this.floor = { index: resetIndex, term: resetTerm };
+      this.positions.clear();
+    }
+  }
+
+  private replayEntry(path: string, segment: Segment, index: number, term: number, offset: number, length: number): void {
+    const held = this.positions.count > 0;
+    if (held && index > this.positions.last() + 1) {
+      throw this.corrupt(path, `entry record at byte ${offset} leaves a hole after ${this.positions.last()}`, index);
+    }
+    // Below the first entry held: the segments that held those before it were deleted (compacted)
+    // while the ones after kept entries this record supersedes.
+    if (held && index < this.positions.first) this.positions.clear();
+    if (!held && this.floor.index > 0 && index !== this.floor.index + 1) {
+      throw this.corrupt(path, `entry record at byte ${offset} in a log that starts after ${this.floor.index}`, index);
+    }
+    this.positions.truncateAfter(index - 1);
+    const previousTerm = this.positions.count > 0 ? this.positions.termOf(index - 1) : this.floor.index === index - 1 ? this.floor.term : 0;
+    if (term < previousTerm) throw this.corrupt(path, `entry of term ${term} follows one of term ${previousTerm}`, index);
+    this.positions.push(index, segment.sequence, offset, length, term);
+    if (segment.firstEntryIndex === undefined) {
+      segment.firstEntryIndex = index;
+      segment.firstEntryEnd = offset + length;
+    }
+  }
+
+  private verifiedEntry(buffer: Uint8Array, view: DataView, offset: number, index: number): Entry {
+    const file = this.segmentBySequence(this.positions.segmentOf(index)).path;
+    const problem = this.recordProblem(buffer, view, offset);
+    if (problem !== undefined) throw this.corrupt(file, `${problem} reading entry`, index);
+    const payloadBytes = view.getUint32(offset + 4, true);
+    const payload = offset + recordHeaderBytes;
+    const recordIndex = getUint53(view, payload);
+    const term = getUint53(view, payload + 8);
+    if (view.getUint8(offset + 8) !== RecordKind.Entry || recordIndex !== index || term !== this.positions.termOf(index)) {
+      throw this.corrupt(file, `found entry ${recordIndex} of term ${term} where ${index} of term ${this.positions.termOf(index)} belongs`, index);
+    }
+    const type = view.getUint8(payload + 16) as EntryType;
+    return { index, term, type, data: buffer.subarray(payload + entryFixedBytes, payload + payloadBytes) };
+  }
+
+  // --- segments ---
+
+  private current(): Segment {
+    const segment = this.segments[this.segments.length - 1];
+    assert(segment !== undefined, "the log has no segment");
+    return segment;
+  }
+
+  private segmentBySequence(sequence: number): Segment {
+    const segment = this.segments.find((candidate) => candidate.sequence === sequence);
+    assert(segment !== undefined, `segment ${sequence} is gone`);
+    return segment;
+  }
+
+  /**
+   * Starts a new segment with its header (carrying `reset`, if given) and `hardState`, both durable
+   * before it returns, and only then makes it the current one: a failure leaves no segment behind.
+   */
+  private roll(reset: LogFloor | undefined, hardState: HardState | undefined): Segment {
+    const previous = this.segments[this.segments.length - 1];
+    if (previous !== undefined) {
+      // A failed write may have left part of a record past the end: no segment but the last may
+      // hold one, so cut it off before another segment follows.
+      if (previous.dirtyTail === true) {
+        this.fs.ftruncateSync(previous.fd, previous.end);
+        previous.dirtyTail = false;
+        previous.syncedEnd = Math.min(previous.syncedEnd, previous.end);
+      }
+      // Only the last segment may end in a torn record (see the file comment): the one before it is
+      // made durable now, before anything is written after it, whatever a sync still running
+      // covers (its fdatasync may not have run yet).
+      if (previous.syncedEnd < previous.end) {
+        this.durably(() => this.fs.fdatasyncSync(previous.fd));
+        previous.syncedEnd = previous.end;
+      }
+      this.unsynced.delete(previous.fd);
+    }
+    const sequence = previous === undefined ? 1 : previous.sequence + 1;
+    const path = join(this.dir, segmentName(sequence));
+    const bytes = recordHeaderBytes + headerPayloadBytes + (hardState === undefined ? 0 : recordHeaderBytes + hardStatePayloadBytes);
+    const buffer = Buffer.alloc(bytes);
+    const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+    buffer.set(magic, recordHeaderBytes);
+    view.setUint32(recordHeaderBytes + magic.byteLength, formatVersion, true);
+    setUint53(view, recordHeaderBytes + magic.byteLength + 4, sequence);
+    setUint53(view, recordHeaderBytes + magic.byteLength + 12, reset?.index ?? 0);
+    setUint53(view, recordHeaderBytes + magic.byteLength + 20, reset?.term ?? 0);
+    sealRecord(buffer, view, 0, RecordKind.SegmentHeader, headerPayloadBytes);
+    if (hardState !== undefined) {
+      const at = recordHeaderBytes + headerPayloadBytes;
+      setUint53(view, at + recordHeaderBytes, hardState.term);
+      setUint53(view, at + recordHeaderBytes + 8, hardState.vote);
+      setUint53(view, at + recordHeaderBytes + 16, hardState.commit);
+      sealRecord(buffer, view, at, RecordKind.HardState, hardStatePayloadBytes);
+    }
+    const fd = this.fs.openSync(path, "wx+");
+    const segment: Segment = { sequence, path, fd, end: bytes, firstEntryIndex: undefined, firstEntryEnd: 0, syncedEnd: bytes };
+    try {
+      let written = 0;
+      while (written < bytes) written += this.fs.writeSync(fd, buffer, written, bytes - written, written);
+      // Durable at once (a roll is rare): every segment then starts with a hard state no older
+      // than any before it, which is what lets compaction delete those.
+      this.durably(() => this.fs.fdatasyncSync(fd));
+      this.directoryChanged = true;
+      this.durably(() => this.fsyncDirectory());
+    } catch (error) {
+      this.fs.closeSync(fd);
+      try {
+        this.fs.unlinkSync(path);
+      } catch {
+        // Left behind, it is a last segment holding at most its header: the replay drops it.
+      }
+      throw error;
+    }
+    this.segments.push(segment);
+    return segment;
+  }
+
+  /** Runs an fsync; if it fails, the log is broken (see `broken`) and the error goes on. */
+  private durably(run: () => void): void {
+    try {
+      run();
+    } catch (error) {
+      this.broken ??= error instanceof Error ? error : new Error(String(error));
+      throw error;
+    }
+  }
+
+  private deleteSegment(segment: Segment): void {
+    assert(segment !== this.current(), "the segment being written is never deleted");
+    this.fs.unlinkSync(segment.path);
+    this.segments.splice(this.segments.indexOf(segment), 1);
+    this.unsynced.delete(segment.fd);
+    this.retired.push(segment.fd);
+    this.directoryChanged = true;
+    this.closeRetiredWhenIdle();
+  }
+
+  private writeAt(segment: Segment, buffer: Uint8Array, position: number): void {
+    let written = 0;
+    while (written < buffer.byteLength) {
+      written += this.fs.writeSync(segment.fd, buffer, written, buffer.byteLength - written, position + written);
+    }
+    this.unsynced.add(segment.fd);
+  }
+
+  private readAt(segment: Segment, position: number, length: number): Uint8Array {
+    const buffer = new Uint8Array(length);
+    let read = 0;
+    while (read < length) {
+      const got = this.fs.readSync(segment.fd, buffer, read, length - read, position + read);
+      if (got === 0) break;
+      read += got;
+    }
+    return read === length ? buffer : buffer.subarray(0, read);
+  }
+
+  private fsyncDirectory(): void {
+    this.directoryChanged = false;
+    const dirFd = this.fs.openSync(this.dir, "r");
+    try {
+      this.fs.fsyncSync(dirFd);
+    } finally {
+      this.fs.closeSync(dirFd);
+    }
+  }
+
+  private syncEnded(): void {
+    this.syncsRunning--;
+    this.closeRetiredWhenIdle();
+  }
+
+  private closeRetiredWhenIdle(): void {
+    if (this.syncsRunning > 0) return;
+    for (const fd of this.retired.splice(0)) this.fs.closeSync(fd);
+  }
+
+  private corrupt(file: string, message: string, index?: number): StorageError {
+    return new StorageError("corrupt", message, file, index);
+  }
+
+  private assertOpen(): void {
+    assert(!this.closed, `log ${this.dir} used after close`);
+    if (this.broken !== undefined) throw new Error(`the log in ${this.dir} is unusable after a failed fsync or write: ${this.broken.message}`, { cause: this.broken });
+  }
+}
