@@ -134,10 +134,27 @@ describe("log replication (§5.3)", () => {
     node.step({ type: "append", from: 1, to: 2, term: 3, prevLogIndex: 2, prevLogTerm: 1, entries: [entry(3, 3, "new")], commit: 3 });
     const ready = node.ready();
     expect(ready.entries.map((e) => [e.index, e.term])).toEqual([[3, 3]]);
-    expect(ready.committedEntries.map((e) => new TextDecoder().decode(e.data))).toEqual(["e1", "e2", "new"]);
+    // The new entry is committed but not yet on this node's disk: it is applied in a later Ready.
+    expect(ready.committedEntries.map((e) => new TextDecoder().decode(e.data))).toEqual(["e1", "e2"]);
     expect(ready.messages).toContainEqual(expect.objectContaining({ type: "append-response", success: true, index: 3 }));
     disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
     node.advance(ready);
+    expect(node.ready().committedEntries.map((e) => new TextDecoder().decode(e.data))).toEqual(["new"]);
+  });
+
+  test("a committed entry is handed to apply only once this node's own copy is on disk", () => {
+    const node = coreWith(2, 3, [entry(1, 1)], 1);
+    // The leader's append carries entries 2-3, and already a commit index covering them (the other
+    // follower and the leader hold them).
+    node.step({ type: "append", from: 1, to: 2, term: 1, prevLogIndex: 1, prevLogTerm: 1, entries: [entry(2, 1), entry(3, 1)], commit: 3 });
+    const first = node.ready();
+    expect(first.committedEntries.map((e) => e.index)).toEqual([1]);
+    disks.get(node)!.save(first.hardState, first.entries, false);
+    // Written, not yet durable (the driver's fsync runs in the background).
+    node.advance(first, false);
+    expect(node.hasReady()).toBe(false);
+    node.persisted(2, 1);
+    expect(node.ready().committedEntries.map((e) => e.index)).toEqual([2]);
   });
 
   test("a stale leader is told the newer term and steps down (§5.1)", () => {
@@ -484,6 +501,9 @@ describe("applies answered later (advance with applyConfirmedLater)", () => {
     node.step({ type: "append", from: 1, to: 2, term: 1, prevLogIndex: 0, prevLogTerm: 0, entries: [change], commit: 1 });
     let ready = node.ready();
     disks.get(node)!.save(ready.hardState, ready.entries, ready.mustSync);
+    // Applied once on this node's disk: the Ready after the one that saved it.
+    node.advance(ready);
+    ready = node.ready();
     expect(ready.committedEntries.map((e) => e.index)).toEqual([1]);
     node.advance(ready, true, true);
     // Its apply is under way when the leader streams an image whose configuration removed 3.

@@ -4,7 +4,11 @@ import { EntryType, type Entry, type SnapshotToInstall } from "./types.ts";
 
 /**
  * The Raft log as the core sees it: what storage holds, followed by `unstable` entries not yet
- * persisted (etcd's raftLog + unstable). Invariant: applied <= applying <= committed <= lastIndex().
+ * persisted (etcd's raftLog + unstable). Invariant: applied <= applying <= committed <= lastIndex(),
+ * and applying <= durable: an entry is handed to the application only once this node's own copy is
+ * on disk (etcd's raft does the same with asynchronous storage writes). A follower may learn that
+ * an entry is committed before its own fsync of it returns; applied then, the state machine could
+ * be ahead of the log after a power loss, once the two are not one file.
  */
 export class RaftLog {
   /** Index of unstable[0]; every entry at or past it is not yet known to be on disk. */
@@ -20,6 +24,8 @@ export class RaftLog {
   applied: number;
   /** The highest index handed to the application in a Ready: the next Ready's entries follow it. */
   applying: number;
+  /** This node's log is on disk up to here (the driver reports it: `durableTo`). */
+  private durable: number;
 
   constructor(
     private readonly storage: RaftStorage,
@@ -33,6 +39,8 @@ export class RaftLog {
     this.committed = Math.max(committed, snapshotIndex);
     this.applied = Math.max(Math.min(applied, this.committed), snapshotIndex);
     this.applying = this.applied;
+    // What storage holds when the node starts is what survived: on disk.
+    this.durable = storage.lastIndex();
   }
 
   firstIndex(): number {
@@ -99,6 +107,8 @@ export class RaftLog {
     if (first === undefined) return;
     assert(first.index > this.committed, `append at ${first.index} would overwrite committed ${this.committed}`);
     assert(first.index <= this.lastIndex() + 1, `append at ${first.index} leaves a gap after ${this.lastIndex()}`);
+    // A suffix replaced is no longer what is on disk there.
+    this.durable = Math.min(this.durable, first.index - 1);
     if (first.index === this.unstableOffset + this.unstable.length) {
       // The common case: extend the unstable tail.
     } else if (first.index <= this.unstableOffset) {
@@ -184,7 +194,12 @@ export class RaftLog {
   /** Committed entries not yet handed to the application, at most `maxBytes` (at least one). */
   nextCommittedEntries(maxBytes: number): Entry[] {
     if (!this.hasNextCommittedEntries()) return [];
-    return this.slice(this.applying + 1, this.committed + 1, maxBytes);
+    return this.slice(this.applying + 1, Math.min(this.committed, this.durable) + 1, maxBytes);
+  }
+
+  /** The driver made the log durable up to (`index`, `term`); a report the log no longer matches changes nothing. */
+  durableTo(index: number, term: number): void {
+    if (index > this.durable && this.matchTerm(index, term)) this.durable = index;
   }
 
   /**
@@ -205,7 +220,7 @@ export class RaftLog {
 
   /** None while a snapshot waits to be installed: it replaces everything up to its index first. */
   hasNextCommittedEntries(): boolean {
-    return this.unstableSnapshot === undefined && this.committed > this.applying;
+    return this.unstableSnapshot === undefined && Math.min(this.committed, this.durable) > this.applying;
   }
 
   /**
@@ -219,6 +234,8 @@ export class RaftLog {
     this.unstable = [];
     this.unstableOffset = index + 1;
     this.committed = index;
+    // Nothing of the log before it stays; the image is durable once installed (snapshotInstalled).
+    this.durable = Math.min(this.durable, index);
   }
 
   pendingSnapshot(): SnapshotToInstall | undefined {
@@ -231,6 +248,7 @@ export class RaftLog {
     this.unstableSnapshot = undefined;
     this.applied = Math.max(this.applied, index);
     this.applying = Math.max(this.applying, index);
+    this.durable = Math.max(this.durable, index);
   }
 
   /** The driver persisted entries up to (index, term): they leave the unstable tail. */

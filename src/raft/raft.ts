@@ -886,11 +886,12 @@ export class Raft {
   }
 
   /**
-   * The driver made this node's log durable up to (`index`, `term`): a leader counts its own copy
-   * toward commit from here. A report that no longer matches the log (it was overwritten) or that
+   * The driver made this node's log durable up to (`index`, `term`): entries up to it may be applied
+   * once committed, and a leader counts its own copy toward commit from here. A report that no longer matches the log (it was overwritten) or that
    * comes after this node stopped leading changes nothing.
    */
   persisted(index: number, term: number): void {
+    this.log.durableTo(index, term);
     if (this.role !== "leader" || !this.log.matchTerm(index, term)) return;
     const own = this.progress.get(this.id);
     if (own !== undefined && own.maybeUpdate(index)) this.maybeCommit();

@@ -1,3 +1,4 @@
+import { AssertionError } from "../lib/assert.ts";
 import type { Entry, HardState, NodeId, SnapshotMetadata } from "../raft/types.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { MemberAddress, Membership } from "../kv/membership.ts";
@@ -180,11 +181,27 @@ export class SimDisk implements KvStorage {
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]> {
+    this.checkDurable(entries[entries.length - 1]);
     const results = this.write(() => this.current.applyEntries(entries));
     return this.onThread(results);
   }
   compact(index: number): void {
     this.write(() => this.current.compact(index));
+  }
+
+  /**
+   * The node applies only entries on its own disk (src/raft/log.ts): with the log and the state
+   * machine in two files, a state machine ahead of the log could outlive a power loss that took the
+   * log's tail. So the last entry of an apply must be in the durable image, term for term (or
+   * below its snapshot).
+   */
+  private checkDurable(last: Entry | undefined): void {
+    if (last === undefined) return;
+    const durable = this.durableImage;
+    if (last.index <= durable.snapshot().index) return;
+    if (last.index > durable.lastIndex() || durable.term(last.index) !== last.term) {
+      throw new AssertionError(`applied entry ${last.index} (term ${last.term}) before an fsync made it durable (durable log ends at ${durable.lastIndex()})`);
+    }
   }
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
     this.write(() => this.current.stageImageChunk(imageId, rows, first));
