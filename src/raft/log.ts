@@ -39,7 +39,10 @@ export class RaftLog {
     this.committed = Math.max(committed, snapshotIndex);
     this.applied = Math.max(Math.min(applied, this.committed), snapshotIndex);
     this.applying = this.applied;
-    // What storage holds when the node starts is what survived: on disk.
+    // What storage holds when the node starts is taken as on disk. A process crash may leave writes
+    // only in the page cache: the storage must make what it reads back at open durable before the
+    // core counts on it (SegmentLog.open fdatasyncs every segment it replays, src/storage/segment-log.ts;
+    // SQLite's log and state machine share one WAL, so their order holds either way).
     this.durable = storage.lastIndex();
   }
 
