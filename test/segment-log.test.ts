@@ -84,6 +84,36 @@ describe("SegmentLog", () => {
     reopened.close();
   });
 
+  test("large entries, written from their own buffers among small ones, read back whole, also after short writes", () => {
+    const dir = tempDir();
+    let shortWrites = 0;
+    const log = SegmentLog.open(dir, {
+      files: {
+        // Writes half of what it is given (at least one byte), as a file system may.
+        writevSync: ((fd: number, parts: readonly Uint8Array[], position: number) => {
+          const whole = Buffer.concat(parts);
+          shortWrites++;
+          return nodeFs.writeSync(fd, whole, 0, Math.max(1, Math.floor(whole.byteLength / 2)), position);
+        }) as SegmentFiles["writevSync"],
+      },
+    });
+    const sizes = [10, 5000, 20, 4096, 4097, 70_000, 0, 9000];
+    const made = sizes.map((size, position) => ({ index: position + 1, term: 1, type: EntryType.Normal, data: new Uint8Array(size).map((_, i) => (i * 7 + position) & 0xff) }));
+    log.append(made.slice(0, 5), { term: 1, vote: 1, commit: 0 });
+    log.append(made.slice(5));
+    expect(shortWrites).toBe(2);
+    const check = (reader: SegmentLog): void => {
+      const got = reader.entries(1, 9, Number.MAX_SAFE_INTEGER);
+      expect(got.map((e) => e.data.byteLength)).toEqual(sizes);
+      got.forEach((e, position) => expect(Buffer.compare(e.data, made[position]!.data)).toBe(0));
+    };
+    check(log);
+    log.close();
+    const reopened = SegmentLog.open(dir);
+    check(reopened);
+    reopened.close();
+  });
+
   test("entries honour the byte budget but give at least one", () => {
     const dir = tempDir();
     const log = SegmentLog.open(dir);

@@ -61,7 +61,7 @@ import { StorageError } from "./kv-storage.ts";
 /** The file operations the log uses: node:fs's, unless a test passes its own to hold or fail some. */
 export type SegmentFiles = Pick<
   typeof nodeFs,
-  "closeSync" | "fdatasync" | "fdatasyncSync" | "fstatSync" | "fsyncSync" | "ftruncateSync" | "mkdirSync" | "openSync" | "readdirSync" | "readSync" | "unlinkSync" | "writeSync"
+  "closeSync" | "fdatasync" | "fdatasyncSync" | "fstatSync" | "fsyncSync" | "ftruncateSync" | "mkdirSync" | "openSync" | "readdirSync" | "readSync" | "unlinkSync" | "writeSync" | "writevSync"
 >;
 
 /** Options of `SegmentLog.open`. */
@@ -82,6 +82,10 @@ interface LogFloor {
 }
 
 const segmentBytesMaxDefault = 64 << 20;
+/** An entry's data up to this many bytes is copied into its save's buffer; larger data is written from where it is. */
+const inlineDataBytesMax = 4096;
+/** Parts per writev (Linux's IOV_MAX). */
+const iovecsMax = 1024;
 const recordHeaderBytes = 9;
 const magic = new TextEncoder().encode("kvseglog");
 const formatVersion = 1;
@@ -331,28 +335,46 @@ export class SegmentLog {
     if (segment.end + bytes > this.segmentBytesMax && segment.end > recordHeaderBytes + headerPayloadBytes + recordHeaderBytes + hardStatePayloadBytes) {
       segment = this.roll(this.floor.index === 0 || this.positions.count > 0 ? undefined : this.floor, this.hardStateValue);
     }
-    const buffer = Buffer.allocUnsafe(bytes);
+    // Headers, and data up to `inlineDataBytesMax`, are copied into one buffer; larger data is
+    // written from the entry's own buffer (one writev), not copied again.
+    let copiedBytes = hardState === undefined ? 0 : recordHeaderBytes + hardStatePayloadBytes;
+    for (const entry of entries) copiedBytes += recordHeaderBytes + entryFixedBytes + (entry.data.byteLength <= inlineDataBytesMax ? entry.data.byteLength : 0);
+    const buffer = Buffer.allocUnsafe(copiedBytes);
     const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+    const parts: Uint8Array[] = [];
     const offsets: number[] = [];
     let offset = 0;
+    let at = 0;
+    let partStart = 0;
     for (const entry of entries) {
       offsets.push(offset);
-      setUint53(view, offset + recordHeaderBytes, entry.index);
-      setUint53(view, offset + recordHeaderBytes + 8, entry.term);
-      view.setUint8(offset + recordHeaderBytes + 16, entry.type);
-      buffer.set(entry.data, offset + recordHeaderBytes + entryFixedBytes);
       const payloadBytes = entryFixedBytes + entry.data.byteLength;
-      sealRecord(buffer, view, offset, RecordKind.Entry, payloadBytes);
+      view.setUint32(at + 4, payloadBytes, true);
+      view.setUint8(at + 8, RecordKind.Entry);
+      setUint53(view, at + recordHeaderBytes, entry.index);
+      setUint53(view, at + recordHeaderBytes + 8, entry.term);
+      view.setUint8(at + recordHeaderBytes + 16, entry.type);
+      const fixedEnd = at + recordHeaderBytes + entryFixedBytes;
+      view.setUint32(at, Bun.hash.crc32(entry.data, Bun.hash.crc32(buffer.subarray(at + 4, fixedEnd))) >>> 0, true);
+      if (entry.data.byteLength <= inlineDataBytesMax) {
+        buffer.set(entry.data, fixedEnd);
+        at = fixedEnd + entry.data.byteLength;
+      } else {
+        parts.push(buffer.subarray(partStart, fixedEnd), entry.data);
+        at = partStart = fixedEnd;
+      }
       offset += recordHeaderBytes + payloadBytes;
     }
     if (hardState !== undefined) {
-      setUint53(view, offset + recordHeaderBytes, hardState.term);
-      setUint53(view, offset + recordHeaderBytes + 8, hardState.vote);
-      setUint53(view, offset + recordHeaderBytes + 16, hardState.commit);
-      sealRecord(buffer, view, offset, RecordKind.HardState, hardStatePayloadBytes);
+      setUint53(view, at + recordHeaderBytes, hardState.term);
+      setUint53(view, at + recordHeaderBytes + 8, hardState.vote);
+      setUint53(view, at + recordHeaderBytes + 16, hardState.commit);
+      sealRecord(buffer, view, at, RecordKind.HardState, hardStatePayloadBytes);
+      at += recordHeaderBytes + hardStatePayloadBytes;
     }
+    if (at > partStart) parts.push(buffer.subarray(partStart, at));
     try {
-      this.writeAt(segment, buffer, segment.end);
+      this.writePartsAt(segment, parts, segment.end);
     } catch (error) {
       // Best effort: leave no complete record of a save that failed (the next append writes here).
       segment.dirtyTail = true;
@@ -748,6 +770,24 @@ export class SegmentLog {
     this.retired.push(segment.fd);
     this.directoryChanged = true;
     this.closeRetiredWhenIdle();
+  }
+
+  /** Writes `parts` one after another from `position`: writev, IOV_MAX parts at a time, finishing short writes. */
+  private writePartsAt(segment: Segment, parts: readonly Uint8Array[], position: number): void {
+    let at = position;
+    for (let first = 0; first < parts.length; first += iovecsMax) {
+      const group = parts.slice(first, first + iovecsMax);
+      const written = this.fs.writevSync(segment.fd, group, at);
+      // Short (rare for a file): the rest, part by part.
+      let partAt = at;
+      for (const part of group) {
+        let done = Math.max(0, Math.min(part.byteLength, at + written - partAt));
+        while (done < part.byteLength) done += this.fs.writeSync(segment.fd, part, done, part.byteLength - done, partAt + done);
+        partAt += part.byteLength;
+      }
+      at = partAt;
+    }
+    this.unsynced.add(segment.fd);
   }
 
   private writeAt(segment: Segment, buffer: Uint8Array, position: number): void {
