@@ -1,3 +1,4 @@
+import { setUint53 } from "../lib/uint53.ts";
 import type { HardState } from "../raft/types.ts";
 
 /**
@@ -11,12 +12,6 @@ const entryHeader = new DataView(new ArrayBuffer(17));
 const entryHeaderBytes = new Uint8Array(entryHeader.buffer);
 const hardStateBytes = new Uint8Array(24);
 const hardStateView = new DataView(hardStateBytes.buffer);
-
-/** Writes a non-negative safe integer as two little-endian uint32 words (no BigInt on the hot path). */
-function setUint53(view: DataView, offset: number, value: number): void {
-  view.setUint32(offset, value >>> 0, true);
-  view.setUint32(offset + 4, Math.floor(value / 2 ** 32), true);
-}
 
 /** CRC-32 of (index, term, type, data): what the `crc` column of the log holds. */
 export function entryChecksum(index: number, term: number, type: number, data: Uint8Array): number {

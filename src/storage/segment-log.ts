@@ -55,6 +55,7 @@
 import * as nodeFs from "node:fs";
 import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
+import { getUint53, setUint53 } from "../lib/uint53.ts";
 import { type Entry, EntryType, type HardState } from "../raft/types.ts";
 import { StorageError } from "./kv-storage.ts";
 
@@ -214,17 +215,6 @@ class EntryPositions {
     this.terms = move(this.terms, (n) => new Float64Array(n));
     this.skipped = 0;
   }
-}
-
-function setUint53(view: DataView, offset: number, value: number): void {
-  view.setUint32(offset, value >>> 0, true);
-  view.setUint32(offset + 4, Math.floor(value / 2 ** 32), true);
-}
-
-function getUint53(view: DataView, offset: number): number {
-  const high = view.getUint32(offset + 4, true);
-  // Above 2^53 - 1 the value is not one this log wrote: the caller's checks refuse it.
-  return high >= 2 ** 21 ? Number.NaN : view.getUint32(offset, true) + high * 2 ** 32;
 }
 
 function segmentName(sequence: number): string {
