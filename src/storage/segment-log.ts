@@ -10,8 +10,9 @@
  *
  * little-endian, the CRC-32 over everything after itself. Kinds: a segment header (first in every
  * segment: magic, its sequence, and the index and term a reset started the log after, 0 if none),
- * an entry (index, term, type, data) and a hard state (term, vote, commit). A save is one write of
- * its entries' records and then its hard state's: appended, never rewritten in place.
+ * an entry (index, term, type, data) and a hard state (term, vote, commit). A save is one writev of
+ * its entries' records and then its hard state's (data over 4 KiB from the entry's own buffer, the
+ * rest copied into one): appended, never rewritten in place.
  *
  * Replay (`open`) reads the segments in sequence order and rebuilds what the appends made:
  * - an entry at index i truncates the log to i - 1 first (a new leader overwrote a suffix), so a
