@@ -39,6 +39,14 @@ function copyDir(from: string): string {
   return to;
 }
 
+/** Flips one bit of the first byte of `text` in the file at `path` (damage a checksum must catch). */
+function flipByteOf(path: string, text: string): void {
+  const bytes = readFileSync(path);
+  const at = bytes.indexOf(text);
+  bytes[at] = (bytes[at] as number) ^ 1;
+  writeFileSync(path, bytes);
+}
+
 function segmentPaths(dir: string): string[] {
   return readdirSync(dir)
     .filter((name) => name.endsWith(".log"))
@@ -177,28 +185,22 @@ describe("SegmentLog", () => {
     const log = SegmentLog.open(dir, { segmentBytesMax: 1024 });
     for (let first = 1; first <= 100; first += 10) log.append(range(first, first + 9, 1));
     log.close();
-    const path = segmentPaths(dir)[0] as string;
-    const bytes = readFileSync(path);
-    const at = bytes.indexOf("value-2-1");
-    bytes[at] = (bytes[at] as number) ^ 1;
-    writeFileSync(path, bytes);
-    expect(() => SegmentLog.open(dir, { segmentBytesMax: 1024 })).toThrow(StorageError);
+    flipByteOf(segmentPaths(dir)[0] as string, "value-2-1");
+    let error: unknown;
     try {
       SegmentLog.open(dir, { segmentBytesMax: 1024 });
-    } catch (error) {
-      expect((error as StorageError).code).toBe("corrupt");
+    } catch (thrown) {
+      error = thrown;
     }
+    expect(error).toBeInstanceOf(StorageError);
+    expect((error as StorageError).code).toBe("corrupt");
   });
 
   test("damage read back later is refused as corrupt, not returned", () => {
     const dir = tempDir();
     const log = SegmentLog.open(dir);
     log.append(range(1, 5, 1));
-    const path = segmentPaths(dir)[0] as string;
-    const bytes = readFileSync(path);
-    const at = bytes.indexOf("value-3-1");
-    bytes[at] = (bytes[at] as number) ^ 1;
-    writeFileSync(path, bytes);
+    flipByteOf(segmentPaths(dir)[0] as string, "value-3-1");
     expect(() => log.entries(3, 4, 1000)).toThrow(StorageError);
     expect(log.entries(1, 3, 1000).map((e) => e.index)).toEqual([1, 2]);
     log.close();
@@ -404,6 +406,38 @@ describe("SegmentLog across failures", () => {
     log.close();
     const reopened = SegmentLog.open(dir, { segmentBytesMax: 1024 });
     expect([reopened.firstIndex(), reopened.lastIndex()]).toEqual([1, 40]);
+    reopened.close();
+  });
+
+  test("a save whose write failed part way is cut off: the retry, shorter, is what is read back", () => {
+    const dir = tempDir();
+    let failNext = false;
+    const log = SegmentLog.open(dir, {
+      files: {
+        writevSync: ((fd: number, parts: readonly Uint8Array[], position: number) => {
+          const whole = Buffer.concat(parts);
+          if (!failNext) return nodeFs.writeSync(fd, whole, 0, whole.byteLength, position);
+          failNext = false;
+          // All but the last byte reaches the file: every record but the hard state's is whole.
+          nodeFs.writeSync(fd, whole, 0, whole.byteLength - 1, position);
+          throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+        }) as SegmentFiles["writevSync"],
+      },
+    });
+    log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
+    failNext = true;
+    expect(() => log.append(range(3, 6, 1), { term: 1, vote: 1, commit: 2 })).toThrow(/ENOSPC/);
+    // The same length as the failed save's first record: without the cut-off, its records 4-6
+    // would follow whole and be read back.
+    log.append([entry(3, 1, "value-3-2")]);
+    log.close();
+    const reopened = SegmentLog.open(dir);
+    expect(contents(reopened).entries.map((e) => [e.index, e.text])).toEqual([
+      [1, "value-1-1"],
+      [2, "value-2-1"],
+      [3, "value-3-2"],
+    ]);
+    expect(reopened.hardState()).toEqual({ term: 1, vote: 1, commit: 0 });
     reopened.close();
   });
 

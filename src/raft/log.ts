@@ -197,7 +197,12 @@ export class RaftLog {
   /** Committed entries not yet handed to the application, at most `maxBytes` (at least one). */
   nextCommittedEntries(maxBytes: number): Entry[] {
     if (!this.hasNextCommittedEntries()) return [];
-    return this.slice(this.applying + 1, Math.min(this.committed, this.durable) + 1, maxBytes);
+    return this.slice(this.applying + 1, this.applicableTo() + 1, maxBytes);
+  }
+
+  /** Entries up to here may go to apply: committed, and on this node's disk. */
+  private applicableTo(): number {
+    return Math.min(this.committed, this.durable);
   }
 
   /** The driver made the log durable up to (`index`, `term`); a report the log no longer matches changes nothing. */
@@ -223,7 +228,7 @@ export class RaftLog {
 
   /** None while a snapshot waits to be installed: it replaces everything up to its index first. */
   hasNextCommittedEntries(): boolean {
-    return this.unstableSnapshot === undefined && Math.min(this.committed, this.durable) > this.applying;
+    return this.unstableSnapshot === undefined && this.applicableTo() > this.applying;
   }
 
   /**

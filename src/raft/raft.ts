@@ -887,8 +887,9 @@ export class Raft {
 
   /**
    * The driver made this node's log durable up to (`index`, `term`): entries up to it may be applied
-   * once committed, and a leader counts its own copy toward commit from here. A report that no longer matches the log (it was overwritten) or that
-   * comes after this node stopped leading changes nothing.
+   * once committed, and a leader counts its own copy toward commit from here. A report that no
+   * longer matches the log (it was overwritten) changes nothing, nor does one to a leader's progress
+   * after it stopped leading.
    */
   persisted(index: number, term: number): void {
     this.log.durableTo(index, term);

@@ -116,8 +116,6 @@ interface Segment {
   firstEntryEnd: number;
   /** Bytes known durable: covered by a completed sync (or read back and fsynced at open). */
   syncedEnd: number;
-  /** A write failed part way: bytes past `end` may hold part of a record. */
-  dirtyTail?: boolean;
 }
 
 /**
@@ -180,8 +178,7 @@ class EntryPositions {
       this.skipped = 0;
     }
     assert(index === this.first + this.count, `entry ${index} does not follow ${this.last()}`);
-    const slot = this.skipped + this.count;
-    if (slot === this.offsets.length) this.grow();
+    if (this.skipped + this.count === this.offsets.length) this.grow();
     const at = this.skipped + this.count;
     this.segments[at] = segment;
     this.offsets[at] = offset;
@@ -223,6 +220,19 @@ function segmentName(sequence: number): string {
 }
 
 const segmentNamePattern = /^seg-([0-9a-f]{16})\.log$/;
+
+/** Bytes of an entry's record. */
+function entryRecordBytes(entry: Entry): number {
+  return recordHeaderBytes + entryFixedBytes + entry.data.byteLength;
+}
+
+/** Writes a hard state's record into `view` at `offset`: `recordHeaderBytes + hardStatePayloadBytes` bytes. */
+function writeHardStateRecord(bytes: Uint8Array, view: DataView, offset: number, hardState: HardState): void {
+  setUint53(view, offset + recordHeaderBytes, hardState.term);
+  setUint53(view, offset + recordHeaderBytes + 8, hardState.vote);
+  setUint53(view, offset + recordHeaderBytes + 16, hardState.commit);
+  sealRecord(bytes, view, offset, RecordKind.HardState, hardStatePayloadBytes);
+}
 
 /** Writes one record's header (the CRC last, over the rest) into `view` at `offset`. */
 function sealRecord(bytes: Uint8Array, view: DataView, offset: number, kind: RecordKind, payloadBytes: number): void {
@@ -301,7 +311,7 @@ export class SegmentLog {
 
   /**
    * Appends `entries` (contiguous; the first at most one past the last held, at least the first
-   * held: entries from it on are replaced) and then `hardState`, in one write. Durable once a
+   * held: entries from it on are replaced) and then `hardState`, in one writev. Durable once a
    * `sync` begun after it resolves. Throws what the write throws (ENOSPC, ...), having appended
    * nothing the log will read back.
    */
@@ -320,7 +330,7 @@ export class SegmentLog {
       entries.forEach((entry, position) => assert(entry.index === first.index + position, `append: entry ${entry.index} breaks contiguity`));
     }
     let bytes = 0;
-    for (const entry of entries) bytes += recordHeaderBytes + entryFixedBytes + entry.data.byteLength;
+    for (const entry of entries) bytes += entryRecordBytes(entry);
     if (hardState !== undefined) bytes += recordHeaderBytes + hardStatePayloadBytes;
     let segment = this.current();
     if (segment.end + bytes > this.segmentBytesMax && segment.end > recordHeaderBytes + headerPayloadBytes + recordHeaderBytes + hardStatePayloadBytes) {
@@ -354,41 +364,32 @@ export class SegmentLog {
         parts.push(buffer.subarray(partStart, fixedEnd), entry.data);
         at = partStart = fixedEnd;
       }
-      offset += recordHeaderBytes + payloadBytes;
+      offset += entryRecordBytes(entry);
     }
     if (hardState !== undefined) {
-      setUint53(view, at + recordHeaderBytes, hardState.term);
-      setUint53(view, at + recordHeaderBytes + 8, hardState.vote);
-      setUint53(view, at + recordHeaderBytes + 16, hardState.commit);
-      sealRecord(buffer, view, at, RecordKind.HardState, hardStatePayloadBytes);
+      writeHardStateRecord(buffer, view, at, hardState);
       at += recordHeaderBytes + hardStatePayloadBytes;
     }
     if (at > partStart) parts.push(buffer.subarray(partStart, at));
     try {
       this.writePartsAt(segment, parts, segment.end);
     } catch (error) {
-      // Best effort: leave no complete record of a save that failed (the next append writes here).
-      segment.dirtyTail = true;
-      try {
-        this.fs.ftruncateSync(segment.fd, segment.end);
-      } catch (truncateError) {
-        // Whole records of this save may stay past the end, where a shorter append would leave
-        // them to be read back: nothing more may be written.
-        this.broken ??= truncateError instanceof Error ? truncateError : new Error(String(truncateError));
-      }
-      throw error;
+      // Leave no complete record of a save that failed (the next append writes here). If that
+      // fails too, whole records of it may stay past the end, where a shorter append would leave
+      // them to be read back: nothing more may be written.
+      this.durably(() => this.fs.ftruncateSync(segment.fd, segment.end), error);
     }
     // Written: now memory may follow the file.
     entries.forEach((entry, position) => {
-      const recordOffset = offsets[position] as number;
+      const recordStart = segment.end + (offsets[position] as number);
       if (position === 0) {
         this.positions.truncateAfter(entry.index - 1);
         if (segment.firstEntryIndex === undefined) {
           segment.firstEntryIndex = entry.index;
-          segment.firstEntryEnd = segment.end + recordOffset + recordHeaderBytes + entryFixedBytes + entry.data.byteLength;
+          segment.firstEntryEnd = recordStart + entryRecordBytes(entry);
         }
       }
-      this.positions.push(entry.index, segment.sequence, segment.end + recordOffset, recordHeaderBytes + entryFixedBytes + entry.data.byteLength, entry.term);
+      this.positions.push(entry.index, segment.sequence, recordStart, entryRecordBytes(entry), entry.term);
     });
     if (hardState !== undefined) this.hardStateValue = { term: hardState.term, vote: hardState.vote, commit: hardState.commit };
     segment.end += bytes;
@@ -686,13 +687,6 @@ export class SegmentLog {
   private roll(reset: LogFloor | undefined, hardState: HardState | undefined): Segment {
     const previous = this.segments[this.segments.length - 1];
     if (previous !== undefined) {
-      // A failed write may have left part of a record past the end: no segment but the last may
-      // hold one, so cut it off before another segment follows.
-      if (previous.dirtyTail === true) {
-        this.fs.ftruncateSync(previous.fd, previous.end);
-        previous.dirtyTail = false;
-        previous.syncedEnd = Math.min(previous.syncedEnd, previous.end);
-      }
       // Only the last segment may end in a torn record (see the file comment): the one before it is
       // made durable now, before anything is written after it, whatever a sync still running
       // covers (its fdatasync may not have run yet).
@@ -713,13 +707,7 @@ export class SegmentLog {
     setUint53(view, recordHeaderBytes + magic.byteLength + 12, reset?.index ?? 0);
     setUint53(view, recordHeaderBytes + magic.byteLength + 20, reset?.term ?? 0);
     sealRecord(buffer, view, 0, RecordKind.SegmentHeader, headerPayloadBytes);
-    if (hardState !== undefined) {
-      const at = recordHeaderBytes + headerPayloadBytes;
-      setUint53(view, at + recordHeaderBytes, hardState.term);
-      setUint53(view, at + recordHeaderBytes + 8, hardState.vote);
-      setUint53(view, at + recordHeaderBytes + 16, hardState.commit);
-      sealRecord(buffer, view, at, RecordKind.HardState, hardStatePayloadBytes);
-    }
+    if (hardState !== undefined) writeHardStateRecord(buffer, view, recordHeaderBytes + headerPayloadBytes, hardState);
     const fd = this.fs.openSync(path, "wx+");
     const segment: Segment = { sequence, path, fd, end: bytes, firstEntryIndex: undefined, firstEntryEnd: 0, syncedEnd: bytes };
     try {
@@ -743,14 +731,18 @@ export class SegmentLog {
     return segment;
   }
 
-  /** Runs an fsync; if it fails, the log is broken (see `broken`) and the error goes on. */
-  private durably(run: () => void): void {
+  /**
+   * Runs an fsync (or the cut-off of a failed write); if it fails, the log is broken (see
+   * `broken`) and its error goes on. With `failed`, that error goes on either way.
+   */
+  private durably(run: () => void, failed?: unknown): void {
     try {
       run();
     } catch (error) {
       this.broken ??= error instanceof Error ? error : new Error(String(error));
-      throw error;
+      throw failed ?? error;
     }
+    if (failed !== undefined) throw failed;
   }
 
   private deleteSegment(segment: Segment): void {
