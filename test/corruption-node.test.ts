@@ -1,9 +1,8 @@
 // Proves a node whose log was damaged behind its back refuses to start, with one line naming the
-// database file and the damaged index, instead of serving or replicating bad data. The log is written
+// log's segment file and the damaged index, instead of serving or replicating bad data. The log is written
 // by an in-process node; the refusal (exit code and stderr) is the built executable's.
 import { afterAll, expect, test } from "bun:test";
-import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -30,13 +29,15 @@ test("a damaged log entry stops the node at start with the file and the index", 
     await cluster.stop();
   }
 
-  // Flip the data of the last entry, as a bad disk would, keeping its stored checksum.
-  const file = join(dataDir, "kv.db");
-  const db = new Database(file);
-  const damaged = db.query<{ idx: number }, []>("SELECT max(idx) AS idx FROM raft_log").get()!.idx;
-  expect(damaged).toBe(version);
-  db.run("UPDATE raft_log SET data = X'DEADBEEF' WHERE idx = ?", [damaged]);
-  db.close();
+  // Change a byte of the last entry's value in the log's segment, as a bad disk would.
+  const logDir = join(dataDir, "kv.db-log");
+  const segment = join(logDir, readdirSync(logDir).sort().at(-1) as string);
+  const bytes = readFileSync(segment);
+  const at = bytes.lastIndexOf("v4");
+  expect(at).toBeGreaterThan(0);
+  bytes[at] = (bytes[at] as number) ^ 0xff;
+  writeFileSync(segment, bytes);
+  const damaged = version;
 
   const restart = Bun.spawn(
     [...kvCommand(), "serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir],
@@ -45,7 +46,7 @@ test("a damaged log entry stops the node at start with the file and the index", 
   try {
     const [code, err] = await Promise.all([restart.exited, new Response(restart.stderr).text()]);
     expect(code).not.toBe(0);
-    expect(err).toContain("kv.db");
+    expect(err).toContain(segment);
     expect(err).toContain(`index ${damaged}`);
     expect(err).toContain("checksum");
     expect(err.trim().split("\n").filter((line) => line.startsWith("kv: "))).toHaveLength(1);

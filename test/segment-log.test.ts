@@ -180,6 +180,28 @@ describe("SegmentLog", () => {
     reopened.close();
   });
 
+  test("damage in the last segment that no torn write leaves (a changed byte, no zeroed sector) is refused as corrupt, naming the entry", () => {
+    const dir = tempDir();
+    const log = SegmentLog.open(dir);
+    log.append(range(1, 10, 1), { term: 1, vote: 1, commit: 10 });
+    log.close();
+    const path = segmentPaths(dir)[0] as string;
+    const sizeBefore = statSync(path).size;
+    flipByteOf(path, "value-7-1");
+    let error: unknown;
+    try {
+      SegmentLog.open(dir);
+    } catch (thrown) {
+      error = thrown;
+    }
+    expect(error).toBeInstanceOf(StorageError);
+    expect((error as StorageError).code).toBe("corrupt");
+    expect((error as StorageError).index).toBe(7);
+    expect((error as StorageError).message).toContain("checksum");
+    // Refused, not cut: the file is as it was.
+    expect(statSync(path).size).toBe(sizeBefore);
+  });
+
   test("damage in a segment that is not the last is refused as corrupt", () => {
     const dir = tempDir();
     const log = SegmentLog.open(dir, { segmentBytesMax: 1024 });
@@ -561,9 +583,11 @@ async function modelRun(seed: number): Promise<number> {
         const kept = prng.intInclusive(synced, size);
         truncateSync(path, kept);
         if (kept > synced && prng.chance(0.3)) {
+          // Whole 512-byte sectors never written back, as a disk leaves them: zeros (the part of a
+          // sector the last sync covered keeps what it had).
           const bytes = readFileSync(path);
-          const holeAt = prng.intInclusive(synced, kept - 1);
-          bytes.fill(0, holeAt, Math.min(kept, holeAt + prng.intInclusive(1, 64)));
+          const sector = Math.floor(prng.intInclusive(synced, kept - 1) / 512) * 512;
+          bytes.fill(0, Math.max(synced, sector), Math.min(kept, sector + 512 * prng.intInclusive(1, 3)));
           writeFileSync(path, bytes);
         }
       }

@@ -1,12 +1,11 @@
-// Proves the sqlite storage detects damage done to its file behind its back (a changed entry, a changed term, a hole, a damaged hard state) and fails with a StorageError naming the file and the index instead of serving bad data.
+// Proves the sqlite storage detects damage done to its files behind its back (a changed entry, an entry moved, a damaged segment, a missing one, a missing log) and fails with a StorageError naming the file and the index instead of serving bad data.
 import { afterEach, describe, expect, test } from "bun:test";
-import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
-import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { logDirOf, openSqliteStorage, type SqliteStorage, type SqliteStorageOptions } from "../src/storage/sqlite-storage.ts";
 
 let dir = "";
 const opened: SqliteStorage[] = [];
@@ -15,35 +14,44 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function open(): SqliteStorage {
-  const storage = openSqliteStorage(dir);
+function open(options: SqliteStorageOptions = {}): SqliteStorage {
+  const storage = openSqliteStorage(dir, options);
   opened.push(storage);
   return storage;
 }
 
-/** A closed storage holding entries 1..terms.length with those terms, committed up to 2. */
-function prepare(terms: readonly number[]): string {
-  dir = mkdtempSync(join(tmpdir(), "kv-storage-corruption-"));
-  const storage = openSqliteStorage(dir, { voters: [1] });
-  const entries: Entry[] = terms.map((term, offset) => ({
-    index: offset + 1,
-    term,
-    type: EntryType.Normal,
-    data: new TextEncoder().encode(`entry ${offset + 1}`),
-  }));
-  storage.save({ term: terms[terms.length - 1] ?? 0, vote: 1, commit: 2 }, entries, true);
-  storage.close();
-  return join(dir, "kv.db");
+function entry(index: number, term = 1): Entry {
+  return { index, term, type: EntryType.Normal, data: new TextEncoder().encode(`entry ${String(index).padStart(3, "0")}`) };
 }
 
-/** Changes the database with a separate connection, as a bad disk or a stray tool would. */
-function tamper(file: string, sql: string): void {
-  const raw = new Database(file);
-  try {
-    raw.run(sql);
-  } finally {
-    raw.close(true);
+/** A storage holding entries 1..count of term 1, committed up to `commit`, saved `perSave` at a time. */
+function prepare(count: number, options: SqliteStorageOptions & { perSave?: number; commit?: number } = {}): SqliteStorage {
+  dir = mkdtempSync(join(tmpdir(), "kv-storage-corruption-"));
+  const storage = open({ voters: [1], ...options });
+  const perSave = options.perSave ?? count;
+  for (let first = 1; first <= count; first += perSave) {
+    const entries = Array.from({ length: Math.min(perSave, count - first + 1) }, (_, offset) => entry(first + offset));
+    storage.save({ term: 1, vote: 1, commit: Math.min(options.commit ?? 2, first + entries.length - 1) }, entries, true);
   }
+  return storage;
+}
+
+function segments(): string[] {
+  const logDir = logDirOf(join(dir, "kv.db"));
+  return readdirSync(logDir).sort().map((name) => join(logDir, name));
+}
+
+/** Changes a segment file the way a bad disk would: the byte at `needle`'s first occurrence, plus `at`. */
+function flipByteOf(needle: string, at = 0): string {
+  for (const path of segments()) {
+    const bytes = readFileSync(path);
+    const found = bytes.indexOf(needle);
+    if (found < 0) continue;
+    bytes[found + at] = (bytes[found + at] as number) ^ 0xff;
+    writeFileSync(path, bytes);
+    return path;
+  }
+  throw new Error(`${needle} is in no segment`);
 }
 
 function storageError(run: () => unknown): StorageError {
@@ -57,62 +65,97 @@ function storageError(run: () => unknown): StorageError {
 }
 
 describe("sqlite storage corruption", () => {
-  test("a changed entry payload is caught when read, naming the file and index", () => {
-    const file = prepare([1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
-    tamper(file, "UPDATE raft_log SET data = X'656e74727920ff' WHERE idx = 5");
-    const storage = open(); // index 5 is inside a term run, so opening does not read it
+  test("a changed entry payload is caught when read back, naming the segment and the index", () => {
+    // No tail in memory: every read goes to the segment.
+    const storage = prepare(10, { logTailBytesMax: 0, logTailKeptBytesMax: 0 });
+    const segment = flipByteOf("entry 005", 8);
     expect(storage.entries(1, 5, Number.MAX_SAFE_INTEGER).length).toBe(4);
     const error = storageError(() => storage.entries(1, 11, Number.MAX_SAFE_INTEGER));
     expect(error.code).toBe("corrupt");
     expect(error.index).toBe(5);
-    expect(error.file).toBe(file);
-    expect(error.message).toContain(file);
+    expect(error.file).toBe(segment);
+    expect(error.message).toContain(segment);
     expect(error.message).toContain("index 5");
     expect(error.message).toContain("checksum");
     expect(storageError(() => storage.entries(5, 6, 0)).index).toBe(5);
   });
 
-  test("a changed term is caught on open", () => {
-    // Terms 1,1,1,2,2,2; index 4 rewritten to term 1 keeps the runs' shape but lands on a run's end.
-    const file = prepare([1, 1, 1, 2, 2, 2]);
-    tamper(file, "UPDATE raft_log SET term = 1 WHERE idx = 4");
+  test("an entry record copied over another's place is caught when read back", () => {
+    const storage = prepare(6, { logTailBytesMax: 0, logTailKeptBytesMax: 0 });
+    const [segment] = segments();
+    const bytes = readFileSync(segment as string);
+    // Records of the same length: entry 2's, checksum and all, over entry 3's.
+    const recordOf = (index: number) => bytes.indexOf(`entry 00${index}`) - 9 - 17;
+    const length = bytes.indexOf("entry 003") - bytes.indexOf("entry 002");
+    bytes.copy(bytes, recordOf(3), recordOf(2), recordOf(2) + length);
+    writeFileSync(segment as string, bytes);
+    const error = storageError(() => storage.entries(1, 7, 1000));
+    expect(error.index).toBe(3);
+    expect(error.message).toContain("found entry 2");
+  });
+
+  test("damage in a segment before the last is caught on open, naming it", () => {
+    // Segments of 1 KiB hold a few entries each: 100 entries take several.
+    const storage = prepare(100, { perSave: 2, logSegmentBytesMax: 1024 });
+    storage.close();
+    expect(segments().length).toBeGreaterThan(3);
+    const segment = flipByteOf("entry 003", 8);
+    expect(segment).not.toBe(segments().at(-1));
+    const error = storageError(() => open({ logSegmentBytesMax: 1024 }));
+    expect(error.code).toBe("corrupt");
+    expect(error.file).toBe(segment);
+    expect(error.message).toContain("not the last");
+  });
+
+  test("a segment missing from the middle of the log is caught on open", () => {
+    const storage = prepare(100, { perSave: 2, logSegmentBytesMax: 1024 });
+    storage.close();
+    const all = segments();
+    expect(all.length).toBeGreaterThan(3);
+    rmSync(all[Math.floor(all.length / 2)] as string);
+    expect(storageError(() => open({ logSegmentBytesMax: 1024 })).message).toContain("hole");
+  });
+
+  test("the first segment missing (the log starting after entries the state machine has not applied) is caught on open", () => {
+    const storage = prepare(100, { perSave: 2, logSegmentBytesMax: 1024 });
+    storage.close();
+    rmSync(segments()[0] as string);
+    const error = storageError(() => open({ logSegmentBytesMax: 1024 }));
+    expect(error.code).toBe("corrupt");
+    expect(error.message).toContain("entries are missing");
+  });
+
+  test("a changed byte in the last segment is refused at open, naming the segment and the entry", () => {
+    const storage = prepare(10, { perSave: 5, commit: 8 });
+    storage.close();
+    const segment = flipByteOf("entry 007", 8);
     const error = storageError(() => open());
     expect(error.code).toBe("corrupt");
-    expect(error.index).toBe(4);
+    expect(error.file).toBe(segment);
+    expect(error.index).toBe(7);
   });
 
-  test("a term out of order is caught on open", () => {
-    const file = prepare([1, 1, 1, 1, 1, 1, 1, 1]);
-    tamper(file, "UPDATE raft_log SET term = 2 WHERE idx = 5");
-    expect(storageError(() => open()).code).toBe("corrupt");
+  test("a torn write at the end of the log is cut off: the log keeps what preceded it, with the hard state written before it", () => {
+    // Two saves: entries 1..5 with commit 5, then 6..10 with commit 8. A second save torn by a
+    // crash before its sync returned (never acknowledged) leaves the first whole and a prefix of
+    // the second.
+    const storage = prepare(10, { perSave: 5, commit: 8 });
+    storage.close();
+    const segment = segments().at(-1) as string;
+    const bytes = readFileSync(segment);
+    writeFileSync(segment, bytes.subarray(0, bytes.indexOf("entry 007") + 4));
+    const reopened = open();
+    expect(reopened.lastIndex()).toBe(6);
+    expect(reopened.initialState().hardState).toEqual({ term: 1, vote: 1, commit: 5 });
+    expect(reopened.entries(1, 7, Number.MAX_SAFE_INTEGER).map((read) => read.index)).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
-  test("a hole in the log is caught on open", () => {
-    const file = prepare([1, 1, 1, 1, 1]);
-    tamper(file, "DELETE FROM raft_log WHERE idx = 3");
-    expect(storageError(() => open()).message).toContain("hole");
-  });
-
-  test("a damaged hard state is caught on open", () => {
-    const file = prepare([1, 1, 1]);
-    tamper(file, "UPDATE hard_state SET vote = 2");
-    expect(storageError(() => open()).message).toContain("hard state checksum mismatch");
-  });
-
-  test("an entry moved to another index is caught", () => {
-    const file = prepare([1, 1, 1, 1, 1, 1]);
-    // Copy entry 2's row, checksum included, over entry 3: only the index binding in the checksum tells.
-    tamper(file, "UPDATE raft_log SET data = (SELECT data FROM raft_log WHERE idx = 2), crc = (SELECT crc FROM raft_log WHERE idx = 2) WHERE idx = 3");
-    const storage = open();
-    expect(storageError(() => storage.entries(1, 7, 1000)).index).toBe(3);
-  });
-
-  test("term() of an entry outside the in-memory cache verifies the row it reads", () => {
-    const file = prepare([1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
-    tamper(file, "UPDATE raft_log SET data = X'00' WHERE idx = 3");
-    const storage = openSqliteStorage(dir, { termCacheLoadEntriesMax: 2 });
-    opened.push(storage);
-    expect(storage.term(9)).toBe(1);
-    expect(storageError(() => storage.term(3)).index).toBe(3);
+  test("a data dir whose log directory is gone is refused at open", () => {
+    const storage = prepare(3);
+    storage.close();
+    rmSync(logDirOf(join(dir, "kv.db")), { recursive: true });
+    const error = storageError(() => open());
+    expect(error.code).toBe("corrupt");
+    expect(error.message).toContain("missing");
   });
 });

@@ -67,7 +67,7 @@ describe("batched key-value reads", () => {
     }
   });
 
-  test("endBatch, entries and dataBytes end the batch: what follows reads the newest commit", async () => {
+  test("endBatch and dataBytes end the batch: what follows reads the newest commit", async () => {
     const { writer, reads, close } = writerAndReader(true);
     try {
       putRow(writer, "a", "1", 1);
@@ -77,15 +77,9 @@ describe("batched key-value reads", () => {
       expect(text(reads.get("a")?.value)).toBe("2");
 
       putRow(writer, "a", "3", 3);
-      const data = encodeCommand({ op: "put", key: "a", value: new TextEncoder().encode("3") });
-      writer.query("INSERT INTO raft_log (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)").run(1, 1, EntryType.Normal, data, entryChecksum(1, 1, EntryType.Normal, data));
-      // The batch begun by the get above is still open: entries ends it and sees the new row.
-      expect(reads.entries(1, 2, 1 << 20).map((entry) => entry.index)).toEqual([1]);
-      expect(text(reads.get("a")?.value)).toBe("3");
-
-      putRow(writer, "a", "4", 4);
+      // The batch begun by the get above is still open: dataBytes ends it.
       reads.dataBytes();
-      expect(text(reads.get("a")?.value)).toBe("4");
+      expect(text(reads.get("a")?.value)).toBe("3");
     } finally {
       close();
     }

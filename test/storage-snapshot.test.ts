@@ -398,7 +398,8 @@ describe("sqlite snapshot files", () => {
     const sourceDir = tempDir();
     const source = openSqliteStorage(sourceDir, { voters: [1] });
     const value = "v".repeat(4_000);
-    for (let batch = 0; batch < 10; batch++) writePuts(source, 100, 1, 100_000, () => value); // 4 MB
+    // 4.8 MB: an image past four times the WAL's restart length (walRestartFrames below), which is cut to zero.
+    for (let batch = 0; batch < 12; batch++) writePuts(source, 100, 1, 100_000, () => value);
     const reports: CheckpointReport[] = [];
     const targetDir = tempDir();
     const target = openSqliteStorage(targetDir, { voters: [1], checkpointPages: 64, walRestartFrames: 256, onCheckpoint: (report) => reports.push(report) });
@@ -430,10 +431,10 @@ describe("sqlite snapshot files", () => {
     const reports: CheckpointReport[] = [];
     let storage = openSqliteStorage(dir, { voters: [1], checkpointPages: 64, walRestartFrames: 256, onCheckpoint: (report) => reports.push(report) });
     const big = "x".repeat(16_000);
-    // Heavy writes (about 8 MB a turn, 40 MB in all): rounds on the worker overlap turns, so each
-    // leaves a long tail of frames written while it ran.
+    // Heavy writes (about 8 MB of applies a turn, 40 MB in all): rounds on the worker overlap
+    // turns, so each leaves a long tail of frames written while it ran.
     for (let turn = 0; turn < 5; turn++) {
-      writePuts(storage, 256, 1, 200, () => big);
+      writePuts(storage, 512, 1, 4_000, () => big); // each key once: every put is new pages in the WAL
       await Bun.sleep(1); // lets the worker's answers in
     }
     // Then quiet, until the caller's thread has let the WAL start over.
@@ -446,16 +447,16 @@ describe("sqlite snapshot files", () => {
     expect(tails.length).toBeGreaterThanOrEqual(1);
     for (const tail of tails) expect(tail).toBeLessThanOrEqual(512);
     // The next commit starts the WAL over: it then holds only that commit's frames.
-    const last = writePuts(storage, 1, 1, 200, () => "small");
+    const last = writePuts(storage, 1, 1, 4_000, () => "small");
     const raw = new Database(join(dir, "kv.db"));
     const wal = raw.query<{ log: number }, []>("PRAGMA wal_checkpoint(PASSIVE)").get();
     expect(wal?.log).toBeLessThan(64);
-    expect(raw.query<{ n: number }, []>("SELECT COUNT(*) AS n FROM kv").get()?.n).toBe(200);
+    expect(raw.query<{ n: number }, []>("SELECT COUNT(*) AS n FROM kv").get()?.n).toBe(2_561);
     raw.close(true);
     storage.close();
     storage = openSqliteStorage(dir, { voters: [1] });
     expect(storage.appliedIndex()).toBe(last);
-    expect(storage.list("k", undefined, 1_000).length).toBe(200);
+    expect(storage.list("k", undefined, 3_000).length).toBe(2_561);
     expect(new TextDecoder().decode(storage.get("k5")?.value)).toBe(big);
     storage.close();
   });
@@ -465,10 +466,10 @@ describe("sqlite snapshot files", () => {
     const reports: CheckpointReport[] = [];
     const storage = openSqliteStorage(dir, { voters: [1], checkpointPages: 64, walRestartFrames: 8, onCheckpoint: (report) => reports.push(report) });
     try {
-      // About 82 pages by the storage's estimate: a round is asked for. Then, while it runs, about 92
-      // more: past checkpointPages, yet a short enough tail for the caller's thread to take.
-      writePuts(storage, 40, 1);
-      writePuts(storage, 45, 1);
+      // About 82 pages of applies by the storage's estimate: a round is asked for. Then, while it
+      // runs, about 92 more: past checkpointPages, yet a short enough tail for the caller's thread to take.
+      writePuts(storage, 80, 1);
+      writePuts(storage, 90, 1);
       const deadline = Date.now() + 10_000;
       while (!reports.some((r) => r.thread === "caller") && Date.now() < deadline) await Bun.sleep(5); // polling interval
       const callerAt = reports.findIndex((r) => r.thread === "caller");
@@ -480,7 +481,7 @@ describe("sqlite snapshot files", () => {
       await Bun.sleep(300);
       expect(reports.slice(callerAt + 1)).toEqual([]);
       // The next round comes after checkpointPages more pages, as any.
-      writePuts(storage, 40, 1);
+      writePuts(storage, 80, 1);
       while (reports.length === callerAt + 1 && Date.now() < deadline) await Bun.sleep(5); // polling interval
       expect(reports[callerAt + 1]?.thread).toBe("worker");
     } finally {

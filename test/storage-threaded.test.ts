@@ -103,7 +103,7 @@ describe("threaded storage", () => {
     }
   });
 
-  test("sync() resolves only once every write posted before it is committed: a second connection then sees saves, applies and a compaction", async () => {
+  test("sync() resolves only once every write posted before it is committed: a second connection then sees the applies and the compaction, and the log holds the saves", async () => {
     const dir = tempDir();
     const storage = await openThreadedStorage(dir, { voters: [1] });
     try {
@@ -122,17 +122,22 @@ describe("threaded storage", () => {
       void storage.applyEntries(more);
       await storage.sync();
       const seen = onDisk(dir, (db) => ({
-        meta: db.query<{ applied_index: number; snapshot_index: number }, []>("SELECT applied_index, snapshot_index FROM meta").get(),
-        log: db.query<{ lo: number; hi: number }, []>("SELECT MIN(idx) AS lo, MAX(idx) AS hi FROM raft_log").get(),
+        meta: db.query<{ applied_index: number; applied_term: number; snapshot_index: number }, []>("SELECT applied_index, applied_term, snapshot_index FROM meta").get(),
         last: db.query<{ value: Uint8Array }, []>("SELECT value FROM kv WHERE key = 'last'").get(),
       }));
-      expect(seen.meta).toEqual({ applied_index: 510, snapshot_index: 300 });
-      expect(seen.log).toEqual({ lo: 301, hi: 510 });
+      expect(seen.meta).toEqual({ applied_index: 510, applied_term: 1, snapshot_index: 300 });
       expect(text(seen.last?.value)).toBe("v510");
       expect(storage.firstIndex()).toBe(301);
       expect(storage.term(300)).toBe(1);
     } finally {
       await closed(storage);
+    }
+    const reopened = openSqliteStorage(dir, { voters: [1] });
+    try {
+      expect([reopened.firstIndex(), reopened.lastIndex()]).toEqual([301, 510]);
+      expect(reopened.entries(301, 511, Number.MAX_SAFE_INTEGER).map((entry) => entry.index)).toEqual(Array.from({ length: 210 }, (_, i) => 301 + i));
+    } finally {
+      reopened.close();
     }
   });
 
@@ -159,10 +164,10 @@ describe("threaded storage", () => {
       // Read at once, on this thread, before any answer from the writer can have arrived.
       const read = storage.entries(1, 33, Number.MAX_SAFE_INTEGER);
       expect(read.map((entry) => [entry.index, entry.data[0]])).toEqual(entries.map((entry) => [entry.index, entry.data[0]]));
-      expect(storage.entryRowsRead).toBe(0);
+      expect(storage.logEntriesRead).toBe(0);
       // Once committed they may leave memory (the bound holds again) and are read from the disk.
       await storage.sync();
-      await until("the tail evicted", () => storage.entries(1, 2, Number.MAX_SAFE_INTEGER).length === 1 && storage.entryRowsRead > 0);
+      await until("the tail evicted", () => storage.entries(1, 2, Number.MAX_SAFE_INTEGER).length === 1 && storage.logEntriesRead > 0);
       expect(storage.entries(1, 33, Number.MAX_SAFE_INTEGER).map((entry) => entry.data[0])).toEqual(entries.map((entry) => entry.data[0]));
     } finally {
       await closed(storage);
@@ -184,11 +189,11 @@ describe("threaded storage", () => {
       await storage.sync();
       // Committed on disk, so no longer pinned; 2 MB, past the 64 KiB bound but within the hold.
       expect(storage.entries(1, 9, Number.MAX_SAFE_INTEGER).map((entry) => entry.index)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
-      expect(storage.entryRowsRead).toBe(0);
+      expect(storage.logEntriesRead).toBe(0);
       await storage.applyEntries(entries);
       // Handed to apply: the hold moved past them, and the oldest are read from the disk.
       expect(storage.entries(1, 2, Number.MAX_SAFE_INTEGER).map((entry) => entry.data.byteLength)).toEqual([entries[0]!.data.byteLength]);
-      expect(storage.entryRowsRead).toBeGreaterThan(0);
+      expect(storage.logEntriesRead).toBeGreaterThan(0);
     } finally {
       await closed(storage);
     }
@@ -218,7 +223,7 @@ describe("threaded storage", () => {
         expect(read.map((e) => e.term)).toEqual(read.map((e) => storage.term(e.index)));
       }
       await storage.sync();
-      expect(storage.entryRowsRead).toBeGreaterThan(0);
+      expect(storage.logEntriesRead).toBeGreaterThan(0);
     } finally {
       await closed(storage);
     }

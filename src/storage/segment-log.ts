@@ -1,8 +1,8 @@
 /**
- * The Raft log and hard state as records appended to segment files, the shape etcd's WAL has: the
- * first step of taking the log out of SQLite (BENCHMARKS.md, fifteenth session: with no entry data
- * written to SQLite a 16 KB write cost 28% less CPU, and the cluster did 39% more writes/s at half
- * the p99). Not yet used by the node: `SqliteStorage` still keeps the log.
+ * The Raft log and hard state as records appended to segment files, the shape etcd's WAL has:
+ * `SqliteStorage` keeps its log here since schema 5 (BENCHMARKS.md, fifteenth session: with no
+ * entry data written to SQLite a 16 KB write cost 28% less CPU, and the cluster did 39% more
+ * writes/s at half the p99). `SegmentReader` (at the end) reads it from another thread.
  *
  * A directory holds segments `seg-<sequence, 16 hex digits>.log`. Each is a run of records:
  *
@@ -25,9 +25,9 @@
  * crash can leave anything after that point half written, or written with holes (the kernel writes
  * dirty pages back in any order). So in the last segment, the first record that is incomplete or
  * fails its checksum ends the log: it and everything after it are cut off (the file is truncated
- * there), being past every completed sync. Anywhere else a bad record is corruption: `open` throws
- * `StorageError` `corrupt`. (A bad record inside the synced part of the last segment, bit rot rather
- * than a crash, cannot be told from a torn one: etcd's WAL has the same limit.)
+ * there), being past every completed sync, provided it reads as torn: cut short by the end of the
+ * file, or with a sector's worth of it zeros (pages never written back; see `tornRecord`). Any
+ * other bad record is corruption: `open` throws `StorageError` `corrupt`.
  *
  * A new segment is started (when a save would take the current one past `segmentBytesMax`) only
  * after the current one is fdatasynced (whatever a sync still running covers), and its header and
@@ -119,6 +119,24 @@ interface Segment {
 }
 
 /**
+ * Where entries [first, first + count) are, as they cross threads (see `SegmentReader`): per
+ * entry its segment's sequence, its record's offset and length, and its term.
+ */
+export interface LogPositions {
+  readonly first: number;
+  readonly segments: Float64Array;
+  readonly offsets: Float64Array;
+  readonly lengths: Uint32Array;
+  readonly terms: Float64Array;
+}
+
+/** Where an append's records went: its segment's sequence and the offset of its first entry record. */
+export interface AppendPlace {
+  readonly segment: number;
+  readonly offset: number;
+}
+
+/**
  * Where each entry of the log is, by index: its segment, the offset and length of its record, and
  * its term. Columns in typed arrays (no object per entry), from `first` on.
  */
@@ -185,6 +203,38 @@ class EntryPositions {
     this.lengths[at] = length;
     this.terms[at] = term;
     this.count++;
+  }
+
+  /** Entries [lo, hi) (all held), copied out. */
+  export(lo: number, hi: number): LogPositions {
+    if (lo >= hi) return { first: lo, segments: new Float64Array(0), offsets: new Float64Array(0), lengths: new Uint32Array(0), terms: new Float64Array(0) };
+    const from = this.slot(lo);
+    const to = this.slot(hi - 1) + 1;
+    return {
+      first: lo,
+      segments: this.segments.slice(from, to),
+      offsets: this.offsets.slice(from, to),
+      lengths: this.lengths.slice(from, to),
+      terms: this.terms.slice(from, to),
+    };
+  }
+
+  /** Appends what `export` gave (the first at most one past the last held: entries from it on are replaced). */
+  import(positions: LogPositions): void {
+    if (positions.lengths.length === 0) return;
+    this.truncateAfter(positions.first - 1);
+    for (let at = 0; at < positions.lengths.length; at++) {
+      this.push(positions.first + at, positions.segments[at] as number, positions.offsets[at] as number, positions.lengths[at] as number, positions.terms[at] as number);
+    }
+  }
+
+  /**
+   * The segment of the first entry held (undefined when none is): the lowest any is in, since a
+   * later index is always in the same segment or a later one (an overwrite replaces every entry
+   * after it too).
+   */
+  lowestSegment(): number | undefined {
+    return this.count === 0 ? undefined : (this.segments[this.skipped] as number);
   }
 
   /** Forgets the entries before `index`. */
@@ -313,11 +363,11 @@ export class SegmentLog {
    * Appends `entries` (contiguous; the first at most one past the last held, at least the first
    * held: entries from it on are replaced) and then `hardState`, in one writev. Durable once a
    * `sync` begun after it resolves. Throws what the write throws (ENOSPC, ...), having appended
-   * nothing the log will read back.
+   * nothing the log will read back. Returns where its entries went (undefined when it had none).
    */
-  append(entries: readonly Entry[], hardState?: HardState): void {
+  append(entries: readonly Entry[], hardState?: HardState): AppendPlace | undefined {
     this.assertOpen();
-    if (entries.length === 0 && hardState === undefined) return;
+    if (entries.length === 0 && hardState === undefined) return undefined;
     const first = entries[0];
     if (first !== undefined) {
       const held = this.positions.count > 0;
@@ -392,7 +442,15 @@ export class SegmentLog {
       this.positions.push(entry.index, segment.sequence, recordStart, entryRecordBytes(entry), entry.term);
     });
     if (hardState !== undefined) this.hardStateValue = { term: hardState.term, vote: hardState.vote, commit: hardState.commit };
+    const place = first === undefined ? undefined : { segment: segment.sequence, offset: segment.end };
     segment.end += bytes;
+    return place;
+  }
+
+  /** Where entries [lo, hi) are (all held), for a `SegmentReader` on another thread. */
+  positionsOf(lo: number, hi: number): LogPositions {
+    this.assertOpen();
+    return this.positions.export(lo, hi);
   }
 
   /**
@@ -401,39 +459,10 @@ export class SegmentLog {
    */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     this.assertOpen();
-    const result: Entry[] = [];
-    let bytes = 0;
-    let index = lo;
-    while (index < hi) {
-      // One read for a run of records that lie one after another in one segment.
-      const sequence = this.positions.segmentOf(index);
-      const start = this.positions.offsetOf(index);
-      let runEnd = index;
-      let runBytes = this.positions.lengthOf(index);
-      let dataBytes = runBytes - recordHeaderBytes - entryFixedBytes;
-      while (
-        runEnd + 1 < hi &&
-        this.positions.segmentOf(runEnd + 1) === sequence &&
-        this.positions.offsetOf(runEnd + 1) === start + runBytes &&
-        bytes + dataBytes + this.positions.lengthOf(runEnd + 1) - recordHeaderBytes - entryFixedBytes <= maxBytes
-      ) {
-        runEnd++;
-        runBytes += this.positions.lengthOf(runEnd);
-        dataBytes += this.positions.lengthOf(runEnd) - recordHeaderBytes - entryFixedBytes;
-      }
-      const buffer = this.readAt(this.segmentBySequence(sequence), start, runBytes);
-      const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-      let offset = 0;
-      for (let at = index; at <= runEnd; at++) {
-        const entry = this.verifiedEntry(buffer, view, offset, at);
-        if (result.length > 0 && bytes + entry.data.byteLength > maxBytes) return result;
-        bytes += entry.data.byteLength;
-        result.push(entry);
-        offset += this.positions.lengthOf(at);
-      }
-      index = runEnd + 1;
-    }
-    return result;
+    return readEntries(this.positions, lo, hi, maxBytes, (sequence, position, length) => {
+      const segment = this.segmentBySequence(sequence);
+      return { bytes: readFully(this.fs, segment.fd, position, length), path: segment.path };
+    });
   }
 
   /**
@@ -473,6 +502,18 @@ export class SegmentLog {
         throw error;
       },
     );
+  }
+
+  /** As `sync`, on this thread: every append before it is durable when it returns. */
+  syncNow(): void {
+    this.assertOpen();
+    if (this.directoryChanged) this.durably(() => this.fsyncDirectory());
+    for (const segment of this.segments) {
+      if (!this.unsynced.has(segment.fd)) continue;
+      this.durably(() => this.fs.fdatasyncSync(segment.fd));
+      this.unsynced.delete(segment.fd);
+      segment.syncedEnd = segment.end;
+    }
   }
 
   /**
@@ -560,9 +601,12 @@ export class SegmentLog {
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     let offset = 0;
     while (offset < size) {
-      const problem = this.recordProblem(bytes, view, offset);
+      const problem = recordProblem(bytes, view, offset);
       if (problem !== undefined) {
-        if (!isLast) throw this.corrupt(path, `${problem} at byte ${offset} of a segment that is not the last`);
+        if (!isLast) throw this.corrupt(path, `${problem} at byte ${offset} of a segment that is not the last`, entryIndexAt(view, offset));
+        if (!tornRecord(bytes, view, offset)) {
+          throw this.corrupt(path, `${problem} at byte ${offset} of the last segment, and no part of the record reads as never written: damage, not a torn write`, entryIndexAt(view, offset));
+        }
         // Past every completed sync (see the file comment): what follows was never durable.
         this.fs.ftruncateSync(fd, offset);
         break;
@@ -596,18 +640,6 @@ export class SegmentLog {
     // durable from here, so compaction can count on it.
     this.durably(() => this.fs.fdatasyncSync(fd));
     segment.syncedEnd = segment.end;
-  }
-
-  /** Why the record at `offset` cannot be read (undefined when it can). */
-  private recordProblem(bytes: Uint8Array, view: DataView, offset: number): string | undefined {
-    if (bytes.byteLength - offset < recordHeaderBytes) return "an incomplete record header";
-    const payloadBytes = view.getUint32(offset + 4, true);
-    if (payloadBytes > recordPayloadBytesMax || bytes.byteLength - offset - recordHeaderBytes < payloadBytes) return "an incomplete record";
-    const crc = Bun.hash.crc32(bytes.subarray(offset + 4, offset + recordHeaderBytes + payloadBytes)) >>> 0;
-    if (crc !== view.getUint32(offset, true)) return "a record checksum mismatch";
-    const kind = view.getUint8(offset + 8);
-    if (kind === RecordKind.Entry && payloadBytes < entryFixedBytes) return "an entry record too short";
-    return undefined;
   }
 
   private replayHeader(path: string, view: DataView, payload: number, payloadBytes: number, sequence: number): void {
@@ -649,21 +681,6 @@ export class SegmentLog {
       segment.firstEntryIndex = index;
       segment.firstEntryEnd = offset + length;
     }
-  }
-
-  private verifiedEntry(buffer: Uint8Array, view: DataView, offset: number, index: number): Entry {
-    const file = this.segmentBySequence(this.positions.segmentOf(index)).path;
-    const problem = this.recordProblem(buffer, view, offset);
-    if (problem !== undefined) throw this.corrupt(file, `${problem} reading entry`, index);
-    const payloadBytes = view.getUint32(offset + 4, true);
-    const payload = offset + recordHeaderBytes;
-    const recordIndex = getUint53(view, payload);
-    const term = getUint53(view, payload + 8);
-    if (view.getUint8(offset + 8) !== RecordKind.Entry || recordIndex !== index || term !== this.positions.termOf(index)) {
-      throw this.corrupt(file, `found entry ${recordIndex} of term ${term} where ${index} of term ${this.positions.termOf(index)} belongs`, index);
-    }
-    const type = view.getUint8(payload + 16) as EntryType;
-    return { index, term, type, data: buffer.subarray(payload + entryFixedBytes, payload + payloadBytes) };
   }
 
   // --- segments ---
@@ -773,23 +790,8 @@ export class SegmentLog {
     this.unsynced.add(segment.fd);
   }
 
-  private writeAt(segment: Segment, buffer: Uint8Array, position: number): void {
-    let written = 0;
-    while (written < buffer.byteLength) {
-      written += this.fs.writeSync(segment.fd, buffer, written, buffer.byteLength - written, position + written);
-    }
-    this.unsynced.add(segment.fd);
-  }
-
   private readAt(segment: Segment, position: number, length: number): Uint8Array {
-    const buffer = new Uint8Array(length);
-    let read = 0;
-    while (read < length) {
-      const got = this.fs.readSync(segment.fd, buffer, read, length - read, position + read);
-      if (got === 0) break;
-      read += got;
-    }
-    return read === length ? buffer : buffer.subarray(0, read);
+    return readFully(this.fs, segment.fd, position, length);
   }
 
   private fsyncDirectory(): void {
@@ -819,5 +821,221 @@ export class SegmentLog {
   private assertOpen(): void {
     assert(!this.closed, `log ${this.dir} used after close`);
     if (this.broken !== undefined) throw new Error(`the log in ${this.dir} is unusable after a failed fsync or write: ${this.broken.message}`, { cause: this.broken });
+  }
+}
+
+/** Why the record at `offset` cannot be read (undefined when it can). */
+function recordProblem(bytes: Uint8Array, view: DataView, offset: number): string | undefined {
+  if (bytes.byteLength - offset < recordHeaderBytes) return "an incomplete record header";
+  const payloadBytes = view.getUint32(offset + 4, true);
+  if (payloadBytes > recordPayloadBytesMax || bytes.byteLength - offset - recordHeaderBytes < payloadBytes) return "an incomplete record";
+  const crc = Bun.hash.crc32(bytes.subarray(offset + 4, offset + recordHeaderBytes + payloadBytes)) >>> 0;
+  if (crc !== view.getUint32(offset, true)) return "a record checksum mismatch";
+  const kind = view.getUint8(offset + 8);
+  if (kind === RecordKind.Entry && payloadBytes < entryFixedBytes) return "an entry record too short";
+  return undefined;
+}
+
+/** Bytes of a disk sector: written whole or not at all. */
+const sectorBytes = 512;
+
+/**
+ * Whether the bad record at `offset` of the last segment reads as a write a crash tore (what
+ * `open` cuts off) rather than as damage (refused): it runs past the end of the file, or some part
+ * of it that lies in one 512-byte sector of the file is all zeros. A page the kernel had not yet
+ * written back when the machine died reads back as zeros past the file's old end (etcd's WAL tells
+ * torn writes from damage the same way); damage to a record that was written is almost never a
+ * whole zeroed sector's worth of it.
+ */
+function tornRecord(bytes: Uint8Array, view: DataView, offset: number): boolean {
+  if (bytes.byteLength - offset < recordHeaderBytes) return true;
+  const end = offset + recordHeaderBytes + view.getUint32(offset + 4, true);
+  if (end > bytes.byteLength) return true;
+  for (let sector = Math.floor(offset / sectorBytes) * sectorBytes; sector < end; sector += sectorBytes) {
+    const from = Math.max(offset, sector);
+    const to = Math.min(end, sector + sectorBytes);
+    let zeros = true;
+    for (let at = from; at < to && zeros; at++) zeros = bytes[at] === 0;
+    if (zeros) return true;
+  }
+  return false;
+}
+
+/** The index a bad entry record at `offset` claims, when it is whole enough to say (for the error). */
+function entryIndexAt(view: DataView, offset: number): number | undefined {
+  if (view.byteLength - offset < recordHeaderBytes + 8 || view.getUint8(offset + 8) !== RecordKind.Entry) return undefined;
+  const index = getUint53(view, offset + recordHeaderBytes);
+  return Number.isSafeInteger(index) && index >= 1 ? index : undefined;
+}
+
+/** Reads `length` bytes at `position` of `fd` (fewer only at the end of the file). */
+function readFully(fs: Pick<SegmentFiles, "readSync">, fd: number, position: number, length: number): Uint8Array {
+  const buffer = new Uint8Array(length);
+  let read = 0;
+  while (read < length) {
+    const got = fs.readSync(fd, buffer, read, length - read, position + read);
+    if (got === 0) break;
+    read += got;
+  }
+  return read === length ? buffer : buffer.subarray(0, read);
+}
+
+/** Bytes read from one segment, and its path (named in errors). */
+interface SegmentBytes {
+  readonly bytes: Uint8Array;
+  readonly path: string;
+}
+
+/**
+ * Entries [lo, hi) at `positions`, read with `read` (a run of records that lie one after another
+ * in one segment in one call) and each verified against its checksum, index and term: at most
+ * `maxBytes` of data, but at least one when lo < hi.
+ */
+function readEntries(
+  positions: EntryPositions,
+  lo: number,
+  hi: number,
+  maxBytes: number,
+  read: (sequence: number, position: number, length: number) => SegmentBytes,
+): Entry[] {
+  const result: Entry[] = [];
+  let bytes = 0;
+  let index = lo;
+  while (index < hi) {
+    const sequence = positions.segmentOf(index);
+    const start = positions.offsetOf(index);
+    let runEnd = index;
+    let runBytes = positions.lengthOf(index);
+    let dataBytes = runBytes - recordHeaderBytes - entryFixedBytes;
+    while (
+      runEnd + 1 < hi &&
+      positions.segmentOf(runEnd + 1) === sequence &&
+      positions.offsetOf(runEnd + 1) === start + runBytes &&
+      bytes + dataBytes + positions.lengthOf(runEnd + 1) - recordHeaderBytes - entryFixedBytes <= maxBytes
+    ) {
+      runEnd++;
+      runBytes += positions.lengthOf(runEnd);
+      dataBytes += positions.lengthOf(runEnd) - recordHeaderBytes - entryFixedBytes;
+    }
+    const { bytes: buffer, path } = read(sequence, start, runBytes);
+    const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+    let offset = 0;
+    for (let at = index; at <= runEnd; at++) {
+      const entry = verifiedEntry(buffer, view, offset, at, positions.termOf(at), path);
+      if (result.length > 0 && bytes + entry.data.byteLength > maxBytes) return result;
+      bytes += entry.data.byteLength;
+      result.push(entry);
+      offset += positions.lengthOf(at);
+    }
+    index = runEnd + 1;
+  }
+  return result;
+}
+
+/** The entry record at `offset` of `buffer`, checked to be entry `index` of `term`: StorageError `corrupt` otherwise. */
+function verifiedEntry(buffer: Uint8Array, view: DataView, offset: number, index: number, term: number, path: string): Entry {
+  const problem = recordProblem(buffer, view, offset);
+  if (problem !== undefined) throw new StorageError("corrupt", `${problem} reading entry`, path, index);
+  const payloadBytes = view.getUint32(offset + 4, true);
+  const payload = offset + recordHeaderBytes;
+  const recordIndex = getUint53(view, payload);
+  const recordTerm = getUint53(view, payload + 8);
+  if (view.getUint8(offset + 8) !== RecordKind.Entry || recordIndex !== index || recordTerm !== term) {
+    throw new StorageError("corrupt", `found entry ${recordIndex} of term ${recordTerm} where ${index} of term ${term} belongs`, path, index);
+  }
+  const type = view.getUint8(payload + 16) as EntryType;
+  return { index, term, type, data: buffer.subarray(payload + entryFixedBytes, payload + payloadBytes) };
+}
+
+/**
+ * Reads the log a `SegmentLog` on another thread writes: ThreadedStorage's reads, on the node's
+ * thread, of entries behind its in-memory tail (src/storage/threaded-storage.ts). It knows where
+ * entries are only as it is told: the writer's positions at open, then where each save went
+ * (`appended`, from the writer's answer), and it forgets entries as the log is compacted or reset.
+ * It reads with descriptors of its own. The writer deletes a segment only once every entry in it
+ * is compacted away or superseded by a later record, so the reader is never sent to one that is
+ * gone, provided it is told of compactions and resets no later than the writer runs them (the
+ * node's thread posts them, and drops them here, first).
+ */
+export class SegmentReader {
+  private readonly positions = new EntryPositions();
+  /** Descriptors by segment sequence, opened on first read. */
+  private readonly fds = new Map<number, number>();
+  /** Entries read from the segments since open. */
+  entriesRead = 0;
+
+  constructor(
+    readonly dir: string,
+    initial: LogPositions,
+  ) {
+    this.positions.import(initial);
+  }
+
+  /** Whether entry `index` is known (written by the writer and not forgotten). */
+  has(index: number): boolean {
+    return this.positions.has(index);
+  }
+
+  /** Term of entry `index`, when known. */
+  term(index: number): number | undefined {
+    return this.positions.has(index) ? this.positions.termOf(index) : undefined;
+  }
+
+  /**
+   * The writer appended `entries` at `place` (its answer to their save): they replace what was
+   * known from their first index on.
+   */
+  appended(place: AppendPlace, entries: readonly Entry[]): void {
+    const first = entries[0];
+    if (first === undefined) return;
+    this.positions.truncateAfter(first.index - 1);
+    let offset = place.offset;
+    for (const entry of entries) {
+      const length = entryRecordBytes(entry);
+      this.positions.push(entry.index, place.segment, offset, length, entry.term);
+      offset += length;
+    }
+  }
+
+  /** Forgets the entries up to `index` (the log is compacted there) and closes segments no entry is in any more. */
+  compacted(index: number): void {
+    this.positions.dropBefore(index + 1);
+    this.closeUnused();
+  }
+
+  /** Forgets every entry (a snapshot replaces the log). */
+  clear(): void {
+    this.positions.clear();
+    this.closeUnused();
+  }
+
+  /** Entries [lo, hi) (all known), read and verified: at most `maxBytes` of data, at least one when lo < hi. */
+  entries(lo: number, hi: number, maxBytes: number): Entry[] {
+    const entries = readEntries(this.positions, lo, hi, maxBytes, (sequence, position, length) => {
+      const path = join(this.dir, segmentName(sequence));
+      let fd = this.fds.get(sequence);
+      if (fd === undefined) {
+        fd = nodeFs.openSync(path, "r");
+        this.fds.set(sequence, fd);
+      }
+      return { bytes: readFully(nodeFs, fd, position, length), path };
+    });
+    this.entriesRead += entries.length;
+    return entries;
+  }
+
+  /** Closes every descriptor. */
+  close(): void {
+    this.positions.clear();
+    this.closeUnused();
+  }
+
+  private closeUnused(): void {
+    const lowest = this.positions.lowestSegment() ?? Number.POSITIVE_INFINITY;
+    for (const [sequence, fd] of this.fds) {
+      if (sequence >= lowest) continue;
+      nodeFs.closeSync(fd);
+      this.fds.delete(sequence);
+    }
   }
 }

@@ -9,13 +9,13 @@ import { imageRowBytes } from "./snapshot-checks.ts";
 import { normalizeVoters } from "./voters.ts";
 
 /**
- * The read side of the sqlite storage, in one place: log reads with their checksum verification,
- * the kv table's reads, the database's size, and the parsing of what meta records. Used by
+ * The read side of the sqlite storage, in one place: the kv table's reads, the database's size,
+ * and the parsing of what meta records (the log is in segment files since schema 5: segment-log.ts). Used by
  * `SqliteStorage` (sqlite-storage.ts) on its own connection, and by `ThreadedStorage`
  * (threaded-storage.ts) on a read-only connection to the same file while a worker writes it.
  */
 
-/** A row of the raft_log table. */
+/** A row of the raft_log table (schema 4 and before: read once, by the migration to segments). */
 export interface LogRow {
   idx: number;
   term: number;
@@ -29,6 +29,8 @@ export interface MetaRow {
   voters: string | null;
   learners: string;
   applied_index: number;
+  /** Term of the entry at applied_index (0 when nothing is applied). */
+  applied_term: number;
   snapshot_index: number;
   snapshot_term: number;
   snapshot_voters: string;
@@ -38,7 +40,7 @@ export interface MetaRow {
 }
 
 /** The columns of `MetaRow`, for a SELECT. */
-export const metaColumns = "voters, learners, applied_index, snapshot_index, snapshot_term, snapshot_voters, snapshot_learners, snapshot_crc, config_index";
+export const metaColumns = "voters, learners, applied_index, applied_term, snapshot_index, snapshot_term, snapshot_voters, snapshot_learners, snapshot_crc, config_index";
 
 interface MemberRow {
   id: number;
@@ -57,10 +59,6 @@ export interface KvRow {
   version: number;
 }
 
-/** Rows fetched per query by `entries`, so a read stops soon after `maxBytes` whatever the range. */
-const entriesChunkRowsMax = 256;
-/** Rows the first query of an `entries` read asks for, before the entries' size is known. */
-const entriesFirstChunkRows = 4;
 /** Rows fetched per query by an image reader. */
 const imagePageRowsMax = 256;
 
@@ -69,7 +67,7 @@ export function corruptError(file: string, message: string, index?: number, caus
   return new StorageError("corrupt", message, file, index, cause === undefined ? undefined : { cause });
 }
 
-/** A log row as an entry, after checking its index, checksum and type. */
+/** A log row as an entry, after checking its index, checksum and type (the migration to segments reads them). */
 export function verifiedEntry(file: string, row: LogRow, expectedIndex: number): Entry {
   if (row.idx !== expectedIndex) throw corruptError(file, `found index ${row.idx} where ${expectedIndex} belongs`, expectedIndex);
   if (entryChecksum(row.idx, row.term, row.type, row.data) !== row.crc) throw corruptError(file, "log entry checksum mismatch", row.idx);
@@ -160,7 +158,7 @@ export interface SqliteReadsOptions {
 
 /**
  * Reads of one connection to a node's database (the writer's own, or a read-only one beside it):
- * log entries verified against their checksums, the kv table, and the database's size. Every read
+ * the kv table and the database's size. Every read
  * sees the newest committed state: each statement runs in its own read transaction, except with
  * `batchKvReads`.
  *
@@ -172,17 +170,13 @@ export interface SqliteReadsOptions {
  * 1.5 µs against 8 µs (BENCHMARKS.md). The snapshot is the newest committed state when the batch's
  * first read ran; the owner calls `endBatch()` whenever it learns of a newer commit (ThreadedStorage
  * does on every answer from its writer, though no batch outlives the task it began in), so a read
- * never sees less than what its caller knows was committed. Log entries and the database's size
- * end the batch and read the newest state. While a batch is open, a checkpoint that must wait for
+ * never sees less than what its caller knows was committed. The database's size ends the batch
+ * and reads the newest state. While a batch is open, a checkpoint that must wait for
  * every reader (TRUNCATE, on the writer) waits for it: for the rest of the loop's task at most.
  */
 export class SqliteReads {
-  /** Log rows read out of SQLite by `entries` since open (each one copied into memory). */
-  entryRowsRead = 0;
   /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
   kvRowsRead = 0;
-  private readonly selectEntries: Statement<LogRow, [number, number, number]>;
-  private readonly selectEntry: Statement<LogRow, [number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
   private readonly selectBoundedRange: Statement<KvRow & { key: string }, [string, string, string, number]>;
@@ -207,8 +201,6 @@ export class SqliteReads {
     readonly file: string,
     options: SqliteReadsOptions = {},
   ) {
-    this.selectEntries = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx >= ? AND idx < ? ORDER BY idx LIMIT ?");
-    this.selectEntry = db.prepare("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?");
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
@@ -248,43 +240,6 @@ export class SqliteReads {
     queueMicrotask(() => {
       if (batch === this.batchNumber) this.endBatch();
     });
-  }
-
-  /**
-   * Entries in [lo, hi) out of the table, at most `maxBytes` of data but at least one when lo < hi;
-   * each verified. Throws `corrupt` for an entry missing or damaged.
-   */
-  entries(lo: number, hi: number, maxBytes: number): Entry[] {
-    this.endBatch();
-    const result: Entry[] = [];
-    let bytes = 0;
-    let next = lo;
-    while (next < hi) {
-      // Every row a query returns is copied out of SQLite, used or not: ask for no more than the
-      // byte budget left holds at the average size read so far (a few rows when nothing is known
-      // yet), so a follower's 1 MiB append of 256 KB entries does not read 256 of them to keep 4.
-      const budgetRows =
-        result.length === 0 ? entriesFirstChunkRows : Math.floor(Math.max(0, maxBytes - bytes) / Math.max(1, bytes / result.length)) + 1;
-      const rows = this.selectEntries.all(next, hi, Math.max(1, Math.min(entriesChunkRowsMax, hi - next, budgetRows)));
-      this.entryRowsRead += rows.length;
-      if (rows.length === 0) throw corruptError(this.file, "entry missing from the log", next);
-      for (const row of rows) {
-        const entry = verifiedEntry(this.file, row, next);
-        bytes += entry.data.byteLength;
-        if (result.length > 0 && bytes > maxBytes) return result;
-        result.push(entry);
-        next++;
-      }
-    }
-    return result;
-  }
-
-  /** The entry at `index`, verified; throws `corrupt` when it is missing. */
-  entry(index: number): Entry {
-    this.endBatch();
-    const row = this.selectEntry.get(index);
-    if (row === null) throw corruptError(this.file, "entry missing from the log", index);
-    return verifiedEntry(this.file, row, index);
   }
 
   /** The value of `key` and its version (a fresh copy each call). */
@@ -334,7 +289,7 @@ export class SqliteReads {
   /** Finalizes the statements (the caller closes the connection). */
   finalize(): void {
     this.endBatch();
-    for (const statement of [this.selectEntries, this.selectEntry, this.selectValue, this.selectRange, this.selectBoundedRange, this.pageCount, this.freelistCount]) {
+    for (const statement of [this.selectValue, this.selectRange, this.selectBoundedRange, this.pageCount, this.freelistCount]) {
       statement.finalize();
     }
     this.beginBatch?.finalize();
@@ -345,8 +300,8 @@ export class SqliteReads {
 /**
  * Opens a read-only connection to `file` and a read transaction on it: the applied index,
  * configuration and kv rows the image reads are one committed state, whatever is written
- * meanwhile. The term at the applied index comes from the log in the same transaction, or from the
- * snapshot when the log was compacted up to exactly there. `onClose` runs when the image is closed.
+ * meanwhile; so is the term at the applied index, which meta records beside it. `onClose` runs
+ * when the image is closed.
  */
 export function openImageReader(file: string, lockWaitMs: number, onClose: (image: KvImageReader) => void): KvImageReader {
   let reader: Database | undefined;
@@ -356,15 +311,8 @@ export function openImageReader(file: string, lockWaitMs: number, onClose: (imag
     reader.run("BEGIN");
     const meta = loadMeta(file, reader);
     const applied = checkStoredIndex(file, meta.applied_index, "applied index");
-    const snapshot = parseSnapshotMeta(file, meta);
-    let term: number;
-    if (applied === snapshot.index) {
-      term = snapshot.term;
-    } else {
-      const row = reader.query<LogRow, [number]>("SELECT idx, term, type, data, crc FROM raft_log WHERE idx = ?").get(applied);
-      if (row === null) throw corruptError(file, "the term of the applied index is unknown: its entry is missing", applied);
-      term = verifiedEntry(file, row, applied).term;
-    }
+    const term = checkStoredIndex(file, meta.applied_term, "applied term");
+    if ((applied === 0) !== (term === 0)) throw corruptError(file, `applied index ${applied} of term ${term}`);
     const learners = parseIds(file, meta.learners, "learners");
     const metadata: SnapshotMetadata = {
       index: applied,

@@ -1,11 +1,11 @@
 import { Database, type Statement } from "bun:sqlite";
-import { closeSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
-import { entryChecksum, hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
+import { hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
   type ImageRow,
   type KvImageReader,
@@ -27,6 +27,8 @@ import {
   SqliteReads,
   type ImageRowRow,
   type KvRow,
+  type LogRow,
+  verifiedEntry,
 } from "./sqlite-reads.ts";
 import { checkSave } from "./save-checks.ts";
 import {
@@ -41,26 +43,32 @@ import { type TermRun, TermCache } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
 import { LogTail } from "./log-tail.ts";
+import { type AppendPlace, type LogPositions, SegmentLog, type SegmentLogOptions } from "./segment-log.ts";
 import { ImageStaging, removeStaleStaging, StagingFile } from "./staging-file.ts";
 
 /**
- * Durable storage on bun:sqlite: the Raft log, hard state, voters and the key-value state machine
- * in one database file, so one transaction covers any mix of them.
+ * Durable storage: the Raft log and hard state in segment files (`SegmentLog`, in `kv.db-log/`
+ * beside the database), the voters and the key-value state machine in one bun:sqlite database.
+ * (Until schema 4 the log was in the database too; schema 5 moved it out: every entry was written
+ * four times, twice into the WAL and twice by checkpoints, and each save was a B-tree transaction.)
  *
- * Durability (WAL + synchronous=FULL is one fsync per commit, as strace shows):
- * - `save(..., sync=true)` commits with synchronous=FULL: durable when it returns.
- * - `save(..., sync=false)` and `applyEntries` commit with synchronous=NORMAL: no fsync. They
- *   survive a process crash (the WAL is written before commit returns) but not an OS crash or
- *   power loss, until the next FULL commit, checkpoint or `sync()` fsyncs the WAL, which makes
- *   every earlier commit durable too. The node loop saves this way and calls `sync()` in the
- *   background, holding back whatever promises the writes until it settles.
- * - SQLite recovers a WAL as a prefix of its commits, in commit order. An apply commits after the
- *   save of every entry it applies (asserted: applied <= commit <= lastIndex), so after any crash
- *   the applied index is never ahead of the log it applied, and the kv rows always match it
- *   because they commit in the same transaction.
+ * Durability:
+ * - `save(..., sync=true)` appends and fdatasyncs the log: durable when it returns.
+ * - `save(..., sync=false)` appends (one write, no fsync), and `applyEntries` commits with
+ *   synchronous=NORMAL (no fsync). They survive a process crash but not an OS crash or power loss
+ *   until `sync()` has fdatasynced the log's segments and the WAL. The node loop saves this way and
+ *   calls `sync()` in the background, holding back whatever promises the writes until it settles.
+ * - The log and the database are two files, made durable by one `sync` but reaching the disk each
+ *   in its own order. So the node applies an entry only once its own copy is durable (the Raft
+ *   core's rule, src/raft/log.ts): the applied index recorded is never ahead of the durable
+ *   log. The hard state's commit index may be (an apply reached the disk, the hard state saved
+ *   with it did not): it is raised to the applied index at open.
+ * - A compaction is recorded in meta at once and deletes the log's segments only after the next
+ *   sync made that record durable (`logCompactedTo`); an install commits the state machine (one
+ *   fsynced transaction) and only then resets the log, and a log found at open not going on from
+ *   the snapshot meta records is the one from before such an install: it is reset then (`loadLog`).
  *
- * Snapshots: `compact` drops a prefix of the log and records where it was cut in meta (with a
- * checksum). `openImage` reads the kv table on a second, read-only connection inside one read
+ * Snapshots: `compact` records where the log was cut in meta (with a checksum). `openImage` reads the kv table on a second, read-only connection inside one read
  * transaction: WAL gives it snapshot isolation, so the image and its applied index are one
  * consistent state while the node goes on writing (the WAL cannot be checkpointed past the
  * reader's snapshot meanwhile: it grows for as long as the image stays open). A received image is
@@ -115,9 +123,11 @@ export interface SqliteStorageOptions {
    */
   readonly logTailBytesMax?: number;
   readonly logTailKeptBytesMax?: number;
+  /** A log segment is not written past this many bytes (see SegmentLog); for tests. Default 64 MiB. */
+  readonly logSegmentBytesMax?: number;
 }
 
-const schemaVersion = 4;
+const schemaVersion = 5;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
 /** WAL pages (4 KiB each) after which a commit checkpoints them into the database file (inline checkpoints). */
@@ -219,16 +229,25 @@ const migrationToV4Sql = `
 CREATE INDEX kv_sessions_by_version ON kv (version) WHERE ${sessionRowsWhere};
 `;
 
+/**
+ * Version 4 -> 5: the log and hard state move out to segment files (segment-log.ts, in the
+ * directory `<db>-log`), written and fsynced before these tables go in the same transaction; meta
+ * records the term at the applied index, which an image read from the log before.
+ */
+const migrationToV5Sql = `
+ALTER TABLE meta ADD COLUMN applied_term INTEGER NOT NULL DEFAULT 0;  -- term of the entry at applied_index; 0 when nothing is applied
+DROP TABLE raft_log;
+DROP TABLE hard_state;
+`;
+
+/** Log rows the migration to segments reads per query. */
+const migrationRowsPerQuery = 1024;
+
 interface HardStateRow {
   term: number;
   vote: number;
   commit_index: number;
   crc: number;
-}
-interface RunRow {
-  term: number;
-  lo: number;
-  hi: number;
 }
 
 /**
@@ -243,6 +262,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
   const file = join(dir, options.fileName ?? "kv.db");
   let lock: Database | undefined;
   let db: Database | undefined;
+  let log: SegmentLog | undefined;
   try {
     lock = holdLock(`${file}-lock`, lockWaitMs);
     // An image staged before a restart can never be installed: its transfer died with the process.
@@ -265,13 +285,13 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     const checkpoints = options.checkpoints ?? "worker";
     db.run(`PRAGMA wal_autocheckpoint = ${checkpoints === "worker" ? walCheckpointPagesBackstop : walCheckpointPages}`);
     db.run(`PRAGMA cache_size = -${pageCacheKib}`);
-    migrate(db, file);
+    log = migrate(db, file, options.logSegmentBytesMax === undefined ? {} : { segmentBytesMax: options.logSegmentBytesMax });
     // WAL was entered in NORMAL mode, so its index lives in shared memory that a reader connection
     // can use later (see openImage) and the checkpointer's connection always does. With inline
     // checkpoints, EXCLUSIVE spares every transaction its lock calls until an image is opened:
     // single-row transactions run about twice as fast.
     if (checkpoints === "inline") db.run("PRAGMA locking_mode = EXCLUSIVE");
-    const storage = new SqliteStorage(db, lock, file, {
+    const storage = new SqliteStorage(db, lock, log, file, {
       termCacheRunsMax: options.termCacheRunsMax ?? 1024,
       termCacheLoadEntriesMax: options.termCacheLoadEntriesMax ?? 100_000,
       stagedImageBytesMax: options.stagedImageBytesMax ?? stagedImageBytesMaxDefault,
@@ -286,6 +306,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     if (options.voters !== undefined) storage.bootstrap(options.voters);
     return storage;
   } catch (error: unknown) {
+    log?.close();
     if (db !== undefined) closeDatabase(db);
     if (lock !== undefined) closeDatabase(lock);
     if (error instanceof Error && /database is locked|SQLITE_BUSY/i.test(`${error.message} ${(error as { code?: string }).code}`)) {
@@ -323,46 +344,124 @@ function closeDatabase(db: Database): void {
   db.close(true);
 }
 
-/** Creates the schema or brings an older one up to date, in one transaction; drops stale staging. */
-function migrate(db: Database, file: string): void {
-  db.transaction(() => {
-    let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
-    if (version > schemaVersion) {
-      throw new StorageError(
-        "schema",
-        `the data dir holds schema ${version}, written by a newer release of kv (this one reads schemas up to ${schemaVersion}): run that release or a later one; the data dir was left unchanged`,
-        file,
-      );
+/** The directory of the log's segments beside the database `file`. */
+export function logDirOf(file: string): string {
+  return `${file}-log`;
+}
+
+/**
+ * Creates the schema or brings an older one up to date, in one transaction (the log's segments
+ * are written and fsynced inside it: see migrationToV5Sql); drops stale staging. Returns the log,
+ * open and replayed.
+ */
+function migrate(db: Database, file: string, logOptions: SegmentLogOptions): SegmentLog {
+  const logDir = logDirOf(file);
+  let log: SegmentLog | undefined;
+  try {
+    db.transaction(() => {
+      let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
+      if (version > schemaVersion) {
+        throw new StorageError(
+          "schema",
+          `the data dir holds schema ${version}, written by a newer release of kv (this one reads schemas up to ${schemaVersion}): run that release or a later one; the data dir was left unchanged`,
+          file,
+        );
+      }
+      // Segments a migration wrote before it could commit (the process died): written again.
+      if (version < 5) rmSync(logDir, { recursive: true, force: true });
+      if (version === 0) {
+        db.run(schemaSql);
+        db.query("INSERT INTO hard_state (id, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)").run(
+          emptyHardState.term,
+          emptyHardState.vote,
+          emptyHardState.commit,
+          hardStateChecksum(emptyHardState),
+        );
+        version = 1;
+      }
+      if (version === 1) {
+        db.run(migrationToV2Sql);
+        db.query("UPDATE meta SET snapshot_crc = ? WHERE id = 1").run(snapshotChecksum(0, 0, "", ""));
+        version = 2;
+      }
+      if (version === 2) {
+        db.run(migrationToV3Sql);
+        version = 3;
+      }
+      if (version === 3) {
+        db.run(migrationToV4Sql);
+        const applied = db.query<{ applied_index: number }, []>("SELECT applied_index FROM meta WHERE id = 1").get()?.applied_index ?? 0;
+        startSessionClock(rawKvTable(db), countSessionRows(db), applied);
+        version = 4;
+      }
+      if (version === 4) {
+        log = moveLogToSegments(db, file, logDir, logOptions);
+        version = 5;
+      }
+      db.run(`PRAGMA user_version = ${version}`);
+      // Staging rows a release before the staging file left behind (see StagingFile).
+      db.run("DELETE FROM kv_staging");
+    }).immediate();
+  } catch (error) {
+    (log as SegmentLog | undefined)?.close();
+    throw error;
+  }
+  const migrated = log as SegmentLog | undefined;
+  if (migrated !== undefined) return migrated;
+  if (!existsSync(logDir)) throw corruptError(file, `the log's directory ${logDir} is missing`);
+  return SegmentLog.open(logDir, logOptions);
+}
+
+/**
+ * The migration to schema 5 (inside its transaction): the log's rows and the hard state written
+ * to segments in `logDir` (a new directory, made durable), fsynced, and only then the tables
+ * dropped. A log compacted before starts after its snapshot (a reset).
+ */
+function moveLogToSegments(db: Database, file: string, logDir: string, logOptions: SegmentLogOptions): SegmentLog {
+  const row = db.query<HardStateRow, []>("SELECT term, vote, commit_index, crc FROM hard_state WHERE id = 1").get();
+  if (row === null) throw corruptError(file, "hard state row missing");
+  const hardState: HardState = { term: row.term, vote: row.vote, commit: row.commit_index };
+  if (hardStateChecksum(hardState) !== row.crc) throw corruptError(file, "hard state checksum mismatch");
+  const meta = db.query<{ applied_index: number; snapshot_index: number; snapshot_term: number }, []>("SELECT applied_index, snapshot_index, snapshot_term FROM meta WHERE id = 1").get();
+  if (meta === null) throw corruptError(file, "meta row missing");
+  const applied = checkStoredIndex(file, meta.applied_index, "applied index");
+  const snapshotIndex = checkStoredIndex(file, meta.snapshot_index, "snapshot index");
+  const snapshotTerm = checkStoredIndex(file, meta.snapshot_term, "snapshot term");
+  mkdirSync(logDir);
+  fsyncDirectory(dirname(logDir));
+  const log = SegmentLog.open(logDir, logOptions);
+  try {
+    if (snapshotIndex > 0) log.reset(snapshotIndex, snapshotTerm, hardState);
+    const select = db.query<LogRow, [number, number]>("SELECT idx, term, type, data, crc FROM raft_log WHERE idx > ? ORDER BY idx LIMIT ?");
+    let last = snapshotIndex;
+    for (;;) {
+      const rows = select.all(last, migrationRowsPerQuery);
+      if (rows.length === 0) break;
+      const entries = rows.map((entryRow, position) => verifiedEntry(file, entryRow, last + 1 + position));
+      log.append(entries);
+      last += entries.length;
     }
-    if (version === 0) {
-      db.run(schemaSql);
-      db.query("INSERT INTO hard_state (id, term, vote, commit_index, crc) VALUES (1, ?, ?, ?, ?)").run(
-        emptyHardState.term,
-        emptyHardState.vote,
-        emptyHardState.commit,
-        hardStateChecksum(emptyHardState),
-      );
-      version = 1;
-    }
-    if (version === 1) {
-      db.run(migrationToV2Sql);
-      db.query("UPDATE meta SET snapshot_crc = ? WHERE id = 1").run(snapshotChecksum(0, 0, "", ""));
-      version = 2;
-    }
-    if (version === 2) {
-      db.run(migrationToV3Sql);
-      version = 3;
-    }
-    if (version === 3) {
-      db.run(migrationToV4Sql);
-      const applied = db.query<{ applied_index: number }, []>("SELECT applied_index FROM meta WHERE id = 1").get()?.applied_index ?? 0;
-      startSessionClock(rawKvTable(db), countSessionRows(db), applied);
-      version = 4;
-    }
-    db.run(`PRAGMA user_version = ${version}`);
-    // Staging rows a release before the staging file left behind (see StagingFile).
-    db.run("DELETE FROM kv_staging");
-  }).immediate();
+    log.append([], hardState);
+    const appliedTerm = applied === 0 ? 0 : applied === snapshotIndex ? snapshotTerm : log.term(applied);
+    if (appliedTerm === undefined) throw corruptError(file, "the entry at the applied index is missing from the log", applied);
+    log.syncNow();
+    db.run(migrationToV5Sql);
+    db.query("UPDATE meta SET applied_term = ? WHERE id = 1").run(appliedTerm);
+    return log;
+  } catch (error) {
+    log.close();
+    throw error;
+  }
+}
+
+/** fsyncs the directory `dir`: a file created or deleted in it survives a power loss. */
+function fsyncDirectory(dir: string): void {
+  const fd = openSync(dir, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** `prefixUpperBound` of one of the state machine's own prefixes, which always has one. */
@@ -412,6 +511,9 @@ export interface SqliteMirrorState {
   readonly snapshot: SnapshotMetadata;
   readonly lastIndex: number;
   readonly termRuns: readonly TermRun[];
+  /** The log's segment directory, and where each entry after the snapshot is in it (see SegmentReader). */
+  readonly logDir: string;
+  readonly logPositions: LogPositions;
 }
 
 /** Sizes and limits of one open storage. */
@@ -448,11 +550,8 @@ export class SqliteStorage implements KvStorage {
   private readonly images = new Set<KvImageReader>();
   private closed = false;
 
-  private readonly insertEntry: Statement<unknown, [number, number, number, Uint8Array, number]>;
-  private readonly deleteEntriesFrom: Statement<unknown, [number]>;
-  private readonly updateHardState: Statement<unknown, [number, number, number, number]>;
   private readonly updateVoters: Statement<unknown, [string]>;
-  private readonly updateApplied: Statement<unknown, [number]>;
+  private readonly updateApplied: Statement<unknown, [number, number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
   private readonly selectPrefixRange: Statement<ImageRowRow, [string, string, number]>;
@@ -473,8 +572,6 @@ export class SqliteStorage implements KvStorage {
   private checkpointerClosed: Promise<void> | undefined;
   private readonly synchronousNormal: Statement<unknown, []>;
   private readonly synchronousFull: Statement<unknown, []>;
-  private readonly deleteEntriesTo: Statement<unknown, [number]>;
-  private readonly deleteAllEntries: Statement<unknown, []>;
   private readonly updateSnapshot: Statement<unknown, [number, number, string, string, number]>;
   private readonly updateConfiguration: Statement<unknown, [string, string]>;
   private readonly updateConfigIndex: Statement<unknown, [number]>;
@@ -485,11 +582,10 @@ export class SqliteStorage implements KvStorage {
   private readonly stagingFile: StagingFile;
   private readonly clearKv: Statement<unknown, []>;
   private readonly touchMeta: Statement<unknown, []>;
-  private readonly saveTransaction: (hardState: HardState | undefined, entries: readonly Entry[]) => void;
-  private readonly applyTransaction: (steps: readonly ApplyStep[], appliedIndex: number, membership: Membership | undefined) => ApplyResult[];
+  private readonly applyTransaction: (steps: readonly ApplyStep[], appliedIndex: number, appliedTerm: number, membership: Membership | undefined) => ApplyResult[];
   private readonly membershipTransaction: (membership: Membership) => void;
   private readonly compactTransaction: (snapshot: SnapshotMetadata) => void;
-  private readonly installTransaction: (snapshot: SnapshotMetadata, hardState: HardState, membership: Membership) => void;
+  private readonly installTransaction: (snapshot: SnapshotMetadata, membership: Membership) => void;
   private readonly lockWaitMs: number;
   private readonly pageBytes: number;
   /** Log, kv and size reads on the node's connection (sqlite-reads.ts, shared with ThreadedStorage's reader). */
@@ -501,12 +597,24 @@ export class SqliteStorage implements KvStorage {
   private readonly walTruncate: Statement<{ busy: number; log: number; checkpointed: number }, []>;
   /** Pages written since the last checkpoint request, by estimate (see `notePagesWritten`). */
   private pagesSinceCheckpoint = 0;
+  /**
+   * How far the log's segments were compacted. A compaction is recorded in meta (`snap`) first,
+   * and its segments go only after a sync made that record durable (see `sync`): a power loss
+   * could otherwise take the record back and leave the state machine behind the log's first entry.
+   */
+  private logCompactedTo = 0;
+  /** Syncs not yet settled (`released` waits for them). */
+  private readonly syncsPending = new Set<Promise<void>>();
+  /** Entries read back from the log's segments since open. */
+  private logEntriesReadCount = 0;
 
   /** Use `openSqliteStorage`. */
   constructor(
     private readonly db: Database,
     /** Holds the sidecar lock file for as long as the storage is open. */
     private readonly lock: Database,
+    /** The Raft log and hard state (segment files in `<file>-log`): closed with the storage. */
+    private readonly log: SegmentLog,
     /** The database file, named in every error. */
     readonly file: string,
     settings: SqliteStorageSettings,
@@ -551,11 +659,8 @@ export class SqliteStorage implements KvStorage {
               this.maybeCheckpoint();
             },
           });
-    this.insertEntry = db.prepare("INSERT INTO raft_log (idx, term, type, data, crc) VALUES (?, ?, ?, ?, ?)");
-    this.deleteEntriesFrom = db.prepare("DELETE FROM raft_log WHERE idx >= ?");
-    this.updateHardState = db.prepare("UPDATE hard_state SET term = ?, vote = ?, commit_index = ?, crc = ? WHERE id = 1");
     this.updateVoters = db.prepare("UPDATE meta SET voters = ? WHERE id = 1");
-    this.updateApplied = db.prepare("UPDATE meta SET applied_index = ? WHERE id = 1");
+    this.updateApplied = db.prepare("UPDATE meta SET applied_index = ?, applied_term = ? WHERE id = 1");
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     this.selectPrefixRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
@@ -576,8 +681,6 @@ export class SqliteStorage implements KvStorage {
     this.deleteValue = db.prepare("DELETE FROM kv WHERE key = ?");
     this.synchronousNormal = db.prepare("PRAGMA synchronous = NORMAL");
     this.synchronousFull = db.prepare("PRAGMA synchronous = FULL");
-    this.deleteEntriesTo = db.prepare("DELETE FROM raft_log WHERE idx <= ?");
-    this.deleteAllEntries = db.prepare("DELETE FROM raft_log");
     this.updateSnapshot = db.prepare(
       "UPDATE meta SET snapshot_index = ?, snapshot_term = ?, snapshot_voters = ?, snapshot_learners = ?, snapshot_crc = ? WHERE id = 1",
     );
@@ -591,22 +694,13 @@ export class SqliteStorage implements KvStorage {
     this.touchMeta = db.prepare("SELECT applied_index FROM meta WHERE id = 1");
     this.reads = new SqliteReads(db, file);
     this.pageBytes = this.reads.pageBytes;
-    this.compactTransaction = db.transaction((snapshot: SnapshotMetadata) => {
-      this.deleteEntriesTo.run(snapshot.index);
-      this.writeSnapshotMeta(snapshot);
-    });
-    this.installTransaction = db.transaction((snapshot: SnapshotMetadata, hardState: HardState, membership: Membership) =>
-      this.writeInstall(snapshot, hardState, membership),
-    );
+    this.compactTransaction = db.transaction((snapshot: SnapshotMetadata) => this.writeSnapshotMeta(snapshot));
+    this.installTransaction = db.transaction((snapshot: SnapshotMetadata, membership: Membership) => this.writeInstall(snapshot, membership));
     this.membershipTransaction = db.transaction((membership: Membership) => this.writeMembership(membership));
-    this.saveTransaction = db.transaction((hardState: HardState | undefined, entries: readonly Entry[]) =>
-      this.writeSave(hardState, entries),
-    );
-    this.applyTransaction = db.transaction((steps: readonly ApplyStep[], appliedIndex: number, membership: Membership | undefined) =>
-      this.writeApply(steps, appliedIndex, membership),
+    this.applyTransaction = db.transaction((steps: readonly ApplyStep[], appliedIndex: number, appliedTerm: number, membership: Membership | undefined) =>
+      this.writeApply(steps, appliedIndex, appliedTerm, membership),
     );
 
-    this.hardStateValue = this.loadHardState();
     const meta = loadMeta(file, db);
     this.voters = parseVoters(file, meta.voters);
     this.learners = parseIds(file, meta.learners, "learners");
@@ -615,13 +709,15 @@ export class SqliteStorage implements KvStorage {
     this.applied = checkStoredIndex(file, meta.applied_index, "applied index");
     this.tail.keepFrom(this.applied + 1);
     this.snap = parseSnapshotMeta(file, meta);
-    this.last = this.loadLastIndex();
+    const loaded = this.loadLog();
+    this.hardStateValue = loaded.hardState;
+    this.last = loaded.last;
     this.terms = new TermCache(termCacheRunsMax);
     this.terms.reset(this.loadTermRuns(termCacheLoadEntriesMax), this.last);
 
     // Invariant: snapshot <= applied <= commit <= lastIndex, as persisted (see the durability notes above).
     if (this.hardStateValue.commit > this.last) throw this.corrupt(`commit ${this.hardStateValue.commit} beyond last index ${this.last}`);
-    if (this.applied > this.hardStateValue.commit) throw this.corrupt(`applied ${this.applied} beyond commit ${this.hardStateValue.commit}`);
+    if (this.applied > this.last) throw this.corrupt(`applied ${this.applied} beyond last index ${this.last}`);
     if (this.snap.index > this.applied) throw this.corrupt(`snapshot ${this.snap.index} beyond applied ${this.applied}`);
   }
 
@@ -636,9 +732,9 @@ export class SqliteStorage implements KvStorage {
     return { hardState: this.hardStateValue, voters: this.voters, ...(this.learners.length > 0 ? { learners: this.learners } : {}) };
   }
 
-  /** Log rows read out of SQLite by `entries` since open (each one copied into memory). */
-  get entryRowsRead(): number {
-    return this.reads.entryRowsRead;
+  /** Entries read back from the log's segments by `entries` since open. */
+  get logEntriesRead(): number {
+    return this.logEntriesReadCount;
   }
   /** The newest entries saved, and those not yet applied, served without a query (see LogTail). */
   private readonly tail: LogTail;
@@ -648,7 +744,11 @@ export class SqliteStorage implements KvStorage {
     this.assertOpen();
     assert(lo >= this.firstIndex() && hi <= this.last + 1 && lo <= hi, `entries(${lo}, ${hi}) out of range`);
     // The tail runs to the last entry saved, so what it holds from `lo` on is all there is to read.
-    return this.tail.slice(lo, hi, maxBytes) ?? this.reads.entries(lo, hi, maxBytes);
+    const kept = this.tail.slice(lo, hi, maxBytes);
+    if (kept !== undefined) return kept;
+    const read = this.log.entries(lo, hi, maxBytes);
+    this.logEntriesReadCount += read.length;
+    return read;
   }
 
   /** Term at `index` for firstIndex()-1 <= index <= lastIndex(); from memory near the end of the log. */
@@ -656,9 +756,9 @@ export class SqliteStorage implements KvStorage {
     this.assertOpen();
     if (index === this.snap.index) return this.snap.term; // term(0) is 0
     assert(index >= this.firstIndex() - 1 && index <= this.last, `term(${index}) out of range`);
-    const cached = this.terms.term(index);
-    if (cached !== undefined) return cached;
-    return this.reads.entry(index).term;
+    const term = this.terms.term(index) ?? this.log.term(index);
+    if (term === undefined) throw this.corrupt("entry missing from the log", index);
+    return term;
   }
 
   /** The first index the log holds: one past the snapshot (1 for a log never compacted). */
@@ -692,24 +792,30 @@ export class SqliteStorage implements KvStorage {
   // --- RaftLogWriter ---
 
   /**
-   * Persists `hardState` (when given) and `entries` in one transaction. Entries from
+   * Appends `entries` and then `hardState` (when given) to the log, one write. Entries from
    * entries[0].index on replace any saved there (a new leader overwrote a conflicting suffix).
-   * With `sync` the commit is fsynced before returning; without, see the durability notes.
-   * Broken Raft invariants (see checkSave) throw an AssertionError before anything is written.
+   * With `sync` they are fdatasynced before returning; without, durable once a later `sync()`
+   * resolves. Broken Raft invariants (see checkSave) throw an AssertionError before anything is
+   * written.
    */
   save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void {
+    this.saveAt(hardState, entries, sync);
+  }
+
+  /** `save`, returning where its entries went in the log (undefined when it wrote none): ThreadedStorage's reader needs it. */
+  saveAt(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): AppendPlace | undefined {
     this.assertOpen();
-    // An unchanged hard state costs no write (nor, with no entries, a commit).
+    // An unchanged hard state costs no write.
     const changed = hardState !== undefined && hardStateEqual(hardState, this.hardStateValue) ? undefined : hardState;
     const lastIndexAfter = checkSave(
       { hardState: this.hardStateValue, firstIndex: this.firstIndex(), lastIndex: this.last, term: (index) => this.term(index) },
       changed,
       entries,
     );
-    if (entries.length === 0 && changed === undefined) return;
-    this.withSynchronous(sync, () => this.saveTransaction(changed, entries));
-    this.notePagesWritten(entries);
-    // Committed: now memory may follow the disk.
+    if (entries.length === 0 && changed === undefined) return undefined;
+    const place = this.log.append(entries, changed);
+    if (sync) this.log.syncNow();
+    // Written: now memory may follow the disk.
     const first = entries[0];
     if (first !== undefined) {
       if (first.index <= this.last) this.terms.truncateFrom(first.index);
@@ -718,17 +824,7 @@ export class SqliteStorage implements KvStorage {
       this.last = lastIndexAfter;
     }
     if (changed !== undefined) this.hardStateValue = { term: changed.term, vote: changed.vote, commit: changed.commit };
-  }
-
-  private writeSave(hardState: HardState | undefined, entries: readonly Entry[]): void {
-    const first = entries[0];
-    if (first !== undefined && first.index <= this.last) this.deleteEntriesFrom.run(first.index);
-    for (const entry of entries) {
-      this.insertEntry.run(entry.index, entry.term, entry.type, entry.data, entryChecksum(entry.index, entry.term, entry.type, entry.data));
-    }
-    if (hardState !== undefined) {
-      this.updateHardState.run(hardState.term, hardState.vote, hardState.commit, hardStateChecksum(hardState));
-    }
+    return place;
   }
 
   // --- State machine ---
@@ -808,7 +904,8 @@ export class SqliteStorage implements KvStorage {
     if (plan.appliedIndex === this.applied) return plan.steps.map((step) => resultFor(step, false));
     let membership: Membership | undefined;
     for (const step of plan.steps) if (step.kind === "conf-change") membership = membershipAfter(membership ?? this.membership(), step.change, step.index);
-    const results = this.withSynchronous(false, () => this.applyTransaction(plan.steps, plan.appliedIndex, membership));
+    const appliedTerm = this.term(plan.appliedIndex);
+    const results = this.withSynchronous(false, () => this.applyTransaction(plan.steps, plan.appliedIndex, appliedTerm, membership));
     this.notePagesWritten(entries);
     this.applied = plan.appliedIndex;
     this.tail.keepFrom(this.applied + 1);
@@ -816,12 +913,12 @@ export class SqliteStorage implements KvStorage {
     return results;
   }
 
-  private writeApply(steps: readonly ApplyStep[], appliedIndex: number, membership: Membership | undefined): ApplyResult[] {
+  private writeApply(steps: readonly ApplyStep[], appliedIndex: number, appliedTerm: number, membership: Membership | undefined): ApplyResult[] {
     // The configuration as of the new applied index commits with it (or not at all).
     if (membership !== undefined) this.writeMembership(membership);
     const results: ApplyResult[] = [];
     for (const step of steps) results.push(executeStep(step, this.kvTable));
-    this.updateApplied.run(appliedIndex);
+    this.updateApplied.run(appliedIndex, appliedTerm);
     return results;
   }
 
@@ -861,7 +958,10 @@ export class SqliteStorage implements KvStorage {
 
   // --- Snapshots ---
 
-  /** See `KvStorage.compact`: one transaction, no fsync. */
+  /**
+   * See `KvStorage.compact`: recorded in meta (one transaction, no fsync); the log's segments
+   * holding only entries up to `index` are deleted after the next `sync` (see `logCompactedTo`).
+   */
   compact(index: number): void {
     this.assertOpen();
     if (!checkCompact({ snapshotIndex: this.snap.index, appliedIndex: this.applied, lastIndex: this.last }, index)) return;
@@ -951,11 +1051,20 @@ export class SqliteStorage implements KvStorage {
     stagingFile.release();
     this.db.run("ATTACH DATABASE ? AS staging", [stagingFile.path]);
     try {
-      this.withSynchronous(true, () => this.installTransaction(snapshot, hardState, membership));
+      this.withSynchronous(true, () => this.installTransaction(snapshot, membership));
     } finally {
       this.db.run("DETACH DATABASE staging");
     }
     stagingFile.discard();
+    // Then the log starts after the image (durable when it returns). Should that fail, the node
+    // must stop: at the next open the log, found older than the snapshot recorded, is reset then.
+    try {
+      this.log.reset(snapshot.index, snapshot.term, hardState);
+    } catch (error) {
+      // Not a full disk to wait out (its message must not read as one: isDiskFull), but the end.
+      throw new Error(`the log could not be reset after installing the snapshot at ${snapshot.index}; restart the node (the log is reset at open)`, { cause: error });
+    }
+    this.logCompactedTo = Math.max(this.logCompactedTo, snapshot.index);
     // Committed: now memory may follow the disk.
     this.hardStateValue = hardState;
     this.adoptMembership(membership);
@@ -970,19 +1079,15 @@ export class SqliteStorage implements KvStorage {
     if (stagingFile === this.stagingFile) this.imageStaging.forget();
   }
 
-  private writeInstall(snapshot: SnapshotMetadata, hardState: HardState, membership: Membership): void {
+  private writeInstall(snapshot: SnapshotMetadata, membership: Membership): void {
     this.clearKv.run();
     // In key order, as the image was staged: pages are filled in order, none split half empty.
     this.db.run("INSERT INTO kv (key, value, version) SELECT key, value, version FROM staging.kv_staging ORDER BY key");
     // An image from a 0.1.0 leader has sessions but no session clock.
     startSessionClock(this.kvTable, countSessionRows(this.db), snapshot.index);
-    this.deleteAllEntries.run();
     this.writeMembership(membership);
-    this.updateApplied.run(snapshot.index);
+    this.updateApplied.run(snapshot.index, snapshot.term);
     this.writeSnapshotMeta(snapshot);
-    if (!hardStateEqual(hardState, this.hardStateValue)) {
-      this.updateHardState.run(hardState.term, hardState.vote, hardState.commit, hardStateChecksum(hardState));
-    }
   }
 
   private writeSnapshotMeta(snapshot: SnapshotMetadata): void {
@@ -998,15 +1103,32 @@ export class SqliteStorage implements KvStorage {
   }
 
   /**
-   * See `KvStorage.sync`: fdatasyncs the WAL file (where every commit since the last checkpoint
-   * is) on Bun's thread pool. SQLite syncs the database file itself when it checkpoints, so the
+   * See `KvStorage.sync`: fdatasyncs the log's segments written since the last sync and the WAL
+   * (applies and the other commits), both on Bun's thread pool; then deletes the segments a
+   * compaction recorded before it left behind (see `logCompactedTo`).
+   */
+  sync(): Promise<void> {
+    this.assertOpen();
+    const compactTo = this.snap.index;
+    const synced = Promise.all([this.log.sync(), this.syncWal()]).then(() => {
+      if (this.closed || compactTo <= this.logCompactedTo) return;
+      this.logCompactedTo = compactTo;
+      this.log.compact(compactTo);
+    });
+    this.syncsPending.add(synced);
+    const forget = () => void this.syncsPending.delete(synced);
+    synced.then(forget, forget);
+    return synced;
+  }
+
+  /**
+   * Fdatasyncs the WAL file (where every commit since the last checkpoint is) on Bun's thread pool. SQLite syncs the database file itself when it checkpoints, so the
    * WAL holds all that is not yet durable. fdatasync, as SQLite and PostgreSQL use for their logs:
    * it flushes the data and whatever metadata reading it back needs (the size, when the WAL grew),
    * and skips timestamps (A B A B, 6 rounds: 1.00-1.13x the writes/s of fsync, never below).
    * The WAL stays open between calls (`walFd`); a close meanwhile waits for the fsyncs using it.
    */
-  sync(): Promise<void> {
-    this.assertOpen();
+  private syncWal(): Promise<void> {
     let fd: number;
     let owned = false;
     try {
@@ -1092,6 +1214,7 @@ export class SqliteStorage implements KvStorage {
     for (const image of [...this.images]) image.close();
     this.stagingFile.discard();
     this.checkpointerClosed = this.checkpointer?.close();
+    this.log.close();
     closeDatabase(this.db);
     closeDatabase(this.lock);
     this.closeWalWhenIdle();
@@ -1106,7 +1229,8 @@ export class SqliteStorage implements KvStorage {
   async released(): Promise<void> {
     assert(this.closed, "released() is for a closed storage");
     const syncsIdle = this.syncsRunning === 0 ? undefined : new Promise<void>((resolve) => this.syncsIdleWaiters.push(resolve));
-    await Promise.all([this.checkpointerClosed, syncsIdle]);
+    // The log closes its segments once its own fdatasyncs have returned, which these wait for.
+    await Promise.all([this.checkpointerClosed, syncsIdle, ...[...this.syncsPending].map((synced) => synced.catch(() => undefined))]);
   }
 
   /**
@@ -1126,6 +1250,8 @@ export class SqliteStorage implements KvStorage {
       snapshot: this.snap,
       lastIndex: this.last,
       termRuns: this.terms.runsHeld(),
+      logDir: this.log.dir,
+      logPositions: this.log.positionsOf(this.snap.index + 1, this.last + 1),
     };
   }
 
@@ -1201,52 +1327,50 @@ export class SqliteStorage implements KvStorage {
     }
   }
 
-  private loadHardState(): HardState {
-    const row = this.db.query<HardStateRow, []>("SELECT term, vote, commit_index, crc FROM hard_state WHERE id = 1").get();
-    if (row === null) throw this.corrupt("hard state row missing");
-    const hardState: HardState = { term: row.term, vote: row.vote, commit: row.commit_index };
-    if (hardStateChecksum(hardState) !== row.crc) throw this.corrupt("hard state checksum mismatch");
-    return hardState;
-  }
-
-  /** The last index, after checking the log has no hole: indexes snapshot+1..last, each once. */
-  private loadLastIndex(): number {
-    const row = this.db
-      .query<{ lo: number | null; hi: number | null; n: number }, []>("SELECT MIN(idx) AS lo, MAX(idx) AS hi, COUNT(*) AS n FROM raft_log")
-      .get();
-    if (row === null || row.n === 0) return this.snap.index;
-    const hi = checkStoredIndex(this.file, row.hi, "last index");
-    const first = this.snap.index + 1;
-    if (row.lo !== first || row.n !== hi - first + 1) {
-      throw this.corrupt(`log holds ${row.n} entries between ${row.lo} and ${hi}, expected it to start at ${first}: a hole`);
-    }
-    return hi;
-  }
-
   /**
-   * Runs of the newest entries' terms, checked: runs are contiguous with increasing terms, and the
-   * entries at both ends of every run pass their checksum. A corrupt term anywhere in the window
-   * either breaks that shape or lands on a run's end, so it is caught here, at open.
+   * The hard state and last index, from the log as replayed, reconciled with the snapshot meta
+   * records. An install commits the state machine first and then resets the log: a log found not
+   * going on from the snapshot is the one from before such an install, and is reset now. Entries at or below the snapshot (a compaction recorded, its segments not yet deleted)
+   * are skipped; they go at the first sync (see `logCompactedTo`). The commit index is raised to
+   * the applied one: an apply may reach the disk before the hard state saved with it (two files).
    */
-  private loadTermRuns(loadEntriesMax: number): TermRun[] {
-    if (this.last === this.snap.index) return [];
-    const from = Math.max(this.snap.index + 1, this.last - loadEntriesMax + 1);
-    const rows = this.db
-      .query<RunRow, [number]>("SELECT term, MIN(idx) AS lo, MAX(idx) AS hi FROM raft_log WHERE idx >= ? GROUP BY term ORDER BY lo")
-      .all(from);
-    const runs: TermRun[] = [];
-    let expectedStart = from;
-    for (const row of rows) {
-      if (row.lo !== expectedStart || row.hi < row.lo) throw this.corrupt(`term ${row.term} spans ${row.lo}..${row.hi}, expected to start at ${expectedStart}`, row.lo);
-      const previous = runs[runs.length - 1];
-      if (previous !== undefined && row.term <= previous.term) throw this.corrupt(`term ${row.term} follows term ${previous.term}`, row.lo);
-      for (const index of row.lo === row.hi ? [row.lo] : [row.lo, row.hi]) {
-        this.reads.entry(index);
-      }
-      runs.push({ startIndex: row.lo, term: row.term });
-      expectedStart = row.hi + 1;
+  private loadLog(): { hardState: HardState; last: number } {
+    const stored = this.log.hardState();
+    if (stored === undefined) throw this.corrupt("the log holds no hard state");
+    let hardState: HardState = { ...stored, commit: Math.max(stored.commit, this.applied) };
+    const first = this.log.firstIndex();
+    const floor = this.log.logFloor();
+    let goesOn: boolean;
+    if (first === undefined) {
+      // No entries: it goes on from the snapshot if it was reset (or compacted) to exactly there.
+      goesOn = floor.index === this.snap.index && floor.term === this.snap.term;
+    } else if (first <= this.snap.index) {
+      // Holding the snapshot's entry: if of the same term (or else it is from before an install).
+      goesOn = (this.log.lastIndex() as number) >= this.snap.index && this.log.term(this.snap.index) === this.snap.term;
+    } else if (first === this.snap.index + 1) {
+      // Right after it: reset there (the floor says of which term), or compacted there (the
+      // segment holding the snapshot's entry deleted; the floor is not known).
+      goesOn = floor.index !== this.snap.index || floor.term === this.snap.term;
+    } else {
+      throw this.corrupt(`the log starts at ${first}, after the snapshot at ${this.snap.index}: entries are missing`, this.snap.index + 1);
     }
-    if (expectedStart !== this.last + 1) throw this.corrupt(`term runs end at ${expectedStart - 1}, last index ${this.last}`);
+    if (!goesOn) {
+      hardState = { ...hardState, commit: Math.max(hardState.commit, this.snap.index) };
+      this.log.reset(this.snap.index, this.snap.term, hardState);
+    }
+    return { hardState, last: this.log.lastIndex() ?? this.log.logFloor().index };
+  }
+
+  /** Runs of the newest entries' terms (up to `loadEntriesMax` of them), from the log's positions. */
+  private loadTermRuns(loadEntriesMax: number): TermRun[] {
+    const runs: TermRun[] = [];
+    const from = Math.max(this.snap.index + 1, this.last - loadEntriesMax + 1);
+    for (let index = from; index <= this.last; index++) {
+      const term = this.log.term(index);
+      if (term === undefined) throw this.corrupt("entry missing from the log", index);
+      const previous = runs[runs.length - 1];
+      if (previous === undefined || previous.term !== term) runs.push({ startIndex: index, term });
+    }
     return runs;
   }
 

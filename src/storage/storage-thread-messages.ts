@@ -6,6 +6,7 @@ import type { CheckpointReport } from "./checkpointer.ts";
 import { StorageError, type StorageErrorCode } from "./kv-storage.ts";
 import type { SqliteMirrorState } from "./sqlite-storage.ts";
 import type { StagingState } from "./snapshot-checks.ts";
+import type { AppendPlace } from "./segment-log.ts";
 
 /**
  * The messages between ThreadedStorage (threaded-storage.ts, the node's thread) and its writer
@@ -24,6 +25,7 @@ export interface StorageThreadOpenOptions {
   readonly stagedImageBytesMax?: number;
   readonly checkpointPages?: number;
   readonly walRestartFrames?: number;
+  readonly logSegmentBytesMax?: number;
 }
 
 /** One write (or sync) for the thread, run in the order posted. */
@@ -80,6 +82,8 @@ export interface StorageDone {
   readonly seq: number;
   /** The request's own duration on the thread (for a sync, its fdatasync's). */
   readonly durationMs: number;
+  /** Saves of entries: where in the log they went (for the node's thread's SegmentReader). */
+  readonly logPlace?: AppendPlace;
   /** Applies: the results, in entry order. */
   readonly results?: readonly ApplyResult[];
   /**

@@ -123,9 +123,10 @@ function run(request: StorageRequest, startedMs: number): StorageDone | undefine
     ...extra,
   });
   switch (request.op) {
-    case "save":
-      opened.save(request.hardState, unpackEntries(request.entries), request.sync);
-      return done();
+    case "save": {
+      const logPlace = opened.saveAt(request.hardState, unpackEntries(request.entries), request.sync);
+      return done(logPlace === undefined ? {} : { logPlace });
+    }
     case "apply": {
       // Entries below the log's first index were compacted, so applied before: skipped, as
       // applyEntries would answer for them.

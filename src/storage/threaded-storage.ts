@@ -7,9 +7,10 @@ import { type Entry, type HardState, hardStateEqual, type NodeId, type SnapshotM
 import type { CheckpointReport } from "./checkpointer.ts";
 import type { ImageRow, KvImageReader, KvStorage, ListedValue, StoredValue } from "./kv-storage.ts";
 import { LogTail } from "./log-tail.ts";
+import { type AppendPlace, SegmentReader } from "./segment-log.ts";
 import { checkSave } from "./save-checks.ts";
 import { checkCompact, checkInstall, snapshotConfiguration, stagedImageBytesMaxDefault } from "./snapshot-checks.ts";
-import { openImageReader, SqliteReads } from "./sqlite-reads.ts";
+import { corruptError, openImageReader, SqliteReads } from "./sqlite-reads.ts";
 import type { SqliteMirrorState } from "./sqlite-storage.ts";
 import { ImageStaging } from "./staging-file.ts";
 import {
@@ -37,10 +38,11 @@ import { checkVotersMatch, normalizeVoters } from "./voters.ts";
  * This side keeps a mirror of what the Raft core reads synchronously (hard state, last index,
  * snapshot, term cache, log tail), changed when a write is posted: the core sees its own writes at
  * once. Raft-invariant checks (`checkSave`, `checkCompact`, `checkInstall`) run here before posting,
- * so a violation still throws an AssertionError in the caller. Entries posted and not yet committed
- * by the worker stay in the log tail (pinned) since the read connection cannot see them yet; older
- * ones, and `get`, `list`, `openImage` and `dataBytes`, are read on a read-only connection to the
- * same file (sqlite-reads.ts: in WAL mode readers never block the writer).
+ * so a violation still throws an AssertionError in the caller. Entries posted and not yet written
+ * by the worker stay in the log tail (pinned); older ones are read from the log's segment files
+ * with descriptors of this thread's own (`SegmentReader`: the worker answers each save with where
+ * its entries went). `get`, `list`, `openImage` and `dataBytes` are read on a read-only
+ * connection to the database (sqlite-reads.ts: in WAL mode readers never block the writer).
  *
  * Applies and installs return promises that settle in call order; the applied index and the
  * configuration (`appliedIndex()`, `membership()`) change when they resolve.
@@ -152,8 +154,10 @@ export class ThreadedStorage implements KvStorage {
   private last: number;
   private readonly terms: TermCache;
   private readonly tail: LogTail;
-  /** Saves of entries posted and not yet committed, oldest first: the tail keeps their entries. */
-  private readonly unconfirmedSaves: { seq: number; firstIndex: number }[] = [];
+  /** Saves of entries posted and not yet written, oldest first: the tail keeps their entries. */
+  private readonly unconfirmedSaves: { seq: number; entries: readonly Entry[] }[] = [];
+  /** Reads entries behind the tail from the log's segments, where the writer's answers say they are. */
+  private readonly logReader: SegmentReader;
   private readonly staging: ImageStaging;
   private readonly readDb: Database;
   private readonly reads: SqliteReads;
@@ -197,6 +201,7 @@ export class ThreadedStorage implements KvStorage {
     this.tail = new LogTail(tailBytesMax, Math.max(tailBytesMax, options.logTailKeptBytesMax ?? logTailKeptBytesMaxDefault));
     this.tail.keepFrom(this.applyPostedTo + 1);
     this.staging = new ImageStaging(`${this.file}-staging`, options.stagedImageBytesMax ?? stagedImageBytesMaxDefault, this.file);
+    this.logReader = new SegmentReader(state.logDir, state.logPositions);
     // The writer holds the database open (and its WAL and shared-memory index exist) for as long
     // as this connection lives.
     this.readDb = new Database(this.file, { readonly: true, strict: true });
@@ -225,23 +230,23 @@ export class ThreadedStorage implements KvStorage {
     return { hardState: this.hardStateValue, voters: this.voters, ...(this.learners.length > 0 ? { learners: this.learners } : {}) };
   }
 
-  /** Log rows read out of SQLite by `entries` since open. */
-  get entryRowsRead(): number {
-    return this.reads.entryRowsRead;
+  /** Entries read back from the log's segments by `entries` since open. */
+  get logEntriesRead(): number {
+    return this.logReader.entriesRead;
   }
 
-  /** Entries in [lo, hi), at most `maxBytes` of data but at least one when lo < hi: from the tail, else the read connection. */
+  /** Entries in [lo, hi), at most `maxBytes` of data but at least one when lo < hi: from the tail, else the log's segments. */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     this.assertOpen();
     assert(lo >= this.firstIndex() && hi <= this.last + 1 && lo <= hi, `entries(${lo}, ${hi}) out of range`);
     if (lo === hi) return [];
     const kept = this.tail.slice(lo, hi, maxBytes);
     if (kept !== undefined) return kept;
-    // Below the tail everything is committed; from the tail's first entry on, the disk may not hold
+    // Below the tail everything is written; from the tail's first entry on, the disk may not hold
     // what this side posted (a suffix rewritten), so the rest comes from the tail.
     const tailFirst = this.tail.firstKeptIndex();
     const diskHi = tailFirst === undefined ? hi : Math.min(hi, tailFirst);
-    const result = this.reads.entries(lo, diskHi, maxBytes);
+    const result = this.logReader.entries(lo, diskHi, maxBytes);
     if (diskHi === hi || lo + result.length < diskHi) return result;
     let bytes = result.reduce((sum, entry) => sum + entry.data.byteLength, 0);
     for (const entry of this.tail.slice(diskHi, hi, Number.MAX_SAFE_INTEGER) ?? []) {
@@ -257,9 +262,9 @@ export class ThreadedStorage implements KvStorage {
     this.assertOpen();
     if (index === this.snap.index) return this.snap.term; // term(0) is 0
     assert(index >= this.firstIndex() - 1 && index <= this.last, `term(${index}) out of range`);
-    const cached = this.terms.term(index) ?? this.tail.slice(index, index + 1, 0)?.[0]?.term;
-    if (cached !== undefined) return cached;
-    return this.reads.entry(index).term;
+    const term = this.terms.term(index) ?? this.tail.slice(index, index + 1, 0)?.[0]?.term ?? this.logReader.term(index);
+    if (term === undefined) throw corruptError(this.file, "entry missing from the log", index);
+    return term;
   }
 
   /** The first index the log holds: one past the snapshot. */
@@ -306,12 +311,12 @@ export class ThreadedStorage implements KvStorage {
       entries,
     );
     if (entries.length === 0 && changed === undefined) return;
-    const seq = this.post({ op: "save", hardState: changed, entries: packEntries(entries), sync }, false, () => this.saveCommitted(seq));
+    const seq = this.post({ op: "save", hardState: changed, entries: packEntries(entries), sync }, false, (reply) => this.saveWritten(seq, reply.logPlace));
     const first = entries[0];
     if (first !== undefined) {
       if (first.index <= this.last) this.terms.truncateFrom(first.index);
       for (const entry of entries) this.terms.append(entry.index, entry.term);
-      this.unconfirmedSaves.push({ seq, firstIndex: first.index });
+      this.unconfirmedSaves.push({ seq, entries });
       this.pinUnconfirmed();
       this.tail.saved(entries);
       this.last = lastIndexAfter;
@@ -354,6 +359,8 @@ export class ThreadedStorage implements KvStorage {
     const snapshot: SnapshotMetadata = { index, term: this.term(index), voters: this.voters, ...this.learnersField() };
     this.post({ op: "compact", index }, false);
     this.snap = snapshot;
+    // Before the writer may delete a segment of them (see SegmentReader).
+    this.logReader.compacted(index);
   }
 
   /**
@@ -387,6 +394,7 @@ export class ThreadedStorage implements KvStorage {
     this.tail.clear();
     this.tail.keepFrom(this.applyPostedTo + 1);
     this.terms.reset([], snapshot.index);
+    this.logReader.clear();
     return done;
   }
 
@@ -514,6 +522,7 @@ export class ThreadedStorage implements KvStorage {
     this.staging.discard();
     this.reads.finalize();
     this.readDb.close(true);
+    this.logReader.close();
     this.worker.ref();
     this.flush();
     this.worker.postMessage({ type: "close" } satisfies ToStorageThread);
@@ -651,17 +660,22 @@ export class ThreadedStorage implements KvStorage {
     else this.worker.unref();
   }
 
-  private saveCommitted(seq: number): void {
+  private saveWritten(seq: number, place: AppendPlace | undefined): void {
     const oldest = this.unconfirmedSaves[0];
     if (oldest === undefined || oldest.seq !== seq) return; // a save of no entries
     this.unconfirmedSaves.shift();
+    assert(place !== undefined, `save ${seq} of entries answered without where they went`);
+    this.logReader.appended(place, oldest.entries);
     this.pinUnconfirmed();
   }
 
-  /** Pins in the tail every entry from the first one a save not yet committed wrote. */
+  /** Pins in the tail every entry from the first one a save not yet written wrote. */
   private pinUnconfirmed(): void {
     let from: number | undefined;
-    for (const save of this.unconfirmedSaves) from = from === undefined ? save.firstIndex : Math.min(from, save.firstIndex);
+    for (const save of this.unconfirmedSaves) {
+      const first = (save.entries[0] as Entry).index;
+      from = from === undefined ? first : Math.min(from, first);
+    }
     this.tail.pinFrom(from);
   }
 

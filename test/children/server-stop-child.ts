@@ -1,7 +1,7 @@
 /**
  * The child process of test/server-stop.test.ts: it starts and stops in-process servers (through
  * test/helpers/server-cluster.ts, as the in-process suites do) in `rounds` rounds of a `size`-node
- * cluster, writing 12 MiB through each so the WAL checkpointer's worker starts in every round
+ * cluster, writing 24 MiB through each so the WAL checkpointer's worker starts in every round
  * (src/storage/checkpointer.ts). Then it prints one JSON line with the file descriptors it held after
  * the first round and after the last, and the worker's checkpoints per round, and must exit on its
  * own: an unref'd timer (which keeps nothing alive) prints `still alive` and exits 3 if anything the
@@ -48,9 +48,9 @@ for (let round = 0; round < rounds; round++) {
     await cluster.start();
     const leader = await cluster.waitForLeader();
     const url = cluster.node(leader).httpUrl;
-    // 12 MiB of values, twice that in pages (log and table): past the 16 MiB that starts the worker.
+    // 24 MiB of values into the table (the log is in segment files): past the 16 MiB of WAL pages that starts the worker.
     const value = new Uint8Array(1 << 20);
-    for (let i = 0; i < 12; i++) {
+    for (let i = 0; i < 24; i++) {
       const response = await fetch(`${url}/kv/k${i}`, { method: "PUT", body: value });
       if (response.status !== 200) throw new Error(`PUT answered ${response.status}: ${await response.text()}`);
     }
