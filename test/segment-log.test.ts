@@ -166,13 +166,15 @@ describe("SegmentLog", () => {
   test("a hole in the last segment ends the log there: nothing after it is read back", () => {
     const dir = tempDir();
     const log = SegmentLog.open(dir);
-    log.append(range(1, 10, 1));
+    log.append(range(1, 40, 1));
     log.close();
     const path = segmentPaths(dir)[0] as string;
     const bytes = readFileSync(path);
-    // Zero the fourth entry's record (as if its page never reached the disk); later ones are intact.
+    // Zero from the fourth entry's record to the end of its 512-byte sector (as if that sector never
+    // reached the disk: zeros past the old end of the file); the records in the sectors after it are intact.
     const fourth = bytes.indexOf("value-4-1") - 17 - 9;
-    bytes.fill(0, fourth, fourth + 35);
+    bytes.fill(0, fourth, 512);
+    expect(bytes.byteLength).toBeGreaterThan(1024);
     writeFileSync(path, bytes);
     const reopened = SegmentLog.open(dir);
     expect(reopened.lastIndex()).toBe(3);
@@ -200,6 +202,35 @@ describe("SegmentLog", () => {
     expect((error as StorageError).message).toContain("checksum");
     // Refused, not cut: the file is as it was.
     expect(statSync(path).size).toBe(sizeBefore);
+  });
+
+  test("damage in the last segment is refused even where the record ends in a few zeros alone in a sector, or its length points past the end", () => {
+    // Entry 1's record ends at byte 490; entry 2's (no data, 26 bytes) at 516, its last 4 bytes
+    // (the high bytes of its term, and its type: zeros) alone in the file's second sector.
+    const zeroTail = tempDir();
+    let log = SegmentLog.open(zeroTail);
+    const sized = (index: number, bytes: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(bytes).fill(7) });
+    log.append([sized(1, 419), sized(2, 0)]);
+    log.append([sized(3, 100), sized(4, 100), sized(5, 100)], { term: 1, vote: 1, commit: 5 });
+    log.close();
+    const path = segmentPaths(zeroTail)[0] as string;
+    let bytes = readFileSync(path);
+    bytes[499] = (bytes[499] as number) ^ 0x40; // a bit of entry 2's index
+    writeFileSync(path, bytes);
+    expect(() => SegmentLog.open(zeroTail)).toThrow(/damage, not a torn write/);
+
+    // A length damaged to run past the end of the file: the records after it still read whole.
+    const longLength = tempDir();
+    log = SegmentLog.open(longLength);
+    log.append(range(1, 5, 1), { term: 1, vote: 1, commit: 5 });
+    log.close();
+    const second = segmentPaths(longLength)[0] as string;
+    bytes = readFileSync(second);
+    const recordOf2 = bytes.indexOf("value-2-1") - 17 - 9;
+    bytes[recordOf2 + 7] = 0x40; // the length's high byte: 1 GiB
+    writeFileSync(second, bytes);
+    expect(() => SegmentLog.open(longLength)).toThrow(/damage, not a torn write/);
+    expect(readFileSync(second).byteLength).toBe(bytes.byteLength);
   });
 
   test("damage in a segment that is not the last is refused as corrupt", () => {

@@ -141,6 +141,34 @@ describe("threaded storage", () => {
     }
   });
 
+  test("a save posted before an install and answered after it leaves nothing of its place behind: the entries after the image save, apply and read back", async () => {
+    const leader = await openThreadedStorage(tempDir(), { voters: [1, 2] });
+    const follower = await openThreadedStorage(tempDir(), { voters: [1, 2], logTailBytesMax: 0, logTailKeptBytesMax: 0 });
+    try {
+      const entries = Array.from({ length: 300 }, (_, i) => put(i + 1, `key-${i}`, `value-${i}`, 2));
+      leader.save(hard(2, 300), entries, false);
+      await leader.applyEntries(entries);
+      const image = leader.openImage();
+      const pages = [];
+      for (let page = image.next(2048); page.length > 0; page = image.next(2048)) pages.push(page);
+      image.close();
+      // Entries from an old leader, saved; in the same turn (before the writer's answer), the image staged and installed.
+      follower.save(hard(1, 0), Array.from({ length: 5 }, (_, i) => put(i + 1, "old", "x", 1)), false);
+      pages.forEach((page, i) => follower.stageImageChunk("image-1", page, i === 0));
+      await follower.installSnapshot(image.metadata, "image-1", image.addresses);
+      const after = [put(301, "after", "install", 2), put(302, "and", "more", 2)];
+      follower.save(hard(2, 302), after, false);
+      expect((await follower.applyEntries(after)).map((result) => result.kind)).toEqual(["put", "put"]);
+      await follower.sync();
+      // Read back from the segment (no tail kept), where the writer put them after the reset.
+      expect(follower.entries(301, 303, Number.MAX_SAFE_INTEGER)).toEqual(after);
+      expect(text(follower.get("after")?.value)).toBe("install");
+    } finally {
+      await closed(leader);
+      await closed(follower);
+    }
+  });
+
   test("an empty range of entries is empty wherever it starts, in the tail or past its first entry", async () => {
     const dir = tempDir();
     const storage = await openThreadedStorage(dir, { voters: [1] });

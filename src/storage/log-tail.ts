@@ -24,8 +24,8 @@ export const logTailEntriesMaxDefault = 8192;
  * that replaces a suffix truncates here too; anything else that rewrites the log clears it).
  *
  * A pin (`pinFrom`) keeps every entry from an index on, whatever the bound: ThreadedStorage
- * (threaded-storage.ts) pins the entries it posted to its writer and that are not yet committed,
- * since its read connection cannot see them; what is pinned is bounded by what the node has
+ * (threaded-storage.ts) pins the entries it posted to its writer and that are not yet written,
+ * since it does not yet know where they are on disk; what is pinned is bounded by what the node has
  * posted and not yet seen committed.
  *
  * A softer hold (`keepFrom`) keeps entries from an index on past the bound too, but only up to

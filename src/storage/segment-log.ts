@@ -484,24 +484,25 @@ export class SegmentLog {
       return Promise.reject(error);
     }
     this.syncsRunning++;
-    return Promise.all(
+    // Settled, every one of them, before the descriptors may be closed (see closeRetiredWhenIdle).
+    // (One at most today: a roll fdatasyncs the segment it leaves.)
+    return Promise.allSettled(
       fds.map(
         (fd) =>
           new Promise<void>((resolve, reject) => {
             this.fs.fdatasync(fd, (error) => (error === null ? resolve() : reject(error)));
           }),
       ),
-    ).then(
-      () => {
-        for (const { segment, end } of covered) segment.syncedEnd = Math.max(segment.syncedEnd, end);
-        this.syncEnded();
-      },
-      (error: unknown) => {
+    ).then((outcomes) => {
+      this.syncEnded();
+      const failed = outcomes.find((outcome): outcome is PromiseRejectedResult => outcome.status === "rejected");
+      if (failed !== undefined) {
+        const error: unknown = failed.reason;
         this.broken ??= error instanceof Error ? error : new Error(String(error));
-        this.syncEnded();
         throw error;
-      },
-    );
+      }
+      for (const { segment, end } of covered) segment.syncedEnd = Math.max(segment.syncedEnd, end);
+    });
   }
 
   /** As `sync`, on this thread: every append before it is durable when it returns. */
@@ -841,24 +842,30 @@ const sectorBytes = 512;
 
 /**
  * Whether the bad record at `offset` of the last segment reads as a write a crash tore (what
- * `open` cuts off) rather than as damage (refused): it runs past the end of the file, or some part
- * of it that lies in one 512-byte sector of the file is all zeros. A page the kernel had not yet
- * written back when the machine died reads back as zeros past the file's old end (etcd's WAL tells
- * torn writes from damage the same way); damage to a record that was written is almost never a
- * whole zeroed sector's worth of it.
+ * `open` cuts off) rather than as damage (refused). A crash leaves the pages the kernel had not
+ * yet written back as they were on disk: zeros past the file's old end, which is where the record
+ * starts (at or past where the last completed sync ended). So it is torn when:
+ * - some sector it reaches is all zeros from where the record starts in it (or the sector's start)
+ *   to the sector's end (or the file's): a sector never written back. Zeros within a written
+ *   record (the high bytes of a term, a value of zeros) stop short of a sector's end, or are
+ *   followed in it by the next record's bytes; or
+ * - it runs past the end of the file (the file was cut inside it), and no whole record starts
+ *   anywhere after it: a length damaged to point past the end leaves the records after it readable.
+ * etcd's WAL tells torn writes from damage in the same way, by zeroed sectors.
  */
 function tornRecord(bytes: Uint8Array, view: DataView, offset: number): boolean {
-  if (bytes.byteLength - offset < recordHeaderBytes) return true;
-  const end = offset + recordHeaderBytes + view.getUint32(offset + 4, true);
-  if (end > bytes.byteLength) return true;
-  for (let sector = Math.floor(offset / sectorBytes) * sectorBytes; sector < end; sector += sectorBytes) {
-    const from = Math.max(offset, sector);
-    const to = Math.min(end, sector + sectorBytes);
+  const size = bytes.byteLength;
+  const claimedEnd = size - offset < recordHeaderBytes ? Number.POSITIVE_INFINITY : offset + recordHeaderBytes + view.getUint32(offset + 4, true);
+  for (let sector = Math.floor(offset / sectorBytes) * sectorBytes; sector < Math.min(claimedEnd, size); sector += sectorBytes) {
     let zeros = true;
-    for (let at = from; at < to && zeros; at++) zeros = bytes[at] === 0;
+    for (let at = Math.max(offset, sector), end = Math.min(size, sector + sectorBytes); at < end && zeros; at++) zeros = bytes[at] === 0;
     if (zeros) return true;
   }
-  return false;
+  if (claimedEnd <= size) return false;
+  for (let at = offset + 1; at + recordHeaderBytes <= size; at++) {
+    if (recordProblem(bytes, view, at) === undefined) return false;
+  }
+  return true;
 }
 
 /** The index a bad entry record at `offset` claims, when it is whole enough to say (for the error). */

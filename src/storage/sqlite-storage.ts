@@ -971,10 +971,9 @@ export class SqliteStorage implements KvStorage {
   }
 
   /**
-   * Opens a read-only connection and a read transaction on it: the applied index, configuration
-   * and kv rows it reads are one committed state, whatever the node writes meanwhile. The term at
-   * the applied index comes from the log in the same transaction, or from the snapshot when the
-   * log was compacted up to exactly there.
+   * Opens a read-only connection and a read transaction on it: the applied index and its term,
+   * the configuration and the kv rows it reads are one committed state, whatever the node writes
+   * meanwhile.
    */
   openImage(): KvImageReader {
     this.assertOpen();
@@ -1110,7 +1109,9 @@ export class SqliteStorage implements KvStorage {
   sync(): Promise<void> {
     this.assertOpen();
     const compactTo = this.snap.index;
-    const synced = Promise.all([this.log.sync(), this.syncWal()]).then(() => {
+    // Both settled before it does: `released` counts on no fdatasync still running after it.
+    const synced = Promise.allSettled([this.log.sync(), this.syncWal()]).then((outcomes) => {
+      for (const outcome of outcomes) if (outcome.status === "rejected") throw outcome.reason;
       if (this.closed || compactTo <= this.logCompactedTo) return;
       this.logCompactedTo = compactTo;
       this.log.compact(compactTo);

@@ -154,8 +154,11 @@ export class ThreadedStorage implements KvStorage {
   private last: number;
   private readonly terms: TermCache;
   private readonly tail: LogTail;
-  /** Saves of entries posted and not yet written, oldest first: the tail keeps their entries. */
-  private readonly unconfirmedSaves: { seq: number; entries: readonly Entry[] }[] = [];
+  /**
+   * Saves of entries posted and not yet written, oldest first: the tail keeps their entries.
+   * `replaced`: an install was posted after it, which resets the log (their place is gone).
+   */
+  private readonly unconfirmedSaves: { seq: number; entries: readonly Entry[]; replaced: boolean }[] = [];
   /** Reads entries behind the tail from the log's segments, where the writer's answers say they are. */
   private readonly logReader: SegmentReader;
   private readonly staging: ImageStaging;
@@ -316,7 +319,7 @@ export class ThreadedStorage implements KvStorage {
     if (first !== undefined) {
       if (first.index <= this.last) this.terms.truncateFrom(first.index);
       for (const entry of entries) this.terms.append(entry.index, entry.term);
-      this.unconfirmedSaves.push({ seq, entries });
+      this.unconfirmedSaves.push({ seq, entries, replaced: false });
       this.pinUnconfirmed();
       this.tail.saved(entries);
       this.last = lastIndexAfter;
@@ -395,6 +398,8 @@ export class ThreadedStorage implements KvStorage {
     this.tail.keepFrom(this.applyPostedTo + 1);
     this.terms.reset([], snapshot.index);
     this.logReader.clear();
+    // Saves posted before it and answered after it wrote entries the install's reset deletes.
+    for (const save of this.unconfirmedSaves) save.replaced = true;
     return done;
   }
 
@@ -429,8 +434,8 @@ export class ThreadedStorage implements KvStorage {
   }
 
   /**
-   * Resolves once every write posted before it is committed and the WAL fdatasynced (on the
-   * writer's side). Stays pending while the disk is full; rejects once the writer has failed.
+   * Resolves once every write posted before it is written and the log's segments and the WAL
+   * fdatasynced (on the writer's side). Stays pending while the disk is full; rejects once the writer has failed.
    */
   sync(): Promise<void> {
     this.assertOpen();
@@ -665,7 +670,7 @@ export class ThreadedStorage implements KvStorage {
     if (oldest === undefined || oldest.seq !== seq) return; // a save of no entries
     this.unconfirmedSaves.shift();
     assert(place !== undefined, `save ${seq} of entries answered without where they went`);
-    this.logReader.appended(place, oldest.entries);
+    if (!oldest.replaced) this.logReader.appended(place, oldest.entries);
     this.pinUnconfirmed();
   }
 
