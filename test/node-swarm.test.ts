@@ -32,6 +32,7 @@ const totals = {
   storageThreadAnswers: 0,
   storageThreadInstalls: 0,
   storageThreadBlockedWrites: 0,
+  stateMachineAhead: 0,
   repliesCarried: 0,
   fiveNodeRuns: 0,
   sevenNodeRuns: 0,
@@ -54,6 +55,7 @@ function add(result: NodeSwarmResult): void {
   totals.storageThreadAnswers += result.storageThreadAnswers;
   totals.storageThreadInstalls += result.storageThreadInstalls;
   totals.storageThreadBlockedWrites += result.storageThreadBlockedWrites;
+  totals.stateMachineAhead += result.stateMachineAhead;
   totals.repliesCarried += result.repliesCarried;
   if (result.nodeCount === 5) totals.fiveNodeRuns++;
   if (result.nodeCount === 7) totals.sevenNodeRuns++;
@@ -93,6 +95,8 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     expect(totals.storageThreadInstalls).toBeGreaterThan(seeds.length / 50);
     // A full disk met by a storage thread: the write it retried, the writes after it refused.
     expect(totals.storageThreadBlockedWrites).toBeGreaterThan(seeds.length / 50);
+    // Power losses that kept the state machine's pages and only the log's durable image (two files).
+    expect(totals.stateMachineAhead).toBeGreaterThan(seeds.length / 50);
     // Clusters other than 3, and the configuration changing while the faults ran.
     expect(totals.fiveNodeRuns).toBeGreaterThan(seeds.length / 10);
     expect(totals.sevenNodeRuns).toBeGreaterThan(seeds.length / 20);

@@ -30,6 +30,8 @@ export interface NodeSwarmResult {
   readonly storageThreadInstalls: number;
   /** Writes a storage thread took while the disk was full, and retried until space returned. */
   readonly storageThreadBlockedWrites: number;
+  /** Power losses after which a disk's state machine was ahead of its log's durable image (see SimDisk.afterCrash). */
+  readonly stateMachineAhead: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
@@ -233,6 +235,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   const storageThreadAnswers = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadAnswers, 0);
   const storageThreadInstalls = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadInstalls, 0);
   const storageThreadBlockedWrites = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadBlockedWrites, 0);
+  const stateMachineAhead = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.stateMachineAhead, 0);
   sim.stop();
   return {
     seed,
@@ -255,6 +258,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     storageThreadAnswers,
     storageThreadBlockedWrites,
     storageThreadInstalls,
+    stateMachineAhead,
     repliesCarried: sim.network.repliesCarried,
     events: sim.eventsRun,
     digest,

@@ -3,7 +3,7 @@ import type { Entry, HardState, NodeId, SnapshotMetadata } from "../raft/types.t
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { MemberAddress, Membership } from "../kv/membership.ts";
 import type { ImageRow, KvImageReader, KvStorage, ListedValue, StoredValue } from "../storage/kv-storage.ts";
-import type { MemoryKvStorage } from "../storage/memory-storage.ts";
+import { MemoryKvStorage } from "../storage/memory-storage.ts";
 
 /** How the simulator runs a disk's fsyncs: when one started now finishes, on the simulated clock. */
 export interface SimDiskScheduler {
@@ -65,6 +65,9 @@ export class SimDisk implements KvStorage {
   /** Snapshot image chunks staged and snapshots installed: proof the paths were exercised. */
   chunksStaged = 0;
   snapshotsInstalled = 0;
+  /** Power losses, and those that kept state machine writes the log's durable image is behind (see `afterCrash`). */
+  powerLosses = 0;
+  stateMachineAhead = 0;
   /** Fsyncs started and finished. */
   syncsStarted = 0;
   syncsFinished = 0;
@@ -87,10 +90,22 @@ export class SimDisk implements KvStorage {
     this.confirmedMembership = current.membership();
   }
 
-  /** The storage a node restarts from after a crash: everything written, or on power loss what was fsynced. */
+  /**
+   * The storage a node restarts from after a crash: everything written, or on power loss what was
+   * fsynced. The log and the state machine are two files (src/storage/sqlite-storage.ts), whose
+   * unsynced pages a power loss keeps or drops each on its own: every other power loss on this
+   * disk keeps all the state machine wrote (its pages had reached the disk) with only the log's
+   * durable image, which the storage reconciles at open (`MemoryKvStorage.reopened`).
+   */
   afterCrash(powerLoss: boolean): MemoryKvStorage {
-    if (powerLoss) return this.durableImage.clone();
-    return (this.threadBlocked?.before ?? this.current).clone();
+    const written = this.threadBlocked?.before ?? this.current;
+    if (!powerLoss) return written.clone();
+    this.powerLosses++;
+    if (this.powerLosses % 2 === 0) {
+      if (written.appliedIndex() > this.durableImage.appliedIndex()) this.stateMachineAhead++;
+      return MemoryKvStorage.reopened(written, this.durableImage);
+    }
+    return this.durableImage.clone();
   }
 
   /** Starts over from `storage` (a restart after a crash): what is on it is durable. */

@@ -390,6 +390,29 @@ export class MemoryKvStorage implements KvStorage {
     return copy;
   }
 
+  /**
+   * What the sqlite storage reopens as when its two files came back from different moments (a
+   * power loss after the database's pages reached the disk and the log's did not): the state
+   * machine, its applied index, configuration and snapshot record as `stateMachine` holds them,
+   * and the log and hard state as `log` holds them, reconciled as `SqliteStorage` does at open
+   * (src/storage/sqlite-storage.ts, `loadLog`): a log that does not go on from the snapshot is from
+   * before an install, and starts after it instead; the commit index is raised to the applied one.
+   * `log` must be the older of the two (the log's durable image): the node applies only what its
+   * log holds durably.
+   */
+  static reopened(stateMachine: MemoryKvStorage, log: MemoryKvStorage): MemoryKvStorage {
+    const reopened = stateMachine.clone();
+    const snap = stateMachine.snap;
+    assert(snap.index >= log.snap.index, `the log's image is compacted past the state machine's snapshot (${log.snap.index} > ${snap.index})`);
+    const goesOn = snap.index <= log.lastIndex() && log.term(snap.index) === snap.term;
+    reopened.log = goesOn ? log.log.slice(snap.index - log.snap.index) : [];
+    const commit = Math.max(log.hardState.commit, reopened.applied, goesOn ? 0 : snap.index);
+    reopened.hardState = { term: log.hardState.term, vote: log.hardState.vote, commit };
+    assert(reopened.applied <= reopened.lastIndex(), `applied ${reopened.applied} beyond the durable log's last index ${reopened.lastIndex()}`);
+    assert(commit <= reopened.lastIndex(), `commit ${commit} beyond the durable log's last index ${reopened.lastIndex()}`);
+    return reopened;
+  }
+
   private learnersField(): { learners?: readonly NodeId[] } {
     return this.learners.length > 0 ? { learners: this.learners } : {};
   }
