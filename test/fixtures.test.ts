@@ -109,6 +109,25 @@ describe("data dirs of earlier releases", () => {
     }
   });
 
+  test("0.5.0: a data dir whose log is in segment files opens with every acknowledged write, and takes new ones", async () => {
+    const dataDir = join(scratch, "v0.5.0");
+    cpSync(join(fixtures, "v0.5.0", "node-1"), dataDir, { recursive: true });
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.5.0.log") });
+    try {
+      const text = new TextDecoder();
+      const greeting = await read(node.httpUrl, "greeting");
+      expect([greeting.status, text.decode(greeting.body), greeting.version]).toEqual([200, "v2", "6"]);
+      const big = await read(node.httpUrl, "big");
+      expect([big.status, big.body.byteLength, big.body.every((byte) => byte === 0x7a), big.version]).toEqual([200, 10_000, true, "3"]);
+      expect((await read(node.httpUrl, "deleted")).status).toBe(404);
+      const put = await fetch(`${node.httpUrl}/kv/after-upgrade`, { method: "PUT", body: "new" });
+      expect(put.status).toBe(200);
+      expect(((await put.json()) as { version: number }).version).toBeGreaterThan(6);
+    } finally {
+      await node.stop();
+    }
+  });
+
   test("0.4.0: a data dir with a transaction that put a key on a lease opens with the key on the lease", async () => {
     const dataDir = join(scratch, "v0.4.0");
     cpSync(join(fixtures, "v0.4.0", "node-1"), dataDir, { recursive: true });
