@@ -1,10 +1,9 @@
-// Proves SqliteReads' batched key-value reads (src/storage/sqlite-reads.ts): gets and lists made in one task of the event loop share one read transaction, the next task (or endBatch, entries, dataBytes) reads the newest commit, and a ThreadedStorage get after an awaited apply sees it.
+// Proves SqliteReads' batched key-value reads (src/storage/sqlite-reads.ts): gets and lists made in one task of the event loop share one read transaction, the next task (or endBatch, dataBytes) reads the newest commit, and a ThreadedStorage get after an awaited apply sees it.
 import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { join } from "node:path";
 import { encodeCommand } from "../src/kv/command.ts";
 import { EntryType } from "../src/raft/types.ts";
-import { entryChecksum } from "../src/storage/entry-checksum.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { SqliteReads } from "../src/storage/sqlite-reads.ts";
 import { openThreadedStorage } from "../src/storage/threaded-storage.ts";

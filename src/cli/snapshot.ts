@@ -6,6 +6,7 @@
  */
 import { defineCommand } from "citty";
 import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
+import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import { BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
 import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
@@ -124,14 +125,6 @@ async function download(endpoints: readonly string[], authToken: string | undefi
   throw new ClientExit(3, `no endpoint could serve the snapshot: ${failures.slice(-3).join("; ")}`);
 }
 
-function fsyncPath(path: string): void {
-  const fd = openSync(path, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 const saveCommand = defineCommand({
   meta: { name: "save", description: "Save a consistent backup of the cluster to FILE (written aside, verified, then renamed into place)" },

@@ -14,7 +14,8 @@
  * only once the whole file was read and verified and the storage closed; on any failure the
  * temporary directory is removed. A data dir that exists and is not empty is refused.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import type { KvRow } from "../kv/apply-plan.ts";
 import { type BackupHeader, readBackup } from "../kv/backup-format.ts";
@@ -129,10 +130,10 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
     storage.close();
     storage = undefined;
     loadOrCreateClusterId(temp, result.clusterId);
-    fsyncDirectory(temp);
+    fsyncPath(temp);
     // rename(2) replaces an empty directory, and is atomic: the data dir is whole or absent.
     renameSync(temp, dataDir);
-    fsyncDirectory(parent);
+    fsyncPath(parent);
     return result;
   } catch (error) {
     storage?.close();
@@ -141,11 +142,3 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
   }
 }
 
-function fsyncDirectory(dir: string): void {
-  const fd = openSync(dir, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}

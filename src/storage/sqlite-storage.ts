@@ -2,6 +2,7 @@ import { Database, type Statement } from "bun:sqlite";
 import { closeSync, existsSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
+import { fsyncPath } from "../lib/fsync-path.ts";
 import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
@@ -428,7 +429,7 @@ function moveLogToSegments(db: Database, file: string, logDir: string, logOption
   const snapshotIndex = checkStoredIndex(file, meta.snapshot_index, "snapshot index");
   const snapshotTerm = checkStoredIndex(file, meta.snapshot_term, "snapshot term");
   mkdirSync(logDir);
-  fsyncDirectory(dirname(logDir));
+  fsyncPath(dirname(logDir));
   const log = SegmentLog.open(logDir, logOptions);
   try {
     if (snapshotIndex > 0) log.reset(snapshotIndex, snapshotTerm, hardState);
@@ -454,15 +455,6 @@ function moveLogToSegments(db: Database, file: string, logDir: string, logOption
   }
 }
 
-/** fsyncs the directory `dir`: a file created or deleted in it survives a power loss. */
-function fsyncDirectory(dir: string): void {
-  const fd = openSync(dir, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** `prefixUpperBound` of one of the state machine's own prefixes, which always has one. */
 function prefixEnd(prefix: string): string {
@@ -550,7 +542,6 @@ export class SqliteStorage implements KvStorage {
   private readonly images = new Set<KvImageReader>();
   private closed = false;
 
-  private readonly updateVoters: Statement<unknown, [string]>;
   private readonly updateApplied: Statement<unknown, [number, number]>;
   private readonly selectValue: Statement<KvRow, [string]>;
   private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
@@ -659,7 +650,6 @@ export class SqliteStorage implements KvStorage {
               this.maybeCheckpoint();
             },
           });
-    this.updateVoters = db.prepare("UPDATE meta SET voters = ? WHERE id = 1");
     this.updateApplied = db.prepare("UPDATE meta SET applied_index = ?, applied_term = ? WHERE id = 1");
     this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
     this.selectPrefixRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
