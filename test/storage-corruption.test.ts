@@ -1,4 +1,4 @@
-// Proves the sqlite storage detects damage done to its files behind its back (a changed entry, an entry moved, a damaged segment, a missing one, a missing log) and fails with a StorageError naming the file and the index instead of serving bad data.
+// Proves the sqlite storage detects damage done to its log's segments behind its back (a changed entry, an entry moved, a damaged segment, a missing one, a missing log) and fails with a StorageError naming the file (and the index where one is concerned) instead of serving bad data, while a torn write at the log's end (a crash's) is cut off.
 import { afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -1,4 +1,4 @@
-// Proves the threaded storage (writes on a worker thread, src/storage/threaded-storage.ts) runs writes in the order posted, serves entries it has not yet seen committed from memory, resolves sync() only once every earlier write is committed, waits out a full disk (throwing disk-full at once meanwhile), stops on any other failure, and reports open errors with their StorageError code.
+// Proves the threaded storage (writes on a worker thread, src/storage/threaded-storage.ts) runs writes in the order posted, serves entries it has not yet seen committed from memory, resolves sync() only once every earlier write is committed, waits out a full disk (throwing disk-full at once meanwhile), stops on any other failure, reports open errors with their StorageError code, reads entries behind its tail from the log's segments, and leaves nothing of a save answered after an install in its reader.
 import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { existsSync } from "node:fs";
@@ -279,7 +279,8 @@ describe("threaded storage", () => {
       storage.save(hard(1, 1), [put(1, "a", "one")], false);
       await storage.applyEntries([put(1, "a", "one")]);
       await storage.sync();
-      // Bound the writer's database to the pages it has: the next write that needs a page fails with SQLITE_FULL.
+      // Bound the writer's database to the pages it has: the next write that needs a page (the apply;
+      // the saves go to the log's segment) fails with SQLITE_FULL.
       await storage.limitPages(1);
       const big = Array.from({ length: 4 }, (_, i) => put(2 + i, `big${i}`, new Uint8Array(64 * 1024).fill(i)));
       storage.save(hard(1, 5), big, false);

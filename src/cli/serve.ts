@@ -138,7 +138,7 @@ export const serveCommand = defineCommand({
     "storage-thread": {
       type: "boolean",
       default: true,
-      description: "SQLite writes on a storage thread, off the node loop's (default); --storage-thread=false keeps them on the loop's thread",
+      description: "Storage writes (log appends, applies, checkpoints) on a storage thread, off the node loop's (default); --storage-thread=false keeps them on the loop's thread",
     },
     "key-bytes-max": {
       type: "string",

@@ -134,7 +134,7 @@ export interface KvNodeConfig {
   /**
    * The space quota (etcd's `--quota-backend-bytes`): once the data this node keeps
    * (`KvStorage.dataBytes`) reaches it, the leader refuses puts with `quota_exceeded`; reads and
-   * deletes go on, and the log is compacted at every apply until the data is back under it.
+   * deletes go on until the data is back under it (the log is not counted: compaction bounds it).
    * Undefined: no quota (`kv serve` passes `defaultQuotaBytes` unless told otherwise).
    */
   readonly quotaBytes?: number;
@@ -1058,22 +1058,20 @@ export class KvNode implements KvNodeApi {
   /**
    * Compacts once `snapshotEntries` are applied past the last snapshot, keeping
    * `snapshotCatchUpEntries`, at most `compactStepEntries` (config) entries per call: deleting thousands of
-   * large entries in one transaction held the loop's thread for 100-250 ms (16 KB values), and
-   * the loop calls this after every apply and every tick until the target is reached.
+   * large entries in one transaction held the loop's thread for 100-250 ms (16 KB values) when the
+   * log was in SQLite (a step is now one update of the snapshot record; segments go whole at a
+   * sync), and the loop calls this after every apply and every tick until the target is reached.
    */
   private maybeCompact(): void {
     const storage = this.cfg.storage;
     const applied = storage.appliedIndex();
     const snapshotIndex = storage.snapshot().index;
     const index = applied - this.snapshotCatchUpEntries;
-    // Past the quota the log is compacted at every apply: what deletes free then counts at once.
-    const dueByQuota = this.overQuota() && index > snapshotIndex;
-    if (applied - snapshotIndex >= this.snapshotEntries || dueByQuota) this.compactTarget = Math.max(this.compactTarget, index);
+    if (applied - snapshotIndex >= this.snapshotEntries) this.compactTarget = Math.max(this.compactTarget, index);
     if (this.compactTarget <= snapshotIndex) return;
     const step = Math.min(this.compactTarget, snapshotIndex + (this.cfg.compactStepEntries ?? compactStepEntriesDefault));
     storage.compact(step);
     if (step >= this.compactTarget) this.cfg.log?.("log compacted", { index: step, applied });
-    if (dueByQuota) this.measureData();
   }
 
   private notLeaderForRead(): KvError {

@@ -41,8 +41,7 @@ export class RaftLog {
     this.applying = this.applied;
     // What storage holds when the node starts is taken as on disk. A process crash may leave writes
     // only in the page cache: the storage must make what it reads back at open durable before the
-    // core counts on it (SegmentLog.open fdatasyncs every segment it replays, src/storage/segment-log.ts;
-    // SQLite's log and state machine share one WAL, so their order holds either way).
+    // core counts on it (SegmentLog.open fdatasyncs every segment it replays, src/storage/segment-log.ts).
     this.durable = storage.lastIndex();
   }
 

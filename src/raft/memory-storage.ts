@@ -4,7 +4,8 @@ import { emptyHardState, type ConfState, type Entry, type HardState, type NodeId
 
 /**
  * The in-memory twin of durable Raft storage, used by the simulator and unit tests.
- * `save` is atomic, as one sqlite transaction is: a simulated crash loses a whole Ready or none of it.
+ * `save` is atomic: a simulated crash loses a whole Ready or none of it (a real save may leave a
+ * prefix of its records after a power loss, src/storage/segment-log.ts: the simulator is kinder).
  * The log can be compacted up to a snapshot; the image itself is the simulator's business.
  */
 export class MemoryStorage implements RaftStorage, RaftLogWriter {

@@ -40,7 +40,7 @@ export interface ServerConfig {
   readonly join?: { readonly endpoints: readonly string[]; readonly advertisePeer: string };
   readonly dataDir: string;
   /**
-   * SQLite writes (saves, applies, compactions, checkpoints, fsyncs) on a worker thread, off the
+   * storage writes (log appends, applies, compactions, checkpoints, fsyncs) on a worker thread, off the
    * node loop's thread (src/storage/threaded-storage.ts). Default true; false keeps them on the
    * loop's thread (`kv serve --storage-thread=false`), to compare.
    */
@@ -122,7 +122,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const where = storageThread ? "on the storage thread" : "on the loop's thread";
   const saveDuration = metrics.histogram(
     "kv_storage_save_duration_seconds",
-    `One save of the Raft log and hard state (one sqlite transaction, ${where}); with sync=true it includes the fsync.`,
+    `One save of the Raft log and hard state (one append to the log's segment, ${where}); with sync=true it includes the fsync.`,
     LATENCY_BUCKETS_S,
     ["sync"],
   );

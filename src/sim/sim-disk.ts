@@ -23,9 +23,11 @@ export interface SimDiskScheduler {
  * node loop must survive:
  * - **fsync in the background**: `sync()` settles only when the simulator says the fsync finished,
  *   and covers what was written before it began (`durable` is that image);
- * - **a full disk**: while `full`, every write throws SQLite's "database or disk is full".
+ * - **a full disk**: while `full`, every write throws SQLite's "database or disk is full" (a log
+ *   segment's write would throw ENOSPC: the node treats both alike, src/lib/disk-full.ts).
  *
- * A crash keeps what was written (the page cache survived) or, on power loss, only `durable`.
+ * A crash keeps what was written (the page cache survived) or, on power loss, only `durable`, or
+ * every other time that log with the state machine as written (see `afterCrash`).
  *
  * With a storage thread (`SimDiskScheduler.storageThread`), an apply or install takes effect at
  * once (reads may see it early, as they may on the real one) but is confirmed later: the applied

@@ -2,7 +2,9 @@ import { setUint53 } from "../lib/uint53.ts";
 import type { HardState } from "../raft/types.ts";
 
 /**
- * Checksums written beside each log entry and the hard state, verified on every read.
+ * Checksums written beside each log entry and the hard state in the SQLite tables of schema 4 and
+ * before (verified by the migration that moves the log to segments), and beside the snapshot
+ * metadata in meta (verified at open).
  * CRC-32 (Bun.hash.crc32, zlib's polynomial) over a fixed header then the data: the header binds
  * the entry to its index and term, so a row copied to the wrong place or a flipped term is caught,
  * not only a damaged payload.

@@ -41,8 +41,9 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   /** The index of the last entry whose effect is in the state machine; 0 when none. */
   appliedIndex(): number;
   /**
-   * Bytes of data this storage keeps now (the log, the state machine, a staged image and their
-   * overhead), what `--quota-bytes` bounds. Cheap enough for every tick, not meant for every write.
+   * Bytes of data this storage keeps now (the state machine, a staged image and their overhead;
+   * not the log, which compaction bounds, as etcd's quota counts its backend and not its WAL), what
+   * `--quota-bytes` bounds. Cheap enough for every tick, not meant for every write.
    */
   dataBytes(): number;
   /** The current value of `key` and the index of the put that wrote it. */
@@ -72,9 +73,10 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    */
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void;
   /**
-   * Installs the image staged as `imageId` (all of it: the caller staged its last chunk) in one
-   * durable transaction: the state machine becomes the image, the applied index `metadata.index`,
-   * the log empties, the snapshot is `metadata`, and commit rises to at least `metadata.index`.
+   * Installs the image staged as `imageId` (all of it: the caller staged its last chunk), durably:
+   * the state machine becomes the image, the applied index `metadata.index`, the log empties, the
+   * snapshot is `metadata`, and commit rises to at least `metadata.index`. (The sqlite storage
+   * commits the state machine, then resets the log, and reconciles the two at open.)
    * Installing an image that is not staged, or one not past the applied index, is a bug. A storage
    * that writes on another thread returns a promise, settled in order with its applies (see
    * `applyEntries`): the log, snapshot and hard state change at once, the applied index and what
@@ -129,13 +131,14 @@ export type StorageErrorCode =
   | "bad_command" // a committed entry does not decode: corruption, or a bug in whoever proposed it
   | "voters_mismatch" // the configured voters differ from those recorded at bootstrap (before any membership change)
   | "voters_invalid" // not a non-empty set of distinct positive integers
-  | "schema" // the database was written by an unknown schema version
+  | "schema" // the database (or a log segment) was written by an unknown schema (or format) version
   | "locked" // another process (or connection) holds the database
   | "image_refused"; // a snapshot chunk that does not continue the staged image, or exceeds its limit
 
 /**
  * The one error class storage throws for operating errors (programmer errors are AssertionErrors).
- * `file` names the database (or "memory"), `index` the log entry concerned when there is one.
+ * `file` names the database or the log segment concerned (or "memory"), `index` the log entry
+ * concerned when there is one.
  */
 export class StorageError extends Error {
   override name = "StorageError";

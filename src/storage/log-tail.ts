@@ -16,8 +16,8 @@ export const logTailEntriesMaxDefault = 8192;
  * The newest log entries saved, kept in memory up to `bytesMax` (their data plus
  * `entryMemoryBytes` each, so a tail of tiny entries is bounded too) and `entriesMax`: what a node reads back
  * soonest (entries applied once they commit, a turn or two after they were saved, and appends to a
- * follower just behind) is served without a query. Reading each entry back out of SQLite to apply
- * it was a fifth of a node's CPU at 256 KB values (BENCHMARKS.md). The entries are the ones the
+ * follower just behind) is served from memory. Reading each entry back out of SQLite to apply it
+ * was a fifth of a node's CPU at 256 KB values when the log was there (BENCHMARKS.md). The entries are the ones the
  * node saved, shared, not copies: nothing may change them.
  *
  * Invariant: `entries` are contiguous by index, and each is the log's entry at its index (a save
@@ -26,7 +26,7 @@ export const logTailEntriesMaxDefault = 8192;
  * A pin (`pinFrom`) keeps every entry from an index on, whatever the bound: ThreadedStorage
  * (threaded-storage.ts) pins the entries it posted to its writer and that are not yet written,
  * since it does not yet know where they are on disk; what is pinned is bounded by what the node has
- * posted and not yet seen committed.
+ * posted and not yet seen written.
  *
  * A softer hold (`keepFrom`) keeps entries from an index on past the bound too, but only up to
  * `keptBytesMax`: both storages keep the entries saved and not yet applied (or handed to apply),
@@ -53,7 +53,7 @@ export class LogTail {
     assert(Number.isSafeInteger(keptBytesMax) && keptBytesMax >= bytesMax, `log tail keptBytesMax ${keptBytesMax} (bytesMax ${bytesMax})`);
   }
 
-  /** Entries just saved (committed to the database): from the first one's index on, they replace what was kept. */
+  /** Entries just saved (written to the log): from the first one's index on, they replace what was kept. */
   saved(entries: readonly Entry[]): void {
     const first = entries[0];
     if (first === undefined) return;

@@ -46,7 +46,8 @@ export function createMemoryKvStorage(options: MemoryKvStorageOptions = {}): Mem
 
 /**
  * A `KvStorage` held in memory. `save` and `applyEntries` are atomic (all checks and decoding run
- * before any change), as one sqlite transaction is; `clone()` is the state a node restarts from
+ * before any change), as one sqlite transaction is (a save is kinder than a real one, whose
+ * records a power loss may keep a prefix of); `clone()` is the state a node restarts from
  * after a crash. Saved entry data is copied, so callers may reuse their buffers; values returned
  * by `get` are shared views: do not mutate them. Staging is not durable here either: `clone()`
  * (a restart) drops it.
@@ -238,13 +239,12 @@ export class MemoryKvStorage implements KvStorage {
     return this.applied;
   }
 
-  /** As `SqliteStorage.dataBytes`: keys, values and log entries, counted each call (tests only hold a few). */
+  /** As `SqliteStorage.dataBytes`: keys and values (the log is not counted), counted each call (tests only hold a few). */
   dataBytes(): number {
     this.assertOpen();
     let bytes = 0;
     for (const [key, stored] of this.values) bytes += key.length + stored.value.byteLength + 8;
     for (const [key, stored] of this.staged) bytes += key.length + stored.value.byteLength + 8;
-    for (const entry of this.log) bytes += entry.data.byteLength + 16;
     return bytes;
   }
 

@@ -21,7 +21,7 @@
  * - a header with a reset empties the log: it starts after the reset's index.
  *
  * Torn writes. `sync` fdatasyncs every segment written since the last one (and the directory when
- * a segment was created): what was appended before a sync began is durable once it resolves. A
+ * segments were deleted since): what was appended before a sync began is durable once it resolves. A
  * crash can leave anything after that point half written, or written with holes (the kernel writes
  * dirty pages back in any order). So in the last segment, the first record that is incomplete or
  * fails its checksum ends the log: it and everything after it are cut off (the file is truncated
@@ -459,15 +459,20 @@ export class SegmentLog {
    */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
     this.assertOpen();
-    return readEntries(this.positions, lo, hi, maxBytes, (sequence, position, length) => {
+    return readEntries(this.positions, lo, hi, maxBytes, (sequence, position, length, records) => {
       const segment = this.segmentBySequence(sequence);
+      this.recordsRead += records;
       return { bytes: readFully(this.fs, segment.fd, position, length), path: segment.path };
     });
   }
 
+  /** Entry records read from the segments by `entries` since open (a run read whole counts all of it). */
+  recordsRead = 0;
+
   /**
    * Makes every append before this call durable: fdatasyncs each segment written since the last
-   * sync began (on Bun's thread pool), and fsyncs the directory first when a segment was created.
+   * sync began (on Bun's thread pool), and fsyncs the directory first (on the caller's thread)
+   * when segments were deleted since (a new segment fsyncs it as it starts).
    */
   sync(): Promise<void> {
     try {
@@ -540,8 +545,9 @@ export class SegmentLog {
 
   /**
    * Empties the log: it starts after `index` (of `term`), as after a snapshot is installed. A new
-   * segment records the reset (with `hardState`); the older ones are deleted. Durable once a `sync`
-   * begun after it resolves (until then a crash may leave the log as it was).
+   * segment records the reset (with `hardState`), durable when this returns (it is fdatasynced with
+   * the directory as it starts); the older ones are deleted (a crash that leaves some of them
+   * behind replays them before the reset, which empties the log again).
    */
   reset(index: number, term: number, hardState: HardState): void {
     this.assertOpen();
@@ -555,7 +561,7 @@ export class SegmentLog {
     while (this.segments.length > 1) this.deleteSegment(this.segments[0] as Segment);
   }
 
-  /** Segment files on disk, oldest first (for tests and metrics). */
+  /** Segment files on disk, oldest first (for tests). */
   segmentFiles(): string[] {
     return this.segments.map((segment) => segment.path);
   }
@@ -903,7 +909,7 @@ function readEntries(
   lo: number,
   hi: number,
   maxBytes: number,
-  read: (sequence: number, position: number, length: number) => SegmentBytes,
+  read: (sequence: number, position: number, length: number, records: number) => SegmentBytes,
 ): Entry[] {
   const result: Entry[] = [];
   let bytes = 0;
@@ -914,6 +920,8 @@ function readEntries(
     let runEnd = index;
     let runBytes = positions.lengthOf(index);
     let dataBytes = runBytes - recordHeaderBytes - entryFixedBytes;
+    // Past the budget already: not read at all.
+    if (result.length > 0 && bytes + dataBytes > maxBytes) return result;
     while (
       runEnd + 1 < hi &&
       positions.segmentOf(runEnd + 1) === sequence &&
@@ -924,7 +932,7 @@ function readEntries(
       runBytes += positions.lengthOf(runEnd);
       dataBytes += positions.lengthOf(runEnd) - recordHeaderBytes - entryFixedBytes;
     }
-    const { bytes: buffer, path } = read(sequence, start, runBytes);
+    const { bytes: buffer, path } = read(sequence, start, runBytes, runEnd - index + 1);
     const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
     let offset = 0;
     for (let at = index; at <= runEnd; at++) {
@@ -968,7 +976,7 @@ export class SegmentReader {
   private readonly positions = new EntryPositions();
   /** Descriptors by segment sequence, opened on first read. */
   private readonly fds = new Map<number, number>();
-  /** Entries read from the segments since open. */
+  /** Entry records read from the segments since open (a run read whole counts all of it). */
   entriesRead = 0;
 
   constructor(
@@ -976,11 +984,6 @@ export class SegmentReader {
     initial: LogPositions,
   ) {
     this.positions.import(initial);
-  }
-
-  /** Whether entry `index` is known (written by the writer and not forgotten). */
-  has(index: number): boolean {
-    return this.positions.has(index);
   }
 
   /** Term of entry `index`, when known. */
@@ -1018,7 +1021,8 @@ export class SegmentReader {
 
   /** Entries [lo, hi) (all known), read and verified: at most `maxBytes` of data, at least one when lo < hi. */
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
-    const entries = readEntries(this.positions, lo, hi, maxBytes, (sequence, position, length) => {
+    return readEntries(this.positions, lo, hi, maxBytes, (sequence, position, length, records) => {
+      this.entriesRead += records;
       const path = join(this.dir, segmentName(sequence));
       let fd = this.fds.get(sequence);
       if (fd === undefined) {
@@ -1027,8 +1031,6 @@ export class SegmentReader {
       }
       return { bytes: readFully(nodeFs, fd, position, length), path };
     });
-    this.entriesRead += entries.length;
-    return entries;
   }
 
   /** Closes every descriptor. */

@@ -522,9 +522,9 @@ interface SqliteStorageSettings {
 
 /**
  * The durable `KvStorage`. Open it with `openSqliteStorage`. Single-threaded: one node loop calls
- * it. Log reads (`entries`, and `term` outside the in-memory cache) verify each entry's checksum
- * and throw `StorageError` `corrupt` naming the file and index on a mismatch; kv rows carry no
- * checksum (they can be rebuilt by replaying the log).
+ * it. Log reads (`entries`) verify each record's checksum, index and term and throw
+ * `StorageError` `corrupt` naming the segment and index on a mismatch (terms come from memory);
+ * kv rows carry no checksum (they can be rebuilt by replaying the log).
  */
 export class SqliteStorage implements KvStorage {
   private hardStateValue: HardState;
@@ -579,7 +579,7 @@ export class SqliteStorage implements KvStorage {
   private readonly installTransaction: (snapshot: SnapshotMetadata, membership: Membership) => void;
   private readonly lockWaitMs: number;
   private readonly pageBytes: number;
-  /** Log, kv and size reads on the node's connection (sqlite-reads.ts, shared with ThreadedStorage's reader). */
+  /** Kv and size reads on the node's connection (sqlite-reads.ts, shared with ThreadedStorage's reader). */
   private readonly reads: SqliteReads;
   /** Checkpoints on a worker thread (undefined: SQLite's autocheckpoint, inline, in EXCLUSIVE mode). */
   private readonly checkpointer: Checkpointer | undefined;
@@ -596,8 +596,6 @@ export class SqliteStorage implements KvStorage {
   private logCompactedTo = 0;
   /** Syncs not yet settled (`released` waits for them). */
   private readonly syncsPending = new Set<Promise<void>>();
-  /** Entries read back from the log's segments since open. */
-  private logEntriesReadCount = 0;
 
   /** Use `openSqliteStorage`. */
   constructor(
@@ -722,9 +720,9 @@ export class SqliteStorage implements KvStorage {
     return { hardState: this.hardStateValue, voters: this.voters, ...(this.learners.length > 0 ? { learners: this.learners } : {}) };
   }
 
-  /** Entries read back from the log's segments by `entries` since open. */
+  /** Entry records read back from the log's segments by `entries` since open. */
   get logEntriesRead(): number {
-    return this.logEntriesReadCount;
+    return this.log.recordsRead;
   }
   /** The newest entries saved, and those not yet applied, served without a query (see LogTail). */
   private readonly tail: LogTail;
@@ -736,9 +734,7 @@ export class SqliteStorage implements KvStorage {
     // The tail runs to the last entry saved, so what it holds from `lo` on is all there is to read.
     const kept = this.tail.slice(lo, hi, maxBytes);
     if (kept !== undefined) return kept;
-    const read = this.log.entries(lo, hi, maxBytes);
-    this.logEntriesReadCount += read.length;
-    return read;
+    return this.log.entries(lo, hi, maxBytes);
   }
 
   /** Term at `index` for firstIndex()-1 <= index <= lastIndex(); from memory near the end of the log. */

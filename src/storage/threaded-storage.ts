@@ -79,7 +79,7 @@ export interface ThreadedStorageOptions extends StorageThreadOpenOptions {
 export interface StorageRequestReport {
   readonly op: StorageRequest["op"];
   readonly durationMs: number;
-  /** For saves: whether it was committed with an fsync. */
+  /** For saves: whether it was written with an fsync. */
   readonly sync?: boolean;
 }
 
@@ -302,7 +302,7 @@ export class ThreadedStorage implements KvStorage {
 
   /**
    * Checks the save (AssertionError for a broken invariant), posts it, and updates the mirror: the
-   * core reads its entries at once (from the tail until the writer has committed them). Durable
+   * core reads its entries at once (from the tail until the writer has written them). Durable
    * once a `sync()` called after it has resolved, whatever `sync` says.
    */
   save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void {

@@ -51,12 +51,13 @@ const JOIN_TIMEOUT_MS = 30 * 60_000;
 const keyOf = (i: number) => `large/${String(i).padStart(9, "0")}`;
 const valueOf = (i: number, bytes: number) => `${i} `.padEnd(bytes, "x").slice(0, bytes);
 
-/** Bytes of every file in `dir` (not recursive: a data dir is flat). */
+/** Bytes of every file in `dir` and below (the log's segments are in `kv.db-log/`). */
 function dirBytes(dir: string): number {
   let total = 0;
   for (const name of readdirSync(dir)) {
     const stat = statSync(join(dir, name));
     if (stat.isFile()) total += stat.size;
+    else if (stat.isDirectory()) total += dirBytes(join(dir, name));
   }
   return total;
 }

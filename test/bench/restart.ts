@@ -84,9 +84,13 @@ async function populate(dataDir: string, keys: number): Promise<void> {
       // A single voter commits what it saves: the hard state (voted for itself in term 1) commits the batch.
       storage.save({ term: TERM, vote: 1, commit: last }, entries, last === lastIndex);
       storage.applyEntries(entries);
-      // As KvNode.maybeCompact after every apply, so the log keeps a few thousand entries, not N.
+      // As KvNode.maybeCompact after every apply, so the log keeps a few thousand entries, not N
+      // (its segments go at the sync after a compaction).
       const applied = storage.appliedIndex();
-      if (applied - storage.snapshot().index >= defaultSnapshotPolicy.snapshotEntries) storage.compact(applied - defaultSnapshotPolicy.snapshotCatchUpEntries);
+      if (applied - storage.snapshot().index >= defaultSnapshotPolicy.snapshotEntries) {
+        storage.compact(applied - defaultSnapshotPolicy.snapshotCatchUpEntries);
+        await storage.sync();
+      }
       if (first % 100_000 === 1) await Bun.sleep(0); // let Ctrl-C through
     }
   } finally {
