@@ -314,6 +314,9 @@ describe("transactions and the data quota", () => {
   test("past --quota-bytes a transaction with a put in either branch is refused with quota_exceeded; one that only reads and deletes runs", async () => {
     const c = createMemoryCluster({ node: { quotaBytes: 1 } });
     cluster = c;
+    await c.until(() => c.leader() !== undefined);
+    // One key (of the state machine, which the quota counts) takes it past 1 byte.
+    await c.drive(c.leader()!.put("first", new TextEncoder().encode("x")));
     await c.until(() => c.leader()?.status().storage?.quotaExceeded === true);
     const leader = c.leader()!;
     const putInFailure = { compare: [], success: [{ op: "get" as const, key: "k" }], failure: [{ op: "put" as const, key: "k", value: new Uint8Array(1) }] };

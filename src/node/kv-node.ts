@@ -545,15 +545,24 @@ export class KvNode implements KvNodeApi {
   /** Measures the data kept (cheap: see `KvStorage.dataBytes`) and logs crossing the quota either way. */
   private measureData(): void {
     this.dataBytesMeasured = this.cfg.storage.dataBytes();
+    // Writes proposed before and applied after the measure go uncounted until the next one: the
+    // estimate errs low, so a put refused is one past the quota by the measure too (counting the
+    // writes not yet applied instead counted some twice: the storage's thread may have committed
+    // them before the loop heard).
     this.bytesProposedSinceMeasure = 0;
     this.ticksSinceMeasure = 0;
+    this.logQuotaCrossing();
+  }
+
+  /** Logs the data crossing the quota, either way, once per crossing (at a measure, or at a put refused before one). */
+  private logQuotaCrossing(): void {
     const quotaBytes = this.cfg.quotaBytes;
     if (quotaBytes === undefined || this.overQuota() === this.quotaExceededLogged) return;
     this.quotaExceededLogged = !this.quotaExceededLogged;
     const detail = this.quotaExceededLogged
       ? "puts are refused with quota_exceeded; reads and deletes go on (delete keys, or raise --quota-bytes and restart)"
       : "the data is back under the quota: puts are taken again";
-    this.cfg.log?.(this.quotaExceededLogged ? "quota exceeded" : "quota ok", { dataBytes: this.dataBytesMeasured, quotaBytes, detail });
+    this.cfg.log?.(this.quotaExceededLogged ? "quota exceeded" : "quota ok", { dataBytes: this.dataBytesMeasured + this.bytesProposedSinceMeasure, quotaBytes, detail });
   }
 
   // ---- Leases (src/node/leases.ts) -----------------------------------------------------------
@@ -669,6 +678,7 @@ export class KvNode implements KvNodeApi {
     // Checked where the write is proposed, on the leader (as etcd's quota): every replica keeps the
     // same state machine, so the leader's size stands for theirs. Deletes pass, so space can be freed.
     if ((command.op === "put" || (command.op === "txn" && txnPuts(command))) && this.overQuota()) {
+      this.logQuotaCrossing();
       throw new KvError(
         "quota_exceeded",
         `this node keeps ${this.dataBytesMeasured + this.bytesProposedSinceMeasure} bytes, at or past its quota of ${this.cfg.quotaBytes} bytes: puts are refused; delete keys, or raise --quota-bytes and restart`,
@@ -681,8 +691,8 @@ export class KvNode implements KvNodeApi {
         ? command
         : { ...command, stamp: { atMs: Math.max(0, Math.floor(this.cfg.clock.wallMs())), windowMs: this.idempotencyWindowMs, sessionsMax: this.idempotencySessionsMax } };
     const data = encodeCommand(stamped);
-    // The entry lands in the log, its value in the state machine: counted twice until measured.
-    this.bytesProposedSinceMeasure += 2 * data.byteLength;
+    // Its value lands in the state machine (the log is not counted): counted until measured.
+    this.bytesProposedSinceMeasure += data.byteLength;
     const applied = this.proposals.enqueue(data, this.deadline());
     this.scheduleTurn();
     return applied;
