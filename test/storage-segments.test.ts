@@ -3,14 +3,17 @@
 // try died), an install that died between the state machine's commit and the log's reset opens
 // with the log reset, a compaction deletes segments only once a sync made it durable, and the
 // node's-thread reader of ThreadedStorage reads entries behind its tail from segments and lets go
-// of the ones compaction deleted.
+// of the ones compaction deleted; a save that meets a full disk in the log leaves nothing behind
+// and goes through when retried.
 import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { cpSync, mkdirSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, readdirSync, readlinkSync, rmSync, writeFileSync, writevSync } from "node:fs";
+import { isDiskFull } from "../src/lib/disk-full.ts";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/command.ts";
 import { entryChecksum, hardStateChecksum, snapshotChecksum } from "../src/storage/entry-checksum.ts";
+import type { SegmentFiles } from "../src/storage/segment-log.ts";
 import { logDirOf, openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { openThreadedStorage } from "../src/storage/threaded-storage.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
@@ -183,6 +186,44 @@ describe("the log in segments", () => {
     try {
       expect([reopened.firstIndex(), reopened.lastIndex()]).toEqual([81, 100]);
       expect(reopened.entries(81, 101, Number.MAX_SAFE_INTEGER).length).toBe(20);
+    } finally {
+      reopened.close();
+    }
+  });
+
+  test("a save that meets a full disk in the log's segment throws disk-full, leaves nothing behind, and goes through when retried", () => {
+    let full = false;
+    const dir = tempDir();
+    const storage = openSqliteStorage(dir, {
+      voters: [1],
+      logFiles: {
+        writevSync: ((fd: number, buffers: readonly NodeJS.ArrayBufferView[], position?: number) => {
+          if (full) throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+          return writevSync(fd, buffers, position);
+        }) as SegmentFiles["writevSync"],
+      },
+    });
+    try {
+      full = true; // after the open, which wrote the log's first hard state
+      const entries = [put(1, 1, "a", "1"), put(2, 1, "b", "2")];
+      let thrown: unknown;
+      try {
+        storage.save({ term: 1, vote: 1, commit: 2 }, entries, true);
+      } catch (error) {
+        thrown = error;
+      }
+      expect(isDiskFull(thrown)).toBe(true);
+      expect(storage.lastIndex()).toBe(0);
+      full = false;
+      storage.save({ term: 1, vote: 1, commit: 2 }, entries, true);
+      expect(storage.applyEntries(entries).map((result) => result.kind)).toEqual(["put", "put"]);
+    } finally {
+      storage.close();
+    }
+    const reopened = openSqliteStorage(dir, { voters: [1] });
+    try {
+      expect([reopened.lastIndex(), reopened.initialState().hardState.commit]).toEqual([2, 2]);
+      expect(reopened.entries(1, 3, Number.MAX_SAFE_INTEGER)).toEqual([put(1, 1, "a", "1"), put(2, 1, "b", "2")]);
     } finally {
       reopened.close();
     }

@@ -44,7 +44,7 @@ import { type TermRun, TermCache } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
 import { LogTail } from "./log-tail.ts";
-import { type AppendPlace, type LogPositions, SegmentLog, type SegmentLogOptions } from "./segment-log.ts";
+import { type AppendPlace, type LogPositions, type SegmentFiles, SegmentLog, type SegmentLogOptions } from "./segment-log.ts";
 import { ImageStaging, removeStaleStaging, StagingFile } from "./staging-file.ts";
 
 /**
@@ -126,6 +126,8 @@ export interface SqliteStorageOptions {
   readonly logTailKeptBytesMax?: number;
   /** A log segment is not written past this many bytes (see SegmentLog); for tests. Default 64 MiB. */
   readonly logSegmentBytesMax?: number;
+  /** For tests: the file operations the log uses instead of node:fs's (see SegmentLogOptions.files). */
+  readonly logFiles?: Partial<SegmentFiles>;
 }
 
 const schemaVersion = 5;
@@ -286,7 +288,10 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     const checkpoints = options.checkpoints ?? "worker";
     db.run(`PRAGMA wal_autocheckpoint = ${checkpoints === "worker" ? walCheckpointPagesBackstop : walCheckpointPages}`);
     db.run(`PRAGMA cache_size = -${pageCacheKib}`);
-    log = migrate(db, file, options.logSegmentBytesMax === undefined ? {} : { segmentBytesMax: options.logSegmentBytesMax });
+    log = migrate(db, file, {
+      ...(options.logSegmentBytesMax === undefined ? {} : { segmentBytesMax: options.logSegmentBytesMax }),
+      ...(options.logFiles === undefined ? {} : { files: options.logFiles }),
+    });
     // WAL was entered in NORMAL mode, so its index lives in shared memory that a reader connection
     // can use later (see openImage) and the checkpointer's connection always does. With inline
     // checkpoints, EXCLUSIVE spares every transaction its lock calls until an image is opened:
