@@ -15,6 +15,7 @@
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
+import { fsyncPath } from "./fsync-path.ts";
 
 /** The file, inside the data dir, that holds the cluster id. */
 export const CLUSTER_ID_FILE = "cluster-id";
@@ -93,11 +94,6 @@ export function loadOrCreateClusterId(dataDir: string, derivedId: string): Clust
     closeSync(fd);
   }
   renameSync(temp, file);
-  const dir = openSync(dataDir, "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
+  fsyncPath(dataDir);
   return { clusterId: derivedId, source: "derived", derivedId };
 }
