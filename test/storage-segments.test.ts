@@ -128,20 +128,23 @@ describe("the log in segments", () => {
 
   test("an install that died after the state machine's commit and before the log's reset opens with the log reset", () => {
     const sourceDir = tempDir();
-    const source = openSqliteStorage(sourceDir, { voters: [1] });
-    writePuts(source, 20, 3);
     const targetDir = tempDir();
-    let target = openSqliteStorage(targetDir, { voters: [1] });
-    // The target's own log: entries 1..5 of term 1, one committed, none applied, that the image supersedes.
-    target.save({ term: 1, vote: 1, commit: 1 }, [1, 2, 3, 4, 5].map((index) => put(index, 1, `old${index}`, "x")), true);
     const before = join(tempDir(), "log-before");
-    cpSync(logDirOf(join(targetDir, "kv.db")), before, { recursive: true });
-    const image = source.openImage();
-    target.stageImageChunk("img", image.next(1 << 20), true);
-    target.installSnapshot(image.metadata, "img");
-    image.close();
-    source.close();
-    target.close();
+    const source = openSqliteStorage(sourceDir, { voters: [1] });
+    let target = openSqliteStorage(targetDir, { voters: [1] });
+    try {
+      writePuts(source, 20, 3);
+      // The target's own log: entries 1..5 of term 1, one committed, none applied, that the image supersedes.
+      target.save({ term: 1, vote: 1, commit: 1 }, [1, 2, 3, 4, 5].map((index) => put(index, 1, `old${index}`, "x")), true);
+      cpSync(logDirOf(join(targetDir, "kv.db")), before, { recursive: true });
+      const image = source.openImage();
+      target.stageImageChunk("img", image.next(1 << 20), true);
+      target.installSnapshot(image.metadata, "img");
+      image.close();
+    } finally {
+      source.close();
+      target.close();
+    }
     // The crash: the log as it was before the install's reset.
     rmSync(logDirOf(join(targetDir, "kv.db")), { recursive: true });
     cpSync(before, logDirOf(join(targetDir, "kv.db")), { recursive: true });
