@@ -40,7 +40,7 @@ import {
   stagedImageBytesMaxDefault,
   type StagingState,
 } from "./snapshot-checks.ts";
-import { type TermRun, TermCache } from "./term-cache.ts";
+import type { TermRun } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
 import { LogTail } from "./log-tail.ts";
@@ -98,9 +98,9 @@ export interface SqliteStorageOptions {
   readonly fileName?: string;
   /** How long to wait for another holder of the database to let go. Default 2000 ms. */
   readonly lockWaitMs?: number;
-  /** Term runs kept in memory (see TermCache). Default 1024. */
+  /** Term runs ThreadedStorage's mirror keeps in memory (see TermCache; this storage has every term in memory). Default 1024. */
   readonly termCacheRunsMax?: number;
-  /** On open, terms of at most this many newest entries are loaded into the cache. Default 100 000. */
+  /** The terms of at most this many newest entries go to ThreadedStorage's mirror at open. Default 100 000. */
   readonly termCacheLoadEntriesMax?: number;
   /** A received image staged beyond this many bytes (keys, values, overhead) is refused. Default 64 GiB. */
   readonly stagedImageBytesMax?: number;
@@ -298,7 +298,6 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     // single-row transactions run about twice as fast.
     if (checkpoints === "inline") db.run("PRAGMA locking_mode = EXCLUSIVE");
     const storage = new SqliteStorage(db, lock, log, file, {
-      termCacheRunsMax: options.termCacheRunsMax ?? 1024,
       termCacheLoadEntriesMax: options.termCacheLoadEntriesMax ?? 100_000,
       stagedImageBytesMax: options.stagedImageBytesMax ?? stagedImageBytesMaxDefault,
       lockWaitMs,
@@ -515,7 +514,6 @@ export interface SqliteMirrorState {
 
 /** Sizes and limits of one open storage. */
 interface SqliteStorageSettings {
-  readonly termCacheRunsMax: number;
   readonly termCacheLoadEntriesMax: number;
   readonly stagedImageBytesMax: number;
   readonly lockWaitMs: number;
@@ -542,7 +540,8 @@ export class SqliteStorage implements KvStorage {
   /** Where the log was last compacted or a snapshot installed; index 0 when never. */
   private snap: SnapshotMetadata;
   private last: number;
-  private readonly terms: TermCache;
+  /** See `SqliteStorageOptions.termCacheLoadEntriesMax`: what `mirrorState` sends of the terms. */
+  private readonly termRunsLoadEntriesMax: number;
   /** Images open on their own connections: closed with the storage. */
   private readonly images = new Set<KvImageReader>();
   private closed = false;
@@ -613,7 +612,7 @@ export class SqliteStorage implements KvStorage {
     readonly file: string,
     settings: SqliteStorageSettings,
   ) {
-    const { termCacheRunsMax, termCacheLoadEntriesMax } = settings;
+    const { termCacheLoadEntriesMax } = settings;
     assert(Number.isSafeInteger(termCacheLoadEntriesMax) && termCacheLoadEntriesMax >= 1, "termCacheLoadEntriesMax");
     assert(Number.isSafeInteger(settings.stagedImageBytesMax) && settings.stagedImageBytesMax >= 1, "stagedImageBytesMax");
     this.lockWaitMs = settings.lockWaitMs;
@@ -705,8 +704,7 @@ export class SqliteStorage implements KvStorage {
     const loaded = this.loadLog();
     this.hardStateValue = loaded.hardState;
     this.last = loaded.last;
-    this.terms = new TermCache(termCacheRunsMax);
-    this.terms.reset(this.loadTermRuns(termCacheLoadEntriesMax), this.last);
+    this.termRunsLoadEntriesMax = termCacheLoadEntriesMax;
 
     // Invariant: snapshot <= applied <= commit <= lastIndex, as persisted (see the durability notes above).
     if (this.hardStateValue.commit > this.last) throw this.corrupt(`commit ${this.hardStateValue.commit} beyond last index ${this.last}`);
@@ -747,7 +745,8 @@ export class SqliteStorage implements KvStorage {
     this.assertOpen();
     if (index === this.snap.index) return this.snap.term; // term(0) is 0
     assert(index >= this.firstIndex() - 1 && index <= this.last, `term(${index}) out of range`);
-    const term = this.terms.term(index) ?? this.log.term(index);
+    // The log keeps every entry's term in memory (its positions).
+    const term = this.log.term(index);
     if (term === undefined) throw this.corrupt("entry missing from the log", index);
     return term;
   }
@@ -809,8 +808,6 @@ export class SqliteStorage implements KvStorage {
     // Written: now memory may follow the disk.
     const first = entries[0];
     if (first !== undefined) {
-      if (first.index <= this.last) this.terms.truncateFrom(first.index);
-      for (const entry of entries) this.terms.append(entry.index, entry.term);
       this.tail.saved(entries);
       this.last = lastIndexAfter;
     }
@@ -1063,7 +1060,6 @@ export class SqliteStorage implements KvStorage {
     this.last = snapshot.index;
     this.tail.clear();
     this.tail.keepFrom(this.applied + 1);
-    this.terms.reset([], snapshot.index);
     // The image went into the WAL whole: its checkpoint is asked for now, not after later writes.
     this.notePages(Math.ceil(staging.bytes / this.pageBytes));
     if (stagingFile === this.stagingFile) this.imageStaging.forget();
@@ -1227,7 +1223,7 @@ export class SqliteStorage implements KvStorage {
 
   /**
    * What ThreadedStorage's node-side mirror starts from (the storage runs on its writer thread):
-   * the state as persisted, the snapshot as recorded (index 0 when never) and the cached term runs.
+   * the state as persisted, the snapshot as recorded (index 0 when never) and the newest entries' term runs.
    */
   mirrorState(): SqliteMirrorState {
     this.assertOpen();
@@ -1241,7 +1237,7 @@ export class SqliteStorage implements KvStorage {
       applied: this.applied,
       snapshot: this.snap,
       lastIndex: this.last,
-      termRuns: this.terms.runsHeld(),
+      termRuns: this.loadTermRuns(this.termRunsLoadEntriesMax),
       logDir: this.log.dir,
       logPositions: this.log.positionsOf(this.snap.index + 1, this.last + 1),
     };
