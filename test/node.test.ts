@@ -439,6 +439,23 @@ describe("a full disk (issue 6: an operating error, not a crash)", () => {
 });
 
 describe("the data quota (issue 13, finding 10: etcd's space quota)", () => {
+  test("a write counts once toward the quota until measured, and the first put refused logs the crossing before any measure", async () => {
+    const cluster = createMemoryCluster({ node: { quotaBytes: 10_000 } });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const id = leader.status().id;
+    const value = new Uint8Array(6_000).fill(3);
+    // Three puts in one turn, with no measure between them: the first two fit (6 KB each counted
+    // once; the log is not counted), the third is past 10,000 bytes.
+    const first = leader.put("a", value);
+    const second = leader.put("b", value);
+    expect(() => leader.put("c", value)).toThrow("at or past its quota");
+    // Logged at the refusal, not at the next measure (no tick has run).
+    expect(cluster.events.filter((logged) => logged.id === id && logged.event === "quota exceeded").length).toBe(1);
+    await drive(cluster, first);
+    await drive(cluster, second);
+  });
+
   test("past --quota-bytes puts are refused with quota_exceeded, reads, listings and deletes go on, and puts return once deletes free space", async () => {
     const cluster = createMemoryCluster({ node: { quotaBytes: 40_000, snapshotEntries: 20, snapshotCatchUpEntries: 5 } });
     await cluster.until(() => cluster.leader() !== undefined);
