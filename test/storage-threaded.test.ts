@@ -1,4 +1,4 @@
-// Proves the threaded storage (writes on a worker thread, src/storage/threaded-storage.ts) runs writes in the order posted, serves entries it has not yet seen committed from memory, resolves sync() only once every earlier write is committed, waits out a full disk (throwing disk-full at once meanwhile), stops on any other failure, reports open errors with their StorageError code, reads entries behind its tail from the log's segments, and leaves nothing of a save answered after an install in its reader.
+// Proves the threaded storage (writes on a worker thread, src/storage/threaded-storage.ts) runs writes in the order posted, serves entries it has not yet seen committed from memory, resolves sync() only once every earlier write is committed, waits out a full disk (throwing disk-full at once meanwhile), stops on any other failure, reports open errors with their StorageError code, reads entries behind its tail from the log's segments, passes entries through a ring whose bytes it reuses only once applied, and leaves nothing of a save answered after an install in its reader.
 import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { existsSync } from "node:fs";
@@ -166,6 +166,38 @@ describe("threaded storage", () => {
     } finally {
       await closed(leader);
       await closed(follower);
+    }
+  });
+
+  test("entries cross to the writer through the pack ring, whose bytes are reused only once they are applied: a save that finds no room takes a buffer of its own", async () => {
+    const dir = tempDir();
+    const storage = await openThreadedStorage(dir, { voters: [1], packRingBytes: 1000 });
+    try {
+      const value = (index: number): Uint8Array => new Uint8Array(300).fill(index);
+      const entries = Array.from({ length: 9 }, (_, i) => put(i + 1, `k${i + 1}`, value(i + 1)));
+      storage.save(hard(1, 0), entries.slice(0, 3), false);
+      // Written (answered) but not applied: the ring still holds them.
+      await storage.sync();
+      expect(storage.packRingUse()).toEqual({ bytes: 3 * (entries[0] as Entry).data.byteLength, regions: 1 });
+      // No room left for three more: in a buffer of their own, not over the three before.
+      storage.save(hard(1, 6), entries.slice(3, 6), false);
+      expect(storage.packRingUse()?.regions).toBe(1);
+      await storage.applyEntries(entries.slice(0, 6));
+      expect(storage.packRingUse()).toEqual({ bytes: 0, regions: 0 });
+      // The ring is free again.
+      storage.save(hard(1, 9), entries.slice(6), false);
+      expect(storage.packRingUse()?.regions).toBe(1);
+      await storage.applyEntries(entries.slice(6));
+      for (let index = 1; index <= 9; index++) expect(storage.get(`k${index}`)?.value).toEqual(value(index));
+      expect(storage.entries(1, 10, Number.MAX_SAFE_INTEGER).map((entry) => entry.data)).toEqual(entries.map((entry) => entry.data));
+    } finally {
+      await closed(storage);
+    }
+    const reopened = openSqliteStorage(dir, { voters: [1] });
+    try {
+      for (let index = 1; index <= 9; index++) expect(reopened.get(`k${index}`)?.value).toEqual(new Uint8Array(300).fill(index));
+    } finally {
+      reopened.close();
     }
   });
 

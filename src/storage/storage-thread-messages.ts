@@ -1,4 +1,4 @@
-import { AssertionError } from "../lib/assert.ts";
+import { AssertionError, assert } from "../lib/assert.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { MemberAddress, Membership } from "../kv/membership.ts";
 import type { Entry, HardState, NodeId, SnapshotMetadata } from "../raft/types.ts";
@@ -7,6 +7,7 @@ import { StorageError, type StorageErrorCode } from "./kv-storage.ts";
 import type { SqliteMirrorState } from "./sqlite-storage.ts";
 import type { StagingState } from "./snapshot-checks.ts";
 import type { AppendPlace } from "./segment-log.ts";
+import type { PackRing } from "./pack-ring.ts";
 
 /**
  * The messages between ThreadedStorage (threaded-storage.ts, the node's thread) and its writer
@@ -52,7 +53,8 @@ export type StorageRequest =
 
 /** What the node's thread posts to the storage thread. */
 export type ToStorageThread =
-  | { readonly type: "open"; readonly dir: string; readonly options: StorageThreadOpenOptions }
+  /** `ring`: the pack ring's memory (src/storage/pack-ring.ts), where saves' entries may be. */
+  | { readonly type: "open"; readonly dir: string; readonly options: StorageThreadOpenOptions; readonly ring?: SharedArrayBuffer }
   /** The requests of one turn of the node's loop, in order: one message, not one per request. */
   | { readonly type: "requests"; readonly requests: readonly StorageRequest[] }
   /** For tests, run at once (not queued): see `SqliteStorage.limitPages`. */
@@ -94,22 +96,29 @@ export interface StorageDone {
 }
 
 /**
- * Entries as they cross to the thread: their data packed into one buffer, transferred rather than
- * cloned (Bun's structured clone of a Uint8Array took about 2.7 ms per MiB on the node's thread, a
- * copy into a fresh buffer about a third of that), and per entry its index, term, type and length.
+ * Entries as they cross to the thread: their data packed one after another, either into the pack
+ * ring both threads share (src/storage/pack-ring.ts: `ringOffset`) or, when the ring has no room,
+ * into one buffer of the save's own, transferred rather than cloned (Bun's structured clone of a
+ * Uint8Array took about 2.7 ms per MiB on the node's thread, a copy into a fresh buffer about a
+ * third of that); and per entry its index, term, type and length.
  */
 export interface PackedEntries {
-  readonly data: Uint8Array;
+  readonly data: Uint8Array | { readonly ringOffset: number; readonly byteLength: number };
   /** index, term, type, byte length: four numbers per entry. */
   readonly fields: Float64Array;
 }
 
-/** Packs `entries` (see `PackedEntries`): one copy of their data. The caller transfers `data.buffer`. */
-export function packEntries(entries: readonly Entry[]): PackedEntries {
+/**
+ * Packs `entries` (see `PackedEntries`): one copy of their data, into `ring` when it has room. The
+ * caller transfers `data.buffer` when it is not in the ring.
+ */
+export function packEntries(entries: readonly Entry[], ring?: PackRing): PackedEntries {
   let bytes = 0;
   for (const entry of entries) bytes += entry.data.byteLength;
+  const last = entries[entries.length - 1];
+  const inRing = bytes > 0 && last !== undefined ? ring?.allocate(bytes, last.index) : undefined;
   // Not zero-filled, and a buffer of its own (never a pooled one): it is transferred.
-  const data = new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes);
+  const data = inRing ?? new Uint8Array(Buffer.allocUnsafeSlow(bytes).buffer, 0, bytes);
   const fields = new Float64Array(entries.length * 4);
   let offset = 0;
   entries.forEach((entry, position) => {
@@ -117,12 +126,19 @@ export function packEntries(entries: readonly Entry[]): PackedEntries {
     offset += entry.data.byteLength;
     fields.set([entry.index, entry.term, entry.type, entry.data.byteLength], position * 4);
   });
-  return { data, fields };
+  return { data: inRing === undefined ? data : { ringOffset: inRing.byteOffset, byteLength: bytes }, fields };
 }
 
-/** The entries again, their data views into the packed buffer (no copy). */
-export function unpackEntries(packed: PackedEntries): Entry[] {
+/** The entries again, their data views into the packed buffer or into `ring` (no copy). */
+export function unpackEntries(packed: PackedEntries, ring: SharedArrayBuffer | undefined): Entry[] {
   const entries: Entry[] = [];
+  const where = packed.data;
+  let data: Uint8Array;
+  if (where instanceof Uint8Array) data = where;
+  else {
+    assert(ring !== undefined, "entries packed into a ring the thread was not given");
+    data = new Uint8Array(ring, where.ringOffset, where.byteLength);
+  }
   let offset = 0;
   for (let field = 0; field < packed.fields.length; field += 4) {
     const length = packed.fields[field + 3] as number;
@@ -130,7 +146,7 @@ export function unpackEntries(packed: PackedEntries): Entry[] {
       index: packed.fields[field] as number,
       term: packed.fields[field + 1] as number,
       type: packed.fields[field + 2] as Entry["type"],
-      data: packed.data.subarray(offset, offset + length),
+      data: data.subarray(offset, offset + length),
     });
     offset += length;
   }

@@ -26,15 +26,21 @@ declare const self: Worker & { close(): void };
 const diskRetryMs = 100;
 /**
  * The log tail of the thread's storage, besides the entries saved and not yet applied (kept until
- * applied: an apply names them and reads them here). The node's thread keeps the tail the core
- * and the followers read; a second one as long only held memory (BENCHMARKS.md).
+ * applied: an apply names them and reads them here): none. The node's thread keeps the tail the
+ * core and the followers read, and nothing on this thread reads an entry once applied (which the
+ * pack ring relies on, src/storage/pack-ring.ts: entries kept here may be views into it). Even 2 MiB
+ * of applied entries kept here cost this thread's collector dearly: at 16 KB values its heap was
+ * collected ~12 times a second, a full collection each time, and the thread spent a fifth more CPU
+ * per write (BENCHMARKS.md, seventeenth session).
  */
-const logTailBytesMax = 2 << 20;
+const logTailBytesMax = 0;
 
 // Only as the Worker it is meant to run in: imported on the loop's thread, it must not rename or slow that.
 if (!isMainThread) becomeBackgroundThread("kv-storage");
 
 let storage: SqliteStorage | undefined;
+/** The pack ring's memory (src/storage/pack-ring.ts), when the node's thread shares one. */
+let ring: SharedArrayBuffer | undefined;
 const queue: StorageRequest[] = [];
 let retryTimer: ReturnType<typeof setTimeout> | undefined;
 let blockedSeq: number | undefined;
@@ -49,6 +55,7 @@ self.onmessage = (event: MessageEvent<ToStorageThread>) => {
   const message = event.data;
   switch (message.type) {
     case "open":
+      ring = message.ring;
       try {
         storage = openSqliteStorage(message.dir, { ...message.options, logTailBytesMax, checkpoints: "worker", onCheckpoint: (report) => post({ type: "checkpoint", report }) });
         post({ type: "opened", state: storage.mirrorState() });
@@ -124,7 +131,7 @@ function run(request: StorageRequest, startedMs: number): StorageDone | undefine
   });
   switch (request.op) {
     case "save": {
-      const logPlace = opened.saveAt(request.hardState, unpackEntries(request.entries), request.sync);
+      const logPlace = opened.saveAt(request.hardState, unpackEntries(request.entries, ring), request.sync);
       return done(logPlace === undefined ? {} : { logPlace });
     }
     case "apply": {
