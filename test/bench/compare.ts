@@ -777,7 +777,7 @@ async function main(): Promise<number> {
     lines.push("");
     lines.push(
       `Machine: ${cpus().length} cores (${cpus()[0]?.model ?? "?"}), ${memoryGb.toFixed(1)} GB RAM; Bun ${Bun.version}; etcd ${etcdVersion}. ` +
-        `Each run ${durationText}, ${rounds} round${rounds === 1 ? "" : "s"} of kv then etcd per workload (A B A B), ${VALUE_BYTES} B values, ${fmt(KEYS)} keys, ` +
+        `Each run ${durationText}, ${rounds} round${rounds === 1 ? "" : "s"} of kv then etcd per workload (A B A B), ${VALUE_BYTES} B values over ${fmt(KEYS)} keys (the value-size matrix: its sizes over ${fmt(MATRIX_KEYS)} keys), ` +
         `both 3 nodes on loopback with fsync; client: \`kv bench\` (one process, on the same machine). Load average before start: ` +
         `${loadBefore.map((l) => l.toFixed(2)).join(" ")}; median CPU used by other processes during runs: ${foreign.toFixed(2)} cores` +
         `${foreign > 0.2 || loadBefore[0]! > 0.5 ? " — **the machine was not quiet**" : ""}.`,
