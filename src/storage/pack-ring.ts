@@ -13,10 +13,13 @@ import { assert } from "../lib/assert.ts";
  *
  * A region's bytes are read by the storage thread when it writes the save, and again when it
  * applies the entries (its log tail keeps the entries saved and not yet applied as views into the
- * ring, and nothing applied: see storage-thread.ts). So a region is released once the applied
- * index the thread confirmed reaches its last entry: by then every read of it is done, and entries
- * of it replaced before they were applied are never read again (the tail drops them, and the
- * indexes they had are applied with other data). Regions are released oldest first; one whose
+ * ring, and nothing applied: see storage-thread.ts). So a region is released once its save was
+ * answered (`written`) and the applied index the thread confirmed reaches its last entry: by then
+ * every read of it is done, and entries of it replaced before they were applied are never read
+ * again (the tail drops them, and the indexes they had are applied with other data). Both are
+ * needed: an apply answered after a save was posted may already cover that save's entries (a
+ * save of entries the log holds, term for term, is allowed), while the save itself still waits
+ * in the thread's queue. Regions are released oldest first; one whose
  * entries stay unapplied (a follower whose entries are not committed yet) holds back those after
  * it, and a save that finds no room takes a buffer of its own, as before.
  */
@@ -26,6 +29,8 @@ export class PackRing {
   /** Regions in use, oldest first (from `first`). */
   private regions: Region[] = [];
   private first = 0;
+  /** Regions from `first` on whose saves were answered: always the oldest ones (answers come in order). */
+  private writtenCount = 0;
   private used = 0;
 
   constructor(readonly capacity: number) {
@@ -36,7 +41,8 @@ export class PackRing {
 
   /**
    * Room for `length` bytes (more than 0) of a save whose last entry is `lastIndex`: a view to
-   * write them into, in use until `release` passes `lastIndex`; undefined when there is none.
+   * write them into, in use until the save was answered (`written`) and `release` passes
+   * `lastIndex`; undefined when there is none.
    */
   allocate(length: number, lastIndex: number): Uint8Array | undefined {
     assert(Number.isSafeInteger(length) && length > 0, `pack ring allocation of ${length} bytes`);
@@ -47,13 +53,20 @@ export class PackRing {
     return this.bytes.subarray(offset, offset + length);
   }
 
-  /** Releases, oldest first, the regions whose last entry is at or below `applied`. */
+  /** The save of the oldest region not yet written was answered (saves are answered in the order posted). */
+  written(): void {
+    assert(this.writtenCount < this.regions.length - this.first, "pack ring: a save answered with no region waiting for it");
+    this.writtenCount++;
+  }
+
+  /** Releases, oldest first, the regions written whose last entry is at or below `applied`. */
   release(applied: number): void {
-    while (this.first < this.regions.length) {
+    while (this.writtenCount > 0) {
       const oldest = this.regions[this.first] as Region;
       if (oldest.lastIndex > applied) break;
       this.used -= oldest.end - oldest.start;
       this.first++;
+      this.writtenCount--;
     }
     if (this.first === this.regions.length) {
       this.regions = [];

@@ -114,8 +114,9 @@ const storageThreadUrl = import.meta.url.startsWith("file:///$bunfs/")
  */
 export function openThreadedStorage(dir: string, options: ThreadedStorageOptions = {}): Promise<ThreadedStorage> {
   const { onCheckpoint: _onCheckpoint, onRequestDone: _onRequestDone, logTailBytesMax: _logTailBytesMax, logTailKeptBytesMax: _kept, packRingBytes: _ring, ...openOptions } = options;
-  const worker = new Worker(storageThreadUrl);
+  // Before the worker: a bad size throws with no thread left behind.
   const ring = options.packRingBytes === 0 ? undefined : new PackRing(options.packRingBytes ?? packRingBytesDefault);
+  const worker = new Worker(storageThreadUrl);
   return new Promise<ThreadedStorage>((resolve, reject) => {
     const ended = new Promise<void>((resolveEnded) => worker.addEventListener("close", () => resolveEnded()));
     worker.onmessage = (event: MessageEvent<FromStorageThread>) => {
@@ -168,7 +169,7 @@ export class ThreadedStorage implements KvStorage {
    * Saves of entries posted and not yet written, oldest first: the tail keeps their entries.
    * `replaced`: an install was posted after it, which resets the log (their place is gone).
    */
-  private readonly unconfirmedSaves: { seq: number; entries: readonly Entry[]; replaced: boolean }[] = [];
+  private readonly unconfirmedSaves: { seq: number; entries: readonly Entry[]; replaced: boolean; inRing: boolean }[] = [];
   /** Reads entries behind the tail from the log's segments, where the writer's answers say they are. */
   private readonly logReader: SegmentReader;
   private readonly staging: ImageStaging;
@@ -326,12 +327,13 @@ export class ThreadedStorage implements KvStorage {
       entries,
     );
     if (entries.length === 0 && changed === undefined) return;
-    const seq = this.post({ op: "save", hardState: changed, entries: packEntries(entries, this.ring), sync }, false, (reply) => this.saveWritten(seq, reply.logPlace));
+    const packed = packEntries(entries, this.ring);
+    const seq = this.post({ op: "save", hardState: changed, entries: packed, sync }, false, (reply) => this.saveWritten(seq, reply.logPlace));
     const first = entries[0];
     if (first !== undefined) {
       if (first.index <= this.last) this.terms.truncateFrom(first.index);
       for (const entry of entries) this.terms.append(entry.index, entry.term);
-      this.unconfirmedSaves.push({ seq, entries, replaced: false });
+      this.unconfirmedSaves.push({ seq, entries, replaced: false, inRing: !(packed.data instanceof Uint8Array) });
       this.pinUnconfirmed();
       this.tail.saved(entries);
       this.last = lastIndexAfter;
@@ -686,6 +688,11 @@ export class ThreadedStorage implements KvStorage {
     const oldest = this.unconfirmedSaves[0];
     if (oldest === undefined || oldest.seq !== seq) return; // a save of no entries
     this.unconfirmedSaves.shift();
+    if (oldest.inRing) {
+      // Its region may go once its entries are applied too (see PackRing), perhaps already.
+      this.ring?.written();
+      this.ring?.release(this.applied);
+    }
     assert(place !== undefined, `save ${seq} of entries answered without where they went`);
     if (!oldest.replaced) this.logReader.appended(place, oldest.entries);
     this.pinUnconfirmed();
