@@ -5,7 +5,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { createPrng } from "../src/lib/prng.ts";
 import { isDiskFull } from "../src/lib/disk-full.ts";
-import { encodeCommand } from "../src/kv/command.ts";
+import { decodeCommand, encodeCommand } from "../src/kv/command.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
 import { type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
@@ -196,6 +196,96 @@ describe("threaded storage", () => {
     const reopened = openSqliteStorage(dir, { voters: [1] });
     try {
       for (let index = 1; index <= 9; index++) expect(reopened.get(`k${index}`)?.value).toEqual(new Uint8Array(300).fill(index));
+    } finally {
+      reopened.close();
+    }
+  });
+
+  test("random appends, replaced suffixes, saves again of applied entries, commits and applies through a small pack ring: the state machine and the log hold exactly what was saved last, byte for byte, also once reopened", async () => {
+    const dir = tempDir();
+    const ringBytes = 4096;
+    const storage = await openThreadedStorage(dir, { voters: [1], packRingBytes: ringBytes });
+    const prng = createPrng(23);
+    const next = (n: number) => prng.intInclusive(0, n - 1);
+    const log: Entry[] = []; // the model: log[i - 1] is the entry at index i
+    const applied = new Map<string, Uint8Array>();
+    let term = 1;
+    let commit = 0;
+    let applyPosted = 0;
+    let ringBytesSeen = 0;
+    let resaves = 0;
+    const applies: Promise<unknown>[] = [];
+    const entryAt = (index: number, entryTerm: number): Entry => {
+      const value = new Uint8Array(50 + next(700));
+      for (let i = 0; i < value.byteLength; i++) value[i] = next(256);
+      return put(index, `k${index % 17}`, value, entryTerm);
+    };
+    const applyThrough = (to: number): void => {
+      if (to <= applyPosted) return;
+      const entries = log.slice(applyPosted, to);
+      for (const entry of entries) {
+        const command = decodeCommand(entry.data);
+        if (command.op === "put") applied.set(command.key, command.value);
+      }
+      applies.push(storage.applyEntries(entries));
+      applyPosted = to;
+    };
+    try {
+      for (let round = 0; round < 600; round++) {
+        const choice = next(10);
+        if (choice <= 3 || log.length === 0) {
+          const entries = Array.from({ length: 1 + next(4) }, (_, i) => entryAt(log.length + 1 + i, term));
+          log.push(...entries);
+          storage.save(hard(term, commit), entries, false);
+        } else if (choice === 4 && log.length > commit) {
+          // A new leader's entries replace an uncommitted suffix.
+          term++;
+          const from = commit + 1 + next(log.length - commit);
+          const entries = Array.from({ length: 1 + next(3) }, (_, i) => entryAt(from + i, term));
+          log.length = from - 1;
+          log.push(...entries);
+          storage.save(hard(term, commit), entries, false);
+        } else if (choice === 5) {
+          // Entries handed to apply, then saved again as they are (copies of their bytes): the
+          // apply's answer may come before this save ran, and must not free its region early.
+          commit = log.length;
+          storage.save(hard(term, commit), [], false);
+          applyThrough(commit);
+          if (next(2) === 0) await Promise.resolve();
+          const from = Math.max(1, log.length - next(4));
+          const again = log.slice(from - 1).map((entry) => ({ ...entry, data: entry.data.slice() }));
+          storage.save(hard(term, commit), again, false);
+          resaves++;
+        } else if (choice === 6 && log.length > commit) {
+          commit += 1 + next(log.length - commit);
+          storage.save(hard(term, commit), [], false);
+        } else if (choice === 7) {
+          applyThrough(commit - next(2));
+        } else if (choice === 8) {
+          await storage.sync();
+        } else {
+          await Promise.all(applies.splice(0));
+        }
+        ringBytesSeen = Math.max(ringBytesSeen, storage.packRingUse()?.bytes ?? 0);
+      }
+      commit = log.length;
+      storage.save(hard(term, commit), [], false);
+      applyThrough(commit);
+      await Promise.all(applies.splice(0));
+      await storage.sync();
+      // The ring was used, filled past half, and saves were made again while applies were on their way.
+      expect(ringBytesSeen).toBeGreaterThan(ringBytes / 2);
+      expect(resaves).toBeGreaterThan(5);
+      for (const [key, value] of applied) expect(storage.get(key)?.value).toEqual(value);
+      expect(storage.entries(1, log.length + 1, Number.MAX_SAFE_INTEGER).map((entry) => entry.data)).toEqual(log.map((entry) => entry.data));
+    } finally {
+      await closed(storage);
+    }
+    const reopened = openSqliteStorage(dir, { voters: [1] });
+    try {
+      expect(reopened.appliedIndex()).toBe(log.length);
+      for (const [key, value] of applied) expect(reopened.get(key)?.value).toEqual(value);
+      expect(reopened.entries(1, log.length + 1, Number.MAX_SAFE_INTEGER).map((entry) => [entry.index, entry.term, entry.data])).toEqual(log.map((entry) => [entry.index, entry.term, entry.data]));
     } finally {
       reopened.close();
     }
