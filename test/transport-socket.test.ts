@@ -3,12 +3,13 @@
 // headers and trailers over a reused socket; a peer's error answer becomes a ConnectError with the
 // peer's code (or the one its HTTP status maps to); a call on a kept-alive socket the peer dropped
 // goes again on a new one; a deadline, a cancellation, an unreachable peer and a closed transport
-// each fail with their Connect code, and the next call still works.
+// each fail with their Connect code, and the next call still works; request buffers are reused
+// only once their call settled.
 import { afterAll, describe, expect, test } from "bun:test";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { EntryType, RaftService, SendRequestSchema, SendResponseSchema } from "../src/gen/kv/v1/raft_pb.ts";
-import { createSocketTransport } from "../src/transport/socket-transport.ts";
+import { createSocketTransport, RequestBuffers } from "../src/transport/socket-transport.ts";
 import type { SocketTransportOptions } from "../src/transport/socket-transport.ts";
 
 /** What the test server saw of each call. */
@@ -21,7 +22,7 @@ interface Seen {
 
 const seen: Seen[] = [];
 /** Entries of calls from node 55: how many arrived, and how many not as sent (each byte is its entry's term). */
-const largeEntries = { checked: 0, corrupt: 0 };
+const largeEntries = { checked: 0, corrupt: 0, terms: new Set<number>() };
 const largeEntryBytes = 300 * 1024;
 /** Calls to node 99 wait here until released: a peer that never answers in time. */
 let releaseSlow: () => void = () => {};
@@ -46,6 +47,7 @@ const server = Bun.serve({
         if (message.body.case !== "append") continue;
         for (const entry of message.body.value.entries) {
           largeEntries.checked++;
+          largeEntries.terms.add(Number(entry.term));
           if (entry.data.byteLength !== largeEntryBytes || entry.data.some((byte) => byte !== Number(entry.term))) largeEntries.corrupt++;
         }
       }
@@ -126,7 +128,8 @@ describe("socket transport", () => {
         });
         await Promise.all(calls);
       }
-      expect(largeEntries).toEqual({ checked: 24, corrupt: 0 });
+      // Each call's own entry, not another's written over its buffer before it was sent.
+      expect(largeEntries).toEqual({ checked: 24, corrupt: 0, terms: new Set(Array.from({ length: 24 }, (_, i) => i + 1)) });
     } finally {
       transport.close();
     }
@@ -255,5 +258,31 @@ describe("socket transport", () => {
     const { transport, client } = clientFor(base);
     transport.close();
     expect((await failure(client.send(request(1)))).code).toBe(Code.Unavailable);
+  });
+});
+
+describe("request buffers", () => {
+  test("a buffer given back serves the next request that fits, up to the number and size kept; larger requests get buffers of their own", () => {
+    const buffers = new RequestBuffers(2, 64 * 1024);
+    const first = buffers.take(20_000);
+    expect(first.byteLength).toBe(20_000);
+    expect(first.buffer.byteLength).toBe(32 * 1024); // rounded up to a power of two
+    buffers.giveBack(first);
+    expect(buffers.spareCount()).toBe(1);
+    const second = buffers.take(30_000);
+    expect(second.buffer).toBe(first.buffer); // reused: it fits
+    expect(buffers.spareCount()).toBe(0);
+    // Taken and not given back: the next request gets a buffer of its own.
+    expect(buffers.take(100).buffer).not.toBe(first.buffer);
+    const large = buffers.take(100_000);
+    expect(large.buffer.byteLength).toBe(100_000); // past the size kept: exactly its length, never kept
+    buffers.giveBack(large);
+    expect(buffers.spareCount()).toBe(0);
+    buffers.giveBack(second);
+    buffers.giveBack(buffers.take(1));
+    buffers.giveBack(buffers.take(40_000));
+    expect(buffers.spareCount()).toBe(2);
+    buffers.giveBack(new RequestBuffers(1).take(10));
+    expect(buffers.spareCount()).toBe(2); // no more than two kept
   });
 });

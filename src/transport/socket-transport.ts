@@ -60,6 +60,7 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
   const port = Number(origin.port || 80);
   const idle: HttpConnection[] = [];
   const open = new Set<HttpConnection>();
+  const buffers = new RequestBuffers(options.idleConnectionsMax);
   let closed = false;
 
   function take(fresh: boolean): HttpConnection {
@@ -123,7 +124,13 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
         options.onRequestBytes?.(body.bytes);
         let response: HttpResponse;
         try {
-          response = await exchange(encodeRequest(new URL(req.url), origin.host, req.header, body), call);
+          const request = encodeRequest(new URL(req.url), origin.host, req.header, body, buffers);
+          try {
+            response = await exchange(request, call);
+          } finally {
+            // Settled: no connection writes a byte of it any more (HttpConnection.request).
+            buffers.giveBack(request);
+          }
         } catch (error: unknown) {
           // The deadline or a cancellation abandoned the connection: the call ends with its reason.
           if (call.ended !== undefined) throw call.ended;
@@ -217,14 +224,55 @@ function answer<I extends DescMessage, O extends DescMessage>(method: DescMethod
   return { stream: false, service: method.parent, method, header, message, trailer };
 }
 
+/**
+ * The buffers calls' requests are written into, kept for the next calls once a call settled: a
+ * leader writes every entry it sends into one (one per follower), and a fresh buffer each time was,
+ * at 16 KB values, two of the five value-sized allocations per write its heap collected. Up to
+ * `spareMax` are kept, each of at most `spareBytesMax`; sizes are rounded up to powers of two so
+ * that one fits the requests after it.
+ */
+export class RequestBuffers {
+  private readonly spare: Uint8Array[] = [];
+
+  constructor(
+    private readonly spareMax: number,
+    private readonly spareBytesMax = 4 << 20,
+  ) {}
+
+  /** A view of `length` bytes, over a kept buffer when one is large enough; contents undefined. */
+  take(length: number): Uint8Array {
+    for (let i = this.spare.length - 1; i >= 0; i--) {
+      const buffer = this.spare[i] as Uint8Array;
+      if (buffer.byteLength >= length) {
+        this.spare.splice(i, 1);
+        return buffer.subarray(0, length);
+      }
+    }
+    const capacity = length <= this.spareBytesMax ? Math.max(16 * 1024, 2 ** Math.ceil(Math.log2(Math.max(length, 1)))) : length;
+    return uninitializedBytes(capacity).subarray(0, length);
+  }
+
+  /** `bytes` (from `take`) is no longer used: its buffer may serve a later request. */
+  giveBack(bytes: Uint8Array): void {
+    const whole = new Uint8Array(bytes.buffer, 0, bytes.buffer.byteLength);
+    if (whole.byteLength > this.spareBytesMax || this.spare.length >= this.spareMax) return;
+    this.spare.push(whole);
+  }
+
+  /** How many buffers are kept (for tests). */
+  spareCount(): number {
+    return this.spare.length;
+  }
+}
+
 /** One HTTP/1.1 request: head (every header given, a Content-Length) and body, written once into one buffer. */
-function encodeRequest(url: URL, host: string, headers: Headers, body: MeasuredMessage): Uint8Array {
+function encodeRequest(url: URL, host: string, headers: Headers, body: MeasuredMessage, buffers: RequestBuffers): Uint8Array {
   let head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${host}\r\n`;
   // Headers refuses values with CR or LF, so none can split the head.
   for (const [name, value] of headers) if (name !== "host" && name !== "content-length") head += `${name}: ${value}\r\n`;
   head += `Content-Length: ${body.bytes}\r\n\r\n`;
   const headBytes = encoder.encode(head);
-  const bytes = uninitializedBytes(headBytes.byteLength + body.bytes);
+  const bytes = buffers.take(headBytes.byteLength + body.bytes);
   bytes.set(headBytes, 0);
   body.write(bytes, headBytes.byteLength);
   return bytes;
