@@ -284,5 +284,9 @@ describe("request buffers", () => {
     expect(buffers.spareCount()).toBe(2);
     buffers.giveBack(new RequestBuffers(1).take(10));
     expect(buffers.spareCount()).toBe(2); // no more than two kept
+    // The smallest that fits: a small request leaves the larger buffer for a larger one.
+    expect(buffers.take(100).buffer.byteLength).toBe(32 * 1024);
+    expect(buffers.take(40_000).buffer.byteLength).toBe(64 * 1024);
+    expect(buffers.spareCount()).toBe(0);
   });
 });

@@ -187,6 +187,7 @@ export function createSocketTransport(options: SocketTransportOptions): SocketTr
     },
     close() {
       closed = true;
+      buffers.clear();
       for (const connection of open) connection.close();
       open.clear();
       idle.length = 0;
@@ -228,25 +229,29 @@ function answer<I extends DescMessage, O extends DescMessage>(method: DescMethod
  * The buffers calls' requests are written into, kept for the next calls once a call settled: a
  * leader writes every entry it sends into one (one per follower), and a fresh buffer each time was,
  * at 16 KB values, two of the five value-sized allocations per write its heap collected. Up to
- * `spareMax` are kept, each of at most `spareBytesMax`; sizes are rounded up to powers of two so
- * that one fits the requests after it.
+ * `spareMax` are kept, each of at most `spareBytesMax` (so at most 5 MiB per peer with the
+ * transport's defaults, for as long as the node runs); sizes are rounded up to powers of two so that
+ * one fits the requests after it, and a request takes the smallest that fits.
  */
 export class RequestBuffers {
-  private readonly spare: Uint8Array[] = [];
+  private spare: Uint8Array[] = [];
 
   constructor(
     private readonly spareMax: number,
-    private readonly spareBytesMax = 4 << 20,
+    private readonly spareBytesMax = 1 << 20,
   ) {}
 
   /** A view of `length` bytes, over a kept buffer when one is large enough; contents undefined. */
   take(length: number): Uint8Array {
-    for (let i = this.spare.length - 1; i >= 0; i--) {
-      const buffer = this.spare[i] as Uint8Array;
-      if (buffer.byteLength >= length) {
-        this.spare.splice(i, 1);
-        return buffer.subarray(0, length);
-      }
+    let best = -1;
+    for (let i = 0; i < this.spare.length; i++) {
+      const size = (this.spare[i] as Uint8Array).byteLength;
+      if (size >= length && (best < 0 || size < (this.spare[best] as Uint8Array).byteLength)) best = i;
+    }
+    if (best >= 0) {
+      const buffer = this.spare[best] as Uint8Array;
+      this.spare.splice(best, 1);
+      return buffer.subarray(0, length);
     }
     const capacity = length <= this.spareBytesMax ? Math.max(16 * 1024, 2 ** Math.ceil(Math.log2(Math.max(length, 1)))) : length;
     return uninitializedBytes(capacity).subarray(0, length);
@@ -257,6 +262,11 @@ export class RequestBuffers {
     const whole = new Uint8Array(bytes.buffer, 0, bytes.buffer.byteLength);
     if (whole.byteLength > this.spareBytesMax || this.spare.length >= this.spareMax) return;
     this.spare.push(whole);
+  }
+
+  /** Forgets every buffer kept (the transport closed). */
+  clear(): void {
+    this.spare = [];
   }
 
   /** How many buffers are kept (for tests). */
