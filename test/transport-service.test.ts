@@ -7,8 +7,6 @@ import { toSendRequest } from "../src/transport/codec.ts";
 import { callDeadlineMs, createPeerSender, deadlineMissesMax } from "../src/transport/peer-sender.ts";
 import type { PeerSenderLimits } from "../src/transport/peer-sender.ts";
 import { createRaftServiceRoutes } from "../src/transport/raft-service.ts";
-import { replyWaitMs } from "../src/transport/reply-slots.ts";
-import { defaultNodeTimings } from "../src/node/kv-node.ts";
 import { EntryType } from "../src/raft/types.ts";
 import type { Message, NodeId } from "../src/raft/types.ts";
 
@@ -249,29 +247,6 @@ describe("peer sender", () => {
       sender.enqueue([{ type: "append", from: 1, to: 2, term: 1, prevLogIndex: 4, prevLogTerm: 1, entries: [], commit: 4 }]);
       await Promise.resolve();
       expect(sender.stats()).toMatchObject({ inflightCalls: 3, queuedMessages: 2 });
-    } finally {
-      for (const release of peer.gates.splice(0)) release();
-      await sender.close();
-    }
-  });
-
-  test("heartbeat rounds keep going while the follower holds its answers: as many as the leader sends in twice the reply wait each get a call at once", async () => {
-    const peer = gatedPeer();
-    const sender = createPeerSender({ peerId: 2, selfId: 1, selfHttpUrl: "", client: peer.client, rpcTimeoutMs: 200, limits: roomyLimits, log: () => {} });
-    try {
-      sender.enqueue([heartbeat(1, 2, 0)]);
-      await until(() => peer.callSizes.length === 1, "the probe call");
-      await releaseNext(peer);
-      await until(() => sender.stats().reachability === "reachable", "the peer to answer");
-      // A follower whose acks wait for its fsync holds each answer up to twice the reply wait (the
-      // sweep's period); the leader sends a round every heartbeat interval meanwhile, and one more.
-      const { heartbeatTicks, tickMs } = defaultNodeTimings;
-      const rounds = Math.ceil((2 * replyWaitMs(200)) / (heartbeatTicks * tickMs)) + 1;
-      for (let round = 1; round <= rounds; round++) {
-        sender.enqueue([heartbeat(1, 2, round)]);
-        await until(() => peer.callSizes.length === 1 + round, `round ${round}'s call`);
-      }
-      expect(sender.stats()).toMatchObject({ inflightCalls: rounds, queuedMessages: 0 });
     } finally {
       for (const release of peer.gates.splice(0)) release();
       await sender.close();

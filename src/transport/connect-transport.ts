@@ -12,7 +12,7 @@ import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
-import { controlCallsMax, createPeerSender } from "./peer-sender.ts";
+import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
@@ -245,8 +245,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     if (baseUrl.startsWith("http:")) {
       const socketTransport = createSocketTransport({
         baseUrl,
-        // Every call the two lanes may have in flight keeps its socket for the next one.
-        idleConnectionsMax: limits.inflightCallsMax + controlCallsMax,
+        idleConnectionsMax: limits.inflightCallsMax + 1,
         defaultTimeoutMs: options.rpcTimeoutMs,
         interceptors,
         onRequestBytes: countBytes,

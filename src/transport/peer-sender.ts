@@ -116,14 +116,11 @@ export function messageBytesEstimate(message: Message): number {
 }
 
 /**
- * Calls in flight on a peer's control lane (see `createPeerSender`): four, so a heartbeat round
- * need not wait for the answers to the ones before, which a follower may hold for up to twice
- * `replyWaitMs` (src/transport/reply-slots.ts) while its acks wait for an fsync: 100 ms with the
- * default timings, in which the leader sends two more rounds (one every 50 ms). With two, at 256 KB
- * values a follower busy with its disk stepped nothing from the leader for 80-200 ms at a time,
- * past the 120 ms its election timeout may be, and the cluster lost its leader (BENCHMARKS.md).
+ * Calls in flight on a peer's control lane (see `createPeerSender`): two, so a heartbeat round
+ * need not wait for the answer to the one before, which a follower may hold for up to twice
+ * `replyWaitMs` (src/transport/reply-slots.ts) while its acks wait for an fsync.
  */
-export const controlCallsMax = 4;
+const controlCallsMax = 2;
 
 /** Calls in a row past their deadline before a reachable peer is taken for unreachable. */
 export const deadlineMissesMax = 3;
