@@ -279,6 +279,44 @@ describe("leases (thesis §6.4.1)", () => {
 });
 
 /** A leader (node 1 of voters 1..n, leases on) whose no-op of its term is committed by everyone. */
+describe("time made up (elapse)", () => {
+  test("moves a leader's heartbeat timer as ticks do, so a round goes out by real time; a follower's election timer does not move", () => {
+    const core = (id: number) =>
+      new RawNode({ id, storage: new MemoryStorage([1, 2, 3]), electionTicks: 10, heartbeatTicks: 5, prng: createPrng(id), applied: 0, ...defaultRaftLimits, checkQuorum: false });
+    const leader = core(1);
+    leader.campaign();
+    leader.step({ type: "pre-vote-response", from: 2, to: 1, term: 1, granted: true });
+    leader.step({ type: "vote-response", from: 2, to: 1, term: 1, granted: true });
+    expect(leader.basicStatus().role).toBe("leader");
+    const sent = () => {
+      const messages: Message[] = [];
+      while (leader.hasReady()) {
+        const ready = leader.ready();
+        messages.push(...ready.messages);
+        leader.advance(ready);
+      }
+      return messages.filter((m) => m.type === "heartbeat").map((m) => m.to);
+    };
+    sent();
+    leader.elapse(4);
+    expect(sent()).toEqual([]);
+    leader.elapse(1);
+    expect(sent().sort()).toEqual([2, 3]);
+    // Ticks and time made up count together toward the next round.
+    leader.tick();
+    leader.tick();
+    leader.elapse(2);
+    expect(sent()).toEqual([]);
+    leader.tick();
+    expect(sent().sort()).toEqual([2, 3]);
+    // A follower that was stalled does not campaign on the time made up alone.
+    const follower = core(2);
+    follower.elapse(100);
+    expect(follower.basicStatus().role).toBe("follower");
+    expect(follower.hasReady() ? follower.ready().messages : []).toEqual([]);
+  });
+});
+
 function committedLeader(n: number): RawNode {
   const node = coreWith(1, n, [], 1, 0, true);
   electLeader(node, Array.from({ length: n - 1 }, (_, i) => i + 2));

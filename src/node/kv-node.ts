@@ -763,7 +763,8 @@ export class KvNode implements KvNodeApi {
    * since the start) that no timer firing delivered. A timer callback is late or never comes while
    * the process stalls (GC, a slow disk call, SIGSTOP), and a tick lost would stretch the leader's
    * lease (`Raft.leaseValid`) in real time past the followers' election timeout. Made up here, at the
-   * start of every turn, before any read is judged (`RawNode.elapse`: timers are left as they are).
+   * start of every turn, before any read is judged (`RawNode.elapse`: a leader's heartbeat timer
+   * moves too, the election timers are left as they are).
    */
   private catchUpClock(): void {
     const due = Math.floor((this.cfg.clock.nowMs() - this.ticksStartMs) / this.cfg.tickMs);

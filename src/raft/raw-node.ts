@@ -47,7 +47,7 @@ export class RawNode {
     this.raft.tick();
   }
 
-  /** Time passed without ticks (see Raft.elapse): only the lease clock moves. */
+  /** Time passed without ticks (see Raft.elapse): the lease clock and a leader's heartbeat timer move. */
   elapse(ticks: number): void {
     this.raft.elapse(ticks);
   }
