@@ -125,7 +125,6 @@ async function download(endpoints: readonly string[], authToken: string | undefi
   throw new ClientExit(3, `no endpoint could serve the snapshot: ${failures.slice(-3).join("; ")}`);
 }
 
-
 const saveCommand = defineCommand({
   meta: { name: "save", description: "Save a consistent backup of the cluster to FILE (written aside, verified, then renamed into place)" },
   args: {

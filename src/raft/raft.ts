@@ -268,7 +268,11 @@ export class Raft {
   elapse(ticks: number): void {
     assert(Number.isSafeInteger(ticks) && ticks >= 0, `elapse(${ticks})`);
     this.nowTicks += ticks;
-    if (this.role !== "leader" || ticks === 0) return;
+    if (this.role === "leader" && ticks > 0) this.heartbeatTimerElapse(ticks);
+  }
+
+  /** Leader: moves the heartbeat timer on by `ticks`; a round goes out once it reaches heartbeatTicks. */
+  private heartbeatTimerElapse(ticks: number): void {
     this.heartbeatElapsedTicks += ticks;
     if (this.heartbeatElapsedTicks >= this.cfg.heartbeatTicks) {
       this.heartbeatElapsedTicks = 0;
@@ -297,11 +301,7 @@ export class Raft {
         }
         this.leadTransferee = 0; // a transfer that did not finish within an election timeout is abandoned
       }
-      this.heartbeatElapsedTicks++;
-      if (this.heartbeatElapsedTicks >= this.cfg.heartbeatTicks) {
-        this.heartbeatElapsedTicks = 0;
-        this.broadcastHeartbeat();
-      }
+      this.heartbeatTimerElapse(1);
       this.sendDeferredCommits();
       return;
     }
