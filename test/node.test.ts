@@ -235,6 +235,31 @@ describe("large writes held back by what is pending", () => {
     // Only the writes that timed out were ever proposed.
     expect(leader.status().lastLogIndex - lastBefore).toBe(timedOut);
   });
+
+  test("while the queued writes wait for pending bytes to apply, the leader schedules no turns of its own (it does not spin)", async () => {
+    const cluster = createCluster({ requestTimeoutMs: 60_000 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const id = leader.status().id;
+    // No quorum: nothing commits, so the proposed writes stay pending and the rest stay queued.
+    for (const other of [1, 2, 3].filter((n) => n !== id)) cluster.stop(other);
+    const lastBefore = leader.status().lastLogIndex;
+    const value = new Uint8Array(300 * 1024).fill(6);
+    const writes = Array.from({ length: 40 }, (_, i) => leader.put(`spin/${i}`, value).catch((error: KvError) => error.code));
+    await cluster.settle();
+    const proposed = leader.status().lastLogIndex - lastBefore;
+    expect(proposed).toBeGreaterThan(0);
+    expect(proposed).toBeLessThan(40); // the rest are held back
+    // Nothing can change until time moves: a turn now could propose nothing. Before the fix every
+    // turn scheduled the next one (canProposeQueued looked at the pending bytes' bound, not at
+    // whether the next write fits under it), and a real event loop spun at 100% CPU meanwhile.
+    const turnsBefore = cluster.turnsRun(id);
+    await cluster.settle();
+    expect(cluster.turnsRun(id) - turnsBefore).toBe(0);
+    expect(leader.status().lastLogIndex - lastBefore).toBe(proposed);
+    leader.stop();
+    await Promise.all(writes);
+  });
 });
 
 describe("lease reads through the node", () => {

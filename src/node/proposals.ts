@@ -77,7 +77,7 @@ export class Proposals {
    */
   proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): void {
     if (this.queued.length === 0) return;
-    const budget = Math.min(proposalBytesPerTurnMax, pendingBytesMax - this.pendingBytes);
+    const budget = this.budget();
     let taken = 0;
     let bytes = 0;
     while (taken < this.queued.length) {
@@ -148,9 +148,20 @@ export class Proposals {
     }
   }
 
-  /** Whether writes wait in the queue while the pending bytes leave room for them (another turn would propose them). */
+  /**
+   * Whether another turn would propose a queued write: the oldest fits what the pending bytes leave
+   * (or nothing is pending), as in `proposeQueued`. When it does not, the applies that make room
+   * run the turn: a turn scheduled meanwhile would propose nothing and schedule the next, and the
+   * event loop would spin (at 256 KB values, ~8,000 empty turns a second on the leader).
+   */
   canProposeQueued(): boolean {
-    return this.queued.length > 0 && this.pendingBytes < pendingBytesMax;
+    const next = this.queued[0];
+    return next !== undefined && (this.pendingBytes === 0 || next.data.byteLength <= this.budget());
+  }
+
+  /** Bytes a turn may propose now: its own bound, within what the pending writes leave of theirs. */
+  private budget(): number {
+    return Math.min(proposalBytesPerTurnMax, pendingBytesMax - this.pendingBytes);
   }
 
   /**

@@ -25,6 +25,8 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
   const clock = new ManualClock();
   const network = options.chunkBytesMax === undefined ? new MemoryNetwork() : new MemoryNetwork(options.chunkBytesMax);
   let turns: { id: number; turn: () => void }[] = [];
+  /** Turns run so far, by node. */
+  const turnsRunById = new Map<number, number>();
   /** Nodes paused as by SIGSTOP: their timers do not fire and their turns wait, while time runs on. */
   const paused = new Set<number>();
   /** Node `id`'s view of the shared clock: the same time, but no timer fires while it is paused. */
@@ -76,7 +78,10 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
     for (let round = 0; round < 10_000; round++) {
       const due = turns.filter((turn) => !paused.has(turn.id));
       turns = turns.filter((turn) => paused.has(turn.id));
-      for (const { turn } of due) turn();
+      for (const { id, turn } of due) {
+        turnsRunById.set(id, (turnsRunById.get(id) ?? 0) + 1);
+        turn();
+      }
       const delivered = network.deliver();
       if (due.length === 0 && delivered === 0) break;
     }
@@ -113,7 +118,9 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
   /** Pauses node `id` as SIGSTOP would: it runs no turn and no timer until `resume`, while time goes on. */
   const pause = (id: number) => paused.add(id);
   const resume = (id: number) => paused.delete(id);
-  return { clock, network, nodes, node, storages, fatal, events, peers, startNode, settle, until, drive, leader, stop, pause, resume };
+  /** Scheduled turns node `id` has run (its timer's turns not counted). */
+  const turnsRun = (id: number) => turnsRunById.get(id) ?? 0;
+  return { clock, network, nodes, node, storages, fatal, events, peers, startNode, settle, until, drive, leader, stop, pause, resume, turnsRun };
 }
 
 export type MemoryCluster = ReturnType<typeof createMemoryCluster>;
