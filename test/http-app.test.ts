@@ -3,6 +3,7 @@
 import { afterEach, beforeEach, describe, expect, spyOn, test } from "bun:test";
 import type { Mock } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
+import { BodyAdmission } from "../src/http/body-admission.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { KvError } from "../src/lib/kv-error.ts";
 
@@ -587,5 +588,96 @@ describe("a full disk", () => {
     response = await get("/health");
     expect(response.status).toBe(503);
     expect(await response.json()).toMatchObject({ error: "disk_full" });
+  });
+});
+
+describe("large write bodies are read a bounded number of bytes at a time (issue 12)", () => {
+  const KiB = 1024;
+  /** A PUT as a client sends it, with its Content-Length. */
+  const largePut = (key: string, value: Uint8Array) =>
+    new Request(`http://localhost/kv/${key}`, { method: "PUT", body: value, headers: { "content-length": String(value.byteLength) } });
+  /** A node whose puts wait until `open()`: what it was asked, in order. */
+  function heldNode() {
+    const node = new MemoryKvNode();
+    const asked: string[] = [];
+    let open: () => void = () => undefined;
+    const opened = new Promise<void>((resolve) => (open = resolve));
+    let askedChanged: () => void = () => undefined;
+    const put = node.put.bind(node);
+    node.put = async (key, value, options) => {
+      asked.push(key);
+      askedChanged();
+      await opened;
+      return put(key, value, options);
+    };
+    /** Resolves once the node was asked `count` puts. */
+    const askedAtLeast = (count: number) =>
+      new Promise<void>((resolve) => {
+        const check = () => (asked.length >= count ? resolve() : undefined);
+        askedChanged = check;
+        check();
+      });
+    return { node, asked, open: () => open(), askedAtLeast };
+  }
+
+  test("bodies past the bound wait unread until earlier writes are answered; then every write goes", async () => {
+    const { node, asked, open, askedAtLeast } = heldNode();
+    const admission = new BodyAdmission(200 * KiB, 64 * KiB, 60_000);
+    const app = createHttpApp(node, { bodyAdmission: admission });
+    const value = new Uint8Array(100 * KiB).fill(1);
+    const answers = [0, 1, 2, 3].map((i) => app.handle(largePut(`big-${i}`, value)));
+    await askedAtLeast(2);
+    // Two bodies fill the bound: the other two were not read, and the node never heard of them.
+    expect(admission.waitingCount()).toBe(2);
+    expect(asked).toEqual(["big-0", "big-1"]);
+    // A small write does not wait behind them (a body sent without Content-Length would: it counts
+    // as the largest value allowed).
+    const small = app.handle(new Request("http://localhost/kv/small", { method: "PUT", body: "v", headers: { "content-length": "1" } }));
+    await askedAtLeast(3);
+    expect(asked).toEqual(["big-0", "big-1", "small"]);
+    expect(admission.waitingCount()).toBe(2);
+    open();
+    const statuses = await Promise.all([...answers, small].map(async (answer) => (await answer).status));
+    expect(statuses).toEqual([200, 200, 200, 200, 200]);
+    expect(asked).toEqual(["big-0", "big-1", "small", "big-2", "big-3"]);
+    expect(admission.admittedBytes()).toBe(0);
+    expect(new TextDecoder().decode((await node.get("big-3", "linearizable"))?.value.subarray(0, 1))).toBe("\u0001");
+  });
+
+  test("a body that waits past the limit is answered 429 overloaded, unread, and the node never sees it", async () => {
+    const { node, asked, open, askedAtLeast } = heldNode();
+    const app = createHttpApp(node, { bodyAdmission: new BodyAdmission(100 * KiB, 64 * KiB, 30) });
+    const value = new Uint8Array(100 * KiB).fill(2);
+    const first = app.handle(largePut("first", value));
+    await askedAtLeast(1);
+    const refused = await app.handle(largePut("second", value));
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("retry-after")).toBe("1");
+    expect(((await refused.json()) as { error: string }).error).toBe("overloaded");
+    open();
+    expect((await first).status).toBe(200);
+    expect(asked).toEqual(["first"]);
+    expect(await node.get("second", "linearizable")).toBeUndefined();
+  });
+
+  test("POST /txn bodies wait their turn too", async () => {
+    const { node, open, askedAtLeast } = heldNode();
+    const admission = new BodyAdmission(100 * KiB, 64 * KiB, 60_000);
+    const app = createHttpApp(node, { bodyAdmission: admission });
+    const first = app.handle(largePut("first", new Uint8Array(100 * KiB)));
+    await askedAtLeast(1);
+    const txnBody = JSON.stringify({ compare: [], success: [{ put: { key: "t", value: "x".repeat(100 * KiB) } }], failure: [] });
+    let txnAnswered = false;
+    const txn = app
+      .handle(new Request("http://localhost/txn", { method: "POST", body: txnBody, headers: { "content-type": "application/json", "content-length": String(txnBody.length) } }))
+      .finally(() => (txnAnswered = true));
+    for (let i = 0; i < 5 && admission.waitingCount() === 0; i++) await Promise.resolve();
+    expect(admission.waitingCount()).toBe(1);
+    expect(txnAnswered).toBe(false);
+    open();
+    expect((await first).status).toBe(200);
+    // Read once the put was answered; this node serves no transactions, so the answer is a 404.
+    expect(((await (await txn).json()) as { error: string }).error).toBe("not_found");
+    expect(admission.admittedBytes()).toBe(0);
   });
 });

@@ -18,6 +18,7 @@ import {
   watchQuery,
 } from "./openapi.ts";
 import { rawTarget } from "./raw-target.ts";
+import { BodyAdmission, bodyBytesToAdmit } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
@@ -38,7 +39,19 @@ export interface HttpAppOptions {
   bodyReadTimeoutMs?: number;
   /** Serves `GET /metrics` with this text (Prometheus format); without it, /metrics is an unknown route. */
   renderMetrics?: () => string;
+  /**
+   * How large write bodies wait their turn to be read (src/http/body-admission.ts). Default: 16 MiB
+   * of bodies of 64 KiB or more at once, each waiting at most {@link LARGE_BODY_WAIT_MS_DEFAULT}.
+   */
+  bodyAdmission?: BodyAdmission;
 }
+
+/** Default bound on the bytes of large write bodies read at once and not yet answered: 16 MiB. */
+export const LARGE_BODIES_BYTES_MAX_DEFAULT = 16 * 1024 * 1024;
+/** Bodies from this size on wait for admission: 64 KiB. */
+export const LARGE_BODY_BYTES_MIN = 64 * 1024;
+/** Default longest wait of a large body to be read: 5 s, the default request timeout. */
+export const LARGE_BODY_WAIT_MS_DEFAULT = 5_000;
 
 /** Default limit on a value's size: 1 MiB. */
 export const VALUE_BYTES_MAX_DEFAULT = 1024 * 1024;
@@ -66,6 +79,7 @@ export const KEY_BYTES_MAX_DEFAULT = 4096;
 export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   const valueBytesMax = opts.valueBytesMax ?? VALUE_BYTES_MAX_DEFAULT;
   const keyBytesMax = opts.keyBytesMax ?? KEY_BYTES_MAX_DEFAULT;
+  const admission = opts.bodyAdmission ?? new BodyAdmission(LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN, LARGE_BODY_WAIT_MS_DEFAULT);
   assert(Number.isSafeInteger(valueBytesMax) && valueBytesMax >= 0, "valueBytesMax must be a whole number of bytes");
   assert(Number.isSafeInteger(keyBytesMax) && keyBytesMax >= 1, "keyBytesMax must be at least 1 byte");
 
@@ -99,9 +113,15 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       }
       case "PUT": {
         const options = { ...parseWriteOptions(search, request), ...parseLeaseOption(search) };
-        const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
-        const { version } = await node.put(key, value, options);
-        return jsonResponse({ key, version }, 200);
+        // A large body is read when its turn comes, and holds its bytes until answered.
+        const release = await admission.admit(bodyBytesToAdmit(request, valueBytesMax));
+        try {
+          const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
+          const { version } = await node.put(key, value, options);
+          return jsonResponse({ key, version }, 200);
+        } finally {
+          release?.();
+        }
       }
       case "DELETE": {
         if (new URLSearchParams(search).has("lease")) throw new KvError("bad_request", "?lease= is for PUT: a delete detaches the key from its lease");
@@ -201,7 +221,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     )(request);
   };
 
-  const txnRoute = createTxnRoute(node, { keyBytesMax, valueBytesMax, ...(opts.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: opts.bodyReadTimeoutMs }) });
+  const txnRoute = createTxnRoute(node, { keyBytesMax, valueBytesMax, admission, ...(opts.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: opts.bodyReadTimeoutMs }) });
   const statusRoute = readOnlyRoute(() => jsonResponse(statusJson(node.status()), 200));
   const healthRoute = readOnlyRoute(() => healthResponse(node));
   let openApiDocument: ReturnType<typeof createOpenApiDocument> | undefined;

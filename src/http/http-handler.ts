@@ -141,6 +141,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     ...(options.valueBytesMax === undefined ? {} : { valueBytesMax: options.valueBytesMax }),
     ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
     ...(options.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: options.bodyReadTimeoutMs }),
+    ...(options.bodyAdmission === undefined ? {} : { bodyAdmission: options.bodyAdmission }),
     ...(registry === undefined ? {} : { renderMetrics: () => registry.render() }),
   });
   const requestDuration = registry?.histogram(

@@ -27,6 +27,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { jsonResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
+import { type BodyAdmission, bodyBytesToAdmit } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { jsonValue } from "../lib/json-value.ts";
 
@@ -35,6 +36,8 @@ export interface TxnRouteLimits {
   readonly keyBytesMax: number;
   readonly valueBytesMax: number;
   readonly bodyReadTimeoutMs?: number;
+  /** Where a large body waits its turn to be read (src/http/body-admission.ts); without it, none waits. */
+  readonly admission?: BodyAdmission;
 }
 
 /** The largest body `POST /txn` reads: one value at the limit (even as base64) and 1 MiB for the rest. */
@@ -59,16 +62,21 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
       throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
     }
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
-    const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {
-      // read-body.ts speaks of "the value": here it is the whole transaction.
-      if (error instanceof KvError && error.code === "too_large") throw new KvError("too_large", `the transaction's body is over the limit of ${bodyBytesMax} bytes`);
-      throw error;
-    });
-    const txnRequest = parseTxnBody(body, limits);
-    const txn = node.txn?.bind(node);
-    if (txn === undefined) throw new KvError("not_found", "this node does not serve transactions");
-    const answer = await txn(txnRequest, idempotencyKey === undefined ? {} : { idempotencyKey });
-    return jsonResponse(txnAnswerJson(answer), 200);
+    const release = await limits.admission?.admit(bodyBytesToAdmit(request, bodyBytesMax));
+    try {
+      const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {
+        // read-body.ts speaks of "the value": here it is the whole transaction.
+        if (error instanceof KvError && error.code === "too_large") throw new KvError("too_large", `the transaction's body is over the limit of ${bodyBytesMax} bytes`);
+        throw error;
+      });
+      const txnRequest = parseTxnBody(body, limits);
+      const txn = node.txn?.bind(node);
+      if (txn === undefined) throw new KvError("not_found", "this node does not serve transactions");
+      const answer = await txn(txnRequest, idempotencyKey === undefined ? {} : { idempotencyKey });
+      return jsonResponse(txnAnswerJson(answer), 200);
+    } finally {
+      release?.();
+    }
   };
 }
 

@@ -1,5 +1,7 @@
 import { mkdirSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
+import { LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN } from "../http/app.ts";
+import { BodyAdmission } from "../http/body-admission.ts";
 import { createClientListener } from "../http/client-listener.ts";
 import { createHttpHandler } from "../http/http-handler.ts";
 import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
@@ -268,6 +270,8 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     keyBytesMax: config.keyBytesMax,
     valueBytesMax: config.valueBytesMax,
     bodyReadTimeoutMs: config.requestReadTimeoutMs,
+    // A large body waits to be read at most as long as a write waits on the node.
+    bodyAdmission: new BodyAdmission(LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN, config.requestTimeoutMs),
   });
   const { listenHttp } = config;
   const listener = createClientListener({
@@ -286,11 +290,11 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     connectionsMax: config.clientConnectionsMax,
     requestReadTimeoutMs: config.requestReadTimeoutMs,
     // Bun's own timer cuts a body or a handler at this many seconds with no answer: it must outlast
-    // the body's deadline plus the wait on the node, which answer first.
+    // a large body's wait to be read, the body's deadline and the wait on the node, which answer first.
     // A watch stream is silent at most --watch-progress-ms between events: it must not count as idle.
     idleTimeoutS: Math.min(
       255,
-      Math.max(10, Math.ceil((config.requestTimeoutMs + config.requestReadTimeoutMs) / 1000) + 5, Math.ceil((config.watch?.progressMs ?? defaultWatch.progressMs) / 1000) + 5),
+      Math.max(10, Math.ceil((2 * config.requestTimeoutMs + config.requestReadTimeoutMs) / 1000) + 5, Math.ceil((config.watch?.progressMs ?? defaultWatch.progressMs) / 1000) + 5),
     ),
     metrics,
   });

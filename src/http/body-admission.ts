@@ -1,0 +1,105 @@
+import { KvError } from "../lib/kv-error.ts";
+
+/**
+ * How many bytes of large write bodies a node takes in at once (issue 12). Bun reads a request's
+ * body only once the handler asks for it (until then the bytes wait in the sockets and the client
+ * is held back), so a write whose body is large waits here first, and holds its bytes until it is
+ * answered.
+ *
+ * Why: when 64 clients began writing 1 MiB values at once on a fresh cluster, the leader's thread
+ * read and copied 64 MiB of bodies in one go (134 MB of fresh memory in 0.6 s, 33,000 page faults),
+ * its 10 ms timer fired up to 250 ms late, and the followers, hearing no heartbeat, elected another
+ * leader (BENCHMARKS.md, eighteenth session). Writes past what the node can propose gain nothing by
+ * being read early: at most `pendingBytesMax` (src/node/proposals.ts) are proposed and not applied.
+ *
+ * Bodies under `largeBytesMin` pass at once and count nothing. A large one waits, first come first
+ * served, until what is admitted leaves room for it, or nothing is admitted (so one body larger than
+ * the bound still goes, alone). One that waits past `waitMsMax` is refused with `overloaded`: it was
+ * not read, so it did not apply and a retry is safe.
+ */
+export class BodyAdmission {
+  private admitted = 0;
+  private readonly waiters: Waiter[] = [];
+
+  constructor(
+    /** Bytes of large bodies read at once and not yet answered. */
+    readonly bytesMax: number,
+    /** Bodies of fewer bytes pass without waiting. */
+    readonly largeBytesMin: number,
+    /** The longest a body waits to be read. */
+    readonly waitMsMax: number,
+  ) {}
+
+  /**
+   * Waits until a body of `bytes` may be read. Resolves with its release (call it once the request
+   * is answered), or undefined when the body is small; rejects with `overloaded` past `waitMsMax`.
+   */
+  admit(bytes: number): Promise<(() => void) | undefined> {
+    if (bytes < this.largeBytesMin) return Promise.resolve(undefined);
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { bytes, resolve, timer: undefined };
+      waiter.timer = setTimeout(() => {
+        const at = this.waiters.indexOf(waiter);
+        if (at < 0) return;
+        this.waiters.splice(at, 1);
+        reject(
+          new KvError("overloaded", `too many large writes are being received at once: this one waited ${this.waitMsMax} ms and was not read (it did not apply; retrying is safe)`, {
+            retryAfterS: 1,
+          }),
+        );
+        // It may have been first in line, holding back smaller ones that fit.
+        this.admitWaiting();
+      }, this.waitMsMax);
+      this.waiters.push(waiter);
+      this.admitWaiting();
+    });
+  }
+
+  /** Bytes admitted and not yet released. */
+  admittedBytes(): number {
+    return this.admitted;
+  }
+
+  /** Bodies waiting to be read. */
+  waitingCount(): number {
+    return this.waiters.length;
+  }
+
+  private admitWaiting(): void {
+    for (;;) {
+      const next = this.waiters[0];
+      if (next === undefined) return;
+      if (this.admitted > 0 && this.admitted + next.bytes > this.bytesMax) return;
+      this.waiters.shift();
+      clearTimeout(next.timer);
+      this.admitted += next.bytes;
+      let released = false;
+      next.resolve(() => {
+        if (released) return;
+        released = true;
+        this.admitted -= next.bytes;
+        this.admitWaiting();
+      });
+    }
+  }
+}
+
+interface Waiter {
+  readonly bytes: number;
+  readonly resolve: (release: () => void) => void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+/**
+ * The bytes a request's body will take, for admission: its Content-Length, or `bytesMax` when it
+ * is sent without one (chunked). 0 when the body will be refused before it is read (a malformed
+ * Content-Length, or one over `bytesMax`): nothing to wait for.
+ */
+export function bodyBytesToAdmit(request: Request, bytesMax: number): number {
+  const declared = request.headers.get("content-length");
+  if (declared === null) return request.body === null ? 0 : bytesMax;
+  const trimmed = declared.trim();
+  if (!/^[0-9]+$/.test(trimmed)) return 0;
+  const bytes = Number(trimmed);
+  return bytes > bytesMax ? 0 : bytes;
+}
