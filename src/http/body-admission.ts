@@ -14,8 +14,12 @@ import { KvError } from "../lib/kv-error.ts";
  *
  * Bodies under `largeBytesMin` pass at once and count nothing. A large one waits, first come first
  * served, until what is admitted leaves room for it, or nothing is admitted (so one body larger than
- * the bound still goes, alone). One that waits past `waitMsMax` is refused with `overloaded`: it was
- * not read, so it did not apply and a retry is safe.
+ * the bound still goes, alone). One that waits past `waitMsMax` is refused with `overloaded`: it did
+ * not apply, so a retry is safe (the handler then reads and discards its body, as for a 413).
+ *
+ * A body that arrives slowly holds its share until it arrived or `--request-read-timeout` passed,
+ * and one sent without Content-Length counts as the largest allowed: enough of them at once make
+ * the other large writes wait, then refuse them (docs/operations.md). Small bodies never wait.
  */
 export class BodyAdmission {
   private admitted = 0;

@@ -105,6 +105,8 @@ export class ServerStartError extends Error {
 const DISK_RETRY_MS = 1_000;
 /** The period of the timer whose lateness `kv_event_loop_lag_seconds` records. */
 const LOOP_LAG_PROBE_MS = 10;
+/** The longest idle timeout Bun.serve takes, in seconds. */
+const idleTimeoutSMax = 255;
 /** How long shutdown waits for requests in flight to be answered before it closes their connections. */
 const SHUTDOWN_DRAIN_MS_MAX = 3_000;
 
@@ -263,6 +265,17 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   );
 
   nodeMetrics = instrumentNode(node, metrics, { clusterId: clusterIdChoice.clusterId, version: packageJson.version });
+  // A large body waits to be read at most as long as a write waits on the node, and never so long
+  // that the wait, the body's deadline and the wait on the node outlast Bun's idle timer (below).
+  const bodyAdmission = new BodyAdmission(
+    LARGE_BODIES_BYTES_MAX_DEFAULT,
+    LARGE_BODY_BYTES_MIN,
+    Math.min(config.requestTimeoutMs, Math.max(1_000, (idleTimeoutSMax - 5) * 1000 - config.requestTimeoutMs - config.requestReadTimeoutMs)),
+  );
+  metrics.collected("kv_http_large_body_bytes_admitted", "Bytes of large write bodies (64 KiB or more) being read or waiting on the node now.", "gauge", [], () => [
+    [{}, bodyAdmission.admittedBytes()],
+  ]);
+  metrics.collected("kv_http_large_bodies_waiting", "Large write bodies waiting, unread, for their turn to be read.", "gauge", [], () => [[{}, bodyAdmission.waitingCount()]]);
   const http = createHttpHandler(nodeMetrics.node, {
     ...(config.authToken === undefined ? {} : { authToken: config.authToken }),
     metricsOpen: config.metricsOpen,
@@ -270,8 +283,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     keyBytesMax: config.keyBytesMax,
     valueBytesMax: config.valueBytesMax,
     bodyReadTimeoutMs: config.requestReadTimeoutMs,
-    // A large body waits to be read at most as long as a write waits on the node.
-    bodyAdmission: new BodyAdmission(LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN, config.requestTimeoutMs),
+    bodyAdmission,
   });
   const { listenHttp } = config;
   const listener = createClientListener({
@@ -293,8 +305,12 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     // a large body's wait to be read, the body's deadline and the wait on the node, which answer first.
     // A watch stream is silent at most --watch-progress-ms between events: it must not count as idle.
     idleTimeoutS: Math.min(
-      255,
-      Math.max(10, Math.ceil((2 * config.requestTimeoutMs + config.requestReadTimeoutMs) / 1000) + 5, Math.ceil((config.watch?.progressMs ?? defaultWatch.progressMs) / 1000) + 5),
+      idleTimeoutSMax,
+      Math.max(
+        10,
+        Math.ceil((bodyAdmission.waitMsMax + config.requestTimeoutMs + config.requestReadTimeoutMs) / 1000) + 5,
+        Math.ceil((config.watch?.progressMs ?? defaultWatch.progressMs) / 1000) + 5,
+      ),
     ),
     metrics,
   });
