@@ -213,15 +213,19 @@ describe("large writes: what a leader has proposed and not applied is bounded by
 });
 
 describe("large writes held back by what is pending", () => {
-  test("writes still queued when their deadline passes are refused as overloaded (never proposed, safe to retry); the proposed ones time out", async () => {
-    // Deadlines shorter than the election timeout: the leader still leads when they pass.
-    const cluster = createCluster({ requestTimeoutMs: 50 });
+  /** A leader left without a quorum: nothing commits, so what it proposes stays pending. */
+  async function leaderAlone(requestTimeoutMs: number) {
+    const cluster = createCluster({ requestTimeoutMs });
     await cluster.until(() => cluster.leader() !== undefined);
     const leader = cluster.leader()!;
     const id = leader.status().id;
-    // No quorum: nothing commits, so what is proposed stays pending until it times out.
     for (const other of [1, 2, 3].filter((n) => n !== id)) cluster.stop(other);
-    const lastBefore = leader.status().lastLogIndex;
+    return { cluster, leader, id, lastBefore: leader.status().lastLogIndex };
+  }
+
+  test("writes still queued when their deadline passes are refused as overloaded (never proposed, safe to retry); the proposed ones time out", async () => {
+    // Deadlines shorter than the election timeout: the leader still leads when they pass.
+    const { cluster, leader, lastBefore } = await leaderAlone(50);
     const value = new Uint8Array(300 * 1024).fill(5);
     const outcomes = await drive(
       cluster,
@@ -237,13 +241,8 @@ describe("large writes held back by what is pending", () => {
   });
 
   test("while the queued writes wait for pending bytes to apply, the leader schedules no turns of its own (it does not spin)", async () => {
-    const cluster = createCluster({ requestTimeoutMs: 60_000 });
-    await cluster.until(() => cluster.leader() !== undefined);
-    const leader = cluster.leader()!;
-    const id = leader.status().id;
-    // No quorum: nothing commits, so the proposed writes stay pending and the rest stay queued.
-    for (const other of [1, 2, 3].filter((n) => n !== id)) cluster.stop(other);
-    const lastBefore = leader.status().lastLogIndex;
+    // The proposed writes stay pending and the rest stay queued.
+    const { cluster, leader, id, lastBefore } = await leaderAlone(60_000);
     const value = new Uint8Array(300 * 1024).fill(6);
     const writes = Array.from({ length: 40 }, (_, i) => leader.put(`spin/${i}`, value).catch((error: KvError) => error.code));
     await cluster.settle();
