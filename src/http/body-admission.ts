@@ -47,7 +47,7 @@ export class BodyAdmission {
         if (at < 0) return;
         this.waiters.splice(at, 1);
         reject(
-          new KvError("overloaded", `too many large writes are being received at once: this one waited ${this.waitMsMax} ms and was not read (it did not apply; retrying is safe)`, {
+          new KvError("overloaded", `too many large writes are being received at once: this one waited ${this.waitMsMax} ms for its turn and was not applied (retrying is safe)`, {
             retryAfterS: 1,
           }),
         );
