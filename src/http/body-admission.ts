@@ -1,4 +1,5 @@
 import { KvError } from "../lib/kv-error.ts";
+import { declaredBodyBytes } from "./read-body.ts";
 
 /**
  * How many bytes of large write bodies a node takes in at once (issue 12). Bun reads a request's
@@ -100,10 +101,7 @@ interface Waiter {
  * Content-Length, or one over `bytesMax`): nothing to wait for.
  */
 export function bodyBytesToAdmit(request: Request, bytesMax: number): number {
-  const declared = request.headers.get("content-length");
-  if (declared === null) return request.body === null ? 0 : bytesMax;
-  const trimmed = declared.trim();
-  if (!/^[0-9]+$/.test(trimmed)) return 0;
-  const bytes = Number(trimmed);
-  return bytes > bytesMax ? 0 : bytes;
+  const declared = declaredBodyBytes(request);
+  if (declared === undefined) return request.body === null ? 0 : bytesMax;
+  return Number.isNaN(declared) || declared > bytesMax ? 0 : declared;
 }

@@ -8,11 +8,9 @@ import { KvError } from "../lib/kv-error.ts";
  * The body is read once; the route must use `parse: "none"` so Elysia has not consumed it.
  */
 export async function readBodyBytesMax(request: Request, bytesMax: number, readTimeoutMs?: number): Promise<Uint8Array> {
-  const contentLength = request.headers.get("content-length");
-  if (contentLength !== null) {
-    const trimmed = contentLength.trim();
-    if (!/^[0-9]+$/.test(trimmed)) throw new KvError("bad_request", "Content-Length is not a number of bytes");
-    const declaredBytes = Number(trimmed);
+  const declaredBytes = declaredBodyBytes(request);
+  if (declaredBytes !== undefined) {
+    if (Number.isNaN(declaredBytes)) throw new KvError("bad_request", "Content-Length is not a number of bytes");
     if (declaredBytes > bytesMax) throw tooLarge(declaredBytes, bytesMax);
     if (declaredBytes === 0) return new Uint8Array(0);
     const bytes = new Uint8Array(await withDeadline(unreadable(request.arrayBuffer()), readTimeoutMs));
@@ -85,4 +83,12 @@ async function unreadable<T>(reading: Promise<T>): Promise<T> {
 
 function tooLarge(bytes: number, bytesMax: number): KvError {
   return new KvError("too_large", `the value is ${bytes} bytes; the limit is ${bytesMax}`);
+}
+
+/** The request's Content-Length: undefined when it has none (chunked), NaN when it is not a number of bytes. */
+export function declaredBodyBytes(request: Request): number | undefined {
+  const contentLength = request.headers.get("content-length");
+  if (contentLength === null) return undefined;
+  const trimmed = contentLength.trim();
+  return /^[0-9]+$/.test(trimmed) ? Number(trimmed) : Number.NaN;
 }

@@ -76,18 +76,18 @@ export class Proposals {
    * of it was proposed. What stays queued goes in a later turn (`canProposeQueued`).
    */
   proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): void {
-    if (this.queued.length === 0) return;
+    // Nothing queued, or held back by what is pending: the applies that settle it run turns of their own.
+    if (!this.canProposeQueued()) return;
     const budget = this.budget();
     let taken = 0;
     let bytes = 0;
+    // The oldest goes (canProposeQueued), however large; the others while they fit.
     while (taken < this.queued.length) {
       const size = (this.queued[taken] as QueuedWrite).data.byteLength;
-      if (bytes + size > budget && (taken > 0 || this.pendingBytes > 0)) break;
+      if (taken > 0 && bytes + size > budget) break;
       bytes += size;
       taken++;
     }
-    // Held back by what is pending: the applies that settle it run turns of their own.
-    if (taken === 0) return;
     const writes = taken === this.queued.length ? this.queued : this.queued.slice(0, taken);
     this.queued = taken === this.queued.length ? [] : this.queued.slice(taken);
     let firstIndex: number;
@@ -149,8 +149,8 @@ export class Proposals {
   }
 
   /**
-   * Whether another turn would propose a queued write: the oldest fits what the pending bytes leave
-   * (or nothing is pending), as in `proposeQueued`. When it does not, the applies that make room
+   * Whether a turn would propose a queued write: the oldest fits what the pending bytes leave (or
+   * nothing is pending); `proposeQueued` asks the same. When it does not, the applies that make room
    * run the turn: a turn scheduled meanwhile would propose nothing and schedule the next, and the
    * event loop would spin (at 256 KB values, ~8,000 empty turns a second on the leader).
    */
