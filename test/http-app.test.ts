@@ -680,4 +680,32 @@ describe("large write bodies are read a bounded number of bytes at a time (issue
     expect(((await (await txn).json()) as { error: string }).error).toBe("not_found");
     expect(admission.admittedBytes()).toBe(0);
   });
+
+  test("a follower redirects a write, and a transaction, without reading its body", async () => {
+    const node = new MemoryKvNode();
+    node.failure = new KvError("not_leader", "node 2 is the leader", { leaderId: 2, leaderUrl: "http://127.0.0.1:8002" });
+    // Were a body read, its stream would be pulled, and this upload, which stalls after its first
+    // 64 KiB, would be cut by the read timeout (a 408, not a redirect).
+    const app = createHttpApp(node, { bodyReadTimeoutMs: 500 });
+    let pulls = 0;
+    const stalled = () =>
+      new ReadableStream<Uint8Array>(
+        {
+          pull(controller) {
+            pulls++;
+            if (pulls > 1) return new Promise<void>(() => undefined);
+            controller.enqueue(new Uint8Array(64 * KiB));
+            return undefined;
+          },
+        },
+        { highWaterMark: 0 },
+      );
+    const headers = { "content-length": String(1024 * KiB) };
+    const write = await app.handle(new Request("http://localhost/kv/big", { method: "PUT", body: stalled(), headers, duplex: "half" } as RequestInit));
+    expect(write.status).toBe(307);
+    expect(write.headers.get("location")).toBe("http://127.0.0.1:8002/kv/big");
+    const txn = await app.handle(new Request("http://localhost/txn", { method: "POST", body: stalled(), headers: { ...headers, "content-type": "application/json" }, duplex: "half" } as RequestInit));
+    expect(txn.status).toBe(307);
+    expect(pulls).toBe(0);
+  });
 });

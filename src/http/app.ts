@@ -113,6 +113,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       }
       case "PUT": {
         const options = { ...parseWriteOptions(search, request), ...parseLeaseOption(search) };
+        // Refused before its body is read: a follower redirects a write without reading it.
+        node.refuseWriteUnlessLeader();
         // A large body is read when its turn comes, and holds its bytes until answered.
         const release = await admission.admit(bodyBytesToAdmit(request, valueBytesMax));
         try {

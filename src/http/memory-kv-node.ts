@@ -47,6 +47,11 @@ export class MemoryKvNode implements KvNodeApi {
     return { deleted: this.values.delete(key), version };
   }
 
+  /** Throws `failure` when it is a refusal a real node makes before any write (`not_leader`, `no_leader`). */
+  refuseWriteUnlessLeader(): void {
+    if (this.failure instanceof KvError && (this.failure.code === "not_leader" || this.failure.code === "no_leader")) throw this.failure;
+  }
+
   /** The stored value, or undefined. */
   async get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined> {
     this.throwIfFailing();

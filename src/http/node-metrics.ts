@@ -118,6 +118,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
 
   const wrapped: KvNodeApi = {
     put: (key, value, options) => write("put", () => node.put(key, value, options)),
+    refuseWriteUnlessLeader: () => node.refuseWriteUnlessLeader(),
     delete: (key, options) => write("delete", () => node.delete(key, options)),
     async get(key, consistency) {
       if (consistency !== "linearizable") return node.get(key, consistency);

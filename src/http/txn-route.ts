@@ -62,6 +62,8 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
       throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
     }
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
+    // Refused before its body is read: a follower redirects a transaction without reading it.
+    node.refuseWriteUnlessLeader();
     const release = await limits.admission?.admit(bodyBytesToAdmit(request, bodyBytesMax));
     try {
       const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {

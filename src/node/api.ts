@@ -120,6 +120,14 @@ export interface KvNodeApi {
    * otherwise it rejects with `version_mismatch` carrying the current version (compare-and-set).
    */
   put(key: string, value: Uint8Array, options?: WriteOptions): Promise<{ version: number }>;
+  /**
+   * Throws what a write would be refused with before anything about it is known: `not_leader`
+   * (or `no_leader`) on a node that does not lead, the disk-full and stopped-node errors, and
+   * `overloaded` when too many requests wait. The HTTP routes ask before they read a write's body,
+   * so a follower redirects a large write without reading it (the client sends it again, to the
+   * leader). `put`, `delete` and `txn` check again.
+   */
+  refuseWriteUnlessLeader(): void;
   delete(key: string, options?: WriteOptions): Promise<{ deleted: boolean; version: number }>;
   get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined>;
   /**

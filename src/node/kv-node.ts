@@ -665,16 +665,19 @@ export class KvNode implements KvNodeApi {
     return this.transport?.peerHttpUrl(id);
   }
 
+  refuseWriteUnlessLeader(): void {
+    this.refuseUnlessRunning();
+    if (this.raw.basicStatus().role !== "leader") throw this.notLeader();
+    this.refuseWhenFull();
+  }
+
   private write(command: Command): Promise<ApplyResult> {
     if (command.op !== "txn") checkClientKey(command.key); // a transaction's keys: checkTxnRequest
     const idem = command.idempotencyKey;
     if (idem !== undefined && (idem === "" || new TextEncoder().encode(idem).byteLength > idempotencyKeyBytesMax || !idem.isWellFormed())) {
       throw new KvError("bad_request", `an idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
     }
-    this.refuseUnlessRunning();
-    const raft = this.raw.basicStatus();
-    if (raft.role !== "leader") throw this.notLeader();
-    this.refuseWhenFull();
+    this.refuseWriteUnlessLeader();
     // Checked where the write is proposed, on the leader (as etcd's quota): every replica keeps the
     // same state machine, so the leader's size stands for theirs. Deletes pass, so space can be freed.
     if ((command.op === "put" || (command.op === "txn" && txnPuts(command))) && this.overQuota()) {
