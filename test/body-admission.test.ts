@@ -93,6 +93,37 @@ describe("BodyAdmission", () => {
     fits?.();
     held?.();
   });
+
+  test("a waiter whose client hung up leaves the line at once, and the one behind it that fits goes", async () => {
+    const admission = new BodyAdmission(2 * MiB, 64 * KiB, 60_000);
+    const held = await admission.admit(1 * MiB);
+    const hangUp = new AbortController();
+    const gone = admission.admit(2 * MiB, hangUp.signal); // first in line, cannot fit yet
+    const behind = admission.admit(1 * MiB); // fits, but came later
+    expect(await settled(behind)).toBe(false);
+    expect(admission.waitingCount()).toBe(2);
+    hangUp.abort();
+    const error = await gone.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(KvError);
+    (await behind)?.();
+    expect(admission.waitingCount()).toBe(0);
+    // A client already gone never waits, nor counts.
+    const goneBefore = new AbortController();
+    goneBefore.abort();
+    expect(await settled(admission.admit(1 * MiB, goneBefore.signal).catch(() => undefined))).toBe(true);
+    expect(admission.admittedBytes()).toBe(1 * MiB);
+    held?.();
+    // A waiter admitted before its client hung up keeps its share until released.
+    const late = new AbortController();
+    const admitted = await admission.admit(1 * MiB, late.signal);
+    late.abort();
+    expect(admission.admittedBytes()).toBe(1 * MiB);
+    admitted?.();
+    expect(admission.admittedBytes()).toBe(0);
+  });
 });
 
 describe("bodyBytesToAdmit", () => {

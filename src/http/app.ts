@@ -116,7 +116,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         // Refused before its body is read: a follower redirects a write without reading it.
         node.refuseWriteUnlessLeader();
         // A large body is read when its turn comes, and holds its bytes until answered.
-        const release = await admission.admit(bodyBytesToAdmit(request, valueBytesMax));
+        const release = await admission.admit(bodyBytesToAdmit(request, valueBytesMax), request.signal);
         try {
           const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
           const { version } = await node.put(key, value, options);

@@ -37,24 +37,38 @@ export class BodyAdmission {
 
   /**
    * Waits until a body of `bytes` may be read. Resolves with its release (call it once the request
-   * is answered), or undefined when the body is small; rejects with `overloaded` past `waitMsMax`.
+   * is answered), or undefined when the body is small; rejects with `overloaded` past `waitMsMax`,
+   * and at once when `signal` aborts (the client hung up: its place goes to the next in line).
    */
-  admit(bytes: number): Promise<(() => void) | undefined> {
+  admit(bytes: number, signal?: AbortSignal): Promise<(() => void) | undefined> {
     if (bytes < this.largeBytesMin) return Promise.resolve(undefined);
+    if (signal?.aborted === true) return Promise.reject(clientGone());
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = { bytes, resolve, timer: undefined };
-      waiter.timer = setTimeout(() => {
+      const waiter: Waiter = { bytes, resolve, timer: undefined, stopWaiting: undefined };
+      const leave = (error: KvError) => {
         const at = this.waiters.indexOf(waiter);
         if (at < 0) return;
         this.waiters.splice(at, 1);
-        reject(
-          new KvError("overloaded", `too many large writes are being received at once: this one waited ${this.waitMsMax} ms for its turn and was not applied (retrying is safe)`, {
-            retryAfterS: 1,
-          }),
-        );
+        clearTimeout(waiter.timer);
+        waiter.stopWaiting?.();
+        reject(error);
         // It may have been first in line, holding back smaller ones that fit.
         this.admitWaiting();
-      }, this.waitMsMax);
+      };
+      waiter.timer = setTimeout(
+        () =>
+          leave(
+            new KvError("overloaded", `too many large writes are being received at once: this one waited ${this.waitMsMax} ms for its turn and was not applied (retrying is safe)`, {
+              retryAfterS: 1,
+            }),
+          ),
+        this.waitMsMax,
+      );
+      if (signal !== undefined) {
+        const onAbort = () => leave(clientGone());
+        signal.addEventListener("abort", onAbort, { once: true });
+        waiter.stopWaiting = () => signal.removeEventListener("abort", onAbort);
+      }
       this.waiters.push(waiter);
       this.admitWaiting();
     });
@@ -77,6 +91,7 @@ export class BodyAdmission {
       if (this.admitted > 0 && this.admitted + next.bytes > this.bytesMax) return;
       this.waiters.shift();
       clearTimeout(next.timer);
+      next.stopWaiting?.();
       this.admitted += next.bytes;
       let released = false;
       next.resolve(() => {
@@ -93,6 +108,13 @@ interface Waiter {
   readonly bytes: number;
   readonly resolve: (release: () => void) => void;
   timer: ReturnType<typeof setTimeout> | undefined;
+  /** Stops listening for the client hanging up. */
+  stopWaiting: (() => void) | undefined;
+}
+
+/** A waiter whose client hung up: nobody reads this answer. */
+function clientGone(): KvError {
+  return new KvError("bad_request", "the client closed the connection before its body was read");
 }
 
 /**

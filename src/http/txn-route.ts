@@ -64,7 +64,7 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
     // Refused before its body is read: a follower redirects a transaction without reading it.
     node.refuseWriteUnlessLeader();
-    const release = await limits.admission?.admit(bodyBytesToAdmit(request, bodyBytesMax));
+    const release = await limits.admission?.admit(bodyBytesToAdmit(request, bodyBytesMax), request.signal);
     try {
       const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {
         // read-body.ts speaks of "the value": here it is the whole transaction.
