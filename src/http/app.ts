@@ -113,10 +113,12 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       }
       case "PUT": {
         const options = { ...parseWriteOptions(search, request), ...parseLeaseOption(search) };
-        // Refused before its body is read: a follower redirects a write without reading it.
-        node.refuseWriteUnlessLeader();
+        const bodyBytes = bodyBytesToAdmit(request, valueBytesMax);
+        // A large body is not read only to be refused: a follower redirects it unread (the lingering
+        // close discards it). A small one is read first, so the connection stays open.
+        if (bodyBytes >= admission.largeBytesMin) node.refuseWriteUnlessLeader();
         // A large body is read when its turn comes, and holds its bytes until answered.
-        const release = await admission.admit(bodyBytesToAdmit(request, valueBytesMax), request.signal);
+        const release = await admission.admit(bodyBytes, request.signal);
         try {
           const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
           const { version } = await node.put(key, value, options);

@@ -7,9 +7,10 @@ import type { KvNodeApi } from "../node/api.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
 import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import { secretsEqual } from "../lib/secret.ts";
-import { createHttpApp, type HttpAppOptions } from "./app.ts";
+import { createHttpApp, type HttpAppOptions, VALUE_BYTES_MAX_DEFAULT } from "./app.ts";
 import { errorResponse, shuttingDownResponse, unauthenticatedResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
+import { txnBodyBytesMax } from "./txn-route.ts";
 
 /**
  * After an error answer to a request whose body was left unread (413, 401, a refusal while shutting
@@ -21,6 +22,7 @@ import { rawTarget } from "./raw-target.ts";
 export const LINGER_BYTES_MAX = 16 << 20;
 /** How long a lingering close reads and discards before it closes the connection anyway. */
 export const LINGER_MS_MAX = 5_000;
+const LINGER: Linger = { bytesMax: LINGER_BYTES_MAX, msMax: LINGER_MS_MAX };
 
 /** The client API's options: limits, and who may call it. */
 export interface HttpHandlerOptions extends Omit<HttpAppOptions, "renderMetrics"> {
@@ -91,11 +93,11 @@ export function routeLabel(path: string): RouteLabel {
 
 /**
  * `response` with `Connection: close`, whose body ends only once the request's unread body has been
- * read and discarded (up to `LINGER_BYTES_MAX` bytes or `LINGER_MS_MAX`): Bun closes the connection
- * when the response ends, and by then the socket holds no unread bytes that would reset it. The
- * answer's bytes go out at once; only its end waits.
+ * read and discarded (up to `linger`'s bytes or time): Bun closes the connection when the response
+ * ends, and by then the socket holds no unread bytes that would reset it. The answer's bytes go out
+ * at once; only its end waits.
  */
-async function lingeringResponse(request: Request, response: Response): Promise<Response> {
+async function lingeringResponse(request: Request, response: Response, linger: Linger): Promise<Response> {
   const headers = new Headers(response.headers);
   headers.set("connection", "close");
   const body = request.body;
@@ -105,7 +107,7 @@ async function lingeringResponse(request: Request, response: Response): Promise<
   const stream = new ReadableStream<Uint8Array>({
     start(controller) {
       if (answer.byteLength > 0) controller.enqueue(answer);
-      void discardBody(body).then(() => {
+      void discardBody(body, linger).then(() => {
         try {
           controller.close();
         } catch {
@@ -117,13 +119,19 @@ async function lingeringResponse(request: Request, response: Response): Promise<
   return new Response(stream, { status: response.status, headers });
 }
 
-/** Reads and drops a request body until it ends, `LINGER_BYTES_MAX` bytes or `LINGER_MS_MAX` pass; never rejects. */
-async function discardBody(body: ReadableStream<Uint8Array>): Promise<void> {
+/** How much of an unread body a lingering close reads and discards at most. */
+interface Linger {
+  readonly bytesMax: number;
+  readonly msMax: number;
+}
+
+/** Reads and drops a request body until it ends, or `linger`'s bytes or time pass; never rejects. */
+async function discardBody(body: ReadableStream<Uint8Array>, linger: Linger): Promise<void> {
   const reader = body.getReader();
-  const timer = setTimeout(() => void reader.cancel().catch(() => undefined), LINGER_MS_MAX);
+  const timer = setTimeout(() => void reader.cancel().catch(() => undefined), linger.msMax);
   let discardedBytes = 0;
   try {
-    while (discardedBytes <= LINGER_BYTES_MAX) {
+    while (discardedBytes <= linger.bytesMax) {
       const { done, value } = await reader.read();
       if (done) break;
       discardedBytes += value.byteLength;
@@ -137,6 +145,15 @@ async function discardBody(body: ReadableStream<Uint8Array>): Promise<void> {
 
 export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions = {}): HttpHandler {
   const registry = options.metrics;
+  /**
+   * A follower's redirect of a large write it did not read (app.ts) is an answer the client must
+   * get whole, to send the write again: the rest of the body is discarded for as long, and as many
+   * bytes, as reading it would have been allowed (the largest transaction's body).
+   */
+  const redirectLinger: Linger = {
+    bytesMax: Math.max(LINGER_BYTES_MAX, txnBodyBytesMax(options.valueBytesMax ?? VALUE_BYTES_MAX_DEFAULT)),
+    msMax: Math.max(LINGER_MS_MAX, options.bodyReadTimeoutMs ?? 0),
+  };
   const app = createHttpApp(node, {
     ...(options.valueBytesMax === undefined ? {} : { valueBytesMax: options.valueBytesMax }),
     ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
@@ -191,7 +208,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
    */
   async function finish(request: Request, response: Response): Promise<Response> {
     if (carriesBody(request) && (response.status >= 400 || !request.bodyUsed || shuttingDown)) {
-      return lingeringResponse(request, response);
+      return lingeringResponse(request, response, response.status === 307 ? redirectLinger : LINGER);
     }
     if (shuttingDown) response.headers.set("connection", "close");
     return response;

@@ -6,6 +6,9 @@ import { KvError } from "../lib/kv-error.ts";
  * Set `failure` to make every data call (put, get, delete, status) throw it, as a real node would
  * throw a `KvError`; set `isHealthy` and `statusNow` to shape /health and /status.
  */
+/** The codes `KvNode.refuseWriteUnlessLeader` throws (src/node/kv-node.ts). */
+const refusedBeforeWrites = new Set(["not_leader", "no_leader", "overloaded", "insufficient_storage", "unavailable"]);
+
 export class MemoryKvNode implements KvNodeApi {
   /** When set, put, get, delete and status throw this instead of doing anything. */
   failure: unknown = undefined;
@@ -47,9 +50,9 @@ export class MemoryKvNode implements KvNodeApi {
     return { deleted: this.values.delete(key), version };
   }
 
-  /** Throws `failure` when it is a refusal a real node makes before any write (`not_leader`, `no_leader`). */
+  /** Throws `failure` when it is a refusal a real node makes before any write (KvNode.refuseWriteUnlessLeader). */
   refuseWriteUnlessLeader(): void {
-    if (this.failure instanceof KvError && (this.failure.code === "not_leader" || this.failure.code === "no_leader")) throw this.failure;
+    if (this.failure instanceof KvError && refusedBeforeWrites.has(this.failure.code)) throw this.failure;
   }
 
   /** The stored value, or undefined. */

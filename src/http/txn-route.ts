@@ -62,9 +62,10 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
       throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
     }
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
-    // Refused before its body is read: a follower redirects a transaction without reading it.
-    node.refuseWriteUnlessLeader();
-    const release = await limits.admission?.admit(bodyBytesToAdmit(request, bodyBytesMax), request.signal);
+    const bodyBytes = bodyBytesToAdmit(request, bodyBytesMax);
+    // As for a PUT (app.ts): a large body is not read only to be redirected.
+    if (limits.admission !== undefined && bodyBytes >= limits.admission.largeBytesMin) node.refuseWriteUnlessLeader();
+    const release = await limits.admission?.admit(bodyBytes, request.signal);
     try {
       const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {
         // read-body.ts speaks of "the value": here it is the whole transaction.

@@ -1,0 +1,105 @@
+// Proves, on a live 3-node cluster over real sockets, that a follower redirects a large write without reading its body (the 307 arrives while the upload is still unsent, and the connection then closes) but reads a small one first (its connection stays open), and that a large write waiting for its turn on the leader leaves the line when its client hangs up (src/http/body-admission.ts).
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServerCluster } from "./helpers/server-cluster.ts";
+
+const baseDir = mkdtempSync(join(tmpdir(), "kv-large-writes-"));
+const cluster = createServerCluster({ size: 3, baseDir });
+let leader = 0;
+let follower = 0;
+const sockets: Socket[] = [];
+
+beforeAll(async () => {
+  await cluster.start();
+  leader = await cluster.waitForLeader();
+  follower = leader === 1 ? 2 : 1;
+});
+afterAll(async () => {
+  for (const socket of sockets) socket.destroy();
+  await cluster.stop();
+  rmSync(baseDir, { recursive: true, force: true });
+});
+
+/** A raw connection to node `id`'s HTTP port; what it receives, and whether the server closed it. */
+function open(id: number): { socket: Socket; received: () => string; closed: Promise<void> } {
+  const url = new URL(cluster.node(id).httpUrl);
+  const socket = connect(Number(url.port), url.hostname);
+  sockets.push(socket);
+  let text = "";
+  socket.on("data", (chunk: Buffer) => (text += chunk.toString("latin1")));
+  socket.on("error", () => undefined);
+  const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()));
+  return { socket, received: () => text, closed };
+}
+
+/** Resolves once `condition` holds (polled): a condition awaited, not a sleep. */
+async function until(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+/** A gauge of node `id`'s /metrics. */
+async function gauge(id: number, name: string): Promise<number> {
+  const text = await (await fetch(`${cluster.node(id).httpUrl}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(" ")[1]);
+}
+
+test("a follower answers a large PUT with its 307 before the body is sent, then closes the connection", async () => {
+  const { socket, received, closed } = open(follower);
+  // Only the head and 1 KiB of a 1 MiB body: were the body read first, no answer could come.
+  socket.write(`PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: ${1 << 20}\r\n\r\n`);
+  socket.write(new Uint8Array(1024));
+  await until(() => received().includes("\r\n\r\n"), "the follower's answer");
+  expect(received()).toStartWith("HTTP/1.1 307");
+  expect(received().toLowerCase()).toContain(`location: ${cluster.node(leader).httpUrl}/kv/big`.toLowerCase());
+  expect(received().toLowerCase()).toContain("connection: close");
+  // The rest of the body is read and discarded; then the follower closes.
+  socket.write(new Uint8Array((1 << 20) - 1024));
+  await closed;
+}, 20_000);
+
+test("a follower reads a small PUT before its 307, and the connection stays open for the next request", async () => {
+  const { socket, received } = open(follower);
+  socket.write("PUT /kv/small HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nvalue");
+  await until(() => received().includes('"error":"not_leader"'), "the first answer");
+  expect(received()).toStartWith("HTTP/1.1 307");
+  expect(received().toLowerCase()).not.toContain("connection: close");
+  socket.write("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+  await until(() => received().split("HTTP/1.1 ").length === 3, "the second answer on the same connection");
+  expect(received().split("HTTP/1.1 ")[2]).toStartWith("200");
+}, 20_000);
+
+test("a large write waiting for its turn on the leader leaves the line when its client hangs up", async () => {
+  /** Resolves once the leader's gauge `name` reads `value`. */
+  const gaugeReaches = async (name: string, value: number) => {
+    const deadline = performance.now() + 10_000;
+    let now = await gauge(leader, name);
+    while (now !== value && performance.now() < deadline) {
+      await Bun.sleep(5);
+      now = await gauge(leader, name);
+    }
+    expect(`${name} ${now}`).toBe(`${name} ${value}`);
+  };
+  // Uploads that never finish hold their admitted share: 16 of 1 MiB fill the leader's 16 MiB.
+  const holders = Array.from({ length: 16 }, () => open(leader));
+  for (const [i, { socket }] of holders.entries()) {
+    socket.write(`PUT /kv/held-${i} HTTP/1.1\r\nHost: x\r\nContent-Length: ${1 << 20}\r\n\r\n`);
+    socket.write(new Uint8Array(1024));
+  }
+  await gaugeReaches("kv_http_large_body_bytes_admitted", 16 << 20);
+  const waiting = open(leader);
+  waiting.socket.write(`PUT /kv/waiting HTTP/1.1\r\nHost: x\r\nContent-Length: ${1 << 20}\r\n\r\n`);
+  await gaugeReaches("kv_http_large_bodies_waiting", 1);
+  // Before, it stayed in line until its turn came (or its wait ran out).
+  waiting.socket.destroy();
+  await gaugeReaches("kv_http_large_bodies_waiting", 0);
+  for (const { socket } of holders) socket.destroy();
+  await gaugeReaches("kv_http_large_body_bytes_admitted", 0);
+}, 40_000);
