@@ -1,4 +1,4 @@
-// Proves, on a live 3-node cluster over real sockets, that a follower redirects a large write without reading its body (the 307 arrives while the upload is still unsent, and the connection then closes) but reads a small one first (its connection stays open), and that a large write waiting for its turn on the leader leaves the line when its client hangs up (src/http/body-admission.ts).
+// Proves, on a live 3-node cluster over real sockets, that a follower redirects a large write without reading its body (the 307 arrives while the upload is still unsent; the rest, even past the 16 MiB an error's lingering close discards, is discarded before the connection closes) but reads a small one first (its connection stays open), and that a large write waiting for its turn on the leader leaves the line when its client hangs up (src/http/body-admission.ts).
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
@@ -7,7 +7,14 @@ import { join } from "node:path";
 import { createServerCluster } from "./helpers/server-cluster.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-large-writes-"));
-const cluster = createServerCluster({ size: 3, baseDir });
+// Values up to 16 MiB, so a transaction's body may be 22 MiB; writes that wait a minute for their
+// turn, and bodies that may take two to arrive, so a write that leaves the line sooner left because
+// its client hung up (not because its wait, or the stalled uploads ahead of it, timed out).
+const cluster = createServerCluster({
+  size: 3,
+  baseDir,
+  config: () => ({ valueBytesMax: 16 << 20, requestTimeoutMs: 60_000, requestReadTimeoutMs: 120_000 }),
+});
 let leader = 0;
 let follower = 0;
 const sockets: Socket[] = [];
@@ -16,6 +23,8 @@ beforeAll(async () => {
   await cluster.start();
   leader = await cluster.waitForLeader();
   follower = leader === 1 ? 2 : 1;
+  // A majority follows the leader; the follower used here must know it too, to redirect to it.
+  await until(() => cluster.status(follower)?.leaderId === leader, `node ${follower} to know the leader`);
 });
 afterAll(async () => {
   for (const socket of sockets) socket.destroy();
@@ -64,6 +73,23 @@ test("a follower answers a large PUT with its 307 before the body is sent, then 
   socket.write(new Uint8Array((1 << 20) - 1024));
   await closed;
 }, 20_000);
+
+test("a follower answers a 20 MiB transaction 307 unread, and discards all of it before closing (an error's lingering close stops at 16 MiB)", async () => {
+  const { socket, received, closed } = open(follower);
+  let reset = false;
+  socket.on("error", () => (reset = true));
+  const bodyBytes = 20 << 20;
+  socket.write(`POST /txn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${bodyBytes}\r\n\r\n`);
+  await until(() => received().includes("\r\n\r\n"), "the follower's answer");
+  expect(received()).toStartWith("HTTP/1.1 307");
+  // The whole body, as a client that writes before it reads sends it: were the follower to stop
+  // discarding at 16 MiB and close, the rest would meet a reset.
+  const written = new Promise<void>((resolve) => socket.write(new Uint8Array(bodyBytes), () => resolve()));
+  await closed;
+  await written.catch(() => undefined);
+  expect(reset).toBe(false);
+  expect(received()).toContain('"error":"not_leader"');
+}, 30_000);
 
 test("a follower reads a small PUT before its 307, and the connection stays open for the next request", async () => {
   const { socket, received } = open(follower);

@@ -20,6 +20,7 @@ import {
 import { rawTarget } from "./raw-target.ts";
 import { BodyAdmission, bodyBytesToAdmit } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
+import { refusedUnreadOnRejection, refuseUnread } from "./unread-refusals.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
 import { createTxnRoute } from "./txn-route.ts";
@@ -116,9 +117,9 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         const bodyBytes = bodyBytesToAdmit(request, valueBytesMax);
         // A large body is not read only to be refused: a follower redirects it unread (the lingering
         // close discards it). A small one is read first, so the connection stays open.
-        if (bodyBytes >= admission.largeBytesMin) node.refuseWriteUnlessLeader();
+        if (bodyBytes >= admission.largeBytesMin) refuseUnread(request, () => node.refuseWriteUnlessLeader());
         // A large body is read when its turn comes, and holds its bytes until answered.
-        const release = await admission.admit(bodyBytes, request.signal);
+        const release = await refusedUnreadOnRejection(request, admission.admit(bodyBytes, request.signal));
         try {
           const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
           const { version } = await node.put(key, value, options);

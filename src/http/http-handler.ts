@@ -11,6 +11,7 @@ import { createHttpApp, type HttpAppOptions, VALUE_BYTES_MAX_DEFAULT } from "./a
 import { errorResponse, shuttingDownResponse, unauthenticatedResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
 import { txnBodyBytesMax } from "./txn-route.ts";
+import { wasRefusedUnread } from "./unread-refusals.ts";
 
 /**
  * After an error answer to a request whose body was left unread (413, 401, a refusal while shutting
@@ -146,11 +147,12 @@ async function discardBody(body: ReadableStream<Uint8Array>, linger: Linger): Pr
 export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions = {}): HttpHandler {
   const registry = options.metrics;
   /**
-   * A follower's redirect of a large write it did not read (app.ts) is an answer the client must
-   * get whole, to send the write again: the rest of the body is discarded for as long, and as many
-   * bytes, as reading it would have been allowed (the largest transaction's body).
+   * A write refused before its body was read, within its limits (a follower's redirect of a large
+   * one: unread-refusals.ts), is answered with something the client must get whole: the rest of
+   * the body is discarded for as long, and as many bytes, as reading it would have been allowed
+   * (the largest transaction's body).
    */
-  const redirectLinger: Linger = {
+  const refusedUnreadLinger: Linger = {
     bytesMax: Math.max(LINGER_BYTES_MAX, txnBodyBytesMax(options.valueBytesMax ?? VALUE_BYTES_MAX_DEFAULT)),
     msMax: Math.max(LINGER_MS_MAX, options.bodyReadTimeoutMs ?? 0),
   };
@@ -208,7 +210,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
    */
   async function finish(request: Request, response: Response): Promise<Response> {
     if (carriesBody(request) && (response.status >= 400 || !request.bodyUsed || shuttingDown)) {
-      return lingeringResponse(request, response, response.status === 307 ? redirectLinger : LINGER);
+      return lingeringResponse(request, response, wasRefusedUnread(request) ? refusedUnreadLinger : LINGER);
     }
     if (shuttingDown) response.headers.set("connection", "close");
     return response;

@@ -1,14 +1,14 @@
 import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency, WriteOptions } from "../node/api.ts";
 import { KvError } from "../lib/kv-error.ts";
 
+/** The codes `KvNode.refuseWriteUnlessLeader` throws (src/node/kv-node.ts). */
+const refusedBeforeWrites = new Set(["not_leader", "no_leader", "overloaded", "insufficient_storage", "unavailable"]);
+
 /**
  * An in-memory `KvNodeApi` for testing the HTTP layer without Raft: a map and a version counter.
  * Set `failure` to make every data call (put, get, delete, status) throw it, as a real node would
  * throw a `KvError`; set `isHealthy` and `statusNow` to shape /health and /status.
  */
-/** The codes `KvNode.refuseWriteUnlessLeader` throws (src/node/kv-node.ts). */
-const refusedBeforeWrites = new Set(["not_leader", "no_leader", "overloaded", "insufficient_storage", "unavailable"]);
-
 export class MemoryKvNode implements KvNodeApi {
   /** When set, put, get, delete and status throw this instead of doing anything. */
   failure: unknown = undefined;

@@ -28,6 +28,7 @@ import type { KvNodeApi } from "../node/api.ts";
 import { jsonResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
 import { type BodyAdmission, bodyBytesToAdmit } from "./body-admission.ts";
+import { refusedUnreadOnRejection, refuseUnread } from "./unread-refusals.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { jsonValue } from "../lib/json-value.ts";
 
@@ -64,8 +65,8 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
     const bodyBytes = bodyBytesToAdmit(request, bodyBytesMax);
     // As for a PUT (app.ts): a large body is not read only to be redirected.
-    if (limits.admission !== undefined && bodyBytes >= limits.admission.largeBytesMin) node.refuseWriteUnlessLeader();
-    const release = await limits.admission?.admit(bodyBytes, request.signal);
+    if (limits.admission !== undefined && bodyBytes >= limits.admission.largeBytesMin) refuseUnread(request, () => node.refuseWriteUnlessLeader());
+    const release = limits.admission === undefined ? undefined : await refusedUnreadOnRejection(request, limits.admission.admit(bodyBytes, request.signal));
     try {
       const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {
         // read-body.ts speaks of "the value": here it is the whole transaction.
