@@ -4,6 +4,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createHttpHandler, LINGER_BYTES_MAX, LINGER_MS_MAX, lingerFor } from "../src/http/http-handler.ts";
+import { txnBodyBytesMax } from "../src/http/txn-route.ts";
+import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import { KvError } from "../src/lib/kv-error.ts";
 import { createServerCluster } from "./helpers/server-cluster.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-large-writes-"));
@@ -90,6 +94,29 @@ test("a follower answers a 20 MiB transaction 307 unread, and discards all of it
   expect(reset).toBe(false);
   expect(received()).toContain('"error":"not_leader"');
 }, 30_000);
+
+test("a write refused unread gets a lingering close as long as reading its body was allowed; an oversized one the error's", async () => {
+  // The test above sees the long one over a socket; here, both bounds, at the handler.
+  const node = new MemoryKvNode();
+  node.failure = new KvError("not_leader", "node 2 is the leader", { leaderId: 2, leaderUrl: "http://127.0.0.1:8002" });
+  const options = { valueBytesMax: 16 << 20, bodyReadTimeoutMs: 120_000 };
+  const handler = createHttpHandler(node, options);
+  /** A POST /txn declaring `bytes`, whose body never comes (nothing of it is read). */
+  const stalledTxn = (bytes: number) =>
+    new Request("http://localhost/txn", {
+      method: "POST",
+      body: new ReadableStream<Uint8Array>({ pull: () => new Promise<void>(() => undefined) }, { highWaterMark: 0 }),
+      headers: { "content-length": String(bytes), "content-type": "application/json" },
+      duplex: "half",
+    } as RequestInit);
+  const redirected = stalledTxn(20 << 20);
+  expect((await handler.handle(redirected)).status).toBe(307);
+  expect(lingerFor(redirected, options)).toEqual({ bytesMax: txnBodyBytesMax(16 << 20), msMax: 120_000 });
+  expect(txnBodyBytesMax(16 << 20)).toBeGreaterThan(LINGER_BYTES_MAX);
+  const oversized = stalledTxn(64 << 20);
+  expect((await handler.handle(oversized)).status).toBe(413);
+  expect(lingerFor(oversized, options)).toEqual({ bytesMax: LINGER_BYTES_MAX, msMax: LINGER_MS_MAX });
+});
 
 test("a follower reads a small PUT before its 307, and the connection stays open for the next request", async () => {
   const { socket, received } = open(follower);

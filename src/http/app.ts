@@ -18,9 +18,8 @@ import {
   watchQuery,
 } from "./openapi.ts";
 import { rawTarget } from "./raw-target.ts";
-import { BodyAdmission, bodyBytesToAdmit } from "./body-admission.ts";
+import { admitWriteBody, BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
-import { refusedUnreadOnRejection, refuseUnread } from "./unread-refusals.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
 import { createTxnRoute } from "./txn-route.ts";
@@ -114,12 +113,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       }
       case "PUT": {
         const options = { ...parseWriteOptions(search, request), ...parseLeaseOption(search) };
-        const bodyBytes = bodyBytesToAdmit(request, valueBytesMax);
-        // A large body is not read only to be refused: a follower redirects it unread (the lingering
-        // close discards it). A small one is read first, so the connection stays open.
-        if (bodyBytes >= admission.largeBytesMin) refuseUnread(request, () => node.refuseWriteUnlessLeader());
-        // A large body is read when its turn comes, and holds its bytes until answered.
-        const release = await refusedUnreadOnRejection(request, admission.admit(bodyBytes, request.signal));
+        // A large body is redirected unread by a follower, else read when its turn comes.
+        const release = await admitWriteBody(admission, request, valueBytesMax, () => node.refuseWriteUnlessLeader());
         try {
           const value = await readBodyBytesMax(request, valueBytesMax, opts.bodyReadTimeoutMs);
           const { version } = await node.put(key, value, options);

@@ -1,5 +1,6 @@
 import { KvError } from "../lib/kv-error.ts";
 import { declaredBodyBytes } from "./read-body.ts";
+import { markRefusedUnread } from "./unread-refusals.ts";
 
 /**
  * How many bytes of large write bodies a node takes in at once (issue 12). Bun reads a request's
@@ -126,4 +127,30 @@ export function bodyBytesToAdmit(request: Request, bytesMax: number): number {
   const declared = declaredBodyBytes(request);
   if (declared === undefined) return request.body === null ? 0 : bytesMax;
   return Number.isNaN(declared) || declared > bytesMax ? 0 : declared;
+}
+
+/**
+ * What a write route (PUT /kv/{key}, POST /txn) does before it reads its body. A large body
+ * (`largeBytesMin` or more) is refused unread when the node would refuse the write anyway
+ * (`refuseEarly`: a follower redirects it to the leader), and otherwise waits its turn; either
+ * refusal marks the request refused unread (unread-refusals.ts), so that its lingering close
+ * discards the whole body. A small one goes on at once and is read first, so its connection stays
+ * open. Resolves with the release to call once the write is answered (undefined for a small body).
+ */
+export async function admitWriteBody(
+  admission: BodyAdmission | undefined,
+  request: Request,
+  bytesMax: number,
+  refuseEarly: () => void,
+): Promise<(() => void) | undefined> {
+  if (admission === undefined) return undefined;
+  const bytes = bodyBytesToAdmit(request, bytesMax);
+  if (bytes < admission.largeBytesMin) return undefined;
+  try {
+    refuseEarly();
+    return await admission.admit(bytes, request.signal);
+  } catch (error) {
+    markRefusedUnread(request);
+    throw error;
+  }
 }

@@ -121,7 +121,7 @@ async function lingeringResponse(request: Request, response: Response, linger: L
 }
 
 /** How much of an unread body a lingering close reads and discards at most. */
-interface Linger {
+export interface Linger {
   readonly bytesMax: number;
   readonly msMax: number;
 }
@@ -144,18 +144,23 @@ async function discardBody(body: ReadableStream<Uint8Array>, linger: Linger): Pr
   }
 }
 
-export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions = {}): HttpHandler {
-  const registry = options.metrics;
-  /**
-   * A write refused before its body was read, within its limits (a follower's redirect of a large
-   * one: unread-refusals.ts), is answered with something the client must get whole: the rest of
-   * the body is discarded for as long, and as many bytes, as reading it would have been allowed
-   * (the largest transaction's body).
-   */
-  const refusedUnreadLinger: Linger = {
+/**
+ * How much of `request`'s unread body its lingering close discards. A write refused before its
+ * body was read, within its limits (a follower's redirect of a large one: unread-refusals.ts), is
+ * answered with something the client must get whole: the rest of the body is discarded for as
+ * long, and as many bytes, as reading it would have been allowed (the largest transaction's body).
+ * Any other (a 413, a 401) gets the error's bound.
+ */
+export function lingerFor(request: Request, options: Pick<HttpHandlerOptions, "valueBytesMax" | "bodyReadTimeoutMs">): Linger {
+  if (!wasRefusedUnread(request)) return LINGER;
+  return {
     bytesMax: Math.max(LINGER_BYTES_MAX, txnBodyBytesMax(options.valueBytesMax ?? VALUE_BYTES_MAX_DEFAULT)),
     msMax: Math.max(LINGER_MS_MAX, options.bodyReadTimeoutMs ?? 0),
   };
+}
+
+export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions = {}): HttpHandler {
+  const registry = options.metrics;
   const app = createHttpApp(node, {
     ...(options.valueBytesMax === undefined ? {} : { valueBytesMax: options.valueBytesMax }),
     ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
@@ -210,7 +215,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
    */
   async function finish(request: Request, response: Response): Promise<Response> {
     if (carriesBody(request) && (response.status >= 400 || !request.bodyUsed || shuttingDown)) {
-      return lingeringResponse(request, response, wasRefusedUnread(request) ? refusedUnreadLinger : LINGER);
+      return lingeringResponse(request, response, lingerFor(request, options));
     }
     if (shuttingDown) response.headers.set("connection", "close");
     return response;

@@ -27,8 +27,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { jsonResponse } from "./http-error.ts";
 import { rawTarget } from "./raw-target.ts";
-import { type BodyAdmission, bodyBytesToAdmit } from "./body-admission.ts";
-import { refusedUnreadOnRejection, refuseUnread } from "./unread-refusals.ts";
+import { admitWriteBody, type BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { jsonValue } from "../lib/json-value.ts";
 
@@ -63,10 +62,8 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
       throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
     }
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
-    const bodyBytes = bodyBytesToAdmit(request, bodyBytesMax);
-    // As for a PUT (app.ts): a large body is not read only to be redirected.
-    if (limits.admission !== undefined && bodyBytes >= limits.admission.largeBytesMin) refuseUnread(request, () => node.refuseWriteUnlessLeader());
-    const release = limits.admission === undefined ? undefined : await refusedUnreadOnRejection(request, limits.admission.admit(bodyBytes, request.signal));
+    // As for a PUT (app.ts): a large body is redirected unread by a follower, else read when its turn comes.
+    const release = await admitWriteBody(limits.admission, request, bodyBytesMax, () => node.refuseWriteUnlessLeader());
     try {
       const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs).catch((error: unknown) => {
         // read-body.ts speaks of "the value": here it is the whole transaction.

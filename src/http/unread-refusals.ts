@@ -2,32 +2,19 @@
  * Requests a route refused before reading their bodies, though the bodies were within its limits: a
  * follower's redirect of a large write, a leader's refusal of one before anything about it is
  * known (src/node/api.ts `refuseWriteUnlessLeader`), or one that waited too long for its turn
- * (body-admission.ts). The client sends such a body whole before it
+ * (body-admission.ts, `admitWriteBody`, marks them). The client sends such a body whole before it
  * reads the answer, and must get the answer (to send the write again), so the lingering close that
  * discards the rest (http-handler.ts) allows as much, and as long, as reading it would have been
  * allowed; other unread bodies (a 413, a 401) get the shorter bound.
  */
 const refused = new WeakSet<Request>();
 
-/** Runs `check`; if it throws, `request` is marked refused unread, and the error goes on. */
-export function refuseUnread(request: Request, check: () => void): void {
-  try {
-    check();
-  } catch (error) {
-    refused.add(request);
-    throw error;
-  }
+/** Marks `request` refused before its body was read (see above). */
+export function markRefusedUnread(request: Request): void {
+  refused.add(request);
 }
 
-/** `waiting`, except that a rejection marks `request` refused unread first. */
-export function refusedUnreadOnRejection<T>(request: Request, waiting: Promise<T>): Promise<T> {
-  return waiting.catch((error: unknown) => {
-    refused.add(request);
-    throw error;
-  });
-}
-
-/** Whether `request` was refused before its body was read (see `refuseUnread`). */
+/** Whether `request` was refused before its body was read (see `markRefusedUnread`). */
 export function wasRefusedUnread(request: Request): boolean {
   return refused.has(request);
 }
