@@ -1,4 +1,4 @@
-// Proves, on a live 3-node cluster over real sockets, that a follower redirects a large write without reading its body (the 307 arrives while the upload is still unsent; the rest, even past the 16 MiB an error's lingering close discards, is discarded before the connection closes) but reads a small one first (its connection stays open), and that a large write waiting for its turn on the leader leaves the line when its client hangs up (src/http/body-admission.ts).
+// Proves, on a live 3-node cluster over real sockets, that a follower redirects a large write without reading its body (the 307 arrives while the upload is still unsent; the rest, even past the 16 MiB an error's lingering close discards, is discarded before the connection closes) but reads a small one first (its connection stays open), and that a large write waiting for its turn on the leader leaves the line when its client hangs up (src/http/body-admission.ts), counted in the request metric as 499.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
@@ -155,4 +155,6 @@ test("a large write waiting for its turn on the leader leaves the line when its 
   await gaugeReaches("kv_http_large_bodies_waiting", 0);
   for (const { socket } of holders) socket.destroy();
   await gaugeReaches("kv_http_large_body_bytes_admitted", 0);
+  // None of the 17 was the client's bad request: each hung up (src/http/http-handler.ts).
+  await gaugeReaches('kv_http_request_duration_seconds_count{route="/kv/{key}",status="499"}', 17);
 }, 40_000);

@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../src/lib/metrics.ts";
 import { encodeCommand } from "../src/kv/command.ts";
+import { createHttpHandler } from "../src/http/http-handler.ts";
+import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 
 /** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */
 function parseExposition(text: string): Map<string, number> {
@@ -181,5 +183,32 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     expect((await scrape(other)).get("kv_raft_leader_changes_total")).toBeGreaterThan(before);
     expect((await scrape(newLeader)).get('kv_raft_role{role="leader"}')).toBe(1);
     await cluster.startNode(leader);
+  });
+});
+
+describe("kv_http_request_duration_seconds", () => {
+  test("counts a request whose client hung up mid-body as 499, not as the client's 400", async () => {
+    const registry = createMetricsRegistry();
+    const handler = createHttpHandler(new MemoryKvNode(), { metrics: registry });
+    // A body that fails partway, as Bun's does when the client's connection drops; Bun then
+    // aborts request.signal, as the controller does here.
+    const hangUp = new AbortController();
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new Uint8Array(10));
+      },
+      pull(controller) {
+        hangUp.abort();
+        controller.error(new Error("the connection closed"));
+      },
+    });
+    const request = new Request("http://localhost/kv/a", { method: "PUT", body, signal: hangUp.signal, duplex: "half" } as RequestInit);
+    const answered = await handler.handle(request);
+    expect(answered.status).toBe(400);
+    // A body the client sent whole and wrong is still the client's 400.
+    expect((await handler.handle(new Request("http://localhost/kv/a?ifVersion=x", { method: "PUT", body: "v" }))).status).toBe(400);
+    const samples = parseExposition(registry.render());
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="499"}')).toBe(1);
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="400"}')).toBe(1);
   });
 });

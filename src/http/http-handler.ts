@@ -228,7 +228,10 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
       inflight++;
       try {
         const response = await answer(request, route);
-        requestDuration?.observe({ route, status: String(response.status) }, (performance.now() - startedMs) / 1000);
+        // A client that hung up before its answer (Bun aborts request.signal) is counted as 499, as
+        // nginx logs it: its upload failing partway is not a bad request, and nobody reads the answer.
+        const status = request.signal.aborted ? "499" : String(response.status);
+        requestDuration?.observe({ route, status }, (performance.now() - startedMs) / 1000);
         return response;
       } finally {
         inflight--;
