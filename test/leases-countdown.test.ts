@@ -72,6 +72,20 @@ describe("lease countdowns", () => {
     expect(countdowns.due(110)).toEqual([[1]]);
   });
 
+  test("a lease whose expiry failed or timed out takes no keepalive: its TTL ran out, and an expiry whose outcome is unknown may still apply", () => {
+    const countdowns = new LeaseCountdowns();
+    countdowns.becameLeader(1, 0, [{ id: 7, ttlMs: 1_000 }]);
+    const generation = countdowns.generation();
+    expect(countdowns.due(1_000)).toEqual([[7]]);
+    // The proposal timed out (its entry may yet commit) or was refused: either way the lease is
+    // due again, and a keepalive now would be answered 200 for a lease that may vanish next.
+    countdowns.expiryFailed(generation, [7], 6_000);
+    expect(countdowns.keepAlive(7, 1_000, 6_001)).toBe(false);
+    expect(countdowns.remainingMs(7, 6_001)).toBe(0);
+    expect(countdowns.due(6_001)).toEqual([[7]]);
+    expect(countdowns.keepAlive(7, 1_000, 6_002)).toBe(false);
+  });
+
   test("keepalives do not grow the heap without bound", () => {
     const countdowns = new LeaseCountdowns();
     countdowns.becameLeader(1, 0, [{ id: 1, ttlMs: 1_000 }]);

@@ -110,12 +110,14 @@ export class LeaseCountdowns {
 
   /**
    * A keepalive for lease `id`, which exists in the applied state with `ttlMs`: its countdown
-   * restarts at the full TTL. False when its expiry is already proposed (it is as good as gone).
+   * restarts at the full TTL. False once its TTL has run out here: its expiry is proposed (it is as
+   * good as gone), or due again after a proposal that failed, whose entry may still commit if it
+   * timed out (a keepalive answered then would promise a lease that vanishes next).
    */
   keepAlive(id: number, ttlMs: number, nowMs: number): boolean {
     assert(this.leading, "keepalive on a node that does not lead");
     const countdown = this.countdowns.get(id);
-    if (countdown?.expiring === true) return false;
+    if (countdown !== undefined && (countdown.expiring || countdown.deadlineMs <= nowMs)) return false;
     this.start(id, ttlMs, nowMs);
     return true;
   }
