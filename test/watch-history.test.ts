@@ -179,6 +179,95 @@ describe("NodeWatch", () => {
   });
 });
 
+describe("NodeWatch when the history turns over faster than its streams send", () => {
+  const apply = (watch: NodeWatch, entries: Entry[]) =>
+    watch.applied(
+      entries,
+      entries.map((entry) => ({ kind: "put", index: entry.index, version: entry.index }) as ApplyResult),
+    );
+  /** Resolves with the next `next()` once the clock has moved `ms` (ticks of the watch's ticker). */
+  async function nextAfter(clock: ManualClock, subscription: WatchSubscription, ms: number): Promise<WatchItem[] | undefined> {
+    let got: WatchItem[] | undefined;
+    let settled = false;
+    void subscription.next().then((items) => {
+      got = items;
+      settled = true;
+    });
+    for (let waited = 0; waited < ms && !settled; waited += 10) {
+      clock.advance(10);
+      await Bun.sleep(0);
+    }
+    expect(settled).toBe(true);
+    return got;
+  }
+
+  test("an idle stream is not cut off when writes elsewhere push its position out of the history: nothing it waits for was dropped", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, historyEntriesMax: 10, progressMs: 1_000 }, clock, 0);
+    const idle = watch.subscribe({ key: "lock/1" }, 0);
+    expect(await idle.next()).toEqual([{ type: "progress", version: 0 }]);
+    apply(watch, Array.from({ length: 20 }, (_, i) => putEntry(i + 1, `other/${i}`, "x")));
+    // Before, it ended with slow_watcher, and its resume after 0 was compacted on every node.
+    expect(await nextAfter(clock, idle, 2_000)).toEqual([{ type: "progress", version: 20 }]);
+    apply(watch, [putEntry(21, "lock/1", "mine")]);
+    expect(await idle.next()).toEqual([{ type: "change", change: { kind: "put", key: "lock/1", value: new TextEncoder().encode("mine"), version: 21 } }]);
+    idle.close();
+    watch.stop();
+  });
+
+  test("a stream whose own waiting changes are all still kept goes on past the compaction; one whose waiting change was dropped ends", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, historyEntriesMax: 10 }, clock, 0);
+    const kept = watch.subscribe({ key: "a" }, 0);
+    const lost = watch.subscribe({ key: "b" }, 0);
+    expect(await kept.next()).toEqual([{ type: "progress", version: 0 }]);
+    expect(await lost.next()).toEqual([{ type: "progress", version: 0 }]);
+    // "b" changes first and is pushed out; "a" changes last, after the others, and is kept.
+    apply(watch, [putEntry(1, "b", "1"), ...Array.from({ length: 12 }, (_, i) => putEntry(i + 2, `other/${i}`, "x")), putEntry(14, "a", "2")]);
+    const items = await kept.next();
+    expect(items?.map((item) => (item.type === "change" ? item.change.version : item.type))).toEqual([14]);
+    const end = await lost.next();
+    expect(end?.[0]).toMatchObject({ type: "error", error: "slow_watcher" });
+    kept.close();
+    watch.stop();
+  });
+
+  test("one version of more changes than the history's bounds is kept whole until the next one: its streams get all of it, and a resume before it is served", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, historyEntriesMax: 3 }, clock, 0);
+    const live = watch.subscribe({ prefix: "svc/" }, 0);
+    expect(await live.next()).toEqual([{ type: "progress", version: 0 }]);
+    // A lease's expiry deleting four keys at version 1: before, the history dropped it as it was
+    // recorded, so the stream ended with slow_watcher and its resume was compacted everywhere.
+    const keys = ["svc/a", "svc/b", "svc/c", "svc/d"];
+    watch.applied([{ index: 1, term: 1, type: EntryType.Normal, data: new Uint8Array([1]) }], [{ kind: "lease-expired", index: 1, ids: [7], deletedKeys: keys } as ApplyResult]);
+    const items = await live.next();
+    expect(items?.map((item) => (item.type === "change" ? `${item.change.kind} ${item.change.key} ${item.change.version}` : item.type))).toEqual(keys.map((key) => `delete ${key} 1`));
+    const resumed = watch.subscribe({ prefix: "svc/" }, 0);
+    expect((await resumed.next())?.length).toBe(4);
+    resumed.close();
+    live.close();
+    watch.stop();
+  });
+
+  test("a stream's last id is kept resumable: progress comes early once the history has moved past half the way to it", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch({ ...defaultWatch, historyEntriesMax: 10, progressMs: 60_000 }, clock, 0);
+    const idle = watch.subscribe({ key: "lock/1" }, 0);
+    expect(await idle.next()).toEqual([{ type: "progress", version: 0 }]);
+    for (let round = 1; round <= 5; round++) {
+      const from = (round - 1) * 8;
+      apply(watch, Array.from({ length: 8 }, (_, i) => putEntry(from + i + 1, `other/${i}`, "x")));
+      // Long before the 60 s progress period: the last id it sent (from) would soon be compacted.
+      expect(await nextAfter(clock, idle, 500)).toEqual([{ type: "progress", version: from + 8 }]);
+      // A client resuming from it is served.
+      watch.subscribe({ key: "lock/1" }, from + 8).close();
+    }
+    idle.close();
+    watch.stop();
+  });
+});
+
 describe("what the history keeps of a value", () => {
   const putEntry = (index: number, data: Uint8Array): Entry => ({ index, term: 1, type: EntryType.Normal, data });
   const result = (index: number): ApplyResult => ({ kind: "put", index, version: index });
@@ -231,13 +320,17 @@ describe("what the history keeps of a value", () => {
 describe("the history's own memory", () => {
   test("one version of very many changes grows the ring; once it is dropped the ring shrinks back", () => {
     const history = new WatchHistory({ ...limits, entriesMax: 1_000 }, 0);
-    // A lease revoked with 100,000 keys: one entry, 100,000 deletes, all dropped together at once.
+    // A lease revoked with 100,000 keys: one entry, 100,000 deletes, kept whole while it is the
+    // newest version, then dropped together at once.
     const deletes: WatchChange[] = Array.from({ length: 100_000 }, (_, i) => ({ kind: "delete", key: `k${i}`, version: 1, reason: "delete" }));
     history.record(1, deletes, 0);
-    expect(history.size()).toBe(0);
+    expect(history.size()).toBe(100_000);
+    expect(history.compactedThrough()).toBe(0);
+    history.record(2, [put(2, "a")], 0);
+    expect(history.size()).toBe(1);
     expect(history.compactedThrough()).toBe(1);
     expect(history.slots()).toBeLessThanOrEqual(16);
-    for (let version = 2; version <= 901; version++) history.record(version, [put(version, "a")], 0);
+    for (let version = 3; version <= 901; version++) history.record(version, [put(version, "a")], 0);
     expect(history.slots()).toBe(1_024);
     history.reset(1_000);
     expect(history.slots()).toBeLessThanOrEqual(16);
@@ -280,6 +373,7 @@ describe("WatchHistory against a model", () => {
           const oldest = model[0]!;
           if (!(model.length > bounds.entriesMax || nowMs - oldest.atMs > bounds.retentionMs || bytes > bounds.bytesMax)) break;
           const dropped = oldest.change.version;
+          if (dropped === model[model.length - 1]!.change.version) break; // the newest version stays whole
           while (model.length > 0 && model[0]!.change.version === dropped) bytes -= changeBytes(model.shift()!.change);
           compacted = dropped;
         }

@@ -80,7 +80,7 @@ export interface WatchHistoryLimits {
   readonly entriesMax: number;
   /** Changes older than this (by the node's monotonic clock at apply) are dropped. */
   readonly retentionMs: number;
-  /** Bytes of keys and values kept at most (plus `changeOverheadBytes` each): a hard memory bound. */
+  /** Bytes of keys and values kept at most (plus `changeOverheadBytes` each), but for the newest version's (see `trim`). */
   readonly bytesMax: number;
 }
 
@@ -236,7 +236,11 @@ export class WatchHistory {
 
   /**
    * Drops the oldest changes while more than `entriesMax` are kept, the oldest is older than
-   * `retentionMs`, or the bytes are over `bytesMax`: all the changes of a version together.
+   * `retentionMs`, or the bytes are over `bytesMax`: all the changes of a version together. The
+   * newest version's changes are kept whatever the bounds say, so memory may exceed them by one
+   * entry's changes until the next is recorded: a version larger than the bounds (a lease expiring
+   * with more keys than `entriesMax`) was dropped as it was recorded, ending every stream that
+   * watched it and leaving them nothing to resume from.
    */
   trim(nowMs: number): void {
     const { entriesMax, retentionMs, bytesMax } = this.limits;
@@ -245,6 +249,7 @@ export class WatchHistory {
       const over = this.size() > entriesMax || nowMs - (this.atMs[oldest] as number) > retentionMs || this.bytes > bytesMax;
       if (!over) break;
       const version = this.versions[oldest] as number;
+      if (version === this.versions[(this.nextSeq - 1) & this.mask]) break;
       while (this.firstSeq < this.nextSeq && this.versions[this.firstSeq & this.mask] === version) this.dropOldest();
       this.compacted = version;
     }

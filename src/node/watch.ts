@@ -51,8 +51,12 @@ interface Watcher {
   readonly liveFrom: number;
   pendingChanges: number;
   pendingBytes: number;
+  /** While `pendingChanges` > 0: no change it counts is older than this version (a lower bound). */
+  pendingFrom: number;
   /** When the stream last handed anything to its client (-Infinity: never, so the first `next` answers at once). */
   lastSentMs: number;
+  /** The last version its client was told of (the id it would resume from). */
+  lastSentVersion: number;
   /** Set when the stream must end: handed out by the next `next()`, then the stream is over. */
   ending: WatchItem | undefined;
   done: boolean;
@@ -186,7 +190,9 @@ export class NodeWatch {
       liveFrom: this.history.lastVersion(),
       pendingChanges: 0,
       pendingBytes: 0,
+      pendingFrom: 0,
       lastSentMs: Number.NEGATIVE_INFINITY,
+      lastSentVersion: afterVersion,
       ending: undefined,
       done: false,
       wake: undefined,
@@ -215,10 +221,19 @@ export class NodeWatch {
         this.close(watcher);
         return [ending];
       }
-      if (watcher.cursor < this.history.compactedThrough()) {
-        // The history dropped changes this stream had not yet taken: it fell too far behind.
-        this.overflow(watcher, `this stream fell behind the history this node keeps (version ${this.history.compactedThrough()})`);
-        continue;
+      const compacted = this.history.compactedThrough();
+      if (watcher.cursor < compacted) {
+        if (watcher.cursor >= watcher.liveFrom && (watcher.pendingChanges === 0 || Math.max(watcher.pendingFrom, watcher.cursor + 1) > compacted)) {
+          // Past `liveFrom` every matching change after the cursor is counted (see below), and none
+          // of those is at or below the compaction: what was dropped was others' changes. Before,
+          // an idle stream watching one key was ended here whenever writes elsewhere turned the
+          // history over between two of its progress events, and its resume was compacted too.
+          watcher.cursor = compacted;
+        } else {
+          // The history dropped changes this stream had not yet taken: it fell too far behind.
+          this.overflow(watcher, `this stream fell behind the history this node keeps (version ${compacted})`);
+          continue;
+        }
       }
       if (watcher.cursor >= watcher.liveFrom && watcher.pendingChanges === 0) {
         // Invariant: past `liveFrom`, `pendingChanges` counts the matching changes after the cursor
@@ -241,11 +256,13 @@ export class NodeWatch {
           }
         }
         watcher.lastSentMs = nowMs;
+        watcher.lastSentVersion = (changes[changes.length - 1] as WatchChange).version;
         return changes.map((change) => ({ type: "change", change }));
       }
       if (watcher.cursor < this.history.lastVersion()) continue; // more to look at
       if (this.progressDue(watcher, nowMs)) {
         watcher.lastSentMs = nowMs;
+        watcher.lastSentVersion = watcher.cursor;
         return [{ type: "progress", version: watcher.cursor }];
       }
       await new Promise<void>((resolve) => {
@@ -255,9 +272,17 @@ export class NodeWatch {
     }
   }
 
-  /** Due when the ticker may not come round again before `progressMs` has passed since the last send. */
+  /**
+   * Due when the ticker may not come round again before `progressMs` has passed since the last
+   * send, or when the history has dropped more than half of what it held after the last id the
+   * client was told: under writes elsewhere the history can turn over in less than `progressMs`,
+   * and a client resuming from an id it no longer holds is answered `compacted` on every node.
+   */
   private progressDue(watcher: Watcher, nowMs: number): boolean {
-    return nowMs - watcher.lastSentMs >= this.cfg.progressMs - this.tickerMs;
+    if (nowMs - watcher.lastSentMs >= this.cfg.progressMs - this.tickerMs) return true;
+    const compacted = this.history.compactedThrough();
+    const last = this.history.lastVersion();
+    return watcher.lastSentVersion < last && watcher.lastSentVersion - compacted < (last - compacted) / 2;
   }
 
   private wakeDueForProgress(): void {
@@ -288,6 +313,7 @@ export class NodeWatch {
     if (watcher.ending !== undefined || change.version <= watcher.cursor) return;
     assert(watcher.matches(change.key), "watch: a change routed to a stream whose filter does not match it");
     if (change.version > watcher.liveFrom) {
+      if (watcher.pendingChanges === 0) watcher.pendingFrom = change.version;
       watcher.pendingChanges++;
       watcher.pendingBytes += changeBytes(change);
       if (watcher.pendingChanges > this.cfg.bufferEventsMax || watcher.pendingBytes > this.cfg.bufferBytesMax) {
