@@ -10,6 +10,8 @@ import { createHttpApp } from "../src/http/app.ts";
 import { instrumentNode } from "../src/http/node-metrics.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { createMetricsRegistry } from "../src/lib/metrics.ts";
+import { SseParser } from "../src/lib/sse-reader.ts";
+import type { WatchFilter, WatchItem } from "../src/node/api.ts";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
 import { createServerCluster } from "./helpers/server-cluster.ts";
 
@@ -123,4 +125,30 @@ describe("a node serving HTTP (in-process)", () => {
       await cluster.stop();
     }
   }, 60_000);
+
+  test("only the last event of a version carries its id: a client cut off inside a transaction's changes resumes with all of them", async () => {
+    const change = (key: string, version: number): WatchItem => ({ type: "change", change: { kind: "put", key, value: new TextEncoder().encode("v"), version } });
+    // A transaction at version 5 changed two keys, a put at 6 one: one batch, as NodeWatch hands them out.
+    const batches: WatchItem[][] = [[{ type: "progress", version: 4 }], [change("t/a", 5), change("t/b", 5), change("t/c", 6)]];
+    const node = Object.assign(new MemoryKvNode(), {
+      watch: async (_filter: WatchFilter) => ({ next: async () => batches.shift(), close: () => {} }),
+    });
+    const app = createHttpApp(node);
+    const text = await (await app.handle(request("/watch?prefix=t/&fromVersion=1"))).text();
+    expect(text).toBe(
+      [
+        'id: 4\nevent: progress\ndata: {"version":4}\n\n',
+        'event: put\ndata: {"key":"t/a","value":"v","version":5}\n\n',
+        'id: 5\nevent: put\ndata: {"key":"t/b","value":"v","version":5}\n\n',
+        'id: 6\nevent: put\ndata: {"key":"t/c","value":"v","version":6}\n\n',
+      ].join(""),
+    );
+    // An EventSource cut off after t/a resumes with Last-Event-ID 4: after 4, so t/a and t/b come again.
+    const cut = text.slice(0, text.indexOf("\n\n", text.indexOf("t/a")) + 2);
+    const seen = new SseParser({ charsMax: 1 << 20 }).push(cut);
+    expect(seen.map((event) => [event.event, event.id])).toEqual([
+      ["progress", "4"],
+      ["put", "4"],
+    ]);
+  });
 });

@@ -167,8 +167,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   };
 
   /**
-   * `GET /watch`: Server-Sent Events, one per change (`id:` its version, `event: put|delete`, `data:`
-   * JSON) and `progress` events while idle; it ends with `event: error` (`slow_watcher`, ...). Errors
+   * `GET /watch`: Server-Sent Events, one per change (`id:` its version, on the version's last change;
+   * `event: put|delete`, `data:` JSON) and `progress` events while idle; it ends with `event: error` (`slow_watcher`, ...). Errors
    * before the first event are ordinary JSON answers (400, 410 `compacted`, ...).
    */
   const watchRoute = async (request: Request): Promise<Response> => {
@@ -190,7 +190,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
             }
             return;
           }
-          controller.enqueue(encoder.encode(items.map(sseEvent).join("")));
+          controller.enqueue(encoder.encode(items.map((item, i) => sseEvent(item, endsVersion(items, i))).join("")));
         },
         cancel() {
           subscription.close();
@@ -359,7 +359,23 @@ function parseWatchRequest(search: string, lastEventId: string | null, keyBytesM
 }
 
 /** One watch item as a Server-Sent Event (`id:` is the version, so `Last-Event-ID` resumes after it). */
-function sseEvent(item: WatchItem): string {
+/**
+ * Whether `items[i]` is the last change of its version in the batch, or no change: a batch holds
+ * all of a version's changes or none (NodeWatch.next), so it is then the version's last.
+ */
+function endsVersion(items: readonly WatchItem[], i: number): boolean {
+  const item = items[i] as WatchItem;
+  const following = items[i + 1];
+  return item.type !== "change" || following?.type !== "change" || following.change.version !== item.change.version;
+}
+
+/**
+ * One SSE event. A change carries its version as `id:` only when it is its version's last (`last`):
+ * the earlier changes of a transaction or a lease expiry name none, so an `EventSource` cut off
+ * among them still holds the version before and resumes with the whole version again, instead of
+ * after it with the rest lost.
+ */
+function sseEvent(item: WatchItem, last: boolean): string {
   switch (item.type) {
     case "change": {
       const change = item.change;
@@ -367,7 +383,7 @@ function sseEvent(item: WatchItem): string {
         change.kind === "put"
           ? { key: change.key, value: jsonValue(change.value), version: change.version }
           : { key: change.key, version: change.version, reason: change.reason };
-      return `id: ${change.version}\nevent: ${change.kind}\ndata: ${JSON.stringify(data)}\n\n`;
+      return `${last ? `id: ${change.version}\n` : ""}event: ${change.kind}\ndata: ${JSON.stringify(data)}\n\n`;
     }
     case "progress":
       return `id: ${item.version}\nevent: progress\ndata: ${JSON.stringify({ version: item.version })}\n\n`;

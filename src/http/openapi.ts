@@ -223,7 +223,7 @@ const docs = {
   metrics: { summary: "Prometheus text format", responses: { ...ok("metrics", { "text/plain": {} }), ...errors(401) } },
   transfer: { summary: "Hand leadership to ?to=N (or the most caught-up voter)", responses: { ...ok("{leaderId, previousLeaderId}"), ...errors(307, 400, 401, 503) } },
   watch: {
-    summary: "Stream changes to a prefix or a key as Server-Sent Events: put and delete (id: the version), progress while idle, error (slow_watcher) at the end",
+    summary: "Stream changes to a prefix or a key as Server-Sent Events: put and delete (id: the version, on its last change), progress while idle, error (slow_watcher) at the end",
     responses: {
       ...ok(
         'text/event-stream: "event: put" data {key, value (UTF-8 text or {base64}), version}; "event: delete" data {key, version, reason}; "event: progress" data {version}; "event: error" data {error: slow_watcher|compacted|unavailable, message}',
