@@ -430,6 +430,25 @@ describe("membership changes, one server at a time (thesis §4.1)", () => {
     });
   });
 
+  test("a removed follower hears of its removal: the leader tells it the commit before it stops replicating to it", () => {
+    for (const seed of [30, 31, 32]) {
+      withSeed(seed, (cluster) => {
+        const leader = expectOneLeader(cluster);
+        cluster.one(enc("before"), 3);
+        const follower = cluster.ids.find((id) => id !== leader)!;
+        const index = change(cluster, leader, "remove", follower);
+        // Before, the commit index covering the removal went out with the leader's next append or
+        // tick, after it had applied the change and dropped the follower: the follower never
+        // committed it, and campaigned forever (peers refuse a non-member's calls).
+        expect(cluster.tickUntil(() => cluster.applied(follower).length >= index, 5 * electionWindow)).toBe(true);
+        expect(cluster.raw(follower)!.basicStatus().voters).not.toContain(follower);
+        const term = cluster.raw(follower)!.basicStatus().term;
+        cluster.runTicks(5 * electionWindow);
+        expect(cluster.raw(follower)!.basicStatus().term).toBe(term);
+      });
+    }
+  });
+
   test("removing a follower shrinks the quorum; removing the leader makes it step down and the rest elect", () => {
     withSeed(29, (cluster) => {
       let leader = expectOneLeader(cluster);

@@ -495,7 +495,11 @@ export class KvNode implements KvNodeApi {
 
   /** Resolves once a read may be served from local state with the asked-for consistency. */
   private async readBarrier(consistency: ReadConsistency): Promise<void> {
-    if (consistency === "stale") return;
+    if (consistency === "stale") {
+      // Served even frozen on a full disk, but not by a removed node: it hears of no write again.
+      if (this.membership.removed()) throw removedError();
+      return;
+    }
     this.refuseUnlessRunning();
     this.refuseWhenFull();
     const read = this.reads.enqueue(consistency === "lease", this.deadline());
@@ -714,7 +718,7 @@ export class KvNode implements KvNodeApi {
     if (this.blockedReady !== undefined) throw diskFullError();
     if (this.failure !== undefined) throw new KvError("unavailable", `the node stopped: ${this.failure.message}`);
     if (this.stopped || this.transport === undefined) throw new KvError("unavailable", "the node is not running");
-    if (this.membership.removed()) throw new KvError("unavailable", "this node was removed from the cluster; it serves no requests");
+    if (this.membership.removed()) throw removedError();
   }
 
   private refuseWhenFull(): void {
@@ -1124,4 +1128,8 @@ export class KvNode implements KvNodeApi {
   fatalError(): Error | undefined {
     return this.failure;
   }
+}
+
+function removedError(): KvError {
+  return new KvError("unavailable", "this node was removed from the cluster; it serves no requests");
 }

@@ -49,6 +49,12 @@ export class NodeMembership {
   private pending: PendingConfChange | undefined;
   /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
   private removedHere = false;
+  /**
+   * Ex-members still in the transport's peer map, and until when (undefined: from the next
+   * `expire` on, for `departedKeptMs`): the leader's last message to a member it removed (see
+   * Raft.farewell) goes out in a later Ready, after the change applied here.
+   */
+  private readonly departed = new Map<NodeId, number | undefined>();
 
   /**
    * Records the configuration on first start (the voters `--cluster` names, checked against those
@@ -232,7 +238,10 @@ export class NodeMembership {
       if (memberIds.has(id) || membership.changedIndex === 0) this.addresses.set(id, { ...this.addresses.get(id), id, peerUrl });
     }
     if (directory === undefined) return;
-    for (const id of [...directory.keys()]) if (!memberIds.has(id) && !peers.has(id)) directory.delete(id);
+    for (const id of [...directory.keys()]) {
+      if (memberIds.has(id) || peers.has(id)) this.departed.delete(id);
+      else if (!this.departed.has(id)) this.departed.set(id, undefined);
+    }
     for (const [id, address] of this.addresses) if (id !== this.host.id && directory.get(id) !== address.peerUrl) directory.set(id, address.peerUrl);
   }
 
@@ -247,6 +256,14 @@ export class NodeMembership {
       this.pending.reject(timeoutError("the membership change", requestTimeoutMs));
       this.pending = undefined;
     }
+    for (const [id, untilMs] of this.departed) {
+      if (untilMs === undefined) {
+        this.departed.set(id, nowMs + departedKeptMs);
+      } else if (untilMs <= nowMs) {
+        this.departed.delete(id);
+        this.host.peerDirectory?.delete(id);
+      }
+    }
   }
 
   /** The node stops: a change already proposed may still commit (`timeout`). */
@@ -255,6 +272,9 @@ export class NodeMembership {
     this.pending = undefined;
   }
 }
+
+/** How long an ex-member stays reachable after its removal applied here (see `NodeMembership.departed`). */
+const departedKeptMs = 2_000;
 
 function confChangePending(): KvError {
   return new KvError("conf_change_pending", "another membership change is not yet applied; retry once it is", { retryAfterS: 1 });

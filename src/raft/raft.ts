@@ -437,7 +437,11 @@ export class Raft {
         for (const member of this.members()) {
           if (!this.progress.has(member)) this.progress.set(member, new Progress(this.log.lastIndex() + 1, this.cfg.inflightMessagesMax, this.cfg.inflightBytesMax));
         }
-        for (const member of [...this.progress.keys()]) if (!voters.has(member) && !learners.has(member)) this.progress.delete(member);
+        for (const [member, progress] of [...this.progress]) {
+          if (voters.has(member) || learners.has(member)) continue;
+          this.farewell(member, progress, index);
+          this.progress.delete(member);
+        }
         if (this.leadTransferee !== 0 && !voters.has(this.leadTransferee)) this.leadTransferee = 0;
         this.restartRounds();
         if (this.maybeCommit()) this.broadcastAppend(true);
@@ -956,6 +960,25 @@ export class Raft {
     for (const entry of entries) bytes += entry.data.byteLength;
     progress.sentAppend(entries[entries.length - 1]?.index, bytes);
     progress.sentCommit = this.log.committed;
+  }
+
+  /**
+   * Leader: a member removed by the change at `index` gets one last message before it is no longer
+   * replicated to, carrying the commit index that covers its removal: a commit index alone goes out
+   * with the next append or tick, by which time the member is gone from `progress`, so it never
+   * applied its removal and campaigned on (its calls refused by every peer). A heartbeat when it
+   * holds the entry; otherwise what it lacks up to the entry, if still in the log and within one
+   * append's bytes. Best effort: a member cut off then may never hear of it (thesis §4.2.3).
+   */
+  private farewell(to: NodeId, progress: Progress, index: number): void {
+    if (progress.matchIndex >= index) {
+      this.send({ type: "heartbeat", from: this.id, to, term: this.term, commit: Math.min(progress.matchIndex, this.log.committed), readContext: "" });
+      return;
+    }
+    const prevLogTerm = this.log.term(progress.matchIndex);
+    if (prevLogTerm === undefined || progress.matchIndex + 1 < this.log.firstIndex()) return;
+    const entries = this.log.slice(progress.matchIndex + 1, index + 1, this.cfg.appendBytesMax);
+    this.send({ type: "append", from: this.id, to, term: this.term, prevLogIndex: progress.matchIndex, prevLogTerm, entries, commit: this.log.committed });
   }
 
   /** Sends a new heartbeat round to every member. */
