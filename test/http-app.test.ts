@@ -306,8 +306,8 @@ describe("consistency", () => {
   });
 
   test("a query on a key path is not part of the key", async () => {
-    await put("/kv/q?consistency=stale", "v");
-    expect(await (await call("GET", "/kv/q")).text()).toBe("v");
+    await put("/kv/q?ifVersion=0", "v");
+    expect(await (await call("GET", "/kv/q?consistency=stale")).text()).toBe("v");
   });
 });
 
@@ -516,8 +516,10 @@ describe("POST /leader/transfer", () => {
     const wrong = await app.handle(new Request("http://localhost/leader/transfer"));
     expect(wrong.status).toBe(405);
     expect(wrong.headers.get("allow")).toBe("POST");
-    const bad = await app.handle(new Request("http://localhost/leader/transfer?to=x", { method: "POST" }));
-    expect(bad.status).toBe(400);
+    for (const to of ["x", "0x2", "2e0", "%202"]) {
+      const bad = await app.handle(new Request(`http://localhost/leader/transfer?to=${to}`, { method: "POST" }));
+      expect(bad.status).toBe(400);
+    }
     expect(node.transfers).toHaveLength(2);
   });
 
@@ -547,9 +549,24 @@ describe("compare-and-set: ?ifVersion=N on PUT and DELETE", () => {
   });
 
   test("a malformed ifVersion is a 400", async () => {
-    for (const query of ["ifVersion=", "ifVersion=-1", "ifVersion=x", "ifVersion=1&ifVersion=2"]) {
+    // Before, Number() read "%20" as 0 (only if absent), "0x10" as 16, "1e3" as 1000 and "+0" as 0.
+    for (const query of ["ifVersion=", "ifVersion=-1", "ifVersion=x", "ifVersion=1&ifVersion=2", "ifVersion=%20", "ifVersion=0x10", "ifVersion=1e3", "ifVersion=+0", "ifVersion=1.0"]) {
       await expectError(await call("PUT", `/kv/cas?${query}`, { body: "v" }), 400, "bad_request");
+      await expectError(await call("DELETE", `/kv/cas?${query}`), 400, "bad_request");
     }
+    expect((await call("GET", "/kv/cas")).status).toBe(404);
+  });
+
+  test("a parameter a write does not take is a 400, so a misspelt ifVersion never makes a write unconditional", async () => {
+    expect((await put("/kv/cas", "first")).status).toBe(200);
+    for (const [method, query] of [["PUT", "ifversion=1"], ["PUT", "if_version=1"], ["DELETE", "ifversion=1"], ["DELETE", "bar=1"], ["PUT", "consistency=stale"]] as const) {
+      const response = await call(method, `/kv/cas?${query}`, method === "PUT" ? { body: "second" } : {});
+      expect(response.status).toBe(400);
+      expect(((await response.json()) as { message: string }).message).toContain(query.split("=")[0]!);
+    }
+    expect(await (await call("GET", "/kv/cas")).text()).toBe("first");
+    expect((await call("GET", "/kv/cas?consistency=stale")).status).toBe(200);
+    expect((await put("/kv/cas?ifVersion=0", "x")).status).toBe(409);
   });
 });
 

@@ -112,6 +112,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         });
       }
       case "PUT": {
+        refuseUnknownParameters(search, ["ifVersion", "lease"], method);
         const options = { ...parseWriteOptions(search, request), ...parseLeaseOption(search) };
         // A large body is redirected unread by a follower, else read when its turn comes.
         const release = await admitWriteBody(admission, request, valueBytesMax, () => node.refuseWriteUnlessLeader());
@@ -125,6 +126,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       }
       case "DELETE": {
         if (new URLSearchParams(search).has("lease")) throw new KvError("bad_request", "?lease= is for PUT: a delete detaches the key from its lease");
+        refuseUnknownParameters(search, ["ifVersion"], method);
         const { deleted, version } = await node.delete(key, parseWriteOptions(search, request));
         return jsonResponse({ deleted, version }, 200);
       }
@@ -137,7 +139,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     let target: number | undefined;
     if (to !== null) {
       target = Number(to);
-      if (!Number.isSafeInteger(target) || target < 1) throw new KvError("bad_request", `'to' must be a node id, got '${to}'`);
+      if (!positiveInteger.test(to) || !Number.isSafeInteger(target)) throw new KvError("bad_request", `'to' must be a node id, got '${to.slice(0, 32)}'`);
     }
     const previousLeaderId = node.status().id;
     const { leaderId } = await node.transferLeadership(target);
@@ -407,10 +409,24 @@ function parseWriteOptions(search: string, request: Request): WriteOptions {
   if (values.length === 0) return idempotency;
   const [text] = values;
   const version = Number(text);
-  if (values.length !== 1 || text === "" || !Number.isSafeInteger(version) || version < 0) {
+  if (values.length !== 1 || !/^[0-9]{1,16}$/.test(text as string) || !Number.isSafeInteger(version)) {
     throw new KvError("bad_request", `ifVersion must be given once, as a version number (0: only if absent), got '${values.join(",")}'`);
   }
   return { ifVersion: version, ...idempotency };
+}
+
+/**
+ * Refuses a query parameter a write to `/kv/{key}` does not take (the route's schema cannot list
+ * them: each method takes its own). Ignored, a misspelt `?ifversion=1` made a compare-and-set write
+ * unconditional. Reads ignore what they do not take, as they always have (cache-busting
+ * parameters): a read cannot do harm by it.
+ */
+function refuseUnknownParameters(search: string, taken: readonly string[], method: string): void {
+  for (const name of new URLSearchParams(search).keys()) {
+    if (!taken.includes(name)) {
+      throw new KvError("bad_request", `unknown parameter '${name.slice(0, 64)}': ${method} /kv/{key} takes ${taken.map((each) => `?${each}=`).join(" and ")}`);
+    }
+  }
 }
 
 /** `?lease=ID` on a put: attach the key to that lease (src/kv/leases.ts); given at most once. */
