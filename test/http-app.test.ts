@@ -414,6 +414,14 @@ describe("KvError codes map to HTTP in one place", () => {
 });
 
 describe("routes", () => {
+  test("HEAD /watch and HEAD /snapshot are 405 with Allow: GET (the router answered HEAD with GET's handler: a watch never ended)", async () => {
+    for (const path of ["/watch?key=a", "/snapshot"]) {
+      const response = await call("HEAD", path);
+      expect(response.status).toBe(405);
+      expect(response.headers.get("allow")).toBe("GET");
+    }
+  });
+
   test("GET /status is the node's status with every field present", async () => {
     await put("/kv/x", "v");
     node.statusNow = {

@@ -174,6 +174,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
    * before the first event are ordinary JSON answers (400, 410 `compacted`, ...).
    */
   const watchRoute = async (request: Request): Promise<Response> => {
+    // The router answers HEAD with a GET route's handler: a stream's head would never end.
+    if (request.method === "HEAD") throw new KvError("method_not_allowed", "HEAD is not allowed on /watch: it serves GET");
     const { filter, start } = parseWatchRequest(rawTarget(request.url).search, request.headers.get("last-event-id"), keyBytesMax);
     const watch = node.watch?.bind(node);
     if (watch === undefined) throw new KvError("not_found", "this node does not serve watches");
@@ -272,7 +274,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     .get("/health", route(healthRoute), { ...raw, detail: routeDocs.health })
     .head("/health", route(healthRoute), raw)
     .post("/leader/transfer", route(transferRoute), { ...raw, query: transferQuery, detail: routeDocs.transfer })
-    .get("/watch", route(watchRoute), { ...raw, query: watchQuery, headers: watchHeaders, detail: routeDocs.watch })
+    .get("/watch", route(watchRoute, "GET"), { ...raw, query: watchQuery, headers: watchHeaders, detail: routeDocs.watch })
     .post("/txn", route(txnRoute), { ...raw, query: noQuery, headers: idempotencyHeaders, detail: routeDocs.txn })
     .get(OPENAPI_PATH, route(openApiRoute), { ...raw, detail: routeDocs.openapi })
     .head(OPENAPI_PATH, route(openApiRoute), raw)

@@ -118,9 +118,11 @@ export function createSnapshotRoute(node: KvNodeApi) {
     "/snapshot",
     async ({ request }) => {
       try {
+        // The router answers HEAD with this GET route: it would stream a whole backup to drop it.
+        if (request.method === "HEAD") throw new KvError("method_not_allowed", "HEAD is not allowed on /snapshot: it serves GET");
         return await handle(request);
       } catch (error) {
-        return errorResponse(error, request);
+        return errorResponse(error, request, error instanceof KvError && error.code === "method_not_allowed" ? { allow: "GET" } : {});
       }
     },
     { parse: "none", detail: routeDocs.snapshot },
