@@ -155,6 +155,43 @@ describe("graceful shutdown", () => {
     }
   }, 60_000);
 
+  test("stop() ends each open watch stream with its final event: error unavailable, and the stream's end, before the connection closes", async () => {
+    const dir = mkdtempSync(join(baseDir, "stop-watch-"));
+    const cluster = createServerCluster({ size: 1, baseDir: dir });
+    try {
+      await cluster.start();
+      const node = cluster.node(1);
+      const response = await fetch(`${node.httpUrl}/watch?prefix=zz`);
+      expect(response.status).toBe(200);
+      const reader = response.body!.getReader();
+      let received = "";
+      const first = await reader.read(); // the opening progress event: the stream is live
+      received += new TextDecoder().decode(first.value);
+      expect(received).toContain("event: progress");
+      const stopped = node.stop({ reason: "SIGTERM" });
+      // Before, the connection was closed with only progress sent: no error event, and no end of
+      // the chunked body (curl exited 18: transfer closed with outstanding read data remaining).
+      let ended: "done" | string = "";
+      for (;;) {
+        const chunk = await reader.read().catch((error: unknown) => ({ done: true, value: undefined, error }));
+        if ("error" in chunk) {
+          ended = `cut: ${String(chunk.error)}`;
+          break;
+        }
+        if (chunk.done) {
+          ended = "done";
+          break;
+        }
+        received += new TextDecoder().decode(chunk.value);
+      }
+      await stopped;
+      expect(received).toContain('event: error\ndata: {"error":"unavailable"');
+      expect(ended).toBe("done");
+    } finally {
+      await cluster.stop();
+    }
+  }, 30_000);
+
   test("kv serve on SIGTERM answers requests in flight with 503 unavailable, exits 0 and leaves a cleanly closed database; SIGKILL leaves the WAL behind", async () => {
     const dir = mkdtempSync(join(baseDir, "sigterm-"));
     // Two processes (the fewest with a follower that knows a leader); long election timeouts: the

@@ -46,7 +46,11 @@ export interface HttpHandler {
   beginShutdown(): void;
   /** Requests being answered right now. */
   inflightRequests(): number;
-  /** Resolves once no request is in flight (at once when none is). */
+  /**
+   * Resolves once no request is in flight and no event stream (a watch) is still being sent (at
+   * once when none is): a stream's answer leaves the handler with its headers, and its last events
+   * after. Shutdown waits for this before closing connections.
+   */
   idle(): Promise<void>;
 }
 
@@ -175,8 +179,52 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     ["route", "status"],
   );
   let inflight = 0;
+  /** Event streams whose body has not ended: each ends after its last event (see `idle`). */
+  let openStreams = 0;
   let shuttingDown = false;
   let idleWaiters: (() => void)[] = [];
+  const wakeIdleWaiters = () => {
+    if (inflight !== 0 || openStreams !== 0) return;
+    const waiters = idleWaiters;
+    idleWaiters = [];
+    for (const resolve of waiters) resolve();
+  };
+  /** `response` (an event stream), counted in `openStreams` until its body ends or is cancelled. */
+  const countedStream = (response: Response): Response => {
+    const body = response.body;
+    if (body === null || response.headers.get("content-type") !== "text/event-stream") return response;
+    openStreams++;
+    let open = true;
+    const ended = () => {
+      if (!open) return;
+      open = false;
+      openStreams--;
+      wakeIdleWaiters();
+    };
+    const reader = body.getReader();
+    const stream = new ReadableStream<Uint8Array>(
+      {
+        async pull(controller) {
+          const chunk = await reader.read().catch((error: unknown) => {
+            ended();
+            throw error;
+          });
+          if (chunk.done) {
+            controller.close();
+            ended();
+          } else {
+            controller.enqueue(chunk.value);
+          }
+        },
+        cancel(reason) {
+          ended();
+          return reader.cancel(reason);
+        },
+      },
+      { highWaterMark: 0 },
+    );
+    return new Response(stream, response);
+  };
   registry?.collected("kv_http_requests_inflight", "Client API requests being answered now.", "gauge", [], () => [[{}, inflight]]);
 
   const authToken = options.authToken;
@@ -227,7 +275,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
       const route = routeLabel(rawTarget(request.url).path);
       inflight++;
       try {
-        const response = await answer(request, route);
+        const response = countedStream(await answer(request, route));
         // A client that hung up before its answer (Bun aborts request.signal) is counted as 499, as
         // nginx logs it: its upload failing partway is not a bad request, and nobody reads the answer.
         const status = request.signal.aborted ? "499" : String(response.status);
@@ -235,11 +283,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
         return response;
       } finally {
         inflight--;
-        if (inflight === 0) {
-          const waiters = idleWaiters;
-          idleWaiters = [];
-          for (const resolve of waiters) resolve();
-        }
+        wakeIdleWaiters();
       }
     },
     beginShutdown() {
@@ -247,7 +291,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     },
     inflightRequests: () => inflight,
     idle() {
-      if (inflight === 0) return Promise.resolve();
+      if (inflight === 0 && openStreams === 0) return Promise.resolve();
       return new Promise((resolve) => idleWaiters.push(resolve));
     },
   };
