@@ -511,6 +511,28 @@ describe("routes", () => {
   });
 });
 
+describe("membership routes", () => {
+  test("POST /members refuses a body field it does not take, and the changing routes any query parameter, before changing anything", async () => {
+    const calls: string[] = [];
+    const view = { members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", role: "voter" as const }], leaderId: 1, configIndex: 0 };
+    const node = Object.assign(new MemoryKvNode(), {
+      members: () => view,
+      addMember: async (id: number) => (calls.push(`add ${id}`), view),
+      removeMember: async (id: number) => (calls.push(`remove ${id}`), view),
+      promoteMember: async (id: number) => (calls.push(`promote ${id}`), view),
+    });
+    const app = createHttpApp(node);
+    const post = (path: string, body: string, method = "POST") => app.handle(new Request(`http://localhost${path}`, { method, body }));
+    await expectError(await post("/members", '{"id": 4, "peerUrl": "http://127.0.0.1:5004", "role": "voter"}'), 400, "bad_request");
+    await expectError(await post("/members?dryRun=1", '{"id": 4, "peerUrl": "http://127.0.0.1:5004"}'), 400, "bad_request");
+    await expectError(await app.handle(new Request("http://localhost/members/1?x=1", { method: "DELETE" })), 400, "bad_request");
+    await expectError(await app.handle(new Request("http://localhost/members/1/promote?x=1", { method: "POST" })), 400, "bad_request");
+    expect(calls).toEqual([]);
+    expect((await post("/members", '{"id": 4, "peerUrl": "http://127.0.0.1:5004"}')).status).toBe(200);
+    expect(calls).toEqual(["add 4"]);
+  });
+});
+
 describe("POST /leader/transfer", () => {
   test("hands over to the named node, or lets the node choose; wrong method is 405; bad target 400", async () => {
     const node = new MemoryKvNode();

@@ -209,11 +209,14 @@ describe("lease routes over a cluster", () => {
     expect(plain.json).toEqual({ id: expect.any(String), ttlMs: 60_000 });
     const id = plain.json!.id as string;
 
-    for (const body of ["not json", "{}", '{"ttlMs": "5"}', '{"ttlMs": 1.5}', '{"ttlMs": 0}', '{"ttlMs": -4}', '{"ttlMs": 1e300}', "[]", '{"ttlMs": 99999999999999}']) {
+    for (const body of ["not json", "{}", '{"ttlMs": "5"}', '{"ttlMs": 1.5}', '{"ttlMs": 0}', '{"ttlMs": -4}', '{"ttlMs": 1e300}', "[]", '{"ttlMs": 99999999999999}', '{"ttlMs": 60000, "ttl": 5}']) {
       const bad = await call(app, "POST", "/leases", body);
       expect([body, bad.status, bad.json?.error]).toEqual([body, 400, "bad_request"]);
       expect(typeof bad.json?.message).toBe("string");
     }
+    expect((await call(app, "POST", "/leases", '{"ttlMs": 1e400}')).json?.message).toContain("got Infinity");
+    expect((await call(app, "POST", "/leases?ttlMs=5", '{"ttlMs": 60000}')).status).toBe(400);
+    expect((await call(app, "POST", `/leases/${id}/keepalive?x=1`)).status).toBe(400);
     for (const path of ["/leases/0", "/leases/abc", "/leases/-1", "/leases/99999999999999999999", "/leases/1.5/keepalive"]) {
       // keepalive is POST only: a GET there is a 405 (Allow: POST) before its id is looked at.
       expect([path, (await call(app, path.endsWith("/keepalive") ? "POST" : "GET", path)).status]).toEqual([path, 400]);

@@ -15,7 +15,8 @@ import { leaseTtlMsMax } from "../kv/leases.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
-import { leaseParams, routeDocs } from "./openapi.ts";
+import { jsonObject } from "./json-body.ts";
+import { leaseParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 
 /** A grant's body is a few bytes of JSON. */
@@ -53,11 +54,11 @@ export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
     };
   const raw = { parse: "none" } as const;
   return new Elysia({ name: "kv-leases" })
-    .post("/leases", guarded(({ request }) => grant(request)), { ...raw, detail: routeDocs.leaseGrant })
+    .post("/leases", guarded(({ request }) => grant(request)), { ...raw, query: noQuery, detail: routeDocs.leaseGrant })
     .get("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseGet })
     .head("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams })
-    .delete("/leases/:id", guarded(({ params }) => revoke(params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseRevoke })
-    .post("/leases/:id/keepalive", guarded(({ params }) => keepAlive(params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseKeepAlive });
+    .delete("/leases/:id", guarded(({ params }) => revoke(params.id ?? "")), { ...raw, query: noQuery, params: leaseParams, detail: routeDocs.leaseRevoke })
+    .post("/leases/:id/keepalive", guarded(({ params }) => keepAlive(params.id ?? "")), { ...raw, query: noQuery, params: leaseParams, detail: routeDocs.leaseKeepAlive });
 }
 
 /** What a route here reads of Elysia's context: the request, and `{id}` where the path has one. */
@@ -89,10 +90,10 @@ function parseGrantBody(bytes: Uint8Array): number {
   } catch {
     throw new KvError("bad_request", 'the body must be JSON {"ttlMs": N}');
   }
-  if (typeof body !== "object" || body === null || Array.isArray(body)) throw new KvError("bad_request", 'the body must be a JSON object {"ttlMs": N}');
-  const { ttlMs } = body as Record<string, unknown>;
+  const { ttlMs } = jsonObject(body, 'the body {"ttlMs": N}', ["ttlMs"]);
   if (typeof ttlMs !== "number" || !Number.isSafeInteger(ttlMs) || ttlMs < 1 || ttlMs > leaseTtlMsMax) {
-    throw new KvError("bad_request", `'ttlMs' must be a whole number of milliseconds from 1 to ${leaseTtlMsMax}, got ${JSON.stringify(ttlMs) ?? "nothing"}`);
+    const got = typeof ttlMs === "number" ? String(ttlMs) : (JSON.stringify(ttlMs) ?? "nothing");
+    throw new KvError("bad_request", `'ttlMs' must be a whole number of milliseconds from 1 to ${leaseTtlMsMax}, got ${got}`);
   }
   return ttlMs;
 }

@@ -14,7 +14,8 @@ import { membershipNodeIdMax, membershipUrlBytesMax } from "../kv/command.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
-import { memberParams, routeDocs } from "./openapi.ts";
+import { jsonObject } from "./json-body.ts";
+import { memberParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 
 /** A join request is a few hundred bytes of JSON. */
@@ -50,9 +51,9 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
   return new Elysia({ name: "kv-members" })
     .get("/members", guarded(({ request }) => list(request)), { ...raw, detail: routeDocs.members })
     .head("/members", guarded(({ request }) => list(request)), raw)
-    .post("/members", guarded(({ request }) => add(request)), { ...raw, detail: routeDocs.memberAdd })
-    .delete("/members/:id", guarded(({ params }) => remove(params.id ?? "")), { ...raw, params: memberParams, detail: routeDocs.memberRemove })
-    .post("/members/:id/promote", guarded(({ params }) => promote(params.id ?? "")), { ...raw, params: memberParams, detail: routeDocs.memberPromote });
+    .post("/members", guarded(({ request }) => add(request)), { ...raw, query: noQuery, detail: routeDocs.memberAdd })
+    .delete("/members/:id", guarded(({ params }) => remove(params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberRemove })
+    .post("/members/:id/promote", guarded(({ params }) => promote(params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberPromote });
 }
 
 /** What a route here reads of Elysia's context: the request, and `{id}` where the path has one. */
@@ -92,8 +93,7 @@ function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl
   } catch {
     throw new KvError("bad_request", 'the body must be JSON {"id": N, "peerUrl": "http://host:port"}');
   }
-  if (typeof body !== "object" || body === null) throw new KvError("bad_request", "the body must be a JSON object");
-  const { id, peerUrl, httpUrl } = body as Record<string, unknown>;
+  const { id, peerUrl, httpUrl } = jsonObject(body, 'the body {"id", "peerUrl", "httpUrl"}', ["id", "peerUrl", "httpUrl"]);
   if (typeof id !== "number") throw new KvError("bad_request", "'id' must be a number");
   return { id: parseId(String(id)), peerUrl: parseUrl("peerUrl", peerUrl), ...(httpUrl === undefined || httpUrl === null ? {} : { httpUrl: parseUrl("httpUrl", httpUrl) }) };
 }

@@ -26,6 +26,7 @@ import { unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { jsonResponse } from "./http-error.ts";
+import { jsonObject } from "./json-body.ts";
 import { rawTarget } from "./raw-target.ts";
 import { admitWriteBody, type BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
@@ -101,7 +102,6 @@ function resultJson(result: TxnOpResult) {
   }
 }
 
-
 function bad(message: string): KvError {
   return new KvError("bad_request", message);
 }
@@ -114,7 +114,7 @@ export function parseTxnBody(bytes: Uint8Array, limits: TxnRouteLimits): TxnRequ
   } catch {
     throw bad('the body must be JSON: {"compare": [...], "success": [...], "failure": [...]}');
   }
-  const fields = object(body, "the body", ["compare", "success", "failure"]);
+  const fields = jsonObject(body, "the body", ["compare", "success", "failure"]);
   const lists = (["compare", "success", "failure"] as const).map((name) => {
     const list = fields[name] ?? [];
     if (!Array.isArray(list)) throw bad(`'${name}' must be a list`);
@@ -128,15 +128,6 @@ export function parseTxnBody(bytes: Uint8Array, limits: TxnRouteLimits): TxnRequ
     success: success.map((item, i) => parseOp(item, `success[${i}]`, limits)),
     failure: failure.map((item, i) => parseOp(item, `failure[${i}]`, limits)),
   };
-}
-
-/** `value` as an object holding only `allowed` fields. */
-function object(value: unknown, what: string, allowed: readonly string[]): Record<string, unknown> {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) throw bad(`${what} must be a JSON object`);
-  for (const name of Object.keys(value)) {
-    if (!allowed.includes(name)) throw bad(`${what} has an unknown field '${name}' (expected ${allowed.map((a) => `'${a}'`).join(", ")})`);
-  }
-  return value as Record<string, unknown>;
 }
 
 function parseKey(value: unknown, what: string, limits: TxnRouteLimits): string {
@@ -153,7 +144,7 @@ function parseValue(value: unknown, what: string, limits: TxnRouteLimits): Uint8
     if (!value.isWellFormed()) throw bad(`${what} holds a lone UTF-16 surrogate: send bytes that are not UTF-8 as {"base64": "..."}`);
     bytes = utf8Encoder.encode(value);
   } else if (typeof value === "object" && value !== null && !Array.isArray(value)) {
-    const { base64 } = object(value, what, ["base64"]);
+    const { base64 } = jsonObject(value, what, ["base64"]);
     if (typeof base64 !== "string" || !base64Pattern.test(base64)) throw bad(`${what}.base64 must be a string of standard, padded base64`);
     bytes = new Uint8Array(Buffer.from(base64, "base64"));
   } else {
@@ -173,7 +164,7 @@ function parseTxnLease(value: unknown, what: string): number {
 }
 
 function parseCompare(item: unknown, what: string, limits: TxnRouteLimits): TxnCompare {
-  const fields = object(item, what, ["key", "version", "value", "exists"]);
+  const fields = jsonObject(item, what, ["key", "version", "value", "exists"]);
   const key = parseKey(fields.key, what, limits);
   const targets = (["version", "value", "exists"] as const).filter((name) => fields[name] !== undefined);
   if (targets.length !== 1) throw bad(`${what} needs exactly one of 'version', 'value' and 'exists'`);
@@ -191,16 +182,16 @@ function parseCompare(item: unknown, what: string, limits: TxnRouteLimits): TxnC
 }
 
 function parseOp(item: unknown, what: string, limits: TxnRouteLimits): TxnOp {
-  const fields = object(item, what, ["put", "delete", "get"]);
+  const fields = jsonObject(item, what, ["put", "delete", "get"]);
   const names = Object.keys(fields);
   if (names.length !== 1) throw bad(`${what} must be one of {"put": {...}}, {"delete": {...}} and {"get": {...}}`);
   if (fields.put !== undefined) {
-    const put = object(fields.put, `${what}.put`, ["key", "value", "lease"]);
+    const put = jsonObject(fields.put, `${what}.put`, ["key", "value", "lease"]);
     if (put.value === undefined) throw bad(`${what}.put needs a 'value'`);
     const key = parseKey(put.key, `${what}.put`, limits);
     const value = parseValue(put.value, `${what}.put.value`, limits);
     return put.lease === undefined ? { op: "put", key, value } : { op: "put", key, value, lease: parseTxnLease(put.lease, `${what}.put.lease`) };
   }
-  if (fields.delete !== undefined) return { op: "delete", key: parseKey(object(fields.delete, `${what}.delete`, ["key"]).key, `${what}.delete`, limits) };
-  return { op: "get", key: parseKey(object(fields.get, `${what}.get`, ["key"]).key, `${what}.get`, limits) };
+  if (fields.delete !== undefined) return { op: "delete", key: parseKey(jsonObject(fields.delete, `${what}.delete`, ["key"]).key, `${what}.delete`, limits) };
+  return { op: "get", key: parseKey(jsonObject(fields.get, `${what}.get`, ["key"]).key, `${what}.get`, limits) };
 }
