@@ -123,3 +123,24 @@ test("kv leader transfer --to N hands leadership over through whichever endpoint
   expect(JSON.parse(result.out)).toMatchObject({ leaderId: target, previousLeaderId: leader });
   expect(await cluster.waitForLeader()).toBe(target);
 });
+
+test("status: endpoints that answer but refuse (401 without the token) are refused, exit 2, not unreachable (exit 3)", async () => {
+  const refusing = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: () => Response.json({ error: "unauthenticated", message: "this node requires a bearer token" }, { status: 401 }),
+  });
+  try {
+    const result = await kv(["status", "--endpoints", `http://127.0.0.1:${refusing.port}`]);
+    expect(result.code).toBe(2);
+    expect(result.out).toContain("refused (HTTP 401: this node requires a bearer token)");
+    expect(result.out).not.toContain("unreachable");
+    // A dead endpoint beside it is still unreachable; the refusal decides the exit.
+    const mixed = await kv(["status", "--endpoints", `http://127.0.0.1:1,http://127.0.0.1:${refusing.port}`]);
+    expect(mixed.code).toBe(2);
+    expect(mixed.out).toContain("unreachable");
+    expect((await kv(["status", "--endpoints", "http://127.0.0.1:1"])).code).toBe(3);
+  } finally {
+    refusing.stop(true);
+  }
+});

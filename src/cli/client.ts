@@ -215,15 +215,19 @@ const listCommand = defineCommand({
   },
 });
 
-/** Asks every endpoint for its /status (without redirects); undefined where none came. */
-async function statuses(conn: Connection): Promise<{ endpoint: string; status: NodeStatus | undefined; error?: string }[]> {
+/**
+ * Asks every endpoint for its /status (without redirects); undefined where none came, with `error`
+ * saying why and `refused` when the node answered with an error (a 401 without the token).
+ */
+async function statuses(conn: Connection): Promise<{ endpoint: string; status: NodeStatus | undefined; error?: string; refused?: boolean }[]> {
   return Promise.all(
     conn.client.endpoints.map(async (endpoint) => {
       try {
         return { endpoint, status: await conn.client.statusOf(endpoint) };
       } catch (error) {
         if (!(error instanceof KvClientError)) throw error;
-        return { endpoint, status: undefined, error: error.status === 0 ? error.message : `HTTP ${error.status}` };
+        if (error.status === 0) return { endpoint, status: undefined, error: error.message };
+        return { endpoint, status: undefined, error: `HTTP ${error.status}: ${error.message}`, refused: true };
       }
     }),
   );
@@ -238,15 +242,20 @@ const statusCommand = defineCommand({
     if (conn.json) {
       print(conn, all, "");
     } else {
-      for (const { endpoint, status, error } of all) {
+      for (const { endpoint, status, error, refused } of all) {
         console.log(
           status === undefined
-            ? `${endpoint}  unreachable (${error})`
+            ? `${endpoint}  ${refused === true ? "refused" : "unreachable"} (${error})`
             : `${endpoint}  node ${status.id}  ${status.role.padEnd(9)} term ${status.term}  leader ${status.leaderId}  commit ${status.commitIndex}  applied ${status.appliedIndex}`,
         );
       }
     }
-    if (all.every((s) => s.status === undefined)) throw new ClientExit(3, "no endpoint answered");
+    if (all.every((s) => s.status === undefined)) {
+      // An answer that refused (a 401) is the caller's to fix, not an outage: exit 2 as for any refused request.
+      const refused = all.find((s) => s.refused === true);
+      if (refused !== undefined) throw new ClientExit(2, `no endpoint served the status: ${refused.endpoint} refused it (${refused.error})`);
+      throw new ClientExit(3, "no endpoint answered");
+    }
   },
 });
 
