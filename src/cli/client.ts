@@ -41,7 +41,7 @@ export const connectionArgs = {
     valueHint: "URLS",
   },
   json: { type: "boolean", description: "Print JSON instead of text" },
-  "timeout-ms": { type: "string", description: "How long to wait for each answer (default 5000)", valueHint: "MS" },
+  "timeout-ms": { type: "string", description: "How long one command may take, retries on other endpoints included (default 5000)", valueHint: "MS" },
   "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
 } as const;
 

@@ -14,7 +14,7 @@ import { parseMsFlag, UsageError } from "./usage-error.ts";
  */
 
 const ttlArg = {
-  ttl: { type: "string", description: "The TTL of the lease under the lock: how long a holder that dies or stalls keeps the others waiting (default 10s)", valueHint: "DURATION" },
+  ttl: { type: "string", description: "The TTL of the lease held while holding (the lock, or the office for kv elect): how long a holder that dies or stalls keeps the others waiting (default 10s)", valueHint: "DURATION" },
 } as const;
 
 const TTL_MS_DEFAULT = 10_000;

@@ -130,7 +130,7 @@ export const serveCommand = defineCommand({
     "cluster-token-file": { type: "string", description: "Read the cluster token from this file (trailing newline ignored)", valueHint: "FILE" },
     "auth-token": {
       type: "string",
-      description: "Bearer token the client API requires (or env KV_AUTH_TOKEN, or --auth-token-file); /health stays open",
+      description: "Bearer token the client API requires (or env KV_AUTH_TOKEN, or --auth-token-file); at least 16 characters; /health stays open",
       valueHint: "SECRET",
     },
     "auth-token-file": { type: "string", description: "Read the client API's bearer token from this file", valueHint: "FILE" },
