@@ -153,6 +153,17 @@ describe("against a 3-node cluster with a bearer token", () => {
     expect(refused).toBeInstanceOf(KvClientError);
     expect((refused as KvClientError).code).toBe("unreachable");
   });
+
+  test("an endpoint that fails alike on every pass is named once in the error, with how many times", async () => {
+    const dead = closedPortUrl();
+    const error = await createClient({ endpoints: [dead], timeoutMs: 1_500 })
+      .get("nowhere")
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KvClientError);
+    const message = (error as KvClientError).message;
+    expect(message.split(dead).length - 1).toBe(1); // before, once per pass: the same text eight times
+    expect(message).toMatch(/ \(×\d+\)$/);
+  });
 });
 
 describe("leader failover", () => {

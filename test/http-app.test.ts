@@ -414,6 +414,15 @@ describe("KvError codes map to HTTP in one place", () => {
 });
 
 describe("routes", () => {
+  test("HEAD /kv/{key} answers GET's headers with no body, the value's length included", async () => {
+    await put("/kv/five", "12345");
+    const head = await call("HEAD", "/kv/five");
+    expect(head.status).toBe(200);
+    expect(head.headers.get("content-length")).toBe("5");
+    expect(head.headers.get("x-kv-version")).toBe((await call("GET", "/kv/five")).headers.get("x-kv-version"));
+    expect((await head.arrayBuffer()).byteLength).toBe(0);
+  });
+
   test("HEAD /watch and HEAD /snapshot are 405 with Allow: GET (the router answered HEAD with GET's handler: a watch never ended)", async () => {
     for (const path of ["/watch?key=a", "/snapshot"]) {
       const response = await call("HEAD", path);

@@ -83,7 +83,15 @@ export class Transport {
     const timeoutMs = Math.min(this.options.timeoutMs, call.timeoutMs ?? Number.POSITIVE_INFINITY);
     const deadlineMs = performance.now() + timeoutMs;
     const attempts: string[] = [];
+    let lastNoted: string | undefined;
+    let repeats = 0; // how many times in a row `lastNoted` happened
     const note = (what: string) => {
+      if (what === lastNoted && attempts.length > 0) {
+        attempts[attempts.length - 1] = `${what} (×${++repeats})`; // one endpoint failing alike on every pass reads once
+        return;
+      }
+      lastNoted = what;
+      repeats = 1;
       attempts.push(what);
       if (attempts.length > ATTEMPTS_KEPT_MAX) attempts.shift();
     };

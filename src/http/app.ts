@@ -106,10 +106,10 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       case "HEAD": {
         const found = await node.get(key, parseConsistency(search));
         if (found === undefined) throw new KvError("not_found", "no value is stored under this key");
-        return new Response(method === "HEAD" ? null : found.value, {
-          status: 200,
-          headers: { "content-type": "application/octet-stream", "x-kv-version": String(found.version) },
-        });
+        const headers = { "content-type": "application/octet-stream", "x-kv-version": String(found.version) };
+        // HEAD answers the headers GET would, its length included (a bodiless answer would say 0).
+        if (method === "HEAD") return new Response(null, { status: 200, headers: { ...headers, "content-length": String(found.value.byteLength) } });
+        return new Response(found.value, { status: 200, headers });
       }
       case "PUT": {
         refuseUnknownParameters(search, ["ifVersion", "lease"], method);

@@ -25,7 +25,7 @@ const LEASE_BODY_BYTES_MAX = 4 * 1024;
 /** The routes as an Elysia plugin: `app.use(createLeaseRoutes(node))`; a body must arrive within `bodyReadTimeoutMs`. */
 export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
   const grant = async (request: Request): Promise<Response> => {
-    const ttlMs = parseGrantBody(await readBodyBytesMax(request, LEASE_BODY_BYTES_MAX, bodyReadTimeoutMs));
+    const ttlMs = parseGrantBody(await readBodyBytesMax(request, LEASE_BODY_BYTES_MAX, bodyReadTimeoutMs, "the body"));
     const granted = await required(node.grantLease?.bind(node))(ttlMs);
     return jsonResponse({ id: String(granted.id), ttlMs: granted.ttlMs, ...(granted.raisedFromMs === undefined ? {} : { raisedFromMs: granted.raisedFromMs }) }, 200);
   };

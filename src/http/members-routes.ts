@@ -32,7 +32,7 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     return request.method === "HEAD" ? new Response(null, response) : response;
   };
   const add = async (request: Request): Promise<Response> => {
-    const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs));
+    const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs, "the body"));
     return jsonResponse(membersJson(await change(node.addMember?.bind(node))(id, peerUrl, httpUrl)), 200);
   };
   const remove = async (id: string): Promise<Response> => jsonResponse(membersJson(await change(node.removeMember?.bind(node))(parseId(id))), 200);

@@ -7,18 +7,18 @@ import { KvError } from "../lib/kv-error.ts";
  * What is left unread is drained by the handler after the answer (see `lingeringResponse`).
  * The body is read once; the route must use `parse: "none"` so Elysia has not consumed it.
  */
-export async function readBodyBytesMax(request: Request, bytesMax: number, readTimeoutMs?: number): Promise<Uint8Array> {
+export async function readBodyBytesMax(request: Request, bytesMax: number, readTimeoutMs?: number, what = "the value"): Promise<Uint8Array> {
   const declaredBytes = declaredBodyBytes(request);
   if (declaredBytes !== undefined) {
     if (Number.isNaN(declaredBytes)) throw new KvError("bad_request", "Content-Length is not a number of bytes");
-    if (declaredBytes > bytesMax) throw tooLarge(declaredBytes, bytesMax);
+    if (declaredBytes > bytesMax) throw tooLarge(what, declaredBytes, bytesMax);
     if (declaredBytes === 0) return new Uint8Array(0);
     const bytes = new Uint8Array(await withDeadline(unreadable(request.arrayBuffer()), readTimeoutMs));
-    if (bytes.byteLength > bytesMax) throw tooLarge(bytes.byteLength, bytesMax);
+    if (bytes.byteLength > bytesMax) throw tooLarge(what, bytes.byteLength, bytesMax);
     return bytes;
   }
   if (request.body === null) return new Uint8Array(0);
-  return withDeadline(readStreamBytesMax(request.body, bytesMax), readTimeoutMs);
+  return withDeadline(readStreamBytesMax(request.body, bytesMax, what), readTimeoutMs);
 }
 
 /**
@@ -42,7 +42,7 @@ async function withDeadline<T>(reading: Promise<T>, timeoutMs: number | undefine
   }
 }
 
-async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: number): Promise<Uint8Array> {
+async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: number, what: string): Promise<Uint8Array> {
   const reader = stream.getReader();
   const chunks: Uint8Array[] = [];
   let totalBytes = 0;
@@ -54,7 +54,7 @@ async function readStreamBytesMax(stream: ReadableStream<Uint8Array>, bytesMax: 
       // Not cancelled: the handler reads and discards the rest after answering (lingering close,
       // http-handler.ts), so the client sees the 413 instead of a reset connection.
       reader.releaseLock();
-      throw new KvError("too_large", `the value is over the limit of ${bytesMax} bytes`);
+      throw new KvError("too_large", `${what} is over the limit of ${bytesMax} bytes`);
     }
     chunks.push(value);
   }
@@ -81,8 +81,9 @@ async function unreadable<T>(reading: Promise<T>): Promise<T> {
   }
 }
 
-function tooLarge(bytes: number, bytesMax: number): KvError {
-  return new KvError("too_large", `the value is ${bytes} bytes; the limit is ${bytesMax}`);
+/** `what`: the value (a PUT's body), or the body (a lease's, a member's, a transaction's). */
+function tooLarge(what: string, bytes: number, bytesMax: number): KvError {
+  return new KvError("too_large", `${what} is ${bytes} bytes; the limit is ${bytesMax}`);
 }
 
 /** The request's Content-Length: undefined when it has none (chunked), NaN when it is not a number of bytes. */

@@ -627,6 +627,7 @@ export class KvNode implements KvNodeApi {
     // being removed, or one that will not campaign with a change it has not applied.
     if (this.raw.confChangePending()) return Promise.reject(new KvError("unavailable", "a membership change is not yet applied; retry shortly", { retryAfterS: 1 }));
     const voters = raft.voters.filter((id) => id !== this.cfg.id);
+    if (target === this.cfg.id) return Promise.reject(new KvError("bad_request", `node ${target} is the leader already`));
     if (target !== undefined && !voters.includes(target)) {
       return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
     }
