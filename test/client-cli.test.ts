@@ -85,6 +85,9 @@ test("kv put --lease ID attaches the key to the lease; an unknown lease exits 2 
   const put = await kv(["put", "leased", "v", "--lease", String(id), "--endpoints", endpoints]);
   expect(put.code).toBe(0);
   expect((await client.leases.get(id)).keys).toEqual(["leased"]);
+  // The id as the HTTP API answers it, a decimal string, is taken too (before: bad_request "got <id>").
+  expect((await client.leases.get(String(id))).id).toBe(id);
+  await expect(client.leases.get("07")).rejects.toMatchObject({ code: "bad_request", message: expect.stringContaining('got "07"') });
   await client.leases.revoke(id);
   // The revoked lease (and one never granted) is refused: exit 2 as any refused request, not 1
   // ("not found", which would read as the key's), with the server's lease_not_found.

@@ -28,8 +28,8 @@ function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: bool
   const never = new AbortController().signal;
   const leases: Partial<LeasesApi> = {
     grant: async (ttlMs) => ({ id: 7, ttlMs }),
-    keep: (id) => ({ id, lost: never, stop() {} }),
-    revoke: async (id) => ({ id, version: ++version, deletedKeys: 1 }),
+    keep: (id) => ({ id: Number(id), lost: never, stop() {} }),
+    revoke: async (id) => ({ id: Number(id), version: ++version, deletedKeys: 1 }),
   };
   const deps: LockDeps = {
     leases: leases as LeasesApi,

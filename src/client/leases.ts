@@ -6,6 +6,9 @@ import { KvClientError } from "./errors.ts";
 import { errorFromAnswer, type Answer, type Transport } from "./transport.ts";
 
 /** What `leases.grant` answers. */
+/** A lease id: the number `grant` returns, or the decimal string the HTTP API answers (`{"id": "67"}`). */
+export type LeaseId = number | string;
+
 export interface LeaseGrant {
   /** The lease's id (the Raft index of its grant): pass it as `put(key, value, { lease: id })`. */
   readonly id: number;
@@ -73,13 +76,13 @@ export interface LeasesApi {
    */
   grant(ttlMs: number): Promise<LeaseGrant>;
   /** Restarts the lease's countdown on the leader; `KvClientError` `lease_not_found` once it expired or was revoked. */
-  keepAlive(id: number): Promise<{ readonly id: number; readonly ttlMs: number }>;
+  keepAlive(id: LeaseId): Promise<{ readonly id: number; readonly ttlMs: number }>;
   /** Revokes the lease through the log, deleting its keys at one version; `lease_not_found` when already gone. */
-  revoke(id: number): Promise<LeaseRevoked>;
+  revoke(id: LeaseId): Promise<LeaseRevoked>;
   /** The leader's view of the lease; `lease_not_found` when gone. */
-  get(id: number): Promise<LeaseInfo>;
+  get(id: LeaseId): Promise<LeaseInfo>;
   /** Starts a keeper that keeps lease `id` alive until `stop()` (see `LeaseKeeper`). */
-  keep(id: number, options: LeaseKeepOptions): LeaseKeeper;
+  keep(id: LeaseId, options: LeaseKeepOptions): LeaseKeeper;
 }
 
 /** The shortest keepalive interval a keeper uses, whatever the TTL. */
@@ -102,12 +105,17 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 1) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a lease without an id`);
     return id;
   };
-  const checkId = (id: number) => {
-    if (!Number.isSafeInteger(id) || id < 1) throw new KvClientError("bad_request", 0, `a lease id is a positive whole number, got ${id}`);
+  /** `id` as a number: a positive whole one, or a string of its decimal digits. */
+  const checkId = (id: LeaseId): number => {
+    const number = typeof id === "string" && /^[1-9][0-9]{0,15}$/.test(id) ? Number(id) : id;
+    if (typeof number !== "number" || !Number.isSafeInteger(number) || number < 1) {
+      throw new KvClientError("bad_request", 0, `a lease id is a positive whole number or its decimal string, got ${JSON.stringify(id) ?? String(id)}`);
+    }
+    return number;
   };
 
-  const keepAlive = async (id: number, timeoutMs?: number) => {
-    checkId(id);
+  const keepAlive = async (leaseId: LeaseId, timeoutMs?: number) => {
+    const id = checkId(leaseId);
     const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...(timeoutMs === undefined ? {} : { timeoutMs }) });
     const body = json<{ id?: unknown; ttlMs?: unknown }>(answer);
     return { id: idOf(body.id, answer), ttlMs: Number(body.ttlMs) };
@@ -130,15 +138,15 @@ export function createLeasesApi(transport: Transport): LeasesApi {
 
     keepAlive: (id) => keepAlive(id),
 
-    async revoke(id) {
-      checkId(id);
+    async revoke(leaseId) {
+      const id = checkId(leaseId);
       const answer = await transport.send({ method: "DELETE", path: `/leases/${id}`, safety: "idempotent" });
       const body = json<{ id?: unknown; version?: unknown; deletedKeys?: unknown }>(answer);
       return { id: idOf(body.id, answer), version: Number(body.version), deletedKeys: Number(body.deletedKeys) };
     },
 
-    async get(id) {
-      checkId(id);
+    async get(leaseId) {
+      const id = checkId(leaseId);
       const answer = await transport.send({ method: "GET", path: `/leases/${id}`, safety: "read" });
       const body = json<{ id?: unknown; ttlMs?: unknown; remainingMs?: unknown; keys?: unknown; keysTruncated?: unknown }>(answer);
       return {
@@ -150,8 +158,8 @@ export function createLeasesApi(transport: Transport): LeasesApi {
       };
     },
 
-    keep(id, options) {
-      checkId(id);
+    keep(leaseId, options) {
+      const id = checkId(leaseId);
       const ttlMs = options.ttlMs;
       if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
       const sentAtMs = options.sentAtMs ?? performance.now();
