@@ -34,9 +34,9 @@ test("PUT then GET over a real socket, with an encoded key and binary bytes", as
     expect(((await missing.json()) as { error: string }).error).toBe("not_found");
 
     node.failure = new KvError("not_leader", "follower", { leaderId: 2, leaderUrl: "http://127.0.0.1:1" });
-    const redirected = await fetch(`${base}/kv/a%2Fb?consistency=linearizable`, { method: "PUT", body: "v", redirect: "manual" });
+    const redirected = await fetch(`${base}/kv/a%2Fb?ifVersion=0`, { method: "PUT", body: "v", redirect: "manual" });
     expect(redirected.status).toBe(307);
-    expect(redirected.headers.get("location")).toBe("http://127.0.0.1:1/kv/a%2Fb?consistency=linearizable");
+    expect(redirected.headers.get("location")).toBe("http://127.0.0.1:1/kv/a%2Fb?ifVersion=0");
     await redirected.body?.cancel();
   } finally {
     await app.stop();

@@ -1,11 +1,17 @@
 /**
- * One lock client of `kv chaos lock`, run as its own process (`kv chaos lock-client`, hidden) so the
- * runner can pause it with SIGSTOP, keepalives and all, as a real holder is paused by GC, swapping or
- * a stopped VM. It loops: take the lock, think for a while (the window a pause lands in), read the
- * protected counter, and write it back incremented with a compare-and-set (`ifVersion`), carrying
- * its fence in the value and writing nothing when the counter already carries a larger fence. Like
- * the paused process it models, it does not consult `lost` before writing: the fence is what must
- * keep the counter safe. Then it releases the lock and goes round again.
+ * One lock client of `kv chaos lock`, run as its own process (`kv chaos lock-client`, hidden) so it
+ * can be paused with SIGSTOP, keepalives and all, as a real holder is paused by GC, swapping or a
+ * stopped VM. It loops: take the lock, think for a while, read the protected counter, and write it
+ * back incremented with a compare-and-set (`ifVersion`), carrying its fence in the value and writing
+ * nothing when the counter already carries a larger fence. Like the paused process it models, it
+ * does not consult `lost` before writing: the fence is what must keep the counter safe. Then it
+ * releases the lock and goes round again.
+ *
+ * A pause the runner asks for (`pauser.requested()`, SIGUSR2 in the process) is taken at the end of
+ * the next think time, before the read: the client reports `pausing` and stops itself, and the
+ * runner resumes it. The runner, pausing holders with SIGSTOP from their reports, paused some after
+ * their update (reports arrive late under load): two tenures then overlapped but no stale update was
+ * tested, and a run could see none.
  *
  * It reports on standard output, one JSON object per line (see {@link LockClientEvent}), with wall
  * clock times (the runner and its clients share the machine's clock).
@@ -33,6 +39,8 @@ export interface LockClientOptions {
 /** What a lock client reports, one per line. */
 export type LockClientEvent =
   | { readonly type: "acquired"; readonly fence: number; readonly key: string; readonly atMs: number }
+  /** It stops itself now (SIGSTOP), holding `fence`, its update not yet made. */
+  | { readonly type: "pausing"; readonly fence: number; readonly atMs: number }
   | { readonly type: "lost"; readonly fence: number; readonly atMs: number }
   | { readonly type: "write"; readonly write: CounterWrite }
   | { readonly type: "released"; readonly fence: number; readonly atMs: number; readonly error?: string }
@@ -47,8 +55,14 @@ function describe(error: unknown): string {
   return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
 }
 
-/** Runs the loop until `stop` aborts; reports through `emit`. */
-export async function runLockClient(opts: LockClientOptions, emit: (event: LockClientEvent) => void, stop: AbortSignal): Promise<void> {
+/** How a client pauses itself when asked: `requested` is read (and cleared) once per tenure; `pause` returns once resumed. */
+export interface LockClientPauser {
+  requested(): boolean;
+  pause(): void;
+}
+
+/** Runs the loop until `stop` aborts; reports through `emit` (which must be written before `pauser.pause` stops the process). */
+export async function runLockClient(opts: LockClientOptions, emit: (event: LockClientEvent) => void, stop: AbortSignal, pauser?: LockClientPauser): Promise<void> {
   const kv = createClient({ endpoints: [...opts.endpoints], timeoutMs: opts.requestTimeoutMs });
   const prng = createPrng(opts.seed >>> 0);
   let n = 0;
@@ -69,6 +83,10 @@ export async function runLockClient(opts: LockClientOptions, emit: (event: LockC
     else lock.lost.addEventListener("abort", onLost, { once: true });
 
     await Bun.sleep(prng.intInclusive(opts.holdMsMin, opts.holdMsMax)); // the critical section's think time
+    if (pauser?.requested() === true && !stop.aborted) {
+      emit({ type: "pausing", fence, atMs: Date.now() });
+      pauser.pause();
+    }
     n++;
     emit({ type: "write", write: await updateCounter(kv, opts, fence, n) });
 

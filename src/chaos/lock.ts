@@ -3,8 +3,9 @@
  * take the lock `chaos-lock-mutex` (the client library's lock: a lease, a create-only key, and a
  * watch on the key just ahead), then update the protected counter `chaos-lock-counter` with a
  * compare-and-set that carries the holder's fence in the value. A seeded nemesis pauses holders
- * with SIGSTOP for longer than their lease's TTL, so another client takes the lock while the paused
- * one still believes it holds it; with `--nemesis all|kill|pause|partition` it also faults the nodes.
+ * (SIGSTOP) for longer than their lease's TTL, between their think time and their update, so another
+ * client takes the lock while the paused one still believes it holds it and then updates with its
+ * stale fence; with `--nemesis all|kill|pause|partition` it also faults the nodes.
  *
  * After healing, the runner reads the counter's committed updates back from node 1's change history
  * (node 1 is paused rather than killed, so its history covers the run; the nodes run with the
@@ -92,6 +93,8 @@ class LockClientProcess {
   /** The fence it holds now, as far as the runner knows from its reports (undefined: not holding). */
   holding: number | undefined;
   paused = false;
+  /** Set by `requestPause`: resolves with the fence it holds once it reports that it stopped itself. */
+  private pausing: ((fence: number) => void) | undefined;
   exited: Promise<number>;
   private proc: Subprocess<"ignore", "pipe", "pipe">;
 
@@ -116,6 +119,13 @@ class LockClientProcess {
       if (event.type === "acquired") {
         this.holding = event.fence;
         onAcquired();
+      } else if (event.type === "pausing") {
+        this.paused = true;
+        const pausing = this.pausing;
+        this.pausing = undefined;
+        // Nobody waits for it (the nemesis stopped meanwhile): it must not stay stopped.
+        if (pausing === undefined) this.signal("SIGCONT");
+        else pausing(event.fence);
       } else if (event.type === "released" || event.type === "exit") this.holding = undefined;
       else if (event.type === "write") this.outcomes[event.write.outcome]++;
     });
@@ -126,7 +136,17 @@ class LockClientProcess {
     return this.proc.pid;
   }
 
-  signal(signal: "SIGSTOP" | "SIGCONT" | "SIGTERM" | "SIGKILL"): void {
+  /**
+   * Asks it to stop itself before its next counter update (SIGUSR2; see lock-client.ts): resolves
+   * with the fence it holds once it reports `pausing`, or undefined once `cancelled` resolves first.
+   */
+  requestPause(cancelled: Promise<void>): Promise<number | undefined> {
+    const stopped = new Promise<number>((resolve) => (this.pausing = resolve));
+    this.signal("SIGUSR2");
+    return Promise.race([stopped, cancelled.then(() => undefined)]);
+  }
+
+  signal(signal: "SIGSTOP" | "SIGCONT" | "SIGTERM" | "SIGKILL" | "SIGUSR2"): void {
     if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
     this.proc.kill(signal);
     if (signal === "SIGSTOP") this.paused = true;
@@ -157,7 +177,10 @@ export interface HolderPauseWindow {
   readonly endMs: number;
 }
 
-/** Plays the holder-pause schedule: at each planned time, SIGSTOPs the client that holds the lock (or the next to take it). */
+/**
+ * Plays the holder-pause schedule: at each planned time, asks the client that holds the lock (or the
+ * next to take it) to stop itself before its update, and resumes it `durationMs` after it stopped.
+ */
 class HolderNemesis {
   readonly windows: HolderPauseWindow[] = [];
   private stopping = false;
@@ -217,8 +240,9 @@ class HolderNemesis {
         holder = this.clients.find((c) => c.holding !== undefined);
       }
       if (this.stopping || holder === undefined) return;
-      const fence = holder.holding as number;
-      holder.signal("SIGSTOP");
+      // It stops itself at the end of its think time (this tenure's, or its next one's).
+      const fence = await holder.requestPause(new Promise<void>((resolve) => (this.wake = resolve)));
+      if (fence === undefined || this.stopping) return;
       const startMs = this.nowMs();
       this.print(`${clock(startMs)} paused client ${holder.client} (holding fence ${fence}) for ${planned.durationMs} ms, past its TTL`);
       await this.sleep(planned.durationMs);

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { defineCommand, type ArgsDef, type CommandDef } from "citty";
@@ -383,7 +383,19 @@ const lockClientCommand = defineCommand({
     const stop = new AbortController();
     process.on("SIGTERM", () => stop.abort("stop"));
     process.on("SIGINT", () => stop.abort("stop"));
-    const emit = (event: LockClientEvent) => process.stdout.write(`${JSON.stringify(event)}\n`);
+    // The runner asks for a pause with SIGUSR2; the client takes it before its next update.
+    let pauseRequested = false;
+    process.on("SIGUSR2", () => (pauseRequested = true));
+    const pauser = {
+      requested: () => {
+        const asked = pauseRequested;
+        pauseRequested = false;
+        return asked;
+      },
+      pause: () => process.kill(process.pid, "SIGSTOP"), // the runner sends SIGCONT
+    };
+    // Written at once, in order: the "pausing" line must be out before the process stops.
+    const emit = (event: LockClientEvent) => writeSync(1, `${JSON.stringify(event)}\n`);
     await runLockClient(
       {
         endpoints: String(args.endpoints).split(","),
@@ -398,6 +410,7 @@ const lockClientCommand = defineCommand({
       },
       emit,
       stop.signal,
+      pauser,
     );
     process.exit(0);
   },
