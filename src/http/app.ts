@@ -407,6 +407,7 @@ function parseWriteOptions(search: string, request: Request): WriteOptions {
     throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
   }
   const idempotency = idempotencyKey === undefined ? {} : { idempotencyKey };
+  if (search === "") return idempotency;
   const values = new URLSearchParams(search).getAll("ifVersion");
   if (values.length === 0) return idempotency;
   const [text] = values;
@@ -424,6 +425,7 @@ function parseWriteOptions(search: string, request: Request): WriteOptions {
  * parameters): a read cannot do harm by it.
  */
 function refuseUnknownParameters(search: string, taken: readonly string[], method: string): void {
+  if (search === "") return; // the common write: nothing to parse
   for (const name of new URLSearchParams(search).keys()) {
     if (!taken.includes(name)) {
       throw new KvError("bad_request", `unknown parameter '${name.slice(0, 64)}': ${method} /kv/{key} takes ${taken.map((each) => `?${each}=`).join(" and ")}`);
@@ -433,6 +435,7 @@ function refuseUnknownParameters(search: string, taken: readonly string[], metho
 
 /** `?lease=ID` on a put: attach the key to that lease (src/kv/leases.ts); given at most once. */
 function parseLeaseOption(search: string): { lease?: number } {
+  if (search === "") return {};
   const values = new URLSearchParams(search).getAll("lease");
   if (values.length === 0) return {};
   if (values.length > 1) throw new KvError("bad_request", "lease must be given once");
