@@ -6,6 +6,7 @@ import { join } from "node:path";
 import type { BenchReport } from "../src/bench/bench-report.ts";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
+import { kvSignalDecoder } from "../src/bench/watch-load.ts";
 
 const root = join(import.meta.dir, "..");
 
@@ -156,4 +157,17 @@ describe("kv bench --watchers against a real 3-node cluster of the built executa
     expect(report.watch?.streamsEnded).toEqual({});
     expect(report.watch?.latencyMs.p50).toBeLessThanOrEqual(report.watch?.latencyMs.p99 ?? -1);
   });
+});
+
+test("the kv watch decoder reads each change's version from its data: only a version's last change carries the SSE id", () => {
+  const decode = kvSignalDecoder();
+  const text =
+    'id: 4\nevent: progress\ndata: {"version":4}\n\n' +
+    'event: put\ndata: {"key":"t/\\"version\\":9","value":"v","version":5}\n\n' +
+    'id: 5\nevent: delete\ndata: {"key":"t/b","version":5,"reason":"delete"}\n\n';
+  expect(decode(text)).toEqual([
+    { kind: "progress", version: 4 },
+    { kind: "change", version: 5, put: true },
+    { kind: "change", version: 5, put: false },
+  ]);
 });

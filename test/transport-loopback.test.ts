@@ -104,6 +104,22 @@ async function until(condition: () => boolean, what: string, turnsMax = 100_000)
 }
 
 describe("connect transport over loopback", () => {
+  test("a peer whose address changed (removed, then added again elsewhere) is called at its new address", async () => {
+    const a = startNode(1, new Map());
+    const first = startNode(2, new Map([[1, peerUrl(a.port)]]));
+    a.peers.set(2, peerUrl(first.port));
+    a.transport.send([heartbeat(1, 2, 1)]);
+    await first.inbox.until(() => first.inbox.messages().length === 1);
+    // Node 2 comes back on another port; the address book (the node's peer directory) says so.
+    const second = startNode(2, new Map([[1, peerUrl(a.port)]]));
+    a.peers.set(2, peerUrl(second.port));
+    a.transport.send([heartbeat(1, 2, 2)]);
+    // Before, the sender made for the old address kept calling it.
+    await second.inbox.until(() => second.inbox.messages().length === 1);
+    expect(second.inbox.messages()).toEqual([heartbeat(1, 2, 2)]);
+    expect(first.inbox.messages()).toEqual([heartbeat(1, 2, 1)]);
+  });
+
   test("delivers one send's messages for a peer in two calls, appends apart from the rest, each in order, both ways", async () => {
     const { a, b } = startPair();
     const toB: Message[] = [

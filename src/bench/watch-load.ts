@@ -7,7 +7,8 @@
  *
  * Streams are raw sockets, not fetch: Bun's fetch runs at most 256 requests at once, and a watch
  * stream is a request that never ends. Two protocols: kv's `GET /watch` (Server-Sent Events, parsed
- * with src/lib/sse-reader.ts; the SSE `id` is the version, so no event's JSON is parsed) and etcd's
+ * with src/lib/sse-reader.ts; a change's version is read from its data without parsing the JSON, as
+ * the SSE `id` is on only the last change of a version) and etcd's
  * gateway `POST /v3/watch` with a `create_request` on the prefix (one JSON object per line; each
  * event's `mod_revision` is its version, read without parsing the line unless it holds a delete).
  */
@@ -52,20 +53,25 @@ const kvProtocol: WatchProtocol = {
     const resume = lastVersion === undefined ? "" : `Last-Event-ID: ${lastVersion}\r\n`;
     return new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${new URL(origin).host}\r\nAccept: text/event-stream\r\n${resume}\r\n`);
   },
-  decoder() {
-    const parser = new SseParser({ charsMax: LINE_CHARS_MAX });
-    return (text) => parser.push(text).map(sseSignal);
-  },
+  decoder: kvSignalDecoder,
 };
 
+/** A fresh decoder of one kv watch stream's body text (SSE) into signals. */
+export function kvSignalDecoder(): (text: string) => WatchSignal[] {
+  const parser = new SseParser({ charsMax: LINE_CHARS_MAX });
+  return (text) => parser.push(text).map(sseSignal);
+}
+
+/** `"version":N` in a change's JSON: a quote inside a key or value is escaped, so only the field matches. */
+const versionField = /"version":(\d+)/;
+
 function sseSignal(event: SseEvent): WatchSignal {
-  const version = Number(event.id);
   switch (event.event) {
     case "progress":
-      return { kind: "progress", version };
+      return { kind: "progress", version: Number(event.id) };
     case "put":
     case "delete":
-      return { kind: "change", version, put: event.event === "put" };
+      return { kind: "change", version: Number(versionField.exec(event.data)?.[1]), put: event.event === "put" };
     case "error":
       return { kind: "error", reason: `event: error ${event.data.slice(0, 60)}` };
     default:

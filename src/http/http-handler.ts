@@ -46,6 +46,8 @@ export interface HttpHandler {
   beginShutdown(): void;
   /** Requests being answered right now. */
   inflightRequests(): number;
+  /** Event streams (watches) still being sent. */
+  openStreams(): number;
   /**
    * Resolves once no request is in flight and no event stream (a watch) is still being sent (at
    * once when none is): a stream's answer leaves the handler with its headers, and its last events
@@ -192,7 +194,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
   /** `response` (an event stream), counted in `openStreams` until its body ends or is cancelled. */
   const countedStream = (response: Response): Response => {
     const body = response.body;
-    if (body === null || response.headers.get("content-type") !== "text/event-stream") return response;
+    if (body === null || response.headers.get("content-type")?.startsWith("text/event-stream") !== true) return response;
     openStreams++;
     let open = true;
     const ended = () => {
@@ -290,6 +292,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
       shuttingDown = true;
     },
     inflightRequests: () => inflight,
+    openStreams: () => openStreams,
     idle() {
       if (inflight === 0 && openStreams === 0) return Promise.resolve();
       return new Promise((resolve) => idleWaiters.push(resolve));

@@ -967,14 +967,17 @@ export class Raft {
    * replicated to, carrying the commit index that covers its removal: a commit index alone goes out
    * with the next append or tick, by which time the member is gone from `progress`, so it never
    * applied its removal and campaigned on (its calls refused by every peer). A heartbeat when it
-   * holds the entry; otherwise what it lacks up to the entry, if still in the log and within one
-   * append's bytes. Best effort: a member cut off then may never hear of it (thesis §4.2.3).
+   * holds the entry; otherwise, while it is replicating, what it lacks up to the entry, if still in
+   * the log and within one append's bytes. Best effort: a member cut off then may never hear of it (thesis §4.2.3).
    */
   private farewell(to: NodeId, progress: Progress, index: number): void {
     if (progress.matchIndex >= index) {
       this.send({ type: "heartbeat", from: this.id, to, term: this.term, commit: Math.min(progress.matchIndex, this.log.committed), readContext: "" });
       return;
     }
+    // Only where its match is known (a new leader's is 0 until the member answers: such an append
+    // would be refused, after reading up to a whole append's entries for nothing).
+    if (progress.state !== "replicate") return;
     const prevLogTerm = this.log.term(progress.matchIndex);
     if (prevLogTerm === undefined || progress.matchIndex + 1 < this.log.firstIndex()) return;
     const entries = this.log.slice(progress.matchIndex + 1, index + 1, this.cfg.appendBytesMax);

@@ -364,7 +364,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
 
   let stopping: Promise<void> | undefined;
   async function stopServing(handOver: boolean, reason: string): Promise<void> {
-    logger.log(handOver ? "info" : "error", "stopping", { reason, inflightRequests: http.inflightRequests() });
+    logger.log(handOver ? "info" : "error", "stopping", { reason, inflightRequests: http.inflightRequests(), watchStreams: http.openStreams() });
     if (handOver && node.status().role === "leader" && node.members().members.filter((member) => member.role === "voter").length > 1) {
       // Hand over before leaving so a rolling restart costs no election timeout (thesis §3.10).
       // Requests keep being served meanwhile; writes are redirected once another node leads.
@@ -392,7 +392,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     clearTimeout(drainTimer);
     if (!drained) {
       logger.log("warn", "stopping", {
-        detail: `${http.inflightRequests()} requests still unanswered after ${SHUTDOWN_DRAIN_MS_MAX} ms (clients still sending bodies); closing their connections`,
+        detail: `${http.inflightRequests()} requests still unanswered (clients still sending bodies) and ${http.openStreams()} watch streams still sending (clients not reading) after ${SHUTDOWN_DRAIN_MS_MAX} ms; closing their connections`,
       });
     }
     await listener.stop(true).catch(() => {});

@@ -229,11 +229,27 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   const transfers = new Set<Promise<void>>();
   const sentBytes = new Map<NodeId, number>();
   const socketTransports: SocketTransport[] = [];
+  const socketTransportsByPeer = new Map<NodeId, SocketTransport>();
+  /** The address each sender was made for (see `senderFor`). */
+  const senderUrls = new Map<NodeId, string>();
   const clientTls = options.tls === undefined ? undefined : { cert: options.tls.cert, key: options.tls.key, ...(options.tls.ca === undefined ? {} : { ca: options.tls.ca }) };
   function senderFor(peerId: NodeId): PeerSender {
     let sender = senders.get(peerId);
-    if (sender !== undefined) return sender;
     const baseUrl = options.peers.get(peerId);
+    if (sender !== undefined) {
+      if (senderUrls.get(peerId) === baseUrl) return sender;
+      // The peer's address changed (removed, then added again elsewhere): before, its old sender
+      // kept calling the old address. What it still held is dropped, as a lost call's would be.
+      void sender.close();
+      senders.delete(peerId);
+      clients.delete(peerId);
+      const old = socketTransportsByPeer.get(peerId);
+      if (old !== undefined) {
+        old.close();
+        socketTransports.splice(socketTransports.indexOf(old), 1);
+        socketTransportsByPeer.delete(peerId);
+      }
+    }
     // The core addresses only voters, and the peers map is built from the same configuration.
     assert(baseUrl !== undefined && peerId !== options.selfId, `message to node ${peerId}, which is not a configured peer`);
     // Plain http peers are called over our own kept-alive sockets (socket-transport.ts); https
@@ -251,6 +267,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         onRequestBytes: countBytes,
       });
       socketTransports.push(socketTransport);
+      socketTransportsByPeer.set(peerId, socketTransport);
       transport = socketTransport;
     } else {
       const tlsFetch: typeof fetch = Object.assign(
@@ -278,6 +295,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       },
     });
     senders.set(peerId, sender);
+    senderUrls.set(peerId, baseUrl);
     return sender;
   }
 
