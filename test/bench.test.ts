@@ -169,16 +169,20 @@ interface FakeLeadership {
 
 /** A fake kv node: answers /status from `leadership` (itself when omitted) and counts /kv requests. */
 function fakeKvNode(
-  opts: { id?: number; leadership?: FakeLeadership; redirectPutsAfter?: number; onRedirect?: () => void; failGetsEvery?: number } = {},
+  opts: { id?: number; leadership?: FakeLeadership; redirectPutsAfter?: number; onRedirect?: () => void; failGetsEvery?: number; authToken?: string } = {},
 ) {
   const id = opts.id ?? 1;
-  const counts = { put: 0, get: 0, delete: 0, status: 0, redirected: 0 };
+  const counts = { put: 0, get: 0, delete: 0, status: 0, redirected: 0, refused: 0 };
   let selfUrl = "";
   const server = Bun.serve({
     hostname: "127.0.0.1",
     port: 0,
     async fetch(request) {
       const url = new URL(request.url);
+      if (opts.authToken !== undefined && request.headers.get("authorization") !== `Bearer ${opts.authToken}`) {
+        counts.refused += 1;
+        return Response.json({ error: "unauthenticated", message: "this node requires a bearer token" }, { status: 401 });
+      }
       if (url.pathname === "/status") {
         counts.status += 1;
         const leadership = opts.leadership ?? { leaderUrl: selfUrl, leaderId: id, term: 1 };
@@ -274,6 +278,32 @@ describe("kv bench against in-process fake servers", () => {
     } finally {
       oldLeader.server.stop(true);
       newLeader.server.stop(true);
+    }
+  });
+
+  test("--auth-token (or KV_AUTH_TOKEN) sends the bearer token with every request, discovery included; without it nothing is served", async () => {
+    const token = "bench-token-0123456789";
+    const node = fakeKvNode({ authToken: token });
+    try {
+      const report = await benchJson(["--endpoints", node.url, "--requests", "60", "--clients", "3", "--mix", "put=1,get=1,delete=1", "--auth-token", token]);
+      expect(report.ok).toBe(60);
+      expect(report.errors).toBe(0);
+      expect(node.counts.refused).toBe(0);
+      const refused = await bench(["--endpoints", node.url, "--requests", "10", "--timeout", "1s"]);
+      expect(refused.code).toBe(1);
+      expect(refused.err).toContain("401 unauthenticated (the cluster requires a token: --auth-token or KV_AUTH_TOKEN)");
+      expect(node.counts.refused).toBeGreaterThan(0);
+      const byEnv = Bun.spawn([process.execPath, "src/cli/main.ts", "bench", "--endpoints", node.url, "--requests", "10", "--json"], {
+        cwd: root,
+        env: { ...process.env, KV_AUTH_TOKEN: token },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [out, code] = await Promise.all([new Response(byEnv.stdout).text(), byEnv.exited]);
+      expect(code).toBe(0);
+      expect((JSON.parse(out) as BenchReport).ok).toBe(10);
+    } finally {
+      node.server.stop(true);
     }
   });
 

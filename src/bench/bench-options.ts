@@ -48,6 +48,8 @@ export interface BenchOptions {
   readonly idleEndpoint: string;
   /** Pause between the idle watchers' opening and the first write, so the node's memory can be read (0: none). */
   readonly idleSettleMs: number;
+  /** kv: the bearer token its client API requires (`kv serve --auth-token`), sent with every request. */
+  readonly authToken?: string;
 }
 
 /** What `--idle-watchers` watch: a prefix outside the writers' (BENCH_KEY_PREFIX), so they stay idle. */

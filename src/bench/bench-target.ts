@@ -36,6 +36,12 @@ export class BenchTargetUnavailableError extends Error {
 /** What every key the bench writes starts with (what `--watchers` watch). */
 export const BENCH_KEY_PREFIX = "bench-";
 
+/** A bearer token as a request's header line for `buildRequest` ("" without one), and as `fetch` headers. */
+export function authHeaders(authToken: string | undefined): { readonly head: string; readonly fetch: Record<string, string> } {
+  if (authToken === undefined) return { head: "", fetch: {} };
+  return { head: `Authorization: Bearer ${authToken}\r\n`, fetch: { authorization: `Bearer ${authToken}` } };
+}
+
 /** The name of key number `index`: ASCII, no characters that need percent-encoding. */
 export function keyName(index: number): string {
   return `${BENCH_KEY_PREFIX}${index}`;
@@ -77,12 +83,12 @@ export async function pollUntil<T>(probe: () => Promise<T | undefined>, timeoutM
 }
 
 /** JSON from `url` (GET, or POST of `body`), or undefined on any failure within `timeoutMs`. */
-export async function fetchJson(url: string, timeoutMs: number, body?: string): Promise<unknown> {
+export async function fetchJson(url: string, timeoutMs: number, body?: string, headers: Record<string, string> = {}): Promise<unknown> {
   try {
     const response = await fetch(url, {
       method: body === undefined ? "GET" : "POST",
       body,
-      headers: body === undefined ? undefined : { "content-type": "application/json" },
+      headers: body === undefined ? headers : { ...headers, "content-type": "application/json" },
       redirect: "manual",
       signal: AbortSignal.timeout(timeoutMs),
     });

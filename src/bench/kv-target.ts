@@ -1,5 +1,7 @@
 import type { OperationKind, ReadConsistency } from "./bench-options.ts";
 import {
+  authHeaders,
+  BenchTargetUnavailableError,
   benchValue,
   errorKindOf,
   fetchJson,
@@ -34,6 +36,8 @@ export interface KvTargetOptions {
   readonly discoverTimeoutMs: number;
   /** Called with the version of each acknowledged put (`kv bench --watchers` matches events to it). */
   readonly onPutAcknowledged?: (version: number) => void;
+  /** Sent as `Authorization: Bearer` with every request (`kv serve --auth-token`). */
+  readonly authToken?: string;
 }
 
 /**
@@ -43,6 +47,7 @@ export interface KvTargetOptions {
 export function createKvTarget(opts: KvTargetOptions): BenchTarget {
   const value = benchValue(opts.valueBytes);
   const readQuery = `?consistency=${opts.consistency}`;
+  const auth = authHeaders(opts.authToken);
   const hosts = new Map<string, string>();
   const host = (origin: string) => {
     let name = hosts.get(origin);
@@ -51,7 +56,7 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
   };
 
   const observe = async (): Promise<LeaderObservation | undefined> => {
-    const statuses = await Promise.all(opts.endpoints.map((endpoint) => fetchJson(`${endpoint}/status`, STATUS_TIMEOUT_MS)));
+    const statuses = await Promise.all(opts.endpoints.map((endpoint) => fetchJson(`${endpoint}/status`, STATUS_TIMEOUT_MS, undefined, auth.fetch)));
     let best: LeaderObservation | undefined;
     for (const [i, raw] of statuses.entries()) {
       const status = raw as KvStatus | undefined;
@@ -73,7 +78,7 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
       const origin = (leader.leader as LeaderObservation).origin;
       let response: HttpResponse;
       try {
-        response = await connections.to(origin).request(buildRequest(method, path, host(origin), method === "PUT" ? value : undefined));
+        response = await connections.to(origin).request(buildRequest(method, path, host(origin), method === "PUT" ? value : undefined, undefined, auth.head));
       } catch (error) {
         const errorKind = errorKindOf(error);
         if (errorKind !== "abandoned") await leader.rediscover(origin);
@@ -98,7 +103,23 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
 
   return {
     hasLeader: true,
-    start: () => leader.start(),
+    async start() {
+      // A cluster that wants a token would look like one with no leader: say which it is.
+      const refusals = await Promise.all(
+        opts.endpoints.map((endpoint) =>
+          fetch(`${endpoint}/status`, { headers: auth.fetch, redirect: "manual", signal: AbortSignal.timeout(STATUS_TIMEOUT_MS) }).then(
+            async (response) => (await response.arrayBuffer(), response.status === 401 ? endpoint : undefined),
+            () => undefined,
+          ),
+        ),
+      );
+      const refused = refusals.find((endpoint) => endpoint !== undefined);
+      if (refused !== undefined) {
+        const hint = opts.authToken === undefined ? "the cluster requires a token: --auth-token or KV_AUTH_TOKEN" : "the token given is not the cluster's";
+        throw new BenchTargetUnavailableError(`${refused} answered 401 unauthenticated (${hint})`);
+      }
+      return leader.start();
+    },
     observeLeader: observe,
     describe: () => `kv at ${opts.endpoints.join(",")}; writes to the leader ${leader.leader?.origin ?? "(unknown)"} (node ${leader.leader?.leaderId ?? "?"})`,
     async execute(connections, client, operation: OperationKind, keyIndex): Promise<OperationOutcome> {
@@ -112,7 +133,7 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
           const origin = opts.endpoints[client % opts.endpoints.length] as string;
           let response: HttpResponse;
           try {
-            response = await connections.to(origin).request(buildRequest("GET", path + readQuery, host(origin)));
+            response = await connections.to(origin).request(buildRequest("GET", path + readQuery, host(origin), undefined, undefined, auth.head));
           } catch (error) {
             return { ok: false, errorKind: errorKindOf(error), redirects: 0 };
           }

@@ -14,7 +14,7 @@
  */
 import { buildRequest, ClientConnections, HttpConnectionError, type HttpConnection, type HttpResponse } from "../lib/http-connection.ts";
 import type { BenchTargetKind } from "./bench-options.ts";
-import { BenchTargetUnavailableError, type BenchTarget, type LeaderObservation } from "./bench-target.ts";
+import { authHeaders, BenchTargetUnavailableError, type BenchTarget, type LeaderObservation } from "./bench-target.ts";
 
 /** What every key of a lease-churn run starts with. */
 export const LEASE_CHURN_PREFIX = "lease-churn/";
@@ -39,6 +39,8 @@ export interface LeaseChurnOptions {
   /** Closed loops of the setup and refresh phases. */
   readonly clients: number;
   readonly requestTimeoutMs: number;
+  /** kv only: sent as `Authorization: Bearer` with every request (`kv serve --auth-token`). */
+  readonly authToken?: string;
 }
 
 /** The `--json` report of a lease-churn run. */
@@ -87,21 +89,22 @@ const encoder = new TextEncoder();
 const json = (value: unknown) => encoder.encode(JSON.stringify(value));
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 
-const kvApi: LeaseApi = {
-  grant: (host, ttlMs) => buildRequest("POST", "/leases", host, json({ ttlMs }), "application/json"),
+/** kv's lease API; `auth` is a header line for every request ("" without a token). */
+const kvApi = (auth: string): LeaseApi => ({
+  grant: (host, ttlMs) => buildRequest("POST", "/leases", host, json({ ttlMs }), "application/json", auth),
   grantedId: (body) => {
     const id = (JSON.parse(body) as { id?: unknown }).id;
     return typeof id === "string" ? id : undefined;
   },
-  put: (host, key, leaseId) => buildRequest("PUT", `/kv/${key}?lease=${leaseId}`, host, encoder.encode("x")),
-  keepalive: (host, leaseId) => buildRequest("POST", `/leases/${leaseId}/keepalive`, host),
+  put: (host, key, leaseId) => buildRequest("PUT", `/kv/${key}?lease=${leaseId}`, host, encoder.encode("x"), undefined, auth),
+  keepalive: (host, leaseId) => buildRequest("POST", `/leases/${leaseId}/keepalive`, host, undefined, undefined, auth),
   keptAlive: () => true, // kv answers 404 lease_not_found for a lease that is gone
-  count: (host) => buildRequest("GET", `/kv?prefix=${encodeURIComponent(LEASE_CHURN_PREFIX)}&limit=1`, host),
+  count: (host) => buildRequest("GET", `/kv?prefix=${encodeURIComponent(LEASE_CHURN_PREFIX)}&limit=1`, host, undefined, undefined, auth),
   keysLeft: (body) => {
     const items = (JSON.parse(body) as { items?: unknown[] }).items;
     return Array.isArray(items) ? items.length : undefined;
   },
-};
+});
 
 /** The key just past every key under LEASE_CHURN_PREFIX ("/" + 1 is "0"). */
 const PREFIX_END = `${LEASE_CHURN_PREFIX.slice(0, -1)}0`;
@@ -126,7 +129,7 @@ const etcdApi: LeaseApi = {
 /** Runs the three phases against `target` (used for leader discovery) and reports. */
 export async function runLeaseChurn(options: LeaseChurnOptions, target: BenchTarget, signal?: AbortSignal): Promise<LeaseChurnReport> {
   await target.start();
-  const api = options.target === "kv" ? kvApi : etcdApi;
+  const api = options.target === "kv" ? kvApi(authHeaders(options.authToken).head) : etcdApi;
   const errors = new Map<string, number>();
   const fail = (kind: string) => errors.set(kind, (errors.get(kind) ?? 0) + 1);
   const startedMs = performance.now();

@@ -14,7 +14,7 @@
  */
 import type { Socket } from "bun";
 import { SseParser, type SseEvent } from "../lib/sse-reader.ts";
-import { BenchTargetUnavailableError } from "./bench-target.ts";
+import { authHeaders, BenchTargetUnavailableError } from "./bench-target.ts";
 import { LatencyHistogram } from "./latency-histogram.ts";
 
 export interface WatchLoadOptions {
@@ -24,6 +24,8 @@ export interface WatchLoadOptions {
   readonly prefix: string;
   /** Whose watch API the streams speak (default kv). */
   readonly protocol?: WatchProtocolKind;
+  /** kv only: sent as `Authorization: Bearer` when a stream opens (`kv serve --auth-token`). */
+  readonly authToken?: string;
 }
 
 /** kv's `GET /watch` (SSE) or etcd's gateway `POST /v3/watch` (JSON lines). */
@@ -38,8 +40,8 @@ export type WatchSignal =
 
 /** How one protocol opens a stream and reads its body. */
 interface WatchProtocol {
-  /** The request bytes: a watch of `prefix` on `origin`, after `lastVersion` when given. */
-  request(origin: string, prefix: string, lastVersion: number | undefined): Uint8Array;
+  /** The request bytes: a watch of `prefix` on `origin`, after `lastVersion` when given; `auth`: header lines to add ("" for none). */
+  request(origin: string, prefix: string, lastVersion: number | undefined, auth: string): Uint8Array;
   /** A fresh decoder of one stream's body text. */
   decoder(): (text: string) => WatchSignal[];
 }
@@ -48,10 +50,10 @@ interface WatchProtocol {
 const LINE_CHARS_MAX = 4 * 1024 * 1024;
 
 const kvProtocol: WatchProtocol = {
-  request(origin, prefix, lastVersion) {
+  request(origin, prefix, lastVersion, auth) {
     const path = `/watch?${new URLSearchParams({ prefix })}`;
     const resume = lastVersion === undefined ? "" : `Last-Event-ID: ${lastVersion}\r\n`;
-    return new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${new URL(origin).host}\r\nAccept: text/event-stream\r\n${resume}\r\n`);
+    return new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${new URL(origin).host}\r\nAccept: text/event-stream\r\n${auth}${resume}\r\n`);
   },
   decoder: kvSignalDecoder,
 };
@@ -437,7 +439,7 @@ export class WatchLoad {
   /** A stream for a watcher: when it ends, the watcher resumes after its last version (the contract), or gives up. */
   private connect(origin: string, lastVersion: number | undefined, state: () => StreamState): RawWatchStream {
     const protocol = PROTOCOLS[this.opts.protocol ?? "kv"];
-    const request = protocol.request(origin, this.opts.prefix, lastVersion);
+    const request = protocol.request(origin, this.opts.prefix, lastVersion, authHeaders(this.opts.authToken).head);
     return new RawWatchStream(origin, request, protocol, (signal) => this.onSignal(state(), signal), (reason) => {
       const watcher = state();
       this.ends.set(reason, (this.ends.get(reason) ?? 0) + 1);

@@ -49,7 +49,16 @@ interface BenchArgs {
   "idle-settle"?: string;
   "lease-churn"?: string;
   "lease-ttl"?: string;
+  "auth-token"?: string;
   json?: boolean;
+}
+
+/** `--auth-token`, else `$KV_AUTH_TOKEN` (as the client commands), for --target kv only. */
+function benchAuthToken(args: BenchArgs, target: string): string | undefined {
+  const token = args["auth-token"] ?? (process.env.KV_AUTH_TOKEN === "" ? undefined : process.env.KV_AUTH_TOKEN);
+  if (args["auth-token"] !== undefined && target !== "kv") throw new BenchInputError(`--auth-token is kv's bearer token: it goes with --target kv, not ${target}`);
+  if (token !== undefined && /[\r\n]/.test(token)) throw new BenchInputError("--auth-token must be one line");
+  return target === "kv" ? token : undefined;
 }
 
 /** Turns flags into options; any bad value is a usage error (exit 2) before anything starts. */
@@ -72,7 +81,9 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
     }
     const idleEndpoint = args["idle-endpoint"] === undefined ? (endpoints[0] as string) : onlyOne("idle-endpoint", parseEndpoints(args["idle-endpoint"]));
     const idleSettleMs = args["idle-settle"] === undefined || args["idle-settle"].trim() === "0" ? 0 : parseDurationMs("idle-settle", args["idle-settle"]);
+    const authToken = benchAuthToken(args, target);
     return {
+      ...(authToken === undefined ? {} : { authToken }),
       target,
       endpoints,
       clients: args.clients === undefined ? 16 : parseWholeNumber("clients", args.clients, 1, CLIENTS_MAX),
@@ -117,7 +128,9 @@ export function leaseChurnOptionsFromArgs(args: BenchArgs): LeaseChurnOptions | 
     if (ttlMs < LEASE_TTL_MS_MIN || ttlMs > LEASE_TTL_MS_MAX || (target === "etcd" && ttlMs % 1000 !== 0)) {
       throw new BenchInputError(`--lease-ttl must be from 1s to 24h${target === "etcd" ? " in whole seconds (etcd's TTLs are seconds)" : ""}, got '${args["lease-ttl"]}'`);
     }
+    const authToken = benchAuthToken(args, target);
     return {
+      ...(authToken === undefined ? {} : { authToken }),
       target,
       leases: parseWholeNumber("lease-churn", args["lease-churn"], 1, LEASE_CHURN_MAX),
       ttlMs,
@@ -148,7 +161,7 @@ function createTarget(options: BenchOptions, watch: WatchLoad | undefined): Benc
   const common = { endpoints: options.endpoints, valueBytes: options.valueBytes, consistency: options.consistency, discoverTimeoutMs: options.requestTimeoutMs };
   switch (options.target) {
     case "kv":
-      return createKvTarget({ ...common, ...(watch === undefined ? {} : { onPutAcknowledged: watch.acknowledged }) });
+      return createKvTarget({ ...common, ...(options.authToken === undefined ? {} : { authToken: options.authToken }), ...(watch === undefined ? {} : { onPutAcknowledged: watch.acknowledged }) });
     case "etcd":
       return createEtcdTarget({ ...common, ...(watch === undefined ? {} : { onPutAcknowledged: watch.acknowledged }) });
     case "noop":
@@ -206,6 +219,7 @@ export const benchCommand = defineCommand({
       valueHint: "N",
     },
     "lease-ttl": { type: "string", description: "TTL of --lease-churn's leases, 1s to 24h (etcd: whole seconds) (default 10s)", valueHint: "DURATION" },
+    "auth-token": { type: "string", description: "kv's bearer token (kv serve --auth-token), sent with every request (or env KV_AUTH_TOKEN)", valueHint: "SECRET" },
     json: { type: "boolean", description: "Print one JSON object instead of the text report" },
   },
   async run({ args }) {
@@ -252,11 +266,12 @@ export const benchCommand = defineCommand({
         options = { ...options, endpoints: [noopServer.origin] };
       }
       const showProgress = process.stderr.isTTY === true;
+      const auth = options.authToken === undefined ? {} : { authToken: options.authToken };
       idle =
         options.idleWatchers > 0
-          ? new WatchLoad({ endpoints: [options.idleEndpoint], watchers: options.idleWatchers, prefix: IDLE_WATCH_PREFIX, protocol: options.target === "etcd" ? "etcd" : "kv" })
+          ? new WatchLoad({ endpoints: [options.idleEndpoint], watchers: options.idleWatchers, prefix: IDLE_WATCH_PREFIX, protocol: options.target === "etcd" ? "etcd" : "kv", ...auth })
           : undefined;
-      watch = options.watchers > 0 ? new WatchLoad({ endpoints: options.endpoints, watchers: options.watchers, prefix: BENCH_KEY_PREFIX, protocol: options.target === "etcd" ? "etcd" : "kv" }) : undefined;
+      watch = options.watchers > 0 ? new WatchLoad({ endpoints: options.endpoints, watchers: options.watchers, prefix: BENCH_KEY_PREFIX, protocol: options.target === "etcd" ? "etcd" : "kv", ...auth }) : undefined;
       const target = createTarget(options, watch);
       let result: Awaited<ReturnType<typeof runBench>>;
       try {

@@ -336,8 +336,8 @@ const encoder = new TextEncoder();
  * The bytes of one request: `path` must be ASCII (percent-encode anything else). A body gets a
  * Content-Length; `contentType` is sent when given.
  */
-export function buildRequest(method: string, path: string, host: string, body?: Uint8Array, contentType?: string): Uint8Array {
-  let head = `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n`;
+export function buildRequest(method: string, path: string, host: string, body?: Uint8Array, contentType?: string, extraHead = ""): Uint8Array {
+  let head = `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n${extraHead}`;
   if (contentType !== undefined) head += `Content-Type: ${contentType}\r\n`;
   if (body !== undefined) head += `Content-Length: ${body.length}\r\n`;
   head += "\r\n";
