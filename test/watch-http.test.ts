@@ -77,6 +77,36 @@ describe("GET /watch on a node", () => {
   });
 });
 
+describe("GET /watch from a version that does not exist yet", () => {
+  test("is a 400 once a read barrier shows the cluster has not reached it; the next version, or one a lagging node has not applied, is served", async () => {
+    const cluster = createMemoryCluster();
+    try {
+      await cluster.until(() => cluster.leader() !== undefined);
+      const leader = cluster.leader()!;
+      const { version } = await cluster.drive(leader.put("cfg/a", new TextEncoder().encode("v")));
+      const app = createHttpApp(leader);
+      // Before, the stream opened and sent progress at 99998, a version that did not exist.
+      for (const [path, headers] of [["/watch?prefix=cfg/&fromVersion=99999", {}], ["/watch?prefix=cfg/", { "last-event-id": "99998" }]] as const) {
+        const ahead = await cluster.drive(app.handle(request(path, headers)));
+        expect(ahead.status).toBe(400);
+        expect(((await ahead.json()) as { message: string }).message).toContain(`past the last version the cluster applied`);
+      }
+      const next = await cluster.drive(app.handle(request(`/watch?prefix=cfg/&fromVersion=${version + 1}`)));
+      expect(next.status).toBe(200);
+      await next.body?.cancel();
+      // A follower cut off before the write has not applied it: a resume from it waits for the
+      // leader's word (a read barrier) and is served once it has caught up.
+      const follower = [...cluster.nodes.values()].find((node) => node !== leader)!;
+      const followerApp = createHttpApp(follower);
+      const resumed = await cluster.drive(followerApp.handle(request("/watch?prefix=cfg/", { "last-event-id": String(version) })));
+      expect(resumed.status).toBe(200);
+      await resumed.body?.cancel();
+    } finally {
+      for (const id of [...cluster.nodes.keys()]) cluster.stop(id);
+    }
+  });
+});
+
 describe("a node serving HTTP (in-process)", () => {
   const baseDir = mkdtempSync(join(tmpdir(), "kv-watch-"));
   afterAll(() => rmSync(baseDir, { recursive: true, force: true }));

@@ -478,7 +478,19 @@ export class KvNode implements KvNodeApi {
       // opened is at or below it, and every change after it will be sent.
       return this.watches.subscribe(filter, this.watches.lastVersion());
     }
-    return this.watches.subscribe(filter, "after" in start ? start.after : start.from - 1);
+    const after = "after" in start ? start.after : start.from - 1;
+    if (after > this.watches.lastVersion()) {
+      // Past what this node applied: a resume from a node ahead, or a version that does not exist.
+      // Once applied up to the leader's commit index, this node holds every version a client can
+      // have seen; a start past that is a mistake, not a position (its progress would name versions
+      // that do not exist, and changes before it would never come).
+      await this.readBarrier("linearizable");
+      const last = this.watches.lastVersion();
+      if (after > last) {
+        throw new KvError("bad_request", `the start (after version ${after}) is past the last version the cluster applied (${last}): watch from at most ${last + 1}, or without a start`);
+      }
+    }
+    return this.watches.subscribe(filter, after);
   }
 
   /** See `KvNodeApi.openSnapshot`: on any node, followers too (the read index comes from the leader). */
