@@ -1,7 +1,7 @@
 // Proves the sqlite storage recovers everything on reopen (hard state, voters, log, kv data, applied index), that re-applying after a reopen has no double effect, and that it refuses a wrong voter set, a second opener and an unknown schema.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -118,5 +118,75 @@ describe("sqlite storage recovery", () => {
     raw.run("PRAGMA user_version = 99");
     raw.close();
     expect(() => open()).toThrow(/schema 99.*newer release of kv.*left unchanged/);
+  });
+});
+
+describe("a data dir whose database was lost or is not kv's", () => {
+  /** The segment files' names and bytes: what must survive a refusal unchanged. */
+  function logFiles(): Map<string, string> {
+    const logDir = join(dir, "kv.db-log");
+    return new Map(readdirSync(logDir).map((name) => [name, readFileSync(join(logDir, name)).toString("hex")]));
+  }
+  function removeDatabase(how: "emptied" | "deleted"): void {
+    for (const suffix of ["-wal", "-shm"]) rmSync(join(dir, `kv.db${suffix}`), { force: true });
+    if (how === "deleted") rmSync(join(dir, "kv.db"));
+    else writeFileSync(join(dir, "kv.db"), "");
+  }
+
+  for (const how of ["emptied", "deleted"] as const) {
+    test(`kv.db ${how} beside a log holding entries and a vote: refused, the log untouched (before: the log and the vote were wiped and the node started empty)`, () => {
+      const first = open();
+      first.save({ term: 2, vote: 3, commit: 1 }, [put(1, 2, "a", "1"), put(2, 2, "b", "2")], true);
+      first.applyEntries([put(1, 2, "a", "1")]);
+      first.close();
+      opened.splice(0);
+      removeDatabase(how);
+      const before = logFiles();
+      let error: unknown;
+      try {
+        open(undefined);
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error).toBeInstanceOf(StorageError);
+      expect((error as StorageError).code).toBe("corrupt");
+      expect((error as StorageError).message).toContain("kv.db-log");
+      expect((error as StorageError).message).toContain("last index 2, term 2");
+      expect(logFiles()).toEqual(before);
+    });
+  }
+
+  test("a cluster-id beside a new database (a data dir from before segment files, its kv.db lost) is refused", () => {
+    const first = open();
+    first.close();
+    opened.splice(0);
+    writeFileSync(join(dir, "cluster-id"), "0123456789abcdef\n");
+    removeDatabase("deleted");
+    rmSync(join(dir, "kv.db-log"), { recursive: true });
+    expect(() => open(undefined)).toThrow(/cluster-id/);
+  });
+
+  test("someone else's SQLite database is not written into", () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-storage-recovery-"));
+    const foreign = new Database(join(dir, "kv.db"));
+    foreign.run("CREATE TABLE foo (x INTEGER)");
+    foreign.close();
+    expect(() => open()).toThrow(/not kv's/);
+    const check = new Database(join(dir, "kv.db"), { readonly: true });
+    const tables = check.query<{ name: string }, []>("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all().map((row) => row.name);
+    check.close();
+    expect(tables).toEqual(["foo"]);
+  });
+
+  test("a first start that died before its database committed leaves an empty log: the next start begins afresh", () => {
+    const first = open();
+    first.close();
+    opened.splice(0);
+    // As if the process died inside the creating transaction: the log's segment is on disk, the
+    // database not yet (its schema version 0).
+    removeDatabase("deleted");
+    const again = open();
+    expect(again.lastIndex()).toBe(0);
+    expect(again.initialState().hardState).toEqual({ term: 0, vote: 0, commit: 0 });
   });
 });

@@ -2,6 +2,7 @@ import { Database, type Statement } from "bun:sqlite";
 import { closeSync, existsSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
+import { CLUSTER_ID_FILE } from "../lib/cluster-id.ts";
 import { fsyncPath } from "../lib/fsync-path.ts";
 import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
@@ -355,6 +356,40 @@ export function logDirOf(file: string): string {
 }
 
 /**
+ * A database of schema version 0 is new, and gets kv's schema: unless it is someone else's (it holds
+ * tables), or this node's log or cluster id survive beside it. Then the node's database was lost or
+ * emptied, and starting afresh would forget the node's vote and its log, acknowledged entries
+ * included, as the log's directory was removed here before (a log that outlives its database is
+ * otherwise only a first start's that died before its database committed: it holds no entry and no
+ * vote, and goes).
+ */
+function refuseToStartAfresh(db: Database, file: string, logDir: string, logOptions: SegmentLogOptions): void {
+  const objects = db.query<{ n: number }, []>("SELECT count(*) AS n FROM sqlite_master").get()?.n ?? 0;
+  if (objects > 0) {
+    throw new StorageError("corrupt", `${file} is a SQLite database that is not kv's (${objects} schema objects, no kv schema version): kv writes nothing into it; give kv a data dir of its own`, file);
+  }
+  const whatToDo =
+    "the node's state machine was lost, and starting afresh would forget its vote and its log. Remove the data dir and add the node again (kv member remove, then kv serve --join), or restore it from a backup (kv snapshot restore); nothing was removed";
+  if (existsSync(logDir)) {
+    const log = SegmentLog.open(logDir, logOptions);
+    let last = 0;
+    let term = 0;
+    try {
+      last = log.lastIndex() ?? 0;
+      term = log.hardState()?.term ?? 0;
+    } finally {
+      log.close();
+    }
+    if (last > 0 || term > 0) {
+      throw new StorageError("corrupt", `${file} is missing or empty, but this node's log ${logDir} survives (last index ${last}, term ${term}): ${whatToDo}`, file);
+    }
+  }
+  if (existsSync(join(dirname(file), CLUSTER_ID_FILE))) {
+    throw new StorageError("corrupt", `${file} is missing or empty, but the data dir holds this node's ${CLUSTER_ID_FILE}: ${whatToDo}`, file);
+  }
+}
+
+/**
  * Creates the schema or brings an older one up to date, in one transaction (the log's segments
  * are written and fsynced inside it: see migrationToV5Sql); drops stale staging. Returns the log,
  * open and replayed.
@@ -372,6 +407,7 @@ function migrate(db: Database, file: string, logOptions: SegmentLogOptions): Seg
           file,
         );
       }
+      if (version === 0) refuseToStartAfresh(db, file, logDir, logOptions);
       // Segments a migration wrote before it could commit (the process died): written again.
       if (version < 5) rmSync(logDir, { recursive: true, force: true });
       if (version === 0) {
