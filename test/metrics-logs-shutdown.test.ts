@@ -155,6 +155,24 @@ describe("graceful shutdown", () => {
     }
   }, 60_000);
 
+  test("the term a log line carries is read from the core, so lines written after stop() closed the storage (a second SIGTERM's) still get it", async () => {
+    const dir = mkdtempSync(join(baseDir, "term-after-stop-"));
+    const cluster = createServerCluster({ size: 1, baseDir: dir });
+    try {
+      await cluster.start();
+      const node = cluster.node(1).node;
+      const term = node.currentTerm();
+      expect(term).toBe(node.status().term);
+      await cluster.node(1).stop({ reason: "SIGTERM" });
+      // kv serve's logger asked status() for the term: after stop() it threw (storage used after
+      // close), so a second signal's "stopping now" line crashed instead of exiting 1.
+      expect(() => node.status()).toThrow(/after close/);
+      expect(node.currentTerm()).toBe(term);
+    } finally {
+      await cluster.stop();
+    }
+  }, 30_000);
+
   test("stop() ends each open watch stream with its final event: error unavailable, and the stream's end, before the connection closes", async () => {
     const dir = mkdtempSync(join(baseDir, "stop-watch-"));
     const cluster = createServerCluster({ size: 1, baseDir: dir });

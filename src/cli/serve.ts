@@ -320,7 +320,9 @@ export const serveCommand = defineCommand({
       process.exit(error.exitCode);
     }
     const node = server.node;
-    termNow = () => node.status().term;
+    // From the core alone: a log line written while stopping (a second signal's) must not read the
+    // storage, which stop() closes (status() threw there, and the node exited 0 instead of 1).
+    termNow = () => node.currentTerm();
 
     let stopping = false;
     /** Stops the node (handing leadership over when it stops cleanly) and exits with `code`, or 1 if stopping failed. */
@@ -329,9 +331,7 @@ export const serveCommand = defineCommand({
       stopping = true;
       let exitCode = code;
       try {
-        const lastTerm = node.status().term;
         await server.stop({ handOver: code === 0, reason });
-        termNow = () => lastTerm; // status() reads the storage, which is closed from here on
       } catch (error) {
         exitCode = 1;
         logger.log("error", "stopping failed", { error: errorText(error), stack: error instanceof Error ? error.stack : undefined });

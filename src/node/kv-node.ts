@@ -519,6 +519,11 @@ export class KvNode implements KvNodeApi {
     await read;
   }
 
+  /** The current term, read from the core alone: valid after `stop()`, when the storage may be closed (logs read it). */
+  currentTerm(): number {
+    return this.raw.term();
+  }
+
   /**
    * The role, term and indexes of `status()` alone, without the members and storage figures it
    * gathers: cheap enough to read after every simulated event (src/sim/node-sim.ts's checkers).

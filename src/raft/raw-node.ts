@@ -53,6 +53,11 @@ export class RawNode {
   }
 
   /** The core's role, term, leader, commit and configuration, as of now. */
+  /** The current term alone: read without the log (so without storage, which may be closed). */
+  term(): number {
+    return this.raft.term;
+  }
+
   basicStatus(): BasicStatus {
     const raft = this.raft;
     return {
