@@ -1,6 +1,9 @@
 // Proves the built executable's CLI contract: help and version work, and a bad flag or value is one
 // clear line on stderr with exit code 2, before anything starts.
-import { expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
 
 function run(args: string[]): { code: number; out: string; err: string } {
@@ -46,4 +49,35 @@ test.each([
   expect(result.code).toBe(2);
   expect(result.err).toContain(message as string);
   expect(result.err.trim().split("\n")).toHaveLength(1);
+});
+
+describe("kv serve that cannot start says why in one line, exit 1, no stack trace", () => {
+  const scratch = mkdtempSync(join(tmpdir(), "kv-cli-start-"));
+  afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+  const cluster = "1=http://127.0.0.1:0";
+
+  test.each([
+    ["a kv.db that is not a database", () => {
+      const dir = join(scratch, "not-a-db");
+      mkdirSync(dir);
+      writeFileSync(join(dir, "kv.db"), "this is text, not SQLite ".repeat(100));
+      return ["--data-dir", dir];
+    }, "cannot open the database"],
+    ["a data dir that is a file", () => {
+      const file = join(scratch, "a-file");
+      writeFileSync(file, "x");
+      return ["--data-dir", file];
+    }, "cannot create the data dir"],
+    ["an HTTP port in use", () => {
+      const taken = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+      afterAll(() => taken.stop(true));
+      return ["--data-dir", join(scratch, "port"), "--listen-http", `127.0.0.1:${taken.port}`];
+    }, "cannot listen for clients on 127.0.0.1:"],
+  ] as const)("%s", (_what, setUp, message) => {
+    const result = run(["serve", "--id", "1", "--cluster", cluster, "--log-format", "text", ...setUp()]);
+    expect(result.code).toBe(1);
+    expect(result.out + result.err).toContain(message);
+    // Before: the error's minified stack, line after line ("    at ...").
+    expect(result.err).not.toMatch(/^\s+at /m);
+  });
 });

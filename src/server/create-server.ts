@@ -15,7 +15,7 @@ import { createPrng } from "../lib/prng.ts";
 import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
 import { defaultWatch, type WatchConfig } from "../node/watch.ts";
 import type { NodeId } from "../raft/types.ts";
-import type { KvStorage } from "../storage/kv-storage.ts";
+import { type KvStorage, StorageError } from "../storage/kv-storage.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { openThreadedStorage } from "../storage/threaded-storage.ts";
 import { createConnectTransport, peerRpcTimeoutMs } from "../transport/connect-transport.ts";
@@ -286,7 +286,13 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     bodyAdmission,
   });
   const { listenHttp } = config;
-  const listener = createClientListener({
+  /** A port that cannot be listened on (taken, not ours): one line, the storage closed, not a stack trace. */
+  const cannotListen = async (what: string, hostname: string, port: number, error: unknown): Promise<never> => {
+    storage.close();
+    await sqliteStorage.released();
+    throw new ServerStartError(`cannot listen for ${what} on ${hostname}:${port}: ${errorText(error)}`, 1);
+  };
+  const listener = await listening(() => createClientListener({
     hostname: listenHttp.hostname,
     port: listenHttp.port,
     ...(tls === undefined ? {} : { tls: { cert: tls.cert, key: tls.key } }),
@@ -313,13 +319,13 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       ),
     ),
     metrics,
-  });
+  }), (error) => cannotListen("clients", listenHttp.hostname, listenHttp.port, error));
   const httpPort = listener.port;
   const hostForUrl = listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname;
   const advertiseHttp = (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${hostForUrl}:${httpPort}`).replace(/\/+$/, "");
   node.setHttpUrl(advertiseHttp);
 
-  const transport = createConnectTransport({
+  const transport = await listening(() => createConnectTransport({
     selfId: id,
     selfHttpUrl: advertiseHttp,
     peers: peerDirectory,
@@ -330,6 +336,9 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     log: (line) => logger.log("warn", "peer", { detail: line }),
     auth: { clusterId: clusterIdChoice.clusterId, ...(config.clusterToken === undefined ? {} : { clusterToken: config.clusterToken }) },
     ...(tls === undefined ? {} : { tls }),
+  }), (error) => {
+    void listener.stop(true).catch(() => {});
+    return cannotListen("peers", config.listenPeer.hostname, config.listenPeer.port, error);
   });
   registerTransportMetrics(metrics, transport);
   node.start(transport.transport);
@@ -429,7 +438,7 @@ async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logg
       if (waiting) logger.log("info", "disk space back", { detail: `could ${what}: starting` });
       return result;
     } catch (error) {
-      if (!isDiskFull(error)) throw error;
+      if (!isDiskFull(error)) throw startError(what, dataDir, error);
       if (!waiting) {
         logger.log("error", "disk full", {
           detail: `cannot ${what}: the disk holding ${dataDir} is full; waiting for space (retrying every ${DISK_RETRY_MS} ms; free space or stop the node)`,
@@ -439,6 +448,27 @@ async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logg
       waiting = true;
       await Bun.sleep(DISK_RETRY_MS);
     }
+  }
+}
+
+/**
+ * An error of a step of starting as the operator should read it: storage's own errors (they name
+ * what and where), else a one-line `ServerStartError` for what the system refused (a read-only or
+ * missing directory, a file that is not a database: before, a minified stack trace), else as is.
+ */
+function startError(what: string, where: string, error: unknown): unknown {
+  if (error instanceof StorageError || error instanceof ServerStartError || !(error instanceof Error)) return error;
+  const code = (error as { code?: unknown }).code;
+  const operating = error.name === "SQLiteError" || (typeof code === "string" && /^E[A-Z]+$/.test(code));
+  return operating ? new ServerStartError(`cannot ${what} (${where}): ${error.message}`, 1) : error;
+}
+
+/** `open()`, or what `failed` makes of its error. */
+async function listening<T>(open: () => T, failed: (error: unknown) => Promise<never>): Promise<T> {
+  try {
+    return open();
+  } catch (error) {
+    return failed(error);
   }
 }
 
