@@ -114,7 +114,7 @@ export const serveCommand = defineCommand({
     },
     "quota-bytes": {
       type: "string",
-      description: `Space quota on the data this node keeps (log and state machine); past it puts get 507 quota_exceeded while reads and deletes go on. 0: none (default ${defaultQuotaBytes}, 2 GiB; leave the disk ~64 MiB more for the write-ahead log)`,
+      description: `Space quota on the state machine this node keeps (the log's segments are not counted); past it puts get 507 quota_exceeded while reads and deletes go on. 0: none (default ${defaultQuotaBytes}, 2 GiB). Size the disk at the quota plus 64 MiB of WAL plus 11,000 times the average write plus 128 MiB (docs/operations.md)`,
       valueHint: "BYTES",
     },
     "snapshot-catchup-entries": {
