@@ -207,7 +207,7 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
       armDeadline();
     } catch (error) {
       if (error instanceof KvClientError && error.code === "lease_not_found") {
-        lose(new KvClientError("lease_not_found", error.status, `lease ${id} is gone (expired or revoked): ${error.message}`));
+        lose(new KvClientError("lease_not_found", error.status, `its keepalive was refused: ${error.message}`));
         return;
       }
       // Unreachable, no leader, an unknown outcome: try again at the next beat; the deadline decides.

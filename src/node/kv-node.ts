@@ -407,7 +407,7 @@ export class KvNode implements KvNodeApi {
     const lease = options.lease;
     if (lease !== undefined) checkLeaseId(lease);
     return this.write({ op: "put", key, value, ...condition, ...(lease === undefined ? {} : { lease }) }).then((result) => {
-      if (result.kind === "lease-not-found") throw leaseNotFound(lease ?? 0);
+      if (result.kind === "lease-not-found") throw leaseNotFound(lease ?? 0, true);
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       if (result.kind === "conflict") throw versionMismatch(key, options.ifVersion, result.version);
       assert(result.kind === "put", `put applied as ${result.kind}`);
@@ -439,7 +439,7 @@ export class KvNode implements KvNodeApi {
     return this.write({ op: "txn", compare, success, failure, ...idempotency }).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       // The branch taken puts on a lease that does not exist when the entry applies: nothing applied.
-      if (result.kind === "lease-not-found") throw leaseNotFound(result.id ?? 0);
+      if (result.kind === "lease-not-found") throw leaseNotFound(result.id ?? 0, true);
       if (result.kind === "txn-too-large") {
         throw new KvError(
           "too_large",

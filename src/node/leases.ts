@@ -261,8 +261,9 @@ export function leaseTtlMsMin(electionTicks: number, tickMs: number): number {
 }
 
 /** The error for a lease that does not exist (never granted, expired or revoked). */
-export function leaseNotFound(id: number): KvError {
-  return new KvError("lease_not_found", `lease ${id} does not exist (it expired, was revoked, or was never granted): nothing was written`);
+/** `refusedWrite`: the answer to a put or transaction on the lease, which then wrote nothing (a read or keepalive writes nothing anyway). */
+export function leaseNotFound(id: number, refusedWrite = false): KvError {
+  return new KvError("lease_not_found", `lease ${id} does not exist (it expired, was revoked, or was never granted)${refusedWrite ? ": nothing was written" : ""}`);
 }
 
 /** A lease id from a client: a positive whole number (the index of its grant). */

@@ -348,7 +348,8 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     httpUrl: advertiseHttp,
     dataDir,
     storageWrites: storageThread ? "storage thread" : "loop's thread",
-    voters: [...config.peers.keys()],
+    // The configuration the node runs with: --cluster's only until a membership change (or a join, a restore) recorded another.
+    voters: sqliteStorage.membership().voters,
     clusterId: clusterIdChoice.clusterId,
     peerAuth: config.clusterToken === undefined ? "none" : "cluster-token",
     tls: tls === undefined ? "none" : tls.ca === undefined ? "server" : "server, mutual between peers",
