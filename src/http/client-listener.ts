@@ -23,6 +23,7 @@ import type { Server, Socket, TCPSocketListener } from "bun";
 import { assert } from "../lib/assert.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
 import { BACKUP_CONTENT_TYPE } from "../kv/backup-format.ts";
+import { untilStreamEnds } from "./stream-end.ts";
 
 /**
  * Default `--max-client-connections`: 0, no cap and no layer. The layer's cost (above) would give
@@ -81,32 +82,6 @@ export interface ClientListener {
   connections(): number;
   /** Stops accepting; with `closeActive`, closes every connection now (as `Server.stop`). */
   stop(closeActive: boolean): Promise<void>;
-}
-
-/** `body`, passed through chunk by chunk (nothing read ahead), calling `onEnd` once when it ends or is cancelled. */
-function untilStreamEnds(body: ReadableStream<Uint8Array>, onEnd: () => void): ReadableStream<Uint8Array> {
-  const reader = body.getReader();
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(controller) {
-        const chunk = await reader.read().catch((error: unknown) => {
-          onEnd();
-          throw error;
-        });
-        if (chunk.done) {
-          onEnd();
-          controller.close();
-        } else {
-          controller.enqueue(chunk.value);
-        }
-      },
-      cancel(reason) {
-        onEnd();
-        return reader.cancel(reason);
-      },
-    },
-    { highWaterMark: 0 },
-  );
 }
 
 /** One side of a forwarded connection. */

@@ -12,6 +12,7 @@ import { errorResponse, shuttingDownResponse, unauthenticatedResponse } from "./
 import { rawTarget } from "./raw-target.ts";
 import { txnBodyBytesMax } from "./txn-route.ts";
 import { wasRefusedUnread } from "./unread-refusals.ts";
+import { untilStreamEnds } from "./stream-end.ts";
 
 /**
  * After an error answer to a request whose body was left unread (413, 401, a refusal while shutting
@@ -203,29 +204,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
       openStreams--;
       wakeIdleWaiters();
     };
-    const reader = body.getReader();
-    const stream = new ReadableStream<Uint8Array>(
-      {
-        async pull(controller) {
-          const chunk = await reader.read().catch((error: unknown) => {
-            ended();
-            throw error;
-          });
-          if (chunk.done) {
-            controller.close();
-            ended();
-          } else {
-            controller.enqueue(chunk.value);
-          }
-        },
-        cancel(reason) {
-          ended();
-          return reader.cancel(reason);
-        },
-      },
-      { highWaterMark: 0 },
-    );
-    return new Response(stream, response);
+    return new Response(untilStreamEnds(body, ended), response);
   };
   registry?.collected("kv_http_requests_inflight", "Client API requests being answered now.", "gauge", [], () => [[{}, inflight]]);
 
