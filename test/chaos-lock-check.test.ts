@@ -97,6 +97,15 @@ describe("checkLock", () => {
     expect(checkLock(run).counts.shared_fence).toBe(1);
   });
 
+  test("one client given the same fence for two tenures is shared_fence too (found in review: only two clients were)", () => {
+    const run = cleanRun();
+    const first = run.tenures[0]!;
+    run.tenures.push({ client: first.client, fence: first.fence, acquiredMs: 900, endMs: 950, end: "released" });
+    const result = checkLock(run);
+    expect(result.counts.shared_fence).toBe(1);
+    expect(result.ok).toBe(false);
+  });
+
   test("overlapping tenures are counted with their overlap, and do not fail the run by themselves", () => {
     const run = cleanRun();
     // client 1, paused past its TTL, believed it held the lock until 180 ms; client 2 took it at 110 ms.

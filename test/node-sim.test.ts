@@ -10,7 +10,8 @@
 import { expect, test } from "bun:test";
 import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
-import { NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
+import { checkLinearizable } from "../src/chaos/linearizability.ts";
+import { historyViolation, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
 
 const tickMs = 10;
 const electionTicks = 10;
@@ -383,4 +384,38 @@ test("a leader whose storage thread meets a full disk: the write it took waits w
     expect((await put(sim, await settledLeader(sim), "after")).outcome).toBe("ok");
     await sim.healAndCheck(["before", "k1", "k2", "after"], 30_000);
   });
+});
+
+test("the history orders a client's next operation after its previous answer, though both fall in one simulated ms (found in review)", async () => {
+  await withSim(quietSim(41), async (sim) => {
+    const leader = await settledLeader(sim);
+    // Called as the answer comes, in its ms: before, both times were that ms, and the checker,
+    // which orders a call before an answer of equal time, took the two as concurrent.
+    let next: Promise<Operation> | undefined;
+    const first = await sim.awaitAnswer(
+      sim.callOperation(1, leader, "put", "k").then((answer) => {
+        next = sim.callOperation(1, leader, "get", "k");
+        return answer;
+      }),
+      5_000,
+    );
+    const second = await sim.awaitAnswer(next!, 5_000);
+    expect(first.returnMs).toBeDefined();
+    expect(Math.floor(second.callMs)).toBe(Math.floor(first.returnMs!));
+    expect(second.callMs).toBeGreaterThan(first.returnMs!);
+  });
+});
+
+test("a linearizability check that ran out of its budget fails the run; only a linearizable verdict passes (found in review)", () => {
+  const history: Operation[] = [
+    { id: 1, clientId: 1, kind: "put", key: "k", value: "a", callMs: 0, returnMs: 10, outcome: "ok" },
+    { id: 2, clientId: 1, kind: "put", key: "k", value: "b", callMs: 20, returnMs: 30, outcome: "ok" },
+    { id: 3, clientId: 1, kind: "get", key: "k", output: "a", callMs: 40, returnMs: 50, outcome: "ok" },
+  ];
+  const undecided = checkLinearizable(history, { searchStepsMax: 1 });
+  expect(undecided.ok).toBe("unknown");
+  // Before, the simulator tested !result.ok, and !"unknown" is false: the run passed unchecked.
+  expect(historyViolation(undecided)).toContain("ran out of its budget");
+  expect(historyViolation(checkLinearizable(history))).toContain("not linearizable");
+  expect(historyViolation(checkLinearizable(history.slice(0, 2)))).toBeUndefined();
 });

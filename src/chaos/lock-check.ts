@@ -168,7 +168,9 @@ export function checkLock(input: LockCheckInput): LockCheckResult {
   const holderOfFence = new Map<number, LockTenure>();
   for (const tenure of input.tenures) {
     const other = holderOfFence.get(tenure.fence);
-    if (other !== undefined && other.client !== tenure.client) problem("shared_fence", `clients ${other.client} and ${tenure.client} both held the lock with fence ${tenure.fence}`);
+    if (other !== undefined) {
+      problem("shared_fence", other.client === tenure.client ? `client ${tenure.client} held the lock twice with fence ${tenure.fence}` : `clients ${other.client} and ${tenure.client} both held the lock with fence ${tenure.fence}`);
+    }
     holderOfFence.set(tenure.fence, tenure);
   }
 
