@@ -127,6 +127,30 @@ describe("the watch checker", () => {
     expect(refused.problems[0]?.detail).toBe('put w/a/k1="v4" @15 is a committed change of a write the cluster refused');
   });
 
+  test("an unanswered write explains one committed change, not two (found in review: one unanswered put or delete excused any number)", () => {
+    const twice = [...reference, put(16, "w/a/k1", "v4")];
+    const input = { ...healthy(), reference: twice, throughVersion: 17 };
+    const putTwice = checkWatch({ ...input, watchers: [] });
+    expect(putTwice.counts.phantom).toBe(1);
+    expect(putTwice.problems.find((p) => p.kind === "phantom")?.version).toBe(16);
+    // One unanswered delete of w/a/k0 and two delete events of it (none acknowledged): one is a phantom.
+    const deletes = [put(11, "w/a/k0", "v1"), del(12, "w/a/k0"), put(13, "w/a/k0", "v3"), del(14, "w/a/k0")];
+    const oneDelete = checkWatch({
+      reference: deletes,
+      referenceAfter: 10,
+      throughVersion: 15,
+      watchers: [],
+      acknowledged: [
+        { key: "w/a/k0", kind: "put", value: "v1", version: 11 },
+        { key: "w/a/k0", kind: "put", value: "v3", version: 13 },
+      ],
+      unknown: [{ key: "w/a/k0", kind: "delete" }],
+      refused: [],
+    });
+    expect(oneDelete.counts.phantom).toBe(1);
+    expect(checkWatch({ ...healthy(), watchers: [] }).ok).toBe(true);
+  });
+
   test("fails when the healed cluster holds another value than the last committed change", () => {
     const input = healthy();
     const result = checkWatch({ ...input, finalValues: new Map([["w/a/k1", "v3"]]) });

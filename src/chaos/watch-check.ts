@@ -209,23 +209,29 @@ export function checkWatch(input: WatchCheckInput): WatchCheckResult {
     }
   }
 
-  // Nothing in the reference that no writer may have made.
+  // Nothing in the reference that no writer may have made. Each unanswered write explains at most
+  // one committed change (a request applies once): its put's value is used up, its delete counted.
   const mayHavePut = new Map<string, Set<string>>();
-  const mayHaveDeleted = new Set<string>();
+  const mayHaveDeleted = new Map<string, number>();
   for (const write of input.unknown) {
     if (write.kind === "put") {
       const values = mayHavePut.get(write.key) ?? new Set<string>();
       values.add(write.value ?? "");
       mayHavePut.set(write.key, values);
     } else {
-      mayHaveDeleted.add(write.key);
+      mayHaveDeleted.set(write.key, (mayHaveDeleted.get(write.key) ?? 0) + 1);
     }
   }
+  const explained = (event: WatchEvent): boolean => {
+    if (event.kind === "put") return mayHavePut.get(event.key)?.delete(event.value ?? "") ?? false;
+    const left = mayHaveDeleted.get(event.key) ?? 0;
+    if (left > 0) mayHaveDeleted.set(event.key, left - 1);
+    return left > 0;
+  };
   const refusedPuts = new Set(input.refused.filter((w) => w.kind === "put").map((w) => `${w.key}\u0000${w.value ?? ""}`));
   for (const event of referenceInRange) {
     if (ackedAt.has(changeId(event.version, event.key))) continue; // compared above
-    const possible = event.kind === "put" ? (mayHavePut.get(event.key)?.has(event.value ?? "") ?? false) : mayHaveDeleted.has(event.key);
-    if (possible) continue;
+    if (explained(event)) continue;
     const refused = event.kind === "put" && refusedPuts.has(`${event.key}\u0000${event.value ?? ""}`);
     report({
       kind: "phantom",
