@@ -145,6 +145,20 @@ describe("NodeWatch", () => {
     watch.stop();
   });
 
+  test("a stream opens with progress at its start even when a change came before its first read, so a client knows where it started (found in review)", async () => {
+    const clock = new ManualClock();
+    const watch = new NodeWatch(defaultWatch, clock, 0);
+    apply(watch, [putEntry(1, "cfg/a", "x")]);
+    const stream = watch.subscribe({ prefix: "cfg/" }, watch.lastVersion());
+    apply(watch, [putEntry(2, "cfg/b", "y")]);
+    // Before, the change came first: a checker reading where the stream started from its first
+    // event could not tell a change dropped between the start and it.
+    expect(await stream.next()).toEqual([{ type: "progress", version: 1 }]);
+    expect((await stream.next())?.map((item) => (item.type === "change" ? item.change.version : item.type))).toEqual([2]);
+    stream.close();
+    watch.stop();
+  });
+
   test("a stream whose client does not read ends with slow_watcher past its buffer, and a resume after its last id loses nothing", async () => {
     const clock = new ManualClock();
     const watch = new NodeWatch({ ...defaultWatch, bufferEventsMax: 3 }, clock, 0);
@@ -160,8 +174,8 @@ describe("NodeWatch", () => {
     expect(await slow.next()).toBeUndefined();
     expect(watch.count()).toBe(0);
     const resumed = watch.subscribe({ prefix: "" }, 1);
-    const items = await drain(resumed, 4);
-    expect(items.map((item) => (item.type === "change" ? item.change.version : -1))).toEqual([2, 3, 4, 5]);
+    const items = await drain(resumed, 5);
+    expect(items.map((item) => (item.type === "change" ? item.change.version : -1))).toEqual([-1, 2, 3, 4, 5]); // it opens with progress at 1
     resumed.close();
     watch.stop();
   });
@@ -174,7 +188,7 @@ describe("NodeWatch", () => {
     apply(watch, [putEntry(1, "\u0000session/x", "s"), putEntry(2, "b", "1"), putEntry(3, "bc", "2")]);
     const seen = (items: WatchItem[]) => items.filter((item) => item.type === "change").map((item) => (item.type === "change" ? item.change.key : ""));
     expect(seen(await drain(everything, 2))).toEqual(["b", "bc"]);
-    expect(seen(await drain(one, 1))).toEqual(["b"]);
+    expect(seen(await drain(one, 2))).toEqual(["b"]); // after its opening progress
     watch.stop();
   });
 });
@@ -244,6 +258,7 @@ describe("NodeWatch when the history turns over faster than its streams send", (
     const items = await live.next();
     expect(items?.map((item) => (item.type === "change" ? `${item.change.kind} ${item.change.key} ${item.change.version}` : item.type))).toEqual(keys.map((key) => `delete ${key} 1`));
     const resumed = watch.subscribe({ prefix: "svc/" }, 0);
+    expect(await resumed.next()).toEqual([{ type: "progress", version: 0 }]);
     expect((await resumed.next())?.length).toBe(4);
     resumed.close();
     live.close();
@@ -441,5 +456,5 @@ describe("WatchHistory against a model", () => {
         expect(history.lastVersion()).toBe(version);
       }
     }
-  });
+  }, 30_000); // bounds a hung run; takes 2.5-6 s (the default 5 s cut it on a busy machine)
 });

@@ -100,6 +100,7 @@ describe("idle streams and the history", () => {
     try {
       for (let v = 1; v <= 10; v++) deleteAt(watch, v, [v % 2 === 0 ? `a/${v}` : `b/${v}`]);
       const replay = watch.subscribe({ prefix: "a/" }, 0);
+      expect(await replay.next()).toEqual([{ type: "progress", version: 0 }]); // where it starts
       const first = ((await replay.next()) ?? []).flatMap((item) => (item.type === "change" ? [item.change.version] : []));
       expect(first).toEqual([2, 4, 6, 8, 10]);
       for (let v = 11; v <= 20; v++) deleteAt(watch, v, [`b/${v}`]);

@@ -57,6 +57,8 @@ interface Watcher {
   lastSentMs: number;
   /** The last version its client was told of (the id it would resume from). */
   lastSentVersion: number;
+  /** Whether its opening progress event (at its start) was handed out. */
+  opened: boolean;
   /** Set when the stream must end: handed out by the next `next()`, then the stream is over. */
   ending: WatchItem | undefined;
   done: boolean;
@@ -193,6 +195,7 @@ export class NodeWatch {
       pendingFrom: 0,
       lastSentMs: Number.NEGATIVE_INFINITY,
       lastSentVersion: afterVersion,
+      opened: false,
       ending: undefined,
       done: false,
       wake: undefined,
@@ -220,6 +223,13 @@ export class NodeWatch {
       if (ending !== undefined) {
         this.close(watcher);
         return [ending];
+      }
+      if (!watcher.opened) {
+        // First, where it starts, whatever came since: a client (or a checker) then knows that
+        // every change after this version is owed to it, not only those after the first it gets.
+        watcher.opened = true;
+        watcher.lastSentMs = this.clock.nowMs();
+        return [{ type: "progress", version: watcher.cursor }];
       }
       const compacted = this.history.compactedThrough();
       if (watcher.cursor < compacted) {
