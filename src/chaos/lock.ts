@@ -146,10 +146,9 @@ class LockClientProcess {
     return Promise.race([stopped, cancelled.then(() => undefined)]);
   }
 
-  signal(signal: "SIGSTOP" | "SIGCONT" | "SIGTERM" | "SIGKILL" | "SIGUSR2"): void {
+  signal(signal: "SIGCONT" | "SIGTERM" | "SIGKILL" | "SIGUSR2"): void {
     if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
     this.proc.kill(signal);
-    if (signal === "SIGSTOP") this.paused = true;
     if (signal === "SIGCONT") this.paused = false;
   }
 

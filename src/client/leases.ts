@@ -5,10 +5,10 @@
 import { KvClientError } from "./errors.ts";
 import { errorFromAnswer, type Answer, type Transport } from "./transport.ts";
 
-/** What `leases.grant` answers. */
 /** A lease id: the number `grant` returns, or the decimal string the HTTP API answers (`{"id": "67"}`). */
 export type LeaseId = number | string;
 
+/** What `leases.grant` answers. */
 export interface LeaseGrant {
   /** The lease's id (the Raft index of its grant): pass it as `put(key, value, { lease: id })`. */
   readonly id: number;

@@ -112,8 +112,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         return new Response(found.value, { status: 200, headers });
       }
       case "PUT": {
-        refuseUnknownParameters(search, ["ifVersion", "lease"], method);
-        const options = { ...parseWriteOptions(search, request), ...parseLeaseOption(search) };
+        const query = writeQuery(search, ["ifVersion", "lease"], method);
+        const options = { ...parseWriteOptions(query, request), ...parseLeaseOption(query) };
         // A large body is redirected unread by a follower, else read when its turn comes.
         const release = await admitWriteBody(admission, request, valueBytesMax, () => node.refuseWriteUnlessLeader());
         try {
@@ -125,9 +125,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
         }
       }
       case "DELETE": {
-        if (new URLSearchParams(search).has("lease")) throw new KvError("bad_request", "?lease= is for PUT: a delete detaches the key from its lease");
-        refuseUnknownParameters(search, ["ifVersion"], method);
-        const { deleted, version } = await node.delete(key, parseWriteOptions(search, request));
+        const query = writeQuery(search, ["ifVersion"], method, { lease: "?lease= is for PUT: a delete detaches the key from its lease" });
+        const { deleted, version } = await node.delete(key, parseWriteOptions(query, request));
         return jsonResponse({ deleted, version }, 200);
       }
     }
@@ -362,7 +361,6 @@ function parseWatchRequest(search: string, lastEventId: string | null, keyBytesM
   return { filter, start: "now" };
 }
 
-/** One watch item as a Server-Sent Event (`id:` is the version, so `Last-Event-ID` resumes after it). */
 /**
  * Whether `items[i]` is the last change of its version in the batch, or no change: a batch holds
  * all of a version's changes or none (NodeWatch.next), so it is then the version's last.
@@ -401,14 +399,13 @@ function sseEvent(item: WatchItem, last: boolean): string {
 }
 
 /** `?ifVersion=N` (compare-and-set) and the `Idempotency-Key` header (exactly-once retries) on a write. */
-function parseWriteOptions(search: string, request: Request): WriteOptions {
+function parseWriteOptions(query: URLSearchParams | undefined, request: Request): WriteOptions {
   const idempotencyKey = request.headers.get("idempotency-key") ?? undefined;
   if (idempotencyKey !== undefined && (idempotencyKey === "" || new TextEncoder().encode(idempotencyKey).byteLength > idempotencyKeyBytesMax)) {
     throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
   }
   const idempotency = idempotencyKey === undefined ? {} : { idempotencyKey };
-  if (search === "") return idempotency;
-  const values = new URLSearchParams(search).getAll("ifVersion");
+  const values = query?.getAll("ifVersion") ?? [];
   if (values.length === 0) return idempotency;
   const [text] = values;
   const version = Number(text);
@@ -419,24 +416,28 @@ function parseWriteOptions(search: string, request: Request): WriteOptions {
 }
 
 /**
- * Refuses a query parameter a write to `/kv/{key}` does not take (the route's schema cannot list
- * them: each method takes its own). Ignored, a misspelt `?ifversion=1` made a compare-and-set write
- * unconditional. Reads ignore what they do not take, as they always have (cache-busting
- * parameters): a read cannot do harm by it.
+ * A write's query, parsed once (undefined when it has none, the common write), refusing a
+ * parameter it does not take (the route's schema cannot list them: each method takes its own), with
+ * the sentence of `refusals` where one says why.
+ * Ignored, a misspelt `?ifversion=1` made a compare-and-set write unconditional. Reads ignore what
+ * they do not take, as they always have (cache-busting parameters): a read cannot do harm by it.
  */
-function refuseUnknownParameters(search: string, taken: readonly string[], method: string): void {
-  if (search === "") return; // the common write: nothing to parse
-  for (const name of new URLSearchParams(search).keys()) {
+function writeQuery(search: string, taken: readonly string[], method: string, refusals: Readonly<Record<string, string>> = {}): URLSearchParams | undefined {
+  if (search === "") return undefined;
+  const query = new URLSearchParams(search);
+  for (const name of query.keys()) {
+    const refusal = Object.hasOwn(refusals, name) ? refusals[name] : undefined;
+    if (refusal !== undefined) throw new KvError("bad_request", refusal);
     if (!taken.includes(name)) {
       throw new KvError("bad_request", `unknown parameter '${name.slice(0, 64)}': ${method} /kv/{key} takes ${taken.map((each) => `?${each}=`).join(" and ")}`);
     }
   }
+  return query;
 }
 
 /** `?lease=ID` on a put: attach the key to that lease (src/kv/leases.ts); given at most once. */
-function parseLeaseOption(search: string): { lease?: number } {
-  if (search === "") return {};
-  const values = new URLSearchParams(search).getAll("lease");
+function parseLeaseOption(query: URLSearchParams | undefined): { lease?: number } {
+  const values = query?.getAll("lease") ?? [];
   if (values.length === 0) return {};
   if (values.length > 1) throw new KvError("bad_request", "lease must be given once");
   return { lease: parseLeaseId(values[0] as string) };

@@ -66,11 +66,7 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
     // As for a PUT (app.ts): a large body is redirected unread by a follower, else read when its turn comes.
     const release = await admitWriteBody(limits.admission, request, bodyBytesMax, () => node.refuseWriteUnlessLeader());
     try {
-      const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs, "the body").catch((error: unknown) => {
-        // read-body.ts speaks of "the value": here it is the whole transaction.
-        if (error instanceof KvError && error.code === "too_large") throw new KvError("too_large", `the transaction's body is over the limit of ${bodyBytesMax} bytes`);
-        throw error;
-      });
+      const body = await readBodyBytesMax(request, bodyBytesMax, limits.bodyReadTimeoutMs, "the transaction's body");
       const txnRequest = parseTxnBody(body, limits);
       const txn = node.txn?.bind(node);
       if (txn === undefined) throw new KvError("not_found", "this node does not serve transactions");

@@ -260,8 +260,11 @@ export function leaseTtlMsMin(electionTicks: number, tickMs: number): number {
   return 2 * (2 * electionTicks * tickMs);
 }
 
-/** The error for a lease that does not exist (never granted, expired or revoked). */
-/** `refusedWrite`: the answer to a put or transaction on the lease, which then wrote nothing (a read or keepalive writes nothing anyway). */
+/**
+ * The error for a lease that does not exist (never granted, expired or revoked). `refusedWrite`:
+ * the answer to a put or transaction on the lease, which then wrote nothing (a read or keepalive
+ * writes nothing anyway).
+ */
 export function leaseNotFound(id: number, refusedWrite = false): KvError {
   return new KvError("lease_not_found", `lease ${id} does not exist (it expired, was revoked, or was never granted)${refusedWrite ? ": nothing was written" : ""}`);
 }

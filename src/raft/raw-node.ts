@@ -52,12 +52,12 @@ export class RawNode {
     this.raft.elapse(ticks);
   }
 
-  /** The core's role, term, leader, commit and configuration, as of now. */
   /** The current term alone: read without the log (so without storage, which may be closed). */
   term(): number {
     return this.raft.term;
   }
 
+  /** The core's role, term, leader, commit and configuration, as of now. */
   basicStatus(): BasicStatus {
     const raft = this.raft;
     return {

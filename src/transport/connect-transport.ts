@@ -228,8 +228,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   const transfersAbort = new AbortController();
   const transfers = new Set<Promise<void>>();
   const sentBytes = new Map<NodeId, number>();
-  const socketTransports: SocketTransport[] = [];
-  const socketTransportsByPeer = new Map<NodeId, SocketTransport>();
+  const socketTransports = new Map<NodeId, SocketTransport>();
   /** The address each sender was made for (see `senderFor`). */
   const senderUrls = new Map<NodeId, string>();
   const clientTls = options.tls === undefined ? undefined : { cert: options.tls.cert, key: options.tls.key, ...(options.tls.ca === undefined ? {} : { ca: options.tls.ca }) };
@@ -243,12 +242,8 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       void sender.close();
       senders.delete(peerId);
       clients.delete(peerId);
-      const old = socketTransportsByPeer.get(peerId);
-      if (old !== undefined) {
-        old.close();
-        socketTransports.splice(socketTransports.indexOf(old), 1);
-        socketTransportsByPeer.delete(peerId);
-      }
+      socketTransports.get(peerId)?.close();
+      socketTransports.delete(peerId);
     }
     // The core addresses only voters, and the peers map is built from the same configuration.
     assert(baseUrl !== undefined && peerId !== options.selfId, `message to node ${peerId}, which is not a configured peer`);
@@ -266,8 +261,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         interceptors,
         onRequestBytes: countBytes,
       });
-      socketTransports.push(socketTransport);
-      socketTransportsByPeer.set(peerId, socketTransport);
+      socketTransports.set(peerId, socketTransport);
       transport = socketTransport;
     } else {
       const tlsFetch: typeof fetch = Object.assign(
@@ -345,7 +339,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         replySlots.close();
         transfersAbort.abort(new Error("the transport is closing"));
         closing = Promise.all([server.stop(), ...[...senders.values()].map((sender) => sender.close()), ...transfers]).then(() => {
-          for (const socketTransport of socketTransports) socketTransport.close();
+          for (const socketTransport of socketTransports.values()) socketTransport.close();
         });
       }
       return closing;
