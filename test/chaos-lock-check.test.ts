@@ -1,6 +1,6 @@
 /** The chaos lock checker finds each way the protected counter can go wrong, and counts overlapping tenures without calling them a failure. */
 import { describe, expect, test } from "bun:test";
-import { checkLock, tenureOverlaps, type CounterValue, type CounterWrite, type LockTenure } from "../src/chaos/lock-check.ts";
+import { checkLock, EXCLUSION_TOLERANCE_MS, exclusionBreaches, tenureOverlaps, type CounterValue, type CounterWrite, type LockTenure } from "../src/chaos/lock-check.ts";
 
 const initial: CounterValue = { count: 0, fence: 0, client: 0, n: 0 };
 const value = (count: number, fence: number, client: number, n = 1) => JSON.stringify({ count, fence, client, n });
@@ -116,6 +116,62 @@ describe("checkLock", () => {
     expect(result.overlaps.length).toBe(1);
     expect(result.overlaps[0]?.overlapMs).toBe(70);
     expect(result.overlapMsTotal).toBe(70);
+  });
+});
+
+describe("mutual exclusion", () => {
+  /** Client 1 held fence 10 from 0 ms, its lease known alive until `aliveUntilMs`, and began to release at `releaseStartMs`. */
+  const holder = (aliveUntilMs: number, releaseStartMs: number): LockTenure => ({
+    client: 1,
+    fence: 10,
+    acquiredMs: 0,
+    endMs: releaseStartMs + 5,
+    end: "released",
+    releaseStartMs,
+    aliveUntilMs,
+  });
+  const next = (acquiredMs: number, fence = 20, client = 2): LockTenure => ({ client, fence, acquiredMs, endMs: acquiredMs + 100, end: "released" });
+
+  test("a lock taken while the earlier holder's lease was known alive and not released is mutual_exclusion", () => {
+    const run = cleanRun();
+    // Client 1 kept its lease alive until 1,000 ms and began to release at 150; client 2 says it took
+    // the lock at 110 (client 3, at 210, took it after that release began).
+    run.tenures[0] = holder(1_000, 150);
+    const result = checkLock(run);
+    expect(result.counts.mutual_exclusion).toBe(1);
+    expect(result.ok).toBe(false);
+    expect(result.problems.find((p) => p.kind === "mutual_exclusion")?.detail).toContain("client 2 took the lock (fence 20) at 110 ms");
+  });
+
+  test("a holder paused past its lease may be overtaken: an overlap, not a problem", () => {
+    // Client 1's lease was known alive until 100 ms only; it resumed and began to release at 900.
+    const breaches = exclusionBreaches([holder(100, 900), next(100 + 1)]);
+    expect(breaches).toEqual([]);
+    const overlaps = tenureOverlaps([holder(100, 900), next(101)]);
+    expect(overlaps.length).toBe(1);
+  });
+
+  test("the lock taken after the earlier holder began to release is no breach, whatever its lease", () => {
+    expect(exclusionBreaches([holder(5_000, 300), next(300)])).toEqual([]);
+    expect(exclusionBreaches([holder(5_000, 300), next(299)]).length).toBe(1);
+  });
+
+  test("within the tolerance before the lease's known end is no breach; further before it is", () => {
+    expect(exclusionBreaches([holder(1_000, 2_000), next(1_000 - EXCLUSION_TOLERANCE_MS)])).toEqual([]);
+    expect(exclusionBreaches([holder(1_000, 2_000), next(1_000 - EXCLUSION_TOLERANCE_MS - 1)]).length).toBe(1);
+  });
+
+  test("a tenure is checked against every smaller fence, not only the one just before it", () => {
+    // Fence 15 was overtaken legitimately (paused past its lease); fence 10's lease still held at 500.
+    const paused: LockTenure = { client: 3, fence: 15, acquiredMs: 50, endMs: 900, end: "released", releaseStartMs: 880, aliveUntilMs: 60 };
+    const breaches = exclusionBreaches([next(500), paused, holder(2_000, 1_500)]);
+    expect(breaches.map((b) => `${b.earlier.fence}->${b.later.fence}`)).toEqual(["10->15", "10->20"]);
+  });
+
+  test("tenures without a release (the run ended) constrain no one; tenures sharing a fence are shared_fence's", () => {
+    const unreleased: LockTenure = { client: 1, fence: 10, acquiredMs: 0, endMs: 5_000, end: "run_end" };
+    expect(exclusionBreaches([unreleased, next(10)])).toEqual([]);
+    expect(exclusionBreaches([holder(1_000, 900), next(20, 10, 2)])).toEqual([]);
   });
 });
 

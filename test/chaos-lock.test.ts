@@ -75,22 +75,22 @@ describe("the scenario's pure parts", () => {
     for (let i = 1; i < plan.length; i++) expect(plan[i]!.atMs).toBeGreaterThan(plan[i - 1]!.atMs + plan[i - 1]!.durationMs);
   });
 
-  test("tenuresOf: a tenure ends when the client releases, or earlier when it noticed the loss, or at the end", () => {
+  test("tenuresOf: a tenure ends when the client releases, or earlier when it noticed the loss, or at the end; a release carries when it began and until when the lease was known alive", () => {
     const tenures = tenuresOf(
       2,
       [
         { type: "acquired", fence: 5, key: "m/1", atMs: 100 },
-        { type: "released", fence: 5, atMs: 200 },
+        { type: "released", fence: 5, atMs: 200, releaseStartMs: 190, aliveUntilMs: 1_150 },
         { type: "acquired", fence: 9, key: "m/2", atMs: 300 },
         { type: "lost", fence: 9, atMs: 350 },
-        { type: "released", fence: 9, atMs: 400 },
+        { type: "released", fence: 9, atMs: 400, releaseStartMs: 380, aliveUntilMs: 330 },
         { type: "acquired", fence: 12, key: "m/3", atMs: 500 },
       ],
       900,
     );
     expect(tenures).toEqual([
-      { client: 2, fence: 5, acquiredMs: 100, endMs: 200, end: "released" },
-      { client: 2, fence: 9, acquiredMs: 300, endMs: 350, end: "lost" },
+      { client: 2, fence: 5, acquiredMs: 100, endMs: 200, end: "released", releaseStartMs: 190, aliveUntilMs: 1_150 },
+      { client: 2, fence: 9, acquiredMs: 300, endMs: 350, end: "lost", releaseStartMs: 380, aliveUntilMs: 330 },
       { client: 2, fence: 12, acquiredMs: 500, endMs: 900, end: "run_end" },
     ]);
   });

@@ -28,7 +28,7 @@ function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: bool
   const never = new AbortController().signal;
   const leases: Partial<LeasesApi> = {
     grant: async (ttlMs) => ({ id: 7, ttlMs }),
-    keep: (id) => ({ id: Number(id), lost: never, stop() {} }),
+    keep: (id) => ({ id: Number(id), lost: never, aliveUntilMs: () => Number.POSITIVE_INFINITY, stop() {} }),
     revoke: async (id) => ({ id: Number(id), version: ++version, deletedKeys: 1 }),
   };
   const deps: LockDeps = {

@@ -1,4 +1,4 @@
-// Proves the client's leases, locks and elections (src/client/leases.ts, lock.ts) against real in-process nodes: grant/get/keepAlive/revoke, a keeper that keeps a lease alive past its TTL and reports its loss promptly (revoked: lease_not_found; unanswered: lease_expired); a lock held by one contender at a time with fences that strictly increase from holder to holder; a waiter that proceeds when a paused holder's lease runs out; each waiter watching only the key just ahead of it (one stream each, counted by the node's kv_watchers too); and an election whose observers see each new leader.
+// Proves the client's leases, locks and elections (src/client/leases.ts, lock.ts) against real in-process nodes: grant/get/keepAlive/revoke, a keeper that keeps a lease alive past its TTL (its aliveUntilMs moving on with each keepalive answered) and reports its loss promptly (revoked: lease_not_found; unanswered: lease_expired); a lock held by one contender at a time with fences that strictly increase from holder to holder; a waiter that proceeds when a paused holder's lease runs out; each waiter watching only the key just ahead of it (one stream each, counted by the node's kv_watchers too); and an election whose observers see each new leader.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -77,15 +77,22 @@ describe("against a 3-node cluster", () => {
     // Twice the shortest TTL: a loaded machine may stall the keeper for a few hundred ms.
     const lease = await kv.leases.grant(2 * TTL_MS);
     await kv.put("kept/a", "1", { lease: lease.id });
+    const keptMs = performance.now();
     const keeper = kv.leases.keep(lease.id, { ttlMs: lease.ttlMs });
     try {
       const startedMs = performance.now();
+      // Known alive one TTL past `keep` (its default send time) until a keepalive is answered.
+      expect(keeper.aliveUntilMs()).toBeGreaterThanOrEqual(keptMs + lease.ttlMs);
+      expect(keeper.aliveUntilMs()).toBeLessThanOrEqual(startedMs + lease.ttlMs);
       // Past three TTLs the key is still there: only the keeper can have kept it.
       await until(async () => {
         expect((await kv.get("kept/a"))?.text).toBe("1");
         return performance.now() - startedMs > 3 * lease.ttlMs;
       }, "three TTLs to pass");
       expect(keeper.lost.aborted).toBe(false);
+      // Each keepalive answered moved it on: to its send time plus the TTL, never past now plus the TTL.
+      expect(keeper.aliveUntilMs()).toBeGreaterThan(startedMs + 2 * lease.ttlMs);
+      expect(keeper.aliveUntilMs()).toBeLessThanOrEqual(performance.now() + lease.ttlMs);
       await kv.leases.revoke(lease.id);
       const reason = await aborted(keeper.lost, 5_000);
       expect(reason).toBeInstanceOf(KvClientError);

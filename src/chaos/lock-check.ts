@@ -9,7 +9,12 @@
  *   updates accepted;
  * - every acknowledged update is among the committed ones, and every committed one was sent by a
  *   client (acknowledged or with an unknown outcome);
- * - no two tenures share a fence.
+ * - no two tenures share a fence;
+ * - mutual exclusion, as far as a client can know it: no client takes the lock while an earlier
+ *   holder's lease is known alive and that holder has not begun to release it. A holder knows its
+ *   lease lives until the send time of its last keepalive answered plus the TTL (`LockHandle.aliveUntilMs`):
+ *   the leader restarted the countdown after that send. So a holder paused past that time may be
+ *   overtaken (an overlap, counted but not a failure), and one whose lease was still alive may not.
  */
 
 /** The value every update writes to the counter key (JSON). */
@@ -42,7 +47,18 @@ export interface LockTenure {
   readonly endMs: number;
   /** How the tenure ended: released, the client noticed the lease was gone, or the run ended. */
   readonly end: "released" | "lost" | "run_end";
+  /** When it began to release the lock (known only for a tenure it released). */
+  readonly releaseStartMs?: number;
+  /** Until when its lease was known alive as it began to release (see the file comment). */
+  readonly aliveUntilMs?: number;
 }
+
+/**
+ * How far before an earlier holder's `aliveUntilMs` a later one may report taking the lock without
+ * a `mutual_exclusion` problem: the clients' wall clocks are one machine's, but each converts its
+ * own monotonic times, and the leader counts the TTL on its own clock.
+ */
+export const EXCLUSION_TOLERANCE_MS = 50;
 
 /**
  * One update a client tried. `fenced`: it read a larger fence than its own and wrote nothing;
@@ -78,7 +94,7 @@ export interface LockCheckInput {
   readonly finalValue: string | null;
 }
 
-export const LOCK_PROBLEM_KINDS = ["fence_order", "count", "lost_ack", "phantom", "final_value", "shared_fence"] as const;
+export const LOCK_PROBLEM_KINDS = ["fence_order", "count", "lost_ack", "phantom", "final_value", "shared_fence", "mutual_exclusion"] as const;
 export type LockProblemKind = (typeof LOCK_PROBLEM_KINDS)[number];
 
 export interface LockProblem {
@@ -174,6 +190,13 @@ export function checkLock(input: LockCheckInput): LockCheckResult {
     holderOfFence.set(tenure.fence, tenure);
   }
 
+  for (const { earlier, later } of exclusionBreaches(input.tenures)) {
+    problem(
+      "mutual_exclusion",
+      `client ${later.client} took the lock (fence ${later.fence}) at ${Math.round(later.acquiredMs)} ms, while client ${earlier.client}'s lease (fence ${earlier.fence}) was known alive until ${Math.round(earlier.aliveUntilMs as number)} ms and it began to release it at ${Math.round(earlier.releaseStartMs as number)} ms`,
+    );
+  }
+
   const counts = Object.fromEntries(LOCK_PROBLEM_KINDS.map((k) => [k, problems.filter((p) => p.kind === k).length])) as Record<LockProblemKind, number>;
   const overlaps = tenureOverlaps(input.tenures);
   return {
@@ -184,4 +207,33 @@ export function checkLock(input: LockCheckInput): LockCheckResult {
     overlaps,
     overlapMsTotal: overlaps.reduce((sum, o) => sum + o.overlapMs, 0),
   };
+}
+
+/**
+ * Tenures taken while an earlier one (by fence: its key was ahead in the queue) still had the lock
+ * to itself: before both that holder's `aliveUntilMs` (less the tolerance) and the start of its
+ * release. Each later tenure is named once, with the earlier tenure that it breached the furthest.
+ */
+export function exclusionBreaches(tenures: readonly LockTenure[]): { earlier: LockTenure; later: LockTenure }[] {
+  const byFence = [...tenures].sort((a, b) => a.fence - b.fence);
+  const breaches: { earlier: LockTenure; later: LockTenure }[] = [];
+  // The earlier tenure whose exclusive time reaches furthest, among those of smaller fences.
+  let furthest: { tenure: LockTenure; untilMs: number } | undefined;
+  for (let i = 0; i < byFence.length; ) {
+    // Tenures sharing a fence are shared_fence's to report: none is "earlier" than another.
+    let j = i;
+    while (j < byFence.length && (byFence[j] as LockTenure).fence === (byFence[i] as LockTenure).fence) j++;
+    for (let k = i; k < j; k++) {
+      const later = byFence[k] as LockTenure;
+      if (furthest !== undefined && later.acquiredMs < furthest.untilMs) breaches.push({ earlier: furthest.tenure, later });
+    }
+    for (let k = i; k < j; k++) {
+      const tenure = byFence[k] as LockTenure;
+      if (tenure.aliveUntilMs === undefined || tenure.releaseStartMs === undefined) continue;
+      const untilMs = Math.min(tenure.aliveUntilMs - EXCLUSION_TOLERANCE_MS, tenure.releaseStartMs);
+      if (furthest === undefined || untilMs > furthest.untilMs) furthest = { tenure, untilMs };
+    }
+    i = j;
+  }
+  return breaches;
 }

@@ -43,7 +43,12 @@ export type LockClientEvent =
   | { readonly type: "pausing"; readonly fence: number; readonly atMs: number }
   | { readonly type: "lost"; readonly fence: number; readonly atMs: number }
   | { readonly type: "write"; readonly write: CounterWrite }
-  | { readonly type: "released"; readonly fence: number; readonly atMs: number; readonly error?: string }
+  /**
+   * It released the lock: the release began at `releaseStartMs` and returned at `atMs`. Until
+   * `aliveUntilMs` (or the release, if sooner) its lease was known alive, so no other client could
+   * hold the lock (see `LockHandle.aliveUntilMs`).
+   */
+  | { readonly type: "released"; readonly fence: number; readonly atMs: number; readonly releaseStartMs: number; readonly aliveUntilMs: number; readonly error?: string }
   | { readonly type: "error"; readonly stage: string; readonly message: string; readonly atMs: number }
   | { readonly type: "exit"; readonly atMs: number };
 
@@ -91,13 +96,16 @@ export async function runLockClient(opts: LockClientOptions, emit: (event: LockC
     emit({ type: "write", write: await updateCounter(kv, opts, fence, n) });
 
     let releaseError: string | undefined;
+    const releaseStartMs = Date.now();
+    // In wall-clock time, as every report: the runner and the other clients share this clock.
+    const aliveUntilMs = performance.timeOrigin + lock.aliveUntilMs();
     try {
       await lock.release();
     } catch (error) {
       releaseError = describe(error);
     }
     lock.lost.removeEventListener("abort", onLost);
-    emit({ type: "released", fence, atMs: Date.now(), ...(releaseError === undefined ? {} : { error: releaseError }) });
+    emit({ type: "released", fence, atMs: Date.now(), releaseStartMs, aliveUntilMs, ...(releaseError === undefined ? {} : { error: releaseError }) });
   }
   emit({ type: "exit", atMs: Date.now() });
 }

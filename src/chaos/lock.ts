@@ -294,10 +294,11 @@ const countOutcomes = (writes: readonly CounterWrite[]) => Object.fromEntries(OU
 export function tenuresOf(client: number, events: readonly LockClientEvent[], endMs: number): LockTenure[] {
   const tenures: LockTenure[] = [];
   let open: { fence: number; acquiredMs: number; lostMs?: number } | undefined;
-  const close = (atMs: number, end: LockTenure["end"]) => {
+  const close = (atMs: number, end: LockTenure["end"], release?: { releaseStartMs: number; aliveUntilMs: number }) => {
     if (open === undefined) return;
     const lostFirst = open.lostMs !== undefined && open.lostMs <= atMs;
-    tenures.push({ client, fence: open.fence, acquiredMs: open.acquiredMs, endMs: lostFirst ? (open.lostMs as number) : atMs, end: lostFirst ? "lost" : end });
+    const released = release === undefined ? {} : { releaseStartMs: release.releaseStartMs, aliveUntilMs: release.aliveUntilMs };
+    tenures.push({ client, fence: open.fence, acquiredMs: open.acquiredMs, endMs: lostFirst ? (open.lostMs as number) : atMs, end: lostFirst ? "lost" : end, ...released });
     open = undefined;
   };
   for (const event of events) {
@@ -307,7 +308,7 @@ export function tenuresOf(client: number, events: readonly LockClientEvent[], en
     } else if (event.type === "lost" && open !== undefined && open.fence === event.fence) {
       open.lostMs ??= event.atMs;
     } else if (event.type === "released") {
-      close(event.atMs, "released");
+      close(event.atMs, "released", open?.fence === event.fence ? event : undefined);
     } else if (event.type === "exit") {
       close(event.atMs, "run_end");
     }
@@ -408,7 +409,13 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
 
   const toRunMs = (wallMs: number) => wallMs - startedWallMs;
   const endWallMs = startedWallMs + workloadEndMs;
-  const tenures = clients.flatMap((c) => tenuresOf(c.client, c.events, endWallMs)).map((t) => ({ ...t, acquiredMs: toRunMs(t.acquiredMs), endMs: toRunMs(t.endMs) }));
+  const tenures = clients.flatMap((c) => tenuresOf(c.client, c.events, endWallMs)).map((t) => ({
+    ...t,
+    acquiredMs: toRunMs(t.acquiredMs),
+    endMs: toRunMs(t.endMs),
+    ...(t.releaseStartMs === undefined ? {} : { releaseStartMs: toRunMs(t.releaseStartMs) }),
+    ...(t.aliveUntilMs === undefined ? {} : { aliveUntilMs: toRunMs(t.aliveUntilMs) }),
+  }));
   const writes = updatesOf().map((w) => ({ ...w, callMs: toRunMs(w.callMs), returnMs: toRunMs(w.returnMs) }));
   const check: LockCheckResult = checkLock({ tenures, writes, committed, initial, finalValue: finalValue === undefined ? null : finalValue });
   const finalCount = finalValue === undefined || finalValue === null ? undefined : parseCounterValue(finalValue)?.count;

@@ -320,7 +320,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
   lock: {
     title: "Lock Holders Paused Past Their TTL",
     description:
-      "Lock clients update a counter with fencing tokens while a seeded nemesis pauses holders past their TTL: overlapping holders are counted, and the counter must stay safe",
+      "Lock clients update a counter with fencing tokens while a seeded nemesis pauses holders past their TTL: overlapping holders are counted, none may take the lock while an earlier one's lease is known alive, and the counter must stay safe",
     needsProxies: (flags) => {
       const mode = choiceFlag(flags, "nemesis", LOCK_NEMESIS_MODES, "holders");
       return mode !== "holders" && modeNeedsProxies(mode);

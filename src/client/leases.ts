@@ -57,6 +57,13 @@ export interface LeaseKeepOptions {
 export interface LeaseKeeper {
   readonly id: number;
   readonly lost: AbortSignal;
+  /**
+   * Until when, by `performance.now()`, the lease is known to live (unless revoked): the send time of
+   * the grant or of the last keepalive answered, plus the TTL. The leader started its countdown after
+   * that send, and a new leader restarts every countdown at the full TTL, so until then no one else
+   * can see the lease run out. `lost` fires at this time unless a later keepalive is answered first.
+   */
+  aliveUntilMs(): number;
   /** Stops sending keepalives (the lease then runs out by itself, unless revoked). Idempotent. */
   stop(): void;
 }
@@ -220,6 +227,7 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
   return {
     id,
     lost: lostController.signal,
+    aliveUntilMs: () => aliveUntilMs,
     stop() {
       stopped = true;
       clearTimeout(deadlineTimer);

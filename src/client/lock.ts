@@ -45,6 +45,12 @@ export interface LockHandle {
    * Another contender may then hold the lock: stop touching the resource (or rely on the fence).
    */
   readonly lost: AbortSignal;
+  /**
+   * Until when, by `performance.now()`, the lock is known held: the lease's `aliveUntilMs` (see
+   * `LeaseKeeper`). Until then no other contender can take it, unless this one releases it; after
+   * it, only the fence protects the resource.
+   */
+  aliveUntilMs(): number;
   /** Deletes the key and revokes the lease, so the next waiter proceeds. Idempotent; never throws for a lock already lost. */
   release(): Promise<void>;
 }
@@ -102,6 +108,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
           fence,
           leaseId: lease.id,
           lost: keeper.lost,
+          aliveUntilMs: () => keeper.aliveUntilMs(),
           release: () => (released ??= giveUp()),
         };
       }
