@@ -265,7 +265,7 @@ describe("operations as the checker sees them", () => {
 
   test("an answer is ok, a refusal fail, no answer unknown (with no return time)", () => {
     const putOk: Outcome = { kind: "ok", status: 200, body: bytes('{"key":"k1","version":12}'), version: 12 };
-    expect(toOperation(call("put", "c2-w1"), putOk)).toEqual({ id: 9, clientId: 2, kind: "put", key: "k1", value: "c2-w1", callMs: 100, returnMs: 140, outcome: "ok" });
+    expect(toOperation(call("put", "c2-w1"), putOk)).toEqual({ id: 9, clientId: 2, kind: "put", key: "k1", value: "c2-w1", callMs: 100, returnMs: 140, outcome: "ok", version: 12 });
     const refused: Outcome = { kind: "fail", status: 503, error: "no_leader", location: undefined };
     expect(toOperation(call("put", "c2-w2"), refused)).toMatchObject({ outcome: "fail", returnMs: 140 });
     const timedOut = toOperation(call("put", "c2-w3"), { kind: "unknown", reason: "timeout" });
@@ -273,11 +273,13 @@ describe("operations as the checker sees them", () => {
     expect(timedOut.returnMs).toBeUndefined();
   });
 
-  test("a get reads the value or absence; a delete says whether the key was there", () => {
-    expect(toOperation(call("get"), { kind: "ok", status: 200, body: bytes("c1-w7"), version: 3 })).toMatchObject({ output: "c1-w7" });
-    expect(toOperation(call("get"), { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined })).toMatchObject({ output: null });
+  test("a get reads the value or absence; a delete says whether the key was there; each names the version answered", () => {
+    expect(toOperation(call("get"), { kind: "ok", status: 200, body: bytes("c1-w7"), version: 3 })).toMatchObject({ output: "c1-w7", version: 3 });
+    const absent = toOperation(call("get"), { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined });
+    expect(absent).toMatchObject({ output: null });
+    expect("version" in absent).toBe(false);
     const deleted = toOperation(call("delete"), { kind: "ok", status: 200, body: bytes('{"deleted":true,"version":4}'), version: 4 });
-    expect(deleted).toMatchObject({ outcome: "ok", deleted: true });
+    expect(deleted).toMatchObject({ outcome: "ok", deleted: true, version: 4 });
     expect("value" in deleted).toBe(false);
   });
 

@@ -34,9 +34,15 @@ export interface Operation {
   readonly output?: string | null;
   /** For an ok delete whose answer says so: whether the key was present. */
   readonly deleted?: boolean;
+  /**
+   * The version an ok answer named, when it named one: the index a put or delete was applied at,
+   * or, for a get of a present key, the index of the write that wrote the value read
+   * (src/chaos/version-check.ts checks them).
+   */
+  readonly version?: number;
 }
 
-/** One line for a human: `client 3 put(k1, "v17") [120ms → 135ms] ok`. */
+/** One line for a human: `client 3 put(k1, "v17") [120ms → 135ms] ok (version 42)`. */
 export function describeOperation(op: Operation): string {
   const returned = op.returnMs === undefined ? "?" : `${op.returnMs}ms`;
   const interval = `[${op.callMs}ms → ${returned}]`;
@@ -57,5 +63,5 @@ export function describeOperation(op: Operation): string {
     default:
       return unreachable(op.kind, "operation kind");
   }
-  return `client ${op.clientId} ${call} ${interval} ${op.outcome}`;
+  return `client ${op.clientId} ${call} ${interval} ${op.outcome}${op.version === undefined ? "" : ` (version ${op.version})`}`;
 }

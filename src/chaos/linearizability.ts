@@ -12,6 +12,9 @@
  * not yet linearized. A cache of (set of linearized operations, register state) prunes every
  * configuration already explored, which is what makes the search fast on real histories.
  *
+ * Before any search, the versions the answers named are checked against each other and against
+ * real time (src/chaos/version-check.ts): the search itself reads values only.
+ *
  * Outcomes (see `OperationOutcome`): failed operations are dropped; an unknown get says nothing and is
  * dropped; an unknown put or delete has an infinite return, so it may be linearized at any point after
  * its call or never, and success needs only the other operations placed. Values are unique per put,
@@ -30,6 +33,7 @@
  */
 import { assert, unreachable } from "../lib/assert.ts";
 import { describeOperation, type Operation } from "./history.ts";
+import { findVersionViolation } from "./version-check.ts";
 
 export { describeOperation };
 export type { Operation, OperationKind, OperationOutcome } from "./history.ts";
@@ -95,10 +99,14 @@ export function checkLinearizable(history: readonly Operation[], opts: CheckOpti
     stepsLeft: opts.searchStepsMax ?? Number.POSITIVE_INFINITY,
   };
 
+  for (const op of history) validateOperation(op);
+  // The versions answers named are checked first: cheap, and a violation there is definite.
+  const versions = findVersionViolation(history);
+  if (versions !== undefined) return versions;
+
   const opsByKey = new Map<string, Operation[]>();
   const failedPutsByKey = new Map<string, Operation[]>();
   for (const op of history) {
-    validateOperation(op);
     if (op.outcome === "fail") {
       if (op.kind === "put") pushTo(failedPutsByKey, op.key, op);
       continue;

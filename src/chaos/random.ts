@@ -18,6 +18,7 @@ import type { LiveDisplay, LoadCounters } from "./live-display.ts";
 import { clock, describePlannedFault, Nemesis, planSchedule, type FaultKind, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
 import { renderReport, type ReportCheck } from "./report.tsx";
 import { kvPath } from "./write-load.ts";
+import { findVersionViolation } from "./version-check.ts";
 import { parseDuration } from "../lib/duration.ts";
 
 /** How reads are served: `linearizable` (ReadIndex, the default), `lease` (leader lease) or `stale` (local state). */
@@ -270,6 +271,9 @@ function yieldToEventLoop(): Promise<void> {
  * keys so the clients of the next epoch keep running; `budgetMs` bounds the whole epoch's check.
  */
 export async function checkEpoch(history: readonly Operation[], budgetMs: number): Promise<CheckResult> {
+  // Versions are the log's indexes, shared by every key: their order is checked over the whole epoch.
+  const versions = findVersionViolation(history);
+  if (versions !== undefined) return versions;
   const byKey = new Map<string, Operation[]>();
   for (const op of history) {
     const ops = byKey.get(op.key);
@@ -624,13 +628,14 @@ export function toOperation(
   outcome: Outcome,
 ): Operation {
   const base = { id: call.id, clientId: call.clientId, kind: call.kind, key: call.key, callMs: call.callMs, ...(call.value === undefined ? {} : { value: call.value }) };
+  const version = outcome.kind === "ok" && outcome.version !== undefined && Number.isSafeInteger(outcome.version) ? { version: outcome.version } : {};
   switch (outcome.kind) {
     case "unknown":
       return { ...base, outcome: "unknown" };
     case "fail":
       return { ...base, outcome: "fail", returnMs: call.endMs };
     case "ok": {
-      if (call.kind === "get") return { ...base, outcome: "ok", returnMs: call.endMs, output: readValue(outcome) ?? null };
+      if (call.kind === "get") return { ...base, outcome: "ok", returnMs: call.endMs, output: readValue(outcome) ?? null, ...version };
       if (call.kind === "delete") {
         let deleted: boolean | undefined;
         try {
@@ -639,9 +644,9 @@ export function toOperation(
         } catch {
           // no JSON body: the answer does not say whether the key was there
         }
-        return { ...base, outcome: "ok", returnMs: call.endMs, ...(deleted === undefined ? {} : { deleted }) };
+        return { ...base, outcome: "ok", returnMs: call.endMs, ...(deleted === undefined ? {} : { deleted }), ...version };
       }
-      return { ...base, outcome: "ok", returnMs: call.endMs };
+      return { ...base, outcome: "ok", returnMs: call.endMs, ...version };
     }
   }
 }

@@ -567,9 +567,13 @@ export class NodeSim {
     this.inflight.set(opId, { clientId, kind, key, ...(value === undefined ? {} : { value }), callMs });
     let call: Promise<Partial<Operation>>;
     try {
-      if (kind === "put") call = node.put(key, new TextEncoder().encode(value)).then(() => ({}));
-      else if (kind === "delete") call = node.delete(key).then((result) => ({ deleted: result.deleted }));
-      else call = node.get(key, options.consistency ?? "linearizable").then((found) => ({ output: found === undefined ? null : new TextDecoder().decode(found.value) }));
+      if (kind === "put") call = node.put(key, new TextEncoder().encode(value)).then((result) => ({ version: result.version }));
+      else if (kind === "delete") call = node.delete(key).then((result) => ({ deleted: result.deleted, version: result.version }));
+      else {
+        call = node
+          .get(key, options.consistency ?? "linearizable")
+          .then((found) => (found === undefined ? { output: null } : { output: new TextDecoder().decode(found.value), version: found.version }));
+      }
     } catch (error: unknown) {
       call = Promise.reject(error);
     }

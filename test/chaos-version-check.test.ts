@@ -1,0 +1,95 @@
+/** The versions clients were answered must agree with each other and with real time (src/chaos/version-check.ts), and the linearizability checker and the chaos epochs check them. */
+import { describe, expect, test } from "bun:test";
+import type { Operation } from "../src/chaos/history.ts";
+import { checkLinearizable } from "../src/chaos/linearizability.ts";
+import { checkEpoch } from "../src/chaos/random.ts";
+import { findVersionViolation } from "../src/chaos/version-check.ts";
+
+let nextId = 1;
+const put = (key: string, value: string, callMs: number, returnMs: number, version?: number): Operation => ({
+  id: nextId++,
+  clientId: 1,
+  kind: "put",
+  key,
+  value,
+  callMs,
+  returnMs,
+  outcome: "ok",
+  ...(version === undefined ? {} : { version }),
+});
+const get = (key: string, output: string | null, callMs: number, returnMs: number, version?: number): Operation => ({
+  id: nextId++,
+  clientId: 2,
+  kind: "get",
+  key,
+  output,
+  callMs,
+  returnMs,
+  outcome: "ok",
+  ...(version === undefined ? {} : { version }),
+});
+const del = (key: string, callMs: number, returnMs: number, version: number): Operation => ({ id: nextId++, clientId: 3, kind: "delete", key, callMs, returnMs, outcome: "ok", deleted: true, version });
+
+describe("findVersionViolation", () => {
+  test("a history whose versions agree passes, concurrent writes in either order included", () => {
+    const history = [
+      put("a", "1", 0, 10, 5),
+      put("b", "2", 5, 20, 4), // concurrent with a's put: either index order is fine
+      get("a", "1", 30, 40, 5),
+      del("a", 50, 60, 9),
+      get("a", null, 70, 80),
+      put("a", "3", 90, 100, 12),
+    ];
+    expect(findVersionViolation(history)).toBeUndefined();
+    expect(checkLinearizable(history).ok).toBe(true);
+  });
+
+  test("two acknowledged writes naming one version", () => {
+    const violation = findVersionViolation([put("a", "1", 0, 10, 5), put("b", "2", 20, 30, 5)]);
+    expect(violation?.reason).toBe("two acknowledged writes name version 5");
+    expect(violation?.evidence.map((op) => op.value)).toEqual(["1", "2"]);
+  });
+
+  test("a get naming another version than its value's put was acknowledged at", () => {
+    const violation = findVersionViolation([put("a", "1", 0, 10, 5), get("a", "1", 20, 30, 6)]);
+    expect(violation?.reason).toContain("but its put was acknowledged at version 5");
+    expect(violation?.key).toBe("a");
+  });
+
+  test("two gets of one value naming different versions, its put unanswered", () => {
+    const unanswered: Operation = { id: nextId++, clientId: 1, kind: "put", key: "a", value: "1", callMs: 0, outcome: "unknown" };
+    const violation = findVersionViolation([unanswered, get("a", "1", 20, 30, 7), get("a", "1", 40, 50, 8)]);
+    expect(violation?.reason).toBe('two gets read "1", one at version 7 and one at 8');
+  });
+
+  test("a write called after another returned, acknowledged at a smaller version, also across keys", () => {
+    const violation = findVersionViolation([put("a", "1", 0, 10, 9), put("b", "2", 11, 20, 8)]);
+    expect(violation?.reason).toBe("a put was acknowledged at version 8, but a write that returned before it was called was acknowledged at 9");
+    // Touching intervals (a return and a call in the same ms) are concurrent: no order to break.
+    expect(findVersionViolation([put("a", "1", 0, 10, 9), put("b", "2", 10, 20, 8)])).toBeUndefined();
+  });
+
+  test("a write called after a get returned must come after the version the get read", () => {
+    // The put's answer never came: only the get tells of version 30.
+    const unanswered: Operation = { id: nextId++, clientId: 1, kind: "put", key: "a", value: "1", callMs: 0, outcome: "unknown" };
+    const history = [unanswered, get("a", "1", 20, 30, 30), del("b", 40, 50, 25)];
+    expect(findVersionViolation(history)?.reason).toBe("a delete was acknowledged at version 25, but a get that returned before it was called read version 30");
+    // A get of an absent key names no version: it orders nothing.
+    expect(findVersionViolation([get("a", null, 0, 10), del("b", 20, 30, 1)])).toBeUndefined();
+  });
+
+  test("the linearizability checker fails a history whose values are linearizable but whose versions are not", () => {
+    const history = [put("a", "1", 0, 10, 5), get("a", "1", 20, 30, 4)];
+    const result = checkLinearizable(history);
+    expect(result.ok).toBe(false);
+    if (result.ok === false) expect(result.reason).toContain("acknowledged at version 5");
+  });
+
+  test("a chaos epoch checks versions across its keys, which the per-key search never sees together", async () => {
+    const history = [put("a", "1", 0, 10, 9), put("b", "2", 20, 30, 3)];
+    expect(checkLinearizable(history.filter((op) => op.key === "a")).ok).toBe(true);
+    expect(checkLinearizable(history.filter((op) => op.key === "b")).ok).toBe(true);
+    const verdict = await checkEpoch(history, 5_000);
+    expect(verdict.ok).toBe(false);
+  });
+});
