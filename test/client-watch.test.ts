@@ -217,6 +217,54 @@ describe("against a scripted stream", () => {
   });
 });
 
+describe("a watch aborted by its caller (found in review)", () => {
+  const put = (key: string, version: number) => `id: ${version}\nevent: put\ndata: ${JSON.stringify({ key, value: key, version })}\n\n`;
+
+  test("gives nothing after the abort, though the events after it came in the same chunk", async () => {
+    // One transaction's four changes, in one chunk; the stream then stays open until aborted.
+    const fake = (async (_input: string | URL | Request, init?: RequestInit) => {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(["p/a", "p/b", "p/c", "p/d"].map((key) => put(key, 5)).join("")));
+          init?.signal?.addEventListener("abort", () => controller.error(init.signal?.reason));
+        },
+      });
+      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+    }) as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+    const stop = new AbortController();
+    const seen: string[] = [];
+    for await (const event of kv.watch({ prefix: "p/" }, { signal: stop.signal })) {
+      if (event.type === "put") seen.push(event.key);
+      stop.abort();
+    }
+    expect(seen).toEqual(["p/a"]);
+  });
+
+  test("ends quietly whatever the abort's reason, a KvClientError too (a lock's lost signal)", async () => {
+    const fake = (async (_input: string | URL | Request, init?: RequestInit) => {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(put("p/a", 5)));
+          init?.signal?.addEventListener("abort", () => controller.error(init.signal?.reason));
+        },
+      });
+      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+    }) as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+    const stop = new AbortController();
+    const seen: string[] = [];
+    const ended = (async () => {
+      for await (const event of kv.watch({ prefix: "p/" }, { signal: stop.signal })) {
+        if (event.type === "put") seen.push(event.key);
+        stop.abort(new KvClientError("lease_expired", 0, "the holder's lease may have run out"));
+      }
+    })();
+    expect(await ended.then(() => "ended", (error: unknown) => error)).toBe("ended");
+    expect(seen).toEqual(["p/a"]);
+  });
+});
+
 describe("against nodes that answer 200 and end at once", () => {
   test("a stream that ends with an error before any event is not served: the watch backs off and gives up after reconnectTimeoutMs", async () => {
     let requests = 0;

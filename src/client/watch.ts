@@ -142,6 +142,8 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
           break attempt;
         }
         for await (const event of readSse(response.body, { charsMax: SSE_CHARS_MAX })) {
+          // A chunk's events come together: those parsed before an abort are not given after it.
+          if (aborted()) break attempt;
           armIdle();
           if (event.event === "error") {
             ended = `${endpoint}: event: error ${errorOf(event.data)}`;
@@ -191,7 +193,8 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
         ended ??= `${endpoint}: the stream ended`;
       }
     } catch (error) {
-      if (error instanceof KvClientError) throw error;
+      // An abort ends the loop quietly, whatever its reason (a lock's `lost` is a KvClientError).
+      if (error instanceof KvClientError && !aborted()) throw error;
       ended = `${endpoint}: ${describe(error)}`;
     } finally {
       clearTimeout(idleTimer);
