@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createClient, KvClientError, type KvEntry, type LockHandle } from "../src/client/index.ts";
+import { createClient, KvClientError, type KvEntry, type LockHandle, UnknownOutcomeError } from "../src/client/index.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 /** The shortest TTL the test cluster grants (2 × 2 × 12 ticks × 10 ms). */
@@ -72,6 +72,26 @@ describe("against a 3-node cluster", () => {
     expect(small.ttlMs).toBeGreaterThan(1);
   });
 
+  test("a revoke whose first attempt applied but went unanswered, and whose retry is refused lease_not_found, is an unknown outcome (found in review)", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const lease = await kv.leases.grant(10_000);
+    await kv.put("revoked/a", "1", { lease: lease.id });
+    let cut = 0;
+    // The first DELETE /leases/N arrives and is served; its answer is lost, as when a connection is reset.
+    const lossy = createClient({
+      endpoints: urls(),
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        const answer = await fetch(input, init);
+        if (answer.status === 200 && init?.method === "DELETE" && String(input).includes("/leases/") && cut++ === 0) throw new Error("connection reset after the request was sent");
+        return answer;
+      }) as typeof fetch,
+    });
+    const error = await lossy.leases.revoke(lease.id).catch((e: unknown) => e);
+    expect(cut).toBe(1); // the retry was refused: no second 200
+    expect(error).toBeInstanceOf(UnknownOutcomeError);
+    expect(await kv.get("revoked/a")).toBeNull(); // it did apply
+  });
+
   test("a keeper keeps a lease alive past several TTLs, and reports its revocation as lease_not_found", async () => {
     const kv = createClient({ endpoints: urls() });
     // Twice the shortest TTL: a loaded machine may stall the keeper for a few hundred ms.
@@ -99,6 +119,38 @@ describe("against a 3-node cluster", () => {
       expect((reason as KvClientError).code).toBe("lease_not_found");
     } finally {
       keeper.stop();
+    }
+  });
+
+  test("a keeper whose remembered leader stops answering reaches the next leader within the TTL (found in review: one attempt could spend the whole budget)", async () => {
+    const leader = await cluster.waitForLeader();
+    const leaderUrl = cluster.node(leader).httpUrl;
+    const next = cluster.nodes.map((n) => n.id).find((id) => id !== leader) as number;
+    let silenced: string | undefined;
+    const kv = createClient({
+      endpoints: urls(),
+      // Requests to the silenced node get no answer, as from a paused process, until the attempt gives up.
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (silenced !== undefined && String(input).startsWith(silenced)) {
+          return new Promise<Response>((_, reject) => init?.signal?.addEventListener("abort", () => reject(init.signal?.reason)));
+        }
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const sentAtMs = performance.now();
+    const lease = await kv.leases.grant(1_800); // the client learns the leader here
+    const keeper = kv.leases.keep(lease.id, { ttlMs: lease.ttlMs, sentAtMs });
+    try {
+      silenced = leaderUrl;
+      const silencedMs = performance.now();
+      const moved = await fetch(`${leaderUrl}/leader/transfer?to=${next}`, { method: "POST" });
+      expect(moved.status).toBe(200);
+      // A keepalive sent after the silence began was answered (by the new leader), or the lease was lost.
+      await until(() => keeper.aliveUntilMs() > silencedMs + lease.ttlMs || keeper.lost.aborted, "a keepalive answered after the leader went silent");
+      expect(keeper.lost.aborted).toBe(false);
+    } finally {
+      keeper.stop();
+      await createClient({ endpoints: urls() }).leases.revoke(lease.id).catch(() => undefined);
     }
   });
 

@@ -1,4 +1,4 @@
-// Proves the one rule for what an answer says about a request's effect (src/client/outcome.ts), which the client's retries and chaos's histories (src/chaos/client.ts) share: only 503 timeout/unavailable and other 5xx are unknown; 307, 503 no_leader/proposal_dropped and 4xx are refusals; and only passing refusals are retried.
+// Proves the one rule for what an answer says about a request's effect (src/client/outcome.ts), which the client's retries and chaos's histories (src/chaos/client.ts) share: only 503 timeout/unavailable and other 5xx are unknown; 307, 503 no_leader/proposal_dropped, 507 insufficient_storage/quota_exceeded and 4xx are refusals; and only passing refusals are retried.
 import { expect, test } from "bun:test";
 import { classifyResponse } from "../src/chaos/client.ts";
 import { answerOutcome, isRetryableRefusal, type AnswerOutcome } from "../src/client/outcome.ts";
@@ -13,6 +13,10 @@ const cases: [method: "GET" | "PUT" | "DELETE", status: number, code: string | u
   ["PUT", 429, "overloaded", "refused", true],
   ["PUT", 409, "version_mismatch", "refused", false],
   ["PUT", 408, "request_timeout", "refused", false],
+  // Found in review: both were read as unknown (any 5xx), so a client retried a full quota for its whole budget.
+  ["PUT", 507, "quota_exceeded", "refused", false],
+  ["PUT", 507, "insufficient_storage", "refused", true],
+  ["PUT", 507, undefined, "unknown", false],
   ["PUT", 503, "timeout", "unknown", false],
   ["DELETE", 503, "unavailable", "unknown", false],
   ["PUT", 500, "internal", "unknown", false],

@@ -326,3 +326,19 @@ describe("txn against a stand-in for the documented POST /txn contract", () => {
     }
   });
 });
+
+test("redirects that go round in circles are too_many_redirects, as documented (found in review: they read as unreachable)", async () => {
+  let requests = 0;
+  // Two nodes, each naming the other the leader.
+  const fake = (async (input: string | URL | Request) => {
+    requests++;
+    const url = new URL(String(input));
+    const other = url.port === "1" ? "2" : "1";
+    return new Response(JSON.stringify({ error: "not_leader", message: "elsewhere" }), { status: 307, headers: { location: `http://127.0.0.1:${other}${url.pathname}` } });
+  }) as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake, timeoutMs: 300 });
+  const error = await kv.get("k").catch((e: unknown) => e);
+  expect(error).toBeInstanceOf(KvClientError);
+  expect((error as KvClientError).code).toBe("too_many_redirects");
+  expect(requests).toBeGreaterThan(5);
+});

@@ -222,11 +222,14 @@ export interface KvClient {
   list(prefix?: string, options?: ListOptions): AsyncIterableIterator<ListPage>;
   /** Runs a transaction (`POST /txn`). */
   txn(request: TxnRequest): Promise<TxnResult>;
-  /** The status of the first endpoint that answers (no redirect: that node's own view). */
+  /**
+   * One node's own view of its status (no redirect): the node believed to lead, else the endpoints
+   * in turn (each call starts one further along), the first that answers.
+   */
   status(): Promise<NodeStatus>;
   /** The status of one node, by its client URL. */
   statusOf(endpoint: string): Promise<NodeStatus>;
-  /** The configuration as the first answering endpoint applied it (`GET /members`). */
+  /** The configuration as one node applied it (`GET /members`), asked as `status` asks. */
   members(): Promise<MembersView>;
   /** Membership changes (`POST /members`, `DELETE /members/{id}`, `POST /members/{id}/promote`). */
   readonly membership: MembershipApi;

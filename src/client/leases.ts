@@ -219,7 +219,9 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
       }
       // Unreachable, no leader, an unknown outcome: try again at the next beat; the deadline decides.
     }
-    if (!stopped) intervalTimer = setTimeout(() => void beat(), intervalMs);
+    // A third of the TTL after this beat was sent, not after its answer: a slow answer must not
+    // push the next keepalive toward the deadline.
+    if (!stopped) intervalTimer = setTimeout(() => void beat(), Math.max(0, sentMs + intervalMs - performance.now()));
   };
   armDeadline();
   // The first beat comes a third of the TTL after the grant was sent (at once if that is past).

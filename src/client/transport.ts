@@ -10,8 +10,11 @@ import { answerOutcome, errorCodeOf, isRetryableRefusal } from "./outcome.ts";
 /**
  * How a call may be retried:
  * - `read`: changes nothing; retried freely.
- * - `idempotent`: a write carrying an `Idempotency-Key`; retried after an unknown outcome too, since
- *   the cluster applies one key's request at most once.
+ * - `idempotent`: a write carrying an `Idempotency-Key`, retried after an unknown outcome too, since
+ *   the cluster applies one key's request at most once; or one whose repeat does no harm (a lease's
+ *   grant, keepalive or revoke). Without a key, a refusal after an attempt whose outcome stayed
+ *   unknown is unknown too: the earlier attempt may be what it refuses (a revoke that applied makes
+ *   its retry `lease_not_found`).
  * - `once`: a write without one (membership, leadership transfer); retried only after a refusal that
  *   proves nothing was done, and reported as unknown at the first unknown outcome.
  */
@@ -96,6 +99,7 @@ export class Transport {
       if (attempts.length > ATTEMPTS_KEPT_MAX) attempts.shift();
     };
     let uncertain = false; // some attempt of this write may have been applied
+    let onlyRedirectLoops = true; // every attempt so far ended in a redirect loop
     let lastRefusal: Answer | undefined;
     const attemptMsMin = Math.min(ATTEMPT_MS_MIN, timeoutMs);
     for (let pass = 0; ; pass++) {
@@ -104,6 +108,7 @@ export class Transport {
         const result = await this.attempt(call, endpoint, deadlineMs);
         switch (result.kind) {
           case "answer": {
+            onlyRedirectLoops = false;
             const answer = result.answer;
             const code = answer.status === 200 ? undefined : errorCodeOf(answer.body);
             const outcome = answerOutcome(call.method, answer.status, code);
@@ -124,13 +129,20 @@ export class Transport {
               if (code === "no_leader") this.forget(answer.origin);
               continue;
             }
+            // Without a key, an earlier attempt that may have applied can be what this refuses.
+            if (uncertain && call.idempotencyKey === undefined) {
+              note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
+              throw unknownOutcome(call, attempts);
+            }
             return answer; // a refusal for good: the caller turns it into a KvClientError
           }
           case "unreachable":
+            onlyRedirectLoops = false;
             note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
             continue;
           case "lost":
+            onlyRedirectLoops = false;
             note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
             if (call.safety === "once") throw unknownOutcome(call, attempts);
@@ -147,6 +159,9 @@ export class Transport {
     }
     if (uncertain) throw unknownOutcome(call, attempts);
     if (lastRefusal !== undefined) throw errorFromAnswer(lastRefusal);
+    if (onlyRedirectLoops && attempts.length > 0) {
+      throw new KvClientError("too_many_redirects", 0, `every endpoint sent ${call.method} ${pathOnly(call.path)} round in redirects: ${attempts.join("; ")}`);
+    }
     throw new KvClientError(
       "unreachable",
       0,
@@ -183,6 +198,17 @@ export class Transport {
     return leader === undefined ? rotated : [leader, ...rotated.filter((endpoint) => endpoint !== leader)];
   }
 
+  /**
+   * How long one attempt of `call` may wait: the client's `attemptTimeoutMs`, and for a call with a
+   * budget of its own (a keepalive racing its lease's TTL) at most a quarter of that budget, so a
+   * leader that stopped answering leaves time to reach the next one (an election takes a few
+   * hundred ms); one attempt could otherwise spend the whole budget on it.
+   */
+  private attemptTimeoutMs(call: Call): number {
+    const { attemptTimeoutMs } = this.options;
+    return call.timeoutMs === undefined ? attemptTimeoutMs : Math.min(attemptTimeoutMs, Math.max(ATTEMPT_MS_MIN, call.timeoutMs / 4));
+  }
+
   private forget(origin: string): void {
     if (this.leaderOrigin === origin) this.leaderOrigin = undefined;
   }
@@ -191,7 +217,7 @@ export class Transport {
   private async attempt(call: Call, endpoint: string, deadlineMs: number): Promise<AttemptResult> {
     let origin = endpoint;
     let url = `${endpoint}${call.path}`;
-    const attemptDeadlineMs = Math.min(deadlineMs, performance.now() + this.options.attemptTimeoutMs);
+    const attemptDeadlineMs = Math.min(deadlineMs, performance.now() + this.attemptTimeoutMs(call));
     for (let hop = 0; hop <= REDIRECT_HOPS_MAX; hop++) {
       const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs);
       if (result.kind !== "answer") {
