@@ -342,3 +342,21 @@ test("redirects that go round in circles are too_many_redirects, as documented (
   expect((error as KvClientError).code).toBe("too_many_redirects");
   expect(requests).toBeGreaterThan(5);
 });
+
+test("the keys '.' and '..' are refused before any request: a URL has no path for them (found in review: get('..') read GET / as an absent key)", async () => {
+  let requests = 0;
+  const fake = (async () => {
+    requests++;
+    return Response.json({ error: "not_found", message: "no route" }, { status: 404 });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+  for (const call of [() => kv.get(".."), () => kv.put(".", "x"), () => kv.delete("..")]) {
+    const error = await call().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KvClientError);
+    expect((error as KvClientError).code).toBe("bad_request");
+  }
+  expect(requests).toBe(0);
+  // Other keys with dots still go out.
+  expect(await kv.get("...")).toBeNull();
+  expect(requests).toBe(1);
+});

@@ -490,8 +490,15 @@ export function createClient(options: ClientOptions): KvClient {
   return client;
 }
 
-/** `/kv/{key}`, percent-encoded. */
+/**
+ * `/kv/{key}`, percent-encoded. The keys `.` and `..` have no such path: a URL's `/kv/..` (or
+ * `/kv/%2E%2E`) is `/`, so they are refused here rather than sent somewhere else (found in review:
+ * `get("..")` read the 404 of `GET /` as an absent key).
+ */
 function keyPath(key: string): string {
+  if (key === "." || key === "..") {
+    throw new KvClientError("bad_request", 0, `the key '${key}' has no /kv/{key} path (a URL reads /kv/${key} as another path); read and write it with txn`);
+  }
   return `/kv/${encodeURIComponent(key)}`;
 }
 
