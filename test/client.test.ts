@@ -360,3 +360,17 @@ test("the keys '.' and '..' are refused before any request: a URL has no path fo
   expect(await kv.get("...")).toBeNull();
   expect(requests).toBe(1);
 });
+
+test("an endpoint that gave no answer is asked last for a while: a read-only client does not wait on a paused node every pass (found in review)", async () => {
+  const asked: string[] = [];
+  const fake = (async (input: string | URL | Request, init?: RequestInit) => {
+    const url = new URL(String(input));
+    asked.push(url.port);
+    // Node 1 is paused: no answer until the attempt gives up.
+    if (url.port === "1") return new Promise<Response>((_, reject) => init?.signal?.addEventListener("abort", () => reject(init.signal?.reason)));
+    return new Response("v", { status: 200, headers: { "x-kv-version": "3" } });
+  }) as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"], fetch: fake, attemptTimeoutMs: 200 });
+  for (let i = 0; i < 6; i++) expect((await kv.get("k"))?.text).toBe("v");
+  expect(asked.filter((port) => port === "1").length).toBe(1);
+});

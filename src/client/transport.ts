@@ -65,6 +65,13 @@ const BACKOFF_MS_MAX = 200;
  * outcome look unknown for nothing.
  */
 const ATTEMPT_MS_MIN = 50;
+/**
+ * How long an endpoint that gave no answer (refused, timed out, cut off) is asked only after the
+ * others. Followers serve reads, so a read-only client never learns a leader to ask first: without
+ * this, it waited a whole attempt on a paused node once every pass round the endpoints (found in
+ * review).
+ */
+const SUSPECT_MS = 3_000;
 /** Attempt descriptions kept for error messages. */
 const ATTEMPTS_KEPT_MAX = 8;
 
@@ -73,6 +80,8 @@ export class Transport {
   /** The origin believed to lead (learned from a redirect or a served write); asked first. */
   leaderOrigin: string | undefined;
   private rotation = 0;
+  /** Endpoints that gave no answer lately, until when they are asked last (`SUSPECT_MS`). */
+  private readonly suspects = new Map<string, number>();
 
   constructor(readonly options: TransportOptions) {}
 
@@ -109,6 +118,7 @@ export class Transport {
         switch (result.kind) {
           case "answer": {
             onlyRedirectLoops = false;
+            this.suspects.delete(endpoint);
             const answer = result.answer;
             const code = answer.status === 200 ? undefined : errorCodeOf(answer.body);
             const outcome = answerOutcome(call.method, answer.status, code);
@@ -138,11 +148,13 @@ export class Transport {
           }
           case "unreachable":
             onlyRedirectLoops = false;
+            this.suspects.set(endpoint, performance.now() + SUSPECT_MS);
             note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
             continue;
           case "lost":
             onlyRedirectLoops = false;
+            this.suspects.set(endpoint, performance.now() + SUSPECT_MS);
             note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
             if (call.safety === "once") throw unknownOutcome(call, attempts);
@@ -189,13 +201,20 @@ export class Transport {
     return this.options.fetch ?? fetch;
   }
 
-  /** The endpoints to try this pass: the believed leader first, then the list from a rotating start. */
+  /**
+   * The endpoints to try this pass: the believed leader first, then the list from a rotating start,
+   * those that gave no answer lately last.
+   */
   private order(): string[] {
     const { endpoints } = this.options;
     const start = this.rotation++ % endpoints.length;
     const rotated = [...endpoints.slice(start), ...endpoints.slice(0, start)];
     const leader = this.leaderOrigin;
-    return leader === undefined ? rotated : [leader, ...rotated.filter((endpoint) => endpoint !== leader)];
+    const ordered = leader === undefined ? rotated : [leader, ...rotated.filter((endpoint) => endpoint !== leader)];
+    if (this.suspects.size === 0) return ordered;
+    const nowMs = performance.now();
+    for (const [endpoint, untilMs] of this.suspects) if (untilMs <= nowMs) this.suspects.delete(endpoint);
+    return [...ordered.filter((endpoint) => !this.suspects.has(endpoint)), ...ordered.filter((endpoint) => this.suspects.has(endpoint))];
   }
 
   /**
