@@ -266,6 +266,9 @@ describe("operations as the checker sees them", () => {
   test("an answer is ok, a refusal fail, no answer unknown (with no return time)", () => {
     const putOk: Outcome = { kind: "ok", status: 200, body: bytes('{"key":"k1","version":12}'), version: 12 };
     expect(toOperation(call("put", "c2-w1"), putOk)).toEqual({ id: 9, clientId: 2, kind: "put", key: "k1", value: "c2-w1", callMs: 100, returnMs: 140, outcome: "ok", version: 12 });
+    // A compare-and-set carries the version it named; refused (409), it is a refusal like any other.
+    expect(toOperation({ ...call("put", "c2-w9"), ifVersion: 7 }, putOk)).toMatchObject({ ifVersion: 7, version: 12, outcome: "ok" });
+    expect(toOperation({ ...call("put", "c2-w10"), ifVersion: 7 }, { kind: "fail", status: 409, error: "version_mismatch", location: undefined })).toMatchObject({ ifVersion: 7, outcome: "fail" });
     const refused: Outcome = { kind: "fail", status: 503, error: "no_leader", location: undefined };
     expect(toOperation(call("put", "c2-w2"), refused)).toMatchObject({ outcome: "fail", returnMs: 140 });
     const timedOut = toOperation(call("put", "c2-w3"), { kind: "unknown", reason: "timeout" });

@@ -78,6 +78,42 @@ describe("findVersionViolation", () => {
     expect(findVersionViolation([get("a", null, 0, 10), del("b", 20, 30, 1)])).toBeUndefined();
   });
 
+  describe("compare-and-set", () => {
+    const cas = (op: Operation, ifVersion: number): Operation => ({ ...op, ifVersion });
+
+    test("one applied on the version it named passes; 0 after a delete too", () => {
+      const history = [put("a", "1", 0, 10, 5), cas(put("a", "2", 20, 30, 8), 5), del("a", 40, 50, 9), cas(put("a", "3", 60, 70, 12), 0)];
+      expect(findVersionViolation(history)).toBeUndefined();
+    });
+
+    test("one applied though the key was written in between", () => {
+      const history = [put("a", "1", 0, 10, 5), put("a", "2", 20, 30, 7), cas(put("a", "3", 40, 50, 9), 5)];
+      expect(findVersionViolation(history)?.reason).toBe("a put with ifVersion 5 was applied at version 9, but the key was written at version 7 in between");
+    });
+
+    test("a write known only because a get read it counts as in between", () => {
+      const unanswered: Operation = { id: nextId++, clientId: 1, kind: "put", key: "a", value: "2", callMs: 15, outcome: "unknown" };
+      const history = [put("a", "1", 0, 10, 5), unanswered, get("a", "2", 20, 30, 7), cas(del("a", 40, 50, 9), 5)];
+      expect(findVersionViolation(history)?.reason).toContain("written at version 7 in between");
+    });
+
+    test("one on a version that is another key's, or a delete's", () => {
+      expect(findVersionViolation([put("b", "1", 0, 10, 5), cas(put("a", "2", 20, 30, 8), 5)])?.reason).toBe("a put with ifVersion 5 was applied at version 8, but version 5 is a write of b");
+      expect(findVersionViolation([put("a", "1", 0, 10, 4), del("a", 11, 15, 5), cas(put("a", "2", 20, 30, 8), 5)])?.reason).toContain("but version 5 deleted the key");
+    });
+
+    test("one on a version at or past its own", () => {
+      expect(findVersionViolation([cas(put("a", "2", 20, 30, 8), 8)])?.reason).toContain("a version it could not yet have seen");
+    });
+
+    test("ifVersion 0 applied while the key's last write put a value, unless a delete of it went unanswered", () => {
+      const history = [put("a", "1", 0, 10, 5), cas(put("a", "2", 20, 30, 8), 0)];
+      expect(findVersionViolation(history)?.reason).toBe("a put with ifVersion 0 was applied at version 8, but the key's last write before it, at version 5, put a value there");
+      const unansweredDelete: Operation = { id: nextId++, clientId: 3, kind: "delete", key: "a", callMs: 12, outcome: "unknown" };
+      expect(findVersionViolation([...history, unansweredDelete])).toBeUndefined();
+    });
+  });
+
   test("the linearizability checker fails a history whose values are linearizable but whose versions are not", () => {
     const history = [put("a", "1", 0, 10, 5), get("a", "1", 20, 30, 4)];
     const result = checkLinearizable(history);

@@ -40,6 +40,8 @@ export interface Operation {
    * (src/chaos/version-check.ts checks them).
    */
   readonly version?: number;
+  /** A put or delete sent as a compare-and-set: it applies only if the key's version is this (0: absent). */
+  readonly ifVersion?: number;
 }
 
 /** One line for a human: `client 3 put(k1, "v17") [120ms → 135ms] ok (version 42)`. */
@@ -49,16 +51,14 @@ export function describeOperation(op: Operation): string {
   let call: string;
   switch (op.kind) {
     case "put":
-      call = `put(${op.key}, ${JSON.stringify(op.value)})`;
+      call = `put(${op.key}, ${JSON.stringify(op.value)}${op.ifVersion === undefined ? "" : `, ifVersion ${op.ifVersion}`})`;
       break;
     case "get":
       call = op.output === undefined ? `get(${op.key})` : `get(${op.key}) → ${JSON.stringify(op.output)}`;
       break;
     case "delete":
-      call =
-        op.deleted === undefined
-          ? `delete(${op.key})`
-          : `delete(${op.key}) → ${op.deleted ? "deleted" : "was absent"}`;
+      call = `delete(${op.key}${op.ifVersion === undefined ? "" : `, ifVersion ${op.ifVersion}`})`;
+      if (op.deleted !== undefined) call += ` → ${op.deleted ? "deleted" : "was absent"}`;
       break;
     default:
       return unreachable(op.kind, "operation kind");

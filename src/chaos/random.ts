@@ -50,6 +50,12 @@ export interface RandomOptions {
 /** Share of operations that are gets, and of puts; the rest are deletes. */
 const GET_SHARE = 0.5;
 const PUT_SHARE = 0.4;
+/**
+ * Of the puts and deletes of a key the client has seen (read or written), the share sent as a
+ * compare-and-set on the version it saw (`?ifVersion=`, 0 when it saw the key absent). A refused one
+ * (409) changed nothing; src/chaos/version-check.ts checks what the accepted ones imply.
+ */
+const CAS_SHARE = 0.3;
 /** A write to a follower is answered 307; the client follows that many redirects itself. */
 const REDIRECTS_FOLLOWED_MAX = 1;
 /** Pause after a refused or unanswered operation, so a client does not spin on a down node. */
@@ -444,6 +450,8 @@ class RandomWorkload implements LoadCounters {
   private async client(clientId: number): Promise<void> {
     const prng = clientPrng(this.opts.seed, clientId);
     let writes = 0;
+    // The version this client last saw each key at (0: absent), from its own answers.
+    const seen = new Map<string, number>();
     while (!this.stopping) {
       const epoch = this.epochWithRoom();
       if (epoch === undefined) {
@@ -460,7 +468,14 @@ class RandomWorkload implements LoadCounters {
       }
       // Unique in the whole run: the checker relies on it.
       const value = kind === "put" ? `c${clientId}-w${++writes}` : undefined;
-      const op = await this.perform(epoch, clientId, kind, key, value, node, this.opts.readConsistency);
+      const known = seen.get(key);
+      const ifVersion = kind !== "get" && known !== undefined && prng.chance(CAS_SHARE) ? known : undefined;
+      const op = await this.perform(epoch, clientId, kind, key, value, node, this.opts.readConsistency, ifVersion);
+      if (op.outcome !== "ok") seen.delete(key);
+      else if (op.kind === "get" && op.output === null) seen.set(key, 0);
+      else if (op.kind === "delete") seen.set(key, 0);
+      else if (op.version !== undefined) seen.set(key, op.version);
+      else seen.delete(key);
       if (op.outcome !== "ok" && !this.stopping) await Bun.sleep(BACKOFF_MS);
     }
   }
@@ -480,6 +495,7 @@ class RandomWorkload implements LoadCounters {
     value: string | undefined,
     node: number,
     consistency: ReadConsistency,
+    ifVersion?: number,
   ): Promise<Operation> {
     assert(epoch.keys.includes(key), `key ${key} is not one of epoch ${epoch.index}'s`);
     const isClient = clientId !== FINAL_READER_ID;
@@ -490,7 +506,7 @@ class RandomWorkload implements LoadCounters {
     epoch.inFlight++;
     const id = this.nextId++;
     const method = kind === "get" ? "GET" : kind === "put" ? "PUT" : "DELETE";
-    const path = kind === "get" ? `${kvPath(key)}?consistency=${consistency}` : kvPath(key);
+    const path = kind === "get" ? `${kvPath(key)}?consistency=${consistency}` : ifVersion === undefined ? kvPath(key) : `${kvPath(key)}?ifVersion=${ifVersion}`;
     // Floor the call and ceil the return: the recorded interval contains the real one.
     const callMs = Math.floor(this.opts.nowMs());
     let target = node;
@@ -504,7 +520,7 @@ class RandomWorkload implements LoadCounters {
       target = next;
     }
     const endMs = Math.ceil(this.opts.nowMs());
-    const op = toOperation({ id, clientId, kind, key, value, callMs, endMs }, outcome);
+    const op = toOperation({ id, clientId, kind, key, value, callMs, endMs, ...(ifVersion === undefined ? {} : { ifVersion }) }, outcome);
     if (op.outcome === "unknown") epoch.gaveUpMs.set(id, endMs);
     if (op.outcome === "ok") this.ok++;
     else if (op.outcome === "fail") this.failed++;
@@ -624,10 +640,18 @@ function signal(): { promise: Promise<void>; resolve: () => void } {
 
 /** The history entry for an operation whose last answer was `outcome`. */
 export function toOperation(
-  call: { id: number; clientId: number; kind: OperationKind; key: string; value: string | undefined; callMs: number; endMs: number },
+  call: { id: number; clientId: number; kind: OperationKind; key: string; value: string | undefined; callMs: number; endMs: number; ifVersion?: number },
   outcome: Outcome,
 ): Operation {
-  const base = { id: call.id, clientId: call.clientId, kind: call.kind, key: call.key, callMs: call.callMs, ...(call.value === undefined ? {} : { value: call.value }) };
+  const base = {
+    id: call.id,
+    clientId: call.clientId,
+    kind: call.kind,
+    key: call.key,
+    callMs: call.callMs,
+    ...(call.value === undefined ? {} : { value: call.value }),
+    ...(call.ifVersion === undefined ? {} : { ifVersion: call.ifVersion }),
+  };
   const version = outcome.kind === "ok" && outcome.version !== undefined && Number.isSafeInteger(outcome.version) ? { version: outcome.version } : {};
   switch (outcome.kind) {
     case "unknown":

@@ -11,6 +11,10 @@
  * - **real-time order**: an acknowledged write called after an acknowledged write, or after a get of a
  *   present key, returned names a larger version than either. (The get read the state at a commit
  *   index at or past the version it names; the write commits after that read.)
+ * - **compare-and-set**: a write accepted with `ifVersion` x at version y found the key at version x:
+ *   x is below y, no write of that key known (answered, or read by a get) lies between them, and x
+ *   is not another key's version nor a delete's. With x = 0 (absent), the key's last known write
+ *   before y is not a put, unless a delete of it had no answer (it may be the one that came between).
  *
  * Times are compared strictly, as the history records them: a history whose intervals contain the
  * real ones (calls floored, returns ceiled) never fails these checks falsely.
@@ -76,6 +80,61 @@ export function findVersionViolation(history: readonly Operation[]): VersionViol
     if (highest !== undefined && write.version <= highest.version) {
       const what = highest.kind === "get" ? "a get that returned before it was called read version" : "a write that returned before it was called was acknowledged at";
       return violation(write.key, `a ${write.kind} was acknowledged at version ${write.version}, but ${what} ${highest.version}`, [highest, write]);
+    }
+  }
+  return findCompareAndSetViolation(history, versioned, violation);
+}
+
+type Versioned = Operation & { version: number };
+
+/** The compare-and-set rule of the file comment, over the ok operations that named a version. */
+function findCompareAndSetViolation(
+  history: readonly Operation[],
+  versioned: readonly Versioned[],
+  violation: (key: string, reason: string, ops: Operation[]) => VersionViolation,
+): VersionViolation | undefined {
+  const compareAndSets = versioned.filter((op) => op.kind !== "get" && op.ifVersion !== undefined);
+  if (compareAndSets.length === 0) return undefined;
+  // Keys with a delete that may have applied at a version no answer named.
+  const deletesOfUnknownVersion = new Set<string>();
+  for (const op of history) {
+    if (op.kind === "delete" && (op.outcome === "unknown" || (op.outcome === "ok" && op.version === undefined))) deletesOfUnknownVersion.add(op.key);
+  }
+  // Every write each version is known to be: by its answer, or by a get that read what it wrote.
+  const writeOf = new Map<number, Versioned>();
+  const writesByKey = new Map<string, Versioned[]>();
+  for (const op of versioned) {
+    if (op.kind === "get" && (op.output === null || op.output === undefined)) continue;
+    if (writeOf.has(op.version)) continue; // the first rules made every naming of one version agree
+    writeOf.set(op.version, op);
+    const writes = writesByKey.get(op.key);
+    if (writes === undefined) writesByKey.set(op.key, [op]);
+    else writes.push(op);
+  }
+  for (const writes of writesByKey.values()) writes.sort((a, b) => a.version - b.version);
+  const lastBefore = (key: string, version: number): Versioned | undefined => {
+    let last: Versioned | undefined;
+    for (const write of writesByKey.get(key) ?? []) {
+      if (write.version >= version) break;
+      last = write;
+    }
+    return last;
+  };
+
+  for (const op of compareAndSets) {
+    const expected = op.ifVersion as number;
+    const what = `a ${op.kind} with ifVersion ${expected} was applied at version ${op.version}`;
+    if (expected >= op.version) return violation(op.key, `${what}: a version it could not yet have seen`, [op]);
+    const before = lastBefore(op.key, op.version);
+    if (expected > 0) {
+      const named = writeOf.get(expected);
+      if (named !== undefined && named.key !== op.key) return violation(op.key, `${what}, but version ${expected} is a write of ${named.key}`, [named, op]);
+      if (named !== undefined && named.kind === "delete") return violation(op.key, `${what}, but version ${expected} deleted the key`, [named, op]);
+      if (before !== undefined && before.version > expected) {
+        return violation(op.key, `${what}, but the key was written at version ${before.version} in between`, [before, op]);
+      }
+    } else if (before !== undefined && before.kind !== "delete" && !deletesOfUnknownVersion.has(op.key)) {
+      return violation(op.key, `${what}, but the key's last write before it, at version ${before.version}, put a value there`, [before, op]);
     }
   }
   return undefined;
