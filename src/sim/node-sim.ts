@@ -120,7 +120,7 @@ export class NodeSim {
   private readonly unknown: Operation[] = [];
   private operationSequence = 0;
   /** Operations called and not answered yet (their `Operation` is written once they are). */
-  private readonly inflight = new Map<number, { clientId: number; kind: Operation["kind"]; key: string; value?: string; callMs: number }>();
+  private readonly inflight = new Map<number, { clientId: number; kind: Operation["kind"]; key: string; value?: string; ifVersion?: number; callMs: number }>();
   // ---- Checker state ----
   private readonly leaderOfTerm = new Map<number, NodeId>();
   private readonly decoder = new TextDecoder();
@@ -547,14 +547,33 @@ export class NodeSim {
    * history when it comes: ok, refused (certainly no effect), or unknown (a timeout, or the node
    * stopped with the request in flight).
    */
-  callOperation(clientId: number, id: NodeId, kind: Operation["kind"], key: string, options: { consistency?: "linearizable" | "lease" } = {}): Promise<Operation> {
+  callOperation(
+    clientId: number,
+    id: NodeId,
+    kind: Operation["kind"],
+    key: string,
+    options: { consistency?: "linearizable" | "lease"; ifVersion?: number } = {},
+  ): Promise<Operation> {
     const node = this.servers.get(id)?.node;
     const opId = ++this.operationSequence;
     const callMs = this.historyTime();
     const value = kind === "put" ? `c${clientId}.${opId}` : undefined;
+    const ifVersion = kind === "get" ? undefined : options.ifVersion;
+    const conditions = ifVersion === undefined ? {} : { ifVersion };
     const record = (outcome: Operation["outcome"], fields: Partial<Operation> = {}): Operation => {
       this.inflight.delete(opId);
-      const operation: Operation = { id: opId, clientId, kind, key, ...(value === undefined ? {} : { value }), callMs, ...(outcome === "unknown" ? {} : { returnMs: this.historyTime() }), outcome, ...fields };
+      const operation: Operation = {
+        id: opId,
+        clientId,
+        kind,
+        key,
+        ...(value === undefined ? {} : { value }),
+        ...(ifVersion === undefined ? {} : { ifVersion }),
+        callMs,
+        ...(outcome === "unknown" ? {} : { returnMs: this.historyTime() }),
+        outcome,
+        ...fields,
+      };
       // An unknown outcome waits for the end of the run: the write may still take effect.
       if (outcome === "unknown") this.unknown.push(operation);
       else this.history.push(operation);
@@ -564,11 +583,11 @@ export class NodeSim {
       // Connection refused: nothing was sent.
       return Promise.resolve(record("fail"));
     }
-    this.inflight.set(opId, { clientId, kind, key, ...(value === undefined ? {} : { value }), callMs });
+    this.inflight.set(opId, { clientId, kind, key, ...(value === undefined ? {} : { value }), ...(ifVersion === undefined ? {} : { ifVersion }), callMs });
     let call: Promise<Partial<Operation>>;
     try {
-      if (kind === "put") call = node.put(key, new TextEncoder().encode(value)).then((result) => ({ version: result.version }));
-      else if (kind === "delete") call = node.delete(key).then((result) => ({ deleted: result.deleted, version: result.version }));
+      if (kind === "put") call = node.put(key, new TextEncoder().encode(value), conditions).then((result) => ({ version: result.version }));
+      else if (kind === "delete") call = node.delete(key, conditions).then((result) => ({ deleted: result.deleted, version: result.version }));
       else {
         call = node
           .get(key, options.consistency ?? "linearizable")
