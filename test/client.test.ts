@@ -284,9 +284,31 @@ describe("leader failover", () => {
   }, 60_000);
 });
 
-// POST /txn is being built on another branch: until it lands here, a stand-in answering the
-// documented contract (issue 15) checks what the client sends and how it reads the answer.
+// A stand-in answering the documented POST /txn contract checks what the client sends and how it
+// reads the answer (the real route is proved in test/txn*.test.ts).
 describe("txn against a stand-in for the documented POST /txn contract", () => {
+  test("a transaction that writes nothing in either branch goes without an Idempotency-Key, as a read (found in review: its session held its gets against the quota)", async () => {
+    const keys: (string | null)[] = [];
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch(request) {
+        keys.push(request.headers.get("idempotency-key"));
+        return Response.json({ succeeded: false, version: 9, results: [{ get: { key: "b", found: false } }] });
+      },
+    });
+    try {
+      const kv = createClient({ endpoints: [`http://127.0.0.1:${server.port}`] });
+      const result = await kv.txn({ compare: [{ key: "a", exists: true }], success: [{ get: { key: "a" } }], failure: [{ get: { key: "b" } }] });
+      expect(result.results).toEqual([{ get: null }]);
+      await kv.txn({ success: [{ get: { key: "a" } }], failure: [{ delete: { key: "a" } }] });
+      expect(keys[0]).toBeNull();
+      expect(keys[1]).toMatch(/^[0-9a-f-]{36}$/); // a delete in either branch: keyed
+    } finally {
+      server.stop(true);
+    }
+  });
+
   test("sends compare/success/failure as JSON (binary values as base64) with an Idempotency-Key, and decodes get results", async () => {
     const seen: { body: unknown; idempotencyKey: string | null; authorization: string | null }[] = [];
     const server = Bun.serve({

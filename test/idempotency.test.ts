@@ -299,13 +299,32 @@ describe("through the HTTP API and a node", () => {
   /** One node over the in-memory twins, its HTTP app, and a way to send it a request while the cluster runs. */
   async function singleNode() {
     const cluster = createMemoryCluster();
-    const node = cluster.startNode(9, new Map([[9, "mem://peer-9"]]), createMemoryKvStorage());
+    const storage = createMemoryKvStorage();
+    const node = cluster.startNode(9, new Map([[9, "mem://peer-9"]]), storage);
     await cluster.until(() => node.status().role === "leader");
     const app = createHttpApp(node, {});
     const call = (method: string, path: string, body?: string, headers: Record<string, string> = {}) =>
       cluster.drive(app.handle(new Request(`http://localhost${path}`, { method, ...(body === undefined ? {} : { body }), headers })));
-    return { cluster, node, call };
+    return { cluster, node, call, storage };
   }
+
+  test("a transaction that writes nothing in either branch keeps no session: its gets are not stored for the window, and a retry reads anew (found in review: read-only transactions filled the quota)", async () => {
+    const { cluster, node, storage } = await singleNode();
+    const sessions = () => storage.list(sessionKeyPrefix, undefined, 100).length;
+    await cluster.drive(node.put("x", bytes("v1")));
+    const read = { compare: [], success: [{ op: "get" as const, key: "x" }], failure: [{ op: "get" as const, key: "y" }] };
+    const first = await cluster.drive(node.txn(read, { idempotencyKey: "r1" }));
+    expect(first.results).toEqual([{ op: "get", key: "x", found: true, value: bytes("v1"), version: expect.any(Number) }]);
+    expect(sessions()).toBe(0);
+    await cluster.drive(node.put("x", bytes("v2")));
+    const retry = await cluster.drive(node.txn(read, { idempotencyKey: "r1" }));
+    expect(retry.results).toMatchObject([{ op: "get", key: "x", found: true, value: bytes("v2") }]);
+    // One that may write keeps its session, as before: its retry gets the first answer.
+    const write = { compare: [], success: [{ op: "put" as const, key: "z", value: bytes("w") }, { op: "get" as const, key: "x" }], failure: [] };
+    const written = await cluster.drive(node.txn(write, { idempotencyKey: "w1" }));
+    expect(sessions()).toBeGreaterThan(0);
+    expect(await cluster.drive(node.txn(write, { idempotencyKey: "w1" }))).toEqual(written);
+  });
 
   test("an Idempotency-Key reused for another key is refused with 422, and that key is not written", async () => {
     const { call } = await singleNode();

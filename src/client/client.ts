@@ -381,19 +381,22 @@ export function createClient(options: ClientOptions): KvClient {
     },
 
     async txn(request) {
-      const idempotencyKey = request.idempotencyKey ?? crypto.randomUUID();
       const body = JSON.stringify({
         compare: (request.compare ?? []).map((c) => ("value" in c ? { key: c.key, value: txnValueJson(c.value) } : c)),
         success: (request.success ?? []).map(txnOperationJson),
         failure: (request.failure ?? []).map(txnOperationJson),
       });
+      // One that writes nothing in either branch is a read: retried freely, with no key (the server
+      // keeps no session for it, so its gets are not held to a session's 4 MiB either).
+      const writes = [...(request.success ?? []), ...(request.failure ?? [])].some((op) => !("get" in op));
+      const idempotencyKey = writes ? (request.idempotencyKey ?? crypto.randomUUID()) : undefined;
       const answer = await transport.send({
         method: "POST",
         path: "/txn",
         body,
-        headers: { ...writeHeaders(idempotencyKey), "content-type": "application/json" },
-        safety: "idempotent",
-        idempotencyKey,
+        headers: { ...(idempotencyKey === undefined ? {} : writeHeaders(idempotencyKey)), "content-type": "application/json" },
+        safety: idempotencyKey === undefined ? "read" : "idempotent",
+        ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
       });
       const result = json<{ succeeded?: unknown; version?: unknown; results?: unknown }>(answer);
       if (typeof result.succeeded !== "boolean" || !Array.isArray(result.results)) {
