@@ -211,6 +211,22 @@ describe("GET /kv?prefix= lists keys in order with their values", () => {
     expect(node.readConsistencies.at(-1)).toBe("linearizable");
   });
 
+  test("a prefix, after, watch key or watch prefix that is not valid percent-encoded UTF-8 is a 400, as a key in the path is (found in review: %ff became U+FFFD)", async () => {
+    await put("/kv/%EF%BF%BD", "replacement"); // the key U+FFFD, validly encoded
+    for (const query of ["prefix=%ff", "prefix=%zz", "after=%ED%A0%80", "prefix=%C0%AF"]) {
+      const body = await expectError(await call("GET", `/kv?${query}`), 400, "bad_request");
+      expect(body.message).toContain("not valid percent-encoded UTF-8");
+    }
+    for (const query of ["key=%ff", "prefix=%zz", "key=%ED%A0%80"]) await expectError(await call("GET", `/watch?${query}`), 400, "bad_request");
+    expect(node.readConsistencies).toEqual([]);
+    // Valid encodings read as before: U+FFFD itself, and + as a space.
+    const listed = (await (await call("GET", "/kv?prefix=%EF%BF%BD")).json()) as { items: { key: string }[] };
+    expect(listed.items.map((i) => i.key)).toEqual(["\uFFFD"]);
+    await put("/kv/a%20b", "spaced");
+    const spaced = (await (await call("GET", "/kv?prefix=a+b")).json()) as { items: { key: string }[] };
+    expect(spaced.items.map((i) => i.key)).toEqual(["a b"]);
+  });
+
   test("bad limits and unknown parameters are 400s that reach no read", async () => {
     for (const query of ["limit=0", "limit=1001", "limit=x", "prefix=a&bogus=1", "consistency=eventual"]) {
       await expectError(await call("GET", `/kv?${query}`), 400, "bad_request");

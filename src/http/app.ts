@@ -5,7 +5,7 @@ import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
-import { decodeKvKey, KV_PATH_PREFIX } from "./kv-key.ts";
+import { decodeKvKey, KV_PATH_PREFIX, parseQueryStrictly } from "./kv-key.ts";
 import {
   createOpenApiDocument,
   idempotencyHeaders,
@@ -149,7 +149,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   const listRoute = async (request: Request): Promise<Response> => {
     const { path, search } = rawTarget(request.url);
     if (path !== "/kv") return kvRoute(request); // `/kv/` (the router folds the slash) names the empty key
-    const query = new URLSearchParams(search);
+    const query = parseQueryStrictly(search);
     // Unknown parameters were refused by the route's schema (listQuery, openapi.ts).
     const prefix = query.get("prefix") ?? "";
     const after = query.get("after") ?? undefined;
@@ -333,7 +333,7 @@ const nonNegativeInteger = /^(0|[1-9][0-9]{0,15})$/;
 
 /** `/watch`'s query and `Last-Event-ID`: exactly one of prefix and key; the header takes precedence over fromVersion. */
 function parseWatchRequest(search: string, lastEventId: string | null, keyBytesMax: number): { filter: WatchFilter; start: WatchStart } {
-  const query = new URLSearchParams(search);
+  const query = parseQueryStrictly(search);
   // Unknown parameters were refused by the route's schema (watchQuery, openapi.ts).
   const prefixes = query.getAll("prefix");
   const keys = query.getAll("key");

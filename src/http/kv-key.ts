@@ -31,3 +31,32 @@ export function decodeKvKey(rawKey: string, keyBytesMax: number): string {
   }
   return key;
 }
+
+/**
+ * A query string's parameters, decoded strictly: as `URLSearchParams` reads them (`+` is a space),
+ * but a name or value whose percent-encoding is malformed or is not UTF-8 is `bad_request`, where
+ * `URLSearchParams` would keep `%zz` as it is and turn `%ff` into U+FFFD (found in review:
+ * `/watch?key=%ff` watched the key "\uFFFD", and `/kv?prefix=%ff` listed it).
+ */
+export function parseQueryStrictly(search: string): URLSearchParams {
+  const pairs: [string, string][] = [];
+  const text = search.startsWith("?") ? search.slice(1) : search;
+  if (text === "") return new URLSearchParams();
+  for (const part of text.split("&")) {
+    if (part === "") continue;
+    const equals = part.indexOf("=");
+    const rawName = equals < 0 ? part : part.slice(0, equals);
+    const rawValue = equals < 0 ? "" : part.slice(equals + 1);
+    pairs.push([decodeQueryComponent(rawName, rawName), decodeQueryComponent(rawValue, rawName)]);
+  }
+  return new URLSearchParams(pairs);
+}
+
+function decodeQueryComponent(raw: string, rawName: string): string {
+  try {
+    // decodeURIComponent rejects malformed escapes and every invalid UTF-8 sequence (ECMA-262 Decode).
+    return decodeURIComponent(raw.replaceAll("+", " "));
+  } catch {
+    throw new KvError("bad_request", `query parameter '${rawName.slice(0, 64)}' is not valid percent-encoded UTF-8`);
+  }
+}
