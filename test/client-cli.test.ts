@@ -103,6 +103,86 @@ test("kv put --lease ID attaches the key to the lease; an unknown lease exits 2 
   expect(usage.err).toContain("--lease");
 });
 
+test("kv put and kv del --if-version N are compare-and-sets: a mismatch exits 2 with version_mismatch and changes nothing", async () => {
+  const created = await kv(["put", "cas", "one", "--if-version", "0", "--endpoints", endpoints, "--json"]);
+  expect(created.code).toBe(0);
+  const { version } = JSON.parse(created.out) as { version: number };
+  const again = await kv(["put", "cas", "two", "--if-version", "0", "--endpoints", endpoints]);
+  expect(again.code).toBe(2);
+  expect(again.err).toContain("version_mismatch");
+  expect((await kv(["get", "cas", "--endpoints", endpoints])).out).toBe("one");
+  expect((await kv(["put", "cas", "two", "--if-version", String(version), "--endpoints", endpoints])).code).toBe(0);
+  const stale = await kv(["del", "cas", "--if-version", String(version), "--endpoints", endpoints]);
+  expect(stale.code).toBe(2);
+  expect(stale.err).toContain("version_mismatch");
+  const current = JSON.parse((await kv(["get", "cas", "--json", "--endpoints", endpoints])).out) as { version: number };
+  expect((await kv(["del", "cas", "--if-version", String(current.version), "--endpoints", endpoints])).code).toBe(0);
+  expect((await kv(["put", "cas", "x", "--if-version", "-1", "--endpoints", endpoints])).code).toBe(2);
+});
+
+test("kv lease grant, get, keepalive --once and revoke; get of a gone lease exits 1, revoke of one 2", async () => {
+  const granted = await kv(["lease", "grant", "30s", "--endpoints", endpoints]);
+  expect(granted.code).toBe(0);
+  const [idText, ttlText] = granted.out.trim().split("\t");
+  expect(ttlText).toBe("30000");
+  const id = Number(idText);
+  expect((await kv(["put", "leased/a", "v", "--lease", String(id), "--endpoints", endpoints])).code).toBe(0);
+  const info = await kv(["lease", "get", String(id), "--endpoints", endpoints]);
+  expect(info.code).toBe(0);
+  expect(info.out).toMatch(new RegExp(`^lease ${id}\tttl 30000 ms\tremaining \\d+ ms\t1 key\nleased/a\n$`));
+  const kept = await kv(["lease", "keepalive", String(id), "--once", "--json", "--endpoints", endpoints]);
+  expect(JSON.parse(kept.out)).toEqual({ id, ttlMs: 30_000 });
+  const revoked = await kv(["lease", "revoke", String(id), "--endpoints", endpoints]);
+  expect(revoked.out).toMatch(new RegExp(`^revoked lease ${id}: 1 key deleted at version \\d+\n$`));
+  expect((await kv(["get", "leased/a", "--endpoints", endpoints])).code).toBe(1);
+  const gone = await kv(["lease", "get", String(id), "--endpoints", endpoints]);
+  expect(gone.code).toBe(1);
+  expect(gone.err).toContain("lease_not_found");
+  expect((await kv(["lease", "revoke", String(id), "--endpoints", endpoints])).code).toBe(2);
+  expect((await kv(["lease", "grant", "soon", "--endpoints", endpoints])).code).toBe(2);
+});
+
+test("kv lease keepalive keeps a lease alive until interrupted, then exits 0", async () => {
+  const client = createClient({ endpoints, timeoutMs: 5_000 });
+  const lease = await client.leases.grant(1_000);
+  await client.put("kept/a", "v", { lease: lease.id });
+  const proc = Bun.spawn([...kvCommand(), "lease", "keepalive", String(lease.id), "--endpoints", endpoints], { stdout: "pipe", stderr: "pipe" });
+  try {
+    const reader = proc.stdout.getReader();
+    const first = new TextDecoder().decode((await reader.read()).value);
+    expect(first).toBe(`${lease.id}\t${lease.ttlMs}\n`);
+    // Three TTLs on, the key is still there: only the keeper kept it.
+    const info = await client.leases.get(lease.id);
+    const startedMs = performance.now();
+    while (performance.now() - startedMs < 3 * lease.ttlMs) {
+      expect(await client.get("kept/a")).not.toBeNull();
+      await Bun.sleep(100); // polling interval while time passes
+    }
+    expect(info.keys).toEqual(["kept/a"]);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill("SIGKILL");
+    await client.leases.revoke(lease.id).catch(() => undefined);
+  }
+});
+
+test("kv watch prints each change from --from-version on, one line each, and exits 0 after --count; --json prints objects", async () => {
+  const client = createClient({ endpoints, timeoutMs: 5_000 });
+  const { version: start } = await client.put("watched/a", "first");
+  const lines = await kv(["watch", "watched/a", "--from-version", String(start), "--count", "1", "--endpoints", endpoints]);
+  expect(lines.code).toBe(0);
+  expect(lines.out).toBe(`put\twatched/a\t${start}\tfirst\n`);
+  const { version: deleted } = await client.delete("watched/a");
+  const json = await kv(["watch", "--prefix", "watched/", "--from-version", String(start), "--count", "2", "--json", "--endpoints", endpoints]);
+  expect(json.code).toBe(0);
+  expect(json.out.trim().split("\n").map((line) => JSON.parse(line))).toEqual([
+    { type: "put", key: "watched/a", value: "first", version: start },
+    { type: "delete", key: "watched/a", version: deleted, reason: "delete" },
+  ]);
+  for (const args of [["watch"], ["watch", "a", "--prefix", "b"], ["watch", "a", "--count", "0"]]) expect((await kv([...args, "--endpoints", endpoints])).code).toBe(2);
+});
+
 test("kv list pages through every key under a prefix, in order, linearizably", async () => {
   // Written through the library (26 `kv put` processes took most of the test's 5 s under load): `kv list` is what is tested.
   const client = createClient({ endpoints, timeoutMs: 5_000 });

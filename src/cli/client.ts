@@ -14,7 +14,8 @@ import { parseIntFlag, UsageError } from "./usage-error.ts";
 import { jsonValue } from "../lib/json-value.ts";
 
 /**
- * The client commands (`kv put|get|del|list|status|members`): talk to a cluster through the client
+ * The client commands (`kv put|get|del|list|status|members`; `kv watch`, `kv lease`, `kv lock` and
+ * `kv elect` have files of their own): talk to a cluster through the client
  * library (src/client), which follows redirects to the leader, moves to the next endpoint when one
  * does not answer, and retries writes under an Idempotency-Key.
  * Exit codes a script can rely on: 0 ok/found, 1 not found, 2 usage or a refused request (a lease
@@ -77,7 +78,7 @@ function authToken(args: { "auth-token"?: string }): string | undefined {
  * is 2), 3 unavailable (no endpoint answered, no leader, a 5xx, or a write's outcome is unknown),
  * 2 any other refusal.
  */
-async function call<T>(work: () => Promise<T>): Promise<T> {
+export async function call<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
@@ -143,20 +144,36 @@ function consistency(value: string | undefined): ReadConsistency | undefined {
   throw new UsageError(`--consistency must be linearizable, lease or stale, got '${value}'`);
 }
 
+/** `--if-version N` of put and del: a compare-and-set (`?ifVersion=N`). */
+const ifVersionArg = {
+  "if-version": {
+    type: "string",
+    description: "Only if the key's version is N (0: only if absent); otherwise nothing changes and it exits 2 (version_mismatch)",
+    valueHint: "N",
+  },
+} as const;
+
+function ifVersionOf(text: string | undefined): number | undefined {
+  return text === undefined ? undefined : parseIntFlag("if-version", text, 0, Number.MAX_SAFE_INTEGER);
+}
+
 const putCommand = defineCommand({
   meta: { name: "put", description: "Write VALUE (or standard input, with - or no VALUE) under KEY" },
   args: {
     key: { type: "positional", required: true, description: "The key" },
     value: { type: "positional", required: false, description: "The value; - or nothing reads standard input" },
     lease: { type: "string", description: "Attach the key to this lease (its id); a lease that does not exist is refused (exit 2) and nothing is written", valueHint: "ID" },
+    ...ifVersionArg,
     ...connectionArgs,
   },
   async run({ args }) {
     const conn = connection(args);
     const lease = args.lease === undefined ? undefined : parseIntFlag("lease", args.lease, 1, Number.MAX_SAFE_INTEGER);
+    const ifVersion = ifVersionOf(args["if-version"]);
     const value =
       args.value === undefined || args.value === "-" ? new Uint8Array(await Bun.stdin.arrayBuffer()) : new TextEncoder().encode(args.value);
-    const { version } = await call(() => conn.client.put(checkKey(args.key), value, lease === undefined ? {} : { lease }));
+    const options = { ...(lease === undefined ? {} : { lease }), ...(ifVersion === undefined ? {} : { ifVersion }) };
+    const { version } = await call(() => conn.client.put(checkKey(args.key), value, options));
     print(conn, { key: args.key, version }, `OK ${args.key} version ${version}`);
   },
 });
@@ -180,10 +197,11 @@ const getCommand = defineCommand({
 
 const delCommand = defineCommand({
   meta: { name: "del", description: "Delete KEY (exit 1 when it was absent)" },
-  args: { key: { type: "positional", required: true, description: "The key" }, ...connectionArgs },
+  args: { key: { type: "positional", required: true, description: "The key" }, ...ifVersionArg, ...connectionArgs },
   async run({ args }) {
     const conn = connection(args);
-    const result = await call(() => conn.client.delete(checkKey(args.key)));
+    const ifVersion = ifVersionOf(args["if-version"]);
+    const result = await call(() => conn.client.delete(checkKey(args.key), ifVersion === undefined ? {} : { ifVersion }));
     print(conn, { key: args.key, ...result }, result.deleted ? `deleted ${args.key}` : `${args.key} was not there`);
     if (!result.deleted) throw new ClientExit(1, "");
   },

@@ -21,7 +21,7 @@ const TTL_MS_DEFAULT = 10_000;
 const TTL_MS_MAX = 365 * 24 * 3_600_000;
 
 /** SIGINT and SIGTERM as one signal: aborts with the signal's name, handled by this process (no default kill). */
-function interruption(): { readonly signal: AbortSignal; dispose(): void } {
+export function interruption(): { readonly signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
   const onInt = () => controller.abort("SIGINT");
   const onTerm = () => controller.abort("SIGTERM");
@@ -42,7 +42,7 @@ function signalStatus(signal: string): number {
 }
 
 /** A client failure as the exit it means (as the other client commands do). */
-function clientFailure(error: unknown): never {
+export function clientFailure(error: unknown): never {
   if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
   if (error instanceof KvClientError) {
     const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
@@ -52,7 +52,7 @@ function clientFailure(error: unknown): never {
 }
 
 /** Resolves once `signal` aborts. */
-function abortedPromise(signal: AbortSignal): Promise<void> {
+export function abortedPromise(signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     if (signal.aborted) resolve();
     else signal.addEventListener("abort", () => resolve(), { once: true });
@@ -176,7 +176,7 @@ export const electCommand = defineCommand({
     const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted);
     console.log(
       conn.json
-        ? JSON.stringify({ elected: true, name, value, key: office.key, fence: office.fence })
+        ? JSON.stringify({ elected: true, name, value, key: office.key, fence: office.fence, leaseId: office.leaseId })
         : `elected: ${name} = ${value} (key ${office.key}, fence ${office.fence})`,
     );
     await Promise.race([abortedPromise(interrupted.signal), abortedPromise(office.lost)]);

@@ -39,6 +39,8 @@ const subCommands: Record<string, LazyCommand> = {
   txn: lazy(() => import("./txn.ts").then((m) => m.txnCommand)),
   lock: lazy(() => import("./lock.ts").then((m) => m.lockCommand)),
   elect: lazy(() => import("./lock.ts").then((m) => m.electCommand)),
+  watch: lazy(() => import("./watch.ts").then((m) => m.watchCommand)),
+  lease: lazy(() => import("./lease.ts").then((m) => m.leaseCommand)),
 };
 
 const root = defineCommand({

@@ -1,0 +1,101 @@
+import { defineCommand } from "citty";
+import { KvClientError } from "../client/index.ts";
+import { call, ClientExit, connection, connectionArgs } from "./client.ts";
+import { abortedPromise, interruption } from "./lock.ts";
+import { parseIntFlag, parseMsFlag } from "./usage-error.ts";
+
+/**
+ * `kv lease grant|revoke|get|keepalive`: leases from the command line, through the client library
+ * (src/client/leases.ts), as etcdctl's `lease` commands. Attach keys with `kv put --lease ID`.
+ * Exit codes as the other client commands: 0 ok, 1 `get` of a lease that does not exist (or a
+ * keeper that lost its lease), 2 a usage error or a refused request (`revoke` or `keepalive` of a
+ * lease that does not exist), 3 unavailable.
+ */
+
+/** The longest TTL the server grants (src/kv/leases.ts), as `kv lock --ttl` takes it. */
+const TTL_MS_MAX = 365 * 24 * 3_600_000;
+
+const idArg = { id: { type: "positional", required: true, description: "The lease's id" } } as const;
+
+function keys(count: number): string {
+  return `${count} key${count === 1 ? "" : "s"}`;
+}
+
+function leaseId(text: string): number {
+  return parseIntFlag("id", text, 1, Number.MAX_SAFE_INTEGER);
+}
+
+const grantCommand = defineCommand({
+  meta: { name: "grant", description: "Grant a lease of TTL (10s, 1m, or milliseconds) and print its id and TTL" },
+  args: { ttl: { type: "positional", required: true, description: "How long the lease lives without a keepalive: 10s, 1m, 500 (ms)" }, ...connectionArgs },
+  async run({ args }) {
+    const ttlMs = parseMsFlag("ttl", args.ttl, 1, TTL_MS_MAX);
+    const conn = connection(args);
+    const lease = await call(() => conn.client.leases.grant(ttlMs));
+    // The server raises a TTL below its minimum (twice the election timeout): say so.
+    const raised = lease.raisedFromMs === undefined ? "" : `\t(raised from ${lease.raisedFromMs} ms)`;
+    console.log(conn.json ? JSON.stringify(lease) : `${lease.id}\t${lease.ttlMs}${raised}`);
+  },
+});
+
+const revokeCommand = defineCommand({
+  meta: { name: "revoke", description: "Revoke lease ID: its keys are deleted at one version" },
+  args: { ...idArg, ...connectionArgs },
+  async run({ args }) {
+    const id = leaseId(args.id);
+    const conn = connection(args);
+    const revoked = await call(() => conn.client.leases.revoke(id));
+    console.log(conn.json ? JSON.stringify(revoked) : `revoked lease ${revoked.id}: ${keys(revoked.deletedKeys)} deleted at version ${revoked.version}`);
+  },
+});
+
+const getCommand = defineCommand({
+  meta: { name: "get", description: "Show lease ID: its TTL, the time left and its keys (exit 1 when it does not exist)" },
+  args: { ...idArg, ...connectionArgs },
+  async run({ args }) {
+    const id = leaseId(args.id);
+    const conn = connection(args);
+    let info: Awaited<ReturnType<typeof conn.client.leases.get>>;
+    try {
+      info = await conn.client.leases.get(id);
+    } catch (error) {
+      // As `kv get` of an absent key: a lease that expired, was revoked or never existed is not found.
+      if (error instanceof KvClientError && error.code === "lease_not_found") throw new ClientExit(1, `lease_not_found: ${error.message}`);
+      return call(() => Promise.reject(error));
+    }
+    if (conn.json) {
+      console.log(JSON.stringify(info));
+      return;
+    }
+    console.log(`lease ${info.id}\tttl ${info.ttlMs} ms\tremaining ${info.remainingMs} ms\t${keys(info.keys.length)}${info.keysTruncated ? " (first listed)" : ""}`);
+    for (const key of info.keys) console.log(key);
+  },
+});
+
+const keepaliveCommand = defineCommand({
+  meta: { name: "keepalive", description: "Keep lease ID alive until interrupted (a keepalive every third of its TTL); --once sends one" },
+  args: { ...idArg, once: { type: "boolean", description: "Send one keepalive, print the TTL it restarted, and exit" }, ...connectionArgs },
+  async run({ args }) {
+    const id = leaseId(args.id);
+    const conn = connection(args);
+    const sentAtMs = performance.now();
+    const first = await call(() => conn.client.leases.keepAlive(id));
+    console.log(conn.json ? JSON.stringify(first) : `${first.id}\t${first.ttlMs}`);
+    if (args.once === true) return;
+    const interrupted = interruption();
+    const keeper = conn.client.leases.keep(id, { ttlMs: first.ttlMs, sentAtMs });
+    await Promise.race([abortedPromise(interrupted.signal), abortedPromise(keeper.lost)]);
+    keeper.stop();
+    interrupted.dispose();
+    if (keeper.lost.aborted && !interrupted.signal.aborted) {
+      const reason = keeper.lost.reason instanceof Error ? keeper.lost.reason.message : String(keeper.lost.reason);
+      throw new ClientExit(1, `lost lease ${id}: ${reason}`);
+    }
+  },
+});
+
+export const leaseCommand = defineCommand({
+  meta: { name: "lease", description: "Leases: grant, revoke, get, keepalive (attach keys with kv put --lease ID)" },
+  subCommands: { grant: grantCommand, revoke: revokeCommand, get: getCommand, keepalive: keepaliveCommand },
+});
+
