@@ -173,6 +173,16 @@ describe("kv lock and kv elect", () => {
     expect(await keysUnder("chair/")).toEqual([]);
   });
 
+  test("kv elect --json prints the office's key, fence and lease id, as kv lock --json does", async () => {
+    const office = spawnKv(["elect", "desk", "gamma", "--json", "--endpoints", endpoints()]);
+    await office.waitFor("\n");
+    const printed = JSON.parse(office.out()) as { elected: boolean; key: string; fence: number; leaseId: number };
+    expect(printed).toMatchObject({ elected: true, name: "desk", value: "gamma" });
+    expect(printed.key).toBe(`desk/${printed.leaseId}`);
+    office.proc.kill("SIGTERM");
+    expect(await office.proc.exited).toBe(0);
+  });
+
   test("a CMD that cannot be run exits 127 (as a shell would), releasing the lock", async () => {
     const run = spawnKv(["lock", "nocmd", "--endpoints", endpoints(), "--", "/nonexistent/kv-lock-test-cmd"]);
     expect(await run.proc.exited).toBe(127);
