@@ -184,6 +184,18 @@ describe("connect transport over loopback", () => {
     expect(a.transport.peerHttpUrl(3)).toBeUndefined();
   });
 
+  test("learns a peer's HTTP URL from the answers to its own calls too: a follower that never calls is known (found in review: /members showed null for it)", async () => {
+    const { a, b } = startPair();
+    a.transport.send([heartbeat(1, 2, 1)]);
+    await b.inbox.until(() => b.inbox.deliveries.length === 1);
+    expect(b.transport.peerHttpUrl(1)).toBe("http://127.0.0.1:9001");
+    // b never calls a; a hears b's URL in b's answer, sent when b's loop flushes (here with nothing in it).
+    b.transport.flush();
+    await until(() => a.transport.peerHttpUrl(2) !== undefined, "a to hear b's URL in b's answer");
+    expect(a.transport.peerHttpUrl(2)).toBe("http://127.0.0.1:9002");
+    expect(b.stats()).toEqual([]);
+  });
+
   test("a dead peer and a silent peer do not delay delivery to a live peer", async () => {
     const a = startNode(1, new Map(), { rpcTimeoutMs: 60_000 });
     const b = startNode(2, new Map([[1, peerUrl(a.port)]]));

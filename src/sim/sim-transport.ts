@@ -120,6 +120,7 @@ export class SimNetwork {
     } as unknown as ConnectRouter;
     createRaftServiceRoutes({
       selfId: id,
+      selfHttpUrl: httpUrl,
       onMessages: (messages, from, fromHttpUrl) => {
         if (fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
         handler(messages, from, fromHttpUrl);
@@ -165,6 +166,9 @@ export class SimNetwork {
           log: () => {},
           onReply: (messages) => {
             if (endpoint.alive) handler(messages, peer, "");
+          },
+          onPeerHttpUrl: (url) => {
+            if (endpoint.alive) peerHttpUrls.set(peer, url);
           },
         });
         endpoint.senders.set(peer, sender);

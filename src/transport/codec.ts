@@ -341,9 +341,16 @@ export function fromSendRequest(request: SendRequest, limits: DecodeLimits = def
   return { from, fromHttpUrl, messages: messagesFrom(request.messages, from, "request", limits) };
 }
 
-/** Encodes the messages this server answers a peer's call with. */
-export function toSendResponse(messages: readonly Message[]): SendResponse {
-  return create(SendResponseSchema, { messages: messages.map(toProto) });
+/** Encodes the messages this server answers a peer's call with, and (when given) its own client URL. */
+export function toSendResponse(messages: readonly Message[], selfHttpUrl?: string): SendResponse {
+  return create(SendResponseSchema, { messages: messages.map(toProto), ...(selfHttpUrl === undefined ? {} : { fromHttpUrl: selfHttpUrl }) });
+}
+
+/** The client URL an answer names (empty when the peer gave none); `TransportDecodeError` when it is not one. */
+export function sendResponseHttpUrl(response: SendResponse, limits: DecodeLimits = defaultDecodeLimits): string {
+  // An answer built without the field (an in-memory or older peer) names none.
+  const value: unknown = response.fromHttpUrl;
+  return value === undefined ? "" : httpUrl(value, limits.httpUrlLengthMax, "response.fromHttpUrl");
 }
 
 /**
@@ -405,17 +412,17 @@ export function text(value: unknown, field: string, lengthMax: number): string {
 }
 
 /** The sender's advertised URL: empty, or an absolute http(s) URL. */
-function httpUrl(value: unknown, lengthMax: number): string {
-  const url = text(value, "request.fromHttpUrl", lengthMax);
+function httpUrl(value: unknown, lengthMax: number, field = "request.fromHttpUrl"): string {
+  const url = text(value, field, lengthMax);
   if (url === "") return url;
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
-    throw new TransportDecodeError(`request.fromHttpUrl ${JSON.stringify(url)} is not a URL`);
+    throw new TransportDecodeError(`${field} ${JSON.stringify(url)} is not a URL`);
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
-    throw new TransportDecodeError(`request.fromHttpUrl ${JSON.stringify(url)} is not an http(s) URL`);
+    throw new TransportDecodeError(`${field} ${JSON.stringify(url)} is not an http(s) URL`);
   }
   return url;
 }

@@ -200,6 +200,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     },
     routes: createRaftServiceRoutes({
       selfId: options.selfId,
+      selfHttpUrl: options.selfHttpUrl,
       decodeLimits: limits,
       onMessages(messages, from, fromHttpUrl) {
         refuseUnknownSender(from);
@@ -286,6 +287,10 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       replyLimits: limits,
       onReply(messages) {
         if (!closed) options.onMessages(messages, peerId, "");
+      },
+      // A follower that never campaigns never calls us: its answers are where we learn its URL.
+      onPeerHttpUrl(url) {
+        if (!closed) peerHttpUrls.set(peerId, url);
       },
     });
     senders.set(peerId, sender);

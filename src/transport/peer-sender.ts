@@ -10,7 +10,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import type { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
-import { TransportDecodeError, defaultDecodeLimits, fromSendResponse, toSendRequest } from "./codec.ts";
+import { TransportDecodeError, defaultDecodeLimits, fromSendResponse, sendResponseHttpUrl, toSendRequest } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
 
 /** Bounds on one peer's sender. */
@@ -61,6 +61,8 @@ export interface PeerSenderOptions {
   readonly log: (line: string) => void;
   /** Receives the validated messages the peer answered a call with (only when there are some). Default: dropped. */
   readonly onReply?: (messages: Message[]) => void;
+  /** Receives the client URL the peer's answer named (only when it named one). */
+  readonly onPeerHttpUrl?: (url: string) => void;
   /** Bounds on what an answer may carry (default `defaultDecodeLimits`). */
   readonly replyLimits?: DecodeLimits;
 }
@@ -233,8 +235,10 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
           counters.deliveredMessages += batch.length;
           if (closed) return;
           let replies: Message[];
+          let peerHttpUrl: string;
           try {
             replies = fromSendResponse(response, peerId, options.selfId, options.replyLimits ?? defaultDecodeLimits);
+            peerHttpUrl = sendResponseHttpUrl(response, options.replyLimits ?? defaultDecodeLimits);
           } catch (error: unknown) {
             if (!(error instanceof TransportDecodeError)) throw error;
             // The peer took our messages but answered with something we will not hand the core.
@@ -243,6 +247,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
           }
           deadlineMissesInRow = 0;
           setReachability("reachable", "");
+          if (peerHttpUrl !== "") options.onPeerHttpUrl?.(peerHttpUrl);
           if (replies.length > 0) options.onReply?.(replies);
         },
         (error: unknown) => {

@@ -19,6 +19,8 @@ import type { MessageHandler, SnapshotChunk, SnapshotChunkHandler } from "./tran
 export interface RaftServiceOptions {
   /** This server's node id: every incoming message must be addressed to it. */
   readonly selfId: NodeId;
+  /** This server's advertised client HTTP URL, sent back in every answer (`SendResponse.from_http_url`). */
+  readonly selfHttpUrl?: string;
   /** Receives each call's validated messages, synchronously, before the call is answered. */
   readonly onMessages: MessageHandler;
   /**
@@ -61,7 +63,7 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
         }
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
         const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
-        return toSendResponse(reply);
+        return toSendResponse(reply, options.selfHttpUrl);
       },
       sendSnapshotChunk(request) {
         const onSnapshotChunk = options.onSnapshotChunk;
