@@ -138,7 +138,7 @@ describe("against a 3-node cluster", () => {
       }) as typeof fetch,
     });
     const sentAtMs = performance.now();
-    const lease = await kv.leases.grant(1_800); // the client learns the leader here
+    const lease = await kv.leases.grant(2_400); // the client learns the leader here
     const keeper = kv.leases.keep(lease.id, { ttlMs: lease.ttlMs, sentAtMs });
     try {
       silenced = leaderUrl;

@@ -396,3 +396,47 @@ test("an endpoint that gave no answer is asked last for a while: a read-only cli
   for (let i = 0; i < 6; i++) expect((await kv.get("k"))?.text).toBe("v");
   expect(asked.filter((port) => port === "1").length).toBe(1);
 });
+
+test("a silent leader a redirect named is the one asked last, not the endpoint that redirected (found in review)", async () => {
+  const asked: string[] = [];
+  let leaderCalls = 0;
+  const fake = (async (input: string | URL | Request, init?: RequestInit) => {
+    const url = new URL(String(input));
+    asked.push(url.port);
+    // Port 1 always redirects to the leader, port 2, which is silent for its first request only.
+    if (url.port === "1") return new Response(null, { status: 307, headers: { location: `http://127.0.0.1:2${url.pathname}` } });
+    if (leaderCalls++ === 0) return new Promise<Response>((_, reject) => init?.signal?.addEventListener("abort", () => reject(init.signal?.reason)));
+    return new Response("v", { status: 200, headers: { "x-kv-version": "3" } });
+  }) as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake, attemptTimeoutMs: 200 });
+  for (let i = 0; i < 3; i++) expect((await kv.get("k"))?.text).toBe("v");
+  // 1st get: 1 → 2 (silent), then 2 answers; 2nd: 2; 3rd starts at 1 again, which was never at fault.
+  expect(asked).toEqual(["1", "2", "2", "2", "1", "2"]);
+});
+
+test("a keepalive refused lease_not_found after an attempt that went unanswered is a definite refusal: a keepalive cannot cause its own refusal (found in review)", async () => {
+  let calls = 0;
+  const fake = (async (_input: string | URL | Request, init?: RequestInit) => {
+    if (calls++ === 0) return new Promise<Response>((_, reject) => init?.signal?.addEventListener("abort", () => reject(init.signal?.reason)));
+    return Response.json({ error: "lease_not_found", message: "lease 7 does not exist" }, { status: 404 });
+  }) as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake, attemptTimeoutMs: 100 });
+  const error = await kv.leases.keepAlive(7).catch((e: unknown) => e);
+  expect(calls).toBe(2);
+  expect(error).toBeInstanceOf(KvClientError);
+  expect((error as KvClientError).code).toBe("lease_not_found");
+});
+
+test("a keeper of a lease longer than a timer can hold (2^31 ms, 24.8 days) is not lost at once (found in review: a 30-day lease was lost after 26 ms)", async () => {
+  const fake = (async () => Response.json({ id: "7", ttlMs: 30 * 24 * 3_600_000 })) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+  const keeper = kv.leases.keep(7, { ttlMs: 30 * 24 * 3_600_000 });
+  try {
+    // An overflowing timer fires after 1 ms: give it several times that to show it does not.
+    await Bun.sleep(50);
+    expect(keeper.lost.aborted).toBe(false);
+    expect(keeper.aliveUntilMs()).toBeGreaterThan(performance.now() + 29 * 24 * 3_600_000);
+  } finally {
+    keeper.stop();
+  }
+});

@@ -96,3 +96,26 @@ test("a put on a lease in kv txn or the client's txn attaches its key: the lease
   expect((await client.leases.revoke(lease.id)).deletedKeys).toBe(2);
   expect(await client.get("svc/lib")).toBeNull();
 });
+
+test("kv txn sends a transaction that only reads without an Idempotency-Key, and one that may write with one (found in review: the README said so, the CLI did not)", async () => {
+  const keys: (string | null)[] = [];
+  const server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch(request) {
+      keys.push(request.headers.get("idempotency-key"));
+      return Response.json({ succeeded: true, version: 3, results: [] });
+    },
+  });
+  try {
+    const endpoint = `--endpoints=http://127.0.0.1:${server.port}`;
+    const reads = JSON.stringify({ compare: [{ key: "a", exists: true }], success: [{ get: { key: "a" } }], failure: [{ get: { key: "b" } }] });
+    expect((await kv(["txn", endpoint], reads)).code).toBe(0);
+    const writes = JSON.stringify({ success: [{ get: { key: "a" } }], failure: [{ delete: { key: "a" } }] });
+    expect((await kv(["txn", endpoint], writes)).code).toBe(0);
+    expect(keys[0]).toBeNull();
+    expect(keys[1]).toMatch(/^kv-txn-[0-9a-f-]{36}$/);
+  } finally {
+    server.stop(true);
+  }
+});

@@ -97,8 +97,9 @@ export async function runLockClient(opts: LockClientOptions, emit: (event: LockC
 
     let releaseError: string | undefined;
     const releaseStartMs = Date.now();
-    // In wall-clock time, as every report: the runner and the other clients share this clock.
-    const aliveUntilMs = performance.timeOrigin + lock.aliveUntilMs();
+    // In wall-clock time, as every report (the runner and the other clients share this clock),
+    // converted now: a step of the wall clock since this process started does not shift it.
+    const aliveUntilMs = releaseStartMs + (lock.aliveUntilMs() - performance.now());
     try {
       await lock.release();
     } catch (error) {

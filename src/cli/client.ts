@@ -86,6 +86,8 @@ export async function call<T>(work: () => Promise<T>): Promise<T> {
     if (!(error instanceof KvClientError)) throw error;
     const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
     if (error.status === 404) throw new ClientExit(notFoundExit(error.code), message);
+    // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
+    if (error.status === 0 && error.code === "bad_request") throw new ClientExit(2, message);
     if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
     throw new ClientExit(2, message);
   }
@@ -107,8 +109,15 @@ export type Answer = RawAnswer;
  * (200 or a refusal for good), or the exit a failure means. A write is retried after an unknown
  * outcome only when `headers` carry an `idempotency-key`.
  */
-export async function send(conn: Connection, method: RawRequest["method"], path: string, body?: Uint8Array, headers: Record<string, string> = {}): Promise<Answer> {
-  return call(() => conn.client.request({ method, path, headers, ...(body === undefined ? {} : { body }) }));
+export async function send(
+  conn: Connection,
+  method: RawRequest["method"],
+  path: string,
+  body?: Uint8Array,
+  headers: Record<string, string> = {},
+  readsOnly = false,
+): Promise<Answer> {
+  return call(() => conn.client.request({ method, path, headers, ...(body === undefined ? {} : { body }), ...(readsOnly ? { readsOnly } : {}) }));
 }
 
 /** Turns an error answer into the exit it means (404: 1, but 2 for `lease_not_found`; 5xx: 3; else 2). */
@@ -129,6 +138,7 @@ export function fail(answer: Answer): never {
 
 function checkKey(key: string): string {
   if (key === "") throw new UsageError("the key must not be empty");
+  if (key === "." || key === "..") throw new UsageError(`the key '${key}' has no /kv/{key} path; read and write it with kv txn`);
   return key;
 }
 

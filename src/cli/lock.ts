@@ -46,7 +46,8 @@ export function clientFailure(error: unknown): never {
   if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
   if (error instanceof KvClientError) {
     const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
-    throw new ClientExit(error.status === 0 || error.status >= 500 ? 3 : 2, message);
+    const outage = (error.status === 0 && error.code !== "bad_request") || error.status >= 500;
+    throw new ClientExit(outage ? 3 : 2, message);
   }
   throw error;
 }

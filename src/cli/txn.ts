@@ -11,8 +11,9 @@ const txnFileBytesMax = 64 * 1024 * 1024;
 /**
  * `kv txn [FILE | -]`: sends the transaction in FILE (or standard input) to `POST /txn`, through
  * whichever endpoint answers (redirects to the leader followed, as `kv put`), and prints the JSON
- * answer. Each run sends an `Idempotency-Key` of its own, so resending it to another endpoint after
- * one stopped answering cannot apply it twice. Exits 0 when the comparisons held (`succeeded`), 1
+ * answer. A transaction that may write is sent with an `Idempotency-Key` of its own, so resending it
+ * to another endpoint after one stopped answering cannot apply it twice; one with no put or delete
+ * in either branch goes without one, retried as a read. Exits 0 when the comparisons held (`succeeded`), 1
  * when they did not and the failure branch ran (the answer is printed either way), 2 on a usage
  * error or a refused request (a lease not found among them), 3 when no endpoint answered or the
  * outcome is unknown.
@@ -26,7 +27,11 @@ export const txnCommand = defineCommand({
   async run({ args }) {
     const conn = connection(args);
     const body = await readTxn(args.file);
-    const answer = await send(conn, "POST", "/txn", body, { "content-type": "application/json", "idempotency-key": `kv-txn-${crypto.randomUUID()}` });
+    // One that may write goes with a key of its own; one that only reads goes without (the node
+    // keeps no session for it) and is retried as a read.
+    const readsOnly = onlyReads(body);
+    const headers: Record<string, string> = readsOnly ? { "content-type": "application/json" } : { "content-type": "application/json", "idempotency-key": `kv-txn-${crypto.randomUUID()}` };
+    const answer = await send(conn, "POST", "/txn", body, headers, readsOnly);
     if (answer.status === 404) {
       // Exit 1 says the failure branch ran: a transaction refused for a lease that does not exist
       // (404 lease_not_found, nothing applied) is a refused request, exit 2.
@@ -59,4 +64,18 @@ async function readTxn(file: string | undefined): Promise<Uint8Array> {
   } catch (error) {
     throw new UsageError(`cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
   }
+}
+
+/** True when `body` is a transaction whose branches hold gets only; anything unreadable may write (the node judges it). */
+export function onlyReads(body: Uint8Array): boolean {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(body));
+  } catch {
+    return false;
+  }
+  if (typeof parsed !== "object" || parsed === null) return false;
+  const { success = [], failure = [] } = parsed as { success?: unknown; failure?: unknown };
+  if (!Array.isArray(success) || !Array.isArray(failure)) return false;
+  return [...success, ...failure].every((op: unknown) => typeof op === "object" && op !== null && Object.keys(op).length === 1 && "get" in op);
 }

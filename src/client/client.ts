@@ -194,6 +194,8 @@ export interface RawRequest {
   readonly body?: Uint8Array | string;
   /** Extra headers; an `idempotency-key` makes a write safe to retry after an unknown outcome. */
   readonly headers?: Readonly<Record<string, string>>;
+  /** It changes nothing (a `POST /txn` with no put or delete in either branch): retried freely, as a GET. */
+  readonly readsOnly?: boolean;
 }
 
 /** A complete answer to a `RawRequest`: a 200, a 404 to a GET, or a refusal for good (4xx). */
@@ -435,7 +437,7 @@ export function createClient(options: ClientOptions): KvClient {
         path: raw.path.startsWith("/") ? raw.path : `/${raw.path}`,
         ...(raw.body === undefined ? {} : { body: raw.body }),
         ...(raw.headers === undefined ? {} : { headers: raw.headers }),
-        safety: raw.method === "GET" ? "read" : idempotencyKey === undefined ? "once" : "idempotent",
+        safety: raw.method === "GET" || raw.readsOnly === true ? "read" : idempotencyKey === undefined ? "once" : "idempotent",
         ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
       });
       return { status: answer.status, headers: answer.headers, body: answer.body };

@@ -147,7 +147,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
 
     async revoke(leaseId) {
       const id = checkId(leaseId);
-      const answer = await transport.send({ method: "DELETE", path: `/leases/${id}`, safety: "idempotent" });
+      const answer = await transport.send({ method: "DELETE", path: `/leases/${id}`, safety: "idempotent", refusedOnceApplied: true });
       const body = json<{ id?: unknown; version?: unknown; deletedKeys?: unknown }>(answer);
       return { id: idOf(body.id, answer), version: Number(body.version), deletedKeys: Number(body.deletedKeys) };
     },
@@ -182,6 +182,17 @@ export function createLeasesApi(transport: Transport): LeasesApi {
  * deadline unless a later keepalive was answered first: early rather than late, which is the safe
  * side for a lock holder.
  */
+/**
+ * The longest delay a timer takes (2^31 - 1 ms, about 24.8 days): a longer one fires at once, so a
+ * lease of a month was reported lost 26 ms after it was kept (found in review).
+ */
+const TIMER_MS_MAX = 2 ** 31 - 1;
+
+/** `ms` as a timer's delay: at least 0, at most TIMER_MS_MAX (a beat that comes early does no harm). */
+export function timerDelay(ms: number): number {
+  return Math.min(TIMER_MS_MAX, Math.max(0, ms));
+}
+
 function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id: number, timeoutMs?: number) => Promise<unknown>): LeaseKeeper {
   const lostController = new AbortController();
   let stopped = false;
@@ -199,10 +210,11 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
   };
   const armDeadline = () => {
     clearTimeout(deadlineTimer);
-    deadlineTimer = setTimeout(
-      () => lose(new KvClientError("lease_expired", 0, `lease ${id}: no keepalive was answered within its TTL of ${ttlMs} ms; it may have expired`)),
-      Math.max(0, aliveUntilMs - performance.now()),
-    );
+    deadlineTimer = setTimeout(() => {
+      // A timer holds at most TIMER_MS_MAX: a longer TTL is waited out in steps.
+      if (performance.now() < aliveUntilMs) armDeadline();
+      else lose(new KvClientError("lease_expired", 0, `lease ${id}: no keepalive was answered within its TTL of ${ttlMs} ms; it may have expired`));
+    }, timerDelay(aliveUntilMs - performance.now()));
   };
   const beat = async () => {
     if (stopped) return;
@@ -221,11 +233,11 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
     }
     // A third of the TTL after this beat was sent, not after its answer: a slow answer must not
     // push the next keepalive toward the deadline.
-    if (!stopped) intervalTimer = setTimeout(() => void beat(), Math.max(0, sentMs + intervalMs - performance.now()));
+    if (!stopped) intervalTimer = setTimeout(() => void beat(), timerDelay(sentMs + intervalMs - performance.now()));
   };
   armDeadline();
   // The first beat comes a third of the TTL after the grant was sent (at once if that is past).
-  intervalTimer = setTimeout(() => void beat(), Math.max(0, sentAtMs + intervalMs - performance.now()));
+  intervalTimer = setTimeout(() => void beat(), timerDelay(sentAtMs + intervalMs - performance.now()));
   return {
     id,
     lost: lostController.signal,

@@ -12,9 +12,8 @@ import { answerOutcome, errorCodeOf, isRetryableRefusal } from "./outcome.ts";
  * - `read`: changes nothing; retried freely.
  * - `idempotent`: a write carrying an `Idempotency-Key`, retried after an unknown outcome too, since
  *   the cluster applies one key's request at most once; or one whose repeat does no harm (a lease's
- *   grant, keepalive or revoke). Without a key, a refusal after an attempt whose outcome stayed
- *   unknown is unknown too: the earlier attempt may be what it refuses (a revoke that applied makes
- *   its retry `lease_not_found`).
+ *   grant, keepalive or revoke). A revoke's retry is refused `lease_not_found` if an earlier attempt
+ *   applied, so there (`refusedOnceApplied`) a refusal after an unknown outcome is unknown too.
  * - `once`: a write without one (membership, leadership transfer); retried only after a refusal that
  *   proves nothing was done, and reported as unknown at the first unknown outcome.
  */
@@ -32,6 +31,12 @@ export interface Call {
   readonly idempotencyKey?: string;
   /** This call's budget, retries included, when shorter than the client's `timeoutMs` (a lease keepalive racing its TTL). */
   readonly timeoutMs?: number;
+  /**
+   * An earlier attempt that applied makes a retry refused (a lease's revoke: `lease_not_found`), and
+   * the call carries no key to be answered the first answer again: a refusal after an attempt whose
+   * outcome is unknown is then unknown too.
+   */
+  readonly refusedOnceApplied?: boolean;
 }
 
 /** A complete HTTP answer, with the origin that gave it. */
@@ -119,6 +124,7 @@ export class Transport {
           case "answer": {
             onlyRedirectLoops = false;
             this.suspects.delete(endpoint);
+            this.suspects.delete(result.answer.origin);
             const answer = result.answer;
             const code = answer.status === 200 ? undefined : errorCodeOf(answer.body);
             const outcome = answerOutcome(call.method, answer.status, code);
@@ -140,7 +146,7 @@ export class Transport {
               continue;
             }
             // Without a key, an earlier attempt that may have applied can be what this refuses.
-            if (uncertain && call.idempotencyKey === undefined) {
+            if (uncertain && call.refusedOnceApplied === true && call.idempotencyKey === undefined) {
               note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
               throw unknownOutcome(call, attempts);
             }
@@ -148,13 +154,13 @@ export class Transport {
           }
           case "unreachable":
             onlyRedirectLoops = false;
-            this.suspects.set(endpoint, performance.now() + SUSPECT_MS);
+            this.suspects.set(result.origin ?? endpoint, performance.now() + SUSPECT_MS);
             note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
             continue;
           case "lost":
             onlyRedirectLoops = false;
-            this.suspects.set(endpoint, performance.now() + SUSPECT_MS);
+            this.suspects.set(result.origin ?? endpoint, performance.now() + SUSPECT_MS);
             note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
             if (call.safety === "once") throw unknownOutcome(call, attempts);
@@ -241,7 +247,7 @@ export class Transport {
       const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs);
       if (result.kind !== "answer") {
         if (hop > 0) this.forget(origin); // the leader a redirect named does not answer
-        return result;
+        return result.kind === "redirect_loop" ? result : { ...result, origin };
       }
       const location = result.answer.headers.get("location");
       if (result.answer.status !== 307 || location === null) return result;
@@ -293,10 +299,10 @@ export class Transport {
 
 type AttemptResult =
   | { readonly kind: "answer"; readonly answer: Answer }
-  /** Nothing was delivered (connection refused). */
-  | { readonly kind: "unreachable"; readonly reason: string }
-  /** The request may have been delivered, but no answer came (timeout, reset, cut body). */
-  | { readonly kind: "lost"; readonly reason: string }
+  /** Nothing was delivered (connection refused) to `origin` (the endpoint, or a leader a redirect named). */
+  | { readonly kind: "unreachable"; readonly reason: string; readonly origin?: string }
+  /** The request may have been delivered to `origin`, but no answer came (timeout, reset, cut body). */
+  | { readonly kind: "lost"; readonly reason: string; readonly origin?: string }
   | { readonly kind: "redirect_loop"; readonly reason: string };
 
 function isConnectionRefused(error: unknown): boolean {
