@@ -50,6 +50,25 @@ describe("the logger", () => {
     expect(plain[1]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO {2}node=7 role role=leader term=5 members=\[1,2\]\n$/);
   });
 
+  test("no colour on a terminal when NO_COLOR is set (found in review: help honoured it, logs did not)", () => {
+    const lines: string[] = [];
+    createLogger(7, "info", { isTty: true, noColor: true, write: (line) => lines.push(line) }).log("warn", "peer", { a: 1 });
+    expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} WARN {2}node=7 peer a=1\n$/);
+    const saved = process.env.NO_COLOR;
+    process.env.NO_COLOR = "1";
+    try {
+      const fromEnv: string[] = [];
+      createLogger(7, "info", { isTty: true, write: (line) => fromEnv.push(line) }).log("warn", "peer");
+      expect(fromEnv[0]).not.toContain("\x1b[");
+    } finally {
+      if (saved === undefined) delete process.env.NO_COLOR;
+      else process.env.NO_COLOR = saved;
+    }
+    const coloured: string[] = [];
+    createLogger(7, "info", { isTty: true, noColor: false, write: (line) => coloured.push(line) }).log("warn", "peer");
+    expect(coloured[0]).toContain("\x1b[");
+  });
+
   test("the format can be forced either way", () => {
     const text = capture(false, "text");
     text.logger.log("info", "x", { a: "b c" });

@@ -22,13 +22,16 @@ export interface LoggerOptions {
   /** Where lines go (default stderr) and whether it is a terminal (default `process.stderr.isTTY`). */
   readonly write?: (line: string) => void;
   readonly isTty?: boolean;
+  /** No colour even on a terminal (default: `NO_COLOR` set to anything non-empty, as no-color.org asks). */
+  readonly noColor?: boolean;
 }
 
 export function createLogger(nodeId: number, minLevel: LogLevel = "info", options: LoggerOptions = {}): Logger {
   const write = options.write ?? ((line: string) => process.stderr.write(line));
   const isTty = options.isTty ?? process.stderr.isTTY === true;
   const format = options.format === undefined || options.format === "auto" ? (isTty ? "text" : "json") : options.format;
-  const color = format === "text" && isTty;
+  const noColor = options.noColor ?? (process.env.NO_COLOR ?? "") !== "";
+  const color = format === "text" && isTty && !noColor;
   return {
     log(level, event, fields = {}) {
       if (levelRank[level] < levelRank[minLevel]) return;
