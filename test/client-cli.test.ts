@@ -204,6 +204,14 @@ test("kv list pages through every key under a prefix, in order, linearizably", a
   expect(lines[24]).toBe("list/24\tv24");
   const json = await kv(["list", "list/", "--limit", "7", "--json", "--endpoints", endpoints]);
   expect((JSON.parse(json.out) as { key: string }[]).map((i) => i.key)).toEqual(Array.from({ length: 7 }, (_, i) => `list/0${i}`));
+  // --keys-only: one key a line, as etcdctl get --prefix --keys-only; in JSON keys and versions.
+  const keys = await kv(["list", "list/", "--keys-only", "--limit", "3", "--endpoints", endpoints]);
+  expect(keys.out).toBe("list/00\nlist/01\nlist/02\n");
+  const keysJson = JSON.parse((await kv(["list", "list/", "--keys-only", "--limit", "2", "--json", "--endpoints", endpoints])).out) as object[];
+  expect(keysJson).toEqual([
+    { key: "list/00", version: expect.any(Number) },
+    { key: "list/01", version: expect.any(Number) },
+  ]);
 });
 
 test("kv leader transfer --to N hands leadership over through whichever endpoint answers", async () => {

@@ -222,6 +222,7 @@ const listCommand = defineCommand({
   args: {
     prefix: { type: "positional", required: false, description: "Only keys starting with this (default: all)" },
     limit: { type: "string", description: "At most this many keys (default: all)", valueHint: "N" },
+    "keys-only": { type: "boolean", description: "Print the keys only, one a line (--json: [{key, version}])" },
     ...consistencyArg,
     ...connectionArgs,
   },
@@ -235,11 +236,12 @@ const listCommand = defineCommand({
         for (const item of page.items) items.push({ key: item.key, value: jsonValue(item.bytes), version: item.version });
       }
     });
+    const keysOnly = args["keys-only"] === true;
     if (conn.json) {
-      print(conn, items, "");
+      print(conn, keysOnly ? items.map(({ key, version }) => ({ key, version })) : items, "");
       return;
     }
-    for (const item of items) console.log(`${item.key}\t${typeof item.value === "string" ? item.value : `base64:${item.value.base64}`}`);
+    for (const item of items) console.log(keysOnly ? item.key : `${item.key}\t${typeof item.value === "string" ? item.value : `base64:${item.value.base64}`}`);
   },
 });
 
