@@ -16,6 +16,19 @@ async function until(condition: () => boolean | Promise<boolean>, what: string, 
   }
 }
 
+/** A fetch answering every watch with `events` in one chunk, the stream then open until the request is aborted (which errors it with the abort's reason). */
+function openStream(events: string): typeof fetch {
+  return (async (_input: string | URL | Request, init?: RequestInit) => {
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode(events));
+        init?.signal?.addEventListener("abort", () => controller.error(init.signal?.reason));
+      },
+    });
+    return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+  }) as typeof fetch;
+}
+
 /** Runs a watch in the background, collecting its change events. */
 function collect(iterator: AsyncIterableIterator<WatchEvent>): { events: WatchEvent[]; done: Promise<unknown> } {
   const events: WatchEvent[] = [];
@@ -222,16 +235,7 @@ describe("a watch aborted by its caller (found in review)", () => {
 
   test("gives nothing after the abort, though the events after it came in the same chunk", async () => {
     // One transaction's four changes, in one chunk; the stream then stays open until aborted.
-    const fake = (async (_input: string | URL | Request, init?: RequestInit) => {
-      const body = new ReadableStream<Uint8Array>({
-        start(controller) {
-          controller.enqueue(new TextEncoder().encode(["p/a", "p/b", "p/c", "p/d"].map((key) => put(key, 5)).join("")));
-          init?.signal?.addEventListener("abort", () => controller.error(init.signal?.reason));
-        },
-      });
-      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
-    }) as typeof fetch;
-    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: openStream(["p/a", "p/b", "p/c", "p/d"].map((key) => put(key, 5)).join("")) });
     const stop = new AbortController();
     const seen: string[] = [];
     for await (const event of kv.watch({ prefix: "p/" }, { signal: stop.signal })) {
@@ -242,16 +246,7 @@ describe("a watch aborted by its caller (found in review)", () => {
   });
 
   test("ends quietly whatever the abort's reason, a KvClientError too (a lock's lost signal)", async () => {
-    const fake = (async (_input: string | URL | Request, init?: RequestInit) => {
-      const body = new ReadableStream<Uint8Array>({
-        start(controller) {
-          controller.enqueue(new TextEncoder().encode(put("p/a", 5)));
-          init?.signal?.addEventListener("abort", () => controller.error(init.signal?.reason));
-        },
-      });
-      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
-    }) as typeof fetch;
-    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: openStream(put("p/a", 5)) });
     const stop = new AbortController();
     const seen: string[] = [];
     const ended = (async () => {

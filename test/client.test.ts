@@ -6,6 +6,7 @@ import { join } from "node:path";
 import type { TCPSocketListener } from "bun";
 import { createClient, KvClientError, UnknownOutcomeError } from "../src/client/index.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+import { txnStandIn } from "./helpers/txn-stand-in.ts";
 
 const TOKEN = "client-test-token";
 
@@ -288,24 +289,17 @@ describe("leader failover", () => {
 // reads the answer (the real route is proved in test/txn*.test.ts).
 describe("txn against a stand-in for the documented POST /txn contract", () => {
   test("a transaction that writes nothing in either branch goes without an Idempotency-Key, as a read (found in review: its session held its gets against the quota)", async () => {
-    const keys: (string | null)[] = [];
-    const server = Bun.serve({
-      hostname: "127.0.0.1",
-      port: 0,
-      fetch(request) {
-        keys.push(request.headers.get("idempotency-key"));
-        return Response.json({ succeeded: false, version: 9, results: [{ get: { key: "b", found: false } }] });
-      },
-    });
+    const server = txnStandIn({ succeeded: false, version: 9, results: [{ get: { key: "b", found: false } }] });
+    const keys = server.keys;
     try {
-      const kv = createClient({ endpoints: [`http://127.0.0.1:${server.port}`] });
+      const kv = createClient({ endpoints: [server.url] });
       const result = await kv.txn({ compare: [{ key: "a", exists: true }], success: [{ get: { key: "a" } }], failure: [{ get: { key: "b" } }] });
       expect(result.results).toEqual([{ get: null }]);
       await kv.txn({ success: [{ get: { key: "a" } }], failure: [{ delete: { key: "a" } }] });
       expect(keys[0]).toBeNull();
       expect(keys[1]).toMatch(/^[0-9a-f-]{36}$/); // a delete in either branch: keyed
     } finally {
-      server.stop(true);
+      server.stop();
     }
   });
 

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { createClient } from "../src/client/index.ts";
 import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
+import { txnStandIn } from "./helpers/txn-stand-in.ts";
 
 let cluster: ChaosCluster;
 let baseDir: string;
@@ -98,17 +99,10 @@ test("a put on a lease in kv txn or the client's txn attaches its key: the lease
 });
 
 test("kv txn sends a transaction that only reads without an Idempotency-Key, and one that may write with one (found in review: the README said so, the CLI did not)", async () => {
-  const keys: (string | null)[] = [];
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch(request) {
-      keys.push(request.headers.get("idempotency-key"));
-      return Response.json({ succeeded: true, version: 3, results: [] });
-    },
-  });
+  const server = txnStandIn({ succeeded: true, version: 3, results: [] });
+  const keys = server.keys;
   try {
-    const endpoint = `--endpoints=http://127.0.0.1:${server.port}`;
+    const endpoint = `--endpoints=${server.url}`;
     const reads = JSON.stringify({ compare: [{ key: "a", exists: true }], success: [{ get: { key: "a" } }], failure: [{ get: { key: "b" } }] });
     expect((await kv(["txn", endpoint], reads)).code).toBe(0);
     const writes = JSON.stringify({ success: [{ get: { key: "a" } }], failure: [{ delete: { key: "a" } }] });
@@ -116,6 +110,6 @@ test("kv txn sends a transaction that only reads without an Idempotency-Key, and
     expect(keys[0]).toBeNull();
     expect(keys[1]).toMatch(/^kv-txn-[0-9a-f-]{36}$/);
   } finally {
-    server.stop(true);
+    server.stop();
   }
 });
