@@ -191,6 +191,61 @@ test("kv watch prints each change from --from-version on, one line each, and exi
   for (const args of [["watch"], ["watch", "a", "--prefix", "b"], ["watch", "a", "--count", "0"]]) expect((await kv([...args, "--endpoints", endpoints])).code).toBe(2);
 });
 
+test("more arguments than a command takes are a usage error, before anything is sent (found in review: put stored the first word, del deleted the first key)", async () => {
+  const client = createClient({ endpoints, timeoutMs: 5_000 });
+  await client.put("two/a", "1");
+  await client.put("two/b", "2");
+  const put = await kv(["put", "two/a", "hello", "world", "--endpoints", endpoints]);
+  expect(put.code).toBe(2);
+  expect(put.err).toContain("'kv put' takes KEY [VALUE], got 3 arguments (quote a value that has spaces)");
+  expect((await client.get("two/a"))?.text).toBe("1");
+  const del = await kv(["del", "two/a", "two/b", "--endpoints", endpoints]);
+  expect(del.code).toBe(2);
+  expect(await client.get("two/a")).not.toBeNull();
+  for (const args of [["get", "a", "b"], ["list", "a", "b"], ["lease", "revoke", "1", "2"], ["status", "x"]]) {
+    const result = await kv([...args, "--endpoints", endpoints]);
+    expect(result.code).toBe(2);
+    expect(result.err).toContain("takes");
+  }
+  // A key after -- is still one argument: `kv put -- -dashed value` works.
+  expect((await kv(["put", "--endpoints", endpoints, "--", "-dashed", "v"])).code).toBe(0);
+  expect((await client.get("-dashed"))?.text).toBe("v");
+});
+
+test("kv watch ends when its reader goes away (exit 141, as under SIGPIPE), and output that cannot be written exits 4 with the reason (found in review)", async () => {
+  const client = createClient({ endpoints, timeoutMs: 5_000 });
+  const { version } = await client.put("piped/a", "one");
+  const proc = Bun.spawn([...kvCommand(), "watch", "piped/a", "--from-version", String(version), "--endpoints", endpoints], { stdout: "pipe", stderr: "pipe" });
+  try {
+    const reader = proc.stdout.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toBe(`put\tpiped/a\t${version}\tone\n`);
+    await reader.cancel(); // as `| head -1` exits after its line
+    await client.put("piped/a", "two"); // the next line has no reader
+    expect(await proc.exited).toBe(141);
+  } finally {
+    proc.kill("SIGKILL");
+  }
+  const full = Bun.spawn([...kvCommand(), "list", "piped/", "--endpoints", endpoints], { stdout: Bun.file("/dev/full"), stderr: "pipe" });
+  try {
+    expect(await full.exited).toBe(4);
+    expect(await new Response(full.stderr).text()).toContain("kv: cannot write the output");
+  } finally {
+    full.kill("SIGKILL");
+  }
+});
+
+test("kv lease grant wants a unit (etcdctl's 60 is seconds); bad arguments are named as arguments; kv watch --timeout-ms bounds how long it goes unserved", async () => {
+  const bare = await kv(["lease", "grant", "60", "--endpoints", endpoints]);
+  expect(bare.code).toBe(2);
+  expect(bare.err).toContain("TTL needs a unit: 60s for 60 seconds, or 60ms");
+  const badId = await kv(["lease", "get", "abc", "--endpoints", endpoints]);
+  expect(badId.code).toBe(2);
+  expect(badId.err).toContain("ID must be a lease id");
+  const unserved = await kv(["watch", "k", "--timeout-ms", "300", "--endpoints", "http://127.0.0.1:1"]);
+  expect(unserved.code).toBe(3);
+  expect(unserved.err).toContain("no endpoint served the watch for 300 ms");
+});
+
 test("kv list pages through every key under a prefix, in order, linearizably", async () => {
   // Written through the library (26 `kv put` processes took most of the test's 5 s under load): `kv list` is what is tested.
   const client = createClient({ endpoints, timeoutMs: 5_000 });

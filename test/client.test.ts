@@ -164,6 +164,14 @@ describe("against a 3-node cluster with a bearer token", () => {
     const message = (error as KvClientError).message;
     expect(message.split(dead).length - 1).toBe(1); // before, once per pass: the same text eight times
     expect(message).toMatch(/ \(×\d+\)$/);
+    // Two endpoints failing in turn are each named once too (found in review: they alternated, eight times a line).
+    const [a, b] = [closedPortUrl(), closedPortUrl()];
+    const both = await createClient({ endpoints: [a, b], timeoutMs: 1_500 })
+      .get("nowhere")
+      .catch((e: unknown) => e);
+    const bothMessage = (both as KvClientError).message;
+    expect(bothMessage.split(a).length - 1).toBe(1);
+    expect(bothMessage.split(b).length - 1).toBe(1);
   });
 });
 

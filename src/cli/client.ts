@@ -12,6 +12,7 @@ import {
 } from "../client/index.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 import { jsonValue } from "../lib/json-value.ts";
+import { printBytes, printLine } from "./output.ts";
 
 /**
  * The client commands (`kv put|get|del|list|status|members`; `kv watch`, `kv lease`, `kv lock` and
@@ -145,7 +146,7 @@ function checkKey(key: string): string {
 /** A value as JSON: text when it is valid UTF-8, else {"base64": ...}. */
 
 function print(conn: Connection, json: unknown, text: string): void {
-  console.log(conn.json ? JSON.stringify(json) : text);
+  printLine(conn.json ? JSON.stringify(json) : text);
 }
 
 /** `--consistency`: one of the three modes (the server would refuse anything else with 400 too). */
@@ -201,7 +202,7 @@ const getCommand = defineCommand({
     const entry = await call(() => conn.client.get(checkKey(args.key), mode === undefined ? {} : { consistency: mode }));
     if (entry === null) throw new ClientExit(1, "not_found: no value is stored under this key");
     if (conn.json) print(conn, { key: args.key, value: jsonValue(entry.bytes), version: entry.version }, "");
-    else process.stdout.write(entry.bytes);
+    else printBytes(entry.bytes);
   },
 });
 
@@ -241,7 +242,7 @@ const listCommand = defineCommand({
       print(conn, keysOnly ? items.map(({ key, version }) => ({ key, version })) : items, "");
       return;
     }
-    for (const item of items) console.log(keysOnly ? item.key : `${item.key}\t${typeof item.value === "string" ? item.value : `base64:${item.value.base64}`}`);
+    for (const item of items) printLine(keysOnly ? item.key : `${item.key}\t${typeof item.value === "string" ? item.value : `base64:${item.value.base64}`}`);
   },
 });
 
@@ -273,7 +274,7 @@ const statusCommand = defineCommand({
       print(conn, all, "");
     } else {
       for (const { endpoint, status, error, refused } of all) {
-        console.log(
+        printLine(
           status === undefined
             ? `${endpoint}  ${refused === true ? "refused" : "unreachable"} (${error})`
             : `${endpoint}  node ${status.id}  ${status.role.padEnd(9)} term ${status.term}  leader ${status.leaderId}  commit ${status.commitIndex}  applied ${status.appliedIndex}`,
@@ -301,7 +302,7 @@ const membersCommand = defineCommand({
     }
     for (const member of status.members) {
       const role = member.id === status.leaderId ? "leader" : "";
-      console.log(`${member.id}\t${member.peerUrl}\t${member.httpUrl ?? "-"}\t${role}`.trimEnd());
+      printLine(`${member.id}\t${member.peerUrl}\t${member.httpUrl ?? "-"}\t${role}`.trimEnd());
     }
   },
 });
@@ -327,7 +328,7 @@ function printMembers(conn: Connection, view: MembersView): void {
   if (conn.json) return print(conn, view, "");
   for (const member of view.members) {
     const role = `${member.role ?? "-"}${member.id === view.leaderId ? ",leader" : ""}`;
-    console.log(`${member.id}\t${role}\t${member.peerUrl}\t${member.httpUrl ?? "-"}`);
+    printLine(`${member.id}\t${role}\t${member.peerUrl}\t${member.httpUrl ?? "-"}`);
   }
 }
 

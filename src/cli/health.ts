@@ -1,5 +1,6 @@
 import { defineCommand } from "citty";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
+import { printLine } from "./output.ts";
 
 /** Default of `kv health --endpoint`: node 1 of the local cluster, and the port the container image serves on. */
 const HEALTH_ENDPOINT_DEFAULT = "http://127.0.0.1:8001";
@@ -34,6 +35,6 @@ export const healthCommand = defineCommand({
       console.error(`kv: ${endpoint}/health answered ${status} ${body}`);
       process.exit(1);
     }
-    console.log(body);
+    printLine(body);
   },
 });

@@ -2,7 +2,9 @@ import { defineCommand } from "citty";
 import { KvClientError } from "../client/index.ts";
 import { call, ClientExit, connection, connectionArgs } from "./client.ts";
 import { abortedPromise, interruption } from "./lock.ts";
-import { parseIntFlag, parseMsFlag } from "./usage-error.ts";
+import { parseDuration } from "../lib/duration.ts";
+import { UsageError } from "./usage-error.ts";
+import { printLine } from "./output.ts";
 
 /**
  * `kv lease grant|revoke|get|keepalive`: leases from the command line, through the client library
@@ -21,20 +23,36 @@ function keys(count: number): string {
   return `${count} key${count === 1 ? "" : "s"}`;
 }
 
+/** The ID argument: a lease id, the index of its grant (errors name the argument, not a flag). */
 function leaseId(text: string): number {
-  return parseIntFlag("id", text, 1, Number.MAX_SAFE_INTEGER);
+  const id = Number(text);
+  if (!/^[1-9][0-9]{0,15}$/.test(text) || !Number.isSafeInteger(id)) throw new UsageError(`ID must be a lease id (a whole number from 1), got '${text}'`);
+  return id;
+}
+
+/**
+ * The TTL argument: a duration with its unit (10s, 1m, 500ms). A bare number is refused: etcdctl's
+ * `lease grant 60` means seconds, and read as milliseconds it was silently a 480 ms lease (found in
+ * review).
+ */
+function leaseTtlMs(text: string): number {
+  if (/^\s*\d+\s*$/.test(text)) throw new UsageError(`TTL needs a unit: ${text.trim()}s for ${text.trim()} seconds, or ${text.trim()}ms`);
+  const parsed = parseDuration(text);
+  const ttlMs = parsed === undefined ? Number.NaN : Math.round(parsed);
+  if (!(ttlMs >= 1 && ttlMs <= TTL_MS_MAX)) throw new UsageError(`TTL must be a duration from 1ms to 8760h (10s, 1m, 500ms), got '${text}'`);
+  return ttlMs;
 }
 
 const grantCommand = defineCommand({
-  meta: { name: "grant", description: "Grant a lease of TTL (10s, 1m, or milliseconds) and print its id and TTL" },
-  args: { ttl: { type: "positional", required: true, description: "How long the lease lives without a keepalive: 10s, 1m, 500 (ms)" }, ...connectionArgs },
+  meta: { name: "grant", description: "Grant a lease of TTL (10s, 1m, 500ms: a unit is needed) and print its id and TTL in ms" },
+  args: { ttl: { type: "positional", required: true, description: "How long the lease lives without a keepalive: 10s, 1m, 500ms" }, ...connectionArgs },
   async run({ args }) {
-    const ttlMs = parseMsFlag("ttl", args.ttl, 1, TTL_MS_MAX);
+    const ttlMs = leaseTtlMs(args.ttl);
     const conn = connection(args);
     const lease = await call(() => conn.client.leases.grant(ttlMs));
     // The server raises a TTL below its minimum (twice the election timeout): say so.
     const raised = lease.raisedFromMs === undefined ? "" : `\t(raised from ${lease.raisedFromMs} ms)`;
-    console.log(conn.json ? JSON.stringify(lease) : `${lease.id}\t${lease.ttlMs}${raised}`);
+    printLine(conn.json ? JSON.stringify(lease) : `${lease.id}\t${lease.ttlMs}${raised}`);
   },
 });
 
@@ -45,7 +63,7 @@ const revokeCommand = defineCommand({
     const id = leaseId(args.id);
     const conn = connection(args);
     const revoked = await call(() => conn.client.leases.revoke(id));
-    console.log(conn.json ? JSON.stringify(revoked) : `revoked lease ${revoked.id}: ${keys(revoked.deletedKeys)} deleted at version ${revoked.version}`);
+    printLine(conn.json ? JSON.stringify(revoked) : `revoked lease ${revoked.id}: ${keys(revoked.deletedKeys)} deleted at version ${revoked.version}`);
   },
 });
 
@@ -64,11 +82,11 @@ const getCommand = defineCommand({
       return call(() => Promise.reject(error));
     }
     if (conn.json) {
-      console.log(JSON.stringify(info));
+      printLine(JSON.stringify(info));
       return;
     }
-    console.log(`lease ${info.id}\tttl ${info.ttlMs} ms\tremaining ${info.remainingMs} ms\t${keys(info.keys.length)}${info.keysTruncated ? " (first listed)" : ""}`);
-    for (const key of info.keys) console.log(key);
+    printLine(`lease ${info.id}\tttl ${info.ttlMs} ms\tremaining ${info.remainingMs} ms\t${keys(info.keys.length)}${info.keysTruncated ? " (first listed)" : ""}`);
+    for (const key of info.keys) printLine(key);
   },
 });
 
@@ -80,7 +98,7 @@ const keepaliveCommand = defineCommand({
     const conn = connection(args);
     const sentAtMs = performance.now();
     const first = await call(() => conn.client.leases.keepAlive(id));
-    console.log(conn.json ? JSON.stringify(first) : `${first.id}\t${first.ttlMs}`);
+    printLine(conn.json ? JSON.stringify(first) : `${first.id}\t${first.ttlMs}`);
     if (args.once === true) return;
     const interrupted = interruption();
     const keeper = conn.client.leases.keep(id, { ttlMs: first.ttlMs, sentAtMs });

@@ -3,6 +3,7 @@ import { defineCommand } from "citty";
 import { KvClientError, UnknownOutcomeError, type LockHandle } from "../client/index.ts";
 import { ClientExit, connection, connectionArgs } from "./client.ts";
 import { parseMsFlag, UsageError } from "./usage-error.ts";
+import { printLine } from "./output.ts";
 
 /**
  * `kv lock` and `kv elect`: a lock and an election for the caller's own processes, through the
@@ -100,7 +101,7 @@ export const lockCommand = defineCommand({
     const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted);
 
     if (cmd.length === 0) {
-      console.log(conn.json ? JSON.stringify({ key: lock.key, fence: lock.fence, leaseId: lock.leaseId }) : `${lock.key}\t${lock.fence}`);
+      printLine(conn.json ? JSON.stringify({ key: lock.key, fence: lock.fence, leaseId: lock.leaseId }) : `${lock.key}\t${lock.fence}`);
       await Promise.race([abortedPromise(interrupted.signal), abortedPromise(lock.lost)]);
       await lock.release();
       interrupted.dispose();
@@ -163,7 +164,7 @@ export const electCommand = defineCommand({
       if (args.value !== undefined) throw new UsageError("--observe takes no VALUE");
       try {
         for await (const leader of conn.client.observe(name, { signal: interrupted.signal })) {
-          console.log(conn.json ? JSON.stringify({ key: leader.key, value: leader.text, version: leader.version }) : leader.text);
+          printLine(conn.json ? JSON.stringify({ key: leader.key, value: leader.text, version: leader.version }) : leader.text);
         }
       } catch (error) {
         if (!interrupted.signal.aborted) clientFailure(error);
@@ -175,7 +176,7 @@ export const electCommand = defineCommand({
     if (value === undefined) throw new UsageError("kv elect needs NAME and VALUE (or --observe)");
     const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, TTL_MS_MAX);
     const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted);
-    console.log(
+    printLine(
       conn.json
         ? JSON.stringify({ elected: true, name, value, key: office.key, fence: office.fence, leaseId: office.leaseId })
         : `elected: ${name} = ${value} (key ${office.key}, fence ${office.fence})`,

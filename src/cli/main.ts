@@ -4,6 +4,7 @@ import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef }
 import packageJson from "../../package.json" with { type: "json" };
 import { isDiskFull } from "../lib/disk-full.ts";
 import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
+import { exitOnOutputError } from "./output.ts";
 import type { ClientExit } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -73,9 +74,21 @@ async function resolve(argv: string[]): Promise<{ command: CommandDef<ArgsDef>; 
   return { command, parent, path, rest };
 }
 
-/** Refuses flags the command does not define, which citty would silently ignore. */
+/**
+ * Commands whose words after `--` are a command of their own to run (`kv lock NAME -- CMD ...`);
+ * for the others they are arguments like any (`kv put -- -key value`).
+ */
+const runsACommand = new Set(["kv lock"]);
+
+/**
+ * Refuses flags the command does not define and more arguments than it takes, both of which citty
+ * would silently ignore (found in review: `kv put greeting hello world` stored "hello" and exited 0,
+ * `kv del a b` deleted a alone).
+ */
 function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]): void {
   const defined = (command.args ?? {}) as ArgsDef;
+  const positionals = Object.entries(defined).filter(([, def]) => def.type === "positional");
+  let words = 0;
   const known = new Set<string>();
   for (const [name, def] of Object.entries(defined)) {
     known.add(name);
@@ -85,8 +98,14 @@ function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] as string;
-    if (arg === "--") break;
-    if (!arg.startsWith("-") || arg === "-") continue;
+    if (arg === "--") {
+      if (!runsACommand.has(path.join(" "))) words += argv.length - i - 1;
+      break;
+    }
+    if (!arg.startsWith("-") || arg === "-") {
+      words++;
+      continue;
+    }
     const name = arg.replace(/^--?/, "").split("=")[0] as string;
     if (!known.has(name)) throw new UsageError(`unknown flag '${arg}' for '${path.join(" ")}' (see ${path.join(" ")} --help)`);
     const def = defined[name] ?? Object.values(defined).find((d) => "alias" in d && ([] as string[]).concat(d.alias ?? []).includes(name));
@@ -95,6 +114,11 @@ function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]
       if (value === undefined) throw new UsageError(`flag '${arg}' needs a value`);
       i++;
     }
+  }
+  if (words > positionals.length) {
+    const takes = positionals.length === 0 ? "no arguments" : positionals.map(([name, def]) => ("required" in def && def.required === true ? name.toUpperCase() : `[${name.toUpperCase()}]`)).join(" ");
+    const hint = positionals.some(([name]) => name === "value") ? " (quote a value that has spaces)" : "";
+    throw new UsageError(`'${path.join(" ")}' takes ${takes}, got ${words} argument${words === 1 ? "" : "s"}${hint}`);
   }
 }
 
@@ -118,6 +142,7 @@ const longRunning = new Set(["serve", "bench", "chaos"]);
 
 /** Runs the CLI: exit 0 on success, 1 on failure, 2 on a usage error. */
 export async function main(argv: string[]): Promise<void> {
+  exitOnOutputError();
   try {
     const { command, parent, path, rest } = await resolve(argv);
     // Words after `--` belong to a command kv runs (`kv lock NAME -- CMD -h`), not to kv.

@@ -12,6 +12,7 @@ import { BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backu
 import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
 import { ClientExit } from "./client.ts";
 import { parseCluster, parseIntFlag, UsageError } from "./usage-error.ts";
+import { printLine } from "./output.ts";
 
 const defaultEndpoints = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
 /** Redirects followed per endpoint (a node answers /snapshot itself; a proxy in front might not). */
@@ -171,7 +172,7 @@ const saveCommand = defineCommand({
       throw error;
     }
     const json = { ...summaryJson(file, summary), from: origin };
-    console.log(
+    printLine(
       args.json === true
         ? JSON.stringify(json)
         : `saved ${file}: index ${summary.header.index}, term ${summary.header.term}, ${summary.keyCount} keys, ${summary.fileBytes} bytes, sha256 ${summary.sha256} (from ${origin})`,
@@ -187,7 +188,7 @@ const statusCommand = defineCommand({
   },
   async run({ args }) {
     const summary = await verifyFile(args.file);
-    console.log(args.json === true ? JSON.stringify(summaryJson(args.file, summary)) : summaryText(args.file, summary));
+    printLine(args.json === true ? JSON.stringify(summaryJson(args.file, summary)) : summaryText(args.file, summary));
   },
 });
 
@@ -231,7 +232,7 @@ const restoreCommand = defineCommand({
       if (error instanceof Error && error.name === "StorageError") throw new ClientExit(1, `cannot restore, nothing restored: ${error.message}`);
       throw error;
     }
-    console.log(
+    printLine(
       args.json === true
         ? JSON.stringify({ ...result, id })
         : `restored ${args.file} into ${result.dataDir} as node ${id} of new cluster ${result.clusterId} (voters ${result.voters.join(",")}): index ${result.index}, term ${result.term}, ${result.rowCount} rows\n` +

@@ -1,6 +1,7 @@
 import { defineCommand } from "citty";
 import { ClientExit, connection, connectionArgs, fail, send } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
+import { printLine } from "./output.ts";
 
 /** The answer is always JSON: `--json` would change nothing, so `kv txn` does not take it. */
 const { json: _json, ...txnConnectionArgs } = connectionArgs;
@@ -49,7 +50,7 @@ export const txnCommand = defineCommand({
     } catch {
       throw new ClientExit(3, `the node's answer is not JSON: ${text.slice(0, 200)}`);
     }
-    console.log(text);
+    printLine(text);
     if (succeeded !== true) throw new ClientExit(1, "");
   },
 });

@@ -4,6 +4,7 @@ import { jsonValue } from "../lib/json-value.ts";
 import { ClientExit, connection, connectionArgs } from "./client.ts";
 import { clientFailure, interruption } from "./lock.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
+import { printLine } from "./output.ts";
 
 /**
  * `kv watch KEY` / `kv watch --prefix P`: prints each change as it commits, through the client
@@ -24,6 +25,7 @@ export const watchCommand = defineCommand({
     count: { type: "string", description: "Exit 0 after this many changes", valueHint: "N" },
     progress: { type: "boolean", description: "Also print progress lines: every change up to VERSION was printed" },
     ...connectionArgs,
+    "timeout-ms": { type: "string", description: "Give up (exit 3) when no endpoint has served the watch for this long (default 30000)", valueHint: "MS" },
   },
   async run({ args }) {
     if ((args._ as string[]).length > 1) throw new UsageError("kv watch takes one KEY (or --prefix P)");
@@ -32,6 +34,8 @@ export const watchCommand = defineCommand({
     const fromVersion = args["from-version"] === undefined ? undefined : parseIntFlag("from-version", args["from-version"], 1, Number.MAX_SAFE_INTEGER);
     const count = args.count === undefined ? undefined : parseIntFlag("count", args.count, 1, Number.MAX_SAFE_INTEGER);
     const conn = connection(args);
+    // A watch runs until interrupted: its timeout bounds how long it goes unserved, not the command.
+    const reconnectTimeoutMs = args["timeout-ms"] === undefined ? undefined : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
     const selector = args.key !== undefined ? { key: args.key } : { prefix: args.prefix ?? "" };
     const interrupted = interruption();
     let changes = 0;
@@ -39,10 +43,11 @@ export const watchCommand = defineCommand({
       const events = conn.client.watch(selector, {
         signal: interrupted.signal,
         progress: args.progress === true,
+        ...(reconnectTimeoutMs === undefined ? {} : { reconnectTimeoutMs }),
         ...(fromVersion === undefined ? {} : { fromVersion }),
       });
       for await (const event of events) {
-        console.log(conn.json ? JSON.stringify(eventJson(event)) : eventLine(event));
+        printLine(conn.json ? JSON.stringify(eventJson(event)) : eventLine(event));
         if (event.type !== "progress" && count !== undefined && ++changes >= count) break;
       }
     } catch (error) {

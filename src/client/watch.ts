@@ -90,7 +90,8 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
   let failedInARow = 0;
   let servedMs = performance.now();
   let compactedInARow = 0; // endpoints in a row that answered 410: all of them means the caller must re-read
-  const failures: string[] = [];
+  // Each distinct failure since the stream was last served, with how often (first seen first).
+  const failures = new Map<string, number>();
 
   const aborted = () => signal?.aborted === true;
   while (!aborted()) {
@@ -153,7 +154,7 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
           // at once (shutting down) counts as a failure, so the watch backs off and can give up.
           servedMs = performance.now();
           failedInARow = 0;
-          failures.length = 0;
+          failures.clear();
           if (event.event !== "put" && event.event !== "delete" && event.event !== "progress") continue;
           const parsed = parseEvent(event.event, event.data);
           if (parsed === undefined) {
@@ -202,13 +203,14 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
       controller.abort(); // the stream, if the caller stopped iterating or anything above threw
       if (ended !== undefined) {
         failedInARow++;
-        failures.push(ended);
-        if (failures.length > endpoints.length * 2) failures.shift();
+        failures.set(ended, (failures.get(ended) ?? 0) + 1);
+        if (failures.size > endpoints.length * 2) failures.delete(failures.keys().next().value as string);
       }
     }
     if (aborted()) return;
     if (performance.now() - servedMs > reconnectTimeoutMs) {
-      throw new KvClientError("unreachable", 0, `no endpoint served the watch for ${reconnectTimeoutMs} ms: ${failures.join("; ")}`);
+      const seen = [...failures].map(([what, count]) => (count > 1 ? `${what} (×${count})` : what));
+      throw new KvClientError("unreachable", 0, `no endpoint served the watch for ${reconnectTimeoutMs} ms: ${seen.join("; ")}`);
     }
     if (failedInARow >= endpoints.length && failedInARow % endpoints.length === 0) {
       await Bun.sleep(Math.min(BACKOFF_MS_MAX, BACKOFF_MS_MIN * 2 ** Math.min(5, failedInARow / endpoints.length - 1))); // retry pace
