@@ -156,6 +156,8 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   let reachability: PeerReachability = "unknown";
   /** Calls past their deadline since the last answered one (see noteFailure). */
   let deadlineMissesInRow = 0;
+  /** The client URL the peer last named in an answer (see `onPeerHttpUrl`). */
+  let knownPeerHttpUrl = "";
   let lastRefusal = "";
   let closed = false;
   const abort = new AbortController();
@@ -235,10 +237,11 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
           counters.deliveredMessages += batch.length;
           if (closed) return;
           let replies: Message[];
-          let peerHttpUrl: string;
+          let peerHttpUrl = "";
           try {
             replies = fromSendResponse(response, peerId, options.selfId, options.replyLimits ?? defaultDecodeLimits);
-            peerHttpUrl = sendResponseHttpUrl(response, options.replyLimits ?? defaultDecodeLimits);
+            // Checked (a URL parse) only when it says something new.
+            if (response.fromHttpUrl !== knownPeerHttpUrl) peerHttpUrl = sendResponseHttpUrl(response, options.replyLimits ?? defaultDecodeLimits);
           } catch (error: unknown) {
             if (!(error instanceof TransportDecodeError)) throw error;
             // The peer took our messages but answered with something we will not hand the core.
@@ -247,7 +250,10 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
           }
           deadlineMissesInRow = 0;
           setReachability("reachable", "");
-          if (peerHttpUrl !== "") options.onPeerHttpUrl?.(peerHttpUrl);
+          if (peerHttpUrl !== "") {
+            knownPeerHttpUrl = peerHttpUrl;
+            options.onPeerHttpUrl?.(peerHttpUrl);
+          }
           if (replies.length > 0) options.onReply?.(replies);
         },
         (error: unknown) => {

@@ -19,7 +19,7 @@ import type { MessageHandler, SnapshotChunk, SnapshotChunkHandler } from "./tran
 export interface RaftServiceOptions {
   /** This server's node id: every incoming message must be addressed to it. */
   readonly selfId: NodeId;
-  /** This server's advertised client HTTP URL, sent back in every answer (`SendResponse.from_http_url`). */
+  /** This server's advertised client HTTP URL, sent back in answers (`SendResponse.from_http_url`: see `answersPerUrl`). */
   readonly selfHttpUrl?: string;
   /** Receives each call's validated messages, synchronously, before the call is answered. */
   readonly onMessages: MessageHandler;
@@ -34,6 +34,9 @@ export interface RaftServiceOptions {
   readonly snapshotDecodeLimits?: SnapshotDecodeLimits;
 }
 
+/** How often an answer carries this server's URL (`SendResponse.from_http_url`): one in this many per caller. */
+const answersPerUrl = 256;
+
 /**
  * Returns the router registration for `kv.v1.RaftService`, for a real server (`createPeerServer`)
  * or for connect-es's in-memory `createRouterTransport`. A call that fails validation is refused
@@ -41,6 +44,14 @@ export interface RaftServiceOptions {
  */
 export function createRaftServiceRoutes(options: RaftServiceOptions): (router: ConnectRouter) => void {
   const limits = options.decodeLimits ?? defaultDecodeLimits;
+  // Our URL rides the first answer to each caller and every `answersPerUrl`-th after: the caller
+  // needs it once (and again should it restart), not in each of thousands of answers a second.
+  const answered = new Map<NodeId, number>();
+  const urlDue = (caller: NodeId): boolean => {
+    const count = answered.get(caller) ?? 0;
+    answered.set(caller, count + 1);
+    return count % answersPerUrl === 0;
+  };
   return (router) => {
     router.service(RaftService, {
       async send(request) {
@@ -63,7 +74,7 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
         }
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
         const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
-        return toSendResponse(reply, options.selfHttpUrl);
+        return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined);
       },
       sendSnapshotChunk(request) {
         const onSnapshotChunk = options.onSnapshotChunk;

@@ -261,7 +261,8 @@ export type SendResponse = Message<"kv.v1.SendResponse"> & {
   messages: RaftMessage[];
 
   /**
-   * The receiver's advertised client HTTP URL, as a request's `from_http_url`: a leader learns each
+   * The receiver's advertised client HTTP URL, as a request's `from_http_url` (in the first answer to each
+   * caller and one in 256 after): a leader learns each
    * follower's from the answers to its appends, though a follower that never campaigns never calls
    * it (empty from older releases, which leave it out).
    *
