@@ -65,3 +65,33 @@ export function describeOperation(op: Operation): string {
   }
   return `client ${op.clientId} ${call} ${interval} ${op.outcome}${op.version === undefined ? "" : ` (version ${op.version})`}`;
 }
+
+/**
+ * Of the puts and deletes of a key a client has seen (read or written), the share it sends as a
+ * compare-and-set on the version it saw (`?ifVersion=`, 0 when it saw the key absent): the clients
+ * of `kv chaos random` and of the simulator. A refused one (409) changed nothing;
+ * src/chaos/version-check.ts checks what the accepted ones imply.
+ */
+export const COMPARE_AND_SET_SHARE = 0.3;
+
+/** The version one client last saw each key at (0: absent), from its own answers. */
+export class SeenVersions {
+  private readonly versions = new Map<string, number>();
+
+  /**
+   * The `ifVersion` for an operation of `kind` on `key`: for a write of a key seen, the version seen
+   * when `chance(COMPARE_AND_SET_SHARE)` says so (drawn only then); otherwise none.
+   */
+  ifVersionFor(kind: OperationKind, key: string, chance: (p: number) => boolean): number | undefined {
+    const known = this.versions.get(key);
+    return kind !== "get" && known !== undefined && chance(COMPARE_AND_SET_SHARE) ? known : undefined;
+  }
+
+  /** Learns from one of the client's operations once it ended: what it saw, or forgets the key. */
+  note(op: Operation): void {
+    if (op.outcome !== "ok") this.versions.delete(op.key);
+    else if ((op.kind === "get" && op.output === null) || op.kind === "delete") this.versions.set(op.key, 0);
+    else if (op.version !== undefined) this.versions.set(op.key, op.version);
+    else this.versions.delete(op.key);
+  }
+}

@@ -14,6 +14,7 @@ import { createPrng, type Prng } from "../lib/prng.ts";
 import { readValue, request, type Outcome } from "./client.ts";
 import type { ChaosCluster } from "./cluster.ts";
 import { checkLinearizable, describeOperation, type CheckResult, type Operation, type OperationKind } from "./linearizability.ts";
+import { SeenVersions } from "./history.ts";
 import type { LiveDisplay, LoadCounters } from "./live-display.ts";
 import { clock, describePlannedFault, Nemesis, planSchedule, type FaultKind, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
 import { renderReport, type ReportCheck } from "./report.tsx";
@@ -50,12 +51,6 @@ export interface RandomOptions {
 /** Share of operations that are gets, and of puts; the rest are deletes. */
 const GET_SHARE = 0.5;
 const PUT_SHARE = 0.4;
-/**
- * Of the puts and deletes of a key the client has seen (read or written), the share sent as a
- * compare-and-set on the version it saw (`?ifVersion=`, 0 when it saw the key absent). A refused one
- * (409) changed nothing; src/chaos/version-check.ts checks what the accepted ones imply.
- */
-const CAS_SHARE = 0.3;
 /** A write to a follower is answered 307; the client follows that many redirects itself. */
 const REDIRECTS_FOLLOWED_MAX = 1;
 /** Pause after a refused or unanswered operation, so a client does not spin on a down node. */
@@ -450,8 +445,7 @@ class RandomWorkload implements LoadCounters {
   private async client(clientId: number): Promise<void> {
     const prng = clientPrng(this.opts.seed, clientId);
     let writes = 0;
-    // The version this client last saw each key at (0: absent), from its own answers.
-    const seen = new Map<string, number>();
+    const seen = new SeenVersions();
     while (!this.stopping) {
       const epoch = this.epochWithRoom();
       if (epoch === undefined) {
@@ -468,14 +462,9 @@ class RandomWorkload implements LoadCounters {
       }
       // Unique in the whole run: the checker relies on it.
       const value = kind === "put" ? `c${clientId}-w${++writes}` : undefined;
-      const known = seen.get(key);
-      const ifVersion = kind !== "get" && known !== undefined && prng.chance(CAS_SHARE) ? known : undefined;
+      const ifVersion = seen.ifVersionFor(kind, key, (p) => prng.chance(p));
       const op = await this.perform(epoch, clientId, kind, key, value, node, this.opts.readConsistency, ifVersion);
-      if (op.outcome !== "ok") seen.delete(key);
-      else if (op.kind === "get" && op.output === null) seen.set(key, 0);
-      else if (op.kind === "delete") seen.set(key, 0);
-      else if (op.version !== undefined) seen.set(key, op.version);
-      else seen.delete(key);
+      seen.note(op);
       if (op.outcome !== "ok" && !this.stopping) await Bun.sleep(BACKOFF_MS);
     }
   }

@@ -74,24 +74,29 @@ function authToken(args: { "auth-token"?: string }): string | undefined {
   return args["auth-token"] ?? process.env.KV_AUTH_TOKEN;
 }
 
-/**
- * Runs one client call; its errors become the exit they mean: 1 not found (but a lease not found
- * is 2), 3 unavailable (no endpoint answered, no leader, a 5xx, or a write's outcome is unknown),
- * 2 any other refusal.
- */
+/** Runs one client call; its errors become the exit they mean (`exitFor`). */
 export async function call<T>(work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
-    if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
-    if (!(error instanceof KvClientError)) throw error;
-    const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
-    if (error.status === 404) throw new ClientExit(notFoundExit(error.code), message);
-    // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
-    if (error.status === 0 && error.code === "bad_request") throw new ClientExit(2, message);
-    if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
-    throw new ClientExit(2, message);
+    return exitFor(error);
   }
+}
+
+/**
+ * Throws the exit a client failure means, for every client command: 1 not found (but a lease not
+ * found is 2), 3 unavailable (no endpoint answered, no leader, a 5xx, or a write's outcome is
+ * unknown), 2 any other refusal. Anything else is rethrown.
+ */
+export function exitFor(error: unknown): never {
+  if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
+  if (!(error instanceof KvClientError)) throw error;
+  const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
+  if (error.status === 404) throw new ClientExit(notFoundExit(error.code), message);
+  // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
+  if (error.status === 0 && error.code === "bad_request") throw new ClientExit(2, message);
+  if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
+  throw new ClientExit(2, message);
 }
 
 /**

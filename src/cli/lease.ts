@@ -1,7 +1,8 @@
 import { defineCommand } from "citty";
 import { KvClientError } from "../client/index.ts";
-import { call, ClientExit, connection, connectionArgs } from "./client.ts";
+import { call, ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
 import { abortedPromise, interruption } from "./lock.ts";
+import { leaseTtlMsMax } from "../kv/leases.ts";
 import { parseDuration } from "../lib/duration.ts";
 import { UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
@@ -13,9 +14,6 @@ import { printLine } from "./output.ts";
  * keeper that lost its lease), 2 a usage error or a refused request (`revoke` or `keepalive` of a
  * lease that does not exist), 3 unavailable.
  */
-
-/** The longest TTL the server grants (src/kv/leases.ts), as `kv lock --ttl` takes it. */
-const TTL_MS_MAX = 365 * 24 * 3_600_000;
 
 const idArg = { id: { type: "positional", required: true, description: "The lease's id" } } as const;
 
@@ -39,7 +37,7 @@ function leaseTtlMs(text: string): number {
   if (/^\s*\d+\s*$/.test(text)) throw new UsageError(`TTL needs a unit: ${text.trim()}s for ${text.trim()} seconds, or ${text.trim()}ms`);
   const parsed = parseDuration(text);
   const ttlMs = parsed === undefined ? Number.NaN : Math.round(parsed);
-  if (!(ttlMs >= 1 && ttlMs <= TTL_MS_MAX)) throw new UsageError(`TTL must be a duration from 1ms to 8760h (10s, 1m, 500ms), got '${text}'`);
+  if (!(ttlMs >= 1 && ttlMs <= leaseTtlMsMax)) throw new UsageError(`TTL must be a duration from 1ms to 8760h (10s, 1m, 500ms), got '${text}'`);
   return ttlMs;
 }
 
@@ -79,7 +77,7 @@ const getCommand = defineCommand({
     } catch (error) {
       // As `kv get` of an absent key: a lease that expired, was revoked or never existed is not found.
       if (error instanceof KvClientError && error.code === "lease_not_found") throw new ClientExit(1, `lease_not_found: ${error.message}`);
-      return call(() => Promise.reject(error));
+      return exitFor(error);
     }
     if (conn.json) {
       printLine(JSON.stringify(info));

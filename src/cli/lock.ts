@@ -1,7 +1,8 @@
 import { constants } from "node:os";
 import { defineCommand } from "citty";
-import { KvClientError, UnknownOutcomeError, type LockHandle } from "../client/index.ts";
-import { ClientExit, connection, connectionArgs } from "./client.ts";
+import type { LockHandle } from "../client/index.ts";
+import { leaseTtlMsMax } from "../kv/leases.ts";
+import { ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
 import { parseMsFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
@@ -19,7 +20,6 @@ const ttlArg = {
 } as const;
 
 const TTL_MS_DEFAULT = 10_000;
-const TTL_MS_MAX = 365 * 24 * 3_600_000;
 
 /** SIGINT and SIGTERM as one signal: aborts with the signal's name, handled by this process (no default kill). */
 export function interruption(): { readonly signal: AbortSignal; dispose(): void } {
@@ -42,17 +42,6 @@ function signalStatus(signal: string): number {
   return 128 + ((constants.signals as Record<string, number>)[signal] ?? 15);
 }
 
-/** A client failure as the exit it means (as the other client commands do). */
-export function clientFailure(error: unknown): never {
-  if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
-  if (error instanceof KvClientError) {
-    const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
-    const outage = (error.status === 0 && error.code !== "bad_request") || error.status >= 500;
-    throw new ClientExit(outage ? 3 : 2, message);
-  }
-  throw error;
-}
-
 /** Resolves once `signal` aborts. */
 export function abortedPromise(signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -67,7 +56,7 @@ async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted
     return await work(interrupted.signal);
   } catch (error) {
     if (interrupted.signal.aborted) process.exit(signalStatus(String(interrupted.signal.reason)));
-    return clientFailure(error);
+    return exitFor(error);
   }
 }
 
@@ -95,7 +84,7 @@ export const lockCommand = defineCommand({
     if (dashes >= 0 && cmd.length === 0) throw new UsageError("nothing to run after --");
     const name = args.name;
     if (name === "") throw new UsageError("the lock's name must not be empty");
-    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, TTL_MS_MAX);
+    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, leaseTtlMsMax);
     const conn = connection(args);
     const interrupted = interruption();
     const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted);
@@ -157,7 +146,6 @@ export const electCommand = defineCommand({
   async run({ args }) {
     const name = args.name;
     if (name === "") throw new UsageError("the election's name must not be empty");
-    if ((args._ as string[]).length > 2) throw new UsageError("kv elect takes NAME and VALUE only");
     const conn = connection(args);
     const interrupted = interruption();
     if (args.observe === true) {
@@ -167,14 +155,14 @@ export const electCommand = defineCommand({
           printLine(conn.json ? JSON.stringify({ key: leader.key, value: leader.text, version: leader.version }) : leader.text);
         }
       } catch (error) {
-        if (!interrupted.signal.aborted) clientFailure(error);
+        if (!interrupted.signal.aborted) exitFor(error);
       }
       interrupted.dispose();
       return;
     }
     const value = args.value;
     if (value === undefined) throw new UsageError("kv elect needs NAME and VALUE (or --observe)");
-    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, TTL_MS_MAX);
+    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, leaseTtlMsMax);
     const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted);
     printLine(
       conn.json

@@ -1,8 +1,8 @@
 import { defineCommand } from "citty";
 import type { WatchEvent } from "../client/index.ts";
 import { jsonValue } from "../lib/json-value.ts";
-import { ClientExit, connection, connectionArgs } from "./client.ts";
-import { clientFailure, interruption } from "./lock.ts";
+import { ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
+import { interruption } from "./lock.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
@@ -28,7 +28,6 @@ export const watchCommand = defineCommand({
     "timeout-ms": { type: "string", description: "Give up (exit 3) when no endpoint has served the watch for this long (default 30000)", valueHint: "MS" },
   },
   async run({ args }) {
-    if ((args._ as string[]).length > 1) throw new UsageError("kv watch takes one KEY (or --prefix P)");
     if ((args.key === undefined) === (args.prefix === undefined)) throw new UsageError("give one KEY or --prefix P, not both or neither");
     if (args.key === "") throw new UsageError("the key must not be empty");
     const fromVersion = args["from-version"] === undefined ? undefined : parseIntFlag("from-version", args["from-version"], 1, Number.MAX_SAFE_INTEGER);
@@ -51,7 +50,7 @@ export const watchCommand = defineCommand({
         if (event.type !== "progress" && count !== undefined && ++changes >= count) break;
       }
     } catch (error) {
-      if (!interrupted.signal.aborted) clientFailure(error);
+      if (!interrupted.signal.aborted) exitFor(error);
     } finally {
       interrupted.dispose();
     }

@@ -177,22 +177,22 @@ export function createLeasesApi(transport: Transport): LeasesApi {
 }
 
 /**
- * The keeper's loop. Invariant: the lease is alive at least until `sentMs + ttlMs` of the last
- * keepalive answered (the leader restarted its countdown after we sent it), so `lost` fires at that
- * deadline unless a later keepalive was answered first: early rather than late, which is the safe
- * side for a lock holder.
- */
-/**
  * The longest delay a timer takes (2^31 - 1 ms, about 24.8 days): a longer one fires at once, so a
  * lease of a month was reported lost 26 ms after it was kept (found in review).
  */
 const TIMER_MS_MAX = 2 ** 31 - 1;
 
 /** `ms` as a timer's delay: at least 0, at most TIMER_MS_MAX (a beat that comes early does no harm). */
-export function timerDelay(ms: number): number {
+function timerDelay(ms: number): number {
   return Math.min(TIMER_MS_MAX, Math.max(0, ms));
 }
 
+/**
+ * The keeper's loop. Invariant: the lease is alive at least until `sentMs + ttlMs` of the last
+ * keepalive answered (the leader restarted its countdown after we sent it), so `lost` fires at that
+ * deadline unless a later keepalive was answered first: early rather than late, which is the safe
+ * side for a lock holder.
+ */
 function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id: number, timeoutMs?: number) => Promise<unknown>): LeaseKeeper {
   const lostController = new AbortController();
   let stopped = false;

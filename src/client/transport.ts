@@ -6,6 +6,7 @@
  */
 import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import { answerOutcome, errorCodeOf, isRetryableRefusal } from "./outcome.ts";
+import { FailureTally } from "./failure-tally.ts";
 
 /**
  * How a call may be retried:
@@ -99,14 +100,7 @@ export class Transport {
   async send(call: Call): Promise<Answer> {
     const timeoutMs = Math.min(this.options.timeoutMs, call.timeoutMs ?? Number.POSITIVE_INFINITY);
     const deadlineMs = performance.now() + timeoutMs;
-    // Each distinct failure once, in the order first seen, with how often it happened: one endpoint
-    // failing alike on every pass round the endpoints reads once (found in review: 8 times a line).
-    const noted = new Map<string, number>();
-    const note = (what: string) => {
-      noted.set(what, (noted.get(what) ?? 0) + 1);
-      if (noted.size > ATTEMPTS_KEPT_MAX) noted.delete(noted.keys().next().value as string);
-    };
-    const attemptsSeen = (): string[] => [...noted].map(([what, count]) => (count > 1 ? `${what} (×${count})` : what));
+    const noted = new FailureTally(ATTEMPTS_KEPT_MAX);
     let uncertain = false; // some attempt of this write may have been applied
     let onlyRedirectLoops = true; // every attempt so far ended in a redirect loop
     let lastRefusal: Answer | undefined;
@@ -128,41 +122,41 @@ export class Transport {
               return answer;
             }
             if (outcome === "unknown") {
-              note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
+              noted.note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
               this.forget(answer.origin);
-              if (call.safety === "once") throw unknownOutcome(call, attemptsSeen());
+              if (call.safety === "once") throw unknownOutcome(call, noted.lines());
               if (call.safety === "idempotent") uncertain = true;
               continue;
             }
             if (isRetryableRefusal(answer.status, code)) {
-              note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
+              noted.note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
               lastRefusal = answer;
               if (code === "no_leader") this.forget(answer.origin);
               continue;
             }
             // Without a key, an earlier attempt that may have applied can be what this refuses.
             if (uncertain && call.refusedOnceApplied === true && call.idempotencyKey === undefined) {
-              note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
-              throw unknownOutcome(call, attemptsSeen());
+              noted.note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
+              throw unknownOutcome(call, noted.lines());
             }
             return answer; // a refusal for good: the caller turns it into a KvClientError
           }
           case "unreachable":
             onlyRedirectLoops = false;
             this.suspects.set(result.origin ?? endpoint, performance.now() + SUSPECT_MS);
-            note(`${endpoint}: ${result.reason}`);
+            noted.note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
             continue;
           case "lost":
             onlyRedirectLoops = false;
             this.suspects.set(result.origin ?? endpoint, performance.now() + SUSPECT_MS);
-            note(`${endpoint}: ${result.reason}`);
+            noted.note(`${endpoint}: ${result.reason}`);
             this.forget(endpoint);
-            if (call.safety === "once") throw unknownOutcome(call, attemptsSeen());
+            if (call.safety === "once") throw unknownOutcome(call, noted.lines());
             if (call.safety === "idempotent") uncertain = true;
             continue;
           case "redirect_loop":
-            note(`${endpoint}: ${result.reason}`);
+            noted.note(`${endpoint}: ${result.reason}`);
             continue;
         }
       }
@@ -170,15 +164,15 @@ export class Transport {
       if (leftMs <= 0) break;
       await Bun.sleep(Math.min(leftMs, BACKOFF_MS_MIN * 2 ** Math.min(pass, 5), BACKOFF_MS_MAX)); // let an election settle
     }
-    if (uncertain) throw unknownOutcome(call, attemptsSeen());
+    if (uncertain) throw unknownOutcome(call, noted.lines());
     if (lastRefusal !== undefined) throw errorFromAnswer(lastRefusal);
     if (onlyRedirectLoops && noted.size > 0) {
-      throw new KvClientError("too_many_redirects", 0, `every endpoint sent ${call.method} ${pathOnly(call.path)} round in redirects: ${attemptsSeen().join("; ")}`);
+      throw new KvClientError("too_many_redirects", 0, `every endpoint sent ${call.method} ${pathOnly(call.path)} round in redirects: ${noted.lines().join("; ")}`);
     }
     throw new KvClientError(
       "unreachable",
       0,
-      `no endpoint could serve the request (${call.method} ${pathOnly(call.path)}) within ${timeoutMs} ms: ${attemptsSeen().join("; ")}`,
+      `no endpoint could serve the request (${call.method} ${pathOnly(call.path)}) within ${timeoutMs} ms: ${noted.lines().join("; ")}`,
     );
   }
 

@@ -7,6 +7,7 @@
  */
 import { readSse } from "../lib/sse-reader.ts";
 import { KvClientError } from "./errors.ts";
+import { FailureTally } from "./failure-tally.ts";
 import type { Transport } from "./transport.ts";
 import { fromJsonValue, makeEntry, type KvEntry } from "./values.ts";
 
@@ -90,8 +91,8 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
   let failedInARow = 0;
   let servedMs = performance.now();
   let compactedInARow = 0; // endpoints in a row that answered 410: all of them means the caller must re-read
-  // Each distinct failure since the stream was last served, with how often (first seen first).
-  const failures = new Map<string, number>();
+  // Each distinct failure since the stream was last served.
+  const failures = new FailureTally(endpoints.length * 2);
 
   const aborted = () => signal?.aborted === true;
   while (!aborted()) {
@@ -203,14 +204,12 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
       controller.abort(); // the stream, if the caller stopped iterating or anything above threw
       if (ended !== undefined) {
         failedInARow++;
-        failures.set(ended, (failures.get(ended) ?? 0) + 1);
-        if (failures.size > endpoints.length * 2) failures.delete(failures.keys().next().value as string);
+        failures.note(ended);
       }
     }
     if (aborted()) return;
     if (performance.now() - servedMs > reconnectTimeoutMs) {
-      const seen = [...failures].map(([what, count]) => (count > 1 ? `${what} (×${count})` : what));
-      throw new KvClientError("unreachable", 0, `no endpoint served the watch for ${reconnectTimeoutMs} ms: ${seen.join("; ")}`);
+      throw new KvClientError("unreachable", 0, `no endpoint served the watch for ${reconnectTimeoutMs} ms: ${failures.lines().join("; ")}`);
     }
     if (failedInARow >= endpoints.length && failedInARow % endpoints.length === 0) {
       await Bun.sleep(Math.min(BACKOFF_MS_MAX, BACKOFF_MS_MIN * 2 ** Math.min(5, failedInARow / endpoints.length - 1))); // retry pace

@@ -2,6 +2,7 @@ import { fnv1a } from "../lib/fnv1a.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
 import type { NodeId } from "../raft/types.ts";
 import { NodeSim, SimViolation } from "./node-sim.ts";
+import { SeenVersions } from "../chaos/history.ts";
 
 /** What one run of real node loops did: proof the faults and paths were exercised. */
 export interface NodeSwarmResult {
@@ -128,9 +129,8 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   // Clients: each waits for its answer, thinks a little, and goes again, to the leader it believes in.
   const client = (clientId: number) => {
     let leaderHint: NodeId | undefined;
-    // The version this client last saw each key at (0: absent): three in ten of its writes of a key
-    // it has seen are compare-and-sets on it (as `kv chaos random`'s clients do).
-    const seen = new Map<string, number>();
+    // Some of its writes of a key it has seen are compare-and-sets on it, as `kv chaos random`'s.
+    const seen = new SeenVersions();
     const next = (): void => {
       if (sim.nowMs >= runMs) return;
       const target = leaderHint !== undefined && prng.chance(0.8) ? leaderHint : prng.pick(ids());
@@ -138,13 +138,9 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       const kind = roll < 0.5 ? "put" : roll < 0.9 ? "get" : "delete";
       const consistency = prng.chance(0.3) ? "lease" : "linearizable";
       const key = prng.pick(keys);
-      const known = seen.get(key);
-      const ifVersion = kind !== "get" && known !== undefined && prng.chance(0.3) ? known : undefined;
+      const ifVersion = seen.ifVersionFor(kind, key, (p) => prng.chance(p));
       void sim.callOperation(clientId, target, kind, key, { consistency, ...(ifVersion === undefined ? {} : { ifVersion }) }).then((op) => {
-        if (op.outcome !== "ok") seen.delete(key);
-        else if ((op.kind === "get" && op.output === null) || op.kind === "delete") seen.set(key, 0);
-        else if (op.version !== undefined) seen.set(key, op.version);
-        else seen.delete(key);
+        seen.note(op);
         leaderHint = sim.leader();
         sim.at(prng.intInclusive(0, 20), next);
       });
