@@ -4,7 +4,9 @@
 // leaders removed, removed servers joining again on a wiped disk) in clusters of 3, 5 and 7, over a
 // network that runs the real transport's sender, peer service and reply slots: 500 seeded runs on a
 // simulated disk, network and clock, with one leader per term and log matching across every server
-// that ever ran checked after every event, then healing and convergence of the members. Each seed
+// that ever ran checked after every event, then healing and convergence of the members. In most runs
+// bank clients also move money between accounts with multi-key transactions, judged by
+// src/chaos/bank.ts (no money made or lost, no transaction seen in part, no stale read). Each seed
 // replays bit for bit.
 // Replay one seed: KV_NODE_SWARM_SEED=N bun test test/node-swarm.test.ts ; more: KV_NODE_SWARM_SEEDS=5000 ;
 // longer runs (simulated ms each, e.g. thousands of election timeouts): KV_SWARM_MS=600000.
@@ -40,6 +42,8 @@ const totals = {
   rejoins: 0,
   removals: 0,
   leaderRemovals: 0,
+  bankTransfers: 0,
+  bankReads: 0,
 };
 
 function add(result: NodeSwarmResult): void {
@@ -63,6 +67,8 @@ function add(result: NodeSwarmResult): void {
   totals.rejoins += result.rejoins;
   totals.removals += result.removals;
   totals.leaderRemovals += result.leaderRemovals;
+  totals.bankTransfers += result.bankTransfers;
+  totals.bankReads += result.bankReads;
 }
 
 for (let from = 0; from < seeds.length; from += batchSize) {
@@ -104,6 +110,9 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     expect(totals.rejoins).toBeGreaterThan(seeds.length / 50);
     expect(totals.removals).toBeGreaterThan(seeds.length / 5);
     expect(totals.leaderRemovals).toBeGreaterThan(seeds.length / 20);
+    // The bank's transactions moved money, and its reads of several accounts were judged.
+    expect(totals.bankTransfers).toBeGreaterThan(seeds.length * 10);
+    expect(totals.bankReads).toBeGreaterThan(seeds.length * 20);
   }
 });
 

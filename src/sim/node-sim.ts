@@ -91,7 +91,7 @@ interface SimServer {
 const simulatedEpochMs = Date.UTC(2026, 0, 1);
 
 /** Errors that say the write certainly did not take effect. */
-const refusedCodes = new Set(["not_leader", "no_leader", "proposal_dropped", "overloaded", "insufficient_storage", "quota_exceeded", "bad_request", "version_mismatch", "idempotency_key_reused"]);
+export const refusedCodes = new Set(["not_leader", "no_leader", "proposal_dropped", "overloaded", "insufficient_storage", "quota_exceeded", "bad_request", "version_mismatch", "idempotency_key_reused"]);
 
 /**
  * A whole cluster of real node loops (`KvNode`, the code the server runs) in one process, on a
@@ -731,7 +731,7 @@ export class NodeSim {
    * (right for clocks that cannot tell them apart): a client's next operation, called in the ms its
    * previous one was answered, counted as concurrent with it, and a stale read there was accepted.
    */
-  private historyTime(): number {
+  historyTime(): number {
     if (this.nowMs !== this.historyTimeMs) {
       this.historyTimeMs = this.nowMs;
       this.historyTimeStep = 0;

@@ -3,6 +3,8 @@ import { createPrng, type Prng } from "../lib/prng.ts";
 import type { NodeId } from "../raft/types.ts";
 import { NodeSim, SimViolation } from "./node-sim.ts";
 import { SeenVersions } from "../chaos/history.ts";
+import { balanceOf, bankAccounts, BANK_PREFIX } from "../chaos/bank.ts";
+import { SimBank } from "./sim-bank.ts";
 
 /** What one run of real node loops did: proof the faults and paths were exercised. */
 export interface NodeSwarmResult {
@@ -35,6 +37,9 @@ export interface NodeSwarmResult {
   readonly stateMachineAhead: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;
+  /** The bank workload's transfers answered as applied, and its reads answered (src/chaos/bank.ts). */
+  readonly bankTransfers: number;
+  readonly bankReads: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
   readonly events: number;
   /**
@@ -149,6 +154,38 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   };
   for (let c = 1; c <= clientCount; c++) client(c);
 
+  // Bank clients (src/chaos/bank.ts), in most runs: each reads two accounts and moves some of the
+  // first's balance to the second in one transaction conditional on both versions, or reads several
+  // accounts at once (a read-only transaction, or a listing of all of them).
+  const bank = new SimBank(sim, bankAccounts(prng.intInclusive(2, 4)));
+  const bankClientCount = prng.pick([0, 1, 2, 3]);
+  const bankClient = (clientId: number) => {
+    let leaderHint: NodeId | undefined;
+    const again = () => {
+      leaderHint = sim.leader();
+      sim.at(prng.intInclusive(0, 20), next);
+    };
+    const next = (): void => {
+      if (sim.nowMs >= runMs) return;
+      const target = leaderHint !== undefined && prng.chance(0.8) ? leaderHint : prng.pick(ids());
+      const consistency = prng.chance(0.3) ? "lease" : "linearizable";
+      if (prng.chance(0.3)) {
+        void bank.read(clientId, target, prng.chance(0.5) ? "list" : bank.accounts, consistency).then(again);
+        return;
+      }
+      const [from, to] = prng.shuffle(bank.accounts) as [string, string];
+      void bank.read(clientId, target, [from, to], "linearizable").then((seen) => {
+        const [fromSeen, toSeen] = seen ?? [];
+        const balance = fromSeen === undefined ? undefined : balanceOf(fromSeen);
+        if (fromSeen === undefined || toSeen === undefined || balance === undefined) return again();
+        const amount = prng.intInclusive(0, Math.max(0, balance));
+        void bank.transfer(clientId, sim.leader() ?? target, fromSeen, toSeen, amount).then(again);
+      });
+    };
+    sim.at(prng.intInclusive(0, 50), next);
+  };
+  for (let c = 1; c <= bankClientCount; c++) bankClient(clientCount + c);
+
   // The nemesis: one draw per tick.
   const nemesis = (): void => {
     if (sim.nowMs >= runMs) return;
@@ -227,6 +264,13 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   try {
     await sim.runUntil(runMs);
     await sim.healAndCheck(keys, 60_000);
+    // The converged members hold one state machine (checked): the bank's final state is any one's.
+    const member = sim.servers.get((sim.members() ?? [])[0] as NodeId);
+    const rows = new Map((member?.disk.contents().list(BANK_PREFIX, undefined, 1_000) ?? []).map((row) => [row.key, row]));
+    bank.check(bank.accounts.map((key) => {
+      const row = rows.get(key);
+      return row === undefined ? { key, value: null, version: 0 } : { key, value: new TextDecoder().decode(row.value), version: row.version };
+    }));
   } catch (error: unknown) {
     const detail = error instanceof Error ? error.message : String(error);
     // Described before it stops: stopped, every node reads as down.
@@ -236,7 +280,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   }
   const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
   const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}/${op.version ?? ""}/${op.ifVersion ?? ""}`).join(";");
-  const digest = fnv1a(`${sim.traceDigest()}|${sim.eventsRun}|${history}|${finalState}|${sim.nowMs}|${prng.next()}`);
+  const digest = fnv1a(`${sim.traceDigest()}|${sim.eventsRun}|${history}|${bank.digestText()}|${finalState}|${sim.nowMs}|${prng.next()}`);
   const snapshotsInstalled = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.snapshotsInstalled, 0);
   const storageThreadAnswers = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadAnswers, 0);
   const storageThreadInstalls = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadInstalls, 0);
@@ -266,6 +310,8 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     storageThreadInstalls,
     stateMachineAhead,
     repliesCarried: sim.network.repliesCarried,
+    bankTransfers: bank.history.filter((op) => op.kind === "transfer" && op.outcome === "ok" && op.succeeded === true).length,
+    bankReads: bank.history.filter((op) => op.kind === "read").length,
     events: sim.eventsRun,
     digest,
   };

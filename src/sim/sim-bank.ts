@@ -1,0 +1,135 @@
+/**
+ * The bank workload (src/chaos/bank.ts) in the simulator: clients move money between accounts with
+ * multi-key transactions through the node API, and read several accounts at once (a read-only
+ * transaction, or a listing), while the nemesis works; `check` judges what they were answered and
+ * the converged state with `findBankViolation`.
+ */
+import { type BankAccountSeen, type BankOperation, BANK_PREFIX, describeBankOperation, findBankViolation, transferWrites } from "../chaos/bank.ts";
+import type { ReadConsistency } from "../node/api.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { NodeId } from "../raft/types.ts";
+import { type NodeSim, refusedCodes, SimViolation } from "./node-sim.ts";
+
+const utf8 = new TextEncoder();
+const text = new TextDecoder();
+
+/** Accounts a listing may return; far more than a bank has. */
+const listLimit = 1_000;
+
+export class SimBank {
+  /** Answered operations, and transfers whose outcome stayed unknown, in the order they ended. */
+  readonly history: BankOperation[] = [];
+  /** Transfers called and not answered yet: unknown if the run ends first. */
+  private readonly inflight = new Map<number, BankOperation>();
+  private sequence = 0;
+
+  constructor(
+    private readonly sim: NodeSim,
+    readonly accounts: readonly string[],
+  ) {}
+
+  /**
+   * Reads `keys` at node `id` in one read-only transaction, or every account by a listing (`list`):
+   * resolves with what was seen, or undefined when the read was not answered with one.
+   */
+  read(clientId: number, id: NodeId, keys: readonly string[] | "list", consistency: ReadConsistency): Promise<readonly BankAccountSeen[] | undefined> {
+    const node = this.sim.servers.get(id)?.node;
+    const opId = this.nextId();
+    const callMs = this.sim.historyTime();
+    if (node === undefined) return Promise.resolve(undefined);
+    let call: Promise<BankAccountSeen[]>;
+    try {
+      if (keys === "list") {
+        call = node.list(BANK_PREFIX, undefined, listLimit, consistency).then((rows) => {
+          const byKey = new Map(rows.map((row) => [row.key, row]));
+          return this.accounts.map((key) => {
+            const row = byKey.get(key);
+            return row === undefined ? { key, value: null, version: 0 } : { key, value: text.decode(row.value), version: row.version };
+          });
+        });
+      } else {
+        const request = { compare: [], success: keys.map((key) => ({ op: "get" as const, key })), failure: [] };
+        call = node.txn(request).then((answer) =>
+          answer.results.map((result) => {
+            if (result.op !== "get") throw new SimViolation(`a read-only transaction answered a ${result.op}`);
+            return result.found ? { key: result.key, value: text.decode(result.value), version: result.version } : { key: result.key, value: null, version: 0 };
+          }),
+        );
+      }
+    } catch (error: unknown) {
+      call = Promise.reject(error);
+    }
+    return call.then(
+      (seen) => {
+        const full = keys === "list" || seen.length === this.accounts.length;
+        this.history.push({ id: opId, clientId, kind: "read", callMs, returnMs: this.sim.historyTime(), outcome: "ok", seen, full });
+        return seen;
+      },
+      (error: unknown) => {
+        if (!(error instanceof KvError)) throw error;
+        return undefined; // a read that failed took no effect either way
+      },
+    );
+  }
+
+  /**
+   * Moves `amount` from `from` to `to` at node `id`, as both were read: one transaction whose
+   * comparisons are their versions. Resolves once answered (or given up as unknown).
+   */
+  transfer(clientId: number, id: NodeId, from: BankAccountSeen, to: BankAccountSeen, amount: number): Promise<void> {
+    const node = this.sim.servers.get(id)?.node;
+    const opId = this.nextId();
+    const writes = transferWrites(opId, from, to, amount);
+    const called: BankOperation = { id: opId, clientId, kind: "transfer", callMs: this.sim.historyTime(), outcome: "unknown", writes };
+    if (node === undefined) {
+      this.history.push({ ...called, returnMs: called.callMs, outcome: "fail" });
+      return Promise.resolve();
+    }
+    this.inflight.set(opId, called);
+    const request = {
+      compare: [from, to].map((seen) => ({ key: seen.key, target: "version" as const, version: seen.version })),
+      success: writes.map((write) => ({ op: "put" as const, key: write.key, value: utf8.encode(write.value) })),
+      failure: [],
+    };
+    let call: ReturnType<typeof node.txn>;
+    try {
+      call = node.txn(request);
+    } catch (error: unknown) {
+      call = Promise.reject(error);
+    }
+    return call.then(
+      (answer) => {
+        this.inflight.delete(opId);
+        this.history.push({ ...called, returnMs: this.sim.historyTime(), outcome: "ok", succeeded: answer.succeeded, version: answer.version });
+      },
+      (error: unknown) => {
+        if (!(error instanceof KvError)) throw error;
+        this.inflight.delete(opId);
+        const refused = refusedCodes.has(error.code);
+        this.history.push(refused ? { ...called, returnMs: this.sim.historyTime(), outcome: "fail" } : called);
+      },
+    );
+  }
+
+  /**
+   * Judges every answer and `finalState` (every account as the converged cluster holds it); throws
+   * a SimViolation naming the broken rule and its evidence.
+   */
+  check(finalState: readonly BankAccountSeen[]): void {
+    const history = [...this.history, ...this.inflight.values()];
+    const violation = findBankViolation(history, this.accounts.length, finalState);
+    if (violation === undefined) return;
+    throw new SimViolation(`bank: ${violation.reason}\n${violation.evidence.map((op) => `  ${describeBankOperation(op)}`).join("\n")}`);
+  }
+
+  /** The history for the run's digest, one record per operation. */
+  digestText(): string {
+    return this.history
+      .map((op) => `${op.id}/${op.kind}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.succeeded ?? ""}/${op.version ?? ""}/${(op.seen ?? []).map((s) => `${s.value}@${s.version}`).join(",")}`)
+      .join(";");
+  }
+
+  private nextId(): number {
+    return ++this.sequence;
+  }
+}
