@@ -16,7 +16,7 @@ const SCENARIO_TIMEOUT_MS = 120_000;
 const run = runKv;
 
 /** What the epoch test reads from `--json` (only what it asserts on). */
-type EpochRunResult = Pick<RandomResult, "epochs" | "workloadEndMs" | "operationsHeldMax" | "operations" | "throughput" | "faults">;
+type EpochRunResult = Pick<RandomResult, "epochs" | "workloadEndMs" | "operationsHeldMax" | "operations" | "throughput" | "faults" | "bank">;
 
 const outDir = mkdtempSync(join(tmpdir(), "kv-random-test-"));
 afterAll(() => rmSync(outDir, { recursive: true, force: true }));
@@ -45,6 +45,10 @@ describe("kv chaos random, through the built executable", () => {
       expect(out).toContain("Faults injected: 1 (isolate 1)");
       expect(out).toContain("Final linearizable reads answered: 5 of 5");
       expect(out).toMatch(/Linearizability: ✅ linearizable \(\d+ keys in \d+ epochs?, checked in \d+ ms\)/);
+      // Two bank clients by default: their transfers applied and their reads were judged.
+      const bank = /Bank: ✅ (\d+) transfers by 2 clients \((\d+) applied, \d+ unknown\), (\d+) reads of several accounts, in \d+ rounds?: no money made or lost/.exec(out);
+      expect(Number(bank?.[2])).toBeGreaterThan(10);
+      expect(Number(bank?.[3])).toBeGreaterThan(10);
       expect(out).toMatch(/Convergence: ✅ all 3 nodes applied index \d+ and hold the same value for each of the 5 keys/);
       expect(out).toMatch(/✅ SUCCESS: \d+ operations in \d+ epochs? under 1 fault \(of 1 injected\) are linearizable/);
       expect(out).toContain("Replay this schedule: kv chaos random --seed 7 --duration 8s");
@@ -69,8 +73,9 @@ describe("kv chaos random, through the built executable", () => {
       const reportFile = join(outDir, "epochs.html");
       // Before epochs, 400 was where a run stopped recording (its operation cap): clients went idle at
       // about 0.5 s while the nemesis went on, and its faults were still counted in the verdict.
-      const epochOps = 400;
-      const args = ["chaos", "random", "--duration", "8s", "--seed", "7", "--epoch-ops", String(epochOps)];
+      // Epochs of 300 make four in 8 s with room to spare beside a bank client (whose rounds are 60 turns).
+      const epochOps = 300;
+      const args = ["chaos", "random", "--duration", "8s", "--seed", "7", "--epoch-ops", String(epochOps), "--bank-clients", "1"];
       const { code, out } = await run([...args, "--json", jsonFile, "--report", reportFile]);
       if (code !== 0) console.error(out);
       expect(code).toBe(0);
@@ -106,6 +111,14 @@ describe("kv chaos random, through the built executable", () => {
       expect(lateBuckets.length).toBeGreaterThanOrEqual(2);
       for (const n of lateBuckets) expect(n).toBeGreaterThan(0);
 
+      // The bank clients take fresh accounts every fifth of an epoch's operations; each round is
+      // closed by a read of every account and checked while the run goes on.
+      expect(result.bank.violation).toBeUndefined();
+      expect(result.bank.unansweredClosingReads).toBe(0);
+      expect(result.bank.rounds).toBeGreaterThanOrEqual(3);
+      expect(result.bank.transfersApplied).toBeGreaterThan(0);
+      expect(out.match(/\nbank round \d+ checked: \d+ transfers \(\d+ applied\), \d+ reads, consistent\n/g)?.length).toBe(result.bank.rounds);
+
       // Faults count only when an operation was in flight during them: here the clients never stop,
       // so the one fault met operations, and the verdict says so.
       expect(result.faults.length).toBe(1);
@@ -113,7 +126,7 @@ describe("kv chaos random, through the built executable", () => {
       expect(out).toContain(
         `✅ SUCCESS: ${result.operations.total} operations in ${epochs.length} epochs under 1 fault (of 1 injected) are linearizable`,
       );
-      expect(out).toMatch(/\] epoch 0 checked: 4\d\d operations on k0\.\.k4, linearizable/);
+      expect(out).toMatch(/\] epoch 0 checked: 3\d\d operations on k0\.\.k4, linearizable/);
 
       // The report details one epoch (the last) and lists every epoch in a table.
       const html = readFileSync(reportFile, "utf8");
@@ -142,6 +155,8 @@ describe("kv chaos random, through the built executable", () => {
       expect(out).toMatch(/Evidence: the smallest failing piece of the history \(\d+ operations\):/);
       // A stale read is a get in the evidence that returned a value already overwritten.
       expect(out).toMatch(/\n {4}client \d get\(k\d\) → ("c\d-w\d+"|null) \[\d+ms → \d+ms\] ok/);
+      // The bank clients' listings are stale reads too: a listing misses a transfer that returned before it.
+      expect(out).toMatch(/Bank: ❌ .* VIOLATION in round \d+: a read saw bank\/r\d+\/\d at version \d+, but (transfer t\d+, which|a read that) returned before it was called, .* a stale read/);
       expect(out).toContain("❌ FAILURE");
       expect(out).toContain("Replay this schedule: kv chaos random --seed 7 --duration 10s --read-consistency stale --nemesis partition");
 
@@ -173,6 +188,7 @@ describe("kv chaos random, through the built executable", () => {
       [["--read-consistency", "eventual"], "--read-consistency must be one of linearizable, lease, stale"],
       [["--nemesis", "flood"], "--nemesis must be one of all, partition, kill, pause"],
       [["--duration", "5 parsecs"], "--duration must be a duration"],
+      [["--bank-clients", "-1"], "--bank-clients must be a whole number from 0 to 1000, got '-1'"],
       [["--base-port", "5001"], "'random' needs the runner's TCP proxies"],
     ];
     for (const [flags, message] of cases) {

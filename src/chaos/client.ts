@@ -14,7 +14,7 @@ export type Outcome =
 /** An HTTP client for one kv node that never follows redirects and classifies every answer. */
 export async function request(
   baseUrl: string,
-  method: "GET" | "PUT" | "DELETE",
+  method: "GET" | "PUT" | "DELETE" | "POST",
   path: string,
   body?: Uint8Array | string,
   timeoutMs = 3_000,
@@ -26,6 +26,7 @@ export async function request(
       body,
       redirect: "manual",
       signal: AbortSignal.timeout(timeoutMs),
+      ...(method === "POST" ? { headers: { "content-type": "application/json" } } : {}),
     });
   } catch (error) {
     return { kind: "unknown", reason: error instanceof Error ? error.message : String(error) };
@@ -41,7 +42,7 @@ export async function request(
 
 /** Classifies a complete HTTP answer from a kv node (shared by `request` and the raw-socket client). */
 export function classifyResponse(
-  method: "GET" | "PUT" | "DELETE",
+  method: "GET" | "PUT" | "DELETE" | "POST",
   status: number,
   header: (name: string) => string | null,
   bytes: Uint8Array,

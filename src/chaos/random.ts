@@ -19,6 +19,7 @@ import type { LiveDisplay, LoadCounters } from "./live-display.ts";
 import { clock, describePlannedFault, Nemesis, planSchedule, type FaultKind, type FaultWindow, type NemesisMode, type PlannedFault } from "./nemesis.ts";
 import { renderReport, type ReportCheck } from "./report.tsx";
 import { kvPath } from "./write-load.ts";
+import { type BankSummary, BankWorkload } from "./bank-workload.ts";
 import { findVersionViolation } from "./version-check.ts";
 import { parseDuration } from "../lib/duration.ts";
 
@@ -45,6 +46,8 @@ export interface RandomOptions {
   readonly checkTimeBudgetMs?: number;
   /** Client operations per epoch: the clients move on to fresh keys after this many. Default EPOCH_OPS_DEFAULT. */
   readonly epochOps?: number;
+  /** Bank clients (src/chaos/bank-workload.ts) besides the others: multi-key transactions, judged by src/chaos/bank.ts. Default 0. */
+  readonly bankClients?: number;
   readonly display: LiveDisplay;
 }
 
@@ -136,6 +139,8 @@ export interface RandomResult {
   /** Closing linearizable reads of retired epochs that got no answer ("key" each). */
   readonly unansweredClosingReads: string[];
   readonly linearizability: { verdict: CheckResult; checkMs: number; evidence?: string[] };
+  /** The bank clients' transfers and reads, and the first broken rule of src/chaos/bank.ts. */
+  readonly bank: BankSummary;
   readonly convergence: Convergence;
   readonly reportPath?: string;
 }
@@ -690,7 +695,8 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
 
   print(
     `[Step 3] ${opts.clients} clients on ${opts.keys} keys against random nodes for ${formatDuration(opts.durationMs)} ` +
-      `(reads: ${opts.readConsistency}), nemesis: ${opts.nemesis}; fresh keys every ${opts.epochOps ?? EPOCH_OPS_DEFAULT} operations...`,
+      `(reads: ${opts.readConsistency}), nemesis: ${opts.nemesis}; fresh keys every ${opts.epochOps ?? EPOCH_OPS_DEFAULT} operations` +
+      `${(opts.bankClients ?? 0) === 0 ? "" : `; ${opts.bankClients} bank clients on fresh accounts every ${bankRoundOps(opts.epochOps ?? EPOCH_OPS_DEFAULT)} turns`}...`,
   );
   const startedMs = performance.now();
   const nowMs = () => performance.now() - startedMs;
@@ -717,12 +723,24 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
       if (workload.activity.metBy(window)) faultsMetOperations.add(window.index);
     },
   });
+  const bankWorkload = new BankWorkload(cluster, {
+    seed: opts.seed,
+    clients: opts.bankClients ?? 0,
+    roundOps: bankRoundOps(epochOps),
+    requestTimeoutMs: opts.requestTimeoutMs,
+    listConsistency: opts.readConsistency,
+    nowMs,
+    print,
+  });
   display.track(() => workload);
   workload.start();
+  bankWorkload.start();
   nemesis.start();
   await Bun.sleep(opts.durationMs); // the run's length: a timer, not a condition
   const faultWindows = await nemesis.stop();
   await workload.stop();
+  // Its last round is closed by reads through the leader: after the nemesis, before healing ends them.
+  const bank = await bankWorkload.stop();
   const workloadEndMs = Math.ceil(nowMs());
   display.untrack();
   print(`${clock(workloadEndMs)} clients stopped: ${describeCounts(workload.counts())} in ${workload.epochCount} epoch${workload.epochCount === 1 ? "" : "s"}`);
@@ -767,6 +785,11 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
   print(`Final linearizable reads answered: ${keys.length - unanswered.length} of ${keys.length}${unanswered.length === 0 ? "" : ` (no answer: ${unanswered.join(", ")})`}`);
   const evidence = verdict.ok === false ? verdict.evidence.map(describeOperation) : undefined;
   printVerdict(verdict, checkMs, workload.epochCount, print);
+  const bankOk = bank.violation === undefined && bank.unansweredClosingReads === 0;
+  if (bank.clients > 0) {
+    print(`Bank: ${bankOk ? "✅" : "❌"} ${describeBank(bank)}`);
+    if (bank.violation !== undefined) for (const line of bank.violation.evidence) print(`  ${line}`);
+  }
   if (convergence.ok) {
     print(`Convergence: ✅ all ${cluster.nodes.length} nodes applied index ${Object.values(convergence.appliedIndex)[0]} and hold the same value for each of the ${keys.length} keys`);
   } else {
@@ -777,7 +800,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
   for (const exit of cluster.unexpectedExits) {
     print(`Node ${exit.id} exited on its own (code ${exit.code}${exit.signal === undefined ? "" : `, ${exit.signal}`}): see ${cluster.node(exit.id).logFile}`);
   }
-  const ok = verdict.ok === true && convergence.ok && unanswered.length === 0 && unansweredClosingReads.length === 0 && cluster.unexpectedExits.length === 0;
+  const ok = verdict.ok === true && bankOk && convergence.ok && unanswered.length === 0 && unansweredClosingReads.length === 0 && cluster.unexpectedExits.length === 0;
   let reportPath: string | undefined;
   if (opts.reportPath !== undefined) {
     const checks: ReportCheck[] = [
@@ -791,6 +814,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
         ok: unansweredClosingReads.length === 0,
         detail: unansweredClosingReads.length === 0 ? `every key of ${workload.epochCount - 1} retired epochs read once more` : `no answer: ${unansweredClosingReads.join(", ")}`,
       },
+      ...(bank.clients === 0 ? [] : [{ name: "Bank transfers (multi-key transactions)", ok: bankOk, detail: describeBank(bank) }]),
       {
         name: "Convergence",
         ok: convergence.ok,
@@ -875,9 +899,26 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
     finalReads,
     unansweredClosingReads,
     linearizability: { verdict, checkMs, ...(evidence === undefined ? {} : { evidence }) },
+    bank,
     convergence,
     ...(reportPath === undefined ? {} : { reportPath }),
   };
+}
+
+/** The bank clients' turns per round: a fifth of an epoch's operations (they are fewer, and each turn may be two calls). */
+function bankRoundOps(epochOps: number): number {
+  return Math.max(20, Math.floor(epochOps / 5));
+}
+
+/** One line on the bank clients' run: what they did, and what the checker found. */
+function describeBank(bank: BankSummary): string {
+  const verdict =
+    bank.violation !== undefined
+      ? `VIOLATION in round ${bank.violation.round}: ${bank.violation.reason}`
+      : bank.unansweredClosingReads > 0
+        ? `${bank.unansweredClosingReads} round${bank.unansweredClosingReads === 1 ? "'s" : "s'"} closing read unanswered`
+        : "no money made or lost, no transaction seen in part, no stale read";
+  return `${bank.transfers} transfers by ${bank.clients} clients (${bank.transfersApplied} applied, ${bank.transfersUnknown} unknown), ${bank.reads} reads of several accounts, in ${bank.rounds} round${bank.rounds === 1 ? "" : "s"}: ${verdict}`;
 }
 
 /** The last line of a run that found nothing wrong; it counts only the faults that met operations. */

@@ -214,12 +214,17 @@ const scenarios: Record<string, ScenarioDefinition> = {
       seed: { type: "string", description: "Fixes the nemesis schedule and the clients' choices (default: a random seed, printed)", valueHint: "N" },
       clients: { type: "string", description: "Concurrent clients, one operation at a time each (default 5)", valueHint: "N" },
       keys: { type: "string", description: "Keys the clients share (default 5)", valueHint: "N" },
+      "bank-clients": {
+        type: "string",
+        description: "More clients, moving money between accounts with multi-key transactions: no money made or lost, no transaction seen in part, no stale read (default 2; 0: none)",
+        valueHint: "N",
+      },
       "read-consistency": { type: "string", description: "How reads are served: linearizable (default), lease or stale", valueHint: "MODE" },
       nemesis: { type: "string", description: "Faults to inject: all (default), partition, kill or pause", valueHint: "MODE" },
       report: { type: "string", description: "Write a self-contained HTML report (timeline, faults, latency, verdict, evidence) to FILE", valueHint: "FILE.html" },
       "epoch-ops": {
         type: "string",
-        description: `Client operations per epoch: then fresh keys, and the finished epoch is checked and dropped while the run goes on (default ${EPOCH_OPS_DEFAULT})`,
+        description: `Client operations per epoch: then fresh keys, and the finished epoch is checked and dropped while the run goes on (default ${EPOCH_OPS_DEFAULT}; bank clients take fresh accounts every fifth of it)`,
         valueHint: "N",
       },
       ...clientTimeoutArg,
@@ -229,6 +234,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
       const seed = flags.seed === undefined ? randomSeed() : intFlag(flags, "seed", 0, 0, SEED_MAX);
       const clients = intFlag(flags, "clients", 5, 1, 1_000);
       const keys = intFlag(flags, "keys", 5, 1, 10_000);
+      const bankClients = intFlag(flags, "bank-clients", 2, 0, 1_000);
       const readConsistency = choiceFlag(flags, "read-consistency", READ_CONSISTENCIES, "linearizable");
       const nemesis = nemesisFlag(flags);
       const requestTimeoutMs = clientTimeoutMs(flags);
@@ -240,6 +246,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
         `--duration ${formatDuration(durationMs)}`,
         ...(clients === 5 ? [] : [`--clients ${clients}`]),
         ...(keys === 5 ? [] : [`--keys ${keys}`]),
+        ...(bankClients === 2 ? [] : [`--bank-clients ${bankClients}`]),
         ...(readConsistency === "linearizable" ? [] : [`--read-consistency ${readConsistency}`]),
         ...(nemesis === "all" ? [] : [`--nemesis ${nemesis}`]),
         ...(flags["client-timeout-ms"] === undefined ? [] : [`--client-timeout-ms ${requestTimeoutMs}`]),
@@ -251,6 +258,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
           durationMs,
           clients,
           keys,
+          bankClients,
           readConsistency,
           nemesis,
           requestTimeoutMs,
