@@ -150,6 +150,37 @@ test("kv lease grant, get, keepalive --once and revoke; get of a gone lease exit
   expect((await kv(["lease", "grant", "soon", "--endpoints", endpoints])).code).toBe(2);
 });
 
+test("kv lease list prints every lease (id, TTL, time left), as JSON lines with --json; the client pages with after", async () => {
+  const client = createClient({ endpoints, timeoutMs: 5_000 });
+  const ours = [await client.leases.grant(40_000), await client.leases.grant(50_000)];
+  const listed = await kv(["lease", "list", "--endpoints", endpoints]);
+  expect(listed.code).toBe(0);
+  const rows = listed.out.trim().split("\n").map((line) => line.split("\t"));
+  for (const lease of ours) {
+    const row = rows.find(([id]) => id === String(lease.id));
+    expect(row?.[1]).toBe(String(lease.ttlMs));
+    expect(Number(row?.[2])).toBeGreaterThan(0);
+    expect(Number(row?.[2])).toBeLessThanOrEqual(lease.ttlMs);
+  }
+  const json = (await kv(["lease", "list", "--json", "--endpoints", endpoints])).out.trim().split("\n").map((line) => JSON.parse(line) as { id: number; ttlMs: number });
+  expect(json.map((lease) => lease.id)).toEqual(rows.map(([id]) => Number(id)));
+  expect(json.find((lease) => lease.id === ours[1]!.id)?.ttlMs).toBe(50_000);
+  // A page of one at a time reaches the same leases, in the same order.
+  const paged: number[] = [];
+  let after: number | undefined;
+  for (;;) {
+    const page = await client.leases.list({ limit: 1, ...(after === undefined ? {} : { after }) });
+    paged.push(...page.leases.map((lease) => lease.id));
+    if (!page.more) break;
+    after = page.leases[0]!.id;
+  }
+  expect(paged).toEqual(json.map((lease) => lease.id));
+  for (const lease of ours) await client.leases.revoke(lease.id);
+  const after2 = (await kv(["lease", "list", "--endpoints", endpoints])).out;
+  for (const lease of ours) expect(after2).not.toContain(`${lease.id}\t`);
+  expect((await kv(["lease", "list", "extra", "--endpoints", endpoints])).code).toBe(2);
+});
+
 test("kv lease keepalive keeps a lease alive until interrupted, then exits 0", async () => {
   const client = createClient({ endpoints, timeoutMs: 5_000 });
   const lease = await client.leases.grant(2_000);

@@ -243,10 +243,61 @@ describe("lease routes over a cluster", () => {
       expect([method, path, redirected.status, redirected.location]).toEqual([method, path, 307, `http://node-${leaderId}${path}`]);
     }
     expect((await call(app, "PATCH", `/leases/${id}`)).status).toBe(405);
-    expect((await call(app, "GET", "/leases")).status).toBe(405);
+    expect((await call(app, "PUT", "/leases")).status).toBe(405);
 
     const revoked = await call(app, "DELETE", `/leases/${id}`);
     expect(revoked.json).toEqual({ id, version: expect.any(Number), deletedKeys: 1 });
     expect((await call(app, "GET", "/kv/a")).status).toBe(404);
+  });
+
+  test("GET /leases pages through every lease in the order of the ids' text, with the leader's countdowns; a revoked one is gone; bad queries 400, followers 307", async () => {
+    const { c, leaderId, followers } = await started();
+    const app = createHttpApp(c.node(leaderId));
+    const call = async (target: typeof app, path: string, method = "GET") => {
+      const response = await c.drive(target.handle(new Request(`http://localhost${path}`, { method })));
+      return { status: response.status, json: (await response.json().catch(() => null)) as Record<string, unknown> | null, location: response.headers.get("location") };
+    };
+    expect((await call(app, "/leases")).json).toEqual({ leases: [], more: false });
+    // Ids are grants' Raft indexes: twelve grants on a fresh cluster cross from one digit to two.
+    const granted: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const response = await c.drive(app.handle(new Request("http://localhost/leases", { method: "POST", body: JSON.stringify({ ttlMs: 60_000 + i }) })));
+      granted.push(((await response.json()) as { id: string }).id);
+    }
+    expect(granted.some((id) => id.length === 1) && granted.some((id) => id.length === 2)).toBe(true);
+
+    await advance(c, 100);
+    const pages: Record<string, unknown>[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await call(app, `/leases?limit=5${after === undefined ? "" : `&after=${after}`}`);
+      expect(page.status).toBe(200);
+      pages.push(page.json!);
+      const leases = page.json!.leases as { id: string }[];
+      if (page.json!.more !== true) break;
+      after = leases[leases.length - 1]!.id;
+    }
+    expect(pages.map((page) => (page.leases as unknown[]).length)).toEqual([5, 5, 2]);
+    const listed = pages.flatMap((page) => page.leases as { id: string; ttlMs: number; remainingMs: number }[]);
+    // The order of the ids' decimal text ("10" before "9"), every lease once.
+    expect(listed.map((lease) => lease.id)).toEqual([...granted].sort());
+    for (const lease of listed) {
+      expect(lease.ttlMs).toBe(60_000 + granted.indexOf(lease.id));
+      expect(lease.remainingMs).toBeGreaterThan(lease.ttlMs - 1_000);
+      expect(lease.remainingMs).toBeLessThan(lease.ttlMs);
+    }
+
+    const gone = granted[3]!;
+    expect((await call(app, `/leases/${gone}`, "DELETE")).status).toBe(200);
+    const all = await call(app, "/leases?limit=1000");
+    expect((all.json!.leases as { id: string }[]).map((lease) => lease.id)).toEqual(granted.filter((id) => id !== gone).sort());
+    expect(all.json!.more).toBe(false);
+
+    for (const query of ["limit=0", "limit=1001", "limit=x", "after=0", "after=abc", "after=-1", "x=1", "after=%ff"]) {
+      const bad = await call(app, `/leases?${query}`);
+      expect([query, bad.status, bad.json?.error]).toEqual([query, 400, "bad_request"]);
+    }
+    const redirected = await call(createHttpApp(c.node(followers[0]!)), "/leases?limit=3");
+    expect([redirected.status, redirected.location]).toEqual([307, `http://node-${leaderId}/leases?limit=3`]);
   });
 });

@@ -85,6 +85,7 @@ test("every route of the client API is there, /watch, /leases, /txn and /snapsho
       "POST /members/{id}/promote",
       "GET /snapshot",
       "POST /leases",
+      "GET /leases",
       "GET /leases/{id}",
       "DELETE /leases/{id}",
       "POST /leases/{id}/keepalive",
@@ -95,6 +96,7 @@ test("every route of the client API is there, /watch, /leases, /txn and /snapsho
   expect(names("/kv", "get")).toEqual(["query:after", "query:consistency", "query:limit", "query:prefix"]);
   expect(names("/watch", "get")).toEqual(["header:last-event-id", "query:fromVersion", "query:key", "query:prefix"]);
   expect(names("/leases/{id}/keepalive", "post")).toEqual(["path:id"]);
+  expect(names("/leases", "get")).toEqual(["query:after", "query:limit"]);
   expect(names("/txn", "post")).toEqual(["header:idempotency-key"]);
   for (const [path, method] of [["/txn", "post"], ["/leases", "post"], ["/members", "post"], ["/kv/{key}", "put"]] as const) {
     expect([path, documented[path]?.[method]?.requestBody !== undefined]).toEqual([path, true]);

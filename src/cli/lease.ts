@@ -8,7 +8,7 @@ import { UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
 /**
- * `kv lease grant|revoke|get|keepalive`: leases from the command line, through the client library
+ * `kv lease grant|revoke|get|list|keepalive`: leases from the command line, through the client library
  * (src/client/leases.ts), as etcdctl's `lease` commands. Attach keys with `kv put --lease ID`.
  * Exit codes as the other client commands: 0 ok, 1 `get` of a lease that does not exist (or a
  * keeper that lost its lease), 2 a usage error or a refused request (`revoke` or `keepalive` of a
@@ -88,6 +88,22 @@ const getCommand = defineCommand({
   },
 });
 
+const listCommand = defineCommand({
+  meta: { name: "list", description: "List every lease: id, TTL and time left in ms (in the order of the ids' decimal text)" },
+  args: { ...connectionArgs },
+  async run({ args }) {
+    const conn = connection(args);
+    let after: number | undefined;
+    for (;;) {
+      const page = await call(() => conn.client.leases.list({ limit: 1_000, ...(after === undefined ? {} : { after }) }));
+      for (const lease of page.leases) printLine(conn.json ? JSON.stringify(lease) : `${lease.id}\t${lease.ttlMs}\t${lease.remainingMs}`);
+      const last = page.leases[page.leases.length - 1];
+      if (!page.more || last === undefined) return;
+      after = last.id;
+    }
+  },
+});
+
 const keepaliveCommand = defineCommand({
   meta: { name: "keepalive", description: "Keep lease ID alive until interrupted (a keepalive every third of its TTL); --once sends one" },
   args: { ...idArg, once: { type: "boolean", description: "Send one keepalive, print the TTL it restarted, and exit" }, ...connectionArgs },
@@ -111,7 +127,7 @@ const keepaliveCommand = defineCommand({
 });
 
 export const leaseCommand = defineCommand({
-  meta: { name: "lease", description: "Leases: grant, revoke, get, keepalive (attach keys with kv put --lease ID)" },
-  subCommands: { grant: grantCommand, revoke: revokeCommand, get: getCommand, keepalive: keepaliveCommand },
+  meta: { name: "lease", description: "Leases: grant, revoke, get, list, keepalive (attach keys with kv put --lease ID)" },
+  subCommands: { grant: grantCommand, revoke: revokeCommand, get: getCommand, list: listCommand, keepalive: keepaliveCommand },
 });
 

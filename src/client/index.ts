@@ -40,7 +40,7 @@ export {
   type TxnValue,
 } from "./client.ts";
 export { KvClientError, UnknownOutcomeError, type ClientSideCode } from "./errors.ts";
-export type { LeaseGrant, LeaseId, LeaseInfo, LeaseKeeper, LeaseKeepOptions, LeaseRevoked, LeasesApi } from "./leases.ts";
+export type { LeaseGrant, LeaseId, LeaseInfo, LeaseKeeper, LeaseKeepOptions, LeasePage, LeaseRevoked, LeasesApi, LeaseSummary } from "./leases.ts";
 export type { Leadership, LockHandle, LockOptions } from "./lock.ts";
 export type { WatchDeleteEvent, WatchEvent, WatchOptions, WatchProgressEvent, WatchPutEvent, WatchSelector } from "./watch.ts";
 export { answerOutcome, type AnswerOutcome } from "./outcome.ts";

@@ -28,6 +28,19 @@ export interface LeaseInfo {
   readonly keysTruncated: boolean;
 }
 
+/** One lease of a `leases.list` page: its TTL and what is left of the leader's countdown. */
+export interface LeaseSummary {
+  readonly id: number;
+  readonly ttlMs: number;
+  readonly remainingMs: number;
+}
+
+/** What `leases.list` answers: a page of leases, and whether more follow it. */
+export interface LeasePage {
+  readonly leases: readonly LeaseSummary[];
+  readonly more: boolean;
+}
+
 /** What `leases.revoke` answers: the version its keys were deleted at. */
 export interface LeaseRevoked {
   readonly id: number;
@@ -88,6 +101,12 @@ export interface LeasesApi {
   revoke(id: LeaseId): Promise<LeaseRevoked>;
   /** The leader's view of the lease; `lease_not_found` when gone. */
   get(id: LeaseId): Promise<LeaseInfo>;
+  /**
+   * A page of every lease (`limit`, 1 to 1,000, default 100), on the leader, in the order of the
+   * ids' decimal text (`10` before `9`, as the cluster keeps them). For the next page pass the last
+   * id as `after`, while `more` says there are more.
+   */
+  list(options?: { readonly after?: LeaseId; readonly limit?: number }): Promise<LeasePage>;
   /** Starts a keeper that keeps lease `id` alive until `stop()` (see `LeaseKeeper`). */
   keep(id: LeaseId, options: LeaseKeepOptions): LeaseKeeper;
 }
@@ -163,6 +182,27 @@ export function createLeasesApi(transport: Transport): LeasesApi {
         keys: Array.isArray(body.keys) ? body.keys.filter((k): k is string => typeof k === "string") : [],
         keysTruncated: body.keysTruncated === true,
       };
+    },
+
+    async list(options = {}) {
+      const params = new URLSearchParams();
+      if (options.after !== undefined) params.set("after", String(checkId(options.after)));
+      if (options.limit !== undefined) {
+        if (!Number.isSafeInteger(options.limit) || options.limit < 1 || options.limit > 1_000) {
+          throw new KvClientError("bad_request", 0, `limit must be a whole number from 1 to 1000, got ${options.limit}`);
+        }
+        params.set("limit", String(options.limit));
+      }
+      const search = params.size === 0 ? "" : `?${params}`;
+      const answer = await transport.send({ method: "GET", path: `/leases${search}`, safety: "read" });
+      const body = json<{ leases?: unknown; more?: unknown }>(answer);
+      if (!Array.isArray(body.leases)) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a lease list without leases`);
+      const leases = (body.leases as { id?: unknown; ttlMs?: unknown; remainingMs?: unknown }[]).map((lease) => ({
+        id: idOf(lease.id, answer),
+        ttlMs: Number(lease.ttlMs),
+        remainingMs: Number(lease.remainingMs),
+      }));
+      return { leases, more: body.more === true };
     },
 
     keep(leaseId, options) {

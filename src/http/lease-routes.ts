@@ -5,6 +5,9 @@
  *   when N was below the minimum, twice the longest election timeout, and was raised to it).
  * - `POST /leases/{id}/keepalive` → `{"id", "ttlMs"}`: the leader's countdown restarts.
  * - `GET /leases/{id}` → `{"id", "ttlMs", "remainingMs", "keys", "keysTruncated"}`.
+ * - `GET /leases?limit=N&after=ID` → `{"leases": [{"id", "ttlMs", "remainingMs"}], "more"}`: a page of
+ *   every lease, in the order of the ids' decimal text (as the state machine keeps them: `10` before
+ *   `9`); `after` is the last id of the previous page.
  * - `DELETE /leases/{id}` → `{"id", "version", "deletedKeys"}`: revoked, its keys deleted at `version`.
  * A lease that does not exist (expired, revoked, never granted) is 404 `lease_not_found`; bad input 400.
  * Ids are decimal strings in JSON: they are Raft indexes, below 2^53, but clients in other
@@ -16,8 +19,13 @@ import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { jsonObject } from "./json-body.ts";
-import { leaseParams, noQuery, routeDocs } from "./openapi.ts";
+import { parseQueryStrictly } from "./kv-key.ts";
+import { leaseListQuery, leaseParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
+
+/** Leases a page of `GET /leases` holds by default, and at most. */
+const LEASE_LIST_LIMIT_DEFAULT = 100;
+const LEASE_LIST_LIMIT_MAX = 1_000;
 
 /** A grant's body is a few bytes of JSON. */
 const LEASE_BODY_BYTES_MAX = 4 * 1024;
@@ -32,6 +40,20 @@ export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
   const info = async (request: Request, id: string): Promise<Response> => {
     const lease = await required(node.leaseInfo?.bind(node))(parseLeaseId(id));
     const response = jsonResponse({ ...lease, id: String(lease.id) }, 200);
+    return request.method === "HEAD" ? new Response(null, response) : response;
+  };
+  const list = async (request: Request): Promise<Response> => {
+    // Unknown parameters and malformed values were refused by the route's schema (leaseListQuery, openapi.ts).
+    const query = parseQueryStrictly(new URL(request.url).search);
+    const afterText = query.get("after");
+    const limitText = query.get("limit");
+    const limit = limitText === null ? LEASE_LIST_LIMIT_DEFAULT : Number(limitText);
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > LEASE_LIST_LIMIT_MAX) {
+      throw new KvError("bad_request", `limit must be a whole number from 1 to ${LEASE_LIST_LIMIT_MAX}, got '${limitText}'`);
+    }
+    const found = await required(node.listLeases?.bind(node))(afterText === null ? undefined : parseLeaseId(afterText), limit + 1);
+    const leases = found.slice(0, limit).map((lease) => ({ ...lease, id: String(lease.id) }));
+    const response = jsonResponse({ leases, more: found.length > limit }, 200);
     return request.method === "HEAD" ? new Response(null, response) : response;
   };
   const revoke = async (id: string): Promise<Response> => {
@@ -55,6 +77,8 @@ export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
   const raw = { parse: "none" } as const;
   return new Elysia({ name: "kv-leases" })
     .post("/leases", guarded(({ request }) => grant(request)), { ...raw, query: noQuery, detail: routeDocs.leaseGrant })
+    .get("/leases", guarded(({ request }) => list(request)), { ...raw, query: leaseListQuery, detail: routeDocs.leaseList })
+    .head("/leases", guarded(({ request }) => list(request)), { ...raw, query: leaseListQuery })
     .get("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseGet })
     .head("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams })
     .delete("/leases/:id", guarded(({ params }) => revoke(params.id ?? "")), { ...raw, query: noQuery, params: leaseParams, detail: routeDocs.leaseRevoke })

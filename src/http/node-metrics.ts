@@ -138,6 +138,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     ...(node.grantLease === undefined ? {} : { grantLease: (ttlMs: number) => node.grantLease!(ttlMs) }),
     ...(node.keepAliveLease === undefined ? {} : { keepAliveLease: (id: number) => node.keepAliveLease!(id) }),
     ...(node.leaseInfo === undefined ? {} : { leaseInfo: (id: number) => node.leaseInfo!(id) }),
+    ...(node.listLeases === undefined ? {} : { listLeases: (after: number | undefined, limit: number) => node.listLeases!(after, limit) }),
     ...(node.revokeLease === undefined ? {} : { revokeLease: (id: number) => node.revokeLease!(id) }),
     ...(leaseStats === undefined ? {} : { leaseStats }),
     ...(node.addMember === undefined ? {} : { addMember: (id: number, peerUrl: string, httpUrl?: string) => node.addMember!(id, peerUrl, httpUrl).then(withClusterId) }),

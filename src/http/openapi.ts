@@ -79,6 +79,17 @@ export const transferQuery = t.Object(
   { additionalProperties: false },
 );
 
+/** `GET /leases?limit=N&after=ID`. */
+export const leaseListQuery = t.Object(
+  {
+    after: t.Optional(t.String({ pattern: positiveNumber, description: "Start after this lease id (the last id of the previous page)", error: "after must be a lease id" })),
+    limit: t.Optional(
+      t.String({ pattern: "^[1-9][0-9]{0,3}$", description: "Leases per page, 1 to 1000 (default 100)", error: "limit must be a whole number from 1 to 1000" }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
 /** A request that takes no query parameters. */
 export const noQuery = t.Object({}, { additionalProperties: false, error: "this route takes no query parameters" });
 
@@ -256,6 +267,17 @@ const docs = {
   leaseGet: {
     summary: "A lease on the leader: {id, ttlMs, remainingMs (the leader's countdown), keys, keysTruncated}",
     responses: { ...ok("the lease"), ...errors(307, 400, 401, 404, 503) },
+  },
+  leaseList: {
+    summary:
+      "Every lease, a page at a time, on the leader: {leases: [{id, ttlMs, remainingMs}], more}, in the order of the ids' decimal text (10 before 9); after = the last id of the previous page",
+    responses: {
+      ...ok(
+        "a page of leases",
+        json(t.Object({ leases: t.Array(t.Object({ id: t.String(), ttlMs: t.Integer(), remainingMs: t.Integer() })), more: t.Boolean() })),
+      ),
+      ...errors(307, 400, 401, 503),
+    },
   },
   leaseRevoke: {
     summary: "Revoke a lease (through the log): its keys are deleted at one version (watch reason delete)",

@@ -42,6 +42,13 @@ export interface LeaseInfo {
 /** Most keys `leaseInfo` lists. */
 export const leaseInfoKeysMax = 1_000;
 
+/** One lease as `listLeases` gives it: its TTL and what is left of the leader's countdown. */
+export interface LeaseSummary {
+  readonly id: number;
+  readonly ttlMs: number;
+  readonly remainingMs: number;
+}
+
 /**
  * How a read is served: `linearizable` confirms leadership by ReadIndex (a heartbeat round);
  * `lease` lets a leader within its lease answer without one (thesis §6.4.1: safe while clocks
@@ -179,6 +186,11 @@ export interface KvNodeApi {
   grantLease?(ttlMs: number): Promise<LeaseGrant>;
   keepAliveLease?(id: number): Promise<{ id: number; ttlMs: number }>;
   leaseInfo?(id: number): Promise<LeaseInfo>;
+  /**
+   * Up to `limit` leases, on the leader, in the order of their ids' decimal text (as the state
+   * machine keeps them), starting after lease `after`'s place in that order; `not_leader` elsewhere.
+   */
+  listLeases?(after: number | undefined, limit: number): Promise<LeaseSummary[]>;
   revokeLease?(id: number): Promise<{ id: number; version: number; deletedKeys: number }>;
   /** Leases in this node's applied state, and leases whose expiry applied here since it started. */
   leaseStats?(): { leases: number; expiredTotal: number };

@@ -21,6 +21,7 @@ import type {
   KvValue,
   LeaseGrant,
   LeaseInfo,
+  LeaseSummary,
   MembersView,
   NodeStatus,
   ReadConsistency,
@@ -602,6 +603,10 @@ export class KvNode implements KvNodeApi {
 
   leaseInfo(id: number): Promise<LeaseInfo> {
     return this.leases.info(id);
+  }
+
+  listLeases(after: number | undefined, limit: number): Promise<LeaseSummary[]> {
+    return this.leases.list(after, limit);
   }
 
   revokeLease(id: number): Promise<{ id: number; version: number; deletedKeys: number }> {

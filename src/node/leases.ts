@@ -16,7 +16,7 @@ import { encodeLeaseCommand, leaseExpireIdsMax, type LeaseCommand } from "../kv/
 import { leaseCountKey, leaseKeysPrefix, leaseRowKey, leaseRowsPrefix, leaseTtlMsMax, parseLeaseCount, parseLeaseRow } from "../kv/leases.ts";
 import type { Role } from "../raft/types.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
-import { type LeaseGrant, type LeaseInfo, leaseInfoKeysMax } from "./api.ts";
+import { type LeaseGrant, type LeaseInfo, leaseInfoKeysMax, type LeaseSummary } from "./api.ts";
 
 /** How expiries are proposed: bounded batches, so thousands of leases running out at once do not stall the loop. */
 export interface LeaseExpiryLimits {
@@ -318,6 +318,17 @@ export class NodeLeases {
     };
   }
 
+  /** See `KvNodeApi.listLeases`: the leader's countdowns of the leases in its applied state. */
+  async list(after: number | undefined, limit: number): Promise<LeaseSummary[]> {
+    if (after !== undefined) checkLeaseId(after);
+    await this.readOnLeader();
+    const nowMs = this.host.clock.nowMs();
+    return this.host.storage.list(leaseRowsPrefix, after === undefined ? undefined : leaseRowKey(after), limit).map((row) => {
+      const { id, ttlMs } = parseLeaseRow(row.key, row.value);
+      return { id, ttlMs, remainingMs: this.countdowns.remainingMs(id, nowMs) ?? ttlMs };
+    });
+  }
+
   /** See `KvNodeApi.revokeLease`: through the log; its keys are deleted at the revoke's version. */
   async revoke(id: number): Promise<{ id: number; version: number; deletedKeys: number }> {
     checkLeaseId(id);
@@ -378,13 +389,18 @@ export class NodeLeases {
   /** Lease `id`'s TTL, read on the leader once what it committed is applied; `not_leader` elsewhere, `lease_not_found`. */
   private async ttlOnLeader(id: number): Promise<number> {
     checkLeaseId(id);
+    await this.readOnLeader();
+    const row = this.host.storage.get(leaseRowKey(id));
+    if (row === undefined) throw leaseNotFound(id);
+    return parseLeaseRow(leaseRowKey(id), row.value).ttlMs;
+  }
+
+  /** Resolves on the leader once what it committed is applied and its countdowns are its term's; `not_leader` elsewhere. */
+  private async readOnLeader(): Promise<void> {
     this.host.refuseUnlessRunning();
     if (this.host.coreStatus().role !== "leader") throw this.host.notLeader();
     await this.host.readBarrier();
     if (!this.countdowns.isLeadingIn(this.host.coreStatus().term) || this.host.coreStatus().role !== "leader") throw this.host.notLeader();
-    const row = this.host.storage.get(leaseRowKey(id));
-    if (row === undefined) throw leaseNotFound(id);
-    return parseLeaseRow(leaseRowKey(id), row.value).ttlMs;
   }
 
   /** Proposes a lease command on the leader; resolves with its apply result. */
