@@ -61,10 +61,15 @@ test("a dead endpoint first in the list is skipped", async () => {
 test("status and members describe the cluster; --json is machine-readable", async () => {
   const status = await kv(["status", "--endpoints", endpoints, "--json"]);
   expect(status.code).toBe(0);
-  const parsed = JSON.parse(status.out) as { status: { role: string } }[];
+  const parsed = JSON.parse(status.out) as { status: { role: string; id: number } }[];
   expect(parsed.filter((s) => s.status.role === "leader")).toHaveLength(1);
   const members = await kv(["members", "--endpoints", endpoints, "--json"]);
-  expect((JSON.parse(members.out) as { id: number }[]).map((m) => m.id).sort()).toEqual([1, 2, 3]);
+  const listed = JSON.parse(members.out) as { id: number; leader: boolean }[];
+  expect(listed.map((m) => m.id).sort()).toEqual([1, 2, 3]);
+  // Each member says whether it leads, as the text's "leader" column does (the JSON had no leader).
+  const leaders = listed.filter((m) => m.leader === true).map((m) => m.id);
+  expect(leaders).toEqual([parsed.find((s) => s.status.role === "leader")!.status.id]);
+  expect(listed.filter((m) => m.leader === false)).toHaveLength(2);
   const text = await kv(["members", "--endpoints", endpoints]);
   expect(text.out).toContain("leader");
 });

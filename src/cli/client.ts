@@ -302,7 +302,7 @@ const membersCommand = defineCommand({
     const conn = connection(args);
     const status = await call(() => conn.client.status());
     if (conn.json) {
-      print(conn, status.members, "");
+      print(conn, status.members.map((member) => ({ ...member, leader: member.id === status.leaderId })), "");
       return;
     }
     for (const member of status.members) {
