@@ -135,6 +135,15 @@ describe("KvNode over in-memory twins", () => {
     expect(dec((await drive(cluster, cluster.node(next).get("k", "linearizable")))!.value)).toBe("v");
   });
 
+  test("leadership transfer to the leader itself is done at once, as etcd's MoveLeader to the leader: it stays leader, term unchanged", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const { id, term } = leader.status();
+    expect(await drive(cluster, leader.transferLeadership(id, 1_000))).toEqual({ leaderId: id });
+    expect(leader.status()).toMatchObject({ role: "leader", term });
+  });
+
   test("stop fails every waiting request with unavailable", async () => {
     const cluster = createCluster();
     await cluster.until(() => cluster.leader() !== undefined);

@@ -649,11 +649,12 @@ export class KvNode implements KvNodeApi {
     }
     const raft = this.raw.basicStatus();
     if (raft.role !== "leader") return Promise.reject(this.notLeader());
+    // Asked to hand over to itself: done already (etcd's MoveLeader to the leader does nothing too).
+    if (target === this.cfg.id) return Promise.resolve({ leaderId: this.cfg.id });
     // Until the change is applied the core's voters are the old ones: the target could be a voter
     // being removed, or one that will not campaign with a change it has not applied.
     if (this.raw.confChangePending()) return Promise.reject(new KvError("unavailable", "a membership change is not yet applied; retry shortly", { retryAfterS: 1 }));
     const voters = raft.voters.filter((id) => id !== this.cfg.id);
-    if (target === this.cfg.id) return Promise.reject(new KvError("bad_request", `node ${target} is the leader already`));
     if (target !== undefined && !voters.includes(target)) {
       return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
     }
