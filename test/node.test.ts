@@ -369,6 +369,30 @@ describe("a membership change proposed and then replaced by another leader's ent
   });
 });
 
+describe("a voter whose data was lost", () => {
+  test("restarted on an empty data dir, it stops with a message that says what to do, instead of following forever at commit 0 (found by an operator's review)", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const leaderId = leader.status().id;
+    const wipedId = [1, 2, 3].find((id) => id !== leaderId)!;
+    for (let i = 0; i < 5; i++) await drive(cluster, leader.put(`k${i}`, enc("v")));
+    await cluster.until(() => cluster.storages.get(wipedId)!.get("k4") !== undefined);
+    // Its data dir is wiped, and it starts again with the same command: a fresh, empty node.
+    cluster.stop(wipedId);
+    const wiped = cluster.startNode(wipedId, cluster.peers, createMemoryKvStorage());
+    await cluster.until(() => wiped.fatalError() !== undefined, 200);
+    const message = wiped.fatalError()!.message;
+    expect(message).toContain(`node ${leaderId}`);
+    expect(message).toContain("lost");
+    expect(message).toContain(`kv member remove ${wipedId}`);
+    expect(message).toContain("--join");
+    expect(cluster.events.some((e) => e.id === wipedId && e.event === "fatal")).toBe(true);
+    // The others go on.
+    await drive(cluster, leader.put("after", enc("v")));
+  });
+});
+
 describe("read contexts across restarts", () => {
   test("a follower restarted in the same term does not take a delayed answer to its previous life's read for a new one", async () => {
     const cluster = createCluster();

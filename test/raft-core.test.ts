@@ -271,6 +271,19 @@ describe("leases (thesis §6.4.1)", () => {
     expect(drain(node)).toContainEqual(expect.objectContaining({ type: "pre-vote-response", granted: true }));
   });
 
+  test("a heartbeat whose commit lies past the follower's log shows it lost acknowledged entries; one within it does not", () => {
+    // A heartbeat's commit is min(the follower's acknowledged match, the leader's commit): a follower
+    // whose log ends before it lost what it acknowledged (a wiped data dir restarted as before).
+    const kept = coreWith(2, 3, [entry(1, 1), entry(2, 1)], 1);
+    kept.step({ type: "heartbeat", from: 1, to: 2, term: 1, commit: 2, readContext: "" });
+    expect(kept.lostLog()).toBeUndefined();
+    expect(kept.basicStatus().commit).toBe(2);
+    const wiped = coreWith(2, 3, [], 1);
+    wiped.step({ type: "heartbeat", from: 1, to: 2, term: 1, commit: 2, readContext: "" });
+    expect(wiped.lostLog()).toEqual({ leaderId: 1, term: 1, acknowledged: 2, lastIndex: 0 });
+    expect(wiped.basicStatus().commit).toBe(0);
+  });
+
   test("a leadership transfer's vote is honoured even inside the quiet period", () => {
     const node = coreWith(1, 3, [], 1, 0, true);
     node.step({ type: "vote", from: 2, to: 1, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: true });

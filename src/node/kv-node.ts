@@ -5,7 +5,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { type Entry, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
+import { type Entry, type LostLog, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   encodeCommand,
   idempotencyKeyBytesMax,
@@ -897,6 +897,8 @@ export class KvNode implements KvNodeApi {
     this.callsStepped = this.transport?.callsArrived() ?? 0;
     const messages = this.inbox.splice(0, this.inbox.length);
     for (const message of messages) this.raw.step(message);
+    const lost = this.raw.lostLog();
+    if (lost !== undefined) throw lostLogError(this.cfg.id, lost);
   }
 
   /** Install → write → send → apply → advance, in that order; acks and votes also wait for the fsync (`held`). */
@@ -1156,6 +1158,19 @@ export class KvNode implements KvNodeApi {
   fatalError(): Error | undefined {
     return this.failure;
   }
+}
+
+/**
+ * Why a node that lost acknowledged log entries stops (see LostLog): it may also have forgotten a
+ * vote, so it must not take part again under its id until the cluster forgets it (as etcd's follower
+ * stops on a commit index past its log).
+ */
+function lostLogError(id: NodeId, lost: LostLog): Error {
+  return new Error(
+    `this node's log ends at index ${lost.lastIndex}, but its leader, node ${lost.leaderId} (term ${lost.term}), holds that it acknowledged entries up to ${lost.acknowledged}: ` +
+      `its data dir lost data (wiped, or replaced by an older copy). It cannot take part again under id ${id} as it is: ` +
+      `remove it from the cluster (kv member remove ${id}), empty its data dir, and start it with --join to join again`,
+  );
 }
 
 function removedError(): KvError {

@@ -14,6 +14,7 @@ import {
   type HardState,
   type HeartbeatRequest,
   type HeartbeatResponse,
+  type LostLog,
   type Message,
   type NodeId,
   type ReadFailure,
@@ -144,6 +145,8 @@ export class Raft {
 
   /** Leader: reads waiting for a quorum of heartbeat acks, oldest first. */
   private pendingReads: PendingRead[] = [];
+  /** Follower: set once, when a heartbeat shows this node lost entries it had acknowledged (see LostLog). */
+  private lostLogSeen: LostLog | undefined;
   /** Leader: reads that arrived before the leader committed an entry of its own term (§6.4 step 1). */
   private readsBeforeTermCommit: { readContext: string; from: NodeId }[] = [];
 
@@ -847,6 +850,8 @@ export class Raft {
 
   private handleHeartbeat(m: HeartbeatRequest): void {
     if (!this.followLeader(m.from)) return;
+    // A heartbeat's commit is at most what we acknowledged to this leader: past our log's end, we lost entries.
+    if (m.commit > this.log.lastIndex()) this.lostLogSeen ??= { leaderId: m.from, term: this.term, acknowledged: m.commit, lastIndex: this.log.lastIndex() };
     this.log.commitTo(Math.min(m.commit, this.log.lastIndex()));
     this.send({ type: "heartbeat-response", from: this.id, to: m.from, term: this.term, readContext: m.readContext });
   }
@@ -985,6 +990,11 @@ export class Raft {
   }
 
   /** Sends a new heartbeat round to every member. */
+  /** The evidence that this node lost acknowledged entries, once a heartbeat showed it (see LostLog). */
+  lostLog(): LostLog | undefined {
+    return this.lostLogSeen;
+  }
+
   private broadcastHeartbeat(): void {
     const readContext = String(this.nextRound());
     // Learners get heartbeats too (they keep following), but only voters' answers confirm reads.

@@ -1,6 +1,6 @@
 import { assert } from "../lib/assert.ts";
 import { Raft, type RaftConfig } from "./raft.ts";
-import { hardStateEqual, type ConfChange, type ConfState, type HardState, type Message, type NodeId, type Ready, type Role, type SoftState } from "./types.ts";
+import { hardStateEqual, type ConfChange, type ConfState, type HardState, type LostLog, type Message, type NodeId, type Ready, type Role, type SoftState } from "./types.ts";
 
 /** What a driver may know of the core at a glance (etcd's BasicStatus): a copy, safe to keep. */
 export interface BasicStatus {
@@ -132,6 +132,11 @@ export class RawNode {
 
   step(message: Message): void {
     this.raft.step(message);
+  }
+
+  /** See Raft.lostLog: set once a heartbeat showed this node lost log entries it had acknowledged. */
+  lostLog(): LostLog | undefined {
+    return this.raft.lostLog();
   }
 
   campaign(): void {

@@ -218,6 +218,19 @@ export interface ReadState {
   readonly index: number;
 }
 
+/**
+ * Evidence that this node lost log entries it had acknowledged: its leader's heartbeat says it holds
+ * entries up to `acknowledged` (a heartbeat's commit is at most what the follower acknowledged, see
+ * Raft.broadcastHeartbeat), but its log ends at `lastIndex`. Its data dir was wiped, or replaced by an
+ * older copy: it may also have forgotten votes it cast, so it must not take part again as it is.
+ */
+export interface LostLog {
+  readonly leaderId: NodeId;
+  readonly term: number;
+  readonly acknowledged: number;
+  readonly lastIndex: number;
+}
+
 /** A read the core could not serve (no leader, or leadership lost): the caller should retry or fail it. */
 export interface ReadFailure {
   readonly readContext: string;
