@@ -152,6 +152,13 @@ test("a joined member that is removed hears of it: it logs removed and answers 5
     return response.status === 503 && ((await response.json()) as { error: string; message: string }).message.includes("removed");
   });
   expect(fourth.node.status().role).not.toBe("candidate");
+  // Load balancers and readiness probes must stop sending it requests: /health is 503 removed, and
+  // /status says so (found by an operator's review: /health answered 200 healthy).
+  const health = await fetch(`${fourth.httpUrl}/health`);
+  expect(health.status).toBe(503);
+  expect(((await health.json()) as { error: string }).error).toBe("removed");
+  expect(((await (await fetch(`${fourth.httpUrl}/status`)).json()) as { removed?: boolean }).removed).toBe(true);
+  expect(((await (await fetch(`${leaderUrl}/status`)).json()) as { removed?: boolean }).removed).toBeUndefined();
   await put(leaderUrl, "after-removal", "2");
 }, 60_000);
 

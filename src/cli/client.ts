@@ -282,7 +282,7 @@ const statusCommand = defineCommand({
         printLine(
           status === undefined
             ? `${endpoint}  ${refused === true ? "refused" : "unreachable"} (${error})`
-            : `${endpoint}  node ${status.id}  ${status.role.padEnd(9)} term ${status.term}  leader ${status.leaderId}  commit ${status.commitIndex}  applied ${status.appliedIndex}`,
+            : `${endpoint}  node ${status.id}  ${(status.removed === true ? "removed" : status.role).padEnd(9)} term ${status.term}  leader ${status.leaderId}  commit ${status.commitIndex}  applied ${status.appliedIndex}`,
         );
       }
     }

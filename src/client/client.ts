@@ -109,6 +109,8 @@ export interface NodeStatus {
   readonly firstLogIndex: number;
   readonly members: readonly Member[];
   readonly storage: unknown;
+  /** True once the node applied its own removal from the cluster: it serves nothing. */
+  readonly removed?: boolean;
 }
 
 /** `GET /members`: the configuration a node applied. */

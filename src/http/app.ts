@@ -458,12 +458,16 @@ function parseConsistency(search: string): ReadConsistency {
 
 
 /**
- * /health: 503 `disk_full` while the node is frozen by a full disk (it takes no part in consensus,
+ * /health: 503 `removed` once the node applied its own removal (it serves nothing); 503 `disk_full` while the node is frozen by a full disk (it takes no part in consensus,
  * though it serves stale reads); 503 `unhealthy` without a leader or with committed entries not yet
  * applied; else 200, flagged `quotaExceeded` past the quota (it serves reads and deletes, refuses puts).
  */
 function healthResponse(node: KvNodeApi): Response {
-  const storage = node.status().storage;
+  const status = node.status();
+  if (status.removed === true) {
+    return jsonResponse({ error: "removed", message: "this node was removed from the cluster; it serves no requests (stop it, or add it again with an empty data dir and --join)" }, 503);
+  }
+  const storage = status.storage;
   if (storage?.diskFull === true) {
     return jsonResponse({ error: "disk_full", message: "the disk is full: the node is frozen until space returns; it serves only stale reads" }, 503);
   }
@@ -493,6 +497,7 @@ function statusJson(status: NodeStatus) {
       ...(member.role === undefined ? {} : { role: member.role }),
     })),
     storage: status.storage ?? null,
+    ...(status.removed === true ? { removed: true } : {}),
   };
 }
 

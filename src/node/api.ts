@@ -96,6 +96,8 @@ export interface NodeStatus {
   readonly members: readonly MemberStatus[];
   /** The data this node keeps against its quota, and whether its disk is full (absent: not known). */
   readonly storage?: StorageStatus;
+  /** True once this node applied its own removal from the cluster: it serves nothing (absent otherwise). */
+  readonly removed?: true;
 }
 
 /** See `NodeStatus.storage`. */

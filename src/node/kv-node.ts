@@ -559,6 +559,7 @@ export class KvNode implements KvNodeApi {
         diskFull: this.blockedReady !== undefined,
         installingSnapshot: this.parkedReady !== undefined,
       },
+      ...(this.membership.removed() ? { removed: true as const } : {}),
     };
   }
 
@@ -688,7 +689,7 @@ export class KvNode implements KvNodeApi {
     const raft = this.raw.basicStatus();
     // Applies handed to a storage that writes on another thread count: their results are on their way.
     const applying = Math.max(this.cfg.storage.appliedIndex(), this.appliedHandedIndex);
-    return !this.stopped && this.blockedReady === undefined && raft.leaderId !== 0 && applying >= raft.commit;
+    return !this.stopped && !this.membership.removed() && this.blockedReady === undefined && raft.leaderId !== 0 && applying >= raft.commit;
   }
 
   private httpUrlOf(id: NodeId): string | undefined {
