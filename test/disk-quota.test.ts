@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { KvServer } from "../src/server/create-server.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
+import { runKvCommand } from "./helpers/kv-binary.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 const smallDir = mkdtempSync(join(tmpdir(), "kv-small-"));
@@ -77,6 +78,29 @@ test("kv serve --quota-bytes (the built executable) reaches the node: /status re
   try {
     const status = (await (await fetch(`${node.httpUrl}/status`)).json()) as { storage: { quotaExceeded: boolean; quotaBytes: number } };
     expect(status.storage).toMatchObject({ quotaExceeded: false, quotaBytes: 4 << 20 });
+  } finally {
+    await node.stop();
+  }
+});
+
+test("kv put past the quota exits 2, a refusal, as the README says (it exited 3, unavailable: found by an operator's review)", async () => {
+  const node = await startKvProcess({
+    id: 1,
+    cluster: "1=http://127.0.0.1:0",
+    dataDir: join(logDir, "quota-exit"),
+    logFile: join(logDir, "quota-exit.log"),
+    args: ["--quota-bytes", String(1 << 20)],
+  });
+  try {
+    const value = "x".repeat(64 * 1024);
+    for (let i = 0; i < 64; i++) {
+      const response = await fetch(`${node.httpUrl}/kv/fill${i}`, { method: "PUT", body: value });
+      if (response.status === 507) break;
+      expect(response.status).toBe(200);
+    }
+    const refused = await runKvCommand(["put", "small", "x", "--endpoints", node.httpUrl]);
+    expect(refused.err).toContain("quota_exceeded");
+    expect(refused.code).toBe(2);
   } finally {
     await node.stop();
   }

@@ -95,6 +95,8 @@ export function exitFor(error: unknown): never {
   if (error.status === 404) throw new ClientExit(notFoundExit(error.code), message);
   // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
   if (error.status === 0 && error.code === "bad_request") throw new ClientExit(2, message);
+  // Past the quota a write is refused for good, whoever answers: waiting does not make room (a delete does).
+  if (error.code === "quota_exceeded") throw new ClientExit(2, message);
   if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
   throw new ClientExit(2, message);
 }
