@@ -36,6 +36,15 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   registry.collected("kv_raft_commit_index", "Highest log index known committed.", "gauge", [], () => [[{}, status.commitIndex]]);
   registry.collected("kv_raft_applied_index", "Highest log index applied to the key-value state.", "gauge", [], () => [[{}, status.appliedIndex]]);
   registry.collected("kv_raft_last_log_index", "Index of the last entry in the local log.", "gauge", [], () => [[{}, status.lastLogIndex]]);
+  // What /status's storage says, for alerts before the quota or the disk refuses writes (etcd's db size and quota gauges).
+  if (status.storage !== undefined) {
+    const storageOf = () => status.storage as NonNullable<NodeStatus["storage"]>;
+    registry.collected("kv_storage_data_bytes", "Bytes of data this node keeps, as counted against --quota-bytes (measured about every ten ticks).", "gauge", [], () => [[{}, storageOf().dataBytes]]);
+    registry.collected("kv_storage_quota_bytes", "--quota-bytes; 0: no quota.", "gauge", [], () => [[{}, storageOf().quotaBytes]]);
+    registry.collected("kv_storage_quota_exceeded", "1 while the data kept is at or past the quota (puts are refused), else 0.", "gauge", [], () => [[{}, storageOf().quotaExceeded ? 1 : 0]]);
+    registry.collected("kv_storage_disk_full", "1 while the disk refused a write and the node is frozen until space returns, else 0.", "gauge", [], () => [[{}, storageOf().diskFull ? 1 : 0]]);
+  }
+  registry.collected("kv_removed", "1 once this node applied its own removal from the cluster (it serves nothing), else 0.", "gauge", [], () => [[{}, status.removed === true ? 1 : 0]]);
 
   const leaderChanges = registry.counter("kv_raft_leader_changes_total", "Times this node saw a new leader (a known leader other than the previous one).");
   const committed = registry.counter("kv_proposals_committed_total", "Writes committed and applied, by operation.", ["op"]);
