@@ -74,6 +74,20 @@ test("a removed follower leaves the configuration; a second change waits for the
   expect(cluster.fatal).toEqual([]);
 });
 
+test("a member is not added at a peer URL another member has: its calls would reach that member (found by an operator's review)", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  const other = [1, 2, 3].find((id) => id !== leader.status().id)!;
+  const taken = leader.members().members.find((m) => m.id === other)!.peerUrl;
+  const refused = await leader.addMember(9, taken).catch((error: unknown) => error);
+  expect(refused).toMatchObject({ code: "bad_request" });
+  expect((refused as Error).message).toContain(`node ${other}`);
+  expect(leader.members().members.map((m) => m.id)).not.toContain(9);
+  // Another URL is fine.
+  expect((await cluster.drive(leader.addMember(9, "mem://peer-9"))).members.map((m) => m.id)).toContain(9);
+});
+
 test("removing the leader hands leadership over first; the new leader removes it; the old one stops serving", async () => {
   const cluster = createCluster();
   await cluster.until(() => cluster.leader() !== undefined);

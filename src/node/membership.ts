@@ -115,6 +115,11 @@ export class NodeMembership {
     if (raw.members().includes(id)) {
       return Promise.reject(new KvError("member_exists", `node ${id} is already a ${raw.isVoter(id) ? "voter" : "learner"}`));
     }
+    // Calls to it would reach that member instead (as etcd refuses a peer URL that exists).
+    const holder = this.statuses().find((member) => sameUrl(member.peerUrl, peerUrl));
+    if (holder !== undefined) {
+      return Promise.reject(new KvError("bad_request", `peer URL ${peerUrl} is node ${holder.id}'s: give every member its own peer URL`));
+    }
     return this.propose({ type: "add-learner", nodeId: id, peerUrl, ...(httpUrl === undefined ? {} : { httpUrl }) });
   }
 
@@ -278,4 +283,14 @@ const departedKeptMs = 2_000;
 
 function confChangePending(): KvError {
   return new KvError("conf_change_pending", "another membership change is not yet applied; retry once it is", { retryAfterS: 1 });
+}
+
+/** Whether two peer URLs name one address (`http://Host:1/` and `http://host:1` do). */
+function sameUrl(a: string, b: string): boolean {
+  if (a === "" || b === "") return false;
+  try {
+    return new URL(a).href === new URL(b).href;
+  } catch {
+    return a === b;
+  }
 }
