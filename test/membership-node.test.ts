@@ -88,6 +88,18 @@ test("a member is not added at a peer URL another member has: its calls would re
   expect((await cluster.drive(leader.addMember(9, "mem://peer-9"))).members.map((m) => m.id)).toContain(9);
 });
 
+test("promote refuses a learner that has not caught up (nothing runs at its URL): a dead voter would only make majorities harder (found by an operator's review)", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  for (let i = 0; i < 5; i++) await cluster.drive(leader.put(`k${i}`, enc("v")));
+  await cluster.drive(leader.addMember(9, "mem://peer-9"));
+  const refused = await leader.promoteMember(9).catch((error: unknown) => error);
+  expect(refused).toMatchObject({ code: "learner_not_ready" });
+  expect((refused as Error).message).toContain("node 9 has 0 of the");
+  expect(leader.members().members.find((m) => m.id === 9)?.role).toBe("learner");
+});
+
 test("removing the leader hands leadership over first; the new leader removes it; the old one stops serving", async () => {
   const cluster = createCluster();
   await cluster.until(() => cluster.leader() !== undefined);

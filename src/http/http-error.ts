@@ -85,6 +85,7 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
     case "version_mismatch":
     case "conf_change_pending":
     case "member_exists":
+    case "learner_not_ready":
       return jsonResponse(body(code, error.message, details), 409);
     case "overloaded":
       return jsonResponse(body(code, error.message, { ...details, retryAfterS: retryAfterS(details) }), 429, {

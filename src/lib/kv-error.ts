@@ -18,6 +18,7 @@ export type KvErrorCode =
   | "idempotency_key_reused" // an idempotency key with a live session sent with another request: nothing changed
   | "conf_change_pending" // another membership change is not yet applied: nothing was proposed
   | "member_exists" // the node to add is already a member: nothing was proposed
+  | "learner_not_ready" // the learner to promote has not caught up with the leader's log: nothing was proposed
   | "insufficient_storage" // the node's disk is full: nothing was written; retry later
   | "quota_exceeded" // the data kept is over --quota-bytes: puts are refused (reads and deletes are not)
   | "lease_not_found" // the lease named does not exist (never granted, expired or revoked): nothing was written

@@ -131,6 +131,16 @@ export class NodeMembership {
       const what = raw.isVoter(id) ? "already a voter" : "not a member";
       return Promise.reject(new KvError(raw.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
     }
+    // A voter that cannot keep up (or is not there at all) only makes majorities harder to reach:
+    // as etcd, promote a learner only once it holds 90% of the log (the leader promotes it on its
+    // own once it has caught up with the commit index).
+    const match = raw.matchIndexOf(id) ?? 0;
+    const commit = raw.basicStatus().commit;
+    if (match < Math.floor(commit * learnerReadyShare)) {
+      return Promise.reject(
+        new KvError("learner_not_ready", `node ${id} has ${match} of the ${commit} committed entries: it is promoted on its own once it has caught up (is it running and reachable at its peer URL?)`),
+      );
+    }
     return this.propose({ type: "promote", nodeId: id });
   }
 
@@ -284,6 +294,9 @@ const departedKeptMs = 2_000;
 function confChangePending(): KvError {
   return new KvError("conf_change_pending", "another membership change is not yet applied; retry once it is", { retryAfterS: 1 });
 }
+
+/** The share of the leader's committed entries a learner must hold before `promote` makes it a voter (etcd's 90%). */
+const learnerReadyShare = 0.9;
 
 /** Whether two peer URLs name one address (`http://Host:1/` and `http://host:1` do). */
 function sameUrl(a: string, b: string): boolean {
