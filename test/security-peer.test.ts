@@ -125,7 +125,9 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(none).toMatchObject({ status: 400, code: "failed_precondition" });
     expect(b.deliveries).toEqual([]);
     expect(b.lines).toEqual([
-      `refused a peer call from 127.0.0.1: cluster id mismatch: the call is from cluster ${otherId}, this node belongs to cluster ${CLUSTER_ID}`,
+      `refused a peer call from 127.0.0.1: cluster id mismatch: the call is from cluster ${otherId}, this node belongs to cluster ${CLUSTER_ID}` +
+        " (a node keeps the id its data dir was created with, in its cluster-id file: one first started with another --cluster-token or other voters keeps that;" +
+        " if its data is not worth keeping, empty its data dir and start it again)",
     ]);
     // Without a token configured, the cluster id is still checked.
     const open = startTransport(3, new Map([[1, "http://127.0.0.1:1"]]), { clusterId: CLUSTER_ID });
@@ -256,7 +258,10 @@ describe("clusters of in-process servers", () => {
     expect(second.node(3).clusterId).toBe(oldId);
 
     await second.waitForLog(3, `the data dir belongs to cluster ${oldId}, but this configuration`);
-    await second.waitForLog(3, `refuses our calls (FailedPrecondition: cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId})`);
+    // The refusal says where the id comes from and the way out (found by an operator's review: a node
+    // first started with a wrong token kept that cluster's id, and the log did not say what to do).
+    await second.waitForLog(3, `refuses our calls (FailedPrecondition: cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId} (a node keeps the id its data dir was created with`);
+    await second.waitForLog(3, "empty its data dir and start it again))");
     await second.waitForLog(1, `cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId}`);
 
     // Nodes 1 and 2 form the new cluster without node 3's old log.

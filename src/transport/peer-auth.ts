@@ -60,7 +60,12 @@ export function checkPeerCall(auth: PeerAuth, headers: Headers): PeerCallRefusal
     const theirs = clusterId === null ? "no cluster id" : isClusterId(clusterId) ? `cluster ${clusterId}` : "a malformed cluster id";
     return {
       reason: "cluster_mismatch",
-      error: new ConnectError(`cluster id mismatch: the call is from ${theirs}, this node belongs to cluster ${auth.clusterId}`, Code.FailedPrecondition),
+      error: new ConnectError(
+        `cluster id mismatch: the call is from ${theirs}, this node belongs to cluster ${auth.clusterId}` +
+          ` (a node keeps the id its data dir was created with, in its cluster-id file: one first started with another --cluster-token or other voters keeps that;` +
+          ` if its data is not worth keeping, empty its data dir and start it again)`,
+        Code.FailedPrecondition,
+      ),
     };
   }
   return undefined;
