@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { makeTestCertificates, type TestCertificates } from "./helpers/certs.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
@@ -125,6 +125,17 @@ describe("TLS flags (the built executable)", () => {
     expect(node.httpUrl).toStartWith("https://");
     expect(await node.waitForLog('"event":"started"')).toContain('"tls":"server"');
     expect((await fetch(`${node.httpUrl}/status`, { tls: { ca } })).status).toBe(200);
+    // The CLI trusts a private CA with --cacert, as etcdctl does (found by an operator's review: only
+    // NODE_EXTRA_CA_CERTS, which no doc named, made it work); without it the certificate is refused.
+    const trusted = await runKvCommand(["put", "tls/a", "b", "--endpoints", node.httpUrl, "--cacert", certs.caCert]);
+    expect([trusted.code, trusted.err]).toEqual([0, ""]);
+    expect((await runKvCommand(["get", "tls/a", "--endpoints", node.httpUrl, "--cacert", certs.caCert])).out).toBe("b");
+    const untrusted = await runKvCommand(["get", "tls/a", "--endpoints", node.httpUrl, "--timeout-ms", "1000"]);
+    expect(untrusted.code).toBe(3);
+    expect(untrusted.err).toContain("certificate");
+    expect((await runKvCommand(["get", "tls/a", "--endpoints", node.httpUrl, "--cacert", join(baseDir, "missing.pem")])).code).toBe(2);
+    const backup = join(baseDir, "tls.kvbackup");
+    expect((await runKvCommand(["snapshot", "save", backup, "--endpoints", node.httpUrl, "--cacert", certs.caCert])).code).toBe(0);
     await node.stop();
   });
 

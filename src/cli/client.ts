@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
 import {
   createClient,
@@ -45,6 +46,7 @@ export const connectionArgs = {
   json: { type: "boolean", description: "Print JSON instead of text" },
   "timeout-ms": { type: "string", description: "How long one command may take, retries on other endpoints included (default 5000)", valueHint: "MS" },
   "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
+  cacert: { type: "string", description: "PEM file of the CA that signed the nodes' certificates, for https:// endpoints (default: the system's CAs)", valueHint: "FILE" },
 } as const;
 
 /** Where and how a client command talks to the cluster. */
@@ -54,20 +56,35 @@ export interface Connection {
 }
 
 /** The connection the flags (or $KV_ENDPOINTS, $KV_AUTH_TOKEN) describe; `UsageError` for bad ones. */
-export function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string }): Connection {
+export function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string; cacert?: string }): Connection {
   const timeoutMs = args["timeout-ms"] === undefined ? 5_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
   let client: KvClient;
   try {
+    const ca = caFile(args.cacert);
     client = createClient({
       endpoints: args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints,
       timeoutMs,
       ...(authToken(args) === undefined ? {} : { authToken: authToken(args) }),
+      ...(ca === undefined ? {} : { ca }),
     });
   } catch (error) {
     if (error instanceof KvClientError) throw new UsageError(`--endpoints: ${error.message}`);
     throw error;
   }
   return { client, json: args.json === true };
+}
+
+/** The PEM text of `--cacert`; a file that cannot be read, or holds no certificate, is a usage error. */
+export function caFile(path: string | undefined): string | undefined {
+  if (path === undefined) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    throw new UsageError(`--cacert: cannot read ${path}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  if (!text.includes("-----BEGIN CERTIFICATE-----")) throw new UsageError(`--cacert: ${path} holds no PEM certificate`);
+  return text;
 }
 
 function authToken(args: { "auth-token"?: string }): string | undefined {

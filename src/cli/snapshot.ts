@@ -10,7 +10,7 @@ import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import { BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
 import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
-import { ClientExit } from "./client.ts";
+import { caFile, ClientExit, connectionArgs } from "./client.ts";
 import { parseCluster, parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
@@ -70,7 +70,7 @@ function summaryText(file: string, summary: BackupSummary): string {
 }
 
 /** Fetches `GET /snapshot` from the first endpoint that serves it and writes the body to `fd`. */
-async function download(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number): Promise<string> {
+async function download(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string | undefined): Promise<string> {
   const failures: string[] = [];
   for (const endpoint of endpoints) {
     let url = `${endpoint}/snapshot`;
@@ -84,6 +84,7 @@ async function download(endpoints: readonly string[], authToken: string | undefi
           redirect: "manual",
           headers: authToken === undefined ? {} : { authorization: `Bearer ${authToken}` },
           signal: abort.signal,
+          ...(ca === undefined ? {} : { tls: { ca } }),
         });
       } catch (error) {
         clearTimeout(timer);
@@ -134,8 +135,10 @@ const saveCommand = defineCommand({
     "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
     "timeout-ms": { type: "string", description: "How long to wait for a node to start answering (default 10000)", valueHint: "MS" },
     json: { type: "boolean", description: "Print JSON instead of text" },
+    cacert: connectionArgs.cacert,
   },
   async run({ args }) {
+    const ca = caFile(args.cacert);
     const endpoints = (args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints)
       .split(",")
       .map((e) => e.trim().replace(/\/+$/, ""))
@@ -154,7 +157,7 @@ const saveCommand = defineCommand({
     try {
       const fd = openSync(temp, "w", 0o600);
       try {
-        origin = await download(endpoints, args["auth-token"] ?? process.env.KV_AUTH_TOKEN, timeoutMs, fd);
+        origin = await download(endpoints, args["auth-token"] ?? process.env.KV_AUTH_TOKEN, timeoutMs, fd, ca);
         fsyncSync(fd);
       } finally {
         closeSync(fd);

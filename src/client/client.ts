@@ -27,6 +27,11 @@ export interface ClientOptions {
   readonly attemptTimeoutMs?: number;
   /** The fetch to send requests and open watch streams with (default: the global `fetch`; tests pass a counting one). */
   readonly fetch?: typeof fetch;
+  /**
+   * PEM certificates of the CAs to trust for `https://` endpoints, besides the system's (a cluster
+   * whose certificates a private CA signed: `kv serve --tls-cert` with `--peer-ca`).
+   */
+  readonly ca?: string;
 }
 
 /** How a read is served: `linearizable` (the default), `lease` (leader lease) or `stale` (local state). */
@@ -315,7 +320,8 @@ export function createClient(options: ClientOptions): KvClient {
   if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw badOption(`timeoutMs must be at least 1, got ${timeoutMs}`);
   const attemptTimeoutMs = options.attemptTimeoutMs ?? Math.min(timeoutMs, Math.max(1_000, Math.ceil(timeoutMs / 3)));
   if (!Number.isFinite(attemptTimeoutMs) || attemptTimeoutMs < 1) throw badOption(`attemptTimeoutMs must be at least 1, got ${attemptTimeoutMs}`);
-  const transport = new Transport({ endpoints, authToken: options.authToken, timeoutMs, attemptTimeoutMs, ...(options.fetch === undefined ? {} : { fetch: options.fetch }) });
+  const sendWith = options.ca === undefined ? options.fetch : trustingFetch(options.fetch ?? fetch, options.ca);
+  const transport = new Transport({ endpoints, authToken: options.authToken, timeoutMs, attemptTimeoutMs, ...(sendWith === undefined ? {} : { fetch: sendWith }) });
   const leases = createLeasesApi(transport);
 
   const json = <T>(answer: Answer): T => {
@@ -586,4 +592,10 @@ export function normalizeEndpoints(endpoints: readonly string[] | string): strin
 
 function badOption(message: string): KvClientError {
   return new KvClientError("bad_request", 0, message);
+}
+
+/** `send` that also trusts the CAs in `ca` (PEM) for https: Bun's fetch takes them as `tls.ca`. */
+function trustingFetch(send: typeof fetch, ca: string): typeof fetch {
+  const trusting = (input: Parameters<typeof fetch>[0], init?: BunFetchRequestInit) => send(input, { ...init, tls: { ...init?.tls, ca } });
+  return Object.assign(trusting, { preconnect: send.preconnect }) as typeof fetch;
 }

@@ -193,6 +193,8 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
           peerUrl: config.join.advertisePeer,
           httpUrl: httpUrl?.replace(/\/+$/, ""),
           authToken: config.authToken,
+          // The CA that signed the peers' certificates signed their client ports' too, as a rule.
+          ...(tls?.ca === undefined ? {} : { ca: tls.ca }),
           timeoutMs: 60_000,
           logger,
         });

@@ -23,6 +23,8 @@ export interface JoinOptions {
   readonly peerUrl: string;
   readonly httpUrl: string | undefined;
   readonly authToken: string | undefined;
+  /** PEM CA certificates to trust for https:// endpoints besides the system's (the node's --peer-ca). */
+  readonly ca?: string;
   /** Give up after this long (the cluster may be electing, or busy with another change). */
   readonly timeoutMs: number;
   readonly logger: Logger;
@@ -48,6 +50,7 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
     endpoints: options.endpoints,
     timeoutMs: Math.min(REQUEST_TIMEOUT_MS_MAX, options.timeoutMs),
     ...(options.authToken === undefined ? {} : { authToken: options.authToken }),
+    ...(options.ca === undefined ? {} : { ca: options.ca }),
   });
   const member = { id: options.id, peerUrl: options.peerUrl, ...(options.httpUrl === undefined ? {} : { httpUrl: options.httpUrl }) };
   let lastProblem = "no endpoint tried";
