@@ -6,6 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
 import { EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/command.ts";
+import { clusterNonceKey } from "../src/kv/cluster-nonce.ts";
 import { pendingBytesMax, proposalBytesPerTurnMax } from "../src/node/proposals.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
@@ -225,7 +226,8 @@ describe("large writes held back by what is pending", () => {
   /** A leader left without a quorum: nothing commits, so what it proposes stays pending. */
   async function leaderAlone(requestTimeoutMs: number) {
     const cluster = createCluster({ requestTimeoutMs });
-    await cluster.until(() => cluster.leader() !== undefined);
+    // Once the first leader's cluster nonce applied, nothing of its own is still to be proposed.
+    await cluster.until(() => cluster.leader()?.clusterNonce() !== undefined);
     const leader = cluster.leader()!;
     const id = leader.status().id;
     for (const other of [1, 2, 3].filter((n) => n !== id)) cluster.stop(other);
@@ -366,6 +368,27 @@ describe("a membership change proposed and then replaced by another leader's ent
     expect(error).toBeInstanceOf(KvError);
     expect(error.code).toBe("proposal_dropped");
     expect(node.members().members.map((member) => member.id)).toEqual([1, 2, 3]);
+  });
+});
+
+describe("the cluster's nonce", () => {
+  test("the first leader writes one through the log; every node applies the same; a later leader keeps it", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => [...cluster.nodes.values()].every((node) => node.clusterNonce() !== undefined));
+    const nonces = new Set([...cluster.nodes.values()].map((node) => node.clusterNonce()));
+    expect(nonces.size).toBe(1);
+    const [nonce] = nonces;
+    expect(nonce).toMatch(/^[0-9a-f]{16}$/);
+    const leader = cluster.leader()!;
+    const version = cluster.storages.get(leader.status().id)!.get(clusterNonceKey)!.version;
+    // Clients see nothing of it: a listing of every key is empty, and the key is reserved.
+    expect(await drive(cluster, leader.list("", undefined, 100, "linearizable"))).toEqual([]);
+    // A new leader finds it applied and writes none.
+    const { leaderId: next } = await drive(cluster, leader.transferLeadership(undefined, 1_000));
+    await cluster.until(() => cluster.leader()?.status().id === next);
+    await drive(cluster, cluster.node(next).put("k", enc("v")));
+    for (const storage of cluster.storages.values()) expect(storage.get(clusterNonceKey)?.version).toBe(version);
+    expect(cluster.node(next).clusterNonce()).toBe(nonce);
   });
 });
 

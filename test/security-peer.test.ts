@@ -1,6 +1,6 @@
 // Proves peer authentication: every peer call carries the cluster token and cluster id, and a node refuses (Connect unauthenticated / failed_precondition, before reading the body, with a clear log line) any call without the right token or from another cluster, so a forged call never changes its state, while peers that share both keep working. Whole clusters run in-process (createServer); one test of the built executable proves the token reaches its server from the flag, a file or KV_CLUSTER_TOKEN.
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { toBinary } from "@bufbuild/protobuf";
@@ -272,6 +272,54 @@ describe("clusters of in-process servers", () => {
   }, 60_000);
 
 });
+
+describe("clusters bootstrapped apart, with the same ids and no token (found by an operator's review)", () => {
+  test("a data dir copied from the other cluster is refused by its nonce: it neither follows nor serves the other cluster's data", async () => {
+    const dirs = { a: mkdtempSync(join(baseDir, "twin-a-")), b: mkdtempSync(join(baseDir, "twin-b-")) };
+    const start = async (dir: string) => {
+      const cluster = createServerCluster({ size: 3, baseDir: dir, logLevel: "info" });
+      cleanups.push(() => cluster.stop());
+      await cluster.start();
+      return cluster;
+    };
+    const a = await start(dirs.a);
+    const b = await start(dirs.b);
+    for (const [cluster, key] of [[a, "from-a"], [b, "from-b"]] as const) {
+      expect((await fetch(`${cluster.node(await cluster.waitForLeader()).httpUrl}/kv/${key}`, { method: "PUT", body: key })).status).toBe(200);
+      await eventually(() => [1, 2, 3].every((id) => cluster.node(id).node.clusterNonce() !== undefined), "every node applied the nonce");
+    }
+    // Their cluster ids are the same (voter ids and no token); their nonces are not.
+    expect(a.node(1).clusterId).toBe(b.node(1).clusterId);
+    const nonceA = a.node(1).node.clusterNonce()!;
+    const nonceB = b.node(1).node.clusterNonce()!;
+    expect(nonceA).not.toBe(nonceB);
+
+    // Node 3 of cluster A gets node 3 of cluster B's data dir.
+    await a.kill(3);
+    await b.stop();
+    const dirA3 = join(dirs.a, "node-3");
+    rmSync(dirA3, { recursive: true, force: true });
+    cpSync(join(dirs.b, "node-3"), dirA3, { recursive: true });
+    const imposter = await a.startNode(3);
+    const leader = await a.waitForLeader([1, 2]);
+    await a.waitForLog(3, `refused a peer call from 127.0.0.1: cluster nonce mismatch: the call is from a cluster whose first leader drew ${nonceA}, this node's drew ${nonceB}`);
+    await a.waitForLog(leader, "peer 3: refuses our calls (FailedPrecondition: cluster nonce mismatch");
+    expect((await fetch(`${a.node(leader).httpUrl}/kv/after`, { method: "PUT", body: "v" })).status).toBe(200);
+    // It holds cluster B's data, and takes nothing of cluster A's: no leader, so /health is 503.
+    expect((await fetch(`${imposter.httpUrl}/kv/from-a?consistency=stale`)).status).toBe(404);
+    expect(imposter.node.status().leaderId).not.toBe(leader);
+    expect((await fetch(`${imposter.httpUrl}/health`)).status).toBe(503);
+  }, 60_000);
+});
+
+/** Polls `condition` every 10 ms for up to 15 s (servers run on timers: turns of the event loop alone may not be enough). */
+async function eventually(condition: () => boolean, what: string): Promise<void> {
+  const deadline = performance.now() + 15_000;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`gave up waiting for ${what}`);
+    await Bun.sleep(10); // polling interval
+  }
+}
 
 describe("kv serve (the built executable)", () => {
   test("the token comes from the flag, a file or KV_CLUSTER_TOKEN; a short one, or flag and file together, is a usage error", async () => {

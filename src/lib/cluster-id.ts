@@ -28,6 +28,11 @@ export function isClusterId(value: string): boolean {
   return clusterIdPattern.test(value);
 }
 
+/** Whether `value` has the form of a cluster nonce (src/kv/cluster-nonce.ts): 16 lowercase hex digits too. */
+export function isClusterNonce(value: string): boolean {
+  return clusterIdPattern.test(value);
+}
+
 /**
  * The id a cluster of these voters sharing this token (or none) gets at bootstrap. Every founding
  * node computes the same one without talking to the others.

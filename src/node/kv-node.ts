@@ -13,6 +13,7 @@ import {
   type Command,
 } from "../kv/command.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
+import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, type TxnAnswer, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
@@ -117,6 +118,12 @@ export interface KvNodeConfig {
   readonly pendingRequestsMax: number;
   /** Messages from peers queued for the loop; past it the oldest are dropped (Raft tolerates loss). */
   readonly inboxMessagesMax: number;
+  /**
+   * Draws the cluster's nonce (src/kv/cluster-nonce.ts) when this node, leading, finds none applied:
+   * 16 hex digits. Default: from `prng` (the simulator's replay); the server draws from the system's
+   * random source, so clusters started in the same millisecond differ.
+   */
+  readonly drawClusterNonce?: () => string;
   /** Called for events worth a log line. */
   readonly log?: (event: string, fields: Record<string, unknown>) => void;
   /** Called once if the loop stops on its own (storage failure or a bug); the process should exit. */
@@ -266,6 +273,9 @@ export class KvNode implements KvNodeApi {
   private readonly watches: NodeWatch;
   /** Leases: the client calls, and the leader's countdowns and expiries (src/node/leases.ts). */
   private readonly leases: NodeLeases;
+  /** The cluster's nonce once applied here (it never changes after), and the term this node last proposed one in. */
+  private clusterNonceApplied: string | undefined;
+  private clusterNonceTerm = 0;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -356,6 +366,32 @@ export class KvNode implements KvNodeApi {
         return applied;
       },
     });
+  }
+
+  /** The cluster's nonce (src/kv/cluster-nonce.ts) once this node applied it; undefined until then. */
+  clusterNonce(): string | undefined {
+    if (this.clusterNonceApplied === undefined) {
+      const row = this.cfg.storage.get(clusterNonceKey);
+      if (row !== undefined) this.clusterNonceApplied = new TextDecoder().decode(row.value);
+    }
+    return this.clusterNonceApplied;
+  }
+
+  /**
+   * A leader whose state machine holds no nonce proposes one, once per term, once it applied every
+   * entry committed before its term (so it sees a nonce an earlier leader wrote). It is a put only if
+   * absent: should two leaders' nonces both commit, the first applied stays.
+   */
+  private maybeProposeClusterNonce(): void {
+    const raft = this.raw.basicStatus();
+    if (raft.role !== "leader" || this.clusterNonceTerm === raft.term || this.membership.removed()) return;
+    if (this.raw.logTerm(raft.commit) !== raft.term || this.cfg.storage.appliedIndex() < raft.commit || this.clusterNonce() !== undefined) return;
+    this.clusterNonceTerm = raft.term;
+    const nonce = this.cfg.drawClusterNonce?.() ?? drawNonce(this.cfg.prng);
+    assert(isClusterNonce(nonce), `cluster nonce ${nonce} is not 16 hex digits`);
+    const data = encodeCommand({ op: "put", key: clusterNonceKey, value: new TextEncoder().encode(nonce), ifVersion: 0 });
+    this.proposals.enqueue(data, this.deadline()).catch(() => undefined); // refused or lost: the next leader's term tries again
+    this.scheduleTurn();
   }
 
   /** Sets the advertised client URL once the HTTP port is known (port 0 listens). */
@@ -782,6 +818,7 @@ export class KvNode implements KvNodeApi {
     this.ticksAccounted++;
     this.expireWaiters();
     this.leases.tick();
+    this.maybeProposeClusterNonce();
     this.membership.maybePromoteLearner();
     // A compaction under way goes on while no entries are applied.
     if (this.compactTarget > this.cfg.storage.snapshot().index) {
@@ -1172,6 +1209,12 @@ function lostLogError(id: NodeId, lost: LostLog): Error {
       `its data dir lost data (wiped, or replaced by an older copy). It cannot take part again under id ${id} as it is: ` +
       `remove it from the cluster (kv member remove ${id}), empty its data dir, and start it with --join to join again`,
   );
+}
+
+/** 16 hex digits from `prng`: two draws of 32 bits. */
+function drawNonce(prng: Prng): string {
+  const half = () => prng.intInclusive(0, 0xffffffff).toString(16).padStart(8, "0");
+  return `${half()}${half()}`;
 }
 
 function removedError(): KvError {

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
 import { LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN } from "../http/app.ts";
@@ -246,6 +247,8 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       storage,
       clock: createSystemClock(),
       prng: createPrng((Date.now() ^ (id * 2654435761)) >>> 0),
+      // From the system's random source: clusters started in the same millisecond get different nonces.
+      drawClusterNonce: () => randomBytes(8).toString("hex"),
       tickMs: config.tickMs,
       electionTicks: config.electionTicks,
       heartbeatTicks: config.heartbeatTicks,
@@ -336,7 +339,11 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     onSnapshotChunk: (chunk) => node.receiveSnapshotChunk(chunk),
     rpcTimeoutMs: peerRpcTimeoutMs(config.tickMs, config.electionTicks),
     log: (line) => logger.log("warn", "peer", { detail: line }),
-    auth: { clusterId: clusterIdChoice.clusterId, ...(config.clusterToken === undefined ? {} : { clusterToken: config.clusterToken }) },
+    auth: {
+      clusterId: clusterIdChoice.clusterId,
+      ...(config.clusterToken === undefined ? {} : { clusterToken: config.clusterToken }),
+      clusterNonce: () => node.clusterNonce(),
+    },
     ...(tls === undefined ? {} : { tls }),
   }), (error) => {
     void listener.stop(true).catch(() => {});

@@ -6,13 +6,15 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Interceptor } from "@connectrpc/connect";
 import { assert } from "../lib/assert.ts";
-import { isClusterId } from "../lib/cluster-id.ts";
+import { isClusterId, isClusterNonce } from "../lib/cluster-id.ts";
 import { secretsEqual } from "../lib/secret.ts";
 
 /** The header that carries the shared cluster token. */
 export const CLUSTER_TOKEN_HEADER = "kv-cluster-token";
 /** The header that carries the sender's cluster id. */
 export const CLUSTER_ID_HEADER = "kv-cluster-id";
+/** The header that carries the cluster's nonce (src/kv/cluster-nonce.ts), once the sender applied it. */
+export const CLUSTER_NONCE_HEADER = "kv-cluster-nonce";
 
 /** What identifies this cluster to its peers. */
 export interface PeerAuth {
@@ -20,6 +22,12 @@ export interface PeerAuth {
   readonly clusterId: string;
   /** The shared secret; when set, calls without it are refused with `unauthenticated`. */
   readonly clusterToken?: string;
+  /**
+   * The cluster's nonce as this node applied it (src/kv/cluster-nonce.ts), or undefined before: sent
+   * on every call once known, and a call carrying another is refused (the two clusters were
+   * bootstrapped apart, whatever their ids). Calls without one, or to a node without one, pass.
+   */
+  readonly clusterNonce?: () => string | undefined;
 }
 
 /** Why a call was refused, for counters and logs. */
@@ -31,6 +39,8 @@ export function peerAuthInterceptor(auth: PeerAuth): Interceptor {
   return (next) => (request) => {
     if (auth.clusterToken !== undefined) request.header.set(CLUSTER_TOKEN_HEADER, auth.clusterToken);
     request.header.set(CLUSTER_ID_HEADER, auth.clusterId);
+    const nonce = auth.clusterNonce?.();
+    if (nonce !== undefined) request.header.set(CLUSTER_NONCE_HEADER, nonce);
     return next(request);
   };
 }
@@ -64,6 +74,19 @@ export function checkPeerCall(auth: PeerAuth, headers: Headers): PeerCallRefusal
         `cluster id mismatch: the call is from ${theirs}, this node belongs to cluster ${auth.clusterId}` +
           ` (a node keeps the id its data dir was created with, in its cluster-id file: one first started with another --cluster-token or other voters keeps that;` +
           ` if its data is not worth keeping, empty its data dir and start it again)`,
+        Code.FailedPrecondition,
+      ),
+    };
+  }
+  const theirNonce = headers.get(CLUSTER_NONCE_HEADER);
+  const ourNonce = auth.clusterNonce?.();
+  if (theirNonce !== null && ourNonce !== undefined && theirNonce !== ourNonce) {
+    return {
+      reason: "cluster_mismatch",
+      error: new ConnectError(
+        `cluster nonce mismatch: the call is from a cluster whose first leader drew ${isClusterNonce(theirNonce) ? theirNonce : "a malformed nonce"}, this node's drew ${ourNonce}:` +
+          ` the two clusters were bootstrapped apart, though their cluster ids are the same (was a data dir copied from another cluster?` +
+          ` give a node of this cluster its own data dir back, or an empty one and --join)`,
         Code.FailedPrecondition,
       ),
     };
