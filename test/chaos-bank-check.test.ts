@@ -109,6 +109,18 @@ describe("findBankViolation", () => {
     expect(findBankViolation([unknown, newer, read([absent("bank/0")], 11, 15, false)], 2)).toBeUndefined();
   });
 
+  test("real-time: a transfer that succeeded comparing a version older than a transfer acknowledged before it was called (a lost write the total hides)", () => {
+    // t3 was built on the state before t1 (both accounts absent) and succeeded after t1 returned.
+    const built = { ...transfer(3, ["bank/0", 50], ["bank/1", 150], 20, 30, { version: 9 }), compared: [{ key: "bank/0", version: 0 }, { key: "bank/1", version: 0 }] };
+    const violation = findBankViolation([t1, built], 2);
+    expect(violation?.reason).toBe("transfer t3 succeeded comparing bank/0 at version 0, but transfer t1, which returned before it was called, wrote it at version 5: a stale comparison");
+    expect(violation?.evidence).toEqual([t1, built]);
+    // Called while t1 was still out, it may have been applied first.
+    expect(findBankViolation([t1, { ...built, callMs: 5 }], 2)).toBeUndefined();
+    // Comparisons that did not hold changed nothing.
+    expect(findBankViolation([t1, { ...built, succeeded: false }], 2)).toBeUndefined();
+  });
+
   test("real-time: the final state older than an acknowledged transfer", () => {
     expect(findBankViolation([t1, t2], 2, [at("bank/0", 70, 1, 5), at("bank/1", 130, 1, 5)])?.reason).toContain("transfer t2, which returned before it was called, wrote it at version 9");
   });

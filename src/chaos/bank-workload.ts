@@ -228,7 +228,7 @@ export class BankWorkload {
     const callMs = Math.floor(this.opts.nowMs());
     const { outcome } = await this.send(node, "POST", "/txn", txnBody([from, to], writes, []));
     const returnMs = Math.ceil(this.opts.nowMs());
-    const called = { id, clientId, kind: "transfer" as const, callMs, writes };
+    const called = { id, clientId, kind: "transfer" as const, callMs, writes, compared: [from, to].map(({ key, version }) => ({ key, version })) };
     let op: BankOperation;
     if (outcome.kind === "ok") {
       const answer = JSON.parse(new TextDecoder().decode(outcome.body)) as { succeeded: boolean; version: number };

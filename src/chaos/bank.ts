@@ -20,7 +20,10 @@
  * - **atomic**: a read that saw one account as a transfer left it saw the transfer's other account at
  *   that version or later (no fractured read);
  * - **real-time**: a read called after a transfer, or a read, returned sees each account at a version
- *   at least as late as that transfer wrote it, or that read saw it (no stale read).
+ *   at least as late as that transfer wrote it, or that read saw it (no stale read); and so does a
+ *   transfer whose comparisons held (it found its accounts at the versions it named), so a transfer
+ *   built on a state older than one acknowledged before it was called cannot succeed (a lost write
+ *   the total would not show).
  */
 import type { OperationOutcome } from "./history.ts";
 
@@ -56,8 +59,9 @@ export interface BankOperation {
   /** Undefined when the outcome is unknown. */
   readonly returnMs?: number;
   readonly outcome: OperationOutcome;
-  /** A transfer's writes. */
+  /** A transfer's writes, and the versions its comparisons named (both accounts as read). */
   readonly writes?: readonly BankWrite[];
+  readonly compared?: readonly { readonly key: string; readonly version: number }[];
   /** An ok transfer: whether its comparisons held (it wrote), and the version it applied at. */
   readonly succeeded?: boolean;
   readonly version?: number;
@@ -190,19 +194,26 @@ export function findBankViolation(history: readonly BankOperation[], accountCoun
   }
   for (const read of reads) for (const account of read.seen as readonly BankAccountSeen[]) floors.push({ atMs: read.returnMs as number, key: account.key, version: account.version, by: read });
   floors.sort((a, b) => a.atMs - b.atMs);
+  // What each read saw, and what each transfer whose comparisons held found, against those floors.
+  const observers: { op: BankOperation; accounts: readonly { key: string; version: number }[] }[] = [];
+  for (const read of reads) observers.push({ op: read, accounts: read.seen as readonly BankAccountSeen[] });
+  if (finalRead !== undefined) observers.push({ op: finalRead, accounts: finalState as readonly BankAccountSeen[] });
+  for (const op of transfers.values()) if (op.outcome === "ok" && op.succeeded === true && op.compared !== undefined) observers.push({ op, accounts: op.compared });
+  observers.sort((a, b) => a.op.callMs - b.op.callMs);
   const floorOf = new Map<string, { version: number; by: BankOperation }>();
   let next = 0;
-  for (const read of [...reads, ...(finalRead === undefined ? [] : [finalRead])].sort((a, b) => a.callMs - b.callMs)) {
-    while (next < floors.length && (floors[next] as { atMs: number }).atMs < read.callMs) {
+  for (const { op, accounts } of observers) {
+    while (next < floors.length && (floors[next] as { atMs: number }).atMs < op.callMs) {
       const floor = floors[next++] as (typeof floors)[number];
       const before = floorOf.get(floor.key);
       if (before === undefined || floor.version > before.version) floorOf.set(floor.key, floor);
     }
-    for (const account of read.seen as readonly BankAccountSeen[]) {
+    for (const account of accounts) {
       const floor = floorOf.get(account.key);
       if (floor !== undefined && account.version < floor.version) {
         const what = floor.by.kind === "transfer" ? `transfer t${floor.by.id}, which returned before it was called, wrote it at` : `a read that returned before it was called saw it at`;
-        return { reason: `a read saw ${account.key} at version ${account.version}, but ${what} version ${floor.version}: a stale read`, evidence: [floor.by, read] };
+        const who = op.kind === "read" ? `a read saw ${account.key}` : `transfer t${op.id} succeeded comparing ${account.key}`;
+        return { reason: `${who} at version ${account.version}, but ${what} version ${floor.version}: a stale ${op.kind === "read" ? "read" : "comparison"}`, evidence: [floor.by, op] };
       }
     }
   }

@@ -80,7 +80,8 @@ export class SimBank {
     const node = this.sim.servers.get(id)?.node;
     const opId = this.nextId();
     const writes = transferWrites(opId, from, to, amount);
-    const called: BankOperation = { id: opId, clientId, kind: "transfer", callMs: this.sim.historyTime(), outcome: "unknown", writes };
+    const compared = [from, to].map(({ key, version }) => ({ key, version }));
+    const called: BankOperation = { id: opId, clientId, kind: "transfer", callMs: this.sim.historyTime(), outcome: "unknown", writes, compared };
     if (node === undefined) {
       this.history.push({ ...called, returnMs: called.callMs, outcome: "fail" });
       return Promise.resolve();
@@ -127,6 +128,11 @@ export class SimBank {
     return this.history
       .map((op) => `${op.id}/${op.kind}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.succeeded ?? ""}/${op.version ?? ""}/${(op.seen ?? []).map((s) => `${s.value}@${s.version}`).join(",")}`)
       .join(";");
+  }
+
+  /** Transfers sent and not yet answered. */
+  inFlight(): number {
+    return this.inflight.size;
   }
 
   private nextId(): number {
