@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { rootCertificates } from "node:tls";
 import { defineCommand } from "citty";
 import {
   createClient,
@@ -74,8 +75,12 @@ export function connection(args: { endpoints?: string; json?: boolean; "timeout-
   return { client, json: args.json === true };
 }
 
-/** The PEM text of `--cacert`; a file that cannot be read, or holds no certificate, is a usage error. */
-export function caFile(path: string | undefined): string | undefined {
+/**
+ * The CAs a command trusts with `--cacert`: the file's, and the system's too (Bun's fetch replaces
+ * the system's with `tls.ca`, found in review); a file that cannot be read, or holds no
+ * certificate, is a usage error.
+ */
+export function caFile(path: string | undefined): string[] | undefined {
   if (path === undefined) return undefined;
   let text: string;
   try {
@@ -84,7 +89,7 @@ export function caFile(path: string | undefined): string | undefined {
     throw new UsageError(`--cacert: cannot read ${path}: ${error instanceof Error ? error.message : String(error)}`);
   }
   if (!text.includes("-----BEGIN CERTIFICATE-----")) throw new UsageError(`--cacert: ${path} holds no PEM certificate`);
-  return text;
+  return [...rootCertificates, text];
 }
 
 function authToken(args: { "auth-token"?: string }): string | undefined {

@@ -70,7 +70,7 @@ function summaryText(file: string, summary: BackupSummary): string {
 }
 
 /** Fetches `GET /snapshot` from the first endpoint that serves it and writes the body to `fd`. */
-async function download(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string | undefined): Promise<string> {
+async function download(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string[] | undefined): Promise<string> {
   const failures: string[] = [];
   for (const endpoint of endpoints) {
     let url = `${endpoint}/snapshot`;

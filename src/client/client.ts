@@ -28,10 +28,11 @@ export interface ClientOptions {
   /** The fetch to send requests and open watch streams with (default: the global `fetch`; tests pass a counting one). */
   readonly fetch?: typeof fetch;
   /**
-   * PEM certificates of the CAs to trust for `https://` endpoints, besides the system's (a cluster
-   * whose certificates a private CA signed: `kv serve --tls-cert` with `--peer-ca`).
+   * PEM certificates of the CAs to trust for `https://` endpoints, instead of the system's (as Bun's
+   * fetch takes `tls.ca`: add `tls.rootCertificates` from `node:tls` to keep those too): for a
+   * cluster whose certificates a private CA signed (`kv serve --tls-cert` with `--peer-ca`).
    */
-  readonly ca?: string;
+  readonly ca?: string | readonly string[];
 }
 
 /** How a read is served: `linearizable` (the default), `lease` (leader lease) or `stale` (local state). */
@@ -594,8 +595,9 @@ function badOption(message: string): KvClientError {
   return new KvClientError("bad_request", 0, message);
 }
 
-/** `send` that also trusts the CAs in `ca` (PEM) for https: Bun's fetch takes them as `tls.ca`. */
-function trustingFetch(send: typeof fetch, ca: string): typeof fetch {
-  const trusting = (input: Parameters<typeof fetch>[0], init?: BunFetchRequestInit) => send(input, { ...init, tls: { ...init?.tls, ca } });
+/** `send` that trusts the CAs in `ca` (PEM) for https, instead of the system's: Bun's fetch takes them as `tls.ca`. */
+function trustingFetch(send: typeof fetch, ca: string | readonly string[]): typeof fetch {
+  const list = typeof ca === "string" ? ca : [...ca];
+  const trusting = (input: Parameters<typeof fetch>[0], init?: BunFetchRequestInit) => send(input, { ...init, tls: { ...init?.tls, ca: list } });
   return Object.assign(trusting, { preconnect: send.preconnect }) as typeof fetch;
 }

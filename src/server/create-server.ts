@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { rootCertificates } from "node:tls";
 import { mkdirSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
 import { LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN } from "../http/app.ts";
@@ -194,8 +195,9 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
           peerUrl: config.join.advertisePeer,
           httpUrl: httpUrl?.replace(/\/+$/, ""),
           authToken: config.authToken,
-          // The CA that signed the peers' certificates signed their client ports' too, as a rule.
-          ...(tls?.ca === undefined ? {} : { ca: tls.ca }),
+          // The CA that signed the peers' certificates signed their client ports' too, as a rule; the
+          // system's stay trusted (a CA given to fetch replaces them: found in review).
+          ...(tls?.ca === undefined ? {} : { ca: [...rootCertificates, tls.ca] }),
           timeoutMs: 60_000,
           logger,
         });

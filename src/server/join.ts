@@ -23,8 +23,8 @@ export interface JoinOptions {
   readonly peerUrl: string;
   readonly httpUrl: string | undefined;
   readonly authToken: string | undefined;
-  /** PEM CA certificates to trust for https:// endpoints besides the system's (the node's --peer-ca). */
-  readonly ca?: string;
+  /** PEM CA certificates to trust for https:// endpoints instead of the system's (see ClientOptions.ca). */
+  readonly ca?: readonly string[];
   /** Give up after this long (the cluster may be electing, or busy with another change). */
   readonly timeoutMs: number;
   readonly logger: Logger;
