@@ -211,6 +211,14 @@ describe("save during writes, restore into a new cluster", () => {
     const fresh = await leader.node.put("after-restore", enc("yes"));
     expect(fresh.version).toBeGreaterThan(imageIndex);
     for (const server of restored.values()) await until("every restored node applies it", () => server.node.status().appliedIndex >= fresh.version);
+    // A new cluster draws a nonce of its own: the backup's is not restored (two clusters restored
+    // from one backup would share it, and take each other's data dirs: found in review).
+    const sourceNonce = source.node(1).node.clusterNonce();
+    expect(sourceNonce).toMatch(/^[0-9a-f]{16}$/);
+    await until("the restored cluster's nonce applied everywhere", () => [...restored.values()].every((server) => server.node.clusterNonce() !== undefined));
+    const restoredNonces = new Set([...restored.values()].map((server) => server.node.clusterNonce()));
+    expect(restoredNonces.size).toBe(1);
+    expect(restoredNonces.has(sourceNonce)).toBe(false);
   }, 60_000);
 
   test("a node of the old cluster is refused by the new one, and refuses it", async () => {

@@ -275,7 +275,10 @@ export class KvNode implements KvNodeApi {
   private readonly leases: NodeLeases;
   /** The cluster's nonce once applied here (it never changes after), and the term this node last proposed one in. */
   private clusterNonceApplied: string | undefined;
+  /** The applied index at which `clusterNonce` last found none (so it does not look again until more applies). */
+  private clusterNonceMissedAt = -1;
   private clusterNonceTerm = 0;
+  private clusterNonceRetryTick = 0;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -368,25 +371,36 @@ export class KvNode implements KvNodeApi {
     });
   }
 
-  /** The cluster's nonce (src/kv/cluster-nonce.ts) once this node applied it; undefined until then. */
+  /**
+   * The cluster's nonce (src/kv/cluster-nonce.ts) once this node applied it; undefined until then
+   * (looked up again only once more is applied: peer calls ask on every send). A row there that is no
+   * nonce (a client's key of a release before the prefix was reserved) counts as none.
+   */
   clusterNonce(): string | undefined {
-    if (this.clusterNonceApplied === undefined) {
-      const row = this.cfg.storage.get(clusterNonceKey);
-      if (row !== undefined) this.clusterNonceApplied = new TextDecoder().decode(row.value);
-    }
+    if (this.clusterNonceApplied !== undefined) return this.clusterNonceApplied;
+    const applied = this.cfg.storage.appliedIndex();
+    if (applied === this.clusterNonceMissedAt) return undefined;
+    const row = this.cfg.storage.get(clusterNonceKey);
+    const text = row === undefined ? undefined : new TextDecoder().decode(row.value);
+    if (text !== undefined && isClusterNonce(text)) this.clusterNonceApplied = text;
+    else this.clusterNonceMissedAt = applied;
     return this.clusterNonceApplied;
   }
 
   /**
-   * A leader whose state machine holds no nonce proposes one, once per term, once it applied every
-   * entry committed before its term (so it sees a nonce an earlier leader wrote). It is a put only if
-   * absent: should two leaders' nonces both commit, the first applied stays.
+   * A leader whose state machine holds no nonce proposes one once it applied every entry committed
+   * before its term (so it sees a nonce an earlier leader wrote), and again every few election
+   * timeouts while none applied (a proposal refused or dropped: found in review, it waited for the
+   * next term). It is a put only if absent: should two nonces both commit, the first applied stays.
    */
   private maybeProposeClusterNonce(): void {
     const raft = this.raw.basicStatus();
-    if (raft.role !== "leader" || this.clusterNonceTerm === raft.term || this.membership.removed()) return;
+    if (raft.role !== "leader" || this.membership.removed()) return;
+    if (raft.term === this.clusterNonceTerm && this.ticksAccounted < this.clusterNonceRetryTick) return;
     if (this.raw.logTerm(raft.commit) !== raft.term || this.cfg.storage.appliedIndex() < raft.commit || this.clusterNonce() !== undefined) return;
+    if (this.cfg.storage.get(clusterNonceKey) !== undefined) return; // a row that is no nonce: leave it be
     this.clusterNonceTerm = raft.term;
+    this.clusterNonceRetryTick = this.ticksAccounted + 4 * this.cfg.electionTicks;
     const nonce = this.cfg.drawClusterNonce?.() ?? drawNonce(this.cfg.prng);
     assert(isClusterNonce(nonce), `cluster nonce ${nonce} is not 16 hex digits`);
     const data = encodeCommand({ op: "put", key: clusterNonceKey, value: new TextEncoder().encode(nonce), ifVersion: 0 });

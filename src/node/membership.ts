@@ -138,7 +138,10 @@ export class NodeMembership {
     const commit = raw.basicStatus().commit;
     if (match < Math.floor(commit * learnerReadyShare)) {
       return Promise.reject(
-        new KvError("learner_not_ready", `node ${id} has ${match} of the ${commit} committed entries: it is promoted on its own once it has caught up (is it running and reachable at its peer URL?)`),
+        new KvError(
+          "learner_not_ready",
+          `node ${id} has ${match} of the ${commit} committed entries as this leader knows: it is promoted on its own once it has caught up (is it running and reachable at its peer URL? a leader just elected learns a learner's progress within a heartbeat)`,
+        ),
       );
     }
     return this.propose({ type: "promote", nodeId: id });

@@ -19,6 +19,7 @@ import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import type { KvRow } from "../kv/apply-plan.ts";
 import { type BackupHeader, readBackup } from "../kv/backup-format.ts";
+import { clusterNonceKey } from "../kv/cluster-nonce.ts";
 import type { MemberAddress } from "../kv/membership.ts";
 import { deriveRestoredClusterId, isClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
 import type { NodeId } from "../raft/types.ts";
@@ -101,6 +102,9 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
           break;
         case "rows":
           for (const row of item.rows) {
+            // A restored cluster is a new one: its first leader draws a nonce of its own (two clusters
+            // restored from one backup would otherwise share the backup's: found in review).
+            if (row.key === clusterNonceKey) continue;
             batch.push(row);
             batchBytes += row.key.length + row.value.byteLength;
           }
