@@ -33,7 +33,8 @@ function gateSync(storage: { sync(): Promise<void> }) {
  */
 async function writeWithGatedDisk(gated: "leader" | "follower") {
   const cluster = createMemoryCluster();
-  await cluster.until(() => cluster.leader() !== undefined);
+  // Settled: the first leader's cluster nonce applied, so only the test's writes are proposed after.
+  await cluster.until(() => cluster.leader()?.clusterNonce() !== undefined);
   const leader = cluster.leader()!;
   await cluster.drive(leader.put("settle", enc("0")));
   const leaderId = leader.status().id;

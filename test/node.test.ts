@@ -52,7 +52,8 @@ describe("KvNode over in-memory twins", () => {
 
   test("a follower refuses a write with not_leader naming the leader and its URL; nothing is proposed", async () => {
     const cluster = createCluster();
-    await cluster.until(() => cluster.leader() !== undefined);
+    // Once the first leader's cluster nonce applied, only what the test sends is proposed.
+    await cluster.until(() => cluster.leader()?.clusterNonce() !== undefined && [...cluster.nodes.values()].every((n) => n.clusterNonce() !== undefined));
     const leaderId = cluster.leader()!.status().id;
     const follower = [...cluster.nodes.values()].find((n) => n.status().role === "follower" && n.status().leaderId === leaderId)!;
     const lastIndex = follower.status().lastLogIndex;

@@ -17,7 +17,8 @@ const limits = { keyBytesMax: 64, valueBytesMax: 1024 };
 async function started() {
   const c = createMemoryCluster();
   cluster = c;
-  await c.until(() => c.leader() !== undefined);
+  // Once the first leader's cluster nonce applied, only what a test sends is proposed.
+  await c.until(() => c.leader()?.clusterNonce() !== undefined);
   const leaderId = c.leader()!.status().id;
   const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
   const apps = new Map([1, 2, 3].map((id) => [id, createHttpApp(c.node(id), limits)] as const));
