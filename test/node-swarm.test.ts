@@ -4,7 +4,9 @@
 // leaders removed, removed servers joining again on a wiped disk) in clusters of 3, 5 and 7, over a
 // network that runs the real transport's sender, peer service and reply slots: 500 seeded runs on a
 // simulated disk, network and clock, with one leader per term and log matching across every server
-// that ever ran checked after every event, then healing and convergence of the members. In most runs
+// that ever ran checked after every event (and from the simulated disks: what a leader commits is
+// fsynced on a majority of its voters, a granted vote is fsynced before it leaves), then healing and
+// convergence of the members. In most runs
 // bank clients also move money between accounts with multi-key transactions, judged by
 // src/chaos/bank.ts (no money made or lost, no transaction seen in part, no stale read). Each seed
 // replays bit for bit.

@@ -101,7 +101,13 @@ test("a failing seed throws its seed and the command that replays it", async () 
   );
   expect(failure).toBeInstanceOf(SimViolation);
   const message = (failure as Error).message;
-  expect(message).toContain("node swarm seed=700200 failed at 500 ms: a violation injected by the test");
+  expect(message).toMatch(/node swarm seed=700200 failed at 500 ms \(trace [0-9a-f]{8} after \d+ events\): a violation injected by the test/);
+  // A failing run replays bit for bit too: the same trace digest at the same point.
+  const again = await runNodeSwarm(700_200, undefined, failAt(500)).then(
+    () => "passed",
+    (error: unknown) => (error as Error).message,
+  );
+  expect(/\(trace [0-9a-f]{8} after \d+ events\)/.exec(again)?.[0]).toBe(/\(trace [0-9a-f]{8} after \d+ events\)/.exec(message)?.[0]);
   expect(message).toContain(`replay: ${nodeSwarmReplay(700_200)}`);
   expect(nodeSwarmReplay(700_200)).toBe("KV_NODE_SWARM_SEED=700200 bun test test/node-swarm.test.ts");
   // The nodes as they were when it failed (described before the simulation stopped), not all "down".

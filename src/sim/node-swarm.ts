@@ -286,7 +286,9 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     // Described before it stops: stopped, every node reads as down.
     const nodes = sim.describe();
     sim.stop();
-    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms: ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${nodes}`, { cause: error });
+    // The trace digest so far: a replay must fail at the same point with the same one.
+    const trace = `trace ${sim.traceDigest()} after ${sim.eventsRun} events`;
+    throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms (${trace}): ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${nodes}`, { cause: error });
   }
   const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
   const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}/${op.version ?? ""}/${op.ifVersion ?? ""}`).join(";");

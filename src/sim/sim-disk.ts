@@ -121,6 +121,11 @@ export class SimDisk implements KvStorage {
     this.threadBlocked = undefined; // its thread died retrying; its promises never settle
   }
 
+  /** What the last finished fsync made durable (for checkers): what a power loss would come back to. */
+  durable(): MemoryKvStorage {
+    return this.durableImage;
+  }
+
   /** The state as written so far (for checkers). */
   contents(): MemoryKvStorage {
     return this.current;

@@ -26,6 +26,8 @@ export interface SimNetworkHost {
   at(delayMs: number, fn: () => void): (() => void) | void;
   /** False while node `id` is stalled: nothing it would do on its own (answer a call, stage a chunk) happens. */
   running(id: NodeId): boolean;
+  /** Sees every batch of messages a node hands its transport, as it hands them (for checkers). */
+  sent?(from: NodeId, messages: readonly Message[]): void;
 }
 
 /** Settings of the simulated transport that the server takes from its own configuration. */
@@ -178,6 +180,7 @@ export class SimNetwork {
     return {
       send: (messages) => {
         if (!endpoint.alive) return;
+        this.host.sent?.(id, messages);
         const byPeer = new Map<NodeId, Message[]>();
         for (const message of messages) {
           const list = byPeer.get(message.to);
