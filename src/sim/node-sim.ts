@@ -733,7 +733,21 @@ export class NodeSim {
     let finalWrite: "none" | "sent" | "ok" = "none";
     // The members as the leader applied them: servers removed (running or not) no longer count.
     let members: SimServer[] = [];
+    // A cluster that stops moving is failed early: one whose replication is stuck for good (a bug)
+    // could otherwise run the whole budget, minutes of real time (found in review).
+    let progress = "";
+    let progressSinceMs = this.nowMs;
+    let stuck = false;
     const converged = await this.runUntilTrue(() => {
+      const statuses = [...this.servers.values()].map((server) => server.node?.raftStatus());
+      const now = `${statuses.map((r) => `${r?.commitIndex}/${r?.appliedIndex}/${r?.lastLogIndex}/${r?.term}`).join(",")} ${finalWrite}`;
+      if (now !== progress) {
+        progress = now;
+        progressSinceMs = this.nowMs;
+      } else if (this.nowMs - progressSinceMs > healStuckMs) {
+        stuck = true;
+        return true;
+      }
       const leader = this.leader();
       if (leader === undefined || this.operatorBusy()) return false;
       if (finalWrite === "none") {
@@ -747,6 +761,7 @@ export class NodeSim {
       members = (this.members() ?? []).map((id) => this.servers.get(id) as SimServer);
       return finalWrite === "ok" && members.every((s) => s !== undefined && s.node?.raftStatus().appliedIndex === commit);
     }, budgetMs);
+    if (stuck) throw new SimViolation(`the healed cluster stopped moving for ${healStuckMs} ms without converging\n${this.describe()}`);
     if (!converged) throw new SimViolation(`the healed cluster did not converge within ${budgetMs} ms${this.operatorBusy() ? " (a membership change still under way)" : ""}\n${this.describe()}`);
     // A server whose removal was answered is counted no more.
     for (const server of this.servers.values()) {
@@ -832,6 +847,9 @@ function httpUrlOf(id: NodeId): string {
 function before(a: SimEvent, b: SimEvent): boolean {
   return a.atMs < b.atMs || (a.atMs === b.atMs && a.sequence < b.sequence);
 }
+
+/** Simulated ms a healed cluster may go without any node's commit, applied or last index or term moving before it counts as stuck. */
+const healStuckMs = 10_000;
 
 /** Search steps the final linearizability check may take (the swarm's histories need far fewer). */
 const linearizabilityStepsMax = 20_000_000;
