@@ -569,6 +569,24 @@ describe("applies answered later (advance with applyConfirmedLater)", () => {
   });
 });
 
+describe("a snapshot over a divergent log (thesis §5.1; the swarm never reaches this, found by a mutation review)", () => {
+  test("a follower whose log holds the snapshot's index under another term restores the image; one that holds it under the same term only commits", () => {
+    // Entries 1-2 of term 1 match the leader's; entry 3 of term 2 was a deposed leader's, never committed.
+    const divergent = coreWith(2, 3, [entry(1, 1), entry(2, 1), entry(3, 2)], 2);
+    divergent.step({ type: "snapshot", from: 1, to: 2, term: 3, snapshot: { index: 3, term: 3, voters: [1, 2, 3] }, imageId: "image-3" });
+    const restored = divergent.ready();
+    expect(restored.snapshot?.metadata).toMatchObject({ index: 3, term: 3 });
+    expect(divergent.logTerm(3)).toBe(3);
+    expect(restored.messages).toContainEqual(expect.objectContaining({ type: "append-response", success: true, index: 3 }));
+
+    const matching = coreWith(2, 3, [entry(1, 1), entry(2, 1), entry(3, 3)], 3);
+    matching.step({ type: "snapshot", from: 1, to: 2, term: 3, snapshot: { index: 3, term: 3, voters: [1, 2, 3] }, imageId: "image-3" });
+    const committed = matching.ready();
+    expect(committed.snapshot).toBeUndefined();
+    expect(matching.basicStatus().commit).toBe(3);
+  });
+});
+
 describe("check-quorum (thesis §6.2)", () => {
   test("a leader steps down after two election timeouts in a row without a majority, not one: a follower heard from in between keeps it leading", () => {
     const node = committedLeader(3);
