@@ -22,6 +22,8 @@ const ACCOUNTS = 4;
 const BACKOFF_MS = 10;
 /** How long a round's closing read keeps trying for an answer. */
 const CLOSING_READ_TIMEOUT_MS = 30_000;
+/** Tries of one transfer: the first, and retries with the same Idempotency-Key after an unknown outcome. */
+const TRANSFER_ATTEMPTS_MAX = 3;
 /** Share of a client's turns that read several accounts at once (the rest are transfers). */
 const READ_SHARE = 0.3;
 
@@ -188,15 +190,15 @@ export class BankWorkload {
   }
 
   /** One request from `node` on, following one 307 to the node it names; the node that answered last. */
-  private async send(node: number, method: "GET" | "POST", path: string, body: string | undefined): Promise<{ outcome: Outcome; node: number }> {
+  private async send(node: number, method: "GET" | "POST", path: string, body: string | undefined, headers: Readonly<Record<string, string>> = {}): Promise<{ outcome: Outcome; node: number }> {
     let target = node;
-    let outcome = await request(this.cluster.node(target).httpUrl, method, path, body, this.opts.requestTimeoutMs);
+    let outcome = await request(this.cluster.node(target).httpUrl, method, path, body, this.opts.requestTimeoutMs, headers);
     if (outcome.kind === "fail" && outcome.status === 307 && outcome.location !== undefined) {
       const location = outcome.location;
       const next = this.cluster.nodes.find((n) => this.reachable(n.id) && n.httpUrl !== "" && location.startsWith(`${n.httpUrl}/`));
       if (next !== undefined) {
         target = next.id;
-        outcome = await request(next.httpUrl, method, path, body, this.opts.requestTimeoutMs);
+        outcome = await request(next.httpUrl, method, path, body, this.opts.requestTimeoutMs, headers);
       }
     }
     return { outcome, node: target };
@@ -222,11 +224,26 @@ export class BankWorkload {
   }
 
   /** One transfer, as both accounts were read; true when it was answered. */
+  /**
+   * One transfer, as both accounts were read, sent with an Idempotency-Key: an attempt whose outcome
+   * is unknown is sent again with the same key, to the leader, up to TRANSFER_ATTEMPTS_MAX times. A
+   * retry of one that applied must get its first answer (the session), not "comparisons failed": the
+   * checker's writer rule catches that. A refusal after an unknown attempt says nothing of that
+   * attempt, so the transfer stays unknown. True when it was answered.
+   */
   private async transfer(round: Round, clientId: number, node: number, from: BankAccountSeen, to: BankAccountSeen, amount: number): Promise<boolean> {
     const id = this.nextId++;
     const writes = transferWrites(id, from, to, amount);
+    const body = txnBody([from, to], writes, []);
+    const headers = { "idempotency-key": `bank-${this.opts.seed}-${clientId}-${id}` };
     const callMs = Math.floor(this.opts.nowMs());
-    const { outcome } = await this.send(node, "POST", "/txn", txnBody([from, to], writes, []));
+    let outcome: Outcome = (await this.send(node, "POST", "/txn", body, headers)).outcome;
+    let unknownSoFar = outcome.kind === "unknown";
+    for (let attempt = 1; outcome.kind === "unknown" && attempt < TRANSFER_ATTEMPTS_MAX && !this.stopping; attempt++) {
+      const leader = await this.cluster.waitForLeader(undefined, this.opts.requestTimeoutMs).catch(() => node);
+      outcome = (await this.send(leader, "POST", "/txn", body, headers)).outcome;
+      unknownSoFar ||= outcome.kind === "unknown";
+    }
     const returnMs = Math.ceil(this.opts.nowMs());
     const called = { id, clientId, kind: "transfer" as const, callMs, writes, compared: [from, to].map(({ key, version }) => ({ key, version })) };
     let op: BankOperation;
@@ -234,7 +251,7 @@ export class BankWorkload {
       const answer = JSON.parse(new TextDecoder().decode(outcome.body)) as { succeeded: boolean; version: number };
       op = { ...called, returnMs, outcome: "ok", succeeded: answer.succeeded, version: answer.version };
       if (answer.succeeded) this.counts.transfersApplied++;
-    } else if (outcome.kind === "fail") {
+    } else if (outcome.kind === "fail" && !unknownSoFar) {
       op = { ...called, returnMs, outcome: "fail" };
     } else {
       op = { ...called, outcome: "unknown" };
@@ -242,7 +259,7 @@ export class BankWorkload {
     }
     this.counts.transfers++;
     round.history.push(op);
-    return outcome.kind !== "unknown";
+    return op.outcome !== "unknown";
   }
 
   /** Closes retired rounds in order as they drain, until stopped with none left. */

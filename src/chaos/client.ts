@@ -18,6 +18,7 @@ export async function request(
   path: string,
   body?: Uint8Array | string,
   timeoutMs = 3_000,
+  headers: Readonly<Record<string, string>> = {},
 ): Promise<Outcome> {
   let response: Response;
   try {
@@ -26,7 +27,7 @@ export async function request(
       body,
       redirect: "manual",
       signal: AbortSignal.timeout(timeoutMs),
-      ...(method === "POST" ? { headers: { "content-type": "application/json" } } : {}),
+      headers: method === "POST" ? { "content-type": "application/json", ...headers } : headers,
     });
   } catch (error) {
     return { kind: "unknown", reason: error instanceof Error ? error.message : String(error) };

@@ -848,8 +848,13 @@ function before(a: SimEvent, b: SimEvent): boolean {
   return a.atMs < b.atMs || (a.atMs === b.atMs && a.sequence < b.sequence);
 }
 
-/** Simulated ms a healed cluster may go without any node's commit, applied or last index or term moving before it counts as stuck. */
-const healStuckMs = 10_000;
+/**
+ * Simulated ms a healed cluster may go without any node's commit, applied or last index or term
+ * moving before it counts as stuck. A leader gives up on a snapshot that was lost after
+ * snapshotHeartbeatsMax (100) heartbeat rounds, up to 5 s each time, and a heal can lose a couple:
+ * seed 74 (with the bank's retries) sat still for 10-20 s and then converged.
+ */
+const healStuckMs = 30_000;
 
 /** Search steps the final linearizability check may take (the swarm's histories need far fewer). */
 const linearizabilityStepsMax = 20_000_000;

@@ -157,7 +157,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   // Bank clients (src/chaos/bank.ts), in most runs: each reads two accounts and moves some of the
   // first's balance to the second in one transaction conditional on both versions, or reads several
   // accounts at once (a read-only transaction, or a listing of all of them).
-  const bank = new SimBank(sim, bankAccounts(prng.intInclusive(2, 4)));
+  const bank = new SimBank(sim, bankAccounts(prng.intInclusive(2, 4)), runMs);
   const bankClientCount = prng.pick([0, 1, 2, 3]);
   const bankClient = (clientId: number) => {
     let leaderHint: NodeId | undefined;

@@ -13,6 +13,10 @@ import { type NodeSim, refusedCodes, SimViolation } from "./node-sim.ts";
 const utf8 = new TextEncoder();
 const text = new TextDecoder();
 
+/** Tries of one transfer (the first and its retries with the same Idempotency-Key), and the wait before a retry. */
+const transferAttemptsMax = 3;
+const retryMs = 50;
+
 /** Accounts a listing may return; far more than a bank has. */
 const listLimit = 1_000;
 
@@ -26,6 +30,8 @@ export class SimBank {
   constructor(
     private readonly sim: NodeSim,
     readonly accounts: readonly string[],
+    /** When the run's clients stop: no retry starts after it. */
+    private readonly runEndMs: number,
   ) {}
 
   /**
@@ -74,42 +80,50 @@ export class SimBank {
 
   /**
    * Moves `amount` from `from` to `to` at node `id`, as both were read: one transaction whose
-   * comparisons are their versions. Resolves once answered (or given up as unknown).
+   * comparisons are their versions, sent with an Idempotency-Key. An attempt whose outcome is unknown
+   * (a timeout, a node stopped) is sent again with the same key, to whoever leads then, up to
+   * `transferAttemptsMax` times: a retry of one that applied must get its first answer (the session),
+   * not "comparisons failed" (the checker's writer rule catches that). Resolves once answered, or
+   * given up as unknown (a refusal after an unknown attempt says nothing of that attempt).
    */
   transfer(clientId: number, id: NodeId, from: BankAccountSeen, to: BankAccountSeen, amount: number): Promise<void> {
-    const node = this.sim.servers.get(id)?.node;
     const opId = this.nextId();
     const writes = transferWrites(opId, from, to, amount);
     const compared = [from, to].map(({ key, version }) => ({ key, version }));
     const called: BankOperation = { id: opId, clientId, kind: "transfer", callMs: this.sim.historyTime(), outcome: "unknown", writes, compared };
-    if (node === undefined) {
-      this.history.push({ ...called, returnMs: called.callMs, outcome: "fail" });
-      return Promise.resolve();
-    }
-    this.inflight.set(opId, called);
     const request = {
       compare: [from, to].map((seen) => ({ key: seen.key, target: "version" as const, version: seen.version })),
       success: writes.map((write) => ({ op: "put" as const, key: write.key, value: utf8.encode(write.value) })),
       failure: [],
     };
-    let call: ReturnType<typeof node.txn>;
-    try {
-      call = node.txn(request);
-    } catch (error: unknown) {
-      call = Promise.reject(error);
-    }
-    return call.then(
-      (answer) => {
-        this.inflight.delete(opId);
-        this.history.push({ ...called, returnMs: this.sim.historyTime(), outcome: "ok", succeeded: answer.succeeded, version: answer.version });
-      },
-      (error: unknown) => {
-        if (!(error instanceof KvError)) throw error;
-        this.inflight.delete(opId);
-        const refused = refusedCodes.has(error.code);
-        this.history.push(refused ? { ...called, returnMs: this.sim.historyTime(), outcome: "fail" } : called);
-      },
-    );
+    const idempotencyKey = `bank-${clientId}-${opId}`;
+    this.inflight.set(opId, called);
+    let unknownSoFar = false;
+    const end = (op: BankOperation) => {
+      this.inflight.delete(opId);
+      this.history.push(op);
+    };
+    const attempt = (target: NodeId, attemptsLeft: number): Promise<void> => {
+      const node = this.sim.servers.get(target)?.node;
+      let call: ReturnType<NonNullable<typeof node>["txn"]>;
+      try {
+        call = node === undefined ? Promise.reject(new KvError("unavailable", "connection refused: nothing was sent", { leaderId: 0 })) : node.txn(request, { idempotencyKey });
+      } catch (error: unknown) {
+        call = Promise.reject(error);
+      }
+      return call.then(
+        (answer) => end({ ...called, returnMs: this.sim.historyTime(), outcome: "ok", succeeded: answer.succeeded, version: answer.version }),
+        (error: unknown) => {
+          if (!(error instanceof KvError)) throw error;
+          // A node that was not running got nothing (connection refused); a refusal code is certain too.
+          const refused = node === undefined || refusedCodes.has(error.code);
+          if (!refused) unknownSoFar = true;
+          if (attemptsLeft <= 1 || this.sim.nowMs >= this.runEndMs) return end(refused && !unknownSoFar ? { ...called, returnMs: this.sim.historyTime(), outcome: "fail" } : called);
+          return new Promise<void>((resolve) => this.sim.at(retryMs, () => void attempt(this.sim.leader() ?? target, attemptsLeft - 1).then(resolve)));
+        },
+      );
+    };
+    return attempt(id, transferAttemptsMax);
   }
 
   /**
