@@ -190,6 +190,10 @@ describe("kv chaos random, through the built executable", () => {
       [["--nemesis", "flood"], "--nemesis must be one of all, partition, kill, pause"],
       [["--duration", "5 parsecs"], "--duration must be a duration"],
       [["--bank-clients", "-1"], "--bank-clients must be a whole number from 0 to 1000, got '-1'"],
+      // Decimal digits only (Number() took these: found in review).
+      [["--bank-clients", "1e1"], "--bank-clients must be a whole number from 0 to 1000, got '1e1'"],
+      [["--bank-clients", "0x2"], "--bank-clients must be a whole number from 0 to 1000, got '0x2'"],
+      [["--bank-clients", " 3"], "--bank-clients must be a whole number from 0 to 1000, got ' 3'"],
       [["--base-port", "5001"], "'random' needs the runner's TCP proxies"],
     ];
     for (const [flags, message] of cases) {

@@ -1,6 +1,6 @@
 // Proves, with nodes on a 48 MB filesystem (issue 13, finding 10), that past its space quota a node refuses puts with 507 quota_exceeded while reads, listings, /health and deletes keep working and the disk never fills, and that a node started on a full filesystem says so in one log line, logs no stack trace, waits, and serves every acknowledged write once space is freed. The nodes run in-process (createServer); one test of the built executable proves --quota-bytes reaches its server.
 import { afterAll, describe, expect, test } from "bun:test";
-import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, statfsSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { KvServer } from "../src/server/create-server.ts";
@@ -101,6 +101,12 @@ test("kv put past the quota exits 2, a refusal, as the README says (it exited 3,
     const refused = await runKvCommand(["put", "small", "x", "--endpoints", node.httpUrl]);
     expect(refused.err).toContain("quota_exceeded");
     expect(refused.code).toBe(2);
+    // kv txn too (it exited 3: found in review).
+    const txnFile = join(logDir, "quota-txn.json");
+    writeFileSync(txnFile, JSON.stringify({ success: [{ put: { key: "small", value: "x" } }] }));
+    const refusedTxn = await runKvCommand(["txn", txnFile, "--endpoints", node.httpUrl]);
+    expect(refusedTxn.err).toContain("quota_exceeded");
+    expect(refusedTxn.code).toBe(2);
   } finally {
     await node.stop();
   }

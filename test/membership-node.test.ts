@@ -84,6 +84,10 @@ test("a member is not added at a peer URL another member has: its calls would re
   expect(refused).toMatchObject({ code: "bad_request" });
   expect((refused as Error).message).toContain(`node ${other}`);
   expect(leader.members().members.map((m) => m.id)).not.toContain(9);
+  // A path or a query does not make it another peer (found in review: those were accepted).
+  for (const variant of [`${taken}/x`, `${taken}?a`, taken.toUpperCase().replace("MEM://", "mem://")]) {
+    expect([variant, await leader.addMember(9, variant).then(() => "added", (error: KvError) => error.code)]).toEqual([variant, "bad_request"]);
+  }
   // Another URL is fine.
   expect((await cluster.drive(leader.addMember(9, "mem://peer-9"))).members.map((m) => m.id)).toContain(9);
 });

@@ -133,6 +133,12 @@ describe("TLS flags (the built executable)", () => {
     const untrusted = await runKvCommand(["get", "tls/a", "--endpoints", node.httpUrl, "--timeout-ms", "1000"]);
     expect(untrusted.code).toBe(3);
     expect(untrusted.err).toContain("certificate");
+    // A write that met an untrusted certificate was never sent: not "outcome unknown" (found in review).
+    const refusedPut = await runKvCommand(["put", "tls/a", "c", "--endpoints", node.httpUrl, "--timeout-ms", "1000"]);
+    expect(refusedPut.code).toBe(3);
+    expect(refusedPut.err).toContain("certificate");
+    expect(refusedPut.err).not.toContain("unknown");
+    expect((await runKvCommand(["get", "tls/a", "--endpoints", node.httpUrl, "--cacert", certs.caCert])).out).toBe("b");
     expect((await runKvCommand(["get", "tls/a", "--endpoints", node.httpUrl, "--cacert", join(baseDir, "missing.pem")])).code).toBe(2);
     const backup = join(baseDir, "tls.kvbackup");
     expect((await runKvCommand(["snapshot", "save", backup, "--endpoints", node.httpUrl, "--cacert", certs.caCert])).code).toBe(0);

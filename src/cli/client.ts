@@ -162,6 +162,8 @@ export function fail(answer: Answer): never {
     // not JSON
   }
   if (answer.status === 404) throw new ClientExit(notFoundExit(code), message);
+  // As exitFor: past the quota a write is refused for good (kv txn exited 3: found in review).
+  if (code === "quota_exceeded") throw new ClientExit(2, message);
   if (answer.status >= 500) throw new ClientExit(3, message);
   throw new ClientExit(2, message);
 }

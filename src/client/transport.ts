@@ -294,9 +294,19 @@ type AttemptResult =
   | { readonly kind: "lost"; readonly reason: string; readonly origin?: string }
   | { readonly kind: "redirect_loop"; readonly reason: string };
 
+/**
+ * Whether nothing of the request left: the connection was refused, or the TLS handshake failed on
+ * the server's certificate (not trusted, expired, another name), before any of the request was
+ * sent. A write that met one certainly did not apply (it was reported as of unknown outcome: found
+ * in review).
+ */
 function isConnectionRefused(error: unknown): boolean {
-  return typeof error === "object" && error !== null && (error as { code?: unknown }).code === "ECONNREFUSED";
+  const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+  return code === "ECONNREFUSED" || (typeof code === "string" && tlsCertificateCodes.test(code));
 }
+
+/** The codes Bun's fetch gives a failed verification of the server's certificate (OpenSSL's names). */
+const tlsCertificateCodes = /^(ERR_TLS_CERT_ALTNAME_INVALID|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT(_LOCALLY)?|CERT_[A-Z_]+)$/;
 
 function describe(error: unknown): string {
   if (error instanceof Error) return error.name === "TimeoutError" ? "no answer in time" : error.message;

@@ -301,11 +301,16 @@ function confChangePending(): KvError {
 /** The share of the leader's committed entries a learner must hold before `promote` makes it a voter (etcd's 90%). */
 const learnerReadyShare = 0.9;
 
-/** Whether two peer URLs name one address (`http://Host:1/` and `http://host:1` do). */
+/**
+ * Whether two peer URLs reach one address: the same scheme, host and port (`http://Host:1/x` and
+ * `http://host:1` do; a path or query does not make another peer: found in review).
+ */
 function sameUrl(a: string, b: string): boolean {
   if (a === "" || b === "") return false;
   try {
-    return new URL(a).href === new URL(b).href;
+    // Not `origin`: it is "null" for schemes other than http(s) (the simulator's, the tests').
+    const address = (url: URL) => `${url.protocol}//${url.host}`.toLowerCase();
+    return address(new URL(a)) === address(new URL(b));
   } catch {
     return a === b;
   }
