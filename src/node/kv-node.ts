@@ -1194,7 +1194,8 @@ export class KvNode implements KvNodeApi {
     // Once: a storage thread that fails rejects every pending apply with the same error.
     if (this.failure !== undefined) return;
     this.failure = error;
-    this.cfg.log?.("fatal", { error: error.message, stack: error.stack });
+    // A data dir that lost data is the operator's to mend, with the way in the message: no stack trace.
+    this.cfg.log?.("fatal", error instanceof LostLogError ? { error: error.message } : { error: error.message, stack: error.stack });
     this.stop();
     this.cfg.onFatal?.(error);
   }
@@ -1217,8 +1218,12 @@ export class KvNode implements KvNodeApi {
  * vote, so it must not take part again under its id until the cluster forgets it (as etcd's follower
  * stops on a commit index past its log).
  */
+class LostLogError extends Error {
+  override name = "LostLogError";
+}
+
 function lostLogError(id: NodeId, lost: LostLog): Error {
-  return new Error(
+  return new LostLogError(
     `this node's log ends at index ${lost.lastIndex}, but its leader, node ${lost.leaderId} (term ${lost.term}), holds that it acknowledged entries up to ${lost.acknowledged}: ` +
       `its data dir lost data (wiped, or replaced by an older copy). It cannot take part again under id ${id} as it is: ` +
       `remove it from the cluster (kv member remove ${id}), empty its data dir, and start it with --join to join again`,
