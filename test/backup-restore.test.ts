@@ -252,8 +252,13 @@ describe("damaged files are refused, and nothing is restored", () => {
   for (const [name, damage, says] of [
     ["truncated", (bytes: Buffer) => bytes.subarray(0, bytes.byteLength - 100), "truncated"],
     ["a flipped byte", (bytes: Buffer) => {
+      // A byte inside a row's value, which the frame's CRC covers. (The file's middle byte, flipped
+      // before, fell on a frame's length now and then: the reader then saw a truncated file, and
+      // CI failed once. Which byte is the middle one depends on how many writes the save met.)
       const copy = Buffer.from(bytes);
-      copy[Math.floor(copy.byteLength / 2)] = (copy[Math.floor(copy.byteLength / 2)] as number) ^ 0x10;
+      const at = copy.indexOf(Buffer.from("value-100"));
+      expect(at).toBeGreaterThan(0);
+      copy[at + 2] = (copy[at + 2] as number) ^ 0x10;
       return copy;
     }, "frame_checksum"],
     ["a wrong magic", (bytes: Buffer) => Buffer.concat([Buffer.from("NOTKV!"), bytes.subarray(6)]), "bad_magic"],
