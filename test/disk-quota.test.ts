@@ -67,14 +67,19 @@ function singleNode(dir: string, config: Parameters<typeof createServerCluster>[
   return createServerCluster({ size: 1, baseDir: dir, logLevel: "info", ...(config === undefined ? {} : { config }) });
 }
 
-test("kv serve --quota-bytes (the built executable) reaches the node: /status reports the quota", async () => {
-  const node = await startKvProcess({
+/** `kv serve --quota-bytes QUOTA` (the built executable), one node, its data and log under `name`. */
+function startQuotaProcess(name: string, quotaBytes: number) {
+  return startKvProcess({
     id: 1,
     cluster: "1=http://127.0.0.1:0",
-    dataDir: join(logDir, "flag"),
-    logFile: join(logDir, "flag.log"),
-    args: ["--quota-bytes", String(4 << 20)],
+    dataDir: join(logDir, name),
+    logFile: join(logDir, `${name}.log`),
+    args: ["--quota-bytes", String(quotaBytes)],
   });
+}
+
+test("kv serve --quota-bytes (the built executable) reaches the node: /status reports the quota", async () => {
+  const node = await startQuotaProcess("flag", 4 << 20);
   try {
     const status = (await (await fetch(`${node.httpUrl}/status`)).json()) as { storage: { quotaExceeded: boolean; quotaBytes: number } };
     expect(status.storage).toMatchObject({ quotaExceeded: false, quotaBytes: 4 << 20 });
@@ -84,13 +89,7 @@ test("kv serve --quota-bytes (the built executable) reaches the node: /status re
 });
 
 test("kv put past the quota exits 2, a refusal, as the README says (it exited 3, unavailable: found by an operator's review)", async () => {
-  const node = await startKvProcess({
-    id: 1,
-    cluster: "1=http://127.0.0.1:0",
-    dataDir: join(logDir, "quota-exit"),
-    logFile: join(logDir, "quota-exit.log"),
-    args: ["--quota-bytes", String(1 << 20)],
-  });
+  const node = await startQuotaProcess("quota-exit", 1 << 20);
   try {
     const value = "x".repeat(64 * 1024);
     for (let i = 0; i < 64; i++) {

@@ -89,6 +89,23 @@ test("a long run (KV_SWARM_MS) replays bit for bit too", async () => {
   expect(second.digest).toBe(first.digest);
 }, 120_000);
 
+test("a healed cluster that stops moving fails at once, not after the whole budget (a node cut off for good after healing)", async () => {
+  const failure = await runNodeSwarm(700_300, 3_000, {
+    onStart: (sim) => {
+      // Every heal (the nemesis's and the final one) leaves node 1 cut off: it never catches up.
+      const heal = sim.network.heal.bind(sim.network);
+      sim.network.heal = () => {
+        heal();
+        sim.network.partition([[1], [...sim.servers.keys()].filter((id) => id !== 1)]);
+      };
+    },
+  }).then(
+    () => "passed",
+    (error: unknown) => (error as Error).message,
+  );
+  expect(failure).toContain("the healed cluster stopped moving for 30000 ms without converging");
+});
+
 test("a failing seed throws its seed and the command that replays it", async () => {
   const failAt = (ms: number) => ({
     onStart: (sim: { at(delayMs: number, fn: () => void): void }) => sim.at(ms, () => {

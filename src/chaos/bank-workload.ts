@@ -12,7 +12,7 @@
  */
 import { assert } from "../lib/assert.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
-import { type BankAccountSeen, type BankOperation, balanceOf, BANK_PREFIX, describeBankOperation, findBankViolation, transferWrites } from "./bank.ts";
+import { type BankAccountSeen, type BankOperation, balanceOf, BANK_PREFIX, describeBankOperation, findBankViolation, planTransfer } from "./bank.ts";
 import { type Outcome, request } from "./client.ts";
 import type { ChaosCluster } from "./cluster.ts";
 
@@ -233,8 +233,8 @@ export class BankWorkload {
    */
   private async transfer(round: Round, clientId: number, node: number, from: BankAccountSeen, to: BankAccountSeen, amount: number): Promise<boolean> {
     const id = this.nextId++;
-    const writes = transferWrites(id, from, to, amount);
-    const body = txnBody([from, to], writes, []);
+    const { compared, writes } = planTransfer(id, from, to, amount);
+    const body = txnBody(compared, writes, []);
     const headers = { "idempotency-key": `bank-${this.opts.seed}-${clientId}-${id}` };
     const callMs = Math.floor(this.opts.nowMs());
     let outcome: Outcome = (await this.send(node, "POST", "/txn", body, headers)).outcome;
@@ -245,7 +245,7 @@ export class BankWorkload {
       unknownSoFar ||= outcome.kind === "unknown";
     }
     const returnMs = Math.ceil(this.opts.nowMs());
-    const called = { id, clientId, kind: "transfer" as const, callMs, writes, compared: [from, to].map(({ key, version }) => ({ key, version })) };
+    const called = { id, clientId, kind: "transfer" as const, callMs, writes, compared };
     let op: BankOperation;
     if (outcome.kind === "ok") {
       const answer = JSON.parse(new TextDecoder().decode(outcome.body)) as { succeeded: boolean; version: number };

@@ -88,15 +88,23 @@ export function balanceOf(seen: BankAccountSeen): number | undefined {
 
 /**
  * The transaction of a transfer of `amount` from `from` to `to`, as read at `fromSeen` and `toSeen`:
- * the comparisons (both versions unchanged) and the writes of the success branch.
+ * the versions its comparisons name (both as read) and the writes of its success branch.
  */
-export function transferWrites(transferId: number, fromSeen: BankAccountSeen, toSeen: BankAccountSeen, amount: number): BankWrite[] {
+export function planTransfer(
+  transferId: number,
+  fromSeen: BankAccountSeen,
+  toSeen: BankAccountSeen,
+  amount: number,
+): { compared: { key: string; version: number }[]; writes: BankWrite[] } {
   const from = balanceOf(fromSeen) ?? 0;
   const to = balanceOf(toSeen) ?? 0;
-  return [
-    { key: fromSeen.key, value: bankValue(from - amount, transferId) },
-    { key: toSeen.key, value: bankValue(to + amount, transferId) },
-  ];
+  return {
+    compared: [fromSeen, toSeen].map(({ key, version }) => ({ key, version })),
+    writes: [
+      { key: fromSeen.key, value: bankValue(from - amount, transferId) },
+      { key: toSeen.key, value: bankValue(to + amount, transferId) },
+    ],
+  };
 }
 
 /** A broken rule of the file comment, with the operations that cannot all be right. */

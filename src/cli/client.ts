@@ -12,6 +12,7 @@ import {
   type RawRequest,
   type ReadConsistency,
 } from "../client/index.ts";
+import { answerOutcome, isRetryableRefusal } from "../client/outcome.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 import { jsonValue } from "../lib/json-value.ts";
 import { printBytes, printLine } from "./output.ts";
@@ -107,20 +108,31 @@ export async function call<T>(work: () => Promise<T>): Promise<T> {
 
 /**
  * Throws the exit a client failure means, for every client command: 1 not found (but a lease not
- * found is 2), 3 unavailable (no endpoint answered, no leader, a 5xx, or a write's outcome is
- * unknown), 2 any other refusal. Anything else is rethrown.
+ * found is 2), 3 unavailable (no endpoint answered, or a write's outcome is unknown), else as
+ * `answerExit`. Anything else is rethrown.
  */
 export function exitFor(error: unknown): never {
   if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
   if (!(error instanceof KvClientError)) throw error;
   const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
-  if (error.status === 404) throw new ClientExit(notFoundExit(error.code), message);
-  // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
-  if (error.status === 0 && error.code === "bad_request") throw new ClientExit(2, message);
-  // Past the quota a write is refused for good, whoever answers: waiting does not make room (a delete does).
-  if (error.code === "quota_exceeded") throw new ClientExit(2, message);
-  if (error.status === 0 || error.status >= 500) throw new ClientExit(3, message);
-  throw new ClientExit(2, message);
+  if (error.status === 0) {
+    // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
+    throw new ClientExit(error.code === "bad_request" ? 2 : 3, message);
+  }
+  throw new ClientExit(answerExit(error.status, error.code), message);
+}
+
+/**
+ * The exit of a node's answer that is no success, by the rule the client's retries follow
+ * (src/client/outcome.ts): 1 not found (a lease not found: 2); 3 unavailable for a 5xx that may have
+ * applied or that passes by waiting (503 `timeout`, `no_leader`, 507 `insufficient_storage`); 2 for
+ * every other refusal, `quota_exceeded` among them (waiting makes no room: `kv put` and `kv txn`
+ * exited 3 for it, found in review).
+ */
+function answerExit(status: number, code: string | undefined): 1 | 2 | 3 {
+  if (status === 404) return notFoundExit(code);
+  if (status >= 500 && (answerOutcome("POST", status, code) === "unknown" || isRetryableRefusal(status, code))) return 3;
+  return 2;
 }
 
 /**
@@ -150,7 +162,7 @@ export async function send(
   return call(() => conn.client.request({ method, path, headers, ...(body === undefined ? {} : { body }), ...(readsOnly ? { readsOnly } : {}) }));
 }
 
-/** Turns an error answer into the exit it means (404: 1, but 2 for `lease_not_found`; 5xx: 3; else 2). */
+/** Turns an error answer into the exit it means (see `answerExit`). */
 export function fail(answer: Answer): never {
   let message = `HTTP ${answer.status}`;
   let code: string | undefined;
@@ -161,11 +173,7 @@ export function fail(answer: Answer): never {
   } catch {
     // not JSON
   }
-  if (answer.status === 404) throw new ClientExit(notFoundExit(code), message);
-  // As exitFor: past the quota a write is refused for good (kv txn exited 3: found in review).
-  if (code === "quota_exceeded") throw new ClientExit(2, message);
-  if (answer.status >= 500) throw new ClientExit(3, message);
-  throw new ClientExit(2, message);
+  throw new ClientExit(answerExit(answer.status, code), message);
 }
 
 function checkKey(key: string): string {

@@ -5,7 +5,7 @@ import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
-import { decodeKvKey, KV_PATH_PREFIX, parseQueryStrictly } from "./kv-key.ts";
+import { decodeKvKey, KV_PATH_PREFIX, parsePageLimit, parseQueryStrictly } from "./kv-key.ts";
 import {
   createOpenApiDocument,
   idempotencyHeaders,
@@ -153,11 +153,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     // Unknown parameters were refused by the route's schema (listQuery, openapi.ts).
     const prefix = query.get("prefix") ?? "";
     const after = query.get("after") ?? undefined;
-    const limitText = query.get("limit");
-    const limit = limitText === null ? LIST_LIMIT_DEFAULT : Number(limitText);
-    if (!Number.isSafeInteger(limit) || limit < 1 || limit > LIST_LIMIT_MAX) {
-      throw new KvError("bad_request", `limit must be a whole number from 1 to ${LIST_LIMIT_MAX}, got '${limitText}'`);
-    }
+    const limit = parsePageLimit(query.get("limit"));
     for (const [name, value] of [["prefix", prefix], ["after", after ?? ""]] as const) {
       if (new TextEncoder().encode(value).byteLength > keyBytesMax) throw new KvError("too_large", `${name} is longer than ${keyBytesMax} bytes`);
     }
@@ -443,10 +439,6 @@ function parseLeaseOption(query: URLSearchParams | undefined): { lease?: number 
   return { lease: parseLeaseId(values[0] as string) };
 }
 
-/** Listing pages: 100 items unless asked, at most 1000. */
-const LIST_LIMIT_DEFAULT = 100;
-const LIST_LIMIT_MAX = 1000;
-
 /** The `consistency` query parameter: absent means linearizable; anything but the three names is a 400. */
 function parseConsistency(search: string): ReadConsistency {
   const values = new URLSearchParams(search).getAll("consistency");
@@ -458,9 +450,10 @@ function parseConsistency(search: string): ReadConsistency {
 
 
 /**
- * /health: 503 `removed` once the node applied its own removal (it serves nothing); 503 `disk_full` while the node is frozen by a full disk (it takes no part in consensus,
- * though it serves stale reads); 503 `unhealthy` without a leader or with committed entries not yet
- * applied; else 200, flagged `quotaExceeded` past the quota (it serves reads and deletes, refuses puts).
+ * /health: 503 `removed` once the node applied its own removal (it serves nothing); 503 `disk_full`
+ * while the node is frozen by a full disk (it takes no part in consensus, though it serves stale
+ * reads); 503 `unhealthy` without a leader or with committed entries not yet applied; else 200,
+ * flagged `quotaExceeded` past the quota (it serves reads and deletes, refuses puts).
  */
 function healthResponse(node: KvNodeApi): Response {
   const status = node.status();

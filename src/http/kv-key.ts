@@ -32,6 +32,19 @@ export function decodeKvKey(rawKey: string, keyBytesMax: number): string {
   return key;
 }
 
+/** Listing pages (`GET /kv`, `GET /leases`): 100 items unless asked, at most 1000. */
+const PAGE_LIMIT_DEFAULT = 100;
+const PAGE_LIMIT_MAX = 1000;
+
+/** A listing's `limit` parameter (null: absent), as a page size; `bad_request` outside 1 to PAGE_LIMIT_MAX. */
+export function parsePageLimit(limitText: string | null): number {
+  const limit = limitText === null ? PAGE_LIMIT_DEFAULT : Number(limitText);
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > PAGE_LIMIT_MAX) {
+    throw new KvError("bad_request", `limit must be a whole number from 1 to ${PAGE_LIMIT_MAX}, got '${limitText}'`);
+  }
+  return limit;
+}
+
 /**
  * A query string's parameters, decoded strictly: as `URLSearchParams` reads them (`+` is a space),
  * but a name or value whose percent-encoding is malformed or is not UTF-8 is `bad_request`, where

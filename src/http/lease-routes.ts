@@ -19,13 +19,9 @@ import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { errorResponse, jsonResponse } from "./http-error.ts";
 import { jsonObject } from "./json-body.ts";
-import { parseQueryStrictly } from "./kv-key.ts";
+import { parsePageLimit, parseQueryStrictly } from "./kv-key.ts";
 import { leaseListQuery, leaseParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
-
-/** Leases a page of `GET /leases` holds by default, and at most. */
-const LEASE_LIST_LIMIT_DEFAULT = 100;
-const LEASE_LIST_LIMIT_MAX = 1_000;
 
 /** A grant's body is a few bytes of JSON. */
 const LEASE_BODY_BYTES_MAX = 4 * 1024;
@@ -46,11 +42,7 @@ export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
     // Unknown parameters and malformed values were refused by the route's schema (leaseListQuery, openapi.ts).
     const query = parseQueryStrictly(new URL(request.url).search);
     const afterText = query.get("after");
-    const limitText = query.get("limit");
-    const limit = limitText === null ? LEASE_LIST_LIMIT_DEFAULT : Number(limitText);
-    if (!Number.isSafeInteger(limit) || limit < 1 || limit > LEASE_LIST_LIMIT_MAX) {
-      throw new KvError("bad_request", `limit must be a whole number from 1 to ${LEASE_LIST_LIMIT_MAX}, got '${limitText}'`);
-    }
+    const limit = parsePageLimit(query.get("limit"));
     const found = await required(node.listLeases?.bind(node))(afterText === null ? undefined : parseLeaseId(afterText), limit + 1);
     const leases = found.slice(0, limit).map((lease) => ({ ...lease, id: String(lease.id) }));
     const response = jsonResponse({ leases, more: found.length > limit }, 200);

@@ -273,10 +273,11 @@ export class KvNode implements KvNodeApi {
   private readonly watches: NodeWatch;
   /** Leases: the client calls, and the leader's countdowns and expiries (src/node/leases.ts). */
   private readonly leases: NodeLeases;
-  /** The cluster's nonce once applied here (it never changes after), and the term this node last proposed one in. */
+  /** The cluster's nonce once applied here (it never changes after). */
   private clusterNonceApplied: string | undefined;
   /** The applied index at which `clusterNonce` last found none (so it does not look again until more applies). */
   private clusterNonceMissedAt = -1;
+  /** The term this node last proposed a nonce in, and the tick before which it does not propose again in it. */
   private clusterNonceTerm = 0;
   private clusterNonceRetryTick = 0;
 
@@ -404,7 +405,7 @@ export class KvNode implements KvNodeApi {
     const nonce = this.cfg.drawClusterNonce?.() ?? drawNonce(this.cfg.prng);
     assert(isClusterNonce(nonce), `cluster nonce ${nonce} is not 16 hex digits`);
     const data = encodeCommand({ op: "put", key: clusterNonceKey, value: new TextEncoder().encode(nonce), ifVersion: 0 });
-    this.proposals.enqueue(data, this.deadline()).catch(() => undefined); // refused or lost: the next leader's term tries again
+    this.proposals.enqueue(data, this.deadline()).catch(() => undefined); // refused or lost: tried again at clusterNonceRetryTick
     this.scheduleTurn();
   }
 

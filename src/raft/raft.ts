@@ -989,12 +989,12 @@ export class Raft {
     this.send({ type: "append", from: this.id, to, term: this.term, prevLogIndex: progress.matchIndex, prevLogTerm, entries, commit: this.log.committed });
   }
 
-  /** Sends a new heartbeat round to every member. */
   /** The evidence that this node lost acknowledged entries, once a heartbeat showed it (see LostLog). */
   lostLog(): LostLog | undefined {
     return this.lostLogSeen;
   }
 
+  /** Sends a new heartbeat round to every member. */
   private broadcastHeartbeat(): void {
     const readContext = String(this.nextRound());
     // Learners get heartbeats too (they keep following), but only voters' answers confirm reads.

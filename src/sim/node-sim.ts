@@ -757,9 +757,10 @@ export class NodeSim {
         });
         return false;
       }
-      const commit = this.servers.get(leader)?.node?.raftStatus().commitIndex ?? 0;
-      members = (this.members() ?? []).map((id) => this.servers.get(id) as SimServer);
-      return finalWrite === "ok" && members.every((s) => s !== undefined && s.node?.raftStatus().appliedIndex === commit);
+      const caughtUp = this.membersCaughtUp();
+      if (caughtUp === undefined) return false;
+      members = caughtUp;
+      return finalWrite === "ok";
     }, budgetMs);
     if (stuck) throw new SimViolation(`the healed cluster stopped moving for ${healStuckMs} ms without converging\n${this.describe()}`);
     if (!converged) throw new SimViolation(`the healed cluster did not converge within ${budgetMs} ms${this.operatorBusy() ? " (a membership change still under way)" : ""}\n${this.describe()}`);
@@ -782,6 +783,18 @@ export class NodeSim {
     // seed would not replay (found in review).
     const verdict = historyViolation(checkLinearizable(this.closeHistory(), { searchStepsMax: linearizabilityStepsMax, nowMs: () => 0 }));
     if (verdict !== undefined) throw new SimViolation(verdict);
+  }
+
+  /**
+   * The members as the leader applied them, once a leader leads and every one of them applied its
+   * commit index (they then hold one state machine); undefined until then.
+   */
+  membersCaughtUp(): SimServer[] | undefined {
+    const leader = this.leader();
+    if (leader === undefined) return undefined;
+    const commit = this.servers.get(leader)?.node?.raftStatus().commitIndex ?? 0;
+    const members = (this.members() ?? []).map((id) => this.servers.get(id) as SimServer);
+    return members.every((s) => s !== undefined && s.node?.raftStatus().appliedIndex === commit) ? members : undefined;
   }
 
   /**

@@ -269,13 +269,10 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     // leader's commit: the members then hold one state machine, and it holds every transfer
     // acknowledged (read from one member's disk straight after convergence, it could miss one
     // still committing: seed 1062).
-    const settled = await sim.runUntilTrue(() => {
-      const leader = sim.leader();
-      const commit = leader === undefined ? undefined : sim.servers.get(leader)?.node?.raftStatus().commitIndex;
-      return bank.inFlight() === 0 && commit !== undefined && (sim.members() ?? []).every((id) => sim.servers.get(id)?.node?.raftStatus().appliedIndex === commit);
-    }, 60_000);
+    let members: ReturnType<NodeSim["membersCaughtUp"]>;
+    const settled = await sim.runUntilTrue(() => bank.inFlight() === 0 && (members = sim.membersCaughtUp()) !== undefined, 60_000);
     if (!settled) throw new SimViolation(`the bank's last transfers did not settle within 60 s\n${sim.describe()}`);
-    const member = sim.servers.get((sim.members() ?? [])[0] as NodeId);
+    const member = members?.[0];
     const rows = new Map((member?.disk.contents().list(BANK_PREFIX, undefined, 1_000) ?? []).map((row) => [row.key, row]));
     bank.check(bank.accounts.map((key) => {
       const row = rows.get(key);

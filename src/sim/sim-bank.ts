@@ -4,7 +4,7 @@
  * transaction, or a listing), while the nemesis works; `check` judges what they were answered and
  * the converged state with `findBankViolation`.
  */
-import { type BankAccountSeen, type BankOperation, BANK_PREFIX, describeBankOperation, findBankViolation, transferWrites } from "../chaos/bank.ts";
+import { type BankAccountSeen, type BankOperation, BANK_PREFIX, describeBankOperation, findBankViolation, planTransfer } from "../chaos/bank.ts";
 import type { ReadConsistency } from "../node/api.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { NodeId } from "../raft/types.ts";
@@ -88,11 +88,10 @@ export class SimBank {
    */
   transfer(clientId: number, id: NodeId, from: BankAccountSeen, to: BankAccountSeen, amount: number): Promise<void> {
     const opId = this.nextId();
-    const writes = transferWrites(opId, from, to, amount);
-    const compared = [from, to].map(({ key, version }) => ({ key, version }));
+    const { compared, writes } = planTransfer(opId, from, to, amount);
     const called: BankOperation = { id: opId, clientId, kind: "transfer", callMs: this.sim.historyTime(), outcome: "unknown", writes, compared };
     const request = {
-      compare: [from, to].map((seen) => ({ key: seen.key, target: "version" as const, version: seen.version })),
+      compare: compared.map(({ key, version }) => ({ key, target: "version" as const, version })),
       success: writes.map((write) => ({ op: "put" as const, key: write.key, value: utf8.encode(write.value) })),
       failure: [],
     };
