@@ -388,6 +388,13 @@ describe("KvError codes map to HTTP in one place", () => {
     expect(String(body.message)).toContain("outcome is unknown");
   });
 
+  test("a read's timeout does not say its outcome is unknown: a read changes nothing (found in a black-box review)", async () => {
+    node.failure = new KvError("timeout", "the read did not complete in 5000 ms (no leader confirmed it in time); it changed nothing, so retrying is safe");
+    const body = await expectError(await call("GET", "/kv/x"), 503, "timeout");
+    expect(String(body.message)).not.toContain("outcome is unknown");
+    expect(String(body.message)).toContain("retrying is safe");
+  });
+
   test("overloaded is a 429 with Retry-After", async () => {
     node.failure = new KvError("overloaded", "too many proposals waiting", { retryAfterS: 4 });
     const response = await put("/kv/x", "v");

@@ -418,6 +418,41 @@ describe("a voter whose data was lost", () => {
   });
 });
 
+describe("reads waiting for a read index when the leader changes (found in a black-box review: they hung until the request timeout)", () => {
+  test("a follower's read whose read-index request was lost is asked again, not held to the timeout (etcd asks again every 500 ms)", async () => {
+    const cluster = createCluster({ requestTimeoutMs: 20_000 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const leaderId = leader.status().id;
+    await drive(cluster, leader.put("k", enc("v1")));
+    const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
+    const follower = cluster.node(followerId);
+    // The request leaves while the link is down (for one tick, far less than an election timeout).
+    cluster.network.cutBetween(followerId, leaderId);
+    const read = follower.get("k", "linearizable");
+    await cluster.settle();
+    cluster.clock.advance(10);
+    cluster.network.heal();
+    expect(dec((await drive(cluster, read, 1_000))!.value)).toBe("v1");
+    expect(cluster.leader()!.status().id).toBe(leaderId);
+  });
+
+  test("a follower's read whose leader died is asked again of the next leader, or refused as retryable, not held to the timeout", async () => {
+    const cluster = createCluster({ requestTimeoutMs: 20_000 });
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leaderId = cluster.leader()!.status().id;
+    await drive(cluster, cluster.leader()!.put("k", enc("v1")));
+    const followerId = [1, 2, 3].find((id) => id !== leaderId)!;
+    cluster.stop(leaderId);
+    const follower = cluster.node(followerId);
+    const read = follower.get("k", "linearizable").then(
+      (value) => dec(value!.value),
+      (error: unknown) => (error as KvError).code,
+    );
+    expect(await drive(cluster, read, 1_000)).toBeOneOf(["v1", "no_leader", "not_leader"]);
+  });
+});
+
 describe("read contexts across restarts", () => {
   test("a follower restarted in the same term does not take a delayed answer to its previous life's read for a new one", async () => {
     const cluster = createCluster();

@@ -47,6 +47,8 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
       return jsonResponse(body(code, error.message, { ...details, retryAfterS: seconds }), 503, { "retry-after": String(seconds) });
     }
     case "timeout":
+      // A read changes nothing: its timeout says so itself (src/node/waiter.ts).
+      if (request.method === "GET" || request.method === "HEAD") return jsonResponse(body("timeout", error.message, details), 503);
       return jsonResponse(
         body("timeout", `${error.message} (the outcome is unknown: the operation may or may not have taken effect)`, details),
         503,

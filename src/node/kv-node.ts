@@ -37,7 +37,7 @@ import { NodeMembership } from "./membership.ts";
 import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
 import { SnapshotTransfer } from "./snapshot-transfer.ts";
-import { timeoutError } from "./waiter.ts";
+import { readTimeoutError, timeoutError } from "./waiter.ts";
 import { defaultWatch, NodeWatch, type WatchConfig } from "./watch.ts";
 
 /**
@@ -165,6 +165,8 @@ export const defaultQuotaBytes = 2 * 1024 ** 3;
  * it proposed to the last measurement, so a burst of writes cannot run far past the quota unseen.
  */
 const dataMeasureTicks = 10;
+/** A read index asked of the leader and not answered this long is asked again (src/node/reads.ts). */
+const readIndexRetryMs = 500;
 /** Log entries one compaction deletes at most, by default (see `maybeCompact`). */
 const compactStepEntriesDefault = 512;
 
@@ -832,6 +834,8 @@ export class KvNode implements KvNodeApi {
     this.raw.tick();
     this.ticksAccounted++;
     this.expireWaiters();
+    // Asked again by the turn below (as etcd's read loop does every 500 ms).
+    this.reads.askAgainOlderThan(this.cfg.clock.nowMs(), readIndexRetryMs);
     this.leases.tick();
     this.maybeProposeClusterNonce();
     this.membership.maybePromoteLearner();
@@ -888,7 +892,7 @@ export class KvNode implements KvNodeApi {
       this.proposals.proposeQueued(this.raw, (refusal) =>
         refusal.reason === "too_many_uncommitted" ? new KvError("overloaded", "too many writes are waiting to commit", { retryAfterS: 1 }) : this.notLeader(),
       );
-      this.reads.requestReadIndex(this.raw);
+      this.reads.requestReadIndex(this.raw, this.cfg.clock.nowMs());
       while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return this.startSync();
       // Writes still queued (past one turn's bytes, or held back by what was pending and has now
       // applied) go in the next turn, after timers and peers' calls had theirs.
@@ -1050,6 +1054,7 @@ export class KvNode implements KvNodeApi {
     this.reads.onReady(ready.readStates, ready.readFailures, () => this.notLeaderForRead());
     if (ready.softState !== undefined) {
       this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term: this.raw.basicStatus().term });
+      if (this.reads.leaderChanged()) this.scheduleTurn();
       if (ready.softState.role !== "leader") {
         this.snapshots.abortAll("no longer the leader");
         this.proposals.leadershipLost(this.appliedHandedIndex);
@@ -1188,7 +1193,7 @@ export class KvNode implements KvNodeApi {
     const timeoutMs = this.cfg.requestTimeoutMs;
     this.membership.expire(now, timeoutMs);
     this.proposals.expire(now, () => timeoutError("the write", timeoutMs));
-    this.reads.expire(now, () => timeoutError("the read", timeoutMs));
+    this.reads.expire(now, () => readTimeoutError(timeoutMs));
   }
 
   private fail(error: Error): void {

@@ -17,8 +17,8 @@ interface PendingRead extends Waiter<void> {
 export class Reads {
   private queued: PendingRead[] = [];
   private queuedLease: PendingRead[] = [];
-  /** Reads waiting for a read index, by the context of their batch. */
-  private readonly byContext = new Map<string, PendingRead[]>();
+  /** Reads waiting for a read index, by the context of their batch: whether they are lease reads, and when it was asked. */
+  private readonly byContext = new Map<string, { readonly lease: boolean; readonly reads: PendingRead[]; readonly askedMs: number }>();
   /** Reads with a read index, waiting to be applied up to it. */
   private waitingApply: PendingRead[] = [];
   private sequence = 0;
@@ -36,7 +36,7 @@ export class Reads {
   /** Reads waiting, of every kind. */
   count(): number {
     let batched = 0;
-    for (const reads of this.byContext.values()) batched += reads.length;
+    for (const { reads } of this.byContext.values()) batched += reads.length;
     return this.queued.length + this.queuedLease.length + batched + this.waitingApply.length;
   }
 
@@ -47,13 +47,13 @@ export class Reads {
     });
   }
 
-  /** One read index for every read that arrived together (and one for the lease reads). */
-  requestReadIndex(raw: RawNode): void {
+  /** One read index for every read that arrived together (and one for the lease reads), asked at `nowMs`. */
+  requestReadIndex(raw: RawNode, nowMs: number): void {
     for (const lease of [false, true]) {
       const reads = lease ? this.queuedLease : this.queued;
       if (reads.length === 0) continue;
       const context = `${this.id}.${this.nonce}.${++this.sequence}`;
-      this.byContext.set(context, reads);
+      this.byContext.set(context, { lease, reads, askedMs: nowMs });
       if (lease) this.queuedLease = [];
       else this.queued = [];
       raw.readIndex(context, lease);
@@ -63,8 +63,8 @@ export class Reads {
   /** A Ready's read states and failures: indexes to wait for, or refusals. */
   onReady(states: readonly ReadState[], failures: readonly ReadFailure[], refusal: () => KvError): void {
     for (const state of states) {
-      const reads = this.byContext.get(state.readContext);
-      if (reads === undefined) continue; // timed out already
+      const reads = this.byContext.get(state.readContext)?.reads;
+      if (reads === undefined) continue; // timed out, or asked again, already
       this.byContext.delete(state.readContext);
       for (const read of reads) {
         read.readIndex = state.index;
@@ -72,12 +72,46 @@ export class Reads {
       }
     }
     for (const failure of failures) {
-      const reads = this.byContext.get(failure.readContext);
+      const reads = this.byContext.get(failure.readContext)?.reads;
       if (reads === undefined) continue;
       this.byContext.delete(failure.readContext);
       const error = refusal();
       for (const read of reads) read.reject(error);
     }
+  }
+
+  /**
+   * The leader changed (or this node's role did): a read index asked of the leader before may never
+   * come (the leader died, or this node was deposed and the heartbeat round confirming it ended with
+   * it), so the reads still waiting for one are asked again in the next turn, of the leader known
+   * then; with none known they are refused at once as retryable (no_leader), as a new read would be.
+   * A late answer to the old request is ignored (its context is forgotten). Returns whether any were
+   * put back, for the node to take a turn.
+   */
+  leaderChanged(): boolean {
+    return this.askAgain(() => true);
+  }
+
+  /**
+   * Asks again, in the next turn, for the read indexes asked `ageMs` or longer ago and not answered:
+   * a request or its answer lost between peers (a connection broken, a peer paused) would otherwise
+   * hold its reads until their deadline. Returns whether any were put back.
+   */
+  askAgainOlderThan(nowMs: number, ageMs: number): boolean {
+    return this.askAgain((batch) => nowMs - batch.askedMs >= ageMs);
+  }
+
+  private askAgain(which: (batch: { readonly askedMs: number }) => boolean): boolean {
+    const again = { lease: [] as PendingRead[], linearizable: [] as PendingRead[] };
+    for (const [context, batch] of this.byContext) {
+      if (!which(batch)) continue;
+      this.byContext.delete(context);
+      (batch.lease ? again.lease : again.linearizable).push(...batch.reads);
+    }
+    if (again.lease.length === 0 && again.linearizable.length === 0) return false;
+    this.queued = [...again.linearizable, ...this.queued];
+    this.queuedLease = [...again.lease, ...this.queuedLease];
+    return true;
   }
 
   /** Serves the reads whose index the state machine has applied. */
@@ -93,12 +127,14 @@ export class Reads {
 
   /** Fails, with `timeout(...)`, the reads whose deadline has passed. */
   expire(nowMs: number, timeout: () => KvError): void {
-    for (const [context, reads] of this.byContext) {
-      if ((reads[0] as PendingRead).deadlineMs <= nowMs) {
-        this.byContext.delete(context);
-        const error = timeout();
-        for (const read of reads) read.reject(error);
-      }
+    for (const [context, batch] of this.byContext) {
+      // Reads asked again after a leader change share a batch with later ones: each has its own deadline.
+      const live = batch.reads.filter((read) => read.deadlineMs > nowMs);
+      if (live.length === batch.reads.length) continue;
+      const error = timeout();
+      for (const read of batch.reads) if (read.deadlineMs <= nowMs) read.reject(error);
+      if (live.length === 0) this.byContext.delete(context);
+      else this.byContext.set(context, { ...batch, reads: live });
     }
     this.waitingApply = this.waitingApply.filter((read) => {
       if (read.deadlineMs > nowMs) return true;
@@ -112,7 +148,7 @@ export class Reads {
     for (const read of [...this.queued, ...this.queuedLease]) read.reject(error);
     this.queued = [];
     this.queuedLease = [];
-    for (const reads of this.byContext.values()) for (const read of reads) read.reject(error);
+    for (const { reads } of this.byContext.values()) for (const read of reads) read.reject(error);
     this.byContext.clear();
     for (const read of this.waitingApply) read.reject(error);
     this.waitingApply = [];

@@ -11,3 +11,8 @@ export interface Waiter<T> {
 export function timeoutError(what: string, requestTimeoutMs: number): KvError {
   return new KvError("timeout", `${what} did not complete in ${requestTimeoutMs} ms; its outcome is unknown`);
 }
+
+/** A read that timed out: it changed nothing, so unlike a write's its outcome is known. */
+export function readTimeoutError(requestTimeoutMs: number): KvError {
+  return new KvError("timeout", `the read did not complete in ${requestTimeoutMs} ms (no leader confirmed it in time); it changed nothing, so retrying is safe`);
+}
