@@ -2,7 +2,7 @@
 // limits refused with 413, every KvError code mapped to its status, and JSON for every error.
 import { afterEach, beforeEach, describe, expect, spyOn, test } from "bun:test";
 import type { Mock } from "bun:test";
-import { createHttpApp } from "../src/http/app.ts";
+import { createHttpApp, listPageBytesMax } from "../src/http/app.ts";
 import { BodyAdmission } from "../src/http/body-admission.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { KvError } from "../src/lib/kv-error.ts";
@@ -209,6 +209,26 @@ describe("GET /kv?prefix= lists keys in order with their values", () => {
     const all = (await (await call("GET", "/kv")).json()) as typeof page1;
     expect(all.items.map((i) => i.key)).toEqual(["app/a", "app/b", "app/bin", "app/c", "apq", "other"]);
     expect(node.readConsistencies.at(-1)).toBe("linearizable");
+  });
+
+  test("a page stops once its keys and values pass listPageBytesMax, with more: true; paging with after reaches every key (found in a black-box review)", async () => {
+    const value = new Uint8Array(1 << 20).fill(0x61);
+    const keys = Array.from({ length: 6 }, (_, i) => `big/${i}`);
+    for (const key of keys) await call("PUT", `/kv/${encodeURIComponent(key)}`, { body: value });
+    const seen: string[] = [];
+    let after: string | undefined;
+    let pages = 0;
+    for (;;) {
+      const page = (await (await call("GET", `/kv?prefix=big%2F&limit=100${after === undefined ? "" : `&after=${encodeURIComponent(after)}`}`)).json()) as { items: { key: string; value: string }[]; more: boolean };
+      pages++;
+      const bytes = page.items.reduce((sum, item) => sum + item.key.length + item.value.length, 0);
+      expect(bytes).toBeLessThan(listPageBytesMax + (1 << 20) + 16);
+      seen.push(...page.items.map((item) => item.key));
+      if (!page.more) break;
+      after = page.items.at(-1)!.key;
+    }
+    expect(seen).toEqual(keys);
+    expect(pages).toBeGreaterThan(1);
   });
 
   test("a prefix, after, watch key or watch prefix that is not valid percent-encoded UTF-8 is a 400, as a key in the path is (found in review: %ff became U+FFFD)", async () => {

@@ -7,6 +7,7 @@ import { EntryType } from "../src/raft/types.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { SqliteReads } from "../src/storage/sqlite-reads.ts";
 import { openThreadedStorage } from "../src/storage/threaded-storage.ts";
+import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
 
 const tempDir = tempDirs("kv-storage-reads-");
@@ -153,6 +154,30 @@ describe("batched key-value reads", () => {
     } finally {
       storage.close();
       await storage.released();
+    }
+  });
+});
+
+describe("a listing's page bounded by bytes (found in a black-box review: 100 values of 1 MiB in one page held the leader's loop past its election timeout)", () => {
+  test("SqliteReads and MemoryKvStorage stop after the row that brings the keys' and values' bytes to bytesMax, at least one row", async () => {
+    const { writer, reads, close } = writerAndReader(false);
+    const memory = createMemoryKvStorage();
+    try {
+      const big = "x".repeat(1000);
+      for (let i = 0; i < 5; i++) putRow(writer, `p/${i}`, big, i + 1);
+      memory.bootstrap([1]);
+      memory.save({ term: 1, vote: 1, commit: 5 }, [0, 1, 2, 3, 4].map((i) => ({ index: i + 1, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: `p/${i}`, value: new TextEncoder().encode(big) }) })), true);
+      memory.applyEntries([0, 1, 2, 3, 4].map((i) => ({ index: i + 1, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: `p/${i}`, value: new TextEncoder().encode(big) }) })));
+      for (const list of [reads.list.bind(reads), memory.list.bind(memory)]) {
+        // Each row is 3 + 1000 bytes: the third brings 2,500 past.
+        expect(list("p/", undefined, 100, 2_500).map((item) => item.key)).toEqual(["p/0", "p/1", "p/2"]);
+        expect(list("p/", "p/2", 100, 2_500).map((item) => item.key)).toEqual(["p/3", "p/4"]);
+        expect(list("p/", undefined, 100, 1).map((item) => item.key)).toEqual(["p/0"]);
+        expect(list("p/", undefined, 2, 2_500).map((item) => item.key)).toEqual(["p/0", "p/1"]);
+        expect(list("p/", undefined, 100).length).toBe(5);
+      }
+    } finally {
+      close();
     }
   });
 });

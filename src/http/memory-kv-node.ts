@@ -1,5 +1,6 @@
 import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency, WriteOptions } from "../node/api.ts";
 import { KvError } from "../lib/kv-error.ts";
+import { withinBytes } from "../lib/page-bytes.ts";
 
 /** The codes `KvNode.refuseWriteUnlessLeader` throws (src/node/kv-node.ts). */
 const refusedBeforeWrites = new Set(["not_leader", "no_leader", "overloaded", "insufficient_storage", "unavailable"]);
@@ -63,15 +64,16 @@ export class MemoryKvNode implements KvNodeApi {
   }
 
   /** The stored values under `prefix` after `after`, in UTF-8 byte order. */
-  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency): Promise<(KvValue & { key: string })[]> {
+  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax = Number.POSITIVE_INFINITY): Promise<(KvValue & { key: string })[]> {
     this.throwIfFailing();
     this.readConsistencies.push(consistency);
     const encoder = new TextEncoder();
-    return [...this.values.entries()]
+    const items = [...this.values.entries()]
       .filter(([key]) => key.startsWith(prefix) && (after === undefined || Buffer.compare(encoder.encode(key), encoder.encode(after)) > 0))
       .sort(([a], [b]) => Buffer.compare(encoder.encode(a), encoder.encode(b)))
       .slice(0, limit)
       .map(([key, value]) => ({ key, ...value }));
+    return withinBytes(items, bytesMax);
   }
 
   /** `statusNow`, unless `failure` is set. */

@@ -136,7 +136,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
       readIndexDuration.observe({}, (performance.now() - startedMs) / 1000);
       return value;
     },
-    list: (prefix, after, limit, consistency) => node.list(prefix, after, limit, consistency),
+    list: (prefix, after, limit, consistency, bytesMax) => node.list(prefix, after, limit, consistency, bytesMax),
     status: () => node.status(),
     healthy: () => node.healthy(),
     transferLeadership: (target) => node.transferLeadership(target),

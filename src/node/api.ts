@@ -149,9 +149,10 @@ export interface KvNodeApi {
   txn?(request: TxnRequest, options?: Pick<WriteOptions, "idempotencyKey">): Promise<TxnAnswer>;
   /**
    * Up to `limit` keys starting with `prefix` and sorting after `after` (UTF-8 byte order), with
-   * their values, read with the same consistency guarantees as `get`.
+   * their values, read with the same consistency guarantees as `get`; with `bytesMax`, stopping once
+   * the keys and values pass it (see `KvStorage.list`).
    */
-  list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency): Promise<(KvValue & { key: string })[]>;
+  list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax?: number): Promise<(KvValue & { key: string })[]>;
   status(): NodeStatus;
   /** True when a leader is known and everything committed is applied. */
   healthy(): boolean;

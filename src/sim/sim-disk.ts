@@ -183,8 +183,8 @@ export class SimDisk implements KvStorage {
   get(key: string): StoredValue | undefined {
     return this.current.get(key);
   }
-  list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
-    return this.current.list(prefix, after, limit);
+  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[] {
+    return this.current.list(prefix, after, limit, bytesMax);
   }
   openImage(): KvImageReader {
     return this.current.openImage();

@@ -11,6 +11,7 @@ import {
   StorageError,
   type StoredValue,
 } from "./kv-storage.ts";
+import { withinBytes } from "../lib/page-bytes.ts";
 import { checkSave } from "./save-checks.ts";
 import {
   checkCompact,
@@ -255,14 +256,17 @@ export class MemoryKvStorage implements KvStorage {
   }
 
   /** As `SqliteStorage.list` (UTF-8 byte order, as sqlite's BINARY collation compares). */
-  list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
+  list(prefix: string, after: string | undefined, limit: number, bytesMax = Number.POSITIVE_INFINITY): ListedValue[] {
     this.assertOpen();
     const keys = [...this.values.keys()]
       // The state machine's own rows are listed only when asked for by their prefix (the node's lease scans).
       .filter((key) => key.startsWith(prefix) && (!isReservedKey(key) || isReservedKey(prefix)) && (after === undefined || compareUtf8(key, after) > 0))
       .sort(compareUtf8)
       .slice(0, limit);
-    return keys.map((key) => ({ key, ...(this.values.get(key) as StoredValue) }));
+    return withinBytes(
+      keys.map((key) => ({ key, ...(this.values.get(key) as StoredValue) })),
+      bytesMax,
+    );
   }
 
   /** As `SqliteStorage.compact`. */

@@ -249,10 +249,11 @@ export class SqliteReads {
     return row === null ? undefined : { value: row.value, version: row.version };
   }
 
-  /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it. */
-  list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
+  /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it (or at `bytesMax`). */
+  list(prefix: string, after: string | undefined, limit: number, bytesMax = Number.POSITIVE_INFINITY): ListedValue[] {
     this.joinBatch();
     const items: ListedValue[] = [];
+    let bytes = 0;
     // Scan in pages: rows past the prefix end the scan, so a page is rarely wasted.
     let from = after ?? "";
     // Bounded above too: without it each page read up to 1,000 rows past the prefix (values and
@@ -267,6 +268,9 @@ export class SqliteReads {
         // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
         if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
         items.push({ key: row.key, value: row.value, version: row.version });
+        // As withinBytes counts (src/lib/page-bytes.ts), without reading the rows past the bound.
+        bytes += row.key.length + row.value.byteLength;
+        if (bytes >= bytesMax) return items;
       }
       if (rows.length === 0) return items;
       from = (rows[rows.length - 1] as { key: string }).key;
