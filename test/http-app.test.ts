@@ -125,6 +125,48 @@ describe("values are raw bytes", () => {
   });
 });
 
+describe("answers to HEAD carry GET's Content-Length (found in a black-box review: every JSON route said 0)", () => {
+  test("HEAD of /status, /health, /kv?prefix=, /metrics and /openapi.json says how long GET's body is, and sends none", async () => {
+    app = createHttpApp(node, { renderMetrics: () => "kv_up 1\n" });
+    await put("/kv/a", "abc");
+    for (const path of ["/status", "/health", "/kv?prefix=", "/metrics", "/openapi.json"]) {
+      const body = await (await call("GET", path)).arrayBuffer();
+      const head = await call("HEAD", path);
+      expect([path, head.status]).toEqual([path, 200]);
+      expect([path, head.headers.get("content-length")]).toEqual([path, String(body.byteLength)]);
+      expect(body.byteLength).toBeGreaterThan(0);
+      expect((await head.arrayBuffer()).byteLength).toBe(0);
+    }
+  });
+});
+
+describe("a route that takes no body refuses one (found in a black-box review: POST /leader/transfer with {\"to\": 99} moved leadership elsewhere)", () => {
+  test("a body on transfer, lease keepalive and revoke, member remove and promote, and DELETE /kv/{key} is a 400 that reaches no node call; an empty one or {} is not", async () => {
+    const routes: [method: string, path: string][] = [
+      ["POST", "/leader/transfer"],
+      ["POST", "/leases/1/keepalive"],
+      ["DELETE", "/leases/1"],
+      ["DELETE", "/members/2"],
+      ["POST", "/members/2/promote"],
+      ["DELETE", "/kv/k"],
+    ];
+    await put("/kv/k", "kept");
+    for (const [method, path] of routes) {
+      for (const body of ['{"to":99}', "not json", "[]", '{"ttlMs":1}']) {
+        const answer = await expectError(await call(method, path, { body, headers: { "content-type": "application/json" } }), 400, "bad_request");
+        expect(String(answer.message)).toContain("takes no body");
+      }
+    }
+    expect(node.transfers).toEqual([]);
+    expect(await (await call("GET", "/kv/k")).text()).toBe("kept");
+    for (const body of ["", "{}", " {} \n"]) {
+      expect((await call("POST", "/leader/transfer", { body })).status).toBe(200);
+      expect((await call("DELETE", "/kv/k", { body })).status).toBe(200);
+    }
+    expect(node.transfers.length).toBe(3);
+  });
+});
+
 describe("keys are decoded from the raw path", () => {
   const cases: [path: string, key: string][] = [
     ["/kv/a%2Fb", "a/b"],
@@ -251,6 +293,17 @@ describe("GET /kv?prefix= lists keys in order with their values", () => {
     for (const query of ["limit=0", "limit=1001", "limit=x", "prefix=a&bogus=1", "consistency=eventual"]) {
       await expectError(await call("GET", `/kv?${query}`), 400, "bad_request");
     }
+    expect(node.readConsistencies).toEqual([]);
+  });
+
+  test("prefix, after and limit given twice are 400s, as every other parameter is (found in a black-box review: the first was used)", async () => {
+    for (const query of ["prefix=q&prefix=p", "limit=1&limit=50", "after=a&after=b", "prefix=&prefix="]) {
+      const body = await expectError(await call("GET", `/kv?${query}`), 400, "bad_request");
+      expect(String(body.message)).toContain("given once");
+    }
+    for (const query of ["limit=1&limit=2", "after=1&after=2"]) await expectError(await call("GET", `/leases?${query}`), 400, "bad_request");
+    await expectError(await call("POST", "/leader/transfer?to=1&to=2"), 400, "bad_request");
+    expect(node.transfers).toEqual([]);
     expect(node.readConsistencies).toEqual([]);
   });
 });

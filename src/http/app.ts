@@ -4,8 +4,9 @@ import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
-import { errorResponse, jsonResponse } from "./http-error.ts";
-import { decodeKvKey, KV_PATH_PREFIX, parsePageLimit, parseQueryStrictly } from "./kv-key.ts";
+import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
+import { decodeKvKey, KV_PATH_PREFIX, parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
+import { refuseBody } from "./json-body.ts";
 import {
   createOpenApiDocument,
   idempotencyHeaders,
@@ -133,6 +134,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
       }
       case "DELETE": {
         const query = writeQuery(search, ["ifVersion"], method, { lease: "?lease= is for PUT: a delete detaches the key from its lease" });
+        await refuseBody(request, "DELETE /kv/{key}", opts.bodyReadTimeoutMs);
         const { deleted, version } = await node.delete(key, parseWriteOptions(query, request));
         return jsonResponse({ deleted, version }, 200);
       }
@@ -141,7 +143,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
 
   /** `POST /leader/transfer[?to=N]`: hand leadership over (thesis §3.10); on a follower, 307 to the leader. */
   const transferRoute = async (request: Request): Promise<Response> => {
-    const to = new URLSearchParams(rawTarget(request.url).search).get("to");
+    const to = singleParam(parseQueryStrictly(rawTarget(request.url).search), "to");
+    await refuseBody(request, "POST /leader/transfer", opts.bodyReadTimeoutMs, "name the node to hand over to as ?to=N");
     let target: number | undefined;
     if (to !== null) {
       target = Number(to);
@@ -158,9 +161,9 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     if (path !== "/kv") return kvRoute(request); // `/kv/` (the router folds the slash) names the empty key
     const query = parseQueryStrictly(search);
     // Unknown parameters were refused by the route's schema (listQuery, openapi.ts).
-    const prefix = query.get("prefix") ?? "";
-    const after = query.get("after") ?? undefined;
-    const limit = parsePageLimit(query.get("limit"));
+    const prefix = singleParam(query, "prefix") ?? "";
+    const after = singleParam(query, "after") ?? undefined;
+    const limit = parsePageLimit(singleParam(query, "limit"));
     for (const [name, value] of [["prefix", prefix], ["after", after ?? ""]] as const) {
       if (new TextEncoder().encode(value).byteLength > keyBytesMax) throw new KvError("too_large", `${name} is longer than ${keyBytesMax} bytes`);
     }
@@ -168,7 +171,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     const items = found.slice(0, limit).map((item) => ({ key: item.key, value: jsonValue(item.value), version: item.version }));
     // A page stopped by its bytes may be followed by more (or by an empty last page).
     const response = jsonResponse({ items, more: found.length > limit || pageBytes(found) >= listPageBytesMax }, 200);
-    return request.method === "HEAD" ? new Response(null, response) : response;
+    return request.method === "HEAD" ? headOf(response) : response;
   };
 
   /**
@@ -212,14 +215,14 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     });
   };
 
-  const readOnlyRoute = (handler: () => Response) => (request: Request): Response => {
+  const readOnlyRoute = (handler: () => Response) => (request: Request): Response | Promise<Response> => {
     const response = handler();
-    return request.method === "HEAD" ? new Response(null, response) : response;
+    return request.method === "HEAD" ? headOf(response) : response;
   };
 
   const renderMetrics = opts.renderMetrics;
   /** `GET /metrics`: Prometheus text; without `renderMetrics`, the same 404 as any unknown route. */
-  const metricsRoute = (request: Request): Response => {
+  const metricsRoute = (request: Request): Response | Promise<Response> => {
     if (renderMetrics === undefined) {
       throw new KvError("not_found", `no route for ${request.method} ${rawTarget(request.url).path}`);
     }

@@ -16,6 +16,17 @@ export function jsonResponse(body: unknown, status: number, headers: Record<stri
   });
 }
 
+/**
+ * GET's answer made HEAD's: its status and headers, `Content-Length` the length of the body it
+ * would send, and no body (a bodiless Response alone says 0). For the small answers built whole.
+ */
+export async function headOf(response: Response): Promise<Response> {
+  const length = (await response.arrayBuffer()).byteLength;
+  const headers = new Headers(response.headers);
+  headers.set("content-length", String(length));
+  return new Response(null, { status: response.status, headers });
+}
+
 /** What the route knew when the error happened, for headers the error itself cannot carry. */
 export interface ErrorContext {
   /** The methods the matched route accepts, for the `Allow` header of a 405; undefined when no route matched. */

@@ -65,6 +65,13 @@ export function parseQueryStrictly(search: string): URLSearchParams {
   return new URLSearchParams(pairs);
 }
 
+/** The value of query parameter `name`, null when absent; given twice, a 400 (the first would be taken silently). */
+export function singleParam(query: URLSearchParams, name: string): string | null {
+  const values = query.getAll(name);
+  if (values.length > 1) throw new KvError("bad_request", `${name} must be given once, got ${values.length} values`);
+  return values[0] ?? null;
+}
+
 function decodeQueryComponent(raw: string, rawName: string): string {
   try {
     // decodeURIComponent rejects malformed escapes and every invalid UTF-8 sequence (ECMA-262 Decode).

@@ -17,9 +17,9 @@ import { Elysia } from "elysia";
 import { leaseTtlMsMax } from "../kv/leases.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
-import { errorResponse, jsonResponse } from "./http-error.ts";
-import { jsonObject } from "./json-body.ts";
-import { parsePageLimit, parseQueryStrictly } from "./kv-key.ts";
+import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
+import { jsonObject, refuseBody } from "./json-body.ts";
+import { parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
 import { leaseListQuery, leaseParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 
@@ -36,23 +36,25 @@ export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
   const info = async (request: Request, id: string): Promise<Response> => {
     const lease = await required(node.leaseInfo?.bind(node))(parseLeaseId(id));
     const response = jsonResponse({ ...lease, id: String(lease.id) }, 200);
-    return request.method === "HEAD" ? new Response(null, response) : response;
+    return request.method === "HEAD" ? headOf(response) : response;
   };
   const list = async (request: Request): Promise<Response> => {
     // Unknown parameters and malformed values were refused by the route's schema (leaseListQuery, openapi.ts).
     const query = parseQueryStrictly(new URL(request.url).search);
-    const afterText = query.get("after");
-    const limit = parsePageLimit(query.get("limit"));
+    const afterText = singleParam(query, "after");
+    const limit = parsePageLimit(singleParam(query, "limit"));
     const found = await required(node.listLeases?.bind(node))(afterText === null ? undefined : parseLeaseId(afterText), limit + 1);
     const leases = found.slice(0, limit).map((lease) => ({ ...lease, id: String(lease.id) }));
     const response = jsonResponse({ leases, more: found.length > limit }, 200);
-    return request.method === "HEAD" ? new Response(null, response) : response;
+    return request.method === "HEAD" ? headOf(response) : response;
   };
-  const revoke = async (id: string): Promise<Response> => {
+  const revoke = async (request: Request, id: string): Promise<Response> => {
+    await refuseBody(request, "DELETE /leases/{id}", bodyReadTimeoutMs);
     const revoked = await required(node.revokeLease?.bind(node))(parseLeaseId(id));
     return jsonResponse({ ...revoked, id: String(revoked.id) }, 200);
   };
-  const keepAlive = async (id: string): Promise<Response> => {
+  const keepAlive = async (request: Request, id: string): Promise<Response> => {
+    await refuseBody(request, "POST /leases/{id}/keepalive", bodyReadTimeoutMs, "a keepalive restarts the lease's countdown at the TTL it was granted");
     const kept = await required(node.keepAliveLease?.bind(node))(parseLeaseId(id));
     return jsonResponse({ id: String(kept.id), ttlMs: kept.ttlMs }, 200);
   };
@@ -73,8 +75,8 @@ export function createLeaseRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
     .head("/leases", guarded(({ request }) => list(request)), { ...raw, query: leaseListQuery })
     .get("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams, detail: routeDocs.leaseGet })
     .head("/leases/:id", guarded(({ request, params }) => info(request, params.id ?? "")), { ...raw, params: leaseParams })
-    .delete("/leases/:id", guarded(({ params }) => revoke(params.id ?? "")), { ...raw, query: noQuery, params: leaseParams, detail: routeDocs.leaseRevoke })
-    .post("/leases/:id/keepalive", guarded(({ params }) => keepAlive(params.id ?? "")), { ...raw, query: noQuery, params: leaseParams, detail: routeDocs.leaseKeepAlive });
+    .delete("/leases/:id", guarded(({ request, params }) => revoke(request, params.id ?? "")), { ...raw, query: noQuery, params: leaseParams, detail: routeDocs.leaseRevoke })
+    .post("/leases/:id/keepalive", guarded(({ request, params }) => keepAlive(request, params.id ?? "")), { ...raw, query: noQuery, params: leaseParams, detail: routeDocs.leaseKeepAlive });
 }
 
 /** What a route here reads of Elysia's context: the request, and `{id}` where the path has one. */

@@ -13,8 +13,8 @@ import { Elysia } from "elysia";
 import { membershipNodeIdMax, membershipUrlBytesMax } from "../kv/command.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
-import { errorResponse, jsonResponse } from "./http-error.ts";
-import { jsonObject } from "./json-body.ts";
+import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
+import { jsonObject, refuseBody } from "./json-body.ts";
 import { memberParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 
@@ -27,16 +27,22 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     if (method === undefined) throw new KvError("not_found", "this node does not support membership changes");
     return method;
   };
-  const list = (request: Request): Response => {
+  const list = (request: Request): Response | Promise<Response> => {
     const response = jsonResponse(membersJson(requireMembers(node)()), 200);
-    return request.method === "HEAD" ? new Response(null, response) : response;
+    return request.method === "HEAD" ? headOf(response) : response;
   };
   const add = async (request: Request): Promise<Response> => {
     const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs, "the body"));
     return jsonResponse(membersJson(await change(node.addMember?.bind(node))(id, peerUrl, httpUrl)), 200);
   };
-  const remove = async (id: string): Promise<Response> => jsonResponse(membersJson(await change(node.removeMember?.bind(node))(parseId(id))), 200);
-  const promote = async (id: string): Promise<Response> => jsonResponse(membersJson(await change(node.promoteMember?.bind(node))(parseId(id))), 200);
+  const remove = async (request: Request, id: string): Promise<Response> => {
+    await refuseBody(request, "DELETE /members/{id}", bodyReadTimeoutMs);
+    return jsonResponse(membersJson(await change(node.removeMember?.bind(node))(parseId(id))), 200);
+  };
+  const promote = async (request: Request, id: string): Promise<Response> => {
+    await refuseBody(request, "POST /members/{id}/promote", bodyReadTimeoutMs);
+    return jsonResponse(membersJson(await change(node.promoteMember?.bind(node))(parseId(id))), 200);
+  };
   /** Anything a route throws goes through the one error mapping. */
   const guarded =
     (handler: (context: RouteContext) => Promise<Response> | Response) =>
@@ -52,8 +58,8 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     .get("/members", guarded(({ request }) => list(request)), { ...raw, detail: routeDocs.members })
     .head("/members", guarded(({ request }) => list(request)), raw)
     .post("/members", guarded(({ request }) => add(request)), { ...raw, query: noQuery, detail: routeDocs.memberAdd })
-    .delete("/members/:id", guarded(({ params }) => remove(params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberRemove })
-    .post("/members/:id/promote", guarded(({ params }) => promote(params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberPromote });
+    .delete("/members/:id", guarded(({ request, params }) => remove(request, params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberRemove })
+    .post("/members/:id/promote", guarded(({ request, params }) => promote(request, params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberPromote });
 }
 
 /** What a route here reads of Elysia's context: the request, and `{id}` where the path has one. */
