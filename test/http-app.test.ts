@@ -638,6 +638,28 @@ describe("membership routes", () => {
   });
 });
 
+describe("a member's URLs are an address, as etcd takes them (found in a black-box review: credentials, a path, a query and a fragment were stored)", () => {
+  test("POST /members refuses a peer or client URL with a user, a path, a query or a fragment, before changing anything; a trailing slash is dropped", async () => {
+    const added: string[] = [];
+    const view = { members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: undefined, role: "voter" as const }], leaderId: 1, configIndex: 0 };
+    const node = Object.assign(new MemoryKvNode(), {
+      members: () => view,
+      addMember: async (id: number, peerUrl: string, httpUrl?: string) => (added.push(`${id} ${peerUrl} ${httpUrl ?? "-"}`), view),
+    });
+    const app = createHttpApp(node);
+    const add = (body: object) => app.handle(new Request("http://localhost/members", { method: "POST", body: JSON.stringify(body) }));
+    for (const url of ["http://user:pass@127.0.0.1:5004", "http://127.0.0.1:5004/path", "http://127.0.0.1:5004/?q", "http://127.0.0.1:5004#f", "http://127.0.0.1:5004/a/"]) {
+      const peer = await expectError(await add({ id: 4, peerUrl: url }), 400, "bad_request");
+      expect(String(peer.message)).toContain("peerUrl");
+      const client = await expectError(await add({ id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: url }), 400, "bad_request");
+      expect(String(client.message)).toContain("httpUrl");
+    }
+    expect(added).toEqual([]);
+    expect((await add({ id: 4, peerUrl: "http://127.0.0.1:5004/", httpUrl: "https://kv-4.example:8004" })).status).toBe(200);
+    expect(added).toEqual(["4 http://127.0.0.1:5004 https://kv-4.example:8004"]);
+  });
+});
+
 describe("POST /leader/transfer", () => {
   test("hands over to the named node, or lets the node choose; wrong method is 405; bad target 400", async () => {
     const node = new MemoryKvNode();

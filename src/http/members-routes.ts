@@ -110,5 +110,10 @@ function parseUrl(name: string, value: unknown): string {
   if ((url.protocol !== "http:" && url.protocol !== "https:") || new TextEncoder().encode(value).byteLength > membershipUrlBytesMax) {
     throw new KvError("bad_request", `'${name}' must be an http(s) URL of at most ${membershipUrlBytesMax} bytes`);
   }
+  // An address, as etcd takes one: a member is reached at its host and port, and the rest would be
+  // stored, shown and sent as it came (credentials in /members, a path no peer serves).
+  if (url.username !== "" || url.password !== "" || url.pathname !== "/" || url.search !== "" || url.hash !== "" || /[?#]/.test(value)) {
+    throw new KvError("bad_request", `'${name}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
+  }
   return value.replace(/\/+$/, "");
 }
