@@ -108,6 +108,13 @@ describe("round trip", () => {
     expect(summary).toMatchObject({ formatVersion: BACKUP_FORMAT_VERSION, header: empty, rowCount: 0, keyCount: 0 });
   });
 
+  test("a client key that starts with NUL but under no reserved prefix counts as a key (found in a black-box review: kv snapshot status left it out)", async () => {
+    const withNul = [...rows, { key: "\u0000other", value: bytes("x"), version: 40 }];
+    const summary = await verifyBackup(chunks(write(header, [withNul])));
+    expect(summary.rowCount).toBe(5);
+    expect(summary.keyCount).toBe(4);
+  });
+
   test("verifyBackup counts rows, client keys (not reserved ones), bytes and the file's checksum", async () => {
     const file = write(header, [rows]);
     const summary = await verifyBackup(chunks(file));

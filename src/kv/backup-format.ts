@@ -30,6 +30,7 @@ import { createHash, type Hash } from "node:crypto";
 import type { NodeId } from "../raft/types.ts";
 import type { KvRow } from "./apply-plan.ts";
 import type { MemberAddress } from "./membership.ts";
+import { isReservedKey } from "./command.ts";
 
 /** The first six bytes of every backup file. */
 export const BACKUP_MAGIC = "KVSNAP";
@@ -512,7 +513,7 @@ export async function verifyBackup(source: AsyncIterable<Uint8Array>): Promise<B
         break;
       case "rows":
         for (const row of item.rows) {
-          if (!row.key.startsWith("\u0000")) keyCount++;
+          if (!isReservedKey(row.key)) keyCount++;
           dataBytes += utf8Encoder.encode(row.key).byteLength + row.value.byteLength;
           versionMax = Math.max(versionMax, row.version);
         }
