@@ -145,9 +145,17 @@ describe.skipIf(!mounted)("a full disk and the space quota (in-process nodes, 48
         expect(response.status).toBe(200);
         expect(new Uint8Array(await response.arrayBuffer())).toEqual(value);
       }
-      const listing = await fetch(`${node.httpUrl}/kv?prefix=big-&limit=1000`);
-      expect(listing.status).toBe(200);
-      expect(((await listing.json()) as { items: unknown[] }).items.length).toBe(written);
+      // A page ends at 4 MiB of values (GET /kv): read pages until `more` is false.
+      let listed = 0;
+      for (let after = "", more = true; more; ) {
+        const listing = await fetch(`${node.httpUrl}/kv?prefix=big-&limit=1000${after === "" ? "" : `&after=${after}`}`);
+        expect(listing.status).toBe(200);
+        const page = (await listing.json()) as { items: { key: string }[]; more: boolean };
+        listed += page.items.length;
+        more = page.more;
+        after = page.items.at(-1)?.key ?? after;
+      }
+      expect(listed).toBe(written);
       const health = await fetch(`${node.httpUrl}/health`);
       expect(health.status).toBe(200);
       expect(await health.json()).toEqual({ healthy: true, quotaExceeded: true });
