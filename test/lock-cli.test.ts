@@ -214,4 +214,15 @@ describe("kv lock and kv elect", () => {
       await run.waitFor("kv:", "err");
     }
   });
+
+  test("a --ttl without its unit is a usage error, as kv lease grant's TTL: 30 was a 480 ms lease, not 30 s (found in a black-box review)", async () => {
+    for (const args of [
+      ["lock", "x", "--ttl", "30", "--", "true"],
+      ["elect", "x", "v", "--ttl", "30"],
+    ]) {
+      const run = spawnKv([args[0] as string, "--endpoints", endpoints(), ...args.slice(1)]);
+      expect(await run.proc.exited).toBe(2);
+      await run.waitFor("needs a unit: 30s for 30 seconds", "err");
+    }
+  });
 });

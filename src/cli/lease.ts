@@ -2,9 +2,7 @@ import { defineCommand } from "citty";
 import { KvClientError } from "../client/index.ts";
 import { call, ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
 import { abortedPromise, interruption } from "./lock.ts";
-import { leaseTtlMsMax } from "../kv/leases.ts";
-import { parseDuration } from "../lib/duration.ts";
-import { UsageError } from "./usage-error.ts";
+import { parseTtl, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
 /**
@@ -28,24 +26,11 @@ function leaseId(text: string): number {
   return id;
 }
 
-/**
- * The TTL argument: a duration with its unit (10s, 1m, 500ms). A bare number is refused: etcdctl's
- * `lease grant 60` means seconds, and read as milliseconds it was silently a 480 ms lease (found in
- * review).
- */
-function leaseTtlMs(text: string): number {
-  if (/^\s*\d+\s*$/.test(text)) throw new UsageError(`TTL needs a unit: ${text.trim()}s for ${text.trim()} seconds, or ${text.trim()}ms`);
-  const parsed = parseDuration(text);
-  const ttlMs = parsed === undefined ? Number.NaN : Math.round(parsed);
-  if (!(ttlMs >= 1 && ttlMs <= leaseTtlMsMax)) throw new UsageError(`TTL must be a duration from 1ms to 8760h (10s, 1m, 500ms), got '${text}'`);
-  return ttlMs;
-}
-
 const grantCommand = defineCommand({
   meta: { name: "grant", description: "Grant a lease of TTL (10s, 1m, 500ms: a unit is needed) and print its id and TTL in ms" },
   args: { ttl: { type: "positional", required: true, description: "How long the lease lives without a keepalive: 10s, 1m, 500ms" }, ...connectionArgs },
   async run({ args }) {
-    const ttlMs = leaseTtlMs(args.ttl);
+    const ttlMs = parseTtl("TTL", args.ttl);
     const conn = connection(args);
     const lease = await call(() => conn.client.leases.grant(ttlMs));
     // The server raises a TTL below its minimum (twice the election timeout): say so.

@@ -1,9 +1,8 @@
 import { constants } from "node:os";
 import { defineCommand } from "citty";
 import type { LockHandle } from "../client/index.ts";
-import { leaseTtlMsMax } from "../kv/leases.ts";
 import { ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
-import { parseMsFlag, UsageError } from "./usage-error.ts";
+import { parseTtl, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
 /**
@@ -84,7 +83,7 @@ export const lockCommand = defineCommand({
     if (dashes >= 0 && cmd.length === 0) throw new UsageError("nothing to run after --");
     const name = args.name;
     if (name === "") throw new UsageError("the lock's name must not be empty");
-    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, leaseTtlMsMax);
+    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseTtl("--ttl", args.ttl);
     const conn = connection(args);
     const interrupted = interruption();
     const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted);
@@ -162,7 +161,7 @@ export const electCommand = defineCommand({
     }
     const value = args.value;
     if (value === undefined) throw new UsageError("kv elect needs NAME and VALUE (or --observe)");
-    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseMsFlag("ttl", args.ttl, 1, leaseTtlMsMax);
+    const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseTtl("--ttl", args.ttl);
     const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted);
     printLine(
       conn.json

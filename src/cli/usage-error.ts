@@ -1,4 +1,5 @@
 import { parseDuration } from "../lib/duration.ts";
+import { leaseTtlMsMax } from "../kv/leases.ts";
 
 /** A mistake in how the command was called: one line on stderr and exit code 2. */
 export class UsageError extends Error {
@@ -39,6 +40,20 @@ export function parseDurationFlag(flag: string, value: string | undefined, minMs
 export function parseMsFlag(flag: string, value: string | undefined, minMs: number, maxMs: number): number {
   if (value !== undefined && /^\s*\d+\s*$/.test(value)) return parseIntFlag(flag, value, minMs, maxMs);
   return parseDurationFlag(flag, value, minMs, maxMs);
+}
+
+/**
+ * A lease's TTL (`kv lease grant TTL`, `--ttl` of `kv lock` and `kv elect`): a duration with its unit
+ * (10s, 1m, 500ms), 1 ms to 8760 h. A bare number is refused: etcdctl's `lease grant 60` and `lock
+ * --ttl 60` mean seconds, and read as milliseconds it was silently a 480 ms lease (found in review,
+ * for lease grant, and in a black-box review, for lock and elect).
+ */
+export function parseTtl(what: string, text: string): number {
+  if (/^\s*\d+\s*$/.test(text)) throw new UsageError(`${what} needs a unit: ${text.trim()}s for ${text.trim()} seconds, or ${text.trim()}ms`);
+  const parsed = parseDuration(text);
+  const ttlMs = parsed === undefined ? Number.NaN : Math.round(parsed);
+  if (!(ttlMs >= 1 && ttlMs <= leaseTtlMsMax)) throw new UsageError(`${what} must be a duration from 1ms to 8760h (10s, 1m, 500ms), got '${text}'`);
+  return ttlMs;
 }
 
 function formatMs(ms: number): string {
