@@ -142,6 +142,11 @@ describe("TLS flags (the built executable)", () => {
     expect((await runKvCommand(["get", "tls/a", "--endpoints", node.httpUrl, "--cacert", join(baseDir, "missing.pem")])).code).toBe(2);
     const backup = join(baseDir, "tls.kvbackup");
     expect((await runKvCommand(["snapshot", "save", backup, "--endpoints", node.httpUrl, "--cacert", certs.caCert])).code).toBe(0);
+    // kv health takes --cacert too (found in a black-box review: it had none, so a private CA's node could not be probed).
+    expect((await runKvCommand(["health", "--endpoint", node.httpUrl, "--cacert", certs.caCert])).code).toBe(0);
+    const unprobed = await runKvCommand(["health", "--endpoint", node.httpUrl]);
+    expect(unprobed.code).toBe(1);
+    expect(unprobed.err).toContain("certificate");
     await node.stop();
   });
 
