@@ -37,6 +37,17 @@ describe("KvNode over in-memory twins", () => {
     expect(version).toBeGreaterThan(0);
   });
 
+  test("a transfer with no other voter is refused for good (409 no_other_voter), not as unavailable: kv leader transfer retried it and reported its outcome unknown (found in a black-box review)", async () => {
+    const cluster = createCluster();
+    const alone = cluster.startNode(9, new Map([[9, "mem://peer-9"]]), createMemoryKvStorage());
+    await cluster.settle();
+    expect(alone.status().role).toBe("leader");
+    const refusal = (await alone.transferLeadership(undefined).catch((error: unknown) => error)) as KvError;
+    expect(refusal).toBeInstanceOf(KvError);
+    expect(refusal.code).toBe("no_other_voter");
+    expect(alone.status().role).toBe("leader");
+  });
+
   test("a write is acknowledged with its Raft index once applied, and every node applies it", async () => {
     const cluster = createCluster();
     await cluster.until(() => cluster.leader() !== undefined);

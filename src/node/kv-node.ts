@@ -713,7 +713,7 @@ export class KvNode implements KvNodeApi {
       return Promise.reject(new KvError("bad_request", `node ${target} is not another voter of this cluster`));
     }
     const chosen = target ?? this.raw.mostCaughtUpFollower();
-    if (chosen === undefined) return Promise.reject(new KvError("unavailable", "there is no other voter to hand over to"));
+    if (chosen === undefined) return Promise.reject(new KvError("no_other_voter", "there is no other voter to hand over to (add one with kv member add, or --join)"));
     this.raw.transferLeadership(chosen);
     this.scheduleTurn();
     const deadline = this.cfg.clock.nowMs() + timeoutMs;
