@@ -159,6 +159,11 @@ test("a joined member that is removed hears of it: it logs removed and answers 5
   expect(((await health.json()) as { error: string }).error).toBe("removed");
   expect(((await (await fetch(`${fourth.httpUrl}/status`)).json()) as { removed?: boolean }).removed).toBe(true);
   expect(((await (await fetch(`${leaderUrl}/status`)).json()) as { removed?: boolean }).removed).toBeUndefined();
+  // Nor does it answer /members with the configuration it last applied, which clients would trust
+  // (found in a black-box review: kv member list through it showed a stale membership, exit 0).
+  const staleMembers = await fetch(`${fourth.httpUrl}/members`);
+  expect(staleMembers.status).toBe(503);
+  expect(((await staleMembers.json()) as { message: string }).message).toContain("removed");
   await put(leaderUrl, "after-removal", "2");
 }, 60_000);
 

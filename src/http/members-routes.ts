@@ -28,6 +28,9 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     return method;
   };
   const list = (request: Request): Response | Promise<Response> => {
+    // A removed node's configuration is the one it last applied, stale from then on: clients would
+    // trust it (found in a black-box review: kv member list through one showed an old membership).
+    if (node.status().removed === true) throw new KvError("unavailable", "this node was removed from the cluster: ask another member for the configuration");
     const response = jsonResponse(membersJson(requireMembers(node)()), 200);
     return request.method === "HEAD" ? headOf(response) : response;
   };
