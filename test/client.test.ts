@@ -155,6 +155,20 @@ describe("against a 3-node cluster with a bearer token", () => {
     expect((refused as KvClientError).code).toBe("unreachable");
   });
 
+  test("a put to an https:// endpoint that speaks plain HTTP failed its handshake before sending anything: unreachable, not unknown (found in a black-box review)", async () => {
+    const plain = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ key: "x", version: 1 }) });
+    try {
+      const wrongScheme = await createClient({ endpoints: [`https://127.0.0.1:${plain.port}`], timeoutMs: 1_000 })
+        .put("nowhere", "v")
+        .catch((e: unknown) => e);
+      expect(wrongScheme).toBeInstanceOf(KvClientError);
+      expect(wrongScheme).not.toBeInstanceOf(UnknownOutcomeError);
+      expect((wrongScheme as KvClientError).code).toBe("unreachable");
+    } finally {
+      plain.stop(true);
+    }
+  });
+
   test("an endpoint that fails alike on every pass is named once in the error, with how many times", async () => {
     const dead = closedPortUrl();
     const error = await createClient({ endpoints: [dead], timeoutMs: 1_500 })

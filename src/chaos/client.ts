@@ -4,7 +4,7 @@ import { buildRequest, responseHeader, sendOnce } from "../lib/http-connection.t
 /**
  * What a chaos client learned from one request. `fail` means it certainly did not take effect (a
  * refusal before anything was proposed: 307 `not_leader`, 503 `no_leader`, 4xx); `unknown` means
- * it may or may not have (no answer, a cut connection, 503 `timeout` or `unavailable`).
+ * it may or may not have (no answer, a cut connection, 503 `timeout`).
  */
 export type Outcome =
   | { readonly kind: "ok"; readonly status: number; readonly body: Uint8Array; readonly version: number | undefined }
@@ -63,10 +63,10 @@ export function classifyResponse(
   const code = errorCodeOf(bytes);
   const error = code ?? `http_${status}`;
   // The rule is the client library's (src/client/outcome.ts), so chaos judges answers as kv's client
-  // retries them: 503 `timeout` (proposed, commit not seen in time) and `unavailable` (a node shutting
-  // down fails requests it had already proposed, which may still commit) and any other 5xx (a bug on
-  // the node's side) are unknown; 503 `no_leader` (refused before proposing) and `proposal_dropped`
-  // (replaced by another leader's entry: it never applies), 307 and 4xx certainly did not take effect.
+  // retries them: 503 `timeout` (proposed, commit not seen in time; also what a stopping node answers
+  // the writes it had proposed) and any other 5xx (a bug on the node's side) are unknown; 503
+  // `no_leader` and `unavailable` (refused before proposing) and `proposal_dropped` (replaced by
+  // another leader's entry: it never applies), 307 and 4xx certainly did not take effect.
   switch (answerOutcome(method, status, code)) {
     case "unknown":
       return { kind: "unknown", reason: code === "timeout" ? "timeout" : `${status} ${error}` };

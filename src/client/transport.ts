@@ -295,14 +295,15 @@ type AttemptResult =
   | { readonly kind: "redirect_loop"; readonly reason: string };
 
 /**
- * Whether nothing of the request left: the connection was refused, or the TLS handshake failed on
- * the server's certificate (not trusted, expired, another name), before any of the request was
- * sent. A write that met one certainly did not apply (it was reported as of unknown outcome: found
- * in review).
+ * Whether nothing of the request left: the connection was refused, or the TLS handshake failed
+ * before any of the request was sent, on the server's certificate (not trusted, expired, another
+ * name) or on the server itself (`EPROTO`: an https:// URL for a port that speaks plain HTTP). A
+ * write that met one certainly did not apply (it was reported as of unknown outcome: found in
+ * review, and for the wrong scheme in a black-box review).
  */
 function isConnectionRefused(error: unknown): boolean {
   const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
-  return code === "ECONNREFUSED" || (typeof code === "string" && tlsCertificateCodes.test(code));
+  return code === "ECONNREFUSED" || code === "EPROTO" || (typeof code === "string" && tlsCertificateCodes.test(code));
 }
 
 /** The codes Bun's fetch gives a failed verification of the server's certificate (OpenSSL's names). */

@@ -723,7 +723,7 @@ export class KvNode implements KvNodeApi {
         const expired = this.cfg.clock.nowMs() >= deadline;
         // Stepped down: answer once we hear who leads now (0 if still unknown at the deadline).
         if (now.role !== "leader" && (now.leaderId !== 0 || expired)) return resolve({ leaderId: now.leaderId });
-        if (this.stopped) return reject(new KvError("unavailable", "the node stopped during the transfer"));
+        if (this.stopped) return reject(new KvError("timeout", "the node stopped during the transfer: whether leadership moved is unknown"));
         if (now.role === "leader" && (expired || now.leadTransferee === 0)) {
           return reject(new KvError("timeout", `node ${chosen} did not take over within ${timeoutMs} ms`));
         }
