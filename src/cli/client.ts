@@ -391,7 +391,7 @@ const memberCommand = defineCommand({
       },
     }),
     add: defineCommand({
-      meta: { name: "add", description: "Add node ID, reached at PEER_URL, as a learner (then start it with kv serve --id ID on an empty data dir)" },
+      meta: { name: "add", description: "Add node ID, reached at PEER_URL, as a learner (then start it on an empty data dir with kv serve --id ID --join URL --advertise-peer PEER_URL: without --join it would found a cluster of its own)" },
       args: {
         ...idArg,
         peerUrl: { type: "positional", required: true, description: "Its peer URL, e.g. http://127.0.0.1:5004" },
