@@ -99,7 +99,7 @@ export interface PeerServerStats {
   /** Sum of the requests' declared body sizes. */
   readonly receivedBytes: number;
   /** Calls refused before their body was read, by reason. */
-  readonly refused: Readonly<Record<PeerRefusal, number>>;
+  readonly refused: Readonly<Record<CallRefusal, number>>;
 }
 
 /** Per-peer counters: the sender's, plus the bytes of request bodies sent to that peer. */
@@ -117,6 +117,9 @@ export { REPLY_WAIT_MS_MAX } from "./reply-slots.ts";
 export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number {
   return Math.max(200, tickMs * electionTicks);
 }
+
+/** Why the peer server refused a call before delivering it: its authentication, or its sender. */
+export type CallRefusal = PeerRefusal | "not_a_peer";
 
 /** The shortest time between two log lines about refused calls of one kind. */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;
@@ -148,7 +151,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
-  const refused: Record<PeerRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0 };
+  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0 };
   const refusalLog = createRefusalLog(log);
   const auth = options.auth;
   const onSnapshotChunk = options.onSnapshotChunk;
@@ -158,6 +161,15 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    */
   function refuseUnknownSender(from: NodeId): void {
     if (!options.peers.has(from)) {
+      refused.not_a_peer++;
+      // Said on this side too: a node whose data was lost after the membership changed refuses the
+      // new leader's calls and campaigns alone, and said nothing of it (found in a black-box review).
+      refusalLog(
+        "not_a_peer",
+        `refused a call from node ${from}, which is not in this node's configuration (--cluster, or the membership it applied): ` +
+          `if the cluster's membership changed while this node was down or its data dir was emptied, it cannot take part under its old configuration; ` +
+          `remove it (kv member remove ${options.selfId}), empty its data dir and start it again with --join`,
+      );
       throw new ConnectError(`call from node ${from}, which is not a peer of node ${options.selfId} (check --cluster)`, Code.FailedPrecondition);
     }
   }
@@ -367,9 +379,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
  * Logs refused calls without letting a stream of them flood the log: the first of each kind at
  * once, then at most one line per {@link REFUSAL_LOG_INTERVAL_MS}, saying how many were not logged.
  */
-function createRefusalLog(log: (line: string) => void): (reason: PeerRefusal, line: string) => void {
-  const lastLoggedMs = new Map<PeerRefusal, number>();
-  const suppressed = new Map<PeerRefusal, number>();
+function createRefusalLog(log: (line: string) => void): (reason: CallRefusal, line: string) => void {
+  const lastLoggedMs = new Map<CallRefusal, number>();
+  const suppressed = new Map<CallRefusal, number>();
   return (reason, line) => {
     const now = performance.now();
     const last = lastLoggedMs.get(reason);
