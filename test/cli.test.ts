@@ -44,11 +44,20 @@ test.each([
   [["serve", "--id", "1", "--idempotency-window", "0s"], "--idempotency-window must be a duration"],
   [["serve", "--id", "1", "--idempotency-sessions-max", "0"], "--idempotency-sessions-max must be a whole number from 1"],
   [["frobnicate"], "unknown command 'frobnicate'"],
+  // Messages that named what the user did not write (found in a black-box review).
+  [["member", "add", "0", "http://127.0.0.1:5009", "--endpoints", "http://127.0.0.1:1"], "ID must be a whole number from 1"],
+  [["snapshot", "status", tmpdir()], "is not a file"],
 ])("kv %p is a usage error: exit 2 and one line", (args, message) => {
   const result = run(args as string[]);
   expect(result.code).toBe(2);
   expect(result.err).toContain(message as string);
   expect(result.err.trim().split("\n")).toHaveLength(1);
+});
+
+test("a bad $KV_ENDPOINTS is named as such, not as --endpoints (found in a black-box review)", () => {
+  const proc = Bun.spawnSync([...kvCommand(), "get", "k"], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000, env: { ...process.env, KV_ENDPOINTS: "ftp://127.0.0.1:1" } });
+  expect(proc.exitCode).toBe(2);
+  expect(proc.stderr.toString()).toContain("$KV_ENDPOINTS: ");
 });
 
 describe("kv serve that cannot start says why in one line, exit 1, no stack trace", () => {

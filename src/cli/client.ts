@@ -70,7 +70,10 @@ export function connection(args: { endpoints?: string; json?: boolean; "timeout-
       ...(ca === undefined ? {} : { ca }),
     });
   } catch (error) {
-    if (error instanceof KvClientError) throw new UsageError(`--endpoints: ${error.message}`);
+    if (error instanceof KvClientError) {
+      const source = args.endpoints === undefined && process.env.KV_ENDPOINTS !== undefined ? "$KV_ENDPOINTS" : "--endpoints";
+      throw new UsageError(`${source}: ${error.message}`);
+    }
     throw error;
   }
   return { client, json: args.json === true };
@@ -398,7 +401,7 @@ const memberCommand = defineCommand({
         ...connectionArgs,
       },
       async run({ args }) {
-        const id = parseIntFlag("id", args.id, 1, 1_000_000);
+        const id = parseIntFlag("id", args.id, 1, 1_000_000, "ID");
         await memberRequest(connection(args), (membership) => membership.add({ id, peerUrl: args.peerUrl }));
       },
     }),
@@ -406,7 +409,7 @@ const memberCommand = defineCommand({
       meta: { name: "remove", description: "Remove node ID (the leader itself hands over first)" },
       args: { ...idArg, ...connectionArgs },
       async run({ args }) {
-        const id = parseIntFlag("id", args.id, 1, 1_000_000);
+        const id = parseIntFlag("id", args.id, 1, 1_000_000, "ID");
         await memberRequest(connection(args), (membership) => membership.remove(id));
       },
     }),
@@ -414,7 +417,7 @@ const memberCommand = defineCommand({
       meta: { name: "promote", description: "Make learner ID a voter now" },
       args: { ...idArg, ...connectionArgs },
       async run({ args }) {
-        const id = parseIntFlag("id", args.id, 1, 1_000_000);
+        const id = parseIntFlag("id", args.id, 1, 1_000_000, "ID");
         await memberRequest(connection(args), (membership) => membership.promote(id));
       },
     }),

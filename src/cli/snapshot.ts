@@ -20,7 +20,8 @@ const redirectsMax = 5;
 
 /** The file's bytes, for `verifyBackup` and `restoreSnapshot`; a usage error when there is no such file. */
 function fileSource(file: string): AsyncIterable<Uint8Array> {
-  if (!existsSync(file) || !statSync(file).isFile()) throw new UsageError(`${file}: no such file`);
+  if (!existsSync(file)) throw new UsageError(`${file}: no such file`);
+  if (!statSync(file).isFile()) throw new UsageError(`${file} is not a file (a backup is the one file kv snapshot save wrote)`);
   return Bun.file(file).stream();
 }
 

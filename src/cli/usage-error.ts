@@ -17,11 +17,11 @@ export function parseHostPort(flag: string, value: string): { hostname: string; 
 }
 
 /** Parses a whole number within [min, max]. */
-export function parseIntFlag(flag: string, value: string | undefined, min: number, max: number): number {
+export function parseIntFlag(flag: string, value: string | undefined, min: number, max: number, named = `--${flag}`): number {
   // Decimal digits only: Number() also took 1e1, 0x2, +2 and ' 3' (found in review).
   const n = value !== undefined && /^-?[0-9]+$/.test(value) ? Number(value) : Number.NaN;
   if (value === undefined || !Number.isSafeInteger(n) || n < min || n > max) {
-    throw new UsageError(`--${flag} must be a whole number from ${min} to ${max}, got '${value}'`);
+    throw new UsageError(`${named} must be a whole number from ${min} to ${max}, got '${value}'`);
   }
   return n;
 }
