@@ -136,11 +136,15 @@ export class Reads {
       if (live.length === 0) this.byContext.delete(context);
       else this.byContext.set(context, { ...batch, reads: live });
     }
-    this.waitingApply = this.waitingApply.filter((read) => {
+    // Queued reads wait one turn, or longer while the loop is frozen (a full disk, an install).
+    const live = (read: PendingRead): boolean => {
       if (read.deadlineMs > nowMs) return true;
       read.reject(timeout());
       return false;
-    });
+    };
+    this.queued = this.queued.filter(live);
+    this.queuedLease = this.queuedLease.filter(live);
+    this.waitingApply = this.waitingApply.filter(live);
   }
 
   /** Fails every read (the node stops). */
