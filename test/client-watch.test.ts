@@ -206,11 +206,12 @@ describe("against a scripted stream", () => {
       const text = events.join("") + (end === "error" ? 'event: error\ndata: {"error":"slow_watcher"}\n\n' : "");
       return new Response(text, { status: 200, headers: { "content-type": "text/event-stream" } });
     };
-    const put = (key: string, version: number) => `id: ${version}\nevent: put\ndata: ${JSON.stringify({ key, value: key, version })}\n\n`;
+    // As the node frames them: `id:` only on a version's last change (docs/api.md).
+    const put = (key: string, version: number, last = true) => `${last ? `id: ${version}\n` : ""}event: put\ndata: ${JSON.stringify({ key, value: key, version })}\n\n`;
     const answers = [
       // Version 5 holds three changes; the first stream ends after two of them.
-      () => sse([`id: 4\nevent: progress\ndata: {"version":4}\n\n`, put("p/a", 5), put("p/b", 5)], "error"),
-      () => sse([put("p/a", 5), put("p/b", 5), put("p/c", 5), put("p/d", 6)], "close"),
+      () => sse([`id: 4\nevent: progress\ndata: {"version":4}\n\n`, put("p/a", 5, false), put("p/b", 5, false)], "error"),
+      () => sse([put("p/a", 5, false), put("p/b", 5, false), put("p/c", 5), put("p/d", 6)], "close"),
     ];
     const fake = (async (input: string | URL | Request, init?: RequestInit) => {
       requests.push({ url: String(input), lastEventId: new Headers(init?.headers).get("last-event-id") });
@@ -227,6 +228,36 @@ describe("against a scripted stream", () => {
     expect(seen).toEqual(["p/a@5", "p/b@5", "p/c@5", "p/d@6"]);
     expect(requests.map((r) => r.lastEventId)).toEqual([null, "4"]);
     expect(requests[1]?.url.startsWith("http://127.0.0.1:2/watch?")).toBe(true);
+  });
+});
+
+describe("a resume after a version's last change (found in a black-box review: a restarted node answered 410 to a watch that lost nothing)", () => {
+  test("starts after that version (its id: line says it is complete), not one before it", async () => {
+    const requests: (string | null)[] = [];
+    const put = (key: string, version: number) => `id: ${version}\nevent: put\ndata: ${JSON.stringify({ key, value: key, version })}\n\n`;
+    const answers = [
+      () => new Response(put("s/3", 129), { status: 200, headers: { "content-type": "text/event-stream" } }),
+      // A node whose history starts at 130 (restarted just after 129): only a start after 129 is served.
+      (lastEventId: string | null) =>
+        lastEventId === "129"
+          ? new Response(put("s/4", 130), { status: 200, headers: { "content-type": "text/event-stream" } })
+          : Response.json({ error: "compacted", message: "changes at or below version 129 are no longer kept", compactVersion: 130 }, { status: 410 }),
+    ];
+    const fake = (async (_input: string | URL | Request, init?: RequestInit) => {
+      const lastEventId = new Headers(init?.headers).get("last-event-id");
+      requests.push(lastEventId);
+      const answer = answers[Math.min(requests.length - 1, answers.length - 1)] as (lastEventId: string | null) => Response;
+      return answer(lastEventId);
+    }) as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+    const stop = new AbortController();
+    const seen: string[] = [];
+    for await (const event of kv.watch({ prefix: "s/" }, { signal: stop.signal })) {
+      if (event.type === "put") seen.push(`${event.key}@${event.version}`);
+      if (seen.length === 2) stop.abort();
+    }
+    expect(seen).toEqual(["s/3@129", "s/4@130"]);
+    expect(requests).toEqual([null, "129"]);
   });
 });
 

@@ -84,7 +84,8 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
 
   // Where the caller stands: every change up to `lastVersion` was yielded, except that when
   // `yieldedAtLast` > 0 the changes of `lastVersion` itself may continue (a server batch may split
-  // one version's changes), so a resume goes back one version and skips the ones already given.
+  // one version's changes; the `id:` line on its last one ends that), so a resume goes back one
+  // version and skips the ones already given.
   let lastVersion: number | undefined;
   let yieldedAtLast = 0;
   let endpointAt = 0;
@@ -186,6 +187,13 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
           } else {
             lastVersion = parsed.version;
             yieldedAtLast = 1;
+            skipAtLast = 0;
+          }
+          // The node's `id:` line comes with a version's last change: the version is complete, and a
+          // resume starts after it. Without this a resume went back one version, which a node whose
+          // history starts right after it answered 410 (found in a black-box review).
+          if (event.id === String(parsed.version)) {
+            yieldedAtLast = 0;
             skipAtLast = 0;
           }
           clearTimeout(idleTimer);
