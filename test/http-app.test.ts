@@ -616,17 +616,21 @@ describe("routes", () => {
   });
 });
 
+/** A node with one voter whose membership calls are recorded in `calls` (`add ID PEER HTTP`, `remove ID`, `promote ID`). */
+function membersNode(calls: string[]) {
+  const view = { members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: undefined, role: "voter" as const }], leaderId: 1, configIndex: 0 };
+  return Object.assign(new MemoryKvNode(), {
+    members: () => view,
+    addMember: async (id: number, peerUrl: string, httpUrl?: string) => (calls.push(`add ${id} ${peerUrl} ${httpUrl ?? "-"}`), view),
+    removeMember: async (id: number) => (calls.push(`remove ${id}`), view),
+    promoteMember: async (id: number) => (calls.push(`promote ${id}`), view),
+  });
+}
+
 describe("membership routes", () => {
   test("POST /members refuses a body field it does not take, and the changing routes any query parameter, before changing anything", async () => {
     const calls: string[] = [];
-    const view = { members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: undefined, role: "voter" as const }], leaderId: 1, configIndex: 0 };
-    const node = Object.assign(new MemoryKvNode(), {
-      members: () => view,
-      addMember: async (id: number) => (calls.push(`add ${id}`), view),
-      removeMember: async (id: number) => (calls.push(`remove ${id}`), view),
-      promoteMember: async (id: number) => (calls.push(`promote ${id}`), view),
-    });
-    const app = createHttpApp(node);
+    const app = createHttpApp(membersNode(calls));
     const post = (path: string, body: string, method = "POST") => app.handle(new Request(`http://localhost${path}`, { method, body }));
     await expectError(await post("/members", '{"id": 4, "peerUrl": "http://127.0.0.1:5004", "role": "voter"}'), 400, "bad_request");
     await expectError(await post("/members?dryRun=1", '{"id": 4, "peerUrl": "http://127.0.0.1:5004"}'), 400, "bad_request");
@@ -634,19 +638,14 @@ describe("membership routes", () => {
     await expectError(await app.handle(new Request("http://localhost/members/1/promote?x=1", { method: "POST" })), 400, "bad_request");
     expect(calls).toEqual([]);
     expect((await post("/members", '{"id": 4, "peerUrl": "http://127.0.0.1:5004"}')).status).toBe(200);
-    expect(calls).toEqual(["add 4"]);
+    expect(calls).toEqual(["add 4 http://127.0.0.1:5004 -"]);
   });
 });
 
 describe("a member's URLs are an address, as etcd takes them (found in a black-box review: credentials, a path, a query and a fragment were stored)", () => {
   test("POST /members refuses a peer or client URL with a user, a path, a query or a fragment, before changing anything; a trailing slash is dropped", async () => {
     const added: string[] = [];
-    const view = { members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: undefined, role: "voter" as const }], leaderId: 1, configIndex: 0 };
-    const node = Object.assign(new MemoryKvNode(), {
-      members: () => view,
-      addMember: async (id: number, peerUrl: string, httpUrl?: string) => (added.push(`${id} ${peerUrl} ${httpUrl ?? "-"}`), view),
-    });
-    const app = createHttpApp(node);
+    const app = createHttpApp(membersNode(added));
     const add = (body: object) => app.handle(new Request("http://localhost/members", { method: "POST", body: JSON.stringify(body) }));
     for (const url of ["http://user:pass@127.0.0.1:5004", "http://127.0.0.1:5004/path", "http://127.0.0.1:5004/?q", "http://127.0.0.1:5004#f", "http://127.0.0.1:5004/a/"]) {
       const peer = await expectError(await add({ id: 4, peerUrl: url }), 400, "bad_request");
@@ -656,7 +655,7 @@ describe("a member's URLs are an address, as etcd takes them (found in a black-b
     }
     expect(added).toEqual([]);
     expect((await add({ id: 4, peerUrl: "http://127.0.0.1:5004/", httpUrl: "https://kv-4.example:8004" })).status).toBe(200);
-    expect(added).toEqual(["4 http://127.0.0.1:5004 https://kv-4.example:8004"]);
+    expect(added).toEqual(["add 4 http://127.0.0.1:5004 https://kv-4.example:8004"]);
   });
 });
 
