@@ -3,6 +3,7 @@
 // follower is removed; removing the leader hands leadership over first; the configuration survives a
 // restart from storage; and only one change is in flight at a time (thesis §4.1).
 import { expect, test } from "bun:test";
+import { sameUrl } from "../src/node/membership.ts";
 import { KvError } from "../src/lib/kv-error.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
@@ -159,4 +160,18 @@ test("a follower asked to add, promote or remove a node answers not_leader, not 
   await expect(follower.promoteMember(leaderId)).rejects.toMatchObject({ code: "not_leader" });
   // And an id it does not know of may still be one the leader has added.
   await expect(follower.removeMember(9)).rejects.toMatchObject({ code: "not_leader" });
+});
+
+test("two peer URLs are one address when they differ only in case, path, query, or an IPv4 address written as IPv6 (found in a black-box review: [::ffff:127.0.0.1] was another peer)", () => {
+  for (const [a, b] of [
+    ["http://127.0.0.1:7401", "http://[::ffff:127.0.0.1]:7401"],
+    ["http://127.0.0.1:7401", "http://[::FFFF:7f00:1]:7401/"],
+    ["https://Kv-1.example:5001", "https://kv-1.example:5001/x?y"],
+  ]) expect([a, b, sameUrl(a as string, b as string)]).toEqual([a, b, true]);
+  for (const [a, b] of [
+    ["http://127.0.0.1:7401", "http://[::ffff:127.0.0.2]:7401"],
+    ["http://127.0.0.1:7401", "http://127.0.0.1:7402"],
+    ["http://127.0.0.1:7401", "https://127.0.0.1:7401"],
+    ["http://[::1]:7401", "http://127.0.0.1:7401"],
+  ]) expect([a, b, sameUrl(a as string, b as string)]).toEqual([a, b, false]);
 });

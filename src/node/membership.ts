@@ -303,15 +303,24 @@ const learnerReadyShare = 0.9;
 
 /**
  * Whether two peer URLs reach one address: the same scheme, host and port (`http://Host:1/x` and
- * `http://host:1` do; a path or query does not make another peer: found in review).
+ * `http://host:1` do; a path or query does not make another peer: found in review; nor does an
+ * IPv4 address written as IPv6, `[::ffff:127.0.0.1]`: found in a black-box review).
  */
-function sameUrl(a: string, b: string): boolean {
+export function sameUrl(a: string, b: string): boolean {
   if (a === "" || b === "") return false;
   try {
     // Not `origin`: it is "null" for schemes other than http(s) (the simulator's, the tests').
-    const address = (url: URL) => `${url.protocol}//${url.host}`.toLowerCase();
+    const address = (url: URL) => `${url.protocol}//${ipv4Unmapped(url.host)}`.toLowerCase();
     return address(new URL(a)) === address(new URL(b));
   } catch {
     return a === b;
   }
+}
+
+/** `[::ffff:7f00:1]:5001` (how URL writes an IPv4-mapped IPv6 address) as `127.0.0.1:5001`; any other host as it is. */
+function ipv4Unmapped(host: string): string {
+  const mapped = /^\[::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})\](.*)$/i.exec(host);
+  if (mapped === null) return host;
+  const [high, low] = [Number.parseInt(mapped[1] as string, 16), Number.parseInt(mapped[2] as string, 16)];
+  return `${high >> 8}.${high & 255}.${low >> 8}.${low & 255}${mapped[3] as string}`;
 }
