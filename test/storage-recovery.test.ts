@@ -1,7 +1,7 @@
 // Proves the sqlite storage recovers everything on reopen (hard state, voters, log, kv data, applied index), that re-applying after a reopen has no double effect, and that it refuses a wrong voter set, a second opener and an unknown schema.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -153,6 +153,10 @@ describe("a data dir whose database was lost or is not kv's", () => {
       expect((error as StorageError).message).toContain("kv.db-log");
       expect((error as StorageError).message).toContain("last index 2, term 2");
       expect(logFiles()).toEqual(before);
+      // The refusal leaves the data dir as it found it: a deleted kv.db stays deleted, with no WAL
+      // beside it (found in a review: the refused start created an empty one).
+      expect(existsSync(join(dir, "kv.db"))).toBe(how === "emptied");
+      expect(existsSync(join(dir, "kv.db-wal"))).toBe(false);
     });
   }
 

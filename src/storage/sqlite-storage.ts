@@ -272,6 +272,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     // An image staged before a restart can never be installed: its transfer died with the process.
     removeStaleStaging(`${file}-staging`);
     removeStaleStaging(`${file}-staging-install`); // see ThreadedStorage.installSnapshot
+    if (!existsSync(file)) refuseLostDatabase(file, logDirOf(file), options.logFiles === undefined ? {} : { files: options.logFiles });
     db = new Database(file, { create: true, strict: true });
     db.run(`PRAGMA busy_timeout = ${lockWaitMs}`);
     const journal = db.query<{ journal_mode: string }, []>("PRAGMA journal_mode = WAL").get();
@@ -368,6 +369,14 @@ function refuseToStartAfresh(db: Database, file: string, logDir: string, logOpti
   if (objects > 0) {
     throw new StorageError("corrupt", `${file} is a SQLite database that is not kv's (${objects} schema objects, no kv schema version): kv writes nothing into it; give kv a data dir of its own`, file);
   }
+  refuseLostDatabase(file, logDir, logOptions);
+}
+
+/**
+ * The part of `refuseToStartAfresh` that needs no database: run before a missing `kv.db` is
+ * created, so that a refused start leaves the data dir as it found it (it created an empty one).
+ */
+function refuseLostDatabase(file: string, logDir: string, logOptions: SegmentLogOptions): void {
   const whatToDo =
     "the node's state machine was lost, and starting afresh would forget its vote and its log. Remove the data dir and add the node again (kv member remove, then kv serve --join), or restore it from a backup (kv snapshot restore); nothing was removed";
   if (existsSync(logDir)) {
