@@ -6,6 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { KvError } from "../src/lib/kv-error.ts";
 import { EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/command.ts";
+import type { TxnRequest } from "../src/kv/txn.ts";
 import { clusterNonceKey } from "../src/kv/cluster-nonce.ts";
 import { pendingBytesMax, proposalBytesPerTurnMax } from "../src/node/proposals.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
@@ -489,6 +490,33 @@ describe("read contexts across restarts", () => {
     // The answer to its previous life's first read ("<id>.1"), delayed in the network until now.
     follower.receive([{ type: "read-index-response", from: leaderId, to: followerId, term, readContext: `${followerId}.1`, index: v1, rejected: false }]);
     expect(await drive(cluster, read)).not.toBe("v1");
+  });
+});
+
+describe("a transaction whose gets would return more than 4 MiB (by hand, after a review noted the risk: one of 120 gets of 1 MiB values answered 168 MB after 4.7 s, and its leader lost the leadership)", () => {
+  test("is refused before it is proposed, with too_large, by the values' sizes now (puts earlier in its branch counted); a smaller one runs", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const mib = new Uint8Array(1 << 20).fill(0x61);
+    for (let i = 0; i < 5; i++) await drive(cluster, leader.put(`big/${i}`, mib));
+    const gets = (n: number) => Array.from({ length: n }, (_, i) => ({ op: "get" as const, key: `big/${i}` }));
+    const before = leader.status().lastLogIndex;
+    for (const request of [
+      { compare: [], success: [{ op: "put" as const, key: "x", value: enc("1") }, ...gets(5)], failure: [] },
+      // The failure branch is as big: either may run.
+      { compare: [{ key: "nope", target: "exists" as const, exists: true }], success: [], failure: gets(5) },
+      // Puts earlier in the branch count at their own size.
+      { compare: [], success: [{ op: "put" as const, key: "new", value: mib }, ...gets(3), { op: "get" as const, key: "new" }], failure: [] },
+    ]) {
+      const refused = (await drive(cluster, leader.txn(request as TxnRequest).catch((error: unknown) => error))) as KvError;
+      expect(refused).toBeInstanceOf(KvError);
+      expect(refused.code).toBe("too_large");
+      expect(refused.message).toContain("nothing was proposed");
+    }
+    expect(leader.status().lastLogIndex).toBe(before);
+    const small = await drive(cluster, leader.txn({ compare: [], success: gets(3), failure: [] }));
+    expect(small.results).toHaveLength(3);
   });
 });
 

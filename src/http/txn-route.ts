@@ -15,8 +15,10 @@
  * Limits, with nothing applied: at most `txnOperationsMax` (128) comparisons and operations in all,
  * a key written twice in one branch, a reserved key, malformed JSON or an unknown field are 400; a
  * body over `txnBodyBytesMax`, a key over `keyBytesMax` or a value over `valueBytesMax` are 413.
- * `Idempotency-Key` works as for PUT and DELETE (with gets returning at most 4 MiB: its session
- * keeps them; more is a 413 decided at apply, nothing changed). A follower answers 307 to the leader.
+ * Gets that would return more than 4 MiB in either branch (by the values' sizes when it arrives)
+ * are a 413 before it is proposed (KvNode.txn). `Idempotency-Key` works as for PUT and DELETE (its
+ * session keeps the gets' values; more than 4 MiB when it applies is a 413 decided there, nothing
+ * changed). A follower answers 307 to the leader.
  * A lease that does not exist when the transaction applies, named in the branch taken, is 404
  * `lease_not_found` with nothing of the transaction applied.
  */

@@ -183,6 +183,9 @@ export class SimDisk implements KvStorage {
   get(key: string): StoredValue | undefined {
     return this.current.get(key);
   }
+  valueBytes(key: string): number | undefined {
+    return this.current.valueBytes(key);
+  }
   list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[] {
     return this.current.list(prefix, after, limit, bytesMax);
   }

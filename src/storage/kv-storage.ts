@@ -48,6 +48,8 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   dataBytes(): number;
   /** The current value of `key` and the index of the put that wrote it. */
   get(key: string): StoredValue | undefined;
+  /** The size in bytes of `key`'s current value, without reading it; undefined when absent. */
+  valueBytes(key: string): number | undefined;
   /**
    * Up to `limit` keys that start with `prefix` and sort after `after` (UTF-8 byte order), with
    * their values, in key order. Reads the applied state as it is now. With `bytesMax`, it also stops

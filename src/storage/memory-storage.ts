@@ -255,6 +255,12 @@ export class MemoryKvStorage implements KvStorage {
     return this.values.get(key);
   }
 
+  /** See `KvStorage.valueBytes`. */
+  valueBytes(key: string): number | undefined {
+    this.assertOpen();
+    return this.values.get(key)?.value.byteLength;
+  }
+
   /** As `SqliteStorage.list` (UTF-8 byte order, as sqlite's BINARY collation compares). */
   list(prefix: string, after: string | undefined, limit: number, bytesMax = Number.POSITIVE_INFINITY): ListedValue[] {
     this.assertOpen();

@@ -978,6 +978,12 @@ export class SqliteStorage implements KvStorage {
     return this.reads.get(key);
   }
 
+  /** See `KvStorage.valueBytes`. */
+  valueBytes(key: string): number | undefined {
+    this.assertOpen();
+    return this.reads.valueBytes(key);
+  }
+
   /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
   get kvRowsRead(): number {
     return this.reads.kvRowsRead;

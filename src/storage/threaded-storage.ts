@@ -488,6 +488,12 @@ export class ThreadedStorage implements KvStorage {
     return this.reads.get(key);
   }
 
+  /** See `KvStorage.valueBytes`, as committed now. */
+  valueBytes(key: string): number | undefined {
+    this.assertOpen();
+    return this.reads.valueBytes(key);
+  }
+
   /** Rows of the kv table read by `list` since open. */
   get kvRowsRead(): number {
     return this.reads.kvRowsRead;
