@@ -49,6 +49,20 @@ describe("KvNode over in-memory twins", () => {
     expect(alone.status().role).toBe("leader");
   });
 
+  test("a transfer interrupted by the node's stop is of unknown outcome (timeout), not a refusal: clients read 503 unavailable as nothing done", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const id = leader.status().id;
+    const target = [1, 2, 3].find((other) => other !== id)!;
+    cluster.network.cutBetween(id, target); // the target cannot take over while the transfer waits
+    const transfer = leader.transferLeadership(target).catch((error: unknown) => error);
+    await cluster.settle();
+    leader.stop();
+    await cluster.settle();
+    expect(((await transfer) as KvError).code).toBe("timeout");
+  });
+
   test("a write is acknowledged with its Raft index once applied, and every node applies it", async () => {
     const cluster = createCluster();
     await cluster.until(() => cluster.leader() !== undefined);

@@ -9,10 +9,15 @@ export interface PageItem {
   readonly value: Uint8Array;
 }
 
+/** What one item counts toward its page's bound. */
+export function itemBytes(item: PageItem): number {
+  return item.key.length + item.value.byteLength;
+}
+
 /** The size `withinBytes` counts for `items`. */
 export function pageBytes(items: readonly PageItem[]): number {
   let bytes = 0;
-  for (const item of items) bytes += item.key.length + item.value.byteLength;
+  for (const item of items) bytes += itemBytes(item);
   return bytes;
 }
 
@@ -20,8 +25,7 @@ export function pageBytes(items: readonly PageItem[]): number {
 export function withinBytes<T extends PageItem>(items: T[], bytesMax: number): T[] {
   let bytes = 0;
   for (let i = 0; i < items.length; i++) {
-    const item = items[i] as T;
-    bytes += item.key.length + item.value.byteLength;
+    bytes += itemBytes(items[i] as T);
     if (bytes >= bytesMax) return items.slice(0, i + 1);
   }
   return items;

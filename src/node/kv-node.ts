@@ -496,9 +496,9 @@ export class KvNode implements KvNodeApi {
     const idempotency = options.idempotencyKey === undefined || !writes ? {} : { idempotencyKey: options.idempotencyKey };
     // An answer is built whole on this thread (and crosses from the storage thread first): 120 gets
     // of 1 MiB values answered 168 MB after 4.7 s, and its leader lost the leadership (tried by hand
-    // after a review's listing did the same). So by the values' sizes now, either branch's gets may return at most 4 MiB. A value
-    // that grows before the entry applies can pass it; the idempotent case is also held to it when
-    // applied (apply-plan.ts), where every replica decides alike.
+    // after a review's listing did the same). So, by the values' sizes now, either branch's gets may
+    // return at most 4 MiB. A value that grows before the entry applies can pass this; the
+    // idempotent case is also held to it when applied (apply-plan.ts), where every replica decides alike.
     const getBytes = Math.max(this.txnGetBytes(success), this.txnGetBytes(failure));
     if (getBytes > txnSessionGetBytesMax) {
       return Promise.reject(

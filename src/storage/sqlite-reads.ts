@@ -4,6 +4,7 @@ import { type Entry, EntryType, type NodeId, type SnapshotMetadata } from "../ra
 import { isReservedKey } from "../kv/command.ts";
 import type { MemberAddress } from "../kv/membership.ts";
 import { entryChecksum, snapshotChecksum } from "./entry-checksum.ts";
+import { itemBytes } from "../lib/page-bytes.ts";
 import { type ImageRow, type KvImageReader, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
 import { imageRowBytes } from "./snapshot-checks.ts";
 import { normalizeVoters } from "./voters.ts";
@@ -276,9 +277,10 @@ export class SqliteReads {
         if (!row.key.startsWith(prefix) || items.length >= limit) return items;
         // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
         if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
-        items.push({ key: row.key, value: row.value, version: row.version });
-        // As withinBytes counts (src/lib/page-bytes.ts), without reading the rows past the bound.
-        bytes += row.key.length + row.value.byteLength;
+        const item = { key: row.key, value: row.value, version: row.version };
+        items.push(item);
+        // As withinBytes stops (src/lib/page-bytes.ts), without reading the rows past the bound.
+        bytes += itemBytes(item);
         if (bytes >= bytesMax) return items;
       }
       if (rows.length === 0) return items;
