@@ -104,7 +104,7 @@ export const serveCommand = defineCommand({
     },
     "watch-history-bytes": {
       type: "string",
-      description: `Bytes of keys and values the watch history keeps at most, whatever the two above allow: a bound on its memory (default ${defaultWatch.historyBytesMax}, 32 MiB)`,
+      description: `Bytes of keys and values the watch history keeps at most, whatever the two above allow: a bound on its memory (default ${defaultWatch.historyBytesMax}, 8 MiB)`,
       valueHint: "BYTES",
     },
     "snapshot-entries": {

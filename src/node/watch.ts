@@ -29,7 +29,7 @@ export const defaultWatch: WatchConfig = {
   progressMs: 1_000,
   historyEntriesMax: 100_000,
   historyMs: 10 * 60_000,
-  historyBytesMax: 32 * 1024 * 1024,
+  historyBytesMax: 8 * 1024 * 1024,
   bufferEventsMax: 10_000,
   bufferBytesMax: 16 * 1024 * 1024,
   watchersMax: 10_000,

@@ -119,8 +119,8 @@ export interface SqliteStorageOptions {
   readonly onCheckpoint?: (report: CheckpointReport) => void;
   /**
    * Bytes of the newest log entries kept in memory after their save (see LogTail), besides those
-   * saved and not yet applied, which stay up to `logTailKeptBytesMax` (default 32 MiB) so that
-   * an apply reads them from memory. Default 16 MiB; the storage thread keeps a small one (its
+   * saved and not yet applied, which stay up to `logTailKeptBytesMax` (default 8 MiB) so that
+   * an apply reads them from memory. Default 4 MiB; the storage thread keeps a small one (its
    * entries are read back only to apply them).
    */
   readonly logTailBytesMax?: number;
@@ -154,12 +154,16 @@ const walRestartFrames = 16_384;
 const restartTailPagesMax = 256;
 /** With checkpoints on the worker: estimated pages written between two requests, by default. */
 const checkpointPagesDefault = 4_096;
-/** The page cache of the node's connection, in KiB. */
-const pageCacheKib = 16 * 1024;
-/** Bytes of the newest log entries kept in memory after their save (see LogTail), by default. */
-const logTailBytesMaxDefault = 16 << 20;
+/**
+ * The page cache of the node's connection, in KiB: 4 MiB. It was 16 MiB while the Raft log was in
+ * SQLite too; with only the state machine here, 4 MiB held 15 MB less per node at 16 KB values and
+ * wrote 100 B values as fast (BENCHMARKS.md, twenty-fourth session).
+ */
+const pageCacheKib = 4 * 1024;
+/** Bytes of the newest log entries kept in memory after their save (see LogTail), by default: as threaded-storage.ts. */
+const logTailBytesMaxDefault = 4 << 20;
 /** Entries saved and not yet applied are kept up to this many bytes, by default (see LogTail). */
-const logTailKeptBytesMaxDefault = 32 << 20;
+const logTailKeptBytesMaxDefault = 8 << 20;
 /** Version 1: log, hard state, meta, kv. Later versions are migrations applied on top. */
 const schemaSql = `
 CREATE TABLE raft_log (
@@ -280,8 +284,8 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     db.run("PRAGMA synchronous = FULL");
     // Bound the WAL file left on disk after a checkpoint (it is reused, not shrunk, otherwise).
     db.run(`PRAGMA journal_size_limit = ${walBytesLimit}`);
-    // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB, and keep up to 16 MiB of pages
-    // cached instead of 2 MiB. A checkpoint runs inside a commit on the node's loop and writes the
+    // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB, and keep up to 4 MiB of pages
+    // cached instead of 2 MiB (16 MiB until the log left SQLite; see pageCacheKib). A checkpoint runs inside a commit on the node's loop and writes the
     // newest copy of each page once, so a longer WAL rewrites a hot page once where it was ten
     // times; the cache spares re-reading pages a commit evicted. The pause a checkpoint takes
     // grows less than its interval (1M keys, random writes: worst 144 ms against 93 ms at the

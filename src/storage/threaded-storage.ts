@@ -65,16 +65,15 @@ export interface ThreadedStorageOptions extends StorageThreadOpenOptions {
   /** Called with each write's (and sync's) own duration on the writer thread. */
   readonly onRequestDone?: (report: StorageRequestReport) => void;
   /**
-   * Bytes of the newest log entries kept in memory beyond those pinned (see LogTail). Default 16
-   * MiB: the entries not yet handed to apply are kept besides (up to 32 MiB), so what the tail
-   * serves from here is a follower behind by up to that much, at least its window of appends in
-   * flight (8 MiB); one further behind is read from disk. (At 4 MiB a leader writing 256 KB values
-   * read 7% of its loop's samples back out of SQLite.)
+   * Bytes of the newest log entries kept in memory beyond those pinned (see LogTail). Default 4
+   * MiB: the entries not yet handed to apply are kept besides (up to 8 MiB), so what the tail
+   * serves from here is a follower behind by up to that much; one further behind is read from
+   * the log's segments.
    */
   readonly logTailBytesMax?: number;
-  /** Bytes up to which the entries not yet handed to apply are kept besides (see LogTail.keepFrom). Default 32 MiB. */
+  /** Bytes up to which the entries not yet handed to apply are kept besides (see LogTail.keepFrom). Default 8 MiB. */
   readonly logTailKeptBytesMax?: number;
-  /** Bytes of the pack ring saves' entry data crosses to the thread through (PackRing); 0: none. Default 16 MiB. */
+  /** Bytes of the pack ring saves' entry data crosses to the thread through (PackRing); 0: none. Default 4 MiB. */
   readonly packRingBytes?: number;
 }
 
@@ -88,15 +87,23 @@ export interface StorageRequestReport {
 
 /** How long `close` waits for the writer to close its storage and end before terminating it. */
 const workerCloseWaitMsMax = 10_000;
-const logTailBytesMaxDefault = 16 << 20;
-/** Entries not yet handed to apply are kept in the tail up to this many bytes (see LogTail.keepFrom). */
-const logTailKeptBytesMaxDefault = 32 << 20;
+/**
+ * The loop's log tail, 4 MiB, and the entries not yet handed to apply kept besides up to 8 MiB (see
+ * LogTail.keepFrom). These, the pack ring below, the SQLite page cache (sqlite-storage.ts) and the
+ * watch history (src/node/watch.ts) were each four times larger in 0.5.0: at 16 KB values the
+ * larger sizes held 70-90 MB more per node at peak (BENCHMARKS.md, twenty-fourth session), and
+ * 256 KB values went as fast or faster with the smaller ones. The segments' reads are cheap where
+ * SQLite's were not (at 4 MiB with the log in SQLite, a leader writing 256 KB values spent 7% of its
+ * loop reading entries back).
+ */
+const logTailBytesMaxDefault = 4 << 20;
+const logTailKeptBytesMaxDefault = 8 << 20;
 /**
  * The pack ring's size. It holds the data of the saves not yet applied: at 64 clients writing 16 KB
- * values 1-3 MiB, at 256 KB values batches of up to 16 MiB (a batch that does not fit takes a
- * buffer of its own, as before). Memory the ring cycles through stays resident.
+ * values 1-3 MiB; a batch that does not fit (at 256 KB values, often) takes a buffer of its own, as
+ * before the ring. Memory the ring cycles through stays resident: all of it, whatever its size.
  */
-const packRingBytesDefault = 16 << 20;
+const packRingBytesDefault = 4 << 20;
 
 /**
  * The writer thread's entry point. Inside the compiled executable (build.ts gives it to `bun build
