@@ -214,4 +214,25 @@ describe("sqlite: listing a prefix", () => {
       storage.close();
     }
   });
+
+  test("a page ended by its bytes reads no row past it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kv-storage-list-"));
+    tempDirs.push(dir);
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    try {
+      const entries = Array.from({ length: 20 }, (_, i) => put(1 + i, `big/${String(i).padStart(2, "0")}`, "v".repeat(256 * 1024)));
+      saveCommitted(storage, entries);
+      storage.applyEntries(entries);
+      const before = storage.kvRowsRead;
+      // 1 MiB of keys and values ends the page at its fourth item; it read all 20 rows before.
+      const page = storage.list("big/", undefined, 100, 1 << 20);
+      expect(page.map((row) => row.key)).toEqual(["big/00", "big/01", "big/02", "big/03"]);
+      expect(storage.kvRowsRead - before).toBe(4);
+      // The next page goes on after it, and a page past the prefix's last key is empty.
+      expect(storage.list("big/", "big/03", 100, 1 << 20).map((row) => row.key)).toEqual(["big/04", "big/05", "big/06", "big/07"]);
+      expect(storage.list("big/", "big/19", 100, 1 << 20)).toEqual([]);
+    } finally {
+      storage.close();
+    }
+  });
 });
