@@ -220,6 +220,38 @@ describe("flow control to a follower (replicate state)", () => {
       else expect(afterAnswer.map((m) => m.prevLogIndex)).toEqual([first!.prevLogIndex]);
     }
   });
+
+  test("answers to old heartbeats arriving all at once send one append, not one each (a follower back from a freeze)", () => {
+    const { node, term } = replicatingLeader();
+    // Entries to send, and follower 2's window full of appends it will not answer: it froze.
+    const sent: Extract<Message, { type: "append" }>[] = [];
+    for (let i = 0; i < 40; i++) {
+      node.propose([new Uint8Array(1 << 20).fill(i)]);
+      sent.push(...appendsTo(drain(node), 2));
+    }
+    expect(sent.reduce((sum, m) => sum + dataBytes(m), 0)).toBeGreaterThanOrEqual(defaultRaftLimits.inflightBytesMax);
+    // Heartbeats go out while it is frozen; follower 3 answers them, follower 2 does not.
+    const contexts: string[] = [];
+    for (let t = 0; t < 30; t++) {
+      node.tick();
+      for (const m of drain(node)) {
+        if (m.type === "heartbeat" && m.to === 2) contexts.push(m.readContext);
+        if (m.type === "heartbeat" && m.to === 3) node.step({ type: "heartbeat-response", from: 3, to: 1, term, readContext: m.readContext });
+      }
+    }
+    expect(node.basicStatus().role).toBe("leader");
+    // It comes back and answers every heartbeat it held, in one turn: each answer used to free a
+    // slot of its window and send another append of up to 1 MiB (30 here), a burst that held a
+    // leader's loop past its election timeout.
+    for (const readContext of contexts) node.step({ type: "heartbeat-response", from: 2, to: 1, term, readContext });
+    const burst = appendsTo(drain(node), 2).filter((m) => m.entries.length > 0);
+    expect(burst.length).toBeLessThanOrEqual(2);
+    // The next heartbeat's answer opens the window again, as before.
+    node.tick();
+    const heartbeat = heartbeatTo(drain(node), 2);
+    ack(node, heartbeat);
+    expect(appendsTo(drain(node), 2).filter((m) => m.entries.length > 0).length).toBe(1);
+  });
 });
 
 describe("commitment (§5.4.2, Figure 8)", () => {

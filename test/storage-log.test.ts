@@ -273,7 +273,7 @@ describe("sqlite: the tail of the log kept in memory", () => {
   });
 
   test("entries saved and not yet applied stay in memory past the tail's budget until applied (the storage thread's small tail)", () => {
-    const storage = openSqliteStorage(tempDir(), { voters: [1], logTailBytesMax: 2 << 20 });
+    const storage = openSqliteStorage(tempDir(), { voters: [1], logTailBytesMax: 2 << 20, logTailKeptBytesMax: 16 << 20 });
     try {
       const put = (index: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: `k${index}`, value: new Uint8Array(1 << 20) }) });
       storage.save(hard(1, 1, 10), Array.from({ length: 10 }, (_, i) => put(i + 1)), false);

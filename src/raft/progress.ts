@@ -40,6 +40,8 @@ export class Progress {
   sentCommit = 0;
   /** Heartbeat answers since an append was last acknowledged. */
   private heartbeatsSinceAck = 0;
+  /** The leader's tick at which a heartbeat answer last opened flow control (see Raft's handleHeartbeatResponse). */
+  heartbeatOpenedTick = Number.NEGATIVE_INFINITY;
 
   constructor(
     nextIndex: number,

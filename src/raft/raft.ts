@@ -861,11 +861,20 @@ export class Raft {
     const progress = this.progress.get(m.from);
     if (progress === undefined) return;
     progress.recentActive = true;
-    progress.heartbeatAnswered();
-    if (progress.matchIndex < this.log.lastIndex()) this.sendAppend(m.from, progress);
+    const round = /^[1-9][0-9]{0,15}$/.test(m.readContext) ? Number(m.readContext) : 0;
+    // An answer opens the follower's flow control (and counts a round for its lost appends or
+    // snapshot) when it answers the newest round, or else at most once a heartbeat interval. A
+    // follower back from a freeze (a full disk, SIGSTOP) answers every heartbeat it held at once:
+    // each answer freed a slot and sent another append of up to 1 MiB read from the log, a burst
+    // that held the leader's loop for 1-2 s (found in a black-box review).
+    const newest = round !== 0 && round === this.heartbeatRound;
+    if (newest || this.nowTicks - progress.heartbeatOpenedTick >= this.cfg.heartbeatTicks) {
+      progress.heartbeatOpenedTick = this.nowTicks;
+      progress.heartbeatAnswered();
+      if (progress.matchIndex < this.log.lastIndex()) this.sendAppend(m.from, progress);
+    }
     // A learner's answer confirms nothing; a context that is not one of our round numbers is
     // forged, or an answer to another leader's heartbeat (an earlier release used other contexts).
-    const round = /^[1-9][0-9]{0,15}$/.test(m.readContext) ? Number(m.readContext) : 0;
     if (!this.isVoter(m.from) || round < this.roundsValidFrom || round > this.heartbeatRound) return;
     if ((this.ackedRound.get(m.from) ?? 0) >= round) return;
     this.ackedRound.set(m.from, round);
