@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { createLogger } from "../src/lib/logger.ts";
+import { nodeEventLevel } from "../src/server/create-server.ts";
 import { createHttpHandler } from "../src/http/http-handler.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -300,5 +301,19 @@ describe("graceful shutdown", () => {
     expect(answered.headers.get("connection")).toBe("close");
     await idlePromise;
     expect(handler.inflightRequests()).toBe(0);
+  });
+});
+
+describe("the level of a node's events", () => {
+  test("a full disk, which freezes the node until an operator acts, is an error as at start; retried failures are warnings; the rest info", () => {
+    expect(["fatal", "disk full", "snapshot send failed", "learner promotion failed", "disk space back", "role", "snapshot sent"].map(nodeEventLevel)).toEqual([
+      "error",
+      "error",
+      "warn",
+      "warn",
+      "info",
+      "info",
+      "info",
+    ]);
   });
 });

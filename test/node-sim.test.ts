@@ -291,6 +291,32 @@ test("a server joining after a compaction starts empty, catches up by a snapshot
   });
 });
 
+test("a joiner whose storage thread meets a full disk while it installs its image reports the full disk, and installs once space returns", async () => {
+  await withSim(quietSim(55, { snapshotEntries: 20, storageThreadMsMax: 20 }), async (sim) => {
+    const first = await settledLeader(sim);
+    const keys = Array.from({ length: 40 }, (_, i) => `f-${i % 8}`);
+    for (const key of keys) expect((await put(sim, first, key)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).status().firstLogIndex > 1, 1_000)).toBe(true);
+    const joined = sim.join(4, () => first);
+    // The disk fills as the install begins, after the image was staged: only the install, on the
+    // storage thread, meets it; the loop, parked on the install, writes nothing else.
+    const disk = diskOf(sim, 4);
+    const install = disk.installSnapshot.bind(disk);
+    disk.installSnapshot = (...args) => {
+      disk.full = true;
+      return install(...args);
+    };
+    // The install waits on the thread for space: the status said installing, and no full disk.
+    expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.installingSnapshot === true, 5_000)).toBe(true);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, 4).status().storage?.diskFull === true, 1_000)).toBe(true);
+    expect(diskOf(sim, 4).threadBlockedWrites).toBeGreaterThan(0);
+    diskOf(sim, 4).full = false;
+    await settled(sim, joined, 5_000);
+    expect(nodeOf(sim, 4).status().storage).toMatchObject({ diskFull: false, installingSnapshot: false });
+    await sim.healAndCheck([...new Set(keys)], 30_000);
+  });
+});
+
 test("on a storage thread that answers applies and installs up to 20 ms later, writes are answered once applied, reads wait for them, a joiner installs its image there, and the removed leader steps down", async () => {
   await withSim(quietSim(54, { snapshotEntries: 20, storageThreadMsMax: 20 }), async (sim) => {
     const first = await settledLeader(sim);

@@ -242,6 +242,8 @@ export class KvNode implements KvNodeApi {
    * are not waited for: the core goes on, and counts them applied when they answer.)
    */
   private parkedReady: BlockedReady | undefined;
+  /** The storage's thread reported a full disk while the loop was parked on it (see `noteParkedDiskFull`). */
+  private parkedOnFullDisk = false;
   /** The last index handed to `applyEntries`, whose results may still be on their way. */
   private appliedHandedIndex = 0;
   private diskRetryTicks = 0;
@@ -335,7 +337,7 @@ export class KvNode implements KvNodeApi {
           : this.parkedReady?.ready.snapshot !== undefined && this.parkedReady.stage === "save"
             ? this.parkedReady.ready.snapshot.imageId
             : undefined,
-      diskFull: () => this.blockedReady !== undefined,
+      diskFull: () => this.diskFull(),
       transferFailed: (to) => {
         // Outside any turn, so no Ready is outstanding unless one is parked or blocked: then the
         // core hears of it after the next turn's Readies.
@@ -632,11 +634,32 @@ export class KvNode implements KvNodeApi {
         dataBytes: this.dataBytesMeasured,
         quotaBytes: this.cfg.quotaBytes ?? 0,
         quotaExceeded: this.overQuota(),
-        diskFull: this.blockedReady !== undefined,
+        diskFull: this.diskFull(),
         installingSnapshot: this.parkedReady !== undefined,
       },
       ...(this.membership.removed() ? { removed: true as const } : {}),
     };
+  }
+
+  /**
+   * A full disk froze the loop: a Ready the disk refused (`blockedReady`), or a write on the
+   * storage's thread (an install the loop is parked on) waiting for space.
+   */
+  private diskFull(): boolean {
+    return this.blockedReady !== undefined || (this.cfg.storage.isDiskFull?.() ?? false);
+  }
+
+  /**
+   * While parked on the storage's thread, logs its disk filling and emptying, as a blocked Ready's
+   * are logged: an install that met a full disk waited unannounced, `/status` and
+   * `kv_storage_disk_full` showing no full disk (found in a black-box review).
+   */
+  private noteParkedDiskFull(): void {
+    const full = this.cfg.storage.isDiskFull?.() ?? false;
+    if (full === this.parkedOnFullDisk) return;
+    this.parkedOnFullDisk = full;
+    if (full) this.cfg.log?.("disk full", { error: "the storage's thread waits for disk space", stage: this.parkedReady?.stage ?? "install" });
+    else this.cfg.log?.("disk space back", {});
   }
 
   /** Whether the data kept, as last measured plus what was proposed since, has reached the quota. */
@@ -851,6 +874,7 @@ export class KvNode implements KvNodeApi {
     if (this.parkedReady !== undefined) {
       // Frozen until the storage's thread answers (see awaitStorage): requests still time out.
       this.expireWaiters();
+      this.noteParkedDiskFull();
       return;
     }
     for (const to of this.snapshots.sending()) this.raw.reportSnapshotInProgress(to);
@@ -1118,6 +1142,10 @@ export class KvNode implements KvNodeApi {
       () => {
         if (this.stopped || this.parkedReady !== work) return;
         this.parkedReady = undefined;
+        if (this.parkedOnFullDisk) {
+          this.parkedOnFullDisk = false;
+          this.cfg.log?.("disk space back", {});
+        }
         try {
           if (!this.carryOut(work)) return this.startSync();
         } catch (error) {

@@ -105,6 +105,25 @@ export class ServerStartError extends Error {
 
 /** How often a node that cannot start on a full disk tries again. */
 const DISK_RETRY_MS = 1_000;
+/**
+ * The level a node's event is logged at: what stops the node, or freezes it until an operator
+ * acts, is an error; what failed and is retried, a warning; the rest is info. (A full disk found
+ * at run time was info, where the same found at start is an error: an alert on warnings missed a
+ * frozen node, found in a black-box review.)
+ */
+export function nodeEventLevel(event: string): "error" | "warn" | "info" {
+  switch (event) {
+    case "fatal":
+    case "disk full":
+      return "error";
+    case "snapshot send failed":
+    case "learner promotion failed":
+      return "warn";
+    default:
+      return "info";
+  }
+}
+
 /** The period of the timer whose lateness `kv_event_loop_lag_seconds` records. */
 const LOOP_LAG_PROBE_MS = 10;
 /** The longest idle timeout Bun.serve takes, in seconds. */
@@ -265,7 +284,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       ...(config.watch === undefined ? {} : { watch: config.watch }),
       log: (event, fields) => {
         if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
-        logger.log(event === "fatal" ? "error" : "info", event, fields);
+        logger.log(nodeEventLevel(event), event, fields);
       },
       onFatal: (error) => config.onFatal?.(error),
     }),

@@ -149,6 +149,11 @@ export class SimDisk implements KvStorage {
     return run();
   }
 
+  /** See `KvStorage.isDiskFull`: with a storage thread, while a write waits on the full disk. */
+  isDiskFull(): boolean {
+    return this.threadBlocked !== undefined;
+  }
+
   // ---- Reads: straight through ----------------------------------------------------------------
   initialState(): { hardState: HardState; voters: readonly NodeId[]; learners?: readonly NodeId[] } {
     return this.current.initialState();

@@ -46,6 +46,12 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * `--quota-bytes` bounds. Cheap enough for every tick, not meant for every write.
    */
   dataBytes(): number;
+  /**
+   * Whether this storage's own writer thread is waiting for disk space (it retries meanwhile): a
+   * write on it, an install say, is held while the caller's thread goes on. Absent where writes
+   * fail on the caller's thread instead (with an error `isDiskFull` recognizes).
+   */
+  isDiskFull?(): boolean;
   /** The current value of `key` and the index of the put that wrote it. */
   get(key: string): StoredValue | undefined;
   /** The size in bytes of `key`'s current value, without reading it; undefined when absent. */
