@@ -49,8 +49,50 @@ test("a damaged log entry stops the node at start with the file and the index", 
     expect(err).toContain(segment);
     expect(err).toContain(`index ${damaged}`);
     expect(err).toContain("checksum");
-    expect(err.trim().split("\n").filter((line) => line.startsWith("kv: "))).toHaveLength(1);
-    expect(err).not.toContain("    at "); // a message, not a stack trace
+    // One line for what is damaged, one for the way back; a message, not a stack trace.
+    const lines = err.trim().split("\n").filter((line) => line.startsWith("kv: "));
+    expect(lines).toHaveLength(2);
+    expect(lines[1]).toContain("kv member remove");
+    expect(lines[1]).toContain("--join");
+    expect(err).not.toContain("    at ");
+  } finally {
+    restart.kill("SIGKILL");
+  }
+});
+
+test("a log cut short below its commit index stops the node at start naming the log, not the database, and the way back", async () => {
+  const base = mkdtempSync(join(baseDir, "cut-"));
+  const dataDir = join(base, "node-1");
+  const cluster = createServerCluster({ size: 1, baseDir: base });
+  try {
+    await cluster.start();
+    await cluster.waitForLeader();
+    for (let i = 0; i < 5; i++) expect((await fetch(`${cluster.node(1).httpUrl}/kv/k${i}`, { method: "PUT", body: `cut${i}` })).status).toBe(200);
+    await cluster.node(1).stop();
+  } finally {
+    await cluster.stop();
+  }
+  // The segment loses its last records, written and fsynced before the commit index was saved.
+  const logDir = join(dataDir, "kv.db-log");
+  const segment = join(logDir, readdirSync(logDir).sort().at(-1) as string);
+  const bytes = readFileSync(segment);
+  const at = bytes.lastIndexOf("cut2");
+  expect(at).toBeGreaterThan(0);
+  writeFileSync(segment, bytes.subarray(0, at));
+
+  const restart = Bun.spawn(
+    [...kvCommand(), "serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir],
+    { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
+  );
+  try {
+    const [code, err] = await Promise.all([restart.exited, new Response(restart.stderr).text()]);
+    expect(code).toBe(1);
+    const lines = err.trim().split("\n").filter((line) => line.startsWith("kv: "));
+    // It named kv.db, where nothing is wrong, and said nothing of what to do.
+    expect(lines[0]).toContain(`${logDir} `.trimEnd());
+    expect(lines[0]).toContain("before the commit index");
+    expect(lines[0]).not.toContain("kv.db)");
+    expect(lines[1]).toContain("kv member remove");
   } finally {
     restart.kill("SIGKILL");
   }

@@ -756,7 +756,10 @@ export class SqliteStorage implements KvStorage {
     this.termRunsLoadEntriesMax = termCacheLoadEntriesMax;
 
     // Invariant: snapshot <= applied <= commit <= lastIndex, as persisted (see the durability notes above).
-    if (this.hardStateValue.commit > this.last) throw this.corrupt(`commit ${this.hardStateValue.commit} beyond last index ${this.last}`);
+    if (this.hardStateValue.commit > this.last) {
+      // The commit index is saved only with the entries up to it (fsynced first): the log lost records it had.
+      throw corruptError(logDirOf(file), `the log ends at index ${this.last}, before the commit index ${this.hardStateValue.commit} saved with it: records it had fsynced are gone (a segment cut short or removed)`);
+    }
     if (this.applied > this.last) throw this.corrupt(`applied ${this.applied} beyond last index ${this.last}`);
     if (this.snap.index > this.applied) throw this.corrupt(`snapshot ${this.snap.index} beyond applied ${this.applied}`);
   }
