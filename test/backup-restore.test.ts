@@ -174,6 +174,8 @@ describe("save during writes, restore into a new cluster", () => {
       expect(restore.code).toBe(0);
       expect(JSON.parse(restore.out)).toMatchObject({ index: imageIndex, voters: [1, 2, 3], id });
       clusterIds.add(readFileSync(join(dataDir, "cluster-id"), "utf8").trim());
+      // Each data dir belongs to the node it was restored for (src/lib/node-id-file.ts).
+      expect(readFileSync(join(dataDir, "node-id"), "utf8").trim()).toBe(String(id));
     }
     expect(clusterIds.size).toBe(1); // every node derived the same new id
     const newClusterId = [...clusterIds][0] as string;

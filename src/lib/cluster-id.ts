@@ -90,15 +90,21 @@ export function loadOrCreateClusterId(dataDir: string, derivedId: string): Clust
     }
     return { clusterId: stored, source: "data-dir", derivedId };
   }
+  writeLineDurably(dataDir, CLUSTER_ID_FILE, derivedId);
+  return { clusterId: derivedId, source: "derived", derivedId };
+}
+
+/** Writes `line` as `<dir>/<name>` durably: a temp file, fsync, rename, fsync of the directory. */
+export function writeLineDurably(dir: string, name: string, line: string): void {
+  const file = join(dir, name);
   const temp = `${file}.tmp`;
   const fd = openSync(temp, "w", 0o644);
   try {
-    writeSync(fd, `${derivedId}\n`);
+    writeSync(fd, `${line}\n`);
     fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
   renameSync(temp, file);
-  fsyncPath(dataDir);
-  return { clusterId: derivedId, source: "derived", derivedId };
+  fsyncPath(dir);
 }

@@ -9,6 +9,7 @@ import { createHttpHandler } from "../http/http-handler.ts";
 import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
 import { createSystemClock } from "../lib/clock.ts";
 import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
+import { checkNodeId, NodeIdFileError, recordNodeId } from "../lib/node-id-file.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import type { Logger } from "../lib/logger.ts";
 import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
@@ -185,6 +186,13 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     checkpointDuration.observe({ thread: report.thread === "worker" ? "worker" : "loop" }, report.durationMs / 1000);
     walFrames.set({}, report.walFrames);
   };
+  // Before the storage opens, which would write into a data dir that is not this node's.
+  try {
+    checkNodeId(dataDir, config.id);
+  } catch (error) {
+    if (error instanceof NodeIdFileError) throw new ServerStartError(error.message, 1);
+    throw error;
+  }
   const sqliteStorage: KvStorage & { released(): Promise<void> } = await waitForSpace("open the database", () =>
     storageThread
       ? openThreadedStorage(dataDir, {
@@ -237,6 +245,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     storage = observeMethod(storage, "compact", (durationS) => compactDuration.observe({}, durationS));
   }
   // After the storage: its exclusive lock keeps a second process off this data dir.
+  await waitForSpace("record the node id", () => recordNodeId(dataDir, config.id));
   const clusterIdChoice = await waitForSpace("record the cluster id", () => {
     try {
       // A node that just joined adopts the cluster's id (the voters it was derived from are the cluster's first ones).

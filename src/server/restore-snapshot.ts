@@ -22,6 +22,7 @@ import { type BackupHeader, readBackup } from "../kv/backup-format.ts";
 import { clusterNonceKey } from "../kv/cluster-nonce.ts";
 import type { MemberAddress } from "../kv/membership.ts";
 import { deriveRestoredClusterId, isClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
+import { recordNodeId } from "../lib/node-id-file.ts";
 import type { NodeId } from "../raft/types.ts";
 import { openSqliteStorage, type SqliteStorage } from "../storage/sqlite-storage.ts";
 
@@ -134,6 +135,7 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
     storage.close();
     storage = undefined;
     loadOrCreateClusterId(temp, result.clusterId);
+    recordNodeId(temp, options.id);
     fsyncPath(temp);
     // rename(2) replaces an empty directory, and is atomic: the data dir is whole or absent.
     renameSync(temp, dataDir);
