@@ -223,6 +223,25 @@ describe("save during writes, restore into a new cluster", () => {
     expect(restoredNonces.has(sourceNonce)).toBe(false);
   }, 60_000);
 
+  test("what a save or a restore killed midway left behind, the next run removes; a live run's it leaves", async () => {
+    // The pid of a process that is gone, and ours, which is alive.
+    const gone = Bun.spawn(["true"]);
+    await gone.exited;
+    const dir = join(baseDir, "temps");
+    mkdirSync(dir, { recursive: true });
+    const target = join(dir, "again.kvsnap");
+    writeFileSync(join(dir, `.again.kvsnap.partial-${gone.pid}`), "half a backup");
+    writeFileSync(join(dir, `.again.kvsnap.partial-${process.pid}`), "another run's");
+    mkdirSync(join(dir, `.fresh.restoring-${gone.pid}-x1y2z3`));
+    writeFileSync(join(dir, `.fresh.restoring-${gone.pid}-x1y2z3`, "kv.db"), "half a data dir");
+    // They stayed for good before.
+    const saved = await runKv(["snapshot", "save", target, "--endpoints", source.node(1).httpUrl, "--auth-token", AUTH_TOKEN]);
+    expect(saved.code).toBe(0);
+    const peers = "1=http://127.0.0.1:1,2=http://127.0.0.1:2,3=http://127.0.0.1:3";
+    expect((await runKv(["snapshot", "restore", target, "--data-dir", join(dir, "fresh"), "--id", "1", "--cluster", peers])).code).toBe(0);
+    expect(readdirSync(dir).sort()).toEqual([`.again.kvsnap.partial-${process.pid}`, "again.kvsnap", "fresh"].sort());
+  });
+
   test("a node of the old cluster is refused by the new one, and refuses it", async () => {
     expect(restored.size).toBe(3);
     // Node 3 of the new cluster goes; node 3 of the old cluster, with its own data dir, takes its address.

@@ -5,6 +5,7 @@
  * 3 no endpoint could serve the snapshot.
  */
 import { defineCommand } from "citty";
+import { removeStaleTemps } from "../lib/stale-temps.ts";
 import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
 import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
@@ -152,6 +153,7 @@ const saveCommand = defineCommand({
     const file = args.file;
     if (existsSync(file) && statSync(file).isDirectory()) throw new UsageError(`${file} is a directory`);
     if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new UsageError(`${dirname(file)}: no such directory`);
+    removeStaleTemps(dirname(file), `.${basename(file)}.partial-`);
     const temp = join(dirname(file), `.${basename(file)}.partial-${process.pid}`);
     let origin: string;
     let summary: BackupSummary;

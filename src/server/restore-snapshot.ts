@@ -15,6 +15,7 @@
  * temporary directory is removed. A data dir that exists and is not empty is refused.
  */
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { removeStaleTemps } from "../lib/stale-temps.ts";
 import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import type { KvRow } from "../kv/apply-plan.ts";
@@ -79,7 +80,8 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
   }
   const parent = dirname(dataDir);
   mkdirSync(parent, { recursive: true });
-  const temp = mkdtempSync(join(parent, `.${basename(dataDir)}.restoring-`));
+  removeStaleTemps(parent, `.${basename(dataDir)}.restoring-`);
+  const temp = mkdtempSync(join(parent, `.${basename(dataDir)}.restoring-${process.pid}-`));
   let storage: SqliteStorage | undefined;
   try {
     storage = openSqliteStorage(temp);
