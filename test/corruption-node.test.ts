@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { createServerCluster } from "./helpers/server-cluster.ts";
+import { startKvProcess } from "./helpers/kv-process.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-corruption-node-"));
 afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
@@ -95,5 +96,40 @@ test("a log cut short below its commit index stops the node at start naming the 
     expect(lines[1]).toContain("kv member remove");
   } finally {
     restart.kill("SIGKILL");
+  }
+});
+
+test("a value damaged in the database answers 500 corrupt, naming the key, not the damaged bytes; the others read", async () => {
+  const base = mkdtempSync(join(baseDir, "row-"));
+  const dataDir = join(base, "node-1");
+  const cluster = createServerCluster({ size: 1, baseDir: base });
+  try {
+    await cluster.start();
+    await cluster.waitForLeader();
+    expect((await fetch(`${cluster.node(1).httpUrl}/kv/fine`, { method: "PUT", body: "still fine" })).status).toBe(200);
+    expect((await fetch(`${cluster.node(1).httpUrl}/kv/hurt`, { method: "PUT", body: `marker-${"z".repeat(60_000)}` })).status).toBe(200);
+    await cluster.node(1).stop(); // a clean stop: the WAL checkpointed into kv.db
+  } finally {
+    await cluster.stop();
+  }
+  const file = join(dataDir, "kv.db");
+  const bytes = readFileSync(file);
+  const at = bytes.indexOf("marker-");
+  expect(at).toBeGreaterThan(0);
+  bytes[at + 30_000] = (bytes[at + 30_000] as number) ^ 0x01;
+  writeFileSync(file, bytes);
+
+  const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(base, "node.log") });
+  try {
+    // It answered 200 with the flipped bit before.
+    const hurt = await fetch(`${node.httpUrl}/kv/hurt`);
+    expect(hurt.status).toBe(500);
+    const answer = (await hurt.json()) as { error: string; message: string };
+    expect(answer.error).toBe("corrupt");
+    expect(answer.message).toContain('key "hurt"');
+    const fine = await fetch(`${node.httpUrl}/kv/fine`);
+    expect([fine.status, await fine.text()]).toEqual([200, "still fine"]);
+  } finally {
+    await node.stop();
   }
 });

@@ -3,6 +3,9 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Database } from "bun:sqlite";
+import { encodeCommand } from "../src/kv/command.ts";
+import { openImageReader } from "../src/storage/sqlite-reads.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
 import { logDirOf, openSqliteStorage, type SqliteStorage, type SqliteStorageOptions } from "../src/storage/sqlite-storage.ts";
@@ -157,5 +160,85 @@ describe("sqlite storage corruption", () => {
     const error = storageError(() => open());
     expect(error.code).toBe("corrupt");
     expect(error.message).toContain("missing");
+  });
+});
+
+describe("sqlite: the state machine's rows carry checksums (schema 6)", () => {
+  const put = (index: number, key: string, value: string): Entry => ({
+    index,
+    term: 1,
+    type: EntryType.Normal,
+    data: encodeCommand({ op: "put", key, value: new TextEncoder().encode(value) }),
+  });
+
+  /** Applies puts of `rows`, closes, and flips a byte of `needle`'s first occurrence in kv.db. */
+  function damaged(rows: [string, string][], needle: string): string {
+    dir = mkdtempSync(join(tmpdir(), "kv-storage-corruption-"));
+    const storage = open({ voters: [1] });
+    const entries = rows.map(([key, value], i) => put(i + 1, key, value));
+    storage.save({ term: 1, vote: 1, commit: entries.length }, entries, true);
+    storage.applyEntries(entries);
+    opened.splice(0);
+    storage.close(); // the last connection: the WAL goes into kv.db
+    const file = join(dir, "kv.db");
+    const bytes = readFileSync(file);
+    const at = bytes.indexOf(needle);
+    expect(at).toBeGreaterThan(0);
+    bytes[at + 10] = (bytes[at + 10] as number) ^ 0x01;
+    writeFileSync(file, bytes);
+    return file;
+  }
+
+  test("a value damaged on disk is refused as corrupt, naming its key, by a read, a listing, an image and an apply; its neighbours read", () => {
+    const file = damaged(
+      [
+        ["a", "fine-a"],
+        ["b", `bad-${"x".repeat(64)}`],
+        ["c", "fine-c"],
+      ],
+      "bad-",
+    );
+    const storage = open();
+    // It came back with the flipped bit, as a 200, before.
+    const read = storageError(() => storage.get("b"));
+    expect(read.code).toBe("corrupt");
+    expect(read.message).toContain('key "b"');
+    expect(new TextDecoder().decode(storage.get("a")?.value)).toBe("fine-a");
+    expect(storageError(() => storage.list("", undefined, 10)).code).toBe("corrupt");
+    expect(storage.list("c", undefined, 10).map((row) => row.key)).toEqual(["c"]);
+    const image = openImageReader(file, 2000, () => {});
+    try {
+      expect(storageError(() => image.next(1 << 20)).code).toBe("corrupt");
+    } finally {
+      image.close();
+    }
+    // A compare-and-set reads the row at apply: it fails rather than compare against damage.
+    const cas: Entry = { index: 4, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: "b", value: new TextEncoder().encode("new"), ifVersion: 2 }) };
+    storage.save({ term: 1, vote: 1, commit: 4 }, [cas], true);
+    expect(storageError(() => storage.applyEntries([cas])).code).toBe("corrupt");
+  });
+
+  test("rows written before schema 6 (no checksum) still read, and a write gives them one", () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-storage-corruption-"));
+    let storage = open({ voters: [1] });
+    const entries = [put(1, "old", "before")];
+    storage.save({ term: 1, vote: 1, commit: 1 }, entries, true);
+    storage.applyEntries(entries);
+    opened.splice(0);
+    storage.close();
+    // As a 0.5.0 node left it: no checksum in the row.
+    const raw = new Database(join(dir, "kv.db"));
+    raw.run("UPDATE kv SET crc = NULL");
+    raw.close();
+    storage = open();
+    expect(new TextDecoder().decode(storage.get("old")?.value)).toBe("before");
+    const again = [put(2, "old", "after")];
+    storage.save({ term: 1, vote: 1, commit: 2 }, again, true);
+    storage.applyEntries(again);
+    opened.splice(0);
+    storage.close();
+    const check = new Database(join(dir, "kv.db"), { readonly: true });
+    expect(check.query<{ crc: number | null }, []>("SELECT crc FROM kv WHERE key = 'old'").get()?.crc).toBeNumber();
+    check.close();
   });
 });

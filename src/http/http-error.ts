@@ -135,6 +135,12 @@ function noLeaderResponse(message: string, details: KvErrorDetails): Response {
 
 function internalErrorResponse(error: unknown, request: Request): Response {
   const { path } = rawTarget(request.url);
+  if (isCorruption(error)) {
+    // Damage on disk, not a bug: one line, no stack, and an answer that says so.
+    const message = (error as Error).message;
+    console.error(`kv http: ${request.method} ${path}: the data dir is damaged: ${message}`);
+    return jsonResponse(body("corrupt", `this node's data is damaged on disk: ${message}; read from another node, and replace this one's data dir (docs/operations.md)`, {}), 500);
+  }
   // Not a KvError: a bug in this process. Log it (once, here) and keep serving.
   console.error(`kv http: internal error serving ${request.method} ${path}:`, error);
   const message = error instanceof Error ? error.message : String(error);
@@ -150,4 +156,14 @@ function retryAfterS(details: KvErrorDetails): number {
 
 function body(error: string, message: string, details: KvErrorDetails): HttpErrorBody {
   return { error, message, ...details };
+}
+
+/**
+ * A storage error that reports damage (src/storage/kv-storage.ts's StorageError, code `corrupt`, by
+ * name: the HTTP layer does not import the storage), or SQLite's own SQLITE_CORRUPT.
+ */
+function isCorruption(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  return (error.name === "StorageError" && code === "corrupt") || code === "SQLITE_CORRUPT";
 }

@@ -3,7 +3,7 @@ import { assert } from "../lib/assert.ts";
 import { type Entry, EntryType, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { isReservedKey } from "../kv/command.ts";
 import type { MemberAddress } from "../kv/membership.ts";
-import { entryChecksum, snapshotChecksum } from "./entry-checksum.ts";
+import { entryChecksum, rowChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import { itemBytes } from "../lib/page-bytes.ts";
 import { type ImageRow, type KvImageReader, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
 import { imageRowBytes } from "./snapshot-checks.ts";
@@ -53,6 +53,22 @@ export interface ImageRowRow {
   key: string;
   value: Uint8Array;
   version: number;
+}
+
+/** A row of the kv table with its checksum (`rowChecksum`; NULL in rows written before schema 6). */
+export interface CheckedRow extends ImageRowRow {
+  crc: number | null;
+}
+
+/**
+ * `row` as read, after checking it against its checksum: a mismatch is damage on disk, thrown as
+ * `corrupt` naming the key, never served.
+ */
+export function checkedRow<T extends CheckedRow>(file: string, row: T): T {
+  if (row.crc !== null && row.crc !== rowChecksum(row.key, row.value, row.version)) {
+    throw corruptError(file, `the row of key ${JSON.stringify(row.key.length > 200 ? `${row.key.slice(0, 200)}...` : row.key)} does not match its checksum: damaged on disk`);
+  }
+  return row;
 }
 /** A kv row's value and version (a query by key). */
 export interface KvRow {
@@ -175,10 +191,10 @@ export interface SqliteReadsOptions {
 export class SqliteReads {
   /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
   kvRowsRead = 0;
-  private readonly selectValue: Statement<KvRow, [string]>;
+  private readonly selectValue: Statement<KvRow & { crc: number | null }, [string]>;
   private readonly selectValueBytes: Statement<{ bytes: number }, [string]>;
-  private readonly selectRange: Statement<KvRow & { key: string }, [string, string, number]>;
-  private readonly selectBoundedRange: Statement<KvRow & { key: string }, [string, string, string, number]>;
+  private readonly selectRange: Statement<CheckedRow, [string, string, number]>;
+  private readonly selectBoundedRange: Statement<CheckedRow, [string, string, string, number]>;
   private readonly pageCount: Statement<{ page_count: number }, []>;
   private readonly freelistCount: Statement<{ freelist_count: number }, []>;
   /** The database's page size in bytes. */
@@ -200,12 +216,12 @@ export class SqliteReads {
     readonly file: string,
     options: SqliteReadsOptions = {},
   ) {
-    this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
+    this.selectValue = db.prepare("SELECT value, version, crc FROM kv WHERE key = ?");
     // length() of a BLOB does not read the BLOB (1 µs against 229 µs for a 1 MiB value, measured).
     this.selectValueBytes = db.prepare("SELECT length(value) AS bytes FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
-    this.selectRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
-    this.selectBoundedRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
+    this.selectRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
+    this.selectBoundedRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
     this.pageCount = db.prepare("PRAGMA page_count");
     this.freelistCount = db.prepare("PRAGMA freelist_count");
     this.pageBytes = db.query<{ page_size: number }, []>("PRAGMA page_size").get()?.page_size ?? 4096;
@@ -247,7 +263,9 @@ export class SqliteReads {
   get(key: string): StoredValue | undefined {
     this.joinBatch();
     const row = this.selectValue.get(key);
-    return row === null ? undefined : { value: row.value, version: row.version };
+    if (row === null) return undefined;
+    checkedRow(this.file, { key, ...row });
+    return { value: row.value, version: row.version };
   }
 
   /** See `KvStorage.valueBytes`. */
@@ -280,6 +298,7 @@ export class SqliteReads {
         from = row.key;
         // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
         if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
+        checkedRow(this.file, row);
         const item = { key: row.key, value: row.value, version: row.version };
         items.push(item);
         // As withinBytes stops (src/lib/page-bytes.ts), without reading the rows past the bound.
@@ -337,7 +356,7 @@ export function openImageReader(file: string, lockWaitMs: number, onClose: (imag
       voters: parseVoters(file, meta.voters),
       ...(learners.length > 0 ? { learners } : {}),
     };
-    return new SqliteImageReader(reader, metadata, loadAddresses(reader), onClose);
+    return new SqliteImageReader(file, reader, metadata, loadAddresses(reader), onClose);
   } catch (error: unknown) {
     reader?.close(true);
     throw error;
@@ -352,8 +371,8 @@ export function openImageReader(file: string, lockWaitMs: number, onClose: (imag
  * leader that began sending the image, found in a black-box review.)
  */
 export class SqliteImageReader implements KvImageReader {
-  private readonly scan: Statement<ImageRowRow, []>;
-  private readonly rows: IterableIterator<ImageRowRow>;
+  private readonly scan: Statement<CheckedRow, []>;
+  private readonly rows: IterableIterator<CheckedRow>;
   /** A row read past the last chunk's bound: the next chunk's first. */
   private pending: ImageRow | undefined;
   private done = false;
@@ -362,12 +381,13 @@ export class SqliteImageReader implements KvImageReader {
   rowsRead = 0;
 
   constructor(
+    private readonly file: string,
     private readonly reader: Database,
     readonly metadata: SnapshotMetadata,
     readonly addresses: readonly MemberAddress[],
     private readonly onClose: (image: KvImageReader) => void,
   ) {
-    this.scan = reader.prepare("SELECT key, value, version FROM kv ORDER BY key");
+    this.scan = reader.prepare("SELECT key, value, version, crc FROM kv ORDER BY key");
     this.rows = this.scan.iterate();
   }
 
@@ -400,7 +420,7 @@ export class SqliteImageReader implements KvImageReader {
       return undefined;
     }
     this.rowsRead++;
-    const row = next.value;
+    const row = checkedRow(this.file, next.value);
     return { key: row.key, value: row.value, version: row.version };
   }
 

@@ -7,7 +7,7 @@ import { fsyncPath } from "../lib/fsync-path.ts";
 import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
-import { hardStateChecksum, snapshotChecksum } from "./entry-checksum.ts";
+import { hardStateChecksum, rowChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
   type ImageRow,
   type KvImageReader,
@@ -17,6 +17,8 @@ import {
   type StoredValue,
 } from "./kv-storage.ts";
 import {
+  type CheckedRow,
+  checkedRow,
   checkStoredIndex,
   corruptError,
   loadAddresses,
@@ -131,7 +133,7 @@ export interface SqliteStorageOptions {
   readonly logFiles?: Partial<SegmentFiles>;
 }
 
-const schemaVersion = 5;
+const schemaVersion = 6;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
 /** WAL pages (4 KiB each) after which a commit checkpoints them into the database file (inline checkpoints). */
@@ -246,6 +248,15 @@ const migrationToV5Sql = `
 ALTER TABLE meta ADD COLUMN applied_term INTEGER NOT NULL DEFAULT 0;  -- term of the entry at applied_index; 0 when nothing is applied
 DROP TABLE raft_log;
 DROP TABLE hard_state;
+`;
+
+/**
+ * Version 5 -> 6: each row of the state machine carries its checksum (`rowChecksum`), checked
+ * wherever it is read. Rows written before stay NULL, unchecked, until they are written again: the
+ * migration rewrites nothing.
+ */
+const migrationToV6Sql = `
+ALTER TABLE kv ADD COLUMN crc INTEGER;  -- rowChecksum(key, value, version); NULL in rows written before schema 6
 `;
 
 /** Log rows the migration to segments reads per query. */
@@ -452,6 +463,10 @@ function migrate(db: Database, file: string, logOptions: SegmentLogOptions): Seg
         log = moveLogToSegments(db, file, logDir, logOptions);
         version = 5;
       }
+      if (version === 5) {
+        db.run(migrationToV6Sql);
+        version = 6;
+      }
       db.run(`PRAGMA user_version = ${version}`);
       // Staging rows a release before the staging file left behind (see StagingFile).
       db.run("DELETE FROM kv_staging");
@@ -596,12 +611,12 @@ export class SqliteStorage implements KvStorage {
   private closed = false;
 
   private readonly updateApplied: Statement<unknown, [number, number]>;
-  private readonly selectValue: Statement<KvRow, [string]>;
-  private readonly selectOldestSessions: Statement<ImageRowRow, [number]>;
-  private readonly selectPrefixRange: Statement<ImageRowRow, [string, string, number]>;
+  private readonly selectValue: Statement<CheckedRow, [string]>;
+  private readonly selectOldestSessions: Statement<CheckedRow, [number]>;
+  private readonly selectPrefixRange: Statement<CheckedRow, [string, string, number]>;
   /** The kv table as `executeStep` sees it, through the prepared statements. */
   private readonly kvTable: KvTable;
-  private readonly upsertValue: Statement<unknown, [string, Uint8Array, number]>;
+  private readonly upsertValue: Statement<unknown, [string, Uint8Array, number, number]>;
   private readonly deleteValue: Statement<unknown, [string]>;
   /** The WAL, open for `sync` from its first call until `close` (see `walDescriptor`), and its inode. */
   private walFd: number | undefined;
@@ -702,22 +717,30 @@ export class SqliteStorage implements KvStorage {
             },
           });
     this.updateApplied = db.prepare("UPDATE meta SET applied_index = ?, applied_term = ? WHERE id = 1");
-    this.selectValue = db.prepare("SELECT value, version FROM kv WHERE key = ?");
-    this.selectPrefixRange = db.prepare("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
+    this.selectValue = db.prepare("SELECT key, value, version, crc FROM kv WHERE key = ?");
+    this.selectPrefixRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
     this.selectOldestSessions = db.prepare(
-      `SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`,
+      `SELECT key, value, version, crc FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`,
     );
+    // What the apply reads is checked as a client's read is: a damaged row is never applied from.
+    const checked = (row: CheckedRow) => {
+      checkedRow(file, row);
+      return { key: row.key, value: row.value, version: row.version };
+    };
     this.kvTable = {
-      get: (key) => this.selectValue.get(key) ?? undefined,
-      put: (key, value, version) => void this.upsertValue.run(key, value, version),
+      get: (key) => {
+        const row = this.selectValue.get(key);
+        return row === null ? undefined : checked(row);
+      },
+      put: (key, value, version) => void this.upsertValue.run(key, value, version, rowChecksum(key, value, version)),
       delete: (key) => this.deleteValue.run(key).changes > 0,
-      oldestSessions: (limit) => this.selectOldestSessions.all(limit),
+      oldestSessions: (limit) => this.selectOldestSessions.all(limit).map(checked),
       // Bounded above by the first key past the prefix: a page reads no row outside it.
-      range: (prefix, after, limit) => this.selectPrefixRange.all(maxKey(after, prefix), prefixEnd(prefix), limit),
+      range: (prefix, after, limit) => this.selectPrefixRange.all(maxKey(after, prefix), prefixEnd(prefix), limit).map(checked),
     };
     this.upsertValue = db.prepare(
-      "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
+      "INSERT INTO kv (key, value, version, crc) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, crc = excluded.crc",
     );
     this.deleteValue = db.prepare("DELETE FROM kv WHERE key = ?");
     this.synchronousNormal = db.prepare("PRAGMA synchronous = NORMAL");
@@ -1126,7 +1149,7 @@ export class SqliteStorage implements KvStorage {
   private writeInstall(snapshot: SnapshotMetadata, membership: Membership): void {
     this.clearKv.run();
     // In key order, as the image was staged: pages are filled in order, none split half empty.
-    this.db.run("INSERT INTO kv (key, value, version) SELECT key, value, version FROM staging.kv_staging ORDER BY key");
+    this.db.run("INSERT INTO kv (key, value, version, crc) SELECT key, value, version, crc FROM staging.kv_staging ORDER BY key");
     // An image from a 0.1.0 leader has sessions but no session clock.
     startSessionClock(this.kvTable, countSessionRows(this.db), snapshot.index);
     this.writeMembership(membership);

@@ -1,5 +1,6 @@
 import { Database, type Statement } from "bun:sqlite";
 import { rmSync } from "node:fs";
+import { rowChecksum } from "./entry-checksum.ts";
 import { type ImageRow, StorageError } from "./kv-storage.ts";
 import { planStage, type StagingState } from "./snapshot-checks.ts";
 
@@ -74,7 +75,7 @@ export class ImageStaging {
  */
 export class StagingFile {
   private db: Database | undefined;
-  private insert: Statement<unknown, [string, Uint8Array, number]> | undefined;
+  private insert: Statement<unknown, [string, Uint8Array, number, number]> | undefined;
   private appendTransaction: ((rows: readonly ImageRow[]) => string | undefined) | undefined;
 
   /**
@@ -120,14 +121,15 @@ export class StagingFile {
       db.run("PRAGMA synchronous = OFF");
       db.run("PRAGMA locking_mode = EXCLUSIVE");
       db.run("PRAGMA cache_size = -16384");
-      db.run("CREATE TABLE IF NOT EXISTS kv_staging (key TEXT PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL) STRICT");
-      const insert = db.prepare<unknown, [string, Uint8Array, number]>(
-        "INSERT INTO kv_staging (key, value, version) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
+      // crc: rowChecksum, copied into the kv table at install (a staging file never outlives its process).
+      db.run("CREATE TABLE IF NOT EXISTS kv_staging (key TEXT PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL, crc INTEGER NOT NULL) STRICT");
+      const insert = db.prepare<unknown, [string, Uint8Array, number, number]>(
+        "INSERT INTO kv_staging (key, value, version, crc) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
       );
       this.insert = insert;
       const transaction = db.transaction((rows: readonly ImageRow[]) => {
         for (const row of rows) {
-          if (insert.run(row.key, row.value, row.version).changes === 0) throw new RepeatedKey(row.key);
+          if (insert.run(row.key, row.value, row.version, rowChecksum(row.key, row.value, row.version)).changes === 0) throw new RepeatedKey(row.key);
         }
       });
       this.appendTransaction = (rows) => {
