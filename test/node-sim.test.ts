@@ -291,6 +291,35 @@ test("a server joining after a compaction starts empty, catches up by a snapshot
   });
 });
 
+test("a joiner whose disk refuses the image it stages reports the full disk until a chunk stages, then joins", async () => {
+  await withSim(quietSim(56, { snapshotEntries: 20 }), async (sim) => {
+    const first = await settledLeader(sim);
+    const keys = Array.from({ length: 40 }, (_, i) => `s-${i % 8}`);
+    for (const key of keys) expect((await put(sim, first, key)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).status().firstLogIndex > 1, 1_000)).toBe(true);
+    const joined = sim.join(4, () => first);
+    // The staging file fills the disk: only staging fails (a follower behind writes little else).
+    const disk = diskOf(sim, 4);
+    const stage = disk.stageImageChunk.bind(disk);
+    let full = true;
+    let refused = 0;
+    disk.stageImageChunk = (...args) => {
+      if (full) {
+        refused++;
+        throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+      }
+      return stage(...args);
+    };
+    // Its status, and so /health and kv_storage_disk_full, said nothing while its leader resent the image.
+    expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.diskFull === true, 5_000)).toBe(true);
+    expect(refused).toBeGreaterThan(0);
+    full = false;
+    await settled(sim, joined, 10_000);
+    expect(nodeOf(sim, 4).status().storage?.diskFull).toBe(false);
+    await sim.healAndCheck([...new Set(keys)], 30_000);
+  });
+});
+
 test("a joiner whose storage thread meets a full disk while it installs its image reports the full disk, and installs once space returns", async () => {
   await withSim(quietSim(55, { snapshotEntries: 20, storageThreadMsMax: 20 }), async (sim) => {
     const first = await settledLeader(sim);

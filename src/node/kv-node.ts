@@ -337,7 +337,7 @@ export class KvNode implements KvNodeApi {
           : this.parkedReady?.ready.snapshot !== undefined && this.parkedReady.stage === "save"
             ? this.parkedReady.ready.snapshot.imageId
             : undefined,
-      diskFull: () => this.diskFull(),
+      diskFull: () => this.frozenByDisk(),
       transferFailed: (to) => {
         // Outside any turn, so no Ready is outstanding unless one is parked or blocked: then the
         // core hears of it after the next turn's Readies.
@@ -643,9 +643,15 @@ export class KvNode implements KvNodeApi {
 
   /**
    * A full disk froze the loop: a Ready the disk refused (`blockedReady`), or a write on the
-   * storage's thread (an install the loop is parked on) waiting for space.
+   * storage's thread (an install the loop is parked on) waiting for space; or it refuses the image
+   * this node needs (SnapshotTransfer.stagingDiskFull).
    */
   private diskFull(): boolean {
+    return this.frozenByDisk() || this.snapshots.stagingDiskFull();
+  }
+
+  /** The loop is frozen by a full disk: a Ready the disk refused, or a write waiting on the storage's thread. */
+  private frozenByDisk(): boolean {
     return this.blockedReady !== undefined || (this.cfg.storage.isDiskFull?.() ?? false);
   }
 

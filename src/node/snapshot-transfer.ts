@@ -47,10 +47,26 @@ export class SnapshotTransfer {
   private incoming: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number; rows: number; valueBytes: number } | undefined;
   /** The InstallSnapshot of the image staged in full, until it is installed or refused. */
   private awaitingInstall: SnapshotRequest | undefined;
+  /**
+   * A full disk refused the image being staged, and this node has neither staged a chunk since nor
+   * applied past `applied` (see `stagingDiskFull`).
+   */
+  private stagingFull: { applied: number } | undefined;
   /** Member addresses that came with the image being staged (at most one image). */
   private stagedAddresses: { imageId: string; addresses: readonly MemberAddress[] } | undefined;
 
   constructor(private readonly host: SnapshotHost) {}
+
+  /**
+   * A full disk refused the image being received, and nothing since showed space: no chunk staged,
+   * nothing applied (a node caught up otherwise needs no image). The node then reports a full disk
+   * as it does for a Ready the disk refused: a review saw a follower refuse a 440 MB image for
+   * minutes, its leader resending it, while its status, health and metrics said nothing.
+   */
+  stagingDiskFull(): boolean {
+    if (this.stagingFull !== undefined && this.host.storage.appliedIndex() > this.stagingFull.applied) this.stagingFull = undefined;
+    return this.stagingFull !== undefined;
+  }
 
   /** Peers a transfer is streaming to now. */
   sending(): Iterable<NodeId> {
@@ -152,7 +168,15 @@ export class SnapshotTransfer {
         host.fail(error);
         throw error;
       }
+      if (isDiskFull(error) && this.stagingFull === undefined) {
+        this.stagingFull = { applied: host.storage.appliedIndex() };
+        host.log?.("disk full", { error: error instanceof Error ? error.message : String(error), stage: "stage", imageId: chunk.imageId });
+      }
       throw new SnapshotChunkRefusedError(`staging failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    if (this.stagingFull !== undefined) {
+      this.stagingFull = undefined;
+      host.log?.("disk space back", {});
     }
     if (chunk.seq === 0) {
       host.log?.("snapshot receive", { from: chunk.from, index: incoming.metadata.index, term: incoming.metadata.term, imageId: chunk.imageId });
