@@ -463,7 +463,8 @@ function parseConsistency(search: string): ReadConsistency {
 /**
  * /health: 503 `removed` once the node applied its own removal (it serves nothing); 503 `disk_full`
  * while the node is frozen by a full disk (it takes no part in consensus, though it serves stale
- * reads); 503 `unhealthy` without a leader or with committed entries not yet applied; else 200,
+ * reads); 503 `unhealthy` without a leader or more than 1,000 committed entries not yet applied
+ * (KvNode.healthy); else 200,
  * flagged `quotaExceeded` past the quota (it serves reads and deletes, refuses puts).
  */
 function healthResponse(node: KvNodeApi): Response {
@@ -476,7 +477,7 @@ function healthResponse(node: KvNodeApi): Response {
     return jsonResponse({ error: "disk_full", message: "the disk is full: the node is frozen until space returns; it serves only stale reads" }, 503);
   }
   if (!node.healthy()) {
-    return jsonResponse({ error: "unhealthy", message: "no leader is known, or committed entries are not yet applied" }, 503);
+    return jsonResponse({ error: "unhealthy", message: "no leader is known, or this node is more than 1,000 committed entries behind in applying them" }, 503);
   }
   return jsonResponse({ healthy: true, ...(storage?.quotaExceeded === true ? { quotaExceeded: true } : {}) }, 200);
 }

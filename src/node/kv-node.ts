@@ -167,6 +167,14 @@ export const defaultQuotaBytes = 2 * 1024 ** 3;
 const dataMeasureTicks = 10;
 /** A read index asked of the leader and not answered this long is asked again (src/node/reads.ts). */
 const readIndexRetryMs = 500;
+/**
+ * Entries committed and not yet applied (or handed to apply) a healthy node may have. A leader
+ * applies an entry only once its own copy is durable, which may be after a quorum of followers
+ * made it committed: under steady 16 KB writes a leader answered /health 503 a quarter of the time
+ * when any lag counted (a review's readiness probe would have flapped). A node catching up (a
+ * restart, a join) is thousands behind, and still unhealthy.
+ */
+export const healthApplyLagMax = 1_000;
 /** Log entries one compaction deletes at most, by default (see `maybeCompact`). */
 const compactStepEntriesDefault = 512;
 
@@ -794,7 +802,7 @@ export class KvNode implements KvNodeApi {
     const raft = this.raw.basicStatus();
     // Applies handed to a storage that writes on another thread count: their results are on their way.
     const applying = Math.max(this.cfg.storage.appliedIndex(), this.appliedHandedIndex);
-    return !this.stopped && !this.membership.removed() && this.blockedReady === undefined && raft.leaderId !== 0 && applying >= raft.commit;
+    return !this.stopped && !this.membership.removed() && this.blockedReady === undefined && raft.leaderId !== 0 && raft.commit - applying <= healthApplyLagMax;
   }
 
   private httpUrlOf(id: NodeId): string | undefined {
