@@ -341,9 +341,16 @@ test("a joiner whose disk refuses the image it stages reports the full disk unti
     // Its status, and so /health and kv_storage_disk_full, said nothing while its leader resent the image.
     expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.diskFull === true, 5_000)).toBe(true);
     expect(refused).toBeGreaterThan(0);
+    // The leader does not resend the image as fast as it is refused: after a retry at once, it
+    // waits for the follower's progress to probe again (100 heartbeats: 1 s here).
+    const before = refused;
+    await sim.runUntil(sim.nowMs + 3_000);
+    expect(refused - before).toBeLessThanOrEqual(6); // 300 before
+    expect(nodeOf(sim, 4).status().storage?.diskFull).toBe(true);
     full = false;
     await settled(sim, joined, 10_000);
-    expect(nodeOf(sim, 4).status().storage?.diskFull).toBe(false);
+    // The next image stages, and the full disk is no longer reported.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, 4).status().storage?.diskFull === false, 5_000)).toBe(true);
     await sim.healAndCheck([...new Set(keys)], 30_000);
   });
 });

@@ -42,6 +42,8 @@ export interface SnapshotHost {
 export class SnapshotTransfer {
   /** Transfers to followers in flight: at most one per peer. */
   private readonly outgoing = new Map<NodeId, AbortController>();
+  /** Transfers to each peer that failed in a row since its last that completed (see `ended`). */
+  private readonly failuresInARow = new Map<NodeId, number>();
   private sequence = 0;
   /** The image being received, chunk by chunk; its rows are staged in storage. */
   private incoming: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number; rows: number; valueBytes: number } | undefined;
@@ -125,9 +127,17 @@ export class SnapshotTransfer {
   private ended(to: NodeId, term: number, error: Error | undefined): void {
     this.outgoing.delete(to);
     if (this.host.stopped()) return;
-    if (error !== undefined) this.host.log?.("snapshot send failed", { to, error: error.message });
+    const failures = error === undefined ? 0 : (this.failuresInARow.get(to) ?? 0) + 1;
+    if (failures === 0) this.failuresInARow.delete(to);
+    else this.failuresInARow.set(to, failures);
+    if (error !== undefined) this.host.log?.("snapshot send failed", { to, error: error.message, failuresInARow: failures });
     if (error === undefined && this.host.term() === term) return; // the follower's answer moves its progress on
-    this.host.transferFailed(to);
+    // The first failure is retried at once. After that the core waits for the follower: its
+    // progress probes again once the follower has answered many heartbeats without the image
+    // (snapshotHeartbeatsMax, 5 s at the defaults). A follower whose disk refused a 440 MB image
+    // was sent it again about 2.5 times a second, half a core of the leader's reading it (found in
+    // a black-box review).
+    if (failures <= 1) this.host.transferFailed(to);
   }
 
   /**
