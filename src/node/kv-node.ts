@@ -250,8 +250,8 @@ export class KvNode implements KvNodeApi {
    * are not waited for: the core goes on, and counts them applied when they answer.)
    */
   private parkedReady: BlockedReady | undefined;
-  /** The storage's thread reported a full disk while the loop was parked on it (see `noteParkedDiskFull`). */
-  private parkedOnFullDisk = false;
+  /** Whether the last `disk full` or `disk space back` logged was `disk full` (see `noteDiskFull`). */
+  private loggedDiskFull = false;
   /** The last index handed to `applyEntries`, whose results may still be on their way. */
   private appliedHandedIndex = 0;
   private diskRetryTicks = 0;
@@ -664,16 +664,23 @@ export class KvNode implements KvNodeApi {
   }
 
   /**
-   * While parked on the storage's thread, logs its disk filling and emptying, as a blocked Ready's
-   * are logged: an install that met a full disk waited unannounced, `/status` and
-   * `kv_storage_disk_full` showing no full disk (found in a black-box review).
+   * Logs `disk full` and `disk space back` as `diskFull()` turns on and off, whatever part of it
+   * did: a Ready the disk refused (`met`: its error and stage), a write waiting on the storage's
+   * thread (an install met it unannounced, found in a black-box review), an image refused as it
+   * was staged. Called where each of them changes, and every tick.
    */
-  private noteParkedDiskFull(): void {
-    const full = this.cfg.storage.isDiskFull?.() ?? false;
-    if (full === this.parkedOnFullDisk) return;
-    this.parkedOnFullDisk = full;
-    if (full) this.cfg.log?.("disk full", { error: "the storage's thread waits for disk space", stage: this.parkedReady?.stage ?? "install" });
-    else this.cfg.log?.("disk space back", {});
+  private noteDiskFull(met?: { error: unknown; stage: string }): void {
+    const full = this.diskFull();
+    if (full === this.loggedDiskFull) return;
+    this.loggedDiskFull = full;
+    if (!full) {
+      this.cfg.log?.("disk space back", {});
+      return;
+    }
+    const staging = this.snapshots.stagingDiskFull() ? this.snapshots.stagingError() : undefined;
+    const cause =
+      met ?? (staging !== undefined ? { error: staging, stage: "stage" } : { error: "the storage's thread waits for disk space", stage: this.parkedReady?.stage ?? "install" });
+    this.cfg.log?.("disk full", { error: cause.error instanceof Error ? cause.error.message : String(cause.error), stage: cause.stage });
   }
 
   /** Whether the data kept, as last measured plus what was proposed since, has reached the quota. */
@@ -878,6 +885,7 @@ export class KvNode implements KvNodeApi {
 
   private onTick(): void {
     if (this.stopped) return;
+    this.noteDiskFull();
     if (++this.ticksSinceMeasure >= dataMeasureTicks) this.measureData();
     if (this.blockedReady !== undefined) {
       // Frozen until the disk takes the Ready: requests still time out, and a retry runs every 10 ticks.
@@ -888,7 +896,6 @@ export class KvNode implements KvNodeApi {
     if (this.parkedReady !== undefined) {
       // Frozen until the storage's thread answers (see awaitStorage): requests still time out.
       this.expireWaiters();
-      this.noteParkedDiskFull();
       return;
     }
     for (const to of this.snapshots.sending()) this.raw.reportSnapshotInProgress(to);
@@ -1101,16 +1108,14 @@ export class KvNode implements KvNodeApi {
       }
     } catch (error) {
       if (!isDiskFull(error)) throw error;
-      if (this.blockedReady === undefined) {
-        this.cfg.log?.("disk full", { error: error instanceof Error ? error.message : String(error), stage: work.stage });
-      }
       this.blockedReady = work;
+      this.noteDiskFull({ error, stage: work.stage });
       this.proposals.refuseQueued(diskFullError());
       return false;
     }
     if (this.blockedReady !== undefined) {
       this.blockedReady = undefined;
-      this.cfg.log?.("disk space back", {});
+      this.noteDiskFull();
     }
     this.reads.onReady(ready.readStates, ready.readFailures, () => this.notLeaderForRead());
     if (ready.softState !== undefined) {
@@ -1156,10 +1161,7 @@ export class KvNode implements KvNodeApi {
       () => {
         if (this.stopped || this.parkedReady !== work) return;
         this.parkedReady = undefined;
-        if (this.parkedOnFullDisk) {
-          this.parkedOnFullDisk = false;
-          this.cfg.log?.("disk space back", {});
-        }
+        this.noteDiskFull();
         try {
           if (!this.carryOut(work)) return this.startSync();
         } catch (error) {
@@ -1223,7 +1225,11 @@ export class KvNode implements KvNodeApi {
 
   /** The transport's snapshot handler: see SnapshotTransfer.receiveChunk. */
   receiveSnapshotChunk(chunk: SnapshotChunk): void {
-    this.snapshots.receiveChunk(chunk);
+    try {
+      this.snapshots.receiveChunk(chunk);
+    } finally {
+      this.noteDiskFull(); // staging may have met a full disk, or found space again
+    }
   }
 
   /**

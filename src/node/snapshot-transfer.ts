@@ -42,8 +42,8 @@ export interface SnapshotHost {
 export class SnapshotTransfer {
   /** Transfers to followers in flight: at most one per peer. */
   private readonly outgoing = new Map<NodeId, AbortController>();
-  /** Transfers to each peer that failed in a row since its last that completed (see `ended`). */
-  private readonly failuresInARow = new Map<NodeId, number>();
+  /** Transfers to each peer that failed in a row in one term, since its last that completed (see `ended`). */
+  private readonly failuresInARow = new Map<NodeId, { term: number; count: number }>();
   private sequence = 0;
   /** The image being received, chunk by chunk; its rows are staged in storage. */
   private incoming: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number; rows: number; valueBytes: number } | undefined;
@@ -53,7 +53,7 @@ export class SnapshotTransfer {
    * A full disk refused the image being staged, and this node has neither staged a chunk since nor
    * applied past `applied` (see `stagingDiskFull`).
    */
-  private stagingFull: { applied: number } | undefined;
+  private stagingFull: { applied: number; error: unknown } | undefined;
   /** Member addresses that came with the image being staged (at most one image). */
   private stagedAddresses: { imageId: string; addresses: readonly MemberAddress[] } | undefined;
 
@@ -68,6 +68,11 @@ export class SnapshotTransfer {
   stagingDiskFull(): boolean {
     if (this.stagingFull !== undefined && this.host.storage.appliedIndex() > this.stagingFull.applied) this.stagingFull = undefined;
     return this.stagingFull !== undefined;
+  }
+
+  /** The error with which a full disk refused the image being staged (while `stagingDiskFull`). */
+  stagingError(): unknown {
+    return this.stagingFull?.error;
   }
 
   /** Peers a transfer is streaming to now. */
@@ -127,9 +132,10 @@ export class SnapshotTransfer {
   private ended(to: NodeId, term: number, error: Error | undefined): void {
     this.outgoing.delete(to);
     if (this.host.stopped()) return;
-    const failures = error === undefined ? 0 : (this.failuresInARow.get(to) ?? 0) + 1;
+    const before = this.failuresInARow.get(to);
+    const failures = error === undefined ? 0 : (before?.term === term ? before.count : 0) + 1;
     if (failures === 0) this.failuresInARow.delete(to);
-    else this.failuresInARow.set(to, failures);
+    else this.failuresInARow.set(to, { term, count: failures });
     if (error !== undefined) this.host.log?.("snapshot send failed", { to, error: error.message, failuresInARow: failures });
     if (error === undefined && this.host.term() === term) return; // the follower's answer moves its progress on
     // The first failure is retried at once. After that the core waits for the follower: its
@@ -178,16 +184,10 @@ export class SnapshotTransfer {
         host.fail(error);
         throw error;
       }
-      if (isDiskFull(error) && this.stagingFull === undefined) {
-        this.stagingFull = { applied: host.storage.appliedIndex() };
-        host.log?.("disk full", { error: error instanceof Error ? error.message : String(error), stage: "stage", imageId: chunk.imageId });
-      }
+      if (isDiskFull(error)) this.stagingFull ??= { applied: host.storage.appliedIndex(), error };
       throw new SnapshotChunkRefusedError(`staging failed: ${error instanceof Error ? error.message : String(error)}`);
     }
-    if (this.stagingFull !== undefined) {
-      this.stagingFull = undefined;
-      host.log?.("disk space back", {});
-    }
+    this.stagingFull = undefined;
     if (chunk.seq === 0) {
       host.log?.("snapshot receive", { from: chunk.from, index: incoming.metadata.index, term: incoming.metadata.term, imageId: chunk.imageId });
     }

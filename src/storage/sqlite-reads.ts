@@ -191,7 +191,7 @@ export interface SqliteReadsOptions {
 export class SqliteReads {
   /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
   kvRowsRead = 0;
-  private readonly selectValue: Statement<KvRow & { crc: number | null }, [string]>;
+  private readonly selectValue: Statement<CheckedRow, [string]>;
   private readonly selectValueBytes: Statement<{ bytes: number }, [string]>;
   private readonly selectRange: Statement<CheckedRow, [string, string, number]>;
   private readonly selectBoundedRange: Statement<CheckedRow, [string, string, string, number]>;
@@ -216,7 +216,7 @@ export class SqliteReads {
     readonly file: string,
     options: SqliteReadsOptions = {},
   ) {
-    this.selectValue = db.prepare("SELECT value, version, crc FROM kv WHERE key = ?");
+    this.selectValue = db.prepare("SELECT key, value, version, crc FROM kv WHERE key = ?");
     // length() of a BLOB does not read the BLOB (1 µs against 229 µs for a 1 MiB value, measured).
     this.selectValueBytes = db.prepare("SELECT length(value) AS bytes FROM kv WHERE key = ?");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
@@ -264,7 +264,7 @@ export class SqliteReads {
     this.joinBatch();
     const row = this.selectValue.get(key);
     if (row === null) return undefined;
-    checkedRow(this.file, { key, ...row });
+    checkedRow(this.file, row);
     return { value: row.value, version: row.version };
   }
 

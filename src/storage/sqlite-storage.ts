@@ -296,9 +296,10 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     // Bound the WAL file left on disk after a checkpoint (it is reused, not shrunk, otherwise).
     db.run(`PRAGMA journal_size_limit = ${walBytesLimit}`);
     // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB, and keep up to 4 MiB of pages
-    // cached instead of 2 MiB (16 MiB until the log left SQLite; see pageCacheKib). A checkpoint runs inside a commit on the node's loop and writes the
-    // newest copy of each page once, so a longer WAL rewrites a hot page once where it was ten
-    // times; the cache spares re-reading pages a commit evicted. The pause a checkpoint takes
+    // cached instead of 2 MiB (16 MiB until the log left SQLite; see pageCacheKib). A checkpoint
+    // runs inside a commit on the node's loop and writes the newest copy of each page once, so a
+    // longer WAL rewrites a hot page once where it was ten times; the cache spares re-reading pages
+    // a commit evicted. The pause a checkpoint takes
     // grows less than its interval (1M keys, random writes: worst 144 ms against 93 ms at the
     // default). Measured A B A B, 14 rounds of 64-client writes: more writes/s in 11 of them,
     // about a tenth more at the median.

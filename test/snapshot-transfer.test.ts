@@ -1,0 +1,57 @@
+// Proves how a leader's snapshot room retries a failed image transfer: the first failure in a term at
+// once, later ones left to the core's own probe, and a new term's first failure at once again.
+import { expect, test } from "bun:test";
+import { SnapshotTransfer, type SnapshotHost } from "../src/node/snapshot-transfer.ts";
+import type { SnapshotRequest } from "../src/raft/types.ts";
+import type { KvStorage } from "../src/storage/kv-storage.ts";
+import type { Transport } from "../src/transport/transport.ts";
+
+test("a failed transfer is retried at once only after the first failure of its term", async () => {
+  let term = 3;
+  const retried: number[] = [];
+  let failed: () => void = () => {};
+  const storage = { openImage: () => ({ metadata: { index: 5, term: 1, voters: [1, 2] }, close() {}, next: () => [] }) } as unknown as KvStorage;
+  // Every transfer fails, as one to a follower whose disk refuses the image does.
+  const transport = {
+    sendSnapshot: async () => {
+      throw new Error("staging failed: database or disk is full");
+    },
+  } as unknown as Transport;
+  const host: SnapshotHost = {
+    id: 1,
+    storage,
+    transport: () => transport,
+    peerKnown: () => true,
+    term: () => term,
+    stopped: () => false,
+    blockedInstall: () => undefined,
+    diskFull: () => false,
+    transferFailed: (to) => retried.push(to),
+    install: () => {},
+    waitsInInbox: () => false,
+    fail: (error) => {
+      throw error;
+    },
+    // Logged once a transfer has ended, after its retry was decided.
+    log: (event) => {
+      if (event === "snapshot send failed") failed();
+    },
+  };
+  const room = new SnapshotTransfer(host);
+  const send = async (inTerm: number) => {
+    const ended = new Promise<void>((resolve) => (failed = resolve));
+    const request: SnapshotRequest = { type: "snapshot", from: 1, to: 2, term: inTerm, snapshot: { index: 5, term: 1, voters: [1, 2] }, imageId: "" };
+    room.start(request);
+    await ended;
+    expect([...room.sending()]).toEqual([]);
+  };
+  await send(3);
+  expect(retried).toEqual([2]);
+  await send(3);
+  await send(3);
+  expect(retried).toEqual([2]); // left to the core's probe (100 heartbeats)
+  // A new term: its first failure is retried at once (counted across terms, it waited 5 s).
+  term = 4;
+  await send(4);
+  expect(retried).toEqual([2, 2]);
+});
