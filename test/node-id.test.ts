@@ -11,10 +11,10 @@ import { createServerCluster } from "./helpers/server-cluster.ts";
 const baseDir = mkdtempSync(join(tmpdir(), "kv-node-id-"));
 afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
 
-/** Runs `kv serve` as node `id` of a one-voter cluster on `dataDir` until it exits, or SIGKILLs it once `until` shows in its output. */
-async function serve(id: number, dataDir: string, until?: string): Promise<{ code: number; err: string }> {
+/** Runs `kv serve` as node `id` of a one-voter cluster (or of `cluster`) on `dataDir` until it exits, or SIGKILLs it once `until` shows in its output. */
+async function serve(id: number, dataDir: string, until?: string, cluster = `${id}=http://127.0.0.1:0`): Promise<{ code: number; err: string }> {
   const child = Bun.spawn(
-    [...kvCommand(), "serve", "--id", String(id), "--cluster", `${id}=http://127.0.0.1:0`, "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json"],
+    [...kvCommand(), "serve", "--id", String(id), "--cluster", cluster, "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json"],
     { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
   );
   try {
@@ -60,6 +60,36 @@ test("a data dir copied from node 1 does not start as node 3, and is left as it 
   expect(readFileSync(join(copy, "node-id"), "utf8").trim()).toBe("1");
   // Its own node starts on it.
   expect((await serve(1, copy, '"event":"started"')).err).toContain('"event":"started"');
+});
+
+test("a copy of node 1's data dir without its node-id file, or of only kv.db and its log, is refused as node 3 too", async () => {
+  // Three voters, so the voters recorded in the copy are node 3's cluster's too: only whose data dir it is differs.
+  const cluster = createServerCluster({ size: 3, baseDir: join(baseDir, "bare") });
+  try {
+    await cluster.start();
+    const leader = await cluster.waitForLeader();
+    expect((await fetch(`${cluster.node(leader).httpUrl}/kv/k`, { method: "PUT", body: "v" })).status).toBe(200);
+  } finally {
+    await cluster.stop();
+  }
+  const original = join(baseDir, "bare", "node-1");
+  const threeVoters = "1=http://127.0.0.1:1,2=http://127.0.0.1:2,3=http://127.0.0.1:0";
+  for (const [name, keep] of [
+    ["no-node-id-file", (file: string) => file !== "node-id"],
+    ["database-and-log-only", (file: string) => file === "kv.db" || file.startsWith("kv.db-log")],
+  ] as const) {
+    const copy = join(baseDir, name);
+    cpSync(original, copy, { recursive: true, filter: (source) => source === original || keep(source.slice(original.length + 1)) });
+    expect(existsSync(join(copy, "node-id"))).toBe(false);
+    const database = readFileSync(join(copy, "kv.db"));
+    const refused = await serve(3, copy, undefined, threeVoters);
+    expect(refused.code).toBe(1);
+    // Both started as node 3 on node 1's vote and log (the node-id file was all that said whose they were).
+    expect(refused.err).toContain("node 1's, not node 3's");
+    expect(existsSync(join(copy, "node-id"))).toBe(false);
+    expect(readFileSync(join(copy, "kv.db")).equals(database)).toBe(true);
+    expect((await serve(1, copy, '"event":"started"', threeVoters.replace("1=http://127.0.0.1:1", "1=http://127.0.0.1:0").replace("3=http://127.0.0.1:0", "3=http://127.0.0.1:3"))).err).toContain('"event":"started"');
+  }
 });
 
 test("a data dir from before the node-id file (0.5.0) gets one with the id it starts as", async () => {

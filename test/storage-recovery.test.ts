@@ -98,6 +98,37 @@ describe("sqlite storage recovery", () => {
     expect(() => open([1, 2, 4])).toThrow(/voters_mismatch/);
   });
 
+  test("a database belongs to the node that first opened it: another node's open is refused, and changes nothing", () => {
+    const first = openSqliteStorage((dir = mkdtempSync(join(tmpdir(), "kv-storage-recovery-"))), { voters: [1, 2, 3], nodeId: 1 });
+    first.save({ term: 4, vote: 1, commit: 0 }, [], true);
+    first.close();
+    const readMeta = () => {
+      const raw = new Database(join(dir, "kv.db"), { readonly: true });
+      try {
+        return raw.query("SELECT * FROM meta").all();
+      } finally {
+        raw.close();
+      }
+    };
+    const before = readMeta();
+    let thrown: unknown;
+    try {
+      openSqliteStorage(dir, { nodeId: 3 }).close();
+    } catch (error: unknown) {
+      thrown = error;
+    }
+    expect(thrown).toBeInstanceOf(StorageError);
+    expect((thrown as StorageError).code).toBe("node_mismatch");
+    expect((thrown as Error).message).toContain("node 1's, not node 3's");
+    expect(readMeta()).toEqual(before);
+    // Its own node, and a tool that names no node, open it.
+    for (const options of [{ nodeId: 1 }, {}]) {
+      const again = openSqliteStorage(dir, options);
+      expect(again.initialState().hardState).toMatchObject({ term: 4, vote: 1 });
+      again.close();
+    }
+  });
+
   test("a second opener of a held database fails with locked", () => {
     const holder = open();
     let thrown: unknown;

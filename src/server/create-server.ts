@@ -196,6 +196,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const sqliteStorage: KvStorage & { released(): Promise<void> } = await waitForSpace("open the database", () =>
     storageThread
       ? openThreadedStorage(dataDir, {
+          nodeId: config.id,
           onCheckpoint,
           onRequestDone: (report) => {
             const durationS = report.durationMs / 1000;
@@ -205,7 +206,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
             else if (report.op === "sync") fsyncDuration.observe({}, durationS);
           },
         })
-      : openSqliteStorage(dataDir, { onCheckpoint }),
+      : openSqliteStorage(dataDir, { nodeId: config.id, onCheckpoint }),
   );
   let joinedClusterId: string | undefined;
   if (config.join !== undefined) {

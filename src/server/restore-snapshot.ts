@@ -84,7 +84,7 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
   const temp = mkdtempSync(join(parent, `.${basename(dataDir)}.restoring-${process.pid}-`));
   let storage: SqliteStorage | undefined;
   try {
-    storage = openSqliteStorage(temp);
+    storage = openSqliteStorage(temp, { nodeId: options.id });
     const addresses: MemberAddress[] = voters.map((voter) => ({ id: voter, peerUrl: peers.get(voter) as string }));
     let header: BackupHeader | undefined;
     let staged = false;

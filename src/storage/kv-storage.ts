@@ -143,6 +143,7 @@ export type StorageErrorCode =
   | "voters_invalid" // not a non-empty set of distinct positive integers
   | "schema" // the database (or a log segment) was written by an unknown schema (or format) version
   | "locked" // another process (or connection) holds the database
+  | "node_mismatch" // the database belongs to another node (see SqliteStorageOptions.nodeId)
   | "image_refused"; // a snapshot chunk that does not continue the staged image, or exceeds its limit
 
 /**

@@ -97,6 +97,12 @@ import { ImageStaging, removeStaleStaging, StagingFile } from "./staging-file.ts
 export interface SqliteStorageOptions {
   /** Voters to record on first open, or to verify against those recorded (see `bootstrap`). */
   readonly voters?: readonly NodeId[];
+  /**
+   * The node opening the database: recorded on its first open by a node, and a database recorded
+   * as another node's is refused (`node_mismatch`) before anything is written. Omitted (tools
+   * reading a data dir), nothing is recorded or checked.
+   */
+  readonly nodeId?: NodeId;
   /** Database file name inside the directory. Default `kv.db`. */
   readonly fileName?: string;
   /** How long to wait for another holder of the database to let go. Default 2000 ms. */
@@ -257,6 +263,7 @@ DROP TABLE hard_state;
  */
 const migrationToV6Sql = `
 ALTER TABLE kv ADD COLUMN crc INTEGER;  -- rowChecksum(key, value, version); NULL in rows written before schema 6
+ALTER TABLE meta ADD COLUMN node_id INTEGER NOT NULL DEFAULT 0;  -- the node this database belongs to (see ownDatabase); 0 until a node opens it
 `;
 
 /** Log rows the migration to segments reads per query. */
@@ -306,7 +313,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     const checkpoints = options.checkpoints ?? "worker";
     db.run(`PRAGMA wal_autocheckpoint = ${checkpoints === "worker" ? walCheckpointPagesBackstop : walCheckpointPages}`);
     db.run(`PRAGMA cache_size = -${pageCacheKib}`);
-    log = migrate(db, file, {
+    log = migrate(db, file, options.nodeId, {
       ...(options.logSegmentBytesMax === undefined ? {} : { segmentBytesMax: options.logSegmentBytesMax }),
       ...(options.logFiles === undefined ? {} : { files: options.logFiles }),
     });
@@ -419,7 +426,7 @@ function refuseLostDatabase(file: string, logDir: string, logOptions: SegmentLog
  * are written and fsynced inside it: see migrationToV5Sql); drops stale staging. Returns the log,
  * open and replayed.
  */
-function migrate(db: Database, file: string, logOptions: SegmentLogOptions): SegmentLog {
+function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOptions: SegmentLogOptions): SegmentLog {
   const logDir = logDirOf(file);
   let log: SegmentLog | undefined;
   try {
@@ -469,6 +476,7 @@ function migrate(db: Database, file: string, logOptions: SegmentLogOptions): Seg
         version = 6;
       }
       db.run(`PRAGMA user_version = ${version}`);
+      if (nodeId !== undefined) ownDatabase(db, file, nodeId);
       // Staging rows a release before the staging file left behind (see StagingFile).
       db.run("DELETE FROM kv_staging");
     }).immediate();
@@ -480,6 +488,27 @@ function migrate(db: Database, file: string, logOptions: SegmentLogOptions): Seg
   if (migrated !== undefined) return migrated;
   if (!existsSync(logDir)) throw corruptError(file, `the log's directory ${logDir} is missing`);
   return SegmentLog.open(logDir, logOptions);
+}
+
+/**
+ * Records that the database belongs to node `nodeId` or, when it is recorded as another's, throws
+ * `node_mismatch` (inside migrate's transaction, so a refused database is left as it was). The
+ * data dir's `node-id` file (src/lib/node-id-file.ts) says the same; this record is inside the
+ * database, so a data dir whose file was deleted, or a copy of only `kv.db` and its log, is refused
+ * too: the log beside it holds that node's vote.
+ */
+function ownDatabase(db: Database, file: string, nodeId: NodeId): void {
+  const owner = db.query<{ node_id: number }, []>("SELECT node_id FROM meta WHERE id = 1").get()?.node_id;
+  if (owner === undefined) throw corruptError(file, "meta row missing");
+  if (owner === nodeId) return;
+  if (owner !== 0) {
+    throw new StorageError(
+      "node_mismatch",
+      `this database is node ${owner}'s, not node ${nodeId}'s: start node ${owner} on it, or give node ${nodeId} a data dir of its own (a copy of another node's carries that node's vote and log, which a node must never take for its own); the data dir was left unchanged`,
+      file,
+    );
+  }
+  db.query("UPDATE meta SET node_id = ? WHERE id = 1").run(nodeId);
 }
 
 /**

@@ -19,6 +19,7 @@ import type { PackRing } from "./pack-ring.ts";
 /** Options the thread opens its SqliteStorage with (those that cross threads: no callbacks). */
 export interface StorageThreadOpenOptions {
   readonly voters?: readonly NodeId[];
+  readonly nodeId?: NodeId;
   readonly fileName?: string;
   readonly lockWaitMs?: number;
   readonly termCacheRunsMax?: number;
