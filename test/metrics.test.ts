@@ -8,6 +8,7 @@ import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../src/lib/metri
 import { encodeCommand } from "../src/kv/command.ts";
 import { createHttpHandler } from "../src/http/http-handler.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import { instrumentNode } from "../src/http/node-metrics.ts";
 
 /** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */
 function parseExposition(text: string): Map<string, number> {
@@ -190,6 +191,23 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     expect((await scrape(other)).get("kv_raft_leader_changes_total")).toBeGreaterThan(before);
     expect((await scrape(newLeader)).get('kv_raft_role{role="leader"}')).toBe(1);
     await cluster.startNode(leader);
+  });
+});
+
+describe("kv_raft_leader_changes_total", () => {
+  test("counts each leader elected, the same node elected again in a new term too", () => {
+    const registry = createMetricsRegistry();
+    const metrics = instrumentNode(new MemoryKvNode(), registry, { clusterId: "c", version: "0" });
+    const changes = () => parseExposition(registry.render()).get("kv_raft_leader_changes_total");
+    metrics.noteLeader(2, 1);
+    metrics.noteLeader(2, 1); // the same leader in the same term (a role event for another reason)
+    expect(changes()).toBe(1);
+    // Node 2 lost the leadership (no leader known while the election runs) and won it again.
+    metrics.noteLeader(0, 2);
+    metrics.noteLeader(2, 2);
+    expect(changes()).toBe(2);
+    metrics.noteLeader(3, 3);
+    expect(changes()).toBe(3);
   });
 });
 

@@ -15,8 +15,8 @@ const roles = ["follower", "candidate", "leader"] as const;
 export interface NodeMetrics {
   /** The same node: every call is forwarded, its outcome counted. */
   readonly node: KvNodeApi;
-  /** Tell the metrics which leader the node now follows (0: none), from the loop's role events. */
-  noteLeader(leaderId: number): void;
+  /** Tell the metrics which leader the node now follows (0: none) and in which term, from the loop's role events. */
+  noteLeader(leaderId: number, term: number): void;
 }
 
 /** Declares the node's metrics on `registry` and returns the wrapped node. */
@@ -46,7 +46,10 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   }
   registry.collected("kv_removed", "1 once this node applied its own removal from the cluster (it serves nothing), else 0.", "gauge", [], () => [[{}, status.removed === true ? 1 : 0]]);
 
-  const leaderChanges = registry.counter("kv_raft_leader_changes_total", "Times this node saw a new leader (a known leader other than the previous one).");
+  const leaderChanges = registry.counter(
+    "kv_raft_leader_changes_total",
+    "Times this node saw a leader elected: a known leader other than the previous one, or the same one in a new term.",
+  );
   const committed = registry.counter("kv_proposals_committed_total", "Writes committed and applied, by operation.", ["op"]);
   const failed = registry.counter(
     "kv_proposals_failed_total",
@@ -103,7 +106,9 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
 
   /** Membership answers carry the cluster id: a server joining with `kv serve --join` adopts it. */
   const withClusterId = (view: MembersView): MembersView => ({ ...view, clusterId: info.clusterId });
-  let lastLeaderId = status.leaderId;
+  // The leader last known, and its term: the same node elected again in a later term counts too
+  // (counted by leader alone, a leader that lost and won back the leadership went unseen).
+  let lastLeader = { id: status.leaderId, term: status.term };
   /** Writes: a synchronous throw is a refusal before proposing (not_leader); a rejection is a failed proposal. */
   function write<T>(op: "put" | "delete" | "txn", start: () => Promise<T>): Promise<T> {
     const pending = start();
@@ -156,9 +161,10 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   };
   return {
     node: wrapped,
-    noteLeader(leaderId) {
-      if (leaderId !== 0 && leaderId !== lastLeaderId) leaderChanges.inc({});
-      if (leaderId !== 0) lastLeaderId = leaderId;
+    noteLeader(leaderId, term) {
+      if (leaderId === 0) return;
+      if (leaderId !== lastLeader.id || term !== lastLeader.term) leaderChanges.inc({});
+      lastLeader = { id: leaderId, term };
     },
   };
 }

@@ -293,7 +293,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       idempotencySessionsMax: config.idempotencySessionsMax,
       ...(config.watch === undefined ? {} : { watch: config.watch }),
       log: (event, fields) => {
-        if (event === "role" && typeof fields.leaderId === "number") nodeMetrics?.noteLeader(fields.leaderId);
+        if (event === "role" && typeof fields.leaderId === "number" && typeof fields.term === "number") nodeMetrics?.noteLeader(fields.leaderId, fields.term);
         logger.log(nodeEventLevel(event), event, fields);
       },
       onFatal: (error) => config.onFatal?.(error),
