@@ -12,6 +12,7 @@ import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
 import { historyViolation, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
+import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 
 const tickMs = 10;
 const electionTicks = 10;
@@ -234,6 +235,31 @@ test("a voter removed, stopped, and joining again under its id on a wiped disk s
     const read = await sim.awaitAnswer(sim.callOperation(2, removed, "get", "between"), 5_000);
     expect(read.outcome).toBe("ok");
     await sim.healAndCheck(["before", "between"], 30_000);
+  });
+});
+
+test("a voter whose data dir was emptied votes for no candidate with a log until it caught up, so a stale follower cannot win with its vote and lose an acknowledged write", async () => {
+  await withSim(quietSim(52), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "settle")).outcome).toBe("ok");
+    const [wiped, stale] = [...sim.servers.keys()].filter((id) => id !== leader) as [NodeId, NodeId];
+    sim.network.partition([[leader, wiped], [stale]]);
+    // Acknowledged by the leader and `wiped`; `stale` never gets it.
+    expect((await put(sim, leader, "k")).outcome).toBe("ok");
+    sim.crash(leader, false);
+    sim.crash(wiped, false);
+    diskOf(sim, wiped).restartFrom(createMemoryKvStorage()); // its data dir emptied
+    await sim.runUntil(sim.nowMs + 50); // the old leader's last messages land while `wiped` is down
+    sim.network.heal();
+    sim.restart(wiped);
+    expect(nodeOf(sim, wiped).status().votesHeld).toBe(true);
+    // `stale` campaigns again and again; `wiped`'s vote would make it leader (it granted it before).
+    expect(await sim.runUntilTrue(() => sim.leader() !== undefined, 3_000)).toBe(false);
+    expect(nodeOf(sim, stale).status().role).not.toBe("leader");
+    // The old leader returns and wins with `stale`'s vote; `wiped` catches up and votes again.
+    sim.restart(leader);
+    expect(await sim.runUntilTrue(() => sim.leader() === leader && nodeOf(sim, wiped).status().votesHeld === undefined, 5_000)).toBe(true);
+    await sim.healAndCheck(["settle", "k"], 30_000);
   });
 });
 

@@ -16,7 +16,7 @@ const entry = (index: number, term: number, text = `e${index}`): Entry => ({
 const disks = new WeakMap<RawNode, MemoryStorage>();
 
 /** A core for node `id` of voters 1..n whose disk holds `log` and `term`. */
-function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, checkQuorum = false): RawNode {
+function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, checkQuorum = false, holdVotesTicksMax = 0): RawNode {
   const storage = new MemoryStorage(Array.from({ length: n }, (_, i) => i + 1));
   storage.save({ term, vote, commit: 0 }, log, true);
   const node = new RawNode({
@@ -29,6 +29,7 @@ function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, 
     ...defaultRaftLimits,
     // The rules of Figure 2 in isolation: no leader lease or startup quiet period (tested in raft-network).
     checkQuorum,
+    holdVotesTicksMax,
   });
   disks.set(node, storage);
   return node;
@@ -111,6 +112,50 @@ describe("elections (§5.2, §5.4.1)", () => {
     expect(campaigns(messages)).toEqual([]);
     node.campaign();
     expect(campaigns(drain(node)).length).toBe(2);
+  });
+
+  test("a server started with an empty log votes for a candidate with a log only once it committed an entry of its first leader's term", () => {
+    const granted = (node: RawNode, from: number, term: number, lastLogIndex: number, lastLogTerm: number, type: "vote" | "pre-vote" = "vote") => {
+      node.step({ type, from, to: 1, term, lastLogIndex, lastLogTerm, transfer: false });
+      const answer = drain(node).find((m) => m.type === "vote-response" || m.type === "pre-vote-response");
+      return (answer?.type === "vote-response" || answer?.type === "pre-vote-response") && answer.granted;
+    };
+    // A cluster's first election is not held up: the candidate's log is empty too.
+    expect(granted(coreWith(1, 3, [], 0, 0, false, 1_000), 2, 1, 0, 0)).toBe(true);
+    const node = coreWith(1, 3, [], 0, 0, false, 1_000);
+    expect(node.votesHeld()).toBe(true);
+    // Its log may be a voter's whose data dir was emptied: no vote for a candidate with a log.
+    expect(granted(node, 2, 3, 5, 2)).toBe(false);
+    // A heartbeat does not count: only an append, whose leader's term is then T.
+    node.step({ type: "heartbeat", from: 3, to: 1, term: 4, commit: 0, readContext: "1" });
+    drain(node);
+    node.step({ type: "append", from: 3, to: 1, term: 4, prevLogIndex: 0, prevLogTerm: 0, entries: [entry(1, 2), entry(2, 3)], commit: 2 });
+    drain(node);
+    expect(node.basicStatus().commit).toBe(2);
+    // Committed up to an entry of term 3 only: still held. Pre-votes (they leave the term as it is):
+    expect(node.votesHeld()).toBe(true);
+    expect(granted(node, 2, 5, 9, 3, "pre-vote")).toBe(false); // its last entry older than T: it may lack what we acknowledged
+    expect(granted(node, 2, 5, 3, 4, "pre-vote")).toBe(true); // one of term T: it holds everything committed before T
+    // An entry of term 4 committed: caught up.
+    node.step({ type: "append", from: 3, to: 1, term: 4, prevLogIndex: 2, prevLogTerm: 3, entries: [entry(3, 4)], commit: 3 });
+    drain(node);
+    expect(node.basicStatus().commit).toBe(3);
+    expect(node.votesHeld()).toBe(false);
+    expect(granted(node, 2, 6, 3, 4)).toBe(true);
+    // A leader's log holds every committed entry: elected, it holds its vote no more.
+    const elected = coreWith(1, 3, [], 0, 0, false, 1_000);
+    electLeader(elected, [2, 3]);
+    expect(elected.votesHeld()).toBe(false);
+    // The hold ends after holdVotesTicksMax ticks, caught up or not.
+    const expiring = coreWith(1, 3, [], 0, 0, false, 20);
+    for (let tick = 0; tick < 19; tick++) expiring.tick();
+    expect(granted(expiring, 2, 3, 5, 2, "pre-vote")).toBe(false);
+    expiring.tick();
+    expect(expiring.votesHeld()).toBe(false);
+    expect(granted(expiring, 2, 3, 5, 2, "pre-vote")).toBe(true);
+    // A server whose log is not empty at start, or with the rule off, votes as before.
+    expect(coreWith(1, 3, [entry(1, 1)], 1, 0, false, 1_000).votesHeld()).toBe(false);
+    expect(granted(coreWith(1, 3), 2, 3, 5, 2)).toBe(true);
   });
 
   test("a candidate becomes leader with a majority and appends a no-op of its term", () => {

@@ -98,6 +98,11 @@ export interface NodeStatus {
   readonly storage?: StorageStatus;
   /** True once this node applied its own removal from the cluster: it serves nothing (absent otherwise). */
   readonly removed?: true;
+  /**
+   * True while this node, started with an empty log, grants no vote to a candidate with a log until
+   * it has caught up with a leader (src/raft/raft.ts, `votesHeld`; absent otherwise).
+   */
+  readonly votesHeld?: true;
 }
 
 /** See `NodeStatus.storage`. */

@@ -168,6 +168,12 @@ const dataMeasureTicks = 10;
 /** A read index asked of the leader and not answered this long is asked again (src/node/reads.ts). */
 const readIndexRetryMs = 500;
 /**
+ * How long a node started with an empty log holds its vote from candidates with a log at most,
+ * unless it caught up with a leader first (src/raft/raft.ts, `votesHeld`): longer than a member's
+ * restart takes, short enough that a cluster waiting on a new member's vote is not held up long.
+ */
+const voteHoldMsMax = 10_000;
+/**
  * Entries committed and not yet applied (or handed to apply) a healthy node may have. A leader
  * applies an entry only once its own copy is durable, which may be after a quorum of followers
  * made it committed: under steady 16 KB writes a leader answered /health 503 a quarter of the time
@@ -252,6 +258,8 @@ export class KvNode implements KvNodeApi {
   private parkedReady: BlockedReady | undefined;
   /** Whether the last `disk full` or `disk space back` logged was `disk full` (see `noteDiskFull`). */
   private loggedDiskFull = false;
+  /** What `noteVotesHeld` logged last. */
+  private loggedVotesHeld = false;
   /** The last index handed to `applyEntries`, whose results may still be on their way. */
   private appliedHandedIndex = 0;
   private diskRetryTicks = 0;
@@ -328,6 +336,8 @@ export class KvNode implements KvNodeApi {
       prng: cfg.prng,
       applied: cfg.storage.appliedIndex(),
       ...defaultRaftLimits,
+      // An empty data dir may be a voter's whose data was lost: see docs/operations.md.
+      holdVotesTicksMax: Math.ceil(voteHoldMsMax / cfg.tickMs),
     });
     this.reads = new Reads(cfg.id, cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36));
     this.snapshots = new SnapshotTransfer({
@@ -646,7 +656,20 @@ export class KvNode implements KvNodeApi {
         installingSnapshot: this.parkedReady !== undefined,
       },
       ...(this.membership.removed() ? { removed: true as const } : {}),
+      ...(this.raw.votesHeld() ? { votesHeld: true as const } : {}),
     };
+  }
+
+  /** Logs `votes held` at start when the log is empty, and `votes released` once it caught up (see RawNode.votesHeld). */
+  private noteVotesHeld(): void {
+    const held = this.raw.votesHeld();
+    if (held === this.loggedVotesHeld) return;
+    this.loggedVotesHeld = held;
+    if (held) {
+      this.cfg.log?.("votes held", { detail: "this node's log is empty: it votes for a candidate with a log only once it has caught up with a leader (a voter whose data dir was emptied must not vote before)" });
+    } else {
+      this.cfg.log?.("votes released", { commitIndex: this.raw.basicStatus().commit });
+    }
   }
 
   /**
@@ -886,6 +909,7 @@ export class KvNode implements KvNodeApi {
   private onTick(): void {
     if (this.stopped) return;
     this.noteDiskFull();
+    this.noteVotesHeld();
     if (++this.ticksSinceMeasure >= dataMeasureTicks) this.measureData();
     if (this.blockedReady !== undefined) {
       // Frozen until the disk takes the Ready: requests still time out, and a retry runs every 10 ticks.

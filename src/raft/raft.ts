@@ -60,6 +60,14 @@ export interface RaftConfig {
   readonly leaseDriftTicks?: number;
   /** A leader steps down when it has not heard from a quorum in two election timeouts in a row (thesis §6.2; see `tick`). */
   readonly checkQuorum: boolean;
+  /**
+   * A server whose log is empty at start (a new server's, or one whose data was lost) grants no
+   * vote to a candidate whose log is not empty until it has caught up with a leader (it has
+   * committed an entry of the term of the first leader it accepted an append from), or for this
+   * many ticks at most. Meanwhile it votes only for a candidate whose last entry is of that term or
+   * a later one. 0 (the default): no hold. See `votesHeld`.
+   */
+  readonly holdVotesTicksMax?: number;
 }
 
 export const defaultRaftLimits = {
@@ -147,6 +155,12 @@ export class Raft {
   private pendingReads: PendingRead[] = [];
   /** Follower: set once, when a heartbeat shows this node lost entries it had acknowledged (see LostLog). */
   private lostLogSeen: LostLog | undefined;
+  /**
+   * Set when the log was empty at start and `holdVotesUntilCaughtUp`: the term of the first leader
+   * this server accepted an append from (undefined until then). Cleared once it has committed an
+   * entry of that term. See `votesHeld`.
+   */
+  private voteHold: { term: number | undefined } | undefined;
   /** Leader: reads that arrived before the leader committed an entry of its own term (§6.4 step 1). */
   private readsBeforeTermCommit: { readContext: string; from: NodeId }[] = [];
 
@@ -164,7 +178,49 @@ export class Raft {
     this.configIndex = this.log.applied;
     this.term = hardState.term;
     this.vote = hardState.vote;
+    if ((cfg.holdVotesTicksMax ?? 0) > 0 && this.log.lastIndex() === 0) this.voteHold = { term: undefined };
     this.becomeFollower(this.term, 0);
+  }
+
+  /**
+   * Whether this server still holds its vote from candidates with a non-empty log (see
+   * `holdVotesUntilCaughtUp`). An empty log cannot be told from a lost one: a voter whose data dir
+   * was emptied forgot the entries it acknowledged, and its vote could elect a candidate that lacks
+   * them, losing committed entries. The first leader it then hears from (in term T) was elected
+   * without its vote and, if it is not the leader those entries were acknowledged to (that one
+   * tells it lost them: see `lostLog`), they were committed before T, so its log holds them (leader
+   * completeness). Once this server has committed an entry of term T, its log holds that leader's
+   * up to there (log matching), those entries among them, and it votes again. A cluster's first
+   * election (every log empty) is not held up: its candidates' logs are empty too.
+   *
+   * The hold ends after `holdVotesTicksMax` ticks whatever happened: a server that never heard
+   * from a leader cannot tell a new one's empty log from a lost one, and held for good it could
+   * keep a cluster without a leader for good (the node swarm: a member that never heard from the
+   * first leader, then that leader removed, left the other member no one to win a vote from). So
+   * it covers a voter wiped and started again while the members that hold what it acknowledged
+   * are down for less than that, as in a rolling restart.
+   */
+  votesHeld(): boolean {
+    const hold = this.voteHold;
+    if (hold === undefined) return false;
+    const expired = this.nowTicks >= (this.cfg.holdVotesTicksMax ?? 0);
+    if (!expired && (hold.term === undefined || this.log.committed === 0 || (this.log.term(this.log.committed) ?? 0) < hold.term)) return true;
+    this.voteHold = undefined;
+    return false;
+  }
+
+  /**
+   * Whether a held vote may still go to a candidate whose log ends with an entry of `lastLogTerm`
+   * at `lastLogIndex`: an empty log (a new cluster's first election), or one whose last entry is of
+   * term T (see `votesHeld`) or later. Such a log holds every entry committed before T (log
+   * matching, leader completeness), so every entry this server could have acknowledged. Without it,
+   * a server that joined empty and was promoted before it caught up, its leader gone, refused for
+   * good the one candidate that held its leader's entries (found by the node swarm).
+   */
+  private heldVoteAllowed(lastLogTerm: number, lastLogIndex: number): boolean {
+    if (lastLogIndex === 0 || !this.votesHeld()) return true;
+    const term = this.voteHold?.term;
+    return term !== undefined && lastLogTerm >= term;
   }
 
   hardState(): HardState {
@@ -244,6 +300,9 @@ export class Raft {
     this.role = "leader";
     this.leaderId = this.id;
     this.quorumSilentChecks = 0;
+    // Elected by a quorum, its log holds every committed entry (leader completeness): it votes again
+    // once it follows (held on, a cluster's first leader refused every candidate after it, for good).
+    this.voteHold = undefined;
     const lastIndex = this.log.lastIndex();
     for (const member of this.members()) {
       this.progress.set(member, new Progress(lastIndex + 1, this.cfg.inflightMessagesMax, this.cfg.inflightBytesMax));
@@ -699,7 +758,7 @@ export class Raft {
     const responseType = m.type === "vote" ? "vote-response" : "pre-vote-response";
     const canVote =
       this.vote === m.from || (this.vote === 0 && this.leaderId === 0) || (m.type === "pre-vote" && m.term > this.term);
-    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
+    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm) && this.heldVoteAllowed(m.lastLogTerm, m.lastLogIndex);
     if (granted && m.type === "vote") {
       this.vote = m.from;
       this.electionElapsedTicks = 0;
@@ -754,6 +813,7 @@ export class Raft {
   /** §5.3: the consistency check, then append and advance commit. */
   private handleAppend(m: AppendRequest): void {
     if (!this.followLeader(m.from)) return;
+    if (this.voteHold !== undefined && this.voteHold.term === undefined) this.voteHold.term = m.term;
     const reply = { type: "append-response", from: this.id, to: m.from, term: this.term } as const;
     if (m.prevLogIndex < this.log.committed) {
       // Everything up to commit is known to match; answer so the leader can move on.

@@ -134,6 +134,11 @@ export class RawNode {
     this.raft.step(message);
   }
 
+  /** See Raft.votesHeld: whether this server, started with an empty log, still holds its vote until it caught up. */
+  votesHeld(): boolean {
+    return this.raft.votesHeld();
+  }
+
   /** See Raft.lostLog: set once a heartbeat showed this node lost log entries it had acknowledged. */
   lostLog(): LostLog | undefined {
     return this.raft.lostLog();

@@ -828,7 +828,7 @@ export class NodeSim {
         const status = server.node?.status();
         if (status === undefined) return `node ${server.id}: ${server.lifecycle === "member" ? "down" : server.lifecycle}, applied ${server.disk.appliedIndex()}`;
         const stalled = this.nowMs < server.stalledUntilMs ? " stalled" : "";
-        return `node ${server.id}: ${status.role}${stalled} term ${status.term} leader ${status.leaderId} commit ${status.commitIndex} applied ${status.appliedIndex} last ${status.lastLogIndex} first ${status.firstLogIndex}${server.disk.full ? " disk-full" : ""}`;
+        return `node ${server.id}: ${status.role}${stalled} term ${status.term} leader ${status.leaderId} commit ${status.commitIndex} applied ${status.appliedIndex} last ${status.lastLogIndex} first ${status.firstLogIndex}${status.votesHeld === true ? " votes-held" : ""} members ${status.members.map((m) => `${m.id}${m.role === "learner" ? "L" : ""}`).join(",")} last-term ${server.disk.contents().term(status.lastLogIndex) ?? "?"}${server.disk.full ? " disk-full" : ""}`;
       })
       .join("\n");
   }
