@@ -147,6 +147,32 @@ test("a follower partitioned across a compaction catches up by a streamed snapsh
   });
 });
 
+test("a follower far behind is unhealthy while it waits for an image, though its own commit index is as far as its log goes", async () => {
+  const sim = quietSim(27, { snapshotEntries: 200 });
+  await withSim(sim, async () => {
+    const leader = await settledLeader(sim);
+    const follower = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    expect(await sim.runUntilTrue(() => nodeOf(sim, follower).healthy(), 1_000)).toBe(true);
+    sim.network.partition([[...sim.servers.keys()].filter((id) => id !== follower), [follower]]);
+    // More than healthApplyLagMax (1,000) entries behind, 50 writes at a time.
+    for (let batch = 0; batch < 24; batch++) {
+      const answers = await Promise.all(Array.from({ length: 50 }, (_, i) => sim.awaitAnswer(sim.callOperation(10 + i, leader, "put", `key-${i}`), 5_000)));
+      expect(answers.every((answer) => answer.outcome === "ok")).toBe(true);
+    }
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().firstLogIndex > nodeOf(sim, follower).status().appliedIndex + 1, 1_000)).toBe(true);
+    sim.network.heal();
+    const disk = diskOf(sim, follower);
+    // It follows the leader again and its image is on its way: it commits only as far as its log.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, follower).status().leaderId === leader && disk.chunksStaged > 0, 5_000)).toBe(true);
+    expect(nodeOf(sim, follower).status().commitIndex).toBe(nodeOf(sim, follower).status().appliedIndex);
+    // It answered healthy here, 1,200 entries behind.
+    expect(nodeOf(sim, follower).healthy()).toBe(false);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, follower).healthy(), 10_000)).toBe(true);
+    expect(nodeOf(sim, follower).status().appliedIndex).toBeGreaterThan(nodeOf(sim, leader).status().commitIndex - 1_000);
+    await sim.healAndCheck(["key-0", "key-49"], 30_000);
+  });
+});
+
 test("every node restarts from a compacted log, recovers its state and serves", async () => {
   await withSim(quietSim(27, { snapshotEntries: 20 }), async (sim) => {
     const leader = await settledLeader(sim);

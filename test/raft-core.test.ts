@@ -174,6 +174,19 @@ describe("log replication (§5.3)", () => {
     expect(reply).toMatchObject({ success: false, index: 6, hintIndex: 4, hintTerm: 1 });
   });
 
+  test("a follower knows its leader's commit index from its appends, beyond its own log's end; a heartbeat's (capped by the follower's match) does not lower it", () => {
+    const node = coreWith(1, 3);
+    node.step({ type: "append", from: 2, to: 1, term: 1, prevLogIndex: 0, prevLogTerm: 0, entries: [entry(1, 1), entry(2, 1)], commit: 50 });
+    drain(node);
+    expect(node.basicStatus()).toMatchObject({ commit: 2, leaderCommit: 50 });
+    node.step({ type: "heartbeat", from: 2, to: 1, term: 1, commit: 2, readContext: "1" });
+    drain(node);
+    expect(node.basicStatus().leaderCommit).toBe(50);
+    // A new term's leader has said nothing yet.
+    node.step({ type: "heartbeat", from: 3, to: 1, term: 2, commit: 0, readContext: "1" });
+    expect(node.basicStatus().leaderCommit).toBe(2);
+  });
+
   test("a follower truncates a conflicting suffix and appends the leader's entries", () => {
     const node = coreWith(2, 3, [entry(1, 1), entry(2, 1), entry(3, 2, "old")], 2);
     node.step({ type: "append", from: 1, to: 2, term: 3, prevLogIndex: 2, prevLogTerm: 1, entries: [entry(3, 3, "new")], commit: 3 });

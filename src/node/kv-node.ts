@@ -832,7 +832,11 @@ export class KvNode implements KvNodeApi {
     const raft = this.raw.basicStatus();
     // Applies handed to a storage that writes on another thread count: their results are on their way.
     const applying = Math.max(this.cfg.storage.appliedIndex(), this.appliedHandedIndex);
-    return !this.stopped && !this.membership.removed() && this.blockedReady === undefined && raft.leaderId !== 0 && raft.commit - applying <= healthApplyLagMax;
+    // Behind the leader's commit (as its appends named it, or as the image on its way stands), not
+    // only its own: a follower catching up by the log, or waiting for an image, commits only as far
+    // as its log goes, and said 200 while far behind.
+    const known = Math.max(raft.leaderCommit, this.snapshots.receivingIndex());
+    return !this.stopped && !this.membership.removed() && this.blockedReady === undefined && raft.leaderId !== 0 && known - applying <= healthApplyLagMax;
   }
 
   private httpUrlOf(id: NodeId): string | undefined {

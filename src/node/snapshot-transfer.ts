@@ -75,6 +75,14 @@ export class SnapshotTransfer {
     return this.stagingFull?.error;
   }
 
+  /**
+   * The index of the image being received or waiting to be installed (0: none). A follower waiting
+   * for one is that far along at least, whatever its log says: see KvNode.healthy.
+   */
+  receivingIndex(): number {
+    return this.incoming?.metadata.index ?? this.awaitingInstall?.snapshot.index ?? 0;
+  }
+
   /** Peers a transfer is streaming to now. */
   sending(): Iterable<NodeId> {
     return this.outgoing.keys();

@@ -109,6 +109,8 @@ export class Raft {
   readonly log: RaftLog;
   voters: readonly NodeId[];
   learners: readonly NodeId[];
+  /** Follower: the highest commit index an append of this term's leader named (0 before one): see BasicStatus.leaderCommit. */
+  leaderCommit = 0;
   /** Leader: the index of the last membership change appended; another waits until it is applied. */
   private pendingConfIndex = 0;
   /** Leader: checks of the quorum in a row (one per election timeout) that found no majority heard from. */
@@ -255,6 +257,7 @@ export class Raft {
     if (term !== this.term) {
       this.term = term;
       this.vote = 0;
+      this.leaderCommit = 0;
     }
     this.leaderId = 0;
     this.leadTransferee = 0;
@@ -814,6 +817,8 @@ export class Raft {
   private handleAppend(m: AppendRequest): void {
     if (!this.followLeader(m.from)) return;
     if (this.voteHold !== undefined && this.voteHold.term === undefined) this.voteHold.term = m.term;
+    // An append carries its leader's whole commit index (a heartbeat's is capped by our match).
+    this.leaderCommit = Math.max(this.leaderCommit, m.commit);
     const reply = { type: "append-response", from: this.id, to: m.from, term: this.term } as const;
     if (m.prevLogIndex < this.log.committed) {
       // Everything up to commit is known to match; answer so the leader can move on.

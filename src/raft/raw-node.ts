@@ -15,6 +15,13 @@ export interface BasicStatus {
   /** Leader: the voter leadership is being handed to, or 0. */
   readonly leadTransferee: NodeId;
   readonly commit: number;
+  /**
+   * The highest commit index known to the cluster as far as this server knows: a leader's own, a
+   * follower's leader's as its appends of this term named it (0 before one). A follower catching
+   * up (by the log or by an image) is as far behind as `leaderCommit - commit` says, while its own
+   * `commit` only reaches as far as its log.
+   */
+  readonly leaderCommit: number;
   /** The first index still in the log (entries before it were compacted into the snapshot). */
   readonly firstIndex: number;
   readonly lastIndex: number;
@@ -69,6 +76,7 @@ export class RawNode {
       leaderId: raft.leaderId,
       leadTransferee: raft.leadTransferee,
       commit: raft.log.committed,
+      leaderCommit: raft.role === "leader" ? raft.log.committed : Math.max(raft.leaderCommit, raft.log.committed),
       firstIndex: raft.log.firstIndex(),
       lastIndex: raft.log.lastIndex(),
       voters: raft.voters,
