@@ -1,6 +1,7 @@
 // Proves a data dir belongs to the node that first started on it: the built executable refuses to
 // start it as another node (a copy of node 1's data dir would give node 3 node 1's vote and log),
-// leaving it untouched, and a data dir from before the node-id file gets one at its next start.
+// leaving it untouched, and a data dir from before the node-id file gets one at its next start;
+// and that a vote hold recorded in the data dir (votes-held) is honoured at start, then removed.
 import { afterAll, expect, test } from "bun:test";
 import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -109,4 +110,15 @@ test("a node-id file that holds no id is refused, not guessed at", async () => {
   expect(refused.code).toBe(1);
   expect(refused.err).toContain("not a node id");
   expect(refused.err).toContain('\\"one\\"');
+});
+
+test("a data dir that records a vote hold (votes-held) holds its votes at start though its log is not empty, and drops the record once the hold ends", async () => {
+  const dataDir = join(baseDir, "held");
+  cpSync(join(import.meta.dir, "fixtures", "v0.5.0", "node-1"), dataDir, { recursive: true });
+  await Bun.write(join(dataDir, "votes-held"), "held\n");
+  // The only voter leads at once, which ends the hold.
+  const started = await serve(1, dataDir, '"event":"votes released"');
+  expect(started.err).toContain('"event":"votes held"');
+  expect(started.err).toContain('"event":"votes released"');
+  expect(existsSync(join(dataDir, "votes-held"))).toBe(false);
 });

@@ -289,6 +289,39 @@ test("a voter whose data dir was emptied votes for no candidate with a log until
   });
 });
 
+test("a voter whose data dir was emptied, restarted again before it caught up, still holds its vote though its log is no longer empty (found in review)", async () => {
+  await withSim(quietSim(53), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "settle")).outcome).toBe("ok");
+    const [wiped, other] = [...sim.servers.keys()].filter((id) => id !== leader) as [NodeId, NodeId];
+    // The leader goes down too, so the next one never heard from `wiped` (it would stop it: lostLog).
+    sim.crash(leader, false);
+    sim.crash(wiped, false);
+    diskOf(sim, wiped).restartFrom(createMemoryKvStorage()); // its data dir emptied
+    sim.servers.get(wiped)!.voteHoldRecorded = false; // and the record beside it
+    await sim.runUntil(sim.nowMs + 50);
+    // The other follower's fsyncs take 80 ms: the new term's first entry commits late, and
+    // meanwhile `wiped` has the log up to it but has committed nothing of the new term.
+    sim.servers.get(other)!.fsyncMs = 80;
+    sim.restart(leader);
+    sim.restart(wiped);
+    expect(nodeOf(sim, wiped).status().votesHeld).toBe(true);
+    expect(sim.servers.get(wiped)!.voteHoldRecorded).toBe(true);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, wiped).status().lastLogIndex > 0 && nodeOf(sim, wiped).status().votesHeld === true, 5_000)).toBe(true);
+    sim.crash(wiped, false);
+    sim.restart(wiped);
+    expect(nodeOf(sim, wiped).status().lastLogIndex).toBeGreaterThan(0);
+    // Restarted with part of the log, it held no more and voted on that part.
+    expect(nodeOf(sim, wiped).status().votesHeld).toBe(true);
+    sim.servers.get(other)!.fsyncMs = undefined;
+    // Once caught up it votes again, and the record is gone.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, wiped).status().votesHeld === undefined, 5_000)).toBe(true);
+    await sim.runUntil(sim.nowMs + 20);
+    expect(sim.servers.get(wiped)!.voteHoldRecorded).toBe(false);
+    await sim.healAndCheck(["settle"], 30_000);
+  });
+});
+
 test("a leader frozen on a full disk refuses a leadership transfer with a rejected promise, not a synchronous throw (swarm seed 635)", async () => {
   await withSim(quietSim(52), async (sim) => {
     const leader = await settledLeader(sim);

@@ -16,7 +16,7 @@ const entry = (index: number, term: number, text = `e${index}`): Entry => ({
 const disks = new WeakMap<RawNode, MemoryStorage>();
 
 /** A core for node `id` of voters 1..n whose disk holds `log` and `term`. */
-function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, checkQuorum = false, holdVotesTicksMax = 0): RawNode {
+function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, checkQuorum = false, holdVotesTicksMax = 0, votesHeldAtStart = false): RawNode {
   const storage = new MemoryStorage(Array.from({ length: n }, (_, i) => i + 1));
   storage.save({ term, vote, commit: 0 }, log, true);
   const node = new RawNode({
@@ -30,6 +30,7 @@ function coreWith(id: number, n: number, log: Entry[] = [], term = 0, vote = 0, 
     // The rules of Figure 2 in isolation: no leader lease or startup quiet period (tested in raft-network).
     checkQuorum,
     holdVotesTicksMax,
+    votesHeldAtStart,
   });
   disks.set(node, storage);
   return node;
@@ -126,7 +127,7 @@ describe("elections (§5.2, §5.4.1)", () => {
     expect(node.votesHeld()).toBe(true);
     // Its log may be a voter's whose data dir was emptied: no vote for a candidate with a log.
     expect(granted(node, 2, 3, 5, 2)).toBe(false);
-    // A heartbeat does not count: only an append, whose leader's term is then T.
+    // The first leader it hears from leads term T = 4.
     node.step({ type: "heartbeat", from: 3, to: 1, term: 4, commit: 0, readContext: "1" });
     drain(node);
     node.step({ type: "append", from: 3, to: 1, term: 4, prevLogIndex: 0, prevLogTerm: 0, entries: [entry(1, 2), entry(2, 3)], commit: 2 });
@@ -136,6 +137,10 @@ describe("elections (§5.2, §5.4.1)", () => {
     expect(node.votesHeld()).toBe(true);
     expect(granted(node, 2, 5, 9, 3, "pre-vote")).toBe(false); // its last entry older than T: it may lack what we acknowledged
     expect(granted(node, 2, 5, 3, 4, "pre-vote")).toBe(true); // one of term T: it holds everything committed before T
+    // Nor does it campaign on such a log itself: its own vote would count (found in review).
+    node.campaign();
+    expect(drain(node).filter((m) => m.type === "pre-vote" || m.type === "vote")).toEqual([]);
+    expect(node.basicStatus().preCandidate).toBe(false);
     // An entry of term 4 committed: caught up.
     node.step({ type: "append", from: 3, to: 1, term: 4, prevLogIndex: 2, prevLogTerm: 3, entries: [entry(3, 4)], commit: 3 });
     drain(node);
@@ -153,6 +158,8 @@ describe("elections (§5.2, §5.4.1)", () => {
     expiring.tick();
     expect(expiring.votesHeld()).toBe(false);
     expect(granted(expiring, 2, 3, 5, 2, "pre-vote")).toBe(true);
+    // A hold recorded when the server last stopped holds again, though the log is no longer empty.
+    expect(coreWith(1, 3, [entry(1, 1)], 1, 0, false, 1_000, true).votesHeld()).toBe(true);
     // A server whose log is not empty at start, or with the rule off, votes as before.
     expect(coreWith(1, 3, [entry(1, 1)], 1, 0, false, 1_000).votesHeld()).toBe(false);
     expect(granted(coreWith(1, 3), 2, 3, 5, 2)).toBe(true);

@@ -128,6 +128,13 @@ export interface KvNodeConfig {
   readonly log?: (event: string, fields: Record<string, unknown>) => void;
   /** Called once if the loop stops on its own (storage failure or a bug); the process should exit. */
   readonly onFatal?: (error: Error) => void;
+  /**
+   * Where the node records that it holds its votes (src/raft/raft.ts, `votesHeld`), beside its
+   * storage: `recorded` at start, `record(true)` durable when it returns (called while the node is
+   * constructed, before it can acknowledge an entry), `record(false)` when the hold ends. Without
+   * it a restart before the hold ended does not hold again.
+   */
+  readonly voteHold?: { readonly recorded: boolean; record(held: boolean): void };
   /** Runs a loop turn soon (default setImmediate); tests pass a queue they drain by hand. */
   readonly schedule?: (turn: () => void) => void;
   /** Compact the log once this many entries are applied past the last snapshot. Default 10 000. */
@@ -260,6 +267,8 @@ export class KvNode implements KvNodeApi {
   private loggedDiskFull = false;
   /** What `noteVotesHeld` logged last. */
   private loggedVotesHeld = false;
+  /** Whether the hold is recorded beside the storage (see `KvNodeConfig.voteHold`). */
+  private voteHoldRecorded: boolean;
   /** The last index handed to `applyEntries`, whose results may still be on their way. */
   private appliedHandedIndex = 0;
   private diskRetryTicks = 0;
@@ -338,7 +347,14 @@ export class KvNode implements KvNodeApi {
       ...defaultRaftLimits,
       // An empty data dir may be a voter's whose data was lost: see docs/operations.md.
       holdVotesTicksMax: Math.ceil(voteHoldMsMax / cfg.tickMs),
+      votesHeldAtStart: cfg.voteHold?.recorded === true,
     });
+    this.voteHoldRecorded = cfg.voteHold?.recorded === true;
+    if (this.raw.votesHeld() && cfg.voteHold !== undefined && !this.voteHoldRecorded) {
+      cfg.voteHold.record(true);
+      this.voteHoldRecorded = true;
+    }
+    this.noteVotesHeld(); // from the start: the only voter leads, and so ends a hold, before a tick
     this.reads = new Reads(cfg.id, cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36));
     this.snapshots = new SnapshotTransfer({
       id: cfg.id,
@@ -660,15 +676,29 @@ export class KvNode implements KvNodeApi {
     };
   }
 
-  /** Logs `votes held` at start when the log is empty, and `votes released` once it caught up (see RawNode.votesHeld). */
+  /**
+   * Logs `votes held` at start when the log is empty and `votes released` once it caught up (see
+   * RawNode.votesHeld), and removes the record of the hold once it ended.
+   */
   private noteVotesHeld(): void {
     const held = this.raw.votesHeld();
-    if (held === this.loggedVotesHeld) return;
-    this.loggedVotesHeld = held;
-    if (held) {
-      this.cfg.log?.("votes held", { detail: "this node's log is empty: it votes for a candidate with a log only once it has caught up with a leader (a voter whose data dir was emptied must not vote before)" });
-    } else {
-      this.cfg.log?.("votes released", { commitIndex: this.raw.basicStatus().commit });
+    if (held !== this.loggedVotesHeld) {
+      this.loggedVotesHeld = held;
+      if (held) {
+        this.cfg.log?.("votes held", {
+          detail: "this node's log is empty (or was when a hold began): it votes for a candidate with a log only once it has caught up with a leader (a voter whose data dir was emptied must not vote before)",
+        });
+      } else {
+        this.cfg.log?.("votes released", { commitIndex: this.raw.basicStatus().commit });
+      }
+    }
+    if (held || !this.voteHoldRecorded || this.cfg.voteHold === undefined) return;
+    this.voteHoldRecorded = false;
+    try {
+      this.cfg.voteHold.record(false);
+    } catch (error) {
+      // The next start holds again for a while: harmless.
+      this.cfg.log?.("votes released", { error: `the record of the hold could not be removed: ${error instanceof Error ? error.message : String(error)}` });
     }
   }
 

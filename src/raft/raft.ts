@@ -63,11 +63,17 @@ export interface RaftConfig {
   /**
    * A server whose log is empty at start (a new server's, or one whose data was lost) grants no
    * vote to a candidate whose log is not empty until it has caught up with a leader (it has
-   * committed an entry of the term of the first leader it accepted an append from), or for this
+   * committed an entry of the term of the first leader it heard from), or for this
    * many ticks at most. Meanwhile it votes only for a candidate whose last entry is of that term or
    * a later one. 0 (the default): no hold. See `votesHeld`.
    */
   readonly holdVotesTicksMax?: number;
+  /**
+   * With `holdVotesTicksMax`: the server held its votes when it last stopped (its driver recorded
+   * the hold and had not seen it released), so it holds them again though its log is no longer
+   * empty: it may hold only part of what it must catch up with.
+   */
+  readonly votesHeldAtStart?: boolean;
 }
 
 export const defaultRaftLimits = {
@@ -158,8 +164,8 @@ export class Raft {
   /** Follower: set once, when a heartbeat shows this node lost entries it had acknowledged (see LostLog). */
   private lostLogSeen: LostLog | undefined;
   /**
-   * Set when the log was empty at start and `holdVotesUntilCaughtUp`: the term of the first leader
-   * this server accepted an append from (undefined until then). Cleared once it has committed an
+   * Set when the log was empty at start (or `votesHeldAtStart`) and `holdVotesTicksMax`: the term of
+   * the first leader this server heard from (undefined until then). Cleared once it has committed an
    * entry of that term. See `votesHeld`.
    */
   private voteHold: { term: number | undefined } | undefined;
@@ -180,20 +186,26 @@ export class Raft {
     this.configIndex = this.log.applied;
     this.term = hardState.term;
     this.vote = hardState.vote;
-    if ((cfg.holdVotesTicksMax ?? 0) > 0 && this.log.lastIndex() === 0) this.voteHold = { term: undefined };
+    if ((cfg.holdVotesTicksMax ?? 0) > 0 && (this.log.lastIndex() === 0 || cfg.votesHeldAtStart === true)) this.voteHold = { term: undefined };
     this.becomeFollower(this.term, 0);
   }
 
   /**
    * Whether this server still holds its vote from candidates with a non-empty log (see
-   * `holdVotesUntilCaughtUp`). An empty log cannot be told from a lost one: a voter whose data dir
-   * was emptied forgot the entries it acknowledged, and its vote could elect a candidate that lacks
-   * them, losing committed entries. The first leader it then hears from (in term T) was elected
-   * without its vote and, if it is not the leader those entries were acknowledged to (that one
-   * tells it lost them: see `lostLog`), they were committed before T, so its log holds them (leader
-   * completeness). Once this server has committed an entry of term T, its log holds that leader's
-   * up to there (log matching), those entries among them, and it votes again. A cluster's first
-   * election (every log empty) is not held up: its candidates' logs are empty too.
+   * `holdVotesTicksMax`). An empty log cannot be told from a lost one: a voter whose data dir was
+   * emptied forgot the entries it acknowledged, and its vote could elect a candidate that lacks
+   * them, losing committed entries. Say the first leader it then hears from leads term T. If that
+   * leader is not the one those entries were acknowledged to (that one tells it that it lost them:
+   * see `lostLog`) and leads the newest term, it was elected without this server and after them, so
+   * its log holds them (leader completeness); once this server has committed an entry of term T,
+   * its log holds that leader's up to there (log matching), those entries among them, and it votes
+   * again. A cluster's first election (every log empty) is not held up: its candidates' logs are
+   * empty too.
+   *
+   * What it does not cover: a deposed leader that does not know it yet (stalled, or cut off, with
+   * check-quorum not yet run out) may be the first to reach this server, whose term is 0: T is then
+   * older than the entries it forgot, and the hold ends too early. A server that forgets its state
+   * can only be made safe for good by joining again as a new member (docs/operations.md).
    *
    * The hold ends after `holdVotesTicksMax` ticks whatever happened: a server that never heard
    * from a leader cannot tell a new one's empty log from a lost one, and held for good it could
@@ -209,6 +221,16 @@ export class Raft {
     if (!expired && (hold.term === undefined || this.log.committed === 0 || (this.log.term(this.log.committed) ?? 0) < hold.term)) return true;
     this.voteHold = undefined;
     return false;
+  }
+
+  /**
+   * Whether this server, holding its votes, would refuse its own: a campaign counts its own vote,
+   * and elected it would drop the hold (`becomeLeader`), so a candidate it may not vote for must not
+   * campaign either (found in review: a wiped server given part of the log, its leader gone, won
+   * with a stale voter's vote). The only voter needs no other vote: it holds all there is.
+   */
+  private ownVoteHeld(): boolean {
+    return this.quorum() > 1 && !this.heldVoteAllowed(this.log.lastTerm(), this.log.lastIndex());
   }
 
   /**
@@ -396,6 +418,7 @@ export class Raft {
     if (this.role === "leader" || !this.isVoter(this.id)) return;
     // A committed membership change not yet applied may make us no voter, or change who votes.
     if (this.log.hasUnappliedConfChange()) return;
+    if (this.ownVoteHeld()) return;
     if (this.cfg.preVote) this.startElection("pre-vote", false);
     else this.startElection("vote", false);
   }
@@ -795,7 +818,7 @@ export class Raft {
 
   /** Our leader handed over to us: campaign now, skipping the pre-vote, with voters' leases set aside. */
   private handleTimeoutNow(): void {
-    if (this.role === "leader" || !this.isVoter(this.id) || this.log.hasUnappliedConfChange()) return;
+    if (this.role === "leader" || !this.isVoter(this.id) || this.log.hasUnappliedConfChange() || this.ownVoteHeld()) return;
     this.startElection("vote", true);
   }
 
@@ -810,13 +833,13 @@ export class Raft {
     if (this.role === "candidate") this.becomeFollower(this.term, from);
     this.leaderId = from;
     this.electionElapsedTicks = 0;
+    if (this.voteHold !== undefined && this.voteHold.term === undefined) this.voteHold.term = this.term;
     return true;
   }
 
   /** §5.3: the consistency check, then append and advance commit. */
   private handleAppend(m: AppendRequest): void {
     if (!this.followLeader(m.from)) return;
-    if (this.voteHold !== undefined && this.voteHold.term === undefined) this.voteHold.term = m.term;
     // An append carries its leader's whole commit index (a heartbeat's is capped by our match).
     this.leaderCommit = Math.max(this.leaderCommit, m.commit);
     const reply = { type: "append-response", from: this.id, to: m.from, term: this.term } as const;

@@ -10,6 +10,7 @@ import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
 import { createSystemClock } from "../lib/clock.ts";
 import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
 import { checkNodeId, NodeIdFileError, recordNodeId } from "../lib/node-id-file.ts";
+import { recordVoteHold, voteHoldRecorded } from "../lib/vote-hold-file.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import type { Logger } from "../lib/logger.ts";
 import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
@@ -297,6 +298,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
         logger.log(nodeEventLevel(event), event, fields);
       },
       onFatal: (error) => config.onFatal?.(error),
+      voteHold: { recorded: voteHoldRecorded(dataDir), record: (held) => recordVoteHold(dataDir, held) },
     }),
   );
 

@@ -85,6 +85,8 @@ interface SimServer {
   storageThreadMs: number | undefined;
   /** The committed entries this process has had checked so far (from its start: a restart checks again). */
   checkedIndex: number;
+  /** The node's record that it holds its votes, beside its disk (`KvNodeConfig.voteHold`): durable, gone with a wiped disk. */
+  voteHoldRecorded: boolean;
 }
 
 /** Where the simulated wall clocks start (a fixed instant, so a seed replays). */
@@ -202,7 +204,7 @@ export class NodeSim {
     });
     const clockRate = 1 - this.clockPrng.next() * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
-    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, storageThreadMs: undefined, checkedIndex: 0 };
+    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
     this.servers.set(id, server);
     return server;
   }
@@ -324,6 +326,7 @@ export class NodeSim {
       snapshotEntries: this.opts.snapshotEntries,
       snapshotCatchUpEntries: this.opts.snapshotCatchUpEntries,
       schedule: (turn) => server.turns.push(turn),
+      voteHold: { recorded: server.voteHoldRecorded, record: (held) => (server.voteHoldRecorded = held) },
       onFatal: (error) => {
         this.stats.fatal++;
         throw new SimViolation(`node ${id} stopped on its own: ${error.message}`);
@@ -402,6 +405,7 @@ export class NodeSim {
       server.lifecycle = "joining";
       server.peers = peers;
       server.disk.restartFrom(createMemoryKvStorage()); // its data dir wiped
+      server.voteHoldRecorded = false;
       this.stats.rejoins++;
     }
     this.operatorChanges++;
