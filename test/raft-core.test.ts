@@ -127,6 +127,7 @@ describe("elections (§5.2, §5.4.1)", () => {
     expect(node.votesHeld()).toBe(true);
     // Its log may be a voter's whose data dir was emptied: no vote for a candidate with a log.
     expect(granted(node, 2, 3, 5, 2)).toBe(false);
+    expect(node.heldVoteRefusals()).toBe(1); // the node logs its first refusal
     // The first leader it hears from leads term T = 4.
     node.step({ type: "heartbeat", from: 3, to: 1, term: 4, commit: 0, readContext: "1" });
     drain(node);

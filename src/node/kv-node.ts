@@ -354,7 +354,6 @@ export class KvNode implements KvNodeApi {
       cfg.voteHold.record(true);
       this.voteHoldRecorded = true;
     }
-    this.noteVotesHeld(); // from the start: the only voter leads, and so ends a hold, before a tick
     this.reads = new Reads(cfg.id, cfg.prng.intInclusive(0, 2 ** 31 - 1).toString(36));
     this.snapshots = new SnapshotTransfer({
       id: cfg.id,
@@ -460,6 +459,7 @@ export class KvNode implements KvNodeApi {
     // The only voter needs no one's vote: it leads at once instead of waiting out a timeout.
     const voters = this.raw.basicStatus().voters;
     if (voters.length === 1 && voters[0] === this.cfg.id && !this.membership.removed()) this.raw.campaign();
+    this.noteVotesHeld(); // the only voter leads at once, which ends a hold
     this.scheduleTurn();
   }
 
@@ -677,20 +677,22 @@ export class KvNode implements KvNodeApi {
   }
 
   /**
-   * Logs `votes held` at start when the log is empty and `votes released` once it caught up (see
-   * RawNode.votesHeld), and removes the record of the hold once it ended.
+   * Logs `votes held` the first time the hold refuses a vote (or a campaign of this node's own),
+   * and then `votes released` once it ended (see RawNode.votesHeld); removes the record of the hold
+   * once it ended. A new node's hold, which refuses nothing, says nothing.
    */
   private noteVotesHeld(): void {
     const held = this.raw.votesHeld();
-    if (held !== this.loggedVotesHeld) {
-      this.loggedVotesHeld = held;
-      if (held) {
-        this.cfg.log?.("votes held", {
-          detail: "this node's log is empty (or was when a hold began): it votes for a candidate with a log only once it has caught up with a leader (a voter whose data dir was emptied must not vote before)",
-        });
-      } else {
-        this.cfg.log?.("votes released", { commitIndex: this.raw.basicStatus().commit });
-      }
+    if (held && !this.loggedVotesHeld && this.raw.heldVoteRefusals() > 0) {
+      this.loggedVotesHeld = true;
+      this.cfg.log?.("votes held", {
+        detail:
+          "this node started with an empty log (or restarted before it caught up since): it votes for a candidate with a log, and campaigns, only once it has caught up with a leader, or after 10 s (a voter whose data dir was emptied must not elect a leader lacking what it acknowledged)",
+      });
+    }
+    if (!held && this.loggedVotesHeld) {
+      this.loggedVotesHeld = false;
+      this.cfg.log?.("votes released", { commitIndex: this.raw.basicStatus().commit });
     }
     if (held || !this.voteHoldRecorded || this.cfg.voteHold === undefined) return;
     this.voteHoldRecorded = false;

@@ -169,6 +169,8 @@ export class Raft {
    * entry of that term. See `votesHeld`.
    */
   private voteHold: { term: number | undefined } | undefined;
+  /** Votes refused, and campaigns not started, because of the hold (for the driver's log). */
+  heldVoteRefusals = 0;
   /** Leader: reads that arrived before the leader committed an entry of its own term (§6.4 step 1). */
   private readsBeforeTermCommit: { readContext: string; from: NodeId }[] = [];
 
@@ -418,7 +420,10 @@ export class Raft {
     if (this.role === "leader" || !this.isVoter(this.id)) return;
     // A committed membership change not yet applied may make us no voter, or change who votes.
     if (this.log.hasUnappliedConfChange()) return;
-    if (this.ownVoteHeld()) return;
+    if (this.ownVoteHeld()) {
+      this.heldVoteRefusals++;
+      return;
+    }
     if (this.cfg.preVote) this.startElection("pre-vote", false);
     else this.startElection("vote", false);
   }
@@ -784,7 +789,9 @@ export class Raft {
     const responseType = m.type === "vote" ? "vote-response" : "pre-vote-response";
     const canVote =
       this.vote === m.from || (this.vote === 0 && this.leaderId === 0) || (m.type === "pre-vote" && m.term > this.term);
-    const granted = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm) && this.heldVoteAllowed(m.lastLogTerm, m.lastLogIndex);
+    const eligible = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
+    const granted = eligible && this.heldVoteAllowed(m.lastLogTerm, m.lastLogIndex);
+    if (eligible && !granted) this.heldVoteRefusals++;
     if (granted && m.type === "vote") {
       this.vote = m.from;
       this.electionElapsedTicks = 0;

@@ -147,6 +147,11 @@ export class RawNode {
     return this.raft.votesHeld();
   }
 
+  /** How many votes (and campaigns of its own) the hold refused so far (see Raft.votesHeld). */
+  heldVoteRefusals(): number {
+    return this.raft.heldVoteRefusals;
+  }
+
   /** See Raft.lostLog: set once a heartbeat showed this node lost log entries it had acknowledged. */
   lostLog(): LostLog | undefined {
     return this.raft.lostLog();
