@@ -4,6 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { kvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 
 const fixtures = join(import.meta.dir, "fixtures");
@@ -107,6 +108,30 @@ describe("data dirs of earlier releases", () => {
     } finally {
       await node.stop();
     }
+  });
+
+  test("0.6.0: a data dir whose rows carry checksums opens with every acknowledged write, takes new ones, and is still node 1's", async () => {
+    const dataDir = join(scratch, "v0.6.0");
+    cpSync(join(fixtures, "v0.6.0", "node-1"), dataDir, { recursive: true });
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.6.0.log") });
+    try {
+      const text = new TextDecoder();
+      const greeting = await read(node.httpUrl, "greeting");
+      expect([greeting.status, text.decode(greeting.body), greeting.version]).toEqual([200, "v2", "7"]);
+      const big = await read(node.httpUrl, "big");
+      expect([big.status, big.body.byteLength, big.body.every((byte) => byte === 0x7a), big.version]).toEqual([200, 10_000, true, "4"]);
+      expect((await read(node.httpUrl, "deleted")).status).toBe(404);
+      const put = await fetch(`${node.httpUrl}/kv/after-upgrade`, { method: "PUT", body: "new" });
+      expect(put.status).toBe(200);
+      expect(((await put.json()) as { version: number }).version).toBeGreaterThan(7);
+    } finally {
+      await node.stop();
+    }
+    // Its database names its node, with or without the node-id file beside it.
+    rmSync(join(dataDir, "node-id"));
+    const refused = Bun.spawnSync([...kvCommand(), "serve", "--id", "2", "--cluster", "2=http://127.0.0.1:0", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir], { stderr: "pipe", stdout: "pipe" });
+    expect(refused.exitCode).toBe(1);
+    expect(refused.stderr.toString()).toContain("node 1's, not node 2's");
   });
 
   test("0.5.0: a data dir whose log is in segment files opens with every acknowledged write, and takes new ones", async () => {
