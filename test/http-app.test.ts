@@ -559,6 +559,9 @@ describe("routes", () => {
       ],
       storage: null,
     });
+    // The two fields present only when true (a review found votesHeld missing from the answer).
+    node.statusNow = { ...node.statusNow, removed: true, votesHeld: true };
+    expect(await (await call("GET", "/status")).json()).toMatchObject({ removed: true, votesHeld: true });
   });
 
   test("GET /status maps a node failure like any other", async () => {

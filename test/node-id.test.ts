@@ -3,7 +3,7 @@
 // leaving it untouched, and a data dir from before the node-id file gets one at its next start;
 // and that a vote hold recorded in the data dir (votes-held) is honoured at start, then removed.
 import { afterAll, expect, test } from "bun:test";
-import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -100,6 +100,16 @@ test("a data dir from before the node-id file (0.5.0) gets one with the id it st
   expect((await serve(1, dataDir, '"event":"started"')).err).toContain('"event":"started"');
   expect(readFileSync(join(dataDir, "node-id"), "utf8").trim()).toBe("1");
   expect((await serve(2, dataDir)).err).toContain("node 1's data dir");
+});
+
+test("a node-id that is a directory is refused with what to do, not a stack trace (found in review)", async () => {
+  const dataDir = join(baseDir, "directory");
+  cpSync(join(import.meta.dir, "fixtures", "v0.5.0", "node-1"), dataDir, { recursive: true });
+  mkdirSync(join(dataDir, "node-id"));
+  const refused = await serve(1, dataDir);
+  expect(refused.code).toBe(1);
+  expect(refused.err).toContain("cannot be read");
+  expect(refused.err).not.toContain(" at ");
 });
 
 test("a node-id file that holds no id is refused, not guessed at", async () => {

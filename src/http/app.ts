@@ -503,6 +503,7 @@ function statusJson(status: NodeStatus) {
     })),
     storage: status.storage ?? null,
     ...(status.removed === true ? { removed: true } : {}),
+    ...(status.votesHeld === true ? { votesHeld: true } : {}),
   };
 }
 

@@ -25,7 +25,13 @@ export class NodeIdFileError extends Error {
 export function checkNodeId(dataDir: string, id: number): boolean {
   const file = join(dataDir, NODE_ID_FILE);
   if (!existsSync(file)) return false;
-  const stored = readFileSync(file, "utf8").trim();
+  let stored: string;
+  try {
+    stored = readFileSync(file, "utf8").trim();
+  } catch (error) {
+    // A directory, or a file this user may not read (found in review: a stack trace said so).
+    throw new NodeIdFileError(`${file} cannot be read (${error instanceof Error ? error.message : String(error)}): make it a file holding the id this data dir was started with, or move the data dir aside`);
+  }
   if (!/^[1-9][0-9]{0,15}$/.test(stored)) {
     throw new NodeIdFileError(`${file} holds ${JSON.stringify(stored.slice(0, 40))}, not a node id: restore it (the id this data dir was started with), or move the data dir aside`);
   }
