@@ -382,6 +382,30 @@ describe("leases (thesis §6.4.1)", () => {
     expect(wiped.basicStatus().commit).toBe(0);
   });
 
+  test("an append that differs from the follower's log at an index it committed shows the cluster lost committed entries; the follower does not answer it (found in review)", () => {
+    const committedThree = () => {
+      const node = coreWith(2, 3, [entry(1, 1), entry(2, 1), entry(3, 1)], 1);
+      node.step({ type: "heartbeat", from: 1, to: 2, term: 1, commit: 3, readContext: "" });
+      drain(node);
+      expect(node.basicStatus().commit).toBe(3);
+      return node;
+    };
+    // A leader of term 2 elected without entries 2-3: its entry 2 is of term 2.
+    const byEntry = committedThree();
+    byEntry.step({ type: "append", from: 3, to: 2, term: 2, prevLogIndex: 1, prevLogTerm: 1, entries: [entry(2, 2)], commit: 2 });
+    expect(drain(byEntry).filter((m) => m.type === "append-response")).toEqual([]);
+    expect(byEntry.lostLog()).toEqual({ leaderId: 3, term: 2, acknowledged: 3, lastIndex: 3, conflict: { index: 2, ourTerm: 1, leaderTerm: 2 } });
+    // Its probe's previous entry differs at a committed index.
+    const byPrevious = committedThree();
+    byPrevious.step({ type: "append", from: 3, to: 2, term: 2, prevLogIndex: 2, prevLogTerm: 2, entries: [], commit: 2 });
+    expect(byPrevious.lostLog()?.conflict).toEqual({ index: 2, ourTerm: 1, leaderTerm: 2 });
+    // One that agrees below the commit index is answered as before.
+    const agreeing = committedThree();
+    agreeing.step({ type: "append", from: 3, to: 2, term: 2, prevLogIndex: 1, prevLogTerm: 1, entries: [entry(2, 1), entry(3, 1), entry(4, 2)], commit: 4 });
+    expect(agreeing.lostLog()).toBeUndefined();
+    expect(drain(agreeing).some((m) => m.type === "append-response" && m.success)).toBe(true);
+  });
+
   test("a leadership transfer's vote is honoured even inside the quiet period", () => {
     const node = coreWith(1, 3, [], 1, 0, true);
     node.step({ type: "vote", from: 2, to: 1, term: 2, lastLogIndex: 5, lastLogTerm: 1, transfer: true });

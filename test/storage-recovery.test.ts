@@ -1,7 +1,7 @@
 // Proves the sqlite storage recovers everything on reopen (hard state, voters, log, kv data, applied index), that re-applying after a reopen has no double effect, and that it refuses a wrong voter set, a second opener and an unknown schema.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -127,6 +127,23 @@ describe("sqlite storage recovery", () => {
       expect(again.initialState().hardState).toMatchObject({ term: 4, vote: 1 });
       again.close();
     }
+  });
+
+  test("a copy of another node's database with its WAL is refused without a byte of it changed: no checkpoint, no lock file (found in review)", () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-storage-recovery-"));
+    const first = openSqliteStorage(join(dir, "node-1"), { voters: [1, 2, 3], nodeId: 1 });
+    const entries = [put(1, 4, "a", "1")];
+    first.save({ term: 4, vote: 1, commit: 1 }, entries, true);
+    first.applyEntries(entries);
+    // A copy taken while the node runs (between two writes): kv.db with frames in kv.db-wal, and the log.
+    const copy = join(dir, "copy");
+    cpSync(join(dir, "node-1"), copy, { recursive: true, filter: (source) => !source.endsWith("-shm") && !source.endsWith("-lock") && !source.endsWith("-journal") });
+    first.close();
+    expect(readFileSync(join(copy, "kv.db-wal")).byteLength).toBeGreaterThan(0);
+    const snapshot = () => Object.fromEntries(readdirSync(copy).filter((name) => name !== "kv.db-log").map((name) => [name, readFileSync(join(copy, name)).toString("base64")]));
+    const before = snapshot();
+    expect(() => openSqliteStorage(copy, { nodeId: 3 })).toThrow(/node_mismatch/);
+    expect(snapshot()).toEqual(before);
   });
 
   test("a second opener of a held database fails with locked", () => {

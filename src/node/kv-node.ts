@@ -1022,6 +1022,9 @@ export class KvNode implements KvNodeApi {
       );
       this.reads.requestReadIndex(this.raw, this.cfg.clock.nowMs());
       while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return this.startSync();
+      // A hold ended in this turn (committed an entry of its leader's term, or led): its record
+      // goes now, not at the next tick (a node stopped in between held again at its next start).
+      this.noteVotesHeld();
       // Writes still queued (past one turn's bytes, or held back by what was pending and has now
       // applied) go in the next turn, after timers and peers' calls had theirs.
       if (this.proposals.canProposeQueued()) this.afterTurn.push(() => this.scheduleTurn());
@@ -1360,6 +1363,14 @@ class LostLogError extends Error {
 }
 
 function lostLogError(id: NodeId, lost: LostLog): Error {
+  const conflict = lost.conflict;
+  if (conflict !== undefined) {
+    return new LostLogError(
+      `this node committed the entry at index ${conflict.index} in term ${conflict.ourTerm}, but its leader, node ${lost.leaderId} (term ${lost.term}), holds one of term ${conflict.leaderTerm} there: ` +
+        `the cluster lost entries this node committed (up to index ${lost.acknowledged}; a member's data dir emptied or replaced by an older copy, and a leader elected without them). ` +
+        `This data dir may hold the only copy of them: move it aside and keep it. To take part again under id ${id}: remove it from the cluster (kv member remove ${id}), and start it with an empty data dir and --join`,
+    );
+  }
   return new LostLogError(
     `this node's log ends at index ${lost.lastIndex}, but its leader, node ${lost.leaderId} (term ${lost.term}), holds that it acknowledged entries up to ${lost.acknowledged}: ` +
       `its data dir lost data (wiped, or replaced by an older copy). It cannot take part again under id ${id} as it is: ` +

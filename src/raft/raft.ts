@@ -851,6 +851,12 @@ export class Raft {
     this.leaderCommit = Math.max(this.leaderCommit, m.commit);
     const reply = { type: "append-response", from: this.id, to: m.from, term: this.term } as const;
     if (m.prevLogIndex < this.log.committed) {
+      const conflict = this.committedConflict(m);
+      if (conflict !== undefined) {
+        // No answer: "success at our commit" would make the leader count entries we do not share.
+        this.lostLogSeen ??= { leaderId: m.from, term: this.term, acknowledged: this.log.committed, lastIndex: this.log.lastIndex(), conflict };
+        return;
+      }
       // Everything up to commit is known to match; answer so the leader can move on.
       this.send({ ...reply, success: true, index: this.log.committed, hintIndex: 0, hintTerm: 0 });
       return;
@@ -862,6 +868,27 @@ export class Raft {
     }
     const hint = this.log.findConflictByTerm(m.prevLogIndex, m.prevLogTerm);
     this.send({ ...reply, success: false, index: m.prevLogIndex, hintIndex: hint.index, hintTerm: hint.term });
+  }
+
+  /**
+   * Where an append's previous entry or entries differ from ours at an index we committed, if they
+   * do. A correct leader's log holds every committed entry (leader completeness), so this is a
+   * cluster that lost entries we committed: a review saw a follower keep them, answer its leader
+   * "matched up to my commit" to every probe, and have it resend the log at 10 MB/s, while the
+   * follower served them and said it was healthy.
+   */
+  private committedConflict(m: AppendRequest): LostLog["conflict"] {
+    const committed = this.log.committed;
+    if (m.prevLogIndex > 0) {
+      const ours = this.log.term(m.prevLogIndex);
+      if (ours !== undefined && ours !== m.prevLogTerm) return { index: m.prevLogIndex, ourTerm: ours, leaderTerm: m.prevLogTerm };
+    }
+    for (const entry of m.entries) {
+      if (entry.index > committed) break;
+      const ours = this.log.term(entry.index);
+      if (ours !== undefined && ours !== entry.term) return { index: entry.index, ourTerm: ours, leaderTerm: entry.term };
+    }
+    return undefined;
   }
 
   private handleAppendResponse(m: AppendResponse): void {

@@ -229,6 +229,13 @@ export interface LostLog {
   readonly term: number;
   readonly acknowledged: number;
   readonly lastIndex: number;
+  /**
+   * Set when the evidence is the other way round: the leader's log differs from this node's at an
+   * index this node has committed (the term there, ours and the leader's). Committed entries are in
+   * every later leader's log, so the cluster lost entries this node committed: a member lost its
+   * data, and elected a leader without them.
+   */
+  readonly conflict?: { readonly index: number; readonly ourTerm: number; readonly leaderTerm: number };
 }
 
 /** A read the core could not serve (no leader, or leadership lost): the caller should retry or fail it. */

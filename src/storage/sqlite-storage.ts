@@ -286,6 +286,8 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
   assert(Number.isSafeInteger(lockWaitMs) && lockWaitMs >= 0 && lockWaitMs <= lockWaitMsMax, `lockWaitMs ${lockWaitMs}`);
   mkdirSync(dir, { recursive: true });
   const file = join(dir, options.fileName ?? "kv.db");
+  // Before anything is written (the lock's file, stale staging, a checkpoint at close).
+  if (options.nodeId !== undefined) refuseAnotherNodesDatabase(file, options.nodeId);
   let lock: Database | undefined;
   let db: Database | undefined;
   let log: SegmentLog | undefined;
@@ -491,6 +493,41 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
 }
 
 /**
+ * Throws `node_mismatch` when `file` is a database recorded as another node's (schema 6 on), read
+ * on a read-only connection: a database opened for writing, even only to be refused, had its WAL
+ * checkpointed into it when it closed, and the lock's file made (found in review). Anything this
+ * cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
+ */
+function refuseAnotherNodesDatabase(file: string, nodeId: NodeId): void {
+  if (!existsSync(file)) return;
+  // A reader of a WAL database makes its shared-memory index when there is none: removed after,
+  // when this made it (a node running on the data dir has one, and holds the lock).
+  const shm = `${file}-shm`;
+  const shmBefore = existsSync(shm);
+  let owner: number | undefined;
+  let db: Database | undefined;
+  try {
+    db = new Database(file, { readonly: true });
+    const version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
+    if (version >= 6) owner = db.query<{ node_id: number }, []>("SELECT node_id FROM meta WHERE id = 1").get()?.node_id;
+  } catch {
+    return;
+  } finally {
+    db?.close();
+    if (!shmBefore) rmSync(shm, { force: true });
+  }
+  if (owner !== undefined && owner !== 0 && owner !== nodeId) throw nodeMismatch(file, owner, nodeId);
+}
+
+function nodeMismatch(file: string, owner: number, nodeId: NodeId): StorageError {
+  return new StorageError(
+    "node_mismatch",
+    `this database is node ${owner}'s, not node ${nodeId}'s: start node ${owner} on it, or give node ${nodeId} a data dir of its own (a copy of another node's carries that node's vote and log, which a node must never take for its own); the data dir was left unchanged`,
+    file,
+  );
+}
+
+/**
  * Records that the database belongs to node `nodeId` or, when it is recorded as another's, throws
  * `node_mismatch` (inside migrate's transaction, so a refused database is left as it was). The
  * data dir's `node-id` file (src/lib/node-id-file.ts) says the same; this record is inside the
@@ -501,13 +538,7 @@ function ownDatabase(db: Database, file: string, nodeId: NodeId): void {
   const owner = db.query<{ node_id: number }, []>("SELECT node_id FROM meta WHERE id = 1").get()?.node_id;
   if (owner === undefined) throw corruptError(file, "meta row missing");
   if (owner === nodeId) return;
-  if (owner !== 0) {
-    throw new StorageError(
-      "node_mismatch",
-      `this database is node ${owner}'s, not node ${nodeId}'s: start node ${owner} on it, or give node ${nodeId} a data dir of its own (a copy of another node's carries that node's vote and log, which a node must never take for its own); the data dir was left unchanged`,
-      file,
-    );
-  }
+  if (owner !== 0) throw nodeMismatch(file, owner, nodeId);
   db.query("UPDATE meta SET node_id = ? WHERE id = 1").run(nodeId);
 }
 
