@@ -110,23 +110,33 @@ describe("data dirs of earlier releases", () => {
     }
   });
 
-  test("0.6.0: a data dir whose rows carry checksums opens with every acknowledged write, takes new ones, and is still node 1's", async () => {
-    const dataDir = join(scratch, "v0.6.0");
-    cpSync(join(fixtures, "v0.6.0", "node-1"), dataDir, { recursive: true });
-    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.6.0.log") });
+  /**
+   * 0.5.0 and 0.6.0 answered the same five requests (their READMEs): greeting hello, big (10,000
+   * bytes of z), deleted, its delete, greeting v2, at versions from `first` on. Opens a copy, checks
+   * them and a new write on top, and returns the copy's path.
+   */
+  async function openSameFiveWrites(release: string, first: number): Promise<string> {
+    const dataDir = join(scratch, `v${release}`);
+    cpSync(join(fixtures, `v${release}`, "node-1"), dataDir, { recursive: true });
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, `v${release}.log`) });
     try {
       const text = new TextDecoder();
       const greeting = await read(node.httpUrl, "greeting");
-      expect([greeting.status, text.decode(greeting.body), greeting.version]).toEqual([200, "v2", "7"]);
+      expect([greeting.status, text.decode(greeting.body), greeting.version]).toEqual([200, "v2", String(first + 4)]);
       const big = await read(node.httpUrl, "big");
-      expect([big.status, big.body.byteLength, big.body.every((byte) => byte === 0x7a), big.version]).toEqual([200, 10_000, true, "4"]);
+      expect([big.status, big.body.byteLength, big.body.every((byte) => byte === 0x7a), big.version]).toEqual([200, 10_000, true, String(first + 1)]);
       expect((await read(node.httpUrl, "deleted")).status).toBe(404);
       const put = await fetch(`${node.httpUrl}/kv/after-upgrade`, { method: "PUT", body: "new" });
       expect(put.status).toBe(200);
-      expect(((await put.json()) as { version: number }).version).toBeGreaterThan(7);
+      expect(((await put.json()) as { version: number }).version).toBeGreaterThan(first + 4);
     } finally {
       await node.stop();
     }
+    return dataDir;
+  }
+
+  test("0.6.0: a data dir whose rows carry checksums opens with every acknowledged write, takes new ones, and is still node 1's", async () => {
+    const dataDir = await openSameFiveWrites("0.6.0", 3);
     // Its database names its node, with or without the node-id file beside it.
     rmSync(join(dataDir, "node-id"));
     const refused = Bun.spawnSync([...kvCommand(), "serve", "--id", "2", "--cluster", "2=http://127.0.0.1:0", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir], { stderr: "pipe", stdout: "pipe" });
@@ -135,22 +145,7 @@ describe("data dirs of earlier releases", () => {
   });
 
   test("0.5.0: a data dir whose log is in segment files opens with every acknowledged write, and takes new ones", async () => {
-    const dataDir = join(scratch, "v0.5.0");
-    cpSync(join(fixtures, "v0.5.0", "node-1"), dataDir, { recursive: true });
-    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.5.0.log") });
-    try {
-      const text = new TextDecoder();
-      const greeting = await read(node.httpUrl, "greeting");
-      expect([greeting.status, text.decode(greeting.body), greeting.version]).toEqual([200, "v2", "6"]);
-      const big = await read(node.httpUrl, "big");
-      expect([big.status, big.body.byteLength, big.body.every((byte) => byte === 0x7a), big.version]).toEqual([200, 10_000, true, "3"]);
-      expect((await read(node.httpUrl, "deleted")).status).toBe(404);
-      const put = await fetch(`${node.httpUrl}/kv/after-upgrade`, { method: "PUT", body: "new" });
-      expect(put.status).toBe(200);
-      expect(((await put.json()) as { version: number }).version).toBeGreaterThan(6);
-    } finally {
-      await node.stop();
-    }
+    await openSameFiveWrites("0.5.0", 2);
   });
 
   test("0.4.0: a data dir with a transaction that put a key on a lease opens with the key on the lease", async () => {
