@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
 import { createLogger } from "../src/lib/logger.ts";
-import { nodeEventLevel } from "../src/server/create-server.ts";
+import { nodeEventLevel, peerLineLevel } from "../src/server/create-server.ts";
 import { createHttpHandler } from "../src/http/http-handler.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -305,6 +305,14 @@ describe("graceful shutdown", () => {
 });
 
 describe("the level of a node's events", () => {
+  test("a peer reachable again is info; one unreachable or refusing is a warning (a review counted 31 recoveries at warn)", () => {
+    expect(["peer 2: reachable again", "peer 2: unreachable (connection to 127.0.0.1:5002 lost (network:ECONNREFUSED))", "peer 2: refuses our calls (x)"].map(peerLineLevel)).toEqual([
+      "info",
+      "warn",
+      "warn",
+    ]);
+  });
+
   test("a full disk, which freezes the node until an operator acts, is an error as at start; retried failures are warnings; the rest info", () => {
     expect(["fatal", "disk full", "snapshot send failed", "learner promotion failed", "disk space back", "role", "snapshot sent"].map(nodeEventLevel)).toEqual([
       "error",

@@ -149,6 +149,10 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     await postSend(b.url, [heartbeat(99, 2, 2)], headers);
     expect(b.lines).toHaveLength(1);
     expect(b.lines[0]).toContain("refused a call from node 99, which is not in this node's configuration");
+    // Both readings, each with its node: the caller may be the one removed (a review followed the
+    // hint, which named only this node, and would have removed a healthy voter).
+    expect(b.lines[0]).toContain("Either node 99 is not a member");
+    expect(b.lines[0]).toContain("remove this node (kv member remove 2");
     expect(b.lines[0]).toContain("--join");
     expect(b.serverStats().refused.not_a_peer).toBe(2);
     expect((await postSend(b.url, [heartbeat(1, 2, 1)], headers)).status).toBe(200);

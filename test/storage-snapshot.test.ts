@@ -9,7 +9,7 @@ import { encodeCommand } from "../src/kv/command.ts";
 import { type ImageRow, type KvImageReader, type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
-import { openImageReader } from "../src/storage/sqlite-reads.ts";
+import { imageRowsPerPageMax, openImageReader } from "../src/storage/sqlite-reads.ts";
 import type { CheckpointReport } from "../src/storage/checkpointer.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
 
@@ -504,6 +504,23 @@ describe("sqlite snapshot files", () => {
     expect(keys).toEqual(Array.from({ length: rowCount }, (_, i) => `k${i}`).sort());
     // It fetched 256 rows a query and kept one: 40 rows cost 820 reads of 64 KiB.
     expect(image.rowsRead).toBe(rowCount);
+    image.close();
+    storage.close();
+  });
+
+  test("an image of many small rows comes in pages of at most imageRowsPerPageMax rows, every row once, in key order (found in review)", () => {
+    const dir = tempDir();
+    const storage = openSqliteStorage(dir, { voters: [1, 2, 3] });
+    const rowCount = 10_000;
+    writePuts(storage, rowCount, 1, rowCount, () => "v");
+    const image = openImageReader(join(dir, "kv.db"), 2000, () => {});
+    const pages: ImageRow[][] = [];
+    for (let page = image.next(1 << 20); page.length > 0; page = image.next(1 << 20)) pages.push(page);
+    // A 1 MiB page held all 10,000 (30,000 in a cluster that lost its leader sending them).
+    expect(pages.map((page) => page.length)).toEqual([imageRowsPerPageMax, imageRowsPerPageMax, rowCount - 2 * imageRowsPerPageMax]);
+    const keys = pages.flat().map((row) => row.key);
+    expect(keys).toEqual([...keys].sort());
+    expect(new Set(keys).size).toBe(rowCount);
     image.close();
     storage.close();
   });

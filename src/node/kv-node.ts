@@ -1367,7 +1367,8 @@ function lostLogError(id: NodeId, lost: LostLog): Error {
   if (conflict !== undefined) {
     return new LostLogError(
       `this node committed the entry at index ${conflict.index} in term ${conflict.ourTerm}, but its leader, node ${lost.leaderId} (term ${lost.term}), holds one of term ${conflict.leaderTerm} there: ` +
-        `the cluster lost entries this node committed (up to index ${lost.acknowledged}; a member's data dir emptied or replaced by an older copy, and a leader elected without them). ` +
+        `the cluster lost entries this node committed (up to index ${lost.acknowledged}; a member's data dir emptied or replaced by an older copy, and a leader elected without them), ` +
+        `or node ${lost.leaderId} is of another cluster with the same cluster id (two clusters restored from one backup without --cluster-id, the other given this node's address). ` +
         `This data dir may hold the only copy of them: move it aside and keep it. To take part again under id ${id}: remove it from the cluster (kv member remove ${id}), and start it with an empty data dir and --join`,
     );
   }

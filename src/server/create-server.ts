@@ -107,6 +107,11 @@ export class ServerStartError extends Error {
 
 /** How often a node that cannot start on a full disk tries again. */
 const DISK_RETRY_MS = 1_000;
+/** The level of a transport's line: a peer that answers again is news, not a warning (a review counted 31 at warn). */
+export function peerLineLevel(line: string): "warn" | "info" {
+  return line.endsWith(": reachable again") ? "info" : "warn";
+}
+
 /**
  * The level a node's event is logged at: what stops the node, or freezes it until an operator
  * acts, is an error; what failed and is retried, a warning; the rest is info. (A full disk found
@@ -213,7 +218,10 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   if (config.join !== undefined) {
     const fresh = sqliteStorage.membership().voters.length === 0 && sqliteStorage.lastIndex() === 0;
     if (!fresh) {
-      logger.log("info", "join", { detail: "the data dir already holds a configuration: not joining again" });
+      logger.log("info", "join", {
+        detail:
+          "the data dir already holds a configuration: not joining again, the node takes part as it says (if this node was removed from the cluster since, or its join never completed, empty its data dir and start it with --join)",
+      });
     } else {
       const { listenHttp } = config;
       const httpUrl = listenHttp.port === 0 ? config.advertiseHttp : (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${listenHttp.hostname}:${listenHttp.port}`);
@@ -371,7 +379,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     onMessages: (messages) => node.receive(messages),
     onSnapshotChunk: (chunk) => node.receiveSnapshotChunk(chunk),
     rpcTimeoutMs: peerRpcTimeoutMs(config.tickMs, config.electionTicks),
-    log: (line) => logger.log("warn", "peer", { detail: line }),
+    log: (line) => logger.log(peerLineLevel(line), "peer", { detail: line }),
     auth: {
       clusterId: clusterIdChoice.clusterId,
       ...(config.clusterToken === undefined ? {} : { clusterToken: config.clusterToken }),

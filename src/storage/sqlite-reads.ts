@@ -370,6 +370,15 @@ export function openImageReader(file: string, lockWaitMs: number, onClose: (imag
  * values each 1 MiB chunk read 256 MiB on the loop's thread, which lost the leadership for every
  * leader that began sending the image, found in a black-box review.)
  */
+/**
+ * Rows one page of an image holds at most, whatever its bytes allow. Reading a row checks its
+ * checksum and copies it: a 1 MiB page of small rows was 30,000 rows, 18-39 ms to read on an idle
+ * machine, and read with the next one ahead and encoded on the leader's loop it held the loop past
+ * the election timeout (a black-box review: 2 of 5 joins of a cluster of 79,000 small keys lost the
+ * leadership as the image went out).
+ */
+export const imageRowsPerPageMax = 4_096;
+
 export class SqliteImageReader implements KvImageReader {
   private readonly scan: Statement<CheckedRow, []>;
   private readonly rows: IterableIterator<CheckedRow>;
@@ -396,7 +405,7 @@ export class SqliteImageReader implements KvImageReader {
     assert(Number.isSafeInteger(bytesMax) && bytesMax >= 1, `image page of ${bytesMax} bytes`);
     const rows: ImageRow[] = [];
     let bytes = 0;
-    while (bytes < bytesMax) {
+    while (bytes < bytesMax && rows.length < imageRowsPerPageMax) {
       const row = this.pending ?? this.step();
       this.pending = undefined;
       if (row === undefined) break;

@@ -166,9 +166,10 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       // new leader's calls and campaigns alone, and said nothing of it (found in a black-box review).
       refusalLog(
         "not_a_peer",
-        `refused a call from node ${from}, which is not in this node's configuration (--cluster, or the membership it applied): ` +
-          `if the cluster's membership changed while this node was down or its data dir was emptied, it cannot take part under its old configuration; ` +
-          `remove it (kv member remove ${options.selfId}), empty its data dir and start it again with --join`,
+        `refused a call from node ${from}, which is not in this node's configuration (--cluster, or the membership it applied). ` +
+          `Either node ${from} is not a member (it was removed, or never added): to bring it in, empty its data dir and start it with --join; ` +
+          `or this node missed membership changes (it was down, or its data dir was emptied, while they were made) and cannot take part under its old configuration: ` +
+          `then remove this node (kv member remove ${options.selfId}, on a running member), empty its data dir and start it again with --join`,
       );
       throw new ConnectError(`call from node ${from}, which is not a peer of node ${options.selfId} (check --cluster)`, Code.FailedPrecondition);
     }
