@@ -879,10 +879,9 @@ export class Raft {
    */
   private committedConflict(m: AppendRequest): LostLog["conflict"] {
     const committed = this.log.committed;
-    if (m.prevLogIndex > 0) {
-      const ours = this.log.term(m.prevLogIndex);
-      if (ours !== undefined && ours !== m.prevLogTerm) return { index: m.prevLogIndex, ourTerm: ours, leaderTerm: m.prevLogTerm };
-    }
+    // Only entries count, not the previous index's term: a correct leader's probes carry entries,
+    // and a decodable forgery naming a wrong term there stopped a node (the peer fuzzer), where bad
+    // input is ignored (see `step`).
     for (const entry of m.entries) {
       if (entry.index > committed) break;
       const ours = this.log.term(entry.index);
