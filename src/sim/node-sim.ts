@@ -744,7 +744,9 @@ export class NodeSim {
     let stuck = false;
     const converged = await this.runUntilTrue(() => {
       const statuses = [...this.servers.values()].map((server) => server.node?.raftStatus());
-      const now = `${statuses.map((r) => `${r?.commitIndex}/${r?.appliedIndex}/${r?.lastLogIndex}/${r?.term}`).join(",")} ${finalWrite}`;
+      // An image streaming counts as moving: at the simulator's 256-byte chunks, a long run's image
+      // took over 20,000 chunks, past healStuckMs, while no index moved (long seed 300041).
+      const now = `${statuses.map((r) => `${r?.commitIndex}/${r?.appliedIndex}/${r?.lastLogIndex}/${r?.term}`).join(",")} ${[...this.servers.values()].map((server) => server.disk.chunksStaged).join(",")} ${finalWrite}`;
       if (now !== progress) {
         progress = now;
         progressSinceMs = this.nowMs;
