@@ -12,7 +12,6 @@ import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
 import { historyViolation, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
-import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 
 const tickMs = 10;
 const electionTicks = 10;
@@ -274,7 +273,7 @@ test("a voter whose data dir was emptied votes for no candidate with a log until
     expect((await put(sim, leader, "k")).outcome).toBe("ok");
     sim.crash(leader, false);
     sim.crash(wiped, false);
-    diskOf(sim, wiped).restartFrom(createMemoryKvStorage()); // its data dir emptied
+    sim.wipeDataDir(wiped);
     await sim.runUntil(sim.nowMs + 50); // the old leader's last messages land while `wiped` is down
     sim.network.heal();
     sim.restart(wiped);
@@ -297,8 +296,7 @@ test("a voter whose data dir was emptied, restarted again before it caught up, s
     // The leader goes down too, so the next one never heard from `wiped` (it would stop it: lostLog).
     sim.crash(leader, false);
     sim.crash(wiped, false);
-    diskOf(sim, wiped).restartFrom(createMemoryKvStorage()); // its data dir emptied
-    sim.servers.get(wiped)!.voteHoldRecorded = false; // and the record beside it
+    sim.wipeDataDir(wiped);
     await sim.runUntil(sim.nowMs + 50);
     // The other follower's fsyncs take 80 ms: the new term's first entry commits late, and
     // meanwhile `wiped` has the log up to it but has committed nothing of the new term.

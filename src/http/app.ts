@@ -477,7 +477,7 @@ function healthResponse(node: KvNodeApi): Response {
     return jsonResponse({ error: "disk_full", message: "the disk is full: the node is frozen until space returns; it serves only stale reads" }, 503);
   }
   if (!node.healthy()) {
-    return jsonResponse({ error: "unhealthy", message: "no leader is known, or this node is more than 1,000 committed entries behind in applying them" }, 503);
+    return jsonResponse({ error: "unhealthy", message: "no leader is known, or this node has applied more than 1,000 entries less than its leader committed" }, 503);
   }
   return jsonResponse({ healthy: true, ...(storage?.quotaExceeded === true ? { quotaExceeded: true } : {}) }, 200);
 }

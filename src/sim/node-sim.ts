@@ -354,6 +354,21 @@ export class NodeSim {
     server.disk.restartFrom(server.disk.afterCrash(powerLoss));
   }
 
+  /**
+   * Empties the data dir of node `id`, which must be down: its disk, and the record of a vote hold
+   * beside it. `restart` then starts it as a new server with the same id and peers would.
+   */
+  wipeDataDir(id: NodeId): void {
+    const server = this.servers.get(id) as SimServer;
+    assert(server.node === undefined, `node ${id} is running: stop it before emptying its data dir`);
+    this.wipe(server);
+  }
+
+  private wipe(server: SimServer): void {
+    server.disk.restartFrom(createMemoryKvStorage());
+    server.voteHoldRecorded = false;
+  }
+
   /** Starts node `id`'s process again if it is down (a server still joining, or retired, stays down). */
   restart(id: NodeId): void {
     const server = this.servers.get(id);
@@ -404,8 +419,7 @@ export class NodeSim {
       server = existing;
       server.lifecycle = "joining";
       server.peers = peers;
-      server.disk.restartFrom(createMemoryKvStorage()); // its data dir wiped
-      server.voteHoldRecorded = false;
+      this.wipe(server);
       this.stats.rejoins++;
     }
     this.operatorChanges++;
