@@ -1,6 +1,10 @@
 // Proves the leader's lease countdowns (src/node/leases.ts): leases come due at their TTL from the last start or keepalive, in batches bounded per command, per tick and in flight; a failed expiry is due again, an expiring lease takes no keepalive, a follower counts nothing, and an outcome from an earlier leadership is ignored.
 import { describe, expect, test } from "bun:test";
-import { LeaseCountdowns } from "../src/node/leases.ts";
+import type { Clock } from "../src/lib/clock.ts";
+import { decodeLeaseCommand } from "../src/kv/command.ts";
+import { leaseRowKey } from "../src/kv/leases.ts";
+import { LeaseCountdowns, type LeasesHost, NodeLeases } from "../src/node/leases.ts";
+import type { KvStorage, ListedValue } from "../src/storage/kv-storage.ts";
 
 describe("lease countdowns", () => {
   test("a lease is due at its TTL from the last start or keepalive; ended leases never come due", () => {
@@ -93,5 +97,71 @@ describe("lease countdowns", () => {
     expect((countdowns as unknown as { heap: unknown[] }).heap.length).toBeLessThanOrEqual(2 + 1024 + 1);
     expect(countdowns.due(100_999)).toEqual([]);
     expect(countdowns.due(101_000)).toEqual([[1]]);
+  });
+});
+
+describe("a new leader's lease countdowns", () => {
+  /** A host over `count` leases of `ttlMs`, counting the lease rows its storage hands out. */
+  function hostOf(count: number, ttlMs: number) {
+    const encoder = new TextEncoder();
+    const rows: ListedValue[] = Array.from({ length: count }, (_, i) => ({
+      key: leaseRowKey(i + 1),
+      value: encoder.encode(JSON.stringify({ ttlMs })),
+      version: i + 1,
+    })).sort((a, b) => (a.key < b.key ? -1 : 1));
+    let nowMs = 0;
+    const read = { rows: 0 };
+    const expired: number[] = [];
+    const storage = {
+      list(prefix: string, after: string | undefined, limit: number): ListedValue[] {
+        const page = rows.filter((row) => row.key.startsWith(prefix) && (after === undefined || row.key > after)).slice(0, limit);
+        read.rows += page.length;
+        return page;
+      },
+    } as unknown as KvStorage;
+    const host: LeasesHost = {
+      storage,
+      clock: { nowMs: () => nowMs, wallMs: () => nowMs, every: () => () => undefined } as unknown as Clock,
+      ttlMsMin: 1,
+      coreStatus: () => ({ role: "leader", term: 2 }),
+      refuseUnlessRunning: () => undefined,
+      refuseWhenFull: () => undefined,
+      notLeader: () => new Error("not leader") as never,
+      readBarrier: async () => undefined,
+      propose: async (data) => {
+        const command = decodeLeaseCommand(data);
+        if (command.op === "lease-expire") expired.push(...command.ids);
+        return { kind: "noop", index: 0 } as never;
+      },
+    };
+    return { host, read, expired, advance: (ms: number) => (nowMs += ms) };
+  }
+
+  test("it reads the applied leases a page per tick, so a million leases do not hold the turn that elected it; each counts from the election", async () => {
+    const { host, read, expired, advance } = hostOf(5_500, 1_000);
+    const leases = new NodeLeases(host);
+    leases.roleChanged("leader", 2);
+    expect(read.rows).toBeLessThanOrEqual(1_000);
+    let ticks = 0;
+    while (read.rows < 5_500) {
+      const before = read.rows;
+      advance(10);
+      leases.tick();
+      ticks++;
+      expect(read.rows - before).toBeLessThanOrEqual(1_000);
+      expect(ticks).toBeLessThan(10);
+    }
+    expect(expired).toEqual([]);
+    // Every lease comes due at 1,000 ms from the election, however late its page was read.
+    advance(1_000 - 10 * ticks - 1);
+    leases.tick();
+    await Promise.resolve();
+    expect(expired).toEqual([]);
+    advance(1);
+    for (let i = 0; i < 100 && expired.length < 5_500; i++) {
+      leases.tick();
+      await Bun.sleep(0); // the expiries proposed settle
+    }
+    expect(new Set(expired).size).toBe(5_500);
   });
 });

@@ -5,8 +5,10 @@
  *
  * A node that becomes leader restarts every lease's countdown at its full TTL, as etcd does: a
  * failover can make a lease last longer, never shorter (the old leader's countdowns are not known
- * here, and counting from less would end a lease its holder kept alive). A keepalive resets the
- * countdown in memory only, without going through the log.
+ * here, and counting from less would end a lease its holder kept alive). It reads the leases a page
+ * per tick (`leaseScanPageRows`), each counted from its election; a lease not read yet is simply not
+ * counted down yet (so it lasts a little longer), and a keepalive or grant meanwhile counts it at
+ * once. A keepalive resets the countdown in memory only, without going through the log.
  */
 import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
@@ -31,6 +33,14 @@ export interface LeaseExpiryLimits {
   /** Expire commands proposed and not yet applied, at most: past it, leases wait for the next tick. */
   readonly commandsInFlightMax: number;
 }
+
+/**
+ * Lease rows a new leader reads per tick to start their countdowns. All at once, a million leases
+ * (`leasesMax`) held the turn that elected it for about 2.5 s (100,000 took 163-266 ms, a code
+ * review's measurement), past the followers' election timeout: the next leader would start over,
+ * and while leadership flapped no lease could expire. A page is a few ms; a million take 10 s of ticks.
+ */
+export const leaseScanPageRows = 1_000;
 
 /** The defaults: up to 25,000 lease expiries a second (10 ms ticks), at most 250 in one apply. */
 export const defaultLeaseExpiryLimits: LeaseExpiryLimits = {
@@ -86,11 +96,21 @@ export class LeaseCountdowns {
    * full TTL. (Its countdowns of an earlier term are stale: another leader may have taken keepalives
    * in between.)
    */
-  becameLeader(term: number, nowMs: number, leases: Iterable<{ id: number; ttlMs: number }>): void {
+  becameLeader(term: number, nowMs: number, leases: Iterable<{ id: number; ttlMs: number }> = []): void {
     this.clear();
     this.leading = true;
     this.leaderTerm = term;
-    for (const lease of leases) this.start(lease.id, lease.ttlMs, nowMs);
+    this.resume(leases, nowMs);
+  }
+
+  /**
+   * Leases of the applied state read after the election (a page at a time): each not counted yet
+   * counts from `startMs`, the election. One counted already was granted or kept alive since, and
+   * keeps that later deadline.
+   */
+  resume(leases: Iterable<{ id: number; ttlMs: number }>, startMs: number): void {
+    if (!this.leading) return;
+    for (const lease of leases) if (!this.countdowns.has(lease.id)) this.start(lease.id, lease.ttlMs, startMs);
   }
 
   /** This node stopped leading: it counts nothing down (the next leader restarts every countdown). */
@@ -282,6 +302,8 @@ export class NodeLeases {
   private readonly countdowns = new LeaseCountdowns();
   /** Leases whose expiry applied here since this node started. */
   private expiredTotal = 0;
+  /** A new leader's read of the applied leases, a page per tick: the next page starts after `after`. */
+  private scan: { after: string | undefined; readonly startMs: number } | undefined;
 
   constructor(private readonly host: LeasesHost) {}
 
@@ -366,15 +388,23 @@ export class NodeLeases {
    * at its full TTL; a node that stopped leading drops them.
    */
   roleChanged(role: Role, term: number): void {
-    if (role !== "leader") this.countdowns.stoppedLeading();
-    else if (!this.countdowns.isLeadingIn(term)) this.countdowns.becameLeader(term, this.host.clock.nowMs(), this.appliedLeases());
+    if (role !== "leader") {
+      this.countdowns.stoppedLeading();
+      this.scan = undefined;
+    } else if (!this.countdowns.isLeadingIn(term)) {
+      const nowMs = this.host.clock.nowMs();
+      this.countdowns.becameLeader(term, nowMs);
+      this.scan = { after: undefined, startMs: nowMs };
+      this.scanPage();
+    }
   }
 
-  /** Each tick, on the leader: proposes the expiry of the leases run out, in bounded batches. */
+  /** Each tick, on the leader: reads the next page of leases a new leader counts, and proposes the expiry of those run out, in bounded batches. */
   tick(): void {
     // Soft state reports role changes, not every term: a leader re-elected within one Ready is caught here.
     const raft = this.host.coreStatus();
     if ((raft.role === "leader") !== this.countdowns.isLeadingIn(raft.term)) this.roleChanged(raft.role, raft.term);
+    else if (this.scan !== undefined) this.scanPage();
     if (!this.countdowns.isLeading()) return;
     const nowMs = this.host.clock.nowMs();
     const generation = this.countdowns.generation();
@@ -411,15 +441,16 @@ export class NodeLeases {
     return this.host.propose(encodeLeaseCommand(command));
   }
 
-  /** Every lease in the applied state, a page at a time (a new leader starts their countdowns). */
-  private *appliedLeases(): Generator<{ id: number; ttlMs: number }> {
-    const pageRows = 1_000;
-    let after: string | undefined;
-    for (;;) {
-      const rows = this.host.storage.list(leaseRowsPrefix, after, pageRows);
-      for (const row of rows) yield parseLeaseRow(row.key, row.value);
-      if (rows.length < pageRows) return;
-      after = rows[rows.length - 1]!.key;
-    }
+  /** The next page of the applied leases a new leader counts down (see `leaseScanPageRows`). */
+  private scanPage(): void {
+    const scan = this.scan;
+    if (scan === undefined) return;
+    const rows = this.host.storage.list(leaseRowsPrefix, scan.after, leaseScanPageRows);
+    this.countdowns.resume(
+      rows.map((row) => parseLeaseRow(row.key, row.value)),
+      scan.startMs,
+    );
+    if (rows.length < leaseScanPageRows) this.scan = undefined;
+    else scan.after = rows[rows.length - 1]!.key;
   }
 }
