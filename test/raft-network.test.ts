@@ -394,6 +394,34 @@ describe("stability: pre-vote, check-quorum and leadership transfer (thesis §9.
   });
 });
 
+describe("handing over without a named target", () => {
+  test("the leader picks a caught-up voter it hears from, not one that stopped answering with the same match (lowest id first)", () => {
+    for (let seed = 40; seed < 46; seed++) {
+      withSeed(
+        seed,
+        (cluster) => {
+          const leader = expectOneLeader(cluster);
+          cluster.one(enc("caught up"), 5);
+          // Every follower holds the whole log; the lowest-id one then goes down, its match kept.
+          const down = cluster.ids.filter((id) => id !== leader).sort((a, b) => a - b)[0]!;
+          cluster.crash(down);
+          // Two check-quorum rounds (an election timeout each) tell the leader who answers.
+          cluster.runTicks(2 * electionWindow);
+          for (let i = 0; i < electionWindow; i++) {
+            cluster.tick();
+            const chosen = cluster.raw(leader)!.mostCaughtUpFollower();
+            if (cluster.raw(leader)!.basicStatus().role === "leader") expect(chosen).not.toBe(down);
+          }
+          const chosen = cluster.raw(leader)!.mostCaughtUpFollower()!;
+          cluster.transferLeadership(leader, chosen);
+          expect(cluster.tickUntil(() => cluster.leader() === chosen, electionTicks)).toBe(true);
+        },
+        5,
+      );
+    }
+  });
+});
+
 describe("membership changes, one server at a time (thesis §4.1)", () => {
   const change = (cluster: CoreNetwork, leader: NodeId, type: "add-learner" | "promote" | "remove", nodeId: NodeId) => {
     const index = cluster.proposeConfChange(leader, { type, nodeId });

@@ -36,6 +36,8 @@ export class Progress {
   private inflightBytes = 0;
   /** Heard from since the last check-quorum round. */
   recentActive = false;
+  /** Heard from in the check-quorum round before (`recentActive` as the last round ended). */
+  activeLastRound = false;
   /** The highest commit index sent to this follower (in an append or a heartbeat). */
   sentCommit = 0;
   /** Heartbeat answers since an append was last acknowledged. */

@@ -410,7 +410,9 @@ export class Raft {
     let active = 0;
     for (const [member, progress] of this.progress) {
       if (this.isVoter(member) && (member === this.id || progress.recentActive)) active++;
-      if (member !== this.id) progress.recentActive = false;
+      if (member === this.id) continue;
+      progress.activeLastRound = progress.recentActive;
+      progress.recentActive = false;
     }
     return active >= this.quorum();
   }
@@ -451,14 +453,28 @@ export class Raft {
     return this.log.hasUnappliedConfChange();
   }
 
-  /** Leader: the other voter with the highest match index (the cheapest to hand over to). */
+  /**
+   * Leader: the other voter with the highest match index (the cheapest to hand over to) among those
+   * heard from in this check-quorum round or the last; any voter when none was. A voter that went
+   * down keeps its last match: picked by match alone (the lowest id winning ties), a dead voter was
+   * told to campaign, every retry chose it again, and removing the leader could never succeed.
+   */
   mostCaughtUpFollower(): NodeId | undefined {
-    let best: { id: NodeId; match: number } | undefined;
+    let best: { id: NodeId; match: number; heard: boolean } | undefined;
     for (const [member, progress] of this.progress) {
       if (member === this.id || !this.isVoter(member)) continue;
-      if (best === undefined || progress.matchIndex > best.match) best = { id: member, match: progress.matchIndex };
+      const heard = this.heardRecently(member);
+      if (best === undefined || (heard && !best.heard) || (heard === best.heard && progress.matchIndex > best.match)) {
+        best = { id: member, match: progress.matchIndex, heard };
+      }
     }
     return best?.id;
+  }
+
+  /** Leader: `member` answered in this check-quorum round or the last (always false elsewhere). */
+  heardRecently(member: NodeId): boolean {
+    const progress = this.role === "leader" ? this.progress.get(member) : undefined;
+    return progress !== undefined && (progress.recentActive || progress.activeLastRound);
   }
 
   /**

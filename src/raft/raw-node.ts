@@ -113,9 +113,14 @@ export class RawNode {
     return this.raft.confChangePending();
   }
 
-  /** Leader: the other voter with the highest match index. */
+  /** Leader: the other voter with the highest match index, among those it heard from recently first (see Raft.mostCaughtUpFollower). */
   mostCaughtUpFollower(): NodeId | undefined {
     return this.raft.mostCaughtUpFollower();
+  }
+
+  /** Leader: `id` answered in this check-quorum round or the last (false elsewhere). */
+  heardRecently(id: NodeId): boolean {
+    return this.raft.heardRecently(id);
   }
 
   /** See Raft.proposeConfChange: returns the change's index; throws ProposalRefusedError. */
