@@ -77,6 +77,14 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
           }
           if (parsed !== undefined) {
             const self = parsed.addresses.find((address) => address.id === options.id);
+            // An earlier attempt of this join added a learner, which cannot have caught up and been
+            // promoted before this server started. A voter here is one whose data dir was emptied:
+            // joining again with an empty log would make it a voter that forgot what it acknowledged.
+            if (parsed.voters.includes(options.id)) {
+              throw new JoinError(
+                `node ${options.id} is already a voter of this cluster, and this data dir is empty: if it lost its data, remove it first (kv member remove ${options.id}), then start it again with --join; if it never ran, start it with --cluster, as the other voters were, without --join`,
+              );
+            }
             if (self?.peerUrl === options.peerUrl) return parsed;
             throw new JoinError(`node ${options.id} is already a member at ${self?.peerUrl ?? "an unknown address"}, not ${options.peerUrl}`);
           }
