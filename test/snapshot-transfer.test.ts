@@ -55,3 +55,42 @@ test("a failed transfer is retried at once only after the first failure of its t
   await send(4);
   expect(retried).toEqual([2, 2]);
 });
+
+test("an image left half staged by a sender that stopped is dropped once this node applies past it by the log (found by a code review)", () => {
+  let applied = 50;
+  let discarded = 0;
+  const storage = {
+    appliedIndex: () => applied,
+    stageImageChunk: () => {},
+    discardStagedImage: () => discarded++,
+  } as unknown as KvStorage;
+  const host: SnapshotHost = {
+    id: 2,
+    storage,
+    transport: () => undefined,
+    peerKnown: () => true,
+    term: () => 3,
+    stopped: () => false,
+    blockedInstall: () => undefined,
+    diskFull: () => false,
+    transferFailed: () => {},
+    install: () => {},
+    waitsInInbox: () => false,
+    fail: (error) => {
+      throw error;
+    },
+  };
+  const room = new SnapshotTransfer(host);
+  const metadata = { index: 100, term: 2, voters: [1, 2, 3] };
+  room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "img", seq: 0, metadata, rows: [], done: false });
+  room.settleStaged();
+  expect(room.receivingIndex()).toBe(100);
+  expect(discarded).toBe(0);
+  // The sender stopped; a new leader's log brings this node past the image.
+  applied = 100;
+  room.settleStaged();
+  expect(room.receivingIndex()).toBe(0);
+  expect(discarded).toBe(1);
+  // A late chunk of that image is refused: it is no longer staged.
+  expect(() => room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "img", seq: 1, metadata: undefined, rows: [], done: true })).toThrow(/not staging/);
+});

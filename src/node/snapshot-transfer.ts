@@ -221,14 +221,28 @@ export class SnapshotTransfer {
   /**
    * After a turn: drops the staged image once it is installed or refused (our log already covered
    * it, or its term was stale). One the turn could not carry out yet is kept: a full disk blocked its
-   * install, or blocked the turn before its message was stepped.
+   * install, or blocked the turn before its message was stepped. An image still arriving is dropped
+   * once this node has applied up to its index by the log: its sender stopped streaming (it crashed,
+   * lost its leadership, or gave up), and no chunk says so. Kept, the partial staging file (up to
+   * the state machine's size) stayed until the next image or a restart.
    */
   settleStaged(): void {
+    const incoming = this.incoming;
+    if (incoming !== undefined && !this.host.stopped() && this.host.storage.appliedIndex() >= incoming.metadata.index) {
+      this.incoming = undefined;
+      this.host.log?.("snapshot receive abandoned", { from: incoming.from, index: incoming.metadata.index, imageId: incoming.imageId, appliedIndex: this.host.storage.appliedIndex() });
+      this.discardStaged();
+      return;
+    }
     const awaiting = this.awaitingInstall;
     if (awaiting === undefined || this.host.stopped()) return;
     if (this.host.blockedInstall() === awaiting.imageId) return;
     if (this.host.waitsInInbox(awaiting)) return;
     this.awaitingInstall = undefined;
+    this.discardStaged();
+  }
+
+  private discardStaged(): void {
     try {
       this.host.storage.discardStagedImage();
     } catch (error) {
