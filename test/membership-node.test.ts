@@ -2,8 +2,12 @@
 // a learner catches up, is promoted by the leader on its own and then counts in the quorum; a
 // follower is removed; removing the leader hands leadership over first; the configuration survives a
 // restart from storage; and only one change is in flight at a time (thesis §4.1).
-import { expect, test } from "bun:test";
-import { sameUrl } from "../src/node/membership.ts";
+import { describe, expect, test } from "bun:test";
+import { decodeMembershipChange } from "../src/kv/command.ts";
+import type { Membership } from "../src/kv/membership.ts";
+import { type MembershipHost, NodeMembership, sameUrl } from "../src/node/membership.ts";
+import type { RawNode } from "../src/raft/raw-node.ts";
+import type { KvStorage } from "../src/storage/kv-storage.ts";
 import { KvError } from "../src/lib/kv-error.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
@@ -174,4 +178,65 @@ test("two peer URLs are one address when they differ only in case, path, query, 
     ["http://127.0.0.1:7401", "https://127.0.0.1:7401"],
     ["http://[::1]:7401", "http://127.0.0.1:7401"],
   ]) expect([a, b, sameUrl(a as string, b as string)]).toEqual([a, b, false]);
+});
+
+describe("a node's own membership, outside the log's replay (fake host)", () => {
+  function hostWith(initial: Membership, raw: Partial<RawNode>) {
+    let recorded = initial;
+    const logged: string[] = [];
+    const host: MembershipHost = {
+      id: 3,
+      peers: new Map(),
+      peerDirectory: undefined,
+      storage: { membership: () => recorded } as unknown as KvStorage,
+      log: (event) => logged.push(event),
+      raw: () => raw as RawNode,
+      refuseUnlessRunning: () => undefined,
+      notLeader: () => new KvError("not_leader", "not the leader"),
+      transferLeadership: async () => ({ leaderId: 1 }),
+      httpUrlOf: () => undefined,
+      deadline: () => Number.POSITIVE_INFINITY,
+      scheduleTurn: () => undefined,
+      stopped: () => false,
+    };
+    return { host, logged, record: (membership: Membership) => (recorded = membership) };
+  }
+  const addresses = [1, 2, 3].map((id) => ({ id, peerUrl: `mem://peer-${id}` }));
+
+  test("an installed image decides whether this node was removed: one listing it makes it a member again, one without it removes it (found by a code review)", () => {
+    const raw = { applyConfChange: () => undefined, basicStatus: () => ({ role: "follower", voters: [1, 2], learners: [] }) as never } as unknown as Partial<RawNode>;
+    const { host, record } = hostWith({ voters: [1, 2, 3], learners: [], addresses, changedIndex: 4 }, raw);
+    const membership = new NodeMembership(host);
+    expect(membership.removed()).toBe(false);
+    // A node joining again under its id replays its old removal from the log...
+    record({ voters: [1, 2], learners: [], addresses: addresses.slice(0, 2), changedIndex: 7 });
+    membership.changeApplied({ kind: "conf-change", index: 7, change: { type: "remove", nodeId: 3 } } as never, 2);
+    expect(membership.removed()).toBe(true);
+    // ... then catches up by an image taken after it was added again: its addition never applies here.
+    record({ voters: [1, 2], learners: [3], addresses, changedIndex: 40 });
+    membership.snapshotInstalled();
+    expect(membership.removed()).toBe(false);
+    // An image whose configuration leaves it out: it was removed.
+    record({ voters: [1, 2], learners: [], addresses: addresses.slice(0, 2), changedIndex: 90 });
+    membership.snapshotInstalled();
+    expect(membership.removed()).toBe(true);
+  });
+
+  test("the leader promotes only a caught-up learner it has heard from lately: one that caught up and then went down stays a learner (found by a code review)", () => {
+    let heard = false;
+    const proposed: Uint8Array[] = [];
+    const raw = {
+      basicStatus: () => ({ role: "leader", voters: [1, 2], learners: [3], commit: 10, term: 2, leaderId: 1 }) as never,
+      matchIndexOf: () => 10,
+      heardRecently: () => heard,
+      proposeConfChange: (data: Uint8Array) => proposed.push(data) + 10,
+    };
+    const { host } = hostWith({ voters: [1, 2], learners: [3], addresses, changedIndex: 5 }, raw as unknown as Partial<RawNode>);
+    const membership = new NodeMembership({ ...host, id: 1 });
+    membership.maybePromoteLearner();
+    expect(proposed).toEqual([]);
+    heard = true;
+    membership.maybePromoteLearner();
+    expect(proposed.map((data) => decodeMembershipChange(data))).toEqual([{ type: "promote", nodeId: 3 }]);
+  });
 });

@@ -1261,7 +1261,7 @@ export class KvNode implements KvNodeApi {
     const { index, term } = snapshot.metadata;
     this.snapshots.installed();
     this.watches.snapshotInstalled(index);
-    this.membership.refreshAddresses();
+    this.membership.snapshotInstalled();
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
     this.proposals.coveredBySnapshot(index);
   }

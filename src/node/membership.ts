@@ -78,9 +78,30 @@ export class NodeMembership {
       }
     }
     this.refreshAddresses();
-    const now = host.storage.membership();
-    this.removedHere = now.changedIndex > 0 && !now.voters.includes(host.id) && !now.learners.includes(host.id);
+    this.removedHere = this.recordedWithout();
     if (this.removedHere) host.log?.("removed", { detail: "the recorded configuration does not include this node: it was removed; it serves no requests" });
+  }
+
+  /** The recorded configuration (past bootstrap) leaves this node out. */
+  private recordedWithout(): boolean {
+    const now = this.host.storage.membership();
+    return now.changedIndex > 0 && !now.voters.includes(this.host.id) && !now.learners.includes(this.host.id);
+  }
+
+  /**
+   * An image was installed: its configuration replaced the recorded one, and decides whether this
+   * node is a member. Only applied changes moved the flag before: a node joining again under its id
+   * that replayed its old removal and then caught up by an image (its new addition inside it) refused
+   * every request for good, and one that installed an image taken after its removal served on.
+   */
+  snapshotInstalled(): void {
+    this.refreshAddresses();
+    const removed = this.recordedWithout();
+    if (removed === this.removedHere) return;
+    this.removedHere = removed;
+    const { changedIndex } = this.host.storage.membership();
+    if (removed) this.host.log?.("removed", { detail: `the image installed leaves this node out (configuration of index ${changedIndex}): it was removed; it serves no more requests`, index: changedIndex });
+    else this.host.log?.("member again", { detail: `the image installed lists this node (configuration of index ${changedIndex}): it serves requests`, index: changedIndex });
   }
 
   /** Whether this node was removed from the cluster. */
@@ -235,7 +256,9 @@ export class NodeMembership {
     if (status.role !== "leader" || this.pending !== undefined || this.host.stopped()) return;
     for (const learner of status.learners) {
       const match = raw.matchIndexOf(learner);
-      if (match === undefined || match < status.commit) continue;
+      // Heard from lately too: a learner that caught up and then went down keeps its match, and
+      // promoted then it would only make majorities harder (with one voter, impossible).
+      if (match === undefined || match < status.commit || !raw.heardRecently(learner)) continue;
       this.propose({ type: "promote", nodeId: learner }).then(
         () => this.host.log?.("learner promoted", { nodeId: learner }),
         (error: unknown) => this.host.log?.("learner promotion failed", { nodeId: learner, error: error instanceof Error ? error.message : String(error) }),
