@@ -222,7 +222,7 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
     expect(membership.removed()).toBe(true);
   });
 
-  test("the leader promotes only a caught-up learner it has heard from lately: one that caught up and then went down stays a learner (found by a code review)", () => {
+  test("the leader promotes only a caught-up learner it has heard from lately: one that caught up and then went down stays a learner, and an operator's promote is refused (found by a code review)", async () => {
     let heard = false;
     const proposed: Uint8Array[] = [];
     const raw = {
@@ -234,6 +234,9 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
     const { host } = hostWith({ voters: [1, 2], learners: [3], addresses, changedIndex: 5 }, raw as unknown as Partial<RawNode>);
     const membership = new NodeMembership({ ...host, id: 1 });
     membership.maybePromoteLearner();
+    expect(proposed).toEqual([]);
+    // Asked by an operator: refused as not ready, saying why.
+    await expect(membership.promote(3)).rejects.toMatchObject({ code: "learner_not_ready", message: expect.stringContaining("has not answered this leader lately") });
     expect(proposed).toEqual([]);
     heard = true;
     membership.maybePromoteLearner();

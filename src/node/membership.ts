@@ -165,6 +165,14 @@ export class NodeMembership {
         ),
       );
     }
+    if (!raw.heardRecently(id)) {
+      return Promise.reject(
+        new KvError(
+          "learner_not_ready",
+          `node ${id} has not answered this leader lately (is it running and reachable at its peer URL? a leader just elected hears from it within a heartbeat): a voter that is down would only make majorities harder`,
+        ),
+      );
+    }
     return this.propose({ type: "promote", nodeId: id });
   }
 
