@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createTcpProxy } from "../src/chaos/tcp-proxy.ts";
 import { createClient, KvClientError, type WatchEvent } from "../src/client/index.ts";
+import { watchEventCharsMax } from "../src/client/watch.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 /** Polls `condition` until it holds; fails after `timeoutMs`. */
@@ -352,5 +353,63 @@ describe("against a silent stream", () => {
       ["1", null],
       ["2", "7"],
     ]);
+  });
+});
+
+describe("an event as large as a value can make it (found in a black-box review)", () => {
+  /** A fetch answering every watch with a progress event and then `event`, the stream then open until aborted; counts the requests. */
+  function progressThen(event: string, requests: { count: number }): typeof fetch {
+    return (async (_input: string | URL | Request, init?: RequestInit) => {
+      requests.count++;
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(`event: progress\ndata: {"version":22}\n\n${event}`));
+          init?.signal?.addEventListener("abort", () => controller.error(init.signal?.reason));
+        },
+      });
+      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+    }) as typeof fetch;
+  }
+
+  test("a 1 MiB value of control characters (JSON escapes each in six: a 6 MB line) is delivered", async () => {
+    const value = "\u0000".repeat(1 << 20);
+    const requests = { count: 0 };
+    const kv = createClient({
+      endpoints: ["http://127.0.0.1:1"],
+      fetch: progressThen(`id: 23\nevent: put\ndata: ${JSON.stringify({ key: "sz/big", value, version: 23 })}\n\n`, requests),
+    });
+    const stop = new AbortController();
+    const guard = setTimeout(() => stop.abort(), 10_000); // bounds a watch that would loop
+    let got: WatchEvent | undefined;
+    try {
+      for await (const event of kv.watch({ key: "sz/big" }, { fromVersion: 23, signal: stop.signal })) {
+        got = event;
+        break;
+      }
+    } finally {
+      clearTimeout(guard);
+    }
+    expect(got?.type === "put" && got.bytes.byteLength).toBe(1 << 20);
+    expect(requests.count).toBe(1);
+  });
+
+  test("an event past what the client reads at all is a too_large error, not a reconnect after each progress event forever", async () => {
+    const requests = { count: 0 };
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: progressThen(`data: ${"x".repeat(watchEventCharsMax + 1)}`, requests) });
+    const stop = new AbortController();
+    const guard = setTimeout(() => stop.abort(), 10_000); // bounds a watch that would loop
+    let error: unknown;
+    try {
+      for await (const _event of kv.watch({ key: "sz/big" }, { signal: stop.signal, reconnectTimeoutMs: 60_000 })) {
+        // nothing is delivered
+      }
+    } catch (caught) {
+      error = caught;
+    } finally {
+      clearTimeout(guard);
+    }
+    expect(stop.signal.aborted).toBe(false);
+    expect(error instanceof KvClientError && error.code).toBe("too_large");
+    expect(requests.count).toBe(1);
   });
 });

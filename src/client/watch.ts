@@ -5,7 +5,7 @@
  * again on the next endpoint with `Last-Event-ID` = the last version it saw, so no change is skipped
  * and none is given twice. README.md's "Watch" section is the server's side of this contract.
  */
-import { readSse } from "../lib/sse-reader.ts";
+import { readSse, SseTooLargeError } from "../lib/sse-reader.ts";
 import { KvClientError } from "./errors.ts";
 import { FailureTally } from "./failure-tally.ts";
 import type { Transport } from "./transport.ts";
@@ -59,8 +59,14 @@ const RECONNECT_TIMEOUT_MS_DEFAULT = 30_000;
 /** Pause after a pass over every endpoint failed, doubling up to the max (a retry pace while an election runs). */
 const BACKOFF_MS_MIN = 20;
 const BACKOFF_MS_MAX = 500;
-/** A line or one event's data the reader accepts at most: a value is at most 1 MiB, base64 and JSON add a third. */
-const SSE_CHARS_MAX = 4 * 1024 * 1024;
+/**
+ * A line or one event's data the reader accepts at most: the largest value a node takes (`kv serve
+ * --value-bytes-max`, at most 16 MiB) and key (16 KiB), each byte written in JSON as up to six
+ * characters (a control character as `\u0000`), and room for the rest. It was 4 Mi characters: a
+ * 1 MiB value of NUL bytes (valid UTF-8, so sent as text) made a 6 MB line, and the watch
+ * reconnected for it forever (found in a black-box review).
+ */
+export const watchEventCharsMax = 6 * ((16 << 20) + (16 << 10)) + 4_096;
 /** An error answer's body read at most. */
 const ERROR_BODY_CHARS_MAX = 4_096;
 
@@ -144,7 +150,7 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
           ended = `${endpoint}: an answer without a body`;
           break attempt;
         }
-        for await (const event of readSse(response.body, { charsMax: SSE_CHARS_MAX })) {
+        for await (const event of readSse(response.body, { charsMax: watchEventCharsMax })) {
           // A chunk's events come together: those parsed before an abort are not given after it.
           if (aborted()) break attempt;
           armIdle();
@@ -205,6 +211,10 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
     } catch (error) {
       // An abort ends the loop quietly, whatever its reason (a lock's `lost` is a KvClientError).
       if (error instanceof KvClientError && !aborted()) throw error;
+      // The same event comes again on every stream: resuming would loop forever.
+      if (error instanceof SseTooLargeError && !aborted()) {
+        throw new KvClientError("too_large", 0, `${endpoint}: the watch sent an event longer than this client reads (${watchEventCharsMax} characters)`);
+      }
       ended = `${endpoint}: ${describe(error)}`;
     } finally {
       clearTimeout(idleTimer);
