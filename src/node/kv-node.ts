@@ -587,7 +587,8 @@ export class KvNode implements KvNodeApi {
    * start first waits for a linearizable read, and starts after what is applied once it is served.
    */
   async watch(filter: WatchFilter, start: WatchStart): Promise<WatchSubscription> {
-    if ("key" in filter) checkClientKey(filter.key);
+    // A reserved prefix is refused as a listing's is (it would match none of the changes a watch carries).
+    checkClientKey("key" in filter ? filter.key : filter.prefix);
     if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
     if (start === "now") {
       await this.readBarrier("linearizable");
