@@ -48,27 +48,30 @@ test("member_exists, then a members list from a node behind the leader, then the
 });
 
 test("member_exists for a voter at this address is refused: a voter's data dir was emptied, and it must be removed before it joins again (found by a code review)", async () => {
-  const server = Bun.serve({
-    port: 0,
-    hostname: "127.0.0.1",
-    fetch(request) {
-      const path = new URL(request.url).pathname;
-      if (request.method === "POST" && path === "/members") {
-        return Response.json({ error: "member_exists", message: "node 3 is already a voter" }, { status: 409 });
-      }
-      if (request.method === "GET" && path === "/members") return Response.json({ members: voters, leaderId: 1, configIndex: 5 });
-      return Response.json({ error: "not_found", message: path }, { status: 404 });
-    },
-  });
-  servers.push(server);
-  const joining = joinCluster({
-    endpoints: [`http://127.0.0.1:${server.port}`],
-    id: 3,
-    peerUrl: "http://127.0.0.1:5003",
-    httpUrl: undefined,
-    authToken: undefined,
-    timeoutMs: 10_000,
-    logger: createLogger(3, "error", { format: "json" }),
-  });
-  await expect(joining).rejects.toThrow(/already a voter.*kv member remove 3/s);
+  // configIndex 0: a cluster whose configuration never changed since its bootstrap (the join retried on it until its timeout).
+  for (const configIndex of [5, 0]) {
+    const server = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch(request) {
+        const path = new URL(request.url).pathname;
+        if (request.method === "POST" && path === "/members") {
+          return Response.json({ error: "member_exists", message: "node 3 is already a voter" }, { status: 409 });
+        }
+        if (request.method === "GET" && path === "/members") return Response.json({ members: voters, leaderId: 1, configIndex });
+        return Response.json({ error: "not_found", message: path }, { status: 404 });
+      },
+    });
+    servers.push(server);
+    const joining = joinCluster({
+      endpoints: [`http://127.0.0.1:${server.port}`],
+      id: 3,
+      peerUrl: "http://127.0.0.1:5003",
+      httpUrl: undefined,
+      authToken: undefined,
+      timeoutMs: 3_000,
+      logger: createLogger(3, "error", { format: "json" }),
+    });
+    await expect(joining).rejects.toThrow(/already a voter.*kv member remove 3/s);
+  }
 });

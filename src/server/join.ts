@@ -66,6 +66,16 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
           if (!(current instanceof KvClientError) && !(current instanceof UnknownOutcomeError)) throw current;
           lastProblem = `reading the members: ${current.message}`;
         } else {
+          // An earlier attempt of this join added a learner, which cannot have caught up and been
+          // promoted before this server started. A voter here is one whose data dir was emptied:
+          // joining again with an empty log would make it a voter that forgot what it acknowledged.
+          // (Checked before the configuration index: a cluster that never changed has none.)
+          const listed = (current as MembersView).members;
+          if (Array.isArray(listed) && listed.some((member: ListedMember) => member.id === options.id && member.role === "voter")) {
+            throw new JoinError(
+              `node ${options.id} is already a voter of this cluster, and this data dir is empty: if it lost its data, remove it first (kv member remove ${options.id}), then start it again with --join; if it never ran, start it with --cluster, as the other voters were, without --join`,
+            );
+          }
           // Any node answers GET /members, with the configuration it has applied: one behind the
           // leader may not list this node yet (or have no configuration index): ask again.
           let parsed: JoinAnswer | undefined;
@@ -77,14 +87,6 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
           }
           if (parsed !== undefined) {
             const self = parsed.addresses.find((address) => address.id === options.id);
-            // An earlier attempt of this join added a learner, which cannot have caught up and been
-            // promoted before this server started. A voter here is one whose data dir was emptied:
-            // joining again with an empty log would make it a voter that forgot what it acknowledged.
-            if (parsed.voters.includes(options.id)) {
-              throw new JoinError(
-                `node ${options.id} is already a voter of this cluster, and this data dir is empty: if it lost its data, remove it first (kv member remove ${options.id}), then start it again with --join; if it never ran, start it with --cluster, as the other voters were, without --join`,
-              );
-            }
             if (self?.peerUrl === options.peerUrl) return parsed;
             throw new JoinError(`node ${options.id} is already a member at ${self?.peerUrl ?? "an unknown address"}, not ${options.peerUrl}`);
           }
