@@ -13,6 +13,22 @@ afterAll(() => {
 
 const voters = [1, 2, 3].map((id) => ({ id, peerUrl: `http://127.0.0.1:500${id}`, httpUrl: `http://127.0.0.1:800${id}`, role: "voter" }));
 
+/** A cluster stub: every addition is `member_exists` (`message`), and GET /members answers `members()`. */
+function memberExistsStub(message: string, members: () => unknown): string {
+  const server = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    fetch(request) {
+      const path = new URL(request.url).pathname;
+      if (request.method === "POST" && path === "/members") return Response.json({ error: "member_exists", message }, { status: 409 });
+      if (request.method === "GET" && path === "/members") return Response.json(members());
+      return Response.json({ error: "not_found", message: path }, { status: 404 });
+    },
+  });
+  servers.push(server);
+  return `http://127.0.0.1:${server.port}`;
+}
+
 test("member_exists, then a members list from a node behind the leader, then the current one: the join asks again and succeeds", async () => {
   const answers = [
     { members: voters, leaderId: 1, configIndex: 0 },
@@ -20,21 +36,9 @@ test("member_exists, then a members list from a node behind the leader, then the
     { members: [...voters, { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "", role: "learner" }], leaderId: 1, configIndex: 7 },
   ];
   let listed = 0;
-  const server = Bun.serve({
-    port: 0,
-    hostname: "127.0.0.1",
-    fetch(request) {
-      const path = new URL(request.url).pathname;
-      if (request.method === "POST" && path === "/members") {
-        return Response.json({ error: "member_exists", message: "node 4 is already a learner" }, { status: 409 });
-      }
-      if (request.method === "GET" && path === "/members") return Response.json(answers[Math.min(listed++, answers.length - 1)]);
-      return Response.json({ error: "not_found", message: path }, { status: 404 });
-    },
-  });
-  servers.push(server);
+  const endpoint = memberExistsStub("node 4 is already a learner", () => answers[Math.min(listed++, answers.length - 1)]);
   const answer = await joinCluster({
-    endpoints: [`http://127.0.0.1:${server.port}`],
+    endpoints: [endpoint],
     id: 4,
     peerUrl: "http://127.0.0.1:5004",
     httpUrl: undefined,
@@ -50,21 +54,9 @@ test("member_exists, then a members list from a node behind the leader, then the
 test("member_exists for a voter at this address is refused: a voter's data dir was emptied, and it must be removed before it joins again (found by a code review)", async () => {
   // configIndex 0: a cluster whose configuration never changed since its bootstrap (the join retried on it until its timeout).
   for (const configIndex of [5, 0]) {
-    const server = Bun.serve({
-      port: 0,
-      hostname: "127.0.0.1",
-      fetch(request) {
-        const path = new URL(request.url).pathname;
-        if (request.method === "POST" && path === "/members") {
-          return Response.json({ error: "member_exists", message: "node 3 is already a voter" }, { status: 409 });
-        }
-        if (request.method === "GET" && path === "/members") return Response.json({ members: voters, leaderId: 1, configIndex });
-        return Response.json({ error: "not_found", message: path }, { status: 404 });
-      },
-    });
-    servers.push(server);
+    const endpoint = memberExistsStub("node 3 is already a voter", () => ({ members: voters, leaderId: 1, configIndex }));
     const joining = joinCluster({
-      endpoints: [`http://127.0.0.1:${server.port}`],
+      endpoints: [endpoint],
       id: 3,
       peerUrl: "http://127.0.0.1:5003",
       httpUrl: undefined,
