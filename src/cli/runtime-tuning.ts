@@ -22,12 +22,11 @@
  *   as many writes/s; at 100 B 4,754 and 5,169 writes/s against 4,320 and 4,795 without. It only
  *   sizes the heap: nothing is refused for lack of memory. (Its collections are not free: at 256 KB
  *   values the loop's GC pauses reach 35-58 ms, BENCHMARKS.md; 128 MiB was no better there.)
- * - `BUN_JSC_smallHeapGrowthFactor=1.3`. Below 64 MB (a quarter of the size above) a heap still
- *   doubles after each collection, and a node's heaps are that small: at 16 KB values the loop's
- *   held 25-60 MB and its ArrayBuffers another 10-60 between collections. Growing such a heap by
- *   1.3 instead collects sooner (more often, each with less to sweep). Measured A B A B on a quiet
- *   machine (BENCHMARKS.md, twenty-sixth session): peak RSS per node at 16 KB 153-177 MB against
- *   207-222, at 100 B 127-136 against 157-181, with as many writes/s at 100 B, 16 KB and 256 KB.
+ *
+ * Left at JavaScriptCore's default: the growth of a heap under 64 MB after a collection (2). Set
+ * to 1.3 (`BUN_JSC_smallHeapGrowthFactor`) it cut peak RSS at 16 KB values by 35-55 MB per node,
+ * but cost 12% of the writes/s at 100 B and 17% more CPU per write (BENCHMARKS.md, twenty-sixth
+ * session).
  *
  * So a long-running command re-executes itself in place (execve: same pid, so signals, pid files
  * and `kill` keep working) with whichever of these variables is not already set; an operator's own
@@ -41,7 +40,6 @@ export const RUNTIME_TUNING: Readonly<Record<string, string>> = {
   MIMALLOC_PURGE_DELAY: "-1",
   BUN_JSC_useFTLJIT: "0",
   BUN_JSC_forceRAMSize: String(256 * 1024 * 1024),
-  BUN_JSC_smallHeapGrowthFactor: "1.3",
 };
 
 /** NUL-terminated bytes of `text`, kept alive by the caller until execve. */
