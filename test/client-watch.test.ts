@@ -17,9 +17,10 @@ async function until(condition: () => boolean | Promise<boolean>, what: string, 
   }
 }
 
-/** A fetch answering every watch with `events` in one chunk, the stream then open until the request is aborted (which errors it with the abort's reason). */
-function openStream(events: string): typeof fetch {
+/** A fetch answering every watch with `events` in one chunk, the stream then open until the request is aborted (which errors it with the abort's reason); counts the requests in `requests`. */
+function openStream(events: string, requests = { count: 0 }): typeof fetch {
   return (async (_input: string | URL | Request, init?: RequestInit) => {
+    requests.count++;
     const body = new ReadableStream<Uint8Array>({
       start(controller) {
         controller.enqueue(new TextEncoder().encode(events));
@@ -28,6 +29,26 @@ function openStream(events: string): typeof fetch {
     });
     return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
   }) as typeof fetch;
+}
+
+/**
+ * How a watch that is meant to deliver nothing ends: its error, or undefined; `aborted` says whether
+ * the 10 s guard had to stop it (a watch that would never give up).
+ */
+async function endOfSilentWatch(kv: ReturnType<typeof createClient>, selector: { prefix: string } | { key: string }, options: { reconnectTimeoutMs: number }): Promise<{ error: unknown; aborted: boolean }> {
+  const stop = new AbortController();
+  const guard = setTimeout(() => stop.abort(), 10_000);
+  let error: unknown;
+  try {
+    for await (const _event of kv.watch(selector, { ...options, signal: stop.signal })) {
+      // nothing is delivered
+    }
+  } catch (caught) {
+    error = caught;
+  } finally {
+    clearTimeout(guard);
+  }
+  return { error, aborted: stop.signal.aborted };
 }
 
 /** Runs a watch in the background, collecting its change events. */
@@ -301,19 +322,8 @@ describe("against nodes that answer 200 and end at once", () => {
       return new Response('event: error\ndata: {"error":"unavailable"}\n\n', { status: 200, headers: { "content-type": "text/event-stream" } });
     }) as unknown as typeof fetch;
     const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
-    const stop = new AbortController();
-    const guard = setTimeout(() => stop.abort(), 10_000); // bounds a watch that would never give up
-    let error: unknown;
-    try {
-      for await (const _event of kv.watch({ prefix: "p/" }, { signal: stop.signal, reconnectTimeoutMs: 300 })) {
-        // nothing is ever delivered
-      }
-    } catch (caught) {
-      error = caught;
-    } finally {
-      clearTimeout(guard);
-    }
-    expect(stop.signal.aborted).toBe(false);
+    const { error, aborted } = await endOfSilentWatch(kv, { prefix: "p/" }, { reconnectTimeoutMs: 300 });
+    expect(aborted).toBe(false);
     expect(error instanceof KvClientError && error.code).toBe("unreachable");
     // Backed off between rounds of endpoints rather than spinning.
     expect(requests).toBeLessThan(50);
@@ -357,19 +367,8 @@ describe("against a silent stream", () => {
 });
 
 describe("an event as large as a value can make it (found in a black-box review)", () => {
-  /** A fetch answering every watch with a progress event and then `event`, the stream then open until aborted; counts the requests. */
-  function progressThen(event: string, requests: { count: number }): typeof fetch {
-    return (async (_input: string | URL | Request, init?: RequestInit) => {
-      requests.count++;
-      const body = new ReadableStream<Uint8Array>({
-        start(controller) {
-          controller.enqueue(new TextEncoder().encode(`event: progress\ndata: {"version":22}\n\n${event}`));
-          init?.signal?.addEventListener("abort", () => controller.error(init.signal?.reason));
-        },
-      });
-      return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
-    }) as typeof fetch;
-  }
+  /** A fetch answering every watch with a progress event and then `event`, the stream then open until aborted. */
+  const progressThen = (event: string, requests: { count: number }) => openStream(`event: progress\ndata: {"version":22}\n\n${event}`, requests);
 
   test("a 1 MiB value of control characters (JSON escapes each in six: a 6 MB line) is delivered", async () => {
     const value = "\u0000".repeat(1 << 20);
@@ -396,19 +395,8 @@ describe("an event as large as a value can make it (found in a black-box review)
   test("an event past what the client reads at all is a too_large error, not a reconnect after each progress event forever", async () => {
     const requests = { count: 0 };
     const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: progressThen(`data: ${"x".repeat(watchEventCharsMax + 1)}`, requests) });
-    const stop = new AbortController();
-    const guard = setTimeout(() => stop.abort(), 10_000); // bounds a watch that would loop
-    let error: unknown;
-    try {
-      for await (const _event of kv.watch({ key: "sz/big" }, { signal: stop.signal, reconnectTimeoutMs: 60_000 })) {
-        // nothing is delivered
-      }
-    } catch (caught) {
-      error = caught;
-    } finally {
-      clearTimeout(guard);
-    }
-    expect(stop.signal.aborted).toBe(false);
+    const { error, aborted } = await endOfSilentWatch(kv, { key: "sz/big" }, { reconnectTimeoutMs: 60_000 });
+    expect(aborted).toBe(false);
     expect(error instanceof KvClientError && error.code).toBe("too_large");
     expect(requests.count).toBe(1);
   });

@@ -6,6 +6,25 @@ import type { SnapshotRequest } from "../src/raft/types.ts";
 import type { KvStorage } from "../src/storage/kv-storage.ts";
 import type { Transport } from "../src/transport/transport.ts";
 
+/** A host that is running, in term 3, with every peer known and no disk trouble; `overrides` set the rest. */
+function hostOf(overrides: Partial<SnapshotHost> & Pick<SnapshotHost, "id" | "storage">): SnapshotHost {
+  return {
+    transport: () => undefined,
+    peerKnown: () => true,
+    term: () => 3,
+    stopped: () => false,
+    blockedInstall: () => undefined,
+    diskFull: () => false,
+    transferFailed: () => {},
+    install: () => {},
+    waitsInInbox: () => false,
+    fail: (error) => {
+      throw error;
+    },
+    ...overrides,
+  };
+}
+
 test("a failed transfer is retried at once only after the first failure of its term", async () => {
   let term = 3;
   const retried: number[] = [];
@@ -17,26 +36,17 @@ test("a failed transfer is retried at once only after the first failure of its t
       throw new Error("staging failed: database or disk is full");
     },
   } as unknown as Transport;
-  const host: SnapshotHost = {
+  const host = hostOf({
     id: 1,
     storage,
     transport: () => transport,
-    peerKnown: () => true,
     term: () => term,
-    stopped: () => false,
-    blockedInstall: () => undefined,
-    diskFull: () => false,
     transferFailed: (to) => retried.push(to),
-    install: () => {},
-    waitsInInbox: () => false,
-    fail: (error) => {
-      throw error;
-    },
     // Logged once a transfer has ended, after its retry was decided.
     log: (event) => {
       if (event === "snapshot send failed") failed();
     },
-  };
+  });
   const room = new SnapshotTransfer(host);
   const send = async (inTerm: number) => {
     const ended = new Promise<void>((resolve) => (failed = resolve));
@@ -64,22 +74,7 @@ test("an image left half staged by a sender that stopped is dropped once this no
     stageImageChunk: () => {},
     discardStagedImage: () => discarded++,
   } as unknown as KvStorage;
-  const host: SnapshotHost = {
-    id: 2,
-    storage,
-    transport: () => undefined,
-    peerKnown: () => true,
-    term: () => 3,
-    stopped: () => false,
-    blockedInstall: () => undefined,
-    diskFull: () => false,
-    transferFailed: () => {},
-    install: () => {},
-    waitsInInbox: () => false,
-    fail: (error) => {
-      throw error;
-    },
-  };
+  const host = hostOf({ id: 2, storage });
   const room = new SnapshotTransfer(host);
   const metadata = { index: 100, term: 2, voters: [1, 2, 3] };
   room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "img", seq: 0, metadata, rows: [], done: false });

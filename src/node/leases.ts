@@ -446,10 +446,7 @@ export class NodeLeases {
     const scan = this.scan;
     if (scan === undefined) return;
     const rows = this.host.storage.list(leaseRowsPrefix, scan.after, leaseScanPageRows);
-    this.countdowns.resume(
-      rows.map((row) => parseLeaseRow(row.key, row.value)),
-      scan.startMs,
-    );
+    this.countdowns.resume(rows.map((row) => parseLeaseRow(row.key, row.value)), scan.startMs);
     if (rows.length < leaseScanPageRows) this.scan = undefined;
     else scan.after = rows[rows.length - 1]!.key;
   }

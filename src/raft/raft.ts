@@ -887,8 +887,9 @@ export class Raft {
   }
 
   /**
-   * Where an append's entries differ from ours at an index we committed, if they do. A correct leader's log holds every committed entry (leader completeness), so this is a
-   * cluster that lost entries we committed: a review saw a follower keep them, answer its leader
+   * Where an append's entries differ from ours at an index we committed, if they do. A correct
+   * leader's log holds every committed entry (leader completeness), so this is a cluster that lost
+   * entries we committed: a review saw a follower keep them, answer its leader
    * "matched up to my commit" to every probe, and have it resend the log at 10 MB/s, while the
    * follower served them and said it was healthy.
    */

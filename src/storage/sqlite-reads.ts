@@ -364,13 +364,6 @@ export function openImageReader(file: string, lockWaitMs: number, onClose: (imag
 }
 
 /**
- * An image read on its own read-only connection inside one read transaction (see `openImageReader`),
- * in key order, by one scan that steps a row at a time: a chunk reads the rows it returns and at
- * most one more, kept for the next. (It fetched 256 rows a query and kept what fitted: with 1 MiB
- * values each 1 MiB chunk read 256 MiB on the loop's thread, which lost the leadership for every
- * leader that began sending the image, found in a black-box review.)
- */
-/**
  * Rows one page of an image holds at most, whatever its bytes allow. Reading a row checks its
  * checksum and copies it: a 1 MiB page of small rows was 30,000 rows, 18-39 ms to read on an idle
  * machine, and read with the next one ahead and encoded on the leader's loop it held the loop past
@@ -379,6 +372,13 @@ export function openImageReader(file: string, lockWaitMs: number, onClose: (imag
  */
 export const imageRowsPerPageMax = 4_096;
 
+/**
+ * An image read on its own read-only connection inside one read transaction (see `openImageReader`),
+ * in key order, by one scan that steps a row at a time: a chunk reads the rows it returns and at
+ * most one more, kept for the next. (It fetched 256 rows a query and kept what fitted: with 1 MiB
+ * values each 1 MiB chunk read 256 MiB on the loop's thread, which lost the leadership for every
+ * leader that began sending the image, found in a black-box review.)
+ */
 export class SqliteImageReader implements KvImageReader {
   private readonly scan: Statement<CheckedRow, []>;
   private readonly rows: IterableIterator<CheckedRow>;
