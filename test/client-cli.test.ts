@@ -334,3 +334,49 @@ test("status: endpoints that answer but refuse (401 without the token) are refus
     refusing.stop(true);
   }
 });
+
+test("kv txn whose failure branch ran prints its whole answer before exiting 1, even to a reader that is not reading yet (found in review: 64 KiB of it, then exit)", async () => {
+  const value = "v".repeat(1 << 20);
+  const answer = JSON.stringify({ succeeded: false, version: 9, results: [{ get: { key: "big", found: true, value, version: 9 } }] });
+  const fake = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response(answer, { headers: { "content-type": "application/json" } }) });
+  const dir = mkdtempSync(join(tmpdir(), "kv-txn-out-"));
+  try {
+    const body = join(dir, "txn.json");
+    await Bun.write(body, '{"compare":[{"key":"x","exists":true}],"failure":[{"get":{"key":"big"}}]}');
+    // A pipe whose reader starts a second late (Bun's own pipes read eagerly, so a shell's): a build
+    // that exits without waiting for its output has exited by then, with the pipe's 64 KiB in it.
+    const script = `"$0" txn "$1" --endpoints "$2" | (sleep 1; cat > "$3"); echo "\${PIPESTATUS[0]}"`;
+    const run = Bun.spawn(["bash", "-c", script, ...kvCommand(), body, `http://127.0.0.1:${fake.port}`, join(dir, "out")], { stdout: "pipe", stderr: "pipe" });
+    const status = (await new Response(run.stdout).text()).trim();
+    await run.exited;
+    const out = await Bun.file(join(dir, "out")).text();
+    expect(status).toBe("1");
+    expect(out.length).toBe(answer.length + 1);
+    expect(JSON.parse(out).succeeded).toBe(false);
+  } finally {
+    await fake.stop(true);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a node that stays overloaded (429) until --timeout-ms runs out exits 3, as other failures that pass by waiting (found in review: exit 2)", async () => {
+  let asked = 0;
+  const fake = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: () => {
+      asked++;
+      return Response.json({ error: "overloaded", message: "too many requests are waiting", retryAfterS: 1 }, { status: 429 });
+    },
+  });
+  try {
+    for (const args of [["put", "k", "v"], ["get", "k"]]) {
+      const run = await kv([...args, "--endpoints", `http://127.0.0.1:${fake.port}`, "--timeout-ms", "300"]);
+      expect(run.code).toBe(3);
+      expect(run.err).toContain("overloaded");
+    }
+    expect(asked).toBeGreaterThan(1);
+  } finally {
+    await fake.stop(true);
+  }
+});

@@ -456,3 +456,55 @@ test("a keeper of a lease longer than a timer can hold (2^31 ms, 24.8 days) is n
     keeper.stop();
   }
 });
+
+test("a put whose first attempt went unanswered and whose retry is refused quota_exceeded is an unknown outcome: the first may have applied and crossed the quota (found in review)", async () => {
+  let calls = 0;
+  const fake = (async () => {
+    if (calls++ === 0) throw Object.assign(new Error("The socket connection was closed unexpectedly"), { code: "ECONNRESET" });
+    return Response.json({ error: "quota_exceeded", message: "at or past its quota" }, { status: 507 });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+  const error = await kv.put("k", "v").catch((e: unknown) => e);
+  expect(calls).toBe(2);
+  expect(error).toBeInstanceOf(UnknownOutcomeError);
+  // Without an attempt of unknown outcome before it, the refusal stands.
+  const refused = await kv.put("k", "v").catch((e: unknown) => e);
+  expect(refused).toBeInstanceOf(KvClientError);
+  expect((refused as KvClientError).code).toBe("quota_exceeded");
+});
+
+test("an endpoint whose name does not resolve carried nothing: a membership change goes on to the next endpoint rather than report an unknown outcome (found in review)", async () => {
+  const asked: string[] = [];
+  const fake = (async (input: string | URL | Request) => {
+    const url = new URL(String(input));
+    asked.push(url.hostname);
+    if (url.hostname === "kv-1.invalid") throw Object.assign(new TypeError("getaddrinfo ENOTFOUND kv-1.invalid"), { code: "ENOTFOUND" });
+    return Response.json({ leaderId: 2, previousLeaderId: 1 });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://kv-1.invalid:8001", "http://127.0.0.1:2"], fetch: fake });
+  expect(await kv.transferLeadership()).toEqual({ leaderId: 2, previousLeaderId: 1 });
+  expect(asked).toEqual(["kv-1.invalid", "127.0.0.1"]);
+});
+
+test("a lock whose signal aborts while its last look at the queue is on its way is not taken: it rejects and gives the lease back (found in review: kv lock -- CMD, interrupted then, ran CMD)", async () => {
+  const stop = new AbortController();
+  const seen: string[] = [];
+  const fake = (async (input: string | URL | Request, init?: RequestInit) => {
+    const url = new URL(String(input));
+    seen.push(`${init?.method ?? "GET"} ${url.pathname}`);
+    if (url.pathname === "/leases") return Response.json({ id: "7", ttlMs: 3_000 });
+    if (url.pathname === "/leases/7/keepalive") return Response.json({ id: "7", ttlMs: 3_000 });
+    if (url.pathname === "/leases/7") return Response.json({ id: "7", version: 12, deletedKeys: 1 });
+    if (url.pathname.startsWith("/kv/")) return Response.json({ key: "jobs/x/7", version: 11 });
+    // The queue's listing: ours is first, and the caller gives up while the answer is on its way.
+    stop.abort(new Error("gave up"));
+    return Response.json({ items: [{ key: "jobs/x/7", value: "", version: 11 }], more: false });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+  const outcome = await kv.lock("jobs/x", { ttlMs: 3_000, signal: stop.signal }).then(
+    (held) => `held ${held.key}`,
+    (e: unknown) => (e instanceof Error ? e.message : String(e)),
+  );
+  expect(outcome).toBe("gave up");
+  expect(seen).toContain("DELETE /leases/7");
+});

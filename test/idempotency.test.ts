@@ -326,6 +326,33 @@ describe("through the HTTP API and a node", () => {
     expect(await cluster.drive(node.txn(write, { idempotencyKey: "w1" }))).toEqual(written);
   });
 
+  test("a retry under the key of a write that crossed the quota, or of a transaction whose gets grew past 4 MiB since, gets its first answer, not a refusal made before the session is looked at (found in review: the client reported a stored value as refused)", async () => {
+    const cluster = createMemoryCluster({ node: { quotaBytes: 50_000 } });
+    const node = cluster.startNode(9, new Map([[9, "mem://peer-9"]]), createMemoryKvStorage());
+    await cluster.until(() => node.status().role === "leader");
+    const value = new Uint8Array(30_000).fill(7);
+    await cluster.drive(node.put("a", value, { idempotencyKey: "q1" }));
+    const crossing = await cluster.drive(node.put("b", value, { idempotencyKey: "q2" }));
+    // Past the quota now: a new put is refused, while the retry is answered as the first was.
+    // (The node refuses before proposing by throwing at once: the async wrapper makes it a rejection.)
+    await expect(cluster.drive((async () => node.put("c", value, { idempotencyKey: "q3" }))())).rejects.toMatchObject({ code: "quota_exceeded" });
+    expect(await cluster.drive(node.put("b", value, { idempotencyKey: "q2" }))).toEqual(crossing);
+    // A retry under the key for another request is still refused as a reuse, and writes nothing.
+    await expect(cluster.drive(node.put("d", value, { idempotencyKey: "q2" }))).rejects.toMatchObject({ code: "idempotency_key_reused" });
+    expect(node.status().role).toBe("leader");
+    await expect(cluster.drive(node.get("d", "linearizable"))).resolves.toBeUndefined();
+    // A transaction's retry: its get read a small value the first time; the value has grown past
+    // what one answer may carry since, and the retry still gets the first answer.
+    const unbounded = createMemoryCluster();
+    const leader = unbounded.startNode(9, new Map([[9, "mem://peer-9"]]), createMemoryKvStorage());
+    await unbounded.until(() => leader.status().role === "leader");
+    const txn = { compare: [], success: [{ op: "delete" as const, key: "t" }, { op: "get" as const, key: "g" }], failure: [] };
+    const firstTxn = await unbounded.drive(leader.txn(txn, { idempotencyKey: "t1" }));
+    await unbounded.drive(leader.put("g", new Uint8Array(4 * 1024 * 1024 + 1)));
+    await expect(unbounded.drive((async () => leader.txn(txn, { idempotencyKey: "t2" }))())).rejects.toMatchObject({ code: "too_large" });
+    expect(await unbounded.drive(leader.txn(txn, { idempotencyKey: "t1" }))).toEqual(firstTxn);
+  });
+
   test("an Idempotency-Key reused for another key is refused with 422, and that key is not written", async () => {
     const { call } = await singleNode();
     const first = await call("PUT", "/kv/x", "v", { "idempotency-key": "k1" });

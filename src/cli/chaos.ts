@@ -17,6 +17,7 @@ import { runWatch, WATCH_DURATION_MS_MAX, WATCH_SERVE_ARGS } from "../chaos/watc
 import { LOCK_NEMESIS_MODES, runLock } from "../chaos/lock.ts";
 import { runLockClient, type LockClientEvent } from "../chaos/lock-client.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
+import { exitAfterOutput } from "./output.ts";
 
 const commonArgs = {
   "base-port": {
@@ -489,7 +490,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     await current?.stop();
     if (code === 0 && !keepData) rmSync(baseDir, { recursive: true, force: true });
     else print(`Node data and logs kept in ${baseDir} (${runs.length > 1 ? "<scenario>/" : ""}node-N.log, node-N/)`);
-    process.exit(code);
+    return exitAfterOutput(code);
   };
   process.on("SIGINT", () => void cleanup(130));
   process.on("SIGTERM", () => void cleanup(143));

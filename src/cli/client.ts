@@ -128,12 +128,14 @@ export function exitFor(error: unknown): never {
 /**
  * The exit of a node's answer that is no success, by the rule the client's retries follow
  * (src/client/outcome.ts): 1 not found (a lease not found: 2); 3 unavailable for a 5xx that may have
- * applied or that passes by waiting (503 `timeout`, `no_leader`, 507 `insufficient_storage`); 2 for
- * every other refusal, `quota_exceeded` among them (waiting makes no room: `kv put` and `kv txn`
- * exited 3 for it, found in review).
+ * applied or that passes by waiting (503 `timeout`, `no_leader`, 507 `insufficient_storage`, and
+ * 429 `overloaded`, which asks to come back later: it exited 2, found in review); 2 for every other
+ * refusal, `quota_exceeded` among them (waiting makes no room: `kv put` and `kv txn` exited 3 for
+ * it, found in review).
  */
 function answerExit(status: number, code: string | undefined): 1 | 2 | 3 {
   if (status === 404) return notFoundExit(code);
+  if (status === 429) return 3;
   if (status >= 500 && (answerOutcome("POST", status, code) === "unknown" || isRetryableRefusal(status, code))) return 3;
   return 2;
 }

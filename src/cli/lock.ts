@@ -49,14 +49,23 @@ export function abortedPromise(signal: AbortSignal): Promise<void> {
   });
 }
 
-/** Waits for a lock or office, or exits 128+N when interrupted first. */
-async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted: { readonly signal: AbortSignal }): Promise<T> {
+/**
+ * Waits for a lock or office, or exits 128+N when interrupted first. Interrupted as the wait ended
+ * is interrupted too: what was taken is given back (`giveBack`) before exiting, never used.
+ */
+async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted: { readonly signal: AbortSignal }, giveBack: (held: T) => Promise<void>): Promise<T> {
+  let held: T;
   try {
-    return await work(interrupted.signal);
+    held = await work(interrupted.signal);
   } catch (error) {
     if (interrupted.signal.aborted) process.exit(signalStatus(String(interrupted.signal.reason)));
     return exitFor(error);
   }
+  if (interrupted.signal.aborted) {
+    await giveBack(held).catch(() => undefined);
+    process.exit(signalStatus(String(interrupted.signal.reason)));
+  }
+  return held;
 }
 
 function lostMessage(what: string, held: Pick<LockHandle, "key" | "lost">): string {
@@ -86,7 +95,7 @@ export const lockCommand = defineCommand({
     const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseTtl("--ttl", args.ttl);
     const conn = connection(args);
     const interrupted = interruption();
-    const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted);
+    const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted, (held) => held.release());
 
     if (cmd.length === 0) {
       printLine(conn.json ? JSON.stringify({ key: lock.key, fence: lock.fence, leaseId: lock.leaseId }) : `${lock.key}\t${lock.fence}`);
@@ -162,7 +171,7 @@ export const electCommand = defineCommand({
     const value = args.value;
     if (value === undefined) throw new UsageError("kv elect needs NAME and VALUE (or --observe)");
     const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseTtl("--ttl", args.ttl);
-    const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted);
+    const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted, (held) => held.resign());
     printLine(
       conn.json
         ? JSON.stringify({ elected: true, name, value, key: office.key, fence: office.fence, leaseId: office.leaseId })

@@ -4,7 +4,7 @@ import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef }
 import packageJson from "../../package.json" with { type: "json" };
 import { isDiskFull } from "../lib/disk-full.ts";
 import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
-import { exitOnOutputError } from "./output.ts";
+import { exitAfterOutput, exitOnOutputError } from "./output.ts";
 import type { ClientExit } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -166,7 +166,7 @@ export async function main(argv: string[]): Promise<void> {
     // By name: client.ts (where the class is) is loaded only by the commands that throw it.
     if (error instanceof Error && error.name === "ClientExit") {
       if (error.message !== "") console.error(`kv: ${error.message}`);
-      process.exit((error as ClientExit).exitCode);
+      await exitAfterOutput((error as ClientExit).exitCode);
     }
     if (error instanceof UsageError || (error instanceof Error && error.name === "CLIError")) {
       console.error(`kv: ${error.message}`);

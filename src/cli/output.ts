@@ -21,8 +21,25 @@ export function printBytes(bytes: Uint8Array): void {
  */
 export function exitOnOutputError(): void {
   process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    // A line printed while `exitAfterOutput` waits: the status it exits with stands.
+    if (exiting && error.code === "ERR_STREAM_WRITE_AFTER_END") return;
     if (error.code === "EPIPE") process.exit(141);
     process.stderr.write(`kv: cannot write the output: ${error.message}\n`);
     process.exit(4);
   });
+}
+
+/** Set once `exitAfterOutput` began. */
+let exiting = false;
+
+/**
+ * Exits with `code` once what was printed has been handed to standard output's reader. Bun's
+ * `process.exit` drops output still queued for a pipe: `kv txn | reader` whose failure branch got a
+ * 1 MiB value printed 64 KiB of its answer, then exited 1 (found in review). Ending the stream waits
+ * for the queue (its reader going away ends the wait too, through `exitOnOutputError`).
+ */
+export async function exitAfterOutput(code: number): Promise<never> {
+  exiting = true;
+  await new Promise<void>((resolve) => process.stdout.end(() => resolve()));
+  process.exit(code);
 }

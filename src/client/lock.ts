@@ -135,6 +135,9 @@ async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: 
   for (;;) {
     both.throwIfAborted();
     const queue = await listQueue(deps, prefix);
+    // An abort while the listing was on its way is an abort: the caller gave up before its turn came
+    // (found in review: `kv lock -- CMD` interrupted then ran CMD holding the lock).
+    both.throwIfAborted();
     const at = queue.findIndex((entry) => entry.key === key);
     if (at < 0) return false;
     if (at === 0) return true;

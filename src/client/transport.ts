@@ -134,8 +134,10 @@ export class Transport {
               if (code === "no_leader") this.forget(answer.origin);
               continue;
             }
-            // Without a key, an earlier attempt that may have applied can be what this refuses.
-            if (uncertain && call.refusedOnceApplied === true && call.idempotencyKey === undefined) {
+            // Without a key, an earlier attempt that may have applied can be what this refuses. With
+            // one, a refusal the leader makes before it looks at the key's session can be too: the
+            // session of an attempt that applied may not be applied on the leader yet (or gone).
+            if (uncertain && ((call.refusedOnceApplied === true && call.idempotencyKey === undefined) || (code !== undefined && refusedBeforeSession.has(code)))) {
               noted.note(`${answer.origin}: ${answer.status} ${code ?? ""}`.trimEnd());
               throw unknownOutcome(call, noted.lines());
             }
@@ -295,16 +297,33 @@ type AttemptResult =
   | { readonly kind: "redirect_loop"; readonly reason: string };
 
 /**
- * Whether nothing of the request left: the connection was refused, or the TLS handshake failed
- * before any of the request was sent, on the server's certificate (not trusted, expired, another
+ * Refusals the leader makes before it looks at a write's idempotency session (src/node/kv-node.ts:
+ * the quota, a transaction's gets past what one answer carries). It skips them for a retry whose
+ * session it has applied, so the retry gets the first answer; one whose session it has not applied
+ * yet can still get them while an earlier attempt applied (found in review: the client reported a
+ * stored value as refused `quota_exceeded`).
+ */
+const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "too_large"]);
+
+/**
+ * Whether nothing of the request left: the name did not resolve, the connection was refused, or
+ * the TLS handshake failed before any of the request was sent, on the server's certificate (not trusted, expired, another
  * name) or on the server itself (`EPROTO`: an https:// URL for a port that speaks plain HTTP). A
  * write that met one certainly did not apply (it was reported as of unknown outcome: found in
  * review, and for the wrong scheme in a black-box review).
  */
 function isConnectionRefused(error: unknown): boolean {
   const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
-  return code === "ECONNREFUSED" || code === "EPROTO" || (typeof code === "string" && tlsCertificateCodes.test(code));
+  return code === "ECONNREFUSED" || code === "EPROTO" || (typeof code === "string" && (unresolvedCodes.has(code) || tlsCertificateCodes.test(code)));
 }
+
+/**
+ * The codes of a name that did not resolve (getaddrinfo): no connection was even tried. A headless
+ * service's DNS drops a stopped pod's name, so one endpoint of several can be this while the others
+ * serve (found in review: a membership change gave up there as of unknown outcome). Not
+ * `EHOSTUNREACH`: a connection that carried the request can end in it too, once retransmits fail.
+ */
+const unresolvedCodes: ReadonlySet<string> = new Set(["ENOTFOUND", "EAI_AGAIN", "EAI_NONAME", "EAI_FAIL"]);
 
 /** The codes Bun's fetch gives a failed verification of the server's certificate (OpenSSL's names). */
 const tlsCertificateCodes = /^(ERR_TLS_CERT_ALTNAME_INVALID|DEPTH_ZERO_SELF_SIGNED_CERT|SELF_SIGNED_CERT_IN_CHAIN|UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT(_LOCALLY)?|CERT_[A-Z_]+)$/;

@@ -412,6 +412,21 @@ function parseSession(value: Uint8Array): SessionRecord {
 }
 
 /**
+ * Whether the applied state's session for an idempotency key (its row, `stored`) would still answer
+ * a retry stamped at `atMs` under `windowMs`: with the first answer, or `reused` for another
+ * request. Either way applying the retry changes nothing, so the leader proposes it past the
+ * refusals it makes before proposing (the quota, a transaction's gets): a retry of a write that
+ * crossed the quota gets its first answer, not `quota_exceeded`. Judged by the leader's clock where
+ * apply uses the session clock (the latest stamp applied); should they disagree, apply decides the
+ * retry as a new write, so at worst one write per such session passes the quota.
+ */
+export function sessionAnswersRetry(stored: { readonly value: Uint8Array } | undefined, atMs: number, windowMs: number): boolean {
+  if (stored === undefined) return false;
+  const record = parseSession(stored.value);
+  return record.atMs !== undefined && atMs - record.atMs < windowMs;
+}
+
+/**
  * A retry is the same request as the session's first. A session 0.1.0 made has no fingerprint: any
  * request with the same op matches it (as 0.1.0 answered it; a conflict does not say its op), but
  * never a transaction (0.1.0 knew none).

@@ -10,9 +10,10 @@ import {
   encodeCommand,
   idempotencyKeyBytesMax,
   isReservedKey,
+  sessionKeyPrefix,
   type Command,
 } from "../kv/command.ts";
-import type { ApplyResult } from "../kv/apply-plan.ts";
+import { type ApplyResult, sessionAnswersRetry } from "../kv/apply-plan.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, type TxnAnswer, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
@@ -536,7 +537,7 @@ export class KvNode implements KvNodeApi {
     // return at most 4 MiB. A value that grows before the entry applies can pass this; the
     // idempotent case is also held to it when applied (apply-plan.ts), where every replica decides alike.
     const getBytes = Math.max(this.txnGetBytes(success), this.txnGetBytes(failure));
-    if (getBytes > txnSessionGetBytesMax) {
+    if (getBytes > txnSessionGetBytesMax && !this.retryAnsweredBySession(idempotency.idempotencyKey)) {
       return Promise.reject(
         new KvError("too_large", `the transaction's gets would return about ${getBytes} bytes, more than the ${txnSessionGetBytesMax} one answer may carry: nothing was proposed; read large values with GET /kv/{key}`),
       );
@@ -893,7 +894,7 @@ export class KvNode implements KvNodeApi {
     this.refuseWriteUnlessLeader();
     // Checked where the write is proposed, on the leader (as etcd's quota): every replica keeps the
     // same state machine, so the leader's size stands for theirs. Deletes pass, so space can be freed.
-    if ((command.op === "put" || (command.op === "txn" && txnPuts(command))) && this.overQuota()) {
+    if ((command.op === "put" || (command.op === "txn" && txnPuts(command))) && this.overQuota() && !this.retryAnsweredBySession(idem)) {
       this.logQuotaCrossing();
       throw new KvError(
         "quota_exceeded",
@@ -912,6 +913,17 @@ export class KvNode implements KvNodeApi {
     const applied = this.proposals.enqueue(data, this.deadline());
     this.scheduleTurn();
     return applied;
+  }
+
+  /**
+   * A retry under `idempotencyKey` that its live session will answer (src/kv/apply-plan.ts's
+   * `sessionAnswersRetry`): it goes to the log past the quota and the gets' bound, since applying it
+   * changes nothing. Before, a write that crossed the quota had its retry refused `quota_exceeded`,
+   * and a client that lost the first answer reported a stored value as refused (found in review).
+   */
+  private retryAnsweredBySession(idempotencyKey: string | undefined): boolean {
+    if (idempotencyKey === undefined) return false;
+    return sessionAnswersRetry(this.cfg.storage.get(`${sessionKeyPrefix}${idempotencyKey}`), this.cfg.clock.wallMs(), this.idempotencyWindowMs);
   }
 
   private notLeader(): KvError {
