@@ -380,3 +380,48 @@ test("a node that stays overloaded (429) until --timeout-ms runs out exits 3, as
     await fake.stop(true);
   }
 });
+
+test("kv put, del and txn take --idempotency-key: a resend under the key gets the first answer, another write under it is refused; exit 3's message names the flag with the key it sent", async () => {
+  const key = `cli-idem-${crypto.randomUUID()}`;
+  const first = await kv(["put", "idem/a", "v1", "--idempotency-key", key, "--json", "--endpoints", endpoints]);
+  expect(first.code).toBe(0);
+  await kv(["put", "idem/a", "v2", "--endpoints", endpoints]);
+  // The resend changes nothing: the first answer, and v2 stays.
+  const again = await kv(["put", "idem/a", "v1", "--idempotency-key", key, "--json", "--endpoints", endpoints]);
+  expect(again.code).toBe(0);
+  expect(JSON.parse(again.out)).toEqual(JSON.parse(first.out));
+  expect((await kv(["get", "idem/a", "--endpoints", endpoints])).out).toBe("v2");
+  const reused = await kv(["del", "idem/a", "--idempotency-key", key, "--endpoints", endpoints]);
+  expect(reused.code).toBe(2);
+  expect(reused.err).toContain("idempotency_key_reused");
+  const txnKey = `cli-idem-${crypto.randomUUID()}`;
+  const txn = '{"success":[{"put":{"key":"idem/t","value":"x"}}]}';
+  const txnFirst = await kv(["txn", "-", "--idempotency-key", txnKey, "--endpoints", endpoints], txn);
+  expect(txnFirst.code).toBe(0);
+  const txnAgain = await kv(["txn", "-", "--idempotency-key", txnKey, "--endpoints", endpoints], txn);
+  expect(JSON.parse(txnAgain.out)).toEqual(JSON.parse(txnFirst.out));
+  for (const bad of ["", "has space", "x".repeat(257)]) {
+    const run = await kv(["put", "idem/b", "v", "--idempotency-key", bad, "--endpoints", endpoints]);
+    expect(run.code).toBe(2);
+    expect(run.err).toContain("--idempotency-key");
+  }
+  // A write whose outcome stays unknown: the message gives the flag to resend it with.
+  const sent: string[] = [];
+  const fake = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: (request) => {
+      sent.push(request.headers.get("idempotency-key") ?? "");
+      return Response.json({ error: "timeout", message: "not committed in time" }, { status: 503 });
+    },
+  });
+  try {
+    const unknown = await kv(["put", "idem/c", "v", "--endpoints", `http://127.0.0.1:${fake.port}`, "--timeout-ms", "300"]);
+    expect(unknown.code).toBe(3);
+    expect(sent.length).toBeGreaterThan(0);
+    expect(new Set(sent).size).toBe(1);
+    expect(unknown.err).toContain(`--idempotency-key ${sent[0]}`);
+  } finally {
+    await fake.stop(true);
+  }
+});

@@ -173,6 +173,24 @@ describe("kv lock and kv elect", () => {
     expect(await keysUnder("chair/")).toEqual([]);
   });
 
+  test("kv elect --observe prints a leader's value that is not UTF-8 as the other commands do: base64 (found in review: U+FFFD)", async () => {
+    const observer = spawnKv(["elect", "bytes-chair", "--observe", "--json", "--endpoints", endpoints()]);
+    const plain = spawnKv(["elect", "bytes-chair", "--observe", "--endpoints", endpoints()]);
+    const office = await createClient({ endpoints: endpoints() }).elect("bytes-chair", new Uint8Array([0xff, 0x00, 0x41]));
+    try {
+      await observer.waitFor("\n");
+      expect(JSON.parse(observer.out())).toEqual({ key: office.key, value: { base64: "/wBB" }, version: office.fence });
+      await plain.waitFor("\n");
+      expect(plain.out()).toBe("base64:/wBB\n");
+    } finally {
+      await office.resign();
+    }
+    for (const run of [observer, plain]) {
+      run.proc.kill("SIGTERM");
+      expect(await run.proc.exited).toBe(0);
+    }
+  });
+
   test("kv elect --json prints the office's key, fence and lease id, as kv lock --json does", async () => {
     const office = spawnKv(["elect", "desk", "gamma", "--json", "--endpoints", endpoints()]);
     await office.waitFor("\n");

@@ -115,7 +115,10 @@ export async function call<T>(work: () => Promise<T>): Promise<T> {
  * `answerExit`. Anything else is rethrown.
  */
 export function exitFor(error: unknown): never {
-  if (error instanceof UnknownOutcomeError) throw new ClientExit(3, error.message);
+  if (error instanceof UnknownOutcomeError) {
+    // The library names the header; from the command line the key is resent with the flag.
+    throw new ClientExit(3, error.idempotencyKey === undefined ? error.message : `${error.message} (kv: --idempotency-key ${error.idempotencyKey})`);
+  }
   if (!(error instanceof KvClientError)) throw error;
   const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
   if (error.status === 0) {
@@ -208,6 +211,23 @@ const ifVersionArg = {
   },
 } as const;
 
+/** `kv put`, `kv del` and `kv txn`'s `--idempotency-key`. */
+export const idempotencyKeyArg = {
+  "idempotency-key": {
+    type: "string",
+    description:
+      "Send the write under this Idempotency-Key (default: a new one each run). Resending a write whose outcome was unknown (exit 3) under the key it printed applies it at most once",
+    valueHint: "KEY",
+  },
+} as const;
+
+/** The key of `--idempotency-key`: 1 to 256 visible ASCII characters (what an HTTP header carries as it is). */
+export function idempotencyKeyOf(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  if (!/^[\x21-\x7e]{1,256}$/.test(text)) throw new UsageError(`--idempotency-key: '${text}' is not 1 to 256 visible ASCII characters`);
+  return text;
+}
+
 function ifVersionOf(text: string | undefined): number | undefined {
   return text === undefined ? undefined : parseIntFlag("if-version", text, 0, Number.MAX_SAFE_INTEGER);
 }
@@ -219,15 +239,17 @@ const putCommand = defineCommand({
     value: { type: "positional", required: false, description: "The value; - or nothing reads standard input" },
     lease: { type: "string", description: "Attach the key to this lease (its id); a lease that does not exist is refused (exit 2) and nothing is written", valueHint: "ID" },
     ...ifVersionArg,
+    ...idempotencyKeyArg,
     ...connectionArgs,
   },
   async run({ args }) {
     const conn = connection(args);
     const lease = args.lease === undefined ? undefined : parseIntFlag("lease", args.lease, 1, Number.MAX_SAFE_INTEGER);
     const ifVersion = ifVersionOf(args["if-version"]);
+    const idempotencyKey = idempotencyKeyOf(args["idempotency-key"]);
     const value =
       args.value === undefined || args.value === "-" ? new Uint8Array(await Bun.stdin.arrayBuffer()) : new TextEncoder().encode(args.value);
-    const options = { ...(lease === undefined ? {} : { lease }), ...(ifVersion === undefined ? {} : { ifVersion }) };
+    const options = { ...(lease === undefined ? {} : { lease }), ...(ifVersion === undefined ? {} : { ifVersion }), ...(idempotencyKey === undefined ? {} : { idempotencyKey }) };
     const { version } = await call(() => conn.client.put(checkKey(args.key), value, options));
     print(conn, { key: args.key, version }, `OK ${args.key} version ${version}`);
   },
@@ -252,11 +274,13 @@ const getCommand = defineCommand({
 
 const delCommand = defineCommand({
   meta: { name: "del", description: "Delete KEY (exit 1 when it was absent)" },
-  args: { key: { type: "positional", required: true, description: "The key" }, ...ifVersionArg, ...connectionArgs },
+  args: { key: { type: "positional", required: true, description: "The key" }, ...ifVersionArg, ...idempotencyKeyArg, ...connectionArgs },
   async run({ args }) {
     const conn = connection(args);
     const ifVersion = ifVersionOf(args["if-version"]);
-    const result = await call(() => conn.client.delete(checkKey(args.key), ifVersion === undefined ? {} : { ifVersion }));
+    const idempotencyKey = idempotencyKeyOf(args["idempotency-key"]);
+    const options = { ...(ifVersion === undefined ? {} : { ifVersion }), ...(idempotencyKey === undefined ? {} : { idempotencyKey }) };
+    const result = await call(() => conn.client.delete(checkKey(args.key), options));
     print(conn, { key: args.key, ...result }, result.deleted ? `deleted ${args.key}` : `${args.key} was not there`);
     if (!result.deleted) throw new ClientExit(1, "");
   },

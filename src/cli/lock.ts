@@ -4,6 +4,7 @@ import type { LockHandle } from "../client/index.ts";
 import { ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
 import { parseTtl, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
+import { jsonValue } from "../lib/json-value.ts";
 
 /**
  * `kv lock` and `kv elect`: a lock and an election for the caller's own processes, through the
@@ -160,7 +161,9 @@ export const electCommand = defineCommand({
       if (args.value !== undefined) throw new UsageError("--observe takes no VALUE");
       try {
         for await (const leader of conn.client.observe(name, { signal: interrupted.signal })) {
-          printLine(conn.json ? JSON.stringify({ key: leader.key, value: leader.text, version: leader.version }) : leader.text);
+          // A value that is not UTF-8 as the other commands print one (it printed U+FFFD: found in review).
+          const value = jsonValue(leader.bytes);
+          printLine(conn.json ? JSON.stringify({ key: leader.key, value, version: leader.version }) : typeof value === "string" ? value : `base64:${value.base64}`);
         }
       } catch (error) {
         if (!interrupted.signal.aborted) exitFor(error);

@@ -1,5 +1,5 @@
 import { defineCommand } from "citty";
-import { ClientExit, connection, connectionArgs, fail, send } from "./client.ts";
+import { ClientExit, connection, connectionArgs, fail, idempotencyKeyArg, idempotencyKeyOf, send } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
@@ -23,15 +23,19 @@ export const txnCommand = defineCommand({
   meta: { name: "txn", description: "Run a transaction (POST /txn JSON) from FILE or standard input; exit 1 when its comparisons failed" },
   args: {
     file: { type: "positional", required: false, description: 'JSON {"compare": [...], "success": [...], "failure": [...]}; - or nothing reads standard input' },
+    ...idempotencyKeyArg,
     ...txnConnectionArgs,
   },
   async run({ args }) {
     const conn = connection(args);
+    const idempotencyKey = idempotencyKeyOf(args["idempotency-key"]);
     const body = await readTxn(args.file);
-    // One that may write goes with a key of its own; one that only reads goes without (the node
-    // keeps no session for it) and is retried as a read.
+    // One that may write goes with a key of its own (or --idempotency-key's); one that only reads
+    // goes without (the node keeps no session for it) and is retried as a read.
     const readsOnly = onlyReads(body);
-    const headers: Record<string, string> = readsOnly ? { "content-type": "application/json" } : { "content-type": "application/json", "idempotency-key": `kv-txn-${crypto.randomUUID()}` };
+    const headers: Record<string, string> = readsOnly
+      ? { "content-type": "application/json" }
+      : { "content-type": "application/json", "idempotency-key": idempotencyKey ?? `kv-txn-${crypto.randomUUID()}` };
     const answer = await send(conn, "POST", "/txn", body, headers, readsOnly);
     if (answer.status === 404) {
       // Exit 1 says the failure branch ran: a transaction refused for a lease that does not exist
