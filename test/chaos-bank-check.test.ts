@@ -121,6 +121,18 @@ describe("findBankViolation", () => {
     expect(findBankViolation([t1, { ...built, succeeded: false }], 2)).toBeUndefined();
   });
 
+  test("real-time: a transfer acknowledged at a version at or below one that returned before it was called, on other accounts (found in review: floors were per account)", () => {
+    const elsewhere = transfer(3, ["bank/2", 50], ["bank/3", 150], 20, 30, { version: 3 });
+    const violation = findBankViolation([t1, elsewhere], 4);
+    expect(violation?.reason).toBe("transfer t3 was acknowledged at version 3, but transfer t1, which returned before it was called, applied at version 5");
+    expect(violation?.evidence).toEqual([t1, elsewhere]);
+    // After a read of other accounts that saw t1 (applied, its answer not back yet) at version 5.
+    const seen = read([at("bank/0", 70, 1, 5)], 6, 8, false);
+    expect(findBankViolation([t1, seen, { ...elsewhere, callMs: 9, version: 4 }], 4)?.reason).toBe("transfer t3 was acknowledged at version 4, but a read that returned before it was called saw version 5");
+    // Concurrent with t1, any order.
+    expect(findBankViolation([t1, { ...elsewhere, callMs: 5 }], 4)).toBeUndefined();
+  });
+
   test("real-time: the final state older than an acknowledged transfer", () => {
     expect(findBankViolation([t1, t2], 2, [at("bank/0", 70, 1, 5), at("bank/1", 130, 1, 5)])?.reason).toContain("transfer t2, which returned before it was called, wrote it at version 9");
   });

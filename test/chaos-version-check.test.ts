@@ -78,6 +78,41 @@ describe("findVersionViolation", () => {
     expect(findVersionViolation([get("a", null, 0, 10), del("b", 20, 30, 1)])).toBeUndefined();
   });
 
+  describe("found in review: histories whose values the search could order, against their versions", () => {
+    const unknownPut = (key: string, value: string, callMs: number): Operation => ({ id: nextId++, clientId: 1, kind: "put", key, value, callMs, outcome: "unknown" });
+
+    test("a lost acknowledged write: of two concurrent acknowledged puts, the final read finds the one at the lower version", () => {
+      const history = [put("k", "c1", 0, 10, 7), put("k", "c2", 0, 10, 8), get("k", "c1", 100, 110, 7)];
+      expect(findVersionViolation(history)?.reason).toBe('a get read "c1" at version 7, but a put of it that returned before it was called was acknowledged at 8: a stale read');
+      const result = checkLinearizable(history);
+      expect(result.ok).toBe(false);
+    });
+
+    test("a stale read after two concurrent acknowledged writes, a put's or a delete's, and after an unanswered put read since", () => {
+      expect(findVersionViolation([put("k", "b", 0, 3, 6), put("k", "a", 0, 5, 7), get("k", "b", 10, 20, 6)])?.reason).toContain("a stale read");
+      expect(findVersionViolation([put("k", "b", 0, 3, 6), del("k", 0, 5, 7), get("k", "b", 10, 20, 6)])?.reason).toContain("a stale read");
+      // Versions going back between two reads, both puts unanswered.
+      expect(findVersionViolation([unknownPut("k", "a", 0), unknownPut("k", "b", 1), get("k", "b", 10, 20, 9), get("k", "a", 30, 40, 7)])?.reason).toBe(
+        'a get read "a" at version 7, but a get of it that returned before it was called read version 9: a stale read',
+      );
+    });
+
+    test("one version naming two values, another key's write, or a delete", () => {
+      expect(findVersionViolation([unknownPut("k", "a", 0), unknownPut("k", "b", 0), get("k", "a", 10, 20, 7), get("k", "b", 30, 40, 7)])?.reason).toBe(
+        'version 7 names two changes: a get of k of "a" and a get of k of "b"',
+      );
+      expect(findVersionViolation([put("j", "x", 0, 5, 7), unknownPut("k", "a", 0), get("k", "a", 10, 20, 7)])?.reason).toBe('version 7 names two changes: a put to j of "x" and a get of k of "a"');
+      expect(findVersionViolation([del("k", 0, 5, 7), unknownPut("k", "a", 0), get("k", "a", 10, 20, 7)])?.reason).toBe('version 7 names two changes: a delete of k and a get of k of "a"');
+    });
+
+    test("reading the newer write, or the older one while the newer is still running, passes", () => {
+      expect(findVersionViolation([put("k", "b", 0, 3, 6), put("k", "a", 0, 5, 7), get("k", "a", 10, 20, 7)])).toBeUndefined();
+      expect(findVersionViolation([put("k", "b", 0, 3, 6), put("k", "a", 0, 50, 7), get("k", "b", 10, 20, 6)])).toBeUndefined();
+      // Re-reading the same version is no regression.
+      expect(findVersionViolation([put("k", "b", 0, 3, 6), get("k", "b", 10, 20, 6), get("k", "b", 30, 40, 6)])).toBeUndefined();
+    });
+  });
+
   describe("compare-and-set", () => {
     const cas = (op: Operation, ifVersion: number): Operation => ({ ...op, ifVersion });
 

@@ -98,6 +98,17 @@ describe("the watch checker", () => {
     expect(checkWatch(withWatcher1([onA[0]!, put(12, "w/b/k0", "v2"), ...onA.slice(1)])).counts.unexpected).toBe(1);
   });
 
+  test("fails on an event past the last commit, and on one past it received before an earlier one (found in review: events past it were skipped)", () => {
+    const ghost = checkWatch(withWatcher1([...onA, put(99, "w/a/k1", "ghost")]));
+    expect(ghost.ok).toBe(false);
+    expect(ghost.counts.unexpected).toBe(1);
+    expect(ghost.problems[0]?.detail).toBe('watcher 1 received put w/a/k1="ghost" @99, past version 16, the last commit once the writers had stopped');
+    // With the run's last commit at 13: @14 arrived before @11 and @13.
+    const [a, b, c] = onA as [WatchEvent, WatchEvent, WatchEvent];
+    const early = checkWatch({ ...withWatcher1([c, a, b]), throughVersion: 13 });
+    expect(early.counts.out_of_order).toBe(2);
+  });
+
   test("fails when a watcher never reached the end", () => {
     const input = healthy();
     const result = checkWatch({ ...input, watchers: [{ ...input.watchers[0]!, reached: 14 }] });

@@ -225,5 +225,36 @@ export function findBankViolation(history: readonly BankOperation[], accountCoun
       }
     }
   }
+  return findTransferBeforeItsTime(transfers, reads);
+}
+
+/**
+ * Real-time across accounts: a transfer's entry commits after everything that returned before it
+ * was called, whichever accounts each touched: after another transfer's entry, and after the
+ * commit index a read was served at (at or past every version it saw). So a succeeded transfer
+ * names a version above all of those. (The floors above are per account only: a transfer on
+ * accounts 2 and 3 acknowledged at version 3 after one on 0 and 1 returned at 5 passed; found in review.)
+ */
+function findTransferBeforeItsTime(transfers: ReadonlyMap<number, BankOperation>, reads: readonly BankOperation[]): BankViolation | undefined {
+  const committed = [...transfers.values()].filter((op) => op.outcome === "ok" && op.succeeded === true && op.version !== undefined);
+  const points: { atMs: number; version: number; by: BankOperation }[] = committed.map((op) => ({ atMs: op.returnMs as number, version: op.version as number, by: op }));
+  for (const read of reads) {
+    const seen = read.seen as readonly BankAccountSeen[];
+    if (seen.length > 0) points.push({ atMs: read.returnMs as number, version: Math.max(...seen.map((account) => account.version)), by: read });
+  }
+  points.sort((a, b) => a.atMs - b.atMs);
+  committed.sort((a, b) => a.callMs - b.callMs);
+  let next = 0;
+  let highest: (typeof points)[number] | undefined;
+  for (const transfer of committed) {
+    while (next < points.length && (points[next] as (typeof points)[number]).atMs < transfer.callMs) {
+      const point = points[next++] as (typeof points)[number];
+      if (highest === undefined || point.version > highest.version) highest = point;
+    }
+    if (highest !== undefined && (transfer.version as number) <= highest.version) {
+      const what = highest.by.kind === "transfer" ? `transfer t${highest.by.id}, which returned before it was called, applied at` : "a read that returned before it was called saw";
+      return { reason: `transfer t${transfer.id} was acknowledged at version ${transfer.version}, but ${what} version ${highest.version}`, evidence: [highest.by, transfer] };
+    }
+  }
   return undefined;
 }

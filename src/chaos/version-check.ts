@@ -8,9 +8,17 @@
  * - **distinct**: two acknowledged writes never name the same version;
  * - **read matches write**: a get that read a value names the version its put was acknowledged with,
  *   and two gets of one value name the same version (the put may have had no answer);
+ * - **one version, one change**: a version is one entry, which changed one key (no transactions
+ *   here): a put of one value, or a delete. Two gets naming one version read one value of one key,
+ *   and a get never names the version of another key's write or of a delete;
  * - **real-time order**: an acknowledged write called after an acknowledged write, or after a get of a
  *   present key, returned names a larger version than either. (The get read the state at a commit
- *   index at or past the version it names; the write commits after that read.)
+ *   index at or past the version it names; the write commits after that read.) And a get of a
+ *   present key called after an operation of that key returned that named a version (a write, or a
+ *   get of it present) names that version or a later one: the key's state it reads is at least as
+ *   new. Without this rule a stale read, or a lost write, passed whenever the value searched for had
+ *   been written by a write that overlapped the newer one (found in review: the search reads values
+ *   only, and may place two concurrent writes against their versions' order).
  * - **compare-and-set**: a write accepted with `ifVersion` x at version y found the key at version x:
  *   x is below y, no write of that key known (answered, or read by a get) lies between them, and x
  *   is not another key's version nor a delete's. With x = 0 (absent), the key's last known write
@@ -66,6 +74,20 @@ export function findVersionViolation(history: readonly Operation[]): VersionViol
     firstReadOf.set(written, op);
   }
 
+  const changeOf = (op: Versioned): string | undefined => {
+    if (op.kind === "delete") return `${op.key}\u0000delete`;
+    const value = op.kind === "get" ? op.output : op.value;
+    return value === null || value === undefined ? undefined : `${op.key}\u0000put\u0000${value}`;
+  };
+  const changeAt = new Map<number, { op: Versioned; change: string }>();
+  for (const op of versioned) {
+    const change = changeOf(op);
+    if (change === undefined) continue;
+    const other = changeAt.get(op.version);
+    if (other === undefined) changeAt.set(op.version, { op, change });
+    else if (other.change !== change) return violation(op.key, `version ${op.version} names two changes: ${describeChange(other.op)} and ${describeChange(op)}`, [other.op, op]);
+  }
+
   // Real-time order: sweep the writes by call time, against everything that returned before.
   const returned = versioned.filter((op) => op.kind !== "get" || (op.output !== null && op.output !== undefined)).sort((a, b) => (a.returnMs as number) - (b.returnMs as number));
   const writes = versioned.filter((op) => op.kind !== "get").sort((a, b) => a.callMs - b.callMs);
@@ -82,7 +104,42 @@ export function findVersionViolation(history: readonly Operation[]): VersionViol
       return violation(write.key, `a ${write.kind} was acknowledged at version ${write.version}, but ${what} ${highest.version}`, [highest, write]);
     }
   }
-  return findCompareAndSetViolation(history, versioned, violation);
+  return findStaleVersionRead(versioned, violation) ?? findCompareAndSetViolation(history, versioned, violation);
+}
+
+function describeChange(op: Versioned): string {
+  if (op.kind === "delete") return `a delete of ${op.key}`;
+  return `${op.kind === "get" ? "a get of" : "a put to"} ${op.key} of ${JSON.stringify(op.kind === "get" ? op.output : op.value)}`;
+}
+
+/** The real-time rule for gets of a present key (file comment): per key, against what returned before each was called. */
+function findStaleVersionRead(versioned: readonly Versioned[], violation: (key: string, reason: string, ops: Operation[]) => VersionViolation): VersionViolation | undefined {
+  const present = (op: Versioned) => op.kind !== "get" || (op.output !== null && op.output !== undefined);
+  const byKey = new Map<string, Versioned[]>();
+  for (const op of versioned) {
+    if (!present(op)) continue;
+    const ops = byKey.get(op.key);
+    if (ops === undefined) byKey.set(op.key, [op]);
+    else ops.push(op);
+  }
+  for (const [key, ops] of byKey) {
+    const returned = [...ops].sort((a, b) => (a.returnMs as number) - (b.returnMs as number));
+    const gets = ops.filter((op) => op.kind === "get").sort((a, b) => a.callMs - b.callMs);
+    let next = 0;
+    let highest: Versioned | undefined;
+    for (const get of gets) {
+      while (next < returned.length && (returned[next]!.returnMs as number) < get.callMs) {
+        const op = returned[next]!;
+        if (highest === undefined || op.version > highest.version) highest = op;
+        next++;
+      }
+      if (highest !== undefined && get.version < highest.version) {
+        const what = highest.kind === "get" ? "a get of it that returned before it was called read version" : `a ${highest.kind} of it that returned before it was called was acknowledged at`;
+        return violation(key, `a get read ${JSON.stringify(get.output)} at version ${get.version}, but ${what} ${highest.version}: a stale read`, [highest, get]);
+      }
+    }
+  }
+  return undefined;
 }
 
 type Versioned = Operation & { version: number };

@@ -52,7 +52,10 @@ export interface WatchCheckInput {
   /** The committed changes of every watched prefix after `referenceAfter`, in version order. */
   readonly reference: readonly WatchEvent[];
   readonly referenceAfter: number;
-  /** The version every watcher and the reference must have reached; later events are not compared. */
+  /**
+   * The commit index once the writers stopped: the version every watcher and the reference must
+   * have reached. A watcher's event past it is unexpected (nothing was written then).
+   */
   readonly throughVersion: number;
   readonly watchers: readonly WatcherEvents[];
   readonly acknowledged: readonly AcknowledgedWrite[];
@@ -149,10 +152,11 @@ export function checkWatch(input: WatchCheckInput): WatchCheckResult {
     if (watcher.reached < through) {
       report({ kind: "not_caught_up", watcher: who, version: watcher.reached, detail: `${who} reached only version ${watcher.reached} of ${through}` });
     }
+    // Every event counts for duplicates and order, those past `through` too (they were skipped, and
+    // hid a phantom there, or one received before an event it follows: found in review).
     const received = new Map<string, WatchEvent>();
     let last: WatchEvent | undefined;
     for (const event of watcher.events) {
-      if (event.version > through) continue;
       eventsChecked++;
       const id = changeId(event.version, event.key);
       if (received.has(id)) {
@@ -177,12 +181,15 @@ export function checkWatch(input: WatchCheckInput): WatchCheckResult {
     }
     for (const [id, event] of received) {
       if (expected.has(id)) continue;
+      // Past `through` nothing was written: the writers had stopped, and it is the commit index then.
       const why =
         event.version <= watcher.startAfter
           ? `at or before its start (after ${watcher.startAfter})`
           : !event.key.startsWith(watcher.prefix)
             ? `outside its prefix ${JSON.stringify(watcher.prefix)}`
-            : "which is no committed change";
+            : event.version > through
+              ? `past version ${through}, the last commit once the writers had stopped`
+              : "which is no committed change";
       report({ kind: "unexpected", watcher: who, version: event.version, detail: `${who} received ${describeWatchEvent(event)}, ${why}` });
     }
   }
