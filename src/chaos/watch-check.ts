@@ -63,6 +63,11 @@ export interface WatchCheckInput {
   readonly refused: readonly UnansweredWrite[];
   /** What a linearizable read of each written key returned after healing (null: absent). */
   readonly finalValues?: ReadonlyMap<string, string | null>;
+  /**
+   * Every write changed one key (no transactions), as `kv chaos watch`'s writers send: then one
+   * version is one change, and a second change at a version is a phantom however it is explained.
+   */
+  readonly singleKeyWrites?: boolean;
 }
 
 export const WATCH_PROBLEM_KINDS = [
@@ -130,6 +135,8 @@ export function checkWatch(input: WatchCheckInput): WatchCheckResult {
 
   // The reference itself: version order, each change once, nothing at or before its start.
   const reference = new Map<string, WatchEvent>();
+  /** The key each version of the reference changed (the first, when it is more than one). */
+  const versionsChanged = new Map<number, string>();
   let previous = Number.NEGATIVE_INFINITY;
   for (const event of input.reference) {
     const id = changeId(event.version, event.key);
@@ -137,6 +144,11 @@ export function checkWatch(input: WatchCheckInput): WatchCheckResult {
       report({ kind: "reference", version: event.version, detail: `the reference stream is itself out of order, repeated or early at ${describeWatchEvent(event)}` });
     }
     previous = Math.max(previous, event.version);
+    if (input.singleKeyWrites === true && !reference.has(id) && versionsChanged.has(event.version)) {
+      // An unanswered put of that key could explain it below: a version is one entry, one change.
+      report({ kind: "phantom", version: event.version, detail: `${describeWatchEvent(event)} is a second change at version ${event.version}, which changed ${JSON.stringify(versionsChanged.get(event.version))} (no write here changes two keys; found in review)` });
+    }
+    if (!versionsChanged.has(event.version)) versionsChanged.set(event.version, event.key);
     if (event.version <= through && !reference.has(id)) reference.set(id, event);
   }
   const referenceInRange = [...reference.values()];

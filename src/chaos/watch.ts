@@ -673,6 +673,7 @@ export async function runWatch(cluster: ChaosCluster, opts: WatchOptions): Promi
     unknown: writers.unknown,
     refused: writers.refused,
     finalValues,
+    singleKeyWrites: true,
   });
   // A watcher with no start must not see changes at or before a write acknowledged before it opened.
   const startProblems: string[] = [];
