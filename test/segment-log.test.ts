@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { createPrng, type Prng } from "../src/lib/prng.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
+import { isDiskFull } from "../src/lib/disk-full.ts";
 import { type SegmentFiles, SegmentLog } from "../src/storage/segment-log.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
 
@@ -423,6 +424,27 @@ describe("SegmentLog across failures", () => {
     again.close();
   });
 
+  test("a reset whose segment was torn back to its header is undone with it: the log is the old one, not one starting after the reset (found in review)", () => {
+    const dir = tempDir();
+    const log = SegmentLog.open(dir);
+    log.append(range(1, 60, 1), { term: 2, vote: 3, commit: 29 });
+    log.syncNow();
+    const before = copyDir(dir);
+    // An install's reset: a new segment (its header saying "after 50 of term 2", then the hard
+    // state), then the old segments deleted once that is durable.
+    log.reset(50, 2, { term: 2, vote: 3, commit: 50 });
+    log.close();
+    // Power lost with the new segment's header on disk, its hard state not, the old segment kept.
+    const resetSegment = segmentPaths(dir).at(-1) as string;
+    copyFileSync(resetSegment, join(before, resetSegment.slice(resetSegment.lastIndexOf("/") + 1)));
+    truncateSync(segmentPaths(before).at(-1) as string, 9 + 36);
+    const reopened = SegmentLog.open(before);
+    expect(reopened.logFloor()).toEqual({ index: 0, term: 0 });
+    expect([reopened.firstIndex(), reopened.lastIndex(), reopened.term(50)]).toEqual([1, 60, 1]);
+    expect(reopened.hardState()).toEqual({ term: 2, vote: 3, commit: 29 });
+    reopened.close();
+  });
+
   test("a new segment started while a sync runs makes the one before it durable first", async () => {
     const dir = tempDir();
     const disk = crashableDisk();
@@ -506,6 +528,83 @@ describe("SegmentLog across failures", () => {
     await expect(log.sync()).rejects.toThrow(/EIO/);
     expect(() => log.append(range(4, 4, 1))).toThrow(/unusable after a failed fsync/);
     await expect(log.sync()).rejects.toThrow(/unusable/);
+    log.close();
+  });
+});
+
+describe("a failed fsync is never a full disk to wait out (found in review: an ENOSPC from fdatasync parked the write for ever)", () => {
+  const enospc = () => Object.assign(new Error("ENOSPC: no space left on device, fdatasync"), { code: "ENOSPC" });
+
+  test("in a roll, in syncNow and in sync, and every use after", async () => {
+    for (const where of ["roll", "syncNow", "sync"] as const) {
+      const dir = tempDir();
+      let failing = false;
+      const log = SegmentLog.open(dir, {
+        segmentBytesMax: 1024,
+        files: {
+          fdatasyncSync: ((fd: number) => {
+            if (failing) throw enospc();
+            nodeFs.fdatasyncSync(fd);
+          }) as SegmentFiles["fdatasyncSync"],
+          fdatasync: ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+            if (failing) queueMicrotask(() => callback(enospc()));
+            else nodeFs.fdatasync(fd, callback);
+          }) as SegmentFiles["fdatasync"],
+        },
+      });
+      log.append(range(1, 3, 1), { term: 1, vote: 1, commit: 0 });
+      failing = true;
+      let thrown: unknown;
+      try {
+        if (where === "roll") while (log.segmentFiles().length < 2) log.append(range(log.lastIndex()! + 1, log.lastIndex()! + 5, 1));
+        else if (where === "syncNow") log.syncNow();
+        else await log.sync();
+      } catch (error) {
+        thrown = error;
+      }
+      expect(thrown, where).toBeInstanceOf(Error);
+      expect(isDiskFull(thrown), where).toBe(false);
+      expect((thrown as Error).message).toContain("ENOSPC");
+      // Space back: still unusable, and never read as a full disk either.
+      failing = false;
+      let again: unknown;
+      try {
+        log.append(range(log.lastIndex()! + 1, log.lastIndex()! + 1, 1));
+      } catch (error) {
+        again = error;
+      }
+      expect(again, where).toBeInstanceOf(Error);
+      expect((again as Error).message).toContain("unusable after a failed fsync");
+      expect(isDiskFull(again), where).toBe(false);
+      log.close();
+    }
+  });
+
+  test("a write that met ENOSPC and was cut off is still a full disk, retried", () => {
+    const dir = tempDir();
+    let failNext = false;
+    const log = SegmentLog.open(dir, {
+      files: {
+        writevSync: ((fd: number, parts: readonly Uint8Array[], position: number) => {
+          if (failNext) {
+            failNext = false;
+            throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+          }
+          const whole = Buffer.concat(parts);
+          return nodeFs.writeSync(fd, whole, 0, whole.byteLength, position);
+        }) as SegmentFiles["writevSync"],
+      },
+    });
+    failNext = true;
+    let thrown: unknown;
+    try {
+      log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
+    } catch (error) {
+      thrown = error;
+    }
+    expect(isDiskFull(thrown)).toBe(true);
+    log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
+    expect(log.lastIndex()).toBe(2);
     log.close();
   });
 });

@@ -1,7 +1,7 @@
 // Proves both KvStorage implementations compact the log, read a consistent image while writes go on, stage a received image in bounded chunks refusing bad ones, and install it atomically, identically, and that all of it survives a reopen (sqlite also drops stale staging, leaves no staged pages behind after an install, runs no needless checkpoint round after its own, and migrates a version 1 database).
 import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AssertionError } from "../src/lib/assert.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -338,6 +338,36 @@ describe("sqlite snapshot files", () => {
     }
     expect(thrown).toBeInstanceOf(StorageError);
     expect((thrown as StorageError).code).toBe("corrupt");
+  });
+
+  test("a log that does not go on from the snapshot is reset only when nothing past the snapshot was applied: else the open is refused and the log kept (found in review)", () => {
+    const dir = tempDir();
+    const logDir = join(dir, "kv.db-log");
+    const storage = openSqliteStorage(dir, { voters: [1, 2, 3], checkpoints: "inline" });
+    storage.save({ term: 1, vote: 1, commit: 0 }, Array.from({ length: 60 }, (_, i) => put(i + 1, 1, `old${i}`, "x")), true);
+    const oldLog = tempDir();
+    cpSync(logDir, oldLog, { recursive: true });
+    storage.stageImageChunk("img", [{ key: "k", value: bytes("from-snapshot"), version: 50 }], true);
+    storage.installSnapshot({ index: 50, term: 2, voters: [1, 2, 3] }, "img");
+    const after = [put(51, 2, "k", "a"), put(52, 2, "k", "b")];
+    storage.save({ term: 2, vote: 1, commit: 52 }, after, true);
+    storage.applyEntries(after);
+    storage.close();
+    // The log from before the install comes back in place of the one that went on from it.
+    rmSync(logDir, { recursive: true });
+    cpSync(oldLog, logDir, { recursive: true });
+    const files = () => readdirSync(logDir).map((name) => `${name}:${statSync(join(logDir, name)).size}`).sort();
+    const kept = files();
+    let thrown: unknown;
+    try {
+      openSqliteStorage(dir, { checkpoints: "inline" }).close();
+    } catch (error: unknown) {
+      thrown = error;
+    }
+    expect(thrown).toBeInstanceOf(StorageError);
+    expect((thrown as StorageError).code).toBe("corrupt");
+    expect((thrown as Error).message).toContain("yet entries up to 52 were applied after it");
+    expect(files()).toEqual(kept);
   });
 
   test("with inline checkpoints the database is shared with a reader only while an image is open, and exclusive again after", () => {

@@ -3,7 +3,18 @@
  * waits out (src/node/kv-node.ts while running, src/cli/serve.ts while starting), never a crash.
  */
 export function isDiskFull(error: unknown): boolean {
+  if (error instanceof NotDiskFullError) return false;
   const code = (error as { code?: unknown } | undefined)?.code;
   const message = error instanceof Error ? error.message : String(error);
   return code === "SQLITE_FULL" || code === "ENOSPC" || /database or disk is full|ENOSPC|no space left/i.test(message);
+}
+
+/**
+ * An error that is never a full disk to wait out, whatever its message or cause says: a failed
+ * fsync (ENOSPC included) may have dropped the pages it covered, so the storage that met it is
+ * unusable, and the node must stop rather than retry (found in review: an fsync's ENOSPC parked
+ * the write for a retry that could never succeed, and the node hung answering 507).
+ */
+export class NotDiskFullError extends Error {
+  override name = "NotDiskFullError";
 }

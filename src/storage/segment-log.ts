@@ -18,7 +18,8 @@
  * - an entry at index i truncates the log to i - 1 first (a new leader overwrote a suffix), so a
  *   later record always wins over an earlier one at the same or a higher index;
  * - the last hard state read is the hard state;
- * - a header with a reset empties the log: it starts after the reset's index.
+ * - a header with a reset empties the log: it starts after the reset's index (once a record after
+ *   the header is read: a segment holding its header alone is dropped, its reset with it).
  *
  * Torn writes. `sync` fdatasyncs every segment written since the last one (and the directory when
  * segments were deleted since): what was appended before a sync began is durable once it resolves. A
@@ -56,6 +57,7 @@
 import * as nodeFs from "node:fs";
 import { join } from "node:path";
 import { assert } from "../lib/assert.ts";
+import { NotDiskFullError } from "../lib/disk-full.ts";
 import { getUint53, setUint53 } from "../lib/uint53.ts";
 import { type Entry, EntryType, type HardState } from "../raft/types.ts";
 import { StorageError } from "./kv-storage.ts";
@@ -504,7 +506,7 @@ export class SegmentLog {
       if (failed !== undefined) {
         const error: unknown = failed.reason;
         this.broken ??= error instanceof Error ? error : new Error(String(error));
-        throw error;
+        throw this.unusable();
       }
       for (const { segment, end } of covered) segment.syncedEnd = Math.max(segment.syncedEnd, end);
     });
@@ -607,6 +609,11 @@ export class SegmentLog {
     const bytes = this.readAt(segment, 0, size);
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     let offset = 0;
+    // A header's reset (an install's) takes effect with the first record after it: a segment torn
+    // back to its header is dropped below, and the reset must go with it, or the log would start
+    // after the snapshot while the segments it was to replace stay (found in review: entries saved
+    // after that start went behind the old ones, and a restart reset them away, fsynced and applied).
+    let pendingReset: LogFloor | undefined;
     while (offset < size) {
       const problem = recordProblem(bytes, view, offset);
       if (problem !== undefined) {
@@ -621,9 +628,13 @@ export class SegmentLog {
       const payloadBytes = view.getUint32(offset + 4, true);
       const kind = view.getUint8(offset + 8) as RecordKind;
       const payload = offset + recordHeaderBytes;
+      if (offset > 0 && pendingReset !== undefined) {
+        this.applyReset(pendingReset);
+        pendingReset = undefined;
+      }
       if (offset === 0) {
         if (kind !== RecordKind.SegmentHeader) throw this.corrupt(path, "the segment does not start with its header");
-        this.replayHeader(path, view, payload, payloadBytes, sequence);
+        pendingReset = this.replayHeader(path, view, payload, payloadBytes, sequence);
       } else if (kind === RecordKind.Entry) {
         const index = getUint53(view, payload);
         const term = getUint53(view, payload + 8);
@@ -643,13 +654,22 @@ export class SegmentLog {
     }
     segment.end = Math.min(offset, size);
     if (segment.end === 0 && !isLast) throw this.corrupt(path, "the segment has no valid header");
+    // A segment before the last was made durable whole before the next began: its reset stands.
+    if (pendingReset !== undefined && !isLast) this.applyReset(pendingReset);
     // What was read back may be only in the page cache (the process crashed, the machine did not):
     // durable from here, so compaction can count on it.
     this.durably(() => this.fs.fdatasyncSync(fd));
     segment.syncedEnd = segment.end;
   }
 
-  private replayHeader(path: string, view: DataView, payload: number, payloadBytes: number, sequence: number): void {
+  /** The reset a segment's header records, once it takes effect (see `replaySegment`). */
+  private applyReset(reset: LogFloor): void {
+    this.floor = reset;
+    this.positions.clear();
+  }
+
+  /** Checks a segment's header; returns the reset it records (an install's), if any. */
+  private replayHeader(path: string, view: DataView, payload: number, payloadBytes: number, sequence: number): LogFloor | undefined {
     if (payloadBytes !== headerPayloadBytes) throw this.corrupt(path, `segment header of ${payloadBytes} bytes`);
     for (let at = 0; at < magic.byteLength; at++) {
       if (view.getUint8(payload + at) !== magic[at]) throw this.corrupt(path, "not a kv log segment");
@@ -663,10 +683,7 @@ export class SegmentLog {
     const resetIndex = getUint53(view, payload + magic.byteLength + 12);
     const resetTerm = getUint53(view, payload + magic.byteLength + 20);
     if (!Number.isSafeInteger(resetIndex) || !Number.isSafeInteger(resetTerm)) throw this.corrupt(path, "segment header reset out of range");
-    if (resetIndex > 0) {
-      this.floor = { index: resetIndex, term: resetTerm };
-      this.positions.clear();
-    }
+    return resetIndex > 0 ? { index: resetIndex, term: resetTerm } : undefined;
   }
 
   private replayEntry(path: string, segment: Segment, index: number, term: number, offset: number, length: number): void {
@@ -757,16 +774,22 @@ export class SegmentLog {
 
   /**
    * Runs an fsync (or the cut-off of a failed write); if it fails, the log is broken (see
-   * `broken`) and its error goes on. With `failed`, that error goes on either way.
+   * `broken`) and `unusable()` is thrown. With `failed`, that error goes on when it succeeds.
    */
   private durably(run: () => void, failed?: unknown): void {
     try {
       run();
     } catch (error) {
       this.broken ??= error instanceof Error ? error : new Error(String(error));
-      throw failed ?? error;
+      throw this.unusable();
     }
     if (failed !== undefined) throw failed;
+  }
+
+  /** The error of a log `broken` by a failed fsync or cut-off: never a full disk to wait out, even for an ENOSPC. */
+  private unusable(): NotDiskFullError {
+    const broken = this.broken as Error;
+    return new NotDiskFullError(`the log in ${this.dir} is unusable after a failed fsync or write: ${broken.message}`, { cause: broken });
   }
 
   private deleteSegment(segment: Segment): void {
@@ -827,7 +850,7 @@ export class SegmentLog {
 
   private assertOpen(): void {
     assert(!this.closed, `log ${this.dir} used after close`);
-    if (this.broken !== undefined) throw new Error(`the log in ${this.dir} is unusable after a failed fsync or write: ${this.broken.message}`, { cause: this.broken });
+    if (this.broken !== undefined) throw this.unusable();
   }
 }
 

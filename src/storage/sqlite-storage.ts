@@ -1485,6 +1485,12 @@ export class SqliteStorage implements KvStorage {
       throw this.corrupt(`the log starts at ${first}, after the snapshot at ${this.snap.index}: entries are missing`, this.snap.index + 1);
     }
     if (!goesOn) {
+      // The log from before an install holds nothing applied past the snapshot (an install applies
+      // exactly to it). If more was applied, this log is not that one: resetting would delete what
+      // went on from the snapshot, fsynced and applied. Refuse, and leave every byte.
+      if (this.applied > this.snap.index) {
+        throw this.corrupt(`the log does not go on from the snapshot at ${this.snap.index} (term ${this.snap.term}), yet entries up to ${this.applied} were applied after it`, this.snap.index + 1);
+      }
       hardState = { ...hardState, commit: Math.max(hardState.commit, this.snap.index) };
       this.log.reset(this.snap.index, this.snap.term, hardState);
     }
