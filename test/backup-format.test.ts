@@ -206,4 +206,13 @@ describe("damage is refused with a code that says what is wrong", () => {
     const lateRow = write({ ...header, index: 41 }, [rows]);
     expect((await refusal(lateRow)).code).toBe("bad_row");
   });
+
+  test("a creation time no date holds (found in review: kv snapshot status threw a RangeError on it)", async () => {
+    for (const createdAtMs of [1e20, -8.7e15]) {
+      const refused = await refusal(write({ ...header, createdAtMs }, [rows]));
+      expect(refused.code).toBe("bad_header");
+      expect(refused.message).toContain("createdAtMs is not a time");
+    }
+    expect((await readAll(write({ ...header, createdAtMs: 8.64e15 }, [rows]))).header?.createdAtMs).toBe(8.64e15);
+  });
 });

@@ -1,12 +1,12 @@
 // Proves backup and restore end to end with the built executable: `kv snapshot save` taken while writes go on holds every write acknowledged before it began and nothing past its index, `kv snapshot restore` makes three data dirs that `createServer` runs as a new cluster serving exactly the image, a node of the old cluster is refused by the new one (different cluster ids), GET /snapshot needs the client token, and damaged files are refused by status and restore without leaving a data dir behind.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createTcpProxy, type TcpProxy } from "../src/chaos/tcp-proxy.ts";
 import { createLogger } from "../src/lib/logger.ts";
-import { createServer, type KvServer, type ServerConfig } from "../src/server/create-server.ts";
-import { runKv } from "./helpers/kv-binary.ts";
+import { createServer, type KvServer, ServerStartError, type ServerConfig } from "../src/server/create-server.ts";
+import { kvCommand, runKv } from "./helpers/kv-binary.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 const AUTH_TOKEN = "backup-test-client-token";
@@ -305,6 +305,43 @@ describe("damaged files are refused, and nothing is restored", () => {
       expect(readdirSync(baseDir).filter((entry) => entry.includes("restoring"))).toEqual([]);
     });
   }
+
+  test("restore into an existing empty directory (a volume's mount point, with its lost+found; or through a symlink) fills it in place; serve refuses one a restore left unfinished (found in review: EBUSY and a stack trace)", async () => {
+    const volume = join(baseDir, "volume");
+    mkdirSync(join(volume, "lost+found"), { recursive: true });
+    const linked = join(baseDir, "linked-target");
+    mkdirSync(linked);
+    const link = join(baseDir, "linked");
+    symlinkSync(linked, link);
+    for (const [dataDir, where] of [[volume, volume], [link, linked]] as const) {
+      const restore = await runKv(["snapshot", "restore", join(baseDir, "backup.kvsnap"), "--data-dir", dataDir, "--id", "1", "--cluster", cluster]);
+      expect([dataDir, restore.code, restore.out]).toEqual([dataDir, 0, expect.any(String)]);
+      expect(readdirSync(where).filter((name) => name !== "lost+found").sort()).toEqual(["cluster-id", "kv.db", "kv.db-lock", "kv.db-log", "node-id"]);
+    }
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    const server = await createServer(nodeConfig(1, new Map([[1, "http://127.0.0.1:1"], [2, "http://127.0.0.1:2"], [3, "http://127.0.0.1:3"]]), link));
+    await server.stop();
+    // A restore that stopped while moving its files up: its directory is still there.
+    const unfinished = join(baseDir, "unfinished");
+    mkdirSync(join(unfinished, ".restoring-4242-abc"), { recursive: true });
+    writeFileSync(join(unfinished, "kv.db"), "part of a data dir");
+    const refused = await createServer(nodeConfig(1, new Map([[1, "http://127.0.0.1:1"]]), unfinished)).catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(ServerStartError);
+    expect((refused as Error).message).toContain("a kv snapshot restore into it did not finish");
+  });
+
+  test("kv snapshot save into a directory that cannot be written exits 1 naming the file, no stack trace (found in review: the cleanup's own EROFS, with a stack)", async () => {
+    const dir = join(baseDir, "read-only");
+    mkdirSync(dir);
+    // A read-only filesystem of its own, in a mount namespace of this command alone.
+    const script = 'mount -t tmpfs none "$1" && mount -o remount,ro "$1" && exec "$2" snapshot save "$1/b.kvsnap" --endpoints http://127.0.0.1:1';
+    const proc = Bun.spawn(["unshare", "-rm", "sh", "-c", script, "sh", dir, ...kvCommand()], { stdout: "pipe", stderr: "pipe" });
+    const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    expect([await proc.exited, out]).toEqual([1, ""]);
+    expect(err).toContain(`kv: cannot write ${dir}/b.kvsnap: EROFS`);
+    expect(err).toContain("nothing saved");
+    expect(err).not.toContain("    at ");
+  });
 
   test("restore refuses a data dir that is not empty, and leaves it as it was", async () => {
     const dataDir = join(baseDir, "occupied");

@@ -167,6 +167,19 @@ describe("sqlite storage recovery", () => {
     raw.close();
     expect(() => open()).toThrow(/schema 99.*newer release of kv.*left unchanged/);
   });
+
+  test("a database of a newer release in another journal mode is refused with every byte as it was, no lock file made (found in review: set to WAL first)", () => {
+    open().close();
+    const raw = new Database(join(dir, "kv.db"));
+    raw.run("PRAGMA journal_mode = DELETE");
+    raw.run("PRAGMA user_version = 7");
+    raw.close();
+    rmSync(join(dir, "kv.db-lock"), { force: true });
+    const files = () => readdirSync(dir).sort().map((name) => [name, name === "kv.db-log" ? "" : readFileSync(join(dir, name)).toString("base64")]);
+    const before = files();
+    expect(() => open()).toThrow(/schema 7.*newer release of kv.*left unchanged/);
+    expect(files()).toEqual(before);
+  });
 });
 
 describe("a data dir whose database was lost or is not kv's", () => {

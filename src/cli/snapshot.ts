@@ -117,9 +117,15 @@ async function download(endpoints: readonly string[], authToken: string | undefi
       try {
         for await (const chunk of response.body) {
           let written = 0;
-          while (written < chunk.byteLength) written += writeSync(fd, chunk, written);
+          try {
+            while (written < chunk.byteLength) written += writeSync(fd, chunk, written);
+          } catch (error) {
+            throw new LocalWriteError(error);
+          }
         }
       } catch (error) {
+        // Our own file could not take it (a full disk): no stream to blame, nothing to retry.
+        if (error instanceof LocalWriteError) throw error.cause;
         // A stream cut short: the file is incomplete, and nothing else can be tried on top of it.
         throw new ClientExit(3, `${new URL(url).origin}: the snapshot stream broke: ${error instanceof Error ? error.message : String(error)}`);
       }
@@ -158,10 +164,17 @@ const saveCommand = defineCommand({
     let origin: string;
     let summary: BackupSummary;
     try {
-      const fd = openSync(temp, "w", 0o600);
+      let fd: number;
+      try {
+        fd = openSync(temp, "w", 0o600);
+      } catch (error) {
+        throw cannotWrite(file, error);
+      }
       try {
         origin = await download(endpoints, args["auth-token"] ?? process.env.KV_AUTH_TOKEN, timeoutMs, fd, ca);
         fsyncSync(fd);
+      } catch (error) {
+        throw error instanceof ClientExit ? error : cannotWrite(file, error);
       } finally {
         closeSync(fd);
       }
@@ -171,10 +184,17 @@ const saveCommand = defineCommand({
         if (error instanceof BackupFormatError) throw new ClientExit(3, `the snapshot received from ${origin} does not verify, nothing saved: ${error.message}`);
         throw error;
       }
-      renameSync(temp, file);
-      fsyncPath(dirname(file));
+      try {
+        renameSync(temp, file);
+        fsyncPath(dirname(file));
+      } catch (error) {
+        throw cannotWrite(file, error);
+      }
     } catch (error) {
-      rmSync(temp, { force: true });
+      // Its own failure must not hide the one that sent it here (found in review: EROFS of the rm).
+      try {
+        rmSync(temp, { force: true });
+      } catch {}
       throw error;
     }
     const json = { ...summaryJson(file, summary), from: origin };
@@ -185,6 +205,18 @@ const saveCommand = defineCommand({
     );
   },
 });
+
+/** A write to the local file failed, inside the download (told apart from the stream breaking). */
+class LocalWriteError extends Error {
+  constructor(override readonly cause: unknown) {
+    super("local write failed");
+  }
+}
+
+/** The exit for a backup file that could not be written: 1, saying which file and why (found in review: a stack trace). */
+function cannotWrite(file: string, error: unknown): ClientExit {
+  return new ClientExit(1, `cannot write ${file}: ${error instanceof Error ? error.message : String(error)}; nothing saved`);
+}
 
 const statusCommand = defineCommand({
   meta: { name: "status", description: "Verify a backup file and print what it holds (exit 1 when it is damaged)" },

@@ -415,7 +415,8 @@ function parseHeader(payload: Uint8Array, offset: number): BackupHeader {
     }
     return { id: a.id, peerUrl: a.peerUrl, ...(typeof a.httpUrl === "string" ? { httpUrl: a.httpUrl } : {}) };
   });
-  if (typeof createdAtMs !== "number" || !Number.isFinite(createdAtMs)) return bad("createdAtMs is not a number");
+  // A time a Date holds (±8.64e15 ms): `kv snapshot status` prints it (found in review: a RangeError).
+  if (typeof createdAtMs !== "number" || !Number.isFinite(createdAtMs) || Math.abs(createdAtMs) > 8.64e15) return bad("createdAtMs is not a time");
   let parsedSource: BackupHeader["source"];
   if (source !== undefined) {
     const s = source as Record<string, unknown> | null;

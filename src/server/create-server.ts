@@ -12,6 +12,7 @@ import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../l
 import { checkNodeId, NodeIdFileError, recordNodeId } from "../lib/node-id-file.ts";
 import { recordVoteHold, voteHoldRecorded } from "../lib/vote-hold-file.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
+import { refuseUnfinishedRestore, RestoreError } from "./restore-snapshot.ts";
 import type { Logger } from "../lib/logger.ts";
 import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import { observeMethod } from "../lib/observe-method.ts";
@@ -192,6 +193,13 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     checkpointDuration.observe({ thread: report.thread === "worker" ? "worker" : "loop" }, report.durationMs / 1000);
     walFrames.set({}, report.walFrames);
   };
+  // Nor into part of one: a restore into this directory that did not finish.
+  try {
+    refuseUnfinishedRestore(dataDir);
+  } catch (error) {
+    if (error instanceof RestoreError) throw new ServerStartError(error.message, 1);
+    throw error;
+  }
   // Before the storage opens, which would write into a data dir that is not this node's.
   try {
     checkNodeId(dataDir, config.id);

@@ -10,11 +10,16 @@
  * from the file's checksum and the voters (src/lib/cluster-id.ts) unless one is given. Nodes of the
  * old cluster keep their id, so the two refuse each other's peer calls.
  *
- * Nothing is half-done: the data dir is built in a temporary directory beside it, renamed into place
- * only once the whole file was read and verified and the storage closed; on any failure the
- * temporary directory is removed. A data dir that exists and is not empty is refused.
+ * Nothing is half-done: the data dir is built in a temporary directory, moved into place only once
+ * the whole file was read and verified and the storage closed; on any failure the temporary
+ * directory is removed. An absent data dir is built beside it and renamed into place. One that
+ * exists (followed through a symlink) must be empty, a filesystem's `lost+found` aside: a volume's
+ * mount point, which cannot be renamed over (found in review: EBUSY and a stack trace for the
+ * deployment's own `/data`). It is built inside it, under `.restoring-*`, and its entries are moved
+ * up one by one; that directory goes last, so while it is there the data dir is not whole, and
+ * `kv serve` refuses it (`refuseUnfinishedRestore`).
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from "node:fs";
 import { removeStaleTemps } from "../lib/stale-temps.ts";
 import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
@@ -58,6 +63,37 @@ export class RestoreError extends Error {
   override name = "RestoreError";
 }
 
+/** The entry a restore into an existing data dir builds in (see the file comment). */
+const RESTORING_PREFIX = ".restoring-";
+/** Entries an empty filesystem holds, that a restore leaves where they are. */
+const EMPTY_VOLUME_ENTRIES: ReadonlySet<string> = new Set(["lost+found"]);
+
+/**
+ * Throws when `dataDir` holds a restore that did not finish (see the file comment): `kv serve`
+ * must not run on part of a data dir.
+ */
+export function refuseUnfinishedRestore(dataDir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dataDir);
+  } catch {
+    return;
+  }
+  const unfinished = names.find((name) => name.startsWith(RESTORING_PREFIX));
+  if (unfinished !== undefined) {
+    throw new RestoreError(
+      `${dataDir} holds ${unfinished}: a kv snapshot restore into it did not finish (or is running), so the data dir is not whole. Once no restore runs, empty the directory and restore again`,
+    );
+  }
+}
+
+/** A filesystem error as a refusal that says what to do (found in review: a stack trace). */
+function fsRefusal(error: unknown, dataDir: string): unknown {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  if (!(error instanceof Error) || typeof code !== "string" || !/^E[A-Z]+$/.test(code)) return error;
+  return new RestoreError(`cannot make the data dir ${dataDir}: ${error.message}. Check that it (or the directory it is made in) can be written`, { cause: error });
+}
+
 /** Image rows are staged in batches of about this many bytes (one sqlite transaction each). */
 const STAGE_BATCH_BYTES = 4 * 1024 * 1024;
 /** The staging id of the restored image (any non-empty string; only this process stages). */
@@ -71,18 +107,27 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
   if (options.clusterId !== undefined && !isClusterId(options.clusterId)) {
     throw new RestoreError(`the cluster id must be 16 lowercase hex digits, got '${options.clusterId}'`);
   }
-  if (existsSync(dataDir)) {
+  const exists = existsSync(dataDir);
+  if (exists) {
     if (!statSync(dataDir).isDirectory()) throw new RestoreError(`${dataDir} exists and is not a directory`);
-    const entries = readdirSync(dataDir);
+    const entries = readdirSync(dataDir).filter((name) => !EMPTY_VOLUME_ENTRIES.has(name));
     if (entries.length > 0) {
       throw new RestoreError(`${dataDir} is not empty (it holds ${entries.slice(0, 3).join(", ")}${entries.length > 3 ? ", ..." : ""}): restore makes a new data dir; give an absent or empty one`);
     }
   }
-  const parent = dirname(dataDir);
-  mkdirSync(parent, { recursive: true });
-  removeStaleTemps(parent, `.${basename(dataDir)}.restoring-`);
-  const temp = mkdtempSync(join(parent, `.${basename(dataDir)}.restoring-${process.pid}-`));
+  // Into an existing directory (a mount point, or a symlink's target): built inside it. Else beside it.
+  const target = exists ? realpathSync(dataDir) : dataDir;
+  const parent = exists ? target : dirname(dataDir);
+  let temp: string;
+  try {
+    mkdirSync(parent, { recursive: true });
+    if (!exists) removeStaleTemps(parent, `.${basename(dataDir)}${RESTORING_PREFIX}`);
+    temp = mkdtempSync(exists ? join(target, `${RESTORING_PREFIX}${process.pid}-`) : join(parent, `.${basename(dataDir)}${RESTORING_PREFIX}${process.pid}-`));
+  } catch (error) {
+    throw fsRefusal(error, dataDir);
+  }
   let storage: SqliteStorage | undefined;
+  let moving = false;
   try {
     storage = openSqliteStorage(temp, { nodeId: options.id });
     const addresses: MemberAddress[] = voters.map((voter) => ({ id: voter, peerUrl: peers.get(voter) as string }));
@@ -139,14 +184,25 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
     loadOrCreateClusterId(temp, result.clusterId);
     recordNodeId(temp, options.id);
     fsyncPath(temp);
-    // rename(2) replaces an empty directory, and is atomic: the data dir is whole or absent.
-    renameSync(temp, dataDir);
-    fsyncPath(parent);
+    if (exists) {
+      // Up one by one; the temporary directory, emptied, goes last (see the file comment). Should a
+      // move fail, what moved stays beside it, and serve refuses the whole until it is emptied.
+      moving = true;
+      for (const name of readdirSync(temp)) renameSync(join(temp, name), join(target, name));
+      fsyncPath(target);
+      rmdirSync(temp);
+      fsyncPath(target);
+    } else {
+      // rename(2) is atomic: the data dir is whole or absent.
+      renameSync(temp, dataDir);
+      fsyncPath(parent);
+    }
     return result;
   } catch (error) {
     storage?.close();
+    if (moving) throw new RestoreError(`the restore stopped while moving the data dir into ${dataDir}, which is not whole: empty it and restore again (${error instanceof Error ? error.message : String(error)})`, { cause: error });
     rmSync(temp, { recursive: true, force: true });
-    throw error;
+    throw fsRefusal(error, dataDir);
   }
 }
 

@@ -287,7 +287,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
   mkdirSync(dir, { recursive: true });
   const file = join(dir, options.fileName ?? "kv.db");
   // Before anything is written (the lock's file, stale staging, a checkpoint at close).
-  if (options.nodeId !== undefined) refuseAnotherNodesDatabase(file, options.nodeId);
+  refuseBeforeWriting(file, options.nodeId);
   let lock: Database | undefined;
   let db: Database | undefined;
   let log: SegmentLog | undefined;
@@ -434,13 +434,7 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
   try {
     db.transaction(() => {
       let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
-      if (version > schemaVersion) {
-        throw new StorageError(
-          "schema",
-          `the data dir holds schema ${version}, written by a newer release of kv (this one reads schemas up to ${schemaVersion}): run that release or a later one; the data dir was left unchanged`,
-          file,
-        );
-      }
+      if (version > schemaVersion) throw newerSchema(file, version);
       if (version === 0) refuseToStartAfresh(db, file, logDir, logOptions);
       // Segments a migration wrote before it could commit (the process died): written again.
       if (version < 5) rmSync(logDir, { recursive: true, force: true });
@@ -498,25 +492,42 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
  * checkpointed into it when it closed, and the lock's file made (found in review). Anything this
  * cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
  */
-function refuseAnotherNodesDatabase(file: string, nodeId: NodeId): void {
+/** The refusal of a database of a newer release (its `user_version` past `schemaVersion`). */
+function newerSchema(file: string, version: number): StorageError {
+  return new StorageError(
+    "schema",
+    `the data dir holds schema ${version}, written by a newer release of kv (this one reads schemas up to ${schemaVersion}): run that release or a later one; the data dir was left unchanged`,
+    file,
+  );
+}
+
+/**
+ * Refuses, on a read-only connection and before anything is written (the lock's file, stale
+ * staging, the journal mode), a database of a newer release, and one recorded as another node's
+ * (with `nodeId`). A newer database was set to WAL before migrate refused it (found in review:
+ * "left unchanged", yet its header had changed).
+ */
+function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
   if (!existsSync(file)) return;
   // A reader of a WAL database makes its shared-memory index when there is none: removed after,
   // when this made it (a node running on the data dir has one, and holds the lock).
   const shm = `${file}-shm`;
   const shmBefore = existsSync(shm);
   let owner: number | undefined;
+  let version = 0;
   let db: Database | undefined;
   try {
     db = new Database(file, { readonly: true });
-    const version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
-    if (version >= 6) owner = db.query<{ node_id: number }, []>("SELECT node_id FROM meta WHERE id = 1").get()?.node_id;
+    version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
+    if (nodeId !== undefined && version >= 6 && version <= schemaVersion) owner = db.query<{ node_id: number }, []>("SELECT node_id FROM meta WHERE id = 1").get()?.node_id;
   } catch {
     return;
   } finally {
     db?.close();
     if (!shmBefore) rmSync(shm, { force: true });
   }
-  if (owner !== undefined && owner !== 0 && owner !== nodeId) throw nodeMismatch(file, owner, nodeId);
+  if (version > schemaVersion) throw newerSchema(file, version);
+  if (nodeId !== undefined && owner !== undefined && owner !== 0 && owner !== nodeId) throw nodeMismatch(file, owner, nodeId);
 }
 
 function nodeMismatch(file: string, owner: number, nodeId: NodeId): StorageError {
