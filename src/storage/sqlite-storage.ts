@@ -1438,7 +1438,18 @@ export class SqliteStorage implements KvStorage {
   private checkpointHere(onCheckpoint: ((report: CheckpointReport) => void) | undefined, truncate: boolean): void {
     const startedMs = performance.now();
     try {
-      const result = (truncate ? this.walTruncate : this.walCheckpoint).get();
+      // A truncate waits for every reader of the WAL to finish: an image's reader on another
+      // connection (a backup, a snapshot sent) that this storage does not count (the storage thread
+      // never sees the loop's images), or the loop's read transaction. It is tried without waiting:
+      // busy, it does what a passive round does, and a later round truncates (found in review: the
+      // writer's thread stood still for the whole busy timeout, 2 s, behind a backup's read).
+      if (truncate) this.db.run("PRAGMA busy_timeout = 0");
+      let result: { busy: number; log: number; checkpointed: number } | null;
+      try {
+        result = (truncate ? this.walTruncate : this.walCheckpoint).get();
+      } finally {
+        if (truncate) this.db.run(`PRAGMA busy_timeout = ${this.lockWaitMs}`);
+      }
       // Every page written so far is in the database file now (unless an image's read held some
       // back): none of them is left for the next round, which would otherwise come early, at once
       // when the tail was longer than `checkpointPages`, with nothing to copy.
