@@ -369,6 +369,47 @@ describe("leases (thesis §6.4.1)", () => {
     expect(drain(node)).toContainEqual(expect.objectContaining({ type: "pre-vote-response", granted: true }));
   });
 
+  test("a follower that acknowledged its leader votes for no one else for an election timeout, even after a stale answer of a higher term moved its term on (found in review: a stale lease read)", () => {
+    const node = coreWith(1, 3, [entry(1, 1)], 1, 0, true);
+    for (let i = 0; i < 10; i++) node.tick(); // past the quiet period after a start
+    node.step({ type: "heartbeat", from: 2, to: 1, term: 1, commit: 1, readContext: "" });
+    drain(node);
+    // A rejection of a pre-vote this node sent before it heard from 2 again, from 3, now a
+    // candidate of term 2: it moves the term on, and leaves no leader.
+    node.step({ type: "pre-vote-response", from: 3, to: 1, term: 2, granted: false });
+    expect([node.basicStatus().term, node.basicStatus().leaderId]).toEqual([2, 0]);
+    drain(node);
+    // 3's vote request of that term: refused, 2 may still serve lease reads.
+    node.step({ type: "vote", from: 3, to: 1, term: 2, lastLogIndex: 1, lastLogTerm: 1, transfer: false });
+    expect(drain(node).filter((m) => m.type === "vote-response")).toEqual([expect.objectContaining({ to: 3, granted: false })]);
+    expect(node.basicStatus().vote).toBe(0);
+    // One the leader sent on (a transfer) is granted; and past the timeout, anyone's.
+    const other = coreWith(1, 3, [entry(1, 1)], 1, 0, true);
+    for (let i = 0; i < 10; i++) other.tick();
+    other.step({ type: "heartbeat", from: 2, to: 1, term: 1, commit: 1, readContext: "" });
+    other.step({ type: "pre-vote-response", from: 3, to: 1, term: 2, granted: false });
+    drain(other);
+    other.step({ type: "vote", from: 3, to: 1, term: 2, lastLogIndex: 1, lastLogTerm: 1, transfer: true });
+    expect(drain(other).filter((m) => m.type === "vote-response")).toEqual([expect.objectContaining({ to: 3, granted: true })]);
+    // An election timeout of real time later (made up, so its own election timer stays put).
+    node.elapse(10);
+    drain(node);
+    expect(node.basicStatus().role).toBe("follower");
+    node.step({ type: "vote", from: 3, to: 1, term: 2, lastLogIndex: 1, lastLogTerm: 1, transfer: false });
+    expect(drain(node).filter((m) => m.type === "vote-response")).toEqual([expect.objectContaining({ to: 3, granted: true })]);
+  });
+
+  test("a rejected read-index answer of a newer term does not make its sender that term's leader (found in review: the real candidate's vote was refused)", () => {
+    const node = coreWith(1, 3, [entry(1, 1)], 1, 0, true);
+    for (let i = 0; i < 10; i++) node.tick(); // past the quiet period, and no leader heard since
+    // 2, deposed by term 2, rejects the reads this node had sent it, in term 2.
+    node.step({ type: "read-index-response", from: 2, to: 1, term: 2, readContext: "r1", index: 0, rejected: true });
+    expect([node.basicStatus().term, node.basicStatus().leaderId]).toEqual([2, 0]);
+    drain(node);
+    node.step({ type: "vote", from: 3, to: 1, term: 2, lastLogIndex: 1, lastLogTerm: 1, transfer: false });
+    expect(drain(node).filter((m) => m.type === "vote-response")).toEqual([expect.objectContaining({ to: 3, granted: true })]);
+  });
+
   test("a heartbeat whose commit lies past the follower's log shows it lost acknowledged entries; one within it does not", () => {
     // A heartbeat's commit is min(the follower's acknowledged match, the leader's commit): a follower
     // whose log ends before it lost what it acknowledged (a wiped data dir restarted as before).

@@ -130,6 +130,13 @@ export class Raft {
   private electionElapsedTicks = 0;
   /** Ticks since this core started: the leader's clock for its lease. */
   private nowTicks = 0;
+  /**
+   * When a current-term leader was last heard from (`followLeader`), by `nowTicks`. Unlike
+   * `leaderId`, a term change does not clear it: the promise a follower made by acknowledging a
+   * leader (no vote for anyone else for one election timeout, `inLeaderLease`) outlives a stale
+   * higher-term answer that moves its term on.
+   */
+  private leaderHeardTick = Number.NEGATIVE_INFINITY;
   /** Leader: the send tick of the newest heartbeat round a quorum acknowledged. */
   private leaseStartTick = Number.NEGATIVE_INFINITY;
   /**
@@ -742,8 +749,11 @@ export class Raft {
       if (m.type === "pre-vote" || (m.type === "pre-vote-response" && m.granted)) {
         // A pre-vote never changes anyone's term; a granted answer carries the rehearsed term.
       } else {
+        // A rejected read-index answer is no leader's: a leader deposed by this very term rejects
+        // the reads it held, in the new term (found in review: the follower took it for that term's
+        // leader, refused the real candidate's vote and sent its reads there).
         const fromLeader =
-          m.type === "append" || m.type === "heartbeat" || m.type === "snapshot" || m.type === "read-index-response" || m.type === "timeout-now";
+          m.type === "append" || m.type === "heartbeat" || m.type === "snapshot" || (m.type === "read-index-response" && !m.rejected) || m.type === "timeout-now";
         this.becomeFollower(m.term, fromLeader ? m.from : 0);
       }
     } else if (m.term < this.term) {
@@ -788,13 +798,20 @@ export class Raft {
     this.messages.push(m);
   }
 
-  /** True while a leader we follow has been heard from within the minimum election timeout. */
+  /**
+   * True while a leader was heard from within the minimum election timeout (a leader counts itself
+   * in its own lease). Measured from when it was heard, not by whom we follow now: a stale answer of
+   * a higher term (a rejected pre-vote of ours delivered late, say) clears `leaderId` but not the
+   * promise, and a vote granted in that term let another leader commit while the one we had just
+   * acknowledged still served lease reads (found in review: a stale lease read).
+   */
   private inLeaderLease(): boolean {
     if (!this.cfg.checkQuorum) return false;
     // A server that just started may have acknowledged a lease before it went down: it honours
     // one full election timeout before voting, since it cannot remember whom it heard from.
     if (this.nowTicks < this.cfg.electionTicks) return true;
-    return this.leaderId !== 0 && this.electionElapsedTicks < this.cfg.electionTicks;
+    if (this.role === "leader") return true;
+    return this.nowTicks - this.leaderHeardTick < this.cfg.electionTicks;
   }
 
   /**
@@ -803,8 +820,11 @@ export class Raft {
    */
   private handleVote(m: VoteRequest): void {
     const responseType = m.type === "vote" ? "vote-response" : "pre-vote-response";
+    // Within a leader's lease no other candidate gets a vote, in this term either (a higher-term
+    // request is dropped in `step`): only one the leader itself sent on (`transfer`), or a repeat.
+    const leased = !m.transfer && this.vote !== m.from && this.inLeaderLease();
     const canVote =
-      this.vote === m.from || (this.vote === 0 && this.leaderId === 0) || (m.type === "pre-vote" && m.term > this.term);
+      !leased && (this.vote === m.from || (this.vote === 0 && this.leaderId === 0) || (m.type === "pre-vote" && m.term > this.term));
     const eligible = canVote && this.log.isUpToDate(m.lastLogIndex, m.lastLogTerm);
     const granted = eligible && this.heldVoteAllowed(m.lastLogTerm, m.lastLogIndex);
     if (eligible && !granted) this.heldVoteRefusals++;
@@ -856,6 +876,7 @@ export class Raft {
     if (this.role === "candidate") this.becomeFollower(this.term, from);
     this.leaderId = from;
     this.electionElapsedTicks = 0;
+    this.leaderHeardTick = this.nowTicks;
     if (this.voteHold !== undefined && this.voteHold.term === undefined) this.voteHold.term = this.term;
     return true;
   }
