@@ -7,11 +7,16 @@
 // first, a removed server joining again under its id on a wiped disk serves once caught up (thesis
 // §4.1), and a leader frozen on a full disk refuses a transfer by rejecting; each run ends by
 // healing and judging every client answer with the linearizability checker.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { answerOutcome } from "../src/client/outcome.ts";
+import { errorResponse } from "../src/http/http-error.ts";
+import { KvError, type KvErrorCode } from "../src/lib/kv-error.ts";
 import { expect, test } from "bun:test";
 import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
-import { historyViolation, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
+import { historyViolation, NodeSim, type NodeSimOptions, refusedCodes } from "../src/sim/node-sim.ts";
 
 const tickMs = 10;
 const electionTicks = 10;
@@ -591,4 +596,20 @@ test("a linearizability check that ran out of its budget fails the run; only a l
   expect(historyViolation(undecided)).toContain("ran out of its budget");
   expect(historyViolation(checkLinearizable(history))).toContain("not linearizable");
   expect(historyViolation(checkLinearizable(history.slice(0, 2)))).toBeUndefined();
+});
+
+test("the swarm judges an error as refused exactly when a client and kv chaos do: every code but timeout (found in review: unavailable was unknown here)", async () => {
+  const source = readFileSync(join(import.meta.dir, "..", "src", "lib", "kv-error.ts"), "utf8");
+  const union = source.slice(source.indexOf("export type KvErrorCode"), source.indexOf("export interface KvErrorDetails"));
+  const codes = [...union.matchAll(/\| "([a-z_]+)"/g)].map((match) => match[1] as KvErrorCode);
+  expect(codes.length).toBeGreaterThan(15);
+  for (const code of codes) {
+    // As the node raises it (a not_leader names where the leader is), and as the client reads the answer.
+    const details = code === "not_leader" ? { leaderId: 2, leaderUrl: "http://node-2" } : {};
+    const response = errorResponse(new KvError(code, "x", details), new Request("http://node/kv/k", { method: "PUT" }));
+    const answered = response.status >= 300 && response.status < 400 ? code : ((await response.json()) as { error: string }).error;
+    expect([code, refusedCodes.has(code)]).toEqual([code, answerOutcome("PUT", response.status, answered) === "refused"]);
+  }
+  expect(refusedCodes.has("unavailable")).toBe(true);
+  expect(refusedCodes.has("timeout")).toBe(false);
 });

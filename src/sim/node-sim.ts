@@ -4,7 +4,7 @@ import { assert } from "../lib/assert.ts";
 import type { Clock } from "../lib/clock.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import { fnv1aBasis, fnv1aMix, fnv1aMixInts } from "../lib/fnv1a.ts";
-import { KvError } from "../lib/kv-error.ts";
+import { KvError, type KvErrorCode } from "../lib/kv-error.ts";
 import { createPrng, type Prng } from "../lib/prng.ts";
 import { configurationOfMembers } from "../kv/membership.ts";
 import type { MembersView } from "../node/api.ts";
@@ -92,8 +92,35 @@ interface SimServer {
 /** Where the simulated wall clocks start (a fixed instant, so a seed replays). */
 const simulatedEpochMs = Date.UTC(2026, 0, 1);
 
-/** Errors that say the write certainly did not take effect. */
-export const refusedCodes = new Set(["not_leader", "no_leader", "proposal_dropped", "overloaded", "insufficient_storage", "quota_exceeded", "bad_request", "version_mismatch", "idempotency_key_reused"]);
+/**
+ * Errors that say the write certainly did not take effect: every code but `timeout`, by the rule
+ * clients retry by and `kv chaos` judges by (src/client/outcome.ts: any 4xx, and the 5xx that say
+ * nothing was proposed). `unavailable` was judged unknown here, so the swarm could not catch a node
+ * that answered it for a write it had proposed (found in review); test/sim-transport.test.ts keeps
+ * this set and that rule in step.
+ */
+export const refusedCodes: ReadonlySet<string> = new Set<KvErrorCode>([
+  "not_leader",
+  "no_leader",
+  "proposal_dropped",
+  "too_large",
+  "bad_request",
+  "request_timeout",
+  "not_found",
+  "method_not_allowed",
+  "unavailable",
+  "overloaded",
+  "version_mismatch",
+  "idempotency_key_reused",
+  "conf_change_pending",
+  "member_exists",
+  "learner_not_ready",
+  "no_other_voter",
+  "insufficient_storage",
+  "quota_exceeded",
+  "lease_not_found",
+  "compacted",
+]);
 
 /**
  * A whole cluster of real node loops (`KvNode`, the code the server runs) in one process, on a
