@@ -212,6 +212,32 @@ test("a leader stalled past the election timeout while cut off makes up the time
   });
 });
 
+test("a stalled leader answers no client and commits nothing until it runs again, though its fsync and its peers' answers finish meanwhile (found in review: they ran its turns)", async () => {
+  await withSim(quietSim(35), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "warm")).outcome).toBe("ok");
+    // A put, then the leader stands still for 80 ms (under the election timeout): its fsync (20 ms)
+    // and the followers' acks finish meanwhile.
+    sim.servers.get(leader)!.fsyncMs = 20;
+    const answer = tracked(sim.callOperation(1, leader, "put", "k"));
+    await sim.runUntil(sim.nowMs + 1);
+    const stallEndsMs = sim.nowMs + 80;
+    sim.stall(leader, 80);
+    const before = nodeOf(sim, leader).status();
+    await sim.runUntil(stallEndsMs - 1);
+    // Nothing moved: no commit (the acks' answers wait), no apply, no answer, and no heartbeat
+    // carried a commit to the followers.
+    expect(answer.answer).toBeUndefined();
+    const during = nodeOf(sim, leader).status();
+    expect([during.commitIndex, during.appliedIndex]).toEqual([before.commitIndex, before.appliedIndex]);
+    for (const id of sim.servers.keys()) if (id !== leader) expect(nodeOf(sim, id).status().commitIndex).toBeLessThanOrEqual(before.commitIndex);
+    expect(await sim.runUntilTrue(() => answer.answer !== undefined, 1_000)).toBe(true);
+    expect(answer.answer?.outcome).toBe("ok");
+    expect(answer.answer?.returnMs).toBeGreaterThanOrEqual(stallEndsMs);
+    expect(sim.leader()).toBe(leader);
+  });
+});
+
 test("followers whose fsyncs take longer than the election timeout keep their leader: heartbeat answers do not wait behind acks held for the disk", async () => {
   await withSim(quietSim(21, { heartbeatTicks: 3 }), async (sim) => {
     const leader = await settledLeader(sim);

@@ -216,6 +216,7 @@ export class NodeSim {
     // The latency is drawn even when overridden, so a directed scenario's other draws stay as they were.
     const threadMsMax = this.opts.storageThreadMsMax;
     const disk = new SimDisk(createMemoryKvStorage(), {
+      deliver: (fn) => this.whenRunning(id, fn),
       fsync: (done) => {
         const drawnMs = this.diskPrng.intInclusive(this.opts.fsyncMsMin, this.opts.fsyncMsMax);
         this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
@@ -304,6 +305,13 @@ export class NodeSim {
         };
       },
     };
+  }
+
+  /** Runs `fn` now while node `id`'s process runs, else once its stall is over (or it is gone). */
+  private whenRunning(id: NodeId, fn: () => void): void {
+    const server = this.servers.get(id);
+    if (server?.node === undefined || this.nowMs >= server.stalledUntilMs) return fn();
+    this.at(server.stalledUntilMs - this.nowMs, () => this.whenRunning(id, fn));
   }
 
   isRunning(id: NodeId): boolean {

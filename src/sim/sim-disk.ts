@@ -15,6 +15,13 @@ export interface SimDiskScheduler {
    * long after the one before (`done` is never called synchronously).
    */
   storageThread?(done: () => void): void;
+  /**
+   * Hands `fn` to the node's process: at once while it runs, else once it runs again. What the
+   * kernel or the storage thread finished while the process stood still (a stall: GC, SIGSTOP) is
+   * seen only then (found in review: a stalled node's fsyncs and applies were answered, and ran its
+   * turns, answered its clients and sent its messages meanwhile).
+   */
+  deliver(fn: () => void): void;
 }
 
 /**
@@ -262,7 +269,7 @@ export class SimDisk implements KvStorage {
         new Promise<void>((resolve) =>
           thread(() => {
             // A crash since then replaced the storage: the request died with its process.
-            if (this.current === storage) resolve();
+            if (this.current === storage) this.scheduler.deliver(() => this.current === storage && resolve());
           }),
         ),
     );
@@ -290,9 +297,10 @@ export class SimDisk implements KvStorage {
         this.scheduler.fsync(() => {
           // A crash since then replaced the storage: this fsync belonged to the process that died.
           if (this.current !== storage) return;
+          // Durable when the kernel is done; the process learns it when it runs.
           this.durableImage = image;
           this.syncsFinished++;
-          resolve();
+          this.scheduler.deliver(() => this.current === storage && resolve());
         });
       });
     // On a storage thread blocked by a full disk, the fsync runs once the writes before it went through.

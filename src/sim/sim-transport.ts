@@ -260,12 +260,16 @@ export class SimNetwork {
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       let cancelDeadline: (() => void) | void = undefined;
+      // The caller's process takes the outcome (an answer, an error, its deadline) only while it
+      // runs: a stalled one sees it once it runs again (found in review: a stalled node's answered
+      // calls started new ones from a process that was standing still).
       const settle = (outcome: () => void): void => {
         if (settled) return;
         settled = true;
         callOptions.signal?.removeEventListener("abort", onAbort);
         cancelDeadline?.();
-        outcome();
+        if (this.host.running(from) || !this.endpoints.has(from)) outcome();
+        else this.whenRunning(from, 0, outcome);
       };
       const fail = (code: Code, text: string) => settle(() => reject(new ConnectError(text, code)));
       const onAbort = () => fail(Code.Canceled, "the call was aborted");
