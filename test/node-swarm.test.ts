@@ -16,8 +16,16 @@ import { expect, test } from "bun:test";
 import { nodeSwarmReplay, runNodeSwarm, type NodeSwarmResult } from "../src/sim/node-swarm.ts";
 
 const single = process.env.KV_NODE_SWARM_SEED;
-const seedCount = Number(process.env.KV_NODE_SWARM_SEEDS ?? 500);
-const runMs = process.env.KV_SWARM_MS === undefined ? undefined : Number(process.env.KV_SWARM_MS);
+/** A whole number from the environment, or a failure naming the variable (`abc` ran as seed NaN: found in review). */
+function wholeNumber(name: string, text: string, max: number): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value > max) throw new Error(`${name}=${text}: a whole number from 0 to ${max} is wanted`);
+  return value;
+}
+// Seeds past 2^32 would alias smaller ones in the PRNGs' seeding (>>> 0).
+if (single !== undefined) wholeNumber("KV_NODE_SWARM_SEED", single, 2 ** 32 - 1);
+const seedCount = wholeNumber("KV_NODE_SWARM_SEEDS", process.env.KV_NODE_SWARM_SEEDS ?? "500", 1_000_000);
+const runMs = process.env.KV_SWARM_MS === undefined ? undefined : wholeNumber("KV_SWARM_MS", process.env.KV_SWARM_MS, 86_400_000);
 const seeds = single !== undefined ? [Number(single)] : Array.from({ length: seedCount }, (_, i) => i + 1);
 const batchSize = 100;
 /** Long runs (KV_SWARM_MS) take minutes of real time per seed: no timeout to speak of then. */
@@ -80,7 +88,7 @@ for (let from = 0; from < seeds.length; from += batchSize) {
       const result = await runNodeSwarm(seed, runMs);
       add(result);
       const membership = result.joins + result.rejoins + result.removals > 0 ? `, ${result.joins} joins, ${result.rejoins} rejoins, ${result.removals} removals (${result.leaderRemovals} of the leader)` : "";
-      console.log(`seed=${seed} ok: ${result.nodeCount} nodes, ${result.operations} operations (${result.acknowledgedWrites} writes acknowledged), ${result.crashes} crashes, ${result.stalls} stalls, ${result.partitions} partitions${membership} in ${result.simulatedMs} ms; replay: ${nodeSwarmReplay(seed, runMs)}`);
+      console.log(`seed=${seed} ok: ${result.nodeCount} nodes, ${result.operations} operations (${result.acknowledgedWrites} writes acknowledged), ${result.crashes} crashes, ${result.stalls} stalls, ${result.partitions} partitions${membership} in ${result.simulatedMs} ms, digest ${result.digest}; replay: ${nodeSwarmReplay(seed, runMs)}`);
     }
   }, longMode ? 24 * 3_600_000 : 600_000);
 }
