@@ -10,7 +10,7 @@ import type { TxnRequest } from "../src/kv/txn.ts";
 import { clusterNonceKey } from "../src/kv/cluster-nonce.ts";
 import { pendingBytesMax, proposalBytesPerTurnMax } from "../src/node/proposals.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
-import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
+import { createMemoryCluster, type MemoryCluster, tickMs } from "./helpers/memory-cluster.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -61,6 +61,37 @@ describe("KvNode over in-memory twins", () => {
     leader.stop();
     await cluster.settle();
     expect(((await transfer) as KvError).code).toBe("timeout");
+  });
+
+  test("a transfer begun before the disk filled is settled by its deadline while the loop is frozen, not once space returns (found in review)", async () => {
+    const cluster = createCluster();
+    await cluster.until(() => cluster.leader() !== undefined);
+    const leader = cluster.leader()!;
+    const id = leader.status().id;
+    const target = [1, 2, 3].find((other) => other !== id)!;
+    cluster.network.cutBetween(id, target); // the target cannot take over while the transfer waits
+    let outcome = "waiting";
+    void leader.transferLeadership(target).then(
+      () => (outcome = "done"),
+      (error: unknown) => (outcome = (error as KvError).code),
+    );
+    await cluster.settle();
+    const storage = cluster.storages.get(id)!;
+    const save = storage.save.bind(storage);
+    let full = true;
+    storage.save = (...args) => {
+      if (full) throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+      return save(...args);
+    };
+    // Its deadline is 4 election timeouts' worth of ticks (400 ms here): run well past it, frozen.
+    await cluster.until(() => leader.status().storage?.diskFull === true);
+    for (let i = 0; i < 100 && outcome === "waiting"; i++) {
+      cluster.clock.advance(tickMs);
+      await cluster.settle();
+    }
+    expect(leader.status().storage?.diskFull).toBe(true);
+    expect(outcome).toBe("timeout");
+    full = false;
   });
 
   test("a write is acknowledged with its Raft index once applied, and every node applies it", async () => {

@@ -275,6 +275,12 @@ export class KvNode implements KvNodeApi {
   private diskRetryTicks = 0;
   /** Checks to run once after the next turn (e.g. a leadership transfer waiting to finish). */
   private afterTurn: (() => void)[] = [];
+  /**
+   * Leadership transfers waiting for their outcome, by deadline. Their checks run after turns, and
+   * a loop frozen by a full disk or a parked install runs none: `expireWaiters` settles the overdue
+   * ones (found in review: a transfer begun as the disk filled waited as long as the disk stayed full).
+   */
+  private readonly transferWaiters = new Set<{ readonly deadline: number; readonly check: () => void }>();
   private turnScheduled = false;
   private stopTicking: (() => void) | undefined;
   /** When the clock started (monotonic ms): tick N is due at `ticksStartMs + N * tickMs`. */
@@ -841,8 +847,11 @@ export class KvNode implements KvNodeApi {
     this.raw.transferLeadership(chosen);
     this.scheduleTurn();
     const deadline = this.cfg.clock.nowMs() + timeoutMs;
-    return new Promise<{ leaderId: NodeId }>((resolve, reject) => {
-      const check = () => {
+    return new Promise<{ leaderId: NodeId }>((resolveTransfer, rejectTransfer) => {
+      const waiter = { deadline, check: () => check() };
+      const resolve = (value: { leaderId: NodeId }) => (this.transferWaiters.delete(waiter), resolveTransfer(value));
+      const reject = (error: KvError) => (this.transferWaiters.delete(waiter), rejectTransfer(error));
+      const check = (): void => {
         const now = this.raw.basicStatus();
         const expired = this.cfg.clock.nowMs() >= deadline;
         // Stepped down: answer once we hear who leads now (0 if still unknown at the deadline).
@@ -853,6 +862,7 @@ export class KvNode implements KvNodeApi {
         }
         this.afterTurn.push(check);
       };
+      this.transferWaiters.add(waiter);
       this.afterTurn.push(check);
     });
   }
@@ -1341,6 +1351,7 @@ export class KvNode implements KvNodeApi {
     this.membership.expire(now, timeoutMs);
     this.proposals.expire(now, () => timeoutError("the write", timeoutMs));
     this.reads.expire(now, () => readTimeoutError(timeoutMs));
+    for (const waiter of [...this.transferWaiters]) if (now >= waiter.deadline) waiter.check();
   }
 
   private fail(error: Error): void {
