@@ -353,6 +353,10 @@ test("kv txn whose failure branch ran prints its whole answer before exiting 1, 
     expect(status).toBe("1");
     expect(out.length).toBe(answer.length + 1);
     expect(JSON.parse(out).succeeded).toBe(false);
+    // Output that cannot be written still exits 4 saying so, as without the wait (found in review: exit 1, silent).
+    const full = Bun.spawn(["bash", "-c", `"$0" txn "$1" --endpoints "$2" > /dev/full`, ...kvCommand(), body, `http://127.0.0.1:${fake.port}`], { stdout: "pipe", stderr: "pipe" });
+    const [fullErr, fullCode] = await Promise.all([new Response(full.stderr).text(), full.exited]);
+    expect([fullCode, fullErr]).toEqual([4, expect.stringContaining("kv: cannot write the output")]);
   } finally {
     await fake.stop(true);
     rmSync(dir, { recursive: true, force: true });

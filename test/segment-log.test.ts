@@ -10,6 +10,7 @@ import { createPrng, type Prng } from "../src/lib/prng.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
 import { isDiskFull } from "../src/lib/disk-full.ts";
+import { deserializeError, serializeError } from "../src/storage/storage-thread-messages.ts";
 import { type SegmentFiles, SegmentLog } from "../src/storage/segment-log.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
 
@@ -578,6 +579,34 @@ describe("a failed fsync is never a full disk to wait out (found in review: an E
       expect(isDiskFull(again), where).toBe(false);
       log.close();
     }
+  });
+
+  test("nor once it crossed from the storage thread, or was wrapped by the node (found in review: a copy read as a full disk at start, and was waited out)", () => {
+    const dir = tempDir();
+    let failing = false;
+    const log = SegmentLog.open(dir, {
+      files: {
+        fdatasyncSync: ((fd: number) => {
+          if (failing) throw enospc();
+          nodeFs.fdatasyncSync(fd);
+        }) as SegmentFiles["fdatasyncSync"],
+      },
+    });
+    log.append(range(1, 3, 1), { term: 1, vote: 1, commit: 0 });
+    failing = true;
+    let thrown: unknown;
+    try {
+      log.syncNow();
+    } catch (error) {
+      thrown = error;
+    }
+    log.close();
+    const copied = deserializeError(serializeError(thrown));
+    expect(copied.message).toContain("ENOSPC");
+    expect(isDiskFull(copied)).toBe(false);
+    expect(isDiskFull(new Error(`fsync failed (what was written may be lost, so the node stops): ${copied.message}`, { cause: copied }))).toBe(false);
+    // A copy of a plain ENOSPC still is one.
+    expect(isDiskFull(deserializeError(serializeError(enospc())))).toBe(true);
   });
 
   test("a write that met ENOSPC and was cut off is still a full disk, retried", () => {

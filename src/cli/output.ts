@@ -41,5 +41,8 @@ let exiting = false;
 export async function exitAfterOutput(code: number): Promise<never> {
   exiting = true;
   await new Promise<void>((resolve) => process.stdout.end(() => resolve()));
+  // A write that failed (a full disk) reports it just after: `exitOnOutputError` exits 4 (or 141)
+  // then, as it would have without the wait (found in review: exit `code`, no message).
+  await new Promise<void>((resolve) => setImmediate(resolve));
   process.exit(code);
 }

@@ -3,7 +3,7 @@
  * waits out (src/node/kv-node.ts while running, src/cli/serve.ts while starting), never a crash.
  */
 export function isDiskFull(error: unknown): boolean {
-  if (error instanceof NotDiskFullError) return false;
+  if (isNotDiskFull(error)) return false;
   const code = (error as { code?: unknown } | undefined)?.code;
   const message = error instanceof Error ? error.message : String(error);
   return code === "SQLITE_FULL" || code === "ENOSPC" || /database or disk is full|ENOSPC|no space left/i.test(message);
@@ -17,4 +17,18 @@ export function isDiskFull(error: unknown): boolean {
  */
 export class NotDiskFullError extends Error {
   override name = "NotDiskFullError";
+}
+
+/**
+ * Whether `error`, or an error it was made from (its `cause`s), is a `NotDiskFullError`, by class or
+ * by name: one that crossed from the storage thread is a plain Error named so (found in review: a
+ * failed fsync at start, so copied, read as a full disk again and was waited out).
+ */
+function isNotDiskFull(error: unknown): boolean {
+  let current: unknown = error;
+  for (let depth = 0; depth < 8 && current instanceof Error; depth++) {
+    if (current instanceof NotDiskFullError || current.name === "NotDiskFullError") return true;
+    current = current.cause;
+  }
+  return false;
 }

@@ -1,4 +1,5 @@
 import { AssertionError, assert } from "../lib/assert.ts";
+import { NotDiskFullError } from "../lib/disk-full.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { MemberAddress, Membership } from "../kv/membership.ts";
 import type { Entry, HardState, NodeId, SnapshotMetadata } from "../raft/types.ts";
@@ -190,6 +191,8 @@ export function deserializeError(serialized: SerializedError): Error {
     error.message = serialized.message; // already carries the code, file and index
   } else if (serialized.name === "AssertionError") {
     error = new AssertionError(serialized.message);
+  } else if (serialized.name === "NotDiskFullError") {
+    error = new NotDiskFullError(serialized.message); // a failed fsync: never a full disk to wait out
   } else {
     error = new Error(serialized.message);
     if (serialized.name !== "Error") error.name = serialized.name;
