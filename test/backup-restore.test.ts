@@ -328,6 +328,10 @@ describe("damaged files are refused, and nothing is restored", () => {
     const refused = await createServer(nodeConfig(1, new Map([[1, "http://127.0.0.1:1"]]), unfinished)).catch((error: unknown) => error);
     expect(refused).toBeInstanceOf(ServerStartError);
     expect((refused as Error).message).toContain("a kv snapshot restore into it did not finish");
+    // And a restore into it says why, not only that it is not empty.
+    const again = await runKv(["snapshot", "restore", join(baseDir, "backup.kvsnap"), "--data-dir", unfinished, "--id", "1", "--cluster", cluster]);
+    expect(again.code).toBe(1);
+    expect(again.out).toContain("an earlier restore into it did not finish");
   });
 
   test("kv snapshot save into a directory that cannot be written exits 1 naming the file, no stack trace (found in review: the cleanup's own EROFS, with a stack)", async () => {

@@ -111,6 +111,10 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
   if (exists) {
     if (!statSync(dataDir).isDirectory()) throw new RestoreError(`${dataDir} exists and is not a directory`);
     const entries = readdirSync(dataDir).filter((name) => !EMPTY_VOLUME_ENTRIES.has(name));
+    const unfinished = entries.find((name) => name.startsWith(RESTORING_PREFIX));
+    if (unfinished !== undefined) {
+      throw new RestoreError(`${dataDir} holds ${unfinished}: an earlier restore into it did not finish (or is running). Once no restore runs, empty the directory and restore again`);
+    }
     if (entries.length > 0) {
       throw new RestoreError(`${dataDir} is not empty (it holds ${entries.slice(0, 3).join(", ")}${entries.length > 3 ? ", ..." : ""}): restore makes a new data dir; give an absent or empty one`);
     }
