@@ -347,6 +347,30 @@ describe("damaged files are refused, and nothing is restored", () => {
     expect(err).not.toContain("    at ");
   });
 
+  test("kv snapshot save to a FILE that cannot be written (a directory, or in a missing one) exits 1 as operations.md says; an empty FILE is a usage error (found in a black-box review: exit 2)", async () => {
+    for (const [target, says] of [
+      [baseDir, "it is a directory"],
+      [join(baseDir, "missing-dir", "b.kvsnap"), "is no directory"],
+    ] as const) {
+      const run = await runKv(["snapshot", "save", target, "--endpoints", "http://127.0.0.1:1"]);
+      expect([run.code, run.out]).toEqual([1, expect.stringContaining(says)]);
+    }
+    const empty = await runKv(["snapshot", "save", "", "--endpoints", "http://127.0.0.1:1"]);
+    expect([empty.code, empty.out]).toEqual([2, expect.stringContaining("FILE must not be empty")]);
+  });
+
+  test("a save's or a restore's leftover named after this process's own pid is a gone process's: every run in a container is pid 1 (found in a black-box review)", async () => {
+    const dir = join(baseDir, "pid-one");
+    mkdirSync(dir, { recursive: true });
+    const fresh = join(dir, "fresh");
+    // As pid 1 would see it: a leftover under its own pid, from the run before.
+    const script = 'mkdir -p "$1/.fresh.restoring-$$-old" && exec "$2" snapshot restore "$3" --data-dir "$1/fresh" --id 1 --cluster 1=http://127.0.0.1:1';
+    const proc = Bun.spawn(["sh", "-c", script, "sh", dir, ...kvCommand(), join(baseDir, "backup.kvsnap")], { stdout: "pipe", stderr: "pipe" });
+    expect(await proc.exited).toBe(0);
+    expect(readdirSync(dir)).toEqual(["fresh"]);
+    expect(existsSync(join(fresh, "kv.db"))).toBe(true);
+  });
+
   test("restore refuses a data dir that is not empty, and leaves it as it was", async () => {
     const dataDir = join(baseDir, "occupied");
     mkdirSync(dataDir, { recursive: true });

@@ -429,3 +429,11 @@ test("kv put, del and txn take --idempotency-key: a resend under the key gets th
     await fake.stop(true);
   }
 });
+
+test("help and the version that cannot be written exit 4 saying so, as every other command's output (found in a black-box review: exit 0)", async () => {
+  for (const args of [["--help"], ["--version"], ["put", "--help"]]) {
+    const run = Bun.spawn(["bash", "-c", '"$0" "$@" > /dev/full', ...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe" });
+    const [err, code] = await Promise.all([new Response(run.stderr).text(), run.exited]);
+    expect([args.join(" "), code, err]).toEqual([args.join(" "), 4, expect.stringContaining("kv: cannot write the output")]);
+  }
+});

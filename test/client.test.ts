@@ -508,3 +508,23 @@ test("a lock whose signal aborts while its last look at the queue is on its way 
   expect(outcome).toBe("gave up");
   expect(seen).toContain("DELETE /leases/7");
 });
+
+test("a node answering 429 with Retry-After is asked again only after it (found in review: every 170 ms); a 503 no_leader's Retry-After does not slow the hunt for a new leader", async () => {
+  let asked = 0;
+  const overloaded = (async () => {
+    asked++;
+    return Response.json({ error: "overloaded", message: "too many requests are waiting", retryAfterS: 1 }, { status: 429, headers: { "retry-after": "1" } });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: overloaded, timeoutMs: 2_500 });
+  const error = await kv.put("k", "v").catch((e: unknown) => e);
+  expect((error as KvClientError).code).toBe("overloaded");
+  expect(asked).toBeGreaterThanOrEqual(2);
+  expect(asked).toBeLessThanOrEqual(4); // at 0, 1 and 2 s, and one last try in what is left
+  let leaderless = 0;
+  const noLeader = (async () => {
+    leaderless++;
+    return Response.json({ error: "no_leader", message: "no leader is known right now", retryAfterS: 1 }, { status: 503, headers: { "retry-after": "1" } });
+  }) as unknown as typeof fetch;
+  await createClient({ endpoints: ["http://127.0.0.1:1"], fetch: noLeader, timeoutMs: 1_000 }).put("k", "v").catch(() => undefined);
+  expect(leaderless).toBeGreaterThan(4);
+});

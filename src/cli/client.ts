@@ -224,7 +224,8 @@ export const idempotencyKeyArg = {
 /** The key of `--idempotency-key`: 1 to 256 visible ASCII characters (what an HTTP header carries as it is). */
 export function idempotencyKeyOf(text: string | undefined): string | undefined {
   if (text === undefined) return undefined;
-  if (!/^[\x21-\x7e]{1,256}$/.test(text)) throw new UsageError(`--idempotency-key: '${text}' is not 1 to 256 visible ASCII characters`);
+  // Quoted as JSON: a key with control characters must not reach the terminal as they are.
+  if (!/^[\x21-\x7e]{1,256}$/.test(text)) throw new UsageError(`--idempotency-key: ${JSON.stringify(text)} is not 1 to 256 visible ASCII characters`);
   return text;
 }
 

@@ -4,7 +4,7 @@ import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef }
 import packageJson from "../../package.json" with { type: "json" };
 import { isDiskFull } from "../lib/disk-full.ts";
 import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
-import { exitAfterOutput, exitOnOutputError } from "./output.ts";
+import { exitAfterOutput, exitOnOutputError, printLine } from "./output.ts";
 import type { ClientExit } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
 
@@ -150,11 +150,12 @@ export async function main(argv: string[]): Promise<void> {
     if (own.includes("--help") || own.includes("-h") || (command.run === undefined && rest.length === 0)) {
       // citty names a command after its parent's name: give it the whole path so usage reads "kv chaos pause".
       const named = parent === undefined ? undefined : { ...parent, meta: { ...(await resolveMeta(parent)), name: path.slice(0, -1).join(" ") } };
-      console.log(withoutColourUnlessTerminal(await renderUsage(command, named)));
+      // Through standard output's error handling: help that cannot be written exits 4 (it exited 0).
+      printLine(withoutColourUnlessTerminal(await renderUsage(command, named)));
       return;
     }
     if (path.length === 1 && (rest[0] === "--version" || rest[0] === "-v")) {
-      console.log(packageJson.version);
+      printLine(packageJson.version);
       return;
     }
     if (command.run === undefined) throw new UsageError(`'${path.join(" ")}' needs a subcommand (see ${path.join(" ")} --help)`);

@@ -157,8 +157,10 @@ const saveCommand = defineCommand({
     }
     const timeoutMs = args["timeout-ms"] === undefined ? 10_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
     const file = args.file;
-    if (existsSync(file) && statSync(file).isDirectory()) throw new UsageError(`${file} is a directory`);
-    if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new UsageError(`${dirname(file)}: no such directory`);
+    if (file === "") throw new UsageError("FILE must not be empty");
+    // FILE that cannot be written: exit 1, as a write that fails (operations.md).
+    if (existsSync(file) && statSync(file).isDirectory()) throw new ClientExit(1, `cannot write ${file}: it is a directory; nothing saved`);
+    if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new ClientExit(1, `cannot write ${file}: ${dirname(file)} is no directory; nothing saved`);
     removeStaleTemps(dirname(file), `.${basename(file)}.partial-`);
     const temp = join(dirname(file), `.${basename(file)}.partial-${process.pid}`);
     let origin: string;

@@ -32,7 +32,9 @@ export function removeStaleTemps(dir: string, prefix: string): string[] {
     const match = /^([1-9][0-9]{0,9})(?:-.*)?$/.exec(name.slice(prefix.length));
     if (match === null) continue;
     const pid = Number(match[1]);
-    if (pid === process.pid || processAlive(pid)) continue;
+    // Our own pid names one a process before us left (callers clean up before making their own):
+    // in a container every run is pid 1, and its leftovers stayed for good (found in review).
+    if (pid !== process.pid && processAlive(pid)) continue;
     rmSync(join(dir, name), { recursive: true, force: true });
     removed.push(name);
   }
