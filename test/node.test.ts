@@ -20,6 +20,17 @@ function createCluster(node: { pendingRequestsMax?: number; requestTimeoutMs?: n
   return createMemoryCluster({ node });
 }
 
+/** Makes `storage`'s saves fail as on a full disk (SQLITE_FULL) until `free()`. */
+function fillDisk(storage: { save: (...args: never[]) => unknown }): { free(): void } {
+  const save = storage.save.bind(storage);
+  let full = true;
+  storage.save = (...args) => {
+    if (full) throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+    return save(...args);
+  };
+  return { free: () => void (full = false) };
+}
+
 /** Starts nothing itself: keeps the cluster moving until `promise` settles. */
 function drive<T>(cluster: MemoryCluster, promise: Promise<T>, ticksMax = 500): Promise<T> {
   return cluster.drive(promise, ticksMax);
@@ -49,40 +60,31 @@ describe("KvNode over in-memory twins", () => {
     expect(alone.status().role).toBe("leader");
   });
 
-  test("a transfer interrupted by the node's stop is of unknown outcome (timeout), not a refusal: clients read 503 unavailable as nothing done", async () => {
+  /** A leader whose transfer to a follower it is cut off from waits (the target cannot take over). */
+  async function transferWaiting() {
     const cluster = createCluster();
     await cluster.until(() => cluster.leader() !== undefined);
     const leader = cluster.leader()!;
     const id = leader.status().id;
     const target = [1, 2, 3].find((other) => other !== id)!;
-    cluster.network.cutBetween(id, target); // the target cannot take over while the transfer waits
+    cluster.network.cutBetween(id, target);
     const transfer = leader.transferLeadership(target).catch((error: unknown) => error);
     await cluster.settle();
+    return { cluster, leader, id, transfer };
+  }
+
+  test("a transfer interrupted by the node's stop is of unknown outcome (timeout), not a refusal: clients read 503 unavailable as nothing done", async () => {
+    const { cluster, leader, transfer } = await transferWaiting();
     leader.stop();
     await cluster.settle();
     expect(((await transfer) as KvError).code).toBe("timeout");
   });
 
   test("a transfer begun before the disk filled is settled by its deadline while the loop is frozen, not once space returns (found in review)", async () => {
-    const cluster = createCluster();
-    await cluster.until(() => cluster.leader() !== undefined);
-    const leader = cluster.leader()!;
-    const id = leader.status().id;
-    const target = [1, 2, 3].find((other) => other !== id)!;
-    cluster.network.cutBetween(id, target); // the target cannot take over while the transfer waits
+    const { cluster, leader, id, transfer } = await transferWaiting();
     let outcome = "waiting";
-    void leader.transferLeadership(target).then(
-      () => (outcome = "done"),
-      (error: unknown) => (outcome = (error as KvError).code),
-    );
-    await cluster.settle();
-    const storage = cluster.storages.get(id)!;
-    const save = storage.save.bind(storage);
-    let full = true;
-    storage.save = (...args) => {
-      if (full) throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
-      return save(...args);
-    };
+    void transfer.then((answer) => (outcome = answer instanceof KvError ? answer.code : "done"));
+    fillDisk(cluster.storages.get(id)!);
     // Its deadline is 4 election timeouts' worth of ticks (400 ms here): run well past it, frozen.
     await cluster.until(() => leader.status().storage?.diskFull === true);
     for (let i = 0; i < 100 && outcome === "waiting"; i++) {
@@ -91,7 +93,6 @@ describe("KvNode over in-memory twins", () => {
     }
     expect(leader.status().storage?.diskFull).toBe(true);
     expect(outcome).toBe("timeout");
-    full = false;
   });
 
   test("a write is acknowledged with its Raft index once applied, and every node applies it", async () => {
@@ -611,12 +612,7 @@ describe("a full disk (issue 6: an operating error, not a crash)", () => {
     const id = leader.status().id;
     await drive(cluster, leader.put("before", enc("1")));
     const storage = cluster.storages.get(id)!;
-    const save = storage.save.bind(storage);
-    let full = true;
-    storage.save = (...args) => {
-      if (full) throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
-      return save(...args);
-    };
+    const disk = fillDisk(storage);
     const attempt = await drive(cluster, leader.put("during", enc("2")).catch((e: unknown) => e));
     expect(["insufficient_storage", "timeout"]).toContain((attempt as KvError).code);
     expect(() => leader.put("during", enc("3"))).toThrow("the disk is full");
@@ -632,7 +628,7 @@ describe("a full disk (issue 6: an operating error, not a crash)", () => {
     const next = otherLeader()!;
     await drive(cluster, next.put("while-full", enc("4")));
     // Space returns: the node resumes where it stopped, catches up and serves again.
-    full = false;
+    disk.free();
     await cluster.until(() => leader.healthy() && storage.get("while-full") !== undefined, 2_000);
     expect(dec((await drive(cluster, leader.get("before", "linearizable")))!.value)).toBe("1");
     expect(cluster.fatal).toEqual([]);
