@@ -848,7 +848,6 @@ export class KvNode implements KvNodeApi {
     this.scheduleTurn();
     const deadline = this.cfg.clock.nowMs() + timeoutMs;
     return new Promise<{ leaderId: NodeId }>((resolveTransfer, rejectTransfer) => {
-      const waiter = { deadline, check: () => check() };
       const resolve = (value: { leaderId: NodeId }) => (this.transferWaiters.delete(waiter), resolveTransfer(value));
       const reject = (error: KvError) => (this.transferWaiters.delete(waiter), rejectTransfer(error));
       const check = (): void => {
@@ -862,6 +861,7 @@ export class KvNode implements KvNodeApi {
         }
         this.afterTurn.push(check);
       };
+      const waiter = { deadline, check };
       this.transferWaiters.add(waiter);
       this.afterTurn.push(check);
     });

@@ -93,34 +93,15 @@ interface SimServer {
 const simulatedEpochMs = Date.UTC(2026, 0, 1);
 
 /**
- * Errors that say the write certainly did not take effect: every code but `timeout`, by the rule
- * clients retry by and `kv chaos` judges by (src/client/outcome.ts: any 4xx, and the 5xx that say
- * nothing was proposed). `unavailable` was judged unknown here, so the swarm could not catch a node
- * that answered it for a write it had proposed (found in review); test/sim-transport.test.ts keeps
- * this set and that rule in step.
+ * Whether an error says the write certainly did not take effect: every code but `timeout`, by the
+ * rule clients retry by and `kv chaos` judges by (src/client/outcome.ts: any 4xx, and the 5xx that
+ * say nothing was proposed). `unavailable` was judged unknown here, so the swarm could not catch a
+ * node that answered it for a write it had proposed (found in review); test/node-sim.test.ts keeps
+ * this rule and the client's in step, code by code.
  */
-export const refusedCodes: ReadonlySet<string> = new Set<KvErrorCode>([
-  "not_leader",
-  "no_leader",
-  "proposal_dropped",
-  "too_large",
-  "bad_request",
-  "request_timeout",
-  "not_found",
-  "method_not_allowed",
-  "unavailable",
-  "overloaded",
-  "version_mismatch",
-  "idempotency_key_reused",
-  "conf_change_pending",
-  "member_exists",
-  "learner_not_ready",
-  "no_other_voter",
-  "insufficient_storage",
-  "quota_exceeded",
-  "lease_not_found",
-  "compacted",
-]);
+export function isRefusal(code: KvErrorCode): boolean {
+  return code !== "timeout";
+}
 
 /**
  * A whole cluster of real node loops (`KvNode`, the code the server runs) in one process, on a
@@ -660,7 +641,7 @@ export class NodeSim {
       (error: unknown) => {
         if (!(error instanceof KvError)) throw error;
         // A read that failed took no effect either way.
-        return record(kind === "get" || refusedCodes.has(error.code) ? "fail" : "unknown");
+        return record(kind === "get" || isRefusal(error.code) ? "fail" : "unknown");
       },
     );
   }

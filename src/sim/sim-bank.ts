@@ -8,7 +8,7 @@ import { type BankAccountSeen, type BankOperation, BANK_PREFIX, describeBankOper
 import type { ReadConsistency } from "../node/api.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { NodeId } from "../raft/types.ts";
-import { type NodeSim, refusedCodes, SimViolation } from "./node-sim.ts";
+import { isRefusal, type NodeSim, SimViolation } from "./node-sim.ts";
 
 const utf8 = new TextEncoder();
 const text = new TextDecoder();
@@ -115,7 +115,7 @@ export class SimBank {
         (error: unknown) => {
           if (!(error instanceof KvError)) throw error;
           // A node that was not running got nothing (connection refused); a refusal code is certain too.
-          const refused = node === undefined || refusedCodes.has(error.code);
+          const refused = node === undefined || isRefusal(error.code);
           if (!refused) unknownSoFar = true;
           if (attemptsLeft <= 1 || this.sim.nowMs >= this.runEndMs) return end(refused && !unknownSoFar ? { ...called, returnMs: this.sim.historyTime(), outcome: "fail" } : called);
           return new Promise<void>((resolve) => this.sim.at(retryMs, () => void attempt(this.sim.leader() ?? target, attemptsLeft - 1).then(resolve)));
