@@ -317,9 +317,8 @@ const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "to
  * Whether nothing of the request left: the name did not resolve, the connection was refused, or
  * the TLS handshake failed before any of the request was sent, on the server's certificate (not
  * trusted, expired, another name) or on the server itself (`EPROTO`: an https:// URL for a port
- * that speaks plain HTTP). A
- * write that met one certainly did not apply (it was reported as of unknown outcome: found in
- * review, and for the wrong scheme in a black-box review).
+ * that speaks plain HTTP). A write that met one certainly did not apply (it was reported as of
+ * unknown outcome: found in review, and for the wrong scheme in a black-box review).
  */
 function isConnectionRefused(error: unknown): boolean {
   const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
