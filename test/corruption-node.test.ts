@@ -133,3 +133,38 @@ test("a value damaged in the database answers 500 corrupt, naming the key, not t
     await node.stop();
   }
 });
+
+test("a torn record cut off the log's end at start is logged, with where and how much; the node serves what was acknowledged", async () => {
+  const base = mkdtempSync(join(baseDir, "torn-"));
+  const dataDir = join(base, "node-1");
+  const cluster = createServerCluster({ size: 1, baseDir: base });
+  try {
+    await cluster.start();
+    await cluster.waitForLeader();
+    for (let i = 0; i < 3; i++) expect((await fetch(`${cluster.node(1).httpUrl}/kv/t${i}`, { method: "PUT", body: `torn${i}` })).status).toBe(200);
+    await cluster.node(1).stop();
+  } finally {
+    await cluster.stop();
+  }
+  // A record being written when the machine stopped: its first bytes made it, the rest never did.
+  const logDir = join(dataDir, "kv.db-log");
+  const name = readdirSync(logDir).sort().at(-1) as string;
+  const segment = join(logDir, name);
+  const bytes = readFileSync(segment);
+  // A record's header promising 1,000 bytes, and 41 of them: the file ends inside it.
+  const torn = new Uint8Array(50).fill(0x61);
+  torn.set([0x12, 0x34, 0x56, 0x78, 0xe8, 0x03, 0x00, 0x00, 0x02]);
+  writeFileSync(segment, Buffer.concat([bytes, torn]));
+
+  const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(base, "node.log") });
+  try {
+    // It was cut without a word before.
+    const line = JSON.parse(await node.waitForLog('"log cut"')) as { level: string; segment: string; atByte: number; bytesCut: number; detail: string };
+    expect([line.level, line.segment, line.atByte, line.bytesCut]).toEqual(["warn", name, bytes.byteLength, torn.byteLength]);
+    expect(line.detail).toContain("never acknowledged");
+    const read = await fetch(`${node.httpUrl}/kv/t2`);
+    expect([read.status, await read.text()]).toEqual([200, "torn2"]);
+  } finally {
+    await node.stop();
+  }
+});

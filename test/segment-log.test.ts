@@ -5,7 +5,7 @@
 import { describe, expect, test } from "bun:test";
 import * as nodeFs from "node:fs";
 import { copyFileSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { createPrng, type Prng } from "../src/lib/prng.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
@@ -153,6 +153,13 @@ describe("SegmentLog", () => {
       // ("value-4-1", 9 bytes): 35 bytes; the hard state's is 9 + 24.
       expect(last).toBe(cut >= syncedBytes + 70 ? 5 : cut >= syncedBytes + 35 ? 4 : 3);
       expect(reopened.hardState()).toEqual(cut === fullBytes ? { term: 1, vote: 1, commit: 3 } : { term: 1, vote: 1, commit: 0 });
+      // What was cut is reported, for the node to log: nothing at a record's end, else from that end on.
+      const wholeEnd = cut >= syncedBytes + 70 ? syncedBytes + 70 : cut >= syncedBytes + 35 ? syncedBytes + 35 : syncedBytes;
+      expect(reopened.tornCut()).toEqual(
+        cut === wholeEnd || cut === fullBytes
+          ? undefined
+          : { segment: basename(path as string), atByte: wholeEnd, bytesCut: cut - wholeEnd, entryIndex: cut - wholeEnd >= 17 && wholeEnd < syncedBytes + 70 ? last + 1 : undefined },
+      );
       if (cut === syncedBytes + 35 || cut === fullBytes) recordEnds.add(cut);
       // The file was cut there, so what is appended next is read back.
       reopened.append([entry(last + 1, 2)]);
@@ -181,6 +188,7 @@ describe("SegmentLog", () => {
     const reopened = SegmentLog.open(dir);
     expect(reopened.lastIndex()).toBe(3);
     expect(statSync(path).size).toBe(fourth);
+    expect(reopened.tornCut()).toEqual({ segment: basename(path), atByte: fourth, bytesCut: bytes.byteLength - fourth, entryIndex: undefined });
     reopened.close();
   });
 

@@ -21,6 +21,7 @@ import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
 import { defaultWatch, type WatchConfig } from "../node/watch.ts";
 import type { NodeId } from "../raft/types.ts";
 import { type KvStorage, StorageError } from "../storage/kv-storage.ts";
+import type { TornCut } from "../storage/segment-log.ts";
 import { openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { openThreadedStorage } from "../storage/threaded-storage.ts";
 import { createConnectTransport, peerRpcTimeoutMs } from "../transport/connect-transport.ts";
@@ -207,7 +208,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     if (error instanceof NodeIdFileError) throw new ServerStartError(error.message, 1);
     throw error;
   }
-  const sqliteStorage: KvStorage & { released(): Promise<void> } = await waitForSpace("open the database", () =>
+  const sqliteStorage: KvStorage & { released(): Promise<void>; tornCut(): TornCut | undefined } = await waitForSpace("open the database", () =>
     storageThread
       ? openThreadedStorage(dataDir, {
           nodeId: config.id,
@@ -222,6 +223,14 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
         })
       : openSqliteStorage(dataDir, { nodeId: config.id, onCheckpoint }),
   );
+  const tornCut = sqliteStorage.tornCut();
+  if (tornCut !== undefined) {
+    logger.log("warn", "log cut", {
+      ...tornCut,
+      detail:
+        "the log's last record was torn (being written when the process or the machine stopped, so never durable and never acknowledged) and was cut off; if neither stopped abruptly, check the disk",
+    });
+  }
   let joinedClusterId: string | undefined;
   if (config.join !== undefined) {
     const fresh = sqliteStorage.membership().voters.length === 0 && sqliteStorage.lastIndex() === 0;

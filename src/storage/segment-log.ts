@@ -76,6 +76,14 @@ export interface SegmentLogOptions {
   readonly files?: Partial<SegmentFiles>;
 }
 
+/** A torn last record cut off at open: in which segment, from which byte, how many bytes, and the index of the entry it began (when it reads as one). */
+export interface TornCut {
+  readonly segment: string;
+  readonly atByte: number;
+  readonly bytesCut: number;
+  readonly entryIndex: number | undefined;
+}
+
 /**
  * The entry just before the log's first, when known: where a reset started it (what a segment
  * header records beyond its sequence), or where it was compacted to. Index 0: not known.
@@ -311,6 +319,8 @@ export class SegmentLog {
    * after it (a retried fsync may report success for data that never reached the disk).
    */
   private broken: Error | undefined;
+  /** What the replay cut off as a torn last record, if anything (see `tornCut`). */
+  private tornCutValue: TornCut | undefined;
 
   private constructor(
     readonly dir: string,
@@ -332,6 +342,15 @@ export class SegmentLog {
       throw error;
     }
     return log;
+  }
+
+  /**
+   * The torn record the replay cut off the last segment, if any: never durable (see the file
+   * comment), so nothing acknowledged. Reported at start so an operator learns of it (a zeroed
+   * sector that is real damage reads the same way).
+   */
+  tornCut(): TornCut | undefined {
+    return this.tornCutValue;
   }
 
   /** The hard state last appended; undefined when none ever was. */
@@ -623,6 +642,7 @@ export class SegmentLog {
         }
         // Past every completed sync (see the file comment): what follows was never durable.
         this.fs.ftruncateSync(fd, offset);
+        this.tornCutValue = { segment: segmentName(sequence), atByte: offset, bytesCut: size - offset, entryIndex: entryIndexAt(view, offset) };
         break;
       }
       const payloadBytes = view.getUint32(offset + 4, true);

@@ -47,7 +47,7 @@ import type { TermRun } from "./term-cache.ts";
 import { checkVotersMatch, normalizeVoters } from "./voters.ts";
 import { type CheckpointReport, type Checkpointer, createCheckpointer } from "./checkpointer.ts";
 import { LogTail } from "./log-tail.ts";
-import { type AppendPlace, type LogPositions, type SegmentFiles, SegmentLog, type SegmentLogOptions } from "./segment-log.ts";
+import { type AppendPlace, type LogPositions, type SegmentFiles, SegmentLog, type SegmentLogOptions, type TornCut } from "./segment-log.ts";
 import { ImageStaging, removeStaleStaging, StagingFile } from "./staging-file.ts";
 
 /**
@@ -646,6 +646,8 @@ export interface SqliteMirrorState {
   /** The log's segment directory, and where each entry after the snapshot is in it (see SegmentReader). */
   readonly logDir: string;
   readonly logPositions: LogPositions;
+  /** The torn record the log's replay cut off at open, if any (SegmentLog.tornCut). */
+  readonly tornCut: TornCut | undefined;
 }
 
 /** Sizes and limits of one open storage. */
@@ -1393,7 +1395,13 @@ export class SqliteStorage implements KvStorage {
       termRuns: this.loadTermRuns(this.termRunsLoadEntriesMax),
       logDir: this.log.dir,
       logPositions: this.log.positionsOf(this.snap.index + 1, this.last + 1),
+      tornCut: this.log.tornCut(),
     };
+  }
+
+  /** The torn record the log's replay cut off at open, if any (SegmentLog.tornCut). */
+  tornCut(): TornCut | undefined {
+    return this.log.tornCut();
   }
 
   /**

@@ -8,7 +8,7 @@ import type { CheckpointReport } from "./checkpointer.ts";
 import type { ImageRow, KvImageReader, KvStorage, ListedValue, StoredValue } from "./kv-storage.ts";
 import { LogTail } from "./log-tail.ts";
 import { PackRing } from "./pack-ring.ts";
-import { type AppendPlace, SegmentReader } from "./segment-log.ts";
+import { type AppendPlace, SegmentReader, type TornCut } from "./segment-log.ts";
 import { checkSave } from "./save-checks.ts";
 import { checkCompact, checkInstall, snapshotConfiguration, stagedImageBytesMaxDefault } from "./snapshot-checks.ts";
 import { corruptError, openImageReader, SqliteReads } from "./sqlite-reads.ts";
@@ -198,6 +198,7 @@ export class ThreadedStorage implements KvStorage {
   private outbox: StorageRequest[] = [];
   private outboxTransfers: ArrayBuffer[] = [];
   private flushScheduled = false;
+  private readonly tornCutAtOpen: TornCut | undefined;
 
   /** Use `openThreadedStorage`. */
   constructor(
@@ -209,6 +210,7 @@ export class ThreadedStorage implements KvStorage {
     private readonly ring: PackRing | undefined,
   ) {
     this.file = state.file;
+    this.tornCutAtOpen = state.tornCut;
     this.hardStateValue = state.hardState;
     this.voters = state.voters;
     this.learners = state.learners;
@@ -574,6 +576,11 @@ export class ThreadedStorage implements KvStorage {
       const closedError = this.fatal ?? new Error(`storage ${this.file} closed`);
       for (const waiting of this.takeWaiting()) waiting.fail(closedError);
     })();
+  }
+
+  /** The torn record the log's replay cut off at open, if any (SegmentLog.tornCut). */
+  tornCut(): TornCut | undefined {
+    return this.tornCutAtOpen;
   }
 
   /** After `close`: resolves once the writer has ended, its storage closed and every descriptor with it. */
