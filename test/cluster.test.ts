@@ -82,6 +82,21 @@ describe("a 3-node cluster of the built executable", () => {
     }
   });
 
+  test("a transaction putting a 1 MiB value as base64 commits, the leadership kept; bad base64 that size is a 400, also kept (its check held the leader's loop past the election timeout: each attempt lost the leadership)", async () => {
+    const leader = await cluster.waitForLeader();
+    const terms = async () => Promise.all(cluster.nodes.map(async (node) => (await cluster.status(node.id))?.term));
+    const before = await terms();
+    const value = Buffer.alloc(1 << 20, 7).toString("base64");
+    const txn = (base64: string) => fetch(url(leader, "/txn"), { method: "POST", body: JSON.stringify({ success: [{ put: { key: "b64/big", value: { base64 } } }] }) });
+    const good = await txn(value);
+    expect([good.status, ((await good.json()) as { succeeded?: boolean }).succeeded]).toEqual([200, true]);
+    const bad = await txn(`${value.slice(4)}!!!=`);
+    expect(bad.status).toBe(400);
+    expect(await terms()).toEqual(before);
+    const read = await fetch(url(leader, "/kv/b64/big"));
+    expect([read.status, (await read.arrayBuffer()).byteLength]).toEqual([200, 1 << 20]);
+  });
+
   test("SIGKILL of the leader during writes: a new leader takes over and no acknowledged write is lost", async () => {
     const leader = await cluster.waitForLeader();
     const acked = new Map<string, string>();

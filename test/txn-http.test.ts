@@ -1,7 +1,8 @@
 // Proves POST /txn over a real three-node cluster in memory: it answers which branch ran at which version with one result per operation, refuses every malformed or oversized request with 400/413 and applies nothing, answers 307 on a follower, honours Idempotency-Key (a retry gets the first answer, a reuse 422), and a watcher receives all of a transaction's changes together at its one version.
 import { afterEach, describe, expect, test } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
-import { txnBodyBytesMax } from "../src/http/txn-route.ts";
+import { isPaddedBase64, txnBodyBytesMax } from "../src/http/txn-route.ts";
+import { createPrng } from "../src/lib/prng.ts";
 import { txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import type { WatchItem } from "../src/node/api.ts";
 import { createMemoryCluster, type MemoryCluster, tickMs } from "./helpers/memory-cluster.ts";
@@ -335,4 +336,17 @@ describe("transactions and the data quota", () => {
     const readsAndDeletes = await c.drive(leader.txn({ compare: [], success: [{ op: "get", key: "k" }, { op: "delete", key: "k" }], failure: [] }));
     expect(readsAndDeletes.succeeded).toBe(true);
   });
+});
+
+test("isPaddedBase64 takes what the pattern it replaced took, and only that", () => {
+  const pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+  const alphabet = "Az09+/=-_!. \\n\u00e9";
+  const prng = createPrng(7);
+  const samples = ["", "====", "A===", "AB==", "ABC=", "ABCD", "AB=C", "ABC", "=ABC", "AB==AB==", "/wA=", Buffer.from("hello").toString("base64")];
+  for (let i = 0; i < 20_000; i++) {
+    let text = "";
+    for (let n = prng.intInclusive(0, 12); n > 0; n--) text += alphabet[prng.intInclusive(0, alphabet.length - 1)];
+    samples.push(text);
+  }
+  for (const text of samples) expect([text, isPaddedBase64(text)]).toEqual([text, pattern.test(text)]);
 });

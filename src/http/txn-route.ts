@@ -52,7 +52,24 @@ const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 const utf8Encoder = new TextEncoder();
 /** A lease id as text: what `parseLeaseId` (lease-routes.ts) takes. */
 const leaseIdPattern = /^[1-9][0-9]{0,15}$/;
-const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/**
+ * Whether `text` is standard, padded base64: whole groups of four of A-Z, a-z, 0-9, + and /, the
+ * last ending in = or == at most. A loop, not a regular expression: the pattern this replaces took
+ * 190 ms on the leader's loop for a 1 MiB value (its time grew faster than its input), past the
+ * election timeout, so each such transaction lost the leadership (found in a black-box review).
+ */
+export function isPaddedBase64(text: string): boolean {
+  if (text.length % 4 !== 0) return false;
+  let end = text.length;
+  if (end > 0 && text.charCodeAt(end - 1) === 0x3d) end -= text.charCodeAt(end - 2) === 0x3d ? 2 : 1;
+  for (let at = 0; at < end; at++) {
+    const code = text.charCodeAt(at);
+    const letterOrDigit = (code >= 0x41 && code <= 0x5a) || (code >= 0x61 && code <= 0x7a) || (code >= 0x30 && code <= 0x39);
+    if (!letterOrDigit && code !== 0x2b && code !== 0x2f) return false;
+  }
+  return true;
+}
 
 /** The route's handler: parses, checks, hands the transaction to the node, renders its answer. */
 export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (request: Request) => Promise<Response> {
@@ -143,7 +160,7 @@ function parseValue(value: unknown, what: string, limits: TxnRouteLimits): Uint8
     bytes = utf8Encoder.encode(value);
   } else if (typeof value === "object" && value !== null && !Array.isArray(value)) {
     const { base64 } = jsonObject(value, what, ["base64"]);
-    if (typeof base64 !== "string" || !base64Pattern.test(base64)) throw bad(`${what}.base64 must be a string of standard, padded base64`);
+    if (typeof base64 !== "string" || !isPaddedBase64(base64)) throw bad(`${what}.base64 must be a string of standard, padded base64`);
     bytes = new Uint8Array(Buffer.from(base64, "base64"));
   } else {
     throw bad(`${what} must be a string or {"base64": "..."}`);
