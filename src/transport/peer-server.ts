@@ -12,6 +12,10 @@ import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { neverAborted } from "../lib/never-aborted.ts";
 import { assert } from "../lib/assert.ts";
 import { encodeMessage } from "./proto-writer.ts";
+import { wireBoundsProblem } from "./wire-bounds.ts";
+
+/** Largest body, once decompressed, of a call that is not plain binary (see `createPeerServer`). */
+const universalReadBytesMax = 256 << 10;
 
 /** Where and how the peer server listens. */
 export interface PeerServerOptions {
@@ -57,7 +61,11 @@ export function createPeerServer(options: PeerServerOptions): PeerServer {
   // gRPC needs HTTP trailers, which Bun.serve cannot send; gRPC-web has no client here.
   // No `maxTimeoutMs`: the handler answers at once whatever the caller's deadline, and a cap
   // would make servers configured with different timeouts refuse each other's calls.
-  const router = createConnectRouter({ grpc: false, grpcWeb: false, connect: true, readMaxBytes: options.requestBytesMax });
+  // Calls in JSON, compressed, or otherwise not plain binary (see `isPlainBinaryUnaryCall`) go
+  // through connect-es, whose decoding no wire bounds precede: peers never send them (a person
+  // may, by hand), so their bodies are bounded tightly, decompressed (a JSON body of 32 MiB is as
+  // many objects as bytes / 3; see wire-bounds.ts).
+  const router = createConnectRouter({ grpc: false, grpcWeb: false, connect: true, readMaxBytes: Math.min(options.requestBytesMax, universalReadBytesMax) });
   const direct = new Map<string, UnarySpec>();
   options.routes(recordUnaryMethods(router, direct));
   const handlers = new Map<string, UniversalHandler>(router.handlers.map((handler) => [handler.requestPath, handler]));
@@ -171,6 +179,9 @@ function isPlainBinaryUnaryCall(request: Request): boolean {
  */
 async function serveUnary(spec: UnarySpec, request: Request): Promise<Response> {
   const body = new Uint8Array(await request.arrayBuffer());
+  // Before decoding: what the body would build (see wire-bounds.ts).
+  const tooMuch = wireBoundsProblem(spec.method.input, body);
+  if (tooMuch !== undefined) return connectErrorResponse(new ConnectError(`${tooMuch}: no peer sends that much in one call`, Code.InvalidArgument), false);
   let input;
   try {
     input = fromBinary(spec.method.input, body);

@@ -23,6 +23,7 @@ import { neverAborted } from "../lib/never-aborted.ts";
 import type { HttpResponse } from "../lib/http-connection.ts";
 import { uninitializedBytes } from "../lib/bytes.ts";
 import { measureMessage, type MeasuredMessage } from "./proto-writer.ts";
+import { wireBoundsProblem } from "./wire-bounds.ts";
 
 export interface SocketTransportOptions {
   /** The peer's `http://` origin, possibly with a path prefix. */
@@ -215,6 +216,9 @@ function answer<I extends DescMessage, O extends DescMessage>(method: DescMethod
   if (contentType !== contentTypeUnaryProto) {
     throw new ConnectError(`unsupported content type ${contentType}`, contentType === undefined ? Code.Unknown : Code.Internal, headers);
   }
+  // A peer's answer is bounded as its calls are (wire-bounds.ts): whoever answers at its address.
+  const tooMuch = wireBoundsProblem(method.output, response.body);
+  if (tooMuch !== undefined) throw new ConnectError(`parse binary: ${tooMuch}`, Code.Internal);
   let message: MessageShape<O>;
   try {
     message = fromBinary(method.output, response.body);

@@ -1,0 +1,149 @@
+/**
+ * What decoding a protobuf body may allocate, bounded on the wire before it is decoded.
+ *
+ * The codec's limits (messages per request, entries per append, rows per chunk: codec.ts,
+ * snapshot-codec.ts) are checked on the decoded request, after `fromBinary` has built every object
+ * it holds. An empty message costs two bytes on the wire and a few hundred in memory, so a 32 MiB
+ * body of them (within the body limit) took a node from 108 MB to 2.1 GB and held its loop 14 s:
+ * leadership lost, and a few such calls at once would run it out of memory (found in a black-box
+ * review). `wireBoundsProblem` walks the body's fields first, reading tags and lengths only (the
+ * bytes of a value or a key are jumped over, so a call of large entries costs a few steps per
+ * entry), and says when it would build more objects, or read more fields, than any call a peer
+ * sends.
+ *
+ * Counted as objects: every occurrence of a message-typed field (an element of a list of messages,
+ * or a singular one), every element of a list of scalars, and every field the schema does not
+ * know (`fromBinary` keeps each as an object of its own). A group (wire types 3 and 4, which no
+ * message here uses) counts as an unknown field, its contents as unknown fields too. Bytes that do
+ * not parse end the walk without a problem: `fromBinary` refuses them with its own message.
+ */
+import type { DescField, DescMessage } from "@bufbuild/protobuf";
+
+/** Bounds of one body (see the file comment). */
+export interface WireBounds {
+  /** Objects decoding may build: messages, list elements, unknown fields. */
+  readonly objectsMax: number;
+  /** Fields read, at every depth. */
+  readonly fieldsMax: number;
+}
+
+/**
+ * Far above what a peer's call holds: at most 1,024 messages and 4 MiB of entries, unless one
+ * append is larger (connect-transport.ts), so about 170,000 entries of the smallest writes
+ * (deletes of one-byte keys, ~25 bytes each); an image's chunk holds at most 131,072 rows.
+ * 262,144 decoded entries are about 75 MB for the moment the call is read.
+ */
+export const defaultWireBounds: WireBounds = { objectsMax: 262_144, fieldsMax: 2_097_152 };
+
+/** Each message type's fields by number, built once. */
+const fieldsByNumber = new WeakMap<DescMessage, Map<number, DescField>>();
+
+function fieldsOf(desc: DescMessage): Map<number, DescField> {
+  let fields = fieldsByNumber.get(desc);
+  if (fields === undefined) {
+    fields = new Map(desc.fields.map((field) => [field.number, field]));
+    fieldsByNumber.set(desc, fields);
+  }
+  return fields;
+}
+
+/** Where the walk stands: counts so far, and the problem once one is found. */
+interface Walk {
+  objects: number;
+  fields: number;
+  readonly bounds: WireBounds;
+}
+
+/** Thrown inside the walk when a bound is passed (caught in `wireBoundsProblem`). */
+class OverBounds extends Error {}
+/** Thrown inside the walk when the bytes do not parse (left to `fromBinary`). */
+class Unparsable extends Error {}
+
+/**
+ * Undefined when decoding `bytes` as `desc` stays within `bounds`; otherwise what it would pass.
+ * Bytes that do not parse give undefined (see the file comment).
+ */
+export function wireBoundsProblem(desc: DescMessage, bytes: Uint8Array, bounds: WireBounds = defaultWireBounds): string | undefined {
+  const walk: Walk = { objects: 0, fields: 0, bounds };
+  try {
+    walkMessage(desc, bytes, 0, bytes.byteLength, walk);
+    return undefined;
+  } catch (error) {
+    if (error instanceof Unparsable) return undefined;
+    if (error instanceof OverBounds) return error.message;
+    throw error;
+  }
+}
+
+function addObjects(walk: Walk, count: number): void {
+  walk.objects += count;
+  if (walk.objects > walk.bounds.objectsMax) throw new OverBounds(`the body would decode to more than ${walk.bounds.objectsMax} objects`);
+}
+
+/** Reads a varint at `at`; returns [value (exact below 2^53), next offset]. */
+function varint(bytes: Uint8Array, at: number, end: number): [number, number] {
+  let value = 0;
+  let scale = 1;
+  for (let read = 0; read < 10; read++) {
+    if (at >= end) throw new Unparsable();
+    const byte = bytes[at++] as number;
+    value += (byte & 0x7f) * scale;
+    if ((byte & 0x80) === 0) return [value, at];
+    scale *= 128;
+  }
+  throw new Unparsable();
+}
+
+function walkMessage(desc: DescMessage, bytes: Uint8Array, start: number, end: number, walk: Walk): void {
+  const fields = fieldsOf(desc);
+  let at = start;
+  while (at < end) {
+    const [tag, afterTag] = varint(bytes, at, end);
+    at = afterTag;
+    walk.fields++;
+    if (walk.fields > walk.bounds.fieldsMax) throw new OverBounds(`the body holds more than ${walk.bounds.fieldsMax} fields`);
+    const wireType = tag % 8;
+    const field = fields.get(Math.floor(tag / 8));
+    if (wireType === 0) {
+      at = varint(bytes, at, end)[1];
+    } else if (wireType === 1 || wireType === 5) {
+      at += wireType === 1 ? 8 : 4;
+      if (at > end) throw new Unparsable();
+    } else if (wireType === 2) {
+      const [length, payload] = varint(bytes, at, end);
+      if (payload + length > end) throw new Unparsable();
+      at = payload + length;
+      if (field !== undefined && field.fieldKind === "message") {
+        addObjects(walk, 1);
+        walkMessage(field.message, bytes, payload, at, walk);
+      } else if (field !== undefined && field.fieldKind === "list" && field.listKind === "message") {
+        addObjects(walk, 1);
+        walkMessage(field.message, bytes, payload, at, walk);
+      } else if (field !== undefined && field.fieldKind === "list") {
+        // A packed list of scalars: an element per varint (its last byte), or per 4 or 8 bytes; a
+        // list of strings or bytes, one element.
+        addObjects(walk, packedElements(field, bytes, payload, at));
+      } else if (field === undefined) {
+        addObjects(walk, 1);
+      }
+      continue;
+    } else if (wireType !== 3 && wireType !== 4) {
+      throw new Unparsable();
+    }
+    // A scalar (or a group's bounds): an object when it is a list's element or unknown.
+    if (field === undefined || field.fieldKind === "list") addObjects(walk, 1);
+  }
+}
+
+/** Elements of a packed list of scalars in `bytes[start, end)`. */
+function packedElements(field: DescField & { fieldKind: "list" }, bytes: Uint8Array, start: number, end: number): number {
+  if (field.listKind !== "scalar" && field.listKind !== "enum") return 1;
+  const scalar = field.listKind === "enum" ? undefined : field.scalar;
+  // ScalarType: DOUBLE 1, FLOAT 2, FIXED64 6, FIXED32 7, STRING 9, BYTES 12, SFIXED32 15, SFIXED64 16.
+  if (scalar === 9 || scalar === 12) return 1;
+  if (scalar === 1 || scalar === 6 || scalar === 16) return Math.ceil((end - start) / 8);
+  if (scalar === 2 || scalar === 7 || scalar === 15) return Math.ceil((end - start) / 4);
+  let count = 0;
+  for (let at = start; at < end; at++) if (((bytes[at] as number) & 0x80) === 0) count++;
+  return count;
+}
