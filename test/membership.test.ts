@@ -167,6 +167,42 @@ test("a joined member that is removed hears of it: it logs removed and answers 5
   await put(leaderUrl, "after-removal", "2");
 }, 60_000);
 
+test("a voter down while a fourth node joined and was promoted catches up once the fourth leads, and counts in the quorum again (it refused the new leader's calls, and the cluster lost a voter for good)", async () => {
+  const cluster = await startCluster("missed-join");
+  const leader = await cluster.waitForLeader();
+  const leaderUrl = cluster.node(leader).httpUrl;
+  await put(leaderUrl, "before", "1");
+  // A follower goes down (maintenance); meanwhile node 4 joins and is promoted.
+  const away = cluster.nodes.find((node) => node.id !== leader)!.id;
+  const awayPeerPort = cluster.node(away).peerPort;
+  await cluster.kill(away);
+  const peerPort = freePort();
+  const fourth = await createServer({
+    ...baseServerConfig(4, join(baseDir, "missed-join", "node-4")),
+    peers: new Map([...cluster.nodes.map((node) => [node.id, `http://127.0.0.1:${node.id === away ? awayPeerPort : cluster.node(node.id).peerPort}`] as [number, string]), [4, `http://127.0.0.1:${peerPort}`]]),
+    listenPeer: { hostname: "127.0.0.1", port: peerPort },
+    join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
+  });
+  servers.push(fourth);
+  await until("node 4 promoted to voter", async () => (await members(leaderUrl)).members.find((m) => m.id === 4)?.role === "voter");
+  // Node 4 takes over.
+  await until("node 4 leads", async () => {
+    if (fourth.node.status().role === "leader") return true;
+    const current = cluster.nodes.find((node) => node.id !== away && cluster.status(node.id)?.role === "leader");
+    if (current !== undefined) await fetch(`${cluster.node(current.id).httpUrl}/leader/transfer?to=4`, { method: "POST", signal: AbortSignal.timeout(3_000) });
+    return fourth.node.status().role === "leader";
+  });
+  const version = await put(fourth.httpUrl, "while-away", "2");
+  // The voter that was away comes back on its own data dir, at its address.
+  await cluster.startNode(away, { listenPeer: { hostname: "127.0.0.1", port: awayPeerPort } });
+  await until(`node ${away} caught up from node 4`, async () => (cluster.status(away)?.appliedIndex ?? 0) >= version);
+  expect(await staleGet(cluster.node(away).httpUrl, "while-away")).toBe("2");
+  // And it counts: with the other original follower down, node 4, node ${away} and the first leader are 3 of 4 voters.
+  const other = cluster.nodes.find((node) => node.id !== away && node.id !== leader)!.id;
+  await cluster.kill(other);
+  await put(fourth.httpUrl, "three-of-four", "3");
+}, 120_000);
+
 /** Starts `kv serve` for node 4 and resolves with its client URL once it logged "started". */
 async function startFourthProcess(args: string[]): Promise<{ proc: Subprocess<"ignore", "pipe", "pipe">; httpUrl: string }> {
   const proc = Bun.spawn([...kvCommand(), "serve", "--id", "4", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });

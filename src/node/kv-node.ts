@@ -1298,14 +1298,10 @@ export class KvNode implements KvNodeApi {
         this.snapshots.start(message);
       }
     }
-    let rest = others ?? messages;
-    const directory = this.cfg.peerDirectory;
-    // A member whose address this node has not learned cannot be reached (the transport would assert).
-    if (directory !== undefined && rest.some((message) => !directory.has(message.to))) {
-      const unknown = [...new Set(rest.filter((message) => !directory.has(message.to)).map((message) => message.to))];
-      this.cfg.log?.("peer address unknown", { peers: unknown, detail: "messages to these members were dropped" });
-      rest = rest.filter((message) => directory.has(message.to));
-    }
+    // Messages to a node whose address this one has not learned go too: the transport answers them
+    // through that node's own waiting call, if any (a voter that was away answering a member added
+    // meanwhile), and drops the rest.
+    const rest = others ?? messages;
     if (rest.length > 0) this.transport?.send(rest);
   }
 

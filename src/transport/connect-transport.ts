@@ -99,7 +99,9 @@ export interface PeerServerStats {
   /** Sum of the requests' declared body sizes. */
   readonly receivedBytes: number;
   /** Calls refused before their body was read, by reason. */
-  readonly refused: Readonly<Record<CallRefusal, number>>;
+  readonly refused: Readonly<Record<PeerRefusal, number>>;
+  /** Calls taken from nodes outside this node's configuration (see `noteUnknownSender`). */
+  readonly callsFromNonMembers: number;
 }
 
 /** Per-peer counters: the sender's, plus the bytes of request bodies sent to that peer. */
@@ -118,8 +120,8 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
   return Math.max(200, tickMs * electionTicks);
 }
 
-/** Why the peer server refused a call before delivering it: its authentication, or its sender. */
-export type CallRefusal = PeerRefusal | "not_a_peer";
+/** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
+type PeerCallNote = PeerRefusal | "not_a_peer" | "peer_address_unknown";
 
 /** The shortest time between two log lines about refused calls of one kind. */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;
@@ -151,28 +153,30 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
-  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0 };
+  const refused: Record<PeerRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0 };
+  let callsFromNonMembers = 0;
   const refusalLog = createRefusalLog(log);
   const auth = options.auth;
   const onSnapshotChunk = options.onSnapshotChunk;
   /**
-   * A call from a node that is not one of our peers is refused: the core would answer it, and we
-   * have no address to answer at (and a node outside the configuration has nothing to tell us).
+   * A call from a node outside this node's configuration is taken, and answered through the call
+   * (the reply slots: no address is needed). The configuration is the log's business: a voter that
+   * was down while a member was added learns of it only from the log, and after a change of leader
+   * only that member may be the one to send it. Refused (until 0.6.0), such a voter never caught up
+   * while the new member led, and a majority that needed its vote never elected anyone (found in a
+   * review). A node that is not a member at all (removed, or never added) gets its answers too: Raft
+   * keeps it from disrupting the cluster (its stale term is refused; a pre-vote is not granted while
+   * a leader is heard from). Said in the log, at most once an interval, with what to do if it lasts.
    */
-  function refuseUnknownSender(from: NodeId): void {
-    if (!options.peers.has(from)) {
-      refused.not_a_peer++;
-      // Said on this side too: a node whose data was lost after the membership changed refuses the
-      // new leader's calls and campaigns alone, and said nothing of it (found in a black-box review).
-      refusalLog(
-        "not_a_peer",
-        `refused a call from node ${from}, which is not in this node's configuration (--cluster, or the membership it applied). ` +
-          `Either node ${from} is not a member (it was removed, or never added): to bring it in, empty its data dir and start it with --join; ` +
-          `or this node missed membership changes (it was down, or its data dir was emptied, while they were made) and cannot take part under its old configuration: ` +
-          `then remove this node (kv member remove ${options.selfId}, on a running member), empty its data dir and start it again with --join`,
-      );
-      throw new ConnectError(`call from node ${from}, which is not a peer of node ${options.selfId} (check --cluster)`, Code.FailedPrecondition);
-    }
+  function noteUnknownSender(from: NodeId): void {
+    if (options.peers.has(from)) return;
+    callsFromNonMembers++;
+    refusalLog(
+      "not_a_peer",
+      `took a call from node ${from}, which is not in this node's configuration (--cluster, or the membership it applied): ` +
+        `a member added while this node was away, which it learns of from the log, or one that is not a member (removed, or never added), which gets answers and is sent nothing. ` +
+        `If this lasts and node ${from} should be a member, empty its data dir and start it with --join`,
+    );
   }
   /**
    * Peers' calls waiting for their answer (reply-slots.ts): `send` puts messages for such a peer in
@@ -216,7 +220,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       selfHttpUrl: options.selfHttpUrl,
       decodeLimits: limits,
       onMessages(messages, from, fromHttpUrl) {
-        refuseUnknownSender(from);
+        noteUnknownSender(from);
         if (!closed && fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
@@ -226,7 +230,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         ? {}
         : {
             onSnapshotChunk: (chunk: SnapshotChunk) => {
-              refuseUnknownSender(chunk.from);
+              noteUnknownSender(chunk.from);
               onSnapshotChunk(chunk);
             },
           }),
@@ -324,7 +328,15 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         }
         group.push(message);
       }
-      for (const [peerId, group] of byPeer) dispatchToPeer(replySlots, peerId, group, (messages) => senderFor(peerId).enqueue(messages));
+      for (const [peerId, group] of byPeer) {
+        if (options.peers.has(peerId)) {
+          dispatchToPeer(replySlots, peerId, group, (messages) => senderFor(peerId).enqueue(messages));
+        } else if (!replySlots.reply(peerId, group)) {
+          // A node whose address this one has not learned (see `noteUnknownSender`): it can only be
+          // answered through a call of its own, and none waits.
+          refusalLog("peer_address_unknown", `dropped ${group.length} message(s) to node ${peerId}, whose address this node has not learned (not in its configuration), with no call of its to answer`);
+        }
+      }
     },
     flush(callsUpTo?: number): void {
       replySlots.flush(callsUpTo);
@@ -372,7 +384,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         const stats = sender.stats();
         return { ...stats, sentBytes: sentBytes.get(stats.peerId) ?? 0 };
       }),
-    serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused } }),
+    serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused }, callsFromNonMembers }),
   };
 }
 
@@ -380,9 +392,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
  * Logs refused calls without letting a stream of them flood the log: the first of each kind at
  * once, then at most one line per {@link REFUSAL_LOG_INTERVAL_MS}, saying how many were not logged.
  */
-function createRefusalLog(log: (line: string) => void): (reason: CallRefusal, line: string) => void {
-  const lastLoggedMs = new Map<CallRefusal, number>();
-  const suppressed = new Map<CallRefusal, number>();
+function createRefusalLog(log: (line: string) => void): (reason: PeerCallNote, line: string) => void {
+  const lastLoggedMs = new Map<PeerCallNote, number>();
+  const suppressed = new Map<PeerCallNote, number>();
   return (reason, line) => {
     const now = performance.now();
     const last = lastLoggedMs.get(reason);
@@ -393,6 +405,6 @@ function createRefusalLog(log: (line: string) => void): (reason: CallRefusal, li
     const skipped = suppressed.get(reason) ?? 0;
     lastLoggedMs.set(reason, now);
     suppressed.set(reason, 0);
-    log(skipped === 0 ? line : `${line} (and ${skipped} more refused for the same reason since the last such line)`);
+    log(skipped === 0 ? line : `${line} (and ${skipped} more calls of the same kind since the last such line)`);
   };
 }

@@ -40,4 +40,11 @@ export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick
     ["reason"],
     () => Object.entries(handle.serverStats().refused).map(([reason, count]) => [{ reason }, count] as const),
   );
+  registry.collected(
+    "kv_peer_requests_from_non_members_total",
+    "Peer calls taken from nodes outside this node's configuration: a member added while it was away (until it applies the change), or a node that is not a member.",
+    "counter",
+    [],
+    () => [[{}, handle.serverStats().callsFromNonMembers]],
+  );
 }
