@@ -128,6 +128,7 @@ describe("a new leader's lease countdowns", () => {
       refuseWhenFull: () => undefined,
       notLeader: () => new Error("not leader") as never,
       readBarrier: async () => undefined,
+      requestTimeoutMs: 5_000,
       propose: async (data) => {
         const command = decodeLeaseCommand(data);
         if (command.op === "lease-expire") expired.push(...command.ids);

@@ -178,6 +178,57 @@ describe("leases on a cluster", () => {
   });
 });
 
+describe("a keepalive of a lease run out whose expiry never applies (found in a review: it was 404, and the lease lived on)", () => {
+  /** A lease with a key, 30 ms left on the leader's countdown, as a transfer to a paused target begins: the expiry is refused. */
+  async function runOutDuringTransfer() {
+    const { c, leaderId } = await started();
+    const oldLeader = c.node(leaderId);
+    const target = [1, 2, 3].find((id) => id !== leaderId)!;
+    const lease = await c.drive(oldLeader.grantLease(1_000));
+    await c.drive(oldLeader.put("held", text("x"), { lease: lease.id }));
+    await c.until(() => c.storages.get(target)!.get("held") !== undefined);
+    await advance(c, 900);
+    await advance(c, (await c.drive(oldLeader.leaseInfo(lease.id))).remainingMs - 30);
+    c.pause(target);
+    oldLeader.transferLeadership(target).catch(() => undefined);
+    await advance(c, 40);
+    return { c, leaderId, oldLeader, target, lease };
+  }
+
+  test("waits: once the leadership moved it is not_leader (or no_leader), and the new leader, counting the lease from its full TTL, keeps it alive", async () => {
+    const { c, leaderId, oldLeader, target, lease } = await runOutDuringTransfer();
+    let answer: unknown;
+    const keepalive = oldLeader.keepAliveLease(lease.id).then(
+      (kept) => (answer = kept),
+      (error: unknown) => (answer = error),
+    );
+    await advance(c, 20);
+    expect(answer).toBeUndefined(); // waiting: the lease is not gone, nor known to live on
+    c.resume(target);
+    await c.until(() => c.leader() !== undefined && c.leader()!.status().id !== leaderId, 200);
+    await c.drive(keepalive);
+    expect(["not_leader", "no_leader"]).toContain(String((answer as { code?: string }).code));
+    const newLeader = c.leader()!;
+    expect(await c.drive(newLeader.keepAliveLease(lease.id))).toEqual({ id: lease.id, ttlMs: 1_000 });
+    expect(c.storages.get(newLeader.status().id)!.get("held")).toBeDefined();
+  });
+
+  test("waits: once the expiry applies, 404 lease_not_found, the key gone", async () => {
+    const { c, oldLeader, target, lease } = await runOutDuringTransfer();
+    let answer: unknown;
+    const keepalive = oldLeader.keepAliveLease(lease.id).then(
+      (kept) => (answer = kept),
+      (error: unknown) => (answer = error),
+    );
+    // The transfer gives up (its target stays paused), and the expiry, proposed again, applies.
+    await c.until(() => answer !== undefined, 400);
+    await c.drive(keepalive);
+    expect((answer as { code?: string }).code).toBe("lease_not_found");
+    expect(c.storages.get(oldLeader.status().id)!.get("held")).toBeUndefined();
+    c.resume(target);
+  });
+});
+
 describe("lease routes over a cluster", () => {
   test("the instrumented node serves the lease routes and exports kv_leases and kv_lease_expired_total", async () => {
     const { c, leaderId } = await started();

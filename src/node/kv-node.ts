@@ -413,6 +413,7 @@ export class KvNode implements KvNodeApi {
         this.scheduleTurn();
         return applied;
       },
+      requestTimeoutMs: cfg.requestTimeoutMs,
     });
   }
 
@@ -1347,6 +1348,7 @@ export class KvNode implements KvNodeApi {
     this.membership.expire(now, timeoutMs);
     this.proposals.expire(now, () => timeoutError("the write", timeoutMs));
     this.reads.expire(now, () => readTimeoutError(timeoutMs));
+    this.leases.expireRunOutWaiters();
     for (const waiter of [...this.transferWaiters]) if (now >= waiter.deadline) waiter.check();
   }
 
@@ -1365,6 +1367,7 @@ export class KvNode implements KvNodeApi {
     this.proposals.failAll(error);
     this.membership.failAll(error);
     this.reads.failAll(error);
+    this.leases.stopped();
   }
 
   /** Why the node stopped on its own, if it did (a storage failure or a bug). */

@@ -270,6 +270,8 @@ export interface LeasesHost {
   readBarrier(): Promise<void>;
   /** Queues entry data for the next turn's proposal; resolves with its apply result. */
   propose(data: Uint8Array): Promise<ApplyResult>;
+  /** How long a request may wait for its answer, in ms. */
+  readonly requestTimeoutMs: number;
 }
 
 /**
@@ -302,6 +304,8 @@ export class NodeLeases {
   private readonly countdowns = new LeaseCountdowns();
   /** Leases whose expiry applied here since this node started. */
   private expiredTotal = 0;
+  /** Keepalives of leases run out here, waiting for the lease to end or the leadership to change (see `keepAlive`). */
+  private readonly runOutWaiters = new Map<number, { readonly deadlineMs: number; readonly resolve: (how: "settled" | "overdue") => void }[]>();
   /** A new leader's read of the applied leases, a page per tick: the next page starts after `after`. */
   private scan: { after: string | undefined; readonly startMs: number } | undefined;
 
@@ -319,11 +323,29 @@ export class NodeLeases {
     return { id: result.id, ttlMs: result.ttlMs, ...(granted === ttlMs ? {} : { raisedFromMs: ttlMs }) };
   }
 
-  /** See `KvNodeApi.keepAliveLease`: on the leader, once its applied state is current; not through the log. */
+  /**
+   * See `KvNodeApi.keepAliveLease`: on the leader, once its applied state is current; not through the
+   * log. A lease whose countdown ran out here is not gone until its expiry applies, and its expiry
+   * may never apply (refused during a leadership transfer, or lost with the leadership: the next
+   * leader counts the lease from its full TTL). So such a keepalive waits, as etcd's does, until the
+   * lease ends here (404), the leadership changes (asked again: `not_leader` elsewhere, kept alive by
+   * a new term's countdown), or its deadline (`timeout`, retried by clients). It was answered 404 at
+   * once, and the lease then lived on, kept alive by the next keepalive (found in a review).
+   */
   async keepAlive(id: number): Promise<{ id: number; ttlMs: number }> {
-    const ttlMs = await this.ttlOnLeader(id);
-    if (!this.countdowns.keepAlive(id, ttlMs, this.host.clock.nowMs())) throw leaseNotFound(id);
-    return { id, ttlMs };
+    const deadlineMs = this.host.clock.nowMs() + this.host.requestTimeoutMs;
+    for (;;) {
+      const ttlMs = await this.ttlOnLeader(id);
+      if (this.countdowns.keepAlive(id, ttlMs, this.host.clock.nowMs())) return { id, ttlMs };
+      const settled = await new Promise<"settled" | "overdue">((resolve) => {
+        let waiting = this.runOutWaiters.get(id);
+        if (waiting === undefined) this.runOutWaiters.set(id, (waiting = []));
+        waiting.push({ deadlineMs, resolve });
+      });
+      if (settled === "overdue") {
+        throw new KvError("timeout", `lease ${id} ran out on this leader, and its expiry did not apply within ${this.host.requestTimeoutMs} ms: retry (404 once it has)`);
+      }
+    }
   }
 
   /** See `KvNodeApi.leaseInfo`: the leader's countdown and the keys attached. */
@@ -373,10 +395,12 @@ export class NodeLeases {
         return;
       case "lease-revoked":
         this.countdowns.ended([result.id]);
+        this.wake([result.id]);
         return;
       case "lease-expired":
         this.countdowns.ended(result.ids);
         this.expiredTotal += result.ids.length;
+        this.wake(result.ids);
         return;
       default:
         return;
@@ -388,6 +412,7 @@ export class NodeLeases {
    * at its full TTL; a node that stopped leading drops them.
    */
   roleChanged(role: Role, term: number): void {
+    this.wake([...this.runOutWaiters.keys()]);
     if (role !== "leader") {
       this.countdowns.stoppedLeading();
       this.scan = undefined;
@@ -414,6 +439,38 @@ export class NodeLeases {
         () => this.countdowns.expiryFailed(generation, ids, this.host.clock.nowMs()),
       );
     }
+  }
+
+  /**
+   * Keepalives waiting on leases run out here whose deadline passed get `timeout`. Called by the
+   * node's tick, also while its loop is frozen (a full disk).
+   */
+  expireRunOutWaiters(): void {
+    if (this.runOutWaiters.size === 0) return;
+    const nowMs = this.host.clock.nowMs();
+    for (const [id, waiting] of this.runOutWaiters) {
+      const overdue = waiting.filter((waiter) => waiter.deadlineMs <= nowMs);
+      if (overdue.length === 0) continue;
+      const rest = waiting.filter((waiter) => waiter.deadlineMs > nowMs);
+      if (rest.length === 0) this.runOutWaiters.delete(id);
+      else this.runOutWaiters.set(id, rest);
+      for (const waiter of overdue) waiter.resolve("overdue");
+    }
+  }
+
+  /** Wakes the keepalives waiting on `ids` (they ask again). On shutdown, every one (they meet the node's refusal). */
+  wake(ids: readonly number[]): void {
+    for (const id of ids) {
+      const waiting = this.runOutWaiters.get(id);
+      if (waiting === undefined) continue;
+      this.runOutWaiters.delete(id);
+      for (const waiter of waiting) waiter.resolve("settled");
+    }
+  }
+
+  /** The node stopped: waiting keepalives ask again and meet its refusal. */
+  stopped(): void {
+    this.wake([...this.runOutWaiters.keys()]);
   }
 
   /** Lease `id`'s TTL, read on the leader once what it committed is applied; `not_leader` elsewhere, `lease_not_found`. */
