@@ -202,6 +202,7 @@ describe("the files parse", () => {
     expect(kubernetesObjects.flatMap(({ problems }) => problems)).toEqual([]);
     expect(kubernetesObjects.map(({ object }) => `${object.kind}/${object.metadata?.name ?? ""}`).sort()).toEqual([
       "Kustomization/",
+      "NetworkPolicy/kv",
       "PodDisruptionBudget/kv",
       "Service/kv",
       "Service/kv-client",
@@ -353,6 +354,21 @@ describe("deploy/kubernetes", () => {
     expect(kvContainer.securityContext?.allowPrivilegeEscalation).toBe(false);
     // The Dockerfile's user is the same one.
     expect(only(finalStage(dockerfile), "USER").rest).toBe(`${pod?.runAsUser}:${pod?.runAsUser}`);
+  });
+
+  test("the NetworkPolicy lets only kv's pods reach the peer port, and anyone the client port, by the StatefulSet's port names", () => {
+    const policy = kube("NetworkPolicy").spec as {
+      podSelector: { matchLabels: Record<string, string> };
+      policyTypes: string[];
+      ingress: { from?: { podSelector: { matchLabels: Record<string, string> } }[]; ports: { port: string }[] }[];
+    };
+    expect(policy.podSelector.matchLabels).toEqual(stsSpec.selector.matchLabels);
+    expect(policy.policyTypes).toEqual(["Ingress"]);
+    const containerPorts = (stsSpec.template.spec.containers[0] as { ports: { name: string }[] }).ports.map((port) => port.name).sort();
+    expect(policy.ingress.flatMap((rule) => rule.ports.map((port) => port.port)).sort()).toEqual(containerPorts);
+    const peerRule = policy.ingress.find((rule) => rule.ports.some((port) => port.port === "peer"));
+    expect(peerRule?.from).toEqual([{ podSelector: { matchLabels: stsSpec.selector.matchLabels } }]);
+    expect(policy.ingress.find((rule) => rule.ports.some((port) => port.port === "http"))?.from).toBeUndefined();
   });
 
   test("the PodDisruptionBudget allows one node down and selects the StatefulSet's pods", () => {
