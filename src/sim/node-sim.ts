@@ -66,6 +66,8 @@ interface SimServer {
    */
   lifecycle: "member" | "joining" | "retired";
   node: KvNode | undefined;
+  /** The running process's peer directory (see `createNode`); undefined before its first start. */
+  peerDirectory?: Map<NodeId, string>;
   /** Loop turns the node asked for, run once the current event is done (unless stalled). */
   turns: (() => void)[];
   /** Stalled (GC, a slow disk call, SIGSTOP) until this simulated time: no timer fires, no turn runs. */
@@ -321,14 +323,28 @@ export class NodeSim {
       return;
     }
     server.node = node;
-    node.start(this.network.connect(id, httpUrlOf(id), (messages) => node.receive(messages), (chunk) => node.receiveSnapshotChunk(chunk)));
+    const directory = server.peerDirectory;
+    node.start(
+      this.network.connect(
+        id,
+        httpUrlOf(id),
+        (messages) => node.receive(messages),
+        (chunk) => node.receiveSnapshotChunk(chunk),
+        (peer) => directory?.has(peer) === true,
+      ),
+    );
   }
 
   private createNode(server: SimServer, peers: ReadonlyMap<NodeId, string>): KvNode {
     const id = server.id;
+    // The addresses this process knows, kept by the node as its configuration changes (as the
+    // server's transport map is): the network reaches only these (see SimNetwork.connect).
+    const peerDirectory = new Map([...peers].filter(([peer]) => peer !== id));
+    server.peerDirectory = peerDirectory;
     return new KvNode({
       id,
       peers,
+      peerDirectory,
       httpUrl: httpUrlOf(id),
       storage: server.disk,
       clock: this.clockOf(server),

@@ -37,6 +37,8 @@ export interface NodeSwarmResult {
   readonly stateMachineAhead: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;
+  /** Messages to a member whose address the sender had not learned, with no call of its to ride (dropped, as the real transport drops them). */
+  readonly unaddressedDropped: number;
   /** The bank workload's transfers answered as applied, and its reads answered (src/chaos/bank.ts). */
   readonly bankTransfers: number;
   readonly bankReads: number;
@@ -319,6 +321,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     storageThreadInstalls,
     stateMachineAhead,
     repliesCarried: sim.network.repliesCarried,
+    unaddressedDropped: sim.network.unaddressedDropped,
     bankTransfers: bank.history.filter((op) => op.kind === "transfer" && op.outcome === "ok" && op.succeeded === true).length,
     bankReads: bank.history.filter((op) => op.kind === "read").length,
     events: sim.eventsRun,

@@ -86,6 +86,8 @@ export class SimNetwork {
   lost = 0;
   /** Answers that carried replies (messages that rode a call instead of costing one). */
   repliesCarried = 0;
+  /** Messages to a peer whose address the sender has not learned, with no call of that peer's to ride (see `connect`'s `knows`). */
+  unaddressedDropped = 0;
 
   constructor(
     private readonly prng: Prng,
@@ -94,7 +96,13 @@ export class SimNetwork {
   ) {}
 
   /** The transport node `id` uses while this process runs. */
-  connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler: SnapshotChunkHandler): Transport {
+  /**
+   * `knows`: whether the process has an address for a peer (its peer directory), as the real
+   * transport's `peers` map: a message to a peer it has none for can only ride the answer to that
+   * peer's own waiting call (connect-transport.ts), and is dropped when none waits. Without it,
+   * every peer is reachable.
+   */
+  connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler: SnapshotChunkHandler, knows?: (peer: NodeId) => boolean): Transport {
     this.disconnectProcess(id);
     const limits = defaultConnectTransportLimits;
     const replySlots = createReplySlots({
@@ -187,7 +195,10 @@ export class SimNetwork {
           if (list === undefined) byPeer.set(message.to, [message]);
           else list.push(message);
         }
-        for (const [peer, group] of byPeer) dispatchToPeer(replySlots, peer, group, (messages) => senderFor(peer).enqueue(messages));
+        for (const [peer, group] of byPeer) {
+          if (knows === undefined || knows(peer)) dispatchToPeer(replySlots, peer, group, (messages) => senderFor(peer).enqueue(messages));
+          else if (!replySlots.reply(peer, group)) this.unaddressedDropped += group.length;
+        }
       },
       flush: (callsUpTo) => replySlots.flush(callsUpTo),
       callsArrived: () => replySlots.callsArrived(),
