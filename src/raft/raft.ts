@@ -1138,7 +1138,7 @@ export class Raft {
    * Leader: a member removed by the change at `index` gets one last message before it is no longer
    * replicated to, carrying the commit index that covers its removal: a commit index alone goes out
    * with the next append or tick, by which time the member is gone from `progress`, so it never
-   * applied its removal and campaigned on (its calls refused by every peer). A heartbeat when it
+   * applied its removal and campaigned on (its pre-votes never granted). A heartbeat when it
    * holds the entry; otherwise, while it is replicating, what it lacks up to the entry, if still in
    * the log and within one append's bytes. Best effort: a member cut off then may never hear of it (thesis §4.2.3).
    */
