@@ -35,13 +35,14 @@ export interface WireBounds {
  */
 export const defaultWireBounds: WireBounds = { objectsMax: 262_144, fieldsMax: 2_097_152 };
 
-/** Each message type's fields by number, built once. */
-const fieldsByNumber = new WeakMap<DescMessage, Map<number, DescField>>();
+/** Each message type's fields, indexed by number (field numbers here are small), built once. */
+const fieldsByNumber = new WeakMap<DescMessage, (DescField | undefined)[]>();
 
-function fieldsOf(desc: DescMessage): Map<number, DescField> {
+function fieldsOf(desc: DescMessage): (DescField | undefined)[] {
   let fields = fieldsByNumber.get(desc);
   if (fields === undefined) {
-    fields = new Map(desc.fields.map((field) => [field.number, field]));
+    fields = [];
+    for (const field of desc.fields) fields[field.number] = field;
     fieldsByNumber.set(desc, fields);
   }
   return fields;
@@ -98,19 +99,23 @@ function walkMessage(desc: DescMessage, bytes: Uint8Array, start: number, end: n
   const fields = fieldsOf(desc);
   let at = start;
   while (at < end) {
-    const [tag, afterTag] = varint(bytes, at, end);
-    at = afterTag;
+    let tag = bytes[at] as number;
+    if (tag < 0x80) at++;
+    else [tag, at] = varint(bytes, at, end);
     walk.fields++;
     if (walk.fields > walk.bounds.fieldsMax) throw new OverBounds(`the body holds more than ${walk.bounds.fieldsMax} fields`);
     const wireType = tag % 8;
-    const field = fields.get(Math.floor(tag / 8));
+    const field = fields[Math.floor(tag / 8)];
     if (wireType === 0) {
-      at = varint(bytes, at, end)[1];
+      if (at < end && (bytes[at] as number) < 0x80) at++;
+      else at = varint(bytes, at, end)[1];
     } else if (wireType === 1 || wireType === 5) {
       at += wireType === 1 ? 8 : 4;
       if (at > end) throw new Unparsable();
     } else if (wireType === 2) {
-      const [length, payload] = varint(bytes, at, end);
+      let length = at < end ? (bytes[at] as number) : 0x80;
+      let payload = at + 1;
+      if (length >= 0x80) [length, payload] = varint(bytes, at, end);
       if (payload + length > end) throw new Unparsable();
       at = payload + length;
       if (field !== undefined && field.fieldKind === "message") {
