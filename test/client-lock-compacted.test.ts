@@ -18,8 +18,8 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
  * with `refuseEveryWatch`, so is every watch from now; otherwise a watch from now sends a progress
  * event and then the deletes `remove()` makes.
  */
-function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: boolean } = {}) {
-  const keys = new Map<string, KvEntry>([["lock/5", makeEntry("lock/5", 10, new TextEncoder().encode("holder"))]]);
+function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: boolean; noHolder?: boolean; aliveUntilMs?: () => number } = {}) {
+  const keys = new Map<string, KvEntry>(options.noHolder === true ? [] : [["lock/5", makeEntry("lock/5", 10, new TextEncoder().encode("holder"))]]);
   let version = 12;
   const counts = { watches: 0, lists: 0 };
   const deletions = new Set<(key: string) => void>();
@@ -28,7 +28,7 @@ function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: bool
   const never = new AbortController().signal;
   const leases: Partial<LeasesApi> = {
     grant: async (ttlMs) => ({ id: 7, ttlMs }),
-    keep: (id) => ({ id: Number(id), lost: never, aliveUntilMs: () => Number.POSITIVE_INFINITY, stop() {} }),
+    keep: (id) => ({ id: Number(id), lost: never, aliveUntilMs: options.aliveUntilMs ?? (() => Number.POSITIVE_INFINITY), stop() {} }),
     revoke: async (id) => ({ id: Number(id), version: ++version, deletedKeys: 1 }),
   };
   const deps: LockDeps = {
@@ -152,4 +152,18 @@ test("an observer answered 410 without compactVersion keeps observing and sees t
     controller.abort();
     await leaders.return(undefined);
   }
+});
+
+test("a lock whose lease's time ran out before its lost signal fired is not handed out: the waiter joins again (it checked the signal alone, which a late timer had not fired yet)", async () => {
+  // Every lease has run out by the time its turn comes, and no keeper's timer has fired: the event loop was held.
+  const cluster = fakeCluster({ noHolder: true, aliveUntilMs: () => performance.now() - 1 });
+  const error = await acquire(cluster.deps, "lock", "me").then(
+    () => undefined,
+    (thrown: unknown) => thrown,
+  );
+  expect(error).toBeInstanceOf(KvClientError);
+  expect((error as KvClientError).code).toBe("lease_expired");
+  // And with time left, the same turn takes the lock.
+  const alive = fakeCluster({ noHolder: true, aliveUntilMs: () => performance.now() + 60_000 });
+  expect((await acquire(alive.deps, "lock", "me")).key).toBe("lock/7");
 });

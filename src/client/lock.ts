@@ -100,8 +100,10 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
     let fence: number;
     try {
       fence = (await deps.put(key, value, { ifVersion: 0, lease: lease.id })).version;
-      // Held only if the lease is still known alive: a lock lost on the way in is no lock.
-      if ((await waitForTurn(deps, prefix, key, keeper, signal)) && !keeper.lost.aborted) {
+      // Held only if the lease is still known alive: a lock lost on the way in is no lock. Known by the
+      // time left, not only by `lost`, whose timer may not have fired yet (an event loop held past the
+      // lease's time: found in review).
+      if ((await waitForTurn(deps, prefix, key, keeper, signal)) && !keeper.lost.aborted && performance.now() < keeper.aliveUntilMs()) {
         let released: Promise<void> | undefined;
         return {
           key,
