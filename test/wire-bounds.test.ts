@@ -2,7 +2,7 @@
 // empty messages, of unknown fields, or of a packed list, each within the body limit, is refused by count; every call a peer
 // sends passes, whatever its entries' sizes; bytes that do not parse are left to fromBinary's own refusal.
 import { afterEach, describe, expect, test } from "bun:test";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { SendRequestSchema, SendSnapshotChunkRequestSchema, SnapshotMetadataSchema } from "../src/gen/kv/v1/raft_pb.ts";
 import { EntryType, type Message } from "../src/raft/types.ts";
 import { toSendRequest } from "../src/transport/codec.ts";
@@ -43,9 +43,28 @@ describe("wireBoundsProblem", () => {
       toBinary(SendSnapshotChunkRequestSchema, create(SendSnapshotChunkRequestSchema, { from: 1, to: 2, metadata: create(SnapshotMetadataSchema, { index: 1n, term: 1n, voters }) }));
     expect(wireBoundsProblem(SendSnapshotChunkRequestSchema, chunk(Array.from({ length: 998 }, (_, i) => i + 300)), bounds)).toBeUndefined();
     expect(wireBoundsProblem(SendSnapshotChunkRequestSchema, chunk(Array.from({ length: 1_000 }, (_, i) => i + 300)), bounds)).toBe("the body would decode to more than 1000 objects");
-    // Bytes that do not parse: fromBinary says what is wrong with them.
-    expect(wireBoundsProblem(SendRequestSchema, new Uint8Array([0x1a, 0x05, 0x00]), bounds)).toBeUndefined();
-    expect(wireBoundsProblem(SendRequestSchema, new Uint8Array([0xff, 0xff, 0xff]), bounds)).toBeUndefined();
+    // Bytes that do not parse are refused: nothing a peer sends.
+    expect(wireBoundsProblem(SendRequestSchema, new Uint8Array([0x1a, 0x05, 0x00]), bounds)).toBe("the body does not parse as kv.v1.SendRequest");
+    expect(wireBoundsProblem(SendRequestSchema, new Uint8Array([0xff, 0xff, 0xff]), bounds)).toBe("the body does not parse as kv.v1.SendRequest");
+  });
+
+  test("a known field with a wire type not its own is refused: fromBinary reads it by the schema, and the walk would have skipped what it decodes (found in review)", () => {
+    // SendRequest.from (a uint32) tagged length-delimited, around 1,001 empty messages: fromBinary reads the
+    // length as `from`, then the "payload" as messages.
+    const payload = new Uint8Array(2 * 1_001);
+    for (let at = 0; at < payload.length; at += 2) payload[at] = 0x1a;
+    const wrapped = new Uint8Array([(1 << 3) | 2, 0xd2, 0x0f, ...payload]);
+    expect(fromBinary(SendRequestSchema, wrapped).messages.length).toBe(1_001);
+    expect(wireBoundsProblem(SendRequestSchema, wrapped, bounds)).toBe("the body does not parse as kv.v1.SendRequest: field from (1) of kv.v1.SendRequest comes with wire type 2");
+    // The same with a length past the end: the walk could not go on, fromBinary did.
+    const pastEnd = new Uint8Array([(1 << 3) | 2, 0xff, 0xff, 0xff, 0xff, 0x0f, ...payload]);
+    expect(fromBinary(SendRequestSchema, pastEnd).messages.length).toBe(1_001);
+    expect(wireBoundsProblem(SendRequestSchema, pastEnd, bounds)).toContain("does not parse");
+    // A message field as a varint; a list of scalars packed or not (both are protobuf).
+    expect(wireBoundsProblem(SendRequestSchema, new Uint8Array([(3 << 3) | 0, 0x01]), bounds)).toContain("field messages (3) of kv.v1.SendRequest comes with wire type 0");
+    const unpackedVoters = new Uint8Array([(6 << 3) | 2, 6, (1 << 3) | 0, 1, (3 << 3) | 0, 5, (3 << 3) | 0, 6]);
+    expect(fromBinary(SendSnapshotChunkRequestSchema, unpackedVoters).metadata?.voters).toEqual([5, 6]);
+    expect(wireBoundsProblem(SendSnapshotChunkRequestSchema, unpackedVoters, bounds)).toBeUndefined();
   });
 
   test("the default bounds take the largest calls a peer sends: 4 MiB of the smallest entries", () => {

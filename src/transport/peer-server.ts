@@ -181,7 +181,7 @@ async function serveUnary(spec: UnarySpec, request: Request): Promise<Response> 
   const body = new Uint8Array(await request.arrayBuffer());
   // Before decoding: what the body would build (see wire-bounds.ts).
   const tooMuch = wireBoundsProblem(spec.method.input, body);
-  if (tooMuch !== undefined) return connectErrorResponse(new ConnectError(`${tooMuch}: no peer sends that much in one call`, Code.InvalidArgument), false);
+  if (tooMuch !== undefined) return connectErrorResponse(new ConnectError(`parse binary: ${tooMuch}`, Code.InvalidArgument), false);
   let input;
   try {
     input = fromBinary(spec.method.input, body);
