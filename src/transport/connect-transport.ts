@@ -123,6 +123,9 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
 /** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
 type PeerCallNote = PeerRefusal | "not_a_peer" | "peer_address_unknown";
 
+/** Client URLs of peers kept at most (members' always). */
+const peerHttpUrlsMax = 1_024;
+
 /** The shortest time between two log lines about refused calls of one kind. */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
@@ -221,7 +224,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       decodeLimits: limits,
       onMessages(messages, from, fromHttpUrl) {
         noteUnknownSender(from);
-        if (!closed && fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
+        // A non-member's URL is kept too (a member added while this node was away may lead: clients
+        // are redirected to it), but not without bound: any id may call.
+        if (!closed && fromHttpUrl !== "" && (options.peers.has(from) || peerHttpUrls.has(from) || peerHttpUrls.size < peerHttpUrlsMax)) peerHttpUrls.set(from, fromHttpUrl);
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
       awaitReply: (from) => replySlots.awaitReply(from),
