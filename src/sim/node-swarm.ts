@@ -5,6 +5,7 @@ import { NodeSim, SimViolation } from "./node-sim.ts";
 import { SeenVersions } from "../chaos/history.ts";
 import { balanceOf, bankAccounts, BANK_PREFIX } from "../chaos/bank.ts";
 import { SimBank } from "./sim-bank.ts";
+import { SimWatchers } from "./sim-watch.ts";
 
 /** What one run of real node loops did: proof the faults and paths were exercised. */
 export interface NodeSwarmResult {
@@ -42,6 +43,11 @@ export interface NodeSwarmResult {
   /** The bank workload's transfers answered as applied, and its reads answered (src/chaos/bank.ts). */
   readonly bankTransfers: number;
   readonly bankReads: number;
+  /** Watchers checked against the clients' writes (src/sim/sim-watch.ts), the change events they received, resumes refused as compacted, and runs whose watchers went unchecked (no member's history covered them). */
+  readonly watchers: number;
+  readonly watchEvents: number;
+  readonly watchCompactedResumes: number;
+  readonly watchReferenceUnavailable: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
   readonly events: number;
   /**
@@ -189,6 +195,11 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   };
   for (let c = 1; c <= bankClientCount; c++) bankClient(clientCount + c);
 
+  // Watchers of the clients' keys (not the bank's: its transfers change two keys at a version), in
+  // most runs, each resuming on another node when its stream ends (src/sim/sim-watch.ts).
+  const watchers = new SimWatchers(sim, prng, "k", runMs);
+  watchers.start(prng.pick([0, 1, 2, 3]), tickMs);
+
   // The nemesis: one draw per tick.
   const nemesis = (): void => {
     if (sim.nowMs >= runMs) return;
@@ -264,6 +275,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   };
 
   hooks.onStart?.(sim);
+  let watchStats = { watchers: 0, events: 0, compactedResumes: 0, referenceUnavailable: 0 };
   try {
     await sim.runUntil(runMs);
     await sim.healAndCheck(keys, 60_000);
@@ -280,6 +292,10 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       const row = rows.get(key);
       return row === undefined ? { key, value: null, version: 0 } : { key, value: new TextDecoder().decode(row.value), version: row.version };
     }));
+    // Every watcher reaches the final version, and what each received is judged.
+    const throughVersion = member?.disk.appliedIndex() ?? 0;
+    await watchers.catchUp(throughVersion, 60_000);
+    watchStats = await watchers.check((members ?? []).map((server) => server.id), sim.closeHistory(), throughVersion, 30_000);
   } catch (error: unknown) {
     const detail = error instanceof Error ? error.message : String(error);
     // Described before it stops: stopped, every node reads as down.
@@ -291,7 +307,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   }
   const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
   const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}/${op.version ?? ""}/${op.ifVersion ?? ""}`).join(";");
-  const digest = fnv1a(`${sim.traceDigest()}|${sim.eventsRun}|${history}|${bank.digestText()}|${finalState}|${sim.nowMs}|${prng.next()}`);
+  const digest = fnv1a(`${sim.traceDigest()}|${sim.eventsRun}|${history}|${bank.digestText()}|${watchers.digestText()}|${finalState}|${sim.nowMs}|${prng.next()}`);
   const snapshotsInstalled = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.snapshotsInstalled, 0);
   const storageThreadAnswers = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadAnswers, 0);
   const storageThreadInstalls = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadInstalls, 0);
@@ -324,6 +340,10 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     unaddressedDropped: sim.network.unaddressedDropped,
     bankTransfers: bank.history.filter((op) => op.kind === "transfer" && op.outcome === "ok" && op.succeeded === true).length,
     bankReads: bank.history.filter((op) => op.kind === "read").length,
+    watchers: watchStats.watchers,
+    watchEvents: watchStats.events,
+    watchCompactedResumes: watchStats.compactedResumes,
+    watchReferenceUnavailable: watchStats.referenceUnavailable,
     events: sim.eventsRun,
     digest,
   };

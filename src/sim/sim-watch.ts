@@ -1,0 +1,279 @@
+/**
+ * Watchers in the node swarm: `kv chaos watch`'s checker (src/chaos/watch-check.ts) judging what
+ * the real node loop's watch streams (src/node/watch.ts) carried through crashes, stalls,
+ * partitions, snapshot installs and membership changes.
+ *
+ * Each watcher watches the clients' keys on a node drawn at random, from a linearizable start, and
+ * records every change it receives. When its stream ends (its node crashed or stopped, a snapshot
+ * overtook it, it fell behind) or its node is no longer running, it resumes on another node after
+ * the last version it reached, as an `EventSource` reconnecting with `Last-Event-ID` does. A resume
+ * refused as compacted (no node keeps its history any more) ends that watcher honestly: a new one
+ * starts from now, and each is checked over what it covered. After healing, every watcher must
+ * reach the final commit index; the reference is a fresh watch, from the earliest start, on a member
+ * whose history still covers it. When none does (every member installed a snapshot past it), the
+ * run's watchers go unchecked, and that is counted (`referenceUnavailable`).
+ */
+import { checkWatch, type AcknowledgedWrite, type UnansweredWrite, type WatchEvent, type WatcherEvents } from "../chaos/watch-check.ts";
+import { KvError } from "../lib/kv-error.ts";
+import type { Prng } from "../lib/prng.ts";
+import type { WatchItem, WatchSubscription } from "../node/api.ts";
+import type { NodeId } from "../raft/types.ts";
+import type { Operation } from "../chaos/history.ts";
+import { type NodeSim, SimViolation } from "./node-sim.ts";
+
+/** What the watchers did in a run (for the swarm's result). */
+export interface SimWatchStats {
+  /** Watchers checked (a compacted resume starts another), streams opened, change events received. */
+  readonly watchers: number;
+  readonly streams: number;
+  readonly events: number;
+  /** Resumes refused as compacted (a watcher ended, another started). */
+  readonly compactedResumes: number;
+  /** Runs whose reference could not be read (no member's history covered the earliest start). */
+  readonly referenceUnavailable: number;
+}
+
+interface Watcher {
+  readonly label: string;
+  startAfter: number;
+  reached: number;
+  readonly events: WatchEvent[];
+  /** Set once it ended (a compacted resume); it is checked over what it covered. */
+  ended: boolean;
+  subscription: WatchSubscription | undefined;
+  /** Bumped whenever its stream is replaced, so a stale reader stops. */
+  generation: number;
+}
+
+const decoder = new TextDecoder();
+
+function eventOf(item: Extract<WatchItem, { type: "change" }>): WatchEvent {
+  const change = item.change;
+  return change.kind === "put"
+    ? { version: change.version, kind: "put", key: change.key, value: decoder.decode(change.value) }
+    : { version: change.version, kind: "delete", key: change.key };
+}
+
+/** The watchers of one swarm run. */
+export class SimWatchers {
+  private readonly watchers: Watcher[] = [];
+  private streams = 0;
+  private compactedResumes = 0;
+  private referenceUnavailable = 0;
+  private stopped = false;
+
+  constructor(
+    private readonly sim: NodeSim,
+    private readonly prng: Prng,
+    /** The keys' common prefix (the clients' keys, not the bank's: its transactions change two keys at a version). */
+    private readonly prefix: string,
+    private readonly endMs: number,
+  ) {}
+
+  /** Starts `count` watchers, each at a drawn time, and keeps them resuming every tick until `endMs`. */
+  start(count: number, tickMs: number): void {
+    for (let i = 0; i < count; i++) this.sim.at(this.prng.intInclusive(0, 200), () => this.open(this.newWatcher(), "now"));
+    const keepUp = (): void => {
+      if (this.stopped) return;
+      for (const watcher of this.watchers) if (!watcher.ended && watcher.subscription === undefined) this.resume(watcher);
+      this.sim.at(tickMs, keepUp);
+    };
+    this.sim.at(tickMs, keepUp);
+  }
+
+  private newWatcher(): Watcher {
+    const watcher: Watcher = { label: `w${this.watchers.length + 1}`, startAfter: -1, reached: -1, events: [], ended: false, subscription: undefined, generation: 0 };
+    this.watchers.push(watcher);
+    return watcher;
+  }
+
+  private resume(watcher: Watcher): void {
+    if (watcher.startAfter < 0) this.open(watcher, "now");
+    else this.open(watcher, { after: watcher.reached });
+  }
+
+  /** Opens `watcher`'s stream on a running node drawn at random (none running: a later tick tries again). */
+  private open(watcher: Watcher, start: "now" | { after: number }): void {
+    const running = [...this.sim.servers.keys()].filter((id) => this.sim.isRunning(id));
+    if (running.length === 0 || this.stopped) return;
+    const id = this.prng.pick(running);
+    const node = this.sim.servers.get(id)?.node;
+    if (node === undefined) return;
+    const generation = ++watcher.generation;
+    watcher.subscription = undefined;
+    // Marked as opening: the keep-up tick leaves it alone until this settles.
+    const opening: WatchSubscription = { next: async () => undefined, close: () => undefined };
+    watcher.subscription = opening;
+    this.streams++;
+    node.watch({ prefix: this.prefix }, start).then(
+      (subscription) => {
+        if (generation !== watcher.generation || this.stopped) {
+          subscription.close();
+          return;
+        }
+        watcher.subscription = subscription;
+        void this.read(watcher, subscription, generation, id, start === "now");
+      },
+      (error: unknown) => {
+        if (generation !== watcher.generation) return;
+        watcher.subscription = undefined;
+        if (error instanceof KvError && error.code === "compacted" && start !== "now") {
+          // No node's history covers where it stopped: this watcher ends here; another starts from now.
+          this.compactedResumes++;
+          watcher.ended = true;
+          if (!this.stopped && this.sim.nowMs < this.endMs) this.open(this.newWatcher(), "now");
+          return;
+        }
+        if (!(error instanceof KvError)) this.sim.raise(error);
+        // Refused (no leader for the linearizable start, stopping, overloaded): the next tick tries again.
+      },
+    );
+  }
+
+  private async read(watcher: Watcher, subscription: WatchSubscription, generation: number, id: NodeId, fresh: boolean): Promise<void> {
+    let first = fresh;
+    for (;;) {
+      const items = await subscription.next();
+      if (generation !== watcher.generation) return;
+      if (items === undefined) break;
+      let ended = false;
+      for (const item of items) {
+        if (item.type === "change") {
+          watcher.events.push(eventOf(item));
+          watcher.reached = Math.max(watcher.reached, item.change.version);
+        } else if (item.type === "progress") {
+          // A stream's first item is a progress event at the version it starts after.
+          if (first) {
+            watcher.startAfter = item.version;
+            watcher.reached = Math.max(watcher.reached, item.version);
+            first = false;
+          } else {
+            watcher.reached = Math.max(watcher.reached, item.version);
+          }
+        } else {
+          ended = true;
+        }
+      }
+      if (first) throw new SimViolation(`watch ${watcher.label} on node ${id}: a fresh stream began with no progress event`);
+      if (ended) break;
+      // A node no longer running keeps its stream open in this process's memory: leave it.
+      if (!this.sim.isRunning(id)) break;
+    }
+    subscription.close();
+    if (generation === watcher.generation) watcher.subscription = undefined;
+  }
+
+  /** After healing: every watcher reaches `throughVersion` (resuming as needed) within `budgetMs`. */
+  async catchUp(throughVersion: number, budgetMs: number): Promise<void> {
+    const ok = await this.sim.runUntilTrue(() => this.watchers.every((w) => w.ended || (w.startAfter >= 0 && w.reached >= throughVersion)), budgetMs);
+    if (!ok) {
+      const behind = this.watchers.filter((w) => !w.ended && (w.startAfter < 0 || w.reached < throughVersion)).map((w) => `${w.label} at ${w.reached}`);
+      throw new SimViolation(`watchers did not reach version ${throughVersion} within ${budgetMs} ms: ${behind.join(", ")}`);
+    }
+  }
+
+  /** Reads the reference from node `id` (a member, caught up), from the earliest start, through `throughVersion`. */
+  private async reference(id: NodeId, after: number, throughVersion: number, budgetMs: number): Promise<WatchEvent[] | undefined> {
+    const node = this.sim.servers.get(id)?.node;
+    if (node === undefined) return undefined;
+    let subscription: WatchSubscription;
+    try {
+      subscription = await node.watch({ prefix: this.prefix }, { after });
+    } catch (error) {
+      if (error instanceof KvError && error.code === "compacted") return undefined;
+      throw error;
+    }
+    const events: WatchEvent[] = [];
+    let reached = after;
+    const done = this.sim.runUntilTrue(() => reached >= throughVersion, budgetMs);
+    void (async () => {
+      for (;;) {
+        const items = await subscription.next();
+        if (items === undefined) return;
+        for (const item of items) {
+          if (item.type === "change") {
+            events.push(eventOf(item));
+            reached = Math.max(reached, item.change.version);
+          } else if (item.type === "progress") {
+            reached = Math.max(reached, item.version);
+          } else {
+            return;
+          }
+        }
+      }
+    })();
+    const ok = await done;
+    subscription.close();
+    return ok ? events : undefined;
+  }
+
+  /**
+   * Judges every watcher with the watch checker against a reference read on one of `members`, the
+   * clients' answers (`history`: ops on keys under the prefix) and `throughVersion`. Throws a
+   * `SimViolation` naming the problems.
+   */
+  async check(members: readonly NodeId[], history: readonly Operation[], throughVersion: number, budgetMs: number): Promise<SimWatchStats> {
+    this.stopped = true;
+    for (const watcher of this.watchers) watcher.generation++;
+    const checked = this.watchers.filter((w) => w.startAfter >= 0);
+    const stats = (): SimWatchStats => ({
+      watchers: checked.length,
+      streams: this.streams,
+      events: checked.reduce((sum, w) => sum + w.events.length, 0),
+      compactedResumes: this.compactedResumes,
+      referenceUnavailable: this.referenceUnavailable,
+    });
+    if (checked.length === 0) return stats();
+    const referenceAfter = Math.min(...checked.map((w) => w.startAfter));
+    let reference: WatchEvent[] | undefined;
+    for (const id of members) {
+      reference = await this.reference(id, referenceAfter, throughVersion, budgetMs);
+      if (reference !== undefined) break;
+    }
+    if (reference === undefined) {
+      this.referenceUnavailable++;
+      return stats();
+    }
+    const ops = history.filter((op) => op.kind !== "get" && op.key.startsWith(this.prefix));
+    const acknowledged: AcknowledgedWrite[] = [];
+    const unknown: UnansweredWrite[] = [];
+    const refused: UnansweredWrite[] = [];
+    for (const op of ops) {
+      const kind = op.kind === "put" ? "put" : "delete";
+      const write = { key: op.key, kind, ...(op.value === undefined ? {} : { value: op.value }) } as const;
+      if (op.outcome === "ok") acknowledged.push({ ...write, version: op.version as number, ...(kind === "delete" ? { deleted: op.deleted === true } : {}) });
+      else if (op.outcome === "unknown") unknown.push(write);
+      else refused.push(write);
+    }
+    const eventsOf = (w: Watcher): WatcherEvents => ({ label: w.label, prefix: this.prefix, startAfter: w.startAfter, events: w.events, reached: w.reached });
+    // Watchers that went on to the end, against everything; each one that ended (a compacted resume)
+    // over what it covered: through the version it reached.
+    const runs = [
+      { watchers: checked.filter((w) => !w.ended), through: throughVersion },
+      ...checked.filter((w) => w.ended).map((w) => ({ watchers: [w], through: w.reached })),
+    ];
+    for (const run of runs) {
+      if (run.watchers.length === 0) continue;
+      const result = checkWatch({
+        reference: reference.filter((event) => event.version <= run.through),
+        referenceAfter,
+        throughVersion: run.through,
+        watchers: run.watchers.map(eventsOf),
+        acknowledged: acknowledged.filter((write) => write.version <= run.through),
+        unknown,
+        refused,
+        singleKeyWrites: true,
+      });
+      if (!result.ok) {
+        const shown = result.problems.slice(0, 10).map((p) => `${p.kind}${p.watcher === undefined ? "" : ` (${p.watcher})`}${p.version === undefined ? "" : ` @${p.version}`}: ${p.detail}`);
+        throw new SimViolation(`watch check failed (through version ${run.through}): ${shown.join("; ")}`);
+      }
+    }
+    return stats();
+  }
+
+  /** A digest of what the watchers received (for the run's digest: a replay receives the same). */
+  digestText(): string {
+    return this.watchers.map((w) => `${w.label}:${w.startAfter}:${w.reached}:${w.events.map((e) => `${e.version}${e.kind[0]}${e.key}=${e.value ?? ""}`).join(",")}`).join("|");
+  }
+}
