@@ -14,7 +14,7 @@ import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
-import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
+import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
@@ -98,8 +98,8 @@ export interface PeerServerStats {
   readonly requestsByStatus: ReadonlyMap<number, number>;
   /** Sum of the requests' declared body sizes. */
   readonly receivedBytes: number;
-  /** Calls refused before their body was read, by reason. */
-  readonly refused: Readonly<Record<PeerRefusal, number>>;
+  /** Calls refused before they were delivered, by reason (see `CallRefusal`). */
+  readonly refused: Readonly<Record<CallRefusal, number>>;
   /** Calls taken from nodes outside this node's configuration (see `noteUnknownSender`). */
   readonly callsFromNonMembers: number;
 }
@@ -120,8 +120,15 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
   return Math.max(200, tickMs * electionTicks);
 }
 
+/**
+ * Why the peer server refused a call before delivering it: its authentication (before its body was
+ * read), a node outside this node's configuration without the cluster's nonce, or a message in it
+ * addressed to another node (a peer whose configuration gives our address to another id).
+ */
+export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed";
+
 /** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
-type PeerCallNote = PeerRefusal | "not_a_peer" | "peer_address_unknown";
+type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown";
 
 /** Client URLs of peers kept at most (members' always). */
 const peerHttpUrlsMax = 1_024;
@@ -156,7 +163,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
-  const refused: Record<PeerRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0 };
+  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0 };
   let callsFromNonMembers = 0;
   const refusalLog = createRefusalLog(log);
   const auth = options.auth;
@@ -175,11 +182,34 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     if (options.peers.has(from)) return;
     callsFromNonMembers++;
     refusalLog(
-      "not_a_peer",
+      "from_non_member",
       `took a call from node ${from}, which is not in this node's configuration (--cluster, or the membership it applied): ` +
         `a member added while this node was away, which it learns of from the log, or one that is not a member (removed, or never added), which gets answers and is sent nothing. ` +
         `If this lasts and node ${from} should be a member, empty its data dir and start it with --join`,
     );
+  }
+  /**
+   * A node outside this node's configuration must carry the cluster's nonce, once this node applied
+   * one (peer-auth.ts): a cluster bootstrapped apart with the same voter ids and no token derives
+   * the same cluster id, and its first leader calls before it applied its own nonce. Taken, such a
+   * call's term deposed this cluster's leader (found in a black-box review). A member added while
+   * this node was away has applied the nonce before it can lead, so it still gets through.
+   */
+  function checkSender(from: NodeId, headers: Headers): void {
+    if (options.peers.has(from)) return;
+    const ours = auth?.clusterNonce?.();
+    if (ours === undefined || headers.get(CLUSTER_NONCE_HEADER) === ours) return;
+    refused.not_a_peer++;
+    refusalLog(
+      "not_a_peer",
+      `refused a call from node ${from}, which is not in this node's configuration and does not carry this cluster's nonce: ` +
+        `a node of another cluster bootstrapped with the same ids and no --cluster-token (give each cluster its own token), or a node that never applied this cluster's first entries`,
+    );
+    throw new ConnectError(`call from node ${from}, outside node ${options.selfId}'s configuration, without this cluster's nonce`, Code.FailedPrecondition);
+  }
+  function noteMisaddressed(from: NodeId, to: NodeId): void {
+    refused.misaddressed++;
+    refusalLog("misaddressed", `refused a call from node ${from} with a message for node ${to}: node ${from}'s configuration gives this node's address (node ${options.selfId}) to node ${to}; check its --cluster`);
   }
   /**
    * Peers' calls waiting for their answer (reply-slots.ts): `send` puts messages for such a peer in
@@ -230,6 +260,8 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
       awaitReply: (from) => replySlots.awaitReply(from),
+      checkSender,
+      onMisaddressed: noteMisaddressed,
       snapshotDecodeLimits: limits,
       ...(onSnapshotChunk === undefined
         ? {}

@@ -32,6 +32,14 @@ export interface RaftServiceOptions {
   /** Stages each validated snapshot chunk; without it, chunks are refused with `unimplemented`. */
   readonly onSnapshotChunk?: SnapshotChunkHandler;
   readonly snapshotDecodeLimits?: SnapshotDecodeLimits;
+  /**
+   * Checks a decoded call's sender before anything of it is delivered, with the call's headers
+   * (connect-transport.ts: a node outside the configuration must carry the cluster's nonce);
+   * throws the `ConnectError` that refuses the call.
+   */
+  readonly checkSender?: (from: NodeId, headers: Headers) => void;
+  /** Told of a call refused because a message in it is addressed to another node (for the refusal count). */
+  readonly onMisaddressed?: (from: NodeId, to: NodeId) => void;
 }
 
 /** How often an answer carries this server's URL (`SendResponse.from_http_url`): one in this many per caller. */
@@ -54,7 +62,7 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
   };
   return (router) => {
     router.service(RaftService, {
-      async send(request) {
+      async send(request, context) {
         let decoded: DecodedSendRequest;
         try {
           decoded = fromSendRequest(request, limits);
@@ -69,14 +77,16 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
           if (message.to !== options.selfId) {
             // A peer whose configuration maps our address to another id: refuse rather than
             // let the core silently ignore every message.
+            options.onMisaddressed?.(decoded.from, message.to);
             throw new ConnectError(`message to node ${message.to} reached node ${options.selfId}`, Code.InvalidArgument);
           }
         }
+        options.checkSender?.(decoded.from, context.requestHeader);
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
         const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
         return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined);
       },
-      sendSnapshotChunk(request) {
+      sendSnapshotChunk(request, context) {
         const onSnapshotChunk = options.onSnapshotChunk;
         if (onSnapshotChunk === undefined) throw new ConnectError("this server does not take snapshots", Code.Unimplemented);
         let chunk: SnapshotChunk;
@@ -87,7 +97,11 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
           throw error;
         }
         if (chunk.from === options.selfId) throw new ConnectError(`chunk from node ${chunk.from}, which is this node`, Code.InvalidArgument);
-        if (chunk.to !== options.selfId) throw new ConnectError(`chunk to node ${chunk.to} reached node ${options.selfId}`, Code.InvalidArgument);
+        if (chunk.to !== options.selfId) {
+          options.onMisaddressed?.(chunk.from, chunk.to);
+          throw new ConnectError(`chunk to node ${chunk.to} reached node ${options.selfId}`, Code.InvalidArgument);
+        }
+        options.checkSender?.(chunk.from, context.requestHeader);
         try {
           onSnapshotChunk(chunk);
         } catch (error: unknown) {
