@@ -314,6 +314,17 @@ test("kv leader transfer --to N hands leadership over through whichever endpoint
   expect(await cluster.waitForLeader()).toBe(target);
 });
 
+test("kv leader transfer answered with leaderId 0 says the leader stepped down and no new one was known yet (it printed 'moved to node 0': found in a black-box review)", async () => {
+  const stub = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ leaderId: 0, previousLeaderId: 2 }) });
+  try {
+    const result = await kv(["leader", "transfer", "--to", "3", "--endpoints", `http://127.0.0.1:${stub.port}`]);
+    expect(result.code).toBe(0);
+    expect(result.out).toBe("node 2 stepped down; no new leader was known when it answered (an election was under way): see kv status\n");
+  } finally {
+    stub.stop(true);
+  }
+});
+
 test("status: endpoints that answer but refuse (401 without the token) are refused, exit 2, not unreachable (exit 3)", async () => {
   const refusing = Bun.serve({
     hostname: "127.0.0.1",

@@ -383,7 +383,12 @@ const leaderTransferCommand = defineCommand({
     const conn = connection(args);
     const to = args.to === undefined ? undefined : parseIntFlag("to", args.to, 1, 1_000_000);
     const result = await call(() => conn.client.transferLeadership(to));
-    const moved = result.leaderId === result.previousLeaderId ? `node ${result.leaderId} leads already` : `leadership moved from node ${result.previousLeaderId} to node ${result.leaderId}`;
+    const moved =
+      result.leaderId === result.previousLeaderId
+        ? `node ${result.leaderId} leads already`
+        : result.leaderId === 0
+          ? `node ${result.previousLeaderId} stepped down; no new leader was known when it answered (an election was under way): see kv status`
+          : `leadership moved from node ${result.previousLeaderId} to node ${result.leaderId}`;
     print(conn, result, moved);
   },
 });
