@@ -222,6 +222,23 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
     expect(membership.removed()).toBe(true);
   });
 
+  test("a --cluster entry that differs from the member's recorded address is used, and said once per recorded address (a member re-added elsewhere was silently reached at its old one: found in a black-box review)", () => {
+    const raw = { basicStatus: () => ({ role: "follower", voters: [1, 2, 3], learners: [] }) as never } as unknown as Partial<RawNode>;
+    const moved = addresses.map((address) => (address.id === 2 ? { ...address, peerUrl: "mem://peer-2-new" } : address));
+    const { host, logged, record } = hostWith({ voters: [1, 2, 3], learners: [], addresses: moved, changedIndex: 9 }, raw);
+    const directory = new Map<number, string>();
+    const membership = new NodeMembership({ ...host, peers: new Map([[1, "mem://peer-1"], [2, "mem://peer-2"], [3, "mem://peer-3"]]), peerDirectory: directory });
+    membership.refreshAddresses();
+    expect(directory.get(2)).toBe("mem://peer-2");
+    expect(logged).toEqual(["peer address from --cluster"]);
+    membership.refreshAddresses();
+    expect(logged).toHaveLength(1);
+    // Moved again: said again.
+    record({ voters: [1, 2, 3], learners: [], addresses: addresses.map((address) => (address.id === 2 ? { ...address, peerUrl: "mem://peer-2-newer" } : address)), changedIndex: 12 });
+    membership.refreshAddresses();
+    expect(logged).toHaveLength(2);
+  });
+
   test("the leader promotes only a caught-up learner it has heard from lately: one that caught up and then went down stays a learner, and an operator's promote is refused (found by a code review)", async () => {
     let heard = false;
     const proposed: Uint8Array[] = [];

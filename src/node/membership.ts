@@ -46,6 +46,8 @@ export interface MembershipHost {
 export class NodeMembership {
   /** Every member's addresses as this node reaches them: the recorded ones, overridden by `peers`. */
   private readonly addresses = new Map<NodeId, MemberAddress>();
+  /** The recorded address each --cluster override was said for (see `refreshAddresses`). */
+  private readonly overridesSaid = new Map<NodeId, string>();
   private pending: PendingConfChange | undefined;
   /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
   private removedHere = false;
@@ -283,8 +285,22 @@ export class NodeMembership {
     this.addresses.clear();
     for (const address of membership.addresses) this.addresses.set(address.id, address);
     // This node's own --cluster view of a peer wins (e.g. a proxy in between); never for ex-members.
+    // Where it differs from what the membership records, that is said once per address: a member
+    // removed and added again elsewhere under its id stays at its old address for every node
+    // started with the old --cluster line (found in a black-box review), and nothing said so.
     for (const [id, peerUrl] of peers) {
-      if (memberIds.has(id) || membership.changedIndex === 0) this.addresses.set(id, { ...this.addresses.get(id), id, peerUrl });
+      if (!memberIds.has(id) && membership.changedIndex !== 0) continue;
+      const recorded = this.addresses.get(id)?.peerUrl;
+      if (recorded !== undefined && recorded !== peerUrl && id !== this.host.id && this.overridesSaid.get(id) !== recorded) {
+        this.overridesSaid.set(id, recorded);
+        this.host.log?.("peer address from --cluster", {
+          nodeId: id,
+          peerUrl,
+          recordedPeerUrl: recorded,
+          detail: `this node reaches node ${id} at ${peerUrl}, as its --cluster says, where the membership records ${recorded}: if node ${id} moved (removed and added again elsewhere), drop or update its --cluster entry and restart this node`,
+        });
+      }
+      this.addresses.set(id, { ...this.addresses.get(id), id, peerUrl });
     }
     if (directory === undefined) return;
     for (const id of [...directory.keys()]) {

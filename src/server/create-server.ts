@@ -127,6 +127,7 @@ export function nodeEventLevel(event: string): "error" | "warn" | "info" {
       return "error";
     case "snapshot send failed":
     case "learner promotion failed":
+    case "peer address from --cluster":
       return "warn";
     default:
       return "info";
