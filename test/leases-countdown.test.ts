@@ -166,3 +166,44 @@ describe("a new leader's lease countdowns", () => {
     expect(new Set(expired).size).toBe(5_500);
   });
 });
+
+test("a keepalive whose read barrier is answered in the turn that stops the node is settled, not left waiting for ticks that never come (found in review)", async () => {
+  const row: ListedValue = { key: leaseRowKey(1), value: new TextEncoder().encode(JSON.stringify({ ttlMs: 1_000 })), version: 1 };
+  let nowMs = 0;
+  let stopped = false;
+  let releaseBarrier: () => void = () => undefined;
+  const storage = {
+    list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
+    get: (key: string) => (key === row.key ? row : undefined),
+  } as unknown as KvStorage;
+  const host: LeasesHost = {
+    storage,
+    clock: { nowMs: () => nowMs, wallMs: () => nowMs, every: () => () => undefined } as unknown as Clock,
+    ttlMsMin: 1,
+    coreStatus: () => ({ role: "leader", term: 2 }),
+    refuseUnlessRunning: () => {
+      if (stopped) throw new Error("the node is shutting down");
+    },
+    refuseWhenFull: () => undefined,
+    notLeader: () => new Error("not leader") as never,
+    readBarrier: () => new Promise<void>((resolve) => (releaseBarrier = resolve)),
+    requestTimeoutMs: 5_000,
+    propose: () => new Promise(() => undefined), // the expiry is proposed and never applies
+  };
+  const leases = new NodeLeases(host);
+  leases.roleChanged("leader", 2);
+  nowMs = 2_000;
+  leases.tick(); // lease 1 ran out: its expiry is proposed
+  let settled = "pending";
+  leases.keepAlive(1).then(
+    () => (settled = "ok"),
+    (error: Error) => (settled = `rejected: ${error.message}`),
+  );
+  // One task of the node: a turn answers the read barrier, then the node stops (fail -> stop -> failAll -> leases.stopped()).
+  releaseBarrier();
+  stopped = true;
+  leases.stopped();
+  // No tick comes again; what is pending settles within a few turns of the event loop, or never.
+  for (let turn = 0; turn < 100 && settled === "pending"; turn++) await new Promise((resolve) => setImmediate(resolve));
+  expect(settled).toBe("rejected: the node is shutting down");
+});

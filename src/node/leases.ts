@@ -337,6 +337,9 @@ export class NodeLeases {
     for (;;) {
       const ttlMs = await this.ttlOnLeader(id);
       if (this.countdowns.keepAlive(id, ttlMs, this.host.clock.nowMs())) return { id, ttlMs };
+      // The turn that answered the read barrier may have stopped the node: no tick would settle a
+      // waiter registered now (found in review).
+      this.host.refuseUnlessRunning();
       const settled = await new Promise<"settled" | "overdue">((resolve) => {
         let waiting = this.runOutWaiters.get(id);
         if (waiting === undefined) this.runOutWaiters.set(id, (waiting = []));
