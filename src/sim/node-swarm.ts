@@ -43,8 +43,9 @@ export interface NodeSwarmResult {
   /** The bank workload's transfers answered as applied, and its reads answered (src/chaos/bank.ts). */
   readonly bankTransfers: number;
   readonly bankReads: number;
-  /** Watchers checked against the clients' writes (src/sim/sim-watch.ts), the change events they received, resumes refused as compacted, and runs whose watchers went unchecked (no member's history covered them). */
+  /** Watchers checked against the clients' writes (src/sim/sim-watch.ts), the streams they opened (resumes included), the change events they received, watchers ended by resumes every node refused as compacted, and runs whose watchers were judged only from where a member's history began. */
   readonly watchers: number;
+  readonly watchStreams: number;
   readonly watchEvents: number;
   readonly watchCompactedResumes: number;
   readonly watchReferenceUnavailable: number;
@@ -275,7 +276,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   };
 
   hooks.onStart?.(sim);
-  let watchStats = { watchers: 0, events: 0, compactedResumes: 0, referenceUnavailable: 0 };
+  let watchStats = { watchers: 0, streams: 0, events: 0, compactedResumes: 0, referenceUnavailable: 0 };
   try {
     await sim.runUntil(runMs);
     await sim.healAndCheck(keys, 60_000);
@@ -341,6 +342,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     bankTransfers: bank.history.filter((op) => op.kind === "transfer" && op.outcome === "ok" && op.succeeded === true).length,
     bankReads: bank.history.filter((op) => op.kind === "read").length,
     watchers: watchStats.watchers,
+    watchStreams: watchStats.streams,
     watchEvents: watchStats.events,
     watchCompactedResumes: watchStats.compactedResumes,
     watchReferenceUnavailable: watchStats.referenceUnavailable,

@@ -7,11 +7,12 @@
  * records every change it receives. When its stream ends (its node crashed or stopped, a snapshot
  * overtook it, it fell behind) or its node is no longer running, it resumes on another node after
  * the last version it reached, as an `EventSource` reconnecting with `Last-Event-ID` does. A resume
- * refused as compacted (no node keeps its history any more) ends that watcher honestly: a new one
- * starts from now, and each is checked over what it covered. After healing, every watcher must
- * reach the final commit index; the reference is a fresh watch, from the earliest start, on a member
- * whose history still covers it. When none does (every member installed a snapshot past it), the
- * run's watchers go unchecked, and that is counted (`referenceUnavailable`).
+ * refused as compacted by every running node (none keeps its history any more) ends that watcher
+ * honestly: a new one starts from now, and each is checked over what it covered. After healing,
+ * every watcher must reach the final commit index; the reference is a fresh watch, from the
+ * earliest start, on a member whose history still covers it. When none does (every member
+ * restarted or installed a snapshot since), it starts where the member whose history reaches back
+ * furthest starts, and every watcher is judged from there on (counted: `referenceUnavailable`).
  */
 import { checkWatch, type AcknowledgedWrite, type UnansweredWrite, type WatchEvent, type WatcherEvents } from "../chaos/watch-check.ts";
 import { KvError } from "../lib/kv-error.ts";
@@ -43,6 +44,8 @@ interface Watcher {
   subscription: WatchSubscription | undefined;
   /** Bumped whenever its stream is replaced, so a stale reader stops. */
   generation: number;
+  /** Nodes that refused to resume it as compacted at `reached` (another may still keep that history). */
+  readonly refusedBy: Set<NodeId>;
 }
 
 const decoder = new TextDecoder();
@@ -82,7 +85,7 @@ export class SimWatchers {
   }
 
   private newWatcher(): Watcher {
-    const watcher: Watcher = { label: `w${this.watchers.length + 1}`, startAfter: -1, reached: -1, events: [], ended: false, subscription: undefined, generation: 0 };
+    const watcher: Watcher = { label: `w${this.watchers.length + 1}`, startAfter: -1, reached: -1, events: [], ended: false, subscription: undefined, generation: 0, refusedBy: new Set() };
     this.watchers.push(watcher);
     return watcher;
   }
@@ -94,7 +97,7 @@ export class SimWatchers {
 
   /** Opens `watcher`'s stream on a running node drawn at random (none running: a later tick tries again). */
   private open(watcher: Watcher, start: "now" | { after: number }): void {
-    const running = [...this.sim.servers.keys()].filter((id) => this.sim.isRunning(id));
+    const running = [...this.sim.servers.keys()].filter((id) => this.sim.isRunning(id) && (start === "now" || !watcher.refusedBy.has(id)));
     if (running.length === 0 || this.stopped) return;
     const id = this.prng.pick(running);
     const node = this.sim.servers.get(id)?.node;
@@ -112,16 +115,24 @@ export class SimWatchers {
           return;
         }
         watcher.subscription = subscription;
-        void this.read(watcher, subscription, generation, id, start === "now");
+        watcher.refusedBy.clear();
+        this.read(watcher, subscription, generation, id, start === "now").catch((error: unknown) => this.sim.raise(error));
       },
       (error: unknown) => {
         if (generation !== watcher.generation) return;
         watcher.subscription = undefined;
         if (error instanceof KvError && error.code === "compacted" && start !== "now") {
-          // No node's history covers where it stopped: this watcher ends here; another starts from now.
+          // This node's history does not reach back to where it stopped; another's may. Once every
+          // running node refused, no node keeps it: this watcher ends here, and another starts from now.
+          watcher.refusedBy.add(id);
+          const untried = [...this.sim.servers.keys()].filter((other) => this.sim.isRunning(other) && !watcher.refusedBy.has(other));
+          if (untried.length > 0) {
+            this.open(watcher, start);
+            return;
+          }
           this.compactedResumes++;
           watcher.ended = true;
-          if (!this.stopped && this.sim.nowMs < this.endMs) this.open(this.newWatcher(), "now");
+          if (!this.stopped) this.open(this.newWatcher(), "now");
           return;
         }
         if (!(error instanceof KvError)) this.sim.raise(error);
@@ -172,24 +183,29 @@ export class SimWatchers {
     }
   }
 
-  /** Reads the reference from node `id` (a member, caught up), from the earliest start, through `throughVersion`. */
-  private async reference(id: NodeId, after: number, throughVersion: number, budgetMs: number): Promise<WatchEvent[] | undefined> {
+  /**
+   * Reads the reference from node `id` (a member, caught up), after `after`, through
+   * `throughVersion`: the changes, or the oldest version this node's history may start from when it
+   * does not reach back to `after`.
+   */
+  private async reference(id: NodeId, after: number, throughVersion: number, budgetMs: number): Promise<WatchEvent[] | { compactVersion: number } | undefined> {
     const node = this.sim.servers.get(id)?.node;
     if (node === undefined) return undefined;
     let subscription: WatchSubscription;
     try {
       subscription = await node.watch({ prefix: this.prefix }, { after });
     } catch (error) {
-      if (error instanceof KvError && error.code === "compacted") return undefined;
+      if (error instanceof KvError && error.code === "compacted" && error.details.compactVersion !== undefined) return { compactVersion: error.details.compactVersion };
       throw error;
     }
     const events: WatchEvent[] = [];
     let reached = after;
-    const done = this.sim.runUntilTrue(() => reached >= throughVersion, budgetMs);
+    let ended = false;
+    const done = this.sim.runUntilTrue(() => ended || reached >= throughVersion, budgetMs);
     void (async () => {
       for (;;) {
         const items = await subscription.next();
-        if (items === undefined) return;
+        if (items === undefined) break;
         for (const item of items) {
           if (item.type === "change") {
             events.push(eventOf(item));
@@ -197,20 +213,25 @@ export class SimWatchers {
           } else if (item.type === "progress") {
             reached = Math.max(reached, item.version);
           } else {
-            return;
+            ended = true;
           }
         }
+        if (ended) break;
       }
-    })();
-    const ok = await done;
+      ended = true;
+    })().catch((error: unknown) => this.sim.raise(error));
+    await done;
     subscription.close();
-    return ok ? events : undefined;
+    return reached >= throughVersion ? events : undefined;
   }
 
   /**
    * Judges every watcher with the watch checker against a reference read on one of `members`, the
-   * clients' answers (`history`: ops on keys under the prefix) and `throughVersion`. Throws a
-   * `SimViolation` naming the problems.
+   * clients' answers (`history`: ops on keys under the prefix) and `throughVersion`. The reference
+   * starts at the earliest start of any watcher, or where the member whose history reaches back
+   * furthest starts, if none reaches that far: each watcher is then judged from there on (what it
+   * received before is left unjudged, counted in `referenceUnavailable`). Throws a `SimViolation`
+   * naming the problems.
    */
   async check(members: readonly NodeId[], history: readonly Operation[], throughVersion: number, budgetMs: number): Promise<SimWatchStats> {
     this.stopped = true;
@@ -224,16 +245,25 @@ export class SimWatchers {
       referenceUnavailable: this.referenceUnavailable,
     });
     if (checked.length === 0) return stats();
-    const referenceAfter = Math.min(...checked.map((w) => w.startAfter));
+    let referenceAfter = Math.min(...checked.map((w) => w.startAfter));
     let reference: WatchEvent[] | undefined;
+    let furthest: { id: NodeId; compactVersion: number } | undefined;
     for (const id of members) {
-      reference = await this.reference(id, referenceAfter, throughVersion, budgetMs);
-      if (reference !== undefined) break;
+      const read = await this.reference(id, referenceAfter, throughVersion, budgetMs);
+      if (Array.isArray(read)) {
+        reference = read;
+        break;
+      }
+      if (read !== undefined && (furthest === undefined || read.compactVersion < furthest.compactVersion)) furthest = { id, compactVersion: read.compactVersion };
     }
-    if (reference === undefined) {
+    if (reference === undefined && furthest !== undefined) {
+      referenceAfter = furthest.compactVersion - 1;
+      const read = await this.reference(furthest.id, referenceAfter, throughVersion, budgetMs);
+      if (Array.isArray(read)) reference = read;
       this.referenceUnavailable++;
-      return stats();
     }
+    if (reference === undefined) throw new SimViolation(`no member could be read for the watch reference through version ${throughVersion}`);
+    const from = referenceAfter;
     const ops = history.filter((op) => op.kind !== "get" && op.key.startsWith(this.prefix));
     const acknowledged: AcknowledgedWrite[] = [];
     const unknown: UnansweredWrite[] = [];
@@ -241,22 +271,30 @@ export class SimWatchers {
     for (const op of ops) {
       const kind = op.kind === "put" ? "put" : "delete";
       const write = { key: op.key, kind, ...(op.value === undefined ? {} : { value: op.value }) } as const;
-      if (op.outcome === "ok") acknowledged.push({ ...write, version: op.version as number, ...(kind === "delete" ? { deleted: op.deleted === true } : {}) });
-      else if (op.outcome === "unknown") unknown.push(write);
+      if (op.outcome === "ok") {
+        if ((op.version as number) > from) acknowledged.push({ ...write, version: op.version as number, ...(kind === "delete" ? { deleted: op.deleted === true } : {}) });
+      } else if (op.outcome === "unknown") unknown.push(write);
       else refused.push(write);
     }
-    const eventsOf = (w: Watcher): WatcherEvents => ({ label: w.label, prefix: this.prefix, startAfter: w.startAfter, events: w.events, reached: w.reached });
-    // Watchers that went on to the end, against everything; each one that ended (a compacted resume)
-    // over what it covered: through the version it reached.
+    // Each watcher from the reference's start on (see above).
+    const eventsOf = (w: Watcher): WatcherEvents => ({
+      label: w.label,
+      prefix: this.prefix,
+      startAfter: Math.max(w.startAfter, from),
+      events: w.events.filter((event) => event.version > from),
+      reached: w.reached,
+    });
+    // Watchers that went on to the end, against everything; each one that ended (every running node
+    // refused to resume it as compacted) over what it covered: through the version it reached.
     const runs = [
       { watchers: checked.filter((w) => !w.ended), through: throughVersion },
-      ...checked.filter((w) => w.ended).map((w) => ({ watchers: [w], through: w.reached })),
+      ...checked.filter((w) => w.ended && w.reached > from).map((w) => ({ watchers: [w], through: w.reached })),
     ];
     for (const run of runs) {
       if (run.watchers.length === 0) continue;
       const result = checkWatch({
         reference: reference.filter((event) => event.version <= run.through),
-        referenceAfter,
+        referenceAfter: from,
         throughVersion: run.through,
         watchers: run.watchers.map(eventsOf),
         acknowledged: acknowledged.filter((write) => write.version <= run.through),
