@@ -4,13 +4,33 @@
 import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { createServerCluster } from "./helpers/server-cluster.ts";
 import { startKvProcess } from "./helpers/kv-process.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-corruption-node-"));
 afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
+
+/**
+ * A one-voter cluster (it leads itself) in a new dir under `baseDir` writes `values` to keys
+ * `<keyPrefix>0`, `<keyPrefix>1`, ... and stops cleanly; its data dir and its log's last segment.
+ */
+async function writtenAndStopped(name: string, values: readonly string[], keyPrefix = "k") {
+  const base = mkdtempSync(join(baseDir, name));
+  const dataDir = join(base, "node-1");
+  const cluster = createServerCluster({ size: 1, baseDir: base });
+  try {
+    await cluster.start();
+    await cluster.waitForLeader();
+    for (const [i, value] of values.entries()) expect((await fetch(`${cluster.node(1).httpUrl}/kv/${keyPrefix}${i}`, { method: "PUT", body: value })).status).toBe(200);
+    await cluster.node(1).stop();
+  } finally {
+    await cluster.stop();
+  }
+  const logDir = join(dataDir, "kv.db-log");
+  return { base, dataDir, logDir, segment: join(logDir, readdirSync(logDir).sort().at(-1) as string) };
+}
 
 test("a damaged log entry stops the node at start with the file and the index", async () => {
   const dataDir = join(baseDir, "node-1");
@@ -62,20 +82,8 @@ test("a damaged log entry stops the node at start with the file and the index", 
 });
 
 test("a log cut short below its commit index stops the node at start naming the log, not the database, and the way back", async () => {
-  const base = mkdtempSync(join(baseDir, "cut-"));
-  const dataDir = join(base, "node-1");
-  const cluster = createServerCluster({ size: 1, baseDir: base });
-  try {
-    await cluster.start();
-    await cluster.waitForLeader();
-    for (let i = 0; i < 5; i++) expect((await fetch(`${cluster.node(1).httpUrl}/kv/k${i}`, { method: "PUT", body: `cut${i}` })).status).toBe(200);
-    await cluster.node(1).stop();
-  } finally {
-    await cluster.stop();
-  }
+  const { dataDir, logDir, segment } = await writtenAndStopped("cut-", ["cut0", "cut1", "cut2", "cut3", "cut4"]);
   // The segment loses its last records, written and fsynced before the commit index was saved.
-  const logDir = join(dataDir, "kv.db-log");
-  const segment = join(logDir, readdirSync(logDir).sort().at(-1) as string);
   const bytes = readFileSync(segment);
   const at = bytes.lastIndexOf("cut2");
   expect(at).toBeGreaterThan(0);
@@ -135,21 +143,9 @@ test("a value damaged in the database answers 500 corrupt, naming the key, not t
 });
 
 test("a torn record cut off the log's end at start is logged, with where and how much; the node serves what was acknowledged", async () => {
-  const base = mkdtempSync(join(baseDir, "torn-"));
-  const dataDir = join(base, "node-1");
-  const cluster = createServerCluster({ size: 1, baseDir: base });
-  try {
-    await cluster.start();
-    await cluster.waitForLeader();
-    for (let i = 0; i < 3; i++) expect((await fetch(`${cluster.node(1).httpUrl}/kv/t${i}`, { method: "PUT", body: `torn${i}` })).status).toBe(200);
-    await cluster.node(1).stop();
-  } finally {
-    await cluster.stop();
-  }
+  const { base, dataDir, segment } = await writtenAndStopped("torn-", ["torn0", "torn1", "torn2"], "t");
+  const name = basename(segment);
   // A record being written when the machine stopped: its first bytes made it, the rest never did.
-  const logDir = join(dataDir, "kv.db-log");
-  const name = readdirSync(logDir).sort().at(-1) as string;
-  const segment = join(logDir, name);
   const bytes = readFileSync(segment);
   // A record's header promising 1,000 bytes, and 41 of them: the file ends inside it.
   const torn = new Uint8Array(50).fill(0x61);

@@ -6,6 +6,23 @@ import { leaseRowKey } from "../src/kv/leases.ts";
 import { LeaseCountdowns, type LeasesHost, NodeLeases } from "../src/node/leases.ts";
 import type { KvStorage, ListedValue } from "../src/storage/kv-storage.ts";
 
+/** A leader's `LeasesHost` over `storage`, its clock at `nowMs()`; `overrides` replace any part. */
+function leaderHost(storage: KvStorage, nowMs: () => number, overrides: Partial<LeasesHost> = {}): LeasesHost {
+  return {
+    storage,
+    clock: { nowMs, wallMs: nowMs, every: () => () => undefined } as unknown as Clock,
+    ttlMsMin: 1,
+    coreStatus: () => ({ role: "leader", term: 2 }),
+    refuseUnlessRunning: () => undefined,
+    refuseWhenFull: () => undefined,
+    notLeader: () => new Error("not leader") as never,
+    readBarrier: async () => undefined,
+    requestTimeoutMs: 5_000,
+    propose: async () => ({ kind: "noop", index: 0 }) as never,
+    ...overrides,
+  };
+}
+
 describe("lease countdowns", () => {
   test("a lease is due at its TTL from the last start or keepalive; ended leases never come due", () => {
     const countdowns = new LeaseCountdowns();
@@ -119,22 +136,13 @@ describe("a new leader's lease countdowns", () => {
         return page;
       },
     } as unknown as KvStorage;
-    const host: LeasesHost = {
-      storage,
-      clock: { nowMs: () => nowMs, wallMs: () => nowMs, every: () => () => undefined } as unknown as Clock,
-      ttlMsMin: 1,
-      coreStatus: () => ({ role: "leader", term: 2 }),
-      refuseUnlessRunning: () => undefined,
-      refuseWhenFull: () => undefined,
-      notLeader: () => new Error("not leader") as never,
-      readBarrier: async () => undefined,
-      requestTimeoutMs: 5_000,
+    const host = leaderHost(storage, () => nowMs, {
       propose: async (data) => {
         const command = decodeLeaseCommand(data);
         if (command.op === "lease-expire") expired.push(...command.ids);
         return { kind: "noop", index: 0 } as never;
       },
-    };
+    });
     return { host, read, expired, advance: (ms: number) => (nowMs += ms) };
   }
 
@@ -176,20 +184,13 @@ test("a keepalive whose read barrier is answered in the turn that stops the node
     list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
     get: (key: string) => (key === row.key ? row : undefined),
   } as unknown as KvStorage;
-  const host: LeasesHost = {
-    storage,
-    clock: { nowMs: () => nowMs, wallMs: () => nowMs, every: () => () => undefined } as unknown as Clock,
-    ttlMsMin: 1,
-    coreStatus: () => ({ role: "leader", term: 2 }),
+  const host = leaderHost(storage, () => nowMs, {
     refuseUnlessRunning: () => {
       if (stopped) throw new Error("the node is shutting down");
     },
-    refuseWhenFull: () => undefined,
-    notLeader: () => new Error("not leader") as never,
     readBarrier: () => new Promise<void>((resolve) => (releaseBarrier = resolve)),
-    requestTimeoutMs: 5_000,
     propose: () => new Promise(() => undefined), // the expiry is proposed and never applies
-  };
+  });
   const leases = new NodeLeases(host);
   leases.roleChanged("leader", 2);
   nowMs = 2_000;
