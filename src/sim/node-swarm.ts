@@ -198,7 +198,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
 
   // Watchers of the clients' keys (not the bank's: its transfers change two keys at a version), in
   // most runs, each resuming on another node when its stream ends (src/sim/sim-watch.ts).
-  const watchers = new SimWatchers(sim, prng, "k", runMs);
+  const watchers = new SimWatchers(sim, prng, "k");
   watchers.start(prng.pick([0, 1, 2, 3]), tickMs);
 
   // The nemesis: one draw per tick.

@@ -49,6 +49,8 @@ interface Watcher {
 }
 
 const decoder = new TextDecoder();
+/** What a watcher's `subscription` holds while its stream is being opened. */
+const opening: WatchSubscription = { next: async () => undefined, close: () => undefined };
 
 function eventOf(item: Extract<WatchItem, { type: "change" }>): WatchEvent {
   const change = item.change;
@@ -70,10 +72,9 @@ export class SimWatchers {
     private readonly prng: Prng,
     /** The keys' common prefix (the clients' keys, not the bank's: its transactions change two keys at a version). */
     private readonly prefix: string,
-    private readonly endMs: number,
   ) {}
 
-  /** Starts `count` watchers, each at a drawn time, and keeps them resuming every tick until `endMs`. */
+  /** Starts `count` watchers, each at a drawn time, and keeps them resuming every tick until `check`. */
   start(count: number, tickMs: number): void {
     for (let i = 0; i < count; i++) this.sim.at(this.prng.intInclusive(0, 200), () => this.open(this.newWatcher(), "now"));
     const keepUp = (): void => {
@@ -97,15 +98,13 @@ export class SimWatchers {
 
   /** Opens `watcher`'s stream on a running node drawn at random (none running: a later tick tries again). */
   private open(watcher: Watcher, start: "now" | { after: number }): void {
-    const running = [...this.sim.servers.keys()].filter((id) => this.sim.isRunning(id) && (start === "now" || !watcher.refusedBy.has(id)));
-    if (running.length === 0 || this.stopped) return;
-    const id = this.prng.pick(running);
+    const candidates = this.candidates(watcher, start);
+    if (candidates.length === 0 || this.stopped) return;
+    const id = this.prng.pick(candidates);
     const node = this.sim.servers.get(id)?.node;
     if (node === undefined) return;
     const generation = ++watcher.generation;
-    watcher.subscription = undefined;
     // Marked as opening: the keep-up tick leaves it alone until this settles.
-    const opening: WatchSubscription = { next: async () => undefined, close: () => undefined };
     watcher.subscription = opening;
     this.streams++;
     node.watch({ prefix: this.prefix }, start).then(
@@ -125,8 +124,7 @@ export class SimWatchers {
           // This node's history does not reach back to where it stopped; another's may. Once every
           // running node refused, no node keeps it: this watcher ends here, and another starts from now.
           watcher.refusedBy.add(id);
-          const untried = [...this.sim.servers.keys()].filter((other) => this.sim.isRunning(other) && !watcher.refusedBy.has(other));
-          if (untried.length > 0) {
+          if (this.candidates(watcher, start).length > 0) {
             this.open(watcher, start);
             return;
           }
@@ -139,6 +137,11 @@ export class SimWatchers {
         // Refused (no leader for the linearizable start, stopping, overloaded): the next tick tries again.
       },
     );
+  }
+
+  /** The running nodes `watcher` may open on: for a resume, those that have not refused it as compacted. */
+  private candidates(watcher: Watcher, start: "now" | { after: number }): NodeId[] {
+    return [...this.sim.servers.keys()].filter((id) => this.sim.isRunning(id) && (start === "now" || !watcher.refusedBy.has(id)));
   }
 
   private async read(watcher: Watcher, subscription: WatchSubscription, generation: number, id: NodeId, fresh: boolean): Promise<void> {

@@ -486,12 +486,6 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
   return SegmentLog.open(logDir, logOptions);
 }
 
-/**
- * Throws `node_mismatch` when `file` is a database recorded as another node's (schema 6 on), read
- * on a read-only connection: a database opened for writing, even only to be refused, had its WAL
- * checkpointed into it when it closed, and the lock's file made (found in review). Anything this
- * cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
- */
 /** The refusal of a database of a newer release (its `user_version` past `schemaVersion`). */
 function newerSchema(file: string, version: number): StorageError {
   return new StorageError(
@@ -504,8 +498,10 @@ function newerSchema(file: string, version: number): StorageError {
 /**
  * Refuses, on a read-only connection and before anything is written (the lock's file, stale
  * staging, the journal mode), a database of a newer release, and one recorded as another node's
- * (with `nodeId`). A newer database was set to WAL before migrate refused it (found in review:
- * "left unchanged", yet its header had changed).
+ * (`node_mismatch`, schema 6 on, with `nodeId`). A database opened for writing, even only to be
+ * refused, had its WAL checkpointed into it when it closed and the lock's file made, and a newer
+ * one was set to WAL before migrate refused it "left unchanged" (both found in review). Anything
+ * this cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
  */
 function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
   if (!existsSync(file)) return;

@@ -25,7 +25,7 @@ import { defaultSnapshotDecodeLimits } from "./snapshot-codec.ts";
 import type { SnapshotDecodeLimits } from "./snapshot-codec.ts";
 import { defaultSnapshotSendLimits, streamSnapshot } from "./snapshot-sender.ts";
 import type { SnapshotSendLimits } from "./snapshot-sender.ts";
-import type { MessageHandler, SendSnapshotOptions, SnapshotChunk, SnapshotChunkHandler, SnapshotImage, Transport } from "./transport.ts";
+import type { MessageHandler, SendSnapshotOptions, SnapshotChunkHandler, SnapshotImage, Transport } from "./transport.ts";
 
 /** Every bound of the Connect transport, sending and receiving. */
 export interface ConnectTransportLimits extends PeerSenderLimits, DecodeLimits, SnapshotSendLimits, SnapshotDecodeLimits {
@@ -100,7 +100,7 @@ export interface PeerServerStats {
   readonly receivedBytes: number;
   /** Calls refused before they were delivered, by reason (see `CallRefusal`). */
   readonly refused: Readonly<Record<CallRefusal, number>>;
-  /** Calls taken from nodes outside this node's configuration (see `noteUnknownSender`). */
+  /** Calls taken from nodes outside this node's configuration (see `checkSender`). */
   readonly callsFromNonMembers: number;
 }
 
@@ -172,14 +172,30 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * A call from a node outside this node's configuration is taken, and answered through the call
    * (the reply slots: no address is needed). The configuration is the log's business: a voter that
    * was down while a member was added learns of it only from the log, and after a change of leader
-   * only that member may be the one to send it. Refused (until 0.6.0), such a voter never caught up
-   * while the new member led, and a majority that needed its vote never elected anyone (found in a
-   * review). A node that is not a member at all (removed, or never added) gets its answers too: Raft
-   * keeps it from disrupting the cluster (its stale term is refused; a pre-vote is not granted while
-   * a leader is heard from). Said in the log, at most once an interval, with what to do if it lasts.
+   * only that member may be the one to send it. Refused (0.6.0 and before), such a voter never
+   * caught up while the new member led, and a majority that needed its vote never elected anyone
+   * (found in a review). A node that is not a member at all (removed, or never added) gets its
+   * answers too: Raft keeps it from disrupting the cluster (its stale term is refused; a pre-vote is
+   * not granted while a leader is heard from). Said in the log, at most once an interval.
+   *
+   * Such a caller must carry the cluster's nonce, once this node applied one (peer-auth.ts): a
+   * cluster bootstrapped apart with the same voter ids and no token derives the same cluster id,
+   * and its first leader calls before it applied its own nonce; taken, such a call's term deposed
+   * this cluster's leader (found in a black-box review). A member added while this node was away
+   * has applied the nonce before it can lead, so it still gets through.
    */
-  function noteUnknownSender(from: NodeId): void {
+  function checkSender(from: NodeId, headers: Headers): void {
     if (options.peers.has(from)) return;
+    const ours = auth?.clusterNonce?.();
+    if (ours !== undefined && headers.get(CLUSTER_NONCE_HEADER) !== ours) {
+      refused.not_a_peer++;
+      refusalLog(
+        "not_a_peer",
+        `refused a call from node ${from}, which is not in this node's configuration and does not carry this cluster's nonce: ` +
+          `a node of another cluster bootstrapped with the same ids and no --cluster-token (give each cluster its own token), or a node that never applied this cluster's first entries`,
+      );
+      throw new ConnectError(`call from node ${from}, outside node ${options.selfId}'s configuration, without this cluster's nonce`, Code.FailedPrecondition);
+    }
     callsFromNonMembers++;
     refusalLog(
       "from_non_member",
@@ -187,25 +203,6 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         `a member added while this node was away, which it learns of from the log, or one that is not a member (removed, or never added), which gets answers and is sent nothing. ` +
         `If this lasts and node ${from} should be a member, empty its data dir and start it with --join`,
     );
-  }
-  /**
-   * A node outside this node's configuration must carry the cluster's nonce, once this node applied
-   * one (peer-auth.ts): a cluster bootstrapped apart with the same voter ids and no token derives
-   * the same cluster id, and its first leader calls before it applied its own nonce. Taken, such a
-   * call's term deposed this cluster's leader (found in a black-box review). A member added while
-   * this node was away has applied the nonce before it can lead, so it still gets through.
-   */
-  function checkSender(from: NodeId, headers: Headers): void {
-    if (options.peers.has(from)) return;
-    const ours = auth?.clusterNonce?.();
-    if (ours === undefined || headers.get(CLUSTER_NONCE_HEADER) === ours) return;
-    refused.not_a_peer++;
-    refusalLog(
-      "not_a_peer",
-      `refused a call from node ${from}, which is not in this node's configuration and does not carry this cluster's nonce: ` +
-        `a node of another cluster bootstrapped with the same ids and no --cluster-token (give each cluster its own token), or a node that never applied this cluster's first entries`,
-    );
-    throw new ConnectError(`call from node ${from}, outside node ${options.selfId}'s configuration, without this cluster's nonce`, Code.FailedPrecondition);
   }
   function noteMisaddressed(from: NodeId, to: NodeId): void {
     refused.misaddressed++;
@@ -253,7 +250,6 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       selfHttpUrl: options.selfHttpUrl,
       decodeLimits: limits,
       onMessages(messages, from, fromHttpUrl) {
-        noteUnknownSender(from);
         // A non-member's URL is kept too (a member added while this node was away may lead: clients
         // are redirected to it), but not without bound: any id may call.
         if (!closed && fromHttpUrl !== "" && (options.peers.has(from) || peerHttpUrls.has(from) || peerHttpUrls.size < peerHttpUrlsMax)) peerHttpUrls.set(from, fromHttpUrl);
@@ -263,14 +259,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       checkSender,
       onMisaddressed: noteMisaddressed,
       snapshotDecodeLimits: limits,
-      ...(onSnapshotChunk === undefined
-        ? {}
-        : {
-            onSnapshotChunk: (chunk: SnapshotChunk) => {
-              noteUnknownSender(chunk.from);
-              onSnapshotChunk(chunk);
-            },
-          }),
+      ...(onSnapshotChunk === undefined ? {} : { onSnapshotChunk }),
     }),
   });
 
@@ -369,7 +358,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (options.peers.has(peerId)) {
           dispatchToPeer(replySlots, peerId, group, (messages) => senderFor(peerId).enqueue(messages));
         } else if (!replySlots.reply(peerId, group)) {
-          // A node whose address this one has not learned (see `noteUnknownSender`): it can only be
+          // A node whose address this one has not learned (see `checkSender`): it can only be
           // answered through a call of its own, and none waits.
           refusalLog("peer_address_unknown", `dropped ${group.length} message(s) to node ${peerId}, whose address this node has not learned (not in its configuration), with no call of its to answer`);
         }

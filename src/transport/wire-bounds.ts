@@ -22,7 +22,7 @@
  * that trusted the wire type, and a length past the end stopped the walk where `fromBinary` went on
  * (found in the review of this file). Neither is anything a peer sends: both are refused.
  */
-import type { DescField, DescMessage } from "@bufbuild/protobuf";
+import { type DescField, type DescMessage, ScalarType } from "@bufbuild/protobuf";
 
 /** Bounds of one body (see the file comment). */
 export interface WireBounds {
@@ -53,7 +53,7 @@ function fieldsOf(desc: DescMessage): (DescField | undefined)[] {
   return fields;
 }
 
-/** Where the walk stands: counts so far, and the problem once one is found. */
+/** Where the walk stands: counts so far, against the bounds. */
 interface Walk {
   objects: number;
   fields: number;
@@ -126,18 +126,13 @@ function walkMessage(desc: DescMessage, bytes: Uint8Array, start: number, end: n
       if (length >= 0x80) [length, payload] = varint(bytes, at, end);
       if (payload + length > end) throw new Unparsable();
       at = payload + length;
-      if (field !== undefined && field.fieldKind === "message") {
+      if (field === undefined) {
+        addObjects(walk, 1);
+      } else if (field.fieldKind === "message" || (field.fieldKind === "list" && field.listKind === "message")) {
         addObjects(walk, 1);
         walkMessage(field.message, bytes, payload, at, walk);
-      } else if (field !== undefined && field.fieldKind === "list" && field.listKind === "message") {
-        addObjects(walk, 1);
-        walkMessage(field.message, bytes, payload, at, walk);
-      } else if (field !== undefined && field.fieldKind === "list") {
-        // A packed list of scalars: an element per varint (its last byte), or per 4 or 8 bytes; a
-        // list of strings or bytes, one element.
-        addObjects(walk, packedElements(field, bytes, payload, at));
-      } else if (field === undefined) {
-        addObjects(walk, 1);
+      } else if (field.fieldKind === "list") {
+        addObjects(walk, listElements(field, bytes, payload, at));
       }
       continue;
     } else if (wireType !== 3 && wireType !== 4) {
@@ -148,12 +143,23 @@ function walkMessage(desc: DescMessage, bytes: Uint8Array, start: number, end: n
   }
 }
 
-/** The wire type of a scalar type (ScalarType: DOUBLE 1, FLOAT 2, FIXED64 6, FIXED32 7, STRING 9, BYTES 12, SFIXED32 15, SFIXED64 16; the rest varints). */
-function scalarWireType(scalar: number): number {
-  if (scalar === 1 || scalar === 6 || scalar === 16) return 1;
-  if (scalar === 2 || scalar === 7 || scalar === 15) return 5;
-  if (scalar === 9 || scalar === 12) return 2;
-  return 0;
+/** The wire type a scalar of type `scalar` is written with (alone, not packed). */
+function scalarWireType(scalar: ScalarType): number {
+  switch (scalar) {
+    case ScalarType.DOUBLE:
+    case ScalarType.FIXED64:
+    case ScalarType.SFIXED64:
+      return 1;
+    case ScalarType.FLOAT:
+    case ScalarType.FIXED32:
+    case ScalarType.SFIXED32:
+      return 5;
+    case ScalarType.STRING:
+    case ScalarType.BYTES:
+      return 2;
+    default:
+      return 0;
+  }
 }
 
 /** Whether `wireType` is one `fromBinary` reads `field` from as the schema means it. */
@@ -173,14 +179,15 @@ function wireTypeFits(field: DescField, wireType: number): boolean {
   }
 }
 
-/** Elements of a packed list of scalars in `bytes[start, end)`. */
-function packedElements(field: DescField & { fieldKind: "list" }, bytes: Uint8Array, start: number, end: number): number {
-  if (field.listKind !== "scalar" && field.listKind !== "enum") return 1;
-  const scalar = field.listKind === "enum" ? undefined : field.scalar;
-  // ScalarType: DOUBLE 1, FLOAT 2, FIXED64 6, FIXED32 7, STRING 9, BYTES 12, SFIXED32 15, SFIXED64 16.
-  if (scalar === 9 || scalar === 12) return 1;
-  if (scalar === 1 || scalar === 6 || scalar === 16) return Math.ceil((end - start) / 8);
-  if (scalar === 2 || scalar === 7 || scalar === 15) return Math.ceil((end - start) / 4);
+/**
+ * Elements of a list of scalars in one length-delimited field `bytes[start, end)`: one string or
+ * bytes value, or a packed run of them, an element per varint (its last byte) or per 4 or 8 bytes.
+ */
+function listElements(field: DescField & { fieldKind: "list" }, bytes: Uint8Array, start: number, end: number): number {
+  const wireType = field.listKind === "scalar" ? scalarWireType(field.scalar) : 0;
+  if (wireType === 2) return 1;
+  if (wireType === 1) return Math.ceil((end - start) / 8);
+  if (wireType === 5) return Math.ceil((end - start) / 4);
   let count = 0;
   for (let at = start; at < end; at++) if (((bytes[at] as number) & 0x80) === 0) count++;
   return count;
