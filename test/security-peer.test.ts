@@ -183,6 +183,31 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect((await member).status).toBe(200);
   });
 
+  test("client URLs learned from callers outside the configuration are kept up to 1,024, members' always (any id may call)", async () => {
+    const handle = createConnectTransport({
+      selfId: 2,
+      selfHttpUrl: `http://${hostname}:9002`,
+      peers: new Map([[1, "http://127.0.0.1:1"]]),
+      listen: { hostname, port: 0 },
+      onMessages: () => undefined,
+      rpcTimeoutMs: 8, // calls answered after 2 ms: nothing here replies
+      log: () => undefined,
+    });
+    cleanups.push(() => handle.transport.close());
+    const url = `http://${hostname}:${handle.port}/kv.v1.RaftService/Send`;
+    const call = (from: number) =>
+      fetch(url, {
+        method: "POST",
+        headers: { "content-type": "application/proto", "connect-protocol-version": "1" },
+        body: toBinary(SendRequestSchema, toSendRequest(from, `http://caller-${from}:8000`, [heartbeat(from, 2, 1)])),
+      }).then((response) => response.arrayBuffer());
+    for (let first = 100; first < 100 + 1_100; first += 100) await Promise.all(Array.from({ length: 100 }, (_, i) => call(first + i)));
+    await call(1);
+    const known = Array.from({ length: 1_100 }, (_, i) => 100 + i).filter((id) => handle.transport.peerHttpUrl(id) !== undefined);
+    expect(known.length).toBe(1_024);
+    expect(handle.transport.peerHttpUrl(1)).toBe("http://caller-1:8000");
+  });
+
   test("a call with a message for another node is refused, counted and said in the log (it was counted nowhere: found in a black-box review)", async () => {
     const b = startTransport(2, new Map([[1, "http://127.0.0.1:1"]]), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
     const headers = { "kv-cluster-id": CLUSTER_ID, "kv-cluster-token": TOKEN };

@@ -13,6 +13,7 @@ import { isDiskFull } from "../src/lib/disk-full.ts";
 import { deserializeError, serializeError } from "../src/storage/storage-thread-messages.ts";
 import { type SegmentFiles, SegmentLog } from "../src/storage/segment-log.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
+import { rejectionOf, thrownBy } from "./helpers/thrown.ts";
 
 const tempDir = tempDirs("kv-segment-log-");
 
@@ -495,21 +496,10 @@ describe("SegmentLog across failures", () => {
 
   test("a save whose write failed part way is cut off: the retry, shorter, is what is read back", () => {
     const dir = tempDir();
-    let failNext = false;
-    const log = SegmentLog.open(dir, {
-      files: {
-        writevSync: ((fd: number, parts: readonly Uint8Array[], position: number) => {
-          const whole = Buffer.concat(parts);
-          if (!failNext) return nodeFs.writeSync(fd, whole, 0, whole.byteLength, position);
-          failNext = false;
-          // All but the last byte reaches the file: every record but the hard state's is whole.
-          nodeFs.writeSync(fd, whole, 0, whole.byteLength - 1, position);
-          throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
-        }) as SegmentFiles["writevSync"],
-      },
-    });
+    // All but the last byte reaches the file: every record but the hard state's is whole.
+    const { log, failNextWrite } = logWhoseNextWriteFails(dir, (fd, whole, position) => nodeFs.writeSync(fd, whole, 0, whole.byteLength - 1, position));
     log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
-    failNext = true;
+    failNextWrite();
     expect(() => log.append(range(3, 6, 1), { term: 1, vote: 1, commit: 2 })).toThrow(/ENOSPC/);
     // The same length as the failed save's first record: without the cut-off, its records 4-6
     // would follow whole and be read back.
@@ -544,44 +534,41 @@ describe("SegmentLog across failures", () => {
 describe("a failed fsync is never a full disk to wait out (found in review: an ENOSPC from fdatasync parked the write for ever)", () => {
   const enospc = () => Object.assign(new Error("ENOSPC: no space left on device, fdatasync"), { code: "ENOSPC" });
 
+  /** A log in a new dir holding entries 1-3, whose fdatasyncs (both kinds) fail with ENOSPC while `failing` says so. */
+  function logWhoseSyncsFail(segmentBytesMax?: number) {
+    const sync = { failing: false };
+    const log = SegmentLog.open(tempDir(), {
+      ...(segmentBytesMax === undefined ? {} : { segmentBytesMax }),
+      files: {
+        fdatasyncSync: ((fd: number) => {
+          if (sync.failing) throw enospc();
+          nodeFs.fdatasyncSync(fd);
+        }) as SegmentFiles["fdatasyncSync"],
+        fdatasync: ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
+          if (sync.failing) queueMicrotask(() => callback(enospc()));
+          else nodeFs.fdatasync(fd, callback);
+        }) as SegmentFiles["fdatasync"],
+      },
+    });
+    log.append(range(1, 3, 1), { term: 1, vote: 1, commit: 0 });
+    return { log, sync };
+  }
+
   test("in a roll, in syncNow and in sync, and every use after", async () => {
     for (const where of ["roll", "syncNow", "sync"] as const) {
-      const dir = tempDir();
-      let failing = false;
-      const log = SegmentLog.open(dir, {
-        segmentBytesMax: 1024,
-        files: {
-          fdatasyncSync: ((fd: number) => {
-            if (failing) throw enospc();
-            nodeFs.fdatasyncSync(fd);
-          }) as SegmentFiles["fdatasyncSync"],
-          fdatasync: ((fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => {
-            if (failing) queueMicrotask(() => callback(enospc()));
-            else nodeFs.fdatasync(fd, callback);
-          }) as SegmentFiles["fdatasync"],
-        },
-      });
-      log.append(range(1, 3, 1), { term: 1, vote: 1, commit: 0 });
-      failing = true;
-      let thrown: unknown;
-      try {
+      const { log, sync } = logWhoseSyncsFail(1024);
+      sync.failing = true;
+      const thrown = await rejectionOf(async () => {
         if (where === "roll") while (log.segmentFiles().length < 2) log.append(range(log.lastIndex()! + 1, log.lastIndex()! + 5, 1));
         else if (where === "syncNow") log.syncNow();
         else await log.sync();
-      } catch (error) {
-        thrown = error;
-      }
+      });
       expect(thrown, where).toBeInstanceOf(Error);
       expect(isDiskFull(thrown), where).toBe(false);
       expect((thrown as Error).message).toContain("ENOSPC");
       // Space back: still unusable, and never read as a full disk either.
-      failing = false;
-      let again: unknown;
-      try {
-        log.append(range(log.lastIndex()! + 1, log.lastIndex()! + 1, 1));
-      } catch (error) {
-        again = error;
-      }
+      sync.failing = false;
+      const again = thrownBy(() => log.append(range(log.lastIndex()! + 1, log.lastIndex()! + 1, 1)));
       expect(again, where).toBeInstanceOf(Error);
       expect((again as Error).message).toContain("unusable after a failed fsync");
       expect(isDiskFull(again), where).toBe(false);
@@ -590,24 +577,9 @@ describe("a failed fsync is never a full disk to wait out (found in review: an E
   });
 
   test("nor once it crossed from the storage thread, or was wrapped by the node (found in review: a copy read as a full disk at start, and was waited out)", () => {
-    const dir = tempDir();
-    let failing = false;
-    const log = SegmentLog.open(dir, {
-      files: {
-        fdatasyncSync: ((fd: number) => {
-          if (failing) throw enospc();
-          nodeFs.fdatasyncSync(fd);
-        }) as SegmentFiles["fdatasyncSync"],
-      },
-    });
-    log.append(range(1, 3, 1), { term: 1, vote: 1, commit: 0 });
-    failing = true;
-    let thrown: unknown;
-    try {
-      log.syncNow();
-    } catch (error) {
-      thrown = error;
-    }
+    const { log, sync } = logWhoseSyncsFail();
+    sync.failing = true;
+    const thrown = thrownBy(() => log.syncNow());
     log.close();
     const copied = deserializeError(serializeError(thrown));
     expect(copied.message).toContain("ENOSPC");
@@ -618,33 +590,35 @@ describe("a failed fsync is never a full disk to wait out (found in review: an E
   });
 
   test("a write that met ENOSPC and was cut off is still a full disk, retried", () => {
-    const dir = tempDir();
-    let failNext = false;
-    const log = SegmentLog.open(dir, {
-      files: {
-        writevSync: ((fd: number, parts: readonly Uint8Array[], position: number) => {
-          if (failNext) {
-            failNext = false;
-            throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
-          }
-          const whole = Buffer.concat(parts);
-          return nodeFs.writeSync(fd, whole, 0, whole.byteLength, position);
-        }) as SegmentFiles["writevSync"],
-      },
-    });
-    failNext = true;
-    let thrown: unknown;
-    try {
-      log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
-    } catch (error) {
-      thrown = error;
-    }
+    const { log, failNextWrite } = logWhoseNextWriteFails(tempDir(), () => undefined);
+    failNextWrite();
+    const thrown = thrownBy(() => log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 }));
     expect(isDiskFull(thrown)).toBe(true);
     log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
     expect(log.lastIndex()).toBe(2);
     log.close();
   });
 });
+
+/**
+ * A log in `dir` whose next write, once `failNextWrite` is called, does `partly` (what of it reaches
+ * the file) and then fails with ENOSPC; the writes after it go through.
+ */
+function logWhoseNextWriteFails(dir: string, partly: (fd: number, whole: Buffer, position: number) => void) {
+  let failNext = false;
+  const log = SegmentLog.open(dir, {
+    files: {
+      writevSync: ((fd: number, parts: readonly Uint8Array[], position: number) => {
+        const whole = Buffer.concat(parts);
+        if (!failNext) return nodeFs.writeSync(fd, whole, 0, whole.byteLength, position);
+        failNext = false;
+        partly(fd, whole, position);
+        throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+      }) as SegmentFiles["writevSync"],
+    },
+  });
+  return { log, failNextWrite: () => (failNext = true) };
+}
 
 /** One seed of the model test: random appends, syncs, compactions, resets, crashes and power losses. */
 async function modelRun(seed: number): Promise<number> {

@@ -7,8 +7,8 @@ import { Database } from "bun:sqlite";
 import { encodeCommand } from "../src/kv/command.ts";
 import { openImageReader } from "../src/storage/sqlite-reads.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
-import { StorageError } from "../src/storage/kv-storage.ts";
 import { logDirOf, openSqliteStorage, type SqliteStorage, type SqliteStorageOptions } from "../src/storage/sqlite-storage.ts";
+import { storageError } from "./helpers/thrown.ts";
 
 let dir = "";
 const opened: SqliteStorage[] = [];
@@ -55,16 +55,6 @@ function flipByteOf(needle: string, at = 0): string {
     return path;
   }
   throw new Error(`${needle} is in no segment`);
-}
-
-function storageError(run: () => unknown): StorageError {
-  try {
-    run();
-  } catch (error: unknown) {
-    if (error instanceof StorageError) return error;
-    throw error;
-  }
-  throw new Error("expected a StorageError, nothing was thrown");
 }
 
 describe("sqlite storage corruption", () => {

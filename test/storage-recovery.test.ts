@@ -8,6 +8,7 @@ import { type Entry, EntryType } from "../src/raft/types.ts";
 import { encodeCommand } from "../src/kv/command.ts";
 import { StorageError } from "../src/storage/kv-storage.ts";
 import { openSqliteStorage, type SqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { storageError } from "./helpers/thrown.ts";
 
 let dir = "";
 const opened: SqliteStorage[] = [];
@@ -111,15 +112,9 @@ describe("sqlite storage recovery", () => {
       }
     };
     const before = readMeta();
-    let thrown: unknown;
-    try {
-      openSqliteStorage(dir, { nodeId: 3 }).close();
-    } catch (error: unknown) {
-      thrown = error;
-    }
-    expect(thrown).toBeInstanceOf(StorageError);
-    expect((thrown as StorageError).code).toBe("node_mismatch");
-    expect((thrown as Error).message).toContain("node 1's, not node 3's");
+    const thrown = storageError(() => openSqliteStorage(dir, { nodeId: 3 }).close());
+    expect(thrown.code).toBe("node_mismatch");
+    expect(thrown.message).toContain("node 1's, not node 3's");
     expect(readMeta()).toEqual(before);
     // Its own node, and a tool that names no node, open it.
     for (const options of [{ nodeId: 1 }, {}]) {

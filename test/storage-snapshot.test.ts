@@ -12,6 +12,7 @@ import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { imageRowsPerPageMax, openImageReader } from "../src/storage/sqlite-reads.ts";
 import type { CheckpointReport } from "../src/storage/checkpointer.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
+import { storageError } from "./helpers/thrown.ts";
 
 const tempDir = tempDirs("kv-storage-snapshot-");
 
@@ -102,13 +103,7 @@ function contents(storage: KvStorage, keys: readonly string[]): (string | undefi
 }
 
 function storageErrorCode(run: () => unknown): string {
-  try {
-    run();
-  } catch (error: unknown) {
-    if (error instanceof StorageError) return error.code;
-    throw error;
-  }
-  throw new Error("expected a StorageError");
+  return storageError(run).code;
 }
 
 describe.each(implementations)("%s storage snapshots", (_name, implementation) => {
@@ -358,15 +353,9 @@ describe("sqlite snapshot files", () => {
     cpSync(oldLog, logDir, { recursive: true });
     const files = () => readdirSync(logDir).map((name) => `${name}:${statSync(join(logDir, name)).size}`).sort();
     const kept = files();
-    let thrown: unknown;
-    try {
-      openSqliteStorage(dir, { checkpoints: "inline" }).close();
-    } catch (error: unknown) {
-      thrown = error;
-    }
-    expect(thrown).toBeInstanceOf(StorageError);
-    expect((thrown as StorageError).code).toBe("corrupt");
-    expect((thrown as Error).message).toContain("yet entries up to 52 were applied after it");
+    const thrown = storageError(() => openSqliteStorage(dir, { checkpoints: "inline" }).close());
+    expect(thrown.code).toBe("corrupt");
+    expect(thrown.message).toContain("yet entries up to 52 were applied after it");
     expect(files()).toEqual(kept);
   });
 
