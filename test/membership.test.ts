@@ -203,6 +203,46 @@ test("a voter down while a fourth node joined and was promoted catches up once t
   await put(fourth.httpUrl, "three-of-four", "3");
 }, 120_000);
 
+test("an older process of a member's id, started again after the id was removed and added elsewhere, is not handed the member's messages: it never hears from the leader, and the cluster serves on with the new member", async () => {
+  const cluster = await startCluster("old-incarnation");
+  const leader = await cluster.waitForLeader();
+  const leaderUrl = cluster.node(leader).httpUrl;
+  const joinFourth = async (dir: string, peerPort: number) => {
+    const server = await createServer({
+      ...baseServerConfig(4, join(baseDir, "old-incarnation", dir)),
+      peers: peersWithFourth(cluster, peerPort),
+      listenPeer: { hostname: "127.0.0.1", port: peerPort },
+      join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
+    });
+    servers.push(server);
+    await until(`node 4 (${dir}) promoted to voter`, async () => (await members(leaderUrl)).members.find((m) => m.id === 4 && m.peerUrl === `http://127.0.0.1:${peerPort}`)?.role === "voter");
+    return server;
+  };
+  const oldPeerPort = freePort();
+  const first = await joinFourth("node-4-old", oldPeerPort);
+  await put(leaderUrl, "first", "1");
+  // Node 4 goes down; while it is down it is removed, and the id added again at another address.
+  await first.stop({ handOver: false });
+  expect((await fetch(`${leaderUrl}/members/4`, { method: "DELETE", signal: AbortSignal.timeout(10_000) })).status).toBe(200);
+  const second = await joinFourth("node-4-new", freePort());
+  // The old process comes back on its data dir: it never applied its removal.
+  const old = await createServer({
+    ...baseServerConfig(4, join(baseDir, "old-incarnation", "node-4-old")),
+    peers: peersWithFourth(cluster, oldPeerPort),
+    listenPeer: { hostname: "127.0.0.1", port: oldPeerPort },
+  });
+  servers.push(old);
+  const staleCalls = async () => Number(/^kv_peer_requests_from_stale_members_total (\d+)$/m.exec(await (await fetch(`${leaderUrl}/metrics`)).text())?.[1] ?? 0);
+  // It campaigns, and its calls reach the leader as node 4's; they were answered with node 4's
+  // heartbeats (and would have been with its vote requests), which it answered as node 4.
+  await until("the old process heard from the leader, or three of its calls were answered empty", async () => old.node.status().leaderId === leader || (await staleCalls()) >= 3);
+  expect(old.node.status().leaderId).not.toBe(leader);
+  expect(await staleCalls()).toBeGreaterThanOrEqual(3);
+  const version = await put(leaderUrl, "after", "2");
+  await until("the new node 4 applied the write", async () => (second.node.status().appliedIndex ?? 0) >= version);
+  expect(await staleGet(second.httpUrl, "after")).toBe("2");
+}, 120_000);
+
 /** Starts `kv serve` for node 4 and resolves with its client URL once it logged "started". */
 async function startFourthProcess(args: string[]): Promise<{ proc: Subprocess<"ignore", "pipe", "pipe">; httpUrl: string }> {
   const proc = Bun.spawn([...kvCommand(), "serve", "--id", "4", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });

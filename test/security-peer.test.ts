@@ -10,6 +10,7 @@ import { deriveClusterId } from "../src/lib/cluster-id.ts";
 import { defaultDecodeLimits, fromSendResponse, toSendRequest } from "../src/transport/codec.ts";
 import { createConnectTransport } from "../src/transport/connect-transport.ts";
 import type { PeerAuth } from "../src/transport/peer-auth.ts";
+import type { MembershipView } from "../src/transport/peer-identity.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
@@ -32,7 +33,7 @@ function heartbeat(from: NodeId, to: NodeId, term: number): Message {
 }
 
 /** A transport whose deliveries and log lines the test can await. */
-function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAuth | undefined) {
+function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAuth | undefined, membershipView?: () => MembershipView) {
   const deliveries: Message[] = [];
   const lines: string[] = [];
   const handle = createConnectTransport({
@@ -44,6 +45,7 @@ function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAu
     rpcTimeoutMs: 10_000,
     log: (line) => lines.push(line),
     ...(auth === undefined ? {} : { auth }),
+    ...(membershipView === undefined ? {} : { membershipView }),
   });
   cleanups.push(() => handle.transport.close());
   return { ...handle, deliveries, lines, peers, url: `http://${hostname}:${handle.port}` };
@@ -181,6 +183,55 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     await until(() => b.deliveries.length === 2, "the member's call delivered");
     b.transport.flush();
     expect((await member).status).toBe(200);
+  });
+
+  test("an older process of a member's id (removed, the id added again elsewhere) is not handed the member's messages: its call is answered empty, counted and said in the log; a member only behind, or at a URL spelled otherwise, still gets them in its call", async () => {
+    // Node 3 was removed and added again (configuration of index 40) at c's address; its old process
+    // at http://127.0.0.1:1 never applied its removal (index 12). It used to get node 3's heartbeats
+    // and vote requests in the answers to its own calls, and answer them as node 3 (found in a
+    // review: a second vote in one term).
+    const c = startTransport(3, new Map(), undefined);
+    const b = startTransport(2, new Map([[3, c.url]]), undefined, () => ({ peerUrl: "http://127.0.0.1:2", configIndex: 40 }));
+    const forNode3 = (term: number): Message => ({ type: "heartbeat", from: 2, to: 3, term, commit: 0, readContext: "" });
+    const callAs3 = async (headers: Record<string, string>, term: number) => {
+      const call = postSend(b.url, [{ type: "heartbeat-response", from: 3, to: 2, term, readContext: "" }], headers);
+      await until(() => b.deliveries.some((message) => message.term === term), `the call of term ${term} delivered`);
+      b.transport.send([forNode3(term)]);
+      b.transport.flush();
+      const answered = await call;
+      expect(answered.status).toBe(200);
+      return fromSendResponse(fromBinary(SendResponseSchema, new Uint8Array(answered.bytes)), 2, 3, defaultDecodeLimits);
+    };
+    expect(await callAs3({ "kv-peer-url": "http://127.0.0.1:1", "kv-config-index": "12" }, 5)).toEqual([]);
+    await until(() => c.deliveries.length === 1, "node 3's heartbeat sent to its address");
+    expect(c.deliveries).toEqual([forNode3(5)]);
+    expect(b.serverStats().callsFromStaleMembers).toBe(1);
+    expect(b.lines[0]).toContain("answered a call from node 3 at http://127.0.0.1:1 empty: this node reaches node 3 at " + c.url);
+    expect(b.lines[0]).toContain("stop it");
+    // The member itself, behind (index 30), at the URL this node has for it: in its call.
+    expect(await callAs3({ "kv-peer-url": c.url, "kv-config-index": "30" }, 6)).toEqual([forNode3(6)]);
+    // Spelled otherwise (a proxy in --cluster), as recent a configuration: in its call.
+    expect(await callAs3({ "kv-peer-url": "http://localhost:3", "kv-config-index": "40" }, 7)).toEqual([forNode3(7)]);
+    // Moved, and this node the one behind (the caller applied index 55): in its call.
+    expect(await callAs3({ "kv-peer-url": "http://127.0.0.1:1", "kv-config-index": "55" }, 8)).toEqual([forNode3(8)]);
+    // A release before these headers: in its call.
+    expect(await callAs3({}, 9)).toEqual([forNode3(9)]);
+    expect(b.serverStats().callsFromStaleMembers).toBe(1);
+    expect(c.deliveries).toHaveLength(1);
+  });
+
+  test("every call carries the caller's view of itself: the peer URL it has for itself and its configuration's index", async () => {
+    const seen: Headers[] = [];
+    const server = Bun.serve({ hostname, port: 0, fetch: (request) => {
+      seen.push(request.headers);
+      return new Response(new Uint8Array(0), { headers: { "content-type": "application/proto" } });
+    } });
+    cleanups.push(() => server.stop(true));
+    const b = startTransport(2, new Map([[1, `http://${hostname}:${server.port}`]]), undefined, () => ({ peerUrl: "http://b.example:5002", configIndex: 17 }));
+    b.transport.send([heartbeat(2, 1, 1)]);
+    await until(() => seen.length === 1, "the call");
+    expect(seen[0]?.get("kv-peer-url")).toBe("http://b.example:5002");
+    expect(seen[0]?.get("kv-config-index")).toBe("17");
   });
 
   test("client URLs learned from callers outside the configuration are kept up to 1,024, members' always (any id may call)", async () => {

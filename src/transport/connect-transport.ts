@@ -15,6 +15,7 @@ import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
+import { type MembershipView, peerIdentityInterceptor, staleIncarnation } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
@@ -83,6 +84,12 @@ export interface ConnectTransportOptions {
    * `ca` and present `cert`. Without `ca`, servers are verified against the system's CAs.
    */
   readonly tls?: ConnectTransportTls;
+  /**
+   * This node's view of itself (peer-identity.ts): sent on every call, and compared with each
+   * caller's, so that an older process of a member's id (removed, then the id added again) is not
+   * handed the member's messages. None: nothing sent, every caller taken for who it says it is.
+   */
+  readonly membershipView?: () => MembershipView | undefined;
 }
 
 /** PEM contents (not paths) of this node's certificate, its key, and the peers' CA. */
@@ -102,6 +109,8 @@ export interface PeerServerStats {
   readonly refused: Readonly<Record<CallRefusal, number>>;
   /** Calls taken from nodes outside this node's configuration (see `checkSender`). */
   readonly callsFromNonMembers: number;
+  /** Calls from an older process of a member's id, answered empty (see `replyRides`). */
+  readonly callsFromStaleMembers: number;
 }
 
 /** Per-peer counters: the sender's, plus the bytes of request bodies sent to that peer. */
@@ -128,7 +137,7 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
 export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed";
 
 /** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
-type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown";
+type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown" | "stale_member";
 
 /** Client URLs of peers kept at most (members' always). */
 const peerHttpUrlsMax = 1_024;
@@ -165,6 +174,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   let receivedBytes = 0;
   const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0 };
   let callsFromNonMembers = 0;
+  let callsFromStaleMembers = 0;
   const refusalLog = createRefusalLog(log);
   const auth = options.auth;
   const onSnapshotChunk = options.onSnapshotChunk;
@@ -203,6 +213,27 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         `a member added while this node was away, which it learns of from the log, or one that is not a member (removed, or never added), which gets answers and is sent nothing. ` +
         `If this lasts and node ${from} should be a member, empty its data dir and start it with --join`,
     );
+  }
+  /**
+   * Whether what this node sends `from` may ride the answer to this call of its. Not when the caller
+   * is an older process of a member's id (peer-identity.ts): it would be handed the member's votes
+   * requests and heartbeats, and answer them as the member (a second vote in a term, a quorum that
+   * is not one). Its call is answered at once, empty; the member's messages go to the member's
+   * address. Its messages are still taken: a member that is only behind, at an address spelled
+   * otherwise here, must still be heard, and an older process gets no vote with its older log.
+   */
+  function replyRides(from: NodeId, headers: Headers): boolean {
+    const configuredUrl = options.peers.get(from);
+    if (configuredUrl === undefined || options.membershipView === undefined) return true;
+    const stale = staleIncarnation(headers, configuredUrl, options.membershipView);
+    if (stale === undefined) return true;
+    callsFromStaleMembers++;
+    refusalLog(
+      "stale_member",
+      `answered a call from node ${from} at ${stale.peerUrl} empty: this node reaches node ${from} at ${configuredUrl}, as of the configuration of index ${stale.ourIndex}, and the caller applied only the one of index ${stale.configIndex}. ` +
+        `It is a process of node ${from} from before that id was removed and added again: stop it (its data dir is not the member's)`,
+    );
+    return false;
   }
   function noteMisaddressed(from: NodeId, to: NodeId): void {
     refused.misaddressed++;
@@ -255,7 +286,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (!closed && fromHttpUrl !== "" && (options.peers.has(from) || peerHttpUrls.has(from) || peerHttpUrls.size < peerHttpUrlsMax)) peerHttpUrls.set(from, fromHttpUrl);
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
-      awaitReply: (from) => replySlots.awaitReply(from),
+      awaitReply: (from, headers) => (replyRides(from, headers) ? replySlots.awaitReply(from) : Promise.resolve([])),
       checkSender,
       onMisaddressed: noteMisaddressed,
       snapshotDecodeLimits: limits,
@@ -295,7 +326,10 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     // ones through connect-web over Bun's fetch, which takes client certificates and CAs in a
     // `tls` option. Both count the encoded request bodies they send.
     const countBytes = (bytes: number) => sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + bytes);
-    const interceptors = auth === undefined ? [] : [peerAuthInterceptor(auth)];
+    const interceptors = [
+      ...(auth === undefined ? [] : [peerAuthInterceptor(auth)]),
+      ...(options.membershipView === undefined ? [] : [peerIdentityInterceptor(options.membershipView)]),
+    ];
     let transport;
     if (baseUrl.startsWith("http:")) {
       const socketTransport = createSocketTransport({
@@ -410,7 +444,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         const stats = sender.stats();
         return { ...stats, sentBytes: sentBytes.get(stats.peerId) ?? 0 };
       }),
-    serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused }, callsFromNonMembers }),
+    serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused }, callsFromNonMembers, callsFromStaleMembers }),
   };
 }
 

@@ -24,10 +24,11 @@ export interface RaftServiceOptions {
   /** Receives each call's validated messages, synchronously, before the call is answered. */
   readonly onMessages: MessageHandler;
   /**
-   * Called right after `onMessages`: resolves with what the node has to tell the caller once its
-   * loop has taken the messages. Without it, calls are answered at once and empty.
+   * Called right after `onMessages`, with the call's headers: resolves with what the node has to
+   * tell the caller once its loop has taken the messages. Without it, calls are answered at once and
+   * empty.
    */
-  readonly awaitReply?: (from: NodeId) => Promise<readonly Message[]>;
+  readonly awaitReply?: (from: NodeId, headers: Headers) => Promise<readonly Message[]>;
   readonly decodeLimits?: DecodeLimits;
   /** Stages each validated snapshot chunk; without it, chunks are refused with `unimplemented`. */
   readonly onSnapshotChunk?: SnapshotChunkHandler;
@@ -83,7 +84,7 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
         }
         options.checkSender?.(decoded.from, context.requestHeader);
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
-        const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
+        const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from, context.requestHeader);
         return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined);
       },
       sendSnapshotChunk(request, context) {

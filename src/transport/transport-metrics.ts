@@ -47,4 +47,11 @@ export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick
     [],
     () => [[{}, handle.serverStats().callsFromNonMembers]],
   );
+  registry.collected(
+    "kv_peer_requests_from_stale_members_total",
+    "Peer calls from an older process of a member's id (the id was removed and added again elsewhere while it ran): taken, and answered empty, never with the member's messages.",
+    "counter",
+    [],
+    () => [[{}, handle.serverStats().callsFromStaleMembers]],
+  );
 }
