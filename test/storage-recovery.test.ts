@@ -177,6 +177,50 @@ describe("sqlite storage recovery", () => {
   });
 });
 
+describe("a data dir of a release before 0.3.0 with a client's key under NUL lease/ (leases' prefix from 0.3.0 on)", () => {
+  /** A copy of `release`'s fixture data dir with `rows` added to its kv table as that release would have written them. */
+  function fixtureWith(release: string, rows: readonly (readonly [string, string])[]): string {
+    dir = mkdtempSync(join(tmpdir(), "kv-storage-recovery-"));
+    cpSync(join(import.meta.dir, "fixtures", release, "node-1"), dir, { recursive: true });
+    const raw = new Database(join(dir, "kv.db"));
+    for (const [key, value] of rows) raw.query("INSERT INTO kv (key, value, version) VALUES (?, ?, 7)").run(key, bytes(value));
+    raw.close();
+    return dir;
+  }
+  const schemaOf = (dataDir: string): number => {
+    const raw = new Database(join(dataDir, "kv.db"), { readonly: true });
+    try {
+      return raw.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? -1;
+    } finally {
+      raw.close();
+    }
+  };
+
+  test("0.2.0's: refused with what to do, and left as it was (it opened, and the node stopped applying at the first lease grant)", () => {
+    const dataDir = fixtureWith("v0.2.0", [["\u0000lease/", "my own value"], ["\u0000lease/a/config", "not an id"]]);
+    const error = storageError(() => openSqliteStorage(dataDir, {}));
+    expect(error.code).toBe("schema");
+    expect(error.message).toContain('holds 2 key(s) beginning with a NUL byte and "lease/"');
+    expect(error.message).toContain("run the release that wrote this data dir, delete those keys");
+    expect(error.message).toContain("left unchanged");
+    expect(schemaOf(dataDir)).toBe(4);
+  });
+
+  test("0.1.0's (no leases at all): even a key shaped like a lease's row is a client's", () => {
+    const dataDir = fixtureWith("v0.1.0", [["\u0000lease/l/5", JSON.stringify({ ttlMs: 1000 })]]);
+    expect(storageError(() => openSqliteStorage(dataDir, {})).message).toContain('"\\u0000lease/l/5"');
+    expect(schemaOf(dataDir)).toBe(3);
+  });
+
+  test("0.3.0's real lease rows open (the same schema as 0.2.0's)", () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-storage-recovery-"));
+    cpSync(join(import.meta.dir, "fixtures", "v0.3.0", "node-1"), dir, { recursive: true });
+    const storage = openSqliteStorage(dir, {});
+    opened.push(storage);
+    expect(storage.list("\u0000lease/l/", undefined, 100).length).toBe(1);
+  });
+});
+
 describe("a data dir whose database was lost or is not kv's", () => {
   /** The segment files' names and bytes: what must survive a refusal unchanged. */
   function logFiles(): Map<string, string> {

@@ -63,6 +63,34 @@ export function parseLeaseRow(key: string, value: Uint8Array): LeaseRecord {
   return { id, ttlMs };
 }
 
+/**
+ * Whether a row under the lease prefix has the shape of one of this file's rows (see the table at
+ * the top). Releases before 0.3.0 had no leases and took any key, so a row of theirs under the
+ * prefix is a client's key, which this release would read as a lease's (see sqlite-storage.ts's
+ * migration).
+ */
+export function isLeaseRowShaped(key: string, value: Uint8Array): boolean {
+  if (key === countKey) return jsonSafeInteger(value, "count", 0);
+  const rest = key.slice(leaseKeyPrefix.length);
+  if (rest.startsWith("l/")) return /^l\/[1-9]\d{0,15}$/.test(rest) && jsonSafeInteger(value, "ttlMs", 1);
+  if (rest.startsWith("k/")) return /^k\/[1-9]\d{0,15}\/./s.test(rest) && value.length === 0;
+  if (rest.startsWith("a/")) return rest.length > 2 && /^[1-9]\d{0,15}$/.test(textDecoder.decode(value));
+  return false;
+}
+
+/** Whether `value` is UTF-8 JSON of one object whose only field `field` is a safe integer of at least `min`. */
+function jsonSafeInteger(value: Uint8Array, field: string, min: number): boolean {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(textDecoder.decode(value));
+  } catch {
+    return false;
+  }
+  if (typeof parsed !== "object" || parsed === null || Object.keys(parsed).length !== 1) return false;
+  const number = (parsed as Record<string, unknown>)[field];
+  return typeof number === "number" && Number.isSafeInteger(number) && number >= min;
+}
+
 /** The lease count as stored (0 when no lease was ever granted). */
 export function parseLeaseCount(value: Uint8Array | undefined): number {
   if (value === undefined) return 0;

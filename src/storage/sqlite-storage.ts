@@ -7,6 +7,7 @@ import { fsyncPath } from "../lib/fsync-path.ts";
 import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
+import { isLeaseRowShaped } from "../kv/leases.ts";
 import { hardStateChecksum, rowChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import {
   type ImageRow,
@@ -436,6 +437,7 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
       let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
       if (version > schemaVersion) throw newerSchema(file, version);
       if (version === 0) refuseToStartAfresh(db, file, logDir, logOptions);
+      if (version >= 1 && version <= 4) refuseClientKeysUnderLeasePrefix(db, file, version);
       // Segments a migration wrote before it could commit (the process died): written again.
       if (version < 5) rmSync(logDir, { recursive: true, force: true });
       if (version === 0) {
@@ -484,6 +486,30 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
   if (migrated !== undefined) return migrated;
   if (!existsSync(logDir)) throw corruptError(file, `the log's directory ${logDir} is missing`);
   return SegmentLog.open(logDir, logOptions);
+}
+
+/**
+ * Refuses (inside the migration's transaction, so the data dir is left as it was) a data dir of a
+ * release before 0.3.0 holding a client's key under `NUL lease/`: those releases reserved only
+ * `NUL session/`, and from 0.3.0 on leases live under that prefix, so such a key would be read as a
+ * lease's row, and the node would stop applying at the first grant, or at a write of a key the row
+ * names (found in a review). Schema 3 is 0.1.0's, which had no leases: any row there is a client's.
+ * Schema 4 is 0.2.0's to 0.4.0's: rows of the lease rows' shapes are taken for 0.3.0's and 0.4.0's.
+ */
+function refuseClientKeysUnderLeasePrefix(db: Database, file: string, version: number): void {
+  const rows = db
+    .query<{ key: string; value: Uint8Array }, []>(`SELECT key, value FROM kv WHERE key >= char(0) || 'lease/' AND key < char(0) || 'lease0' ORDER BY key`)
+    .all();
+  const clients = rows.filter((row) => version < 4 || !isLeaseRowShaped(row.key, row.value));
+  if (clients.length === 0) return;
+  const named = clients.slice(0, 3).map((row) => JSON.stringify(row.key)).join(", ");
+  throw new StorageError(
+    "schema",
+    `the data dir holds ${clients.length} key(s) beginning with a NUL byte and "lease/" (${named}${clients.length > 3 ? ", ..." : ""}), written through a release before 0.3.0, ` +
+      `which this release would read as leases' rows (from 0.3.0 on, leases live under that prefix): ` +
+      `run the release that wrote this data dir, delete those keys (they are listed by GET /kv?prefix=%00lease%2F), then start this release; the data dir was left unchanged`,
+    file,
+  );
 }
 
 /** The refusal of a database of a newer release (its `user_version` past `schemaVersion`). */
