@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { rootCertificates } from "node:tls";
-import { mkdirSync } from "node:fs";
+import { mkdirDurably } from "../lib/fsync-path.ts";
 import packageJson from "../../package.json" with { type: "json" };
 import { LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN } from "../http/app.ts";
 import { BodyAdmission } from "../http/body-admission.ts";
@@ -150,7 +150,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const { id, logger, dataDir, tls } = config;
   // A full disk at start is waited out (one log line), as the running node waits it out.
   const waitForSpace = <T>(what: string, attempt: () => T) => retryWhileDiskFull(what, dataDir, logger, attempt);
-  await waitForSpace("create the data dir", () => mkdirSync(dataDir, { recursive: true }));
+  await waitForSpace("create the data dir", () => mkdirDurably(dataDir));
   const metrics = createMetricsRegistry();
   const storageThread = config.storageThread ?? true;
   // With the storage thread, durations are the writer thread's own (the loop only posts the work).

@@ -3,7 +3,7 @@ import { closeSync, existsSync, fdatasync, fstatSync, fsyncSync, mkdirSync, open
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { CLUSTER_ID_FILE } from "../lib/cluster-id.ts";
-import { fsyncPath } from "../lib/fsync-path.ts";
+import { fsyncPath, mkdirDurably } from "../lib/fsync-path.ts";
 import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
@@ -285,7 +285,7 @@ interface HardStateRow {
 export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {}): SqliteStorage {
   const lockWaitMs = options.lockWaitMs ?? 2000;
   assert(Number.isSafeInteger(lockWaitMs) && lockWaitMs >= 0 && lockWaitMs <= lockWaitMsMax, `lockWaitMs ${lockWaitMs}`);
-  mkdirSync(dir, { recursive: true });
+  mkdirDurably(dir);
   const file = join(dir, options.fileName ?? "kv.db");
   // Before anything is written (the lock's file, stale staging, a checkpoint at close).
   refuseBeforeWriting(file, options.nodeId);
