@@ -185,7 +185,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect((await member).status).toBe(200);
   });
 
-  test("an older process of a member's id (removed, the id added again elsewhere) is not handed the member's messages: its call is answered empty, counted and said in the log; a member only behind, or at a URL spelled otherwise, still gets them in its call", async () => {
+  test("an older process of a member's id (removed, the id added again elsewhere) is not handed the member's messages: its call is answered empty, its client URL not taken, counted and said in the log; a member only behind, or at a URL spelled otherwise, still gets them in its call", async () => {
     // Node 3 was removed and added again (configuration of index 40) at c's address; its old process
     // at http://127.0.0.1:1 never applied its removal (index 12). It used to get node 3's heartbeats
     // and vote requests in the answers to its own calls, and answer them as node 3 (found in a
@@ -208,8 +208,11 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(b.serverStats().callsFromStaleMembers).toBe(1);
     expect(b.lines[0]).toContain("answered a call from node 3 at http://127.0.0.1:1 empty: this node reaches node 3 at " + c.url);
     expect(b.lines[0]).toContain("stop it");
+    // Nor is its client URL taken for node 3's (clients would be sent to it).
+    expect(b.transport.peerHttpUrl(3)).toBeUndefined();
     // The member itself, behind (index 30), at the URL this node has for it: in its call.
     expect(await callAs3({ "kv-peer-url": c.url, "kv-config-index": "30" }, 6)).toEqual([forNode3(6)]);
+    expect(b.transport.peerHttpUrl(3)).toBe("http://127.0.0.1:1");
     // Spelled otherwise (a proxy in --cluster), as recent a configuration: in its call.
     expect(await callAs3({ "kv-peer-url": "http://localhost:3", "kv-config-index": "40" }, 7)).toEqual([forNode3(7)]);
     // Moved, and this node the one behind (the caller applied index 55): in its call.

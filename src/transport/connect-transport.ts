@@ -18,7 +18,7 @@ import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer
 import { type MembershipView, peerIdentityInterceptor, staleIncarnation } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
-import { createRaftServiceRoutes } from "./raft-service.ts";
+import { type CallerStanding, createRaftServiceRoutes } from "./raft-service.ts";
 import { createReplySlots, dispatchToPeer, replyWaitMs } from "./reply-slots.ts";
 import { createSocketTransport } from "./socket-transport.ts";
 import type { SocketTransport } from "./socket-transport.ts";
@@ -109,7 +109,7 @@ export interface PeerServerStats {
   readonly refused: Readonly<Record<CallRefusal, number>>;
   /** Calls taken from nodes outside this node's configuration (see `checkSender`). */
   readonly callsFromNonMembers: number;
-  /** Calls from an older process of a member's id, answered empty (see `replyRides`). */
+  /** Calls from an older process of a member's id, answered empty (see `staleMember`). */
   readonly callsFromStaleMembers: number;
 }
 
@@ -194,8 +194,8 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * this cluster's leader (found in a black-box review). A member added while this node was away
    * has applied the nonce before it can lead, so it still gets through.
    */
-  function checkSender(from: NodeId, headers: Headers): void {
-    if (options.peers.has(from)) return;
+  function checkSender(from: NodeId, headers: Headers): CallerStanding {
+    if (options.peers.has(from)) return staleMember(from, headers) ? "stale" : "current";
     const ours = auth?.clusterNonce?.();
     if (ours !== undefined && headers.get(CLUSTER_NONCE_HEADER) !== ours) {
       refused.not_a_peer++;
@@ -213,27 +213,29 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         `a member added while this node was away, which it learns of from the log, or one that is not a member (removed, or never added), which gets answers and is sent nothing. ` +
         `If this lasts and node ${from} should be a member, empty its data dir and start it with --join`,
     );
+    return "current";
   }
   /**
-   * Whether what this node sends `from` may ride the answer to this call of its. Not when the caller
-   * is an older process of a member's id (peer-identity.ts): it would be handed the member's votes
-   * requests and heartbeats, and answer them as the member (a second vote in a term, a quorum that
-   * is not one). Its call is answered at once, empty; the member's messages go to the member's
-   * address. Its messages are still taken: a member that is only behind, at an address spelled
-   * otherwise here, must still be heard, and an older process gets no vote with its older log.
+   * Whether a call from member `from` comes from an older process of its id (peer-identity.ts).
+   * What this node sends the member must not ride the answer to such a call: the old process would
+   * be handed the member's vote requests and heartbeats, and answer them as the member (a second
+   * vote in a term, a quorum that is not one); nor is its client URL taken for the member's. Its
+   * call is answered at once, empty; the member's messages go to the member's address. Its messages
+   * are still taken: a member that is only behind, at an address spelled otherwise here, must still
+   * be heard, and an older process gets no vote with its older log.
    */
-  function replyRides(from: NodeId, headers: Headers): boolean {
+  function staleMember(from: NodeId, headers: Headers): boolean {
     const configuredUrl = options.peers.get(from);
-    if (configuredUrl === undefined || options.membershipView === undefined) return true;
+    if (configuredUrl === undefined || options.membershipView === undefined) return false;
     const stale = staleIncarnation(headers, configuredUrl, options.membershipView);
-    if (stale === undefined) return true;
+    if (stale === undefined) return false;
     callsFromStaleMembers++;
     refusalLog(
       "stale_member",
       `answered a call from node ${from} at ${stale.peerUrl} empty: this node reaches node ${from} at ${configuredUrl}, as of the configuration of index ${stale.ourIndex}, and the caller applied only the one of index ${stale.configIndex}. ` +
         `It is a process of node ${from} from before that id was removed and added again: stop it (its data dir is not the member's)`,
     );
-    return false;
+    return true;
   }
   function noteMisaddressed(from: NodeId, to: NodeId): void {
     refused.misaddressed++;
@@ -286,7 +288,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (!closed && fromHttpUrl !== "" && (options.peers.has(from) || peerHttpUrls.has(from) || peerHttpUrls.size < peerHttpUrlsMax)) peerHttpUrls.set(from, fromHttpUrl);
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
-      awaitReply: (from, headers) => (replyRides(from, headers) ? replySlots.awaitReply(from) : Promise.resolve([])),
+      awaitReply: (from) => replySlots.awaitReply(from),
       checkSender,
       onMisaddressed: noteMisaddressed,
       snapshotDecodeLimits: limits,
