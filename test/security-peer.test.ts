@@ -10,7 +10,6 @@ import { deriveClusterId } from "../src/lib/cluster-id.ts";
 import { defaultDecodeLimits, fromSendResponse, toSendRequest } from "../src/transport/codec.ts";
 import { createConnectTransport } from "../src/transport/connect-transport.ts";
 import type { PeerAuth } from "../src/transport/peer-auth.ts";
-import type { MembershipView } from "../src/transport/peer-identity.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
@@ -33,7 +32,7 @@ function heartbeat(from: NodeId, to: NodeId, term: number): Message {
 }
 
 /** A transport whose deliveries and log lines the test can await. */
-function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAuth | undefined, membershipView?: () => MembershipView) {
+function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAuth | undefined, memberSince?: (id: NodeId) => number | undefined) {
   const deliveries: Message[] = [];
   const lines: string[] = [];
   const handle = createConnectTransport({
@@ -45,7 +44,7 @@ function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAu
     rpcTimeoutMs: 10_000,
     log: (line) => lines.push(line),
     ...(auth === undefined ? {} : { auth }),
-    ...(membershipView === undefined ? {} : { membershipView }),
+    ...(memberSince === undefined ? {} : { memberSince }),
   });
   cleanups.push(() => handle.transport.close());
   return { ...handle, deliveries, lines, peers, url: `http://${hostname}:${handle.port}` };
@@ -84,7 +83,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     a.transport.send([heartbeat(1, 2, 3)]);
     b.transport.send([heartbeat(2, 1, 3)]);
     await until(() => a.deliveries.length === 1 && b.deliveries.length === 1, "both deliveries");
-    expect(a.serverStats().refused).toEqual({ unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0 });
+    expect(a.serverStats().refused).toEqual({ unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0 });
   });
 
   test("a call without the token, or with a wrong one, is refused with unauthenticated and delivers nothing", async () => {
@@ -185,56 +184,53 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect((await member).status).toBe(200);
   });
 
-  test("an older process of a member's id (removed, the id added again elsewhere) is not handed the member's messages: its call is answered empty, its client URL not taken, counted and said in the log; a member only behind, or at a URL spelled otherwise, still gets them in its call", async () => {
-    // Node 3 was removed and added again (configuration of index 40) at c's address; its old process
-    // at http://127.0.0.1:1 never applied its removal (index 12). It used to get node 3's heartbeats
-    // and vote requests in the answers to its own calls, and answer them as node 3 (found in a
-    // review: a second vote in one term).
-    const c = startTransport(3, new Map(), undefined);
-    const b = startTransport(2, new Map([[3, c.url]]), undefined, () => ({ peerUrl: "http://127.0.0.1:2", configIndex: 40 }));
-    const forNode3 = (term: number): Message => ({ type: "heartbeat", from: 2, to: 3, term, commit: 0, readContext: "" });
-    const callAs3 = async (headers: Record<string, string>, term: number) => {
-      const call = postSend(b.url, [{ type: "heartbeat-response", from: 3, to: 2, term, readContext: "" }], headers);
-      await until(() => b.deliveries.some((message) => message.term === term), `the call of term ${term} delivered`);
-      b.transport.send([forNode3(term)]);
-      b.transport.flush();
-      const answered = await call;
-      expect(answered.status).toBe(200);
-      return fromSendResponse(fromBinary(SendResponseSchema, new Uint8Array(answered.bytes)), 2, 3, defaultDecodeLimits);
-    };
-    expect(await callAs3({ "kv-peer-url": "http://127.0.0.1:1", "kv-config-index": "12" }, 5)).toEqual([]);
-    await until(() => c.deliveries.length === 1, "node 3's heartbeat sent to its address");
-    expect(c.deliveries).toEqual([forNode3(5)]);
-    expect(b.serverStats().callsFromStaleMembers).toBe(1);
-    expect(b.lines[0]).toContain("answered a call from node 3 at http://127.0.0.1:1 empty: this node reaches node 3 at " + c.url);
+  test("a call from an older process of a member's id (removed while it ran, the id added again since) is refused, counted and said in the log; the member itself, behind or ahead, and callers that do not say, are taken", async () => {
+    // Node 3 was added again at index 40; its old process, added at 12, never heard of its removal.
+    // Its calls were taken as node 3's: they were answered with node 3's heartbeats and vote
+    // requests, which it answered as node 3 (found in a review: a second vote in one term).
+    const b = startTransport(2, new Map([[3, "http://127.0.0.1:1"], [1, "http://127.0.0.1:1"]]), undefined, (id) => (id === 3 ? 40 : id === 2 ? 0 : undefined));
+    const fromNode3 = (term: number): Message => ({ type: "heartbeat-response", from: 3, to: 2, term, readContext: "" });
+    const old = await postSend(b.url, [fromNode3(5)], { "kv-member-since": "12" });
+    expect(old).toMatchObject({ status: 400, code: "failed_precondition" });
+    expect(old.text).toContain("node 3 was added again at index 40, and this call comes from a process of it added at index 12");
+    expect(b.deliveries).toEqual([]);
+    expect(b.serverStats().refused.stale_member).toBe(1);
     expect(b.lines[0]).toContain("stop it");
-    // Nor is its client URL taken for node 3's (clients would be sent to it).
-    expect(b.transport.peerHttpUrl(3)).toBeUndefined();
-    // The member itself, behind (index 30), at the URL this node has for it: in its call.
-    expect(await callAs3({ "kv-peer-url": c.url, "kv-config-index": "30" }, 6)).toEqual([forNode3(6)]);
-    expect(b.transport.peerHttpUrl(3)).toBe("http://127.0.0.1:1");
-    // Spelled otherwise (a proxy in --cluster), as recent a configuration: in its call.
-    expect(await callAs3({ "kv-peer-url": "http://localhost:3", "kv-config-index": "40" }, 7)).toEqual([forNode3(7)]);
-    // Moved, and this node the one behind (the caller applied index 55): in its call.
-    expect(await callAs3({ "kv-peer-url": "http://127.0.0.1:1", "kv-config-index": "55" }, 8)).toEqual([forNode3(8)]);
-    // A release before these headers: in its call.
-    expect(await callAs3({}, 9)).toEqual([forNode3(9)]);
-    expect(b.serverStats().callsFromStaleMembers).toBe(1);
-    expect(c.deliveries).toHaveLength(1);
+    // Taken: the member (40), a caller ahead of this node's record (55: this node is behind), one
+    // that does not say (a release before this one), and a member whose index this node does not know.
+    const taken = async (headers: Record<string, string>, message: Message) => {
+      const call = postSend(b.url, [message], headers);
+      await until(() => b.deliveries.some((delivered) => delivered.term === message.term && delivered.from === message.from), `term ${message.term} delivered`);
+      b.transport.flush();
+      expect((await call).status).toBe(200);
+    };
+    await taken({ "kv-member-since": "40" }, fromNode3(6));
+    await taken({ "kv-member-since": "55" }, fromNode3(7));
+    await taken({}, fromNode3(8));
+    await taken({ "kv-member-since": "0" }, { type: "heartbeat-response", from: 1, to: 2, term: 9, readContext: "" });
+    expect(b.serverStats().refused.stale_member).toBe(1);
   });
 
-  test("every call carries the caller's view of itself: the peer URL it has for itself and its configuration's index", async () => {
+  test("every call carries the index at which the caller was added, when it knows it", async () => {
     const seen: Headers[] = [];
-    const server = Bun.serve({ hostname, port: 0, fetch: (request) => {
-      seen.push(request.headers);
-      return new Response(new Uint8Array(0), { headers: { "content-type": "application/proto" } });
-    } });
+    const server = Bun.serve({
+      hostname,
+      port: 0,
+      fetch: (request) => {
+        seen.push(request.headers);
+        return new Response(new Uint8Array(0), { headers: { "content-type": "application/proto" } });
+      },
+    });
     cleanups.push(() => server.stop(true));
-    const b = startTransport(2, new Map([[1, `http://${hostname}:${server.port}`]]), undefined, () => ({ peerUrl: "http://b.example:5002", configIndex: 17 }));
+    let own: number | undefined = 17;
+    const b = startTransport(2, new Map([[1, `http://${hostname}:${server.port}`]]), undefined, (id) => (id === 2 ? own : undefined));
     b.transport.send([heartbeat(2, 1, 1)]);
-    await until(() => seen.length === 1, "the call");
-    expect(seen[0]?.get("kv-peer-url")).toBe("http://b.example:5002");
-    expect(seen[0]?.get("kv-config-index")).toBe("17");
+    await until(() => seen.length === 1, "the first call");
+    expect(seen[0]?.get("kv-member-since")).toBe("17");
+    own = undefined;
+    b.transport.send([heartbeat(2, 1, 2)]);
+    await until(() => seen.length === 2, "the second call");
+    expect(seen[1]?.get("kv-member-since")).toBeNull();
   });
 
   test("client URLs learned from callers outside the configuration are kept up to 1,024, members' always (any id may call)", async () => {

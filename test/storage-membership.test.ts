@@ -43,6 +43,28 @@ describe.each(["sqlite", "memory"] as const)("%s storage", (kind) => {
     return openSqliteStorage(dir ?? (dirs[dirs.push(mkdtempSync(join(tmpdir(), "kv-membership-"))) - 1] as string));
   };
 
+  test("each address records the index that added the member there: one removed and added again gets the later one, an add of a member not removed keeps its own; a reopen returns them", () => {
+    const dir = kind === "sqlite" ? mkdtempSync(join(tmpdir(), "kv-membership-")) : undefined;
+    const storage = open(dir);
+    storage.bootstrap([1, 2, 3], addresses.map((address) => ({ ...address, addedIndex: 0 })));
+    const entries = [
+      conf(1, { type: "add-learner", nodeId: 4, peerUrl: "http://127.0.0.1:5004" }),
+      conf(2, { type: "remove", nodeId: 2 }),
+      conf(3, { type: "add-learner", nodeId: 2, peerUrl: "http://127.0.0.1:6002" }),
+      conf(4, { type: "add-learner", nodeId: 4, peerUrl: "http://127.0.0.1:6004" }),
+    ];
+    storage.save({ term: 1, vote: 1, commit: 4 }, entries, true);
+    storage.applyEntries(entries);
+    const since = (of: { membership(): { addresses: readonly { id: number; addedIndex?: number }[] } }) =>
+      Object.fromEntries(of.membership().addresses.map((address) => [address.id, address.addedIndex]));
+    expect(since(storage)).toEqual({ 1: 0, 2: 3, 3: 0, 4: 1 });
+    if (dir === undefined) return;
+    storage.close();
+    const reopened = openSqliteStorage(dir);
+    expect(since(reopened)).toEqual({ 1: 0, 2: 3, 3: 0, 4: 1 });
+    reopened.close();
+  });
+
   test("applying a change records the configuration with the applied index; a reopen returns it", () => {
     const dir = kind === "sqlite" ? mkdtempSync(join(tmpdir(), "kv-membership-")) : undefined;
     try {
@@ -60,7 +82,7 @@ describe.each(["sqlite", "memory"] as const)("%s storage", (kind) => {
       const expected = {
         voters: [1, 3, 4],
         learners: [],
-        addresses: [addresses[0]!, addresses[2]!, { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "http://127.0.0.1:8004" }],
+        addresses: [addresses[0]!, addresses[2]!, { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "http://127.0.0.1:8004", addedIndex: 1 }],
         changedIndex: 3,
       };
       expect(storage.membership()).toEqual(expected);

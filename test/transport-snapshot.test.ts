@@ -57,6 +57,18 @@ describe("snapshot chunk codec", () => {
     expect(fromSendSnapshotChunkRequest(throughWire(toSendSnapshotChunkRequest(withLearners)))).toEqual(withLearners);
   });
 
+  test("the first chunk carries members' addresses, with the index that added each when known; one past the image's index is refused", () => {
+    const addresses = [
+      { id: 1, peerUrl: "http://a:1", addedIndex: 0 },
+      { id: 2, peerUrl: "http://b:2", httpUrl: "http://b:8" },
+      { id: 4, peerUrl: "http://d:4", addedIndex: 31 },
+    ];
+    const first = chunk({ addresses });
+    expect(fromSendSnapshotChunkRequest(throughWire(toSendSnapshotChunkRequest(first)))).toEqual(first);
+    const past = chunk({ addresses: [{ id: 4, peerUrl: "http://d:4", addedIndex: 41 }] });
+    expect(() => fromSendSnapshotChunkRequest(throughWire(toSendSnapshotChunkRequest(past)))).toThrow(/added at index 41, past the image's index 40/);
+  });
+
   test("InstallSnapshot carries learners", () => {
     const message: Message = { type: "snapshot", from: 1, to: 2, term: 3, snapshot: { index: 9, term: 2, voters: [1, 2], learners: [3] }, imageId: "x" };
     expect(fromProto(toProto(message))).toEqual(message);

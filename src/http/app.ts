@@ -500,6 +500,7 @@ function statusJson(status: NodeStatus) {
       peerUrl: member.peerUrl,
       httpUrl: member.httpUrl ?? null,
       ...(member.role === undefined ? {} : { role: member.role }),
+      addedIndex: member.addedIndex ?? null,
     })),
     storage: status.storage ?? null,
     ...(status.removed === true ? { removed: true } : {}),

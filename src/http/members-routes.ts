@@ -80,7 +80,7 @@ function requireMembers(node: KvNodeApi): () => MembersView {
 /** The JSON shape of a configuration (null for an unknown URL). */
 export function membersJson(view: MembersView) {
   return {
-    members: view.members.map((member) => ({ id: member.id, peerUrl: member.peerUrl, httpUrl: member.httpUrl ?? null, role: member.role ?? null })),
+    members: view.members.map((member) => ({ id: member.id, peerUrl: member.peerUrl, httpUrl: member.httpUrl ?? null, role: member.role ?? null, addedIndex: member.addedIndex ?? null })),
     leaderId: view.leaderId,
     configIndex: view.configIndex,
     ...(view.clusterId === undefined ? {} : { clusterId: view.clusterId }),

@@ -183,7 +183,15 @@ const txnAnswer = t.Object({
   }),
 });
 const membersAnswer = t.Object({
-  members: t.Array(t.Object({ id: t.Integer(), peerUrl: t.String(), httpUrl: t.Optional(t.String()), role: t.UnionEnum(["voter", "learner"]) })),
+  members: t.Array(
+    t.Object({
+      id: t.Integer(),
+      peerUrl: t.String(),
+      httpUrl: t.Optional(t.String()),
+      role: t.UnionEnum(["voter", "learner"]),
+      addedIndex: t.Optional(t.Integer({ description: "The index of the entry that added it at its address (0: a founding member); null when unknown" })),
+    }),
+  ),
   leaderId: t.Integer(),
   configIndex: t.Integer(),
   clusterId: t.String(),

@@ -410,10 +410,17 @@ function parseHeader(payload: Uint8Array, offset: number): BackupHeader {
   if (!Array.isArray(addresses)) return bad("addresses are not a list");
   const parsedAddresses: MemberAddress[] = addresses.map((address: unknown) => {
     const a = address as Record<string, unknown> | null;
-    if (typeof a !== "object" || a === null || !isNodeId(a.id) || typeof a.peerUrl !== "string" || (a.httpUrl !== undefined && typeof a.httpUrl !== "string")) {
-      return bad("addresses hold an entry that is not {id, peerUrl[, httpUrl]}");
+    if (
+      typeof a !== "object" ||
+      a === null ||
+      !isNodeId(a.id) ||
+      typeof a.peerUrl !== "string" ||
+      (a.httpUrl !== undefined && typeof a.httpUrl !== "string") ||
+      (a.addedIndex !== undefined && !(typeof a.addedIndex === "number" && Number.isSafeInteger(a.addedIndex) && a.addedIndex >= 0 && a.addedIndex <= index))
+    ) {
+      return bad("addresses hold an entry that is not {id, peerUrl[, httpUrl][, addedIndex]}");
     }
-    return { id: a.id, peerUrl: a.peerUrl, ...(typeof a.httpUrl === "string" ? { httpUrl: a.httpUrl } : {}) };
+    return { id: a.id, peerUrl: a.peerUrl, ...(typeof a.httpUrl === "string" ? { httpUrl: a.httpUrl } : {}), ...(typeof a.addedIndex === "number" ? { addedIndex: a.addedIndex } : {}) };
   });
   // A time a Date holds (±8.64e15 ms): `kv snapshot status` prints it (found in review: a RangeError).
   if (typeof createdAtMs !== "number" || !Number.isFinite(createdAtMs) || Math.abs(createdAtMs) > 8.64e15) return bad("createdAtMs is not a time");

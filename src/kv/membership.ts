@@ -8,6 +8,13 @@ export interface MemberAddress {
   readonly peerUrl: string;
   /** Its advertised client URL, when known. */
   readonly httpUrl?: string;
+  /**
+   * The index of the entry that added it at this address (0: a founding member, named by
+   * `--cluster` before any change). Absent when unknown: recorded by a release before this field,
+   * or learned from one. It tells the processes of one id apart (src/transport/peer-identity.ts):
+   * one added again later has a larger one.
+   */
+  readonly addedIndex?: number;
 }
 
 /**
@@ -35,10 +42,16 @@ export function membershipAfter(membership: Membership, change: MembershipChange
   const addresses = new Map(membership.addresses.map((address) => [address.id, address]));
   const id = change.nodeId;
   switch (change.type) {
-    case "add-learner":
+    case "add-learner": {
+      const wasMember = voters.has(id) || learners.has(id);
       if (!voters.has(id)) learners.add(id);
-      if (change.peerUrl !== undefined) addresses.set(id, { id, peerUrl: change.peerUrl, ...(change.httpUrl === undefined ? {} : { httpUrl: change.httpUrl }) });
+      if (change.peerUrl !== undefined) {
+        // An add of a member that was not removed first is not a new process of its id: it keeps its index.
+        const kept = wasMember ? addresses.get(id)?.addedIndex : index;
+        addresses.set(id, { id, peerUrl: change.peerUrl, ...(change.httpUrl === undefined ? {} : { httpUrl: change.httpUrl }), ...(kept === undefined ? {} : { addedIndex: kept }) });
+      }
       break;
+    }
     case "promote":
       learners.delete(id);
       voters.add(id);
@@ -65,6 +78,7 @@ export interface ListedMember {
   readonly peerUrl: string;
   readonly httpUrl?: string | null | undefined;
   readonly role?: string | null | undefined;
+  readonly addedIndex?: number | null | undefined;
 }
 
 /**
@@ -78,7 +92,12 @@ export function configurationOfMembers(members: readonly ListedMember[]): Omit<M
     learners: sortedIds(members.filter((member) => member.role === "learner").map((member) => member.id)),
     addresses: members
       .filter((member) => member.peerUrl !== "")
-      .map((member) => ({ id: member.id, peerUrl: member.peerUrl, ...(member.httpUrl === null || member.httpUrl === undefined ? {} : { httpUrl: member.httpUrl }) }))
+      .map((member) => ({
+        id: member.id,
+        peerUrl: member.peerUrl,
+        ...(member.httpUrl === null || member.httpUrl === undefined ? {} : { httpUrl: member.httpUrl }),
+        ...(Number.isSafeInteger(member.addedIndex) && (member.addedIndex as number) >= 0 ? { addedIndex: member.addedIndex as number } : {}),
+      }))
       .sort((a, b) => a.id - b.id),
   };
 }

@@ -68,6 +68,8 @@ export interface MemberStatus {
   readonly httpUrl: string | undefined;
   /** Voters decide; learners replicate and are promoted once caught up (absent: not known here). */
   readonly role?: "voter" | "learner";
+  /** The index of the entry that added it at its address (0: a founding member); absent when unknown. */
+  readonly addedIndex?: number;
 }
 
 /** The configuration as a node applied it, and the leader it knows (0: none). */

@@ -63,9 +63,10 @@ export class NodeMembership {
    * recorded at bootstrap while no change was applied); afterwards the recorded one wins.
    */
   constructor(private readonly host: MembershipHost) {
-    const flagAddresses = [...host.peers].map(([id, peerUrl]) => ({ id, peerUrl }));
     const recorded = host.storage.membership();
     if (recorded.changedIndex === 0) {
+      // Founding members: named by --cluster before any change (see `MemberAddress.addedIndex`).
+      const flagAddresses = [...host.peers].map(([id, peerUrl]) => ({ id, peerUrl, addedIndex: 0 }));
       // Never changed: --cluster names the voters (checked against those recorded at bootstrap).
       const voters = [...host.peers.keys()].sort((a, b) => a - b);
       assert(voters.includes(host.id), `node ${host.id} is not among the peers`);
@@ -126,6 +127,7 @@ export class NodeMembership {
         peerUrl: this.addresses.get(id)?.peerUrl ?? "",
         httpUrl: this.host.httpUrlOf(id) ?? this.addresses.get(id)?.httpUrl,
         role: raw.isVoter(id) ? "voter" : "learner",
+        ...(this.addresses.get(id)?.addedIndex === undefined ? {} : { addedIndex: this.addresses.get(id)?.addedIndex }),
       }));
   }
 

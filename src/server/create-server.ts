@@ -404,11 +404,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       clusterNonce: () => node.clusterNonce(),
     },
     ...(tls === undefined ? {} : { tls }),
-    membershipView: () => {
-      const membership = storage.membership();
-      const recorded = membership.addresses.find((address) => address.id === id)?.peerUrl;
-      return { peerUrl: recorded ?? config.peers.get(id) ?? config.join?.advertisePeer, configIndex: membership.changedIndex };
-    },
+    memberSince: (nodeId) => storage.membership().addresses.find((address) => address.id === nodeId)?.addedIndex,
   }), (error) => {
     void listener.stop(true).catch(() => {});
     return cannotListen("peers", config.listenPeer.hostname, config.listenPeer.port, error);

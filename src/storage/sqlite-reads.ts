@@ -47,6 +47,7 @@ interface MemberRow {
   id: number;
   peer_url: string;
   http_url: string | null;
+  added_index: number | null;
 }
 /** A row of the kv table as its queries return it. */
 export interface ImageRowRow {
@@ -138,9 +139,14 @@ export function loadMeta(file: string, db: Database): MetaRow {
 /** Every member's recorded addresses, read on `db`. */
 export function loadAddresses(db: Database): MemberAddress[] {
   return db
-    .query<MemberRow, []>("SELECT id, peer_url, http_url FROM members ORDER BY id")
+    .query<MemberRow, []>("SELECT id, peer_url, http_url, added_index FROM members ORDER BY id")
     .all()
-    .map((row) => ({ id: row.id, peerUrl: row.peer_url, ...(row.http_url === null ? {} : { httpUrl: row.http_url }) }));
+    .map((row) => ({
+      id: row.id,
+      peerUrl: row.peer_url,
+      ...(row.http_url === null ? {} : { httpUrl: row.http_url }),
+      ...(row.added_index === null ? {} : { addedIndex: row.added_index }),
+    }));
 }
 
 /**

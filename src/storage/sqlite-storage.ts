@@ -140,7 +140,7 @@ export interface SqliteStorageOptions {
   readonly logFiles?: Partial<SegmentFiles>;
 }
 
-const schemaVersion = 6;
+const schemaVersion = 7;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
 /** WAL pages (4 KiB each) after which a commit checkpoints them into the database file (inline checkpoints). */
@@ -265,6 +265,17 @@ DROP TABLE hard_state;
 const migrationToV6Sql = `
 ALTER TABLE kv ADD COLUMN crc INTEGER;  -- rowChecksum(key, value, version); NULL in rows written before schema 6
 ALTER TABLE meta ADD COLUMN node_id INTEGER NOT NULL DEFAULT 0;  -- the node this database belongs to (see ownDatabase); 0 until a node opens it
+`;
+
+/**
+ * Version 6 -> 7: each member's address records the index of the entry that added it there
+ * (`MemberAddress.addedIndex`), which tells an older process of a re-added id from the member
+ * (src/transport/peer-identity.ts). Unknown (NULL) for members recorded before, except in a data dir
+ * whose configuration never changed: every member there is a founding one (0).
+ */
+const migrationToV7Sql = `
+ALTER TABLE members ADD COLUMN added_index INTEGER;  -- NULL: unknown
+UPDATE members SET added_index = 0 WHERE (SELECT config_index FROM meta WHERE id = 1) = 0;
 `;
 
 /** Log rows the migration to segments reads per query. */
@@ -472,6 +483,10 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
       if (version === 5) {
         db.run(migrationToV6Sql);
         version = 6;
+      }
+      if (version === 6) {
+        db.run(migrationToV7Sql);
+        version = 7;
       }
       db.run(`PRAGMA user_version = ${version}`);
       if (nodeId !== undefined) ownDatabase(db, file, nodeId);
@@ -731,7 +746,7 @@ export class SqliteStorage implements KvStorage {
   private readonly updateConfiguration: Statement<unknown, [string, string]>;
   private readonly updateConfigIndex: Statement<unknown, [number]>;
   private readonly clearMembers: Statement<unknown, []>;
-  private readonly insertMember: Statement<unknown, [number, string, string | null]>;
+  private readonly insertMember: Statement<unknown, [number, string, string | null, number | null]>;
   /** The image being received (see StagingFile). */
   private readonly imageStaging: ImageStaging;
   private readonly stagingFile: StagingFile;
@@ -847,7 +862,7 @@ export class SqliteStorage implements KvStorage {
     this.updateConfiguration = db.prepare("UPDATE meta SET voters = ?, learners = ? WHERE id = 1");
     this.updateConfigIndex = db.prepare("UPDATE meta SET config_index = ? WHERE id = 1");
     this.clearMembers = db.prepare("DELETE FROM members");
-    this.insertMember = db.prepare("INSERT INTO members (id, peer_url, http_url) VALUES (?, ?, ?)");
+    this.insertMember = db.prepare("INSERT INTO members (id, peer_url, http_url, added_index) VALUES (?, ?, ?, ?)");
     this.imageStaging = new ImageStaging(`${file}-staging`, settings.stagedImageBytesMax, file);
     this.stagingFile = this.imageStaging.file;
     this.clearKv = db.prepare("DELETE FROM kv");
@@ -1033,7 +1048,7 @@ export class SqliteStorage implements KvStorage {
     this.updateConfiguration.run(idsText(membership.voters), idsText(membership.learners));
     this.updateConfigIndex.run(membership.changedIndex);
     this.clearMembers.run();
-    for (const address of membership.addresses) this.insertMember.run(address.id, address.peerUrl, address.httpUrl ?? null);
+    for (const address of membership.addresses) this.insertMember.run(address.id, address.peerUrl, address.httpUrl ?? null, address.addedIndex ?? null);
   }
 
   private adoptMembership(membership: Membership): void {

@@ -15,10 +15,10 @@ import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
-import { type MembershipView, peerIdentityInterceptor, staleIncarnation } from "./peer-identity.ts";
+import { peerIdentityInterceptor, staleIncarnation } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
-import { type CallerStanding, createRaftServiceRoutes } from "./raft-service.ts";
+import { createRaftServiceRoutes } from "./raft-service.ts";
 import { createReplySlots, dispatchToPeer, replyWaitMs } from "./reply-slots.ts";
 import { createSocketTransport } from "./socket-transport.ts";
 import type { SocketTransport } from "./socket-transport.ts";
@@ -85,11 +85,12 @@ export interface ConnectTransportOptions {
    */
   readonly tls?: ConnectTransportTls;
   /**
-   * This node's view of itself (peer-identity.ts): sent on every call, and compared with each
-   * caller's, so that an older process of a member's id (removed, then the id added again) is not
-   * handed the member's messages. None: nothing sent, every caller taken for who it says it is.
+   * The index of the entry that added member `id` at its address, as this node records it (0: a
+   * founding member; undefined: unknown), this node's own included (peer-identity.ts): sent on every
+   * call, and a caller whose own is below the one recorded for it is refused (an older process of a
+   * re-added id). None: nothing sent, nothing refused for it.
    */
-  readonly membershipView?: () => MembershipView | undefined;
+  readonly memberSince?: (id: NodeId) => number | undefined;
 }
 
 /** PEM contents (not paths) of this node's certificate, its key, and the peers' CA. */
@@ -109,8 +110,6 @@ export interface PeerServerStats {
   readonly refused: Readonly<Record<CallRefusal, number>>;
   /** Calls taken from nodes outside this node's configuration (see `checkSender`). */
   readonly callsFromNonMembers: number;
-  /** Calls from an older process of a member's id, answered empty (see `staleMember`). */
-  readonly callsFromStaleMembers: number;
 }
 
 /** Per-peer counters: the sender's, plus the bytes of request bodies sent to that peer. */
@@ -132,12 +131,13 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
 /**
  * Why the peer server refused a call before delivering it: its authentication (before its body was
  * read), a node outside this node's configuration without the cluster's nonce, or a message in it
- * addressed to another node (a peer whose configuration gives our address to another id).
+ * addressed to another node (a peer whose configuration gives our address to another id), or an
+ * older process of a member's id (`stale_member`: peer-identity.ts).
  */
-export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed";
+export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed" | "stale_member";
 
 /** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
-type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown" | "stale_member";
+type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown";
 
 /** Client URLs of peers kept at most (members' always). */
 const peerHttpUrlsMax = 1_024;
@@ -172,9 +172,8 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
-  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0 };
+  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0 };
   let callsFromNonMembers = 0;
-  let callsFromStaleMembers = 0;
   const refusalLog = createRefusalLog(log);
   const auth = options.auth;
   const onSnapshotChunk = options.onSnapshotChunk;
@@ -194,8 +193,11 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * this cluster's leader (found in a black-box review). A member added while this node was away
    * has applied the nonce before it can lead, so it still gets through.
    */
-  function checkSender(from: NodeId, headers: Headers): CallerStanding {
-    if (options.peers.has(from)) return staleMember(from, headers) ? "stale" : "current";
+  function checkSender(from: NodeId, headers: Headers): void {
+    if (options.peers.has(from)) {
+      refuseStaleMember(from, headers);
+      return;
+    }
     const ours = auth?.clusterNonce?.();
     if (ours !== undefined && headers.get(CLUSTER_NONCE_HEADER) !== ours) {
       refused.not_a_peer++;
@@ -213,29 +215,25 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         `a member added while this node was away, which it learns of from the log, or one that is not a member (removed, or never added), which gets answers and is sent nothing. ` +
         `If this lasts and node ${from} should be a member, empty its data dir and start it with --join`,
     );
-    return "current";
   }
   /**
-   * Whether a call from member `from` comes from an older process of its id (peer-identity.ts).
-   * What this node sends the member must not ride the answer to such a call: the old process would
-   * be handed the member's vote requests and heartbeats, and answer them as the member (a second
-   * vote in a term, a quorum that is not one); nor is its client URL taken for the member's. Its
-   * call is answered at once, empty; the member's messages go to the member's address. Its messages
-   * are still taken: a member that is only behind, at an address spelled otherwise here, must still
-   * be heard, and an older process gets no vote with its older log.
+   * Refuses a call from an older process of member `from`'s id (peer-identity.ts): removed while it
+   * was down or cut off, it never heard of it, and the id was added again. Taken, its calls were
+   * answered with the member's heartbeats and vote requests, which it answered as the member (a
+   * second vote in one term, a quorum that is not one), and its client URL was taken for the
+   * member's (found in a review). A member only behind knows its own index, so it is never refused.
    */
-  function staleMember(from: NodeId, headers: Headers): boolean {
-    const configuredUrl = options.peers.get(from);
-    if (configuredUrl === undefined || options.membershipView === undefined) return false;
-    const stale = staleIncarnation(headers, configuredUrl, options.membershipView);
-    if (stale === undefined) return false;
-    callsFromStaleMembers++;
-    refusalLog(
-      "stale_member",
-      `answered a call from node ${from} at ${stale.peerUrl} empty: this node reaches node ${from} at ${configuredUrl}, as of the configuration of index ${stale.ourIndex}, and the caller applied only the one of index ${stale.configIndex}. ` +
-        `It is a process of node ${from} from before that id was removed and added again: stop it (its data dir is not the member's)`,
-    );
-    return true;
+  function refuseStaleMember(from: NodeId, headers: Headers): void {
+    const memberSince = options.memberSince;
+    if (memberSince === undefined || closed) return; // closed: the node's storage may be too
+    const since = staleIncarnation(headers, () => memberSince(from));
+    if (since === undefined) return;
+    refused.stale_member++;
+    const message =
+      `node ${from} was added again at index ${memberSince(from)}, and this call comes from a process of it added at index ${since}, before: ` +
+      `it was removed while it ran, and never heard of it; stop it (its data dir is not the member's)`;
+    refusalLog("stale_member", `refused a call: ${message}`);
+    throw new ConnectError(message, Code.FailedPrecondition);
   }
   function noteMisaddressed(from: NodeId, to: NodeId): void {
     refused.misaddressed++;
@@ -330,7 +328,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     const countBytes = (bytes: number) => sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + bytes);
     const interceptors = [
       ...(auth === undefined ? [] : [peerAuthInterceptor(auth)]),
-      ...(options.membershipView === undefined ? [] : [peerIdentityInterceptor(options.membershipView)]),
+      ...(options.memberSince === undefined ? [] : [peerIdentityInterceptor(() => (closed ? undefined : options.memberSince?.(options.selfId)))]),
     ];
     let transport;
     if (baseUrl.startsWith("http:")) {
@@ -446,7 +444,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         const stats = sender.stats();
         return { ...stats, sentBytes: sentBytes.get(stats.peerId) ?? 0 };
       }),
-    serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused }, callsFromNonMembers, callsFromStaleMembers }),
+    serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused }, callsFromNonMembers }),
   };
 }
 

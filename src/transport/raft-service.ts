@@ -35,17 +35,12 @@ export interface RaftServiceOptions {
   /**
    * Checks a decoded call's sender before anything of it is delivered, with the call's headers
    * (connect-transport.ts: a node outside the configuration must carry the cluster's nonce);
-   * throws the `ConnectError` that refuses the call. "stale": an older process of a member's id
-   * (peer-identity.ts): its messages are delivered, but not its client URL, and its call is answered
-   * at once and empty, never with what the node has for the member.
+   * throws the `ConnectError` that refuses the call.
    */
-  readonly checkSender?: (from: NodeId, headers: Headers) => CallerStanding;
+  readonly checkSender?: (from: NodeId, headers: Headers) => void;
   /** Told of a call refused because a message in it is addressed to another node (for the refusal count). */
   readonly onMisaddressed?: (from: NodeId, to: NodeId) => void;
 }
-
-/** What `checkSender` made of a call's sender: see there. */
-export type CallerStanding = "current" | "stale";
 
 /** How often an answer carries this server's URL (`SendResponse.from_http_url`): one in this many per caller. */
 const answersPerUrl = 256;
@@ -86,9 +81,9 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
             throw new ConnectError(`message to node ${message.to} reached node ${options.selfId}`, Code.InvalidArgument);
           }
         }
-        const stale = options.checkSender?.(decoded.from, context.requestHeader) === "stale";
-        options.onMessages(decoded.messages, decoded.from, stale ? "" : decoded.fromHttpUrl);
-        const reply = options.awaitReply === undefined || stale ? [] : await options.awaitReply(decoded.from);
+        options.checkSender?.(decoded.from, context.requestHeader);
+        options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
+        const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
         return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined);
       },
       sendSnapshotChunk(request, context) {

@@ -54,7 +54,12 @@ export function toSendSnapshotChunkRequest(chunk: SnapshotChunk): SendSnapshotCh
     rows: chunk.rows.map(rowToProto),
     done: chunk.done,
     addresses: (chunk.addresses ?? []).map((address) =>
-      create(MemberAddressSchema, { id: address.id, peerUrl: address.peerUrl, httpUrl: address.httpUrl ?? "" }),
+      create(MemberAddressSchema, {
+        id: address.id,
+        peerUrl: address.peerUrl,
+        httpUrl: address.httpUrl ?? "",
+        ...(address.addedIndex === undefined ? {} : { addedIndex: u64(address.addedIndex) }),
+      }),
     ),
   });
 }
@@ -123,26 +128,33 @@ export function fromSendSnapshotChunkRequest(
     }
     rows.push({ key, value: proto.value, version });
   }
-  const addresses = addressesFromProto(request.addresses, seq);
+  const addresses = addressesFromProto(request.addresses, seq, metadata?.index ?? 0);
   return { from, to, term, imageId, seq, metadata, ...(addresses.length > 0 ? { addresses } : {}), rows, done: flag(request.done, "chunk.done") };
 }
 
-/** Members' addresses of a first chunk: at most 128, ids valid and distinct, URLs of 1 to 2048 characters (http URL may be empty). */
-function addressesFromProto(list: unknown, seq: number): PeerAddress[] {
+/**
+ * Members' addresses of a first chunk: at most 128, ids valid and distinct, URLs of 1 to 2048
+ * characters (http URL may be empty), the index that added each (when given) at most the image's.
+ */
+function addressesFromProto(list: unknown, seq: number, imageIndex: number): PeerAddress[] {
   if (list === undefined) return [];
   if (!Array.isArray(list)) throw new TransportDecodeError("chunk.addresses is not a list");
   if (list.length > 0 && seq !== 0) throw new TransportDecodeError(`chunk ${seq} carries addresses, which only the first chunk may`);
   if (list.length > addressesMax) throw new TransportDecodeError(`chunk carries ${list.length} member addresses, more than ${addressesMax}`);
   const addresses: PeerAddress[] = [];
   const seen = new Set<NodeId>();
-  for (const proto of list as { id: unknown; peerUrl: unknown; httpUrl: unknown }[]) {
+  for (const proto of list as { id: unknown; peerUrl: unknown; httpUrl: unknown; addedIndex?: unknown }[]) {
     const id = nodeId(proto.id, "address.id");
     if (seen.has(id)) throw new TransportDecodeError(`chunk.addresses names node ${id} twice`);
     seen.add(id);
     const peerUrl = text(proto.peerUrl, "address.peerUrl", urlLengthMax);
     if (peerUrl === "") throw new TransportDecodeError(`chunk.addresses: node ${id} has no peer URL`);
     const httpUrl = text(proto.httpUrl, "address.httpUrl", urlLengthMax);
-    addresses.push({ id, peerUrl, ...(httpUrl === "" ? {} : { httpUrl }) });
+    const addedIndex = proto.addedIndex === undefined ? undefined : count(proto.addedIndex, "address.addedIndex");
+    if (addedIndex !== undefined && addedIndex > imageIndex) {
+      throw new TransportDecodeError(`chunk.addresses: node ${id} was added at index ${addedIndex}, past the image's index ${imageIndex}`);
+    }
+    addresses.push({ id, peerUrl, ...(httpUrl === "" ? {} : { httpUrl }), ...(addedIndex === undefined ? {} : { addedIndex }) });
   }
   return addresses;
 }

@@ -35,7 +35,7 @@ export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick
   );
   registry.collected(
     "kv_peer_requests_refused_total",
-    "Peer calls refused before they were delivered: unauthenticated (no or wrong cluster token) or cluster_mismatch (another cluster id or nonce), before the body was read; not_a_peer (from outside this node's configuration, without its cluster nonce) or misaddressed (a message for another node).",
+    "Peer calls refused before they were delivered: unauthenticated (no or wrong cluster token) or cluster_mismatch (another cluster id or nonce), before the body was read; not_a_peer (from outside this node's configuration, without its cluster nonce), misaddressed (a message for another node) or stale_member (an older process of a member's id, added again since).",
     "counter",
     ["reason"],
     () => Object.entries(handle.serverStats().refused).map(([reason, count]) => [{ reason }, count] as const),
@@ -46,12 +46,5 @@ export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick
     "counter",
     [],
     () => [[{}, handle.serverStats().callsFromNonMembers]],
-  );
-  registry.collected(
-    "kv_peer_requests_from_stale_members_total",
-    "Peer calls from an older process of a member's id (the id was removed and added again elsewhere while it ran): taken, and answered empty, never with the member's messages.",
-    "counter",
-    [],
-    () => [[{}, handle.serverStats().callsFromStaleMembers]],
   );
 }

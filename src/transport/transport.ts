@@ -55,6 +55,8 @@ export interface PeerAddress {
   readonly id: NodeId;
   readonly peerUrl: string;
   readonly httpUrl?: string;
+  /** The index of the entry that added it at this address (0: a founding member), when known. */
+  readonly addedIndex?: number;
 }
 
 /** An image being read for sending (the storage's `KvImageReader`). */
