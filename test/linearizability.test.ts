@@ -10,6 +10,7 @@ import {
   type Operation,
   type OperationOutcome,
 } from "../src/chaos/linearizability.ts";
+import { findVersionViolation } from "../src/chaos/version-check.ts";
 import { createPrng, type Prng } from "../src/lib/prng.ts";
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
@@ -142,6 +143,43 @@ describe("rejects known-bad histories", () => {
       get(1, "k", null, 50, 60),
       get(1, "k", "v1", 70, 80),
     ];
+    expectRejected(checkLinearizable(history));
+  });
+});
+
+describe("compare-and-set writes whose answer was lost apply only where their version could hold (found in a review: they explained lost writes)", () => {
+  const versioned = (op: Operation, version: number): Operation => ({ ...op, version });
+  const onlyIf = (op: Operation, ifVersion: number): Operation => ({ ...op, ifVersion });
+
+  test("a compare-and-delete at a version the key had left cannot explain a lost acknowledged put", () => {
+    const history = [
+      versioned(put(1, "k", "a", 0, 1), 1),
+      versioned(get(2, "k", "a", 1, 2), 1),
+      versioned(put(1, "k", "b", 2, 3), 3),
+      onlyIf(del(2, "k", 4, undefined, "unknown"), 1),
+      get(3, "k", null, 5, 6),
+    ];
+    expectRejected(checkLinearizable(history));
+    // Without the condition the delete may have applied last: linearizable.
+    expect(checkLinearizable(history.map((op) => (op.kind === "delete" ? { ...op, ifVersion: undefined } : op))).ok).toBe(true);
+    // At the version the key is at when it runs, it may have.
+    expect(checkLinearizable(history.map((op) => (op.kind === "delete" ? { ...op, ifVersion: 3 } : op))).ok).toBe(true);
+  });
+
+  test("a compare-and-set put at a version the key had left, read later, is a violation", () => {
+    const history = [versioned(put(1, "k", "a", 0, 1), 1), versioned(put(1, "k", "b", 2, 3), 3), onlyIf(put(2, "k", "c", 4, undefined, "unknown"), 1), get(3, "k", "c", 5, 6)];
+    expectRejected(checkLinearizable(history));
+  });
+
+  test("a create (ifVersion 0) cannot explain a read of nothing after an acknowledged put, unless a delete may have come between", () => {
+    const history = [versioned(put(1, "k", "a", 0, 1), 1), onlyIf(put(2, "k", "c", 2, undefined, "unknown"), 0), onlyIf(del(2, "k", 3, undefined, "unknown"), 0), get(3, "k", null, 5, 6)];
+    expectRejected(checkLinearizable(history));
+    const withDelete = [...history, del(4, "k", 2, undefined, "unknown")];
+    expect(checkLinearizable(withDelete).ok).toBe(true);
+  });
+
+  test("a compare-and-set at a delete's version never applies", () => {
+    const history = [versioned(put(1, "k", "a", 0, 1), 1), versioned(del(1, "k", 2, 3), 3), onlyIf(put(2, "k", "c", 4, undefined, "unknown"), 3), get(3, "k", "c", 5, 6)];
     expectRejected(checkLinearizable(history));
   });
 });
@@ -434,6 +472,20 @@ describe("a 10 000-operation history from a simulated linearizable register", ()
  */
 function linearizableByBruteForce(history: readonly Operation[], initial: string | null): boolean {
   const ops = history.filter((op) => op.outcome === "ok" || (op.outcome === "unknown" && op.kind !== "get"));
+  // A compare-and-set applies only at its version: the key absent (0), holding the value an answer
+  // gave for that version, never at a delete's; anywhere at a version no answer gave.
+  const atVersion = new Map<number, string | null>();
+  for (const op of ops) {
+    if (op.outcome !== "ok" || op.version === undefined) continue;
+    atVersion.set(op.version, op.kind === "put" ? (op.value ?? null) : op.kind === "get" ? (op.output ?? null) : null);
+  }
+  const conditionHolds = (op: Operation, state: string | null): boolean => {
+    if (op.ifVersion === undefined) return true;
+    if (op.ifVersion === 0) return state === null;
+    if (!atVersion.has(op.ifVersion)) return true;
+    const there = atVersion.get(op.ifVersion) ?? null;
+    return there !== null && there === state;
+  };
   const placed = ops.map(() => false);
   const returnMs = (op: Operation): number => (op.outcome === "ok" ? (op.returnMs ?? 0) : Infinity);
   const extend = (state: string | null): boolean => {
@@ -443,6 +495,7 @@ function linearizableByBruteForce(history: readonly Operation[], initial: string
       if (op === undefined || placed[i] === true) continue;
       if (ops.some((other, j) => placed[j] !== true && returnMs(other) < op.callMs)) continue;
       let after: string | null = null;
+      if (op.kind !== "get" && !conditionHolds(op, state)) continue;
       if (op.kind === "put") after = op.value ?? null;
       if (op.kind === "get") {
         if (op.output !== state) continue;
@@ -499,6 +552,40 @@ describe("cross-checks on small random histories", () => {
     // Both verdicts must be common, or the comparison proves little.
     expect(verdicts.linearizable).toBeGreaterThan(500);
     expect(verdicts.violation).toBeGreaterThan(500);
+  });
+
+  test("agrees with a brute-force search on 3000 random single-key histories of compare-and-set writes", () => {
+    const verdicts = { linearizable: 0, violation: 0 };
+    for (let seed = 1; seed <= 3000; seed++) {
+      const prng = createPrng(1_000_000 + seed);
+      const opsCount = prng.intInclusive(2, 8);
+      const readable = [null, ...Array.from({ length: opsCount }, (_, i) => `v${i}`)];
+      // Acknowledged writes name versions in call order, as a log's indexes would (gets name none).
+      const calls = Array.from({ length: opsCount }, () => prng.intInclusive(0, 40)).sort((a, b) => a - b);
+      let version = 0;
+      const history: Operation[] = calls.map((callMs, i): Operation => {
+        const kindRoll = prng.next();
+        const outcomeRoll = prng.next();
+        const outcome: OperationOutcome = outcomeRoll < 0.55 ? "ok" : outcomeRoll < 0.85 ? "unknown" : "fail";
+        const returnMs = outcome === "unknown" ? undefined : callMs + prng.intInclusive(0, 15);
+        const base = { id: i + 1, clientId: i, key: "k", callMs, returnMs, outcome };
+        if (kindRoll < 0.35) return { ...base, kind: "get", ...(outcome === "ok" ? { output: prng.pick(readable) } : {}) };
+        const ifVersion = prng.chance(0.6) ? prng.intInclusive(0, opsCount) : undefined;
+        const named = outcome === "ok" ? { version: ++version } : {};
+        const condition = ifVersion === undefined ? {} : { ifVersion };
+        if (kindRoll < 0.75) return { ...base, kind: "put", value: `v${i}`, ...named, ...condition };
+        return { ...base, kind: "delete", ...named, ...condition };
+      });
+      const expected = findVersionViolation(history) === undefined && linearizableByBruteForce(history, null);
+      const result = checkLinearizable(history);
+      if ((result.ok === true) !== expected) {
+        throw new Error(`seed=${seed}: brute force says ${expected}, the checker ${JSON.stringify(result)}`);
+      }
+      if (result.ok === true) verdicts.linearizable++;
+      else verdicts.violation++;
+    }
+    expect(verdicts.linearizable).toBeGreaterThan(300);
+    expect(verdicts.violation).toBeGreaterThan(300);
   });
 
   test("a simulated history is accepted, and with one answer mutated any rejection's evidence holds it", () => {

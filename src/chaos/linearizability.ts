@@ -27,6 +27,8 @@
  *   (all unknown deletes; all unknown puts nobody read) are tried earliest-called first only;
  * - a write may not overwrite a value that an unplaced get still has to read (nothing can write it
  *   again), so a put placed too early fails at the next write rather than at its reader, far later.
+ * - a compare-and-set write applies only where the key can be at its version (see
+ *   `compareAndSetRequirements`), and stands in for no other write;
  * Unknown writes nobody read can only explain null reads and `deleted` answers, so a key that has some
  * is first checked without those observations: that check has no optional writes, and its exhaustive
  * search for a violation stays small.
@@ -358,11 +360,13 @@ function createObserverIndex(current: readonly Operation[]): {
     return { fromMs: write.callMs, toMs: earliestReturnFrom[low] ?? Number.POSITIVE_INFINITY };
   };
 
+  const required = compareAndSetRequirements(current);
   return {
     /**
-     * Extends `chunk` to a sound removal: with a put go the gets of its value and the deletes that may
-     * have found it present; with a delete go the null gets and the deletes that may have found the key
-     * absent because of it. Repeats until nothing more is pulled in.
+     * Extends `chunk` to a sound removal: with a put go the gets of its value, the deletes that may
+     * have found it present and the compare-and-sets that needed it; with a delete go the null gets,
+     * the deletes that may have found the key absent because of it and the compare-and-sets that
+     * needed the key absent. Repeats until nothing more is pulled in.
      */
     closeRemoval(chunk) {
       const removal = new Set(chunk);
@@ -390,6 +394,9 @@ function createObserverIndex(current: readonly Operation[]): {
             observesRemoved =
               (op.deleted === true && mayObservePut(op)) || (op.deleted === false && mayObserveDelete(op));
           }
+          const needs = required.get(op);
+          if (needs === null) observesRemoved ||= mayObserveDelete(op);
+          else if (needs !== undefined && needs !== "never") observesRemoved ||= removedValues.has(needs);
           if (observesRemoved) {
             removal.add(op);
             grew = true;
@@ -425,6 +432,37 @@ function createSpanQuery(spans: ObservableSpan[]): (op: Operation) => boolean {
   };
 }
 
+/**
+ * What each compare-and-set write of one key needs to find, as a value: a write with `ifVersion` x
+ * applies only when the key is at version x. At 0 that is the key absent (null). At the version an
+ * answer gave a put of `v` (its own, or a get's of `v`), it is the key holding `v`: values are unique,
+ * so the key holds `v` exactly while it is at that version. At a delete's version it is never (the key
+ * is absent then, at version 0). At a version no answer of this key named, nothing is known: absent
+ * from the map, as a write without `ifVersion` is. Without this, a compare-and-set that could not
+ * apply (its answer lost) could explain a lost acknowledged write (found in a review).
+ */
+function compareAndSetRequirements(ops: readonly Operation[]): Map<Operation, string | null | "never"> {
+  const requirements = new Map<Operation, string | null | "never">();
+  if (!ops.some((op) => op.ifVersion !== undefined)) return requirements;
+  const atVersion = new Map<number, string | "deleted">();
+  for (const op of ops) {
+    if (op.outcome !== "ok" || op.version === undefined) continue;
+    if (op.kind === "delete") atVersion.set(op.version, "deleted");
+    else if (op.kind === "put" && op.value !== undefined) atVersion.set(op.version, op.value);
+    else if (op.kind === "get" && op.output !== null && op.output !== undefined) atVersion.set(op.version, op.output);
+  }
+  for (const op of ops) {
+    if (op.kind === "get" || op.ifVersion === undefined || op.outcome === "fail") continue;
+    if (op.ifVersion === 0) {
+      requirements.set(op, null);
+      continue;
+    }
+    const there = atVersion.get(op.ifVersion);
+    if (there !== undefined) requirements.set(op, there === "deleted" ? "never" : there);
+  }
+  return requirements;
+}
+
 // Register operations as the search sees them.
 const KIND_PUT = 0;
 const KIND_GET = 1;
@@ -439,6 +477,9 @@ const STATE_UNREAD = 1;
 const STATE_FIRST_VALUE = 2;
 /** The step function's answer when the register cannot perform an operation in its state. */
 const STEP_REJECTED = -1;
+// A write's precondition besides a state: none, or one no state meets.
+const REQUIRE_ANY = -1;
+const REQUIRE_NEVER = -2;
 // Which list an operation sits in. Optional classes are bit flags so a search node can record which
 // interchangeable classes it has tried; a lone optional write has no stand-ins and is always tried.
 const REQUIRED = 0;
@@ -453,6 +494,8 @@ interface PreparedKey {
   readonly kinds: Uint8Array;
   /** Put: the state it writes. Get: the state it read. Delete: a DELETE_* constant. */
   readonly args: Int32Array;
+  /** A write's precondition: REQUIRE_ANY, REQUIRE_NEVER, or the state it must find (a compare-and-set). */
+  readonly requires: Int32Array;
   /** REQUIRED, or the OPTIONAL_* class of a write that may be linearized or left out. */
   readonly classes: Uint8Array;
   /** The operation's bit in the required or the optional bitset. */
@@ -473,6 +516,7 @@ interface KeptOperation {
   readonly op: Operation;
   readonly kind: number;
   readonly arg: number;
+  readonly requires: number;
   readonly opClass: number;
   readonly returnMs: number;
 }
@@ -495,6 +539,14 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
     return id;
   };
   const initialState = intern(initial);
+  const required = compareAndSetRequirements(ops);
+  // A compare-and-set's precondition as a state. Relaxed, a write that needs the key absent needs
+  // nothing: the unknown deletes that could have made it so are left out there.
+  const requiresOf = (op: Operation): number => {
+    const requirement = required.get(op);
+    if (requirement === undefined || (relaxed && requirement === null)) return REQUIRE_ANY;
+    return requirement === "never" ? REQUIRE_NEVER : intern(requirement);
+  };
 
   const firstReadReturnMs = new Map<string, number>();
   let absenceObserved = false;
@@ -503,6 +555,8 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
   for (const op of ops) {
     assert(op.callMs >= previousCallMs, "operations are sorted by call time");
     previousCallMs = op.callMs;
+    // A write that needs the key absent may follow an unknown delete: those must be kept.
+    if (!relaxed && required.get(op) === null) absenceObserved = true;
     if (op.outcome !== "ok") continue;
     if (op.kind === "get") {
       assert(op.output !== undefined && op.returnMs !== undefined);
@@ -527,28 +581,33 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
         assert(op.outcome === "ok", "unknown gets are dropped before the search");
         assert(op.output !== undefined && op.returnMs !== undefined);
         if (relaxed && op.output === null) break;
-        kept.push({ op, kind: KIND_GET, arg: intern(op.output), opClass: REQUIRED, returnMs: op.returnMs });
+        kept.push({ op, kind: KIND_GET, arg: intern(op.output), requires: REQUIRE_ANY, opClass: REQUIRED, returnMs: op.returnMs });
         break;
       }
       case "put": {
         assert(op.value !== undefined);
         const readReturnMs = op.value === initial ? undefined : firstReadReturnMs.get(op.value);
+        const requires = requiresOf(op);
         if (op.outcome === "ok") {
           assert(op.returnMs !== undefined);
           const returnMs =
             readReturnMs === undefined ? op.returnMs : Math.max(op.callMs, Math.min(op.returnMs, readReturnMs));
-          kept.push({ op, kind: KIND_PUT, arg: intern(op.value), opClass: REQUIRED, returnMs });
+          kept.push({ op, kind: KIND_PUT, arg: intern(op.value), requires, opClass: REQUIRED, returnMs });
         } else if (readReturnMs !== undefined) {
           // Someone read it, so it took effect; if that read returned before this call, the clamp
           // leaves an interval the search cannot satisfy, which is the violation.
           const returnMs = Math.max(op.callMs, readReturnMs);
-          kept.push({ op, kind: KIND_PUT, arg: intern(op.value), opClass: REQUIRED, returnMs });
+          kept.push({ op, kind: KIND_PUT, arg: intern(op.value), requires, opClass: REQUIRED, returnMs });
+        } else if (requires === REQUIRE_NEVER) {
+          // A compare-and-set on a version the key can no longer be at: it cannot have applied.
         } else if (firstReadReturnMs.has(op.value)) {
           // It writes the initial value, which someone read: that read may or may not be this put's.
-          kept.push({ op, kind: KIND_PUT, arg: intern(op.value), opClass: OPTIONAL_LONE, returnMs: infinity });
+          kept.push({ op, kind: KIND_PUT, arg: intern(op.value), requires, opClass: OPTIONAL_LONE, returnMs: infinity });
         } else if (presenceObservedByDelete) {
-          // Nobody read it, but a delete that found the key present might have found it.
-          kept.push({ op, kind: KIND_PUT, arg: STATE_UNREAD, opClass: OPTIONAL_UNREAD_PUT, returnMs: infinity });
+          // Nobody read it, but a delete that found the key present might have found it. A
+          // compare-and-set has its own precondition, so it stands in for no other.
+          const opClass = requires === REQUIRE_ANY ? OPTIONAL_UNREAD_PUT : OPTIONAL_LONE;
+          kept.push({ op, kind: KIND_PUT, arg: STATE_UNREAD, requires, opClass, returnMs: infinity });
         }
         break;
       }
@@ -561,9 +620,12 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
               : op.deleted
                 ? DELETE_FOUND_PRESENT
                 : DELETE_FOUND_ABSENT;
-          kept.push({ op, kind: KIND_DELETE, arg, opClass: REQUIRED, returnMs: op.returnMs });
+          kept.push({ op, kind: KIND_DELETE, arg, requires: requiresOf(op), opClass: REQUIRED, returnMs: op.returnMs });
         } else if (absenceObserved) {
-          kept.push({ op, kind: KIND_DELETE, arg: DELETE_UNCHECKED, opClass: OPTIONAL_DELETE, returnMs: infinity });
+          const requires = requiresOf(op);
+          if (requires === REQUIRE_NEVER) break; // a compare-and-set that cannot have applied
+          const opClass = requires === REQUIRE_ANY ? OPTIONAL_DELETE : OPTIONAL_LONE;
+          kept.push({ op, kind: KIND_DELETE, arg: DELETE_UNCHECKED, requires, opClass, returnMs: infinity });
         }
         break;
       }
@@ -575,6 +637,7 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
   const count = kept.length;
   const kinds = new Uint8Array(count);
   const args = new Int32Array(count);
+  const requires = new Int32Array(count);
   const classes = new Uint8Array(count);
   const bitIndexes = new Int32Array(count);
   const callMs = new Float64Array(count);
@@ -584,6 +647,7 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
   kept.forEach((entry, index) => {
     kinds[index] = entry.kind;
     args[index] = entry.arg;
+    requires[index] = entry.requires;
     classes[index] = entry.opClass;
     bitIndexes[index] = entry.opClass === REQUIRED ? requiredCount++ : optionalCount++;
     callMs[index] = entry.op.callMs;
@@ -593,6 +657,7 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
     ops: kept.map((entry) => entry.op),
     kinds,
     args,
+    requires,
     classes,
     bitIndexes,
     callMs,
@@ -615,6 +680,8 @@ function step(key: PreparedKey, op: number, state: number, readsLeft: Int32Array
   const arg = key.args[op] ?? 0;
   const kind = key.kinds[op];
   if (kind === KIND_GET) return arg === state ? state : STEP_REJECTED;
+  const requires = key.requires[op] ?? REQUIRE_ANY;
+  if (requires !== REQUIRE_ANY && requires !== state) return STEP_REJECTED;
   if ((readsLeft[state] ?? 0) > 0 && (writesLeft[state] ?? 0) === 0 && state >= STATE_FIRST_VALUE) {
     return STEP_REJECTED;
   }
