@@ -115,10 +115,31 @@ describe("findBankViolation", () => {
     const violation = findBankViolation([t1, built], 2);
     expect(violation?.reason).toBe("transfer t3 succeeded comparing bank/0 at version 0, but transfer t1, which returned before it was called, wrote it at version 5: a stale comparison");
     expect(violation?.evidence).toEqual([t1, built]);
-    // Called while t1 was still out, it may have been applied first.
-    expect(findBankViolation([t1, { ...built, callMs: 5 }], 2)).toBeUndefined();
+    // Called while t1 was still out, it may have been applied first: at a version below t1's.
+    expect(findBankViolation([t1, { ...built, callMs: 5, version: 4 }], 2)).toBeUndefined();
     // Comparisons that did not hold changed nothing.
     expect(findBankViolation([t1, { ...built, succeeded: false }], 2)).toBeUndefined();
+  });
+
+  test("compare-and-set: two transfers that applied comparing one account at one version are a lost update, though money is conserved (found in a review: it passed)", () => {
+    const compared = (op: BankOperation, version: number): BankOperation => ({ ...op, compared: [{ key: "bank/0", version }, { key: "bank/1", version }] });
+    // Concurrent, both built on the accounts absent, both acknowledged as succeeded.
+    const first = compared(transfer(3, ["bank/0", 90], ["bank/1", 110], 0, 10, { version: 5 }), 0);
+    const second = compared(transfer(4, ["bank/0", 80], ["bank/1", 120], 0, 10, { version: 6 }), 0);
+    const final = [at("bank/0", 80, 4, 6), at("bank/1", 120, 4, 6)];
+    expect(findBankViolation([first, second], 2, final)?.reason).toBe(
+      "transfer t4 applied at version 6 comparing bank/0 at version 0, but transfer t3 wrote it at version 5 before it (the account was never deleted): a lost update",
+    );
+    // Both built on version 5, one applied at 8: the other's at 9 found 8, not 5. Learned from a read too.
+    const base = compared(transfer(3, ["bank/0", 90], ["bank/1", 110], 0, 10, { version: 5 }), 0);
+    const left = compared(transfer(5, ["bank/0", 70], ["bank/1", 130], 20, undefined), 5);
+    const right = compared(transfer(6, ["bank/0", 85], ["bank/1", 115], 20, 30, { version: 9 }), 5);
+    expect(findBankViolation([base, left, right, read([at("bank/0", 70, 5, 8), at("bank/1", 130, 5, 8)], 21, 22)], 2)?.reason).toBe(
+      "transfer t6 applied at version 9 comparing bank/0 at version 5, but transfer t5 wrote it at version 8 in between: a lost update",
+    );
+    // One after the other, each on the one before: fine.
+    const after = compared(transfer(4, ["bank/0", 80], ["bank/1", 120], 20, 30, { version: 6 }), 5);
+    expect(findBankViolation([first, after], 2, final)).toBeUndefined();
   });
 
   test("real-time: a transfer acknowledged at a version at or below one that returned before it was called, on other accounts (found in review: floors were per account)", () => {

@@ -23,7 +23,9 @@
  *   at least as late as that transfer wrote it, or that read saw it (no stale read); and so does a
  *   transfer whose comparisons held (it found its accounts at the versions it named), so a transfer
  *   built on a state older than one acknowledged before it was called cannot succeed (a lost write
- *   the total would not show).
+ *   the total would not show);
+ * - **compare-and-set**: a transfer known to have applied found each account at the version it
+ *   compared: no known write of the account lies between (see `findLostUpdate`).
  */
 import type { OperationOutcome } from "./history.ts";
 
@@ -225,7 +227,40 @@ export function findBankViolation(history: readonly BankOperation[], accountCoun
       }
     }
   }
-  return findTransferBeforeItsTime(transfers, reads);
+  return findTransferBeforeItsTime(transfers, reads) ?? findLostUpdate(transfers, versionOf);
+}
+
+/**
+ * Compare-and-set: a transfer known to have applied (acknowledged as succeeded, or read) at version
+ * y found each account it compared at the version it named, x: x is below y, and no known write of
+ * that account lies between x and y (none at all before y when x is 0: accounts are never deleted).
+ * Two transfers that both applied comparing one account at one version are a lost update that the
+ * total does not show, each writing absolute balances (found in a review).
+ */
+function findLostUpdate(transfers: ReadonlyMap<number, BankOperation>, versionOf: ReadonlyMap<number, { version: number; by: BankOperation }>): BankViolation | undefined {
+  const writesOf = new Map<string, { version: number; transfer: BankOperation }[]>();
+  for (const [id, { version }] of versionOf) {
+    const transfer = transfers.get(id) as BankOperation;
+    for (const write of transfer.writes ?? []) {
+      const writes = writesOf.get(write.key);
+      if (writes === undefined) writesOf.set(write.key, [{ version, transfer }]);
+      else writes.push({ version, transfer });
+    }
+  }
+  for (const [id, { version }] of versionOf) {
+    const transfer = transfers.get(id) as BankOperation;
+    for (const { key, version: expected } of transfer.compared ?? []) {
+      const what = `transfer t${id} applied at version ${version} comparing ${key} at version ${expected}`;
+      if (expected >= version) return { reason: `${what}, a version it could not yet have seen`, evidence: [transfer] };
+      let before: { version: number; transfer: BankOperation } | undefined;
+      for (const write of writesOf.get(key) ?? []) if (write.version < version && (before === undefined || write.version > before.version)) before = write;
+      if (before !== undefined && before.version > expected) {
+        const when = expected === 0 ? "before it (the account was never deleted)" : "in between";
+        return { reason: `${what}, but transfer t${before.transfer.id} wrote it at version ${before.version} ${when}: a lost update`, evidence: [before.transfer, transfer] };
+      }
+    }
+  }
+  return undefined;
 }
 
 /**
