@@ -168,6 +168,15 @@ describe("mutual exclusion", () => {
     expect(breaches.map((b) => `${b.earlier.fence}->${b.later.fence}`)).toEqual(["10->15", "10->20"]);
   });
 
+  test("a tenure that ended lost constrains as one released does, until its lease's known end (found in a review: lost tenures were skipped, and a lease expired early is what makes them)", () => {
+    const lost: LockTenure = { client: 1, fence: 10, acquiredMs: 0, endMs: 3_000, end: "lost", aliveUntilMs: 2_000 };
+    expect(exclusionBreaches([lost, next(1_500)]).map((b) => `${b.earlier.fence}->${b.later.fence}`)).toEqual(["10->20"]);
+    expect(exclusionBreaches([lost, next(2_000 - EXCLUSION_TOLERANCE_MS)])).toEqual([]);
+    const run = cleanRun();
+    run.tenures[0] = { ...lost, endMs: 90 };
+    expect(checkLock(run).problems.find((p) => p.kind === "mutual_exclusion")?.detail).toContain("it noticed the lease gone at 90 ms");
+  });
+
   test("tenures without a release (the run ended) constrain no one; tenures sharing a fence are shared_fence's", () => {
     const unreleased: LockTenure = { client: 1, fence: 10, acquiredMs: 0, endMs: 5_000, end: "run_end" };
     expect(exclusionBreaches([unreleased, next(10)])).toEqual([]);

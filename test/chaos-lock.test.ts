@@ -82,16 +82,17 @@ describe("the scenario's pure parts", () => {
         { type: "acquired", fence: 5, key: "m/1", atMs: 100 },
         { type: "released", fence: 5, atMs: 200, releaseStartMs: 190, aliveUntilMs: 1_150 },
         { type: "acquired", fence: 9, key: "m/2", atMs: 300 },
-        { type: "lost", fence: 9, atMs: 350 },
+        { type: "lost", fence: 9, atMs: 350, aliveUntilMs: 320 },
         { type: "released", fence: 9, atMs: 400, releaseStartMs: 380, aliveUntilMs: 330 },
         { type: "acquired", fence: 12, key: "m/3", atMs: 500 },
+        { type: "lost", fence: 12, atMs: 600, aliveUntilMs: 590 },
       ],
       900,
     );
     expect(tenures).toEqual([
       { client: 2, fence: 5, acquiredMs: 100, endMs: 200, end: "released", releaseStartMs: 190, aliveUntilMs: 1_150 },
-      { client: 2, fence: 9, acquiredMs: 300, endMs: 350, end: "lost", releaseStartMs: 380, aliveUntilMs: 330 },
-      { client: 2, fence: 12, acquiredMs: 500, endMs: 900, end: "run_end" },
+      { client: 2, fence: 9, acquiredMs: 300, endMs: 350, end: "lost", releaseStartMs: 380, aliveUntilMs: 320 },
+      { client: 2, fence: 12, acquiredMs: 500, endMs: 600, end: "lost", aliveUntilMs: 590 },
     ]);
   });
 });

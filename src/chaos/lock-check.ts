@@ -49,7 +49,10 @@ export interface LockTenure {
   readonly end: "released" | "lost" | "run_end";
   /** When it began to release the lock (known only for a tenure it released). */
   readonly releaseStartMs?: number;
-  /** Until when its lease was known alive as it began to release (see the file comment). */
+  /**
+   * Until when its lease was known alive, as it began to release or noticed the lease gone (see the
+   * file comment); unknown for a tenure the run's end cut short.
+   */
   readonly aliveUntilMs?: number;
 }
 
@@ -193,7 +196,8 @@ export function checkLock(input: LockCheckInput): LockCheckResult {
   for (const { earlier, later } of exclusionBreaches(input.tenures)) {
     problem(
       "mutual_exclusion",
-      `client ${later.client} took the lock (fence ${later.fence}) at ${Math.round(later.acquiredMs)} ms, while client ${earlier.client}'s lease (fence ${earlier.fence}) was known alive until ${Math.round(earlier.aliveUntilMs as number)} ms and it began to release it at ${Math.round(earlier.releaseStartMs as number)} ms`,
+      `client ${later.client} took the lock (fence ${later.fence}) at ${Math.round(later.acquiredMs)} ms, while client ${earlier.client}'s lease (fence ${earlier.fence}) was known alive until ${Math.round(earlier.aliveUntilMs as number)} ms` +
+        (earlier.releaseStartMs === undefined ? ` (it noticed the lease gone at ${Math.round(earlier.endMs)} ms)` : ` and it began to release it at ${Math.round(earlier.releaseStartMs)} ms`),
     );
   }
 
@@ -229,8 +233,9 @@ export function exclusionBreaches(tenures: readonly LockTenure[]): { earlier: Lo
     }
     for (let k = i; k < j; k++) {
       const tenure = byFence[k] as LockTenure;
-      if (tenure.aliveUntilMs === undefined || tenure.releaseStartMs === undefined) continue;
-      const untilMs = Math.min(tenure.aliveUntilMs - EXCLUSION_TOLERANCE_MS, tenure.releaseStartMs);
+      // A tenure that ended lost counts too: an early expiry is what hands the lock to a second client.
+      if (tenure.aliveUntilMs === undefined) continue;
+      const untilMs = Math.min(tenure.aliveUntilMs - EXCLUSION_TOLERANCE_MS, tenure.releaseStartMs ?? Number.POSITIVE_INFINITY);
       if (furthest === undefined || untilMs > furthest.untilMs) furthest = { tenure, untilMs };
     }
     i = j;

@@ -41,7 +41,8 @@ export type LockClientEvent =
   | { readonly type: "acquired"; readonly fence: number; readonly key: string; readonly atMs: number }
   /** It stops itself now (SIGSTOP), holding `fence`, its update not yet made. */
   | { readonly type: "pausing"; readonly fence: number; readonly atMs: number }
-  | { readonly type: "lost"; readonly fence: number; readonly atMs: number }
+  /** It noticed its lease gone at `atMs`; until `aliveUntilMs` it had been known alive (see `LockHandle.aliveUntilMs`). */
+  | { readonly type: "lost"; readonly fence: number; readonly atMs: number; readonly aliveUntilMs: number }
   | { readonly type: "write"; readonly write: CounterWrite }
   /**
    * It released the lock: the release began at `releaseStartMs` and returned at `atMs`. Until
@@ -83,7 +84,11 @@ export async function runLockClient(opts: LockClientOptions, emit: (event: LockC
     }
     const fence = lock.fence;
     emit({ type: "acquired", fence, key: lock.key, atMs: Date.now() });
-    const onLost = () => emit({ type: "lost", fence, atMs: Date.now() });
+    // Wall-clock times, as every report (see aliveUntilMs at the release below).
+    const onLost = () => {
+      const atMs = Date.now();
+      emit({ type: "lost", fence, atMs, aliveUntilMs: atMs + (lock.aliveUntilMs() - performance.now()) });
+    };
     if (lock.lost.aborted) onLost();
     else lock.lost.addEventListener("abort", onLost, { once: true });
 

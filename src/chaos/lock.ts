@@ -293,12 +293,15 @@ const countOutcomes = (writes: readonly CounterWrite[]) => Object.fromEntries(OU
 /** Each client's tenures from its reports: acquired until released, lost or the end. */
 export function tenuresOf(client: number, events: readonly LockClientEvent[], endMs: number): LockTenure[] {
   const tenures: LockTenure[] = [];
-  let open: { fence: number; acquiredMs: number; lostMs?: number } | undefined;
+  let open: { fence: number; acquiredMs: number; lostMs?: number; lostAliveUntilMs?: number } | undefined;
   const close = (atMs: number, end: LockTenure["end"], release?: { releaseStartMs: number; aliveUntilMs: number }) => {
     if (open === undefined) return;
     const lostFirst = open.lostMs !== undefined && open.lostMs <= atMs;
+    // Known alive until: as it began to release, or as it noticed the loss (the earlier, if both).
     const released = release === undefined ? {} : { releaseStartMs: release.releaseStartMs, aliveUntilMs: release.aliveUntilMs };
-    tenures.push({ client, fence: open.fence, acquiredMs: open.acquiredMs, endMs: lostFirst ? (open.lostMs as number) : atMs, end: lostFirst ? "lost" : end, ...released });
+    const aliveUntilMs = Math.min(release?.aliveUntilMs ?? Number.POSITIVE_INFINITY, open.lostAliveUntilMs ?? Number.POSITIVE_INFINITY);
+    const known = aliveUntilMs === Number.POSITIVE_INFINITY ? {} : { aliveUntilMs };
+    tenures.push({ client, fence: open.fence, acquiredMs: open.acquiredMs, endMs: lostFirst ? (open.lostMs as number) : atMs, end: lostFirst ? "lost" : end, ...released, ...known });
     open = undefined;
   };
   for (const event of events) {
@@ -307,6 +310,7 @@ export function tenuresOf(client: number, events: readonly LockClientEvent[], en
       open = { fence: event.fence, acquiredMs: event.atMs };
     } else if (event.type === "lost" && open !== undefined && open.fence === event.fence) {
       open.lostMs ??= event.atMs;
+      open.lostAliveUntilMs ??= event.aliveUntilMs;
     } else if (event.type === "released") {
       close(event.atMs, "released", open?.fence === event.fence ? event : undefined);
     } else if (event.type === "exit") {
