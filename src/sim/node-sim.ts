@@ -613,8 +613,11 @@ export class NodeSim {
     const value = kind === "put" ? `c${clientId}.${opId}` : undefined;
     const ifVersion = kind === "get" ? undefined : options.ifVersion;
     const conditions = ifVersion === undefined ? {} : { ifVersion };
+    let sent = false;
     const record = (outcome: Operation["outcome"], fields: Partial<Operation> = {}): Operation => {
-      this.inflight.delete(opId);
+      // Sent, and no longer in flight: `closeHistory` already listed it as unknown, so an answer
+      // after that is not listed a second time (it could otherwise explain a write applied twice).
+      const closed = sent && !this.inflight.delete(opId);
       const operation: Operation = {
         id: opId,
         clientId,
@@ -627,6 +630,7 @@ export class NodeSim {
         outcome,
         ...fields,
       };
+      if (closed) return operation;
       // An unknown outcome waits for the end of the run: the write may still take effect.
       if (outcome === "unknown") this.unknown.push(operation);
       else this.history.push(operation);
@@ -637,6 +641,7 @@ export class NodeSim {
       return Promise.resolve(record("fail"));
     }
     this.inflight.set(opId, { clientId, kind, key, ...(value === undefined ? {} : { value }), ...(ifVersion === undefined ? {} : { ifVersion }), callMs });
+    sent = true;
     let call: Promise<Partial<Operation>>;
     try {
       if (kind === "put") call = node.put(key, new TextEncoder().encode(value), conditions).then((result) => ({ version: result.version }));
