@@ -36,6 +36,9 @@ test.each([
   [["serve", "--id", "x"], "--id must be a whole number"],
   [["serve", "--id", "4"], "--cluster has no entry for node 4"],
   [["serve", "--id", "1", "--cluster", "1=notaurl"], "is not a URL"],
+  // One peer URL for two ids (found in a black-box review: restore took it; POST /members refuses it).
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401/"], "--cluster gives nodes 1 and 2 one peer URL, http://127.0.0.1:7401: each needs its own"],
+  [["snapshot", "restore", "x.kvsnap", "--data-dir", "x", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401"], "--cluster gives nodes 1 and 2 one peer URL"],
   [["serve", "--id", "1", "--listen-http", "nohost"], "--listen-http must be host:port"],
   [["serve", "--id", "1", "--election-ticks", "3", "--heartbeat-ticks", "3"], "--heartbeat-ticks must be a whole number from 1 to 2"],
   [["serve", "--id", "1", "--quota-bytes", "4096"], "--quota-bytes must be 0 (no quota) or at least 1048576"],

@@ -78,7 +78,12 @@ export function parseCluster(value: string): Map<number, string> {
     }
     if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new UsageError(`--cluster: '${url}' must be http(s)`);
     if (peers.has(id)) throw new UsageError(`--cluster names node ${id} twice`);
-    peers.set(id, url.replace(/\/+$/, ""));
+    const peerUrl = url.replace(/\/+$/, "");
+    // Two ids at one address: one's calls would reach the other (as POST /members refuses). Port 0
+    // (the OS picks) is an address for no one but this node.
+    const sharing = parsed.port === "0" ? undefined : [...peers].find(([, other]) => other === peerUrl)?.[0];
+    if (sharing !== undefined) throw new UsageError(`--cluster gives nodes ${sharing} and ${id} one peer URL, ${peerUrl}: each needs its own`);
+    peers.set(id, peerUrl);
   }
   return peers;
 }
