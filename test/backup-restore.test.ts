@@ -264,6 +264,32 @@ describe("save during writes, restore into a new cluster", () => {
     expect(await old.node.get("after-old-node", "stale")).toBeUndefined();
     expect(version).toBeGreaterThan(imageIndex);
   }, 60_000);
+  test("kv snapshot save moves to the next endpoint when a stream breaks midway, and saves that one's whole (found in a black-box review: it gave up, exit 3)", async () => {
+    // The first endpoint answers 200 for 10 MB and hangs up after one (a node killed midway).
+    const breaking = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(socket) {
+          socket.write("HTTP/1.1 200 OK\r\ncontent-type: application/vnd.kv.snapshot\r\ncontent-length: 10000000\r\n\r\n");
+          socket.write(new Uint8Array(1 << 20).fill(7));
+          socket.end();
+        },
+      },
+    });
+    try {
+      const target = join(baseDir, "after-a-broken-stream.kvsnap");
+      const endpoints = [`http://127.0.0.1:${breaking.port}`, source.node(await source.waitForLeader()).httpUrl].join(",");
+      const saved = await runKv(["snapshot", "save", target, "--endpoints", endpoints, "--auth-token", AUTH_TOKEN, "--json"]);
+      expect(saved.code).toBe(0);
+      const summary = JSON.parse(saved.out) as { from: string; bytes?: number };
+      expect(summary.from).not.toBe(`http://127.0.0.1:${breaking.port}`);
+      const status = await runKv(["snapshot", "status", target]);
+      expect(status.code).toBe(0);
+    } finally {
+      breaking.stop(true);
+    }
+  });
 });
 
 describe("damaged files are refused, and nothing is restored", () => {
