@@ -535,7 +535,7 @@ describe("routes", () => {
       leaderId: 2,
       leaderUrl: undefined,
       members: [
-        { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" },
+        { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001", addedIndex: 0 },
         { id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: undefined },
       ],
     };
@@ -554,8 +554,8 @@ describe("routes", () => {
       snapshotIndex: 0,
       firstLogIndex: 1,
       members: [
-        { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001" },
-        { id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: null },
+        { id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: "http://127.0.0.1:8001", addedIndex: 0 },
+        { id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: null, addedIndex: null },
       ],
       storage: null,
     });

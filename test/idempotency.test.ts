@@ -265,7 +265,7 @@ test("replicas that apply the same entries in different batches decide the same 
 });
 
 describe("sqlite data dirs of 0.1.0 (schema 3)", () => {
-  test("open migrated to the current schema (6) in place; an old session answers a retry of the same op and refuses another op", () => {
+  test("open migrated to the current schema (7) in place; an old session answers a retry of the same op and refuses another op", () => {
     const dir = tempDir();
     cpSync(join(import.meta.dir, "fixtures", "v0.1.0", "node-1"), dir, { recursive: true });
     const storage = openSqliteStorage(dir, { voters: [1] });
@@ -288,7 +288,7 @@ describe("sqlite data dirs of 0.1.0 (schema 3)", () => {
     }
     const raw = new Database(join(dir, "kv.db"), { readonly: true });
     try {
-      expect(raw.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(6);
+      expect(raw.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(7);
     } finally {
       raw.close();
     }

@@ -99,6 +99,8 @@ export interface Member {
   readonly httpUrl: string | null;
   /** `voter` or `learner` (absent in older answers). */
   readonly role?: string | null;
+  /** The index of the entry that added it at its address (0: a founding member); null when unknown, absent in older answers. */
+  readonly addedIndex?: number | null;
 }
 
 /** One node's `GET /status`. */
