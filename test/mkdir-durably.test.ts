@@ -23,6 +23,12 @@ test("each directory created has its parent fsynced, deepest first; none when it
   expect(synced(join(base, "x", "y", "z"))).toEqual([join(base, "x", "y"), join(base, "x")]);
 });
 
+test("a path through .. has the directories it names made durable, and the call ends (it walked up to / for ever: found in a review)", () => {
+  mkdirSync(join(base, "p"));
+  expect(synced(`${join(base, "p", "x")}/../y/z`)).toEqual([join(base, "p", "y"), join(base, "p")]);
+  expect(existsSync(join(base, "p", "y", "z"))).toBe(true);
+});
+
 test("the real fsync runs on the directories (no error on a fresh path)", () => {
   mkdirDurably(join(base, "real", "data"));
   expect(existsSync(join(base, "real", "data"))).toBe(true);

@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, mkdirSync, openSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 
 /**
@@ -19,14 +19,16 @@ export function fsyncPath(path: string): void {
  * directory's parent is fsynced, from the deepest up (mkdir alone leaves a new data dir's entry in
  * its parent to the file system's next flush, so a power loss soon after a first start could lose
  * the whole data dir, and what its node had acknowledged with it). Nothing is fsynced when `path`
- * already existed. `fsyncDirectory` is for tests.
+ * already existed. The missing directories are found before mkdir, on the resolved path (a path
+ * through `..` names directories mkdir's answer would not: found in a review, where the walk up
+ * to mkdir's answer never met it). `fsyncDirectory` is for tests.
  */
 export function mkdirDurably(path: string, fsyncDirectory: (directory: string) => void = fsyncPath): void {
-  const first = mkdirSync(path, { recursive: true });
-  if (first === undefined) return;
-  const top = resolve(first);
-  for (let directory = resolve(path); ; directory = dirname(directory)) {
-    fsyncDirectory(dirname(directory));
-    if (directory === top) return;
+  const missing: string[] = [];
+  for (let directory = resolve(path); !existsSync(directory); directory = dirname(directory)) {
+    missing.push(directory);
+    if (dirname(directory) === directory) break;
   }
+  mkdirSync(path, { recursive: true });
+  for (const directory of missing) fsyncDirectory(dirname(directory));
 }
