@@ -191,6 +191,8 @@ describe("save during writes, restore into a new cluster", () => {
     const leader = [...restored.values()].find((server) => server.node.status().role === "leader") as KvServer;
     const members = leader.node.members();
     expect(members.members.map((member) => [member.id, member.peerUrl])).toEqual([...peers]);
+    // Founding members of the new cluster: peers can tell an older process of one apart later.
+    expect(members.members.map((member) => member.addedIndex)).toEqual([0, 0, 0]);
 
     // Every write acknowledged before the save began is there, with its version.
     for (const [key, version] of before) {

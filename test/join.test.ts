@@ -51,6 +51,26 @@ test("member_exists, then a members list from a node behind the leader, then the
   expect(listed).toBe(3);
 });
 
+test("after member_exists, the index the answering node lists for this server is not taken (it may be behind, listing an earlier addition of the id: peers would refuse this server as an older process of it; found in a review); the others' are", async () => {
+  const members = [...voters.map((voter) => ({ ...voter, addedIndex: 0 })), { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "", role: "learner", addedIndex: 30 }];
+  const endpoint = memberExistsStub("node 4 is already a learner", () => ({ members, leaderId: 1, configIndex: 35 }));
+  const answer = await joinCluster({
+    endpoints: [endpoint],
+    id: 4,
+    peerUrl: "http://127.0.0.1:5004",
+    httpUrl: undefined,
+    authToken: undefined,
+    timeoutMs: 10_000,
+    logger: createLogger(4, "error", { format: "json" }),
+  });
+  expect(answer.addresses.map((address) => [address.id, address.addedIndex])).toEqual([
+    [1, 0],
+    [2, 0],
+    [3, 0],
+    [4, undefined],
+  ]);
+});
+
 test("member_exists for a voter at this address is refused: a voter's data dir was emptied, and it must be removed before it joins again (found by a code review)", async () => {
   // configIndex 0: a cluster whose configuration never changed since its bootstrap (the join retried on it until its timeout).
   for (const configIndex of [5, 0]) {

@@ -12,7 +12,7 @@ import type { Logger } from "../lib/logger.ts";
 export interface JoinAnswer {
   readonly voters: readonly number[];
   readonly learners: readonly number[];
-  readonly addresses: readonly { id: number; peerUrl: string; httpUrl?: string }[];
+  readonly addresses: readonly { id: number; peerUrl: string; httpUrl?: string; addedIndex?: number }[];
   readonly configIndex: number;
   readonly clusterId: string | undefined;
 }
@@ -87,7 +87,11 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
           }
           if (parsed !== undefined) {
             const self = parsed.addresses.find((address) => address.id === options.id);
-            if (self?.peerUrl === options.peerUrl) return parsed;
+            // The node that answered may be behind, and list an earlier addition of this id at this
+            // address: its index would make peers refuse this server as an older process of it
+            // (found in a review). Unknown instead: this server sends none until an image tells it.
+            const unknownSince = { ...parsed, addresses: parsed.addresses.map((address) => (address.id === options.id ? { id: address.id, peerUrl: address.peerUrl, ...(address.httpUrl === undefined ? {} : { httpUrl: address.httpUrl }) } : address)) };
+            if (self?.peerUrl === options.peerUrl) return unknownSince;
             throw new JoinError(`node ${options.id} is already a member at ${self?.peerUrl ?? "an unknown address"}, not ${options.peerUrl}`);
           }
         }

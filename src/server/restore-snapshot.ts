@@ -134,7 +134,8 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
   let moving = false;
   try {
     storage = openSqliteStorage(temp, { nodeId: options.id });
-    const addresses: MemberAddress[] = voters.map((voter) => ({ id: voter, peerUrl: peers.get(voter) as string }));
+    // The new cluster's founding members (see MemberAddress.addedIndex).
+    const addresses: MemberAddress[] = voters.map((voter) => ({ id: voter, peerUrl: peers.get(voter) as string, addedIndex: 0 }));
     let header: BackupHeader | undefined;
     let staged = false;
     let batch: KvRow[] = [];

@@ -512,15 +512,19 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
  * Schema 4 is 0.2.0's to 0.4.0's: rows of the lease rows' shapes are taken for 0.3.0's and 0.4.0's.
  */
 function refuseClientKeysUnderLeasePrefix(db: Database, file: string, version: number): void {
-  const rows = db
-    .query<{ key: string; value: Uint8Array }, []>(`SELECT key, value FROM kv WHERE key >= char(0) || 'lease/' AND key < char(0) || 'lease0' ORDER BY key`)
-    .all();
-  const clients = rows.filter((row) => version < 4 || !isLeaseRowShaped(row.key, row.value));
-  if (clients.length === 0) return;
-  const named = clients.slice(0, 3).map((row) => JSON.stringify(row.key)).join(", ");
+  // Row by row: a 0.3.0 or 0.4.0 data dir may hold millions of keys on leases.
+  const rows = db.query<{ key: string; value: Uint8Array }, []>(`SELECT key, value FROM kv WHERE key >= char(0) || 'lease/' AND key < char(0) || 'lease0' ORDER BY key`);
+  let count = 0;
+  const named: string[] = [];
+  for (const row of rows.iterate()) {
+    if (version >= 4 && isLeaseRowShaped(row.key, row.value)) continue;
+    count++;
+    if (named.length < 3) named.push(JSON.stringify(row.key));
+  }
+  if (count === 0) return;
   throw new StorageError(
     "schema",
-    `the data dir holds ${clients.length} key(s) beginning with a NUL byte and "lease/" (${named}${clients.length > 3 ? ", ..." : ""}), written through a release before 0.3.0, ` +
+    `the data dir holds ${count} key(s) beginning with a NUL byte and "lease/" (${named.join(", ")}${count > 3 ? ", ..." : ""}), written through a release before 0.3.0, ` +
       `which this release would read as leases' rows (from 0.3.0 on, leases live under that prefix): ` +
       `run the release that wrote this data dir, delete those keys (they are listed by GET /kv?prefix=%00lease%2F), then start this release; the data dir was left unchanged`,
     file,
