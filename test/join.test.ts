@@ -29,6 +29,19 @@ function memberExistsStub(message: string, members: () => unknown): string {
   return `http://127.0.0.1:${server.port}`;
 }
 
+/** Node 4 at http://127.0.0.1:5004 joins through `endpoint`. */
+function joinAsNode4(endpoint: string) {
+  return joinCluster({
+    endpoints: [endpoint],
+    id: 4,
+    peerUrl: "http://127.0.0.1:5004",
+    httpUrl: undefined,
+    authToken: undefined,
+    timeoutMs: 10_000,
+    logger: createLogger(4, "error", { format: "json" }),
+  });
+}
+
 test("member_exists, then a members list from a node behind the leader, then the current one: the join asks again and succeeds", async () => {
   const answers = [
     { members: voters, leaderId: 1, configIndex: 0 },
@@ -37,15 +50,7 @@ test("member_exists, then a members list from a node behind the leader, then the
   ];
   let listed = 0;
   const endpoint = memberExistsStub("node 4 is already a learner", () => answers[Math.min(listed++, answers.length - 1)]);
-  const answer = await joinCluster({
-    endpoints: [endpoint],
-    id: 4,
-    peerUrl: "http://127.0.0.1:5004",
-    httpUrl: undefined,
-    authToken: undefined,
-    timeoutMs: 10_000,
-    logger: createLogger(4, "error", { format: "json" }),
-  });
+  const answer = await joinAsNode4(endpoint);
   expect(answer.configIndex).toBe(7);
   expect(answer.learners).toEqual([4]);
   expect(listed).toBe(3);
@@ -54,15 +59,7 @@ test("member_exists, then a members list from a node behind the leader, then the
 test("after member_exists, the index the answering node lists for this server is not taken (it may be behind, listing an earlier addition of the id: peers would refuse this server as an older process of it; found in a review); the others' are", async () => {
   const members = [...voters.map((voter) => ({ ...voter, addedIndex: 0 })), { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "", role: "learner", addedIndex: 30 }];
   const endpoint = memberExistsStub("node 4 is already a learner", () => ({ members, leaderId: 1, configIndex: 35 }));
-  const answer = await joinCluster({
-    endpoints: [endpoint],
-    id: 4,
-    peerUrl: "http://127.0.0.1:5004",
-    httpUrl: undefined,
-    authToken: undefined,
-    timeoutMs: 10_000,
-    logger: createLogger(4, "error", { format: "json" }),
-  });
+  const answer = await joinAsNode4(endpoint);
   expect(answer.addresses.map((address) => [address.id, address.addedIndex])).toEqual([
     [1, 0],
     [2, 0],
