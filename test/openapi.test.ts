@@ -112,3 +112,12 @@ test("a query parameter the document does not list is refused by the schema with
     expect([url, response.status, body.error, typeof body.message]).toEqual([url, 400, "bad_request", "string"]);
   }
 });
+
+test("the members answer's schema says what GET /members answers for a client URL or an index not known: null", () => {
+  type Schema = { type?: string; anyOf?: Schema[]; properties?: Record<string, Schema>; items?: Schema };
+  const response = (documented["/members"]?.get as { responses?: Record<string, { content?: Record<string, { schema?: Schema }> }> }).responses?.["200"];
+  const member = response?.content?.["application/json"]?.schema?.properties?.members?.items;
+  for (const field of ["httpUrl", "addedIndex", "role"]) {
+    expect([field, member?.properties?.[field]?.anyOf?.some((option) => option.type === "null")]).toEqual([field, true]);
+  }
+});

@@ -187,9 +187,9 @@ const membersAnswer = t.Object({
     t.Object({
       id: t.Integer(),
       peerUrl: t.String(),
-      httpUrl: t.Optional(t.String()),
-      role: t.UnionEnum(["voter", "learner"]),
-      addedIndex: t.Optional(t.Integer({ description: "The index of the entry that added it at its address (0: a founding member); null when unknown" })),
+      httpUrl: t.Union([t.String(), t.Null()], { description: "Its client URL; null when unknown" }),
+      role: t.Union([t.UnionEnum(["voter", "learner"]), t.Null()]),
+      addedIndex: t.Union([t.Integer(), t.Null()], { description: "The index of the entry that added it at its address (0: a founding member); null when unknown" }),
     }),
   ),
   leaderId: t.Integer(),
