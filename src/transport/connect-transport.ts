@@ -15,7 +15,7 @@ import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
-import { peerIdentityInterceptor, staleIncarnation, supersededHere } from "./peer-identity.ts";
+import { peerIdentityInterceptor, staleIncarnation } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
@@ -132,10 +132,9 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
  * Why the peer server refused a call before delivering it: its authentication (before its body was
  * read), a node outside this node's configuration without the cluster's nonce, or a message in it
  * addressed to another node (a peer whose configuration gives our address to another id), or an
- * older process of a member's id (`stale_member`: peer-identity.ts), or a call meant for a later
- * process of this node's own id (`superseded`).
+ * older process of a member's id (`stale_member`: peer-identity.ts).
  */
-export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed" | "stale_member" | "superseded";
+export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed" | "stale_member";
 
 /** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
 type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown";
@@ -173,7 +172,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
-  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, superseded: 0 };
+  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0 };
   let callsFromNonMembers = 0;
   const refusalLog = createRefusalLog(log);
   const auth = options.auth;
@@ -195,7 +194,6 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * has applied the nonce before it can lead, so it still gets through.
    */
   function checkSender(from: NodeId, headers: Headers): void {
-    refuseIfSuperseded(from, headers);
     if (options.peers.has(from)) {
       refuseStaleMember(from, headers);
       return;
@@ -235,23 +233,6 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       `node ${from} was added again at index ${memberSince(from)}, and this call comes from a process of it added at index ${since}, before: ` +
       `it was removed while it ran, and never heard of it; stop it (its data dir is not the member's)`;
     refusalLog("stale_member", `refused a call: ${message}`);
-    throw new ConnectError(message, Code.FailedPrecondition);
-  }
-  /**
-   * Refuses a call meant for a later process of this node's id: this one was removed while it ran
-   * and the id added again since, and the caller reaches the id here still (its --cluster names this
-   * address). Taken, this process answered as the member (reviewed with `refuseStaleMember`).
-   */
-  function refuseIfSuperseded(from: NodeId, headers: Headers): void {
-    const memberSince = options.memberSince;
-    if (memberSince === undefined || closed) return;
-    const superseded = supersededHere(headers, () => memberSince(options.selfId));
-    if (superseded === undefined) return;
-    refused.superseded++;
-    const message =
-      `node ${from} calls node ${options.selfId} as added at index ${superseded.meant}, and this process of it was added at index ${superseded.own}, before: ` +
-      `it was removed while it ran, and the id added again; stop this process (its data dir is not the member's)`;
-    refusalLog("superseded", `refused a call: ${message}`);
     throw new ConnectError(message, Code.FailedPrecondition);
   }
   function noteMisaddressed(from: NodeId, to: NodeId): void {
@@ -347,14 +328,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     const countBytes = (bytes: number) => sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + bytes);
     const interceptors = [
       ...(auth === undefined ? [] : [peerAuthInterceptor(auth)]),
-      ...(options.memberSince === undefined
-        ? []
-        : [
-            peerIdentityInterceptor(
-              () => (closed ? undefined : options.memberSince?.(options.selfId)),
-              () => (closed ? undefined : options.memberSince?.(peerId)),
-            ),
-          ]),
+      ...(options.memberSince === undefined ? [] : [peerIdentityInterceptor(() => (closed ? undefined : options.memberSince?.(options.selfId)))]),
     ];
     let transport;
     if (baseUrl.startsWith("http:")) {
