@@ -252,6 +252,35 @@ test("an older process of a member's id, started again after the id was removed 
   expect(await staleGet(second.httpUrl, "after")).toBe("2");
 }, 120_000);
 
+test("a node joining under an id added and removed twice before replays those changes from the log, and catches up and is promoted (a check of the node called refused its leader's calls for good meanwhile: found in a review)", async () => {
+  const cluster = await startCluster("third-incarnation");
+  const leader = await cluster.waitForLeader();
+  const leaderUrl = cluster.node(leader).httpUrl;
+  const joinFourth = async (dir: string) => {
+    const peerPort = freePort();
+    const server = await createServer({
+      ...baseServerConfig(4, join(baseDir, "third-incarnation", dir)),
+      peers: peersWithFourth(cluster, peerPort),
+      listenPeer: { hostname: "127.0.0.1", port: peerPort },
+      join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
+    });
+    servers.push(server);
+    await until(`node 4 (${dir}) promoted to voter`, async () => (await members(leaderUrl)).members.find((m) => m.id === 4 && m.peerUrl === `http://127.0.0.1:${peerPort}`)?.role === "voter");
+    return server;
+  };
+  for (const dir of ["node-4-first", "node-4-second"]) {
+    const server = await joinFourth(dir);
+    // About 3 MB of log while it is a member: the last joiner's appends end inside that window.
+    for (let i = 0; dir === "node-4-second" && i < 30; i++) await put(leaderUrl, `filler-${i}`, "x".repeat(100_000));
+    await server.stop({ handOver: false });
+    expect((await fetch(`${leaderUrl}/members/4`, { method: "DELETE", signal: AbortSignal.timeout(10_000) })).status).toBe(200);
+  }
+  const third = await joinFourth("node-4-third");
+  const version = await put(leaderUrl, "after", "1");
+  await until("the third node 4 applied the last write", async () => (third.node.status().appliedIndex ?? 0) >= version);
+  expect(await staleGet(third.httpUrl, "after")).toBe("1");
+}, 120_000);
+
 /** Calls node at `httpUrl` refused as coming from an older process of a member's id. */
 async function staleRefusals(httpUrl: string): Promise<number> {
   const text = await (await fetch(`${httpUrl}/metrics`)).text();
