@@ -364,14 +364,22 @@ describe("LogTail entry bound", () => {
     // Applied: down to the count again.
     tail.keepFrom(1_501);
     expect(tail.firstKeptIndex()).toBe(1_401);
-    // One entry larger than keptBytesMax, the next to apply: kept until applied (it was evicted at
-    // once, and read back from disk on the loop's thread to be applied), whatever follows it.
-    const large = (index: number): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(48 << 20) });
+    // One entry larger than keptBytesMax, the next to apply: kept until applied while what follows
+    // it fits the bound (it was evicted at once, and read back from disk on the loop's thread to
+    // be applied).
+    const large = (index: number, bytes = 48 << 20): Entry => ({ index, term: 1, type: EntryType.Normal, data: new Uint8Array(bytes) });
     tail.saved([large(1_501)]);
     tail.saved(Array.from({ length: 10 }, (_, i) => tiny(1_502 + i)));
     expect(tail.slice(1_501, 1_502, Number.MAX_SAFE_INTEGER)?.[0]?.data.byteLength).toBe(48 << 20);
     tail.keepFrom(1_502);
     expect(tail.slice(1_501, 1_502, Number.MAX_SAFE_INTEGER)).toBeUndefined();
+    // What follows it past the bound (40 MiB against 32): the oldest go, that one first, until the
+    // bound holds (the rest of the tail would otherwise grow without one).
+    tail.saved([large(1_512)]);
+    tail.keepFrom(1_512);
+    tail.saved([large(1_513, 20 << 20), large(1_514, 20 << 20)]);
+    expect(tail.firstKeptIndex()).toBe(1_514);
+    expect(tail.keptBytes()).toBeLessThanOrEqual(32 << 20);
     // By default, 16 MiB of 100 B entries would be ~70,000 of them.
     const defaults = new LogTail(16 << 20);
     defaults.saved(Array.from({ length: 20_000 }, (_, i) => tiny(i + 1)));
