@@ -217,17 +217,7 @@ test("an older process of a member's id, started again after the id was removed 
   const cluster = await startCluster("old-incarnation");
   const leader = await cluster.waitForLeader();
   const leaderUrl = cluster.node(leader).httpUrl;
-  const joinFourth = async (dir: string, peerPort: number) => {
-    const server = await createServer({
-      ...baseServerConfig(4, join(baseDir, "old-incarnation", dir)),
-      peers: peersWithFourth(cluster, peerPort),
-      listenPeer: { hostname: "127.0.0.1", port: peerPort },
-      join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
-    });
-    servers.push(server);
-    await until(`node 4 (${dir}) promoted to voter`, async () => (await members(leaderUrl)).members.find((m) => m.id === 4 && m.peerUrl === `http://127.0.0.1:${peerPort}`)?.role === "voter");
-    return server;
-  };
+  const joinFourth = (dir: string, peerPort: number) => joinFourthUntilVoter(cluster, leaderUrl, join(baseDir, "old-incarnation", dir), peerPort);
   const oldPeerPort = freePort();
   const first = await joinFourth("node-4-old", oldPeerPort);
   await put(leaderUrl, "first", "1");
@@ -256,18 +246,7 @@ test("a node joining under an id added and removed twice before replays those ch
   const cluster = await startCluster("third-incarnation");
   const leader = await cluster.waitForLeader();
   const leaderUrl = cluster.node(leader).httpUrl;
-  const joinFourth = async (dir: string) => {
-    const peerPort = freePort();
-    const server = await createServer({
-      ...baseServerConfig(4, join(baseDir, "third-incarnation", dir)),
-      peers: peersWithFourth(cluster, peerPort),
-      listenPeer: { hostname: "127.0.0.1", port: peerPort },
-      join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
-    });
-    servers.push(server);
-    await until(`node 4 (${dir}) promoted to voter`, async () => (await members(leaderUrl)).members.find((m) => m.id === 4 && m.peerUrl === `http://127.0.0.1:${peerPort}`)?.role === "voter");
-    return server;
-  };
+  const joinFourth = (dir: string) => joinFourthUntilVoter(cluster, leaderUrl, join(baseDir, "third-incarnation", dir), freePort());
   for (const dir of ["node-4-first", "node-4-second"]) {
     const server = await joinFourth(dir);
     // About 3 MB of log while it is a member: the last joiner's appends end inside that window.
@@ -280,6 +259,20 @@ test("a node joining under an id added and removed twice before replays those ch
   await until("the third node 4 applied the last write", async () => (third.node.status().appliedIndex ?? 0) >= version);
   expect(await staleGet(third.httpUrl, "after")).toBe("1");
 }, 120_000);
+
+/** Starts node 4 with `dataDir` on `peerPort`, joining through `leaderUrl`; resolves once the leader lists it a voter at that address. */
+async function joinFourthUntilVoter(cluster: ServerCluster, leaderUrl: string, dataDir: string, peerPort: number): Promise<KvServer> {
+  const server = await createServer({
+    ...baseServerConfig(4, dataDir),
+    peers: peersWithFourth(cluster, peerPort),
+    listenPeer: { hostname: "127.0.0.1", port: peerPort },
+    join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
+  });
+  servers.push(server);
+  const address = `http://127.0.0.1:${peerPort}`;
+  await until(`node 4 (${dataDir}) promoted to voter`, async () => (await members(leaderUrl)).members.find((m) => m.id === 4 && m.peerUrl === address)?.role === "voter");
+  return server;
+}
 
 /** Calls node at `httpUrl` refused as coming from an older process of a member's id. */
 async function staleRefusals(httpUrl: string): Promise<number> {
