@@ -207,6 +207,15 @@ describe("damage is refused with a code that says what is wrong", () => {
     expect((await refusal(lateRow)).code).toBe("bad_row");
   });
 
+  test("members' addedIndex rides along where known; one that is no whole number, or past the image's index, is a bad header", async () => {
+    const withIndexes = { ...header, addresses: [{ ...header.addresses[0]!, addedIndex: 0 }, { ...header.addresses[1]!, addedIndex: header.index }] };
+    expect((await readAll(write(withIndexes, [rows]))).header).toEqual(withIndexes);
+    for (const addedIndex of [header.index + 1, -1, 1.5]) {
+      const refused = await refusal(write({ ...header, addresses: [{ ...header.addresses[0]!, addedIndex }] }, [rows]));
+      expect([refused.code, refused.message]).toEqual(["bad_header", expect.stringContaining("addedIndex")]);
+    }
+  });
+
   test("a creation time no date holds (found in review: kv snapshot status threw a RangeError on it)", async () => {
     for (const createdAtMs of [1e20, -8.7e15]) {
       const refused = await refusal(write({ ...header, createdAtMs }, [rows]));

@@ -29,7 +29,7 @@
 import { createHash, type Hash } from "node:crypto";
 import type { NodeId } from "../raft/types.ts";
 import type { KvRow } from "./apply-plan.ts";
-import type { MemberAddress } from "./membership.ts";
+import { isAddedIndex, type MemberAddress } from "./membership.ts";
 import { isReservedKey } from "./command.ts";
 
 /** The first six bytes of every backup file. */
@@ -416,11 +416,11 @@ function parseHeader(payload: Uint8Array, offset: number): BackupHeader {
       !isNodeId(a.id) ||
       typeof a.peerUrl !== "string" ||
       (a.httpUrl !== undefined && typeof a.httpUrl !== "string") ||
-      (a.addedIndex !== undefined && !(typeof a.addedIndex === "number" && Number.isSafeInteger(a.addedIndex) && a.addedIndex >= 0 && a.addedIndex <= index))
+      (a.addedIndex !== undefined && !isAddedIndex(a.addedIndex, index))
     ) {
       return bad("addresses hold an entry that is not {id, peerUrl[, httpUrl][, addedIndex]}");
     }
-    return { id: a.id, peerUrl: a.peerUrl, ...(typeof a.httpUrl === "string" ? { httpUrl: a.httpUrl } : {}), ...(typeof a.addedIndex === "number" ? { addedIndex: a.addedIndex } : {}) };
+    return { id: a.id, peerUrl: a.peerUrl, ...(typeof a.httpUrl === "string" ? { httpUrl: a.httpUrl } : {}), ...(isAddedIndex(a.addedIndex) ? { addedIndex: a.addedIndex } : {}) };
   });
   // A time a Date holds (±8.64e15 ms): `kv snapshot status` prints it (found in review: a RangeError).
   if (typeof createdAtMs !== "number" || !Number.isFinite(createdAtMs) || Math.abs(createdAtMs) > 8.64e15) return bad("createdAtMs is not a time");

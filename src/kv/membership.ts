@@ -18,6 +18,14 @@ export interface MemberAddress {
 }
 
 /**
+ * Whether `value`, read from outside (a JSON answer, a backup's header), is an `addedIndex`: a whole
+ * number from 0 to `atMost` (an image's or a backup's index: nothing in it was added later).
+ */
+export function isAddedIndex(value: unknown, atMost = Number.MAX_SAFE_INTEGER): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0 && value <= atMost;
+}
+
+/**
  * The configuration as of the applied index (thesis §4.1: a server uses the latest configuration it
  * applied), kept by the state machine in the same transaction as the applied index.
  */
@@ -96,7 +104,7 @@ export function configurationOfMembers(members: readonly ListedMember[]): Omit<M
         id: member.id,
         peerUrl: member.peerUrl,
         ...(member.httpUrl === null || member.httpUrl === undefined ? {} : { httpUrl: member.httpUrl }),
-        ...(Number.isSafeInteger(member.addedIndex) && (member.addedIndex as number) >= 0 ? { addedIndex: member.addedIndex as number } : {}),
+        ...(isAddedIndex(member.addedIndex) ? { addedIndex: member.addedIndex } : {}),
       }))
       .sort((a, b) => a.id - b.id),
   };

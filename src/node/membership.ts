@@ -122,13 +122,16 @@ export class NodeMembership {
     return raw
       .members()
       .sort((a, b) => a - b)
-      .map((id) => ({
-        id,
-        peerUrl: this.addresses.get(id)?.peerUrl ?? "",
-        httpUrl: this.host.httpUrlOf(id) ?? this.addresses.get(id)?.httpUrl,
-        role: raw.isVoter(id) ? "voter" : "learner",
-        ...(this.addresses.get(id)?.addedIndex === undefined ? {} : { addedIndex: this.addresses.get(id)?.addedIndex }),
-      }));
+      .map((id) => {
+        const address = this.addresses.get(id);
+        return {
+          id,
+          peerUrl: address?.peerUrl ?? "",
+          httpUrl: this.host.httpUrlOf(id) ?? address?.httpUrl,
+          role: raw.isVoter(id) ? "voter" : "learner",
+          ...(address?.addedIndex === undefined ? {} : { addedIndex: address.addedIndex }),
+        };
+      });
   }
 
   add(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {

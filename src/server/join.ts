@@ -90,8 +90,10 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
             // The node that answered may be behind, and list an earlier addition of this id at this
             // address: its index would make peers refuse this server as an older process of it
             // (found in a review). Unknown instead: this server sends none until an image tells it.
-            const unknownSince = { ...parsed, addresses: parsed.addresses.map((address) => (address.id === options.id ? { id: address.id, peerUrl: address.peerUrl, ...(address.httpUrl === undefined ? {} : { httpUrl: address.httpUrl }) } : address)) };
-            if (self?.peerUrl === options.peerUrl) return unknownSince;
+            if (self?.peerUrl === options.peerUrl) {
+              const withoutOwnIndex = ({ addedIndex: _, ...address }: JoinAnswer["addresses"][number]) => address;
+              return { ...parsed, addresses: parsed.addresses.map((address) => (address.id === options.id ? withoutOwnIndex(address) : address)) };
+            }
             throw new JoinError(`node ${options.id} is already a member at ${self?.peerUrl ?? "an unknown address"}, not ${options.peerUrl}`);
           }
         }

@@ -226,11 +226,11 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   function refuseStaleMember(from: NodeId, headers: Headers): void {
     const memberSince = options.memberSince;
     if (memberSince === undefined || closed) return; // closed: the node's storage may be too
-    const since = staleIncarnation(headers, () => memberSince(from));
-    if (since === undefined) return;
+    const stale = staleIncarnation(headers, () => memberSince(from));
+    if (stale === undefined) return;
     refused.stale_member++;
     const message =
-      `node ${from} was added again at index ${memberSince(from)}, and this call comes from a process of it added at index ${since}, before: ` +
+      `node ${from} was added again at index ${stale.recorded}, and this call comes from a process of it added at index ${stale.since}, before: ` +
       `it was removed while it ran, and never heard of it; stop it (its data dir is not the member's)`;
     refusalLog("stale_member", `refused a call: ${message}`);
     throw new ConnectError(message, Code.FailedPrecondition);

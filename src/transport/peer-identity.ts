@@ -23,15 +23,15 @@ export function peerIdentityInterceptor(ownSince: () => number | undefined): Int
 }
 
 /**
- * The caller's index when it is below `recordedSince`, the one this node records for the caller's
- * id: an older process of that id. Undefined when either is unknown (no header: a release before
- * this one, or a caller that does not know its own; none recorded here) or the caller's is as
- * recent or more (this node may be the one behind).
+ * The caller's index and the one this node records for the caller's id (`recordedSince`, asked only
+ * when the call carries one) when the caller's is below it: an older process of that id. Undefined
+ * when either is unknown (no header: a release before this one, or a caller that does not know its
+ * own; none recorded here) or the caller's is as recent or more (this node may be the one behind).
  */
-export function staleIncarnation(headers: Headers, recordedSince: () => number | undefined): number | undefined {
+export function staleIncarnation(headers: Headers, recordedSince: () => number | undefined): { readonly since: number; readonly recorded: number } | undefined {
   const text = headers.get(MEMBER_SINCE_HEADER);
   if (text === null || !/^\d{1,15}$/.test(text)) return undefined;
   const since = Number(text);
   const recorded = recordedSince();
-  return recorded !== undefined && since < recorded ? since : undefined;
+  return recorded !== undefined && since < recorded ? { since, recorded } : undefined;
 }
