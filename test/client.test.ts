@@ -473,6 +473,20 @@ test("a put whose first attempt went unanswered and whose retry is refused quota
   expect((refused as KvClientError).code).toBe("quota_exceeded");
 });
 
+test("a put whose first attempt went unanswered and whose retry's body is refused 408 request_timeout is an unknown outcome: the first may have applied (found in review)", async () => {
+  let calls = 0;
+  const fake = (async () => {
+    if (calls++ === 0) throw Object.assign(new Error("The socket connection was closed unexpectedly"), { code: "ECONNRESET" });
+    return Response.json({ error: "request_timeout", message: "the body did not arrive within 10000 ms" }, { status: 408 });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+  expect(await kv.put("k", "v").catch((e: unknown) => e)).toBeInstanceOf(UnknownOutcomeError);
+  expect(calls).toBe(2);
+  // Without an attempt of unknown outcome before it, the refusal stands.
+  const refused = await kv.put("k", "v").catch((e: unknown) => e);
+  expect((refused as KvClientError).code).toBe("request_timeout");
+});
+
 test("an endpoint whose name does not resolve carried nothing: a membership change goes on to the next endpoint rather than report an unknown outcome (found in review)", async () => {
   const asked: string[] = [];
   const fake = (async (input: string | URL | Request) => {

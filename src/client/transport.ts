@@ -306,12 +306,13 @@ type AttemptResult =
 
 /**
  * Refusals the leader makes before it looks at a write's idempotency session (src/node/kv-node.ts:
- * the quota, a transaction's gets past what one answer carries). It skips them for a retry whose
- * session it has applied, so the retry gets the first answer; one whose session it has not applied
- * yet can still get them while an earlier attempt applied (found in review: the client reported a
- * stored value as refused `quota_exceeded`).
+ * the quota, a transaction's gets past what one answer carries; src/http/read-body.ts: a body that
+ * did not arrive in time, 408). It skips the first two for a retry whose session it has applied, so
+ * the retry gets the first answer; one whose session it has not applied yet can still get them while
+ * an earlier attempt applied (found in review: the client reported a stored value as refused
+ * `quota_exceeded`). A retry's slow body is refused whatever the session holds (found in review).
  */
-const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "too_large"]);
+const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "too_large", "request_timeout"]);
 
 /**
  * Whether nothing of the request left: the name did not resolve, the connection was refused, or

@@ -97,7 +97,11 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
   let endpointAt = 0;
   let failedInARow = 0;
   let servedMs = performance.now();
-  let compactedInARow = 0; // endpoints in a row that answered 410: all of them means the caller must re-read
+  // Endpoints that answered 410 since the last other answer: all of them means the caller must
+  // re-read. One that gave no answer is neither counted nor resets the count (it was not asked: found
+  // in review, a node down for a moment was skipped); it is given up on after two passes of 410s.
+  const compactedBy = new Set<string>();
+  let compactedAnswers = 0;
   // Each distinct failure since the stream was last served.
   const failures = new FailureTally(endpoints.length * 2);
 
@@ -135,17 +139,20 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
           const refusal = await refusalOf(response, endpoint);
           if (refusal.code === "compacted") {
             // Another node's history may still reach back far enough; when none does, the caller must re-read.
-            compactedInARow++;
-            if (compactedInARow >= endpoints.length) throw refusal;
+            compactedBy.add(endpoint);
+            compactedAnswers++;
+            if (compactedBy.size >= endpoints.length || compactedAnswers >= 2 * endpoints.length) throw refusal;
             ended = `${endpoint}: 410 compacted`;
             break attempt;
           }
-          compactedInARow = 0;
+          compactedBy.clear();
+          compactedAnswers = 0;
           if (response.status >= 400 && response.status < 500 && response.status !== 429 && response.status !== 408) throw refusal;
           ended = `${endpoint}: ${response.status} ${refusal.code}`;
           break attempt;
         }
-        compactedInARow = 0;
+        compactedBy.clear();
+        compactedAnswers = 0;
         if (response.body === null) {
           ended = `${endpoint}: an answer without a body`;
           break attempt;
