@@ -84,6 +84,7 @@ test("every route of the client API is there, /watch, /leases, /txn and /snapsho
       "DELETE /members/{id}",
       "POST /members/{id}/promote",
       "GET /snapshot",
+      "GET /hash",
       "POST /leases",
       "GET /leases",
       "GET /leases/{id}",
@@ -98,6 +99,7 @@ test("every route of the client API is there, /watch, /leases, /txn and /snapsho
   expect(names("/leases/{id}/keepalive", "post")).toEqual(["path:id"]);
   expect(names("/leases", "get")).toEqual(["query:after", "query:limit"]);
   expect(names("/txn", "post")).toEqual(["header:idempotency-key"]);
+  expect(names("/hash", "get")).toEqual(["query:consistency"]);
   for (const [path, method] of [["/txn", "post"], ["/leases", "post"], ["/members", "post"], ["/kv/{key}", "put"]] as const) {
     expect([path, documented[path]?.[method]?.requestBody !== undefined]).toEqual([path, true]);
   }

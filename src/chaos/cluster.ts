@@ -1,6 +1,7 @@
 import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
+import { compareReplicas, createClient, type ReplicaCheck } from "../client/index.ts";
 import { createTcpProxy, type TcpProxy } from "./tcp-proxy.ts";
 
 /** How the chaos runner (and the integration tests) start a cluster of real kv processes. */
@@ -81,6 +82,9 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
   });
 }
 
+/** The least time a replica comparison is given, however little of the convergence's budget is left. */
+const REPLICA_CHECK_MS_MIN = 5_000;
+
 /**
  * A cluster of real `kv serve` processes. Without `basePort`, every node listens on ports the OS
  * picks and reaches each peer through a TCP proxy the runner owns, one per directed link, so links
@@ -89,6 +93,8 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
 export class ChaosCluster {
   readonly nodes: ClusterNode[] = [];
   private readonly processes = new Map<number, Subprocess>();
+  /** Every comparison of the running nodes' state hashes, in order (`replicasAgree`). */
+  readonly replicaChecks: ReplicaCheck[] = [];
   /** Processes this runner told to exit (SIGKILL, SIGTERM): their exits are expected. */
   private readonly exitsExpected = new WeakSet<Subprocess>();
   /** Nodes that exited without being told to (a crash, or a kill from outside the run). */
@@ -330,18 +336,40 @@ export class ChaosCluster {
     }
   }
 
-  /** Waits until every running node has applied the same index, at least `index`. */
+  /**
+   * Waits until every running node has applied the same index, at least `index`; then compares
+   * their state's hashes (`replicasAgree`), and throws if two nodes at one index hold different state.
+   */
   async waitForConvergence(index: number, timeoutMs = 10_000): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     for (;;) {
       const running = this.nodes.filter((n) => n.state === "running");
       const statuses = await Promise.all(running.map((n) => this.status(n.id, 500)));
       const applied = statuses.map((s) => s?.appliedIndex ?? -1);
-      if (applied.every((a) => a >= index && a === applied[0])) return;
+      if (applied.every((a) => a >= index && a === applied[0])) {
+        await this.replicasAgree(running, Math.max(deadline - performance.now(), REPLICA_CHECK_MS_MIN));
+        return;
+      }
       if (performance.now() > deadline) throw new Error(`nodes did not converge on index ${index}: applied ${applied.join(",")}`);
       await Bun.sleep(20); // polling interval between status probes
     }
   }
+  /**
+   * Compares the state hashes of `nodes` (`GET /hash`, src/client/replicas.ts), asking again while
+   * they stand at different indexes (an expiring lease is a write of its own). Two nodes at one index
+   * with different state is a divergence no read of the checked keys would show (a key nobody
+   * checks, a lease, a session): it throws. A comparison that could not be made (fewer than two
+   * answers, indexes that kept moving) is recorded in `replicaChecks` but proves nothing either way.
+   */
+  async replicasAgree(nodes: readonly ClusterNode[], timeoutMs: number): Promise<ReplicaCheck | undefined> {
+    if (nodes.length < 2) return undefined;
+    const client = createClient({ endpoints: nodes.map((n) => n.httpUrl), timeoutMs: 2_000 });
+    const check = await compareReplicas(client, { timeoutMs });
+    this.replicaChecks.push(check);
+    if (check.verdict === "diverged") throw new Error(`replicas diverged: ${check.message}`);
+    return check;
+  }
+
 
   /** Kills every process by pid and closes every proxy. Safe to call more than once. */
   async stop(): Promise<void> {

@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { defineCommand, type ArgsDef, type CommandDef } from "citty";
 import { ChaosCluster } from "../chaos/cluster.ts";
+import type { ReplicaCheck } from "../client/index.ts";
 import { selfCommand } from "../lib/self-command.ts";
 import { runCrash } from "../chaos/crash.ts";
 import { runElection } from "../chaos/election.ts";
@@ -503,6 +504,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     print(`=== Chaos Test: ${title} ===`);
     try {
       const result = await run(current, display);
+      print(replicaChecksLine(current.replicaChecks));
       outcomes.push({ scenario: name, ok: result.ok, result, dataDir });
     } catch (error) {
       display.untrack();
@@ -534,6 +536,14 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     }
   }
   return cleanup(ok ? 0 : 1);
+}
+
+/** What the scenario's comparisons of the nodes' state hashes found (ChaosCluster.replicasAgree; a divergence threw). */
+function replicaChecksLine(checks: readonly ReplicaCheck[]): string {
+  const last = checks[checks.length - 1];
+  if (last === undefined) return "Replica state hashes: not compared (the nodes were not waited on to converge)";
+  const consistent = checks.filter((check) => check.verdict === "consistent").length;
+  return `Replica state hashes: ${consistent} of ${checks.length} comparisons consistent; the last: ${last.verdict}: ${last.message}`;
 }
 
 function scenarioCommand(name: string, def: ScenarioDefinition): CommandDef<ArgsDef> {

@@ -36,6 +36,7 @@ const subCommands: Record<string, LazyCommand> = {
   list: lazy(() => import("./client.ts").then((m) => m.clientCommands.list)),
   status: lazy(() => import("./client.ts").then((m) => m.clientCommands.status)),
   members: lazy(() => import("./client.ts").then((m) => m.clientCommands.members)),
+  hash: lazy(() => import("./hash.ts").then((m) => m.hashCommand)),
   health: lazy(() => import("./health.ts").then((m) => m.healthCommand)),
   txn: lazy(() => import("./txn.ts").then((m) => m.txnCommand)),
   lock: lazy(() => import("./lock.ts").then((m) => m.lockCommand)),

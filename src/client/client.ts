@@ -121,6 +121,19 @@ export interface NodeStatus {
   readonly removed?: boolean;
 }
 
+/**
+ * One node's `GET /hash`: a SHA-256 of its state machine's rows at its applied index. Two nodes
+ * answering at one `index` must answer one `hash`; a difference is a replica that diverged.
+ */
+export interface StateHash {
+  readonly index: number;
+  readonly term: number;
+  /** `sha256:` and 64 hex digits. */
+  readonly hash: string;
+  readonly rows: number;
+  readonly bytes: number;
+}
+
 /** `GET /members`: the configuration a node applied. */
 export interface MembersView {
   readonly members: readonly Member[];
@@ -241,6 +254,12 @@ export interface KvClient {
   status(): Promise<NodeStatus>;
   /** The status of one node, by its client URL. */
   statusOf(endpoint: string): Promise<NodeStatus>;
+  /**
+   * The hash of one node's state (`GET /hash`), by its client URL: `stale` (the default here) hashes
+   * what that node applied, even cut off from the leader; `linearizable` waits until it holds every
+   * write acknowledged before the call.
+   */
+  hashOf(endpoint: string, options?: GetOptions): Promise<StateHash>;
   /** The configuration as one node applied it (`GET /members`), asked as `status` asks. */
   members(): Promise<MembersView>;
   /** Membership changes (`POST /members`, `DELETE /members/{id}`, `POST /members/{id}/promote`). */
@@ -424,6 +443,11 @@ export function createClient(options: ClientOptions): KvClient {
 
     async statusOf(endpoint) {
       return json<NodeStatus>(await transport.sendTo(normalizeEndpoints([endpoint])[0] as string, "/status"));
+    },
+
+    async hashOf(endpoint, options = {}) {
+      const path = `/hash${query({ consistency: options.consistency ?? "stale" })}`;
+      return json<StateHash>(await transport.sendTo(normalizeEndpoints([endpoint])[0] as string, path));
     },
 
     async members() {

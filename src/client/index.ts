@@ -32,6 +32,7 @@ export {
   type RawAnswer,
   type RawRequest,
   type ReadConsistency,
+  type StateHash,
   type TxnCompare,
   type TxnOperation,
   type TxnOperationResult,
@@ -45,3 +46,4 @@ export type { Leadership, LockHandle, LockOptions } from "./lock.ts";
 export type { WatchDeleteEvent, WatchEvent, WatchOptions, WatchProgressEvent, WatchPutEvent, WatchSelector } from "./watch.ts";
 export { answerOutcome, type AnswerOutcome } from "./outcome.ts";
 export type { JsonValue, KvEntry, ValueInput } from "./values.ts";
+export { compareReplicas, judgeHashes, type HashAnswer, type ReplicaCheck, type ReplicaVerdict } from "./replicas.ts";

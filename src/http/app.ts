@@ -15,6 +15,7 @@ import {
   OPENAPI_PATH,
   routeDocs,
   transferQuery,
+  hashQuery,
   watchHeaders,
   watchQuery,
 } from "./openapi.ts";
@@ -23,6 +24,7 @@ import { admitWriteBody, BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
+import { createHashHandler } from "./hash-route.ts";
 import { createTxnRoute } from "./txn-route.ts";
 import { createLeaseRoutes, parseLeaseId } from "./lease-routes.ts";
 import { jsonValue } from "../lib/json-value.ts";
@@ -233,6 +235,12 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
 
   const txnRoute = createTxnRoute(node, { keyBytesMax, valueBytesMax, admission, ...(opts.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: opts.bodyReadTimeoutMs }) });
   const statusRoute = readOnlyRoute(() => jsonResponse(statusJson(node.status()), 200));
+  const hashHandler = createHashHandler(node);
+  const hashRoute = (request: Request) => {
+    // The router answers HEAD with this GET route: it would read the whole state to drop the answer.
+    if (request.method === "HEAD") throw new KvError("method_not_allowed", "HEAD is not allowed on /hash: it serves GET");
+    return hashHandler(request, parseConsistency(rawTarget(request.url).search));
+  };
   const healthRoute = readOnlyRoute(() => healthResponse(node));
   let openApiDocument: ReturnType<typeof createOpenApiDocument> | undefined;
   const openApiRoute = readOnlyRoute(() => jsonResponse((openApiDocument ??= createOpenApiDocument(built.app as AnyElysia)), 200));
@@ -279,6 +287,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     .head("/status", route(statusRoute), raw)
     .get("/health", route(healthRoute), { ...raw, detail: routeDocs.health })
     .head("/health", route(healthRoute), raw)
+    .get("/hash", route(hashRoute, "GET"), { ...raw, query: hashQuery, detail: routeDocs.hash })
     .post("/leader/transfer", route(transferRoute), { ...raw, query: transferQuery, detail: routeDocs.transfer })
     .get("/watch", route(watchRoute, "GET"), { ...raw, query: watchQuery, headers: watchHeaders, detail: routeDocs.watch })
     .post("/txn", route(txnRoute), { ...raw, query: noQuery, headers: idempotencyHeaders, detail: routeDocs.txn })

@@ -58,7 +58,7 @@ export interface HttpHandler {
 }
 
 /** The routes a request's metrics are labelled with: a fixed set, never the raw path. */
-export type RouteLabel = "/kv/{key}" | "/status" | "/health" | "/metrics" | "/leader/transfer" | "/watch" | "/snapshot" | "/txn" | "other";
+export type RouteLabel = "/kv/{key}" | "/status" | "/hash" | "/health" | "/metrics" | "/leader/transfer" | "/watch" | "/snapshot" | "/txn" | "other";
 
 /**
  * Elysia 1.4 finds the path by searching for "/" from index 11 of `request.url`, which assumes an
@@ -87,6 +87,7 @@ export function routeLabel(path: string): RouteLabel {
   if (path === "/kv" || path.startsWith("/kv/")) return "/kv/{key}";
   switch (path) {
     case "/status":
+    case "/hash":
     case "/health":
     case "/metrics":
     case "/leader/transfer":

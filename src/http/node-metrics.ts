@@ -148,7 +148,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
     ...(node.txn === undefined ? {} : { txn: (request, options) => write("txn", () => node.txn!(request, options)) }),
     ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
-    ...(node.openSnapshot === undefined ? {} : { openSnapshot: () => node.openSnapshot!() }),
+    ...(node.openSnapshot === undefined ? {} : { openSnapshot: (consistency) => node.openSnapshot!(consistency) }),
     ...(node.grantLease === undefined ? {} : { grantLease: (ttlMs: number) => node.grantLease!(ttlMs) }),
     ...(node.keepAliveLease === undefined ? {} : { keepAliveLease: (id: number) => node.keepAliveLease!(id) }),
     ...(node.leaseInfo === undefined ? {} : { leaseInfo: (id: number) => node.leaseInfo!(id) }),

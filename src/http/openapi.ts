@@ -52,6 +52,9 @@ export const listQuery = t.Object(
   { additionalProperties: false },
 );
 
+/** `GET /hash?consistency=C`. */
+export const hashQuery = t.Object({ consistency }, { additionalProperties: false });
+
 /** `GET /watch?prefix=P|key=K[&fromVersion=N]`. */
 export const watchQuery = t.Object(
   {
@@ -257,6 +260,14 @@ const docs = {
     responses: {
       ...ok('The backup file ("KVSNAP", format version, header, row frames, trailer); X-Kv-Snapshot-Index is the image\'s applied index', { "application/vnd.kv.snapshot": {} }),
       ...errors(401, 429, 503, 507),
+    },
+  },
+  hash: {
+    summary:
+      "A SHA-256 of the state machine's rows (every key and reserved row, as in a backup) at this node's applied index, read after the consistency's barrier (stale: this node's own state): nodes answering at one index must answer one hash (src/kv/state-hash.ts); compare them with kv hash",
+    responses: {
+      ...ok("{index, term, hash, rows, bytes}", json(t.Object({ index: t.Integer(), term: t.Integer(), hash: t.String(), rows: t.Integer(), bytes: t.Integer() }))),
+      ...errors(400, 401, 429, 503),
     },
   },
   txn: {

@@ -205,12 +205,13 @@ export interface KvNodeApi {
   /** Leases in this node's applied state, and leases whose expiry applied here since it started. */
   leaseStats?(): { leases: number; expiredTotal: number };
   /**
-   * A consistent image of the state machine for a backup (`GET /snapshot`), opened after a
-   * linearizable read: it holds every write acknowledged before the call, at one applied index. It
-   * is read on the storage's own read transaction, so writes go on meanwhile. The caller must
-   * `close()` it.
+   * A consistent image of the state machine for a backup (`GET /snapshot`) or a hash (`GET /hash`),
+   * opened after a read barrier of `consistency` (default linearizable: it holds every write
+   * acknowledged before the call; `stale`: this node's own state, even cut off from the leader), at
+   * one applied index. It is read on the storage's own read transaction, so writes go on meanwhile.
+   * The caller must `close()` it.
    */
-  openSnapshot?(): Promise<SnapshotImage>;
+  openSnapshot?(consistency?: ReadConsistency): Promise<SnapshotImage>;
 }
 
 /**

@@ -620,8 +620,8 @@ export class KvNode implements KvNodeApi {
   }
 
   /** See `KvNodeApi.openSnapshot`: on any node, followers too (the read index comes from the leader). */
-  async openSnapshot(): Promise<SnapshotImage> {
-    await this.readBarrier("linearizable");
+  async openSnapshot(consistency: ReadConsistency = "linearizable"): Promise<SnapshotImage> {
+    await this.readBarrier(consistency);
     this.refuseUnlessRunning(); // it may have stopped while the read waited
     return this.cfg.storage.openImage();
   }

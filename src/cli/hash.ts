@@ -1,0 +1,39 @@
+import { defineCommand } from "citty";
+import { compareReplicas, type HashAnswer } from "../client/index.ts";
+import { ClientExit, connection, connectionArgs } from "./client.ts";
+import { printLine } from "./output.ts";
+import { parseIntFlag } from "./usage-error.ts";
+
+/** What each verdict exits with: 0 the replicas agree, 1 they diverged, 3 nothing could be compared. */
+const EXITS = { consistent: 0, diverged: 1, incomparable: 3 } as const;
+
+/**
+ * `kv hash`: every endpoint's `GET /hash` (its state's SHA-256 at its applied index), compared
+ * (src/client/replicas.ts), as etcd's `endpoint hashkv`. Nodes behind the others are asked again
+ * until all stand at one index or `--timeout-ms` passes.
+ */
+export const hashCommand = defineCommand({
+  meta: {
+    name: "hash",
+    description: "Compare the nodes' state: each endpoint's SHA-256 of its rows at its applied index; exit 0 when they agree, 1 when two at one index differ, 3 when none could be compared",
+  },
+  args: { ...connectionArgs },
+  async run({ args }) {
+    const conn = connection(args);
+    const timeoutMs = args["timeout-ms"] === undefined ? 5_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
+    const check = await compareReplicas(conn.client, { timeoutMs });
+    if (conn.json) {
+      printLine(JSON.stringify({ verdict: check.verdict, message: check.message, answers: check.answers }));
+    } else {
+      for (const answer of check.answers) printLine(answerLine(answer));
+      printLine(`${check.verdict}: ${check.message}`);
+    }
+    if (check.verdict !== "consistent") throw new ClientExit(EXITS[check.verdict], "");
+  },
+});
+
+function answerLine(answer: HashAnswer): string {
+  if (answer.hash === undefined) return `${answer.endpoint}  no hash (${answer.error ?? "no answer"})`;
+  const { index, term, hash, rows, bytes } = answer.hash;
+  return `${answer.endpoint}  index ${index}  term ${term}  ${hash}  rows ${rows}  bytes ${bytes}`;
+}

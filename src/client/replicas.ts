@@ -1,0 +1,86 @@
+/**
+ * Comparing replicas by their state's hash (`GET /hash` on each node): what `kv hash` and every
+ * `kv chaos` scenario's last check do. Two nodes at one applied index must hold the same rows; a
+ * node behind the others cannot be compared until it catches up, so the comparison asks again
+ * until every answering node stands at one index (a quiet cluster gets there at once).
+ */
+import { KvClientError } from "./errors.ts";
+import type { KvClient, StateHash } from "./client.ts";
+
+/** One endpoint's answer: its hash, or why there is none. */
+export interface HashAnswer {
+  readonly endpoint: string;
+  readonly hash?: StateHash;
+  readonly error?: string;
+}
+
+/**
+ * `consistent`: at least two nodes answered, all at one index, with one hash. `diverged`: two nodes
+ * at one index answered different hashes (a bug, or a data dir altered behind its node). Anything
+ * else is `incomparable`: fewer than two answers, or indexes that never met within the time given.
+ */
+export type ReplicaVerdict = "consistent" | "diverged" | "incomparable";
+
+export interface ReplicaCheck {
+  readonly verdict: ReplicaVerdict;
+  /** The last round of answers, one per endpoint, in the endpoints' order. */
+  readonly answers: readonly HashAnswer[];
+  /** What the verdict rests on, in a sentence. */
+  readonly message: string;
+}
+
+/** How long to wait between rounds while the nodes stand at different indexes. */
+const ROUND_PAUSE_MS = 100;
+
+/**
+ * The verdict on one round of answers, or undefined when it cannot be given yet: the answering
+ * nodes stand at different indexes and none of them disagree at one.
+ */
+export function judgeHashes(answers: readonly HashAnswer[]): ReplicaCheck | undefined {
+  const answered = answers.filter((answer): answer is HashAnswer & { hash: StateHash } => answer.hash !== undefined);
+  const byIndex = new Map<number, (HashAnswer & { hash: StateHash })[]>();
+  for (const answer of answered) byIndex.set(answer.hash.index, [...(byIndex.get(answer.hash.index) ?? []), answer]);
+  for (const [index, group] of byIndex) {
+    const first = group[0] as HashAnswer & { hash: StateHash };
+    const other = group.find((answer) => answer.hash.hash !== first.hash.hash);
+    if (other !== undefined) {
+      return { verdict: "diverged", answers, message: `at index ${index}, ${first.endpoint} holds ${first.hash.hash} and ${other.endpoint} holds ${other.hash.hash}` };
+    }
+  }
+  const unanswered = answers.filter((answer) => answer.hash === undefined).map((answer) => `${answer.endpoint} (${answer.error ?? "no answer"})`);
+  const notHeard = unanswered.length === 0 ? "" : `; no hash from ${unanswered.join(", ")}`;
+  if (answered.length < 2) {
+    return { verdict: "incomparable", answers, message: `${answered.length === 0 ? "no node" : "only one node"} answered: nothing to compare${notHeard}` };
+  }
+  if (byIndex.size > 1) return undefined;
+  const [only] = answered;
+  return { verdict: "consistent", answers, message: `${answered.length} nodes hold ${only?.hash.hash} at index ${only?.hash.index}${notHeard}` };
+}
+
+/**
+ * Asks each of `endpoints` (default: the client's) for its hash (`stale`: what it applied) until
+ * `judgeHashes` gives a verdict, or `timeoutMs` passes (then `incomparable`: the indexes never met).
+ */
+export async function compareReplicas(client: KvClient, options: { readonly timeoutMs: number; readonly endpoints?: readonly string[] }): Promise<ReplicaCheck> {
+  const endpoints = options.endpoints ?? client.endpoints;
+  const deadline = performance.now() + options.timeoutMs;
+  for (;;) {
+    const answers = await Promise.all(endpoints.map((endpoint) => hashAnswer(client, endpoint)));
+    const verdict = judgeHashes(answers);
+    if (verdict !== undefined) return verdict;
+    if (performance.now() + ROUND_PAUSE_MS > deadline) {
+      const where = answers.flatMap((answer) => (answer.hash === undefined ? [] : [`${answer.endpoint} at ${answer.hash.index}`]));
+      return { verdict: "incomparable", answers, message: `the nodes stood at different indexes for ${options.timeoutMs} ms (writes going on?): ${where.join(", ")}` };
+    }
+    await new Promise((resolve) => setTimeout(resolve, ROUND_PAUSE_MS));
+  }
+}
+
+async function hashAnswer(client: KvClient, endpoint: string): Promise<HashAnswer> {
+  try {
+    return { endpoint, hash: await client.hashOf(endpoint) };
+  } catch (error) {
+    if (!(error instanceof KvClientError)) throw error;
+    return { endpoint, error: error.status === 0 ? error.message : `HTTP ${error.status} ${error.code}: ${error.message}` };
+  }
+}

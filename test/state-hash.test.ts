@@ -1,0 +1,126 @@
+// Proves the state hash (src/kv/state-hash.ts, GET /hash) and the comparison of replicas built on it
+// (src/client/replicas.ts): the digest tells apart row sets that share their bytes, and a verdict
+// is given only on answers at one index.
+import { expect, test } from "bun:test";
+import type { KvRow } from "../src/kv/apply-plan.ts";
+import { StateHasher } from "../src/kv/state-hash.ts";
+import { judgeHashes, type HashAnswer } from "../src/client/replicas.ts";
+import { createHttpApp } from "../src/http/app.ts";
+import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import type { ReadConsistency, SnapshotImage } from "../src/node/api.ts";
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+const row = (key: string, value: string, version: number): KvRow => ({ key, value: bytes(value), version });
+
+function hashOf(rows: readonly KvRow[]): string {
+  const hasher = new StateHasher();
+  for (const r of rows) hasher.add(r);
+  return hasher.finish({ index: 1, term: 1 }).hash;
+}
+
+test("equal rows hash alike; bytes moved between a key and its value, a version, or a row's order change it", () => {
+  const base = [row("ab", "c", 3), row("d", "e", 4)];
+  expect(hashOf(base)).toBe(hashOf([row("ab", "c", 3), row("d", "e", 4)]));
+  expect(hashOf(base)).toMatch(/^sha256:[0-9a-f]{64}$/);
+  const variants = [
+    [row("a", "bc", 3), row("d", "e", 4)], // the same bytes, split elsewhere
+    [row("ab", "c", 5), row("d", "e", 4)],
+    [row("d", "e", 4), row("ab", "c", 3)],
+    [row("ab", "c", 3)],
+    // A version past 2^32: its high word counts too.
+    [row("ab", "c", 3 + 2 ** 32), row("d", "e", 4)],
+  ];
+  for (const rows of variants) expect(hashOf(rows)).not.toBe(hashOf(base));
+});
+
+test("finish reports the rows, their key and value bytes, and where the state stood", () => {
+  const hasher = new StateHasher();
+  hasher.add(row("κ", "vv", 7)); // a 2-byte key in UTF-8
+  hasher.add(row("k2", "", 9));
+  expect(hasher.finish({ index: 12, term: 3 })).toMatchObject({ index: 12, term: 3, rows: 2, bytes: 2 + 2 + 2 });
+});
+
+const answer = (endpoint: string, index: number, hash: string): HashAnswer => ({ endpoint, hash: { index, term: 1, hash, rows: 1, bytes: 1 } });
+
+test("judgeHashes: one hash at one index is consistent, two at one index diverged, different indexes wait", () => {
+  expect(judgeHashes([answer("a", 5, "h1"), answer("b", 5, "h1"), answer("c", 5, "h1")])?.verdict).toBe("consistent");
+  const diverged = judgeHashes([answer("a", 5, "h1"), answer("b", 5, "h2"), answer("c", 6, "h3")]);
+  expect(diverged?.verdict).toBe("diverged");
+  expect(diverged?.message).toContain("at index 5");
+  // Nodes at different indexes cannot be compared yet, even where they agree pairwise.
+  expect(judgeHashes([answer("a", 5, "h1"), answer("b", 5, "h1"), answer("c", 6, "h9")])).toBeUndefined();
+  // One answer (the others unreachable) compares nothing.
+  const lone = judgeHashes([answer("a", 5, "h1"), { endpoint: "b", error: "refused" }]);
+  expect(lone?.verdict).toBe("incomparable");
+  expect(lone?.message).toContain("b (refused)");
+  expect(judgeHashes([{ endpoint: "a", error: "down" }, { endpoint: "b", error: "down" }])?.verdict).toBe("incomparable");
+  // Two agreeing answers and one unreachable: consistent, and the message names the silent one.
+  const partial = judgeHashes([answer("a", 5, "h1"), answer("b", 5, "h1"), { endpoint: "c", error: "down" }]);
+  expect(partial?.verdict).toBe("consistent");
+  expect(partial?.message).toContain("c (down)");
+});
+
+/** A node whose image holds `rows`, recording the consistency each open asked for; `gate` holds opens back. */
+function nodeWithRows(rows: KvRow[], gate?: Promise<void>) {
+  const asked: ReadConsistency[] = [];
+  const firstOpen = Promise.withResolvers<void>();
+  let closed = 0;
+  const node = Object.assign(new MemoryKvNode(), {
+    async openSnapshot(consistency: ReadConsistency = "linearizable"): Promise<SnapshotImage> {
+      asked.push(consistency);
+      firstOpen.resolve();
+      await gate;
+      let left = [...rows];
+      return {
+        metadata: { index: 42, term: 7, voters: [1], learners: [] },
+        addresses: [],
+        next: () => {
+          const batch = left.slice(0, 1);
+          left = left.slice(1);
+          return batch;
+        },
+        close: () => void closed++,
+      };
+    },
+  });
+  return { node, asked, opened: firstOpen.promise, closedCount: () => closed };
+}
+
+test("GET /hash answers the hash of the image's rows at its index, after the asked-for barrier, and closes the image", async () => {
+  const rows = [row("a", "1", 2), row("b", "2", 3), row("c", "3", 4)];
+  const { node, asked, closedCount } = nodeWithRows(rows);
+  const app = createHttpApp(node);
+  const response = await app.handle(new Request("http://kv.invalid/hash"));
+  expect(response.status).toBe(200);
+  expect(await response.json()).toEqual({ index: 42, term: 7, hash: hashOf(rows), rows: 3, bytes: 6 });
+  expect((await app.handle(new Request("http://kv.invalid/hash?consistency=stale"))).status).toBe(200);
+  expect(asked).toEqual(["linearizable", "stale"]);
+  expect(closedCount()).toBe(2);
+});
+
+test("GET /hash refuses a bad consistency, unknown parameters and HEAD with JSON 4xx; a second hash at once is 429", async () => {
+  let open: () => void = () => {};
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const { node, opened } = nodeWithRows([row("a", "1", 2)], gate);
+  const app = createHttpApp(node);
+  for (const [url, method, status] of [
+    ["/hash?consistency=fast", "GET", 400],
+    ["/hash?consistency=stale&consistency=stale", "GET", 400],
+    ["/hash?index=3", "GET", 400],
+    ["/hash", "HEAD", 405],
+    ["/hash", "POST", 405],
+  ] as const) {
+    const response = await app.handle(new Request(`http://kv.invalid${url}`, { method }));
+    expect({ url, method, status: response.status }).toEqual({ url, method, status });
+    if (method !== "HEAD") expect(((await response.json()) as { error: string }).error).toBeString();
+  }
+  const first = app.handle(new Request("http://kv.invalid/hash"));
+  await opened; // the first hash is waiting on its image
+  const second = await app.handle(new Request("http://kv.invalid/hash"));
+  expect(second.status).toBe(429);
+  expect(((await second.json()) as { error: string }).error).toBe("overloaded");
+  open();
+  expect((await first).status).toBe(200);
+  // Once the first is done, the next is served.
+  expect((await app.handle(new Request("http://kv.invalid/hash"))).status).toBe(200);
+});
