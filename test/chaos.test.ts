@@ -1,5 +1,5 @@
-// Proves `kv chaos failover` and `kv chaos election` run as a user runs them (the built executable)
-// and pass: no acknowledged write lost across a leader SIGKILL, at most one node accepting per election.
+// Proves `kv chaos failover`, `kv chaos election` and `kv chaos membership` run as a user runs them (the built executable)
+// and pass: no acknowledged write lost across a leader SIGKILL, at most one node accepting per election, members replaced under writes.
 import { expect, test } from "bun:test";
 import { runKv } from "./helpers/kv-binary.ts";
 
@@ -32,4 +32,20 @@ test("kv chaos with a bad flag is a usage error (exit 2) and starts nothing", as
   const { code, out } = await run(["chaos", "failover", "--keys", "zero"]);
   expect(code).toBe(2);
   expect(out).toContain("--keys must be a whole number");
+});
+
+test("kv chaos membership: members replaced under writes (the leader among them) join empty, get an image, are promoted; nothing lost, replicas agree", async () => {
+  const { code, out } = await run(["chaos", "membership", "--rounds", "2"]);
+  if (code !== 0) console.error(out);
+  expect(code).toBe(0);
+  expect(out).toContain("=== Chaos Test: Members Replaced Under Load ===");
+  expect(out.match(/Node \d joined empty and was promoted to voter/g)?.length).toBe(2);
+  // The log is compacted every 100 entries there: each joiner got an image, and installed it.
+  expect(out.match(/images installed: [1-9]\d*\)/g)?.length).toBe(2);
+  expect(out).toMatch(/\[Step 3\.2\] Replacing node \d \(the leader\)/);
+  expect(out).toContain("Members replaced: 2 (1 of them leading)");
+  expect(out).toContain("Missing keys: 0");
+  expect(out).toContain("Wrong values: 0");
+  expect(out).toMatch(/Replica state hashes: 1 of 1 comparisons consistent; the last: consistent: 3 nodes hold sha256:[0-9a-f]{64}/);
+  expect(out).toContain("✅ SUCCESS: every member was replaced under writes");
 });

@@ -64,6 +64,8 @@ test("a failed transfer is retried at once only after the first failure of its t
   term = 4;
   await send(4);
   expect(retried).toEqual([2, 2]);
+  // Each failed attempt is counted (kv_snapshots_send_failed_total); none was sent, received or installed.
+  expect(room.stats()).toEqual({ sent: 0, sendFailed: 4, received: 0, installed: 0 });
 });
 
 test("an image left half staged by a sender that stopped is dropped once this node applies past it by the log (found by a code review)", () => {

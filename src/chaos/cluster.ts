@@ -1,4 +1,4 @@
-import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
+import { createWriteStream, mkdirSync, rmSync, type WriteStream } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { compareReplicas, createClient, type ReplicaCheck } from "../client/index.ts";
@@ -82,6 +82,31 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
   });
 }
 
+/**
+ * A base port for the classic layout (`ClusterOptions.basePort`) whose `size` peer ports and `size`
+ * client ports (base + 3000 + i) are free on 127.0.0.1 now: for scenarios that need every node at one
+ * address for all (a member joining through the API). Another program may take one before the
+ * nodes bind it; the node then fails to start, and says why.
+ */
+export function freeBasePort(size: number): number {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 39_000);
+    const ports = Array.from({ length: size }, (_, i) => [base + i, base + 3000 + i]).flat();
+    if (ports.every(portIsFree)) return base;
+  }
+  throw new Error("found no free ports for a cluster in 200 tries");
+}
+
+function portIsFree(port: number): boolean {
+  try {
+    const listener = Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } });
+    listener.stop(true);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The least time a replica comparison is given, however little of the convergence's budget is left. */
 const REPLICA_CHECK_MS_MIN = 5_000;
 
@@ -145,8 +170,11 @@ export class ChaosCluster {
       .join(",");
   }
 
-  /** Spawns node `id` (again) on its data dir and waits for its "started" line. */
-  async startNode(id: number): Promise<void> {
+  /**
+   * Spawns node `id` (again) on its data dir and waits for its "started" line; with `join`, it asks
+   * those client URLs to add it (`kv serve --join`): an empty data dir joins as a new member.
+   */
+  async startNode(id: number, options: { readonly join?: readonly string[] } = {}): Promise<void> {
     const node = this.node(id);
     if (node.state !== "dead") throw new Error(`node ${id} is already running`);
     const base = this.opts.basePort;
@@ -163,6 +191,7 @@ export class ChaosCluster {
       base === undefined ? "127.0.0.1:0" : `127.0.0.1:${base + 3000 + id - 1}`,
       "--data-dir",
       node.dataDir,
+      ...(options.join === undefined ? [] : ["--join", options.join.join(",")]),
       ...(this.opts.serveArgs ?? []),
     ];
     let log = this.logs.get(id);
@@ -277,6 +306,13 @@ export class ChaosCluster {
     node.pid = undefined;
     node.state = "dead";
     return code;
+  }
+
+  /** Deletes the data dir of node `id`, which must not be running: it starts again empty. */
+  wipe(id: number): void {
+    const node = this.node(id);
+    if (node.state !== "dead") throw new Error(`node ${id} is ${node.state}: stop it before wiping its data dir`);
+    rmSync(node.dataDir, { recursive: true, force: true });
   }
 
   /** Cuts every link to and from `id` (the process keeps running). */

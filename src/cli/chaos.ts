@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync, writeSync } f
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { defineCommand, type ArgsDef, type CommandDef } from "citty";
-import { ChaosCluster } from "../chaos/cluster.ts";
+import { ChaosCluster, freeBasePort } from "../chaos/cluster.ts";
 import type { ReplicaCheck } from "../client/index.ts";
 import { selfCommand } from "../lib/self-command.ts";
 import { runCrash } from "../chaos/crash.ts";
@@ -14,6 +14,7 @@ import { modeNeedsProxies, NEMESIS_MODES, type NemesisMode } from "../chaos/neme
 import { runPause } from "../chaos/pause.ts";
 import { EPOCH_OPS_DEFAULT, formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
 import { runRestart } from "../chaos/restart.ts";
+import { runMembership } from "../chaos/membership.ts";
 import { runWatch, WATCH_DURATION_MS_MAX, WATCH_SERVE_ARGS } from "../chaos/watch.ts";
 import { LOCK_NEMESIS_MODES, runLock } from "../chaos/lock.ts";
 import { runLockClient, type LockClientEvent } from "../chaos/lock-client.ts";
@@ -46,6 +47,11 @@ interface ScenarioDefinition {
   readonly description: string;
   /** Cuts links through the runner's TCP proxies, so it cannot run under --base-port (may depend on its flags). */
   readonly needsProxies: boolean | ((flags: FlagValues) => boolean);
+  /**
+   * Gives members new addresses through the API (a node joins with --join), which needs every node
+   * at one peer URL for all (no per-link proxies): without --base-port, the runner picks free ports.
+   */
+  readonly needsFixedPorts?: boolean;
   readonly args: ArgsDef;
   /** The flags it runs with under `kv chaos all` (default: none, so every default). */
   readonly allFlags?: FlagValues;
@@ -184,6 +190,25 @@ const scenarios: Record<string, ScenarioDefinition> = {
       const concurrency = intFlag(flags, "concurrency", 8, 1, 1_000);
       const requestTimeoutMs = clientTimeoutMs(flags);
       return (cluster, display) => runCrash(cluster, { keys, concurrency, requestTimeoutMs, display });
+    },
+  },
+  membership: {
+    title: "Members Replaced Under Load",
+    description: "Under writes, remove a member (the leader every other round), empty its data dir, join it again: nothing acknowledged lost, replicas agree",
+    needsProxies: false,
+    needsFixedPorts: true,
+    // The log is compacted every 100 entries, so each joiner is sent an image, not the whole log.
+    serveArgs: ["--snapshot-entries", "100"],
+    args: {
+      rounds: { type: "string", description: "Members replaced one after another (default 3)", valueHint: "N" },
+      concurrency: { type: "string", description: "Concurrent writers (default 4)", valueHint: "N" },
+      ...clientTimeoutArg,
+    },
+    create(flags) {
+      const rounds = intFlag(flags, "rounds", 3, 1, 100);
+      const concurrency = intFlag(flags, "concurrency", 4, 1, 1_000);
+      const requestTimeoutMs = clientTimeoutMs(flags);
+      return (cluster, display) => runMembership(cluster, { rounds, concurrency, requestTimeoutMs, display });
     },
   },
   restart: {
@@ -430,7 +455,7 @@ const lockClientCommand = defineCommand({
  * What `kv chaos all` runs, in this order, each on a fresh cluster with its defaults (or its
  * `allFlags`: `random` runs for 20 s there rather than 60 s, `watch` and `lock` for 15 s rather than 20 s).
  */
-const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart", "random", "watch", "lock"];
+const ALL_ORDER: readonly string[] = ["failover", "election", "partition", "pause", "crash", "restart", "membership", "random", "watch", "lock"];
 
 /** Whether a scenario, run with these flags, cuts links through the runner's proxies. */
 function needsProxies(def: ScenarioDefinition, flags: FlagValues): boolean {
@@ -442,6 +467,7 @@ interface NamedRun {
   readonly name: string;
   readonly title: string;
   readonly needsProxies: boolean;
+  readonly needsFixedPorts?: boolean;
   readonly run: ScenarioRun;
   readonly serveArgs?: readonly string[];
 }
@@ -497,9 +523,10 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   process.on("SIGTERM", () => void cleanup(143));
 
   const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string }[] = [];
-  for (const { name, title, run, serveArgs } of runs) {
+  for (const { name, title, run, serveArgs, needsFixedPorts } of runs) {
     const dataDir = runs.length === 1 ? baseDir : join(baseDir, name);
-    current = new ChaosCluster({ size: 3, command: selfCommand(), baseDir: dataDir, basePort, ...(serveArgs === undefined ? {} : { serveArgs }) });
+    const ports = basePort ?? (needsFixedPorts === true ? freeBasePort(3) : undefined);
+    current = new ChaosCluster({ size: 3, command: selfCommand(), baseDir: dataDir, basePort: ports, ...(serveArgs === undefined ? {} : { serveArgs }) });
     if (runs.length > 1) print("");
     print(`=== Chaos Test: ${title} ===`);
     try {
@@ -552,7 +579,7 @@ function scenarioCommand(name: string, def: ScenarioDefinition): CommandDef<Args
     args: { ...def.args, ...commonArgs },
     async run({ args }) {
       const flags = args as FlagValues;
-      await runScenarios([{ name, title: def.title, needsProxies: needsProxies(def, flags), run: def.create(flags), ...(def.serveArgs === undefined ? {} : { serveArgs: def.serveArgs }) }], flags);
+      await runScenarios([{ name, title: def.title, needsProxies: needsProxies(def, flags), needsFixedPorts: def.needsFixedPorts === true, run: def.create(flags), ...(def.serveArgs === undefined ? {} : { serveArgs: def.serveArgs }) }], flags);
     },
   }) as unknown as CommandDef<ArgsDef>;
 }
@@ -566,7 +593,7 @@ const allCommand = defineCommand({
       const def = scenarios[name];
       if (def === undefined) throw new Error(`ALL_ORDER names an unknown scenario '${name}'`);
       const flagsUnderAll = def.allFlags ?? {};
-      return { name, title: def.title, needsProxies: needsProxies(def, flagsUnderAll), run: def.create(flagsUnderAll), ...(def.serveArgs === undefined ? {} : { serveArgs: def.serveArgs }) };
+      return { name, title: def.title, needsProxies: needsProxies(def, flagsUnderAll), needsFixedPorts: def.needsFixedPorts === true, run: def.create(flagsUnderAll), ...(def.serveArgs === undefined ? {} : { serveArgs: def.serveArgs }) };
     });
     await runScenarios(runs, flags);
   },

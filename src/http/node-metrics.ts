@@ -124,6 +124,16 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     );
   }
 
+  const snapshotStats = node.snapshotStats?.bind(node);
+  if (snapshotStats !== undefined) {
+    const counters = [
+      ["kv_snapshots_sent_total", "Snapshot images this node streamed to followers whose logs were compacted past what they lacked, since it started.", "sent"],
+      ["kv_snapshots_send_failed_total", "Snapshot images this node began streaming to a follower and did not finish (the follower refused or went away, or the term ended), since it started.", "sendFailed"],
+      ["kv_snapshots_received_total", "Snapshot images this node received whole from its leader, since it started.", "received"],
+      ["kv_snapshots_installed_total", "Snapshot images this node installed in place of its state machine and log, since it started.", "installed"],
+    ] as const;
+    for (const [name, help, field] of counters) registry.collected(name, help, "counter", [], () => [[{}, snapshotStats()[field]]]);
+  }
   const leaseStats = node.leaseStats?.bind(node);
   if (leaseStats !== undefined) {
     registry.collected("kv_leases", "Leases in this node's applied state.", "gauge", [], () => [[{}, leaseStats().leases]]);
@@ -155,6 +165,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     ...(node.listLeases === undefined ? {} : { listLeases: (after: number | undefined, limit: number) => node.listLeases!(after, limit) }),
     ...(node.revokeLease === undefined ? {} : { revokeLease: (id: number) => node.revokeLease!(id) }),
     ...(leaseStats === undefined ? {} : { leaseStats }),
+    ...(snapshotStats === undefined ? {} : { snapshotStats }),
     ...(node.addMember === undefined ? {} : { addMember: (id: number, peerUrl: string, httpUrl?: string) => node.addMember!(id, peerUrl, httpUrl).then(withClusterId) }),
     ...(node.removeMember === undefined ? {} : { removeMember: (id: number) => node.removeMember!(id).then(withClusterId) }),
     ...(node.promoteMember === undefined ? {} : { promoteMember: (id: number) => node.promoteMember!(id).then(withClusterId) }),

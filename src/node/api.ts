@@ -204,6 +204,8 @@ export interface KvNodeApi {
   revokeLease?(id: number): Promise<{ id: number; version: number; deletedKeys: number }>;
   /** Leases in this node's applied state, and leases whose expiry applied here since it started. */
   leaseStats?(): { leases: number; expiredTotal: number };
+  /** Snapshot images this node streamed to followers (and attempts that failed), received whole, and installed, since it started. */
+  snapshotStats?(): SnapshotStats;
   /**
    * A consistent image of the state machine for a backup (`GET /snapshot`) or a hash (`GET /hash`),
    * opened after a read barrier of `consistency` (default linearizable: it holds every write
@@ -227,6 +229,14 @@ export interface SnapshotImage {
   next(bytesMax: number): KvRow[];
   /** Ends the read. Idempotent. */
   close(): void;
+}
+
+/** See `KvNodeApi.snapshotStats`. */
+export interface SnapshotStats {
+  readonly sent: number;
+  readonly sendFailed: number;
+  readonly received: number;
+  readonly installed: number;
 }
 
 /** Which keys a watch sees: those starting with `prefix`, or the one `key`. Session keys never. */

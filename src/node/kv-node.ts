@@ -28,6 +28,7 @@ import type {
   NodeStatus,
   ReadConsistency,
   SnapshotImage,
+  SnapshotStats,
   WatchFilter,
   WatchStart,
   WatchSubscription,
@@ -800,6 +801,10 @@ export class KvNode implements KvNodeApi {
 
   leaseStats(): { leases: number; expiredTotal: number } {
     return this.leases.stats();
+  }
+
+  snapshotStats(): SnapshotStats {
+    return this.snapshots.stats();
   }
 
   // ---- Membership ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@ import { AssertionError, assert } from "../lib/assert.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import type { NodeId, SnapshotMetadata, SnapshotRequest } from "../raft/types.ts";
 import type { MemberAddress } from "../kv/membership.ts";
+import type { SnapshotStats } from "./api.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import { SnapshotChunkRefusedError, type SnapshotChunk, type Transport } from "../transport/transport.ts";
 
@@ -45,6 +46,8 @@ export class SnapshotTransfer {
   /** Transfers to each peer that failed in a row in one term, since its last that completed (see `ended`). */
   private readonly failuresInARow = new Map<NodeId, { term: number; count: number }>();
   private sequence = 0;
+  /** Since this node started: images streamed to followers, attempts that failed, images received whole, and installed. */
+  private readonly counts = { sent: 0, sendFailed: 0, received: 0, installed: 0 };
   /** The image being received, chunk by chunk; its rows are staged in storage. */
   private incoming: { from: NodeId; imageId: string; metadata: SnapshotMetadata; nextSeq: number; rows: number; valueBytes: number } | undefined;
   /** The InstallSnapshot of the image staged in full, until it is installed or refused. */
@@ -101,6 +104,12 @@ export class SnapshotTransfer {
   /** The staged image was installed: its addresses are in storage now. */
   installed(): void {
     this.stagedAddresses = undefined;
+    this.counts.installed++;
+  }
+
+  /** See `KvNodeApi.snapshotStats`. */
+  stats(): SnapshotStats {
+    return { ...this.counts };
   }
 
   /**
@@ -127,6 +136,7 @@ export class SnapshotTransfer {
         this.host.log?.("snapshot send", { to, index: image.metadata.index, term: image.metadata.term, imageId });
         await transport.sendSnapshot(to, image, { imageId, term, signal: abort.signal });
         this.host.log?.("snapshot sent", { to, index: image.metadata.index, imageId });
+        this.counts.sent++;
       } finally {
         image.close();
       }
@@ -144,7 +154,10 @@ export class SnapshotTransfer {
     const failures = error === undefined ? 0 : (before?.term === term ? before.count : 0) + 1;
     if (failures === 0) this.failuresInARow.delete(to);
     else this.failuresInARow.set(to, { term, count: failures });
-    if (error !== undefined) this.host.log?.("snapshot send failed", { to, error: error.message, failuresInARow: failures });
+    if (error !== undefined) {
+      this.counts.sendFailed++;
+      this.host.log?.("snapshot send failed", { to, error: error.message, failuresInARow: failures });
+    }
     if (error === undefined && this.host.term() === term) return; // the follower's answer moves its progress on
     // The first failure is retried at once. After that the core waits for the follower: its
     // progress probes again once the follower has answered many heartbeats without the image
@@ -214,6 +227,7 @@ export class SnapshotTransfer {
       rows: incoming.rows,
       valueBytes: incoming.valueBytes,
     });
+    this.counts.received++;
     this.awaitingInstall = message;
     host.install(message);
   }
