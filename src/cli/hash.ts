@@ -4,6 +4,9 @@ import { ClientExit, connection, connectionArgs } from "./client.ts";
 import { printLine } from "./output.ts";
 import { parseIntFlag } from "./usage-error.ts";
 
+/** Default `--timeout-ms`: hashing reads the whole state, a few seconds for a few hundred MB. */
+const HASH_TIMEOUT_MS_DEFAULT = 60_000;
+
 /** What each verdict exits with: 0 the replicas agree, 1 they diverged, 3 nothing could be compared. */
 const EXITS = { consistent: 0, diverged: 1, incomparable: 3 } as const;
 
@@ -17,10 +20,14 @@ export const hashCommand = defineCommand({
     name: "hash",
     description: "Compare the nodes' state: each endpoint's SHA-256 of its rows at its applied index; exit 0 when they agree, 1 when two at one index differ, 3 when none could be compared",
   },
-  args: { ...connectionArgs },
+  args: {
+    ...connectionArgs,
+    "timeout-ms": { type: "string", description: `How long the whole comparison may take, each node's hash included (default ${HASH_TIMEOUT_MS_DEFAULT}: a node hashes about 100 MB a second)`, valueHint: "MS" },
+  },
   async run({ args }) {
-    const conn = connection(args);
-    const timeoutMs = args["timeout-ms"] === undefined ? 5_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
+    const timeoutText = args["timeout-ms"] ?? String(HASH_TIMEOUT_MS_DEFAULT);
+    const conn = connection({ ...args, "timeout-ms": timeoutText });
+    const timeoutMs = parseIntFlag("timeout-ms", timeoutText, 1, 600_000);
     const check = await compareReplicas(conn.client, { timeoutMs });
     if (conn.json) {
       printLine(JSON.stringify({ verdict: check.verdict, message: check.message, answers: check.answers }));
