@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
+import { createTcpProxy } from "../src/chaos/tcp-proxy.ts";
 import { createClient } from "../src/client/index.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
@@ -137,6 +138,46 @@ describe("kv lock and kv elect", () => {
     await holder.waitFor("lost the lock stalled", "err");
     expect(holder.err()).toContain("SIGTERM");
     await lock.release();
+  });
+
+  test("a holder cut off from the cluster exits 1, saying it lost the lock, before a waiter takes it: it releases nothing first (found in a black-box review: it waited out two client timeouts, running on while the waiter held the lock)", async () => {
+    const leader = await cluster.waitForLeader();
+    const proxy = createTcpProxy(cluster.node(leader).httpPort);
+    try {
+      const holder = spawnKv(["lock", "cutoff", "--ttl", "1s", "--json", "--endpoints", `http://127.0.0.1:${proxy.port}`]);
+      await holder.waitFor("fence");
+      const kv = createClient({ endpoints: endpoints() });
+      const waiting = kv.lock("cutoff", { ttlMs: 5_000 });
+      await until(async () => (await keysUnder("cutoff/")).length === 2, "the waiter to queue");
+      proxy.cut();
+      const lock = await waiting;
+      // The waiter holds the lock only once the holder's lease ran out on the cluster, after the
+      // holder's own deadline: by then the holder has exited.
+      expect(holder.proc.exitCode).toBe(1);
+      await holder.waitFor("lost the lock cutoff", "err");
+      await lock.release();
+    } finally {
+      proxy.close();
+    }
+  });
+
+  test("kv elect cut off from the cluster exits 1, saying it lost the office, before another candidate is elected", async () => {
+    const leader = await cluster.waitForLeader();
+    const proxy = createTcpProxy(cluster.node(leader).httpPort);
+    try {
+      const holder = spawnKv(["elect", "cutoff-chair", "first", "--ttl", "1s", "--endpoints", `http://127.0.0.1:${proxy.port}`]);
+      await holder.waitFor("elected: cutoff-chair = first");
+      const kv = createClient({ endpoints: endpoints() });
+      const campaign = kv.elect("cutoff-chair", "second", { ttlMs: 5_000 });
+      await until(async () => (await keysUnder("cutoff-chair/")).length === 2, "the second candidate to campaign");
+      proxy.cut();
+      const office = await campaign;
+      expect(holder.proc.exitCode).toBe(1);
+      await holder.waitFor("lost office in cutoff-chair", "err");
+      await office.resign();
+    } finally {
+      proxy.close();
+    }
   });
 
   test("a killed holder's lease runs out and the waiter takes the lock", async () => {

@@ -69,6 +69,18 @@ async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted
   return held;
 }
 
+/**
+ * A lock or office lost: exit 1 at once, saying so. Once the lease's keeper gave up, another holder
+ * may take over as soon as the cluster expires the lease, which is no sooner than now; a process
+ * still running then looks like a holder to whoever watches it. So nothing is released first: the
+ * lease was revoked or expired (its key went with it), or the cluster did not answer, and a release
+ * waited out the client's timeout twice (found in a black-box review: ten seconds after a waiter took
+ * the lock); the cluster expires the lease itself.
+ */
+function exitLost(message: string): never {
+  throw new ClientExit(1, message);
+}
+
 function lostMessage(what: string, held: Pick<LockHandle, "key" | "lost">): string {
   const reason = held.lost.reason instanceof Error ? held.lost.reason.message : String(held.lost.reason);
   return `lost ${what} (key ${held.key}): ${reason}`;
@@ -101,9 +113,10 @@ export const lockCommand = defineCommand({
     if (cmd.length === 0) {
       printLine(conn.json ? JSON.stringify({ key: lock.key, fence: lock.fence, leaseId: lock.leaseId }) : `${lock.key}\t${lock.fence}`);
       await Promise.race([abortedPromise(interrupted.signal), abortedPromise(lock.lost)]);
-      await lock.release();
       interrupted.dispose();
-      if (lock.lost.aborted && !interrupted.signal.aborted) throw new ClientExit(1, lostMessage(`the lock ${name}`, lock));
+      // Lost: exit at once, releasing nothing (see `exitLost`).
+      if (lock.lost.aborted && !interrupted.signal.aborted) exitLost(lostMessage(`the lock ${name}`, lock));
+      await lock.release();
       return;
     }
 
@@ -134,7 +147,8 @@ export const lockCommand = defineCommand({
       { once: true },
     );
     const code = await child.exited;
-    await lock.release();
+    // A lost lock is not released: its lease is gone, or the cluster did not answer (see `exitLost`).
+    if (!lock.lost.aborted) await lock.release();
     interrupted.dispose();
     process.exit(child.signalCode === null || child.signalCode === undefined ? code : signalStatus(String(child.signalCode)));
   },
@@ -181,8 +195,8 @@ export const electCommand = defineCommand({
         : `elected: ${name} = ${value} (key ${office.key}, fence ${office.fence})`,
     );
     await Promise.race([abortedPromise(interrupted.signal), abortedPromise(office.lost)]);
-    await office.resign();
     interrupted.dispose();
-    if (office.lost.aborted && !interrupted.signal.aborted) throw new ClientExit(1, lostMessage(`office in ${name}`, office));
+    if (office.lost.aborted && !interrupted.signal.aborted) exitLost(lostMessage(`office in ${name}`, office));
+    await office.resign();
   },
 });
