@@ -67,3 +67,14 @@ test("kv hash: the replicas agree after writes and a lease; then one altered beh
   await expect(cluster.waitForConvergence(status?.commitIndex ?? 0)).rejects.toThrow(/replicas diverged/);
   expect(cluster.replicaChecks.at(-1)?.verdict).toBe("diverged");
 });
+
+test("kv hash exits 2 when every node refuses it (a wrong or missing token), as other client commands do, not 3", async () => {
+  const refusing = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ error: "unauthenticated", message: "the bearer token is wrong" }, { status: 401 }) });
+  try {
+    const result = await runKvCommand(["hash", "--endpoints", `http://127.0.0.1:${refusing.port}`, "--timeout-ms", "2000"]);
+    expect(result.out).toContain("HTTP 401 unauthenticated");
+    expect(result.code).toBe(2);
+  } finally {
+    refusing.stop(true);
+  }
+});

@@ -2,7 +2,7 @@
 // (src/client/replicas.ts): the digest tells apart row sets that share their bytes, and a verdict
 // is given only on answers at one index.
 import { expect, test } from "bun:test";
-import type { KvRow } from "../src/kv/apply-plan.ts";
+import { sessionClockKey, type KvRow } from "../src/kv/apply-plan.ts";
 import { StateHasher } from "../src/kv/state-hash.ts";
 import { judgeHashes, type HashAnswer } from "../src/client/replicas.ts";
 import { createHttpApp } from "../src/http/app.ts";
@@ -31,6 +31,12 @@ test("equal rows hash alike; bytes moved between a key and its value, a version,
     [row("ab", "c", 3 + 2 ** 32), row("d", "e", 4)],
   ];
   for (const rows of variants) expect(hashOf(rows)).not.toBe(hashOf(base));
+});
+
+test("the session clock's row counts whatever its version (a data dir upgraded from 0.1.0 wrote it at its own index, found in review), but its value counts", () => {
+  const clock = (value: string, version: number) => row(sessionClockKey, value, version);
+  expect(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":3}', 100)])).toBe(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":3}', 120)]));
+  expect(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":3}', 100)])).not.toBe(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":4}', 100)]));
 });
 
 test("finish reports the rows, their key and value bytes, and where the state stood", () => {
@@ -123,4 +129,53 @@ test("GET /hash refuses a bad consistency, unknown parameters and HEAD with JSON
   expect((await first).status).toBe(200);
   // Once the first is done, the next is served.
   expect((await app.handle(new Request("http://kv.invalid/hash"))).status).toBe(200);
+});
+
+test("compareReplicas asks for hashes only once the nodes report one applied index; under writes it hashes once, at the end, and says who agreed where (found in review: every round hashed every node)", async () => {
+  const { compareReplicas } = await import("../src/client/replicas.ts");
+  const { createClient } = await import("../src/client/index.ts");
+  let hashRequests = 0;
+  let statusRounds = 0;
+  // Node 3 is always one index ahead: the indexes never meet.
+  const fake = (async (input: string | URL | Request) => {
+    const url = new URL(String(input));
+    const index = url.port === "3" ? 11 : 10;
+    if (url.pathname === "/status") {
+      if (url.port === "1") statusRounds++;
+      return Response.json({ id: Number(url.port), role: "follower", term: 1, leaderId: 1, leaderUrl: null, commitIndex: index, appliedIndex: index, lastLogIndex: index, snapshotIndex: 0, firstLogIndex: 1, members: [], storage: {} });
+    }
+    hashRequests++;
+    return Response.json({ index, term: 1, hash: `sha256:${index}`, rows: 1, bytes: 1 });
+  }) as unknown as typeof fetch;
+  const client = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"], fetch: fake });
+  const check = await compareReplicas(client, { timeoutMs: 500 });
+  expect(check.verdict).toBe("incomparable");
+  expect(check.message).toContain("http://127.0.0.1:1 and http://127.0.0.1:2 agree at index 10; http://127.0.0.1:3 at 11");
+  expect(statusRounds).toBeGreaterThan(1);
+  expect(hashRequests).toBe(3);
+});
+
+test("a hash under way when the node begins to stop ends with 503 unavailable and closes its image, before the storage closes under it (found in review: a 500 logged as a bug)", async () => {
+  const stopping = new AbortController();
+  let batches = 0;
+  let closed = false;
+  const node = Object.assign(new MemoryKvNode(), {
+    async openSnapshot(): Promise<SnapshotImage> {
+      return {
+        metadata: { index: 9, term: 1, voters: [1], learners: [] },
+        addresses: [],
+        next: () => {
+          batches++;
+          if (batches === 1) stopping.abort(); // shutdown begins while the first batch is hashed
+          return [row(`k${batches}`, "v", batches)];
+        },
+        close: () => void (closed = true),
+      };
+    },
+  });
+  const response = await createHttpApp(node, { stopping: stopping.signal }).handle(new Request("http://kv.invalid/hash"));
+  expect(response.status).toBe(503);
+  expect(((await response.json()) as { error: string }).error).toBe("unavailable");
+  expect(batches).toBe(1);
+  expect(closed).toBe(true);
 });

@@ -41,6 +41,8 @@ export interface StatusView {
   commitIndex: number;
   appliedIndex: number;
   lastLogIndex: number;
+  /** The first index still in the log: past 1 once the log was compacted. */
+  firstLogIndex: number;
 }
 
 /** What a node's "started" log line says about where it listens. */
@@ -90,7 +92,9 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
  */
 export function freeBasePort(size: number): number {
   for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 39_000);
+    // Below Linux's ephemeral range (32768-60999 by default), where outgoing connections could take
+    // a port while its node is down (found in review); client ports are base + 3000 + i.
+    const base = 10_000 + Math.floor(Math.random() * 19_000);
     const ports = Array.from({ length: size }, (_, i) => [base + i, base + 3000 + i]).flat();
     if (ports.every(portIsFree)) return base;
   }

@@ -58,7 +58,7 @@ export async function runMembership(cluster: ChaosCluster, opts: MembershipOptio
 
   print("[Step 1] Starting 3-node cluster...");
   await cluster.start();
-  let leader = await cluster.waitForLeader(undefined, 20_000);
+  const leader = await cluster.waitForLeader(undefined, 20_000);
   writes.leaderHint = leader;
   print(`         Leader elected: Node ${leader}`);
   print(`[Step 2] Writing with ${opts.concurrency} concurrent writers throughout...`);
@@ -67,16 +67,46 @@ export async function runMembership(cluster: ChaosCluster, opts: MembershipOptio
   await load.waitForAcks(WRITES_BETWEEN_ROUNDS, STEP_TIMEOUT_MS);
 
   const rounds: MembershipRound[] = [];
+  try {
+    await replaceMembers(cluster, opts, load, rounds);
+  } finally {
+    // Also when a step failed: no writer goes on against nodes the runner stops next.
+    await load.stop();
+    display.untrack();
+  }
+  print(`[Step 4] Verifying all acknowledged writes (${load.ok} acknowledged, ${load.failed} refused, ${load.unknown} unknown)...`);
+  const verification = await verifyWrites(cluster, writes, load.acked, load.refused);
+
+  print("");
+  print("=== Results ===");
+  print(`Members replaced: ${rounds.length} (${rounds.filter((r) => r.wasLeader).length} of them leading)`);
+  printVerification(verification, print);
+  const ok = verificationHolds(verification) && cluster.unexpectedExits.length === 0;
+  for (const exit of cluster.unexpectedExits) print(`  node ${exit.id} exited unexpectedly (code ${exit.code}${exit.signal === undefined ? "" : `, ${exit.signal}`})`);
+  print("");
+  print(ok ? "✅ SUCCESS: every member was replaced under writes, and no acknowledged write was lost!" : "❌ FAILURE: acknowledged writes were lost or wrong, or a node exited on its own");
+  return { ok, rounds, acknowledged: load.ok, refused: load.failed, unknown: load.unknown, verification };
+}
+
+/**
+ * The rounds: odd ones replace a follower (each follower in turn, never the one replaced just
+ * before), even ones the leader. Each waits until the others' logs were compacted, so the empty
+ * joiner is streamed an image rather than the whole log.
+ */
+async function replaceMembers(cluster: ChaosCluster, opts: MembershipOptions, load: WriteLoad, rounds: MembershipRound[]): Promise<void> {
+  const { display } = opts;
+  const print = (line: string) => display.print(line);
+  let lastReplaced: number | undefined;
   for (let round = 1; round <= opts.rounds; round++) {
-    leader = await cluster.waitForLeader(runningIds(cluster), STEP_TIMEOUT_MS);
-    const followers = runningIds(cluster).filter((id) => id !== leader);
-    // Odd rounds a follower (in turn), even rounds the leader.
-    const victim = round % 2 === 0 ? leader : (followers[Math.floor(round / 2) % followers.length] as number);
+    const leader = await cluster.waitForLeader(runningIds(cluster), STEP_TIMEOUT_MS);
+    const followers = runningIds(cluster).filter((id) => id !== leader && id !== lastReplaced);
+    const victim = round % 2 === 0 || followers.length === 0 ? leader : (followers[Math.floor(round / 2) % followers.length] as number);
     const others = runningIds(cluster).filter((id) => id !== victim);
     const client = createClient({ endpoints: others.map((id) => cluster.node(id).httpUrl), timeoutMs: 10_000 });
     print(`[Step 3.${round}] Replacing node ${victim}${victim === leader ? " (the leader)" : ""}: remove it, empty its data dir, start it again with --join...`);
     display.setFault(`replacing node ${victim}`);
 
+    await untilCompacted(cluster, others);
     const removeStarted = performance.now();
     await removeMember(client, victim);
     const removeMs = Math.round(performance.now() - removeStarted);
@@ -96,23 +126,20 @@ export async function runMembership(cluster: ChaosCluster, opts: MembershipOptio
     );
     display.setFault("none");
     rounds.push({ node: victim, wasLeader: victim === leader, removeMs, joinToVoterMs, caughtUpIndex, imagesInstalled });
+    lastReplaced = victim;
     await load.waitForAcks(load.ok + WRITES_BETWEEN_ROUNDS, STEP_TIMEOUT_MS);
   }
+}
 
-  await load.stop();
-  display.untrack();
-  print(`[Step 4] Verifying all acknowledged writes (${load.ok} acknowledged, ${load.failed} refused, ${load.unknown} unknown)...`);
-  const verification = await verifyWrites(cluster, writes, load.acked, load.refused);
-
-  print("");
-  print("=== Results ===");
-  print(`Members replaced: ${rounds.length} (${rounds.filter((r) => r.wasLeader).length} of them leading)`);
-  printVerification(verification, print);
-  const ok = verificationHolds(verification) && cluster.unexpectedExits.length === 0;
-  for (const exit of cluster.unexpectedExits) print(`  node ${exit.id} exited unexpectedly (code ${exit.code}${exit.signal === undefined ? "" : `, ${exit.signal}`})`);
-  print("");
-  print(ok ? "✅ SUCCESS: every member was replaced under writes, and no acknowledged write was lost!" : "❌ FAILURE: acknowledged writes were lost or wrong, or a node exited on its own");
-  return { ok, rounds, acknowledged: load.ok, refused: load.failed, unknown: load.unknown, verification };
+/** Waits until every node in `ids` has compacted its log (its first index past 1). */
+async function untilCompacted(cluster: ChaosCluster, ids: readonly number[]): Promise<void> {
+  const deadline = performance.now() + STEP_TIMEOUT_MS;
+  for (;;) {
+    const firsts = await Promise.all(ids.map(async (id) => (await cluster.status(id, 2_000))?.firstLogIndex ?? 0));
+    if (firsts.every((first) => first > 1)) return;
+    if (performance.now() > deadline) throw new Error(`the logs of nodes ${ids.join(", ")} were not compacted within ${STEP_TIMEOUT_MS} ms (first indexes ${firsts.join(", ")})`);
+    await Bun.sleep(50); // polling interval between status probes; the writes go on meanwhile
+  }
 }
 
 /** One counter of a node's /metrics (0 when it does not answer or has none). */

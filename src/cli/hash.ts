@@ -7,7 +7,7 @@ import { parseIntFlag } from "./usage-error.ts";
 /** Default `--timeout-ms`: hashing reads the whole state, a few seconds for a few hundred MB. */
 const HASH_TIMEOUT_MS_DEFAULT = 60_000;
 
-/** What each verdict exits with: 0 the replicas agree, 1 they diverged, 3 nothing could be compared. */
+/** What each verdict exits with: 0 the replicas agree, 1 they diverged, 3 nothing could be compared (2 when every node refused). */
 const EXITS = { consistent: 0, diverged: 1, incomparable: 3 } as const;
 
 /**
@@ -35,7 +35,9 @@ export const hashCommand = defineCommand({
       for (const answer of check.answers) printLine(answerLine(answer));
       printLine(`${check.verdict}: ${check.message}`);
     }
-    if (check.verdict !== "consistent") throw new ClientExit(EXITS[check.verdict], "");
+    // Refused everywhere (a 401: the token is wrong or missing) is the caller's to fix: 2, as for any refused request.
+    const refused = check.answers.length > 0 && check.answers.every((answer) => answer.status !== undefined && answer.status >= 400 && answer.status < 500 && answer.status !== 429);
+    if (check.verdict !== "consistent") throw new ClientExit(refused ? 2 : EXITS[check.verdict], "");
   },
 });
 

@@ -12,6 +12,8 @@ export interface HashAnswer {
   readonly endpoint: string;
   readonly hash?: StateHash;
   readonly error?: string;
+  /** The HTTP status of a node's refusal (a 401 without the token, a 429 while another hash runs). */
+  readonly status?: number;
 }
 
 /**
@@ -59,21 +61,38 @@ export function judgeHashes(answers: readonly HashAnswer[]): ReplicaCheck | unde
 
 /**
  * Asks each of `endpoints` (default: the client's) for its hash (`stale`: what it applied) until
- * `judgeHashes` gives a verdict, or `timeoutMs` passes (then `incomparable`: the indexes never met).
+ * `judgeHashes` gives a verdict, or `timeoutMs` passes. A hash reads a node's whole state, so the
+ * nodes are asked for one only once their `/status` reports one applied index (under writes that may
+ * never happen: found in review, every round hashed every node in full), and once more at the end:
+ * nodes at one index that disagree are `diverged` then too; otherwise `incomparable`, saying which
+ * agreed where.
  */
 export async function compareReplicas(client: KvClient, options: { readonly timeoutMs: number; readonly endpoints?: readonly string[] }): Promise<ReplicaCheck> {
   const endpoints = options.endpoints ?? client.endpoints;
   const deadline = performance.now() + options.timeoutMs;
+  const hashes = () => Promise.all(endpoints.map((endpoint) => hashAnswer(client, endpoint)));
   for (;;) {
-    const answers = await Promise.all(endpoints.map((endpoint) => hashAnswer(client, endpoint)));
-    const verdict = judgeHashes(answers);
-    if (verdict !== undefined) return verdict;
+    const applied = await Promise.all(endpoints.map((endpoint) => client.statusOf(endpoint).then((status) => status.appliedIndex, () => undefined)));
+    if (new Set(applied.filter((index) => index !== undefined)).size <= 1) {
+      const verdict = judgeHashes(await hashes());
+      if (verdict !== undefined) return verdict;
+    }
     if (performance.now() + ROUND_PAUSE_MS > deadline) {
-      const where = answers.flatMap((answer) => (answer.hash === undefined ? [] : [`${answer.endpoint} at ${answer.hash.index}`]));
-      return { verdict: "incomparable", answers, message: `the nodes stood at different indexes for ${options.timeoutMs} ms (writes going on?): ${where.join(", ")}` };
+      const answers = await hashes();
+      return judgeHashes(answers) ?? { verdict: "incomparable", answers, message: `the nodes stood at different indexes for ${options.timeoutMs} ms (writes going on?): ${groupsAt(answers)}` };
     }
     await new Promise((resolve) => setTimeout(resolve, ROUND_PAUSE_MS));
   }
+}
+
+/** `A and B agree at index 7; C at 9`: the answers grouped by index (a group disagreeing is judged diverged before this). */
+function groupsAt(answers: readonly HashAnswer[]): string {
+  const byIndex = new Map<number, string[]>();
+  for (const answer of answers) if (answer.hash !== undefined) byIndex.set(answer.hash.index, [...(byIndex.get(answer.hash.index) ?? []), answer.endpoint]);
+  return [...byIndex]
+    .sort(([a], [b]) => a - b)
+    .map(([index, group]) => (group.length > 1 ? `${group.join(" and ")} agree at index ${index}` : `${group[0]} at ${index}`))
+    .join("; ");
 }
 
 async function hashAnswer(client: KvClient, endpoint: string): Promise<HashAnswer> {
@@ -81,6 +100,7 @@ async function hashAnswer(client: KvClient, endpoint: string): Promise<HashAnswe
     return { endpoint, hash: await client.hashOf(endpoint) };
   } catch (error) {
     if (!(error instanceof KvClientError)) throw error;
-    return { endpoint, error: error.status === 0 ? error.message : `HTTP ${error.status} ${error.code}: ${error.message}` };
+    if (error.status === 0) return { endpoint, error: error.message };
+    return { endpoint, error: `HTTP ${error.status} ${error.code}: ${error.message}`, status: error.status };
   }
 }

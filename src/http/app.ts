@@ -48,6 +48,8 @@ export interface HttpAppOptions {
    * of bodies of 64 KiB or more at once, each waiting at most {@link LARGE_BODY_WAIT_MS_DEFAULT}.
    */
   bodyAdmission?: BodyAdmission;
+  /** Aborted once the node begins to stop: long requests (a hash) end with 503 rather than read from closed storage. */
+  stopping?: AbortSignal;
 }
 
 /** Default bound on the bytes of large write bodies read at once and not yet answered: 16 MiB. */
@@ -235,7 +237,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
 
   const txnRoute = createTxnRoute(node, { keyBytesMax, valueBytesMax, admission, ...(opts.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: opts.bodyReadTimeoutMs }) });
   const statusRoute = readOnlyRoute(() => jsonResponse(statusJson(node.status()), 200));
-  const hashHandler = createHashHandler(node);
+  const hashHandler = createHashHandler(node, opts.stopping);
   const hashRoute = (request: Request) => {
     // The router answers HEAD with this GET route: it would read the whole state to drop the answer.
     if (request.method === "HEAD") throw new KvError("method_not_allowed", "HEAD is not allowed on /hash: it serves GET");

@@ -16,7 +16,7 @@ export const HASH_BATCH_BYTES = 1024 * 1024;
 export const HASHES_MAX = 1;
 
 /** The route's handler; `consistency` is parsed by the caller (app.ts). */
-export function createHashHandler(node: KvNodeApi): (request: Request, consistency: ReadConsistency) => Promise<Response> {
+export function createHashHandler(node: KvNodeApi, stopping?: AbortSignal): (request: Request, consistency: ReadConsistency) => Promise<Response> {
   let running = 0;
   return async (request, consistency) => {
     const openSnapshot = node.openSnapshot?.bind(node);
@@ -24,19 +24,24 @@ export function createHashHandler(node: KvNodeApi): (request: Request, consisten
     if (running >= HASHES_MAX) throw new KvError("overloaded", `${HASHES_MAX} hash is being computed on this node already; retry once it is done`);
     running++;
     try {
-      return jsonResponse(await hashImage(await openSnapshot(consistency), request.signal), 200);
+      return jsonResponse(await hashImage(await openSnapshot(consistency), request.signal, stopping), 200);
     } finally {
       running--;
     }
   };
 }
 
-/** Hashes `image` a batch per turn, then closes it; stops early (and closes it) once `signal` aborts. */
-async function hashImage(image: SnapshotImage, signal: AbortSignal): Promise<StateHash> {
+/**
+ * Hashes `image` a batch per turn, then closes it; stops early (and closes it) once the client goes
+ * away, or the node begins to stop (before it closes the storage under the image: found in review,
+ * the read that followed was answered 500 as a bug).
+ */
+async function hashImage(image: SnapshotImage, signal: AbortSignal, stopping: AbortSignal | undefined): Promise<StateHash> {
   try {
     const hasher = new StateHasher();
     for (;;) {
       if (signal.aborted) throw new KvError("bad_request", "the client went away before the hash was done");
+      if (stopping?.aborted === true) throw new KvError("unavailable", "the node is stopping: ask another node, or this one once it is back");
       const rows = image.next(HASH_BATCH_BYTES);
       if (rows.length === 0) return hasher.finish(image.metadata);
       for (const row of rows) hasher.add(row);

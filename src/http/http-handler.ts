@@ -169,7 +169,9 @@ export function lingerFor(request: Request, options: Pick<HttpHandlerOptions, "v
 
 export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions = {}): HttpHandler {
   const registry = options.metrics;
+  const stopping = new AbortController();
   const app = createHttpApp(node, {
+    stopping: stopping.signal,
     ...(options.valueBytesMax === undefined ? {} : { valueBytesMax: options.valueBytesMax }),
     ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
     ...(options.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: options.bodyReadTimeoutMs }),
@@ -270,6 +272,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     },
     beginShutdown() {
       shuttingDown = true;
+      stopping.abort();
     },
     inflightRequests: () => inflight,
     openStreams: () => openStreams,

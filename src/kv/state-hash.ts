@@ -7,9 +7,13 @@
  * The rows are those of a backup (src/kv/backup-format.ts), in key order: every client key and every
  * reserved row (leases, sessions). Each adds to a SHA-256 its key's UTF-8 length (4 bytes, big
  * endian), the key, its version (8 bytes), its value's length (4 bytes) and the value: lengths
- * first, so no two row sets share a digest by moving bytes between a key and a value.
+ * first, so no two row sets share a digest by moving bytes between a key and a value. The session
+ * clock's row (src/kv/apply-plan.ts) counts with version 0: a data dir upgraded from 0.1.0 wrote it at
+ * its own applied index when it migrated, which differs from node to node until the next
+ * idempotent write rewrites it at that write's index (found in review: such a cluster answered
+ * "diverged"); its value is the same on every node.
  */
-import type { KvRow } from "./apply-plan.ts";
+import { sessionClockKey, type KvRow } from "./apply-plan.ts";
 
 /** What a node answers: the digest, and where its state stood. */
 export interface StateHash {
@@ -39,8 +43,9 @@ export class StateHasher {
     this.hasher.update(new Uint8Array(this.frame.buffer, 0, 4));
     this.hasher.update(key);
     // Versions are Raft indexes: below 2^53, so the high word is exact.
-    this.frame.setUint32(0, Math.floor(row.version / 2 ** 32));
-    this.frame.setUint32(4, row.version >>> 0);
+    const version = row.key === sessionClockKey ? 0 : row.version;
+    this.frame.setUint32(0, Math.floor(version / 2 ** 32));
+    this.frame.setUint32(4, version >>> 0);
     this.frame.setUint32(8, row.value.byteLength);
     this.hasher.update(new Uint8Array(this.frame.buffer, 0, 12));
     this.hasher.update(row.value);
