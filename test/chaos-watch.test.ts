@@ -79,7 +79,7 @@ describe("kv chaos watch, through the built executable", () => {
     const watchers = await runKv(["chaos", "watch", "--watchers", "0"]);
     expect(watchers.code).toBe(2);
     const all = await runKv(["chaos", "all", "--help"]);
-    expect(all.out).toContain("restart, random, watch");
+    expect(all.out).toContain("restart, membership, random, watch");
   });
 });
 
