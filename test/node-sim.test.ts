@@ -690,3 +690,23 @@ test("a leader just elected, asked for a membership change before the entries it
     await sim.healAndCheck(["before"], 30_000);
   });
 });
+
+test("a learner removed while its image is on its way, which no farewell reaches, stops naming a leader and reports itself unhealthy, rather than healthy for good (found in a black-box review)", async () => {
+  await withSim(quietSim(58, { snapshotEntries: 20, storageThreadMsMax: 20 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    for (let i = 0; i < 40; i++) expect((await put(sim, leader, `r-${i % 8}`)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().firstLogIndex > 1, 1_000)).toBe(true);
+    const joined = sim.join(4, () => leader);
+    // Removed while its storage thread installs the image (the leader then streams it no more).
+    expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.installingSnapshot === true, 5_000)).toBe(true);
+    await settled(sim, sim.removeMember(4, () => leader), 5_000);
+    await settled(sim, joined, 5_000).catch(() => undefined);
+    expect(sim.members()).not.toContain(4);
+    // Two election timeouts on, it names no leader, and is unhealthy (a load balancer takes it out).
+    await sim.runUntil(sim.nowMs + 3 * electionTicks * tickMs);
+    expect(nodeOf(sim, 4).status().leaderId).toBe(0);
+    expect(nodeOf(sim, 4).healthy()).toBe(false);
+    sim.retire(4);
+    await sim.healAndCheck(["r-0", "r-7"], 30_000);
+  });
+});

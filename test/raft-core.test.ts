@@ -775,3 +775,22 @@ describe("check-quorum (thesis §6.2)", () => {
     expect(node.basicStatus().term).toBe(term);
   });
 });
+
+describe("a server that never campaigns (a learner)", () => {
+  test("forgets a leader it has not heard from in two election timeouts, and follows it again at its next message (found in a black-box review: a learner removed while its image was on its way named its leader forever)", () => {
+    // Node 4 is no voter of 1, 2, 3: it never campaigns.
+    const storage = new MemoryStorage([1, 2, 3]);
+    const node = new RawNode({ id: 4, storage, electionTicks: 10, heartbeatTicks: 1, prng: createPrng(4), applied: 0, ...defaultRaftLimits, checkQuorum: false });
+    node.step({ type: "heartbeat", from: 1, to: 4, term: 1, commit: 0, readContext: "" });
+    expect(node.basicStatus().leaderId).toBe(1);
+    for (let tick = 0; tick < 19; tick++) node.tick();
+    expect(node.basicStatus().leaderId).toBe(1); // within two election timeouts
+    node.tick();
+    expect(node.basicStatus().leaderId).toBe(0);
+    expect(node.basicStatus().role).toBe("follower"); // and it still does not campaign
+    for (let tick = 0; tick < 100; tick++) node.tick();
+    expect(node.basicStatus().term).toBe(1);
+    node.step({ type: "heartbeat", from: 1, to: 4, term: 1, commit: 0, readContext: "" });
+    expect(node.basicStatus().leaderId).toBe(1);
+  });
+});

@@ -409,6 +409,12 @@ export class Raft {
     if (this.electionElapsedTicks >= this.electionTimeoutTicks && this.isVoter(this.id)) {
       this.electionElapsedTicks = 0;
       this.campaign();
+    } else if (!this.isVoter(this.id) && this.leaderId !== 0 && this.nowTicks - this.leaderHeardTick >= 2 * this.cfg.electionTicks) {
+      // A server that never campaigns would name a silent leader forever, and call itself led (a
+      // learner removed while its image was on its way, which no farewell reached: found in a
+      // black-box review). After two election timeouts without a word, it knows of no leader
+      // until the next message of one.
+      this.leaderId = 0;
     }
   }
 
