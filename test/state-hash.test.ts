@@ -3,6 +3,7 @@
 // is given only on answers at one index.
 import { expect, test } from "bun:test";
 import { sessionClockKey, type KvRow } from "../src/kv/apply-plan.ts";
+import { clusterNonceKey } from "../src/kv/cluster-nonce.ts";
 import { StateHasher } from "../src/kv/state-hash.ts";
 import { judgeHashes, type HashAnswer } from "../src/client/replicas.ts";
 import { createHttpApp } from "../src/http/app.ts";
@@ -37,6 +38,15 @@ test("the session clock's row counts whatever its version (a data dir upgraded f
   const clock = (value: string, version: number) => row(sessionClockKey, value, version);
   expect(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":3}', 100)])).toBe(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":3}', 120)]));
   expect(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":3}', 100)])).not.toBe(hashOf([row("a", "1", 2), clock('{"nowMs":0,"sessions":4}', 100)]));
+});
+
+test("the cluster's nonce row is left out (a cluster restored from a backup draws its own): it changes neither the hash nor the counts", () => {
+  const rows = [row("a", "1", 2), row("b", "2", 3)];
+  const withNonce = [row(clusterNonceKey, "0123456789abcdef", 1), ...rows];
+  expect(hashOf(withNonce)).toBe(hashOf(rows));
+  const hasher = new StateHasher();
+  for (const r of withNonce) hasher.add(r);
+  expect(hasher.finish({ index: 3, term: 1 })).toMatchObject({ rows: 2, bytes: 4 });
 });
 
 test("finish reports the rows, their key and value bytes, and where the state stood", () => {
@@ -178,4 +188,22 @@ test("a hash under way when the node begins to stop ends with 503 unavailable an
   expect(((await response.json()) as { error: string }).error).toBe("unavailable");
   expect(batches).toBe(1);
   expect(closed).toBe(true);
+});
+
+test("compareReplicas asks a node busy with another hash (429) again while time is left, rather than judging without it", async () => {
+  const { compareReplicas } = await import("../src/client/replicas.ts");
+  const { createClient } = await import("../src/client/index.ts");
+  let busyAnswers = 1; // node 2's first hash request meets another hash
+  const fake = (async (input: string | URL | Request) => {
+    const url = new URL(String(input));
+    if (url.pathname === "/status") {
+      return Response.json({ id: Number(url.port), role: "follower", term: 1, leaderId: 1, leaderUrl: null, commitIndex: 10, appliedIndex: 10, lastLogIndex: 10, snapshotIndex: 0, firstLogIndex: 1, members: [], storage: {} });
+    }
+    if (url.port === "2" && busyAnswers-- > 0) return Response.json({ error: "overloaded", message: "1 hash is being computed on this node already" }, { status: 429, headers: { "retry-after": "1" } });
+    return Response.json({ index: 10, term: 1, hash: "sha256:same", rows: 1, bytes: 1 });
+  }) as unknown as typeof fetch;
+  const client = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"], fetch: fake, timeoutMs: 5_000 });
+  const check = await compareReplicas(client, { timeoutMs: 5_000 });
+  expect(check.verdict).toBe("consistent");
+  expect(check.answers.every((answer) => answer.hash !== undefined)).toBe(true);
 });

@@ -7,7 +7,7 @@ import { parseIntFlag } from "./usage-error.ts";
 /** Default `--timeout-ms`: hashing reads the whole state, a few seconds for a few hundred MB. */
 const HASH_TIMEOUT_MS_DEFAULT = 60_000;
 
-/** What each verdict exits with: 0 the replicas agree, 1 they diverged, 3 nothing could be compared (2 when every node refused). */
+/** What each verdict exits with: 0 every node agrees, 1 two diverged, 3 not every node could be compared (2 when every node refused). */
 const EXITS = { consistent: 0, diverged: 1, incomparable: 3 } as const;
 
 /**
@@ -18,7 +18,7 @@ const EXITS = { consistent: 0, diverged: 1, incomparable: 3 } as const;
 export const hashCommand = defineCommand({
   meta: {
     name: "hash",
-    description: "Compare the nodes' state: each endpoint's SHA-256 of its rows at its applied index; exit 0 when they agree, 1 when two at one index differ, 3 when none could be compared",
+    description: "Compare the nodes' state: each endpoint's SHA-256 of its rows at its applied index; exit 0 when all agree, 1 when two at one index differ, 3 when not every node could be compared",
   },
   args: {
     ...connectionArgs,
@@ -38,6 +38,8 @@ export const hashCommand = defineCommand({
     // Refused everywhere (a 401: the token is wrong or missing) is the caller's to fix: 2, as for any refused request.
     const refused = check.answers.length > 0 && check.answers.every((answer) => answer.status !== undefined && answer.status >= 400 && answer.status < 500 && answer.status !== 429);
     if (check.verdict !== "consistent") throw new ClientExit(refused ? 2 : EXITS[check.verdict], "");
+    // The others agree, but not every node was compared: a check that must cover them all fails.
+    if (check.answers.some((answer) => answer.hash === undefined)) throw new ClientExit(3, "");
   },
 });
 

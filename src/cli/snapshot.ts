@@ -48,6 +48,7 @@ function summaryJson(file: string, summary: BackupSummary) {
     dataBytes: summary.dataBytes,
     fileBytes: summary.fileBytes,
     sha256: summary.sha256,
+    stateHash: summary.stateHash,
     voters: header.voters,
     learners: header.learners,
     members: header.addresses,
@@ -67,6 +68,7 @@ function summaryText(file: string, summary: BackupSummary): string {
     `${summary.keyCount} keys (${summary.rowCount} rows with sessions and other reserved rows), ${summary.dataBytes} bytes of keys and values`,
     `members: ${members}`,
     `file: ${summary.fileBytes} bytes, sha256 ${summary.sha256}`,
+    `state hash ${summary.stateHash} (GET /hash at index ${header.index}; a cluster restored from it answers the same until it takes writes)`,
     `taken ${new Date(header.createdAtMs).toISOString()}${source?.nodeId === undefined ? "" : ` from node ${source.nodeId}`}${source?.clusterId === undefined ? "" : ` of cluster ${source.clusterId}`}`,
   ].join("\n");
 }

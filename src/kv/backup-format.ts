@@ -31,6 +31,7 @@ import type { NodeId } from "../raft/types.ts";
 import type { KvRow } from "./apply-plan.ts";
 import { isAddedIndex, type MemberAddress } from "./membership.ts";
 import { isReservedKey } from "./command.ts";
+import { StateHasher } from "./state-hash.ts";
 
 /** The first six bytes of every backup file. */
 export const BACKUP_MAGIC = "KVSNAP";
@@ -504,6 +505,8 @@ export interface BackupSummary {
   readonly versionMax: number;
   readonly sha256: string;
   readonly fileBytes: number;
+  /** The state hash of its rows (src/kv/state-hash.ts): what `GET /hash` answered at its index, and what a cluster restored from it answers until it takes writes. */
+  readonly stateHash: string;
 }
 
 /** Reads a whole backup and checks it; throws BackupFormatError when it is not intact. */
@@ -513,6 +516,7 @@ export async function verifyBackup(source: AsyncIterable<Uint8Array>): Promise<B
   let keyCount = 0;
   let dataBytes = 0;
   let versionMax = 0;
+  const hasher = new StateHasher();
   for await (const item of readBackup(source)) {
     switch (item.kind) {
       case "header":
@@ -524,11 +528,22 @@ export async function verifyBackup(source: AsyncIterable<Uint8Array>): Promise<B
           if (!isReservedKey(row.key)) keyCount++;
           dataBytes += utf8Encoder.encode(row.key).byteLength + row.value.byteLength;
           versionMax = Math.max(versionMax, row.version);
+          hasher.add(row);
         }
         break;
       case "end":
         if (header === undefined) throw new Error("readBackup ended without a header");
-        return { formatVersion, header, rowCount: item.trailer.rowCount, keyCount, dataBytes, versionMax, sha256: item.trailer.sha256, fileBytes: item.fileBytes };
+        return {
+          formatVersion,
+          header,
+          rowCount: item.trailer.rowCount,
+          keyCount,
+          dataBytes,
+          versionMax,
+          sha256: item.trailer.sha256,
+          fileBytes: item.fileBytes,
+          stateHash: hasher.finish(header).hash,
+        };
     }
   }
   throw new Error("readBackup ended without its end item");

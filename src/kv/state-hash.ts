@@ -11,9 +11,13 @@
  * clock's row (src/kv/apply-plan.ts) counts with version 0: a data dir upgraded from 0.1.0 wrote it at
  * its own applied index when it migrated, which differs from node to node until the next
  * idempotent write rewrites it at that write's index (found in review: such a cluster answered
- * "diverged"); its value is the same on every node.
+ * "diverged"); its value is the same on every node. The cluster's nonce (src/kv/cluster-nonce.ts)
+ * is left out: it names the cluster, not its data, and a cluster restored from a backup draws its
+ * own, so a backup (`kv snapshot status`) and the cluster made from it answer one hash until it
+ * takes writes (found in review: they differed by that row alone).
  */
 import { sessionClockKey, type KvRow } from "./apply-plan.ts";
+import { clusterNonceKey } from "./cluster-nonce.ts";
 
 /** What a node answers: the digest, and where its state stood. */
 export interface StateHash {
@@ -23,7 +27,7 @@ export interface StateHash {
   readonly term: number;
   /** `sha256:` and 64 hex digits. */
   readonly hash: string;
-  /** Rows hashed (client keys and reserved rows). */
+  /** Rows hashed (client keys and reserved rows, the cluster's nonce aside). */
   readonly rows: number;
   /** Bytes of keys and values hashed. */
   readonly bytes: number;
@@ -38,6 +42,7 @@ export class StateHasher {
   private byteCount = 0;
 
   add(row: KvRow): void {
+    if (row.key === clusterNonceKey) return;
     const key = this.encoder.encode(row.key);
     this.frame.setUint32(0, key.byteLength);
     this.hasher.update(new Uint8Array(this.frame.buffer, 0, 4));
