@@ -111,7 +111,7 @@ describe("data dirs of earlier releases", () => {
   });
 
   /**
-   * 0.5.0 and 0.6.0 answered the same five requests (their READMEs): greeting hello, big (10,000
+   * 0.5.0, 0.6.0 and 0.7.0 answered the same five requests (their READMEs): greeting hello, big (10,000
    * bytes of z), deleted, its delete, greeting v2, at versions from `first` on. Opens a copy, checks
    * them and a new write on top, and returns the copy's path.
    */
@@ -134,6 +134,17 @@ describe("data dirs of earlier releases", () => {
     }
     return dataDir;
   }
+
+  test("0.7.0: a data dir whose members carry the index that added them opens with every acknowledged write, takes new ones, and lists node 1 as a founding member (added at 0)", async () => {
+    const dataDir = await openSameFiveWrites("0.7.0", 3);
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.7.0-members.log") });
+    try {
+      const members = (await (await fetch(`${node.httpUrl}/members`)).json()) as { members: { id: number; addedIndex: number | null }[] };
+      expect(members.members.map(({ id, addedIndex }) => ({ id, addedIndex }))).toEqual([{ id: 1, addedIndex: 0 }]);
+    } finally {
+      await node.stop();
+    }
+  });
 
   test("0.6.0: a data dir whose rows carry checksums opens with every acknowledged write, takes new ones, and is still node 1's", async () => {
     const dataDir = await openSameFiveWrites("0.6.0", 3);
