@@ -94,6 +94,32 @@ describe("GET /snapshot", () => {
     const wrongMethod = await fetch(`${server.httpUrl}/snapshot`, { method: "POST", headers: auth });
     expect(wrongMethod.status).toBe(405);
   });
+  test("kv snapshot save asks again while no endpoint can serve it for a passing reason (503 no_leader during an election), within --timeout-ms (found in a black-box review: exit 3 at once)", async () => {
+    const upstream = source.node(await source.waitForLeader()).httpUrl;
+    let refusals = 2; // an election under way for the first two asks
+    const electing = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      async fetch(request) {
+        if (refusals-- > 0) return Response.json({ error: "no_leader", message: "no leader is known" }, { status: 503, headers: { "retry-after": "1" } });
+        return fetch(`${upstream}/snapshot`, { headers: { authorization: request.headers.get("authorization") ?? "" } });
+      },
+    });
+    try {
+      const target = join(baseDir, "after-an-election.kvsnap");
+      const saved = await runKv(["snapshot", "save", target, "--endpoints", `http://127.0.0.1:${electing.port}`, "--auth-token", AUTH_TOKEN, "--timeout-ms", "5000", "--json"]);
+      expect(saved.code).toBe(0);
+      expect(refusals).toBeLessThan(0);
+      expect((await runKv(["snapshot", "status", target])).code).toBe(0);
+      // Refused for good (past --timeout-ms): exit 3 as before, naming the last refusals.
+      refusals = 1_000_000;
+      const refused = await runKv(["snapshot", "save", join(baseDir, "never.kvsnap"), "--endpoints", `http://127.0.0.1:${electing.port}`, "--auth-token", AUTH_TOKEN, "--timeout-ms", "600"]);
+      expect(refused.code).toBe(3);
+      expect(refused.out).toContain("no_leader");
+    } finally {
+      electing.stop(true);
+    }
+  });
 });
 
 describe("save during writes, restore into a new cluster", () => {

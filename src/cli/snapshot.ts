@@ -73,9 +73,29 @@ function summaryText(file: string, summary: BackupSummary): string {
   ].join("\n");
 }
 
-/** Fetches `GET /snapshot` from the first endpoint that serves it and writes the body to `fd`. */
+/**
+ * Fetches `GET /snapshot` from the first endpoint that serves it and writes the body to `fd`. When
+ * none does for a reason that passes (none answers, 5xx such as 503 `no_leader` during an election,
+ * 429, a stream cut short), it asks them all again until `timeoutMs` has passed since the first try
+ * (it gave up at once: found in a black-box review, exit 3 within 0.14 s of an election).
+ */
 async function download(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string[] | undefined): Promise<string> {
   const failures: string[] = [];
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const origin = await downloadOnce(endpoints, authToken, timeoutMs, fd, ca, failures);
+    if (origin !== undefined) return origin;
+    if (performance.now() + PASS_PAUSE_MS > deadline) break;
+    await Bun.sleep(PASS_PAUSE_MS); // a pause between passes over the endpoints, not a wait for a condition
+  }
+  throw new ClientExit(3, `no endpoint could serve the snapshot within ${timeoutMs} ms: ${failures.slice(-3).join("; ")}`);
+}
+
+/** Between two passes of `download` over the endpoints. */
+const PASS_PAUSE_MS = 250;
+
+/** One pass of `download` over the endpoints: the origin that served it, or undefined (each failure noted in `failures`). */
+async function downloadOnce(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string[] | undefined, failures: string[]): Promise<string | undefined> {
   for (const endpoint of endpoints) {
     let url = `${endpoint}/snapshot`;
     for (let hop = 0; hop <= redirectsMax; hop++) {
@@ -141,7 +161,7 @@ async function download(endpoints: readonly string[], authToken: string | undefi
       return new URL(url).origin;
     }
   }
-  throw new ClientExit(3, `no endpoint could serve the snapshot: ${failures.slice(-3).join("; ")}`);
+  return undefined;
 }
 
 const saveCommand = defineCommand({
