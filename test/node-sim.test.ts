@@ -706,6 +706,10 @@ test("a learner removed while its image is on its way, which no farewell reaches
     await sim.runUntil(sim.nowMs + 3 * electionTicks * tickMs);
     expect(nodeOf(sim, 4).status().leaderId).toBe(0);
     expect(nodeOf(sim, 4).healthy()).toBe(false);
+    // Told by a peer that applied its removal (the server's transport does: connect-transport.ts), it says so.
+    expect(nodeOf(sim, 4).status().removed).toBeUndefined();
+    nodeOf(sim, 4).removedByPeer(leader, "node 4 was removed from the cluster");
+    expect(nodeOf(sim, 4).status().removed).toBe(true);
     sim.retire(4);
     await sim.healAndCheck(["r-0", "r-7"], 30_000);
   });

@@ -8,7 +8,7 @@ import { SendRequestSchema, SendResponseSchema } from "../src/gen/kv/v1/raft_pb.
 import type { Message, NodeId } from "../src/raft/types.ts";
 import { deriveClusterId } from "../src/lib/cluster-id.ts";
 import { defaultDecodeLimits, fromSendResponse, toSendRequest } from "../src/transport/codec.ts";
-import { createConnectTransport } from "../src/transport/connect-transport.ts";
+import { createConnectTransport, type ConnectTransportOptions } from "../src/transport/connect-transport.ts";
 import type { PeerAuth } from "../src/transport/peer-auth.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
@@ -32,10 +32,17 @@ function heartbeat(from: NodeId, to: NodeId, term: number): Message {
 }
 
 /** A transport whose deliveries and log lines the test can await. */
-function startTransport(selfId: NodeId, peers: Map<NodeId, string>, auth: PeerAuth | undefined, memberSince?: (id: NodeId) => number | undefined) {
+function startTransport(
+  selfId: NodeId,
+  peers: Map<NodeId, string>,
+  auth: PeerAuth | undefined,
+  memberSince?: (id: NodeId) => number | undefined,
+  membership: Pick<ConnectTransportOptions, "configuration" | "onRemoved"> = {},
+) {
   const deliveries: Message[] = [];
   const lines: string[] = [];
   const handle = createConnectTransport({
+    ...membership,
     selfId,
     selfHttpUrl: `http://${hostname}:${9000 + selfId}`,
     peers,
@@ -83,7 +90,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     a.transport.send([heartbeat(1, 2, 3)]);
     b.transport.send([heartbeat(2, 1, 3)]);
     await until(() => a.deliveries.length === 1 && b.deliveries.length === 1, "both deliveries");
-    expect(a.serverStats().refused).toEqual({ unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0 });
+    expect(a.serverStats().refused).toEqual({ unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 });
   });
 
   test("a call without the token, or with a wrong one, is refused with unauthenticated and delivers nothing", async () => {
@@ -209,6 +216,36 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     await taken({}, fromNode3(8));
     await taken({ "kv-member-since": "0" }, { type: "heartbeat-response", from: 1, to: 2, term: 9, readContext: "" });
     expect(b.serverStats().refused.stale_member).toBe(1);
+  });
+
+  test("a call from a node this node knows was removed (added at an index it applied, and no longer in its configuration) is refused permission_denied, and the caller's transport tells its node; a caller added past what this node applied, one that does not say, and members are taken (found in a black-box review: a learner removed mid-image never heard of it)", async () => {
+    // Node 2 applied up to index 100, with a configuration of 1 and 2 only.
+    const configuration = { isMember: (id: NodeId) => id === 1 || id === 2, appliedIndex: () => 100 };
+    const b = startTransport(2, new Map([[1, "http://127.0.0.1:1"]]), undefined, undefined, { configuration });
+    const fromNode3 = (term: number): Message => ({ type: "heartbeat-response", from: 3, to: 2, term, readContext: "" });
+    const removed = await postSend(b.url, [fromNode3(5)], { "kv-member-since": "50" });
+    expect(removed).toMatchObject({ status: 403, code: "permission_denied" });
+    expect(removed.text).toContain("node 3 was removed from the cluster: it was added at index 50");
+    expect(b.deliveries).toEqual([]);
+    expect(b.serverStats().refused.removed).toBe(1);
+    const taken = async (headers: Record<string, string>, message: Message) => {
+      const call = postSend(b.url, [message], headers);
+      await until(() => b.deliveries.some((delivered) => delivered.term === message.term && delivered.from === message.from), `term ${message.term} delivered`);
+      b.transport.flush();
+      expect((await call).status).toBe(200);
+    };
+    await taken({ "kv-member-since": "150" }, fromNode3(6)); // added after what node 2 applied: node 2 is behind
+    await taken({}, fromNode3(7));
+    await taken({ "kv-member-since": "10" }, { type: "heartbeat-response", from: 1, to: 2, term: 8, readContext: "" });
+    expect(b.serverStats().refused.removed).toBe(1);
+
+    // The removed node's side: its transport hands the refusal to its node.
+    const told: { by: NodeId; detail: string }[] = [];
+    const c = startTransport(3, new Map([[2, b.url]]), undefined, (id) => (id === 3 ? 50 : undefined), { onRemoved: (by, detail) => told.push({ by, detail }) });
+    c.transport.send([heartbeat(3, 2, 9)]);
+    await until(() => told.length === 1, "node 3 told it was removed");
+    expect(told[0]?.by).toBe(2);
+    expect(told[0]?.detail).toContain("node 3 was removed from the cluster");
   });
 
   test("every call carries the index at which the caller was added, when it knows it", async () => {

@@ -799,6 +799,11 @@ export class KvNode implements KvNodeApi {
     return this.leases.revoke(id);
   }
 
+  /** See `NodeMembership.removedByPeer`: a peer told this node it was removed. */
+  removedByPeer(by: NodeId, detail: string): void {
+    this.membership.removedByPeer(by, detail);
+  }
+
   leaseStats(): { leases: number; expiredTotal: number } {
     return this.leases.stats();
   }

@@ -114,6 +114,19 @@ export class NodeMembership {
     else this.host.log?.("member again", { detail: `the image installed lists this node (configuration of index ${changedIndex}): it serves requests`, index: changedIndex });
   }
 
+  /**
+   * A peer refused this node's call as from a node removed from the configuration it applied
+   * (src/transport/connect-transport.ts `refuseRemoved`): the removal is committed, though this node
+   * has not applied it, and may never (a learner removed while its image was on its way). It stops
+   * serving as if it had. Applying its own addition again (a later entry, or an image listing it)
+   * makes it a member again, as for a removal it applied.
+   */
+  removedByPeer(by: NodeId, detail: string): void {
+    if (this.removedHere || this.host.stopped()) return;
+    this.removedHere = true;
+    this.host.log?.("removed", { detail: `node ${by} refused this node's call: ${detail}`, by });
+  }
+
   /** Whether this node was removed from the cluster. */
   removed(): boolean {
     return this.removedHere;

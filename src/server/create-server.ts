@@ -405,6 +405,14 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     },
     ...(tls === undefined ? {} : { tls }),
     memberSince: (nodeId) => storage.membership().addresses.find((address) => address.id === nodeId)?.addedIndex,
+    configuration: {
+      isMember: (nodeId) => {
+        const { voters, learners } = storage.membership();
+        return voters.includes(nodeId) || learners.includes(nodeId);
+      },
+      appliedIndex: () => storage.appliedIndex(),
+    },
+    onRemoved: (by, detail) => node.removedByPeer(by, detail),
   }), (error) => {
     void listener.stop(true).catch(() => {});
     return cannotListen("peers", config.listenPeer.hostname, config.listenPeer.port, error);

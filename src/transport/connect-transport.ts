@@ -15,7 +15,7 @@ import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
-import { peerIdentityInterceptor, staleIncarnation } from "./peer-identity.ts";
+import { peerIdentityInterceptor, removedCaller, staleIncarnation } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
@@ -91,6 +91,18 @@ export interface ConnectTransportOptions {
    * re-added id). None: nothing sent, nothing refused for it.
    */
   readonly memberSince?: (id: NodeId) => number | undefined;
+  /**
+   * Whether `id` is in the configuration this node applied, and the index it applied up to: a caller
+   * outside it that says it was added at an index this node applied was removed since, and is told
+   * so (`permission_denied`; peer-identity.ts `removedCaller`). None: not judged.
+   */
+  readonly configuration?: { isMember(id: NodeId): boolean; appliedIndex(): number };
+  /**
+   * A peer refused a call of ours as from a node removed from the configuration it applied (see
+   * `configuration`): this node was removed, and may never hear of it otherwise (a learner removed
+   * while its image was on its way).
+   */
+  readonly onRemoved?: (by: NodeId, detail: string) => void;
 }
 
 /** PEM contents (not paths) of this node's certificate, its key, and the peers' CA. */
@@ -134,7 +146,7 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
  * addressed to another node (a peer whose configuration gives our address to another id), or an
  * older process of a member's id (`stale_member`: peer-identity.ts).
  */
-export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed" | "stale_member";
+export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed" | "stale_member" | "removed";
 
 /** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
 type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown";
@@ -172,7 +184,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
-  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0 };
+  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 };
   let callsFromNonMembers = 0;
   const refusalLog = createRefusalLog(log);
   const auth = options.auth;
@@ -194,6 +206,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * has applied the nonce before it can lead, so it still gets through.
    */
   function checkSender(from: NodeId, headers: Headers): void {
+    refuseRemoved(from, headers);
     if (options.peers.has(from)) {
       refuseStaleMember(from, headers);
       return;
@@ -234,6 +247,24 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       `it was removed while it ran, and never heard of it; stop it (its data dir is not the member's)`;
     refusalLog("stale_member", `refused a call: ${message}`);
     throw new ConnectError(message, Code.FailedPrecondition);
+  }
+  /**
+   * Refuses a call from a node this node knows was removed (see `ConnectTransportOptions.configuration`),
+   * with `permission_denied`, which its transport hands to its node (`onRemoved`): the leader's last
+   * message to a member it removes reaches only one it replicates to, so a learner removed while its
+   * image was on its way named its leader and answered healthy for good (found in a black-box review).
+   * Judged by the configuration this node applied, not by whom it calls (`--cluster` keeps
+   * addresses of founding members after their removal).
+   */
+  function refuseRemoved(from: NodeId, headers: Headers): void {
+    const configuration = options.configuration;
+    if (configuration === undefined || closed || configuration.isMember(from)) return;
+    const since = removedCaller(headers, configuration.appliedIndex());
+    if (since === undefined) return;
+    refused.removed++;
+    const message = `node ${from} was removed from the cluster: it was added at index ${since}, and the configuration node ${options.selfId} applied since no longer lists it; stop it (to serve again, empty its data dir and start it with --join)`;
+    refusalLog("removed", `refused a call: ${message}`);
+    throw new ConnectError(message, Code.PermissionDenied);
   }
   function noteMisaddressed(from: NodeId, to: NodeId): void {
     refused.misaddressed++;
@@ -368,6 +399,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       // A follower that never campaigns never calls us: its answers are where we learn its URL.
       onPeerHttpUrl(url) {
         if (!closed) peerHttpUrls.set(peerId, url);
+      },
+      onRefused(error) {
+        if (!closed && error.code === Code.PermissionDenied) options.onRemoved?.(peerId, error.rawMessage);
       },
     });
     senders.set(peerId, sender);

@@ -29,9 +29,25 @@ export function peerIdentityInterceptor(ownSince: () => number | undefined): Int
  * own; none recorded here) or the caller's is as recent or more (this node may be the one behind).
  */
 export function staleIncarnation(headers: Headers, recordedSince: () => number | undefined): { readonly since: number; readonly recorded: number } | undefined {
-  const text = headers.get(MEMBER_SINCE_HEADER);
-  if (text === null || !/^\d{1,15}$/.test(text)) return undefined;
-  const since = Number(text);
+  const since = callerSince(headers);
+  if (since === undefined) return undefined;
   const recorded = recordedSince();
   return recorded !== undefined && since < recorded ? { since, recorded } : undefined;
+}
+
+/** The index the caller says it was added at, or undefined when it does not say. */
+export function callerSince(headers: Headers): number | undefined {
+  const text = headers.get(MEMBER_SINCE_HEADER);
+  return text === null || !/^\d{1,15}$/.test(text) ? undefined : Number(text);
+}
+
+/**
+ * Whether a caller outside this node's configuration was removed from it: it says it was added at
+ * an index this node has applied (`appliedIndex`), so the entry that added it is in this node's
+ * configuration's history, and a later one took it out. A caller added at an index this node has
+ * not reached yet (this node is behind), or that does not say, is not judged.
+ */
+export function removedCaller(headers: Headers, appliedIndex: number): number | undefined {
+  const since = callerSince(headers);
+  return since !== undefined && since <= appliedIndex ? since : undefined;
 }

@@ -63,6 +63,8 @@ export interface PeerSenderOptions {
   readonly onReply?: (messages: Message[]) => void;
   /** Receives the client URL the peer's answer named (only when it named one). */
   readonly onPeerHttpUrl?: (url: string) => void;
+  /** A call the peer answered with a refusal (not unreachable, not past its deadline). */
+  readonly onRefused?: (error: ConnectError) => void;
   /** Bounds on what an answer may carry (default `defaultDecodeLimits`). */
   readonly replyLimits?: DecodeLimits;
 }
@@ -290,6 +292,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
       default:
         // The peer answered but refused: a bug or a version or configuration mismatch.
         setReachability("refusing", `${Code[error.code]}: ${error.rawMessage}`);
+        options.onRefused?.(error);
         return;
     }
   }
