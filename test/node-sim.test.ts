@@ -714,3 +714,21 @@ test("a learner removed while its image is on its way, which no farewell reaches
     await sim.healAndCheck(["r-0", "r-7"], 30_000);
   });
 });
+
+test("a transfer the leader gives up (its target cut off) is refused saying so, not as a timeout of the full wait (found in a black-box review: 'within 480 ms' after 120)", async () => {
+  await withSim(quietSim(59), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    const [target, other] = [...sim.servers.keys()].filter((id) => id !== leader) as [NodeId, NodeId];
+    sim.network.partition([[leader, other], [target]]);
+    const outcome: { error?: KvError } = {};
+    const startedMs = sim.nowMs;
+    nodeOf(sim, leader).transferLeadership(target).catch((error: KvError) => (outcome.error = error));
+    expect(await sim.runUntilTrue(() => outcome.error !== undefined, 5_000)).toBe(true);
+    expect(outcome.error?.code).toBe("timeout");
+    expect(outcome.error?.message).toContain(`node ${target} did not take over within an election timeout, and this leader gave the transfer up`);
+    expect(sim.nowMs - startedMs).toBeLessThan(2 * electionTicks * tickMs + 50);
+    sim.network.heal();
+    await sim.healAndCheck(["before"], 30_000);
+  });
+});
