@@ -17,10 +17,6 @@ const cases: [method: "GET" | "PUT" | "DELETE", status: number, code: string | u
   ["PUT", 507, "quota_exceeded", "refused", false],
   ["PUT", 507, "insufficient_storage", "refused", true],
   ["PUT", 507, undefined, "unknown", false],
-  // Found in a black-box review: a server that implements none of it (no kv node) did nothing.
-  ["PUT", 501, undefined, "refused", false],
-  ["PUT", 505, undefined, "refused", false],
-  ["PUT", 502, undefined, "unknown", false],
   ["PUT", 503, "timeout", "unknown", false],
   // Found in a black-box review: a write to a removed node (or one shutting down) was reported of
   // unknown outcome, though such a node proposes nothing (a proposed write that meets a stop is a

@@ -84,22 +84,3 @@ test("member_exists for a voter at this address is refused: a voter's data dir w
     await expect(joining).rejects.toThrow(/already a voter.*kv member remove 3/s);
   }
 });
-
-test("an endpoint that answers 501 or 405 (an HTTP server that is no kv node) is a refusal for good at its first answer, not asked again until the join's timeout (found in a black-box review: it retried forever)", async () => {
-  for (const status of [501, 405]) {
-    let asked = 0;
-    const server = Bun.serve({
-      port: 0,
-      hostname: "127.0.0.1",
-      fetch: () => {
-        asked++;
-        return new Response("Not Implemented", { status });
-      },
-    });
-    servers.push(server);
-    const error = await joinAsNode4(`http://127.0.0.1:${server.port}`).catch((e: unknown) => e);
-    expect((error as Error).name).toBe("JoinError");
-    expect((error as Error).message).toContain(`refused the join: ${status}`);
-    expect(asked).toBe(1);
-  }
-});

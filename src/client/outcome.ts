@@ -10,8 +10,7 @@
  *   `proposal_dropped`: proposed but replaced by another leader's entry, so it never applies; 503
  *   `unavailable`: a node stopping, stopped or removed, which proposes nothing (a write it had
  *   proposed when it stopped gets `timeout`: src/node/proposals.ts); 507 `insufficient_storage` and
- *   `quota_exceeded`: refused before anything was proposed; any 4xx; 501 and 505, which no kv node
- *   answers: a server that does not implement the request did nothing);
+ *   `quota_exceeded`: refused before anything was proposed; any 4xx);
  * - `unknown`: it may or may not have (503 `timeout`: proposed, commit not seen in time; any other 5xx).
  */
 export type AnswerOutcome = "done" | "refused" | "unknown";
@@ -23,10 +22,6 @@ const serverRefusalCodes: ReadonlySet<string> = new Set(["no_leader", "proposal_
 export function answerOutcome(method: string, status: number, errorCode: string | undefined): AnswerOutcome {
   if (status === 200) return "done";
   if (errorCode === "timeout") return "unknown";
-  // The server does not implement what was asked (RFC 9110 §15.6.2, §15.6.6): nothing was done.
-  // kv answers neither; an HTTP server that is no kv node does (found in a black-box review: a
-  // join asked one until its timeout, each answer taken for an unknown outcome).
-  if (status === 501 || status === 505) return "refused";
   if (status >= 500 && (errorCode === undefined || !serverRefusalCodes.has(errorCode))) return "unknown";
   if (status === 404 && (method === "GET" || method === "HEAD")) return "done";
   return "refused";

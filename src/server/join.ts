@@ -98,9 +98,7 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
           }
         }
       } else {
-        // For good: bad input, a wrong token, and answers no kv node gives (404 for a path it does
-        // not serve, 405, 501: an HTTP server that is no kv node, which it asked until its timeout).
-        if (error instanceof KvClientError && [400, 401, 404, 405, 501, 505].includes(error.status)) {
+        if (error instanceof KvClientError && (error.status === 400 || error.status === 401 || error.status === 404)) {
           throw new JoinError(`the cluster refused the join: ${error.status} ${error.message}`);
         }
         if (!(error instanceof KvClientError) && !(error instanceof UnknownOutcomeError)) throw error;
