@@ -1058,7 +1058,6 @@ export class KvNode implements KvNodeApi {
       this.proposals.proposeQueued(this.raw, (refusal) =>
         refusal.reason === "too_many_uncommitted" ? new KvError("overloaded", "too many writes are waiting to commit", { retryAfterS: 1 }) : this.notLeader(),
       );
-      this.membership.proposeWaiting();
       this.reads.requestReadIndex(this.raw, this.cfg.clock.nowMs());
       while (this.raw.hasReady()) if (!this.handleReady(this.raw.ready())) return this.startSync();
       // A hold ended in this turn (committed an entry of its leader's term, or led): its record

@@ -16,11 +16,6 @@ interface PendingConfChange extends Waiter<MembersView> {
   readonly term: number;
 }
 
-/** A change not proposed yet: the core holds changes back until one not of ours has applied. */
-interface WaitingConfChange extends Waiter<MembersView> {
-  readonly change: MembershipChange;
-}
-
 /** What the membership room needs from the node loop that owns it. */
 export interface MembershipHost {
   readonly id: NodeId;
@@ -54,8 +49,6 @@ export class NodeMembership {
   /** The recorded address each --cluster override was said for (see `refreshAddresses`). */
   private readonly overridesSaid = new Map<NodeId, string>();
   private pending: PendingConfChange | undefined;
-  /** Changes asked for while the core held changes back for one not of ours (see `propose`), in order. */
-  private waiting: WaitingConfChange[] = [];
   /** Set once this node applied its own removal: it serves no more requests (but keeps running). */
   private removedHere = false;
   /**
@@ -227,51 +220,22 @@ export class NodeMembership {
     return new KvError("not_leader", `leadership was handed to node ${leaderId}, which will perform the removal`, { leaderId, leaderUrl });
   }
 
-  /**
-   * Proposes one change (the core refuses a second while one is unapplied) and waits for it to apply
-   * here. When the core refuses it for a change it has not applied yet that is not ours (a leader
-   * just elected holds every change until its first entry applies; or a change of an earlier term),
-   * the request waits for that, and is proposed in a later turn (`proposeWaiting`), or refused
-   * `conf_change_pending` at its deadline: the removal of a leader, handed over, met the new
-   * leader's barrier and was refused (found in a black-box review).
-   */
+  /** Proposes one change (the core refuses a second while one is unapplied) and waits for it to apply here. */
   private propose(change: MembershipChange): Promise<MembersView> {
-    const attempt = this.attempt(change);
-    if (!(attempt instanceof KvError)) return attempt;
-    if (attempt.code !== "conf_change_pending" || this.pending !== undefined) return Promise.reject(attempt);
-    return new Promise<MembersView>((resolve, reject) => {
-      this.waiting.push({ change, resolve, reject, deadlineMs: this.host.deadline() });
-    });
-  }
-
-  /** In a turn, before its Ready (no Ready is outstanding): proposes the changes waiting for the core's barrier, one at a time. */
-  proposeWaiting(): void {
-    while (this.waiting.length > 0 && this.pending === undefined) {
-      const next = this.waiting[0] as WaitingConfChange;
-      const attempt = this.attempt(next.change);
-      if (attempt instanceof KvError && attempt.code === "conf_change_pending") return; // still held: a later turn
-      this.waiting.shift();
-      if (attempt instanceof KvError) next.reject(attempt);
-      else attempt.then(next.resolve, next.reject);
-    }
-  }
-
-  /** One proposal: the promise of its applying, or why the core (or this node) refused it, nothing proposed. */
-  private attempt(change: MembershipChange): Promise<MembersView> | KvError {
     this.host.refuseUnlessRunning();
     const raw = this.host.raw();
     const status = raw.basicStatus();
-    if (status.role !== "leader") return this.host.notLeader();
-    if (this.pending !== undefined) return confChangePending();
+    if (status.role !== "leader") return Promise.reject(this.host.notLeader());
+    if (this.pending !== undefined) return Promise.reject(confChangePending());
     let index: number;
     try {
-      // Outside a turn (or before its Ready) no Ready is outstanding, so the core may take the proposal now.
+      // Outside a turn no Ready is outstanding, so the core may take the proposal now.
       index = raw.proposeConfChange(encodeMembershipChange(change));
     } catch (error: unknown) {
       if (!(error instanceof ProposalRefusedError)) throw error;
-      if (error.reason === "conf_change_pending") return confChangePending();
-      if (error.reason === "leader_transfer") return new KvError("unavailable", "leadership is being handed over; retry shortly", { retryAfterS: 1 });
-      return this.host.notLeader();
+      if (error.reason === "conf_change_pending") return Promise.reject(confChangePending());
+      if (error.reason === "leader_transfer") return Promise.reject(new KvError("unavailable", "leadership is being handed over; retry shortly", { retryAfterS: 1 }));
+      return Promise.reject(this.host.notLeader());
     }
     this.host.log?.("membership proposed", { change: change.type, nodeId: change.nodeId, index, ...(change.peerUrl === undefined ? {} : { peerUrl: change.peerUrl }) });
     this.host.scheduleTurn();
@@ -364,11 +328,10 @@ export class NodeMembership {
     for (const [id, address] of this.addresses) if (id !== this.host.id && directory.get(id) !== address.peerUrl) directory.set(id, address.peerUrl);
   }
 
-  /** This node stopped leading: a change it proposed may or may not commit under the next leader; one still waiting was never proposed. */
+  /** This node stopped leading: a change it proposed may or may not commit under the next leader. */
   leadershipLost(): void {
     this.pending?.reject(new KvError("timeout", "leadership was lost before the membership change committed; its outcome is unknown"));
     this.pending = undefined;
-    for (const waiting of this.waiting.splice(0)) waiting.reject(this.host.notLeader());
   }
 
   expire(nowMs: number, requestTimeoutMs: number): void {
@@ -376,9 +339,6 @@ export class NodeMembership {
       this.pending.reject(timeoutError("the membership change", requestTimeoutMs));
       this.pending = undefined;
     }
-    // Never proposed: the change that held them is still unapplied.
-    for (const waiting of this.waiting.filter((w) => w.deadlineMs <= nowMs)) waiting.reject(confChangePending());
-    this.waiting = this.waiting.filter((w) => w.deadlineMs > nowMs);
     for (const [id, untilMs] of this.departed) {
       if (untilMs === undefined) {
         this.departed.set(id, nowMs + departedKeptMs);
@@ -393,7 +353,6 @@ export class NodeMembership {
   failAll(error: KvError): void {
     this.pending?.reject(new KvError("timeout", `${error.message}; a membership change already proposed may still commit`));
     this.pending = undefined;
-    for (const waiting of this.waiting.splice(0)) waiting.reject(error);
   }
 }
 
