@@ -12,6 +12,8 @@ const cases: [method: "GET" | "PUT" | "DELETE", status: number, code: string | u
   ["PUT", 503, "proposal_dropped", "refused", true],
   ["PUT", 429, "overloaded", "refused", true],
   ["PUT", 409, "version_mismatch", "refused", false],
+  // Found in a black-box review: the removal of a leader, handed over, met the new leader's barrier and was refused at once.
+  ["DELETE", 409, "conf_change_pending", "refused", true],
   ["PUT", 408, "request_timeout", "refused", false],
   // Found in review: both were read as unknown (any 5xx), so a client retried a full quota for its whole budget.
   ["PUT", 507, "quota_exceeded", "refused", false],

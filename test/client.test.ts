@@ -542,3 +542,15 @@ test("a node answering 429 with Retry-After is asked again only after it (found 
   await createClient({ endpoints: ["http://127.0.0.1:1"], fetch: noLeader, timeoutMs: 1_000 }).put("k", "v").catch(() => undefined);
   expect(leaderless).toBeGreaterThan(4);
 });
+
+test("a membership change refused conf_change_pending (the change before it, or a leader just elected, not applied yet) is asked again within the budget (found in a black-box review: removing the leader under writes failed at the leader it handed over to)", async () => {
+  let calls = 0;
+  const fake = (async () => {
+    if (calls++ < 2) return Response.json({ error: "conf_change_pending", message: "another membership change is not yet applied; retry once it is", retryAfterS: 1 }, { status: 409 });
+    return Response.json({ members: [{ id: 1, peerUrl: "http://127.0.0.1:5001", httpUrl: null, role: "voter" }], leaderId: 1, configIndex: 9 });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake, timeoutMs: 5_000 });
+  const view = await kv.membership.remove(2);
+  expect(view.members.map((member) => member.id)).toEqual([1]);
+  expect(calls).toBe(3);
+});

@@ -30,12 +30,17 @@ export function answerOutcome(method: string, status: number, errorCode: string 
 /**
  * Refusals worth sending again (to the leader, or after a pause): nothing was done and the cause
  * passes by itself. 429 `overloaded` asks the client to come back later, 503 `unavailable` to go to
- * another node, and 507 `insufficient_storage` resumes once the node's disk has room;
+ * another node, 409 `conf_change_pending` to wait for the membership change before it, and 507
+ * `insufficient_storage` resumes once the node's disk has room;
  * `quota_exceeded` does not pass by waiting.
  */
 export function isRetryableRefusal(status: number, errorCode: string | undefined): boolean {
   return (
     (status === 503 && (errorCode === "no_leader" || errorCode === "proposal_dropped" || errorCode === "unavailable")) ||
+    // A membership change waits for the one before it to apply, and a leader just elected for the
+    // entries it holds (the removal of a leader meets that on the leader it handed over to: found
+    // in a black-box review, refused at once).
+    (status === 409 && errorCode === "conf_change_pending") ||
     (status === 507 && errorCode === "insufficient_storage") ||
     status === 429
   );
