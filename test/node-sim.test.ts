@@ -683,6 +683,10 @@ test("a learner removed while its image is on its way, which no farewell reaches
     expect(nodeOf(sim, 4).status().removed).toBeUndefined();
     nodeOf(sim, 4).removedByPeer(leader, "node 4 was removed from the cluster");
     expect(nodeOf(sim, 4).status().removed).toBe(true);
+    // A leader holds its own removal when there is one: a peer saying otherwise is not believed (found in review).
+    nodeOf(sim, leader).removedByPeer(4, "node 1 was removed from the cluster");
+    expect(nodeOf(sim, leader).status().removed).toBeUndefined();
+    expect(nodeOf(sim, leader).healthy()).toBe(true);
     sim.retire(4);
     await sim.healAndCheck(["r-0", "r-7"], 30_000);
   });

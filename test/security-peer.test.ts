@@ -225,7 +225,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     const fromNode3 = (term: number): Message => ({ type: "heartbeat-response", from: 3, to: 2, term, readContext: "" });
     const removed = await postSend(b.url, [fromNode3(5)], { "kv-member-since": "50" });
     expect(removed).toMatchObject({ status: 403, code: "permission_denied" });
-    expect(removed.text).toContain("node 3 was removed from the cluster: it was added at index 50");
+    expect(removed.text).toContain("removed from the cluster: node 3 was added at index 50");
     expect(b.deliveries).toEqual([]);
     expect(b.serverStats().refused.removed).toBe(1);
     const taken = async (headers: Record<string, string>, message: Message) => {
@@ -245,7 +245,15 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     c.transport.send([heartbeat(3, 2, 9)]);
     await until(() => told.length === 1, "node 3 told it was removed");
     expect(told[0]?.by).toBe(2);
-    expect(told[0]?.detail).toContain("node 3 was removed from the cluster");
+    expect(told[0]?.detail).toContain("removed from the cluster: node 3 was added at index 50");
+
+    // A bare 403 (a proxy's or a policy's, not a kv peer's refusal) tells it nothing (found in review).
+    const policy = Bun.serve({ hostname, port: 0, fetch: () => new Response("RBAC: access denied", { status: 403 }) });
+    cleanups.push(() => policy.stop(true));
+    const d = startTransport(3, new Map([[2, `http://${hostname}:${policy.port}`]]), undefined, (id) => (id === 3 ? 50 : undefined), { onRemoved: (by, detail) => told.push({ by, detail }) });
+    d.transport.send([heartbeat(3, 2, 10)]);
+    await until(() => d.stats().some((peer) => peer.failedCalls >= 1), "the call refused by the policy");
+    expect(told).toHaveLength(1);
   });
 
   test("every call carries the index at which the caller was added, when it knows it", async () => {

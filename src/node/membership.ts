@@ -115,7 +115,10 @@ export class NodeMembership {
    * makes it a member again, as for a removal it applied.
    */
   removedByPeer(by: NodeId, detail: string): void {
-    if (this.removedHere || this.host.stopped()) return;
+    // A leader holds every committed entry, its own removal included, and steps down when it applies
+    // it: a peer that says otherwise is wrong, and a leader that stopped serving on its word would
+    // hold the cluster without serving it (found in review).
+    if (this.removedHere || this.host.stopped() || this.host.raw().basicStatus().role === "leader") return;
     this.removedHere = true;
     this.host.log?.("removed", { detail: `node ${by} refused this node's call: ${detail}`, by });
   }

@@ -15,7 +15,7 @@ import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
-import { peerIdentityInterceptor, removedCaller, staleIncarnation } from "./peer-identity.ts";
+import { peerIdentityInterceptor, REMOVED_REFUSAL_PREFIX, removedCaller, staleIncarnation } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
@@ -206,7 +206,10 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * has applied the nonce before it can lead, so it still gets through.
    */
   function checkSender(from: NodeId, headers: Headers): void {
-    refuseRemoved(from, headers);
+    // Only a caller of this cluster (its nonce, once this node applied one) is told it was removed:
+    // a node of a cluster bootstrapped apart with the same ids is refused as not_a_peer below.
+    const ourNonce = auth?.clusterNonce?.();
+    if (ourNonce === undefined || headers.get(CLUSTER_NONCE_HEADER) === ourNonce) refuseRemoved(from, headers);
     if (options.peers.has(from)) {
       refuseStaleMember(from, headers);
       return;
@@ -262,7 +265,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     const since = removedCaller(headers, configuration.appliedIndex());
     if (since === undefined) return;
     refused.removed++;
-    const message = `node ${from} was removed from the cluster: it was added at index ${since}, and the configuration node ${options.selfId} applied since no longer lists it; stop it (to serve again, empty its data dir and start it with --join)`;
+    const message = `${REMOVED_REFUSAL_PREFIX}node ${from} was added at index ${since}, and the configuration node ${options.selfId} applied since no longer lists it; stop it (to serve again, empty its data dir and start it with --join)`;
     refusalLog("removed", `refused a call: ${message}`);
     throw new ConnectError(message, Code.PermissionDenied);
   }
@@ -401,7 +404,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (!closed) peerHttpUrls.set(peerId, url);
       },
       onRefused(error) {
-        if (!closed && error.code === Code.PermissionDenied) options.onRemoved?.(peerId, error.rawMessage);
+        if (!closed && error.code === Code.PermissionDenied && error.rawMessage.startsWith(REMOVED_REFUSAL_PREFIX)) options.onRemoved?.(peerId, error.rawMessage);
       },
     });
     senders.set(peerId, sender);

@@ -51,3 +51,10 @@ export function removedCaller(headers: Headers, appliedIndex: number): number | 
   const since = callerSince(headers);
   return since !== undefined && since <= appliedIndex ? since : undefined;
 }
+
+/**
+ * How a peer's refusal of a removed caller begins (with `permission_denied`): the caller takes
+ * itself for removed only on this, never on a bare 403, which a proxy or a policy in between may
+ * answer (found in review).
+ */
+export const REMOVED_REFUSAL_PREFIX = "removed from the cluster: ";
