@@ -256,6 +256,20 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(told).toHaveLength(1);
   });
 
+  test("a caller without this cluster's nonce is refused as not_a_peer, never told it was removed: it may be a node of a cluster bootstrapped apart with the same ids (found in review)", async () => {
+    const nonce = "0123456789abcdef";
+    const configuration = { isMember: (id: NodeId) => id === 1 || id === 2, appliedIndex: () => 100 };
+    const b = startTransport(2, new Map([[1, "http://127.0.0.1:1"]]), { clusterId: CLUSTER_ID, clusterToken: TOKEN, clusterNonce: () => nonce }, undefined, { configuration });
+    const headers = { "kv-cluster-id": CLUSTER_ID, "kv-cluster-token": TOKEN, "kv-member-since": "50" };
+    const stranger = await postSend(b.url, [heartbeat(3, 2, 5)], headers);
+    expect(stranger).toMatchObject({ status: 400, code: "failed_precondition" });
+    expect(b.serverStats().refused).toMatchObject({ not_a_peer: 1, removed: 0 });
+    // With the nonce, the same caller is one of this cluster's, and was removed.
+    const removed = await postSend(b.url, [heartbeat(3, 2, 6)], { ...headers, "kv-cluster-nonce": nonce });
+    expect(removed).toMatchObject({ status: 403, code: "permission_denied" });
+    expect(b.serverStats().refused).toMatchObject({ not_a_peer: 1, removed: 1 });
+  });
+
   test("every call carries the index at which the caller was added, when it knows it", async () => {
     const seen: Headers[] = [];
     const server = Bun.serve({

@@ -39,11 +39,10 @@ const ROUND_PAUSE_MS = 100;
  * nodes stand at different indexes and none of them disagree at one.
  */
 export function judgeHashes(answers: readonly HashAnswer[]): ReplicaCheck | undefined {
-  const answered = answers.filter((answer): answer is HashAnswer & { hash: StateHash } => answer.hash !== undefined);
-  const byIndex = new Map<number, (HashAnswer & { hash: StateHash })[]>();
-  for (const answer of answered) byIndex.set(answer.hash.index, [...(byIndex.get(answer.hash.index) ?? []), answer]);
+  const answered = answers.filter(hasHash);
+  const byIndex = groupByIndex(answered);
   for (const [index, group] of byIndex) {
-    const first = group[0] as HashAnswer & { hash: StateHash };
+    const first = group[0] as Hashed;
     const other = group.find((answer) => answer.hash.hash !== first.hash.hash);
     if (other !== undefined) {
       return { verdict: "diverged", answers, message: `at index ${index}, ${first.endpoint} holds ${first.hash.hash} and ${other.endpoint} holds ${other.hash.hash}` };
@@ -70,31 +69,39 @@ export function judgeHashes(answers: readonly HashAnswer[]): ReplicaCheck | unde
 export async function compareReplicas(client: KvClient, options: { readonly timeoutMs: number; readonly endpoints?: readonly string[] }): Promise<ReplicaCheck> {
   const endpoints = options.endpoints ?? client.endpoints;
   const deadline = performance.now() + options.timeoutMs;
-  const hashes = () => Promise.all(endpoints.map((endpoint) => hashAnswer(client, endpoint)));
   for (;;) {
     const applied = await Promise.all(endpoints.map((endpoint) => client.statusOf(endpoint).then((status) => status.appliedIndex, () => undefined)));
-    if (new Set(applied.filter((index) => index !== undefined)).size <= 1) {
-      const answers = await hashes();
+    const last = performance.now() + ROUND_PAUSE_MS > deadline;
+    if (last || new Set(applied.filter((index) => index !== undefined)).size <= 1) {
+      const answers = await Promise.all(endpoints.map((endpoint) => hashAnswer(client, endpoint)));
       // A node busy with another hash (429) answers once it is done: asked again while time is left.
-      const busy = answers.some((answer) => answer.status === 429) && performance.now() + ROUND_PAUSE_MS <= deadline;
+      const busy = !last && answers.some((answer) => answer.status === 429);
       const verdict = judgeHashes(answers);
       if (verdict !== undefined && (verdict.verdict === "diverged" || !busy)) return verdict;
-    }
-    if (performance.now() + ROUND_PAUSE_MS > deadline) {
-      const answers = await hashes();
-      return judgeHashes(answers) ?? { verdict: "incomparable", answers, message: `the nodes stood at different indexes for ${options.timeoutMs} ms (writes going on?): ${groupsAt(answers)}` };
+      if (last) return { verdict: "incomparable", answers, message: `the nodes stood at different indexes for ${options.timeoutMs} ms (writes going on?): ${groupsAt(answers)}` };
     }
     await new Promise((resolve) => setTimeout(resolve, ROUND_PAUSE_MS));
   }
 }
 
+type Hashed = HashAnswer & { readonly hash: StateHash };
+
+function hasHash(answer: HashAnswer): answer is Hashed {
+  return answer.hash !== undefined;
+}
+
+/** The answers that carry a hash, by the index they stand at, in answer order. */
+function groupByIndex(answered: readonly Hashed[]): Map<number, Hashed[]> {
+  const byIndex = new Map<number, Hashed[]>();
+  for (const answer of answered) byIndex.set(answer.hash.index, [...(byIndex.get(answer.hash.index) ?? []), answer]);
+  return byIndex;
+}
+
 /** `A and B agree at index 7; C at 9`: the answers grouped by index (a group disagreeing is judged diverged before this). */
 function groupsAt(answers: readonly HashAnswer[]): string {
-  const byIndex = new Map<number, string[]>();
-  for (const answer of answers) if (answer.hash !== undefined) byIndex.set(answer.hash.index, [...(byIndex.get(answer.hash.index) ?? []), answer.endpoint]);
-  return [...byIndex]
+  return [...groupByIndex(answers.filter(hasHash))]
     .sort(([a], [b]) => a - b)
-    .map(([index, group]) => (group.length > 1 ? `${group.join(" and ")} agree at index ${index}` : `${group[0]} at ${index}`))
+    .map(([index, group]) => (group.length > 1 ? `${group.map((answer) => answer.endpoint).join(" and ")} agree at index ${index}` : `${group[0]?.endpoint} at ${index}`))
     .join("; ");
 }
 

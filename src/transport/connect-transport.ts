@@ -206,10 +206,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    * has applied the nonce before it can lead, so it still gets through.
    */
   function checkSender(from: NodeId, headers: Headers): void {
-    // Only a caller of this cluster (its nonce, once this node applied one) is told it was removed:
-    // a node of a cluster bootstrapped apart with the same ids is refused as not_a_peer below.
-    const ourNonce = auth?.clusterNonce?.();
-    if (ourNonce === undefined || headers.get(CLUSTER_NONCE_HEADER) === ourNonce) refuseRemoved(from, headers);
+    refuseRemoved(from, headers);
     if (options.peers.has(from)) {
       refuseStaleMember(from, headers);
       return;
@@ -261,7 +258,12 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
    */
   function refuseRemoved(from: NodeId, headers: Headers): void {
     const configuration = options.configuration;
+    // A member's call (nearly every call) is decided by the first test alone.
     if (configuration === undefined || closed || configuration.isMember(from)) return;
+    // Only a caller of this cluster (its nonce, once this node applied one) is told it was removed:
+    // a node of a cluster bootstrapped apart with the same ids is refused as not_a_peer after this.
+    const ourNonce = auth?.clusterNonce?.();
+    if (ourNonce !== undefined && headers.get(CLUSTER_NONCE_HEADER) !== ourNonce) return;
     const since = removedCaller(headers, configuration.appliedIndex());
     if (since === undefined) return;
     refused.removed++;
