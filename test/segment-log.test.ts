@@ -478,6 +478,31 @@ describe("SegmentLog across failures", () => {
     await first;
   });
 
+  test("a sync with nothing new to write resolves only once an earlier sync still running is done (found in review)", async () => {
+    const dir = tempDir();
+    const disk = crashableDisk();
+    const log = SegmentLog.open(dir, { files: disk.files });
+    log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
+    disk.holdSyncs();
+    const first = log.sync(); // its fdatasync waits on the pool
+    let secondDone = false;
+    const second = log.sync().then(() => {
+      secondDone = true;
+    });
+    // Every append before the second sync was made: it may not resolve before they are durable.
+    for (let turn = 0; turn < 5; turn++) await Promise.resolve();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(secondDone).toBe(false);
+    disk.release(0);
+    await Promise.all([first, second]);
+    log.close();
+    disk.powerLoss(dir);
+    const reopened = SegmentLog.open(dir);
+    expect([reopened.firstIndex(), reopened.lastIndex()]).toEqual([1, 2]);
+    expect(reopened.hardState()).toEqual({ term: 1, vote: 1, commit: 0 });
+    reopened.close();
+  });
+
   test("a failed write of a new segment's header leaves no segment behind, and the retry is read back", async () => {
     const dir = tempDir();
     const disk = crashableDisk();

@@ -311,6 +311,8 @@ export class SegmentLog {
   private unsynced = new Set<number>();
   private directoryChanged = false;
   private syncsRunning = 0;
+  /** Settles once every sync begun so far has (never rejects): a later sync waits for it. */
+  private syncsBegun: Promise<void> = Promise.resolve();
   /** Descriptors of deleted segments, closed once no fdatasync uses them. */
   private retired: number[] = [];
   private closed = false;
@@ -493,7 +495,9 @@ export class SegmentLog {
   /**
    * Makes every append before this call durable: fdatasyncs each segment written since the last
    * sync began (on Bun's thread pool), and fsyncs the directory first (on the caller's thread)
-   * when segments were deleted since (a new segment fsyncs it as it starts).
+   * when segments were deleted since (a new segment fsyncs it as it starts). Resolves only after
+   * every sync begun before it: those cover the appends written before they began (found in
+   * review: a second sync with nothing new to write resolved while the first one's fdatasync ran).
    */
   sync(): Promise<void> {
     try {
@@ -510,9 +514,12 @@ export class SegmentLog {
       return Promise.reject(error);
     }
     this.syncsRunning++;
+    // A segment written before this call that it does not fdatasync itself, and that is not yet
+    // known durable, is in the hands of an earlier sync still running: this one waits for those.
+    const earlier = this.segments.some((segment) => !fds.includes(segment.fd) && segment.syncedEnd < segment.end) ? this.syncsBegun : undefined;
     // Settled, every one of them, before the descriptors may be closed (see closeRetiredWhenIdle).
     // (One at most today: a roll fdatasyncs the segment it leaves.)
-    return Promise.allSettled(
+    const own = Promise.allSettled(
       fds.map(
         (fd) =>
           new Promise<void>((resolve, reject) => {
@@ -529,6 +536,16 @@ export class SegmentLog {
       }
       for (const { segment, end } of covered) segment.syncedEnd = Math.max(segment.syncedEnd, end);
     });
+    const whole =
+      earlier === undefined
+        ? own
+        : Promise.allSettled([earlier, own]).then(([, outcome]) => {
+            if (outcome.status === "rejected") throw outcome.reason;
+            // An earlier one failed: what it was to make durable may not be (the log is broken).
+            if (this.broken !== undefined) throw this.unusable();
+          });
+    this.syncsBegun = Promise.allSettled([this.syncsBegun, whole]).then(() => undefined);
+    return whole;
   }
 
   /** As `sync`, on this thread: every append before it is durable when it returns. */
