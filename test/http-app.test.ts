@@ -716,6 +716,30 @@ describe("compare-and-set: ?ifVersion=N on PUT and DELETE", () => {
     expect((await call("GET", "/kv/cas")).status).toBe(404);
   });
 
+  test("ifVersion with leading zeros is a 400, as every other number in a query (found in review: 0659 matched 659)", async () => {
+    const created = (await (await put("/kv/cas", "first")).json()) as { version: number };
+    for (const query of ["ifVersion=00", `ifVersion=0${created.version}`]) {
+      await expectError(await call("PUT", `/kv/cas?${query}`, { body: "v" }), 400, "bad_request");
+      await expectError(await call("DELETE", `/kv/cas?${query}`), 400, "bad_request");
+    }
+    expect(await (await call("GET", "/kv/cas")).text()).toBe("first");
+    expect((await put(`/kv/cas?ifVersion=${created.version}`, "second")).status).toBe(200);
+  });
+
+  test("an Idempotency-Key sent as UTF-8 is decoded and measured in its own bytes (found in review: each byte counted as two)", async () => {
+    // A header's bytes reach the handler one character each, as a socket delivers them.
+    const wire = (text: string) => Buffer.from(text, "utf8").toString("latin1");
+    const putSpy = spyOn(node, "put");
+    const deleteSpy = spyOn(node, "delete");
+    expect((await put("/kv/a", "v", { "idempotency-key": wire("ж".repeat(128)) })).status).toBe(200);
+    expect(putSpy.mock.calls.at(-1)?.[2]).toMatchObject({ idempotencyKey: "ж".repeat(128) });
+    expect((await call("DELETE", "/kv/a", { headers: { "idempotency-key": wire("ключ") } })).status).toBe(200);
+    expect(deleteSpy.mock.calls.at(-1)?.[1]).toMatchObject({ idempotencyKey: "ключ" });
+    await expectError(await put("/kv/a", "v", { "idempotency-key": wire("ж".repeat(129)) }), 400, "bad_request");
+    const notUtf8 = await expectError(await put("/kv/a", "v", { "idempotency-key": "k\u00ff" }), 400, "bad_request");
+    expect(notUtf8.message).toContain("UTF-8");
+  });
+
   test("a parameter a write does not take is a 400, so a misspelt ifVersion never makes a write unconditional", async () => {
     expect((await put("/kv/cas", "first")).status).toBe(200);
     for (const [method, query] of [["PUT", "ifversion=1"], ["PUT", "if_version=1"], ["DELETE", "ifversion=1"], ["DELETE", "bar=1"], ["PUT", "consistency=stale"]] as const) {

@@ -181,6 +181,13 @@ describe("POST /txn", () => {
     await call(leaderId, "PUT", "/kv/p", "1", { "idempotency-key": "p-1" });
     expect((await txn({ success: [{ put: { key: "p", value: "1" } }] }, { "idempotency-key": "p-1" })).status).toBe(422);
     expect(c.storages.get(leaderId)!.get("once")?.version).toBe(firstAnswer.version);
+    // A key sent as UTF-8 (its bytes one character each, as from a socket) is decoded: 128 Cyrillic
+    // letters are 256 bytes, within the limit, and the 422 names the key as sent (found in review).
+    const wire = (text: string) => Buffer.from(text, "utf8").toString("latin1");
+    const cyrillic = "ж".repeat(128);
+    expect((await txn({ success: [{ put: { key: "u", value: "1" } }] }, { "idempotency-key": wire(cyrillic) })).status).toBe(200);
+    const reused = await call(leaderId, "PUT", "/kv/u", "2", { "idempotency-key": wire(cyrillic) });
+    expect([reused.status, ((await reused.json()) as { message: string }).message]).toEqual([422, expect.stringContaining(cyrillic)]);
   });
 
   test("a transaction whose gets would return more than 4 MiB is a 413 with nothing applied, with an Idempotency-Key or without", async () => {

@@ -1,5 +1,4 @@
 import { type AnyElysia, Elysia, ValidationError } from "elysia";
-import { idempotencyKeyBytesMax } from "../kv/command.ts";
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
@@ -22,6 +21,7 @@ import {
 import { rawTarget } from "./raw-target.ts";
 import { admitWriteBody, BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
+import { idempotencyKeyOf } from "./idempotency-key.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
 import { createHashHandler } from "./hash-route.ts";
@@ -418,16 +418,14 @@ function sseEvent(item: WatchItem, last: boolean): string {
 
 /** `?ifVersion=N` (compare-and-set) and the `Idempotency-Key` header (exactly-once retries) on a write. */
 function parseWriteOptions(query: URLSearchParams | undefined, request: Request): WriteOptions {
-  const idempotencyKey = request.headers.get("idempotency-key") ?? undefined;
-  if (idempotencyKey !== undefined && (idempotencyKey === "" || new TextEncoder().encode(idempotencyKey).byteLength > idempotencyKeyBytesMax)) {
-    throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
-  }
+  const idempotencyKey = idempotencyKeyOf(request);
   const idempotency = idempotencyKey === undefined ? {} : { idempotencyKey };
   const values = query?.getAll("ifVersion") ?? [];
   if (values.length === 0) return idempotency;
   const [text] = values;
   const version = Number(text);
-  if (values.length !== 1 || !/^[0-9]{1,16}$/.test(text as string) || !Number.isSafeInteger(version)) {
+  // No leading zeros, as every other number in a query (found in review: `ifVersion=0659` matched 659).
+  if (values.length !== 1 || !/^(0|[1-9][0-9]{0,15})$/.test(text as string) || !Number.isSafeInteger(version)) {
     throw new KvError("bad_request", `ifVersion must be given once, as a version number (0: only if absent), got '${values.join(",")}'`);
   }
   return { ifVersion: version, ...idempotency };

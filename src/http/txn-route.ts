@@ -22,7 +22,6 @@
  * A lease that does not exist when the transaction applies, named in the branch taken, is 404
  * `lease_not_found` with nothing of the transaction applied.
  */
-import { idempotencyKeyBytesMax } from "../kv/command.ts";
 import { type TxnAnswer, type TxnCompare, type TxnOp, txnOperationsMax, type TxnOpResult, type TxnRequest } from "../kv/txn.ts";
 import { unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
@@ -32,6 +31,7 @@ import { jsonObject } from "./json-body.ts";
 import { rawTarget } from "./raw-target.ts";
 import { admitWriteBody, type BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
+import { idempotencyKeyOf } from "./idempotency-key.ts";
 import { jsonValue } from "../lib/json-value.ts";
 
 /** The limits a transaction's request is held to. */
@@ -77,10 +77,7 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
     if (request.method !== "POST") throw new KvError("method_not_allowed", `${request.method} is not allowed on /txn`);
     const [parameter] = new URLSearchParams(rawTarget(request.url).search).keys();
     if (parameter !== undefined) throw new KvError("bad_request", `unknown query parameter '${parameter}': /txn takes none`);
-    const idempotencyKey = request.headers.get("idempotency-key") ?? undefined;
-    if (idempotencyKey !== undefined && (idempotencyKey === "" || utf8Encoder.encode(idempotencyKey).byteLength > idempotencyKeyBytesMax)) {
-      throw new KvError("bad_request", `Idempotency-Key must be 1 to ${idempotencyKeyBytesMax} bytes`);
-    }
+    const idempotencyKey = idempotencyKeyOf(request);
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
     // As for a PUT (app.ts): a large body is redirected unread by a follower, else read when its turn comes.
     const release = await admitWriteBody(limits.admission, request, bodyBytesMax, () => node.refuseWriteUnlessLeader());
