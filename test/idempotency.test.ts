@@ -288,7 +288,7 @@ describe("sqlite data dirs of 0.1.0 (schema 3)", () => {
     }
     const raw = new Database(join(dir, "kv.db"), { readonly: true });
     try {
-      expect(raw.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(7);
+      expect(raw.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(8);
     } finally {
       raw.close();
     }

@@ -4,7 +4,7 @@
 // torn tails and holes past it are cut off, damage anywhere else is refused as corrupt.
 import { describe, expect, test } from "bun:test";
 import * as nodeFs from "node:fs";
-import { copyFileSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { copyFileSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { createPrng, type Prng } from "../src/lib/prng.ts";
 import { type Entry, EntryType, type HardState } from "../src/raft/types.ts";
@@ -242,6 +242,74 @@ describe("SegmentLog", () => {
     writeFileSync(second, bytes);
     expect(() => SegmentLog.open(longLength)).toThrow(/damage, not a torn write/);
     expect(readFileSync(second).byteLength).toBe(bytes.byteLength);
+  });
+
+  test("damage below the durable mark given at open is refused, though a sector of the record is zeros (found in review: a value of zeros, damaged elsewhere, was cut as a torn write, and the fsynced vote after it with it)", () => {
+    const dir = tempDir();
+    const log = SegmentLog.open(dir);
+    log.append(range(1, 4, 1), { term: 1, vote: 1, commit: 4 });
+    log.append([{ index: 5, term: 1, type: EntryType.Normal, data: new Uint8Array(2048) }], { term: 1, vote: 1, commit: 5 });
+    log.append([entry(6, 1)], { term: 2, vote: 3, commit: 6 });
+    log.syncNow();
+    const mark = log.durableMark();
+    log.close();
+    const path = segmentPaths(dir)[0] as string;
+    expect(mark).toEqual({ segment: 1, bytes: statSync(path).size });
+    const bytes = readFileSync(path);
+    const recordOf5 = bytes.indexOf("value-4-1") + "value-4-1".length + 33; // past the hard state saved with 1-4
+    expect(bytes.readUInt32LE(recordOf5 + 4)).toBe(17 + 2048); // entry 5's record
+    bytes[recordOf5 + 9 + 8] = (bytes[recordOf5 + 9 + 8] as number) ^ 0x01; // a bit of its term
+    writeFileSync(path, bytes);
+    // Without a mark, the sector of zeros reads as never written: the log is cut there.
+    const copy = copyDir(dir);
+    const cut = SegmentLog.open(copy);
+    expect([cut.lastIndex(), cut.hardState()?.term]).toEqual([4, 1]);
+    cut.close();
+    // With it, the record is known to have been durable whole: damage, refused, the file as it was.
+    expect(() => SegmentLog.open(dir, { durable: mark })).toThrow(/within the \d+ bytes of it a completed sync had made durable.*damage, not a torn write/);
+    expect(readFileSync(path)).toEqual(bytes);
+    // A torn write past the mark is still cut off.
+    const torn = tempDir();
+    const tornLog = SegmentLog.open(torn);
+    tornLog.append(range(1, 4, 1), { term: 1, vote: 1, commit: 4 });
+    tornLog.syncNow();
+    const tornMark = tornLog.durableMark();
+    tornLog.append([{ index: 5, term: 1, type: EntryType.Normal, data: new Uint8Array(2048).fill(9) }], { term: 1, vote: 1, commit: 5 });
+    tornLog.close();
+    const tornPath = segmentPaths(torn)[0] as string;
+    const tornBytes = readFileSync(tornPath);
+    tornBytes.fill(0, tornMark.bytes + 400, tornMark.bytes + 1500); // a whole sector never written back
+    writeFileSync(tornPath, tornBytes);
+    const reopened = SegmentLog.open(torn, { durable: tornMark });
+    expect([reopened.lastIndex(), reopened.tornCut()?.atByte]).toEqual([4, tornMark.bytes]);
+    reopened.close();
+  });
+
+  test("a log that ends before its durable mark is refused: its segment cut short, or gone", () => {
+    const dir = tempDir();
+    const log = SegmentLog.open(dir);
+    log.append(range(1, 10, 1), { term: 1, vote: 1, commit: 10 });
+    log.syncNow();
+    const mark = log.durableMark();
+    log.close();
+    const path = segmentPaths(dir)[0] as string;
+    const ends = statSync(path).size;
+    expect(mark.bytes).toBe(ends);
+    // Cut at a record's end (the hard state's): nothing reads as torn, yet durable records are gone.
+    const short = copyDir(dir);
+    truncateSync(segmentPaths(short)[0] as string, ends - 33);
+    expect(() => SegmentLog.open(short, { durable: mark })).toThrow(/ends at byte \d+, before the \d+ bytes of it a completed sync had made durable/);
+    expect(statSync(segmentPaths(short)[0] as string).size).toBe(ends - 33);
+    const gone = copyDir(dir);
+    rmSync(segmentPaths(gone)[0] as string);
+    expect(() => SegmentLog.open(gone, { durable: mark })).toThrow(/segment is missing, though a completed sync had made/);
+    // A mark of a segment a reset or compaction deleted (below the first one there) says nothing.
+    const reset = SegmentLog.open(dir);
+    reset.reset(20, 2, { term: 2, vote: 1, commit: 20 });
+    reset.close();
+    const after = SegmentLog.open(dir, { durable: mark });
+    expect(after.logFloor()).toEqual({ index: 20, term: 2 });
+    after.close();
   });
 
   test("damage in a segment that is not the last is refused as corrupt", () => {

@@ -143,6 +143,31 @@ describe("sqlite storage corruption", () => {
     expect(reopened.entries(1, 7, Number.MAX_SAFE_INTEGER).map((read) => read.index)).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
+  test("damage to a durable record that holds a sector of zeros is refused at open, not cut as a torn write with the vote saved after it (found in review)", () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-storage-corruption-"));
+    const storage = open({ voters: [1] });
+    const first: Entry = { index: 1, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: "a", value: new TextEncoder().encode("entry 001") }) };
+    const blob: Entry = { index: 2, term: 1, type: EntryType.Normal, data: encodeCommand({ op: "put", key: "blob", value: new Uint8Array(2048) }) };
+    storage.save({ term: 1, vote: 1, commit: 2 }, [first, blob], true);
+    storage.applyEntries([first, blob]);
+    // The node votes for node 3 in term 2 (fsynced before the vote leaves), and applies the next
+    // leader's first entry: that transaction records how much of the log was durable.
+    storage.save({ term: 2, vote: 3, commit: 2 }, [], true);
+    storage.save({ term: 2, vote: 3, commit: 3 }, [{ index: 3, term: 2, type: EntryType.Normal, data: new Uint8Array(0) }], true);
+    storage.applyEntries(storage.entries(3, 4, Number.MAX_SAFE_INTEGER));
+    storage.close();
+    const segment = segments().at(-1) as string;
+    const bytes = readFileSync(segment);
+    const blobRecord = bytes.indexOf("entry 001") + "entry 001".length;
+    expect(bytes.readUInt32LE(blobRecord + 4)).toBe(17 + blob.data.byteLength);
+    bytes[blobRecord + 9 + 8] = (bytes[blobRecord + 9 + 8] as number) ^ 0x01; // a bit of entry 2's term
+    writeFileSync(segment, bytes);
+    const error = storageError(() => open());
+    expect([error.code, error.file, error.index]).toEqual(["corrupt", segment, 2]);
+    expect(error.message).toContain("damage, not a torn write");
+    expect(readFileSync(segment)).toEqual(bytes);
+  });
+
   test("a data dir whose log directory is gone is refused at open", () => {
     const storage = prepare(3);
     storage.close();

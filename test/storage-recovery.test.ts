@@ -167,12 +167,12 @@ describe("sqlite storage recovery", () => {
     open().close();
     const raw = new Database(join(dir, "kv.db"));
     raw.run("PRAGMA journal_mode = DELETE");
-    raw.run("PRAGMA user_version = 8");
+    raw.run("PRAGMA user_version = 9");
     raw.close();
     rmSync(join(dir, "kv.db-lock"), { force: true });
     const files = () => readdirSync(dir).sort().map((name) => [name, name === "kv.db-log" ? "" : readFileSync(join(dir, name)).toString("base64")]);
     const before = files();
-    expect(() => open()).toThrow(/schema 8.*newer release of kv.*left unchanged/);
+    expect(() => open()).toThrow(/schema 9.*newer release of kv.*left unchanged/);
     expect(files()).toEqual(before);
   });
 });

@@ -97,7 +97,7 @@ describe("the log in segments", () => {
     }
     const raw = new Database(join(dir, "kv.db"), { readonly: true });
     try {
-      expect(raw.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(7);
+      expect(raw.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(8);
       expect(raw.query<{ n: number }, []>("SELECT COUNT(*) AS n FROM sqlite_master WHERE name IN ('raft_log', 'hard_state')").get()?.n).toBe(0);
       expect(raw.query<{ applied_term: number }, []>("SELECT applied_term FROM meta").get()?.applied_term).toBe(2);
     } finally {

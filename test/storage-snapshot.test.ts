@@ -353,6 +353,14 @@ describe("sqlite snapshot files", () => {
     cpSync(oldLog, logDir, { recursive: true });
     const files = () => readdirSync(logDir).map((name) => `${name}:${statSync(join(logDir, name)).size}`).sort();
     const kept = files();
+    // The database records that the reset's segment (2) was durable: it is missing.
+    const missing = storageError(() => openSqliteStorage(dir, { checkpoints: "inline" }).close());
+    expect([missing.code, missing.message]).toEqual(["corrupt", expect.stringContaining("the segment is missing, though a completed sync had made")]);
+    expect(files()).toEqual(kept);
+    // Without that record (a data dir of schema 7, before any apply since): refused all the same.
+    const raw = new Database(join(dir, "kv.db"));
+    raw.run("UPDATE meta SET log_durable_segment = 0, log_durable_bytes = 0");
+    raw.close();
     const thrown = storageError(() => openSqliteStorage(dir, { checkpoints: "inline" }).close());
     expect(thrown.code).toBe("corrupt");
     expect(thrown.message).toContain("yet entries up to 52 were applied after it");

@@ -74,6 +74,24 @@ export interface SegmentLogOptions {
   readonly segmentBytesMax?: number;
   /** For tests: the file operations to use instead of node:fs's. */
   readonly files?: Partial<SegmentFiles>;
+  /**
+   * Bytes of a segment that a completed sync had made durable, as recorded elsewhere (kv.db's meta,
+   * in each transaction that applies entries: see `durableMark`). The replay refuses a bad record
+   * below that point as damage, where it would otherwise read a zeroed sector as a torn write.
+   */
+  readonly durable?: DurableMark;
+}
+
+/**
+ * A segment's sequence and how many of its first bytes a completed sync had made durable. A
+ * record there was on disk whole, so finding it bad later is damage, never a torn write: the
+ * zeroed-sector rule of `tornRecord` cannot tell a value holding a sector of zeros, damaged
+ * elsewhere, from a write the crash tore, and cut such a record and every one after it, fsynced
+ * votes and acknowledged entries with them (found in review). `bytes` 0: nothing recorded.
+ */
+export interface DurableMark {
+  readonly segment: number;
+  readonly bytes: number;
 }
 
 /** A torn last record cut off at open: in which segment, from which byte, how many bytes, and the index of the entry it began (when it reads as one). */
@@ -328,6 +346,7 @@ export class SegmentLog {
     readonly dir: string,
     private readonly segmentBytesMax: number,
     private readonly fs: SegmentFiles,
+    private readonly durableAtOpen: DurableMark | undefined,
   ) {}
 
   /** Opens (creating if need be) the log in `dir` and replays it; see the file comment. */
@@ -336,7 +355,9 @@ export class SegmentLog {
     assert(Number.isSafeInteger(segmentBytesMax) && segmentBytesMax >= 1024, `segmentBytesMax ${segmentBytesMax}`);
     const fs: SegmentFiles = { ...nodeFs, ...options.files };
     fs.mkdirSync(dir, { recursive: true });
-    const log = new SegmentLog(dir, segmentBytesMax, fs);
+    const durable = options.durable;
+    assert(durable === undefined || (Number.isSafeInteger(durable.segment) && durable.segment >= 0 && Number.isSafeInteger(durable.bytes) && durable.bytes >= 0), `durable mark ${JSON.stringify(durable)}`);
+    const log = new SegmentLog(dir, segmentBytesMax, fs, durable);
     try {
       log.replay();
     } catch (error) {
@@ -353,6 +374,16 @@ export class SegmentLog {
    */
   tornCut(): TornCut | undefined {
     return this.tornCutValue;
+  }
+
+  /**
+   * The last segment and how many of its bytes completed syncs have made durable: recorded with
+   * the state machine (src/storage/sqlite-storage.ts), it is given back to `open` as
+   * `SegmentLogOptions.durable`. Every segment before the last is durable whole (see `roll`).
+   */
+  durableMark(): DurableMark {
+    const last = this.segments[this.segments.length - 1];
+    return last === undefined ? { segment: 0, bytes: 0 } : { segment: last.sequence, bytes: last.syncedEnd };
   }
 
   /** The hard state last appended; undefined when none ever was. */
@@ -622,6 +653,8 @@ export class SegmentLog {
       .map((match) => Number.parseInt(match[1] as string, 16))
       .sort((a, b) => a - b);
     sequences.forEach((sequence, position) => this.replaySegment(sequence, position === sequences.length - 1));
+    // Before anything is dropped below: a segment cut short of its durable bytes stays as found.
+    this.checkDurableMark();
     // A last segment holding no more than its header was being started when the machine died (a
     // roll makes the header and the hard state after it durable together): it is dropped, so that
     // every segment kept starts with the newest hard state before it. One that never had a hard
@@ -634,6 +667,23 @@ export class SegmentLog {
       this.directoryChanged = true;
     }
     if (this.segments.length === 0) this.roll(undefined, this.hardStateValue);
+  }
+
+  /**
+   * Refuses a log that ends before what a completed sync had made durable (`SegmentLogOptions.durable`):
+   * its segment cut short, or gone while no later one exists. One below the first segment was
+   * deleted by a compaction or a reset; a mark of a segment's header alone says nothing (a
+   * segment holding only its header is dropped after this).
+   */
+  private checkDurableMark(): void {
+    const mark = this.durableAtOpen;
+    if (mark === undefined || mark.bytes <= recordHeaderBytes + headerPayloadBytes) return;
+    const segment = this.segments.find((candidate) => candidate.sequence === mark.segment);
+    const latest = this.segments[this.segments.length - 1]?.sequence ?? 0;
+    if (segment === undefined && mark.segment <= latest) return;
+    const path = join(this.dir, segmentName(mark.segment));
+    if (segment === undefined) throw this.corrupt(path, `the segment is missing, though a completed sync had made ${mark.bytes} bytes of it durable (recorded in the database)`);
+    if (segment.end < mark.bytes) throw this.corrupt(path, `the segment ends at byte ${segment.end}, before the ${mark.bytes} bytes of it a completed sync had made durable (recorded in the database)`);
   }
 
   private replaySegment(sequence: number, isLast: boolean): void {
@@ -654,6 +704,10 @@ export class SegmentLog {
       const problem = recordProblem(bytes, view, offset);
       if (problem !== undefined) {
         if (!isLast) throw this.corrupt(path, `${problem} at byte ${offset} of a segment that is not the last`, entryIndexAt(view, offset));
+        const durableBytes = this.durableAtOpen?.segment === sequence ? this.durableAtOpen.bytes : 0;
+        if (offset < durableBytes) {
+          throw this.corrupt(path, `${problem} at byte ${offset} of the last segment, within the ${durableBytes} bytes of it a completed sync had made durable (recorded in the database): damage, not a torn write`, entryIndexAt(view, offset));
+        }
         if (!tornRecord(bytes, view, offset)) {
           throw this.corrupt(path, `${problem} at byte ${offset} of the last segment, and no part of the record reads as never written: damage, not a torn write`, entryIndexAt(view, offset));
         }

@@ -140,7 +140,7 @@ export interface SqliteStorageOptions {
   readonly logFiles?: Partial<SegmentFiles>;
 }
 
-const schemaVersion = 7;
+const schemaVersion = 8;
 const lockWaitMsMax = 60_000;
 const walBytesLimit = 64 * 1024 * 1024;
 /** WAL pages (4 KiB each) after which a commit checkpoints them into the database file (inline checkpoints). */
@@ -276,6 +276,16 @@ ALTER TABLE meta ADD COLUMN node_id INTEGER NOT NULL DEFAULT 0;  -- the node thi
 const migrationToV7Sql = `
 ALTER TABLE members ADD COLUMN added_index INTEGER;  -- NULL: unknown
 UPDATE members SET added_index = 0 WHERE (SELECT config_index FROM meta WHERE id = 1) = 0;
+`;
+
+/**
+ * Version 7 -> 8: how much of the log's last segment completed syncs had made durable, recorded by
+ * every transaction that applies entries (`SegmentLog.durableMark`), so the log's replay refuses
+ * damage there instead of cutting it off as a torn write (see `DurableMark`). 0: nothing recorded.
+ */
+const migrationToV8Sql = `
+ALTER TABLE meta ADD COLUMN log_durable_segment INTEGER NOT NULL DEFAULT 0;  -- sequence of the log's segment
+ALTER TABLE meta ADD COLUMN log_durable_bytes INTEGER NOT NULL DEFAULT 0;    -- bytes of it durable
 `;
 
 /** Log rows the migration to segments reads per query. */
@@ -488,6 +498,10 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
         db.run(migrationToV7Sql);
         version = 7;
       }
+      if (version === 7) {
+        db.run(migrationToV8Sql);
+        version = 8;
+      }
       db.run(`PRAGMA user_version = ${version}`);
       if (nodeId !== undefined) ownDatabase(db, file, nodeId);
       // Staging rows a release before the staging file left behind (see StagingFile).
@@ -500,7 +514,8 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
   const migrated = log as SegmentLog | undefined;
   if (migrated !== undefined) return migrated;
   if (!existsSync(logDir)) throw corruptError(file, `the log's directory ${logDir} is missing`);
-  return SegmentLog.open(logDir, logOptions);
+  const durable = db.query<{ log_durable_segment: number; log_durable_bytes: number }, []>("SELECT log_durable_segment, log_durable_bytes FROM meta WHERE id = 1").get();
+  return SegmentLog.open(logDir, durable === null ? logOptions : { ...logOptions, durable: { segment: durable.log_durable_segment, bytes: durable.log_durable_bytes } });
 }
 
 /**
@@ -725,7 +740,7 @@ export class SqliteStorage implements KvStorage {
   private readonly images = new Set<KvImageReader>();
   private closed = false;
 
-  private readonly updateApplied: Statement<unknown, [number, number]>;
+  private readonly updateApplied: Statement<unknown, [number, number, number, number]>;
   private readonly selectValue: Statement<CheckedRow, [string]>;
   private readonly selectOldestSessions: Statement<CheckedRow, [number]>;
   private readonly selectPrefixRange: Statement<CheckedRow, [string, string, number]>;
@@ -831,7 +846,7 @@ export class SqliteStorage implements KvStorage {
               this.maybeCheckpoint();
             },
           });
-    this.updateApplied = db.prepare("UPDATE meta SET applied_index = ?, applied_term = ? WHERE id = 1");
+    this.updateApplied = db.prepare("UPDATE meta SET applied_index = ?, applied_term = ?, log_durable_segment = ?, log_durable_bytes = ? WHERE id = 1");
     this.selectValue = db.prepare("SELECT key, value, version, crc FROM kv WHERE key = ?");
     this.selectPrefixRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
@@ -1096,8 +1111,14 @@ export class SqliteStorage implements KvStorage {
     if (membership !== undefined) this.writeMembership(membership);
     const results: ApplyResult[] = [];
     for (const step of steps) results.push(executeStep(step, this.kvTable));
-    this.updateApplied.run(appliedIndex, appliedTerm);
+    this.recordApplied(appliedIndex, appliedTerm);
     return results;
+  }
+
+  /** The applied index and its term, with how much of the log is durable (see `migrationToV8Sql`), in the transaction running. */
+  private recordApplied(index: number, term: number): void {
+    const durable = this.log.durableMark();
+    this.updateApplied.run(index, term, durable.segment, durable.bytes);
   }
 
   /** The index of the last applied entry, as stored with the kv data. */
@@ -1268,7 +1289,7 @@ export class SqliteStorage implements KvStorage {
     // An image from a 0.1.0 leader has sessions but no session clock.
     startSessionClock(this.kvTable, countSessionRows(this.db), snapshot.index);
     this.writeMembership(membership);
-    this.updateApplied.run(snapshot.index, snapshot.term);
+    this.recordApplied(snapshot.index, snapshot.term);
     this.writeSnapshotMeta(snapshot);
   }
 
