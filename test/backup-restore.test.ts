@@ -413,6 +413,23 @@ describe("damaged files are refused, and nothing is restored", () => {
     expect([empty.code, empty.out]).toEqual([2, expect.stringContaining("FILE must not be empty")]);
   });
 
+  test("kv snapshot save replaces a kv backup but refuses any other file, a node's kv.db among them, leaving it as it was (found in a black-box review: renamed over a running node's kv.db, the node failed at every start)", async () => {
+    const dir = join(baseDir, "replace");
+    mkdirSync(dir, { recursive: true });
+    const database = join(dir, "kv.db");
+    const sqliteHeader = Buffer.concat([Buffer.from("SQLite format 3\0"), Buffer.alloc(84)]);
+    writeFileSync(database, sqliteHeader);
+    const refused = await runKv(["snapshot", "save", database, "--endpoints", "http://127.0.0.1:1", "--timeout-ms", "1"]);
+    expect([refused.code, refused.out]).toEqual([1, expect.stringContaining(`refusing to replace ${database}: it is not a kv backup`)]);
+    expect(readFileSync(database)).toEqual(sqliteHeader);
+    // A backup (and an empty file) is replaced: this save gets as far as asking the endpoint.
+    for (const [name, contents] of [["old.kvsnap", Buffer.from("KVSNAP\u0000\u0001 the rest of an older backup")], ["empty.kvsnap", Buffer.alloc(0)]] as const) {
+      writeFileSync(join(dir, name), contents);
+      const asked = await runKv(["snapshot", "save", join(dir, name), "--endpoints", "http://127.0.0.1:1", "--timeout-ms", "1"]);
+      expect([asked.code, asked.out]).toEqual([3, expect.not.stringContaining("refusing")]);
+    }
+  });
+
   test("a save's or a restore's leftover named after this process's own pid is a gone process's: every run in a container is pid 1 (found in a black-box review)", async () => {
     const dir = join(baseDir, "pid-one");
     mkdirSync(dir, { recursive: true });

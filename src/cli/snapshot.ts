@@ -6,10 +6,10 @@
  */
 import { defineCommand } from "citty";
 import { removeStaleTemps } from "../lib/stale-temps.ts";
-import { closeSync, existsSync, fsyncSync, ftruncateSync, openSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
 import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
-import { BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
+import { BACKUP_MAGIC, BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
 import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
 import { caFile, ClientExit, connectionArgs } from "./client.ts";
 import { parseCluster, parseIntFlag, UsageError } from "./usage-error.ts";
@@ -164,6 +164,28 @@ async function downloadOnce(endpoints: readonly string[], authToken: string | un
   return undefined;
 }
 
+/**
+ * A save replaces FILE when it exists (a backup of the night before), but only a kv backup (or an
+ * empty file): renamed over a node's own `kv.db`, a save left the node failing at every start,
+ * its data dir lost (found in a black-box review). Exit 1, as a FILE that cannot be written.
+ */
+function refuseToReplaceOtherThanABackup(file: string): void {
+  if (!existsSync(file) || statSync(file).size === 0) return;
+  const head = Buffer.alloc(BACKUP_MAGIC.length);
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, "r");
+    readSync(fd, head, 0, head.byteLength, 0);
+  } catch (error) {
+    throw new ClientExit(1, `cannot replace ${file}: ${error instanceof Error ? error.message : String(error)}; nothing saved`);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  if (head.toString("latin1") !== BACKUP_MAGIC) {
+    throw new ClientExit(1, `refusing to replace ${file}: it is not a kv backup (it does not start with ${BACKUP_MAGIC}); remove it or name another FILE; nothing saved`);
+  }
+}
+
 const saveCommand = defineCommand({
   meta: { name: "save", description: "Save a consistent backup of the cluster to FILE (written aside, verified, then renamed into place)" },
   args: {
@@ -190,6 +212,7 @@ const saveCommand = defineCommand({
     // FILE that cannot be written: exit 1, as a write that fails (operations.md).
     if (existsSync(file) && statSync(file).isDirectory()) throw new ClientExit(1, `cannot write ${file}: it is a directory; nothing saved`);
     if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new ClientExit(1, `cannot write ${file}: ${dirname(file)} is no directory; nothing saved`);
+    refuseToReplaceOtherThanABackup(file);
     removeStaleTemps(dirname(file), `.${basename(file)}.partial-`);
     const temp = join(dirname(file), `.${basename(file)}.partial-${process.pid}`);
     let origin: string;
