@@ -47,6 +47,12 @@ test.each([
   [["serve", "--id", "1", "--idempotency-window", "0s"], "--idempotency-window must be a duration"],
   [["serve", "--id", "1", "--idempotency-sessions-max", "0"], "--idempotency-sessions-max must be a whole number from 1"],
   [["frobnicate"], "unknown command 'frobnicate'"],
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--advertise-http", "notaurl"], "--advertise-http must be an http(s) URL"],
+  // citty read any value of a switch but `false` as true: `--metrics-open=no` opened /metrics (found in a black-box review).
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--metrics-open=no"], "flag '--metrics-open=no': a switch is given alone, or as --metrics-open=true or --metrics-open=false"],
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--storage-thread=0"], "flag '--storage-thread=0': a switch"],
+  [["get", "k", "--endpoints", "http://127.0.0.1:1", "--json=off"], "flag '--json=off': a switch"],
+  [["list", "--endpoints", "http://127.0.0.1:1", "--no-keys-only=true"], "flag '--no-keys-only=true' takes no value"],
   // Messages that named what the user did not write (found in a black-box review).
   [["member", "add", "0", "http://127.0.0.1:5009", "--endpoints", "http://127.0.0.1:1"], "ID must be a whole number from 1"],
   [["snapshot", "status", tmpdir()], "is not a file"],

@@ -110,6 +110,13 @@ function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]
     const name = arg.replace(/^--?/, "").split("=")[0] as string;
     if (!known.has(name)) throw new UsageError(`unknown flag '${arg}' for '${path.join(" ")}' (see ${path.join(" ")} --help)`);
     const def = defined[name] ?? Object.values(defined).find((d) => "alias" in d && ([] as string[]).concat(d.alias ?? []).includes(name));
+    // citty reads any value of a switch but `false` as true: `--metrics-open=no` opened /metrics
+    // (found in a black-box review). A switch takes no value, or exactly true or false.
+    if ((def === undefined || def.type === "boolean") && arg.includes("=")) {
+      const value = arg.slice(arg.indexOf("=") + 1);
+      if (def === undefined) throw new UsageError(`flag '${arg}' takes no value`);
+      if (value !== "true" && value !== "false") throw new UsageError(`flag '${arg}': a switch is given alone, or as --${name}=true or --${name}=false`);
+    }
     if (def?.type === "string" && !arg.includes("=")) {
       const value = argv[i + 1];
       if (value === undefined) throw new UsageError(`flag '${arg}' needs a value`);
