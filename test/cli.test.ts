@@ -63,6 +63,20 @@ test.each([
   expect(result.err.trim().split("\n")).toHaveLength(1);
 });
 
+test("input that cannot be read is one line, no stack: standard input a directory, a transaction file a directory, a backup that fails to read (found in a black-box review)", () => {
+  const shell = (command: string) => Bun.spawnSync(["sh", "-c", command, "sh", ...kvCommand()], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000 });
+  for (const [command, code, says] of [
+    ['"$@" put k --endpoints http://127.0.0.1:1 < /tmp', 2, "cannot read standard input: "],
+    ['"$@" txn --endpoints http://127.0.0.1:1 < /tmp', 2, "cannot read standard input: "],
+    ['"$@" txn /tmp --endpoints http://127.0.0.1:1', 2, "cannot read '/tmp': it is not a file"],
+    ['"$@" snapshot status /proc/self/mem', 1, "cannot read /proc/self/mem: "],
+  ] as const) {
+    const result = shell(command);
+    const err = result.stderr.toString();
+    expect([command, result.exitCode, err.trim().split("\n")]).toEqual([command, code, [expect.stringContaining(says)]]);
+  }
+});
+
 test("a bad $KV_ENDPOINTS is named as such, not as --endpoints (found in a black-box review)", () => {
   const proc = Bun.spawnSync([...kvCommand(), "get", "k"], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000, env: { ...process.env, KV_ENDPOINTS: "ftp://127.0.0.1:1" } });
   expect(proc.exitCode).toBe(2);

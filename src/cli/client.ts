@@ -15,7 +15,7 @@ import {
 import { answerOutcome, isRetryableRefusal } from "../client/outcome.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 import { jsonValue } from "../lib/json-value.ts";
-import { printBytes, printLine } from "./output.ts";
+import { printBytes, printLine, readStandardInput } from "./output.ts";
 
 /**
  * The client commands (`kv put|get|del|list|status|members`; `kv watch`, `kv lease`, `kv lock` and
@@ -249,7 +249,7 @@ const putCommand = defineCommand({
     const ifVersion = ifVersionOf(args["if-version"]);
     const idempotencyKey = idempotencyKeyOf(args["idempotency-key"]);
     const value =
-      args.value === undefined || args.value === "-" ? new Uint8Array(await Bun.stdin.arrayBuffer()) : new TextEncoder().encode(args.value);
+      args.value === undefined || args.value === "-" ? await readStandardInput() : new TextEncoder().encode(args.value);
     const options = { ...(lease === undefined ? {} : { lease }), ...(ifVersion === undefined ? {} : { ifVersion }), ...(idempotencyKey === undefined ? {} : { idempotencyKey }) };
     const { version } = await call(() => conn.client.put(checkKey(args.key), value, options));
     print(conn, { key: args.key, version }, `OK ${args.key} version ${version}`);

@@ -3,6 +3,7 @@
  * `exitOnOutputError` (Bun's `console.log` drops them: `kv list > /dev/full` exited 0, and
  * `kv watch | head -1` never ended once `head` was gone; found in review).
  */
+import { UsageError } from "./usage-error.ts";
 
 /** Writes `text` and a newline to standard output. */
 export function printLine(text: string): void {
@@ -45,4 +46,16 @@ export async function exitAfterOutput(code: number): Promise<never> {
   // then, as it would have without the wait (found in review: exit `code`, no message).
   await new Promise<void>((resolve) => setImmediate(resolve));
   process.exit(code);
+}
+
+/**
+ * All of standard input, for a value or a transaction read from it; a usage error naming the
+ * reason when it cannot be read (found in a black-box review: `kv put k < /tmp` printed a stack).
+ */
+export async function readStandardInput(): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await Bun.stdin.arrayBuffer());
+  } catch (error) {
+    throw new UsageError(`cannot read standard input: ${error instanceof Error ? error.message : String(error)}`);
+  }
 }

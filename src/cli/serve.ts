@@ -274,11 +274,12 @@ export const serveCommand = defineCommand({
       }
     }
 
-    const advertiseHttp = args["advertise-http"] ?? defaultAdvertiseHttp(listenHttp, selfPeerUrl, tls === undefined ? "http" : "https");
+    const given = args["advertise-http"];
     // Peers redirect clients there: it must be a URL (found in a black-box review: `notaurl` was taken).
-    if (args["advertise-http"] !== undefined && (!URL.canParse(advertiseHttp) || !/^https?:$/.test(new URL(advertiseHttp).protocol))) {
-      throw new UsageError(`--advertise-http must be an http(s) URL such as http://10.0.0.1:8001, got '${advertiseHttp}'`);
+    if (given !== undefined && (!URL.canParse(given) || !/^https?:$/.test(new URL(given).protocol))) {
+      throw new UsageError(`--advertise-http must be an http(s) URL such as http://10.0.0.1:8001, got '${given}'`);
     }
+    const advertiseHttp = given ?? defaultAdvertiseHttp(listenHttp, selfPeerUrl, tls === undefined ? "http" : "https");
 
     const logFormat = (args["log-format"] ?? "auto") as LogFormat;
     if (!["json", "text", "auto"].includes(logFormat)) throw new UsageError("--log-format must be json, text or auto");

@@ -32,7 +32,9 @@ async function verifyFile(file: string): Promise<BackupSummary> {
     return await verifyBackup(fileSource(file));
   } catch (error) {
     if (error instanceof BackupFormatError) throw new ClientExit(1, `${file} is not a usable backup: ${error.message}`);
-    throw error;
+    if (error instanceof UsageError) throw error;
+    // A read that fails (EIO: a damaged disk, a special file): one line, not a stack (found in a black-box review).
+    throw new ClientExit(1, `cannot read ${file}: ${error instanceof Error ? error.message : String(error)}`);
   }
 }
 

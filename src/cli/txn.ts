@@ -1,7 +1,8 @@
 import { defineCommand } from "citty";
 import { ClientExit, connection, connectionArgs, fail, idempotencyKeyArg, idempotencyKeyOf, send } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
-import { printLine } from "./output.ts";
+import { printLine, readStandardInput } from "./output.ts";
+import { existsSync, statSync } from "node:fs";
 
 /** The answer is always JSON: `--json` would change nothing, so `kv txn` does not take it. */
 const { json: _json, ...txnConnectionArgs } = connectionArgs;
@@ -60,8 +61,9 @@ export const txnCommand = defineCommand({
 });
 
 async function readTxn(file: string | undefined): Promise<Uint8Array> {
-  if (file === undefined || file === "-") return new Uint8Array(await Bun.stdin.arrayBuffer());
+  if (file === undefined || file === "-") return await readStandardInput();
   const handle = Bun.file(file);
+  if (existsSync(file) && !statSync(file).isFile()) throw new UsageError(`cannot read '${file}': it is not a file`);
   if (!(await handle.exists())) throw new UsageError(`cannot read '${file}': no such file`);
   if (handle.size > txnFileBytesMax) throw new UsageError(`'${file}' is ${handle.size} bytes; a transaction is at most ${txnFileBytesMax}`);
   try {
