@@ -161,6 +161,40 @@ describe("kv lock and kv elect", () => {
     }
   });
 
+  test("a holder interrupted while no node answers says the lock stays held until its lease expires and exits 3 (found in a black-box review: it waited out two timeouts and exited 0 in silence)", async () => {
+    const leader = await cluster.waitForLeader();
+    const proxy = createTcpProxy(cluster.node(leader).httpPort);
+    try {
+      const holder = spawnKv(["lock", "outage", "--ttl", "60s", "--timeout-ms", "1000", "--endpoints", `http://127.0.0.1:${proxy.port}`]);
+      await holder.waitFor("outage/");
+      proxy.cut();
+      holder.proc.kill("SIGINT");
+      expect(await holder.proc.exited).toBe(3);
+      expect(holder.err()).toContain("could not release the lock outage");
+      expect(holder.err()).toContain("it stays held until its lease expires, within 60000 ms");
+      expect(await keysUnder("outage/")).toHaveLength(1);
+    } finally {
+      proxy.close();
+    }
+  });
+
+  test("a wait interrupted while its first request gets no answer exits 130 at once, not after --timeout-ms (found in a black-box review: 19 s)", async () => {
+    // A server that takes connections and never answers: the grant's first attempt hangs.
+    let accepted = 0;
+    const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: () => void accepted++, data: () => undefined } });
+    try {
+      for (const args of [["lock", "silent"], ["elect", "silent", "v"], ["elect", "silent", "--observe"]]) {
+        const before = accepted;
+        const waiter = spawnKv([...args, "--timeout-ms", "60000", "--endpoints", `http://127.0.0.1:${silent.port}`]);
+        await until(() => accepted > before, "the first request to arrive");
+        waiter.proc.kill("SIGINT");
+        expect([args.join(" "), await waiter.proc.exited]).toEqual([args.join(" "), args.includes("--observe") ? 0 : 130]);
+      }
+    } finally {
+      silent.stop(true);
+    }
+  }, 20_000);
+
   test("kv elect cut off from the cluster exits 1, saying it lost the office, before another candidate is elected", async () => {
     const leader = await cluster.waitForLeader();
     const proxy = createTcpProxy(cluster.node(leader).httpPort);

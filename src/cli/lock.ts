@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import type { LockHandle } from "../client/index.ts";
 import { ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
 import { parseTtl, UsageError } from "./usage-error.ts";
-import { printLine } from "./output.ts";
+import { exitAfterOutput, printLine } from "./output.ts";
 import { jsonValue } from "../lib/json-value.ts";
 
 /**
@@ -55,18 +55,46 @@ export function abortedPromise(signal: AbortSignal): Promise<void> {
  * is interrupted too: what was taken is given back (`giveBack`) before exiting, never used.
  */
 async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted: { readonly signal: AbortSignal }, giveBack: (held: T) => Promise<void>): Promise<T> {
-  let held: T;
-  try {
-    held = await work(interrupted.signal);
-  } catch (error) {
-    if (interrupted.signal.aborted) process.exit(signalStatus(String(interrupted.signal.reason)));
-    return exitFor(error);
-  }
-  if (interrupted.signal.aborted) {
-    await giveBack(held).catch(() => undefined);
+  const settled = work(interrupted.signal).then(
+    (held) => ({ held }),
+    (error: unknown) => ({ error }),
+  );
+  const first = await Promise.race([settled, abortedPromise(interrupted.signal).then(() => undefined)]);
+  if (first === undefined || interrupted.signal.aborted) {
+    // Interrupted: a wait in the queue leaves it at once (the library gives the key back), but the
+    // first requests (the grant, the put) retry until the client's timeout when no node answers,
+    // and the signal waited for them (found in a black-box review: SIGINT took 19 s). A short grace
+    // for what is under way to settle, and to give back what it took; a lease granted later
+    // expires by itself, within one TTL.
+    const late = await Promise.race([settled, new Promise<undefined>((resolve) => setTimeout(resolve, INTERRUPT_GRACE_MS).unref())]);
+    if (late !== undefined && "held" in late) await withinGrace(giveBack(late.held)).catch(() => undefined);
     process.exit(signalStatus(String(interrupted.signal.reason)));
   }
-  return held;
+  if ("error" in first) return exitFor(first.error);
+  return first.held;
+}
+
+/** How long an interrupted command waits for requests under way, or for giving back what it took. */
+const INTERRUPT_GRACE_MS = 1_000;
+
+/** `promise`, or a rejection once `INTERRUPT_GRACE_MS` passed. */
+function withinGrace<T>(promise: Promise<T>): Promise<T> {
+  return Promise.race([promise, new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer in time")), INTERRUPT_GRACE_MS).unref())]);
+}
+
+/**
+ * Releases a lock or resigns an office on the way out: when the cluster did not answer, says that it
+ * stays held until its lease expires, and exits 3 (found in a black-box review: it waited out two
+ * timeouts and exited 0 in silence, the lock still held). Returns when released.
+ */
+async function releaseOrSay(release: () => Promise<void>, what: string, held: Pick<LockHandle, "key">, ttlMs: number, exitCode?: number): Promise<void> {
+  try {
+    await release();
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    console.error(`kv: could not release ${what} (key ${held.key}): ${reason}; it stays held until its lease expires, within ${ttlMs} ms`);
+    await exitAfterOutput(exitCode ?? 3);
+  }
 }
 
 /**
@@ -116,7 +144,7 @@ export const lockCommand = defineCommand({
       interrupted.dispose();
       // Lost: exit at once, releasing nothing (see `exitLost`).
       if (lock.lost.aborted && !interrupted.signal.aborted) exitLost(lostMessage(`the lock ${name}`, lock));
-      await lock.release();
+      await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, ttlMs);
       return;
     }
 
@@ -129,7 +157,7 @@ export const lockCommand = defineCommand({
         stderr: "inherit",
       });
     } catch (error) {
-      await lock.release();
+      await lock.release().catch(() => undefined);
       interrupted.dispose();
       // As a shell answers a command it cannot find or run.
       console.error(`kv: cannot run '${cmd[0]}': ${error instanceof Error ? error.message : String(error)}`);
@@ -147,10 +175,12 @@ export const lockCommand = defineCommand({
       { once: true },
     );
     const code = await child.exited;
+    const status = child.signalCode === null || child.signalCode === undefined ? code : signalStatus(String(child.signalCode));
     // A lost lock is not released: its lease is gone, or the cluster did not answer (see `exitLost`).
-    if (!lock.lost.aborted) await lock.release();
+    // CMD's status stands either way; a release that failed is said on stderr.
+    if (!lock.lost.aborted) await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, ttlMs, status);
     interrupted.dispose();
-    process.exit(child.signalCode === null || child.signalCode === undefined ? code : signalStatus(String(child.signalCode)));
+    process.exit(status);
   },
 });
 
@@ -173,6 +203,9 @@ export const electCommand = defineCommand({
     const interrupted = interruption();
     if (args.observe === true) {
       if (args.value !== undefined) throw new UsageError("--observe takes no VALUE");
+      // A listing or watch that retries while no node answers holds the loop below past the
+      // interruption (found in a black-box review: 19 s): exit 0 after a short grace regardless.
+      void abortedPromise(interrupted.signal).then(() => setTimeout(() => process.exit(0), INTERRUPT_GRACE_MS).unref());
       try {
         for await (const leader of conn.client.observe(name, { signal: interrupted.signal })) {
           // A value that is not UTF-8 as the other commands print one (it printed U+FFFD: found in review).
@@ -197,6 +230,6 @@ export const electCommand = defineCommand({
     await Promise.race([abortedPromise(interrupted.signal), abortedPromise(office.lost)]);
     interrupted.dispose();
     if (office.lost.aborted && !interrupted.signal.aborted) exitLost(lostMessage(`office in ${name}`, office));
-    await office.resign();
+    await releaseOrSay(() => office.resign(), `office in ${name}`, office, ttlMs);
   },
 });

@@ -51,7 +51,11 @@ export interface LockHandle {
    * it, only the fence protects the resource.
    */
   aliveUntilMs(): number;
-  /** Deletes the key and revokes the lease, so the next waiter proceeds. Idempotent; never throws for a lock already lost. */
+  /**
+   * Deletes the key and revokes the lease, so the next waiter proceeds. Idempotent; never throws for
+   * a lock already lost. Throws when the cluster did not answer (or refused both the revoke and the
+   * delete): the lock may then stay held until its lease expires, within one TTL.
+   */
   release(): Promise<void>;
 }
 
@@ -97,6 +101,23 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
       // fallback when the revoke is refused or unanswered (the lease may already be gone).
       await deps.leases.revoke(lease.id).catch(() => deps.delete(key).catch(() => undefined));
     };
+    /**
+     * `release()`: as `giveUp`, but says when the lock may still be held. A lease already gone took
+     * its key with it; a revoke refused otherwise falls back to the delete; one unanswered (the
+     * cluster unreachable) throws at once, as a delete would meet the same outage: the lock then
+     * stays held until its lease expires, and the caller should say so (found in a black-box review:
+     * `kv lock` interrupted in an outage waited out two timeouts and exited 0, the lock still held).
+     */
+    const release = async () => {
+      keeper.stop();
+      try {
+        await deps.leases.revoke(lease.id);
+      } catch (error) {
+        if (error instanceof KvClientError && error.code === "lease_not_found") return;
+        if (!(error instanceof KvClientError) || error.status < 400 || error.status >= 500) throw error;
+        await deps.delete(key);
+      }
+    };
     let fence: number;
     try {
       fence = (await deps.put(key, value, { ifVersion: 0, lease: lease.id })).version;
@@ -111,7 +132,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
           leaseId: lease.id,
           lost: keeper.lost,
           aliveUntilMs: () => keeper.aliveUntilMs(),
-          release: () => (released ??= giveUp()),
+          release: () => (released ??= release()),
         };
       }
     } catch (error) {
