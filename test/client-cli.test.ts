@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { createTcpProxy } from "../src/chaos/tcp-proxy.ts";
 import { createClient } from "../src/client/index.ts";
 import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
 
@@ -210,6 +211,25 @@ test("kv lease keepalive keeps a lease alive until interrupted, then exits 0", a
     await client.leases.revoke(lease.id).catch(() => undefined);
   }
 });
+
+test("kv lease keepalive interrupted while no node answers exits 0 at once, not after the keepalive's retries (found in a black-box review: 30 s)", async () => {
+  const client = createClient({ endpoints, timeoutMs: 5_000 });
+  const lease = await client.leases.grant(60_000);
+  const leader = await cluster.waitForLeader();
+  const proxy = createTcpProxy(Number(new URL(cluster.nodes.find((n) => n.id === leader)!.httpUrl).port));
+  const proc = Bun.spawn([...kvCommand(), "lease", "keepalive", String(lease.id), "--timeout-ms", "60000", "--endpoints", `http://127.0.0.1:${proxy.port}`], { stdout: "pipe", stderr: "pipe" });
+  try {
+    const reader = proc.stdout.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toBe(`${lease.id}\t${lease.ttlMs}\n`);
+    proxy.cut();
+    proc.kill("SIGINT");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill("SIGKILL");
+    proxy.close();
+    await client.leases.revoke(lease.id).catch(() => undefined);
+  }
+}, 20_000);
 
 test("kv watch prints each change from --from-version on, one line each, and exits 0 after --count; --json prints objects", async () => {
   const client = createClient({ endpoints, timeoutMs: 5_000 });

@@ -3,7 +3,7 @@ import { KvClientError } from "../client/index.ts";
 import { call, ClientExit, connection, connectionArgs, exitFor } from "./client.ts";
 import { abortedPromise, interruption } from "./lock.ts";
 import { parseTtl, UsageError } from "./usage-error.ts";
-import { printLine } from "./output.ts";
+import { exitAfterOutput, printLine } from "./output.ts";
 
 /**
  * `kv lease grant|revoke|get|list|keepalive`: leases from the command line, through the client library
@@ -97,9 +97,10 @@ const keepaliveCommand = defineCommand({
     const conn = connection(args);
     const sentAtMs = performance.now();
     const first = await call(() => conn.client.leases.keepAlive(id));
+    // Before the first line: a SIGINT right after it was the default one, which kills (found in review).
+    const interrupted = args.once === true ? undefined : interruption();
     printLine(conn.json ? JSON.stringify(first) : `${first.id}\t${first.ttlMs}`);
-    if (args.once === true) return;
-    const interrupted = interruption();
+    if (interrupted === undefined) return;
     const keeper = conn.client.leases.keep(id, { ttlMs: first.ttlMs, sentAtMs });
     await Promise.race([abortedPromise(interrupted.signal), abortedPromise(keeper.lost)]);
     keeper.stop();
@@ -108,6 +109,9 @@ const keepaliveCommand = defineCommand({
       const reason = keeper.lost.reason instanceof Error ? keeper.lost.reason.message : String(keeper.lost.reason);
       throw new ClientExit(1, `lost lease ${id}: ${reason}`);
     }
+    // A keepalive under way (retrying while no node answers) would hold the process until its budget
+    // ran out (found in a black-box review: 30 s): interrupted, exit now.
+    await exitAfterOutput(0);
   },
 });
 
