@@ -289,10 +289,18 @@ export function executeStep(step: ApplyStep, table: KvTable): ApplyResult {
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder();
 
+/** The session clock's time (`SessionClock.nowMs`) in its row as stored; 0 when there is none yet. */
+export function sessionClockMsOf(row: { readonly value: Uint8Array } | undefined): number {
+  return row === undefined ? 0 : parseSessionClock(row.value).nowMs;
+}
+
 function readSessionClock(table: KvTable): SessionClock {
   const row = table.get(sessionClockKey);
-  if (row === undefined) return { nowMs: 0, sessions: 0 };
-  const clock = JSON.parse(textDecoder.decode(row.value)) as SessionClock;
+  return row === undefined ? { nowMs: 0, sessions: 0 } : parseSessionClock(row.value);
+}
+
+function parseSessionClock(value: Uint8Array): SessionClock {
+  const clock = JSON.parse(textDecoder.decode(value)) as SessionClock;
   assert(Number.isSafeInteger(clock.nowMs) && Number.isSafeInteger(clock.sessions) && clock.sessions >= 0, "session clock row invalid");
   return { nowMs: clock.nowMs, sessions: clock.sessions };
 }

@@ -13,7 +13,8 @@ import {
   sessionKeyPrefix,
   type Command,
 } from "../kv/command.ts";
-import { type ApplyResult, sessionAnswersRetry } from "../kv/apply-plan.ts";
+import { type ApplyResult, sessionAnswersRetry, sessionClockKey, sessionClockMsOf } from "../kv/apply-plan.ts";
+import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, type TxnAnswer, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
@@ -305,6 +306,8 @@ export class KvNode implements KvNodeApi {
   /** Where the log compaction under way stops (see `maybeCompact`); at or below the snapshot when none is. */
   private compactTarget = 0;
   private readonly idempotencyWindowMs: number;
+  /** The time stamped on idempotent writes (see src/node/session-stamps.ts). */
+  private readonly sessionStamps: SessionStamps;
   private readonly idempotencySessionsMax: number;
   /** Watch streams and the change history, fed after each apply (src/node/watch.ts). */
   private readonly watches: NodeWatch;
@@ -321,6 +324,13 @@ export class KvNode implements KvNodeApi {
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
     this.idempotencyWindowMs = cfg.idempotencyWindowMs ?? defaultIdempotency.windowMs;
+    // Read again only once more is applied: one read per applied batch at most.
+    let sessionClock = { applied: -1, ms: 0 };
+    this.sessionStamps = new SessionStamps(cfg.clock, () => {
+      const applied = cfg.storage.appliedIndex();
+      if (applied !== sessionClock.applied) sessionClock = { applied, ms: sessionClockMsOf(cfg.storage.get(sessionClockKey)) };
+      return sessionClock.ms;
+    });
     this.idempotencySessionsMax = cfg.idempotencySessionsMax ?? defaultIdempotency.sessionsMax;
     assert(Number.isSafeInteger(this.idempotencyWindowMs) && this.idempotencyWindowMs >= 1, `idempotencyWindowMs ${this.idempotencyWindowMs}`);
     assert(Number.isSafeInteger(this.idempotencySessionsMax) && this.idempotencySessionsMax >= 1, `idempotencySessionsMax ${this.idempotencySessionsMax}`);
@@ -931,7 +941,7 @@ export class KvNode implements KvNodeApi {
     const stamped: Command =
       idem === undefined
         ? command
-        : { ...command, stamp: { atMs: Math.max(0, Math.floor(this.cfg.clock.wallMs())), windowMs: this.idempotencyWindowMs, sessionsMax: this.idempotencySessionsMax } };
+        : { ...command, stamp: { atMs: this.sessionStamps.now(), windowMs: this.idempotencyWindowMs, sessionsMax: this.idempotencySessionsMax } };
     const data = encodeCommand(stamped);
     // Its value lands in the state machine (the log is not counted): counted until measured.
     this.bytesProposedSinceMeasure += data.byteLength;
@@ -948,7 +958,7 @@ export class KvNode implements KvNodeApi {
    */
   private retryAnsweredBySession(idempotencyKey: string | undefined): boolean {
     if (idempotencyKey === undefined) return false;
-    return sessionAnswersRetry(this.cfg.storage.get(`${sessionKeyPrefix}${idempotencyKey}`), this.cfg.clock.wallMs(), this.idempotencyWindowMs);
+    return sessionAnswersRetry(this.cfg.storage.get(`${sessionKeyPrefix}${idempotencyKey}`), this.sessionStamps.now(), this.idempotencyWindowMs);
   }
 
   private notLeader(): KvError {
