@@ -1,7 +1,7 @@
 // Proves that a data dir written by each earlier release opens in the built executable (migrated in
 // place) and still holds exactly what that release acknowledged.
 import { afterAll, describe, expect, test } from "bun:test";
-import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -134,6 +134,22 @@ describe("data dirs of earlier releases", () => {
     }
     return dataDir;
   }
+
+  test("0.8.0: a data dir whose applies record the log's durable bytes opens with every acknowledged write and takes new ones; a sector of zeros below that mark is refused as damage, not cut as a torn write", async () => {
+    await openSameFiveWrites("0.8.0", 3);
+    const damaged = join(scratch, "v0.8.0-damaged");
+    cpSync(join(fixtures, "v0.8.0", "node-1"), damaged, { recursive: true });
+    const segment = join(damaged, "kv.db-log", "seg-0000000000000001.log");
+    const bytes = readFileSync(segment);
+    // A whole sector inside the 10,000 bytes of z (entry 4, fsynced and applied) reads as zeros.
+    const sector = Math.ceil(bytes.indexOf("z".repeat(600)) / 512) * 512;
+    bytes.fill(0, sector, sector + 512);
+    writeFileSync(segment, bytes);
+    const refused = Bun.spawnSync([...kvCommand(), "serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", damaged], { stderr: "pipe", stdout: "pipe" });
+    expect(refused.exitCode).toBe(1);
+    expect(refused.stderr.toString() + refused.stdout.toString()).toContain("a completed sync had made durable (recorded in the database): damage, not a torn write");
+    expect(readFileSync(segment)).toEqual(bytes);
+  });
 
   test("0.7.0: a data dir whose members carry the index that added them opens with every acknowledged write, takes new ones, and lists node 1 as a founding member (added at 0)", async () => {
     const dataDir = await openSameFiveWrites("0.7.0", 3);
