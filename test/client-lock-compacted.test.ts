@@ -167,3 +167,22 @@ test("a lock whose lease's time ran out before its lost signal fired is not hand
   const alive = fakeCluster({ noHolder: true, aliveUntilMs: () => performance.now() + 60_000 });
   expect((await acquire(alive.deps, "lock", "me")).key).toBe("lock/7");
 });
+
+test("release() is false while no node answers the revoke, and a later call revokes once the cluster answers (found in review: the first failure was kept and never retried)", async () => {
+  const cluster = fakeCluster({ noHolder: true });
+  let outage = true;
+  let revokes = 0;
+  const leases = cluster.deps.leases as LeasesApi & { revoke: LeasesApi["revoke"] };
+  const revoke = leases.revoke.bind(leases);
+  (leases as { revoke: LeasesApi["revoke"] }).revoke = async (id) => {
+    revokes++;
+    if (outage) throw new KvClientError("unavailable", 0, "no endpoint answered");
+    return revoke(id);
+  };
+  const lock = await acquire(cluster.deps, "lock", "me");
+  expect(await lock.release()).toBe(false);
+  outage = false;
+  expect(await lock.release()).toBe(true);
+  expect(await lock.release()).toBe(true);
+  expect(revokes).toBe(2);
+});

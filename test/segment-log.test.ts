@@ -571,6 +571,24 @@ describe("SegmentLog across failures", () => {
     reopened.close();
   });
 
+  test("a sync whose fdatasync succeeds after an earlier one on the same file failed is refused too: the kernel reports a write-back error once (found in review)", async () => {
+    const held: ((error: NodeJS.ErrnoException | null) => void)[] = [];
+    const files: Partial<SegmentFiles> = {
+      fdatasync: ((_fd: number, callback: (error: NodeJS.ErrnoException | null) => void) => void held.push(callback)) as SegmentFiles["fdatasync"],
+    };
+    const log = SegmentLog.open(tempDir(), { files });
+    log.append(range(1, 1, 1));
+    const first = log.sync();
+    log.append(range(2, 2, 1));
+    const second = log.sync(); // the same segment: it fdatasyncs it itself, waiting for nothing
+    expect(held).toHaveLength(2);
+    (held[0] as (error: NodeJS.ErrnoException | null) => void)(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" }));
+    (held[1] as (error: NodeJS.ErrnoException | null) => void)(null);
+    const outcomes = await Promise.allSettled([first, second]);
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(["rejected", "rejected"]);
+    log.close();
+  });
+
   test("a failed write of a new segment's header leaves no segment behind, and the retry is read back", async () => {
     const dir = tempDir();
     const disk = crashableDisk();

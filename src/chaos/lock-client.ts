@@ -106,7 +106,7 @@ export async function runLockClient(opts: LockClientOptions, emit: (event: LockC
     // converted now: a step of the wall clock since this process started does not shift it.
     const aliveUntilMs = releaseStartMs + (lock.aliveUntilMs() - performance.now());
     try {
-      await lock.release();
+      if (!(await lock.release())) releaseError = "no node answered the release: the lock stays held until its lease expires";
     } catch (error) {
       releaseError = describe(error);
     }

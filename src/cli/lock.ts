@@ -54,7 +54,7 @@ export function abortedPromise(signal: AbortSignal): Promise<void> {
  * Waits for a lock or office, or exits 128+N when interrupted first. Interrupted as the wait ended
  * is interrupted too: what was taken is given back (`giveBack`) before exiting, never used.
  */
-async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted: { readonly signal: AbortSignal }, giveBack: (held: T) => Promise<void>): Promise<T> {
+async function waitFor<T>(work: (signal: AbortSignal) => Promise<T>, interrupted: { readonly signal: AbortSignal }, giveBack: (held: T) => Promise<unknown>): Promise<T> {
   const settled = work(interrupted.signal).then(
     (held) => ({ held }),
     (error: unknown) => ({ error }),
@@ -87,14 +87,10 @@ function withinGrace<T>(promise: Promise<T>): Promise<T> {
  * stays held until its lease expires, and exits 3 (found in a black-box review: it waited out two
  * timeouts and exited 0 in silence, the lock still held). Returns when released.
  */
-async function releaseOrSay(release: () => Promise<void>, what: string, held: Pick<LockHandle, "key">, ttlMs: number, exitCode?: number): Promise<void> {
-  try {
-    await release();
-  } catch (error) {
-    const reason = error instanceof Error ? error.message : String(error);
-    console.error(`kv: could not release ${what} (key ${held.key}): ${reason}; it stays held until its lease expires, within ${ttlMs} ms`);
-    await exitAfterOutput(exitCode ?? 3);
-  }
+async function releaseOrSay(release: () => Promise<boolean>, what: string, held: Pick<LockHandle, "key">, ttlMs: number, exitCode?: number): Promise<void> {
+  if (await release()) return;
+  console.error(`kv: could not release ${what} (key ${held.key}): no node answered; it stays held until its lease expires, within ${ttlMs} ms`);
+  await exitAfterOutput(exitCode ?? 3);
 }
 
 /**
@@ -157,7 +153,7 @@ export const lockCommand = defineCommand({
         stderr: "inherit",
       });
     } catch (error) {
-      await lock.release().catch(() => undefined);
+      await lock.release();
       interrupted.dispose();
       // As a shell answers a command it cannot find or run.
       console.error(`kv: cannot run '${cmd[0]}': ${error instanceof Error ? error.message : String(error)}`);

@@ -52,19 +52,20 @@ export interface LockHandle {
    */
   aliveUntilMs(): number;
   /**
-   * Deletes the key and revokes the lease, so the next waiter proceeds. Idempotent; never throws for
-   * a lock already lost. Throws when the cluster did not answer (or refused both the revoke and the
-   * delete): the lock may then stay held until its lease expires, within one TTL.
+   * Deletes the key and revokes the lease, so the next waiter proceeds. Resolves true once
+   * released (or the lock was already lost with its lease); false when the cluster did not answer
+   * (or refused both the revoke and the delete): the lock may then stay held until its lease
+   * expires, within one TTL; call it again to retry. Never rejects.
    */
-  release(): Promise<void>;
+  release(): Promise<boolean>;
 }
 
 /** An office held: as `LockHandle`, with `resign` for `release`. */
 export interface Leadership extends Omit<LockHandle, "release"> {
   /** The value this leader campaigned with. */
   readonly value: ValueInput;
-  /** Leaves office (deletes the key, revokes the lease): the next candidate is elected. */
-  resign(): Promise<void>;
+  /** Leaves office (deletes the key, revokes the lease): the next candidate is elected. As `release`, true once done. */
+  resign(): Promise<boolean>;
 }
 
 /** What lock and election need of the client. */
@@ -102,20 +103,25 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
       await deps.leases.revoke(lease.id).catch(() => deps.delete(key).catch(() => undefined));
     };
     /**
-     * `release()`: as `giveUp`, but says when the lock may still be held. A lease already gone took
-     * its key with it; a revoke refused otherwise falls back to the delete; one unanswered (the
-     * cluster unreachable) throws at once, as a delete would meet the same outage: the lock then
-     * stays held until its lease expires, and the caller should say so (found in a black-box review:
-     * `kv lock` interrupted in an outage waited out two timeouts and exited 0, the lock still held).
+     * `release()`: as `giveUp`, but says whether the lock is released. A lease already gone took its
+     * key with it; a revoke refused otherwise falls back to the delete; one unanswered (the cluster
+     * unreachable) is false at once, as a delete would meet the same outage: the lock then stays
+     * held until its lease expires, and the caller may say so or try again (found in a black-box
+     * review: `kv lock` interrupted in an outage waited out two timeouts and exited 0, the lock
+     * still held). False, not a rejection: a release in a `finally` does not hide the error before it.
      */
-    const release = async () => {
+    const release = async (): Promise<boolean> => {
       keeper.stop();
       try {
         await deps.leases.revoke(lease.id);
+        return true;
       } catch (error) {
-        if (error instanceof KvClientError && error.code === "lease_not_found") return;
-        if (!(error instanceof KvClientError) || error.status < 400 || error.status >= 500) throw error;
-        await deps.delete(key);
+        if (error instanceof KvClientError && error.code === "lease_not_found") return true;
+        if (!(error instanceof KvClientError) || error.status < 400 || error.status >= 500) return false;
+        return deps.delete(key).then(
+          () => true,
+          () => false,
+        );
       }
     };
     let fence: number;
@@ -125,14 +131,20 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
       // time left, not only by `lost`, whose timer may not have fired yet (an event loop held past the
       // lease's time: found in review).
       if ((await waitForTurn(deps, prefix, key, keeper, signal)) && !keeper.lost.aborted && performance.now() < keeper.aliveUntilMs()) {
-        let released: Promise<void> | undefined;
+        // The first release that succeeded (or is under way) answers every later call; one that
+        // failed is tried again by the next (found in review: a cached failure never retried).
+        let released: Promise<boolean> | undefined;
         return {
           key,
           fence,
           leaseId: lease.id,
           lost: keeper.lost,
           aliveUntilMs: () => keeper.aliveUntilMs(),
-          release: () => (released ??= release()),
+          release: () =>
+            (released ??= release().then((done) => {
+              if (!done) released = undefined;
+              return done;
+            })),
         };
       }
     } catch (error) {

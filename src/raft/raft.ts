@@ -54,7 +54,7 @@ export interface RaftConfig {
   readonly preVote: boolean;
   /**
    * Lease reads (thesis §6.4.1) assume clocks tick at rates within this many ticks per election
-   * timeout of each other: a leader's lease is electionTicks - leaseDriftTicks from the heartbeat
+   * timeout of each other: a leader's lease is electionTicks - 1 - leaseDriftTicks from the heartbeat
    * round a quorum acknowledged. Ignored without checkQuorum.
    */
   readonly leaseDriftTicks?: number;

@@ -565,6 +565,9 @@ export class SegmentLog {
         this.broken ??= error instanceof Error ? error : new Error(String(error));
         throw this.unusable();
       }
+      // An earlier sync failed meanwhile: a later fdatasync of the same file may report success for
+      // pages the kernel dropped (it reports a write-back error once; found in review).
+      if (this.broken !== undefined) throw this.unusable();
       for (const { segment, end } of covered) segment.syncedEnd = Math.max(segment.syncedEnd, end);
     });
     const whole =
