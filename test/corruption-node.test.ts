@@ -2,6 +2,7 @@
 // log's segment file and the damaged index, instead of serving or replicating bad data. The log is written
 // by an in-process node; the refusal (exit code and stderr) is the built executable's.
 import { afterAll, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
@@ -99,11 +100,31 @@ test("a log cut short below its commit index stops the node at start naming the 
     const lines = err.trim().split("\n").filter((line) => line.startsWith("kv: "));
     // It named kv.db, where nothing is wrong, and said nothing of what to do.
     expect(lines[0]).toContain(`${logDir} `.trimEnd());
-    expect(lines[0]).toContain("before the commit index");
+    // The durable mark recorded with the applies (schema 8) catches it first: the cut falls within
+    // what a completed sync had made durable.
+    expect(lines[0]).toContain("a completed sync had made durable (recorded in the database): damage, not a torn write");
     expect(lines[0]).not.toContain("kv.db)");
     expect(lines[1]).toContain("kv member remove");
   } finally {
     restart.kill("SIGKILL");
+  }
+  // Without that mark (a data dir migrated from schema 7 that applied nothing since), the commit
+  // index saved with the log still catches it.
+  const db = new Database(join(dataDir, "kv.db"));
+  db.run("UPDATE meta SET log_durable_segment = 0, log_durable_bytes = 0");
+  db.close();
+  const again = Bun.spawn(
+    [...kvCommand(), "serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir],
+    { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
+  );
+  try {
+    const [code, err] = await Promise.all([again.exited, new Response(again.stderr).text()]);
+    expect(code).toBe(1);
+    const first = err.trim().split("\n").find((line) => line.startsWith("kv: "));
+    expect(first).toContain(`${logDir} `.trimEnd());
+    expect(first).toContain("before the commit index");
+  } finally {
+    again.kill("SIGKILL");
   }
 });
 

@@ -91,3 +91,32 @@ test("an image left half staged by a sender that stopped is dropped once this no
   // A late chunk of that image is refused: it is no longer staged.
   expect(() => room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "img", seq: 1, metadata: undefined, rows: [], done: true })).toThrow(/not staging/);
 });
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+const imageAt = (index: number) => ({ index, term: 3, voters: [1, 2, 3] });
+
+test("a new image's first chunk is refused while a received image waits to be installed: staged over, its install stopped the node (found in review)", async () => {
+  const { createMemoryKvStorage } = await import("../src/storage/memory-storage.ts");
+  const storage = createMemoryKvStorage({ voters: [1, 2, 3] });
+  const inbox: SnapshotRequest[] = [];
+  // As KvNode: the install is a message pushed to the inbox, stepped by a turn that has not run.
+  const room = new SnapshotTransfer(hostOf({ id: 2, storage, install: (message) => void inbox.push(message), waitsInInbox: (message) => inbox.includes(message) }));
+  room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "A", seq: 0, metadata: imageAt(50), addresses: [{ id: 4, peerUrl: "http://n4" }], rows: [{ key: "a", value: bytes("1"), version: 50 }], done: true });
+  room.settleStaged();
+  expect(() => room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "B", seq: 0, metadata: imageAt(40), rows: [{ key: "b", value: bytes("2"), version: 40 }], done: false })).toThrow(/image A waits to be installed here/);
+  expect(room.addressesFor("A")).toEqual([{ id: 4, peerUrl: "http://n4" }]);
+  const waiting = inbox[0] as SnapshotRequest;
+  storage.installSnapshot(waiting.snapshot, waiting.imageId);
+  expect(new TextDecoder().decode(storage.get("a")?.value)).toBe("1");
+});
+
+test("once an install is done, the turn's settling does not drop an image staged after it (found in review)", async () => {
+  const { createMemoryKvStorage } = await import("../src/storage/memory-storage.ts");
+  const storage = createMemoryKvStorage({ voters: [1, 2, 3] });
+  const room = new SnapshotTransfer(hostOf({ id: 2, storage, install: (message) => storage.installSnapshot(message.snapshot, message.imageId) }));
+  room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "1.3.1", seq: 0, metadata: imageAt(50), rows: [{ key: "a", value: bytes("1"), version: 50 }], done: true });
+  // The next image begins before the turn after the install settles.
+  room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "1.3.2", seq: 0, metadata: imageAt(60), rows: [{ key: "a", value: bytes("1"), version: 50 }], done: false });
+  room.settleStaged();
+  room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "1.3.2", seq: 1, rows: [{ key: "b", value: bytes("2"), version: 60 }], done: true });
+});

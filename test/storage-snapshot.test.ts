@@ -9,6 +9,7 @@ import { encodeCommand } from "../src/kv/command.ts";
 import { type ImageRow, type KvImageReader, type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { StagingFile } from "../src/storage/staging-file.ts";
 import { imageRowsPerPageMax, openImageReader } from "../src/storage/sqlite-reads.ts";
 import type { CheckpointReport } from "../src/storage/checkpointer.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
@@ -333,6 +334,24 @@ describe("sqlite snapshot files", () => {
     }
     expect(thrown).toBeInstanceOf(StorageError);
     expect((thrown as StorageError).code).toBe("corrupt");
+  });
+
+  test("a first chunk of a new image that fails (a full disk) forgets the image staged before it, whose file it emptied: its install is refused, not made with no rows (found in review)", () => {
+    const storage = openSqliteStorage(tempDir(), { voters: [1, 2, 3], checkpoints: "inline" });
+    storage.stageImageChunk("A", [{ key: "a1", value: bytes("x"), version: 5 }], true);
+    storage.stageImageChunk("A", [{ key: "a2", value: bytes("y"), version: 7 }], false);
+    const append = StagingFile.prototype.append;
+    StagingFile.prototype.append = () => {
+      throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+    };
+    try {
+      expect(() => storage.stageImageChunk("B", [{ key: "b1", value: bytes("q"), version: 3 }], true)).toThrow(/disk is full/);
+    } finally {
+      StagingFile.prototype.append = append;
+    }
+    expect(() => storage.installSnapshot({ index: 10, term: 2, voters: [1, 2, 3] }, "A")).toThrow(AssertionError);
+    expect(storage.appliedIndex()).toBe(0);
+    storage.close();
   });
 
   test("a log that does not go on from the snapshot is reset only when nothing past the snapshot was applied: else the open is refused and the log kept (found in review)", () => {

@@ -182,6 +182,12 @@ export class SnapshotTransfer {
     const term = host.term();
     if (chunk.term < term) throw new SnapshotChunkRefusedError(`chunk of term ${chunk.term}; this node is in term ${term}`);
     let incoming = this.incoming;
+    const awaiting = this.awaitingInstall;
+    if (chunk.seq === 0 && awaiting !== undefined && (host.waitsInInbox(awaiting) || host.blockedInstall() === awaiting.imageId)) {
+      // Staged over, the image waiting for its install would be gone when the turn steps it (the
+      // install's check stopped the node), with its members' addresses (found in review).
+      throw new SnapshotChunkRefusedError(`image ${chunk.imageId}: image ${awaiting.imageId} waits to be installed here`);
+    }
     if (chunk.seq === 0) {
       assert(chunk.metadata !== undefined, "the transport checks the first chunk has metadata");
       incoming = { from: chunk.from, imageId: chunk.imageId, metadata: chunk.metadata, nextSeq: 0, rows: 0, valueBytes: 0 };
@@ -253,7 +259,8 @@ export class SnapshotTransfer {
     if (this.host.blockedInstall() === awaiting.imageId) return;
     if (this.host.waitsInInbox(awaiting)) return;
     this.awaitingInstall = undefined;
-    this.discardStaged();
+    // Installed or refused. A next image being staged is not this one's to drop (found in review).
+    if (this.incoming === undefined || this.incoming.imageId === awaiting.imageId) this.discardStaged();
   }
 
   private discardStaged(): void {

@@ -41,8 +41,12 @@ export class ImageStaging {
       if (repeated !== undefined) throw new StorageError("image_refused", `image carries key ${JSON.stringify(repeated.slice(0, 64))} twice`, this.dbFile);
       this.stateValue = next;
     } catch (error: unknown) {
-      // A broken chunk of the staged image ends it; a stray chunk of another image leaves it be.
-      if (ownsStaging && error instanceof StorageError) this.discard();
+      // A broken chunk of the staged image ends it; a stray chunk of another image leaves it be. A
+      // first chunk that failed, whatever the error (a full disk), ends what was staged before it:
+      // `begin` may have emptied that file, and the state still naming it let an install of that
+      // image install nothing (found in review).
+      if (first) this.discardEvenIfFull();
+      else if (ownsStaging && error instanceof StorageError) this.discard();
       throw error;
     }
   }
@@ -56,6 +60,15 @@ export class ImageStaging {
   discard(): void {
     this.file.discard();
     this.forget();
+  }
+
+  /** As `discard`, but the image is forgotten even when its file cannot be deleted. */
+  private discardEvenIfFull(): void {
+    try {
+      this.file.discard();
+    } finally {
+      this.forget();
+    }
   }
 }
 
