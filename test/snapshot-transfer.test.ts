@@ -118,5 +118,5 @@ test("once an install is done, the turn's settling does not drop an image staged
   // The next image begins before the turn after the install settles.
   room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "1.3.2", seq: 0, metadata: imageAt(60), rows: [{ key: "a", value: bytes("1"), version: 50 }], done: false });
   room.settleStaged();
-  room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "1.3.2", seq: 1, rows: [{ key: "b", value: bytes("2"), version: 60 }], done: true });
+  room.receiveChunk({ from: 1, to: 2, term: 3, imageId: "1.3.2", seq: 1, metadata: undefined, rows: [{ key: "b", value: bytes("2"), version: 60 }], done: true });
 });
