@@ -95,6 +95,13 @@ describe("kv serve that cannot start says why in one line, exit 1, no stack trac
       writeFileSync(join(dir, "kv.db"), "this is text, not SQLite ".repeat(100));
       return ["--data-dir", dir];
     }, "cannot open the database"],
+    // With the way back, as for a damaged log (found in a black-box review: no next step).
+    ["a kv.db that is not a database, and what to do", () => {
+      const dir = join(scratch, "not-a-db-advice");
+      mkdirSync(dir);
+      writeFileSync(join(dir, "kv.db"), "this is text, not SQLite ".repeat(100));
+      return ["--data-dir", dir];
+    }, "the data dir is damaged and is left as it is. To bring the node back: remove it from the cluster"],
     ["a data dir that is a file", () => {
       const file = join(scratch, "a-file");
       writeFileSync(file, "x");

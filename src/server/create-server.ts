@@ -537,6 +537,9 @@ async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logg
 function startError(what: string, where: string, error: unknown): unknown {
   if (error instanceof StorageError || error instanceof ServerStartError || !(error instanceof Error)) return error;
   const code = (error as { code?: unknown }).code;
+  // A database SQLite cannot read is a damaged data dir, as a damaged log is: said so, with the way
+  // back (found in a black-box review: `file is not a database` alone, no next step).
+  if (code === "SQLITE_NOTADB" || code === "SQLITE_CORRUPT") return new StorageError("corrupt", `cannot ${what}: ${error.message}`, where, undefined, { cause: error });
   const operating = error.name === "SQLiteError" || (typeof code === "string" && /^E[A-Z]+$/.test(code));
   return operating ? new ServerStartError(`cannot ${what} (${where}): ${error.message}`, 1) : error;
 }
