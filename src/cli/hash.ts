@@ -18,7 +18,7 @@ const EXITS = { consistent: 0, diverged: 1, incomparable: 3 } as const;
 export const hashCommand = defineCommand({
   meta: {
     name: "hash",
-    description: "Compare the nodes' state: each endpoint's SHA-256 of its rows at its applied index; exit 0 when all agree, 1 when two at one index differ, 3 when not every node could be compared",
+    description: "Compare the nodes' state: each endpoint's SHA-256 of its rows at its applied index; exit 0 when all agree, 1 when two at one index differ, 2 when every node refused it (a 401), 3 when not every node could be compared",
   },
   args: {
     ...connectionArgs,
