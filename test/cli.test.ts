@@ -45,6 +45,8 @@ test.each([
   [["serve", "--id", "1", "--quota-bytes", "-1"], "--quota-bytes must be a whole number"],
   [["serve", "--id", "1", "--idempotency-window", "ten"], "--idempotency-window must be a duration"],
   [["serve", "--id", "1", "--idempotency-window", "0s"], "--idempotency-window must be a duration"],
+  // Its examples within its range (found in a black-box review: 10m and 1h offered for 100ms to 2m).
+  [["serve", "--id", "1", "--request-read-timeout", "0s"], "--request-read-timeout must be a duration from 100ms to 2m such as 90s, 10s, 500ms, got '0s'"],
   [["serve", "--id", "1", "--idempotency-sessions-max", "0"], "--idempotency-sessions-max must be a whole number from 1"],
   [["frobnicate"], "unknown command 'frobnicate'"],
   [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--advertise-http", "notaurl"], "--advertise-http must be an http(s) URL"],

@@ -31,7 +31,10 @@ export function parseDurationFlag(flag: string, value: string | undefined, minMs
   const parsed = parseDuration(value ?? "");
   const totalMs = parsed === undefined ? Number.NaN : Math.round(parsed);
   if (!(totalMs >= minMs && totalMs <= maxMs)) {
-    throw new UsageError(`--${flag} must be a duration from ${formatMs(minMs)} to ${formatMs(maxMs)} such as 10m, 90s or 1h, got '${value}'`);
+    // Examples within the range only (found in a black-box review: 10m and 1h offered for 100ms to 2m).
+    const examples = [["10m", 600_000], ["90s", 90_000], ["1h", 3_600_000], ["10s", 10_000], ["500ms", 500]].filter(([, ms]) => (ms as number) >= minMs && (ms as number) <= maxMs).map(([text]) => text as string);
+    const such = examples.length === 0 ? "" : ` such as ${examples.slice(0, 3).join(", ")}`;
+    throw new UsageError(`--${flag} must be a duration from ${formatMs(minMs)} to ${formatMs(maxMs)}${such}, got '${value}'`);
   }
   return totalMs;
 }
