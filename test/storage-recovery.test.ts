@@ -163,6 +163,17 @@ describe("sqlite storage recovery", () => {
     expect(() => open()).toThrow(/schema 99.*newer release of kv.*left unchanged/);
   });
 
+  test("a database of a newer release in WAL mode is refused with no file added beside it (found in a black-box review: an empty kv.db-wal)", () => {
+    open().close();
+    const raw = new Database(join(dir, "kv.db"));
+    raw.run("PRAGMA user_version = 9");
+    raw.close();
+    for (const leftover of ["kv.db-wal", "kv.db-shm"]) rmSync(join(dir, leftover), { force: true });
+    const before = readdirSync(dir).sort();
+    expect(() => open()).toThrow(/schema 9.*newer release of kv.*left unchanged/);
+    expect(readdirSync(dir).sort()).toEqual(before);
+  });
+
   test("a database of a newer release in another journal mode is refused with every byte as it was, no lock file made (found in review: set to WAL first)", () => {
     open().close();
     const raw = new Database(join(dir, "kv.db"));

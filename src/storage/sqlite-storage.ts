@@ -569,6 +569,10 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
   // when this made it (a node running on the data dir has one, and holds the lock).
   const shm = `${file}-shm`;
   const shmBefore = existsSync(shm);
+  // And an empty WAL file, which a reader leaves behind too (found in a black-box review: a refusal
+  // said "left unchanged" beside a new kv.db-wal).
+  const wal = `${file}-wal`;
+  const walBefore = existsSync(wal);
   let owner: number | undefined;
   let version = 0;
   let db: Database | undefined;
@@ -581,6 +585,7 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
   } finally {
     db?.close();
     if (!shmBefore) rmSync(shm, { force: true });
+    if (!walBefore && existsSync(wal) && statSync(wal).size === 0) rmSync(wal, { force: true });
   }
   if (version > schemaVersion) throw newerSchema(file, version);
   if (nodeId !== undefined && owner !== undefined && owner !== 0 && owner !== nodeId) throw nodeMismatch(file, owner, nodeId);
