@@ -367,9 +367,13 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       ...(options.memberSince === undefined ? [] : [peerIdentityInterceptor(() => (closed ? undefined : options.memberSince?.(options.selfId)))]),
     ];
     let transport;
-    if (baseUrl.startsWith("http:")) {
+    // With TLS, every peer is called over TLS, whatever its URL says: an http URL (a member added
+    // before members' schemes were checked) sent the cluster token and the log in cleartext, and
+    // took whatever answered there for the peer (found in a review). Its peer port serves https.
+    const target = clientTls !== undefined && baseUrl.startsWith("http:") ? `https:${baseUrl.slice("http:".length)}` : baseUrl;
+    if (target.startsWith("http:")) {
       const socketTransport = createSocketTransport({
-        baseUrl,
+        baseUrl: target,
         idleConnectionsMax: limits.inflightCallsMax + 1,
         defaultTimeoutMs: options.rpcTimeoutMs,
         interceptors,
@@ -385,7 +389,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         },
         { preconnect: fetch.preconnect },
       );
-      transport = createFetchConnectTransport({ baseUrl, useBinaryFormat: true, defaultTimeoutMs: options.rpcTimeoutMs, fetch: tlsFetch, interceptors });
+      transport = createFetchConnectTransport({ baseUrl: target, useBinaryFormat: true, defaultTimeoutMs: options.rpcTimeoutMs, fetch: tlsFetch, interceptors });
     }
     const client = createClient(RaftService, transport);
     clients.set(peerId, client);
