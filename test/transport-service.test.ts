@@ -394,3 +394,14 @@ describe("peer sender", () => {
     for (const release of peer.gates.splice(0)) release();
   });
 });
+
+test("the service counts answers for a bounded number of callers: past the bound the counts start over, and a caller gets the URL once more (found in review: one entry per distinct id, for good)", async () => {
+  const { callersCountedMax } = await import("../src/transport/raft-service.ts");
+  const client = createClient(RaftService, createRouterTransport(createRaftServiceRoutes({ selfId: 1, selfHttpUrl: "http://127.0.0.1:8001", onMessages: () => {}, awaitReply: async () => [] })));
+  const call = (from: NodeId) => client.send(toSendRequest(from, "", [heartbeat(from, 1, 0)]));
+  expect((await call(2)).fromHttpUrl).toBe("http://127.0.0.1:8001");
+  expect((await call(2)).fromHttpUrl).toBe("");
+  for (let from = 3; from < 3 + callersCountedMax; from++) await call(from);
+  // Counted anew: the URL rides caller 2's next answer again.
+  expect((await call(2)).fromHttpUrl).toBe("http://127.0.0.1:8001");
+});

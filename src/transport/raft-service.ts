@@ -44,6 +44,8 @@ export interface RaftServiceOptions {
 
 /** How often an answer carries this server's URL (`SendResponse.from_http_url`): one in this many per caller. */
 const answersPerUrl = 256;
+/** Callers whose answers are counted at most (see `urlDue`). */
+export const callersCountedMax = 1_024;
 
 /**
  * Returns the router registration for `kv.v1.RaftService`, for a real server (`createPeerServer`)
@@ -56,6 +58,10 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
   // needs it once (and again should it restart), not in each of thousands of answers a second.
   const answered = new Map<NodeId, number>();
   const urlDue = (caller: NodeId): boolean => {
+    // Any id that passes the checks may call (non-members too): past `callersCountedMax` callers
+    // the counts start over, which only sends each caller our URL once more (found in review: one
+    // entry per distinct id, for good).
+    if (!answered.has(caller) && answered.size >= callersCountedMax) answered.clear();
     const count = answered.get(caller) ?? 0;
     answered.set(caller, count + 1);
     return count % answersPerUrl === 0;
