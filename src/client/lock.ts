@@ -96,15 +96,10 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
     const lease = await deps.leases.grant(ttlMs);
     const keeper = deps.leases.keep(lease.id, { ttlMs: lease.ttlMs, sentAtMs: grantSentMs });
     const key = `${prefix}${lease.id}`;
-    const giveUp = async () => {
-      keeper.stop();
-      // Revoking the lease deletes its key at the same version: one write. The delete is the
-      // fallback when the revoke is refused or unanswered (the lease may already be gone).
-      await deps.leases.revoke(lease.id).catch(() => deps.delete(key).catch(() => undefined));
-    };
     /**
-     * `release()`: as `giveUp`, but says whether the lock is released. A lease already gone took its
-     * key with it; a revoke refused otherwise falls back to the delete; one unanswered (the cluster
+     * Gives the lock (or the place in the queue) back, saying whether it is. Revoking the lease
+     * deletes its key at the same version: one write. A lease already gone took its key with it; a
+     * revoke refused otherwise falls back to deleting the key; one unanswered (the cluster
      * unreachable) is false at once, as a delete would meet the same outage: the lock then stays
      * held until its lease expires, and the caller may say so or try again (found in a black-box
      * review: `kv lock` interrupted in an outage waited out two timeouts and exited 0, the lock
@@ -148,7 +143,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
         };
       }
     } catch (error) {
-      await giveUp();
+      await release();
       // Our lease ran out while we waited or wrote (a paused process, a long outage): our place in the
       // queue is gone with it, so join again at the end with a new lease.
       const leaseGone = keeper.lost.aborted || (error instanceof KvClientError && error.code === "lease_not_found");
@@ -156,7 +151,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
       throw error;
     }
     // Our key vanished from the queue (its lease ran out): join again.
-    await giveUp();
+    await release();
     if (rejoins >= REJOINS_MAX) throw new KvClientError("lease_expired", 0, `lost its place in '${prefix}' ${REJOINS_MAX + 1} times while waiting: is the TTL (${ttlMs} ms) shorter than a round trip?`);
   }
 }

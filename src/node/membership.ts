@@ -162,13 +162,14 @@ export class NodeMembership {
     // A cluster's peers all speak TLS or none does (--tls-cert sets a node's peer port to https):
     // an http URL in a TLS cluster sent the cluster token and the log in cleartext to whatever
     // answered there (found in a review), and an https one in a plain cluster reaches nobody.
-    const ownUrl = this.statuses().find((member) => member.id === this.host.id)?.peerUrl ?? "";
+    const members = this.statuses();
+    const ownUrl = members.find((member) => member.id === this.host.id)?.peerUrl ?? "";
     if (URL.canParse(ownUrl) && URL.canParse(peerUrl) && new URL(ownUrl).protocol !== new URL(peerUrl).protocol) {
       const scheme = new URL(ownUrl).protocol.slice(0, -1);
       return Promise.reject(new KvError("bad_request", `peer URL ${peerUrl} is not ${scheme}, as this cluster's peers are (this node's is ${ownUrl}): give the new member's ${scheme} URL`));
     }
     // Calls to it would reach that member instead (as etcd refuses a peer URL that exists).
-    const holder = this.statuses().find((member) => sameUrl(member.peerUrl, peerUrl));
+    const holder = members.find((member) => sameUrl(member.peerUrl, peerUrl));
     if (holder !== undefined) {
       return Promise.reject(new KvError("bad_request", `peer URL ${peerUrl} is node ${holder.id}'s: give every member its own peer URL`));
     }

@@ -45,8 +45,7 @@ export class ImageStaging {
       // first chunk that failed, whatever the error (a full disk), ends what was staged before it:
       // `begin` may have emptied that file, and the state still naming it let an install of that
       // image install nothing (found in review).
-      if (first) this.discardEvenIfFull();
-      else if (ownsStaging && error instanceof StorageError) this.discard();
+      if (first || (ownsStaging && error instanceof StorageError)) this.discard();
       throw error;
     }
   }
@@ -56,14 +55,8 @@ export class ImageStaging {
     this.stateValue = { imageId: undefined, bytes: 0 };
   }
 
-  /** Drops the staged image and deletes its file. */
+  /** Drops the staged image and deletes its file; the image is forgotten even when its file cannot be deleted (a full disk). */
   discard(): void {
-    this.file.discard();
-    this.forget();
-  }
-
-  /** As `discard`, but the image is forgotten even when its file cannot be deleted. */
-  private discardEvenIfFull(): void {
     try {
       this.file.discard();
     } finally {
