@@ -198,6 +198,7 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
       deadline: () => Number.POSITIVE_INFINITY,
       scheduleTurn: () => undefined,
       stopped: () => false,
+      removed: () => undefined,
     };
     return { host, logged, record: (membership: Membership) => (recorded = membership) };
   }

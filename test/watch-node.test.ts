@@ -103,6 +103,32 @@ describe("watch on a cluster", () => {
     resumed.close();
   });
 
+  test("a node removed from the cluster ends its streams and refuses new ones: they would never see another change (found in a code review)", async () => {
+    const { c, leaderId, followers } = await started();
+    const leader = c.node(leaderId);
+    const goneId = followers[0] as number;
+    const gone = c.node(goneId);
+    const held = await c.drive(leader.put("lock/1", text("holder")));
+    await c.until(() => gone.status().appliedIndex >= leader.status().appliedIndex);
+    // A lock waiter's watch of the key before it, opened on the node about to be removed.
+    const waiter = await c.drive(gone.watch({ key: "lock/1" }, { after: held.version }));
+    await c.drive(leader.removeMember(goneId));
+    await c.until(() => gone.status().removed === true);
+    await c.drive(leader.delete("lock/1"));
+    // Before the fix the stream sent progress at the removal's version for ever: read a bounded number of batches.
+    const items: WatchItem[] = [];
+    for (let batch = 0; batch < 20 && items.at(-1)?.type !== "error"; batch++) {
+      const next = await c.drive(waiter.next());
+      if (next === undefined) break;
+      items.push(...next);
+    }
+    expect(items.at(-1)).toMatchObject({ type: "error", error: "unavailable" });
+    expect(summary(items)).toEqual([]);
+    await expect(c.drive(gone.watch({ key: "lock/1" }, { after: held.version }))).rejects.toMatchObject({ code: "unavailable" });
+    await expect(c.drive(gone.watch({ key: "lock/1" }, "now"))).rejects.toMatchObject({ code: "unavailable" });
+    expect(c.fatal).toEqual([]);
+  });
+
   test("an unknown start on a restarted history is compacted; a key in the session space is refused", async () => {
     const { c, leaderId } = await started();
     const leader = c.node(leaderId);

@@ -354,6 +354,7 @@ export class KvNode implements KvNodeApi {
       deadline: () => this.deadline(),
       scheduleTurn: () => this.scheduleTurn(),
       stopped: () => this.stopped,
+      removed: () => this.watches.endAll("this node was removed from the cluster; resume from your last id on another node"),
     });
     this.raw = new RawNode({
       id: cfg.id,
@@ -609,11 +610,14 @@ export class KvNode implements KvNodeApi {
     // A reserved prefix is refused as a listing's is (it would match none of the changes a watch carries).
     checkClientKey("key" in filter ? filter.key : filter.prefix);
     if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
+    // A removed node applies no more changes: its streams would never see one (their clients, lock
+    // waiters among them, would wait for ever instead of going to another node).
+    if (this.membership.removed()) throw removedError();
     if (start === "now") {
       await this.readBarrier("linearizable");
       // What is applied now is at or past the read index: every write acknowledged before the watch
       // opened is at or below it, and every change after it will be sent.
-      return this.watches.subscribe(filter, this.watches.lastVersion());
+      return this.subscribeUnlessRemoved(filter, this.watches.lastVersion());
     }
     const after = "after" in start ? start.after : start.from - 1;
     if (after > this.watches.lastVersion()) {
@@ -627,6 +631,12 @@ export class KvNode implements KvNodeApi {
         throw new KvError("bad_request", `the start (after version ${after}) is past the last version the cluster applied (${last}): watch from at most ${last + 1}, or without a start`);
       }
     }
+    return this.subscribeUnlessRemoved(filter, after);
+  }
+
+  /** A stream, unless this node learned of its removal meanwhile (open streams ended then). */
+  private subscribeUnlessRemoved(filter: WatchFilter, after: number): WatchSubscription {
+    if (this.membership.removed()) throw removedError();
     return this.watches.subscribe(filter, after);
   }
 

@@ -211,9 +211,15 @@ export class NodeWatch {
   /** The node stops: every stream ends with `unavailable`; no more progress. */
   stop(): void {
     this.stopTicker();
-    for (const watcher of this.watchers) {
-      this.end(watcher, { type: "error", error: "unavailable", message: "the node is shutting down; resume from your last id on another node" });
-    }
+    this.endAll("the node is shutting down; resume from your last id on another node");
+  }
+
+  /**
+   * Every open stream ends with `unavailable` and `message` (the node was removed: it will apply no
+   * more changes, so its streams would send the same progress for ever).
+   */
+  endAll(message: string): void {
+    for (const watcher of this.watchers) this.end(watcher, { type: "error", error: "unavailable", message });
   }
 
   private async next(watcher: Watcher): Promise<WatchItem[] | undefined> {
