@@ -79,6 +79,22 @@ test("a removed follower leaves the configuration; a second change waits for the
   expect(cluster.fatal).toEqual([]);
 });
 
+test("a leadership transfer waits until a membership change applies: it could go to the voter being removed (found in a code review)", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  const [removed, rest] = [1, 2, 3].filter((id) => id !== leader.status().id) as [number, number];
+  const removal = leader.removeMember(removed);
+  // Proposed, not yet committed: before the fix the transfer went ahead, the node being removed won,
+  // applied its own removal and stepped down, and another election followed.
+  await expect(cluster.drive(leader.transferLeadership(removed), 2_000)).rejects.toMatchObject({ code: "unavailable" });
+  await expect(cluster.drive(leader.transferLeadership(undefined), 2_000)).rejects.toMatchObject({ code: "unavailable" });
+  await cluster.drive(removal);
+  const moved = await cluster.drive(leader.transferLeadership(undefined));
+  expect(moved.leaderId).toBe(rest);
+  expect(cluster.fatal).toEqual([]);
+});
+
 test("a member is not added at a peer URL another member has: its calls would reach that member (found by an operator's review)", async () => {
   const cluster = createCluster();
   await cluster.until(() => cluster.leader() !== undefined);

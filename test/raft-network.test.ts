@@ -497,6 +497,25 @@ describe("membership changes, one server at a time (thesis §4.1)", () => {
     }, 5);
   });
 
+  test("a leader that applies its own removal first tells the others it committed: of two voters, the one left then leads alone (found in a code review)", () => {
+    for (const seed of [33, 34, 35]) {
+      withSeed(seed, (cluster) => {
+        const leader = expectOneLeader(cluster);
+        cluster.one(enc("before"), 2);
+        const other = cluster.ids.find((id) => id !== leader)!;
+        change(cluster, leader, "remove", leader);
+        expect(cluster.raw(leader)!.basicStatus().role).not.toBe("leader");
+        // The removed node may be stopped (docs/operations.md). Before the fix the one left never
+        // heard that the removal committed (commits go out with a leader's next append or tick), kept
+        // both as voters, and waited for the removed node's vote for ever.
+        cluster.crash(leader);
+        expect(cluster.tickUntil(() => cluster.raw(other)!.basicStatus().role === "leader", 10 * electionWindow)).toBe(true);
+        expect(cluster.raw(other)!.basicStatus().voters).toEqual([other]);
+        cluster.one(enc("alone"), 1);
+      }, 2);
+    }
+  });
+
   test("adds and removes under message loss and reordering keep every safety property", () => {
     withSeed(30, (cluster) => {
       cluster.network.faults = { lossRate: 0.15, delayTicksMax: 3, duplicateRate: 0.05 };

@@ -867,7 +867,9 @@ export class KvNode implements KvNodeApi {
     // Asked to hand over to itself: done already (etcd's MoveLeader to the leader does nothing too).
     if (target === this.cfg.id) return Promise.resolve({ leaderId: this.cfg.id });
     // Until the change is applied the core's voters are the old ones: the target could be a voter
-    // being removed, or one that will not campaign with a change it has not applied.
+    // being removed (proposed, not yet committed: it won, applied its own removal and stepped down,
+    // an election for nothing; found in a code review), or one that will not campaign with a change
+    // it has not applied.
     if (this.raw.confChangePending()) return Promise.reject(new KvError("unavailable", "a membership change is not yet applied; retry shortly", { retryAfterS: 1 }));
     const voters = raft.voters.filter((id) => id !== this.cfg.id);
     if (target !== undefined && !voters.includes(target)) {

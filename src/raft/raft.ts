@@ -461,9 +461,13 @@ export class Raft {
     }
   }
 
-  /** A committed membership change is not yet applied (confirmed by the driver): the configuration is about to change. */
+  /**
+   * A membership change is in the log and not yet applied (confirmed by the driver): a committed
+   * one, or on a leader one it proposed or may have inherited, committed or not. The configuration
+   * is about to change.
+   */
   confChangePending(): boolean {
-    return this.log.hasUnappliedConfChange();
+    return this.log.hasUnappliedConfChange() || (this.role === "leader" && this.pendingConfIndex > this.log.applied);
   }
 
   /**
@@ -554,6 +558,11 @@ export class Raft {
     this.learners = [...learners].sort((a, b) => a - b);
     if (this.role === "leader") {
       if (!voters.has(this.id)) {
+        // The others may not know yet that the removal committed (a commit goes out with the
+        // leader's next append or tick, which it will not send now): told it here, as a removed
+        // member is. Else, of two voters, the one left kept both as voters and waited for ever for
+        // the vote of the node just removed (found in a code review).
+        for (const [member, progress] of this.progress) if (member !== this.id) this.farewell(member, progress, index);
         this.becomeFollower(this.term, 0);
       } else {
         for (const member of this.members()) {
