@@ -95,6 +95,27 @@ test("a leadership transfer waits until a membership change applies: it could go
   expect(cluster.fatal).toEqual([]);
 });
 
+test("removing a voter is refused when the voters left would have no majority that answers; removing the one down is not (found in a code review)", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const leader = cluster.leader()!;
+  const leaderId = leader.status().id;
+  const [down, up] = [1, 2, 3].filter((id) => id !== leaderId) as [number, number];
+  cluster.stop(down);
+  // A whole check-quorum round led, the stopped one silent through it: the leader knows it is down.
+  const raw = (leader as unknown as { raw: RawNode }).raw;
+  await cluster.until(() => raw.votersHeardRecently()?.includes(down) === false, 1_000);
+  expect(raw.votersHeardRecently()).toContain(up);
+  const refused = await cluster.drive(leader.removeMember(up)).catch((error: unknown) => error);
+  expect(refused).toMatchObject({ code: "unavailable" });
+  expect((refused as Error).message).toContain(`bring back node ${down}`);
+  expect(leader.members().members.map((m) => m.id)).toContain(up);
+  await cluster.drive(leader.put("still", enc("commits")));
+  const view = await cluster.drive(leader.removeMember(down));
+  expect(view.members.map((m) => m.id).sort()).toEqual([leaderId, up].sort());
+  expect(cluster.fatal).toEqual([]);
+});
+
 test("a member is not added at a peer URL another member has: its calls would reach that member (found by an operator's review)", async () => {
   const cluster = createCluster();
   await cluster.until(() => cluster.leader() !== undefined);

@@ -219,6 +219,7 @@ export class NodeMembership {
     if (status.role !== "leader") throw this.host.notLeader();
     if (!raw.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
     if (raw.isVoter(id) && status.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
+    if (raw.isVoter(id)) this.refuseUnlessQuorumRemains(id, status.voters);
     if (id === this.host.id) {
       // A leader does not remove itself (it would go on leading a configuration it is not in until
       // the change commits): it hands over, and the caller retries on the new leader (a 307).
@@ -226,6 +227,27 @@ export class NodeMembership {
       throw this.notLeaderAfterTransfer(leaderId);
     }
     return this.propose({ type: "remove", nodeId: id });
+  }
+
+  /**
+   * Refuses to remove voter `id` when the voters left would not have a majority this leader heard
+   * from lately (as etcd's strict reconfiguration check does): with one of three voters down,
+   * removing another live one left two voters, one of them down, and nothing committed again until
+   * it came back (found in a code review). A leader elected less than an election timeout ago
+   * cannot tell yet, and does not refuse.
+   */
+  private refuseUnlessQuorumRemains(id: NodeId, voters: readonly NodeId[]): void {
+    const heardRecently = this.host.raw().votersHeardRecently();
+    if (heardRecently === undefined) return;
+    const left = voters.filter((voter) => voter !== id);
+    const heard = left.filter((voter) => heardRecently.includes(voter));
+    const majority = Math.floor(left.length / 2) + 1;
+    if (heard.length >= majority) return;
+    const silent = left.filter((voter) => !heard.includes(voter));
+    throw new KvError(
+      "unavailable",
+      `removing node ${id} would leave voters ${left.join(", ")}, of which this leader heard lately only from ${heard.join(", ")}: fewer than the ${majority} a majority needs, so nothing could commit; bring back node ${silent.join(", node ")} (or remove it) first`,
+    );
   }
 
   private notLeaderAfterTransfer(leaderId: NodeId): KvError {

@@ -121,6 +121,8 @@ export class Raft {
   private pendingConfIndex = 0;
   /** Leader: checks of the quorum in a row (one per election timeout) that found no majority heard from. */
   private quorumSilentChecks = 0;
+  /** Leader: check-quorum rounds it completed this term (see `votersHeardRecently`). */
+  private roundsLed = 0;
   /** The index as of which `voters` and `learners` hold: the last change applied, or a snapshot restored. */
   private configIndex: number;
   /** Leader only: one entry per member (voters and learners), self included. */
@@ -334,6 +336,7 @@ export class Raft {
     this.role = "leader";
     this.leaderId = this.id;
     this.quorumSilentChecks = 0;
+    this.roundsLed = 0;
     // Elected by a quorum, its log holds every committed entry (leader completeness): it votes again
     // once it follows (held on, a cluster's first leader refused every candidate after it, for good).
     this.voteHold = undefined;
@@ -389,6 +392,7 @@ export class Raft {
         // machine) made a healthy leader step down (BENCHMARKS.md). Lease reads do not depend on
         // this: they need a round a majority acknowledged within the lease (`leaseValid`).
         if (this.cfg.checkQuorum) {
+          this.roundsLed++;
           if (this.quorumActive()) this.quorumSilentChecks = 0;
           else if (++this.quorumSilentChecks >= 2) {
             this.becomeFollower(this.term, 0);
@@ -486,6 +490,16 @@ export class Raft {
       }
     }
     return best?.id;
+  }
+
+  /**
+   * Leader: the voters that answered in this check-quorum round or the last, itself included;
+   * undefined until it has led through one whole round (a live voter may not have answered yet),
+   * and without check-quorum (nothing is counted by rounds).
+   */
+  votersHeardRecently(): NodeId[] | undefined {
+    if (this.role !== "leader" || this.roundsLed === 0) return undefined;
+    return this.voters.filter((voter) => voter === this.id || this.heardRecently(voter));
   }
 
   /** Leader: `member` answered in this check-quorum round or the last (always false elsewhere). */

@@ -118,6 +118,11 @@ export class RawNode {
     return this.raft.mostCaughtUpFollower();
   }
 
+  /** See Raft.votersHeardRecently. */
+  votersHeardRecently(): NodeId[] | undefined {
+    return this.raft.votersHeardRecently();
+  }
+
   /** Leader: `id` answered in this check-quorum round or the last (false elsewhere). */
   heardRecently(id: NodeId): boolean {
     return this.raft.heardRecently(id);
