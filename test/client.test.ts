@@ -381,6 +381,20 @@ test("redirects that go round in circles are too_many_redirects, as documented (
   expect(requests).toBeGreaterThan(5);
 });
 
+test("endpoints that are not a URL or a list of URLs are a bad_request, not a TypeError (found in a black-box review)", () => {
+  for (const endpoints of [undefined, null, 8001, {}, ["http://127.0.0.1:1", 2]]) {
+    const error = (() => {
+      try {
+        createClient({ endpoints } as unknown as Parameters<typeof createClient>[0]);
+        return undefined;
+      } catch (e: unknown) {
+        return e;
+      }
+    })();
+    expect([endpoints, error instanceof KvClientError ? error.code : String(error)]).toEqual([endpoints, "bad_request"]);
+  }
+});
+
 test("the keys '.' and '..' are refused before any request: a URL has no path for them (found in review: get('..') read GET / as an absent key)", async () => {
   let requests = 0;
   const fake = (async () => {

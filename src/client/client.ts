@@ -603,6 +603,10 @@ function txnResultOf(raw: unknown, answer: Answer): TxnOperationResult {
 
 /** Splits, trims and checks endpoint URLs: http(s) origins, at least one. */
 export function normalizeEndpoints(endpoints: readonly string[] | string): string[] {
+  // Callers from JavaScript are not held to the types: anything else is the caller's mistake, said as one.
+  if (typeof endpoints !== "string" && !(Array.isArray(endpoints) && endpoints.every((e) => typeof e === "string"))) {
+    throw badOption("endpoints must be a URL, a comma-separated list of URLs, or an array of URLs");
+  }
   const list = (typeof endpoints === "string" ? endpoints.split(",") : [...endpoints]).map((e) => e.trim().replace(/\/+$/, "")).filter((e) => e !== "");
   if (list.length === 0) throw badOption("endpoints names no endpoint");
   for (const endpoint of list) {
