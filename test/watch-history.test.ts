@@ -106,6 +106,33 @@ describe("NodeWatch", () => {
       entries.map((entry) => ({ kind: "put", index: entry.index, version: entry.index }) as ApplyResult),
     );
 
+  test("streams resumed far back scan the history a bounded amount per turn of the event loop, not all at once (found in a code review: 50 resumes held the loop 80 ms)", async () => {
+    const clock = new ManualClock();
+    const turns: (() => void)[] = [];
+    const watch = new NodeWatch({ ...defaultWatch, historyEntriesMax: 100_000 }, clock, 0, (turn) => turns.push(turn));
+    const entries: Entry[] = [];
+    for (let v = 1; v <= 60_000; v++) entries.push(putEntry(v, `busy/${v % 100}`, "x"));
+    apply(watch, entries);
+    // Streams on keys nobody wrote, resumed from the start: each scans all 60,000 changes to find nothing.
+    const streams = Array.from({ length: 8 }, (_, i) => watch.subscribe({ key: `quiet/${i}` }, 0));
+    for (const stream of streams) expect(await stream.next()).toEqual([{ type: "progress", version: 0 }]);
+    const answers = streams.map((stream) => stream.next());
+    for (let i = 0; i < 100; i++) await Promise.resolve();
+    // Within one turn, at most one scan's worth (16,384 changes) for all of them together.
+    expect(watch.historyScanned()).toBeLessThanOrEqual(16_384);
+    for (let turn = 0; turn < 1_000 && turns.length > 0; turn++) {
+      const before = watch.historyScanned();
+      turns.shift()?.();
+      for (let i = 0; i < 100; i++) await Promise.resolve();
+      expect(watch.historyScanned() - before).toBeLessThanOrEqual(2 * 16_384);
+    }
+    expect(turns).toEqual([]);
+    // Every stream got through the whole history in the end: its progress names the last version.
+    clock.advance(1_000);
+    expect(await Promise.all(answers)).toEqual(streams.map(() => [{ type: "progress", version: 60_000 }]));
+    watch.stop();
+  });
+
   test("a start older than the history is compacted, with the oldest start served", () => {
     const clock = new ManualClock();
     const watch = new NodeWatch({ ...defaultWatch, historyEntriesMax: 2 }, clock, 0);

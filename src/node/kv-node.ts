@@ -410,7 +410,7 @@ export class KvNode implements KvNodeApi {
     assert(cfg.quotaBytes === undefined || (Number.isSafeInteger(cfg.quotaBytes) && cfg.quotaBytes > 0), `quotaBytes ${cfg.quotaBytes}`);
     this.measureData();
     // The history starts at what is applied now: what came before (another run) is not known here.
-    this.watches = new NodeWatch({ ...defaultWatch, ...cfg.watch }, cfg.clock, cfg.storage.appliedIndex());
+    this.watches = new NodeWatch({ ...defaultWatch, ...cfg.watch }, cfg.clock, cfg.storage.appliedIndex(), cfg.schedule ?? setImmediate);
     this.leases = new NodeLeases({
       storage: cfg.storage,
       clock: cfg.clock,

@@ -90,11 +90,20 @@ export class NodeWatch {
   private routingVisitsTotal = 0;
   /** History changes looked at by streams' scans (see `historyScanned`). */
   private historyScannedTotal = 0;
+  /** Changes scanned, by every stream together, since the count last started over at a turn of the event loop (see `next`). */
+  private scannedThisTurn = 0;
+  /** Resolved at the next turn of the event loop, once asked for (see `nextTurn`). */
+  private turnWaiters: (() => void)[] = [];
 
+  /**
+   * `schedule` runs a function at a later turn of the event loop (the node's own scheduler: the
+   * simulator's, or `setImmediate`).
+   */
   constructor(
     private readonly cfg: WatchConfig,
     private readonly clock: Clock,
     startVersion: number,
+    private readonly schedule: (turn: () => void) => void = setImmediate,
   ) {
     assert(Number.isSafeInteger(cfg.progressMs) && cfg.progressMs >= 1, `watch progressMs ${cfg.progressMs}`);
     assert(cfg.bufferEventsMax >= 1 && cfg.bufferBytesMax >= 1 && cfg.watchersMax >= 1, "watch buffer and watcher bounds must be positive");
@@ -260,8 +269,16 @@ export class NodeWatch {
         // A stream may start past this node's last version (Last-Event-ID from a node ahead): never back.
         watcher.cursor = Math.max(watcher.cursor, this.history.lastVersion());
       }
+      if (this.scannedThisTurn >= scanChangesMax) {
+        // Streams resumed far back each scan up to the whole history to find their changes: all at
+        // once, 50 of them held the loop 80 ms (found in a code review), and a few hundred would
+        // cost the leader its leadership. One scan's worth per turn for all together; the rest waits.
+        await this.nextTurn();
+        continue;
+      }
       const { changes, throughVersion, scanned } = this.history.scan(watcher.cursor, watcher.matches, batchChangesMax, scanChangesMax);
       this.historyScannedTotal += scanned;
+      this.scannedThisTurn += scanned;
       watcher.cursor = Math.max(watcher.cursor, throughVersion);
       const nowMs = this.clock.nowMs();
       if (changes.length > 0) {
@@ -286,6 +303,19 @@ export class NodeWatch {
       });
       watcher.wake = undefined;
     }
+  }
+
+  /** Resolves at the next turn of the event loop, when this turn's scanning starts over. */
+  private nextTurn(): Promise<void> {
+    if (this.turnWaiters.length === 0) {
+      this.schedule(() => {
+        this.scannedThisTurn = 0;
+        const waiters = this.turnWaiters;
+        this.turnWaiters = [];
+        for (const resolve of waiters) resolve();
+      });
+    }
+    return new Promise<void>((resolve) => this.turnWaiters.push(resolve));
   }
 
   /**
