@@ -256,7 +256,11 @@ export class NodeWatch {
           watcher.cursor = compacted;
         } else {
           // The history dropped changes this stream had not yet taken: it fell too far behind.
-          this.overflow(watcher, `this stream fell behind the history this node keeps (version ${compacted})`);
+          this.overflow(
+            watcher,
+            `this stream fell behind the history this node keeps (version ${compacted})`,
+            "resume from your last id (Last-Event-ID) on another node, whose history may still hold it (here it is answered 410 compacted), or re-read and watch again",
+          );
           continue;
         }
       }
@@ -370,12 +374,8 @@ export class NodeWatch {
     watcher.wake?.();
   }
 
-  private overflow(watcher: Watcher, why: string): void {
-    this.end(watcher, {
-      type: "error",
-      error: "slow_watcher",
-      message: `${why}: the stream ends; resume from your last id (Last-Event-ID) and nothing is lost`,
-    });
+  private overflow(watcher: Watcher, why: string, advice = "resume from your last id (Last-Event-ID) and nothing is lost"): void {
+    this.end(watcher, { type: "error", error: "slow_watcher", message: `${why}: the stream ends; ${advice}` });
   }
 
   private end(watcher: Watcher, item: WatchItem): void {
