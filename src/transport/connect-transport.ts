@@ -7,8 +7,10 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
 import { createConnectTransport as createFetchConnectTransport } from "@connectrpc/connect-web";
+import type { DescMessage } from "@bufbuild/protobuf";
 import { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
+import { RESPONSE_BYTES_MAX } from "../lib/http-connection.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
@@ -21,6 +23,7 @@ import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
 import { createReplySlots, dispatchToPeer, replyWaitMs } from "./reply-slots.ts";
 import { createSocketTransport } from "./socket-transport.ts";
+import { wireBoundsProblem } from "./wire-bounds.ts";
 import type { SocketTransport } from "./socket-transport.ts";
 import { defaultSnapshotDecodeLimits } from "./snapshot-codec.ts";
 import type { SnapshotDecodeLimits } from "./snapshot-codec.ts";
@@ -32,6 +35,41 @@ import type { MessageHandler, SendSnapshotOptions, SnapshotChunkHandler, Snapsho
 export interface ConnectTransportLimits extends PeerSenderLimits, DecodeLimits, SnapshotSendLimits, SnapshotDecodeLimits {
   /** Largest request body the peer server accepts. Must exceed `callBytesMax` and the largest append. */
   readonly requestBytesMax: number;
+}
+
+/** Each RaftService method's answer type, by the path connect-web calls it at. */
+const answerTypes = new Map<string, DescMessage>(RaftService.methods.map((method) => [`/${RaftService.typeName}/${method.name}`, method.output]));
+
+/**
+ * An https peer's answer, read whole under the bounds the plain-http calls have
+ * (socket-transport.ts): at most `RESPONSE_BYTES_MAX` bytes, and a protobuf body within the wire
+ * bounds (wire-bounds.ts). Without them whatever answered at a peer's TLS address could make this
+ * node read any number of bytes, and decode them into any number of objects (found in a review).
+ * Throws past either bound, as the plain-http calls do (an internal error: the peer's answer is wrong).
+ */
+async function boundedAnswer(response: Response, input: string | URL | Request): Promise<Response> {
+  const body = response.body;
+  if (body === null) return response;
+  const declared = Number(response.headers.get("content-length") ?? "0");
+  if (declared > RESPONSE_BYTES_MAX) {
+    await body.cancel();
+    throw new ConnectError(`the answer of ${declared} bytes is over ${RESPONSE_BYTES_MAX}`, Code.Internal);
+  }
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+    length += chunk.byteLength;
+    if (length > RESPONSE_BYTES_MAX) throw new ConnectError(`the answer is over ${RESPONSE_BYTES_MAX} bytes`, Code.Internal);
+    chunks.push(chunk);
+  }
+  const bytes = Buffer.concat(chunks, length);
+  const path = new URL(input instanceof Request ? input.url : String(input)).pathname;
+  const answerType = answerTypes.get(path);
+  if (response.status === 200 && answerType !== undefined && response.headers.get("content-type") === "application/proto") {
+    const tooMuch = wireBoundsProblem(answerType, bytes);
+    if (tooMuch !== undefined) throw new ConnectError(`parse binary: ${tooMuch}`, Code.Internal);
+  }
+  return new Response(bytes, { status: response.status, statusText: response.statusText, headers: response.headers });
 }
 
 /**
@@ -383,9 +421,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       transport = socketTransport;
     } else {
       const tlsFetch: typeof fetch = Object.assign(
-        (input: string | URL | Request, init?: RequestInit) => {
+        async (input: string | URL | Request, init?: RequestInit) => {
           if (init?.body instanceof Uint8Array) countBytes(init.body.byteLength);
-          return fetch(input, clientTls === undefined ? init : { ...init, tls: clientTls });
+          return boundedAnswer(await fetch(input, clientTls === undefined ? init : { ...init, tls: clientTls }), input);
         },
         { preconnect: fetch.preconnect },
       );
