@@ -382,7 +382,10 @@ test("redirects that go round in circles are too_many_redirects, as documented (
 });
 
 test("endpoints that are not a URL or a list of URLs are a bad_request, not a TypeError (found in a black-box review)", () => {
-  for (const endpoints of [undefined, null, 8001, {}, ["http://127.0.0.1:1", 2]]) {
+  const sparse: string[] = new Array(2);
+  sparse[1] = "http://127.0.0.1:1";
+  expect(() => (createClient as (options?: unknown) => unknown)()).toThrow(KvClientError);
+  for (const endpoints of [undefined, null, 8001, {}, ["http://127.0.0.1:1", 2], sparse]) {
     const error = (() => {
       try {
         createClient({ endpoints } as unknown as Parameters<typeof createClient>[0]);

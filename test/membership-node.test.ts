@@ -66,8 +66,7 @@ test("a joined learner catches up, is promoted once caught up, and counts in the
 
 test("a removed follower leaves the configuration; a second change waits for the first", async () => {
   const cluster = createCluster();
-  await cluster.until(() => cluster.leader() !== undefined);
-  const leader = cluster.leader()!;
+  const leader = await cluster.steadyLeader();
   const follower = [1, 2, 3].find((id) => id !== leader.status().id)!;
   const first = leader.removeMember(follower);
   await expect(leader.addMember(9, "mem://peer-9")).rejects.toMatchObject({ code: "conf_change_pending" });
@@ -81,8 +80,7 @@ test("a removed follower leaves the configuration; a second change waits for the
 
 test("a leadership transfer waits until a membership change applies: it could go to the voter being removed (found in a code review)", async () => {
   const cluster = createCluster();
-  await cluster.until(() => cluster.leader() !== undefined);
-  const leader = cluster.leader()!;
+  const leader = await cluster.steadyLeader();
   const [removed, rest] = [1, 2, 3].filter((id) => id !== leader.status().id) as [number, number];
   const removal = leader.removeMember(removed);
   // Proposed, not yet committed: before the fix the transfer went ahead, the node being removed won,
@@ -107,12 +105,32 @@ test("removing a voter is refused when the voters left would have no majority th
   await cluster.until(() => raw.votersHeardRecently()?.includes(down) === false, 1_000);
   expect(raw.votersHeardRecently()).toContain(up);
   const refused = await cluster.drive(leader.removeMember(up)).catch((error: unknown) => error);
-  expect(refused).toMatchObject({ code: "unavailable" });
+  expect(refused).toMatchObject({ code: "unhealthy_cluster" });
   expect((refused as Error).message).toContain(`bring back node ${down}`);
   expect(leader.members().members.map((m) => m.id)).toContain(up);
   await cluster.drive(leader.put("still", enc("commits")));
   const view = await cluster.drive(leader.removeMember(down));
   expect(view.members.map((m) => m.id).sort()).toEqual([leaderId, up].sort());
+  expect(cluster.fatal).toEqual([]);
+});
+
+test("a leader that has not yet led through a check-quorum round asks for a retry of a voter's removal, rather than let any leader change carry a refused one through (found in a review of the check)", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  const first = cluster.leader()!;
+  const [down, up] = [1, 2, 3].filter((id) => id !== first.status().id) as [number, number];
+  cluster.stop(down);
+  await cluster.until(() => (first as unknown as { raw: RawNode }).raw.votersHeardRecently()?.includes(down) === false, 1_000);
+  await expect(cluster.drive(first.removeMember(first.status().id))).rejects.toMatchObject({ code: "unhealthy_cluster" });
+  // Leadership moves to the other live voter: before, the new leader accepted the removal of the old
+  // one at once, and left voters {up, down}: nothing committed again.
+  await cluster.drive(first.transferLeadership(up));
+  const next = cluster.node(up);
+  const refused = await cluster.drive(next.removeMember(first.status().id)).catch((error: unknown) => error);
+  expect(refused).toMatchObject({ code: "unavailable", details: { retryAfterS: 1 } });
+  await cluster.until(() => (next as unknown as { raw: RawNode }).raw.votersHeardRecently() !== undefined, 1_000);
+  await expect(cluster.drive(next.removeMember(first.status().id))).rejects.toMatchObject({ code: "unhealthy_cluster" });
+  expect(next.members().members.map((m) => m.id).sort()).toEqual([1, 2, 3]);
   expect(cluster.fatal).toEqual([]);
 });
 
@@ -148,13 +166,12 @@ test("promote refuses a learner that has not caught up (nothing runs at its URL)
 
 test("removing the leader hands leadership over first; the new leader removes it; the old one stops serving", async () => {
   const cluster = createCluster();
-  await cluster.until(() => cluster.leader() !== undefined);
-  const old = cluster.leader()!;
+  const old = await cluster.steadyLeader();
   const oldId = old.status().id;
   const refusal = await cluster.drive(old.removeMember(oldId)).catch((error: unknown) => error);
   expect(refusal).toMatchObject({ code: "not_leader" });
   await cluster.until(() => cluster.leader() !== undefined && cluster.leader() !== old);
-  const next = cluster.leader()!;
+  const next = await cluster.steadyLeader();
   // A new leader takes no change before it applied all its log holds (it may hide one): 409 till then.
   await cluster.until(() => next.status().appliedIndex === next.status().lastLogIndex);
   const view = await cluster.drive(next.removeMember(oldId));

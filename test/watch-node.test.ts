@@ -112,6 +112,7 @@ describe("watch on a cluster", () => {
     await c.until(() => gone.status().appliedIndex >= leader.status().appliedIndex);
     // A lock waiter's watch of the key before it, opened on the node about to be removed.
     const waiter = await c.drive(gone.watch({ key: "lock/1" }, { after: held.version }));
+    await c.steadyLeader();
     await c.drive(leader.removeMember(goneId));
     await c.until(() => gone.status().removed === true);
     await c.drive(leader.delete("lock/1"));

@@ -337,6 +337,7 @@ const PAGE_SIZE_MAX = 1000;
 
 /** Creates a client of the cluster at `options.endpoints`. Throws `KvClientError` `bad_request` on bad options. */
 export function createClient(options: ClientOptions): KvClient {
+  if (typeof options !== "object" || options === null) throw badOption("createClient takes options: { endpoints, ... }");
   const endpoints = normalizeEndpoints(options.endpoints);
   const timeoutMs = options.timeoutMs ?? CLIENT_TIMEOUT_MS_DEFAULT;
   if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw badOption(`timeoutMs must be at least 1, got ${timeoutMs}`);
@@ -604,7 +605,8 @@ function txnResultOf(raw: unknown, answer: Answer): TxnOperationResult {
 /** Splits, trims and checks endpoint URLs: http(s) origins, at least one. */
 export function normalizeEndpoints(endpoints: readonly string[] | string): string[] {
   // Callers from JavaScript are not held to the types: anything else is the caller's mistake, said as one.
-  if (typeof endpoints !== "string" && !(Array.isArray(endpoints) && endpoints.every((e) => typeof e === "string"))) {
+  // `every` skips an array's holes: a sparse array is checked index by index.
+  if (typeof endpoints !== "string" && !(Array.isArray(endpoints) && Array.from(endpoints).every((e) => typeof e === "string"))) {
     throw badOption("endpoints must be a URL, a comma-separated list of URLs, or an array of URLs");
   }
   const list = (typeof endpoints === "string" ? endpoints.split(",") : [...endpoints]).map((e) => e.trim().replace(/\/+$/, "")).filter((e) => e !== "");

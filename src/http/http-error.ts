@@ -100,6 +100,7 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
     case "member_exists":
     case "learner_not_ready":
     case "no_other_voter":
+    case "unhealthy_cluster":
       return jsonResponse(body(code, error.message, details), 409);
     case "overloaded":
       return jsonResponse(body(code, error.message, { ...details, retryAfterS: retryAfterS(details) }), 429, {

@@ -133,7 +133,7 @@ const errorDescriptions: Readonly<Record<number, string>> = {
   404: "not_found, or lease_not_found (the lease expired, was revoked or never existed; nothing was written)",
   405: "method_not_allowed (Allow lists the methods the route serves)",
   408: "request_timeout: the body did not arrive within --request-read-timeout",
-  409: "version_mismatch (compare-and-set) or conf_change_pending",
+  409: "version_mismatch (compare-and-set), conf_change_pending, member_exists, learner_not_ready, no_other_voter or unhealthy_cluster",
   410: "compacted: the start is older than the history this node keeps; compactVersion is the oldest start it serves",
   413: "too_large",
   422: "idempotency_key_reused: the Idempotency-Key was first sent with another request; nothing changed",

@@ -20,6 +20,7 @@ export type KvErrorCode =
   | "member_exists" // the node to add is already a member: nothing was proposed
   | "learner_not_ready" // the learner to promote has not caught up with the leader's log: nothing was proposed
   | "no_other_voter" // a leadership transfer with no other voter to hand over to: nothing changed
+  | "unhealthy_cluster" // removing the voter would leave no majority the leader hears from: nothing was proposed
   | "insufficient_storage" // the node's disk is full: nothing was written; retry later
   | "quota_exceeded" // the data kept is over --quota-bytes: puts are refused (reads and deletes are not)
   | "lease_not_found" // the lease named does not exist (never granted, expired or revoked): nothing was written

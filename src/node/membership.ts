@@ -233,19 +233,23 @@ export class NodeMembership {
    * Refuses to remove voter `id` when the voters left would not have a majority this leader heard
    * from lately (as etcd's strict reconfiguration check does): with one of three voters down,
    * removing another live one left two voters, one of them down, and nothing committed again until
-   * it came back (found in a code review). A leader elected less than an election timeout ago
-   * cannot tell yet, and does not refuse.
+   * it came back (found in a code review). `unhealthy_cluster` is not retried: it passes only when
+   * the operator acts. A leader elected less than an election timeout ago cannot tell yet: it asks
+   * for a retry, as accepting would let any leader change carry the removal through (found in the
+   * review of this check).
    */
   private refuseUnlessQuorumRemains(id: NodeId, voters: readonly NodeId[]): void {
     const heardRecently = this.host.raw().votersHeardRecently();
-    if (heardRecently === undefined) return;
+    if (heardRecently === undefined) {
+      throw new KvError("unavailable", "this leader was elected less than an election timeout ago and cannot yet tell which voters answer it; retry shortly", { retryAfterS: 1 });
+    }
     const left = voters.filter((voter) => voter !== id);
     const heard = left.filter((voter) => heardRecently.includes(voter));
     const majority = Math.floor(left.length / 2) + 1;
     if (heard.length >= majority) return;
     const silent = left.filter((voter) => !heard.includes(voter));
     throw new KvError(
-      "unavailable",
+      "unhealthy_cluster",
       `removing node ${id} would leave voters ${left.join(", ")}, of which this leader heard lately only from ${heard.join(", ")}: fewer than the ${majority} a majority needs, so nothing could commit; bring back node ${silent.join(", node ")} (or remove it) first`,
     );
   }

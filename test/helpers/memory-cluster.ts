@@ -5,6 +5,7 @@ import { expect } from "bun:test";
 import { ManualClock, type Clock } from "../../src/lib/clock.ts";
 import { createPrng } from "../../src/lib/prng.ts";
 import { KvNode, type KvNodeConfig } from "../../src/node/kv-node.ts";
+import type { RawNode } from "../../src/raft/raw-node.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../../src/storage/memory-storage.ts";
 import { MemoryNetwork } from "../../src/transport/memory-transport.ts";
 import type { SnapshotChunk } from "../../src/transport/transport.ts";
@@ -120,7 +121,19 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
   const resume = (id: number) => paused.delete(id);
   /** Scheduled turns node `id` has run (its timer's turns not counted). */
   const turnsRun = (id: number) => turnsRunById.get(id) ?? 0;
-  return { clock, network, nodes, node, storages, fatal, events, peers, startNode, settle, until, drive, leader, stop, pause, resume, turnsRun };
+  /**
+   * The leader, once it has led through a check-quorum round: it knows which voters answer it, and
+   * judges a voter's removal (src/node/membership.ts `refuseUnlessQuorumRemains`).
+   */
+  const steadyLeader = async (): Promise<KvNode> => {
+    const steady = () => {
+      const found = leader();
+      return found !== undefined && (found as unknown as { raw: RawNode }).raw.votersHeardRecently() !== undefined ? found : undefined;
+    };
+    await until(() => steady() !== undefined);
+    return steady() as KvNode;
+  };
+  return { clock, network, nodes, node, storages, fatal, events, peers, startNode, settle, until, drive, leader, steadyLeader, stop, pause, resume, turnsRun };
 }
 
 export type MemoryCluster = ReturnType<typeof createMemoryCluster>;
