@@ -145,6 +145,20 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
 // and transport, so the regressions are the directed tests in test/node-sim.test.ts and
 // test/node.test.ts (which failed before), and the runs above, whose totals count re-joins.
 
+// A few longer runs too (20 s simulated, 40-200 election timeouts each), unless one seed or a length
+// was asked for: a lease three times too long was caught by about one 20 s run in 60, never in 150
+// short ones (a review's mutation). Replay one: KV_NODE_SWARM_SEED=N KV_SWARM_MS=20000.
+const longSeeds = single === undefined && !longMode ? Array.from({ length: 20 }, (_, i) => 20_001 + i) : [];
+if (longSeeds.length > 0) {
+  test(`node swarm: long runs, seeds ${longSeeds[0]}..${longSeeds[longSeeds.length - 1]} (20 s each)`, async () => {
+    for (const seed of longSeeds) {
+      const result = await runNodeSwarm(seed, 20_000);
+      add(result);
+      console.log(`seed=${seed} ok (long): ${result.nodeCount} nodes, ${result.operations} operations (${result.acknowledgedWrites} writes acknowledged), ${result.partitions} partitions, digest ${result.digest}; replay: ${nodeSwarmReplay(seed, 20_000)}`);
+    }
+  }, 600_000);
+}
+
 test("node swarm: a seed replays bit for bit (20 or more seeds run twice give the same digests)", async () => {
   // One seed given: it replays as it ran above, at its length (KV_SWARM_MS) too.
   const durationMs = single !== undefined ? runMs : undefined;
@@ -163,3 +177,25 @@ test("node swarm: a seed replays bit for bit (20 or more seeds run twice give th
   // The sample replays 7-node clusters and runs whose configuration changed.
   if (single === undefined) expect(covered).toEqual({ sevenNodes: true, membershipChanges: true });
 }, longMode ? 24 * 3_600_000 : 120_000);
+
+test("node swarm: a node that stops on its own fails the run with its seed, whichever callback its turn ran in (found in a review: some were unhandled rejections, with no seed and no end)", async () => {
+  // Node 1's storage fails on its nth apply: turns run from an fsync's or an apply's callback, or a timer.
+  for (const nth of [10, 11, 12, 13, 14, 15]) {
+    let calls = 0;
+    const failure = await runNodeSwarm(7, 2_000, {
+      onStart: (sim) => {
+        const disk = sim.servers.get(1)?.disk as { applyEntries: (...args: unknown[]) => unknown };
+        const apply = disk.applyEntries.bind(disk);
+        disk.applyEntries = (...args: unknown[]) => {
+          if (++calls === nth) throw new Error(`injected storage failure #${nth}`);
+          return apply(...args);
+        };
+      },
+    }).then(
+      () => undefined,
+      (error: Error) => error,
+    );
+    expect([nth, failure?.message ?? "the run passed"]).toEqual([nth, expect.stringContaining("node swarm seed=7 failed")]);
+    expect(failure?.message).toContain(`node 1 stopped on its own: injected storage failure #${nth}`);
+  }
+});

@@ -132,6 +132,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   const partitionRate = prng.pick([0, 0.002, 0.01]);
   const transferRate = prng.pick([0, 0.001]);
   const pauseLeaderRate = prng.pick([0, 0.002, 0.005]);
+  const isolateLeaderRate = prng.pick([0, 0.002, 0.005]);
   const membershipRate = prng.pick([0, 0, 0.003, 0.01]);
   const clientCount = prng.intInclusive(2, 5);
   const keys = Array.from({ length: prng.intInclusive(2, 5) }, (_, i) => `k${i}`);
@@ -140,7 +141,11 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   const ids = () => [...sim.servers.keys()];
   const faults = { diskFullEpisodes: 0, partitions: 0, transfers: 0 };
 
-  // Clients: each waits for its answer, thinks a little, and goes again, to the leader it believes in.
+  // Clients: each waits for its answer, thinks a little, and goes again, to the leader it believes
+  // in: the node that last answered it, as a real client keeps calling a node that answers (a
+  // deposed leader that still believes it leads among them), or after a failure the leader now.
+  // Before, every client went to the newest leader after each answer, and a deposed leader's reads
+  // were almost never checked (found in a review: a lease three times too long went unnoticed).
   const client = (clientId: number) => {
     let leaderHint: NodeId | undefined;
     // Some of its writes of a key it has seen are compare-and-sets on it, as `kv chaos random`'s.
@@ -155,7 +160,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       const ifVersion = seen.ifVersionFor(kind, key, (p) => prng.chance(p));
       void sim.callOperation(clientId, target, kind, key, { consistency, ...(ifVersion === undefined ? {} : { ifVersion }) }).then((op) => {
         seen.note(op);
-        leaderHint = sim.leader();
+        leaderHint = op.outcome === "ok" ? target : sim.leader();
         sim.at(prng.intInclusive(0, 20), next);
       });
     };
@@ -233,6 +238,16 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
         sim.stall(leader, stallMs);
         faults.partitions++;
         sim.at(stallMs + prng.intInclusive(0, 300), () => sim.network.heal());
+      }
+    }
+    if (prng.chance(isolateLeaderRate)) {
+      // The leader alone is cut off, and runs on: its clients keep calling it while the others
+      // elect and commit. It must answer no read from its old term that a write since made stale.
+      const leader = sim.leader();
+      if (leader !== undefined) {
+        sim.network.partition([[leader], ids().filter((other) => other !== leader)]);
+        faults.partitions++;
+        sim.at(prng.intInclusive(electionTicks * tickMs, 3 * electionTicks * tickMs), () => sim.network.heal());
       }
     }
     if (prng.chance(transferRate)) {
