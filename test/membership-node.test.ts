@@ -93,6 +93,20 @@ test("a leadership transfer waits until a membership change applies: it could go
   expect(cluster.fatal).toEqual([]);
 });
 
+test("a leader just elected hands leadership on at once when the entries it inherited hold no membership change (found when CI ran the check above: it refused until it had applied them)", async () => {
+  const cluster = createCluster();
+  await cluster.until(() => cluster.leader() !== undefined);
+  for (let round = 0; round < 4; round++) {
+    const leader = cluster.leader()!;
+    for (let i = 0; i < 5; i++) void leader.put(`k${round}-${i}`, enc("v")).catch(() => undefined);
+    const moved = await cluster.drive(leader.transferLeadership(undefined));
+    const next = cluster.node(moved.leaderId);
+    const again = await cluster.drive(next.transferLeadership(undefined));
+    expect(again.leaderId).not.toBe(moved.leaderId);
+  }
+  expect(cluster.fatal).toEqual([]);
+});
+
 test("removing a voter is refused when the voters left would have no majority that answers; removing the one down is not (found in a code review)", async () => {
   const cluster = createCluster();
   await cluster.until(() => cluster.leader() !== undefined);

@@ -215,10 +215,15 @@ export class RaftLog {
    * committed, unapplied entries a page at a time; usually there are none or a few.
    */
   hasUnappliedConfChange(): boolean {
+    return this.hasConfChangeThrough(this.committed);
+  }
+
+  /** Whether a membership change lies past the applied index, up to `last` (committed or not). */
+  hasConfChangeThrough(last: number): boolean {
     const pageBytesMax = 1 << 20;
     let lo = Math.max(this.applied + 1, this.firstIndex());
-    while (lo <= this.committed) {
-      const page = this.slice(lo, this.committed + 1, pageBytesMax);
+    while (lo <= last) {
+      const page = this.slice(lo, last + 1, pageBytesMax);
       if (page.some((entry) => entry.type === EntryType.ConfChange)) return true;
       lo += page.length;
     }

@@ -467,11 +467,14 @@ export class Raft {
 
   /**
    * A membership change is in the log and not yet applied (confirmed by the driver): a committed
-   * one, or on a leader one it proposed or may have inherited, committed or not. The configuration
-   * is about to change.
+   * one, or on a leader one it proposed or inherited, committed or not. The configuration is about
+   * to change. Read from the entries, not from `pendingConfIndex`, which a new leader sets to its
+   * last index whatever its log holds: every leader just elected answered "pending" until it had
+   * applied its inherited entries, and refused leadership transfers (the CI run of this change).
    */
   confChangePending(): boolean {
-    return this.log.hasUnappliedConfChange() || (this.role === "leader" && this.pendingConfIndex > this.log.applied);
+    if (this.log.hasUnappliedConfChange()) return true;
+    return this.role === "leader" && this.pendingConfIndex > this.log.applied && this.log.hasConfChangeThrough(this.log.lastIndex());
   }
 
   /**
