@@ -104,6 +104,12 @@ describe("kv serve that cannot start says why in one line, exit 1, no stack trac
       writeFileSync(join(dir, "kv.db"), "this is text, not SQLite ".repeat(100));
       return ["--data-dir", dir];
     }, "the data dir is damaged and is left as it is. To bring the node back: remove it from the cluster"],
+    // Said what is wrong and what to do (noted in a black-box review: "unable to open database file" alone).
+    ["a kv.db that is a directory", () => {
+      const dir = join(scratch, "db-is-a-dir");
+      mkdirSync(join(dir, "kv.db"), { recursive: true });
+      return ["--data-dir", dir];
+    }, "kv.db is not a file (a directory?): move it aside"],
     ["a data dir that is a file", () => {
       const file = join(scratch, "a-file");
       writeFileSync(file, "x");

@@ -1,4 +1,6 @@
 import { randomBytes } from "node:crypto";
+import { statSync } from "node:fs";
+import { join } from "node:path";
 import { rootCertificates } from "node:tls";
 import { mkdirDurably } from "../lib/fsync-path.ts";
 import packageJson from "../../package.json" with { type: "json" };
@@ -22,7 +24,7 @@ import { defaultWatch, type WatchConfig } from "../node/watch.ts";
 import type { NodeId } from "../raft/types.ts";
 import { type KvStorage, StorageError } from "../storage/kv-storage.ts";
 import type { TornCut } from "../storage/segment-log.ts";
-import { openSqliteStorage } from "../storage/sqlite-storage.ts";
+import { DATABASE_FILE, openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { openThreadedStorage } from "../storage/threaded-storage.ts";
 import { createConnectTransport, peerRpcTimeoutMs } from "../transport/connect-transport.ts";
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
@@ -540,8 +542,20 @@ function startError(what: string, where: string, error: unknown): unknown {
   // A database SQLite cannot read is a damaged data dir, as a damaged log is: said so, with the way
   // back (found in a black-box review: `file is not a database` alone, no next step).
   if (code === "SQLITE_NOTADB" || code === "SQLITE_CORRUPT") return new StorageError("corrupt", `cannot ${what}: ${error.message}`, where, undefined, { cause: error });
+  if (code === "SQLITE_CANTOPEN" && notAFile(join(where, DATABASE_FILE))) {
+    return new ServerStartError(`cannot ${what} (${where}): ${join(where, DATABASE_FILE)} is not a file (a directory?): move it aside, or give another --data-dir`, 1);
+  }
   const operating = error.name === "SQLiteError" || (typeof code === "string" && /^E[A-Z]+$/.test(code));
   return operating ? new ServerStartError(`cannot ${what} (${where}): ${error.message}`, 1) : error;
+}
+
+/** Whether `path` exists as something other than a regular file. */
+function notAFile(path: string): boolean {
+  try {
+    return !statSync(path).isFile();
+  } catch {
+    return false;
+  }
 }
 
 /** `open()`, or what `failed` makes of its error. */

@@ -303,11 +303,14 @@ interface HardStateRow {
  * `StorageError` when the database is locked, of an unknown schema, inconsistent, or when
  * `options.voters` differs from the voters recorded at bootstrap.
  */
+/** The database's file in a data dir, unless `SqliteStorageOptions.fileName` says otherwise. */
+export const DATABASE_FILE = "kv.db";
+
 export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {}): SqliteStorage {
   const lockWaitMs = options.lockWaitMs ?? 2000;
   assert(Number.isSafeInteger(lockWaitMs) && lockWaitMs >= 0 && lockWaitMs <= lockWaitMsMax, `lockWaitMs ${lockWaitMs}`);
   mkdirDurably(dir);
-  const file = join(dir, options.fileName ?? "kv.db");
+  const file = join(dir, options.fileName ?? DATABASE_FILE);
   // Before anything is written (the lock's file, stale staging, a checkpoint at close).
   refuseBeforeWriting(file, options.nodeId);
   let lock: Database | undefined;
