@@ -248,9 +248,15 @@ export class NodeMembership {
     const majority = Math.floor(left.length / 2) + 1;
     if (heard.length >= majority) return;
     const silent = left.filter((voter) => !heard.includes(voter));
+    // Bringing back (or removing) enough of them to make a majority again will do, not all.
+    const needed = majority - heard.length;
+    const advice =
+      silent.length === 1
+        ? `bring back node ${silent[0]}, or remove it, first`
+        : `bring back ${needed === 1 ? "one" : needed} of node ${silent.join(", node ")}, or remove silent ones, first`;
     throw new KvError(
       "unhealthy_cluster",
-      `removing node ${id} would leave voters ${left.join(", ")}, of which this leader heard lately only from ${heard.join(", ")}: fewer than the ${majority} a majority needs, so nothing could commit; bring back node ${silent.join(", node ")} (or remove it) first`,
+      `removing node ${id} would leave voters ${left.join(", ")}, of which this leader heard lately only from ${heard.join(", ")}: fewer than the ${majority} a majority needs, so nothing could commit; ${advice}`,
     );
   }
 
