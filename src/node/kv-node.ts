@@ -610,9 +610,6 @@ export class KvNode implements KvNodeApi {
     // A reserved prefix is refused as a listing's is (it would match none of the changes a watch carries).
     checkClientKey("key" in filter ? filter.key : filter.prefix);
     if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
-    // A removed node applies no more changes: its streams would never see one (their clients, lock
-    // waiters among them, would wait for ever instead of going to another node).
-    if (this.membership.removed()) throw removedError();
     if (start === "now") {
       await this.readBarrier("linearizable");
       // What is applied now is at or past the read index: every write acknowledged before the watch
@@ -634,7 +631,11 @@ export class KvNode implements KvNodeApi {
     return this.subscribeUnlessRemoved(filter, after);
   }
 
-  /** A stream, unless this node learned of its removal meanwhile (open streams ended then). */
+  /**
+   * A stream, unless this node was removed (before the read barrier, which refuses it too, or while
+   * it waited): a removed node applies no more changes, so its streams would never see one, and
+   * their clients (lock waiters among them) would wait for ever instead of going to another node.
+   */
   private subscribeUnlessRemoved(filter: WatchFilter, after: number): WatchSubscription {
     if (this.membership.removed()) throw removedError();
     return this.watches.subscribe(filter, after);

@@ -103,8 +103,7 @@ export class NodeMembership {
     this.refreshAddresses();
     const removed = this.recordedWithout();
     if (removed === this.removedHere) return;
-    this.removedHere = removed;
-    if (removed) this.host.removed();
+    this.markRemoved(removed);
     const { changedIndex } = this.host.storage.membership();
     if (removed) this.host.log?.("removed", { detail: `the image installed leaves this node out (configuration of index ${changedIndex}): it was removed; it serves no more requests`, index: changedIndex });
     else this.host.log?.("member again", { detail: `the image installed lists this node (configuration of index ${changedIndex}): it serves requests`, index: changedIndex });
@@ -122,9 +121,15 @@ export class NodeMembership {
     // it: a peer that says otherwise is wrong, and a leader that stopped serving on its word would
     // hold the cluster without serving it (found in review).
     if (this.removedHere || this.host.stopped() || this.host.raw().basicStatus().role === "leader") return;
-    this.removedHere = true;
+    this.markRemoved(true);
     this.host.log?.("removed", { detail: `node ${by} refused this node's call: ${detail}`, by });
-    this.host.removed();
+  }
+
+  /** Sets whether this node is removed; once it becomes so, the host ends what it serves from its own state. */
+  private markRemoved(removed: boolean): void {
+    const was = this.removedHere;
+    this.removedHere = removed;
+    if (removed && !was) this.host.removed();
   }
 
   /** Whether this node was removed from the cluster. */
@@ -310,14 +315,12 @@ export class NodeMembership {
     const status = raw.basicStatus();
     this.host.log?.("membership applied", { change: change.type, nodeId: change.nodeId, index, voters: status.voters, learners: status.learners });
     if (change.type === "remove" && change.nodeId === this.host.id) {
-      const already = this.removedHere;
-      this.removedHere = true;
+      this.markRemoved(true);
       this.host.log?.("removed", { detail: `this node was removed from the cluster at index ${index}; it serves no more requests and may be stopped`, index });
-      if (!already) this.host.removed();
     } else if (change.type === "add-learner" && change.nodeId === this.host.id && this.removedHere) {
       // A server removed once and joining again under its id (on a wiped data dir) replays the log
       // from the start: its old removal applies before its new addition, which makes it a member again.
-      this.removedHere = false;
+      this.markRemoved(false);
       this.host.log?.("member again", { detail: `this node was added again at index ${index}; it serves requests`, index });
     }
     const pending = this.pending;

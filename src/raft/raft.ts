@@ -473,8 +473,8 @@ export class Raft {
    * applied its inherited entries, and refused leadership transfers (the CI run of this change).
    */
   confChangePending(): boolean {
-    if (this.log.hasUnappliedConfChange()) return true;
-    return this.role === "leader" && this.pendingConfIndex > this.log.applied && this.log.hasConfChangeThrough(this.log.lastIndex());
+    const leaderMayHoldOne = this.role === "leader" && this.pendingConfIndex > this.log.applied;
+    return this.log.hasConfChangeThrough(leaderMayHoldOne ? this.log.lastIndex() : this.log.committed);
   }
 
   /**
