@@ -242,6 +242,22 @@ describe("SegmentLog", () => {
     writeFileSync(second, bytes);
     expect(() => SegmentLog.open(longLength)).toThrow(/damage, not a torn write/);
     expect(readFileSync(second).byteLength).toBe(bytes.byteLength);
+
+    // The same, with a later value holding a sector of zeros (found in review: the scan for a
+    // sector never written back ran on through the whole records after the damaged length, so
+    // the record was cut as torn, and the synced entries and vote after it with it).
+    const zerosAfter = tempDir();
+    log = SegmentLog.open(zerosAfter);
+    log.append(range(1, 2, 1));
+    log.append([{ index: 3, term: 1, type: EntryType.Normal, data: new Uint8Array(2048) }, entry(4, 1)], { term: 1, vote: 1, commit: 4 });
+    log.close();
+    const third = segmentPaths(zerosAfter)[0] as string;
+    bytes = readFileSync(third);
+    const recordOf2Again = bytes.indexOf("value-2-1") - 17 - 9;
+    bytes[recordOf2Again + 7] = 0x10;
+    writeFileSync(third, bytes);
+    expect(() => SegmentLog.open(zerosAfter)).toThrow(/damage, not a torn write/);
+    expect(readFileSync(third).byteLength).toBe(bytes.byteLength);
   });
 
   test("damage below the durable mark given at open is refused, though a sector of the record is zeros (found in review: a value of zeros, damaged elsewhere, was cut as a torn write, and the fsynced vote after it with it)", () => {

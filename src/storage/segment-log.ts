@@ -979,16 +979,20 @@ const sectorBytes = 512;
 function tornRecord(bytes: Uint8Array, view: DataView, offset: number): boolean {
   const size = bytes.byteLength;
   const claimedEnd = size - offset < recordHeaderBytes ? Number.POSITIVE_INFINITY : offset + recordHeaderBytes + view.getUint32(offset + 4, true);
-  for (let sector = Math.floor(offset / sectorBytes) * sectorBytes; sector < Math.min(claimedEnd, size); sector += sectorBytes) {
+  // Past the end: the records after it are looked for first, since the sectors up to the end of
+  // the file are theirs then, and a value of zeros among them is no sector left unwritten.
+  if (claimedEnd > size) {
+    for (let at = offset + 1; at + recordHeaderBytes <= size; at++) {
+      if (recordProblem(bytes, view, at) === undefined) return false;
+    }
+    return true;
+  }
+  for (let sector = Math.floor(offset / sectorBytes) * sectorBytes; sector < claimedEnd; sector += sectorBytes) {
     let zeros = true;
     for (let at = Math.max(offset, sector), end = Math.min(size, sector + sectorBytes); at < end && zeros; at++) zeros = bytes[at] === 0;
     if (zeros) return true;
   }
-  if (claimedEnd <= size) return false;
-  for (let at = offset + 1; at + recordHeaderBytes <= size; at++) {
-    if (recordProblem(bytes, view, at) === undefined) return false;
-  }
-  return true;
+  return false;
 }
 
 /** The index a bad entry record at `offset` claims, when it is whole enough to say (for the error). */
