@@ -313,9 +313,28 @@ describe("limits", () => {
     app = createHttpApp(node, { keyBytesMax: 8 });
     expect((await put("/kv/12345678", "v")).status).toBe(200);
     await expectError(await put("/kv/123456789", "v"), 413, "too_large");
-    await expectError(await call("GET", "/kv/123456789"), 413, "too_large");
     // Three characters, nine UTF-8 bytes: the limit is in bytes, not characters.
     await expectError(await put("/kv/%E2%9C%93%E2%9C%93%E2%9C%93", "v"), 413, "too_large");
+    // A read asks for no new key: absent, not refused.
+    await expectError(await call("GET", "/kv/123456789"), 404, "not_found");
+  });
+
+  test("keys written under a higher limit can still be read, listed and deleted after it is lowered, but not written (found in a black-box review: GET, DELETE and a transaction's delete were 413s)", async () => {
+    const long = "a".repeat(4000);
+    expect((await put(`/kv/${long}`, "v")).status).toBe(200);
+    expect((await put(`/kv/${long}2`, "w")).status).toBe(200);
+    app = createHttpApp(node, { keyBytesMax: 16 });
+    expect(new TextDecoder().decode(await bytesOf(await call("GET", `/kv/${long}`)))).toBe("v");
+    expect((await call("HEAD", `/kv/${long}`)).status).toBe(200);
+    const listed = (await (await call("GET", `/kv?prefix=${long}&after=${long}`)).json()) as { items: { key: string }[] };
+    expect(listed.items.map((item) => item.key)).toEqual([`${long}2`]);
+    expect((await call("DELETE", `/kv/${long}2`)).status).toBe(200);
+    await expectError(await call("GET", `/kv/${long}2`), 404, "not_found");
+    // Writing one is what the limit refuses (and in a transaction: test/txn-http.test.ts).
+    const body = await expectError(await put(`/kv/${long}`, "v"), 413, "too_large");
+    expect(String(body.message)).toContain("the limit is 16");
+    // Past the most any limit allows (16,384 bytes), a key is refused whatever the request.
+    await expectError(await call("GET", `/kv/${"a".repeat(16_385)}`), 413, "too_large");
   });
 
   test("the default key limit is 4096 bytes", async () => {

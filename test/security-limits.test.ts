@@ -88,7 +88,9 @@ describe("a node started with --key-bytes-max 16 --value-bytes-max 1024", () => 
     expect((await fetch(`${node.httpUrl}/kv/${"k".repeat(16)}`, { method: "PUT", body: "v" })).status).toBe(200);
     expect((await fetch(`${node.httpUrl}/kv/${"%E2%9C%93".repeat(5)}`, { method: "PUT", body: "v" })).status).toBe(200); // 15 bytes
     await expectError(await fetch(`${node.httpUrl}/kv/${"k".repeat(17)}`, { method: "PUT", body: "v" }), 413, "too_large");
-    await expectError(await fetch(`${node.httpUrl}/kv/${"%E2%9C%93".repeat(6)}`), 413, "too_large"); // 18 bytes
+    await expectError(await fetch(`${node.httpUrl}/kv/${"%E2%9C%93".repeat(6)}`, { method: "PUT", body: "v" }), 413, "too_large"); // 18 bytes
+    // A read of a longer key is no write: absent, not refused (keys written under a higher limit stay readable).
+    await expectError(await fetch(`${node.httpUrl}/kv/${"%E2%9C%93".repeat(6)}`), 404, "not_found");
     expect(await expectError(await fetch(`${node.httpUrl}/kv/`), 400, "bad_request")).toContain("empty");
     expect(await expectError(await fetch(`${node.httpUrl}/kv/%FF`), 400, "bad_request")).toContain("UTF-8");
     expect(await expectError(await fetch(`${node.httpUrl}/kv/%ED%A0%80`), 400, "bad_request")).toContain("UTF-8"); // a surrogate

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { defineCommand } from "citty";
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
+import { KEY_BYTES_MAX_LIMIT } from "../http/kv-key.ts";
 import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
 import { createLogger, type LogFormat, type LogLevel } from "../lib/logger.ts";
 import { secretProblem } from "../lib/secret.ts";
@@ -12,11 +13,6 @@ import { createServer, ServerStartError, type KvServer } from "../server/create-
 import { defaultAdvertiseHttp, defaultListenPeer, hostnameForId, idFromHostname } from "./serve-addresses.ts";
 import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, UsageError } from "./usage-error.ts";
 
-/**
- * Upper bound of --key-bytes-max: Bun refuses a request line and headers over about 16 KiB (431),
- * so a longer key could not be sent anyway.
- */
-const KEY_BYTES_MAX_LIMIT = 16_384;
 /**
  * Upper bound of --value-bytes-max: one value is one Raft entry, which must fit, with its key and
  * framing, in one peer call (the peer server takes bodies up to 32 MiB).
@@ -142,7 +138,7 @@ export const serveCommand = defineCommand({
     },
     "key-bytes-max": {
       type: "string",
-      description: `Largest key in UTF-8 bytes, 1..${KEY_BYTES_MAX_LIMIT} (default ${KEY_BYTES_MAX_DEFAULT}); longer: 413`,
+      description: `Largest key written, in UTF-8 bytes, 1..${KEY_BYTES_MAX_LIMIT} (default ${KEY_BYTES_MAX_DEFAULT}); longer: 413 (longer keys already stored stay readable and deletable)`,
       valueHint: "BYTES",
     },
     "value-bytes-max": {

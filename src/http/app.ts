@@ -4,7 +4,7 @@ import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
-import { decodeKvKey, KV_PATH_PREFIX, parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
+import { decodeKvKey, KEY_BYTES_MAX_LIMIT, KV_PATH_PREFIX, refuseKeyOverLimit, parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
 import { refuseBody } from "./json-body.ts";
 import {
   createOpenApiDocument,
@@ -112,7 +112,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     if (method !== "GET" && method !== "HEAD" && method !== "PUT" && method !== "DELETE") {
       throw new KvError("method_not_allowed", `${method} is not allowed on /kv/{key}: it serves ${KV_ALLOW}`);
     }
-    const key = decodeKvKey(path.startsWith(KV_PATH_PREFIX) ? path.slice(KV_PATH_PREFIX.length) : "", keyBytesMax);
+    const key = decodeKvKey(path.startsWith(KV_PATH_PREFIX) ? path.slice(KV_PATH_PREFIX.length) : "", KEY_BYTES_MAX_LIMIT);
+    if (method === "PUT") refuseKeyOverLimit(key, keyBytesMax);
     switch (method) {
       case "GET":
       case "HEAD": {
@@ -169,7 +170,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     const after = singleParam(query, "after") ?? undefined;
     const limit = parsePageLimit(singleParam(query, "limit"));
     for (const [name, value] of [["prefix", prefix], ["after", after ?? ""]] as const) {
-      if (new TextEncoder().encode(value).byteLength > keyBytesMax) throw new KvError("too_large", `${name} is longer than ${keyBytesMax} bytes`);
+      if (new TextEncoder().encode(value).byteLength > KEY_BYTES_MAX_LIMIT) throw new KvError("too_large", `${name} is longer than ${KEY_BYTES_MAX_LIMIT} bytes`);
     }
     const found = await node.list(prefix, after, limit + 1, parseConsistency(search), listPageBytesMax);
     const items = found.slice(0, limit).map((item) => ({ key: item.key, value: jsonValue(item.value), version: item.version }));
@@ -186,7 +187,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   const watchRoute = async (request: Request): Promise<Response> => {
     // The router answers HEAD with a GET route's handler: a stream's head would never end.
     if (request.method === "HEAD") throw new KvError("method_not_allowed", "HEAD is not allowed on /watch: it serves GET");
-    const { filter, start } = parseWatchRequest(rawTarget(request.url).search, request.headers.get("last-event-id"), keyBytesMax);
+    const { filter, start } = parseWatchRequest(rawTarget(request.url).search, request.headers.get("last-event-id"), KEY_BYTES_MAX_LIMIT);
     const watch = node.watch?.bind(node);
     if (watch === undefined) throw new KvError("not_found", "this node does not serve watches");
     const subscription = await watch(filter, start);

@@ -6,6 +6,21 @@ export const KV_PATH_PREFIX = "/kv/";
 const utf8Encoder = new TextEncoder();
 
 /**
+ * The most any `--key-bytes-max` allows: Bun refuses a request line and headers over about 16 KiB
+ * (431), so a longer key could not be sent anyway. Only a write of a key is held to the configured limit: a
+ * read, a delete, a comparison, a listing's prefix and a watch name keys up to this, so keys written
+ * under a higher limit stay readable and deletable after it is lowered (found in a black-box review:
+ * they were listed, but every GET and DELETE of them was a 413).
+ */
+export const KEY_BYTES_MAX_LIMIT = 16_384;
+
+/** `too_large` when `key` is over `keyBytesMax` UTF-8 bytes, the limit on writing a key. */
+export function refuseKeyOverLimit(key: string, keyBytesMax: number, what = "the key"): void {
+  const keyBytes = utf8Encoder.encode(key).byteLength;
+  if (keyBytes > keyBytesMax) throw new KvError("too_large", `${what} is ${keyBytes} bytes; the limit is ${keyBytesMax}`);
+}
+
+/**
  * Decodes a key from the raw (still percent-encoded) path that follows `/kv/`.
  * `a%2Fb` and the unencoded `a/b` are both the key `a/b`; `+` is a literal plus (this is a path,
  * not a form). Malformed percent-encoding, invalid UTF-8 (overlong forms, surrogates included) and
@@ -25,10 +40,7 @@ export function decodeKvKey(rawKey: string, keyBytesMax: number): string {
   } catch {
     throw new KvError("bad_request", "the key is not valid percent-encoded UTF-8");
   }
-  const keyBytes = utf8Encoder.encode(key).byteLength;
-  if (keyBytes > keyBytesMax) {
-    throw new KvError("too_large", `the key is ${keyBytes} bytes; the limit is ${keyBytesMax}`);
-  }
+  refuseKeyOverLimit(key, keyBytesMax);
   return key;
 }
 

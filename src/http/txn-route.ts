@@ -33,6 +33,7 @@ import { admitWriteBody, type BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { idempotencyKeyOf } from "./idempotency-key.ts";
 import { jsonValue } from "../lib/json-value.ts";
+import { KEY_BYTES_MAX_LIMIT, refuseKeyOverLimit } from "./kv-key.ts";
 
 /** The limits a transaction's request is held to. */
 export interface TxnRouteLimits {
@@ -142,11 +143,11 @@ export function parseTxnBody(bytes: Uint8Array, limits: TxnRouteLimits): TxnRequ
   };
 }
 
-function parseKey(value: unknown, what: string, limits: TxnRouteLimits): string {
+/** A key the transaction names: held to `keyBytesMax` when it writes it, else to `KEY_BYTES_MAX_LIMIT` (see there). */
+function parseKey(value: unknown, what: string, keyBytesMax: number): string {
   if (typeof value !== "string" || value === "") throw bad(`${what}.key must be a non-empty string`);
   if (!value.isWellFormed()) throw bad(`${what}.key holds a lone UTF-16 surrogate: it is not UTF-8`);
-  const keyBytes = utf8Encoder.encode(value).byteLength;
-  if (keyBytes > limits.keyBytesMax) throw new KvError("too_large", `${what}.key is ${keyBytes} bytes; the limit is ${limits.keyBytesMax}`);
+  refuseKeyOverLimit(value, keyBytesMax, `${what}.key`);
   return value;
 }
 
@@ -177,7 +178,7 @@ function parseTxnLease(value: unknown, what: string): number {
 
 function parseCompare(item: unknown, what: string, limits: TxnRouteLimits): TxnCompare {
   const fields = jsonObject(item, what, ["key", "version", "value", "exists"]);
-  const key = parseKey(fields.key, what, limits);
+  const key = parseKey(fields.key, what, KEY_BYTES_MAX_LIMIT);
   const targets = (["version", "value", "exists"] as const).filter((name) => fields[name] !== undefined);
   if (targets.length !== 1) throw bad(`${what} needs exactly one of 'version', 'value' and 'exists'`);
   const { version, value, exists } = fields;
@@ -200,10 +201,10 @@ function parseOp(item: unknown, what: string, limits: TxnRouteLimits): TxnOp {
   if (fields.put !== undefined) {
     const put = jsonObject(fields.put, `${what}.put`, ["key", "value", "lease"]);
     if (put.value === undefined) throw bad(`${what}.put needs a 'value'`);
-    const key = parseKey(put.key, `${what}.put`, limits);
+    const key = parseKey(put.key, `${what}.put`, limits.keyBytesMax);
     const value = parseValue(put.value, `${what}.put.value`, limits);
     return put.lease === undefined ? { op: "put", key, value } : { op: "put", key, value, lease: parseTxnLease(put.lease, `${what}.put.lease`) };
   }
-  if (fields.delete !== undefined) return { op: "delete", key: parseKey(jsonObject(fields.delete, `${what}.delete`, ["key"]).key, `${what}.delete`, limits) };
-  return { op: "get", key: parseKey(jsonObject(fields.get, `${what}.get`, ["key"]).key, `${what}.get`, limits) };
+  if (fields.delete !== undefined) return { op: "delete", key: parseKey(jsonObject(fields.delete, `${what}.delete`, ["key"]).key, `${what}.delete`, KEY_BYTES_MAX_LIMIT) };
+  return { op: "get", key: parseKey(jsonObject(fields.get, `${what}.get`, ["key"]).key, `${what}.get`, KEY_BYTES_MAX_LIMIT) };
 }
