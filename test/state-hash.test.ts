@@ -207,3 +207,22 @@ test("compareReplicas asks a node busy with another hash (429) again while time 
   expect(check.verdict).toBe("consistent");
   expect(check.answers.every((answer) => answer.hash !== undefined)).toBe(true);
 });
+
+test("compareReplicas on a one-member cluster that answered is consistent; one endpoint of a larger cluster stays incomparable (found in a black-box review: a restored one-node cluster exited 3)", async () => {
+  const { compareReplicas } = await import("../src/client/replicas.ts");
+  const { createClient } = await import("../src/client/index.ts");
+  const member = (id: number) => ({ id, peerUrl: `http://127.0.0.1:${5000 + id}`, httpUrl: null, role: "voter" });
+  const fakeOf = (members: ReturnType<typeof member>[]) =>
+    (async (input: string | URL | Request) => {
+      const url = new URL(String(input));
+      if (url.pathname === "/status") {
+        return Response.json({ id: 1, role: "leader", term: 1, leaderId: 1, leaderUrl: null, commitIndex: 10, appliedIndex: 10, lastLogIndex: 10, snapshotIndex: 0, firstLogIndex: 1, members, storage: {} });
+      }
+      return Response.json({ index: 10, term: 1, hash: "sha256:one", rows: 1, bytes: 1 });
+    }) as unknown as typeof fetch;
+  const alone = await compareReplicas(createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fakeOf([member(1)]) }), { timeoutMs: 1_000 });
+  expect(alone.verdict).toBe("consistent");
+  expect(alone.message).toContain("one member");
+  const partOfThree = await compareReplicas(createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fakeOf([member(1), member(2), member(3)]) }), { timeoutMs: 1_000 });
+  expect(partOfThree.verdict).toBe("incomparable");
+});

@@ -17,7 +17,8 @@ export interface HashAnswer {
 }
 
 /**
- * `consistent`: at least two nodes answered, all at one index, with one hash. `diverged`: two nodes
+ * `consistent`: at least two nodes answered, all at one index, with one hash (or the one endpoint
+ * asked is a cluster's only member, and answered). `diverged`: two nodes
  * at one index answered different hashes (a bug, or a data dir altered behind its node). Anything
  * else is `incomparable`: fewer than two answers, or indexes that never met within the time given.
  */
@@ -38,7 +39,7 @@ const ROUND_PAUSE_MS = 100;
  * The verdict on one round of answers, or undefined when it cannot be given yet: the answering
  * nodes stand at different indexes and none of them disagree at one.
  */
-export function judgeHashes(answers: readonly HashAnswer[]): ReplicaCheck | undefined {
+export function judgeHashes(answers: readonly HashAnswer[], soleMember = false): ReplicaCheck | undefined {
   const answered = answers.filter(hasHash);
   const byIndex = groupByIndex(answered);
   for (const [index, group] of byIndex) {
@@ -50,6 +51,10 @@ export function judgeHashes(answers: readonly HashAnswer[]): ReplicaCheck | unde
   }
   const unanswered = answers.filter((answer) => answer.hash === undefined).map((answer) => `${answer.endpoint} (${answer.error ?? "no answer"})`);
   const notHeard = unanswered.length === 0 ? "" : `; no hash from ${unanswered.join(", ")}`;
+  const [lone] = answered;
+  if (soleMember && answers.length === 1 && lone !== undefined) {
+    return { verdict: "consistent", answers, message: `the cluster's one member holds ${lone.hash.hash} at index ${lone.hash.index}: nothing else to compare` };
+  }
   if (answered.length < 2) {
     return { verdict: "incomparable", answers, message: `${answered.length === 0 ? "no node" : "only one node"} answered: nothing to compare${notHeard}` };
   }
@@ -70,13 +75,16 @@ export async function compareReplicas(client: KvClient, options: { readonly time
   const endpoints = options.endpoints ?? client.endpoints;
   const deadline = performance.now() + options.timeoutMs;
   for (;;) {
-    const applied = await Promise.all(endpoints.map((endpoint) => client.statusOf(endpoint).then((status) => status.appliedIndex, () => undefined)));
+    const statuses = await Promise.all(endpoints.map((endpoint) => client.statusOf(endpoint).then((status) => status, () => undefined)));
+    const applied = statuses.map((status) => status?.appliedIndex);
+    // One endpoint, of a cluster of one: every member answered, so its answer alone is the verdict.
+    const soleMember = endpoints.length === 1 && statuses[0]?.members.length === 1;
     const last = performance.now() + ROUND_PAUSE_MS > deadline;
     if (last || new Set(applied.filter((index) => index !== undefined)).size <= 1) {
       const answers = await Promise.all(endpoints.map((endpoint) => hashAnswer(client, endpoint)));
       // A node busy with another hash (429) answers once it is done: asked again while time is left.
       const busy = !last && answers.some((answer) => answer.status === 429);
-      const verdict = judgeHashes(answers);
+      const verdict = judgeHashes(answers, soleMember);
       if (verdict !== undefined && (verdict.verdict === "diverged" || !busy)) return verdict;
       if (last) return { verdict: "incomparable", answers, message: `the nodes stood at different indexes for ${options.timeoutMs} ms (writes going on?): ${groupsAt(answers)}` };
     }
