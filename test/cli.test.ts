@@ -32,6 +32,8 @@ test("kv --help and kv serve --help describe the commands and flags", () => {
 
 test.each([
   [["serve", "--id", "1", "--bogus"], "unknown flag '--bogus'"],
+  // A value that looks like a flag: say how to pass it (found in a black-box review: `kv put k -5`).
+  [["put", "k", "-5", "--endpoints", "http://127.0.0.1:1"], "unknown flag '-5' for 'kv put' (see kv put --help); to pass a value that starts with '-', put '--' before it"],
   [["serve"], "Missing required argument: --id"],
   [["serve", "--id", "x"], "--id must be a whole number"],
   [["serve", "--id", "4"], "--cluster has no entry for node 4"],

@@ -108,7 +108,11 @@ function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]
       continue;
     }
     const name = arg.replace(/^--?/, "").split("=")[0] as string;
-    if (!known.has(name)) throw new UsageError(`unknown flag '${arg}' for '${path.join(" ")}' (see ${path.join(" ")} --help)`);
+    if (!known.has(name)) {
+      // `kv put k -5`: a value that starts with a dash goes after `--`, which ends the flags.
+      const valueHint = positionals.length > 0 && /^-[0-9.]/.test(arg) ? `; to pass a value that starts with '-', put '--' before it` : "";
+      throw new UsageError(`unknown flag '${arg}' for '${path.join(" ")}' (see ${path.join(" ")} --help)${valueHint}`);
+    }
     const def = defined[name] ?? Object.values(defined).find((d) => "alias" in d && ([] as string[]).concat(d.alias ?? []).includes(name));
     // citty reads any value of a switch but `false` as true: `--metrics-open=no` opened /metrics
     // (found in a black-box review). A switch takes no value, or exactly true or false.
