@@ -102,6 +102,7 @@ test("a leader's power loss before its own fsync: its copy did not count, the wr
     // The follower acknowledged; the leader's own copy is unsynced and the third node cut off: no quorum.
     expect(nodeOf(sim, leader).status().commitIndex).toBeLessThan(index);
     expect(write.answer).toBeUndefined();
+    sim.servers.get(leader)!.unsyncedSavesKept = 0; // the power loss keeps nothing written since the last fsync
     sim.crash(leader, true);
     expect(sim.stats.powerLosses).toBe(1);
     expect(diskOf(sim, leader).contents().lastIndex()).toBeLessThan(index); // the unsynced entry is gone
@@ -111,12 +112,26 @@ test("a leader's power loss before its own fsync: its copy did not count, the wr
   });
 });
 
+test("a leader's power loss that keeps what it wrote after its last fsync (pages written back anyway) restarts with the entry, and the cluster converges", async () => {
+  await withSim(quietSim(40), async (sim) => {
+    const { leader, write, index } = await writeOnSlowDisk(sim, "leader");
+    expect(write.answer).toBeUndefined();
+    sim.servers.get(leader)!.unsyncedSavesKept = Number.MAX_SAFE_INTEGER;
+    sim.crash(leader, true);
+    expect(diskOf(sim, leader).unsyncedSavesKept).toBe(1);
+    expect(diskOf(sim, leader).contents().lastIndex()).toBeGreaterThanOrEqual(index); // kept, though never fsynced
+    sim.servers.get(leader)!.fsyncMs = undefined;
+    await sim.healAndCheck(["settle", "k"], 30_000);
+  });
+});
+
 test("a follower's ack waits for its fsync, so its power loss before the fsync breaks no promise", async () => {
   await withSim(quietSim(42), async (sim) => {
     const { leader, follower, write, index } = await writeOnSlowDisk(sim, "follower");
     // The follower has written the entry, but says nothing of it until its disk has it.
     expect(nodeOf(sim, leader).status().commitIndex).toBeLessThan(index);
     expect(write.answer).toBeUndefined();
+    sim.servers.get(follower)!.unsyncedSavesKept = 0; // the power loss keeps nothing written since the last fsync
     sim.crash(follower, true);
     expect(sim.stats.powerLosses).toBe(1);
     expect(diskOf(sim, follower).contents().lastIndex()).toBeLessThan(index);

@@ -11,7 +11,9 @@
 // bank clients also move money between accounts with multi-key transactions, judged by
 // src/chaos/bank.ts (no money made or lost, no transaction seen in part, no stale read), and
 // watchers follow the clients' keys, resuming on other nodes as their streams end, judged by
-// src/chaos/watch-check.ts (none missing, none twice, in order, no phantom). Each seed replays bit for bit.
+// src/chaos/watch-check.ts (none missing, none twice, in order, no phantom). Half the clients' writes
+// carry an idempotency key and are retried under it while their outcome is unknown; no key may change
+// the state twice. Power losses keep a drawn prefix of the log's unsynced saves. Each seed replays bit for bit.
 // Replay one seed: KV_NODE_SWARM_SEED=N bun test test/node-swarm.test.ts ; more: KV_NODE_SWARM_SEEDS=5000 ;
 // longer runs (simulated ms each, e.g. thousands of election timeouts): KV_SWARM_MS=600000.
 import { expect, test } from "bun:test";
@@ -47,6 +49,9 @@ const totals = {
   storageThreadInstalls: 0,
   storageThreadBlockedWrites: 0,
   stateMachineAhead: 0,
+  unsyncedSavesKept: 0,
+  retries: 0,
+  sessionAnswers: 0,
   repliesCarried: 0,
   fiveNodeRuns: 0,
   sevenNodeRuns: 0,
@@ -75,6 +80,9 @@ function add(result: NodeSwarmResult): void {
   totals.storageThreadInstalls += result.storageThreadInstalls;
   totals.storageThreadBlockedWrites += result.storageThreadBlockedWrites;
   totals.stateMachineAhead += result.stateMachineAhead;
+  totals.unsyncedSavesKept += result.unsyncedSavesKept;
+  totals.retries += result.retries;
+  totals.sessionAnswers += result.sessionAnswers;
   totals.repliesCarried += result.repliesCarried;
   if (result.nodeCount === 5) totals.fiveNodeRuns++;
   if (result.nodeCount === 7) totals.sevenNodeRuns++;
@@ -122,6 +130,11 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     expect(totals.storageThreadBlockedWrites).toBeGreaterThan(seeds.length / 50);
     // Power losses that kept the state machine's pages and only the log's durable image (two files).
     expect(totals.stateMachineAhead).toBeGreaterThan(seeds.length / 50);
+    // Power losses that kept saves written after the last fsync; writes retried under their
+    // idempotency key, and applies a session answered (1,000 seeds: 387, 3,088 and 1,663).
+    expect(totals.unsyncedSavesKept).toBeGreaterThan(seeds.length / 10);
+    expect(totals.retries).toBeGreaterThan(seeds.length);
+    expect(totals.sessionAnswers).toBeGreaterThan(seeds.length / 2);
     // Clusters other than 3, and the configuration changing while the faults ran.
     expect(totals.fiveNodeRuns).toBeGreaterThan(seeds.length / 10);
     expect(totals.sevenNodeRuns).toBeGreaterThan(seeds.length / 20);

@@ -10,7 +10,9 @@ import { configurationOfMembers } from "../kv/membership.ts";
 import { StateHasher, type StateHash } from "../kv/state-hash.ts";
 import type { MembersView } from "../node/api.ts";
 import { KvNode } from "../node/kv-node.ts";
-import type { Message, NodeId } from "../raft/types.ts";
+import type { Entry, Message, NodeId } from "../raft/types.ts";
+import type { ApplyResult } from "../kv/apply-plan.ts";
+import { decodeCommand } from "../kv/command.ts";
 import type { KvImageReader } from "../storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../storage/memory-storage.ts";
 import { SimDisk } from "./sim-disk.ts";
@@ -86,6 +88,8 @@ interface SimServer {
   incarnation: number;
   /** When set, every fsync of this disk takes this long instead of a drawn latency (directed scenarios). */
   fsyncMs: number | undefined;
+  /** When set, how many of the saves written since the last fsync a power loss keeps, instead of a drawn number (directed scenarios). */
+  unsyncedSavesKept: number | undefined;
   /**
    * When set (with a storage thread, `storageThreadMsMax`), every apply and install this disk's
    * thread answers takes this long instead of a drawn latency (directed scenarios).
@@ -169,6 +173,9 @@ export class NodeSim {
     rejoins: 0,
     removals: 0,
     leaderRemovals: 0,
+    /** Writes sent again under their idempotency key, and applies answered from a session (changing nothing). */
+    retries: 0,
+    sessionAnswers: 0,
   };
   /** Membership changes the operator has under way (see `join`, `removeMember`): healing waits for them. */
   private operatorChanges = 0;
@@ -206,6 +213,11 @@ export class NodeSim {
     const threadMsMax = this.opts.storageThreadMsMax;
     const disk = new SimDisk(createMemoryKvStorage(), {
       deliver: (fn) => this.whenRunning(id, fn),
+      applied: (entries, results) => this.checkAppliedOnce(id, entries, results),
+      keptOnPowerLoss: (unsynced) => {
+        const drawn = this.diskPrng.intInclusive(0, unsynced);
+        return Math.min(unsynced, this.servers.get(id)?.unsyncedSavesKept ?? drawn);
+      },
       fsync: (done) => {
         const drawnMs = this.diskPrng.intInclusive(this.opts.fsyncMsMin, this.opts.fsyncMsMax);
         this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
@@ -221,7 +233,7 @@ export class NodeSim {
     });
     const clockRate = 1 + (2 * this.clockPrng.next() - 1) * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
-    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
+    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
     this.servers.set(id, server);
     return server;
   }
@@ -543,6 +555,34 @@ export class NodeSim {
     server.lifecycle = "retired";
   }
 
+  /**
+   * Idempotency keys of writes that changed the state (not answered from their session), and the
+   * index of the entry that did: a retry under the same key must never change it again.
+   */
+  private readonly idempotentChanges = new Map<string, number>();
+
+  /**
+   * Checks that no write whose `Idempotency-Key` a client retried changed the state machine twice
+   * (thesis §6.3): each key changes it at one index, the same on every server. Answers from a
+   * session carry the version of the change they repeat, below their own index.
+   */
+  private checkAppliedOnce(id: NodeId, entries: readonly Entry[], results: readonly ApplyResult[]): void {
+    results.forEach((result, i) => {
+      if (result.kind !== "put" && result.kind !== "delete") return;
+      const command = decodeCommand((entries[i] as Entry).data);
+      if (command.idempotencyKey === undefined) return;
+      if (result.version !== result.index) {
+        this.stats.sessionAnswers++;
+        return;
+      }
+      const before = this.idempotentChanges.get(command.idempotencyKey);
+      if (before === undefined) this.idempotentChanges.set(command.idempotencyKey, result.index);
+      else if (before !== result.index) {
+        this.raise(new SimViolation(`node ${id} applied the write with idempotency key ${command.idempotencyKey} at index ${result.index}, which already changed the state at ${before}: applied twice`));
+      }
+    });
+  }
+
   /** A failure outside any event (an operator's change gone wrong): the next check throws it. */
   raise(error: unknown): void {
     this.raised ??= error instanceof Error ? error : new Error(String(error));
@@ -608,20 +648,26 @@ export class NodeSim {
    * Starts one client operation at node `id` through the node API and records its answer in the
    * history when it comes: ok, refused (certainly no effect), or unknown (a timeout, or the node
    * stopped with the request in flight).
+   *
+   * With `retry`, a put or delete carries an idempotency key and, while its outcome is unknown, is
+   * sent again under that key (to `retry.target()`, after `retry.pauseMs()`), up to `retry.attempts`
+   * in all, as the client library retries (src/client): one operation in the history, from the
+   * first call to the last answer. A refusal after an unknown attempt leaves it unknown (the first
+   * may still apply); an ok answers for all of them (from the session, if an earlier one applied).
    */
   callOperation(
     clientId: number,
     id: NodeId,
     kind: Operation["kind"],
     key: string,
-    options: { consistency?: "linearizable" | "lease"; ifVersion?: number } = {},
+    options: { consistency?: "linearizable" | "lease"; ifVersion?: number; retry?: { attempts: number; target: () => NodeId; pauseMs: () => number } } = {},
   ): Promise<Operation> {
-    const node = this.servers.get(id)?.node;
     const opId = ++this.operationSequence;
     const callMs = this.historyTime();
     const value = kind === "put" ? `c${clientId}.${opId}` : undefined;
     const ifVersion = kind === "get" ? undefined : options.ifVersion;
-    const conditions = ifVersion === undefined ? {} : { ifVersion };
+    const retry = kind === "get" ? undefined : options.retry;
+    const writeOptions = { ...(ifVersion === undefined ? {} : { ifVersion }), ...(retry === undefined ? {} : { idempotencyKey: `op${opId}` }) };
     let sent = false;
     const record = (outcome: Operation["outcome"], fields: Partial<Operation> = {}): Operation => {
       // Sent, and no longer in flight: `closeHistory` already listed it as unknown, so an answer
@@ -645,35 +691,52 @@ export class NodeSim {
       else this.history.push(operation);
       return operation;
     };
-    if (node === undefined) {
+    /** One call: its answer's fields, or the error's reading; undefined when nothing could be sent. */
+    const attempt = (target: NodeId): Promise<{ outcome: Operation["outcome"]; fields: Partial<Operation> }> | undefined => {
+      const node = this.servers.get(target)?.node;
       // Connection refused: nothing was sent.
-      return Promise.resolve(record("fail"));
-    }
-    this.inflight.set(opId, { clientId, kind, key, ...(value === undefined ? {} : { value }), ...(ifVersion === undefined ? {} : { ifVersion }), callMs });
-    sent = true;
-    let call: Promise<Partial<Operation>>;
-    try {
-      if (kind === "put") call = node.put(key, new TextEncoder().encode(value), conditions).then((result) => ({ version: result.version }));
-      else if (kind === "delete") call = node.delete(key, conditions).then((result) => ({ deleted: result.deleted, version: result.version }));
-      else {
-        call = node
-          .get(key, options.consistency ?? "linearizable")
-          .then((found) => (found === undefined ? { output: null } : { output: new TextDecoder().decode(found.value), version: found.version }));
+      if (node === undefined) return undefined;
+      if (!sent) this.inflight.set(opId, { clientId, kind, key, ...(value === undefined ? {} : { value }), ...(ifVersion === undefined ? {} : { ifVersion }), callMs });
+      sent = true;
+      let call: Promise<Partial<Operation>>;
+      try {
+        if (kind === "put") call = node.put(key, new TextEncoder().encode(value), writeOptions).then((result) => ({ version: result.version }));
+        else if (kind === "delete") call = node.delete(key, writeOptions).then((result) => ({ deleted: result.deleted, version: result.version }));
+        else {
+          call = node
+            .get(key, options.consistency ?? "linearizable")
+            .then((found) => (found === undefined ? { output: null } : { output: new TextDecoder().decode(found.value), version: found.version }));
+        }
+      } catch (error: unknown) {
+        call = Promise.reject(error);
       }
-    } catch (error: unknown) {
-      call = Promise.reject(error);
-    }
-    return call.then(
-      (fields) => {
-        if (kind !== "get") this.stats.acknowledgedWrites++;
-        return record("ok", fields);
-      },
-      (error: unknown) => {
-        if (!(error instanceof KvError)) throw error;
-        // A read that failed took no effect either way.
-        return record(kind === "get" || isRefusal(error.code) ? "fail" : "unknown");
-      },
-    );
+      return call.then(
+        (fields) => ({ outcome: "ok" as const, fields }),
+        (error: unknown) => {
+          if (!(error instanceof KvError)) throw error;
+          // The same request under its own key: a node that calls it another is wrong.
+          if (error.code === "idempotency_key_reused") this.raise(new SimViolation(`node ${target} refused a retry of operation ${opId} as reusing its idempotency key: ${error.message}`));
+          // A read that failed took no effect either way.
+          return { outcome: kind === "get" || isRefusal(error.code) ? ("fail" as const) : ("unknown" as const), fields: {} };
+        },
+      );
+    };
+    const finish = (outcome: Operation["outcome"], fields: Partial<Operation> = {}): Operation => {
+      if (outcome === "ok" && kind !== "get") this.stats.acknowledgedWrites++;
+      return record(outcome, fields);
+    };
+    const first = attempt(id);
+    if (first === undefined) return Promise.resolve(record("fail"));
+    if (retry === undefined) return first.then((answer) => finish(answer.outcome, answer.fields));
+    // Unknown once: every later attempt is a retry of something that may have applied.
+    const again = (attemptsLeft: number): Promise<Operation> =>
+      new Promise<void>((resolve) => this.at(retry.pauseMs(), resolve)).then(() => {
+        this.stats.retries++;
+        const next = attempt(retry.target());
+        if (next === undefined) return attemptsLeft > 1 ? again(attemptsLeft - 1) : finish("unknown");
+        return next.then((answer) => (answer.outcome === "ok" ? finish("ok", answer.fields) : attemptsLeft > 1 ? again(attemptsLeft - 1) : finish("unknown")));
+      });
+    return first.then((answer) => (answer.outcome === "unknown" && retry.attempts > 1 ? again(retry.attempts - 1) : finish(answer.outcome, answer.fields)));
   }
 
   /** The whole history: answers, then writes whose outcome stayed unknown (reads still unanswered are dropped). */

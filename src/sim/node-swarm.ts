@@ -36,6 +36,8 @@ export interface NodeSwarmResult {
   readonly storageThreadBlockedWrites: number;
   /** Power losses after which a disk's state machine was ahead of its log's durable image (see SimDisk.afterCrash). */
   readonly stateMachineAhead: number;
+  /** Power losses that kept some of the log's saves written after its last finished fsync (SimDisk.afterCrash). */
+  readonly unsyncedSavesKept: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;
   /** Messages to a member whose address the sender had not learned, with no call of its to ride (dropped, as the real transport drops them). */
@@ -49,6 +51,9 @@ export interface NodeSwarmResult {
   readonly watchEvents: number;
   readonly watchCompactedResumes: number;
   readonly watchReferenceUnavailable: number;
+  /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
+  readonly retries: number;
+  readonly sessionAnswers: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
   readonly events: number;
   /**
@@ -158,7 +163,10 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       const consistency = prng.chance(0.3) ? "lease" : "linearizable";
       const key = prng.pick(keys);
       const ifVersion = seen.ifVersionFor(kind, key, (p) => prng.chance(p));
-      void sim.callOperation(clientId, target, kind, key, { consistency, ...(ifVersion === undefined ? {} : { ifVersion }) }).then((op) => {
+      // Half the writes carry an idempotency key and are sent again while their outcome is unknown
+      // (as the client library does), to the leader as the client then finds it or any node.
+      const retry = kind !== "get" && prng.chance(0.5) ? { attempts: prng.intInclusive(2, 4), target: () => sim.leader() ?? prng.pick(ids()), pauseMs: () => prng.intInclusive(0, 100) } : undefined;
+      void sim.callOperation(clientId, target, kind, key, { consistency, ...(ifVersion === undefined ? {} : { ifVersion }), ...(retry === undefined ? {} : { retry }) }).then((op) => {
         seen.note(op);
         leaderHint = op.outcome === "ok" ? target : sim.leader();
         sim.at(prng.intInclusive(0, 20), next);
@@ -329,6 +337,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   const storageThreadInstalls = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadInstalls, 0);
   const storageThreadBlockedWrites = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadBlockedWrites, 0);
   const stateMachineAhead = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.stateMachineAhead, 0);
+  const unsyncedSavesKept = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.unsyncedSavesKept, 0);
   sim.stop();
   return {
     seed,
@@ -352,6 +361,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     storageThreadBlockedWrites,
     storageThreadInstalls,
     stateMachineAhead,
+    unsyncedSavesKept,
     repliesCarried: sim.network.repliesCarried,
     unaddressedDropped: sim.network.unaddressedDropped,
     bankTransfers: bank.history.filter((op) => op.kind === "transfer" && op.outcome === "ok" && op.succeeded === true).length,
@@ -361,6 +371,8 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     watchEvents: watchStats.events,
     watchCompactedResumes: watchStats.compactedResumes,
     watchReferenceUnavailable: watchStats.referenceUnavailable,
+    retries: sim.stats.retries,
+    sessionAnswers: sim.stats.sessionAnswers,
     events: sim.eventsRun,
     digest,
   };

@@ -22,6 +22,13 @@ export interface SimDiskScheduler {
    * turns, answered its clients and sent its messages meanwhile).
    */
   deliver(fn: () => void): void;
+  /**
+   * How many of `unsynced` saves (written since the last finished fsync, in order) a power loss
+   * keeps, as pages the kernel had written back before the power went: 0 to `unsynced`.
+   */
+  keptOnPowerLoss?(unsynced: number): number;
+  /** Told what each apply did, entry by entry, as the apply runs (for the simulator's checks). */
+  applied?(entries: readonly Entry[], results: readonly ApplyResult[]): void;
 }
 
 /**
@@ -77,6 +84,18 @@ export class SimDisk implements KvStorage {
   /** Power losses, and those that kept state machine writes the log's durable image is behind (see `afterCrash`). */
   powerLosses = 0;
   stateMachineAhead = 0;
+  /** Power losses that kept some saves written after the last finished fsync (see `afterCrash`). */
+  unsyncedSavesKept = 0;
+  /**
+   * The saves written since the durable image, in order, numbered among the writes to the log;
+   * `durableSeq` is the last of those writes the durable image holds, `barrierSeq` the last that was
+   * not a save (a compaction, an install, a bootstrap): saves after the durable image are kept by a
+   * power loss only while none is unsynced, as they could not be replayed on it.
+   */
+  private unsyncedSaves: { readonly seq: number; readonly hardState: HardState | undefined; readonly entries: readonly Entry[] }[] = [];
+  private logWrites = 0;
+  private durableSeq = 0;
+  private barrierSeq = 0;
   /** Fsyncs started and finished. */
   syncsStarted = 0;
   syncsFinished = 0;
@@ -110,17 +129,34 @@ export class SimDisk implements KvStorage {
     const written = this.threadBlocked?.before ?? this.current;
     if (!powerLoss) return written.clone();
     this.powerLosses++;
+    const log = this.logAfterPowerLoss();
     if (this.powerLosses % 2 === 0) {
       if (written.appliedIndex() > this.durableImage.appliedIndex()) this.stateMachineAhead++;
-      return MemoryKvStorage.reopened(written, this.durableImage);
+      return MemoryKvStorage.reopened(written, log);
     }
-    return this.durableImage.clone();
+    return log;
+  }
+
+  /**
+   * The durable image, with the first of the saves written since that the simulator says reached
+   * the disk anyway (`keptOnPowerLoss`): the log's segment is appended in order, so what a crash
+   * keeps of it is a prefix of what was written (the segment log cuts a torn last record at open).
+   */
+  private logAfterPowerLoss(): MemoryKvStorage {
+    const image = this.durableImage.clone();
+    const saves = this.threadBlocked === undefined && this.barrierSeq <= this.durableSeq ? this.unsyncedSaves : [];
+    const kept = saves.length === 0 ? 0 : (this.scheduler.keptOnPowerLoss?.(saves.length) ?? 0);
+    if (kept > 0) this.unsyncedSavesKept++;
+    for (const save of saves.slice(0, kept)) image.save(save.hardState, save.entries, false);
+    return image;
   }
 
   /** Starts over from `storage` (a restart after a crash): what is on it is durable. */
   restartFrom(storage: MemoryKvStorage): void {
     this.current = storage;
     this.durableImage = storage.clone();
+    this.unsyncedSaves = [];
+    this.durableSeq = this.logWrites;
     // The dead process's thread answers nobody: its requests never settle (see onThread).
     this.confirmedApplied = storage.appliedIndex();
     this.confirmedMembership = storage.membership();
@@ -208,22 +244,27 @@ export class SimDisk implements KvStorage {
   // ---- Writes: refused while the disk is full -------------------------------------------------
   save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void {
     this.write(() => this.current.save(hardState, entries, sync));
+    this.unsyncedSaves.push({ seq: ++this.logWrites, hardState, entries });
   }
   bootstrap(voters: readonly NodeId[], addresses?: readonly MemberAddress[]): void {
     this.write(() => this.current.bootstrap(voters, addresses));
+    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
     this.write(() => this.current.bootstrapJoined(configuration, changedIndex));
+    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]> {
     this.checkDurable(entries[entries.length - 1]);
     const results = this.write(() => this.current.applyEntries(entries));
+    this.scheduler.applied?.(entries, results);
     return this.onThread(results);
   }
   compact(index: number): void {
     this.write(() => this.current.compact(index));
+    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
   }
 
   /**
@@ -246,6 +287,7 @@ export class SimDisk implements KvStorage {
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {
     this.write(() => this.current.installSnapshot(metadata, imageId, addresses));
+    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
     this.snapshotsInstalled++;
     if (this.scheduler.storageThread !== undefined) {
       return (this.onThread(undefined) as Promise<void>).then(() => {
@@ -291,6 +333,7 @@ export class SimDisk implements KvStorage {
   sync(): Promise<void> {
     const image = this.current.clone();
     const storage = this.current;
+    const covered = this.logWrites;
     this.syncsStarted++;
     const fsync = () =>
       new Promise<void>((resolve) => {
@@ -299,6 +342,8 @@ export class SimDisk implements KvStorage {
           if (this.current !== storage) return;
           // Durable when the kernel is done; the process learns it when it runs.
           this.durableImage = image;
+          this.durableSeq = covered;
+          this.unsyncedSaves = this.unsyncedSaves.filter((save) => save.seq > covered);
           this.syncsFinished++;
           this.scheduler.deliver(() => this.current === storage && resolve());
         });

@@ -98,8 +98,14 @@ export class SimWatchers {
 
   /** Opens `watcher`'s stream on a running node drawn at random (none running: a later tick tries again). */
   private open(watcher: Watcher, start: "now" | { after: number }): void {
+    if (this.stopped) return;
     const candidates = this.candidates(watcher, start);
-    if (candidates.length === 0 || this.stopped) return;
+    if (candidates.length === 0) {
+      // Every node still running refused it as compacted; those that had not (a removed node,
+      // refusing as unavailable until the operator stopped it) stopped. It ends as when the last refuses.
+      if (start !== "now" && watcher.refusedBy.size > 0 && this.candidates(watcher, "now").length > 0) this.endCompacted(watcher);
+      return;
+    }
     const id = this.prng.pick(candidates);
     const node = this.sim.servers.get(id)?.node;
     if (node === undefined) return;
@@ -124,19 +130,21 @@ export class SimWatchers {
           // This node's history does not reach back to where it stopped; another's may. Once every
           // running node refused, no node keeps it: this watcher ends here, and another starts from now.
           watcher.refusedBy.add(id);
-          if (this.candidates(watcher, start).length > 0) {
-            this.open(watcher, start);
-            return;
-          }
-          this.compactedResumes++;
-          watcher.ended = true;
-          if (!this.stopped) this.open(this.newWatcher(), "now");
+          if (this.candidates(watcher, start).length > 0) this.open(watcher, start);
+          else this.endCompacted(watcher);
           return;
         }
         if (!(error instanceof KvError)) this.sim.raise(error);
         // Refused (no leader for the linearizable start, stopping, overloaded): the next tick tries again.
       },
     );
+  }
+
+  /** No running node keeps the history `watcher` needs: it ends here, and another starts from now. */
+  private endCompacted(watcher: Watcher): void {
+    this.compactedResumes++;
+    watcher.ended = true;
+    this.open(this.newWatcher(), "now");
   }
 
   /** The running nodes `watcher` may open on: for a resume, those that have not refused it as compacted. */
