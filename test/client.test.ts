@@ -398,6 +398,13 @@ test("endpoints that are not a URL or a list of URLs are a bad_request, not a Ty
   }
 });
 
+test("an endpoint with a path, query, fragment or user is a bad_request before any request; a trailing slash is fine (found in a review: the node answered its unknown path 404 not_found, and every key read as absent)", () => {
+  for (const endpoints of ["http://127.0.0.1:8001/v1", "http://127.0.0.1:8001?cluster=a", "http://127.0.0.1:8001/#x", "http://me:pw@127.0.0.1:8001", "http://127.0.0.1:8001,http://127.0.0.1:8002/kv"]) {
+    expect(() => createClient({ endpoints })).toThrow(/must be only a scheme, host and port/);
+  }
+  expect(createClient({ endpoints: "http://127.0.0.1:8001/, https://kv.example:443" }).endpoints).toEqual(["http://127.0.0.1:8001", "https://kv.example:443"]);
+});
+
 test("the keys '.' and '..' are refused before any request: a URL has no path for them (found in review: get('..') read GET / as an absent key)", async () => {
   let requests = 0;
   const fake = (async () => {

@@ -619,6 +619,12 @@ export function normalizeEndpoints(endpoints: readonly string[] | string): strin
       throw badOption(`endpoint '${endpoint}' is not a URL`);
     }
     if (url.protocol !== "http:" && url.protocol !== "https:") throw badOption(`endpoint '${endpoint}' must be http(s)`);
+    // A node answers a path it does not serve 404 not_found, the answer for an absent key: an
+    // endpoint with a path (or a query or fragment, which the request's path would drop) read every
+    // key as absent (found in a review). Only where the node is, as a member's URL is given.
+    if (url.username !== "" || url.password !== "" || url.pathname !== "/" || url.search !== "" || url.hash !== "" || /[?#]/.test(endpoint)) {
+      throw badOption(`endpoint '${endpoint}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
+    }
   }
   return list;
 }
