@@ -260,6 +260,32 @@ describe("SegmentLog", () => {
     expect(readFileSync(third).byteLength).toBe(bytes.byteLength);
   });
 
+  test("a write a crash cut short is cut as torn though its value holds the bytes of a whole record (found in review: a record looked for inside it made it damage, and the node would not start)", () => {
+    for (const zeroSector of [true, false]) {
+      const dir = tempDir();
+      const log = SegmentLog.open(dir);
+      log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 2 });
+      // A value with 9 bytes in it that read as a whole record of no payload: its CRC-32, then 0, 0, 0, 0, 7.
+      const value = new Uint8Array(4096).fill(7);
+      const fake = new Uint8Array(9);
+      fake[8] = 7;
+      new DataView(fake.buffer).setUint32(0, Bun.hash.crc32(fake.subarray(4)) >>> 0, true);
+      value.set(fake, 50);
+      log.append([{ index: 3, term: 1, type: EntryType.Normal, data: value }], { term: 1, vote: 1, commit: 3 });
+      log.close();
+      const path = segmentPaths(dir)[0] as string;
+      const bytes = readFileSync(path);
+      const recordOf3 = bytes.indexOf(fake) - 50 - 17 - 9;
+      // The power went with the file grown to part of entry 3's record, and (once) a sector of it never written back.
+      const torn = bytes.subarray(0, recordOf3 + 2048 + 512);
+      if (zeroSector) torn.fill(0, Math.ceil((recordOf3 + 600) / 512) * 512, Math.ceil((recordOf3 + 600) / 512) * 512 + 512);
+      writeFileSync(path, torn);
+      const reopened = SegmentLog.open(dir);
+      expect([zeroSector, reopened.lastIndex(), reopened.tornCut()?.entryIndex]).toEqual([zeroSector, 2, 3]);
+      reopened.close();
+    }
+  });
+
   test("damage below the durable mark given at open is refused, though a sector of the record is zeros (found in review: a value of zeros, damaged elsewhere, was cut as a torn write, and the fsynced vote after it with it)", () => {
     const dir = tempDir();
     const log = SegmentLog.open(dir);

@@ -968,22 +968,27 @@ const sectorBytes = 512;
  * `open` cuts off) rather than as damage (refused). A crash leaves the pages the kernel had not
  * yet written back as they were on disk: zeros past the file's old end, which is where the record
  * starts (at or past where the last completed sync ended). So it is torn when:
- * - some sector it reaches is all zeros from where the record starts in it (or the sector's start)
- *   to the sector's end (or the file's): a sector never written back. Zeros within a written
- *   record (the high bytes of a term, a value of zeros) stop short of a sector's end, or are
- *   followed in it by the next record's bytes; or
- * - it runs past the end of the file (the file was cut inside it), and no whole record starts
- *   anywhere after it: a length damaged to point past the end leaves the records after it readable.
+ * - it runs past the end of the file (the file was cut inside it), and no run of whole records
+ *   goes from somewhere after it to the end of the file: a length damaged to point past the end
+ *   leaves the records after it readable; or
+ * - it ends within the file, and some sector it reaches is all zeros from where the record starts
+ *   in it (or the sector's start) to the sector's end (or the file's): a sector never written back.
+ *   Zeros within a written record (the high bytes of a term, a value of zeros) stop short of a
+ *   sector's end, or are followed in it by the next record's bytes.
  * etcd's WAL tells torn writes from damage in the same way, by zeroed sectors.
  */
 function tornRecord(bytes: Uint8Array, view: DataView, offset: number): boolean {
   const size = bytes.byteLength;
   const claimedEnd = size - offset < recordHeaderBytes ? Number.POSITIVE_INFINITY : offset + recordHeaderBytes + view.getUint32(offset + 4, true);
-  // Past the end: the records after it are looked for first, since the sectors up to the end of
-  // the file are theirs then, and a value of zeros among them is no sector left unwritten.
+  // Past the end: records that go on whole from some point after it to the end of the file say its
+  // length was damaged (looked for first: the sectors up to the end are theirs then, and a value of
+  // zeros among them is no sector left unwritten; found in a review). The run must reach the end:
+  // a value that holds a record's bytes (a client can write any) makes one whole record inside a
+  // write that was really torn, but not a run of them to where the crash cut the file (found in
+  // review of that fix: a torn write was refused as damage).
   if (claimedEnd > size) {
     for (let at = offset + 1; at + recordHeaderBytes <= size; at++) {
-      if (recordProblem(bytes, view, at) === undefined) return false;
+      if (recordsRunToEnd(bytes, view, at)) return false;
     }
     return true;
   }
@@ -993,6 +998,16 @@ function tornRecord(bytes: Uint8Array, view: DataView, offset: number): boolean 
     if (zeros) return true;
   }
   return false;
+}
+
+/** Whether whole records follow one another from `offset` to the end of `bytes` exactly. */
+function recordsRunToEnd(bytes: Uint8Array, view: DataView, offset: number): boolean {
+  let at = offset;
+  while (at < bytes.byteLength) {
+    if (recordProblem(bytes, view, at) !== undefined) return false;
+    at += recordHeaderBytes + view.getUint32(at + 4, true);
+  }
+  return at === bytes.byteLength;
 }
 
 /** The index a bad entry record at `offset` claims, when it is whole enough to say (for the error). */
