@@ -402,7 +402,9 @@ test("an endpoint with a path, query, fragment or user is a bad_request before a
   for (const endpoints of ["http://127.0.0.1:8001/v1", "http://127.0.0.1:8001?cluster=a", "http://127.0.0.1:8001/#x", "http://me:pw@127.0.0.1:8001", "http://127.0.0.1:8001,http://127.0.0.1:8002/kv"]) {
     expect(() => createClient({ endpoints })).toThrow(/must be only a scheme, host and port/);
   }
-  expect(createClient({ endpoints: "http://127.0.0.1:8001/, https://kv.example:443" }).endpoints).toEqual(["http://127.0.0.1:8001", "https://kv.example:443"]);
+  expect(createClient({ endpoints: "http://127.0.0.1:8001/, https://kv.example:8443, http://[::1]:8002//" }).endpoints).toEqual(["http://127.0.0.1:8001", "https://kv.example:8443", "http://[::1]:8002"]);
+  // As the URL reads it: a backslash is a slash there, and was appended as it came (found in review: GET \/kv/a, no route).
+  expect(createClient({ endpoints: "http://127.0.0.1:8001\\" }).endpoints).toEqual(["http://127.0.0.1:8001"]);
 });
 
 test("the keys '.' and '..' are refused before any request: a URL has no path for them (found in review: get('..') read GET / as an absent key)", async () => {

@@ -611,7 +611,7 @@ export function normalizeEndpoints(endpoints: readonly string[] | string): strin
   }
   const list = (typeof endpoints === "string" ? endpoints.split(",") : [...endpoints]).map((e) => e.trim().replace(/\/+$/, "")).filter((e) => e !== "");
   if (list.length === 0) throw badOption("endpoints names no endpoint");
-  for (const endpoint of list) {
+  return list.map((endpoint) => {
     let url: URL;
     try {
       url = new URL(endpoint);
@@ -625,8 +625,10 @@ export function normalizeEndpoints(endpoints: readonly string[] | string): strin
     if (url.username !== "" || url.password !== "" || url.pathname !== "/" || url.search !== "" || url.hash !== "" || /[?#]/.test(endpoint)) {
       throw badOption(`endpoint '${endpoint}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
     }
-  }
-  return list;
+    // As the URL reads it: requests are made by appending their path to it, and `http://h:8001\`
+    // (a backslash reads as a slash) appended one to `\`, which reached no route (found in review).
+    return url.origin;
+  });
 }
 
 function badOption(message: string): KvClientError {
