@@ -211,6 +211,31 @@ describe("kv_raft_leader_changes_total", () => {
   });
 });
 
+describe("watch streams' ends", () => {
+  test("kv_watch_slow_closed_total counts slow_watcher ends and kv_watch_compacted_closed_total compacted ones", async () => {
+    const registry = createMetricsRegistry();
+    const ends = ["slow_watcher", "compacted", "compacted", "unavailable"] as const;
+    let opened = 0;
+    const node = Object.assign(new MemoryKvNode(), {
+      watch: async () => {
+        const error = ends[opened++] as (typeof ends)[number];
+        let sent = false;
+        return {
+          next: async () => (sent ? undefined : ((sent = true), [{ type: "error" as const, error, message: error }])),
+          close: () => undefined,
+        };
+      },
+    });
+    const instrumented = instrumentNode(node, registry, { clusterId: "c", version: "0" }).node;
+    for (let i = 0; i < ends.length; i++) {
+      const stream = await instrumented.watch!({ prefix: "" }, "now");
+      while ((await stream.next()) !== undefined);
+    }
+    const metrics = parseExposition(registry.render());
+    expect([metrics.get("kv_watch_slow_closed_total"), metrics.get("kv_watch_compacted_closed_total")]).toEqual([1, 2]);
+  });
+});
+
 describe("kv_http_request_duration_seconds", () => {
   test("counts a request whose client hung up mid-body as 499, not as the client's 400", async () => {
     const registry = createMetricsRegistry();

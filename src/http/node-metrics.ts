@@ -76,6 +76,10 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   registry.collected("kv_watchers", "Watch streams open now.", "gauge", [], () => [[{}, watchers]]);
   const watchEventsSent = registry.counter("kv_watch_events_sent_total", "Watch events handed to clients, by event (put, delete, progress, error).", ["event"]);
   const watchSlowClosed = registry.counter("kv_watch_slow_closed_total", "Watch streams ended with slow_watcher: their bounded buffer overflowed.");
+  const watchCompactedClosed = registry.counter(
+    "kv_watch_compacted_closed_total",
+    "Watch streams ended with compacted: a snapshot installed here, or the change history's turnover, dropped changes they had not sent.",
+  );
   /** Counts a stream while open (once, however it ends) and every event it hands out. */
   function countedWatch(subscription: WatchSubscription): WatchSubscription {
     watchers++;
@@ -94,6 +98,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
         for (const item of items) {
           watchEventsSent.inc({ event: item.type === "change" ? item.change.kind : item.type });
           if (item.type === "error" && item.error === "slow_watcher") watchSlowClosed.inc({});
+          if (item.type === "error" && item.error === "compacted") watchCompactedClosed.inc({});
         }
         return items;
       },
