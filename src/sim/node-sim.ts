@@ -83,7 +83,7 @@ interface SimServer {
   /** This node's clock runs at this rate of simulated time (drift). */
   readonly clockRate: number;
   /** How far this node's wall clock is off (leaders stamp idempotent writes with it). */
-  readonly wallSkewMs: number;
+  wallSkewMs: number;
   /** Incremented at each (re)start: timers of a dead process never fire for the next one. */
   incarnation: number;
   /** When set, every fsync of this disk takes this long instead of a drawn latency (directed scenarios). */
@@ -173,6 +173,13 @@ export class NodeSim {
     rejoins: 0,
     removals: 0,
     leaderRemovals: 0,
+    /** Leases granted, keepalives answered, leases revoked, and lease expiries applied (see `checkLeases`). */
+    leasesGranted: 0,
+    leaseKeepalives: 0,
+    leasesRevoked: 0,
+    leasesExpired: 0,
+    /** Steps of a server's wall clock (as NTP steps one), forward or back. */
+    wallClockJumps: 0,
     /** Writes sent again under their idempotency key, and applies answered from a session (changing nothing). */
     retries: 0,
     sessionAnswers: 0,
@@ -568,19 +575,104 @@ export class NodeSim {
    */
   private checkAppliedOnce(id: NodeId, entries: readonly Entry[], results: readonly ApplyResult[]): void {
     results.forEach((result, i) => {
+      if (result.kind === "lease-expired") {
+        for (const lease of result.ids) if (!this.leaseExpiries.has(lease)) this.leaseExpiries.set(lease, this.nowMs);
+        return;
+      }
       if (result.kind !== "put" && result.kind !== "delete") return;
       const command = decodeCommand((entries[i] as Entry).data);
       if (command.idempotencyKey === undefined) return;
+      const before = this.idempotentChanges.get(command.idempotencyKey);
       if (result.version !== result.index) {
+        // Answered from its session: with the version of the change it repeats.
         this.stats.sessionAnswers++;
+        if (before !== undefined && result.version !== before) {
+          this.raise(new SimViolation(`node ${id} answered the write with idempotency key ${command.idempotencyKey} at index ${result.index} from its session with version ${result.version}, but it changed the state at ${before}`));
+        }
         return;
       }
-      const before = this.idempotentChanges.get(command.idempotencyKey);
       if (before === undefined) this.idempotentChanges.set(command.idempotencyKey, result.index);
       else if (before !== result.index) {
         this.raise(new SimViolation(`node ${id} applied the write with idempotency key ${command.idempotencyKey} at index ${result.index}, which already changed the state at ${before}: applied twice`));
       }
     });
+  }
+
+  /** Per lease a client was granted: its TTL, and when each call it was answered ok for began (the grant, then keepalives). */
+  private readonly leaseCalls = new Map<number, { readonly ttlMs: number; readonly okCallsMs: number[] }>();
+  /** When each lease's expiry first applied on any server (simulated ms). */
+  private readonly leaseExpiries = new Map<number, number>();
+
+  /**
+   * A client's lease call to node `id` (`grant` with a TTL, `keepalive` or `revoke` of a lease id,
+   * or a `put` of a key attached to it):
+   * the lease id granted, true for a keepalive or revoke answered ok, undefined otherwise (refused,
+   * unknown, nobody there). What `checkLeases` judges is recorded as the answers come.
+   */
+  async leaseCall(
+    id: NodeId,
+    call: { readonly op: "grant"; readonly ttlMs: number } | { readonly op: "keepalive" | "revoke"; readonly lease: number } | { readonly op: "put"; readonly lease: number; readonly key: string },
+  ): Promise<number | boolean | undefined> {
+    const node = this.servers.get(id)?.node;
+    if (node === undefined) return undefined;
+    const callMs = this.nowMs;
+    try {
+      if (call.op === "grant") {
+        const granted = await node.grantLease(call.ttlMs);
+        this.leaseCalls.set(granted.id, { ttlMs: granted.ttlMs, okCallsMs: [callMs] });
+        this.stats.leasesGranted++;
+        return granted.id;
+      }
+      if (call.op === "keepalive") {
+        await node.keepAliveLease(call.lease);
+        this.leaseCalls.get(call.lease)?.okCallsMs.push(callMs);
+        this.stats.leaseKeepalives++;
+        return true;
+      }
+      if (call.op === "put") {
+        await node.put(call.key, new TextEncoder().encode(`lease ${call.lease}`), { lease: call.lease });
+        return true;
+      }
+      await node.revokeLease(call.lease);
+      this.stats.leasesRevoked++;
+      return true;
+    } catch (error: unknown) {
+      if (!(error instanceof KvError)) throw error;
+      return undefined;
+    }
+  }
+
+  /**
+   * A lease lasts its TTL from the start of every call it was answered ok for (its grant, each
+   * keepalive): a leader counts it down from when it took the call, by its own clock (which runs at
+   * most `clockDriftMax` fast), and a new leader counts it from its election at its full TTL, which
+   * came after any keepalive the old leader confirmed its leadership for. So its expiry applies no
+   * sooner than TTL / (1 + clockDriftMax) after each such call began, and no call begun after its
+   * expiry applied somewhere is answered ok. Throws a `SimViolation` naming the first lease that broke it.
+   */
+  checkLeases(): void {
+    for (const [lease, calls] of this.leaseCalls) {
+      const expiredMs = this.leaseExpiries.get(lease);
+      if (expiredMs === undefined) continue;
+      this.stats.leasesExpired++;
+      for (const callMs of calls.okCallsMs) {
+        if (callMs > expiredMs) throw new SimViolation(`lease ${lease} expired at ${expiredMs} ms, yet a call begun at ${callMs} ms was answered that it was alive`);
+        const earliestMs = callMs + calls.ttlMs / (1 + this.opts.clockDriftMax);
+        if (expiredMs < earliestMs) throw new SimViolation(`lease ${lease} (TTL ${calls.ttlMs} ms) expired at ${expiredMs} ms, before ${earliestMs.toFixed(1)} ms: a call begun at ${callMs} ms was answered that it was alive`);
+      }
+    }
+  }
+
+  /**
+   * Steps server `id`'s wall clock by `byMs` (NTP stepping it, an operator setting it): leaders stamp
+   * idempotent writes with it (src/node/session-stamps.ts), and a session must still live its window
+   * of real time, whatever the stamps' clock did.
+   */
+  jumpWallClock(id: NodeId, byMs: number): void {
+    const server = this.servers.get(id);
+    if (server === undefined) return;
+    server.wallSkewMs += byMs;
+    this.stats.wallClockJumps++;
   }
 
   /** A failure outside any event (an operator's change gone wrong): the next check throws it. */
@@ -651,7 +743,7 @@ export class NodeSim {
    *
    * With `retry`, a put or delete carries an idempotency key and, while its outcome is unknown, is
    * sent again under that key (to `retry.target()`, after `retry.pauseMs()`), up to `retry.attempts`
-   * in all, as the client library retries (src/client): one operation in the history, from the
+   * in all and not from `retry.until` on (the run's end), as the client library retries (src/client): one operation in the history, from the
    * first call to the last answer. A refusal after an unknown attempt leaves it unknown (the first
    * may still apply); an ok answers for all of them (from the session, if an earlier one applied).
    */
@@ -660,7 +752,7 @@ export class NodeSim {
     id: NodeId,
     kind: Operation["kind"],
     key: string,
-    options: { consistency?: "linearizable" | "lease"; ifVersion?: number; retry?: { attempts: number; target: () => NodeId; pauseMs: () => number } } = {},
+    options: { consistency?: "linearizable" | "lease"; ifVersion?: number; retry?: { attempts: number; target: () => NodeId; pauseMs: () => number; until: number } } = {},
   ): Promise<Operation> {
     const opId = ++this.operationSequence;
     const callMs = this.historyTime();
@@ -731,8 +823,10 @@ export class NodeSim {
     // Unknown once: every later attempt is a retry of something that may have applied.
     const again = (attemptsLeft: number): Promise<Operation> =>
       new Promise<void>((resolve) => this.at(retry.pauseMs(), resolve)).then(() => {
-        this.stats.retries++;
+        // The clients stopped: no new request after the run (the checks take the state then as final).
+        if (this.nowMs >= retry.until) return finish("unknown");
         const next = attempt(retry.target());
+        if (next !== undefined) this.stats.retries++;
         if (next === undefined) return attemptsLeft > 1 ? again(attemptsLeft - 1) : finish("unknown");
         return next.then((answer) => (answer.outcome === "ok" ? finish("ok", answer.fields) : attemptsLeft > 1 ? again(attemptsLeft - 1) : finish("unknown")));
       });

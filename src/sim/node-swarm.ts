@@ -54,6 +54,13 @@ export interface NodeSwarmResult {
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
+  /** Steps of a server's wall clock (see NodeSim.jumpWallClock). */
+  readonly wallClockJumps: number;
+  /** Leases granted to the lease clients, keepalives answered, leases revoked, and of their leases those whose expiry applied (judged by NodeSim.checkLeases). */
+  readonly leasesGranted: number;
+  readonly leaseKeepalives: number;
+  readonly leasesRevoked: number;
+  readonly leasesExpired: number;
   /** Simulator events run (timers, deliveries, fsyncs, client calls). */
   readonly events: number;
   /**
@@ -139,6 +146,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   const pauseLeaderRate = prng.pick([0, 0.002, 0.005]);
   const isolateLeaderRate = prng.pick([0, 0.002, 0.005]);
   const membershipRate = prng.pick([0, 0, 0.003, 0.01]);
+  const wallJumpRate = prng.pick([0, 0, 0.002]);
   const clientCount = prng.intInclusive(2, 5);
   const keys = Array.from({ length: prng.intInclusive(2, 5) }, (_, i) => `k${i}`);
   // Every server that exists (the first voters, then those that joined), removed ones too: clients
@@ -165,7 +173,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       const ifVersion = seen.ifVersionFor(kind, key, (p) => prng.chance(p));
       // Half the writes carry an idempotency key and are sent again while their outcome is unknown
       // (as the client library does), to the leader as the client then finds it or any node.
-      const retry = kind !== "get" && prng.chance(0.5) ? { attempts: prng.intInclusive(2, 4), target: () => sim.leader() ?? prng.pick(ids()), pauseMs: () => prng.intInclusive(0, 100) } : undefined;
+      const retry = kind !== "get" && prng.chance(0.5) ? { attempts: prng.intInclusive(2, 4), target: () => sim.leader() ?? prng.pick(ids()), pauseMs: () => prng.intInclusive(0, 100), until: runMs } : undefined;
       void sim.callOperation(clientId, target, kind, key, { consistency, ...(ifVersion === undefined ? {} : { ifVersion }), ...(retry === undefined ? {} : { retry }) }).then((op) => {
         seen.note(op);
         leaderHint = op.outcome === "ok" ? target : sim.leader();
@@ -208,6 +216,41 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     sim.at(prng.intInclusive(0, 50), next);
   };
   for (let c = 1; c <= bankClientCount; c++) bankClient(clientCount + c);
+
+  // Lease clients, in some runs: each is granted a lease, attaches a key or two to it, keeps it
+  // alive a few times, then revokes it or lets it run out, and starts over. Their keys are apart
+  // from the clients' (a lease's expiry deletes them without a client's delete); what is judged is
+  // when leases end against the calls that kept them alive (NodeSim.checkLeases).
+  const leaseClientCount = prng.pick([0, 0, 1, 2]);
+  const leaseClient = (clientId: number) => {
+    let round = 0;
+    const target = () => sim.leader() ?? prng.pick(ids());
+    const again = (): void => void sim.at(prng.intInclusive(0, 50), next);
+    const keepAlive = (lease: number, ttlMs: number, left: number): void => {
+      if (left === 0 || sim.nowMs >= runMs) {
+        // No new request once the run is over (a lease still held then runs out while it heals).
+        if (sim.nowMs < runMs && prng.chance(0.5)) void sim.leaseCall(target(), { op: "revoke", lease }).then(again);
+        else sim.at(ttlMs, again); // let it run out
+        return;
+      }
+      // Well within the TTL, or (now and then) past it: a lease may end while its holder is late.
+      sim.at(prng.chance(0.9) ? prng.intInclusive(1, Math.floor(ttlMs / 3)) : prng.intInclusive(ttlMs, 2 * ttlMs), () => {
+        void sim.leaseCall(target(), { op: "keepalive", lease }).then(() => keepAlive(lease, ttlMs, left - 1));
+      });
+    };
+    const next = (): void => {
+      if (sim.nowMs >= runMs) return;
+      const ttlMs = prng.intInclusive(50, 1_500); // raised to the node's minimum (4 election timeouts)
+      void sim.leaseCall(target(), { op: "grant", ttlMs }).then((lease) => {
+        if (typeof lease !== "number") return again();
+        const keys = Array.from({ length: prng.intInclusive(1, 2) }, (_, i) => `l${clientId}.${round}.${i}`);
+        round++;
+        void Promise.all(keys.map((key) => sim.leaseCall(target(), { op: "put", lease, key }))).then(() => keepAlive(lease, ttlMs, prng.intInclusive(0, 6)));
+      });
+    };
+    sim.at(prng.intInclusive(0, 50), next);
+  };
+  for (let c = 1; c <= leaseClientCount; c++) leaseClient(clientCount + bankClientCount + c);
 
   // Watchers of the clients' keys (not the bank's: its transfers change two keys at a version), in
   // most runs, each resuming on another node when its stream ends (src/sim/sim-watch.ts).
@@ -266,6 +309,11 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
         node.transferLeadership(undefined).catch(() => undefined); // refusals and timeouts are answers too
       }
     }
+    if (prng.chance(wallJumpRate)) {
+      // A wall clock stepped by one to sixty minutes, either way: past the idempotency window
+      // (10 min), a leader that stamped with it as it is would forget every live session at once.
+      sim.jumpWallClock(id, (prng.chance(0.5) ? 1 : -1) * prng.intInclusive(60_000, 3_600_000));
+    }
     if (prng.chance(membershipRate) && !sim.operatorBusy()) changeMembership();
     sim.at(tickMs, nemesis);
   };
@@ -320,6 +368,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     const throughVersion = member?.disk.appliedIndex() ?? 0;
     await watchers.catchUp(throughVersion, 60_000);
     watchStats = await watchers.check((members ?? []).map((server) => server.id), sim.closeHistory(), throughVersion, 30_000);
+    sim.checkLeases();
   } catch (error: unknown) {
     const detail = error instanceof Error ? error.message : String(error);
     // Described before it stops: stopped, every node reads as down.
@@ -373,6 +422,11 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,
+    wallClockJumps: sim.stats.wallClockJumps,
+    leasesGranted: sim.stats.leasesGranted,
+    leaseKeepalives: sim.stats.leaseKeepalives,
+    leasesRevoked: sim.stats.leasesRevoked,
+    leasesExpired: sim.stats.leasesExpired,
     events: sim.eventsRun,
     digest,
   };
