@@ -3,7 +3,7 @@
 // leaving it untouched, and a data dir from before the node-id file gets one at its next start;
 // and that a vote hold recorded in the data dir (votes-held) is honoured at start, then removed.
 import { afterAll, expect, test } from "bun:test";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -11,6 +11,14 @@ import { createServerCluster } from "./helpers/server-cluster.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-node-id-"));
 afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
+
+/** Every file under `dir` with its bytes (directories as such), in name order. */
+function filesOf(dir: string): [string, string][] {
+  return readdirSync(dir, { recursive: true })
+    .map(String)
+    .sort()
+    .map((name) => [name, statSync(join(dir, name)).isDirectory() ? "dir" : readFileSync(join(dir, name)).toString("base64")]);
+}
 
 /** Runs `kv serve` as node `id` of a one-voter cluster (or of `cluster`) on `dataDir` until it exits, or SIGKILLs it once `until` shows in its output. */
 async function serve(id: number, dataDir: string, until?: string, cluster = `${id}=http://127.0.0.1:0`): Promise<{ code: number; err: string }> {
@@ -100,6 +108,21 @@ test("a data dir from before the node-id file (0.5.0) gets one with the id it st
   expect((await serve(1, dataDir, '"event":"started"')).err).toContain('"event":"started"');
   expect(readFileSync(join(dataDir, "node-id"), "utf8").trim()).toBe("1");
   expect((await serve(2, dataDir)).err).toContain("node 1's data dir");
+});
+
+test("a data dir from before a database recorded its node (0.5.0 and earlier) is refused, and left as it was, as a node its configuration does not hold (found in a black-box review: started as node 2 and refused for its voters, node 1's data dir was claimed for node 2, and node 1 was refused on it after)", async () => {
+  for (const release of ["v0.1.0", "v0.5.0"]) {
+    const dataDir = join(baseDir, `${release}-as-2`);
+    cpSync(join(import.meta.dir, "fixtures", release, "node-1"), dataDir, { recursive: true });
+    const before = filesOf(dataDir);
+    const refused = await serve(2, dataDir);
+    expect([release, refused.code]).toEqual([release, 1]);
+    expect(refused.err).toContain("node 2 is not among them");
+    expect(existsSync(join(dataDir, "node-id"))).toBe(false);
+    expect(filesOf(dataDir)).toEqual(before);
+    // Its own node still starts on it.
+    expect((await serve(1, dataDir, '"event":"started"')).err).toContain('"event":"started"');
+  }
 });
 
 test("a node-id that is a directory is refused with what to do, not a stack trace (found in review)", async () => {

@@ -577,12 +577,15 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
   const wal = `${file}-wal`;
   const walBefore = existsSync(wal);
   let owner: number | undefined;
+  let members: readonly NodeId[] = [];
   let version = 0;
   let db: Database | undefined;
   try {
     db = new Database(file, { readonly: true });
     version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
     if (nodeId !== undefined && version >= 6 && version <= schemaVersion) owner = db.query<{ node_id: number }, []>("SELECT node_id FROM meta WHERE id = 1").get()?.node_id;
+    // Before schema 6 no node was recorded: the configuration says which nodes it can be.
+    if (nodeId !== undefined && version >= 1 && version < 6) members = recordedMembers(db, version >= 2);
   } catch {
     return;
   } finally {
@@ -592,6 +595,31 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
   }
   if (version > schemaVersion) throw newerSchema(file, version);
   if (nodeId !== undefined && owner !== undefined && owner !== 0 && owner !== nodeId) throw nodeMismatch(file, owner, nodeId);
+  if (nodeId !== undefined && members.length > 0 && !members.includes(nodeId)) throw notAMember(file, members, nodeId);
+}
+
+/**
+ * The voters and learners recorded in `meta` (none before a bootstrap). Before schema 2 there were
+ * no learners.
+ */
+function recordedMembers(db: Database, withLearners: boolean): NodeId[] {
+  const row = db.query<{ voters: string | null; learners?: string }, []>(`SELECT voters${withLearners ? ", learners" : ""} FROM meta WHERE id = 1`).get();
+  const ids = (text: string | null | undefined) => (text ?? "").split(",").filter((id) => id !== "").map(Number);
+  return [...ids(row?.voters), ...ids(row?.learners)];
+}
+
+/**
+ * A database no node has claimed (from before schema 6), whose configuration does not hold
+ * `nodeId`: another node's, or (once removed) of no use to any. Claimed, it was that node's for
+ * good, its own refused on it after (found in a black-box review: a start as node 2 on node 1's
+ * data dir, refused later for its voters, left it claimed for node 2).
+ */
+function notAMember(file: string, members: readonly NodeId[], nodeId: NodeId): StorageError {
+  return new StorageError(
+    "node_mismatch",
+    `this database records a cluster of nodes [${members.join(",")}], and node ${nodeId} is not among them: start the node it belongs to on it, or give node ${nodeId} a data dir of its own (a copy of another node's carries that node's vote and log, which a node must never take for its own; a node removed from the cluster starts again empty); the data dir was left unchanged`,
+    file,
+  );
 }
 
 function nodeMismatch(file: string, owner: number, nodeId: NodeId): StorageError {
@@ -614,6 +642,8 @@ function ownDatabase(db: Database, file: string, nodeId: NodeId): void {
   if (owner === undefined) throw corruptError(file, "meta row missing");
   if (owner === nodeId) return;
   if (owner !== 0) throw nodeMismatch(file, owner, nodeId);
+  const members = recordedMembers(db, true);
+  if (members.length > 0 && !members.includes(nodeId)) throw notAMember(file, members, nodeId);
   db.query("UPDATE meta SET node_id = ? WHERE id = 1").run(nodeId);
 }
 
