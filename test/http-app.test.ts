@@ -650,6 +650,24 @@ function membersNode(calls: string[]) {
 }
 
 describe("membership routes", () => {
+  test("GET /members?consistency=linearizable reads the configuration after a read barrier, and says so; stale (the default) does not; anything else is a 400", async () => {
+    const reads: string[] = [];
+    const node = Object.assign(membersNode([]), {
+      currentMembers: async () => (reads.push("barrier"), node.members()),
+    });
+    const app = createHttpApp(node);
+    const get = async (query: string) => app.handle(new Request(`http://localhost/members${query}`));
+    const plain = (await (await get("")).json()) as { consistency?: string; members: unknown[] };
+    expect(plain.consistency).toBeUndefined();
+    expect(reads).toEqual([]);
+    expect(((await (await get("?consistency=stale")).json()) as { consistency?: string }).consistency).toBeUndefined();
+    const current = (await (await get("?consistency=linearizable")).json()) as { consistency?: string; members: unknown[] };
+    expect(current.consistency).toBe("linearizable");
+    expect(current.members).toEqual(plain.members);
+    expect(reads).toEqual(["barrier"]);
+    for (const query of ["?consistency=lease", "?consistency=linearizable&consistency=stale"]) await expectError(await get(query), 400, "bad_request");
+  });
+
   test("POST /members refuses a body field it does not take, and the changing routes any query parameter, before changing anything", async () => {
     const calls: string[] = [];
     const app = createHttpApp(membersNode(calls));

@@ -14,14 +14,14 @@ afterAll(() => {
 const voters = [1, 2, 3].map((id) => ({ id, peerUrl: `http://127.0.0.1:500${id}`, httpUrl: `http://127.0.0.1:800${id}`, role: "voter" }));
 
 /** A cluster stub: every addition is `member_exists` (`message`), and GET /members answers `members()`. */
-function memberExistsStub(message: string, members: () => unknown): string {
+function memberExistsStub(message: string, members: (url: URL) => unknown): string {
   const server = Bun.serve({
     port: 0,
     hostname: "127.0.0.1",
     fetch(request) {
       const path = new URL(request.url).pathname;
       if (request.method === "POST" && path === "/members") return Response.json({ error: "member_exists", message }, { status: 409 });
-      if (request.method === "GET" && path === "/members") return Response.json(members());
+      if (request.method === "GET" && path === "/members") return Response.json(members(new URL(request.url)));
       return Response.json({ error: "not_found", message: path }, { status: 404 });
     },
   });
@@ -56,7 +56,24 @@ test("member_exists, then a members list from a node behind the leader, then the
   expect(listed).toBe(3);
 });
 
-test("after member_exists, the index the answering node lists for this server is not taken (it may be behind, listing an earlier addition of the id: peers would refuse this server as an older process of it; found in a review); the others' are", async () => {
+test("after member_exists, the members are read linearizably, and the index listed for this server then taken: it is its own addition's (found in a black-box review: a member added with kv member add before its --join never learned it, so it sent none on its calls)", async () => {
+  const asked: (string | null)[] = [];
+  const members = [...voters.map((voter) => ({ ...voter, addedIndex: 0 })), { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "", role: "learner", addedIndex: 30 }];
+  const endpoint = memberExistsStub("node 4 is already a learner", (url) => {
+    asked.push(url.searchParams.get("consistency"));
+    return { members, leaderId: 1, configIndex: 35, ...(url.searchParams.get("consistency") === "linearizable" ? { consistency: "linearizable" } : {}) };
+  });
+  const answer = await joinAsNode4(endpoint);
+  expect(asked).toEqual(["linearizable"]);
+  expect(answer.addresses.map((address) => [address.id, address.addedIndex])).toEqual([
+    [1, 0],
+    [2, 0],
+    [3, 0],
+    [4, 30],
+  ]);
+});
+
+test("after member_exists, from a node that did not read the members linearizably (0.8.0 and earlier ignore the ask), the index it lists for this server is not taken (it may be behind, listing an earlier addition of the id: peers would refuse this server as an older process of it; found in a review); the others' are", async () => {
   const members = [...voters.map((voter) => ({ ...voter, addedIndex: 0 })), { id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "", role: "learner", addedIndex: 30 }];
   const endpoint = memberExistsStub("node 4 is already a learner", () => ({ members, leaderId: 1, configIndex: 35 }));
   const answer = await joinAsNode4(endpoint);

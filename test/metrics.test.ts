@@ -9,6 +9,7 @@ import { encodeCommand } from "../src/kv/command.ts";
 import { createHttpHandler } from "../src/http/http-handler.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { instrumentNode } from "../src/http/node-metrics.ts";
+import type { KvNodeApi } from "../src/node/api.ts";
 
 /** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */
 function parseExposition(text: string): Map<string, number> {
@@ -208,6 +209,21 @@ describe("kv_raft_leader_changes_total", () => {
     expect(changes()).toBe(2);
     metrics.noteLeader(3, 3);
     expect(changes()).toBe(3);
+  });
+});
+
+describe("instrumentNode", () => {
+  test("forwards every method of the node API the node has (a method added to the API and to the node, and not here, was missing behind the metrics in the server: GET /members?consistency=linearizable answered not_found)", async () => {
+    const source = await Bun.file(new URL("../src/node/api.ts", import.meta.url)).text();
+    const body = source.slice(source.indexOf("export interface KvNodeApi {"));
+    const api = body.slice(0, body.indexOf("\n}\n"));
+    const methods = [...api.matchAll(/^  (?:readonly )?([a-zA-Z]+)\??\(/gm)].map((match) => match[1] as string);
+    expect(methods).toContain("currentMembers");
+    expect(methods.length).toBeGreaterThan(20);
+    const node = Object.fromEntries(methods.map((name) => [name, () => ({ members: [], leaderId: 0, configIndex: 0 })])) as unknown as KvNodeApi;
+    (node as unknown as { status: () => unknown }).status = () => new MemoryKvNode().status();
+    const wrapped = instrumentNode(node, createMetricsRegistry(), { clusterId: "c", version: "0" }).node as unknown as Record<string, unknown>;
+    expect(methods.filter((name) => typeof wrapped[name] !== "function")).toEqual([]);
   });
 });
 

@@ -140,6 +140,8 @@ export interface MembersView {
   readonly leaderId: number;
   readonly configIndex: number;
   readonly clusterId?: string;
+  /** `linearizable` when asked so and the node read it so (a node of 0.8.0 or earlier ignores the ask, and leaves it out). */
+  readonly consistency?: "linearizable";
 }
 
 /** A member to add: `POST /members`. */
@@ -260,8 +262,11 @@ export interface KvClient {
    * write acknowledged before the call.
    */
   hashOf(endpoint: string, options?: GetOptions): Promise<StateHash>;
-  /** The configuration as one node applied it (`GET /members`), asked as `status` asks. */
-  members(): Promise<MembersView>;
+  /**
+   * The configuration as one node applied it (`GET /members`), asked as `status` asks; with
+   * `consistency: "linearizable"`, once that node applied what the leader had committed.
+   */
+  members(options?: { readonly consistency?: "stale" | "linearizable" }): Promise<MembersView>;
   /** Membership changes (`POST /members`, `DELETE /members/{id}`, `POST /members/{id}/promote`). */
   readonly membership: MembershipApi;
   /** Hands leadership to node `to` (or the most caught-up voter): `POST /leader/transfer`. */
@@ -451,8 +456,8 @@ export function createClient(options: ClientOptions): KvClient {
       return json<StateHash>(await transport.sendTo(normalizeEndpoints([endpoint])[0] as string, path));
     },
 
-    async members() {
-      return json<MembersView>(await transport.send({ method: "GET", path: "/members", safety: "read" }));
+    async members(options = {}) {
+      return json<MembersView>(await transport.send({ method: "GET", path: `/members${query({ consistency: options.consistency })}`, safety: "read" }));
     },
 
     membership: {

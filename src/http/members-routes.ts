@@ -1,6 +1,8 @@
 /**
  * The membership routes of the client API (thesis §4.1, one server at a time):
- * - `GET /members` → `{members:[{id, peerUrl, httpUrl, role}], leaderId, configIndex}`.
+ * - `GET /members[?consistency=linearizable]` → `{members:[{id, peerUrl, httpUrl, role, addedIndex}],
+ *   leaderId, configIndex}`: as this node applied it, or (linearizable) once it applied what the
+ *   leader had committed when the request arrived.
  * - `POST /members` JSON `{id, peerUrl[, httpUrl]}` → adds a learner; answers once the change is
  *   applied on the leader, with the configuration after it (what `kv serve --join` records).
  * - `DELETE /members/{id}` → removes a member (of the leader itself: 307 to the leader it handed over to).
@@ -17,6 +19,8 @@ import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
 import { jsonObject, refuseBody } from "./json-body.ts";
 import { memberParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
+import { parseQueryStrictly, singleParam } from "./kv-key.ts";
+import { rawTarget } from "./raw-target.ts";
 
 /** A join request is a few hundred bytes of JSON. */
 const MEMBER_BODY_BYTES_MAX = 16 * 1024;
@@ -27,11 +31,22 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     if (method === undefined) throw new KvError("not_found", "this node does not support membership changes");
     return method;
   };
-  const list = (request: Request): Response | Promise<Response> => {
+  const list = async (request: Request): Promise<Response> => {
+    const consistency = singleParam(parseQueryStrictly(rawTarget(request.url).search), "consistency") ?? "stale";
+    if (consistency !== "stale" && consistency !== "linearizable") throw new KvError("bad_request", `consistency must be given once, as "stale" (the default here) or "linearizable", got '${consistency.slice(0, 32)}'`);
     // A removed node's configuration is the one it last applied, stale from then on: clients would
     // trust it (found in a black-box review: kv member list through one showed an old membership).
     if (node.status().removed === true) throw new KvError("unavailable", "this node was removed from the cluster: ask another member for the configuration");
-    const response = jsonResponse(membersJson(requireMembers(node)()), 200);
+    let view: MembersView;
+    if (consistency === "linearizable") {
+      const current = node.currentMembers?.bind(node);
+      if (current === undefined) throw new KvError("not_found", "this node does not report its members after a linearizable read");
+      view = await current();
+    } else {
+      view = requireMembers(node)();
+    }
+    // Said in the answer, so a caller can tell it from an older node's, which ignores the parameter.
+    const response = jsonResponse({ ...membersJson(view), ...(consistency === "linearizable" ? { consistency } : {}) }, 200);
     return request.method === "HEAD" ? headOf(response) : response;
   };
   const add = async (request: Request): Promise<Response> => {

@@ -161,6 +161,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     healthy: () => node.healthy(),
     transferLeadership: (target) => node.transferLeadership(target),
     ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
+    ...(node.currentMembers === undefined ? {} : { currentMembers: () => node.currentMembers!().then(withClusterId) }),
     ...(node.txn === undefined ? {} : { txn: (request, options) => write("txn", () => node.txn!(request, options)) }),
     ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
     ...(node.openSnapshot === undefined ? {} : { openSnapshot: (consistency) => node.openSnapshot!(consistency) }),

@@ -198,6 +198,7 @@ const membersAnswer = t.Object({
   leaderId: t.Integer(),
   configIndex: t.Integer(),
   clusterId: t.String(),
+  consistency: t.Optional(t.Literal("linearizable", { description: "Present when asked: the configuration as of a linearizable read" })),
 });
 const bodyOf = (description: string, content: Record<string, unknown>) => ({ required: true, description, content });
 
@@ -303,7 +304,17 @@ const docs = {
     responses: { ...ok("{id, version, deletedKeys}"), ...errors(307, 400, 401, 404, 503, 507) },
   },
   leaseKeepAlive: { summary: "Restart the lease's countdown on the leader (not through the log)", responses: { ...ok("{id, ttlMs}"), ...errors(307, 400, 401, 404, 503) } },
-  members: { summary: "The configuration: voters and learners with their URLs", responses: { ...ok("the members", json(membersAnswer)), ...errors(401, 503) } },
+  members: {
+    summary: "The configuration: voters and learners with their URLs",
+    parameters: [
+      queryParameter(
+        "consistency",
+        "stale (the default here): as this node applied it; linearizable: once this node applied what the leader had committed when the request arrived (the answer then says consistency: linearizable)",
+        t.UnionEnum(["stale", "linearizable"]),
+      ),
+    ],
+    responses: { ...ok("the members", json(membersAnswer)), ...errors(400, 401, 503) },
+  },
   memberAdd: {
     summary: "Add a learner (JSON {id, peerUrl[, httpUrl]}); it is promoted once caught up",
     requestBody: bodyOf("JSON {id, peerUrl[, httpUrl]}", json(t.Object({ id: t.Integer({ minimum: 1 }), peerUrl: t.String(), httpUrl: t.Optional(t.String()) }))),

@@ -171,6 +171,11 @@ export interface KvNodeApi {
   /** The configuration this node applied (voters and learners with their addresses). */
   members?(): MembersView;
   /**
+   * The configuration as of a linearizable read: this node's, once it applied what the leader had
+   * committed when the read arrived (every change acknowledged before it is in).
+   */
+  currentMembers?(): Promise<MembersView>;
+  /**
    * Membership changes (thesis §4.1, one server at a time), on the leader (`not_leader` elsewhere).
    * Each resolves once the change is committed and applied here, with the configuration after it;
    * `conf_change_pending` while another change is unapplied. `addMember` adds a learner (the leader

@@ -835,6 +835,11 @@ export class KvNode implements KvNodeApi {
 
   // ---- Membership ---------------------------------------------------------------------------
 
+  async currentMembers(): Promise<MembersView> {
+    await this.readBarrier("linearizable");
+    return this.members();
+  }
+
   members(): MembersView {
     return this.membership.view();
   }
