@@ -153,3 +153,21 @@ test("a data dir that records a vote hold (votes-held) holds its votes at start 
   expect((await serve(1, dataDir, '"event":"started"')).err).toContain('"event":"started"');
   expect(existsSync(join(dataDir, "votes-held"))).toBe(false);
 });
+
+test("a data dir bootstrapped with --cluster, started again with --join and no --cluster, is refused saying to start it with its --cluster (found in a black-box review: only 'configured voters [1] differ' was said)", async () => {
+  const dataDir = join(baseDir, "joined-again");
+  const threeVoters = "1=http://127.0.0.1:0,2=http://127.0.0.1:2,3=http://127.0.0.1:3";
+  expect((await serve(1, dataDir, '"event":"started"', threeVoters)).err).toContain('"event":"started"');
+  const child = Bun.spawn(
+    [...kvCommand(), "serve", "--id", "1", "--join", "http://127.0.0.1:2", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json"],
+    { stdout: "pipe", stderr: "pipe", stdin: "ignore" },
+  );
+  try {
+    const [code, err] = await Promise.all([child.exited, new Response(child.stderr).text()]);
+    expect(code).toBe(1);
+    expect(err).toContain("differ from those recorded at bootstrap [1,2,3]");
+    expect(err).toContain("start it with that --cluster again");
+  } finally {
+    child.kill("SIGKILL");
+  }
+});

@@ -328,7 +328,16 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       onFatal: (error) => config.onFatal?.(error),
       voteHold: { recorded: voteHoldRecorded(dataDir), record: (held) => recordVoteHold(dataDir, held) },
     }),
-  );
+  ).catch((error: unknown) => {
+    // With --join (and so perhaps no --cluster) on a data dir bootstrapped by --cluster: say how it
+    // starts (found in a black-box review: "configured voters [7] differ" said nothing of --join).
+    if (config.join === undefined || !(error instanceof StorageError) || error.code !== "voters_mismatch") throw error;
+    throw new StorageError(
+      "voters_mismatch",
+      `${error.message}: this data dir was started with --cluster naming those voters, and --join only joins with an empty data dir; start it with that --cluster again`,
+      error.file,
+    );
+  });
 
   nodeMetrics = instrumentNode(node, metrics, { clusterId: clusterIdChoice.clusterId, version: packageJson.version });
   // A large body waits to be read at most as long as a write waits on the node, and never so long
