@@ -134,7 +134,8 @@ export const serveCommand = defineCommand({
     "storage-thread": {
       type: "boolean",
       default: true,
-      description: "Storage writes (log appends, applies, checkpoints) on a storage thread, off the node loop's (default); --storage-thread=false keeps them on the loop's thread",
+      description: "Storage writes (log appends, applies, checkpoints) on a storage thread, off the node loop's",
+      negativeDescription: "Storage writes on the node loop's thread (as --storage-thread=false): faster small writes, but large ones stall the loop (docs/operations.md)",
     },
     "key-bytes-max": {
       type: "string",
