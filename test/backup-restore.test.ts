@@ -116,6 +116,9 @@ describe("GET /snapshot", () => {
       const refused = await runKv(["snapshot", "save", join(baseDir, "never.kvsnap"), "--endpoints", `http://127.0.0.1:${electing.port}`, "--auth-token", AUTH_TOKEN, "--timeout-ms", "600"]);
       expect(refused.code).toBe(3);
       expect(refused.out).toContain("no_leader");
+      // Once, with how often (found in a black-box review: the same refusal three times in a line).
+      expect(refused.out.split("no_leader").length - 1).toBe(1);
+      expect(refused.out).toMatch(/\(×\d+\)/);
     } finally {
       electing.stop(true);
     }

@@ -14,6 +14,7 @@ import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
 import { caFile, ClientExit, connectionArgs } from "./client.ts";
 import { parseCluster, parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
+import { FailureTally } from "../client/failure-tally.ts";
 
 const defaultEndpoints = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
 /** Redirects followed per endpoint (a node answers /snapshot itself; a proxy in front might not). */
@@ -82,7 +83,8 @@ function summaryText(file: string, summary: BackupSummary): string {
  * (it gave up at once: found in a black-box review, exit 3 within 0.14 s of an election).
  */
 async function download(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string[] | undefined): Promise<string> {
-  const failures: string[] = [];
+  // Each distinct failure once, with how often (an endpoint refusing alike every pass read three times: found in a black-box review).
+  const failures = new FailureTally(3);
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const origin = await downloadOnce(endpoints, authToken, timeoutMs, fd, ca, failures);
@@ -90,14 +92,14 @@ async function download(endpoints: readonly string[], authToken: string | undefi
     if (performance.now() + PASS_PAUSE_MS > deadline) break;
     await Bun.sleep(PASS_PAUSE_MS); // a pause between passes over the endpoints, not a wait for a condition
   }
-  throw new ClientExit(3, `no endpoint could serve the snapshot within ${timeoutMs} ms: ${failures.slice(-3).join("; ")}`);
+  throw new ClientExit(3, `no endpoint could serve the snapshot within ${timeoutMs} ms: ${failures.lines().join("; ")}`);
 }
 
 /** Between two passes of `download` over the endpoints. */
 const PASS_PAUSE_MS = 250;
 
 /** One pass of `download` over the endpoints: the origin that served it, or undefined (each failure noted in `failures`). */
-async function downloadOnce(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string[] | undefined, failures: string[]): Promise<string | undefined> {
+async function downloadOnce(endpoints: readonly string[], authToken: string | undefined, timeoutMs: number, fd: number, ca: string[] | undefined, failures: FailureTally): Promise<string | undefined> {
   for (const endpoint of endpoints) {
     let url = `${endpoint}/snapshot`;
     for (let hop = 0; hop <= redirectsMax; hop++) {
@@ -114,7 +116,7 @@ async function downloadOnce(endpoints: readonly string[], authToken: string | un
         });
       } catch (error) {
         clearTimeout(timer);
-        failures.push(`${new URL(url).origin}: ${error instanceof Error ? error.message : String(error)}`);
+        failures.note(`${new URL(url).origin}: ${error instanceof Error ? error.message : String(error)}`);
         break; // this endpoint is down: try the next one
       }
       clearTimeout(timer);
@@ -133,7 +135,7 @@ async function downloadOnce(endpoints: readonly string[], authToken: string | un
           // not JSON
         }
         if (response.status >= 500 || response.status === 429) {
-          failures.push(`${new URL(url).origin}: ${message}`);
+          failures.note(`${new URL(url).origin}: ${message}`);
           break;
         }
         throw new ClientExit(2, `${new URL(url).origin} refused the snapshot: ${message}`);
@@ -156,7 +158,7 @@ async function downloadOnce(endpoints: readonly string[], authToken: string | un
         if (error instanceof LocalWriteError) throw error.cause;
         // A stream cut short (the node stopped midway): the next endpoint may serve it whole (it
         // gave up at once: found in a black-box review).
-        failures.push(`${new URL(url).origin}: the snapshot stream broke after ${fileBytes} bytes: ${error instanceof Error ? error.message : String(error)}`);
+        failures.note(`${new URL(url).origin}: the snapshot stream broke after ${fileBytes} bytes: ${error instanceof Error ? error.message : String(error)}`);
         ftruncateSync(fd, 0);
         break;
       }
