@@ -32,6 +32,10 @@ test("kv --help and kv serve --help describe the commands and flags", () => {
 
 test.each([
   [["serve", "--id", "1", "--bogus"], "unknown flag '--bogus'"],
+  // A client URL with a path: redirects there, or a join through it, reach no route (found in review).
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--advertise-http", "http://127.0.0.1:8001/v1"], "--advertise-http 'http://127.0.0.1:8001/v1' must be only a scheme, host and port"],
+  [["serve", "--id", "4", "--join", "http://127.0.0.1:8001/v1", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", join(tmpdir(), "kv-cli-never-made")], "--join 'http://127.0.0.1:8001/v1' must be only a scheme, host and port"],
+  [["snapshot", "save", join(tmpdir(), "kv-cli-never.kvsnap"), "--endpoints", "http://127.0.0.1:8001/v1"], "--endpoints: endpoint 'http://127.0.0.1:8001/v1' must be only a scheme, host and port"],
   // A value that looks like a flag: say how to pass it (found in a black-box review: `kv put k -5`).
   [["put", "k", "-5", "--endpoints", "http://127.0.0.1:1"], "unknown flag '-5' for 'kv put' (see kv put --help); to pass a value that starts with '-', put '--' before it"],
   [["serve"], "Missing required argument: --id"],

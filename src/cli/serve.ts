@@ -272,11 +272,12 @@ export const serveCommand = defineCommand({
     }
 
     const given = args["advertise-http"];
-    // Peers redirect clients there: it must be a URL (found in a black-box review: `notaurl` was taken).
+    // Peers redirect clients there: it must be a URL (found in a black-box review: `notaurl` was taken),
+    // and only where the node is: a redirect to a path it does not serve reads as an absent key.
     if (given !== undefined && (!URL.canParse(given) || !/^https?:$/.test(new URL(given).protocol))) {
       throw new UsageError(`--advertise-http must be an http(s) URL such as http://10.0.0.1:8001, got '${given}'`);
     }
-    const advertiseHttp = given ?? defaultAdvertiseHttp(listenHttp, selfPeerUrl, tls === undefined ? "http" : "https");
+    const advertiseHttp = given === undefined ? defaultAdvertiseHttp(listenHttp, selfPeerUrl, tls === undefined ? "http" : "https") : clientOrigin("--advertise-http", given);
 
     const logFormat = (args["log-format"] ?? "auto") as LogFormat;
     if (!["json", "text", "auto"].includes(logFormat)) throw new UsageError("--log-format must be json, text or auto");
@@ -432,8 +433,22 @@ function errorText(error: unknown): string {
 function parseJoinEndpoints(value: string): string[] {
   const endpoints = value.split(",").map((part) => part.trim()).filter((part) => part !== "");
   if (endpoints.length === 0) throw new UsageError("--join needs at least one member's client URL");
-  for (const endpoint of endpoints) {
+  return endpoints.map((endpoint) => {
     if (!URL.canParse(endpoint) || !/^https?:$/.test(new URL(endpoint).protocol)) throw new UsageError(`--join: '${endpoint}' is not an http(s) URL`);
+    // Refused here, before anything is written, rather than by the join's client after the data dir was made.
+    return clientOrigin("--join", endpoint);
+  });
+}
+
+/**
+ * A node's client URL (an http(s) URL already): its origin, or a usage error when it has a user, a
+ * path, a query or a fragment, which no node serves (found in review: `--advertise-http .../v1` sent
+ * clients' redirects to a route that does not exist).
+ */
+function clientOrigin(flag: string, text: string): string {
+  const url = new URL(text);
+  if (url.username !== "" || url.password !== "" || url.pathname !== "/" || url.search !== "" || url.hash !== "" || /[?#]/.test(text)) {
+    throw new UsageError(`${flag} '${text}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
   }
-  return endpoints;
+  return url.origin;
 }

@@ -15,6 +15,8 @@ import { caFile, ClientExit, connectionArgs } from "./client.ts";
 import { parseCluster, parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 import { FailureTally } from "../client/failure-tally.ts";
+import { normalizeEndpoints } from "../client/client.ts";
+import { KvClientError } from "../client/errors.ts";
 
 const defaultEndpoints = "http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003";
 /** Redirects followed per endpoint (a node answers /snapshot itself; a proxy in front might not). */
@@ -202,13 +204,13 @@ const saveCommand = defineCommand({
   },
   async run({ args }) {
     const ca = caFile(args.cacert);
-    const endpoints = (args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints)
-      .split(",")
-      .map((e) => e.trim().replace(/\/+$/, ""))
-      .filter((e) => e !== "");
-    if (endpoints.length === 0) throw new UsageError("--endpoints names no endpoint");
-    for (const endpoint of endpoints) {
-      if (!URL.canParse(endpoint) || !/^https?:$/.test(new URL(endpoint).protocol)) throw new UsageError(`--endpoints: '${endpoint}' is not an http(s) URL`);
+    // Read as the client reads them: origins, a path refused (GET {path}/snapshot would be a 404).
+    let endpoints: string[];
+    try {
+      endpoints = normalizeEndpoints(args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints);
+    } catch (error) {
+      if (!(error instanceof KvClientError)) throw error;
+      throw new UsageError(`--endpoints: ${error.message}`);
     }
     const timeoutMs = args["timeout-ms"] === undefined ? 10_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
     const file = args.file;
