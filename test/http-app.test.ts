@@ -650,7 +650,7 @@ function membersNode(calls: string[]) {
 }
 
 describe("membership routes", () => {
-  test("GET /members?consistency=linearizable reads the configuration after a read barrier, and says so; stale (the default) does not; anything else is a 400", async () => {
+  test("GET /members?consistency=linearizable reads the configuration after a read barrier, and says so; stale (the default) does not; any other value, or any other parameter, is a 400", async () => {
     const reads: string[] = [];
     const node = Object.assign(membersNode([]), {
       currentMembers: async () => (reads.push("barrier"), node.members()),
@@ -665,7 +665,8 @@ describe("membership routes", () => {
     expect(current.consistency).toBe("linearizable");
     expect(current.members).toEqual(plain.members);
     expect(reads).toEqual(["barrier"]);
-    for (const query of ["?consistency=lease", "?consistency=linearizable&consistency=stale"]) await expectError(await get(query), 400, "bad_request");
+    for (const query of ["?consistency=lease", "?consistency=linearizable&consistency=stale", "?Consistency=linearizable", "?consistency=linearizable&x=1"]) await expectError(await get(query), 400, "bad_request");
+    expect(reads).toEqual(["barrier"]);
   });
 
   test("POST /members refuses a body field it does not take, and the changing routes any query parameter, before changing anything", async () => {

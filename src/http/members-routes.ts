@@ -32,7 +32,11 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     return method;
   };
   const list = async (request: Request): Promise<Response> => {
-    const consistency = singleParam(parseQueryStrictly(rawTarget(request.url).search), "consistency") ?? "stale";
+    const query = parseQueryStrictly(rawTarget(request.url).search);
+    // As every other route's: a parameter it does not take is refused, not ignored (a misspelt
+    // `Consistency` read the configuration stale without a word; found in review).
+    for (const name of query.keys()) if (name !== "consistency") throw new KvError("bad_request", `unknown query parameter '${name.slice(0, 64)}'`);
+    const consistency = singleParam(query, "consistency") ?? "stale";
     if (consistency !== "stale" && consistency !== "linearizable") throw new KvError("bad_request", `consistency must be given once, as "stale" (the default here) or "linearizable", got '${consistency.slice(0, 32)}'`);
     // A removed node's configuration is the one it last applied, stale from then on: clients would
     // trust it (found in a black-box review: kv member list through one showed an old membership).
