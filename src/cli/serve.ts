@@ -4,6 +4,7 @@ import { hostname } from "node:os";
 import { defineCommand } from "citty";
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
 import { KEY_BYTES_MAX_LIMIT } from "../http/kv-key.ts";
+import { isAddressOnly } from "../lib/address-url.ts";
 import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
 import { createLogger, type LogFormat, type LogLevel } from "../lib/logger.ts";
 import { secretProblem } from "../lib/secret.ts";
@@ -447,7 +448,7 @@ function parseJoinEndpoints(value: string): string[] {
  */
 function clientOrigin(flag: string, text: string): string {
   const url = new URL(text);
-  if (url.username !== "" || url.password !== "" || url.pathname !== "/" || url.search !== "" || url.hash !== "" || /[?#]/.test(text)) {
+  if (!isAddressOnly(url, text)) {
     throw new UsageError(`${flag} '${text}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
   }
   return url.origin;

@@ -5,6 +5,7 @@
  * key per logical write unless the caller gives one), so a retry after an unknown outcome cannot
  * apply twice. The request engine is src/client/transport.ts.
  */
+import { isAddressOnly } from "../lib/address-url.ts";
 import { KvClientError } from "./errors.ts";
 import { createLeasesApi, type LeasesApi } from "./leases.ts";
 import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
@@ -627,7 +628,7 @@ export function normalizeEndpoints(endpoints: readonly string[] | string): strin
     // A node answers a path it does not serve 404 not_found, the answer for an absent key: an
     // endpoint with a path (or a query or fragment, which the request's path would drop) read every
     // key as absent (found in a review). Only where the node is, as a member's URL is given.
-    if (url.username !== "" || url.password !== "" || url.pathname !== "/" || url.search !== "" || url.hash !== "" || /[?#]/.test(endpoint)) {
+    if (!isAddressOnly(url, endpoint)) {
       throw badOption(`endpoint '${endpoint}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
     }
     // As the URL reads it: requests are made by appending their path to it, and `http://h:8001\`

@@ -4,7 +4,7 @@ import { KvError } from "../lib/kv-error.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
-import { decodeKvKey, KEY_BYTES_MAX_LIMIT, KV_PATH_PREFIX, refuseKeyOverLimit, parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
+import { decodeKvKey, KEY_BYTES_MAX_LIMIT, KV_PATH_PREFIX, parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
 import { refuseBody } from "./json-body.ts";
 import {
   createOpenApiDocument,
@@ -112,8 +112,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     if (method !== "GET" && method !== "HEAD" && method !== "PUT" && method !== "DELETE") {
       throw new KvError("method_not_allowed", `${method} is not allowed on /kv/{key}: it serves ${KV_ALLOW}`);
     }
-    const key = decodeKvKey(path.startsWith(KV_PATH_PREFIX) ? path.slice(KV_PATH_PREFIX.length) : "", KEY_BYTES_MAX_LIMIT);
-    if (method === "PUT") refuseKeyOverLimit(key, keyBytesMax);
+    // Only writing a key is held to --key-bytes-max; a read or delete names one up to the most any limit allows (kv-key.ts).
+    const key = decodeKvKey(path.startsWith(KV_PATH_PREFIX) ? path.slice(KV_PATH_PREFIX.length) : "", method === "PUT" ? keyBytesMax : KEY_BYTES_MAX_LIMIT);
     switch (method) {
       case "GET":
       case "HEAD": {

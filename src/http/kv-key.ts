@@ -31,7 +31,7 @@ export function decodeKvKey(rawKey: string, keyBytesMax: number): string {
   // Each decoded byte comes from at most 3 raw characters ("%XX"), so a raw key longer than
   // 3 * keyBytesMax is over the limit whatever it decodes to: refuse it without decoding.
   if (rawKey.length > 3 * keyBytesMax) {
-    throw new KvError("too_large", `the key is over the limit of ${keyBytesMax} bytes`);
+    throw new KvError("too_large", `the key is more than ${keyBytesMax} bytes; the limit is ${keyBytesMax}`);
   }
   let key: string;
   try {

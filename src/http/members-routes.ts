@@ -14,10 +14,11 @@
 import { Elysia } from "elysia";
 import { membershipNodeIdMax, membershipUrlBytesMax } from "../kv/command.ts";
 import { KvError } from "../lib/kv-error.ts";
+import { isAddressOnly } from "../lib/address-url.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
 import { jsonObject, refuseBody } from "./json-body.ts";
-import { memberParams, noQuery, routeDocs } from "./openapi.ts";
+import { memberParams, membersQuery, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { parseQueryStrictly, singleParam } from "./kv-key.ts";
 import { rawTarget } from "./raw-target.ts";
@@ -32,12 +33,8 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     return method;
   };
   const list = async (request: Request): Promise<Response> => {
-    const query = parseQueryStrictly(rawTarget(request.url).search);
-    // As every other route's: a parameter it does not take is refused, not ignored (a misspelt
-    // `Consistency` read the configuration stale without a word; found in review).
-    for (const name of query.keys()) if (name !== "consistency") throw new KvError("bad_request", `unknown query parameter '${name.slice(0, 64)}'`);
-    const consistency = singleParam(query, "consistency") ?? "stale";
-    if (consistency !== "stale" && consistency !== "linearizable") throw new KvError("bad_request", `consistency must be given once, as "stale" (the default here) or "linearizable", got '${consistency.slice(0, 32)}'`);
+    // Its value and any other parameter were refused by the route's schema (membersQuery, openapi.ts).
+    const consistency = singleParam(parseQueryStrictly(rawTarget(request.url).search), "consistency") ?? "stale";
     // A removed node's configuration is the one it last applied, stale from then on: clients would
     // trust it (found in a black-box review: kv member list through one showed an old membership).
     if (node.status().removed === true) throw new KvError("unavailable", "this node was removed from the cluster: ask another member for the configuration");
@@ -77,8 +74,8 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     };
   const raw = { parse: "none" } as const;
   return new Elysia({ name: "kv-members" })
-    .get("/members", guarded(({ request }) => list(request)), { ...raw, detail: routeDocs.members })
-    .head("/members", guarded(({ request }) => list(request)), raw)
+    .get("/members", guarded(({ request }) => list(request)), { ...raw, query: membersQuery, detail: routeDocs.members })
+    .head("/members", guarded(({ request }) => list(request)), { ...raw, query: membersQuery })
     .post("/members", guarded(({ request }) => add(request)), { ...raw, query: noQuery, detail: routeDocs.memberAdd })
     .delete("/members/:id", guarded(({ request, params }) => remove(request, params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberRemove })
     .post("/members/:id/promote", guarded(({ request, params }) => promote(request, params.id ?? "")), { ...raw, query: noQuery, params: memberParams, detail: routeDocs.memberPromote });
@@ -134,7 +131,7 @@ function parseUrl(name: string, value: unknown): string {
   }
   // An address, as etcd takes one: a member is reached at its host and port, and the rest would be
   // stored, shown and sent as it came (credentials in /members, a path no peer serves).
-  if (url.username !== "" || url.password !== "" || url.pathname !== "/" || url.search !== "" || url.hash !== "" || /[?#]/.test(value)) {
+  if (!isAddressOnly(url, value)) {
     throw new KvError("bad_request", `'${name}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
   }
   return value.replace(/\/+$/, "");

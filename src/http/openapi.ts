@@ -52,6 +52,20 @@ export const listQuery = t.Object(
   { additionalProperties: false },
 );
 
+/** `GET /members[?consistency=stale|linearizable]`: stale, this node's as it stands, is the default here. */
+export const membersQuery = t.Object(
+  {
+    consistency: t.Optional(
+      t.UnionEnum(["stale", "linearizable"], {
+        description:
+          "stale (the default here): as this node applied it; linearizable: once this node applied what the leader had committed when the request arrived (the answer then says consistency: linearizable)",
+        error: 'consistency must be given once, as "stale" (the default here) or "linearizable"',
+      }),
+    ),
+  },
+  { additionalProperties: false },
+);
+
 /** `GET /hash?consistency=C`. */
 export const hashQuery = t.Object({ consistency }, { additionalProperties: false });
 
@@ -304,17 +318,7 @@ const docs = {
     responses: { ...ok("{id, version, deletedKeys}"), ...errors(307, 400, 401, 404, 503, 507) },
   },
   leaseKeepAlive: { summary: "Restart the lease's countdown on the leader (not through the log)", responses: { ...ok("{id, ttlMs}"), ...errors(307, 400, 401, 404, 503) } },
-  members: {
-    summary: "The configuration: voters and learners with their URLs",
-    parameters: [
-      queryParameter(
-        "consistency",
-        "stale (the default here): as this node applied it; linearizable: once this node applied what the leader had committed when the request arrived (the answer then says consistency: linearizable)",
-        t.UnionEnum(["stale", "linearizable"]),
-      ),
-    ],
-    responses: { ...ok("the members", json(membersAnswer)), ...errors(400, 401, 503) },
-  },
+  members: { summary: "The configuration: voters and learners with their URLs", responses: { ...ok("the members", json(membersAnswer)), ...errors(400, 401, 503) } },
   memberAdd: {
     summary: "Add a learner (JSON {id, peerUrl[, httpUrl]}); it is promoted once caught up",
     requestBody: bodyOf("JSON {id, peerUrl[, httpUrl]}", json(t.Object({ id: t.Integer({ minimum: 1 }), peerUrl: t.String(), httpUrl: t.Optional(t.String()) }))),

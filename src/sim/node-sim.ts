@@ -220,7 +220,10 @@ export class NodeSim {
     const threadMsMax = this.opts.storageThreadMsMax;
     const disk = new SimDisk(createMemoryKvStorage(), {
       deliver: (fn) => this.whenRunning(id, fn),
-      applied: (entries, results) => this.checkAppliedOnce(id, entries, results),
+      applied: (entries, results) => {
+        this.checkAppliedOnce(id, entries, results);
+        this.noteLeaseExpiries(results);
+      },
       keptOnPowerLoss: (unsynced) => {
         const drawn = this.diskPrng.intInclusive(0, unsynced);
         return Math.min(unsynced, this.servers.get(id)?.unsyncedSavesKept ?? drawn);
@@ -575,10 +578,6 @@ export class NodeSim {
    */
   private checkAppliedOnce(id: NodeId, entries: readonly Entry[], results: readonly ApplyResult[]): void {
     results.forEach((result, i) => {
-      if (result.kind === "lease-expired") {
-        for (const lease of result.ids) if (!this.leaseExpiries.has(lease)) this.leaseExpiries.set(lease, this.nowMs);
-        return;
-      }
       if (result.kind !== "put" && result.kind !== "delete") return;
       const command = decodeCommand((entries[i] as Entry).data);
       if (command.idempotencyKey === undefined) return;
@@ -596,6 +595,14 @@ export class NodeSim {
         this.raise(new SimViolation(`node ${id} applied the write with idempotency key ${command.idempotencyKey} at index ${result.index}, which already changed the state at ${before}: applied twice`));
       }
     });
+  }
+
+  /** Records when each lease's expiry first applied on any server (for `checkLeases`). */
+  private noteLeaseExpiries(results: readonly ApplyResult[]): void {
+    for (const result of results) {
+      if (result.kind !== "lease-expired") continue;
+      for (const lease of result.ids) if (!this.leaseExpiries.has(lease)) this.leaseExpiries.set(lease, this.nowMs);
+    }
   }
 
   /** Per lease a client was granted: its TTL, and when each call it was answered ok for began (the grant, then keepalives). */

@@ -248,12 +248,12 @@ export class SimDisk implements KvStorage {
   }
   bootstrap(voters: readonly NodeId[], addresses?: readonly MemberAddress[]): void {
     this.write(() => this.current.bootstrap(voters, addresses));
-    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
+    this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
     this.write(() => this.current.bootstrapJoined(configuration, changedIndex));
-    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
+    this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]> {
@@ -264,7 +264,7 @@ export class SimDisk implements KvStorage {
   }
   compact(index: number): void {
     this.write(() => this.current.compact(index));
-    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
+    this.noteLogBarrier();
   }
 
   /**
@@ -287,7 +287,7 @@ export class SimDisk implements KvStorage {
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {
     this.write(() => this.current.installSnapshot(metadata, imageId, addresses));
-    this.barrierSeq = ++this.logWrites; // not replayed as a save: until synced, a power loss keeps no save after it
+    this.noteLogBarrier();
     this.snapshotsInstalled++;
     if (this.scheduler.storageThread !== undefined) {
       return (this.onThread(undefined) as Promise<void>).then(() => {
@@ -327,6 +327,11 @@ export class SimDisk implements KvStorage {
   }
   discardStagedImage(): void {
     this.current.discardStagedImage();
+  }
+
+  /** A write to the log that is not a save (not replayed as one): until synced, a power loss keeps no save after it. */
+  private noteLogBarrier(): void {
+    this.barrierSeq = ++this.logWrites;
   }
 
   /** Covers what was written before it began; settles when the simulator finishes it. */
