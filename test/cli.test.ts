@@ -30,6 +30,12 @@ test("kv --help and kv serve --help describe the commands and flags", () => {
   }
 });
 
+test("kv serve --help says what --no-storage-thread does (found in a black-box review: citty printed it bare)", () => {
+  const help = run(["serve", "--help"]);
+  const line = help.out.split("\n").find((text) => text.includes("--no-storage-thread")) ?? "";
+  expect(line.replace("--no-storage-thread", "").trim()).toContain("Storage writes on the node loop's thread");
+});
+
 test.each([
   [["serve", "--id", "1", "--bogus"], "unknown flag '--bogus'"],
   // A client URL with a path: redirects there, or a join through it, reach no route (found in review).

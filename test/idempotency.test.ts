@@ -384,6 +384,15 @@ describe("through the HTTP API and a node", () => {
     expect(await node.get("x", "stale")).toEqual({ value: bytes("v"), version });
   });
 
+  test("a reuse with another lease is refused too, and the message names the lease among what makes another request (found in a black-box review: it named only method, key, value, ifVersion and transaction)", async () => {
+    const { cluster, node } = await singleNode();
+    const lease = await cluster.drive(node.grantLease!(60_000));
+    await cluster.drive(node.put("x", bytes("v"), { idempotencyKey: "k3", lease: lease.id }));
+    const error = await cluster.drive(node.put("x", bytes("v"), { idempotencyKey: "k3" }).catch((e: unknown) => e));
+    expect((error as KvError).code).toBe("idempotency_key_reused");
+    expect((error as KvError).message).toContain("ifVersion, lease or transaction");
+  });
+
   test("the node rejects a reuse with the KvError code idempotency_key_reused", async () => {
     const { cluster, node } = await singleNode();
     await cluster.drive(node.put("x", bytes("v"), { idempotencyKey: "k1" }));
