@@ -1,4 +1,4 @@
-// Proves the client commands of the built executable against a real cluster: put/get/del/status/members
+// Proves the client commands of the built executable against a real cluster: put/get/del (by key and by prefix)/status/members
 // follow redirects, skip dead endpoints, print JSON on request, put on a lease, and exit 0 ok, 1 not found, 2 usage or refused (an unknown lease), 3 unavailable.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -46,6 +46,20 @@ test("put, get and del through any endpoint: redirects are followed; exit 1 when
   expect(gone.code).toBe(1);
   expect(gone.err).toContain("not_found");
   expect((await kv(["del", "greeting", "--endpoints", list])).code).toBe(1);
+});
+
+test("kv del PREFIX --prefix deletes every key under it and says how many, exit 0 even when none were there; the single-key flags are usage errors", async () => {
+  for (const key of ["sweep/a", "sweep/b", "sweep/c", "sweepx", "keep"]) expect((await kv(["put", key, "v", "--endpoints", endpoints])).code).toBe(0);
+  const swept = await kv(["del", "sweep/", "--prefix", "--endpoints", endpoints]);
+  expect(swept).toMatchObject({ code: 0, out: 'deleted 3 keys under "sweep/"\n' });
+  const again = await kv(["del", "sweep/", "--prefix", "--endpoints", endpoints, "--json"]);
+  expect(again.code).toBe(0);
+  expect(JSON.parse(again.out)).toEqual({ prefix: "sweep/", deleted: 0, version: expect.any(Number) });
+  const listed = await kv(["list", "sweep", "--keys-only", "--endpoints", endpoints]);
+  expect(listed.out).toBe("sweepx\n");
+  const misused = await kv(["del", "sweep/", "--prefix", "--if-version", "3", "--endpoints", endpoints]);
+  expect(misused.code).toBe(2);
+  expect(misused.err).toContain("--prefix takes neither");
 });
 
 test("put - reads the value from standard input, bytes intact", async () => {

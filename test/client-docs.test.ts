@@ -1,4 +1,4 @@
-// Proves the tour in docs/client.md runs as written against three real nodes (put, get, compare-and-set, list, txn, watch, leases, lock, election) and prints what it says it does.
+// Proves the tour in docs/client.md runs as written against three real nodes (put, get, compare-and-set, list, txn, watch, leases, lock, election, delete by prefix) and prints what it says it does.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -42,6 +42,7 @@ test("the tour in docs/client.md runs and prints each step", async () => {
       "watch delete tour/config/mode delete",
       'lease keys [ "tour/services/api-1" ]',
       "leader is node-a:9000",
+      "keys under tour/",
       "done",
     ]) {
       expect(out).toContain(line);

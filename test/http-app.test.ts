@@ -226,8 +226,12 @@ describe("keys are decoded from the raw path", () => {
         await expectError(await call(method, path, method === "PUT" ? { body: "v" } : {}), 400, "bad_request");
       }
     }
-    // `/kv` itself is the listing: writes to it are 405, not a write of the empty key.
-    for (const method of ["PUT", "DELETE"]) expect((await call(method, "/kv", method === "PUT" ? { body: "v" } : {})).status).toBe(405);
+    // `/kv` itself is the listing: a PUT to it is a 405, and a DELETE deletes by prefix, which must
+    // be named: neither is a write of the empty key.
+    expect((await call("PUT", "/kv", { body: "v" })).status).toBe(405);
+    const deleteWithoutPrefix = await call("DELETE", "/kv");
+    expect(((await deleteWithoutPrefix.clone().json()) as { message: string }).message).toContain("needs ?prefix=");
+    await expectError(deleteWithoutPrefix, 400, "bad_request");
   });
 });
 
@@ -615,7 +619,7 @@ describe("routes", () => {
       ["POST", "/kv/x", "GET, HEAD, PUT, DELETE"],
       ["PATCH", "/kv/x", "GET, HEAD, PUT, DELETE"],
       ["OPTIONS", "/kv/x", "GET, HEAD, PUT, DELETE"],
-      ["POST", "/kv", "GET, HEAD"],
+      ["POST", "/kv", "GET, HEAD, DELETE"],
       ["POST", "/kv/", "GET, HEAD, PUT, DELETE"],
       ["PUT", "/status", "GET, HEAD"],
       ["DELETE", "/status", "GET, HEAD"],

@@ -70,6 +70,7 @@ test("every route of the client API is there, /watch, /leases, /txn and /snapsho
     [
       "GET /kv/{key}",
       "PUT /kv/{key}",
+      "DELETE /kv",
       "DELETE /kv/{key}",
       "GET /kv",
       "GET /status",

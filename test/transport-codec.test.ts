@@ -6,15 +6,18 @@ import {
   EntryType as ProtoEntryType,
   RaftMessageSchema,
   SendRequestSchema,
+  SendResponseSchema,
 } from "../src/gen/kv/v1/raft_pb.ts";
 import type { RaftMessage } from "../src/gen/kv/v1/raft_pb.ts";
 import {
   TransportDecodeError,
+  commandLevelOf,
   defaultDecodeLimits,
   fromProto,
   fromSendRequest,
   toProto,
   toSendRequest,
+  toSendResponse,
 } from "../src/transport/codec.ts";
 import { EntryType } from "../src/raft/types.ts";
 import type { Message, MessageType } from "../src/raft/types.ts";
@@ -105,11 +108,18 @@ describe("round trip", () => {
     });
   }
 
-  test("a whole SendRequest keeps sender, URL and message order", () => {
+  test("a whole SendRequest keeps sender, URL, command level and message order", () => {
     const messages = everyVariant(2, 3);
-    const request = toSendRequest(2, "http://127.0.0.1:8002", messages);
+    const request = toSendRequest(2, "http://127.0.0.1:8002", messages, 7);
     const decoded = fromSendRequest(fromBinary(SendRequestSchema, toBinary(SendRequestSchema, request)));
-    expect(decoded).toEqual({ from: 2, fromHttpUrl: "http://127.0.0.1:8002", messages });
+    expect(decoded).toEqual({ from: 2, fromHttpUrl: "http://127.0.0.1:8002", commandLevel: 7, messages });
+  });
+
+  test("a call or an answer that states no command level is from a release that applies level 1", () => {
+    const silent = fromSendRequest(fromBinary(SendRequestSchema, toBinary(SendRequestSchema, toSendRequest(2, "", []))));
+    expect(silent.commandLevel).toBe(1);
+    expect(commandLevelOf(fromBinary(SendResponseSchema, toBinary(SendResponseSchema, toSendResponse([]))).commandLevel)).toBe(1);
+    expect(commandLevelOf(fromBinary(SendResponseSchema, toBinary(SendResponseSchema, toSendResponse([], undefined, 2))).commandLevel)).toBe(2);
   });
 
   test("decoded entry data is a view into the request body, not a copy (what keeps values longer copies them: watch-history.test.ts)", () => {

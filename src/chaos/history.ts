@@ -42,6 +42,11 @@ export interface Operation {
   readonly version?: number;
   /** A put or delete sent as a compare-and-set: it applies only if the key's version is this (0: absent). */
   readonly ifVersion?: number;
+  /**
+   * A delete sent as a delete by prefix (`DELETE /kv?prefix=` with the key as the prefix), where no
+   * other key of the history starts with it: the same change as a delete of the key.
+   */
+  readonly byPrefix?: true;
 }
 
 /** One line for a human: `client 3 put(k1, "v17") [120ms → 135ms] ok (version 42)`. */
@@ -57,7 +62,7 @@ export function describeOperation(op: Operation): string {
       call = op.output === undefined ? `get(${op.key})` : `get(${op.key}) → ${JSON.stringify(op.output)}`;
       break;
     case "delete":
-      call = `delete(${op.key}${op.ifVersion === undefined ? "" : `, ifVersion ${op.ifVersion}`})`;
+      call = `${op.byPrefix === true ? "deletePrefix" : "delete"}(${op.key}${op.ifVersion === undefined ? "" : `, ifVersion ${op.ifVersion}`})`;
       if (op.deleted !== undefined) call += ` → ${op.deleted ? "deleted" : "was absent"}`;
       break;
     default:

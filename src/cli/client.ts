@@ -274,10 +274,29 @@ const getCommand = defineCommand({
 });
 
 const delCommand = defineCommand({
-  meta: { name: "del", description: "Delete KEY (exit 1 when it was absent)" },
-  args: { key: { type: "positional", required: true, description: "The key" }, ...ifVersionArg, ...idempotencyKeyArg, ...connectionArgs },
+  meta: { name: "del", description: "Delete KEY (exit 1 when it was absent), or with --prefix every key starting with KEY" },
+  args: {
+    key: { type: "positional", required: true, description: "The key (with --prefix: the prefix; '' for every key)" },
+    prefix: {
+      type: "boolean",
+      description:
+        "Delete every key starting with KEY, 10,000 at a time, each batch at one version; prints how many went and exits 0, whether or not any were there. Needs every member on 0.9.0 or later",
+    },
+    ...ifVersionArg,
+    ...idempotencyKeyArg,
+    ...connectionArgs,
+  },
   async run({ args }) {
     const conn = connection(args);
+    if (args.prefix === true) {
+      if (args["if-version"] !== undefined || args["idempotency-key"] !== undefined) {
+        throw new UsageError("--prefix takes neither --if-version nor --idempotency-key (each batch is sent under a key of its own)");
+      }
+      const prefix = args.key;
+      const result = await call(() => conn.client.deletePrefix(prefix));
+      print(conn, { prefix, deleted: result.deleted, version: result.version }, `deleted ${result.deleted} ${result.deleted === 1 ? "key" : "keys"} under ${JSON.stringify(prefix)}`);
+      return;
+    }
     const ifVersion = ifVersionOf(args["if-version"]);
     const idempotencyKey = idempotencyKeyOf(args["idempotency-key"]);
     const options = { ...(ifVersion === undefined ? {} : { ifVersion }), ...(idempotencyKey === undefined ? {} : { idempotencyKey }) };

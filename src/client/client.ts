@@ -62,6 +62,19 @@ export interface DeleteOptions {
   readonly idempotencyKey?: string;
 }
 
+/** Options of `deletePrefix`. */
+export interface DeletePrefixOptions {
+  /** Keys deleted per request, 1 to 10,000 (default 10,000): each request's keys go at one version. */
+  readonly limit?: number;
+}
+
+/** What `deletePrefix` did: keys deleted in all, the version of its last request, and how many requests it took. */
+export interface DeletePrefixResult {
+  readonly deleted: number;
+  readonly version: number;
+  readonly requests: number;
+}
+
 /** Options of `list`. */
 export interface ListOptions {
   /** Stop after this many items in all (default: every key under the prefix). */
@@ -244,6 +257,13 @@ export interface KvClient {
   /** Deletes `key` (`deleted: false` when it was absent). */
   delete(key: string, options?: DeleteOptions): Promise<DeleteResult>;
   /**
+   * Deletes every key that starts with `prefix` (`""`: every key): `DELETE /kv?prefix=` again
+   * until no key under it is left, each request deleting up to `limit` keys at one version (a
+   * watch sees each key's delete). Keys written under the prefix meanwhile may be deleted too.
+   * `upgrade_required` until every member runs 0.9.0 or later.
+   */
+  deletePrefix(prefix: string, options?: DeletePrefixOptions): Promise<DeletePrefixResult>;
+  /**
    * The keys under `prefix`, in key order, as an async iterator over pages (each one request);
    * `for await (const page of client.list("user/")) for (const item of page.items) ...`.
    */
@@ -413,6 +433,28 @@ export function createClient(options: ClientOptions): KvClient {
       });
       const result = json<{ deleted?: unknown; version?: unknown }>(answer);
       return { deleted: result.deleted === true, version: numberField(result.version, answer) };
+    },
+
+    async deletePrefix(prefix, opts = {}) {
+      let deleted = 0;
+      let requests = 0;
+      for (;;) {
+        // A key per request: a request whose answer was lost is sent again under it, and applies once.
+        const idempotencyKey = crypto.randomUUID();
+        const answer = await transport.send({
+          method: "DELETE",
+          path: `/kv${query({ prefix, limit: opts.limit })}`,
+          headers: writeHeaders(idempotencyKey),
+          safety: "idempotent",
+          idempotencyKey,
+        });
+        requests++;
+        const result = json<{ deleted?: unknown; more?: unknown; version?: unknown }>(answer);
+        const version = numberField(result.version, answer);
+        if (typeof result.deleted !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a delete by prefix without a count`);
+        deleted += result.deleted;
+        if (result.more !== true) return { deleted, version, requests };
+      }
     },
 
     list(prefix = "", opts = {}) {

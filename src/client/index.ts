@@ -17,6 +17,8 @@ export {
   CLIENT_TIMEOUT_MS_DEFAULT,
   type ClientOptions,
   type DeleteOptions,
+  type DeletePrefixOptions,
+  type DeletePrefixResult,
   type DeleteResult,
   type GetOptions,
   type KvClient,

@@ -1,6 +1,7 @@
 import { type AnyElysia, Elysia, ValidationError } from "elysia";
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
+import { deletePrefixKeysMax } from "../kv/command.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
@@ -10,6 +11,7 @@ import {
   createOpenApiDocument,
   idempotencyHeaders,
   listQuery,
+  deletePrefixQuery,
   noQuery,
   OPENAPI_PATH,
   routeDocs,
@@ -180,6 +182,30 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   };
 
   /**
+   * `DELETE /kv?prefix=P[&limit=N]` → `{"deleted", "more", "version"}`: the first N (default and
+   * most 10,000) keys under P, in key order, deleted at one version; `more` when keys under P are
+   * left (delete again). `prefix` must be given (empty: every key). On a follower, 307.
+   */
+  const deletePrefixRoute = async (request: Request): Promise<Response> => {
+    const { path, search } = rawTarget(request.url);
+    if (path !== "/kv") return kvRoute(request); // `/kv/` (the router folds the slash) names the empty key
+    const deletePrefix = node.deletePrefix?.bind(node);
+    if (deletePrefix === undefined) throw new KvError("method_not_allowed", "DELETE /kv is not served by this node", {});
+    // Unknown parameters were refused by the route's schema (deletePrefixQuery, openapi.ts).
+    const query = parseQueryStrictly(search);
+    const prefix = singleParam(query, "prefix");
+    if (prefix === null) {
+      throw new KvError("bad_request", "DELETE /kv needs ?prefix=P: it deletes the keys starting with P (?prefix= with nothing after it: every key); delete one key with DELETE /kv/{key}");
+    }
+    if (new TextEncoder().encode(prefix).byteLength > KEY_BYTES_MAX_LIMIT) throw new KvError("too_large", `prefix is longer than ${KEY_BYTES_MAX_LIMIT} bytes`);
+    const limitText = singleParam(query, "limit");
+    const limit = limitText === null ? deletePrefixKeysMax : Number(limitText);
+    await refuseBody(request, "DELETE /kv", opts.bodyReadTimeoutMs);
+    const answer = await deletePrefix(prefix, limit, parseWriteOptions(undefined, request));
+    return jsonResponse({ deleted: answer.deleted, more: answer.more, version: answer.version }, 200);
+  };
+
+  /**
    * `GET /watch`: Server-Sent Events, one per change (`id:` its version, on the version's last change;
    * `event: put|delete`, `data:` JSON) and `progress` events while idle; it ends with `event: error` (`slow_watcher`, ...). Errors
    * before the first event are ordinary JSON answers (400, 410 `compacted`, ...).
@@ -286,6 +312,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     // `GET /kv?prefix=` lists; `/kv/` (the router folds the slash) names the empty key: a 400 from decodeKvKey.
     .get("/kv", route(listRoute), { ...raw, query: listQuery, detail: routeDocs.list })
     .head("/kv", route(listRoute), { ...raw, query: listQuery })
+    .delete("/kv", route(deletePrefixRoute), { ...raw, query: deletePrefixQuery, detail: routeDocs.deletePrefix })
     .get("/status", route(statusRoute), { ...raw, detail: routeDocs.status })
     .head("/status", route(statusRoute), raw)
     .get("/health", route(healthRoute), { ...raw, detail: routeDocs.health })

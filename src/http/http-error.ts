@@ -101,6 +101,7 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
     case "learner_not_ready":
     case "no_other_voter":
     case "unhealthy_cluster":
+    case "upgrade_required":
       return jsonResponse(body(code, error.message, details), 409);
     case "overloaded":
       return jsonResponse(body(code, error.message, { ...details, retryAfterS: retryAfterS(details) }), 429, {

@@ -1,6 +1,7 @@
 import type { KvNodeApi, KvValue, NodeStatus, ReadConsistency, WriteOptions } from "../node/api.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { withinBytes } from "../lib/page-bytes.ts";
+import { compareUtf8 } from "../lib/utf8-order.ts";
 
 /** The codes `KvNode.refuseWriteUnlessLeader` throws (src/node/kv-node.ts). */
 const refusedBeforeWrites = new Set(["not_leader", "no_leader", "overloaded", "insufficient_storage", "unavailable"]);
@@ -51,6 +52,15 @@ export class MemoryKvNode implements KvNodeApi {
     return { deleted: this.values.delete(key), version };
   }
 
+  /** Deletes the first `limit` keys under `prefix` in UTF-8 byte order, at one new version. */
+  async deletePrefix(prefix: string, limit: number): Promise<{ deleted: number; more: boolean; version: number }> {
+    this.throwIfFailing();
+    const keys = [...this.values.keys()].filter((key) => key.startsWith(prefix)).sort(compareUtf8);
+    const version = this.nextVersion();
+    for (const key of keys.slice(0, limit)) this.values.delete(key);
+    return { deleted: Math.min(limit, keys.length), more: keys.length > limit, version };
+  }
+
   /** Throws `failure` when it is a refusal a real node makes before any write (KvNode.refuseWriteUnlessLeader). */
   refuseWriteUnlessLeader(): void {
     if (this.failure instanceof KvError && refusedBeforeWrites.has(this.failure.code)) throw this.failure;
@@ -67,10 +77,9 @@ export class MemoryKvNode implements KvNodeApi {
   async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax = Number.POSITIVE_INFINITY): Promise<(KvValue & { key: string })[]> {
     this.throwIfFailing();
     this.readConsistencies.push(consistency);
-    const encoder = new TextEncoder();
     const items = [...this.values.entries()]
-      .filter(([key]) => key.startsWith(prefix) && (after === undefined || Buffer.compare(encoder.encode(key), encoder.encode(after)) > 0))
-      .sort(([a], [b]) => Buffer.compare(encoder.encode(a), encoder.encode(b)))
+      .filter(([key]) => key.startsWith(prefix) && (after === undefined || compareUtf8(key, after) > 0))
+      .sort(([a], [b]) => compareUtf8(a, b))
       .slice(0, limit)
       .map(([key, value]) => ({ key, ...value }));
     return withinBytes(items, bytesMax);

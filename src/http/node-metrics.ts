@@ -115,7 +115,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   // (counted by leader alone, a leader that lost and won back the leadership went unseen).
   let lastLeader = { id: status.leaderId, term: status.term };
   /** Writes: a synchronous throw is a refusal before proposing (not_leader); a rejection is a failed proposal. */
-  function write<T>(op: "put" | "delete" | "txn", start: () => Promise<T>): Promise<T> {
+  function write<T>(op: "put" | "delete" | "delete_prefix" | "txn", start: () => Promise<T>): Promise<T> {
     const pending = start();
     return pending.then(
       (result) => {
@@ -163,6 +163,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
     ...(node.currentMembers === undefined ? {} : { currentMembers: () => node.currentMembers!().then(withClusterId) }),
     ...(node.txn === undefined ? {} : { txn: (request, options) => write("txn", () => node.txn!(request, options)) }),
+    ...(node.deletePrefix === undefined ? {} : { deletePrefix: (prefix, limit, options) => write("delete_prefix", () => node.deletePrefix!(prefix, limit, options)) }),
     ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
     ...(node.openSnapshot === undefined ? {} : { openSnapshot: (consistency) => node.openSnapshot!(consistency) }),
     ...(node.grantLease === undefined ? {} : { grantLease: (ttlMs: number) => node.grantLease!(ttlMs) }),

@@ -21,7 +21,7 @@
  */
 import { toOpenAPISchema } from "@elysiajs/openapi";
 import { t, type AnyElysia, type DocumentDecoration } from "elysia";
-import { idempotencyKeyBytesMax } from "../kv/command.ts";
+import { deletePrefixKeysMax, idempotencyKeyBytesMax } from "../kv/command.ts";
 import { leaseTtlMsMax } from "../kv/leases.ts";
 import { txnOperationsMax } from "../kv/txn.ts";
 import packageJson from "../../package.json" with { type: "json" };
@@ -48,6 +48,21 @@ export const listQuery = t.Object(
       t.String({ pattern: "^[1-9][0-9]{0,3}$", description: "Items per page, 1 to 1000 (default 100)", error: "limit must be a whole number from 1 to 1000" }),
     ),
     consistency,
+  },
+  { additionalProperties: false },
+);
+
+/** `DELETE /kv?prefix=P[&limit=N]`: delete the keys under a prefix. */
+export const deletePrefixQuery = t.Object(
+  {
+    prefix: t.Optional(t.String({ description: "Delete the keys starting with this; required (empty: every key)" })),
+    limit: t.Optional(
+      t.String({
+        pattern: "^[1-9][0-9]{0,4}$",
+        description: `Most keys deleted, 1 to ${deletePrefixKeysMax} (default ${deletePrefixKeysMax}), the first in key order`,
+        error: `limit must be a whole number from 1 to ${deletePrefixKeysMax}`,
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -147,7 +162,7 @@ const errorDescriptions: Readonly<Record<number, string>> = {
   404: "not_found, or lease_not_found (the lease expired, was revoked or never existed; nothing was written)",
   405: "method_not_allowed (Allow lists the methods the route serves)",
   408: "request_timeout: the body did not arrive within --request-read-timeout",
-  409: "version_mismatch (compare-and-set), conf_change_pending, member_exists, learner_not_ready, no_other_voter or unhealthy_cluster",
+  409: "version_mismatch (compare-and-set), conf_change_pending, member_exists, learner_not_ready, no_other_voter, unhealthy_cluster, or upgrade_required (a member runs an older release, or has not answered the leader: nothing was proposed)",
   410: "compacted: the start is older than the history this node keeps; compactVersion is the oldest start it serves",
   413: "too_large",
   422: "idempotency_key_reused: the Idempotency-Key was first sent with another request; nothing changed",
@@ -241,6 +256,16 @@ const docs = {
     summary: "Delete a key",
     parameters: [keyParameter, ifVersionParameter, idempotencyParameter],
     responses: { ...ok("{deleted, version}", json(t.Object({ deleted: t.Boolean(), version: t.Integer() }))), ...errors(307, 400, 401, 409, 422, 429, 503, 507) },
+  },
+  deletePrefix: {
+    summary: "Delete the keys under a prefix, at one version",
+    description:
+      "Deletes the first `limit` keys starting with `prefix`, in UTF-8 byte order, in one Raft entry (one version; a watch sees each as a delete). `more` means keys under the prefix are left: delete again. 409 upgrade_required, nothing proposed, until every member runs 0.9.0 or later. Idempotency-Key as for writes",
+    parameters: [idempotencyParameter],
+    responses: {
+      ...ok("{deleted, more, version}", json(t.Object({ deleted: t.Integer(), more: t.Boolean(), version: t.Integer() }))),
+      ...errors(307, 400, 401, 409, 413, 422, 429, 503, 507),
+    },
   },
   list: {
     summary: "List keys under a prefix, in UTF-8 byte order",

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { assert, AssertionError, unreachable } from "../lib/assert.ts";
+import { compareUtf8, prefixUpperBound } from "../lib/utf8-order.ts";
 import { type Entry, EntryType } from "../raft/types.ts";
 import { attachKey, detachKey, expireLeases, grantLease, leaseExists, revokeLease } from "./leases.ts";
 import {
@@ -12,6 +13,7 @@ import {
   type IdempotencyStamp,
   isLeaseCommandData,
   isNoopData,
+  leaseKeyPrefix,
   type MembershipChange,
   sessionKeyPrefix,
 } from "./command.ts";
@@ -48,6 +50,18 @@ export interface ApplyLogView {
 export type ApplyResult =
   | { readonly kind: "put"; readonly index: number; readonly version: number }
   | { readonly kind: "delete"; readonly index: number; readonly deleted: boolean; readonly version: number }
+  /**
+   * A delete-prefix: `deleted` keys went, `more` says keys under the prefix are left (past its
+   * limit); `deletedKeys` names them, in key order ([] when answered from its session, a retry).
+   */
+  | {
+      readonly kind: "delete-prefix";
+      readonly index: number;
+      readonly version: number;
+      readonly deleted: number;
+      readonly more: boolean;
+      readonly deletedKeys: readonly string[];
+    }
   | { readonly kind: "noop"; readonly index: number }
   | { readonly kind: "skipped"; readonly index: number }
   /** A conditional put or delete whose expected version did not match: nothing changed. */
@@ -88,6 +102,14 @@ export type ApplyStep =
       readonly lease?: number;
     }
   | { readonly kind: "delete"; readonly index: number; readonly key: string; readonly ifVersion?: number; readonly session?: StepSession }
+  | {
+      readonly kind: "delete-prefix";
+      readonly index: number;
+      readonly prefix: string;
+      readonly limit: number;
+      readonly keyBytesMax: number;
+      readonly session?: StepSession;
+    }
   | { readonly kind: "txn"; readonly index: number; readonly txn: TxnRequest; readonly session?: StepSession }
   | { readonly kind: "noop"; readonly index: number }
   | { readonly kind: "skipped"; readonly index: number }
@@ -166,6 +188,10 @@ function stepFor(log: ApplyLogView, entry: Entry): ApplyStep {
           const session = command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) };
           return { kind: "txn", index: entry.index, txn: { compare, success, failure }, ...session };
         }
+        if (command.op === "delete-prefix") {
+          const session = command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) };
+          return { kind: "delete-prefix", index: entry.index, prefix: command.prefix, limit: command.limit, keyBytesMax: command.keyBytesMax, ...session };
+        }
         const condition = {
           ...(command.ifVersion === undefined ? {} : { ifVersion: command.ifVersion }),
           ...(command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) }),
@@ -233,9 +259,12 @@ export const sessionClockKey = sessionKeyPrefix;
 
 /** A session as stored: the first answer, and (after 0.1.0) the request's fingerprint and time. */
 interface SessionRecord extends Partial<TxnSessionFields> {
-  readonly kind: "put" | "delete" | "conflict" | "txn";
+  readonly kind: "put" | "delete" | "conflict" | "txn" | "delete-prefix";
   readonly version: number;
   readonly deleted?: boolean;
+  /** A delete-prefix's: how many keys it deleted, and whether keys under the prefix were left. */
+  readonly count?: number;
+  readonly more?: boolean;
   /** `StepSession.fingerprint` of the first request; absent in sessions 0.1.0 made. */
   readonly fp?: string;
   /** The session clock when it was made; absent when made before any stamp (0.1.0 or a 0.1.0 leader). */
@@ -263,6 +292,11 @@ export interface KvTable {
   oldestSessions(limit: number): KvRow[];
   /** Up to `limit` rows whose keys start with `prefix` and sort after `after` (UTF-8 byte order; `after` at least `prefix`), in key order. */
   range(prefix: string, after: string, limit: number): KvRow[];
+  /**
+   * Up to `limit` keys at or after `from` and before `end` (none: no bound), in UTF-8 byte order,
+   * the state machine's own among them; their values are not read.
+   */
+  keysFrom(from: string, end: string | undefined, limit: number): string[];
 }
 
 /**
@@ -273,6 +307,7 @@ export function executeStep(step: ApplyStep, table: KvTable): ApplyResult {
   switch (step.kind) {
     case "put":
     case "delete":
+    case "delete-prefix":
     case "txn":
       return executeWrite(step, table);
     case "lease-grant":
@@ -367,13 +402,17 @@ export function executeWrite(step: WriteStep, table: KvTable): ApplyResult {
     if (clock.nowMs !== before.nowMs || clock.sessions !== before.sessions) writeSessionClock(table, clock, step.index);
     return result;
   }
-  assert(result.kind === "put" || result.kind === "delete" || result.kind === "conflict" || result.kind === "txn", `write applied as ${result.kind}`);
+  assert(
+    result.kind === "put" || result.kind === "delete" || result.kind === "conflict" || result.kind === "txn" || result.kind === "delete-prefix",
+    `write applied as ${result.kind}`,
+  );
   // Time starts with the first stamp: until then (0.1.0 leaders only) sessions count in entries.
   const atMs = stamp !== undefined || clock.nowMs > 0 ? clock.nowMs : undefined;
   const record: SessionRecord = {
     kind: result.kind,
     version: result.version,
     ...(result.kind === "delete" ? { deleted: result.deleted } : {}),
+    ...(result.kind === "delete-prefix" ? { count: result.deleted, more: result.more } : {}),
     ...(result.kind === "txn" ? txnSessionFields(result) : {}),
     fp: session.fingerprint,
     ...(atMs === undefined ? {} : { atMs }),
@@ -415,7 +454,8 @@ function forgetExpiredSessions(table: KvTable, clock: SessionClock, index: numbe
 
 function parseSession(value: Uint8Array): SessionRecord {
   const record = JSON.parse(textDecoder.decode(value)) as SessionRecord;
-  assert(["put", "delete", "conflict", "txn"].includes(record.kind) && Number.isSafeInteger(record.version), "session row invalid");
+  assert(["put", "delete", "conflict", "txn", "delete-prefix"].includes(record.kind) && Number.isSafeInteger(record.version), "session row invalid");
+  assert(record.kind !== "delete-prefix" || (Number.isSafeInteger(record.count) && typeof record.more === "boolean"), "delete-prefix session row invalid");
   return record;
 }
 
@@ -441,7 +481,7 @@ export function sessionAnswersRetry(stored: { readonly value: Uint8Array } | und
  */
 function sameRequest(record: SessionRecord, step: WriteStep, session: StepSession): boolean {
   if (record.fp !== undefined) return record.fp === session.fingerprint;
-  return step.kind !== "txn" && (record.kind === step.kind || record.kind === "conflict");
+  return (step.kind === "put" || step.kind === "delete") && (record.kind === step.kind || record.kind === "conflict");
 }
 
 function answerOf(record: SessionRecord, index: number): ApplyResult {
@@ -454,17 +494,83 @@ function answerOf(record: SessionRecord, index: number): ApplyResult {
       return { kind: "conflict", index, version: record.version };
     case "txn":
       return { kind: "txn", index, ...txnAnswerOfSession(record, record.version) };
+    case "delete-prefix":
+      return { kind: "delete-prefix", index, version: record.version, deleted: record.count ?? 0, more: record.more === true, deletedKeys: [] };
     default:
       return unreachable(record.kind, "session of an unknown kind");
   }
 }
 
 /** The steps `executeWrite` runs: those that may change the kv table as a client asked. */
-export type WriteStep = Extract<ApplyStep, { kind: "put" | "delete" | "txn" }>;
+export type WriteStep = Extract<ApplyStep, { kind: "put" | "delete" | "txn" | "delete-prefix" }>;
 
 /** True for the steps `executeWrite` runs. */
 export function isWriteStep(step: ApplyStep): step is WriteStep {
-  return step.kind === "put" || step.kind === "delete" || step.kind === "txn";
+  return step.kind === "put" || step.kind === "delete" || step.kind === "txn" || step.kind === "delete-prefix";
+}
+
+/**
+ * A delete-prefix with no session: deletes the first `limit` clients' keys under the prefix, in key
+ * order, each detached from its lease (as a delete does); the state machine's own rows (sessions,
+ * leases) are skipped, whatever the prefix. `more` when a client's key under it is left.
+ */
+function applyDeletePrefix(step: Extract<ApplyStep, { kind: "delete-prefix" }>, table: KvTable): ApplyResult {
+  const deletedKeys: string[] = [];
+  let keyBytes = 0;
+  let more = false;
+  for (const key of clientKeysUnder(table, step.prefix, step.limit + 1)) {
+    // The first key always goes; then up to `limit` keys, stopping after the one that brings their
+    // bytes to `keyBytesMax` (the entry carries both: every replica, of any release, stops alike).
+    if (deletedKeys.length >= step.limit || keyBytes >= step.keyBytesMax) {
+      more = true;
+      break;
+    }
+    deletedKeys.push(key);
+    keyBytes += Buffer.byteLength(key, "utf8");
+  }
+  for (const key of deletedKeys) {
+    detachKey(table, key);
+    const deleted = table.delete(key);
+    assert(deleted, `delete-prefix: key ${JSON.stringify(key)} listed but not deleted`);
+  }
+  return { kind: "delete-prefix", index: step.index, version: step.index, deleted: deletedKeys.length, more, deletedKeys };
+}
+
+/** The state machine's own prefix `key` starts with, if any (see `isReservedKey`). */
+function reservedPrefixOf(key: string): string | undefined {
+  if (key.startsWith(sessionKeyPrefix)) return sessionKeyPrefix;
+  if (key.startsWith(leaseKeyPrefix)) return leaseKeyPrefix;
+  return undefined;
+}
+
+/** Keys read per page while looking for clients' keys under a prefix. */
+const prefixKeysPageMax = 1_000;
+
+/**
+ * The keys under `prefix` that clients wrote (not the state machine's own), in key order, read
+ * `pageMax` (at most `prefixKeysPageMax`) at a time as they are asked for.
+ */
+export function* clientKeysUnder(table: KvTable, prefix: string, pageMax: number): Generator<string, void, undefined> {
+  const end = prefixUpperBound(prefix);
+  const pageKeys = Math.max(1, Math.min(pageMax, prefixKeysPageMax));
+  let from = prefix;
+  for (;;) {
+    const page = table.keysFrom(from, end, pageKeys);
+    if (page.length === 0) return;
+    for (const key of page) {
+      if (!key.startsWith(prefix)) return;
+      const reserved = reservedPrefixOf(key);
+      if (reserved !== undefined) {
+        // Past the state machine's rows at once: a page of them at a time would read every session.
+        const past = prefixUpperBound(reserved) as string;
+        if (end !== undefined && compareUtf8(past, end) >= 0) return;
+        from = past;
+        break;
+      }
+      yield key;
+      from = `${key}\u0000`; // the first string after the key
+    }
+  }
 }
 
 /**
@@ -480,6 +586,7 @@ export function isWriteStep(step: ApplyStep): step is WriteStep {
  * attaches the key to the put's lease or detaches it from any (see src/kv/leases.ts).
  */
 function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
+  if (step.kind === "delete-prefix") return applyDeletePrefix(step, table);
   if (step.kind === "txn") {
     // Evaluated once: the comparisons, the gets and the leases, before anything is written.
     const getBytesMax = step.session === undefined ? Number.POSITIVE_INFINITY : txnSessionGetBytesMax;
@@ -514,6 +621,7 @@ export function resultFor(step: ApplyStep, deleted: boolean): ApplyResult {
       return { kind: "skipped", index: step.index };
     case "conf-change":
       return { kind: "conf-change", index: step.index, change: step.change };
+    case "delete-prefix":
     case "txn":
       // Storages run every write step through executeWrite (isWriteStep); an applied one comes as skipped.
       throw new AssertionError(`apply: a transaction at ${step.index} has no result without its table`);

@@ -14,11 +14,15 @@
  * lease revoke: [0x08] [lease id: LEB128, at most 8 bytes]
  * lease expire: [0x09] [count: LEB128, 1..leaseExpireIdsMax] [lease id: LEB128] × count
  * put on lease: [0x0a] [lease id: LEB128, at most 8 bytes] [a put: 0x01 or 0x03, as above]
+ * delete prefix (0.9.0): [0x0b] [prefix length] [prefix: UTF-8] [most keys deleted: LEB128, 1..deletePrefixKeysMax]
+ *                        [most bytes of keys deleted: LEB128, at least 1, at most 8 bytes]
  * transaction: [0x10] [compare count] [compares] [success count] [ops] [failure count] [ops]  (see txn.ts)
  * ```
- * The three numbers of 0x06 are LEB128 (at most 8 bytes each). 0x0b-0x0f are free for later kv
- * commands. A transaction is never wrapped in 0x05 (0.1.0 knew no transactions). In a Normal entry
- * 0x10 is a transaction; a ConfChange entry starts with the same byte as its tag (the entry's type
+ * The three numbers of 0x06 are LEB128 (at most 8 bytes each). 0x0c-0x0f are free for later kv
+ * commands. A command a release did not know (0x0b before 0.9.0) stops that release's apply rather
+ * than being misread, so a leader proposes one only once every member said it applies it
+ * (`COMMAND_LEVEL`, src/node/cluster-level.ts). A transaction or a delete-prefix is never wrapped in
+ * 0x05 (0.1.0 knew neither). In a Normal entry 0x10 is a transaction; a ConfChange entry starts with the same byte as its tag (the entry's type
  * tells which decoder reads it). Op bytes never change meaning: a log or snapshot written by an
  * earlier release decodes and applies as it did there.
  * Empty entry data is a leader's no-op (thesis §6.4), never a command: `decodeCommand` rejects it,
@@ -54,6 +58,25 @@ const opLeaseGrant = 0x07;
 const opLeaseRevoke = 0x08;
 const opLeaseExpire = 0x09;
 const opPutOnLease = 0x0a;
+/** Deletes the keys under a prefix, at most a given number of them (0.9.0; `COMMAND_LEVEL` 2). */
+const opDeletePrefix = 0x0b;
+/**
+ * The most keys one delete-prefix entry deletes: its apply, its watch events and its answer are one
+ * batch each, on the storage's thread and then on the loop's, which must keep ticking.
+ */
+export const deletePrefixKeysMax = 10_000;
+/** The bytes of keys a leader lets one delete-prefix entry delete (past the key that reaches them, the rest wait: `more`). */
+export const deletePrefixKeyBytesMax = 4 * 1024 * 1024;
+/**
+ * The commands this release applies, as a level: 1 for every command of 0.1.0-0.8.0, 2 with
+ * delete-prefix (0.9.0). A server tells its peers its level in every call and answer
+ * (proto/kv/v1/raft.proto); a leader proposes a command of a higher level only once every member
+ * said it is at that level or above (src/node/cluster-level.ts).
+ */
+export const COMMAND_LEVEL = 2;
+/** The level a delete-prefix needs, and the first release at it (for the leader's refusal). */
+export const DELETE_PREFIX_LEVEL = 2;
+export const DELETE_PREFIX_RELEASE = "0.9.0";
 /** Most lease ids one expire command may carry (the leader proposes far fewer at a time). */
 export const leaseExpireIdsMax = 10_000;
 /** Where the state machine keeps leases and their keys: reserved like `sessionKeyPrefix` (see src/kv/leases.ts). */
@@ -127,8 +150,29 @@ export interface TxnCommand extends TxnRequest {
   readonly stamp?: IdempotencyStamp;
 }
 
+/**
+ * Remove every key that starts with `prefix` (every key, for the empty prefix), at most `limit` of
+ * them, in key order, all at the entry's index; the state machine's own keys are never touched.
+ */
+export interface DeletePrefixCommand {
+  readonly op: "delete-prefix";
+  /** A retried write with the same key applies once and gets the first answer again. */
+  readonly idempotencyKey?: string;
+  /** With `idempotencyKey` only (always stamped: 0.1.0 knew no such command). */
+  readonly stamp?: IdempotencyStamp;
+  readonly prefix: string;
+  /** 1 to `deletePrefixKeysMax`. */
+  readonly limit: number;
+  /**
+   * It stops after the key that brings the deleted keys' UTF-8 bytes to this (the first key always
+   * goes): the leader's bound on what one apply hands the loop and its watchers. In the entry, so
+   * every replica stops at the same key whatever its release.
+   */
+  readonly keyBytesMax: number;
+}
+
 /** A state-machine command: what a normal, non-empty Raft entry carries (or a `LeaseCommand`). */
-export type Command = PutCommand | DeleteCommand | TxnCommand;
+export type Command = PutCommand | DeleteCommand | TxnCommand | DeletePrefixCommand;
 
 /** A lease with a time to live; its id is the index of the entry that grants it. */
 export interface LeaseGrantCommand {
@@ -247,7 +291,9 @@ export function encodeCommand(command: Command): Uint8Array {
       throw new CommandCodecError(`encode: idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
     }
     const { idempotencyKey: _, stamp, ...rest } = command;
-    if (stamp === undefined && command.op === "txn") throw new CommandCodecError("encode: an idempotent transaction needs a stamp");
+    if (stamp === undefined && (command.op === "txn" || command.op === "delete-prefix")) {
+      throw new CommandCodecError(`encode: an idempotent ${command.op === "txn" ? "transaction" : "delete-prefix"} needs a stamp`);
+    }
     const numbers = stamp === undefined ? [] : [stamp.atMs, stamp.windowMs, stamp.sessionsMax];
     if (stamp !== undefined && (!numbers.every((value) => Number.isSafeInteger(value) && value >= 0) || stamp.sessionsMax < 1)) {
       throw new CommandCodecError(`encode: stamp ${JSON.stringify(stamp)} is not three whole numbers (sessionsMax at least 1)`);
@@ -274,7 +320,7 @@ export function encodeCommand(command: Command): Uint8Array {
   return encodePlain(plain, headers);
 }
 
-/** `headers`, then a command with no wrapper (a transaction, a put or a delete), in one buffer. */
+/** `headers`, then a command with no wrapper (a transaction, a put, a delete or a delete-prefix), in one buffer. */
 function encodePlain(command: Command, headers: readonly Uint8Array[]): Uint8Array {
   const headerBytes = headers.reduce((sum, header) => sum + header.byteLength, 0);
   const start = (out: Uint8Array): number => {
@@ -285,6 +331,21 @@ function encodePlain(command: Command, headers: readonly Uint8Array[]): Uint8Arr
     }
     return offset;
   };
+  if (command.op === "delete-prefix") {
+    const prefixBytes = keyBytesOf(command.prefix, "prefix");
+    checkDeletePrefixLimit(command.limit, "encode");
+    if (!Number.isSafeInteger(command.keyBytesMax) || command.keyBytesMax < 1) throw new CommandCodecError(`encode: key bytes max ${command.keyBytesMax} is not a positive whole number`);
+    const out = new Uint8Array(
+      headerBytes + 1 + varintByteLength(prefixBytes.byteLength) + prefixBytes.byteLength + varintByteLength(command.limit) + varintByteLength(command.keyBytesMax),
+    );
+    let offset = start(out);
+    out[offset] = opDeletePrefix;
+    offset = writeVarint(out, offset + 1, prefixBytes.byteLength);
+    out.set(prefixBytes, offset);
+    offset = writeVarint(out, offset + prefixBytes.byteLength, command.limit);
+    writeVarint(out, offset, command.keyBytesMax);
+    return out;
+  }
   if (command.op === "txn") {
     const parts = encodeTxnBody(command);
     const out = uninitializedBytes(headerBytes + 1 + parts.reduce((sum, part) => sum + part.byteLength, 0));
@@ -296,11 +357,7 @@ function encodePlain(command: Command, headers: readonly Uint8Array[]): Uint8Arr
     }
     return out;
   }
-  if (!command.key.isWellFormed()) throw new CommandCodecError("encode: key holds a lone UTF-16 surrogate");
-  const keyBytes = utf8Encoder.encode(command.key);
-  if (keyBytes.byteLength > commandKeyBytesMax) {
-    throw new CommandCodecError(`encode: key of ${keyBytes.byteLength} bytes exceeds ${commandKeyBytesMax}`);
-  }
+  const keyBytes = keyBytesOf(command.key, "key");
   const valueBytes = command.op === "put" ? command.value.byteLength : 0;
   const ifVersion = command.ifVersion;
   if (ifVersion !== undefined && !(Number.isSafeInteger(ifVersion) && ifVersion >= 0)) {
@@ -326,6 +383,20 @@ function encodePlain(command: Command, headers: readonly Uint8Array[]): Uint8Arr
   if (ifVersion !== undefined) offset = writeVarint(out, offset, ifVersion);
   if (command.op === "put") out.set(command.value, offset);
   return out;
+}
+
+/** A key's (or a prefix's) UTF-8 bytes; `CommandCodecError` for a lone surrogate or more than `commandKeyBytesMax` bytes. */
+function keyBytesOf(key: string, what: "key" | "prefix"): Uint8Array {
+  if (!key.isWellFormed()) throw new CommandCodecError(`encode: ${what} holds a lone UTF-16 surrogate`);
+  const bytes = utf8Encoder.encode(key);
+  if (bytes.byteLength > commandKeyBytesMax) throw new CommandCodecError(`encode: ${what} of ${bytes.byteLength} bytes exceeds ${commandKeyBytesMax}`);
+  return bytes;
+}
+
+function checkDeletePrefixLimit(limit: number, what: "encode" | "decode"): void {
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > deletePrefixKeysMax) {
+    throw new CommandCodecError(`${what}: a delete-prefix deletes 1 to ${deletePrefixKeysMax} keys, not ${limit}`);
+  }
 }
 
 /**
@@ -362,6 +433,7 @@ export function decodeCommand(data: Uint8Array): Command {
     const inner = data.subarray(start + length);
     if (inner[0] === opIdempotent || inner[0] === opIdempotentStamped) throw new CommandCodecError("decode: nested idempotent command");
     if (inner[0] === opTxn && stamp === undefined) throw new CommandCodecError("decode: a transaction in the 0.1.0 idempotent encoding");
+    if (inner[0] === opDeletePrefix && stamp === undefined) throw new CommandCodecError("decode: a delete-prefix in the 0.1.0 idempotent encoding");
     return { ...decodeCommand(inner), idempotencyKey, ...(stamp === undefined ? {} : { stamp }) };
   }
   if (data[0] === opPutOnLease) {
@@ -373,9 +445,10 @@ export function decodeCommand(data: Uint8Array): Command {
   }
   const op = data[0] as number;
   if (op === opTxn) return { op: "txn", ...decodeTxnBody(data, 1) };
-  if (op !== opPut && op !== opDelete && op !== opPutIfVersion && op !== opDeleteIfVersion) {
+  if (op !== opPut && op !== opDelete && op !== opPutIfVersion && op !== opDeleteIfVersion && op !== opDeletePrefix) {
     throw new CommandCodecError(`decode: unknown op byte 0x${op.toString(16).padStart(2, "0")} in ${data.byteLength} bytes`);
   }
+  if (op === opDeletePrefix) return decodeDeletePrefix(data);
   const { value: keyLength, next: keyStart } = readVarint(data, 1);
   if (keyLength > commandKeyBytesMax) {
     throw new CommandCodecError(`decode: key length ${keyLength} exceeds ${commandKeyBytesMax}`);
@@ -406,6 +479,25 @@ export function decodeCommand(data: Uint8Array): Command {
     throw new CommandCodecError(`decode: ${data.byteLength - valueStart} trailing bytes after a delete`);
   }
   return ifVersion === undefined ? { op: "delete", key } : { op: "delete", key, ifVersion };
+}
+
+/** A delete-prefix's body after its op byte: the prefix, then the limit, and nothing after. */
+function decodeDeletePrefix(data: Uint8Array): DeletePrefixCommand {
+  const { value: length, next: start } = readVarint(data, 1, keyLengthVarintBytesMax, "prefix length");
+  if (length > commandKeyBytesMax) throw new CommandCodecError(`decode: prefix length ${length} exceeds ${commandKeyBytesMax}`);
+  if (start + length > data.byteLength) throw new CommandCodecError(`decode: prefix of ${length} bytes runs past the end of ${data.byteLength} bytes`);
+  let prefix: string;
+  try {
+    prefix = utf8Decoder.decode(data.subarray(start, start + length));
+  } catch {
+    throw new CommandCodecError("decode: prefix is not valid UTF-8");
+  }
+  const limit = readVarint(data, start + length, versionVarintBytesMax, "delete-prefix limit");
+  checkDeletePrefixLimit(limit.value, "decode");
+  const keyBytesMax = readVarint(data, limit.next, versionVarintBytesMax, "delete-prefix key bytes");
+  if (!Number.isSafeInteger(keyBytesMax.value) || keyBytesMax.value < 1) throw new CommandCodecError(`decode: key bytes max ${keyBytesMax.value} is not a positive safe integer`);
+  if (keyBytesMax.next !== data.byteLength) throw new CommandCodecError(`decode: ${data.byteLength - keyBytesMax.next} trailing bytes after a delete-prefix`);
+  return { op: "delete-prefix", prefix, limit: limit.value, keyBytesMax: keyBytesMax.value };
 }
 
 export { varintByteLength, writeVarint };

@@ -49,13 +49,15 @@ function keptValue(value: Uint8Array): Uint8Array {
 /**
  * Every change an applied entry made, all at its index, in order: `changeOf`'s one; a
  * transaction's puts and deletes of present keys, in the order of its operations (a transaction
- * answered from its session, a retry, changed nothing); or for a revoked or expired lease the
- * deletes of its keys (reason `delete` for a revoke, `lease_expired` for an expiry).
+ * answered from its session, a retry, changed nothing); for a revoked or expired lease the
+ * deletes of its keys (reason `delete` for a revoke, `lease_expired` for an expiry); for a
+ * delete-prefix the deletes of the keys it removed, in key order.
  */
 export function changesOf(entry: Entry, result: ApplyResult): WatchChange[] {
-  if (result.kind === "lease-revoked" || result.kind === "lease-expired") {
+  if (result.kind === "lease-revoked" || result.kind === "lease-expired" || result.kind === "delete-prefix") {
     assert(entry.index === result.index, `watch: result for ${result.index} paired with entry ${entry.index}`);
     const reason: WatchReason = result.kind === "lease-expired" ? "lease_expired" : "delete";
+    // A delete-prefix answered from its session (a retry) names no keys: it changed nothing.
     return result.deletedKeys.map((key) => ({ kind: "delete", key, version: entry.index, reason }));
   }
   if (result.kind !== "txn") {

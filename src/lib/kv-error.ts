@@ -24,6 +24,7 @@ export type KvErrorCode =
   | "insufficient_storage" // the node's disk is full: nothing was written; retry later
   | "quota_exceeded" // the data kept is over --quota-bytes: puts are refused (reads and deletes are not)
   | "lease_not_found" // the lease named does not exist (never granted, expired or revoked): nothing was written
+  | "upgrade_required" // a member has not said it runs a release that applies the command (older, or not heard from): nothing was proposed
   | "compacted"; // a watch's start is older than the change history this node keeps: re-read, then watch again
 
 export interface KvErrorDetails {
@@ -34,6 +35,8 @@ export interface KvErrorDetails {
   version?: number;
   /** The oldest version a watch may start from on this node, on `compacted`. */
   compactVersion?: number;
+  /** The members that have not said they run a release that applies the command, on `upgrade_required`. */
+  members?: number[];
 }
 
 export class KvError extends Error {

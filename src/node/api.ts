@@ -20,6 +20,13 @@ export interface WriteOptions {
   readonly lease?: number;
 }
 
+/** What a delete-prefix answers: how many keys went, whether keys under the prefix are left, and its version. */
+export interface DeletePrefixAnswer {
+  readonly deleted: number;
+  readonly more: boolean;
+  readonly version: number;
+}
+
 /** A lease as granted: its id (the index of its grant) and TTL; `raisedFromMs` when the TTL asked for was raised to the minimum. */
 export interface LeaseGrant {
   readonly id: number;
@@ -145,6 +152,13 @@ export interface KvNodeApi {
    */
   refuseWriteUnlessLeader(): void;
   delete(key: string, options?: WriteOptions): Promise<{ deleted: boolean; version: number }>;
+  /**
+   * Deletes the first `limit` (1 to 10,000) keys that start with `prefix` (every key, for the empty
+   * prefix), in key order, all in one entry at one version; `more` when keys under it are left.
+   * On the leader (`not_leader` elsewhere); `upgrade_required` (nothing proposed) until every member
+   * said it runs a release that applies it (src/node/cluster-level.ts). `idempotencyKey` as for writes.
+   */
+  deletePrefix?(prefix: string, limit: number, options?: Pick<WriteOptions, "idempotencyKey">): Promise<DeletePrefixAnswer>;
   get(key: string, consistency: ReadConsistency): Promise<KvValue | undefined>;
   /**
    * A multi-key transaction (src/kv/txn.ts): compares, then the success or failure operations, all

@@ -7,6 +7,10 @@ import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
 import { type Entry, type LostLog, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
+  DELETE_PREFIX_LEVEL,
+  DELETE_PREFIX_RELEASE,
+  deletePrefixKeyBytesMax,
+  deletePrefixKeysMax,
   encodeCommand,
   idempotencyKeyBytesMax,
   isReservedKey,
@@ -19,7 +23,9 @@ import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, type TxnAnswer, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
+import { refuseBelowLevel } from "./cluster-level.ts";
 import type {
+  DeletePrefixAnswer,
   KvNodeApi,
   KvValue,
   LeaseGrant,
@@ -536,6 +542,28 @@ export class KvNode implements KvNodeApi {
   }
 
   /**
+   * See `KvNodeApi.deletePrefix`: one entry deleting up to `limit` keys under `prefix`, proposed
+   * only once every member said it applies the command (src/node/cluster-level.ts).
+   */
+  deletePrefix(prefix: string, limit: number, options: Pick<WriteOptions, "idempotencyKey"> = {}): Promise<DeletePrefixAnswer> {
+    if (!Number.isSafeInteger(limit) || limit < 1 || limit > deletePrefixKeysMax) {
+      throw new KvError("bad_request", `limit must be a whole number from 1 to ${deletePrefixKeysMax}, got ${limit}`);
+    }
+    checkClientKey(prefix);
+    this.refuseWriteUnlessLeader();
+    const status = this.raw.basicStatus();
+    refuseBelowLevel("deleting by prefix", DELETE_PREFIX_LEVEL, DELETE_PREFIX_RELEASE, [...status.voters, ...status.learners], this.cfg.id, (id) =>
+      this.transport?.peerCommandLevel(id),
+    );
+    const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
+    return this.write({ op: "delete-prefix", prefix, limit, keyBytesMax: deletePrefixKeyBytesMax, ...idempotency }).then((result) => {
+      if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
+      assert(result.kind === "delete-prefix", `delete-prefix applied as ${result.kind}`);
+      return { deleted: result.deleted, more: result.more, version: result.version };
+    });
+  }
+
+  /**
    * See `KvNodeApi.txn`: one entry, decided and applied at its index on every replica (src/kv/txn.ts).
    * `bad_request` for a key in the reserved space, more than 128 comparisons and operations, a
    * key written twice in one branch, or a lease id that is not a positive whole number;
@@ -939,7 +967,8 @@ export class KvNode implements KvNodeApi {
   }
 
   private write(command: Command): Promise<ApplyResult> {
-    if (command.op !== "txn") checkClientKey(command.key); // a transaction's keys: checkTxnRequest
+    if (command.op === "delete-prefix") checkClientKey(command.prefix);
+    else if (command.op !== "txn") checkClientKey(command.key); // a transaction's keys: checkTxnRequest
     const idem = command.idempotencyKey;
     if (idem !== undefined && (idem === "" || new TextEncoder().encode(idem).byteLength > idempotencyKeyBytesMax || !idem.isWellFormed())) {
       throw new KvError("bad_request", `an idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);

@@ -19,6 +19,7 @@ import type { Logger } from "../lib/logger.ts";
 import { createMetricsRegistry, LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import { observeMethod } from "../lib/observe-method.ts";
 import { createPrng } from "../lib/prng.ts";
+import { COMMAND_LEVEL } from "../kv/command.ts";
 import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
 import { defaultWatch, type WatchConfig } from "../node/watch.ts";
 import type { NodeId } from "../raft/types.ts";
@@ -55,6 +56,11 @@ export interface ServerConfig {
    * loop's thread (`kv serve --storage-thread=false`), to compare.
    */
   readonly storageThread?: boolean;
+  /**
+   * The level of log commands this node tells its peers it applies (default: this release's,
+   * `COMMAND_LEVEL`). Only for tests that stand in for a member of an older release.
+   */
+  readonly commandLevel?: number;
   readonly tickMs: number;
   readonly electionTicks: number;
   readonly heartbeatTicks: number;
@@ -403,6 +409,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const transport = await listening(() => createConnectTransport({
     selfId: id,
     selfHttpUrl: advertiseHttp,
+    commandLevel: config.commandLevel ?? COMMAND_LEVEL,
     peers: peerDirectory,
     listen: config.listenPeer,
     onMessages: (messages) => node.receive(messages),

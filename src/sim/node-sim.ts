@@ -12,7 +12,7 @@ import type { MembersView } from "../node/api.ts";
 import { KvNode } from "../node/kv-node.ts";
 import type { Entry, Message, NodeId } from "../raft/types.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
-import { decodeCommand } from "../kv/command.ts";
+import { decodeCommand, deletePrefixKeysMax } from "../kv/command.ts";
 import type { KvImageReader } from "../storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../storage/memory-storage.ts";
 import { SimDisk } from "./sim-disk.ts";
@@ -167,6 +167,8 @@ export class NodeSim {
     transfers: 0,
     snapshotsSent: 0,
     acknowledgedWrites: 0,
+    /** Deletes by prefix answered ok (among `acknowledgedWrites`). */
+    prefixDeletes: 0,
     fatal: 0,
     /** Servers that joined (new ids, and removed ids joining again on a wiped disk), and members removed (leaders among them). */
     joins: 0,
@@ -759,12 +761,20 @@ export class NodeSim {
     id: NodeId,
     kind: Operation["kind"],
     key: string,
-    options: { consistency?: "linearizable" | "lease"; ifVersion?: number; retry?: { attempts: number; target: () => NodeId; pauseMs: () => number; until: number } } = {},
+    options: {
+      consistency?: "linearizable" | "lease";
+      ifVersion?: number;
+      /** A delete sent as a delete by prefix of the key (no other key of the run may start with it); never with `ifVersion`. */
+      byPrefix?: boolean;
+      retry?: { attempts: number; target: () => NodeId; pauseMs: () => number; until: number };
+    } = {},
   ): Promise<Operation> {
     const opId = ++this.operationSequence;
     const callMs = this.historyTime();
     const value = kind === "put" ? `c${clientId}.${opId}` : undefined;
     const ifVersion = kind === "get" ? undefined : options.ifVersion;
+    const byPrefix = kind === "delete" && options.byPrefix === true;
+    assert(!byPrefix || ifVersion === undefined, "a delete by prefix is never a compare-and-set");
     const retry = kind === "get" ? undefined : options.retry;
     const writeOptions = { ...(ifVersion === undefined ? {} : { ifVersion }), ...(retry === undefined ? {} : { idempotencyKey: `op${opId}` }) };
     let sent = false;
@@ -779,6 +789,7 @@ export class NodeSim {
         key,
         ...(value === undefined ? {} : { value }),
         ...(ifVersion === undefined ? {} : { ifVersion }),
+        ...(byPrefix ? { byPrefix: true as const } : {}),
         callMs,
         ...(outcome === "unknown" ? {} : { returnMs: this.historyTime() }),
         outcome,
@@ -800,7 +811,13 @@ export class NodeSim {
       let call: Promise<Partial<Operation>>;
       try {
         if (kind === "put") call = node.put(key, new TextEncoder().encode(value), writeOptions).then((result) => ({ version: result.version }));
-        else if (kind === "delete") call = node.delete(key, writeOptions).then((result) => ({ deleted: result.deleted, version: result.version }));
+        else if (kind === "delete" && byPrefix) {
+          // The prefix names this key alone: it deletes it, or finds nothing, as a delete would.
+          call = node.deletePrefix(key, deletePrefixKeysMax, writeOptions).then((result) => {
+            if (result.deleted > 1 || result.more) this.raise(new SimViolation(`a delete by prefix ${JSON.stringify(key)} deleted ${result.deleted} keys (more: ${result.more})`));
+            return { deleted: result.deleted === 1, version: result.version };
+          });
+        } else if (kind === "delete") call = node.delete(key, writeOptions).then((result) => ({ deleted: result.deleted, version: result.version }));
         else {
           call = node
             .get(key, options.consistency ?? "linearizable")
@@ -822,6 +839,7 @@ export class NodeSim {
     };
     const finish = (outcome: Operation["outcome"], fields: Partial<Operation> = {}): Operation => {
       if (outcome === "ok" && kind !== "get") this.stats.acknowledgedWrites++;
+      if (outcome === "ok" && byPrefix) this.stats.prefixDeletes++;
       return record(outcome, fields);
     };
     const first = attempt(id);

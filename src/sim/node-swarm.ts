@@ -14,6 +14,8 @@ export interface NodeSwarmResult {
   readonly simulatedMs: number;
   readonly operations: number;
   readonly acknowledgedWrites: number;
+  /** Deletes by prefix answered ok. */
+  readonly prefixDeletes: number;
   readonly crashes: number;
   readonly powerLosses: number;
   readonly stalls: number;
@@ -171,10 +173,12 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       const consistency = prng.chance(0.3) ? "lease" : "linearizable";
       const key = prng.pick(keys);
       const ifVersion = seen.ifVersionFor(kind, key, (p) => prng.chance(p));
+      // Some deletes go by prefix: no other key starts with a key of the run (k0..k4), so each is a delete of the key.
+      const byPrefix = kind === "delete" && ifVersion === undefined && prng.chance(0.3);
       // Half the writes carry an idempotency key and are sent again while their outcome is unknown
       // (as the client library does), to the leader as the client then finds it or any node.
       const retry = kind !== "get" && prng.chance(0.5) ? { attempts: prng.intInclusive(2, 4), target: () => sim.leader() ?? prng.pick(ids()), pauseMs: () => prng.intInclusive(0, 100), until: runMs } : undefined;
-      void sim.callOperation(clientId, target, kind, key, { consistency, ...(ifVersion === undefined ? {} : { ifVersion }), ...(retry === undefined ? {} : { retry }) }).then((op) => {
+      void sim.callOperation(clientId, target, kind, key, { consistency, byPrefix, ...(ifVersion === undefined ? {} : { ifVersion }), ...(retry === undefined ? {} : { retry }) }).then((op) => {
         seen.note(op);
         leaderHint = op.outcome === "ok" ? target : sim.leader();
         sim.at(prng.intInclusive(0, 20), next);
@@ -394,6 +398,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     simulatedMs: sim.nowMs,
     operations: sim.history.length,
     acknowledgedWrites: sim.stats.acknowledgedWrites,
+    prefixDeletes: sim.stats.prefixDeletes,
     crashes: sim.stats.crashes,
     powerLosses: sim.stats.powerLosses,
     stalls: sim.stats.stalls,

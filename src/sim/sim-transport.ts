@@ -1,5 +1,6 @@
 import { Code, ConnectError, type Client, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import type { RaftService, SendRequest, SendResponse, SendSnapshotChunkRequest } from "../gen/kv/v1/raft_pb.ts";
+import { COMMAND_LEVEL } from "../kv/command.ts";
 import type { Prng } from "../lib/prng.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultConnectTransportLimits } from "../transport/connect-transport.ts";
@@ -36,6 +37,8 @@ export interface SimNetworkOptions {
   readonly rpcTimeoutMs: number;
   /** Keys and values per snapshot chunk: small, so a transfer takes many calls and can fail midway. */
   readonly snapshotChunkBytesMax?: number;
+  /** The level of log commands node `id` applies (default: this release's, `COMMAND_LEVEL`). */
+  readonly commandLevelOf?: (id: NodeId) => number;
 }
 
 /** The service methods a node's peer server runs (as createRaftServiceRoutes registers them). */
@@ -122,6 +125,8 @@ export class SimNetwork {
       },
     });
     const peerHttpUrls = new Map<NodeId, string>();
+    const peerCommandLevels = new Map<NodeId, number>();
+    const commandLevel = this.options.commandLevelOf?.(id) ?? COMMAND_LEVEL;
     let service: PeerService | undefined;
     const router = {
       service: (_definition: unknown, implementation: PeerService) => {
@@ -131,6 +136,8 @@ export class SimNetwork {
     createRaftServiceRoutes({
       selfId: id,
       selfHttpUrl: httpUrl,
+      commandLevel,
+      onCommandLevel: (from, level) => peerCommandLevels.set(from, level),
       onMessages: (messages, from, fromHttpUrl) => {
         if (fromHttpUrl !== "") peerHttpUrls.set(from, fromHttpUrl);
         handler(messages, from, fromHttpUrl);
@@ -170,6 +177,7 @@ export class SimNetwork {
           peerId: peer,
           selfId: id,
           selfHttpUrl: httpUrl,
+          commandLevel,
           client: clientFor(peer),
           rpcTimeoutMs: this.options.rpcTimeoutMs,
           limits,
@@ -179,6 +187,9 @@ export class SimNetwork {
           },
           onPeerHttpUrl: (url) => {
             if (endpoint.alive) peerHttpUrls.set(peer, url);
+          },
+          onPeerCommandLevel: (level) => {
+            if (endpoint.alive) peerCommandLevels.set(peer, level);
           },
         });
         endpoint.senders.set(peer, sender);
@@ -211,6 +222,7 @@ export class SimNetwork {
         });
       },
       peerHttpUrl: (peer) => peerHttpUrls.get(peer),
+      peerCommandLevel: (peer) => peerCommandLevels.get(peer),
       close: async () => {
         if (this.endpoints.get(id) === endpoint) this.disconnectProcess(id);
       },

@@ -1,4 +1,5 @@
 import { assert } from "../lib/assert.ts";
+import { compareUtf8 } from "../lib/utf8-order.ts";
 import { type Entry, emptyHardState, type HardState, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, executeStep, type KvTable, planApply, sessionClockKey, startSessionClock } from "../kv/apply-plan.ts";
 import { isReservedKey, sessionKeyPrefix } from "../kv/command.ts";
@@ -99,6 +100,11 @@ export class MemoryKvStorage implements KvStorage {
         .sort(compareUtf8)
         .slice(0, limit)
         .map((key) => ({ key, ...(this.values.get(key) as StoredValue) })),
+    keysFrom: (from, end, limit) =>
+      [...this.values.keys()]
+        .filter((key) => compareUtf8(key, from) >= 0 && (end === undefined || compareUtf8(key, end) < 0))
+        .sort(compareUtf8)
+        .slice(0, limit),
   };
   private applied = 0;
   private staged = new Map<string, StoredValue>();
@@ -432,14 +438,8 @@ export class MemoryKvStorage implements KvStorage {
   }
 }
 
-const encoder = new TextEncoder();
-
 /** A session's key: under the session prefix, and not the session clock. */
 function isSessionKey(key: string): boolean {
   return key.startsWith(sessionKeyPrefix) && key !== sessionClockKey;
 }
 
-/** Orders strings by their UTF-8 bytes (JavaScript's < orders by UTF-16 code units). */
-function compareUtf8(a: string, b: string): number {
-  return Buffer.compare(encoder.encode(a), encoder.encode(b));
-}

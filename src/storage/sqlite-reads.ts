@@ -5,6 +5,7 @@ import { isReservedKey } from "../kv/command.ts";
 import type { MemberAddress } from "../kv/membership.ts";
 import { entryChecksum, rowChecksum, snapshotChecksum } from "./entry-checksum.ts";
 import { itemBytes } from "../lib/page-bytes.ts";
+import { prefixUpperBound } from "../lib/utf8-order.ts";
 import { type ImageRow, type KvImageReader, type ListedValue, StorageError, type StoredValue } from "./kv-storage.ts";
 import { imageRowBytes } from "./snapshot-checks.ts";
 import { normalizeVoters } from "./voters.ts";
@@ -149,22 +150,6 @@ export function loadAddresses(db: Database): MemberAddress[] {
     }));
 }
 
-/**
- * The first string past every key that starts with `prefix` in UTF-8 byte order (code point order):
- * the prefix with its last code point incremented, after dropping trailing U+10FFFF. Undefined when
- * there is none (the empty prefix, or only U+10FFFF) or the prefix ends in a lone surrogate.
- */
-export function prefixUpperBound(prefix: string): string | undefined {
-  const points = Array.from(prefix);
-  while (points.length > 0) {
-    const last = points.pop() as string;
-    const code = last.codePointAt(0) as number;
-    if (code >= 0xd800 && code <= 0xdfff) return undefined;
-    if (code === 0x10ffff) continue;
-    return points.join("") + String.fromCodePoint(code + 1 === 0xd800 ? 0xe000 : code + 1);
-  }
-  return undefined;
-}
 
 /** Options of `SqliteReads`. */
 export interface SqliteReadsOptions {

@@ -4,6 +4,7 @@ import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { CLUSTER_ID_FILE } from "../lib/cluster-id.ts";
 import { fsyncPath, mkdirDurably } from "../lib/fsync-path.ts";
+import { prefixUpperBound } from "../lib/utf8-order.ts";
 import { type Entry, emptyHardState, type HardState, hardStateEqual, type NodeId, type SnapshotMetadata } from "../raft/types.ts";
 import { type ApplyResult, type ApplyStep, executeStep, type KvTable, planApply, resultFor, startSessionClock } from "../kv/apply-plan.ts";
 import { addressesAfterInstall, type MemberAddress, type Membership, membershipAfter, sameMembers, withMissingAddresses } from "../kv/membership.ts";
@@ -28,7 +29,6 @@ import {
   parseIds,
   parseSnapshotMeta,
   parseVoters,
-  prefixUpperBound,
   SqliteReads,
   type ImageRowRow,
   type KvRow,
@@ -697,7 +697,6 @@ function prefixEnd(prefix: string): string {
   return end;
 }
 
-export { prefixUpperBound } from "./sqlite-reads.ts";
 
 /** The larger of two keys in UTF-8 byte order (where `range` starts: after both). */
 function maxKey(a: string, b: string): string {
@@ -722,6 +721,11 @@ function rawKvTable(db: Database): KvTable {
       db.query<ImageRowRow, [number]>(`SELECT key, value, version FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`).all(limit),
     range: (prefix, after, limit) =>
       db.query<ImageRowRow, [string, string, number]>("SELECT key, value, version FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?").all(maxKey(after, prefix), prefixEnd(prefix), limit),
+    keysFrom: (from, end, limit) =>
+      (end === undefined
+        ? db.query<{ key: string }, [string, number]>("SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?").all(from, limit)
+        : db.query<{ key: string }, [string, string, number]>("SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?").all(from, end, limit)
+      ).map((row) => row.key),
   };
 }
 
@@ -782,6 +786,9 @@ export class SqliteStorage implements KvStorage {
   private readonly selectValue: Statement<CheckedRow, [string]>;
   private readonly selectOldestSessions: Statement<CheckedRow, [number]>;
   private readonly selectPrefixRange: Statement<CheckedRow, [string, string, number]>;
+  /** Keys only (a delete-prefix's, `KvTable.keysFrom`): from a key on, with and without an end. */
+  private readonly selectKeysFrom: Statement<{ key: string }, [string, number]>;
+  private readonly selectKeysBetween: Statement<{ key: string }, [string, string, number]>;
   /** The kv table as `executeStep` sees it, through the prepared statements. */
   private readonly kvTable: KvTable;
   private readonly upsertValue: Statement<unknown, [string, Uint8Array, number, number]>;
@@ -887,6 +894,8 @@ export class SqliteStorage implements KvStorage {
     this.updateApplied = db.prepare("UPDATE meta SET applied_index = ?, applied_term = ?, log_durable_segment = ?, log_durable_bytes = ? WHERE id = 1");
     this.selectValue = db.prepare("SELECT key, value, version, crc FROM kv WHERE key = ?");
     this.selectPrefixRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key < ? ORDER BY key LIMIT ?");
+    this.selectKeysFrom = db.prepare("SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?");
+    this.selectKeysBetween = db.prepare("SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?");
     // INDEXED BY: the planner would rather scan the primary key's range (and sort every session).
     this.selectOldestSessions = db.prepare(
       `SELECT key, value, version, crc FROM kv INDEXED BY kv_sessions_by_version WHERE ${sessionRowsWhere} ORDER BY version LIMIT ?`,
@@ -906,6 +915,8 @@ export class SqliteStorage implements KvStorage {
       oldestSessions: (limit) => this.selectOldestSessions.all(limit).map(checked),
       // Bounded above by the first key past the prefix: a page reads no row outside it.
       range: (prefix, after, limit) => this.selectPrefixRange.all(maxKey(after, prefix), prefixEnd(prefix), limit).map(checked),
+      keysFrom: (from, end, limit) =>
+        (end === undefined ? this.selectKeysFrom.all(from, limit) : this.selectKeysBetween.all(from, end, limit)).map((row) => row.key),
     };
     this.upsertValue = db.prepare(
       "INSERT INTO kv (key, value, version, crc) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, crc = excluded.crc",

@@ -55,6 +55,8 @@ export interface DecodedSendRequest {
   readonly from: NodeId;
   /** The sender's advertised client HTTP URL; "" when it did not say. */
   readonly fromHttpUrl: string;
+  /** The level of log commands the sender applies (`SendRequest.command_level`): 1 when it did not say. */
+  readonly commandLevel: number;
   readonly messages: Message[];
 }
 
@@ -327,8 +329,8 @@ function entryTypeFromProto(type: ProtoEntryType, index: number): EntryType {
 }
 
 /** Encodes the batch of messages this server sends to one peer in one call. */
-export function toSendRequest(from: NodeId, fromHttpUrl: string, messages: readonly Message[]): SendRequest {
-  return create(SendRequestSchema, { from, fromHttpUrl, messages: messages.map(toProto) });
+export function toSendRequest(from: NodeId, fromHttpUrl: string, messages: readonly Message[], commandLevel = 0): SendRequest {
+  return create(SendRequestSchema, { from, fromHttpUrl, messages: messages.map(toProto), commandLevel });
 }
 
 /**
@@ -338,12 +340,20 @@ export function toSendRequest(from: NodeId, fromHttpUrl: string, messages: reado
 export function fromSendRequest(request: SendRequest, limits: DecodeLimits = defaultDecodeLimits): DecodedSendRequest {
   const from = nodeId(request.from, "request.from");
   const fromHttpUrl = httpUrl(request.fromHttpUrl, limits.httpUrlLengthMax);
-  return { from, fromHttpUrl, messages: messagesFrom(request.messages, from, "request", limits) };
+  return { from, fromHttpUrl, commandLevel: commandLevelOf(request.commandLevel), messages: messagesFrom(request.messages, from, "request", limits) };
 }
 
-/** Encodes the messages this server answers a peer's call with, and (when given) its own client URL. */
-export function toSendResponse(messages: readonly Message[], selfHttpUrl?: string): SendResponse {
-  return create(SendResponseSchema, { messages: messages.map(toProto), ...(selfHttpUrl === undefined ? {} : { fromHttpUrl: selfHttpUrl }) });
+/** Encodes the messages this server answers a peer's call with, (when given) its own client URL, and its command level. */
+export function toSendResponse(messages: readonly Message[], selfHttpUrl?: string, commandLevel = 0): SendResponse {
+  return create(SendResponseSchema, { messages: messages.map(toProto), ...(selfHttpUrl === undefined ? {} : { fromHttpUrl: selfHttpUrl }), commandLevel });
+}
+
+/**
+ * A peer's command level as a call or an answer states it: the field is left out by releases before
+ * 0.9.0 (and by anything that does not say), which apply level 1.
+ */
+export function commandLevelOf(value: unknown): number {
+  return typeof value === "number" && Number.isInteger(value) && value >= 1 ? value : 1;
 }
 
 /** The client URL an answer names (empty when the peer gave none); `TransportDecodeError` when it is not one. */

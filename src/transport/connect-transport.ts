@@ -95,6 +95,11 @@ export interface ConnectTransportOptions {
   /** Our client HTTP URL, sent with every call so that peers can redirect clients to us. */
   readonly selfHttpUrl: string;
   /**
+   * The level of log commands this server applies (src/kv/command.ts), sent in every call and
+   * answer; absent, none is sent, and peers take this server for one of a release before 0.9.0.
+   */
+  readonly commandLevel?: number;
+  /**
    * Every other server's peer base URL, e.g. `http://127.0.0.1:5002`. Must not include `selfId`.
    * A peer's entry is read when a message is first sent to it, so a caller may add entries after
    * this returns (servers on OS-chosen ports), but must not change one once used.
@@ -219,6 +224,11 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   let closing: Promise<void> | undefined;
   // Learned only for configured peers, so the map is bounded by the cluster's size.
   const peerHttpUrls = new Map<NodeId, string>();
+  // As peerHttpUrls: each peer's command level as it last stated it, in a call or an answer.
+  const peerCommandLevels = new Map<NodeId, number>();
+  const notePeerCommandLevel = (from: NodeId, level: number): void => {
+    if (!closed && (options.peers.has(from) || peerCommandLevels.has(from) || peerCommandLevels.size < peerHttpUrlsMax)) peerCommandLevels.set(from, level);
+  };
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
@@ -353,6 +363,8 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     routes: createRaftServiceRoutes({
       selfId: options.selfId,
       selfHttpUrl: options.selfHttpUrl,
+      ...(options.commandLevel === undefined ? {} : { commandLevel: options.commandLevel }),
+      onCommandLevel: notePeerCommandLevel,
       decodeLimits: limits,
       onMessages(messages, from, fromHttpUrl) {
         // A non-member's URL is kept too (a member added while this node was away may lead: clients
@@ -435,6 +447,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       peerId,
       selfId: options.selfId,
       selfHttpUrl: options.selfHttpUrl,
+      ...(options.commandLevel === undefined ? {} : { commandLevel: options.commandLevel }),
       client,
       rpcTimeoutMs: options.rpcTimeoutMs,
       limits,
@@ -447,6 +460,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       onPeerHttpUrl(url) {
         if (!closed) peerHttpUrls.set(peerId, url);
       },
+      onPeerCommandLevel: (level) => notePeerCommandLevel(peerId, level),
       onRefused(error) {
         if (!closed && error.code === Code.PermissionDenied && error.rawMessage.startsWith(REMOVED_REFUSAL_PREFIX)) options.onRemoved?.(peerId, error.rawMessage);
       },
@@ -503,6 +517,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     },
     peerHttpUrl(id: NodeId): string | undefined {
       return peerHttpUrls.get(id);
+    },
+    peerCommandLevel(id: NodeId): number | undefined {
+      return peerCommandLevels.get(id);
     },
     close(): Promise<void> {
       if (closing === undefined) {

@@ -19,7 +19,10 @@ interface MemoryTransfer {
  * `deliver()` and fails when its link is cut or its receiver is gone or refuses a chunk.
  */
 export class MemoryNetwork {
-  private readonly handlers = new Map<NodeId, { handler: MessageHandler; httpUrl: string; snapshotHandler: SnapshotChunkHandler | undefined }>();
+  private readonly handlers = new Map<
+    NodeId,
+    { handler: MessageHandler; httpUrl: string; snapshotHandler: SnapshotChunkHandler | undefined; commandLevel: number | undefined }
+  >();
   private queue: { from: NodeId; to: NodeId; messages: Message[] }[] = [];
   private transfers: MemoryTransfer[] = [];
   private readonly cut = new Set<string>();
@@ -27,9 +30,12 @@ export class MemoryNetwork {
   /** Bytes of keys and values per snapshot chunk. */
   constructor(private readonly snapshotChunkBytesMax = 1 << 20) {}
 
-  /** The transport for node `id`, delivering messages to `handler` and snapshot chunks to `snapshotHandler`. */
-  connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler?: SnapshotChunkHandler): Transport {
-    this.handlers.set(id, { handler, httpUrl, snapshotHandler });
+  /**
+   * The transport for node `id`, delivering messages to `handler` and snapshot chunks to
+   * `snapshotHandler`; its peers learn `commandLevel` as the level it applies (none: it never says).
+   */
+  connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler?: SnapshotChunkHandler, commandLevel?: number): Transport {
+    this.handlers.set(id, { handler, httpUrl, snapshotHandler, commandLevel });
     return {
       send: (messages) => {
         const byPeer = new Map<NodeId, Message[]>();
@@ -48,6 +54,7 @@ export class MemoryNetwork {
       flush: () => {},
       callsArrived: () => 0,
       peerHttpUrl: (peer) => this.handlers.get(peer)?.httpUrl,
+      peerCommandLevel: (peer) => this.handlers.get(peer)?.commandLevel,
       close: async () => {
         this.handlers.delete(id);
       },

@@ -10,7 +10,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import type { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
-import { TransportDecodeError, defaultDecodeLimits, fromSendResponse, sendResponseHttpUrl, toSendRequest } from "./codec.ts";
+import { TransportDecodeError, commandLevelOf, defaultDecodeLimits, fromSendResponse, sendResponseHttpUrl, toSendRequest } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
 
 /** Bounds on one peer's sender. */
@@ -54,6 +54,8 @@ export interface PeerSenderOptions {
   readonly peerId: NodeId;
   readonly selfId: NodeId;
   readonly selfHttpUrl: string;
+  /** Our command level, sent in every call (`SendRequest.command_level`; absent: not sent). */
+  readonly commandLevel?: number;
   readonly client: Client<typeof RaftService>;
   readonly rpcTimeoutMs: number;
   readonly limits: PeerSenderLimits;
@@ -63,6 +65,8 @@ export interface PeerSenderOptions {
   readonly onReply?: (messages: Message[]) => void;
   /** Receives the client URL the peer's answer named (only when it named one). */
   readonly onPeerHttpUrl?: (url: string) => void;
+  /** Receives the command level each valid answer states (1 for a peer that does not say). */
+  readonly onPeerCommandLevel?: (level: number) => void;
   /** A call the peer answered with a refusal (not unreachable, not past its deadline). */
   readonly onRefused?: (error: ConnectError) => void;
   /** Bounds on what an answer may carry (default `defaultDecodeLimits`). */
@@ -230,7 +234,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
 
   function startCall(lane: Lane, { batch, bytes }: { batch: Message[]; bytes: number }): void {
     lane.inflight++;
-    const request = toSendRequest(options.selfId, options.selfHttpUrl, batch);
+    const request = toSendRequest(options.selfId, options.selfHttpUrl, batch, options.commandLevel);
     const call = options.client
       .send(request, { timeoutMs: callDeadlineMs(options.rpcTimeoutMs, bytes), signal: abort.signal })
       .then(
@@ -256,6 +260,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
             knownPeerHttpUrl = peerHttpUrl;
             options.onPeerHttpUrl?.(peerHttpUrl);
           }
+          options.onPeerCommandLevel?.(commandLevelOf(response.commandLevel));
           if (replies.length > 0) options.onReply?.(replies);
         },
         (error: unknown) => {

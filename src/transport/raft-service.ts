@@ -23,6 +23,10 @@ export interface RaftServiceOptions {
   readonly selfHttpUrl?: string;
   /** Receives each call's validated messages, synchronously, before the call is answered. */
   readonly onMessages: MessageHandler;
+  /** This server's command level, sent in every answer (`SendResponse.command_level`; absent: not sent). */
+  readonly commandLevel?: number;
+  /** Told the command level each valid call states (1 for a caller that does not say). */
+  readonly onCommandLevel?: (from: NodeId, level: number) => void;
   /**
    * Called right after `onMessages`: resolves with what the node has to tell the caller once its
    * loop has taken the messages. Without it, calls are answered at once and empty.
@@ -88,9 +92,10 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
           }
         }
         options.checkSender?.(decoded.from, context.requestHeader);
+        options.onCommandLevel?.(decoded.from, decoded.commandLevel);
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
         const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
-        return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined);
+        return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined, options.commandLevel);
       },
       sendSnapshotChunk(request, context) {
         const onSnapshotChunk = options.onSnapshotChunk;

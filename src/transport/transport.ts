@@ -33,6 +33,11 @@ export interface Transport {
   sendSnapshot(to: NodeId, image: SnapshotImage, options: SendSnapshotOptions): Promise<void>;
   /** Peers' advertised HTTP URLs learned from incoming calls. */
   peerHttpUrl(id: NodeId): string | undefined;
+  /**
+   * The level of log commands peer `id` last said it applies, in a call or an answer (1 for one
+   * that does not say: a release before 0.9.0); undefined before it said anything to this server.
+   */
+  peerCommandLevel(id: NodeId): number | undefined;
   /** Stops serving and sending; resolves once the listener is closed and calls in flight are over. */
   close(): Promise<void>;
 }

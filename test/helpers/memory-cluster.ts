@@ -2,6 +2,7 @@
 // (MemoryKvStorage), transport (MemoryNetwork) and clock (ManualClock), with loop turns queued and
 // drained by hand, so a whole cluster runs deterministically in one process.
 import { expect } from "bun:test";
+import { COMMAND_LEVEL } from "../../src/kv/command.ts";
 import { ManualClock, type Clock } from "../../src/lib/clock.ts";
 import { createPrng } from "../../src/lib/prng.ts";
 import { KvNode, type KvNodeConfig } from "../../src/node/kv-node.ts";
@@ -19,6 +20,8 @@ export interface MemoryClusterOptions {
   readonly chunkBytesMax?: number;
   /** Sees every snapshot chunk a node receives, before the node does. */
   readonly onChunk?: (id: number, chunk: SnapshotChunk) => void;
+  /** The level of log commands node `id` tells its peers it applies (default: this release's). */
+  readonly commandLevelOf?: (id: number) => number;
 }
 
 /** Three KvNodes (1, 2, 3) on a memory network; more can be started with `startNode`. */
@@ -68,7 +71,7 @@ export function createMemoryCluster(options: MemoryClusterOptions = {}) {
       network.connect(id, `http://node-${id}`, (messages) => node.receive(messages), (chunk) => {
         options.onChunk?.(id, chunk);
         node.receiveSnapshotChunk(chunk);
-      }),
+      }, options.commandLevelOf?.(id) ?? COMMAND_LEVEL),
     );
     return node;
   };

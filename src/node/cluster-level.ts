@@ -1,0 +1,58 @@
+/**
+ * Which commands the whole cluster applies. A command a release did not know stops that release's
+ * apply rather than being misread (src/kv/command.ts), so a leader proposes a command above level 1
+ * only once every member of its configuration has said, in a peer call or answer since this node
+ * started (`Transport.peerCommandLevel`), that it applies the command's level. Members tell their
+ * level in every call and answer, so a running cluster knows within a heartbeat; a member down or
+ * cut off since this node started has said nothing, and the command waits for it (as etcd raises
+ * its cluster version only once every member has reported its own).
+ *
+ * Not persisted: a member restarted on an older release after the check stops applying at the
+ * first such entry (it refuses, it does not misread); upgrading it again resumes it.
+ */
+import { KvError } from "../lib/kv-error.ts";
+import type { NodeId } from "../raft/types.ts";
+
+/** A member that has not said it applies a level: what it said (undefined: nothing since this node started). */
+export interface LaggingMember {
+  readonly id: NodeId;
+  readonly level: number | undefined;
+}
+
+/** The members, other than `selfId`, that have not said they apply `level`, in id order. */
+export function membersBelowLevel(
+  level: number,
+  members: readonly NodeId[],
+  selfId: NodeId,
+  peerLevel: (id: NodeId) => number | undefined,
+): LaggingMember[] {
+  const lagging: LaggingMember[] = [];
+  for (const id of [...new Set(members)].sort((a, b) => a - b)) {
+    if (id === selfId) continue;
+    const said = peerLevel(id);
+    if (said === undefined || said < level) lagging.push({ id, level: said });
+  }
+  return lagging;
+}
+
+/**
+ * `upgrade_required` for a command of `level` (`what`, for the message) when a member has not said
+ * it applies it; nothing when every member has.
+ */
+export function refuseBelowLevel(
+  what: string,
+  level: number,
+  release: string,
+  members: readonly NodeId[],
+  selfId: NodeId,
+  peerLevel: (id: NodeId) => number | undefined,
+): void {
+  const lagging = membersBelowLevel(level, members, selfId, peerLevel);
+  if (lagging.length === 0) return;
+  const said = lagging.map((member) => (member.level === undefined ? `node ${member.id} has not answered this leader since it started` : `node ${member.id} runs an older release`));
+  throw new KvError(
+    "upgrade_required",
+    `${what} needs every member on kv ${release} or later, and ${said.join("; ")}: nothing was proposed. Upgrade or bring up those members, then retry`,
+    { members: lagging.map((member) => member.id) },
+  );
+}
