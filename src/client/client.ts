@@ -180,12 +180,19 @@ export type TxnValue = ValueInput | { readonly base64: string };
 
 /**
  * One condition of a transaction, on the state before it: the key's version (0: absent), its value
- * (present with exactly these bytes), or whether it exists.
+ * (present with exactly these bytes), or whether it exists; a version or value by `op`.
  */
 export type TxnCompare =
-  | { readonly key: string; readonly version: number }
-  | { readonly key: string; readonly value: TxnValue }
+  | { readonly key: string; readonly version: number; readonly op?: TxnCompareOp }
+  | { readonly key: string; readonly value: TxnValue; readonly op?: TxnCompareOp }
   | { readonly key: string; readonly exists: boolean };
+
+/**
+ * How a comparison compares the key's version or value to the one given: `=` (the default), `!=`,
+ * `<` or `>` (values byte by byte; an absent key fails every value comparison, as etcd's). Any but
+ * `=` needs every member on 0.9.0 or later (`upgrade_required` otherwise).
+ */
+export type TxnCompareOp = "=" | "!=" | "<" | ">";
 
 /**
  * One operation of a transaction's `success` or `failure` branch. A put's `lease` (a lease's id)
@@ -463,7 +470,7 @@ export function createClient(options: ClientOptions): KvClient {
 
     async txn(request) {
       const body = JSON.stringify({
-        compare: (request.compare ?? []).map((c) => ("value" in c ? { key: c.key, value: txnValueJson(c.value) } : c)),
+        compare: (request.compare ?? []).map((c) => ("value" in c ? { key: c.key, value: txnValueJson(c.value), ...(c.op === undefined ? {} : { op: c.op }) } : c)),
         success: (request.success ?? []).map(txnOperationJson),
         failure: (request.failure ?? []).map(txnOperationJson),
       });

@@ -36,6 +36,7 @@ export {
   type ReadConsistency,
   type StateHash,
   type TxnCompare,
+  type TxnCompareOp,
   type TxnOperation,
   type TxnOperationResult,
   type TxnRequest,

@@ -183,6 +183,10 @@ const ifVersionParameter = queryParameter("ifVersion", "Compare-and-set: apply o
 
 const txnValue = t.Union([t.String(), t.Object({ base64: t.String() }, { additionalProperties: false })], { description: "UTF-8 text, or any bytes as {base64}" });
 const txnKey = t.String({ minLength: 1 });
+const compareOp = t.Union([t.Literal("="), t.Literal("!="), t.Literal("<"), t.Literal(">")], {
+  description:
+    "How the key's version or value compares to the one given (default =; values byte by byte; an absent key fails every value comparison). Any but = needs every member on 0.9.0 or later: 409 upgrade_required otherwise",
+});
 const txnOperation = t.Union([
   t.Object({ put: t.Object({ key: txnKey, value: txnValue, lease: t.Optional(t.Union([t.String({ pattern: "^[1-9][0-9]{0,15}$" }), t.Integer({ minimum: 1 })], { description: "Attach the key to this lease (its id, as a decimal string or a JSON number) when the branch runs; a put without it detaches the key. A lease of the branch taken that does not exist when the transaction applies is 404 lease_not_found, with nothing of the transaction applied" })) }, { additionalProperties: false }) }, { additionalProperties: false }),
   t.Object({ delete: t.Object({ key: txnKey }, { additionalProperties: false }) }, { additionalProperties: false }),
@@ -193,8 +197,8 @@ const txnRequest = t.Object(
     compare: t.Optional(
       t.Array(
         t.Union([
-          t.Object({ key: txnKey, version: t.Integer({ minimum: 0, description: "0: absent" }) }, { additionalProperties: false }),
-          t.Object({ key: txnKey, value: txnValue }, { additionalProperties: false }),
+          t.Object({ key: txnKey, version: t.Integer({ minimum: 0, description: "0: absent" }), op: t.Optional(compareOp) }, { additionalProperties: false }),
+          t.Object({ key: txnKey, value: txnValue, op: t.Optional(compareOp) }, { additionalProperties: false }),
           t.Object({ key: txnKey, exists: t.Boolean() }, { additionalProperties: false }),
         ]),
       ),

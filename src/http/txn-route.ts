@@ -3,7 +3,9 @@
  *
  * Request: `{"compare": [...], "success": [...], "failure": [...]}` (each list optional, empty by default):
  * - a comparison is `{"key", "version": N}` (0: the key is absent), `{"key", "value": V}` or
- *   `{"key", "exists": false|true}`;
+ *   `{"key", "exists": false|true}`; a version or value comparison may name `"op"`: `"="` (the
+ *   default), `"!="`, `"<"` or `">"` (values byte by byte; an absent key fails every value
+ *   comparison, as etcd's; any but `=` needs every member on 0.9.0, else 409 upgrade_required);
  * - an operation is `{"put": {"key", "value"[, "lease"]}}`, `{"delete": {"key"}}` or `{"get": {"key"}}`;
  *   `lease` (a decimal string or a JSON number) attaches the key to the lease when the branch runs.
  * A value is a string (its UTF-8 bytes) or `{"base64": "..."}` for any bytes. Answer:
@@ -22,7 +24,7 @@
  * A lease that does not exist when the transaction applies, named in the branch taken, is 404
  * `lease_not_found` with nothing of the transaction applied.
  */
-import { type TxnAnswer, type TxnCompare, type TxnOp, txnOperationsMax, type TxnOpResult, type TxnRequest } from "../kv/txn.ts";
+import { type TxnAnswer, type TxnCompare, type TxnCompareOp, type TxnOp, txnOperationsMax, type TxnOpResult, type TxnRequest } from "../kv/txn.ts";
 import { unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
@@ -176,19 +178,24 @@ function parseTxnLease(value: unknown, what: string): number {
   return id;
 }
 
+const compareOps: readonly TxnCompareOp[] = ["=", "!=", "<", ">"];
+
 function parseCompare(item: unknown, what: string, limits: TxnRouteLimits): TxnCompare {
-  const fields = jsonObject(item, what, ["key", "version", "value", "exists"]);
+  const fields = jsonObject(item, what, ["key", "version", "value", "exists", "op"]);
   const key = parseKey(fields.key, what, KEY_BYTES_MAX_LIMIT);
   const targets = (["version", "value", "exists"] as const).filter((name) => fields[name] !== undefined);
   if (targets.length !== 1) throw bad(`${what} needs exactly one of 'version', 'value' and 'exists'`);
-  const { version, value, exists } = fields;
+  const { version, value, exists, op: opField } = fields;
+  if (opField !== undefined && !compareOps.includes(opField as TxnCompareOp)) throw bad(`${what}.op must be one of "=", "!=", "<" and ">"`);
+  const op = opField === undefined || opField === "=" ? {} : { op: opField as TxnCompareOp };
   switch (targets[0]) {
     case "version":
       if (typeof version !== "number" || !Number.isSafeInteger(version) || version < 0) throw bad(`${what}.version must be a version number (0: absent)`);
-      return { key, target: "version", version };
+      return { key, target: "version", version, ...op };
     case "value":
-      return { key, target: "value", value: parseValue(value, `${what}.value`, limits) };
+      return { key, target: "value", value: parseValue(value, `${what}.value`, limits), ...op };
     default:
+      if (opField !== undefined) throw bad(`${what}.op compares a version or a value, not 'exists'`);
       if (typeof exists !== "boolean") throw bad(`${what}.exists must be true or false`);
       return { key, target: "exists", exists };
   }

@@ -74,9 +74,10 @@ export const deletePrefixKeyBytesMax = 4 * 1024 * 1024;
  * said it is at that level or above (src/node/cluster-level.ts).
  */
 export const COMMAND_LEVEL = 2;
-/** The level a delete-prefix needs, and the first release at it (for the leader's refusal). */
+/** The level a delete-prefix needs (a transaction's: txn.ts `txnCommandLevel`). */
 export const DELETE_PREFIX_LEVEL = 2;
-export const DELETE_PREFIX_RELEASE = "0.9.0";
+/** The first release that applies each level above 1 (for the leader's refusal). */
+export const COMMAND_LEVEL_RELEASES: Readonly<Record<number, string>> = { 2: "0.9.0" };
 /** Most lease ids one expire command may carry (the leader proposes far fewer at a time). */
 export const leaseExpireIdsMax = 10_000;
 /** Where the state machine keeps leases and their keys: reserved like `sessionKeyPrefix` (see src/kv/leases.ts). */

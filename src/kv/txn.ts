@@ -9,8 +9,9 @@
  * Body layout after the 0x10 op byte (every number an unsigned LEB128, minimal):
  * ```
  * [compare count] compare... [success count] op... [failure count] op...
- * compare: [target: 1 version, 2 value, 3 exists, 4 absent] [key length] [key: UTF-8]
+ * compare: [target: 1 version, 2 value, 3 exists, 4 absent, 5 version by operator, 6 value by operator] [key length] [key: UTF-8]
  *          version: [version, at most 8 bytes] | value: [value length, at most 4 bytes] [value] | exists, absent: nothing
+ *          by operator (0.9.0): [operator: 1 !=, 2 <, 3 >] then as version or value
  * op:      [kind: 1 put, 2 delete, 3 get, 4 put on a lease] [key length] [key: UTF-8]
  *          put: [value length, at most 4 bytes] [value] | delete, get: nothing
  *          put on a lease: [lease id, at most 8 bytes] [value length, at most 4 bytes] [value]
@@ -24,6 +25,11 @@
  * (test/fixtures/v0.3.0) decodes as it did there. A new kind inside the body, rather than a new op
  * byte for the whole entry, keeps the idempotent wrapper (0x06) and every caller of op 0x10 as they
  * are. Leases in transactions need every node upgraded first: a 0.3.0 follower stops at such an entry.
+ *
+ * Comparisons by operator (targets 5 and 6) came with 0.9.0, whose elders refuse an unknown target
+ * the same way: a leader proposes a transaction holding one only once every member said it applies
+ * `COMMAND_LEVEL` 2 (`txnCommandLevel`, src/node/cluster-level.ts). A comparison for equality is
+ * still written as targets 1 and 2, as every release wrote it.
  */
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
@@ -38,12 +44,21 @@ const valueLengthVarintBytesMax = 4;
 /** Versions and lease ids are Raft indexes: below 2^53, so at most 8 LEB128 bytes. */
 const versionVarintBytesMax = 8;
 
+/**
+ * How a comparison compares (etcd's `Compare.result`): the key's version or value against the one
+ * given. Absent, `=`.
+ */
+export type TxnCompareOp = "=" | "!=" | "<" | ">";
+
 /** A condition on one key, evaluated against the state before any operation of the transaction. */
 export type TxnCompare =
-  /** The key's version is this (0: the key is absent). */
-  | { readonly key: string; readonly target: "version"; readonly version: number }
-  /** The key is present and holds exactly these bytes. */
-  | { readonly key: string; readonly target: "value"; readonly value: Uint8Array }
+  /** The key's version (0: the key is absent) is this, or stands to it as `op` says. */
+  | { readonly key: string; readonly target: "version"; readonly version: number; readonly op?: TxnCompareOp }
+  /**
+   * The key is present and holds exactly these bytes, or bytes that stand to them as `op` says
+   * (byte by byte, a shorter prefix first, as etcd compares): an absent key fails every value comparison, as etcd's.
+   */
+  | { readonly key: string; readonly target: "value"; readonly value: Uint8Array; readonly op?: TxnCompareOp }
   /** The key is present (`exists: true`) or absent (`exists: false`). */
   | { readonly key: string; readonly target: "exists"; readonly exists: boolean };
 
@@ -78,7 +93,16 @@ export interface TxnAnswer {
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
-const compareTargets = ["version", "value", "exists", "absent"] as const;
+const compareTargets = ["version", "value", "exists", "absent", "version-op", "value-op"] as const;
+/** How many comparison targets releases before 0.9.0 knew (version, value, exists, absent). */
+export const txnCompareTargetsOf080 = 4;
+/** Operators by tag (tag = position + 1); `=` has none: it is written as the plain targets. */
+const compareOps = ["!=", "<", ">"] as const;
+
+/** The level of log commands a transaction needs (src/kv/command.ts `COMMAND_LEVEL`): 2 with a comparison by operator, else 1. */
+export function txnCommandLevel(txn: TxnRequest): number {
+  return txn.compare.some((compare) => (compare.target === "version" || compare.target === "value") && compare.op !== undefined && compare.op !== "=") ? 2 : 1;
+}
 /** Operation kinds by tag (tag = position + 1); "put-on-lease" is a put with its `lease`. */
 const opKinds = ["put", "delete", "get", "put-on-lease"] as const;
 
@@ -156,12 +180,14 @@ export function encodeTxnBody(txn: TxnRequest): Uint8Array[] {
     switch (compare.target) {
       case "version":
         if (!Number.isSafeInteger(compare.version) || compare.version < 0) throw new CommandCodecError(`encode: version ${compare.version} is not a version`);
-        keyed(1, compare.key);
+        keyed(compareOpTag(compare.op) === 0 ? 1 : 5, compare.key);
+        if (compareOpTag(compare.op) !== 0) parts.push(Uint8Array.of(compareOpTag(compare.op)));
         number(compare.version);
         break;
       case "value":
         checkValueLength(compare.value);
-        keyed(2, compare.key);
+        keyed(compareOpTag(compare.op) === 0 ? 2 : 6, compare.key);
+        if (compareOpTag(compare.op) !== 0) parts.push(Uint8Array.of(compareOpTag(compare.op)));
         number(compare.value.byteLength);
         parts.push(compare.value);
         break;
@@ -191,14 +217,23 @@ export function encodeTxnBody(txn: TxnRequest): Uint8Array[] {
   return parts;
 }
 
+/** A comparison's operator tag: 0 for `=` (written as the plain targets), else its position in `compareOps` + 1. */
+function compareOpTag(op: TxnCompareOp | undefined): number {
+  if (op === undefined || op === "=") return 0;
+  const tag = compareOps.indexOf(op) + 1;
+  if (tag === 0) throw new CommandCodecError(`encode: unknown comparison operator ${JSON.stringify(op)}`);
+  return tag;
+}
+
 /**
  * Decodes a transaction's body starting at `offset` (just after the op byte) to the end of `data`,
  * strictly: a bad tag, a count past the limit, a non-minimal or overlong varint, a truncated key or
  * value, invalid UTF-8, a lease id of 0 and trailing bytes all throw `CommandCodecError`. Values are
  * views into `data`. `opKindsKnown` is for tests only: `txnOpKindsOf030` decodes as 0.3.0 did.
  */
-export function decodeTxnBody(data: Uint8Array, offset: number, opKindsKnown: number = opKinds.length): TxnRequest {
+export function decodeTxnBody(data: Uint8Array, offset: number, opKindsKnown: number = opKinds.length, compareTargetsKnown: number = compareTargets.length): TxnRequest {
   assert(opKindsKnown >= txnOpKindsOf030 && opKindsKnown <= opKinds.length, `decode: ${opKindsKnown} operation kinds known`);
+  assert(compareTargetsKnown >= txnCompareTargetsOf080 && compareTargetsKnown <= compareTargets.length, `decode: ${compareTargetsKnown} comparison targets known`);
   let position = offset;
   let total = 0;
   const count = (what: string): number => {
@@ -233,19 +268,24 @@ export function decodeTxnBody(data: Uint8Array, offset: number, opKindsKnown: nu
   };
   const compare: TxnCompare[] = [];
   for (let i = count("compare"); i > 0; i--) {
-    const target = compareTargets[tag("comparison", compareTargets.length) - 1] as (typeof compareTargets)[number];
+    const target = compareTargets[tag("comparison", compareTargetsKnown) - 1] as (typeof compareTargets)[number];
     const k = key();
     switch (target) {
-      case "version": {
+      case "version":
+      case "version-op": {
+        const op = target === "version-op" ? (compareOps[tag("comparison operator", compareOps.length) - 1] as TxnCompareOp) : undefined;
         const version = readVarint(data, position, versionVarintBytesMax, "version");
         if (!Number.isSafeInteger(version.value)) throw new CommandCodecError(`decode: version ${version.value} is not a safe integer`);
         position = version.next;
-        compare.push({ key: k, target, version: version.value });
+        compare.push({ key: k, target: "version", version: version.value, ...(op === undefined ? {} : { op }) });
         break;
       }
       case "value":
-        compare.push({ key: k, target, value: value() });
+      case "value-op": {
+        const op = target === "value-op" ? (compareOps[tag("comparison operator", compareOps.length) - 1] as TxnCompareOp) : undefined;
+        compare.push({ key: k, target: "value", value: value(), ...(op === undefined ? {} : { op }) });
         break;
+      }
       case "exists":
       case "absent":
         compare.push({ key: k, target: "exists", exists: target === "exists" });
@@ -292,13 +332,32 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.byteLength === b.byteLength && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 }
 
+/** Whether `order` (negative, zero or positive: the stored against the given) satisfies `op`. */
+function satisfies(order: number, op: TxnCompareOp | undefined): boolean {
+  switch (op) {
+    case undefined:
+    case "=":
+      return order === 0;
+    case "!=":
+      return order !== 0;
+    case "<":
+      return order < 0;
+    case ">":
+      return order > 0;
+    default:
+      return unreachable(op, "apply: unknown comparison operator");
+  }
+}
+
 function holds(compare: TxnCompare, table: KvTable): boolean {
   const stored = table.get(compare.key);
   switch (compare.target) {
     case "version":
-      return (stored?.version ?? 0) === compare.version;
+      return satisfies(Math.sign((stored?.version ?? 0) - compare.version), compare.op);
     case "value":
-      return stored !== undefined && sameBytes(stored.value, compare.value);
+      if (stored === undefined) return false;
+      if (compare.op === undefined || compare.op === "=") return sameBytes(stored.value, compare.value);
+      return satisfies(Buffer.compare(Buffer.from(stored.value.buffer, stored.value.byteOffset, stored.value.byteLength), compare.value), compare.op);
     case "exists":
       return (stored !== undefined) === compare.exists;
     default:

@@ -7,8 +7,8 @@ import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
 import { type Entry, type LostLog, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
+  COMMAND_LEVEL_RELEASES,
   DELETE_PREFIX_LEVEL,
-  DELETE_PREFIX_RELEASE,
   deletePrefixKeyBytesMax,
   deletePrefixKeysMax,
   encodeCommand,
@@ -20,7 +20,7 @@ import {
 import { type ApplyResult, sessionAnswersRetry, sessionClockKey, sessionClockMsOf } from "../kv/apply-plan.ts";
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
-import { checkTxnRequest, type TxnAnswer, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
+import { checkTxnRequest, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import { refuseBelowLevel } from "./cluster-level.ts";
@@ -542,6 +542,16 @@ export class KvNode implements KvNodeApi {
   }
 
   /**
+   * On the leader (`not_leader` elsewhere): `upgrade_required` unless every member of its
+   * configuration has said it applies commands of `level` (src/node/cluster-level.ts).
+   */
+  private refuseUnlessMembersApply(what: string, level: number): void {
+    this.refuseWriteUnlessLeader();
+    const status = this.raw.basicStatus();
+    refuseBelowLevel(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id));
+  }
+
+  /**
    * See `KvNodeApi.deletePrefix`: one entry deleting up to `limit` keys under `prefix`, proposed
    * only once every member said it applies the command (src/node/cluster-level.ts).
    */
@@ -550,11 +560,7 @@ export class KvNode implements KvNodeApi {
       throw new KvError("bad_request", `limit must be a whole number from 1 to ${deletePrefixKeysMax}, got ${limit}`);
     }
     checkClientKey(prefix);
-    this.refuseWriteUnlessLeader();
-    const status = this.raw.basicStatus();
-    refuseBelowLevel("deleting by prefix", DELETE_PREFIX_LEVEL, DELETE_PREFIX_RELEASE, [...status.voters, ...status.learners], this.cfg.id, (id) =>
-      this.transport?.peerCommandLevel(id),
-    );
+    this.refuseUnlessMembersApply("deleting by prefix", DELETE_PREFIX_LEVEL);
     const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
     return this.write({ op: "delete-prefix", prefix, limit, keyBytesMax: deletePrefixKeyBytesMax, ...idempotency }).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
@@ -572,6 +578,8 @@ export class KvNode implements KvNodeApi {
    */
   txn(request: TxnRequest, options: Pick<WriteOptions, "idempotencyKey"> = {}): Promise<TxnAnswer> {
     checkTxnRequest(request);
+    const level = txnCommandLevel(request);
+    if (level > 1) this.refuseUnlessMembersApply("comparing by operator in a transaction", level);
     const { compare, success, failure } = request;
     // One that writes nothing in either branch changes nothing however often it runs, so it keeps
     // no session: a session would hold its gets' values (up to 4 MiB) for the idempotency window,

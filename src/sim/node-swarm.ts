@@ -214,7 +214,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
         // The run may have ended while the read was out: no transfer starts after it (seed 1062's did).
         if (fromSeen === undefined || toSeen === undefined || balance === undefined || sim.nowMs >= runMs) return again();
         const amount = prng.intInclusive(0, Math.max(0, balance));
-        void bank.transfer(clientId, sim.leader() ?? target, fromSeen, toSeen, amount).then(again);
+        void bank.transfer(clientId, sim.leader() ?? target, fromSeen, toSeen, amount, prng.chance(0.5)).then(again);
       });
     };
     sim.at(prng.intInclusive(0, 50), next);

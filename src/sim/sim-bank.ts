@@ -85,13 +85,19 @@ export class SimBank {
    * `transferAttemptsMax` times: a retry of one that applied must get its first answer (the session),
    * not "comparisons failed" (the checker's writer rule catches that). Resolves once answered, or
    * given up as unknown (a refusal after an unknown attempt says nothing of that attempt).
+   *
+   * `byOperator`: each comparison is sent as "version below the one read + 1" (`op: "<"`), which
+   * holds exactly when the version is the one read: an account is never deleted, so its version
+   * never goes back.
    */
-  transfer(clientId: number, id: NodeId, from: BankAccountSeen, to: BankAccountSeen, amount: number): Promise<void> {
+  transfer(clientId: number, id: NodeId, from: BankAccountSeen, to: BankAccountSeen, amount: number, byOperator = false): Promise<void> {
     const opId = this.nextId();
     const { compared, writes } = planTransfer(opId, from, to, amount);
     const called: BankOperation = { id: opId, clientId, kind: "transfer", callMs: this.sim.historyTime(), outcome: "unknown", writes, compared };
     const request = {
-      compare: compared.map(({ key, version }) => ({ key, target: "version" as const, version })),
+      compare: compared.map(({ key, version }) =>
+        byOperator ? { key, target: "version" as const, version: version + 1, op: "<" as const } : { key, target: "version" as const, version },
+      ),
       success: writes.map((write) => ({ op: "put" as const, key: write.key, value: utf8.encode(write.value) })),
       failure: [],
     };
