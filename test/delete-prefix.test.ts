@@ -15,6 +15,7 @@ import {
   encodeCommand,
   encodeLeaseCommand,
   leaseKeyPrefix,
+  sessionKeyPrefix,
 } from "../src/kv/command.ts";
 import { changesOf } from "../src/kv/watch-history.ts";
 import { KvError } from "../src/lib/kv-error.ts";
@@ -156,6 +157,11 @@ describe.each(storages)("%s storage", (_name, open) => {
       expect(clientKeys(storage)).toEqual(["k/3"]);
       expect(await apply(deletePrefix("k/", 3, "once"))).toEqual([{ kind: "reused", index: 6 }]);
       expect(clientKeys(storage)).toEqual(["k/3"]);
+      // Kept as a delete's session, a kind 0.8.0 reads (found in review: a kind of its own stopped a
+      // 0.8.0 node that installed an image holding one, at its next idempotent write).
+      const row = JSON.parse(new TextDecoder().decode(storage.get(`${sessionKeyPrefix}once`)?.value)) as Record<string, unknown>;
+      expect(row).toMatchObject({ kind: "delete", version: 4, count: 2, more: true });
+      expect(["put", "delete", "conflict", "txn"]).toContain(row.kind as string);
     } finally {
       storage.close();
     }
@@ -211,6 +217,39 @@ describe("the leader's check that every member applies it", () => {
     expect(await c.drive(leader.deletePrefix("x/", 10))).toEqual({ deleted: 1, more: false, version: expect.any(Number) });
     await c.until(() => [1, 2, 3].every((id) => c.node(id).status().appliedIndex >= leader.status().appliedIndex));
     for (const id of [1, 2, 3]) expect(c.storages.get(id)!.get("x/1")).toBeUndefined();
+  });
+
+  test("while a membership change is not yet applied it waits (conf_change_pending): when asked, and when its turn to be proposed comes (found in review: a member being added was not checked)", async () => {
+    const c = createMemoryCluster();
+    cluster = c;
+    await c.until(() => c.leader() !== undefined);
+    const leader = c.leader()!;
+    await c.drive(leader.put("x/1", bytes("1")));
+    // Queued now (every member said it applies it), proposed at the next turn...
+    const queued = leader.deletePrefix("x/", 10);
+    // ...after a member's addition, proposed at once.
+    const adding = leader.addMember!(4, "mem://peer-4");
+    let refusedNow: unknown;
+    try {
+      leader.deletePrefix("x/", 10);
+    } catch (error) {
+      refusedNow = error;
+    }
+    expect(refusedNow instanceof KvError && refusedNow.code).toBe("conf_change_pending");
+    let refusedLater: unknown;
+    await c.drive(queued).catch((error: unknown) => (refusedLater = error));
+    expect(refusedLater instanceof KvError && refusedLater.code).toBe("conf_change_pending");
+    await c.drive(adding);
+    // Node 4 is a learner now, and has said nothing: refused until it does.
+    let unheard: unknown;
+    try {
+      leader.deletePrefix("x/", 10);
+    } catch (error) {
+      unheard = error;
+    }
+    expect(unheard instanceof KvError && unheard.code).toBe("upgrade_required");
+    expect((unheard as KvError).message).toContain("node 4 has not answered this leader");
+    expect(c.storages.get(leader.status().id)!.get("x/1")).toBeDefined();
   });
 
   test("a follower refuses it not_leader; a reserved prefix or a limit out of range is bad_request", async () => {
@@ -275,6 +314,13 @@ describe("DELETE /kv?prefix= on in-process servers", () => {
       expect(body.message).toContain(words);
     }
     expect((await kv.get("i/1"))?.version).toBeGreaterThan(0);
+  });
+
+  test("the client refuses a prefix with a lone surrogate before sending anything (found in review: it was sent as U+FFFD, deleting other keys)", async () => {
+    const kv = createClient({ endpoints: cluster.nodes.map((n) => url(n.id)) });
+    await kv.put("s\uFFFDx", "v");
+    await expect(kv.deletePrefix("s\uD800")).rejects.toMatchObject({ code: "bad_request" });
+    expect(await kv.get("s\uFFFDx")).not.toBeNull();
   });
 
   test("the client deletes everything under a prefix in as many requests as it takes", async () => {

@@ -49,7 +49,7 @@ function createInbox() {
 function startNode(
   selfId: NodeId,
   peers: Map<NodeId, string>,
-  options: { rpcTimeoutMs?: number; limits?: Partial<ConnectTransportLimits>; log?: (line: string) => void } = {},
+  options: { rpcTimeoutMs?: number; limits?: Partial<ConnectTransportLimits>; log?: (line: string) => void; commandLevel?: number } = {},
 ) {
   const inbox = createInbox();
   const node = createConnectTransport({
@@ -60,6 +60,7 @@ function startNode(
     onMessages: inbox.onMessages,
     rpcTimeoutMs: options.rpcTimeoutMs ?? 30_000,
     ...(options.limits === undefined ? {} : { limits: options.limits }),
+    ...(options.commandLevel === undefined ? {} : { commandLevel: options.commandLevel }),
     log: options.log ?? (() => {}),
   });
   cleanups.push(() => node.transport.close());
@@ -194,6 +195,28 @@ describe("connect transport over loopback", () => {
     await until(() => a.transport.peerHttpUrl(2) !== undefined, "a to hear b's URL in b's answer");
     expect(a.transport.peerHttpUrl(2)).toBe("http://127.0.0.1:9002");
     expect(b.stats()).toEqual([]);
+  });
+
+  test("learns the command level a peer applies from its calls and from the answers to ours (1 when it does not say); forgotten when told, until it says again", async () => {
+    const a = startNode(1, new Map(), { commandLevel: 2 });
+    const b = startNode(2, new Map([[1, peerUrl(a.port)]]), { commandLevel: 3 });
+    a.peers.set(2, peerUrl(b.port));
+    const silent = startNode(3, new Map([[1, peerUrl(a.port)]]));
+    expect(a.transport.peerCommandLevel(2)).toBeUndefined();
+    // An answer: b's level, in the answer to a's call.
+    a.transport.send([heartbeat(1, 2, 1)]);
+    await b.inbox.until(() => b.inbox.deliveries.length === 1);
+    expect(b.transport.peerCommandLevel(1)).toBe(2);
+    b.transport.flush();
+    await until(() => a.transport.peerCommandLevel(2) !== undefined, "a to hear b's level in b's answer");
+    expect(a.transport.peerCommandLevel(2)).toBe(3);
+    a.transport.forgetPeerCommandLevel(2);
+    expect(a.transport.peerCommandLevel(2)).toBeUndefined();
+    // A call: b's level again; a node that says nothing (a release before 0.9.0) applies level 1.
+    b.transport.send([heartbeat(2, 1, 1)]);
+    silent.transport.send([heartbeat(3, 1, 1)]);
+    await a.inbox.until(() => a.inbox.deliveries.length === 2);
+    expect([a.transport.peerCommandLevel(2), a.transport.peerCommandLevel(3)]).toEqual([3, 1]);
   });
 
   test("a dead peer and a silent peer do not delay delivery to a live peer", async () => {

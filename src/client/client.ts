@@ -443,6 +443,9 @@ export function createClient(options: ClientOptions): KvClient {
     },
 
     async deletePrefix(prefix, opts = {}) {
+      // URLSearchParams would send a lone surrogate as U+FFFD, and delete under another prefix.
+      if (!prefix.isWellFormed()) throw badOption("the prefix holds a lone UTF-16 surrogate: it is not UTF-8, and no key starts with it");
+      if (opts.limit !== undefined && !(Number.isSafeInteger(opts.limit) && opts.limit >= 1 && opts.limit <= 10_000)) throw badOption(`limit must be 1 to 10000, got ${opts.limit}`);
       let deleted = 0;
       let requests = 0;
       for (;;) {
@@ -567,6 +570,8 @@ export function createClient(options: ClientOptions): KvClient {
     const pageSize = opts.pageSize ?? PAGE_SIZE_MAX;
     if (!(limit >= 1)) throw badOption(`limit must be at least 1, got ${limit}`);
     if (!Number.isSafeInteger(pageSize) || pageSize < 1 || pageSize > PAGE_SIZE_MAX) throw badOption(`pageSize must be 1 to ${PAGE_SIZE_MAX}, got ${pageSize}`);
+    // URLSearchParams would send a lone surrogate as U+FFFD, and list another prefix.
+    if (!prefix.isWellFormed() || (opts.after !== undefined && !opts.after.isWellFormed())) throw badOption("the prefix or 'after' holds a lone UTF-16 surrogate: it is not UTF-8");
     let after = opts.after;
     let seen = 0;
     while (seen < limit) {

@@ -312,7 +312,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     // `GET /kv?prefix=` lists; `/kv/` (the router folds the slash) names the empty key: a 400 from decodeKvKey.
     .get("/kv", route(listRoute), { ...raw, query: listQuery, detail: routeDocs.list })
     .head("/kv", route(listRoute), { ...raw, query: listQuery })
-    .delete("/kv", route(deletePrefixRoute), { ...raw, query: deletePrefixQuery, detail: routeDocs.deletePrefix })
+    .delete("/kv", route(deletePrefixRoute), { ...raw, query: deletePrefixQuery, headers: idempotencyHeaders, detail: routeDocs.deletePrefix })
     .get("/status", route(statusRoute), { ...raw, detail: routeDocs.status })
     .head("/status", route(statusRoute), raw)
     .get("/health", route(healthRoute), { ...raw, detail: routeDocs.health })

@@ -55,10 +55,13 @@ export const listQuery = t.Object(
 /** `DELETE /kv?prefix=P[&limit=N]`: delete the keys under a prefix. */
 export const deletePrefixQuery = t.Object(
   {
-    prefix: t.Optional(t.String({ description: "Delete the keys starting with this; required (empty: every key)" })),
+    prefix: t.String({
+      description: "Delete the keys starting with this (empty: every key)",
+      error: "DELETE /kv needs ?prefix=P: it deletes the keys starting with P (?prefix= with nothing after it: every key); delete one key with DELETE /kv/{key}",
+    }),
     limit: t.Optional(
       t.String({
-        pattern: "^[1-9][0-9]{0,4}$",
+        pattern: "^([1-9][0-9]{0,3}|10000)$",
         description: `Most keys deleted, 1 to ${deletePrefixKeysMax} (default ${deletePrefixKeysMax}), the first in key order`,
         error: `limit must be a whole number from 1 to ${deletePrefixKeysMax}`,
       }),

@@ -259,10 +259,14 @@ export const sessionClockKey = sessionKeyPrefix;
 
 /** A session as stored: the first answer, and (after 0.1.0) the request's fingerprint and time. */
 interface SessionRecord extends Partial<TxnSessionFields> {
-  readonly kind: "put" | "delete" | "conflict" | "txn" | "delete-prefix";
+  readonly kind: "put" | "delete" | "conflict" | "txn";
   readonly version: number;
   readonly deleted?: boolean;
-  /** A delete-prefix's: how many keys it deleted, and whether keys under the prefix were left. */
+  /**
+   * A delete-prefix's (kept as kind `delete`, which 0.8.0's sessions know: a 0.8.0 node that
+   * installs an image holding one, or opens this data dir, goes on; its fingerprint matches none of
+   * that release's requests): how many keys it deleted, and whether keys under the prefix were left.
+   */
   readonly count?: number;
   readonly more?: boolean;
   /** `StepSession.fingerprint` of the first request; absent in sessions 0.1.0 made. */
@@ -409,7 +413,7 @@ export function executeWrite(step: WriteStep, table: KvTable): ApplyResult {
   // Time starts with the first stamp: until then (0.1.0 leaders only) sessions count in entries.
   const atMs = stamp !== undefined || clock.nowMs > 0 ? clock.nowMs : undefined;
   const record: SessionRecord = {
-    kind: result.kind,
+    kind: result.kind === "delete-prefix" ? "delete" : result.kind,
     version: result.version,
     ...(result.kind === "delete" ? { deleted: result.deleted } : {}),
     ...(result.kind === "delete-prefix" ? { count: result.deleted, more: result.more } : {}),
@@ -454,8 +458,8 @@ function forgetExpiredSessions(table: KvTable, clock: SessionClock, index: numbe
 
 function parseSession(value: Uint8Array): SessionRecord {
   const record = JSON.parse(textDecoder.decode(value)) as SessionRecord;
-  assert(["put", "delete", "conflict", "txn", "delete-prefix"].includes(record.kind) && Number.isSafeInteger(record.version), "session row invalid");
-  assert(record.kind !== "delete-prefix" || (Number.isSafeInteger(record.count) && typeof record.more === "boolean"), "delete-prefix session row invalid");
+  assert(["put", "delete", "conflict", "txn"].includes(record.kind) && Number.isSafeInteger(record.version), "session row invalid");
+  assert(record.count === undefined || (record.kind === "delete" && Number.isSafeInteger(record.count) && typeof record.more === "boolean"), "delete-prefix session row invalid");
   return record;
 }
 
@@ -489,13 +493,12 @@ function answerOf(record: SessionRecord, index: number): ApplyResult {
     case "put":
       return { kind: "put", index, version: record.version };
     case "delete":
+      if (record.count !== undefined) return { kind: "delete-prefix", index, version: record.version, deleted: record.count, more: record.more === true, deletedKeys: [] };
       return { kind: "delete", index, deleted: record.deleted === true, version: record.version };
     case "conflict":
       return { kind: "conflict", index, version: record.version };
     case "txn":
       return { kind: "txn", index, ...txnAnswerOfSession(record, record.version) };
-    case "delete-prefix":
-      return { kind: "delete-prefix", index, version: record.version, deleted: record.count ?? 0, more: record.more === true, deletedKeys: [] };
     default:
       return unreachable(record.kind, "session of an unknown kind");
   }

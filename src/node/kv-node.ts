@@ -547,8 +547,28 @@ export class KvNode implements KvNodeApi {
    */
   private refuseUnlessMembersApply(what: string, level: number): void {
     this.refuseWriteUnlessLeader();
+    // A member being added is not in the configuration yet, and may be of an older release.
+    if (this.raw.confChangePending()) {
+      throw new KvError("conf_change_pending", `${what} waits for the membership change in progress to apply (a member being added must say it runs a release that applies it); retry once it is`, { retryAfterS: 1 });
+    }
     const status = this.raw.basicStatus();
     refuseBelowLevel(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id));
+  }
+
+  /**
+   * The check a write of a command only some members apply makes again when it is proposed (see
+   * `QueuedWrite.check`): a membership change may have been proposed since it was queued.
+   */
+  private membersApplyCheck(what: string, level: number): () => KvError | undefined {
+    return () => {
+      try {
+        this.refuseUnlessMembersApply(what, level);
+        return undefined;
+      } catch (error: unknown) {
+        if (error instanceof KvError) return error;
+        throw error;
+      }
+    };
   }
 
   /**
@@ -562,7 +582,7 @@ export class KvNode implements KvNodeApi {
     checkClientKey(prefix);
     this.refuseUnlessMembersApply("deleting by prefix", DELETE_PREFIX_LEVEL);
     const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
-    return this.write({ op: "delete-prefix", prefix, limit, keyBytesMax: deletePrefixKeyBytesMax, ...idempotency }).then((result) => {
+    return this.write({ op: "delete-prefix", prefix, limit, keyBytesMax: deletePrefixKeyBytesMax, ...idempotency }, this.membersApplyCheck("deleting by prefix", DELETE_PREFIX_LEVEL)).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       assert(result.kind === "delete-prefix", `delete-prefix applied as ${result.kind}`);
       return { deleted: result.deleted, more: result.more, version: result.version };
@@ -597,7 +617,8 @@ export class KvNode implements KvNodeApi {
         new KvError("too_large", `the transaction's gets would return about ${getBytes} bytes, more than the ${txnSessionGetBytesMax} one answer may carry: nothing was proposed; read large values with GET /kv/{key}`),
       );
     }
-    return this.write({ op: "txn", compare, success, failure, ...idempotency }).then((result) => {
+    const check = level > 1 ? this.membersApplyCheck("comparing by operator in a transaction", level) : undefined;
+    return this.write({ op: "txn", compare, success, failure, ...idempotency }, check).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       // The branch taken puts on a lease that does not exist when the entry applies: nothing applied.
       if (result.kind === "lease-not-found") throw leaseNotFound(result.id ?? 0, true);
@@ -974,7 +995,7 @@ export class KvNode implements KvNodeApi {
     this.refuseWhenFull();
   }
 
-  private write(command: Command): Promise<ApplyResult> {
+  private write(command: Command, check?: () => KvError | undefined): Promise<ApplyResult> {
     if (command.op === "delete-prefix") checkClientKey(command.prefix);
     else if (command.op !== "txn") checkClientKey(command.key); // a transaction's keys: checkTxnRequest
     const idem = command.idempotencyKey;
@@ -1000,7 +1021,7 @@ export class KvNode implements KvNodeApi {
     const data = encodeCommand(stamped);
     // Its value lands in the state machine (the log is not counted): counted until measured.
     this.bytesProposedSinceMeasure += data.byteLength;
-    const applied = this.proposals.enqueue(data, this.deadline());
+    const applied = this.proposals.enqueue(data, this.deadline(), check);
     this.scheduleTurn();
     return applied;
   }
@@ -1311,8 +1332,11 @@ export class KvNode implements KvNodeApi {
       const entry = entries[i]!;
       this.leases.applied(result);
       this.membership.entryApplied(entry);
-      if (result.kind === "conf-change") this.membership.changeApplied(result, entry.term);
-      else this.proposals.settle(result, entry.term);
+      if (result.kind === "conf-change") {
+        // An id added (again) or removed: what an earlier process of it said of its release no longer counts.
+        if (result.change.type !== "promote") this.transport?.forgetPeerCommandLevel(result.change.nodeId);
+        this.membership.changeApplied(result, entry.term);
+      } else this.proposals.settle(result, entry.term);
     });
   }
 

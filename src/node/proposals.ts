@@ -32,6 +32,11 @@ export const pendingBytesMax = 8 << 20;
 /** A write waiting for the next turn to be proposed. */
 interface QueuedWrite extends Waiter<ApplyResult> {
   readonly data: Uint8Array;
+  /**
+   * Asked right before the write is handed to the core: an error refuses it then, nothing
+   * proposed (a command only some members apply: what they said may have changed since it queued).
+   */
+  readonly check?: () => KvError | undefined;
 }
 
 /**
@@ -63,10 +68,10 @@ export class Proposals {
     return this.queued.length + this.pending.size;
   }
 
-  /** A write carrying `data` (an encoded command), settled when its entry applies. */
-  enqueue(data: Uint8Array, deadlineMs: number): Promise<ApplyResult> {
+  /** A write carrying `data` (an encoded command), settled when its entry applies; `check` as `QueuedWrite.check`. */
+  enqueue(data: Uint8Array, deadlineMs: number, check?: () => KvError | undefined): Promise<ApplyResult> {
     return new Promise<ApplyResult>((resolve, reject) => {
-      this.queued.push({ resolve, reject, deadlineMs, data });
+      this.queued.push({ resolve, reject, deadlineMs, data, ...(check === undefined ? {} : { check }) });
     });
   }
 
@@ -78,6 +83,14 @@ export class Proposals {
   proposeQueued(raw: RawNode, refusal: (error: ProposalRefusedError) => KvError): void {
     // Nothing queued, or held back by what is pending: the applies that settle it run turns of their own.
     if (!this.canProposeQueued()) return;
+    if (this.queued.some((write) => write.check !== undefined)) {
+      this.queued = this.queued.filter((write) => {
+        const refused = write.check?.();
+        if (refused !== undefined) write.reject(refused);
+        return refused === undefined;
+      });
+      if (this.queued.length === 0) return;
+    }
     const budget = this.budget();
     let taken = 0;
     let bytes = 0;

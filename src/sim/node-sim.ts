@@ -580,7 +580,7 @@ export class NodeSim {
    */
   private checkAppliedOnce(id: NodeId, entries: readonly Entry[], results: readonly ApplyResult[]): void {
     results.forEach((result, i) => {
-      if (result.kind !== "put" && result.kind !== "delete") return;
+      if (result.kind !== "put" && result.kind !== "delete" && result.kind !== "delete-prefix") return;
       const command = decodeCommand((entries[i] as Entry).data);
       if (command.idempotencyKey === undefined) return;
       const before = this.idempotentChanges.get(command.idempotencyKey);

@@ -223,6 +223,7 @@ export class SimNetwork {
       },
       peerHttpUrl: (peer) => peerHttpUrls.get(peer),
       peerCommandLevel: (peer) => peerCommandLevels.get(peer),
+      forgetPeerCommandLevel: (peer) => void peerCommandLevels.delete(peer),
       close: async () => {
         if (this.endpoints.get(id) === endpoint) this.disconnectProcess(id);
       },

@@ -521,6 +521,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     peerCommandLevel(id: NodeId): number | undefined {
       return peerCommandLevels.get(id);
     },
+    forgetPeerCommandLevel(id: NodeId): void {
+      peerCommandLevels.delete(id);
+    },
     close(): Promise<void> {
       if (closing === undefined) {
         closed = true;

@@ -54,7 +54,9 @@ export class MemoryNetwork {
       flush: () => {},
       callsArrived: () => 0,
       peerHttpUrl: (peer) => this.handlers.get(peer)?.httpUrl,
+      // Each node's level is its transport's, read when asked: nothing said earlier is kept to forget.
       peerCommandLevel: (peer) => this.handlers.get(peer)?.commandLevel,
+      forgetPeerCommandLevel: () => {},
       close: async () => {
         this.handlers.delete(id);
       },

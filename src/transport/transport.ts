@@ -38,6 +38,8 @@ export interface Transport {
    * that does not say: a release before 0.9.0); undefined before it said anything to this server.
    */
   peerCommandLevel(id: NodeId): number | undefined;
+  /** Forgets what peer `id` said of its command level (it was added again, or removed): undefined until it says again. */
+  forgetPeerCommandLevel(id: NodeId): void;
   /** Stops serving and sending; resolves once the listener is closed and calls in flight are over. */
   close(): Promise<void>;
 }
