@@ -21,6 +21,7 @@ export {
   type DeletePrefixResult,
   type DeleteResult,
   type GetOptions,
+  type KeyPage,
   type KvClient,
   type ListOptions,
   type ListPage,

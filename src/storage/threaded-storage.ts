@@ -509,9 +509,9 @@ export class ThreadedStorage implements KvStorage {
   }
 
   /** See `KvStorage.list`, as committed now. */
-  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[] {
+  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number, keysOnly?: boolean): ListedValue[] {
     this.assertOpen();
-    return this.reads.list(prefix, after, limit, bytesMax);
+    return this.reads.list(prefix, after, limit, bytesMax, keysOnly);
   }
 
   /** See `KvStorage.openImage`: an image of the state machine as committed now, on its own connection. */
