@@ -62,6 +62,29 @@ test("kv del PREFIX --prefix deletes every key under it and says how many, exit 
   expect(misused.err).toContain("--prefix takes neither");
 });
 
+test("kv del --prefix that fails midway says how many keys went before, and to run it again, not to resend under a key it refuses (found in a black-box review)", async () => {
+  // A node that deletes a first batch, then times out on every later one.
+  let calls = 0;
+  const server = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    fetch() {
+      calls++;
+      if (calls === 1) return Response.json({ deleted: 1000, more: true, version: 5 });
+      return Response.json({ error: "timeout", message: "not known to be committed in time" }, { status: 503 });
+    },
+  });
+  try {
+    const failed = await kv(["del", "p/", "--prefix", "--timeout-ms", "1500", "--endpoints", `http://127.0.0.1:${server.port}`]);
+    expect(failed.code).toBe(3);
+    expect(failed.err).toContain('1000 keys under "p/" deleted before this');
+    expect(failed.err).toContain("run the command again to delete the rest");
+    expect(failed.err).not.toContain("--idempotency-key");
+  } finally {
+    server.stop(true);
+  }
+});
+
 test("put - reads the value from standard input, bytes intact", async () => {
   expect((await kv(["put", "from-stdin", "-", "--endpoints", endpoints], "line one\nline two\n")).code).toBe(0);
   expect((await kv(["get", "from-stdin", "--endpoints", endpoints])).out).toBe("line one\nline two\n");

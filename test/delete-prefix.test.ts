@@ -18,6 +18,9 @@ import {
   sessionKeyPrefix,
 } from "../src/kv/command.ts";
 import { changesOf } from "../src/kv/watch-history.ts";
+import { createHttpApp } from "../src/http/app.ts";
+import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
+import { defaultWatch } from "../src/node/watch.ts";
 import { KvError } from "../src/lib/kv-error.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import type { KvStorage } from "../src/storage/kv-storage.ts";
@@ -303,6 +306,8 @@ describe("DELETE /kv?prefix= on in-process servers", () => {
     expect(await second.json()).toEqual({ deleted: 1, more: false, version: expect.any(Number) });
     for (const [query, code, words] of [
       ["", "bad_request", "needs ?prefix="],
+      ["?prefix", "bad_request", "?prefix without '='"],
+      ["?limit=1&prefix", "bad_request", "?prefix without '='"],
       ["?prefix=h/&limit=0", "bad_request", "limit must be"],
       ["?prefix=h/&limit=10001", "bad_request", "limit must be"],
       ["?prefix=h/&ifVersion=1", "bad_request", "ifVersion"],
@@ -326,12 +331,25 @@ describe("DELETE /kv?prefix= on in-process servers", () => {
   test("the client deletes everything under a prefix in as many requests as it takes", async () => {
     const kv = createClient({ endpoints: cluster.nodes.map((n) => url(n.id)) });
     for (let i = 0; i < 5; i++) await kv.put(`c/${i}`, "v");
-    const result = await kv.deletePrefix("c/", { limit: 2 });
+    const progress: number[] = [];
+    const result = await kv.deletePrefix("c/", { limit: 2, onProgress: (deleted) => progress.push(deleted) });
     expect(result).toEqual({ deleted: 5, version: expect.any(Number), requests: 3 });
+    expect(progress).toEqual([2, 4, 5]);
     const left = [];
     for await (const page of kv.list("c/")) left.push(...page.items);
     expect(left).toEqual([]);
   });
+});
+
+test("without a limit a request deletes 1,000 keys, well under the changes a watch stream may have waiting (found in a black-box review: 10,000 at once ended streams with slow_watcher)", async () => {
+  const node = new MemoryKvNode();
+  const app = createHttpApp(node);
+  for (let i = 0; i < 1_001; i++) await node.put(`m/${String(i).padStart(4, "0")}`, bytes("v"));
+  const first = await app.handle(new Request("http://localhost/kv?prefix=m/", { method: "DELETE" }));
+  expect(await first.json()).toEqual({ deleted: 1_000, more: true, version: expect.any(Number) });
+  expect(defaultWatch.bufferEventsMax).toBeGreaterThanOrEqual(10 * 1_000);
+  const second = await app.handle(new Request("http://localhost/kv?prefix=m/", { method: "DELETE" }));
+  expect(await second.json()).toEqual({ deleted: 1, more: false, version: expect.any(Number) });
 });
 
 describe("DELETE /kv?prefix= with a member that says it runs an older release", () => {

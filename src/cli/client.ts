@@ -280,7 +280,7 @@ const delCommand = defineCommand({
     prefix: {
       type: "boolean",
       description:
-        "Delete every key starting with KEY, 10,000 at a time, each batch at one version; prints how many went and exits 0, whether or not any were there. Needs every member on 0.9.0 or later",
+        "Delete every key starting with KEY, 1,000 at a time, each batch at one version; prints how many went and exits 0, whether or not any were there (on a failure midway, how many went before it: run it again for the rest). Needs every member on 0.9.0 or later",
     },
     ...ifVersionArg,
     ...idempotencyKeyArg,
@@ -293,7 +293,25 @@ const delCommand = defineCommand({
         throw new UsageError("--prefix takes neither --if-version nor --idempotency-key (each batch is sent under a key of its own)");
       }
       const prefix = args.key;
-      const result = await call(() => conn.client.deletePrefix(prefix));
+      let deletedSoFar = 0;
+      let result: Awaited<ReturnType<typeof conn.client.deletePrefix>>;
+      try {
+        result = await conn.client.deletePrefix(prefix, { onProgress: (deleted) => (deletedSoFar = deleted) });
+      } catch (error) {
+        // Say what went before the failure, and that running the command again is the way on: a
+        // batch whose outcome is unknown needs no resending (found in a black-box review: the
+        // advice was an --idempotency-key that --prefix refuses, and nothing said 20,000 keys had gone).
+        try {
+          exitFor(error);
+        } catch (exit) {
+          if (!(exit instanceof ClientExit)) throw exit;
+          const message = exit.message.replace(/ \(kv: --idempotency-key [^)]*\)$/, "");
+          throw new ClientExit(
+            exit.exitCode,
+            `${message}\nkv: ${deletedSoFar} ${deletedSoFar === 1 ? "key" : "keys"} under ${JSON.stringify(prefix)} deleted before this (besides any of a batch whose outcome is unknown); run the command again to delete the rest`,
+          );
+        }
+      }
       print(conn, { prefix, deleted: result.deleted, version: result.version }, `deleted ${result.deleted} ${result.deleted === 1 ? "key" : "keys"} under ${JSON.stringify(prefix)}`);
       return;
     }

@@ -64,8 +64,10 @@ export interface DeleteOptions {
 
 /** Options of `deletePrefix`. */
 export interface DeletePrefixOptions {
-  /** Keys deleted per request, 1 to 10,000 (default 10,000): each request's keys go at one version. */
+  /** Keys deleted per request, 1 to 10,000 (default: the node's, 1,000): each request's keys go at one version. */
   readonly limit?: number;
+  /** Told after each request: keys deleted so far in all, and that request's version. */
+  readonly onProgress?: (deleted: number, version: number) => void;
 }
 
 /** What `deletePrefix` did: keys deleted in all, the version of its last request, and how many requests it took. */
@@ -271,7 +273,9 @@ export interface KvClient {
   /**
    * Deletes every key that starts with `prefix` (`""`: every key): `DELETE /kv?prefix=` again
    * until no key under it is left, each request deleting up to `limit` keys at one version (a
-   * watch sees each key's delete). Keys written under the prefix meanwhile may be deleted too.
+   * watch sees each key's delete). Keys written under the prefix meanwhile may be deleted too. A
+   * failure midway leaves the keys deleted so far deleted (`onProgress` counts them): calling it
+   * again deletes the rest.
    * `upgrade_required` until every member runs 0.9.0 or later.
    */
   deletePrefix(prefix: string, options?: DeletePrefixOptions): Promise<DeletePrefixResult>;
@@ -470,6 +474,7 @@ export function createClient(options: ClientOptions): KvClient {
         const version = numberField(result.version, answer);
         if (typeof result.deleted !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a delete by prefix without a count`);
         deleted += result.deleted;
+        opts.onProgress?.(deleted, version);
         if (result.more !== true) return { deleted, version, requests };
       }
     },

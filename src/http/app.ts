@@ -1,7 +1,7 @@
 import { type AnyElysia, Elysia, ValidationError } from "elysia";
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
-import { deletePrefixKeysMax } from "../kv/command.ts";
+import { deletePrefixKeysDefault } from "../kv/command.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
@@ -195,6 +195,10 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     const deletePrefix = node.deletePrefix?.bind(node);
     if (deletePrefix === undefined) throw new KvError("method_not_allowed", "DELETE /kv is not served by this node", {});
     // Unknown parameters were refused by the route's schema (deletePrefixQuery, openapi.ts).
+    // `?prefix` without `=` reads as the empty prefix, every key: a wipe one typo away (found in a black-box review).
+    if (search.slice(1).split("&").includes("prefix")) {
+      throw new KvError("bad_request", "?prefix without '=' names no prefix: write ?prefix=P, or ?prefix= (with '=') to delete every key");
+    }
     const query = parseQueryStrictly(search);
     const prefix = singleParam(query, "prefix");
     if (prefix === null) {
@@ -202,7 +206,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     }
     if (new TextEncoder().encode(prefix).byteLength > KEY_BYTES_MAX_LIMIT) throw new KvError("too_large", `prefix is longer than ${KEY_BYTES_MAX_LIMIT} bytes`);
     const limitText = singleParam(query, "limit");
-    const limit = limitText === null ? deletePrefixKeysMax : Number(limitText);
+    const limit = limitText === null ? deletePrefixKeysDefault : Number(limitText);
     await refuseBody(request, "DELETE /kv", opts.bodyReadTimeoutMs);
     const answer = await deletePrefix(prefix, limit, parseWriteOptions(undefined, request));
     return jsonResponse({ deleted: answer.deleted, more: answer.more, version: answer.version }, 200);

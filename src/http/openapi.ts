@@ -21,7 +21,7 @@
  */
 import { toOpenAPISchema } from "@elysiajs/openapi";
 import { t, type AnyElysia, type DocumentDecoration } from "elysia";
-import { deletePrefixKeysMax, idempotencyKeyBytesMax } from "../kv/command.ts";
+import { deletePrefixKeysDefault, deletePrefixKeysMax, idempotencyKeyBytesMax } from "../kv/command.ts";
 import { leaseTtlMsMax } from "../kv/leases.ts";
 import { txnOperationsMax } from "../kv/txn.ts";
 import packageJson from "../../package.json" with { type: "json" };
@@ -69,7 +69,7 @@ export const deletePrefixQuery = t.Object(
     limit: t.Optional(
       t.String({
         pattern: "^([1-9][0-9]{0,3}|10000)$",
-        description: `Most keys deleted, 1 to ${deletePrefixKeysMax} (default ${deletePrefixKeysMax}), the first in key order`,
+        description: `Most keys deleted, 1 to ${deletePrefixKeysMax} (default ${deletePrefixKeysDefault}), the first in key order; fewer when their keys pass 4 MiB (then more is true)`,
         error: `limit must be a whole number from 1 to ${deletePrefixKeysMax}`,
       }),
     ),

@@ -65,6 +65,13 @@ const opDeletePrefix = 0x0b;
  * batch each, on the storage's thread and then on the loop's, which must keep ticking.
  */
 export const deletePrefixKeysMax = 10_000;
+/**
+ * Keys one delete-prefix deletes when its request names no limit: a tenth of `deletePrefixKeysMax`,
+ * so one entry's deletes stay well under what a watch stream may have waiting (10,000 changes, src/node/watch.ts),
+ * where a node applying a batch of 10,000 at once ended its streams with slow_watcher (found in a
+ * black-box review).
+ */
+export const deletePrefixKeysDefault = 1_000;
 /** The bytes of keys a leader lets one delete-prefix entry delete (past the key that reaches them, the rest wait: `more`). */
 export const deletePrefixKeyBytesMax = 4 * 1024 * 1024;
 /**

@@ -89,7 +89,7 @@ function checkClientKey(key: string): void {
 function idempotencyKeyReused(idempotencyKey: string | undefined): KvError {
   return new KvError(
     "idempotency_key_reused",
-    `Idempotency-Key ${JSON.stringify(idempotencyKey)} was first sent with another request (another method, key, value, ifVersion, lease or transaction): nothing was written; send a new request under a new key`,
+    `Idempotency-Key ${JSON.stringify(idempotencyKey)} was first sent with another request (another method, key, value, ifVersion, lease, prefix, limit or transaction): nothing was written; send a new request under a new key`,
   );
 }
 
