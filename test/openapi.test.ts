@@ -95,7 +95,7 @@ test("every route of the client API is there, /watch, /leases, /txn and /snapsho
   );
   const names = (path: string, method: string) => (documented[path]?.[method]?.parameters ?? []).map((p) => `${p.in}:${p.name}`).sort();
   expect(names("/kv/{key}", "put")).toEqual(["header:Idempotency-Key", "path:key", "query:ifVersion", "query:lease"]);
-  expect(names("/kv", "get")).toEqual(["query:after", "query:consistency", "query:keysOnly", "query:limit", "query:prefix"]);
+  expect(names("/kv", "get")).toEqual(["query:after", "query:consistency", "query:limit", "query:prefix"]);
   expect(names("/kv", "delete")).toEqual(["header:idempotency-key", "query:limit", "query:prefix"]);
   expect(names("/watch", "get")).toEqual(["header:last-event-id", "query:fromVersion", "query:key", "query:prefix"]);
   expect(names("/leases/{id}/keepalive", "post")).toEqual(["path:id"]);

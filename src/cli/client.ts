@@ -337,29 +337,18 @@ const listCommand = defineCommand({
     const conn = connection(args);
     const limit = args.limit === undefined ? Number.POSITIVE_INFINITY : parseIntFlag("limit", args.limit, 1, 1_000_000_000);
     const mode = consistency(args.consistency);
-    const keysOnly = args["keys-only"] === true;
-    const options = { limit, ...(mode === undefined ? {} : { consistency: mode }) };
-    if (keysOnly) {
-      // The values are neither read nor sent (GET /kv?keysOnly=true).
-      const keys: { key: string; version: number }[] = [];
-      await call(async () => {
-        for await (const page of conn.client.listKeys(args.prefix ?? "", options)) keys.push(...page.items);
-      });
-      if (conn.json) print(conn, keys, "");
-      else for (const item of keys) printLine(item.key);
-      return;
-    }
     const items: { key: string; value: string | { base64: string }; version: number }[] = [];
     await call(async () => {
-      for await (const page of conn.client.list(args.prefix ?? "", options)) {
+      for await (const page of conn.client.list(args.prefix ?? "", { limit, ...(mode === undefined ? {} : { consistency: mode }) })) {
         for (const item of page.items) items.push({ key: item.key, value: jsonValue(item.bytes), version: item.version });
       }
     });
+    const keysOnly = args["keys-only"] === true;
     if (conn.json) {
-      print(conn, items, "");
+      print(conn, keysOnly ? items.map(({ key, version }) => ({ key, version })) : items, "");
       return;
     }
-    for (const item of items) printLine(`${item.key}\t${typeof item.value === "string" ? item.value : `base64:${item.value.base64}`}`);
+    for (const item of items) printLine(keysOnly ? item.key : `${item.key}\t${typeof item.value === "string" ? item.value : `base64:${item.value.base64}`}`);
   },
 });
 

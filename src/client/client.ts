@@ -107,11 +107,6 @@ export interface ListPage {
   readonly items: readonly KvEntry[];
 }
 
-/** One page of a keys-only listing (`listKeys`), in key order. */
-export interface KeyPage {
-  readonly items: readonly { readonly key: string; readonly version: number }[];
-}
-
 /** A member as `/status` and `/members` describe it. */
 export interface Member {
   readonly id: number;
@@ -284,8 +279,6 @@ export interface KvClient {
    * `for await (const page of client.list("user/")) for (const item of page.items) ...`.
    */
   list(prefix?: string, options?: ListOptions): AsyncIterableIterator<ListPage>;
-  /** As `list`, keys and versions only: the values are neither read nor sent (etcd's keys_only). */
-  listKeys(prefix?: string, options?: ListOptions): AsyncIterableIterator<KeyPage>;
   /** Runs a transaction (`POST /txn`). */
   txn(request: TxnRequest): Promise<TxnResult>;
   /**
@@ -480,11 +473,7 @@ export function createClient(options: ClientOptions): KvClient {
     },
 
     list(prefix = "", opts = {}) {
-      return listPages(prefix, opts, false);
-    },
-
-    listKeys(prefix = "", opts = {}) {
-      return listPages(prefix, opts, true);
+      return listPages(prefix, opts);
     },
 
     async txn(request) {
@@ -581,9 +570,7 @@ export function createClient(options: ClientOptions): KvClient {
     watch: (selector, watchOptions) => client.watch(selector, watchOptions),
   };
 
-  function listPages(prefix: string, opts: ListOptions, keysOnly: false): AsyncIterableIterator<ListPage>;
-  function listPages(prefix: string, opts: ListOptions, keysOnly: true): AsyncIterableIterator<KeyPage>;
-  async function* listPages(prefix: string, opts: ListOptions, keysOnly: boolean): AsyncIterableIterator<ListPage | KeyPage> {
+  async function* listPages(prefix: string, opts: ListOptions): AsyncIterableIterator<ListPage> {
     const limit = opts.limit ?? Number.POSITIVE_INFINITY;
     const pageSize = opts.pageSize ?? PAGE_SIZE_MAX;
     if (!(limit >= 1)) throw badOption(`limit must be at least 1, got ${limit}`);
@@ -593,11 +580,11 @@ export function createClient(options: ClientOptions): KvClient {
     let after = opts.after;
     let seen = 0;
     while (seen < limit) {
-      const path = `/kv${query({ prefix, limit: Math.min(pageSize, limit - seen), after, consistency: opts.consistency, keysOnly: keysOnly ? "true" : undefined })}`;
+      const path = `/kv${query({ prefix, limit: Math.min(pageSize, limit - seen), after, consistency: opts.consistency })}`;
       const answer = await transport.send({ method: "GET", path, safety: "read" });
       const page = json<{ items?: unknown; more?: unknown }>(answer);
       if (!Array.isArray(page.items)) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a listing without items`);
-      const items = page.items.map((raw) => (keysOnly ? keyOf(raw, answer) : entryOf(raw, answer)));
+      const items = page.items.map((raw) => entryOf(raw, answer));
       seen += items.length;
       if (items.length > 0) yield { items };
       const last = items[items.length - 1];
@@ -645,14 +632,6 @@ function entryOf(raw: unknown, answer: Answer): KvEntry {
     throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered an item without key, value and version`);
   }
   return makeEntry(item.key, item.version, bytes);
-}
-
-function keyOf(raw: unknown, answer: Answer): { key: string; version: number } {
-  const item = raw as { key?: unknown; version?: unknown } | null;
-  if (item === null || typeof item.key !== "string" || typeof item.version !== "number") {
-    throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered an item without key and version`);
-  }
-  return { key: item.key, version: item.version };
 }
 
 function txnValueJson(value: TxnValue): JsonValue {

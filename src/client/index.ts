@@ -21,7 +21,6 @@ export {
   type DeletePrefixResult,
   type DeleteResult,
   type GetOptions,
-  type KeyPage,
   type KvClient,
   type ListOptions,
   type ListPage,

@@ -171,14 +171,11 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     const prefix = singleParam(query, "prefix") ?? "";
     const after = singleParam(query, "after") ?? undefined;
     const limit = parsePageLimit(singleParam(query, "limit"));
-    const keysOnly = singleParam(query, "keysOnly") === "true";
     for (const [name, value] of [["prefix", prefix], ["after", after ?? ""]] as const) {
       if (new TextEncoder().encode(value).byteLength > KEY_BYTES_MAX_LIMIT) throw new KvError("too_large", `${name} is longer than ${KEY_BYTES_MAX_LIMIT} bytes`);
     }
-    const found = await node.list(prefix, after, limit + 1, parseConsistency(search), listPageBytesMax, keysOnly);
-    const items = found
-      .slice(0, limit)
-      .map((item) => (keysOnly ? { key: item.key, version: item.version } : { key: item.key, value: jsonValue(item.value), version: item.version }));
+    const found = await node.list(prefix, after, limit + 1, parseConsistency(search), listPageBytesMax);
+    const items = found.slice(0, limit).map((item) => ({ key: item.key, value: jsonValue(item.value), version: item.version }));
     // A page stopped by its bytes may be followed by more (or by an empty last page).
     const response = jsonResponse({ items, more: found.length > limit || pageBytes(found) >= listPageBytesMax }, 200);
     return request.method === "HEAD" ? headOf(response) : response;

@@ -74,14 +74,14 @@ export class MemoryKvNode implements KvNodeApi {
   }
 
   /** The stored values under `prefix` after `after`, in UTF-8 byte order. */
-  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax = Number.POSITIVE_INFINITY, keysOnly = false): Promise<(KvValue & { key: string })[]> {
+  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax = Number.POSITIVE_INFINITY): Promise<(KvValue & { key: string })[]> {
     this.throwIfFailing();
     this.readConsistencies.push(consistency);
     const items = [...this.values.entries()]
       .filter(([key]) => key.startsWith(prefix) && (after === undefined || compareUtf8(key, after) > 0))
       .sort(([a], [b]) => compareUtf8(a, b))
       .slice(0, limit)
-      .map(([key, value]) => ({ key, version: value.version, value: keysOnly ? new Uint8Array(0) : value.value }));
+      .map(([key, value]) => ({ key, ...value }));
     return withinBytes(items, bytesMax);
   }
 

@@ -156,7 +156,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
       readIndexDuration.observe({}, (performance.now() - startedMs) / 1000);
       return value;
     },
-    list: (prefix, after, limit, consistency, bytesMax, keysOnly) => node.list(prefix, after, limit, consistency, bytesMax, keysOnly),
+    list: (prefix, after, limit, consistency, bytesMax) => node.list(prefix, after, limit, consistency, bytesMax),
     status: () => node.status(),
     healthy: () => node.healthy(),
     transferLeadership: (target) => node.transferLeadership(target),

@@ -47,13 +47,6 @@ export const listQuery = t.Object(
     limit: t.Optional(
       t.String({ pattern: "^[1-9][0-9]{0,3}$", description: "Items per page, 1 to 1000 (default 100)", error: "limit must be a whole number from 1 to 1000" }),
     ),
-    keysOnly: t.Optional(
-      t.String({
-        pattern: "^(true|false)$",
-        description: "true: items are {key, version}, values neither read nor sent (etcd's keys_only); a page then ends by its count alone",
-        error: "keysOnly must be true or false",
-      }),
-    ),
     consistency,
   },
   { additionalProperties: false },
@@ -285,8 +278,8 @@ const docs = {
     summary: "List keys under a prefix, in UTF-8 byte order",
     responses: {
       ...ok(
-        "{items:[{key, value (UTF-8 text or {base64}), version}], more}: more means ask again with after = the last key. With keysOnly=true, items are {key, version}",
-        json(t.Object({ items: t.Array(t.Object({ key: t.String(), value: t.Optional(txnValue), version: t.Integer() })), more: t.Boolean() })),
+        "{items:[{key, value (UTF-8 text or {base64}), version}], more}: more means ask again with after = the last key",
+        json(t.Object({ items: t.Array(t.Object({ key: t.String(), value: txnValue, version: t.Integer() })), more: t.Boolean() })),
       ),
       ...errors(400, 401, 413, 503, 507),
     },

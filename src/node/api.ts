@@ -173,7 +173,7 @@ export interface KvNodeApi {
    * their values, read with the same consistency guarantees as `get`; with `bytesMax`, stopping once
    * the keys and values pass it (see `KvStorage.list`).
    */
-  list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax?: number, keysOnly?: boolean): Promise<(KvValue & { key: string })[]>;
+  list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax?: number): Promise<(KvValue & { key: string })[]>;
   status(): NodeStatus;
   /** True when a leader is known and everything committed is applied. */
   healthy(): boolean;

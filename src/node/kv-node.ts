@@ -652,11 +652,11 @@ export class KvNode implements KvNodeApi {
     return stored === undefined ? undefined : { value: stored.value, version: stored.version };
   }
 
-  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax?: number, keysOnly?: boolean): Promise<(KvValue & { key: string })[]> {
+  async list(prefix: string, after: string | undefined, limit: number, consistency: ReadConsistency, bytesMax?: number): Promise<(KvValue & { key: string })[]> {
     // A reserved prefix would list the state machine's own rows (storage lists them for the node's lease scans).
     checkClientKey(prefix);
     await this.readBarrier(consistency);
-    return this.cfg.storage.list(prefix, after, limit, bytesMax, keysOnly);
+    return this.cfg.storage.list(prefix, after, limit, bytesMax);
   }
 
   /**

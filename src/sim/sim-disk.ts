@@ -234,8 +234,8 @@ export class SimDisk implements KvStorage {
   valueBytes(key: string): number | undefined {
     return this.current.valueBytes(key);
   }
-  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number, keysOnly?: boolean): ListedValue[] {
-    return this.current.list(prefix, after, limit, bytesMax, keysOnly);
+  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[] {
+    return this.current.list(prefix, after, limit, bytesMax);
   }
   openImage(): KvImageReader {
     return this.current.openImage();

@@ -60,10 +60,9 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * Up to `limit` keys that start with `prefix` and sort after `after` (UTF-8 byte order), with
    * their values, in key order. Reads the applied state as it is now. With `bytesMax`, it also stops
    * after the item that brings the keys' and values' sizes (a key's counted in UTF-16 units) to
-   * `bytesMax` or past it: at least one item (src/lib/page-bytes.ts). With `keysOnly`, values are not
-   * read (each item's is empty, and counts nothing toward `bytesMax`).
+   * `bytesMax` or past it: at least one item (src/lib/page-bytes.ts).
    */
-  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number, keysOnly?: boolean): ListedValue[];
+  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[];
   /**
    * Log compaction: drops every entry up to `index` (at most the applied and the last index) and
    * records where the log now starts, so `firstIndex()` is index + 1 and `term(index)` still answers.

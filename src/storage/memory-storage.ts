@@ -268,7 +268,7 @@ export class MemoryKvStorage implements KvStorage {
   }
 
   /** As `SqliteStorage.list` (UTF-8 byte order, as sqlite's BINARY collation compares). */
-  list(prefix: string, after: string | undefined, limit: number, bytesMax = Number.POSITIVE_INFINITY, keysOnly = false): ListedValue[] {
+  list(prefix: string, after: string | undefined, limit: number, bytesMax = Number.POSITIVE_INFINITY): ListedValue[] {
     this.assertOpen();
     const keys = [...this.values.keys()]
       // The state machine's own rows are listed only when asked for by their prefix (the node's lease scans).
@@ -276,10 +276,7 @@ export class MemoryKvStorage implements KvStorage {
       .sort(compareUtf8)
       .slice(0, limit);
     return withinBytes(
-      keys.map((key) => {
-        const stored = this.values.get(key) as StoredValue;
-        return { key, value: keysOnly ? new Uint8Array(0) : stored.value, version: stored.version };
-      }),
+      keys.map((key) => ({ key, ...(this.values.get(key) as StoredValue) })),
       bytesMax,
     );
   }

@@ -179,9 +179,6 @@ export interface SqliteReadsOptions {
  * and reads the newest state. While a batch is open, a checkpoint that must wait for
  * every reader (TRUNCATE, on the writer) waits for it: for the rest of the loop's task at most.
  */
-/** The value of every item of a keys-only listing. */
-const noValue = new Uint8Array(0);
-
 export class SqliteReads {
   /** Rows of the kv table read out of SQLite by `list` since open (each one copied into memory). */
   kvRowsRead = 0;
@@ -189,9 +186,6 @@ export class SqliteReads {
   private readonly selectValueBytes: Statement<{ bytes: number }, [string]>;
   private readonly selectRange: Statement<CheckedRow, [string, string, number]>;
   private readonly selectBoundedRange: Statement<CheckedRow, [string, string, string, number]>;
-  /** As the two above, keys and versions only (`list` with `keysOnly`): no value is read. */
-  private readonly selectKeyRange: Statement<{ key: string; version: number }, [string, string, number]>;
-  private readonly selectBoundedKeyRange: Statement<{ key: string; version: number }, [string, string, string, number]>;
   private readonly pageCount: Statement<{ page_count: number }, []>;
   private readonly freelistCount: Statement<{ freelist_count: number }, []>;
   /** The database's page size in bytes. */
@@ -219,8 +213,6 @@ export class SqliteReads {
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
     this.selectBoundedRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
-    this.selectKeyRange = db.prepare("SELECT key, version FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
-    this.selectBoundedKeyRange = db.prepare("SELECT key, version FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
     this.pageCount = db.prepare("PRAGMA page_count");
     this.freelistCount = db.prepare("PRAGMA freelist_count");
     this.pageBytes = db.query<{ page_size: number }, []>("PRAGMA page_size").get()?.page_size ?? 4096;
@@ -274,7 +266,7 @@ export class SqliteReads {
   }
 
   /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it (or at `bytesMax`). */
-  list(prefix: string, after: string | undefined, limit: number, bytesMax = Number.POSITIVE_INFINITY, keysOnly = false): ListedValue[] {
+  list(prefix: string, after: string | undefined, limit: number, bytesMax = Number.POSITIVE_INFINITY): ListedValue[] {
     this.joinBatch();
     const items: ListedValue[] = [];
     let bytes = 0;
@@ -288,13 +280,7 @@ export class SqliteReads {
       // Stepped a row at a time: leaving the loop stops the query, so a page ended by its bytes
       // reads no row past it (fetched whole, a page of 100 rows of 1 MiB values read 100 MiB to
       // answer 4).
-      const rows: Iterable<CheckedRow | { key: string; version: number }> = keysOnly
-        ? end === undefined
-          ? this.selectKeyRange.iterate(from, prefix, pageRows)
-          : this.selectBoundedKeyRange.iterate(from, prefix, end, pageRows)
-        : end === undefined
-          ? this.selectRange.iterate(from, prefix, pageRows)
-          : this.selectBoundedRange.iterate(from, prefix, end, pageRows);
+      const rows = end === undefined ? this.selectRange.iterate(from, prefix, pageRows) : this.selectBoundedRange.iterate(from, prefix, end, pageRows);
       let stepped = 0;
       for (const row of rows) {
         stepped++;
@@ -303,9 +289,8 @@ export class SqliteReads {
         from = row.key;
         // The state machine's own rows: listed only when asked for by their prefix (the node's lease scans).
         if (isReservedKey(row.key) && !isReservedKey(prefix)) continue;
-        // A key's row checksum covers its value, which a keys-only listing does not read.
-        if ("value" in row) checkedRow(this.file, row);
-        const item = { key: row.key, value: "value" in row ? row.value : noValue, version: row.version };
+        checkedRow(this.file, row);
+        const item = { key: row.key, value: row.value, version: row.version };
         items.push(item);
         // As withinBytes stops (src/lib/page-bytes.ts), without reading the rows past the bound.
         bytes += itemBytes(item);

@@ -1205,9 +1205,9 @@ export class SqliteStorage implements KvStorage {
   }
 
   /** See `KvStorage.list`: an index range scan from the prefix, stopping at the first key past it. */
-  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number, keysOnly?: boolean): ListedValue[] {
+  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[] {
     this.assertOpen();
-    return this.reads.list(prefix, after, limit, bytesMax, keysOnly);
+    return this.reads.list(prefix, after, limit, bytesMax);
   }
 
   // --- Snapshots ---

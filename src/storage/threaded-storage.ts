@@ -509,9 +509,9 @@ export class ThreadedStorage implements KvStorage {
   }
 
   /** See `KvStorage.list`, as committed now. */
-  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number, keysOnly?: boolean): ListedValue[] {
+  list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[] {
     this.assertOpen();
-    return this.reads.list(prefix, after, limit, bytesMax, keysOnly);
+    return this.reads.list(prefix, after, limit, bytesMax);
   }
 
   /** See `KvStorage.openImage`: an image of the state machine as committed now, on its own connection. */
