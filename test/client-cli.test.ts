@@ -80,8 +80,23 @@ test("kv del --prefix that fails midway says how many keys went before, and to r
     expect(failed.err).toContain('1000 keys under "p/" deleted before this');
     expect(failed.err).toContain("run the command again to delete the rest");
     expect(failed.err).not.toContain("--idempotency-key");
+    expect(failed.err).not.toContain("resend it with Idempotency-Key");
   } finally {
     server.stop(true);
+  }
+  // A refusal of the first batch is not passed by running again: it says only why.
+  const refusing = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    fetch: () => Response.json({ error: "upgrade_required", message: "node 3 runs an older release", members: [3] }, { status: 409 }),
+  });
+  try {
+    const refused = await kv(["del", "p/", "--prefix", "--endpoints", `http://127.0.0.1:${refusing.port}`]);
+    expect(refused.code).toBe(2);
+    expect(refused.err).toContain("upgrade_required: node 3 runs an older release");
+    expect(refused.err).not.toContain("run the command again");
+  } finally {
+    refusing.stop(true);
   }
 });
 

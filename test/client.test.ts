@@ -499,6 +499,20 @@ test("a put whose first attempt went unanswered and whose retry is refused quota
   expect((refused as KvClientError).code).toBe("quota_exceeded");
 });
 
+test("a transaction whose first attempt went unanswered and whose retry is refused upgrade_required is an unknown outcome: a member restarted on an older release refuses the retry whatever the first did (found in review)", async () => {
+  let calls = 0;
+  const fake = (async () => {
+    if (calls++ === 0) throw Object.assign(new Error("The socket connection was closed unexpectedly"), { code: "ECONNRESET" });
+    return Response.json({ error: "upgrade_required", message: "node 3 runs an older release", members: [3] }, { status: 409 });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+  const request = { compare: [{ key: "n", version: 5, op: "<" as const }], success: [{ put: { key: "n", value: "x" } }] };
+  expect(await kv.txn(request).catch((e: unknown) => e)).toBeInstanceOf(UnknownOutcomeError);
+  expect(calls).toBe(2);
+  const refused = await kv.txn(request).catch((e: unknown) => e);
+  expect((refused as KvClientError).code).toBe("upgrade_required");
+});
+
 test("a put whose first attempt went unanswered and whose retry's body is refused 408 request_timeout is an unknown outcome: the first may have applied (found in review)", async () => {
   let calls = 0;
   const fake = (async () => {

@@ -255,6 +255,20 @@ describe("the leader's check that every member applies it", () => {
     expect(c.storages.get(leader.status().id)!.get("x/1")).toBeDefined();
   });
 
+  test("the check made when it is proposed does not count the write itself as a request waiting (found in review: one that took the last place was refused overloaded)", async () => {
+    const c = createMemoryCluster({ node: { pendingRequestsMax: 2 } });
+    cluster = c;
+    await c.until(() => c.leader() !== undefined);
+    const leader = c.leader()!;
+    await c.drive(leader.put("x/1", bytes("1")));
+    await c.drive(leader.put("x/2", bytes("2")));
+    // Two places: a put and the delete take them both in one turn.
+    const put = leader.put("y", bytes("y"));
+    const deleted = leader.deletePrefix("x/", 10);
+    expect(await c.drive(deleted)).toEqual({ deleted: 2, more: false, version: expect.any(Number) });
+    expect(await c.drive(put)).toEqual({ version: expect.any(Number) });
+  });
+
   test("a follower refuses it not_leader; a reserved prefix or a limit out of range is bad_request", async () => {
     const c = createMemoryCluster();
     cluster = c;
@@ -308,6 +322,7 @@ describe("DELETE /kv?prefix= on in-process servers", () => {
       ["", "bad_request", "needs ?prefix="],
       ["?prefix", "bad_request", "?prefix without '='"],
       ["?limit=1&prefix", "bad_request", "?prefix without '='"],
+      ["?%70refix", "bad_request", "?prefix without '='"],
       ["?prefix=h/&limit=0", "bad_request", "limit must be"],
       ["?prefix=h/&limit=10001", "bad_request", "limit must be"],
       ["?prefix=h/&ifVersion=1", "bad_request", "ifVersion"],

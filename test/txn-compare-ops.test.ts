@@ -1,14 +1,27 @@
-// Proves a transaction's comparisons by operator (`"op": "=" | "!=" | "<" | ">"` on a version or a value, etcd's Compare results): they encode in a form a 0.8.0 decoder refuses while `=` keeps the bytes every release wrote, every storage decides them alike (values byte by byte, an absent key failing every value comparison), POST /txn takes and checks them, and a leader proposes one only once every member said it applies it (409 upgrade_required otherwise, nothing proposed).
-import { afterEach, describe, expect, test } from "bun:test";
+// Proves a transaction's comparisons by operator (`"op": "=" | "!=" | "<" | ">"` on a version or a value, etcd's Compare results): they encode in a form a 0.8.0 decoder refuses while `=` keeps the bytes every release wrote, the memory and sqlite storages decide them alike (values byte by byte, an absent key failing every value comparison), POST /txn takes and checks them, and a leader proposes one only once every member said it applies it (409 upgrade_required otherwise, nothing proposed).
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
 import { COMMAND_LEVEL, CommandCodecError, decodeCommand, encodeCommand } from "../src/kv/command.ts";
 import { decodeTxnBody, encodeTxnBody, type TxnCompare, txnCompareTargetsOf080, type TxnRequest } from "../src/kv/txn.ts";
 import { KvError } from "../src/lib/kv-error.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join as joinPath } from "node:path";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
+const tempDirs: string[] = [];
+afterAll(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const dir = mkdtempSync(joinPath(tmpdir(), "kv-txn-ops-"));
+  tempDirs.push(dir);
+  return dir;
+}
 const join = (parts: Uint8Array[]): Uint8Array => Uint8Array.from(parts.flatMap((part) => Array.from(part)));
 const only = (compare: TxnCompare): TxnRequest => ({ compare: [compare], success: [], failure: [] });
 
@@ -40,9 +53,12 @@ describe("the encoding", () => {
   });
 });
 
-describe("apply decides them on the state before the transaction", () => {
+describe.each([
+  ["memory", () => createMemoryKvStorage({ voters: [1] })],
+  ["sqlite", () => openSqliteStorage(tempDir(), { voters: [1] })],
+] as const)("%s storage: apply decides them on the state before the transaction", (_name, open) => {
   test("versions (0 for an absent key) and values (byte by byte; absent fails every value comparison)", async () => {
-    const storage = createMemoryKvStorage({ voters: [1] });
+    const storage = open();
     let index = 0;
     const apply = async (data: Uint8Array) => {
       const entry: Entry = { index: ++index, term: 1, type: EntryType.Normal, data };

@@ -305,10 +305,14 @@ const delCommand = defineCommand({
           exitFor(error);
         } catch (exit) {
           if (!(exit instanceof ClientExit)) throw exit;
-          const message = exit.message.replace(/ \(kv: --idempotency-key [^)]*\)$/, "");
+          // Neither the library's advice to resend under the batch's key nor the CLI's flag applies here.
+          const message = exit.message.replace(/ \(kv: --idempotency-key [^)]*\)$/, "").replace(/; resend it with Idempotency-Key \S+ to apply it at most once/, "");
+          // A refusal of the first batch (exit 2: upgrade_required, say) is not passed by running again.
+          if (deletedSoFar === 0 && exit.exitCode !== 3) throw new ClientExit(exit.exitCode, message);
+          const unknown = exit.exitCode === 3 ? " (besides any of the batch whose outcome is unknown)" : "";
           throw new ClientExit(
             exit.exitCode,
-            `${message}\nkv: ${deletedSoFar} ${deletedSoFar === 1 ? "key" : "keys"} under ${JSON.stringify(prefix)} deleted before this (besides any of a batch whose outcome is unknown); run the command again to delete the rest`,
+            `${message}\nkv: ${deletedSoFar} ${deletedSoFar === 1 ? "key" : "keys"} under ${JSON.stringify(prefix)} deleted before this${unknown}; run the command again to delete the rest`,
           );
         }
       }

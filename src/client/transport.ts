@@ -311,8 +311,10 @@ type AttemptResult =
  * the retry gets the first answer; one whose session it has not applied yet can still get them while
  * an earlier attempt applied (found in review: the client reported a stored value as refused
  * `quota_exceeded`). A retry's slow body is refused whatever the session holds (found in review).
+ * `upgrade_required` too (src/node/cluster-level.ts): a member restarted on an older release after
+ * a first attempt applied has the retry refused whatever its session holds (found in review).
  */
-const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "too_large", "request_timeout"]);
+const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "too_large", "request_timeout", "upgrade_required"]);
 
 /**
  * Whether nothing of the request left: the name did not resolve, the connection was refused, or

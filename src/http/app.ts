@@ -182,8 +182,8 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
   };
 
   /**
-   * `DELETE /kv?prefix=P[&limit=N]` → `{"deleted", "more", "version"}`: the first N (default and
-   * most 10,000) keys under P, in key order, deleted at one version; `more` when keys under P are
+   * `DELETE /kv?prefix=P[&limit=N]` → `{"deleted", "more", "version"}`: the first N (default 1,000,
+   * at most 10,000) keys under P, in key order, deleted at one version; `more` when keys under P are
    * left (delete again). `prefix` must be given (empty: every key). On a follower, 307.
    */
   const deletePrefixRoute = async (request: Request): Promise<Response> => {
@@ -193,7 +193,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     if (deletePrefix === undefined) throw new KvError("method_not_allowed", "DELETE /kv is not served by this node", {});
     // Unknown parameters were refused by the route's schema (deletePrefixQuery, openapi.ts).
     // `?prefix` without `=` reads as the empty prefix, every key: a wipe one typo away (found in a black-box review).
-    if (search.slice(1).split("&").includes("prefix")) {
+    if (search.slice(1).split("&").some((part) => !part.includes("=") && decodeQueryName(part) === "prefix")) {
       throw new KvError("bad_request", "?prefix without '=' names no prefix: write ?prefix=P, or ?prefix= (with '=') to delete every key");
     }
     const query = parseQueryStrictly(search);
@@ -481,6 +481,15 @@ function writeQuery(search: string, taken: readonly string[], method: string, re
     }
   }
   return query;
+}
+
+/** A query parameter's name as `parseQueryStrictly` reads it (`+` a space, percent-escapes decoded); undefined when malformed. */
+function decodeQueryName(raw: string): string | undefined {
+  try {
+    return decodeURIComponent(raw.replaceAll("+", " "));
+  } catch {
+    return undefined;
+  }
 }
 
 /** `?lease=ID` on a put: attach the key to that lease (src/kv/leases.ts); given at most once. */

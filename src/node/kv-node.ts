@@ -547,28 +547,38 @@ export class KvNode implements KvNodeApi {
    */
   private refuseUnlessMembersApply(what: string, level: number): void {
     this.refuseWriteUnlessLeader();
-    // A member being added is not in the configuration yet, and may be of an older release.
+    const refusal = this.membersRefusal(what, level);
+    if (refusal !== undefined) throw refusal;
+  }
+
+  /**
+   * Why a command of `level` may not be proposed now, if it may not: a membership change pending (a
+   * member being added is not in the configuration yet, and may be of an older release), or a
+   * member that has not said it applies it (src/node/cluster-level.ts).
+   */
+  private membersRefusal(what: string, level: number): KvError | undefined {
     if (this.raw.confChangePending()) {
-      throw new KvError("conf_change_pending", `${what} waits for the membership change in progress to apply (a member being added must say it runs a release that applies it); retry once it is`, { retryAfterS: 1 });
+      return new KvError("conf_change_pending", `${what} waits for the membership change in progress to apply (a member being added must say it runs a release that applies it); retry once it is`, { retryAfterS: 1 });
     }
     const status = this.raw.basicStatus();
-    refuseBelowLevel(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id));
+    try {
+      refuseBelowLevel(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id));
+      return undefined;
+    } catch (error: unknown) {
+      if (error instanceof KvError) return error;
+      throw error;
+    }
   }
 
   /**
    * The check a write of a command only some members apply makes again when it is proposed (see
-   * `QueuedWrite.check`): a membership change may have been proposed since it was queued.
+   * `QueuedWrite.check`): a membership change may have been proposed since it was queued. Only
+   * that: the write is already counted among those waiting (found in review: asking whether the
+   * node was full refused a write that took the last place, as overloaded), and a turn proposes only
+   * on a leader.
    */
   private membersApplyCheck(what: string, level: number): () => KvError | undefined {
-    return () => {
-      try {
-        this.refuseUnlessMembersApply(what, level);
-        return undefined;
-      } catch (error: unknown) {
-        if (error instanceof KvError) return error;
-        throw error;
-      }
-    };
+    return () => this.membersRefusal(what, level);
   }
 
   /**

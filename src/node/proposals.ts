@@ -89,7 +89,9 @@ export class Proposals {
         if (refused !== undefined) write.reject(refused);
         return refused === undefined;
       });
-      if (this.queued.length === 0) return;
+      // The head may have been refused: the one now first is judged anew (found in review: it went
+      // as "the oldest, however large", past pendingBytesMax).
+      if (!this.canProposeQueued()) return;
     }
     const budget = this.budget();
     let taken = 0;
