@@ -4,6 +4,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { decodeCommand } from "../src/kv/command.ts";
+import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 
@@ -134,6 +136,50 @@ describe("data dirs of earlier releases", () => {
     }
     return dataDir;
   }
+
+  test("0.9.0: a data dir with a delete by prefix and a transaction comparing by operator opens with every acknowledged write and takes new ones; the delete's retry gets its first answer; both entries decode as written", async () => {
+    const dataDir = join(scratch, "v0.9.0");
+    cpSync(join(fixtures, "v0.9.0", "node-1"), dataDir, { recursive: true });
+    // The log's entries as 0.9.0 wrote them (before the node touches the copy).
+    const storage = openSqliteStorage(dataDir, { nodeId: 1 });
+    try {
+      const [sweep, txn] = storage.entries(11, 13, Number.MAX_SAFE_INTEGER).map((entry) => decodeCommand(entry.data));
+      expect(sweep).toEqual({ op: "delete-prefix", prefix: "tmp/", limit: 2, keyBytesMax: 4 * 1024 * 1024, idempotencyKey: "fixture-sweep", stamp: expect.any(Object) });
+      expect(txn).toMatchObject({
+        op: "txn",
+        compare: [
+          { key: "greeting", target: "version", version: 8, op: "<" },
+          { key: "big", target: "value", op: ">" },
+        ],
+      });
+    } finally {
+      storage.close();
+      await storage.released();
+    }
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.9.0.log") });
+    try {
+      const text = new TextDecoder();
+      const expected: [string, number, string | undefined, string | undefined][] = [
+        ["greeting", 200, "v2", "7"],
+        ["tmp/a", 404, undefined, undefined],
+        ["tmp/b", 404, undefined, undefined],
+        ["tmp/c", 200, "x", "10"],
+        ["counter", 200, "1", "12"],
+        ["deleted", 404, undefined, undefined],
+      ];
+      for (const [key, status, value, version] of expected) {
+        const got = await read(node.httpUrl, key);
+        expect([key, got.status, got.status === 200 ? text.decode(got.body) : undefined, got.status === 200 ? got.version : undefined]).toEqual([key, status, value, version]);
+      }
+      const retry = await fetch(`${node.httpUrl}/kv?prefix=tmp/&limit=2`, { method: "DELETE", headers: { "Idempotency-Key": "fixture-sweep" } });
+      expect(await retry.json()).toEqual({ deleted: 2, more: true, version: 11 });
+      expect((await read(node.httpUrl, "tmp/c")).status).toBe(200);
+      const put = await fetch(`${node.httpUrl}/kv/after-upgrade`, { method: "PUT", body: "new" });
+      expect(((await put.json()) as { version: number }).version).toBeGreaterThan(12);
+    } finally {
+      await node.stop();
+    }
+  });
 
   test("0.8.0: a data dir whose applies record the log's durable bytes opens with every acknowledged write and takes new ones; a sector of zeros below that mark is refused as damage, not cut as a torn write", async () => {
     await openSameFiveWrites("0.8.0", 3);
