@@ -18,6 +18,8 @@ import {
   sessionKeyPrefix,
 } from "../src/kv/command.ts";
 import { changesOf } from "../src/kv/watch-history.ts";
+import { commandLevelKey, commandLevelOf } from "../src/kv/apply-plan.ts";
+import { membersBelowLevel } from "../src/node/cluster-level.ts";
 import { createHttpApp } from "../src/http/app.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { defaultWatch } from "../src/node/watch.ts";
@@ -107,6 +109,8 @@ describe.each(storages)("%s storage", (_name, open) => {
       expect(clientKeys(storage)).toEqual(["b", "\uFFFD", "\u{1F600}"]);
       expect(await apply(deletePrefix("", 2))).toEqual([{ kind: "delete-prefix", index: 13, version: 13, deleted: 2, more: true, deletedKeys: ["b", "\uFFFD"] }]);
       expect(storage.appliedIndex()).toBe(13);
+      // Applying one, the state machine records that the cluster applies level 2 (written once, at the first).
+      expect([commandLevelOf(storage.get(commandLevelKey)), storage.get(commandLevelKey)?.version]).toEqual([2, 9]);
     } finally {
       storage.close();
     }
@@ -178,6 +182,17 @@ test("a watch sees each key a delete-prefix removed, at its version; a retry ans
     { kind: "delete", key: "p/b", version: 7, reason: "delete" },
   ]);
   expect(changesOf(entry, { kind: "delete-prefix", index: 7, version: 5, deleted: 2, more: false, deletedKeys: [] })).toEqual([]);
+});
+
+test("which members hold a command back: one that said a lower level always; one that said nothing unless the state machine recorded the level applied", () => {
+  const said = new Map<number, number | undefined>([
+    [2, 2],
+    [3, undefined],
+    [4, 1],
+  ]);
+  const below = (recorded: number) => membersBelowLevel(2, [1, 2, 3, 4], 1, (id) => said.get(id), recorded).map((member) => member.id);
+  expect(below(1)).toEqual([3, 4]);
+  expect(below(2)).toEqual([4]);
 });
 
 describe("the leader's check that every member applies it", () => {
@@ -365,6 +380,52 @@ test("without a limit a request deletes 1,000 keys, well under the changes a wat
   expect(defaultWatch.bufferEventsMax).toBeGreaterThanOrEqual(10 * 1_000);
   const second = await app.handle(new Request("http://localhost/kv?prefix=m/", { method: "DELETE" }));
   expect(await second.json()).toEqual({ deleted: 1, more: false, version: expect.any(Number) });
+});
+
+describe("a member down since the leader started (found in a black-box review: it held every such command back for as long as it was down)", () => {
+  let dir: string;
+  let cluster: ServerCluster;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "kv-delete-prefix-down-"));
+    cluster = createServerCluster({ size: 3, baseDir: dir });
+    await cluster.start();
+    await cluster.waitForLeader();
+  });
+  afterAll(async () => {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const del = async (id: number, prefix: string) => {
+    const answer = await fetch(`${cluster.node(id).httpUrl}/kv?prefix=${prefix}`, { method: "DELETE" });
+    return { status: answer.status, body: (await answer.json()) as Record<string, unknown> };
+  };
+  /** Kills `down`, then restarts the others one at a time, so whichever leads has not heard from `down` since it started. */
+  const restartAllBut = async (down: number) => {
+    await cluster.kill(down);
+    const others = cluster.nodes.map((n) => n.id).filter((id) => id !== down);
+    for (const id of others) {
+      await cluster.kill(id);
+      await cluster.startNode(id);
+    }
+    return cluster.waitForLeader(others);
+  };
+
+  test("before any such command applied, it holds them back; once one applied with every member heard, it does not", async () => {
+    let leader = await restartAllBut(3);
+    expect(await del(leader, "d/")).toMatchObject({ status: 409, body: { error: "upgrade_required", members: [3] } });
+    await cluster.startNode(3);
+    await cluster.waitForLeader();
+    // Every member answers soon: the first goes once they all said so.
+    const deadline = performance.now() + 15_000;
+    let first = await del(await cluster.waitForLeader(), "d/");
+    while (first.status === 409 && performance.now() < deadline) {
+      await Bun.sleep(50); // polling the leader's view of its peers
+      first = await del(await cluster.waitForLeader(), "d/");
+    }
+    expect(first.status).toBe(200);
+    leader = await restartAllBut(3);
+    expect(await del(leader, "d/")).toMatchObject({ status: 200, body: { deleted: 0, more: false } });
+  });
 });
 
 describe("DELETE /kv?prefix= with a member that says it runs an older release", () => {

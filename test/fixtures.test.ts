@@ -4,6 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { commandLevelKey, commandLevelOf } from "../src/kv/apply-plan.ts";
 import { decodeCommand } from "../src/kv/command.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -152,6 +153,9 @@ describe("data dirs of earlier releases", () => {
           { key: "big", target: "value", op: ">" },
         ],
       });
+      // The level of commands the cluster applied, recorded by the first entry of it.
+      const level = storage.get(commandLevelKey);
+      expect([commandLevelOf(level), level?.version]).toEqual([2, 11]);
     } finally {
       storage.close();
       await storage.released();

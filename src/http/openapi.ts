@@ -320,7 +320,7 @@ const docs = {
   txn: {
     summary: "A multi-key transaction, decided and applied atomically at one version (one Raft entry): if every comparison holds, the success operations run, else the failure ones, in order",
     requestBody: bodyOf("JSON {compare, success, failure}; version 0 means absent", json({ $ref: "#/components/schemas/TxnRequest" })),
-    responses: { ...ok("{succeeded, version, results}", json({ $ref: "#/components/schemas/TxnAnswer" })), ...errors(307, 400, 401, 408, 413, 422, 429, 503, 507) },
+    responses: { ...ok("{succeeded, version, results}", json({ $ref: "#/components/schemas/TxnAnswer" })), ...errors(307, 400, 401, 404, 408, 409, 413, 422, 429, 503, 507) },
   },
   leaseGrant: {
     summary: "Grant a lease (through the log) with JSON {ttlMs}; a TTL below twice the longest election timeout is raised to it (raisedFromMs says so)",

@@ -6,6 +6,7 @@ import { attachKey, detachKey, expireLeases, grantLease, leaseExists, revokeLeas
 import {
   type Command,
   CommandCodecError,
+  DELETE_PREFIX_LEVEL,
   decodeCommand,
   decodeLeaseCommand,
   decodeMembershipChange,
@@ -20,6 +21,7 @@ import {
 import {
   applyTxn,
   evaluateTxn,
+  txnCommandLevel,
   type TxnAnswer,
   txnAnswerOfSession,
   type TxnRequest,
@@ -311,8 +313,12 @@ export function executeStep(step: ApplyStep, table: KvTable): ApplyResult {
   switch (step.kind) {
     case "put":
     case "delete":
+      return executeWrite(step, table);
     case "delete-prefix":
     case "txn":
+      // A command of a level above 1 committed only once every member said it applies it: the
+      // state machine keeps that as it applies one (see `commandLevelKey`).
+      noteCommandLevel(table, step.kind === "txn" ? txnCommandLevel(step.txn) : DELETE_PREFIX_LEVEL, step.index);
       return executeWrite(step, table);
     case "lease-grant":
       return grantLease(table, step.index, step.ttlMs);
@@ -327,6 +333,31 @@ export function executeStep(step: ApplyStep, table: KvTable): ApplyResult {
 
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder();
+
+/**
+ * The highest level of commands this state machine has applied (src/kv/command.ts, `COMMAND_LEVEL`),
+ * as decimal text; absent: 1. A leader proposes a command of a level above 1 only once every member
+ * said it applies it (src/node/cluster-level.ts), so the level here is one the whole configuration
+ * applied then: a leader that has not heard from a member since it started (one that is down) takes
+ * it as that member's (found in a black-box review: a single member down held every such command
+ * back, indefinitely). Under the lease prefix, as the cluster's nonce is: hidden from clients by
+ * every release, and no lease row's shape (src/kv/leases.ts).
+ */
+export const commandLevelKey = `${leaseKeyPrefix}command-level`;
+
+/** The level `commandLevelKey` holds in `row` (1 when absent). */
+export function commandLevelOf(row: { readonly value: Uint8Array } | undefined): number {
+  if (row === undefined) return 1;
+  const level = Number(textDecoder.decode(row.value));
+  assert(Number.isSafeInteger(level) && level >= 1, "command level row invalid");
+  return level;
+}
+
+/** Raises the recorded command level to `level` at `index` (never lowers it). */
+function noteCommandLevel(table: KvTable, level: number, index: number): void {
+  if (level <= 1 || commandLevelOf(table.get(commandLevelKey)) >= level) return;
+  table.put(commandLevelKey, textEncoder.encode(String(level)), index);
+}
 
 /** The session clock's time (`SessionClock.nowMs`) in its row as stored; 0 when there is none yet. */
 export function sessionClockMsOf(row: { readonly value: Uint8Array } | undefined): number {

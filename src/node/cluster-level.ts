@@ -3,12 +3,16 @@
  * apply rather than being misread (src/kv/command.ts), so a leader proposes a command above level 1
  * only once every member of its configuration has said, in a peer call or answer since this node
  * started (`Transport.peerCommandLevel`), that it applies the command's level. Members tell their
- * level in every call and answer, so a running cluster knows within a heartbeat; a member down or
- * cut off since this node started has said nothing, and the command waits for it (as etcd raises
- * its cluster version only once every member has reported its own).
+ * level in every call and answer, so a running cluster knows within a heartbeat.
  *
- * Not persisted: a member restarted on an older release after the check stops applying at the
- * first such entry (it refuses, it does not misread); upgrading it again resumes it.
+ * Once one such command applied, the state machine records its level (src/kv/apply-plan.ts,
+ * `commandLevelKey`): the whole configuration said it applied it then. From that on a member that
+ * has said nothing since this node started (down, or cut off) is taken to apply the recorded level,
+ * as etcd keeps its cluster version once raised; only one that says a lower level holds the command
+ * back. Before any, a member that has said nothing holds it back.
+ *
+ * A member restarted on an older release while down stops applying at the first such entry it
+ * meets (it refuses, it does not misread); upgrading it again resumes it.
  */
 import { KvError } from "../lib/kv-error.ts";
 import type { NodeId } from "../raft/types.ts";
@@ -19,18 +23,23 @@ export interface LaggingMember {
   readonly level: number | undefined;
 }
 
-/** The members, other than `selfId`, that have not said they apply `level`, in id order. */
+/**
+ * The members, other than `selfId`, that do not apply `level` as far as this node knows, in id
+ * order: those that said a lower one, and those that said nothing unless `recordedLevel` (what the
+ * state machine recorded the cluster applied) reaches it.
+ */
 export function membersBelowLevel(
   level: number,
   members: readonly NodeId[],
   selfId: NodeId,
   peerLevel: (id: NodeId) => number | undefined,
+  recordedLevel = 1,
 ): LaggingMember[] {
   const lagging: LaggingMember[] = [];
   for (const id of [...new Set(members)].sort((a, b) => a - b)) {
     if (id === selfId) continue;
     const said = peerLevel(id);
-    if (said === undefined || said < level) lagging.push({ id, level: said });
+    if (said === undefined ? recordedLevel < level : said < level) lagging.push({ id, level: said });
   }
   return lagging;
 }
@@ -46,8 +55,9 @@ export function refuseBelowLevel(
   members: readonly NodeId[],
   selfId: NodeId,
   peerLevel: (id: NodeId) => number | undefined,
+  recordedLevel = 1,
 ): void {
-  const lagging = membersBelowLevel(level, members, selfId, peerLevel);
+  const lagging = membersBelowLevel(level, members, selfId, peerLevel, recordedLevel);
   if (lagging.length === 0) return;
   const said = lagging.map((member) => (member.level === undefined ? `node ${member.id} has not answered this leader since it started` : `node ${member.id} runs an older release`));
   throw new KvError(

@@ -17,7 +17,7 @@ import {
   sessionKeyPrefix,
   type Command,
 } from "../kv/command.ts";
-import { type ApplyResult, sessionAnswersRetry, sessionClockKey, sessionClockMsOf } from "../kv/apply-plan.ts";
+import { type ApplyResult, commandLevelKey, commandLevelOf, sessionAnswersRetry, sessionClockKey, sessionClockMsOf } from "../kv/apply-plan.ts";
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
@@ -562,7 +562,8 @@ export class KvNode implements KvNodeApi {
     }
     const status = this.raw.basicStatus();
     try {
-      refuseBelowLevel(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id));
+      const recorded = commandLevelOf(this.cfg.storage.get(commandLevelKey));
+      refuseBelowLevel(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id), recorded);
       return undefined;
     } catch (error: unknown) {
       if (error instanceof KvError) return error;
