@@ -390,7 +390,7 @@ describe("through the HTTP API and a node", () => {
     await cluster.drive(node.put("x", bytes("v"), { idempotencyKey: "k3", lease: lease.id }));
     const error = await cluster.drive(node.put("x", bytes("v"), { idempotencyKey: "k3" }).catch((e: unknown) => e));
     expect((error as KvError).code).toBe("idempotency_key_reused");
-    expect((error as KvError).message).toContain("ifVersion, lease or transaction");
+    expect((error as KvError).message).toContain("ifVersion, lease, prefix, limit or transaction");
   });
 
   test("the node rejects a reuse with the KvError code idempotency_key_reused", async () => {
