@@ -317,7 +317,9 @@ export function executeStep(step: ApplyStep, table: KvTable): ApplyResult {
     case "delete-prefix":
     case "txn":
       // A command of a level above 1 committed only once every member said it applies it: the
-      // state machine keeps that as it applies one (see `commandLevelKey`).
+      // state machine keeps that as it applies one (see `commandLevelKey`). Replicated state: a
+      // later release must never change an encoding's level, and a new kind of command above
+      // level 1 must be noted here too, or replicas of two releases record different rows.
       noteCommandLevel(table, step.kind === "txn" ? txnCommandLevel(step.txn) : DELETE_PREFIX_LEVEL, step.index);
       return executeWrite(step, table);
     case "lease-grant":

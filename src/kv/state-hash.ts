@@ -5,7 +5,7 @@
  * (a bug, or a data dir altered behind the node's back).
  *
  * The rows are those of a backup (src/kv/backup-format.ts), in key order: every client key and every
- * reserved row (leases, sessions). Each adds to a SHA-256 its key's UTF-8 length (4 bytes, big
+ * reserved row (leases, sessions) but the two below. Each adds to a SHA-256 its key's UTF-8 length (4 bytes, big
  * endian), the key, its version (8 bytes), its value's length (4 bytes) and the value: lengths
  * first, so no two row sets share a digest by moving bytes between a key and a value. The session
  * clock's row (src/kv/apply-plan.ts) counts with version 0: a data dir upgraded from 0.1.0 wrote it at
@@ -14,9 +14,12 @@
  * "diverged"); its value is the same on every node. The cluster's nonce (src/kv/cluster-nonce.ts)
  * is left out: it names the cluster, not its data, and a cluster restored from a backup draws its
  * own, so a backup (`kv snapshot status`) and the cluster made from it answer one hash until it
- * takes writes (found in review: they differed by that row alone).
+ * takes writes (found in review: they differed by that row alone). So is the level of commands the
+ * cluster applied (`commandLevelKey`): what the leaders know of their members, not data, and the
+ * first build of 0.9.0 did not record it (found in review: replicas of the two builds answered
+ * "diverged" over a state their clients see alike).
  */
-import { sessionClockKey, type KvRow } from "./apply-plan.ts";
+import { commandLevelKey, sessionClockKey, type KvRow } from "./apply-plan.ts";
 import { clusterNonceKey } from "./cluster-nonce.ts";
 
 /** What a node answers: the digest, and where its state stood. */
@@ -42,7 +45,7 @@ export class StateHasher {
   private byteCount = 0;
 
   add(row: KvRow): void {
-    if (row.key === clusterNonceKey) return;
+    if (row.key === clusterNonceKey || row.key === commandLevelKey) return;
     const key = this.encoder.encode(row.key);
     this.frame.setUint32(0, key.byteLength);
     this.hasher.update(new Uint8Array(this.frame.buffer, 0, 4));

@@ -23,7 +23,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSy
 import { removeStaleTemps } from "../lib/stale-temps.ts";
 import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
-import type { KvRow } from "../kv/apply-plan.ts";
+import { commandLevelKey, type KvRow } from "../kv/apply-plan.ts";
 import { type BackupHeader, readBackup } from "../kv/backup-format.ts";
 import { clusterNonceKey } from "../kv/cluster-nonce.ts";
 import type { MemberAddress } from "../kv/membership.ts";
@@ -158,6 +158,8 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
             // A restored cluster is a new one: its first leader draws a nonce of its own (two clusters
             // restored from one backup would otherwise share the backup's: found in review).
             if (row.key === clusterNonceKey) continue;
+            // Nor does it know which releases its members run: the level they applied starts again at 1.
+            if (row.key === commandLevelKey) continue;
             batch.push(row);
             batchBytes += row.key.length + row.value.byteLength;
           }
