@@ -225,7 +225,7 @@ describe("the leader's check that every member applies it", () => {
     expect(refusal).toBeInstanceOf(KvError);
     expect((refusal as KvError).code).toBe("upgrade_required");
     expect((refusal as KvError).details.members).toEqual([oldMember]);
-    expect((refusal as KvError).message).toContain(`node ${oldMember} runs an older release`);
+    expect((refusal as KvError).message).toContain(`node ${oldMember} last said it runs an older release`);
     expect(leader.status().lastLogIndex).toBe(lastIndex);
     // Upgraded again: it goes.
     const upgraded = oldMember;
@@ -456,7 +456,7 @@ describe("DELETE /kv?prefix= with a member that says it runs an older release", 
     const body = (await answer.json()) as { error: string; message: string; members: number[] };
     expect(body.error).toBe("upgrade_required");
     expect(body.members).toEqual([3]);
-    expect(body.message).toContain("node 3 runs an older release");
+    expect(body.message).toContain("node 3 last said it runs an older release");
     expect((await kv.get("o/1"))?.version).toBeGreaterThan(0);
   });
 });

@@ -280,7 +280,7 @@ const delCommand = defineCommand({
     prefix: {
       type: "boolean",
       description:
-        "Delete every key starting with KEY, 1,000 at a time, each batch at one version; prints how many went and exits 0, whether or not any were there (on a failure midway, how many went before it: run it again for the rest). Needs every member on 0.9.0 or later",
+        "Delete every key starting with KEY, 1,000 at a time, each batch at one version; prints how many went and exits 0, whether or not any were there (on a failure midway, how many went before it: run it again for the rest). Takes neither --if-version nor --idempotency-key. Needs every member on 0.9.0 or later",
     },
     ...ifVersionArg,
     ...idempotencyKeyArg,

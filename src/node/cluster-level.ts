@@ -59,7 +59,10 @@ export function refuseBelowLevel(
 ): void {
   const lagging = membersBelowLevel(level, members, selfId, peerLevel, recordedLevel);
   if (lagging.length === 0) return;
-  const said = lagging.map((member) => (member.level === undefined ? `node ${member.id} has not answered this leader since it started` : `node ${member.id} runs an older release`));
+  // "last said": it may be down now (found in a black-box review: the message read as if it ran).
+  const said = lagging.map((member) =>
+    member.level === undefined ? `node ${member.id} has not answered this leader since it started` : `node ${member.id} last said it runs an older release`,
+  );
   throw new KvError(
     "upgrade_required",
     `${what} needs every member on kv ${release} or later, and ${said.join("; ")}: nothing was proposed. Upgrade or bring up those members, then retry`,
