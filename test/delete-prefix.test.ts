@@ -1,5 +1,5 @@
 // Proves deleting by prefix (DELETE /kv?prefix=P, KvClient.deletePrefix, kv del --prefix): its entry encodes strictly; every storage deletes the first `limit` clients' keys under the prefix in key order, the key equal to the prefix included, detaches them from their leases, never touches the state machine's own rows whatever the prefix, and answers a retry from its session; a watch sees each key's delete at one version; and a leader proposes it only once every member said it applies it (409 upgrade_required otherwise, nothing proposed).
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,12 +25,13 @@ import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { defaultWatch } from "../src/node/watch.ts";
 import { KvError } from "../src/lib/kv-error.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
+import type { Transport } from "../src/transport/transport.ts";
 import type { KvStorage } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 import { openThreadedStorage } from "../src/storage/threaded-storage.ts";
 import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
-import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+import { serverClusterForSuite } from "./helpers/server-cluster.ts";
 
 const bytes = (text: string): Uint8Array => new TextEncoder().encode(text);
 const stamp = { atMs: 1_000, windowMs: 60_000, sessionsMax: 100 };
@@ -284,6 +285,24 @@ describe("the leader's check that every member applies it", () => {
     expect(await c.drive(put)).toEqual({ version: expect.any(Number) });
   });
 
+  test("what a peer said of its level is forgotten when its id is added or removed (found in review: an earlier process of a re-added id counted)", async () => {
+    const c = createMemoryCluster();
+    cluster = c;
+    await c.until(() => c.leader() !== undefined);
+    const leader = c.leader()!;
+    const transport = (leader as unknown as { transport: Transport }).transport;
+    const forgotten: number[] = [];
+    const forget = transport.forgetPeerCommandLevel.bind(transport);
+    transport.forgetPeerCommandLevel = (id) => {
+      forgotten.push(id);
+      forget(id);
+    };
+    await c.drive(leader.addMember!(4, "mem://peer-4"));
+    expect(forgotten).toEqual([4]);
+    await c.drive(leader.removeMember!(4));
+    expect(forgotten).toEqual([4, 4]);
+  });
+
   test("a follower refuses it not_leader; a reserved prefix or a limit out of range is bad_request", async () => {
     const c = createMemoryCluster();
     cluster = c;
@@ -306,23 +325,12 @@ describe("the leader's check that every member applies it", () => {
 });
 
 describe("DELETE /kv?prefix= on in-process servers", () => {
-  let dir: string;
-  let cluster: ServerCluster;
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), "kv-delete-prefix-http-"));
-    cluster = createServerCluster({ size: 3, baseDir: dir });
-    await cluster.start();
-    await cluster.waitForLeader();
-  });
-  afterAll(async () => {
-    await cluster.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const url = (id: number) => cluster.node(id).httpUrl;
+  const clusterOf = serverClusterForSuite({ size: 3, dirPrefix: "kv-delete-prefix-http-" });
+  const url = (id: number) => clusterOf().node(id).httpUrl;
 
   test("the leader deletes and answers {deleted, more, version}; a follower redirects; bad requests are 400s naming the problem", async () => {
-    const leader = await cluster.waitForLeader();
-    const follower = cluster.nodes.map((n) => n.id).find((id) => id !== leader) as number;
+    const leader = await clusterOf().waitForLeader();
+    const follower = clusterOf().nodes.map((n) => n.id).find((id) => id !== leader) as number;
     const kv = createClient({ endpoints: [url(leader)] });
     for (const key of ["h/1", "h/2", "h/3", "i/1"]) await kv.put(key, key);
     const first = await fetch(`${url(leader)}/kv?prefix=h/&limit=2`, { method: "DELETE" });
@@ -352,14 +360,14 @@ describe("DELETE /kv?prefix= on in-process servers", () => {
   });
 
   test("the client refuses a prefix with a lone surrogate before sending anything (found in review: it was sent as U+FFFD, deleting other keys)", async () => {
-    const kv = createClient({ endpoints: cluster.nodes.map((n) => url(n.id)) });
+    const kv = createClient({ endpoints: clusterOf().nodes.map((n) => url(n.id)) });
     await kv.put("s\uFFFDx", "v");
     await expect(kv.deletePrefix("s\uD800")).rejects.toMatchObject({ code: "bad_request" });
     expect(await kv.get("s\uFFFDx")).not.toBeNull();
   });
 
   test("the client deletes everything under a prefix in as many requests as it takes", async () => {
-    const kv = createClient({ endpoints: cluster.nodes.map((n) => url(n.id)) });
+    const kv = createClient({ endpoints: clusterOf().nodes.map((n) => url(n.id)) });
     for (let i = 0; i < 5; i++) await kv.put(`c/${i}`, "v");
     const progress: number[] = [];
     const result = await kv.deletePrefix("c/", { limit: 2, onProgress: (deleted) => progress.push(deleted) });
@@ -383,44 +391,33 @@ test("without a limit a request deletes 1,000 keys, well under the changes a wat
 });
 
 describe("a member down since the leader started (found in a black-box review: it held every such command back for as long as it was down)", () => {
-  let dir: string;
-  let cluster: ServerCluster;
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), "kv-delete-prefix-down-"));
-    cluster = createServerCluster({ size: 3, baseDir: dir });
-    await cluster.start();
-    await cluster.waitForLeader();
-  });
-  afterAll(async () => {
-    await cluster.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const clusterOf = serverClusterForSuite({ size: 3, dirPrefix: "kv-delete-prefix-down-" });
   const del = async (id: number, prefix: string) => {
-    const answer = await fetch(`${cluster.node(id).httpUrl}/kv?prefix=${prefix}`, { method: "DELETE" });
+    const answer = await fetch(`${clusterOf().node(id).httpUrl}/kv?prefix=${prefix}`, { method: "DELETE" });
     return { status: answer.status, body: (await answer.json()) as Record<string, unknown> };
   };
   /** Kills `down`, then restarts the others one at a time, so whichever leads has not heard from `down` since it started. */
   const restartAllBut = async (down: number) => {
-    await cluster.kill(down);
-    const others = cluster.nodes.map((n) => n.id).filter((id) => id !== down);
+    await clusterOf().kill(down);
+    const others = clusterOf().nodes.map((n) => n.id).filter((id) => id !== down);
     for (const id of others) {
-      await cluster.kill(id);
-      await cluster.startNode(id);
+      await clusterOf().kill(id);
+      await clusterOf().startNode(id);
     }
-    return cluster.waitForLeader(others);
+    return clusterOf().waitForLeader(others);
   };
 
   test("before any such command applied, it holds them back; once one applied with every member heard, it does not", async () => {
     let leader = await restartAllBut(3);
     expect(await del(leader, "d/")).toMatchObject({ status: 409, body: { error: "upgrade_required", members: [3] } });
-    await cluster.startNode(3);
-    await cluster.waitForLeader();
+    await clusterOf().startNode(3);
+    await clusterOf().waitForLeader();
     // Every member answers soon: the first goes once they all said so.
     const deadline = performance.now() + 15_000;
-    let first = await del(await cluster.waitForLeader(), "d/");
+    let first = await del(await clusterOf().waitForLeader(), "d/");
     while (first.status === 409 && performance.now() < deadline) {
       await Bun.sleep(50); // polling the leader's view of its peers
-      first = await del(await cluster.waitForLeader(), "d/");
+      first = await del(await clusterOf().waitForLeader(), "d/");
     }
     expect(first.status).toBe(200);
     leader = await restartAllBut(3);
@@ -429,29 +426,18 @@ describe("a member down since the leader started (found in a black-box review: i
 });
 
 describe("DELETE /kv?prefix= with a member that says it runs an older release", () => {
-  let dir: string;
-  let cluster: ServerCluster;
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), "kv-delete-prefix-old-"));
-    cluster = createServerCluster({ size: 3, baseDir: dir, config: (id) => (id === 3 ? { commandLevel: 1 } : {}) });
-    await cluster.start();
-    await cluster.waitForLeader();
-  });
-  afterAll(async () => {
-    await cluster.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const clusterOf = serverClusterForSuite({ size: 3, dirPrefix: "kv-delete-prefix-old-", config: (id) => (id === 3 ? { commandLevel: 1 } : {}) });
 
   test("409 upgrade_required naming it, with nothing proposed", async () => {
-    let leader = await cluster.waitForLeader();
+    let leader = await clusterOf().waitForLeader();
     if (leader === 3) {
       // Node 3 only says it is older: leading, it would propose the command itself.
-      await fetch(`${cluster.node(3).httpUrl}/leader/transfer?to=1`, { method: "POST" });
-      leader = await cluster.waitForLeader([1, 2]);
+      await fetch(`${clusterOf().node(3).httpUrl}/leader/transfer?to=1`, { method: "POST" });
+      leader = await clusterOf().waitForLeader([1, 2]);
     }
-    const kv = createClient({ endpoints: [cluster.node(leader).httpUrl] });
+    const kv = createClient({ endpoints: [clusterOf().node(leader).httpUrl] });
     await kv.put("o/1", "v");
-    const answer = await fetch(`${cluster.node(leader).httpUrl}/kv?prefix=o/`, { method: "DELETE" });
+    const answer = await fetch(`${clusterOf().node(leader).httpUrl}/kv?prefix=o/`, { method: "DELETE" });
     expect(answer.status).toBe(409);
     const body = (await answer.json()) as { error: string; message: string; members: number[] };
     expect(body.error).toBe("upgrade_required");

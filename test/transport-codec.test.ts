@@ -11,7 +11,7 @@ import {
 import type { RaftMessage } from "../src/gen/kv/v1/raft_pb.ts";
 import {
   TransportDecodeError,
-  commandLevelOf,
+  statedCommandLevel,
   defaultDecodeLimits,
   fromProto,
   fromSendRequest,
@@ -118,8 +118,8 @@ describe("round trip", () => {
   test("a call or an answer that states no command level is from a release that applies level 1", () => {
     const silent = fromSendRequest(fromBinary(SendRequestSchema, toBinary(SendRequestSchema, toSendRequest(2, "", []))));
     expect(silent.commandLevel).toBe(1);
-    expect(commandLevelOf(fromBinary(SendResponseSchema, toBinary(SendResponseSchema, toSendResponse([]))).commandLevel)).toBe(1);
-    expect(commandLevelOf(fromBinary(SendResponseSchema, toBinary(SendResponseSchema, toSendResponse([], undefined, 2))).commandLevel)).toBe(2);
+    expect(statedCommandLevel(fromBinary(SendResponseSchema, toBinary(SendResponseSchema, toSendResponse([]))).commandLevel)).toBe(1);
+    expect(statedCommandLevel(fromBinary(SendResponseSchema, toBinary(SendResponseSchema, toSendResponse([], undefined, 2))).commandLevel)).toBe(2);
   });
 
   test("decoded entry data is a view into the request body, not a copy (what keeps values longer copies them: watch-history.test.ts)", () => {

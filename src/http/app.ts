@@ -5,7 +5,7 @@ import { deletePrefixKeysDefault } from "../kv/command.ts";
 import { PROMETHEUS_CONTENT_TYPE } from "../lib/metrics.ts";
 import type { KvNodeApi, NodeStatus, ReadConsistency, WatchFilter, WatchItem, WatchStart, WriteOptions } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
-import { decodeKvKey, KEY_BYTES_MAX_LIMIT, KV_PATH_PREFIX, parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
+import { bareQueryNames, decodeKvKey, KEY_BYTES_MAX_LIMIT, KV_PATH_PREFIX, parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
 import { refuseBody } from "./json-body.ts";
 import {
   createOpenApiDocument,
@@ -193,7 +193,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     if (deletePrefix === undefined) throw new KvError("method_not_allowed", "DELETE /kv is not served by this node", {});
     // Unknown parameters were refused by the route's schema (deletePrefixQuery, openapi.ts).
     // `?prefix` without `=` reads as the empty prefix, every key: a wipe one typo away (found in a black-box review).
-    if (search.slice(1).split("&").some((part) => !part.includes("=") && decodeQueryName(part) === "prefix")) {
+    if (bareQueryNames(search).includes("prefix")) {
       throw new KvError("bad_request", "?prefix without '=' names no prefix: write ?prefix=P, or ?prefix= (with '=') to delete every key");
     }
     const query = parseQueryStrictly(search);
@@ -481,15 +481,6 @@ function writeQuery(search: string, taken: readonly string[], method: string, re
     }
   }
   return query;
-}
-
-/** A query parameter's name as `parseQueryStrictly` reads it (`+` a space, percent-escapes decoded); undefined when malformed. */
-function decodeQueryName(raw: string): string | undefined {
-  try {
-    return decodeURIComponent(raw.replaceAll("+", " "));
-  } catch {
-    return undefined;
-  }
 }
 
 /** `?lease=ID` on a put: attach the key to that lease (src/kv/leases.ts); given at most once. */

@@ -77,6 +77,18 @@ export function parseQueryStrictly(search: string): URLSearchParams {
   return new URLSearchParams(pairs);
 }
 
+/**
+ * The names, decoded as `parseQueryStrictly` decodes them, of the parameters given without `=`
+ * (`?prefix` rather than `?prefix=`): `URLSearchParams` reads both as the empty value.
+ */
+export function bareQueryNames(search: string): string[] {
+  const text = search.startsWith("?") ? search.slice(1) : search;
+  return text
+    .split("&")
+    .filter((part) => part !== "" && !part.includes("="))
+    .map((part) => decodeQueryComponent(part, part));
+}
+
 /** The value of query parameter `name`, null when absent; given twice, a 400 (the first would be taken silently). */
 export function singleParam(query: URLSearchParams, name: string): string | null {
   const values = query.getAll(name);

@@ -16,6 +16,7 @@ import {
   isNoopData,
   leaseKeyPrefix,
   type MembershipChange,
+  reservedPrefixOf,
   sessionKeyPrefix,
 } from "./command.ts";
 import {
@@ -570,13 +571,6 @@ function applyDeletePrefix(step: Extract<ApplyStep, { kind: "delete-prefix" }>, 
     assert(deleted, `delete-prefix: key ${JSON.stringify(key)} listed but not deleted`);
   }
   return { kind: "delete-prefix", index: step.index, version: step.index, deleted: deletedKeys.length, more, deletedKeys };
-}
-
-/** The state machine's own prefix `key` starts with, if any (see `isReservedKey`). */
-function reservedPrefixOf(key: string): string | undefined {
-  if (key.startsWith(sessionKeyPrefix)) return sessionKeyPrefix;
-  if (key.startsWith(leaseKeyPrefix)) return leaseKeyPrefix;
-  return undefined;
 }
 
 /** Keys read per page while looking for clients' keys under a prefix. */

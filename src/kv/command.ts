@@ -91,7 +91,13 @@ export const leaseExpireIdsMax = 10_000;
 export const leaseKeyPrefix = "\u0000lease/";
 /** True for a key of the state machine's own (sessions, leases): clients can neither read, write nor list it. */
 export function isReservedKey(key: string): boolean {
-  return key.startsWith(sessionKeyPrefix) || key.startsWith(leaseKeyPrefix);
+  return reservedPrefixOf(key) !== undefined;
+}
+/** The state machine's own prefix `key` starts with (see `isReservedKey`), if any. */
+export function reservedPrefixOf(key: string): string | undefined {
+  if (key.startsWith(sessionKeyPrefix)) return sessionKeyPrefix;
+  if (key.startsWith(leaseKeyPrefix)) return leaseKeyPrefix;
+  return undefined;
 }
 /** Milliseconds since the epoch and session limits are below 2^53: at most 8 LEB128 bytes each. */
 const stampVarintBytesMax = 8;
@@ -394,7 +400,7 @@ function encodePlain(command: Command, headers: readonly Uint8Array[]): Uint8Arr
 }
 
 /** A key's (or a prefix's) UTF-8 bytes; `CommandCodecError` for a lone surrogate or more than `commandKeyBytesMax` bytes. */
-function keyBytesOf(key: string, what: "key" | "prefix"): Uint8Array {
+export function keyBytesOf(key: string, what: "key" | "prefix" = "key"): Uint8Array {
   if (!key.isWellFormed()) throw new CommandCodecError(`encode: ${what} holds a lone UTF-16 surrogate`);
   const bytes = utf8Encoder.encode(key);
   if (bytes.byteLength > commandKeyBytesMax) throw new CommandCodecError(`encode: ${what} of ${bytes.byteLength} bytes exceeds ${commandKeyBytesMax}`);
@@ -489,7 +495,7 @@ export function decodeCommand(data: Uint8Array): Command {
   return ifVersion === undefined ? { op: "delete", key } : { op: "delete", key, ifVersion };
 }
 
-/** A delete-prefix's body after its op byte: the prefix, then the limit, and nothing after. */
+/** A delete-prefix's body after its op byte: the prefix, the limit, the key bytes' bound, and nothing after. */
 function decodeDeletePrefix(data: Uint8Array): DeletePrefixCommand {
   const { value: length, next: start } = readVarint(data, 1, keyLengthVarintBytesMax, "prefix length");
   if (length > commandKeyBytesMax) throw new CommandCodecError(`decode: prefix length ${length} exceeds ${commandKeyBytesMax}`);

@@ -34,7 +34,7 @@
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvTable } from "./apply-plan.ts";
-import { CommandCodecError, commandKeyBytesMax, isReservedKey, readVarint, varintByteLength, writeVarint } from "./command.ts";
+import { CommandCodecError, commandKeyBytesMax, isReservedKey, keyBytesOf, readVarint, varintByteLength, writeVarint } from "./command.ts";
 
 /** Comparisons and operations a transaction may hold, all lists together. */
 export const txnOperationsMax = 128;
@@ -90,7 +90,6 @@ export interface TxnAnswer {
   readonly results: readonly TxnOpResult[];
 }
 
-const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 const compareTargets = ["version", "value", "exists", "absent", "version-op", "value-op"] as const;
@@ -148,13 +147,6 @@ export function checkTxnRequest(txn: TxnRequest): void {
 
 // ---- Codec (called by command.ts for op byte 0x10) ------------------------------------------
 
-function keyBytesOf(key: string): Uint8Array {
-  if (!key.isWellFormed()) throw new CommandCodecError("encode: key holds a lone UTF-16 surrogate");
-  const bytes = utf8Encoder.encode(key);
-  if (bytes.byteLength > commandKeyBytesMax) throw new CommandCodecError(`encode: key of ${bytes.byteLength} bytes exceeds ${commandKeyBytesMax}`);
-  return bytes;
-}
-
 function checkValueLength(value: Uint8Array): void {
   if (value.byteLength >= 2 ** (7 * valueLengthVarintBytesMax)) throw new CommandCodecError(`encode: value of ${value.byteLength} bytes is too long for a transaction`);
 }
@@ -175,19 +167,23 @@ export function encodeTxnBody(txn: TxnRequest): Uint8Array[] {
     number(bytes.byteLength);
     parts.push(bytes);
   };
+  // A comparison for equality keeps its plain target; by another operator, its target then the operator's tag.
+  const operated = (plainTag: number, opTag: number, key: string, op: TxnCompareOp | undefined) => {
+    const operator = compareOpTag(op);
+    keyed(operator === 0 ? plainTag : opTag, key);
+    if (operator !== 0) parts.push(Uint8Array.of(operator));
+  };
   number(txn.compare.length);
   for (const compare of txn.compare) {
     switch (compare.target) {
       case "version":
         if (!Number.isSafeInteger(compare.version) || compare.version < 0) throw new CommandCodecError(`encode: version ${compare.version} is not a version`);
-        keyed(compareOpTag(compare.op) === 0 ? 1 : 5, compare.key);
-        if (compareOpTag(compare.op) !== 0) parts.push(Uint8Array.of(compareOpTag(compare.op)));
+        operated(1, 5, compare.key, compare.op);
         number(compare.version);
         break;
       case "value":
         checkValueLength(compare.value);
-        keyed(compareOpTag(compare.op) === 0 ? 2 : 6, compare.key);
-        if (compareOpTag(compare.op) !== 0) parts.push(Uint8Array.of(compareOpTag(compare.op)));
+        operated(2, 6, compare.key, compare.op);
         number(compare.value.byteLength);
         parts.push(compare.value);
         break;

@@ -46,9 +46,9 @@ export function membersBelowLevel(
 
 /**
  * `upgrade_required` for a command of `level` (`what`, for the message) when a member has not said
- * it applies it; nothing when every member has.
+ * it applies it; undefined when every member has.
  */
-export function refuseBelowLevel(
+export function belowLevelRefusal(
   what: string,
   level: number,
   release: string,
@@ -56,14 +56,14 @@ export function refuseBelowLevel(
   selfId: NodeId,
   peerLevel: (id: NodeId) => number | undefined,
   recordedLevel = 1,
-): void {
+): KvError | undefined {
   const lagging = membersBelowLevel(level, members, selfId, peerLevel, recordedLevel);
-  if (lagging.length === 0) return;
+  if (lagging.length === 0) return undefined;
   // "last said": it may be down now (found in a black-box review: the message read as if it ran).
   const said = lagging.map((member) =>
     member.level === undefined ? `node ${member.id} has not answered this leader since it started` : `node ${member.id} last said it runs an older release`,
   );
-  throw new KvError(
+  return new KvError(
     "upgrade_required",
     `${what} needs every member on kv ${release} or later, and ${said.join("; ")}: nothing was proposed. Upgrade or bring up those members, then retry`,
     { members: lagging.map((member) => member.id) },

@@ -23,7 +23,7 @@ import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
-import { refuseBelowLevel } from "./cluster-level.ts";
+import { belowLevelRefusal } from "./cluster-level.ts";
 import type {
   DeletePrefixAnswer,
   KvNodeApi,
@@ -561,14 +561,8 @@ export class KvNode implements KvNodeApi {
       return new KvError("conf_change_pending", `${what} waits for the membership change in progress to apply (a member being added must say it runs a release that applies it); retry once it is`, { retryAfterS: 1 });
     }
     const status = this.raw.basicStatus();
-    try {
-      const recorded = commandLevelOf(this.cfg.storage.get(commandLevelKey));
-      refuseBelowLevel(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id), recorded);
-      return undefined;
-    } catch (error: unknown) {
-      if (error instanceof KvError) return error;
-      throw error;
-    }
+    const recorded = commandLevelOf(this.cfg.storage.get(commandLevelKey));
+    return belowLevelRefusal(what, level, COMMAND_LEVEL_RELEASES[level] ?? "?", [...status.voters, ...status.learners], this.cfg.id, (id) => this.transport?.peerCommandLevel(id), recorded);
   }
 
   /**

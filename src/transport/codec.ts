@@ -340,7 +340,7 @@ export function toSendRequest(from: NodeId, fromHttpUrl: string, messages: reado
 export function fromSendRequest(request: SendRequest, limits: DecodeLimits = defaultDecodeLimits): DecodedSendRequest {
   const from = nodeId(request.from, "request.from");
   const fromHttpUrl = httpUrl(request.fromHttpUrl, limits.httpUrlLengthMax);
-  return { from, fromHttpUrl, commandLevel: commandLevelOf(request.commandLevel), messages: messagesFrom(request.messages, from, "request", limits) };
+  return { from, fromHttpUrl, commandLevel: statedCommandLevel(request.commandLevel), messages: messagesFrom(request.messages, from, "request", limits) };
 }
 
 /** Encodes the messages this server answers a peer's call with, (when given) its own client URL, and its command level. */
@@ -352,7 +352,7 @@ export function toSendResponse(messages: readonly Message[], selfHttpUrl?: strin
  * A peer's command level as a call or an answer states it: the field is left out by releases before
  * 0.9.0 (and by anything that does not say), which apply level 1.
  */
-export function commandLevelOf(value: unknown): number {
+export function statedCommandLevel(value: unknown): number {
   return typeof value === "number" && Number.isInteger(value) && value >= 1 ? value : 1;
 }
 

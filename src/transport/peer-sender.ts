@@ -10,7 +10,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import type { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
 import type { Message, NodeId } from "../raft/types.ts";
-import { TransportDecodeError, commandLevelOf, defaultDecodeLimits, fromSendResponse, sendResponseHttpUrl, toSendRequest } from "./codec.ts";
+import { TransportDecodeError, statedCommandLevel, defaultDecodeLimits, fromSendResponse, sendResponseHttpUrl, toSendRequest } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
 
 /** Bounds on one peer's sender. */
@@ -260,7 +260,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
             knownPeerHttpUrl = peerHttpUrl;
             options.onPeerHttpUrl?.(peerHttpUrl);
           }
-          options.onPeerCommandLevel?.(commandLevelOf(response.commandLevel));
+          options.onPeerCommandLevel?.(statedCommandLevel(response.commandLevel));
           if (replies.length > 0) options.onReply?.(replies);
         },
         (error: unknown) => {

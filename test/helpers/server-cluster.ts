@@ -1,6 +1,9 @@
 // Shared by the suites that need real nodes but not real processes: a cluster of servers made by
 // createServer (src/server/create-server.ts) in the test's own process, each reaching the others
 // through a TCP proxy of its own, so a restarted node keeps its peer address.
+import { afterAll, beforeAll } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createTcpProxy, type TcpProxy } from "../../src/chaos/tcp-proxy.ts";
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../../src/http/app.ts";
@@ -174,4 +177,29 @@ export function createServerCluster(options: ServerClusterOptions): ServerCluste
     },
   };
   return cluster;
+}
+
+/**
+ * For a `describe` block: a cluster of `size` in-process servers in a fresh directory, started and
+ * led before its tests (`beforeAll`) and stopped and removed after them (`afterAll`). Returns the
+ * running cluster's getter.
+ */
+export function serverClusterForSuite(options: { readonly size: number; readonly dirPrefix: string } & Omit<ServerClusterOptions, "size" | "baseDir">): () => ServerCluster {
+  let dir: string | undefined;
+  let cluster: ServerCluster | undefined;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), options.dirPrefix));
+    const { dirPrefix: _, ...rest } = options;
+    cluster = createServerCluster({ ...rest, baseDir: dir });
+    await cluster.start();
+    await cluster.waitForLeader();
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  });
+  return () => {
+    if (cluster === undefined) throw new Error("the suite's cluster is not started yet");
+    return cluster;
+  };
 }
