@@ -5,7 +5,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { RUNTIME_TUNING } from "../src/cli/runtime-tuning.ts";
+import { BUN_FLAGS, bunOptionsWithFlags, RUNTIME_TUNING } from "../src/cli/runtime-tuning.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-runtime-tuning-"));
@@ -14,7 +14,7 @@ afterAll(async () => {
   rmSync(baseDir, { recursive: true, force: true });
 });
 // The spawned nodes inherit this process's environment: start from one without the variables.
-for (const name of Object.keys(RUNTIME_TUNING)) delete process.env[name];
+for (const name of [...Object.keys(RUNTIME_TUNING), "BUN_OPTIONS"]) delete process.env[name];
 
 /** The environment of a running process, from /proc. */
 function environmentOf(pid: number): Map<string, string> {
@@ -28,6 +28,7 @@ describe.skipIf(process.platform !== "linux")("runtime tuning", () => {
     try {
       const environment = environmentOf(node.pid);
       for (const [name, value] of Object.entries(RUNTIME_TUNING)) expect(environment.get(name)).toBe(value);
+      expect(environment.get("BUN_OPTIONS")).toBe(BUN_FLAGS.join(" "));
       expect(readFileSync(`/proc/${node.pid}/cmdline`, "utf8").split("\0")).toContain("serve");
       const status = (await (await fetch(`${node.httpUrl}/status`)).json()) as { id: number };
       expect(status.id).toBe(1);
@@ -43,14 +44,54 @@ describe.skipIf(process.platform !== "linux")("runtime tuning", () => {
       cluster: "1=http://127.0.0.1:0",
       dataDir: join(baseDir, "operator"),
       logFile: join(baseDir, "operator.log"),
-      env: { MIMALLOC_PURGE_DELAY: "250" },
+      env: { MIMALLOC_PURGE_DELAY: "250", BUN_OPTIONS: "--max-http-header-size=20000 --smol" },
     });
     try {
       const environment = environmentOf(node.pid);
       expect(environment.get("MIMALLOC_PURGE_DELAY")).toBe("250");
       expect(environment.get("BUN_JSC_useFTLJIT")).toBe("0");
+      expect(environment.get("BUN_OPTIONS")).toBe("--max-http-header-size=20000 --smol");
     } finally {
       await node.stop();
     }
+  });
+
+  test("keys as long as the limits allow reach their routes, percent-encoded, and a longer one gets the JSON 413", async () => {
+    const node = await startKvProcess({
+      id: 1,
+      cluster: "1=http://127.0.0.1:0",
+      dataDir: join(baseDir, "long-keys"),
+      logFile: join(baseDir, "long-keys.log"),
+      args: ["--key-bytes-max", "16384"],
+    });
+    try {
+      // 8,192 two-byte characters: 16,384 bytes, 49,152 characters in the URL (Bun's own limit was 16 KiB).
+      const key = "é".repeat(8192);
+      const path = `${node.httpUrl}/kv/${encodeURIComponent(key)}`;
+      const put = await fetch(path, { method: "PUT", body: "long" });
+      expect(put.status).toBe(200);
+      const got = await fetch(path);
+      expect(got.status).toBe(200);
+      expect(await got.text()).toBe("long");
+      // A listing's next page names two such keys in its query.
+      const prefix = "é".repeat(8000);
+      const listed = await fetch(`${node.httpUrl}/kv?prefix=${encodeURIComponent(prefix)}&after=${encodeURIComponent(prefix)}`);
+      expect(listed.status).toBe(200);
+      expect(((await listed.json()) as { items: { key: string }[] }).items.map((item) => item.key)).toEqual([key]);
+      const over = await fetch(`${node.httpUrl}/kv/${"k".repeat(16385)}`, { method: "PUT", body: "x" });
+      expect(over.status).toBe(413);
+      expect(((await over.json()) as { error: string }).error).toBe("too_large");
+    } finally {
+      await node.stop();
+    }
+  });
+});
+
+describe("BUN_OPTIONS", () => {
+  test("the flags are added to an operator's own, and a flag the operator set is left as it is", () => {
+    expect(bunOptionsWithFlags(undefined)).toBe(BUN_FLAGS.join(" "));
+    expect(bunOptionsWithFlags("--smol")).toBe(["--smol", ...BUN_FLAGS].join(" "));
+    expect(bunOptionsWithFlags("--max-http-header-size=20000")).toBeUndefined();
+    expect(bunOptionsWithFlags(BUN_FLAGS.join(" "))).toBeUndefined();
   });
 });

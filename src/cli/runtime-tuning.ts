@@ -28,6 +28,16 @@
  * but cost 12% of the writes/s at 100 B and 17% more CPU per write (BENCHMARKS.md, twenty-sixth
  * session).
  *
+ * And one of Bun's own flags, given through `BUN_OPTIONS` (added to an operator's own flags there):
+ *
+ * - `--max-http-header-size=131072` (128 KiB; Bun's default is 16 KiB). Keys travel in the request
+ *   line, percent-encoded: a key of 16,384 bytes (the most reads take, and `--key-bytes-max` allows)
+ *   can take 49,152 characters, and a listing's page names two (`prefix` and `after`). Past Bun's
+ *   limit the client got Bun's own bare `431` with no body, never reaching the route: with the
+ *   default 4096-byte keys, the next page after a long key under a long prefix could not be asked
+ *   for, and keys within a raised limit could not be written. With 128 KiB every key within the
+ *   limits reaches its route, and an oversized one gets the documented `413 too_large` JSON.
+ *
  * So a long-running command re-executes itself in place (execve: same pid, so signals, pid files
  * and `kill` keep working) with whichever of these variables is not already set; an operator's own
  * values are kept. If anything about that fails, the command simply runs as it is.
@@ -41,6 +51,17 @@ export const RUNTIME_TUNING: Readonly<Record<string, string>> = {
   BUN_JSC_useFTLJIT: "0",
   BUN_JSC_forceRAMSize: String(256 * 1024 * 1024),
 };
+
+/** Bun's own flags, each added to `BUN_OPTIONS` unless a flag of that name is there already. */
+export const BUN_FLAGS: readonly string[] = ["--max-http-header-size=131072"];
+
+/** `BUN_OPTIONS` with each of {@link BUN_FLAGS} it lacks (by name) added, or undefined when it lacks none. */
+export function bunOptionsWithFlags(current: string | undefined): string | undefined {
+  const given = (current ?? "").split(/\s+/).filter((word) => word !== "");
+  const named = new Set(given.map((word) => word.split("=")[0]));
+  const missing = BUN_FLAGS.filter((flag) => !named.has(flag.split("=")[0]));
+  return missing.length === 0 ? undefined : [...given, ...missing].join(" ");
+}
 
 /** NUL-terminated bytes of `text`, kept alive by the caller until execve. */
 function cString(text: string): Buffer {
@@ -58,10 +79,12 @@ function pointerArray(strings: readonly Buffer[]): BigUint64Array {
 
 /**
  * Replaces this process with itself under {@link RUNTIME_TUNING} (see the file comment), or returns
- * when every variable is already set, on platforms other than Linux, or if execve fails.
+ * when every variable and flag is already set, on platforms other than Linux, or if execve fails.
  */
 export function reexecWithRuntimeTuning(args: readonly string[]): void {
   const missing = Object.entries(RUNTIME_TUNING).filter(([name]) => process.env[name] === undefined);
+  const bunOptions = bunOptionsWithFlags(process.env.BUN_OPTIONS);
+  if (bunOptions !== undefined) missing.push(["BUN_OPTIONS", bunOptions]);
   if (process.platform !== "linux" || missing.length === 0) return;
   try {
     const libc = dlopen("libc.so.6", { execve: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
