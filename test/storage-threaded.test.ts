@@ -103,6 +103,35 @@ describe("threaded storage", () => {
     }
   });
 
+  test("stateVersion() is the applied index of the state get() reads, in the same read transaction, ahead of the applies the loop has heard of", async () => {
+    const dir = tempDir();
+    const storage = await openThreadedStorage(dir, { voters: [1] });
+    try {
+      const count = 200;
+      const entries = Array.from({ length: count }, (_, i) => put(i + 1, "k", `v${i + 1}`));
+      storage.save(hard(1, count), entries, false);
+      const applies = entries.map((entry) => storage.applyEntries([entry]));
+      // Microtasks only: the writer's answers (messages) wait, so the loop hears of no apply while
+      // the writer commits them one by one; each look is one read transaction (it ends in a microtask).
+      const deadline = performance.now() + 10_000;
+      let looks = 0;
+      for (;;) {
+        const version = storage.stateVersion();
+        expect([version, storage.get("k")?.version ?? 0]).toEqual([version, version]);
+        looks++;
+        if (version === count) break;
+        if (performance.now() > deadline) throw new Error(`the state stayed at ${version} after ${looks} looks`);
+        await Promise.resolve();
+      }
+      expect(storage.appliedIndex()).toBe(0);
+      await Promise.all(applies);
+      expect(storage.appliedIndex()).toBe(count);
+      expect(storage.stateVersion()).toBe(count);
+    } finally {
+      await closed(storage);
+    }
+  });
+
   test("sync() resolves only once every write posted before it is committed: a second connection then sees the applies and the compaction, and the log holds the saves", async () => {
     const dir = tempDir();
     const storage = await openThreadedStorage(dir, { voters: [1] });

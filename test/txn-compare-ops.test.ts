@@ -101,7 +101,7 @@ describe("on a cluster", () => {
     cluster = undefined;
   });
 
-  test("POST /txn takes an op on a version or a value, refuses a bad one or one on exists with a 400, and a member of an older release gets it 409 upgrade_required, nothing proposed", async () => {
+  test("POST /txn takes an op on a version or a value, refuses a bad one or one on exists with a 400, and a member of an older release gets it 409 upgrade_required, nothing proposed (unless it only reads)", async () => {
     let old = 0;
     const c = createMemoryCluster({ commandLevelOf: (id) => (id === old ? 1 : COMMAND_LEVEL) });
     cluster = c;
@@ -138,11 +138,15 @@ describe("on a cluster", () => {
     const refused = await txn({ compare: [{ key: "n", version: 1, op: ">" }], success: [{ put: { key: "n", value: "8" } }] });
     expect(refused).toMatchObject({ status: 409, body: { error: "upgrade_required", members: [old] } });
     expect(leader.status().lastLogIndex).toBe(before);
+    // A transaction of gets alone is a read: nothing is proposed, so any operator goes.
+    const read = await txn({ compare: [{ key: "n", version: 1, op: ">" }], success: [{ get: { key: "n" } }] });
+    expect(read).toMatchObject({ status: 200, body: { succeeded: true, results: [{ get: { key: "n", found: true, value: "6" } }] } });
+    expect(leader.status().lastLogIndex).toBe(before);
     // Comparisons for equality are written as that release reads them: they go.
     expect(await txn({ compare: [{ key: "n", value: "6", op: "=" }], success: [{ put: { key: "n", value: "9" } }] })).toMatchObject({ status: 200, body: { succeeded: true } });
     let direct: unknown;
     try {
-      leader.txn({ compare: [{ key: "n", target: "value", value: bytes("9"), op: "<" }], success: [], failure: [] });
+      leader.txn({ compare: [{ key: "n", target: "value", value: bytes("9"), op: "<" }], success: [{ op: "delete", key: "n" }], failure: [] });
     } catch (error) {
       direct = error;
     }

@@ -6,6 +6,7 @@ import { createPrng } from "../src/lib/prng.ts";
 import { txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import type { WatchItem } from "../src/node/api.ts";
 import { createMemoryCluster, type MemoryCluster, tickMs } from "./helpers/memory-cluster.ts";
+import { serverClusterForSuite } from "./helpers/server-cluster.ts";
 
 let cluster: MemoryCluster | undefined;
 afterEach(() => {
@@ -167,6 +168,43 @@ describe("POST /txn", () => {
     expect(c.storages.get(leaderId)!.get("a")).toBeUndefined();
   });
 
+  test("a transaction of gets alone is a linearizable read on the leader: no entry, the version of the state it read, answers as through the log", async () => {
+    const { c, leaderId, call, txn } = await started();
+    const leader = c.node(leaderId);
+    const first = (await (await call(leaderId, "PUT", "/kv/a", "1")).json()) as { version: number };
+    const second = (await (await call(leaderId, "PUT", "/kv/b", "2")).json()) as { version: number };
+    const before = leader.status().lastLogIndex;
+    const body = {
+      compare: [{ key: "a", version: first.version }, { key: "gone", exists: false }],
+      success: [{ get: { key: "a" } }, { get: { key: "b" } }, { get: { key: "gone" } }],
+      failure: [{ get: { key: "b" } }],
+    };
+    const response = await txn(body);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({
+      succeeded: true,
+      version: second.version,
+      results: [
+        { get: { key: "a", found: true, value: "1", version: first.version } },
+        { get: { key: "b", found: true, value: "2", version: second.version } },
+        { get: { key: "gone", found: false } },
+      ],
+    });
+    const failed = (await (await txn({ ...body, compare: [{ key: "a", version: first.version, op: "!=" }] })).json()) as { succeeded: boolean; version: number; results: unknown[] };
+    expect(failed).toEqual({ succeeded: false, version: second.version, results: [{ get: { key: "b", found: true, value: "2", version: second.version } }] });
+    expect(leader.status().lastLogIndex).toBe(before);
+    // A write after it is seen by the next one, at the write's version.
+    const third = (await (await call(leaderId, "PUT", "/kv/a", "3")).json()) as { version: number };
+    expect(await (await txn({ success: [{ get: { key: "a" } }] })).json()).toEqual({
+      succeeded: true,
+      version: third.version,
+      results: [{ get: { key: "a", found: true, value: "3", version: third.version } }],
+    });
+    // An Idempotency-Key changes nothing: a read keeps no session, and is read anew.
+    expect((await (await txn({ success: [{ get: { key: "b" } }] }, { "Idempotency-Key": "r1" })).json()) as unknown).toMatchObject({ version: third.version });
+    expect(leader.status().lastLogIndex).toBe(third.version);
+  });
+
   test("a follower answers 307 to the leader's /txn and proposes nothing", async () => {
     const { c, leaderId, followerId, call } = await started();
     const lastIndex = c.node(leaderId).status().lastLogIndex;
@@ -257,6 +295,38 @@ async function advance(c: MemoryCluster, ms: number): Promise<void> {
 /** The deletes among `items`, as "key @version reason". */
 const deletesOf = (items: WatchItem[]) =>
   items.flatMap((item) => (item.type === "change" && item.change.kind === "delete" ? [`${item.change.key} @${item.change.version} ${item.change.reason}`] : []));
+
+describe("transactions of gets alone on a server (its storage thread applies, its loop reads)", () => {
+  const clusterOf = serverClusterForSuite({ size: 1, dirPrefix: "kv-txn-read-" });
+
+  test("each answers the version of the state it read: every get is that state's value, while writes apply", async () => {
+    const url = clusterOf().node(1).httpUrl;
+    type Read = { version: number; results: { get: { found: boolean; value?: string; version?: number } }[] };
+    const puts: Promise<{ value: string; version: number }>[] = [];
+    for (let i = 0; i < 1000; i++) {
+      const value = String(i);
+      puts.push(fetch(`${url}/kv/k`, { method: "PUT", body: value }).then(async (answer) => ({ value, version: ((await answer.json()) as { version: number }).version })));
+    }
+    let writing = true;
+    const allWritten = Promise.all(puts).finally(() => {
+      writing = false;
+    });
+    // Readers that keep asking while the writes apply.
+    const readers = Array.from({ length: 8 }, async () => {
+      const seen: Read[] = [];
+      while (writing) seen.push((await (await fetch(`${url}/txn`, { method: "POST", body: JSON.stringify({ success: [{ get: { key: "k" } }] }) })).json()) as Read);
+      return seen;
+    });
+    const written = (await allWritten).sort((a, b) => a.version - b.version);
+    const reads = (await Promise.all(readers)).flat();
+    expect(reads.length).toBeGreaterThan(0);
+    for (const read of reads) {
+      // The state at the answer's version holds the last put at or before it.
+      const expected = written.filter((put) => put.version <= read.version).at(-1);
+      expect(read.results).toEqual([{ get: expected === undefined ? { key: "k", found: false } : { key: "k", found: true, value: expected.value, version: expected.version } }] as never);
+    }
+  });
+});
 
 describe("leases in transactions", () => {
   test("a put with a lease attaches its key when its branch runs (GET /leases/{id} lists it); the branch not taken attaches nothing; revoke deletes the keys (reason delete), expiry too (reason lease_expired)", async () => {

@@ -345,7 +345,7 @@ function satisfies(order: number, op: TxnCompareOp | undefined): boolean {
   }
 }
 
-function holds(compare: TxnCompare, table: KvTable): boolean {
+function holds(compare: TxnCompare, table: Pick<KvTable, "get">): boolean {
   const stored = table.get(compare.key);
   switch (compare.target) {
     case "version":
@@ -362,7 +362,7 @@ function holds(compare: TxnCompare, table: KvTable): boolean {
 }
 
 /** Whether every comparison of `txn` holds on `table` (so its `success` branch runs). */
-export function txnSucceeds(txn: TxnRequest, table: KvTable): boolean {
+export function txnSucceeds(txn: TxnRequest, table: Pick<KvTable, "get">): boolean {
   return txn.compare.every((compare) => holds(compare, table));
 }
 
@@ -396,7 +396,7 @@ export interface TxnEvaluation {
  * keeps them; past the bound it is refused, and only the total is counted). Deterministic: it reads
  * only the table and the request.
  */
-export function evaluateTxn(txn: TxnRequest, index: number, table: KvTable, leaseExists: (id: number) => boolean, getBytesMax = Number.POSITIVE_INFINITY): TxnEvaluation {
+export function evaluateTxn(txn: TxnRequest, index: number, table: Pick<KvTable, "get">, leaseExists: (id: number) => boolean, getBytesMax = Number.POSITIVE_INFINITY): TxnEvaluation {
   const succeeded = txnSucceeds(txn, table);
   const ops = succeeded ? txn.success : txn.failure;
   const written = new Map<string, Uint8Array | undefined>(); // key -> its value in the branch so far; undefined: deleted

@@ -163,9 +163,11 @@ export interface KvNodeApi {
   /**
    * A multi-key transaction (src/kv/txn.ts): compares, then the success or failure operations, all
    * in one entry, at one version. Resolves once applied here; `idempotencyKey` as for writes. Only
-   * the leader proposes it (`not_leader` elsewhere); its reads are linearizable (they are in the log).
-   * A put may name a lease: if the branch taken names one that does not exist when it applies,
-   * nothing of the transaction applies and it rejects with `lease_not_found`.
+   * the leader serves it (`not_leader` elsewhere); its reads are linearizable. One with a put or a
+   * delete in either branch goes through the log; one of gets alone is a linearizable read (no
+   * entry: it answers the version of the state it read, as etcd's Txn of ranges alone leaves the
+   * revision where it is). A put may name a lease: if the branch taken names one that does not
+   * exist when it applies, nothing of the transaction applies and it rejects with `lease_not_found`.
    */
   txn?(request: TxnRequest, options?: Pick<WriteOptions, "idempotencyKey">): Promise<TxnAnswer>;
   /**

@@ -20,7 +20,7 @@ import {
 import { type ApplyResult, commandLevelKey, commandLevelOf, sessionAnswersRetry, sessionClockKey, sessionClockMsOf } from "../kv/apply-plan.ts";
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
-import { checkTxnRequest, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
+import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import { belowLevelRefusal } from "./cluster-level.ts";
@@ -603,25 +603,24 @@ export class KvNode implements KvNodeApi {
    */
   txn(request: TxnRequest, options: Pick<WriteOptions, "idempotencyKey"> = {}): Promise<TxnAnswer> {
     checkTxnRequest(request);
-    const level = txnCommandLevel(request);
-    if (level > 1) this.refuseUnlessMembersApply("comparing by operator in a transaction", level);
     const { compare, success, failure } = request;
-    // One that writes nothing in either branch changes nothing however often it runs, so it keeps
-    // no session: a session would hold its gets' values (up to 4 MiB) for the idempotency window,
-    // counted against the quota (found in review: read-only transactions filled it). A retry reads anew.
     const writes = success.some((op) => op.op !== "get") || failure.some((op) => op.op !== "get");
-    const idempotency = options.idempotencyKey === undefined || !writes ? {} : { idempotencyKey: options.idempotencyKey };
     // An answer is built whole on this thread (and crosses from the storage thread first): 120 gets
     // of 1 MiB values answered 168 MB after 4.7 s, and its leader lost the leadership (tried by hand
     // after a review's listing did the same). So, by the values' sizes now, either branch's gets may
     // return at most 4 MiB. A value that grows before the entry applies can pass this; the
     // idempotent case is also held to it when applied (apply-plan.ts), where every replica decides alike.
     const getBytes = Math.max(this.txnGetBytes(success), this.txnGetBytes(failure));
-    if (getBytes > txnSessionGetBytesMax && !this.retryAnsweredBySession(idempotency.idempotencyKey)) {
-      return Promise.reject(
-        new KvError("too_large", `the transaction's gets would return about ${getBytes} bytes, more than the ${txnSessionGetBytesMax} one answer may carry: nothing was proposed; read large values with GET /kv/{key}`),
-      );
-    }
+    const tooLarge = () =>
+      new KvError("too_large", `the transaction's gets would return about ${getBytes} bytes, more than the ${txnSessionGetBytesMax} one answer may carry: nothing was proposed; read large values with GET /kv/{key}`);
+    // One that writes nothing in either branch changes nothing however often it runs: a read. It
+    // keeps no session (one would hold its gets' values, up to 4 MiB, for the idempotency window,
+    // counted against the quota: found in review), so a retry reads anew; and it takes no entry.
+    if (!writes) return getBytes > txnSessionGetBytesMax ? Promise.reject(tooLarge()) : this.readOnlyTxn(request);
+    const level = txnCommandLevel(request);
+    if (level > 1) this.refuseUnlessMembersApply("comparing by operator in a transaction", level);
+    const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
+    if (getBytes > txnSessionGetBytesMax && !this.retryAnsweredBySession(idempotency.idempotencyKey)) return Promise.reject(tooLarge());
     const check = level > 1 ? this.membersApplyCheck("comparing by operator in a transaction", level) : undefined;
     return this.write({ op: "txn", compare, success, failure, ...idempotency }, check).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
@@ -636,6 +635,27 @@ export class KvNode implements KvNodeApi {
       assert(result.kind === "txn", `transaction applied as ${result.kind}`);
       return { succeeded: result.succeeded, version: result.version, results: result.results };
     });
+  }
+
+  /**
+   * A transaction of gets alone, served as a linearizable read on the leader, as etcd serves a Txn
+   * of ranges alone: once the state machine has applied up to the read index, its comparisons and
+   * gets are evaluated in one synchronous step, so in one read transaction of the storage (every
+   * read of a task shares one: src/storage/sqlite-reads.ts), and the answer's version is the applied
+   * index of that state. Through the log, each took an entry and a version, and cost a write.
+   * Nothing is proposed, so comparing by operator needs no member to run a newer release.
+   */
+  private async readOnlyTxn(request: TxnRequest): Promise<TxnAnswer> {
+    // Followers answer every transaction with a redirect, as docs/api.md has always said.
+    this.refuseWriteUnlessLeader();
+    await this.readBarrier("linearizable");
+    const storage = this.cfg.storage;
+    const version = storage.stateVersion();
+    const evaluation = evaluateTxn(request, version, storage, () => true, txnSessionGetBytesMax);
+    if (evaluation.getResults === undefined) {
+      throw new KvError("too_large", `the transaction's gets would return ${evaluation.getBytes} bytes, more than the ${txnSessionGetBytesMax} one answer may carry; read large values with GET /kv/{key}`);
+    }
+    return { succeeded: evaluation.succeeded, version, results: evaluation.getResults };
   }
 
   /** What a branch's gets would return now: the keys and the values stored, or put earlier in the branch. */

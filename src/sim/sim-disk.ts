@@ -231,6 +231,10 @@ export class SimDisk implements KvStorage {
   get(key: string): StoredValue | undefined {
     return this.current.get(key);
   }
+  /** What `get` reads: the storage thread's applies included before it confirmed them. */
+  stateVersion(): number {
+    return this.current.stateVersion();
+  }
   valueBytes(key: string): number | undefined {
     return this.current.valueBytes(key);
   }

@@ -54,6 +54,12 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
   isDiskFull?(): boolean;
   /** The current value of `key` and the index of the put that wrote it. */
   get(key: string): StoredValue | undefined;
+  /**
+   * The applied index of the state `get` and `list` read now: every entry up to it, none after.
+   * Where another thread applies, the reads of one task share a read transaction, and this is read
+   * in it (it may be past `appliedIndex()`, which waits for the writer's answer).
+   */
+  stateVersion(): number;
   /** The size in bytes of `key`'s current value, without reading it; undefined when absent. */
   valueBytes(key: string): number | undefined;
   /**

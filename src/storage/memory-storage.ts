@@ -261,6 +261,12 @@ export class MemoryKvStorage implements KvStorage {
     return this.values.get(key);
   }
 
+  /** See `KvStorage.stateVersion`. */
+  stateVersion(): number {
+    this.assertOpen();
+    return this.applied;
+  }
+
   /** See `KvStorage.valueBytes`. */
   valueBytes(key: string): number | undefined {
     this.assertOpen();

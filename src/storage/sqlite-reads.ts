@@ -184,6 +184,7 @@ export class SqliteReads {
   kvRowsRead = 0;
   private readonly selectValue: Statement<CheckedRow, [string]>;
   private readonly selectValueBytes: Statement<{ bytes: number }, [string]>;
+  private readonly selectApplied: Statement<{ applied_index: number }, []>;
   private readonly selectRange: Statement<CheckedRow, [string, string, number]>;
   private readonly selectBoundedRange: Statement<CheckedRow, [string, string, string, number]>;
   private readonly pageCount: Statement<{ page_count: number }, []>;
@@ -210,6 +211,7 @@ export class SqliteReads {
     this.selectValue = db.prepare("SELECT key, value, version, crc FROM kv WHERE key = ?");
     // length() of a BLOB does not read the BLOB (1 µs against 229 µs for a 1 MiB value, measured).
     this.selectValueBytes = db.prepare("SELECT length(value) AS bytes FROM kv WHERE key = ?");
+    this.selectApplied = db.prepare("SELECT applied_index FROM meta WHERE id = 1");
     // Keys are TEXT compared with BINARY collation: UTF-8 byte order, the order `list` promises.
     this.selectRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key >= ? ORDER BY key LIMIT ?");
     this.selectBoundedRange = db.prepare("SELECT key, value, version, crc FROM kv WHERE key > ? AND key >= ? AND key < ? ORDER BY key LIMIT ?");
@@ -257,6 +259,12 @@ export class SqliteReads {
     if (row === null) return undefined;
     checkedRow(this.file, row);
     return { value: row.value, version: row.version };
+  }
+
+  /** The applied index the kv table is at, as this read sees it (in the batch, with `batchKvReads`). */
+  appliedIndex(): number {
+    this.joinBatch();
+    return this.selectApplied.get()?.applied_index ?? 0;
   }
 
   /** See `KvStorage.valueBytes`. */

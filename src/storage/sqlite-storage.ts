@@ -1193,6 +1193,12 @@ export class SqliteStorage implements KvStorage {
     return this.reads.get(key);
   }
 
+  /** See `KvStorage.stateVersion`: applies run on this connection, so what they confirmed. */
+  stateVersion(): number {
+    this.assertOpen();
+    return this.applied;
+  }
+
   /** See `KvStorage.valueBytes`. */
   valueBytes(key: string): number | undefined {
     this.assertOpen();

@@ -497,6 +497,12 @@ export class ThreadedStorage implements KvStorage {
     return this.reads.get(key);
   }
 
+  /** See `KvStorage.stateVersion`: read in the task's read transaction, with `get` and `list`. */
+  stateVersion(): number {
+    this.assertOpen();
+    return this.reads.appliedIndex();
+  }
+
   /** See `KvStorage.valueBytes`, as committed now. */
   valueBytes(key: string): number | undefined {
     this.assertOpen();
