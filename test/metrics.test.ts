@@ -126,6 +126,10 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     }
     expect((await fetch(`${cluster.node(follower).httpUrl}/kv/k0`)).status).toBe(200); // a linearizable read on a follower
     expect((await fetch(`${cluster.node(leader).httpUrl}/kv/missing-key`)).status).toBe(404);
+    // A transaction of gets alone is a read (no entry): timed as one, never counted as a proposal.
+    const readOnly = JSON.stringify({ success: [{ get: { key: "k1" } }] });
+    expect((await fetch(`${cluster.node(leader).httpUrl}/txn`, { method: "POST", body: readOnly })).status).toBe(200);
+    expect((await fetch(`${cluster.node(follower).httpUrl}/txn`, { method: "POST", body: readOnly, redirect: "manual" })).status).toBe(307);
 
     const status = (await cluster.status(leader))!;
     const samples = await scrape(leader);
@@ -149,7 +153,8 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     expect(samples.get("kv_storage_fsync_duration_seconds_count")).toBeGreaterThanOrEqual(1);
     expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="200"}')).toBe(10);
     expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="404"}')).toBe(1);
-    expect(samples.get("kv_read_index_duration_seconds_count")).toBe(1);
+    expect(samples.get("kv_read_index_duration_seconds_count")).toBe(2);
+    expect(samples.get('kv_proposals_committed_total{op="txn"}') ?? 0).toBe(0);
     // Every put's entry went to the follower at least once, inside the request bodies counted.
     let entryBytes = 0;
     for (let i = 0; i < 10; i++) entryBytes += encodeCommand({ op: "put", key: `k${i}`, value: new TextEncoder().encode(`v${i}`) }).byteLength;
@@ -167,6 +172,8 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     expect(followerSamples.get("kv_peer_received_bytes_total")).toBeGreaterThan(entryBytes);
     expect(followerSamples.get('kv_peer_requests_total{status="200"}')).toBeGreaterThan(0);
     expect(followerSamples.get("kv_read_index_duration_seconds_count")).toBe(1);
+    // Its redirect is no failed proposal either.
+    expect(followerSamples.get('kv_proposals_failed_total{op="txn",reason="not_leader"}') ?? 0).toBe(0);
     expect(followerSamples.get('kv_raft_role{role="follower"}')).toBe(1);
     expect(followerSamples.get("kv_raft_leader_id")).toBe(leader);
     expect(followerSamples.get('kv_storage_save_duration_seconds_count{sync="false"}')).toBeGreaterThan(0);

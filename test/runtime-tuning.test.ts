@@ -93,5 +93,6 @@ describe("BUN_OPTIONS", () => {
     expect(bunOptionsWithFlags("--smol")).toBe(["--smol", ...BUN_FLAGS].join(" "));
     expect(bunOptionsWithFlags("--max-http-header-size=20000")).toBeUndefined();
     expect(bunOptionsWithFlags(BUN_FLAGS.join(" "))).toBeUndefined();
+    expect(bunOptionsWithFlags("--title='a  b'\t--smol")).toBe(`--title='a  b'\t--smol ${BUN_FLAGS.join(" ")}`);
   });
 });

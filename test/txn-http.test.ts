@@ -3,6 +3,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { createHttpApp } from "../src/http/app.ts";
 import { isPaddedBase64, txnBodyBytesMax } from "../src/http/txn-route.ts";
 import { createPrng } from "../src/lib/prng.ts";
+import { KvError } from "../src/lib/kv-error.ts";
 import { txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import type { WatchItem } from "../src/node/api.ts";
 import { createMemoryCluster, type MemoryCluster, tickMs } from "./helpers/memory-cluster.ts";
@@ -203,6 +204,29 @@ describe("POST /txn", () => {
     // An Idempotency-Key changes nothing: a read keeps no session, and is read anew.
     expect((await (await txn({ success: [{ get: { key: "b" } }] }, { "Idempotency-Key": "r1" })).json()) as unknown).toMatchObject({ version: third.version });
     expect(leader.status().lastLogIndex).toBe(third.version);
+  });
+
+  test("a leader cut off from the others answers no transaction of gets (it cannot confirm it leads), while they elect another and write", async () => {
+    const c = createMemoryCluster({ node: { requestTimeoutMs: 500 } });
+    cluster = c;
+    await c.until(() => c.leader() !== undefined);
+    const old = c.leader()!;
+    const oldId = old.status().id;
+    await c.drive(old.put("x", new TextEncoder().encode("1")));
+    for (const other of [1, 2, 3]) if (other !== oldId) c.network.cutBetween(oldId, other);
+    const read = old.txn({ compare: [], success: [{ op: "get", key: "x" }], failure: [] });
+    let answered: unknown;
+    let refused: unknown;
+    read.then(
+      (answer) => (answered = answer),
+      (error) => (refused = error),
+    );
+    const newLeader = () => [...c.nodes.values()].find((node) => node.status().id !== oldId && node.status().role === "leader");
+    await c.until(() => newLeader() !== undefined);
+    await c.drive(newLeader()!.put("x", new TextEncoder().encode("2")));
+    await c.until(() => answered !== undefined || refused !== undefined);
+    expect(answered).toBeUndefined();
+    expect(refused instanceof KvError && ["timeout", "no_leader"].includes(refused.code)).toBe(true);
   });
 
   test("a follower answers 307 to the leader's /txn and proposes nothing", async () => {

@@ -57,10 +57,11 @@ export const BUN_FLAGS: readonly string[] = ["--max-http-header-size=131072"];
 
 /** `BUN_OPTIONS` with each of {@link BUN_FLAGS} it lacks (by name) added, or undefined when it lacks none. */
 export function bunOptionsWithFlags(current: string | undefined): string | undefined {
-  const given = (current ?? "").split(/\s+/).filter((word) => word !== "");
-  const named = new Set(given.map((word) => word.split("=")[0]));
+  const named = new Set((current ?? "").split(/\s+/).map((word) => word.split("=")[0]));
   const missing = BUN_FLAGS.filter((flag) => !named.has(flag.split("=")[0]));
-  return missing.length === 0 ? undefined : [...given, ...missing].join(" ");
+  if (missing.length === 0) return undefined;
+  // Appended to the operator's words as they are (quoted ones keep their spaces).
+  return current === undefined || current.trim() === "" ? missing.join(" ") : `${current} ${missing.join(" ")}`;
 }
 
 /** NUL-terminated bytes of `text`, kept alive by the caller until execve. */

@@ -6,8 +6,9 @@ export const KV_PATH_PREFIX = "/kv/";
 const utf8Encoder = new TextEncoder();
 
 /**
- * The most any `--key-bytes-max` allows: Bun refuses a request line and headers over about 16 KiB
- * (431), so a longer key could not be sent anyway. Only a write of a key is held to the configured limit: a
+ * The most any `--key-bytes-max` allows: keys travel percent-encoded in the request line, which `kv`
+ * lets Bun take up to 128 KiB (src/cli/runtime-tuning.ts): room for two such keys (a listing's
+ * prefix and after) at three characters a byte, past which Bun answers 431. Only a write of a key is held to the configured limit: a
  * read, a delete, a comparison, a listing's prefix and a watch name keys up to this, so keys written
  * under a higher limit stay readable and deletable after it is lowered (found in a black-box review:
  * they were listed, but every GET and DELETE of them was a 413).

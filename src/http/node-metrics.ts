@@ -7,6 +7,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
 import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import type { KvNodeApi, MembersView, NodeStatus, WatchSubscription } from "../node/api.ts";
+import { txnWrites } from "../kv/txn.ts";
 
 /** Role names as exported: every one is present, 1 for the current role, 0 for the others. */
 const roles = ["follower", "candidate", "leader"] as const;
@@ -58,7 +59,7 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   );
   const readIndexDuration = registry.histogram(
     "kv_read_index_duration_seconds",
-    "Linearizable reads: from arrival until the read index is confirmed and applied, the value read.",
+    "Linearizable reads (GET /kv/{key}, and transactions of gets alone): from arrival until the read index is confirmed and applied, the value read.",
     LATENCY_BUCKETS_S,
   );
 
@@ -162,7 +163,18 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
     transferLeadership: (target) => node.transferLeadership(target),
     ...(node.members === undefined ? {} : { members: () => withClusterId(node.members!()) }),
     ...(node.currentMembers === undefined ? {} : { currentMembers: () => node.currentMembers!().then(withClusterId) }),
-    ...(node.txn === undefined ? {} : { txn: (request, options) => write("txn", () => node.txn!(request, options)) }),
+    ...(node.txn === undefined
+      ? {}
+      : {
+          // One of gets alone is a linearizable read (KvNode.txn), timed as one; it proposes nothing.
+          txn: async (request, options) => {
+            if (txnWrites(request)) return write("txn", () => node.txn!(request, options));
+            const startedMs = performance.now();
+            const answer = await node.txn!(request, options);
+            readIndexDuration.observe({}, (performance.now() - startedMs) / 1000);
+            return answer;
+          },
+        }),
     ...(node.deletePrefix === undefined ? {} : { deletePrefix: (prefix, limit, options) => write("delete_prefix", () => node.deletePrefix!(prefix, limit, options)) }),
     ...(node.watch === undefined ? {} : { watch: async (filter, start) => countedWatch(await node.watch!(filter, start)) }),
     ...(node.openSnapshot === undefined ? {} : { openSnapshot: (consistency) => node.openSnapshot!(consistency) }),

@@ -216,7 +216,7 @@ const txnRequest = t.Object(
 );
 const txnAnswer = t.Object({
   succeeded: t.Boolean(),
-  version: t.Integer({ description: "The entry's index" }),
+  version: t.Integer({ description: "The transaction's entry's index; for one of gets alone (no entry), the version of the state it read" }),
   results: t.Array(t.Object({}, { additionalProperties: true }), {
     description: "One per operation of the branch taken: {put: {key, version}} | {delete: {key, deleted}} | {get: {key, found, value (UTF-8 text or {base64}), version}}",
   }),
@@ -318,7 +318,7 @@ const docs = {
     },
   },
   txn: {
-    summary: "A multi-key transaction, decided and applied atomically at one version (one Raft entry): if every comparison holds, the success operations run, else the failure ones, in order",
+    summary: "A multi-key transaction, decided and applied atomically at one version (one Raft entry; one of gets alone is a linearizable read, no entry): if every comparison holds, the success operations run, else the failure ones, in order",
     requestBody: bodyOf("JSON {compare, success, failure}; version 0 means absent", json({ $ref: "#/components/schemas/TxnRequest" })),
     responses: { ...ok("{succeeded, version, results}", json({ $ref: "#/components/schemas/TxnAnswer" })), ...errors(307, 400, 401, 404, 408, 409, 413, 422, 429, 503, 507) },
   },

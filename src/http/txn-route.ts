@@ -1,5 +1,6 @@
 /**
- * `POST /txn`: a multi-key transaction as JSON (etcd's Txn), applied atomically at one version.
+ * `POST /txn`: a multi-key transaction as JSON (etcd's Txn), applied atomically at one version (one
+ * of gets alone is a linearizable read of one state, no entry: KvNode.txn).
  *
  * Request: `{"compare": [...], "success": [...], "failure": [...]}` (each list optional, empty by default):
  * - a comparison is `{"key", "version": N}` (0: the key is absent), `{"key", "value": V}` or

@@ -114,6 +114,11 @@ export function txnKeys(txn: TxnRequest): string[] {
 }
 
 /** True when either branch may put: a put is refused past the quota. */
+/** Whether either branch of `txn` puts or deletes: one that does neither is a read (KvNode.txn serves it without an entry). */
+export function txnWrites(txn: TxnRequest): boolean {
+  return [...txn.success, ...txn.failure].some((op) => op.op !== "get");
+}
+
 export function txnPuts(txn: TxnRequest): boolean {
   return [...txn.success, ...txn.failure].some((op) => op.op === "put");
 }

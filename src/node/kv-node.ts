@@ -20,7 +20,7 @@ import {
 import { type ApplyResult, commandLevelKey, commandLevelOf, sessionAnswersRetry, sessionClockKey, sessionClockMsOf } from "../kv/apply-plan.ts";
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
-import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax } from "../kv/txn.ts";
+import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax, txnWrites } from "../kv/txn.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import { belowLevelRefusal } from "./cluster-level.ts";
@@ -604,7 +604,6 @@ export class KvNode implements KvNodeApi {
   txn(request: TxnRequest, options: Pick<WriteOptions, "idempotencyKey"> = {}): Promise<TxnAnswer> {
     checkTxnRequest(request);
     const { compare, success, failure } = request;
-    const writes = success.some((op) => op.op !== "get") || failure.some((op) => op.op !== "get");
     // An answer is built whole on this thread (and crosses from the storage thread first): 120 gets
     // of 1 MiB values answered 168 MB after 4.7 s, and its leader lost the leadership (tried by hand
     // after a review's listing did the same). So, by the values' sizes now, either branch's gets may
@@ -616,7 +615,7 @@ export class KvNode implements KvNodeApi {
     // One that writes nothing in either branch changes nothing however often it runs: a read. It
     // keeps no session (one would hold its gets' values, up to 4 MiB, for the idempotency window,
     // counted against the quota: found in review), so a retry reads anew; and it takes no entry.
-    if (!writes) return getBytes > txnSessionGetBytesMax ? Promise.reject(tooLarge()) : this.readOnlyTxn(request);
+    if (!txnWrites(request)) return getBytes > txnSessionGetBytesMax ? Promise.reject(tooLarge()) : this.readOnlyTxn(request);
     const level = txnCommandLevel(request);
     if (level > 1) this.refuseUnlessMembersApply("comparing by operator in a transaction", level);
     const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };

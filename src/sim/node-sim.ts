@@ -829,11 +829,14 @@ export class NodeSim {
       return call.then(
         (fields) => ({ outcome: "ok" as const, fields }),
         (error: unknown) => {
-          if (!(error instanceof KvError)) throw error;
-          // The same request under its own key: a node that calls it another is wrong.
-          if (error.code === "idempotency_key_reused") this.raise(new SimViolation(`node ${target} refused a retry of operation ${opId} as reusing its idempotency key: ${error.message}`));
+          // A bug: the run's next check throws it (a rejection here would go unhandled, and the run on).
+          if (!(error instanceof KvError)) this.raise(error);
+          else if (error.code === "idempotency_key_reused") {
+            // The same request under its own key: a node that calls it another is wrong.
+            this.raise(new SimViolation(`node ${target} refused a retry of operation ${opId} as reusing its idempotency key: ${error.message}`));
+          }
           // A read that failed took no effect either way.
-          return { outcome: kind === "get" || isRefusal(error.code) ? ("fail" as const) : ("unknown" as const), fields: {} };
+          return { outcome: kind === "get" || !(error instanceof KvError) || isRefusal(error.code) ? ("fail" as const) : ("unknown" as const), fields: {} };
         },
       );
     };

@@ -58,6 +58,10 @@ export class SimBank {
         call = node.txn(request).then((answer) =>
           answer.results.map((result) => {
             if (result.op !== "get") throw new SimViolation(`a read-only transaction answered a ${result.op}`);
+            // Its version is the state it read (no entry of its own): no value it returns is newer.
+            if (result.found && result.version > answer.version) {
+              throw new SimViolation(`a read-only transaction answered version ${answer.version} with ${result.key} at version ${result.version}`);
+            }
             return result.found ? { key: result.key, value: text.decode(result.value), version: result.version } : { key: result.key, value: null, version: 0 };
           }),
         );
@@ -72,7 +76,9 @@ export class SimBank {
         return seen;
       },
       (error: unknown) => {
-        if (!(error instanceof KvError)) throw error;
+        // A violation found in the answer, or a bug: the run's next check throws it (a rejection
+        // here would go unhandled, and the run on).
+        if (!(error instanceof KvError)) this.sim.raise(error);
         return undefined; // a read that failed took no effect either way
       },
     );
@@ -119,7 +125,10 @@ export class SimBank {
       return call.then(
         (answer) => end({ ...called, returnMs: this.sim.historyTime(), outcome: "ok", succeeded: answer.succeeded, version: answer.version }),
         (error: unknown) => {
-          if (!(error instanceof KvError)) throw error;
+          if (!(error instanceof KvError)) {
+            this.sim.raise(error); // the run's next check throws it
+            return end(called);
+          }
           // A node that was not running got nothing (connection refused); a refusal code is certain too.
           const refused = node === undefined || isRefusal(error.code);
           if (!refused) unknownSoFar = true;
