@@ -28,6 +28,7 @@ const subCommands: Record<string, LazyCommand> = {
   chaos: lazy(() => import("./chaos.ts").then((m) => m.chaosCommand)),
   bench: lazy(() => import("./bench.ts").then((m) => m.benchCommand)),
   snapshot: lazy(() => import("./snapshot.ts").then((m) => m.snapshotCommand)),
+  defrag: lazy(() => import("./defrag.ts").then((m) => m.defragCommand)),
   member: lazy(() => import("./client.ts").then((m) => m.clientCommands.member)),
   leader: lazy(() => import("./client.ts").then((m) => m.clientCommands.leader)),
   put: lazy(() => import("./client.ts").then((m) => m.clientCommands.put)),

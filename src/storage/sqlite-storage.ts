@@ -1,5 +1,5 @@
 import { Database, type Statement } from "bun:sqlite";
-import { closeSync, existsSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { CLUSTER_ID_FILE } from "../lib/cluster-id.ts";
@@ -305,6 +305,13 @@ interface HardStateRow {
  */
 /** The database's file in a data dir, unless `SqliteStorageOptions.fileName` says otherwise. */
 export const DATABASE_FILE = "kv.db";
+
+/** What `SqliteStorage.defragAndClose` did: the database and its WAL before, the database after, and the free pages it held. */
+export interface DefragResult {
+  readonly bytesBefore: number;
+  readonly bytesAfter: number;
+  readonly freeBytesBefore: number;
+}
 
 export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {}): SqliteStorage {
   const lockWaitMs = options.lockWaitMs ?? 2000;
@@ -1470,14 +1477,66 @@ export class SqliteStorage implements KvStorage {
   /** Closes the database (checkpointing the WAL into it) and any open images, then releases the lock. Idempotent. */
   close(): void {
     if (this.closed) return;
+    this.closeAllButLock();
+    closeDatabase(this.lock);
+  }
+
+  private closeAllButLock(): void {
     this.closed = true;
     for (const image of [...this.images]) image.close();
     this.stagingFile.discard();
     this.checkpointerClosed = this.checkpointer?.close();
     this.log.close();
     closeDatabase(this.db);
-    closeDatabase(this.lock);
     this.closeWalWhenIdle();
+  }
+
+  /**
+   * `kv defrag` (src/cli/defrag.ts), on a stopped node's data dir: the database rewritten without
+   * its free pages, which deletes and compactions leave inside it (SQLite reuses them, but never
+   * gives them back to the file system), as etcd's defrag does for its backend. The WAL is
+   * checkpointed into the database and emptied; a compact copy is written beside it (`VACUUM INTO`
+   * `<db>-defrag`: the same pages' contents, header and `user_version`, at about the size of the
+   * data) and fsynced; then, every connection closed but the data dir's lock, it is renamed over the
+   * database and the directory fsynced. A crash leaves one whole file or the other (a copy left
+   * behind is removed by the next defrag). The log's segments are not touched. Leaves this storage
+   * closed. Needs free space for the copy: short of it, the copy fails and nothing changes.
+   * Open with `checkpoints: "inline"`, so that no other connection holds the database.
+   */
+  defragAndClose(): DefragResult {
+    this.assertOpen();
+    assert(this.checkpointer === undefined && this.images.size === 0, "defrag needs the database to itself: open it with inline checkpoints");
+    const copy = `${this.file}-defrag`;
+    try {
+      const wal = `${this.file}-wal`;
+      const bytesBefore = statSync(this.file).size + (existsSync(wal) ? statSync(wal).size : 0);
+      const checkpoint = this.db.query<{ busy: number }, []>("PRAGMA wal_checkpoint(TRUNCATE)").get();
+      if (checkpoint?.busy !== 0) throw new StorageError("locked", "the WAL could not be checkpointed: another connection reads the database", this.file);
+      const pageBytes = this.reads.pageBytes;
+      const freeBytesBefore = (this.db.query<{ freelist_count: number }, []>("PRAGMA freelist_count").get()?.freelist_count ?? 0) * pageBytes;
+      rmSync(copy, { force: true });
+      this.db.run("VACUUM INTO ?", [copy]);
+      const fd = openSync(copy, "r");
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      this.closeAllButLock();
+      // The last connection closed: its WAL (emptied above, nothing written since) is gone or empty.
+      if (existsSync(wal) && statSync(wal).size > 0) throw new StorageError("corrupt", "the WAL was written to during the defrag: nothing changed", this.file);
+      renameSync(copy, this.file);
+      rmSync(wal, { force: true });
+      rmSync(`${this.file}-shm`, { force: true });
+      fsyncPath(dirname(this.file));
+      return { bytesBefore, bytesAfter: statSync(this.file).size, freeBytesBefore };
+    } catch (error) {
+      rmSync(copy, { force: true });
+      throw error;
+    } finally {
+      if (!this.closed) this.closeAllButLock();
+      closeDatabase(this.lock);
+    }
   }
 
   /**

@@ -1,0 +1,57 @@
+/**
+ * `kv defrag --data-dir DIR`: gives back to the file system the free pages inside a stopped node's
+ * database (see `SqliteStorage.defragAndClose`), as `etcdutl defrag --data-dir` does for etcd's.
+ * Deletes and log compactions leave pages free inside `kv.db`: SQLite reuses them as data grows
+ * again, but the file never shrinks on its own. Run it on one node at a time, each stopped, then
+ * started again; the others serve meanwhile.
+ * Exit codes: 0 done, 1 not done (the data dir is held by a running node, is missing, damaged or of
+ * another release, or the copy found no space; nothing changed), 2 a usage error.
+ */
+import { defineCommand } from "citty";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { DATABASE_FILE, type DefragResult, openSqliteStorage } from "../storage/sqlite-storage.ts";
+import { ClientExit } from "./client.ts";
+import { printLine } from "./output.ts";
+
+/** Bytes as MB with one decimal, for the text line. */
+function megabytes(bytes: number): string {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+export const defragCommand = defineCommand({
+  meta: {
+    name: "defrag",
+    description: "Shrink a STOPPED node's database to its data (free pages given back to the file system); then start the node again",
+  },
+  args: {
+    "data-dir": { type: "string", description: "The stopped node's data dir", valueHint: "DIR", required: true },
+    json: { type: "boolean", description: "Print JSON instead of text" },
+  },
+  run({ args }) {
+    const dir = args["data-dir"];
+    const file = join(dir, DATABASE_FILE);
+    if (!existsSync(file)) throw new ClientExit(1, `cannot defragment: ${file} does not exist (is ${dir} a node's data dir?)`);
+    const startedMs = performance.now();
+    let result: DefragResult;
+    try {
+      // Inline checkpoints: no connection but this one holds the database while it is copied.
+      result = openSqliteStorage(dir, { checkpoints: "inline", lockWaitMs: 200 }).defragAndClose();
+    } catch (error) {
+      if (error instanceof Error && error.name === "StorageError") {
+        const locked = (error as { code?: string }).code === "locked";
+        throw new ClientExit(1, `cannot defragment, nothing changed: ${locked ? `${dir} is in use (stop the node first): ` : ""}${error.message}`);
+      }
+      if (error instanceof Error && /SQLITE_FULL|disk is full|ENOSPC/i.test(`${error.message} ${(error as { code?: string }).code}`)) {
+        throw new ClientExit(1, `cannot defragment, nothing changed: no space for the compact copy beside ${file} (it needs about the size of the data): ${error.message}`);
+      }
+      throw error;
+    }
+    const durationMs = Math.round(performance.now() - startedMs);
+    printLine(
+      args.json === true
+        ? JSON.stringify({ file, ...result, durationMs })
+        : `defragmented ${file}: ${megabytes(result.bytesBefore)} with its WAL -> ${megabytes(result.bytesAfter)} (${megabytes(result.freeBytesBefore)} of it free pages) in ${durationMs} ms`,
+    );
+  },
+});
