@@ -140,3 +140,17 @@ describe("kv serve that cannot start says why in one line, exit 1, no stack trac
     expect(result.err).not.toMatch(/^\s+at /m);
   });
 });
+
+test("an argument that is not valid UTF-8 is a usage error naming it, before anything is sent (it reached the command as U+FFFD, and two keys became one)", () => {
+  // Raw bytes in argv: only a shell can put them there (a JavaScript string cannot hold them).
+  const kv = kvCommand().join(" ");
+  for (const args of [`put $'bin\\xff' A --endpoints http://127.0.0.1:9`, `get k --endpoints $'http://h\\xfe:1'`, `put k $'\\xff'`]) {
+    const proc = Bun.spawnSync(["bash", "-c", `${kv} ${args}`], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000 });
+    expect([args, proc.exitCode]).toEqual([args, 2]);
+    expect(proc.stderr.toString()).toContain("is not valid UTF-8");
+  }
+  // Text outside ASCII is fine: it is refused for its endpoint, not its bytes.
+  const fine = Bun.spawnSync(["bash", "-c", `${kv} put é x --endpoints http://127.0.0.1:9 --timeout-ms 200`], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000 });
+  expect(fine.stderr.toString()).not.toContain("UTF-8");
+  expect(fine.exitCode).not.toBe(2);
+});

@@ -4,6 +4,7 @@ import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef }
 import packageJson from "../../package.json" with { type: "json" };
 import { isDiskFull } from "../lib/disk-full.ts";
 import { reexecWithRuntimeTuning } from "./runtime-tuning.ts";
+import { argumentsNotUtf8 } from "./raw-arguments.ts";
 import { exitAfterOutput, exitOnOutputError, printLine } from "./output.ts";
 import type { ClientExit } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
@@ -157,6 +158,14 @@ const longRunning = new Set(["serve", "bench", "chaos"]);
 export async function main(argv: string[]): Promise<void> {
   exitOnOutputError();
   try {
+    // Keys, values and paths are UTF-8 text: an argument that is not would reach the command
+    // changed (each bad byte as U+FFFD), and two different keys could become one.
+    const [notUtf8] = argumentsNotUtf8();
+    if (notUtf8 !== undefined) {
+      throw new UsageError(
+        `argument ${notUtf8.position} (${JSON.stringify(notUtf8.text)}) is not valid UTF-8: keys must be UTF-8 text, and a value of any bytes goes on standard input (kv put KEY -)`,
+      );
+    }
     const { command, parent, path, rest } = await resolve(argv);
     // Words after `--` belong to a command kv runs (`kv lock NAME -- CMD -h`), not to kv.
     const own = rest.includes("--") ? rest.slice(0, rest.indexOf("--")) : rest;
