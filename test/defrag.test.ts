@@ -4,7 +4,7 @@
 // changed; a copy left by an interrupted defrag is replaced; the built executable does it and says so.
 import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { existsSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, readFileSync, statSync, symlinkSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeCommand } from "../src/kv/command.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -91,5 +91,61 @@ describe("defrag", () => {
     expect(refused.code).toBe(1);
     expect(refused.out).toContain("does not exist (is");
     expect(existsSync(join(dir, "kv.db"))).toBe(false);
+  });
+
+  test("the database keeps its owner and permissions (a node running as another user must still open it)", async () => {
+    const dir = dataDirWithFreePages();
+    const file = join(dir, "kv.db");
+    chmodSync(file, 0o600);
+    const { uid, gid } = statSync(file);
+    const done = await runKv(["defrag", "--data-dir", dir]);
+    expect(done.code).toBe(0);
+    const after = statSync(file);
+    expect([after.mode & 0o7777, after.uid, after.gid]).toEqual([0o600, uid, gid]);
+  });
+
+  test("a data dir of an older release is refused as it is, not migrated (its node may still go back to it)", async () => {
+    const dir = tempDir();
+    cpSync(join(import.meta.dir, "fixtures", "v0.7.0", "node-1"), dir, { recursive: true });
+    const before = readFileSync(join(dir, "kv.db"));
+    const refused = await runKv(["defrag", "--data-dir", dir]);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toContain("written by an older release of kv");
+    expect(refused.out).not.toContain("    at ");
+    expect(readFileSync(join(dir, "kv.db")).equals(before)).toBe(true);
+    expect(new Database(join(dir, "kv.db"), { readonly: true }).query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(7);
+  });
+
+  test("a database that is a symbolic link is refused (the copy would replace the link, and leave the database behind)", async () => {
+    const dir = dataDirWithFreePages();
+    const elsewhere = tempDir();
+    renameSync(join(dir, "kv.db"), join(elsewhere, "kv.db"));
+    symlinkSync(join(elsewhere, "kv.db"), join(dir, "kv.db"));
+    const refused = await runKv(["defrag", "--data-dir", dir]);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toContain("is a symbolic link");
+  });
+
+  test("a damaged database is refused in one line, nothing changed; a copy an interrupted defrag left is removed when the node next opens", async () => {
+    const dir = dataDirWithFreePages();
+    const file = join(dir, "kv.db");
+    const damaged = readFileSync(file);
+    damaged.fill(0x5a, 4096 * 3, 4096 * 6);
+    writeFileSync(file, damaged);
+    const refused = await runKv(["defrag", "--data-dir", dir]);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toContain("cannot defragment, nothing changed");
+    expect(refused.out).not.toContain("    at ");
+    // Every page as it was (the open that found the damage bumped the header's change counters, as
+    // kv serve's refusal of it does).
+    expect(readFileSync(file).subarray(100).equals(damaged.subarray(100))).toBe(true);
+    expect(existsSync(`${file}-defrag`)).toBe(false);
+
+    const other = dataDirWithFreePages();
+    const otherFile = join(other, "kv.db");
+    writeFileSync(`${otherFile}-defrag`, "half a copy");
+    writeFileSync(`${otherFile}-defrag-journal`, "its journal");
+    openSqliteStorage(other, { nodeId: 1 }).close();
+    expect([existsSync(`${otherFile}-defrag`), existsSync(`${otherFile}-defrag-journal`)]).toEqual([false, false]);
   });
 });

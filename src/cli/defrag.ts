@@ -4,13 +4,14 @@
  * Deletes and log compactions leave pages free inside `kv.db`: SQLite reuses them as data grows
  * again, but the file never shrinks on its own. Run it on one node at a time, each stopped, then
  * started again; the others serve meanwhile.
- * Exit codes: 0 done, 1 not done (the data dir is held by a running node, is missing, damaged or of
- * another release, or the copy found no space; nothing changed), 2 a usage error.
+ * Exit codes: 0 done, 1 not done (the data dir is held by a running node, is missing, damaged, of
+ * another release or a link, or the copy found no space or did not check out: nothing changed; or,
+ * rarely, the copy replaced the database and what follows failed: it says so), 2 a usage error.
  */
 import { defineCommand } from "citty";
-import { existsSync } from "node:fs";
+import { existsSync, lstatSync } from "node:fs";
 import { join } from "node:path";
-import { DATABASE_FILE, type DefragResult, openSqliteStorage } from "../storage/sqlite-storage.ts";
+import { DATABASE_FILE, DefragReplacedError, type DefragResult, openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { ClientExit } from "./client.ts";
 import { printLine } from "./output.ts";
 
@@ -32,20 +33,25 @@ export const defragCommand = defineCommand({
     const dir = args["data-dir"];
     const file = join(dir, DATABASE_FILE);
     if (!existsSync(file)) throw new ClientExit(1, `cannot defragment: ${file} does not exist (is ${dir} a node's data dir?)`);
+    // The copy is written beside the file and renamed over it: over a link, it would replace the
+    // link with a file here, and leave the database it named behind (found in a review).
+    if (lstatSync(file).isSymbolicLink()) throw new ClientExit(1, `cannot defragment, nothing changed: ${file} is a symbolic link; defragment the data dir the database is in`);
     const startedMs = performance.now();
     let result: DefragResult;
     try {
-      // Inline checkpoints: no connection but this one holds the database while it is copied.
-      result = openSqliteStorage(dir, { checkpoints: "inline", lockWaitMs: 200 }).defragAndClose();
+      // Inline checkpoints: no connection but this one holds the database while it is copied. A
+      // data dir of an older release is refused, not migrated: its node may still go back to it.
+      result = openSqliteStorage(dir, { checkpoints: "inline", lockWaitMs: 200, refuseOlderSchema: true }).defragAndClose();
     } catch (error) {
-      if (error instanceof Error && error.name === "StorageError") {
-        const locked = (error as { code?: string }).code === "locked";
-        throw new ClientExit(1, `cannot defragment, nothing changed: ${locked ? `${dir} is in use (stop the node first): ` : ""}${error.message}`);
-      }
-      if (error instanceof Error && /SQLITE_FULL|disk is full|ENOSPC/i.test(`${error.message} ${(error as { code?: string }).code}`)) {
+      if (error instanceof DefragReplacedError) throw new ClientExit(1, `defragmented only in part: ${error.message}`);
+      if (!(error instanceof Error)) throw error;
+      const code = (error as { code?: string }).code;
+      if (error.name === "StorageError" && code === "locked") throw new ClientExit(1, `cannot defragment, nothing changed: ${dir} is in use (stop the node first): ${error.message}`);
+      if (/SQLITE_FULL|disk is full|ENOSPC/i.test(`${error.message} ${code}`)) {
         throw new ClientExit(1, `cannot defragment, nothing changed: no space for the compact copy beside ${file} (it needs about the size of the data): ${error.message}`);
       }
-      throw error;
+      // Anything else before the copy replaced the database (a damaged one, a read-only disk, I/O errors) left it as it was.
+      throw new ClientExit(1, `cannot defragment, nothing changed: ${error.message}`);
     }
     const durationMs = Math.round(performance.now() - startedMs);
     printLine(

@@ -1,5 +1,5 @@
 import { Database, type Statement } from "bun:sqlite";
-import { closeSync, existsSync, fdatasync, fstatSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, fchmodSync, fchownSync, fdatasync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
 import { CLUSTER_ID_FILE } from "../lib/cluster-id.ts";
@@ -138,6 +138,11 @@ export interface SqliteStorageOptions {
   readonly logSegmentBytesMax?: number;
   /** For tests: the file operations the log uses instead of node:fs's (see SegmentLogOptions.files). */
   readonly logFiles?: Partial<SegmentFiles>;
+  /**
+   * Refuse (`schema`, before anything is written) a database of an older release rather than
+   * migrate it: `kv defrag`, which must leave a data dir of another release as it found it.
+   */
+  readonly refuseOlderSchema?: boolean;
 }
 
 const schemaVersion = 8;
@@ -305,6 +310,20 @@ interface HardStateRow {
  */
 /** The database's file in a data dir, unless `SqliteStorageOptions.fileName` says otherwise. */
 export const DATABASE_FILE = "kv.db";
+/** Beside the database, the compact copy a defrag writes before it replaces the database. */
+const defragCopySuffix = "-defrag";
+
+/**
+ * A defrag that failed after its copy had replaced the database: the data is whole, in the
+ * compact copy, but what followed the rename (removing the old WAL and index, the directory's
+ * fsync) did not all happen.
+ */
+export class DefragReplacedError extends Error {
+  constructor(file: string, cause: unknown) {
+    super(`${file} was replaced by its compact copy (the data is whole), but what follows did not finish: ${cause instanceof Error ? cause.message : String(cause)}; run kv defrag again before starting the node`, { cause });
+    this.name = "DefragReplacedError";
+  }
+}
 
 /** What `SqliteStorage.defragAndClose` did: the database and its WAL before, the database after, and the free pages it held. */
 export interface DefragResult {
@@ -319,7 +338,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
   mkdirDurably(dir);
   const file = join(dir, options.fileName ?? DATABASE_FILE);
   // Before anything is written (the lock's file, stale staging, a checkpoint at close).
-  refuseBeforeWriting(file, options.nodeId);
+  refuseBeforeWriting(file, options.nodeId, options.refuseOlderSchema ?? false);
   let lock: Database | undefined;
   let db: Database | undefined;
   let log: SegmentLog | undefined;
@@ -328,6 +347,9 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     // An image staged before a restart can never be installed: its transfer died with the process.
     removeStaleStaging(`${file}-staging`);
     removeStaleStaging(`${file}-staging-install`); // see ThreadedStorage.installSnapshot
+    // A compact copy a defrag left unfinished (see SqliteStorage.defragAndClose), and its journal.
+    rmSync(`${file}${defragCopySuffix}`, { force: true });
+    rmSync(`${file}${defragCopySuffix}-journal`, { force: true });
     if (!existsSync(file)) refuseLostDatabase(file, logDirOf(file), options.logFiles === undefined ? {} : { files: options.logFiles });
     db = new Database(file, { create: true, strict: true });
     db.run(`PRAGMA busy_timeout = ${lockWaitMs}`);
@@ -573,7 +595,7 @@ function newerSchema(file: string, version: number): StorageError {
  * one was set to WAL before migrate refused it "left unchanged" (both found in review). Anything
  * this cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
  */
-function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
+function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOlderSchema: boolean): void {
   if (!existsSync(file)) return;
   // A reader of a WAL database makes its shared-memory index when there is none: removed after,
   // when this made it (a node running on the data dir has one, and holds the lock).
@@ -601,6 +623,13 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined): void {
     if (!walBefore && existsSync(wal) && statSync(wal).size === 0) rmSync(wal, { force: true });
   }
   if (version > schemaVersion) throw newerSchema(file, version);
+  if (refuseOlderSchema && version < schemaVersion) {
+    throw new StorageError(
+      "schema",
+      `the data dir holds schema ${version}, written by an older release of kv (this one writes schema ${schemaVersion}): start the node once with kv serve of this release, which migrates it, then stop it and try again; the data dir was left unchanged`,
+      file,
+    );
+  }
   if (nodeId !== undefined && owner !== undefined && owner !== 0 && owner !== nodeId) throw nodeMismatch(file, owner, nodeId);
   if (nodeId !== undefined && members.length > 0 && !members.includes(nodeId)) throw notAMember(file, members, nodeId);
 }
@@ -1506,38 +1535,61 @@ export class SqliteStorage implements KvStorage {
   defragAndClose(): DefragResult {
     this.assertOpen();
     assert(this.checkpointer === undefined && this.images.size === 0, "defrag needs the database to itself: open it with inline checkpoints");
-    const copy = `${this.file}-defrag`;
+    const copy = `${this.file}${defragCopySuffix}`;
+    let replaced = false;
     try {
+      // Written beside the real file, and renamed over a link it would replace the link alone.
+      assert(!lstatSync(this.file).isSymbolicLink(), "defrag of a database that is a symbolic link (src/cli/defrag.ts refuses it)");
       const wal = `${this.file}-wal`;
       const bytesBefore = statSync(this.file).size + (existsSync(wal) ? statSync(wal).size : 0);
       const checkpoint = this.db.query<{ busy: number }, []>("PRAGMA wal_checkpoint(TRUNCATE)").get();
       if (checkpoint?.busy !== 0) throw new StorageError("locked", "the WAL could not be checkpointed: another connection reads the database", this.file);
       const pageBytes = this.reads.pageBytes;
       const freeBytesBefore = (this.db.query<{ freelist_count: number }, []>("PRAGMA freelist_count").get()?.freelist_count ?? 0) * pageBytes;
+      const rows = this.db.query<{ rows: number }, []>("SELECT count(*) AS rows FROM kv").get()?.rows ?? 0;
       rmSync(copy, { force: true });
       this.db.run("VACUUM INTO ?", [copy]);
+      // The copy is checked before it replaces anything: whole, and holding every row.
+      const check = new Database(copy, { readonly: true });
+      try {
+        const verdict = check.query<{ quick_check: string }, []>("PRAGMA quick_check").get()?.quick_check;
+        const copied = check.query<{ rows: number }, []>("SELECT count(*) AS rows FROM kv").get()?.rows;
+        if (verdict !== "ok" || copied !== rows) throw new StorageError("corrupt", `the compact copy did not check out (quick_check: ${verdict}; ${copied} rows of ${rows}): the database was left as it was`, this.file);
+      } finally {
+        check.close(true);
+      }
+      // The node's service user must still own it, with the same permissions.
+      const { uid, gid, mode } = statSync(this.file);
       const fd = openSync(copy, "r");
       try {
+        fchownSync(fd, uid, gid);
+        fchmodSync(fd, mode & 0o7777);
         fsyncSync(fd);
       } finally {
         closeSync(fd);
       }
       this.closeAllButLock();
       // The last connection closed: its WAL (emptied above, nothing written since) is gone or empty.
-      if (existsSync(wal) && statSync(wal).size > 0) throw new StorageError("corrupt", "the WAL was written to during the defrag: nothing changed", this.file);
+      if (existsSync(wal) && statSync(wal).size > 0) throw new StorageError("corrupt", "the WAL was written to during the defrag: the database was left as it was", this.file);
       renameSync(copy, this.file);
+      replaced = true;
       rmSync(wal, { force: true });
       rmSync(`${this.file}-shm`, { force: true });
       fsyncPath(dirname(this.file));
       return { bytesBefore, bytesAfter: statSync(this.file).size, freeBytesBefore };
     } catch (error) {
-      rmSync(copy, { force: true });
-      throw error;
+      if (!replaced) {
+        rmSync(copy, { force: true });
+        rmSync(`${copy}-journal`, { force: true });
+        throw error;
+      }
+      throw new DefragReplacedError(this.file, error);
     } finally {
       if (!this.closed) this.closeAllButLock();
       closeDatabase(this.lock);
     }
   }
+
 
   /**
    * After `close`: resolves once nothing of this storage holds a descriptor any more, that is once
