@@ -1,10 +1,11 @@
 // Proves a process SIGKILLed at a random moment while saving loses nothing it reported saved: after reopen the log holds every reported entry, contiguous and checksum-clean, and the state machine equals a replay of the log up to the applied index.
 import { expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, statSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createPrng } from "../src/lib/prng.ts";
 import { crashLoopEntryData, crashLoopKey, crashLoopKeyCount, crashLoopValue } from "./children/save-loop-child.ts";
+import { EntryType } from "../src/raft/types.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
 
 const childScript = join(import.meta.dir, "children", "save-loop-child.ts");
@@ -110,6 +111,39 @@ test("SIGKILL during saves loses no reported save and leaves a contiguous, consi
   } catch (error: unknown) {
     console.error(`storage crash test failed: seed=${seed} (replay the kill points with KV_STORAGE_CRASH_SEED=${seed} bun test test/storage-crash.test.ts)`);
     throw error;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a save cut short after its entries, before its hard state, leaves uncommitted entries the child commits and applies when it starts again (the race behind a flaky failure)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "kv-storage-crash-torn-"));
+  try {
+    const entry = (index: number) => ({ index, term: 1, type: EntryType.Normal, data: crashLoopEntryData(index) });
+    const storage = openSqliteStorage(dir, { voters: [1] });
+    const segment = () => {
+      const logDir = join(dir, "kv.db-log");
+      const [name] = readdirSync(logDir).filter((file) => file.endsWith(".log")).sort().reverse();
+      return join(logDir, name as string);
+    };
+    storage.save({ term: 1, vote: 1, commit: 5 }, [1, 2, 3, 4, 5].map(entry), true);
+    storage.applyEntries([1, 2, 3, 4, 5].map(entry));
+    const withEntries = statSync(segment()).size;
+    storage.save({ term: 1, vote: 1, commit: 5 }, [6, 7, 8].map(entry), true); // an unchanged hard state is not written
+    const entriesBytes = statSync(segment()).size - withEntries;
+    storage.save({ term: 1, vote: 1, commit: 8 }, [], true);
+    const hardStateBytes = statSync(segment()).size - withEntries - entriesBytes;
+    storage.close();
+    // As a kill in the middle of one save of entries 6-8 with commit 8 leaves it: the entries, not the hard state.
+    truncateSync(segment(), withEntries + entriesBytes);
+    expect(hardStateBytes).toBeGreaterThan(0);
+    const torn = openSqliteStorage(dir, { voters: [1] });
+    expect([torn.lastIndex(), torn.initialState().hardState.commit, torn.appliedIndex()]).toEqual([8, 5, 5]);
+    torn.close();
+    const child = Bun.spawn([process.execPath, childScript, dir, "7", "30"], { stdout: "ignore", stderr: "pipe" });
+    const stderr = await new Response(child.stderr).text();
+    expect([await child.exited, stderr]).toEqual([0, ""]);
+    expect(verifyAfterCrash(dir, 30)).toBe(30);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
