@@ -98,6 +98,17 @@ describe("kv chaos, through the built executable", () => {
     SCENARIO_TIMEOUT_MS,
   );
 
+  test(
+    "restart --defrag: each node's data dir defragmented while it is down (a first run SIGKILLed midway) loses no acknowledged write",
+    async () => {
+      const { code, out } = await run(["chaos", "restart", "--defrag", "--signal", "kill", "--duration", "4"]);
+      expectSuccess(code, out);
+      expect(out.match(/Node \d's data dir defragmented while it was down/g)?.length).toBe(3);
+      expect(out.match(/a first run SIGKILLed after \d+ ms/g)?.length).toBe(1);
+    },
+    SCENARIO_TIMEOUT_MS,
+  );
+
   test("partition under --base-port is a usage error (exit 2): it needs the runner's proxies", async () => {
     const { code, out } = await run(["chaos", "partition", "--base-port", "5001"]);
     expect(code).toBe(2);

@@ -132,6 +132,11 @@ export class ChaosCluster {
   /** `${from}>${to}` → the proxy `from` dials to reach `to`. */
   private readonly links = new Map<string, TcpProxy>();
 
+  /** The command that runs kv (this executable), for the tools a scenario runs on a stopped node's data dir. */
+  get command(): readonly string[] {
+    return this.opts.command;
+  }
+
   constructor(private readonly opts: ClusterOptions) {
     mkdirSync(opts.baseDir, { recursive: true });
     for (let id = 1; id <= opts.size; id++) {

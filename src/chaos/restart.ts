@@ -13,6 +13,19 @@ export interface RestartOptions {
   readonly display: LiveDisplay;
   /** How each node is stopped: "term" (graceful: a leader hands over first) or "kill" (SIGKILL). */
   readonly signal: "term" | "kill";
+  /**
+   * While each node is down, `kv defrag` its data dir; on the first node a run is SIGKILLed in the
+   * middle first (a crash mid-copy must leave the data dir whole), then one runs to its end.
+   */
+  readonly defrag?: boolean;
+}
+
+/** What `kv defrag` did to a node's data dir while it was down. */
+export interface DefragTurn {
+  readonly bytesBefore: number;
+  readonly bytesAfter: number;
+  /** A run SIGKILLed this long after it started, before the one that finished. */
+  readonly killedAfterMs?: number;
 }
 
 /** One node's turn in the rolling restart. */
@@ -29,6 +42,7 @@ export interface NodeRestart {
   /** The longest stretch with no acknowledged write from the signal until it caught up, in ms. */
   readonly gapMs: number;
   readonly ackedDuring: number;
+  readonly defrag?: DefragTurn;
 }
 
 export interface RestartResult {
@@ -78,6 +92,15 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
     const stoppedAt = performance.now();
     const ackedBefore = load.ok;
     const exitCode = opts.signal === "term" ? await cluster.terminate(id) : (await cluster.kill(id), null);
+    let defrag: DefragTurn | undefined;
+    if (opts.defrag === true) {
+      display.setFault(`node ${id} defragmenting`);
+      // The kill lands anywhere from the tool's start (about 50 ms) to past the end of a small copy.
+      defrag = await defragStoppedNode(cluster, id, turn === 0 ? 20 + Math.floor(Math.random() * 100) : undefined);
+      print(
+        `         Node ${id}'s data dir defragmented while it was down${defrag.killedAfterMs === undefined ? "" : ` (a first run SIGKILLed after ${defrag.killedAfterMs} ms)`}: ${(defrag.bytesBefore / 1e6).toFixed(1)} MB -> ${(defrag.bytesAfter / 1e6).toFixed(1)} MB`,
+      );
+    }
     await cluster.startNode(id);
     const startedAt = performance.now();
     display.setFault(`node ${id} catching up`);
@@ -95,6 +118,7 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
       restartMs: Math.round(startedAt - stoppedAt),
       catchUpMs: Math.round(caughtUpAt - startedAt),
       caughtUpToIndex,
+      ...(defrag === undefined ? {} : { defrag }),
     };
     restarts.push(restart);
     print(
@@ -125,6 +149,26 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
   print("");
   print(ok ? "✅ SUCCESS: No acknowledged write was lost through a rolling restart!" : "❌ FAILURE: acknowledged writes were lost or changed");
   return { ok, restarts, availability: avail, refused: load.failed, unknown: load.unknown, verification };
+}
+
+/**
+ * `kv defrag --data-dir` on stopped node `id`'s data dir, run as the user runs it; with `killAfterMs`
+ * a first run is SIGKILLed that long after it started (wherever the copy then is). Throws when the
+ * run meant to finish does not.
+ */
+async function defragStoppedNode(cluster: ChaosCluster, id: number, killAfterMs: number | undefined): Promise<DefragTurn> {
+  const args = [...cluster.command, "defrag", "--data-dir", cluster.node(id).dataDir, "--json"];
+  if (killAfterMs !== undefined) {
+    const interrupted = Bun.spawn(args, { stdout: "ignore", stderr: "ignore", stdin: "ignore" });
+    await Bun.sleep(killAfterMs); // when the crash lands: the fault's schedule, not a wait for a condition
+    interrupted.kill("SIGKILL");
+    await interrupted.exited;
+  }
+  const finished = Bun.spawn(args, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const [out, err, code] = await Promise.all([new Response(finished.stdout).text(), new Response(finished.stderr).text(), finished.exited]);
+  if (code !== 0) throw new Error(`kv defrag of node ${id}'s data dir exited ${code}: ${err.trim() || out.trim()}`);
+  const { bytesBefore, bytesAfter } = JSON.parse(out) as { bytesBefore: number; bytesAfter: number };
+  return { bytesBefore, bytesAfter, ...(killAfterMs === undefined ? {} : { killedAfterMs: killAfterMs }) };
 }
 
 /** The longest interval within [fromMs, toMs] containing no acknowledgement time. */

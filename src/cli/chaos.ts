@@ -219,6 +219,10 @@ const scenarios: Record<string, ScenarioDefinition> = {
       duration: { type: "string", description: "Seconds the write load runs at least; restarts are spread across it (default 6)", valueHint: "S" },
       concurrency: { type: "string", description: "Concurrent writers (default 4)", valueHint: "N" },
       signal: { type: "string", description: "term (graceful: a leader hands over first; default) or kill (SIGKILL), to compare", valueHint: "SIGNAL" },
+      defrag: {
+        type: "boolean",
+        description: "While each node is down, kv defrag its data dir (on the first, a run SIGKILLed midway first): nothing may be lost",
+      },
       ...clientTimeoutArg,
     },
     create(flags) {
@@ -227,7 +231,8 @@ const scenarios: Record<string, ScenarioDefinition> = {
       const requestTimeoutMs = clientTimeoutMs(flags);
       const signal = typeof flags.signal === "string" ? flags.signal : "term";
       if (signal !== "term" && signal !== "kill") throw new UsageError(`--signal must be term or kill, got '${signal}'`);
-      return (cluster, display) => runRestart(cluster, { durationMs, concurrency, requestTimeoutMs, display, signal });
+      const defrag = flags.defrag === true;
+      return (cluster, display) => runRestart(cluster, { durationMs, concurrency, requestTimeoutMs, display, signal, defrag });
     },
   },
   random: {
