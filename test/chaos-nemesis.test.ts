@@ -99,12 +99,13 @@ describe("kv chaos, through the built executable", () => {
   );
 
   test(
-    "restart --defrag: each node's data dir defragmented while it is down (a first run SIGKILLed midway) loses no acknowledged write",
+    "restart --defrag: kv defrag on each node's data dir while it is down, SIGKILLed as its copy is written on two of them, loses no acknowledged write and leaves no copy",
     async () => {
       const { code, out } = await run(["chaos", "restart", "--defrag", "--signal", "kill", "--duration", "4"]);
       expectSuccess(code, out);
-      expect(out.match(/Node \d's data dir defragmented while it was down/g)?.length).toBe(3);
-      expect(out.match(/a first run SIGKILLed after \d+ ms/g)?.length).toBe(1);
+      expect(out.match(/Node \d's data dir while it was down: /g)?.length).toBe(3);
+      // The third node's run always goes to its end; the second's too, after the one killed.
+      expect(out.match(/defragmented: [\d.]+ MB -> [\d.]+ MB/g)?.length).toBeGreaterThanOrEqual(2);
     },
     SCENARIO_TIMEOUT_MS,
   );

@@ -149,6 +149,14 @@ test("an argument that is not valid UTF-8 is a usage error naming it, before any
     expect([args, proc.exitCode]).toEqual([args, 2]);
     expect(proc.stderr.toString()).toContain("is not valid UTF-8");
   }
+  // Only the user's own words: the program's path may be any bytes (an install directory in Latin-1).
+  const dir = mkdtempSync(join(tmpdir(), "kv-cli-"));
+  try {
+    const linked = Bun.spawnSync(["bash", "-c", `mkdir "${dir}"/caf$'\\xe9' && ln -s "${kvCommand()[0]}" "${dir}"/caf$'\\xe9'/kv && "${dir}"/caf$'\\xe9'/kv --version`], { stdout: "pipe", stderr: "pipe", timeout: 30_000 });
+    expect([linked.exitCode, linked.stderr.toString()]).toEqual([0, ""]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
   // Text outside ASCII is fine: it is refused for its endpoint, not its bytes.
   const fine = Bun.spawnSync(["bash", "-c", `${kv} put é x --endpoints http://127.0.0.1:9 --timeout-ms 200`], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000 });
   expect(fine.stderr.toString()).not.toContain("UTF-8");

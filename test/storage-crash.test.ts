@@ -63,6 +63,9 @@ function verifyAfterCrash(dir: string, reportedIndex: number): number {
     expect(last).toBeGreaterThanOrEqual(reportedIndex);
     // Invariant: applied <= commit <= lastIndex.
     expect(applied).toBeLessThanOrEqual(hardState.commit);
+    // And every reported save's hard state too (each commits its last entry): only a save cut short,
+    // never reported, may leave entries past the commit index (the child commits those at its start).
+    expect(hardState.commit).toBeGreaterThanOrEqual(reportedIndex);
     expect(hardState.commit).toBeLessThanOrEqual(last);
 
     // entries() verifies checksums and contiguity; the content must be exactly what was written.

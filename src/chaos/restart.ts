@@ -1,3 +1,5 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { ChaosCluster } from "./cluster.ts";
 import type { LiveDisplay } from "./live-display.ts";
 import { printVerification, verificationHolds, verifyWrites, type Verification } from "./verify.ts";
@@ -14,18 +16,19 @@ export interface RestartOptions {
   /** How each node is stopped: "term" (graceful: a leader hands over first) or "kill" (SIGKILL). */
   readonly signal: "term" | "kill";
   /**
-   * While each node is down, `kv defrag` its data dir; on the first node a run is SIGKILLed in the
-   * middle first (a crash mid-copy must leave the data dir whole), then one runs to its end.
+   * While each node is down, `kv defrag` its data dir: on the first node a run is SIGKILLed once its
+   * copy is on disk and the node started on what it left; on the second the same, then a run to
+   * its end; on the third a run to its end. Nothing acknowledged may be lost, and no copy is left.
    */
   readonly defrag?: boolean;
 }
 
 /** What `kv defrag` did to a node's data dir while it was down. */
 export interface DefragTurn {
-  readonly bytesBefore: number;
-  readonly bytesAfter: number;
-  /** A run SIGKILLed this long after it started, before the one that finished. */
-  readonly killedAfterMs?: number;
+  /** A run SIGKILLed this long after it started, once its copy was on disk; and whether the copy was still there after (killed before its rename). */
+  readonly interrupted?: { readonly killedAfterMs: number; readonly copyLeft: boolean };
+  /** The run that finished, if one did: the database and its WAL before, the database after. */
+  readonly finished?: { readonly bytesBefore: number; readonly bytesAfter: number };
 }
 
 /** One node's turn in the rolling restart. */
@@ -95,13 +98,13 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
     let defrag: DefragTurn | undefined;
     if (opts.defrag === true) {
       display.setFault(`node ${id} defragmenting`);
-      // The kill lands anywhere from the tool's start (about 50 ms) to past the end of a small copy.
-      defrag = await defragStoppedNode(cluster, id, turn === 0 ? 20 + Math.floor(Math.random() * 100) : undefined);
-      print(
-        `         Node ${id}'s data dir defragmented while it was down${defrag.killedAfterMs === undefined ? "" : ` (a first run SIGKILLed after ${defrag.killedAfterMs} ms)`}: ${(defrag.bytesBefore / 1e6).toFixed(1)} MB -> ${(defrag.bytesAfter / 1e6).toFixed(1)} MB`,
-      );
+      defrag = await defragStoppedNode(cluster, id, turn === 0 ? "interrupt" : turn === 1 ? "interrupt-then-finish" : "finish");
+      print(`         Node ${id}'s data dir while it was down: ${describeDefrag(defrag)}`);
     }
     await cluster.startNode(id);
+    if (defrag?.interrupted?.copyLeft === true && existsSync(defragCopyOf(cluster, id))) {
+      throw new Error(`node ${id} started on a data dir an interrupted defrag left, and its copy is still there`);
+    }
     const startedAt = performance.now();
     display.setFault(`node ${id} catching up`);
     const caughtUpToIndex = await waitForCatchUp(cluster, id, 30_000);
@@ -151,24 +154,54 @@ export async function runRestart(cluster: ChaosCluster, opts: RestartOptions): P
   return { ok, restarts, availability: avail, refused: load.failed, unknown: load.unknown, verification };
 }
 
+/** Where `kv defrag` writes node `id`'s compact copy (SqliteStorage.defragAndClose). */
+function defragCopyOf(cluster: ChaosCluster, id: number): string {
+  return join(cluster.node(id).dataDir, "kv.db-defrag");
+}
+
 /**
- * `kv defrag --data-dir` on stopped node `id`'s data dir, run as the user runs it; with `killAfterMs`
- * a first run is SIGKILLed that long after it started (wherever the copy then is). Throws when the
- * run meant to finish does not.
+ * `kv defrag --data-dir` on stopped node `id`'s data dir, run as the user runs it. `interrupt`: a
+ * run SIGKILLed 0-9 ms after its copy appeared (as the copy is written, checked or renamed), and
+ * nothing more (the node starts on what it left); `interrupt-then-finish`: the same, then a run to
+ * its end; `finish`: a run to its end. Throws when a run meant to finish does not.
  */
-async function defragStoppedNode(cluster: ChaosCluster, id: number, killAfterMs: number | undefined): Promise<DefragTurn> {
+async function defragStoppedNode(cluster: ChaosCluster, id: number, how: "interrupt" | "interrupt-then-finish" | "finish"): Promise<DefragTurn> {
   const args = [...cluster.command, "defrag", "--data-dir", cluster.node(id).dataDir, "--json"];
-  if (killAfterMs !== undefined) {
-    const interrupted = Bun.spawn(args, { stdout: "ignore", stderr: "ignore", stdin: "ignore" });
-    await Bun.sleep(killAfterMs); // when the crash lands: the fault's schedule, not a wait for a condition
-    interrupted.kill("SIGKILL");
-    await interrupted.exited;
+  let interrupted: DefragTurn["interrupted"];
+  if (how !== "finish") {
+    const startedMs = performance.now();
+    const run = Bun.spawn(args, { stdout: "ignore", stderr: "ignore", stdin: "ignore" });
+    let exited = false;
+    void run.exited.then(() => {
+      exited = true;
+    });
+    // Polls for a file another process writes (a condition); the kill's delay after it is the fault's schedule.
+    while (!exited && !existsSync(defragCopyOf(cluster, id))) await Bun.sleep(1);
+    if (!exited) {
+      await Bun.sleep(Math.floor(Math.random() * 10));
+      run.kill("SIGKILL");
+    }
+    await run.exited;
+    if (run.signalCode === "SIGKILL") interrupted = { killedAfterMs: Math.round(performance.now() - startedMs), copyLeft: existsSync(defragCopyOf(cluster, id)) };
+    else if (run.exitCode !== 0) throw new Error(`kv defrag of node ${id}'s data dir exited ${run.exitCode} before it could be interrupted`);
+    if (how === "interrupt") return interrupted === undefined ? {} : { interrupted };
   }
   const finished = Bun.spawn(args, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const [out, err, code] = await Promise.all([new Response(finished.stdout).text(), new Response(finished.stderr).text(), finished.exited]);
   if (code !== 0) throw new Error(`kv defrag of node ${id}'s data dir exited ${code}: ${err.trim() || out.trim()}`);
   const { bytesBefore, bytesAfter } = JSON.parse(out) as { bytesBefore: number; bytesAfter: number };
-  return { bytesBefore, bytesAfter, ...(killAfterMs === undefined ? {} : { killedAfterMs: killAfterMs }) };
+  return { ...(interrupted === undefined ? {} : { interrupted }), finished: { bytesBefore, bytesAfter } };
+}
+
+function describeDefrag(turn: DefragTurn): string {
+  const parts: string[] = [];
+  const { interrupted, finished } = turn;
+  if (interrupted !== undefined) {
+    parts.push(`a kv defrag SIGKILLed ${interrupted.killedAfterMs} ms after it started, its copy on disk (${interrupted.copyLeft ? "left behind" : "already renamed over the database"})`);
+  }
+  if (finished !== undefined) parts.push(`defragmented: ${(finished.bytesBefore / 1e6).toFixed(1)} MB -> ${(finished.bytesAfter / 1e6).toFixed(1)} MB`);
+  else parts.push(interrupted === undefined ? "the run finished before it could be interrupted" : "started on what it left");
+  return parts.join("; then ");
 }
 
 /** The longest interval within [fromMs, toMs] containing no acknowledgement time. */

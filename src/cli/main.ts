@@ -160,10 +160,11 @@ export async function main(argv: string[]): Promise<void> {
   try {
     // Keys, values and paths are UTF-8 text: an argument that is not would reach the command
     // changed (each bad byte as U+FFFD), and two different keys could become one.
-    const [notUtf8] = argumentsNotUtf8();
+    const [notUtf8] = argumentsNotUtf8(argv.length);
     if (notUtf8 !== undefined) {
+      const commandsOwn = argv.includes("--") && notUtf8.position > argv.indexOf("--") + 1;
       throw new UsageError(
-        `argument ${notUtf8.position} (${JSON.stringify(notUtf8.text)}) is not valid UTF-8: keys must be UTF-8 text, and a value of any bytes goes on standard input (kv put KEY -)`,
+        `argument ${notUtf8.position} (${JSON.stringify(notUtf8.text)}) is not valid UTF-8: ${commandsOwn ? "kv passes a command's arguments as UTF-8 text" : "keys must be UTF-8 text, and a value of any bytes goes on standard input (kv put KEY -)"}`,
       );
     }
     const { command, parent, path, rest } = await resolve(argv);

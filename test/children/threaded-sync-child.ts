@@ -21,12 +21,6 @@ async function main(argv: readonly string[]): Promise<void> {
   const indexMax = Number(indexMaxText);
   const storage = await openThreadedStorage(dir, { voters: [1] });
   let { hardState } = storage.initialState();
-  // Entries of a save the kill cut short before its hard state (see save-loop-child.ts): commit them.
-  if (storage.lastIndex() > hardState.commit) {
-    hardState = { ...hardState, commit: storage.lastIndex() };
-    storage.save(hardState, [], false);
-    await storage.sync();
-  }
   await storage.applyEntries(storage.entries(storage.appliedIndex() + 1, hardState.commit + 1, Number.MAX_SAFE_INTEGER));
 
   while (storage.lastIndex() < indexMax) {
