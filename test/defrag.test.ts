@@ -4,7 +4,7 @@
 // changed; a copy left by an interrupted defrag is replaced; the built executable does it and says so.
 import { describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { chmodSync, cpSync, existsSync, readFileSync, statSync, symlinkSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, cpSync, existsSync, readFileSync, statSync, symlinkSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeCommand } from "../src/kv/command.ts";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -102,6 +102,16 @@ describe("defrag", () => {
     expect(done.code).toBe(0);
     const after = statSync(file);
     expect([after.mode & 0o7777, after.uid, after.gid]).toEqual([0o600, uid, gid]);
+  });
+
+  test.skipIf(process.getuid?.() !== 0)("run as another user than the database's owner, it is refused (what it writes would be that user's, and the node could not open it)", async () => {
+    const dir = dataDirWithFreePages();
+    const file = join(dir, "kv.db");
+    chownSync(file, 65534, 65534);
+    const refused = await runKv(["defrag", "--data-dir", dir]);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toContain("belongs to uid 65534; run kv defrag as that user");
+    expect(statSync(file).uid).toBe(65534);
   });
 
   test("a data dir of an older release is refused as it is, not migrated (its node may still go back to it)", async () => {

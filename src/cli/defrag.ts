@@ -9,7 +9,7 @@
  * rarely, the copy replaced the database and what follows failed: it says so), 2 a usage error.
  */
 import { defineCommand } from "citty";
-import { existsSync, lstatSync } from "node:fs";
+import { existsSync, lstatSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { DATABASE_FILE, DefragReplacedError, type DefragResult, openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { ClientExit } from "./client.ts";
@@ -36,6 +36,13 @@ export const defragCommand = defineCommand({
     // The copy is written beside the file and renamed over it: over a link, it would replace the
     // link with a file here, and leave the database it named behind (found in a review).
     if (lstatSync(file).isSymbolicLink()) throw new ClientExit(1, `cannot defragment, nothing changed: ${file} is a symbolic link; defragment the data dir the database is in`);
+    // Whatever it writes (the copy, a lock or log file it must create) would be this user's: a node
+    // running as the data dir's owner could not open them (found in a review: run as root on a
+    // service user's data dir).
+    const owner = statSync(file).uid;
+    if (process.getuid !== undefined && process.getuid() !== owner) {
+      throw new ClientExit(1, `cannot defragment, nothing changed: ${file} belongs to uid ${owner}; run kv defrag as that user (sudo -u, or the service's user), so that every file it writes stays theirs`);
+    }
     const startedMs = performance.now();
     let result: DefragResult;
     try {
