@@ -66,7 +66,7 @@ describe("defrag", () => {
       const sizeBefore = statSync(file).size;
       const refused = await runKv(["defrag", "--data-dir", dir]);
       expect(refused.code).toBe(1);
-      expect(refused.out).toContain("is in use (stop the node first)");
+      expect(refused.out).toContain("is in use by a running node or another kv defrag (stop the node first)");
       expect(statSync(file).size).toBe(sizeBefore);
       expect(existsSync(`${file}-defrag`)).toBe(false);
     } finally {
@@ -85,12 +85,20 @@ describe("defrag", () => {
     expect(contents(dir)).toEqual(before);
   });
 
-  test("a directory that is no data dir is refused with exit 1, and nothing is created there", async () => {
+  test("a directory that is no data dir is refused with exit 1, and nothing is created there; an empty kv.db is no older release; an empty --data-dir is a usage error", async () => {
     const dir = tempDir();
     const refused = await runKv(["defrag", "--data-dir", dir]);
     expect(refused.code).toBe(1);
     expect(refused.out).toContain("does not exist (is");
     expect(existsSync(join(dir, "kv.db"))).toBe(false);
+    writeFileSync(join(dir, "kv.db"), "");
+    const empty = await runKv(["defrag", "--data-dir", dir]);
+    expect(empty.code).toBe(1);
+    expect(empty.out).toContain("empty or no database of kv's");
+    expect(statSync(join(dir, "kv.db")).size).toBe(0);
+    const usage = await runKv(["defrag", "--data-dir", ""]);
+    expect(usage.code).toBe(2);
+    expect(usage.out).toContain("--data-dir needs a directory");
   });
 
   test("the database keeps its owner and permissions (a node running as another user must still open it)", async () => {
@@ -144,7 +152,7 @@ describe("defrag", () => {
     writeFileSync(file, damaged);
     const refused = await runKv(["defrag", "--data-dir", dir]);
     expect(refused.code).toBe(1);
-    expect(refused.out).toContain("cannot defragment, nothing changed");
+    expect(refused.out).toContain(`cannot defragment ${file}, nothing changed: database disk image is malformed`);
     expect(refused.out).not.toContain("    at ");
     // Every page as it was (the open that found the damage bumped the header's change counters, as
     // kv serve's refusal of it does).

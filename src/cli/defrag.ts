@@ -13,6 +13,7 @@ import { existsSync, lstatSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { DATABASE_FILE, DefragReplacedError, type DefragResult, openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { ClientExit } from "./client.ts";
+import { UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
 /** Bytes as MB with one decimal, for the text line. */
@@ -31,6 +32,7 @@ export const defragCommand = defineCommand({
   },
   run({ args }) {
     const dir = args["data-dir"];
+    if (dir.trim() === "") throw new UsageError("--data-dir needs a directory");
     const file = join(dir, DATABASE_FILE);
     if (!existsSync(file)) throw new ClientExit(1, `cannot defragment: ${file} does not exist (is ${dir} a node's data dir?)`);
     // The copy is written beside the file and renamed over it: over a link, it would replace the
@@ -53,12 +55,12 @@ export const defragCommand = defineCommand({
       if (error instanceof DefragReplacedError) throw new ClientExit(1, `defragmented only in part: ${error.message}`);
       if (!(error instanceof Error)) throw error;
       const code = (error as { code?: string }).code;
-      if (error.name === "StorageError" && code === "locked") throw new ClientExit(1, `cannot defragment, nothing changed: ${dir} is in use (stop the node first): ${error.message}`);
+      if (error.name === "StorageError" && code === "locked") throw new ClientExit(1, `cannot defragment, nothing changed: ${dir} is in use by a running node or another kv defrag (stop the node first): ${error.message}`);
       if (/SQLITE_FULL|disk is full|ENOSPC/i.test(`${error.message} ${code}`)) {
         throw new ClientExit(1, `cannot defragment, nothing changed: no space for the compact copy beside ${file} (it needs about the size of the data): ${error.message}`);
       }
       // Anything else before the copy replaced the database (a damaged one, a read-only disk, I/O errors) left it as it was.
-      throw new ClientExit(1, `cannot defragment, nothing changed: ${error.message}`);
+      throw new ClientExit(1, `cannot defragment ${file}, nothing changed: ${error.message}`);
     }
     const durationMs = Math.round(performance.now() - startedMs);
     printLine(

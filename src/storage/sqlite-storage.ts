@@ -623,6 +623,9 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOld
     if (!walBefore && existsSync(wal) && statSync(wal).size === 0) rmSync(wal, { force: true });
   }
   if (version > schemaVersion) throw newerSchema(file, version);
+  if (refuseOlderSchema && version === 0) {
+    throw new StorageError("schema", "the file is empty or no database of kv's (schema 0): nothing to defragment, and it was left unchanged", file);
+  }
   if (refuseOlderSchema && version < schemaVersion) {
     throw new StorageError(
       "schema",
