@@ -148,6 +148,8 @@ test("an argument that is not valid UTF-8 is a usage error naming it, before any
     const proc = Bun.spawnSync(["bash", "-c", `${kv} ${args}`], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000 });
     expect([args, proc.exitCode]).toEqual([args, 2]);
     expect(proc.stderr.toString()).toContain("is not valid UTF-8");
+    // A flag's value is said to be one, not a key.
+    expect(proc.stderr.toString()).toContain(args.startsWith("get k --endpoints") ? "flags and their values must be UTF-8 text" : "keys must be UTF-8 text");
   }
   // Only the user's own words: the program's path may be any bytes (an install directory in Latin-1).
   const dir = mkdtempSync(join(tmpdir(), "kv-cli-"));

@@ -163,9 +163,15 @@ export async function main(argv: string[]): Promise<void> {
     const [notUtf8] = argumentsNotUtf8(argv.length);
     if (notUtf8 !== undefined) {
       const commandsOwn = argv.includes("--") && notUtf8.position > argv.indexOf("--") + 1;
-      throw new UsageError(
-        `argument ${notUtf8.position} (${JSON.stringify(notUtf8.text)}) is not valid UTF-8: ${commandsOwn ? "kv passes a command's arguments as UTF-8 text" : "keys must be UTF-8 text, and a value of any bytes goes on standard input (kv put KEY -)"}`,
-      );
+      // A flag's value (--data-dir X, --endpoints=X) is no key or value.
+      const previous = argv[notUtf8.position - 2] ?? "";
+      const flagValue = notUtf8.text.startsWith("--") || (previous.startsWith("-") && !previous.includes("="));
+      const why = commandsOwn
+        ? "kv passes a command's arguments as UTF-8 text"
+        : flagValue
+          ? "flags and their values must be UTF-8 text"
+          : "keys must be UTF-8 text, and a value of any bytes goes on standard input (kv put KEY -)";
+      throw new UsageError(`argument ${notUtf8.position} (${JSON.stringify(notUtf8.text)}) is not valid UTF-8: ${why}`);
     }
     const { command, parent, path, rest } = await resolve(argv);
     // Words after `--` belong to a command kv runs (`kv lock NAME -- CMD -h`), not to kv.
