@@ -17,6 +17,8 @@ import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
 import { historyViolation, isRefusal, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
+import { SimBank } from "../src/sim/sim-bank.ts";
+import { bankAccounts } from "../src/chaos/bank.ts";
 
 const tickMs = 10;
 const electionTicks = 10;
@@ -722,5 +724,26 @@ test("a transfer the leader gives up (its target cut off) is refused saying so, 
     expect(sim.nowMs - startedMs).toBeLessThan(2 * electionTicks * tickMs + 50);
     sim.network.heal();
     await sim.healAndCheck(["before"], 30_000);
+  });
+});
+
+test("a client's call that rejects with something other than a KvError (a bug) fails the run at its next check; it went unhandled, and the run on", async () => {
+  await withSim(quietSim(31), async (sim) => {
+    const leader = await settledLeader(sim);
+    const node = nodeOf(sim, leader);
+    node.put = () => Promise.reject(new TypeError("a bug in put"));
+    void sim.callOperation(1, leader, "put", "k");
+    await expect(sim.runUntil(sim.nowMs + 50)).rejects.toThrow("a bug in put");
+  });
+});
+
+test("the bank's read of several accounts fails the run when a read-only answer holds a value newer than its version (the check's throw went unhandled)", async () => {
+  await withSim(quietSim(32), async (sim) => {
+    const leader = await settledLeader(sim);
+    const node = nodeOf(sim, leader);
+    const [account] = bankAccounts(1) as [string];
+    node.txn = () => Promise.resolve({ succeeded: true, version: 1, results: [{ op: "get", key: account, found: true, value: new TextEncoder().encode("100/t0"), version: 5 }] });
+    void new SimBank(sim, [account], sim.nowMs + 1_000).read(1, leader, [account], "linearizable");
+    await expect(sim.runUntil(sim.nowMs + 50)).rejects.toThrow("a read-only transaction answered version 1 with");
   });
 });

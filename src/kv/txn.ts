@@ -113,12 +113,12 @@ export function txnKeys(txn: TxnRequest): string[] {
   return [...txn.compare, ...txn.success, ...txn.failure].map((item) => item.key);
 }
 
-/** True when either branch may put: a put is refused past the quota. */
 /** Whether either branch of `txn` puts or deletes: one that does neither is a read (KvNode.txn serves it without an entry). */
 export function txnWrites(txn: TxnRequest): boolean {
   return [...txn.success, ...txn.failure].some((op) => op.op !== "get");
 }
 
+/** True when either branch may put: a put is refused past the quota. */
 export function txnPuts(txn: TxnRequest): boolean {
   return [...txn.success, ...txn.failure].some((op) => op.op === "put");
 }

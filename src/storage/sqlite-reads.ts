@@ -261,8 +261,8 @@ export class SqliteReads {
     return { value: row.value, version: row.version };
   }
 
-  /** The applied index the kv table is at, as this read sees it (in the batch, with `batchKvReads`). */
-  appliedIndex(): number {
+  /** See `KvStorage.stateVersion`: the applied index the kv table is at, as this read sees it (in the batch, with `batchKvReads`). */
+  stateVersion(): number {
     this.joinBatch();
     return this.selectApplied.get()?.applied_index ?? 0;
   }

@@ -1531,8 +1531,10 @@ export class SqliteStorage implements KvStorage {
    * `<db>-defrag`: the same pages' contents, header and `user_version`, at about the size of the
    * data) and fsynced; then, every connection closed but the data dir's lock, it is renamed over the
    * database and the directory fsynced. A crash leaves one whole file or the other (a copy left
-   * behind is removed by the next defrag). The log's segments are not touched. Leaves this storage
-   * closed. Needs free space for the copy: short of it, the copy fails and nothing changes.
+   * behind is removed at the next open). The log's segments are not touched. Leaves this storage
+   * closed. Needs free space for the copy: short of it, the copy fails and nothing changes. The
+   * copy is checked (`quick_check`, and its row count) and given the database's owner and mode
+   * before it replaces it.
    * Open with `checkpoints: "inline"`, so that no other connection holds the database.
    */
   defragAndClose(): DefragResult {

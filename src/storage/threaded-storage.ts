@@ -500,7 +500,7 @@ export class ThreadedStorage implements KvStorage {
   /** See `KvStorage.stateVersion`: read in the task's read transaction, with `get` and `list`. */
   stateVersion(): number {
     this.assertOpen();
-    return this.reads.appliedIndex();
+    return this.reads.stateVersion();
   }
 
   /** See `KvStorage.valueBytes`, as committed now. */
