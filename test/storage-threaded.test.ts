@@ -111,9 +111,12 @@ describe("threaded storage", () => {
       const entries = Array.from({ length: count }, (_, i) => put(i + 1, "k", `v${i + 1}`));
       storage.save(hard(1, count), entries, false);
       const applies = entries.map((entry) => storage.applyEntries([entry]));
-      // Microtasks only: the writer's answers (messages) wait, so the loop hears of no apply while
-      // the writer commits them one by one; each look is one read transaction (it ends in a microtask).
-      const deadline = performance.now() + 10_000;
+      // No task runs here: the writer's answers (messages) wait, so the loop hears of no apply while
+      // the writer commits them one by one. Each look is one read transaction, ended by the microtask
+      // awaited; between looks this thread blocks holding none, or back-to-back reads kept the WAL's
+      // checkpointer waiting with the write lock held, and the writer failed SQLITE_BUSY (seen in a
+      // full run of the suite).
+      const deadline = performance.now() + 30_000;
       let looks = 0;
       for (;;) {
         const version = storage.stateVersion();
@@ -122,6 +125,7 @@ describe("threaded storage", () => {
         if (version === count) break;
         if (performance.now() > deadline) throw new Error(`the state stayed at ${version} after ${looks} looks`);
         await Promise.resolve();
+        Bun.sleepSync(1); // a poll's interval that lets no task run (see above)
       }
       expect(storage.appliedIndex()).toBe(0);
       await Promise.all(applies);
