@@ -229,6 +229,28 @@ describe("POST /txn", () => {
     expect(refused instanceof KvError && ["timeout", "no_leader"].includes(refused.code)).toBe(true);
   });
 
+  test("a follower answers a transaction of gets alone itself, as a linearizable read: the leader's last acknowledged write, no entry; one that writes is 307", async () => {
+    const { c, leaderId, followerId, call } = await started();
+    // The follower hears of nothing from now on until the read asks: the leader's writes reach only the third node.
+    const thirdId = [1, 2, 3].find((id) => id !== leaderId && id !== followerId)!;
+    c.network.cutBetween(leaderId, followerId);
+    const written = (await (await call(leaderId, "PUT", "/kv/a", "1")).json()) as { version: number };
+    expect(c.storages.get(followerId)!.get("a")).toBeUndefined();
+    c.network.heal();
+    const before = c.node(leaderId).status().lastLogIndex;
+    // Its length declared, as clients send it (one without is taken as a large body, redirected unread).
+    const body = JSON.stringify({ compare: [{ key: "a", exists: true }], success: [{ get: { key: "a" } }], failure: [] });
+    const response = await call(followerId, "POST", "/txn", body, { "content-length": String(body.length) });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ succeeded: true, version: before, results: [{ get: { key: "a", found: true, value: "1", version: written.version } }] });
+    expect(c.node(leaderId).status().lastLogIndex).toBe(before);
+    expect(c.storages.get(thirdId)!.get("a")?.version).toBe(written.version);
+    // One that writes, in either branch, goes to the leader.
+    const writes = JSON.stringify({ success: [{ get: { key: "a" } }], failure: [{ delete: { key: "a" } }] });
+    const writing = await call(followerId, "POST", "/txn", writes, { "content-length": String(writes.length) });
+    expect([writing.status, writing.headers.get("location")]).toEqual([307, `http://node-${leaderId}/txn`]);
+  });
+
   test("a follower answers 307 to the leader's /txn and proposes nothing", async () => {
     const { c, leaderId, followerId, call } = await started();
     const lastIndex = c.node(leaderId).status().lastLogIndex;

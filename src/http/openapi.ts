@@ -318,7 +318,7 @@ const docs = {
     },
   },
   txn: {
-    summary: "A multi-key transaction, decided and applied atomically at one version (one Raft entry; one of gets alone is a linearizable read, no entry): if every comparison holds, the success operations run, else the failure ones, in order",
+    summary: "A multi-key transaction, decided and applied atomically at one version (one Raft entry, on the leader; one of gets alone is a linearizable read, no entry, served by any member): if every comparison holds, the success operations run, else the failure ones, in order",
     requestBody: bodyOf("JSON {compare, success, failure}; version 0 means absent", json({ $ref: "#/components/schemas/TxnRequest" })),
     responses: { ...ok("{succeeded, version, results}", json({ $ref: "#/components/schemas/TxnAnswer" })), ...errors(307, 400, 401, 404, 408, 409, 413, 422, 429, 503, 507) },
   },

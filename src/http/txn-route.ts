@@ -21,7 +21,8 @@
  * Gets that would return more than 4 MiB in either branch (by the values' sizes when it arrives)
  * are a 413 before it is proposed (KvNode.txn). `Idempotency-Key` works as for PUT and DELETE (its
  * session keeps the gets' values; more than 4 MiB when it applies is a 413 decided there, nothing
- * changed). A follower answers 307 to the leader.
+ * changed). A follower answers 307 to the leader, except to one of gets alone, which it serves as a
+ * linearizable read (as it serves GET).
  * A lease that does not exist when the transaction applies, named in the branch taken, is 404
  * `lease_not_found` with nothing of the transaction applied.
  */

@@ -637,16 +637,15 @@ export class KvNode implements KvNodeApi {
   }
 
   /**
-   * A transaction of gets alone, served as a linearizable read on the leader, as etcd serves a Txn
-   * of ranges alone: once the state machine has applied up to the read index, its comparisons and
-   * gets are evaluated in one synchronous step, so in one read transaction of the storage (every
-   * read of a task shares one: src/storage/sqlite-reads.ts), and the answer's version is the applied
-   * index of that state. Through the log, each took an entry and a version, and cost a write.
-   * Nothing is proposed, so comparing by operator needs no member to run a newer release.
+   * A transaction of gets alone, served as a linearizable read by any member, as etcd serves a Txn
+   * of ranges alone and as a linearizable GET is served: once the state machine has applied up to
+   * the read index (a follower asks the leader for it), its comparisons and gets are evaluated in
+   * one synchronous step, so in one read transaction of the storage (every read of a task shares
+   * one: src/storage/sqlite-reads.ts), and the answer's version is the applied index of that state.
+   * Through the log, each took an entry and a version, and cost a write. Nothing is proposed, so
+   * comparing by operator needs no member to run a newer release.
    */
   private async readOnlyTxn(request: TxnRequest): Promise<TxnAnswer> {
-    // Followers answer every transaction with a redirect, as docs/api.md has always said.
-    this.refuseWriteUnlessLeader();
     await this.readBarrier("linearizable");
     const storage = this.cfg.storage;
     const version = storage.stateVersion();
