@@ -8,6 +8,7 @@ import { argumentsNotUtf8 } from "./raw-arguments.ts";
 import { exitAfterOutput, exitOnOutputError, printLine } from "./output.ts";
 import type { ClientExit } from "./client.ts";
 import { UsageError } from "./usage-error.ts";
+import { DAMAGED_DATA_DIR_ADVICE } from "../storage/kv-storage.ts";
 
 /** A subcommand, loaded when it is named (or listed by `--help`). */
 type LazyCommand = () => Promise<CommandDef<ArgsDef>>;
@@ -205,7 +206,7 @@ export async function main(argv: string[]): Promise<void> {
     // Damaged or unusable storage is an operating error: say what and where, in one line.
     if (error instanceof Error && error.name === "StorageError") {
       console.error(`kv: cannot start: ${error.message}`);
-      if ((error as { code?: unknown }).code === "corrupt") console.error(`kv: ${corruptDataDirAdvice}`);
+      if ((error as { code?: unknown }).code === "corrupt") console.error(`kv: ${DAMAGED_DATA_DIR_ADVICE}`);
       process.exit(1);
     }
     // A full disk is an operating error too (serve waits it out; this is the net under the rest).
@@ -217,9 +218,5 @@ export async function main(argv: string[]): Promise<void> {
     process.exit(1);
   }
 }
-
-/** What to do about a data dir found damaged at start (docs/operations.md, "Running a cluster"). */
-const corruptDataDirAdvice =
-  "the data dir is damaged and is left as it is. To bring the node back: remove it from the cluster (kv member remove ID, on a running member), move the data dir aside, and start the node empty with --join; or restore it from a backup (kv snapshot restore)";
 
 await main(process.argv.slice(2));

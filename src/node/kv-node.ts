@@ -21,7 +21,7 @@ import { type ApplyResult, commandLevelKey, commandLevelOf, sessionAnswersRetry,
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax, txnWrites } from "../kv/txn.ts";
-import type { KvStorage } from "../storage/kv-storage.ts";
+import { DAMAGED_DATA_DIR_ADVICE, isStorageCorruption, type KvStorage, type StoredValue } from "../storage/kv-storage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import { belowLevelRefusal } from "./cluster-level.ts";
 import type {
@@ -444,7 +444,18 @@ export class KvNode implements KvNodeApi {
     if (this.clusterNonceApplied !== undefined) return this.clusterNonceApplied;
     const applied = this.cfg.storage.appliedIndex();
     if (applied === this.clusterNonceMissedAt) return undefined;
-    const row = this.cfg.storage.get(clusterNonceKey);
+    let row: StoredValue | undefined;
+    try {
+      row = this.cfg.storage.get(clusterNonceKey);
+    } catch (error: unknown) {
+      // This node's own storage failed (a damaged page): fatal, as when an apply meets it. Peer
+      // calls ask from inside the transport (src/transport/peer-auth.ts), which took the throw for
+      // the peer's fault: the node ran on as a candidate for ever, logging its peers unreachable
+      // (found in a black-box review). So the node fails in a task of its own, and the call goes
+      // without a nonce, as a node's before it applied one.
+      queueMicrotask(() => this.failUnlessStopped(error));
+      return undefined;
+    }
     const text = row === undefined ? undefined : new TextDecoder().decode(row.value);
     if (text !== undefined && isClusterNonce(text)) this.clusterNonceApplied = text;
     else this.clusterNonceMissedAt = applied;
@@ -1483,7 +1494,9 @@ export class KvNode implements KvNodeApi {
     if (this.failure !== undefined) return;
     this.failure = error;
     // A data dir that lost data is the operator's to mend, with the way in the message: no stack trace.
-    this.cfg.log?.("fatal", error instanceof LostLogError ? { error: error.message } : { error: error.message, stack: error.stack });
+    // One found damaged (a page SQLite cannot read) gets the way back as a start on it does.
+    const advice = isStorageCorruption(error) ? { advice: DAMAGED_DATA_DIR_ADVICE } : {};
+    this.cfg.log?.("fatal", error instanceof LostLogError ? { error: error.message } : { error: error.message, ...advice, stack: error.stack });
     this.stop();
     this.cfg.onFatal?.(error);
   }

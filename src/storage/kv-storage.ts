@@ -153,6 +153,20 @@ export type StorageErrorCode =
   | "image_refused"; // a snapshot chunk that does not continue the staged image, or exceeds its limit
 
 /**
+ * What to do about a data dir found damaged (docs/operations.md, "Running a cluster"): said when a
+ * node refuses to start on one (src/cli/main.ts) or stops on meeting the damage (src/node/kv-node.ts).
+ */
+export const DAMAGED_DATA_DIR_ADVICE =
+  "the data dir is damaged and is left as it is. To bring the node back: remove it from the cluster (kv member remove ID, on a running member), move the data dir aside, and start the node empty with --join; or restore it from a backup (kv snapshot restore)";
+
+/** Whether `error` reports damage: a StorageError `corrupt`, or SQLite's own SQLITE_CORRUPT or SQLITE_NOTADB. */
+export function isStorageCorruption(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  const code = (error as { code?: unknown }).code;
+  return (error.name === "StorageError" && code === "corrupt") || code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB";
+}
+
+/**
  * The one error class storage throws for operating errors (programmer errors are AssertionErrors).
  * `file` names the database or the log segment concerned (or "memory"), `index` the log entry
  * concerned when there is one.
