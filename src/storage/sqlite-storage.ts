@@ -143,6 +143,12 @@ export interface SqliteStorageOptions {
    * migrate it: `kv defrag`, which must leave a data dir of another release as it found it.
    */
   readonly refuseOlderSchema?: boolean;
+  /**
+   * Run SQLite's `quick_check` once the lock is held and before anything is written, and refuse a
+   * damaged database (`corrupt`) untouched: `kv defrag`, which says "nothing changed" when it refuses
+   * (found in a black-box review: the open that met the damage later had bumped the header's counters).
+   */
+  readonly quickCheckFirst?: boolean;
 }
 
 const schemaVersion = 8;
@@ -369,6 +375,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     const checkpoints = options.checkpoints ?? "worker";
     db.run(`PRAGMA wal_autocheckpoint = ${checkpoints === "worker" ? walCheckpointPagesBackstop : walCheckpointPages}`);
     db.run(`PRAGMA cache_size = -${pageCacheKib}`);
+    if (options.quickCheckFirst === true) refuseDamaged(db, file);
     log = migrate(db, file, options.nodeId, {
       ...(options.logSegmentBytesMax === undefined ? {} : { segmentBytesMax: options.logSegmentBytesMax }),
       ...(options.logFiles === undefined ? {} : { files: options.logFiles }),
@@ -595,6 +602,13 @@ function newerSchema(file: string, version: number): StorageError {
  * one was set to WAL before migrate refused it "left unchanged" (both found in review). Anything
  * this cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
  */
+/** Refuses (`corrupt`) a database SQLite's `quick_check` finds damaged: none of its pages is written first. */
+function refuseDamaged(db: Database, file: string): void {
+  const verdicts = db.query<{ quick_check: string }, []>("PRAGMA quick_check(3)").all().flatMap((row) => row.quick_check.split("\n"));
+  // One line, as every refusal is: SQLite's own lines joined.
+  if (verdicts.length !== 1 || verdicts[0] !== "ok") throw new StorageError("corrupt", `the database is damaged (quick_check: ${verdicts.join("; ")})`, file);
+}
+
 function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOlderSchema: boolean): void {
   if (!existsSync(file)) return;
   // A reader of a WAL database makes its shared-memory index when there is none: removed after,
