@@ -52,6 +52,9 @@ test.each([
   [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401/"], "--cluster gives nodes 1 and 2 one peer URL, http://127.0.0.1:7401: each needs its own"],
   [["snapshot", "restore", "x.kvsnap", "--data-dir", "x", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401"], "--cluster gives nodes 1 and 2 one peer URL"],
   [["serve", "--id", "1", "--listen-http", "nohost"], "--listen-http must be host:port"],
+  // An empty --data-dir names no directory (found in a black-box review: restore failed on a rename of '', exit 1).
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", ""], "--data-dir needs a directory"],
+  [["snapshot", "restore", "package.json", "--data-dir", " ", "--id", "1", "--cluster", "1=http://127.0.0.1:7401"], "--data-dir needs a directory"],
   [["serve", "--id", "1", "--election-ticks", "3", "--heartbeat-ticks", "3"], "--heartbeat-ticks must be a whole number from 1 to 2"],
   [["serve", "--id", "1", "--quota-bytes", "4096"], "--quota-bytes must be 0 (no quota) or at least 1048576"],
   [["serve", "--id", "1", "--quota-bytes", "-1"], "--quota-bytes must be a whole number"],

@@ -13,7 +13,7 @@ import { existsSync, lstatSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { DATABASE_FILE, DefragReplacedError, type DefragResult, openSqliteStorage } from "../storage/sqlite-storage.ts";
 import { ClientExit } from "./client.ts";
-import { UsageError } from "./usage-error.ts";
+import { parseDataDir } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
 /** Bytes as MB with one decimal, for the text line. */
@@ -31,8 +31,7 @@ export const defragCommand = defineCommand({
     json: { type: "boolean", description: "Print JSON instead of text" },
   },
   run({ args }) {
-    const dir = args["data-dir"];
-    if (dir.trim() === "") throw new UsageError("--data-dir needs a directory");
+    const dir = parseDataDir(args["data-dir"]);
     const file = join(dir, DATABASE_FILE);
     if (!existsSync(file)) throw new ClientExit(1, `cannot defragment: ${file} does not exist (is ${dir} a node's data dir?)`);
     // The copy is written beside the file and renamed over it: over a link, it would replace the

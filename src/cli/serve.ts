@@ -12,7 +12,7 @@ import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnaps
 import { defaultWatch } from "../node/watch.ts";
 import { createServer, ServerStartError, type KvServer } from "../server/create-server.ts";
 import { defaultAdvertiseHttp, defaultListenPeer, hostnameForId, idFromHostname } from "./serve-addresses.ts";
-import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, UsageError } from "./usage-error.ts";
+import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, parseDataDir, UsageError } from "./usage-error.ts";
 
 /**
  * Upper bound of --value-bytes-max: one value is one Raft entry, which must fit, with its key and
@@ -241,7 +241,7 @@ export const serveCommand = defineCommand({
     };
     const logLevel = (args["log-level"] ?? "info") as LogLevel;
     if (!["debug", "info", "warn", "error"].includes(logLevel)) throw new UsageError(`--log-level must be debug, info, warn or error`);
-    const dataDir = args["data-dir"] ?? `./data/node-${id}`;
+    const dataDir = args["data-dir"] === undefined ? `./data/node-${id}` : parseDataDir(args["data-dir"]);
     const clusterToken = readSecret("cluster-token", args["cluster-token"], args["cluster-token-file"], "KV_CLUSTER_TOKEN");
     const authToken = readSecret("auth-token", args["auth-token"], args["auth-token-file"], "KV_AUTH_TOKEN");
     const metricsOpen = args["metrics-open"] === true;

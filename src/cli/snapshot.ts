@@ -12,7 +12,7 @@ import { basename, dirname, join } from "node:path";
 import { BACKUP_MAGIC, BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
 import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
 import { caFile, ClientExit, connectionArgs } from "./client.ts";
-import { parseCluster, parseIntFlag, UsageError } from "./usage-error.ts";
+import { parseCluster, parseDataDir, parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 import { FailureTally } from "../client/failure-tally.ts";
 import { normalizeEndpoints } from "../client/client.ts";
@@ -311,6 +311,7 @@ const restoreCommand = defineCommand({
     const id = parseIntFlag("id", args.id, 1, 1_000_000);
     const peers = parseCluster(args.cluster);
     if (!peers.has(id)) throw new UsageError(`--cluster has no entry for node ${id}`);
+    const dataDir = parseDataDir(args["data-dir"]);
     if (args["cluster-id"] !== undefined && !/^[0-9a-f]{16}$/.test(args["cluster-id"])) {
       throw new UsageError(`--cluster-id must be 16 lowercase hex digits, got '${args["cluster-id"]}'`);
     }
@@ -318,7 +319,7 @@ const restoreCommand = defineCommand({
     try {
       result = await restoreSnapshot({
         source: fileSource(args.file),
-        dataDir: args["data-dir"],
+        dataDir,
         id,
         peers,
         ...(args["cluster-id"] === undefined ? {} : { clusterId: args["cluster-id"] }),

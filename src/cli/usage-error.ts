@@ -16,6 +16,12 @@ export function parseHostPort(flag: string, value: string): { hostname: string; 
   return { hostname: (match[1] as string).replace(/^\[|\]$/g, ""), port };
 }
 
+/** `--data-dir DIR` as given, refused when empty (or spaces alone): it named no directory at all. */
+export function parseDataDir(value: string): string {
+  if (value.trim() === "") throw new UsageError("--data-dir needs a directory");
+  return value;
+}
+
 /** Parses a whole number within [min, max]. */
 export function parseIntFlag(flag: string, value: string | undefined, min: number, max: number, named = `--${flag}`): number {
   // Decimal digits only: Number() also took 1e1, 0x2, +2 and ' 3' (found in review).
