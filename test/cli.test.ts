@@ -46,7 +46,8 @@ test.each([
   [["put", "k", "-5", "--endpoints", "http://127.0.0.1:1"], "unknown flag '-5' for 'kv put' (see kv put --help); to pass a value that starts with '-', put '--' before it"],
   [["serve"], "Missing required argument: --id"],
   [["serve", "--id", "x"], "--id must be a whole number"],
-  [["serve", "--id", "4"], "--cluster has no entry for node 4"],
+  [["serve", "--id", "4"], "the default --cluster (nodes 1-3 on 127.0.0.1:5001-5003) has no entry for node 4: name its peer URL there, or start a node that joined a cluster as it was started (--join URL --listen-peer HOST:PORT"],
+  [["serve", "--id", "4", "--cluster", "1=http://127.0.0.1:7401"], "--cluster has no entry for node 4: name its peer URL there"],
   [["serve", "--id", "1", "--cluster", "1=notaurl"], "is not a URL"],
   // One peer URL for two ids (found in a black-box review: restore took it; POST /members refuses it).
   [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401/"], "--cluster gives nodes 1 and 2 one peer URL, http://127.0.0.1:7401: each needs its own"],

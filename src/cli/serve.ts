@@ -192,7 +192,12 @@ export const serveCommand = defineCommand({
     }
     const advertisePeer = (args["advertise-peer"] ?? peers.get(id))?.replace(/\/+$/, "");
     const selfPeerUrl = peers.get(id);
-    if (selfPeerUrl === undefined) throw new UsageError(`--cluster has no entry for node ${id}`);
+    if (selfPeerUrl === undefined) {
+      // Say what to give (found in a black-box review: a node that had joined, started again without
+      // its --join, heard only this, though its data dir's configuration would have served).
+      const given = args.cluster === undefined ? "the default --cluster (nodes 1-3 on 127.0.0.1:5001-5003)" : "--cluster";
+      throw new UsageError(`${given} has no entry for node ${id}: name its peer URL there, or start a node that joined a cluster as it was started (--join URL --listen-peer HOST:PORT; the configuration its data dir holds then wins)`);
+    }
     const listenPeer = parseHostPort("listen-peer", args["listen-peer"] ?? defaultListenPeer(selfPeerUrl));
     const listenHttp = parseHostPort("listen-http", args["listen-http"] ?? `127.0.0.1:${8000 + id}`);
     const tickMs = args["tick-ms"] === undefined ? defaultNodeTimings.tickMs : parseIntFlag("tick-ms", args["tick-ms"], 1, 10_000);
