@@ -64,6 +64,28 @@ test("a joined learner catches up, is promoted once caught up, and counts in the
   expect(cluster.fatal).toEqual([]);
 });
 
+test("a leader deposed without knowing it (paused while another was elected and added a member) answers no not_found for that member: it first confirms it leads (swarm seed 47: the operator took such an answer for the removal done)", async () => {
+  const cluster = createCluster();
+  const old = await cluster.steadyLeader();
+  const oldId = old.status().id;
+  cluster.pause(oldId);
+  const others = () => [1, 2, 3].filter((id) => id !== oldId).map((id) => cluster.node(id));
+  await cluster.until(() => others().some((node) => node.status().role === "leader"));
+  const newLeader = others().find((node) => node.status().role === "leader")!;
+  await cluster.until(() => (newLeader as unknown as { raw: RawNode }).raw.votersHeardRecently() !== undefined);
+  await cluster.drive(newLeader.addMember(9, "mem://peer-9"));
+  cluster.resume(oldId);
+  // It still takes itself for the leader, with a configuration without node 9.
+  expect([old.status().role, old.members().members.some((member) => member.id === 9)]).toEqual(["leader", false]);
+  const answers = await Promise.all([old.removeMember(9), old.promoteMember(9)].map((call) => cluster.drive(call).then(() => "done", (error: KvError) => error.code)));
+  for (const code of answers) expect(["not_leader", "no_leader", "unavailable"]).toContain(code);
+  // A change it goes ahead with is the log's to decide, and a deposed leader's never commits.
+  const adding = await cluster.drive(old.addMember(10, "mem://peer-10")).then(() => "done", (error: KvError) => error.code);
+  expect(["not_leader", "no_leader", "unavailable", "timeout", "proposal_dropped"]).toContain(adding);
+  expect(newLeader.members().members.map((member) => member.id)).toEqual([1, 2, 3, 9]);
+  expect(cluster.fatal).toEqual([]);
+});
+
 test("a removed follower leaves the configuration; a second change waits for the first", async () => {
   const cluster = createCluster();
   const leader = await cluster.steadyLeader();
@@ -74,7 +96,7 @@ test("a removed follower leaves the configuration; a second change waits for the
   expect(view.members.map((m) => m.id)).not.toContain(follower);
   // Two voters remain: both must ack, and they do.
   await cluster.drive(leader.put("k", enc("v")));
-  await expect(leader.addMember(leader.status().id, "mem://x")).rejects.toMatchObject({ code: "member_exists" });
+  await expect(cluster.drive(leader.addMember(leader.status().id, "mem://x"))).rejects.toMatchObject({ code: "member_exists" });
   expect(cluster.fatal).toEqual([]);
 });
 
@@ -261,6 +283,7 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
       raw: () => raw as RawNode,
       refuseUnlessRunning: () => undefined,
       notLeader: () => new KvError("not_leader", "not the leader"),
+      confirmLeadership: async () => undefined,
       transferLeadership: async () => ({ leaderId: 1 }),
       httpUrlOf: () => undefined,
       deadline: () => Number.POSITIVE_INFINITY,
@@ -308,6 +331,23 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
     expect(logged).toHaveLength(2);
   });
 
+  test("with a membership change in the log not yet applied, an operator's removal or promotion of a node the configuration lacks waits (conf_change_pending): the configuration is about to change, so 'not a member' could name one being added", async () => {
+    const proposed: Uint8Array[] = [];
+    const raw = {
+      basicStatus: () => ({ role: "leader", voters: [1, 2], learners: [], commit: 10, term: 2, leaderId: 1 }) as never,
+      members: () => [1, 2],
+      isVoter: (id: number) => id <= 2,
+      confChangePending: () => true,
+      proposeConfChange: (data: Uint8Array) => proposed.push(data) + 10,
+    };
+    const { host } = hostWith({ voters: [1, 2], learners: [], addresses, changedIndex: 5 }, raw as unknown as Partial<RawNode>);
+    const membership = new NodeMembership({ ...host, id: 1 });
+    for (const call of [() => membership.remove(9), () => membership.promote(9)]) {
+      await expect(call()).rejects.toMatchObject({ code: "conf_change_pending" });
+    }
+    expect(proposed).toEqual([]);
+  });
+
   test("the leader promotes only a caught-up learner it has heard from lately: one that caught up and then went down stays a learner, and an operator's promote is refused (found by a code review)", async () => {
     let heard = false;
     const proposed: Uint8Array[] = [];
@@ -315,6 +355,7 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
       basicStatus: () => ({ role: "leader", voters: [1, 2], learners: [3], commit: 10, term: 2, leaderId: 1 }) as never,
       matchIndexOf: () => 10,
       heardRecently: () => heard,
+      confChangePending: () => false,
       proposeConfChange: (data: Uint8Array) => proposed.push(data) + 10,
     };
     const { host } = hostWith({ voters: [1, 2], learners: [3], addresses, changedIndex: 5 }, raw as unknown as Partial<RawNode>);

@@ -355,6 +355,7 @@ export class KvNode implements KvNodeApi {
       raw: () => this.raw,
       refuseUnlessRunning: () => this.refuseUnlessRunning(),
       notLeader: () => this.notLeader(),
+      confirmLeadership: () => this.confirmLeadership(),
       transferLeadership: () => this.transferLeadership(undefined),
       httpUrlOf: (id) => this.httpUrlOf(id),
       deadline: () => this.deadline(),
@@ -1469,6 +1470,16 @@ export class KvNode implements KvNodeApi {
     const step = Math.min(this.compactTarget, snapshotIndex + (this.cfg.compactStepEntries ?? compactStepEntriesDefault));
     storage.compact(step);
     if (step >= this.compactTarget) this.cfg.log?.("log compacted", { index: step, applied });
+  }
+
+  /** See `MembershipHost.confirmLeadership`: a linearizable read's barrier, its timeout a plain refusal. */
+  private async confirmLeadership(): Promise<void> {
+    try {
+      await this.readBarrier("linearizable");
+    } catch (error: unknown) {
+      if (!(error instanceof KvError) || error.code !== "timeout") throw error;
+      throw new KvError("unavailable", "this node could not confirm in time that it still leads (no majority answered): nothing was proposed; retry", { retryAfterS: 1 });
+    }
   }
 
   private notLeaderForRead(): KvError {

@@ -30,6 +30,12 @@ export interface MembershipHost {
   /** Throws the error a request gets when the node cannot serve (stopped, full disk, removed). */
   refuseUnlessRunning(): void;
   notLeader(): KvError;
+  /**
+   * Resolves once this node has confirmed, by a heartbeat round, that it still leads, and applied
+   * every entry committed before (a linearizable read's barrier); rejects with a retryable refusal
+   * otherwise. Nothing is proposed.
+   */
+  confirmLeadership(): Promise<void>;
   /** Hands leadership to the most caught-up voter; resolves with the new leader. */
   transferLeadership(): Promise<{ leaderId: NodeId }>;
   httpUrlOf(id: NodeId): string | undefined;
@@ -159,12 +165,12 @@ export class NodeMembership {
       });
   }
 
-  add(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {
-    this.host.refuseUnlessRunning();
-    const raw = this.host.raw();
+  async add(id: NodeId, peerUrl: string, httpUrl?: string): Promise<MembersView> {
     // Only the leader's configuration is current: a follower behind would call a removed node a
     // member (swarm seed 1330: a joiner took that stale answer, configuration index 0, as its own).
-    if (raw.basicStatus().role !== "leader") return Promise.reject(this.host.notLeader());
+    // And "already a member" only once this leader confirmed it leads (see currentLeader).
+    let raw = this.leaderNow();
+    if (raw.members().includes(id)) raw = await this.currentLeader();
     if (raw.members().includes(id)) {
       return Promise.reject(new KvError("member_exists", `node ${id} is already a ${raw.isVoter(id) ? "voter" : "learner"}`));
     }
@@ -185,10 +191,9 @@ export class NodeMembership {
     return this.propose({ type: "add-learner", nodeId: id, peerUrl, ...(httpUrl === undefined ? {} : { httpUrl }) });
   }
 
-  promote(id: NodeId): Promise<MembersView> {
-    this.host.refuseUnlessRunning();
-    const raw = this.host.raw();
-    if (raw.basicStatus().role !== "leader") return Promise.reject(this.host.notLeader());
+  async promote(id: NodeId): Promise<MembersView> {
+    let raw = this.leaderNow();
+    if (!raw.basicStatus().learners.includes(id)) raw = await this.currentLeader();
     if (!raw.basicStatus().learners.includes(id)) {
       const what = raw.isVoter(id) ? "already a voter" : "not a member";
       return Promise.reject(new KvError(raw.isVoter(id) ? "member_exists" : "not_found", `node ${id} is ${what}`));
@@ -218,10 +223,9 @@ export class NodeMembership {
   }
 
   async remove(id: NodeId): Promise<MembersView> {
-    this.host.refuseUnlessRunning();
-    const raw = this.host.raw();
+    let raw = this.leaderNow();
+    if (!raw.members().includes(id)) raw = await this.currentLeader();
     const status = raw.basicStatus();
-    if (status.role !== "leader") throw this.host.notLeader();
     if (!raw.members().includes(id)) throw new KvError("not_found", `node ${id} is not a member`);
     if (raw.isVoter(id) && status.voters.length === 1) throw new KvError("bad_request", `node ${id} is the last voter`);
     if (raw.isVoter(id)) this.refuseUnlessQuorumRemains(id, status.voters);
@@ -263,6 +267,37 @@ export class NodeMembership {
       "unhealthy_cluster",
       `removing node ${id} would leave voters ${left.join(", ")}, of which this leader heard lately only from ${heard.join(", ")}: fewer than the ${majority} a majority needs, so nothing could commit; ${advice}`,
     );
+  }
+
+  /** The core, if this node takes itself for the leader (else the refusal a follower gives). */
+  private leaderNow(): RawNode {
+    this.host.refuseUnlessRunning();
+    const raw = this.host.raw();
+    if (raw.basicStatus().role !== "leader") throw this.host.notLeader();
+    return raw;
+  }
+
+  /**
+   * The core, once this node has confirmed it leads and its configuration is the cluster's: what a
+   * final "not a member" or "already a member" is decided against. The configuration is the applied
+   * one, so a leader deposed without knowing it (cut off in an older term) answered from one that
+   * is not the cluster's: swarm seed 47's deposed leader answered "node 5 is not a member" after
+   * another leader had added it, and the operator took that for the removal done. So first a
+   * heartbeat round confirms the leadership and everything committed before is applied (as a
+   * linearizable read; etcd decides its member changes through the log), and a change still in the
+   * log unapplied (this leader's own, not yet committed) makes the answer wait, as a second change
+   * does. A change that goes ahead needs no such round: the log decides it, and a deposed leader's
+   * proposal never commits.
+   */
+  private async currentLeader(): Promise<RawNode> {
+    this.host.refuseUnlessRunning();
+    if (this.host.raw().basicStatus().role !== "leader") throw this.host.notLeader();
+    await this.host.confirmLeadership();
+    this.host.refuseUnlessRunning();
+    const raw = this.host.raw();
+    if (raw.basicStatus().role !== "leader") throw this.host.notLeader();
+    if (raw.confChangePending()) throw confChangePending();
+    return raw;
   }
 
   private notLeaderAfterTransfer(leaderId: NodeId): KvError {
@@ -413,7 +448,7 @@ export class NodeMembership {
 const departedKeptMs = 2_000;
 
 function confChangePending(): KvError {
-  return new KvError("conf_change_pending", "another membership change is not yet applied; retry once it is", { retryAfterS: 1 });
+  return new KvError("conf_change_pending", "a membership change is not yet applied; retry once it is", { retryAfterS: 1 });
 }
 
 /** The share of the leader's committed entries a learner must hold before `promote` makes it a voter (etcd's 90%). */
