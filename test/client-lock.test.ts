@@ -252,7 +252,7 @@ describe("against a 3-node cluster", () => {
     }
   });
 
-  test("each waiter watches only the key just ahead of it: one stream per waiter, none reopened as holders leave", async () => {
+  test("each waiter watches only the key just ahead of it, and a holder its own: one stream per contender, none reopened as holders leave", async () => {
     const opened: string[][] = [[], [], [], []];
     const clients = opened.map((log) =>
       createClient({
@@ -282,10 +282,15 @@ describe("against a 3-node cluster", () => {
     const queue: KvEntry[] = [];
     for await (const page of clients[0]!.list("herd/")) queue.push(...page.items);
     queue.sort((a, b) => a.version - b.version);
-    await until(async () => (await watchers()) === baseline + 3, "three watch streams");
-    expect(opened).toEqual([[], [queue[0]!.key], [queue[1]!.key], [queue[2]!.key]]);
-    for (const lock of locks) await (await lock).release();
-    expect(opened).toEqual([[], [queue[0]!.key], [queue[1]!.key], [queue[2]!.key]]);
+    // The holder watches its own key (another client's delete or put would end its hold), each waiter the key ahead.
+    await until(async () => (await watchers()) === baseline + 4, "four watch streams");
+    expect(opened).toEqual([[queue[0]!.key], [queue[0]!.key], [queue[1]!.key], [queue[2]!.key]]);
+    for (const [i, lock] of locks.entries()) {
+      await (await lock).release();
+      // The next holder now watches its own key too, and nobody else opened anything.
+      if (i < 3) await until(() => opened[i + 1]!.length === 2, `holder ${i + 1} to watch its key`);
+    }
+    expect(opened).toEqual([[queue[0]!.key], [queue[0]!.key, queue[1]!.key], [queue[1]!.key, queue[2]!.key], [queue[2]!.key, queue[3]!.key]]);
     await until(async () => (await watchers()) === baseline, "the streams to close");
   });
 
@@ -361,10 +366,12 @@ describe("against a 3-node cluster", () => {
       expect(watchesOn[0]).toBe(followerUrl);
       await cluster.kill(follower);
       await until(() => watchesOn.length >= 2, "the watch to resume on another node");
+      // The waiter's watches (once it holds the lock it also watches its own key, from its first endpoint on).
+      const waiterWatches = watchesOn.length;
       await holder.release();
       const lock = await waiting;
       expect(lock.fence).toBeGreaterThan(holder.fence);
-      expect(watchesOn.slice(1).every((origin) => origin !== followerUrl)).toBe(true);
+      expect(watchesOn.slice(1, waiterWatches).every((origin) => origin !== followerUrl)).toBe(true);
       await lock.release();
     } finally {
       await cluster.startNode(follower);
@@ -397,6 +404,53 @@ describe("against a 3-node cluster", () => {
     expect(lock.key).not.toBe(firstKey);
     expect(lock.fence).toBeGreaterThan(holder.fence);
     await lock.release();
+  });
+
+  test("a holder whose key another client deletes or writes loses the lock at once (lock_key_changed), its lease revoked, and the next waiter takes it (found in a black-box review: two kv lock holders ran at once, neither told)", async () => {
+    const kv = createClient({ endpoints: urls() });
+    for (const change of ["delete", "put"] as const) {
+      const holder = await kv.lock(`stolen-${change}`, { ttlMs: 5_000 });
+      const waiting = kv.lock(`stolen-${change}`, { ttlMs: 5_000 });
+      await until(async () => (await keysUnder(`stolen-${change}/`)).length === 2, "the waiter to queue");
+      if (change === "delete") await kv.delete(holder.key);
+      else await kv.put(holder.key, "someone else's");
+      const reason = await aborted(holder.lost, 10_000);
+      expect([change, reason instanceof KvClientError && reason.code]).toEqual([change, "lock_key_changed"]);
+      expect(holder.aliveUntilMs()).toBeLessThanOrEqual(performance.now());
+      const next = await waiting;
+      expect(next.fence).toBeGreaterThan(holder.fence);
+      // Its lease is given back: nothing keeps it alive.
+      await until(async () => (await kv.leases.get(holder.leaseId).then(() => false, (error: unknown) => error instanceof KvClientError && error.code === "lease_not_found")), "the holder's lease to be revoked");
+      expect(await holder.release()).toBe(true);
+      await next.release();
+    }
+  });
+
+  test("a lock whose signal aborts while its lease's grant is unanswered rejects with the signal's reason, not after the grant's timeout (found in a black-box review: 5 s, UnknownOutcomeError)", async () => {
+    const grants: string[] = [];
+    const kv = createClient({
+      endpoints: urls(),
+      timeoutMs: 60_000,
+      // Every grant goes unanswered until the call gives up on it.
+      fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+        if (String(input).endsWith("/leases") && init?.method === "POST") {
+          grants.push(String(input));
+          return new Promise((_, reject) => init.signal?.addEventListener("abort", () => reject(init.signal?.reason), { once: true }));
+        }
+        return fetch(input, init);
+      }) as typeof fetch,
+    });
+    const stop = new AbortController();
+    const locking = kv.lock("unanswered", { ttlMs: 5_000, signal: stop.signal }).catch((e: unknown) => e);
+    await until(() => grants.length > 0, "the grant to be sent");
+    stop.abort(new Error("gave up"));
+    expect(((await locking) as Error).message).toBe("gave up");
+    expect(await keysUnder("unanswered/")).toEqual([]);
+  });
+
+  test("a lock name ending in '/' is refused: 'a' and 'a/' would be one lock (found in a black-box review)", async () => {
+    const kv = createClient({ endpoints: urls() });
+    await expect(kv.lock("a/", { ttlMs: 5_000 })).rejects.toMatchObject({ code: "bad_request", message: expect.stringContaining("give 'a'") });
   });
 
   test("a waiter whose signal aborts stops waiting and leaves the queue", async () => {

@@ -179,8 +179,12 @@ describe("against a 3-node cluster", () => {
       [{ key: "" }, {}],
       [{ prefix: "x/" }, { fromVersion: 0 }],
       [{ prefix: "x/" }, { fromVersion: 1.5 }],
+      // As GET /watch refuses them (found in a black-box review: taken silently from untyped callers).
+      [{ prefix: "a", key: "b" }, {}],
+      [{}, {}],
+      [{ prefix: "x/" }, { progress: "yes" }],
     ] as const) {
-      const error = await kv.watch(selector, options).next().catch((e: unknown) => e);
+      const error = await kv.watch(selector as never, options as never).next().catch((e: unknown) => e);
       expect(error).toBeInstanceOf(KvClientError);
       expect((error as KvClientError).code).toBe("bad_request");
     }

@@ -123,6 +123,26 @@ describe("kv lock and kv elect", () => {
     await lock.release();
   });
 
+  test("SIGHUP (a closed terminal) goes on to CMD as SIGTERM does, and the lock is released once CMD exits (found in a black-box review: kv lock died, CMD ran on, the lock held until its lease ran out)", async () => {
+    const holder = spawnKv(["lock", "hangup", "--endpoints", endpoints(), "--", "sh", "-c", 'trap "echo got-hup; exit 5" HUP; echo ready; while :; do sleep 0.05; done']);
+    await holder.waitFor("ready");
+    expect(await keysUnder("hangup/")).toHaveLength(1);
+    holder.proc.kill("SIGHUP");
+    expect(await holder.proc.exited).toBe(5);
+    await holder.waitFor("got-hup");
+    expect(await keysUnder("hangup/")).toEqual([]);
+  });
+
+  test("a holder whose key another client deletes says it lost the lock and SIGTERMs CMD (found in a black-box review: two holders ran at once)", async () => {
+    const holder = spawnKv(["lock", "deleted", "--endpoints", endpoints(), "--", "sh", "-c", 'trap "echo got-term; exit 7" TERM; echo "held $KV_LOCK_KEY"; while :; do sleep 0.05; done']);
+    await holder.waitFor("held ");
+    const key = /held (deleted\/\d+)/.exec(holder.out())![1]!;
+    await createClient({ endpoints: endpoints() }).delete(key);
+    expect(await holder.proc.exited).toBe(7);
+    await holder.waitFor("got-term");
+    expect(holder.err()).toContain(`lost the lock deleted (key ${key}): the holder's key ${key} was deleted or written by another client`);
+  });
+
   test("a paused holder's lease runs out: a waiter takes the lock; resumed, the holder says it lost it and SIGTERMs CMD", async () => {
     const holder = spawnKv(["lock", "stalled", "--ttl", "500ms", "--endpoints", endpoints(), "--", "sh", "-c", 'echo "fence=$KV_LOCK_FENCE"; exec sleep 60']);
     await holder.waitFor("fence=");

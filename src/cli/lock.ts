@@ -21,18 +21,20 @@ const ttlArg = {
 
 const TTL_MS_DEFAULT = 10_000;
 
-/** SIGINT and SIGTERM as one signal: aborts with the signal's name, handled by this process (no default kill). */
+/**
+ * SIGINT, SIGTERM and SIGHUP as one signal: aborts with the signal's name, handled by this process
+ * (no default kill). SIGHUP is what a closed terminal or a dropped SSH session sends: by default it
+ * killed `kv lock` and left CMD running, the lock held until its lease ran out (found in a black-box
+ * review); now it goes on to CMD, and the lock is released once CMD exits, as for the others.
+ */
 export function interruption(): { readonly signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
-  const onInt = () => controller.abort("SIGINT");
-  const onTerm = () => controller.abort("SIGTERM");
-  process.on("SIGINT", onInt);
-  process.on("SIGTERM", onTerm);
+  const handlers = (["SIGINT", "SIGTERM", "SIGHUP"] as const).map((name) => [name, () => controller.abort(name)] as const);
+  for (const [name, handler] of handlers) process.on(name, handler);
   return {
     signal: controller.signal,
     dispose() {
-      process.off("SIGINT", onInt);
-      process.off("SIGTERM", onTerm);
+      for (const [name, handler] of handlers) process.off(name, handler);
     },
   };
 }

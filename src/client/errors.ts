@@ -15,7 +15,9 @@ export type ClientSideCode =
   /** The server answered something that is not kv's API (not JSON where JSON was due, missing fields). */
   | "bad_answer"
   /** A lease keeper got no keepalive answered within the lease's TTL: the lease may have run out (a lock's `lost` reason). */
-  | "lease_expired";
+  | "lease_expired"
+  /** Another client deleted or wrote a lock holder's key: another contender may hold the lock (a lock's `lost` reason). */
+  | "lock_key_changed";
 
 /**
  * A call that certainly did not take effect, or a read that failed. `code` is the server's stable

@@ -40,8 +40,9 @@ export interface LockHandle {
   readonly fence: number;
   readonly leaseId: number;
   /**
-   * Aborts when the lock is, or may be, lost: the lease expired or was revoked (`lease_not_found`), or
-   * no keepalive was answered within one TTL (`lease_expired`); its reason is a `KvClientError`.
+   * Aborts when the lock is, or may be, lost: the lease expired or was revoked (`lease_not_found`),
+   * no keepalive was answered within one TTL (`lease_expired`), or another client deleted or wrote
+   * the holder's key (`lock_key_changed`: its lease is then revoked); its reason is a `KvClientError`.
    * Another contender may then hold the lock: stop touching the resource (or rely on the fence).
    */
   readonly lost: AbortSignal;
@@ -78,6 +79,8 @@ export interface LockDeps {
 }
 
 const LOCK_TTL_MS_DEFAULT = 10_000;
+/** How long an aborted acquire waits for its key and lease to be removed before it rejects. */
+const ABORT_RELEASE_WAIT_MS = 1_000;
 /** Times one call joins the queue again after losing its lease while waiting, before it gives up. */
 const REJOINS_MAX = 100;
 /** Keys of one queue listed at most: far above any real number of contenders, and a bound on memory. */
@@ -93,7 +96,11 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
     signal?.throwIfAborted();
     // The lease's countdown starts when the leader applies the grant: after this, before the answer.
     const grantSentMs = performance.now();
-    const lease = await deps.leases.grant(ttlMs);
+    const granting = deps.leases.grant(ttlMs);
+    // An abort while the grant is on its way rejects at once (found in a black-box review: with every
+    // node paused, an abort after 500 ms rejected after the grant's 5 s); a lease granted after that
+    // is revoked when it comes, or runs out by itself, holding no key.
+    const lease = await untilAborted(granting, signal, (granted) => void deps.leases.revoke(granted.id).catch(() => undefined));
     const keeper = deps.leases.keep(lease.id, { ttlMs: lease.ttlMs, sentAtMs: grantSentMs });
     const key = `${prefix}${lease.id}`;
     /**
@@ -121,7 +128,8 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
     };
     let fence: number;
     try {
-      fence = (await deps.put(key, value, { ifVersion: 0, lease: lease.id })).version;
+      // As the grant: an abort while the key is being created rejects at once (the catch below removes both).
+      fence = (await untilAborted(deps.put(key, value, { ifVersion: 0, lease: lease.id }), signal, () => undefined)).version;
       // Held only if the lease is still known alive: a lock lost on the way in is no lock. Known by the
       // time left, not only by `lost`, whose timer may not have fired yet (an event loop held past the
       // lease's time: found in review).
@@ -129,25 +137,58 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
         // The first release that succeeded (or is under way) answers every later call; one that
         // failed is tried again by the next (found in review: a cached failure never retried).
         let released: Promise<boolean> | undefined;
+        const releaseOnce = () =>
+          (released ??= release().then((done) => {
+            if (!done) released = undefined;
+            return done;
+          }));
+        // Held until released or lost; meanwhile the holder watches its own key. Another client that
+        // deletes it, or writes it (a put detaches it from the lease and moves it to the queue's
+        // end), lets the next waiter in while the lease lives on (found in a black-box review: `kv
+        // del` of the holder's key, and two `kv lock` holders ran at once, neither told).
+        const held = new AbortController();
+        const lost = new AbortController();
+        const onLeaseLost = () => {
+          lost.abort(keeper.lost.reason);
+          held.abort();
+        };
+        if (keeper.lost.aborted) onLeaseLost();
+        else keeper.lost.addEventListener("abort", onLeaseLost, { once: true });
+        void untilKeyChanged(deps, prefix, key, fence, held.signal).then((changed) => {
+          if (!changed || held.signal.aborted) return;
+          lost.abort(new KvClientError("lock_key_changed", 0, `the holder's key ${key} was deleted or written by another client: another contender may hold the lock`));
+          held.abort();
+          // Its lease holds no place any more: given back, so nothing keeps it alive for nothing. A
+          // key written over is no longer on the lease: deleted too, or it would stand in the queue,
+          // ahead of every later contender, for ever.
+          void releaseOnce().then(() => deps.delete(key).catch(() => undefined));
+        });
         return {
           key,
           fence,
           leaseId: lease.id,
-          lost: keeper.lost,
-          aliveUntilMs: () => keeper.aliveUntilMs(),
-          release: () =>
-            (released ??= release().then((done) => {
-              if (!done) released = undefined;
-              return done;
-            })),
+          lost: lost.signal,
+          aliveUntilMs: () => (lost.signal.aborted ? Math.min(keeper.aliveUntilMs(), performance.now()) : keeper.aliveUntilMs()),
+          release: () => {
+            held.abort();
+            return releaseOnce();
+          },
         };
       }
     } catch (error) {
+      // An abort waits for the key and lease to be removed for a second at most: in an outage the
+      // revoke would wait out its own timeout, and a lease left behind runs out by itself.
+      if (signal?.aborted === true) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([release(), new Promise((resolve) => (timer = setTimeout(resolve, ABORT_RELEASE_WAIT_MS)))]);
+        clearTimeout(timer);
+        throw signal.reason;
+      }
       await release();
       // Our lease ran out while we waited or wrote (a paused process, a long outage): our place in the
       // queue is gone with it, so join again at the end with a new lease.
       const leaseGone = keeper.lost.aborted || (error instanceof KvClientError && error.code === "lease_not_found");
-      if (leaseGone && signal?.aborted !== true && rejoins < REJOINS_MAX) continue;
+      if (leaseGone && rejoins < REJOINS_MAX) continue;
       throw error;
     }
     // Our key vanished from the queue (its lease ran out): join again.
@@ -171,7 +212,8 @@ async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: 
     const at = queue.findIndex((entry) => entry.key === key);
     if (at < 0) return false;
     if (at === 0) return true;
-    await untilDeleted(deps, prefix, queue[at - 1] as KvEntry, both);
+    // A write over the key ahead moves it behind us (a new version): looked at again as a delete is.
+    await untilDeleted(deps, prefix, queue[at - 1] as KvEntry, both, { anyChange: true });
     both.throwIfAborted();
   }
 }
@@ -192,7 +234,14 @@ const COMPACTED_RETRY_MS_MAX = 2_000;
  * pauses doubling from `COMPACTED_RETRY_MS_MIN` to `COMPACTED_RETRY_MS_MAX`, never in a tight loop.
  * Returns, too, once `signal` aborts (the caller tells why); throws what the watch throws otherwise.
  */
-async function untilDeleted(deps: LockDeps, prefix: string, entry: KvEntry, signal: AbortSignal | undefined): Promise<void> {
+async function untilDeleted(
+  deps: LockDeps,
+  prefix: string,
+  entry: Pick<KvEntry, "key" | "version">,
+  signal: AbortSignal | undefined,
+  how: { readonly anyChange?: boolean; readonly present?: () => Promise<boolean> } = {},
+): Promise<void> {
+  const present = how.present ?? (() => stillQueued(deps, prefix, entry.key));
   let fromVersion: number | undefined = entry.version + 1; // undefined: from now
   let compactedInARow = 0; // 410s with no event from a stream between them
   const aborted = () => signal?.aborted === true;
@@ -204,11 +253,11 @@ async function untilDeleted(deps: LockDeps, prefix: string, entry: KvEntry, sign
       const options: WatchOptions = { ...(fromNow ? { progress: true } : { fromVersion }), ...(signal === undefined ? {} : { signal }) };
       for await (const event of deps.watch({ key: entry.key }, options)) {
         compactedInARow = 0;
-        if (event.type === "delete") return;
+        if (event.type === "delete" || (how.anyChange === true && event.type === "put")) return;
         if (event.type === "progress" && !lookedAgain) {
           // The stream runs from before this look: a key still there is deleted, if ever, on it.
           lookedAgain = true;
-          if (!(await stillQueued(deps, prefix, entry.key))) return;
+          if (!(await present())) return;
         }
       }
       return;
@@ -221,10 +270,61 @@ async function untilDeleted(deps: LockDeps, prefix: string, entry: KvEntry, sign
       const floor = error.details.compactVersion;
       const start: number | undefined = fromVersion;
       const usableFloor: number | undefined = typeof floor === "number" && Number.isSafeInteger(floor) && start !== undefined && floor > start ? floor : undefined;
-      if (!(await stillQueued(deps, prefix, entry.key))) return;
+      if (!(await present())) return;
       fromVersion = usableFloor;
     }
   }
+}
+
+/**
+ * Watches a holder's own `key` (created at `fence`) until another client deletes or writes it: true
+ * then; false once `signal` aborts (released, or lost with the lease). A stream that ends or fails
+ * (an outage: the keeper judges the lease meanwhile) is opened again after a pause, checking first
+ * that the key is still as it was created.
+ */
+async function untilKeyChanged(deps: LockDeps, prefix: string, key: string, fence: number, signal: AbortSignal): Promise<boolean> {
+  const asCreated = async () => (await listQueue(deps, prefix)).some((entry) => entry.key === key && entry.version === fence);
+  let failures = 0;
+  while (!signal.aborted) {
+    try {
+      await untilDeleted(deps, prefix, { key, version: fence }, signal, { anyChange: true, present: asCreated });
+      if (signal.aborted) return false;
+      if (!(await asCreated())) return !signal.aborted;
+      failures = 0;
+    } catch {
+      if (signal.aborted) return false;
+      failures++;
+      await pause(Math.min(COMPACTED_RETRY_MS_MAX, COMPACTED_RETRY_MS_MIN * 2 ** Math.min(16, failures)), signal);
+    }
+  }
+  return false;
+}
+
+/**
+ * `call`'s value, or `signal`'s reason as soon as it aborts; a value that comes after the abort
+ * goes to `late` (to undo what it did).
+ */
+function untilAborted<T>(call: Promise<T>, signal: AbortSignal | undefined, late: (value: T) => void): Promise<T> {
+  if (signal === undefined) return call;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      call.then(late, () => undefined);
+      reject(signal.reason);
+    };
+    if (signal.aborted) return onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    call.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        if (signal.aborted) late(value);
+        else resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
 }
 
 /** Whether `key` is still one of the queue under `prefix` (a linearizable listing). */
@@ -296,5 +396,7 @@ export async function* observeLeaders(deps: LockDeps, name: string, options: { r
 
 function queuePrefix(name: string): string {
   if (typeof name !== "string" || name === "") throw new KvClientError("bad_request", 0, "a lock or election needs a non-empty name");
-  return name.endsWith("/") ? name : `${name}/`;
+  // 'a' and 'a/' would be one queue (found in a black-box review): a name ends with no slash.
+  if (name.endsWith("/")) throw new KvClientError("bad_request", 0, `a lock or election name ends with no '/' (its keys are '${name}<lease id>'): give '${name.replace(/\/+$/, "")}'`);
+  return `${name}/`;
 }

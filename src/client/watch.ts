@@ -77,6 +77,10 @@ const ERROR_BODY_CHARS_MAX = 4_096;
  * `unreachable` after `reconnectTimeoutMs` without a serving endpoint.
  */
 export async function* watchEvents(transport: Transport, selector: WatchSelector, options: WatchOptions = {}): AsyncGenerator<WatchEvent, void, undefined> {
+  // Checked as GET /watch checks its query (found in a black-box review: both, or a progress that is
+  // no boolean, were taken silently from untyped callers).
+  if (typeof selector !== "object" || selector === null || ("prefix" in selector) === ("key" in selector)) throw badOption("watch needs exactly one of prefix and key");
+  if (options.progress !== undefined && typeof options.progress !== "boolean") throw badOption(`progress must be true or false, got ${JSON.stringify(options.progress)}`);
   const filter: { readonly prefix: string } | { readonly key: string } = "prefix" in selector ? { prefix: selector.prefix } : { key: selector.key };
   if ("key" in filter && (typeof filter.key !== "string" || filter.key === "")) throw badOption("watch needs a non-empty key");
   if ("prefix" in filter && typeof filter.prefix !== "string") throw badOption("watch needs a prefix (a string; empty watches every key)");
