@@ -105,7 +105,7 @@ test("member_exists for a voter at this address is refused: a voter's data dir w
 test("a join sent to an address that answers a bare 404 (a peer port) says --join takes a client URL; a kv 404 is the cluster's refusal (found in a black-box review: it said only '404 HTTP 404 from ...')", async () => {
   const bare = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("Not Found", { status: 404 }) });
   servers.push(bare);
-  await expect(joinAsNode4(`http://127.0.0.1:${bare.port}`)).rejects.toThrow(`HTTP 404 from http://127.0.0.1:${bare.port}, without kv's JSON: --join takes a member's client URL (what its --listen-http or --advertise-http serves), not its peer URL`);
+  await expect(joinAsNode4(`http://127.0.0.1:${bare.port}`)).rejects.toThrow(`HTTP 404 from http://127.0.0.1:${bare.port}, without kv's JSON: is it a peer URL, or behind a proxy's other path? --join takes a member's client URL (what its --listen-http or --advertise-http serves)`);
   const kv = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => Response.json({ error: "not_found", message: "no such route" }, { status: 404 }) });
   servers.push(kv);
   await expect(joinAsNode4(`http://127.0.0.1:${kv.port}`)).rejects.toThrow("the cluster refused the join: 404 no such route");

@@ -1,6 +1,6 @@
 // Proves `kv lock` and `kv elect` (src/cli/lock.ts) in the built executable against real in-process nodes: `kv lock NAME -- CMD` runs CMD with KV_LOCK_KEY and KV_LOCK_FENCE, exits with its status and releases (flags after -- belong to CMD, even -h); without CMD it prints the key and fence and holds until SIGTERM; a paused holder loses the lock to a waiter, says so on stderr once resumed and SIGTERMs its CMD, and a killed holder's lease runs out for the waiter; a CMD that cannot run exits 127; an interrupted wait leaves the queue; `kv elect` campaigns and holds office, and `kv elect --observe` prints each new leader.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -133,6 +133,32 @@ describe("kv lock and kv elect", () => {
     expect(await keysUnder("hangup/")).toEqual([]);
   });
 
+  test("started with SIGHUP ignored (nohup), kv lock leaves it ignored: a handler would end the hold at logout (found in review)", async () => {
+    // `trap "" HUP` sets SIGHUP ignored, which exec keeps, as nohup does.
+    const proc = Bun.spawn(["sh", "-c", 'trap "" HUP; exec "$@"', "sh", ...kvCommand(), "lock", "nohup", "--endpoints", endpoints()], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    spawned.add(proc);
+    const reader = proc.stdout.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toMatch(/^nohup\/\d+\t\d+\n$/);
+    // Still ignored once it holds (its handlers for SIGINT and SIGTERM are in place by then).
+    const status = readFileSync(`/proc/${proc.pid}/status`, "utf8");
+    const ignored = BigInt(`0x${/^SigIgn:\s*([0-9a-f]+)$/m.exec(status)![1]}`);
+    const caught = BigInt(`0x${/^SigCgt:\s*([0-9a-f]+)$/m.exec(status)![1]}`);
+    expect([ignored & 1n, (caught >> 14n) & 1n]).toEqual([1n, 1n]);
+    proc.kill("SIGTERM");
+    expect(await proc.exited).toBe(0);
+    expect(await keysUnder("nohup/")).toEqual([]);
+  });
+
+  test("a holder without CMD whose key another client writes over exits 1 saying so, having deleted the key first: off its lease, it would block the lock for ever (found in review: the exit cut the delete off)", async () => {
+    const holder = spawnKv(["lock", "overwritten", "--endpoints", endpoints()]);
+    await holder.waitFor("\t");
+    const key = holder.out().split("\t")[0]!;
+    await createClient({ endpoints: endpoints() }).put(key, "someone else's");
+    expect(await holder.proc.exited).toBe(1);
+    expect(holder.err()).toContain(`lost the lock overwritten (key ${key}): the holder's key ${key} was written by another client`);
+    expect(await keysUnder("overwritten/")).toEqual([]);
+  });
+
   test("a holder whose key another client deletes says it lost the lock and SIGTERMs CMD (found in a black-box review: two holders ran at once)", async () => {
     const holder = spawnKv(["lock", "deleted", "--endpoints", endpoints(), "--", "sh", "-c", 'trap "echo got-term; exit 7" TERM; echo "held $KV_LOCK_KEY"; while :; do sleep 0.05; done']);
     await holder.waitFor("held ");
@@ -140,7 +166,7 @@ describe("kv lock and kv elect", () => {
     await createClient({ endpoints: endpoints() }).delete(key);
     expect(await holder.proc.exited).toBe(7);
     await holder.waitFor("got-term");
-    expect(holder.err()).toContain(`lost the lock deleted (key ${key}): the holder's key ${key} was deleted or written by another client`);
+    expect(holder.err()).toContain(`lost the lock deleted (key ${key}): the holder's key ${key} was deleted by another client`);
   });
 
   test("a paused holder's lease runs out: a waiter takes the lock; resumed, the holder says it lost it and SIGTERMs CMD", async () => {

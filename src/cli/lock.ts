@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { constants } from "node:os";
 import { defineCommand } from "citty";
 import type { LockHandle } from "../client/index.ts";
@@ -25,11 +26,14 @@ const TTL_MS_DEFAULT = 10_000;
  * SIGINT, SIGTERM and SIGHUP as one signal: aborts with the signal's name, handled by this process
  * (no default kill). SIGHUP is what a closed terminal or a dropped SSH session sends: by default it
  * killed `kv lock` and left CMD running, the lock held until its lease ran out (found in a black-box
- * review); now it goes on to CMD, and the lock is released once CMD exits, as for the others.
+ * review); now it goes on to CMD, and the lock is released once CMD exits, as for the others. Unless
+ * this process started with SIGHUP ignored (`nohup`): a handler would undo that, and `nohup kv lease
+ * keepalive ID &` would stop keeping its lease at logout (found in review).
  */
 export function interruption(): { readonly signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
-  const handlers = (["SIGINT", "SIGTERM", "SIGHUP"] as const).map((name) => [name, () => controller.abort(name)] as const);
+  const names = ignoredAtStart(SIGHUP_NUMBER) ? (["SIGINT", "SIGTERM"] as const) : (["SIGINT", "SIGTERM", "SIGHUP"] as const);
+  const handlers = names.map((name) => [name, () => controller.abort(name)] as const);
   for (const [name, handler] of handlers) process.on(name, handler);
   return {
     signal: controller.signal,
@@ -37,6 +41,18 @@ export function interruption(): { readonly signal: AbortSignal; dispose(): void 
       for (const [name, handler] of handlers) process.off(name, handler);
     },
   };
+}
+
+const SIGHUP_NUMBER = 1;
+
+/** Whether signal `number` was ignored when this process started (`SigIgn` in /proc/self/status; false where unknown). */
+export function ignoredAtStart(number: number): boolean {
+  try {
+    const mask = /^SigIgn:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+    return mask !== undefined && ((BigInt(`0x${mask}`) >> BigInt(number - 1)) & 1n) === 1n;
+  } catch {
+    return false;
+  }
 }
 
 /** The exit status of a process killed by `signal` (128 + its number), as shells report it. */
@@ -103,8 +119,20 @@ async function releaseOrSay(release: () => Promise<boolean>, what: string, held:
  * waited out the client's timeout twice (found in a black-box review: ten seconds after a waiter took
  * the lock); the cluster expires the lease itself.
  */
-function exitLost(message: string): never {
+async function exitLost(message: string, held: Pick<LockHandle, "lost">, giveBack: () => Promise<boolean>): Promise<never> {
+  await cleanUpAfterKeyChanged(held, giveBack);
   throw new ClientExit(1, message);
+}
+
+/**
+ * A lock or office lost because another client deleted or wrote its key (`lock_key_changed`): the
+ * cluster answers (its watch said so), and the library is giving the lease back and deleting a key
+ * written over, which would otherwise stand in the queue for ever. Waited for within the grace, so
+ * the exit does not cut it off (found in review). Any other loss releases nothing (see `exitLost`).
+ */
+async function cleanUpAfterKeyChanged(held: Pick<LockHandle, "lost">, giveBack: () => Promise<boolean>): Promise<void> {
+  const reason = held.lost.reason as { code?: unknown } | undefined;
+  if (reason?.code === "lock_key_changed") await withinGrace(giveBack()).catch(() => undefined);
 }
 
 function lostMessage(what: string, held: Pick<LockHandle, "key" | "lost">): string {
@@ -141,7 +169,7 @@ export const lockCommand = defineCommand({
       await Promise.race([abortedPromise(interrupted.signal), abortedPromise(lock.lost)]);
       interrupted.dispose();
       // Lost: exit at once, releasing nothing (see `exitLost`).
-      if (lock.lost.aborted && !interrupted.signal.aborted) exitLost(lostMessage(`the lock ${name}`, lock));
+      if (lock.lost.aborted && !interrupted.signal.aborted) await exitLost(lostMessage(`the lock ${name}`, lock), lock, () => lock.release());
       await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, ttlMs);
       return;
     }
@@ -177,6 +205,7 @@ export const lockCommand = defineCommand({
     // A lost lock is not released: its lease is gone, or the cluster did not answer (see `exitLost`).
     // CMD's status stands either way; a release that failed is said on stderr.
     if (!lock.lost.aborted) await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, ttlMs, status);
+    else await cleanUpAfterKeyChanged(lock, () => lock.release());
     interrupted.dispose();
     process.exit(status);
   },
@@ -227,7 +256,7 @@ export const electCommand = defineCommand({
     );
     await Promise.race([abortedPromise(interrupted.signal), abortedPromise(office.lost)]);
     interrupted.dispose();
-    if (office.lost.aborted && !interrupted.signal.aborted) exitLost(lostMessage(`office in ${name}`, office));
+    if (office.lost.aborted && !interrupted.signal.aborted) await exitLost(lostMessage(`office in ${name}`, office), office, () => office.resign());
     await releaseOrSay(() => office.resign(), `office in ${name}`, office, ttlMs);
   },
 });

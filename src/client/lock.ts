@@ -137,11 +137,16 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
         // The first release that succeeded (or is under way) answers every later call; one that
         // failed is tried again by the next (found in review: a cached failure never retried).
         let released: Promise<boolean> | undefined;
+        // Set once another client wrote the key over: it is then off the lease, and a release
+        // deletes it too, or it would stand in the queue, ahead of every later contender, for ever.
+        let writtenOver = false;
         const releaseOnce = () =>
-          (released ??= release().then((done) => {
-            if (!done) released = undefined;
-            return done;
-          }));
+          (released ??= release()
+            .then((done) => (done && writtenOver ? deps.delete(key).then(() => true, () => false) : done))
+            .then((done) => {
+              if (!done) released = undefined;
+              return done;
+            }));
         // Held until released or lost; meanwhile the holder watches its own key. Another client that
         // deletes it, or writes it (a put detaches it from the lease and moves it to the queue's
         // end), lets the next waiter in while the lease lives on (found in a black-box review: `kv
@@ -154,14 +159,18 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
         };
         if (keeper.lost.aborted) onLeaseLost();
         else keeper.lost.addEventListener("abort", onLeaseLost, { once: true });
-        void untilKeyChanged(deps, prefix, key, fence, held.signal).then((changed) => {
-          if (!changed || held.signal.aborted) return;
-          lost.abort(new KvClientError("lock_key_changed", 0, `the holder's key ${key} was deleted or written by another client: another contender may hold the lock`));
+        void untilKeyChanged(deps, prefix, key, fence, held.signal).then((change) => {
+          if (change === undefined || held.signal.aborted) return;
+          writtenOver = change === "written";
+          lost.abort(
+            change === "expired"
+              ? new KvClientError("lease_expired", 0, `the holder's lease ran out, and its key ${key} with it: another contender may hold the lock`)
+              : new KvClientError("lock_key_changed", 0, `the holder's key ${key} was ${change} by another client: another contender may hold the lock`),
+          );
           held.abort();
-          // Its lease holds no place any more: given back, so nothing keeps it alive for nothing. A
-          // key written over is no longer on the lease: deleted too, or it would stand in the queue,
-          // ahead of every later contender, for ever.
-          void releaseOnce().then(() => deps.delete(key).catch(() => undefined));
+          // Its lease holds no place any more: given back at once, so nothing keeps it alive for
+          // nothing (a release after this, as kv lock makes before it exits, answers when done).
+          void releaseOnce();
         });
         return {
           key,
@@ -212,8 +221,10 @@ async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: 
     const at = queue.findIndex((entry) => entry.key === key);
     if (at < 0) return false;
     if (at === 0) return true;
-    // A write over the key ahead moves it behind us (a new version): looked at again as a delete is.
-    await untilDeleted(deps, prefix, queue[at - 1] as KvEntry, both, { anyChange: true });
+    // A write over the key ahead moves it behind us (a new version): looked at again as a delete is,
+    // and a look after a 410 asks whether it is still there as listed.
+    const ahead = queue[at - 1] as KvEntry;
+    await untilDeleted(deps, prefix, ahead, both, { anyChange: true, present: () => stillAsListed(deps, prefix, ahead) });
     both.throwIfAborted();
   }
 }
@@ -225,8 +236,10 @@ const COMPACTED_RETRY_MS_MAX = 2_000;
 
 /**
  * Watches `entry` (a key of the queue under `prefix`, listed with the version it was created at)
- * until it is deleted, or may have been: then returns, and the caller lists the queue again (also
- * when the stream simply ended). The watch starts right after the key's creation, so it cannot miss
+ * until it is deleted (or, with `anyChange`, written), or may have been: then returns the event
+ * that ended it, if any, and the caller lists the queue again (also when the stream simply ended).
+ * `present` says whether the key is still there as listed (asked after a 410, and once a watch
+ * from now shows it runs). The watch starts right after the key's creation, so it cannot miss
  * the delete. On 410 `compacted` it does what a new watcher would: it lists again (a key still there
  * is deleted, if at all, after this look) and watches from the `compactVersion` the node named; with
  * no usable one (none, or not past the start already tried) from now, looking again once the
@@ -239,9 +252,9 @@ async function untilDeleted(
   prefix: string,
   entry: Pick<KvEntry, "key" | "version">,
   signal: AbortSignal | undefined,
-  how: { readonly anyChange?: boolean; readonly present?: () => Promise<boolean> } = {},
-): Promise<void> {
-  const present = how.present ?? (() => stillQueued(deps, prefix, entry.key));
+  how: { readonly anyChange?: boolean; readonly present: () => Promise<boolean> },
+): Promise<WatchEvent | undefined> {
+  const present = how.present;
   let fromVersion: number | undefined = entry.version + 1; // undefined: from now
   let compactedInARow = 0; // 410s with no event from a stream between them
   const aborted = () => signal?.aborted === true;
@@ -253,7 +266,7 @@ async function untilDeleted(
       const options: WatchOptions = { ...(fromNow ? { progress: true } : { fromVersion }), ...(signal === undefined ? {} : { signal }) };
       for await (const event of deps.watch({ key: entry.key }, options)) {
         compactedInARow = 0;
-        if (event.type === "delete" || (how.anyChange === true && event.type === "put")) return;
+        if (event.type === "delete" || (how.anyChange === true && event.type === "put")) return event;
         if (event.type === "progress" && !lookedAgain) {
           // The stream runs from before this look: a key still there is deleted, if ever, on it.
           lookedAgain = true;
@@ -282,22 +295,29 @@ async function untilDeleted(
  * (an outage: the keeper judges the lease meanwhile) is opened again after a pause, checking first
  * that the key is still as it was created.
  */
-async function untilKeyChanged(deps: LockDeps, prefix: string, key: string, fence: number, signal: AbortSignal): Promise<boolean> {
-  const asCreated = async () => (await listQueue(deps, prefix)).some((entry) => entry.key === key && entry.version === fence);
+async function untilKeyChanged(deps: LockDeps, prefix: string, key: string, fence: number, signal: AbortSignal): Promise<"deleted" | "written" | "expired" | undefined> {
+  const entry = { key, version: fence };
   let failures = 0;
   while (!signal.aborted) {
     try {
-      await untilDeleted(deps, prefix, { key, version: fence }, signal, { anyChange: true, present: asCreated });
-      if (signal.aborted) return false;
-      if (!(await asCreated())) return !signal.aborted;
+      const event = await untilDeleted(deps, prefix, entry, signal, { anyChange: true, present: () => stillAsListed(deps, prefix, entry) });
+      if (signal.aborted) return undefined;
+      // Its own lease running out takes the key at the same version: that is the lease lost, not another client.
+      if (event?.type === "delete") return event.reason === "lease_expired" ? "expired" : "deleted";
+      if (event?.type === "put") return "written";
+      // The stream ended, or a look after a 410 found it changed: looked at once more.
+      const now = (await listQueue(deps, prefix)).find((listed) => listed.key === key);
+      if (signal.aborted) return undefined;
+      if (now === undefined) return "deleted";
+      if (now.version !== fence) return "written";
       failures = 0;
     } catch {
-      if (signal.aborted) return false;
+      if (signal.aborted) return undefined;
       failures++;
       await pause(Math.min(COMPACTED_RETRY_MS_MAX, COMPACTED_RETRY_MS_MIN * 2 ** Math.min(16, failures)), signal);
     }
   }
-  return false;
+  return undefined;
 }
 
 /**
@@ -307,6 +327,7 @@ async function untilKeyChanged(deps: LockDeps, prefix: string, key: string, fenc
 function untilAborted<T>(call: Promise<T>, signal: AbortSignal | undefined, late: (value: T) => void): Promise<T> {
   if (signal === undefined) return call;
   return new Promise<T>((resolve, reject) => {
+    // Given to `late` from here alone once aborted (it was also given by the handler below: found in review).
     const onAbort = () => {
       call.then(late, () => undefined);
       reject(signal.reason);
@@ -316,8 +337,7 @@ function untilAborted<T>(call: Promise<T>, signal: AbortSignal | undefined, late
     call.then(
       (value) => {
         signal.removeEventListener("abort", onAbort);
-        if (signal.aborted) late(value);
-        else resolve(value);
+        if (!signal.aborted) resolve(value);
       },
       (error: unknown) => {
         signal.removeEventListener("abort", onAbort);
@@ -327,9 +347,9 @@ function untilAborted<T>(call: Promise<T>, signal: AbortSignal | undefined, late
   });
 }
 
-/** Whether `key` is still one of the queue under `prefix` (a linearizable listing). */
-async function stillQueued(deps: LockDeps, prefix: string, key: string): Promise<boolean> {
-  return (await listQueue(deps, prefix)).some((entry) => entry.key === key);
+/** Whether `entry` is still in the queue under `prefix` as it was listed: not deleted, not written over (a linearizable listing). */
+async function stillAsListed(deps: LockDeps, prefix: string, entry: Pick<KvEntry, "key" | "version">): Promise<boolean> {
+  return (await listQueue(deps, prefix)).some((listed) => listed.key === entry.key && listed.version === entry.version);
 }
 
 /** Resolves after `ms`, or at once when `signal` aborts (the caller then sees it aborted). */
@@ -390,13 +410,13 @@ export async function* observeLeaders(deps: LockDeps, name: string, options: { r
       last = leader;
       yield leader;
     }
-    await untilDeleted(deps, prefix, leader, signal);
+    // A leader whose key is written over is no leader any more (it resigns: see acquire), as one deleted.
+    await untilDeleted(deps, prefix, leader, signal, { anyChange: true, present: () => stillAsListed(deps, prefix, leader) });
   }
 }
 
 function queuePrefix(name: string): string {
   if (typeof name !== "string" || name === "") throw new KvClientError("bad_request", 0, "a lock or election needs a non-empty name");
-  // 'a' and 'a/' would be one queue (found in a black-box review): a name ends with no slash.
-  if (name.endsWith("/")) throw new KvClientError("bad_request", 0, `a lock or election name ends with no '/' (its keys are '${name}<lease id>'): give '${name.replace(/\/+$/, "")}'`);
-  return `${name}/`;
+  // 'a' and 'a/' name one queue, as they always have (docs/client.md says so).
+  return name.endsWith("/") ? name : `${name}/`;
 }

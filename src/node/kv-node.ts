@@ -449,11 +449,13 @@ export class KvNode implements KvNodeApi {
     try {
       row = this.cfg.storage.get(clusterNonceKey);
     } catch (error: unknown) {
-      // This node's own storage failed (a damaged page): fatal, as when an apply meets it. Peer
-      // calls ask from inside the transport (src/transport/peer-auth.ts), which took the throw for
-      // the peer's fault: the node ran on as a candidate for ever, logging its peers unreachable
-      // (found in a black-box review). So the node fails in a task of its own, and the call goes
-      // without a nonce, as a node's before it applied one.
+      // This node's own storage damaged (a page SQLite cannot read): fatal, as when an apply meets
+      // it. Peer calls ask from inside the transport (src/transport/peer-auth.ts), which took the
+      // throw for the peer's fault: the node ran on as a candidate for ever, logging its peers
+      // unreachable (found in a black-box review). So the node fails in a task of its own (before
+      // the call's answer can be handled), and the call goes without a nonce. Any other error is
+      // thrown as before: the call fails, and the next one asks again.
+      if (!isStorageCorruption(error)) throw error;
       queueMicrotask(() => this.failUnlessStopped(error));
       return undefined;
     }

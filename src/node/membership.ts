@@ -285,8 +285,8 @@ export class NodeMembership {
    * another leader had added it, and the operator took that for the removal done. So first a
    * heartbeat round confirms the leadership and everything committed before is applied (as a
    * linearizable read; etcd decides its member changes through the log), and a change still in the
-   * log unapplied (this leader's own, not yet committed) makes the answer wait, as a second change
-   * does. A change that goes ahead needs no such round: the log decides it, and a deposed leader's
+   * log unapplied (this leader's own, not yet committed) is refused `conf_change_pending`, retried by
+   * the client and `kv member`, as a second change is. A change that goes ahead needs no such round: the log decides it, and a deposed leader's
    * proposal never commits.
    */
   private async currentLeader(): Promise<RawNode> {

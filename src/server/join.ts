@@ -108,7 +108,7 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
         if (error instanceof KvClientError && error.code === "http_404") {
           // No kv answer at all (a peer port answers a bare 404): found in a black-box review, where
           // the join pointed at a peer URL said only "404 HTTP 404 from ...".
-          throw new JoinError(`${error.message}, without kv's JSON: --join takes a member's client URL (what its --listen-http or --advertise-http serves), not its peer URL`);
+          throw new JoinError(`${error.message}, without kv's JSON: is it a peer URL, or behind a proxy's other path? --join takes a member's client URL (what its --listen-http or --advertise-http serves)`);
         }
         if (error instanceof KvClientError && (error.status === 400 || error.status === 401 || error.status === 404)) {
           throw new JoinError(`the cluster refused the join: ${error.status} ${error.message}`);

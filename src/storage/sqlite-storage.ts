@@ -594,6 +594,13 @@ function newerSchema(file: string, version: number): StorageError {
   );
 }
 
+/** Refuses (`corrupt`) a database SQLite's `quick_check` finds damaged: none of its pages is written first. */
+function refuseDamaged(db: Database, file: string): void {
+  const verdicts = db.query<{ quick_check: string }, []>("PRAGMA quick_check(3)").all().flatMap((row) => row.quick_check.split("\n"));
+  // One line, as every refusal is: SQLite's own lines joined.
+  if (verdicts.length !== 1 || verdicts[0] !== "ok") throw new StorageError("corrupt", `the database is damaged (quick_check: ${verdicts.join("; ")})`, file);
+}
+
 /**
  * Refuses, on a read-only connection and before anything is written (the lock's file, stale
  * staging, the journal mode), a database of a newer release, and one recorded as another node's
@@ -602,13 +609,6 @@ function newerSchema(file: string, version: number): StorageError {
  * one was set to WAL before migrate refused it "left unchanged" (both found in review). Anything
  * this cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
  */
-/** Refuses (`corrupt`) a database SQLite's `quick_check` finds damaged: none of its pages is written first. */
-function refuseDamaged(db: Database, file: string): void {
-  const verdicts = db.query<{ quick_check: string }, []>("PRAGMA quick_check(3)").all().flatMap((row) => row.quick_check.split("\n"));
-  // One line, as every refusal is: SQLite's own lines joined.
-  if (verdicts.length !== 1 || verdicts[0] !== "ok") throw new StorageError("corrupt", `the database is damaged (quick_check: ${verdicts.join("; ")})`, file);
-}
-
 function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOlderSchema: boolean): void {
   if (!existsSync(file)) return;
   // A reader of a WAL database makes its shared-memory index when there is none: removed after,
