@@ -185,6 +185,38 @@ describe("data dirs of earlier releases", () => {
     }
   });
 
+  test("0.10.0: a data dir opens with every acknowledged write and takes new ones; the delete by prefix's retry gets its first answer; a transaction of gets alone is a read at the state's version (no entry)", async () => {
+    const dataDir = join(scratch, "v0.10.0");
+    cpSync(join(fixtures, "v0.10.0", "node-1"), dataDir, { recursive: true });
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.10.0.log") });
+    try {
+      const text = new TextDecoder();
+      const expected: [string, number, string | undefined, string | undefined][] = [
+        ["greeting", 200, "v2", "7"],
+        ["big", 200, "z".repeat(10_000), "4"],
+        ["tmp/a", 404, undefined, undefined],
+        ["tmp/b", 404, undefined, undefined],
+        ["tmp/c", 200, "x", "10"],
+        ["counter", 200, "1", "12"],
+        ["deleted", 404, undefined, undefined],
+      ];
+      for (const [key, status, value, version] of expected) {
+        const got = await read(node.httpUrl, key);
+        expect([key, got.status, got.status === 200 ? text.decode(got.body) : undefined, got.status === 200 ? got.version : undefined]).toEqual([key, status, value, version]);
+      }
+      const retry = await fetch(`${node.httpUrl}/kv?prefix=tmp/&limit=2`, { method: "DELETE", headers: { "Idempotency-Key": "fixture-sweep" } });
+      expect(await retry.json()).toEqual({ deleted: 2, more: true, version: 11 });
+      const before = ((await (await fetch(`${node.httpUrl}/status`)).json()) as { lastLogIndex: number }).lastLogIndex;
+      const reading = await fetch(`${node.httpUrl}/txn`, { method: "POST", body: JSON.stringify({ success: [{ get: { key: "counter" } }] }) });
+      expect(await reading.json()).toEqual({ succeeded: true, version: before, results: [{ get: { key: "counter", found: true, value: "1", version: 12 } }] });
+      expect(((await (await fetch(`${node.httpUrl}/status`)).json()) as { lastLogIndex: number }).lastLogIndex).toBe(before);
+      const put = await fetch(`${node.httpUrl}/kv/after-upgrade`, { method: "PUT", body: "new" });
+      expect(((await put.json()) as { version: number }).version).toBeGreaterThan(12);
+    } finally {
+      await node.stop();
+    }
+  });
+
   test("0.8.0: a data dir whose applies record the log's durable bytes opens with every acknowledged write and takes new ones; a sector of zeros below that mark is refused as damage, not cut as a torn write", async () => {
     await openSameFiveWrites("0.8.0", 3);
     const damaged = join(scratch, "v0.8.0-damaged");
