@@ -24,6 +24,29 @@ async function read(httpUrl: string, key: string): Promise<{ status: number; bod
   return { status: response.status, body: new Uint8Array(await response.arrayBuffer()), version: response.headers.get("x-kv-version") };
 }
 
+/**
+ * The state the 0.9.0 and 0.10.0 fixtures' requests left (their READMEs list them): each key's value
+ * and version, and the delete by prefix's retry under its key answered with its first answer.
+ */
+async function expectSweptState(httpUrl: string): Promise<void> {
+  const text = new TextDecoder();
+  const expected: [string, number, string | undefined, string | undefined][] = [
+    ["greeting", 200, "v2", "7"],
+    ["big", 200, "z".repeat(10_000), "4"],
+    ["tmp/a", 404, undefined, undefined],
+    ["tmp/b", 404, undefined, undefined],
+    ["tmp/c", 200, "x", "10"],
+    ["counter", 200, "1", "12"],
+    ["deleted", 404, undefined, undefined],
+  ];
+  for (const [key, status, value, version] of expected) {
+    const got = await read(httpUrl, key);
+    expect([key, got.status, got.status === 200 ? text.decode(got.body) : undefined, got.status === 200 ? got.version : undefined]).toEqual([key, status, value, version]);
+  }
+  const retry = await fetch(`${httpUrl}/kv?prefix=tmp/&limit=2`, { method: "DELETE", headers: { "Idempotency-Key": "fixture-sweep" } });
+  expect(await retry.json()).toEqual({ deleted: 2, more: true, version: 11 });
+}
+
 describe("data dirs of earlier releases", () => {
   test("0.1.0: a single-node data dir opens, keeps every acknowledged write, and takes new ones", async () => {
     const dataDir = join(scratch, "v0.1.0");
@@ -162,21 +185,7 @@ describe("data dirs of earlier releases", () => {
     }
     const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.9.0.log") });
     try {
-      const text = new TextDecoder();
-      const expected: [string, number, string | undefined, string | undefined][] = [
-        ["greeting", 200, "v2", "7"],
-        ["tmp/a", 404, undefined, undefined],
-        ["tmp/b", 404, undefined, undefined],
-        ["tmp/c", 200, "x", "10"],
-        ["counter", 200, "1", "12"],
-        ["deleted", 404, undefined, undefined],
-      ];
-      for (const [key, status, value, version] of expected) {
-        const got = await read(node.httpUrl, key);
-        expect([key, got.status, got.status === 200 ? text.decode(got.body) : undefined, got.status === 200 ? got.version : undefined]).toEqual([key, status, value, version]);
-      }
-      const retry = await fetch(`${node.httpUrl}/kv?prefix=tmp/&limit=2`, { method: "DELETE", headers: { "Idempotency-Key": "fixture-sweep" } });
-      expect(await retry.json()).toEqual({ deleted: 2, more: true, version: 11 });
+      await expectSweptState(node.httpUrl);
       expect((await read(node.httpUrl, "tmp/c")).status).toBe(200);
       const put = await fetch(`${node.httpUrl}/kv/after-upgrade`, { method: "PUT", body: "new" });
       expect(((await put.json()) as { version: number }).version).toBeGreaterThan(12);
@@ -190,22 +199,7 @@ describe("data dirs of earlier releases", () => {
     cpSync(join(fixtures, "v0.10.0", "node-1"), dataDir, { recursive: true });
     const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.10.0.log") });
     try {
-      const text = new TextDecoder();
-      const expected: [string, number, string | undefined, string | undefined][] = [
-        ["greeting", 200, "v2", "7"],
-        ["big", 200, "z".repeat(10_000), "4"],
-        ["tmp/a", 404, undefined, undefined],
-        ["tmp/b", 404, undefined, undefined],
-        ["tmp/c", 200, "x", "10"],
-        ["counter", 200, "1", "12"],
-        ["deleted", 404, undefined, undefined],
-      ];
-      for (const [key, status, value, version] of expected) {
-        const got = await read(node.httpUrl, key);
-        expect([key, got.status, got.status === 200 ? text.decode(got.body) : undefined, got.status === 200 ? got.version : undefined]).toEqual([key, status, value, version]);
-      }
-      const retry = await fetch(`${node.httpUrl}/kv?prefix=tmp/&limit=2`, { method: "DELETE", headers: { "Idempotency-Key": "fixture-sweep" } });
-      expect(await retry.json()).toEqual({ deleted: 2, more: true, version: 11 });
+      await expectSweptState(node.httpUrl);
       const before = ((await (await fetch(`${node.httpUrl}/status`)).json()) as { lastLogIndex: number }).lastLogIndex;
       const reading = await fetch(`${node.httpUrl}/txn`, { method: "POST", body: JSON.stringify({ success: [{ get: { key: "counter" } }] }) });
       expect(await reading.json()).toEqual({ succeeded: true, version: before, results: [{ get: { key: "counter", found: true, value: "1", version: 12 } }] });
