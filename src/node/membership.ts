@@ -286,16 +286,13 @@ export class NodeMembership {
    * heartbeat round confirms the leadership and everything committed before is applied (as a
    * linearizable read; etcd decides its member changes through the log), and a change still in the
    * log unapplied (this leader's own, not yet committed) is refused `conf_change_pending`, retried by
-   * the client and `kv member`, as a second change is. A change that goes ahead needs no such round: the log decides it, and a deposed leader's
-   * proposal never commits.
+   * the client and `kv member`, as a second change is. A change that goes ahead needs no such
+   * round: the log decides it, and a deposed leader's proposal never commits.
    */
   private async currentLeader(): Promise<RawNode> {
-    this.host.refuseUnlessRunning();
-    if (this.host.raw().basicStatus().role !== "leader") throw this.host.notLeader();
+    this.leaderNow();
     await this.host.confirmLeadership();
-    this.host.refuseUnlessRunning();
-    const raw = this.host.raw();
-    if (raw.basicStatus().role !== "leader") throw this.host.notLeader();
+    const raw = this.leaderNow();
     if (raw.confChangePending()) throw confChangePending();
     return raw;
   }
