@@ -428,6 +428,21 @@ describe("against a 3-node cluster", () => {
     }
   });
 
+  test("a waiter whose key another client writes over joins the queue again: it holds the lock later with a fence above every holder's before it, and its old key is gone (found in a black-box review: it held with the old, lower fence)", async () => {
+    const kv = createClient({ endpoints: urls() });
+    const holder = await kv.lock("rewritten", { ttlMs: 5_000 });
+    const waiting = kv.lock("rewritten", { ttlMs: 5_000 });
+    await until(async () => (await keysUnder("rewritten/")).length === 2, "the waiter to queue");
+    const waiterKey = (await keysUnder("rewritten/")).find((key) => key !== holder.key)!;
+    const { version: rewrittenAt } = await kv.put(waiterKey, "someone else's");
+    await holder.release();
+    const lock = await waiting;
+    expect(lock.fence).toBeGreaterThan(rewrittenAt);
+    expect(lock.lost.aborted).toBe(false);
+    expect(await keysUnder("rewritten/")).toEqual([lock.key]);
+    await lock.release();
+  });
+
   test("a lock whose signal aborts while its lease's grant is unanswered rejects with the signal's reason, not after the grant's timeout (found in a black-box review: 5 s, UnknownOutcomeError)", async () => {
     const grants: string[] = [];
     let answer: () => void = () => undefined;

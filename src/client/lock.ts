@@ -133,7 +133,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
       // Held only if the lease is still known alive: a lock lost on the way in is no lock. Known by the
       // time left, not only by `lost`, whose timer may not have fired yet (an event loop held past the
       // lease's time: found in review).
-      if ((await waitForTurn(deps, prefix, key, keeper, signal)) && !keeper.lost.aborted && performance.now() < keeper.aliveUntilMs()) {
+      if ((await waitForTurn(deps, prefix, key, fence, keeper, signal)) && !keeper.lost.aborted && performance.now() < keeper.aliveUntilMs()) {
         // The first release that succeeded (or is under way) answers every later call; one that
         // failed is tried again by the next (found in review: a cached failure never retried).
         let released: Promise<boolean> | undefined;
@@ -200,17 +200,21 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
       if (leaseGone && rejoins < REJOINS_MAX) continue;
       throw error;
     }
-    // Our key vanished from the queue (its lease ran out): join again.
+    // Our key vanished from the queue (its lease ran out), or another client wrote it over (it is off
+    // our lease, and at the front it would have held the lock with a fence below its predecessor's:
+    // found in a black-box review): join again, deleting what is left of it.
     await release();
+    await deps.delete(key).catch(() => undefined);
     if (rejoins >= REJOINS_MAX) throw new KvClientError("lease_expired", 0, `lost its place in '${prefix}' ${REJOINS_MAX + 1} times while waiting: is the TTL (${ttlMs} ms) shorter than a round trip?`);
   }
 }
 
 /**
- * Waits until `key` is the first of the queue under `prefix`: true then; false when `key` is no
- * longer in the queue. Throws when `signal` or the keeper's `lost` aborts.
+ * Waits until `key`, as created at `fence`, is the first of the queue under `prefix`: true then;
+ * false when it is no longer in the queue as created (gone, or written over by another client).
+ * Throws when `signal` or the keeper's `lost` aborts.
  */
-async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: LeaseKeeper, signal: AbortSignal | undefined): Promise<boolean> {
+async function waitForTurn(deps: LockDeps, prefix: string, key: string, fence: number, keeper: LeaseKeeper, signal: AbortSignal | undefined): Promise<boolean> {
   const both = signal === undefined ? keeper.lost : AbortSignal.any([signal, keeper.lost]);
   for (;;) {
     both.throwIfAborted();
@@ -219,7 +223,7 @@ async function waitForTurn(deps: LockDeps, prefix: string, key: string, keeper: 
     // (found in review: `kv lock -- CMD` interrupted then ran CMD holding the lock).
     both.throwIfAborted();
     const at = queue.findIndex((entry) => entry.key === key);
-    if (at < 0) return false;
+    if (at < 0 || (queue[at] as KvEntry).version !== fence) return false;
     if (at === 0) return true;
     // A write over the key ahead moves it behind us (a new version): looked at again as a delete is,
     // and a look after a 410 asks whether it is still there as listed.
