@@ -8,6 +8,8 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { createServerCluster } from "./helpers/server-cluster.ts";
+import { createMemoryCluster } from "./helpers/memory-cluster.ts";
+import { clusterNonceKey } from "../src/kv/cluster-nonce.ts";
 import { startKvProcess } from "./helpers/kv-process.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-corruption-node-"));
@@ -214,5 +216,27 @@ test("a damaged page of the database's key index, met when the node speaks to it
     expect(await cluster.waitForLog(damaged, '"event":"fatal"')).toContain("start the node empty with --join");
   } finally {
     await cluster.stop();
+  }
+});
+
+test("the cluster nonce's read stops the node only on damage: another error is thrown to the peer call as before, and the node runs on", async () => {
+  const cluster = createMemoryCluster();
+  try {
+    const node = cluster.node(1);
+    const storage = cluster.storages.get(1)!;
+    const get = storage.get.bind(storage);
+    const fail = (error: Error) => {
+      storage.get = (key: string) => (key === clusterNonceKey ? (() => { throw error; })() : get(key));
+    };
+    fail(new Error("a passing fault"));
+    expect(() => node.clusterNonce()).toThrow("a passing fault");
+    await Promise.resolve();
+    expect(node.fatalError()).toBeUndefined();
+    fail(Object.assign(new Error("database disk image is malformed"), { code: "SQLITE_CORRUPT" }));
+    expect(node.clusterNonce()).toBeUndefined();
+    await Promise.resolve();
+    expect(node.fatalError()?.message).toBe("database disk image is malformed");
+  } finally {
+    for (const id of [1, 2, 3]) cluster.node(id).stop();
   }
 });

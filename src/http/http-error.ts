@@ -1,5 +1,6 @@
 import { unreachable } from "../lib/assert.ts";
 import { KvError, type KvErrorDetails } from "../lib/kv-error.ts";
+import { isStorageCorruption } from "../lib/storage-damage.ts";
 import { rawTarget } from "./raw-target.ts";
 
 /** The JSON body of every error response: a stable code, a sentence for people, and the error's details. */
@@ -137,7 +138,7 @@ function noLeaderResponse(message: string, details: KvErrorDetails): Response {
 
 function internalErrorResponse(error: unknown, request: Request): Response {
   const { path } = rawTarget(request.url);
-  if (isCorruption(error)) {
+  if (isStorageCorruption(error)) {
     // Damage on disk, not a bug: one line, no stack, and an answer that says so.
     const message = (error as Error).message;
     console.error(`kv http: ${request.method} ${path}: the data dir is damaged: ${message}`);
@@ -158,14 +159,4 @@ function retryAfterS(details: KvErrorDetails): number {
 
 function body(error: string, message: string, details: KvErrorDetails): HttpErrorBody {
   return { error, message, ...details };
-}
-
-/**
- * A storage error that reports damage (src/storage/kv-storage.ts's StorageError, code `corrupt`, by
- * name: the HTTP layer does not import the storage), or SQLite's own SQLITE_CORRUPT.
- */
-function isCorruption(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  const code = (error as { code?: unknown }).code;
-  return (error.name === "StorageError" && code === "corrupt") || code === "SQLITE_CORRUPT";
 }

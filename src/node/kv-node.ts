@@ -21,7 +21,8 @@ import { type ApplyResult, commandLevelKey, commandLevelOf, sessionAnswersRetry,
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax, txnWrites } from "../kv/txn.ts";
-import { DAMAGED_DATA_DIR_ADVICE, isStorageCorruption, type KvStorage, type StoredValue } from "../storage/kv-storage.ts";
+import { DAMAGED_DATA_DIR_ADVICE, type KvStorage, type StoredValue } from "../storage/kv-storage.ts";
+import { isStorageCorruption } from "../lib/storage-damage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
 import { belowLevelRefusal } from "./cluster-level.ts";
 import type {

@@ -159,13 +159,6 @@ export type StorageErrorCode =
 export const DAMAGED_DATA_DIR_ADVICE =
   "the data dir is damaged and is left as it is. To bring the node back: remove it from the cluster (kv member remove ID, on a running member), move the data dir aside, and start the node empty with --join; or restore it from a backup (kv snapshot restore)";
 
-/** Whether `error` reports damage: a StorageError `corrupt`, or SQLite's own SQLITE_CORRUPT or SQLITE_NOTADB. */
-export function isStorageCorruption(error: unknown): boolean {
-  if (!(error instanceof Error)) return false;
-  const code = (error as { code?: unknown }).code;
-  return (error.name === "StorageError" && code === "corrupt") || code === "SQLITE_CORRUPT" || code === "SQLITE_NOTADB";
-}
-
 /**
  * The one error class storage throws for operating errors (programmer errors are AssertionErrors).
  * `file` names the database or the log segment concerned (or "memory"), `index` the log entry
