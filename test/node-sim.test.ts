@@ -747,3 +747,17 @@ test("the bank's read of several accounts fails the run when a read-only answer 
     await expect(sim.runUntil(sim.nowMs + 50)).rejects.toThrow("a read-only transaction answered version 1 with");
   });
 });
+
+test("a node that applies another entry than the one committed at its index fails the run at that step, though its log holds the right one (found in review: the check read only the logs after each event, so an entry applied and compacted within one event was never compared)", async () => {
+  await withSim(quietSim(33), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    const follower = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    const disk = diskOf(sim, follower);
+    // The follower's state machine is handed another command than its log holds (one byte of each entry changed).
+    const applyEntries = disk.applyEntries.bind(disk);
+    disk.applyEntries = (entries) => applyEntries(entries.map((entry) => ({ ...entry, data: entry.data.map((byte, i) => (i === entry.data.length - 1 ? byte ^ 1 : byte)) })));
+    void sim.callOperation(1, leader, "put", "after");
+    await expect(sim.runUntil(sim.nowMs + 1_000)).rejects.toThrow(`state machine safety: node ${follower} committed another entry at`);
+  });
+});

@@ -37,6 +37,8 @@ export class SimBank {
   /**
    * Reads `keys` at node `id` in one read-only transaction, or every account by a listing (`list`):
    * resolves with what was seen, or undefined when the read was not answered with one.
+   * `consistency` is the listing's: a transaction of gets alone is always a linearizable read
+   * (src/node/kv-node.ts readOnlyTxn), as `POST /txn` takes no consistency.
    */
   read(clientId: number, id: NodeId, keys: readonly string[] | "list", consistency: ReadConsistency): Promise<readonly BankAccountSeen[] | undefined> {
     const node = this.sim.servers.get(id)?.node;
