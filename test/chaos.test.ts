@@ -1,6 +1,9 @@
 // Proves `kv chaos failover`, `kv chaos election` and `kv chaos membership` run as a user runs them (the built executable)
 // and pass: no acknowledged write lost across a leader SIGKILL, at most one node accepting per election, members replaced under writes.
 import { expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { runKv } from "./helpers/kv-binary.ts";
 
 const run = runKv;
@@ -48,4 +51,23 @@ test("kv chaos membership: members replaced under writes (the leader among them)
   expect(out).toContain("Wrong values: 0");
   expect(out).toMatch(/Replica state hashes: 1 of 1 comparisons consistent; the last: consistent: 3 nodes hold sha256:[0-9a-f]{64}/);
   expect(out).toContain("✅ SUCCESS: every member was replaced under writes");
+});
+
+test("kv chaos random whose linearizability check runs out of its budget says UNDECIDED and exits 3, not 1 as for an anomaly (found in a black-box review)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "kv-chaos-undecided-"));
+  try {
+    const json = join(dir, "result.json");
+    // One search step per key: every key with more than one operation is left undecided, the same way each run.
+    const { code, out } = await run(["chaos", "random", "--duration", "2s", "--seed", "5", "--bank-clients", "0", "--nemesis", "pause", "--check-steps", "1", "--json", json]);
+    expect(code).toBe(3);
+    expect(out).toMatch(/Linearizability: ⚠️ {2}undecided after \d+ ms: budget exceeded: the search took its 1 step \(key k\d\)/);
+    expect(out).toContain("⚠️  UNDECIDED: no anomaly found");
+    expect(out).not.toContain("FAILURE");
+    expect(out).toContain("Replay this schedule: kv chaos random --seed 5 --duration 2s --bank-clients 0 --nemesis pause --check-steps 1");
+    const result = JSON.parse(readFileSync(json, "utf8")) as { ok: boolean; result: { undecided?: boolean } };
+    expect(result.ok).toBe(false);
+    expect(result.result.undecided).toBe(true);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

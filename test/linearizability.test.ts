@@ -314,7 +314,7 @@ describe("budget", () => {
   test("a step budget turns a pathological search into unknown", () => {
     expect(checkLinearizable(pathological(), { searchStepsMax: 10_000 })).toEqual({
       ok: "unknown",
-      reason: "budget exceeded",
+      reason: "budget exceeded: the search took its 10,000 steps",
       key: "k",
     });
   });
@@ -323,7 +323,7 @@ describe("budget", () => {
     let fakeNowMs = 0;
     const nowMs = (): number => fakeNowMs++; // Every look at the clock costs a millisecond.
     const result = checkLinearizable(pathological(), { timeBudgetMs: 100, nowMs });
-    expect(result).toEqual({ ok: "unknown", reason: "budget exceeded", key: "k" });
+    expect(result).toEqual({ ok: "unknown", reason: "budget exceeded: the search ran past its 100 ms", key: "k" });
   });
 
   test("a bad key that is cheap is still reported when another key runs out of budget", () => {

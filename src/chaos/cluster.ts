@@ -131,6 +131,10 @@ export class ChaosCluster {
   private readonly logs = new Map<number, WriteStream>();
   /** `${from}>${to}` → the proxy `from` dials to reach `to`. */
   private readonly links = new Map<string, TcpProxy>();
+  /** Other processes a scenario started (lock clients, `kv defrag` runs): `stop` kills them too. */
+  private readonly helpers = new Set<Subprocess>();
+  /** Set by `stop`: nothing is started after it (the run is ending, perhaps on Ctrl-C). */
+  private stopped = false;
 
   /** The command that runs kv (this executable), for the tools a scenario runs on a stopped node's data dir. */
   get command(): readonly string[] {
@@ -185,6 +189,7 @@ export class ChaosCluster {
    */
   async startNode(id: number, options: { readonly join?: readonly string[] } = {}): Promise<void> {
     const node = this.node(id);
+    if (this.stopped) throw new ChaosClusterStopped();
     if (node.state !== "dead") throw new Error(`node ${id} is already running`);
     const base = this.opts.basePort;
     const args = [
@@ -417,7 +422,35 @@ export class ChaosCluster {
 
 
   /** Kills every process by pid and closes every proxy. Safe to call more than once. */
+  /**
+   * Takes `proc`, a process a scenario just started beside the nodes, into the cluster's care:
+   * `stop` resumes and kills it if it still runs (found in a black-box review: Ctrl-C during `kv
+   * chaos lock` left its lock clients running, one of them stopped for good). A process adopted
+   * after `stop` is killed at once, and the scenario stopped with `ChaosClusterStopped`.
+   */
+  adopt<P extends Subprocess>(proc: P): P {
+    if (this.stopped) {
+      proc.kill("SIGKILL");
+      throw new ChaosClusterStopped();
+    }
+    this.helpers.add(proc);
+    void proc.exited.then(() => this.helpers.delete(proc));
+    return proc;
+  }
+
   async stop(): Promise<void> {
+    this.stopped = true;
+    const helpers = [...this.helpers];
+    for (const proc of helpers) {
+      for (const signal of ["SIGCONT", "SIGKILL"] as const) {
+        try {
+          proc.kill(signal);
+        } catch {
+          // gone
+        }
+      }
+    }
+    await Promise.all(helpers.map((proc) => proc.exited));
     for (const node of this.nodes) {
       if (node.state === "paused" && node.pid !== undefined) {
         try {
@@ -431,5 +464,13 @@ export class ChaosCluster {
     for (const proxy of this.links.values()) proxy.close();
     for (const log of this.logs.values()) log.end();
     this.logs.clear();
+  }
+}
+
+/** Thrown at a scenario that starts a process after its cluster was stopped (the run is ending). */
+export class ChaosClusterStopped extends Error {
+  override name = "ChaosClusterStopped";
+  constructor() {
+    super("the run is ending: the cluster was stopped");
   }
 }

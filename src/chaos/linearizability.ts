@@ -135,7 +135,7 @@ export function checkLinearizable(history: readonly Operation[], opts: CheckOpti
     if (result === "budget") budgetKey ??= key;
     else if (result !== "linearizable") return result;
   }
-  if (budgetKey !== undefined) return { ok: "unknown", reason: "budget exceeded", key: budgetKey };
+  if (budgetKey !== undefined) return { ok: "unknown", reason: budgetReason(budget, opts), key: budgetKey };
   return { ok: true, keysChecked: keys.length };
 }
 
@@ -143,6 +143,8 @@ interface Budget {
   readonly nowMs: () => number;
   readonly deadlineMs: number;
   stepsLeft: number;
+  /** Which bound a search ran into first, once one did (for the verdict's reason). */
+  spent?: "time" | "steps" | "memory";
 }
 
 /**
@@ -205,7 +207,22 @@ function checkKey(ops: readonly Operation[], initial: string | null, mode: Mode,
 }
 
 function isBudgetSpent(budget: Budget): boolean {
-  return budget.stepsLeft <= 0 || budget.nowMs() >= budget.deadlineMs;
+  if (budget.stepsLeft <= 0) budget.spent ??= "steps";
+  else if (budget.nowMs() >= budget.deadlineMs) budget.spent ??= "time";
+  else return false;
+  return true;
+}
+
+/** Why a check gave up, in words: which of its bounds the search ran into. */
+function budgetReason(budget: Budget, opts: CheckOptions): string {
+  switch (budget.spent) {
+    case "memory":
+      return `budget exceeded: the search remembered more than ${cacheEntriesMax.toLocaleString("en-US")} configurations of the history (too many operations overlap, most often writes whose outcome is unknown)`;
+    case "steps":
+      return `budget exceeded: the search took its ${(opts.searchStepsMax ?? 0).toLocaleString("en-US")} step${opts.searchStepsMax === 1 ? "" : "s"}`;
+    default:
+      return `budget exceeded: the search ran past its ${Math.round(opts.timeBudgetMs ?? checkTimeBudgetMsDefault).toLocaleString("en-US")} ms`;
+  }
 }
 
 function isNullRead(op: Operation): boolean {
@@ -896,10 +913,16 @@ function search(key: PreparedKey, budget: Budget): KeyVerdict {
     // Optional writes never need placing: once every required operation is, the rest may not happen.
     if (requiredLeft === 0) return { kind: "linearizable" };
     budget.stepsLeft--;
-    if (budget.stepsLeft < 0 || cacheEntries > cacheEntriesMax) return { kind: "budget" };
+    if (budget.stepsLeft < 0 || cacheEntries > cacheEntriesMax) {
+      budget.spent ??= budget.stepsLeft < 0 ? "steps" : "memory";
+      return { kind: "budget" };
+    }
     if (++stepsSinceClock >= clockCheckIntervalSteps) {
       stepsSinceClock = 0;
-      if (budget.nowMs() >= budget.deadlineMs) return { kind: "budget" };
+      if (budget.nowMs() >= budget.deadlineMs) {
+        budget.spent ??= "time";
+        return { kind: "budget" };
+      }
     }
 
     if (!inOptionalPhase) {

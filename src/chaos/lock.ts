@@ -103,8 +103,9 @@ class LockClientProcess {
     args: readonly string[],
     logFile: string,
     onAcquired: () => void,
+    cluster: ChaosCluster,
   ) {
-    this.proc = Bun.spawn([...selfCommand(), "chaos", "lock-client", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    this.proc = cluster.adopt(Bun.spawn([...selfCommand(), "chaos", "lock-client", ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" }));
     this.exited = this.proc.exited;
     const log = createWriteStream(logFile);
     void this.readLines(this.proc.stdout, (line) => {
@@ -363,7 +364,7 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
       "--hold-ms", `${HOLD_MS_MIN},${HOLD_MS_MAX}`,
       "--timeout-ms", String(opts.requestTimeoutMs),
     ];
-    return new LockClientProcess(id, args, join(logDir, `lock-client-${id}.log`), () => holders.onAcquired());
+    return new LockClientProcess(id, args, join(logDir, `lock-client-${id}.log`), () => holders.onAcquired(), cluster);
   });
   const holders: HolderNemesis = new HolderNemesis(clients, holderSchedule, nowMs, print);
   const nemesis = new Nemesis(cluster, { schedule: nodeSchedule, nowMs, display: opts.display, spareFromKill: REFERENCE_NODE });

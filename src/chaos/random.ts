@@ -44,6 +44,8 @@ export interface RandomOptions {
   readonly reportPath?: string;
   /** Wall-clock budget of each epoch's linearizability check. */
   readonly checkTimeBudgetMs?: number;
+  /** Search steps each key's check may take (a budget that replays exactly); none by default. */
+  readonly checkStepsMax?: number;
   /** Client operations per epoch: the clients move on to fresh keys after this many. Default EPOCH_OPS_DEFAULT. */
   readonly epochOps?: number;
   /** Bank clients (src/chaos/bank-workload.ts) besides the others: multi-key transactions, judged by src/chaos/bank.ts. Default 0. */
@@ -72,7 +74,7 @@ const THROUGHPUT_BUCKETS_MAX = 600;
 /** ...plus a few for operations answered after the duration, while the clients stop. */
 const THROUGHPUT_BUCKETS_SLACK = 60;
 /** Default wall-clock budget of one epoch's check. */
-const EPOCH_CHECK_BUDGET_MS_DEFAULT = 60_000;
+export const EPOCH_CHECK_BUDGET_MS_DEFAULT = 60_000;
 /** How long healing, the final reads and convergence may each take. */
 const PHASE_TIMEOUT_MS = 30_000;
 /** The client id of the runner's own final reads in the history. */
@@ -108,6 +110,8 @@ export interface Convergence {
 
 export interface RandomResult {
   readonly ok: boolean;
+  /** Set when nothing failed but a linearizability check ran out of its budget (the runner exits 3). */
+  readonly undecided?: boolean;
   readonly seed: number;
   readonly replay: string;
   readonly durationMs: number;
@@ -274,9 +278,10 @@ function yieldToEventLoop(): Promise<void> {
 
 /**
  * Checks one epoch's history key by key (the checker treats keys independently), yielding between
- * keys so the clients of the next epoch keep running; `budgetMs` bounds the whole epoch's check.
+ * keys so the clients of the next epoch keep running; `budgetMs` bounds the whole epoch's check,
+ * `stepsMax` (when given) each key's search.
  */
-export async function checkEpoch(history: readonly Operation[], budgetMs: number): Promise<CheckResult> {
+export async function checkEpoch(history: readonly Operation[], budgetMs: number, stepsMax?: number): Promise<CheckResult> {
   // Versions are the log's indexes, shared by every key: their order is checked over the whole epoch.
   const versions = findVersionViolation(history);
   if (versions !== undefined) return versions;
@@ -291,9 +296,11 @@ export async function checkEpoch(history: readonly Operation[], budgetMs: number
   const deadlineMs = performance.now() + budgetMs;
   const verdicts: CheckResult[] = [];
   for (const key of keys) {
-    const verdict = checkLinearizable(byKey.get(key) ?? [], { timeBudgetMs: Math.max(1, deadlineMs - performance.now()) });
+    const verdict = checkLinearizable(byKey.get(key) ?? [], { timeBudgetMs: Math.max(1, deadlineMs - performance.now()), ...(stepsMax === undefined ? {} : { searchStepsMax: stepsMax }) });
     if (verdict.ok === false) return verdict;
-    verdicts.push(verdict);
+    // Each key is given what is left of the epoch's time: its reason names the epoch's whole budget.
+    const outOfTime = verdict.ok === "unknown" && /ran past its/.test(verdict.reason);
+    verdicts.push(outOfTime ? { ...verdict, reason: `budget exceeded: the epoch's check ran past its ${budgetMs.toLocaleString("en-US")} ms (--check-budget)` } : verdict);
     await yieldToEventLoop();
   }
   return combineVerdicts(verdicts);
@@ -309,6 +316,7 @@ interface WorkloadOptions {
   readonly requestTimeoutMs: number;
   readonly durationMs: number;
   readonly checkTimeBudgetMs: number;
+  readonly checkStepsMax: number | undefined;
   readonly nowMs: () => number;
   readonly print: (line: string) => void;
 }
@@ -574,7 +582,7 @@ class RandomWorkload implements LoadCounters {
   async check(epoch: Epoch, unansweredReads: readonly string[]): Promise<EpochSummary> {
     assert(epoch.inFlight === 0, `epoch ${epoch.index} is checked with operations in flight`);
     const startedMs = performance.now();
-    const verdict = await checkEpoch(epoch.history, this.opts.checkTimeBudgetMs);
+    const verdict = await checkEpoch(epoch.history, this.opts.checkTimeBudgetMs, this.opts.checkStepsMax);
     const checkMs = Math.round(performance.now() - startedMs);
     this.checkMs += checkMs;
     this.verdicts.push(verdict);
@@ -710,6 +718,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
     requestTimeoutMs: opts.requestTimeoutMs,
     durationMs: opts.durationMs,
     checkTimeBudgetMs: opts.checkTimeBudgetMs ?? EPOCH_CHECK_BUDGET_MS_DEFAULT,
+    checkStepsMax: opts.checkStepsMax,
     nowMs,
     print,
   });
@@ -873,11 +882,20 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
   }
 
   const allOk = ok && (opts.reportPath === undefined || reportPath !== undefined);
+  // Nothing failed but the check gave up: no anomaly was found, and none was ruled out either.
+  const undecided = verdict.ok === "unknown" && bankOk && convergence.ok && unanswered.length === 0 && unansweredClosingReads.length === 0 && cluster.unexpectedExits.length === 0 && (opts.reportPath === undefined || reportPath !== undefined);
   print("");
-  print(allOk ? successLine({ operations: counts.total, epochs: workload.epochCount, faultsMet, faultsInjected: faults.length }) : "❌ FAILURE: see the evidence above");
+  print(
+    allOk
+      ? successLine({ operations: counts.total, epochs: workload.epochCount, faultsMet, faultsInjected: faults.length })
+      : undecided
+        ? "⚠️  UNDECIDED: no anomaly found, but the linearizability check ran out of its budget (above), so that part of the history is not proven; give it more (--check-budget), or keep it small with fewer writes of a key in flight at once (more --keys, fewer --clients)"
+        : "❌ FAILURE: see the evidence above",
+  );
   print(`Replay this schedule: ${opts.replayCommand}`);
   return {
     ok: allOk,
+    ...(undecided ? { undecided } : {}),
     seed: opts.seed,
     replay: opts.replayCommand,
     durationMs: opts.durationMs,

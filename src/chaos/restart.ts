@@ -170,7 +170,7 @@ async function defragStoppedNode(cluster: ChaosCluster, id: number, how: "interr
   let interrupted: DefragTurn["interrupted"];
   if (how !== "finish") {
     const startedMs = performance.now();
-    const run = Bun.spawn(args, { stdout: "ignore", stderr: "ignore", stdin: "ignore" });
+    const run = cluster.adopt(Bun.spawn(args, { stdout: "ignore", stderr: "ignore", stdin: "ignore" }));
     let exited = false;
     void run.exited.then(() => {
       exited = true;
@@ -186,7 +186,7 @@ async function defragStoppedNode(cluster: ChaosCluster, id: number, how: "interr
     else if (run.exitCode !== 0) throw new Error(`kv defrag of node ${id}'s data dir exited ${run.exitCode} before it could be interrupted`);
     if (how === "interrupt") return interrupted === undefined ? {} : { interrupted };
   }
-  const finished = Bun.spawn(args, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  const finished = cluster.adopt(Bun.spawn(args, { stdout: "pipe", stderr: "pipe", stdin: "ignore" }));
   const [out, err, code] = await Promise.all([new Response(finished.stdout).text(), new Response(finished.stderr).text(), finished.exited]);
   if (code !== 0) throw new Error(`kv defrag of node ${id}'s data dir exited ${code}: ${err.trim() || out.trim()}`);
   const { bytesBefore, bytesAfter } = JSON.parse(out) as { bytesBefore: number; bytesAfter: number };

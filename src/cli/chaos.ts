@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdtempSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { defineCommand, type ArgsDef, type CommandDef } from "citty";
@@ -12,14 +12,14 @@ import { createLiveDisplay, type LiveDisplay } from "../chaos/live-display.ts";
 import { runPartition } from "../chaos/partition.ts";
 import { modeNeedsProxies, NEMESIS_MODES, type NemesisMode } from "../chaos/nemesis.ts";
 import { runPause } from "../chaos/pause.ts";
-import { EPOCH_OPS_DEFAULT, formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
+import { EPOCH_CHECK_BUDGET_MS_DEFAULT, EPOCH_OPS_DEFAULT, formatDuration, parseDurationMs, READ_CONSISTENCIES, runRandom } from "../chaos/random.ts";
 import { runRestart } from "../chaos/restart.ts";
 import { runMembership } from "../chaos/membership.ts";
 import { runWatch, WATCH_DURATION_MS_MAX, WATCH_SERVE_ARGS } from "../chaos/watch.ts";
 import { LOCK_NEMESIS_MODES, runLock } from "../chaos/lock.ts";
 import { runLockClient, type LockClientEvent } from "../chaos/lock-client.ts";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
-import { exitAfterOutput } from "./output.ts";
+import { exitAfterOutput, outputLost, whenOutputLost } from "./output.ts";
 
 const commonArgs = {
   "base-port": {
@@ -34,6 +34,8 @@ const commonArgs = {
 /** What every scenario returns: `ok` plus whatever it measured (all of it goes to --json). */
 interface ScenarioResult {
   readonly ok: boolean;
+  /** Nothing failed, but a check gave up (its budget ran out): exit 3 rather than 0 or 1. */
+  readonly undecided?: boolean;
 }
 
 /** A scenario ready to run: its knobs are parsed, so a usage error cannot happen after it starts. */
@@ -259,10 +261,22 @@ const scenarios: Record<string, ScenarioDefinition> = {
         description: `Client operations per epoch: then fresh keys, and the finished epoch is checked and dropped while the run goes on (default ${EPOCH_OPS_DEFAULT}; bank clients take fresh accounts every fifth of it)`,
         valueHint: "N",
       },
+      "check-budget": {
+        type: "string",
+        description: "Time each epoch's linearizability check may take before it says undecided (exit 3) (default 60s)",
+        valueHint: "TIME",
+      },
+      "check-steps": {
+        type: "string",
+        description: "Search steps each key's check may take before it says undecided: a budget that replays exactly (default: no limit)",
+        valueHint: "N",
+      },
       ...clientTimeoutArg,
     },
     create(flags) {
       const durationMs = durationFlag(flags, "duration", RANDOM_DURATION_MS_DEFAULT);
+      const checkBudgetMs = durationFlag(flags, "check-budget", EPOCH_CHECK_BUDGET_MS_DEFAULT);
+      const checkSteps = flags["check-steps"] === undefined ? undefined : intFlag(flags, "check-steps", 0, 1, Number.MAX_SAFE_INTEGER);
       const seed = flags.seed === undefined ? randomSeed() : intFlag(flags, "seed", 0, 0, SEED_MAX);
       const clients = intFlag(flags, "clients", 5, 1, 1_000);
       const keys = intFlag(flags, "keys", 5, 1, 10_000);
@@ -283,9 +297,13 @@ const scenarios: Record<string, ScenarioDefinition> = {
         ...(nemesis === "all" ? [] : [`--nemesis ${nemesis}`]),
         ...(flags["client-timeout-ms"] === undefined ? [] : [`--client-timeout-ms ${requestTimeoutMs}`]),
         ...(epochOps === EPOCH_OPS_DEFAULT ? [] : [`--epoch-ops ${epochOps}`]),
+        ...(checkBudgetMs === EPOCH_CHECK_BUDGET_MS_DEFAULT ? [] : [`--check-budget ${formatDuration(checkBudgetMs)}`]),
+        ...(checkSteps === undefined ? [] : [`--check-steps ${checkSteps}`]),
       ].join(" ");
       return (cluster, display) =>
         runRandom(cluster, {
+          checkTimeBudgetMs: checkBudgetMs,
+          ...(checkSteps === undefined ? {} : { checkStepsMax: checkSteps }),
           seed,
           durationMs,
           clients,
@@ -490,13 +508,25 @@ function outputPath(flags: FlagValues, name: string): string | undefined {
   const path = resolve(value);
   const dir = dirname(path);
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new UsageError(`--${name}: directory ${dir} does not exist`);
+  // Found before the run, not after it (found in a black-box review: a directory given as the
+  // report failed only once every check had passed, and the run exited 1 as if it found an anomaly).
+  if (existsSync(path) && statSync(path).isDirectory()) throw new UsageError(`--${name}: ${path} is a directory; give a file name`);
+  try {
+    accessSync(existsSync(path) ? path : dir, constants.W_OK);
+  } catch {
+    throw new UsageError(`--${name}: ${existsSync(path) ? path : `directory ${dir}`} is not writable`);
+  }
   return path;
 }
+
+/** How long a scenario's error waits for a signal the runner may be about to see (see runScenarios). */
+const SIGNAL_GRACE_MS = 500;
 
 /**
  * Runs `runs` one after another, each against a fresh 3-node cluster of copies of this executable in
  * a temporary data dir; kills every process it started (success, failure or Ctrl-C) and exits 0
- * when every check held, 1 when an anomaly was found (keeping the logs), 2 on a usage error.
+ * when every check held, 1 when an anomaly was found (keeping the logs), 2 on a usage error, 3 when
+ * nothing failed but a check ran out of its budget (undecided).
  */
 async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promise<never> {
   const basePortFlag = flags["base-port"];
@@ -517,18 +547,33 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   });
   const print = (line: string) => display.print(line);
   let current: ChaosCluster | undefined;
-  const cleanup = async (code: number): Promise<never> => {
-    display.untrack();
-    await current?.stop();
-    if (code === 0 && !keepData) rmSync(baseDir, { recursive: true, force: true });
-    else print(`Node data and logs kept in ${baseDir} (${runs.length > 1 ? "<scenario>/" : ""}node-N.log, node-N/)`);
-    return exitAfterOutput(code);
-  };
+  /** Set once the run ends (its last check, Ctrl-C, SIGTERM, SIGHUP, or its output lost): no scenario starts after. */
+  let ending: Promise<never> | undefined;
+  const endingBegan = Promise.withResolvers<void>();
+  const cleanup = (code: number): Promise<never> =>
+    (ending ??= (async () => {
+      endingBegan.resolve();
+      display.untrack();
+      // Whatever cluster is running now: none starts once `ending` is set (the loop below stops).
+      await current?.stop();
+      const kept = `Node data and logs kept in ${baseDir} (${runs.length > 1 ? "<scenario>/" : ""}node-N.log, node-N/)`;
+      if (code === 0 && !keepData) rmSync(baseDir, { recursive: true, force: true });
+      else if (outputLost()) process.stderr.write(`kv: ${kept}\n`);
+      else print(kept);
+      return exitAfterOutput(code);
+    })());
+  // A signal to the runner (or to its process group: Ctrl-C reaches the nodes too) ends the whole
+  // run, `all` included, with every process it started stopped (found in a black-box review: Ctrl-C
+  // during `all` went on to the next scenario and left its nodes running; SIGHUP, or `| head`,
+  // left the cluster running).
   process.on("SIGINT", () => void cleanup(130));
   process.on("SIGTERM", () => void cleanup(143));
+  process.on("SIGHUP", () => void cleanup(129));
+  whenOutputLost((code) => void cleanup(code));
 
   const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string }[] = [];
   for (const { name, title, run, serveArgs, needsFixedPorts } of runs) {
+    if (ending !== undefined) return ending;
     const dataDir = runs.length === 1 ? baseDir : join(baseDir, name);
     const ports = basePort ?? (needsFixedPorts === true ? freeBasePort(3) : undefined);
     current = new ChaosCluster({ size: 3, command: selfCommand(), baseDir: dataDir, basePort: ports, ...(serveArgs === undefined ? {} : { serveArgs }) });
@@ -540,6 +585,11 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
       outcomes.push({ scenario: name, ok: result.ok, result, dataDir });
     } catch (error) {
       display.untrack();
+      // The run is ending: the scenario failed because its nodes were stopped (or took the Ctrl-C
+      // themselves), which is no finding of its own. A Ctrl-C reaches the nodes and the runner
+      // alike, and a node's exit may be seen before the runner's own signal: it is given a moment.
+      if (ending === undefined) await Promise.race([endingBegan.promise, Bun.sleep(SIGNAL_GRACE_MS)]);
+      if (ending !== undefined) return ending;
       const message = error instanceof Error ? error.message : String(error);
       print(`❌ ERROR: ${message}`);
       outcomes.push({ scenario: name, ok: false, error: message, dataDir });
@@ -547,15 +597,24 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     display.untrack();
     await current.stop();
   }
+  if (ending !== undefined) return ending;
 
   const ok = outcomes.every((o) => o.ok);
   if (runs.length > 1) {
     print("");
     print("=== All Scenarios ===");
-    for (const o of outcomes) print(`${o.ok ? "✅" : "❌"} ${o.scenario}${o.ok ? "" : ` (logs: ${o.dataDir})`}`);
+    const mark = (o: (typeof outcomes)[number]) => (o.ok ? "✅" : o.result?.undecided === true ? "⚠️ " : "❌");
+    for (const o of outcomes) print(`${mark(o)} ${o.scenario}${o.ok ? "" : `${o.result?.undecided === true ? " (undecided)" : ""} (logs: ${o.dataDir})`}`);
     print("");
-    const failed = outcomes.filter((o) => !o.ok).map((o) => o.scenario);
-    print(ok ? `✅ SUCCESS: all ${outcomes.length} scenarios passed!` : `❌ FAILURE: ${failed.length} of ${outcomes.length} scenarios found an anomaly: ${failed.join(", ")}`);
+    const failed = outcomes.filter((o) => !o.ok && o.result?.undecided !== true).map((o) => o.scenario);
+    const undecided = outcomes.filter((o) => !o.ok && o.result?.undecided === true).map((o) => o.scenario);
+    print(
+      ok
+        ? `✅ SUCCESS: all ${outcomes.length} scenarios passed!`
+        : failed.length > 0
+          ? `❌ FAILURE: ${failed.length} of ${outcomes.length} scenarios found an anomaly: ${failed.join(", ")}`
+          : `⚠️  UNDECIDED: no anomaly found, but ${undecided.join(", ")} could not finish a check within its budget`,
+    );
   }
   if (json !== undefined) {
     const body = runs.length === 1 ? { ...outcomes[0], dataDir: undefined } : { scenario: "all", ok, scenarios: outcomes.map((o) => ({ ...o, dataDir: undefined })) };
@@ -567,7 +626,8 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
       return cleanup(1);
     }
   }
-  return cleanup(ok ? 0 : 1);
+  const undecided = !ok && outcomes.every((o) => o.ok || o.result?.undecided === true);
+  return cleanup(ok ? 0 : undecided ? 3 : 1);
 }
 
 /** What the scenario's comparisons of the nodes' state hashes found (ChaosCluster.replicasAgree; a divergence threw). */
