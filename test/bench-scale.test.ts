@@ -36,6 +36,8 @@ describe("scale flags", () => {
     expect(() => benchOptionsFromArgs({ "idle-watchers": "3", target: "noop" }, endpoints)).toThrow("--idle-watchers needs a store that watches");
     expect(() => benchOptionsFromArgs({ "idle-settle": "1s" }, endpoints)).toThrow("go with --idle-watchers");
     expect(() => benchOptionsFromArgs({ "idle-watchers": "3", "idle-endpoint": "http://a:1,http://b:2" }, endpoints)).toThrow("--idle-endpoint takes one URL");
+    // Named as the flag it came from (found in a black-box review: it said --endpoints).
+    expect(() => benchOptionsFromArgs({ "idle-watchers": "3", "idle-endpoint": "foo" }, endpoints)).toThrow("--idle-endpoint: 'foo' is not a URL");
   });
 
   test("--lease-churn takes a count, a TTL (default 10s) and clients (default 64); it refuses what does not go with it", () => {

@@ -169,7 +169,7 @@ interface FakeLeadership {
 
 /** A fake kv node: answers /status from `leadership` (itself when omitted) and counts /kv requests. */
 function fakeKvNode(
-  opts: { id?: number; leadership?: FakeLeadership; redirectPutsAfter?: number; onRedirect?: () => void; failGetsEvery?: number; authToken?: string } = {},
+  opts: { id?: number; leadership?: FakeLeadership; redirectPutsAfter?: number; onRedirect?: () => void; failGetsEvery?: number; authToken?: string; absentDeletes?: boolean } = {},
 ) {
   const id = opts.id ?? 1;
   const counts = { put: 0, get: 0, delete: 0, status: 0, redirected: 0, refused: 0 };
@@ -209,7 +209,8 @@ function fakeKvNode(
           return counts.get % 2 === 0 ? new Response("value") : Response.json({ error: "not_found" }, { status: 404 });
         case "DELETE":
           counts.delete += 1;
-          return Response.json({ deleted: true, version: 1 });
+          // With absentDeletes, every other delete finds nothing (as kv answers it: deleted false, a version all the same).
+          return Response.json({ deleted: opts.absentDeletes !== true || counts.delete % 2 === 0, version: counts.delete });
         default:
           return new Response("no", { status: 405 });
       }
@@ -306,6 +307,38 @@ describe("kv bench against in-process fake servers", () => {
       node.server.stop(true);
     }
   });
+
+  test("a delete answered deleted: false counts as one of an absent key, as a read's 404 does (found in a black-box review: all were counted as found)", async () => {
+    const node = fakeKvNode({ absentDeletes: true });
+    try {
+      const report = await benchJson(["--endpoints", node.url, "--requests", "40", "--clients", "2", "--mix", "delete=1"]);
+      expect(node.counts.delete).toBe(40);
+      expect(report.byKind.delete?.ok).toBe(40);
+      expect(report.byKind.delete?.notFound).toBe(20);
+    } finally {
+      node.server.stop(true);
+    }
+  });
+
+  test("a run whose leader goes away ends at its duration, not after --timeout of waiting for a new one (found in a black-box review: a 5 s run took 12 s with every node down)", async () => {
+    const node = fakeKvNode();
+    const proc = Bun.spawn([process.execPath, "src/cli/main.ts", "bench", "--endpoints", node.url, "--duration", "1s", "--clients", "4", "--timeout", "60s", "--json"], { cwd: root, stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    try {
+      const output = new Response(proc.stdout).text();
+      // Once writes are acknowledged, the only node goes away: every write then waits for a leader that never comes.
+      while (node.counts.put < 20) await Bun.sleep(10); // the fake counts what it served: polled, as nothing else tells
+      node.server.stop(true);
+      const startedMs = performance.now();
+      expect(await proc.exited).toBe(0);
+      // Not the 60 s of --timeout: the run's end stops the wait for a leader (a second of run, with room for a loaded machine).
+      expect(performance.now() - startedMs).toBeLessThan(30_000);
+      const report = JSON.parse(await output) as BenchReport;
+      expect(report.ok).toBeGreaterThanOrEqual(20);
+    } finally {
+      proc.kill("SIGKILL");
+      node.server.stop(true);
+    }
+  }, 90_000);
 
   test("an endpoint that refuses connections shows up as a network error", async () => {
     const node = fakeKvNode();

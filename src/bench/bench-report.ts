@@ -143,7 +143,7 @@ export function formatBenchReport(report: BenchReport): string {
   const kinds = Object.entries(report.byKind);
   if (kinds.length > 1 || kinds.some(([, kind]) => kind.notFound > 0)) {
     for (const [name, kind] of kinds) {
-      const absent = kind.notFound > 0 ? `, ${fmtCount(kind.notFound)} absent` : "";
+      const absent = kind.notFound > 0 ? `, ${fmtCount(kind.notFound)} of them of absent keys` : "";
       lines.push(
         `  ${`${name}:`.padEnd(12)} ${fmtCount(kind.opsPerSec)} ops/s (${fmtCount(kind.ok)} ok${absent}, ${fmtCount(kind.errors)} errors), p50 ${fmtMs(kind.latencyMs.p50)} ms, p99 ${fmtMs(kind.latencyMs.p99)} ms`,
       );

@@ -17,7 +17,7 @@ const NETWORK_ERROR_BACKOFF_MS = 10;
 /** Counts of one operation kind. */
 export interface OperationCounts {
   ok: number;
-  /** Successful reads of absent keys (included in `ok`). */
+  /** Successful reads and deletes of absent keys (included in `ok`). */
   notFound: number;
   errors: number;
   /** Latencies of successful operations. */
@@ -116,6 +116,7 @@ export async function runBench(options: BenchOptions, target: BenchTarget, hooks
     stopped = true;
     endedMs ??= performance.now();
     for (const connection of connections) connection.abandon();
+    target.stop?.();
   };
   const timers: Array<ReturnType<typeof setInterval>> = [];
   const deadlineTimer = stop.kind === "duration" ? setTimeout(stopRun, stop.durationMs) : undefined;

@@ -1,7 +1,7 @@
 import type { OperationKind } from "./bench-options.ts";
 import { HttpConnectionError, type ClientConnections, type HttpResponse } from "../lib/http-connection.ts";
 
-/** How one operation ended. `notFound` marks a read of an absent key (a success). */
+/** How one operation ended. `notFound` marks a read or delete of an absent key (a success). */
 export type OperationOutcome =
   | { readonly ok: true; readonly notFound: boolean; readonly redirects: number }
   | { readonly ok: false; readonly errorKind: string; readonly redirects: number };
@@ -24,6 +24,11 @@ export interface BenchTarget {
   observeLeader(): Promise<LeaderObservation | undefined>;
   /** Whether leader changes mean anything for this target. */
   readonly hasLeader: boolean;
+  /**
+   * The run is over: operations waiting for a leader return at once, so the run ends at its
+   * duration (found in a black-box review: with every node down, a 5 s run took 12 s).
+   */
+  stop?(): void;
   /** One line on where the load goes (for the report). */
   describe(): string;
 }
@@ -72,12 +77,12 @@ export function httpErrorKind(response: HttpResponse): string {
   return `http_${response.status}`;
 }
 
-/** Polls `probe` every `intervalMs` until it yields a value or `timeoutMs` passes (then undefined). */
-export async function pollUntil<T>(probe: () => Promise<T | undefined>, timeoutMs: number, intervalMs: number): Promise<T | undefined> {
+/** Polls `probe` every `intervalMs` until it yields a value, `timeoutMs` passes or `stopped()` (then undefined). */
+export async function pollUntil<T>(probe: () => Promise<T | undefined>, timeoutMs: number, intervalMs: number, stopped: () => boolean = () => false): Promise<T | undefined> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const value = await probe();
-    if (value !== undefined || performance.now() >= deadline) return value;
+    if (value !== undefined || performance.now() >= deadline || stopped()) return value;
     await Bun.sleep(intervalMs); // polling interval between cluster probes
   }
 }
@@ -125,16 +130,25 @@ export class LeaderTracker {
     if (this.current === undefined) throw new BenchTargetUnavailableError(`no leader found within ${this.discoverTimeoutMs} ms`);
   }
 
-  /** Re-discovers after a write to `failedOrigin` went wrong (keeps the old leader if none is found). */
+  /** Re-discovers after a write to `failedOrigin` went wrong (keeps the old leader if none is found); at once after `stop`. */
   rediscover(failedOrigin: string): Promise<void> {
-    if (this.current !== undefined && this.current.origin !== failedOrigin) return Promise.resolve();
-    this.discovering ??= pollUntil(this.discover, this.discoverTimeoutMs, 25)
+    if (this.stopped || (this.current !== undefined && this.current.origin !== failedOrigin)) return Promise.resolve();
+    this.discovering ??= pollUntil(this.discover, this.discoverTimeoutMs, 25, () => this.stopped)
       .then((found) => {
         if (found !== undefined) this.current = found;
       })
       .finally(() => {
         this.discovering = undefined;
       });
-    return this.discovering;
+    return Promise.race([this.discovering, this.stopping.promise]);
   }
+
+  /** The run ended: whoever waits in `rediscover` goes on at once, and no discovery starts again. */
+  stop(): void {
+    this.stopped = true;
+    this.stopping.resolve();
+  }
+
+  private stopped = false;
+  private readonly stopping = Promise.withResolvers<void>();
 }

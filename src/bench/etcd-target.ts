@@ -86,8 +86,9 @@ export function createEtcdTarget(opts: EtcdTargetOptions): BenchTarget {
         const revision = HEADER_REVISION.exec(decoder.decode(response.body))?.[1];
         if (revision !== undefined) opts.onPutAcknowledged(Number(revision));
       }
-      // A range of an absent key answers without "kvs".
-      return { ok: true, notFound: isRead && !decoder.decode(response.body).includes('"kvs"'), redirects: 0 };
+      // A range of an absent key answers without "kvs", a delete of one without "deleted".
+      const body = decoder.decode(response.body);
+      return { ok: true, notFound: (isRead && !body.includes('"kvs"')) || (operation === "delete" && !body.includes('"deleted"')), redirects: 0 };
     }
     if (isWrite) await leader.rediscover(origin);
     return { ok: false, errorKind: httpErrorKind(response), redirects: 0 };
@@ -97,7 +98,8 @@ export function createEtcdTarget(opts: EtcdTargetOptions): BenchTarget {
     hasLeader: true,
     start: () => leader.start(),
     observeLeader: observe,
-    describe: () => `etcd at ${opts.endpoints.join(",")}; writes to the leader ${leader.leader?.origin ?? "(unknown)"} (member ${leader.leader?.leaderId ?? "?"})`,
+    stop: () => leader.stop(),
+    describe: () => `etcd at ${opts.endpoints.join(",")}; writes to the leader, at the end ${leader.leader?.origin ?? "(unknown)"} (member ${leader.leader?.leaderId ?? "?"})`,
     execute(connections, client, operation: OperationKind, keyIndex): Promise<OperationOutcome> {
       const keyBase64 = Buffer.from(keyName(keyIndex)).toString("base64");
       switch (operation) {

@@ -89,7 +89,8 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
           const version = (JSON.parse(new TextDecoder().decode(response.body)) as { version?: unknown }).version;
           if (typeof version === "number") opts.onPutAcknowledged(version);
         }
-        return { ok: true, notFound: false, redirects };
+        // A delete of an absent key is answered {"deleted": false}: a success that found nothing, as a read's 404.
+        return { ok: true, notFound: method === "DELETE" && !deletedSomething(response.body), redirects };
       }
       if (response.status === 307 && attempt < WRITE_ATTEMPTS_MAX) {
         redirects += 1;
@@ -121,7 +122,9 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
       return leader.start();
     },
     observeLeader: observe,
-    describe: () => `kv at ${opts.endpoints.join(",")}; writes to the leader ${leader.leader?.origin ?? "(unknown)"} (node ${leader.leader?.leaderId ?? "?"})`,
+    stop: () => leader.stop(),
+    // The leader as the run ended: the leader changes along the way are listed below the totals.
+    describe: () => `kv at ${opts.endpoints.join(",")}; writes to the leader, at the end ${leader.leader?.origin ?? "(unknown)"} (node ${leader.leader?.leaderId ?? "?"})`,
     async execute(connections, client, operation: OperationKind, keyIndex): Promise<OperationOutcome> {
       const path = `/kv/${keyName(keyIndex)}`;
       switch (operation) {
@@ -144,4 +147,13 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
       }
     },
   };
+}
+
+/** Whether a DELETE's answer says it deleted the key (`{"deleted": true, ...}`). */
+function deletedSomething(body: Uint8Array): boolean {
+  try {
+    return (JSON.parse(new TextDecoder().decode(body)) as { deleted?: unknown }).deleted === true;
+  } catch {
+    return true;
+  }
 }

@@ -79,7 +79,7 @@ export function benchOptionsFromArgs(args: BenchArgs, endpoints: readonly string
     if (idleWatchers === 0 && (args["idle-endpoint"] !== undefined || args["idle-settle"] !== undefined)) {
       throw new BenchInputError("--idle-endpoint and --idle-settle go with --idle-watchers N");
     }
-    const idleEndpoint = args["idle-endpoint"] === undefined ? (endpoints[0] as string) : onlyOne("idle-endpoint", parseEndpoints(args["idle-endpoint"]));
+    const idleEndpoint = args["idle-endpoint"] === undefined ? (endpoints[0] as string) : onlyOne("idle-endpoint", parseEndpoints(args["idle-endpoint"], "idle-endpoint"));
     const idleSettleMs = args["idle-settle"] === undefined || args["idle-settle"].trim() === "0" ? 0 : parseDurationMs("idle-settle", args["idle-settle"]);
     const authToken = benchAuthToken(args, target);
     return {
