@@ -101,7 +101,8 @@ describe("kv chaos, through the built executable", () => {
   test(
     "restart --defrag: kv defrag on each node's data dir while it is down, SIGKILLed as its copy is written on two of them, loses no acknowledged write and leaves no copy",
     async () => {
-      const { code, out } = await run(["chaos", "restart", "--defrag", "--signal", "kill", "--duration", "4"]);
+      // --duration with its unit, as every other scenario takes it (whole seconds alone before: found in a black-box review).
+      const { code, out } = await run(["chaos", "restart", "--defrag", "--signal", "kill", "--duration", "4s"]);
       expectSuccess(code, out);
       expect(out.match(/Node \d's data dir while it was down: /g)?.length).toBe(3);
       // The third node's run always goes to its end; the second's too, after the one killed.

@@ -1,7 +1,7 @@
 // Proves `kv chaos failover`, `kv chaos election` and `kv chaos membership` run as a user runs them (the built executable)
 // and pass: no acknowledged write lost across a leader SIGKILL, at most one node accepting per election, members replaced under writes.
 import { expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runKv } from "./helpers/kv-binary.ts";
@@ -53,7 +53,7 @@ test("kv chaos membership: members replaced under writes (the leader among them)
   expect(out).toContain("✅ SUCCESS: every member was replaced under writes");
 });
 
-test("kv chaos random whose linearizability check runs out of its budget says UNDECIDED and exits 3, not 1 as for an anomaly (found in a black-box review)", async () => {
+test("kv chaos random whose linearizability check runs out of its budget says UNDECIDED and exits 3, not 1 as for an anomaly; its --json has the replicas' comparison and the kept data dir (found in a black-box review)", async () => {
   const dir = mkdtempSync(join(tmpdir(), "kv-chaos-undecided-"));
   try {
     const json = join(dir, "result.json");
@@ -64,9 +64,13 @@ test("kv chaos random whose linearizability check runs out of its budget says UN
     expect(out).toContain("⚠️  UNDECIDED: no anomaly found");
     expect(out).not.toContain("FAILURE");
     expect(out).toContain("Replay this schedule: kv chaos random --seed 5 --duration 2s --bank-clients 0 --nemesis pause --check-steps 1");
-    const result = JSON.parse(readFileSync(json, "utf8")) as { ok: boolean; result: { undecided?: boolean } };
+    const result = JSON.parse(readFileSync(json, "utf8")) as { ok: boolean; result: { undecided?: boolean }; dataDir?: string; replicaChecks?: { verdict: string }[] };
     expect(result.ok).toBe(false);
     expect(result.result.undecided).toBe(true);
+    // The JSON says what the text does: the replicas' comparison, and where the kept logs are.
+    expect(result.replicaChecks?.[result.replicaChecks.length - 1]?.verdict).toBe("consistent");
+    expect(existsSync(join(result.dataDir ?? "/nonexistent", "node-1.log"))).toBe(true);
+    rmSync(result.dataDir as string, { recursive: true, force: true });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

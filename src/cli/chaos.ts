@@ -218,7 +218,7 @@ const scenarios: Record<string, ScenarioDefinition> = {
     description: "Restart every node in turn under continuous writes: nothing acknowledged lost, availability reported",
     needsProxies: false,
     args: {
-      duration: { type: "string", description: "Seconds the write load runs at least; restarts are spread across it (default 6)", valueHint: "S" },
+      duration: { type: "string", description: "How long the write load runs at least, in seconds or as 6s, 1m; restarts are spread across it (default 6)", valueHint: "S" },
       concurrency: { type: "string", description: "Concurrent writers (default 4)", valueHint: "N" },
       signal: { type: "string", description: "term (graceful: a leader hands over first; default) or kill (SIGKILL), to compare", valueHint: "SIGNAL" },
       defrag: {
@@ -228,7 +228,8 @@ const scenarios: Record<string, ScenarioDefinition> = {
       ...clientTimeoutArg,
     },
     create(flags) {
-      const durationMs = intFlag(flags, "duration", 6, 1, 86_400) * 1000;
+      // Whole seconds, as it always took them, or a duration with its unit as every other scenario takes (found in a black-box review).
+      const durationMs = typeof flags.duration === "string" && /[a-z]/i.test(flags.duration) ? durationFlag(flags, "duration", 6_000) : intFlag(flags, "duration", 6, 1, 86_400) * 1000;
       const concurrency = intFlag(flags, "concurrency", 4, 1, 1_000);
       const requestTimeoutMs = clientTimeoutMs(flags);
       const signal = typeof flags.signal === "string" ? flags.signal : "term";
@@ -571,7 +572,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   process.on("SIGHUP", () => void cleanup(129));
   whenOutputLost((code) => void cleanup(code));
 
-  const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string }[] = [];
+  const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string; replicaChecks: readonly ReplicaCheck[] }[] = [];
   for (const { name, title, run, serveArgs, needsFixedPorts } of runs) {
     if (ending !== undefined) return ending;
     const dataDir = runs.length === 1 ? baseDir : join(baseDir, name);
@@ -582,7 +583,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     try {
       const result = await run(current, display);
       print(replicaChecksLine(current.replicaChecks));
-      outcomes.push({ scenario: name, ok: result.ok, result, dataDir });
+      outcomes.push({ scenario: name, ok: result.ok, result, dataDir, replicaChecks: current.replicaChecks });
     } catch (error) {
       display.untrack();
       // The run is ending: the scenario failed because its nodes were stopped (or took the Ctrl-C
@@ -592,7 +593,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
       if (ending !== undefined) return ending;
       const message = error instanceof Error ? error.message : String(error);
       print(`❌ ERROR: ${message}`);
-      outcomes.push({ scenario: name, ok: false, error: message, dataDir });
+      outcomes.push({ scenario: name, ok: false, error: message, dataDir, replicaChecks: current.replicaChecks });
     }
     display.untrack();
     await current.stop();
@@ -617,7 +618,10 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     );
   }
   if (json !== undefined) {
-    const body = runs.length === 1 ? { ...outcomes[0], dataDir: undefined } : { scenario: "all", ok, scenarios: outcomes.map((o) => ({ ...o, dataDir: undefined })) };
+    // Where the nodes' data and logs are, when they are kept (a failure, or --keep-data).
+    const kept = !ok || keepData;
+    const place = (o: (typeof outcomes)[number]) => ({ ...o, dataDir: kept ? o.dataDir : undefined });
+    const body = runs.length === 1 ? place(outcomes[0] as (typeof outcomes)[number]) : { scenario: "all", ok, ...(kept ? { dataDir: baseDir } : {}), scenarios: outcomes.map(place) };
     try {
       writeFileSync(json, `${JSON.stringify(body, null, 2)}\n`);
       print(`Result written to ${json}`);
