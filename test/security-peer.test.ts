@@ -124,6 +124,20 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(b.deliveries).toEqual([]);
   });
 
+  test("a node started without the token refuses calls that carry one: it neither follows a tokened cluster nor answers it (found in a black-box review: one restarted without its token followed, took a forged append at term 100, and its answers deposed the leader)", async () => {
+    const open = startTransport(3, new Map(), { clusterId: CLUSTER_ID });
+    const tokened = startTransport(1, new Map([[3, open.url]]), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
+    tokened.transport.send([heartbeat(1, 3, 5)]);
+    await until(() => tokened.stats()[0]?.failedCalls === 1, "the call to be refused");
+    expect(tokened.stats()[0]?.failedCallsByCode).toEqual({ failed_precondition: 1 });
+    expect(tokened.lines[0]).toContain("peer 3: refuses our calls (FailedPrecondition: the caller's cluster uses a cluster token and this node was started without one");
+    expect(open.deliveries).toEqual([]);
+    expect(open.serverStats().refused.cluster_mismatch).toBe(1);
+    expect(open.lines[0]).toContain("start it with the cluster's token");
+    // Without a token of its own it still takes calls that carry none, as documented for a cluster without one.
+    expect(await postSend(open.url, [heartbeat(2, 3, 6)], { "kv-cluster-id": CLUSTER_ID })).toMatchObject({ status: 200 });
+  });
+
   test("the right token with another cluster id is refused with failed_precondition naming both clusters", async () => {
     const b = startTransport(2, new Map(), { clusterId: CLUSTER_ID, clusterToken: TOKEN });
     const otherId = deriveClusterId([1, 2, 3], TOKEN);

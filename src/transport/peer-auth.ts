@@ -20,7 +20,7 @@ export const CLUSTER_NONCE_HEADER = "kv-cluster-nonce";
 export interface PeerAuth {
   /** This node's cluster id (see src/lib/cluster-id.ts): calls for another cluster are refused. */
   readonly clusterId: string;
-  /** The shared secret; when set, calls without it are refused with `unauthenticated`. */
+  /** The shared secret; when set, calls without it are refused with `unauthenticated`; unset, calls that carry one are refused (`cluster_mismatch`). */
   readonly clusterToken?: string;
   /**
    * The cluster's nonce as this node applied it (src/kv/cluster-nonce.ts), or undefined before: sent
@@ -64,6 +64,18 @@ export function checkPeerCall(auth: PeerAuth, headers: Headers): PeerCallRefusal
     if (!secretsEqual(presented, auth.clusterToken)) {
       return { reason: "unauthenticated", error: new ConnectError("wrong cluster token", Code.Unauthenticated) };
     }
+  } else if (headers.get(CLUSTER_TOKEN_HEADER) !== null) {
+    // The caller's cluster runs with a token and this node without one (restarted without it): it
+    // must not follow them, nor answer them in terms a forged call without the token could have set
+    // (found in a black-box review: such a node took one unauthenticated append at term 100, then
+    // deposed the tokened leader through its answers).
+    return {
+      reason: "cluster_mismatch",
+      error: new ConnectError(
+        "the caller's cluster uses a cluster token and this node was started without one: start it with the cluster's token (--cluster-token, --cluster-token-file or $KV_CLUSTER_TOKEN)",
+        Code.FailedPrecondition,
+      ),
+    };
   }
   const clusterId = headers.get(CLUSTER_ID_HEADER);
   if (clusterId !== auth.clusterId) {
