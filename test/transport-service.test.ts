@@ -311,6 +311,33 @@ describe("peer sender", () => {
     }
   });
 
+  test("an unreachable peer whose reason changes kind is said again, once per kind; a reset hints at a refused certificate (found in a black-box review: an expired certificate showed only as the stale ECONNREFUSED of a restart)", async () => {
+    const reasons = ["ECONNREFUSED: Unable to connect", "ECONNREFUSED: Unable to connect", "certificate has expired", "certificate has expired", "ECONNRESET: The socket connection was closed unexpectedly"];
+    let call = 0;
+    const transport = createRouterTransport((router) => {
+      router.service(RaftService, {
+        send() {
+          throw new ConnectError(reasons[Math.min(call++, reasons.length - 1)] as string, Code.Unavailable);
+        },
+      });
+    });
+    const lines: string[] = [];
+    const sender = createPeerSender({ peerId: 2, selfId: 1, selfHttpUrl: "", client: createClient(RaftService, transport), rpcTimeoutMs: 60_000, limits: roomyLimits, log: (line) => lines.push(line) });
+    try {
+      for (let commit = 1; commit <= reasons.length + 1; commit++) {
+        sender.enqueue([heartbeat(1, 2, commit)]);
+        await until(() => sender.stats().inflightCalls === 0, "the call to fail");
+      }
+      expect(lines).toEqual([
+        "peer 2: unreachable (ECONNREFUSED: Unable to connect)",
+        "peer 2: unreachable (certificate has expired)",
+        "peer 2: unreachable (ECONNRESET: The socket connection was closed unexpectedly); with TLS, a peer that refuses this node's certificate (expired, or not signed by its --peer-ca) closes the connection this way",
+      ]);
+    } finally {
+      await sender.close();
+    }
+  });
+
   test("treats unavailable as unreachable, logs once per change, and never throws", async () => {
     let failing = true;
     const transport = createRouterTransport((router) => {

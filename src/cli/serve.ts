@@ -1,4 +1,5 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
+import { isIP } from "node:net";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { defineCommand } from "citty";
@@ -290,6 +291,13 @@ export const serveCommand = defineCommand({
     // Every line carries the node's term once the node exists.
     let termNow: (() => number) | undefined;
     const logger = createLogger(id, logLevel, { format: logFormat, term: () => termNow?.() });
+    // A certificate peers or clients will refuse is said at start, not found later as a network
+    // fault (found in a black-box review: an expired one showed only as ECONNRESET on the peers).
+    if (tls !== undefined) {
+      for (const problem of certificateProblems(new X509Certificate(tls.cert), [advertisePeer, advertiseHttp], new Date())) {
+        logger.log("warn", "tls certificate", { detail: `--tls-cert ${problem}` });
+      }
+    }
 
     let server: KvServer;
     try {
@@ -421,6 +429,33 @@ function readTls(certFile: string | undefined, keyFile: string | undefined, caFi
     throw new UsageError(`--peer-ca: '${caFile}' is not a PEM certificate (${errorText(error)})`);
   }
   return { cert, key, ca };
+}
+
+/**
+ * What makes `certificate` one a peer or client would refuse: outside its validity at `now`, or
+ * not naming the host of each of `urls` (the node's peer and client URLs) among its names.
+ */
+export function certificateProblems(certificate: X509Certificate, urls: readonly (string | undefined)[], now: Date): string[] {
+  const problems: string[] = [];
+  const from = new Date(certificate.validFrom);
+  const to = new Date(certificate.validTo);
+  if (now > to) problems.push(`expired on ${to.toISOString()}: peers and clients refuse it`);
+  else if (now < from) problems.push(`is not valid before ${from.toISOString()}: peers and clients refuse it until then`);
+  const hosts = new Set<string>();
+  for (const url of urls) {
+    if (url === undefined) continue;
+    try {
+      hosts.add(new URL(url).hostname.replace(/^\[|\]$/g, ""));
+    } catch {
+      // Not a URL: nothing to check it against.
+    }
+  }
+  for (const host of hosts) {
+    if (host === "0.0.0.0" || host === "::") continue;
+    const covered = isIP(host) !== 0 ? certificate.checkIP(host) !== undefined : certificate.checkHost(host) !== undefined;
+    if (!covered) problems.push(`does not name ${host} (subjectAltName: ${certificate.subjectAltName ?? "none"}): peers and clients that reach this node as ${host} refuse it`);
+  }
+  return problems;
 }
 
 function readPem(flag: string, file: string): string {

@@ -130,6 +130,15 @@ export function messageBytesEstimate(message: Message): number {
  */
 const controlCallsMax = 2;
 
+/** What a connection cut during its opening most often means between peers on TLS. */
+const RESET_HINT = "; with TLS, a peer that refuses this node's certificate (expired, or not signed by its --peer-ca) closes the connection this way";
+
+/** The kind of an unreachable peer's reason: its code or first words ("ECONNREFUSED", "certificate has expired"). */
+export function reasonKind(detail: string): string {
+  const colon = detail.indexOf(":");
+  return (colon === -1 ? detail : detail.slice(0, colon)).trim().slice(0, 80);
+}
+
 /** Calls in a row past their deadline before a reachable peer is taken for unreachable. */
 export const deadlineMissesMax = 3;
 
@@ -165,6 +174,7 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   /** The client URL the peer last named in an answer (see `onPeerHttpUrl`). */
   let knownPeerHttpUrl = "";
   let lastRefusal = "";
+  let lastUnreachableKind = "";
   let closed = false;
   const abort = new AbortController();
   const calls = new Set<Promise<void>>();
@@ -305,13 +315,19 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   function setReachability(next: PeerReachability, detail: string): void {
     const previous = reachability;
     const refusalChanged = next === "refusing" && detail !== lastRefusal;
+    // An unreachable peer whose reason changes kind (refused, then a certificate failing its
+    // check) is said again: its first reason went stale (found in a black-box review: a peer's
+    // expired certificate showed only as the ECONNREFUSED of its restart, for as long as it lasted).
+    const kind = next === "unreachable" ? reasonKind(detail) : "";
+    const unreachableChanged = next === "unreachable" && kind !== lastUnreachableKind;
     reachability = next;
     lastRefusal = next === "refusing" ? detail : "";
-    if (previous === next && !refusalChanged) return;
+    lastUnreachableKind = kind;
+    if (previous === next && !refusalChanged && !unreachableChanged) return;
     if (next === "reachable") {
       if (previous !== "unknown") options.log(`peer ${peerId}: reachable again`);
     } else if (next === "unreachable") {
-      options.log(`peer ${peerId}: unreachable (${detail})`);
+      options.log(`peer ${peerId}: unreachable (${detail})${kind === "ECONNRESET" ? RESET_HINT : ""}`);
     } else {
       options.log(`peer ${peerId}: refuses our calls (${detail})`);
     }
