@@ -155,7 +155,7 @@ describe("against a 3-node cluster with a bearer token", () => {
     expect((refused as KvClientError).code).toBe("unreachable");
   });
 
-  test("a put to an https:// endpoint that speaks plain HTTP failed its handshake before sending anything: unreachable, not unknown (found in a black-box review)", async () => {
+  test("a put to an https:// endpoint that speaks plain HTTP failed its handshake before sending anything: tls_failed at once, not unknown (found in black-box reviews)", async () => {
     const plain = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ key: "x", version: 1 }) });
     try {
       const wrongScheme = await createClient({ endpoints: [`https://127.0.0.1:${plain.port}`], timeoutMs: 1_000 })
@@ -163,7 +163,8 @@ describe("against a 3-node cluster with a bearer token", () => {
         .catch((e: unknown) => e);
       expect(wrongScheme).toBeInstanceOf(KvClientError);
       expect(wrongScheme).not.toBeInstanceOf(UnknownOutcomeError);
-      expect((wrongScheme as KvClientError).code).toBe("unreachable");
+      expect((wrongScheme as KvClientError).code).toBe("tls_failed");
+      expect((wrongScheme as KvClientError).message).toContain("no endpoint could be reached over TLS (PUT /kv/nowhere)");
     } finally {
       plain.stop(true);
     }

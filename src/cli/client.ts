@@ -123,7 +123,8 @@ export function exitFor(error: unknown): never {
   const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
   if (error.status === 0) {
     // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
-    throw new ClientExit(error.code === "bad_request" ? 2 : 3, message);
+    // A TLS handshake every endpoint failed is a setting to fix (--cacert, the URL's scheme), as a refusal is.
+    throw new ClientExit(error.code === "bad_request" || error.code === "tls_failed" ? 2 : 3, message);
   }
   throw new ClientExit(answerExit(error.status, error.code), message);
 }

@@ -12,6 +12,12 @@ export type ClientSideCode =
   | "unreachable"
   /** Redirects went round in circles or pointed nowhere. */
   | "too_many_redirects"
+  /**
+   * Every endpoint failed its TLS handshake on the server's certificate (not trusted: give the CA;
+   * expired; issued for another name) or spoke plain HTTP to an https:// URL: nothing was sent, and
+   * retrying would not change it.
+   */
+  | "tls_failed"
   /** The server answered something that is not kv's API (not JSON where JSON was due, missing fields). */
   | "bad_answer"
   /** A lease keeper got no keepalive answered within the lease's TTL: the lease may have run out (a lock's `lost` reason). */

@@ -104,6 +104,8 @@ export class Transport {
     let uncertain = false; // some attempt of this write may have been applied
     let onlyRedirectLoops = true; // every attempt so far ended in a redirect loop
     let lastRefusal: Answer | undefined;
+    // Every attempt so far failed its TLS handshake on a certificate or scheme: retrying changes nothing.
+    let onlyTlsFailures = true;
     const attemptMsMin = Math.min(ATTEMPT_MS_MIN, timeoutMs);
     for (let pass = 0; ; pass++) {
       // The longest `Retry-After` an overloaded node (429) asked for in this pass.
@@ -111,6 +113,7 @@ export class Transport {
       for (const [i, endpoint] of this.order().entries()) {
         if ((pass > 0 || i > 0) && deadlineMs - performance.now() < attemptMsMin) break; // the first attempt always goes
         const result = await this.attempt(call, endpoint, deadlineMs);
+        if (result.kind !== "unreachable" || result.tls !== true) onlyTlsFailures = false;
         switch (result.kind) {
           case "answer": {
             onlyRedirectLoops = false;
@@ -165,6 +168,11 @@ export class Transport {
             noted.note(`${endpoint}: ${result.reason}`);
             continue;
         }
+      }
+      // Every endpoint refused by its certificate, or spoke another scheme: said at once, not after
+      // the whole budget of retries (found in a black-box review: 5 s and "×29" for a missing --cacert).
+      if (onlyTlsFailures && noted.size > 0) {
+        throw new KvClientError("tls_failed", 0, `no endpoint could be reached over TLS (${call.method} ${pathOnly(call.path)}): ${noted.lines().join("; ")}`);
       }
       const leftMs = deadlineMs - performance.now() - attemptMsMin;
       // Too little left for a pause worth the name: pausing for it only made a burst of attempts
@@ -285,8 +293,9 @@ export class Transport {
     } catch (error) {
       // A refused connection carried nothing: the request certainly did not arrive. Anything else
       // (a timeout, a reset) may have come after the request was sent.
-      const reason = describe(error);
-      return isConnectionRefused(error) ? { kind: "unreachable", reason } : { kind: "lost", reason };
+      const reason = describe(error) + (errorCode(error) === "ECONNRESET" && url.startsWith("http://") ? RESET_ON_HTTP_HINT : "");
+      if (!isConnectionRefused(error)) return { kind: "lost", reason };
+      return isTlsMismatch(error) ? { kind: "unreachable", reason, tls: true } : { kind: "unreachable", reason };
     }
     try {
       return { kind: "answer", answer: { status: response.status, headers: response.headers, body: new Uint8Array(await response.arrayBuffer()), origin } };
@@ -298,8 +307,12 @@ export class Transport {
 
 type AttemptResult =
   | { readonly kind: "answer"; readonly answer: Answer }
-  /** Nothing was delivered (connection refused) to `origin` (the endpoint, or a leader a redirect named). */
-  | { readonly kind: "unreachable"; readonly reason: string; readonly origin?: string }
+  /**
+   * Nothing was delivered (connection refused) to `origin` (the endpoint, or a leader a redirect
+   * named); `tls`: because its TLS handshake failed on the certificate or the scheme, which no
+   * retry changes.
+   */
+  | { readonly kind: "unreachable"; readonly reason: string; readonly origin?: string; readonly tls?: true }
   /** The request may have been delivered to `origin`, but no answer came (timeout, reset, cut body). */
   | { readonly kind: "lost"; readonly reason: string; readonly origin?: string }
   | { readonly kind: "redirect_loop"; readonly reason: string };
@@ -324,9 +337,23 @@ const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "to
  * unknown outcome: found in review, and for the wrong scheme in a black-box review).
  */
 function isConnectionRefused(error: unknown): boolean {
-  const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
-  return code === "ECONNREFUSED" || code === "EPROTO" || (typeof code === "string" && (unresolvedCodes.has(code) || tlsCertificateCodes.test(code)));
+  const code = errorCode(error);
+  return code === "ECONNREFUSED" || (code !== undefined && (unresolvedCodes.has(code) || isTlsMismatch(error)));
 }
+
+/** Whether the TLS handshake failed on the server's certificate (not trusted, expired, another name) or because the port speaks plain HTTP (`EPROTO`). */
+function isTlsMismatch(error: unknown): boolean {
+  const code = errorCode(error);
+  return code === "EPROTO" || (code !== undefined && tlsCertificateCodes.test(code));
+}
+
+function errorCode(error: unknown): string | undefined {
+  const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+  return typeof code === "string" ? code : undefined;
+}
+
+/** Said with a reset connection to an http:// URL (found in a black-box review: nothing hinted at the scheme). */
+const RESET_ON_HTTP_HINT = " (a node serving HTTPS resets a plain-HTTP connection: if it does, use its https:// URL, with --cacert for a private CA)";
 
 /**
  * The codes of a name that did not resolve (getaddrinfo): no connection was even tried. A headless
