@@ -67,6 +67,20 @@ describe("with an auth token", () => {
     expect((await call("GET", "/kv/a", bearer)).status).toBe(404); // nothing was written by the refused PUTs
   });
 
+  test("refused requests are said in the log, by kind and address, the first of a kind at once and then at most one line an interval (found in a black-box review: nothing was logged at any level)", async () => {
+    const lines: string[] = [];
+    const { call } = handlerWith({ authToken: TOKEN, logRefusal: (line) => lines.push(line), clientAddress: () => "192.0.2.7" });
+    await call("GET", "/kv/a");
+    await call("GET", "/kv/b");
+    await call("PUT", "/kv/a", { authorization: "Bearer wrong-token-0123456789" }, "v");
+    await call("GET", "/kv/a", bearer);
+    expect(lines).toEqual([
+      "refused a client request from 192.0.2.7: no bearer token (GET /kv/a)",
+      "refused a client request from 192.0.2.7: a wrong bearer token (PUT /kv/a)",
+    ]);
+    expect(lines.join("\n")).not.toContain(TOKEN);
+  });
+
   test("the right token passes, in any case of the scheme name", async () => {
     const { call } = handlerWith({ authToken: TOKEN });
     expect((await call("PUT", "/kv/a", bearer, "v")).status).toBe(200);
@@ -136,6 +150,8 @@ describe("a real node started with --auth-token", () => {
       await expectUnauthenticated(await fetch(`${closed.httpUrl}/metrics`));
       await expectUnauthenticated(await fetch(`${closed.httpUrl}/kv/a`, { method: "PUT", body: "v" }));
       expect((await fetch(`${closed.httpUrl}/status`, { headers: bearer })).status).toBe(200);
+      // The node's log names the refusal and where it came from.
+      expect(await closed.waitForLog('"event":"client refused"')).toContain("refused a client request from 127.0.0.1: no bearer token (GET /status)");
 
       expect((await fetch(`${open.httpUrl}/status`)).status).toBe(200);
       const metricsText = await (await fetch(`${open.httpUrl}/metrics`)).text();

@@ -80,6 +80,8 @@ export interface ClientListener {
   readonly port: number;
   /** Client connections open now (0 without a cap: they are not counted then). */
   connections(): number;
+  /** The address `request` came from (the client's, through the forwarding layer too), when known. */
+  addressOf(request: Request): string | undefined;
   /** Stops accepting; with `closeActive`, closes every connection now (as `Server.stop`). */
   stop(closeActive: boolean): Promise<void>;
 }
@@ -123,7 +125,12 @@ export function createClientListener(options: ClientListenerOptions): ClientList
   };
   if (options.connectionsMax === 0) {
     const server = Bun.serve({ ...serveCommon, hostname: options.hostname, port: options.port, fetch: (request) => options.handle(request) });
-    return { port: server.port ?? options.port, connections: () => 0, stop: (closeActive) => server.stop(closeActive) };
+    return {
+      port: server.port ?? options.port,
+      connections: () => 0,
+      addressOf: (request) => server.requestIP(request)?.address,
+      stop: (closeActive) => server.stop(closeActive),
+    };
   }
 
   const byUpstreamPort = new Map<number, ClientConnection>();
@@ -360,6 +367,12 @@ export function createClientListener(options: ClientListenerOptions): ClientList
   return {
     port: listener.port,
     connections: () => open.size,
+    addressOf(request) {
+      // Through the layer, the HTTP server sees the layer's socket: the client's is the one it forwards.
+      const upstreamPort = server.requestIP(request)?.port;
+      const connection = upstreamPort === undefined ? undefined : byUpstreamPort.get(upstreamPort);
+      return connection?.client.socket?.remoteAddress;
+    },
     async stop(closeActive) {
       clearInterval(sweeper);
       listener.stop(false);

@@ -6,6 +6,7 @@
 import type { KvNodeApi } from "../node/api.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
 import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
+import { createRateLimitedLog } from "../lib/rate-limited-log.ts";
 import { secretsEqual } from "../lib/secret.ts";
 import { createHttpApp, type HttpAppOptions, VALUE_BYTES_MAX_DEFAULT } from "./app.ts";
 import { errorResponse, shuttingDownResponse, unauthenticatedResponse } from "./http-error.ts";
@@ -37,7 +38,17 @@ export interface HttpHandlerOptions extends Omit<HttpAppOptions, "renderMetrics"
   readonly metricsOpen?: boolean;
   /** Where request metrics go; also what `/metrics` renders. Without it there is no /metrics route. */
   readonly metrics?: MetricsRegistry;
+  /**
+   * Where a line goes for each request refused for its bearer token (rate-limited: the first of a
+   * kind at once, then one per {@link AUTH_REFUSAL_LOG_INTERVAL_MS}), naming `clientAddress`'s answer.
+   */
+  readonly logRefusal?: (line: string) => void;
+  /** The address a request came from, when known (only asked for a refused request). */
+  readonly clientAddress?: (request: Request) => string | undefined;
 }
+
+/** The shortest time between two log lines about client requests refused for one reason. */
+export const AUTH_REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /** The client API as one fetch handler. */
 export interface HttpHandler {
@@ -212,14 +223,21 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
   registry?.collected("kv_http_requests_inflight", "Client API requests being answered now.", "gauge", [], () => [[{}, inflight]]);
 
   const authToken = options.authToken;
+  // Refused requests are said in the log, by kind and address, so a client with a stale token (or
+  // one guessing) shows up there, not only as a count of 401s (found in a black-box review).
+  const logRefusal = options.logRefusal === undefined ? undefined : createRateLimitedLog<string>(options.logRefusal, AUTH_REFUSAL_LOG_INTERVAL_MS, "requests");
+  function refused(request: Request, why: string, message: string): Response {
+    logRefusal?.(why, `refused a client request from ${options.clientAddress?.(request) ?? "an unknown address"}: ${why} (${request.method} ${rawTarget(request.url).path.slice(0, 100)})`);
+    return unauthenticatedResponse(message);
+  }
   function refusal(request: Request, route: RouteLabel): Response | undefined {
     if (authToken === undefined || route === "/health") return undefined;
     if (options.metricsOpen === true && (route === "/status" || route === "/metrics")) return undefined;
     const header = request.headers.get("authorization");
-    if (header === null) return unauthenticatedResponse("this node requires a bearer token: send Authorization: Bearer <token>");
+    if (header === null) return refused(request, "no bearer token", "this node requires a bearer token: send Authorization: Bearer <token>");
     const match = /^Bearer +(\S+) *$/i.exec(header);
-    if (match === null) return unauthenticatedResponse("the Authorization header must be: Bearer <token>");
-    if (!secretsEqual(match[1] as string, authToken)) return unauthenticatedResponse("the bearer token is wrong");
+    if (match === null) return refused(request, "an Authorization header that is not Bearer <token>", "the Authorization header must be: Bearer <token>");
+    if (!secretsEqual(match[1] as string, authToken)) return refused(request, "a wrong bearer token", "the bearer token is wrong");
     return undefined;
   }
 

@@ -6,7 +6,7 @@ import { mkdirDurably } from "../lib/fsync-path.ts";
 import packageJson from "../../package.json" with { type: "json" };
 import { LARGE_BODIES_BYTES_MAX_DEFAULT, LARGE_BODY_BYTES_MIN } from "../http/app.ts";
 import { BodyAdmission } from "../http/body-admission.ts";
-import { createClientListener } from "../http/client-listener.ts";
+import { type ClientListener, createClientListener } from "../http/client-listener.ts";
 import { createHttpHandler } from "../http/http-handler.ts";
 import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
 import { createSystemClock } from "../lib/clock.ts";
@@ -365,7 +365,11 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     valueBytesMax: config.valueBytesMax,
     bodyReadTimeoutMs: config.requestReadTimeoutMs,
     bodyAdmission,
+    logRefusal: (line) => logger.log("warn", "client refused", { detail: line }),
+    clientAddress: (request) => clientListener?.addressOf(request),
   });
+  /** Set once the client port listens (the handler names a refused request's address through it). */
+  let clientListener: ClientListener | undefined;
   const { listenHttp } = config;
   /** A port that cannot be listened on (taken, not ours): one line, the storage closed, not a stack trace. */
   const cannotListen = async (what: string, hostname: string, port: number, error: unknown): Promise<never> => {
@@ -401,6 +405,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     ),
     metrics,
   }), (error) => cannotListen("clients", listenHttp.hostname, listenHttp.port, error));
+  clientListener = listener;
   const httpPort = listener.port;
   const hostForUrl = listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname;
   const advertiseHttp = (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${hostForUrl}:${httpPort}`).replace(/\/+$/, "");

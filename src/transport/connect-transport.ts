@@ -4,6 +4,7 @@
  * for http peers, see socket-transport.ts; connect-web over Bun's fetch for https ones) puts a
  * timeout on every call.
  */
+import { createRateLimitedLog } from "../lib/rate-limited-log.ts";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
 import { createConnectTransport as createFetchConnectTransport } from "@connectrpc/connect-web";
@@ -234,7 +235,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   let receivedBytes = 0;
   const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 };
   let callsFromNonMembers = 0;
-  const refusalLog = createRefusalLog(log);
+  const refusalLog = createRateLimitedLog<PeerCallNote>(log, REFUSAL_LOG_INTERVAL_MS, "calls");
   const auth = options.auth;
   const onSnapshotChunk = options.onSnapshotChunk;
   /**
@@ -546,26 +547,5 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         return { ...stats, sentBytes: sentBytes.get(stats.peerId) ?? 0 };
       }),
     serverStats: () => ({ requestsByStatus: new Map(requestsByStatus), receivedBytes, refused: { ...refused }, callsFromNonMembers }),
-  };
-}
-
-/**
- * Logs refused calls without letting a stream of them flood the log: the first of each kind at
- * once, then at most one line per {@link REFUSAL_LOG_INTERVAL_MS}, saying how many were not logged.
- */
-function createRefusalLog(log: (line: string) => void): (reason: PeerCallNote, line: string) => void {
-  const lastLoggedMs = new Map<PeerCallNote, number>();
-  const suppressed = new Map<PeerCallNote, number>();
-  return (reason, line) => {
-    const now = performance.now();
-    const last = lastLoggedMs.get(reason);
-    if (last !== undefined && now - last < REFUSAL_LOG_INTERVAL_MS) {
-      suppressed.set(reason, (suppressed.get(reason) ?? 0) + 1);
-      return;
-    }
-    const skipped = suppressed.get(reason) ?? 0;
-    lastLoggedMs.set(reason, now);
-    suppressed.set(reason, 0);
-    log(skipped === 0 ? line : `${line} (and ${skipped} more calls of the same kind since the last such line)`);
   };
 }
