@@ -519,14 +519,21 @@ describe("kv serve (the built executable)", () => {
   test("the token comes from the flag, a file or KV_CLUSTER_TOKEN; a short one, or flag and file together, is a usage error", async () => {
     const dir = mkdtempSync(join(baseDir, "sources-"));
     const tokenFile = join(dir, "token");
-    writeFileSync(tokenFile, `${TOKEN}\n`);
+    writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+    // A token file others may read is said at start (found in a black-box review); one only its owner reads is not.
+    const readable = join(dir, "token-readable");
+    writeFileSync(readable, `${TOKEN}\n`, { mode: 0o644 });
     const single = (name: string) => ({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir: join(dir, name), logFile: join(dir, `${name}.log`) });
 
+    const fromReadable = await startKvProcess({ ...single("readable"), args: ["--cluster-token-file", readable] });
+    expect(await fromReadable.waitForLog('"event":"secret file"')).toContain(`--cluster-token-file '${readable}' may be read by every user (mode 0644): chmod 600 it`);
+    await fromReadable.stop();
     const fromFile = await startKvProcess({ ...single("file"), args: ["--cluster-token-file", tokenFile] });
     const fromEnv = await startKvProcess({ ...single("env"), env: { KV_CLUSTER_TOKEN: TOKEN } });
     const fromFlag = await startKvProcess({ ...single("flag"), args: ["--cluster-token", TOKEN] });
     const none = await startKvProcess({ ...single("none"), env: { KV_CLUSTER_TOKEN: "" } });
     for (const node of [fromFile, fromEnv, fromFlag]) expect(await node.waitForLog('"peerAuth":"cluster-token"')).toContain('"event":"started"');
+    expect(await fromFile.log()).not.toContain('"event":"secret file"');
     expect(await none.waitForLog('"event":"started"')).toContain('"peerAuth":"none"');
     // Same voters, same token: the same cluster id wherever the token came from.
     expect(new Set([fromFile.clusterId, fromEnv.clusterId, fromFlag.clusterId])).toEqual(new Set([deriveClusterId([1], TOKEN)]));

@@ -48,6 +48,7 @@ export const connectionArgs = {
   json: { type: "boolean", description: "Print JSON instead of text" },
   "timeout-ms": { type: "string", description: "How long one command may take, retries on other endpoints included (default 5000)", valueHint: "MS" },
   "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
+  "auth-token-file": { type: "string", description: "Read the bearer token from this file (trailing newline ignored): a flag's value shows in ps", valueHint: "FILE" },
   cacert: { type: "string", description: "PEM file of the CA that signed the nodes' certificates, for https:// endpoints (default: the system's CAs)", valueHint: "FILE" },
 } as const;
 
@@ -58,15 +59,16 @@ export interface Connection {
 }
 
 /** The connection the flags (or $KV_ENDPOINTS, $KV_AUTH_TOKEN) describe; `UsageError` for bad ones. */
-export function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string; cacert?: string }): Connection {
+export function connection(args: { endpoints?: string; json?: boolean; "timeout-ms"?: string; "auth-token"?: string; "auth-token-file"?: string; cacert?: string }): Connection {
   const timeoutMs = args["timeout-ms"] === undefined ? 5_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
   let client: KvClient;
   try {
     const ca = caFile(args.cacert);
+    const token = authToken(args);
     client = createClient({
       endpoints: args.endpoints ?? process.env.KV_ENDPOINTS ?? defaultEndpoints,
       timeoutMs,
-      ...(authToken(args) === undefined ? {} : { authToken: authToken(args) }),
+      ...(token === undefined ? {} : { authToken: token }),
       ...(ca === undefined ? {} : { ca }),
     });
   } catch (error) {
@@ -96,8 +98,22 @@ export function caFile(path: string | undefined): string[] | undefined {
   return [...rootCertificates, text];
 }
 
-function authToken(args: { "auth-token"?: string }): string | undefined {
-  return args["auth-token"] ?? process.env.KV_AUTH_TOKEN;
+/**
+ * The bearer token: `--auth-token`, the contents of `--auth-token-file` (for scripts and cron: a
+ * flag's value shows in `ps`; found in a black-box review), or `$KV_AUTH_TOKEN`.
+ */
+export function authToken(args: { "auth-token"?: string; "auth-token-file"?: string }): string | undefined {
+  const file = args["auth-token-file"];
+  if (file === undefined) return args["auth-token"] ?? process.env.KV_AUTH_TOKEN;
+  if (args["auth-token"] !== undefined) throw new UsageError("give --auth-token or --auth-token-file, not both");
+  let token: string;
+  try {
+    token = readFileSync(file, "utf8").replace(/[\r\n]+$/, "");
+  } catch (error) {
+    throw new UsageError(`--auth-token-file: cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
+  }
+  if (token === "" || /[\r\n]/.test(token)) throw new UsageError(`--auth-token-file: '${file}' must hold the token on one line`);
+  return token;
 }
 
 /** Runs one client call; its errors become the exit they mean (`exitFor`). */

@@ -1,6 +1,6 @@
 import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { defineCommand } from "citty";
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
@@ -291,6 +291,11 @@ export const serveCommand = defineCommand({
     // Every line carries the node's term once the node exists.
     let termNow: (() => number) | undefined;
     const logger = createLogger(id, logLevel, { format: logFormat, term: () => termNow?.() });
+    // A secret in a file others may read is said at start, as ssh says of a private key (found in a black-box review).
+    for (const flag of ["cluster-token-file", "auth-token-file"] as const) {
+      const warning = secretFileWarning(flag, args[flag]);
+      if (warning !== undefined) logger.log("warn", "secret file", { detail: warning });
+    }
     // A certificate peers or clients will refuse is said at start, not found later as a network
     // fault (found in a black-box review: an expired one showed only as ECONNRESET on the peers).
     if (tls !== undefined) {
@@ -397,6 +402,19 @@ function readSecret(flag: string, value: string | undefined, file: string | unde
   const problem = secretProblem(secret);
   if (problem !== undefined) throw new UsageError(`the secret in ${source} ${problem}`);
   return secret;
+}
+
+/** What to say of `--flag FILE` when others than its owner may read the secret in it. */
+export function secretFileWarning(flag: string, file: string | undefined): string | undefined {
+  if (file === undefined) return undefined;
+  let mode: number;
+  try {
+    mode = statSync(file).mode & 0o777;
+  } catch {
+    return undefined; // read already, at the flag's check: gone since, nothing to say of it
+  }
+  if ((mode & 0o077) === 0) return undefined;
+  return `--${flag} '${file}' may be read by ${(mode & 0o007) !== 0 ? "every user" : "its group"} (mode ${mode.toString(8).padStart(4, "0")}): chmod 600 it`;
 }
 
 /** PEM contents of the TLS flags, checked: a certificate with its matching key, and a CA that parses. */

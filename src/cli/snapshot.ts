@@ -11,7 +11,7 @@ import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import { BACKUP_MAGIC, BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
 import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
-import { caFile, ClientExit, connectionArgs } from "./client.ts";
+import { authToken, caFile, ClientExit, connectionArgs } from "./client.ts";
 import { parseCluster, parseDataDir, parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 import { FailureTally } from "../client/failure-tally.ts";
@@ -198,12 +198,14 @@ const saveCommand = defineCommand({
     file: { type: "positional", required: true, description: "Where to write the backup" },
     endpoints: { type: "string", description: `Comma-separated client URLs to ask, in order (default $KV_ENDPOINTS or ${defaultEndpoints})`, valueHint: "URLS" },
     "auth-token": { type: "string", description: "Bearer token for a cluster started with --auth-token (default $KV_AUTH_TOKEN)", valueHint: "TOKEN" },
+    "auth-token-file": { type: "string", description: "Read the bearer token from this file (trailing newline ignored): a flag's value shows in ps", valueHint: "FILE" },
     "timeout-ms": { type: "string", description: "How long to wait for a node to start answering (default 10000)", valueHint: "MS" },
     json: { type: "boolean", description: "Print JSON instead of text" },
     cacert: connectionArgs.cacert,
   },
   async run({ args }) {
     const ca = caFile(args.cacert);
+    const token = authToken(args);
     // Read as the client reads them: origins, a path refused (GET {path}/snapshot would be a 404).
     let endpoints: string[];
     try {
@@ -231,7 +233,7 @@ const saveCommand = defineCommand({
         throw cannotWrite(file, error);
       }
       try {
-        origin = await download(endpoints, args["auth-token"] ?? process.env.KV_AUTH_TOKEN, timeoutMs, fd, ca);
+        origin = await download(endpoints, token, timeoutMs, fd, ca);
         fsyncSync(fd);
       } catch (error) {
         throw error instanceof ClientExit ? error : cannotWrite(file, error);
