@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { renderReport } from "../src/chaos/report.tsx";
+import { Writers } from "../src/chaos/watch.ts";
 import type { WatchResult } from "../src/chaos/watch.ts";
 import { runKv } from "./helpers/kv-binary.ts";
 
@@ -81,6 +82,28 @@ describe("kv chaos watch, through the built executable", () => {
     const all = await runKv(["chaos", "all", "--help"]);
     expect(all.out).toContain("restart, membership, random, watch");
   });
+});
+
+test("a write whose outcome stays unknown is drawn up to when its writer gave up on it, not to the end of the run (found in a black-box review)", async () => {
+  let nowMs = 100;
+  let calls = 0;
+  // The first write gets no answer (its writer gives up 1,500 ms on); the writers then stop.
+  const client = {
+    send: async () => {
+      calls++;
+      nowMs += 1_500;
+      writers.stop().catch(() => undefined);
+      return { outcome: { kind: "unknown", reason: "timeout" } };
+    },
+  } as unknown as ConstructorParameters<typeof Writers>[0];
+  const writers = new Writers(client, ["w/a/k0"], 1, 1, () => nowMs);
+  writers.start();
+  await writers.stop();
+  expect(calls).toBe(1);
+  const [op] = writers.operations;
+  expect(op?.outcome).toBe("unknown");
+  expect(op?.returnMs).toBeUndefined();
+  expect(writers.gaveUpMs.get(op?.id as number)).toBe(1_600);
 });
 
 describe("the watch lanes of the HTML report", () => {

@@ -360,9 +360,11 @@ function parseChange(kind: "put" | "delete", data: string, version: number): Wat
 }
 
 /** The writers: puts with unique values and deletes, through the leader, every answer recorded. */
-class Writers {
+export class Writers {
   readonly acknowledged: AcknowledgedWrite[] = [];
   readonly unknown: UnansweredWrite[] = [];
+  /** When each unknown write of `operations` was given up on (for the report). */
+  readonly gaveUpMs = new Map<number, number>();
   readonly refused: UnansweredWrite[] = [];
   /** Operations for the report's timeline (the first REPORT_OPERATIONS_MAX). */
   readonly operations: Operation[] = [];
@@ -435,8 +437,11 @@ class Writers {
     }
     if (this.operations.length < REPORT_OPERATIONS_MAX) {
       const outcomeKind = outcome.kind === "ok" ? (outcome.version === undefined ? "unknown" : "ok") : outcome.kind;
+      const id = this.nextOperationId++;
+      // Drawn up to when its writer gave up on it and moved on, not to the end of the run (found in a black-box review).
+      if (outcomeKind === "unknown") this.gaveUpMs.set(id, returnMs);
       this.operations.push({
-        id: this.nextOperationId++,
+        id,
         clientId: writerId,
         kind,
         key,
@@ -845,6 +850,7 @@ function writeReport(opts: WatchOptions, facts: ReportFacts): string | undefined
     startMs: 0,
     endMs: Math.max(1, endMs),
     history: facts.writers.operations,
+    gaveUpMs: facts.writers.gaveUpMs,
     clientLabels: new Map(Array.from({ length: opts.writers }, (_, i) => [i + 1, `writer ${i + 1}`])),
     faults: facts.faults.map((f) => ({ startMs: f.startMs, endMs: f.endMs, kind: f.kind, label: f.description })),
     verdict: { ok: true, keysChecked: 0 },
