@@ -25,6 +25,7 @@ const IMPURE_GLOBALS = new Set([
   "Date", "performance", "setTimeout", "setInterval", "setImmediate", "clearTimeout", "clearInterval", "clearImmediate",
   "queueMicrotask", "crypto", "process", "Bun", "fetch", "require", "Promise", "Worker", "WebSocket", "console",
   "globalThis", "navigator", "WeakRef", "FinalizationRegistry", "eval", "Function", "Deno", "Buffer",
+  "AbortSignal", "AbortController", "Intl", "Temporal", "Atomics", "MessageChannel", "BroadcastChannel",
 ]);
 
 /** Why each node of `file` breaks src/raft's purity, if it does. */
@@ -38,9 +39,15 @@ function impurities(file: string): string[] {
       const symbol = symbolAt(graph.checker, node);
       // A global the runtime declares, not a local binding or a property that happens to share the name.
       if (symbol !== undefined && isAmbient(symbol) && !(symbol.flags & ts.SymbolFlags.Property) && !(symbol.flags & ts.SymbolFlags.Method)) found.push(node.text);
-    } else if (ts.isPropertyAccessExpression(node) && node.name.text === "random" && ts.isIdentifier(node.expression) && node.expression.text === "Math") {
-      const symbol = symbolAt(graph.checker, node.expression);
-      if (symbol !== undefined && isAmbient(symbol)) found.push("Math.random");
+    } else if (ts.isIdentifier(node) && node.text === "Math") {
+      // Math's functions by name only (Math.floor), never Math.random, and Math itself never taken
+      // as a value (`const m = Math`, `const { random } = Math`, `Math["random"]`), which would hide
+      // which of its members is used (found in review).
+      const symbol = symbolAt(graph.checker, node);
+      if (symbol === undefined || !isAmbient(symbol)) continue;
+      const parent = node.parent;
+      if (!ts.isPropertyAccessExpression(parent) || parent.expression !== node) found.push("Math other than Math.<function>");
+      else if (parent.name.text === "random") found.push("Math.random");
     }
   }
   return [...new Set(found)];
@@ -142,6 +149,11 @@ test("only the node loop carries out Readies, and nothing outside src/raft reach
     const layer = layerOf(file);
     if (layer === "raft" || layer === "gen") continue;
     for (const node of nodesOf(graph.sourceFile(file))) {
+      // A RawNode cast to some other shape would hide which of its members is reached (found in review).
+      if ((ts.isAsExpression(node) || ts.isTypeAssertionExpression(node)) && !ts.isConstTypeReference(node.type)) {
+        const target = graph.checker.getTypeAtLocation(node.expression).getSymbol();
+        if (target !== undefined && isClass(target, RAW_NODE, "RawNode")) offences.push(`${graph.name(file)} casts a RawNode`);
+      }
       // `raw[name]` with a name computed: which member it reaches cannot be told, so it is not done.
       if (ts.isElementAccessExpression(node) && !ts.isStringLiteralLike(node.argumentExpression)) {
         const target = graph.checker.getTypeAtLocation(node.expression).getSymbol();

@@ -595,3 +595,49 @@ test("a membership change refused conf_change_pending (the change before it, or 
   expect(view.members.map((member) => member.id)).toEqual([1]);
   expect(calls).toBe(3);
 });
+
+/** An error as Bun's fetch throws it for a failed TLS handshake (its `code` is what the client reads). */
+function tlsError(code: string, message: string): Error {
+  return Object.assign(new TypeError(message), { code });
+}
+
+test("a leader a redirect names whose certificate fails is named as such, and the client goes on while the followers answer: leadership may move (found in review: tls_failed at once, naming the followers)", async () => {
+  let calls = 0;
+  // Followers 1 and 2 send writes to leader 3, whose certificate has expired; after three tries leadership moved to 1.
+  const fake = (async (input: string | URL | Request) => {
+    calls++;
+    const url = new URL(String(input));
+    if (url.port === "3") throw tlsError("CERT_HAS_EXPIRED", "certificate has expired");
+    if (calls > 6 && url.port === "1") return Response.json({ key: "k", version: 9 });
+    return new Response(JSON.stringify({ error: "not_leader", message: "elsewhere" }), { status: 307, headers: { location: `https://127.0.0.1:3${url.pathname}` } });
+  }) as typeof fetch;
+  const kv = createClient({ endpoints: ["https://127.0.0.1:1", "https://127.0.0.1:2"], fetch: fake, timeoutMs: 5_000 });
+  expect(await kv.put("k", "v", { idempotencyKey: "tls-redirect-1" })).toMatchObject({ version: 9 });
+  // Every try the leader refused: its own URL in the error, not the followers'.
+  const stuck = createClient({ endpoints: ["https://127.0.0.1:2"], fetch: fake, timeoutMs: 400 });
+  const error = await stuck.put("k", "v", { idempotencyKey: "tls-redirect-2" }).catch((e: unknown) => e);
+  expect((error as KvClientError).code).toBe("unreachable");
+  expect((error as KvClientError).message).toContain("https://127.0.0.1:3: certificate has expired");
+});
+
+test("a TLS alert (EPROTO) is final only when a second pass meets it too; a certificate failure at once (found in review: one passing alert ended the call)", async () => {
+  let alerts = 1;
+  const fake = (async () => {
+    if (alerts-- > 0) throw tlsError("EPROTO", "TLS alert");
+    return Response.json({ key: "k", version: 3 });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["https://127.0.0.1:1"], fetch: fake, timeoutMs: 5_000 });
+  expect(await kv.put("k", "v", { idempotencyKey: "alert-once" })).toMatchObject({ version: 3 });
+  let certificateCalls = 0;
+  const untrusted = createClient({
+    endpoints: ["https://127.0.0.1:1", "https://127.0.0.1:2"],
+    fetch: (async () => {
+      certificateCalls++;
+      throw tlsError("UNABLE_TO_VERIFY_LEAF_SIGNATURE", "unable to verify the first certificate");
+    }) as unknown as typeof fetch,
+    timeoutMs: 5_000,
+  });
+  const error = await untrusted.get("k").catch((e: unknown) => e);
+  expect((error as KvClientError).code).toBe("tls_failed");
+  expect(certificateCalls).toBe(2);
+});

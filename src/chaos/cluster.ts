@@ -440,6 +440,7 @@ export class ChaosCluster {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    // Every process is signalled before anything is awaited: a run cut short may end while this waits.
     const helpers = [...this.helpers];
     for (const proc of helpers) {
       for (const signal of ["SIGCONT", "SIGKILL"] as const) {
@@ -450,7 +451,6 @@ export class ChaosCluster {
         }
       }
     }
-    await Promise.all(helpers.map((proc) => proc.exited));
     for (const node of this.nodes) {
       if (node.state === "paused" && node.pid !== undefined) {
         try {
@@ -460,7 +460,9 @@ export class ChaosCluster {
         }
       }
     }
-    await Promise.all(this.nodes.map((node) => this.kill(node.id)));
+    const nodesKilled = Promise.all(this.nodes.map((node) => this.kill(node.id)));
+    await Promise.all(helpers.map((proc) => proc.exited));
+    await nodesKilled;
     for (const proxy of this.links.values()) proxy.close();
     for (const log of this.logs.values()) log.end();
     this.logs.clear();

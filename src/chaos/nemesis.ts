@@ -211,6 +211,10 @@ export class Nemesis {
 
   start(): void {
     this.loop = this.run();
+    // Seen by `stop`; until then, a fault or heal the cluster refuses because the run is ending
+    // (ChaosClusterStopped, after Ctrl-C) must not go unhandled: Bun exits 1 at once on that, with
+    // the nodes still running (found in review).
+    this.loop.catch(() => undefined);
   }
 
   /** Stops injecting, heals whatever is in force and returns every window. */

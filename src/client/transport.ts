@@ -106,6 +106,9 @@ export class Transport {
     let lastRefusal: Answer | undefined;
     // Every attempt so far failed its TLS handshake on a certificate or scheme: retrying changes nothing.
     let onlyTlsFailures = true;
+    // ... on a certificate: final at once. A TLS alert (EPROTO: plain HTTP on the port, or a server's
+    // passing error during a restart) is final only when a second pass meets it too (found in review).
+    let onlyCertificateFailures = true;
     const attemptMsMin = Math.min(ATTEMPT_MS_MIN, timeoutMs);
     for (let pass = 0; ; pass++) {
       // The longest `Retry-After` an overloaded node (429) asked for in this pass.
@@ -113,7 +116,10 @@ export class Transport {
       for (const [i, endpoint] of this.order().entries()) {
         if ((pass > 0 || i > 0) && deadlineMs - performance.now() < attemptMsMin) break; // the first attempt always goes
         const result = await this.attempt(call, endpoint, deadlineMs);
-        if (result.kind !== "unreachable" || result.tls !== true) onlyTlsFailures = false;
+        // Only an endpoint's own handshake counts: a leader a redirect named may be the one with the
+        // bad certificate, and leadership moves on (found in review).
+        if (result.kind !== "unreachable" || result.tls === undefined || (result.origin !== undefined && result.origin !== endpoint)) onlyTlsFailures = false;
+        else if (result.tls !== "certificate") onlyCertificateFailures = false;
         switch (result.kind) {
           case "answer": {
             onlyRedirectLoops = false;
@@ -153,7 +159,7 @@ export class Transport {
           case "unreachable":
             onlyRedirectLoops = false;
             this.suspects.set(result.origin ?? endpoint, performance.now() + SUSPECT_MS);
-            noted.note(`${endpoint}: ${result.reason}`);
+            noted.note(`${result.origin ?? endpoint}: ${result.reason}`);
             this.forget(endpoint);
             continue;
           case "lost":
@@ -171,7 +177,7 @@ export class Transport {
       }
       // Every endpoint refused by its certificate, or spoke another scheme: said at once, not after
       // the whole budget of retries (found in a black-box review: 5 s and "×29" for a missing --cacert).
-      if (onlyTlsFailures && noted.size > 0) {
+      if (onlyTlsFailures && noted.size > 0 && (onlyCertificateFailures || pass > 0)) {
         throw new KvClientError("tls_failed", 0, `no endpoint could be reached over TLS (${call.method} ${pathOnly(call.path)}): ${noted.lines().join("; ")}`);
       }
       const leftMs = deadlineMs - performance.now() - attemptMsMin;
@@ -295,7 +301,8 @@ export class Transport {
       // (a timeout, a reset) may have come after the request was sent.
       const reason = describe(error) + (errorCode(error) === "ECONNRESET" && url.startsWith("http://") ? RESET_ON_HTTP_HINT : "");
       if (!isConnectionRefused(error)) return { kind: "lost", reason };
-      return isTlsMismatch(error) ? { kind: "unreachable", reason, tls: true } : { kind: "unreachable", reason };
+      const tls = tlsFailure(error);
+      return tls === undefined ? { kind: "unreachable", reason } : { kind: "unreachable", reason, tls };
     }
     try {
       return { kind: "answer", answer: { status: response.status, headers: response.headers, body: new Uint8Array(await response.arrayBuffer()), origin } };
@@ -312,7 +319,7 @@ type AttemptResult =
    * named); `tls`: because its TLS handshake failed on the certificate or the scheme, which no
    * retry changes.
    */
-  | { readonly kind: "unreachable"; readonly reason: string; readonly origin?: string; readonly tls?: true }
+  | { readonly kind: "unreachable"; readonly reason: string; readonly origin?: string; readonly tls?: "certificate" | "alert" }
   /** The request may have been delivered to `origin`, but no answer came (timeout, reset, cut body). */
   | { readonly kind: "lost"; readonly reason: string; readonly origin?: string }
   | { readonly kind: "redirect_loop"; readonly reason: string };
@@ -338,13 +345,14 @@ const refusedBeforeSession: ReadonlySet<string> = new Set(["quota_exceeded", "to
  */
 function isConnectionRefused(error: unknown): boolean {
   const code = errorCode(error);
-  return code === "ECONNREFUSED" || (code !== undefined && (unresolvedCodes.has(code) || isTlsMismatch(error)));
+  return code === "ECONNREFUSED" || (code !== undefined && unresolvedCodes.has(code)) || tlsFailure(error) !== undefined;
 }
 
-/** Whether the TLS handshake failed on the server's certificate (not trusted, expired, another name) or because the port speaks plain HTTP (`EPROTO`). */
-function isTlsMismatch(error: unknown): boolean {
+/** How the TLS handshake failed, if it did: on the server's certificate (not trusted, expired, another name), or on an alert (`EPROTO`: most often a port that speaks plain HTTP). */
+function tlsFailure(error: unknown): "certificate" | "alert" | undefined {
   const code = errorCode(error);
-  return code === "EPROTO" || (code !== undefined && tlsCertificateCodes.test(code));
+  if (code === "EPROTO") return "alert";
+  return code !== undefined && tlsCertificateCodes.test(code) ? "certificate" : undefined;
 }
 
 function errorCode(error: unknown): string | undefined {

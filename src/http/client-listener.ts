@@ -108,6 +108,8 @@ interface ClientConnection {
   deadlineMs: number;
   /** The local port of the socket to the HTTP server: how `requestIP` names this connection. */
   upstreamPort: number | undefined;
+  /** The client's address, as it connected. */
+  readonly remoteAddress: string;
   client: End;
 }
 
@@ -273,10 +275,13 @@ export function createClientListener(options: ClientListenerOptions): ClientList
     if (end.peer !== undefined && !end.peer.closed) closeEnd(end.peer, now);
   }
 
-  /** The client side is closed: the connection no longer counts. */
+  /**
+   * The client side is closed: the connection no longer counts. Its requests already forwarded are
+   * still matched to it (by `byUpstreamPort`) until the upstream side closes too: a client that sent
+   * and hung up at once is still named in the log (found in review).
+   */
   function forget(connection: ClientConnection): void {
     open.delete(connection);
-    if (connection.upstreamPort !== undefined) byUpstreamPort.delete(connection.upstreamPort);
   }
 
   const handlers = {
@@ -294,6 +299,7 @@ export function createClientListener(options: ClientListenerOptions): ClientList
         end.closed = true;
         if (end === end.connection.client) forget(end.connection);
       }
+      if (end !== end.connection.client && end.connection.upstreamPort !== undefined) byUpstreamPort.delete(end.connection.upstreamPort);
       // What this side still had to say reaches the other side first.
       closeEnd(end.peer, false);
     },
@@ -332,6 +338,7 @@ export function createClientListener(options: ClientListenerOptions): ClientList
           requestsInHandler: 0,
           deadlineMs: performance.now() + options.requestReadTimeoutMs,
           upstreamPort: undefined,
+          remoteAddress: client.remoteAddress,
           client: undefined as never,
         };
         const downstream: End = { socket: client, backlog: [], backlogBytes: 0, peer: undefined, closed: false, finPending: false, connection };
@@ -371,7 +378,7 @@ export function createClientListener(options: ClientListenerOptions): ClientList
       // Through the layer, the HTTP server sees the layer's socket: the client's is the one it forwards.
       const upstreamPort = server.requestIP(request)?.port;
       const connection = upstreamPort === undefined ? undefined : byUpstreamPort.get(upstreamPort);
-      return connection?.client.socket?.remoteAddress;
+      return connection?.remoteAddress;
     },
     async stop(closeActive) {
       clearInterval(sweeper);

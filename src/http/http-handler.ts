@@ -227,7 +227,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
   // one guessing) shows up there, not only as a count of 401s (found in a black-box review).
   const logRefusal = options.logRefusal === undefined ? undefined : createRateLimitedLog<string>(options.logRefusal, AUTH_REFUSAL_LOG_INTERVAL_MS, "requests");
   function refused(request: Request, why: string, message: string): Response {
-    logRefusal?.(why, `refused a client request from ${options.clientAddress?.(request) ?? "an unknown address"}: ${why} (${request.method} ${rawTarget(request.url).path.slice(0, 100)})`);
+    logRefusal?.(why, () => `refused a client request from ${options.clientAddress?.(request) ?? "an unknown address"}: ${why} (${request.method} ${rawTarget(request.url).path.slice(0, 100)})`);
     return unauthenticatedResponse(message);
   }
   function refusal(request: Request, route: RouteLabel): Response | undefined {

@@ -9,7 +9,7 @@ export function createRateLimitedLog<Kind>(
   /** What is counted, in the plural ("calls", "requests"). */
   what: string,
   nowMs: () => number = () => performance.now(),
-): (kind: Kind, line: string) => void {
+): (kind: Kind, line: string | (() => string)) => void {
   const lastLoggedMs = new Map<Kind, number>();
   const suppressed = new Map<Kind, number>();
   return (kind, line) => {
@@ -22,6 +22,8 @@ export function createRateLimitedLog<Kind>(
     const skipped = suppressed.get(kind) ?? 0;
     lastLoggedMs.set(kind, now);
     suppressed.set(kind, 0);
-    log(skipped === 0 ? line : `${line} (and ${skipped} more ${what} of the same kind since the last such line)`);
+    // A line given as a function is built only when it is logged (a flood of refusals pays for none of the rest).
+    const text = typeof line === "function" ? line() : line;
+    log(skipped === 0 ? text : `${text} (and ${skipped} more ${what} of the same kind since the last such line)`);
   };
 }

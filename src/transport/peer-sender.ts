@@ -133,8 +133,16 @@ const controlCallsMax = 2;
 /** What a connection cut during its opening most often means between peers on TLS. */
 const RESET_HINT = "; with TLS, a peer that refuses this node's certificate (expired, or not signed by its --peer-ca) closes the connection this way";
 
-/** The kind of an unreachable peer's reason: its code or first words ("ECONNREFUSED", "certificate has expired"). */
+/** Kinds of reason an unreachable peer's log names at most until it is reachable again. */
+const UNREACHABLE_KINDS_SAID_MAX = 8;
+
+/**
+ * The kind of an unreachable peer's reason: the socket transport's code ("connection to h:p lost
+ * (network:ECONNREFUSED)" is ECONNREFUSED), else its first words ("certificate has expired").
+ */
 export function reasonKind(detail: string): string {
+  const network = /\bnetwork:([A-Za-z0-9_]+)/.exec(detail);
+  if (network !== null) return network[1] as string;
   const colon = detail.indexOf(":");
   return (colon === -1 ? detail : detail.slice(0, colon)).trim().slice(0, 80);
 }
@@ -174,7 +182,8 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
   /** The client URL the peer last named in an answer (see `onPeerHttpUrl`). */
   let knownPeerHttpUrl = "";
   let lastRefusal = "";
-  let lastUnreachableKind = "";
+  /** The kinds of reason said since the peer was last reachable (see `setReachability`). */
+  const unreachableKindsSaid = new Set<string>();
   let closed = false;
   const abort = new AbortController();
   const calls = new Set<Promise<void>>();
@@ -318,11 +327,14 @@ export function createPeerSender(options: PeerSenderOptions): PeerSender {
     // An unreachable peer whose reason changes kind (refused, then a certificate failing its
     // check) is said again: its first reason went stale (found in a black-box review: a peer's
     // expired certificate showed only as the ECONNREFUSED of its restart, for as long as it lasted).
+    // Each kind once while the peer stays unreachable: reasons that alternate (refused, timed out)
+    // are not a line per call (found in review).
     const kind = next === "unreachable" ? reasonKind(detail) : "";
-    const unreachableChanged = next === "unreachable" && kind !== lastUnreachableKind;
+    const unreachableChanged = next === "unreachable" && !unreachableKindsSaid.has(kind);
     reachability = next;
     lastRefusal = next === "refusing" ? detail : "";
-    lastUnreachableKind = kind;
+    if (next !== "unreachable") unreachableKindsSaid.clear();
+    else if (unreachableKindsSaid.size < UNREACHABLE_KINDS_SAID_MAX) unreachableKindsSaid.add(kind);
     if (previous === next && !refusalChanged && !unreachableChanged) return;
     if (next === "reachable") {
       if (previous !== "unknown") options.log(`peer ${peerId}: reachable again`);
