@@ -4,7 +4,9 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sendRaw, type Outcome } from "../src/chaos/client.ts";
-import { createLiveDisplay, formatProgress, opsPerSecond } from "../src/chaos/live-display.ts";
+import { type ChaosCluster, ChaosClusterStopped } from "../src/chaos/cluster.ts";
+import { createLiveDisplay, formatProgress, opsPerSecond, type LiveDisplay } from "../src/chaos/live-display.ts";
+import { Nemesis } from "../src/chaos/nemesis.ts";
 import { judgeResumedRead, judgeResumedWrite, summarize } from "../src/chaos/pause.ts";
 import { availability, longestGap } from "../src/chaos/write-load.ts";
 import { runKv } from "./helpers/kv-binary.ts";
@@ -289,4 +291,38 @@ test("longestGapSince measures the longest stretch without an acknowledgement in
   expect(longestGapSince([5, 10, 50, 55], 0, 60)).toBe(40);
   expect(longestGapSince([], 100, 130)).toBe(30);
   expect(longestGapSince([1, 200], 50, 100)).toBe(50); // acknowledgements outside the window do not count
+});
+
+test("a heal the cluster refuses because the run is ending (ChaosClusterStopped) does not go unhandled before the nemesis is stopped: Bun would exit 1 at once, the nodes still running (found in review)", async () => {
+  let unhandled: unknown;
+  const onUnhandled = (reason: unknown) => {
+    unhandled = reason;
+  };
+  process.on("unhandledRejection", onUnhandled);
+  try {
+    const restarted = Promise.withResolvers<void>();
+    const node = { id: 1, state: "running" as string };
+    // A kill whose window closes at once: its heal starts node 1 again, which the stopped cluster refuses.
+    const cluster = {
+      nodes: [node],
+      node: () => node,
+      kill: async () => {
+        node.state = "dead";
+      },
+      startNode: async () => {
+        restarted.resolve();
+        throw new ChaosClusterStopped();
+      },
+    } as unknown as ChaosCluster;
+    const display = { print: () => {}, setFault: () => {} } as unknown as LiveDisplay;
+    const nemesis = new Nemesis(cluster, { schedule: [{ index: 0, startMs: 0, durationMs: 0, fault: { kind: "kill", target: 1 } }], nowMs: () => 1_000, display });
+    nemesis.start();
+    await restarted.promise;
+    // Turns of the event loop after the refusal: where an unhandled rejection is reported.
+    for (let turn = 0; turn < 5; turn++) await new Promise((resolve) => setImmediate(resolve));
+    expect(unhandled).toBeUndefined();
+    await expect(nemesis.stop()).rejects.toBeInstanceOf(ChaosClusterStopped);
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+  }
 });
