@@ -116,14 +116,12 @@ describe("a cluster with TLS and mutual TLS between peers (in-process)", () => {
 });
 
 describe("TLS flags (the built executable)", () => {
+  /** A one-node cluster of the built executable with this certificate, its data and log named `name`. */
+  const startSingle = (name: string, cluster: string, args: string[] = []) =>
+    startKvProcess({ id: 1, cluster, dataDir: join(baseDir, name), logFile: join(baseDir, `${name}.log`), args: ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, ...args] });
+
   test("--tls-cert/--tls-key alone serve HTTPS on the client API", async () => {
-    const node = await startKvProcess({
-      id: 1,
-      cluster: "1=https://127.0.0.1:0",
-      dataDir: join(baseDir, "single"),
-      logFile: join(baseDir, "single.log"),
-      args: ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey],
-    });
+    const node = await startSingle("single", "1=https://127.0.0.1:0");
     expect(node.httpUrl).toStartWith("https://");
     expect(await node.waitForLog('"event":"started"')).toContain('"tls":"server"');
     expect((await fetch(`${node.httpUrl}/status`, { tls: { ca } })).status).toBe(200);
@@ -161,13 +159,7 @@ describe("TLS flags (the built executable)", () => {
   });
 
   test("--tls-cert, --tls-key and --peer-ca: mutual TLS on the peer port", async () => {
-    const node = await startKvProcess({
-      id: 1,
-      cluster: "1=https://127.0.0.1:0",
-      dataDir: join(baseDir, "single-mtls"),
-      logFile: join(baseDir, "single-mtls.log"),
-      args: ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, "--peer-ca", certs.caCert],
-    });
+    const node = await startSingle("single-mtls", "1=https://127.0.0.1:0", ["--peer-ca", certs.caCert]);
     expect(await node.waitForLog('"event":"started"')).toContain('"tls":"server, mutual between peers"');
     // No client certificate: the handshake fails; a CA-signed one reaches the peer service (the garbage body: 400).
     expect(await callPeerPort(node.peerPort, { ca })).toHaveProperty("error");
@@ -188,13 +180,7 @@ describe("TLS flags (the built executable)", () => {
       "does not name kv-0.kv (subjectAltName: IP Address:127.0.0.1, DNS:localhost): peers and clients that reach this node as kv-0.kv refuse it",
     ]);
     // The built executable says so in its log at start: its peer URL's host is one the certificate does not name.
-    const node = await startKvProcess({
-      id: 1,
-      cluster: "1=https://127.0.0.2:0",
-      dataDir: join(baseDir, "single-unnamed"),
-      logFile: join(baseDir, "single-unnamed.log"),
-      args: ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey],
-    });
+    const node = await startSingle("single-unnamed", "1=https://127.0.0.2:0");
     expect(await node.waitForLog('"event":"tls certificate"')).toContain("--tls-cert does not name 127.0.0.2");
     await node.stop();
   });
