@@ -69,6 +69,13 @@ describe("against a 3-node cluster with a bearer token", () => {
     expect(await kv.delete("greeting")).toMatchObject({ deleted: false });
   });
 
+  test("an idempotency key of any text travels as its UTF-8 bytes, and a retry under it answers the first version (found in a black-box review: 'k-€' was retried for 5 s and called unknown)", async () => {
+    const kv = createClient({ endpoints: urls(), authToken: TOKEN });
+    const first = await kv.put("utf8-key/a", "v1", { idempotencyKey: "k-€-ключ" });
+    expect(await kv.put("utf8-key/a", "v1", { idempotencyKey: "k-€-ключ" })).toEqual(first);
+    expect((await kv.get("utf8-key/a"))?.version).toBe(first.version);
+  });
+
   test("list pages through a prefix in key order, decoding base64 values, honouring limit", async () => {
     const kv = createClient({ endpoints: urls(), authToken: TOKEN });
     for (let i = 0; i < 5; i++) await kv.put(`list/${i}`, `v${i}`);
@@ -640,4 +647,38 @@ test("a TLS alert (EPROTO) is final only when a second pass meets it too; a cert
   const error = await untrusted.get("k").catch((e: unknown) => e);
   expect((error as KvClientError).code).toBe("tls_failed");
   expect(certificateCalls).toBe(2);
+});
+
+test("a caller's mistake is bad_request at once, nothing sent: a key or value the wire cannot carry, an idempotency key or token a header cannot, the empty prefix without { all: true } (found in a black-box review: some were stored garbled, some retried for 5 s and reported unknown)", async () => {
+  const sent: string[] = [];
+  const fake = (async (input: string | URL | Request, init?: RequestInit) => {
+    sent.push(`${init?.method ?? "GET"} ${new URL(String(input)).pathname}${new URL(String(input)).search}`);
+    return Response.json({ key: "k", version: 5, deleted: 0, more: false });
+  }) as unknown as typeof fetch;
+  const kv = createClient({ endpoints: ["http://127.0.0.1:1"], fetch: fake });
+  const refused = async (call: () => Promise<unknown>): Promise<string> => {
+    const error = await call().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(KvClientError);
+    expect((error as KvClientError).code).toBe("bad_request");
+    return (error as KvClientError).message;
+  };
+  expect(await refused(() => kv.put("k", { a: 1 } as unknown as string))).toContain("a value is a string or a Uint8Array, got Object");
+  expect(await refused(() => kv.put("k", 42 as unknown as string))).toContain("got number 42");
+  expect(await refused(() => kv.put("k", "\ud800"))).toContain("lone UTF-16 surrogate");
+  expect(await refused(() => kv.put("\ud800", "v"))).toContain("lone UTF-16 surrogate");
+  expect(await refused(() => kv.put("", "v"))).toContain("a key is at least one character");
+  expect(await refused(() => kv.delete(""))).toContain("a key is at least one character");
+  expect(await refused(() => kv.put("k", "v", { idempotencyKey: "a\nb" }))).toContain("no control characters");
+  expect(await refused(() => kv.put("k", "v", { idempotencyKey: "x".repeat(257) }))).toContain("at most 256 bytes");
+  expect(await refused(() => kv.deletePrefix(""))).toContain("{ all: true }");
+  expect(await refused(async () => kv.leases.keep(1, undefined as unknown as { ttlMs: number }))).toContain("keep(id, { ttlMs }) needs the lease's TTL");
+  expect(sent).toEqual([]);
+  expect(() => createClient({ endpoints: ["http://127.0.0.1:1"], authToken: "abc\ndef0123456789" })).toThrow("authToken must be visible ASCII");
+  // What is right goes through: the whole cluster with { all: true }, a lease id as its decimal string.
+  expect(await kv.deletePrefix("", { all: true })).toMatchObject({ deleted: 0, requests: 1 });
+  await kv.put("k", "v", { lease: "7" });
+  expect(sent).toEqual(["DELETE /kv?prefix=", "PUT /kv/k?lease=7"]);
 });

@@ -313,7 +313,8 @@ const delCommand = defineCommand({
       let deletedSoFar = 0;
       let result: Awaited<ReturnType<typeof conn.client.deletePrefix>>;
       try {
-        result = await conn.client.deletePrefix(prefix, { onProgress: (deleted) => (deletedSoFar = deleted) });
+        // `kv del '' --prefix` is explicit already (the key given, and --prefix).
+        result = await conn.client.deletePrefix(prefix, { all: prefix === "", onProgress: (deleted) => (deletedSoFar = deleted) });
       } catch (error) {
         // Say what went before the failure, and that running the command again is the way on: a
         // batch whose outcome is unknown needs no resending (found in a black-box review: the

@@ -7,11 +7,11 @@
  */
 import { isAddressOnly } from "../lib/address-url.ts";
 import { KvClientError } from "./errors.ts";
-import { createLeasesApi, type LeasesApi } from "./leases.ts";
+import { createLeasesApi, leaseIdOf, type LeaseId, type LeasesApi } from "./leases.ts";
 import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
 import { errorFromAnswer, Transport, type Answer } from "./transport.ts";
 import { watchEvents, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
-import { fromJsonValue, makeEntry, toJsonValue, valueBytes, type JsonValue, type KvEntry, type ValueInput } from "./values.ts";
+import { describeInput, fromJsonValue, makeEntry, toJsonValue, valueBytes, type JsonValue, type KvEntry, type ValueInput } from "./values.ts";
 
 /** Settings of `createClient`. */
 export interface ClientOptions {
@@ -48,8 +48,8 @@ export interface GetOptions {
 export interface PutOptions {
   /** Compare-and-set: write only if the key's version is this (0: only if absent); else `version_mismatch`. */
   readonly ifVersion?: number;
-  /** Attach the key to this lease (sent as `?lease=ID`; needs a server that has leases). */
-  readonly lease?: number;
+  /** Attach the key to this lease: its id as `grant` returns it, or its decimal string (sent as `?lease=ID`). */
+  readonly lease?: LeaseId;
   /** The write's `Idempotency-Key` (default: a random one, generated per call). */
   readonly idempotencyKey?: string;
 }
@@ -68,6 +68,12 @@ export interface DeletePrefixOptions {
   readonly limit?: number;
   /** Told after each request: keys deleted so far in all, and that request's version. */
   readonly onProgress?: (deleted: number, version: number) => void;
+  /**
+   * Needed with the empty prefix, which deletes every key of the cluster: an empty prefix by
+   * accident (a variable not set) is refused `bad_request` rather than taken for it (as etcd's
+   * clients ask for an explicit whole range; found in a black-box review).
+   */
+  readonly all?: boolean;
 }
 
 /** What `deletePrefix` did: keys deleted in all, the version of its last request, and how many requests it took. */
@@ -203,7 +209,7 @@ export type TxnCompareOp = "=" | "!=" | "<" | ">";
  * applied.
  */
 export type TxnOperation =
-  | { readonly put: { readonly key: string; readonly value: TxnValue; readonly lease?: number } }
+  | { readonly put: { readonly key: string; readonly value: TxnValue; readonly lease?: LeaseId } }
   | { readonly delete: { readonly key: string } }
   | { readonly get: { readonly key: string } };
 
@@ -380,6 +386,11 @@ export function createClient(options: ClientOptions): KvClient {
   if (!Number.isFinite(timeoutMs) || timeoutMs < 1) throw badOption(`timeoutMs must be at least 1, got ${timeoutMs}`);
   const attemptTimeoutMs = options.attemptTimeoutMs ?? Math.min(timeoutMs, Math.max(1_000, Math.ceil(timeoutMs / 3)));
   if (!Number.isFinite(attemptTimeoutMs) || attemptTimeoutMs < 1) throw badOption(`attemptTimeoutMs must be at least 1, got ${attemptTimeoutMs}`);
+  // A node's token is visible ASCII (src/lib/secret.ts): any other cannot be the token, and a line
+  // break cannot even travel in the header (found in a black-box review: 5 s of retries, then unreachable).
+  if (options.authToken !== undefined && (typeof options.authToken !== "string" || !/^[\x21-\x7e]+$/.test(options.authToken))) {
+    throw badOption("authToken must be visible ASCII characters only, as kv serve --auth-token takes it");
+  }
   const sendWith = options.ca === undefined ? options.fetch : trustingFetch(options.fetch ?? fetch, options.ca);
   const transport = new Transport({ endpoints, authToken: options.authToken, timeoutMs, attemptTimeoutMs, ...(sendWith === undefined ? {} : { fetch: sendWith }) });
   const leases = createLeasesApi(transport);
@@ -392,7 +403,7 @@ export function createClient(options: ClientOptions): KvClient {
       throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered something that is not JSON`);
     }
   };
-  const writeHeaders = (idempotencyKey: string): Record<string, string> => ({ "idempotency-key": idempotencyKey });
+  const writeHeaders = (idempotencyKey: string): Record<string, string> => ({ "idempotency-key": idempotencyKeyHeader(idempotencyKey) });
   const membershipCall = async (method: "POST" | "DELETE", path: string, body?: unknown): Promise<MembersView> =>
     json<MembersView>(
       await transport.send({
@@ -423,7 +434,7 @@ export function createClient(options: ClientOptions): KvClient {
       const idempotencyKey = opts.idempotencyKey ?? crypto.randomUUID();
       const answer = await transport.send({
         method: "PUT",
-        path: `${keyPath(key)}${query({ ifVersion: opts.ifVersion, lease: opts.lease })}`,
+        path: `${keyPath(key)}${query({ ifVersion: opts.ifVersion, lease: opts.lease === undefined ? undefined : leaseIdOf(opts.lease) })}`,
         body: valueBytes(value),
         headers: { ...writeHeaders(idempotencyKey), "content-type": "application/octet-stream" },
         safety: "idempotent",
@@ -447,6 +458,8 @@ export function createClient(options: ClientOptions): KvClient {
     },
 
     async deletePrefix(prefix, opts = {}) {
+      if (typeof prefix !== "string") throw badOption(`a prefix is a string, got ${describeInput(prefix)}`);
+      if (prefix === "" && opts.all !== true) throw badOption("the empty prefix deletes every key of the cluster: say so with { all: true }");
       // URLSearchParams would send a lone surrogate as U+FFFD, and delete under another prefix.
       if (!prefix.isWellFormed()) throw badOption("the prefix holds a lone UTF-16 surrogate: it is not UTF-8, and no key starts with it");
       if (opts.limit !== undefined && !(Number.isSafeInteger(opts.limit) && opts.limit >= 1 && opts.limit <= 10_000)) throw badOption(`limit must be 1 to 10000, got ${opts.limit}`);
@@ -602,11 +615,36 @@ export function createClient(options: ClientOptions): KvClient {
  * `get("..")` read the 404 of `GET /` as an absent key).
  */
 function keyPath(key: string): string {
+  // Refused here, in the library's words: nothing is sent (found in a black-box review: a lone
+  // surrogate threw a URIError, and an empty key came back as advice about HTTP routes).
+  if (typeof key !== "string") throw new KvClientError("bad_request", 0, `a key is a string, got ${describeInput(key)}`);
+  if (key === "") throw new KvClientError("bad_request", 0, "a key is at least one character (deletePrefix(prefix) deletes the keys under a prefix)");
+  if (!key.isWellFormed()) throw new KvClientError("bad_request", 0, "the key holds a lone UTF-16 surrogate: it is not UTF-8, and no key can hold it");
   if (key === "." || key === "..") {
     throw new KvClientError("bad_request", 0, `the key '${key}' has no /kv/{key} path (a URL reads /kv/${key} as another path); read and write it with txn`);
   }
   return `/kv/${encodeURIComponent(key)}`;
 }
+
+/**
+ * An `Idempotency-Key` as a header carries it: its UTF-8 bytes, one character each (headers hold
+ * byte strings; the server decodes them: src/http/idempotency-key.ts), so any text key is sent as
+ * it is. One the header cannot carry (empty, a line break or control character, past the server's
+ * bound) is `bad_request` before anything is sent (found in a black-box review: "k-€" was taken for
+ * a lost request, retried for 5 s and reported as of unknown outcome).
+ */
+function idempotencyKeyHeader(key: string): string {
+  if (typeof key !== "string" || key === "") throw new KvClientError("bad_request", 0, "an idempotency key is a non-empty string");
+  if (!key.isWellFormed() || /[\u0000-\u001f\u007f]/.test(key)) throw new KvClientError("bad_request", 0, "an idempotency key holds no control characters or lone surrogates (it travels in a header)");
+  const bytes = new TextEncoder().encode(key);
+  if (bytes.byteLength > IDEMPOTENCY_KEY_BYTES_MAX) throw new KvClientError("bad_request", 0, `an idempotency key is at most ${IDEMPOTENCY_KEY_BYTES_MAX} bytes of UTF-8, got ${bytes.byteLength}`);
+  let header = "";
+  for (const byte of bytes) header += String.fromCharCode(byte);
+  return header;
+}
+
+/** The server's bound on an idempotency key (src/kv/command.ts `idempotencyKeyBytesMax`; the client imports no server code). */
+const IDEMPOTENCY_KEY_BYTES_MAX = 256;
 
 /** `?a=1&b=2` from the defined entries (empty when none). */
 function query(params: Readonly<Record<string, string | number | undefined>>): string {
@@ -641,7 +679,7 @@ function txnValueJson(value: TxnValue): JsonValue {
 function txnOperationJson(op: TxnOperation): unknown {
   if ("put" in op) {
     const value = txnValueJson(op.put.value);
-    return { put: { key: op.put.key, value, ...(op.put.lease === undefined ? {} : { lease: op.put.lease }) } };
+    return { put: { key: op.put.key, value, ...(op.put.lease === undefined ? {} : { lease: leaseIdOf(op.put.lease) }) } };
   }
   return op;
 }

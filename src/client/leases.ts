@@ -8,6 +8,15 @@ import { errorFromAnswer, type Answer, type Transport } from "./transport.ts";
 /** A lease id: the number `grant` returns, or the decimal string the HTTP API answers (`{"id": "67"}`). */
 export type LeaseId = number | string;
 
+/** `id` as a number: a positive whole one, or a string of its decimal digits; else `bad_request`. */
+export function leaseIdOf(id: LeaseId): number {
+  const number = typeof id === "string" && /^[1-9][0-9]{0,15}$/.test(id) ? Number(id) : id;
+  if (typeof number !== "number" || !Number.isSafeInteger(number) || number < 1) {
+    throw new KvClientError("bad_request", 0, `a lease id is a positive whole number or its decimal string, got ${JSON.stringify(id) ?? String(id)}`);
+  }
+  return number;
+}
+
 /** What `leases.grant` answers. */
 export interface LeaseGrant {
   /** The lease's id (the Raft index of its grant): pass it as `put(key, value, { lease: id })`. */
@@ -131,14 +140,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 1) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a lease without an id`);
     return id;
   };
-  /** `id` as a number: a positive whole one, or a string of its decimal digits. */
-  const checkId = (id: LeaseId): number => {
-    const number = typeof id === "string" && /^[1-9][0-9]{0,15}$/.test(id) ? Number(id) : id;
-    if (typeof number !== "number" || !Number.isSafeInteger(number) || number < 1) {
-      throw new KvClientError("bad_request", 0, `a lease id is a positive whole number or its decimal string, got ${JSON.stringify(id) ?? String(id)}`);
-    }
-    return number;
-  };
+  const checkId = leaseIdOf;
 
   const keepAlive = async (leaseId: LeaseId, timeoutMs?: number) => {
     const id = checkId(leaseId);
@@ -207,6 +209,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
 
     keep(leaseId, options) {
       const id = checkId(leaseId);
+      if (typeof options !== "object" || options === null) throw new KvClientError("bad_request", 0, "keep(id, { ttlMs }) needs the lease's TTL, as grant answered it");
       const ttlMs = options.ttlMs;
       if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
       const sentAtMs = options.sentAtMs ?? performance.now();

@@ -1,4 +1,5 @@
 import { jsonValue } from "../lib/json-value.ts";
+import { KvClientError } from "./errors.ts";
 
 /**
  * Values on the wire. PUT and GET `/kv/{key}` carry a value's raw bytes; JSON answers (listings,
@@ -26,9 +27,25 @@ export interface KvEntry {
 const encoder = new TextEncoder();
 const lenientUtf8 = new TextDecoder();
 
-/** The bytes of a value given as text or bytes. */
+/**
+ * The bytes of a value given as text or bytes. Anything else, or text with a lone UTF-16 surrogate
+ * (which UTF-8 cannot carry), is the caller's mistake: `bad_request`, nothing sent (found in a
+ * black-box review: an object was stored as "[object Object]", a lone surrogate as U+FFFD).
+ */
 export function valueBytes(value: ValueInput): Uint8Array {
-  return typeof value === "string" ? encoder.encode(value) : value;
+  if (typeof value === "string") {
+    if (!value.isWellFormed()) throw new KvClientError("bad_request", 0, "the value holds a lone UTF-16 surrogate, which UTF-8 cannot carry: give it as bytes");
+    return encoder.encode(value);
+  }
+  if (!(value instanceof Uint8Array)) throw new KvClientError("bad_request", 0, `a value is a string or a Uint8Array, got ${describeInput(value)}`);
+  return value;
+}
+
+/** What a caller passed, for an error (its type, and its text when short). */
+export function describeInput(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value === "object") return (value as object).constructor?.name ?? "an object";
+  return typeof value === "string" ? JSON.stringify(value.slice(0, 40)) : `${typeof value} ${String(value).slice(0, 40)}`;
 }
 
 /** A value as JSON: its text when it is valid UTF-8, else `{"base64": ...}` (as the server writes it). */
