@@ -675,6 +675,7 @@ test("a caller's mistake is bad_request at once, nothing sent: a key or value th
   expect(await refused(() => kv.put("k", "v", { idempotencyKey: "x".repeat(257) }))).toContain("at most 256 bytes");
   expect(await refused(() => kv.deletePrefix(""))).toContain("{ all: true }");
   expect(await refused(async () => kv.leases.keep(1, undefined as unknown as { ttlMs: number }))).toContain("keep(id, { ttlMs }) needs the lease's TTL");
+  expect(await refused(() => kv.lock("/"))).toContain("a character besides '/'");
   expect(sent).toEqual([]);
   expect(() => createClient({ endpoints: ["http://127.0.0.1:1"], authToken: "abc\ndef0123456789" })).toThrow("authToken must be visible ASCII");
   // What is right goes through: the whole cluster with { all: true }, a lease id as its decimal string.

@@ -421,6 +421,8 @@ export async function* observeLeaders(deps: LockDeps, name: string, options: { r
 
 function queuePrefix(name: string): string {
   if (typeof name !== "string" || name === "") throw new KvClientError("bad_request", 0, "a lock or election needs a non-empty name");
+  // "/" would queue under every key that starts with a slash (found in a black-box review: its key was "/298").
+  if (/^\/+$/.test(name)) throw new KvClientError("bad_request", 0, `a lock or election name needs a character besides '/', got ${JSON.stringify(name)}`);
   // 'a' and 'a/' name one queue, as they always have (docs/client.md says so).
   return name.endsWith("/") ? name : `${name}/`;
 }
