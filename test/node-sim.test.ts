@@ -18,6 +18,7 @@ import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
 import { historyViolation, isRefusal, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
 import { SimBank } from "../src/sim/sim-bank.ts";
+import { corruptError } from "../src/storage/sqlite-reads.ts";
 import { bankAccounts } from "../src/chaos/bank.ts";
 
 const tickMs = 10;
@@ -759,5 +760,22 @@ test("a node that applies another entry than the one committed at its index fail
     disk.applyEntries = (entries) => applyEntries(entries.map((entry) => ({ ...entry, data: entry.data.map((byte, i) => (i === entry.data.length - 1 ? byte ^ 1 : byte)) })));
     void sim.callOperation(1, leader, "put", "after");
     await expect(sim.runUntil(sim.nowMs + 1_000)).rejects.toThrow(`state machine safety: node ${follower} committed another entry at`);
+  });
+});
+
+test("a leader whose state machine is found damaged as it reads an image for a joining member stops, naming the damage, rather than sending it again for ever while it answers healthy (found in a black-box review)", async () => {
+  await withSim(quietSim(60, { snapshotEntries: 20 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    for (let i = 0; i < 40; i++) expect((await put(sim, leader, `d-${i % 8}`)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().firstLogIndex > 1, 1_000)).toBe(true);
+    // A row of the leader's state machine fails its checksum as the image is read.
+    const disk = diskOf(sim, leader);
+    const openImage = disk.openImage.bind(disk);
+    disk.openImage = () => {
+      const image = openImage();
+      return { ...image, metadata: image.metadata, addresses: image.addresses, next: () => { throw corruptError("kv.db", 'the row of key "d-3" does not match its checksum: damaged on disk'); }, close: () => image.close() };
+    };
+    void sim.join(4, () => leader).catch(() => undefined);
+    await expect(sim.runUntil(sim.nowMs + 5_000)).rejects.toThrow(`node ${leader} stopped on its own: the row of key "d-3" does not match its checksum`);
   });
 });

@@ -1,3 +1,4 @@
+import { isStorageCorruption } from "../lib/storage-damage.ts";
 import { AssertionError, assert } from "../lib/assert.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
 import type { NodeId, SnapshotMetadata, SnapshotRequest } from "../raft/types.ts";
@@ -157,6 +158,14 @@ export class SnapshotTransfer {
     if (error !== undefined) {
       this.counts.sendFailed++;
       this.host.log?.("snapshot send failed", { to, error: error.message, failuresInARow: failures });
+      // This node's own state machine is damaged (a row failing its checksum as the image was
+      // read): it stops, naming the damage and the way back, as on any damage it meets itself.
+      // Leading on, it sent the image again every 5 s for ever and a member joining through it
+      // never caught up, while it answered healthy (found in a black-box review).
+      if (isStorageCorruption(error) || isStorageCorruption(error.cause)) {
+        this.host.fail(error);
+        return;
+      }
     }
     if (error === undefined && this.host.term() === term) return; // the follower's answer moves its progress on
     // The first failure is retried at once. After that the core waits for the follower: its
