@@ -152,13 +152,35 @@ describe("defrag", () => {
     writeFileSync(file, damaged);
     const refused = await runKv(["defrag", "--data-dir", dir]);
     expect(refused.code).toBe(1);
-    expect(refused.out).toContain(`cannot defragment ${file}, nothing changed: the database is damaged (quick_check: *** in database main ***; Tree 4 page 4: `);
+    expect(refused.out).toContain(`cannot defragment ${file}, nothing changed: the database is damaged (integrity_check: *** in database main ***; Tree 4 page 4: `);
     expect(refused.out.trimEnd().split("\n")).toHaveLength(1);
     expect(refused.out).not.toContain("    at ");
     // Every byte as it was, the header's change counters too (found in a black-box review: the open
-    // that met the damage had bumped them, where quick_check now refuses it before anything is written).
+    // that met the damage had bumped them, where the check now refuses it before anything is written).
     expect(readFileSync(file).equals(damaged)).toBe(true);
     expect(existsSync(`${file}-defrag`)).toBe(false);
+
+    // A row and its index entry that disagree (one bit of the row's key flipped, its page whole):
+    // SQLite's quick_check passes it, and a node read such a key as absent; integrity_check refuses
+    // it (found in a black-box review).
+    const indexDamaged = dataDirWithFreePages();
+    const indexFile = join(indexDamaged, "kv.db");
+    const before = readFileSync(indexFile);
+    const key = Buffer.from("k0042");
+    const pageBytes = 4096;
+    let at = before.indexOf(key);
+    // The copy in a table's leaf page (type 13), not the index's (10) or a free page's.
+    while (at !== -1 && before[Math.floor(at / pageBytes) * pageBytes] !== 13) at = before.indexOf(key, at + 1);
+    expect(at).toBeGreaterThan(0);
+    before.writeUInt8((before.readUInt8(at + key.length - 1) ^ 0x01) & 0xff, at + key.length - 1); // "k0042" reads "k0043" in the row
+    writeFileSync(indexFile, before);
+    const quick = new Database(indexFile, { readonly: true });
+    expect(quick.query<{ quick_check: string }, []>("PRAGMA quick_check").get()?.quick_check).toBe("ok");
+    quick.close();
+    const refusedIndex = await runKv(["defrag", "--data-dir", indexDamaged]);
+    expect(refusedIndex.code).toBe(1);
+    expect(refusedIndex.out).toContain(`cannot defragment ${indexFile}, nothing changed: the database is damaged (integrity_check: `);
+    expect(readFileSync(indexFile).equals(before)).toBe(true);
 
     const other = dataDirWithFreePages();
     const otherFile = join(other, "kv.db");

@@ -49,7 +49,7 @@ export const defragCommand = defineCommand({
     try {
       // Inline checkpoints: no connection but this one holds the database while it is copied. A
       // data dir of an older release is refused, not migrated: its node may still go back to it.
-      result = openSqliteStorage(dir, { checkpoints: "inline", lockWaitMs: 200, refuseOlderSchema: true, quickCheckFirst: true }).defragAndClose();
+      result = openSqliteStorage(dir, { checkpoints: "inline", lockWaitMs: 200, refuseOlderSchema: true, integrityCheckFirst: true }).defragAndClose();
     } catch (error) {
       if (error instanceof DefragReplacedError) throw new ClientExit(1, `defragmented only in part: ${error.message}`);
       if (!(error instanceof Error)) throw error;

@@ -144,11 +144,14 @@ export interface SqliteStorageOptions {
    */
   readonly refuseOlderSchema?: boolean;
   /**
-   * Run SQLite's `quick_check` once the lock is held and before anything is written, and refuse a
-   * damaged database (`corrupt`) untouched: `kv defrag`, which says "nothing changed" when it refuses
-   * (found in a black-box review: the open that met the damage later had bumped the header's counters).
+   * Run SQLite's `integrity_check` once the lock is held and before anything is written, and refuse
+   * a damaged database (`corrupt`) untouched: `kv defrag`, which says "nothing changed" when it
+   * refuses (found in a black-box review: the open that met the damage later had bumped the header's
+   * counters). Not `quick_check`: that reads the pages but not whether each row's index entries match
+   * it, and a key whose index entry was damaged read as absent on a node, while defrag copied it
+   * over (found in a black-box review).
    */
-  readonly quickCheckFirst?: boolean;
+  readonly integrityCheckFirst?: boolean;
 }
 
 const schemaVersion = 8;
@@ -375,7 +378,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
     const checkpoints = options.checkpoints ?? "worker";
     db.run(`PRAGMA wal_autocheckpoint = ${checkpoints === "worker" ? walCheckpointPagesBackstop : walCheckpointPages}`);
     db.run(`PRAGMA cache_size = -${pageCacheKib}`);
-    if (options.quickCheckFirst === true) refuseDamaged(db, file);
+    if (options.integrityCheckFirst === true) refuseDamaged(db, file);
     log = migrate(db, file, options.nodeId, {
       ...(options.logSegmentBytesMax === undefined ? {} : { segmentBytesMax: options.logSegmentBytesMax }),
       ...(options.logFiles === undefined ? {} : { files: options.logFiles }),
@@ -594,11 +597,11 @@ function newerSchema(file: string, version: number): StorageError {
   );
 }
 
-/** Refuses (`corrupt`) a database SQLite's `quick_check` finds damaged: none of its pages is written first. */
+/** Refuses (`corrupt`) a database SQLite's `integrity_check` finds damaged: none of its pages is written first. */
 function refuseDamaged(db: Database, file: string): void {
-  const verdicts = db.query<{ quick_check: string }, []>("PRAGMA quick_check(3)").all().flatMap((row) => row.quick_check.split("\n"));
+  const verdicts = db.query<{ integrity_check: string }, []>("PRAGMA integrity_check(3)").all().flatMap((row) => row.integrity_check.split("\n"));
   // One line, as every refusal is: SQLite's own lines joined.
-  if (verdicts.length !== 1 || verdicts[0] !== "ok") throw new StorageError("corrupt", `the database is damaged (quick_check: ${verdicts.join("; ")})`, file);
+  if (verdicts.length !== 1 || verdicts[0] !== "ok") throw new StorageError("corrupt", `the database is damaged (integrity_check: ${verdicts.join("; ")})`, file);
 }
 
 /**
