@@ -163,4 +163,11 @@ describe("findVersionViolation", () => {
     const verdict = await checkEpoch(history, 5_000);
     expect(verdict.ok).toBe(false);
   });
+
+  test("an epoch whose check runs out of time names the epoch's whole budget, not what was left of it for the key that ran out", async () => {
+    // 24 puts in flight at once, then two reads no order explains: the search must try every subset.
+    const history = [...Array.from({ length: 24 }, (_, i) => put("k", `v${i}`, 0, 100)), get("k", "v0", 200, 210), get("k", "v1", 300, 310)];
+    const verdict = await checkEpoch(history, 20);
+    expect(verdict).toEqual({ ok: "unknown", reason: "budget exceeded: the search ran past the epoch's 20 ms (--check-budget)", key: "k" });
+  });
 });

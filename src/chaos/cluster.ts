@@ -421,7 +421,6 @@ export class ChaosCluster {
   }
 
 
-  /** Kills every process by pid and closes every proxy. Safe to call more than once. */
   /**
    * Takes `proc`, a process a scenario just started beside the nodes, into the cluster's care:
    * `stop` resumes and kills it if it still runs (found in a black-box review: Ctrl-C during `kv
@@ -438,6 +437,7 @@ export class ChaosCluster {
     return proc;
   }
 
+  /** Kills every process by pid (the nodes and what `adopt` took) and closes every proxy. Safe to call more than once. */
   async stop(): Promise<void> {
     this.stopped = true;
     // Every process is signalled before anything is awaited: a run cut short may end while this waits.

@@ -44,6 +44,8 @@ export type { Operation, OperationKind, OperationOutcome } from "./history.ts";
 export interface CheckOptions {
   /** Wall-clock limit for the whole check. Default `checkTimeBudgetMsDefault`. */
   readonly timeBudgetMs?: number;
+  /** How a verdict that ran out of time names its budget (default: "its N ms"): a caller that splits a larger budget names that. */
+  readonly timeBudgetName?: string;
   /** Limit on search steps for the whole check: a budget that replays exactly. Default: none. */
   readonly searchStepsMax?: number;
   /** Each key's value before the history began; keys not named start absent (null). */
@@ -221,7 +223,7 @@ function budgetReason(budget: Budget, opts: CheckOptions): string {
     case "steps":
       return `budget exceeded: the search took its ${(opts.searchStepsMax ?? 0).toLocaleString("en-US")} step${opts.searchStepsMax === 1 ? "" : "s"}`;
     default:
-      return `budget exceeded: the search ran past its ${Math.round(opts.timeBudgetMs ?? checkTimeBudgetMsDefault).toLocaleString("en-US")} ms`;
+      return `budget exceeded: the search ran past ${opts.timeBudgetName ?? `its ${Math.round(opts.timeBudgetMs ?? checkTimeBudgetMsDefault).toLocaleString("en-US")} ms`}`;
   }
 }
 

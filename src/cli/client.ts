@@ -13,7 +13,7 @@ import {
   type ReadConsistency,
 } from "../client/index.ts";
 import { answerOutcome, isRetryableRefusal } from "../client/outcome.ts";
-import { parseIntFlag, UsageError } from "./usage-error.ts";
+import { parseIntFlag, readSecretFile, UsageError } from "./usage-error.ts";
 import { jsonValue } from "../lib/json-value.ts";
 import { printBytes, printLine, readStandardInput } from "./output.ts";
 
@@ -106,12 +106,7 @@ export function authToken(args: { "auth-token"?: string; "auth-token-file"?: str
   const file = args["auth-token-file"];
   if (file === undefined) return args["auth-token"] ?? process.env.KV_AUTH_TOKEN;
   if (args["auth-token"] !== undefined) throw new UsageError("give --auth-token or --auth-token-file, not both");
-  let token: string;
-  try {
-    token = readFileSync(file, "utf8").replace(/[\r\n]+$/, "");
-  } catch (error) {
-    throw new UsageError(`--auth-token-file: cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
-  }
+  const token = readSecretFile("auth-token-file", file);
   if (token === "" || /[\r\n]/.test(token)) throw new UsageError(`--auth-token-file: '${file}' must hold the token on one line`);
   return token;
 }

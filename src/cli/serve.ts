@@ -13,7 +13,7 @@ import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnaps
 import { defaultWatch } from "../node/watch.ts";
 import { createServer, ServerStartError, type KvServer } from "../server/create-server.ts";
 import { defaultAdvertiseHttp, defaultListenPeer, hostnameForId, idFromHostname } from "./serve-addresses.ts";
-import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, parseDataDir, UsageError } from "./usage-error.ts";
+import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, parseDataDir, readSecretFile, UsageError } from "./usage-error.ts";
 
 /**
  * Upper bound of --value-bytes-max: one value is one Raft entry, which must fit, with its key and
@@ -384,11 +384,7 @@ function readSecret(flag: string, value: string | undefined, file: string | unde
   let secret: string | undefined;
   let source: string;
   if (file !== undefined) {
-    try {
-      secret = readFileSync(file, "utf8").replace(/[\r\n]+$/, "");
-    } catch (error) {
-      throw new UsageError(`--${flag}-file: cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
-    }
+    secret = readSecretFile(`${flag}-file`, file);
     source = `the file given by --${flag}-file`;
   } else if (value !== undefined) {
     secret = value;

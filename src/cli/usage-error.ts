@@ -1,9 +1,19 @@
+import { readFileSync } from "node:fs";
 import { parseDuration } from "../lib/duration.ts";
 import { leaseTtlMsMax } from "../kv/leases.ts";
 
 /** A mistake in how the command was called: one line on stderr and exit code 2. */
 export class UsageError extends Error {
   override name = "UsageError";
+}
+
+/** A secret from the file `--flag` names, its trailing line break dropped; a usage error when it cannot be read. */
+export function readSecretFile(flag: string, file: string): string {
+  try {
+    return readFileSync(file, "utf8").replace(/[\r\n]+$/, "");
+  } catch (error) {
+    throw new UsageError(`--${flag}: cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
+  }
 }
 
 /** Parses a `host:port` listen address; port 0 lets the OS choose. */

@@ -140,10 +140,9 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 1) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a lease without an id`);
     return id;
   };
-  const checkId = leaseIdOf;
 
   const keepAlive = async (leaseId: LeaseId, timeoutMs?: number) => {
-    const id = checkId(leaseId);
+    const id = leaseIdOf(leaseId);
     const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...(timeoutMs === undefined ? {} : { timeoutMs }) });
     const body = json<{ id?: unknown; ttlMs?: unknown }>(answer);
     return { id: idOf(body.id, answer), ttlMs: Number(body.ttlMs) };
@@ -167,14 +166,14 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     keepAlive: (id) => keepAlive(id),
 
     async revoke(leaseId) {
-      const id = checkId(leaseId);
+      const id = leaseIdOf(leaseId);
       const answer = await transport.send({ method: "DELETE", path: `/leases/${id}`, safety: "idempotent", refusedOnceApplied: true });
       const body = json<{ id?: unknown; version?: unknown; deletedKeys?: unknown }>(answer);
       return { id: idOf(body.id, answer), version: Number(body.version), deletedKeys: Number(body.deletedKeys) };
     },
 
     async get(leaseId) {
-      const id = checkId(leaseId);
+      const id = leaseIdOf(leaseId);
       const answer = await transport.send({ method: "GET", path: `/leases/${id}`, safety: "read" });
       const body = json<{ id?: unknown; ttlMs?: unknown; remainingMs?: unknown; keys?: unknown; keysTruncated?: unknown }>(answer);
       return {
@@ -188,7 +187,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
 
     async list(options = {}) {
       const params = new URLSearchParams();
-      if (options.after !== undefined) params.set("after", String(checkId(options.after)));
+      if (options.after !== undefined) params.set("after", String(leaseIdOf(options.after)));
       if (options.limit !== undefined) {
         if (!Number.isSafeInteger(options.limit) || options.limit < 1 || options.limit > 1_000) {
           throw new KvClientError("bad_request", 0, `limit must be a whole number from 1 to 1000, got ${options.limit}`);
@@ -208,7 +207,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     },
 
     keep(leaseId, options) {
-      const id = checkId(leaseId);
+      const id = leaseIdOf(leaseId);
       if (typeof options !== "object" || options === null) throw new KvClientError("bad_request", 0, "keep(id, { ttlMs }) needs the lease's TTL, as grant answered it");
       const ttlMs = options.ttlMs;
       if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);

@@ -1,6 +1,6 @@
-import { isStorageCorruption } from "../lib/storage-damage.ts";
 import { AssertionError, assert } from "../lib/assert.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
+import { isStorageCorruption } from "../lib/storage-damage.ts";
 import type { NodeId, SnapshotMetadata, SnapshotRequest } from "../raft/types.ts";
 import type { MemberAddress } from "../kv/membership.ts";
 import type { SnapshotStats } from "./api.ts";

@@ -95,8 +95,8 @@ interface SimServer {
    * thread answers takes this long instead of a drawn latency (directed scenarios).
    */
   storageThreadMs: number | undefined;
-  /** The committed entries this process has had checked so far; undefined until its first check since it started. */
-  checkedIndex: number | undefined;
+  /** The committed entries this process has had checked so far (from its start: a restart checks again). */
+  checkedIndex: number;
   /** The node's record that it holds its votes, beside its disk (`KvNodeConfig.voteHold`): durable, gone with a wiped disk. */
   voteHoldRecorded: boolean;
 }
@@ -248,7 +248,7 @@ export class NodeSim {
     });
     const clockRate = 1 + (2 * this.clockPrng.next() - 1) * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
-    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: undefined, voteHoldRecorded: false };
+    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
     this.servers.set(id, server);
     return server;
   }
@@ -343,7 +343,7 @@ export class NodeSim {
     server.incarnation++;
     server.turns = [];
     server.stalledUntilMs = 0;
-    server.checkedIndex = undefined;
+    server.checkedIndex = 0;
     assert(server.lifecycle === "member", `node ${id} is ${server.lifecycle}: it has no data dir to start from`);
     let node: KvNode;
     try {
@@ -912,7 +912,8 @@ export class NodeSim {
           throw new SimViolation(`node ${server.id} leads term ${status.term} but is no voter of the configuration it applied`);
         }
       }
-      // Each committed entry once per process: at its start, from the last 64 it had applied on.
+      // Each committed entry once per process: from its start, the last 64 applied are checked again
+      // (every entry a node applies is compared as it applies, in the disk's `applied` hook).
       // Only as far as the disk says committed: the core commits entries it holds in memory, and
       // until their save goes through (a full disk refuses it) the disk may still hold the older
       // entries they replace (seed 230 read such an uncommitted term-1 entry as committed). That
@@ -921,9 +922,7 @@ export class NodeSim {
       const storage = server.disk.contents();
       const diskCommit = Math.max(storage.initialState().hardState.commit, storage.snapshot().index);
       if (storage.appliedIndex() > diskCommit) throw new SimViolation(`node ${server.id} applied ${storage.appliedIndex()} past its disk's commit ${diskCommit}`);
-      // Only the first check after a start skips what was applied before the last 64 (they were
-      // checked when applied): later, an event that applied more than 64 is checked whole.
-      const from = Math.max(storage.firstIndex(), server.checkedIndex === undefined ? status.appliedIndex - 64 : server.checkedIndex + 1, 1);
+      const from = Math.max(storage.firstIndex(), status.appliedIndex - 64, server.checkedIndex + 1, 1);
       const to = Math.min(status.commitIndex, storage.lastIndex(), diskCommit);
       if (from > to) continue;
       server.checkedIndex = to;

@@ -4,7 +4,6 @@
  * for http peers, see socket-transport.ts; connect-web over Bun's fetch for https ones) puts a
  * timeout on every call.
  */
-import { createRateLimitedLog } from "../lib/rate-limited-log.ts";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import type { Client } from "@connectrpc/connect";
 import { createConnectTransport as createFetchConnectTransport } from "@connectrpc/connect-web";
@@ -12,6 +11,7 @@ import type { DescMessage } from "@bufbuild/protobuf";
 import { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import { assert } from "../lib/assert.ts";
 import { RESPONSE_BYTES_MAX } from "../lib/http-connection.ts";
+import { createRateLimitedLog } from "../lib/rate-limited-log.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
