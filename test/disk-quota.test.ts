@@ -183,6 +183,34 @@ describe.skipIf(!mounted)("a full disk and the space quota (in-process nodes, 48
     }
   }, 120_000);
 
+  test("a running node whose disk fills under writes logs 'disk full' naming the write it was at, not an install (found in a durability review)", async () => {
+    const dataDir = join(smallDir, "filling");
+    const cluster = singleNode(dataDir);
+    let filler: string | undefined;
+    try {
+      await cluster.start();
+      const node = cluster.node(1);
+      await waitHealthy(node);
+      filler = fillFilesystem(smallDir);
+      const value = "x".repeat(64 * 1024);
+      // Writes go on (each answered or timed out) until the node logs that the disk is full.
+      const fullLine = await pollFor("the 'disk full' log line", async () => {
+        const line = cluster.logs(1).split("\n").find((l) => l.includes('"event":"disk full"'));
+        if (line !== undefined) return line;
+        const puts = Array.from({ length: 8 }, (_, i) => fetch(`${node.httpUrl}/kv/fill-${Math.random()}-${i}`, { method: "PUT", body: value, signal: AbortSignal.timeout(500) }).then((r) => r.arrayBuffer(), () => undefined));
+        await Promise.all(puts);
+        return undefined;
+      });
+      const { stage } = JSON.parse(fullLine) as { stage?: string };
+      expect(stage).not.toBe("install");
+      expect(["save", "apply", "compact", "advance"]).toContain(stage ?? "none");
+    } finally {
+      if (filler !== undefined) rmSync(filler, { force: true });
+      await cluster.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
   test("a node started on a full filesystem logs one line, logs no stack trace, waits, and serves what it had once space is freed", async () => {
     const dataDir = join(smallDir, "full");
     const first = singleNode(dataDir);

@@ -859,8 +859,12 @@ export class KvNode implements KvNodeApi {
       return;
     }
     const staging = this.snapshots.stagingDiskFull() ? this.snapshots.stagingError() : undefined;
+    const held = this.cfg.storage.diskFullWrite?.();
     const cause =
-      met ?? (staging !== undefined ? { error: staging, stage: "stage" } : { error: "the storage's thread waits for disk space", stage: this.parkedReady?.stage ?? "install" });
+      met ??
+      (staging !== undefined
+        ? { error: staging, stage: "stage" }
+        : { error: held?.error ?? "the storage's thread waits for disk space", stage: held?.op ?? this.parkedReady?.stage ?? "storage" });
     this.cfg.log?.("disk full", { error: cause.error instanceof Error ? cause.error.message : String(cause.error), stage: cause.stage });
   }
 

@@ -73,7 +73,7 @@ export class SimDisk implements KvStorage {
    * is the storage as committed before that write (what a crash leaves); `resumed` settles when
    * the thread goes on.
    */
-  private threadBlocked: { before: MemoryKvStorage; resumed: Promise<void>; resume: () => void } | undefined;
+  private threadBlocked: { op: string; before: MemoryKvStorage; resumed: Promise<void>; resume: () => void } | undefined;
   /** Writes a storage thread took while the disk was full and retried until space returned. */
   threadBlockedWrites = 0;
   /** Writes refused because the disk was full: proof the path was exercised. */
@@ -174,7 +174,7 @@ export class SimDisk implements KvStorage {
     return this.current;
   }
 
-  private write<T>(run: () => T): T {
+  private write<T>(op: string, run: () => T): T {
     const threaded = this.scheduler.storageThread !== undefined;
     if ((this.full && !threaded) || this.threadBlocked !== undefined) {
       this.fullRefusals++;
@@ -185,7 +185,7 @@ export class SimDisk implements KvStorage {
       const before = this.current.clone();
       let resume = () => {};
       const resumed = new Promise<void>((resolve) => (resume = resolve));
-      this.threadBlocked = { before, resumed, resume };
+      this.threadBlocked = { op, before, resumed, resume };
       this.threadBlockedWrites++;
       this.threadTail = this.threadTail.then(() => resumed);
     }
@@ -195,6 +195,11 @@ export class SimDisk implements KvStorage {
   /** See `KvStorage.isDiskFull`: with a storage thread, while a write waits on the full disk. */
   isDiskFull(): boolean {
     return this.threadBlocked !== undefined;
+  }
+
+  /** See `KvStorage.diskFullWrite`. */
+  diskFullWrite(): { readonly op: string; readonly error: Error } | undefined {
+    return this.threadBlocked === undefined ? undefined : { op: this.threadBlocked.op, error: new Error("database or disk is full") };
   }
 
   // ---- Reads: straight through ----------------------------------------------------------------
@@ -247,27 +252,27 @@ export class SimDisk implements KvStorage {
 
   // ---- Writes: refused while the disk is full -------------------------------------------------
   save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void {
-    this.write(() => this.current.save(hardState, entries, sync));
+    this.write("save", () => this.current.save(hardState, entries, sync));
     this.unsyncedSaves.push({ seq: ++this.logWrites, hardState, entries });
   }
   bootstrap(voters: readonly NodeId[], addresses?: readonly MemberAddress[]): void {
-    this.write(() => this.current.bootstrap(voters, addresses));
+    this.write("bootstrap", () => this.current.bootstrap(voters, addresses));
     this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
-    this.write(() => this.current.bootstrapJoined(configuration, changedIndex));
+    this.write("bootstrap-joined", () => this.current.bootstrapJoined(configuration, changedIndex));
     this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
   }
   applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]> {
     this.checkDurable(entries[entries.length - 1]);
-    const results = this.write(() => this.current.applyEntries(entries));
+    const results = this.write("apply", () => this.current.applyEntries(entries));
     this.scheduler.applied?.(entries, results);
     return this.onThread(results);
   }
   compact(index: number): void {
-    this.write(() => this.current.compact(index));
+    this.write("compact", () => this.current.compact(index));
     this.noteLogBarrier();
   }
 
@@ -286,11 +291,11 @@ export class SimDisk implements KvStorage {
     }
   }
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
-    this.write(() => this.current.stageImageChunk(imageId, rows, first));
+    this.write("stage", () => this.current.stageImageChunk(imageId, rows, first));
     this.chunksStaged++;
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {
-    this.write(() => this.current.installSnapshot(metadata, imageId, addresses));
+    this.write("install", () => this.current.installSnapshot(metadata, imageId, addresses));
     this.noteLogBarrier();
     this.snapshotsInstalled++;
     if (this.scheduler.storageThread !== undefined) {

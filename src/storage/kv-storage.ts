@@ -52,6 +52,8 @@ export interface KvStorage extends RaftStorage, RaftLogWriter {
    * fail on the caller's thread instead (with an error `isDiskFull` recognizes).
    */
   isDiskFull?(): boolean;
+  /** While `isDiskFull()`: the write the writer thread is held at (`save`, `apply`, ...) and the error it met. */
+  diskFullWrite?(): { readonly op: string; readonly error: Error } | undefined;
   /** The current value of `key` and the index of the put that wrote it. */
   get(key: string): StoredValue | undefined;
   /**

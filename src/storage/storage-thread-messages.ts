@@ -71,7 +71,7 @@ export type FromStorageThread =
   /** The answers of the requests one pass over the queue ran, in order: one message, not one per request. */
   | { readonly type: "dones"; readonly dones: readonly StorageDone[] }
   /** A request failed for lack of space: it is retried (first in the queue) until it succeeds. */
-  | { readonly type: "disk-full"; readonly seq: number; readonly error: SerializedError }
+  | { readonly type: "disk-full"; readonly seq: number; readonly op: StorageRequest["op"]; readonly error: SerializedError }
   /** The request that met a full disk succeeded after all. */
   | { readonly type: "disk-space" }
   /** Any other failure: the thread runs nothing more. */

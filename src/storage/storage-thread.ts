@@ -103,7 +103,7 @@ function drainInto(dones: StorageDone[]): void {
       reply = run(request, startedMs);
     } catch (error) {
       if (isDiskFull(error)) {
-        if (blockedSeq === undefined) post({ type: "disk-full", seq: request.seq, error: serializeError(error) });
+        if (blockedSeq === undefined) post({ type: "disk-full", seq: request.seq, op: request.op, error: serializeError(error) });
         blockedSeq = request.seq;
         retryTimer = setTimeout(drain, diskRetryMs);
         return;

@@ -187,8 +187,8 @@ export class ThreadedStorage implements KvStorage {
   private awaitedCount = 0;
   private seq = 0;
   private installing = false;
-  /** Set while the writer waits for space (its error); cleared once the write went through. */
-  private diskFull: Error | undefined;
+  /** Set while the writer waits for space (the write and its error); cleared once the write went through. */
+  private diskFull: { readonly op: string; readonly error: Error } | undefined;
   /** The writer's failure: nothing more runs. */
   private fatal: Error | undefined;
   private closed = false;
@@ -555,6 +555,11 @@ export class ThreadedStorage implements KvStorage {
     return this.diskFull !== undefined;
   }
 
+  /** See `KvStorage.diskFullWrite`. */
+  diskFullWrite(): { readonly op: string; readonly error: Error } | undefined {
+    return this.diskFull;
+  }
+
   /**
    * Asks the writer to run what was posted, close its storage (a clean close checkpoints the WAL)
    * and end; images and the read connection close now. Writes stuck behind a full disk are
@@ -610,7 +615,7 @@ export class ThreadedStorage implements KvStorage {
         this.updateRef();
         return;
       case "disk-full":
-        this.diskFull = deserializeError(message.error);
+        this.diskFull = { op: message.op, error: deserializeError(message.error) };
         return;
       case "disk-space":
         this.diskFull = undefined;
@@ -764,7 +769,7 @@ export class ThreadedStorage implements KvStorage {
   private assertWritable(): void {
     this.assertOpen();
     if (this.fatal !== undefined) throw this.fatal;
-    if (this.diskFull !== undefined) throw this.diskFull;
+    if (this.diskFull !== undefined) throw this.diskFull.error;
   }
 }
 
