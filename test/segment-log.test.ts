@@ -215,6 +215,29 @@ describe("SegmentLog", () => {
     expect(statSync(path).size).toBe(sizeBefore);
   });
 
+  test("damage to a record's own index is refused naming the entry it follows, not the index read from the damaged bytes (noticed in a durability review)", () => {
+    const dir = tempDir();
+    const log = SegmentLog.open(dir);
+    log.append(range(1, 10, 1), { term: 1, vote: 1, commit: 10 });
+    log.close();
+    const path = segmentPaths(dir)[0] as string;
+    const bytes = readFileSync(path);
+    const recordOf7 = bytes.indexOf("value-7-1") - 17 - 9;
+    bytes[recordOf7 + 9 + 5] = (bytes[recordOf7 + 9 + 5] as number) ^ 1; // index 7 reads as 2^40 + 7
+    writeFileSync(path, bytes);
+    let error: unknown;
+    try {
+      SegmentLog.open(dir);
+    } catch (thrown) {
+      error = thrown;
+    }
+    expect(error).toBeInstanceOf(StorageError);
+    expect((error as StorageError).code).toBe("corrupt");
+    expect((error as StorageError).index).toBeUndefined();
+    expect((error as StorageError).message).toContain("the record after entry 6");
+    expect((error as StorageError).message).not.toContain(String(2 ** 40 + 7));
+  });
+
   test("damage in the last segment is refused even where the record ends in a few zeros alone in a sector, or its length points past the end", () => {
     // Entry 1's record ends at byte 490; entry 2's (no data, 26 bytes) at 516, its last 4 bytes
     // (the high bytes of its term, and its type: zeros) alone in the file's second sector.

@@ -706,17 +706,17 @@ export class SegmentLog {
     while (offset < size) {
       const problem = recordProblem(bytes, view, offset);
       if (problem !== undefined) {
-        if (!isLast) throw this.corrupt(path, `${problem} at byte ${offset} of a segment that is not the last`, entryIndexAt(view, offset));
+        if (!isLast) throw this.corrupt(path, `${problem} at byte ${offset} of a segment that is not the last${this.recordPlace()}`, this.plausibleIndexAt(view, offset));
         const durableBytes = this.durableAtOpen?.segment === sequence ? this.durableAtOpen.bytes : 0;
         if (offset < durableBytes) {
-          throw this.corrupt(path, `${problem} at byte ${offset} of the last segment, within the ${durableBytes} bytes of it a completed sync had made durable (recorded in the database): damage, not a torn write`, entryIndexAt(view, offset));
+          throw this.corrupt(path, `${problem} at byte ${offset} of the last segment${this.recordPlace()}, within the ${durableBytes} bytes of it a completed sync had made durable (recorded in the database): damage, not a torn write`, this.plausibleIndexAt(view, offset));
         }
         if (!tornRecord(bytes, view, offset)) {
-          throw this.corrupt(path, `${problem} at byte ${offset} of the last segment, and no part of the record reads as never written: damage, not a torn write`, entryIndexAt(view, offset));
+          throw this.corrupt(path, `${problem} at byte ${offset} of the last segment${this.recordPlace()}, and no part of the record reads as never written: damage, not a torn write`, this.plausibleIndexAt(view, offset));
         }
         // Past every completed sync (see the file comment): what follows was never durable.
         this.fs.ftruncateSync(fd, offset);
-        this.tornCutValue = { segment: segmentName(sequence), atByte: offset, bytesCut: size - offset, entryIndex: entryIndexAt(view, offset) };
+        this.tornCutValue = { segment: segmentName(sequence), atByte: offset, bytesCut: size - offset, entryIndex: this.plausibleIndexAt(view, offset) };
         break;
       }
       const payloadBytes = view.getUint32(offset + 4, true);
@@ -754,6 +754,23 @@ export class SegmentLog {
     // durable from here, so compaction can count on it.
     this.durably(() => this.fs.fdatasyncSync(fd));
     segment.syncedEnd = segment.end;
+  }
+
+  /**
+   * The index a record that failed its checks begins, where its bytes name one this replay could
+   * come to next: no higher than one past the last entry read, no lower than the log's start. A
+   * damaged index (2^40 + 7, say) is not named as the entry's.
+   */
+  private plausibleIndexAt(view: DataView, offset: number): number | undefined {
+    const index = entryIndexAt(view, offset);
+    if (index === undefined) return undefined;
+    const next = this.positions.count > 0 ? this.positions.last() + 1 : this.floor.index + 1;
+    return index <= next && index > this.floor.index ? index : undefined;
+  }
+
+  /** Where the replay is, for a refusal's message: the last entry read before a bad record. */
+  private recordPlace(): string {
+    return this.positions.count > 0 ? `, the record after entry ${this.positions.last()}` : "";
   }
 
   /** The reset a segment's header records, once it takes effect (see `replaySegment`). */
