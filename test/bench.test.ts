@@ -367,6 +367,28 @@ test("kv bench against endpoints with no leader is one line on stderr and exit 1
   expect(result.out).toBe("");
 });
 
+test("kv bench pointed at the other kind of store says which it is (a review found 'no leader found' alone when --target etcd met kv)", async () => {
+  const kvNode = fakeKvNode();
+  const etcd = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: (request) =>
+      new URL(request.url).pathname === "/v3/maintenance/status" ? Response.json({ header: { member_id: "1" }, leader: "0" }) : new Response("404 page not found", { status: 404 }),
+  });
+  const etcdUrl = `http://127.0.0.1:${etcd.port}`;
+  try {
+    const atKv = await bench(["--target", "etcd", "--endpoints", kvNode.url, "--requests", "5", "--timeout", "200ms"]);
+    expect(atKv.code).toBe(1);
+    expect(atKv.err.trim()).toBe(`kv: bench: etcd at ${kvNode.url}: no leader found within 200 ms: ${kvNode.url} is a kv node, not etcd (--target kv)`);
+    const atEtcd = await bench(["--endpoints", etcdUrl, "--requests", "5", "--timeout", "200ms"]);
+    expect(atEtcd.code).toBe(1);
+    expect(atEtcd.err.trim()).toBe(`kv: bench: kv at ${etcdUrl}: no leader found within 200 ms: ${etcdUrl} is an etcd endpoint, not kv (--target etcd)`);
+  } finally {
+    kvNode.server.stop(true);
+    etcd.stop(true);
+  }
+});
+
 test("kv bench --target noop starts its own trivial server and measures the tool's ceiling", async () => {
   const report = await benchJson(["--target", "noop", "--requests", "2000", "--clients", "8"]);
   expect(report.ok).toBe(2000);

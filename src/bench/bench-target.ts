@@ -118,6 +118,8 @@ export class LeaderTracker {
   constructor(
     private readonly discover: () => Promise<LeaderObservation | undefined>,
     private readonly discoverTimeoutMs: number,
+    /** When no leader is found at start: why, if the endpoints say (another kind of store, say). */
+    private readonly diagnose: () => Promise<string | undefined> = async () => undefined,
   ) {}
 
   get leader(): LeaderObservation | undefined {
@@ -127,7 +129,10 @@ export class LeaderTracker {
   /** Waits for a leader; throws when none is found within the discovery timeout. */
   async start(): Promise<void> {
     this.current = await pollUntil(this.discover, this.discoverTimeoutMs, 25);
-    if (this.current === undefined) throw new BenchTargetUnavailableError(`no leader found within ${this.discoverTimeoutMs} ms`);
+    if (this.current === undefined) {
+      const why = await this.diagnose();
+      throw new BenchTargetUnavailableError(`no leader found within ${this.discoverTimeoutMs} ms${why === undefined ? "" : `: ${why}`}`);
+    }
   }
 
   /** Re-discovers after a write to `failedOrigin` went wrong (keeps the old leader if none is found); at once after `stop`. */

@@ -67,7 +67,15 @@ export function createEtcdTarget(opts: EtcdTargetOptions): BenchTarget {
     }
     return best;
   };
-  const leader = new LeaderTracker(observe, opts.discoverTimeoutMs);
+  // kv's own status route answering where etcd's does not: the endpoints are kv's.
+  const diagnose = async (): Promise<string | undefined> => {
+    for (const endpoint of opts.endpoints) {
+      const status = (await fetchJson(`${endpoint}/status`, STATUS_TIMEOUT_MS)) as { term?: unknown; role?: unknown } | undefined;
+      if (typeof status?.term === "number" && typeof status.role === "string") return `${endpoint} is a kv node, not etcd (--target kv)`;
+    }
+    return undefined;
+  };
+  const leader = new LeaderTracker(observe, opts.discoverTimeoutMs, diagnose);
 
   const send = async (connections: ClientConnections, origin: string, request: Uint8Array, operation: OperationKind): Promise<OperationOutcome> => {
     const isWrite = operation !== "get";

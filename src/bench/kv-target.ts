@@ -70,7 +70,15 @@ export function createKvTarget(opts: KvTargetOptions): BenchTarget {
     }
     return best;
   };
-  const leader = new LeaderTracker(observe, opts.discoverTimeoutMs);
+  // etcd's status route answering where kv's does not: the endpoints are etcd's.
+  const diagnose = async (): Promise<string | undefined> => {
+    for (const endpoint of opts.endpoints) {
+      const status = (await fetchJson(`${endpoint}/v3/maintenance/status`, STATUS_TIMEOUT_MS, "{}")) as { header?: { member_id?: string } } | undefined;
+      if (status?.header?.member_id !== undefined) return `${endpoint} is an etcd endpoint, not kv (--target etcd)`;
+    }
+    return undefined;
+  };
+  const leader = new LeaderTracker(observe, opts.discoverTimeoutMs, diagnose);
 
   const write = async (connections: ClientConnections, method: "PUT" | "DELETE", path: string): Promise<OperationOutcome> => {
     let redirects = 0;
