@@ -94,6 +94,37 @@ describe("elections (§5.2, §5.4.1)", () => {
     node.advance(ready);
   });
 
+  test("a pre-vote granted to an earlier round of the same term is not counted in a later round (found in a code review: a delayed grant raised the term of a server no voter would back any more)", () => {
+    const candidate = coreWith(3, 3);
+    const voter = coreWith(2, 3);
+    const preVoteTo2 = (messages: Message[]) => messages.find((m) => m.type === "pre-vote" && m.to === 2)!;
+    const answerOf = (request: Message) => {
+      voter.step(request);
+      return drain(voter).find((m) => m.type === "pre-vote-response")!;
+    };
+    candidate.campaign();
+    const round1 = preVoteTo2(drain(candidate));
+    const lateGrant = answerOf(round1); // granted, and held back by the network
+    expect(lateGrant).toMatchObject({ granted: true });
+    // A second round in the same term (the first won no quorum in time): same term asked for.
+    candidate.campaign();
+    const round2 = preVoteTo2(drain(candidate));
+    expect(round2.term).toBe(round1.term);
+    candidate.step(lateGrant);
+    expect(candidate.basicStatus()).toMatchObject({ preCandidate: true, term: 0 });
+    // The answer to this round counts.
+    candidate.step(answerOf(round2));
+    expect(candidate.basicStatus()).toMatchObject({ preCandidate: false, role: "candidate", term: 1 });
+  });
+
+  test("a pre-vote answer without a round (a peer of a release before rounds) still counts", () => {
+    const candidate = coreWith(3, 3);
+    candidate.campaign();
+    drain(candidate);
+    candidate.step({ type: "pre-vote-response", from: 2, to: 3, term: 1, granted: true });
+    expect(candidate.basicStatus()).toMatchObject({ preCandidate: false, role: "candidate", term: 1 });
+  });
+
   test("a server does not campaign while a committed membership change is not yet applied (etcd's guard)", () => {
     // Entry 2 (committed, not applied) may change who the voters are: this server cannot know yet.
     const confChange: Entry = { index: 2, term: 1, type: EntryType.ConfChange, data: new Uint8Array([1]) };

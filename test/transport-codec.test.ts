@@ -29,9 +29,11 @@ function everyVariant(from: number, to: number): Message[] {
   return [
     { type: "vote", from, to, term: 7, lastLogIndex: 42, lastLogTerm: 6, transfer: false },
     { type: "pre-vote", from, to, term: 8, lastLogIndex: 42, lastLogTerm: 6, transfer: false },
+    { type: "pre-vote", from, to, term: 8, lastLogIndex: 42, lastLogTerm: 6, transfer: false, round: 3 },
     { type: "vote", from, to, term: 8, lastLogIndex: 42, lastLogTerm: 6, transfer: true },
     { type: "vote-response", from, to, term: 7, granted: true },
     { type: "pre-vote-response", from, to, term: 8, granted: true },
+    { type: "pre-vote-response", from, to, term: 8, granted: true, round: 3 },
     { type: "pre-vote-response", from, to, term: 7, granted: false },
     { type: "timeout-now", from, to, term: 7 },
     { type: "snapshot", from, to, term: 7, snapshot: { index: 90, term: 6, voters: [1, 2, 3] }, imageId: "image-1.90" },

@@ -109,6 +109,8 @@ export class Raft {
   role: Role = "follower";
   /** A candidate still rehearsing with pre-votes: its term has not been raised yet. */
   preCandidate = false;
+  /** The pre-vote rounds this server has begun (a counter: see `VoteRequest.round`). */
+  private preVoteRound = 0;
   leaderId: NodeId = 0;
   /** Leader: the voter leadership is being handed to, or 0. Proposals are refused meanwhile. */
   leadTransferee: NodeId = 0;
@@ -328,6 +330,7 @@ export class Raft {
     this.reset(this.term);
     this.role = "candidate";
     this.preCandidate = true;
+    this.preVoteRound++;
   }
 
   private becomeLeader(): void {
@@ -459,9 +462,10 @@ export class Raft {
     const term = kind === "pre-vote" ? this.term + 1 : this.term;
     const lastLogIndex = this.log.lastIndex();
     const lastLogTerm = this.log.lastTerm();
+    const round = kind === "pre-vote" ? { round: this.preVoteRound } : {};
     for (const voter of this.voters) {
       if (voter === this.id) continue;
-      this.send({ type: kind, from: this.id, to: voter, term, lastLogIndex, lastLogTerm, transfer });
+      this.send({ type: kind, from: this.id, to: voter, term, lastLogIndex, lastLogTerm, transfer, ...round });
     }
   }
 
@@ -872,13 +876,16 @@ export class Raft {
       this.electionElapsedTicks = 0;
     }
     // A granted pre-vote answers in the rehearsed term, so the candidate can tell it from a stale one.
-    this.send({ type: responseType, from: this.id, to: m.from, term: granted ? m.term : this.term, granted });
+    this.send({ type: responseType, from: this.id, to: m.from, term: granted ? m.term : this.term, granted, ...(m.round === undefined ? {} : { round: m.round }) });
   }
 
   private handleVoteResponse(m: VoteResponse): void {
     if (this.role !== "candidate" || !this.isVoter(m.from)) return;
     if ((m.type === "pre-vote-response") !== this.preCandidate) return; // an answer to an earlier phase
     if (this.preCandidate && m.granted && m.term !== this.term + 1) return;
+    // Every round of ours in this term asks for the same term: an answer to an earlier round (a
+    // grant delayed past the next round, which that voter may refuse, found in review) counts not.
+    if (this.preCandidate && m.round !== undefined && m.round !== this.preVoteRound) return;
     if (!this.votes.has(m.from)) this.votes.set(m.from, m.granted);
     let granted = 0;
     let rejected = 0;

@@ -113,12 +113,20 @@ export interface VoteRequest extends MessageBase {
   readonly lastLogTerm: number;
   /** An election a leader asked for by TimeoutNow (thesis §3.10): voters set aside their leader lease. */
   readonly transfer: boolean;
+  /**
+   * A pre-vote's round: every round of one candidate in one term asks for the same term, so its
+   * answers echo the round, and one from an earlier round is not counted (absent: a vote, or a
+   * peer of a release before rounds).
+   */
+  readonly round?: number;
 }
 
 /** A granted pre-vote response carries the pre-vote's term; a rejection carries the voter's term. */
 export interface VoteResponse extends MessageBase {
   readonly type: "vote-response" | "pre-vote-response";
   readonly granted: boolean;
+  /** The request's `round`, echoed. */
+  readonly round?: number;
 }
 
 /**

@@ -75,6 +75,7 @@ export function toProto(message: Message): RaftMessage {
             lastLogTerm: u64(message.lastLogTerm),
             preVote: message.type === "pre-vote",
             transfer: message.transfer,
+            round: u64(message.round ?? 0),
           },
         },
       });
@@ -82,7 +83,7 @@ export function toProto(message: Message): RaftMessage {
     case "pre-vote-response":
       return create(RaftMessageSchema, {
         ...header,
-        body: { case: "voteResponse", value: { granted: message.granted, preVote: message.type === "pre-vote-response" } },
+        body: { case: "voteResponse", value: { granted: message.granted, preVote: message.type === "pre-vote-response", round: u64(message.round ?? 0) } },
       });
     case "timeout-now":
       return create(RaftMessageSchema, { ...header, body: { case: "timeoutNow", value: {} } });
@@ -196,11 +197,13 @@ export function fromProto(proto: RaftMessage, limits: DecodeLimits = defaultDeco
       // Terms in a log never exceed the term of the server holding it (§5.3).
       if (lastLogTerm > term) throw new TransportDecodeError(`vote.lastLogTerm ${lastLogTerm} beyond term ${term}`);
       const type = flag(body.value.preVote, "vote.preVote") ? "pre-vote" : "vote";
-      return { type, ...header, lastLogIndex, lastLogTerm, transfer: flag(body.value.transfer, "vote.transfer") };
+      const round = count(body.value.round, "vote.round");
+      return { type, ...header, lastLogIndex, lastLogTerm, transfer: flag(body.value.transfer, "vote.transfer"), ...(round === 0 ? {} : { round }) };
     }
     case "voteResponse": {
       const type = flag(body.value.preVote, "voteResponse.preVote") ? "pre-vote-response" : "vote-response";
-      return { type, ...header, granted: flag(body.value.granted, "voteResponse.granted") };
+      const round = count(body.value.round, "voteResponse.round");
+      return { type, ...header, granted: flag(body.value.granted, "voteResponse.granted"), ...(round === 0 ? {} : { round }) };
     }
     case "timeoutNow":
       return { type: "timeout-now", ...header };
