@@ -268,6 +268,8 @@ describe("lease routes over a cluster", () => {
       expect(typeof bad.json?.message).toBe("string");
     }
     expect((await call(app, "POST", "/leases", '{"ttlMs": 1e400}')).json?.message).toContain("got Infinity");
+    // A field given twice was granted with the last value (found in a black-box review).
+    expect((await call(app, "POST", "/leases", '{"ttlMs": 1000, "ttlMs": 2000}')).json).toEqual({ error: "bad_request", message: "the body gives 'ttlMs' twice in one object" });
     expect((await call(app, "POST", "/leases?ttlMs=5", '{"ttlMs": 60000}')).status).toBe(400);
     expect((await call(app, "POST", `/leases/${id}/keepalive?x=1`)).status).toBe(400);
     for (const path of ["/leases/0", "/leases/abc", "/leases/-1", "/leases/99999999999999999999", "/leases/1.5/keepalive"]) {

@@ -149,6 +149,9 @@ describe("POST /txn", () => {
       ["a key over the most any limit allows", { success: [{ get: { key: "k".repeat(16_385) } }] }, 413, /16385 bytes; the limit is 16384/],
       ["a value over --value-bytes-max", { success: [{ put: { key: "a", value: "v".repeat(1025) } }] }, 413, /1025 bytes; the limit is 1024/],
       ["a comparison value over it", { compare: [{ key: "a", value: { base64: Buffer.alloc(1025).toString("base64") } }] }, 413, /1025 bytes/],
+      ["a branch given twice (JSON.parse kept the last: found in a black-box review)", '{"success":[{"put":{"key":"a","value":"1"}}],"success":[{"put":{"key":"b","value":"2"}}]}', 400, "the body gives 'success' twice in one object"],
+      ["brackets nested deep (they held the leader's loop past an election timeout: same review)", "[".repeat(100_000) + "]".repeat(100_000), 400, "the body is nested deeper than 8 levels"],
+      ["a wide array", `{"success":[1${",1".repeat(100_000)}]}`, 400, "the body holds more than 2048 values"],
       ["a body over the bound", { success: [{ put: { key: "a", value: "v".repeat(txnBodyBytesMax(1024)) } }] }, 413, `the transaction's body is over the limit of ${txnBodyBytesMax(1024)} bytes`],
     ];
     await c.until(() => c.node(leaderId).status().appliedIndex === c.node(leaderId).status().lastLogIndex);

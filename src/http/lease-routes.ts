@@ -18,7 +18,7 @@ import { leaseTtlMsMax } from "../kv/leases.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
-import { jsonObject, refuseBody } from "./json-body.ts";
+import { jsonObject, parseJsonBody, refuseBody, smallJsonShape } from "./json-body.ts";
 import { parsePageLimit, parseQueryStrictly, singleParam } from "./kv-key.ts";
 import { leaseListQuery, leaseParams, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
@@ -102,12 +102,7 @@ export function parseLeaseId(text: string): number {
 }
 
 function parseGrantBody(bytes: Uint8Array): number {
-  let body: unknown;
-  try {
-    body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch {
-    throw new KvError("bad_request", 'the body must be JSON {"ttlMs": N}');
-  }
+  const body = parseJsonBody(bytes, "the body", smallJsonShape, 'the body must be JSON {"ttlMs": N}');
   const { ttlMs } = jsonObject(body, 'the body {"ttlMs": N}', ["ttlMs"]);
   if (typeof ttlMs !== "number" || !Number.isSafeInteger(ttlMs) || ttlMs < 1 || ttlMs > leaseTtlMsMax) {
     const got = typeof ttlMs === "number" ? String(ttlMs) : (JSON.stringify(ttlMs) ?? "nothing");

@@ -17,7 +17,7 @@ import { KvError } from "../lib/kv-error.ts";
 import { isAddressOnly } from "../lib/address-url.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
-import { jsonObject, refuseBody } from "./json-body.ts";
+import { jsonObject, parseJsonBody, refuseBody, smallJsonShape } from "./json-body.ts";
 import { memberParams, membersQuery, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { parseQueryStrictly, singleParam } from "./kv-key.ts";
@@ -112,12 +112,7 @@ function parseId(text: string): number {
 }
 
 function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl?: string } {
-  let body: unknown;
-  try {
-    body = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch {
-    throw new KvError("bad_request", 'the body must be JSON {"id": N, "peerUrl": "http://host:port"}');
-  }
+  const body = parseJsonBody(bytes, "the body", smallJsonShape, 'the body must be JSON {"id": N, "peerUrl": "http://host:port"}');
   const { id, peerUrl, httpUrl } = jsonObject(body, 'the body {"id", "peerUrl", "httpUrl"}', ["id", "peerUrl", "httpUrl"]);
   if (typeof id !== "number") throw new KvError("bad_request", "'id' must be a number");
   return { id: parseId(String(id)), peerUrl: parseUrl("peerUrl", peerUrl), ...(httpUrl === undefined || httpUrl === null ? {} : { httpUrl: parseUrl("httpUrl", httpUrl) }) };

@@ -31,7 +31,7 @@ import { unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import type { KvNodeApi } from "../node/api.ts";
 import { jsonResponse } from "./http-error.ts";
-import { jsonObject } from "./json-body.ts";
+import { jsonObject, type JsonShapeLimits, parseJsonBody } from "./json-body.ts";
 import { rawTarget } from "./raw-target.ts";
 import { admitWriteBody, type BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
@@ -53,7 +53,6 @@ export function txnBodyBytesMax(valueBytesMax: number): number {
   return Math.ceil((valueBytesMax * 4) / 3) + 1024 * 1024;
 }
 
-const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 const utf8Encoder = new TextEncoder();
 /** A lease id as text: what `parseLeaseId` (lease-routes.ts) takes. */
 const leaseIdPattern = /^[1-9][0-9]{0,15}$/;
@@ -119,18 +118,20 @@ function resultJson(result: TxnOpResult) {
   }
 }
 
+/**
+ * The deepest valid body is 5 levels (the body, a branch, an operation, its put, a `{"base64"}`
+ * value) and an operation is at most about 8 values (its objects and commas), so these leave
+ * room and still refuse, before parsing, the shapes that held the loop (see `parseJsonBody`).
+ */
+const txnJsonShape: JsonShapeLimits = { depthMax: 8, valuesMax: 16 * txnOperationsMax };
+
 function bad(message: string): KvError {
   return new KvError("bad_request", message);
 }
 
 /** Parses and checks a `POST /txn` body; throws `bad_request` or `too_large` (see the file comment). */
 export function parseTxnBody(bytes: Uint8Array, limits: TxnRouteLimits): TxnRequest {
-  let body: unknown;
-  try {
-    body = JSON.parse(utf8Decoder.decode(bytes));
-  } catch {
-    throw bad('the body must be JSON: {"compare": [...], "success": [...], "failure": [...]}');
-  }
+  const body = parseJsonBody(bytes, "the body", txnJsonShape, 'the body must be JSON: {"compare": [...], "success": [...], "failure": [...]}');
   const fields = jsonObject(body, "the body", ["compare", "success", "failure"]);
   const lists = (["compare", "success", "failure"] as const).map((name) => {
     const list = fields[name] ?? [];
