@@ -793,6 +793,28 @@ describe("compare-and-set: ?ifVersion=N on PUT and DELETE", () => {
     expect((await call("GET", "/kv/cas?consistency=stale")).status).toBe(200);
     expect((await put("/kv/cas?ifVersion=0", "x")).status).toBe(409);
   });
+
+  test("HTTP's conditional headers on a write are a 400 naming ?ifVersion: If-Match was ignored, and a compare-and-set became a blind overwrite (found in a black-box review)", async () => {
+    expect((await put("/kv/cond", "first")).status).toBe(200);
+    const writes: [string, string, string?][] = [
+      ["PUT", "/kv/cond", "second"],
+      ["DELETE", "/kv/cond"],
+      ["DELETE", "/kv?prefix=cond"],
+      ["POST", "/txn", '{"success":[{"put":{"key":"cond","value":"third"}}]}'],
+    ];
+    for (const [header, value] of [["If-Match", '"1"'], ["If-None-Match", "*"], ["If-Unmodified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"], ["If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT"]] as const) {
+      for (const [method, path, body] of writes) {
+        const response = await call(method, path, { headers: { [header]: value }, ...(body === undefined ? {} : { body }) });
+        const answer = (await response.json()) as { error: string; message: string };
+        expect([header, method, path, response.status, answer.error]).toEqual([header, method, path, 400, "bad_request"]);
+        expect(answer.message).toStartWith(`${header} is not evaluated on a write`);
+        expect(answer.message).toContain("?ifVersion=N");
+      }
+    }
+    expect(await (await call("GET", "/kv/cond")).text()).toBe("first");
+    // A read may carry them (a browser's revalidation): answered in full, as before.
+    expect((await call("GET", "/kv/cond", { headers: { "If-None-Match": '"x"' } })).status).toBe(200);
+  });
 });
 
 describe("a full disk", () => {

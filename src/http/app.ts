@@ -24,6 +24,7 @@ import { rawTarget } from "./raw-target.ts";
 import { admitWriteBody, BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { idempotencyKeyOf } from "./idempotency-key.ts";
+import { refuseConditionalHeaders } from "./preconditions.ts";
 import { createMembersRoutes } from "./members-routes.ts";
 import { createSnapshotRoute } from "./snapshot-route.ts";
 import { createHashHandler } from "./hash-route.ts";
@@ -450,6 +451,7 @@ function sseEvent(item: WatchItem, last: boolean): string {
 
 /** `?ifVersion=N` (compare-and-set) and the `Idempotency-Key` header (exactly-once retries) on a write. */
 function parseWriteOptions(query: URLSearchParams | undefined, request: Request): WriteOptions {
+  refuseConditionalHeaders(request);
   const idempotencyKey = idempotencyKeyOf(request);
   const idempotency = idempotencyKey === undefined ? {} : { idempotencyKey };
   const values = query?.getAll("ifVersion") ?? [];

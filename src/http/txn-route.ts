@@ -36,6 +36,7 @@ import { rawTarget } from "./raw-target.ts";
 import { admitWriteBody, type BodyAdmission } from "./body-admission.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { idempotencyKeyOf } from "./idempotency-key.ts";
+import { refuseConditionalHeaders } from "./preconditions.ts";
 import { jsonValue } from "../lib/json-value.ts";
 import { KEY_BYTES_MAX_LIMIT, refuseKeyOverLimit } from "./kv-key.ts";
 
@@ -81,6 +82,7 @@ export function createTxnRoute(node: KvNodeApi, limits: TxnRouteLimits): (reques
     if (request.method !== "POST") throw new KvError("method_not_allowed", `${request.method} is not allowed on /txn`);
     const [parameter] = new URLSearchParams(rawTarget(request.url).search).keys();
     if (parameter !== undefined) throw new KvError("bad_request", `unknown query parameter '${parameter}': /txn takes none`);
+    refuseConditionalHeaders(request);
     const idempotencyKey = idempotencyKeyOf(request);
     const bodyBytesMax = txnBodyBytesMax(limits.valueBytesMax);
     // As for a PUT (app.ts): a large body is redirected unread by a follower, else read when its turn comes.
