@@ -5,6 +5,7 @@
  */
 import type { KvNodeApi } from "../node/api.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
+import { KvError } from "../lib/kv-error.ts";
 import { LATENCY_BUCKETS_S } from "../lib/metrics.ts";
 import { createRateLimitedLog } from "../lib/rate-limited-log.ts";
 import { secretsEqual } from "../lib/secret.ts";
@@ -245,6 +246,9 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     if (shuttingDown) return finish(request, shuttingDownResponse());
     const refused = refusal(request, route);
     if (refused !== undefined) return finish(request, refused);
+    // A fragment is never sent by a client that follows HTTP; sent raw, it cut a key short and took
+    // its ?ifVersion with it (found in a black-box review).
+    if (request.url.includes("#")) return finish(request, errorResponse(new KvError("bad_request", "the request target holds a '#': a fragment is not sent to a server; send '#' in a key as %23"), request));
     const routed = withRoutableUrl(request);
     let response: Response;
     try {
