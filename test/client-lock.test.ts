@@ -51,6 +51,37 @@ describe("against a 3-node cluster", () => {
     return keys;
   };
 
+  test("watches past the streams Bun's fetch runs at once are refused as too_many_streams, and so is a lock, before it makes a key; other calls go on (found in a black-box review: 256 idle watches stopped every other call, and a held lock lost its lease)", async () => {
+    const before = process.env.BUN_CONFIG_MAX_HTTP_REQUESTS;
+    process.env.BUN_CONFIG_MAX_HTTP_REQUESTS = "40"; // 40 - 32 reserved: 8 streams
+    const stop = new AbortController();
+    const kv = createClient({ endpoints: urls() });
+    const other = createClient({ endpoints: urls() }); // the cap is the process's, not a client's
+    try {
+      const first = new AbortController();
+      const streams = Array.from({ length: 8 }, (_, i) => kv.watch({ key: `cap/${i}` }, { signal: i === 0 ? AbortSignal.any([first.signal, stop.signal]) : stop.signal })[Symbol.asyncIterator]());
+      const firsts = streams.map((stream) => stream.next()); // each opens its stream
+      const refused = await other.watch({ key: "cap/9" })[Symbol.asyncIterator]().next().catch((error: unknown) => error);
+      expect(refused).toBeInstanceOf(KvClientError);
+      expect((refused as KvClientError).code).toBe("too_many_streams");
+      expect((refused as KvClientError).message).toContain("BUN_CONFIG_MAX_HTTP_REQUESTS");
+      const lock = await other.lock("cap-lock", { ttlMs: TTL_MS }).catch((error: unknown) => error);
+      expect((lock as KvClientError).code).toBe("too_many_streams");
+      expect(await keysUnder("cap-lock")).toEqual([]);
+      expect((await other.put("cap/x", "1")).version).toBeGreaterThan(0);
+      // One stream ended gives room for one more.
+      first.abort();
+      expect((await firsts[0])?.done).toBe(true);
+      const held = await other.lock("cap-lock", { ttlMs: TTL_MS });
+      expect(await keysUnder("cap-lock")).toHaveLength(1);
+      await held.release();
+    } finally {
+      stop.abort();
+      if (before === undefined) delete process.env.BUN_CONFIG_MAX_HTTP_REQUESTS;
+      else process.env.BUN_CONFIG_MAX_HTTP_REQUESTS = before;
+    }
+  });
+
   test("leases: grant, attach, get, keepAlive, revoke; a gone lease is lease_not_found", async () => {
     const kv = createClient({ endpoints: urls() });
     const lease = await kv.leases.grant(10_000);

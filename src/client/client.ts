@@ -10,7 +10,7 @@ import { KvClientError } from "./errors.ts";
 import { createLeasesApi, leaseIdOf, type LeaseId, type LeasesApi } from "./leases.ts";
 import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
 import { errorFromAnswer, Transport, type Answer } from "./transport.ts";
-import { watchEvents, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
+import { assertWatchRoom, watchEvents, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
 import { describeInput, fromJsonValue, makeEntry, toJsonValue, valueBytes, type JsonValue, type KvEntry, type ValueInput } from "./values.ts";
 
 /** Settings of `createClient`. */
@@ -581,6 +581,7 @@ export function createClient(options: ClientOptions): KvClient {
     delete: (key) => client.delete(key),
     list: (prefix) => client.list(prefix),
     watch: (selector, watchOptions) => client.watch(selector, watchOptions),
+    assertWatchRoom: () => assertWatchRoom(transport),
   };
 
   async function* listPages(prefix: string, opts: ListOptions): AsyncIterableIterator<ListPage> {

@@ -23,7 +23,13 @@ export type ClientSideCode =
   /** A lease keeper got no keepalive answered within the lease's TTL: the lease may have run out (a lock's `lost` reason). */
   | "lease_expired"
   /** Another client deleted or wrote a lock holder's key: another contender may hold the lock (a lock's `lost` reason). */
-  | "lock_key_changed";
+  | "lock_key_changed"
+  /**
+   * A watch (or a lock, which holds one) would take this process past the streams it may hold open:
+   * Bun's fetch runs at most `BUN_CONFIG_MAX_HTTP_REQUESTS` (256) requests at once, and past that
+   * every other call of the process waits. Nothing was sent.
+   */
+  | "too_many_streams";
 
 /**
  * A call that certainly did not take effect, or a read that failed. `code` is the server's stable

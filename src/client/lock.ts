@@ -76,6 +76,8 @@ export interface LockDeps {
   delete(key: string): Promise<unknown>;
   list(prefix: string): AsyncIterableIterator<{ readonly items: readonly KvEntry[] }>;
   watch(selector: WatchSelector, options: WatchOptions): AsyncIterableIterator<WatchEvent>;
+  /** Throws `too_many_streams` when this process has no room for one more watch stream. */
+  assertWatchRoom(): void;
 }
 
 const LOCK_TTL_MS_DEFAULT = 10_000;
@@ -91,6 +93,9 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
   const prefix = queuePrefix(name);
   const ttlMs = options.ttlMs ?? LOCK_TTL_MS_DEFAULT;
   if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
+  // Waiting and holding each keep a watch open: refused here, before a key or lease is made, rather
+  // than holding a lock whose keepalives wait behind the streams (see assertWatchRoom).
+  deps.assertWatchRoom();
   const signal = options.signal;
   for (let rejoins = 0; ; rejoins++) {
     signal?.throwIfAborted();

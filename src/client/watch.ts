@@ -70,6 +70,32 @@ export const watchEventCharsMax = 6 * ((16 << 20) + (16 << 10)) + 4_096;
 /** An error answer's body read at most. */
 const ERROR_BODY_CHARS_MAX = 4_096;
 
+/** Requests left to calls other than watch streams, of the most Bun's fetch runs at once. */
+const STREAMS_RESERVED = 32;
+/** Watches open in this process (each holds one request of fetch's, or waits to: see `assertWatchRoom`). */
+let watchStreamsOpen = 0;
+
+/**
+ * Throws `too_many_streams` when one more watch would leave fewer than `STREAMS_RESERVED` of the
+ * requests Bun's fetch runs at once (`BUN_CONFIG_MAX_HTTP_REQUESTS`, 256 by default; read here as
+ * the process was started) for other calls. Past the cap, every other request of the process, of
+ * any client, waits behind the open streams: 256 idle watches stopped a put, and a held lock lost
+ * its lease when its keepalives could not go out (found in a black-box review). Only the global
+ * fetch is counted; a client given its own `fetch` knows its limits.
+ */
+export function assertWatchRoom(transport: Transport, more = 1): void {
+  if (transport.options.fetch !== undefined) return;
+  const configured = Number(process.env.BUN_CONFIG_MAX_HTTP_REQUESTS);
+  const requestsMax = Number.isSafeInteger(configured) && configured > 0 ? configured : 256;
+  const streamsMax = Math.max(1, requestsMax - STREAMS_RESERVED);
+  if (watchStreamsOpen + more <= streamsMax) return;
+  throw new KvClientError(
+    "too_many_streams",
+    0,
+    `this process holds ${watchStreamsOpen} watch streams (each lock held or waited for holds one), and at most ${streamsMax} may be open: Bun's fetch runs ${requestsMax} requests at once (BUN_CONFIG_MAX_HTTP_REQUESTS), and past that every other call of this process waits. Stop some watches, or start the process with a larger BUN_CONFIG_MAX_HTTP_REQUESTS`,
+  );
+}
+
 /**
  * The events of one watch, resuming across endpoints. Throws `KvClientError`: `compacted` (410, with
  * `details.compactVersion`, the oldest version a watch may start from) when every endpoint's history
@@ -89,6 +115,27 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
   const idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS_DEFAULT;
   const reconnectTimeoutMs = options.reconnectTimeoutMs ?? RECONNECT_TIMEOUT_MS_DEFAULT;
   if (!(idleTimeoutMs >= 1) || !(reconnectTimeoutMs >= 1)) throw badOption("idleTimeoutMs and reconnectTimeoutMs must be at least 1");
+  const { endpoints } = transport.options;
+  const signal = options.signal;
+  assertWatchRoom(transport);
+  const counted = transport.options.fetch === undefined;
+  if (counted) watchStreamsOpen++;
+  try {
+    yield* resumingStream(transport, filter, fromVersion, idleTimeoutMs, reconnectTimeoutMs, options);
+  } finally {
+    if (counted) watchStreamsOpen--;
+  }
+}
+
+/** `watchEvents` once its options are checked and its stream counted. */
+async function* resumingStream(
+  transport: Transport,
+  filter: { readonly prefix: string } | { readonly key: string },
+  fromVersion: number | undefined,
+  idleTimeoutMs: number,
+  reconnectTimeoutMs: number,
+  options: WatchOptions,
+): AsyncGenerator<WatchEvent, void, undefined> {
   const { endpoints } = transport.options;
   const signal = options.signal;
 
