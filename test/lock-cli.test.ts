@@ -169,6 +169,16 @@ describe("kv lock and kv elect", () => {
     expect(holder.err()).toContain(`lost the lock deleted (key ${key}): the holder's key ${key} was deleted by another client`);
   });
 
+  test("a CMD that exits 0 after the lock was lost under it makes kv lock exit 1, so 'kv lock x -- job && done' does not go on (found in a black-box review: it exited 0)", async () => {
+    const holder = spawnKv(["lock", "lost-ok", "--endpoints", endpoints(), "--", "sh", "-c", 'trap "exit 0" TERM; echo "held $KV_LOCK_KEY"; while :; do sleep 0.05; done']);
+    await holder.waitFor("held ");
+    const key = /held (lost-ok\/\d+)/.exec(holder.out())![1]!;
+    await createClient({ endpoints: endpoints() }).delete(key);
+    expect(await holder.proc.exited).toBe(1);
+    expect(holder.err()).toContain(`lost the lock lost-ok (key ${key})`);
+    expect(holder.err()).toContain("exited 0 after the lock was lost: exit 1");
+  });
+
   test("a paused holder's lease runs out: a waiter takes the lock; resumed, the holder says it lost it and SIGTERMs CMD", async () => {
     const holder = spawnKv(["lock", "stalled", "--ttl", "500ms", "--endpoints", endpoints(), "--", "sh", "-c", 'echo "fence=$KV_LOCK_FENCE"; exec sleep 60']);
     await holder.waitFor("fence=");

@@ -10,7 +10,8 @@ import { jsonValue } from "../lib/json-value.ts";
 /**
  * `kv lock` and `kv elect`: a lock and an election for the caller's own processes, through the
  * client library (src/client/lock.ts: leases, create-only puts, each waiter watching only the key
- * just ahead of it). Exit codes: CMD's status under `kv lock -- CMD`; otherwise 0 after an
+ * just ahead of it). Exit codes: CMD's status under `kv lock -- CMD` (1 in place of a 0 when the
+ * lock was lost while CMD ran); otherwise 0 after an
  * interruption (the lock released, the office resigned), 1 when the lock or office was lost while
  * held, 2 on a usage error or a refused request, 3 when the cluster could not be reached; a wait
  * interrupted by SIGINT/SIGTERM exits 130/143 without ever holding.
@@ -207,6 +208,13 @@ export const lockCommand = defineCommand({
     if (!lock.lost.aborted) await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, ttlMs, status);
     else await cleanUpAfterKeyChanged(lock, () => lock.release());
     interrupted.dispose();
+    // CMD may finish cleanly on the SIGTERM, or have ended just as the lock went: its work did not
+    // all run under the lock, so a success is not ours to pass on (found in a black-box review:
+    // `kv lock x -- job && mark_done` went on).
+    if (lock.lost.aborted && status === 0) {
+      console.error(`kv: ${cmd[0]} exited 0 after the lock was lost: exit 1`);
+      process.exit(1);
+    }
     process.exit(status);
   },
 });
