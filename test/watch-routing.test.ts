@@ -116,3 +116,19 @@ describe("idle streams and the history", () => {
     }
   });
 });
+
+test("a stream whose client does not take its changes ends with slow_watcher, saying how its bytes were counted (found in a black-box review: 12 MB of 4,000-byte keys ended it 'past 16777216 bytes')", async () => {
+  const watch = new NodeWatch({ ...defaultWatch, bufferBytesMax: 100_000 }, new ManualClock(), 0);
+  try {
+    const stream = watch.subscribe({ prefix: "big/" }, 0);
+    await stream.next(); // the first answer: progress
+    // 10 keys of 4,000 characters: 40,000 bytes of UTF-8, counted 120,640.
+    deleteAt(watch, 1, Array.from({ length: 10 }, (_, i) => `big/${i}`.padEnd(4_000, "k")));
+    const items = (await stream.next()) ?? [];
+    const end = items.find((item) => item.type === "error");
+    expect(end).toMatchObject({ type: "error", error: "slow_watcher" });
+    expect(end?.type === "error" ? end.message : "").toContain("100000 bytes (keys counted at 3 bytes a character, values as they are, 64 a change)");
+  } finally {
+    watch.stop();
+  }
+});

@@ -370,7 +370,9 @@ export class NodeWatch {
       watcher.pendingChanges++;
       watcher.pendingBytes += changeBytes(change);
       if (watcher.pendingChanges > this.cfg.bufferEventsMax || watcher.pendingBytes > this.cfg.bufferBytesMax) {
-        this.overflow(watcher, `more than ${this.cfg.bufferEventsMax} changes or ${this.cfg.bufferBytesMax} bytes waited for this stream's client`);
+        // Bytes as changeBytes counts them: a key at 3 a character (a 4,000-character key counts
+        // 12,064), which the message says (found in a black-box review: it read as an undercount).
+        this.overflow(watcher, `more than ${this.cfg.bufferEventsMax} changes or ${this.cfg.bufferBytesMax} bytes (keys counted at 3 bytes a character, values as they are, 64 a change) waited for this stream's client`);
         return;
       }
     }
