@@ -683,3 +683,91 @@ test("a caller's mistake is bad_request at once, nothing sent: a key or value th
   await kv.put("k", "v", { lease: "7" });
   expect(sent).toEqual(["DELETE /kv?prefix=", "PUT /kv/k?lease=7"]);
 });
+
+describe("a call's own timeoutMs and signal (etcd's clients take a context: a deadline and a cancellation)", () => {
+  /** A listener that reads requests and never answers; `arrived` resolves once a request came in. */
+  function silentListener() {
+    let arrived = () => {};
+    const came = new Promise<void>((resolve) => (arrived = resolve));
+    const listener = Bun.listen<undefined>({ hostname: "127.0.0.1", port: 0, socket: { data: () => arrived() } });
+    return { url: `http://127.0.0.1:${listener.port}`, listener, came };
+  }
+
+  test("a signal aborted before the call sends nothing and rejects with its reason", async () => {
+    let sent = 0;
+    const kv = createClient({ endpoints: [closedPortUrl()], fetch: (() => (sent++, Promise.reject(new Error("sent")))) as unknown as typeof fetch });
+    const reason = new Error("caller gave up");
+    for (const call of [
+      () => kv.get("k", { signal: AbortSignal.abort(reason) }),
+      () => kv.put("k", "v", { signal: AbortSignal.abort(reason) }),
+      () => kv.delete("k", { signal: AbortSignal.abort(reason) }),
+      () => kv.txn({ success: [{ put: { key: "k", value: "v" } }] }, { signal: AbortSignal.abort(reason) }),
+    ]) {
+      expect(await call().catch((error: unknown) => error)).toBe(reason);
+    }
+    expect(sent).toBe(0);
+  });
+
+  test("a read aborted while its request waits rejects with the reason; a write aborted then is of unknown outcome, with its key to resend", async () => {
+    const silent = silentListener();
+    try {
+      const kv = createClient({ endpoints: [silent.url], timeoutMs: 60_000 });
+      const readAbort = new AbortController();
+      const read = kv.get("k", { signal: readAbort.signal }).catch((error: unknown) => error);
+      await silent.came;
+      readAbort.abort(new Error("read abandoned"));
+      expect(((await read) as Error).message).toBe("read abandoned");
+
+      const again = silentListener();
+      try {
+        const writer = createClient({ endpoints: [again.url], timeoutMs: 60_000 });
+        const writeAbort = new AbortController();
+        const write = writer.put("k", "v", { signal: writeAbort.signal, idempotencyKey: "resend-me" }).catch((error: unknown) => error);
+        await again.came;
+        writeAbort.abort(new Error("write abandoned"));
+        const error = await write;
+        expect(error).toBeInstanceOf(UnknownOutcomeError);
+        expect((error as UnknownOutcomeError).idempotencyKey).toBe("resend-me");
+        expect((error as UnknownOutcomeError).message).toContain("the call's signal aborted it");
+      } finally {
+        again.listener.stop(true);
+      }
+    } finally {
+      silent.listener.stop(true);
+    }
+  });
+
+  test("a write aborted while no endpoint took its connection rejects with the reason: nothing was sent", async () => {
+    const abort = new AbortController();
+    // Aborted as the first connection is refused (this reaction runs before the client's own).
+    const refusing = ((url: string, init?: RequestInit) => {
+      const sent = fetch(url, init);
+      sent.catch(() => abort.abort(new Error("gave up")));
+      return sent;
+    }) as unknown as typeof fetch;
+    const kv = createClient({ endpoints: [closedPortUrl()], timeoutMs: 60_000, fetch: refusing });
+    const write = await kv.put("k", "v", { signal: abort.signal }).catch((error: unknown) => error);
+    expect((write as Error).message).toBe("gave up");
+  });
+
+  test("a call's timeoutMs replaces the client's, longer or shorter; one that is no whole number of ms is bad_request", async () => {
+    const kv = createClient({ endpoints: [closedPortUrl()], timeoutMs: 100 });
+    const longer = (await kv.get("k", { timeoutMs: 700 }).catch((error: unknown) => error)) as KvClientError;
+    expect([longer.code, longer.message]).toEqual(["unreachable", expect.stringContaining("within 700 ms")]);
+    const slow = createClient({ endpoints: [closedPortUrl()], timeoutMs: 60_000 });
+    const shorter = (await slow.put("k", "v", { timeoutMs: 200 }).catch((error: unknown) => error)) as KvClientError;
+    expect([shorter.code, shorter.message]).toEqual(["unreachable", expect.stringContaining("within 200 ms")]);
+    for (const timeoutMs of [0, -1, 1.5, Number.NaN]) {
+      const bad = (await kv.get("k", { timeoutMs }).catch((error: unknown) => error)) as KvClientError;
+      expect([timeoutMs, bad.code]).toEqual([timeoutMs, "bad_request"]);
+    }
+  });
+
+  test("a listing's pages and a deletePrefix's requests take the call's signal", async () => {
+    const kv = createClient({ endpoints: [closedPortUrl()] });
+    const reason = new Error("stop");
+    const pages = kv.list("p", { signal: AbortSignal.abort(reason) });
+    expect(await pages.next().catch((error: unknown) => error)).toBe(reason);
+    expect(await kv.deletePrefix("p", { signal: AbortSignal.abort(reason) }).catch((error: unknown) => error)).toBe(reason);
+  });
+});

@@ -39,13 +39,28 @@ export interface ClientOptions {
 /** How a read is served: `linearizable` (the default), `lease` (leader lease) or `stale` (local state). */
 export type ReadConsistency = "linearizable" | "lease" | "stale";
 
+/**
+ * What every call of the key-value API takes besides its own options: a budget and an abort, as a
+ * context's deadline and cancellation in etcd's clients.
+ */
+export interface CallOptions {
+  /** This call's budget, retries included, in place of the client's `timeoutMs` (for `deletePrefix`, each of its requests'). */
+  readonly timeoutMs?: number;
+  /**
+   * Stops the call at once. A read, or a write none of whose attempts may have reached a node,
+   * rejects with the signal's reason; a write that may have been applied throws
+   * `UnknownOutcomeError`, as when its budget runs out.
+   */
+  readonly signal?: AbortSignal;
+}
+
 /** Options of `get`. */
-export interface GetOptions {
+export interface GetOptions extends CallOptions {
   readonly consistency?: ReadConsistency;
 }
 
 /** Options of `put`. */
-export interface PutOptions {
+export interface PutOptions extends CallOptions {
   /** Compare-and-set: write only if the key's version is this (0: only if absent); else `version_mismatch`. */
   readonly ifVersion?: number;
   /** Attach the key to this lease: its id as `grant` returns it, or its decimal string (sent as `?lease=ID`). */
@@ -55,7 +70,7 @@ export interface PutOptions {
 }
 
 /** Options of `delete`. */
-export interface DeleteOptions {
+export interface DeleteOptions extends CallOptions {
   /** Compare-and-delete: delete only if the key's version is this; else `version_mismatch`. */
   readonly ifVersion?: number;
   /** The write's `Idempotency-Key` (default: a random one, generated per call). */
@@ -63,7 +78,7 @@ export interface DeleteOptions {
 }
 
 /** Options of `deletePrefix`. */
-export interface DeletePrefixOptions {
+export interface DeletePrefixOptions extends CallOptions {
   /** Keys deleted per request, 1 to 10,000 (default: the node's, 1,000): each request's keys go at one version. */
   readonly limit?: number;
   /** Told after each request: keys deleted so far in all, and that request's version. */
@@ -84,7 +99,7 @@ export interface DeletePrefixResult {
 }
 
 /** Options of `list`. */
-export interface ListOptions {
+export interface ListOptions extends CallOptions {
   /** Stop after this many items in all (default: every key under the prefix). */
   readonly limit?: number;
   /** Items asked for per request, 1-1000 (default 1000). */
@@ -286,7 +301,7 @@ export interface KvClient {
    */
   list(prefix?: string, options?: ListOptions): AsyncIterableIterator<ListPage>;
   /** Runs a transaction (`POST /txn`). */
-  txn(request: TxnRequest): Promise<TxnResult>;
+  txn(request: TxnRequest, options?: CallOptions): Promise<TxnResult>;
   /**
    * One node's own view of its status (no redirect): the node believed to lead, else the endpoints
    * in turn (each call starts one further along), the first that answers.
@@ -421,7 +436,7 @@ export function createClient(options: ClientOptions): KvClient {
     },
 
     async get(key, opts = {}) {
-      const answer = await transport.send({ method: "GET", path: `${keyPath(key)}${query({ consistency: opts.consistency })}`, safety: "read" });
+      const answer = await transport.send({ method: "GET", path: `${keyPath(key)}${query({ consistency: opts.consistency })}`, safety: "read", ...callOptions(opts) });
       if (answer.status === 404) {
         if (errorCodeIs(answer, "not_found")) return null;
         throw errorFromAnswer(answer);
@@ -439,6 +454,7 @@ export function createClient(options: ClientOptions): KvClient {
         headers: { ...writeHeaders(idempotencyKey), "content-type": "application/octet-stream" },
         safety: "idempotent",
         idempotencyKey,
+        ...callOptions(opts),
       });
       const result = json<{ key?: unknown; version?: unknown }>(answer);
       return { key, version: numberField(result.version, answer) };
@@ -452,6 +468,7 @@ export function createClient(options: ClientOptions): KvClient {
         headers: writeHeaders(idempotencyKey),
         safety: "idempotent",
         idempotencyKey,
+        ...callOptions(opts),
       });
       const result = json<{ deleted?: unknown; version?: unknown }>(answer);
       return { deleted: result.deleted === true, version: numberField(result.version, answer) };
@@ -474,6 +491,7 @@ export function createClient(options: ClientOptions): KvClient {
           headers: writeHeaders(idempotencyKey),
           safety: "idempotent",
           idempotencyKey,
+          ...callOptions(opts),
         });
         requests++;
         const result = json<{ deleted?: unknown; more?: unknown; version?: unknown }>(answer);
@@ -489,7 +507,7 @@ export function createClient(options: ClientOptions): KvClient {
       return listPages(prefix, opts);
     },
 
-    async txn(request) {
+    async txn(request, opts = {}) {
       const body = JSON.stringify({
         compare: (request.compare ?? []).map((c) => ("value" in c ? { key: c.key, value: txnValueJson(c.value), ...(c.op === undefined ? {} : { op: c.op }) } : c)),
         success: (request.success ?? []).map(txnOperationJson),
@@ -506,6 +524,7 @@ export function createClient(options: ClientOptions): KvClient {
         headers: { ...(idempotencyKey === undefined ? {} : writeHeaders(idempotencyKey)), "content-type": "application/json" },
         safety: idempotencyKey === undefined ? "read" : "idempotent",
         ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
+        ...callOptions(opts),
       });
       const result = json<{ succeeded?: unknown; version?: unknown; results?: unknown }>(answer);
       if (typeof result.succeeded !== "boolean" || !Array.isArray(result.results)) {
@@ -595,7 +614,7 @@ export function createClient(options: ClientOptions): KvClient {
     let seen = 0;
     while (seen < limit) {
       const path = `/kv${query({ prefix, limit: Math.min(pageSize, limit - seen), after, consistency: opts.consistency })}`;
-      const answer = await transport.send({ method: "GET", path, safety: "read" });
+      const answer = await transport.send({ method: "GET", path, safety: "read", ...callOptions(opts) });
       const page = json<{ items?: unknown; more?: unknown }>(answer);
       if (!Array.isArray(page.items)) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a listing without items`);
       const items = page.items.map((raw) => entryOf(raw, answer));
@@ -608,6 +627,14 @@ export function createClient(options: ClientOptions): KvClient {
   }
 
   return client;
+}
+
+/** A call's `timeoutMs` and `signal`, checked, as the transport takes them. */
+function callOptions(options: CallOptions): { timeoutMs?: number; signal?: AbortSignal } {
+  const { timeoutMs, signal } = options;
+  if (timeoutMs !== undefined && !(Number.isSafeInteger(timeoutMs) && timeoutMs >= 1)) throw badOption(`timeoutMs must be a whole number of milliseconds, at least 1, got ${String(timeoutMs)}`);
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw badOption(`signal must be an AbortSignal, got ${describeInput(signal)}`);
+  return { ...(timeoutMs === undefined ? {} : { timeoutMs }), ...(signal === undefined ? {} : { signal }) };
 }
 
 /**

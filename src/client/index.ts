@@ -17,6 +17,7 @@ export {
   CLIENT_TIMEOUT_MS_DEFAULT,
   type ClientOptions,
   type DeleteOptions,
+  type CallOptions,
   type DeletePrefixOptions,
   type DeletePrefixResult,
   type DeleteResult,

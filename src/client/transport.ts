@@ -30,8 +30,13 @@ export interface Call {
   readonly safety: CallSafety;
   /** The `Idempotency-Key` sent with an `idempotent` call (reported in `UnknownOutcomeError`). */
   readonly idempotencyKey?: string;
-  /** This call's budget, retries included, when shorter than the client's `timeoutMs` (a lease keepalive racing its TTL). */
+  /** This call's budget, retries included, in place of the client's `timeoutMs` (a caller's own, or a lease keepalive racing its TTL). */
   readonly timeoutMs?: number;
+  /**
+   * The caller's abort: the call stops at once. A read, or a write no attempt of which may have
+   * reached a node, rejects with the signal's reason; a write that may have is of unknown outcome.
+   */
+  readonly signal?: AbortSignal;
   /**
    * An earlier attempt that applied makes a retry refused (a lease's revoke: `lease_not_found`), and
    * the call carries no key to be answered the first answer again: a refusal after an attempt whose
@@ -98,7 +103,9 @@ export class Transport {
    * when nothing answered (`unreachable`) or a passing refusal (`no_leader`) outlasted the budget.
    */
   async send(call: Call): Promise<Answer> {
-    const timeoutMs = Math.min(this.options.timeoutMs, call.timeoutMs ?? Number.POSITIVE_INFINITY);
+    const timeoutMs = call.timeoutMs ?? this.options.timeoutMs;
+    const signal = call.signal;
+    signal?.throwIfAborted(); // nothing sent
     const deadlineMs = performance.now() + timeoutMs;
     const noted = new FailureTally(ATTEMPTS_KEPT_MAX);
     let uncertain = false; // some attempt of this write may have been applied
@@ -115,6 +122,9 @@ export class Transport {
       let retryAfterMs = 0;
       for (const [i, endpoint] of this.order().entries()) {
         if ((pass > 0 || i > 0) && deadlineMs - performance.now() < attemptMsMin) break; // the first attempt always goes
+        // The caller gave up (an attempt it cut short came back lost): a write an attempt may have
+        // delivered is of unknown outcome; anything else ends with the signal's reason.
+        if (signal?.aborted === true) throw abortedCall(call, signal, uncertain, noted);
         const result = await this.attempt(call, endpoint, deadlineMs);
         // Only an endpoint's own handshake counts: a leader a redirect named may be the one with the
         // bad certificate, and leadership moves on (found in review).
@@ -186,7 +196,8 @@ export class Transport {
       if (leftMs < BACKOFF_MS_MIN) break;
       // Let an election settle; or wait as long as a refusal asked (found in review: a node
       // answering 429 with Retry-After: 1 was asked again every 170 ms).
-      await Bun.sleep(Math.min(leftMs, Math.max(retryAfterMs, Math.min(BACKOFF_MS_MIN * 2 ** Math.min(pass, 5), BACKOFF_MS_MAX))));
+      await pause(Math.min(leftMs, Math.max(retryAfterMs, Math.min(BACKOFF_MS_MIN * 2 ** Math.min(pass, 5), BACKOFF_MS_MAX))), signal);
+      if (signal?.aborted === true) throw abortedCall(call, signal, uncertain, noted);
     }
     if (uncertain) throw unknownOutcome(call, noted.lines());
     if (lastRefusal !== undefined) throw errorFromAnswer(lastRefusal);
@@ -257,7 +268,7 @@ export class Transport {
     let url = `${endpoint}${call.path}`;
     const attemptDeadlineMs = Math.min(deadlineMs, performance.now() + this.attemptTimeoutMs(call));
     for (let hop = 0; hop <= REDIRECT_HOPS_MAX; hop++) {
-      const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs);
+      const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs, call.signal);
       if (result.kind !== "answer") {
         if (hop > 0) this.forget(origin); // the leader a redirect named does not answer
         return result.kind === "redirect_loop" ? result : { ...result, origin };
@@ -286,15 +297,17 @@ export class Transport {
     body: Uint8Array | string | undefined,
     headers: Readonly<Record<string, string>>,
     deadlineMs: number,
+    callerSignal?: AbortSignal,
   ): Promise<AttemptResult> {
     let response: Response;
+    const timeout = AbortSignal.timeout(Math.max(1, deadlineMs - performance.now()));
     try {
       response = await this.fetch(url, {
         method,
         body,
         redirect: "manual",
         headers: this.withAuthorization(headers),
-        signal: AbortSignal.timeout(Math.max(1, deadlineMs - performance.now())),
+        signal: callerSignal === undefined ? timeout : AbortSignal.any([timeout, callerSignal]),
       });
     } catch (error) {
       // A refused connection carried nothing: the request certainly did not arrive. Anything else
@@ -391,6 +404,27 @@ function unknownOutcome(call: Call, attempts: readonly string[]): UnknownOutcome
     call.idempotencyKey,
     attempts,
   );
+}
+
+/** What a call its caller aborted throws: unknown outcome when an attempt of a write may have been applied, else the signal's reason. */
+function abortedCall(call: Call, signal: AbortSignal, uncertain: boolean, noted: FailureTally): unknown {
+  if (!uncertain) return signal.reason;
+  noted.note("then the call's signal aborted it");
+  return unknownOutcome(call, noted.lines());
+}
+
+/** Sleeps `ms`, or until `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  if (signal === undefined) return Bun.sleep(ms); // backoff between passes
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
 }
 
 /** A `Retry-After` of whole seconds (what kv sends) in ms, at most a minute; 0 when there is none. */
