@@ -128,6 +128,37 @@ test("join, promote, replicate, survive a kill with the new voter in the quorum,
   await until("restarted node 4 applied a new write", async () => (await staleGet(fourth.httpUrl, "after-restart")) === "4");
 }, 120_000);
 
+test("a join whose peer or client port is taken fails before it asks the cluster: no member is added at an address nobody answers (found in a black-box review: the learner stayed, unreachable, and blocked deletes by prefix)", async () => {
+  const cluster = await startCluster("port-taken");
+  const leader = await cluster.waitForLeader();
+  const leaderUrl = cluster.node(leader).httpUrl;
+  const holder = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  try {
+    for (const taken of ["peer", "http"] as const) {
+      const peerPort = taken === "peer" ? holder.port : freePort();
+      let failure: unknown;
+      try {
+        servers.push(
+          await createServer({
+            ...baseServerConfig(4, join(baseDir, "port-taken", `node-4-${taken}`)),
+            peers: peersWithFourth(cluster, peerPort),
+            listenPeer: { hostname: "127.0.0.1", port: peerPort },
+            ...(taken === "http" ? { listenHttp: { hostname: "127.0.0.1", port: holder.port } } : {}),
+            join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
+          }),
+        );
+      } catch (error) {
+        failure = error;
+      }
+      expect(String(failure)).toContain(`cannot listen for ${taken === "peer" ? "peers" : "clients"} on 127.0.0.1:${holder.port}`);
+      expect(String(failure)).toContain("nothing was asked of the cluster");
+      expect((await members(leaderUrl)).members.map((m) => m.id).sort()).toEqual([1, 2, 3]);
+    }
+  } finally {
+    holder.stop(true);
+  }
+});
+
 test("a joined member that is removed hears of it: it logs removed and answers 503 unavailable instead of campaigning on", async () => {
   const cluster = await startCluster("removed-hears");
   const leader = await cluster.waitForLeader();

@@ -10,7 +10,7 @@ import { type ClientListener, createClientListener } from "../http/client-listen
 import { createHttpHandler } from "../http/http-handler.ts";
 import { instrumentNode, type NodeMetrics } from "../http/node-metrics.ts";
 import { createSystemClock } from "../lib/clock.ts";
-import { ClusterIdFileError, deriveClusterId, loadOrCreateClusterId } from "../lib/cluster-id.ts";
+import { CLUSTER_ID_FILE, ClusterIdFileError, deriveClusterId, loadOrCreateClusterId, writeLineDurably } from "../lib/cluster-id.ts";
 import { checkNodeId, NodeIdFileError, recordNodeId } from "../lib/node-id-file.ts";
 import { recordVoteHold, voteHoldRecorded } from "../lib/vote-hold-file.ts";
 import { isDiskFull } from "../lib/disk-full.ts";
@@ -250,6 +250,15 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       });
     } else {
       const { listenHttp } = config;
+      // The join is recorded by the cluster before this node listens: a port taken now would leave
+      // a member at an address nobody answers, for good (found in a black-box review).
+      for (const [what, address] of [["peers", config.listenPeer], ["clients", listenHttp]] as const) {
+        const taken = portTaken(address.hostname, address.port);
+        if (taken !== undefined) {
+          sqliteStorage.close();
+          throw new ServerStartError(`cannot listen for ${what} on ${address.hostname}:${address.port}: ${taken}; nothing was asked of the cluster`, 1);
+        }
+      }
       const httpUrl = listenHttp.port === 0 ? config.advertiseHttp : (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${listenHttp.hostname}:${listenHttp.port}`);
       try {
         const answer = await joinCluster({
@@ -264,6 +273,10 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
           timeoutMs: 60_000,
           logger,
         });
+        // The cluster's id first: with the configuration durable and not the id, a crash between the
+        // two left a node that derived another id and was refused for good (found in a black-box
+        // review). The other way round, the restart finds no configuration and joins again.
+        if (answer.clusterId !== undefined) writeLineDurably(dataDir, CLUSTER_ID_FILE, answer.clusterId);
         sqliteStorage.bootstrapJoined(answer, answer.configIndex);
         joinedClusterId = answer.clusterId;
         logger.log("info", "joined", { voters: answer.voters, learners: answer.learners, configIndex: answer.configIndex });
@@ -580,6 +593,17 @@ function notAFile(path: string): boolean {
 }
 
 /** `open()`, or what `failed` makes of its error. */
+/** Why `hostname:port` cannot be listened on now (taken, not ours), or undefined when it can; port 0 always can. */
+function portTaken(hostname: string, port: number): string | undefined {
+  if (port === 0) return undefined;
+  try {
+    Bun.listen({ hostname, port, socket: { data() {} } }).stop(true);
+    return undefined;
+  } catch (error) {
+    return errorText(error);
+  }
+}
+
 async function listening<T>(open: () => T, failed: (error: unknown) => Promise<never>): Promise<T> {
   try {
     return open();
