@@ -4,6 +4,7 @@
 // taken as a refusal.
 import { afterAll, expect, test } from "bun:test";
 import { createLogger } from "../src/lib/logger.ts";
+import { joinProof } from "../src/lib/join-proof.ts";
 import { joinCluster } from "../src/server/join.ts";
 
 const servers: { stop(force: boolean): unknown }[] = [];
@@ -37,6 +38,7 @@ function joinAsNode4(endpoint: string) {
     peerUrl: "http://127.0.0.1:5004",
     httpUrl: undefined,
     authToken: undefined,
+    clusterToken: undefined,
     timeoutMs: 10_000,
     logger: createLogger(4, "error", { format: "json" }),
   });
@@ -95,6 +97,7 @@ test("member_exists for a voter at this address is refused: a voter's data dir w
       peerUrl: "http://127.0.0.1:5003",
       httpUrl: undefined,
       authToken: undefined,
+      clusterToken: undefined,
       timeoutMs: 3_000,
       logger: createLogger(3, "error", { format: "json" }),
     });
@@ -109,4 +112,27 @@ test("a join sent to an address that answers a bare 404 (a peer port) says --joi
   const kv = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => Response.json({ error: "not_found", message: "no such route" }, { status: 404 }) });
   servers.push(kv);
   await expect(joinAsNode4(`http://127.0.0.1:${kv.port}`)).rejects.toThrow("the cluster refused the join: 404 no such route");
+});
+
+test("a join carries a proof of its cluster token; a leader of a release before it, which refuses the unknown field, is asked again without it", async () => {
+  const bodies: Record<string, unknown>[] = [];
+  const server = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      const body = (await request.json()) as Record<string, unknown>;
+      bodies.push(body);
+      if ("clusterTokenProof" in body) {
+        return Response.json({ error: "bad_request", message: `the body {"id", "peerUrl", "httpUrl"} has an unknown field 'clusterTokenProof' (expected 'id', 'peerUrl', 'httpUrl')` }, { status: 400 });
+      }
+      return Response.json({ members: [...voters, { id: 4, role: "learner", peerUrl: "http://127.0.0.1:5004" }], leaderId: 1, configIndex: 9 });
+    },
+  });
+  servers.push(server);
+  const answer = await joinAsNode4(`http://127.0.0.1:${server.port}`);
+  expect(answer.configIndex).toBe(9);
+  expect(bodies).toEqual([
+    { id: 4, peerUrl: "http://127.0.0.1:5004", clusterTokenProof: joinProof(undefined, 4, "http://127.0.0.1:5004") },
+    { id: 4, peerUrl: "http://127.0.0.1:5004" },
+  ]);
 });

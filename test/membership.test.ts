@@ -159,6 +159,51 @@ test("a join whose peer or client port is taken fails before it asks the cluster
   }
 });
 
+test("a join with another cluster token than the cluster's (or one where it has none) is refused before anything changes (found in a black-box review: the learner was recorded, and every peer call to it refused, for good)", async () => {
+  const token = "the-cluster-token-0123456789";
+  for (const [name, clusterToken, joinerToken, says] of [
+    ["token-none", undefined, token, "this cluster has none"],
+    ["token-other", token, "another-token-0123456789", "another cluster token"],
+    ["token-missing", token, undefined, "another cluster token"],
+  ] as const) {
+    const cluster = await startCluster(name, clusterToken === undefined ? undefined : () => ({ clusterToken }));
+    const leader = await cluster.waitForLeader();
+    const leaderUrl = cluster.node(leader).httpUrl;
+    const peerPort = freePort();
+    let failure: unknown;
+    try {
+      servers.push(
+        await createServer({
+          ...baseServerConfig(4, join(baseDir, name, "node-4")),
+          peers: peersWithFourth(cluster, peerPort),
+          listenPeer: { hostname: "127.0.0.1", port: peerPort },
+          ...(joinerToken === undefined ? {} : { clusterToken: joinerToken }),
+          join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
+        }),
+      );
+    } catch (error) {
+      failure = error;
+    }
+    expect([name, String(failure)]).toEqual([name, expect.stringContaining(says)]);
+    expect((await members(leaderUrl)).members.map((m) => m.id).sort()).toEqual([1, 2, 3]);
+  }
+  // With the cluster's token, the same join goes through.
+  const cluster = await startCluster("token-same", () => ({ clusterToken: token }));
+  const leader = await cluster.waitForLeader();
+  const leaderUrl = cluster.node(leader).httpUrl;
+  const peerPort = freePort();
+  servers.push(
+    await createServer({
+      ...baseServerConfig(4, join(baseDir, "token-same", "node-4")),
+      peers: peersWithFourth(cluster, peerPort),
+      listenPeer: { hostname: "127.0.0.1", port: peerPort },
+      clusterToken: token,
+      join: { endpoints: [leaderUrl], advertisePeer: `http://127.0.0.1:${peerPort}` },
+    }),
+  );
+  await until("node 4 promoted to voter", async () => (await members(leaderUrl)).members.find((m) => m.id === 4)?.role === "voter");
+}, 60_000);
+
 test("a joined member that is removed hears of it: it logs removed and answers 503 unavailable instead of campaigning on", async () => {
   const cluster = await startCluster("removed-hears");
   const leader = await cluster.waitForLeader();

@@ -186,6 +186,12 @@ export interface NewMember {
   readonly id: number;
   readonly peerUrl: string;
   readonly httpUrl?: string;
+  /**
+   * Sent by `kv serve --join`: shows the joiner holds the cluster's token (or, as the cluster,
+   * none), without sending it (src/lib/join-proof.ts); a leader refuses a join whose proof is not
+   * its own. Without it, as from `kv member add`, nothing is checked.
+   */
+  readonly clusterTokenProof?: string;
 }
 
 /** Membership changes. Not idempotent: one whose outcome is unknown throws `UnknownOutcomeError` at once. */

@@ -53,6 +53,11 @@ export interface HttpAppOptions {
   bodyAdmission?: BodyAdmission;
   /** Aborted once the node begins to stop: long requests (a hash) end with 503 rather than read from closed storage. */
   stopping?: AbortSignal;
+  /**
+   * The peers' cluster token (`token` undefined: none), to check a joiner's `clusterTokenProof`
+   * against (`POST /members`). Without this, a proof is not checked.
+   */
+  joinCheck?: { readonly token: string | undefined };
 }
 
 /** Default bound on the bytes of large write bodies read at once and not yet answered: 16 MiB. */
@@ -328,7 +333,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     .post("/txn", route(txnRoute), { ...raw, query: noQuery, headers: idempotencyHeaders, detail: routeDocs.txn })
     .get(OPENAPI_PATH, route(openApiRoute), { ...raw, detail: routeDocs.openapi })
     .head(OPENAPI_PATH, route(openApiRoute), raw)
-    .use(createMembersRoutes(node, opts.bodyReadTimeoutMs))
+    .use(createMembersRoutes(node, opts.bodyReadTimeoutMs, opts.joinCheck))
     .use(createSnapshotRoute(node))
     .use(createLeaseRoutes(node, opts.bodyReadTimeoutMs));
   // Without renderMetrics, /metrics is no route at all (404 like any unknown path).

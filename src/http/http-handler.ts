@@ -188,6 +188,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     ...(options.keyBytesMax === undefined ? {} : { keyBytesMax: options.keyBytesMax }),
     ...(options.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: options.bodyReadTimeoutMs }),
     ...(options.bodyAdmission === undefined ? {} : { bodyAdmission: options.bodyAdmission }),
+    ...(options.joinCheck === undefined ? {} : { joinCheck: options.joinCheck }),
     ...(registry === undefined ? {} : { renderMetrics: () => registry.render() }),
   });
   const requestDuration = registry?.histogram(

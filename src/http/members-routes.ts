@@ -18,6 +18,7 @@ import { isAddressOnly } from "../lib/address-url.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
 import { jsonObject, parseJsonBody, refuseBody, smallJsonShape } from "./json-body.ts";
+import { joinProofHolds } from "../lib/join-proof.ts";
 import { memberParams, membersQuery, noQuery, routeDocs } from "./openapi.ts";
 import { readBodyBytesMax } from "./read-body.ts";
 import { parseQueryStrictly, singleParam } from "./kv-key.ts";
@@ -27,7 +28,7 @@ import { rawTarget } from "./raw-target.ts";
 const MEMBER_BODY_BYTES_MAX = 16 * 1024;
 
 /** The routes as an Elysia plugin: `app.use(createMembersRoutes(node))`; a body must arrive within `bodyReadTimeoutMs`. */
-export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number) {
+export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number, joinCheck?: { readonly token: string | undefined }) {
   const change = <T,>(method: T | undefined): T => {
     if (method === undefined) throw new KvError("not_found", "this node does not support membership changes");
     return method;
@@ -51,7 +52,13 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number)
     return request.method === "HEAD" ? headOf(response) : response;
   };
   const add = async (request: Request): Promise<Response> => {
-    const { id, peerUrl, httpUrl } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs, "the body"));
+    const { id, peerUrl, httpUrl, clusterTokenProof } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs, "the body"));
+    if (clusterTokenProof !== undefined && joinCheck !== undefined && !joinProofHolds(clusterTokenProof, joinCheck.token, id, peerUrl)) {
+      throw new KvError(
+        "bad_request",
+        `node ${id} joins with ${joinCheck.token === undefined ? "a cluster token, and this cluster has none: start it without --cluster-token" : "another cluster token than this cluster's (or none): start it with the cluster's --cluster-token"}; nothing was changed`,
+      );
+    }
     return jsonResponse(membersJson(await change(node.addMember?.bind(node))(id, peerUrl, httpUrl)), 200);
   };
   const remove = async (request: Request, id: string): Promise<Response> => {
@@ -111,11 +118,19 @@ function parseId(text: string): number {
   return id;
 }
 
-function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl?: string } {
+function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl?: string; clusterTokenProof?: string } {
   const body = parseJsonBody(bytes, "the body", smallJsonShape, 'the body must be JSON {"id": N, "peerUrl": "http://host:port"}');
-  const { id, peerUrl, httpUrl } = jsonObject(body, 'the body {"id", "peerUrl", "httpUrl"}', ["id", "peerUrl", "httpUrl"]);
+  const { id, peerUrl, httpUrl, clusterTokenProof } = jsonObject(body, 'the body {"id", "peerUrl", "httpUrl"}', ["id", "peerUrl", "httpUrl", "clusterTokenProof"]);
   if (typeof id !== "number") throw new KvError("bad_request", "'id' must be a number");
-  return { id: parseId(String(id)), peerUrl: parseUrl("peerUrl", peerUrl), ...(httpUrl === undefined || httpUrl === null ? {} : { httpUrl: parseUrl("httpUrl", httpUrl) }) };
+  if (clusterTokenProof !== undefined && (typeof clusterTokenProof !== "string" || !/^[0-9a-f]{64}$/.test(clusterTokenProof))) {
+    throw new KvError("bad_request", "'clusterTokenProof' must be 64 hex digits (kv serve --join sends it)");
+  }
+  return {
+    id: parseId(String(id)),
+    peerUrl: parseUrl("peerUrl", peerUrl),
+    ...(httpUrl === undefined || httpUrl === null ? {} : { httpUrl: parseUrl("httpUrl", httpUrl) }),
+    ...(clusterTokenProof === undefined ? {} : { clusterTokenProof }),
+  };
 }
 
 function parseUrl(name: string, value: unknown): string {

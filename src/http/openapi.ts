@@ -353,7 +353,10 @@ const docs = {
   members: { summary: "The configuration: voters and learners with their URLs", responses: { ...ok("the members", json(membersAnswer)), ...errors(400, 401, 503) } },
   memberAdd: {
     summary: "Add a learner (JSON {id, peerUrl[, httpUrl]}); it is promoted once caught up",
-    requestBody: bodyOf("JSON {id, peerUrl[, httpUrl]}", json(t.Object({ id: t.Integer({ minimum: 1 }), peerUrl: t.String(), httpUrl: t.Optional(t.String()) }))),
+    requestBody: bodyOf(
+      "JSON {id, peerUrl[, httpUrl][, clusterTokenProof]} (the proof: kv serve --join's, see docs/api.md)",
+      json(t.Object({ id: t.Integer({ minimum: 1 }), peerUrl: t.String(), httpUrl: t.Optional(t.String()), clusterTokenProof: t.Optional(t.String({ pattern: "^[0-9a-f]{64}$" })) })),
+    ),
     responses: { ...ok("the member list once the change is applied", json(membersAnswer)), ...errors(307, 400, 401, 408, 409, 413, 503) },
   },
   memberRemove: {

@@ -267,6 +267,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
           peerUrl: config.join.advertisePeer,
           httpUrl: httpUrl?.replace(/\/+$/, ""),
           authToken: config.authToken,
+          clusterToken: config.clusterToken,
           // The CA that signed the peers' certificates signed their client ports' too, as a rule; the
           // system's stay trusted (a CA given to fetch replaces them: found in review).
           ...(tls?.ca === undefined ? {} : { ca: [...rootCertificates, tls.ca] }),
@@ -379,6 +380,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     bodyReadTimeoutMs: config.requestReadTimeoutMs,
     bodyAdmission,
     logRefusal: (line) => logger.log("warn", "client refused", { detail: line }),
+    joinCheck: { token: config.clusterToken },
     clientAddress: (request) => clientListener?.addressOf(request),
   });
   /** Set once the client port listens (the handler names a refused request's address through it). */

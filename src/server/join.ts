@@ -4,7 +4,8 @@
  * The new server records it as its initial configuration (as the simulator's `addServer` does out
  * of band) and then follows the leader, which promotes it once it has caught up.
  */
-import { createClient, KvClientError, UnknownOutcomeError, type MembersView } from "../client/index.ts";
+import { createClient, KvClientError, UnknownOutcomeError, type MembersView, type NewMember } from "../client/index.ts";
+import { joinProof } from "../lib/join-proof.ts";
 import { configurationOfMembers, type ListedMember } from "../kv/membership.ts";
 import type { Logger } from "../lib/logger.ts";
 
@@ -23,6 +24,8 @@ export interface JoinOptions {
   readonly peerUrl: string;
   readonly httpUrl: string | undefined;
   readonly authToken: string | undefined;
+  /** This node's cluster token (undefined: none): the join carries a proof of it (src/lib/join-proof.ts). */
+  readonly clusterToken: string | undefined;
   /** PEM CA certificates to trust for https:// endpoints instead of the system's (see ClientOptions.ca). */
   readonly ca?: readonly string[];
   /** Give up after this long (the cluster may be electing, or busy with another change). */
@@ -52,13 +55,19 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
     ...(options.authToken === undefined ? {} : { authToken: options.authToken }),
     ...(options.ca === undefined ? {} : { ca: options.ca }),
   });
-  const member = { id: options.id, peerUrl: options.peerUrl, ...(options.httpUrl === undefined ? {} : { httpUrl: options.httpUrl }) };
+  const plain = { id: options.id, peerUrl: options.peerUrl, ...(options.httpUrl === undefined ? {} : { httpUrl: options.httpUrl }) };
+  let member: NewMember = { ...plain, clusterTokenProof: joinProof(options.clusterToken, options.id, options.peerUrl) };
   let lastProblem = "no endpoint tried";
   for (let attempt = 0; Date.now() < deadline; attempt++) {
     try {
       return parseAnswer(await client.membership.add(member), options.id);
     } catch (error) {
       if (error instanceof JoinError) throw error;
+      // A leader of a release before the proof refuses the field it does not know: asked again without it.
+      if (error instanceof KvClientError && error.code === "bad_request" && error.message.includes("'clusterTokenProof'") && "clusterTokenProof" in member && error.message.includes("unknown field")) {
+        member = plain;
+        continue;
+      }
       if (error instanceof KvClientError && error.code === "member_exists") {
         // Already added (an earlier attempt's answer was lost): fine if it is at our address.
         // Read linearizably: the configuration then holds every change committed before, the
