@@ -41,6 +41,9 @@ test.each([
   // A client URL with a path: redirects there, or a join through it, reach no route (found in review).
   [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--advertise-http", "http://127.0.0.1:8001/v1"], "--advertise-http 'http://127.0.0.1:8001/v1' must be only a scheme, host and port"],
   [["serve", "--id", "4", "--join", "http://127.0.0.1:8001/v1", "--listen-peer", "127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", join(tmpdir(), "kv-cli-never-made")], "--join 'http://127.0.0.1:8001/v1' must be only a scheme, host and port"],
+  // Where it listens is no address for the others (found in a black-box review: a member at http://0.0.0.0:7605 was recorded).
+  [["serve", "--id", "4", "--join", "http://127.0.0.1:8001", "--listen-peer", "0.0.0.0:7605", "--listen-http", "127.0.0.1:0", "--data-dir", join(tmpdir(), "kv-cli-never-made")], "--listen-peer 0.0.0.0:7605 is where this node listens, not an address the others reach it at: give --advertise-peer"],
+  [["serve", "--id", "4", "--join", "http://127.0.0.1:8001", "--listen-peer", "[::]:7605", "--listen-http", "127.0.0.1:0", "--data-dir", join(tmpdir(), "kv-cli-never-made")], "--listen-peer [::]:7605 is where this node listens"],
   [["snapshot", "save", join(tmpdir(), "kv-cli-never.kvsnap"), "--endpoints", "http://127.0.0.1:8001/v1"], "--endpoints: endpoint 'http://127.0.0.1:8001/v1' must be only a scheme, host and port"],
   // A value that looks like a flag: say how to pass it (found in a black-box review: `kv put k -5`).
   [["put", "k", "-5", "--endpoints", "http://127.0.0.1:1"], "unknown flag '-5' for 'kv put' (see kv put --help); to pass a value that starts with '-', put '--' before it"],

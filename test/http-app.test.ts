@@ -681,6 +681,12 @@ describe("membership routes", () => {
     await expectError(await post("/members?dryRun=1", '{"id": 4, "peerUrl": "http://127.0.0.1:5004"}'), 400, "bad_request");
     await expectError(await app.handle(new Request("http://localhost/members/1?x=1", { method: "DELETE" })), 400, "bad_request");
     await expectError(await app.handle(new Request("http://localhost/members/1/promote?x=1", { method: "POST" })), 400, "bad_request");
+    // Where a node listens is no address to reach it at (found in a black-box review: 0.0.0.0 was recorded).
+    for (const url of ["http://0.0.0.0:5004", "http://[::]:5004", "http://[0:0:0:0:0:0:0:0]:5004"]) {
+      const { message } = await expectError(await post("/members", JSON.stringify({ id: 4, peerUrl: url })), 400, "bad_request");
+      expect([url, message]).toEqual([url, expect.stringContaining("--advertise-peer")]);
+    }
+    await expectError(await post("/members", JSON.stringify({ id: 4, peerUrl: "http://127.0.0.1:5004", httpUrl: "http://0.0.0.0:8004" })), 400, "bad_request");
     expect(calls).toEqual([]);
     expect((await post("/members", '{"id": 4, "peerUrl": "http://127.0.0.1:5004"}')).status).toBe(200);
     expect(calls).toEqual(["add 4 http://127.0.0.1:5004 -"]);

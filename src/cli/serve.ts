@@ -189,6 +189,9 @@ export const serveCommand = defineCommand({
       const listen = args["listen-peer"];
       if (args["advertise-peer"] === undefined && listen === undefined) throw new UsageError("--join needs --listen-peer (or --advertise-peer) when --cluster has no entry for this node");
       const scheme = args["tls-cert"] === undefined ? "http" : "https";
+      if (args["advertise-peer"] === undefined && listen !== undefined && /^(0\.0\.0\.0|\[?[0:]*\]?)(:|$)/.test(listen)) {
+        throw new UsageError(`--listen-peer ${listen} is where this node listens, not an address the others reach it at: give --advertise-peer http(s)://HOST:PORT`);
+      }
       peers.set(id, (args["advertise-peer"] ?? `${scheme}://${listen}`).replace(/\/+$/, ""));
     }
     const advertisePeer = (args["advertise-peer"] ?? peers.get(id))?.replace(/\/+$/, "");

@@ -133,6 +133,12 @@ function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl
   };
 }
 
+/** 0.0.0.0 or :: in any spelling a URL's host takes them. */
+function isUnspecifiedHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, "");
+  return host === "0.0.0.0" || /^[0:]+$/.test(host);
+}
+
 function parseUrl(name: string, value: unknown): string {
   if (typeof value !== "string" || !URL.canParse(value)) throw new KvError("bad_request", `'${name}' must be an http(s) URL`);
   const url = new URL(value);
@@ -143,6 +149,11 @@ function parseUrl(name: string, value: unknown): string {
   // stored, shown and sent as it came (credentials in /members, a path no peer serves).
   if (!isAddressOnly(url, value)) {
     throw new KvError("bad_request", `'${name}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
+  }
+  // A listening address, not one to reach: from another host it names that host (found in a
+  // black-box review: a member recorded at http://0.0.0.0:port was reachable only on the same host).
+  if (isUnspecifiedHost(url.hostname)) {
+    throw new KvError("bad_request", `'${name}' names ${url.hostname}, which is where a node listens, not an address others reach it at: give its host name or IP (kv serve --advertise-peer, --advertise-http)`);
   }
   return value.replace(/\/+$/, "");
 }
