@@ -150,7 +150,8 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(b.lines).toEqual([
       `refused a peer call from 127.0.0.1: cluster id mismatch: the call is from cluster ${otherId}, this node belongs to cluster ${CLUSTER_ID}` +
         " (a node keeps the id its data dir was created with, in its cluster-id file: one first started with another --cluster-token or other voters keeps that;" +
-        " if its data is not worth keeping, empty its data dir and start it again)",
+        " if its data is not worth keeping, empty its data dir and start it again; a cluster restored from a snapshot, or grown by --join, has an id no --cluster derives," +
+        " so a member of it whose data dir was emptied comes back by kv member remove N, then kv serve --join)",
     ]);
     // Without a token configured, the cluster id is still checked.
     const open = startTransport(3, new Map([[1, "http://127.0.0.1:1"]]), { clusterId: CLUSTER_ID });
@@ -455,7 +456,7 @@ describe("clusters of in-process servers", () => {
     // The refusal says where the id comes from and the way out (found by an operator's review: a node
     // first started with a wrong token kept that cluster's id, and the log did not say what to do).
     await second.waitForLog(3, `refuses our calls (FailedPrecondition: cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId} (a node keeps the id its data dir was created with`);
-    await second.waitForLog(3, "empty its data dir and start it again))");
+    await second.waitForLog(3, "comes back by kv member remove N, then kv serve --join))");
     await second.waitForLog(1, `cluster id mismatch: the call is from cluster ${oldId}, this node belongs to cluster ${newId}`);
 
     // Nodes 1 and 2 form the new cluster without node 3's old log.

@@ -85,7 +85,8 @@ export function checkPeerCall(auth: PeerAuth, headers: Headers): PeerCallRefusal
       error: new ConnectError(
         `cluster id mismatch: the call is from ${theirs}, this node belongs to cluster ${auth.clusterId}` +
           ` (a node keeps the id its data dir was created with, in its cluster-id file: one first started with another --cluster-token or other voters keeps that;` +
-          ` if its data is not worth keeping, empty its data dir and start it again)`,
+          ` if its data is not worth keeping, empty its data dir and start it again; a cluster restored from a snapshot, or grown by --join, has an id no --cluster derives,` +
+          ` so a member of it whose data dir was emptied comes back by kv member remove N, then kv serve --join)`,
         Code.FailedPrecondition,
       ),
     };
