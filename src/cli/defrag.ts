@@ -44,12 +44,16 @@ export const defragCommand = defineCommand({
     if (process.getuid !== undefined && process.getuid() !== owner) {
       throw new ClientExit(1, `cannot defragment, nothing changed: ${file} belongs to uid ${owner}; run kv defrag as that user (sudo -u, or the service's user), so that every file it writes stays theirs`);
     }
+    // Measured before the database is opened: opening it writes to its WAL (found in a black-box
+    // review: a compact database reported 454,760 -> 442,368 bytes every time).
+    const wal = `${file}-wal`;
+    const bytesOnDisk = statSync(file).size + (existsSync(wal) ? statSync(wal).size : 0);
     const startedMs = performance.now();
     let result: DefragResult;
     try {
       // Inline checkpoints: no connection but this one holds the database while it is copied. A
       // data dir of an older release is refused, not migrated: its node may still go back to it.
-      result = openSqliteStorage(dir, { checkpoints: "inline", lockWaitMs: 200, refuseOlderSchema: true, integrityCheckFirst: true }).defragAndClose();
+      result = { ...openSqliteStorage(dir, { checkpoints: "inline", lockWaitMs: 200, refuseOlderSchema: true, integrityCheckFirst: true }).defragAndClose(), bytesBefore: bytesOnDisk };
     } catch (error) {
       if (error instanceof DefragReplacedError) throw new ClientExit(1, `defragmented only in part: ${error.message}`);
       if (!(error instanceof Error)) throw error;
