@@ -56,6 +56,8 @@ test.each([
   [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401/"], "--cluster gives nodes 1 and 2 one peer URL, http://127.0.0.1:7401: each needs its own"],
   [["snapshot", "restore", "x.kvsnap", "--data-dir", "x", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401"], "--cluster gives nodes 1 and 2 one peer URL"],
   [["serve", "--id", "1", "--listen-http", "nohost"], "--listen-http must be host:port"],
+  // Found in a black-box review: said "cannot listen for peers ... Is port 7651 in use?".
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:7651", "--listen-http", "127.0.0.1:7651"], "--listen-http 127.0.0.1:7651 and the peer port (--listen-peer, or this node's --cluster entry) 127.0.0.1:7651 are one port: give each its own"],
   // An empty --data-dir names no directory (found in a black-box review: restore failed on a rename of '', exit 1).
   [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--data-dir", ""], "--data-dir needs a directory"],
   [["snapshot", "restore", "package.json", "--data-dir", " ", "--id", "1", "--cluster", "1=http://127.0.0.1:7401"], "--data-dir needs a directory"],
