@@ -193,20 +193,28 @@ describe("SegmentLog", () => {
     reopened.close();
   });
 
-  test("damage in the last segment that no torn write leaves (a changed byte, no zeroed sector) is refused as corrupt, naming the entry", () => {
+  /** Entries 1-10 in one segment, damaged by `damage` (given the segment's path), then opened: the error it threw. */
+  function openDamaged(damage: (path: string) => void): { error: unknown; path: string } {
     const dir = tempDir();
     const log = SegmentLog.open(dir);
     log.append(range(1, 10, 1), { term: 1, vote: 1, commit: 10 });
     log.close();
     const path = segmentPaths(dir)[0] as string;
-    const sizeBefore = statSync(path).size;
-    flipByteOf(path, "value-7-1");
-    let error: unknown;
+    damage(path);
     try {
       SegmentLog.open(dir);
     } catch (thrown) {
-      error = thrown;
+      return { error: thrown, path };
     }
+    return { error: undefined, path };
+  }
+
+  test("damage in the last segment that no torn write leaves (a changed byte, no zeroed sector) is refused as corrupt, naming the entry", () => {
+    let sizeBefore = 0;
+    const { error, path } = openDamaged((file) => {
+      sizeBefore = statSync(file).size;
+      flipByteOf(file, "value-7-1");
+    });
     expect(error).toBeInstanceOf(StorageError);
     expect((error as StorageError).code).toBe("corrupt");
     expect((error as StorageError).index).toBe(7);
@@ -216,21 +224,12 @@ describe("SegmentLog", () => {
   });
 
   test("damage to a record's own index is refused naming the entry it follows, not the index read from the damaged bytes (noticed in a durability review)", () => {
-    const dir = tempDir();
-    const log = SegmentLog.open(dir);
-    log.append(range(1, 10, 1), { term: 1, vote: 1, commit: 10 });
-    log.close();
-    const path = segmentPaths(dir)[0] as string;
-    const bytes = readFileSync(path);
-    const recordOf7 = bytes.indexOf("value-7-1") - 17 - 9;
-    bytes[recordOf7 + 9 + 5] = (bytes[recordOf7 + 9 + 5] as number) ^ 1; // index 7 reads as 2^40 + 7
-    writeFileSync(path, bytes);
-    let error: unknown;
-    try {
-      SegmentLog.open(dir);
-    } catch (thrown) {
-      error = thrown;
-    }
+    const { error } = openDamaged((path) => {
+      const bytes = readFileSync(path);
+      const recordOf7 = bytes.indexOf("value-7-1") - 17 - 9;
+      bytes[recordOf7 + 9 + 5] = (bytes[recordOf7 + 9 + 5] as number) ^ 1; // index 7 reads as 2^40 + 7
+      writeFileSync(path, bytes);
+    });
     expect(error).toBeInstanceOf(StorageError);
     expect((error as StorageError).code).toBe("corrupt");
     expect((error as StorageError).index).toBeUndefined();
