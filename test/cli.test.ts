@@ -173,3 +173,18 @@ test("an argument that is not valid UTF-8 is a usage error naming it, before any
   expect(fine.stderr.toString()).not.toContain("UTF-8");
   expect(fine.exitCode).not.toBe(2);
 });
+
+test("kv serve --join --listen-peer [::1]:P is no unspecified address: it goes on to join (found in review: a pattern over the text refused IPv6 loopback as ::)", async () => {
+  const notKv = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("404 page not found", { status: 404 }) });
+  const dataDir = mkdtempSync(join(tmpdir(), "kv-cli-join-v6-"));
+  try {
+    const proc = Bun.spawn([...kvCommand(), "serve", "--id", "4", "--join", `http://127.0.0.1:${notKv.port}`, "--listen-peer", "[::1]:0", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    const [code, out, err] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    // The join itself is refused (the address answers a bare 404): exit 1, not the usage error's 2.
+    expect([code, `${out}${err}`]).toEqual([1, expect.stringContaining("join failed")]);
+    expect(`${out}${err}`).not.toContain("is where this node listens");
+  } finally {
+    notKv.stop(true);
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+});

@@ -5,7 +5,7 @@ import { hostname } from "node:os";
 import { defineCommand } from "citty";
 import { KEY_BYTES_MAX_DEFAULT, VALUE_BYTES_MAX_DEFAULT } from "../http/app.ts";
 import { KEY_BYTES_MAX_LIMIT } from "../http/kv-key.ts";
-import { isAddressOnly } from "../lib/address-url.ts";
+import { isAddressOnly, isUnspecifiedHost } from "../lib/address-url.ts";
 import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
 import { createLogger, type LogFormat, type LogLevel } from "../lib/logger.ts";
 import { secretProblem } from "../lib/secret.ts";
@@ -189,7 +189,8 @@ export const serveCommand = defineCommand({
       const listen = args["listen-peer"];
       if (args["advertise-peer"] === undefined && listen === undefined) throw new UsageError("--join needs --listen-peer (or --advertise-peer) when --cluster has no entry for this node");
       const scheme = args["tls-cert"] === undefined ? "http" : "https";
-      if (args["advertise-peer"] === undefined && listen !== undefined && /^(0\.0\.0\.0|\[?[0:]*\]?)(:|$)/.test(listen)) {
+      // The host as parsed: a pattern over the text took [::1]:P for :: (found in review).
+      if (args["advertise-peer"] === undefined && listen !== undefined && isUnspecifiedHost(parseHostPort("listen-peer", listen).hostname)) {
         throw new UsageError(`--listen-peer ${listen} is where this node listens, not an address the others reach it at: give --advertise-peer http(s)://HOST:PORT`);
       }
       peers.set(id, (args["advertise-peer"] ?? `${scheme}://${listen}`).replace(/\/+$/, ""));

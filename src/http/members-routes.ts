@@ -14,7 +14,7 @@
 import { Elysia } from "elysia";
 import { membershipNodeIdMax, membershipUrlBytesMax } from "../kv/command.ts";
 import { KvError } from "../lib/kv-error.ts";
-import { isAddressOnly } from "../lib/address-url.ts";
+import { isAddressOnly, isUnspecifiedHost } from "../lib/address-url.ts";
 import type { KvNodeApi, MembersView } from "../node/api.ts";
 import { errorResponse, headOf, jsonResponse } from "./http-error.ts";
 import { jsonObject, parseJsonBody, refuseBody, smallJsonShape } from "./json-body.ts";
@@ -131,12 +131,6 @@ function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl
     ...(httpUrl === undefined || httpUrl === null ? {} : { httpUrl: parseUrl("httpUrl", httpUrl) }),
     ...(clusterTokenProof === undefined ? {} : { clusterTokenProof }),
   };
-}
-
-/** 0.0.0.0 or :: in any spelling a URL's host takes them. */
-function isUnspecifiedHost(hostname: string): boolean {
-  const host = hostname.replace(/^\[|\]$/g, "");
-  return host === "0.0.0.0" || /^[0:]+$/.test(host);
 }
 
 function parseUrl(name: string, value: unknown): string {

@@ -8,3 +8,9 @@
 export function isAddressOnly(url: URL, text: string): boolean {
   return url.username === "" && url.password === "" && url.pathname === "/" && url.search === "" && url.hash === "" && !/[?#]/.test(text);
 }
+
+/** 0.0.0.0 or :: (in any spelling, bracketed or not): where a node listens, never an address to reach it at. */
+export function isUnspecifiedHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, "");
+  return host === "0.0.0.0" || /^[0:]+$/.test(host);
+}
