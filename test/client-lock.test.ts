@@ -65,6 +65,9 @@ describe("against a 3-node cluster", () => {
       expect(refused).toBeInstanceOf(KvClientError);
       expect((refused as KvClientError).code).toBe("too_many_streams");
       expect((refused as KvClientError).message).toContain("BUN_CONFIG_MAX_HTTP_REQUESTS");
+      // A client given a CA still sends through the global fetch (found in review: it was not counted).
+      const withCa = createClient({ endpoints: urls(), ca: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n" });
+      expect(((await withCa.watch({ key: "cap/ca" })[Symbol.asyncIterator]().next().catch((error: unknown) => error)) as KvClientError).code).toBe("too_many_streams");
       const lock = await other.lock("cap-lock", { ttlMs: TTL_MS }).catch((error: unknown) => error);
       expect((lock as KvClientError).code).toBe("too_many_streams");
       expect(await keysUnder("cap-lock")).toEqual([]);

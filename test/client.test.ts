@@ -763,6 +763,66 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
     }
   });
 
+  test("an abort ends the call at once, not after the pass's backoff: a 429's Retry-After of 60 s is not waited out (found in review: 5 s after the abort)", async () => {
+    const silent = silentListener();
+    const busy = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ error: "overloaded", message: "busy" }, { status: 429, headers: { "retry-after": "60" } }) });
+    try {
+      // The busy node is asked first (a rotation), the silent one last: the abort comes during the pass's last attempt.
+      const kv = createClient({ endpoints: [`http://127.0.0.1:${busy.port}`, silent.url], timeoutMs: 120_000 });
+      const abort = new AbortController();
+      const read = kv.get("k", { signal: abort.signal }).catch((error: unknown) => error);
+      await silent.came;
+      abort.abort(new Error("no more"));
+      expect(((await read) as Error).message).toBe("no more");
+    } finally {
+      busy.stop(true);
+      silent.listener.stop(true);
+    }
+  });
+
+  test("a call's own budget does not cut its attempts to a quarter of it: a node answering in 150 ms serves a call of 400 ms (found in review: unreachable, and a put of unknown outcome)", async () => {
+    const slow = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      async fetch(request) {
+        await Bun.sleep(150); // a slow but healthy node
+        if (request.method === "PUT") return Response.json({ key: "k", version: 7 });
+        return new Response("v", { headers: { "x-kv-version": "7" } });
+      },
+    });
+    try {
+      const kv = createClient({ endpoints: [`http://127.0.0.1:${slow.port}`] });
+      expect((await kv.get("k", { timeoutMs: 400 }))?.text).toBe("v");
+      expect((await kv.put("k", "v", { timeoutMs: 400 })).version).toBe(7);
+    } finally {
+      slow.stop(true);
+    }
+  });
+
+  test("a deletePrefix aborted between its requests, after some applied, says how many keys went (found in review: the signal's reason read as nothing deleted)", async () => {
+    const abort = new AbortController();
+    let requests = 0;
+    const node = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => {
+        requests++;
+        return Response.json({ deleted: 1000, more: true, version: 40 + requests });
+      },
+    });
+    try {
+      const kv = createClient({ endpoints: [`http://127.0.0.1:${node.port}`] });
+      const error = (await kv
+        .deletePrefix("p/", { signal: abort.signal, onProgress: (deleted) => deleted >= 2000 && abort.abort(new Error("enough")) })
+        .catch((thrown: unknown) => thrown)) as KvClientError;
+      expect(error).toBeInstanceOf(KvClientError);
+      expect([error.code, error.details]).toEqual(["aborted", { deleted: 2000, version: 42 }]);
+      expect(requests).toBe(2);
+    } finally {
+      node.stop(true);
+    }
+  });
+
   test("a listing's pages and a deletePrefix's requests take the call's signal", async () => {
     const kv = createClient({ endpoints: [closedPortUrl()] });
     const reason = new Error("stop");

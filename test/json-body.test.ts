@@ -24,6 +24,8 @@ test("reads what JSON.parse reads, brackets, quotes and escapes inside strings i
     '{"a":"[[[[{{{{\\"}}}}","b":"\\\\","c":[1,2,{"d":null}]}',
     ' { "x" : [ true , false , -1.5e3 ] , "y" : "\\u00e9\\ud83d\\ude00€" } ',
     '{"a":{"a":{"a":1}}}', // the same name in nested objects is not a repeat
+    '{"":1,"\uFEFF":2}', // a name of U+FEFF is not the empty name (found in review)
+    '{"x":1,"\uFEFFx":2}',
     '[]',
     '"text"',
   ];

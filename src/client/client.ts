@@ -413,7 +413,14 @@ export function createClient(options: ClientOptions): KvClient {
     throw badOption("authToken must be visible ASCII characters only, as kv serve --auth-token takes it");
   }
   const sendWith = options.ca === undefined ? options.fetch : trustingFetch(options.fetch ?? fetch, options.ca);
-  const transport = new Transport({ endpoints, authToken: options.authToken, timeoutMs, attemptTimeoutMs, ...(sendWith === undefined ? {} : { fetch: sendWith }) });
+  const transport = new Transport({
+    endpoints,
+    authToken: options.authToken,
+    timeoutMs,
+    attemptTimeoutMs,
+    globalFetch: options.fetch === undefined,
+    ...(sendWith === undefined ? {} : { fetch: sendWith }),
+  });
   const leases = createLeasesApi(transport);
 
   const json = <T>(answer: Answer): T => {
@@ -488,22 +495,37 @@ export function createClient(options: ClientOptions): KvClient {
       if (opts.limit !== undefined && !(Number.isSafeInteger(opts.limit) && opts.limit >= 1 && opts.limit <= 10_000)) throw badOption(`limit must be 1 to 10000, got ${opts.limit}`);
       let deleted = 0;
       let requests = 0;
+      let lastVersion = 0;
       for (;;) {
         // A key per request: a request whose answer was lost is sent again under it, and applies once.
         const idempotencyKey = crypto.randomUUID();
-        const answer = await transport.send({
-          method: "DELETE",
-          path: `/kv${query({ prefix, limit: opts.limit })}`,
-          headers: writeHeaders(idempotencyKey),
-          safety: "idempotent",
-          idempotencyKey,
-          ...callOptions(opts),
-        });
+        let answer: Answer;
+        try {
+          answer = await transport.send({
+            method: "DELETE",
+            path: `/kv${query({ prefix, limit: opts.limit })}`,
+            headers: writeHeaders(idempotencyKey),
+            safety: "idempotent",
+            idempotencyKey,
+            ...callOptions(opts),
+          });
+        } catch (error) {
+          // Aborted before this request was sent, after others applied: the signal's reason alone
+          // would read as nothing deleted (found in review).
+          if (requests > 0 && opts.signal?.aborted === true && error === opts.signal.reason) {
+            throw new KvClientError("aborted", 0, `deletePrefix was aborted after ${requests} requests, which deleted ${deleted} keys under the prefix (up to version ${lastVersion}); the rest are as they were`, {
+              deleted,
+              version: lastVersion,
+            });
+          }
+          throw error;
+        }
         requests++;
         const result = json<{ deleted?: unknown; more?: unknown; version?: unknown }>(answer);
         const version = numberField(result.version, answer);
         if (typeof result.deleted !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a delete by prefix without a count`);
         deleted += result.deleted;
+        lastVersion = version;
         opts.onProgress?.(deleted, version);
         if (result.more !== true) return { deleted, version, requests };
       }

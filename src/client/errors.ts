@@ -29,7 +29,12 @@ export type ClientSideCode =
    * Bun's fetch runs at most `BUN_CONFIG_MAX_HTTP_REQUESTS` (256) requests at once, and past that
    * every other call of the process waits. Nothing was sent.
    */
-  | "too_many_streams";
+  | "too_many_streams"
+  /**
+   * A `deletePrefix` aborted by its signal after some of its requests applied: `details.deleted`
+   * keys went, up to `details.version`; the next request was not sent.
+   */
+  | "aborted";
 
 /**
  * A call that certainly did not take effect, or a read that failed. `code` is the server's stable

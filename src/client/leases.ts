@@ -145,7 +145,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     const id = leaseIdOf(leaseId);
     // A keeper's budget is what is left of the lease: never more than the client's own.
     const budget = timeoutMs === undefined ? {} : { timeoutMs: Math.min(transport.options.timeoutMs, timeoutMs) };
-    const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...budget });
+    const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...budget, attemptsShareBudget: true });
     const body = json<{ id?: unknown; ttlMs?: unknown }>(answer);
     return { id: idOf(body.id, answer), ttlMs: Number(body.ttlMs) };
   };

@@ -70,7 +70,7 @@ export const watchEventCharsMax = 6 * ((16 << 20) + (16 << 10)) + 4_096;
 /** An error answer's body read at most. */
 const ERROR_BODY_CHARS_MAX = 4_096;
 
-/** Requests left to calls other than watch streams, of the most Bun's fetch runs at once. */
+/** Requests left to calls other than watch streams, of the most Bun's fetch runs at once (BUN_CONFIG_MAX_HTTP_REQUESTS, read at each check: set it before the process starts, as Bun reads it once). */
 const STREAMS_RESERVED = 32;
 /** Watches open in this process (each holds one request of fetch's, or waits to: see `assertWatchRoom`). */
 let watchStreamsOpen = 0;
@@ -81,10 +81,11 @@ let watchStreamsOpen = 0;
  * the process was started) for other calls. Past the cap, every other request of the process, of
  * any client, waits behind the open streams: 256 idle watches stopped a put, and a held lock lost
  * its lease when its keepalives could not go out (found in a black-box review). Only the global
- * fetch is counted; a client given its own `fetch` knows its limits.
+ * fetch is counted (a client given a CA sends through it too: found in review); a client given its
+ * own `fetch` knows its limits.
  */
 export function assertWatchRoom(transport: Transport, more = 1): void {
-  if (transport.options.fetch !== undefined) return;
+  if (!transport.options.globalFetch) return;
   const configured = Number(process.env.BUN_CONFIG_MAX_HTTP_REQUESTS);
   const requestsMax = Number.isSafeInteger(configured) && configured > 0 ? configured : 256;
   const streamsMax = Math.max(1, requestsMax - STREAMS_RESERVED);
@@ -118,7 +119,7 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
   const { endpoints } = transport.options;
   const signal = options.signal;
   assertWatchRoom(transport);
-  const counted = transport.options.fetch === undefined;
+  const counted = transport.options.globalFetch;
   if (counted) watchStreamsOpen++;
   try {
     yield* resumingStream(transport, filter, fromVersion, idleTimeoutMs, reconnectTimeoutMs, options);

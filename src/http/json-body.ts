@@ -25,6 +25,8 @@ export interface JsonShapeLimits {
 export const smallJsonShape: JsonShapeLimits = { depthMax: 4, valuesMax: 64 };
 
 const utf8Fatal = new TextDecoder("utf-8", { fatal: true });
+/** For a member name: a U+FEFF it starts with is part of it (found in review: "\uFEFF" and "" read as one name). */
+const nameDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * A request body parsed as JSON, or a 400 `bad_request`: `notJson` when it is not JSON (or not
@@ -104,7 +106,7 @@ function stringEnd(bytes: Uint8Array, start: number): number {
 /** The string between the quotes at `start` and `end`, escapes resolved; undefined if it is not valid. */
 function stringAt(bytes: Uint8Array, start: number, end: number): string | undefined {
   try {
-    const raw = utf8Fatal.decode(bytes.subarray(start + 1, end));
+    const raw = nameDecoder.decode(bytes.subarray(start + 1, end));
     return raw.includes("\\") ? (JSON.parse(`"${raw}"`) as string) : raw;
   } catch {
     return undefined;
