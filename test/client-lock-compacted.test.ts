@@ -41,7 +41,7 @@ function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: bool
     async delete(key) {
       keys.delete(key);
     },
-    assertWatchRoom() {},
+    reserveWatchRoom: () => () => {},
     async *list(prefix: string) {
       counts.lists++;
       await nextTurn();

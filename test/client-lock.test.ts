@@ -85,6 +85,33 @@ describe("against a 3-node cluster", () => {
     }
   });
 
+  test("the room for streams comes back when a watch paused between events is aborted, and locks asked for at once cannot all pass the check (found in a black-box review: the count leaked until every watch was refused; 30 locks were held past a cap of 16)", async () => {
+    const before = process.env.BUN_CONFIG_MAX_HTTP_REQUESTS;
+    process.env.BUN_CONFIG_MAX_HTTP_REQUESTS = "40"; // 40 - 32 reserved: 8 streams
+    const kv = createClient({ endpoints: urls() });
+    try {
+      // "Wait for one change, then abort", twice the cap over: each gives its room back.
+      for (let i = 0; i < 16; i++) {
+        const stop = new AbortController();
+        const { version } = await kv.put(`aborted-watch/${i}`, "a");
+        const events = kv.watch({ key: `aborted-watch/${i}` }, { fromVersion: version, signal: stop.signal })[Symbol.asyncIterator]();
+        expect((await events.next()).value).toMatchObject({ type: "put", key: `aborted-watch/${i}` });
+        stop.abort();
+      }
+      // Twelve locks at once: eight get room, four are refused before making anything.
+      const asked = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => kv.lock(`at-once-${i}`, { ttlMs: TTL_MS })));
+      const held = asked.flatMap((a) => (a.status === "fulfilled" ? [a.value] : []));
+      const refused = asked.flatMap((a) => (a.status === "rejected" ? [(a.reason as KvClientError).code] : []));
+      expect([held.length, refused]).toEqual([8, ["too_many_streams", "too_many_streams", "too_many_streams", "too_many_streams"]]);
+      for (const lock of held) expect(await lock.release()).toBe(true);
+      // Released, they give their room back.
+      await until(async () => (await kv.lock("after-release", { ttlMs: TTL_MS }).then((l) => l.release(), () => false)) === true, "room after the releases");
+    } finally {
+      if (before === undefined) delete process.env.BUN_CONFIG_MAX_HTTP_REQUESTS;
+      else process.env.BUN_CONFIG_MAX_HTTP_REQUESTS = before;
+    }
+  });
+
   test("leases: grant, attach, get, keepAlive, revoke; a gone lease is lease_not_found", async () => {
     const kv = createClient({ endpoints: urls() });
     const lease = await kv.leases.grant(10_000);

@@ -10,7 +10,7 @@ import { KvClientError } from "./errors.ts";
 import { createLeasesApi, leaseIdOf, type LeaseId, type LeasesApi } from "./leases.ts";
 import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
 import { errorFromAnswer, Transport, type Answer } from "./transport.ts";
-import { assertWatchRoom, watchEvents, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
+import { reserveWatchRoom, watchEvents, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
 import { describeInput, fromJsonValue, makeEntry, toJsonValue, valueBytes, type JsonValue, type KvEntry, type ValueInput } from "./values.ts";
 
 /** Settings of `createClient`. */
@@ -627,8 +627,9 @@ export function createClient(options: ClientOptions): KvClient {
     put: (key, value, putOptions) => client.put(key, value, putOptions),
     delete: (key) => client.delete(key),
     list: (prefix) => client.list(prefix),
-    watch: (selector, watchOptions) => client.watch(selector, watchOptions),
-    assertWatchRoom: () => assertWatchRoom(transport),
+    // A lock's watches take the room its acquire reserved for it (see reserveWatchRoom).
+    watch: (selector, watchOptions) => watchEvents(transport, selector, watchOptions, { counted: false }),
+    reserveWatchRoom: () => reserveWatchRoom(transport),
   };
 
   async function* listPages(prefix: string, opts: ListOptions): AsyncIterableIterator<ListPage> {

@@ -76,8 +76,11 @@ export interface LockDeps {
   delete(key: string): Promise<unknown>;
   list(prefix: string): AsyncIterableIterator<{ readonly items: readonly KvEntry[] }>;
   watch(selector: WatchSelector, options: WatchOptions): AsyncIterableIterator<WatchEvent>;
-  /** Throws `too_many_streams` when this process has no room for one more watch stream. */
-  assertWatchRoom(): void;
+  /**
+   * Takes room for one watch stream, which the lock's own watches then use (they take none of their
+   * own); returns what gives it back. Throws `too_many_streams` when this process has none left.
+   */
+  reserveWatchRoom(): () => void;
 }
 
 const LOCK_TTL_MS_DEFAULT = 10_000;
@@ -94,8 +97,18 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
   const ttlMs = options.ttlMs ?? LOCK_TTL_MS_DEFAULT;
   if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
   // Waiting and holding each keep a watch open: refused here, before a key or lease is made, rather
-  // than holding a lock whose keepalives wait behind the streams (see assertWatchRoom).
-  deps.assertWatchRoom();
+  // than holding a lock whose keepalives wait behind the streams (see reserveWatchRoom). The room is
+  // held until the acquire fails, or the lock held is released or lost.
+  const releaseRoom = deps.reserveWatchRoom();
+  try {
+    return await acquireWithRoom(deps, prefix, ttlMs, value, options, releaseRoom);
+  } catch (error) {
+    releaseRoom();
+    throw error;
+  }
+}
+
+async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, value: ValueInput, options: LockOptions, releaseRoom: () => void): Promise<LockHandle> {
   const signal = options.signal;
   for (let rejoins = 0; ; rejoins++) {
     signal?.throwIfAborted();
@@ -176,7 +189,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
           // Its lease holds no place any more: given back at once, so nothing keeps it alive for
           // nothing (a release after this, as kv lock makes before it exits, answers when done).
           void releaseOnce();
-        });
+        }).finally(releaseRoom);
         return {
           key,
           fence,
@@ -395,6 +408,18 @@ async function listQueue(deps: LockDeps, prefix: string): Promise<KvEntry[]> {
 export async function* observeLeaders(deps: LockDeps, name: string, options: { readonly signal?: AbortSignal } = {}): AsyncGenerator<KvEntry, void, undefined> {
   const prefix = queuePrefix(name);
   const signal = options.signal;
+  // Its watches take the room reserved here, as a lock's do (see acquire); given back when it ends.
+  const releaseRoom = deps.reserveWatchRoom();
+  signal?.addEventListener("abort", releaseRoom, { once: true });
+  try {
+    yield* observeWithRoom(deps, prefix, signal);
+  } finally {
+    signal?.removeEventListener("abort", releaseRoom);
+    releaseRoom();
+  }
+}
+
+async function* observeWithRoom(deps: LockDeps, prefix: string, signal: AbortSignal | undefined): AsyncGenerator<KvEntry, void, undefined> {
   let last: KvEntry | undefined;
   while (signal?.aborted !== true) {
     const queue = await listQueue(deps, prefix);

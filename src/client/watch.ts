@@ -72,7 +72,7 @@ const ERROR_BODY_CHARS_MAX = 4_096;
 
 /** Requests left to calls other than watch streams, of the most Bun's fetch runs at once (BUN_CONFIG_MAX_HTTP_REQUESTS, read at each check: set it before the process starts, as Bun reads it once). */
 const STREAMS_RESERVED = 32;
-/** Watches open in this process (each holds one request of fetch's, or waits to: see `assertWatchRoom`). */
+/** Watch streams held in this process (each holds one request of fetch's, or waits to: see `reserveWatchRoom`). */
 let watchStreamsOpen = 0;
 
 /**
@@ -82,14 +82,24 @@ let watchStreamsOpen = 0;
  * any client, waits behind the open streams: 256 idle watches stopped a put, and a held lock lost
  * its lease when its keepalives could not go out (found in a black-box review). Only the global
  * fetch is counted (a client given a CA sends through it too: found in review); a client given its
- * own `fetch` knows its limits.
+ * own `fetch` knows its limits. Otherwise takes the room at once (calls at the same time cannot all
+ * pass the check: found in review, 30 locks at once held past a cap of 16), and returns what gives
+ * it back: idempotent.
  */
-export function assertWatchRoom(transport: Transport, more = 1): void {
-  if (!transport.options.globalFetch) return;
+export function reserveWatchRoom(transport: Transport): () => void {
+  if (!transport.options.globalFetch) return () => {};
   const configured = Number(process.env.BUN_CONFIG_MAX_HTTP_REQUESTS);
   const requestsMax = Number.isSafeInteger(configured) && configured > 0 ? configured : 256;
   const streamsMax = Math.max(1, requestsMax - STREAMS_RESERVED);
-  if (watchStreamsOpen + more <= streamsMax) return;
+  if (watchStreamsOpen + 1 <= streamsMax) {
+    watchStreamsOpen++;
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      watchStreamsOpen--;
+    };
+  }
   throw new KvClientError(
     "too_many_streams",
     0,
@@ -103,7 +113,13 @@ export function assertWatchRoom(transport: Transport, more = 1): void {
  * is past the start or resume point; `bad_request`/`too_large`/`unauthenticated` as the server says;
  * `unreachable` after `reconnectTimeoutMs` without a serving endpoint.
  */
-export async function* watchEvents(transport: Transport, selector: WatchSelector, options: WatchOptions = {}): AsyncGenerator<WatchEvent, void, undefined> {
+export async function* watchEvents(
+  transport: Transport,
+  selector: WatchSelector,
+  options: WatchOptions = {},
+  /** Whether this watch takes room of its own (a lock's take the room their lock reserved). */
+  own: { readonly counted: boolean } = { counted: true },
+): AsyncGenerator<WatchEvent, void, undefined> {
   // Checked as GET /watch checks its query (found in a black-box review: both, or a progress that is
   // no boolean, were taken silently from untyped callers).
   if (typeof selector !== "object" || selector === null || ("prefix" in selector) === ("key" in selector)) throw badOption("watch needs exactly one of prefix and key");
@@ -118,13 +134,16 @@ export async function* watchEvents(transport: Transport, selector: WatchSelector
   if (!(idleTimeoutMs >= 1) || !(reconnectTimeoutMs >= 1)) throw badOption("idleTimeoutMs and reconnectTimeoutMs must be at least 1");
   const { endpoints } = transport.options;
   const signal = options.signal;
-  assertWatchRoom(transport);
-  const counted = transport.options.globalFetch;
-  if (counted) watchStreamsOpen++;
+  const release = own.counted ? reserveWatchRoom(transport) : () => {};
+  // An abort closes the stream at once, and gives its room back with it: a generator paused
+  // between events runs its `finally` only if resumed (found in a black-box review: "wait for one
+  // change, then abort" left the room taken for good, until every watch was refused).
+  signal?.addEventListener("abort", release, { once: true });
   try {
     yield* resumingStream(transport, filter, fromVersion, idleTimeoutMs, reconnectTimeoutMs, options);
   } finally {
-    if (counted) watchStreamsOpen--;
+    signal?.removeEventListener("abort", release);
+    release();
   }
 }
 
