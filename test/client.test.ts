@@ -24,6 +24,15 @@ function blackHole(): { url: string; listener: TCPSocketListener<undefined> } {
   return { url: `http://127.0.0.1:${listener.port}`, listener };
 }
 
+/** Polls `condition` (a condition, not a sleep) until it holds; fails after `timeoutMs`. */
+async function until(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5); // polling interval
+  }
+}
+
 function followerOf(cluster: ServerCluster, leader: number): number {
   return cluster.nodes.map((n) => n.id).find((id) => id !== leader) as number;
 }
@@ -820,6 +829,62 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
       expect(requests).toBe(2);
     } finally {
       node.stop(true);
+    }
+  });
+
+  test("a write refused by a node this process had a connection with is of unknown outcome: Bun's fetch sent it again on a new connection when the kept-alive one closed under it, and reported only the refusal (found in a black-box review: a put reported refused was applied)", async () => {
+    for (const aborting of [false, true]) {
+      let received = 0;
+      // Reads the put, then dies without answering: it stops listening and closes every connection.
+      const dying = Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        async fetch(request) {
+          if (request.method === "GET") return new Response("v", { headers: { "x-kv-version": "1" } });
+          received++;
+          await request.arrayBuffer();
+          dying.stop(true);
+          return new Promise<Response>(() => {});
+        },
+      });
+      const kv = createClient({ endpoints: [`http://127.0.0.1:${dying.port}`], timeoutMs: 1_000 });
+      expect((await kv.get("k"))?.text).toBe("v"); // a kept-alive connection to it now
+      const abort = new AbortController();
+      const put = kv.put("k", "v2", { idempotencyKey: "sent-once", ...(aborting ? { signal: abort.signal } : {}) }).catch((error: unknown) => error);
+      if (aborting) {
+        await until(() => received > 0, "the put to arrive");
+        abort.abort(new Error("gave up"));
+      }
+      const error = await put;
+      expect([aborting, received]).toEqual([aborting, 1]);
+      expect(error).toBeInstanceOf(UnknownOutcomeError);
+      expect((error as UnknownOutcomeError).idempotencyKey).toBe("sent-once");
+    }
+  });
+
+  test("a membership change goes on a connection of its own: refused there by a node this process knew, it certainly did not arrive, and the next endpoint is asked", async () => {
+    let asked = 0;
+    const members = () => Response.json({ members: [], leaderId: 1, configIndex: 3 });
+    const gone = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: members });
+    const live = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => {
+        asked++;
+        return members();
+      },
+    });
+    try {
+      // Answered by the first (the process's connections are shared by its clients): a kept-alive connection to it.
+      const goneUrl = `http://127.0.0.1:${gone.port}`;
+      await createClient({ endpoints: [goneUrl] }).members();
+      gone.stop(true);
+      const kv = createClient({ endpoints: [goneUrl, `http://127.0.0.1:${live.port}`] });
+      expect((await kv.membership.add({ id: 4, peerUrl: "http://127.0.0.1:5004" })).configIndex).toBe(3);
+      expect(asked).toBe(1);
+    } finally {
+      gone.stop(true);
+      live.stop(true);
     }
   });
 

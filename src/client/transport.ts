@@ -77,6 +77,13 @@ export interface TransportOptions {
   readonly globalFetch: boolean;
 }
 
+/**
+ * Origins that answered a request of this process: Bun's fetch may hold a kept-alive connection to
+ * them (its pool is the process's, shared by every client), and a write refused there may have gone
+ * out on it first (see `exchange`).
+ */
+const answeredOrigins = new Set<string>();
+
 /** Redirects one attempt follows before giving up on it. */
 const REDIRECT_HOPS_MAX = 5;
 /** Pause between passes over the endpoints (an election here takes a few hundred ms), doubling to the max. */
@@ -235,7 +242,7 @@ export class Transport {
    * itself (`/status`). Throws `KvClientError` `unreachable` when it does not answer.
    */
   async sendTo(endpoint: string, path: string): Promise<Answer> {
-    const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs);
+    const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs, undefined, false);
     if (result.kind === "answer") return result.answer;
     throw new KvClientError("unreachable", 0, `${endpoint}: ${result.reason}`);
   }
@@ -288,7 +295,7 @@ export class Transport {
     let url = `${endpoint}${call.path}`;
     const attemptDeadlineMs = Math.min(deadlineMs, performance.now() + this.attemptTimeoutMs(call));
     for (let hop = 0; hop <= REDIRECT_HOPS_MAX; hop++) {
-      const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs, call.signal);
+      const result = await this.exchange(call.method, origin, url, call.body, call.headers ?? {}, attemptDeadlineMs, call.signal, call.safety === "once");
       if (result.kind !== "answer") {
         if (hop > 0) this.forget(origin); // the leader a redirect named does not answer
         return result.kind === "redirect_loop" ? result : { ...result, origin };
@@ -317,7 +324,9 @@ export class Transport {
     body: Uint8Array | string | undefined,
     headers: Readonly<Record<string, string>>,
     deadlineMs: number,
-    callerSignal?: AbortSignal,
+    callerSignal: AbortSignal | undefined,
+    /** On a connection of its own (a call that must not be sent twice: see below). */
+    fresh: boolean,
   ): Promise<AttemptResult> {
     let response: Response;
     const timeout = AbortSignal.timeout(Math.max(1, deadlineMs - performance.now()));
@@ -328,6 +337,7 @@ export class Transport {
         redirect: "manual",
         headers: this.withAuthorization(headers),
         signal: callerSignal === undefined ? timeout : AbortSignal.any([timeout, callerSignal]),
+        ...(fresh ? { keepalive: false } : {}),
       });
     } catch (error) {
       // A refused connection carried nothing: the request certainly did not arrive. Anything else
@@ -335,8 +345,17 @@ export class Transport {
       const reason = describe(error) + (errorCode(error) === "ECONNRESET" && url.startsWith("http://") ? RESET_ON_HTTP_HINT : "");
       if (!isConnectionRefused(error)) return { kind: "lost", reason };
       const tls = tlsFailure(error);
+      // Except that Bun's fetch, when a kept-alive connection closes under a request it sent there,
+      // sends it again on a new connection and reports only how that one failed: refused, though the
+      // first copy arrived (found in a black-box review: a put reported refused was applied). So a
+      // write refused by a node this process had a connection with may have been delivered. A call on
+      // a fresh connection has no such copy.
+      if (tls === undefined && method !== "GET" && !fresh && answeredOrigins.has(origin)) {
+        return { kind: "lost", reason: `${reason} (refused on a new connection, after the request may have gone out on a kept-alive one)` };
+      }
       return tls === undefined ? { kind: "unreachable", reason } : { kind: "unreachable", reason, tls };
     }
+    answeredOrigins.add(origin);
     try {
       return { kind: "answer", answer: { status: response.status, headers: response.headers, body: new Uint8Array(await response.arrayBuffer()), origin } };
     } catch (error) {
