@@ -599,7 +599,12 @@ describe("routes", () => {
 
     node.isHealthy = false;
     response = await call("GET", "/health");
-    await expectError(response, 503, "unhealthy");
+    const behind = await expectError(response, 503, "unhealthy");
+    // Which of the two it is (found in a black-box review: one message said both).
+    expect(behind.message).toContain("catching up");
+    node.statusNow = { ...node.statusNow, leaderId: 0 };
+    const leaderless = await expectError(await call("GET", "/health"), 503, "unhealthy");
+    expect(leaderless.message).toStartWith("no leader is known");
   });
 
   test("an unknown route is a JSON 404", async () => {

@@ -26,7 +26,7 @@ const CLOSED_WITHIN_MS = 6_000;
 
 /** One in-process node with these settings (what `kv serve` makes of the flags each test names), leading. */
 async function startNode(name: string, config: Partial<ServerConfig>): Promise<KvServer> {
-  const cluster = createServerCluster({ size: 1, baseDir: join(baseDir, name), config: () => config });
+  const cluster = createServerCluster({ size: 1, baseDir: join(baseDir, name), logLevel: "warn", config: () => config });
   clusters.push(cluster);
   await cluster.start();
   await cluster.waitForLeader();
@@ -177,6 +177,10 @@ test("a cap of 4 client connections: connections past the cap are closed at once
       await Bun.sleep(50); // polling interval while the freed slot is noticed
     }
     expect(refused).toBeGreaterThanOrEqual(3);
+    // Said in the log too, once a minute at most (found in a black-box review: only counted).
+    const said = clusters.at(-1)!.logs(1).split("\n").filter((line) => line.includes('"event":"client connection refused"'));
+    expect(said.length).toBe(1);
+    expect(said[0]).toContain("the most --max-client-connections allows");
     expect(await metric(node, "kv_http_connections")).toBeGreaterThanOrEqual(3);
     ordinary.end();
     const answered = (await ordinary.closed).received;

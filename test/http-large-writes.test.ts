@@ -156,5 +156,5 @@ test("a large write waiting for its turn on the leader leaves the line when its 
   for (const { socket } of holders) socket.destroy();
   await gaugeReaches("kv_http_large_body_bytes_admitted", 0);
   // None of the 17 was the client's bad request: each hung up (src/http/http-handler.ts).
-  await gaugeReaches('kv_http_request_duration_seconds_count{route="/kv/{key}",status="499"}', 17);
+  await gaugeReaches('kv_http_request_duration_seconds_count{route="/kv/{key}",method="PUT",status="499"}', 17);
 }, 40_000);

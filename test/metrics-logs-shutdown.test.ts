@@ -314,11 +314,14 @@ describe("the level of a node's events", () => {
   });
 
   test("a full disk, which freezes the node until an operator acts, is an error as at start; retried failures are warnings; the rest info", () => {
-    expect(["fatal", "disk full", "snapshot send failed", "learner promotion failed", "disk space back", "role", "snapshot sent"].map(nodeEventLevel)).toEqual([
+    expect(["fatal", "disk full", "snapshot send failed", "learner promotion failed", "quota exceeded", "quorum lost", "quota ok", "disk space back", "role", "snapshot sent"].map(nodeEventLevel)).toEqual([
       "error",
       "error",
       "warn",
       "warn",
+      "warn", // a write outage (found in a black-box review: it was info)
+      "warn", // a leader stepped down for want of a majority (same review)
+      "info",
       "info",
       "info",
       "info",

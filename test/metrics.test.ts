@@ -6,9 +6,11 @@ import { join } from "node:path";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 import { createMetricsRegistry, PROMETHEUS_CONTENT_TYPE } from "../src/lib/metrics.ts";
 import { encodeCommand } from "../src/kv/command.ts";
-import { createHttpHandler } from "../src/http/http-handler.ts";
+import { createHttpHandler, routeLabel } from "../src/http/http-handler.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
 import { instrumentNode } from "../src/http/node-metrics.ts";
+import { registerTransportMetrics } from "../src/transport/transport-metrics.ts";
+import { createMemoryCluster } from "./helpers/memory-cluster.ts";
 import type { KvNodeApi } from "../src/node/api.ts";
 
 /** Every sample line parsed: `name{labels}` → value. Throws on a line that is not valid exposition text. */
@@ -151,8 +153,8 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     // Saves are written at once and fsynced in the background, several saves per fsync at most.
     expect(samples.get('kv_storage_save_duration_seconds_count{sync="false"}')).toBeGreaterThanOrEqual(10);
     expect(samples.get("kv_storage_fsync_duration_seconds_count")).toBeGreaterThanOrEqual(1);
-    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="200"}')).toBe(10);
-    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="404"}')).toBe(1);
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",method="PUT",status="200"}')).toBe(10);
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",method="GET",status="404"}')).toBe(1);
     expect(samples.get("kv_read_index_duration_seconds_count")).toBe(2);
     expect(samples.get('kv_proposals_committed_total{op="txn"}') ?? 0).toBe(0);
     // Every put's entry went to the follower at least once, inside the request bodies counted.
@@ -220,6 +222,75 @@ describe("kv_raft_leader_changes_total", () => {
   });
 });
 
+describe("a member down shows on the leader (found in a black-box review: no metric or field did)", () => {
+  test("kv_raft_follower_lag_entries: on a leader, each other member's entries not known to be in its log; none on a follower", () => {
+    const node = new MemoryKvNode();
+    const registry = createMetricsRegistry();
+    instrumentNode(node, registry, { clusterId: "c", version: "0" });
+    const base = node.statusNow;
+    node.statusNow = {
+      ...base,
+      role: "leader",
+      leaderId: 1,
+      lastLogIndex: 500,
+      members: [
+        { id: 1, peerUrl: "http://n1", httpUrl: undefined, role: "voter" },
+        { id: 2, peerUrl: "http://n2", httpUrl: undefined, role: "voter", matchIndex: 500 },
+        { id: 3, peerUrl: "http://n3", httpUrl: undefined, role: "voter", matchIndex: 120 },
+      ],
+    };
+    let samples = parseExposition(registry.render());
+    expect([samples.get('kv_raft_follower_lag_entries{peer="2"}'), samples.get('kv_raft_follower_lag_entries{peer="3"}'), samples.get('kv_raft_follower_lag_entries{peer="1"}')]).toEqual([0, 380, undefined]);
+    node.statusNow = { ...node.statusNow, role: "follower", leaderId: 2 };
+    samples = parseExposition(registry.render());
+    expect([...samples.keys()].filter((name) => name.startsWith("kv_raft_follower_lag_entries"))).toEqual([]);
+  });
+
+  test("kv_peer_reachable: 1 for a peer that answers, 0 for one unreachable or refusing, none for one not called yet", () => {
+    const registry = createMetricsRegistry();
+    const peer = (peerId: number, reachability: "unknown" | "reachable" | "unreachable" | "refusing") => ({
+      peerId,
+      reachability,
+      queuedMessages: 0,
+      queuedBytes: 0,
+      inflightCalls: 0,
+      deliveredCalls: 0,
+      deliveredMessages: 0,
+      failedCalls: 0,
+      failedMessages: 0,
+      failedCallsByCode: {},
+      droppedMessages: 0,
+      sentBytes: 0,
+    });
+    registerTransportMetrics(registry, {
+      stats: () => [peer(2, "reachable"), peer(3, "unreachable"), peer(4, "refusing"), peer(5, "unknown")],
+      serverStats: () => ({ receivedBytes: 0, requestsByStatus: new Map(), refused: {}, callsFromNonMembers: 0 }) as never,
+    });
+    const samples = parseExposition(registry.render());
+    expect([2, 3, 4, 5].map((id) => samples.get(`kv_peer_reachable{peer="${id}"}`))).toEqual([1, 0, 0, undefined]);
+  });
+
+  test("a leader's /status gives each other member's matchIndex; a member cut off stays behind while the others keep up", async () => {
+    const cluster = createMemoryCluster();
+    try {
+      await cluster.until(() => cluster.leader() !== undefined);
+      const leader = cluster.leader()!;
+      const id = leader.status().id;
+      const [cut, kept] = [1, 2, 3].filter((other) => other !== id) as [number, number];
+      cluster.network.cutBetween(id, cut);
+      const { version } = await cluster.drive(leader.put("k", new TextEncoder().encode("v")));
+      await cluster.until(() => leader.status().members.find((m) => m.id === kept)?.matchIndex === leader.status().lastLogIndex);
+      const members = new Map(leader.status().members.map((m) => [m.id, m.matchIndex]));
+      expect(members.get(id)).toBeUndefined();
+      expect(members.get(cut)!).toBeLessThan(version);
+      expect(members.get(kept)!).toBeGreaterThanOrEqual(version);
+      expect(cluster.node(cut).status().members.every((m) => m.matchIndex === undefined)).toBe(true);
+    } finally {
+      for (const nodeId of [...cluster.nodes.keys()]) cluster.stop(nodeId);
+    }
+  });
+});
+
 describe("instrumentNode", () => {
   test("forwards every method of the node API the node has (a method added to the API and to the node, and not here, was missing behind the metrics in the server: GET /members?consistency=linearizable answered not_found)", async () => {
     const source = await Bun.file(new URL("../src/node/api.ts", import.meta.url)).text();
@@ -261,6 +332,26 @@ describe("watch streams' ends", () => {
 });
 
 describe("kv_http_request_duration_seconds", () => {
+  test("labels every documented route by its template, and the method (found in a black-box review: /members and /leases were 'other', a listing counted as /kv/{key})", () => {
+    const cases: [string, string][] = [
+      ["/kv/a%2Fb", "/kv/{key}"],
+      ["/kv", "/kv"],
+      ["/kv/", "/kv/{key}"],
+      ["/members", "/members"],
+      ["/members/", "/members"],
+      ["/members/4", "/members/{id}"],
+      ["/members/4/promote", "/members/{id}/promote"],
+      ["/leases", "/leases"],
+      ["/leases/17", "/leases/{id}"],
+      ["/leases/17/keepalive", "/leases/{id}/keepalive"],
+      ["/openapi.json", "/openapi.json"],
+      ["/status", "/status"],
+      ["/members/4/other", "other"],
+      ["/nope", "other"],
+    ];
+    for (const [path, label] of cases) expect([path, routeLabel(path)]).toEqual([path, label]);
+  });
+
   test("counts a request whose client hung up mid-body as 499, not as the client's 400", async () => {
     const registry = createMetricsRegistry();
     const handler = createHttpHandler(new MemoryKvNode(), { metrics: registry });
@@ -282,7 +373,7 @@ describe("kv_http_request_duration_seconds", () => {
     // A body the client sent whole and wrong is still the client's 400.
     expect((await handler.handle(new Request("http://localhost/kv/a?ifVersion=x", { method: "PUT", body: "v" }))).status).toBe(400);
     const samples = parseExposition(registry.render());
-    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="499"}')).toBe(1);
-    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",status="400"}')).toBe(1);
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",method="PUT",status="499"}')).toBe(1);
+    expect(samples.get('kv_http_request_duration_seconds_count{route="/kv/{key}",method="PUT",status="400"}')).toBe(1);
   });
 });

@@ -525,7 +525,12 @@ function healthResponse(node: KvNodeApi): Response {
     return jsonResponse({ error: "disk_full", message: "the disk is full: the node is frozen until space returns; it serves only stale reads" }, 503);
   }
   if (!node.healthy()) {
-    return jsonResponse({ error: "unhealthy", message: "no leader is known, or this node has applied more than 1,000 entries less than its leader committed" }, 503);
+    // Which of the two, as far as the status tells (found in a black-box review: one message for both).
+    const message =
+      status.leaderId === 0
+        ? "no leader is known: the cluster may have lost its majority, or be electing"
+        : `this node has applied more than 1,000 entries less than its leader committed: it is catching up (applied to ${status.appliedIndex} so far)`;
+    return jsonResponse({ error: "unhealthy", message }, 503);
   }
   return jsonResponse({ healthy: true, ...(storage?.quotaExceeded === true ? { quotaExceeded: true } : {}) }, 200);
 }

@@ -22,6 +22,7 @@
 import type { Server, Socket, TCPSocketListener } from "bun";
 import { assert } from "../lib/assert.ts";
 import type { MetricsRegistry } from "../lib/metrics.ts";
+import { createRateLimitedLog } from "../lib/rate-limited-log.ts";
 import { BACKUP_CONTENT_TYPE } from "../kv/backup-format.ts";
 import { untilStreamEnds } from "./stream-end.ts";
 
@@ -66,6 +67,8 @@ export interface ClientListenerOptions {
   readonly onInternalError: (error: Error) => Response;
   /** Open client connections at most; past it new ones are closed at once. 0: no cap (and no forwarding layer). */
   readonly connectionsMax: number;
+  /** Told of connections closed at the cap (rate-limited here: one line a minute at most, with how many since). */
+  readonly logRefusedConnection?: (line: string) => void;
   /** How long a connection may go without a request in the handler (silent, trickling headers, idle keep-alive) (an answer waiting in the layer for a slow client has `idleTimeoutS` between the client's reads). */
   readonly requestReadTimeoutMs: number;
   /** Seconds `Bun.serve` lets a connection sit silent (1-255); it also cuts a handler still working, so keep it long. */
@@ -138,6 +141,7 @@ export function createClientListener(options: ClientListenerOptions): ClientList
   const byUpstreamPort = new Map<number, ClientConnection>();
   const open = new Set<ClientConnection>();
   let refusedTotal = 0;
+  const logRefused = options.logRefusedConnection === undefined ? undefined : createRateLimitedLog<"cap">(options.logRefusedConnection, 60_000, "connections");
   let timedOutTotal = 0;
   const metrics = options.metrics;
   metrics?.collected("kv_http_connections", "Client API connections open now.", "gauge", [], () => [[{}, open.size]]);
@@ -330,6 +334,9 @@ export function createClientListener(options: ClientListenerOptions): ClientList
       open(client) {
         if (open.size >= options.connectionsMax) {
           refusedTotal++;
+          // Said, not only counted: a scrape or probe past the cap is refused too, and the operator
+          // saw nothing but the target going down (found in a black-box review).
+          logRefused?.("cap", () => `closed a client connection from ${client.remoteAddress} at once: ${open.size} are open, the most --max-client-connections allows`);
           client.data = { socket: client, backlog: [], backlogBytes: 0, peer: undefined, closed: true, finPending: false, connection: undefined as never }; // never read: `close` sees no peer
           client.end();
           return;

@@ -70,7 +70,25 @@ export interface HttpHandler {
 }
 
 /** The routes a request's metrics are labelled with: a fixed set, never the raw path. */
-export type RouteLabel = "/kv/{key}" | "/status" | "/hash" | "/health" | "/metrics" | "/leader/transfer" | "/watch" | "/snapshot" | "/txn" | "other";
+export type RouteLabel =
+  | "/kv/{key}"
+  | "/kv"
+  | "/status"
+  | "/hash"
+  | "/health"
+  | "/metrics"
+  | "/leader/transfer"
+  | "/watch"
+  | "/snapshot"
+  | "/txn"
+  | "/members"
+  | "/members/{id}"
+  | "/members/{id}/promote"
+  | "/leases"
+  | "/leases/{id}"
+  | "/leases/{id}/keepalive"
+  | "/openapi.json"
+  | "other";
 
 /**
  * Elysia 1.4 finds the path by searching for "/" from index 11 of `request.url`, which assumes an
@@ -87,6 +105,20 @@ function withRoutableUrl(request: Request): Request {
   return new Request(`http://kv.invalid${path}${search}`, request);
 }
 
+/** A request's method as a metric label: the ones the API serves, and "other" for the rest (a label's values stay few). */
+function methodLabel(method: string): string {
+  switch (method) {
+    case "GET":
+    case "PUT":
+    case "POST":
+    case "DELETE":
+    case "HEAD":
+      return method;
+    default:
+      return "other";
+  }
+}
+
 /** Whether a request declares a body: a non-zero Content-Length, or chunked transfer. */
 function carriesBody(request: Request): boolean {
   const length = request.headers.get("content-length");
@@ -94,10 +126,16 @@ function carriesBody(request: Request): boolean {
   return request.headers.has("transfer-encoding");
 }
 
-/** Which route a raw path belongs to, for metric labels. */
+/**
+ * Which route a raw path belongs to, for metric labels: every documented route by its template
+ * (found in a black-box review: /members, /leases and their ids were "other", and a listing or a
+ * delete by prefix, `/kv`, counted as `/kv/{key}`).
+ */
 export function routeLabel(path: string): RouteLabel {
-  if (path === "/kv" || path.startsWith("/kv/")) return "/kv/{key}";
-  switch (path) {
+  if (path.startsWith("/kv/")) return "/kv/{key}";
+  const trimmed = path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path;
+  switch (trimmed) {
+    case "/kv":
     case "/status":
     case "/hash":
     case "/health":
@@ -106,10 +144,16 @@ export function routeLabel(path: string): RouteLabel {
     case "/watch":
     case "/snapshot":
     case "/txn":
-      return path;
-    default:
-      return "other";
+    case "/members":
+    case "/leases":
+    case "/openapi.json":
+      return trimmed;
   }
+  const member = /^\/members\/[^/]+(\/promote)?$/.exec(trimmed);
+  if (member !== null) return member[1] === undefined ? "/members/{id}" : "/members/{id}/promote";
+  const lease = /^\/leases\/[^/]+(\/keepalive)?$/.exec(trimmed);
+  if (lease !== null) return lease[1] === undefined ? "/leases/{id}" : "/leases/{id}/keepalive";
+  return "other";
 }
 
 /**
@@ -193,9 +237,9 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
   });
   const requestDuration = registry?.histogram(
     "kv_http_request_duration_seconds",
-    "Client API requests by route and HTTP status: time from arrival to the response's headers.",
+    "Client API requests by route (its template), method and HTTP status: time from arrival to the response's headers.",
     LATENCY_BUCKETS_S,
-    ["route", "status"],
+    ["route", "method", "status"],
   );
   let inflight = 0;
   /** Event streams whose body has not ended: each ends after its last event (see `idle`). */
@@ -286,7 +330,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
         // A client that hung up before its answer (Bun aborts request.signal) is counted as 499, as
         // nginx logs it: its upload failing partway is not a bad request, and nobody reads the answer.
         const status = request.signal.aborted ? "499" : String(response.status);
-        requestDuration?.observe({ route, status }, (performance.now() - startedMs) / 1000);
+        requestDuration?.observe({ route, method: methodLabel(request.method), status }, (performance.now() - startedMs) / 1000);
         return response;
       } finally {
         inflight--;

@@ -37,6 +37,13 @@ export function instrumentNode(node: KvNodeApi, registry: MetricsRegistry, info:
   registry.collected("kv_raft_commit_index", "Highest log index known committed.", "gauge", [], () => [[{}, status.commitIndex]]);
   registry.collected("kv_raft_applied_index", "Highest log index applied to the key-value state.", "gauge", [], () => [[{}, status.appliedIndex]]);
   registry.collected("kv_raft_last_log_index", "Index of the last entry in the local log.", "gauge", [], () => [[{}, status.lastLogIndex]]);
+  registry.collected(
+    "kv_raft_follower_lag_entries",
+    "On the leader only, for each other member: entries of the leader's log not known to be in that member's (last log index - match index). Grows while a member is down under writes.",
+    "gauge",
+    ["peer"],
+    () => (status.role === "leader" ? status.members.flatMap((member) => (member.matchIndex === undefined ? [] : [[{ peer: String(member.id) }, Math.max(0, status.lastLogIndex - member.matchIndex)] as const])) : []),
+  );
   // What /status's storage says, for alerts before the quota or the disk refuses writes (etcd's db size and quota gauges).
   if (status.storage !== undefined) {
     const storageOf = () => status.storage as NonNullable<NodeStatus["storage"]>;

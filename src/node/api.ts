@@ -77,6 +77,11 @@ export interface MemberStatus {
   readonly role?: "voter" | "learner";
   /** The index of the entry that added it at its address (0: a founding member); absent when unknown. */
   readonly addedIndex?: number;
+  /**
+   * In a leader's `/status` only, for each other member: the last index of its log known to match
+   * the leader's (its replication progress; a follower stopped or cut off falls behind here).
+   */
+  readonly matchIndex?: number;
 }
 
 /** The configuration as a node applied it, and the leader it knows (0: none). */

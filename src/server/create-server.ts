@@ -136,6 +136,10 @@ export function nodeEventLevel(event: string): "error" | "warn" | "info" {
     case "snapshot send failed":
     case "learner promotion failed":
     case "peer address from --cluster":
+    // Puts are refused until data is deleted or the quota raised: a write outage an alert on
+    // warnings must see (found in a black-box review: it was info).
+    case "quota exceeded":
+    case "quorum lost":
       return "warn";
     default:
       return "info";
@@ -343,7 +347,9 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       ...(config.watch === undefined ? {} : { watch: config.watch }),
       log: (event, fields) => {
         if (event === "role" && typeof fields.leaderId === "number" && typeof fields.term === "number") nodeMetrics?.noteLeader(fields.leaderId, fields.term);
-        logger.log(nodeEventLevel(event), event, fields);
+        // Where, and what happens next, as the same line at start says (found in a black-box review).
+        const more = event === "disk full" ? { dataDir, detail: "the node waits, frozen, and resumes by itself once space is freed on that disk" } : {};
+        logger.log(nodeEventLevel(event), event, { ...fields, ...more });
       },
       onFatal: (error) => config.onFatal?.(error),
       voteHold: { recorded: voteHoldRecorded(dataDir), record: (held) => recordVoteHold(dataDir, held) },
@@ -406,6 +412,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       });
     },
     connectionsMax: config.clientConnectionsMax,
+    logRefusedConnection: (line) => logger.log("warn", "client connection refused", { detail: line }),
     requestReadTimeoutMs: config.requestReadTimeoutMs,
     // Bun's own timer cuts a body or a handler at this many seconds with no answer: it must outlast
     // a large body's wait to be read, the body's deadline and the wait on the node, which answer first.
@@ -497,7 +504,13 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
         ({ leaderId }) => ({ leaderId }),
         (error: unknown) => ({ error: errorText(error) }),
       );
-      logger.log("info", "leadership handed over", handover);
+      // Said as what happened: a rolling restart's operator looks for this line (found in a black-box
+      // review: "leadership handed over" was logged, at info, when the transfer was given up).
+      if ("error" in handover || handover.leaderId === 0) {
+        logger.log("warn", "leadership handover failed", { ...handover, detail: "stopping without handing over: the others elect a leader after an election timeout" });
+      } else {
+        logger.log("info", "leadership handed over", handover);
+      }
     }
     // Stop taking work: new requests on open connections get 503 `unavailable` and Connection:
     // close, and the listener stops accepting connections.

@@ -24,6 +24,13 @@ export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick
   registry.collected("kv_peer_messages_dropped_total", "Messages to each peer dropped at the queue's limits, never sent.", "counter", ["peer"], () =>
     handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.droppedMessages] as const),
   );
+  registry.collected(
+    "kv_peer_reachable",
+    "1 while this node's last call to the peer was answered, 0 while the peer is unreachable or refuses its calls; peers it has not called yet are left out. A leader calls every member.",
+    "gauge",
+    ["peer"],
+    () => handle.stats().flatMap((peer) => (peer.reachability === "unknown" ? [] : [[{ peer: String(peer.peerId) }, peer.reachability === "reachable" ? 1 : 0] as const])),
+  );
   registry.collected("kv_peer_queued_messages", "Messages waiting to be sent to each peer.", "gauge", ["peer"], () =>
     handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.queuedMessages] as const),
   );
