@@ -585,6 +585,9 @@ describe("routes", () => {
     // The two fields present only when true (a review found votesHeld missing from the answer).
     node.statusNow = { ...node.statusNow, removed: true, votesHeld: true };
     expect(await (await call("GET", "/status")).json()).toMatchObject({ removed: true, votesHeld: true });
+    // A leader's members carry matchIndex (it was left out of the answer at first).
+    node.statusNow = { ...node.statusNow, members: [node.statusNow.members[0]!, { ...node.statusNow.members[1]!, matchIndex: 7 }] };
+    expect(((await (await call("GET", "/status")).json()) as { members: unknown[] }).members[1]).toEqual({ id: 2, peerUrl: "http://127.0.0.1:5002", httpUrl: null, addedIndex: null, matchIndex: 7 });
   });
 
   test("GET /status maps a node failure like any other", async () => {

@@ -554,6 +554,8 @@ function statusJson(status: NodeStatus) {
       httpUrl: member.httpUrl ?? null,
       ...(member.role === undefined ? {} : { role: member.role }),
       addedIndex: member.addedIndex ?? null,
+      // A leader's: how far each other member's log matches its own (absent elsewhere).
+      ...(member.matchIndex === undefined ? {} : { matchIndex: member.matchIndex }),
     })),
     storage: status.storage ?? null,
     ...(status.removed === true ? { removed: true } : {}),
