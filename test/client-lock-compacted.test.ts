@@ -1,6 +1,6 @@
 // Proves a lock waiter and an election observer (src/client/lock.ts) whose watch is answered 410 compacted without a usable compactVersion neither spin nor give up: they watch from now and look at the key again, as a new watcher would, still wake when the key is deleted, and ask a node that keeps answering so only after growing pauses.
 import { expect, test } from "bun:test";
-import { KvClientError } from "../src/client/errors.ts";
+import { KvClientError, UnknownOutcomeError } from "../src/client/errors.ts";
 import type { LeasesApi } from "../src/client/leases.ts";
 import { acquire, observeLeaders, type LockDeps } from "../src/client/lock.ts";
 import { makeEntry, type KvEntry } from "../src/client/values.ts";
@@ -18,7 +18,7 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
  * with `refuseEveryWatch`, so is every watch from now; otherwise a watch from now sends a progress
  * event and then the deletes `remove()` makes.
  */
-function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: boolean; noHolder?: boolean; aliveUntilMs?: () => number } = {}) {
+function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: boolean; noHolder?: boolean; aliveUntilMs?: () => number; revoke?: LeasesApi["revoke"]; leaseGet?: LeasesApi["get"] } = {}) {
   const keys = new Map<string, KvEntry>(options.noHolder === true ? [] : [["lock/5", makeEntry("lock/5", 10, new TextEncoder().encode("holder"))]]);
   let version = 12;
   const counts = { watches: 0, lists: 0 };
@@ -29,7 +29,8 @@ function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: bool
   const leases: Partial<LeasesApi> = {
     grant: async (ttlMs) => ({ id: 7, ttlMs }),
     keep: (id) => ({ id: Number(id), lost: never, aliveUntilMs: options.aliveUntilMs ?? (() => Number.POSITIVE_INFINITY), stop() {} }),
-    revoke: async (id) => ({ id: Number(id), version: ++version, deletedKeys: 1 }),
+    revoke: options.revoke ?? (async (id) => ({ id: Number(id), version: ++version, deletedKeys: 1 })),
+    ...(options.leaseGet === undefined ? {} : { get: options.leaseGet }),
   };
   const deps: LockDeps = {
     leases: leases as LeasesApi,
@@ -186,4 +187,21 @@ test("release() is false while no node answers the revoke, and a later call revo
   expect(await lock.release()).toBe(true);
   expect(await lock.release()).toBe(true);
   expect(revokes).toBe(2);
+});
+
+test("a release whose revoke is of unknown outcome is a release when the lease is gone, and not one when it lives (found in review: a lock whose lease had run out answered false, and kv lock exited 3)", async () => {
+  for (const leaseGone of [true, false]) {
+    const cluster = fakeCluster({
+      noHolder: true,
+      revoke: async () => {
+        throw new UnknownOutcomeError("the outcome of DELETE /leases/7 is unknown", undefined, []);
+      },
+      leaseGet: async (id) => {
+        if (leaseGone) throw new KvClientError("lease_not_found", 404, `lease ${id} not found`);
+        return { id: Number(id), ttlMs: 1000, remainingMs: 900, keys: [], keysTruncated: false };
+      },
+    });
+    const lock = await acquire(cluster.deps, "lock", "me");
+    expect([leaseGone, await lock.release()]).toEqual([leaseGone, leaseGone]);
+  }
 });

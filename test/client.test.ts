@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TCPSocketListener } from "bun";
 import { createClient, KvClientError, UnknownOutcomeError } from "../src/client/index.ts";
+import { Transport } from "../src/client/transport.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 import { txnStandIn } from "./helpers/txn-stand-in.ts";
 
@@ -859,6 +860,27 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
       expect([aborting, received]).toEqual([aborting, 1]);
       expect(error).toBeInstanceOf(UnknownOutcomeError);
       expect((error as UnknownOutcomeError).idempotencyKey).toBe("sent-once");
+    }
+  });
+
+  test("a write refused by a node whose last answer is older than the window is refused for certain again: unreachable, and a no_leader answer elsewhere is said as such (found in review: the mark never expired)", async () => {
+    const members = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("v", { headers: { "x-kv-version": "1" } }) });
+    const goneUrl = `http://127.0.0.1:${members.port}`;
+    const noLeader = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ error: "no_leader", message: "electing" }, { status: 503 }) });
+    try {
+      const transport = new Transport({ endpoints: [goneUrl, `http://127.0.0.1:${noLeader.port}`], authToken: undefined, timeoutMs: 300, attemptTimeoutMs: 300, globalFetch: true, resentWithinMs: 50 });
+      await transport.send({ method: "GET", path: "/kv/k", safety: "read" });
+      members.stop(true);
+      const put = { method: "PUT" as const, path: "/kv/k", body: "v", headers: { "idempotency-key": "k1" }, safety: "idempotent" as const, idempotencyKey: "k1" };
+      // Within the window: the refusal may follow a copy sent on the kept-alive connection.
+      expect(await transport.send(put).catch((error: unknown) => error)).toBeInstanceOf(UnknownOutcomeError);
+      await Bun.sleep(100); // the condition is time itself: past the 50 ms window
+      const after = (await transport.send(put).catch((error: unknown) => error)) as KvClientError;
+      expect(after).toBeInstanceOf(KvClientError);
+      expect(after.code).toBe("no_leader");
+    } finally {
+      members.stop(true);
+      noLeader.stop(true);
     }
   });
 

@@ -246,7 +246,7 @@ describe("a member down shows on the leader (found in a black-box review: no met
     expect([...samples.keys()].filter((name) => name.startsWith("kv_raft_follower_lag_entries"))).toEqual([]);
   });
 
-  test("kv_peer_reachable: 1 for a peer that answers, 0 for one unreachable or refusing, none for one not called yet", () => {
+  test("kv_peer_reachable, on the leader only: 1 for a peer that answers, 0 for one unreachable or refusing, none for one not called yet", () => {
     const registry = createMetricsRegistry();
     const peer = (peerId: number, reachability: "unknown" | "reachable" | "unreachable" | "refusing") => ({
       peerId,
@@ -262,12 +262,20 @@ describe("a member down shows on the leader (found in a black-box review: no met
       droppedMessages: 0,
       sentBytes: 0,
     });
-    registerTransportMetrics(registry, {
-      stats: () => [peer(2, "reachable"), peer(3, "unreachable"), peer(4, "refusing"), peer(5, "unknown")],
-      serverStats: () => ({ receivedBytes: 0, requestsByStatus: new Map(), refused: {}, callsFromNonMembers: 0 }) as never,
-    });
+    let leading = true;
+    registerTransportMetrics(
+      registry,
+      {
+        stats: () => [peer(2, "reachable"), peer(3, "unreachable"), peer(4, "refusing"), peer(5, "unknown")],
+        serverStats: () => ({ receivedBytes: 0, requestsByStatus: new Map(), refused: {}, callsFromNonMembers: 0 }) as never,
+      },
+      () => leading,
+    );
     const samples = parseExposition(registry.render());
     expect([2, 3, 4, 5].map((id) => samples.get(`kv_peer_reachable{peer="${id}"}`))).toEqual([1, 0, 0, undefined]);
+    // A node that no longer leads calls the others no more: what it last saw is not current (found in review).
+    leading = false;
+    expect([...parseExposition(registry.render()).keys()].filter((name) => name.startsWith("kv_peer_reachable"))).toEqual([]);
   });
 
   test("a leader's /status gives each other member's matchIndex; a member cut off stays behind while the others keep up", async () => {

@@ -16,7 +16,7 @@
  * read was deleted, if at all, after the `compactVersion` the node named, so the watch starts there
  * (without one, from now, looking once more when the stream runs: `untilDeleted`).
  */
-import { KvClientError } from "./errors.ts";
+import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import type { LeaseKeeper, LeasesApi } from "./leases.ts";
 import type { KvEntry, ValueInput } from "./values.ts";
 import type { WatchEvent, WatchOptions, WatchSelector } from "./watch.ts";
@@ -137,6 +137,15 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
         return true;
       } catch (error) {
         if (error instanceof KvClientError && error.code === "lease_not_found") return true;
+        // A revoke of unknown outcome (an attempt lost, then lease_not_found): gone either way if
+        // the lease is gone now (found in review: a lock whose lease had run out answered "not
+        // released", and kv lock exited 3 saying no node answered).
+        if (error instanceof UnknownOutcomeError) {
+          return deps.leases.get(lease.id).then(
+            () => false,
+            (lookup: unknown) => lookup instanceof KvClientError && lookup.code === "lease_not_found",
+          );
+        }
         if (!(error instanceof KvClientError) || error.status < 400 || error.status >= 500) return false;
         return deps.delete(key).then(
           () => true,

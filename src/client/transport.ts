@@ -75,14 +75,24 @@ export interface TransportOptions {
    * unless the caller gave its own fetch: one made only to trust a CA still is the global one).
    */
   readonly globalFetch: boolean;
+  /** See `RESENT_WITHIN_MS` (the default); tests shorten it. */
+  readonly resentWithinMs?: number;
 }
 
 /**
- * Origins that answered a request of this process: Bun's fetch may hold a kept-alive connection to
- * them (its pool is the process's, shared by every client), and a write refused there may have gone
- * out on it first (see `exchange`).
+ * When each origin last answered a request of this process: Bun's fetch may hold a kept-alive
+ * connection to it (its pool is the process's, shared by every client), and a write refused there
+ * within `RESENT_WITHIN_MS` may have gone out on that connection first (see `exchange`).
  */
-const answeredOrigins = new Set<string>();
+const answeredOrigins = new Map<string, number>();
+/**
+ * How long after an origin's last answer a refused write there may be Bun's second try of it. The
+ * second try comes when a connection closes under a request just written on it: a node that died
+ * during the traffic. Long after, its connections' closes were seen and the pool holds none, and a
+ * refusal is certain again (found in review: marked for good, a long-running client's writes in an
+ * outage all ended of unknown outcome, no_leader answers included).
+ */
+const RESENT_WITHIN_MS = 5_000;
 
 /** Redirects one attempt follows before giving up on it. */
 const REDIRECT_HOPS_MAX = 5;
@@ -350,12 +360,12 @@ export class Transport {
       // first copy arrived (found in a black-box review: a put reported refused was applied). So a
       // write refused by a node this process had a connection with may have been delivered. A call on
       // a fresh connection has no such copy.
-      if (tls === undefined && method !== "GET" && !fresh && answeredOrigins.has(origin)) {
+      if (tls === undefined && method !== "GET" && !fresh && performance.now() - (answeredOrigins.get(origin) ?? Number.NEGATIVE_INFINITY) < (this.options.resentWithinMs ?? RESENT_WITHIN_MS)) {
         return { kind: "lost", reason: `${reason} (refused on a new connection, after the request may have gone out on a kept-alive one)` };
       }
       return tls === undefined ? { kind: "unreachable", reason } : { kind: "unreachable", reason, tls };
     }
-    answeredOrigins.add(origin);
+    answeredOrigins.set(origin, performance.now());
     try {
       return { kind: "answer", answer: { status: response.status, headers: response.headers, body: new Uint8Array(await response.arrayBuffer()), origin } };
     } catch (error) {

@@ -462,7 +462,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     void listener.stop(true).catch(() => {});
     return cannotListen("peers", config.listenPeer.hostname, config.listenPeer.port, error);
   });
-  registerTransportMetrics(metrics, transport);
+  registerTransportMetrics(metrics, transport, () => node.raftStatus().role === "leader");
   node.start(transport.transport);
   logger.log("info", "started", {
     peerPort: transport.port,

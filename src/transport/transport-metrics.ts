@@ -7,7 +7,12 @@ import type { MetricsRegistry } from "../lib/metrics.ts";
 import type { ConnectTransportHandle } from "./connect-transport.ts";
 
 /** Declares the transport's metrics on `registry`; they read `handle`'s counters at each scrape. */
-export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick<ConnectTransportHandle, "stats" | "serverStats">): void {
+export function registerTransportMetrics(
+  registry: MetricsRegistry,
+  handle: Pick<ConnectTransportHandle, "stats" | "serverStats">,
+  /** Whether this node leads now: only a leader calls every member, so only its reachability is current. */
+  leading: () => boolean = () => true,
+): void {
   registry.collected("kv_peer_sent_bytes_total", "Bytes of request bodies sent to each peer.", "counter", ["peer"], () =>
     handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.sentBytes] as const),
   );
@@ -26,10 +31,13 @@ export function registerTransportMetrics(registry: MetricsRegistry, handle: Pick
   );
   registry.collected(
     "kv_peer_reachable",
-    "1 while this node's last call to the peer was answered, 0 while the peer is unreachable or refuses its calls; peers it has not called yet are left out. A leader calls every member.",
+    "On the leader only (it calls every member; another node's last call may be from an earlier term): 1 while its last call to the peer was answered, 0 while the peer is unreachable or refuses its calls.",
     "gauge",
     ["peer"],
-    () => handle.stats().flatMap((peer) => (peer.reachability === "unknown" ? [] : [[{ peer: String(peer.peerId) }, peer.reachability === "reachable" ? 1 : 0] as const])),
+    () =>
+      leading()
+        ? handle.stats().flatMap((peer) => (peer.reachability === "unknown" ? [] : [[{ peer: String(peer.peerId) }, peer.reachability === "reachable" ? 1 : 0] as const]))
+        : [],
   );
   registry.collected("kv_peer_queued_messages", "Messages waiting to be sent to each peer.", "gauge", ["peer"], () =>
     handle.stats().map((peer) => [{ peer: String(peer.peerId) }, peer.queuedMessages] as const),
