@@ -1,6 +1,6 @@
 // Proves /metrics speaks the Prometheus text format (the registry's counters, gauges and labelled histograms render and stay bounded) and that a live 3-node cluster reports its Raft state, proposals, fsync and request latencies, ReadIndex latency, leader changes and peer traffic and errors.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
@@ -202,6 +202,31 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     expect((await scrape(other)).get("kv_raft_leader_changes_total")).toBeGreaterThan(before);
     expect((await scrape(newLeader)).get('kv_raft_role{role="leader"}')).toBe(1);
     await cluster.startNode(leader);
+  });
+  test("kv_storage_disk_bytes gives what the data dir takes by part, as the files are; process_* the process's start and CPU (found in a black-box review: no metric said how close the disk was)", async () => {
+    const leader = await cluster.waitForLeader();
+    for (let i = 0; i < 20; i++) expect((await fetch(`${cluster.node(leader).httpUrl}/kv/disk-${i}`, { method: "PUT", body: "x".repeat(1000) })).status).toBe(200);
+    const dir = join(baseDir, `node-${leader}`);
+    const onDisk = () => ({
+      database: statSync(join(dir, "kv.db")).size,
+      log: readdirSync(join(dir, "kv.db-log"))
+        .filter((name) => name.endsWith(".log"))
+        .reduce((sum, name) => sum + statSync(join(dir, "kv.db-log", name)).size, 0),
+    });
+    // The files only grow here (no compaction at 20 writes): what the scrape saw lies between a look before and one after.
+    const before = onDisk();
+    const samples = await scrape(leader);
+    const after = onDisk();
+    for (const part of ["database", "log"] as const) {
+      const seen = samples.get(`kv_storage_disk_bytes{part="${part}"}`)!;
+      expect([part, seen >= before[part] && seen <= after[part]]).toEqual([part, true]);
+    }
+    expect(before.log).toBeGreaterThan(20_000);
+    expect(samples.get('kv_storage_disk_bytes{part="staging"}')).toBe(0);
+    expect(samples.get('kv_storage_disk_bytes{part="wal"}')).toBeGreaterThanOrEqual(0);
+    const started = samples.get("process_start_time_seconds")!;
+    expect(Math.abs(started - (Date.now() / 1000 - process.uptime()))).toBeLessThan(5);
+    expect(samples.get("process_cpu_seconds_total")!).toBeGreaterThan(0);
   });
 });
 

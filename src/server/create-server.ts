@@ -31,6 +31,7 @@ import { createConnectTransport, peerRpcTimeoutMs } from "../transport/connect-t
 import { registerTransportMetrics } from "../transport/transport-metrics.ts";
 import { joinCluster } from "./join.ts";
 import type { CheckpointReport } from "../storage/checkpointer.ts";
+import { diskUsage } from "./disk-usage.ts";
 
 /** A host and port to listen on (port 0: the OS picks). */
 export interface ListenAddress {
@@ -376,6 +377,22 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   metrics.collected("kv_http_large_body_bytes_admitted", "Bytes of large write bodies (64 KiB or more) being read or waiting on the node now.", "gauge", [], () => [
     [{}, bodyAdmission.admittedBytes()],
   ]);
+  // What the data dir takes on disk, and the process's own figures, as Prometheus' clients give them.
+  metrics.collected("kv_storage_disk_bytes", "Bytes the data dir takes on disk, by part: the state machine's database, its WAL, the log's segments, an image being staged.", "gauge", ["part"], () => {
+    const usage = diskUsage(dataDir);
+    return [
+      [{ part: "database" }, usage.database],
+      [{ part: "wal" }, usage.wal],
+      [{ part: "log" }, usage.log],
+      [{ part: "staging" }, usage.staging],
+    ];
+  });
+  const startedAtS = Date.now() / 1000 - process.uptime();
+  metrics.collected("process_start_time_seconds", "When the process started, in seconds since the Unix epoch.", "gauge", [], () => [[{}, startedAtS]]);
+  metrics.collected("process_cpu_seconds_total", "CPU time the process used, user and system, in seconds.", "counter", [], () => {
+    const used = process.cpuUsage();
+    return [[{}, (used.user + used.system) / 1e6]];
+  });
   metrics.collected("kv_http_large_bodies_waiting", "Large write bodies waiting, unread, for their turn to be read.", "gauge", [], () => [[{}, bodyAdmission.waitingCount()]]);
   const http = createHttpHandler(nodeMetrics.node, {
     ...(config.authToken === undefined ? {} : { authToken: config.authToken }),
