@@ -203,6 +203,7 @@ describe("GET /metrics on a live 3-node cluster (in-process servers)", () => {
     expect((await scrape(newLeader)).get('kv_raft_role{role="leader"}')).toBe(1);
     await cluster.startNode(leader);
   });
+
   test("kv_storage_disk_bytes gives what the data dir takes by part, as the files are; process_* the process's start and CPU (found in a black-box review: no metric said how close the disk was)", async () => {
     const leader = await cluster.waitForLeader();
     for (let i = 0; i < 20; i++) expect((await fetch(`${cluster.node(leader).httpUrl}/kv/disk-${i}`, { method: "PUT", body: "x".repeat(1000) })).status).toBe(200);
