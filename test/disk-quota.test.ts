@@ -201,8 +201,10 @@ describe.skipIf(!mounted)("a full disk and the space quota (in-process nodes, 48
         await Promise.all(puts);
         return undefined;
       });
-      const { stage } = JSON.parse(fullLine) as { stage?: string };
+      const { stage, dataDir: namedDir } = JSON.parse(fullLine) as { stage?: string; dataDir?: string };
       expect(stage).not.toBe("install");
+      // It names where, as the same line at start does (found in an operator's review).
+      expect(namedDir).toBe(join(dataDir, "node-1"));
       expect(["save", "apply", "compact", "advance"]).toContain(stage ?? "none");
     } finally {
       if (filler !== undefined) rmSync(filler, { force: true });

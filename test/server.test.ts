@@ -49,3 +49,14 @@ test("three in-process servers elect a leader and serve writes and reads over HT
   const read = await fetch(`${restarted.httpUrl}/kv/greeting?consistency=stale`);
   expect(await read.text()).toBe("again");
 }, 60_000);
+
+test("a leader stopped with no follower to take over says the hand-over failed, at warn, not that it handed over (found in an operator's review)", async () => {
+  const leaderId = await cluster.waitForLeader();
+  for (const { id } of cluster.nodes) if (id !== leaderId) await cluster.kill(id);
+  const before = logged.length;
+  await cluster.node(leaderId).stop();
+  const ours = logged.slice(before).filter((line) => line.node === leaderId);
+  expect(ours.filter((line) => line.event === "leadership handed over")).toEqual([]);
+  const failed = ours.find((line) => line.event === "leadership handover failed") as { level?: string } | undefined;
+  expect(failed?.level).toBe("warn");
+}, 60_000);

@@ -206,7 +206,7 @@ export const serveCommand = defineCommand({
     const listenPeer = parseHostPort("listen-peer", args["listen-peer"] ?? defaultListenPeer(selfPeerUrl));
     const listenHttp = parseHostPort("listen-http", args["listen-http"] ?? `127.0.0.1:${8000 + id}`);
     // One port cannot serve both (found in a black-box review: "cannot listen for peers ... in use?").
-    if (listenHttp.port !== 0 && listenHttp.port === listenPeer.port && (listenHttp.hostname === listenPeer.hostname || [listenHttp.hostname, listenPeer.hostname].some((host) => host === "0.0.0.0" || host === "::"))) {
+    if (listenHttp.port !== 0 && listenHttp.port === listenPeer.port && (listenHttp.hostname === listenPeer.hostname || isUnspecifiedHost(listenHttp.hostname) || isUnspecifiedHost(listenPeer.hostname))) {
       throw new UsageError(`--listen-http ${listenHttp.hostname}:${listenHttp.port} and the peer port (--listen-peer, or this node's --cluster entry) ${listenPeer.hostname}:${listenPeer.port} are one port: give each its own`);
     }
     const tickMs = args["tick-ms"] === undefined ? defaultNodeTimings.tickMs : parseIntFlag("tick-ms", args["tick-ms"], 1, 10_000);

@@ -19,7 +19,7 @@
 import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import type { LeaseKeeper, LeasesApi } from "./leases.ts";
 import type { KvEntry, ValueInput } from "./values.ts";
-import type { WatchEvent, WatchOptions, WatchSelector } from "./watch.ts";
+import { holdingRoom, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
 
 /** Options of `lock` and `elect`. */
 export interface LockOptions {
@@ -418,14 +418,7 @@ export async function* observeLeaders(deps: LockDeps, name: string, options: { r
   const prefix = queuePrefix(name);
   const signal = options.signal;
   // Its watches take the room reserved here, as a lock's do (see acquire); given back when it ends.
-  const releaseRoom = deps.reserveWatchRoom();
-  signal?.addEventListener("abort", releaseRoom, { once: true });
-  try {
-    yield* observeWithRoom(deps, prefix, signal);
-  } finally {
-    signal?.removeEventListener("abort", releaseRoom);
-    releaseRoom();
-  }
+  yield* holdingRoom(deps.reserveWatchRoom(), signal, observeWithRoom(deps, prefix, signal));
 }
 
 async function* observeWithRoom(deps: LockDeps, prefix: string, signal: AbortSignal | undefined): AsyncGenerator<KvEntry, void, undefined> {

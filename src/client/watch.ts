@@ -77,8 +77,7 @@ let watchStreamsOpen = 0;
 
 /**
  * Throws `too_many_streams` when one more watch would leave fewer than `STREAMS_RESERVED` of the
- * requests Bun's fetch runs at once (`BUN_CONFIG_MAX_HTTP_REQUESTS`, 256 by default; read here as
- * the process was started) for other calls. Past the cap, every other request of the process, of
+ * requests Bun's fetch runs at once (`BUN_CONFIG_MAX_HTTP_REQUESTS`, 256 by default) for other calls. Past the cap, every other request of the process, of
  * any client, waits behind the open streams: 256 idle watches stopped a put, and a held lock lost
  * its lease when its keepalives could not go out (found in a black-box review). Only the global
  * fetch is counted (a client given a CA sends through it too: found in review); a client given its
@@ -132,15 +131,19 @@ export async function* watchEvents(
   const idleTimeoutMs = options.idleTimeoutMs ?? IDLE_TIMEOUT_MS_DEFAULT;
   const reconnectTimeoutMs = options.reconnectTimeoutMs ?? RECONNECT_TIMEOUT_MS_DEFAULT;
   if (!(idleTimeoutMs >= 1) || !(reconnectTimeoutMs >= 1)) throw badOption("idleTimeoutMs and reconnectTimeoutMs must be at least 1");
-  const { endpoints } = transport.options;
-  const signal = options.signal;
   const release = own.counted ? reserveWatchRoom(transport) : () => {};
-  // An abort closes the stream at once, and gives its room back with it: a generator paused
-  // between events runs its `finally` only if resumed (found in a black-box review: "wait for one
-  // change, then abort" left the room taken for good, until every watch was refused).
+  yield* holdingRoom(release, options.signal, resumingStream(transport, filter, fromVersion, idleTimeoutMs, reconnectTimeoutMs, options));
+}
+
+/**
+ * `events`, giving the room `release` holds back when they end, or at once when `signal` aborts: a
+ * generator paused between events runs its `finally` only if resumed (found in a black-box review:
+ * "wait for one change, then abort" left the room taken for good, until every watch was refused).
+ */
+export async function* holdingRoom<T>(release: () => void, signal: AbortSignal | undefined, events: AsyncGenerator<T, void, undefined>): AsyncGenerator<T, void, undefined> {
   signal?.addEventListener("abort", release, { once: true });
   try {
-    yield* resumingStream(transport, filter, fromVersion, idleTimeoutMs, reconnectTimeoutMs, options);
+    yield* events;
   } finally {
     signal?.removeEventListener("abort", release);
     release();
