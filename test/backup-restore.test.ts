@@ -260,6 +260,16 @@ describe("save during writes, restore into a new cluster", () => {
     expect(restoredNonces.has(sourceNonce)).toBe(false);
   }, 60_000);
 
+  test("restore's start line names a client port others reach when the node's peer URL is not on loopback (found in a review: clients elsewhere could not connect)", async () => {
+    const line = async (id: number, cluster: string) => {
+      const restore = await runKv(["snapshot", "restore", file(), "--data-dir", join(baseDir, "hint", String(id)), "--id", String(id), "--cluster", cluster]);
+      expect(restore.code).toBe(0);
+      return restore.out.split("\n").find((text) => text.startsWith("start it with:")) ?? "";
+    };
+    expect(await line(2, "1=http://10.0.0.1:5001,2=http://10.0.0.2:5001")).toEndWith(`--data-dir ${join(baseDir, "hint", "2")} --listen-http 0.0.0.0:8002`);
+    expect(await line(1, "1=http://127.0.0.1:5001")).not.toContain("--listen-http");
+  });
+
   test("what a save or a restore killed midway left behind, the next run removes; a live run's it leaves", async () => {
     // The pid of a process that is gone, and ours, which is alive.
     const gone = Bun.spawn(["true"]);

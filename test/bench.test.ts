@@ -308,6 +308,34 @@ describe("kv bench against in-process fake servers", () => {
     }
   });
 
+  test("without --endpoints a run against kv takes $KV_ENDPOINTS, as kv's client commands do (found in a review: it measured 127.0.0.1:8001-8003 instead)", async () => {
+    const node = fakeKvNode();
+    const run = async (env: Record<string, string>, args: string[] = []) => {
+      const proc = Bun.spawn([process.execPath, "src/cli/main.ts", "bench", "--requests", "10", "--timeout", "2s", "--json", ...args], {
+        cwd: root,
+        env: { ...process.env, ...env },
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+      return { out, err, code };
+    };
+    try {
+      const byEnv = await run({ KV_ENDPOINTS: node.url });
+      expect(byEnv.code).toBe(0);
+      expect((JSON.parse(byEnv.out) as BenchReport).ok).toBe(10);
+      expect(node.counts.put).toBeGreaterThanOrEqual(10);
+      const bad = await run({ KV_ENDPOINTS: "not a url" });
+      expect(bad.code).toBe(2);
+      expect(bad.err).toContain("$KV_ENDPOINTS: 'not a url' is not a URL");
+      // --endpoints wins, and etcd's runs never take kv's variable.
+      const flagWins = await run({ KV_ENDPOINTS: "not a url" }, ["--endpoints", node.url]);
+      expect(flagWins.code).toBe(0);
+    } finally {
+      node.server.stop(true);
+    }
+  });
+
   test("a delete answered deleted: false counts as one of an absent key, as a read's 404 does (found in a black-box review: all were counted as found)", async () => {
     const node = fakeKvNode({ absentDeletes: true });
     try {

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { pipeNodeOutput } from "../src/chaos/cluster.ts";
 import { createTcpProxy, type TcpProxy } from "../src/chaos/tcp-proxy.ts";
-import { defaultAdvertiseHttp, defaultListenPeer, idFromHostname } from "../src/cli/serve-addresses.ts";
+import { defaultAdvertiseHttp, defaultListenHttp, defaultListenPeer, idFromHostname, loopbackHttpWarning } from "../src/cli/serve-addresses.ts";
 import { UsageError } from "../src/cli/usage-error.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 
@@ -113,6 +113,22 @@ describe("listen and advertise defaults", () => {
     expect(defaultAdvertiseHttp({ hostname: "127.0.0.1", port: 8001 }, "http://kv1:5001", "http")).toBeUndefined();
     expect(defaultAdvertiseHttp({ hostname: "0.0.0.0", port: 0 }, "http://kv1:5001", "http")).toBeUndefined();
   });
+
+  test("a client port left on loopback while the peers reach this node elsewhere is said, with the flag to give (found in a review)", () => {
+    const loopback = { hostname: "127.0.0.1", port: 8001 };
+    expect(loopbackHttpWarning("http://10.0.0.1:5001", loopback)).toContain("give --listen-http 0.0.0.0:8001 (advertised as 10.0.0.1:8001)");
+    expect(loopbackHttpWarning("http://kv-0.kv.default.svc.cluster.local:5001", loopback)).toContain("clients elsewhere cannot connect");
+    // The local cluster, on loopback throughout, and a client port that is not on loopback: nothing to say.
+    for (const peer of ["http://127.0.0.1:5001", "http://127.3.0.1:5001", "http://localhost:5001", "http://[::1]:5001"]) expect(loopbackHttpWarning(peer, loopback)).toBeUndefined();
+    expect(loopbackHttpWarning("http://10.0.0.1:5001", { hostname: "0.0.0.0", port: 8001 })).toBeUndefined();
+    expect(loopbackHttpWarning("http://10.0.0.1:5001", { hostname: "10.0.0.1", port: 8001 })).toBeUndefined();
+  });
+
+  test("the default client port is 8000 + id, and none past 65535", () => {
+    expect(defaultListenHttp(1)).toBe("127.0.0.1:8001");
+    expect(defaultListenHttp(57_535)).toBe("127.0.0.1:65535");
+    expect(defaultListenHttp(57_536)).toBeUndefined();
+  });
 });
 
 describe("kv serve --id-from-hostname", () => {
@@ -134,6 +150,8 @@ describe("kv serve --id-from-hostname", () => {
     [["--id-from-hostname"], { KV_HOSTNAME: "vm" }, "--id-from-hostname: the hostname 'vm' does not end in a StatefulSet ordinal"],
     [["--id", "1", "--id-from-hostname"], { KV_HOSTNAME: "kv-0" }, "give --id or --id-from-hostname, not both"],
     [[], {}, "Missing required argument: --id (or --id-from-hostname)"],
+    // Said of the default, not of a --listen-http never given (found in a review).
+    [["--id", "70000", "--cluster", "70000=http://127.0.0.1:1"], {}, "node 70000 has no default client port (8000 + id is past 65535): give --listen-http HOST:PORT"],
   ])("serve %p with %p is a usage error: exit 2 and one line", (args, env, message) => {
     const result = run(["serve", "--data-dir", join(baseDir, "never"), ...(args as string[])], env as Record<string, string>);
     expect(result.err).toContain(message as string);

@@ -103,6 +103,8 @@ export function parseMix(text: string): OperationMix {
 
 /** Parses comma-separated http(s) origins given to `--flag`; paths and trailing slashes are dropped. */
 export function parseEndpoints(text: string, flag = "endpoints"): string[] {
+  // A flag's name, or an environment variable's ("$KV_ENDPOINTS") as it is.
+  const name = flag.startsWith("$") ? flag : `--${flag}`;
   const endpoints: string[] = [];
   for (const part of text.split(",")) {
     const trimmed = part.trim();
@@ -110,9 +112,9 @@ export function parseEndpoints(text: string, flag = "endpoints"): string[] {
     try {
       url = new URL(trimmed);
     } catch {
-      throw new BenchInputError(`--${flag}: '${trimmed}' is not a URL (e.g. http://127.0.0.1:8001)`);
+      throw new BenchInputError(`${name}: '${trimmed}' is not a URL (e.g. http://127.0.0.1:8001)`);
     }
-    if (url.protocol !== "http:") throw new BenchInputError(`--${flag}: '${trimmed}' must be http:// (the benchmark client speaks plain HTTP/1.1)`);
+    if (url.protocol !== "http:") throw new BenchInputError(`${name}: '${trimmed}' must be http:// (the benchmark client speaks plain HTTP/1.1)`);
     if (!endpoints.includes(url.origin)) endpoints.push(url.origin);
   }
   return endpoints;

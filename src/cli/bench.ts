@@ -148,9 +148,9 @@ function onlyOne(flag: string, endpoints: readonly string[]): string {
   return endpoints[0] as string;
 }
 
-function parseEndpointsFlag(text: string): string[] {
+function parseEndpointsFlag(text: string, flag = "endpoints"): string[] {
   try {
-    return parseEndpoints(text);
+    return parseEndpoints(text, flag);
   } catch (error) {
     if (error instanceof BenchInputError) throw new UsageError(error.message);
     throw error;
@@ -185,7 +185,11 @@ function renderProgress(progress: BenchProgress): void {
 export const benchCommand = defineCommand({
   meta: { name: "bench", description: "Measure throughput and latency of kv (or etcd) under a closed-loop load" },
   args: {
-    endpoints: { type: "string", description: `Comma-separated client URLs (default ${DEFAULT_ENDPOINTS}; noop: a server it starts)`, valueHint: "URL,URL" },
+    endpoints: {
+      type: "string",
+      description: `Comma-separated client URLs (default: kv, $KV_ENDPOINTS or ${DEFAULT_ENDPOINTS}; etcd, ${DEFAULT_ENDPOINTS}; noop: a server it starts)`,
+      valueHint: "URL,URL",
+    },
     target: { type: "string", description: "kv, etcd (its JSON gateway /v3/kv/*) or noop (any server; measures this tool's ceiling) (default kv)", valueHint: "kv|etcd|noop" },
     clients: { type: "string", description: "Concurrent closed-loop clients, one request in flight each (default 16)", valueHint: "N" },
     duration: { type: "string", description: "How long to run, e.g. 15s, 500ms, 2m (default 15s)", valueHint: "DURATION" },
@@ -223,7 +227,10 @@ export const benchCommand = defineCommand({
     json: { type: "boolean", description: "Print one JSON object instead of the text report" },
   },
   async run({ args }) {
-    const explicitEndpoints = args.endpoints === undefined ? undefined : parseEndpointsFlag(args.endpoints);
+    // kv's own client commands take $KV_ENDPOINTS when --endpoints is not given, and so does a run
+    // against kv (found in a review: one with it exported measured the local cluster instead).
+    const fromEnv = (args.target ?? "kv") === "kv" ? process.env.KV_ENDPOINTS : undefined;
+    const explicitEndpoints = args.endpoints === undefined ? (fromEnv === undefined ? undefined : parseEndpointsFlag(fromEnv, "$KV_ENDPOINTS")) : parseEndpointsFlag(args.endpoints);
     // Validate every flag before starting anything.
     const leaseChurn = leaseChurnOptionsFromArgs(args);
     let options = benchOptionsFromArgs(args, explicitEndpoints ?? parseEndpoints(DEFAULT_ENDPOINTS));

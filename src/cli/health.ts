@@ -14,7 +14,7 @@ const HEALTH_ENDPOINT_DEFAULT = "http://127.0.0.1:8001";
 export const healthCommand = defineCommand({
   meta: { name: "health", description: "Exit 0 when the node's /health answers 200, else 1 (for container health checks)" },
   args: {
-    endpoint: { type: "string", description: `The node's client URL (default ${HEALTH_ENDPOINT_DEFAULT})`, valueHint: "URL" },
+    endpoint: { type: "string", description: `The node's client URL (default ${HEALTH_ENDPOINT_DEFAULT}; not $KV_ENDPOINTS, which names a cluster: this checks one node)`, valueHint: "URL" },
     "timeout-ms": { type: "string", description: "How long to wait for the answer (default 3000)", valueHint: "MS" },
     cacert: { type: "string", description: "PEM file of the CA that signed the node's certificate, for an https:// endpoint (default: the system's CAs)", valueHint: "FILE" },
   },

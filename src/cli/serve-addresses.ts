@@ -53,3 +53,28 @@ export function hostnameForId(env: Readonly<Record<string, string | undefined>>,
   const override = env.KV_HOSTNAME;
   return override === undefined || override === "" ? systemHostname() : override;
 }
+
+/** The default `--listen-http`: loopback at 8000 + id (the local cluster's 8001-8003); undefined past the last port. */
+export function defaultListenHttp(id: number): string | undefined {
+  return 8000 + id <= 65_535 ? `127.0.0.1:${8000 + id}` : undefined;
+}
+
+/** Whether `host` (a URL's hostname) names this machine only: `localhost`, 127.0.0.0/8 or ::1. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.replace(/^\[|\]$/g, "").toLowerCase();
+  return bare === "localhost" || bare === "::1" || (isIP(bare) === 4 && bare.startsWith("127."));
+}
+
+/**
+ * What to say at start when the client port was left at its loopback default while the peers reach
+ * this node at another host (found in a review: a cluster restored as docs/operations.md showed,
+ * on 10.0.0.x, served clients on 127.0.0.1 only, and its followers sent clients to 127.0.0.1).
+ */
+export function loopbackHttpWarning(selfPeerUrl: string, listenHttp: { readonly hostname: string; readonly port: number }): string | undefined {
+  const peerHost = new URL(selfPeerUrl).hostname;
+  if (isLoopbackHost(peerHost) || !isLoopbackHost(listenHttp.hostname)) return undefined;
+  return (
+    `the client API listens on ${listenHttp.hostname}:${listenHttp.port} (the default), which only this machine reaches, while the peers reach this node at ${peerHost}; ` +
+    `clients elsewhere cannot connect, and the others redirect writes to this address: give --listen-http 0.0.0.0:${listenHttp.port} (advertised as ${peerHost}:${listenHttp.port}) or --listen-http and --advertise-http of your own`
+  );
+}

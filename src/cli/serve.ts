@@ -12,7 +12,7 @@ import { secretProblem } from "../lib/secret.ts";
 import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy } from "../node/kv-node.ts";
 import { defaultWatch } from "../node/watch.ts";
 import { createServer, ServerStartError, type KvServer } from "../server/create-server.ts";
-import { defaultAdvertiseHttp, defaultListenPeer, hostnameForId, idFromHostname } from "./serve-addresses.ts";
+import { defaultAdvertiseHttp, defaultListenHttp, defaultListenPeer, hostnameForId, idFromHostname, loopbackHttpWarning } from "./serve-addresses.ts";
 import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, parseDataDir, readSecretFile, UsageError } from "./usage-error.ts";
 
 /**
@@ -204,7 +204,10 @@ export const serveCommand = defineCommand({
       throw new UsageError(`${given} has no entry for node ${id}: name its peer URL there, or start a node that joined a cluster as it was started (--join URL --listen-peer HOST:PORT; the configuration its data dir holds then wins)`);
     }
     const listenPeer = parseHostPort("listen-peer", args["listen-peer"] ?? defaultListenPeer(selfPeerUrl));
-    const listenHttp = parseHostPort("listen-http", args["listen-http"] ?? `127.0.0.1:${8000 + id}`);
+    const defaultHttp = defaultListenHttp(id);
+    // 8000 + id is no port from id 57,536 on: said of the default, not of a flag never given (found in a review).
+    if (args["listen-http"] === undefined && defaultHttp === undefined) throw new UsageError(`node ${id} has no default client port (8000 + id is past 65535): give --listen-http HOST:PORT`);
+    const listenHttp = parseHostPort("listen-http", args["listen-http"] ?? (defaultHttp as string));
     // One port cannot serve both (found in a black-box review: "cannot listen for peers ... in use?").
     if (listenHttp.port !== 0 && listenHttp.port === listenPeer.port && (listenHttp.hostname === listenPeer.hostname || isUnspecifiedHost(listenHttp.hostname) || isUnspecifiedHost(listenPeer.hostname))) {
       throw new UsageError(`--listen-http ${listenHttp.hostname}:${listenHttp.port} and the peer port (--listen-peer, or this node's --cluster entry) ${listenPeer.hostname}:${listenPeer.port} are one port: give each its own`);
@@ -311,6 +314,9 @@ export const serveCommand = defineCommand({
         logger.log("warn", "tls certificate", { detail: `--tls-cert ${problem}` });
       }
     }
+
+    const loopbackOnly = args["listen-http"] === undefined ? loopbackHttpWarning(selfPeerUrl, listenHttp) : undefined;
+    if (loopbackOnly !== undefined) logger.log("warn", "client port on loopback", { detail: loopbackOnly });
 
     let server: KvServer;
     try {

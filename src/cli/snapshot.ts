@@ -14,6 +14,7 @@ import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
 import { authToken, caFile, ClientExit, connectionArgs } from "./client.ts";
 import { parseCluster, parseDataDir, parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
+import { defaultListenHttp, isLoopbackHost } from "./serve-addresses.ts";
 import { FailureTally } from "../client/failure-tally.ts";
 import { normalizeEndpoints } from "../client/client.ts";
 import { KvClientError } from "../client/errors.ts";
@@ -337,7 +338,7 @@ const restoreCommand = defineCommand({
       args.json === true
         ? JSON.stringify({ ...result, id })
         : `restored ${args.file} into ${result.dataDir} as node ${id} of new cluster ${result.clusterId} (voters ${result.voters.join(",")}): index ${result.index}, term ${result.term}, ${result.rowCount} rows\n` +
-            `start it with: kv serve --id ${id} --cluster ${args.cluster} --data-dir ${result.dataDir}`,
+            `start it with: kv serve --id ${id} --cluster ${args.cluster} --data-dir ${result.dataDir}${clientPortHint(id, peers.get(id) as string)}`,
     );
   },
 });
@@ -347,3 +348,14 @@ export const snapshotCommand = defineCommand({
   meta: { name: "snapshot", description: "Back up a cluster (save), check a backup (status), make a new cluster from one (restore)" },
   subCommands: { save: saveCommand, status: statusCommand, restore: restoreCommand },
 });
+
+/**
+ * The `--listen-http` a restored node's start line needs when its peers reach it at another host
+ * than this machine's loopback: the default client port listens on 127.0.0.1 only (found in a
+ * review: a cluster restored on 10.0.0.x as printed served no client elsewhere).
+ */
+function clientPortHint(id: number, selfPeerUrl: string): string {
+  if (isLoopbackHost(new URL(selfPeerUrl).hostname)) return "";
+  const port = defaultListenHttp(id)?.split(":")[1] ?? "PORT";
+  return ` --listen-http 0.0.0.0:${port}`;
+}
