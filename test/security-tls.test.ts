@@ -137,6 +137,8 @@ describe("TLS flags (the built executable)", () => {
     expect(untrusted.err).toContain("no endpoint could be reached over TLS (GET /kv/tls%2Fa)");
     expect(untrusted.err).toContain("certificate");
     expect(untrusted.err).not.toMatch(/×\d/);
+    // And which flag fixes it (found in a review: nothing said --cacert).
+    expect(untrusted.err).toContain("give --cacert FILE");
     // A write that met an untrusted certificate was never sent: not "outcome unknown" (found in review).
     const refusedPut = await runKvCommand(["put", "tls/a", "c", "--endpoints", node.httpUrl]);
     expect(refusedPut.code).toBe(2);

@@ -131,7 +131,10 @@ export function exitFor(error: unknown): never {
     throw new ClientExit(3, error.idempotencyKey === undefined ? error.message : `${error.message} (kv: --idempotency-key ${error.idempotencyKey})`);
   }
   if (!(error instanceof KvClientError)) throw error;
-  const message = error.status === 0 ? error.message : `${error.code}: ${error.message}`;
+  // The library's message names what failed; from the command line, which flag fixes it (found in a
+  // review: "unable to verify the first certificate" said nothing of --cacert).
+  const tlsHint = error.code === "tls_failed" ? " (kv: give --cacert FILE, the CA that signed the nodes' certificates, if it is not one the system trusts; and https:// URLs only for nodes that serve HTTPS)" : "";
+  const message = error.status === 0 ? `${error.message}${tlsHint}` : `${error.code}: ${error.message}`;
   if (error.status === 0) {
     // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
     // A TLS handshake every endpoint failed is a setting to fix (--cacert, the URL's scheme), as a refusal is.
