@@ -365,8 +365,12 @@ test("kv list pages through every key under a prefix, in order, linearizably", a
   expect(lines).toHaveLength(25);
   expect(lines[0]).toBe("list/00\tv0");
   expect(lines[24]).toBe("list/24\tv24");
+  expect(text.err).toBe("");
   const json = await kv(["list", "list/", "--limit", "7", "--json", "--endpoints", endpoints]);
   expect((JSON.parse(json.out) as { key: string }[]).map((i) => i.key)).toEqual(Array.from({ length: 7 }, (_, i) => `list/0${i}`));
+  // A listing --limit cut says so apart from it (found in a review: it looked whole); one it did not cut says nothing.
+  expect(json.err).toBe('kv: more keys under "list/" than --limit 7: listed the first 7\n');
+  expect((await kv(["list", "list/", "--limit", "25", "--endpoints", endpoints])).err).toBe("");
   // --keys-only: one key a line, as etcdctl get --prefix --keys-only; in JSON keys and versions.
   const keys = await kv(["list", "list/", "--keys-only", "--limit", "3", "--endpoints", endpoints]);
   expect(keys.out).toBe("list/00\nlist/01\nlist/02\n");

@@ -42,7 +42,7 @@ test("the tour in docs/client.md runs and prints each step", async () => {
       "watch delete tour/config/mode delete",
       'lease keys [ "tour/services/api-1" ]',
       "leader is node-a:9000",
-      "keys under tour/",
+      "keys deleted under tour/: 1",
       "done",
     ]) {
       expect(out).toContain(line);

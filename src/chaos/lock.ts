@@ -527,7 +527,7 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
   print("");
   print(
     allOk
-      ? `✅ SUCCESS: the counter stayed safe through ${holderPauses.length} holder pauses and ${faults.length} node faults: ${check.acceptedUpdates} accepted updates, fences strictly increasing, count ${finalCount}!`
+      ? `✅ SUCCESS: the counter stayed safe through ${plural(holderPauses.length, "holder pause")} and ${plural(faults.length, "node fault")}: ${check.acceptedUpdates} accepted updates, fences strictly increasing, count ${finalCount}!`
       : "❌ FAILURE: see the evidence above",
   );
   print(`Replay this schedule: ${opts.replayCommand}`);
@@ -557,4 +557,9 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
 
 function seconds(ms: number): string {
   return `${(ms / 1000).toFixed(1)}s`;
+}
+
+/** `n` and `noun`, the noun plural unless n is 1 ("1 holder pause", "3 node faults"). */
+function plural(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }

@@ -358,11 +358,15 @@ const listCommand = defineCommand({
     const limit = args.limit === undefined ? Number.POSITIVE_INFINITY : parseIntFlag("limit", args.limit, 1, 1_000_000_000);
     const mode = consistency(args.consistency);
     const items: { key: string; value: string | { base64: string }; version: number }[] = [];
+    let more = false;
     await call(async () => {
       for await (const page of conn.client.list(args.prefix ?? "", { limit, ...(mode === undefined ? {} : { consistency: mode }) })) {
         for (const item of page.items) items.push({ key: item.key, value: jsonValue(item.bytes), version: item.version });
+        more = page.more;
       }
     });
+    // Said apart from the listing (stdout stays the keys, or the JSON array): a cut one looked whole (found in a review).
+    if (more) console.error(`kv: more keys under ${JSON.stringify(args.prefix ?? "")} than --limit ${limit}: listed the first ${items.length}`);
     const keysOnly = args["keys-only"] === true;
     if (conn.json) {
       print(conn, keysOnly ? items.map(({ key, version }) => ({ key, version })) : items, "");

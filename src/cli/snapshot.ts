@@ -71,7 +71,7 @@ function summaryText(file: string, summary: BackupSummary): string {
   return [
     `${file}: kv snapshot, format version ${summary.formatVersion}, verified`,
     `index ${header.index}, term ${header.term}`,
-    `${summary.keyCount} keys (${summary.rowCount} rows with sessions and other reserved rows), ${summary.dataBytes} bytes of keys and values`,
+    `${summary.keyCount} ${summary.keyCount === 1 ? "key" : "keys"} (${summary.rowCount} rows with sessions and other reserved rows), ${summary.dataBytes} bytes of keys and values`,
     `members: ${members}`,
     `file: ${summary.fileBytes} bytes, sha256 ${summary.sha256}`,
     `state hash ${summary.stateHash} (GET /hash at index ${header.index}; a cluster restored from it answers the same until it takes writes)`,
@@ -264,7 +264,7 @@ const saveCommand = defineCommand({
     printLine(
       args.json === true
         ? JSON.stringify(json)
-        : `saved ${file}: index ${summary.header.index}, term ${summary.header.term}, ${summary.keyCount} keys, ${summary.fileBytes} bytes, sha256 ${summary.sha256} (from ${origin})`,
+        : `saved ${file}: index ${summary.header.index}, term ${summary.header.term}, ${summary.keyCount} ${summary.keyCount === 1 ? "key" : "keys"}, ${summary.fileBytes} bytes, sha256 ${summary.sha256} (from ${origin})`,
     );
   },
 });

@@ -126,6 +126,8 @@ export interface DeleteResult {
 /** One page of a listing, in key order (UTF-8 byte order). */
 export interface ListPage {
   readonly items: readonly KvEntry[];
+  /** Whether keys past this page remain under the prefix, as the node answered: on the last page, that `limit` cut the listing. */
+  readonly more: boolean;
 }
 
 /** A member as `/status` and `/members` describe it. */
@@ -648,7 +650,7 @@ export function createClient(options: ClientOptions): KvClient {
       if (!Array.isArray(page.items)) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a listing without items`);
       const items = page.items.map((raw) => entryOf(raw, answer));
       seen += items.length;
-      if (items.length > 0) yield { items };
+      if (items.length > 0) yield { items, more: page.more === true };
       const last = items[items.length - 1];
       if (page.more !== true || last === undefined) return;
       after = last.key;

@@ -47,6 +47,9 @@ const REQUEST_TIMEOUT_MS_MAX = 10_000;
  * outcome was unknown is simply asked again: if it was applied, the cluster answers
  * `member_exists`, and this server checks the configuration holds it at its own address.
  */
+/** How long a join retries before each retry is said at warn (a leader's election takes well under it). */
+const JOIN_QUIET_MS = 5_000;
+
 export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
   const deadline = Date.now() + options.timeoutMs;
   const client = createClient({
@@ -126,7 +129,10 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
         lastProblem = error instanceof KvClientError ? `${error.code}: ${error.message}` : error.message;
       }
     }
-    options.logger.log("info", "join", { detail: `retrying: ${lastProblem}` });
+    // A join still failing after a while is an operator's to look at (found in a review: a minute of
+    // retries to an unreachable URL said so at info only).
+    const waitedMs = Date.now() - (deadline - options.timeoutMs);
+    options.logger.log(waitedMs >= JOIN_QUIET_MS ? "warn" : "info", "join", { detail: `retrying: ${lastProblem}`, waitedMs, givesUpInMs: Math.max(0, deadline - Date.now()) });
     await Bun.sleep(Math.min(1_000, 100 * 2 ** Math.min(attempt, 4)));
   }
   throw new JoinError(`could not join within ${options.timeoutMs} ms: ${lastProblem}`);
