@@ -245,3 +245,43 @@ test("src/sim drives the node loop rather than its own: it constructs KvNode, an
   // The simulator runs the server's loop: it constructs KvNode, from src/node.
   expect(constructsKvNode).toBe(true);
 });
+
+/**
+ * What would make a swarm seed replay differently: a clock, a timer or randomness not passed in.
+ * The node loop and the simulator take their clock, scheduler and PRNG as inputs (src/node/kv-node.ts,
+ * `KvNodeConfig`); `setImmediate` is allowed only as the server's default scheduler and as the
+ * simulator's way to let promise callbacks run (they are ordered, not timed).
+ */
+const SEED_BREAKERS = new Set(["Date", "performance", "setTimeout", "setInterval", "clearTimeout", "clearInterval", "crypto", "process", "Bun", "Worker"]);
+
+/** Where `file` reads a clock, starts a timer or draws randomness of its own. */
+function seedBreakers(file: string): string[] {
+  const graph = sourceGraph();
+  const found: string[] = [];
+  for (const node of nodesOf(graph.sourceFile(file))) {
+    if (!ts.isIdentifier(node) || (!SEED_BREAKERS.has(node.text) && node.text !== "Math")) continue;
+    const symbol = symbolAt(graph.checker, node);
+    if (symbol === undefined || !isAmbient(symbol) || symbol.flags & ts.SymbolFlags.Property || symbol.flags & ts.SymbolFlags.Method) continue;
+    const parent = node.parent;
+    const member = ts.isPropertyAccessExpression(parent) && parent.expression === node ? parent.name.text : undefined;
+    // A fixed instant (`Date.UTC(...)`) and Math's functions are the same on every run; a type is no call.
+    if (node.text === "Date" && member === "UTC") continue;
+    if (node.text === "Math" && member !== "random") continue;
+    if (ts.isTypeReferenceNode(parent) || ts.isTypeQueryNode(parent)) continue;
+    found.push(member === undefined ? node.text : `${node.text}.${member}`);
+  }
+  return [...new Set(found)];
+}
+
+test("a swarm seed replays: the node loop, the simulator and the transport modules it runs read no clock, start no timer and draw no randomness of their own (found in a review: nothing kept them out)", () => {
+  const files = [
+    ...sourceFiles(join(SRC, "node")),
+    ...sourceFiles(join(SRC, "sim")),
+    ...["peer-sender.ts", "raft-service.ts", "reply-slots.ts", "snapshot-sender.ts", "codec.ts"].map((name) => join(SRC, "transport", name)),
+  ];
+  const offences = files.flatMap((file) => seedBreakers(file).map((use) => `${sourceGraph().name(file)} uses ${use}`));
+  expect(files.length).toBeGreaterThan(10);
+  expect(offences).toEqual([]);
+  // And the check finds what it looks for: the system clock reads the time and starts timers.
+  expect(seedBreakers(join(SRC, "lib", "clock.ts"))).toEqual(expect.arrayContaining(["performance.now", "setInterval"]));
+});

@@ -10,9 +10,9 @@ import { configurationOfMembers } from "../kv/membership.ts";
 import { StateHasher, type StateHash } from "../kv/state-hash.ts";
 import type { MembersView } from "../node/api.ts";
 import { KvNode } from "../node/kv-node.ts";
-import type { Entry, Message, NodeId } from "../raft/types.ts";
+import { EntryType, type Entry, type Message, type NodeId } from "../raft/types.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
-import { decodeCommand, deletePrefixKeysMax } from "../kv/command.ts";
+import { type Command, decodeCommand, deletePrefixKeysMax } from "../kv/command.ts";
 import type { KvImageReader } from "../storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../storage/memory-storage.ts";
 import { SimDisk } from "./sim-disk.ts";
@@ -35,6 +35,8 @@ export interface NodeSimOptions {
   readonly requestTimeoutMs: number;
   readonly snapshotEntries: number;
   readonly snapshotCatchUpEntries: number;
+  /** The log entries one tick's compaction drops at most (the node's default when absent). */
+  readonly compactStepEntries?: number;
   /**
    * Each node's clock runs slow or fast by a rate drawn in [-clockDriftMax, clockDriftMax]: at 0.1
    * a leader 10% slow against a voter 10% fast, within the lease's drift bound (src/raft/raft.ts
@@ -390,6 +392,7 @@ export class NodeSim {
       inboxMessagesMax: 10_000,
       snapshotEntries: this.opts.snapshotEntries,
       snapshotCatchUpEntries: this.opts.snapshotCatchUpEntries,
+      ...(this.opts.compactStepEntries === undefined ? {} : { compactStepEntries: this.opts.compactStepEntries }),
       schedule: (turn) => server.turns.push(turn),
       voteHold: { recorded: server.voteHoldRecorded, record: (held) => (server.voteHoldRecorded = held) },
       onFatal: (error) => {
@@ -931,6 +934,33 @@ export class NodeSim {
     }
   }
 
+  /**
+   * Every put and delete answered ok is the entry committed at the version its answer named. The
+   * linearizability check judges the values reads saw, and reads cover only some writes: a write
+   * acknowledged at a version another entry took, or never committed, could pass it (found in a
+   * review: nothing tied an acknowledged write to the log).
+   */
+  checkAcknowledgedWrites(): void {
+    for (const op of this.history) {
+      if (op.outcome !== "ok" || op.version === undefined || (op.kind !== "put" && op.kind !== "delete")) continue;
+      const identity = this.committed.get(op.version);
+      const what = `${op.kind} #${op.id} of ${op.key}${op.kind === "put" ? ` = ${op.value}` : ""}, acknowledged at version ${op.version}`;
+      if (identity === undefined) throw new SimViolation(`${what}: no entry was committed there`);
+      const [, type, data] = identity.split(":");
+      let command: Command | undefined;
+      try {
+        command = type === String(EntryType.Normal) ? decodeCommand(Buffer.from(data ?? "", "base64")) : undefined;
+      } catch {
+        command = undefined; // a lease command, or no command: not this write either
+      }
+      const holds =
+        op.kind === "put"
+          ? command?.op === "put" && command.key === op.key && new TextDecoder().decode(command.value) === op.value
+          : (command?.op === "delete" && command.key === op.key) || (op.byPrefix === true && command?.op === "delete-prefix" && command.prefix === op.key);
+      if (!holds) throw new SimViolation(`${what}: the entry committed there is another (${command === undefined ? `entry type ${type}` : `${command.op}`})`);
+    }
+  }
+
   /** State machine safety: every node that commits or applies an entry at an index has the same one there (compared byte for byte). */
   private agreeCommitted(id: NodeId, entry: Entry): void {
     const identity = `${entry.term}:${entry.type}:${Buffer.from(entry.data.buffer, entry.data.byteOffset, entry.data.byteLength).toString("base64")}`;
@@ -1042,6 +1072,7 @@ export class NodeSim {
         read = await this.awaitAnswer(this.callOperation(0, this.leader() ?? (members[0] as SimServer).id, "get", key), 5_000);
       }
     }
+    this.checkAcknowledgedWrites();
     // A step budget, not the wall clock's: the verdict must not depend on the machine's load, or a
     // seed would not replay (found in review).
     const verdict = historyViolation(checkLinearizable(this.closeHistory(), { searchStepsMax: linearizabilityStepsMax, nowMs: () => 0 }));

@@ -126,6 +126,9 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     requestTimeoutMs: prng.pick([300, 1_000, 3_000]),
     snapshotEntries: prng.pick([20, 50, 10_000]),
     snapshotCatchUpEntries: 5,
+    // A compaction of more entries than a step carries on over ticks, and may meet a full disk
+    // midway: with the default step (512) every compaction here took one (found in a review).
+    compactStepEntries: prng.pick([1, 4, 512]),
     clockDriftMax: prng.pick([0, 0.05, 0.1]),
     fsyncMsMin: 0,
     fsyncMsMax: prng.pick([1, 5, 30]),

@@ -43,9 +43,14 @@ export interface SimDiskScheduler {
  * A crash keeps what was written (the page cache survived) or, on power loss, only `durable`, or
  * every other time that log with the state machine as written (see `afterCrash`).
  *
- * With a storage thread (`SimDiskScheduler.storageThread`), an apply or install takes effect at
- * once (reads may see it early, as they may on the real one) but is confirmed later: the applied
- * index and configuration the node sees move, and its promise resolves, only then. A full disk
+ * With a storage thread (`SimDiskScheduler.storageThread`), an apply or install is written at once
+ * but committed by the thread later, in order, and confirmed later still: reads (`get`, `list`,
+ * `stateVersion`, `valueBytes`, `openImage`) see it from the thread's commit, as the real storage's
+ * read connection sees only what its thread committed (src/storage/sqlite-reads.ts), which may be
+ * before the node heard of it or after it handed it over; the applied index and configuration the
+ * node sees move, and its promise resolves, only once the answer reaches the node (found in a
+ * review: reads saw an apply the moment it was handed over, so a node serving reads at the index it
+ * had handed over, not the one confirmed, passed every seed). A full disk
  * there behaves as on ThreadedStorage (src/storage/threaded-storage.ts): the first write to meet
  * it is taken (posted) and blocks the thread, which retries it until space returns; the writes
  * after it are refused with the disk-full error, and syncs, applies and installs answer only once
@@ -108,6 +113,8 @@ export class SimDisk implements KvStorage {
   private confirmedMembership: Membership;
   /** The storage thread's queue: the last request's answer. */
   private threadTail: Promise<void> = Promise.resolve();
+  /** With a storage thread: the state machine as the thread last committed it, which reads see. */
+  private committedView: MemoryKvStorage | undefined;
 
   constructor(
     private current: MemoryKvStorage,
@@ -116,6 +123,12 @@ export class SimDisk implements KvStorage {
     this.durableImage = current.clone();
     this.confirmedApplied = current.appliedIndex();
     this.confirmedMembership = current.membership();
+    if (scheduler.storageThread !== undefined) this.committedView = current.clone();
+  }
+
+  /** What reads see: without a storage thread what was written, with one what the thread committed. */
+  private get readable(): MemoryKvStorage {
+    return this.committedView ?? this.current;
   }
 
   /**
@@ -160,6 +173,7 @@ export class SimDisk implements KvStorage {
     // The dead process's thread answers nobody: its requests never settle (see onThread).
     this.confirmedApplied = storage.appliedIndex();
     this.confirmedMembership = storage.membership();
+    if (this.committedView !== undefined) this.committedView = storage.clone();
     this.threadTail = Promise.resolve();
     this.threadBlocked = undefined; // its thread died retrying; its promises never settle
   }
@@ -234,20 +248,20 @@ export class SimDisk implements KvStorage {
     return this.current.dataBytes();
   }
   get(key: string): StoredValue | undefined {
-    return this.current.get(key);
+    return this.readable.get(key);
   }
-  /** What `get` reads: the storage thread's applies included before it confirmed them. */
+  /** What `get` reads: with a storage thread, what it committed, confirmed to the node or not. */
   stateVersion(): number {
-    return this.current.stateVersion();
+    return this.readable.stateVersion();
   }
   valueBytes(key: string): number | undefined {
-    return this.current.valueBytes(key);
+    return this.readable.valueBytes(key);
   }
   list(prefix: string, after: string | undefined, limit: number, bytesMax?: number): ListedValue[] {
-    return this.current.list(prefix, after, limit, bytesMax);
+    return this.readable.list(prefix, after, limit, bytesMax);
   }
   openImage(): KvImageReader {
-    return this.current.openImage();
+    return this.readable.openImage();
   }
 
   // ---- Writes: refused while the disk is full -------------------------------------------------
@@ -259,11 +273,13 @@ export class SimDisk implements KvStorage {
     this.write("bootstrap", () => this.current.bootstrap(voters, addresses));
     this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
+    if (this.committedView !== undefined) this.committedView = this.current.clone();
   }
   bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
     this.write("bootstrap-joined", () => this.current.bootstrapJoined(configuration, changedIndex));
     this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
+    if (this.committedView !== undefined) this.committedView = this.current.clone();
   }
   applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]> {
     this.checkDurable(entries[entries.length - 1]);
@@ -315,12 +331,16 @@ export class SimDisk implements KvStorage {
     const storage = this.current;
     const applied = storage.appliedIndex();
     const membership = storage.membership();
+    // The state as this request leaves it, which reads see once the thread commits it.
+    const committed = storage.clone();
     const answered = this.threadTail.then(
       () =>
         new Promise<void>((resolve) =>
           thread(() => {
             // A crash since then replaced the storage: the request died with its process.
-            if (this.current === storage) this.scheduler.deliver(() => this.current === storage && resolve());
+            if (this.current !== storage) return;
+            this.committedView = committed;
+            this.scheduler.deliver(() => this.current === storage && resolve());
           }),
         ),
     );
