@@ -1,7 +1,7 @@
 // Proves the sqlite storage recovers everything on reopen (hard state, voters, log, kv data, applied index), that re-applying after a reopen has no double effect, and that it refuses a wrong voter set, a second opener and an unknown schema.
 import { afterEach, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Entry, EntryType } from "../src/raft/types.ts";
@@ -267,6 +267,8 @@ describe("a data dir whose database was lost or is not kv's", () => {
       // The refusal leaves the data dir as it found it: a deleted kv.db stays deleted, with no WAL
       // beside it (found in a review: the refused start created an empty one).
       expect(existsSync(join(dir, "kv.db"))).toBe(how === "emptied");
+      // An emptied one stays empty (found in a black-box review: it grew to a page, its header written).
+      if (how === "emptied") expect(statSync(join(dir, "kv.db")).size).toBe(0);
       expect(existsSync(join(dir, "kv.db-wal"))).toBe(false);
     });
   }
@@ -281,12 +283,14 @@ describe("a data dir whose database was lost or is not kv's", () => {
     expect(() => open(undefined)).toThrow(/cluster-id/);
   });
 
-  test("someone else's SQLite database is not written into", () => {
+  test("someone else's SQLite database is not written into: every byte as it was (found in a black-box review: its journal mode was switched to WAL)", () => {
     dir = mkdtempSync(join(tmpdir(), "kv-storage-recovery-"));
     const foreign = new Database(join(dir, "kv.db"));
     foreign.run("CREATE TABLE foo (x INTEGER)");
     foreign.close();
+    const before = readFileSync(join(dir, "kv.db")).toString("base64");
     expect(() => open()).toThrow(/not kv's/);
+    expect(readFileSync(join(dir, "kv.db")).toString("base64")).toBe(before);
     const check = new Database(join(dir, "kv.db"), { readonly: true });
     const tables = check.query<{ name: string }, []>("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all().map((row) => row.name);
     check.close();

@@ -347,7 +347,7 @@ export function openSqliteStorage(dir: string, options: SqliteStorageOptions = {
   mkdirDurably(dir);
   const file = join(dir, options.fileName ?? DATABASE_FILE);
   // Before anything is written (the lock's file, stale staging, a checkpoint at close).
-  refuseBeforeWriting(file, options.nodeId, options.refuseOlderSchema ?? false);
+  refuseBeforeWriting(file, options.nodeId, options.refuseOlderSchema ?? false, options.logFiles === undefined ? {} : { files: options.logFiles });
   let lock: Database | undefined;
   let db: Database | undefined;
   let log: SegmentLog | undefined;
@@ -455,10 +455,13 @@ export function logDirOf(file: string): string {
  */
 function refuseToStartAfresh(db: Database, file: string, logDir: string, logOptions: SegmentLogOptions): void {
   const objects = db.query<{ n: number }, []>("SELECT count(*) AS n FROM sqlite_master").get()?.n ?? 0;
-  if (objects > 0) {
-    throw new StorageError("corrupt", `${file} is a SQLite database that is not kv's (${objects} schema objects, no kv schema version): kv writes nothing into it; give kv a data dir of its own`, file);
-  }
+  if (objects > 0) throw foreignDatabase(file, objects);
   refuseLostDatabase(file, logDir, logOptions);
+}
+
+/** The refusal of a SQLite database that is not kv's: `objects` schema objects and no kv schema version. */
+function foreignDatabase(file: string, objects: number): StorageError {
+  return new StorageError("corrupt", `${file} is a SQLite database that is not kv's (${objects} schema objects, no kv schema version): kv writes nothing into it; give kv a data dir of its own`, file);
 }
 
 /**
@@ -612,7 +615,7 @@ function refuseDamaged(db: Database, file: string): void {
  * one was set to WAL before migrate refused it "left unchanged" (both found in review). Anything
  * this cannot read is left to the open, which says what is wrong; `ownDatabase` checks again there.
  */
-function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOlderSchema: boolean): void {
+function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOlderSchema: boolean, logOptions: SegmentLogOptions): void {
   if (!existsSync(file)) return;
   // A reader of a WAL database makes its shared-memory index when there is none: removed after,
   // when this made it (a node running on the data dir has one, and holds the lock).
@@ -625,10 +628,12 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOld
   let owner: number | undefined;
   let members: readonly NodeId[] = [];
   let version = 0;
+  let objects = 0;
   let db: Database | undefined;
   try {
     db = new Database(file, { readonly: true });
     version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
+    if (version === 0) objects = db.query<{ n: number }, []>("SELECT count(*) AS n FROM sqlite_master").get()?.n ?? 0;
     if (nodeId !== undefined && version >= 6 && version <= schemaVersion) owner = db.query<{ node_id: number }, []>("SELECT node_id FROM meta WHERE id = 1").get()?.node_id;
     // Before schema 6 no node was recorded: the configuration says which nodes it can be.
     if (nodeId !== undefined && version >= 1 && version < 6) members = recordedMembers(db, version >= 2);
@@ -652,6 +657,11 @@ function refuseBeforeWriting(file: string, nodeId: NodeId | undefined, refuseOld
   }
   if (nodeId !== undefined && owner !== undefined && owner !== 0 && owner !== nodeId) throw nodeMismatch(file, owner, nodeId);
   if (nodeId !== undefined && members.length > 0 && !members.includes(nodeId)) throw notAMember(file, members, nodeId);
+  // Someone else's database, or an empty one beside a log that outlived kv's: refused before the
+  // open below switches it to WAL and rewrites its header (found in a black-box review: the refusal
+  // said "kv writes nothing into it" of a file whose journal mode it had changed).
+  if (version === 0 && objects > 0) throw foreignDatabase(file, objects);
+  if (version === 0) refuseLostDatabase(file, logDirOf(file), logOptions);
 }
 
 /**
