@@ -109,7 +109,7 @@ describe("round trip", () => {
   });
 
   test("a client key that starts with NUL but under no reserved prefix counts as a key (found in a black-box review: kv snapshot status left it out)", async () => {
-    const withNul = [...rows, { key: "\u0000other", value: bytes("x"), version: 40 }];
+    const withNul = [{ key: "\u0000other", value: bytes("x"), version: 40 }, ...rows]; // in key order, as a node writes them
     const summary = await verifyBackup(chunks(write(header, [withNul])));
     expect(summary.rowCount).toBe(5);
     expect(summary.keyCount).toBe(4);
@@ -205,6 +205,18 @@ describe("damage is refused with a code that says what is wrong", () => {
     expect((await refusal(badHeader)).code).toBe("bad_header");
     const lateRow = write({ ...header, index: 41 }, [rows]);
     expect((await refusal(lateRow)).code).toBe("bad_row");
+  });
+
+  test("rows out of key order, or a key twice, are a bad row: the file would restore to another state than its hash says (found in a black-box review: status called them verified)", async () => {
+    const [first, second] = [rows[0] as KvRow, rows[1] as KvRow];
+    const twice = await refusal(write(header, [[first, first]]));
+    expect([twice.code, twice.message]).toEqual(["bad_row", expect.stringContaining("the same key twice")]);
+    const swapped = await refusal(write(header, [[second, first]]));
+    expect([swapped.code, swapped.message]).toEqual(["bad_row", expect.stringContaining("out of key order")]);
+    // Across batches too; and by UTF-8 bytes, not UTF-16 units: U+FFFD sorts before U+1F600.
+    expect((await refusal(write(header, [[second], [first]]))).code).toBe("bad_row");
+    const inOrder = [{ key: "\ufffd", value: bytes("a"), version: 1 }, { key: "\u{1f600}", value: bytes("b"), version: 1 }];
+    expect((await readAll(write(header, [inOrder]))).rows.map((row) => row.key)).toEqual(["\ufffd", "\u{1f600}"]);
   });
 
   test("members' addedIndex rides along where known; one that is no whole number, or past the image's index, is a bad header", async () => {

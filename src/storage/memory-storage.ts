@@ -305,7 +305,7 @@ export class MemoryKvStorage implements KvStorage {
     const metadata: SnapshotMetadata = { index: this.applied, term: this.term(this.applied), voters: this.voters, ...this.learnersField() };
     const rows: ImageRow[] = [...this.values]
       .map(([key, stored]) => ({ key, value: stored.value, version: stored.version }))
-      .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      .sort((a, b) => compareUtf8(a.key, b.key)); // as SQLite orders TEXT: UTF-8 bytes
     let position = 0;
     let closed = false;
     return {
