@@ -56,3 +56,26 @@ test("each batch of a backup is read in a later turn of the event loop than the 
   expect(turnAtBatch).toHaveLength(batches);
   for (let i = 1; i < batches; i++) expect([i, turnAtBatch[i]! > turnAtBatch[i - 1]!]).toEqual([i, true]);
 });
+
+test("a backup stream the storage breaks midway is cut, and the node says why: the client cannot be told (found in a black-box review: only ECONNRESET)", async () => {
+  let served = 0;
+  const image: SnapshotImage = {
+    metadata: { index: 9, term: 2, voters: [1] },
+    addresses: [],
+    next(): KvRow[] {
+      served++;
+      if (served === 2) throw new Error("the database disk image is malformed");
+      return [{ key: `k${served}`, value: new Uint8Array(SNAPSHOT_BATCH_BYTES), version: 1 }];
+    },
+    close() {},
+  };
+  const logged: { event: string; fields: Record<string, unknown> }[] = [];
+  const node = { openSnapshot: async () => image, status: () => ({ id: 1 }) } as unknown as KvNodeApi;
+  const app = new Elysia().use(createSnapshotRoute(node, (event, fields) => logged.push({ event, fields })));
+  const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: (request) => app.handle(request) });
+  servers.push(server);
+  const response = await fetch(`http://127.0.0.1:${server.port}/snapshot`);
+  expect(response.status).toBe(200);
+  await expect(response.arrayBuffer()).rejects.toThrow();
+  expect(logged).toEqual([{ event: "snapshot stream failed", fields: expect.objectContaining({ error: "the database disk image is malformed", index: 9 }) }]);
+});

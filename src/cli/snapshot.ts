@@ -161,7 +161,7 @@ async function downloadOnce(endpoints: readonly string[], authToken: string | un
         if (error instanceof LocalWriteError) throw error.cause;
         // A stream cut short (the node stopped midway): the next endpoint may serve it whole (it
         // gave up at once: found in a black-box review).
-        failures.note(`${new URL(url).origin}: the snapshot stream broke after ${fileBytes} bytes: ${error instanceof Error ? error.message : String(error)}`);
+        failures.note(`${new URL(url).origin}: the snapshot stream broke after ${fileBytes} bytes (the node logs why, as "snapshot stream failed", when it cut it): ${error instanceof Error ? error.message : String(error)}`);
         ftruncateSync(fd, 0);
         break;
       }

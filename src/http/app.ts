@@ -58,6 +58,8 @@ export interface HttpAppOptions {
    * against (`POST /members`). Without this, a proof is not checked.
    */
   joinCheck?: { readonly token: string | undefined };
+  /** Says what a client cannot be told: a backup stream that broke off midway (its answer's 200 was sent). */
+  logStreamFailure?: (event: string, fields: Record<string, unknown>) => void;
 }
 
 /** Default bound on the bytes of large write bodies read at once and not yet answered: 16 MiB. */
@@ -334,7 +336,7 @@ export function createHttpApp(node: KvNodeApi, opts: HttpAppOptions = {}) {
     .get(OPENAPI_PATH, route(openApiRoute), { ...raw, detail: routeDocs.openapi })
     .head(OPENAPI_PATH, route(openApiRoute), raw)
     .use(createMembersRoutes(node, opts.bodyReadTimeoutMs, opts.joinCheck))
-    .use(createSnapshotRoute(node))
+    .use(createSnapshotRoute(node, opts.logStreamFailure))
     .use(createLeaseRoutes(node, opts.bodyReadTimeoutMs));
   // Without renderMetrics, /metrics is no route at all (404 like any unknown path).
   const served = renderMetrics === undefined ? app : app.get("/metrics", route(metricsRoute), { ...raw, detail: routeDocs.metrics }).head("/metrics", route(metricsRoute), raw);

@@ -44,6 +44,8 @@ export interface HttpHandlerOptions extends Omit<HttpAppOptions, "renderMetrics"
    * kind at once, then one per {@link AUTH_REFUSAL_LOG_INTERVAL_MS}), naming `clientAddress`'s answer.
    */
   readonly logRefusal?: (line: string) => void;
+  /** Says what a client cannot be told: a backup stream that broke off midway (see HttpAppOptions). */
+  readonly logStreamFailure?: (event: string, fields: Record<string, unknown>) => void;
   /** The address a request came from, when known (only asked for a refused request). */
   readonly clientAddress?: (request: Request) => string | undefined;
 }
@@ -233,6 +235,7 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     ...(options.bodyReadTimeoutMs === undefined ? {} : { bodyReadTimeoutMs: options.bodyReadTimeoutMs }),
     ...(options.bodyAdmission === undefined ? {} : { bodyAdmission: options.bodyAdmission }),
     ...(options.joinCheck === undefined ? {} : { joinCheck: options.joinCheck }),
+    ...(options.logStreamFailure === undefined ? {} : { logStreamFailure: options.logStreamFailure }),
     ...(registry === undefined ? {} : { renderMetrics: () => registry.render() }),
   });
   const requestDuration = registry?.histogram(

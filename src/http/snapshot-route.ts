@@ -22,7 +22,7 @@ export const SNAPSHOT_STREAMS_MAX = 2;
 export const SNAPSHOT_IDLE_MS_MAX = 60_000;
 
 /** The route as an Elysia plugin: `app.use(createSnapshotRoute(node))`. */
-export function createSnapshotRoute(node: KvNodeApi) {
+export function createSnapshotRoute(node: KvNodeApi, logFailure?: (event: string, fields: Record<string, unknown>) => void) {
   let streams = 0;
 
   const handle = async (request: Request): Promise<Response> => {
@@ -88,7 +88,14 @@ export function createSnapshotRoute(node: KvNodeApi) {
               }
             }
           } catch (error) {
-            // The storage failed mid-read: the client sees a cut stream, which its reader refuses (no trailer).
+            // The storage failed mid-read: the client sees a cut stream, which its reader refuses (no
+            // trailer), and cannot be told why: the node says it (found in a black-box review: a
+            // damaged row showed only as ECONNRESET to kv snapshot save).
+            logFailure?.("snapshot stream failed", {
+              error: error instanceof Error ? error.message : String(error),
+              index: image.metadata.index,
+              detail: "a backup stream broke off midway: the client gets a cut stream, which it refuses; a damaged row in the state machine (kv hash says corrupt) ends every backup from this node until the data dir is replaced",
+            });
             finish();
             controller.error(error);
             return;

@@ -403,6 +403,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
     bodyReadTimeoutMs: config.requestReadTimeoutMs,
     bodyAdmission,
     logRefusal: (line) => logger.log("warn", "client refused", { detail: line }),
+    logStreamFailure: (event, fields) => logger.log("error", event, fields),
     joinCheck: { token: config.clusterToken },
     clientAddress: (request) => clientListener?.addressOf(request),
   });
