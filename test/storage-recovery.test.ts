@@ -309,3 +309,27 @@ describe("a data dir whose database was lost or is not kv's", () => {
     expect(again.initialState().hardState).toEqual({ term: 0, vote: 0, commit: 0 });
   });
 });
+
+test("a migration that fails on what an older database holds says so, with what to do, and changes nothing (found in a black-box review: SQLite's 'duplicate column name' alone)", () => {
+  dir = mkdtempSync(join(tmpdir(), "kv-storage-recovery-"));
+  cpSync(join(import.meta.dir, "fixtures", "v0.1.0", "node-1"), dir, { recursive: true });
+  // 0.1.0's tables, marked as schema 2: the migration from 2 adds a column 0.1.0's tables already have.
+  const raw = new Database(join(dir, "kv.db"));
+  raw.run("PRAGMA user_version = 2");
+  raw.close();
+  const before = readFileSync(join(dir, "kv.db")).toString("base64");
+  let error: unknown;
+  try {
+    openSqliteStorage(dir, { nodeId: 1 }).close();
+  } catch (caught) {
+    error = caught;
+  }
+  expect(error).toBeInstanceOf(StorageError);
+  expect((error as StorageError).code).toBe("schema");
+  expect((error as StorageError).message).toContain("migrating the data dir from schema 2 to");
+  expect((error as StorageError).message).toContain("kv member remove");
+  const check = new Database(join(dir, "kv.db"), { readonly: true });
+  expect(check.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version).toBe(2);
+  check.close();
+  expect(readFileSync(join(dir, "kv.db")).toString("base64")).toBe(before);
+});

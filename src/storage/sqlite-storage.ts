@@ -2,6 +2,7 @@ import { Database, type Statement } from "bun:sqlite";
 import { closeSync, existsSync, fchmodSync, fchownSync, fdatasync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { assert } from "../lib/assert.ts";
+import { isDiskFull } from "../lib/disk-full.ts";
 import { CLUSTER_ID_FILE } from "../lib/cluster-id.ts";
 import { fsyncPath, mkdirDurably } from "../lib/fsync-path.ts";
 import { prefixUpperBound } from "../lib/utf8-order.ts";
@@ -15,6 +16,7 @@ import {
   type KvImageReader,
   type KvStorage,
   type ListedValue,
+  DAMAGED_DATA_DIR_ADVICE,
   StorageError,
   type StoredValue,
 } from "./kv-storage.ts";
@@ -498,9 +500,11 @@ function refuseLostDatabase(file: string, logDir: string, logOptions: SegmentLog
 function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOptions: SegmentLogOptions): SegmentLog {
   const logDir = logDirOf(file);
   let log: SegmentLog | undefined;
+  let from = 0;
   try {
     db.transaction(() => {
       let version = db.query<{ user_version: number }, []>("PRAGMA user_version").get()?.user_version ?? 0;
+      from = version;
       if (version > schemaVersion) throw newerSchema(file, version);
       if (version === 0) refuseToStartAfresh(db, file, logDir, logOptions);
       if (version >= 1 && version <= 4) refuseClientKeysUnderLeasePrefix(db, file, version);
@@ -554,6 +558,18 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
     }).immediate();
   } catch (error) {
     (log as SegmentLog | undefined)?.close();
+    // SQLite's own words ("duplicate column name: config_index") said nothing of what to do (found
+    // in a black-box review, of a 0.1.0 database marked schema 2): a migration that failed on what
+    // it found is said as one, with what to do. A full disk is waited out as it was (`isDiskFull`).
+    if (from >= 1 && from < schemaVersion && !(error instanceof StorageError) && !isDiskFull(error) && error instanceof Error && /SQLITE|no such|duplicate|constraint|malformed/i.test(`${error.message} ${(error as { code?: unknown }).code}`)) {
+      throw new StorageError(
+        "schema",
+        `migrating the data dir from schema ${from} to ${schemaVersion} failed on what the database holds (${error.message}), which is not what kv wrote at schema ${from}; nothing was changed, the migration being one transaction: ${DAMAGED_DATA_DIR_ADVICE}`,
+        file,
+        undefined,
+        { cause: error },
+      );
+    }
     throw error;
   }
   const migrated = log as SegmentLog | undefined;
