@@ -961,3 +961,10 @@ test("model: 40 seeds of appends, overwrites, syncs, compactions, resets, crashe
   // The runs compacted (only what the last sync covered: see above), not just appended.
   if (single === undefined) expect(compactions).toBeGreaterThan(100);
 }, 60_000);
+
+test("SQLite failing to grow a WAL's shared-memory file is a full disk to wait out; its other I/O errors are not (found in a black-box review: a node opening a data dir with 20 KB free stopped)", () => {
+  const sqliteError = (code: string) => Object.assign(new Error("disk I/O error"), { name: "SQLiteError", code });
+  expect(isDiskFull(sqliteError("SQLITE_IOERR_SHMSIZE"))).toBe(true);
+  expect(isDiskFull(sqliteError("SQLITE_IOERR_READ"))).toBe(false);
+  expect(isDiskFull(sqliteError("SQLITE_IOERR"))).toBe(false);
+});

@@ -1,12 +1,16 @@
 /**
- * SQLite's "database or disk is full" (SQLITE_FULL) or the OS's ENOSPC: an operating error a node
- * waits out (src/node/kv-node.ts while running, src/cli/serve.ts while starting), never a crash.
+ * SQLite's "database or disk is full" (SQLITE_FULL), the OS's ENOSPC, or SQLite failing to grow a
+ * WAL's shared-memory file (SQLITE_IOERR_SHMSIZE, which SQLite's documentation gives as a sign the
+ * volume is out of space; "disk I/O error" is all its message says: found in a black-box review,
+ * where a node opening a data dir with 20 KB free stopped on it rather than waiting): an operating
+ * error a node waits out (src/node/kv-node.ts while running, src/cli/serve.ts while starting),
+ * never a crash.
  */
 export function isDiskFull(error: unknown): boolean {
   if (isNotDiskFull(error)) return false;
   const code = (error as { code?: unknown } | undefined)?.code;
   const message = error instanceof Error ? error.message : String(error);
-  return code === "SQLITE_FULL" || code === "ENOSPC" || /database or disk is full|ENOSPC|no space left/i.test(message);
+  return code === "SQLITE_FULL" || code === "ENOSPC" || code === "SQLITE_IOERR_SHMSIZE" || /database or disk is full|ENOSPC|no space left/i.test(message);
 }
 
 /**
