@@ -171,3 +171,50 @@ test("a data dir bootstrapped with --cluster, started again with --join and no -
     child.kill("SIGKILL");
   }
 });
+
+test("a node that joined at other addresses, started again with neither --cluster nor --join, is refused saying how to start it (found in a review: node 2 took the default local cluster's addresses and listened where no member reaches it)", async () => {
+  const dataDir = join(baseDir, "joined-elsewhere");
+  // A cluster's leader, as far as a join goes: it adds node 2 as a learner at the address it gave.
+  const leader = Bun.serve({
+    port: 0,
+    hostname: "127.0.0.1",
+    async fetch(request) {
+      if (request.method !== "POST" || new URL(request.url).pathname !== "/members") return Response.json({ error: "not_found", message: "stub" }, { status: 404 });
+      const { peerUrl } = (await request.json()) as { peerUrl: string };
+      return Response.json({
+        members: [
+          { id: 1, peerUrl: "http://127.0.0.1:9", httpUrl: null, role: "voter", addedIndex: 0 },
+          { id: 2, peerUrl, httpUrl: null, role: "learner", addedIndex: 5 },
+        ],
+        leaderId: 1,
+        configIndex: 5,
+        clusterId: "0123456789abcdef",
+      });
+    },
+  });
+  const start = (args: string[]) =>
+    Bun.spawn([...kvCommand(), "serve", "--id", "2", "--listen-http", "127.0.0.1:0", "--data-dir", dataDir, "--log-format", "json", ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+  try {
+    const joined = start(["--join", `http://127.0.0.1:${leader.port}`, "--listen-peer", "127.0.0.1:0", "--advertise-peer", "http://127.0.0.1:7"]);
+    let out = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of joined.stderr) {
+      out += decoder.decode(chunk);
+      if (out.includes('"event":"started"') || out.includes('"event":"stopping"')) break;
+    }
+    joined.kill("SIGKILL");
+    await joined.exited;
+    expect(out).toContain('"event":"started"');
+    const again = start(["--listen-peer", "127.0.0.1:0"]);
+    try {
+      const [code, err] = await Promise.all([again.exited, new Response(again.stderr).text()]);
+      expect(code).toBe(1);
+      expect(err).toContain("this data dir records node 2 at http://127.0.0.1:7, not at the default local cluster's http://127.0.0.1:5002");
+      expect(err).not.toContain('"event":"started"');
+    } finally {
+      again.kill("SIGKILL");
+    }
+  } finally {
+    leader.stop(true);
+  }
+});

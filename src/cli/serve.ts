@@ -323,6 +323,7 @@ export const serveCommand = defineCommand({
       server = await createServer({
         id,
         peers,
+        ...(args.cluster === undefined && joinEndpoints === undefined ? { peersByDefault: true } : {}),
         listenPeer,
         listenHttp,
         ...(advertiseHttp === undefined ? {} : { advertiseHttp }),

@@ -22,6 +22,7 @@ import { createPrng } from "../lib/prng.ts";
 import { COMMAND_LEVEL } from "../kv/command.ts";
 import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
 import { defaultWatch, type WatchConfig } from "../node/watch.ts";
+import { sameUrl } from "../node/membership.ts";
 import type { NodeId } from "../raft/types.ts";
 import { type KvStorage, StorageError } from "../storage/kv-storage.ts";
 import type { TornCut } from "../storage/segment-log.ts";
@@ -44,6 +45,8 @@ export interface ServerConfig {
   readonly id: NodeId;
   /** Peer URLs as this node reaches them, its own included (see `KvNodeConfig.peers`). */
   readonly peers: ReadonlyMap<NodeId, string>;
+  /** `peers` is the local cluster's default (no --cluster and no --join given), not the operator's word. */
+  readonly peersByDefault?: boolean;
   readonly listenPeer: ListenAddress;
   readonly listenHttp: ListenAddress;
   /** The client URL peers learn for redirects (default: http(s):// + the bound HTTP address). */
@@ -244,6 +247,18 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       detail:
         "the log's last record was torn (being written when the process or the machine stopped, so never durable and never acknowledged) and was cut off; if neither stopped abruptly, check the disk",
     });
+  }
+  // A node that joined elsewhere, started again with neither --join nor --cluster, took the local
+  // cluster's defaults for its own and its peers' addresses over the ones its data dir records, and
+  // listened where no member reaches it (found in a review; an id past 3 was refused for want of an
+  // entry, ids 1-3 went on): refused, saying how it was started.
+  const recordedSelf = sqliteStorage.membership().addresses.find((address) => address.id === id)?.peerUrl;
+  if (config.peersByDefault === true && recordedSelf !== undefined && !sameUrl(recordedSelf, config.peers.get(id) ?? "")) {
+    sqliteStorage.close();
+    throw new ServerStartError(
+      `this data dir records node ${id} at ${recordedSelf}, not at the default local cluster's ${config.peers.get(id)}: start it as it was started (--join URL with --listen-peer, or --cluster), whose configuration its data dir then holds; nothing was changed`,
+      1,
+    );
   }
   let joinedClusterId: string | undefined;
   if (config.join !== undefined) {
