@@ -229,7 +229,8 @@ export const benchCommand = defineCommand({
   async run({ args }) {
     // kv's own client commands take $KV_ENDPOINTS when --endpoints is not given, and so does a run
     // against kv (found in a review: one with it exported measured the local cluster instead).
-    const fromEnv = (args.target ?? "kv") === "kv" ? process.env.KV_ENDPOINTS : undefined;
+    // An empty variable is an unset one, as $KV_AUTH_TOKEN's is.
+    const fromEnv = (args.target ?? "kv") === "kv" && process.env.KV_ENDPOINTS !== "" ? process.env.KV_ENDPOINTS : undefined;
     const explicitEndpoints = args.endpoints === undefined ? (fromEnv === undefined ? undefined : parseEndpointsFlag(fromEnv, "$KV_ENDPOINTS")) : parseEndpointsFlag(args.endpoints);
     // Validate every flag before starting anything.
     const leaseChurn = leaseChurnOptionsFromArgs(args);

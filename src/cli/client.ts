@@ -366,7 +366,9 @@ const listCommand = defineCommand({
       }
     });
     // Said apart from the listing (stdout stays the keys, or the JSON array): a cut one looked whole (found in a review).
-    if (more) console.error(`kv: more keys under ${JSON.stringify(args.prefix ?? "")} than --limit ${limit}: listed the first ${items.length}`);
+    // Only a listing the limit stopped: a node also says `more` of a page its bytes bound ended, with
+    // nothing after it (found in a review: a whole listing of large values was called cut).
+    if (more && items.length >= limit) console.error(`kv: more keys under ${JSON.stringify(args.prefix ?? "")} than --limit ${limit}: listed the first ${items.length}`);
     const keysOnly = args["keys-only"] === true;
     if (conn.json) {
       print(conn, keysOnly ? items.map(({ key, version }) => ({ key, version })) : items, "");

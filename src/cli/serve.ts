@@ -315,7 +315,8 @@ export const serveCommand = defineCommand({
       }
     }
 
-    const loopbackOnly = args["listen-http"] === undefined ? loopbackHttpWarning(selfPeerUrl, listenHttp) : undefined;
+    // Not with --advertise-http: clients are sent where the operator said (a proxy in front, say).
+    const loopbackOnly = args["listen-http"] === undefined && args["advertise-http"] === undefined ? loopbackHttpWarning(selfPeerUrl, listenHttp) : undefined;
     if (loopbackOnly !== undefined) logger.log("warn", "client port on loopback", { detail: loopbackOnly });
 
     let server: KvServer;

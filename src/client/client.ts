@@ -126,7 +126,11 @@ export interface DeleteResult {
 /** One page of a listing, in key order (UTF-8 byte order). */
 export interface ListPage {
   readonly items: readonly KvEntry[];
-  /** Whether keys past this page remain under the prefix, as the node answered: on the last page, that `limit` cut the listing. */
+  /**
+   * Whether the node said more keys may follow this page (it also says so of a page its 4 MiB bound
+   * ended, though none follows): on the last page of a listing that reached its `limit`, that keys
+   * past the limit may remain.
+   */
   readonly more: boolean;
 }
 

@@ -10,6 +10,7 @@ import { configurationOfMembers } from "../kv/membership.ts";
 import { StateHasher, type StateHash } from "../kv/state-hash.ts";
 import type { MembersView } from "../node/api.ts";
 import { KvNode } from "../node/kv-node.ts";
+import type { WatchConfig } from "../node/watch.ts";
 import { EntryType, type Entry, type Message, type NodeId } from "../raft/types.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import { type Command, decodeCommand, deletePrefixKeysMax } from "../kv/command.ts";
@@ -52,6 +53,8 @@ export interface NodeSimOptions {
    */
   readonly storageThreadMsMax?: number;
   readonly network: SimNetworkFaults;
+  /** Watch settings of every node (the node's defaults where absent): small ones turn the history over and end lagging streams. */
+  readonly watch?: Partial<WatchConfig>;
 }
 
 /** An event on the simulated clock. */
@@ -393,6 +396,7 @@ export class NodeSim {
       snapshotEntries: this.opts.snapshotEntries,
       snapshotCatchUpEntries: this.opts.snapshotCatchUpEntries,
       ...(this.opts.compactStepEntries === undefined ? {} : { compactStepEntries: this.opts.compactStepEntries }),
+      ...(this.opts.watch === undefined ? {} : { watch: this.opts.watch }),
       schedule: (turn) => server.turns.push(turn),
       voteHold: { recorded: server.voteHoldRecorded, record: (held) => (server.voteHoldRecorded = held) },
       onFatal: (error) => {

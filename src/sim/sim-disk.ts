@@ -244,8 +244,9 @@ export class SimDisk implements KvStorage {
   appliedIndex(): number {
     return this.scheduler.storageThread === undefined ? this.current.appliedIndex() : this.confirmedApplied;
   }
+  /** As the real storage reads it: with a storage thread, of what the thread committed. */
   dataBytes(): number {
-    return this.current.dataBytes();
+    return this.readable.dataBytes();
   }
   get(key: string): StoredValue | undefined {
     return this.readable.get(key);

@@ -46,6 +46,12 @@ interface Watcher {
   generation: number;
   /** Nodes that refused to resume it as compacted at `reached` (another may still keep that history). */
   readonly refusedBy: Set<NodeId>;
+  /**
+   * A slow client's pause before it takes each batch, drawn up to this (0: it takes them at once):
+   * its stream lags, so a small buffer ends it (slow_watcher) and a small history turns over
+   * beneath it (compacted), which no prompt reader met (found in a review).
+   */
+  readonly readPauseMsMax: number;
 }
 
 const decoder = new TextDecoder();
@@ -86,7 +92,8 @@ export class SimWatchers {
   }
 
   private newWatcher(): Watcher {
-    const watcher: Watcher = { label: `w${this.watchers.length + 1}`, startAfter: -1, reached: -1, events: [], ended: false, subscription: undefined, generation: 0, refusedBy: new Set() };
+    const readPauseMsMax = this.prng.pick([0, 0, 100, 1_000]);
+    const watcher: Watcher = { label: `w${this.watchers.length + 1}`, startAfter: -1, reached: -1, events: [], ended: false, subscription: undefined, generation: 0, refusedBy: new Set(), readPauseMsMax };
     this.watchers.push(watcher);
     return watcher;
   }
@@ -155,6 +162,11 @@ export class SimWatchers {
   private async read(watcher: Watcher, subscription: WatchSubscription, generation: number, id: NodeId, fresh: boolean): Promise<void> {
     let first = fresh;
     for (;;) {
+      if (watcher.readPauseMsMax > 0 && !first) {
+        const pauseMs = this.prng.intInclusive(0, watcher.readPauseMsMax);
+        await new Promise<void>((resolve) => this.sim.at(pauseMs, resolve));
+        if (generation !== watcher.generation) return;
+      }
       const items = await subscription.next();
       if (generation !== watcher.generation) return;
       if (items === undefined) break;

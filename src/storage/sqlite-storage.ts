@@ -561,10 +561,15 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
     // SQLite's own words ("duplicate column name: config_index") said nothing of what to do (found
     // in a black-box review, of a 0.1.0 database marked schema 2): a migration that failed on what
     // it found is said as one, with what to do. A full disk is waited out as it was (`isDiskFull`).
-    if (from >= 1 && from < schemaVersion && !(error instanceof StorageError) && !isDiskFull(error) && error instanceof Error && /SQLITE|no such|duplicate|constraint|malformed/i.test(`${error.message} ${(error as { code?: unknown }).code}`)) {
+    // Only SQLite's refusals of the statements themselves (a column or table that is there, or is
+    // not, where the migration expects otherwise; a constraint): its I/O errors, a damaged file,
+    // a lock and the OS's own errors are said as they are, and a full disk is waited out (found in
+    // a review: a first pattern took every SQLite error for a database changed by hand).
+    const code = (error as { code?: unknown } | undefined)?.code;
+    if (error instanceof Error && from >= 1 && from < schemaVersion && !(error instanceof StorageError) && !isDiskFull(error) && (code === "SQLITE_ERROR" || code === "SQLITE_CONSTRAINT" || (typeof code === "string" && code.startsWith("SQLITE_CONSTRAINT_")))) {
       throw new StorageError(
         "schema",
-        `migrating the data dir from schema ${from} to ${schemaVersion} failed on what the database holds (${error.message}), which is not what kv wrote at schema ${from}; nothing was changed, the migration being one transaction: ${DAMAGED_DATA_DIR_ADVICE}`,
+        `migrating the data dir from schema ${from} to ${schemaVersion} failed on what the database holds (${error.message}), which is not what kv wrote at schema ${from}; the database was left as it was, the migration being one transaction: ${DAMAGED_DATA_DIR_ADVICE}`,
         file,
         undefined,
         { cause: error },
