@@ -211,13 +211,21 @@ describe("nemesis schedule", () => {
 
   test("a seed fixes the schedule; other seeds draw others", () => {
     expect(plan(42, 60_000)).toEqual(plan(42, 60_000));
-    const lines = (schedule: PlannedFault[]) => schedule.map(describePlannedFault).join("\n");
+    const lines = (schedule: PlannedFault[]) => schedule.map((planned) => describePlannedFault(planned)).join("\n");
     const distinct = new Set([1, 2, 3, 4, 5, 6].map((seed) => lines(plan(seed, 60_000))));
     expect(distinct.size).toBe(6);
   });
 
+  test("a kill of the node a run spares is listed as the pause it runs as (found in a black-box review: the listing said kill)", () => {
+    const kill = (target: 1 | 2 | "leader"): PlannedFault => ({ index: 0, startMs: 1_200, durationMs: 2_000, fault: { kind: "kill", target } });
+    expect(describePlannedFault(kill(1), 1)).toBe("1.2s +2.0s pause node 1 (spared from kills)");
+    expect(describePlannedFault(kill(2), 1)).toBe("1.2s +2.0s kill node 2");
+    expect(describePlannedFault(kill(1))).toBe("1.2s +2.0s kill node 1");
+    expect(describePlannedFault(kill("leader"), 1)).toBe("1.2s +2.0s kill the leader");
+  });
+
   test("the schedule the executable tests rely on: seed 7 isolates the leader early, for long enough", () => {
-    expect(plan(7, 8_000).map(describePlannedFault)).toEqual(["1.2s +2.6s isolate the leader"]);
+    expect(plan(7, 8_000).map((planned) => describePlannedFault(planned))).toEqual(["1.2s +2.6s isolate the leader"]);
     // Under --nemesis partition for 10 s: two isolations of more than 2 s, far longer than an
     // election (at most 300 ms): the majority moves on while the cut-off node still serves reads.
     const partition = plan(7, 10_000, "partition");

@@ -1,6 +1,7 @@
 // Proves the chaos HTML report escapes by construction (a `<script>` in any text it shows comes out as text, in elements and in attributes) and draws lock tenures as lanes on the timeline's clock: one lane per client, a bar per tenure labelled with its fence, and a red band wherever two clients believed they held the lock at once.
 import { describe, expect, test } from "bun:test";
 import { escapeHtml, renderReport, tenureOverlaps, type ReportInput, type ReportTenure } from "../src/chaos/report.tsx";
+import { failedRunBanner } from "../src/chaos/random.ts";
 
 const SCRIPT = "<script>alert(1)</script>";
 
@@ -84,5 +85,22 @@ describe("lock tenures", () => {
 
   test("a run without tenures has no lock lanes", () => {
     expect(renderReport(input())).not.toContain("Lock tenures");
+  });
+});
+
+describe("a random run's banner", () => {
+  test("a run whose operations were linearizable while the bank's check failed is shown failed, with the check's evidence (found in a black-box review: a green 'Linearizable' over a run that exited 1)", () => {
+    const checks = [
+      { name: "Convergence", ok: true, detail: "every node applied index 9" },
+      { name: "Bank transfers (multi-key transactions)", ok: false, detail: "VIOLATION in round 2: a stale read\n  t71: transfer a->b 5" },
+    ];
+    const html = renderReport(input({ verdict: { ok: true, keysChecked: 2 } as ReportInput["verdict"], checks, ...failedRunBanner(true, false, checks) }));
+    expect(html).toContain('<div class="verdict bad" id="verdict">');
+    expect(html).toContain("the operations were linearizable, but bank transfers (multi-key transactions): see below");
+    expect(html).not.toContain("<strong>Linearizable</strong>");
+    expect(html).toContain("  t71: transfer a-");
+    // A run that passed every check keeps the linearizability banner.
+    expect(failedRunBanner(true, true, checks)).toEqual({});
+    expect(renderReport(input({ verdict: { ok: true, keysChecked: 2 } as ReportInput["verdict"] }))).toContain("<strong>Linearizable</strong>");
   });
 });

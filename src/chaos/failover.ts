@@ -74,7 +74,7 @@ export async function runFailover(cluster: ChaosCluster, opts: FailoverOptions):
   print(`         Acknowledged ${first} writes before crash`);
 
   // A writer that keeps going through the kill: its writes are in flight when the SIGKILL lands.
-  const inFlight = { acknowledged: 0, failed: 0, unknown: 0 };
+  const inFlight = { acknowledged: 0, failed: 0, redirected: 0, unknown: 0 };
   let stopInFlight = false;
   let inFlightSeq = 0;
   const inFlightWriters = Array.from({ length: opts.concurrency }, async () => {
@@ -89,7 +89,9 @@ export async function runFailover(cluster: ChaosCluster, opts: FailoverOptions):
         acked.set(key, value);
         inFlight.acknowledged++;
       } else if (outcome.kind === "fail") {
-        inFlight.failed++;
+        // A follower's 307 to the leader is no refusal of the write (this writer does not follow it).
+        if (outcome.status === 307) inFlight.redirected++;
+        else inFlight.failed++;
         await Bun.sleep(5); // a refused write: back off briefly before the next one
       } else {
         inFlight.unknown++;
@@ -114,7 +116,8 @@ export async function runFailover(cluster: ChaosCluster, opts: FailoverOptions):
   await Promise.all(inFlightWriters);
   print(`         Acknowledged ${second} writes after failover`);
   print(
-    `         Writes in flight through the kill: ${inFlight.acknowledged} acknowledged, ${inFlight.failed} refused, ${inFlight.unknown} unknown`,
+    `         Writes in flight through the kill: ${inFlight.acknowledged} acknowledged, ${inFlight.failed} refused, ${inFlight.unknown} unknown` +
+      (inFlight.redirected === 0 ? "" : `; ${inFlight.redirected} sent to a follower were redirected to the leader (not followed, not applied)`),
   );
   print(`         Total acknowledged writes: ${acked.size}`);
 

@@ -331,7 +331,7 @@ export async function runLock(cluster: ChaosCluster, opts: LockOptions): Promise
   print(`Holder pauses: ${holderSchedule.length}, each for the TTL (${opts.ttlMs} ms) plus ${PAUSE_EXTRA_MS_MIN}-${PAUSE_EXTRA_MS_MAX} ms`);
   if (nodeSchedule.length > 0) {
     print(`Node faults (${opts.nemesis}; node ${REFERENCE_NODE} is paused rather than killed, it keeps the counter's history): ${nodeSchedule.length}`);
-    for (const planned of nodeSchedule) print(`         ${describePlannedFault(planned)}`);
+    for (const planned of nodeSchedule) print(`         ${describePlannedFault(planned, REFERENCE_NODE)}`);
   }
   print("[Step 1] Starting 3-node cluster...");
   await cluster.start();

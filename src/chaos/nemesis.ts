@@ -152,9 +152,15 @@ export function describeFault(fault: Fault): string {
   }
 }
 
-/** `1.2s +2.1s kill the leader`: one schedule entry on one line. */
-export function describePlannedFault(planned: PlannedFault): string {
-  return `${seconds(planned.startMs)} +${seconds(planned.durationMs)} ${describeFault(planned.fault)}`;
+/**
+ * `1.2s +2.1s kill the leader`: one schedule entry on one line. A kill of `spareFromKill` (the node
+ * a run keeps alive) is listed as the pause it runs as (found in a black-box review: the listing
+ * said kill).
+ */
+export function describePlannedFault(planned: PlannedFault, spareFromKill?: number): string {
+  const { fault } = planned;
+  const what = fault.kind === "kill" && fault.target === spareFromKill ? `pause node ${spareFromKill} (spared from kills)` : describeFault(fault);
+  return `${seconds(planned.startMs)} +${seconds(planned.durationMs)} ${what}`;
 }
 
 function seconds(ms: number): string {

@@ -551,10 +551,12 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   /** Set once the run ends (its last check, Ctrl-C, SIGTERM, SIGHUP, or its output lost): no scenario starts after. */
   let ending: Promise<never> | undefined;
   const endingBegan = Promise.withResolvers<void>();
-  const cleanup = (code: number): Promise<never> =>
+  const cleanup = (code: number, signal?: string): Promise<never> =>
     (ending ??= (async () => {
       endingBegan.resolve();
       display.untrack();
+      // Said, so an ended run is not read as one that passed or failed (found in a black-box review).
+      if (signal !== undefined && !outputLost()) print(`⏹  INTERRUPTED by ${signal}: the run stopped before its checks, so it has no verdict (and no --json or --report)`);
       // Whatever cluster is running now: none starts once `ending` is set (the loop below stops).
       await current?.stop();
       const kept = `Node data and logs kept in ${baseDir} (${runs.length > 1 ? "<scenario>/" : ""}node-N.log, node-N/)`;
@@ -567,9 +569,9 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   // run, `all` included, with every process it started stopped (found in a black-box review: Ctrl-C
   // during `all` went on to the next scenario and left its nodes running; SIGHUP, or `| head`,
   // left the cluster running).
-  process.on("SIGINT", () => void cleanup(130));
-  process.on("SIGTERM", () => void cleanup(143));
-  process.on("SIGHUP", () => void cleanup(129));
+  process.on("SIGINT", () => void cleanup(130, "SIGINT"));
+  process.on("SIGTERM", () => void cleanup(143, "SIGTERM"));
+  process.on("SIGHUP", () => void cleanup(129, "SIGHUP"));
   whenOutputLost((code) => void cleanup(code));
 
   const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string; replicaChecks: readonly ReplicaCheck[] }[] = [];
