@@ -53,6 +53,11 @@ export interface NodeSwarmResult {
   readonly watchEvents: number;
   readonly watchCompactedResumes: number;
   readonly watchReferenceUnavailable: number;
+  /** Streams ended because their client lagged behind: slow_watcher, and compacted. */
+  readonly watchSlowWatcherEnds: number;
+  readonly watchCompactedEnds: number;
+  /** Compaction steps on every disk (one compaction of more entries than a step takes several). */
+  readonly compactSteps: number;
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
@@ -361,7 +366,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   };
 
   hooks.onStart?.(sim);
-  let watchStats = { watchers: 0, streams: 0, events: 0, compactedResumes: 0, referenceUnavailable: 0 };
+  let watchStats = { watchers: 0, streams: 0, events: 0, compactedResumes: 0, referenceUnavailable: 0, slowWatcherEnds: 0, compactedEnds: 0 };
   try {
     await sim.runUntil(runMs);
     await sim.healAndCheck(keys, 60_000);
@@ -434,6 +439,9 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     watchStreams: watchStats.streams,
     watchEvents: watchStats.events,
     watchCompactedResumes: watchStats.compactedResumes,
+    watchSlowWatcherEnds: watchStats.slowWatcherEnds,
+    watchCompactedEnds: watchStats.compactedEnds,
+    compactSteps: [...sim.servers.values()].reduce((sum, server) => sum + server.disk.compactSteps, 0),
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,

@@ -288,7 +288,10 @@ export class SimDisk implements KvStorage {
     this.scheduler.applied?.(entries, results);
     return this.onThread(results);
   }
+  /** Compaction steps taken (a compaction of more entries than a step takes several). */
+  compactSteps = 0;
   compact(index: number): void {
+    this.compactSteps++;
     this.write("compact", () => this.current.compact(index));
     this.noteLogBarrier();
   }

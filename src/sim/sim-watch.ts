@@ -30,6 +30,9 @@ export interface SimWatchStats {
   readonly events: number;
   /** Resumes refused as compacted (a watcher ended, another started). */
   readonly compactedResumes: number;
+  /** Streams that ended because their client lagged: its buffer overflowed (slow_watcher), or the history moved past it (compacted). */
+  readonly slowWatcherEnds: number;
+  readonly compactedEnds: number;
   /** Runs whose reference could not be read (no member's history covered the earliest start). */
   readonly referenceUnavailable: number;
 }
@@ -70,6 +73,8 @@ export class SimWatchers {
   private readonly watchers: Watcher[] = [];
   private streams = 0;
   private compactedResumes = 0;
+  private slowWatcherEnds = 0;
+  private compactedEnds = 0;
   private referenceUnavailable = 0;
   private stopped = false;
 
@@ -186,6 +191,8 @@ export class SimWatchers {
           }
         } else {
           ended = true;
+          if (item.error === "slow_watcher") this.slowWatcherEnds++;
+          else if (item.error === "compacted") this.compactedEnds++;
         }
       }
       if (first) throw new SimViolation(`watch ${watcher.label} on node ${id}: a fresh stream began with no progress event`);
@@ -265,6 +272,8 @@ export class SimWatchers {
       streams: this.streams,
       events: checked.reduce((sum, w) => sum + w.events.length, 0),
       compactedResumes: this.compactedResumes,
+      slowWatcherEnds: this.slowWatcherEnds,
+      compactedEnds: this.compactedEnds,
       referenceUnavailable: this.referenceUnavailable,
     });
     if (checked.length === 0) return stats();
