@@ -369,6 +369,20 @@ export class NodeSim {
         (messages) => node.receive(messages),
         (chunk) => node.receiveSnapshotChunk(chunk),
         (peer) => directory?.has(peer) === true,
+        // Who this process is and what it applied, as the server's transport reads them
+        // (src/server/create-server.ts): the receivers' guards run on every call.
+        {
+          memberSince: (peer) => server.disk.membership().addresses.find((address) => address.id === peer)?.addedIndex,
+          configuration: {
+            isMember: (peer) => {
+              const { voters, learners } = server.disk.membership();
+              return voters.includes(peer) || learners.includes(peer);
+            },
+            appliedIndex: () => server.disk.appliedIndex(),
+          },
+          clusterNonce: () => node.clusterNonce(),
+          onRemoved: (by, detail) => node.removedByPeer(by, detail),
+        },
       ),
     );
   }

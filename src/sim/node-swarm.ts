@@ -58,6 +58,8 @@ export interface NodeSwarmResult {
   readonly watchCompactedEnds: number;
   /** Compaction steps on every disk (one compaction of more entries than a step takes several). */
   readonly compactSteps: number;
+  /** Peer calls a receiver's guard refused from a caller removed from the configuration it applied (the caller is told so). */
+  readonly peerCallsRefusedRemoved: number;
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
@@ -442,6 +444,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     watchSlowWatcherEnds: watchStats.slowWatcherEnds,
     watchCompactedEnds: watchStats.compactedEnds,
     compactSteps: [...sim.servers.values()].reduce((sum, server) => sum + server.disk.compactSteps, 0),
+    peerCallsRefusedRemoved: sim.network.refused.removed,
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,

@@ -3,12 +3,28 @@ import type { RaftService, SendRequest, SendResponse, SendSnapshotChunkRequest }
 import { COMMAND_LEVEL } from "../kv/command.ts";
 import type { Prng } from "../lib/prng.ts";
 import type { Message, NodeId } from "../raft/types.ts";
-import { defaultConnectTransportLimits } from "../transport/connect-transport.ts";
+import { type CallRefusal, defaultConnectTransportLimits } from "../transport/connect-transport.ts";
+import { CLUSTER_NONCE_HEADER } from "../transport/peer-auth.ts";
+import { createPeerCallGuard } from "../transport/peer-call-guard.ts";
+import { MEMBER_SINCE_HEADER, REMOVED_REFUSAL_PREFIX } from "../transport/peer-identity.ts";
 import { createPeerSender, type PeerSender } from "../transport/peer-sender.ts";
 import { createRaftServiceRoutes } from "../transport/raft-service.ts";
 import { createReplySlots, dispatchToPeer, replyWaitMs, type ReplySlots } from "../transport/reply-slots.ts";
 import { streamSnapshot } from "../transport/snapshot-sender.ts";
 import type { MessageHandler, SnapshotChunkHandler, Transport } from "../transport/transport.ts";
+
+/**
+ * Who a process is to its peers, and what it knows of the configuration, as the server's transport
+ * reads them (src/server/create-server.ts): each call carries the caller's `memberSince` of itself
+ * and its cluster nonce, and the receiver's guard (src/transport/peer-call-guard.ts) refuses an
+ * older process of a re-added id and tells a removed caller so (`onRemoved`).
+ */
+export interface SimPeerIdentity {
+  memberSince(id: NodeId): number | undefined;
+  readonly configuration: { isMember(id: NodeId): boolean; appliedIndex(): number };
+  clusterNonce(): string | undefined;
+  onRemoved(by: NodeId, detail: string): void;
+}
 
 /** Fault settings of the simulated network, drawn from a run's seed. */
 export interface SimNetworkFaults {
@@ -65,8 +81,6 @@ interface Endpoint {
 
 /** Snapshot chunk size unless set: small, so a transfer takes many calls and can fail midway. */
 const snapshotChunkBytesMaxDefault = 256;
-/** A handler's context: the peer service reads only the request. */
-const handlerContext = {} as HandlerContext;
 
 /**
  * The in-memory network of a simulated cluster, run with the real transport's parts: each node's
@@ -105,8 +119,33 @@ export class SimNetwork {
    * peer's own waiting call (connect-transport.ts), and is dropped when none waits. Without it,
    * every peer is reachable.
    */
-  connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler: SnapshotChunkHandler, knows?: (peer: NodeId) => boolean): Transport {
+  connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler: SnapshotChunkHandler, knows?: (peer: NodeId) => boolean, identity?: SimPeerIdentity): Transport {
     this.disconnectProcess(id);
+    let self: Endpoint | undefined;
+    // The server's checks of a call's sender, run on the headers the caller's process sends.
+    const checkSender =
+      identity === undefined
+        ? undefined
+        : createPeerCallGuard({
+            selfId: id,
+            knows: (peer) => knows === undefined || knows(peer),
+            memberSince: (peer) => identity.memberSince(peer),
+            configuration: identity.configuration,
+            clusterNonce: () => identity.clusterNonce(),
+            closed: () => self !== undefined && !self.alive,
+            refused: this.refused,
+            log: () => {},
+            onNonMember: () => {},
+          });
+    /** What every call of this process carries, read as it is sent (as the server's interceptors do). */
+    const callContext = (): HandlerContext => {
+      const requestHeader = new Headers();
+      const since = identity?.memberSince(id);
+      if (since !== undefined) requestHeader.set(MEMBER_SINCE_HEADER, String(since));
+      const nonce = identity?.clusterNonce();
+      if (nonce !== undefined) requestHeader.set(CLUSTER_NONCE_HEADER, nonce);
+      return { requestHeader } as HandlerContext;
+    };
     const limits = defaultConnectTransportLimits;
     const replySlots = createReplySlots({
       callMessagesMax: limits.callMessagesMax,
@@ -144,6 +183,7 @@ export class SimNetwork {
       },
       awaitReply: (from) => replySlots.awaitReply(from),
       onSnapshotChunk: snapshotHandler,
+      ...(checkSender === undefined ? {} : { checkSender }),
     })(router);
     const endpoint: Endpoint = {
       id,
@@ -156,15 +196,20 @@ export class SimNetwork {
       peerHttpUrls,
       alive: true,
     };
+    self = endpoint;
     this.endpoints.set(id, endpoint);
     const clientFor = (peer: NodeId): Client<typeof RaftService> => {
       let client = endpoint.clients.get(peer);
       if (client === undefined) {
         client = {
-          send: (request: SendRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) =>
-            this.call(id, peer, (target) => target.service.send(request, handlerContext), callOptions, true),
-          sendSnapshotChunk: (request: SendSnapshotChunkRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) =>
-            this.call(id, peer, (target) => Promise.resolve(target.service.sendSnapshotChunk(request, handlerContext)), callOptions, false),
+          send: (request: SendRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) => {
+            const context = callContext();
+            return this.call(id, peer, (target) => target.service.send(request, context), callOptions, true);
+          },
+          sendSnapshotChunk: (request: SendSnapshotChunkRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) => {
+            const context = callContext();
+            return this.call(id, peer, (target) => Promise.resolve(target.service.sendSnapshotChunk(request, context)), callOptions, false);
+          },
         } as unknown as Client<typeof RaftService>;
         endpoint.clients.set(peer, client);
       }
@@ -190,6 +235,10 @@ export class SimNetwork {
           },
           onPeerCommandLevel: (level) => {
             if (endpoint.alive) peerCommandLevels.set(peer, level);
+          },
+          // A peer that says this process was removed: its node learns it so (as the server's transport tells it).
+          onRefused: (error) => {
+            if (endpoint.alive && error.code === Code.PermissionDenied && error.rawMessage.startsWith(REMOVED_REFUSAL_PREFIX)) identity?.onRemoved(peer, error.rawMessage);
           },
         });
         endpoint.senders.set(peer, sender);
@@ -229,6 +278,9 @@ export class SimNetwork {
       },
     };
   }
+
+  /** Calls the receivers' guards refused, by reason (the server's `kv_peer_requests_refused_total`). */
+  readonly refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 };
 
   /** Node `id`'s process died: its calls in flight end, the calls it held are reset, nothing reaches it until it connects again. */
   disconnectProcess(id: NodeId): void {

@@ -17,8 +17,9 @@ import { defaultDecodeLimits } from "./codec.ts";
 import type { DecodeLimits } from "./codec.ts";
 import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
-import { CLUSTER_NONCE_HEADER, checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
-import { peerIdentityInterceptor, REMOVED_REFUSAL_PREFIX, removedCaller, staleIncarnation } from "./peer-identity.ts";
+import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
+import { createPeerCallGuard } from "./peer-call-guard.ts";
+import { peerIdentityInterceptor, REMOVED_REFUSAL_PREFIX } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
@@ -238,88 +239,18 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   const refusalLog = createRateLimitedLog<PeerCallNote>(log, REFUSAL_LOG_INTERVAL_MS, "calls");
   const auth = options.auth;
   const onSnapshotChunk = options.onSnapshotChunk;
-  /**
-   * A call from a node outside this node's configuration is taken, and answered through the call
-   * (the reply slots: no address is needed). The configuration is the log's business: a voter that
-   * was down while a member was added learns of it only from the log, and after a change of leader
-   * only that member may be the one to send it. Refused (0.6.0 and before), such a voter never
-   * caught up while the new member led, and a majority that needed its vote never elected anyone
-   * (found in a review). A node that is not a member at all (removed, or never added) gets its
-   * answers too: Raft keeps it from disrupting the cluster (its stale term is refused; a pre-vote is
-   * not granted while a leader is heard from). Said in the log, at most once an interval.
-   *
-   * Such a caller must carry the cluster's nonce, once this node applied one (peer-auth.ts): a
-   * cluster bootstrapped apart with the same voter ids and no token derives the same cluster id,
-   * and its first leader calls before it applied its own nonce; taken, such a call's term deposed
-   * this cluster's leader (found in a black-box review). A member added while this node was away
-   * has applied the nonce before it can lead, so it still gets through.
-   */
-  function checkSender(from: NodeId, headers: Headers): void {
-    refuseRemoved(from, headers);
-    if (options.peers.has(from)) {
-      refuseStaleMember(from, headers);
-      return;
-    }
-    const ours = auth?.clusterNonce?.();
-    if (ours !== undefined && headers.get(CLUSTER_NONCE_HEADER) !== ours) {
-      refused.not_a_peer++;
-      refusalLog(
-        "not_a_peer",
-        `refused a call from node ${from}, which is not in this node's configuration and does not carry this cluster's nonce: ` +
-          `a node of another cluster bootstrapped with the same ids and no --cluster-token (give each cluster its own token), or a node that never applied this cluster's first entries`,
-      );
-      throw new ConnectError(`call from node ${from}, outside node ${options.selfId}'s configuration, without this cluster's nonce`, Code.FailedPrecondition);
-    }
-    callsFromNonMembers++;
-    refusalLog(
-      "from_non_member",
-      `took a call from node ${from}, which is not in this node's configuration (--cluster, or the membership it applied): ` +
-        `a member added while this node was away, which it learns of from the log, or one that is not a member (removed, or never added), which gets answers and is sent nothing. ` +
-        `If this lasts and node ${from} should be a member, empty its data dir and start it with --join`,
-    );
-  }
-  /**
-   * Refuses a call from an older process of member `from`'s id (peer-identity.ts): removed while it
-   * was down or cut off, it never heard of it, and the id was added again. Taken, its calls were
-   * answered with the member's heartbeats and vote requests, which it answered as the member (a
-   * second vote in one term, a quorum that is not one), and its client URL was taken for the
-   * member's (found in a review). A member only behind knows its own index, so it is never refused.
-   */
-  function refuseStaleMember(from: NodeId, headers: Headers): void {
-    const memberSince = options.memberSince;
-    if (memberSince === undefined || closed) return; // closed: the node's storage may be too
-    const stale = staleIncarnation(headers, () => memberSince(from));
-    if (stale === undefined) return;
-    refused.stale_member++;
-    const message =
-      `node ${from} was added again at index ${stale.recorded}, and this call comes from a process of it added at index ${stale.since}, before: ` +
-      `it was removed while it ran, and never heard of it; stop it (its data dir is not the member's)`;
-    refusalLog("stale_member", `refused a call: ${message}`);
-    throw new ConnectError(message, Code.FailedPrecondition);
-  }
-  /**
-   * Refuses a call from a node this node knows was removed (see `ConnectTransportOptions.configuration`),
-   * with `permission_denied`, which its transport hands to its node (`onRemoved`): the leader's last
-   * message to a member it removes reaches only one it replicates to, so a learner removed while its
-   * image was on its way named its leader and answered healthy for good (found in a black-box review).
-   * Judged by the configuration this node applied, not by whom it calls (`--cluster` keeps
-   * addresses of founding members after their removal).
-   */
-  function refuseRemoved(from: NodeId, headers: Headers): void {
-    const configuration = options.configuration;
-    // A member's call (nearly every call) is decided by the first test alone.
-    if (configuration === undefined || closed || configuration.isMember(from)) return;
-    // Only a caller of this cluster (its nonce, once this node applied one) is told it was removed:
-    // a node of a cluster bootstrapped apart with the same ids is refused as not_a_peer after this.
-    const ourNonce = auth?.clusterNonce?.();
-    if (ourNonce !== undefined && headers.get(CLUSTER_NONCE_HEADER) !== ourNonce) return;
-    const since = removedCaller(headers, configuration.appliedIndex());
-    if (since === undefined) return;
-    refused.removed++;
-    const message = `${REMOVED_REFUSAL_PREFIX}node ${from} was added at index ${since}, and the configuration node ${options.selfId} applied since no longer lists it; stop it (to serve again, empty its data dir and start it with --join)`;
-    refusalLog("removed", `refused a call: ${message}`);
-    throw new ConnectError(message, Code.PermissionDenied);
-  }
+  // Who may call, and who is told it was removed (src/transport/peer-call-guard.ts).
+  const checkSender = createPeerCallGuard({
+    selfId: options.selfId,
+    knows: (id) => options.peers.has(id),
+    ...(options.memberSince === undefined ? {} : { memberSince: options.memberSince }),
+    ...(options.configuration === undefined ? {} : { configuration: options.configuration }),
+    clusterNonce: () => auth?.clusterNonce?.(),
+    closed: () => closed,
+    refused,
+    log: refusalLog,
+    onNonMember: () => callsFromNonMembers++,
+  });
   function noteMisaddressed(from: NodeId, to: NodeId): void {
     refused.misaddressed++;
     refusalLog("misaddressed", `refused a call from node ${from} with a message for node ${to}: node ${from}'s configuration gives this node's address (node ${options.selfId}) to node ${to}; check its --cluster`);
