@@ -152,7 +152,7 @@ test("Ctrl-C during kv chaos all ends the whole run: exit 130, no scenario after
   expect(children.filter(running)).toEqual([]);
   expect(runner.output()).toContain("Node data and logs kept in");
   // Said as such, not left to read as a pass or a failure (found in a black-box review).
-  expect(runner.output()).toContain("INTERRUPTED by SIGINT: the run stopped before its checks, so it has no verdict");
+  expect(runner.output()).toContain("INTERRUPTED by SIGINT: the scenario stopped before its checks, so it has no verdict");
 }, 60_000);
 
 test("Ctrl-C during kv chaos lock, while it holds a lock client stopped, resumes and stops its lock clients before it exits", async () => {

@@ -99,6 +99,10 @@ describe("a random run's banner", () => {
     expect(html).toContain("the operations were linearizable, but bank transfers (multi-key transactions): see below");
     expect(html).not.toContain("<strong>Linearizable</strong>");
     expect(html).toContain("  t71: transfer a-");
+    // Undecided while another check failed: failed too (a code review: the yellow banner stayed).
+    expect(failedRunBanner("unknown", false, checks).banner?.text).toBe("the linearizability check ran out of its budget (undecided), but bank transfers (multi-key transactions): see below");
+    // Not linearizable: its own red banner stays.
+    expect(failedRunBanner(false, false, checks)).toEqual({});
     // A run that passed every check keeps the linearizability banner.
     expect(failedRunBanner(true, true, checks)).toEqual({});
     expect(renderReport(input({ verdict: { ok: true, keysChecked: 2 } as ReportInput["verdict"] }))).toContain("<strong>Linearizable</strong>");

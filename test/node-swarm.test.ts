@@ -75,6 +75,7 @@ const totals = {
   watchCompactedEnds: 0,
   compactSteps: 0,
   peerCallsRefusedRemoved: 0,
+  removedToldByPeer: 0,
 };
 
 function add(result: NodeSwarmResult): void {
@@ -115,6 +116,7 @@ function add(result: NodeSwarmResult): void {
   totals.watchCompactedEnds += result.watchCompactedEnds;
   totals.compactSteps += result.compactSteps;
   totals.peerCallsRefusedRemoved += result.peerCallsRefusedRemoved;
+  totals.removedToldByPeer += result.removedToldByPeer;
 }
 
 for (let from = 0; from < seeds.length; from += batchSize) {
@@ -186,6 +188,8 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     // refuses them (src/transport/peer-call-guard.ts), which tells the caller it was removed (seeds
     // 1-150: 143 in 16 runs; the simulated network ran no guard before).
     expect(totals.peerCallsRefusedRemoved).toBeGreaterThan(seeds.length / 20);
+    // And the callers' nodes were told (a code review: seeds 1-150 ran removedByPeer 141 times).
+    expect(totals.removedToldByPeer).toBeGreaterThan(seeds.length / 20);
   }
 });
 

@@ -16,7 +16,8 @@ export interface FailoverResult {
   readonly wrong: { key: string; expected: string; got: string | null }[];
   readonly killedLeader: number;
   readonly newLeader: number;
-  readonly inFlight: { acknowledged: number; failed: number; unknown: number };
+  /** `failed`: refused by a node (not applied); `redirected`: a follower's 307, which this writer does not follow (not applied either). */
+  readonly inFlight: { acknowledged: number; failed: number; redirected: number; unknown: number };
 }
 
 /**

@@ -158,9 +158,12 @@ export function describeFault(fault: Fault): string {
  * said kill).
  */
 export function describePlannedFault(planned: PlannedFault, spareFromKill?: number): string {
-  const { fault } = planned;
-  const what = fault.kind === "kill" && fault.target === spareFromKill ? `pause node ${spareFromKill} (spared from kills)` : describeFault(fault);
-  return `${seconds(planned.startMs)} +${seconds(planned.durationMs)} ${what}`;
+  return `${seconds(planned.startMs)} +${seconds(planned.durationMs)} ${describeFaultAsRun(planned.fault, spareFromKill)}`;
+}
+
+/** `describeFault`, but a kill of `spareFromKill` as the pause it runs as. */
+export function describeFaultAsRun(fault: Fault, spareFromKill?: number): string {
+  return fault.kind === "kill" && fault.target === spareFromKill ? `pause node ${spareFromKill} (spared from kills)` : describeFault(fault);
 }
 
 function seconds(ms: number): string {
@@ -264,7 +267,7 @@ export class Nemesis {
       const window: FaultWindow = {
         index: planned.index,
         kind: applied.kind,
-        planned: describeFault(planned.fault),
+        planned: describeFaultAsRun(planned.fault, this.opts.spareFromKill),
         description: applied.description,
         nodes: applied.nodes,
         startMs,

@@ -858,7 +858,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
       verdict,
       checkMs,
       checks,
-      ...failedRunBanner(verdict.ok === true, othersOk, checks),
+      ...failedRunBanner(verdict.ok, othersOk, checks),
       operationsTotal: counts.total,
       epochCount: workload.epochCount,
       epochs: epochs.map((e) => ({
@@ -1034,12 +1034,15 @@ export function printVerdict(verdict: CheckResult, checkMs: number, epochs: numb
 }
 
 /**
- * The report's banner for a run whose operations were linearizable while another check failed: the
- * run failed (exit 1), and a green "Linearizable" over it read as a pass (found in a black-box
- * review). Nothing (the linearizability banner) otherwise.
+ * The report's banner for a run whose linearizability check passed, or ran out of its budget, while
+ * another check failed: the run failed (exit 1), and a green "Linearizable" or a yellow "Undecided"
+ * over it read as a pass or a shrug (found in black-box and code reviews). Nothing (the
+ * linearizability banner) otherwise: a run that is not linearizable has its red banner already.
  */
-export function failedRunBanner(linearizable: boolean, othersOk: boolean, checks: readonly ReportCheck[]): { banner?: { ok: false; title: string; text: string } } {
-  if (!linearizable || othersOk) return {};
+export function failedRunBanner(linearizable: boolean | "unknown", othersOk: boolean, checks: readonly ReportCheck[]): { banner?: { ok: false; title: string; text: string } } {
+  if (linearizable === false || othersOk) return {};
   const failed = checks.filter((check) => !check.ok).map((check) => check.name.toLowerCase());
-  return { banner: { ok: false, title: "Failed", text: `the operations were linearizable, but ${failed.length === 0 ? "a node exited on its own" : failed.join(", ")}: see below` } };
+  const what = failed.length === 0 ? "a node exited on its own" : failed.join(", ");
+  const check = linearizable === true ? "the operations were linearizable" : "the linearizability check ran out of its budget (undecided)";
+  return { banner: { ok: false, title: "Failed", text: `${check}, but ${what}: see below` } };
 }

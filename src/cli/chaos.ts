@@ -548,6 +548,8 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   });
   const print = (line: string) => display.print(line);
   let current: ChaosCluster | undefined;
+  /** True while a scenario runs and has not given its verdict. */
+  let awaitingVerdict = false;
   /** Set once the run ends (its last check, Ctrl-C, SIGTERM, SIGHUP, or its output lost): no scenario starts after. */
   let ending: Promise<never> | undefined;
   const endingBegan = Promise.withResolvers<void>();
@@ -555,8 +557,13 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     (ending ??= (async () => {
       endingBegan.resolve();
       display.untrack();
-      // Said, so an ended run is not read as one that passed or failed (found in a black-box review).
-      if (signal !== undefined && !outputLost()) print(`⏹  INTERRUPTED by ${signal}: the run stopped before its checks, so it has no verdict (and no --json or --report)`);
+      // Said, so an ended run is not read as one that passed or failed (found in a black-box review);
+      // only while a scenario had yet to give its verdict (a code review: after one, it contradicted it).
+      if (signal !== undefined && awaitingVerdict) {
+        const line = `⏹  INTERRUPTED by ${signal}: the scenario stopped before its checks, so it has no verdict (and no --json or --report)`;
+        if (outputLost()) process.stderr.write(`kv: ${line}\n`);
+        else print(line);
+      }
       // Whatever cluster is running now: none starts once `ending` is set (the loop below stops).
       await current?.stop();
       const kept = `Node data and logs kept in ${baseDir} (${runs.length > 1 ? "<scenario>/" : ""}node-N.log, node-N/)`;
@@ -583,7 +590,9 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     if (runs.length > 1) print("");
     print(`=== Chaos Test: ${title} ===`);
     try {
+      awaitingVerdict = true;
       const result = await run(current, display);
+      awaitingVerdict = false;
       print(replicaChecksLine(current.replicaChecks));
       outcomes.push({ scenario: name, ok: result.ok, result, dataDir, replicaChecks: current.replicaChecks });
     } catch (error) {
@@ -593,6 +602,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
       // alike, and a node's exit may be seen before the runner's own signal: it is given a moment.
       if (ending === undefined) await Promise.race([endingBegan.promise, Bun.sleep(SIGNAL_GRACE_MS)]);
       if (ending !== undefined) return ending;
+      awaitingVerdict = false;
       const message = error instanceof Error ? error.message : String(error);
       print(`❌ ERROR: ${message}`);
       outcomes.push({ scenario: name, ok: false, error: message, dataDir, replicaChecks: current.replicaChecks });

@@ -60,6 +60,8 @@ export interface NodeSwarmResult {
   readonly compactSteps: number;
   /** Peer calls a receiver's guard refused from a caller removed from the configuration it applied (the caller is told so). */
   readonly peerCallsRefusedRemoved: number;
+  /** Of those, the refusals that reached the caller's node, which then takes itself for removed. */
+  readonly removedToldByPeer: number;
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
@@ -445,6 +447,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     watchCompactedEnds: watchStats.compactedEnds,
     compactSteps: [...sim.servers.values()].reduce((sum, server) => sum + server.disk.compactSteps, 0),
     peerCallsRefusedRemoved: sim.network.refused.removed,
+    removedToldByPeer: sim.network.toldRemoved,
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,

@@ -238,7 +238,9 @@ export class SimNetwork {
           },
           // A peer that says this process was removed: its node learns it so (as the server's transport tells it).
           onRefused: (error) => {
-            if (endpoint.alive && error.code === Code.PermissionDenied && error.rawMessage.startsWith(REMOVED_REFUSAL_PREFIX)) identity?.onRemoved(peer, error.rawMessage);
+            if (!endpoint.alive || error.code !== Code.PermissionDenied || !error.rawMessage.startsWith(REMOVED_REFUSAL_PREFIX) || identity === undefined) return;
+            this.toldRemoved++;
+            identity.onRemoved(peer, error.rawMessage);
           },
         });
         endpoint.senders.set(peer, sender);
@@ -279,6 +281,8 @@ export class SimNetwork {
     };
   }
 
+  /** Refusals as removed that reached a live caller's node (`SimPeerIdentity.onRemoved`). */
+  toldRemoved = 0;
   /** Calls the receivers' guards refused, by reason (the server's `kv_peer_requests_refused_total`). */
   readonly refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 };
 
