@@ -3,7 +3,7 @@
 // leaving it untouched, and a data dir from before the node-id file gets one at its next start;
 // and that a vote hold recorded in the data dir (votes-held) is honoured at start, then removed.
 import { afterAll, expect, test } from "bun:test";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -217,4 +217,16 @@ test("a node that joined at other addresses, started again with neither --cluste
   } finally {
     leader.stop(true);
   }
+});
+
+test("a new data dir is made for its owner only (0700), as etcd's is; an existing one is left as it is (found in a security review: 0755, and every value readable past --auth-token)", async () => {
+  const fresh = join(baseDir, "made-here", "node-1");
+  expect((await serve(1, fresh, '"event":"started"')).err).toContain('"event":"started"');
+  expect(statSync(fresh).mode & 0o777).toBe(0o700);
+  expect(statSync(join(baseDir, "made-here")).mode & 0o777).toBe(0o700);
+  const existing = join(baseDir, "there-already");
+  mkdirSync(existing, { mode: 0o755 });
+  chmodSync(existing, 0o755);
+  expect((await serve(1, existing, '"event":"started"')).err).toContain('"event":"started"');
+  expect(statSync(existing).mode & 0o777).toBe(0o755);
 });

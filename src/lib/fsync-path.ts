@@ -23,12 +23,12 @@ export function fsyncPath(path: string): void {
  * through `..` names directories mkdir's answer would not: found in a review, where the walk up
  * to mkdir's answer never met it). `fsyncDirectory` is for tests.
  */
-export function mkdirDurably(path: string, fsyncDirectory: (directory: string) => void = fsyncPath): void {
+export function mkdirDurably(path: string, fsyncDirectory: (directory: string) => void = fsyncPath, mode?: number): void {
   const missing: string[] = [];
   for (let directory = resolve(path); !existsSync(directory); directory = dirname(directory)) {
     missing.push(directory);
     if (dirname(directory) === directory) break;
   }
-  mkdirSync(path, { recursive: true });
+  mkdirSync(path, { recursive: true, ...(mode === undefined ? {} : { mode }) });
   for (const directory of missing) fsyncDirectory(dirname(directory));
 }

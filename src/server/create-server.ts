@@ -166,7 +166,10 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const { id, logger, dataDir, tls } = config;
   // A full disk at start is waited out (one log line), as the running node waits it out.
   const waitForSpace = <T>(what: string, attempt: () => T) => retryWhileDiskFull(what, dataDir, logger, attempt);
-  await waitForSpace("create the data dir", () => mkdirDurably(dataDir));
+  // Owner only, as etcd makes its data dir: the log and the database hold every value, readable
+  // past --auth-token by any local user through a 0755 directory (found in a security review). An
+  // existing directory is left as it is.
+  await waitForSpace("create the data dir", () => mkdirDurably(dataDir, undefined, DATA_DIR_MODE));
   const metrics = createMetricsRegistry();
   const storageThread = config.storageThread ?? true;
   // With the storage thread, durations are the writer thread's own (the loop only posts the work).
@@ -592,6 +595,9 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
  * Runs `attempt` (a step of starting that writes to the data dir), retrying every DISK_RETRY_MS while
  * the disk is full: one log line when it first is, one when space is back; any other error is thrown.
  */
+/** The mode a new data dir (and any parent created with it) is made with: the owner's only. */
+export const DATA_DIR_MODE = 0o700;
+
 async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logger, attempt: () => T | Promise<T>): Promise<T> {
   let waiting = false;
   for (;;) {
