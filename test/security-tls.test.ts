@@ -1,7 +1,7 @@
 // Proves TLS: with --tls-cert/--tls-key a node serves HTTPS on its client and peer ports, with --peer-ca peers use mutual TLS so a caller without a certificate signed by that CA cannot connect (not even with the cluster token), and bad TLS flags are usage errors; certificates are made here with openssl. The cluster runs in-process (createServer with `tls`); tests of the built executable prove --tls-cert, --tls-key and --peer-ca reach its server.
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { certificateProblems } from "../src/cli/serve.ts";
@@ -119,6 +119,15 @@ describe("TLS flags (the built executable)", () => {
   /** A one-node cluster of the built executable with this certificate, its data and log named `name`. */
   const startSingle = (name: string, cluster: string, args: string[] = []) =>
     startKvProcess({ id: 1, cluster, dataDir: join(baseDir, name), logFile: join(baseDir, `${name}.log`), args: ["--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, ...args] });
+
+  test("a --tls-key others may read is said at start, as a token file is (found in a security review: it was not)", async () => {
+    const readableKey = join(baseDir, "readable.key");
+    copyFileSync(certs.nodeKey, readableKey);
+    chmodSync(readableKey, 0o644);
+    const node = await startKvProcess({ id: 1, cluster: "1=https://127.0.0.1:0", dataDir: join(baseDir, "readable-key"), logFile: join(baseDir, "readable-key.log"), args: ["--tls-cert", certs.nodeCert, "--tls-key", readableKey] });
+    expect(await node.waitForLog('"event":"secret file"')).toContain(`--tls-key '${readableKey}' may be read by every user (mode 0644): chmod 600 it`);
+    await node.stop();
+  });
 
   test("--tls-cert/--tls-key alone serve HTTPS on the client API", async () => {
     const node = await startSingle("single", "1=https://127.0.0.1:0");

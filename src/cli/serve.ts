@@ -302,8 +302,9 @@ export const serveCommand = defineCommand({
     // Every line carries the node's term once the node exists.
     let termNow: (() => number) | undefined;
     const logger = createLogger(id, logLevel, { format: logFormat, term: () => termNow?.() });
-    // A secret in a file others may read is said at start, as ssh says of a private key (found in a black-box review).
-    for (const flag of ["cluster-token-file", "auth-token-file"] as const) {
+    // A secret in a file others may read is said at start, as ssh says of a private key (found in a
+    // black-box review); the TLS key's too (a security review: it was not).
+    for (const flag of ["cluster-token-file", "auth-token-file", "tls-key"] as const) {
       const warning = secretFileWarning(flag, args[flag]);
       if (warning !== undefined) logger.log("warn", "secret file", { detail: warning });
     }
