@@ -45,3 +45,15 @@ test("with a storage thread, reads see an apply once the thread commits it, and 
   await applied;
   expect(disk.appliedIndex()).toBe(1);
 });
+
+test("the in-memory twin's image lists rows in SQLite's order, by UTF-8 bytes: U+FFFD before U+1F600, where UTF-16 units put it after (a backup's rows must be in that order)", () => {
+  const storage = new MemoryKvStorage();
+  storage.bootstrap([1]);
+  const put = (index: number, key: string): Entry => ({ term: 1, index, type: EntryType.Normal, data: encodeCommand({ op: "put", key, value: new TextEncoder().encode("v") }) });
+  const entries = [put(1, "\u{1f600}"), put(2, "\ufffd")];
+  storage.save({ term: 1, vote: 1, commit: 2 }, entries, true);
+  storage.applyEntries(entries);
+  const image = storage.openImage();
+  expect(image.next(1 << 20).map((row) => row.key)).toEqual(["\ufffd", "\u{1f600}"]);
+  image.close();
+});

@@ -4,7 +4,7 @@ import type { RawNode } from "../raft/raw-node.ts";
 import { ProposalRefusedError, type Entry, type NodeId } from "../raft/types.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import { encodeMembershipChange, type MembershipChange } from "../kv/command.ts";
-import type { MemberAddress } from "../kv/membership.ts";
+import type { MemberAddress, Membership } from "../kv/membership.ts";
 import type { KvStorage } from "../storage/kv-storage.ts";
 import type { MembersView, MemberStatus } from "./api.ts";
 import { proposalDropped } from "./proposals.ts";
@@ -473,4 +473,25 @@ function ipv4Unmapped(host: string): string {
   if (mapped === null) return host;
   const [high, low] = [Number.parseInt(mapped[1] as string, 16), Number.parseInt(mapped[2] as string, 16)];
   return `${high >> 8}.${high & 255}.${low >> 8}.${low & 255}${mapped[3] as string}`;
+}
+
+/**
+ * What the peer transport reads of the configuration a node applied (src/transport/peer-call-guard.ts):
+ * the index that added each member at its address, and who is a member as of which index. One
+ * reading for the server (src/server/create-server.ts) and the simulator (src/sim/node-sim.ts).
+ */
+export function peerIdentityOf(storage: { membership(): Membership; appliedIndex(): number }): {
+  memberSince(id: NodeId): number | undefined;
+  readonly configuration: { isMember(id: NodeId): boolean; appliedIndex(): number };
+} {
+  return {
+    memberSince: (id) => storage.membership().addresses.find((address) => address.id === id)?.addedIndex,
+    configuration: {
+      isMember: (id) => {
+        const { voters, learners } = storage.membership();
+        return voters.includes(id) || learners.includes(id);
+      },
+      appliedIndex: () => storage.appliedIndex(),
+    },
+  };
 }

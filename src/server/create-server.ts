@@ -22,7 +22,7 @@ import { createPrng } from "../lib/prng.ts";
 import { COMMAND_LEVEL } from "../kv/command.ts";
 import { defaultNodeTimings, KvNode } from "../node/kv-node.ts";
 import { defaultWatch, type WatchConfig } from "../node/watch.ts";
-import { sameUrl } from "../node/membership.ts";
+import { peerIdentityOf, sameUrl } from "../node/membership.ts";
 import type { NodeId } from "../raft/types.ts";
 import { type KvStorage, StorageError } from "../storage/kv-storage.ts";
 import type { TornCut } from "../storage/segment-log.ts";
@@ -485,14 +485,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       clusterNonce: () => node.clusterNonce(),
     },
     ...(tls === undefined ? {} : { tls }),
-    memberSince: (nodeId) => storage.membership().addresses.find((address) => address.id === nodeId)?.addedIndex,
-    configuration: {
-      isMember: (nodeId) => {
-        const { voters, learners } = storage.membership();
-        return voters.includes(nodeId) || learners.includes(nodeId);
-      },
-      appliedIndex: () => storage.appliedIndex(),
-    },
+    ...peerIdentityOf(storage),
     onRemoved: (by, detail) => node.removedByPeer(by, detail),
   }), (error) => {
     void listener.stop(true).catch(() => {});
@@ -591,13 +584,13 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   return server;
 }
 
+/** The mode a new data dir (and any parent created with it) is made with: the owner's only. */
+const DATA_DIR_MODE = 0o700;
+
 /**
  * Runs `attempt` (a step of starting that writes to the data dir), retrying every DISK_RETRY_MS while
  * the disk is full: one log line when it first is, one when space is back; any other error is thrown.
  */
-/** The mode a new data dir (and any parent created with it) is made with: the owner's only. */
-export const DATA_DIR_MODE = 0o700;
-
 async function retryWhileDiskFull<T>(what: string, dataDir: string, logger: Logger, attempt: () => T | Promise<T>): Promise<T> {
   let waiting = false;
   for (;;) {

@@ -41,15 +41,15 @@ export class JoinError extends Error {
 /** Budget of one request to the cluster (the client's own retries included). */
 const REQUEST_TIMEOUT_MS_MAX = 10_000;
 
+/** How long a join retries before each retry is said at warn (a leader's election takes well under it). */
+const JOIN_QUIET_MS = 5_000;
+
 /**
  * Asks the cluster through the client library (src/client: it tries every endpoint in turn and
  * follows redirects to the leader with the token) until the change is applied. An addition whose
  * outcome was unknown is simply asked again: if it was applied, the cluster answers
  * `member_exists`, and this server checks the configuration holds it at its own address.
  */
-/** How long a join retries before each retry is said at warn (a leader's election takes well under it). */
-const JOIN_QUIET_MS = 5_000;
-
 export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
   const deadline = Date.now() + options.timeoutMs;
   const client = createClient({

@@ -10,6 +10,7 @@ import { configurationOfMembers } from "../kv/membership.ts";
 import { StateHasher, type StateHash } from "../kv/state-hash.ts";
 import type { MembersView } from "../node/api.ts";
 import { KvNode } from "../node/kv-node.ts";
+import { peerIdentityOf } from "../node/membership.ts";
 import type { WatchConfig } from "../node/watch.ts";
 import { EntryType, type Entry, type Message, type NodeId } from "../raft/types.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
@@ -372,14 +373,7 @@ export class NodeSim {
         // Who this process is and what it applied, as the server's transport reads them
         // (src/server/create-server.ts): the receivers' guards run on every call.
         {
-          memberSince: (peer) => server.disk.membership().addresses.find((address) => address.id === peer)?.addedIndex,
-          configuration: {
-            isMember: (peer) => {
-              const { voters, learners } = server.disk.membership();
-              return voters.includes(peer) || learners.includes(peer);
-            },
-            appliedIndex: () => server.disk.appliedIndex(),
-          },
+          ...peerIdentityOf(server.disk),
           clusterNonce: () => node.clusterNonce(),
           onRemoved: (by, detail) => node.removedByPeer(by, detail),
         },

@@ -559,12 +559,10 @@ function migrate(db: Database, file: string, nodeId: NodeId | undefined, logOpti
   } catch (error) {
     (log as SegmentLog | undefined)?.close();
     // SQLite's own words ("duplicate column name: config_index") said nothing of what to do (found
-    // in a black-box review, of a 0.1.0 database marked schema 2): a migration that failed on what
-    // it found is said as one, with what to do. A full disk is waited out as it was (`isDiskFull`).
-    // Only SQLite's refusals of the statements themselves (a column or table that is there, or is
-    // not, where the migration expects otherwise; a constraint): its I/O errors, a damaged file,
-    // a lock and the OS's own errors are said as they are, and a full disk is waited out (found in
-    // a review: a first pattern took every SQLite error for a database changed by hand).
+    // in a black-box review, of a 0.1.0 database marked schema 2): a migration SQLite refused on
+    // what it found (a column or table there or not where expected; a constraint) is said as one,
+    // with what to do. Its I/O errors, a damaged file, a lock and the OS's errors are said as they
+    // are, and a full disk is waited out (a review: a first pattern took every SQLite error so).
     const code = (error as { code?: unknown } | undefined)?.code;
     if (error instanceof Error && from >= 1 && from < schemaVersion && !(error instanceof StorageError) && !isDiskFull(error) && (code === "SQLITE_ERROR" || code === "SQLITE_CONSTRAINT" || (typeof code === "string" && code.startsWith("SQLITE_CONSTRAINT_")))) {
       throw new StorageError(
