@@ -551,6 +551,59 @@ test("on a storage thread that answers applies and installs up to 20 ms later, w
   });
 });
 
+test("a follower killed (no power loss) while its storage thread holds applies it has not committed restarts without them, as the real thread dies with the process, and applies them again from its log", async () => {
+  await withSim(quietSim(59, { storageThreadMsMax: 2 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    const follower = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    sim.servers.get(follower)!.storageThreadMs = 300;
+    const written = await put(sim, leader, "k");
+    expect(written.outcome).toBe("ok");
+    const index = nodeOf(sim, leader).status().commitIndex;
+    // The follower handed the entry to its thread, which has not committed it yet.
+    expect(await sim.runUntilTrue(() => diskOf(sim, follower).contents().appliedIndex() >= index, 1_000)).toBe(true);
+    expect(diskOf(sim, follower).appliedIndex()).toBeLessThan(index);
+    sim.crash(follower, false);
+    const disk = diskOf(sim, follower);
+    expect(disk.threadWorkLost).toBe(1);
+    expect(disk.contents().appliedIndex()).toBeLessThan(index);
+    expect(disk.contents().get("k")).toBeUndefined();
+    expect(disk.contents().lastIndex()).toBeGreaterThanOrEqual(index); // the log kept the entry
+    sim.servers.get(follower)!.storageThreadMs = undefined;
+    sim.restart(follower);
+    expect(await sim.runUntilTrue(() => diskOf(sim, follower).appliedIndex() >= index, 5_000)).toBe(true);
+    expect(new TextDecoder().decode(disk.contents().get("k")?.value)).toBe(written.value as string);
+    await sim.healAndCheck(["before", "k"], 30_000);
+  });
+});
+
+test("a joiner killed (no power loss) while its storage thread installs its image restarts from the log it had before the install, and installs an image again", async () => {
+  await withSim(quietSim(60, { snapshotEntries: 20, storageThreadMsMax: 2 }), async (sim) => {
+    const first = await settledLeader(sim);
+    const keys = Array.from({ length: 40 }, (_, i) => `j-${i % 8}`);
+    for (const key of keys) expect((await put(sim, first, key)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, first).status().firstLogIndex > 1, 1_000)).toBe(true);
+    const joined = sim.join(4, () => first);
+    expect(await sim.runUntilTrue(() => sim.servers.get(4) !== undefined, 1_000)).toBe(true);
+    sim.servers.get(4)!.storageThreadMs = 500;
+    expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.installingSnapshot === true, 5_000)).toBe(true);
+    const disk = diskOf(sim, 4);
+    const installedAt = disk.contents().snapshot().index;
+    expect(installedAt).toBeGreaterThan(1);
+    sim.crash(4, false);
+    expect(disk.threadWorkLost).toBe(1);
+    // The install never committed: neither its state machine nor its log survived.
+    expect(disk.contents().snapshot().index).toBeLessThan(installedAt);
+    expect(disk.contents().appliedIndex()).toBeLessThan(installedAt);
+    sim.servers.get(4)!.storageThreadMs = undefined;
+    sim.restart(4);
+    await settled(sim, joined, 10_000);
+    expect(await sim.runUntilTrue(() => diskOf(sim, 4).appliedIndex() >= installedAt, 5_000)).toBe(true);
+    expect(disk.snapshotsInstalled).toBe(2);
+    await sim.healAndCheck([...new Set(keys)], 30_000);
+  });
+});
+
 test("a leader whose membership change waits 300 ms on its storage thread keeps leading meanwhile (it ticks and sends heartbeats), and counts the change only once applied", async () => {
   await withSim(quietSim(55, { storageThreadMsMax: 2 }), async (sim) => {
     const leader = await settledLeader(sim);

@@ -40,6 +40,8 @@ export interface NodeSwarmResult {
   readonly stateMachineAhead: number;
   /** Power losses that kept some of the log's saves written after its last finished fsync (SimDisk.afterCrash). */
   readonly unsyncedSavesKept: number;
+  /** Crashes that lost applies or an install the disk's storage thread had not committed (SimDisk.afterCrash). */
+  readonly threadWorkLost: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;
   /** Messages to a member whose address the sender had not learned, with no call of its to ride (dropped, as the real transport drops them). */
@@ -410,6 +412,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   const storageThreadBlockedWrites = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadBlockedWrites, 0);
   const stateMachineAhead = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.stateMachineAhead, 0);
   const unsyncedSavesKept = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.unsyncedSavesKept, 0);
+  const threadWorkLost = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadWorkLost, 0);
   sim.stop();
   return {
     seed,
@@ -435,6 +438,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     storageThreadInstalls,
     stateMachineAhead,
     unsyncedSavesKept,
+    threadWorkLost,
     repliesCarried: sim.network.repliesCarried,
     unaddressedDropped: sim.network.unaddressedDropped,
     bankTransfers: bank.history.filter((op) => op.kind === "transfer" && op.outcome === "ok" && op.succeeded === true).length,

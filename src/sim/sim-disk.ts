@@ -41,7 +41,9 @@ export interface SimDiskScheduler {
  *   segment's write would throw ENOSPC: the node treats both alike, src/lib/disk-full.ts).
  *
  * A crash keeps what was written (the page cache survived) or, on power loss, only `durable`, or
- * every other time that log with the state machine as written (see `afterCrash`).
+ * every other time that log with the state machine as written (see `afterCrash`). With a storage
+ * thread, what the state machine wrote is what the thread committed: a crash loses the applies it
+ * had not (see `afterCrash`).
  *
  * With a storage thread (`SimDiskScheduler.storageThread`), an apply or install is written at once
  * but committed by the thread later, in order, and confirmed later still: reads (`get`, `list`,
@@ -54,7 +56,9 @@ export interface SimDiskScheduler {
  * there behaves as on ThreadedStorage (src/storage/threaded-storage.ts): the first write to meet
  * it is taken (posted) and blocks the thread, which retries it until space returns; the writes
  * after it are refused with the disk-full error, and syncs, applies and installs answer only once
- * the thread has gone on. A crash meanwhile loses the blocked write (it never committed).
+ * the thread has gone on. A crash meanwhile loses the blocked write (it never committed). A sync
+ * starts only once the thread's earlier applies and installs are done, as the real one is posted
+ * behind them.
  */
 export class SimDisk implements KvStorage {
   /** What an fsync that finished made durable: a power loss comes back to this. */
@@ -79,6 +83,13 @@ export class SimDisk implements KvStorage {
    * the thread goes on.
    */
   private threadBlocked: { op: string; before: MemoryKvStorage; resumed: Promise<void>; resume: () => void } | undefined;
+  /**
+   * With a storage thread: the storage before the oldest install the thread has not committed. A
+   * crash before it commits comes back to that log (the real install replaces the log's records in
+   * the thread's transaction; its staged file is removed at open), not to the log the install
+   * started anew.
+   */
+  private installPending: MemoryKvStorage | undefined;
   /** Writes a storage thread took while the disk was full and retried until space returned. */
   threadBlockedWrites = 0;
   /** Writes refused because the disk was full: proof the path was exercised. */
@@ -91,6 +102,8 @@ export class SimDisk implements KvStorage {
   stateMachineAhead = 0;
   /** Power losses that kept some saves written after the last finished fsync (see `afterCrash`). */
   unsyncedSavesKept = 0;
+  /** Crashes that lost applies or an install the storage thread had not committed (see `afterCrash`). */
+  threadWorkLost = 0;
   /**
    * The saves written since the durable image, in order, numbered among the writes to the log;
    * `durableSeq` is the last of those writes the durable image holds, `barrierSeq` the last that was
@@ -139,13 +152,18 @@ export class SimDisk implements KvStorage {
    * durable image, which the storage reconciles at open (`MemoryKvStorage.reopened`).
    */
   afterCrash(powerLoss: boolean): MemoryKvStorage {
-    const written = this.threadBlocked?.before ?? this.current;
-    if (!powerLoss) return written.clone();
+    // The log as written: without what a pending install or the write blocked on a full disk began.
+    const written = this.installPending ?? this.threadBlocked?.before ?? this.current;
+    // The state machine as written: with a storage thread, as the thread last committed it (the
+    // real thread dies with the process; what it had not committed is applied again from the log).
+    const stateMachine = this.committedView ?? written;
+    if (stateMachine.appliedIndex() < this.current.appliedIndex()) this.threadWorkLost++;
+    if (!powerLoss) return this.committedView === undefined ? written.clone() : MemoryKvStorage.reopened(stateMachine, written);
     this.powerLosses++;
     const log = this.logAfterPowerLoss();
     if (this.powerLosses % 2 === 0) {
-      if (written.appliedIndex() > this.durableImage.appliedIndex()) this.stateMachineAhead++;
-      return MemoryKvStorage.reopened(written, log);
+      if (stateMachine.appliedIndex() > this.durableImage.appliedIndex()) this.stateMachineAhead++;
+      return MemoryKvStorage.reopened(stateMachine, log);
     }
     return log;
   }
@@ -176,6 +194,7 @@ export class SimDisk implements KvStorage {
     if (this.committedView !== undefined) this.committedView = storage.clone();
     this.threadTail = Promise.resolve();
     this.threadBlocked = undefined; // its thread died retrying; its promises never settle
+    this.installPending = undefined;
   }
 
   /** What the last finished fsync made durable (for checkers): what a power loss would come back to. */
@@ -315,11 +334,18 @@ export class SimDisk implements KvStorage {
     this.chunksStaged++;
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {
+    const threaded = this.scheduler.storageThread !== undefined;
+    const before = threaded && this.installPending === undefined ? this.current.clone() : undefined;
     this.write("install", () => this.current.installSnapshot(metadata, imageId, addresses));
     this.noteLogBarrier();
     this.snapshotsInstalled++;
-    if (this.scheduler.storageThread !== undefined) {
-      return (this.onThread(undefined) as Promise<void>).then(() => {
+    if (threaded) {
+      if (before !== undefined) this.installPending = before;
+      return (
+        this.onThread(undefined, () => {
+          if (this.installPending === before) this.installPending = undefined;
+        }) as Promise<void>
+      ).then(() => {
         this.threadInstalls++;
       });
     }
@@ -329,7 +355,7 @@ export class SimDisk implements KvStorage {
    * `value` at once without a storage thread; with one, a promise of it that resolves after the
    * thread's earlier answers and its own drawn latency, confirming the applied index as it is now.
    */
-  private onThread<T>(value: T): T | Promise<T> {
+  private onThread<T>(value: T, onCommitted?: () => void): T | Promise<T> {
     const thread = this.scheduler.storageThread;
     if (thread === undefined) return value;
     const storage = this.current;
@@ -344,6 +370,7 @@ export class SimDisk implements KvStorage {
             // A crash since then replaced the storage: the request died with its process.
             if (this.current !== storage) return;
             this.committedView = committed;
+            onCommitted?.();
             this.scheduler.deliver(() => this.current === storage && resolve());
           }),
         ),
@@ -386,10 +413,12 @@ export class SimDisk implements KvStorage {
           this.scheduler.deliver(() => this.current === storage && resolve());
         });
       });
-    // On a storage thread blocked by a full disk, the fsync runs once the writes before it went through.
-    const blocked = this.threadBlocked;
-    if (blocked === undefined) return fsync();
-    return blocked.resumed.then(() => (this.current === storage ? fsync() : new Promise<void>(() => {})));
+    if (this.scheduler.storageThread === undefined) return fsync();
+    // Posted behind the thread's earlier requests: it runs once they are done (and once a write
+    // blocked by a full disk went through), and the requests after it wait for it.
+    const synced = this.threadTail.then(() => (this.current === storage ? fsync() : new Promise<void>(() => {})));
+    this.threadTail = synced;
+    return synced;
   }
 
   close(): void {
