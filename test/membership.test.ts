@@ -289,7 +289,7 @@ test(`a voter down while a fourth node joined and was promoted catches up once t
 }, 120_000);
 }
 
-test("an older process of a member's id, started again after the id was removed and added elsewhere, is refused by its peers: it never hears from the leader, and the cluster serves on with the new member", async () => {
+test("an older process of a member's id, started again after the id was removed and added elsewhere, is refused by its peers as removed: it never hears from the leader, takes itself for removed (it answered its clients on as a member: found by the simulator), and the cluster serves on with the new member", async () => {
   const cluster = await startCluster("old-incarnation");
   const leader = await cluster.waitForLeader();
   const leaderUrl = cluster.node(leader).httpUrl;
@@ -313,6 +313,11 @@ test("an older process of a member's id, started again after the id was removed 
   await until("the old process heard from the leader, or three of its calls were refused", async () => old.node.status().leaderId === leader || (await staleRefusals(leaderUrl)) >= 3);
   expect(old.node.status().leaderId).not.toBe(leader);
   expect(await staleRefusals(leaderUrl)).toBeGreaterThanOrEqual(3);
+  // Told so by the refusals, it serves its clients no more.
+  await until("the old process took itself for removed", async () => old.node.status().removed === true);
+  const refused = await fetch(`${old.httpUrl}/kv/first`, { signal: AbortSignal.timeout(10_000) });
+  expect(refused.status).toBe(503);
+  expect(((await refused.json()) as { error: string }).error).toBe("unavailable");
   const version = await put(leaderUrl, "after", "2");
   await until("the new node 4 applied the write", async () => (second.node.status().appliedIndex ?? 0) >= version);
   expect(await staleGet(second.httpUrl, "after")).toBe("2");

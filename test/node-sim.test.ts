@@ -604,6 +604,28 @@ test("a joiner killed (no power loss) while its storage thread installs its imag
   });
 });
 
+test("a founding member removed while cut off and added again under its id on an empty disk, at its old address, catches up: what its leader had queued for the old process (heartbeats whose commit index said what that one acknowledged) is dropped, not taken by the new one for lost data (found by the simulator)", async () => {
+  // Compacted logs and an image of 1,000 keys: the new process is still receiving its image when the leader's queued messages reach it.
+  await withSim(quietSim(61, { snapshotEntries: 20 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    const keys = Array.from({ length: 1_000 }, (_, i) => `r-${i}`);
+    for (const key of keys) expect((await put(sim, leader, key)).outcome).toBe("ok");
+    const victim = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    expect(await sim.runUntilTrue(() => nodeOf(sim, victim).status().appliedIndex >= nodeOf(sim, leader).status().commitIndex, 1_000)).toBe(true);
+    // Cut off for a while: the leader's heartbeats to it queue up behind a call that never returns.
+    sim.network.isolate(victim);
+    await sim.runUntil(sim.nowMs + 100);
+    await settled(sim, sim.removeMember(victim, () => leader), 5_000);
+    sim.retire(victim);
+    sim.network.release(victim);
+    await settled(sim, sim.join(victim, () => leader), 5_000);
+    // The new process catches up from nothing and becomes a voter; it never stops on its own.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).members().members.find((member) => member.id === victim)?.role === "voter", 5_000)).toBe(true);
+    expect(sim.stats.fatal).toBe(0);
+    await sim.healAndCheck([...new Set(keys)], 30_000);
+  });
+});
+
 test("a leader whose membership change waits 300 ms on its storage thread keeps leading meanwhile (it ticks and sends heartbeats), and counts the change only once applied", async () => {
   await withSim(quietSim(55, { storageThreadMsMax: 2 }), async (sim) => {
     const leader = await settledLeader(sim);
@@ -741,8 +763,10 @@ test("a learner removed while its image is on its way, which no farewell reaches
     for (let i = 0; i < 40; i++) expect((await put(sim, leader, `r-${i % 8}`)).outcome).toBe("ok");
     expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().firstLogIndex > 1, 1_000)).toBe(true);
     const joined = sim.join(4, () => leader);
-    // Removed while its storage thread installs the image (the leader then streams it no more).
+    // Removed while its storage thread installs the image (the leader then streams it no more), and
+    // cut off meanwhile: no farewell, and no peer's refusal of its calls, reaches it.
     expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.installingSnapshot === true, 5_000)).toBe(true);
+    sim.network.isolate(4);
     await settled(sim, sim.removeMember(4, () => leader), 5_000);
     await settled(sim, joined, 5_000).catch(() => undefined);
     expect(sim.members()).not.toContain(4);

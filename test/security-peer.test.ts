@@ -213,8 +213,9 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     const b = startTransport(2, new Map([[3, "http://127.0.0.1:1"], [1, "http://127.0.0.1:1"]]), undefined, (id) => (id === 3 ? 40 : id === 2 ? 0 : undefined));
     const fromNode3 = (term: number): Message => ({ type: "heartbeat-response", from: 3, to: 2, term, readContext: "" });
     const old = await postSend(b.url, [fromNode3(5)], { "kv-member-since": "12" });
-    expect(old).toMatchObject({ status: 400, code: "failed_precondition" });
-    expect(old.text).toContain("node 3 was added again at index 40, and this call comes from a process of it added at index 12");
+    // As a removed caller is refused, which its transport tells its node (it then serves no more).
+    expect(old).toMatchObject({ status: 403, code: "permission_denied" });
+    expect(old.text).toContain("removed from the cluster: node 3 was added again at index 40, and this call comes from a process of it added at index 12");
     expect(b.deliveries).toEqual([]);
     expect(b.serverStats().refused.stale_member).toBe(1);
     expect(b.lines[0]).toContain("stop it");

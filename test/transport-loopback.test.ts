@@ -121,6 +121,28 @@ describe("connect transport over loopback", () => {
     expect(first.inbox.messages()).toEqual([heartbeat(1, 2, 1)]);
   });
 
+  test("resetPeer drops what was queued or on its way for a peer: a new process of its id at the same address gets only what was sent after (found by the simulator: an old process's heartbeats told a new one it had lost data)", async () => {
+    const a = startNode(1, new Map());
+    // Node 2's old process accepts calls and never answers: a's calls to it hang, and what follows queues.
+    const silent = Bun.listen({ hostname, port: 0, socket: { data() {} } });
+    const port = silent.port;
+    a.peers.set(2, peerUrl(port));
+    for (let commit = 1; commit <= 20; commit++) a.transport.send([heartbeat(1, 2, commit)]);
+    await until(() => (a.stats().find((peer) => peer.peerId === 2)?.queuedMessages ?? 0) > 0, "messages queued behind the hanging calls");
+    // Its id is added again (applied here): what was meant for the old process is dropped.
+    a.transport.resetPeer(2);
+    silent.stop(true);
+    const received: Message[] = [];
+    const second = createConnectTransport({ selfId: 2, selfHttpUrl: `http://${hostname}:9002`, peers: new Map([[1, peerUrl(a.port)]]), listen: { hostname, port }, onMessages: (messages) => received.push(...messages), rpcTimeoutMs: 30_000, log: () => {} });
+    cleanups.push(() => second.transport.close());
+    a.transport.send([heartbeat(1, 2, 99)]);
+    await until(() => received.length > 0, "the new process got a message");
+    second.transport.flush();
+    // Nothing else is on its way: the queue was dropped and the hanging calls were aborted.
+    await until(() => (a.stats().find((peer) => peer.peerId === 2)?.inflightCalls ?? 1) === 0, "no call in flight");
+    expect(received).toEqual([heartbeat(1, 2, 99)]);
+  });
+
   test("delivers one send's messages for a peer in two calls, appends apart from the rest, each in order, both ways", async () => {
     const { a, b } = startPair();
     const toB: Message[] = [

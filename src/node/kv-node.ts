@@ -1386,8 +1386,10 @@ export class KvNode implements KvNodeApi {
       this.leases.applied(result);
       this.membership.entryApplied(entry);
       if (result.kind === "conf-change") {
-        // An id added (again) or removed: what an earlier process of it said of its release no longer counts.
+        // An id added (again) or removed: what an earlier process of it said of its release no
+        // longer counts, and what was composed for that process must not reach a new one.
         if (result.change.type !== "promote") this.transport?.forgetPeerCommandLevel(result.change.nodeId);
+        if (result.change.type === "add-learner" && result.change.nodeId !== this.cfg.id) this.transport?.resetPeer(result.change.nodeId);
         this.membership.changeApplied(result, entry.term);
       } else this.proposals.settle(result, entry.term);
     });

@@ -70,6 +70,11 @@ interface SimEvent {
 /** One simulated server: its process (a real KvNode) while it runs, its disk always. */
 interface SimServer {
   readonly id: NodeId;
+  /**
+   * Where its process is reached, and the key the simulator runs it by: its id, except for an
+   * older process of an id removed and added again (see `NodeSim.detach`).
+   */
+  address: number;
   readonly disk: SimDisk;
   /** Its `--cluster` flag: the first voters for the first servers, only itself for one that joined. */
   peers: ReadonlyMap<NodeId, string>;
@@ -150,11 +155,18 @@ export class NodeSim {
   /** Operations called and not answered yet (their `Operation` is written once they are). */
   private readonly inflight = new Map<number, { clientId: number; kind: Operation["kind"]; key: string; value?: string; ifVersion?: number; callMs: number }>();
   // ---- Checker state ----
-  private readonly leaderOfTerm = new Map<number, NodeId>();
+  /** term → the address of the process that led it (two processes of one id are two leaders). */
+  private readonly leaderOfTerm = new Map<number, number>();
   /** index → `${term}:${data}` of the entry committed there, as first seen on any node. */
   private readonly committed = new Map<number, string>();
-  /** Each leader's term and commit index after the last event (see `checkCommitDurable`). */
-  private readonly leaderCommit = new Map<NodeId, { term: number; commit: number; voters: NodeId[] }>();
+  /** Each leader's term and commit index after the last event, by its process's address (see `checkCommitDurable`). */
+  private readonly leaderCommit = new Map<number, { term: number; commit: number; voters: NodeId[] }>();
+  /**
+   * Older processes of ids that were removed while cut off and added again for a new process (see
+   * `detach`), by address: they run on, and call their peers as their id.
+   */
+  readonly ghosts = new Map<number, SimServer>();
+  private ghostAddressNext = ghostAddressFirst;
   /**
    * A running digest of the whole run: after every event, its time and every running node's role,
    * term, commit, applied and last index. Two runs of one seed must end with the same (bit for bit).
@@ -190,6 +202,8 @@ export class NodeSim {
     /** Writes sent again under their idempotency key, and applies answered from a session (changing nothing). */
     retries: 0,
     sessionAnswers: 0,
+    /** Processes left running under an id that was removed and added again (see `detach`). */
+    staleProcesses: 0,
   };
   /** Membership changes the operator has under way (see `join`, `removeMember`): healing waits for them. */
   private operatorChanges = 0;
@@ -204,7 +218,7 @@ export class NodeSim {
       {
         nowMs: () => this.nowMs,
         at: (delayMs, fn) => this.at(delayMs, fn),
-        running: (id) => this.isRunning(id),
+        running: (address) => this.isRunning(address),
         sent: (from, messages) => this.checkVotesDurable(from, messages),
       },
       // As the server sets its peer calls' deadline (src/server/create-server.ts).
@@ -225,8 +239,10 @@ export class NodeSim {
   private createServer(id: NodeId, peers: ReadonlyMap<NodeId, string>, lifecycle: SimServer["lifecycle"]): SimServer {
     // The latency is drawn even when overridden, so a directed scenario's other draws stay as they were.
     const threadMsMax = this.opts.storageThreadMsMax;
+    // The disk's hooks read the server they belong to, not whichever holds the id now (see `detach`).
+    let server!: SimServer;
     const disk = new SimDisk(createMemoryKvStorage(), {
-      deliver: (fn) => this.whenRunning(id, fn),
+      deliver: (fn) => this.whenRunning(server.address, fn),
       applied: (entries, results) => {
         // Whatever the node applies is committed: checked as it applies, so an entry compacted in
         // the same event it was applied in is still compared (found in review: the log's check
@@ -237,24 +253,24 @@ export class NodeSim {
       },
       keptOnPowerLoss: (unsynced) => {
         const drawn = this.diskPrng.intInclusive(0, unsynced);
-        return Math.min(unsynced, this.servers.get(id)?.unsyncedSavesKept ?? drawn);
+        return Math.min(unsynced, server.unsyncedSavesKept ?? drawn);
       },
       fsync: (done) => {
         const drawnMs = this.diskPrng.intInclusive(this.opts.fsyncMsMin, this.opts.fsyncMsMax);
-        this.at(this.servers.get(id)?.fsyncMs ?? drawnMs, done);
+        this.at(server.fsyncMs ?? drawnMs, done);
       },
       ...(threadMsMax === undefined
         ? {}
         : {
             storageThread: (done: () => void) => {
               const drawnMs = this.diskPrng.intInclusive(0, threadMsMax);
-              void this.at(this.servers.get(id)?.storageThreadMs ?? drawnMs, done);
+              void this.at(server.storageThreadMs ?? drawnMs, done);
             },
           }),
     });
     const clockRate = 1 + (2 * this.clockPrng.next() - 1) * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
-    const server: SimServer = { id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
+    server = { id, address: id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
     this.servers.set(id, server);
     return server;
   }
@@ -315,7 +331,7 @@ export class NodeSim {
           this.at(nextNodeMs / server.clockRate - this.nowMs, () => {
             if (!active || server.incarnation !== incarnation) return;
             // Like setInterval after a stall: the firings missed meanwhile are not made up.
-            if (this.isRunning(server.id)) fn();
+            if (this.isRunning(server.address)) fn();
             const nodeNow = this.nowMs * server.clockRate;
             nextNodeMs = Math.max(nextNodeMs + intervalMs, Math.floor(nodeNow / intervalMs) * intervalMs + intervalMs);
             arm();
@@ -329,16 +345,26 @@ export class NodeSim {
     };
   }
 
-  /** Runs `fn` now while node `id`'s process runs, else once its stall is over (or it is gone). */
-  private whenRunning(id: NodeId, fn: () => void): void {
-    const server = this.servers.get(id);
+  /** Runs `fn` now while the process at `address` runs, else once its stall is over (or it is gone). */
+  private whenRunning(address: number, fn: () => void): void {
+    const server = this.processAt(address);
     if (server?.node === undefined || this.nowMs >= server.stalledUntilMs) return fn();
-    this.at(server.stalledUntilMs - this.nowMs, () => this.whenRunning(id, fn));
+    this.at(server.stalledUntilMs - this.nowMs, () => this.whenRunning(address, fn));
   }
 
-  isRunning(id: NodeId): boolean {
-    const server = this.servers.get(id);
+  /** Whether the process at `address` (a node's id, or an older process's address: see `detach`) runs and is not stalled. */
+  isRunning(address: number): boolean {
+    const server = this.processAt(address);
     return server?.node !== undefined && this.nowMs >= server.stalledUntilMs;
+  }
+
+  private processAt(address: number): SimServer | undefined {
+    return this.servers.get(address) ?? this.ghosts.get(address);
+  }
+
+  /** Every server, then the older processes still running under re-added ids. */
+  private everyProcess(): SimServer[] {
+    return [...this.servers.values(), ...this.ghosts.values()];
   }
 
   // ---- Processes ----------------------------------------------------------------------------
@@ -432,7 +458,7 @@ export class NodeSim {
     server.node = undefined;
     server.incarnation++;
     server.turns = [];
-    this.network.disconnectProcess(id);
+    this.network.disconnectProcess(server.address);
     node.stop();
     server.disk.restartFrom(server.disk.afterCrash(powerLoss));
   }
@@ -578,6 +604,39 @@ export class NodeSim {
     }
   }
 
+  /**
+   * The operator lost track of removed server `id`, cut off when it was removed, which runs on (it
+   * never heard of its removal): its id is free to be added again for a new process on an empty
+   * disk (`join`), while this one goes on at an address nobody calls, still calling its peers as
+   * node `id` (as a process on another host would, or one whose address the new process took over
+   * once it left). Its peers' guards must refuse it: as removed while their configuration does not
+   * list the id, and as an older process of the id (`stale_member`) once it does again. Isolated
+   * until `releaseGhost`.
+   */
+  detach(id: NodeId): number | undefined {
+    const server = this.servers.get(id) as SimServer;
+    if (server.node === undefined) {
+      // It died meanwhile: nothing runs on; its id joins again as a removed one does.
+      this.network.release(id);
+      this.retire(id);
+      return undefined;
+    }
+    const address = this.ghostAddressNext++;
+    this.servers.delete(id);
+    server.address = address;
+    server.lifecycle = "retired";
+    this.ghosts.set(address, server);
+    this.network.isolate(id);
+    this.network.readdress(id, address);
+    this.stats.staleProcesses++;
+    return address;
+  }
+
+  /** The older process at `address` (see `detach`) reaches its peers again. */
+  releaseGhost(address: number): void {
+    this.network.release(address);
+  }
+
   /** The operator stops a removed server for good (its disk stays, for the checkers and a later `join`). */
   retire(id: NodeId): void {
     const server = this.servers.get(id) as SimServer;
@@ -721,8 +780,8 @@ export class NodeSim {
   private async settle(): Promise<void> {
     for (let round = 0; round < 100_000; round++) {
       let ran = false;
-      for (const server of this.servers.values()) {
-        if (server.turns.length === 0 || !this.isRunning(server.id)) continue;
+      for (const server of this.everyProcess()) {
+        if (server.turns.length === 0 || !this.isRunning(server.address)) continue;
         const turns = server.turns;
         server.turns = [];
         for (const turn of turns) turn();
@@ -730,7 +789,7 @@ export class NodeSim {
       }
       // Every promise continuation (an fsync that finished, a client's answer) runs before this.
       await new Promise<void>((resolve) => setImmediate(resolve));
-      if (!ran && ![...this.servers.values()].some((s) => s.turns.length > 0 && this.isRunning(s.id))) return;
+      if (!ran && !this.everyProcess().some((s) => s.turns.length > 0 && this.isRunning(s.address))) return;
     }
     throw new SimViolation("the node loops did not go quiet within 100000 rounds");
   }
@@ -908,20 +967,20 @@ export class NodeSim {
   /** Election safety (one leader per term) and log matching of what each node has committed. */
   private checkSafety(): void {
     if (this.raised !== undefined) throw this.raised;
-    for (const server of this.servers.values()) {
+    for (const server of this.everyProcess()) {
       const node = server.node;
       if (node === undefined) continue;
       const status = node.raftStatus();
-      this.traceHash = fnv1aMixInts(this.traceHash, server.id, status.role.charCodeAt(0), status.term, status.commitIndex, status.appliedIndex, status.lastLogIndex);
+      this.traceHash = fnv1aMixInts(this.traceHash, server.address, status.role.charCodeAt(0), status.term, status.commitIndex, status.appliedIndex, status.lastLogIndex);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
-        if (other !== undefined && other !== server.id) throw new SimViolation(`election safety: nodes ${other} and ${server.id} both lead term ${status.term}`);
-        this.leaderOfTerm.set(status.term, server.id);
-        const before = this.leaderCommit.get(server.id);
+        if (other !== undefined && other !== server.address) throw new SimViolation(`election safety: ${this.processName(other)} and ${this.processName(server.address)} both lead term ${status.term}`);
+        this.leaderOfTerm.set(status.term, server.address);
+        const before = this.leaderCommit.get(server.address);
         const voters = node.members().members.filter((member) => member.role === "voter").map((member) => member.id);
         // The commit may have been counted under the configuration before a change this event applied.
         if (before !== undefined && before.term === status.term && status.commitIndex > before.commit) this.checkCommitDurable(server, status.commitIndex, [before.voters, voters]);
-        this.leaderCommit.set(server.id, { term: status.term, commit: status.commitIndex, voters });
+        this.leaderCommit.set(server.address, { term: status.term, commit: status.commitIndex, voters });
         // A leader that applied its own removal steps down at once (src/raft/raft.ts applyConfChange): applied as the node was told (a storage thread confirms later).
         if (!server.disk.membership().voters.includes(server.id)) {
           throw new SimViolation(`node ${server.id} leads term ${status.term} but is no voter of the configuration it applied`);
@@ -985,12 +1044,12 @@ export class NodeSim {
    * A granted vote is a promise on disk (§5.2: one vote per term, across restarts): when it leaves
    * its node, the node's fsynced hard state must already hold that vote, or a later term.
    */
-  private checkVotesDurable(from: NodeId, messages: readonly Message[]): void {
+  private checkVotesDurable(from: number, messages: readonly Message[]): void {
     for (const message of messages) {
       if (message.type !== "vote-response" || !message.granted) continue;
-      const hard = this.servers.get(from)?.disk.durable().initialState().hardState;
+      const hard = this.processAt(from)?.disk.durable().initialState().hardState;
       if (hard === undefined || hard.term > message.term || (hard.term === message.term && hard.vote === message.to)) continue;
-      this.raise(new SimViolation(`vote durability: node ${from} granted its term-${message.term} vote to ${message.to} with only term ${hard.term} vote ${hard.vote} on disk`));
+      this.raise(new SimViolation(`vote durability: ${this.processName(from)} granted its term-${message.term} vote to ${message.to} with only term ${hard.term} vote ${hard.vote} on disk`));
     }
   }
 
@@ -1013,7 +1072,7 @@ export class NodeSim {
     };
     if (configurations.some((voters) => voters.filter(holds).length >= Math.floor(voters.length / 2) + 1)) return;
     const shown = configurations.map((voters) => `[${voters.filter(holds).join(",")}] of [${voters.join(",")}]`).join(" / ");
-    throw new SimViolation(`commit durability: leader ${leader.id} committed ${index} (term ${term}) but only voters ${shown} hold it on disk`);
+    throw new SimViolation(`commit durability: leader ${this.processName(leader.address)} committed ${index} (term ${term}) but only voters ${shown} hold it on disk`);
   }
 
   /**
@@ -1024,11 +1083,13 @@ export class NodeSim {
   async healAndCheck(keys: readonly string[], budgetMs: number): Promise<void> {
     this.network.heal();
     this.network.faults = { lossRate: 0, delayMsMin: 0, delayMsMax: 1 };
-    for (const server of this.servers.values()) {
+    for (const server of this.everyProcess()) {
       server.disk.full = false;
       server.stalledUntilMs = Math.min(server.stalledUntilMs, this.nowMs);
       this.restart(server.id);
     }
+    // Older processes of re-added ids reach their peers too (and are refused, see `detach`).
+    for (const address of this.ghosts.keys()) this.releaseGhost(address);
     // A fresh write through the leader: it commits only once a leader of the healed cluster leads.
     let finalWrite: "none" | "sent" | "ok" = "none";
     // The members as the leader applied them: servers removed (running or not) no longer count.
@@ -1127,21 +1188,28 @@ export class NodeSim {
     return answer as Operation;
   }
 
+  /** What a process is called in reports: `node N`, or `node N's older process (at A)` (see `detach`). */
+  private processName(address: number): string {
+    const ghost = this.ghosts.get(address);
+    return ghost === undefined ? `node ${address}` : `node ${ghost.id}'s older process (at ${address})`;
+  }
+
   /** One line per node, for failure reports. */
   describe(): string {
-    return [...this.servers.values()]
+    return this.everyProcess()
       .map((server) => {
         const status = server.node?.status();
-        if (status === undefined) return `node ${server.id}: ${server.lifecycle === "member" ? "down" : server.lifecycle}, applied ${server.disk.appliedIndex()}`;
+        const name = this.processName(server.address);
+        if (status === undefined) return `${name}: ${server.lifecycle === "member" ? "down" : server.lifecycle}, applied ${server.disk.appliedIndex()}`;
         const stalled = this.nowMs < server.stalledUntilMs ? " stalled" : "";
-        return `node ${server.id}: ${status.role}${stalled} term ${status.term} leader ${status.leaderId} commit ${status.commitIndex} applied ${status.appliedIndex} last ${status.lastLogIndex} first ${status.firstLogIndex}${status.votesHeld === true ? " votes-held" : ""} members ${status.members.map((m) => `${m.id}${m.role === "learner" ? "L" : ""}`).join(",")} last-term ${server.disk.contents().term(status.lastLogIndex) ?? "?"}${server.disk.full ? " disk-full" : ""}`;
+        return `${name}: ${status.role}${stalled} term ${status.term} leader ${status.leaderId} commit ${status.commitIndex} applied ${status.appliedIndex} last ${status.lastLogIndex} first ${status.firstLogIndex}${status.votesHeld === true ? " votes-held" : ""} members ${status.members.map((m) => `${m.id}${m.role === "learner" ? "L" : ""}`).join(",")} last-term ${server.disk.contents().term(status.lastLogIndex) ?? "?"}${server.disk.full ? " disk-full" : ""}`;
       })
       .join("\n");
   }
 
   /** Stops every process (the end of a run). */
   stop(): void {
-    for (const server of this.servers.values()) {
+    for (const server of this.everyProcess()) {
       server.incarnation++;
       server.node?.stop();
       server.node = undefined;
@@ -1149,6 +1217,9 @@ export class NodeSim {
     this.events.length = 0;
   }
 }
+
+/** Addresses of older processes (see `NodeSim.detach`): past every node id a run uses. */
+const ghostAddressFirst = 1_000_001;
 
 /** Tries of one membership change by the operator, and the wait between two (simulated ms). */
 const operatorAttemptsMax = 100_000;

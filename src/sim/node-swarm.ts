@@ -64,6 +64,12 @@ export interface NodeSwarmResult {
   readonly peerCallsRefusedRemoved: number;
   /** Of those, the refusals that reached the caller's node, which then takes itself for removed. */
   readonly removedToldByPeer: number;
+  /**
+   * Members removed while cut off whose process ran on while their id was added again for a new
+   * process on an empty disk (NodeSim.detach), and peer calls refused as from such an older process.
+   */
+  readonly staleProcesses: number;
+  readonly peerCallsRefusedStaleMember: number;
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
@@ -347,7 +353,10 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   // The operator: one membership change at a time, through the node API (as `/members` and
   // `kv serve --join` use it), while the faults go on. It adds a server with a new id, removes a
   // voter (the leader too: it hands over first), then stops it, or lets a removed server join again
-  // on a wiped disk; the configuration stays within 2 voters and 7 members.
+  // on a wiped disk; the configuration stays within 2 voters and 7 members. Or it replaces a
+  // member: removes it while it is cut off, loses track of its process, which runs on, and adds its
+  // id again for a new process on an empty disk; the old one reaches its peers again later, before
+  // or after they applied the addition (NodeSim.detach).
   let nextId = nodeCount + 1;
   const pickTarget = () => prng.pick(ids());
   const changeMembership = (): void => {
@@ -356,8 +365,18 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     const leader = sim.leader() as NodeId;
     const voters = sim.servers.get(leader)?.node?.members().members.filter((member) => member.role === "voter").map((member) => member.id) ?? [];
     const retired = ids().filter((id) => sim.servers.get(id)?.lifecycle === "retired");
-    const action = prng.pick(["add", "remove", "remove", "rejoin"] as const);
-    if (action === "remove" && voters.length > 2) {
+    const action = prng.pick(["add", "remove", "remove", "rejoin", "replace"] as const);
+    if (action === "replace" && voters.length > 2) {
+      const victim = prng.pick(voters.filter((id) => id !== leader));
+      if (victim === undefined) return;
+      sim.network.isolate(victim);
+      sim.removeMember(victim, pickTarget).then(() => {
+        const address = sim.detach(victim);
+        sim.join(victim, pickTarget).then(() => {
+          if (address !== undefined) sim.at(prng.intInclusive(0, 2_000), () => sim.releaseGhost(address));
+        }, (error: unknown) => sim.raise(error));
+      }, (error: unknown) => sim.raise(error));
+    } else if (action === "remove" && voters.length > 2) {
       const victim = prng.chance(0.3) ? leader : prng.pick(voters);
       sim.removeMember(victim, pickTarget).then(() => {
         // The operator stops the removed server a while later: meanwhile clients still call it.
@@ -452,6 +471,8 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     compactSteps: [...sim.servers.values()].reduce((sum, server) => sum + server.disk.compactSteps, 0),
     peerCallsRefusedRemoved: sim.network.refused.removed,
     removedToldByPeer: sim.network.toldRemoved,
+    staleProcesses: sim.stats.staleProcesses,
+    peerCallsRefusedStaleMember: sim.network.refused.stale_member,
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,

@@ -1,4 +1,5 @@
-import { AssertionError } from "../lib/assert.ts";
+import { assert, AssertionError } from "../lib/assert.ts";
+import { checkCompact } from "../storage/snapshot-checks.ts";
 import type { Entry, HardState, NodeId, SnapshotMetadata } from "../raft/types.ts";
 import type { ApplyResult } from "../kv/apply-plan.ts";
 import type { MemberAddress, Membership } from "../kv/membership.ts";
@@ -58,7 +59,7 @@ export interface SimDiskScheduler {
  * after it are refused with the disk-full error, and syncs, applies and installs answer only once
  * the thread has gone on. A crash meanwhile loses the blocked write (it never committed). A sync
  * starts only once the thread's earlier applies and installs are done, as the real one is posted
- * behind them.
+ * behind them; the ones after it run while it does.
  */
 export class SimDisk implements KvStorage {
   /** What an fsync that finished made durable: a power loss comes back to this. */
@@ -102,7 +103,7 @@ export class SimDisk implements KvStorage {
   stateMachineAhead = 0;
   /** Power losses that kept some saves written after the last finished fsync (see `afterCrash`). */
   unsyncedSavesKept = 0;
-  /** Crashes that lost applies or an install the storage thread had not committed (see `afterCrash`). */
+  /** Crashes without power loss that lost applies or an install the storage thread had not committed (see `afterCrash`). */
   threadWorkLost = 0;
   /**
    * The saves written since the durable image, in order, numbered among the writes to the log;
@@ -157,8 +158,10 @@ export class SimDisk implements KvStorage {
     // The state machine as written: with a storage thread, as the thread last committed it (the
     // real thread dies with the process; what it had not committed is applied again from the log).
     const stateMachine = this.committedView ?? written;
-    if (stateMachine.appliedIndex() < this.current.appliedIndex()) this.threadWorkLost++;
-    if (!powerLoss) return this.committedView === undefined ? written.clone() : MemoryKvStorage.reopened(stateMachine, written);
+    if (!powerLoss) {
+      if (stateMachine.appliedIndex() < this.current.appliedIndex()) this.threadWorkLost++;
+      return this.committedView === undefined ? written.clone() : MemoryKvStorage.reopened(stateMachine, written);
+    }
     this.powerLosses++;
     const log = this.logAfterPowerLoss();
     if (this.powerLosses % 2 === 0) {
@@ -310,6 +313,8 @@ export class SimDisk implements KvStorage {
   /** Compaction steps taken (a compaction of more entries than a step takes several). */
   compactSteps = 0;
   compact(index: number): void {
+    // As ThreadedStorage checks it: against the applied index the thread confirmed, not the one handed over.
+    if (this.scheduler.storageThread !== undefined) checkCompact({ snapshotIndex: this.current.snapshot().index, appliedIndex: this.confirmedApplied, lastIndex: this.current.lastIndex() }, index);
     this.compactSteps++;
     this.write("compact", () => this.current.compact(index));
     this.noteLogBarrier();
@@ -335,7 +340,9 @@ export class SimDisk implements KvStorage {
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {
     const threaded = this.scheduler.storageThread !== undefined;
-    const before = threaded && this.installPending === undefined ? this.current.clone() : undefined;
+    // As ThreadedStorage: one install at a time (the node waits for it before its next Ready).
+    assert(this.installPending === undefined, "an install while another is pending");
+    const before = threaded ? this.current.clone() : undefined;
     this.write("install", () => this.current.installSnapshot(metadata, imageId, addresses));
     this.noteLogBarrier();
     this.snapshotsInstalled++;
@@ -414,11 +421,10 @@ export class SimDisk implements KvStorage {
         });
       });
     if (this.scheduler.storageThread === undefined) return fsync();
-    // Posted behind the thread's earlier requests: it runs once they are done (and once a write
-    // blocked by a full disk went through), and the requests after it wait for it.
-    const synced = this.threadTail.then(() => (this.current === storage ? fsync() : new Promise<void>(() => {})));
-    this.threadTail = synced;
-    return synced;
+    // Posted behind the thread's earlier requests: its fdatasync starts once they are done (and once
+    // a write blocked by a full disk went through); the requests after it run meanwhile, as on the
+    // real thread (src/storage/storage-thread.ts).
+    return this.threadTail.then(() => (this.current === storage ? fsync() : new Promise<void>(() => {})));
   }
 
   close(): void {

@@ -1,6 +1,7 @@
 import { Code, ConnectError, type Client, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import type { RaftService, SendRequest, SendResponse, SendSnapshotChunkRequest } from "../gen/kv/v1/raft_pb.ts";
 import { COMMAND_LEVEL } from "../kv/command.ts";
+import { assert } from "../lib/assert.ts";
 import type { Prng } from "../lib/prng.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { type CallRefusal, defaultConnectTransportLimits } from "../transport/connect-transport.ts";
@@ -41,10 +42,10 @@ export interface SimNetworkHost {
   nowMs(): number;
   /** Runs `fn` `delayMs` from now on the simulated clock; returns what cancels it. */
   at(delayMs: number, fn: () => void): (() => void) | void;
-  /** False while node `id` is stalled: nothing it would do on its own (answer a call, stage a chunk) happens. */
-  running(id: NodeId): boolean;
-  /** Sees every batch of messages a node hands its transport, as it hands them (for checkers). */
-  sent?(from: NodeId, messages: readonly Message[]): void;
+  /** False while the process at `address` (its node id, see `Endpoint`) is stalled: nothing it would do on its own (answer a call, stage a chunk) happens. */
+  running(address: number): boolean;
+  /** Sees every batch of messages a process (at address `from`) hands its transport, as it hands them (for checkers). */
+  sent?(from: number, messages: readonly Message[]): void;
 }
 
 /** Settings of the simulated transport that the server takes from its own configuration. */
@@ -63,9 +64,14 @@ interface PeerService {
   sendSnapshotChunk(request: SendSnapshotChunkRequest, context: HandlerContext): object;
 }
 
-/** One running process's side of the network: its peer server and its senders. */
+/**
+ * One running process's side of the network: its peer server and its senders. `address` is where
+ * it is reached: its node id, except for an older process of an id that was removed and added
+ * again (see `SimNetwork.readdress`), which nobody calls: its calls still carry its node id.
+ */
 interface Endpoint {
   readonly id: NodeId;
+  address: number;
   readonly service: PeerService;
   readonly replySlots: ReplySlots;
   readonly senders: Map<NodeId, PeerSender>;
@@ -96,8 +102,11 @@ const snapshotChunkBytesMaxDefault = 256;
  */
 export class SimNetwork {
   faults: SimNetworkFaults = { lossRate: 0, delayMsMin: 0, delayMsMax: 1 };
-  private readonly endpoints = new Map<NodeId, Endpoint>();
+  /** By address (see `Endpoint`). */
+  private readonly endpoints = new Map<number, Endpoint>();
   private readonly cut = new Set<string>();
+  /** Addresses cut off from every other, whatever the partitions say (see `isolate`). */
+  private readonly isolated = new Set<number>();
   /** Calls that reached their receiver, and calls lost (cut, reset, refused): proof the faults were exercised. */
   delivered = 0;
   lost = 0;
@@ -122,6 +131,8 @@ export class SimNetwork {
   connect(id: NodeId, httpUrl: string, handler: MessageHandler, snapshotHandler: SnapshotChunkHandler, knows?: (peer: NodeId) => boolean, identity?: SimPeerIdentity): Transport {
     this.disconnectProcess(id);
     let self: Endpoint | undefined;
+    /** Where this process is reached now (see `readdress`). */
+    const address = (): number => self?.address ?? id;
     // The server's checks of a call's sender, run on the headers the caller's process sends.
     const checkSender =
       identity === undefined
@@ -155,7 +166,7 @@ export class SimNetwork {
       after: (delayMs, fn) => {
         let cancelled = false;
         // A stalled process's timer fires once it runs again.
-        this.whenRunning(id, delayMs, () => {
+        this.whenRunning(address(), delayMs, () => {
           if (!cancelled) fn();
         });
         return () => {
@@ -187,6 +198,7 @@ export class SimNetwork {
     })(router);
     const endpoint: Endpoint = {
       id,
+      address: id,
       service: service as PeerService,
       replySlots,
       senders: new Map(),
@@ -197,18 +209,18 @@ export class SimNetwork {
       alive: true,
     };
     self = endpoint;
-    this.endpoints.set(id, endpoint);
+    this.endpoints.set(endpoint.address, endpoint);
     const clientFor = (peer: NodeId): Client<typeof RaftService> => {
       let client = endpoint.clients.get(peer);
       if (client === undefined) {
         client = {
           send: (request: SendRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) => {
             const context = callContext();
-            return this.call(id, peer, (target) => target.service.send(request, context), callOptions, true);
+            return this.call(endpoint.address, peer, (target) => target.service.send(request, context), callOptions, true);
           },
           sendSnapshotChunk: (request: SendSnapshotChunkRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) => {
             const context = callContext();
-            return this.call(id, peer, (target) => Promise.resolve(target.service.sendSnapshotChunk(request, context)), callOptions, false);
+            return this.call(endpoint.address, peer, (target) => Promise.resolve(target.service.sendSnapshotChunk(request, context)), callOptions, false);
           },
         } as unknown as Client<typeof RaftService>;
         endpoint.clients.set(peer, client);
@@ -250,7 +262,7 @@ export class SimNetwork {
     return {
       send: (messages) => {
         if (!endpoint.alive) return;
-        this.host.sent?.(id, messages);
+        this.host.sent?.(endpoint.address, messages);
         const byPeer = new Map<NodeId, Message[]>();
         for (const message of messages) {
           const list = byPeer.get(message.to);
@@ -275,8 +287,16 @@ export class SimNetwork {
       peerHttpUrl: (peer) => peerHttpUrls.get(peer),
       peerCommandLevel: (peer) => peerCommandLevels.get(peer),
       forgetPeerCommandLevel: (peer) => void peerCommandLevels.delete(peer),
+      // As the server's transport: the sender's queue is dropped and its calls aborted.
+      resetPeer: (peer) => {
+        const sender = endpoint.senders.get(peer);
+        if (sender === undefined) return;
+        void sender.close();
+        endpoint.senders.delete(peer);
+        endpoint.clients.delete(peer);
+      },
       close: async () => {
-        if (this.endpoints.get(id) === endpoint) this.disconnectProcess(id);
+        if (this.endpoints.get(endpoint.address) === endpoint) this.disconnectProcess(endpoint.address);
       },
     };
   }
@@ -286,11 +306,35 @@ export class SimNetwork {
   /** Calls the receivers' guards refused, by reason (the server's `kv_peer_requests_refused_total`). */
   readonly refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 };
 
-  /** Node `id`'s process died: its calls in flight end, the calls it held are reset, nothing reaches it until it connects again. */
-  disconnectProcess(id: NodeId): void {
+  /**
+   * The process of node `id` goes on running at `address`, which nobody calls: its id was removed
+   * while it was cut off, and is about to be added again for a new process on an empty disk (which
+   * connects at `id`). Its calls still carry its node id and its identity headers. Its isolation
+   * (see `isolate`) moves with it.
+   */
+  readdress(id: NodeId, address: number): void {
     const endpoint = this.endpoints.get(id);
-    if (endpoint === undefined) return;
+    assert(endpoint !== undefined && !this.endpoints.has(address), `readdress: node ${id} must be connected, and address ${address} free`);
     this.endpoints.delete(id);
+    endpoint.address = address;
+    this.endpoints.set(address, endpoint);
+    if (this.isolated.delete(id)) this.isolated.add(address);
+  }
+
+  /** Cuts `address` off from every other until `release`, whatever partitions come and go meanwhile. */
+  isolate(address: number): void {
+    this.isolated.add(address);
+  }
+
+  release(address: number): void {
+    this.isolated.delete(address);
+  }
+
+  /** The process at `address` died: its calls in flight end, the calls it held are reset, nothing reaches it until it connects again. */
+  disconnectProcess(address: number): void {
+    const endpoint = this.endpoints.get(address);
+    if (endpoint === undefined) return;
+    this.endpoints.delete(address);
     endpoint.alive = false;
     endpoint.transfers.abort(new Error("the process died"));
     for (const sender of endpoint.senders.values()) void sender.close();
@@ -304,8 +348,8 @@ export class SimNetwork {
     this.cut.add(`${from}>${to}`);
   }
 
-  isCut(from: NodeId, to: NodeId): boolean {
-    return this.cut.has(`${from}>${to}`);
+  isCut(from: number, to: number): boolean {
+    return this.cut.has(`${from}>${to}`) || this.isolated.has(from) || this.isolated.has(to);
   }
 
   /** Splits the nodes into groups that reach only their own. */
@@ -322,21 +366,21 @@ export class SimNetwork {
     return this.prng.intInclusive(this.faults.delayMsMin, this.faults.delayMsMax);
   }
 
-  /** Runs `fn` `delayMs` from now, or once node `id`'s process runs again if it is stalled then. */
-  private whenRunning(id: NodeId, delayMs: number, fn: () => void): void {
+  /** Runs `fn` `delayMs` from now, or once the process at `address` runs again if it is stalled then. */
+  private whenRunning(address: number, delayMs: number, fn: () => void): void {
     const attempt = (): void => {
-      if (this.host.running(id) || !this.endpoints.has(id)) fn();
+      if (this.host.running(address) || !this.endpoints.has(address)) fn();
       else this.host.at(5, attempt);
     };
     this.host.at(delayMs, attempt);
   }
 
   /**
-   * One call from `from` to `to`: the request leg, the receiver's handling (`handle`, the real peer
+   * One call from the process at address `from` to node `to` (reached at its id): the request leg, the receiver's handling (`handle`, the real peer
    * service), and the answer leg. Settles once: with the answer, or with the error the real client
    * reports (deadline, reset, refused, aborted).
    */
-  private call<T>(from: NodeId, to: NodeId, handle: (target: Endpoint) => Promise<T>, callOptions: { timeoutMs?: number; signal?: AbortSignal } = {}, carriesReplies: boolean): Promise<T> {
+  private call<T>(from: number, to: NodeId, handle: (target: Endpoint) => Promise<T>, callOptions: { timeoutMs?: number; signal?: AbortSignal } = {}, carriesReplies: boolean): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       let cancelDeadline: (() => void) | void = undefined;

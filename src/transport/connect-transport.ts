@@ -332,11 +332,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       if (senderUrls.get(peerId) === baseUrl) return sender;
       // The peer's address changed (removed, then added again elsewhere): before, its old sender
       // kept calling the old address. What it still held is dropped, as a lost call's would be.
-      void sender.close();
-      senders.delete(peerId);
-      clients.delete(peerId);
-      socketTransports.get(peerId)?.close();
-      socketTransports.delete(peerId);
+      dropSender(peerId);
     }
     // The core addresses only voters, and the peers map is built from the same configuration.
     assert(baseUrl !== undefined && peerId !== options.selfId, `message to node ${peerId}, which is not a configured peer`);
@@ -401,6 +397,17 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     senderUrls.set(peerId, baseUrl);
     return sender;
   }
+  /** Closes peer `peerId`'s sender (its queue dropped, its calls aborted) and its connections: the next message makes new ones. */
+  function dropSender(peerId: NodeId): void {
+    const sender = senders.get(peerId);
+    if (sender === undefined) return;
+    void sender.close();
+    senders.delete(peerId);
+    senderUrls.delete(peerId);
+    clients.delete(peerId);
+    socketTransports.get(peerId)?.close();
+    socketTransports.delete(peerId);
+  }
 
   const transport: Transport = {
     send(messages: readonly Message[]): void {
@@ -455,6 +462,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     },
     forgetPeerCommandLevel(id: NodeId): void {
       peerCommandLevels.delete(id);
+    },
+    resetPeer(id: NodeId): void {
+      if (!closed) dropSender(id);
     },
     close(): Promise<void> {
       if (closing === undefined) {

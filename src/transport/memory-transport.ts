@@ -57,6 +57,9 @@ export class MemoryNetwork {
       // Each node's level is its transport's, read when asked: nothing said earlier is kept to forget.
       peerCommandLevel: (peer) => this.handlers.get(peer)?.commandLevel,
       forgetPeerCommandLevel: () => {},
+      resetPeer: (peer) => {
+        this.queue = this.queue.filter((queued) => queued.from !== id || queued.to !== peer);
+      },
       close: async () => {
         this.handlers.delete(id);
       },

@@ -77,6 +77,10 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
    * answered with the member's heartbeats and vote requests, which it answered as the member (a
    * second vote in one term, a quorum that is not one), and its client URL was taken for the
    * member's (found in a review). A member only behind knows its own index, so it is never refused.
+   * Refused as a removed caller is (`permission_denied`, see `refuseRemoved`), which it is: its
+   * transport tells its node, which then serves no more. Refused `failed_precondition` before, it
+   * went on answering its clients from its state of before its removal, and a watch stream open on
+   * it never moved again (found by the simulator, src/sim/node-sim.ts `detach`).
    */
   function refuseStaleMember(from: NodeId, headers: Headers): void {
     const memberSince = o.memberSince;
@@ -88,7 +92,7 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
       `node ${from} was added again at index ${stale.recorded}, and this call comes from a process of it added at index ${stale.since}, before: ` +
       `it was removed while it ran, and never heard of it; stop it (its data dir is not the member's)`;
     o.log("stale_member", `refused a call: ${message}`);
-    throw new ConnectError(message, Code.FailedPrecondition);
+    throw new ConnectError(`${REMOVED_REFUSAL_PREFIX}${message}`, Code.PermissionDenied);
   }
   /**
    * Refuses a call from a node this node knows was removed (see `ConnectTransportOptions.configuration`),

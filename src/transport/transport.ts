@@ -40,6 +40,15 @@ export interface Transport {
   peerCommandLevel(id: NodeId): number | undefined;
   /** Forgets what peer `id` said of its command level (it was added again, or removed): undefined until it says again. */
   forgetPeerCommandLevel(id: NodeId): void;
+  /**
+   * Node `id` was added to the configuration (again, perhaps): drops what waits to go to it or is
+   * on its way, as a lost call's messages are dropped. They were composed for the process the id
+   * had before, which may have been removed while cut off: a heartbeat's commit index said what
+   * that process had acknowledged, and reaching the new process at the same address on an empty
+   * disk, told it that it had lost acknowledged entries (found by the simulator, see
+   * src/sim/node-sim.ts `detach`).
+   */
+  resetPeer(id: NodeId): void;
   /** Stops serving and sending; resolves once the listener is closed and calls in flight are over. */
   close(): Promise<void>;
 }
