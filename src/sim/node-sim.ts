@@ -89,6 +89,8 @@ interface SimServer {
   peerDirectory?: Map<NodeId, string>;
   /** Loop turns the node asked for, run once the current event is done (unless stalled). */
   turns: (() => void)[];
+  /** What was handed to the process while it stood still, run in order once it runs (see `whenRunning`). */
+  deferred: (() => void)[];
   /** Stalled (GC, a slow disk call, SIGSTOP) until this simulated time: no timer fires, no turn runs. */
   stalledUntilMs: number;
   /** This node's clock runs at this rate of simulated time (drift). */
@@ -251,6 +253,7 @@ export class NodeSim {
         this.checkAppliedOnce(id, entries, results);
         this.noteLeaseExpiries(results);
       },
+      raise: (error) => this.raise(error),
       keptOnPowerLoss: (unsynced) => {
         const drawn = this.diskPrng.intInclusive(0, unsynced);
         return Math.min(unsynced, server.unsyncedSavesKept ?? drawn);
@@ -270,7 +273,7 @@ export class NodeSim {
     });
     const clockRate = 1 + (2 * this.clockPrng.next() - 1) * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
-    server = { id, address: id, disk, peers, lifecycle, node: undefined, turns: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
+    server = { id, address: id, disk, peers, lifecycle, node: undefined, turns: [], deferred: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
     this.servers.set(id, server);
     return server;
   }
@@ -345,11 +348,27 @@ export class NodeSim {
     };
   }
 
-  /** Runs `fn` now while the process at `address` runs, else once its stall is over (or it is gone). */
+  /**
+   * Runs `fn` now while the process at `address` runs, else once its stall is over (or it is gone),
+   * after what was handed to it before, in order: the storage thread's answers reach the process
+   * in the order it sent them (a stall extended meanwhile let a later answer overtake an earlier
+   * one, and the node applied entries out of order: found by the simulator once the thread went on
+   * while the process stood still).
+   */
   private whenRunning(address: number, fn: () => void): void {
     const server = this.processAt(address);
-    if (server?.node === undefined || this.nowMs >= server.stalledUntilMs) return fn();
-    this.at(server.stalledUntilMs - this.nowMs, () => this.whenRunning(address, fn));
+    if (server === undefined || ((server.node === undefined || this.nowMs >= server.stalledUntilMs) && server.deferred.length === 0)) return fn();
+    server.deferred.push(fn);
+    if (server.deferred.length === 1) this.drainDeferred(server);
+  }
+
+  private drainDeferred(server: SimServer): void {
+    this.at(Math.max(0, server.stalledUntilMs - this.nowMs), () => {
+      if (server.node !== undefined && this.nowMs < server.stalledUntilMs) return this.drainDeferred(server);
+      const deferred = server.deferred;
+      server.deferred = [];
+      for (const fn of deferred) fn();
+    });
   }
 
   /** Whether the process at `address` (a node's id, or an older process's address: see `detach`) runs and is not stalled. */

@@ -30,6 +30,8 @@ export interface SimDiskScheduler {
   keptOnPowerLoss?(unsynced: number): number;
   /** Told what each apply did, entry by entry, as the apply runs (for the simulator's checks). */
   applied?(entries: readonly Entry[], results: readonly ApplyResult[]): void;
+  /** A request failed on the storage thread's copy where it had gone through on the caller's: a simulator bug, failing the run. */
+  raise?(error: unknown): void;
 }
 
 /**
@@ -43,8 +45,8 @@ export interface SimDiskScheduler {
  *
  * A crash keeps what was written (the page cache survived) or, on power loss, only `durable`, or
  * every other time that log with the state machine as written (see `afterCrash`). With a storage
- * thread, what the state machine wrote is what the thread committed: a crash loses the applies it
- * had not (see `afterCrash`).
+ * thread, what was written is what the thread ran of the requests posted to it, in order: a crash
+ * loses the rest (see `afterCrash`).
  *
  * With a storage thread (`SimDiskScheduler.storageThread`), an apply or install is written at once
  * but committed by the thread later, in order, and confirmed later still: reads (`get`, `list`,
@@ -79,18 +81,12 @@ export class SimDisk implements KvStorage {
   }
   private fullNow = false;
   /**
-   * With a storage thread: set while a write met the full disk and the thread retries it. `before`
-   * is the storage as committed before that write (what a crash leaves); `resumed` settles when
-   * the thread goes on.
+   * With a storage thread: set while a write met the full disk and the thread retries it;
+   * `resumed` settles when the thread goes on (the write, and the queue after it).
    */
-  private threadBlocked: { op: string; before: MemoryKvStorage; resumed: Promise<void>; resume: () => void } | undefined;
-  /**
-   * With a storage thread: the storage before the oldest install the thread has not committed. A
-   * crash before it commits comes back to that log (the real install replaces the log's records in
-   * the thread's transaction; its staged file is removed at open), not to the log the install
-   * started anew.
-   */
-  private installPending: MemoryKvStorage | undefined;
+  private threadBlocked: { op: string; resumed: Promise<void>; resume: () => void } | undefined;
+  /** With a storage thread: an install was posted and its answer has not come (one at a time, as on ThreadedStorage). */
+  private installPending = false;
   /** Writes a storage thread took while the disk was full and retried until space returned. */
   threadBlockedWrites = 0;
   /** Writes refused because the disk was full: proof the path was exercised. */
@@ -103,7 +99,7 @@ export class SimDisk implements KvStorage {
   stateMachineAhead = 0;
   /** Power losses that kept some saves written after the last finished fsync (see `afterCrash`). */
   unsyncedSavesKept = 0;
-  /** Crashes without power loss that lost applies or an install the storage thread had not committed (see `afterCrash`). */
+  /** Crashes without power loss that lost requests (saves, applies, installs...) the storage thread had not run (see `afterCrash`). */
   threadWorkLost = 0;
   /**
    * The saves written since the durable image, in order, numbered among the writes to the log;
@@ -115,6 +111,8 @@ export class SimDisk implements KvStorage {
   private logWrites = 0;
   private durableSeq = 0;
   private barrierSeq = 0;
+  /** The last of the log's writes the storage thread ran (every one, without a thread). */
+  private threadRanSeq = 0;
   /** Fsyncs started and finished. */
   syncsStarted = 0;
   syncsFinished = 0;
@@ -125,10 +123,15 @@ export class SimDisk implements KvStorage {
   /** The applied index and configuration as the storage's thread has confirmed them (see the class comment). */
   private confirmedApplied: number;
   private confirmedMembership: Membership;
-  /** The storage thread's queue: the last request's answer. */
+  /** The storage thread's queue: settles once the last request posted has run. */
   private threadTail: Promise<void> = Promise.resolve();
-  /** With a storage thread: the state machine as the thread last committed it, which reads see. */
-  private committedView: MemoryKvStorage | undefined;
+  /**
+   * With a storage thread: the storage as the thread has written it, request by request in the
+   * order posted (ThreadedStorage's worker runs each to its end, in order). Reads see it, as the real
+   * read connection sees what the thread committed; a crash without power loss comes back to it.
+   * `current` is the caller's side: what the node sees of its writes at once (ThreadedStorage's mirror).
+   */
+  private threadStorage: MemoryKvStorage | undefined;
 
   constructor(
     private current: MemoryKvStorage,
@@ -137,12 +140,12 @@ export class SimDisk implements KvStorage {
     this.durableImage = current.clone();
     this.confirmedApplied = current.appliedIndex();
     this.confirmedMembership = current.membership();
-    if (scheduler.storageThread !== undefined) this.committedView = current.clone();
+    if (scheduler.storageThread !== undefined) this.threadStorage = current.clone();
   }
 
   /** What reads see: without a storage thread what was written, with one what the thread committed. */
   private get readable(): MemoryKvStorage {
-    return this.committedView ?? this.current;
+    return this.threadStorage ?? this.current;
   }
 
   /**
@@ -153,20 +156,20 @@ export class SimDisk implements KvStorage {
    * durable image, which the storage reconciles at open (`MemoryKvStorage.reopened`).
    */
   afterCrash(powerLoss: boolean): MemoryKvStorage {
-    // The log as written: without what a pending install or the write blocked on a full disk began.
-    const written = this.installPending ?? this.threadBlocked?.before ?? this.current;
-    // The state machine as written: with a storage thread, as the thread last committed it (the
-    // real thread dies with the process; what it had not committed is applied again from the log).
-    const stateMachine = this.committedView ?? written;
+    // As written: with a storage thread, what it ran of the requests posted to it (the real thread
+    // dies with the process; the node applies again from its log what it had not).
+    const written = this.threadStorage ?? this.current;
     if (!powerLoss) {
-      if (stateMachine.appliedIndex() < this.current.appliedIndex()) this.threadWorkLost++;
-      return this.committedView === undefined ? written.clone() : MemoryKvStorage.reopened(stateMachine, written);
+      if (written !== this.current && (written.appliedIndex() !== this.current.appliedIndex() || written.lastIndex() !== this.current.lastIndex() || written.snapshot().index !== this.current.snapshot().index)) {
+        this.threadWorkLost++;
+      }
+      return written.clone();
     }
     this.powerLosses++;
     const log = this.logAfterPowerLoss();
     if (this.powerLosses % 2 === 0) {
-      if (stateMachine.appliedIndex() > this.durableImage.appliedIndex()) this.stateMachineAhead++;
-      return MemoryKvStorage.reopened(stateMachine, log);
+      if (written.appliedIndex() > this.durableImage.appliedIndex()) this.stateMachineAhead++;
+      return MemoryKvStorage.reopened(written, log);
     }
     return log;
   }
@@ -178,7 +181,8 @@ export class SimDisk implements KvStorage {
    */
   private logAfterPowerLoss(): MemoryKvStorage {
     const image = this.durableImage.clone();
-    const saves = this.threadBlocked === undefined && this.barrierSeq <= this.durableSeq ? this.unsyncedSaves : [];
+    // Only saves the thread ran can have reached the disk.
+    const saves = this.threadBlocked === undefined && this.barrierSeq <= this.durableSeq ? this.unsyncedSaves.filter((save) => save.seq <= this.threadRanSeq) : [];
     const kept = saves.length === 0 ? 0 : (this.scheduler.keptOnPowerLoss?.(saves.length) ?? 0);
     if (kept > 0) this.unsyncedSavesKept++;
     for (const save of saves.slice(0, kept)) image.save(save.hardState, save.entries, false);
@@ -194,10 +198,11 @@ export class SimDisk implements KvStorage {
     // The dead process's thread answers nobody: its requests never settle (see onThread).
     this.confirmedApplied = storage.appliedIndex();
     this.confirmedMembership = storage.membership();
-    if (this.committedView !== undefined) this.committedView = storage.clone();
+    this.threadRanSeq = this.logWrites;
+    if (this.threadStorage !== undefined) this.threadStorage = storage.clone();
     this.threadTail = Promise.resolve();
     this.threadBlocked = undefined; // its thread died retrying; its promises never settle
-    this.installPending = undefined;
+    this.installPending = false;
   }
 
   /** What the last finished fsync made durable (for checkers): what a power loss would come back to. */
@@ -210,7 +215,12 @@ export class SimDisk implements KvStorage {
     return this.current;
   }
 
-  private write<T>(op: string, run: () => T): T {
+  /**
+   * Runs a write on `current`; with a storage thread, posts `replay` (the same write) to it, which
+   * runs it on `threadStorage` once the requests before it ran (without a drawn latency: applies
+   * and installs take theirs in `onThread`, which they post themselves).
+   */
+  private write<T>(op: string, run: () => T, replay?: (thread: MemoryKvStorage) => unknown): T {
     const threaded = this.scheduler.storageThread !== undefined;
     if ((this.full && !threaded) || this.threadBlocked !== undefined) {
       this.fullRefusals++;
@@ -218,14 +228,29 @@ export class SimDisk implements KvStorage {
     }
     if (this.full) {
       // Posted to the thread, which meets the full disk and retries it until space returns.
-      const before = this.current.clone();
       let resume = () => {};
       const resumed = new Promise<void>((resolve) => (resume = resolve));
-      this.threadBlocked = { op, before, resumed, resume };
+      this.threadBlocked = { op, resumed, resume };
       this.threadBlockedWrites++;
       this.threadTail = this.threadTail.then(() => resumed);
     }
-    return run();
+    const result = run();
+    if (threaded && replay !== undefined) {
+      const storage = this.current;
+      this.threadTail = this.threadTail.then(() => {
+        if (this.current === storage) this.runOnThread(replay);
+      });
+    }
+    return result;
+  }
+
+  /** Runs a request on the thread's storage; a failure there is the simulator's (the same write went through on `current`). */
+  private runOnThread(replay: (thread: MemoryKvStorage) => unknown): void {
+    try {
+      replay(this.threadStorage as MemoryKvStorage);
+    } catch (error: unknown) {
+      this.scheduler.raise?.(error);
+    }
   }
 
   /** See `KvStorage.isDiskFull`: with a storage thread, while a write waits on the full disk. */
@@ -289,26 +314,34 @@ export class SimDisk implements KvStorage {
 
   // ---- Writes: refused while the disk is full -------------------------------------------------
   save(hardState: HardState | undefined, entries: readonly Entry[], sync: boolean): void {
-    this.write("save", () => this.current.save(hardState, entries, sync));
-    this.unsyncedSaves.push({ seq: ++this.logWrites, hardState, entries });
+    const seq = this.logWrites + 1;
+    this.write(
+      "save",
+      () => this.current.save(hardState, entries, sync),
+      (thread) => {
+        thread.save(hardState, entries, false);
+        this.threadRanSeq = seq;
+      },
+    );
+    this.logWrites = seq;
+    this.unsyncedSaves.push({ seq, hardState, entries });
+    if (this.threadStorage === undefined) this.threadRanSeq = seq;
   }
   bootstrap(voters: readonly NodeId[], addresses?: readonly MemberAddress[]): void {
-    this.write("bootstrap", () => this.current.bootstrap(voters, addresses));
+    this.write("bootstrap", () => this.current.bootstrap(voters, addresses), (thread) => thread.bootstrap(voters, addresses));
     this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
-    if (this.committedView !== undefined) this.committedView = this.current.clone();
   }
   bootstrapJoined(configuration: Omit<Membership, "changedIndex">, changedIndex: number): void {
-    this.write("bootstrap-joined", () => this.current.bootstrapJoined(configuration, changedIndex));
+    this.write("bootstrap-joined", () => this.current.bootstrapJoined(configuration, changedIndex), (thread) => thread.bootstrapJoined(configuration, changedIndex));
     this.noteLogBarrier();
     this.confirmedMembership = this.current.membership(); // before any apply: nothing to wait for
-    if (this.committedView !== undefined) this.committedView = this.current.clone();
   }
   applyEntries(entries: readonly Entry[]): ApplyResult[] | Promise<ApplyResult[]> {
     this.checkDurable(entries[entries.length - 1]);
     const results = this.write("apply", () => this.current.applyEntries(entries));
     this.scheduler.applied?.(entries, results);
-    return this.onThread(results);
+    return this.onThread(results, (thread) => thread.applyEntries(entries));
   }
   /** Compaction steps taken (a compaction of more entries than a step takes several). */
   compactSteps = 0;
@@ -316,7 +349,7 @@ export class SimDisk implements KvStorage {
     // As ThreadedStorage checks it: against the applied index the thread confirmed, not the one handed over.
     if (this.scheduler.storageThread !== undefined) checkCompact({ snapshotIndex: this.current.snapshot().index, appliedIndex: this.confirmedApplied, lastIndex: this.current.lastIndex() }, index);
     this.compactSteps++;
-    this.write("compact", () => this.current.compact(index));
+    this.write("compact", () => this.current.compact(index), (thread) => thread.compact(index));
     this.noteLogBarrier();
   }
 
@@ -335,54 +368,50 @@ export class SimDisk implements KvStorage {
     }
   }
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
-    this.write("stage", () => this.current.stageImageChunk(imageId, rows, first));
+    this.write("stage", () => this.current.stageImageChunk(imageId, rows, first), (thread) => thread.stageImageChunk(imageId, rows, first));
     this.chunksStaged++;
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {
-    const threaded = this.scheduler.storageThread !== undefined;
     // As ThreadedStorage: one install at a time (the node waits for it before its next Ready).
-    assert(this.installPending === undefined, "an install while another is pending");
-    const before = threaded ? this.current.clone() : undefined;
+    assert(!this.installPending, "an install while another is pending");
     this.write("install", () => this.current.installSnapshot(metadata, imageId, addresses));
     this.noteLogBarrier();
     this.snapshotsInstalled++;
-    if (threaded) {
-      if (before !== undefined) this.installPending = before;
-      return (
-        this.onThread(undefined, () => {
-          if (this.installPending === before) this.installPending = undefined;
-        }) as Promise<void>
-      ).then(() => {
+    if (this.scheduler.storageThread !== undefined) {
+      this.installPending = true;
+      return (this.onThread(undefined, (thread) => thread.installSnapshot(metadata, imageId, addresses)) as Promise<void>).then(() => {
+        this.installPending = false;
         this.threadInstalls++;
       });
     }
   }
 
   /**
-   * `value` at once without a storage thread; with one, a promise of it that resolves after the
-   * thread's earlier answers and its own drawn latency, confirming the applied index as it is now.
+   * `value` at once without a storage thread; with one, a promise of it that resolves once the
+   * thread ran `replay` (after the requests before it, and its own drawn latency) and the answer
+   * reached the process, confirming the applied index as it was when posted. The thread goes on to
+   * its next request meanwhile, whether or not the process runs.
    */
-  private onThread<T>(value: T, onCommitted?: () => void): T | Promise<T> {
+  private onThread<T>(value: T, replay: (thread: MemoryKvStorage) => unknown): T | Promise<T> {
     const thread = this.scheduler.storageThread;
     if (thread === undefined) return value;
     const storage = this.current;
     const applied = storage.appliedIndex();
     const membership = storage.membership();
-    // The state as this request leaves it, which reads see once the thread commits it.
-    const committed = storage.clone();
-    const answered = this.threadTail.then(
-      () =>
-        new Promise<void>((resolve) =>
-          thread(() => {
-            // A crash since then replaced the storage: the request died with its process.
-            if (this.current !== storage) return;
-            this.committedView = committed;
-            onCommitted?.();
-            this.scheduler.deliver(() => this.current === storage && resolve());
-          }),
-        ),
-    );
-    this.threadTail = answered;
+    let ran = () => {};
+    const done = new Promise<void>((resolve) => (ran = resolve));
+    const answered = new Promise<void>((resolve) => {
+      void this.threadTail.then(() =>
+        thread(() => {
+          // A crash since then replaced the storage: the request died with its process.
+          if (this.current !== storage) return;
+          this.runOnThread(replay);
+          ran();
+          this.scheduler.deliver(() => this.current === storage && resolve());
+        }),
+      );
+    });
+    this.threadTail = done;
     return answered.then(() => {
       if (applied >= this.confirmedApplied) {
         this.confirmedApplied = applied;
@@ -394,6 +423,11 @@ export class SimDisk implements KvStorage {
   }
   discardStagedImage(): void {
     this.current.discardStagedImage();
+    if (this.threadStorage === undefined) return;
+    const storage = this.current;
+    this.threadTail = this.threadTail.then(() => {
+      if (this.current === storage) this.runOnThread((thread) => thread.discardStagedImage());
+    });
   }
 
   /** A write to the log that is not a save (not replayed as one): until synced, a power loss keeps no save after it. */

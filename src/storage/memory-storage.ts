@@ -419,20 +419,13 @@ export class MemoryKvStorage implements KvStorage {
    * and the log and hard state as `log` holds them, reconciled as `SqliteStorage` does at open
    * (src/storage/sqlite-storage.ts, `loadLog`): a log that does not go on from the snapshot is from
    * before an install, and starts after it instead; the commit index is raised to the applied one.
-   * The state machine may also be the older: a process that died while its storage thread had
-   * applies not yet committed (src/storage/threaded-storage.ts) leaves the log as written and the
-   * state machine as last committed. Its log may then have been compacted past the state machine's
-   * snapshot record, never past what the state machine applied (the node compacts only what its
-   * storage confirmed applied); the compaction is the log's. Either way the node applies only what
-   * its log holds durably, so the state machine never applied past the log's end.
+   * `log` must be the older of the two (the log's durable image): the node applies only what its
+   * log holds durably.
    */
   static reopened(stateMachine: MemoryKvStorage, log: MemoryKvStorage): MemoryKvStorage {
     const reopened = stateMachine.clone();
-    if (log.snap.index > stateMachine.snap.index) {
-      assert(log.snap.index <= stateMachine.applied, `the log is compacted past what the state machine applied (${log.snap.index} > ${stateMachine.applied})`);
-      reopened.snap = log.snap;
-    }
-    const snap = reopened.snap;
+    const snap = stateMachine.snap;
+    assert(snap.index >= log.snap.index, `the log's image is compacted past the state machine's snapshot (${log.snap.index} > ${snap.index})`);
     const goesOn = snap.index <= log.lastIndex() && log.term(snap.index) === snap.term;
     reopened.log = goesOn ? log.log.slice(snap.index - log.snap.index) : [];
     const commit = Math.max(log.hardState.commit, reopened.applied, goesOn ? 0 : snap.index);
