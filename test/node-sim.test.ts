@@ -17,6 +17,7 @@ import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
 import { historyViolation, isRefusal, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
+import type { WatchItem, WatchSubscription } from "../src/node/api.ts";
 import { SimBank } from "../src/sim/sim-bank.ts";
 import { corruptError } from "../src/storage/sqlite-reads.ts";
 import { bankAccounts } from "../src/chaos/bank.ts";
@@ -623,6 +624,52 @@ test("a founding member removed while cut off and added again under its id on an
     expect(await sim.runUntilTrue(() => nodeOf(sim, leader).members().members.find((member) => member.id === victim)?.role === "voter", 5_000)).toBe(true);
     expect(sim.stats.fatal).toBe(0);
     await sim.healAndCheck([...new Set(keys)], 30_000);
+  });
+});
+
+test("a watch stream on a node cut off from the others ends unavailable once it has known no leader for five election timeouts, a resume there is refused no_leader, and a resume elsewhere misses nothing (found in a black-box review: the stream sent progress at a frozen version for as long as the cut lasted)", async () => {
+  await withSim(quietSim(62), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "w-1")).outcome).toBe("ok");
+    const follower = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    const opened: { subscription?: WatchSubscription } = {};
+    void nodeOf(sim, follower)
+      .watch({ prefix: "w-" }, "now")
+      .then((subscription) => (opened.subscription = subscription));
+    expect(await sim.runUntilTrue(() => opened.subscription !== undefined, 1_000)).toBe(true);
+    const items: WatchItem[] = [];
+    void (async () => {
+      for (let batch = await opened.subscription?.next(); batch !== undefined; batch = await opened.subscription?.next()) items.push(...batch);
+    })();
+    const cutMs = sim.nowMs;
+    sim.network.partition([[follower], [...sim.servers.keys()].filter((id) => id !== follower)]);
+    const written = await put(sim, leader, "w-2");
+    expect(written.outcome).toBe("ok");
+    const ended = () => items.find((item) => item.type === "error");
+    expect(await sim.runUntilTrue(() => ended() !== undefined, 5_000)).toBe(true);
+    expect(ended()).toMatchObject({ type: "error", error: "unavailable" });
+    // Not before five election timeouts without a leader, and not long after.
+    expect(sim.nowMs - cutMs).toBeGreaterThanOrEqual(5 * electionTicks * tickMs);
+    expect(sim.nowMs - cutMs).toBeLessThan(5 * electionTicks * tickMs + 4 * electionTicks * tickMs);
+    const last = Math.max(...items.map((item) => (item.type === "progress" ? item.version : item.type === "change" ? item.change.version : 0)));
+    expect(last).toBeLessThan(written.version as number);
+    // A resume there would stand still too: refused. On the leader it gets what the cut held back.
+    const refused: { error?: KvError } = {};
+    nodeOf(sim, follower).watch({ prefix: "w-" }, { after: last }).catch((error: KvError) => (refused.error = error));
+    expect(await sim.runUntilTrue(() => refused.error !== undefined, 1_000)).toBe(true);
+    expect(refused.error?.code).toBe("no_leader");
+    const resumed: { subscription?: WatchSubscription } = {};
+    void nodeOf(sim, leader)
+      .watch({ prefix: "w-" }, { after: last })
+      .then((subscription) => (resumed.subscription = subscription));
+    expect(await sim.runUntilTrue(() => resumed.subscription !== undefined, 1_000)).toBe(true);
+    const got: WatchItem[] = [];
+    void (async () => {
+      for (let batch = await resumed.subscription?.next(); batch !== undefined; batch = await resumed.subscription?.next()) got.push(...batch);
+    })();
+    expect(await sim.runUntilTrue(() => got.some((item) => item.type === "change" && item.change.version === written.version), 1_000)).toBe(true);
+    resumed.subscription?.close();
+    await sim.healAndCheck(["w-1", "w-2"], 30_000);
   });
 });
 

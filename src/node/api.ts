@@ -281,7 +281,8 @@ export type WatchItem =
   | { readonly type: "progress"; readonly version: number }
   /**
    * The last item of a stream that ends: `slow_watcher` (its buffer overflowed), `compacted` (a
-   * snapshot installed here skipped changes it had not sent), `unavailable` (the node stops).
+   * snapshot installed here skipped changes it had not sent), `unavailable` (the node stops, was
+   * removed, or has known no leader for five election timeouts).
    * Resume from the last id received.
    */
   | { readonly type: "error"; readonly error: "slow_watcher" | "compacted" | "unavailable"; readonly message: string; readonly compactVersion?: number };

@@ -329,9 +329,12 @@ export class KvNode implements KvNodeApi {
   /** The term this node last proposed a nonce in, and the tick before which it does not propose again in it. */
   private clusterNonceTerm = 0;
   private clusterNonceRetryTick = 0;
+  /** When this node last knew a leader, on its clock (see `endStreamsWhileLeaderless`); its start before it knew one. */
+  private leaderKnownMs: number;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
+    this.leaderKnownMs = cfg.clock.nowMs();
     this.idempotencyWindowMs = cfg.idempotencyWindowMs ?? defaultIdempotency.windowMs;
     // Read again only once more is applied: one read per applied batch at most.
     let sessionClock = { applied: -1, ms: 0 };
@@ -707,6 +710,11 @@ export class KvNode implements KvNodeApi {
     // A reserved prefix is refused as a listing's is (it would match none of the changes a watch carries).
     checkClientKey("key" in filter ? filter.key : filter.prefix);
     if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
+    const nowMs = this.cfg.clock.nowMs();
+    if (this.raw.basicStatus().leaderId === 0 && nowMs - this.leaderKnownMs >= this.leaderlessStreamsMs()) {
+      // Its streams end (see endStreamsWhileLeaderless): a resume here would stand still too.
+      throw new KvError("no_leader", this.leaderlessMessage(nowMs));
+    }
     if (start === "now") {
       await this.readBarrier("linearizable");
       // What is applied now is at or past the read index: every write acknowledged before the watch
@@ -1013,6 +1021,37 @@ export class KvNode implements KvNodeApi {
     });
   }
 
+  /**
+   * How long a node may know no leader before it ends its watch streams and refuses new ones (see
+   * `endStreamsWhileLeaderless`): two and a half maximum election timeouts, past an election that
+   * takes a second round (600 ms at the defaults; 5 s at etcd's timing).
+   */
+  private leaderlessStreamsMs(): number {
+    return 5 * this.cfg.electionTicks * this.cfg.tickMs;
+  }
+
+  /**
+   * A node that has known no leader for `leaderlessStreamsMs` (cut off from the others, or the
+   * cluster lost its majority) applies nothing: its watch streams would send progress at a version
+   * that no longer moves while the others commit on, and their clients, hearing progress, would
+   * never go elsewhere (found in a black-box review: 12 s behind for as long as the cut lasted).
+   * They end with `unavailable`, to resume from their last id on another node, as etcd ends the
+   * streams of clients that require a leader.
+   */
+  private endStreamsWhileLeaderless(): void {
+    const nowMs = this.cfg.clock.nowMs();
+    if (this.raw.basicStatus().leaderId !== 0) {
+      this.leaderKnownMs = nowMs;
+      return;
+    }
+    if (nowMs - this.leaderKnownMs < this.leaderlessStreamsMs() || this.watches.count() === 0) return;
+    this.watches.endAll(this.leaderlessMessage(nowMs));
+  }
+
+  private leaderlessMessage(nowMs: number): string {
+    return `this node has known no leader for ${Math.round(nowMs - this.leaderKnownMs)} ms (cut off from the others, or the cluster lost its majority), so its state stands still: resume from your last id on another node`;
+  }
+
   /** Two maximum election timeouts: long enough for a caught-up target to win. */
   private transferTimeoutMs(): number {
     return 4 * this.cfg.electionTicks * this.cfg.tickMs;
@@ -1132,6 +1171,7 @@ export class KvNode implements KvNodeApi {
     this.raw.tick();
     this.ticksAccounted++;
     this.expireWaiters();
+    this.endStreamsWhileLeaderless();
     // Asked again by the turn below (as etcd's read loop does every 500 ms).
     this.reads.askAgainOlderThan(this.cfg.clock.nowMs(), readIndexRetryMs);
     this.leases.tick();
