@@ -205,3 +205,14 @@ test("a release whose revoke is of unknown outcome is a release when the lease i
     expect([leaseGone, await lock.release()]).toEqual([leaseGone, leaseGone]);
   }
 });
+
+test("a release shares one budget (the client's timeoutMs) between its revoke and the look after a revoke of unknown outcome: with no node answering, it is false once the budget is spent (found in a black-box review: kv lock took twice its --timeout-ms to exit)", async () => {
+  const cluster = fakeCluster({
+    noHolder: true,
+    // The revoke's budget ran out with its outcome unknown; no node answers the look either.
+    revoke: () => new Promise((_, reject) => setTimeout(() => reject(new UnknownOutcomeError("no node answered the revoke", undefined, [])), 100)),
+    leaseGet: () => new Promise(() => {}),
+  });
+  const lock = await acquire({ ...cluster.deps, timeoutMs: 150 }, "lock", "me");
+  expect(await lock.release()).toBe(false);
+});

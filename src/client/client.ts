@@ -636,6 +636,7 @@ export function createClient(options: ClientOptions): KvClient {
     // A lock's watches take the room its acquire reserved for it (see reserveWatchRoom).
     watch: (selector, watchOptions) => watchEvents(transport, selector, watchOptions, { counted: false }),
     reserveWatchRoom: () => reserveWatchRoom(transport),
+    timeoutMs: transport.options.timeoutMs,
   };
 
   async function* listPages(prefix: string, opts: ListOptions): AsyncIterableIterator<ListPage> {

@@ -81,6 +81,11 @@ export interface LockDeps {
    * own); returns what gives it back. Throws `too_many_streams` when this process has none left.
    */
   reserveWatchRoom(): () => void;
+  /**
+   * The client's budget for one call, retries included (`timeoutMs`): a release's revoke and what
+   * follows it share one, as `kv lock --timeout-ms` says. Default: no bound past each call's own.
+   */
+  readonly timeoutMs?: number;
 }
 
 const LOCK_TTL_MS_DEFAULT = 10_000;
@@ -132,6 +137,10 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
      */
     const release = async (): Promise<boolean> => {
       keeper.stop();
+      // One budget for the revoke and what follows it: the look after a revoke of unknown outcome
+      // waited out a second whole timeout (found in a black-box review: kv lock, interrupted with no
+      // node answering, took twice its --timeout-ms to exit).
+      const deadlineMs = performance.now() + (deps.timeoutMs ?? Number.POSITIVE_INFINITY);
       try {
         await deps.leases.revoke(lease.id);
         return true;
@@ -141,16 +150,18 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
         // the lease is gone now (found in review: a lock whose lease had run out answered "not
         // released", and kv lock exited 3 saying no node answered).
         if (error instanceof UnknownOutcomeError) {
-          return deps.leases.get(lease.id).then(
+          const lookup = deps.leases.get(lease.id).then(
             () => false,
-            (lookup: unknown) => lookup instanceof KvClientError && lookup.code === "lease_not_found",
+            (answer: unknown) => answer instanceof KvClientError && answer.code === "lease_not_found",
           );
+          return withinMs(lookup, deadlineMs - performance.now(), false);
         }
         if (!(error instanceof KvClientError) || error.status < 400 || error.status >= 500) return false;
-        return deps.delete(key).then(
+        const deleted = deps.delete(key).then(
           () => true,
           () => false,
         );
+        return withinMs(deleted, deadlineMs - performance.now(), false);
       }
     };
     let fence: number;
@@ -234,6 +245,14 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
     await deps.delete(key).catch(() => undefined);
     if (rejoins >= REJOINS_MAX) throw new KvClientError("lease_expired", 0, `lost its place in '${prefix}' ${REJOINS_MAX + 1} times while waiting: is the TTL (${ttlMs} ms) shorter than a round trip?`);
   }
+}
+
+/** What `promise` settles to, or `otherwise` once `ms` have passed (the call goes on, unheard). */
+function withinMs<T>(promise: Promise<T>, ms: number, otherwise: T): Promise<T> {
+  if (ms === Number.POSITIVE_INFINITY) return promise;
+  if (!(ms > 0)) return Promise.resolve(otherwise);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([promise, new Promise<T>((resolve) => (timer = setTimeout(() => resolve(otherwise), ms)))]).finally(() => clearTimeout(timer));
 }
 
 /**
