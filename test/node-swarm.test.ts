@@ -201,7 +201,7 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     expect(totals.removedToldByPeer).toBeGreaterThan(seeds.length / 20);
     // Members removed while cut off whose process ran on while their id was added again for a new
     // one, and the calls of those older processes refused as stale_member (seeds 1-500: 74 such
-    // processes, 4,236 refusals in 59 runs; none before NodeSim.detach).
+    // processes, 4,234 refusals in 59 runs; none before NodeSim.detach).
     expect(totals.staleProcesses).toBeGreaterThan(seeds.length / 20);
     expect(totals.peerCallsRefusedStaleMember).toBeGreaterThan(seeds.length);
   }

@@ -44,6 +44,7 @@ import type {
 } from "./api.ts";
 import { checkLeaseId, leaseNotFound, leaseTtlMsMin, NodeLeases } from "./leases.ts";
 import { NodeMembership } from "./membership.ts";
+import type { Membership } from "../kv/membership.ts";
 import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
 import { SnapshotTransfer } from "./snapshot-transfer.ts";
@@ -1333,10 +1334,11 @@ export class KvNode implements KvNodeApi {
     try {
       if (work.stage === "install") {
         const snapshot = ready.snapshot as SnapshotToInstall;
+        const before = addedIndexes(this.cfg.storage.membership());
         const installing = this.cfg.storage.installSnapshot(snapshot.metadata, snapshot.imageId, this.snapshots.addressesFor(snapshot.imageId));
         work.stage = "save";
-        if (installing !== undefined) return this.awaitStorage(work, installing.then(() => this.snapshotInstalled(snapshot)));
-        this.snapshotInstalled(snapshot);
+        if (installing !== undefined) return this.awaitStorage(work, installing.then(() => this.snapshotInstalled(snapshot, before)));
+        this.snapshotInstalled(snapshot, before);
       }
       if (work.stage === "save") {
         // Written, not yet durable: see the class comment (the fsync runs after the turn).
@@ -1427,9 +1429,11 @@ export class KvNode implements KvNodeApi {
       this.membership.entryApplied(entry);
       if (result.kind === "conf-change") {
         // An id added (again) or removed: what an earlier process of it said of its release no
-        // longer counts, and what was composed for that process must not reach a new one.
-        if (result.change.type !== "promote") this.transport?.forgetPeerCommandLevel(result.change.nodeId);
-        if (result.change.type === "add-learner" && result.change.nodeId !== this.cfg.id) this.transport?.resetPeer(result.change.nodeId);
+        // longer counts, and what was composed for that process must not reach a new one (an add
+        // of a member, which keeps its process, resets nothing).
+        const id = result.change.nodeId;
+        if (result.change.type !== "promote") this.transport?.forgetPeerCommandLevel(id);
+        if (result.change.type === "add-learner" && id !== this.cfg.id && !this.raw.members().includes(id)) this.transport?.resetPeer(id);
         this.membership.changeApplied(result, entry.term);
       } else this.proposals.settle(result, entry.term);
     });
@@ -1478,12 +1482,20 @@ export class KvNode implements KvNodeApi {
   // ---- Snapshots ----------------------------------------------------------------------------
 
   /** Ready.snapshot: the staged image replaced the state machine and the log, before anything else was saved. */
-  private snapshotInstalled(snapshot: SnapshotToInstall): void {
+  private snapshotInstalled(snapshot: SnapshotToInstall, addedBefore: ReadonlyMap<NodeId, number | undefined>): void {
     if (this.stopped) return;
     const { index, term } = snapshot.metadata;
     this.snapshots.installed();
     this.watches.snapshotInstalled(index);
     this.membership.snapshotInstalled();
+    // Members the image records as added at another index than before (removed and added again
+    // meanwhile): as when the addition applies (see entriesApplied), nothing composed for the
+    // earlier process of the id may reach the new one.
+    for (const address of this.cfg.storage.membership().addresses) {
+      if (address.id === this.cfg.id || addedBefore.get(address.id) === address.addedIndex) continue;
+      this.transport?.forgetPeerCommandLevel(address.id);
+      this.transport?.resetPeer(address.id);
+    }
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
     this.proposals.coveredBySnapshot(index);
   }
@@ -1593,6 +1605,11 @@ export class KvNode implements KvNodeApi {
  */
 class LostLogError extends Error {
   override name = "LostLogError";
+}
+
+/** Each member's `addedIndex` as `membership` records it (undefined: not recorded, see src/kv/membership.ts). */
+function addedIndexes(membership: Membership): Map<NodeId, number | undefined> {
+  return new Map(membership.addresses.map((address) => [address.id, address.addedIndex]));
 }
 
 function lostLogError(id: NodeId, lost: LostLog): Error {

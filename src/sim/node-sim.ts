@@ -477,6 +477,8 @@ export class NodeSim {
     server.node = undefined;
     server.incarnation++;
     server.turns = [];
+    // What its storage thread had answered dies with it (each answer checks its process anyway).
+    server.deferred = [];
     this.network.disconnectProcess(server.address);
     node.stop();
     server.disk.restartFrom(server.disk.afterCrash(powerLoss));
@@ -1105,8 +1107,10 @@ export class NodeSim {
     for (const server of this.everyProcess()) {
       server.disk.full = false;
       server.stalledUntilMs = Math.min(server.stalledUntilMs, this.nowMs);
-      this.restart(server.id);
+      // Its stall cut short: what waited for its end is handed over now.
+      if (server.deferred.length > 0) this.drainDeferred(server);
     }
+    for (const id of this.servers.keys()) this.restart(id);
     // Older processes of re-added ids reach their peers too (and are refused, see `detach`).
     for (const address of this.ghosts.keys()) this.releaseGhost(address);
     // A fresh write through the leader: it commits only once a leader of the healed cluster leads.

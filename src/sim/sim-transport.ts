@@ -289,6 +289,7 @@ export class SimNetwork {
       forgetPeerCommandLevel: (peer) => void peerCommandLevels.delete(peer),
       // As the server's transport: the sender's queue is dropped and its calls aborted.
       resetPeer: (peer) => {
+        peerHttpUrls.delete(peer);
         const sender = endpoint.senders.get(peer);
         if (sender === undefined) return;
         void sender.close();

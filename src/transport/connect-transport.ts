@@ -464,7 +464,10 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       peerCommandLevels.delete(id);
     },
     resetPeer(id: NodeId): void {
-      if (!closed) dropSender(id);
+      if (closed) return;
+      dropSender(id);
+      // The old process's client URL: redirects and GET /members named it until the new one called.
+      peerHttpUrls.delete(id);
     },
     close(): Promise<void> {
       if (closing === undefined) {

@@ -21,7 +21,7 @@ export function registerTransportMetrics(
   );
   registry.collected(
     "kv_peer_rpc_errors_total",
-    "Calls to each peer that failed, by Connect code (unknown/unavailable/deadline_exceeded: unreachable; unauthenticated/failed_precondition: refused).",
+    "Calls to each peer that failed, by Connect code (unknown/unavailable/deadline_exceeded: unreachable; unauthenticated/failed_precondition/permission_denied: refused).",
     "counter",
     ["peer", "code"],
     () => handle.stats().flatMap((peer) => Object.entries(peer.failedCallsByCode).map(([code, count]) => [{ peer: String(peer.peerId), code }, count] as const)),

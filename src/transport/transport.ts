@@ -46,7 +46,7 @@ export interface Transport {
    * had before, which may have been removed while cut off: a heartbeat's commit index said what
    * that process had acknowledged, and reaching the new process at the same address on an empty
    * disk, told it that it had lost acknowledged entries (found by the simulator, see
-   * src/sim/node-sim.ts `detach`).
+   * src/sim/node-sim.ts `detach`). The client URL learned from the old process is forgotten too.
    */
   resetPeer(id: NodeId): void;
   /** Stops serving and sending; resolves once the listener is closed and calls in flight are over. */
