@@ -204,8 +204,9 @@ export class NodeSim {
     /** Writes sent again under their idempotency key, and applies answered from a session (changing nothing). */
     retries: 0,
     sessionAnswers: 0,
-    /** Processes left running under an id that was removed and added again (see `detach`). */
+    /** Processes left running under an id that was removed and added again (see `detach`), and client calls they were sent. */
     staleProcesses: 0,
+    olderProcessCalls: 0,
   };
   /** Membership changes the operator has under way (see `join`, `removeMember`): healing waits for them. */
   private operatorChanges = 0;
@@ -902,7 +903,9 @@ export class NodeSim {
     };
     /** One call: its answer's fields, or the error's reading; undefined when nothing could be sent. */
     const attempt = (target: NodeId): Promise<{ outcome: Operation["outcome"]; fields: Partial<Operation> }> | undefined => {
-      const node = this.servers.get(target)?.node;
+      // A node's id, or the address of an older process of a re-added id (see `detach`).
+      const node = this.processAt(target)?.node;
+      if (node !== undefined && this.ghosts.has(target)) this.stats.olderProcessCalls++;
       // Connection refused: nothing was sent.
       if (node === undefined) return undefined;
       if (!sent) this.inflight.set(opId, { clientId, kind, key, ...(value === undefined ? {} : { value }), ...(ifVersion === undefined ? {} : { ifVersion }), callMs });

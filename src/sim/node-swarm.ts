@@ -70,6 +70,8 @@ export interface NodeSwarmResult {
    */
   readonly staleProcesses: number;
   readonly peerCallsRefusedStaleMember: number;
+  /** Client calls sent to such older processes (their answers judged with the rest). */
+  readonly olderProcessCalls: number;
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
@@ -178,6 +180,9 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
   // Every server that exists (the first voters, then those that joined), removed ones too: clients
   // still call them and the nemesis still hits them.
   const ids = () => [...sim.servers.keys()];
+  // What clients call: those, and the older processes of re-added ids (NodeSim.detach), which a
+  // client that knew their address still reaches: they must answer it nothing stale.
+  const clientTargets = () => [...sim.servers.keys(), ...sim.ghosts.keys()];
   const faults = { diskFullEpisodes: 0, partitions: 0, transfers: 0 };
 
   // Clients: each waits for its answer, thinks a little, and goes again, to the leader it believes
@@ -191,7 +196,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     const seen = new SeenVersions();
     const next = (): void => {
       if (sim.nowMs >= runMs) return;
-      const target = leaderHint !== undefined && prng.chance(0.8) ? leaderHint : prng.pick(ids());
+      const target = leaderHint !== undefined && prng.chance(0.8) ? leaderHint : prng.pick(clientTargets());
       const roll = prng.next();
       const kind = roll < 0.5 ? "put" : roll < 0.9 ? "get" : "delete";
       const consistency = prng.chance(0.3) ? "lease" : "linearizable";
@@ -472,6 +477,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     peerCallsRefusedRemoved: sim.network.refused.removed,
     removedToldByPeer: sim.network.toldRemoved,
     staleProcesses: sim.stats.staleProcesses,
+    olderProcessCalls: sim.stats.olderProcessCalls,
     peerCallsRefusedStaleMember: sim.network.refused.stale_member,
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
