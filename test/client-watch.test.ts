@@ -334,6 +334,33 @@ describe("against nodes that answer 200 and end at once", () => {
   });
 });
 
+describe("against nodes that know no leader", () => {
+  test("nodes answering 503 no_leader (the cluster lost its majority) are no unreachable cluster: the watch waits past reconnectTimeoutMs, and goes on once a node serves it (a code review: it gave up with unreachable)", async () => {
+    let requests = 0;
+    // No leader for the first 12 requests (past reconnectTimeoutMs at the backoff's pace), then a stream with a change.
+    const fake = (async () => {
+      requests++;
+      if (requests <= 12) return Response.json({ error: "no_leader", message: "this node has known no leader for 700 ms" }, { status: 503, headers: { "retry-after": "1" } });
+      return new Response('event: progress\ndata: {"version":7}\n\nevent: put\nid: 8\ndata: {"key":"p/a","version":8,"value":"eA=="}\n\n', { status: 200, headers: { "content-type": "text/event-stream" } });
+    }) as unknown as typeof fetch;
+    const kv = createClient({ endpoints: ["http://127.0.0.1:1", "http://127.0.0.1:2"], fetch: fake });
+    const stop = new AbortController();
+    const guard = setTimeout(() => stop.abort(), 20_000);
+    const got: WatchEvent[] = [];
+    try {
+      for await (const event of kv.watch({ prefix: "p/" }, { reconnectTimeoutMs: 300, signal: stop.signal })) {
+        got.push(event);
+        break;
+      }
+    } finally {
+      clearTimeout(guard);
+    }
+    expect(stop.signal.aborted).toBe(false);
+    expect(got.map((event) => [event.type, event.version])).toEqual([["put", 8]]);
+    expect(requests).toBe(13);
+  });
+});
+
 describe("against a silent stream", () => {
   test("a stream that goes silent (a paused node) is resumed elsewhere after idleTimeoutMs; progress is yielded when asked", async () => {
     const requests: { url: string; lastEventId: string | null }[] = [];

@@ -149,6 +149,8 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
         // A revoke of unknown outcome (an attempt lost, then lease_not_found): gone either way if
         // the lease is gone now (found in review: a lock whose lease had run out answered "not
         // released", and kv lock exited 3 saying no node answered).
+        // No budget left: nothing more is sent (a call abandoned here would still hold the process).
+        if (!(deadlineMs - performance.now() > 0)) return false;
         if (error instanceof UnknownOutcomeError) {
           const lookup = deps.leases.get(lease.id).then(
             () => false,
@@ -226,9 +228,7 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
       // An abort waits for the key and lease to be removed for a second at most: in an outage the
       // revoke would wait out its own timeout, and a lease left behind runs out by itself.
       if (signal?.aborted === true) {
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([release(), new Promise((resolve) => (timer = setTimeout(resolve, ABORT_RELEASE_WAIT_MS)))]);
-        clearTimeout(timer);
+        await withinMs(release(), ABORT_RELEASE_WAIT_MS, false);
         throw signal.reason;
       }
       await release();

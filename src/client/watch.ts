@@ -222,6 +222,11 @@ async function* resumingStream(
           compactedBy.clear();
           compactedAnswers = 0;
           if (response.status >= 400 && response.status < 500 && response.status !== 429 && response.status !== 408) throw refusal;
+          // A node that answers but knows no leader (cut off, or the cluster lost its majority, which
+          // ends every node's streams): not an unreachable cluster. The watch waits on, at the
+          // backoff's pace, as etcd's watchers outlive a lost quorum (a code review: it gave up
+          // with `unreachable` after reconnectTimeoutMs).
+          if (refusal.code === "no_leader") servedMs = performance.now();
           ended = `${endpoint}: ${response.status} ${refusal.code}`;
           break attempt;
         }

@@ -330,12 +330,16 @@ export class KvNode implements KvNodeApi {
   /** The term this node last proposed a nonce in, and the tick before which it does not propose again in it. */
   private clusterNonceTerm = 0;
   private clusterNonceRetryTick = 0;
-  /** When this node last knew a leader, on its clock (see `endStreamsWhileLeaderless`); its start before it knew one. */
-  private leaderKnownMs: number;
+  /**
+   * Since when, on its clock, this node has known no leader, as its Readies said (see
+   * `leaderlessForMs`); undefined while it knows one. Its start until it first knows one.
+   */
+  private leaderLostMs: number | undefined;
+  private leaderEverKnown = false;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
-    this.leaderKnownMs = cfg.clock.nowMs();
+    this.leaderLostMs = cfg.clock.nowMs();
     this.idempotencyWindowMs = cfg.idempotencyWindowMs ?? defaultIdempotency.windowMs;
     // Read again only once more is applied: one read per applied batch at most.
     let sessionClock = { applied: -1, ms: 0 };
@@ -711,11 +715,10 @@ export class KvNode implements KvNodeApi {
     // A reserved prefix is refused as a listing's is (it would match none of the changes a watch carries).
     checkClientKey("key" in filter ? filter.key : filter.prefix);
     if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
-    const nowMs = this.cfg.clock.nowMs();
-    if (this.raw.basicStatus().leaderId === 0 && nowMs - this.leaderKnownMs >= this.leaderlessStreamsMs()) {
-      // Its streams end (see endStreamsWhileLeaderless): a resume here would stand still too.
-      throw new KvError("no_leader", this.leaderlessMessage(nowMs));
-    }
+    // Its streams end (see endStreamsWhileLeaderless): a resume here would stand still too. A removed
+    // node is refused as removed, below.
+    const leaderless = this.membership.removed() ? undefined : this.leaderlessForMs();
+    if (leaderless !== undefined) throw new KvError("no_leader", this.leaderlessMessage(leaderless));
     if (start === "now") {
       await this.readBarrier("linearizable");
       // What is applied now is at or past the read index: every write acknowledged before the watch
@@ -1040,17 +1043,37 @@ export class KvNode implements KvNodeApi {
    * streams of clients that require a leader.
    */
   private endStreamsWhileLeaderless(): void {
-    const nowMs = this.cfg.clock.nowMs();
-    if (this.raw.basicStatus().leaderId !== 0) {
-      this.leaderKnownMs = nowMs;
-      return;
-    }
-    if (nowMs - this.leaderKnownMs < this.leaderlessStreamsMs() || this.watches.count() === 0) return;
-    this.watches.endAll(this.leaderlessMessage(nowMs));
+    if (this.watches.count() === 0) return;
+    const leaderless = this.leaderlessForMs();
+    if (leaderless !== undefined) this.watches.endAll(this.leaderlessMessage(leaderless));
   }
 
-  private leaderlessMessage(nowMs: number): string {
-    return `this node has known no leader for ${Math.round(nowMs - this.leaderKnownMs)} ms (cut off from the others, or the cluster lost its majority), so its state stands still: resume from your last id on another node`;
+  /**
+   * How long this node has known no leader, once that is `leaderlessStreamsMs` or more; undefined
+   * otherwise. Counted from the Ready that said so, not sampled at ticks: a loop parked on its
+   * storage or stalled ticks nothing, and that time was counted as leaderless (a code review).
+   */
+  private leaderlessForMs(): number | undefined {
+    if (this.leaderLostMs === undefined || this.raw.basicStatus().leaderId !== 0) return undefined;
+    const forMs = this.cfg.clock.nowMs() - this.leaderLostMs;
+    return forMs >= this.leaderlessStreamsMs() ? forMs : undefined;
+  }
+
+  /** A Ready's soft state named `leaderId` (0: none). */
+  private noteLeader(leaderId: NodeId): void {
+    if (leaderId !== 0) {
+      this.leaderLostMs = undefined;
+      this.leaderEverKnown = true;
+    } else {
+      this.leaderLostMs ??= this.cfg.clock.nowMs();
+    }
+  }
+
+  private leaderlessMessage(forMs: number): string {
+    const known = this.leaderEverKnown
+      ? `this node has known no leader for ${Math.round(forMs)} ms (cut off from the others, or the cluster lost its majority)`
+      : `this node has known no leader since it started ${Math.round(forMs)} ms ago (it may be joining, or unable to reach a majority)`;
+    return `${known}, so its state stands still: watch on another node (from your last id, if you have one)`;
   }
 
   /** Two maximum election timeouts: long enough for a caught-up target to win. */
@@ -1396,6 +1419,7 @@ export class KvNode implements KvNodeApi {
     if (ready.softState !== undefined) {
       const term = this.raw.basicStatus().term;
       this.cfg.log?.("role", { role: ready.softState.role, leaderId: ready.softState.leaderId, term });
+      this.noteLeader(ready.softState.leaderId);
       // A leader that steps down in its own term with no leader to follow, not removed: check-quorum
       // found no majority answering. Said as such (found in a black-box review: only an info `role`).
       if (this.loggedRole?.role === "leader" && this.loggedRole.term === term && ready.softState.role === "follower" && ready.softState.leaderId === 0 && !this.membership.removed()) {
@@ -1432,8 +1456,8 @@ export class KvNode implements KvNodeApi {
         // longer counts, and what was composed for that process must not reach a new one (an add
         // of a member, which keeps its process, resets nothing).
         const id = result.change.nodeId;
-        if (result.change.type !== "promote") this.transport?.forgetPeerCommandLevel(id);
-        if (result.change.type === "add-learner" && id !== this.cfg.id && !this.raw.members().includes(id)) this.transport?.resetPeer(id);
+        if (result.change.type === "add-learner" && id !== this.cfg.id && !this.raw.members().includes(id)) this.peerAddedAgain(id);
+        else if (result.change.type !== "promote") this.transport?.forgetPeerCommandLevel(id);
         this.membership.changeApplied(result, entry.term);
       } else this.proposals.settle(result, entry.term);
     });
@@ -1492,12 +1516,16 @@ export class KvNode implements KvNodeApi {
     // meanwhile): as when the addition applies (see entriesApplied), nothing composed for the
     // earlier process of the id may reach the new one.
     for (const address of this.cfg.storage.membership().addresses) {
-      if (address.id === this.cfg.id || addedBefore.get(address.id) === address.addedIndex) continue;
-      this.transport?.forgetPeerCommandLevel(address.id);
-      this.transport?.resetPeer(address.id);
+      if (address.id !== this.cfg.id && addedBefore.get(address.id) !== address.addedIndex) this.peerAddedAgain(address.id);
     }
     this.cfg.log?.("snapshot installed", { index, term, imageId: snapshot.imageId });
     this.proposals.coveredBySnapshot(index);
+  }
+
+  /** Member `id` was added (perhaps again, as a new process): nothing said by or composed for an earlier process of it carries over. */
+  private peerAddedAgain(id: NodeId): void {
+    this.transport?.forgetPeerCommandLevel(id);
+    this.transport?.resetPeer(id);
   }
 
   /** Hands messages to the transport, except InstallSnapshot: its image is streamed on the side. */

@@ -346,9 +346,21 @@ export class NodeMembership {
     this.refreshAddresses();
     const status = raw.basicStatus();
     this.host.log?.("membership applied", { change: change.type, nodeId: change.nodeId, index, voters: status.voters, learners: status.learners });
-    if (change.type === "remove" && change.nodeId === this.host.id) {
+    // A change before the one that added this process (a node that joined replays the log's
+    // history up to its own addition): its id's past removals and additions are earlier processes',
+    // not news (found in a black-box review: a joiner logged every past removal of its id as its
+    // own, "may be stopped").
+    const ownAddedIndex = this.host.storage.membership().addresses.find((address) => address.id === this.host.id)?.addedIndex;
+    const history = ownAddedIndex !== undefined && index < ownAddedIndex;
+    const ownPeerUrl = this.host.peers.get(this.host.id);
+    if (history) {
+      // Nothing of this process's own.
+    } else if (change.type === "remove" && change.nodeId === this.host.id) {
       this.markRemoved(true);
       this.host.log?.("removed", { detail: `this node was removed from the cluster at index ${index}; it serves no more requests and may be stopped`, index });
+    } else if (change.type === "add-learner" && change.nodeId === this.host.id && this.removedHere && change.peerUrl !== undefined && ownPeerUrl !== undefined && change.peerUrl !== ownPeerUrl) {
+      // Its id added again for another process, at another address: not this one, which stays removed.
+      this.host.log?.("removed", { detail: `node ${this.host.id} was added again at index ${index} at ${change.peerUrl}, another process than this one (${ownPeerUrl}): this one stays removed and may be stopped`, index });
     } else if (change.type === "add-learner" && change.nodeId === this.host.id && this.removedHere) {
       // A server removed once and joining again under its id (on a wiped data dir) replays the log
       // from the start: its old removal applies before its new addition, which makes it a member again.
@@ -393,6 +405,12 @@ export class NodeMembership {
     // started with the old --cluster line (found in a black-box review), and nothing said so.
     for (const [id, peerUrl] of peers) {
       if (!memberIds.has(id) && membership.changedIndex !== 0) continue;
+      // Nor for a member added after the cluster's start (`addedIndex` > 0): --cluster names the
+      // founding members, and its entry for an id removed and added again since is the old
+      // process's. Taken, it had this node call the old process, which took the new one's addition
+      // for its own and was promoted in its place (found in a black-box review).
+      const addedIndex = this.addresses.get(id)?.addedIndex;
+      if (id !== this.host.id && addedIndex !== undefined && addedIndex > 0) continue;
       const recorded = this.addresses.get(id)?.peerUrl;
       if (recorded !== undefined && recorded !== peerUrl && id !== this.host.id && this.overridesSaid.get(id) !== recorded) {
         this.overridesSaid.set(id, recorded);

@@ -224,8 +224,9 @@ export class NodeWatch {
   }
 
   /**
-   * Every open stream ends with `unavailable` and `message` (the node was removed: it will apply no
-   * more changes, so its streams would send the same progress for ever).
+   * Every open stream ends with `unavailable` and `message`: the node was removed, or has known no
+   * leader for a while, so it applies no more changes and its streams would send the same progress
+   * for ever (or until a leader is heard again).
    */
   endAll(message: string): void {
     for (const watcher of this.watchers) this.end(watcher, { type: "error", error: "unavailable", message });

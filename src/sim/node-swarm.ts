@@ -40,7 +40,7 @@ export interface NodeSwarmResult {
   readonly stateMachineAhead: number;
   /** Power losses that kept some of the log's saves written after its last finished fsync (SimDisk.afterCrash). */
   readonly unsyncedSavesKept: number;
-  /** Crashes that lost applies or an install the disk's storage thread had not committed (SimDisk.afterCrash). */
+  /** Crashes without power loss that lost requests the disk's storage thread had not run: saves, compactions, applies, an install (SimDisk.afterCrash). */
   readonly threadWorkLost: number;
   /** Answers to peer calls that carried the receiver's replies (as the real transport's do). */
   readonly repliesCarried: number;

@@ -78,7 +78,8 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
    * second vote in one term, a quorum that is not one), and its client URL was taken for the
    * member's (found in a review). A member only behind knows its own index, so it is never refused.
    * Refused as a removed caller is (`permission_denied`, see `refuseRemoved`), which it is: its
-   * transport tells its node, which then serves no more. Refused `failed_precondition` before, it
+   * transport tells its node, which then serves no more (unless it leads: src/node/membership.ts
+   * `removedByPeer`; cut off, it steps down within two election timeouts). Refused `failed_precondition` before, it
    * went on answering its clients from its state of before its removal, and a watch stream open on
    * it never moved again (found by the simulator, src/sim/node-sim.ts `detach`).
    */
