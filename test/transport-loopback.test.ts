@@ -205,6 +205,9 @@ describe("connect transport over loopback", () => {
     await a.inbox.until(() => a.inbox.deliveries.length === 1);
     expect(a.transport.peerHttpUrl(2)).toBe("http://127.0.0.1:9002");
     expect(a.transport.peerHttpUrl(3)).toBeUndefined();
+    // Its id added again (a new process): the old one's URL is forgotten, until the new one says its own.
+    a.transport.resetPeer(2);
+    expect(a.transport.peerHttpUrl(2)).toBeUndefined();
   });
 
   test("learns a peer's HTTP URL from the answers to its own calls too: a follower that never calls is known (found in review: /members showed null for it)", async () => {
