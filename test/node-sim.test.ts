@@ -673,6 +673,37 @@ test("a watch stream on a node cut off from the others ends unavailable once it 
   });
 });
 
+test("a watch stream on a follower a full disk froze ends unavailable after five election timeouts, and a new watch there is refused insufficient_storage (it kept its leader, and its stream sent progress at a frozen version: found in a code review)", async () => {
+  await withSim(quietSim(63), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "f-1")).outcome).toBe("ok");
+    const follower = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+    const opened: { subscription?: WatchSubscription } = {};
+    void nodeOf(sim, follower)
+      .watch({ prefix: "f-" }, "now")
+      .then((subscription) => (opened.subscription = subscription));
+    expect(await sim.runUntilTrue(() => opened.subscription !== undefined, 1_000)).toBe(true);
+    const items: WatchItem[] = [];
+    void (async () => {
+      for (let batch = await opened.subscription?.next(); batch !== undefined; batch = await opened.subscription?.next()) items.push(...batch);
+    })();
+    diskOf(sim, follower).full = true;
+    expect((await put(sim, leader, "f-2")).outcome).toBe("ok"); // the other two commit it
+    expect(await sim.runUntilTrue(() => nodeOf(sim, follower).status().storage?.diskFull === true, 1_000)).toBe(true);
+    const frozenMs = sim.nowMs;
+    expect(await sim.runUntilTrue(() => items.some((item) => item.type === "error"), 5_000)).toBe(true);
+    expect(items.find((item) => item.type === "error")).toMatchObject({ type: "error", error: "unavailable" });
+    expect(sim.nowMs - frozenMs).toBeGreaterThanOrEqual(5 * electionTicks * tickMs - 2 * tickMs);
+    expect(nodeOf(sim, follower).status().leaderId).toBe(leader);
+    const refused: { error?: KvError } = {};
+    nodeOf(sim, follower).watch({ prefix: "f-" }, { after: 0 }).catch((error: KvError) => (refused.error = error));
+    expect(await sim.runUntilTrue(() => refused.error !== undefined, 1_000)).toBe(true);
+    expect(refused.error?.code).toBe("insufficient_storage");
+    diskOf(sim, follower).full = false;
+    await sim.healAndCheck(["f-1", "f-2"], 30_000);
+  });
+});
+
 test("a leader whose membership change waits 300 ms on its storage thread keeps leading meanwhile (it ticks and sends heartbeats), and counts the change only once applied", async () => {
   await withSim(quietSim(55, { storageThreadMsMax: 2 }), async (sim) => {
     const leader = await settledLeader(sim);

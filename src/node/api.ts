@@ -282,7 +282,7 @@ export type WatchItem =
   /**
    * The last item of a stream that ends: `slow_watcher` (its buffer overflowed), `compacted` (a
    * snapshot installed here skipped changes it had not sent), `unavailable` (the node stops, was
-   * removed, or has known no leader for five election timeouts).
+   * removed, or has known no leader, or been frozen by a full disk, for five election timeouts).
    * Resume from the last id received.
    */
   | { readonly type: "error"; readonly error: "slow_watcher" | "compacted" | "unavailable"; readonly message: string; readonly compactVersion?: number };

@@ -20,6 +20,7 @@ import {
 import { type ApplyResult, commandLevelKey, commandLevelOf, sessionAnswersRetry, sessionClockKey, sessionClockMsOf } from "../kv/apply-plan.ts";
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
+import type { Membership } from "../kv/membership.ts";
 import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax, txnWrites } from "../kv/txn.ts";
 import { DAMAGED_DATA_DIR_ADVICE, type KvStorage, type StoredValue } from "../storage/kv-storage.ts";
 import { isStorageCorruption } from "../lib/storage-damage.ts";
@@ -44,7 +45,6 @@ import type {
 } from "./api.ts";
 import { checkLeaseId, leaseNotFound, leaseTtlMsMin, NodeLeases } from "./leases.ts";
 import { NodeMembership } from "./membership.ts";
-import type { Membership } from "../kv/membership.ts";
 import { Proposals } from "./proposals.ts";
 import { Reads } from "./reads.ts";
 import { SnapshotTransfer } from "./snapshot-transfer.ts";
@@ -336,6 +336,8 @@ export class KvNode implements KvNodeApi {
    */
   private leaderLostMs: number | undefined;
   private leaderEverKnown = false;
+  /** Since when, on its clock, a full disk has frozen this node's loop (see `frozenByDisk`); undefined while it is not. */
+  private frozenSinceMs: number | undefined;
 
   constructor(private readonly cfg: KvNodeConfig) {
     this.httpUrl = cfg.httpUrl;
@@ -715,10 +717,12 @@ export class KvNode implements KvNodeApi {
     // A reserved prefix is refused as a listing's is (it would match none of the changes a watch carries).
     checkClientKey("key" in filter ? filter.key : filter.prefix);
     if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
-    // Its streams end (see endStreamsWhileLeaderless): a resume here would stand still too. A removed
+    // Its streams end (see endStreamsStandingStill): a resume here would stand still too. A removed
     // node is refused as removed, below.
     const leaderless = this.membership.removed() ? undefined : this.leaderlessForMs();
     if (leaderless !== undefined) throw new KvError("no_leader", this.leaderlessMessage(leaderless));
+    const frozen = this.frozenForMs(this.cfg.clock.nowMs());
+    if (frozen !== undefined) throw new KvError("insufficient_storage", this.frozenMessage(frozen), { retryAfterS: 1 });
     if (start === "now") {
       await this.readBarrier("linearizable");
       // What is applied now is at or past the read index: every write acknowledged before the watch
@@ -1027,7 +1031,7 @@ export class KvNode implements KvNodeApi {
 
   /**
    * How long a node may know no leader before it ends its watch streams and refuses new ones (see
-   * `endStreamsWhileLeaderless`): two and a half maximum election timeouts, past an election that
+   * `endStreamsStandingStill`): two and a half maximum election timeouts, past an election that
    * takes a second round (600 ms at the defaults; 5 s at etcd's timing).
    */
   private leaderlessStreamsMs(): number {
@@ -1040,12 +1044,32 @@ export class KvNode implements KvNodeApi {
    * that no longer moves while the others commit on, and their clients, hearing progress, would
    * never go elsewhere (found in a black-box review: 12 s behind for as long as the cut lasted).
    * They end with `unavailable`, to resume from their last id on another node, as etcd ends the
-   * streams of clients that require a leader.
+   * streams of clients that require a leader. So do they on a node a full disk has frozen as long.
    */
-  private endStreamsWhileLeaderless(): void {
+  private endStreamsStandingStill(): void {
+    const nowMs = this.cfg.clock.nowMs();
+    if (!this.frozenByDisk()) this.frozenSinceMs = undefined;
+    else this.frozenSinceMs ??= nowMs;
     if (this.watches.count() === 0) return;
+    const frozen = this.frozenForMs(nowMs);
+    if (frozen !== undefined) return this.watches.endAll(this.frozenMessage(frozen));
     const leaderless = this.leaderlessForMs();
     if (leaderless !== undefined) this.watches.endAll(this.leaderlessMessage(leaderless));
+  }
+
+  /**
+   * How long a full disk has frozen this node's loop, once that is `leaderlessStreamsMs` or more: it
+   * applies nothing, and its watch streams would stand still while it keeps its leader (as without
+   * a leader, see above: found in a review of that change).
+   */
+  private frozenForMs(nowMs: number): number | undefined {
+    if (this.frozenSinceMs === undefined) return undefined;
+    const forMs = nowMs - this.frozenSinceMs;
+    return forMs >= this.leaderlessStreamsMs() ? forMs : undefined;
+  }
+
+  private frozenMessage(forMs: number): string {
+    return `this node's disk has been full for ${Math.round(forMs)} ms and it applies nothing until space returns, so its state stands still: watch on another node (from your last id, if you have one)`;
   }
 
   /**
@@ -1178,6 +1202,7 @@ export class KvNode implements KvNodeApi {
   private onTick(): void {
     if (this.stopped) return;
     this.noteDiskFull();
+    this.endStreamsStandingStill();
     this.noteVotesHeld();
     if (++this.ticksSinceMeasure >= dataMeasureTicks) this.measureData();
     if (this.blockedReady !== undefined) {
@@ -1195,7 +1220,6 @@ export class KvNode implements KvNodeApi {
     this.raw.tick();
     this.ticksAccounted++;
     this.expireWaiters();
-    this.endStreamsWhileLeaderless();
     // Asked again by the turn below (as etcd's read loop does every 500 ms).
     this.reads.askAgainOlderThan(this.cfg.clock.nowMs(), readIndexRetryMs);
     this.leases.tick();
