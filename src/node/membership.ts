@@ -362,8 +362,8 @@ export class NodeMembership {
       // Its id added again for another process, at another address: not this one, which stays removed.
       this.host.log?.("removed", { detail: `node ${this.host.id} was added again at index ${index} at ${change.peerUrl}, another process than this one (${ownPeerUrl}): this one stays removed and may be stopped`, index });
     } else if (change.type === "add-learner" && change.nodeId === this.host.id && this.removedHere) {
-      // A server removed once and joining again under its id (on a wiped data dir) replays the log
-      // from the start: its old removal applies before its new addition, which makes it a member again.
+      // Removed (its removal applied, or a peer said so) and added again at its own address: this
+      // very process is a member again (a joiner's replay of its id's history is skipped above).
       this.markRemoved(false);
       this.host.log?.("member again", { detail: `this node was added again at index ${index}; it serves requests`, index });
     }
