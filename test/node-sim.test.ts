@@ -704,6 +704,40 @@ test("a watch stream on a follower a full disk froze ends unavailable after five
   });
 });
 
+test("a joiner that replays the log's earlier additions of members it already has (its configuration came with its join) resets nothing toward them; the leader resets only the id it adds (a replayed add aborted live calls to a member: found in a code review)", async () => {
+  await withSim(quietSim(64), async (sim) => {
+    const leader = await settledLeader(sim);
+    await settled(sim, sim.join(4, () => leader), 5_000);
+    for (let i = 0; i < 5; i++) expect((await put(sim, leader, `a-${i}`)).outcome).toBe("ok");
+    await settled(sim, sim.join(5, () => leader), 5_000);
+    // Node 5 replays the log from its start, node 4's addition among it, and catches up.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, 5).status().appliedIndex >= nodeOf(sim, leader).status().commitIndex, 5_000)).toBe(true);
+    expect(sim.network.peerResets.get(`5>4`)).toBeUndefined();
+    expect(sim.network.peerResets.get(`${leader}>5`)).toBe(1);
+    await sim.healAndCheck(["a-0", "a-4"], 30_000);
+  });
+});
+
+test("a node that catches up by an image recording a member removed and added again (as a new process) resets its peer toward that member, as applying the addition would", async () => {
+  await withSim(quietSim(65, { nodeCount: 5, snapshotEntries: 20 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    const [away, replaced] = [...sim.servers.keys()].filter((id) => id !== leader) as [NodeId, NodeId];
+    sim.network.isolate(away);
+    await settled(sim, sim.removeMember(replaced, () => leader), 5_000);
+    sim.retire(replaced);
+    await settled(sim, sim.join(replaced, () => leader), 5_000);
+    // Enough writes that the leader compacts past the addition: the node cut off gets an image.
+    for (let i = 0; i < 40; i++) expect((await put(sim, leader, `b-${i % 5}`)).outcome).toBe("ok");
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().firstLogIndex > 1, 1_000)).toBe(true);
+    expect(sim.network.peerResets.get(`${away}>${replaced}`)).toBeUndefined();
+    const installedBefore = diskOf(sim, away).snapshotsInstalled;
+    sim.network.release(away);
+    expect(await sim.runUntilTrue(() => diskOf(sim, away).snapshotsInstalled > installedBefore && nodeOf(sim, away).status().appliedIndex >= nodeOf(sim, leader).status().commitIndex, 10_000)).toBe(true);
+    expect(sim.network.peerResets.get(`${away}>${replaced}`)).toBe(1);
+    await sim.healAndCheck(["b-0", "b-4"], 30_000);
+  });
+});
+
 test("a leader whose membership change waits 300 ms on its storage thread keeps leading meanwhile (it ticks and sends heartbeats), and counts the change only once applied", async () => {
   await withSim(quietSim(55, { storageThreadMsMax: 2 }), async (sim) => {
     const leader = await settledLeader(sim);

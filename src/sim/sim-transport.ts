@@ -289,6 +289,8 @@ export class SimNetwork {
       forgetPeerCommandLevel: (peer) => void peerCommandLevels.delete(peer),
       // As the server's transport: the sender's queue is dropped and its calls aborted.
       resetPeer: (peer) => {
+        const key = `${id}>${peer}`;
+        this.peerResets.set(key, (this.peerResets.get(key) ?? 0) + 1);
         peerHttpUrls.delete(peer);
         const sender = endpoint.senders.get(peer);
         if (sender === undefined) return;
@@ -301,6 +303,9 @@ export class SimNetwork {
       },
     };
   }
+
+  /** `Transport.resetPeer` calls, by `${node}>${peer}` (for tests: what a node's applies and installs reset). */
+  readonly peerResets = new Map<string, number>();
 
   /** Refusals as removed that reached a live caller's node (`SimPeerIdentity.onRemoved`). */
   toldRemoved = 0;
