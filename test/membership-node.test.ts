@@ -314,6 +314,27 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
     expect(membership.removed()).toBe(true);
   });
 
+  test("a removed process that applies its id's addition at another address (another process) stays removed; one at its own address is a member again (found in a black-box review: an old process took a new one's addition for its own)", () => {
+    const raw = { applyConfChange: () => undefined, basicStatus: () => ({ role: "follower", voters: [1, 2], learners: [] }) as never } as unknown as Partial<RawNode>;
+    const { host, logged, record } = hostWith({ voters: [1, 2, 3], learners: [], addresses, changedIndex: 4 }, raw);
+    const membership = new NodeMembership({ ...host, peers: new Map([[3, "mem://peer-3"]]) });
+    record({ voters: [1, 2], learners: [], addresses: addresses.slice(0, 2), changedIndex: 7 });
+    membership.changeApplied({ kind: "conf-change", index: 7, change: { type: "remove", nodeId: 3 } } as never, 2);
+    expect(membership.removed()).toBe(true);
+    // Its id added again for a process elsewhere.
+    const elsewhere = { id: 3, peerUrl: "mem://peer-3-new", addedIndex: 9 };
+    record({ voters: [1, 2], learners: [3], addresses: [...addresses.slice(0, 2), elsewhere], changedIndex: 9 });
+    membership.changeApplied({ kind: "conf-change", index: 9, change: { type: "add-learner", nodeId: 3, peerUrl: elsewhere.peerUrl } } as never, 2);
+    expect(membership.removed()).toBe(true);
+    expect(logged.filter((event) => event === "member again")).toEqual([]);
+    // Removed again, then added again at this process's own address: a member again.
+    record({ voters: [1, 2], learners: [], addresses: addresses.slice(0, 2), changedIndex: 11 });
+    membership.changeApplied({ kind: "conf-change", index: 11, change: { type: "remove", nodeId: 3 } } as never, 2);
+    record({ voters: [1, 2], learners: [3], addresses: [...addresses.slice(0, 2), { id: 3, peerUrl: "mem://peer-3", addedIndex: 13 }], changedIndex: 13 });
+    membership.changeApplied({ kind: "conf-change", index: 13, change: { type: "add-learner", nodeId: 3, peerUrl: "mem://peer-3" } } as never, 2);
+    expect(membership.removed()).toBe(false);
+  });
+
   test("a --cluster entry that differs from the member's recorded address is used, and said once per recorded address (a member re-added elsewhere was silently reached at its old one: found in a black-box review)", () => {
     const raw = { basicStatus: () => ({ role: "follower", voters: [1, 2, 3], learners: [] }) as never } as unknown as Partial<RawNode>;
     const moved = addresses.map((address) => (address.id === 2 ? { ...address, peerUrl: "mem://peer-2-new" } : address));

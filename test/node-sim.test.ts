@@ -17,7 +17,7 @@ import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
 import { historyViolation, isRefusal, NodeSim, type NodeSimOptions } from "../src/sim/node-sim.ts";
-import type { WatchItem, WatchSubscription } from "../src/node/api.ts";
+import type { WatchItem, WatchStart, WatchSubscription } from "../src/node/api.ts";
 import { SimBank } from "../src/sim/sim-bank.ts";
 import { corruptError } from "../src/storage/sqlite-reads.ts";
 import { bankAccounts } from "../src/chaos/bank.ts";
@@ -73,6 +73,24 @@ function diskOf(sim: NodeSim, id: NodeId) {
 
 async function put(sim: NodeSim, at: NodeId, key: string): Promise<Operation> {
   return sim.awaitAnswer(sim.callOperation(1, at, "put", key), 5_000);
+}
+
+/**
+ * Opens a watch on node `id` (running the simulation until it is open) and collects what its
+ * stream hands out, in the background, until it ends: `items` grows as the simulation runs.
+ */
+async function openWatch(sim: NodeSim, id: NodeId, prefix: string, start: WatchStart): Promise<{ items: WatchItem[]; subscription: WatchSubscription }> {
+  const opened: { subscription?: WatchSubscription } = {};
+  void nodeOf(sim, id)
+    .watch({ prefix }, start)
+    .then((subscription) => (opened.subscription = subscription));
+  expect(await sim.runUntilTrue(() => opened.subscription !== undefined, 1_000)).toBe(true);
+  const subscription = opened.subscription as WatchSubscription;
+  const items: WatchItem[] = [];
+  void (async () => {
+    for (let batch = await subscription.next(); batch !== undefined; batch = await subscription.next()) items.push(...batch);
+  })();
+  return { items, subscription };
 }
 
 /** Whether `promise` was answered, without waiting for it. */
@@ -632,15 +650,7 @@ test("a watch stream on a node cut off from the others ends unavailable once it 
     const leader = await settledLeader(sim);
     expect((await put(sim, leader, "w-1")).outcome).toBe("ok");
     const follower = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
-    const opened: { subscription?: WatchSubscription } = {};
-    void nodeOf(sim, follower)
-      .watch({ prefix: "w-" }, "now")
-      .then((subscription) => (opened.subscription = subscription));
-    expect(await sim.runUntilTrue(() => opened.subscription !== undefined, 1_000)).toBe(true);
-    const items: WatchItem[] = [];
-    void (async () => {
-      for (let batch = await opened.subscription?.next(); batch !== undefined; batch = await opened.subscription?.next()) items.push(...batch);
-    })();
+    const { items } = await openWatch(sim, follower, "w-", "now");
     const cutMs = sim.nowMs;
     sim.network.partition([[follower], [...sim.servers.keys()].filter((id) => id !== follower)]);
     const written = await put(sim, leader, "w-2");
@@ -658,17 +668,9 @@ test("a watch stream on a node cut off from the others ends unavailable once it 
     nodeOf(sim, follower).watch({ prefix: "w-" }, { after: last }).catch((error: KvError) => (refused.error = error));
     expect(await sim.runUntilTrue(() => refused.error !== undefined, 1_000)).toBe(true);
     expect(refused.error?.code).toBe("no_leader");
-    const resumed: { subscription?: WatchSubscription } = {};
-    void nodeOf(sim, leader)
-      .watch({ prefix: "w-" }, { after: last })
-      .then((subscription) => (resumed.subscription = subscription));
-    expect(await sim.runUntilTrue(() => resumed.subscription !== undefined, 1_000)).toBe(true);
-    const got: WatchItem[] = [];
-    void (async () => {
-      for (let batch = await resumed.subscription?.next(); batch !== undefined; batch = await resumed.subscription?.next()) got.push(...batch);
-    })();
-    expect(await sim.runUntilTrue(() => got.some((item) => item.type === "change" && item.change.version === written.version), 1_000)).toBe(true);
-    resumed.subscription?.close();
+    const resumed = await openWatch(sim, leader, "w-", { after: last });
+    expect(await sim.runUntilTrue(() => resumed.items.some((item) => item.type === "change" && item.change.version === written.version), 1_000)).toBe(true);
+    resumed.subscription.close();
     await sim.healAndCheck(["w-1", "w-2"], 30_000);
   });
 });
@@ -678,15 +680,7 @@ test("a watch stream on a follower a full disk froze ends unavailable after five
     const leader = await settledLeader(sim);
     expect((await put(sim, leader, "f-1")).outcome).toBe("ok");
     const follower = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
-    const opened: { subscription?: WatchSubscription } = {};
-    void nodeOf(sim, follower)
-      .watch({ prefix: "f-" }, "now")
-      .then((subscription) => (opened.subscription = subscription));
-    expect(await sim.runUntilTrue(() => opened.subscription !== undefined, 1_000)).toBe(true);
-    const items: WatchItem[] = [];
-    void (async () => {
-      for (let batch = await opened.subscription?.next(); batch !== undefined; batch = await opened.subscription?.next()) items.push(...batch);
-    })();
+    const { items } = await openWatch(sim, follower, "f-", "now");
     diskOf(sim, follower).full = true;
     expect((await put(sim, leader, "f-2")).outcome).toBe("ok"); // the other two commit it
     expect(await sim.runUntilTrue(() => nodeOf(sim, follower).status().storage?.diskFull === true, 1_000)).toBe(true);

@@ -332,7 +332,7 @@ export class KvNode implements KvNodeApi {
   private clusterNonceRetryTick = 0;
   /**
    * Since when, on its clock, this node has known no leader, as its Readies said (see
-   * `leaderlessForMs`); undefined while it knows one. Its start until it first knows one.
+   * `standingStill`); undefined while it knows one. Its start until it first knows one.
    */
   private leaderLostMs: number | undefined;
   private leaderEverKnown = false;
@@ -719,10 +719,8 @@ export class KvNode implements KvNodeApi {
     if (this.stopped || this.failure !== undefined) throw new KvError("unavailable", "the node is not running");
     // Its streams end (see endStreamsStandingStill): a resume here would stand still too. A removed
     // node is refused as removed, below.
-    const leaderless = this.membership.removed() ? undefined : this.leaderlessForMs();
-    if (leaderless !== undefined) throw new KvError("no_leader", this.leaderlessMessage(leaderless));
-    const frozen = this.frozenForMs(this.cfg.clock.nowMs());
-    if (frozen !== undefined) throw new KvError("insufficient_storage", this.frozenMessage(frozen), { retryAfterS: 1 });
+    const stuck = this.membership.removed() ? undefined : this.standingStill();
+    if (stuck !== undefined) throw stuck;
     if (start === "now") {
       await this.readBarrier("linearizable");
       // What is applied now is at or past the read index: every write acknowledged before the watch
@@ -1047,40 +1045,34 @@ export class KvNode implements KvNodeApi {
    * streams of clients that require a leader. So do they on a node a full disk has frozen as long.
    */
   private endStreamsStandingStill(): void {
-    const nowMs = this.cfg.clock.nowMs();
     if (!this.frozenByDisk()) this.frozenSinceMs = undefined;
-    else this.frozenSinceMs ??= nowMs;
+    else this.frozenSinceMs ??= this.cfg.clock.nowMs();
     if (this.watches.count() === 0) return;
-    const frozen = this.frozenForMs(nowMs);
-    if (frozen !== undefined) return this.watches.endAll(this.frozenMessage(frozen));
-    const leaderless = this.leaderlessForMs();
-    if (leaderless !== undefined) this.watches.endAll(this.leaderlessMessage(leaderless));
+    const stuck = this.standingStill();
+    if (stuck !== undefined) this.watches.endAll(stuck.message);
   }
 
   /**
-   * How long a full disk has frozen this node's loop, once that is `leaderlessStreamsMs` or more: it
-   * applies nothing, and its watch streams would stand still while it keeps its leader (as without
-   * a leader, see above: found in a review of that change).
+   * Why this node's state stands still, once it has for `leaderlessStreamsMs`: a full disk froze its
+   * loop (it keeps its leader, and its streams stood still: found in a review of the leaderless
+   * check), or it has known no leader, counted from the Ready that said so, not sampled at ticks (a
+   * loop parked on its storage or stalled ticks nothing, and that time was counted as leaderless: a
+   * code review). The refusal a new watch gets; undefined while it moves.
    */
-  private frozenForMs(nowMs: number): number | undefined {
-    if (this.frozenSinceMs === undefined) return undefined;
-    const forMs = nowMs - this.frozenSinceMs;
-    return forMs >= this.leaderlessStreamsMs() ? forMs : undefined;
-  }
-
-  private frozenMessage(forMs: number): string {
-    return `this node's disk has been full for ${Math.round(forMs)} ms and it applies nothing until space returns, so its state stands still: watch on another node (from your last id, if you have one)`;
-  }
-
-  /**
-   * How long this node has known no leader, once that is `leaderlessStreamsMs` or more; undefined
-   * otherwise. Counted from the Ready that said so, not sampled at ticks: a loop parked on its
-   * storage or stalled ticks nothing, and that time was counted as leaderless (a code review).
-   */
-  private leaderlessForMs(): number | undefined {
-    if (this.leaderLostMs === undefined || this.raw.basicStatus().leaderId !== 0) return undefined;
-    const forMs = this.cfg.clock.nowMs() - this.leaderLostMs;
-    return forMs >= this.leaderlessStreamsMs() ? forMs : undefined;
+  private standingStill(): KvError | undefined {
+    const nowMs = this.cfg.clock.nowMs();
+    const atLeast = this.leaderlessStreamsMs();
+    const then = "so its state stands still: watch on another node (from your last id, if you have one)";
+    if (this.frozenSinceMs !== undefined && nowMs - this.frozenSinceMs >= atLeast) {
+      const forMs = Math.round(nowMs - this.frozenSinceMs);
+      return new KvError("insufficient_storage", `this node's disk has been full for ${forMs} ms and it applies nothing until space returns, ${then}`, { retryAfterS: 1 });
+    }
+    if (this.leaderLostMs === undefined || this.raw.basicStatus().leaderId !== 0 || nowMs - this.leaderLostMs < atLeast) return undefined;
+    const forMs = Math.round(nowMs - this.leaderLostMs);
+    const known = this.leaderEverKnown
+      ? `this node has known no leader for ${forMs} ms (cut off from the others, or the cluster lost its majority)`
+      : `this node has known no leader since it started ${forMs} ms ago (it may be joining, or unable to reach a majority)`;
+    return new KvError("no_leader", `${known}, ${then}`);
   }
 
   /** A Ready's soft state named `leaderId` (0: none). */
@@ -1091,13 +1083,6 @@ export class KvNode implements KvNodeApi {
     } else {
       this.leaderLostMs ??= this.cfg.clock.nowMs();
     }
-  }
-
-  private leaderlessMessage(forMs: number): string {
-    const known = this.leaderEverKnown
-      ? `this node has known no leader for ${Math.round(forMs)} ms (cut off from the others, or the cluster lost its majority)`
-      : `this node has known no leader since it started ${Math.round(forMs)} ms ago (it may be joining, or unable to reach a majority)`;
-    return `${known}, so its state stands still: watch on another node (from your last id, if you have one)`;
   }
 
   /** Two maximum election timeouts: long enough for a caught-up target to win. */

@@ -235,13 +235,16 @@ export class SimDisk implements KvStorage {
       this.threadTail = this.threadTail.then(() => resumed);
     }
     const result = run();
-    if (threaded && replay !== undefined) {
-      const storage = this.current;
-      this.threadTail = this.threadTail.then(() => {
-        if (this.current === storage) this.runOnThread(replay);
-      });
-    }
+    if (threaded && replay !== undefined) this.postToThread(replay);
     return result;
+  }
+
+  /** Posts `replay` to the storage thread: it runs once the requests before it ran, unless this process died first. */
+  private postToThread(replay: (thread: MemoryKvStorage) => unknown): void {
+    const storage = this.current;
+    this.threadTail = this.threadTail.then(() => {
+      if (this.current === storage) this.runOnThread(replay);
+    });
   }
 
   /** Runs a request on the thread's storage; a failure there is the simulator's (the same write went through on `current`). */
@@ -423,11 +426,7 @@ export class SimDisk implements KvStorage {
   }
   discardStagedImage(): void {
     this.current.discardStagedImage();
-    if (this.threadStorage === undefined) return;
-    const storage = this.current;
-    this.threadTail = this.threadTail.then(() => {
-      if (this.current === storage) this.runOnThread((thread) => thread.discardStagedImage());
-    });
+    if (this.threadStorage !== undefined) this.postToThread((thread) => thread.discardStagedImage());
   }
 
   /** A write to the log that is not a save (not replayed as one): until synced, a power loss keeps no save after it. */
