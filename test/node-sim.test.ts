@@ -962,3 +962,32 @@ test("a leader whose state machine is found damaged as it reads an image for a j
     await expect(sim.runUntil(sim.nowMs + 5_000)).rejects.toThrow(`node ${leader} stopped on its own: the row of key "d-3" does not match its checksum`);
   });
 });
+
+test("a leader cut off in a minority that has not applied a member's removal and addition again calls the new process at the member's old address: the new process refuses the call as one for an older process of its id, and does not stop for lost data", async () => {
+  await withSim(quietSim(66, { nodeCount: 5 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    const keys = Array.from({ length: 20 }, (_, i) => `m-${i}`);
+    for (const key of keys) expect((await put(sim, leader, key)).outcome).toBe("ok");
+    const [replaced, ...majority] = [...sim.servers.keys()].filter((id) => id !== leader) as [NodeId, ...NodeId[]];
+    // The leader's record of what the replaced member acknowledged: what its heartbeats would say.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, replaced).status().appliedIndex >= nodeOf(sim, leader).status().commitIndex, 1_000)).toBe(true);
+    const cutTerm = nodeOf(sim, leader).status().term;
+    sim.network.partition([[leader, replaced], majority]);
+    expect(await sim.runUntilTrue(() => majority.some((id) => nodeOf(sim, id).status().role === "leader"), 1_000)).toBe(true);
+    const newLeader = majority.find((id) => nodeOf(sim, id).status().role === "leader") as NodeId;
+    await settled(sim, sim.removeMember(replaced, () => newLeader), 5_000);
+    sim.retire(replaced);
+    const joined = sim.join(replaced, () => newLeader);
+    expect(await sim.runUntilTrue(() => sim.servers.get(replaced)?.node !== undefined, 1_000)).toBe(true);
+    // The old leader still leads its side, knowing the replaced id as it was before: its calls reach the new process.
+    expect(nodeOf(sim, leader).status()).toMatchObject({ role: "leader", term: cutTerm });
+    const refusedBefore = sim.network.refused.stale_recipient;
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().role !== "leader", 1_000)).toBe(true);
+    expect(sim.network.refused.stale_recipient).toBeGreaterThan(refusedBefore);
+    expect(sim.stats.fatal).toBe(0);
+    sim.network.heal();
+    await settled(sim, joined, 10_000);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, newLeader).members().members.find((member) => member.id === replaced)?.role === "voter", 5_000)).toBe(true);
+    await sim.healAndCheck(keys, 30_000);
+  });
+});

@@ -70,6 +70,8 @@ export interface NodeSwarmResult {
    */
   readonly staleProcesses: number;
   readonly peerCallsRefusedStaleMember: number;
+  /** Calls refused as meant for an older process of the receiver's id (peer-call-guard.ts `refuseStaleRecipient`). */
+  readonly peerCallsRefusedStaleRecipient: number;
   /** Client calls sent to such older processes (their answers judged with the rest). */
   readonly olderProcessCalls: number;
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
@@ -479,6 +481,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     staleProcesses: sim.stats.staleProcesses,
     olderProcessCalls: sim.stats.olderProcessCalls,
     peerCallsRefusedStaleMember: sim.network.refused.stale_member,
+    peerCallsRefusedStaleRecipient: sim.network.refused.stale_recipient,
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,

@@ -7,7 +7,7 @@ import type { Message, NodeId } from "../raft/types.ts";
 import { type CallRefusal, defaultConnectTransportLimits } from "../transport/connect-transport.ts";
 import { CLUSTER_NONCE_HEADER } from "../transport/peer-auth.ts";
 import { createPeerCallGuard } from "../transport/peer-call-guard.ts";
-import { MEMBER_SINCE_HEADER, REMOVED_REFUSAL_PREFIX } from "../transport/peer-identity.ts";
+import { REMOVED_REFUSAL_PREFIX, setIdentityHeaders } from "../transport/peer-identity.ts";
 import { createPeerSender, type PeerSender } from "../transport/peer-sender.ts";
 import { createRaftServiceRoutes } from "../transport/raft-service.ts";
 import { createReplySlots, dispatchToPeer, replyWaitMs, type ReplySlots } from "../transport/reply-slots.ts";
@@ -149,10 +149,9 @@ export class SimNetwork {
             onNonMember: () => {},
           });
     /** What every call of this process carries, read as it is sent (as the server's interceptors do). */
-    const callContext = (): HandlerContext => {
+    const callContext = (peer: NodeId): HandlerContext => {
       const requestHeader = new Headers();
-      const since = identity?.memberSince(id);
-      if (since !== undefined) requestHeader.set(MEMBER_SINCE_HEADER, String(since));
+      setIdentityHeaders(requestHeader, identity?.memberSince(id), identity?.memberSince(peer));
       const nonce = identity?.clusterNonce();
       if (nonce !== undefined) requestHeader.set(CLUSTER_NONCE_HEADER, nonce);
       return { requestHeader } as HandlerContext;
@@ -193,6 +192,7 @@ export class SimNetwork {
         handler(messages, from, fromHttpUrl);
       },
       awaitReply: (from) => replySlots.awaitReply(from),
+      ...(identity === undefined ? {} : { memberSince: (peer: NodeId) => (self !== undefined && !self.alive ? undefined : identity.memberSince(peer)) }),
       onSnapshotChunk: snapshotHandler,
       ...(checkSender === undefined ? {} : { checkSender }),
     })(router);
@@ -215,11 +215,11 @@ export class SimNetwork {
       if (client === undefined) {
         client = {
           send: (request: SendRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) => {
-            const context = callContext();
+            const context = callContext(peer);
             return this.call(endpoint.address, peer, (target) => target.service.send(request, context), callOptions, true);
           },
           sendSnapshotChunk: (request: SendSnapshotChunkRequest, callOptions?: { timeoutMs?: number; signal?: AbortSignal }) => {
-            const context = callContext();
+            const context = callContext(peer);
             return this.call(endpoint.address, peer, (target) => Promise.resolve(target.service.sendSnapshotChunk(request, context)), callOptions, false);
           },
         } as unknown as Client<typeof RaftService>;
@@ -310,7 +310,7 @@ export class SimNetwork {
   /** Refusals as removed that reached a live caller's node (`SimPeerIdentity.onRemoved`). */
   toldRemoved = 0;
   /** Calls the receivers' guards refused, by reason (the server's `kv_peer_requests_refused_total`). */
-  readonly refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 };
+  readonly refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, stale_recipient: 0, removed: 0 };
 
   /**
    * The process of node `id` goes on running at `address`, which nobody calls: its id was removed

@@ -189,9 +189,10 @@ export function peerRpcTimeoutMs(tickMs: number, electionTicks: number): number 
  * Why the peer server refused a call before delivering it: its authentication (before its body was
  * read), a node outside this node's configuration without the cluster's nonce, or a message in it
  * addressed to another node (a peer whose configuration gives our address to another id), or an
- * older process of a member's id (`stale_member`: peer-identity.ts).
+ * older process of a member's id (`stale_member`: peer-identity.ts), or a call meant for an older
+ * process of this node's id (`stale_recipient`: peer-identity.ts).
  */
-export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed" | "stale_member" | "removed";
+export type CallRefusal = PeerRefusal | "not_a_peer" | "misaddressed" | "stale_member" | "stale_recipient" | "removed";
 
 /** What the peer server logs at most once an interval: a kind of refused call, or calls from non-members. */
 type PeerCallNote = CallRefusal | "from_non_member" | "peer_address_unknown";
@@ -234,7 +235,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
   // Bounded: HTTP statuses are a small set, and refusals have two kinds.
   const requestsByStatus = new Map<number, number>();
   let receivedBytes = 0;
-  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, removed: 0 };
+  const refused: Record<CallRefusal, number> = { unauthenticated: 0, cluster_mismatch: 0, not_a_peer: 0, misaddressed: 0, stale_member: 0, stale_recipient: 0, removed: 0 };
   let callsFromNonMembers = 0;
   const refusalLog = createRateLimitedLog<PeerCallNote>(log, REFUSAL_LOG_INTERVAL_MS, "calls");
   const auth = options.auth;
@@ -305,6 +306,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
         if (!closed) options.onMessages(messages, from, fromHttpUrl);
       },
       awaitReply: (from) => replySlots.awaitReply(from),
+      ...(options.memberSince === undefined ? {} : { memberSince: (id: NodeId) => (closed ? undefined : options.memberSince?.(id)) }),
       checkSender,
       onMisaddressed: noteMisaddressed,
       snapshotDecodeLimits: limits,
@@ -342,7 +344,9 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
     const countBytes = (bytes: number) => sentBytes.set(peerId, (sentBytes.get(peerId) ?? 0) + bytes);
     const interceptors = [
       ...(auth === undefined ? [] : [peerAuthInterceptor(auth)]),
-      ...(options.memberSince === undefined ? [] : [peerIdentityInterceptor(() => (closed ? undefined : options.memberSince?.(options.selfId)))]),
+      ...(options.memberSince === undefined
+        ? []
+        : [peerIdentityInterceptor(() => (closed ? undefined : options.memberSince?.(options.selfId)), () => (closed ? undefined : options.memberSince?.(peerId)))]),
     ];
     let transport;
     // With TLS, every peer is called over TLS, whatever its URL says: an http URL (a member added

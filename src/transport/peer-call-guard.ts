@@ -7,7 +7,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { NodeId } from "../raft/types.ts";
 import type { CallRefusal } from "./connect-transport.ts";
 import { CLUSTER_NONCE_HEADER } from "./peer-auth.ts";
-import { REMOVED_REFUSAL_PREFIX, removedCaller, staleIncarnation } from "./peer-identity.ts";
+import { REMOVED_REFUSAL_PREFIX, removedCaller, staleIncarnation, staleRecipient } from "./peer-identity.ts";
 
 /** What the guard reads of its node, and where it counts and says what it refused. */
 export interface PeerCallGuardOptions {
@@ -49,6 +49,7 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
    */
   function checkSender(from: NodeId, headers: Headers): void {
     refuseRemoved(from, headers);
+    refuseStaleRecipient(from, headers);
     if (o.knows(from)) {
       refuseStaleMember(from, headers);
       return;
@@ -94,6 +95,25 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
       `it was removed while it ran, and never heard of it; stop it (its data dir is not the member's)`;
     o.log("stale_member", `refused a call: ${message}`);
     throw new ConnectError(`${REMOVED_REFUSAL_PREFIX}${message}`, Code.PermissionDenied);
+  }
+  /**
+   * Refuses a call meant for an older process of this node's id (peer-identity.ts `staleRecipient`):
+   * the caller has not applied this node's addition again. A leader cut off in a minority sent this
+   * process, new on an empty disk at the old one's address, heartbeats whose commit index said what
+   * the old one had acknowledged, and it stopped for lost data (found by the simulator). Refused
+   * `failed_precondition`: the caller is not removed, only behind, and catches up from the log.
+   */
+  function refuseStaleRecipient(from: NodeId, headers: Headers): void {
+    const memberSince = o.memberSince;
+    if (memberSince === undefined || o.closed()) return;
+    const stale = staleRecipient(headers, () => memberSince(o.selfId));
+    if (stale === undefined) return;
+    o.refused.stale_recipient++;
+    const message =
+      `node ${from} calls node ${o.selfId} as added at index ${stale.addressed}, and this process was added at index ${stale.own}: ` +
+      `what node ${from} sends was meant for an older process of id ${o.selfId}; it has not applied the addition again yet`;
+    o.log("stale_recipient", `refused a call: ${message}`);
+    throw new ConnectError(message, Code.FailedPrecondition);
   }
   /**
    * Refuses a call from a node this node knows was removed (see `ConnectTransportOptions.configuration`),

@@ -7,19 +7,38 @@
  * caller's own. A caller whose index is below the one this node records for its id is a process
  * from before that id was added again (`staleIncarnation`): a member only behind knows its own
  * index all the same (from its join, its own add, or an image), whatever address it is reached at.
+ *
+ * The other way round, every call also carries the index the caller records for the node it calls
+ * (`RECIPIENT_SINCE_HEADER`). A caller whose record is below the receiver's own index has not
+ * applied the receiver's addition again: what it sends was meant for the older process of that id
+ * (`staleRecipient`). A leader cut off in a minority, which never applied the removal nor the
+ * addition, sent the new process at the old address heartbeats whose commit index said what the old
+ * one had acknowledged; the new one, on an empty disk, stopped for lost data (src/node/kv-node.ts
+ * `lostLogError`; found by the simulator, test/node-sim.test.ts).
  */
 import type { Interceptor } from "@connectrpc/connect";
 
 /** The header with the index of the entry that added the caller at its address, as the caller records it. */
 export const MEMBER_SINCE_HEADER = "kv-member-since";
 
-/** Adds the caller's own `addedIndex` to every outgoing call; nothing while it has none (unknown). */
-export function peerIdentityInterceptor(ownSince: () => number | undefined): Interceptor {
+/** The header with the index of the entry that added the called node at its address, as the caller records it. */
+export const RECIPIENT_SINCE_HEADER = "kv-recipient-since";
+
+/**
+ * Adds the caller's own `addedIndex` to every outgoing call, and the one it records for the peer it
+ * calls (`recipientSince`); nothing for either while it has none (unknown).
+ */
+export function peerIdentityInterceptor(ownSince: () => number | undefined, recipientSince: () => number | undefined): Interceptor {
   return (next) => (request) => {
-    const since = ownSince();
-    if (since !== undefined) request.header.set(MEMBER_SINCE_HEADER, String(since));
+    setIdentityHeaders(request.header, ownSince(), recipientSince());
     return next(request);
   };
+}
+
+/** Sets the two headers of `peerIdentityInterceptor` (the simulated transport sets them so too). */
+export function setIdentityHeaders(headers: Headers, since: number | undefined, recipientSince: number | undefined): void {
+  if (since !== undefined) headers.set(MEMBER_SINCE_HEADER, String(since));
+  if (recipientSince !== undefined) headers.set(RECIPIENT_SINCE_HEADER, String(recipientSince));
 }
 
 /**
@@ -37,8 +56,35 @@ export function staleIncarnation(headers: Headers, recordedSince: () => number |
 
 /** The index the caller says it was added at, or undefined when it does not say. */
 export function callerSince(headers: Headers): number | undefined {
-  const text = headers.get(MEMBER_SINCE_HEADER);
+  return indexHeader(headers, MEMBER_SINCE_HEADER);
+}
+
+function indexHeader(headers: Headers, name: string): number | undefined {
+  const text = headers.get(name);
   return text === null || !/^\d{1,15}$/.test(text) ? undefined : Number(text);
+}
+
+/**
+ * The index the caller records for this node and this node's own (`ownSince`) when the caller's is
+ * below it: the call was meant for an older process of this node's id. Undefined when either is
+ * unknown (no header: a release before this one, or a caller that records none) or the caller's is
+ * as recent or more.
+ */
+export function staleRecipient(headers: Headers, ownSince: () => number | undefined): { readonly addressed: number; readonly own: number } | undefined {
+  const addressed = indexHeader(headers, RECIPIENT_SINCE_HEADER);
+  if (addressed === undefined) return undefined;
+  const own = ownSince();
+  return own !== undefined && addressed < own ? { addressed, own } : undefined;
+}
+
+/**
+ * Whether the caller says it was added at an index above the one this node records for its id
+ * (`recordedSince`): this node has not applied the caller's addition again, so what it has for that
+ * id was meant for an older process of it, and rides no answer to this one.
+ */
+export function callerAhead(headers: Headers, recordedSince: number | undefined): boolean {
+  const since = callerSince(headers);
+  return since !== undefined && recordedSince !== undefined && since > recordedSince;
 }
 
 /**

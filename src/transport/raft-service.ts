@@ -9,6 +9,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import { RaftService } from "../gen/kv/v1/raft_pb.ts";
 import type { Message, NodeId } from "../raft/types.ts";
 import { TransportDecodeError, defaultDecodeLimits, fromSendRequest, toSendResponse } from "./codec.ts";
+import { callerAhead } from "./peer-identity.ts";
 import type { DecodeLimits, DecodedSendRequest } from "./codec.ts";
 import { defaultSnapshotDecodeLimits, fromSendSnapshotChunkRequest } from "./snapshot-codec.ts";
 import type { SnapshotDecodeLimits } from "./snapshot-codec.ts";
@@ -32,6 +33,12 @@ export interface RaftServiceOptions {
    * loop has taken the messages. Without it, calls are answered at once and empty.
    */
   readonly awaitReply?: (from: NodeId) => Promise<readonly Message[]>;
+  /**
+   * The index this node records for member `id`'s addition (peer-identity.ts): a caller that says
+   * it was added after it gets no replies (what this node holds for its id was meant for an older
+   * process of it), and its call is answered at once. None: every caller gets its replies.
+   */
+  readonly memberSince?: (id: NodeId) => number | undefined;
   readonly decodeLimits?: DecodeLimits;
   /** Stages each validated snapshot chunk; without it, chunks are refused with `unimplemented`. */
   readonly onSnapshotChunk?: SnapshotChunkHandler;
@@ -94,7 +101,10 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
         options.checkSender?.(decoded.from, context.requestHeader);
         options.onCommandLevel?.(decoded.from, decoded.commandLevel);
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
-        const reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
+        const reply =
+          options.awaitReply === undefined || (options.memberSince !== undefined && callerAhead(context.requestHeader, options.memberSince(decoded.from)))
+            ? []
+            : await options.awaitReply(decoded.from);
         return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined, options.commandLevel);
       },
       sendSnapshotChunk(request, context) {
