@@ -991,3 +991,26 @@ test("a leader cut off in a minority that has not applied a member's removal and
     await sim.healAndCheck(keys, 30_000);
   });
 });
+
+test("a member cut off while another was removed and added again catches up once the re-added member leads: its answers to that leader's appends are taken, though it still records the leader's older process (refused, it never caught up: found in a code review)", async () => {
+  await withSim(quietSim(67, { nodeCount: 5 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    const [behind, replaced] = [...sim.servers.keys()].filter((id) => id !== leader) as [NodeId, NodeId];
+    for (let i = 0; i < 5; i++) expect((await put(sim, leader, `c-${i}`)).outcome).toBe("ok");
+    sim.network.partition([[behind], [...sim.servers.keys()].filter((id) => id !== behind)]);
+    await settled(sim, sim.removeMember(replaced, () => leader), 5_000);
+    sim.retire(replaced);
+    await settled(sim, sim.join(replaced, () => leader), 5_000);
+    expect(await sim.runUntilTrue(() => nodeOf(sim, leader).members().members.find((member) => member.id === replaced)?.role === "voter", 5_000)).toBe(true);
+    await settled(sim, nodeOf(sim, leader).transferLeadership(replaced).then(() => undefined), 5_000);
+    expect(sim.leader()).toBe(replaced);
+    for (let i = 5; i < 10; i++) expect((await put(sim, replaced, `c-${i}`)).outcome).toBe("ok");
+    // The node cut off still records the replaced id as added at its first index.
+    const addedAgain = nodeOf(sim, replaced).members().members.find((member) => member.id === replaced)?.addedIndex as number;
+    expect(nodeOf(sim, behind).members().members.find((member) => member.id === replaced)?.addedIndex).toBeLessThan(addedAgain);
+    sim.network.heal();
+    expect(await sim.runUntilTrue(() => nodeOf(sim, behind).status().appliedIndex >= nodeOf(sim, replaced).status().commitIndex, 2_000)).toBe(true);
+    expect(sim.leader()).toBe(replaced);
+    await sim.healAndCheck(Array.from({ length: 10 }, (_, i) => `c-${i}`), 30_000);
+  });
+});

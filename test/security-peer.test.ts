@@ -234,7 +234,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(b.serverStats().refused.stale_member).toBe(1);
   });
 
-  test("a call meant for an older process of this node's id (the caller records it as added before this process was) is refused failed_precondition, counted and said in the log; a caller that records this process's index, or none, is taken; a caller added after what this node records for it gets no replies in its answer (found by the simulator: a leader cut off in a minority made a new process at a replaced member's address stop for lost data)", async () => {
+  test("a call meant for an older process of this node's id (the caller records it as added before this process was) is refused failed_precondition, counted and said in the log; a caller that records this process's index, or none, or whose call holds no leader's message, is taken; a caller added after what this node records for it gets none of this node's leader messages in its answer (found by the simulator: a leader cut off in a minority made a new process at a replaced member's address stop for lost data)", async () => {
     // Node 2 was added again at index 40; node 1 still records it as added at 12 (it has not applied the addition again).
     const b = startTransport(2, new Map([[1, "http://127.0.0.1:1"], [3, "http://127.0.0.1:1"]]), undefined, (id) => (id === 2 ? 40 : id === 3 ? 30 : 0));
     const stale = await postSend(b.url, [{ type: "heartbeat", from: 1, to: 2, term: 5, commit: 25, readContext: "" }], { "kv-member-since": "0", "kv-recipient-since": "12" });
@@ -251,15 +251,19 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     };
     await taken({ "kv-member-since": "0", "kv-recipient-since": "40" }, heartbeat(1, 2, 6));
     await taken({ "kv-member-since": "0" }, heartbeat(1, 2, 7));
+    // A call without a leader's message is taken all the same: a follower behind answers this
+    // node's appends, and refused, it never caught up while this node led (found in a code review).
+    await taken({ "kv-member-since": "0", "kv-recipient-since": "12" }, { type: "append-response", from: 1, to: 2, term: 8, success: true, index: 30, hintIndex: 0, hintTerm: 0 });
     expect(b.serverStats().refused.stale_recipient).toBe(1);
-    // Node 3 says it was added at 55, and node 2 records 30: what node 2 has for node 3 was meant for its older process.
-    const ahead = postSend(b.url, [{ type: "heartbeat-response", from: 3, to: 2, term: 8, readContext: "" }], { "kv-member-since": "55", "kv-recipient-since": "40" });
-    await until(() => b.deliveries.some((delivered) => delivered.term === 8), "node 3's call delivered");
-    b.transport.send([{ type: "heartbeat", from: 2, to: 3, term: 8, commit: 28, readContext: "" }]);
+    // Node 3 says it was added at 55, and node 2 records 30: node 2's leader messages for node 3 were meant for its older process; its answers were not.
+    const ahead = postSend(b.url, [{ type: "heartbeat-response", from: 3, to: 2, term: 9, readContext: "" }], { "kv-member-since": "55", "kv-recipient-since": "40" });
+    await until(() => b.deliveries.some((delivered) => delivered.term === 9), "node 3's call delivered");
+    const voteAnswer: Message = { type: "vote-response", from: 2, to: 3, term: 9, granted: false };
+    b.transport.send([{ type: "heartbeat", from: 2, to: 3, term: 9, commit: 28, readContext: "" }, voteAnswer]);
     b.transport.flush();
     const answered = await ahead;
     expect(answered.status).toBe(200);
-    expect(fromSendResponse(fromBinary(SendResponseSchema, new Uint8Array(answered.bytes)), 3, 2, defaultDecodeLimits)).toEqual([]);
+    expect(fromSendResponse(fromBinary(SendResponseSchema, new Uint8Array(answered.bytes)), 2, 3, defaultDecodeLimits)).toEqual([voteAnswer]);
     // Calls carry what the caller records for the node it calls: node 4, recording node 2 at 12, is refused.
     const c = startTransport(4, new Map([[2, b.url]]), undefined, (id) => (id === 2 ? 12 : 0));
     c.transport.send([heartbeat(4, 2, 9)]);

@@ -169,6 +169,8 @@ export class NodeSim {
    */
   readonly ghosts = new Map<number, SimServer>();
   private ghostAddressNext = ghostAddressFirst;
+  /** Addresses of older processes that reach their peers again (`releaseGhost`). */
+  private readonly releasedGhosts = new Set<number>();
   /**
    * A running digest of the whole run: after every event, its time and every running node's role,
    * term, commit, applied and last index. Two runs of one seed must end with the same (bit for bit).
@@ -207,6 +209,10 @@ export class NodeSim {
     /** Processes left running under an id that was removed and added again (see `detach`), and client calls they were sent. */
     staleProcesses: 0,
     olderProcessCalls: 0,
+    /** Faults that befell older processes once they reached their peers again: stalls, crashes, and partitions they took a side in. */
+    olderProcessStalls: 0,
+    olderProcessCrashes: 0,
+    olderProcessPartitions: 0,
   };
   /** Membership changes the operator has under way (see `join`, `removeMember`): healing waits for them. */
   private operatorChanges = 0;
@@ -508,12 +514,38 @@ export class NodeSim {
 
   /** Stalls node `id`'s process for `ms`: its clock runs on, it does nothing until then. */
   stall(id: NodeId, ms: number): void {
-    const server = this.servers.get(id) as SimServer;
-    if (server.node === undefined) return;
+    if (this.stallProcess(this.servers.get(id) as SimServer, ms)) this.stats.stalls++;
+  }
+
+  private stallProcess(server: SimServer, ms: number): boolean {
+    if (server.node === undefined) return false;
     server.stalledUntilMs = Math.max(server.stalledUntilMs, this.nowMs + ms);
-    this.stats.stalls++;
     // Wake-up: the node runs the turns it missed (and its timer fires at its next interval).
     this.at(ms, () => undefined);
+    return true;
+  }
+
+  /** Older processes (see `detach`) that run and reach their peers again, by address. */
+  runningGhosts(): number[] {
+    return [...this.releasedGhosts].filter((address) => this.ghosts.get(address)?.node !== undefined);
+  }
+
+  /** Stalls the older process at `address` for `ms`, as `stall` does a node. */
+  stallGhost(address: number, ms: number): void {
+    if (this.stallProcess(this.ghosts.get(address) as SimServer, ms)) this.stats.olderProcessStalls++;
+  }
+
+  /** Kills the older process at `address` for good: nobody keeps track of it to start it again. */
+  crashGhost(address: number, powerLoss: boolean): void {
+    const server = this.ghosts.get(address) as SimServer;
+    if (server.node === undefined) return;
+    this.stopProcess(server, server.node, powerLoss);
+    this.stats.olderProcessCrashes++;
+  }
+
+  /** Counts a partition that put older processes on a side of their own choosing (see `runningGhosts`). */
+  notePartitionedGhosts(): void {
+    this.stats.olderProcessPartitions++;
   }
 
   // ---- The operator: membership changes through the node API --------------------------------
@@ -657,6 +689,7 @@ export class NodeSim {
   /** The older process at `address` (see `detach`) reaches its peers again. */
   releaseGhost(address: number): void {
     this.network.release(address);
+    this.releasedGhosts.add(address);
   }
 
   /** The operator stops a removed server for good (its disk stays, for the checkers and a later `join`). */

@@ -74,6 +74,10 @@ export interface NodeSwarmResult {
   readonly peerCallsRefusedStaleRecipient: number;
   /** Client calls sent to such older processes (their answers judged with the rest). */
   readonly olderProcessCalls: number;
+  /** Such older processes stalled, killed, and partitions that put them on a side of their own (NodeSim.runningGhosts). */
+  readonly olderProcessStalls: number;
+  readonly olderProcessCrashes: number;
+  readonly olderProcessPartitions: number;
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
@@ -304,6 +308,13 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       sim.at(prng.intInclusive(10, 1_000), () => sim.restart(id));
     }
     if (prng.chance(stallRate)) sim.stall(id, prng.intInclusive(1, 500));
+    const ghosts = sim.runningGhosts();
+    if (ghosts.length > 0) {
+      // Older processes are stalled as often as nodes, and now and then die (nobody restarts them).
+      const address = prng.pick(ghosts);
+      if (prng.chance(stallRate)) sim.stallGhost(address, prng.intInclusive(1, 500));
+      if (prng.chance(crashRate / 4)) sim.crashGhost(address, prng.chance(0.5));
+    }
     if (prng.chance(diskFullRate)) {
       const server = sim.servers.get(id);
       if (server !== undefined && !server.disk.full) {
@@ -313,7 +324,13 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
       }
     }
     if (prng.chance(partitionRate)) {
-      sim.network.partition(drawPartition(prng, ids()));
+      const groups = drawPartition(prng, ids());
+      // Older processes of re-added ids take a side of their own: the partitions are by address,
+      // and one may sit apart from the new process of its id.
+      const ghosts = sim.runningGhosts();
+      for (const address of ghosts) (prng.chance(0.5) ? groups[0] : groups[1]).push(address);
+      if (ghosts.length > 0) sim.notePartitionedGhosts();
+      sim.network.partition(groups);
       faults.partitions++;
       sim.at(prng.intInclusive(10, 1_500), () => sim.network.heal());
     }
@@ -480,6 +497,9 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     removedToldByPeer: sim.network.toldRemoved,
     staleProcesses: sim.stats.staleProcesses,
     olderProcessCalls: sim.stats.olderProcessCalls,
+    olderProcessStalls: sim.stats.olderProcessStalls,
+    olderProcessCrashes: sim.stats.olderProcessCrashes,
+    olderProcessPartitions: sim.stats.olderProcessPartitions,
     peerCallsRefusedStaleMember: sim.network.refused.stale_member,
     peerCallsRefusedStaleRecipient: sim.network.refused.stale_recipient,
     watchReferenceUnavailable: watchStats.referenceUnavailable,

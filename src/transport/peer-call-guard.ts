@@ -29,8 +29,8 @@ export interface PeerCallGuardOptions {
   readonly onNonMember: () => void;
 }
 
-/** The check of a call's sender: throws the ConnectError it is refused with, or returns to take it. */
-export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, headers: Headers) => void {
+/** The check of a call's sender (`leads`: the call holds a leader's message): throws the ConnectError it is refused with, or returns to take it. */
+export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, headers: Headers, leads: boolean) => void {
   /**
    * A call from a node outside this node's configuration is taken, and answered through the call
    * (the reply slots: no address is needed). The configuration is the log's business: a voter that
@@ -47,11 +47,11 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
    * this cluster's leader (found in a black-box review). A member added while this node was away
    * has applied the nonce before it can lead, so it still gets through.
    */
-  function checkSender(from: NodeId, headers: Headers): void {
+  function checkSender(from: NodeId, headers: Headers, leads: boolean): void {
     refuseRemoved(from, headers);
-    refuseStaleRecipient(from, headers);
     if (o.knows(from)) {
       refuseStaleMember(from, headers);
+      if (leads) refuseStaleRecipient(from, headers);
       return;
     }
     const ours = o.clusterNonce();
@@ -64,6 +64,7 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
       );
       throw new ConnectError(`call from node ${from}, outside node ${o.selfId}'s configuration, without this cluster's nonce`, Code.FailedPrecondition);
     }
+    if (leads) refuseStaleRecipient(from, headers);
     o.onNonMember();
     o.log(
       "from_non_member",
@@ -97,11 +98,15 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
     throw new ConnectError(`${REMOVED_REFUSAL_PREFIX}${message}`, Code.PermissionDenied);
   }
   /**
-   * Refuses a call meant for an older process of this node's id (peer-identity.ts `staleRecipient`):
-   * the caller has not applied this node's addition again. A leader cut off in a minority sent this
-   * process, new on an empty disk at the old one's address, heartbeats whose commit index said what
-   * the old one had acknowledged, and it stopped for lost data (found by the simulator). Refused
-   * `failed_precondition`: the caller is not removed, only behind, and catches up from the log.
+   * Refuses a leader's call meant for an older process of this node's id (peer-identity.ts
+   * `staleRecipient`): the caller has not applied this node's addition again, so what it says of
+   * this node's log (a heartbeat's or an append's commit, an image, a transfer's timeout) is what
+   * the older process had. A leader cut off in a minority sent this process, new on an empty disk
+   * at the old one's address, heartbeats whose commit index said what the old one had
+   * acknowledged, and it stopped for lost data (found by the simulator). Only calls holding a
+   * leader's messages (`leads`, raft-service.ts `leadersMessage`) are refused: a follower behind
+   * answers this node's appends and votes, and refused, it never caught up while this node led
+   * (found in a code review). Refused `failed_precondition`: the caller is not removed, only behind.
    */
   function refuseStaleRecipient(from: NodeId, headers: Headers): void {
     const memberSince = o.memberSince;

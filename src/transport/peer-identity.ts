@@ -10,8 +10,8 @@
  *
  * The other way round, every call also carries the index the caller records for the node it calls
  * (`RECIPIENT_SINCE_HEADER`). A caller whose record is below the receiver's own index has not
- * applied the receiver's addition again: what it sends was meant for the older process of that id
- * (`staleRecipient`). A leader cut off in a minority, which never applied the removal nor the
+ * applied the receiver's addition again: what it says as a leader of the receiver's log was meant
+ * for the older process of that id (`staleRecipient`). A leader cut off in a minority, which never applied the removal nor the
  * addition, sent the new process at the old address heartbeats whose commit index said what the old
  * one had acknowledged; the new one, on an empty disk, stopped for lost data (src/node/kv-node.ts
  * `lostLogError`; found by the simulator, test/node-sim.test.ts).
@@ -79,8 +79,9 @@ export function staleRecipient(headers: Headers, ownSince: () => number | undefi
 
 /**
  * Whether the caller says it was added at an index above the one this node records for its id
- * (`recordedSince`): this node has not applied the caller's addition again, so what it has for that
- * id was meant for an older process of it, and rides no answer to this one.
+ * (`recordedSince`): this node has not applied the caller's addition again, so its leader messages
+ * for that id were meant for an older process of it, and ride no answer to this one
+ * (src/transport/raft-service.ts `leadersMessage`).
  */
 export function callerAhead(headers: Headers, recordedSince: number | undefined): boolean {
   const since = callerSince(headers);

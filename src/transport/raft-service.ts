@@ -35,8 +35,8 @@ export interface RaftServiceOptions {
   readonly awaitReply?: (from: NodeId) => Promise<readonly Message[]>;
   /**
    * The index this node records for member `id`'s addition (peer-identity.ts): a caller that says
-   * it was added after it gets no replies (what this node holds for its id was meant for an older
-   * process of it), and its call is answered at once. None: every caller gets its replies.
+   * it was added after it gets none of this node's leader messages in its answer (`leadersMessage`:
+   * they were meant for an older process of its id). None: every caller gets all its replies.
    */
   readonly memberSince?: (id: NodeId) => number | undefined;
   readonly decodeLimits?: DecodeLimits;
@@ -48,7 +48,7 @@ export interface RaftServiceOptions {
    * (connect-transport.ts: a node outside the configuration must carry the cluster's nonce);
    * throws the `ConnectError` that refuses the call.
    */
-  readonly checkSender?: (from: NodeId, headers: Headers) => void;
+  readonly checkSender?: (from: NodeId, headers: Headers, leads: boolean) => void;
   /** Told of a call refused because a message in it is addressed to another node (for the refusal count). */
   readonly onMisaddressed?: (from: NodeId, to: NodeId) => void;
 }
@@ -90,7 +90,9 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
         if (decoded.from === options.selfId) {
           throw new ConnectError(`call from node ${decoded.from}, which is this node`, Code.InvalidArgument);
         }
+        let leads = false;
         for (const message of decoded.messages) {
+          if (leadersMessage(message)) leads = true;
           if (message.to !== options.selfId) {
             // A peer whose configuration maps our address to another id: refuse rather than
             // let the core silently ignore every message.
@@ -98,13 +100,15 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
             throw new ConnectError(`message to node ${message.to} reached node ${options.selfId}`, Code.InvalidArgument);
           }
         }
-        options.checkSender?.(decoded.from, context.requestHeader);
+        options.checkSender?.(decoded.from, context.requestHeader, leads);
         options.onCommandLevel?.(decoded.from, decoded.commandLevel);
         options.onMessages(decoded.messages, decoded.from, decoded.fromHttpUrl);
-        const reply =
-          options.awaitReply === undefined || (options.memberSince !== undefined && callerAhead(context.requestHeader, options.memberSince(decoded.from)))
-            ? []
-            : await options.awaitReply(decoded.from);
+        let reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
+        // A caller added after what this node records for its id: this node's leader messages for
+        // that id were meant for an older process of it (peer-identity.ts `callerAhead`).
+        if (reply.some(leadersMessage) && options.memberSince !== undefined && callerAhead(context.requestHeader, options.memberSince(decoded.from))) {
+          reply = reply.filter((message) => !leadersMessage(message));
+        }
         return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined, options.commandLevel);
       },
       sendSnapshotChunk(request, context) {
@@ -122,7 +126,7 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
           options.onMisaddressed?.(chunk.from, chunk.to);
           throw new ConnectError(`chunk to node ${chunk.to} reached node ${options.selfId}`, Code.InvalidArgument);
         }
-        options.checkSender?.(chunk.from, context.requestHeader);
+        options.checkSender?.(chunk.from, context.requestHeader, true);
         try {
           onSnapshotChunk(chunk);
         } catch (error: unknown) {
@@ -133,4 +137,14 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
       },
     });
   };
+}
+
+/**
+ * Whether `message` is a leader's, saying what it holds of the receiver's log: a heartbeat's or an
+ * append's commit, an image, a transfer's order to campaign. From a node that records an older
+ * process of the receiver's id, such a message is that process's (src/transport/peer-call-guard.ts
+ * `refuseStaleRecipient`); answers and votes say nothing of the receiver's log.
+ */
+export function leadersMessage(message: Message): boolean {
+  return message.type === "append" || message.type === "heartbeat" || message.type === "snapshot" || message.type === "timeout-now";
 }

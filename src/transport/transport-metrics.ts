@@ -50,7 +50,7 @@ export function registerTransportMetrics(
   );
   registry.collected(
     "kv_peer_requests_refused_total",
-    "Peer calls refused before they were delivered: unauthenticated (no or wrong cluster token) or cluster_mismatch (another cluster id or nonce, or a token sent to a node started without one), before the body was read; not_a_peer (from outside this node's configuration, without its cluster nonce), misaddressed (a message for another node), stale_member (an older process of a member's id, added again since), stale_recipient (a call meant for an older process of this node's id: the caller has not applied its addition again) or removed (a node this node knows was removed: it applied the entry that added it, and no longer lists it; told so, it stops serving).",
+    "Peer calls refused before they were delivered: unauthenticated (no or wrong cluster token) or cluster_mismatch (another cluster id or nonce, or a token sent to a node started without one), before the body was read; not_a_peer (from outside this node's configuration, without its cluster nonce), misaddressed (a message for another node), stale_member (an older process of a member's id, added again since), stale_recipient (a leader's call meant for an older process of this node's id: the caller has not applied its addition again) or removed (a node this node knows was removed: it applied the entry that added it, and no longer lists it; told so, it stops serving).",
     "counter",
     ["reason"],
     () => Object.entries(handle.serverStats().refused).map(([reason, count]) => [{ reason }, count] as const),
