@@ -4,7 +4,7 @@ import { X509Certificate } from "node:crypto";
 import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { certificateProblems } from "../src/cli/serve.ts";
+import { certificateProblems, unsignedByCa } from "../src/cli/serve.ts";
 import { makeTestCertificates, type TestCertificates } from "./helpers/certs.ts";
 import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
@@ -193,6 +193,25 @@ describe("TLS flags (the built executable)", () => {
     // The built executable says so in its log at start: its peer URL's host is one the certificate does not name.
     const node = await startSingle("single-unnamed", "1=https://127.0.0.2:0");
     expect(await node.waitForLog('"event":"tls certificate"')).toContain("--tls-cert does not name 127.0.0.2");
+    await node.stop();
+  });
+
+  test("a --tls-cert that --peer-ca did not sign is said at start (peers that verify against it refuse the node: noted in earlier sessions, said nowhere); one it signed, or a bundle holding its signer, says nothing", async () => {
+    const pem = (file: string) => readFileSync(file, "utf8");
+    expect(unsignedByCa(pem(certs.nodeCert), pem(certs.caCert))).toBeUndefined();
+    expect(unsignedByCa(pem(certs.rogueCert), pem(certs.caCert))).toBe(
+      "is not signed by --peer-ca (its issuer: CN=rogue-ca; --peer-ca: CN=test-ca): peers that verify against --peer-ca refuse this node",
+    );
+    expect(unsignedByCa(pem(certs.rogueCert), pem(certs.caCert) + pem(certs.rogueCaCert))).toBeUndefined();
+    // The built executable says so in its log at start.
+    const node = await startKvProcess({
+      id: 1,
+      cluster: "1=https://127.0.0.1:0",
+      dataDir: join(baseDir, "single-rogue"),
+      logFile: join(baseDir, "single-rogue.log"),
+      args: ["--tls-cert", certs.rogueCert, "--tls-key", certs.rogueKey, "--peer-ca", certs.caCert],
+    });
+    expect(await node.waitForLog('"event":"tls certificate"')).toContain("--tls-cert is not signed by --peer-ca (its issuer: CN=rogue-ca");
     await node.stop();
   });
 

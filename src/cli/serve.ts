@@ -314,6 +314,8 @@ export const serveCommand = defineCommand({
       for (const problem of certificateProblems(new X509Certificate(tls.cert), [advertisePeer, advertiseHttp], new Date())) {
         logger.log("warn", "tls certificate", { detail: `--tls-cert ${problem}` });
       }
+      const unsigned = tls.ca === undefined ? undefined : unsignedByCa(tls.cert, tls.ca);
+      if (unsigned !== undefined) logger.log("warn", "tls certificate", { detail: `--tls-cert ${unsigned}` });
     }
 
     // Not with --advertise-http: clients are sent where the operator said (a proxy in front, say).
@@ -487,6 +489,34 @@ export function certificateProblems(certificate: X509Certificate, urls: readonly
     if (!covered) problems.push(`does not name ${host} (subjectAltName: ${certificate.subjectAltName ?? "none"}): peers and clients that reach this node as ${host} refuse it`);
   }
   return problems;
+}
+
+/**
+ * What to say when no certificate of `certPem` (the node's, then any intermediates) is signed by a
+ * certificate of `caPem` (--peer-ca, one or a bundle): peers that verify against --peer-ca refuse
+ * this node's calls and its peer port, and it refuses theirs if they share its certificate's
+ * issuer. Undefined when one is. Said at start, not found later as refused handshakes.
+ */
+export function unsignedByCa(certPem: string, caPem: string): string | undefined {
+  const chain = pemCertificates(certPem);
+  const cas = pemCertificates(caPem);
+  if (chain.some((certificate) => cas.some((ca) => certificate.checkIssued(ca) && certificate.verify(ca.publicKey)))) return undefined;
+  const issuer = chain[0]?.issuer.replaceAll("\n", ", ") ?? "unknown";
+  const subjects = cas.map((ca) => ca.subject.replaceAll("\n", ", ")).join("; ");
+  return `is not signed by --peer-ca (its issuer: ${issuer}; --peer-ca: ${subjects}): peers that verify against --peer-ca refuse this node`;
+}
+
+/** Every certificate in a PEM text, in order (blocks that do not parse are left out). */
+function pemCertificates(pem: string): X509Certificate[] {
+  const certificates: X509Certificate[] = [];
+  for (const block of pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []) {
+    try {
+      certificates.push(new X509Certificate(block));
+    } catch {
+      // Checked as a whole by readTls; a block of a bundle that does not parse signs nothing.
+    }
+  }
+  return certificates;
 }
 
 function readPem(flag: string, file: string): string {
