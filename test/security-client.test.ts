@@ -129,6 +129,20 @@ describe("a real node started with --auth-token", () => {
   afterEach(() => killAllKvProcesses());
   afterAll(() => rmSync(baseDir, { recursive: true, force: true }));
 
+  test("an empty $KV_AUTH_TOKEN or $KV_CLUSTER_TOKEN reads as unset, and is said at start (noted in earlier sessions: the node served without the token its operator meant, silently)", async () => {
+    const node = await startKvProcess({
+      id: 1,
+      cluster: "1=http://127.0.0.1:0",
+      dataDir: join(baseDir, "empty-token"),
+      logFile: join(baseDir, "empty-token.log"),
+      env: { KV_AUTH_TOKEN: "", KV_CLUSTER_TOKEN: "" },
+    });
+    expect(await node.waitForLog("$KV_AUTH_TOKEN is set but empty")).toContain("read as unset, so this node requires no client token");
+    expect(await node.waitForLog("$KV_CLUSTER_TOKEN is set but empty")).toContain("requires no cluster token");
+    expect((await fetch(`${node.httpUrl}/status`)).status).toBe(200);
+    await node.stop();
+  });
+
   test("enforces the token over the network, with /status and /metrics open under --metrics-open; the token may come from KV_AUTH_TOKEN", async () => {
     const closed = await startKvProcess({
       id: 1,

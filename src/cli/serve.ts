@@ -308,6 +308,13 @@ export const serveCommand = defineCommand({
       const warning = secretFileWarning(flag, args[flag]);
       if (warning !== undefined) logger.log("warn", "secret file", { detail: warning });
     }
+    // An empty variable reads as unset (a script's `export KV_AUTH_TOKEN=$(cat missing)`): said,
+    // or the node would serve without the token its operator meant it to require.
+    for (const [flag, envName] of [["cluster-token", "KV_CLUSTER_TOKEN"], ["auth-token", "KV_AUTH_TOKEN"]] as const) {
+      if (process.env[envName] === "" && args[flag] === undefined && args[`${flag}-file`] === undefined) {
+        logger.log("warn", "secret", { detail: `$${envName} is set but empty: read as unset, so this node requires no ${flag === "auth-token" ? "client" : "cluster"} token` });
+      }
+    }
     // A certificate peers or clients will refuse is said at start, not found later as a network
     // fault (found in a black-box review: an expired one showed only as ECONNRESET on the peers).
     if (tls !== undefined) {
