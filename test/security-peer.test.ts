@@ -66,6 +66,14 @@ async function until(condition: () => boolean, what: string, turnsMax = 200_000)
   throw new Error(`gave up waiting for ${what}`);
 }
 
+/** Posts `message` to transport `b` with `headers` and expects it delivered and the call answered 200. */
+async function expectTaken(b: ReturnType<typeof startTransport>, headers: Record<string, string>, message: Message): Promise<void> {
+  const call = postSend(b.url, [message], headers);
+  await until(() => b.deliveries.some((delivered) => delivered.term === message.term && delivered.from === message.from), `term ${message.term} delivered`);
+  b.transport.flush();
+  expect((await call).status).toBe(200);
+}
+
 /** Posts one encoded SendRequest to a peer port with the given headers; returns status and Connect code. */
 async function postSend(peerBaseUrl: string, messages: Message[], headers: Record<string, string>) {
   const from = messages[0]?.from ?? 2;
@@ -221,12 +229,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(b.lines[0]).toContain("stop it");
     // Taken: the member (40), a caller ahead of this node's record (55: this node is behind), one
     // that does not say (a release before this one), and a member whose index this node does not know.
-    const taken = async (headers: Record<string, string>, message: Message) => {
-      const call = postSend(b.url, [message], headers);
-      await until(() => b.deliveries.some((delivered) => delivered.term === message.term && delivered.from === message.from), `term ${message.term} delivered`);
-      b.transport.flush();
-      expect((await call).status).toBe(200);
-    };
+    const taken = (headers: Record<string, string>, message: Message) => expectTaken(b, headers, message);
     await taken({ "kv-member-since": "40" }, fromNode3(6));
     await taken({ "kv-member-since": "55" }, fromNode3(7));
     await taken({}, fromNode3(8));
@@ -243,12 +246,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(b.deliveries).toEqual([]);
     expect(b.serverStats().refused.stale_recipient).toBe(1);
     expect(b.lines[0]).toContain("meant for an older process of id 2");
-    const taken = async (headers: Record<string, string>, message: Message) => {
-      const call = postSend(b.url, [message], headers);
-      await until(() => b.deliveries.some((delivered) => delivered.term === message.term && delivered.from === message.from), `term ${message.term} delivered`);
-      b.transport.flush();
-      expect((await call).status).toBe(200);
-    };
+    const taken = (headers: Record<string, string>, message: Message) => expectTaken(b, headers, message);
     await taken({ "kv-member-since": "0", "kv-recipient-since": "40" }, heartbeat(1, 2, 6));
     await taken({ "kv-member-since": "0" }, heartbeat(1, 2, 7));
     // A call without a leader's message is taken all the same: a follower behind answers this
@@ -281,12 +279,7 @@ describe("the peer service checks the cluster token and the cluster id", () => {
     expect(removed.text).toContain("removed from the cluster: node 3 was added at index 50");
     expect(b.deliveries).toEqual([]);
     expect(b.serverStats().refused.removed).toBe(1);
-    const taken = async (headers: Record<string, string>, message: Message) => {
-      const call = postSend(b.url, [message], headers);
-      await until(() => b.deliveries.some((delivered) => delivered.term === message.term && delivered.from === message.from), `term ${message.term} delivered`);
-      b.transport.flush();
-      expect((await call).status).toBe(200);
-    };
+    const taken = (headers: Record<string, string>, message: Message) => expectTaken(b, headers, message);
     await taken({ "kv-member-since": "150" }, fromNode3(6)); // added after what node 2 applied: node 2 is behind
     await taken({}, fromNode3(7));
     await taken({ "kv-member-since": "10" }, { type: "heartbeat-response", from: 1, to: 2, term: 8, readContext: "" });
