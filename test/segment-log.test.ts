@@ -968,3 +968,48 @@ test("SQLite failing to grow a WAL's shared-memory file is a full disk to wait o
   expect(isDiskFull(sqliteError("SQLITE_IOERR_READ"))).toBe(false);
   expect(isDiskFull(sqliteError("SQLITE_IOERR"))).toBe(false);
 });
+
+/** node:fs that records, in order, the unlinks of segments and the fsyncs of `dir` itself. */
+function directoryOps(dir: string): { files: Partial<SegmentFiles>; ops: string[] } {
+  const ops: string[] = [];
+  const dirFds = new Set<number>();
+  const files: Partial<SegmentFiles> = {
+    openSync: ((path: string, flags: string) => {
+      const fd = nodeFs.openSync(path, flags);
+      if (path === dir) dirFds.add(fd);
+      return fd;
+    }) as SegmentFiles["openSync"],
+    fsyncSync: (fd: number) => {
+      nodeFs.fsyncSync(fd);
+      if (dirFds.has(fd)) ops.push("fsync-dir");
+    },
+    unlinkSync: ((path: string) => {
+      nodeFs.unlinkSync(path);
+      ops.push(`unlink ${basename(path)}`);
+    }) as SegmentFiles["unlinkSync"],
+  };
+  return { files, ops };
+}
+
+test("opening a log makes its directory durable before anything is appended: a last segment dropped as only begun stays dropped, and a segment whose roll died before its directory's fsync is not acknowledged into (found in a code review: a second power loss brought the dropped segment back and the node refused to start; entries appended there could go with its name)", () => {
+  const dir = tempDir();
+  const log = SegmentLog.open(dir, { segmentBytesMax: 2048 });
+  log.append([entry(1, 1)], { term: 1, vote: 1, commit: 0 });
+  log.append([{ ...entry(2, 1), data: new Uint8Array(1200) }]);
+  log.append([{ ...entry(3, 1), data: new Uint8Array(1200) }]); // a new segment
+  log.syncNow();
+  log.close();
+  const [, second] = segmentPaths(dir) as [string, string];
+  // The machine died as the second segment was begun: its header reached the disk, nothing after it.
+  truncateSync(second, 45);
+  const dropped = directoryOps(dir);
+  const reopened = SegmentLog.open(dir, { segmentBytesMax: 2048, files: dropped.files });
+  expect(dropped.ops).toEqual([`unlink ${basename(second)}`, "fsync-dir"]);
+  reopened.append([entry(3, 2), entry(4, 2)], { term: 2, vote: 1, commit: 2 });
+  reopened.close();
+  // A log whose every segment is as it was written: its directory is made durable at open all the
+  // same (a process killed between a roll's fdatasync and its directory's fsync left no trace of it).
+  const kept = directoryOps(dir);
+  SegmentLog.open(dir, { segmentBytesMax: 2048, files: kept.files }).close();
+  expect(kept.ops).toEqual(["fsync-dir"]);
+});

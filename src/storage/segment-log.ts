@@ -670,6 +670,12 @@ export class SegmentLog {
       this.directoryChanged = true;
     }
     if (this.segments.length === 0) this.roll(undefined, this.hardStateValue);
+    // The directory is made durable before anything is appended (a roll just above did it already).
+    // A segment dropped above, its unlink not durable, came back after a second power loss ahead of
+    // what was appended to the one before it, which then read as damaged; and a segment whose roll
+    // was cut off between its fdatasync and its directory's fsync (a killed process) took
+    // acknowledged entries with its name on a power loss (both found in a code review).
+    else this.durably(() => this.fsyncDirectory());
   }
 
   /**
