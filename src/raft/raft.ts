@@ -5,6 +5,7 @@ import { Progress } from "./progress.ts";
 import type { RaftStorage } from "./storage.ts";
 import {
   EntryType,
+  fromLeader,
   ProposalRefusedError,
   type AppendRequest,
   type ConfChange,
@@ -795,9 +796,7 @@ export class Raft {
         // A rejected read-index answer is no leader's: a leader deposed by this very term rejects
         // the reads it held, in the new term (found in review: the follower took it for that term's
         // leader, refused the real candidate's vote and sent its reads there).
-        const fromLeader =
-          m.type === "append" || m.type === "heartbeat" || m.type === "snapshot" || (m.type === "read-index-response" && !m.rejected) || m.type === "timeout-now";
-        this.becomeFollower(m.term, fromLeader ? m.from : 0);
+        this.becomeFollower(m.term, fromLeader(m) ? m.from : 0);
       }
     } else if (m.term < this.term) {
       // A stale leader or candidate learns our term from the answer and steps down (§5.1).

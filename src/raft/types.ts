@@ -76,6 +76,27 @@ export type Message =
   | SnapshotRequest;
 
 /**
+ * Whether `message` is a leader's: it says what its sender holds of the receiver's log (a heartbeat's
+ * or an append's commit, an image, a transfer's order to campaign), or names its sender the leader
+ * (a read index granted; a rejected one comes from a leader deposed by the very term it carries).
+ * A receiver at a lower term follows its sender; the peer transport refuses such a message meant
+ * for an older process of the receiver's id (src/transport/peer-call-guard.ts `refuseStaleRecipient`).
+ */
+export function fromLeader(message: Message): boolean {
+  switch (message.type) {
+    case "append":
+    case "heartbeat":
+    case "snapshot":
+    case "timeout-now":
+      return true;
+    case "read-index-response":
+      return !message.rejected;
+    default:
+      return false;
+  }
+}
+
+/**
  * Whether `message` promises something about its sender's disk, and so may leave only once the
  * Ready that produced it is durable (etcd's msgsAfterAppend): an append response acknowledges
  * entries, and a vote, granted or asked for (a candidate counts its own vote at once), rests on

@@ -104,7 +104,7 @@ export function createPeerCallGuard(o: PeerCallGuardOptions): (from: NodeId, hea
    * the older process had. A leader cut off in a minority sent this process, new on an empty disk
    * at the old one's address, heartbeats whose commit index said what the old one had
    * acknowledged, and it stopped for lost data (found by the simulator). Only calls holding a
-   * leader's messages (`leads`, raft-service.ts `leadersMessage`) are refused: a follower behind
+   * leader's messages (`leads`, src/raft/types.ts `fromLeader`) are refused: a follower behind
    * answers this node's appends and votes, and refused, it never caught up while this node led
    * (found in a code review). Refused `failed_precondition`: the caller is not removed, only behind.
    */

@@ -81,7 +81,7 @@ export function staleRecipient(headers: Headers, ownSince: () => number | undefi
  * Whether the caller says it was added at an index above the one this node records for its id
  * (`recordedSince`): this node has not applied the caller's addition again, so its leader messages
  * for that id were meant for an older process of it, and ride no answer to this one
- * (src/transport/raft-service.ts `leadersMessage`).
+ * (src/raft/types.ts `fromLeader`).
  */
 export function callerAhead(headers: Headers, recordedSince: number | undefined): boolean {
   const since = callerSince(headers);

@@ -7,7 +7,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { RaftService } from "../gen/kv/v1/raft_pb.ts";
-import type { Message, NodeId } from "../raft/types.ts";
+import { fromLeader, type Message, type NodeId } from "../raft/types.ts";
 import { TransportDecodeError, defaultDecodeLimits, fromSendRequest, toSendResponse } from "./codec.ts";
 import { callerAhead } from "./peer-identity.ts";
 import type { DecodeLimits, DecodedSendRequest } from "./codec.ts";
@@ -35,7 +35,7 @@ export interface RaftServiceOptions {
   readonly awaitReply?: (from: NodeId) => Promise<readonly Message[]>;
   /**
    * The index this node records for member `id`'s addition (peer-identity.ts): a caller that says
-   * it was added after it gets none of this node's leader messages in its answer (`leadersMessage`:
+   * it was added after it gets none of this node's leader messages in its answer (`fromLeader`:
    * they were meant for an older process of its id). None: every caller gets all its replies.
    */
   readonly memberSince?: (id: NodeId) => number | undefined;
@@ -92,7 +92,7 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
         }
         let leads = false;
         for (const message of decoded.messages) {
-          if (leadersMessage(message)) leads = true;
+          if (fromLeader(message)) leads = true;
           if (message.to !== options.selfId) {
             // A peer whose configuration maps our address to another id: refuse rather than
             // let the core silently ignore every message.
@@ -106,8 +106,8 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
         let reply = options.awaitReply === undefined ? [] : await options.awaitReply(decoded.from);
         // A caller added after what this node records for its id: this node's leader messages for
         // that id were meant for an older process of it (peer-identity.ts `callerAhead`).
-        if (reply.some(leadersMessage) && options.memberSince !== undefined && callerAhead(context.requestHeader, options.memberSince(decoded.from))) {
-          reply = reply.filter((message) => !leadersMessage(message));
+        if (reply.some(fromLeader) && options.memberSince !== undefined && callerAhead(context.requestHeader, options.memberSince(decoded.from))) {
+          reply = reply.filter((message) => !fromLeader(message));
         }
         return toSendResponse(reply, urlDue(decoded.from) ? options.selfHttpUrl : undefined, options.commandLevel);
       },
@@ -137,14 +137,4 @@ export function createRaftServiceRoutes(options: RaftServiceOptions): (router: C
       },
     });
   };
-}
-
-/**
- * Whether `message` is a leader's, saying what it holds of the receiver's log: a heartbeat's or an
- * append's commit, an image, a transfer's order to campaign. From a node that records an older
- * process of the receiver's id, such a message is that process's (src/transport/peer-call-guard.ts
- * `refuseStaleRecipient`); answers and votes say nothing of the receiver's log.
- */
-export function leadersMessage(message: Message): boolean {
-  return message.type === "append" || message.type === "heartbeat" || message.type === "snapshot" || message.type === "timeout-now";
 }
