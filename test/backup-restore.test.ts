@@ -449,6 +449,32 @@ describe("damaged files are refused, and nothing is restored", () => {
     }
   });
 
+  test("kv snapshot save refuses a FILE that is no regular file (a FIFO here; a device, a socket) and follows a symbolic link to the backup it names (found in a black-box review: the backup was renamed over /dev/null, a FIFO and the /dev/stdout link, and over a link instead of the file it named)", async () => {
+    const dir = join(baseDir, "special");
+    mkdirSync(dir, { recursive: true });
+    const fifo = join(dir, "pipe");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    const refused = await runKv(["snapshot", "save", fifo, "--endpoints", source.node(1).httpUrl, "--auth-token", AUTH_TOKEN]);
+    expect([refused.code, refused.out]).toEqual([1, expect.stringContaining(`cannot write ${fifo}: it is not a regular file`)]);
+    expect(lstatSync(fifo).isFIFO()).toBe(true);
+    // A link to last night's backup: the backup it names is replaced, the link stays.
+    const named = join(dir, "2026-12-06.kvsnap");
+    writeFileSync(named, Buffer.from("KVSNAP\u0000\u0001 an older backup"));
+    const link = join(dir, "latest.kvsnap");
+    symlinkSync("2026-12-06.kvsnap", link);
+    const saved = await runKv(["snapshot", "save", link, "--endpoints", source.node(1).httpUrl, "--auth-token", AUTH_TOKEN]);
+    expect(saved.code).toBe(0);
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    const status = await runKv(["snapshot", "status", named]);
+    expect(status.code).toBe(0);
+    // A link that names nothing is refused, and nothing is written.
+    const dangling = join(dir, "dangling.kvsnap");
+    symlinkSync("missing.kvsnap", dangling);
+    const nowhere = await runKv(["snapshot", "save", dangling, "--endpoints", source.node(1).httpUrl, "--auth-token", AUTH_TOKEN]);
+    expect([nowhere.code, nowhere.out]).toEqual([1, expect.stringContaining(`cannot write ${dangling}`)]);
+    expect(existsSync(join(dir, "missing.kvsnap"))).toBe(false);
+  });
+
   test("a save's or a restore's leftover named after this process's own pid is a gone process's: every run in a container is pid 1 (found in a black-box review)", async () => {
     const dir = join(baseDir, "pid-one");
     mkdirSync(dir, { recursive: true });

@@ -6,7 +6,7 @@
  */
 import { defineCommand } from "citty";
 import { removeStaleTemps } from "../lib/stale-temps.ts";
-import { closeSync, existsSync, fsyncSync, ftruncateSync, openSync, readSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, ftruncateSync, lstatSync, openSync, readSync, realpathSync, renameSync, rmSync, type Stats, statSync, writeSync } from "node:fs";
 import { fsyncPath } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import { BACKUP_MAGIC, BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
@@ -172,6 +172,36 @@ async function downloadOnce(endpoints: readonly string[], authToken: string | un
 }
 
 /**
+ * The file a save writes for FILE: FILE, or the file a symbolic link there names. Exit 1 for what
+ * is no file to replace: a directory, a device, a FIFO or a socket (found in a black-box review: a
+ * save to `/dev/null`, a FIFO or `/dev/stdout` renamed its backup over them, as root over the
+ * system's own), or a link that names nothing.
+ */
+function saveTarget(file: string): string {
+  let target = file;
+  let stats: Stats;
+  try {
+    if (!lstatSync(file).isSymbolicLink()) target = file;
+    else target = realpathSync(file);
+    stats = statSync(target);
+  } catch (error) {
+    if ((error as { code?: unknown }).code === "ENOENT" && !existsSync(file) && !isSymbolicLink(file)) return file; // a new file
+    throw new ClientExit(1, `cannot write ${file}: ${error instanceof Error ? error.message : String(error)} (a symbolic link is followed to the file it names); nothing saved`);
+  }
+  if (stats.isDirectory()) throw new ClientExit(1, `cannot write ${file}: it is a directory; nothing saved`);
+  if (!stats.isFile()) throw new ClientExit(1, `cannot write ${file}: it is not a regular file (a device, a FIFO or a socket), and a backup replaces a file; name a file; nothing saved`);
+  return target;
+}
+
+function isSymbolicLink(file: string): boolean {
+  try {
+    return lstatSync(file).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+/**
  * A save replaces FILE when it exists (a backup of the night before), but only a kv backup (or an
  * empty file): renamed over a node's own `kv.db`, a save left the node failing at every start,
  * its data dir lost (found in a black-box review). Exit 1, as a FILE that cannot be written.
@@ -216,11 +246,11 @@ const saveCommand = defineCommand({
       throw new UsageError(`--endpoints: ${error.message}`);
     }
     const timeoutMs = args["timeout-ms"] === undefined ? 10_000 : parseIntFlag("timeout-ms", args["timeout-ms"], 1, 600_000);
-    const file = args.file;
-    if (file === "") throw new UsageError("FILE must not be empty");
-    // FILE that cannot be written: exit 1, as a write that fails (operations.md).
-    if (existsSync(file) && statSync(file).isDirectory()) throw new ClientExit(1, `cannot write ${file}: it is a directory; nothing saved`);
-    if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new ClientExit(1, `cannot write ${file}: ${dirname(file)} is no directory; nothing saved`);
+    if (args.file === "") throw new UsageError("FILE must not be empty");
+    // A symbolic link is followed: the backup replaces the file it names (found in a black-box
+    // review: the link itself was replaced, and the file it named kept the old backup).
+    const file = saveTarget(args.file);
+    if (!existsSync(dirname(file)) || !statSync(dirname(file)).isDirectory()) throw new ClientExit(1, `cannot write ${args.file}: ${dirname(file)} is no directory; nothing saved`);
     refuseToReplaceOtherThanABackup(file);
     removeStaleTemps(dirname(file), `.${basename(file)}.partial-`);
     const temp = join(dirname(file), `.${basename(file)}.partial-${process.pid}`);
