@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { rootCertificates } from "node:tls";
 import { mkdirDurably } from "../lib/fsync-path.ts";
@@ -243,6 +243,19 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
         })
       : openSqliteStorage(dataDir, { nodeId: config.id, onCheckpoint }),
   );
+  // A data dir that holds a log or a configuration wrote its cluster id before either (and a
+  // restore or a join writes it first): without the file, it was lost. Derived again, the id is
+  // another cluster's whenever the cluster's is not the one its voters derive (restored from a
+  // backup, grown by --join, or given --cluster-id), and the node was refused by its peers for
+  // good, having written the wrong id over the lost one (found in a black-box review).
+  if (!existsSync(join(dataDir, CLUSTER_ID_FILE)) && (sqliteStorage.lastIndex() > 0 || sqliteStorage.membership().voters.length > 0)) {
+    sqliteStorage.close();
+    throw new ServerStartError(
+      `${join(dataDir, CLUSTER_ID_FILE)} is missing, but the data dir holds this node's log and configuration: the file was deleted or lost, and the id derived again may be another cluster's. ` +
+        `Copy ${CLUSTER_ID_FILE} from another member's data dir (every member of a cluster holds the same one), then start this node again; nothing was changed`,
+      1,
+    );
+  }
   const tornCut = sqliteStorage.tornCut();
   if (tornCut !== undefined) {
     logger.log("warn", "log cut", {
