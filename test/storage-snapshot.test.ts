@@ -9,7 +9,7 @@ import { encodeCommand } from "../src/kv/command.ts";
 import { type ImageRow, type KvImageReader, type KvStorage, StorageError } from "../src/storage/kv-storage.ts";
 import { createMemoryKvStorage, type MemoryKvStorage } from "../src/storage/memory-storage.ts";
 import { openSqliteStorage } from "../src/storage/sqlite-storage.ts";
-import { StagingFile } from "../src/storage/staging-file.ts";
+import { ImageStaging, StagingFile } from "../src/storage/staging-file.ts";
 import { imageRowsPerPageMax, openImageReader } from "../src/storage/sqlite-reads.ts";
 import type { CheckpointReport } from "../src/storage/checkpointer.ts";
 import { tempDirs } from "./helpers/temp-dirs.ts";
@@ -311,6 +311,26 @@ describe.each(implementations)("%s storage snapshots", (_name, implementation) =
 });
 
 describe("sqlite snapshot files", () => {
+  test("a chunk of the staged image that fails on a full disk drops the image and deletes its file (found in a code review: its rows stayed on the disk they filled, named by nothing that would drop them, and a follower frozen there took no image again until a restart)", () => {
+    const dir = tempDir();
+    const path = join(dir, "kv.db-staging");
+    const staging = new ImageStaging(path, 1 << 30, join(dir, "kv.db"));
+    staging.stage("img", [{ key: "a", value: bytes("1"), version: 1 }], true);
+    expect(existsSync(path)).toBe(true);
+    const append = staging.file.append.bind(staging.file);
+    staging.file.append = () => {
+      throw Object.assign(new Error("database or disk is full"), { name: "SQLiteError", code: "SQLITE_FULL" });
+    };
+    expect(() => staging.stage("img", [{ key: "b", value: bytes("2"), version: 1 }], false)).toThrow("database or disk is full");
+    expect(existsSync(path)).toBe(false);
+    expect(staging.state().imageId).toBeUndefined();
+    // The next image stages from nothing.
+    staging.file.append = append;
+    staging.stage("next", [{ key: "c", value: bytes("3"), version: 1 }], true);
+    expect(staging.state()).toMatchObject({ imageId: "next" });
+    staging.discard();
+  });
+
   test("stale staging rows are deleted on open, and a damaged snapshot record is caught", () => {
     const dir = tempDir();
     const storage = openSqliteStorage(dir, { voters: [1] });

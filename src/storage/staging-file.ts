@@ -41,11 +41,14 @@ export class ImageStaging {
       if (repeated !== undefined) throw new StorageError("image_refused", `image carries key ${JSON.stringify(repeated.slice(0, 64))} twice`, this.dbFile);
       this.stateValue = next;
     } catch (error: unknown) {
-      // A broken chunk of the staged image ends it; a stray chunk of another image leaves it be. A
-      // first chunk that failed, whatever the error (a full disk), ends what was staged before it:
-      // `begin` may have emptied that file, and the state still naming it let an install of that
-      // image install nothing (found in review).
-      if (first || (ownsStaging && error instanceof StorageError)) this.discard();
+      // A chunk of the staged image that failed, whatever the error, ends it (the node then takes
+      // no later chunk of it); a stray chunk of another image leaves it be. A first chunk that
+      // failed ends what was staged before it: `begin` may have emptied that file, and the state
+      // still naming it let an install of that image install nothing (found in review). A later
+      // chunk that met a full disk left its image's rows on the disk it filled, named by nothing
+      // that would drop them: a follower frozen on that disk took no image again until a restart
+      // (found in a code review).
+      if (first || ownsStaging) this.discard();
       throw error;
     }
   }
