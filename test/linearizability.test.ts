@@ -67,6 +67,23 @@ function expectRejected(result: CheckResult): Extract<CheckResult, { ok: false }
 const ids = (ops: readonly Operation[]): number[] => ops.map((op) => op.id).sort((a, b) => a - b);
 
 describe("rejects known-bad histories", () => {
+  test("two overlapping writes are placed in their versions' order (found in a code review: the search read values only, and passed these)", () => {
+    // A put acknowledged at 6 and a delete at 5, overlapping: the log applied the delete first, so
+    // the value stays; a later get of nothing lost an acknowledged write.
+    const lost = [{ ...put(1, "k", "B", 0, 100), version: 6 }, { ...del(2, "k", 0, 100), version: 5 }, get(3, "k", null, 110, 120)];
+    expect(findVersionViolation(lost)).toBeUndefined();
+    expectRejected(checkLinearizable(lost));
+    // The delete at 5 said it found the key, which no write had put there before 6.
+    expectRejected(checkLinearizable([{ ...put(1, "k", "B", 0, 100), version: 6 }, { ...del(2, "k", 0, 100, "ok", true), version: 5 }]));
+    // An unanswered put whose value a get named at version 4 comes before a put acknowledged at 7:
+    // the key then holds the acknowledged put's value.
+    const unanswered = put(1, "k", "A", 0, undefined, "unknown");
+    expectRejected(checkLinearizable([unanswered, { ...put(2, "k", "C", 0, 100), version: 7 }, { ...get(3, "k", "A", 10, 20), version: 4 }, get(4, "k", "A", 110, 120)]));
+    // In the versions' order, the same writes pass.
+    expect(checkLinearizable([{ ...put(1, "k", "B", 0, 100), version: 6 }, { ...del(2, "k", 0, 100), version: 7 }, get(3, "k", null, 110, 120)]).ok).toBe(true);
+    expect(checkLinearizable([{ ...put(1, "k", "B", 0, 100), version: 6 }, { ...del(2, "k", 0, 100), version: 5 }, get(3, "k", "B", 110, 120)]).ok).toBe(true);
+  });
+
   test("stale read: a get returns an old value after a later put completed before the get began", () => {
     const v1 = put(1, "k", "v1", 0, 10);
     const v2 = put(1, "k", "v2", 20, 30);
@@ -467,8 +484,10 @@ describe("a 10 000-operation history from a simulated linearizable register", ()
 
 /**
  * The definition, searched naively: some order of all ok operations and some of the unknown writes
- * (each after its call), respecting real time (a return strictly before a call orders two operations),
- * in which every get reads the latest write and every checked delete finds what it reported.
+ * (each after its call), respecting real time (a return strictly before a call orders two operations)
+ * and the log's order of writes whose versions are known (a version is the index of the write's
+ * entry: named by its answer, or by a get of the value a put wrote), in which every get reads the
+ * latest write and every checked delete finds what it reported.
  */
 function linearizableByBruteForce(history: readonly Operation[], initial: string | null): boolean {
   const ops = history.filter((op) => op.outcome === "ok" || (op.outcome === "unknown" && op.kind !== "get"));
@@ -486,14 +505,24 @@ function linearizableByBruteForce(history: readonly Operation[], initial: string
     const there = atVersion.get(op.ifVersion) ?? null;
     return there !== null && there === state;
   };
+  const readVersion = new Map<string, number>();
+  for (const op of ops) if (op.kind === "get" && typeof op.output === "string" && op.output !== initial && op.version !== undefined) readVersion.set(op.output, op.version);
+  const knownVersion = (op: Operation): number | undefined =>
+    op.kind === "get" ? undefined : op.outcome === "ok" && op.version !== undefined ? op.version : op.kind === "put" && op.value !== undefined ? readVersion.get(op.value) : undefined;
   const placed = ops.map(() => false);
   const returnMs = (op: Operation): number => (op.outcome === "ok" ? (op.returnMs ?? 0) : Infinity);
+  // A write of a known version comes after every write of a lower known version.
+  const versionBlocked = (op: Operation): boolean => {
+    const version = knownVersion(op);
+    return version !== undefined && ops.some((other, j) => placed[j] !== true && (knownVersion(other) ?? Infinity) < version);
+  };
   const extend = (state: string | null): boolean => {
     if (ops.every((op, i) => placed[i] === true || op.outcome !== "ok")) return true;
     for (let i = 0; i < ops.length; i++) {
       const op = ops[i];
       if (op === undefined || placed[i] === true) continue;
       if (ops.some((other, j) => placed[j] !== true && returnMs(other) < op.callMs)) continue;
+      if (versionBlocked(op)) continue;
       let after: string | null = null;
       if (op.kind !== "get" && !conditionHolds(op, state)) continue;
       if (op.kind === "put") after = op.value ?? null;

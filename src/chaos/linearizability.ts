@@ -529,6 +529,12 @@ interface PreparedKey {
   readonly stateCount: number;
   /** State STATE_FIRST_VALUE + i holds values[i]. */
   readonly values: readonly string[];
+  /**
+   * A write's version when known (its answer named it, or a get named it for the value the put
+   * wrote), else 0. Versions are log indexes: writes whose versions are known take effect in their
+   * order, and `search` places them so (see `writeVersionOf`).
+   */
+  readonly writeVersions: Float64Array;
 }
 
 interface KeptOperation {
@@ -653,7 +659,15 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
     }
   }
 
+  // The version each value was written at, as gets of it named it (the put may have had no answer).
+  const readVersions = new Map<string, number>();
+  for (const op of ops) {
+    // A read of the initial value names a write from before the history, not a put of that value in it.
+    if (op.kind === "get" && op.outcome === "ok" && typeof op.output === "string" && op.output !== initial && op.version !== undefined) readVersions.set(op.output, op.version);
+  }
   const count = kept.length;
+  const writeVersions = new Float64Array(count);
+  kept.forEach((entry, index) => (writeVersions[index] = writeVersionOf(entry.op, readVersions)));
   const kinds = new Uint8Array(count);
   const args = new Int32Array(count);
   const requires = new Int32Array(count);
@@ -686,7 +700,24 @@ function prepareKey(ops: readonly Operation[], initial: string | null, mode: Mod
     initialState,
     stateCount: STATE_FIRST_VALUE + valueIds.size,
     values: [...valueIds.keys()],
+    writeVersions,
   };
+}
+
+/**
+ * The version write `op` was applied at, when the history shows it, else 0: its own ok answer's, or
+ * for a put the version a get named for its value (values are unique per put). A version is the
+ * index of the write's log entry, so two writes whose versions are known took effect in their
+ * versions' order, whatever their intervals: the search, which reads values only, placed two
+ * overlapping writes against it, and passed a lost write (a put acknowledged at 6 and a delete at 5,
+ * both answered, then a get of nothing) and a delete that said it found a key no write had put there
+ * yet (found in a code review).
+ */
+function writeVersionOf(op: Operation, readVersions: ReadonlyMap<string, number>): number {
+  if (op.kind === "get") return 0;
+  if (op.outcome === "ok" && op.version !== undefined) return op.version;
+  if (op.kind === "put" && op.value !== undefined) return readVersions.get(op.value) ?? 0;
+  return 0;
 }
 
 /**
@@ -812,6 +843,24 @@ function search(key: PreparedKey, budget: Budget): KeyVerdict {
   };
   for (let op = 0; op < count; op++) countLeft(op, 1);
 
+  // Writes of known versions, by version: one may be placed only once every one below it is (its
+  // place in `byVersion`, or -1). Which are placed follows from the placed set, so the cache holds.
+  const byVersion: number[] = [];
+  for (let op = 0; op < count; op++) if ((key.writeVersions[op] ?? 0) > 0) byVersion.push(op);
+  byVersion.sort((a, b) => (key.writeVersions[a] ?? 0) - (key.writeVersions[b] ?? 0) || a - b);
+  const versionRank = new Int32Array(count).fill(-1);
+  byVersion.forEach((op, rank) => (versionRank[op] = rank));
+  const versionPlaced = new Uint8Array(byVersion.length);
+  /** The rank of the lowest unplaced write of known version (byVersion.length: none). */
+  let versionNext = 0;
+  const markVersion = (op: number, placed: boolean): void => {
+    const rank = versionRank[op] ?? -1;
+    if (rank < 0) return;
+    versionPlaced[rank] = placed ? 1 : 0;
+    if (!placed && rank < versionNext) versionNext = rank;
+    while (versionNext < byVersion.length && versionPlaced[versionNext] === 1) versionNext++;
+  };
+
   const cache = new Map<number, CacheEntry[]>();
   let cacheEntries = 0;
   let state = key.initialState;
@@ -888,6 +937,8 @@ function search(key: PreparedKey, budget: Budget): KeyVerdict {
 
   /** Linearizes `op` next if the register accepts it and the configuration is new. */
   const place = (op: number): boolean => {
+    const rank = versionRank[op] ?? -1;
+    if (rank >= 0 && rank !== versionNext) return false; // a write of a lower version is not placed yet
     const after = step(key, op, state, readsLeft, writesLeft);
     if (after === STEP_REJECTED) return false;
     const before = state;
@@ -906,6 +957,7 @@ function search(key: PreparedKey, budget: Budget): KeyVerdict {
     stackStuckOps.push(stuckOp);
     if (key.classes[op] === REQUIRED) requiredLeft--;
     countLeft(op, -1);
+    markVersion(op, true);
     lift(op);
     return true;
   };
@@ -977,6 +1029,7 @@ function search(key: PreparedKey, budget: Budget): KeyVerdict {
     toggle(op);
     if (key.classes[op] === REQUIRED) requiredLeft++;
     countLeft(op, 1);
+    markVersion(op, false);
     unlift(op);
     inOptionalPhase = stackInOptionalPhase.pop() ?? false;
     limitMs = stackLimitsMs.pop() ?? 0;
