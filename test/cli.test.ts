@@ -52,6 +52,9 @@ test.each([
   [["serve", "--id", "4"], "the default --cluster (nodes 1-3 on 127.0.0.1:5001-5003) has no entry for node 4: name its peer URL there, or start a node that joined a cluster as it was started (--join URL --listen-peer HOST:PORT"],
   [["serve", "--id", "4", "--cluster", "1=http://127.0.0.1:7401"], "--cluster has no entry for node 4: name its peer URL there"],
   [["serve", "--id", "1", "--cluster", "1=notaurl"], "is not a URL"],
+  // A peer URL with a path: every peer call a 404, no leader ever (found in a black-box review).
+  [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:7401/x,2=http://127.0.0.1:7402/x"], "--cluster: 'http://127.0.0.1:7401/x' must be only a scheme, host and port"],
+  [["snapshot", "restore", "x.kvsnap", "--data-dir", "x", "--id", "1", "--cluster", "1=http://127.0.0.1:7401/path"], "--cluster: 'http://127.0.0.1:7401/path' must be only a scheme, host and port"],
   // One peer URL for two ids (found in a black-box review: restore took it; POST /members refuses it).
   [["serve", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401/"], "--cluster gives nodes 1 and 2 one peer URL, http://127.0.0.1:7401: each needs its own"],
   [["snapshot", "restore", "x.kvsnap", "--data-dir", "x", "--id", "1", "--cluster", "1=http://127.0.0.1:7401,2=http://127.0.0.1:7401"], "--cluster gives nodes 1 and 2 one peer URL"],

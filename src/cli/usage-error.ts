@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { isAddressOnly } from "../lib/address-url.ts";
 import { parseDuration } from "../lib/duration.ts";
 import { leaseTtlMsMax } from "../kv/leases.ts";
 
@@ -96,6 +97,11 @@ export function parseCluster(value: string): Map<number, string> {
       throw new UsageError(`--cluster: '${url}' is not a URL`);
     }
     if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new UsageError(`--cluster: '${url}' must be http(s)`);
+    // A node serves its peers at its root: with a path, every peer call was a 404 and no leader was
+    // ever elected (found in a black-box review), as --advertise-http and --join already refuse.
+    if (!isAddressOnly(parsed, url)) {
+      throw new UsageError(`--cluster: '${url}' must be only a scheme, host and port (http(s)://host:port), without a user, path, query or fragment`);
+    }
     if (peers.has(id)) throw new UsageError(`--cluster names node ${id} twice`);
     const peerUrl = url.replace(/\/+$/, "");
     // Two ids at one address: one's calls would reach the other (as POST /members refuses). Port 0
