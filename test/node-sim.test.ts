@@ -789,6 +789,24 @@ test("a leader whose storage thread meets a full disk: the write it took waits w
   });
 });
 
+test("a leader whose storage says its thread met a full disk refuses a write at once, before any Ready of its own was refused: nothing is proposed (found in a black-box review: the write was proposed, waited its whole timeout in the Ready the disk then refused, was answered as of unknown outcome, and applied once space returned)", async () => {
+  await withSim(quietSim(57), async (sim) => {
+    const leader = await settledLeader(sim);
+    expect((await put(sim, leader, "before")).outcome).toBe("ok");
+    // As ThreadedStorage reports it: its thread retries a write the full disk refused, and the loop has written nothing since.
+    const disk = diskOf(sim, leader);
+    disk.isDiskFull = () => true;
+    const lastIndex = nodeOf(sim, leader).status().lastLogIndex;
+    const refused = tracked(sim.callOperation(2, leader, "put", "k"));
+    expect(await sim.runUntilTrue(() => refused.answer !== undefined, 20)).toBe(true);
+    expect(refused.answer?.outcome).toBe("fail");
+    expect(nodeOf(sim, leader).status().lastLogIndex).toBe(lastIndex);
+    delete (disk as { isDiskFull?: unknown }).isDiskFull;
+    expect((await put(sim, await settledLeader(sim), "after")).outcome).toBe("ok");
+    await sim.healAndCheck(["before", "k", "after"], 30_000);
+  });
+});
+
 test("the history orders a client's next operation after its previous answer, though both fall in one simulated ms (found in review)", async () => {
   await withSim(quietSim(41), async (sim) => {
     const leader = await settledLeader(sim);

@@ -1165,7 +1165,11 @@ export class KvNode implements KvNodeApi {
   }
 
   private refuseUnlessRunning(): void {
-    if (this.blockedReady !== undefined) throw diskFullError();
+    // Frozen as soon as the storage says its thread met a full disk, not only once a Ready of the
+    // loop's was refused: a write that came first was proposed, waited its whole timeout in the
+    // blocked Ready, was answered as of unknown outcome, and applied once space returned (found in
+    // a black-box review).
+    if (this.frozenByDisk()) throw diskFullError();
     if (this.failure !== undefined) throw new KvError("unavailable", `the node stopped: ${this.failure.message}`);
     if (this.stopped || this.transport === undefined) throw new KvError("unavailable", "the node is not running");
     if (this.membership.removed()) throw removedError();
