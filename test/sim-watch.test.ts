@@ -7,7 +7,9 @@ import { KvError } from "../src/lib/kv-error.ts";
 import { createPrng } from "../src/lib/prng.ts";
 import type { WatchItem, WatchStart, WatchSubscription } from "../src/node/api.ts";
 import type { NodeSim } from "../src/sim/node-sim.ts";
-import { SimWatchers } from "../src/sim/sim-watch.ts";
+import { SimWatchers, watchedWrites } from "../src/sim/sim-watch.ts";
+import { checkWatch } from "../src/chaos/watch-check.ts";
+import type { Operation } from "../src/chaos/history.ts";
 
 /** A node that answers watches as its test says. */
 interface ScriptedNode {
@@ -92,4 +94,27 @@ describe("swarm watchers", () => {
     expect(later.some((open) => open.id === 1 && open.start === "now")).toBe(true);
     expect(watchers.digestText().split("|").length).toBe(2);
   });
+});
+
+test("an unanswered put that a get read counts as committed at the version the get named: its change missing from every stream and from the reference fails the check (found in a code review: it passed)", () => {
+  const op = (fields: Partial<Operation> & Pick<Operation, "id" | "kind" | "key" | "outcome">): Operation => ({ clientId: fields.id, callMs: fields.id, ...fields }) as Operation;
+  const history: Operation[] = [
+    op({ id: 1, kind: "put", key: "k1", value: "b", outcome: "unknown" }),
+    op({ id: 2, kind: "get", key: "k1", output: "b", version: 7, outcome: "ok", returnMs: 3 }),
+    op({ id: 3, kind: "put", key: "k1", value: "c", version: 9, outcome: "ok", returnMs: 4 }),
+    op({ id: 4, kind: "get", key: "other", output: "x", version: 8, outcome: "ok", returnMs: 5 }),
+  ];
+  const writes = watchedWrites(history, "k", 0);
+  expect(writes.acknowledged).toEqual([
+    { key: "k1", kind: "put", value: "c", version: 9 },
+    { key: "k1", kind: "put", value: "b", version: 7 },
+  ]);
+  expect(writes.unknown).toEqual([{ key: "k1", kind: "put", value: "b" }]);
+  const skipped = [{ version: 9, kind: "put" as const, key: "k1", value: "c" }];
+  const result = checkWatch({ reference: skipped, referenceAfter: 0, throughVersion: 10, watchers: [{ label: "w1", prefix: "k", startAfter: 0, events: skipped, reached: 10 }], ...writes, singleKeyWrites: true });
+  expect(result.ok).toBe(false);
+  expect(result.problems.map((problem) => problem.kind)).toContain("ack_missing");
+  // With the change in the reference and the stream, it passes.
+  const whole = [{ version: 7, kind: "put" as const, key: "k1", value: "b" }, ...skipped];
+  expect(checkWatch({ reference: whole, referenceAfter: 0, throughVersion: 10, watchers: [{ label: "w1", prefix: "k", startAfter: 0, events: whole, reached: 10 }], ...writes, singleKeyWrites: true }).ok).toBe(true);
 });

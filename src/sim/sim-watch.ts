@@ -296,18 +296,7 @@ export class SimWatchers {
     }
     if (reference === undefined) throw new SimViolation(`no member could be read for the watch reference through version ${throughVersion}`);
     const from = referenceAfter;
-    const ops = history.filter((op) => op.kind !== "get" && op.key.startsWith(this.prefix));
-    const acknowledged: AcknowledgedWrite[] = [];
-    const unknown: UnansweredWrite[] = [];
-    const refused: UnansweredWrite[] = [];
-    for (const op of ops) {
-      const kind = op.kind === "put" ? "put" : "delete";
-      const write = { key: op.key, kind, ...(op.value === undefined ? {} : { value: op.value }) } as const;
-      if (op.outcome === "ok") {
-        if ((op.version as number) > from) acknowledged.push({ ...write, version: op.version as number, ...(kind === "delete" ? { deleted: op.deleted === true } : {}) });
-      } else if (op.outcome === "unknown") unknown.push(write);
-      else refused.push(write);
-    }
+    const { acknowledged, unknown, refused } = watchedWrites(history, this.prefix, from);
     // Each watcher from the reference's start on (see above).
     const eventsOf = (w: Watcher): WatcherEvents => ({
       label: w.label,
@@ -346,4 +335,36 @@ export class SimWatchers {
   digestText(): string {
     return this.watchers.map((w) => `${w.label}:${w.startAfter}:${w.reached}:${w.events.map((e) => `${e.version}${e.kind[0]}${e.key}=${e.value ?? ""}`).join(",")}`).join("|");
   }
+}
+
+/**
+ * The writes under `prefix` the watch check judges the streams against (src/chaos/watch-check.ts),
+ * from the clients' history: acknowledged ones past version `from`, unanswered, refused. A get that
+ * read a value names the version of the put that wrote it, so that put is known to have committed
+ * there though it had no answer: counted as acknowledged at that version. Without it, an unanswered
+ * write's change missing from every stream and from the reference passed the check (found in a code
+ * review: a get had read it).
+ */
+export function watchedWrites(history: readonly Operation[], prefix: string, from: number): { acknowledged: AcknowledgedWrite[]; unknown: UnansweredWrite[]; refused: UnansweredWrite[] } {
+  const acknowledged: AcknowledgedWrite[] = [];
+  const unknown: UnansweredWrite[] = [];
+  const refused: UnansweredWrite[] = [];
+  const known = new Set<number>();
+  for (const op of history) {
+    if (op.kind === "get" || !op.key.startsWith(prefix)) continue;
+    const kind = op.kind === "put" ? "put" : "delete";
+    const write = { key: op.key, kind, ...(op.value === undefined ? {} : { value: op.value }) } as const;
+    if (op.outcome === "ok") {
+      known.add(op.version as number);
+      if ((op.version as number) > from) acknowledged.push({ ...write, version: op.version as number, ...(kind === "delete" ? { deleted: op.deleted === true } : {}) });
+    } else if (op.outcome === "unknown") unknown.push(write);
+    else refused.push(write);
+  }
+  for (const op of history) {
+    if (op.kind !== "get" || op.outcome !== "ok" || typeof op.output !== "string" || op.version === undefined || !op.key.startsWith(prefix)) continue;
+    if (op.version <= from || known.has(op.version)) continue;
+    known.add(op.version);
+    acknowledged.push({ key: op.key, kind: "put", value: op.output, version: op.version });
+  }
+  return { acknowledged, unknown, refused };
 }
