@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { planHolderPauses, tenuresOf, type LockResult } from "../src/chaos/lock.ts";
+import { exclusionBreaches } from "../src/chaos/lock-check.ts";
 import { runKv } from "./helpers/kv-binary.ts";
 
 /** Bounds a hung run; asserts nothing about speed. */
@@ -94,5 +95,22 @@ describe("the scenario's pure parts", () => {
       { client: 2, fence: 9, acquiredMs: 300, endMs: 350, end: "lost", releaseStartMs: 380, aliveUntilMs: 320 },
       { client: 2, fence: 12, acquiredMs: 500, endMs: 600, end: "lost", aliveUntilMs: 590 },
     ]);
+  });
+
+  test("a tenure the run ended on is known alive until what its client knew as it took the lock: a second client taking the lock before then is a mutual_exclusion breach (found in a code review: such a tenure was never judged as the earlier holder, and this passed)", () => {
+    const holder = tenuresOf(1, [{ type: "acquired", fence: 1, key: "m/1", atMs: 100, aliveUntilMs: 5_000 }], 10_000);
+    expect(holder).toEqual([{ client: 1, fence: 1, acquiredMs: 100, endMs: 10_000, end: "run_end", aliveUntilMs: 5_000 }]);
+    const second = tenuresOf(
+      2,
+      [
+        { type: "acquired", fence: 2, key: "m/2", atMs: 200, aliveUntilMs: 5_200 },
+        { type: "released", fence: 2, atMs: 300, releaseStartMs: 290, aliveUntilMs: 5_250 },
+      ],
+      10_000,
+    );
+    expect(exclusionBreaches([...holder, ...second]).map(({ earlier, later }) => [earlier.fence, later.fence])).toEqual([[1, 2]]);
+    // Taken after it, nothing.
+    const after = tenuresOf(2, [{ type: "acquired", fence: 2, key: "m/2", atMs: 5_100, aliveUntilMs: 9_000 }], 10_000);
+    expect(exclusionBreaches([...holder, ...after])).toEqual([]);
   });
 });

@@ -38,7 +38,8 @@ export interface LockClientOptions {
 
 /** What a lock client reports, one per line. */
 export type LockClientEvent =
-  | { readonly type: "acquired"; readonly fence: number; readonly key: string; readonly atMs: number }
+  /** It took the lock at `atMs`; until `aliveUntilMs` its lease was known alive then (see `LockHandle.aliveUntilMs`). */
+  | { readonly type: "acquired"; readonly fence: number; readonly key: string; readonly atMs: number; readonly aliveUntilMs?: number }
   /** It stops itself now (SIGSTOP), holding `fence`, its update not yet made. */
   | { readonly type: "pausing"; readonly fence: number; readonly atMs: number }
   /** It noticed its lease gone at `atMs`; until `aliveUntilMs` it had been known alive (see `LockHandle.aliveUntilMs`). */
@@ -83,7 +84,8 @@ export async function runLockClient(opts: LockClientOptions, emit: (event: LockC
       continue;
     }
     const fence = lock.fence;
-    emit({ type: "acquired", fence, key: lock.key, atMs: Date.now() });
+    const acquiredMs = Date.now();
+    emit({ type: "acquired", fence, key: lock.key, atMs: acquiredMs, aliveUntilMs: acquiredMs + (lock.aliveUntilMs() - performance.now()) });
     // Wall-clock times, as every report (see aliveUntilMs at the release below).
     const onLost = () => {
       const atMs = Date.now();

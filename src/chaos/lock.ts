@@ -294,13 +294,17 @@ const countOutcomes = (writes: readonly CounterWrite[]) => Object.fromEntries(OU
 /** Each client's tenures from its reports: acquired until released, lost or the end. */
 export function tenuresOf(client: number, events: readonly LockClientEvent[], endMs: number): LockTenure[] {
   const tenures: LockTenure[] = [];
-  let open: { fence: number; acquiredMs: number; lostMs?: number; lostAliveUntilMs?: number } | undefined;
+  let open: { fence: number; acquiredMs: number; acquiredAliveUntilMs?: number; lostMs?: number; lostAliveUntilMs?: number } | undefined;
   const close = (atMs: number, end: LockTenure["end"], release?: { releaseStartMs: number; aliveUntilMs: number }) => {
     if (open === undefined) return;
     const lostFirst = open.lostMs !== undefined && open.lostMs <= atMs;
-    // Known alive until: as it began to release, or as it noticed the loss (the earlier, if both).
+    // Known alive until: as it began to release, or as it noticed the loss (the earlier, if both);
+    // with neither (the run ended on it: killed, or still holding), as it took the lock. Without
+    // that last, such a tenure was never judged as the earlier holder, and a second client taking
+    // the lock while its lease was alive passed (found in a code review).
     const released = release === undefined ? {} : { releaseStartMs: release.releaseStartMs, aliveUntilMs: release.aliveUntilMs };
-    const aliveUntilMs = Math.min(release?.aliveUntilMs ?? Number.POSITIVE_INFINITY, open.lostAliveUntilMs ?? Number.POSITIVE_INFINITY);
+    let aliveUntilMs = Math.min(release?.aliveUntilMs ?? Number.POSITIVE_INFINITY, open.lostAliveUntilMs ?? Number.POSITIVE_INFINITY);
+    if (aliveUntilMs === Number.POSITIVE_INFINITY) aliveUntilMs = open.acquiredAliveUntilMs ?? Number.POSITIVE_INFINITY;
     const known = aliveUntilMs === Number.POSITIVE_INFINITY ? {} : { aliveUntilMs };
     tenures.push({ client, fence: open.fence, acquiredMs: open.acquiredMs, endMs: lostFirst ? (open.lostMs as number) : atMs, end: lostFirst ? "lost" : end, ...released, ...known });
     open = undefined;
@@ -308,7 +312,7 @@ export function tenuresOf(client: number, events: readonly LockClientEvent[], en
   for (const event of events) {
     if (event.type === "acquired") {
       close(event.atMs, "released");
-      open = { fence: event.fence, acquiredMs: event.atMs };
+      open = { fence: event.fence, acquiredMs: event.atMs, ...(event.aliveUntilMs === undefined ? {} : { acquiredAliveUntilMs: event.aliveUntilMs }) };
     } else if (event.type === "lost" && open !== undefined && open.fence === event.fence) {
       open.lostMs ??= event.atMs;
       open.lostAliveUntilMs ??= event.aliveUntilMs;
