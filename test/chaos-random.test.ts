@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { Outcome } from "../src/chaos/client.ts";
 import { checkLinearizable, describeOperation, type Operation } from "../src/chaos/linearizability.ts";
 import { describeFault, describePlannedFault, modeNeedsProxies, planSchedule, type PlannedFault } from "../src/chaos/nemesis.ts";
-import { countOperations, formatDuration, OperationActivity, parseDurationMs, successLine, toOperation, type RandomResult } from "../src/chaos/random.ts";
+import { countOperations, EpochSummaries, type EpochSummary, formatDuration, OperationActivity, parseDurationMs, successLine, toOperation, type RandomResult } from "../src/chaos/random.ts";
 import { escapeHtml, renderReport, type ReportInput } from "../src/chaos/report.tsx";
 import { runKv } from "./helpers/kv-binary.ts";
 
@@ -434,4 +434,31 @@ describe("HTML report", () => {
     expect(html.match(/class="strip"/g)?.length ?? 0).toBeGreaterThan(0);
     expect(html.match(/<circle /g)?.length ?? 0).toBeLessThanOrEqual(2_500);
   });
+});
+
+test("an epoch's unanswered closing read is remembered after its summary is dropped, on a run long enough to drop summaries (found in a code review: it was forgotten, and the run passed)", () => {
+  const summary = (index: number, unansweredReads: string[] = []): EpochSummary => ({
+    index,
+    keys: [],
+    startMs: index,
+    endMs: index + 1,
+    operations: 0,
+    clientOperations: 0,
+    ok: 0,
+    failed: 0,
+    unknown: 0,
+    unansweredReads,
+    verdict: "linearizable",
+    checkMs: 0,
+    checkedAtMs: index,
+    faults: 0,
+  });
+  const summaries = new EpochSummaries(3);
+  summaries.add(summary(0, ["e0-k1"]));
+  for (let index = 1; index <= 5; index++) summaries.add(summary(index, index === 5 ? ["e5-k0"] : []));
+  expect(summaries.kept.map((kept) => kept.index)).toEqual([3, 4, 5]);
+  expect(summaries.dropped).toBe(3);
+  expect(summaries.unansweredClosingReads(6)).toEqual(["e0-k1", "e5-k0"]);
+  // The last epoch's keys are the runner's final reads: not counted here.
+  expect(summaries.unansweredClosingReads(5)).toEqual(["e0-k1"]);
 });

@@ -325,6 +325,33 @@ interface WorkloadOptions {
 }
 
 /**
+ * The epochs' summaries kept for the result and the report: the newest `max`, the oldest dropped
+ * (and counted) beyond. What a dropped summary's closing reads left unanswered is kept apart: a very
+ * long run forgot it and passed with an old epoch's key never read again (found in a code review).
+ */
+export class EpochSummaries {
+  readonly kept: EpochSummary[] = [];
+  /** Summaries dropped beyond `max`. */
+  dropped = 0;
+  private readonly droppedUnansweredReads: string[] = [];
+
+  constructor(private readonly max = EPOCH_SUMMARIES_MAX) {}
+
+  add(summary: EpochSummary): void {
+    this.kept.push(summary);
+    if (this.kept.length <= this.max) return;
+    const oldest = this.kept.shift();
+    this.droppedUnansweredReads.push(...(oldest?.unansweredReads ?? []));
+    this.dropped++;
+  }
+
+  /** The keys whose closing read had no answer, in every epoch but `lastIndex` (the runner reads that one's keys itself). */
+  unansweredClosingReads(lastIndex: number): string[] {
+    return [...this.droppedUnansweredReads, ...this.kept.filter((summary) => summary.index !== lastIndex).flatMap((summary) => summary.unansweredReads)];
+  }
+}
+
+/**
  * The clients of a run and the history they record, one epoch at a time. Each client sends one
  * operation at a time to a node it picks at random (a dead node is skipped; a paused or isolated one
  * is not), and follows a 307 to the leader itself, once; the operation spans from before its first
@@ -350,9 +377,7 @@ class RandomWorkload implements LoadCounters {
   /** Epochs retired and not yet closed, oldest first. */
   private readonly retired: Epoch[] = [];
   current: Epoch;
-  readonly summaries: EpochSummary[] = [];
-  /** Summaries dropped beyond EPOCH_SUMMARIES_MAX (the oldest go first). */
-  summariesDropped = 0;
+  readonly summaries = new EpochSummaries();
   readonly verdicts: CheckResult[] = [];
   checkMs = 0;
   /** The first epoch whose check did not say linearizable, with its history (for evidence and report). */
@@ -606,11 +631,7 @@ class RandomWorkload implements LoadCounters {
       checkedAtMs: Math.round(this.opts.nowMs()),
       faults: 0,
     };
-    this.summaries.push(summary);
-    if (this.summaries.length > EPOCH_SUMMARIES_MAX) {
-      this.summaries.shift();
-      this.summariesDropped++;
-    }
+    this.summaries.add(summary);
     // The first epoch that is not linearizable keeps its history for the report; a violation found
     // later replaces an undecided one. Every other epoch's history goes with it now.
     const failing = this.failing;
@@ -780,11 +801,11 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
   await workload.check(lastEpoch, unanswered);
   const verdict = workload.verdict();
   const checkMs = workload.checkMs;
-  const epochs = workload.summaries;
+  const epochs = workload.summaries.kept;
   for (const epoch of epochs) epoch.faults = faultWindows.filter((f) => f.startMs <= epoch.endMs && f.endMs >= epoch.startMs).length;
   const faults = faultWindows.map((f) => ({ ...f, metOperations: faultsMetOperations.has(f.index) }));
   const faultsMet = faults.filter((f) => f.metOperations).length;
-  const unansweredClosingReads = epochs.filter((e) => e.index !== lastEpoch.index).flatMap((e) => e.unansweredReads);
+  const unansweredClosingReads = workload.summaries.unansweredClosingReads(lastEpoch.index);
   const counts = workload.counts();
 
   print("");
@@ -877,7 +898,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
       detailNote:
         `Timeline and latency show epoch ${detail.index} of ${workload.epochCount} ` +
         `(${detail === lastEpoch ? "the last" : "the first that is not linearizable"}); the table lists every epoch` +
-        (workload.summariesDropped === 0 ? "." : ` but the ${workload.summariesDropped} oldest.`),
+        (workload.summaries.dropped === 0 ? "." : ` but the ${workload.summaries.dropped} oldest.`),
     });
     try {
       writeFileSync(opts.reportPath, html);
@@ -918,7 +939,7 @@ export async function runRandom(cluster: ChaosCluster, opts: RandomOptions): Pro
     epochOps,
     epochCount: workload.epochCount,
     epochs,
-    epochsDropped: workload.summariesDropped,
+    epochsDropped: workload.summaries.dropped,
     workloadEndMs,
     operationsHeldMax: workload.operationsHeldMax,
     throughput: { bucketMs: workload.throughputBucketMs, completed: workload.throughput },
