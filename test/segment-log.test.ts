@@ -1013,3 +1013,16 @@ test("opening a log makes its directory durable before anything is appended: a l
   SegmentLog.open(dir, { segmentBytesMax: 2048, files: kept.files }).close();
   expect(kept.ops).toEqual(["fsync-dir"]);
 });
+
+test("a sync of a segment deleted from under the log (its data dir's log removed by hand) fails, and the log refuses further use: what it held is gone at the next start (found in a black-box review: a single node acknowledged writes a restart did not have)", async () => {
+  const dir = tempDir();
+  const log = SegmentLog.open(dir);
+  log.append(range(1, 2, 1), { term: 1, vote: 1, commit: 0 });
+  await log.sync();
+  rmSync(dir, { recursive: true });
+  log.append(range(3, 3, 1));
+  const error = await rejectionOf(() => log.sync());
+  expect(String(error)).toContain("was deleted while the node ran");
+  expect(() => log.append(range(4, 4, 1))).toThrow("unusable");
+  log.close();
+});
