@@ -138,7 +138,7 @@ describe("kv serve that cannot start says why in one line, exit 1, no stack trac
       const file = join(scratch, "a-file");
       writeFileSync(file, "x");
       return ["--data-dir", file];
-    }, "cannot create the data dir"],
+    }, "it exists and is not a directory: give another --data-dir"],
     ["an HTTP port in use", () => {
       const taken = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
       afterAll(() => taken.stop(true));

@@ -69,7 +69,7 @@ export const defragCommand = defineCommand({
     printLine(
       args.json === true
         ? JSON.stringify({ file, ...result, durationMs })
-        : `defragmented ${file}: ${megabytes(result.bytesBefore)} with its WAL -> ${megabytes(result.bytesAfter)} (${megabytes(result.freeBytesBefore)} of it free pages) in ${durationMs} ms`,
+        : `defragmented ${file}: ${megabytes(result.bytesBefore)} with its WAL -> ${megabytes(result.bytesAfter)} (${megabytes(result.freeBytesBefore)} of free pages before) in ${durationMs} ms`,
     );
   },
 });

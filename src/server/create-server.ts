@@ -259,7 +259,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const tornCut = sqliteStorage.tornCut();
   if (tornCut !== undefined) {
     logger.log("warn", "log cut", {
-      ...tornCut,
+      ...Object.fromEntries(Object.entries(tornCut).filter(([, value]) => value !== undefined)), // an index unknown is not said as "undefined"
       detail:
         "the log's last record was torn (being written when the process or the machine stopped, so never durable and never acknowledged) and was cut off; if neither stopped abruptly, check the disk",
     });
@@ -639,8 +639,19 @@ function startError(what: string, where: string, error: unknown): unknown {
   if (code === "SQLITE_CANTOPEN" && notAFile(join(where, DATABASE_FILE))) {
     return new ServerStartError(`cannot ${what} (${where}): ${join(where, DATABASE_FILE)} is not a file (a directory?): move it aside, or give another --data-dir`, 1);
   }
+  // Said as such, not as mkdir's EEXIST alone (found in a black-box review).
+  if (code === "EEXIST" && notADirectory(where)) return new ServerStartError(`cannot ${what} (${where}): it exists and is not a directory: give another --data-dir`, 1);
   const operating = error.name === "SQLiteError" || (typeof code === "string" && /^E[A-Z]+$/.test(code));
   return operating ? new ServerStartError(`cannot ${what} (${where}): ${error.message}`, 1) : error;
+}
+
+/** Whether `path` exists as something other than a directory. */
+function notADirectory(path: string): boolean {
+  try {
+    return !statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 /** Whether `path` exists as something other than a regular file. */
