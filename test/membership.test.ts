@@ -4,11 +4,11 @@
 // a member is removed; and the joined node, restarted, still knows the configuration from its disk.
 // One process-level test remains: `kv serve --join` of the built executable joins a running cluster.
 import { afterAll, afterEach, expect, test } from "bun:test";
-import { createWriteStream, mkdtempSync, rmSync } from "node:fs";
+import { createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { createServer, type KvServer, type ServerConfig } from "../src/server/create-server.ts";
+import { createServer, type KvServer, type ServerConfig, ServerStartError } from "../src/server/create-server.ts";
 import { createLogger, type Logger } from "../src/lib/logger.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 import { baseServerConfig, createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
@@ -119,6 +119,16 @@ test("join, promote, replicate, survive a kill with the new voter in the quorum,
 
   // Restart node 4 without join: it comes back with the configuration on its disk.
   await fourth.stop();
+  // Its cluster-id file lost, it is refused: a member that joined derives no id from its flags
+  // (found in a black-box review: the id derived again was another cluster's, and written over).
+  const clusterIdFile = join(fourthConfig.dataDir, "cluster-id");
+  const clusterId = readFileSync(clusterIdFile, "utf8");
+  rmSync(clusterIdFile);
+  const refused = await createServer(fourthConfig).catch((error: unknown) => error);
+  expect(refused).toBeInstanceOf(ServerStartError);
+  expect((refused as Error).message).toContain("it joined its cluster (added at index");
+  expect(existsSync(clusterIdFile)).toBe(false);
+  writeFileSync(clusterIdFile, clusterId);
   fourth = await createServer(fourthConfig);
   servers.push(fourth);
   await until("restarted node 4 knows the configuration", async () => {

@@ -247,11 +247,16 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   // restore or a join writes it first): without the file, it was lost. Derived again, the id is
   // another cluster's whenever the cluster's is not the one its voters derive (restored from a
   // backup, grown by --join, or given --cluster-id), and the node was refused by its peers for
-  // good, having written the wrong id over the lost one (found in a black-box review).
-  if (!existsSync(join(dataDir, CLUSTER_ID_FILE)) && (sqliteStorage.lastIndex() > 0 || sqliteStorage.membership().voters.length > 0)) {
+  // good, having written the wrong id over the lost one (found in a black-box review). A member
+  // that joined (added at an index past 0) never derives its cluster's id: refused. A founding
+  // member derives it as before (its cluster's, unless restored or given --cluster-id), said in
+  // the log with what to do if it is not.
+  const lostClusterId = !existsSync(join(dataDir, CLUSTER_ID_FILE)) && (sqliteStorage.lastIndex() > 0 || sqliteStorage.membership().voters.length > 0);
+  const ownAddedIndex = sqliteStorage.membership().addresses.find((address) => address.id === id)?.addedIndex ?? 0;
+  if (lostClusterId && ownAddedIndex > 0) {
     sqliteStorage.close();
     throw new ServerStartError(
-      `${join(dataDir, CLUSTER_ID_FILE)} is missing, but the data dir holds this node's log and configuration: the file was deleted or lost, and the id derived again may be another cluster's. ` +
+      `${join(dataDir, CLUSTER_ID_FILE)} is missing, but the data dir holds this node's log and configuration, and it joined its cluster (added at index ${ownAddedIndex}), whose id its flags do not derive: the file was deleted or lost. ` +
         `Copy ${CLUSTER_ID_FILE} from another member's data dir (every member of a cluster holds the same one), then start this node again; nothing was changed`,
       1,
     );
@@ -342,6 +347,14 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
       throw new ServerStartError(`${error.message}: restore it, or remove it to derive the id again`, 1);
     }
   });
+  if (lostClusterId) {
+    logger.log("warn", "cluster id", {
+      detail:
+        `${join(dataDir, CLUSTER_ID_FILE)} was missing, though the data dir holds this node's log: the id was derived again from --cluster and the cluster token, ${clusterIdChoice.clusterId}. ` +
+        `If the cluster was restored from a backup or given --cluster-id, that is not its id, and its peers will refuse this node: stop it, copy ${CLUSTER_ID_FILE} from another member's data dir, and start it again`,
+      clusterId: clusterIdChoice.clusterId,
+    });
+  }
   // After a membership change --cluster no longer names the voters the id was derived from.
   if (clusterIdChoice.clusterId !== clusterIdChoice.derivedId && sqliteStorage.membership().changedIndex === 0) {
     logger.log("warn", "cluster id", {
