@@ -833,6 +833,35 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
     }
   });
 
+  test("a deletePrefix refused or of unknown outcome after requests that applied says how many keys went, as a partial outcome (found in a code review: a refusal read as nothing deleted, and an unknown outcome said to resend under a key deletePrefix takes none of)", async () => {
+    for (const [status, code, cause] of [
+      [503, "no_leader", "no_leader"],
+      [409, "upgrade_required", "upgrade_required"],
+      [503, "timeout", "unknown_outcome"],
+    ] as const) {
+      let requests = 0;
+      const node = Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch: () => {
+          requests++;
+          if (requests === 1) return Response.json({ deleted: 1000, more: true, version: 41 });
+          return Response.json({ error: code, message: "no", retryAfterS: 0 }, { status });
+        },
+      });
+      try {
+        const kv = createClient({ endpoints: [`http://127.0.0.1:${node.port}`], timeoutMs: 300 });
+        const error = (await kv.deletePrefix("p/").catch((thrown: unknown) => thrown)) as KvClientError;
+        expect(error).toBeInstanceOf(KvClientError);
+        expect([error.code, error.details]).toEqual(["partial", { deleted: 1000, version: 41, cause }]);
+        expect(error.message).toContain("deletePrefix deleted 1000 keys under the prefix in 1 requests (up to version 41)");
+        expect(error.message).toContain("call it again to delete what is left");
+      } finally {
+        node.stop(true);
+      }
+    }
+  });
+
   test("a write refused by a node this process had a connection with is of unknown outcome: Bun's fetch sent it again on a new connection when the kept-alive one closed under it, and reported only the refusal (found in a black-box review: a put reported refused was applied)", async () => {
     for (const aborting of [false, true]) {
       let received = 0;

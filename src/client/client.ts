@@ -6,7 +6,7 @@
  * apply twice. The request engine is src/client/transport.ts.
  */
 import { isAddressOnly } from "../lib/address-url.ts";
-import { KvClientError } from "./errors.ts";
+import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import { createLeasesApi, leaseIdOf, type LeaseId, type LeasesApi } from "./leases.ts";
 import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
 import { errorFromAnswer, Transport, type Answer } from "./transport.ts";
@@ -505,9 +505,9 @@ export function createClient(options: ClientOptions): KvClient {
       for (;;) {
         // A key per request: a request whose answer was lost is sent again under it, and applies once.
         const idempotencyKey = crypto.randomUUID();
-        let answer: Answer;
+        let step: { deleted: number; more: boolean; version: number };
         try {
-          answer = await transport.send({
+          const answer = await transport.send({
             method: "DELETE",
             path: `/kv${query({ prefix, limit: opts.limit })}`,
             headers: writeHeaders(idempotencyKey),
@@ -515,25 +515,38 @@ export function createClient(options: ClientOptions): KvClient {
             idempotencyKey,
             ...callOptions(opts),
           });
+          const result = json<{ deleted?: unknown; more?: unknown; version?: unknown }>(answer);
+          const version = numberField(result.version, answer);
+          if (typeof result.deleted !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a delete by prefix without a count`);
+          step = { deleted: result.deleted, more: result.more === true, version };
         } catch (error) {
+          if (requests === 0) throw error;
           // Aborted before this request was sent, after others applied: the signal's reason alone
           // would read as nothing deleted (found in review).
-          if (requests > 0 && opts.signal?.aborted === true && error === opts.signal.reason) {
+          if (opts.signal?.aborted === true && error === opts.signal.reason) {
             throw new KvClientError("aborted", 0, `deletePrefix was aborted after ${requests} requests, which deleted ${deleted} keys under the prefix (up to version ${lastVersion}); the rest are as they were`, {
               deleted,
               version: lastVersion,
             });
           }
-          throw error;
+          // Any other end after requests that applied: a refusal alone reads as nothing deleted, and
+          // an unknown outcome as a write to resend under its key, which deletePrefix takes none of
+          // (found in a code review). Calling it again deletes what is left.
+          const unknown = error instanceof UnknownOutcomeError;
+          const cause = error instanceof KvClientError ? error.code : unknown ? "unknown_outcome" : error instanceof Error ? error.name : "error";
+          const then = unknown ? "then a request's outcome stayed unknown (it may have deleted more)" : "then a request was refused (it deleted nothing)";
+          throw new KvClientError(
+            "partial",
+            error instanceof KvClientError ? error.status : 0,
+            `deletePrefix deleted ${deleted} keys under the prefix in ${requests} requests (up to version ${lastVersion}), ${then}: ${error instanceof Error ? error.message : String(error)}; call it again to delete what is left`,
+            { deleted, version: lastVersion, cause },
+          );
         }
         requests++;
-        const result = json<{ deleted?: unknown; more?: unknown; version?: unknown }>(answer);
-        const version = numberField(result.version, answer);
-        if (typeof result.deleted !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a delete by prefix without a count`);
-        deleted += result.deleted;
-        lastVersion = version;
-        opts.onProgress?.(deleted, version);
-        if (result.more !== true) return { deleted, version, requests };
+        deleted += step.deleted;
+        lastVersion = step.version;
+        opts.onProgress?.(deleted, step.version);
+        if (!step.more) return { deleted, version: step.version, requests };
       }
     },
 

@@ -83,7 +83,9 @@ export interface LeaseKeeper {
    * Until when, by `performance.now()`, the lease is known to live (unless revoked): the send time of
    * the grant or of the last keepalive answered, plus the TTL. The leader started its countdown after
    * that send, and a new leader restarts every countdown at the full TTL, so until then no one else
-   * can see the lease run out. `lost` fires at this time unless a later keepalive is answered first.
+   * can see the lease run out, as long as the leader's clock runs no faster than this process's (it
+   * counts the TTL on its own: docs/client.md). `lost` fires at this time unless a later keepalive is
+   * answered first.
    */
   aliveUntilMs(): number;
   /** Stops sending keepalives (the lease then runs out by itself, unless revoked). Idempotent. */
