@@ -208,3 +208,39 @@ test("a keepalive whose read barrier is answered in the turn that stops the node
   for (let turn = 0; turn < 100 && settled === "pending"; turn++) await new Promise((resolve) => setImmediate(resolve));
   expect(settled).toBe("rejected: the node is shutting down");
 });
+
+test("an expiry still queued when the leadership that counted it ends is refused unproposed, should the node lead again before the queue is proposed (found in a code review: a later leadership proposed an expiry of a lease the leader in between may have kept alive)", () => {
+  const encoder = new TextEncoder();
+  const row = { key: leaseRowKey(1), value: encoder.encode(JSON.stringify({ ttlMs: 1_000 })), version: 1 };
+  const storage = {
+    list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
+    get: (key: string) => (key === row.key ? row : undefined),
+  } as unknown as KvStorage;
+  let nowMs = 0;
+  let term = 2;
+  let role: "leader" | "follower" = "leader";
+  const checks: (() => unknown)[] = [];
+  const host = leaderHost(storage, () => nowMs, {
+    coreStatus: () => ({ role, term }),
+    // Queued and never proposed: the queue waits behind applies.
+    propose: (data, check) => {
+      expect(decodeLeaseCommand(data)).toEqual({ op: "lease-expire", ids: [1] });
+      if (check !== undefined) checks.push(check);
+      return new Promise(() => undefined);
+    },
+  });
+  const leases = new NodeLeases(host);
+  leases.roleChanged("leader", 2);
+  nowMs = 1_000;
+  leases.tick();
+  expect(checks).toHaveLength(1);
+  expect(checks[0]?.()).toBeUndefined(); // still this leadership: proposed as queued
+  // Another leader in term 3, then this node again in term 4.
+  role = "follower";
+  term = 3;
+  leases.tick();
+  role = "leader";
+  term = 4;
+  leases.tick();
+  expect(checks[0]?.()).toMatchObject({ code: "not_leader" });
+});

@@ -440,8 +440,8 @@ export class KvNode implements KvNodeApi {
       refuseWhenFull: () => this.refuseWhenFull(),
       notLeader: () => this.notLeader(),
       readBarrier: () => this.readBarrier("lease"),
-      propose: (data) => {
-        const applied = this.proposals.enqueue(data, this.deadline());
+      propose: (data, check) => {
+        const applied = this.proposals.enqueue(data, this.deadline(), check);
         this.scheduleTurn();
         return applied;
       },

@@ -268,8 +268,11 @@ export interface LeasesHost {
   notLeader(): KvError;
   /** Resolves once what was committed when it was called is applied here (a lease read). */
   readBarrier(): Promise<void>;
-  /** Queues entry data for the next turn's proposal; resolves with its apply result. */
-  propose(data: Uint8Array): Promise<ApplyResult>;
+  /**
+   * Queues entry data for the next turn's proposal; resolves with its apply result. `check`, when
+   * given, is asked as the queue is proposed: an error refuses the data unproposed.
+   */
+  propose(data: Uint8Array, check?: () => KvError | undefined): Promise<ApplyResult>;
   /** How long a request may wait for its answer, in ms. */
   readonly requestTimeoutMs: number;
 }
@@ -436,8 +439,13 @@ export class NodeLeases {
     if (!this.countdowns.isLeading()) return;
     const nowMs = this.host.clock.nowMs();
     const generation = this.countdowns.generation();
+    // An expiry still queued when this leadership ends is not proposed by a later one: the leader
+    // in between may have kept the lease alive (found in a code review: the queue outlived the
+    // leadership while more than the pending bound waited to apply).
+    const stillCounting = (): KvError | undefined =>
+      this.countdowns.generation() === generation ? undefined : new KvError("not_leader", "the leadership that counted these leases down ended");
     for (const ids of this.countdowns.due(nowMs)) {
-      this.host.propose(encodeLeaseCommand({ op: "lease-expire", ids })).then(
+      this.host.propose(encodeLeaseCommand({ op: "lease-expire", ids }), stillCounting).then(
         () => this.countdowns.expirySettled(generation),
         () => this.countdowns.expiryFailed(generation, ids, this.host.clock.nowMs()),
       );
