@@ -811,15 +811,7 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
 
   test("a deletePrefix aborted between its requests, after some applied, says how many keys went (found in review: the signal's reason read as nothing deleted)", async () => {
     const abort = new AbortController();
-    let requests = 0;
-    const node = Bun.serve({
-      hostname: "127.0.0.1",
-      port: 0,
-      fetch: () => {
-        requests++;
-        return Response.json({ deleted: 1000, more: true, version: 40 + requests });
-      },
-    });
+    const { node, requests } = deletingNode((n) => Response.json({ deleted: 1000, more: true, version: 40 + n }));
     try {
       const kv = createClient({ endpoints: [`http://127.0.0.1:${node.port}`] });
       const error = (await kv
@@ -827,7 +819,7 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
         .catch((thrown: unknown) => thrown)) as KvClientError;
       expect(error).toBeInstanceOf(KvClientError);
       expect([error.code, error.details]).toEqual(["aborted", { deleted: 2000, version: 42 }]);
-      expect(requests).toBe(2);
+      expect(requests()).toBe(2);
     } finally {
       node.stop(true);
     }
@@ -839,16 +831,7 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
       [409, "upgrade_required", "upgrade_required"],
       [503, "timeout", "unknown_outcome"],
     ] as const) {
-      let requests = 0;
-      const node = Bun.serve({
-        hostname: "127.0.0.1",
-        port: 0,
-        fetch: () => {
-          requests++;
-          if (requests === 1) return Response.json({ deleted: 1000, more: true, version: 41 });
-          return Response.json({ error: code, message: "no", retryAfterS: 0 }, { status });
-        },
-      });
+      const { node } = deletingNode((n) => (n === 1 ? Response.json({ deleted: 1000, more: true, version: 41 }) : Response.json({ error: code, message: "no", retryAfterS: 0 }, { status })));
       try {
         const kv = createClient({ endpoints: [`http://127.0.0.1:${node.port}`], timeoutMs: 300 });
         const error = (await kv.deletePrefix("p/").catch((thrown: unknown) => thrown)) as KvClientError;
@@ -947,3 +930,10 @@ describe("a call's own timeoutMs and signal (etcd's clients take a context: a de
     expect(await kv.deletePrefix("p", { signal: AbortSignal.abort(reason) }).catch((error: unknown) => error)).toBe(reason);
   });
 });
+
+/** A node that answers its nth request (1, 2, ...) with `answer(n)`; `requests()` counts them. */
+function deletingNode(answer: (n: number) => Response): { node: ReturnType<typeof Bun.serve>; requests: () => number } {
+  let requests = 0;
+  const node = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => answer(++requests) });
+  return { node, requests: () => requests };
+}
