@@ -154,3 +154,19 @@ test("a sync posted behind an apply starts once the thread ran the apply, and th
   expect(synced.done).toBe(true);
   expect(disk.durable().lastIndex()).toBe(3);
 });
+
+test("a chunk of the staged image that meets the full disk drops the image, as the server's staging does (src/storage/staging-file.ts); a stray chunk of another image leaves it be", () => {
+  const storage = new MemoryKvStorage();
+  storage.bootstrap([1]);
+  const disk = new SimDisk(storage, { fsync: (done) => queueMicrotask(done), deliver: (fn) => fn() });
+  const row = (key: string) => ({ key, value: new TextEncoder().encode("v"), version: 1 });
+  disk.stageImageChunk("img", [row("a")], true);
+  disk.full = true;
+  expect(() => disk.stageImageChunk("other", [row("x")], false)).toThrow("database or disk is full");
+  expect(storage.stagedImageId()).toBe("img");
+  expect(() => disk.stageImageChunk("img", [row("b")], false)).toThrow("database or disk is full");
+  expect(storage.stagedImageId()).toBeUndefined();
+  disk.full = false;
+  disk.stageImageChunk("next", [row("c")], true);
+  expect(storage.stagedImageId()).toBe("next");
+});

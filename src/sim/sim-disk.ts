@@ -371,7 +371,14 @@ export class SimDisk implements KvStorage {
     }
   }
   stageImageChunk(imageId: string, rows: readonly ImageRow[], first: boolean): void {
-    this.write("stage", () => this.current.stageImageChunk(imageId, rows, first), (thread) => thread.stageImageChunk(imageId, rows, first));
+    try {
+      this.write("stage", () => this.current.stageImageChunk(imageId, rows, first), (thread) => thread.stageImageChunk(imageId, rows, first));
+    } catch (error) {
+      // As the server's staging (src/storage/staging-file.ts): a chunk of the image being staged
+      // that meets the full disk ends that image, and its rows go with it.
+      if (first || this.current.stagedImageId() === imageId) this.discardStagedImage();
+      throw error;
+    }
     this.chunksStaged++;
   }
   installSnapshot(metadata: SnapshotMetadata, imageId: string, addresses?: readonly MemberAddress[]): void | Promise<void> {

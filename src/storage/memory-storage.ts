@@ -349,7 +349,7 @@ export class MemoryKvStorage implements KvStorage {
       for (const row of rows) this.staged.set(row.key, { value: row.value.slice(), version: row.version });
       this.staging = next;
     } catch (error: unknown) {
-      if (ownsStaging && error instanceof StorageError) this.discardStagedImage();
+      if (ownsStaging) this.discardStagedImage(); // as ImageStaging.stage: whatever the error
       throw error;
     }
   }
@@ -377,6 +377,11 @@ export class MemoryKvStorage implements KvStorage {
     this.learners = learners;
     this.applied = metadata.index;
     this.hardState = { ...this.hardState, commit: Math.max(this.hardState.commit, metadata.index) };
+  }
+
+  /** The image being staged, if any (the simulated disk drops it as the server's does when a chunk of it fails there). */
+  stagedImageId(): string | undefined {
+    return this.staging.imageId;
   }
 
   /** As `SqliteStorage.discardStagedImage`. */
