@@ -7,7 +7,7 @@ import type { Message, NodeId } from "../raft/types.ts";
 import { type CallRefusal, defaultConnectTransportLimits } from "../transport/connect-transport.ts";
 import { CLUSTER_NONCE_HEADER } from "../transport/peer-auth.ts";
 import { createPeerCallGuard } from "../transport/peer-call-guard.ts";
-import { REMOVED_REFUSAL_PREFIX, setIdentityHeaders } from "../transport/peer-identity.ts";
+import { REMOVED_REFUSAL_PREFIX, rememberedSince, setIdentityHeaders } from "../transport/peer-identity.ts";
 import { createPeerSender, type PeerSender } from "../transport/peer-sender.ts";
 import { createRaftServiceRoutes } from "../transport/raft-service.ts";
 import { createReplySlots, dispatchToPeer, replyWaitMs, type ReplySlots } from "../transport/reply-slots.ts";
@@ -149,9 +149,13 @@ export class SimNetwork {
             onNonMember: () => {},
           });
     /** What every call of this process carries, read as it is sent (as the server's interceptors do). */
+    // Per peer, as the server's transport keeps one with each peer's sender (dropped with it).
+    const recipientSince = new Map<NodeId, () => number | undefined>();
     const callContext = (peer: NodeId): HandlerContext => {
       const requestHeader = new Headers();
-      setIdentityHeaders(requestHeader, identity?.memberSince(id), identity?.memberSince(peer));
+      let since = recipientSince.get(peer);
+      if (since === undefined) recipientSince.set(peer, (since = rememberedSince(() => identity?.memberSince(peer))));
+      setIdentityHeaders(requestHeader, identity?.memberSince(id), since());
       const nonce = identity?.clusterNonce();
       if (nonce !== undefined) requestHeader.set(CLUSTER_NONCE_HEADER, nonce);
       return { requestHeader } as HandlerContext;
@@ -292,6 +296,7 @@ export class SimNetwork {
         const key = `${id}>${peer}`;
         this.peerResets.set(key, (this.peerResets.get(key) ?? 0) + 1);
         peerHttpUrls.delete(peer);
+        recipientSince.delete(peer);
         const sender = endpoint.senders.get(peer);
         if (sender === undefined) return;
         void sender.close();

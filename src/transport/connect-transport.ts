@@ -19,7 +19,7 @@ import { createPeerSender } from "./peer-sender.ts";
 import type { PeerSender, PeerSenderLimits, PeerSenderStats } from "./peer-sender.ts";
 import { checkPeerCall, peerAuthInterceptor } from "./peer-auth.ts";
 import { createPeerCallGuard } from "./peer-call-guard.ts";
-import { peerIdentityInterceptor, REMOVED_REFUSAL_PREFIX } from "./peer-identity.ts";
+import { peerIdentityInterceptor, rememberedSince, REMOVED_REFUSAL_PREFIX } from "./peer-identity.ts";
 import type { PeerAuth, PeerRefusal } from "./peer-auth.ts";
 import { createPeerServer } from "./peer-server.ts";
 import { createRaftServiceRoutes } from "./raft-service.ts";
@@ -346,7 +346,7 @@ export function createConnectTransport(options: ConnectTransportOptions): Connec
       ...(auth === undefined ? [] : [peerAuthInterceptor(auth)]),
       ...(options.memberSince === undefined
         ? []
-        : [peerIdentityInterceptor(() => (closed ? undefined : options.memberSince?.(options.selfId)), () => (closed ? undefined : options.memberSince?.(peerId)))]),
+        : [peerIdentityInterceptor(() => (closed ? undefined : options.memberSince?.(options.selfId)), rememberedSince(() => (closed ? undefined : options.memberSince?.(peerId))))]),
     ];
     let transport;
     // With TLS, every peer is called over TLS, whatever its URL says: an http URL (a member added

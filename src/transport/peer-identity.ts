@@ -35,6 +35,21 @@ export function peerIdentityInterceptor(ownSince: () => number | undefined, reci
   };
 }
 
+/**
+ * What a caller records for the node it calls, for `RECIPIENT_SINCE_HEADER`: `recorded()` while it
+ * records one, else the last it recorded. A peer just removed stays reachable for a while, and what
+ * was queued for it was meant for the process of that index: sent with no index, such a message
+ * reached a new process at the old address unchecked (found in a code review).
+ */
+export function rememberedSince(recorded: () => number | undefined): () => number | undefined {
+  let last: number | undefined;
+  return () => {
+    const since = recorded();
+    if (since !== undefined) last = since;
+    return since ?? last;
+  };
+}
+
 /** Sets the two headers of `peerIdentityInterceptor` (the simulated transport sets them so too). */
 export function setIdentityHeaders(headers: Headers, since: number | undefined, recipientSince: number | undefined): void {
   if (since !== undefined) headers.set(MEMBER_SINCE_HEADER, String(since));
