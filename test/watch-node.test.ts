@@ -103,6 +103,23 @@ describe("watch on a cluster", () => {
     resumed.close();
   });
 
+  test("a watcher that overflows before its client reads anything gets its opening progress first, then slow_watcher: it has a version to resume from (found in a code review: slow_watcher came alone, and a watch opened at now had nothing to resume from)", async () => {
+    const { c, leaderId, followers } = await started();
+    const follower = c.node(followers[0]!);
+    const slow = await c.drive(follower.watch({ prefix: "" }, "now"));
+    const versions: number[] = [];
+    for (let i = 0; i < 6; i++) versions.push((await c.drive(c.node(leaderId).put(`k${i}`, text(String(i))))).version);
+    await c.until(() => follower.status().appliedIndex >= versions.at(-1)!);
+    const opened = await c.drive(slow.next());
+    expect(opened).toEqual([{ type: "progress", version: versions[0]! - 1 }]);
+    expect(await c.drive(slow.next())).toEqual([expect.objectContaining({ type: "error", error: "slow_watcher" })]);
+    expect(await c.drive(slow.next())).toBeUndefined();
+    const resumed = await c.drive(follower.watch({ prefix: "" }, { after: versions[0]! - 1 }));
+    const items = await collect(c, resumed, 6);
+    expect(items.flatMap((item) => (item.type === "change" ? [item.change.version] : []))).toEqual(versions);
+    resumed.close();
+  });
+
   test("a node removed from the cluster ends its streams and refuses new ones: they would never see another change (found in a code review)", async () => {
     const { c, leaderId, followers } = await started();
     const leader = c.node(leaderId);

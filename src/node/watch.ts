@@ -235,17 +235,20 @@ export class NodeWatch {
   private async next(watcher: Watcher): Promise<WatchItem[] | undefined> {
     for (;;) {
       if (watcher.done) return undefined;
+      if (!watcher.opened) {
+        // First, where it starts, whatever came since: a client (or a checker) then knows that
+        // every change after this version is owed to it, not only those after the first it gets.
+        // Before an ending too: a stream that overflowed before its client read anything sent
+        // slow_watcher alone, and a watch opened at "now" had no version to resume from (found in a
+        // code review).
+        watcher.opened = true;
+        watcher.lastSentMs = this.clock.nowMs();
+        return [{ type: "progress", version: watcher.cursor }];
+      }
       const ending = watcher.ending;
       if (ending !== undefined) {
         this.close(watcher);
         return [ending];
-      }
-      if (!watcher.opened) {
-        // First, where it starts, whatever came since: a client (or a checker) then knows that
-        // every change after this version is owed to it, not only those after the first it gets.
-        watcher.opened = true;
-        watcher.lastSentMs = this.clock.nowMs();
-        return [{ type: "progress", version: watcher.cursor }];
       }
       const compacted = this.history.compactedThrough();
       if (watcher.cursor < compacted) {
