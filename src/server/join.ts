@@ -69,6 +69,12 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
       // A leader of a release before the proof refuses the field it does not know: asked again without it.
       if (error instanceof KvClientError && error.code === "bad_request" && error.message.includes("'clusterTokenProof'") && "clusterTokenProof" in member && error.message.includes("unknown field")) {
         member = plain;
+        // Said: such a leader records a joiner whatever its token, and one with a wrong token can
+        // never connect after (found in a black-box review of a rolling upgrade).
+        options.logger.log("warn", "join", {
+          detail:
+            "the cluster's leader runs a release that does not check a joiner's cluster token (0.10.0 or earlier): this node joins without its token checked; if its token is not the cluster's, its peer calls will be refused, and it must be removed (kv member remove) and started again with the right one",
+        });
         continue;
       }
       if (error instanceof KvClientError && error.code === "member_exists") {
