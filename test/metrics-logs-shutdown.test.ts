@@ -74,6 +74,9 @@ describe("the logger", () => {
     const text = capture(false, "text");
     text.logger.log("info", "x", { a: "b c" });
     expect(text.lines[0]).toMatch(/INFO {2}node=7 x a="b c"\n$/);
+    // A field left undefined is left out, as JSON leaves it (it read "entryIndex=undefined": found in a black-box review).
+    text.logger.log("warn", "log cut", { segment: "s", entryIndex: undefined, bytesCut: 3 });
+    expect(text.lines[1]).toMatch(/WARN {2}node=7 log cut segment=s bytesCut=3\n$/);
     const json = capture(true, "json");
     json.logger.log("info", "x");
     expect(JSON.parse(json.lines[0]!)).toMatchObject({ event: "x", node: 7 });

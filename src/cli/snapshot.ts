@@ -178,27 +178,25 @@ async function downloadOnce(endpoints: readonly string[], authToken: string | un
  * system's own), or a link that names nothing.
  */
 function saveTarget(file: string): string {
-  let target = file;
+  const cannot = (error: unknown) => new ClientExit(1, `cannot write ${file}: ${error instanceof Error ? error.message : String(error)} (a symbolic link is followed to the file it names); nothing saved`);
+  let link: boolean;
+  try {
+    link = lstatSync(file).isSymbolicLink();
+  } catch (error) {
+    if ((error as { code?: unknown }).code === "ENOENT") return file; // a new file
+    throw cannot(error);
+  }
+  let target: string;
   let stats: Stats;
   try {
-    if (!lstatSync(file).isSymbolicLink()) target = file;
-    else target = realpathSync(file);
+    target = link ? realpathSync(file) : file;
     stats = statSync(target);
   } catch (error) {
-    if ((error as { code?: unknown }).code === "ENOENT" && !existsSync(file) && !isSymbolicLink(file)) return file; // a new file
-    throw new ClientExit(1, `cannot write ${file}: ${error instanceof Error ? error.message : String(error)} (a symbolic link is followed to the file it names); nothing saved`);
+    throw cannot(error); // a link that names nothing
   }
   if (stats.isDirectory()) throw new ClientExit(1, `cannot write ${file}: it is a directory; nothing saved`);
   if (!stats.isFile()) throw new ClientExit(1, `cannot write ${file}: it is not a regular file (a device, a FIFO or a socket), and a backup replaces a file; name a file; nothing saved`);
   return target;
-}
-
-function isSymbolicLink(file: string): boolean {
-  try {
-    return lstatSync(file).isSymbolicLink();
-  } catch {
-    return false;
-  }
 }
 
 /**

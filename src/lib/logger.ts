@@ -64,6 +64,9 @@ function textLine(
   const parts: string[] = [head];
   const trailing: string[] = [];
   for (const [key, value] of Object.entries(fields)) {
+    // As JSON.stringify leaves it out (found in a black-box review: a torn log record's unknown
+    // entry index read "entryIndex=undefined").
+    if (value === undefined) continue;
     if (typeof value === "string" && value.includes("\n")) {
       trailing.push(...value.split("\n").map((line) => `    ${line}`));
       continue;

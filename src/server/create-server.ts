@@ -264,7 +264,7 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
   const tornCut = sqliteStorage.tornCut();
   if (tornCut !== undefined) {
     logger.log("warn", "log cut", {
-      ...Object.fromEntries(Object.entries(tornCut).filter(([, value]) => value !== undefined)), // an index unknown is not said as "undefined"
+      ...tornCut,
       detail:
         "the log's last record was torn (being written when the process or the machine stopped, so never durable and never acknowledged) and was cut off; if neither stopped abruptly, check the disk",
     });

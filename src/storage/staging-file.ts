@@ -48,7 +48,7 @@ export class ImageStaging {
       // chunk that met a full disk left its image's rows on the disk it filled, named by nothing
       // that would drop them: a follower frozen on that disk took no image again until a restart
       // (found in a code review).
-      if (first || ownsStaging) this.discard();
+      if (ownsStaging) this.discard();
       throw error;
     }
   }

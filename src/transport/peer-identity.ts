@@ -11,10 +11,10 @@
  * The other way round, every call also carries the index the caller records for the node it calls
  * (`RECIPIENT_SINCE_HEADER`). A caller whose record is below the receiver's own index has not
  * applied the receiver's addition again: what it says as a leader of the receiver's log was meant
- * for the older process of that id (`staleRecipient`). A leader cut off in a minority, which never applied the removal nor the
- * addition, sent the new process at the old address heartbeats whose commit index said what the old
- * one had acknowledged; the new one, on an empty disk, stopped for lost data (src/node/kv-node.ts
- * `lostLogError`; found by the simulator, test/node-sim.test.ts).
+ * for the older process of that id (`staleRecipient`). A leader cut off in a minority, which never
+ * applied the removal nor the addition, sent the new process at the old address heartbeats whose
+ * commit index said what the old one had acknowledged; the new one, on an empty disk, stopped for
+ * lost data (src/node/kv-node.ts `lostLogError`; found by the simulator, test/node-sim.test.ts).
  */
 import type { Interceptor } from "@connectrpc/connect";
 
