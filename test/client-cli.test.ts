@@ -529,3 +529,18 @@ test("help and the version that cannot be written exit 4 saying so, as every oth
     expect([args.join(" "), code, err]).toEqual([args.join(" "), 4, expect.stringContaining("kv: cannot write the output")]);
   }
 });
+
+test("status prints every endpoint's release and exits 3 when one of them did not answer, after the others' lines (it exited 0, so a script saw a cluster with a node down as well)", async () => {
+  const { version } = (await Bun.file(join(import.meta.dir, "..", "package.json")).json()) as { version: string };
+  const all = await kv(["status", "--endpoints", endpoints, "--json"]);
+  expect(all.code).toBe(0);
+  const parsed = JSON.parse(all.out) as { status: { version: string } }[];
+  expect(parsed.map((s) => s.status.version)).toEqual([version, version, version]);
+  expect((await kv(["status", "--endpoints", endpoints])).out).toContain(`  release ${version}\n`);
+  const dead = "http://127.0.0.1:1";
+  const partly = await kv(["status", "--endpoints", `${endpoints},${dead}`]);
+  expect(partly.code).toBe(3);
+  expect(partly.out.split("\n").filter((line) => line.includes(" term "))).toHaveLength(3);
+  expect(partly.out).toContain(`${dead}  unreachable`);
+  expect(partly.err).toContain(`1 of 4 endpoints did not answer: ${dead}`);
+});

@@ -2,6 +2,7 @@
 // limits refused with 413, every KvError code mapped to its status, and JSON for every error.
 import { afterEach, beforeEach, describe, expect, spyOn, test } from "bun:test";
 import type { Mock } from "bun:test";
+import packageJson from "../package.json" with { type: "json" };
 import { createHttpApp, listPageBytesMax } from "../src/http/app.ts";
 import { BodyAdmission } from "../src/http/body-admission.ts";
 import { MemoryKvNode } from "../src/http/memory-kv-node.ts";
@@ -567,6 +568,7 @@ describe("routes", () => {
     expect(response.headers.get("content-type")).toStartWith("application/json");
     expect(await response.json()).toEqual({
       id: 1,
+      version: packageJson.version,
       role: "follower",
       term: 1,
       leaderId: 2,

@@ -409,15 +409,21 @@ const statusCommand = defineCommand({
         printLine(
           status === undefined
             ? `${endpoint}  ${refused === true ? "refused" : "unreachable"} (${error})`
-            : `${endpoint}  node ${status.id}  ${(status.removed === true ? "removed" : status.role).padEnd(9)} term ${status.term}  leader ${status.leaderId}  commit ${status.commitIndex}  applied ${status.appliedIndex}`,
+            : `${endpoint}  node ${status.id}  ${(status.removed === true ? "removed" : status.role).padEnd(9)} term ${status.term}  leader ${status.leaderId}  commit ${status.commitIndex}  applied ${status.appliedIndex}${status.version === undefined ? "" : `  release ${status.version}`}`,
         );
       }
     }
+    // An answer that refused (a 401) is the caller's to fix, not an outage: exit 2 as for any refused request.
+    const refused = all.find((s) => s.refused === true);
     if (all.every((s) => s.status === undefined)) {
-      // An answer that refused (a 401) is the caller's to fix, not an outage: exit 2 as for any refused request.
-      const refused = all.find((s) => s.refused === true);
       if (refused !== undefined) throw new ClientExit(2, `no endpoint served the status: ${refused.endpoint} refused it (${refused.error})`);
       throw new ClientExit(3, "no endpoint answered");
+    }
+    // As etcdctl's endpoint status: a script that checks every node learns that one did not answer.
+    const silent = all.filter((s) => s.status === undefined);
+    if (silent.length > 0) {
+      const which = `${silent.length} of ${all.length} endpoints did not answer: ${silent.map((s) => s.endpoint).join(", ")}`;
+      throw new ClientExit(refused === undefined ? 3 : 2, which);
     }
   },
 });

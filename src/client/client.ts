@@ -149,6 +149,8 @@ export interface Member {
 /** One node's `GET /status`. */
 export interface NodeStatus {
   readonly id: number;
+  /** The release the node runs (`kv --version`); absent from nodes of 0.10.0 and earlier. */
+  readonly version?: string;
   readonly role: string;
   readonly term: number;
   readonly leaderId: number | null;

@@ -1,4 +1,5 @@
 import { type AnyElysia, Elysia, ValidationError } from "elysia";
+import packageJson from "../../package.json" with { type: "json" };
 import { assert, unreachable } from "../lib/assert.ts";
 import { KvError } from "../lib/kv-error.ts";
 import { deletePrefixKeysDefault } from "../kv/command.ts";
@@ -541,6 +542,8 @@ function healthResponse(node: KvNodeApi): Response {
 function statusJson(status: NodeStatus) {
   return {
     id: status.id,
+    // The release this node runs (as `kv --version` prints it), so a rolling upgrade can be followed.
+    version: packageJson.version,
     role: status.role,
     term: status.term,
     leaderId: status.leaderId,
