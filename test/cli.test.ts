@@ -1,7 +1,7 @@
 // Proves the built executable's CLI contract: help and version work, and a bad flag or value is one
 // clear line on stderr with exit code 2, before anything starts.
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { kvCommand } from "./helpers/kv-binary.ts";
@@ -189,5 +189,35 @@ test("kv serve --join --listen-peer [::1]:P is no unspecified address: it goes o
   } finally {
     notKv.stop(true);
     rmSync(dataDir, { recursive: true, force: true });
+  }
+});
+
+test("kv serve on a data dir its user may not write says so and what to do (it said SQLite's 'unable to open database file' alone, or 'attempt to write a readonly database')", () => {
+  // Root writes anywhere: run the executable as nobody then (a copy, where nobody may run it).
+  const scratch = mkdtempSync(join(tmpdir(), "kv-cli-perm-"));
+  try {
+    chmodSync(scratch, 0o755);
+    const bin = join(scratch, "kv");
+    copyFileSync(kvCommand()[0]!, bin);
+    chmodSync(bin, 0o755);
+    const asAnother = process.getuid?.() === 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [];
+    const serve = (dataDir: string) =>
+      Bun.spawnSync([...asAnother, bin, "serve", "--id", "1", "--cluster", "1=http://127.0.0.1:0", "--listen-http", "127.0.0.1:0", "--log-format", "text", "--data-dir", dataDir], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 30_000 });
+    // A data dir another user made, as kv makes it (owner only): not even readable.
+    const closed = join(scratch, "closed");
+    mkdirSync(closed, { mode: 0o700 });
+    // One readable, but not writable: a database another user's node wrote.
+    const readOnly = join(scratch, "read-only");
+    mkdirSync(readOnly, { mode: 0o755 });
+    writeFileSync(join(readOnly, "kv.db"), "");
+    for (const dir of [closed, readOnly]) {
+      const result = serve(dir);
+      expect([dir, result.exitCode]).toEqual([dir, 1]);
+      const err = result.stderr.toString() + result.stdout.toString();
+      expect(err).toContain(`cannot open the database (${dir}): this process (uid `);
+      expect(err).toContain("may not read and write the data dir: run kv as the user that owns it, or give it to kv's user (chown -R)");
+    }
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
   }
 });

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { rootCertificates } from "node:tls";
 import { mkdirDurably } from "../lib/fsync-path.ts";
@@ -652,6 +652,14 @@ function startError(what: string, where: string, error: unknown): unknown {
   if (code === "SQLITE_CANTOPEN" && notAFile(join(where, DATABASE_FILE))) {
     return new ServerStartError(`cannot ${what} (${where}): ${join(where, DATABASE_FILE)} is not a file (a directory?): move it aside, or give another --data-dir`, 1);
   }
+  // SQLite says only "unable to open database file" (or "attempt to write a readonly database"):
+  // said with who may not and what to do.
+  if (["SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "EACCES", "EPERM"].includes(String(code)) && existsSync(where) && !mayReadAndWrite(where)) {
+    return new ServerStartError(
+      `cannot ${what} (${where}): this process (uid ${process.getuid?.() ?? "?"}) may not read and write the data dir: run kv as the user that owns it, or give it to kv's user (chown -R)`,
+      1,
+    );
+  }
   // Said as such, not as mkdir's EEXIST alone (found in a black-box review).
   if (code === "EEXIST" && notADirectory(where)) return new ServerStartError(`cannot ${what} (${where}): it exists and is not a directory: give another --data-dir`, 1);
   const operating = error.name === "SQLiteError" || (typeof code === "string" && /^E[A-Z]+$/.test(code));
@@ -668,6 +676,18 @@ function notADirectory(path: string): boolean {
 }
 
 /** Whether `path` exists as something other than a regular file. */
+/** Whether this process may list, read and write `dir` and the database in it (when there is one). */
+function mayReadAndWrite(dir: string): boolean {
+  try {
+    accessSync(dir, constants.R_OK | constants.W_OK | constants.X_OK);
+    const database = join(dir, DATABASE_FILE);
+    if (existsSync(database)) accessSync(database, constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function notAFile(path: string): boolean {
   try {
     return !statSync(path).isFile();
