@@ -25,7 +25,8 @@ export interface KvEntry {
 }
 
 const encoder = new TextEncoder();
-const lenientUtf8 = new TextDecoder();
+/** A value starting with U+FEFF keeps it in its text (a TextDecoder drops it unless told not to). */
+const lenientUtf8 = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /**
  * The bytes of a value given as text or bytes. Anything else, or text with a lone UTF-16 surrogate

@@ -109,7 +109,8 @@ export class BackupFormatError extends Error {
 }
 
 const utf8Encoder = new TextEncoder();
-const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
+/** A key that starts with U+FEFF keeps it (a TextDecoder drops it unless told not to). */
+const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** Writes a safe non-negative integer as two big-endian u32 words. */
 function setUint53(view: DataView, offset: number, value: number): void {

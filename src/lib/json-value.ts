@@ -6,7 +6,8 @@
 /** A value in JSON: text, or base64 for bytes that are not valid UTF-8. */
 export type JsonValue = string | { base64: string };
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+/** A leading U+FEFF is part of the value: a TextDecoder drops it unless told not to. */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** `bytes` as JSON: the UTF-8 text they hold, or `{"base64": ...}` when they are not valid UTF-8. */
 export function jsonValue(bytes: Uint8Array): JsonValue {
