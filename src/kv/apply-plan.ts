@@ -7,6 +7,7 @@ import {
   type Command,
   CommandCodecError,
   DELETE_PREFIX_LEVEL,
+  TXN_GETS_BOUNDED_LEVEL,
   decodeCommand,
   decodeLeaseCommand,
   decodeMembershipChange,
@@ -113,7 +114,14 @@ export type ApplyStep =
       readonly keyBytesMax: number;
       readonly session?: StepSession;
     }
-  | { readonly kind: "txn"; readonly index: number; readonly txn: TxnRequest; readonly session?: StepSession }
+  | {
+      readonly kind: "txn";
+      readonly index: number;
+      readonly txn: TxnRequest;
+      readonly session?: StepSession;
+      /** Its gets may return at most `txnSessionGetBytesMax` (command.ts `TxnCommand.getsBounded`). */
+      readonly getsBounded?: true;
+    }
   | { readonly kind: "noop"; readonly index: number }
   | { readonly kind: "skipped"; readonly index: number }
   | { readonly kind: "conf-change"; readonly index: number; readonly change: MembershipChange }
@@ -189,7 +197,7 @@ function stepFor(log: ApplyLogView, entry: Entry): ApplyStep {
         if (command.op === "txn") {
           const { compare, success, failure } = command;
           const session = command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) };
-          return { kind: "txn", index: entry.index, txn: { compare, success, failure }, ...session };
+          return { kind: "txn", index: entry.index, txn: { compare, success, failure }, ...session, ...(command.getsBounded === true ? { getsBounded: true as const } : {}) };
         }
         if (command.op === "delete-prefix") {
           const session = command.idempotencyKey === undefined ? {} : { session: stepSession(command, command.idempotencyKey) };
@@ -321,7 +329,7 @@ export function executeStep(step: ApplyStep, table: KvTable): ApplyResult {
       // state machine keeps that as it applies one (see `commandLevelKey`). Replicated state: a
       // later release must never change an encoding's level, and a new kind of command above
       // level 1 must be noted here too, or replicas of two releases record different rows.
-      noteCommandLevel(table, step.kind === "txn" ? txnCommandLevel(step.txn) : DELETE_PREFIX_LEVEL, step.index);
+      noteCommandLevel(table, step.kind === "txn" ? Math.max(txnCommandLevel(step.txn), step.getsBounded === true ? TXN_GETS_BOUNDED_LEVEL : 1) : DELETE_PREFIX_LEVEL, step.index);
       return executeWrite(step, table);
     case "lease-grant":
       return grantLease(table, step.index, step.ttlMs);
@@ -618,8 +626,10 @@ export function* clientKeysUnder(table: KvTable, prefix: string, pageMax: number
 function applyWrite(step: WriteStep, table: KvTable): ApplyResult {
   if (step.kind === "delete-prefix") return applyDeletePrefix(step, table);
   if (step.kind === "txn") {
-    // Evaluated once: the comparisons, the gets and the leases, before anything is written.
-    const getBytesMax = step.session === undefined ? Number.POSITIVE_INFINITY : txnSessionGetBytesMax;
+    // Evaluated once: the comparisons, the gets and the leases, before anything is written. Gets
+    // are bounded when a session keeps the answer, and when the leader bounded them (every replica
+    // decides alike, from the entry and the state alone).
+    const getBytesMax = step.session === undefined && step.getsBounded !== true ? Number.POSITIVE_INFINITY : txnSessionGetBytesMax;
     const evaluation = evaluateTxn(step.txn, step.index, table, (id) => leaseExists(table, id), getBytesMax);
     if (evaluation.getBytes > getBytesMax) return { kind: "txn-too-large", index: step.index, getBytes: evaluation.getBytes };
     if (evaluation.missingLease !== undefined) return { kind: "lease-not-found", index: step.index, id: evaluation.missingLease };

@@ -17,8 +17,9 @@
  * delete prefix (0.9.0): [0x0b] [prefix length] [prefix: UTF-8] [most keys deleted: LEB128, 1..deletePrefixKeysMax]
  *                        [most bytes of keys deleted: LEB128, at least 1, at most 8 bytes]
  * transaction: [0x10] [compare count] [compares] [success count] [ops] [failure count] [ops]  (see txn.ts)
+ * transaction, gets bounded (0.11.0): [0x0c] [the body of 0x10]
  * ```
- * The three numbers of 0x06 are LEB128 (at most 8 bytes each). 0x0c-0x0f are free for later kv
+ * The three numbers of 0x06 are LEB128 (at most 8 bytes each). 0x0d-0x0f are free for later kv
  * commands. A command a release did not know (0x0b before 0.9.0) stops that release's apply rather
  * than being misread, so a leader proposes one only once every member said it applies it
  * (`COMMAND_LEVEL`, src/node/cluster-level.ts). A transaction or a delete-prefix is never wrapped in
@@ -53,6 +54,8 @@ const opIdempotent = 0x05;
 const opIdempotentStamped = 0x06;
 /** A multi-key transaction (src/kv/txn.ts): [0x10] [body]. */
 const opTxn = 0x10;
+/** A transaction whose gets are bounded when it applies (`TxnCommand.getsBounded`; 0.11.0, `COMMAND_LEVEL` 3): [0x0c] [body]. */
+const opTxnGetsBounded = 0x0c;
 /** Leases (see src/kv/leases.ts): grant, revoke, expire, and a put that attaches its key to a lease. */
 const opLeaseGrant = 0x07;
 const opLeaseRevoke = 0x08;
@@ -76,15 +79,17 @@ export const deletePrefixKeysDefault = 1_000;
 export const deletePrefixKeyBytesMax = 4 * 1024 * 1024;
 /**
  * The commands this release applies, as a level: 1 for every command of 0.1.0-0.8.0, 2 with
- * delete-prefix (0.9.0). A server tells its peers its level in every call and answer
+ * delete-prefix (0.9.0), 3 with transactions whose gets are bounded (0.11.0). A server tells its peers its level in every call and answer
  * (proto/kv/v1/raft.proto); a leader proposes a command of a higher level only once every member
  * said it is at that level or above (src/node/cluster-level.ts).
  */
-export const COMMAND_LEVEL = 2;
+export const COMMAND_LEVEL = 3;
 /** The level a delete-prefix needs (a transaction's: txn.ts `txnCommandLevel`). */
 export const DELETE_PREFIX_LEVEL = 2;
+/** The level a transaction whose gets are bounded needs (`TxnCommand.getsBounded`). */
+export const TXN_GETS_BOUNDED_LEVEL = 3;
 /** The first release that applies each level above 1 (for the leader's refusal). */
-export const COMMAND_LEVEL_RELEASES: Readonly<Record<number, string>> = { 2: "0.9.0" };
+export const COMMAND_LEVEL_RELEASES: Readonly<Record<number, string>> = { 2: "0.9.0", 3: "0.11.0" };
 /** Most lease ids one expire command may carry (the leader proposes far fewer at a time). */
 export const leaseExpireIdsMax = 10_000;
 /** Where the state machine keeps leases and their keys: reserved like `sessionKeyPrefix` (see src/kv/leases.ts). */
@@ -162,6 +167,14 @@ export interface TxnCommand extends TxnRequest {
   readonly idempotencyKey?: string;
   /** With `idempotencyKey` only (always stamped: 0.1.0 knew no transactions). */
   readonly stamp?: IdempotencyStamp;
+  /**
+   * Its gets may return at most `txnSessionGetBytesMax` (src/kv/txn.ts) when it applies; past that,
+   * nothing of it applies (`txn-too-large`), on every replica alike. Without it only an idempotent
+   * transaction is held to that (its session keeps the answer); any other copied whatever its gets
+   * found, on every replica, however much a value grew after the leader judged its size. Never
+   * with `idempotencyKey` (op 0x0c is never wrapped).
+   */
+  readonly getsBounded?: boolean;
 }
 
 /**
@@ -305,6 +318,7 @@ export function encodeCommand(command: Command): Uint8Array {
       throw new CommandCodecError(`encode: idempotency key must be 1 to ${idempotencyKeyBytesMax} bytes of UTF-8`);
     }
     const { idempotencyKey: _, stamp, ...rest } = command;
+    if (command.op === "txn" && command.getsBounded === true) throw new CommandCodecError("encode: an idempotent transaction is bounded by its session, not by op 0x0c");
     if (stamp === undefined && (command.op === "txn" || command.op === "delete-prefix")) {
       throw new CommandCodecError(`encode: an idempotent ${command.op === "txn" ? "transaction" : "delete-prefix"} needs a stamp`);
     }
@@ -364,7 +378,7 @@ function encodePlain(command: Command, headers: readonly Uint8Array[]): Uint8Arr
     const parts = encodeTxnBody(command);
     const out = uninitializedBytes(headerBytes + 1 + parts.reduce((sum, part) => sum + part.byteLength, 0));
     let offset = start(out);
-    out[offset++] = opTxn;
+    out[offset++] = command.getsBounded === true ? opTxnGetsBounded : opTxn;
     for (const part of parts) {
       out.set(part, offset);
       offset += part.byteLength;
@@ -447,6 +461,7 @@ export function decodeCommand(data: Uint8Array): Command {
     const inner = data.subarray(start + length);
     if (inner[0] === opIdempotent || inner[0] === opIdempotentStamped) throw new CommandCodecError("decode: nested idempotent command");
     if (inner[0] === opTxn && stamp === undefined) throw new CommandCodecError("decode: a transaction in the 0.1.0 idempotent encoding");
+    if (inner[0] === opTxnGetsBounded) throw new CommandCodecError("decode: a transaction with bounded gets in an idempotent encoding");
     if (inner[0] === opDeletePrefix && stamp === undefined) throw new CommandCodecError("decode: a delete-prefix in the 0.1.0 idempotent encoding");
     return { ...decodeCommand(inner), idempotencyKey, ...(stamp === undefined ? {} : { stamp }) };
   }
@@ -459,6 +474,7 @@ export function decodeCommand(data: Uint8Array): Command {
   }
   const op = data[0] as number;
   if (op === opTxn) return { op: "txn", ...decodeTxnBody(data, 1) };
+  if (op === opTxnGetsBounded) return { op: "txn", ...decodeTxnBody(data, 1), getsBounded: true };
   if (op !== opPut && op !== opDelete && op !== opPutIfVersion && op !== opDeleteIfVersion && op !== opDeletePrefix) {
     throw new CommandCodecError(`decode: unknown op byte 0x${op.toString(16).padStart(2, "0")} in ${data.byteLength} bytes`);
   }

@@ -118,6 +118,11 @@ export function txnWrites(txn: TxnRequest): boolean {
   return [...txn.success, ...txn.failure].some((op) => op.op !== "get");
 }
 
+/** True when either branch gets a key. */
+export function txnGets(txn: TxnRequest): boolean {
+  return [...txn.success, ...txn.failure].some((op) => op.op === "get");
+}
+
 /** True when either branch may put: a put is refused past the quota. */
 export function txnPuts(txn: TxnRequest): boolean {
   return [...txn.success, ...txn.failure].some((op) => op.op === "put");

@@ -9,6 +9,7 @@ import { type Entry, type LostLog, waitsForDisk, type Message, type NodeId, type
 import {
   COMMAND_LEVEL_RELEASES,
   DELETE_PREFIX_LEVEL,
+  TXN_GETS_BOUNDED_LEVEL,
   deletePrefixKeyBytesMax,
   deletePrefixKeysMax,
   encodeCommand,
@@ -21,7 +22,7 @@ import { type ApplyResult, commandLevelKey, commandLevelOf, sessionAnswersRetry,
 import { SessionStamps } from "./session-stamps.ts";
 import { clusterNonceKey, isClusterNonce } from "../kv/cluster-nonce.ts";
 import type { Membership } from "../kv/membership.ts";
-import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax, txnWrites } from "../kv/txn.ts";
+import { checkTxnRequest, evaluateTxn, type TxnAnswer, txnCommandLevel, txnGets, type TxnOp, txnPuts, type TxnRequest, txnSessionGetBytesMax, txnWrites } from "../kv/txn.ts";
 import { DAMAGED_DATA_DIR_ADVICE, type KvStorage, type StoredValue } from "../storage/kv-storage.ts";
 import { isStorageCorruption } from "../lib/storage-damage.ts";
 import type { SnapshotChunk, Transport } from "../transport/transport.ts";
@@ -185,6 +186,8 @@ export const defaultQuotaBytes = 2 * 1024 ** 3;
 const dataMeasureTicks = 10;
 /** A read index asked of the leader and not answered this long is asked again (src/node/reads.ts). */
 const readIndexRetryMs = 500;
+/** A write transaction with gets, in the form that bounds them where it applies (for a refusal's message). */
+const boundedGets = "a transaction whose gets are bounded where it applies";
 /**
  * How long a node started with an empty log holds its vote from candidates with a log at most,
  * unless it caught up with a leader first (src/raft/raft.ts, `votesHeld`): longer than a member's
@@ -634,8 +637,10 @@ export class KvNode implements KvNodeApi {
     // An answer is built whole on this thread (and crosses from the storage thread first): 120 gets
     // of 1 MiB values answered 168 MB after 4.7 s, and its leader lost the leadership (tried by hand
     // after a review's listing did the same). So, by the values' sizes now, either branch's gets may
-    // return at most 4 MiB. A value that grows before the entry applies can pass this; the
-    // idempotent case is also held to it when applied (apply-plan.ts), where every replica decides alike.
+    // return at most 4 MiB. A value that grows before the entry applies can pass this, so the entry
+    // holds it to that bound when applied too (apply-plan.ts), where every replica decides alike: an
+    // idempotent one always, any other once every member applies bounded gets (else every replica
+    // copied whatever its gets found, 100 MiB from 100 gets of a value grown to 1 MiB: found in review).
     const getBytes = Math.max(this.txnGetBytes(success), this.txnGetBytes(failure));
     const tooLarge = () =>
       new KvError("too_large", `the transaction's gets would return about ${getBytes} bytes, more than the ${txnSessionGetBytesMax} one answer may carry: nothing was proposed; read large values with GET /kv/{key}`);
@@ -647,15 +652,20 @@ export class KvNode implements KvNodeApi {
     if (level > 1) this.refuseUnlessMembersApply("comparing by operator in a transaction", level);
     const idempotency = options.idempotencyKey === undefined ? {} : { idempotencyKey: options.idempotencyKey };
     if (getBytes > txnSessionGetBytesMax && !this.retryAnsweredBySession(idempotency.idempotencyKey)) return Promise.reject(tooLarge());
-    const check = level > 1 ? this.membersApplyCheck("comparing by operator in a transaction", level) : undefined;
-    return this.write({ op: "txn", compare, success, failure, ...idempotency }, check).then((result) => {
+    const bounded = options.idempotencyKey === undefined && txnGets(request) && this.membersRefusal(boundedGets, TXN_GETS_BOUNDED_LEVEL) === undefined;
+    const operatorCheck = level > 1 ? this.membersApplyCheck("comparing by operator in a transaction", level) : undefined;
+    const boundCheck = bounded ? this.membersApplyCheck(boundedGets, TXN_GETS_BOUNDED_LEVEL) : undefined;
+    const check = operatorCheck === undefined || boundCheck === undefined ? (operatorCheck ?? boundCheck) : () => operatorCheck() ?? boundCheck();
+    return this.write({ op: "txn", compare, success, failure, ...idempotency, ...(bounded ? { getsBounded: true } : {}) }, check).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       // The branch taken puts on a lease that does not exist when the entry applies: nothing applied.
       if (result.kind === "lease-not-found") throw leaseNotFound(result.id ?? 0, true);
       if (result.kind === "txn-too-large") {
         throw new KvError(
           "too_large",
-          `the transaction's gets would return ${result.getBytes} bytes, more than the ${txnSessionGetBytesMax} an Idempotency-Key can remember: nothing was applied; read less, or send it without Idempotency-Key`,
+          bounded
+            ? `the transaction's gets would have returned ${result.getBytes} bytes when it applied (a value it reads grew after it was sent), more than the ${txnSessionGetBytesMax} one answer may carry: nothing was applied; read large values with GET /kv/{key}`
+            : `the transaction's gets would return ${result.getBytes} bytes, more than the ${txnSessionGetBytesMax} an Idempotency-Key can remember: nothing was applied; read less, or send it without Idempotency-Key`,
         );
       }
       assert(result.kind === "txn", `transaction applied as ${result.kind}`);

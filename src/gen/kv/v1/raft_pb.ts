@@ -248,7 +248,7 @@ export type SendRequest = Message<"kv.v1.SendRequest"> & {
 
   /**
    * The level of log commands the sender applies (src/kv/command.ts, COMMAND_LEVEL): 2 from 0.9.0
-   * on; 0, as from older releases which leave it out, means 1. A leader proposes a command of a
+   * on, 3 from 0.11.0; 0, as from older releases which leave it out, means 1. A leader proposes a command of a
    * higher level only once every member said it applies it.
    *
    * @generated from field: uint32 command_level = 6;
