@@ -76,7 +76,7 @@ describe("where it applies", () => {
     cluster = c;
     const { outcome } = await raced(c, 3);
     expect("answer" in outcome).toBe(true);
-    const { answer } = outcome as { answer: { succeeded: boolean; results: { op: string; found?: boolean; value?: Uint8Array }[] } };
+    const { answer } = outcome as { answer: { succeeded: boolean; results: readonly { op: string; found?: boolean; value?: Uint8Array }[] } };
     expect(answer.succeeded).toBe(true);
     expect(answer.results.filter((result) => result.op === "get").map((result) => result.value?.byteLength)).toEqual([mib, mib, mib]);
     for (const id of [1, 2, 3]) expect([id, c.storages.get(id)!.get("w")?.value.byteLength]).toEqual([id, 1]);
