@@ -1032,3 +1032,24 @@ test("a member cut off while another was removed and added again catches up once
     await sim.healAndCheck(Array.from({ length: 10 }, (_, i) => `c-${i}`), 30_000);
   });
 });
+
+test("a leader removed while cut off and stalled, whose process runs on at another address once its id is added again, is one process that led its term, not a second leader of it (found in the swarm: seed 773 reported election safety broken)", async () => {
+  await withSim(quietSim(68, { nodeCount: 5 }), async (sim) => {
+    const leader = await settledLeader(sim);
+    for (let i = 0; i < 5; i++) expect((await put(sim, leader, `g-${i}`)).outcome).toBe("ok");
+    const term = nodeOf(sim, leader).status().term;
+    const rest = [...sim.servers.keys()].filter((id) => id !== leader);
+    // Stalled while it leads (a long GC pause): it leads its term on, as far as it knows.
+    sim.stall(leader, 60_000);
+    sim.network.partition([[leader], rest]);
+    expect(await sim.runUntilTrue(() => rest.some((id) => nodeOf(sim, id).status().role === "leader"), 2_000)).toBe(true);
+    const newLeader = rest.find((id) => nodeOf(sim, id).status().role === "leader") as NodeId;
+    await settled(sim, sim.removeMember(leader, () => newLeader), 5_000);
+    const address = sim.detach(leader) as number;
+    expect(sim.ghosts.get(address)?.node?.status()).toMatchObject({ role: "leader", term });
+    await settled(sim, sim.join(leader, () => newLeader), 10_000);
+    // The older process still leads the term it led as the member: checked after every event.
+    expect(sim.ghosts.get(address)?.node?.status()).toMatchObject({ role: "leader", term });
+    await sim.runUntil(sim.nowMs + 500);
+  });
+});

@@ -157,12 +157,16 @@ export class NodeSim {
   /** Operations called and not answered yet (their `Operation` is written once they are). */
   private readonly inflight = new Map<number, { clientId: number; kind: Operation["kind"]; key: string; value?: string; ifVersion?: number; callMs: number }>();
   // ---- Checker state ----
-  /** term → the address of the process that led it (two processes of one id are two leaders). */
-  private readonly leaderOfTerm = new Map<number, number>();
+  /**
+   * term → the server whose process led it (two processes of one id are two leaders). By server,
+   * not address: an older process keeps leading the term it led as its id once `detach` moved it
+   * (found in the swarm: seed 773 called it a second leader of its own term).
+   */
+  private readonly leaderOfTerm = new Map<number, SimServer>();
   /** index → `${term}:${data}` of the entry committed there, as first seen on any node. */
   private readonly committed = new Map<number, string>();
-  /** Each leader's term and commit index after the last event, by its process's address (see `checkCommitDurable`). */
-  private readonly leaderCommit = new Map<number, { term: number; commit: number; voters: NodeId[] }>();
+  /** Each leader's term and commit index after the last event, by its server (see `checkCommitDurable`). */
+  private readonly leaderCommit = new Map<SimServer, { term: number; commit: number; voters: NodeId[] }>();
   /**
    * Older processes of ids that were removed while cut off and added again for a new process (see
    * `detach`), by address: they run on, and call their peers as their id.
@@ -1031,13 +1035,13 @@ export class NodeSim {
       this.traceHash = fnv1aMixInts(this.traceHash, server.address, status.role.charCodeAt(0), status.term, status.commitIndex, status.appliedIndex, status.lastLogIndex);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
-        if (other !== undefined && other !== server.address) throw new SimViolation(`election safety: ${this.processName(other)} and ${this.processName(server.address)} both lead term ${status.term}`);
-        this.leaderOfTerm.set(status.term, server.address);
-        const before = this.leaderCommit.get(server.address);
+        if (other !== undefined && other !== server) throw new SimViolation(`election safety: ${this.processName(other.address)} and ${this.processName(server.address)} both lead term ${status.term}`);
+        this.leaderOfTerm.set(status.term, server);
+        const before = this.leaderCommit.get(server);
         const voters = node.members().members.filter((member) => member.role === "voter").map((member) => member.id);
         // The commit may have been counted under the configuration before a change this event applied.
         if (before !== undefined && before.term === status.term && status.commitIndex > before.commit) this.checkCommitDurable(server, status.commitIndex, [before.voters, voters]);
-        this.leaderCommit.set(server.address, { term: status.term, commit: status.commitIndex, voters });
+        this.leaderCommit.set(server, { term: status.term, commit: status.commitIndex, voters });
         // A leader that applied its own removal steps down at once (src/raft/raft.ts applyConfChange): applied as the node was told (a storage thread confirms later).
         if (!server.disk.membership().voters.includes(server.id)) {
           throw new SimViolation(`node ${server.id} leads term ${status.term} but is no voter of the configuration it applied`);
