@@ -215,6 +215,21 @@ describe("TLS flags (the built executable)", () => {
     await node.stop();
   });
 
+  test("kv status, kv hash and kv snapshot save refused by the nodes' certificate say which flag fixes it and exit 2 at once, as kv get does; kv health says it too (found in a black-box review: exit 3 and no hint; the backup after 10 s of retries)", async () => {
+    const node = await startSingle("untrusted-cli", "1=https://127.0.0.1:0");
+    for (const args of [["status"], ["hash"], ["snapshot", "save", join(baseDir, "untrusted.kvbackup")]]) {
+      const result = await runKvCommand([...args, "--endpoints", node.httpUrl, "--timeout-ms", "8000"]);
+      expect([args, result.code]).toEqual([args, 2]);
+      expect(result.err).toContain("certificate");
+      expect(result.err).toContain("give --cacert FILE");
+      expect(result.err).not.toMatch(/×\d/);
+    }
+    const unprobed = await runKvCommand(["health", "--endpoint", node.httpUrl]);
+    expect(unprobed.code).toBe(1);
+    expect(unprobed.err).toContain("give --cacert FILE");
+    await node.stop();
+  });
+
   test("missing halves, a key that is not the certificate's, unreadable files and mismatched schemes are usage errors", () => {
     const serve = (args: string[]) => {
       const result = Bun.spawnSync(

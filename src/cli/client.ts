@@ -120,6 +120,19 @@ export async function call<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
+/** What a command adds when no node's certificate was trusted: which flag fixes it. */
+export const TLS_HINT = " (kv: give --cacert FILE, the CA that signed the nodes' certificates, if it is not one the system trusts; and https:// URLs only for nodes that serve HTTPS)";
+
+/**
+ * Every endpoint that answered nothing was refused by its certificate (`codes`: each one's
+ * `KvClientError` code): the exit a command that asks each endpoint gives then, 2 with the hint, as
+ * `exitFor` gives a request every endpoint refused so (found in a black-box review: `kv status` and
+ * `kv hash` exited 3 without it). Nothing when another reason is among them, or none is.
+ */
+export function refuseUnlessTrusted(codes: readonly (string | undefined)[], what: string): void {
+  if (codes.length > 0 && codes.every((code) => code === "tls_failed")) throw new ClientExit(2, `no endpoint could be reached over TLS for ${what}: each refused its certificate${TLS_HINT}`);
+}
+
 /**
  * Throws the exit a client failure means, for every client command: 1 not found (but a lease not
  * found is 2), 3 unavailable (no endpoint answered, or a write's outcome is unknown), else as
@@ -133,7 +146,7 @@ export function exitFor(error: unknown): never {
   if (!(error instanceof KvClientError)) throw error;
   // The library's message names what failed; from the command line, which flag fixes it (found in a
   // review: "unable to verify the first certificate" said nothing of --cacert).
-  const tlsHint = error.code === "tls_failed" ? " (kv: give --cacert FILE, the CA that signed the nodes' certificates, if it is not one the system trusts; and https:// URLs only for nodes that serve HTTPS)" : "";
+  const tlsHint = error.code === "tls_failed" ? TLS_HINT : "";
   const message = error.status === 0 ? `${error.message}${tlsHint}` : `${error.code}: ${error.message}`;
   if (error.status === 0) {
     // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
@@ -382,14 +395,14 @@ const listCommand = defineCommand({
  * Asks every endpoint for its /status (without redirects); undefined where none came, with `error`
  * saying why and `refused` when the node answered with an error (a 401 without the token).
  */
-async function statuses(conn: Connection): Promise<{ endpoint: string; status: NodeStatus | undefined; error?: string; refused?: boolean }[]> {
+async function statuses(conn: Connection): Promise<{ endpoint: string; status: NodeStatus | undefined; error?: string; refused?: boolean; code?: string }[]> {
   return Promise.all(
     conn.client.endpoints.map(async (endpoint) => {
       try {
         return { endpoint, status: await conn.client.statusOf(endpoint) };
       } catch (error) {
         if (!(error instanceof KvClientError)) throw error;
-        if (error.status === 0) return { endpoint, status: undefined, error: error.message };
+        if (error.status === 0) return { endpoint, status: undefined, error: error.message, code: error.code };
         return { endpoint, status: undefined, error: `HTTP ${error.status}: ${error.message}`, refused: true };
       }
     }),
@@ -417,6 +430,7 @@ const statusCommand = defineCommand({
     const refused = all.find((s) => s.refused === true);
     if (all.every((s) => s.status === undefined)) {
       if (refused !== undefined) throw new ClientExit(2, `no endpoint served the status: ${refused.endpoint} refused it (${refused.error})`);
+      refuseUnlessTrusted(all.map((s) => s.code), "the status");
       throw new ClientExit(3, "no endpoint answered");
     }
     // As etcdctl's endpoint status: a script that checks every node learns that one did not answer.

@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
 import { compareReplicas, type HashAnswer } from "../client/index.ts";
-import { ClientExit, connection, connectionArgs } from "./client.ts";
+import { ClientExit, connection, connectionArgs, refuseUnlessTrusted } from "./client.ts";
 import { printLine } from "./output.ts";
 import { parseIntFlag } from "./usage-error.ts";
 
@@ -37,6 +37,7 @@ export const hashCommand = defineCommand({
     }
     // Refused everywhere (a 401: the token is wrong or missing) is the caller's to fix: 2, as for any refused request.
     const refused = check.answers.length > 0 && check.answers.every((answer) => answer.status !== undefined && answer.status >= 400 && answer.status < 500 && answer.status !== 429);
+    if (check.answers.every((answer) => answer.hash === undefined)) refuseUnlessTrusted(check.answers.map((answer) => answer.code), "the hashes");
     if (check.verdict !== "consistent") throw new ClientExit(refused ? 2 : EXITS[check.verdict], "");
     // The others agree, but not every node was compared: a check that must cover them all fails.
     if (check.answers.some((answer) => answer.hash === undefined)) throw new ClientExit(3, "");

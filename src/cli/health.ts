@@ -1,7 +1,8 @@
 import { defineCommand } from "citty";
 import { parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
-import { caFile } from "./client.ts";
+import { caFile, TLS_HINT } from "./client.ts";
+import { tlsFailure } from "../client/transport.ts";
 
 /** Default of `kv health --endpoint`: node 1 of the local cluster, and the port the container image serves on. */
 const HEALTH_ENDPOINT_DEFAULT = "http://127.0.0.1:8001";
@@ -31,7 +32,8 @@ export const healthCommand = defineCommand({
       status = response.status;
       body = (await response.text()).slice(0, 512);
     } catch (error) {
-      console.error(`kv: ${endpoint}/health did not answer: ${error instanceof Error ? error.message : String(error)}`);
+      const hint = tlsFailure(error) === "certificate" ? TLS_HINT : "";
+      console.error(`kv: ${endpoint}/health did not answer: ${error instanceof Error ? error.message : String(error)}${hint}`);
       process.exit(1);
     }
     if (status !== 200) {

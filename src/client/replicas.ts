@@ -14,6 +14,8 @@ export interface HashAnswer {
   readonly error?: string;
   /** The HTTP status of a node's refusal (a 401 without the token, a 429 while another hash runs). */
   readonly status?: number;
+  /** Why no answer came, when none did: `tls_failed` for a certificate this client does not trust (src/client/errors.ts). */
+  readonly code?: string;
 }
 
 /**
@@ -118,7 +120,7 @@ async function hashAnswer(client: KvClient, endpoint: string): Promise<HashAnswe
     return { endpoint, hash: await client.hashOf(endpoint) };
   } catch (error) {
     if (!(error instanceof KvClientError)) throw error;
-    if (error.status === 0) return { endpoint, error: error.message };
+    if (error.status === 0) return { endpoint, error: error.message, code: error.code };
     return { endpoint, error: `HTTP ${error.status} ${error.code}: ${error.message}`, status: error.status };
   }
 }

@@ -254,6 +254,8 @@ export class Transport {
   async sendTo(endpoint: string, path: string): Promise<Answer> {
     const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs, undefined, false);
     if (result.kind === "answer") return result.answer;
+    // Refused by its certificate: a setting no retry changes, said as `send` says it.
+    if (result.kind === "unreachable" && result.tls === "certificate") throw new KvClientError("tls_failed", 0, `${endpoint}: ${result.reason}`);
     throw new KvClientError("unreachable", 0, `${endpoint}: ${result.reason}`);
   }
 
@@ -411,7 +413,7 @@ function isConnectionRefused(error: unknown): boolean {
 }
 
 /** How the TLS handshake failed, if it did: on the server's certificate (not trusted, expired, another name), or on an alert (`EPROTO`: most often a port that speaks plain HTTP). */
-function tlsFailure(error: unknown): "certificate" | "alert" | undefined {
+export function tlsFailure(error: unknown): "certificate" | "alert" | undefined {
   const code = errorCode(error);
   if (code === "EPROTO") return "alert";
   return code !== undefined && tlsCertificateCodes.test(code) ? "certificate" : undefined;
