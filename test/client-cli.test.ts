@@ -544,3 +544,24 @@ test("status prints every endpoint's release and exits 3 when one of them did no
   expect(partly.out).toContain(`${dead}  unreachable`);
   expect(partly.err).toContain(`1 of 4 endpoints did not answer: ${dead}`);
 });
+
+test("an empty $KV_AUTH_TOKEN is an unset one, as kv serve takes it; a token that cannot be sent names where it came from (found in a black-box walkthrough: '--endpoints: authToken must be ...', and kv snapshot save sent an empty bearer)", async () => {
+  // Spawned without blocking: the cluster's links run through this process (runKvCommand, with a token).
+  const run = async (args: string[], token: string) => {
+    const proc = Bun.spawn([...kvCommand(), ...args], { stdout: "pipe", stderr: "pipe", stdin: "ignore", env: { ...process.env, KV_AUTH_TOKEN: token } });
+    try {
+      const [err, code] = await Promise.all([new Response(proc.stderr).text(), proc.exited]);
+      return { code, err };
+    } finally {
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+    }
+  };
+  expect(await run(["put", "empty-token", "v", "--endpoints", endpoints], "")).toEqual({ code: 0, err: "" });
+  expect(await run(["snapshot", "save", join(baseDir, "empty-token.kvbackup"), "--endpoints", endpoints], "")).toMatchObject({ code: 0 });
+  const bad = await run(["get", "empty-token", "--endpoints", endpoints], "two words");
+  expect(bad.code).toBe(2);
+  expect(bad.err).toContain("$KV_AUTH_TOKEN: ");
+  expect(bad.err).not.toContain("--endpoints");
+  const flag = await run(["get", "empty-token", "--endpoints", endpoints, "--auth-token", "two words"], "");
+  expect([flag.code, flag.err]).toEqual([2, expect.stringContaining("--auth-token: ")]);
+});

@@ -104,7 +104,13 @@ export function caFile(path: string | undefined): string[] | undefined {
  */
 export function authToken(args: { "auth-token"?: string; "auth-token-file"?: string }): string | undefined {
   const file = args["auth-token-file"];
-  if (file === undefined) return args["auth-token"] ?? process.env.KV_AUTH_TOKEN;
+  if (file === undefined) {
+    // An empty variable is an unset one, as kv serve takes it (an empty bearer was sent: found in a
+    // black-box walkthrough); a token that cannot be sent is said with where it came from.
+    const [token, source] = args["auth-token"] !== undefined ? [args["auth-token"], "--auth-token"] : [process.env.KV_AUTH_TOKEN === "" ? undefined : process.env.KV_AUTH_TOKEN, "$KV_AUTH_TOKEN"];
+    if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new UsageError(`${source}: a token is visible ASCII characters only, as kv serve --auth-token takes it`);
+    return token;
+  }
   if (args["auth-token"] !== undefined) throw new UsageError("give --auth-token or --auth-token-file, not both");
   const token = readSecretFile("auth-token-file", file);
   if (token === "" || /[\r\n]/.test(token)) throw new UsageError(`--auth-token-file: '${file}' must hold the token on one line`);
