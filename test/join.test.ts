@@ -140,3 +140,21 @@ test("a join carries a proof of its cluster token; a leader of a release before 
   // with a wrong token was recorded by a 0.10.0 leader, and could never connect, without a word).
   expect(lines.some((line) => line.includes("does not check a joiner's cluster token"))).toBe(true);
 });
+
+test("a join the cluster refuses 401 says which flag the joiner needs: the cluster's --auth-token, or the right one (found in a black-box walkthrough: the 401's own words only, and no doc said the joiner needs the client token)", async () => {
+  const server = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => Response.json({ error: "unauthenticated", message: "this node requires a bearer token: send Authorization: Bearer <token>" }, { status: 401 }) });
+  servers.push(server);
+  const endpoint = `http://127.0.0.1:${server.port}`;
+  await expect(joinAsNode4(endpoint)).rejects.toThrow("start this node with the cluster's --auth-token (or --auth-token-file, or $KV_AUTH_TOKEN): its join asks through the client API");
+  const withToken = joinCluster({
+    endpoints: [endpoint],
+    id: 4,
+    peerUrl: "http://127.0.0.1:5004",
+    httpUrl: undefined,
+    authToken: "not-the-cluster-token-0123",
+    clusterToken: undefined,
+    timeoutMs: 3_000,
+    logger: createLogger(4, "error", { format: "json" }),
+  });
+  await expect(withToken).rejects.toThrow("the --auth-token this node was given is not the cluster's");
+});

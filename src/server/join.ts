@@ -128,7 +128,15 @@ export async function joinCluster(options: JoinOptions): Promise<JoinAnswer> {
           // the join pointed at a peer URL said only "404 HTTP 404 from ...".
           throw new JoinError(`${error.message}, without kv's JSON: is it a peer URL, or behind a proxy's other path? --join takes a member's client URL (what its --listen-http or --advertise-http serves)`);
         }
-        if (error instanceof KvClientError && (error.status === 400 || error.status === 401 || error.status === 404)) {
+        if (error instanceof KvClientError && error.status === 401) {
+          // Which flag the joiner needs (found in a black-box walkthrough: the 401's own words only).
+          const fix =
+            options.authToken === undefined
+              ? "start this node with the cluster's --auth-token (or --auth-token-file, or $KV_AUTH_TOKEN): its join asks through the client API"
+              : "the --auth-token this node was given is not the cluster's";
+          throw new JoinError(`the cluster refused the join: 401 ${error.message}: ${fix}`);
+        }
+        if (error instanceof KvClientError && (error.status === 400 || error.status === 404)) {
           throw new JoinError(`the cluster refused the join: ${error.status} ${error.message}`);
         }
         if (!(error instanceof KvClientError) && !(error instanceof UnknownOutcomeError)) throw error;
