@@ -4,7 +4,7 @@ import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ChaosCluster } from "../src/chaos/cluster.ts";
+import { ChaosCluster, freeBasePort } from "../src/chaos/cluster.ts";
 import { kvCommand } from "./helpers/kv-binary.ts";
 
 const baseDir = mkdtempSync(join(tmpdir(), "kv-chaos-cluster-"));
@@ -32,3 +32,20 @@ test("a paused node killed from outside the run is recorded as an unexpected exi
     await cluster.stop();
   }
 }, 60_000);
+
+test("kv chaos whose cluster cannot start (a port in use under --base-port) prints the node's reason and exits 2, no anomaly (found in a black-box walkthrough: exit 1, the reason only in the log)", async () => {
+  const base = freeBasePort(3);
+  const taken = Bun.listen({ hostname: "127.0.0.1", port: base + 3002, socket: { data() {} } });
+  try {
+    const proc = Bun.spawn([...kvCommand(), "chaos", "failover", "--base-port", String(base)], { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
+    try {
+      const [out, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+      expect(code).toBe(2);
+      expect(out).toContain(`the cluster could not start: node 3 exited with code 1 before starting: cannot listen for clients on 127.0.0.1:${base + 3002}`);
+    } finally {
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+    }
+  } finally {
+    taken.stop(true);
+  }
+});

@@ -52,12 +52,22 @@ export interface StartedLine {
   readonly clusterId?: string;
 }
 
+/** What `pipeNodeOutput` gives: the "started" line once it appears, and what was seen before it. */
+export type NodeOutput = Promise<StartedLine> & {
+  /** Settles once both streams ended (the process closed them: it exited). */
+  readonly ended: Promise<void>;
+  /** The reason of a `stopping` line before the "started" one (a node that could not start), if any. */
+  stoppingReason(): string | undefined;
+};
+
 /**
  * Copies a `kv serve` process's stdout and stderr into `log`; resolves with its "started" line once
  * it appears (the ports it bound, which the OS chose).
  */
-export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: WriteStream): Promise<StartedLine> {
-  return new Promise((resolve) => {
+export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: WriteStream): NodeOutput {
+  let stopping: string | undefined;
+  let ended: Promise<void> = Promise.resolve();
+  const started = new Promise<StartedLine>((resolve) => {
     let resolved = false;
     const pump = async (stream: ReadableStream<Uint8Array>, scan: boolean) => {
       const decoder = new TextDecoder();
@@ -69,9 +79,15 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
         const lines = partial.split("\n");
         partial = lines.pop() ?? "";
         for (const line of lines) {
-          if (!line.includes('"event":"started"')) continue;
+          const stoppingLine = line.includes('"event":"stopping"');
+          if (!stoppingLine && !line.includes('"event":"started"')) continue;
           try {
-            resolve(JSON.parse(line) as StartedLine);
+            const parsed = JSON.parse(line) as StartedLine & { reason?: unknown };
+            if (stoppingLine) {
+              if (typeof parsed.reason === "string") stopping = parsed.reason;
+              continue;
+            }
+            resolve(parsed);
             resolved = true;
           } catch {
             // not our line
@@ -79,9 +95,9 @@ export function pipeNodeOutput(proc: Subprocess<"ignore", "pipe", "pipe">, log: 
         }
       }
     };
-    void pump(proc.stdout, false);
-    void pump(proc.stderr, true);
+    ended = Promise.all([pump(proc.stdout, false), pump(proc.stderr, true)]).then(() => undefined);
   });
+  return Object.assign(started, { ended, stoppingReason: () => stopping });
 }
 
 /**
@@ -169,7 +185,12 @@ export class ChaosCluster {
 
   /** Starts every node and waits until each has bound its ports. */
   async start(): Promise<void> {
-    await Promise.all(this.nodes.map((node) => this.startNode(node.id)));
+    try {
+      await Promise.all(this.nodes.map((node) => this.startNode(node.id)));
+    } catch (error) {
+      if (error instanceof NodeStartError) throw new ClusterStartError(`the cluster could not start: ${error.message}`);
+      throw error;
+    }
   }
 
   private clusterFlag(id: number): string {
@@ -225,8 +246,11 @@ export class ChaosCluster {
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`node ${id} did not start within ${timeoutMs} ms; see ${node.logFile}`)), timeoutMs);
       }),
-      proc.exited.then((code) => {
-        throw new Error(`node ${id} exited with code ${code} before starting; see ${node.logFile}`);
+      proc.exited.then(async (code) => {
+        // Why, from its own last words (found in a black-box walkthrough: only the log said "port in use").
+        await Promise.race([started.ended, Bun.sleep(1_000)]);
+        const reason = started.stoppingReason();
+        throw new NodeStartError(`node ${id} exited with code ${code} before starting${reason === undefined ? "" : `: ${reason}`}; see ${node.logFile}`);
       }),
     ]).finally(() => clearTimeout(timer));
     node.httpUrl = info.httpUrl;
@@ -470,6 +494,16 @@ export class ChaosCluster {
 }
 
 /** Thrown at a scenario that starts a process after its cluster was stopped (the run is ending). */
+/** A node that exited before its "started" line: it could not start (a port in use, a damaged data dir). */
+export class NodeStartError extends Error {
+  override name = "NodeStartError";
+}
+
+/** The cluster's first start failed (see `NodeStartError`): no scenario ran, so nothing was found. */
+export class ClusterStartError extends Error {
+  override name = "ClusterStartError";
+}
+
 export class ChaosClusterStopped extends Error {
   override name = "ChaosClusterStopped";
   constructor() {

@@ -2,7 +2,7 @@ import { accessSync, constants, existsSync, mkdtempSync, rmSync, statSync, write
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { defineCommand, type ArgsDef, type CommandDef } from "citty";
-import { ChaosCluster, freeBasePort } from "../chaos/cluster.ts";
+import { ChaosCluster, ClusterStartError, freeBasePort } from "../chaos/cluster.ts";
 import type { ReplicaCheck } from "../client/index.ts";
 import { selfCommand } from "../lib/self-command.ts";
 import { runCrash } from "../chaos/crash.ts";
@@ -24,7 +24,7 @@ import { exitAfterOutput, outputLost, whenOutputLost } from "./output.ts";
 const commonArgs = {
   "base-port": {
     type: "string",
-    description: "Use the classic layout: peers on PORT..PORT+2, HTTP on PORT+3000.. (default: ports the OS picks, behind proxies)",
+    description: "Use the classic layout: peers on PORT..PORT+2, HTTP on PORT+3000.. (default: ports the OS picks, behind proxies for the scenarios that cut links)",
     valueHint: "PORT",
   },
   "keep-data": { type: "boolean", description: "Keep the nodes' data and logs even on success" },
@@ -581,7 +581,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
   process.on("SIGHUP", () => void cleanup(129, "SIGHUP"));
   whenOutputLost((code) => void cleanup(code));
 
-  const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; dataDir: string; replicaChecks: readonly ReplicaCheck[] }[] = [];
+  const outcomes: { scenario: string; ok: boolean; result?: ScenarioResult; error?: string; notStarted?: boolean; dataDir: string; replicaChecks: readonly ReplicaCheck[] }[] = [];
   for (const { name, title, run, serveArgs, needsFixedPorts } of runs) {
     if (ending !== undefined) return ending;
     const dataDir = runs.length === 1 ? baseDir : join(baseDir, name);
@@ -605,7 +605,7 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
       awaitingVerdict = false;
       const message = error instanceof Error ? error.message : String(error);
       print(`❌ ERROR: ${message}`);
-      outcomes.push({ scenario: name, ok: false, error: message, dataDir, replicaChecks: current.replicaChecks });
+      outcomes.push({ scenario: name, ok: false, error: message, dataDir, replicaChecks: current.replicaChecks, ...(error instanceof ClusterStartError ? { notStarted: true } : {}) });
     }
     display.untrack();
     await current.stop();
@@ -643,7 +643,10 @@ async function runScenarios(runs: readonly NamedRun[], flags: FlagValues): Promi
     }
   }
   const undecided = !ok && outcomes.every((o) => o.ok || o.result?.undecided === true);
-  return cleanup(ok ? 0 : undecided ? 3 : 1);
+  // A cluster that never started (a port in use under --base-port) found no anomaly: 2, as the
+  // setting to fix (found in a black-box walkthrough: exit 1, "anomaly found").
+  const notStarted = !ok && outcomes.every((o) => o.ok || o.notStarted === true);
+  return cleanup(ok ? 0 : undecided ? 3 : notStarted ? 2 : 1);
 }
 
 /** What the scenario's comparisons of the nodes' state hashes found (ChaosCluster.replicasAgree; a divergence threw). */
