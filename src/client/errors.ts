@@ -34,7 +34,12 @@ export type ClientSideCode =
    * A `deletePrefix` aborted by its signal after some of its requests applied: `details.deleted`
    * keys went, up to `details.version`; the next request was not sent.
    */
-  | "aborted";
+  | "aborted"
+  /**
+   * A `deletePrefix` whose later request was refused, or ended of unknown outcome, after some
+   * applied: `details.deleted` keys went, up to `details.version`; `details.cause` is the error.
+   */
+  | "partial";
 
 /**
  * A call that certainly did not take effect, or a read that failed. `code` is the server's stable
@@ -58,7 +63,7 @@ export class KvClientError extends Error {
 /**
  * A write whose outcome stayed unknown after every retry the call's budget allowed: it may or may
  * not have been applied (the connection dropped after the request was sent, or the leader answered
- * 503 `timeout`/`unavailable`, and no retry got a definite answer). The write carried
+ * 503 `timeout`, and no retry got a definite answer). The write carried
  * `idempotencyKey`: sending it again with the same key, the same request and within the cluster's
  * idempotency window, applies it at most once and answers what the first one did.
  */

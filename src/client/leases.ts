@@ -143,11 +143,14 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     return id;
   };
 
-  const keepAlive = async (leaseId: LeaseId, timeoutMs?: number) => {
+  const keepAlive = async (leaseId: LeaseId, timeoutMs?: number, signal?: AbortSignal) => {
     const id = leaseIdOf(leaseId);
-    // A keeper's budget is what is left of the lease: never more than the client's own.
-    const budget = timeoutMs === undefined ? {} : { timeoutMs: Math.min(transport.options.timeoutMs, timeoutMs) };
-    const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...budget, attemptsShareBudget: true });
+    // A keeper's budget is what is left of the lease, each attempt at most a quarter of it (and at
+    // most the client's attemptTimeoutMs): capped at the client's timeoutMs, a 400 ms one cut every
+    // attempt to 100 ms whatever the TTL, and a lease on a slow link was reported lost while every
+    // other call went through (found in a code review).
+    const budget = timeoutMs === undefined ? {} : { timeoutMs };
+    const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...budget, attemptsShareBudget: true, ...(signal === undefined ? {} : { signal }) });
     const body = json<{ id?: unknown; ttlMs?: unknown }>(answer);
     return { id: idOf(body.id, answer), ttlMs: Number(body.ttlMs) };
   };
@@ -239,8 +242,11 @@ function timerDelay(ms: number): number {
  * deadline unless a later keepalive was answered first: early rather than late, which is the safe
  * side for a lock holder.
  */
-function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id: number, timeoutMs?: number) => Promise<unknown>): LeaseKeeper {
+function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id: number, timeoutMs: number, signal: AbortSignal) => Promise<unknown>): LeaseKeeper {
   const lostController = new AbortController();
+  // Ends a keepalive still retrying once the keeper stops or loses the lease: its budget is the
+  // lease's time left, which may be long, and nothing waits for it then.
+  const calls = new AbortController();
   let stopped = false;
   let aliveUntilMs = sentAtMs + ttlMs;
   let deadlineTimer: ReturnType<typeof setTimeout> | undefined;
@@ -252,6 +258,7 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
     stopped = true;
     clearTimeout(deadlineTimer);
     clearTimeout(intervalTimer);
+    calls.abort();
     lostController.abort(reason);
   };
   const armDeadline = () => {
@@ -266,7 +273,7 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
     if (stopped) return;
     const sentMs = performance.now();
     try {
-      await keepAlive(id, Math.max(KEEPALIVE_CALL_MS_MIN, aliveUntilMs - sentMs));
+      await keepAlive(id, Math.max(KEEPALIVE_CALL_MS_MIN, aliveUntilMs - sentMs), calls.signal);
       if (stopped) return;
       aliveUntilMs = Math.max(aliveUntilMs, sentMs + ttlMs);
       armDeadline();
@@ -292,6 +299,7 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
       stopped = true;
       clearTimeout(deadlineTimer);
       clearTimeout(intervalTimer);
+      calls.abort();
     },
   };
 }

@@ -141,11 +141,16 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
       // waited out a second whole timeout (found in a black-box review: kv lock, interrupted with no
       // node answering, took twice its --timeout-ms to exit).
       const deadlineMs = performance.now() + (deps.timeoutMs ?? Number.POSITIVE_INFINITY);
+      // The key, once put, may be off the lease: another client wrote it over (a put detaches it),
+      // before or after this holder's watch said so. The revoke or the expiry then left it, and it
+      // would stand in the queue ahead of every later contender for ever: deleted too (found in a
+      // code review: a release that came before the holder's watch saw the write left it).
+      const deleteKeyIfLeft = (deletedKeys: number) =>
+        !putSent || deletedKeys > 0 ? true : withinMs(deps.delete(key).then(() => true, () => false), deadlineMs - performance.now(), false);
       try {
-        await deps.leases.revoke(lease.id);
-        return true;
+        return await deleteKeyIfLeft((await deps.leases.revoke(lease.id)).deletedKeys);
       } catch (error) {
-        if (error instanceof KvClientError && error.code === "lease_not_found") return true;
+        if (error instanceof KvClientError && error.code === "lease_not_found") return deleteKeyIfLeft(0);
         // A revoke of unknown outcome (an attempt lost, then lease_not_found): gone either way if
         // the lease is gone now (found in review: a lock whose lease had run out answered "not
         // released", and kv lock exited 3 saying no node answered).
@@ -167,8 +172,10 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
       }
     };
     let fence: number;
+    let putSent = false;
     try {
       // As the grant: an abort while the key is being created rejects at once (the catch below removes both).
+      putSent = true;
       fence = (await untilAborted(deps.put(key, value, { ifVersion: 0, lease: lease.id }), signal, () => undefined)).version;
       // Held only if the lease is still known alive: a lock lost on the way in is no lock. Known by the
       // time left, not only by `lost`, whose timer may not have fired yet (an event loop held past the
@@ -177,12 +184,8 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
         // The first release that succeeded (or is under way) answers every later call; one that
         // failed is tried again by the next (found in review: a cached failure never retried).
         let released: Promise<boolean> | undefined;
-        // Set once another client wrote the key over: it is then off the lease, and a release
-        // deletes it too, or it would stand in the queue, ahead of every later contender, for ever.
-        let writtenOver = false;
         const releaseOnce = () =>
           (released ??= release()
-            .then((done) => (done && writtenOver ? deps.delete(key).then(() => true, () => false) : done))
             .then((done) => {
               if (!done) released = undefined;
               return done;
@@ -201,7 +204,6 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
         else keeper.lost.addEventListener("abort", onLeaseLost, { once: true });
         void untilKeyChanged(deps, prefix, key, fence, held.signal).then((change) => {
           if (change === undefined || held.signal.aborted) return;
-          writtenOver = change === "written";
           lost.abort(
             change === "expired"
               ? new KvClientError("lease_expired", 0, `the holder's lease ran out, and its key ${key} with it: another contender may hold the lock`)
@@ -217,7 +219,9 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
           fence,
           leaseId: lease.id,
           lost: lost.signal,
-          aliveUntilMs: () => (lost.signal.aborted ? Math.min(keeper.aliveUntilMs(), performance.now()) : keeper.aliveUntilMs()),
+          // Not past now once lost or released (found in review: after a release it still named a
+          // time up to a TTL ahead, while another contender held the lock).
+          aliveUntilMs: () => (held.signal.aborted ? Math.min(keeper.aliveUntilMs(), performance.now()) : keeper.aliveUntilMs()),
           release: () => {
             held.abort();
             return releaseOnce();

@@ -259,6 +259,28 @@ export class Transport {
     throw new KvClientError("unreachable", 0, `${endpoint}: ${result.reason}`);
   }
 
+  /**
+   * Where a stream (a watch) starts in the list: from a rotating place, so a process's streams spread
+   * over the nodes, the first endpoint there not silent lately (as calls order them). Every watch
+   * began at the first endpoint, and with it paused each waited out its idle timeout first (found in
+   * a code review). A stream that breaks goes on to the next in the list, silent or not (a node down
+   * for a moment may be the one whose history still reaches back far enough).
+   */
+  streamStart(): number {
+    const { endpoints } = this.options;
+    const from = this.rotation++ % endpoints.length;
+    const nowMs = performance.now();
+    for (let i = 0; i < endpoints.length; i++) {
+      if ((this.suspects.get(endpoints[(from + i) % endpoints.length] as string) ?? 0) <= nowMs) return from + i;
+    }
+    return from;
+  }
+
+  /** An endpoint a stream found silent (no answer, or nothing within its idle timeout): tried last for a while, by calls and streams. */
+  noteSilent(endpoint: string): void {
+    this.suspects.set(endpoint, performance.now() + SUSPECT_MS);
+  }
+
   /** The headers every request carries: `headers`, and the bearer token when the client has one. */
   withAuthorization(headers: Readonly<Record<string, string>>): Record<string, string> {
     return this.options.authToken === undefined ? { ...headers } : { ...headers, authorization: `Bearer ${this.options.authToken}` };

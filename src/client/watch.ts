@@ -168,7 +168,7 @@ async function* resumingStream(
   // version and skips the ones already given.
   let lastVersion: number | undefined;
   let yieldedAtLast = 0;
-  let endpointAt = 0;
+  let endpointAt = transport.streamStart();
   let failedInARow = 0;
   let servedMs = performance.now();
   // Endpoints that answered 410 since the last other answer: all of them means the caller must
@@ -207,6 +207,7 @@ async function* resumingStream(
           response = await transport.fetch(`${endpoint}/watch?${query}`, { headers: transport.withAuthorization(headers), signal: controller.signal, redirect: "manual" });
         } catch (error) {
           ended = `${endpoint}: ${describe(error)}`;
+          if (!aborted()) transport.noteSilent(endpoint);
           break attempt;
         }
         if (response.status !== 200) {
@@ -302,6 +303,8 @@ async function* resumingStream(
         throw new KvClientError("too_large", 0, `${endpoint}: the watch sent an event longer than this client reads (${watchEventCharsMax} characters)`);
       }
       ended = `${endpoint}: ${describe(error)}`;
+      // Silent past the idle timeout, though a node sends progress while nothing changes.
+      if (!aborted() && controller.signal.aborted) transport.noteSilent(endpoint);
     } finally {
       clearTimeout(idleTimer);
       signal?.removeEventListener("abort", onAbort);
