@@ -135,6 +135,9 @@ function parseAddBody(bytes: Uint8Array): { id: number; peerUrl: string; httpUrl
 
 function parseUrl(name: string, value: unknown): string {
   if (typeof value !== "string" || !URL.canParse(value)) throw new KvError("bad_request", `'${name}' must be an http(s) URL`);
+  // The URL parser drops them, so a URL that holds them reads as another: it was recorded as typed,
+  // nothing reached it, and its --join was refused as another address (found in a black-box review).
+  if (/[\u0000-\u0020\u007f]/.test(value)) throw new KvError("bad_request", `'${name}' must not hold spaces or control characters, got ${JSON.stringify(value)}`);
   const url = new URL(value);
   if ((url.protocol !== "http:" && url.protocol !== "https:") || new TextEncoder().encode(value).byteLength > membershipUrlBytesMax) {
     throw new KvError("bad_request", `'${name}' must be an http(s) URL of at most ${membershipUrlBytesMax} bytes`);
@@ -149,5 +152,11 @@ function parseUrl(name: string, value: unknown): string {
   if (isUnspecifiedHost(url.hostname)) {
     throw new KvError("bad_request", `'${name}' names ${url.hostname}, which is where a node listens, not an address others reach it at: give its host name or IP (kv serve --advertise-peer, --advertise-http)`);
   }
-  return value.replace(/\/+$/, "");
+  if (url.port === "0") throw new KvError("bad_request", `'${name}' names port 0, where a node listens on a port the OS picks, not one others reach it at`);
+  // Recorded as written, and compared so by the member that joins with it: only as the parser
+  // writes it back (scheme and host in lower case, no default port), or two spellings of one address
+  // would be two addresses.
+  const written = value.replace(/\/+$/, "");
+  if (written !== url.origin) throw new KvError("bad_request", `'${name}' must be written as ${url.origin}, got ${JSON.stringify(value)}`);
+  return written;
 }
