@@ -106,6 +106,11 @@ function withinGrace<T>(promise: Promise<T>): Promise<T> {
  * stays held until its lease expires, and exits 3 (found in a black-box review: it waited out two
  * timeouts and exited 0 in silence, the lock still held). Returns when released.
  */
+/** Says on stderr that the cluster raised `--ttl` to its minimum, as `kv lease grant` says it (found in a black-box walkthrough: silent). */
+function sayRaised(askedMs: number, held: { readonly ttlMs: number }): void {
+  if (held.ttlMs > askedMs) console.error(`kv: --ttl ${askedMs} ms was raised to ${held.ttlMs} ms, the cluster's shortest lease`);
+}
+
 async function releaseOrSay(release: () => Promise<boolean>, what: string, held: Pick<LockHandle, "key">, ttlMs: number, exitCode?: number): Promise<void> {
   if (await release()) return;
   console.error(`kv: could not release ${what} (key ${held.key}): no node answered; it stays held until its lease expires, within ${ttlMs} ms`);
@@ -164,6 +169,7 @@ export const lockCommand = defineCommand({
     const conn = connection(args);
     const interrupted = interruption();
     const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted, (held) => held.release());
+    sayRaised(ttlMs, lock);
 
     if (cmd.length === 0) {
       printLine(conn.json ? JSON.stringify({ key: lock.key, fence: lock.fence, leaseId: lock.leaseId }) : `${lock.key}\t${lock.fence}`);
@@ -171,7 +177,7 @@ export const lockCommand = defineCommand({
       interrupted.dispose();
       // Lost: exit at once, releasing nothing (see `exitLost`).
       if (lock.lost.aborted && !interrupted.signal.aborted) await exitLost(lostMessage(`the lock ${name}`, lock), lock, () => lock.release());
-      await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, ttlMs);
+      await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, lock.ttlMs);
       return;
     }
 
@@ -205,7 +211,7 @@ export const lockCommand = defineCommand({
     const status = child.signalCode === null || child.signalCode === undefined ? code : signalStatus(String(child.signalCode));
     // A lost lock is not released: its lease is gone, or the cluster did not answer (see `exitLost`).
     // CMD's status stands either way; a release that failed is said on stderr.
-    if (!lock.lost.aborted) await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, ttlMs, status);
+    if (!lock.lost.aborted) await releaseOrSay(() => lock.release(), `the lock ${name}`, lock, lock.ttlMs, status);
     else await cleanUpAfterKeyChanged(lock, () => lock.release());
     interrupted.dispose();
     // CMD may finish cleanly on the SIGTERM, or have ended just as the lock went: its work did not
@@ -257,6 +263,7 @@ export const electCommand = defineCommand({
     if (value === undefined) throw new UsageError("kv elect needs NAME and VALUE (or --observe)");
     const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseTtl("--ttl", args.ttl);
     const office = await waitFor((signal) => conn.client.elect(name, value, { ttlMs, signal }), interrupted, (held) => held.resign());
+    sayRaised(ttlMs, office);
     printLine(
       conn.json
         ? JSON.stringify({ elected: true, name, value, key: office.key, fence: office.fence, leaseId: office.leaseId })
@@ -265,6 +272,6 @@ export const electCommand = defineCommand({
     await Promise.race([abortedPromise(interrupted.signal), abortedPromise(office.lost)]);
     interrupted.dispose();
     if (office.lost.aborted && !interrupted.signal.aborted) await exitLost(lostMessage(`office in ${name}`, office), office, () => office.resign());
-    await releaseOrSay(() => office.resign(), `office in ${name}`, office, ttlMs);
+    await releaseOrSay(() => office.resign(), `office in ${name}`, office, office.ttlMs);
   },
 });

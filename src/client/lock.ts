@@ -39,6 +39,8 @@ export interface LockHandle {
    */
   readonly fence: number;
   readonly leaseId: number;
+  /** The lease's TTL as granted: the one asked for, or the cluster's minimum when that was more. */
+  readonly ttlMs: number;
   /**
    * Aborts when the lock is, or may be, lost: the lease expired or was revoked (`lease_not_found`),
    * no keepalive was answered within one TTL (`lease_expired`), or another client deleted or wrote
@@ -218,6 +220,7 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
           key,
           fence,
           leaseId: lease.id,
+          ttlMs: lease.ttlMs,
           lost: lost.signal,
           // Not past now once lost or released (found in review: after a release it still named a
           // time up to a TTL ahead, while another contender held the lock).
