@@ -242,7 +242,7 @@ const docs = {
   kvGet: {
     summary: "Read a value",
     parameters: [keyParameter, queryParameter("consistency", consistency.description ?? "", t.UnionEnum(["linearizable", "lease", "stale"]))],
-    responses: { ...ok("The value's raw bytes; X-Kv-Version is the Raft index of the write", { "application/octet-stream": {} }), ...errors(307, 400, 401, 404, 405, 503, 507) },
+    responses: { ...ok("The value's raw bytes; X-Kv-Version is the Raft index of the write", { "application/octet-stream": {} }), ...errors(307, 400, 401, 404, 405, 413, 503, 507) },
   },
   kvPut: {
     summary: "Write a value (committed on a majority and applied before the answer)",
@@ -262,7 +262,7 @@ const docs = {
   kvDelete: {
     summary: "Delete a key",
     parameters: [keyParameter, ifVersionParameter, idempotencyParameter],
-    responses: { ...ok("{deleted, version}", json(t.Object({ deleted: t.Boolean(), version: t.Integer() }))), ...errors(307, 400, 401, 409, 422, 429, 503, 507) },
+    responses: { ...ok("{deleted, version}", json(t.Object({ deleted: t.Boolean(), version: t.Integer() }))), ...errors(307, 400, 401, 409, 413, 422, 429, 503, 507) },
   },
   deletePrefix: {
     summary: "Delete the keys under a prefix, at one version",
@@ -290,7 +290,7 @@ const docs = {
     responses: { ...ok("healthy", json(t.Object({ healthy: t.Literal(true), quotaExceeded: t.Optional(t.Literal(true)) }))), ...errors(503) },
   },
   metrics: { summary: "Prometheus text format", responses: { ...ok("metrics", { "text/plain": {} }), ...errors(401) } },
-  transfer: { summary: "Hand leadership to ?to=N (or the most caught-up voter)", responses: { ...ok("{leaderId, previousLeaderId}"), ...errors(307, 400, 401, 503) } },
+  transfer: { summary: "Hand leadership to ?to=N (or the most caught-up voter)", responses: { ...ok("{leaderId, previousLeaderId}"), ...errors(307, 400, 401, 409, 413, 503) } },
   watch: {
     summary: "Stream changes to a prefix or a key as Server-Sent Events: put and delete (id: the version, on its last change), progress while idle, error (slow_watcher) at the end",
     responses: {
@@ -347,9 +347,9 @@ const docs = {
   },
   leaseRevoke: {
     summary: "Revoke a lease (through the log): its keys are deleted at one version (watch reason delete)",
-    responses: { ...ok("{id, version, deletedKeys}"), ...errors(307, 400, 401, 404, 503, 507) },
+    responses: { ...ok("{id, version, deletedKeys}"), ...errors(307, 400, 401, 404, 413, 503, 507) },
   },
-  leaseKeepAlive: { summary: "Restart the lease's countdown on the leader (not through the log)", responses: { ...ok("{id, ttlMs}"), ...errors(307, 400, 401, 404, 503) } },
+  leaseKeepAlive: { summary: "Restart the lease's countdown on the leader (not through the log)", responses: { ...ok("{id, ttlMs}"), ...errors(307, 400, 401, 404, 413, 503) } },
   members: { summary: "The configuration: voters and learners with their URLs", responses: { ...ok("the members", json(membersAnswer)), ...errors(400, 401, 503) } },
   memberAdd: {
     summary: "Add a learner (JSON {id, peerUrl[, httpUrl]}); it is promoted once caught up",
@@ -361,9 +361,9 @@ const docs = {
   },
   memberRemove: {
     summary: "Remove a member (the leader hands over first when it is the one removed)",
-    responses: { ...ok("the member list", json(membersAnswer)), ...errors(307, 400, 401, 404, 409, 503) },
+    responses: { ...ok("the member list", json(membersAnswer)), ...errors(307, 400, 401, 404, 409, 413, 503) },
   },
-  memberPromote: { summary: "Promote a learner to voter", responses: { ...ok("the member list", json(membersAnswer)), ...errors(307, 400, 401, 404, 409, 503) } },
+  memberPromote: { summary: "Promote a learner to voter", responses: { ...ok("the member list", json(membersAnswer)), ...errors(307, 400, 401, 404, 409, 413, 503) } },
   openapi: { summary: "This document", responses: ok("OpenAPI 3.1") },
 };
 
