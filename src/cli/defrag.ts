@@ -16,9 +16,9 @@ import { ClientExit } from "./client.ts";
 import { parseDataDir } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 
-/** Bytes as MB with one decimal, for the text line. */
+/** Bytes for the text line: in MB with one decimal, under a megabyte in kB (a small database read "0.0 MB -> 0.0 MB"). */
 function megabytes(bytes: number): string {
-  return `${(bytes / 1e6).toFixed(1)} MB`;
+  return bytes < 1e6 ? `${(bytes / 1e3).toFixed(1)} kB` : `${(bytes / 1e6).toFixed(1)} MB`;
 }
 
 export const defragCommand = defineCommand({
