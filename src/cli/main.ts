@@ -144,7 +144,9 @@ function checkFlags(command: CommandDef<ArgsDef>, path: string[], argv: string[]
  */
 function withoutColourUnlessTerminal(text: string): string {
   const colour = process.stdout.isTTY === true && (process.env.NO_COLOR ?? "") === "";
-  return colour ? text : text.replace(/\x1b\[[0-9;]*m/g, "");
+  // citty pads every row of its table to the longest: a line of `kv serve --help` ran to 359
+  // characters of trailing spaces, and wrapped badly (found in a black-box walkthrough).
+  return (colour ? text : text.replace(/\x1b\[[0-9;]*m/g, "")).replace(/[ \t]+$/gm, "");
 }
 
 async function resolveMeta(command: CommandDef<ArgsDef>) {
