@@ -6,12 +6,15 @@ import { join } from "node:path";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
 const root = join(import.meta.dir, "..");
+const TOKEN = "client-docs-token-0123456789";
 let dir: string;
 let cluster: ServerCluster;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "kv-client-docs-"));
-  cluster = createServerCluster({ size: 3, baseDir: dir, config: () => ({ watch: { progressMs: 200 } }) });
+  // With a client token, as a cluster should run: the tour reads it from $KV_AUTH_TOKEN (found in a
+  // black-box walkthrough: the tour sent none, and a cluster with a token refused it 401).
+  cluster = createServerCluster({ size: 3, baseDir: dir, config: () => ({ watch: { progressMs: 200 }, authToken: TOKEN }) });
   await cluster.start();
   await cluster.waitForLeader();
 });
@@ -28,7 +31,7 @@ test("the tour in docs/client.md runs and prints each step", async () => {
   const script = join(dir, "tour.ts");
   writeFileSync(script, (block as string).replace(`from "kv/client"`, `from ${JSON.stringify(join(root, "src", "client", "index.ts"))}`));
   const endpoints = cluster.nodes.map((n) => cluster.node(n.id).httpUrl).join(",");
-  const proc = Bun.spawn([process.execPath, script], { env: { ...process.env, KV_ENDPOINTS: endpoints }, stdout: "pipe", stderr: "pipe" });
+  const proc = Bun.spawn([process.execPath, script], { env: { ...process.env, KV_ENDPOINTS: endpoints, KV_AUTH_TOKEN: TOKEN }, stdout: "pipe", stderr: "pipe" });
   try {
     const [out, err, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
     expect(err).toBe("");
