@@ -719,7 +719,7 @@ describe("a member's URLs are an address, as etcd takes them (found in a black-b
     expect(added).toEqual(["add 4 http://127.0.0.1:5004 https://kv-4.example:8004"]);
   });
 
-  test("POST /members refuses a URL with spaces or control characters, or port 0, and another spelling of an address than the parser's (found in a black-box review: 'http://127.0.0.1:7405 ' was recorded as typed, then nothing reached it and its --join was refused as another address)", async () => {
+  test("POST /members refuses a URL with spaces or control characters, or port 0, (found in a black-box review: 'http://127.0.0.1:7405 ' was recorded as typed, then nothing reached it and its --join was refused as another address)", async () => {
     const added: string[] = [];
     const app = createHttpApp(membersNode(added));
     const add = (body: object) => app.handle(new Request("http://localhost/members", { method: "POST", body: JSON.stringify(body) }));
@@ -728,14 +728,10 @@ describe("a member's URLs are an address, as etcd takes them (found in a black-b
       expect([url, String(refused.message)]).toEqual([url, expect.stringContaining("peerUrl")]);
       await expectError(await add({ id: 5, peerUrl: "http://127.0.0.1:7405", httpUrl: url }), 400, "bad_request");
     }
-    // Another spelling of an address is said with the one to write (a member joining compares its own URL as written).
-    for (const url of ["HTTP://node-5.example:7405", "http://Node-5.example:7405", "http://node-5.example:80"]) {
-      const refused = await expectError(await add({ id: 5, peerUrl: url }), 400, "bad_request");
-      expect([url, String(refused.message)]).toEqual([url, expect.stringContaining(`must be written as ${new URL(url).origin}`)]);
-    }
     expect(added).toEqual([]);
-    expect((await add({ id: 5, peerUrl: "http://node-5.example:7405/", httpUrl: "http://node-5.example" })).status).toBe(200);
-    expect(added).toEqual(["add 5 http://node-5.example:7405 http://node-5.example"]);
+    // The forms kv writes itself pass as written: a default port spelt out (a joiner's own URLs).
+    expect((await add({ id: 5, peerUrl: "http://node-5.example:80/", httpUrl: "https://[::1]:443" })).status).toBe(200);
+    expect(added).toEqual(["add 5 http://node-5.example:80 https://[::1]:443"]);
   });
 });
 

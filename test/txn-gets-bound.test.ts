@@ -8,7 +8,8 @@ import { commandLevelKey, commandLevelOf } from "../src/kv/apply-plan.ts";
 import { COMMAND_LEVEL, CommandCodecError, decodeCommand, encodeCommand } from "../src/kv/command.ts";
 import { txnSessionGetBytesMax } from "../src/kv/txn.ts";
 import { KvError } from "../src/lib/kv-error.ts";
-import { createMemoryCluster, type MemoryCluster } from "./helpers/memory-cluster.ts";
+import { createMemoryKvStorage } from "../src/storage/memory-storage.ts";
+import { createMemoryCluster, type MemoryCluster, tickMs } from "./helpers/memory-cluster.ts";
 
 const mib = 1024 * 1024;
 
@@ -81,6 +82,36 @@ describe("where it applies", () => {
     expect(answer.results.filter((result) => result.op === "get").map((result) => result.value?.byteLength)).toEqual([mib, mib, mib]);
     for (const id of [1, 2, 3]) expect([id, c.storages.get(id)!.get("w")?.value.byteLength]).toEqual([id, 1]);
   });
+
+  test("one queued in the bounded form when a membership change is proposed before it goes out in the form every release applies, not refused conf_change_pending (found in a code review: the leader's promotion of a learner on its tick refused it)", async () => {
+    const c = createMemoryCluster({ node: { requestTimeoutMs: 5_000 } });
+    cluster = c;
+    await c.until(() => c.leader()?.clusterNonce() !== undefined);
+    const leader = c.leader()!;
+    await c.drive(leader.put("k", new Uint8Array(1)));
+    const view = await c.drive(leader.addMember!(4, "mem://peer-4"));
+    const storage = createMemoryKvStorage();
+    storage.bootstrapJoined(
+      { voters: view.members.filter((m) => m.role === "voter").map((m) => m.id), learners: [4], addresses: view.members.map((m) => ({ id: m.id, peerUrl: m.peerUrl })) },
+      view.configIndex,
+    );
+    c.startNode(4, new Map([[4, "mem://peer-4"]]), storage);
+    // One queued before every tick, until the leader promotes the learner on one of them.
+    const outcomes: Promise<string>[] = [];
+    for (let i = 0; i < 2_000 && leader.members().members.find((m) => m.id === 4)?.role !== "voter"; i++) {
+      outcomes.push(
+        leader.txn({ compare: [], success: [{ op: "put", key: `w${i}`, value: new Uint8Array(1) }, { op: "get", key: "k" }], failure: [] }).then(
+          () => "ok",
+          (error: unknown) => (error instanceof KvError ? `${error.code}: ${error.message}` : String(error)),
+        ),
+      );
+      c.clock.advance(tickMs);
+      await c.settle();
+    }
+    expect(leader.members().members.find((m) => m.id === 4)?.role).toBe("voter");
+    await c.until(() => leader.status().appliedIndex === leader.status().lastLogIndex);
+    expect((await c.drive(Promise.all(outcomes))).filter((outcome) => outcome !== "ok")).toEqual([]);
+  }, 60_000);
 
   test("with a member of an older release (level 2) the leader proposes the form it applies, unbounded as before, and nothing is refused", async () => {
     const c = createMemoryCluster({ commandLevelOf: (id) => (id === 3 ? 2 : COMMAND_LEVEL) });

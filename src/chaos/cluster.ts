@@ -493,7 +493,6 @@ export class ChaosCluster {
   }
 }
 
-/** Thrown at a scenario that starts a process after its cluster was stopped (the run is ending). */
 /** A node that exited before its "started" line: it could not start (a port in use, a damaged data dir). */
 export class NodeStartError extends Error {
   override name = "NodeStartError";
@@ -504,6 +503,7 @@ export class ClusterStartError extends Error {
   override name = "ClusterStartError";
 }
 
+/** Thrown at a scenario that starts a process after its cluster was stopped (the run is ending). */
 export class ChaosClusterStopped extends Error {
   override name = "ChaosClusterStopped";
   constructor() {

@@ -101,16 +101,16 @@ function withinGrace<T>(promise: Promise<T>): Promise<T> {
   return Promise.race([promise, new Promise<never>((_, reject) => setTimeout(() => reject(new Error("no answer in time")), INTERRUPT_GRACE_MS).unref())]);
 }
 
-/**
- * Releases a lock or resigns an office on the way out: when the cluster did not answer, says that it
- * stays held until its lease expires, and exits 3 (found in a black-box review: it waited out two
- * timeouts and exited 0 in silence, the lock still held). Returns when released.
- */
 /** Says on stderr that the cluster raised `--ttl` to its minimum, as `kv lease grant` says it (found in a black-box walkthrough: silent). */
 function sayRaised(askedMs: number, held: { readonly ttlMs: number }): void {
   if (held.ttlMs > askedMs) console.error(`kv: --ttl ${askedMs} ms was raised to ${held.ttlMs} ms, the cluster's shortest lease`);
 }
 
+/**
+ * Releases a lock or resigns an office on the way out: when the cluster did not answer, says that it
+ * stays held until its lease expires, and exits 3 (found in a black-box review: it waited out two
+ * timeouts and exited 0 in silence, the lock still held). Returns when released.
+ */
 async function releaseOrSay(release: () => Promise<boolean>, what: string, held: Pick<LockHandle, "key">, ttlMs: number, exitCode?: number): Promise<void> {
   if (await release()) return;
   console.error(`kv: could not release ${what} (key ${held.key}): no node answered; it stays held until its lease expires, within ${ttlMs} ms`);

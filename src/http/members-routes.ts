@@ -153,10 +153,5 @@ function parseUrl(name: string, value: unknown): string {
     throw new KvError("bad_request", `'${name}' names ${url.hostname}, which is where a node listens, not an address others reach it at: give its host name or IP (kv serve --advertise-peer, --advertise-http)`);
   }
   if (url.port === "0") throw new KvError("bad_request", `'${name}' names port 0, where a node listens on a port the OS picks, not one others reach it at`);
-  // Recorded as written, and compared so by the member that joins with it: only as the parser
-  // writes it back (scheme and host in lower case, no default port), or two spellings of one address
-  // would be two addresses.
-  const written = value.replace(/\/+$/, "");
-  if (written !== url.origin) throw new KvError("bad_request", `'${name}' must be written as ${url.origin}, got ${JSON.stringify(value)}`);
-  return written;
+  return value.replace(/\/+$/, "");
 }

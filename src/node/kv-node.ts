@@ -46,7 +46,7 @@ import type {
 } from "./api.ts";
 import { checkLeaseId, leaseNotFound, leaseTtlMsMin, NodeLeases } from "./leases.ts";
 import { NodeMembership } from "./membership.ts";
-import { Proposals } from "./proposals.ts";
+import { Proposals, type WriteCheck } from "./proposals.ts";
 import { Reads } from "./reads.ts";
 import { SnapshotTransfer } from "./snapshot-transfer.ts";
 import { readTimeoutError, timeoutError } from "./waiter.ts";
@@ -654,8 +654,13 @@ export class KvNode implements KvNodeApi {
     if (getBytes > txnSessionGetBytesMax && !this.retryAnsweredBySession(idempotency.idempotencyKey)) return Promise.reject(tooLarge());
     const bounded = options.idempotencyKey === undefined && txnGets(request) && this.membersRefusal(boundedGets, TXN_GETS_BOUNDED_LEVEL) === undefined;
     const operatorCheck = level > 1 ? this.membersApplyCheck("comparing by operator in a transaction", level) : undefined;
-    const boundCheck = bounded ? this.membersApplyCheck(boundedGets, TXN_GETS_BOUNDED_LEVEL) : undefined;
-    const check = operatorCheck === undefined || boundCheck === undefined ? (operatorCheck ?? boundCheck) : () => operatorCheck() ?? boundCheck();
+    // Bounded when queued, but a member no longer said so (or a membership change began) when it is
+    // proposed: then in the form every release applies, as one not bounded would have gone; it was
+    // refused `conf_change_pending` (found in a code review). Nothing else of it changes.
+    const boundCheck: WriteCheck | undefined = bounded
+      ? () => (this.membersRefusal(boundedGets, TXN_GETS_BOUNDED_LEVEL) === undefined ? undefined : encodeCommand({ op: "txn", compare, success, failure }))
+      : undefined;
+    const check: WriteCheck | undefined = operatorCheck === undefined || boundCheck === undefined ? (operatorCheck ?? boundCheck) : () => operatorCheck() ?? boundCheck();
     return this.write({ op: "txn", compare, success, failure, ...idempotency, ...(bounded ? { getsBounded: true } : {}) }, check).then((result) => {
       if (result.kind === "reused") throw idempotencyKeyReused(options.idempotencyKey);
       // The branch taken puts on a lease that does not exist when the entry applies: nothing applied.
@@ -663,9 +668,9 @@ export class KvNode implements KvNodeApi {
       if (result.kind === "txn-too-large") {
         throw new KvError(
           "too_large",
-          bounded
+          options.idempotencyKey === undefined
             ? `the transaction's gets would have returned ${result.getBytes} bytes when it applied (a value it reads grew after it was sent), more than the ${txnSessionGetBytesMax} one answer may carry: nothing was applied; read large values with GET /kv/{key}`
-            : `the transaction's gets would return ${result.getBytes} bytes, more than the ${txnSessionGetBytesMax} an Idempotency-Key can remember: nothing was applied; read less, or send it without Idempotency-Key`,
+            : `the transaction's gets would return ${result.getBytes} bytes when it applied, more than the ${txnSessionGetBytesMax} one answer (and its Idempotency-Key's session) may carry: nothing was applied; read large values with GET /kv/{key}`,
         );
       }
       assert(result.kind === "txn", `transaction applied as ${result.kind}`);
@@ -1123,7 +1128,7 @@ export class KvNode implements KvNodeApi {
     this.refuseWhenFull();
   }
 
-  private write(command: Command, check?: () => KvError | undefined): Promise<ApplyResult> {
+  private write(command: Command, check?: WriteCheck): Promise<ApplyResult> {
     if (command.op === "delete-prefix") checkClientKey(command.prefix);
     else if (command.op !== "txn") checkClientKey(command.key); // a transaction's keys: checkTxnRequest
     const idem = command.idempotencyKey;

@@ -29,14 +29,19 @@ export const proposalBytesPerTurnMax = 1 << 20;
  */
 export const pendingBytesMax = 8 << 20;
 
+/** See `QueuedWrite.check`. */
+export type WriteCheck = () => KvError | Uint8Array | undefined;
+
 /** A write waiting for the next turn to be proposed. */
 interface QueuedWrite extends Waiter<ApplyResult> {
   readonly data: Uint8Array;
   /**
    * Asked right before the write is handed to the core: an error refuses it then, nothing
-   * proposed (a command only some members apply: what they said may have changed since it queued).
+   * proposed (a command only some members apply: what they said may have changed since it queued);
+   * bytes are proposed in place of `data` (the form every member applies, for a write that needs no
+   * newer one).
    */
-  readonly check?: () => KvError | undefined;
+  readonly check?: WriteCheck;
 }
 
 /**
@@ -69,7 +74,7 @@ export class Proposals {
   }
 
   /** A write carrying `data` (an encoded command), settled when its entry applies; `check` as `QueuedWrite.check`. */
-  enqueue(data: Uint8Array, deadlineMs: number, check?: () => KvError | undefined): Promise<ApplyResult> {
+  enqueue(data: Uint8Array, deadlineMs: number, check?: WriteCheck): Promise<ApplyResult> {
     return new Promise<ApplyResult>((resolve, reject) => {
       this.queued.push({ resolve, reject, deadlineMs, data, ...(check === undefined ? {} : { check }) });
     });
@@ -84,10 +89,11 @@ export class Proposals {
     // Nothing queued, or held back by what is pending: the applies that settle it run turns of their own.
     if (!this.canProposeQueued()) return;
     if (this.queued.some((write) => write.check !== undefined)) {
-      this.queued = this.queued.filter((write) => {
-        const refused = write.check?.();
-        if (refused !== undefined) write.reject(refused);
-        return refused === undefined;
+      this.queued = this.queued.flatMap((write) => {
+        const judged = write.check?.();
+        if (judged instanceof Uint8Array) return [{ resolve: write.resolve, reject: write.reject, deadlineMs: write.deadlineMs, data: judged }];
+        if (judged !== undefined) write.reject(judged);
+        return judged === undefined ? [write] : [];
       });
       // The head may have been refused: the one now first is judged anew (found in review: it went
       // as "the oldest, however large", past pendingBytesMax).

@@ -300,7 +300,9 @@ export async function createServer(config: ServerConfig): Promise<KvServer> {
           throw new ServerStartError(`cannot listen for ${what} on ${address.hostname}:${address.port}: ${taken}; nothing was asked of the cluster`, 1);
         }
       }
-      const httpUrl = listenHttp.port === 0 ? config.advertiseHttp : (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${listenHttp.hostname}:${listenHttp.port}`);
+      // An IPv6 address in brackets, as the client URL after the listener (found in a code review: `http://::1:PORT`).
+      const joinHost = listenHttp.hostname.includes(":") ? `[${listenHttp.hostname}]` : listenHttp.hostname;
+      const httpUrl = listenHttp.port === 0 ? config.advertiseHttp : (config.advertiseHttp ?? `${tls === undefined ? "http" : "https"}://${joinHost}:${listenHttp.port}`);
       try {
         const answer = await joinCluster({
           endpoints: config.join.endpoints,
@@ -675,7 +677,6 @@ function notADirectory(path: string): boolean {
   }
 }
 
-/** Whether `path` exists as something other than a regular file. */
 /** Whether this process may list, read and write `dir` and the database in it (when there is one). */
 function mayReadAndWrite(dir: string): boolean {
   try {
@@ -688,6 +689,7 @@ function mayReadAndWrite(dir: string): boolean {
   }
 }
 
+/** Whether `path` exists as something other than a regular file. */
 function notAFile(path: string): boolean {
   try {
     return !statSync(path).isFile();
