@@ -64,6 +64,16 @@ test("a holder's key another client wrote over just before release() is deleted 
   expect(await next.release()).toBe(true);
 });
 
+test("so too when the holder put a key of its own on the lock's lease: the revoke's count of keys deleted cannot say whether the lock's key went (found in a review of the fix)", async () => {
+  const kv = createClient({ endpoints: urls(), fetch: slowFetch((url) => url.includes("/watch?"), 1_000) });
+  const holder = await kv.lock("attached", { ttlMs: 5_000 });
+  await kv.put("attached-state/owner", "me", { lease: holder.leaseId }); // goes with the lock
+  await createClient({ endpoints: urls() }).put(holder.key, "someone else's write");
+  expect(await holder.release()).toBe(true);
+  expect(await keysUnder("attached-state/")).toEqual([]);
+  expect(await keysUnder("attached/")).toEqual([]);
+});
+
 test("once released, a lock is not said to be held: aliveUntilMs() is at most now", async () => {
   const kv = createClient({ endpoints: urls() });
   const lock = await kv.lock("released", { ttlMs: 5_000 });

@@ -42,6 +42,9 @@ function fakeCluster(options: { compactVersion?: number; refuseEveryWatch?: bool
     async delete(key) {
       keys.delete(key);
     },
+    async get(key) {
+      return keys.get(key) ?? null;
+    },
     reserveWatchRoom: () => () => {},
     async *list(prefix: string) {
       counts.lists++;

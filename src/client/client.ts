@@ -647,6 +647,7 @@ export function createClient(options: ClientOptions): KvClient {
     leases,
     put: (key, value, putOptions) => client.put(key, value, putOptions),
     delete: (key) => client.delete(key),
+    get: (key) => client.get(key),
     list: (prefix) => client.list(prefix),
     // A lock's watches take the room its acquire reserved for it (see reserveWatchRoom).
     watch: (selector, watchOptions) => watchEvents(transport, selector, watchOptions, { counted: false }),

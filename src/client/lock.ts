@@ -76,6 +76,8 @@ export interface LockDeps {
   readonly leases: LeasesApi;
   put(key: string, value: ValueInput, options: { ifVersion: number; lease: number }): Promise<{ readonly version: number }>;
   delete(key: string): Promise<unknown>;
+  /** A linearizable read of `key`: null when absent. */
+  get(key: string): Promise<{ readonly version: number } | null>;
   list(prefix: string): AsyncIterableIterator<{ readonly items: readonly KvEntry[] }>;
   watch(selector: WatchSelector, options: WatchOptions): AsyncIterableIterator<WatchEvent>;
   /**
@@ -146,13 +148,22 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
       // The key, once put, may be off the lease: another client wrote it over (a put detaches it),
       // before or after this holder's watch said so. The revoke or the expiry then left it, and it
       // would stand in the queue ahead of every later contender for ever: deleted too (found in a
-      // code review: a release that came before the holder's watch saw the write left it).
-      const deleteKeyIfLeft = (deletedKeys: number) =>
-        !putSent || deletedKeys > 0 ? true : withinMs(deps.delete(key).then(() => true, () => false), deadlineMs - performance.now(), false);
+      // code review: a release that came before the holder's watch saw the write left it). Read
+      // after the lease is gone: still there, it is off the lease (a revoke's count of keys deleted
+      // cannot tell, when the holder put keys of its own on the lease: found in a second review).
+      const deleteKeyIfLeft = (): boolean | Promise<boolean> => {
+        if (!putSent) return true;
+        const left = deps.get(key).then(
+          (entry) => (entry === null ? true : deps.delete(key).then(() => true, () => false)),
+          () => false,
+        );
+        return withinMs(left, deadlineMs - performance.now(), false);
+      };
       try {
-        return await deleteKeyIfLeft((await deps.leases.revoke(lease.id)).deletedKeys);
+        await deps.leases.revoke(lease.id);
+        return await deleteKeyIfLeft();
       } catch (error) {
-        if (error instanceof KvClientError && error.code === "lease_not_found") return deleteKeyIfLeft(0);
+        if (error instanceof KvClientError && error.code === "lease_not_found") return deleteKeyIfLeft();
         // A revoke of unknown outcome (an attempt lost, then lease_not_found): gone either way if
         // the lease is gone now (found in review: a lock whose lease had run out answered "not
         // released", and kv lock exited 3 saying no node answered).
@@ -161,7 +172,7 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
         if (error instanceof UnknownOutcomeError) {
           const lookup = deps.leases.get(lease.id).then(
             () => false,
-            (answer: unknown) => answer instanceof KvClientError && answer.code === "lease_not_found",
+            (answer: unknown) => answer instanceof KvClientError && answer.code === "lease_not_found" && deleteKeyIfLeft(),
           );
           return withinMs(lookup, deadlineMs - performance.now(), false);
         }
