@@ -485,6 +485,13 @@ describe("KvError codes map to HTTP in one place", () => {
     expect(String(body.message)).toContain("outcome is unknown");
   });
 
+  test("a timeout whose message already says its outcome is unknown does not say it twice (found in a black-box review: 'its outcome is unknown (the outcome is unknown: ...)')", async () => {
+    node.failure = new KvError("timeout", "the write did not complete in 5000 ms; its outcome is unknown");
+    const body = await expectError(await put("/kv/x", "v"), 503, "timeout");
+    expect(String(body.message).split("outcome is unknown").length).toBe(2);
+    expect(String(body.message)).toContain("may or may not have taken effect");
+  });
+
   test("a read's timeout does not say its outcome is unknown: a read changes nothing (found in a black-box review)", async () => {
     node.failure = new KvError("timeout", "the read did not complete in 5000 ms (no leader confirmed it in time); it changed nothing, so retrying is safe");
     const body = await expectError(await call("GET", "/kv/x"), 503, "timeout");

@@ -2,6 +2,7 @@
 // follower acknowledges only entries an fsync has covered, a leader counts its own copy toward
 // commit only after its own fsync, and a node whose fsync fails stops instead of going on.
 import { expect, test } from "bun:test";
+import { StorageError } from "../src/storage/kv-storage.ts";
 import { createMemoryCluster } from "./helpers/memory-cluster.ts";
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -105,6 +106,16 @@ test("a failed fsync stops the node: it never sends what the disk may have lost"
   await runTicks(cluster, 30);
   expect(write.value).toBeUndefined();
   expect(leader.status().commitIndex).toBeLessThan(index);
+});
+
+test("a storage thread's own failure that a sync reports (an entry that does not decode, damage) stops the node as itself, not as a failed fsync (found in a black-box upgrade review: 'fsync failed (...)' for a newer release's entry)", async () => {
+  const { cluster, follower, gate } = await writeWithGatedDisk("follower");
+  await cluster.until(() => gate.pending() > 0);
+  gate.fail(new StorageError("bad_command", "committed entry does not decode: decode: unknown op byte 0x0c in 44 bytes", "kv.db", 39829));
+  await cluster.settle();
+  const fatal = cluster.node(follower).fatalError();
+  expect(fatal?.message).not.toContain("fsync failed");
+  expect(fatal?.message).toContain("unknown op byte 0x0c");
 });
 
 /** Makes `storage`'s applies answer later, as a storage thread does: each waits until released. */

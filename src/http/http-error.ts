@@ -61,8 +61,9 @@ export function errorResponse(error: unknown, request: Request, context: ErrorCo
     case "timeout":
       // A read changes nothing: its timeout says so itself (src/node/waiter.ts).
       if (request.method === "GET" || request.method === "HEAD") return jsonResponse(body("timeout", error.message, details), 503);
+      // Said once: most node timeouts already say their outcome is unknown (found in a black-box review).
       return jsonResponse(
-        body("timeout", `${error.message} (the outcome is unknown: the operation may or may not have taken effect)`, details),
+        body("timeout", `${error.message} (${error.message.includes("outcome is unknown") ? "" : "the outcome is unknown: "}the operation may or may not have taken effect)`, details),
         503,
       );
     case "too_large":

@@ -212,7 +212,13 @@ function stepFor(log: ApplyLogView, entry: Entry): ApplyStep {
           : { kind: "delete", index: entry.index, key: command.key, ...condition };
       } catch (error: unknown) {
         if (!(error instanceof CommandCodecError)) throw error;
-        throw log.badCommand(`committed entry does not decode: ${error.message}`, entry.index, error);
+        // A newer release's command is the likely cause after a downgrade: said with the way back
+        // (found in a black-box upgrade review: nothing named it).
+        throw log.badCommand(
+          `committed entry does not decode: ${error.message} (written by a newer release of kv? run the release the other members run on this node; a node downgraded before it applied everything stops here)`,
+          entry.index,
+          error,
+        );
       }
     }
     case EntryType.ConfChange:
