@@ -422,6 +422,11 @@ test("status: endpoints that answer but refuse (401 without the token) are refus
     expect(mixed.code).toBe(2);
     expect(mixed.out).toContain("unreachable");
     expect((await kv(["status", "--endpoints", "http://127.0.0.1:1"])).code).toBe(3);
+    // Beside one that answers, a refusing one is said as refused, not as silent (found in a review).
+    const partly = await kv(["status", "--endpoints", `${endpoints},http://127.0.0.1:${refusing.port}`]);
+    expect(partly.code).toBe(2);
+    expect(partly.err).toContain(`1 of 4 refused the status: http://127.0.0.1:${refusing.port} (HTTP 401`);
+    expect(partly.err).not.toContain("did not answer");
   } finally {
     refusing.stop(true);
   }

@@ -188,7 +188,8 @@ export class ChaosCluster {
     try {
       await Promise.all(this.nodes.map((node) => this.startNode(node.id)));
     } catch (error) {
-      if (error instanceof NodeStartError) throw new ClusterStartError(`the cluster could not start: ${error.message}`);
+      // Only what the machine refused (a port in use): a node that crashes as it starts is a finding.
+      if (error instanceof NodeStartError && /cannot listen|in use/.test(error.message)) throw new ClusterStartError(`the cluster could not start: ${error.message}`);
       throw error;
     }
   }

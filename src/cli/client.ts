@@ -440,10 +440,14 @@ const statusCommand = defineCommand({
       throw new ClientExit(3, "no endpoint answered");
     }
     // As etcdctl's endpoint status: a script that checks every node learns that one did not answer.
-    const silent = all.filter((s) => s.status === undefined);
-    if (silent.length > 0) {
-      const which = `${silent.length} of ${all.length} endpoints did not answer: ${silent.map((s) => s.endpoint).join(", ")}`;
-      throw new ClientExit(refused === undefined ? 3 : 2, which);
+    const silent = all.filter((s) => s.status === undefined && s.refused !== true);
+    const refusing = all.filter((s) => s.refused === true);
+    if (silent.length > 0 || refusing.length > 0) {
+      const said = [
+        ...(silent.length === 0 ? [] : [`${silent.length} of ${all.length} endpoints did not answer: ${silent.map((s) => s.endpoint).join(", ")}`]),
+        ...(refusing.length === 0 ? [] : [`${refusing.length} of ${all.length} refused the status: ${refusing.map((s) => `${s.endpoint} (${s.error})`).join(", ")}`]),
+      ];
+      throw new ClientExit(refused === undefined ? 3 : 2, said.join("; "));
     }
   },
 });
