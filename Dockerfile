@@ -1,7 +1,7 @@
 # kv as a container image: one node per container, the executable alone on a small glibc base.
 #
-#   docker build -t kv:0.10.0 .
-#   docker run --rm -p 127.0.0.1:8001:8001 -v kv-data:/data kv:0.10.0          # a one-node cluster
+#   docker build -t kv:0.11.0 .
+#   docker run --rm -p 127.0.0.1:8001:8001 -v kv-data:/data kv:0.11.0          # a one-node cluster
 #   docker compose -f deploy/compose.yaml up                                   # the classic three nodes
 #
 # Kubernetes: deploy/kubernetes/ (a StatefulSet of three, `kv serve --id-from-hostname`).

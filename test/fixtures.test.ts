@@ -211,6 +211,34 @@ describe("data dirs of earlier releases", () => {
     }
   });
 
+  test("0.11.0: a data dir with a transaction whose gets are bounded (op 0x0c) opens with every acknowledged write and takes new ones; the entry decodes as written and its level is recorded", async () => {
+    const dataDir = join(scratch, "v0.11.0");
+    cpSync(join(fixtures, "v0.11.0", "node-1"), dataDir, { recursive: true });
+    const storage = openSqliteStorage(dataDir, { nodeId: 1 });
+    try {
+      const [bounded] = storage.entries(13, 14, Number.MAX_SAFE_INTEGER);
+      expect(bounded?.data[0]).toBe(0x0c);
+      expect(decodeCommand(bounded?.data as Uint8Array)).toMatchObject({ op: "txn", getsBounded: true, success: [{ op: "put", key: "bounded" }, { op: "get", key: "greeting" }] });
+      const level = storage.get(commandLevelKey);
+      expect([commandLevelOf(level), level?.version]).toEqual([3, 13]);
+    } finally {
+      storage.close();
+      await storage.released();
+    }
+    const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.11.0.log") });
+    try {
+      await expectSweptState(node.httpUrl);
+      const read = await fetch(`${node.httpUrl}/kv/bounded`);
+      expect([read.status, await read.text(), read.headers.get("x-kv-version")]).toEqual([200, "b", "13"]);
+      const txn = await fetch(`${node.httpUrl}/txn`, { method: "POST", body: JSON.stringify({ success: [{ put: { key: "after-upgrade", value: "new" } }, { get: { key: "bounded" } }] }) });
+      const answer = (await txn.json()) as { version: number; results: unknown[] };
+      expect(answer.version).toBeGreaterThan(13);
+      expect(answer.results[1]).toEqual({ get: { key: "bounded", found: true, value: "b", version: 13 } });
+    } finally {
+      await node.stop();
+    }
+  });
+
   test("0.8.0: a data dir whose applies record the log's durable bytes opens with every acknowledged write and takes new ones; a sector of zeros below that mark is refused as damage, not cut as a torn write", async () => {
     await openSameFiveWrites("0.8.0", 3);
     const damaged = join(scratch, "v0.8.0-damaged");
