@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { answerOutcome } from "../src/client/outcome.ts";
 import { errorResponse } from "../src/http/http-error.ts";
 import { KvError, type KvErrorCode } from "../src/lib/kv-error.ts";
-import { expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import type { Operation } from "../src/chaos/history.ts";
 import type { NodeId } from "../src/raft/types.ts";
 import { checkLinearizable } from "../src/chaos/linearizability.ts";
@@ -1051,5 +1051,52 @@ test("a leader removed while cut off and stalled, whose process runs on at anoth
     // The older process still leads the term it led as the member: checked after every event.
     expect(sim.ghosts.get(address)?.node?.status()).toMatchObject({ role: "leader", term });
     await sim.runUntil(sim.nowMs + 500);
+  });
+});
+
+describe("checkers a review found blind (each scenario passed unseen before)", () => {
+  test("an older process of a re-added id and the new process of that id draw different random streams (their read nonces were equal: production's never are)", async () => {
+    await withSim(quietSim(68, { nodeCount: 5 }), async (sim) => {
+      const leader = await settledLeader(sim);
+      const victim = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+      sim.network.isolate(victim);
+      await settled(sim, sim.removeMember(victim, () => leader), 5_000);
+      const address = sim.detach(victim) as number;
+      await settled(sim, sim.join(victim, () => leader), 10_000);
+      const nonceOf = (node: unknown) => (node as { reads: { nonce: string } }).reads.nonce;
+      expect(nonceOf(nodeOf(sim, victim))).not.toBe(nonceOf(sim.ghosts.get(address)?.node));
+    });
+  });
+
+  test("a restarted process that leads the term its previous life led is a second leader of that term (as a power loss that forgot its term would allow)", async () => {
+    const sim = quietSim(69);
+    try {
+      const leader = await settledLeader(sim);
+      const term = nodeOf(sim, leader).raftStatus().term;
+      await sim.runUntil(sim.nowMs + 50);
+      sim.crash(leader, false);
+      sim.restart(leader);
+      const node = nodeOf(sim, leader);
+      const real = node.raftStatus.bind(node);
+      node.raftStatus = () => ({ ...real(), role: "leader", term });
+      await expect(sim.runUntil(sim.nowMs + 30)).rejects.toThrow("election safety");
+    } finally {
+      sim.stop();
+    }
+  });
+
+  test("a candidate's vote request that leaves before its term and its own vote are on disk breaks vote durability", async () => {
+    const sim = quietSim(70);
+    try {
+      const leader = await settledLeader(sim);
+      const candidate = [...sim.servers.keys()].find((id) => id !== leader) as NodeId;
+      const durable = diskOf(sim, candidate).durable().initialState().hardState;
+      // Handed to the transport as a candidate does, for a term its disk has never seen.
+      const transport = (nodeOf(sim, candidate) as unknown as { transport: { send(messages: unknown[]): void } }).transport;
+      transport.send([{ type: "vote", from: candidate, to: leader, term: durable.term + 5, lastLogIndex: 0, lastLogTerm: 0, transfer: false }]);
+      await expect(sim.runUntil(sim.nowMs + 30)).rejects.toThrow("vote durability");
+    } finally {
+      sim.stop();
+    }
   });
 });

@@ -70,6 +70,8 @@ interface SimEvent {
 /** One simulated server: its process (a real KvNode) while it runs, its disk always. */
 interface SimServer {
   readonly id: NodeId;
+  /** How many servers of this id were made before this one (a re-added id's: see `detach`). */
+  readonly generation: number;
   /**
    * Where its process is reached, and the key the simulator runs it by: its id, except for an
    * older process of an id removed and added again (see `NodeSim.detach`).
@@ -158,11 +160,13 @@ export class NodeSim {
   private readonly inflight = new Map<number, { clientId: number; kind: Operation["kind"]; key: string; value?: string; ifVersion?: number; callMs: number }>();
   // ---- Checker state ----
   /**
-   * term → the server whose process led it (two processes of one id are two leaders). By server,
-   * not address: an older process keeps leading the term it led as its id once `detach` moved it
-   * (found in the swarm: seed 773 called it a second leader of its own term).
+   * term → the process that led it: its server and incarnation (two processes of one id, or two
+   * lives of one server, are two leaders). By server, not address: an older process keeps leading
+   * the term it led as its id once `detach` moved it (found in the swarm: seed 773 called it a
+   * second leader of its own term). By incarnation too: a life after a power loss that forgot its
+   * term and led it again was one server, and went unseen (found in a review).
    */
-  private readonly leaderOfTerm = new Map<number, SimServer>();
+  private readonly leaderOfTerm = new Map<number, { readonly server: SimServer; readonly incarnation: number }>();
   /** index → `${term}:${data}` of the entry committed there, as first seen on any node. */
   private readonly committed = new Map<number, string>();
   /** Each leader's term and commit index after the last event, by its server (see `checkCommitDurable`). */
@@ -245,6 +249,8 @@ export class NodeSim {
     for (const id of voters) this.start(id);
   }
 
+  /** Servers made per id so far: a re-added id's new server draws apart from its older one (see `SimServer.generation`). */
+  private readonly serversMadeFor = new Map<NodeId, number>();
   /** Draws each server's clock drift and wall-clock skew, apart from the rest. */
   private readonly clockPrng: Prng;
 
@@ -284,7 +290,9 @@ export class NodeSim {
     });
     const clockRate = 1 + (2 * this.clockPrng.next() - 1) * this.opts.clockDriftMax;
     const wallSkewMs = this.clockPrng.intInclusive(-5_000, 5_000);
-    server = { id, address: id, disk, peers, lifecycle, node: undefined, turns: [], deferred: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
+    const generation = this.serversMadeFor.get(id) ?? 0;
+    this.serversMadeFor.set(id, generation + 1);
+    server = { id, generation, address: id, disk, peers, lifecycle, node: undefined, turns: [], deferred: [], stalledUntilMs: 0, clockRate, wallSkewMs, incarnation: 0, fsyncMs: undefined, unsyncedSavesKept: undefined, storageThreadMs: undefined, checkedIndex: 0, voteHoldRecorded: false };
     this.servers.set(id, server);
     return server;
   }
@@ -450,7 +458,9 @@ export class NodeSim {
       httpUrl: httpUrlOf(id),
       storage: server.disk,
       clock: this.clockOf(server),
-      prng: createPrng((this.opts.seed * 31 + id * 7919 + server.incarnation * 104729) >>> 0),
+      // The generation apart: a re-added id's new process drew the same numbers (read nonces,
+      // timeouts) as its older one, which production's processes never do (found in a review).
+      prng: createPrng((this.opts.seed * 31 + id * 7919 + server.incarnation * 104729 + server.generation * 15485863) >>> 0),
       tickMs: this.opts.tickMs,
       electionTicks: this.opts.electionTicks,
       heartbeatTicks: this.opts.heartbeatTicks,
@@ -1035,8 +1045,11 @@ export class NodeSim {
       this.traceHash = fnv1aMixInts(this.traceHash, server.address, status.role.charCodeAt(0), status.term, status.commitIndex, status.appliedIndex, status.lastLogIndex);
       if (status.role === "leader") {
         const other = this.leaderOfTerm.get(status.term);
-        if (other !== undefined && other !== server) throw new SimViolation(`election safety: ${this.processName(other.address)} and ${this.processName(server.address)} both lead term ${status.term}`);
-        this.leaderOfTerm.set(status.term, server);
+        if (other !== undefined && (other.server !== server || other.incarnation !== server.incarnation)) {
+          const life = (process: { readonly incarnation: number }) => `(life ${process.incarnation})`;
+          throw new SimViolation(`election safety: ${this.processName(other.server.address)} ${life(other)} and ${this.processName(server.address)} ${life(server)} both lead term ${status.term}`);
+        }
+        this.leaderOfTerm.set(status.term, { server, incarnation: server.incarnation });
         const before = this.leaderCommit.get(server);
         const voters = node.members().members.filter((member) => member.role === "voter").map((member) => member.id);
         // The commit may have been counted under the configuration before a change this event applied.
@@ -1107,6 +1120,15 @@ export class NodeSim {
    */
   private checkVotesDurable(from: number, messages: readonly Message[]): void {
     for (const message of messages) {
+      if (message.type === "vote") {
+        // A candidate's request carries its own vote in its term: on disk before it leaves, or a
+        // power loss lets it campaign in that term again, and lead it twice (found in a review: no
+        // check saw it, with waitsForDisk the only guard).
+        const own = this.processAt(from)?.disk.durable().initialState().hardState;
+        if (own === undefined || own.term > message.term || (own.term === message.term && own.vote === message.from)) continue;
+        this.raise(new SimViolation(`vote durability: ${this.processName(from)} asked for term-${message.term} votes with only term ${own.term} vote ${own.vote} on disk`));
+        continue;
+      }
       if (message.type !== "vote-response" || !message.granted) continue;
       const hard = this.processAt(from)?.disk.durable().initialState().hardState;
       if (hard === undefined || hard.term > message.term || (hard.term === message.term && hard.vote === message.to)) continue;
