@@ -5,7 +5,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { type Entry, type LostLog, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
+import { type Entry, type HardState, type LostLog, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   COMMAND_LEVEL_RELEASES,
   DELETE_PREFIX_LEVEL,
@@ -258,6 +258,10 @@ export class KvNode implements KvNodeApi {
   private durableReadies = 0;
   /** The last log entry written: reported to the core once an fsync covering it returns. */
   private lastWrittenEntry: { index: number; term: number } | undefined;
+  /** The hard state of the last Ready written that had one (its term and vote reach the core once durable). */
+  private lastWrittenHard: HardState | undefined;
+  /** A hard state an fsync made durable, for the core at the start of the next turn (see `RawNode.hardStatePersisted`). */
+  private durableHard: HardState | undefined;
   /** Set while an fsync runs on the storage's thread. */
   private syncing = false;
   /** An entry an fsync made durable, for the core at the start of the next turn. */
@@ -1276,6 +1280,11 @@ export class KvNode implements KvNodeApi {
         this.durableEntry = undefined;
         this.raw.persisted(durable.index, durable.term);
       }
+      const durableHard = this.durableHard;
+      if (durableHard !== undefined) {
+        this.durableHard = undefined;
+        this.raw.hardStatePersisted(durableHard);
+      }
       // Time first: a lease judged by this turn's reads must have aged by every tick that passed.
       this.catchUpClock();
       this.stepInbox();
@@ -1315,8 +1324,9 @@ export class KvNode implements KvNodeApi {
     this.syncing = true;
     const readies = this.writtenReadies;
     const entry = this.lastWrittenEntry;
+    const hard = this.lastWrittenHard;
     this.cfg.storage.sync().then(
-      () => this.synced(readies, entry),
+      () => this.synced(readies, entry, hard),
       (error: unknown) => {
         this.syncing = false;
         if (this.stopped) return;
@@ -1334,11 +1344,12 @@ export class KvNode implements KvNodeApi {
   }
 
   /** An fsync returned: the messages it covers leave, and the core hears of its entry next turn. */
-  private synced(readies: number, entry: { index: number; term: number } | undefined): void {
+  private synced(readies: number, entry: { index: number; term: number } | undefined, hard: HardState | undefined): void {
     this.syncing = false;
     if (this.stopped) return;
     this.durableReadies = Math.max(this.durableReadies, readies);
     if (entry !== undefined) this.durableEntry = entry;
+    if (hard !== undefined) this.durableHard = hard;
     let released = 0;
     while (released < this.held.length && this.held[released]!.readies <= this.durableReadies) released++;
     if (released > 0) {
@@ -1405,6 +1416,7 @@ export class KvNode implements KvNodeApi {
         if (ready.mustSync) this.writtenReadies++;
         const lastEntry = ready.entries[ready.entries.length - 1];
         if (lastEntry !== undefined) this.lastWrittenEntry = { index: lastEntry.index, term: lastEntry.term };
+        if (ready.hardState !== undefined) this.lastWrittenHard = ready.hardState;
         if (work.early.length > 0) {
           this.startSync();
           this.sendEarly(work.early);
