@@ -1100,3 +1100,49 @@ describe("checkers a review found blind (each scenario passed unseen before)", (
     }
   });
 });
+
+test("a single voter's new term is on disk before its appends reach a learner: a power loss right after its election cannot make it lead that term again over a learner holding the term's entries (found in a code review of the Raft core: the learner kept another entry at the same index and term, and committed it)", async () => {
+  const sim = quietSim(71, { nodeCount: 1 });
+  try {
+    expect(await sim.runUntilTrue(() => sim.leader() === 1, 5_000)).toBe(true);
+    expect((await sim.awaitAnswer(sim.callOperation(1, 1, "put", "settle"), 5_000)).outcome).toBe("ok");
+    const joined = { done: false };
+    void sim.join(2, () => 1).then(() => (joined.done = true));
+    expect(await sim.runUntilTrue(() => joined.done, 5_000)).toBe(true);
+    expect(nodeOf(sim, 1).raftStatus().role).toBe("leader");
+    // It restarts with a slow disk, campaigns alone, and proposes at once.
+    sim.servers.get(1)!.fsyncMs = 400;
+    sim.crash(1, false);
+    sim.restart(1);
+    void sim.callOperation(1, 1, "put", "p1");
+    await sim.runUntil(sim.nowMs + 100);
+    // Power loss before its fsync: the term, the no-op and p1 are gone from its disk.
+    sim.servers.get(1)!.unsyncedSavesKept = 0;
+    sim.crash(1, true);
+    sim.servers.get(1)!.fsyncMs = undefined;
+    sim.restart(1);
+    void sim.callOperation(1, 1, "put", "p2");
+    await sim.runUntil(sim.nowMs + 500);
+    await sim.healAndCheck(["settle", "p1", "p2"], 20_000);
+  } finally {
+    sim.stop();
+  }
+}, 60_000);
+
+test("a learner whose acks come a little after the quorum's is promoted while writes keep coming (found in a code review of the Raft core: it was judged against the commit index of the very tick, always a few entries ahead, and stayed a learner)", async () => {
+  await withSim(quietSim(81, { snapshotEntries: 100_000, snapshotCatchUpEntries: 50_000 }), async (sim) => {
+    await settledLeader(sim);
+    const joined = { done: false };
+    void sim.join(4, () => sim.leader()!).then(() => (joined.done = true));
+    sim.servers.get(4)!.fsyncMs = 25; // its acks come about 25 ms after the quorum's
+    const promoted = () => sim.servers.get(sim.leader() ?? 1)?.node?.members().members.some((m) => m.id === 4 && m.role === "voter") === true;
+    // A write every 5 ms (200 a second: a light load) until it is promoted, for 5 s at most.
+    for (let i = 0; i < 1_000 && !promoted(); i++) {
+      const leader = sim.leader();
+      if (leader !== undefined) void sim.callOperation(1, leader, "put", `k${i % 20}`);
+      await sim.runUntil(sim.nowMs + 5);
+    }
+    expect(joined.done).toBe(true);
+    expect(promoted()).toBe(true);
+  });
+}, 120_000);
