@@ -277,6 +277,13 @@ export class SimWatchers {
       referenceUnavailable: this.referenceUnavailable,
     });
     if (checked.length === 0) return stats();
+    // Before any reference: every event each watcher got comes once and in version order, those
+    // before a reference's start too (a review found a quarter of the events judged by nothing,
+    // when no member's history reached back to the earliest start).
+    for (const w of checked) {
+      const problem = outOfOrderOrRepeated(w.events);
+      if (problem !== undefined) throw new SimViolation(`watch check failed: ${w.label} ${problem}`);
+    }
     let referenceAfter = Math.min(...checked.map((w) => w.startAfter));
     let reference: WatchEvent[] | undefined;
     let furthest: { id: NodeId; compactVersion: number } | undefined;
@@ -335,6 +342,20 @@ export class SimWatchers {
   digestText(): string {
     return this.watchers.map((w) => `${w.label}:${w.startAfter}:${w.reached}:${w.events.map((e) => `${e.version}${e.kind[0]}${e.key}=${e.value ?? ""}`).join(",")}`).join("|");
   }
+}
+
+/** What is wrong with a watcher's events as a stream must give them (versions never going back, no change twice), if anything. */
+export function outOfOrderOrRepeated(events: readonly WatchEvent[]): string | undefined {
+  let version = 0;
+  const atVersion = new Set<string>();
+  for (const event of events) {
+    if (event.version < version) return `got version ${event.version} (${event.key}) after ${version}`;
+    if (event.version > version) atVersion.clear();
+    version = event.version;
+    if (atVersion.has(event.key)) return `got ${event.key} at version ${version} twice`;
+    atVersion.add(event.key);
+  }
+  return undefined;
 }
 
 /**
