@@ -283,7 +283,10 @@ export function createHttpHandler(node: KvNodeApi, options: HttpHandlerOptions =
     if (authToken === undefined || route === "/health") return undefined;
     if (options.metricsOpen === true && (route === "/status" || route === "/metrics")) return undefined;
     const header = request.headers.get("authorization");
-    if (header === null) return refused(request, "no bearer token", "this node requires a bearer token: send Authorization: Bearer <token>");
+    if (header === null) {
+      // curl -L drops the header when a follower's 307 names another host or port (found in a black-box walkthrough).
+      return refused(request, "no bearer token", "this node requires a bearer token: send Authorization: Bearer <token> (curl -L drops it on a redirect to another node: use --location-trusted)");
+    }
     const match = /^Bearer +(\S+) *$/i.exec(header);
     if (match === null) return refused(request, "an Authorization header that is not Bearer <token>", "the Authorization header must be: Bearer <token>");
     if (!secretsEqual(match[1] as string, authToken)) return refused(request, "a wrong bearer token", "the bearer token is wrong");
