@@ -5,7 +5,7 @@ import { KvError } from "../lib/kv-error.ts";
 import type { Prng } from "../lib/prng.ts";
 import { defaultRaftLimits } from "../raft/raft.ts";
 import { RawNode } from "../raft/raw-node.ts";
-import { type Entry, type HardState, type LostLog, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
+import { type Entry, type LostLog, waitsForDisk, type Message, type NodeId, type Ready, type SnapshotToInstall } from "../raft/types.ts";
 import {
   COMMAND_LEVEL_RELEASES,
   DELETE_PREFIX_LEVEL,
@@ -62,6 +62,8 @@ interface BlockedReady {
   early: readonly Message[];
   readonly late: readonly Message[];
   stage: "install" | "save" | "apply" | "advance";
+  /** Every message of it waits for the fsync, not only votes and acks (a new term or vote not yet on disk: see `handleReady`). */
+  readonly holdAll?: boolean;
   /** Its committed entries went to an apply answered later: the core counts them applied when it answers. */
   applyConfirmedLater?: boolean;
 }
@@ -258,10 +260,13 @@ export class KvNode implements KvNodeApi {
   private durableReadies = 0;
   /** The last log entry written: reported to the core once an fsync covering it returns. */
   private lastWrittenEntry: { index: number; term: number } | undefined;
-  /** The hard state of the last Ready written that had one (its term and vote reach the core once durable). */
-  private lastWrittenHard: HardState | undefined;
-  /** A hard state an fsync made durable, for the core at the start of the next turn (see `RawNode.hardStatePersisted`). */
-  private durableHard: HardState | undefined;
+  /** The term and vote last written (a Ready's hard state), to tell a Ready that changes them. */
+  private writtenTermVote: { term: number; vote: NodeId } | undefined;
+  /**
+   * `writtenReadies` once the newest term or vote was written: until `durableReadies` reaches it,
+   * no message leaves (see `handleReady`).
+   */
+  private termVoteDurableAt = 0;
   /** Set while an fsync runs on the storage's thread. */
   private syncing = false;
   /** An entry an fsync made durable, for the core at the start of the next turn. */
@@ -395,6 +400,9 @@ export class KvNode implements KvNodeApi {
       holdVotesTicksMax: Math.ceil(voteHoldMsMax / cfg.tickMs),
       votesHeldAtStart: cfg.voteHold?.recorded === true,
     });
+    // As the disk holds them (the core starts from its hard state).
+    const startedAt = this.raw.basicStatus();
+    this.writtenTermVote = { term: startedAt.term, vote: startedAt.vote };
     this.voteHoldRecorded = cfg.voteHold?.recorded === true;
     if (this.raw.votesHeld() && cfg.voteHold !== undefined && !this.voteHoldRecorded) {
       cfg.voteHold.record(true);
@@ -1280,11 +1288,6 @@ export class KvNode implements KvNodeApi {
         this.durableEntry = undefined;
         this.raw.persisted(durable.index, durable.term);
       }
-      const durableHard = this.durableHard;
-      if (durableHard !== undefined) {
-        this.durableHard = undefined;
-        this.raw.hardStatePersisted(durableHard);
-      }
       // Time first: a lease judged by this turn's reads must have aged by every tick that passed.
       this.catchUpClock();
       this.stepInbox();
@@ -1324,9 +1327,8 @@ export class KvNode implements KvNodeApi {
     this.syncing = true;
     const readies = this.writtenReadies;
     const entry = this.lastWrittenEntry;
-    const hard = this.lastWrittenHard;
     this.cfg.storage.sync().then(
-      () => this.synced(readies, entry, hard),
+      () => this.synced(readies, entry),
       (error: unknown) => {
         this.syncing = false;
         if (this.stopped) return;
@@ -1344,12 +1346,11 @@ export class KvNode implements KvNodeApi {
   }
 
   /** An fsync returned: the messages it covers leave, and the core hears of its entry next turn. */
-  private synced(readies: number, entry: { index: number; term: number } | undefined, hard: HardState | undefined): void {
+  private synced(readies: number, entry: { index: number; term: number } | undefined): void {
     this.syncing = false;
     if (this.stopped) return;
     this.durableReadies = Math.max(this.durableReadies, readies);
     if (entry !== undefined) this.durableEntry = entry;
-    if (hard !== undefined) this.durableHard = hard;
     let released = 0;
     while (released < this.held.length && this.held[released]!.readies <= this.durableReadies) released++;
     if (released > 0) {
@@ -1378,6 +1379,16 @@ export class KvNode implements KvNodeApi {
     // the last to return as a follower's); otherwise they leave at once. The leader counts its own
     // copy toward commit once the fsync covering it returns; votes and acks wait for that fsync too
     // (`waitsForDisk`, `held`), and the rest leave after the write.
+    // No message leaves before the newest term and vote are on disk, as etcd's Ready contract says:
+    // the only voter leads at once, with no vote request to wait for the disk, and its appends left
+    // before its new term was durable; a power loss then let it lead that term again, over a learner
+    // that held the first life's entries of it, which then committed another entry at the same
+    // index and term (found in a code review of the Raft core). Every message then waits (`held`).
+    const hard = ready.hardState;
+    const termVoteChanges = hard !== undefined && (hard.term !== this.writtenTermVote?.term || hard.vote !== this.writtenTermVote.vote);
+    if (termVoteChanges || this.durableReadies < this.termVoteDurableAt) {
+      return this.carryOut({ ready, early: [], late: ready.messages, stage: ready.snapshot !== undefined ? "install" : "save", holdAll: true });
+    }
     const early = ready.messages.filter((m) => m.type === "append" || m.type === "heartbeat");
     const late = early.length === 0 ? ready.messages : ready.messages.filter((m) => m.type !== "append" && m.type !== "heartbeat");
     const writeFirst = early.length > 0 && ready.entries.length > 0 && ready.snapshot === undefined;
@@ -1414,18 +1425,22 @@ export class KvNode implements KvNodeApi {
         this.cfg.storage.save(ready.hardState, ready.entries, false);
         work.stage = "apply";
         if (ready.mustSync) this.writtenReadies++;
+        const hard = ready.hardState;
+        if (hard !== undefined && (hard.term !== this.writtenTermVote?.term || hard.vote !== this.writtenTermVote.vote)) {
+          this.writtenTermVote = { term: hard.term, vote: hard.vote };
+          this.termVoteDurableAt = this.writtenReadies;
+        }
         const lastEntry = ready.entries[ready.entries.length - 1];
         if (lastEntry !== undefined) this.lastWrittenEntry = { index: lastEntry.index, term: lastEntry.term };
-        if (ready.hardState !== undefined) this.lastWrittenHard = ready.hardState;
         if (work.early.length > 0) {
           this.startSync();
           this.sendEarly(work.early);
           work.early = [];
         }
         if (work.late.length > 0) {
-          const waiting = this.durableReadies < this.writtenReadies ? work.late.filter(waitsForDisk) : [];
+          const waiting = this.durableReadies >= this.writtenReadies ? [] : work.holdAll === true ? work.late : work.late.filter(waitsForDisk);
           if (waiting.length > 0) this.held.push({ messages: waiting, readies: this.writtenReadies, calls: this.callsStepped });
-          this.sendMessages(waiting.length === 0 ? work.late : work.late.filter((message) => !waitsForDisk(message)));
+          if (waiting !== work.late) this.sendMessages(waiting.length === 0 ? work.late : work.late.filter((message) => !waitsForDisk(message)));
         }
       }
       if (work.stage === "apply") {

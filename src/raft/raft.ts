@@ -456,11 +456,8 @@ export class Raft {
     else this.becomeCandidate();
     this.votes.set(this.id, true);
     if (this.quorum() === 1) {
-      // The only voter leads once its term and its vote for itself are on disk
-      // (`hardStatePersisted`), as others' votes come only after its request, which waits for the
-      // disk: leading at once, a power loss before that fsync let it lead the same term again, over
-      // a learner that held the first life's entries of it (found in a code review).
       if (kind === "pre-vote") this.startElection("vote", transfer);
+      else this.becomeLeader();
       return;
     }
     const term = kind === "pre-vote" ? this.term + 1 : this.term;
@@ -1131,16 +1128,6 @@ export class Raft {
     if (this.role !== "leader" || !this.log.matchTerm(index, term)) return;
     const own = this.progress.get(this.id);
     if (own !== undefined && own.maybeUpdate(index)) this.maybeCommit();
-  }
-
-  /**
-   * The driver made this hard state durable: the only voter, campaigning in its term, leads now
-   * (see `startElection`). A report of an earlier term or another vote changes nothing.
-   */
-  hardStatePersisted(hard: HardState): void {
-    if (this.role !== "candidate" || this.preCandidate || hard.term !== this.term || hard.vote !== this.id) return;
-    if (this.quorum() !== 1 || !this.isVoter(this.id)) return;
-    this.becomeLeader();
   }
 
   /** Commits the highest index a quorum holds, if it is of the current term (§5.4.2). */

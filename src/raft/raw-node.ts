@@ -262,7 +262,6 @@ export class RawNode {
       if (!applyConfirmedLater) this.raft.log.appliedTo(lastCommitted.index);
     }
     if (durable && lastEntry !== undefined) this.raft.persisted(lastEntry.index, lastEntry.term);
-    if (durable && ready.hardState !== undefined) this.raft.hardStatePersisted(ready.hardState);
   }
 
   /**
@@ -277,10 +276,5 @@ export class RawNode {
   /** The log is on disk up to (`index`, `term`), written by Readies advanced without `durable`. */
   persisted(index: number, term: number): void {
     this.raft.persisted(index, term);
-  }
-
-  /** `hard`, saved by a Ready advanced without `durable`, is on disk. */
-  hardStatePersisted(hard: HardState): void {
-    this.raft.hardStatePersisted(hard);
   }
 }

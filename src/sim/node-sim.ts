@@ -1043,7 +1043,10 @@ export class NodeSim {
       if (node === undefined) continue;
       const status = node.raftStatus();
       this.traceHash = fnv1aMixInts(this.traceHash, server.address, status.role.charCodeAt(0), status.term, status.commitIndex, status.appliedIndex, status.lastLogIndex);
-      if (status.role === "leader") {
+      // A leadership counts once its term is on the leader's disk: before, it has done nothing (no
+      // message leaves, kv-node.ts handleReady, and nothing commits without that fsync), and the only
+      // voter, leading at once, may lead the same term again after a power loss, as etcd's would.
+      if (status.role === "leader" && server.disk.durable().initialState().hardState.term >= status.term) {
         const other = this.leaderOfTerm.get(status.term);
         if (other !== undefined && (other.server !== server || other.incarnation !== server.incarnation)) {
           const life = (process: { readonly incarnation: number }) => `(life ${process.incarnation})`;
