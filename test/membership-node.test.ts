@@ -289,6 +289,7 @@ describe("a node's own membership, outside the log's replay (fake host)", () => 
       deadline: () => Number.POSITIVE_INFINITY,
       scheduleTurn: () => undefined,
       stopped: () => false,
+      tickMs: 10,
       removed: () => undefined,
     };
     return { host, logged, record: (membership: Membership) => (recorded = membership) };

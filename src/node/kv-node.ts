@@ -386,6 +386,7 @@ export class KvNode implements KvNodeApi {
       deadline: () => this.deadline(),
       scheduleTurn: () => this.scheduleTurn(),
       stopped: () => this.stopped,
+      tickMs: cfg.tickMs,
       removed: () => this.watches.endAll("this node was removed from the cluster; resume from your last id on another node"),
     });
     this.raw = new RawNode({

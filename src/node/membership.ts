@@ -42,12 +42,18 @@ export interface MembershipHost {
   deadline(): number;
   scheduleTurn(): void;
   stopped(): boolean;
+  /** Length of one tick in ms: the promotion lag is counted in time, not ticks (see `maybePromoteLearner`). */
+  readonly tickMs: number;
   /** This node has just learned it was removed: what it serves from its own state (watch streams) ends. */
   removed(): void;
 }
 
-/** A learner caught up with the leader's commit index of this many ticks ago is promoted (100 ms by default). */
-const promotionLagTicks = 10;
+/**
+ * A learner caught up with the leader's commit index of about this long ago is promoted: kept as
+ * that many ticks of commit indexes (at least two), so --tick-ms 1 or 100 keep the same lag (found in
+ * a review: counted in ticks, it was 10 ms at --tick-ms 1, and a learner 25 ms behind stayed one).
+ */
+const promotionLagMs = 100;
 
 /**
  * Membership (thesis §4.1, one server at a time): the configuration recorded at start, changes
@@ -380,7 +386,7 @@ export class NodeMembership {
   }
 
   /**
-   * The leader promotes a learner whose log has caught up with its commit index of a few ticks ago
+   * The leader promotes a learner whose log has caught up with its commit index of ~100 ms ago
    * (one change at a time). Of this very tick, a learner whose acks come a little after the
    * quorum's (a slower disk, a longer link) was never promoted under steady writes: always a few
    * entries behind (found in a code review: not after 5 s, 25 ms behind at 200 writes a second).
@@ -391,7 +397,7 @@ export class NodeMembership {
     if (status.role !== "leader") this.recentCommits.length = 0;
     else {
       this.recentCommits.push(status.commit);
-      if (this.recentCommits.length > promotionLagTicks) this.recentCommits.shift();
+      if (this.recentCommits.length > Math.max(2, Math.round(promotionLagMs / this.host.tickMs))) this.recentCommits.shift();
     }
     if (status.role !== "leader" || this.pending !== undefined || this.host.stopped()) return;
     const caughtUpTo = this.recentCommits[0] ?? status.commit;
