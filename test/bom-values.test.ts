@@ -2,28 +2,15 @@
 // it crosses JSON or text: transaction results, the client's transaction puts and comparisons, a value's
 // text in the client library. A TextDecoder drops a leading BOM unless told not to (found in a code
 // review of transactions: the client stored "\uFEFFA" as "A", and a comparison with it failed).
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { beforeAll, expect, test } from "bun:test";
 import { createClient } from "../src/client/index.ts";
 import { jsonValue } from "../src/lib/json-value.ts";
-import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+import { serverClusterForSuite } from "./helpers/server-cluster.ts";
 
-let dir: string;
-let cluster: ServerCluster;
+const clusterOf = serverClusterForSuite({ size: 1, dirPrefix: "kv-bom-" });
 let url: string;
-
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kv-bom-"));
-  cluster = createServerCluster({ size: 1, baseDir: dir });
-  await cluster.start();
-  await cluster.waitForLeader();
-  url = cluster.node(1).httpUrl;
-});
-afterAll(async () => {
-  await cluster.stop();
-  rmSync(dir, { recursive: true, force: true });
+beforeAll(() => {
+  url = clusterOf().node(1).httpUrl;
 });
 
 const withBom = new Uint8Array([0xef, 0xbb, 0xbf, 0x41]); // "\uFEFFA" in UTF-8

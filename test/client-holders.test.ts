@@ -4,26 +4,12 @@
 // not held once released; a keeper's keepalive attempts are sized by the lease's time left, not cut
 // to a quarter of the client's timeoutMs; and a watch does not begin on an endpoint the client
 // found silent.
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { expect, test } from "bun:test";
 import { createClient } from "../src/client/index.ts";
-import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
+import { serverClusterForSuite } from "./helpers/server-cluster.ts";
 
-let dir: string;
-let cluster: ServerCluster;
-beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kv-client-holders-"));
-  cluster = createServerCluster({ size: 3, baseDir: dir });
-  await cluster.start();
-  await cluster.waitForLeader();
-});
-afterAll(async () => {
-  await cluster.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
-const urls = () => cluster.nodes.map((n) => cluster.node(n.id).httpUrl);
+const clusterOf = serverClusterForSuite({ size: 3, dirPrefix: "kv-client-holders-" });
+const urls = () => clusterOf().nodes.map((n) => clusterOf().node(n.id).httpUrl);
 
 /** `fetch`, with `delay` before (or after, for `after`) each request whose URL `matches`. */
 function slowFetch(matches: (url: string) => boolean, delayMs: number, after = false): typeof fetch {
