@@ -458,6 +458,9 @@ async function watchEndWithPort2Down(port2DownFor: number): Promise<{ error: unk
 test("`compacted` only once every endpoint answered 410: one that was down for a moment is asked again first (found in review)", async () => {
   const { error, asked } = await watchEndWithPort2Down(2);
   expect((error as KvClientError).code).toBe("compacted");
+  // Said of every endpoint asked, not of "this node" (found in a black-box walkthrough: kv watch printed the node's words).
+  expect((error as KvClientError).message).toBe("changes at or below version 129 are kept on none of the 3 endpoints that answered (start from version 130 or later; re-read and watch again)");
+  expect((error as KvClientError).details.compactVersion).toBe(130);
   // Node 2 answered (410) before the watch gave up.
   expect(asked.filter((port) => port === "2").length).toBe(3);
   expect(asked.at(-1)).toBe("2");

@@ -176,6 +176,8 @@ async function* resumingStream(
   // in review, a node down for a moment was skipped); it is given up on after two passes of 410s.
   const compactedBy = new Set<string>();
   let compactedAnswers = 0;
+  /** The oldest start any endpoint that answered 410 serves. */
+  let oldestStart: number | undefined;
   // Each distinct failure since the stream was last served.
   const failures = new FailureTally(endpoints.length * 2);
 
@@ -216,7 +218,19 @@ async function* resumingStream(
             // Another node's history may still reach back far enough; when none does, the caller must re-read.
             compactedBy.add(endpoint);
             compactedAnswers++;
-            if (compactedBy.size >= endpoints.length || compactedAnswers >= 2 * endpoints.length) throw refusal;
+            const start = refusal.details.compactVersion;
+            if (typeof start === "number" && (oldestStart === undefined || start < oldestStart)) oldestStart = start;
+            if (compactedBy.size >= endpoints.length || compactedAnswers >= 2 * endpoints.length) {
+              // Said of every endpoint asked, with the oldest start any of them serves, not in one
+              // node's words ("this node": found in a black-box walkthrough of kv watch).
+              if (oldestStart === undefined) throw refusal;
+              throw new KvClientError(
+                "compacted",
+                410,
+                `changes at or below version ${oldestStart - 1} are kept on none of the ${compactedBy.size} endpoints that answered (start from version ${oldestStart} or later; re-read and watch again)`,
+                { ...refusal.details, compactVersion: oldestStart },
+              );
+            }
             ended = `${endpoint}: 410 compacted`;
             break attempt;
           }
