@@ -47,6 +47,17 @@ async function expectSweptState(httpUrl: string): Promise<void> {
   expect(await retry.json()).toEqual({ deleted: 2, more: true, version: 11 });
 }
 
+/** Runs `check` on the storage of `dataDir` as its release left it (before a node touches it), then closes it. */
+async function withStorage(dataDir: string, check: (storage: ReturnType<typeof openSqliteStorage>) => void): Promise<void> {
+  const storage = openSqliteStorage(dataDir, { nodeId: 1 });
+  try {
+    check(storage);
+  } finally {
+    storage.close();
+    await storage.released();
+  }
+}
+
 describe("data dirs of earlier releases", () => {
   test("0.1.0: a single-node data dir opens, keeps every acknowledged write, and takes new ones", async () => {
     const dataDir = join(scratch, "v0.1.0");
@@ -165,8 +176,7 @@ describe("data dirs of earlier releases", () => {
     const dataDir = join(scratch, "v0.9.0");
     cpSync(join(fixtures, "v0.9.0", "node-1"), dataDir, { recursive: true });
     // The log's entries as 0.9.0 wrote them (before the node touches the copy).
-    const storage = openSqliteStorage(dataDir, { nodeId: 1 });
-    try {
+    await withStorage(dataDir, (storage) => {
       const [sweep, txn] = storage.entries(11, 13, Number.MAX_SAFE_INTEGER).map((entry) => decodeCommand(entry.data));
       expect(sweep).toEqual({ op: "delete-prefix", prefix: "tmp/", limit: 2, keyBytesMax: 4 * 1024 * 1024, idempotencyKey: "fixture-sweep", stamp: expect.any(Object) });
       expect(txn).toMatchObject({
@@ -179,10 +189,7 @@ describe("data dirs of earlier releases", () => {
       // The level of commands the cluster applied, recorded by the first entry of it.
       const level = storage.get(commandLevelKey);
       expect([commandLevelOf(level), level?.version]).toEqual([2, 11]);
-    } finally {
-      storage.close();
-      await storage.released();
-    }
+    });
     const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.9.0.log") });
     try {
       await expectSweptState(node.httpUrl);
@@ -214,22 +221,18 @@ describe("data dirs of earlier releases", () => {
   test("0.11.0: a data dir with a transaction whose gets are bounded (op 0x0c) opens with every acknowledged write and takes new ones; the entry decodes as written and its level is recorded", async () => {
     const dataDir = join(scratch, "v0.11.0");
     cpSync(join(fixtures, "v0.11.0", "node-1"), dataDir, { recursive: true });
-    const storage = openSqliteStorage(dataDir, { nodeId: 1 });
-    try {
+    await withStorage(dataDir, (storage) => {
       const [bounded] = storage.entries(13, 14, Number.MAX_SAFE_INTEGER);
       expect(bounded?.data[0]).toBe(0x0c);
       expect(decodeCommand(bounded?.data as Uint8Array)).toMatchObject({ op: "txn", getsBounded: true, success: [{ op: "put", key: "bounded" }, { op: "get", key: "greeting" }] });
       const level = storage.get(commandLevelKey);
       expect([commandLevelOf(level), level?.version]).toEqual([3, 13]);
-    } finally {
-      storage.close();
-      await storage.released();
-    }
+    });
     const node = await startKvProcess({ id: 1, cluster: "1=http://127.0.0.1:0", dataDir, logFile: join(scratch, "v0.11.0.log") });
     try {
       await expectSweptState(node.httpUrl);
-      const read = await fetch(`${node.httpUrl}/kv/bounded`);
-      expect([read.status, await read.text(), read.headers.get("x-kv-version")]).toEqual([200, "b", "13"]);
+      const stored = await fetch(`${node.httpUrl}/kv/bounded`);
+      expect([stored.status, await stored.text(), stored.headers.get("x-kv-version")]).toEqual([200, "b", "13"]);
       const txn = await fetch(`${node.httpUrl}/txn`, { method: "POST", body: JSON.stringify({ success: [{ put: { key: "after-upgrade", value: "new" } }, { get: { key: "bounded" } }] }) });
       const answer = (await txn.json()) as { version: number; results: unknown[] };
       expect(answer.version).toBeGreaterThan(13);

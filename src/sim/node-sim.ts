@@ -1118,34 +1118,38 @@ export class NodeSim {
   }
 
   /**
-   * A granted vote is a promise on disk (§5.2: one vote per term, across restarts): when it leaves
-   * its node, the node's fsynced hard state must already hold that vote, or a later term.
+   * What leaves a node promises its disk: a granted vote or a candidate's request (§5.2: one vote per
+   * term, across restarts) needs the node's fsynced hard state to hold that vote, or a later term;
+   * any other message but a pre-vote needs its term there. Judged against the hard state read once.
    */
   private checkVotesDurable(from: number, messages: readonly Message[]): void {
-    // No message leaves before its node's term is on disk (kv-node.ts handleReady, etcd's Ready
-    // contract); votes and their grants are judged below, and a pre-vote carries a term its sender
-    // has not taken. Without it the swarm could not see the hold at all: it never runs a single
-    // voter, where the hold matters (found in a review: with the hold off, seeds 1-30 passed).
+    if (messages.length === 0) return;
+    const hard = this.processAt(from)?.disk.durable().initialState().hardState;
+    if (hard === undefined) return;
     for (const message of messages) {
-      if (message.type === "vote" || message.type === "vote-response" || message.type === "pre-vote" || message.type === "pre-vote-response") continue;
-      const own = this.processAt(from)?.disk.durable().initialState().hardState;
-      if (own === undefined || message.term <= own.term) continue;
-      this.raise(new SimViolation(`term durability: ${this.processName(from)} sent ${message.type} of term ${message.term} to ${message.to} with only term ${own.term} on disk`));
-    }
-    for (const message of messages) {
-      if (message.type === "vote") {
-        // A candidate's request carries its own vote in its term: on disk before it leaves, or a
-        // power loss lets it campaign in that term again, and lead it twice (found in a review: no
-        // check saw it, with waitsForDisk the only guard).
-        const own = this.processAt(from)?.disk.durable().initialState().hardState;
-        if (own === undefined || own.term > message.term || (own.term === message.term && own.vote === message.from)) continue;
-        this.raise(new SimViolation(`vote durability: ${this.processName(from)} asked for term-${message.term} votes with only term ${own.term} vote ${own.vote} on disk`));
-        continue;
+      switch (message.type) {
+        case "pre-vote":
+        case "pre-vote-response":
+          // A pre-vote carries a term its sender has not taken.
+          continue;
+        case "vote":
+          // A candidate's request carries its own vote in its term: on disk before it leaves, or a
+          // power loss lets it campaign in that term again, and lead it twice (found in a review: no
+          // check saw it, with waitsForDisk the only guard).
+          if (hard.term > message.term || (hard.term === message.term && hard.vote === message.from)) continue;
+          this.raise(new SimViolation(`vote durability: ${this.processName(from)} asked for term-${message.term} votes with only term ${hard.term} vote ${hard.vote} on disk`));
+          continue;
+        case "vote-response":
+          if (!message.granted || hard.term > message.term || (hard.term === message.term && hard.vote === message.to)) continue;
+          this.raise(new SimViolation(`vote durability: ${this.processName(from)} granted its term-${message.term} vote to ${message.to} with only term ${hard.term} vote ${hard.vote} on disk`));
+          continue;
+        default:
+          // No other message leaves before its node's term is on disk (kv-node.ts handleReady, etcd's
+          // Ready contract). Without this the swarm could not see the hold at all: it never runs a
+          // single voter, where the hold matters (found in a review: with the hold off, seeds 1-30 passed).
+          if (message.term <= hard.term) continue;
+          this.raise(new SimViolation(`term durability: ${this.processName(from)} sent ${message.type} of term ${message.term} to ${message.to} with only term ${hard.term} on disk`));
       }
-      if (message.type !== "vote-response" || !message.granted) continue;
-      const hard = this.processAt(from)?.disk.durable().initialState().hardState;
-      if (hard === undefined || hard.term > message.term || (hard.term === message.term && hard.vote === message.to)) continue;
-      this.raise(new SimViolation(`vote durability: ${this.processName(from)} granted its term-${message.term} vote to ${message.to} with only term ${hard.term} vote ${hard.vote} on disk`));
     }
   }
 
