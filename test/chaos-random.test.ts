@@ -462,3 +462,20 @@ test("an epoch's unanswered closing read is remembered after its summary is drop
   // The last epoch's keys are the runner's final reads: not counted here.
   expect(summaries.unansweredClosingReads(5)).toEqual(["e0-k1"]);
 });
+
+test("a compare-and-set refused 409 carries the key's version its answer named into the history (before, the refusal was dropped unjudged)", async () => {
+  const { classifyResponse } = await import("../src/chaos/client.ts");
+  const body = new TextEncoder().encode('{"error":"version_mismatch","message":"\'k1\' is at version 9, not 7: nothing was written","version":9}');
+  const outcome = classifyResponse("PUT", 409, () => null, body);
+  expect(outcome).toMatchObject({ kind: "fail", status: 409, error: "version_mismatch", keyVersion: 9 });
+  const call = { id: 4, clientId: 1, kind: "put" as const, key: "k1", value: "c1-w4", callMs: 10, endMs: 20, ifVersion: 7 };
+  const refused = toOperation(call, outcome);
+  expect(refused).toMatchObject({ outcome: "fail", ifVersion: 7, refusedAtVersion: 9, returnMs: 20 });
+  // Judged as a read at version 9: stale once a write acknowledged at 12 returned before its call.
+  const later = toOperation({ ...call, id: 3, value: "c1-w3", callMs: 0, endMs: 5, ifVersion: undefined }, { kind: "ok", status: 200, body: new Uint8Array(0), version: 12 });
+  const first = toOperation({ ...call, id: 2, value: "c1-w2", callMs: 0, endMs: 1, ifVersion: undefined }, { kind: "ok", status: 200, body: new Uint8Array(0), version: 9 });
+  expect(checkLinearizable([first, later, refused]).ok).toBe(false);
+  // Another refusal, or one without a JSON version, carries none.
+  expect(classifyResponse("PUT", 409, () => null, new TextEncoder().encode('{"error":"version_mismatch","message":"x"}'))).not.toHaveProperty("keyVersion");
+  expect(classifyResponse("PUT", 404, () => null, new TextEncoder().encode('{"error":"lease_not_found","message":"x","version":3}'))).not.toHaveProperty("keyVersion");
+});

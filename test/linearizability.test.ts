@@ -660,3 +660,122 @@ describe("cross-checks on small random histories", () => {
     expect(rejections).toBeGreaterThan(1000);
   });
 });
+
+describe("a compare-and-set refused 409 read its key at the version its answer names (before, refusals were dropped: a node refusing against a stale version passed)", () => {
+  const versioned = (op: Operation, version: number): Operation => ({ ...op, version });
+  const refused = (op: Operation, ifVersion: number, atVersion: number): Operation => ({ ...op, outcome: "fail", ifVersion, refusedAtVersion: atVersion });
+
+  test("a refusal that saw an older version than a write acknowledged before it began is a violation, and the evidence names the refusal", () => {
+    const a = versioned(put(1, "k", "a", 0, 1), 1);
+    const b = versioned(put(1, "k", "b", 2, 3), 3);
+    const stale = refused(put(2, "k", "c", 4, 5), 3, 1);
+    const result = expectRejected(checkLinearizable([a, b, stale]));
+    expect(result.evidence).toContain(stale);
+    expect(result.evidence.every((op) => op.kind !== "get")).toBe(true);
+    // Overlapping the second put, the refusal may have come first.
+    expect(checkLinearizable([a, b, refused(put(2, "k", "d", 2, 5), 3, 1)]).ok).toBe(true);
+    // At the version the key is at, it is right.
+    expect(checkLinearizable([a, b, refused(put(2, "k", "e", 4, 5), 1, 3)]).ok).toBe(true);
+  });
+
+  test("a refusal that found the key absent after an acknowledged put, with no delete between, is a violation", () => {
+    const a = versioned(put(1, "k", "a", 0, 1), 1);
+    const absent = refused(del(2, "k", 2, 3), 1, 0);
+    expectRejected(checkLinearizable([a, absent]));
+    expect(checkLinearizable([a, del(3, "k", 1, undefined, "unknown"), absent]).ok).toBe(true);
+  });
+
+  test("a refusal at the version it asked for, at a delete's version, or at another key's version is wrong on its own", () => {
+    expect(expectRejected(checkLinearizable([versioned(put(1, "k", "a", 0, 1), 1), refused(put(2, "k", "b", 2, 3), 1, 1)])).reason).toContain("at the version it asked for");
+    expect(expectRejected(checkLinearizable([versioned(put(1, "k", "a", 0, 1), 1), versioned(del(1, "k", 2, 3), 2), refused(put(2, "k", "b", 4, 5), 1, 2)])).reason).toContain("a delete");
+    expect(expectRejected(checkLinearizable([versioned(put(1, "j", "a", 0, 1), 1), refused(put(2, "k", "b", 2, 3), 0, 1)])).reason).toContain("another key");
+    // A version the history names for nothing says nothing.
+    expect(checkLinearizable([versioned(put(1, "k", "a", 0, 1), 1), refused(put(2, "k", "b", 2, 3), 1, 7)]).ok).toBe(true);
+  });
+
+  test("describeOperation says what a refusal read", () => {
+    expect(describeOperation({ ...refused(put(3, "k", "v", 1, 2), 4, 9), id: 5 })).toBe('client 3 put(k, "v", ifVersion 4) → refused: the key was at version 9 [1ms → 2ms] fail');
+  });
+
+  /**
+   * A register with versions (a log index per write) driven by compare-and-set clients: each write
+   * takes effect at an instant within its interval (an unknown one, maybe never), in that order; a
+   * compare-and-set whose version the key is not at then is refused with the key's version.
+   */
+  function simulateVersionedRegister(prng: Prng, opsCount: number): Operation[] {
+    const clients = prng.intInclusive(2, 4);
+    const freeMs = Array.from({ length: clients }, () => prng.intInclusive(0, 5));
+    const drafts: { op: Mutable<Operation>; effectMs: number | undefined }[] = [];
+    for (let id = 1; id <= opsCount; id++) {
+      const clientId = prng.intInclusive(0, clients - 1);
+      const callMs = freeMs[clientId] ?? 0;
+      const key = `k${prng.intInclusive(0, 1)}`;
+      const roll = prng.next();
+      const kind = roll < 0.4 ? "get" : roll < 0.85 ? "put" : "delete";
+      const outcome: OperationOutcome = prng.chance(0.15) ? "unknown" : "ok";
+      const op: Mutable<Operation> = { id, clientId, kind, key, callMs, outcome };
+      if (kind === "put") op.value = `v${id}`;
+      // A version the key may be at: absent, or one of the writes so far (most miss, and are refused).
+      if (kind !== "get" && prng.chance(0.6)) op.ifVersion = prng.chance(0.3) ? 0 : prng.intInclusive(1, id);
+      const effectMs = outcome === "unknown" && prng.chance(0.5) ? undefined : callMs + prng.intInclusive(0, 15);
+      if (outcome === "ok") op.returnMs = (effectMs ?? callMs) + prng.intInclusive(0, 15);
+      freeMs[clientId] = (op.returnMs ?? callMs + 100) + prng.intInclusive(0, 3);
+      drafts.push({ op, effectMs });
+    }
+    const state = new Map<string, { value: string; version: number }>();
+    let index = 0;
+    const effective = drafts.filter((draft) => draft.effectMs !== undefined);
+    effective.sort((x, y) => (x.effectMs ?? 0) - (y.effectMs ?? 0) || x.op.id - y.op.id);
+    for (const { op } of effective) {
+      const before = state.get(op.key);
+      if (op.kind === "get") {
+        op.output = before?.value ?? null;
+        if (before !== undefined) op.version = before.version;
+        continue;
+      }
+      index++;
+      if (op.ifVersion !== undefined && op.ifVersion !== (before?.version ?? 0)) {
+        // Refused where it applied; the client is answered 409 with the key's version.
+        if (op.outcome === "ok") {
+          op.outcome = "fail";
+          op.refusedAtVersion = before?.version ?? 0;
+        } else op.outcome = "fail";
+        if (op.returnMs === undefined) op.returnMs = (op.callMs ?? 0) + 100;
+        continue;
+      }
+      if (op.kind === "put") state.set(op.key, { value: op.value ?? "", version: index });
+      else {
+        state.delete(op.key);
+        if (op.outcome === "ok") op.deleted = before !== undefined;
+      }
+      if (op.outcome === "ok") op.version = index;
+    }
+    return drafts.map((draft) => draft.op);
+  }
+
+  test("simulated compare-and-set histories are accepted, and a refusal's version made stale is found", () => {
+    let mutated = 0;
+    let rejected = 0;
+    for (let seed = 1; seed <= 2000; seed++) {
+      const prng = createPrng(7_000_000 + seed);
+      const history = simulateVersionedRegister(prng, prng.intInclusive(4, 30));
+      const accepted = checkLinearizable(history);
+      if (accepted.ok !== true) throw new Error(`seed=${seed}: rejected a linearizable history: ${JSON.stringify(accepted)}`);
+      const refusals = history.filter((op) => op.refusedAtVersion !== undefined);
+      if (refusals.length === 0) continue;
+      const target = prng.pick(refusals);
+      // Another version the key was at in this history (or absent), not the one the refusal saw.
+      const versions = [0, ...history.filter((op) => op.key === target.key && op.kind === "put" && op.version !== undefined).map((op) => op.version ?? 0)];
+      const others = versions.filter((version) => version !== target.refusedAtVersion && version !== target.ifVersion);
+      if (others.length === 0) continue;
+      const wrong: Operation = { ...target, refusedAtVersion: prng.pick(others) };
+      mutated++;
+      const result = checkLinearizable(history.map((op) => (op === target ? wrong : op)));
+      if (result.ok !== false) continue; // an older version may still fit the refusal's interval
+      rejected++;
+      expect(result.evidence).toContain(wrong);
+    }
+    expect(mutated).toBeGreaterThan(300);
+    expect(rejected).toBeGreaterThan(mutated / 4);
+  });
+});

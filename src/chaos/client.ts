@@ -8,7 +8,14 @@ import { buildRequest, responseHeader, sendOnce } from "../lib/http-connection.t
  */
 export type Outcome =
   | { readonly kind: "ok"; readonly status: number; readonly body: Uint8Array; readonly version: number | undefined }
-  | { readonly kind: "fail"; readonly status: number; readonly error: string; readonly location: string | undefined }
+  | {
+      readonly kind: "fail";
+      readonly status: number;
+      readonly error: string;
+      readonly location: string | undefined;
+      /** On 409 `version_mismatch`: the version the answer says the key was at (0: absent). */
+      readonly keyVersion?: number;
+    }
   | { readonly kind: "unknown"; readonly reason: string };
 
 /** An HTTP client for one kv node that never follows redirects and classifies every answer. */
@@ -73,7 +80,17 @@ export function classifyResponse(
     case "done":
       return { kind: "ok", status: 404, body: new Uint8Array(0), version: undefined }; // a GET of an absent key
     case "refused":
-      return { kind: "fail", status, error, location: header("location") ?? undefined };
+      return { kind: "fail", status, error, location: header("location") ?? undefined, ...(error === "version_mismatch" ? keyVersionOf(bytes) : {}) };
+  }
+}
+
+/** The key's version a 409 `version_mismatch` body names, when it names one. */
+function keyVersionOf(bytes: Uint8Array): { keyVersion?: number } {
+  try {
+    const version = (JSON.parse(new TextDecoder().decode(bytes)) as { version?: unknown }).version;
+    return typeof version === "number" && Number.isSafeInteger(version) && version >= 0 ? { keyVersion: version } : {};
+  } catch {
+    return {};
   }
 }
 

@@ -43,6 +43,12 @@ export interface Operation {
   /** A put or delete sent as a compare-and-set: it applies only if the key's version is this (0: absent). */
   readonly ifVersion?: number;
   /**
+   * For a compare-and-set refused `409 version_mismatch`: the version its answer said the key was at
+   * (0: absent). The condition is judged where the write applies (src/kv/apply-plan.ts
+   * `conditionFailure`), so a refusal reads the key as a get would: the checker judges it as one.
+   */
+  readonly refusedAtVersion?: number;
+  /**
    * A delete sent as a delete by prefix (`DELETE /kv?prefix=` with the key as the prefix), where no
    * other key of the history starts with it: the same change as a delete of the key.
    */
@@ -68,14 +74,15 @@ export function describeOperation(op: Operation): string {
     default:
       return unreachable(op.kind, "operation kind");
   }
+  if (op.refusedAtVersion !== undefined) call += ` → refused: the key was at version ${op.refusedAtVersion}`;
   return `client ${op.clientId} ${call} ${interval} ${op.outcome}${op.version === undefined ? "" : ` (version ${op.version})`}`;
 }
 
 /**
  * Of the puts and deletes of a key a client has seen (read or written), the share it sends as a
  * compare-and-set on the version it saw (`?ifVersion=`, 0 when it saw the key absent): the clients
- * of `kv chaos random` and of the simulator. A refused one (409) changed nothing;
- * src/chaos/version-check.ts checks what the accepted ones imply.
+ * of `kv chaos random` and of the simulator. A refused one (409) changed nothing, and read the key
+ * (`refusedAtVersion`); src/chaos/version-check.ts checks what the accepted ones imply.
  */
 export const COMPARE_AND_SET_SHARE = 0.3;
 

@@ -96,6 +96,64 @@ const clockCheckIntervalSteps = 1024;
  * without a return time, two puts of one value on one key) are programmer errors and assert.
  */
 export function checkLinearizable(history: readonly Operation[], opts: CheckOptions = {}): CheckResult {
+  for (const op of history) validateOperation(op);
+  const refusals = refusalsAsReads(history);
+  if ("violation" in refusals) return refusals.violation;
+  const result = checkJudged(refusals.judged, opts);
+  if (result.ok !== false) return result;
+  // The evidence names what the clients did: a refusal, not the get it was judged as.
+  const evidence = [...new Set(result.evidence.map((op) => refusals.refusalOf.get(op) ?? op))];
+  return { ...result, evidence };
+}
+
+/**
+ * A compare-and-set refused `version_mismatch` read its key: its condition is judged where the write
+ * applies, and the answer names the version the key was at there (`refusedAtVersion`). Where the
+ * history tells which state that version is (0: absent; a version an answer gave a put or a get of
+ * this key: that value), the refusal is also judged as a get of that state over its call and
+ * return, by the search and by the version checks (src/chaos/version-check.ts). A version the
+ * history gives nothing says nothing. A refusal at the very version it asked for, or at a delete's
+ * or another key's version, is wrong on its own. (Before, refusals were dropped: a node that
+ * refused a compare-and-set against a stale or wrong version passed every check.)
+ */
+function refusalsAsReads(
+  history: readonly Operation[],
+): { readonly judged: readonly Operation[]; readonly refusalOf: ReadonlyMap<Operation, Operation> } | { readonly violation: CheckResult } {
+  const refusals = history.filter((op) => op.refusedAtVersion !== undefined);
+  if (refusals.length === 0) return { judged: history, refusalOf: new Map() };
+  const atVersion = new Map<number, Operation>();
+  for (const op of history) {
+    if (op.outcome !== "ok" || op.version === undefined) continue;
+    if (op.kind === "get" && (op.output === null || op.output === undefined)) continue;
+    if (!atVersion.has(op.version)) atVersion.set(op.version, op);
+  }
+  const judged = [...history];
+  const refusalOf = new Map<Operation, Operation>();
+  for (const refusal of refusals) {
+    const version = refusal.refusedAtVersion ?? 0;
+    const wrong = (reason: string, others: Operation[] = []): { violation: CheckResult } => ({
+      violation: { ok: false, key: refusal.key, reason: `${describeOperation(refusal)}: ${reason}`, evidence: [...others, refusal].sort(byCallTime) },
+    });
+    if (version === refusal.ifVersion) return wrong(`refused, though the key was at the version it asked for`);
+    let output: string | null;
+    if (version === 0) output = null;
+    else {
+      const there = atVersion.get(version);
+      if (there === undefined) continue;
+      if (there.key !== refusal.key) return wrong(`version ${version} is a write of another key`, [there]);
+      if (there.kind === "delete") return wrong(`version ${version} is a delete, after which a key is at version 0`, [there]);
+      output = there.kind === "put" ? (there.value ?? null) : (there.output ?? null);
+    }
+    const { refusedAtVersion: _, ifVersion: __, value: ___, ...common } = refusal;
+    const read: Operation = { ...common, kind: "get", outcome: "ok", output, ...(version === 0 ? {} : { version }) };
+    judged.push(read);
+    refusalOf.set(read, refusal);
+  }
+  return { judged, refusalOf };
+}
+
+/** `checkLinearizable` of a history whose refusals were given their reads. */
+function checkJudged(history: readonly Operation[], opts: CheckOptions): CheckResult {
   const nowMs = opts.nowMs ?? (() => performance.now());
   const budget: Budget = {
     nowMs,
@@ -103,7 +161,6 @@ export function checkLinearizable(history: readonly Operation[], opts: CheckOpti
     stepsLeft: opts.searchStepsMax ?? Number.POSITIVE_INFINITY,
   };
 
-  for (const op of history) validateOperation(op);
   // The versions answers named are checked first: cheap, and a violation there is definite.
   const versions = findVersionViolation(history);
   if (versions !== undefined) return versions;
@@ -242,6 +299,12 @@ function validateOperation(op: Operation): void {
   if (op.kind === "put") assert(typeof op.value === "string", `operation ${op.id}: a put needs a value`);
   if (op.kind === "get" && op.outcome === "ok") {
     assert(op.output !== undefined, `operation ${op.id}: an ok get needs an output`);
+  }
+  if (op.refusedAtVersion !== undefined) {
+    assert(
+      op.outcome === "fail" && op.kind !== "get" && op.ifVersion !== undefined && op.returnMs !== undefined && Number.isSafeInteger(op.refusedAtVersion) && op.refusedAtVersion >= 0,
+      `operation ${op.id}: a refusal's version belongs to a compare-and-set that was refused, answered, at a version of 0 or more`,
+    );
   }
 }
 

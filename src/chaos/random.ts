@@ -683,6 +683,8 @@ export function toOperation(
     case "unknown":
       return { ...base, outcome: "unknown" };
     case "fail":
+      // A compare-and-set refused where it applied read the key there (judged as a get of it).
+      if (call.ifVersion !== undefined && outcome.keyVersion !== undefined) return { ...base, outcome: "fail", returnMs: call.endMs, refusedAtVersion: outcome.keyVersion };
       return { ...base, outcome: "fail", returnMs: call.endMs };
     case "ok": {
       if (call.kind === "get") return { ...base, outcome: "ok", returnMs: call.endMs, output: readValue(outcome) ?? null, ...version };

@@ -214,6 +214,8 @@ export class NodeSim {
     /** Writes sent again under their idempotency key, and applies answered from a session (changing nothing). */
     retries: 0,
     sessionAnswers: 0,
+    /** Compare-and-set writes refused `version_mismatch`, each judged as a read of the version its answer named. */
+    refusedCompareAndSets: 0,
     /** Processes left running under an id that was removed and added again (see `detach`), and client calls they were sent. */
     staleProcesses: 0,
     olderProcessCalls: 0,
@@ -984,6 +986,10 @@ export class NodeSim {
             // The same request under its own key: a node that calls it another is wrong.
             this.raise(new SimViolation(`node ${target} refused a retry of operation ${opId} as reusing its idempotency key: ${error.message}`));
           }
+          // A compare-and-set refused where it applied read the key there (judged as a get of it).
+          if (error instanceof KvError && error.code === "version_mismatch" && ifVersion !== undefined && error.details.version !== undefined) {
+            return { outcome: "fail" as const, fields: { refusedAtVersion: error.details.version } };
+          }
           // A read that failed took no effect either way.
           return { outcome: kind === "get" || !(error instanceof KvError) || isRefusal(error.code) ? ("fail" as const) : ("unknown" as const), fields: {} };
         },
@@ -992,6 +998,7 @@ export class NodeSim {
     const finish = (outcome: Operation["outcome"], fields: Partial<Operation> = {}): Operation => {
       if (outcome === "ok" && kind !== "get") this.stats.acknowledgedWrites++;
       if (outcome === "ok" && byPrefix) this.stats.prefixDeletes++;
+      if (fields.refusedAtVersion !== undefined) this.stats.refusedCompareAndSets++;
       return record(outcome, fields);
     };
     const first = attempt(id);

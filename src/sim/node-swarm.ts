@@ -81,6 +81,8 @@ export interface NodeSwarmResult {
   /** Writes sent again under their idempotency key while their outcome was unknown, and applies (on any server) a session answered. */
   readonly retries: number;
   readonly sessionAnswers: number;
+  /** Compare-and-set writes refused `version_mismatch`: each is judged as a read of the version its answer named (src/chaos/linearizability.ts `refusalsAsReads`). */
+  readonly refusedCompareAndSets: number;
   /** Steps of a server's wall clock (see NodeSim.jumpWallClock). */
   readonly wallClockJumps: number;
   /** Leases granted to the lease clients, keepalives answered, leases revoked, and of their leases those whose expiry applied (judged by NodeSim.checkLeases). */
@@ -447,7 +449,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     throw new SimViolation(`node swarm seed=${seed} failed at ${sim.nowMs} ms (${trace}): ${detail}\nreplay: ${nodeSwarmReplay(seed, durationMs)}\n${nodes}`, { cause: error });
   }
   const finalState = [...sim.servers.values()].map((s) => `${s.id}:${s.disk.appliedIndex()}`).join(",");
-  const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}/${op.version ?? ""}/${op.ifVersion ?? ""}`).join(";");
+  const history = sim.history.map((op) => `${op.id}/${op.kind}/${op.key}/${op.outcome}/${op.callMs}/${op.returnMs ?? "?"}/${op.output ?? ""}/${op.version ?? ""}/${op.ifVersion ?? ""}/${op.refusedAtVersion ?? ""}`).join(";");
   const digest = fnv1a(`${sim.traceDigest()}|${sim.eventsRun}|${history}|${bank.digestText()}|${watchers.digestText()}|${finalState}|${sim.nowMs}|${prng.next()}`);
   const snapshotsInstalled = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.snapshotsInstalled, 0);
   const storageThreadAnswers = [...sim.servers.values()].reduce((sum, server) => sum + server.disk.threadAnswers, 0);
@@ -505,6 +507,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     watchReferenceUnavailable: watchStats.referenceUnavailable,
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,
+    refusedCompareAndSets: sim.stats.refusedCompareAndSets,
     wallClockJumps: sim.stats.wallClockJumps,
     leasesGranted: sim.stats.leasesGranted,
     leaseKeepalives: sim.stats.leaseKeepalives,
