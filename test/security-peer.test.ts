@@ -10,7 +10,7 @@ import { deriveClusterId } from "../src/lib/cluster-id.ts";
 import { defaultDecodeLimits, fromSendResponse, toSendRequest } from "../src/transport/codec.ts";
 import { createConnectTransport, type ConnectTransportOptions } from "../src/transport/connect-transport.ts";
 import type { PeerAuth } from "../src/transport/peer-auth.ts";
-import { kvCommand } from "./helpers/kv-binary.ts";
+import { kvCommand, runKvCommand } from "./helpers/kv-binary.ts";
 import { killAllKvProcesses, startKvProcess } from "./helpers/kv-process.ts";
 import { createServerCluster, type ServerCluster } from "./helpers/server-cluster.ts";
 
@@ -591,5 +591,54 @@ describe("kv serve (the built executable)", () => {
     expect(both.stderr.toString()).toContain("not both");
     const missingFile = usage(["--cluster-token-file", join(dir, "nope")]);
     expect(missingFile.exitCode).toBe(2);
+  }, 60_000);
+});
+
+describe("adding a member to a cluster with a cluster token (found in a security review: a holder of the client token alone added a member at a URL of its own, and the leader sent it the cluster token)", () => {
+  test("POST /members without the token's proof is refused and nothing reaches the URL; with the proof (kv member add --cluster-token, or kv serve --join) it is added", async () => {
+    const dir = mkdtempSync(join(baseDir, "member-add-"));
+    const cluster = await startTokenCluster(dir, TOKEN);
+    const leader = await cluster.waitForLeader();
+    const tokensSeen: (string | null)[] = [];
+    let called: () => void = () => {};
+    const firstCall = new Promise<void>((resolve) => (called = resolve));
+    const impostor = Bun.serve({
+      hostname,
+      port: 0,
+      async fetch(request) {
+        await request.arrayBuffer();
+        tokensSeen.push(request.headers.get("kv-cluster-token"));
+        called();
+        return new Response("no", { status: 500 });
+      },
+    });
+    cleanups.push(() => impostor.stop(true));
+    const peerUrl = `http://${hostname}:${impostor.port}`;
+    const add = (body: object) => fetch(`${cluster.node(leader).httpUrl}/members`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+
+    const refused = await add({ id: 4, peerUrl });
+    expect(refused.status).toBe(400);
+    const answer = (await refused.json()) as { error: string; message: string };
+    expect(answer.error).toBe("bad_request");
+    expect(answer.message).toContain("clusterTokenProof");
+    expect(answer.message).toContain("--cluster-token");
+    expect(((await (await fetch(`${cluster.node(leader).httpUrl}/members`)).json()) as { members: { id: number }[] }).members.map((m) => m.id)).toEqual([1, 2, 3]);
+
+    // kv member add without the token is refused the same way, and says which flag it needs.
+    const endpoints = ["--endpoints", cluster.node(leader).httpUrl];
+    const withoutToken = await runKvCommand(["member", "add", "4", peerUrl, ...endpoints]);
+    expect(withoutToken.code).not.toBe(0);
+    expect(withoutToken.err).toContain("--cluster-token");
+    expect(tokensSeen).toEqual([]);
+    // With the cluster's token (a URL with a trailing slash, as the node records it without) it sends
+    // the proof, and the member is added (and the leader calls it, as a peer).
+    const tokenFile = join(dir, "cluster-token");
+    writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+    const added = await runKvCommand(["member", "add", "4", `${peerUrl}/`, "--cluster-token-file", tokenFile, ...endpoints]);
+    expect(added.err).toBe("");
+    expect(added.code).toBe(0);
+    await firstCall;
+    // Nothing called it before it was added with the proof.
+    expect(tokensSeen.every((token) => token === TOKEN)).toBe(true);
   }, 60_000);
 });

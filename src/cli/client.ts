@@ -13,7 +13,8 @@ import {
   type ReadConsistency,
 } from "../client/index.ts";
 import { answerOutcome, isRetryableRefusal } from "../client/outcome.ts";
-import { parseIntFlag, readSecretFile, UsageError } from "./usage-error.ts";
+import { parseIntFlag, readSecret, readSecretFile, UsageError } from "./usage-error.ts";
+import { joinProof } from "../lib/join-proof.ts";
 import { jsonValue } from "../lib/json-value.ts";
 import { printBytes, printLine, readStandardInput } from "./output.ts";
 
@@ -523,11 +524,21 @@ const memberCommand = defineCommand({
       args: {
         ...idArg,
         peerUrl: { type: "positional", required: true, description: "Its peer URL, e.g. http://127.0.0.1:5004" },
+        "cluster-token": {
+          type: "string",
+          description: "The cluster's --cluster-token (default $KV_CLUSTER_TOKEN): a cluster with one adds a member only with proof of it, which is sent, never the token",
+          valueHint: "TOKEN",
+        },
+        "cluster-token-file": { type: "string", description: "Read the cluster token from this file (trailing newline ignored)", valueHint: "FILE" },
         ...connectionArgs,
       },
       async run({ args }) {
         const id = parseIntFlag("id", args.id, 1, 1_000_000, "ID");
-        await memberRequest(connection(args), (membership) => membership.add({ id, peerUrl: args.peerUrl }));
+        const clusterToken = readSecret("cluster-token", args["cluster-token"], args["cluster-token-file"], "KV_CLUSTER_TOKEN");
+        // The proof is of the URL as the node records it (a trailing slash dropped).
+        const peerUrl = args.peerUrl.replace(/\/+$/, "");
+        const proof = clusterToken === undefined ? {} : { clusterTokenProof: joinProof(clusterToken, id, peerUrl) };
+        await memberRequest(connection(args), (membership) => membership.add({ id, peerUrl, ...proof }));
       },
     }),
     remove: defineCommand({

@@ -8,12 +8,11 @@ import { KEY_BYTES_MAX_LIMIT } from "../http/kv-key.ts";
 import { isAddressOnly, isUnspecifiedHost } from "../lib/address-url.ts";
 import { CLIENT_CONNECTIONS_MAX_DEFAULT, REQUEST_READ_TIMEOUT_MS_DEFAULT } from "../http/client-listener.ts";
 import { createLogger, type LogFormat, type LogLevel } from "../lib/logger.ts";
-import { secretProblem } from "../lib/secret.ts";
 import { defaultIdempotency, defaultNodeTimings, defaultQuotaBytes, defaultSnapshotPolicy } from "../node/kv-node.ts";
 import { defaultWatch } from "../node/watch.ts";
 import { createServer, ServerStartError, type KvServer } from "../server/create-server.ts";
 import { defaultAdvertiseHttp, defaultListenHttp, defaultListenPeer, hostnameForId, idFromHostname, loopbackHttpWarning } from "./serve-addresses.ts";
-import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, parseDataDir, readSecretFile, UsageError } from "./usage-error.ts";
+import { localCluster, parseCluster, parseDurationFlag, parseHostPort, parseIntFlag, parseMsFlag, parseDataDir, readSecret, UsageError } from "./usage-error.ts";
 
 /**
  * Upper bound of --value-bytes-max: one value is one Raft entry, which must fit, with its key and
@@ -400,31 +399,6 @@ export const serveCommand = defineCommand({
     await new Promise<never>(() => {});
   },
 });
-
-/**
- * A secret from its flag, its file flag, or the environment, in that order; giving both the flag
- * and the file is a usage error, as is a secret that is too short or not header-safe.
- */
-function readSecret(flag: string, value: string | undefined, file: string | undefined, envName: string): string | undefined {
-  if (value !== undefined && file !== undefined) throw new UsageError(`give --${flag} or --${flag}-file, not both`);
-  let secret: string | undefined;
-  let source: string;
-  if (file !== undefined) {
-    secret = readSecretFile(`${flag}-file`, file);
-    source = `the file given by --${flag}-file`;
-  } else if (value !== undefined) {
-    secret = value;
-    source = `--${flag}`;
-  } else {
-    secret = process.env[envName];
-    source = envName;
-    if (secret === "") secret = undefined; // an empty variable is an unset one
-  }
-  if (secret === undefined) return undefined;
-  const problem = secretProblem(secret);
-  if (problem !== undefined) throw new UsageError(`the secret in ${source} ${problem}`);
-  return secret;
-}
 
 /** What to say of `--flag FILE` when others than its owner may read the secret in it. */
 export function secretFileWarning(flag: string, file: string | undefined): string | undefined {

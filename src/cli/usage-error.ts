@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { isAddressOnly } from "../lib/address-url.ts";
 import { parseDuration } from "../lib/duration.ts";
 import { leaseTtlMsMax } from "../kv/leases.ts";
+import { secretProblem } from "../lib/secret.ts";
 
 /** A mistake in how the command was called: one line on stderr and exit code 2. */
 export class UsageError extends Error {
@@ -15,6 +16,31 @@ export function readSecretFile(flag: string, file: string): string {
   } catch (error) {
     throw new UsageError(`--${flag}: cannot read '${file}': ${error instanceof Error ? error.message : String(error)}`);
   }
+}
+
+/**
+ * A secret from its flag, its file flag, or the environment, in that order; giving both the flag
+ * and the file is a usage error, as is a secret that is too short or not header-safe.
+ */
+export function readSecret(flag: string, value: string | undefined, file: string | undefined, envName: string): string | undefined {
+  if (value !== undefined && file !== undefined) throw new UsageError(`give --${flag} or --${flag}-file, not both`);
+  let secret: string | undefined;
+  let source: string;
+  if (file !== undefined) {
+    secret = readSecretFile(`${flag}-file`, file);
+    source = `the file given by --${flag}-file`;
+  } else if (value !== undefined) {
+    secret = value;
+    source = `--${flag}`;
+  } else {
+    secret = process.env[envName];
+    source = envName;
+    if (secret === "") secret = undefined; // an empty variable is an unset one
+  }
+  if (secret === undefined) return undefined;
+  const problem = secretProblem(secret);
+  if (problem !== undefined) throw new UsageError(`the secret in ${source} ${problem}`);
+  return secret;
 }
 
 /** Parses a `host:port` listen address; port 0 lets the OS choose. */

@@ -53,6 +53,14 @@ export function createMembersRoutes(node: KvNodeApi, bodyReadTimeoutMs?: number,
   };
   const add = async (request: Request): Promise<Response> => {
     const { id, peerUrl, httpUrl, clusterTokenProof } = parseAddBody(await readBodyBytesMax(request, MEMBER_BODY_BYTES_MAX, bodyReadTimeoutMs, "the body"));
+    // The leader calls a member with the cluster token: added without proof of holding it, a URL
+    // of anyone's could be sent it (found in a security review: the client token alone got it).
+    if (clusterTokenProof === undefined && joinCheck?.token !== undefined) {
+      throw new KvError(
+        "bad_request",
+        `this cluster has a cluster token, so adding node ${id} needs 'clusterTokenProof', the proof of holding it: kv serve --join sends it, and kv member add sends it given --cluster-token (or $KV_CLUSTER_TOKEN); nothing was changed`,
+      );
+    }
     if (clusterTokenProof !== undefined && joinCheck !== undefined && !joinProofHolds(clusterTokenProof, joinCheck.token, id, peerUrl)) {
       throw new KvError(
         "bad_request",
