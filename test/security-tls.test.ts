@@ -249,6 +249,8 @@ describe("TLS flags (the built executable)", () => {
       [[...https, "--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, "--peer-ca", certs.nodeKey], "--peer-ca"],
       [["--cluster", "1=http://127.0.0.1:0", "--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey], "must be https"],
       [https, "needs --tls-cert and --tls-key"],
+      // Followers would send clients (and their tokens) there in clear (found in a security review: it was taken).
+      [[...https, "--tls-cert", certs.nodeCert, "--tls-key", certs.nodeKey, "--advertise-http", "http://127.0.0.1:7644"], "is plain http, but this node serves HTTPS"],
     ];
     for (const [args, message] of cases) {
       const { code, stderr } = serve(args);

@@ -294,6 +294,12 @@ export const serveCommand = defineCommand({
     if (given !== undefined && (!URL.canParse(given) || !/^https?:$/.test(new URL(given).protocol))) {
       throw new UsageError(`--advertise-http must be an http(s) URL such as http://10.0.0.1:8001, got '${given}'`);
     }
+    // Followers send clients there with their token: to plain http from a node serving HTTPS, the
+    // token went out in clear before the TLS port reset the connection (found in a security review).
+    // (The other way, https in front of a plain node, is a TLS proxy's, and fine.)
+    if (given !== undefined && tls !== undefined && new URL(given).protocol === "http:") {
+      throw new UsageError(`--advertise-http '${given}' is plain http, but this node serves HTTPS (--tls-cert): clients sent there would send their token in clear; give its https:// URL`);
+    }
     const advertiseHttp = given === undefined ? defaultAdvertiseHttp(listenHttp, selfPeerUrl, tls === undefined ? "http" : "https") : clientOrigin("--advertise-http", given);
 
     const logFormat = (args["log-format"] ?? "auto") as LogFormat;
