@@ -1,4 +1,4 @@
-// Proves a restore from a backup leaves out the level of commands the source cluster applied, as it leaves out its nonce: a restored cluster is a new one, whose members' releases nobody has heard yet (found in review: it started out taking every silent member for 0.9.0).
+// Proves a restore from a backup leaves out the level of commands the source cluster applied, as it leaves out its nonce: a restored cluster is a new one, whose members' releases nobody has heard yet (found in review: it started out taking every silent member for 0.9.0); and that the directories a restore makes above the data dir are made durable.
 import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -32,4 +32,22 @@ test("the restored data dir holds the backup's rows but its level of commands an
     storage.close();
     await storage.released();
   }
+});
+
+test("a restore that makes the data dir's missing parents makes their entries durable: each new directory's parent is fsynced (found in a review: only the data dir's own entry was, and kv serve syncs nothing for a data dir that exists)", async () => {
+  const writer = new BackupWriter({ index: 9, term: 2, voters: [1], learners: [], addresses: [{ id: 1, peerUrl: "http://127.0.0.1:1" }], createdAtMs: 0 });
+  const chunks = [writer.begin(), writer.rows([{ key: "k", value: new TextEncoder().encode("v"), version: 9 }]), writer.end()];
+  const base = join(dir, "parents");
+  const fsynced: string[] = [];
+  await restoreSnapshot({
+    source: (async function* () { yield* chunks; })(),
+    dataDir: join(base, "new", "deeper", "node-1"),
+    id: 1,
+    peers: new Map([[1, "http://127.0.0.1:1"]]),
+    fsync: (path) => fsynced.push(path),
+  });
+  // The entries of "new" (in dir), "deeper" (in new) and "node-1" (in deeper, after its rename).
+  expect(fsynced).toContain(dir);
+  expect(fsynced).toContain(join(base, "new"));
+  expect(fsynced).toContain(join(base, "new", "deeper"));
 });

@@ -19,9 +19,9 @@
  * up one by one; that directory goes last, so while it is there the data dir is not whole, and
  * `kv serve` refuses it (`refuseUnfinishedRestore`).
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmdirSync, rmSync, statSync } from "node:fs";
 import { removeStaleTemps } from "../lib/stale-temps.ts";
-import { fsyncPath } from "../lib/fsync-path.ts";
+import { fsyncPath, mkdirDurably } from "../lib/fsync-path.ts";
 import { basename, dirname, join } from "node:path";
 import { commandLevelKey, type KvRow } from "../kv/apply-plan.ts";
 import { type BackupHeader, readBackup } from "../kv/backup-format.ts";
@@ -44,6 +44,8 @@ export interface RestoreOptions {
   readonly peers: ReadonlyMap<NodeId, string>;
   /** The new cluster's id; default: derived from the backup's checksum and the voters. */
   readonly clusterId?: string;
+  /** How a file or directory is fsynced (for tests); default `fsyncPath`. */
+  readonly fsync?: (path: string) => void;
 }
 
 /** What was restored. */
@@ -102,6 +104,7 @@ const RESTORE_IMAGE_ID = "restore";
 /** Restores one node's data dir; throws BackupFormatError for a damaged file, RestoreError for a refusal. */
 export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreResult> {
   const { dataDir, id, peers } = options;
+  const fsync = options.fsync ?? fsyncPath;
   const voters = [...peers.keys()].sort((a, b) => a - b);
   if (!peers.has(id)) throw new RestoreError(`node ${id} is not one of the new cluster's voters (${voters.join(",")})`);
   if (options.clusterId !== undefined && !isClusterId(options.clusterId)) {
@@ -124,7 +127,9 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
   const parent = exists ? target : dirname(dataDir);
   let temp: string;
   try {
-    mkdirSync(parent, { recursive: true });
+    // Directories made above the data dir are made durable too (found in a review: only the data
+    // dir's own entry was, and kv serve syncs nothing for a data dir that exists).
+    mkdirDurably(parent, fsync);
     if (!exists) removeStaleTemps(parent, `.${basename(dataDir)}${RESTORING_PREFIX}`);
     temp = mkdtempSync(exists ? join(target, `${RESTORING_PREFIX}${process.pid}-`) : join(parent, `.${basename(dataDir)}${RESTORING_PREFIX}${process.pid}-`));
   } catch (error) {
@@ -190,19 +195,19 @@ export async function restoreSnapshot(options: RestoreOptions): Promise<RestoreR
     storage = undefined;
     loadOrCreateClusterId(temp, result.clusterId);
     recordNodeId(temp, options.id);
-    fsyncPath(temp);
+    fsync(temp);
     if (exists) {
       // Up one by one; the temporary directory, emptied, goes last (see the file comment). Should a
       // move fail, what moved stays beside it, and serve refuses the whole until it is emptied.
       moving = true;
       for (const name of readdirSync(temp)) renameSync(join(temp, name), join(target, name));
-      fsyncPath(target);
+      fsync(target);
       rmdirSync(temp);
-      fsyncPath(target);
+      fsync(target);
     } else {
       // rename(2) is atomic: the data dir is whole or absent.
       renameSync(temp, dataDir);
-      fsyncPath(parent);
+      fsync(parent);
     }
     return result;
   } catch (error) {
