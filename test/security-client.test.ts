@@ -1,4 +1,4 @@
-// Proves client authentication: with --auth-token every client API request but /health needs `Authorization: Bearer <token>` (401 JSON `unauthenticated` otherwise, before any route runs), /status and /metrics follow the token unless --metrics-open, and a real node enforces it.
+// Proves client authentication: with --auth-token every client API request but /health needs `Authorization: Bearer <token>` (401 JSON `unauthenticated` otherwise, before any route runs), /status and /metrics follow the token unless --metrics-open, and a real node enforces it. The client library and kv snapshot save follow a 307 only where the token may go.
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -185,4 +185,78 @@ describe("a real node started with --auth-token", () => {
       await open.stop();
     }
   }, 60_000);
+});
+
+describe("the client library and kv snapshot save follow a 307 only to http(s), never from https to http (found in a security review: a Location of file:///... made get() answer a local file's bytes, and one to http:// sent the token in clear)", () => {
+  const servers: { stop(force?: boolean): unknown }[] = [];
+  afterEach(() => {
+    for (const server of servers.splice(0)) server.stop(true);
+  });
+  /** A server on a port the OS picks that records each request's Authorization and answers `answer`. */
+  const recorder = (answer: (request: Request) => Response, tls?: { cert: string; key: string }) => {
+    const seen: (string | null)[] = [];
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      ...(tls === undefined ? {} : { tls }),
+      fetch(request) {
+        seen.push(request.headers.get("authorization"));
+        return answer(request);
+      },
+    });
+    servers.push(server);
+    return { seen, port: server.port };
+  };
+  const redirectTo = (location: (request: Request) => string) => (request: Request) =>
+    new Response('{"error":"not_leader","message":"another node leads"}', { status: 307, headers: { location: location(request), "content-type": "application/json" } });
+
+  test("a Location of file:///... is not followed: get() is refused, never answered with the file", async () => {
+    const { createClient } = await import("../src/client/index.ts");
+    const dir = mkdtempSync(join(tmpdir(), "kv-redirect-file-"));
+    const file = join(dir, "secret.txt");
+    await Bun.write(file, "LOCAL-FILE-CONTENTS");
+    const follower = recorder(redirectTo(() => `file://${file}`));
+    const client = createClient({ endpoints: [`http://127.0.0.1:${follower.port}`], timeoutMs: 1_000 });
+    const got = await client.get("k").then(
+      (value) => ({ value: value?.text() }),
+      (error: unknown) => ({ error: error as { code: string; message: string } }),
+    );
+    expect(got).toMatchObject({ error: { code: "too_many_redirects" } });
+    expect("error" in got ? got.error.message : "").toContain("not followed (only http and https)");
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a Location holding a user or password is not followed", async () => {
+    const { createClient } = await import("../src/client/index.ts");
+    const leader = recorder(() => new Response('{"key":"k","version":3}'));
+    const follower = recorder(redirectTo((request) => `http://u:p@127.0.0.1:${leader.port}${new URL(request.url).pathname}`));
+    const client = createClient({ endpoints: [`http://127.0.0.1:${follower.port}`], authToken: TOKEN, timeoutMs: 1_000 });
+    expect(await client.put("k", "v").then(() => "written", (error: unknown) => (error as { code: string }).code)).toBe("too_many_redirects");
+    expect(leader.seen).toEqual([]);
+  });
+
+  test("from an https endpoint to plain http: the client and kv snapshot save send nothing there", async () => {
+    const { createClient } = await import("../src/client/index.ts");
+    const { makeTestCertificates } = await import("./helpers/certs.ts");
+    const { readFileSync } = await import("node:fs");
+    const { runKvCommand } = await import("./helpers/kv-binary.ts");
+    const dir = mkdtempSync(join(tmpdir(), "kv-redirect-tls-"));
+    const certs = makeTestCertificates(dir);
+    const plain = recorder(() => new Response('{"key":"k","version":3}'));
+    const follower = recorder(
+      redirectTo((request) => `http://127.0.0.1:${plain.port}${new URL(request.url).pathname}`),
+      { cert: readFileSync(certs.nodeCert, "utf8"), key: readFileSync(certs.nodeKey, "utf8") },
+    );
+    const endpoint = `https://127.0.0.1:${follower.port}`;
+    const client = createClient({ endpoints: [endpoint], authToken: TOKEN, timeoutMs: 1_000, ca: readFileSync(certs.caCert, "utf8") });
+    const refused = await client.put("k", "v").then(() => undefined, (error: unknown) => error as { code: string; message: string });
+    expect(refused?.code).toBe("too_many_redirects");
+    expect(refused?.message).toContain("from https to plain http");
+    const saved = await runKvCommand(["snapshot", "save", join(dir, "b.kvbak"), "--endpoints", endpoint, "--cacert", certs.caCert, "--auth-token", TOKEN, "--timeout-ms", "1000"]);
+    expect(saved.code).not.toBe(0);
+    expect(saved.err).toContain("from https to plain http");
+    expect(plain.seen).toEqual([]);
+    expect(follower.seen.length).toBeGreaterThan(1);
+    rmSync(dir, { recursive: true, force: true });
+  }, 30_000);
 });

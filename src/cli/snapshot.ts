@@ -12,7 +12,7 @@ import { basename, dirname, join } from "node:path";
 import { BACKUP_MAGIC, BackupFormatError, type BackupSummary, verifyBackup } from "../kv/backup-format.ts";
 import { RestoreError, restoreSnapshot } from "../server/restore-snapshot.ts";
 import { authToken, caFile, ClientExit, connectionArgs, TLS_HINT } from "./client.ts";
-import { tlsFailure } from "../client/transport.ts";
+import { redirectTarget, tlsFailure } from "../client/transport.ts";
 import { parseCluster, parseDataDir, parseIntFlag, UsageError } from "./usage-error.ts";
 import { printLine } from "./output.ts";
 import { defaultListenHttp, isLoopbackHost } from "./serve-addresses.ts";
@@ -142,7 +142,14 @@ async function downloadOnce(
       clearTimeout(timer);
       const location = response.headers.get("location");
       if (response.status === 307 && location !== null) {
-        url = location;
+        // Only where the client library would follow it, the token along (see redirectTarget).
+        const next = redirectTarget(url, location);
+        await response.body?.cancel();
+        if (typeof next === "string") {
+          failures.note(`${new URL(url).origin}: ${next}`);
+          break;
+        }
+        url = next.toString();
         continue;
       }
       if (response.status !== 200 || response.body === null) {

@@ -94,6 +94,25 @@ const answeredOrigins = new Map<string, number>();
  */
 const RESENT_WITHIN_MS = 5_000;
 
+/**
+ * Where a 307 from `from` naming `location` may be followed, with the client's token, or why not:
+ * only to an http(s) URL without a user or password in it, and never from https to plain http.
+ * (Found in a security review: a Location of `file:///...` made a get answer a local file's bytes as
+ * the key's value, and one to `http://` from an `https://` endpoint sent the token in clear.)
+ */
+export function redirectTarget(from: string, location: string): URL | string {
+  let next: URL;
+  try {
+    next = new URL(location, from);
+  } catch {
+    return `307 to an unusable Location '${location.slice(0, 100)}'`;
+  }
+  if (next.protocol !== "http:" && next.protocol !== "https:") return `307 to a ${next.protocol.slice(0, 20)} URL, not followed (only http and https)`;
+  if (next.protocol === "http:" && new URL(from).protocol === "https:") return `307 from https to plain http (${next.origin}), not followed: the token would go in clear`;
+  if (next.username !== "" || next.password !== "") return "307 to a URL holding a user or password, not followed";
+  return next;
+}
+
 /** Redirects one attempt follows before giving up on it. */
 const REDIRECT_HOPS_MAX = 5;
 /** Pause between passes over the endpoints (an election here takes a few hundred ms), doubling to the max. */
@@ -238,7 +257,7 @@ export class Transport {
     if (uncertain) throw unknownOutcome(call, noted.lines());
     if (lastRefusal !== undefined) throw errorFromAnswer(lastRefusal);
     if (onlyRedirectLoops && noted.size > 0) {
-      throw new KvClientError("too_many_redirects", 0, `every endpoint sent ${call.method} ${pathOnly(call.path)} round in redirects: ${noted.lines().join("; ")}`);
+      throw new KvClientError("too_many_redirects", 0, `every endpoint answered ${call.method} ${pathOnly(call.path)} with redirects the client does not follow: ${noted.lines().join("; ")}`);
     }
     throw new KvClientError(
       "unreachable",
@@ -336,12 +355,8 @@ export class Transport {
       }
       const location = result.answer.headers.get("location");
       if (result.answer.status !== 307 || location === null) return result;
-      let next: URL;
-      try {
-        next = new URL(location, url);
-      } catch {
-        return { kind: "redirect_loop", reason: `307 to an unusable Location '${location.slice(0, 100)}'` };
-      }
+      const next = redirectTarget(url, location);
+      if (typeof next === "string") return { kind: "redirect_loop", reason: next };
       // A 307 means a follower refused before proposing anything: following it is always safe.
       this.leaderOrigin = next.origin;
       origin = next.origin;
