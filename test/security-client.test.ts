@@ -218,7 +218,7 @@ describe("the client library and kv snapshot save follow a 307 only to http(s), 
     const follower = recorder(redirectTo(() => `file://${file}`));
     const client = createClient({ endpoints: [`http://127.0.0.1:${follower.port}`], timeoutMs: 1_000 });
     const got = await client.get("k").then(
-      (value) => ({ value: value?.text() }),
+      (value) => ({ value: value?.text }),
       (error: unknown) => ({ error: error as { code: string; message: string } }),
     );
     expect(got).toMatchObject({ error: { code: "too_many_redirects" } });
