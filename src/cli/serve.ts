@@ -121,13 +121,13 @@ export const serveCommand = defineCommand({
     },
     "cluster-token": {
       type: "string",
-      description: "Shared secret every peer call must carry (or env KV_CLUSTER_TOKEN, or --cluster-token-file); at least 16 characters",
+      description: "Shared secret every peer call must carry (or env KV_CLUSTER_TOKEN, or --cluster-token-file: a flag's value shows in ps); at least 16 characters",
       valueHint: "SECRET",
     },
     "cluster-token-file": { type: "string", description: "Read the cluster token from this file (trailing newline ignored)", valueHint: "FILE" },
     "auth-token": {
       type: "string",
-      description: "Bearer token the client API requires (or env KV_AUTH_TOKEN, or --auth-token-file); at least 16 characters; /health stays open",
+      description: "Bearer token the client API requires (or env KV_AUTH_TOKEN, or --auth-token-file: a flag's value shows in ps); at least 16 characters; /health stays open",
       valueHint: "SECRET",
     },
     "auth-token-file": { type: "string", description: "Read the client API's bearer token from this file", valueHint: "FILE" },
