@@ -159,3 +159,25 @@ describe("watch on a cluster", () => {
     restarted.stop();
   });
 });
+
+test("one next() of a stream resumed far back hands over about 4 MiB of values at most, at version boundaries, and the rest in the next ones (noted in a review: 256 changes at once, whatever their size, from a history raised past its 8 MiB)", async () => {
+  const c = createMemoryCluster({ node: { watch: { historyBytesMax: 64 * 1024 * 1024 } } });
+  cluster = c;
+  await c.until(() => c.leader() !== undefined);
+  const leader = c.leader()!;
+  const value = new Uint8Array(512 * 1024).fill(7);
+  const first = await c.drive(leader.put("big/0", value));
+  for (let i = 1; i < 24; i++) await c.drive(leader.put(`big/${i}`, value));
+  const stream = await c.drive(leader.watch({ prefix: "big/" }, { from: first.version }));
+  const batches: number[] = [];
+  let changes = 0;
+  while (changes < 24) {
+    const items = (await c.drive(stream.next())) ?? [];
+    const batch = items.filter((item) => item.type === "change").length;
+    if (batch > 0) batches.push(batch);
+    changes += batch;
+  }
+  stream.close();
+  // 12 MiB of values: eight of 512 KiB make 4 MiB, so three writes of eight.
+  expect(batches).toEqual([8, 8, 8]);
+}, 60_000);

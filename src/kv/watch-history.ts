@@ -259,21 +259,27 @@ export class WatchHistory {
   }
 
   /**
-   * Up to about `changesMax` changes after `afterVersion` that `matches` accepts, looking at no more
-   * than about `scanMax` changes; a version's changes are never split. `afterVersion` must not be
-   * compacted (asserted: callers check `compactedThrough` first).
+   * Up to about `changesMax` changes after `afterVersion` that `matches` accepts, holding about
+   * `bytesMax` of keys and values at most, looking at no more than about `scanMax` changes; a
+   * version's changes are never split. `afterVersion` must not be compacted (asserted: callers check
+   * `compactedThrough` first).
    */
-  scan(afterVersion: number, matches: (key: string) => boolean, changesMax: number, scanMax: number): ScanResult {
+  scan(afterVersion: number, matches: (key: string) => boolean, changesMax: number, scanMax: number, bytesMax = Number.POSITIVE_INFINITY): ScanResult {
     assert(afterVersion >= this.compacted, `watch history: scan after ${afterVersion}, compacted through ${this.compacted}`);
     const changes: WatchChange[] = [];
     let seq = this.firstAfter(afterVersion);
     let scanned = 0;
+    let bytes = 0;
     let through = Math.max(afterVersion, this.compacted);
     while (seq < this.nextSeq) {
       const version = this.versions[seq & this.mask] as number;
-      if (changes.length >= changesMax || scanned >= scanMax) return { changes, throughVersion: through, scanned };
+      if (changes.length >= changesMax || scanned >= scanMax || bytes >= bytesMax) return { changes, throughVersion: through, scanned };
       while (seq < this.nextSeq && this.versions[seq & this.mask] === version) {
-        if (matches(this.keys[seq & this.mask] as string)) changes.push(this.changeAt(seq));
+        if (matches(this.keys[seq & this.mask] as string)) {
+          const change = this.changeAt(seq);
+          bytes += change.key.length + (change.kind === "put" ? change.value.byteLength : 0);
+          changes.push(change);
+        }
         seq++;
         scanned++;
       }

@@ -35,8 +35,13 @@ export const defaultWatch: WatchConfig = {
   watchersMax: 10_000,
 };
 
-/** Changes handed to a stream's client per `next()` (one SSE write), and changes looked at per scan. */
+/**
+ * Changes handed to a stream's client per `next()` (one SSE write), at most about this many bytes of
+ * keys and values (256 changes of 1 MiB values, from a history raised past its 8 MiB, made one
+ * write of hundreds of MB of base64: noted in a review), and changes looked at per scan.
+ */
 const batchChangesMax = 256;
+const batchBytesMax = 4 * 1024 * 1024;
 const scanChangesMax = 16_384;
 
 /** One open stream. `cursor`: every matching change up to it has been handed to the client. */
@@ -287,7 +292,7 @@ export class NodeWatch {
         await this.nextTurn();
         continue;
       }
-      const { changes, throughVersion, scanned } = this.history.scan(watcher.cursor, watcher.matches, batchChangesMax, scanChangesMax);
+      const { changes, throughVersion, scanned } = this.history.scan(watcher.cursor, watcher.matches, batchChangesMax, scanChangesMax, batchBytesMax);
       this.historyScannedTotal += scanned;
       this.scannedThisTurn += scanned;
       watcher.cursor = Math.max(watcher.cursor, throughVersion);
