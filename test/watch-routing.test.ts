@@ -132,3 +132,28 @@ test("a stream whose client does not take its changes ends with slow_watcher, sa
     watch.stop();
   }
 });
+
+test("with more prefixes than lengths of them, a change looks up one prefix of the key per length some stream's prefix has, not one per length of the key (it looked up 4,001 for a 4,000-character key: noted in a review); streams closed are forgotten from it", async () => {
+  const watch = new NodeWatch({ ...defaultWatch, watchersMax: 20_000 }, new ManualClock(), 0);
+  try {
+    // 5,000 tenants' streams, all prefixes of 8 characters, and one of 2.
+    const tenants = Array.from({ length: 5_000 }, (_, i) => watch.subscribe({ prefix: `t${String(i).padStart(6, "0")}/` }, 0));
+    const short = watch.subscribe({ prefix: "t0" }, 0);
+    const mine = tenants[42]!;
+    await mine.next();
+    await short.next();
+    const key = `t000042/${"x".repeat(3_992)}`;
+    const before = watch.prefixLookups();
+    deleteAt(watch, 1, [key]);
+    expect(watch.prefixLookups() - before).toBe(2);
+    expect(await keysOf(mine)).toEqual([key]);
+    expect(await keysOf(short)).toEqual([key]);
+    // The short one closed: its length is no longer looked up.
+    short.close();
+    deleteAt(watch, 2, [key]);
+    expect(watch.prefixLookups() - before).toBe(3);
+    expect(await keysOf(mine)).toEqual([key]);
+  } finally {
+    watch.stop();
+  }
+});

@@ -88,11 +88,14 @@ export class NodeWatch {
    */
   private readonly byKey = new Map<string, Set<Watcher>>();
   private readonly byPrefix = new Map<string, Set<Watcher>>();
+  /** How many of `byPrefix`'s prefixes have each length. */
+  private readonly prefixLengths = new Map<number, number>();
   private readonly stopTicker: () => void;
   /** How often idle streams are checked for a due progress event. */
   private readonly tickerMs: number;
   /** Streams looked at to route changes, summed over every change recorded (see `routingVisits`). */
   private routingVisitsTotal = 0;
+  private prefixLookupsTotal = 0;
   /** History changes looked at by streams' scans (see `historyScanned`). */
   private historyScannedTotal = 0;
   /** Changes scanned, by every stream together, since the count last started over at a turn of the event loop (see `next`). */
@@ -129,6 +132,11 @@ export class NodeWatch {
    */
   routingVisits(): number {
     return this.routingVisitsTotal;
+  }
+
+  /** Prefixes compared or looked up so far to find the prefix streams of changes, summed over changes (tests read it). */
+  prefixLookups(): number {
+    return this.prefixLookupsTotal;
   }
 
   /**
@@ -196,7 +204,10 @@ export class NodeWatch {
     const groups = "key" in filter ? this.byKey : this.byPrefix;
     const groupName = "key" in filter ? filter.key : filter.prefix;
     let group = groups.get(groupName);
-    if (group === undefined) groups.set(groupName, (group = new Set()));
+    if (group === undefined) {
+      groups.set(groupName, (group = new Set()));
+      if (groups === this.byPrefix) this.prefixLengths.set(groupName.length, (this.prefixLengths.get(groupName.length) ?? 0) + 1);
+    }
     const watcher: Watcher = {
       matches: matcherFor(filter),
       group,
@@ -359,11 +370,16 @@ export class NodeWatch {
     if (exact !== undefined) for (const watcher of exact) this.notifyOne(watcher, change);
     // Keys in the state machine's own space reach no prefix stream (see matcherFor).
     if (this.byPrefix.size === 0 || isReservedKey(key)) return;
-    if (this.byPrefix.size <= key.length + 1) {
+    if (this.byPrefix.size <= this.prefixLengths.size) {
+      this.prefixLookupsTotal += this.byPrefix.size;
       for (const [prefix, group] of this.byPrefix) if (key.startsWith(prefix)) for (const watcher of group) this.notifyOne(watcher, change);
     } else {
-      // More distinct prefixes than the key has: look up each of the key's own prefixes instead.
-      for (let length = 0; length <= key.length; length++) {
+      // More distinct prefixes than lengths of them: look up the key's own prefix of each length
+      // some prefix has (it looked up every length of the key: a long key's slices, each hashed,
+      // cost its length squared, 6 ms a change for a 10,000-character key: noted in a review).
+      for (const length of this.prefixLengths.keys()) {
+        if (length > key.length) continue;
+        this.prefixLookupsTotal++;
         const group = this.byPrefix.get(key.slice(0, length));
         if (group !== undefined) for (const watcher of group) this.notifyOne(watcher, change);
       }
@@ -403,7 +419,14 @@ export class NodeWatch {
     watcher.done = true;
     this.watchers.delete(watcher);
     watcher.group.delete(watcher);
-    if (watcher.group.size === 0) watcher.groups.delete(watcher.groupName);
+    if (watcher.group.size === 0 && watcher.groups.get(watcher.groupName) === watcher.group) {
+      watcher.groups.delete(watcher.groupName);
+      if (watcher.groups === this.byPrefix) {
+        const left = (this.prefixLengths.get(watcher.groupName.length) ?? 0) - 1;
+        if (left > 0) this.prefixLengths.set(watcher.groupName.length, left);
+        else this.prefixLengths.delete(watcher.groupName.length);
+      }
+    }
     watcher.wake?.();
   }
 }
