@@ -1155,3 +1155,44 @@ test("the promotion's lag is time, not ticks: at --tick-ms 1 a learner 25 ms beh
   await withSim(quietSim(81, { ...promotionSim, tickMs: 1, electionTicks: 100, heartbeatTicks: 10 }), async (sim) => expect(await promotedUnderLoad(sim, 25)).toBe(true));
   await withSim(quietSim(81, { ...promotionSim, tickMs: 100, electionTicks: 10, heartbeatTicks: 1, requestTimeoutMs: 5_000 }), async (sim) => expect(await promotedUnderLoad(sim, 600)).toBe(false));
 }, 240_000);
+
+describe("the lease clients' keys are judged against the converged state (before, nothing judged them: a lease's end that left its keys, or keys lost while their lease lived, passed)", () => {
+  /** A leader with lease A (a key put on it, then revoked) and lease B (a key put on it, alive). */
+  async function twoLeases(sim: NodeSim) {
+    const leader = await settledLeader(sim);
+    const call = <T,>(promise: Promise<T>) => sim.awaitAnswer(promise, 5_000);
+    const a = (await call(sim.leaseCall(leader, { op: "grant", ttlMs: 60_000 }))) as number;
+    const b = (await call(sim.leaseCall(leader, { op: "grant", ttlMs: 60_000 }))) as number;
+    expect(await call(sim.leaseCall(leader, { op: "put", lease: a, key: "la" }))).toBe(true);
+    expect(await call(sim.leaseCall(leader, { op: "put", lease: b, key: "lb" }))).toBe(true);
+    expect(await call(sim.leaseCall(leader, { op: "revoke", lease: a }))).toBe(true);
+    expect((await put(sim, leader, "k")).outcome).toBe("ok");
+    return { leader, a, b };
+  }
+  /** Each node's rows, as the convergence check reads them (to doctor all alike: they still agree). */
+  const rowsOf = (sim: NodeSim) => [...sim.servers.keys()].map((id) => (diskOf(sim, id).contents() as unknown as { values: Map<string, { value: Uint8Array; version: number }> }).values);
+
+  test("as they are, the check passes and counts both keys", async () => {
+    await withSim(quietSim(43), async (sim) => {
+      await twoLeases(sim);
+      await sim.healAndCheck(["k"], 30_000);
+      expect(sim.stats.leaseKeysJudged).toBe(2);
+    });
+  });
+
+  test("a revoked lease's key left in every node's state fails it", async () => {
+    await withSim(quietSim(43), async (sim) => {
+      await twoLeases(sim);
+      for (const rows of rowsOf(sim)) rows.set("la", { value: new TextEncoder().encode("lease x"), version: 3 });
+      await expect(sim.healAndCheck(["k"], 30_000)).rejects.toThrow(/ended at .* yet its key la is in the converged state/);
+    });
+  });
+
+  test("a live lease's acknowledged key gone from every node's state fails it", async () => {
+    await withSim(quietSim(43), async (sim) => {
+      await twoLeases(sim);
+      for (const rows of rowsOf(sim)) rows.delete("lb");
+      await expect(sim.healAndCheck(["k"], 30_000)).rejects.toThrow(/the put of lb attached to lease \d+ was answered ok .* holds no such key/);
+    });
+  });
+});

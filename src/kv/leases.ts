@@ -108,7 +108,7 @@ function writeCount(table: KvTable, count: number, index: number): void {
 }
 
 /** True when lease `id` exists in the table. */
-export function leaseExists(table: KvTable, id: number): boolean {
+export function leaseExists(table: Pick<KvTable, "get">, id: number): boolean {
   return table.get(leaseRowKey(id)) !== undefined;
 }
 

@@ -13,7 +13,8 @@ import { KvNode } from "../node/kv-node.ts";
 import { peerIdentityOf } from "../node/membership.ts";
 import type { WatchConfig } from "../node/watch.ts";
 import { EntryType, type Entry, type Message, type NodeId } from "../raft/types.ts";
-import type { ApplyResult } from "../kv/apply-plan.ts";
+import type { ApplyResult, KvTable } from "../kv/apply-plan.ts";
+import { leaseExists } from "../kv/leases.ts";
 import { type Command, decodeCommand, deletePrefixKeysMax } from "../kv/command.ts";
 import type { KvImageReader } from "../storage/kv-storage.ts";
 import { createMemoryKvStorage } from "../storage/memory-storage.ts";
@@ -216,6 +217,8 @@ export class NodeSim {
     sessionAnswers: 0,
     /** Compare-and-set writes refused `version_mismatch`, each judged as a read of the version its answer named. */
     refusedCompareAndSets: 0,
+    /** Keys lease clients put attached to a lease (answered or not), judged against the converged state (`checkLeaseKeys`). */
+    leaseKeysJudged: 0,
     /** Processes left running under an id that was removed and added again (see `detach`), and client calls they were sent. */
     staleProcesses: 0,
     olderProcessCalls: 0,
@@ -747,11 +750,48 @@ export class NodeSim {
     });
   }
 
-  /** Records when each lease's expiry first applied on any server (for `checkLeases`). */
+  /** Records when each lease's expiry, or its end by expiry or revoke, first applied on any server (for `checkLeases` and `checkLeaseKeys`). */
   private noteLeaseExpiries(results: readonly ApplyResult[]): void {
     for (const result of results) {
+      if (result.kind === "lease-revoked" && !this.leaseEnds.has(result.id)) this.leaseEnds.set(result.id, this.nowMs);
       if (result.kind !== "lease-expired") continue;
-      for (const lease of result.ids) if (!this.leaseExpiries.has(lease)) this.leaseExpiries.set(lease, this.nowMs);
+      for (const lease of result.ids) {
+        if (!this.leaseExpiries.has(lease)) this.leaseExpiries.set(lease, this.nowMs);
+        if (!this.leaseEnds.has(lease)) this.leaseEnds.set(lease, this.nowMs);
+      }
+    }
+  }
+
+  /** When each lease's end (expiry or revoke) first applied on any server (simulated ms). */
+  private readonly leaseEnds = new Map<number, number>();
+  /** The keys lease clients put attached to each lease, and whether the put was answered ok (when it began, then). */
+  private readonly leaseKeys = new Map<number, { readonly key: string; okCallMs?: number }[]>();
+
+  /**
+   * What the converged state `state` must hold of the lease clients' keys: a lease granted whose
+   * end applied nowhere still has its row, one whose end applied has none, and none of an ended
+   * lease's keys is left, whatever its put's answer (a put applied before the end is deleted with
+   * it, one after is refused); a key whose put was answered ok is there while its lease is, with the
+   * value put. Throws a `SimViolation` naming the first that broke this. (Before, lease-attached
+   * puts were judged by nothing: a lease's end that left its keys, or lost them early, passed.)
+   */
+  checkLeaseKeys(state: Pick<KvTable, "get">): void {
+    for (const [lease, keys] of this.leaseKeys) {
+      const endedMs = this.leaseEnds.get(lease);
+      const row = leaseExists(state, lease);
+      if (endedMs !== undefined && row) throw new SimViolation(`lease ${lease} ended at ${endedMs} ms, yet its row is in the converged state`);
+      if (endedMs === undefined && !row) throw new SimViolation(`lease ${lease} was granted and its end applied nowhere, yet the converged state has no row of it`);
+      for (const { key, okCallMs } of keys) {
+        const stored = state.get(key);
+        if (endedMs !== undefined && stored !== undefined) throw new SimViolation(`lease ${lease} ended at ${endedMs} ms, yet its key ${key} is in the converged state`);
+        if (endedMs === undefined && okCallMs !== undefined && new TextDecoder().decode(stored?.value) !== `lease ${lease}`) {
+          throw new SimViolation(`the put of ${key} attached to lease ${lease} was answered ok (begun at ${okCallMs} ms) and the lease has not ended, yet the converged state holds ${stored === undefined ? "no such key" : "another value"}`);
+        }
+        if (endedMs !== undefined && okCallMs !== undefined && okCallMs > endedMs) {
+          throw new SimViolation(`the put of ${key} attached to lease ${lease}, begun at ${okCallMs} ms, was answered ok after the lease ended at ${endedMs} ms`);
+        }
+        this.stats.leaseKeysJudged++;
+      }
     }
   }
 
@@ -787,7 +827,15 @@ export class NodeSim {
         return true;
       }
       if (call.op === "put") {
+        // Judged whatever its answer, once the leases granted ok are known (`checkLeaseKeys`).
+        const attached = { key: call.key } as { readonly key: string; okCallMs?: number };
+        if (this.leaseCalls.has(call.lease)) {
+          const keys = this.leaseKeys.get(call.lease) ?? [];
+          keys.push(attached);
+          this.leaseKeys.set(call.lease, keys);
+        }
         await node.put(call.key, new TextEncoder().encode(`lease ${call.lease}`), { lease: call.lease });
+        attached.okCallMs = callMs;
         return true;
       }
       await node.revokeLease(call.lease);
@@ -1245,6 +1293,8 @@ export class NodeSim {
     if (new Set(images.map((image) => image.slice(image.indexOf(" ") + 1))).size !== 1) {
       throw new SimViolation(`state machines differ after convergence (${images.join(", ")})\n${this.describe()}`);
     }
+    const [first] = members;
+    if (first !== undefined) this.checkLeaseKeys(first.disk.contents());
     // Each key read back until a read is answered: a refused one would leave the last writes of
     // its key with no read after them for the check to judge.
     for (const key of keys) {
@@ -1289,12 +1339,12 @@ export class NodeSim {
     return this.nowMs + this.historyTimeStep * 1e-6;
   }
 
-  /** Runs the simulation until `operation` is answered (within `budgetMs` of simulated time), and returns its record. */
-  async awaitAnswer(operation: Promise<Operation>, budgetMs: number): Promise<Operation> {
-    let answer: Operation | undefined;
-    void operation.then((each) => (answer = each));
-    if (!(await this.runUntilTrue(() => answer !== undefined, budgetMs))) throw new SimViolation(`an operation was not answered within ${budgetMs} ms`);
-    return answer as Operation;
+  /** Runs the simulation until `operation` is answered (within `budgetMs` of simulated time), and returns its answer (an operation's record). */
+  async awaitAnswer<T>(operation: Promise<T>, budgetMs: number): Promise<T> {
+    let answer: { readonly value: T } | undefined;
+    void operation.then((value) => (answer = { value }));
+    if (!(await this.runUntilTrue(() => answer !== undefined, budgetMs)) || answer === undefined) throw new SimViolation(`an operation was not answered within ${budgetMs} ms`);
+    return answer.value;
   }
 
   /** What a process is called in reports: `node N`, or `node N's older process (at A)` (see `detach`). */

@@ -83,6 +83,8 @@ export interface NodeSwarmResult {
   readonly sessionAnswers: number;
   /** Compare-and-set writes refused `version_mismatch`: each is judged as a read of the version its answer named (src/chaos/linearizability.ts `refusalsAsReads`). */
   readonly refusedCompareAndSets: number;
+  /** Keys lease clients put attached to a lease, judged against the converged state (NodeSim.checkLeaseKeys). */
+  readonly leaseKeysJudged: number;
   /** Steps of a server's wall clock (see NodeSim.jumpWallClock). */
   readonly wallClockJumps: number;
   /** Leases granted to the lease clients, keepalives answered, leases revoked, and of their leases those whose expiry applied (judged by NodeSim.checkLeases). */
@@ -508,6 +510,7 @@ export async function runNodeSwarm(seed: number, durationMs?: number, hooks: Nod
     retries: sim.stats.retries,
     sessionAnswers: sim.stats.sessionAnswers,
     refusedCompareAndSets: sim.stats.refusedCompareAndSets,
+    leaseKeysJudged: sim.stats.leaseKeysJudged,
     wallClockJumps: sim.stats.wallClockJumps,
     leasesGranted: sim.stats.leasesGranted,
     leaseKeepalives: sim.stats.leaseKeepalives,
