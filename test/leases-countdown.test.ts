@@ -244,3 +244,36 @@ test("an expiry still queued when the leadership that counted it ends is refused
   leases.tick();
   expect(checks[0]?.()).toMatchObject({ code: "not_leader" });
 });
+
+test("a keepalive whose read barrier was asked in one leadership and answered in a later one of this node is refused not_leader (found in a code review: between the two, another leader may have committed the lease's expiry, which this node had not applied when it led again)", async () => {
+  const encoder = new TextEncoder();
+  const row = { key: leaseRowKey(1), value: encoder.encode(JSON.stringify({ ttlMs: 1_000 })), version: 1 };
+  const storage = {
+    list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
+    get: (key: string) => (key === row.key ? row : undefined),
+  } as unknown as KvStorage;
+  let term = 5;
+  let role: "leader" | "follower" = "leader";
+  let releaseBarrier: () => void = () => undefined;
+  const host = leaderHost(storage, () => 0, {
+    coreStatus: () => ({ role, term }),
+    readBarrier: () => new Promise<void>((resolve) => (releaseBarrier = resolve)),
+  });
+  const leases = new NodeLeases(host);
+  leases.roleChanged("leader", 5);
+  let settled = "pending";
+  leases.keepAlive(1).then(
+    () => (settled = "ok"),
+    (error: Error) => (settled = `rejected: ${error.message}`),
+  );
+  // The barrier waits (a slow apply); meanwhile term 6 is another node's, and this node leads term 7.
+  role = "follower";
+  term = 6;
+  leases.roleChanged("follower", 6);
+  role = "leader";
+  term = 7;
+  leases.roleChanged("leader", 7);
+  releaseBarrier();
+  for (let turn = 0; turn < 100 && settled === "pending"; turn++) await new Promise((resolve) => setImmediate(resolve));
+  expect(settled).toBe("rejected: not leader");
+});

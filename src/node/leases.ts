@@ -493,12 +493,19 @@ export class NodeLeases {
     return parseLeaseRow(leaseRowKey(id), row.value).ttlMs;
   }
 
-  /** Resolves on the leader once what it committed is applied and its countdowns are its term's; `not_leader` elsewhere. */
+  /**
+   * Resolves on the leader once what it committed is applied and its countdowns are its term's, in
+   * the term the barrier was asked in; `not_leader` elsewhere. A barrier asked in one leadership and
+   * answered in a later one of this node proves nothing of the time between: another leader may
+   * have committed an expiry this node had not applied when it led again (found in a code review).
+   */
   private async readOnLeader(): Promise<void> {
     this.host.refuseUnlessRunning();
-    if (this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    const asked = this.host.coreStatus();
+    if (asked.role !== "leader") throw this.host.notLeader();
     await this.host.readBarrier();
-    if (!this.countdowns.isLeadingIn(this.host.coreStatus().term) || this.host.coreStatus().role !== "leader") throw this.host.notLeader();
+    const now = this.host.coreStatus();
+    if (now.role !== "leader" || now.term !== asked.term || !this.countdowns.isLeadingIn(now.term)) throw this.host.notLeader();
   }
 
   /** Proposes a lease command on the leader; resolves with its apply result. */
