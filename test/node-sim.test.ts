@@ -527,6 +527,8 @@ test("a joiner whose storage thread meets a full disk while it installs its imag
     expect(diskOf(sim, 4).threadBlockedWrites).toBeGreaterThan(0);
     diskOf(sim, 4).full = false;
     await settled(sim, joined, 5_000);
+    // Space again: the thread's retry goes through, and the install is answered.
+    expect(await sim.runUntilTrue(() => nodeOf(sim, 4).status().storage?.installingSnapshot === false, 1_000)).toBe(true);
     expect(nodeOf(sim, 4).status().storage).toMatchObject({ diskFull: false, installingSnapshot: false });
     await sim.healAndCheck([...new Set(keys)], 30_000);
   });

@@ -169,7 +169,7 @@ test("node swarm: the runs really exercised the faults and made progress", () =>
     // Power losses that kept the state machine's pages and only the log's durable image (two files).
     expect(totals.stateMachineAhead).toBeGreaterThan(seeds.length / 50);
     // Crashes without power loss that lost requests (saves, applies, installs) the storage thread had not
-    // run (seeds 1-500: 35).
+    // run (seeds 1-500: 29).
     expect(totals.threadWorkLost).toBeGreaterThan(seeds.length / 20);
     // Power losses that kept saves written after the last fsync; writes retried under their
     // idempotency key, and applies a session answered; wall clocks stepped; leases granted, kept
