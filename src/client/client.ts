@@ -400,6 +400,15 @@ export interface KvClient {
    * ```
    */
   observe(name: string, options?: { readonly signal?: AbortSignal }): AsyncIterableIterator<KvEntry>;
+  /**
+   * Closes the client: every call under way ends as its signal's abort would (a read, or a write no
+   * attempt of which may have reached a node, rejects `KvClientError` `closed`; a write that may
+   * have applied, `UnknownOutcomeError`), every watch and observation ends, a wait for a lock or a
+   * turn rejects `closed`, and every lease keeper stops, its `lost` firing with `closed`: a lease
+   * then runs out at its TTL (revoke it first to end it at once), and a lock or leadership held on it
+   * with it. Every later call is refused `closed` before anything is sent. Idempotent.
+   */
+  close(): void;
 }
 
 /** Default budget of one call. */
@@ -629,19 +638,26 @@ export function createClient(options: ClientOptions): KvClient {
 
     leases,
 
+    // Waiting for a lock or a turn, and observing, stop as the client closes (as its own signal would).
     lock(name, lockOptions) {
-      return acquire(lockDeps, name, "", lockOptions);
+      return acquire(lockDeps, name, "", closing(lockOptions));
     },
 
     async elect(name, value, electOptions) {
-      const { release, ...held } = await acquire(lockDeps, name, value, electOptions);
+      const { release, ...held } = await acquire(lockDeps, name, value, closing(electOptions));
       return { ...held, value, resign: release };
     },
 
     observe(name, observeOptions) {
-      return observeLeaders(lockDeps, name, observeOptions);
+      return observeLeaders(lockDeps, name, closing(observeOptions));
+    },
+
+    close() {
+      transport.close();
     },
   };
+  /** `options` with its signal joined to the client's closing. */
+  const closing = <T extends { readonly signal?: AbortSignal }>(options: T | undefined): T => ({ ...(options ?? ({} as T)), signal: transport.withClosing(options?.signal) });
 
   const lockDeps: LockDeps = {
     leases,

@@ -39,7 +39,9 @@ export type ClientSideCode =
    * A `deletePrefix` whose later request was refused, or ended of unknown outcome, after some
    * applied: `details.deleted` keys went, up to `details.version`; `details.cause` is the error.
    */
-  | "partial";
+  | "partial"
+  /** The client was closed (`client.close()`): nothing more is sent; a call under way when it closed ended with this. */
+  | "closed";
 
 /**
  * A call that certainly did not take effect, or a read that failed. `code` is the server's stable

@@ -220,7 +220,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
       if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
       const sentAtMs = options.sentAtMs ?? performance.now();
       if (!Number.isFinite(sentAtMs)) throw new KvClientError("bad_request", 0, `sentAtMs must be a performance.now() time, got ${sentAtMs}`);
-      return startKeeper(id, ttlMs, sentAtMs, keepAlive);
+      return startKeeper(id, ttlMs, sentAtMs, keepAlive, transport.closedSignal);
     },
   };
 }
@@ -242,7 +242,14 @@ function timerDelay(ms: number): number {
  * deadline unless a later keepalive was answered first: early rather than late, which is the safe
  * side for a lock holder.
  */
-function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id: number, timeoutMs: number, signal: AbortSignal) => Promise<unknown>): LeaseKeeper {
+function startKeeper(
+  id: number,
+  ttlMs: number,
+  sentAtMs: number,
+  keepAlive: (id: number, timeoutMs: number, signal: AbortSignal) => Promise<unknown>,
+  /** The client's closing: a keeper still running then stops, and `lost` fires with `closed` (its lease runs out at its TTL). */
+  closed: AbortSignal,
+): LeaseKeeper {
   const lostController = new AbortController();
   // Ends a keepalive still retrying once the keeper stops or loses the lease: its budget is the
   // lease's time left, which may be long, and nothing waits for it then.
@@ -253,9 +260,11 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
   let intervalTimer: ReturnType<typeof setTimeout> | undefined;
   const intervalMs = Math.max(KEEPALIVE_INTERVAL_MS_MIN, Math.floor(ttlMs / 3));
 
+  const onClosed = () => lose(closed.reason instanceof KvClientError ? closed.reason : new KvClientError("closed", 0, "the client was closed"));
   const lose = (reason: KvClientError) => {
     if (stopped) return;
     stopped = true;
+    closed.removeEventListener("abort", onClosed);
     clearTimeout(deadlineTimer);
     clearTimeout(intervalTimer);
     calls.abort();
@@ -291,12 +300,15 @@ function startKeeper(id: number, ttlMs: number, sentAtMs: number, keepAlive: (id
   armDeadline();
   // The first beat comes a third of the TTL after the grant was sent (at once if that is past).
   intervalTimer = setTimeout(() => void beat(), timerDelay(sentAtMs + intervalMs - performance.now()));
+  if (closed.aborted) onClosed();
+  else closed.addEventListener("abort", onClosed, { once: true });
   return {
     id,
     lost: lostController.signal,
     aliveUntilMs: () => aliveUntilMs,
     stop() {
       stopped = true;
+      closed.removeEventListener("abort", onClosed);
       clearTimeout(deadlineTimer);
       clearTimeout(intervalTimer);
       calls.abort();

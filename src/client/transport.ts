@@ -142,7 +142,29 @@ export class Transport {
   /** Endpoints that gave no answer lately, until when they are asked last (`SUSPECT_MS`). */
   private readonly suspects = new Map<string, number>();
 
+  /** Aborted by `close()`, with a `closed` error as its reason: every call and stream of the client ends. */
+  private readonly closing = new AbortController();
   constructor(readonly options: TransportOptions) {}
+
+  /**
+   * Closes the transport: calls under way end as their signal's abort does (a read, or a write no
+   * attempt of which may have reached a node, rejects with `closed`; one that may have is of
+   * unknown outcome), streams and lease keepers (which watch `closedSignal`) end, and every later
+   * call is refused `closed` before anything is sent.
+   */
+  close(): void {
+    if (!this.closing.signal.aborted) this.closing.abort(new KvClientError("closed", 0, "the client was closed: nothing more is sent"));
+  }
+
+  /** Aborts once the transport is closed. */
+  get closedSignal(): AbortSignal {
+    return this.closing.signal;
+  }
+
+  /** `signal` joined with the transport's own closing: aborts when either does. */
+  withClosing(signal: AbortSignal | undefined): AbortSignal {
+    return signal === undefined ? this.closing.signal : AbortSignal.any([signal, this.closing.signal]);
+  }
 
   /**
    * Sends `call` until it is served or refused for good, within `timeoutMs`. Resolves with the
@@ -152,8 +174,11 @@ export class Transport {
    */
   async send(call: Call): Promise<Answer> {
     const timeoutMs = call.timeoutMs ?? this.options.timeoutMs;
-    const signal = call.signal;
-    signal?.throwIfAborted(); // nothing sent
+    this.closing.signal.throwIfAborted(); // closed: nothing sent
+    call.signal?.throwIfAborted(); // nothing sent
+    // Every attempt ends when the caller aborts or the client closes.
+    const signal = this.withClosing(call.signal);
+    call = { ...call, signal };
     const deadlineMs = performance.now() + timeoutMs;
     const noted = new FailureTally(ATTEMPTS_KEPT_MAX);
     let uncertain = false; // some attempt of this write may have been applied
@@ -271,6 +296,7 @@ export class Transport {
    * itself (`/status`). Throws `KvClientError` `unreachable` when it does not answer.
    */
   async sendTo(endpoint: string, path: string): Promise<Answer> {
+    this.closing.signal.throwIfAborted(); // closed: nothing sent
     const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs, undefined, false);
     if (result.kind === "answer") return result.answer;
     // Refused by its certificate: a setting no retry changes, said as `send` says it.
