@@ -2,7 +2,8 @@
 // fired as `closed`, a lock held is lost with it and a wait for a lock is refused `closed`, a call
 // under way ends `closed` (a read), and every later call is refused `closed` before anything is
 // sent, while another client of the same cluster goes on. Noted in earlier sessions: the client had
-// no way to stop what it had started, as etcd's Close() does.
+// no way to stop what it had started, as etcd's Close() does. And lease calls take a call's signal
+// and timeoutMs, as the key-value calls do.
 import { describe, expect, test } from "bun:test";
 import { createClient, KvClientError, type WatchEvent } from "../src/client/index.ts";
 import { serverClusterForSuite } from "./helpers/server-cluster.ts";
@@ -83,3 +84,33 @@ async function until(condition: () => boolean): Promise<void> {
     await Bun.sleep(5); // polling interval
   }
 }
+
+describe("lease calls take a call's signal and timeoutMs, as the key-value calls do (noted in earlier sessions: they took none)", () => {
+  test("an aborted signal sends nothing; one aborted while the call waits ends it with its reason; a bad option is refused", async () => {
+    let requests = 0;
+    const listener = Bun.listen<undefined>({ hostname: "127.0.0.1", port: 0, socket: { data: () => void requests++ } });
+    const client = createClient({ endpoints: [`http://127.0.0.1:${listener.port}`], timeoutMs: 30_000 });
+    try {
+      const reason = new Error("the caller gave up");
+      for (const call of [
+        () => client.leases.grant(1_000, { signal: AbortSignal.abort(reason) }),
+        () => client.leases.keepAlive(1, { signal: AbortSignal.abort(reason) }),
+        () => client.leases.revoke(1, { signal: AbortSignal.abort(reason) }),
+        () => client.leases.get(1, { signal: AbortSignal.abort(reason) }),
+        () => client.leases.list({ signal: AbortSignal.abort(reason) }),
+      ]) {
+        expect(await call().then(() => "served", (error: unknown) => error)).toBe(reason);
+      }
+      expect(requests).toBe(0);
+      const stop = new AbortController();
+      const reading = client.leases.get(7, { signal: stop.signal }).then(() => "served", (error: unknown) => error);
+      await until(() => requests > 0);
+      stop.abort(reason);
+      expect(await reading).toBe(reason);
+      expect(await client.leases.get(7, { timeoutMs: 0 }).then(() => "served", codeOf)).toBe("bad_request");
+    } finally {
+      client.close();
+      listener.stop(true);
+    }
+  });
+});

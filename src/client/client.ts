@@ -9,7 +9,8 @@ import { isAddressOnly } from "../lib/address-url.ts";
 import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import { createLeasesApi, leaseIdOf, type LeaseId, type LeasesApi } from "./leases.ts";
 import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
-import { errorFromAnswer, Transport, type Answer } from "./transport.ts";
+import { callOptions, errorFromAnswer, Transport, type Answer, type CallOptions } from "./transport.ts";
+export type { CallOptions } from "./transport.ts";
 import { reserveWatchRoom, watchEvents, type WatchEvent, type WatchOptions, type WatchSelector } from "./watch.ts";
 import { describeInput, fromJsonValue, makeEntry, toJsonValue, valueBytes, type JsonValue, type KvEntry, type ValueInput } from "./values.ts";
 
@@ -38,21 +39,6 @@ export interface ClientOptions {
 
 /** How a read is served: `linearizable` (the default), `lease` (leader lease) or `stale` (local state). */
 export type ReadConsistency = "linearizable" | "lease" | "stale";
-
-/**
- * What every call of the key-value API takes besides its own options: a budget and an abort, as a
- * context's deadline and cancellation in etcd's clients.
- */
-export interface CallOptions {
-  /** This call's budget, retries included, in place of the client's `timeoutMs` (for `deletePrefix`, each of its requests'). */
-  readonly timeoutMs?: number;
-  /**
-   * Stops the call at once. A read, or a write none of whose attempts may have reached a node,
-   * rejects with the signal's reason; a write that may have been applied throws
-   * `UnknownOutcomeError`, as when its budget runs out.
-   */
-  readonly signal?: AbortSignal;
-}
 
 /** Options of `get`. */
 export interface GetOptions extends CallOptions {
@@ -695,14 +681,6 @@ export function createClient(options: ClientOptions): KvClient {
   }
 
   return client;
-}
-
-/** A call's `timeoutMs` and `signal`, checked, as the transport takes them. */
-function callOptions(options: CallOptions): { timeoutMs?: number; signal?: AbortSignal } {
-  const { timeoutMs, signal } = options;
-  if (timeoutMs !== undefined && !(Number.isSafeInteger(timeoutMs) && timeoutMs >= 1)) throw badOption(`timeoutMs must be a whole number of milliseconds, at least 1, got ${String(timeoutMs)}`);
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw badOption(`signal must be an AbortSignal, got ${describeInput(signal)}`);
-  return { ...(timeoutMs === undefined ? {} : { timeoutMs }), ...(signal === undefined ? {} : { signal }) };
 }
 
 /**

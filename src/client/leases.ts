@@ -3,7 +3,7 @@
  * keeper that keeps one lease alive until stopped and says promptly when it is lost.
  */
 import { KvClientError } from "./errors.ts";
-import { errorFromAnswer, type Answer, type Transport } from "./transport.ts";
+import { callOptions, errorFromAnswer, type Answer, type CallOptions, type Transport } from "./transport.ts";
 
 /** A lease id: the number `grant` returns, or the decimal string the HTTP API answers (`{"id": "67"}`). */
 export type LeaseId = number | string;
@@ -105,19 +105,19 @@ export interface LeasesApi {
    * keeper.lost.addEventListener("abort", () => console.error("registration lost:", keeper.lost.reason));
    * ```
    */
-  grant(ttlMs: number): Promise<LeaseGrant>;
+  grant(ttlMs: number, options?: CallOptions): Promise<LeaseGrant>;
   /** Restarts the lease's countdown on the leader; `KvClientError` `lease_not_found` once it expired or was revoked. */
-  keepAlive(id: LeaseId): Promise<{ readonly id: number; readonly ttlMs: number }>;
+  keepAlive(id: LeaseId, options?: CallOptions): Promise<{ readonly id: number; readonly ttlMs: number }>;
   /** Revokes the lease through the log, deleting its keys at one version; `lease_not_found` when already gone. */
-  revoke(id: LeaseId): Promise<LeaseRevoked>;
+  revoke(id: LeaseId, options?: CallOptions): Promise<LeaseRevoked>;
   /** The leader's view of the lease; `lease_not_found` when gone. */
-  get(id: LeaseId): Promise<LeaseInfo>;
+  get(id: LeaseId, options?: CallOptions): Promise<LeaseInfo>;
   /**
    * A page of every lease (`limit`, 1 to 1,000, default 100), on the leader, in the order of the
    * ids' decimal text (`10` before `9`, as the cluster keeps them). For the next page pass the last
    * id as `after`, while `more` says there are more.
    */
-  list(options?: { readonly after?: LeaseId; readonly limit?: number }): Promise<LeasePage>;
+  list(options?: { readonly after?: LeaseId; readonly limit?: number } & CallOptions): Promise<LeasePage>;
   /** Starts a keeper that keeps lease `id` alive until `stop()` (see `LeaseKeeper`). */
   keep(id: LeaseId, options: LeaseKeepOptions): LeaseKeeper;
 }
@@ -143,20 +143,21 @@ export function createLeasesApi(transport: Transport): LeasesApi {
     return id;
   };
 
-  const keepAlive = async (leaseId: LeaseId, timeoutMs?: number, signal?: AbortSignal) => {
+  /** A keepalive; a keeper's (`shareBudget`) cuts each attempt at a quarter of its budget, the lease's time left. */
+  const keepAlive = async (leaseId: LeaseId, timeoutMs?: number, signal?: AbortSignal, shareBudget = true) => {
     const id = leaseIdOf(leaseId);
     // A keeper's budget is what is left of the lease, each attempt at most a quarter of it (and at
     // most the client's attemptTimeoutMs): capped at the client's timeoutMs, a 400 ms one cut every
     // attempt to 100 ms whatever the TTL, and a lease on a slow link was reported lost while every
     // other call went through (found in a code review).
     const budget = timeoutMs === undefined ? {} : { timeoutMs };
-    const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...budget, attemptsShareBudget: true, ...(signal === undefined ? {} : { signal }) });
+    const answer = await transport.send({ method: "POST", path: `/leases/${id}/keepalive`, safety: "idempotent", ...budget, attemptsShareBudget: shareBudget, ...(signal === undefined ? {} : { signal }) });
     const body = json<{ id?: unknown; ttlMs?: unknown }>(answer);
     return { id: idOf(body.id, answer), ttlMs: Number(body.ttlMs) };
   };
 
   return {
-    async grant(ttlMs) {
+    async grant(ttlMs, options = {}) {
       if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
       const answer = await transport.send({
         method: "POST",
@@ -164,24 +165,28 @@ export function createLeasesApi(transport: Transport): LeasesApi {
         body: JSON.stringify({ ttlMs }),
         headers: { "content-type": "application/json" },
         safety: "idempotent",
+        ...callOptions(options),
       });
       const body = json<{ id?: unknown; ttlMs?: unknown; raisedFromMs?: unknown }>(answer);
       if (typeof body.ttlMs !== "number") throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a grant without ttlMs`);
       return { id: idOf(body.id, answer), ttlMs: body.ttlMs, ...(typeof body.raisedFromMs === "number" ? { raisedFromMs: body.raisedFromMs } : {}) };
     },
 
-    keepAlive: (id) => keepAlive(id),
+    keepAlive: (id, options = {}) => {
+      const { timeoutMs, signal } = callOptions(options);
+      return keepAlive(id, timeoutMs, signal, false);
+    },
 
-    async revoke(leaseId) {
+    async revoke(leaseId, options = {}) {
       const id = leaseIdOf(leaseId);
-      const answer = await transport.send({ method: "DELETE", path: `/leases/${id}`, safety: "idempotent", refusedOnceApplied: true });
+      const answer = await transport.send({ method: "DELETE", path: `/leases/${id}`, safety: "idempotent", refusedOnceApplied: true, ...callOptions(options) });
       const body = json<{ id?: unknown; version?: unknown; deletedKeys?: unknown }>(answer);
       return { id: idOf(body.id, answer), version: Number(body.version), deletedKeys: Number(body.deletedKeys) };
     },
 
-    async get(leaseId) {
+    async get(leaseId, options = {}) {
       const id = leaseIdOf(leaseId);
-      const answer = await transport.send({ method: "GET", path: `/leases/${id}`, safety: "read" });
+      const answer = await transport.send({ method: "GET", path: `/leases/${id}`, safety: "read", ...callOptions(options) });
       const body = json<{ id?: unknown; ttlMs?: unknown; remainingMs?: unknown; keys?: unknown; keysTruncated?: unknown }>(answer);
       return {
         id: idOf(body.id, answer),
@@ -202,7 +207,7 @@ export function createLeasesApi(transport: Transport): LeasesApi {
         params.set("limit", String(options.limit));
       }
       const search = params.size === 0 ? "" : `?${params}`;
-      const answer = await transport.send({ method: "GET", path: `/leases${search}`, safety: "read" });
+      const answer = await transport.send({ method: "GET", path: `/leases${search}`, safety: "read", ...callOptions(options) });
       const body = json<{ leases?: unknown; more?: unknown }>(answer);
       if (!Array.isArray(body.leases)) throw new KvClientError("bad_answer", answer.status, `${answer.origin} answered a lease list without leases`);
       const leases = (body.leases as { id?: unknown; ttlMs?: unknown; remainingMs?: unknown }[]).map((lease) => ({

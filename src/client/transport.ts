@@ -7,6 +7,7 @@
 import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import { answerOutcome, errorCodeOf, isRetryableRefusal } from "./outcome.ts";
 import { FailureTally } from "./failure-tally.ts";
+import { describeInput } from "./values.ts";
 
 /**
  * How a call may be retried:
@@ -50,6 +51,29 @@ export interface Call {
    * outcome is unknown is then unknown too.
    */
   readonly refusedOnceApplied?: boolean;
+}
+
+/**
+ * What every call of the key-value API takes besides its own options: a budget and an abort, as a
+ * context's deadline and cancellation in etcd's clients.
+ */
+export interface CallOptions {
+  /** This call's budget, retries included, in place of the client's `timeoutMs` (for `deletePrefix`, each of its requests'). */
+  readonly timeoutMs?: number;
+  /**
+   * Stops the call at once. A read, or a write none of whose attempts may have reached a node,
+   * rejects with the signal's reason; a write that may have been applied throws
+   * `UnknownOutcomeError`, as when its budget runs out.
+   */
+  readonly signal?: AbortSignal;
+}
+
+/** A call's `timeoutMs` and `signal`, checked, as the transport takes them. */
+export function callOptions(options: CallOptions): { timeoutMs?: number; signal?: AbortSignal } {
+  const { timeoutMs, signal } = options;
+  if (timeoutMs !== undefined && !(Number.isSafeInteger(timeoutMs) && timeoutMs >= 1)) throw new KvClientError("bad_request", 0, `timeoutMs must be a whole number of milliseconds, at least 1, got ${String(timeoutMs)}`);
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new KvClientError("bad_request", 0, `signal must be an AbortSignal, got ${describeInput(signal)}`);
+  return { ...(timeoutMs === undefined ? {} : { timeoutMs }), ...(signal === undefined ? {} : { signal }) };
 }
 
 /** A complete HTTP answer, with the origin that gave it. */
