@@ -91,6 +91,30 @@ describe("kv lock and kv elect", () => {
     return keys;
   };
 
+  test("kv lock --no-wait (etcd's TryLock) takes a free lock at once, and exits 1 at once, running nothing and leaving no key, while another contender holds it (the client: wait: false, refused locked)", async () => {
+    const free = spawnKv(["lock", "try", "--no-wait", "--endpoints", endpoints(), "--", "sh", "-c", "echo ran free"]);
+    expect(await free.proc.exited).toBe(0);
+    await free.waitFor("ran free");
+    const holder = spawnKv(["lock", "try", "--endpoints", endpoints()]);
+    await holder.waitFor("\t");
+    const refused = spawnKv(["lock", "try", "--no-wait", "--endpoints", endpoints(), "--", "sh", "-c", "echo ran held"]);
+    expect(await refused.proc.exited).toBe(1);
+    expect(refused.out()).not.toContain("ran held");
+    expect(refused.err()).toContain("is held by another contender");
+    const client = createClient({ endpoints: endpoints() });
+    const locked = await client.lock("try", { wait: false }).then(
+      () => "held",
+      (error: unknown) => (error as { code?: string }).code,
+    );
+    expect(locked).toBe("locked");
+    // Only the holder's key is in the queue: the refused contenders gave theirs back.
+    expect(await keysUnder("try/")).toEqual([holder.out().split("\t")[0] as string]);
+    process.kill(holder.proc.pid, "SIGTERM");
+    expect(await holder.proc.exited).toBe(0);
+    expect(await keysUnder("try/")).toEqual([]);
+    client.close();
+  });
+
   test("kv lock NAME -- CMD runs CMD with KV_LOCK_KEY and KV_LOCK_FENCE and exits with its status (3), releasing", async () => {
     const run = spawnKv(["lock", "job", "--endpoints", endpoints(), "--", "sh", "-c", 'echo "key=$KV_LOCK_KEY fence=$KV_LOCK_FENCE"; exit 3', "-h"]);
     expect(await run.proc.exited).toBe(3);

@@ -155,6 +155,8 @@ export function exitFor(error: unknown): never {
   // review: "unable to verify the first certificate" said nothing of --cacert).
   const tlsHint = error.code === "tls_failed" ? TLS_HINT : "";
   const message = error.status === 0 ? `${error.message}${tlsHint}` : `${error.code}: ${error.message}`;
+  // kv lock --no-wait found the lock held: an answer, as a key not found is (exit 1), not an outage.
+  if (error.code === "locked") throw new ClientExit(1, message);
   if (error.status === 0) {
     // The client's own refusal of a bad request (it sent nothing) is the caller's to fix, not an outage.
     // A TLS handshake every endpoint failed is a setting to fix (--cacert, the URL's scheme), as a refusal is.

@@ -155,6 +155,12 @@ export const lockCommand = defineCommand({
   args: {
     name: { type: "positional", required: true, description: "The lock's name (its keys are NAME/<lease id>)" },
     ...ttlArg,
+    wait: {
+      type: "boolean",
+      default: true,
+      description: "Wait for the lock while another contender holds it",
+      negativeDescription: "Do not wait: while another contender holds it (or waits before), exit 1 at once, running nothing (etcd's TryLock)",
+    },
     ...connectionArgs,
   },
   async run({ args, rawArgs }) {
@@ -168,7 +174,8 @@ export const lockCommand = defineCommand({
     const ttlMs = args.ttl === undefined ? TTL_MS_DEFAULT : parseTtl("--ttl", args.ttl);
     const conn = connection(args);
     const interrupted = interruption();
-    const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal }), interrupted, (held) => held.release());
+    const wait = args.wait !== false;
+    const lock = await waitFor((signal) => conn.client.lock(name, { ttlMs, signal, wait }), interrupted, (held) => held.release());
     sayRaised(ttlMs, lock);
 
     if (cmd.length === 0) {

@@ -41,7 +41,9 @@ export type ClientSideCode =
    */
   | "partial"
   /** The client was closed (`client.close()`): nothing more is sent; a call under way when it closed ended with this. */
-  | "closed";
+  | "closed"
+  /** `lock(name, { wait: false })` found another contender ahead (etcd's TryLock `ErrLocked`): its key and lease were removed. */
+  | "locked";
 
 /**
  * A call that certainly did not take effect, or a read that failed. `code` is the server's stable

@@ -27,6 +27,11 @@ export interface LockOptions {
   readonly ttlMs?: number;
   /** Stops waiting: the call rejects with the signal's reason, and its key and lease are removed. */
   readonly signal?: AbortSignal;
+  /**
+   * False: do not wait (etcd's TryLock). With another contender ahead in the queue (the holder, or
+   * a waiter before this one) the call is refused `locked` at once, its key and lease removed.
+   */
+  readonly wait?: boolean;
 }
 
 /** A held lock (or office). */
@@ -105,6 +110,7 @@ export async function acquire(deps: LockDeps, name: string, value: ValueInput, o
   const prefix = queuePrefix(name);
   const ttlMs = options.ttlMs ?? LOCK_TTL_MS_DEFAULT;
   if (!Number.isSafeInteger(ttlMs) || ttlMs < 1) throw new KvClientError("bad_request", 0, `ttlMs must be a whole number of milliseconds, got ${ttlMs}`);
+  if (options.wait !== undefined && typeof options.wait !== "boolean") throw new KvClientError("bad_request", 0, `wait must be true or false, got ${JSON.stringify(options.wait)}`);
   // Waiting and holding each keep a watch open: refused here, before a key or lease is made, rather
   // than holding a lock whose keepalives wait behind the streams (see reserveWatchRoom). The room is
   // held until the acquire fails, or the lock held is released or lost.
@@ -193,7 +199,7 @@ async function acquireWithRoom(deps: LockDeps, prefix: string, ttlMs: number, va
       // Held only if the lease is still known alive: a lock lost on the way in is no lock. Known by the
       // time left, not only by `lost`, whose timer may not have fired yet (an event loop held past the
       // lease's time: found in review).
-      if ((await waitForTurn(deps, prefix, key, fence, keeper, signal)) && !keeper.lost.aborted && performance.now() < keeper.aliveUntilMs()) {
+      if ((await waitForTurn(deps, prefix, key, fence, keeper, signal, options.wait !== false)) && !keeper.lost.aborted && performance.now() < keeper.aliveUntilMs()) {
         // The first release that succeeded (or is under way) answers every later call; one that
         // failed is tried again by the next (found in review: a cached failure never retried).
         let released: Promise<boolean> | undefined;
@@ -278,7 +284,7 @@ function withinMs<T>(promise: Promise<T>, ms: number, otherwise: T): Promise<T> 
  * false when it is no longer in the queue as created (gone, or written over by another client).
  * Throws when `signal` or the keeper's `lost` aborts.
  */
-async function waitForTurn(deps: LockDeps, prefix: string, key: string, fence: number, keeper: LeaseKeeper, signal: AbortSignal | undefined): Promise<boolean> {
+async function waitForTurn(deps: LockDeps, prefix: string, key: string, fence: number, keeper: LeaseKeeper, signal: AbortSignal | undefined, wait: boolean): Promise<boolean> {
   const both = signal === undefined ? keeper.lost : AbortSignal.any([signal, keeper.lost]);
   for (;;) {
     both.throwIfAborted();
@@ -292,6 +298,8 @@ async function waitForTurn(deps: LockDeps, prefix: string, key: string, fence: n
     // A write over the key ahead moves it behind us (a new version): looked at again as a delete is,
     // and a look after a 410 asks whether it is still there as listed.
     const ahead = queue[at - 1] as KvEntry;
+    // Not waiting: refused, and the caller's catch gives the key and lease back.
+    if (!wait) throw new KvClientError("locked", 0, `'${prefix.slice(0, -1)}' is held by another contender (${(queue[0] as KvEntry).key}), or waited for before this one: not waiting`);
     await untilDeleted(deps, prefix, ahead, both, { anyChange: true, present: () => stillAsListed(deps, prefix, ahead) });
     both.throwIfAborted();
   }
