@@ -15,6 +15,7 @@ import {
 import { answerOutcome, isRetryableRefusal } from "../client/outcome.ts";
 import { parseIntFlag, readSecret, readSecretFile, UsageError } from "./usage-error.ts";
 import { joinProof } from "../lib/join-proof.ts";
+import { isVisibleAscii } from "../lib/visible-ascii.ts";
 import { jsonValue } from "../lib/json-value.ts";
 import { printBytes, printLine, readStandardInput } from "./output.ts";
 
@@ -109,7 +110,7 @@ export function authToken(args: { "auth-token"?: string; "auth-token-file"?: str
     // An empty variable is an unset one, as kv serve takes it (an empty bearer was sent: found in a
     // black-box walkthrough); a token that cannot be sent is said with where it came from.
     const [token, source] = args["auth-token"] !== undefined ? [args["auth-token"], "--auth-token"] : [process.env.KV_AUTH_TOKEN === "" ? undefined : process.env.KV_AUTH_TOKEN, "$KV_AUTH_TOKEN"];
-    if (token !== undefined && !/^[\x21-\x7e]+$/.test(token)) throw new UsageError(`${source}: a token is visible ASCII characters only, as kv serve --auth-token takes it`);
+    if (token !== undefined && !isVisibleAscii(token)) throw new UsageError(`${source}: a token is visible ASCII characters only, as kv serve --auth-token takes it`);
     return token;
   }
   if (args["auth-token"] !== undefined) throw new UsageError("give --auth-token or --auth-token-file, not both");
@@ -262,7 +263,7 @@ export const idempotencyKeyArg = {
 export function idempotencyKeyOf(text: string | undefined): string | undefined {
   if (text === undefined) return undefined;
   // Quoted as JSON: a key with control characters must not reach the terminal as they are.
-  if (!/^[\x21-\x7e]{1,256}$/.test(text)) throw new UsageError(`--idempotency-key: ${JSON.stringify(text)} is not 1 to 256 visible ASCII characters`);
+  if (text.length > 256 || !isVisibleAscii(text)) throw new UsageError(`--idempotency-key: ${JSON.stringify(text)} is not 1 to 256 visible ASCII characters`);
   return text;
 }
 

@@ -6,6 +6,7 @@
  * apply twice. The request engine is src/client/transport.ts.
  */
 import { isAddressOnly } from "../lib/address-url.ts";
+import { isVisibleAscii } from "../lib/visible-ascii.ts";
 import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import { createLeasesApi, leaseIdOf, type LeaseId, type LeasesApi } from "./leases.ts";
 import { acquire, observeLeaders, type Leadership, type LockDeps, type LockHandle, type LockOptions } from "./lock.ts";
@@ -412,7 +413,7 @@ export function createClient(options: ClientOptions): KvClient {
   if (!Number.isFinite(attemptTimeoutMs) || attemptTimeoutMs < 1) throw badOption(`attemptTimeoutMs must be at least 1, got ${attemptTimeoutMs}`);
   // A node's token is visible ASCII (src/lib/secret.ts): any other cannot be the token, and a line
   // break cannot even travel in the header (found in a black-box review: 5 s of retries, then unreachable).
-  if (options.authToken !== undefined && (typeof options.authToken !== "string" || !VISIBLE_ASCII.test(options.authToken))) {
+  if (options.authToken !== undefined && (typeof options.authToken !== "string" || !isVisibleAscii(options.authToken))) {
     throw badOption("authToken must be visible ASCII characters only, as kv serve --auth-token takes it");
   }
   const sendWith = options.ca === undefined ? options.fetch : trustingFetch(options.fetch ?? fetch, options.ca);
@@ -709,7 +710,7 @@ function keyPath(key: string): string {
  */
 function idempotencyKeyHeader(key: string): string {
   // Every write carries one (a random UUID by default): visible ASCII travels as it is.
-  if (typeof key === "string" && key.length <= IDEMPOTENCY_KEY_BYTES_MAX && VISIBLE_ASCII.test(key)) return key;
+  if (typeof key === "string" && key.length <= IDEMPOTENCY_KEY_BYTES_MAX && isVisibleAscii(key)) return key;
   if (typeof key !== "string" || key === "") throw new KvClientError("bad_request", 0, "an idempotency key is a non-empty string");
   if (!key.isWellFormed() || /[\u0000-\u001f\u007f]/.test(key)) throw new KvClientError("bad_request", 0, "an idempotency key holds no control characters or lone surrogates (it travels in a header)");
   const bytes = utf8.encode(key);
@@ -721,7 +722,6 @@ function idempotencyKeyHeader(key: string): string {
 
 /** The server's bound on an idempotency key (src/kv/command.ts `idempotencyKeyBytesMax`; the client imports no server code). */
 const IDEMPOTENCY_KEY_BYTES_MAX = 256;
-const VISIBLE_ASCII = /^[\x21-\x7e]+$/;
 const utf8 = new TextEncoder();
 
 /** `?a=1&b=2` from the defined entries (empty when none). */

@@ -2,6 +2,7 @@
  * Shared secrets (the peers' cluster token, the clients' bearer token): how they are checked and
  * what a usable one looks like.
  */
+import { isVisibleAscii } from "./visible-ascii.ts";
 import { createHash, timingSafeEqual } from "node:crypto";
 
 /** Shortest secret accepted: a hash of the cluster token is published as the cluster id, so it must not be guessable. */
@@ -26,7 +27,7 @@ export function secretsEqual(presented: string, expected: string): boolean {
 export function secretProblem(secret: string): string | undefined {
   if (secret.length < SECRET_LENGTH_MIN) return `is ${secret.length} characters; use at least ${SECRET_LENGTH_MIN} random ones (e.g. openssl rand -hex 32)`;
   if (secret.length > SECRET_LENGTH_MAX) return `is ${secret.length} characters; the limit is ${SECRET_LENGTH_MAX}`;
-  if (!/^[\x21-\x7e]+$/.test(secret)) return "must be visible ASCII characters only (no spaces, control characters or non-ASCII)";
+  if (!isVisibleAscii(secret)) return "must be visible ASCII characters only (no spaces, control characters or non-ASCII)";
   return undefined;
 }
 
