@@ -61,6 +61,20 @@ async function members(httpUrl: string): Promise<MembersAnswer> {
 }
 
 /** Polls `probe` until it returns true (a condition, not a sleep); fails after `timeoutMs`. */
+/**
+ * Removes member 4 through `url`, again while the answer is 503 (as the client library and kv member
+ * do): a node 4 that led when it stopped leaves a leader elected less than an election timeout ago,
+ * which cannot yet tell which voters answer it (the suite failed once so on a loaded machine).
+ */
+async function removeFourth(url: string): Promise<void> {
+  let status = 0;
+  await until("member 4 removed", async () => {
+    status = (await fetch(`${url}/members/4`, { method: "DELETE", signal: AbortSignal.timeout(10_000) })).status;
+    return status !== 503;
+  });
+  expect(status).toBe(200);
+}
+
 async function until(what: string, probe: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
@@ -319,7 +333,7 @@ test("an older process of a member's id, started again after the id was removed 
   await put(leaderUrl, "first", "1");
   // Node 4 goes down; while it is down it is removed, and the id added again at another address.
   await first.stop({ handOver: false });
-  expect((await fetch(`${leaderUrl}/members/4`, { method: "DELETE", signal: AbortSignal.timeout(10_000) })).status).toBe(200);
+  await removeFourth(leaderUrl);
   const second = await joinFourth("node-4-new", freePort());
   // The old process comes back on its data dir: it never applied its removal.
   const old = await createServer({
@@ -379,7 +393,7 @@ test("a node joining under an id added and removed twice before replays those ch
     // About 3 MB of log while it is a member: the last joiner's appends end inside that window.
     for (let i = 0; dir === "node-4-second" && i < 30; i++) await put(leaderUrl, `filler-${i}`, "x".repeat(100_000));
     await server.stop({ handOver: false });
-    expect((await fetch(`${leaderUrl}/members/4`, { method: "DELETE", signal: AbortSignal.timeout(10_000) })).status).toBe(200);
+    await removeFourth(leaderUrl);
   }
   const lines: string[] = [];
   const third = await joinFourthUntilVoter(cluster, leaderUrl, join(baseDir, "third-incarnation", "node-4-third"), freePort(), createLogger(4, "info", { format: "json", write: (line) => void lines.push(line) }));
