@@ -317,7 +317,10 @@ describe("operations as the checker sees them", () => {
 
   test("counts by kind and outcome", () => {
     const ops = [toOperation(call("get"), { kind: "unknown", reason: "x" }), toOperation(call("put", "v"), { kind: "fail", status: 307, error: "not_leader", location: undefined })];
-    expect(countOperations(ops)).toEqual({ total: 2, byKind: { get: 1, put: 1, delete: 0 }, ok: 0, failed: 1, unknown: 1 });
+    expect(countOperations(ops)).toEqual({ total: 2, byKind: { get: 1, put: 1, delete: 0 }, ok: 0, failed: 1, refusedCompareAndSets: 0, unknown: 1 });
+    // A compare-and-set refused 409 with the key's version counts among the refused, and on its own.
+    const refusal = toOperation({ id: 3, clientId: 1, kind: "put", key: "k1", value: "v", callMs: 1, endMs: 2, ifVersion: 4 }, { kind: "fail", status: 409, error: "version_mismatch", location: undefined, keyVersion: 6 });
+    expect(countOperations([...ops, refusal])).toMatchObject({ failed: 2, refusedCompareAndSets: 1 });
   });
 
   test("a fault counts only when an operation was in flight during it", () => {

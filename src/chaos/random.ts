@@ -154,6 +154,8 @@ export interface OperationCounts {
   readonly byKind: Record<OperationKind, number>;
   readonly ok: number;
   readonly failed: number;
+  /** Of the refused, compare-and-sets refused 409 whose answer named the key's version: each judged as a read of it. */
+  readonly refusedCompareAndSets: number;
   readonly unknown: number;
 }
 
@@ -162,14 +164,16 @@ export function countOperations(history: readonly Operation[]): OperationCounts 
   const byKind: Record<OperationKind, number> = { get: 0, put: 0, delete: 0 };
   let ok = 0;
   let failed = 0;
+  let refusedCompareAndSets = 0;
   let unknown = 0;
   for (const op of history) {
     byKind[op.kind]++;
     if (op.outcome === "ok") ok++;
     else if (op.outcome === "fail") failed++;
     else unknown++;
+    if (op.refusedAtVersion !== undefined) refusedCompareAndSets++;
   }
-  return { total: history.length, byKind, ok, failed, unknown };
+  return { total: history.length, byKind, ok, failed, refusedCompareAndSets, unknown };
 }
 
 /** A per-client generator, fixed by the run's seed and the client's id. */
@@ -371,6 +375,7 @@ export class EpochSummaries {
 class RandomWorkload implements LoadCounters {
   ok = 0;
   failed = 0;
+  refusedCompareAndSets = 0;
   unknown = 0;
   readonly byKind: Record<OperationKind, number> = { get: 0, put: 0, delete: 0 };
   readonly activity = new OperationActivity();
@@ -409,7 +414,7 @@ class RandomWorkload implements LoadCounters {
   }
 
   counts(): OperationCounts {
-    return { total: this.total, byKind: { ...this.byKind }, ok: this.ok, failed: this.failed, unknown: this.unknown };
+    return { total: this.total, byKind: { ...this.byKind }, ok: this.ok, failed: this.failed, refusedCompareAndSets: this.refusedCompareAndSets, unknown: this.unknown };
   }
 
   /** How many epochs the run has had so far. */
@@ -555,6 +560,7 @@ class RandomWorkload implements LoadCounters {
     if (op.outcome === "ok") this.ok++;
     else if (op.outcome === "fail") this.failed++;
     else this.unknown++;
+    if (op.refusedAtVersion !== undefined) this.refusedCompareAndSets++;
     this.byKind[kind]++;
     epoch.history.push(op);
     epoch.startMs = Math.min(epoch.startMs, callMs);
@@ -1026,7 +1032,7 @@ function describeCounts(counts: OperationCounts): string {
   const { byKind } = counts;
   return (
     `${counts.total} (get ${byKind.get}, put ${byKind.put}, delete ${byKind.delete}): ` +
-    `${counts.ok} ok, ${counts.failed} refused, ${counts.unknown} unknown`
+    `${counts.ok} ok, ${counts.failed} refused (${counts.refusedCompareAndSets} of them compare-and-sets, judged as reads), ${counts.unknown} unknown`
   );
 }
 
