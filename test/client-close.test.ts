@@ -114,3 +114,26 @@ describe("lease calls take a call's signal and timeoutMs, as the key-value calls
     }
   });
 });
+
+test("a statusOf or hashOf under way when the client closes ends at once, closed (found in a review: it ran on to its timeout and rejected unreachable)", async () => {
+  let requests = 0;
+  const server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: () => {
+      requests++;
+      return new Promise<Response>(() => {});
+    },
+  });
+  const endpoint = `http://127.0.0.1:${server.port}`;
+  const client = createClient({ endpoints: [endpoint], timeoutMs: 60_000 });
+  try {
+    const calls = [client.statusOf(endpoint), client.hashOf(endpoint)].map((call) => call.then(() => "served", codeOf));
+    await until(() => requests === 2);
+    client.close();
+    expect(await Promise.all(calls)).toEqual(["closed", "closed"]);
+  } finally {
+    client.close();
+    server.stop(true);
+  }
+});

@@ -321,7 +321,9 @@ export class Transport {
    */
   async sendTo(endpoint: string, path: string): Promise<Answer> {
     this.closing.signal.throwIfAborted(); // closed: nothing sent
-    const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs, undefined, false);
+    const result = await this.exchange("GET", endpoint, `${endpoint}${path}`, undefined, {}, performance.now() + this.options.timeoutMs, this.closing.signal, false);
+    // Closed while it waited: ended at once, as calls are (found in review: it ran on to its timeout).
+    this.closing.signal.throwIfAborted();
     if (result.kind === "answer") return result.answer;
     // Refused by its certificate: a setting no retry changes, said as `send` says it.
     if (result.kind === "unreachable" && result.tls === "certificate") throw new KvClientError("tls_failed", 0, `${endpoint}: ${result.reason}`);
