@@ -1234,13 +1234,16 @@ export class KvNode implements KvNodeApi {
       return;
     }
     for (const to of this.snapshots.sending()) this.raw.reportSnapshotInProgress(to);
-    // Only a tick that is due: a firing that comes late, after a turn made its tick up
-    // (catchUpClock), counted it twice, and the clock ran a tick ahead of real time, ending a
-    // voter's promise to its leader a tick early (found in a code review: a vote granted 81 ms
-    // after an acknowledged heartbeat, where the promise is 90 ms and the leader's lease 70).
+    // A firing that comes late, after a turn made its tick up (catchUpClock), moves the election
+    // timers but not the clock: counted again, the clock ran a tick ahead of real time and ended a
+    // voter's promise to its leader early (found in a code review: a vote granted 81 ms after an
+    // acknowledged heartbeat, where the promise is 90 ms and the leader's lease 70); not ticked at
+    // all, the election timer stood still while turns kept coming (found in a review of that fix).
     if (this.ticksDue() > this.ticksAccounted) {
       this.raw.tick();
       this.ticksAccounted++;
+    } else {
+      this.raw.tickCaughtUp();
     }
     this.expireWaiters();
     // Asked again by the turn below (as etcd's read loop does every 500 ms).

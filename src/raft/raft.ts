@@ -386,6 +386,23 @@ export class Raft {
   /** Advances logical time by one tick. */
   tick(): void {
     this.nowTicks++;
+    this.timersTick(true);
+  }
+
+  /**
+   * A tick whose time `elapse` already counted (the driver made it up before its timer fired): the
+   * election timer, and a leader's check-quorum and transfer timers, move as `tick` moves them; the
+   * clock and a leader's heartbeat timer, which `elapse` moved, do not. The clock must not run ahead
+   * of real time, or a voter's promise to its leader (`inLeaderLease`) ends early; and the election
+   * timers must move with every firing, or a follower whose turns keep coming (each making its tick
+   * up first) never campaigns (both found in reviews of the driver).
+   */
+  tickCaughtUp(): void {
+    this.timersTick(false);
+  }
+
+  /** One tick of the election timer (and a leader's check-quorum, transfer and, with `heartbeat`, heartbeat timers). */
+  private timersTick(heartbeat: boolean): void {
     if (this.role === "leader") {
       this.electionElapsedTicks++;
       if (this.electionElapsedTicks >= this.cfg.electionTicks) {
@@ -405,7 +422,7 @@ export class Raft {
         }
         this.leadTransferee = 0; // a transfer that did not finish within an election timeout is abandoned
       }
-      this.heartbeatTimerElapse(1);
+      if (heartbeat) this.heartbeatTimerElapse(1);
       this.sendDeferredCommits();
       return;
     }

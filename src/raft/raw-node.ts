@@ -54,6 +54,11 @@ export class RawNode {
     this.raft.tick();
   }
 
+  /** A tick whose time `elapse` already counted: the election and check-quorum timers move, the clock does not (see Raft.tickCaughtUp). */
+  tickCaughtUp(): void {
+    this.raft.tickCaughtUp();
+  }
+
   /** Time passed without ticks (see Raft.elapse): the lease clock and a leader's heartbeat timer move. */
   elapse(ticks: number): void {
     this.raft.elapse(ticks);
