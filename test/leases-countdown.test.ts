@@ -23,6 +23,15 @@ function leaderHost(storage: KvStorage, nowMs: () => number, overrides: Partial<
   };
 }
 
+/** A state machine holding lease 1 (TTL 1 s) and nothing else, as the leases read it. */
+function oneLeaseStorage(): KvStorage {
+  const row = { key: leaseRowKey(1), value: new TextEncoder().encode(JSON.stringify({ ttlMs: 1_000 })), version: 1 };
+  return {
+    list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
+    get: (key: string) => (key === row.key ? row : undefined),
+  } as unknown as KvStorage;
+}
+
 describe("lease countdowns", () => {
   test("a lease is due at its TTL from the last start or keepalive; ended leases never come due", () => {
     const countdowns = new LeaseCountdowns();
@@ -176,14 +185,10 @@ describe("a new leader's lease countdowns", () => {
 });
 
 test("a keepalive whose read barrier is answered in the turn that stops the node is settled, not left waiting for ticks that never come (found in review)", async () => {
-  const row: ListedValue = { key: leaseRowKey(1), value: new TextEncoder().encode(JSON.stringify({ ttlMs: 1_000 })), version: 1 };
   let nowMs = 0;
   let stopped = false;
   let releaseBarrier: () => void = () => undefined;
-  const storage = {
-    list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
-    get: (key: string) => (key === row.key ? row : undefined),
-  } as unknown as KvStorage;
+  const storage = oneLeaseStorage();
   const host = leaderHost(storage, () => nowMs, {
     refuseUnlessRunning: () => {
       if (stopped) throw new Error("the node is shutting down");
@@ -210,12 +215,7 @@ test("a keepalive whose read barrier is answered in the turn that stops the node
 });
 
 test("an expiry still queued when the leadership that counted it ends is refused unproposed, should the node lead again before the queue is proposed (found in a code review: a later leadership proposed an expiry of a lease the leader in between may have kept alive)", () => {
-  const encoder = new TextEncoder();
-  const row = { key: leaseRowKey(1), value: encoder.encode(JSON.stringify({ ttlMs: 1_000 })), version: 1 };
-  const storage = {
-    list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
-    get: (key: string) => (key === row.key ? row : undefined),
-  } as unknown as KvStorage;
+  const storage = oneLeaseStorage();
   let nowMs = 0;
   let term = 2;
   let role: "leader" | "follower" = "leader";
@@ -246,12 +246,7 @@ test("an expiry still queued when the leadership that counted it ends is refused
 });
 
 test("a keepalive whose read barrier was asked in one leadership and answered in a later one of this node is refused not_leader (found in a code review: between the two, another leader may have committed the lease's expiry, which this node had not applied when it led again)", async () => {
-  const encoder = new TextEncoder();
-  const row = { key: leaseRowKey(1), value: encoder.encode(JSON.stringify({ ttlMs: 1_000 })), version: 1 };
-  const storage = {
-    list: (prefix: string, after: string | undefined) => (row.key.startsWith(prefix) && (after === undefined || row.key > after) ? [row] : []),
-    get: (key: string) => (key === row.key ? row : undefined),
-  } as unknown as KvStorage;
+  const storage = oneLeaseStorage();
   let term = 5;
   let role: "leader" | "follower" = "leader";
   let releaseBarrier: () => void = () => undefined;

@@ -36,7 +36,11 @@ class StepClock implements Clock {
   }
 }
 
-async function scenario(turnBeforeLateTimer: boolean): Promise<{ granted: boolean; msSinceHeartbeat: number }> {
+/**
+ * Node 1 (a KvNode on a clock stepped by hand, its turns run by `settle`) with nodes 2 and 3 as
+ * bare transports whose messages from node 1 land in `toPeer`.
+ */
+function nodeOne() {
   const clock = new StepClock();
   const network = new MemoryNetwork();
   let turns: (() => void)[] = [];
@@ -69,6 +73,11 @@ async function scenario(turnBeforeLateTimer: boolean): Promise<{ granted: boolea
     }
     for (let i = 0; i < 10; i++) await Promise.resolve();
   };
+  return { clock, node, toPeer, peer2, peer3, settle };
+}
+
+async function scenario(turnBeforeLateTimer: boolean): Promise<{ granted: boolean; msSinceHeartbeat: number }> {
+  const { clock, node, toPeer, peer2, peer3, settle } = nodeOne();
   const heartbeat = async () => {
     peer2.send([{ type: "heartbeat", from: 2, to: 1, term: 1, commit: 0, readContext: "1" }]);
     await settle();
@@ -139,38 +148,7 @@ test("a turn before a late timer firing must not shorten the voter's lease promi
  * run 1 ms into each tick, before the firing. Whether it campaigns within `ms` of the silence.
  */
 async function campaignsWithin(turnsBetweenBoundaryAndFiring: boolean, ms: number): Promise<boolean> {
-  const clock = new StepClock();
-  const network = new MemoryNetwork();
-  let turns: (() => void)[] = [];
-  const peers = new Map([1, 2, 3].map((id) => [id, `mem://peer-${id}`] as [number, string]));
-  const node = new KvNode({
-    id: 1,
-    peers,
-    httpUrl: "http://node-1",
-    storage: createMemoryKvStorage(),
-    clock,
-    prng: createPrng(7),
-    tickMs,
-    electionTicks,
-    heartbeatTicks: 2,
-    requestTimeoutMs: 1_000,
-    pendingRequestsMax: 1_000,
-    inboxMessagesMax: 10_000,
-    schedule: (turn) => turns.push(turn),
-  });
-  const toPeer: Message[] = [];
-  node.start(network.connect(1, "http://node-1", (messages) => node.receive(messages), undefined, COMMAND_LEVEL));
-  const peer2 = network.connect(2, "http://node-2", (messages) => toPeer.push(...messages), undefined, COMMAND_LEVEL);
-  const peer3 = network.connect(3, "http://node-3", (messages) => toPeer.push(...messages), undefined, COMMAND_LEVEL);
-  const settle = async () => {
-    for (let i = 0; i < 100; i++) {
-      const due = turns;
-      turns = [];
-      for (const turn of due) turn();
-      if (network.deliver() === 0 && due.length === 0) break;
-    }
-    for (let i = 0; i < 10; i++) await Promise.resolve();
-  };
+  const { clock, node, toPeer, peer2, peer3, settle } = nodeOne();
   // Node 2 leads term 1; node 1 follows it.
   for (let ms = 5; ms < 300; ms += 5) {
     clock.now = ms;
