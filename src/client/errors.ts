@@ -10,7 +10,7 @@
 export type ClientSideCode =
   /** No endpoint could be reached (refused connections), or a read got no answer in time: nothing was done. */
   | "unreachable"
-  /** Redirects went round in circles or pointed nowhere. */
+  /** Redirects went round in circles, pointed nowhere, or pointed where the client does not follow (not http(s), https to http, a URL with a user or password). */
   | "too_many_redirects"
   /**
    * Every endpoint failed its TLS handshake on the server's certificate (not trusted: give the CA;
