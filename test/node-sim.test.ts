@@ -890,7 +890,10 @@ test("a learner removed while its image is on its way, which no farewell reaches
     expect(await sim.runUntilTrue(() => nodeOf(sim, leader).status().firstLogIndex > 1, 1_000)).toBe(true);
     const joined = sim.join(4, () => leader);
     // Removed while its storage thread installs the image (the leader then streams it no more), and
-    // cut off meanwhile: no farewell, and no peer's refusal of its calls, reaches it.
+    // cut off meanwhile: no farewell, and no peer's refusal of its calls, reaches it. The install is
+    // made to last 50 ms (a drawn latency of 0-20 ms could end it within one event, unseen).
+    expect(await sim.runUntilTrue(() => sim.servers.get(4) !== undefined, 1_000)).toBe(true);
+    sim.servers.get(4)!.storageThreadMs = 50;
     expect(await sim.runUntilTrue(() => sim.servers.get(4)?.node?.status().storage?.installingSnapshot === true, 5_000)).toBe(true);
     sim.network.isolate(4);
     await settled(sim, sim.removeMember(4, () => leader), 5_000);
