@@ -638,6 +638,18 @@ describe("adding a member to a cluster with a cluster token (found in a security
     expect(added.err).toBe("");
     expect(added.code).toBe(0);
     await firstCall;
+    // The client library computes the proof from the token it is given, and sends only the proof.
+    const { createClient } = await import("../src/client/index.ts");
+    const client = createClient({ endpoints: [cluster.node(leader).httpUrl] });
+    try {
+      const fifthUrl = `http://127.0.0.2:${impostor.port}`;
+      const wrong = await client.membership.add({ id: 5, peerUrl: fifthUrl, clusterToken: OTHER_TOKEN }).then(() => "added", (error: unknown) => (error as { message?: string }).message);
+      expect(wrong).toContain("another cluster token");
+      const view = await client.membership.add({ id: 5, peerUrl: `${fifthUrl}/`, clusterToken: TOKEN });
+      expect(view.members.map((member) => member.id)).toContain(5);
+    } finally {
+      client.close();
+    }
     // Nothing called it before it was added with the proof.
     expect(tokensSeen.every((token) => token === TOKEN)).toBe(true);
   }, 60_000);

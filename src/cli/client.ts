@@ -14,7 +14,6 @@ import {
 } from "../client/index.ts";
 import { answerOutcome, isRetryableRefusal } from "../client/outcome.ts";
 import { parseIntFlag, readSecret, readSecretFile, UsageError } from "./usage-error.ts";
-import { joinProof } from "../lib/join-proof.ts";
 import { isVisibleAscii } from "../lib/visible-ascii.ts";
 import { jsonValue } from "../lib/json-value.ts";
 import { printBytes, printLine, readStandardInput } from "./output.ts";
@@ -538,10 +537,7 @@ const memberCommand = defineCommand({
       async run({ args }) {
         const id = parseIntFlag("id", args.id, 1, 1_000_000, "ID");
         const clusterToken = readSecret("cluster-token", args["cluster-token"], args["cluster-token-file"], "KV_CLUSTER_TOKEN");
-        // The proof is of the URL as the node records it (a trailing slash dropped).
-        const peerUrl = args.peerUrl.replace(/\/+$/, "");
-        const proof = clusterToken === undefined ? {} : { clusterTokenProof: joinProof(clusterToken, id, peerUrl) };
-        await memberRequest(connection(args), (membership) => membership.add({ id, peerUrl, ...proof }));
+        await memberRequest(connection(args), (membership) => membership.add({ id, peerUrl: args.peerUrl, ...(clusterToken === undefined ? {} : { clusterToken }) }));
       },
     }),
     remove: defineCommand({

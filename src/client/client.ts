@@ -6,6 +6,7 @@
  * apply twice. The request engine is src/client/transport.ts.
  */
 import { isAddressOnly } from "../lib/address-url.ts";
+import { joinProof } from "../lib/join-proof.ts";
 import { isVisibleAscii } from "../lib/visible-ascii.ts";
 import { KvClientError, UnknownOutcomeError } from "./errors.ts";
 import { createLeasesApi, leaseIdOf, type LeaseId, type LeasesApi } from "./leases.ts";
@@ -182,11 +183,14 @@ export interface NewMember {
   readonly peerUrl: string;
   readonly httpUrl?: string;
   /**
-   * Sent by `kv serve --join`: shows the joiner holds the cluster's token (or, as the cluster,
-   * none), without sending it (src/lib/join-proof.ts); a leader refuses a join whose proof is not
-   * its own. Without it, as from `kv member add`, nothing is checked.
+   * Shows the new member's side holds the cluster's token (or, as the cluster, none), without
+   * sending it (src/lib/join-proof.ts): `kv serve --join` sends it. A leader refuses a proof that is
+   * not its own, and, in a cluster with a cluster token, an addition without one (the leader calls
+   * the new member with the token). Give it, or `clusterToken`.
    */
   readonly clusterTokenProof?: string;
+  /** The cluster's token: the proof (`clusterTokenProof`) is computed from it and sent in its place; the token itself is never sent. */
+  readonly clusterToken?: string;
 }
 
 /** Membership changes. Not idempotent: one whose outcome is unknown throws `UnknownOutcomeError` at once. */
@@ -596,7 +600,14 @@ export function createClient(options: ClientOptions): KvClient {
     },
 
     membership: {
-      add: (member) => membershipCall("POST", "/members", member),
+      add: async (member) => {
+        const { clusterToken, ...fields } = member;
+        if (clusterToken === undefined) return membershipCall("POST", "/members", fields);
+        if (typeof clusterToken !== "string" || !isVisibleAscii(clusterToken)) throw badOption("clusterToken must be visible ASCII characters only, as kv serve --cluster-token takes it");
+        // The proof is of the URL as the node records it (a trailing slash dropped).
+        const peerUrl = String(fields.peerUrl).replace(/\/+$/, "");
+        return membershipCall("POST", "/members", { ...fields, peerUrl, clusterTokenProof: joinProof(clusterToken, fields.id, peerUrl) });
+      },
       remove: (id) => membershipCall("DELETE", `/members/${id}`),
       promote: (id) => membershipCall("POST", `/members/${id}/promote`),
     },
