@@ -132,7 +132,9 @@ export async function* watchEvents(
   const reconnectTimeoutMs = options.reconnectTimeoutMs ?? RECONNECT_TIMEOUT_MS_DEFAULT;
   if (!(idleTimeoutMs >= 1) || !(reconnectTimeoutMs >= 1)) throw badOption("idleTimeoutMs and reconnectTimeoutMs must be at least 1");
   const release = own.counted ? reserveWatchRoom(transport) : () => {};
-  yield* holdingRoom(release, transport.withClosing(options.signal), resumingStream(transport, filter, fromVersion, idleTimeoutMs, reconnectTimeoutMs, options));
+  // The caller's signal, or the client's closing: either ends the stream.
+  const signal = transport.withClosing(options.signal);
+  yield* holdingRoom(release, signal, resumingStream(transport, filter, fromVersion, idleTimeoutMs, reconnectTimeoutMs, { ...options, signal }));
 }
 
 /**
@@ -160,8 +162,7 @@ async function* resumingStream(
   options: WatchOptions,
 ): AsyncGenerator<WatchEvent, void, undefined> {
   const { endpoints } = transport.options;
-  // The caller's, or the client's closing: either ends the stream.
-  const signal = transport.withClosing(options.signal);
+  const signal = options.signal;
 
   // Where the caller stands: every change up to `lastVersion` was yielded, except that when
   // `yieldedAtLast` > 0 the changes of `lastVersion` itself may continue (a server batch may split

@@ -419,7 +419,7 @@ export class NodeWatch {
     watcher.done = true;
     this.watchers.delete(watcher);
     watcher.group.delete(watcher);
-    if (watcher.group.size === 0 && watcher.groups.get(watcher.groupName) === watcher.group) {
+    if (watcher.group.size === 0) {
       watcher.groups.delete(watcher.groupName);
       if (watcher.groups === this.byPrefix) {
         const left = (this.prefixLengths.get(watcher.groupName.length) ?? 0) - 1;
